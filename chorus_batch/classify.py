@@ -1,0 +1,211 @@
+"""Parse site-relative paths into modality, person, record and start time.
+
+Each pattern is a regular expression (Rust `regex` syntax, as polars uses) with
+named groups; all patterns run as vectorised polars expressions over the whole
+frame. The first pattern that matches, and whose checks pass, wins. Groups:
+
+  person_id    person folder (text: leading zeros are kept)
+  name_person  person id repeated in the file name; must equal person_id
+  session      session / study / record folder
+  file         file name; with `session`, must start with it (WFDB: <session>.hea)
+  date, time   YYYYMMDD and HHMMSS
+  duration     seconds
+  segment      segment or instance number
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import polars as pl
+
+from .errors import ConfigError
+
+GROUPS = ("person_id", "name_person", "session", "file", "date", "time", "duration", "segment")
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    modality: str
+    regex: str
+    description: str
+
+
+_PERSON = r"(?P<person_id>[^/]+)"
+_STAMP = r"(?P<name_person>[^/]+?)_(?P<date>\d{8})_(?P<time>\d{6})"
+
+DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
+    PathPattern("OMOP", r"^(?i:omop)/(?P<session>.+)$", "OMOP/<file>"),
+    PathPattern("Metadata", r"^(?i:metadata)/(?P<session>.+)$", "Metadata/<file>"),
+    PathPattern(
+        "Waveforms",
+        rf"^{_PERSON}/(?i:waveforms)/(?:(?P<session>[^/]+)/)?{_STAMP}_(?P<duration>\d+(?:\.\d+)?)(?:_(?P<segment>[^/._]+))?\.[^/]+$",
+        "<person_id>/Waveforms/[<session>/]<person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>[_<segment>].<ext>",
+    ),
+    PathPattern(
+        "Waveforms",
+        rf"^{_PERSON}/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$",
+        "<person_id>/Waveforms/<session>/<session>.hea|.dat|n.csv",
+    ),
+    PathPattern("Waveforms", rf"^{_PERSON}/(?i:waveforms)/RECORDS$", "<person_id>/Waveforms/RECORDS"),
+    PathPattern(
+        "Images",
+        rf"^{_PERSON}/(?i:images)/(?P<session>[^/]+)/[^/]+/{_STAMP}_[A-Za-z0-9]+_[^/_]+_(?P<segment>[^/_]+)\.(?i:dcm)$",
+        "<person_id>/Images/<study>/<series>/<person_id>_<YYYYMMDD>_<HHMMSS>_<MOD>_<series>_<instance>.dcm",
+    ),
+)
+
+# A session name may carry its own start stamp (<person>_<YYYYMMDD>_<HHMMSS>).
+_SESSION_STAMP = r"_(?P<date>\d{8})_(?P<time>\d{6})$"
+
+
+def build_patterns(overrides: dict[str, list[str]] | None) -> tuple[PathPattern, ...]:
+    """Defaults, with a modality's patterns replaced by those in chorus.toml."""
+    overrides = overrides or {}
+    patterns: list[PathPattern] = []
+    for modality in dict.fromkeys(p.modality for p in DEFAULT_PATTERNS):
+        if modality in overrides:
+            for i, regex in enumerate(overrides[modality]):
+                _check_regex(modality, i, regex)
+                patterns.append(PathPattern(modality, regex, f"patterns.{modality}[{i}]"))
+        else:
+            patterns.extend(p for p in DEFAULT_PATTERNS if p.modality == modality)
+    return tuple(patterns)
+
+
+def _check_regex(modality: str, index: int, regex: str) -> None:
+    where = f"chorus.toml [patterns] {modality}[{index}]"
+    try:
+        pl.Series("p", ["x"]).str.extract_groups(regex)
+    except Exception as exc:  # polars raises ComputeError for bad regexes
+        raise ConfigError(f"invalid path pattern: {exc}", where=where, fix="fix the regular expression (Rust regex syntax)") from None
+    names = set(re.findall(r"\(\?P<(\w+)>", regex))
+    unknown = names - set(GROUPS)
+    if unknown:
+        raise ConfigError(
+            f"unknown group name(s) {sorted(unknown)} in path pattern",
+            where=where,
+            fix=f"use only these group names: {', '.join(GROUPS)}",
+        )
+
+
+def _groups(pattern: PathPattern) -> pl.Expr:
+    """A struct with every known group (NULL where the pattern lacks it)."""
+    extracted = pl.col("srcfile").str.extract_groups(pattern.regex)
+    names = set(re.findall(r"\(\?P<(\w+)>", pattern.regex))
+    fields = [
+        (extracted.struct.field(g) if g in names else pl.lit(None, pl.String)).alias(g) for g in GROUPS
+    ]
+    # extract_groups yields NULL fields when the regex fails; a match always
+    # sets at least one group, or the empty string for an optional one.
+    matched = pl.any_horizontal([extracted.struct.field(g).is_not_null() for g in names]) if names else pl.lit(False)
+    return pl.struct([*fields, matched.alias("matched")])
+
+
+def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
+    """Why a path that matched the pattern's shape still fails it (NULL: it passes)."""
+    person, name_person = g.struct.field("person_id"), g.struct.field("name_person")
+    session, file = g.struct.field("session"), g.struct.field("file")
+    date, time = g.struct.field("date"), g.struct.field("time")
+    stamp_ok = pl.concat_str([date, time]).str.strptime(pl.Datetime, "%Y%m%d%H%M%S", strict=False).is_not_null()
+    return (
+        pl.when(name_person.is_not_null() & (name_person != person))
+        .then(pl.format("person id in the file name ({}) differs from the person folder ({})", name_person, person))
+        .when(file.is_not_null() & session.is_not_null() & ~file.str.starts_with(session) & (file != "RECORDS"))
+        .then(pl.format("file name {} does not start with its session folder name {}", file, session))
+        .when(date.is_not_null() & ~stamp_ok)
+        .then(pl.format("invalid date/time {}_{} in the file name", date, time))
+        .otherwise(pl.lit(None, pl.String))
+    )
+
+
+def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """Modality, person and reason for a path that no pattern matched, from where it lies."""
+    parts = srcfile.str.split("/")
+    first, second = parts.list.get(0, null_on_oob=True), parts.list.get(1, null_on_oob=True).str.to_lowercase()
+    n_parts = parts.list.len()
+    modality = (
+        pl.when(n_parts == 1).then(pl.lit("Other"))
+        .when(second == "waveforms").then(pl.lit("Waveforms"))
+        .when(second == "images").then(pl.lit("Images"))
+        .otherwise(pl.lit("Other"))
+    )
+    person = pl.when(second.is_in(["waveforms", "images"])).then(first)
+    reason = (
+        pl.when(n_parts == 1)
+        .then(pl.lit("file at the site root: expected it in OMOP/, Metadata/ or a person folder"))
+        .when(second == "waveforms")
+        .then(pl.lit("name fits no Waveforms pattern: expected <person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>[_<segment>].<ext> or <session>/<session>.hea|.dat|n.csv"))
+        .when(second == "images")
+        .then(pl.lit("name fits no Images pattern: expected <study>/<series>/<person_id>_<YYYYMMDD>_<HHMMSS>_<MOD>_<series>_<instance>.dcm"))
+        .otherwise(pl.format("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
+    )
+    return modality, person, reason
+
+
+def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_PATTERNS) -> pl.DataFrame:
+    """Add the CLASSIFIED_SCHEMA columns to a frame with a `srcfile` column."""
+    if listing.height == 0:
+        return listing.with_columns(
+            *(pl.lit(None, pl.Float64 if c == "duration_s" else pl.String).alias(c) for c in (
+                "modality", "person_id", "session_id", "record_key", "start_date", "start_time", "duration_s", "segment", "parse_error"))
+        )
+    frame = listing.lazy().with_columns(
+        [_groups(p).alias(f"_g{i}") for i, p in enumerate(patterns)]
+    ).with_columns(
+        [_reason(p, pl.col(f"_g{i}")).alias(f"_r{i}") for i, p in enumerate(patterns)]
+    )
+    hit = [pl.col(f"_g{i}").struct.field("matched") & pl.col(f"_r{i}").is_null() for i in range(len(patterns))]
+    near = [pl.col(f"_g{i}").struct.field("matched") for i in range(len(patterns))]
+
+    def first_hit(field: str) -> pl.Expr:
+        return pl.coalesce([pl.when(h).then(pl.col(f"_g{i}").struct.field(field)) for i, h in enumerate(hit)])
+
+    winner_modality = pl.coalesce([pl.when(h).then(pl.lit(p.modality)) for h, p in zip(hit, patterns)])
+    near_modality = pl.coalesce([pl.when(n).then(pl.lit(p.modality)) for n, p in zip(near, patterns)])
+    near_reason = pl.coalesce([pl.when(n).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
+    fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"))
+
+    frame = frame.with_columns(
+        _hit=pl.any_horizontal(hit),
+        _person=first_hit("person_id"),
+        _session=first_hit("session"),
+        _date=first_hit("date"),
+        _time=first_hit("time"),
+        _duration=first_hit("duration"),
+        _segment=first_hit("segment"),
+        _name_person=first_hit("name_person"),
+        _modality=winner_modality,
+    )
+    # Sessions named <...>_<YYYYMMDD>_<HHMMSS> give the start when the file name does not.
+    session_stamp = pl.col("_session").str.extract_groups(_SESSION_STAMP)
+    date = pl.coalesce(pl.col("_date"), session_stamp.struct.field("date"))
+    time = pl.coalesce(pl.col("_time"), session_stamp.struct.field("time"))
+    start = pl.concat_str([date, time]).str.strptime(pl.Datetime, "%Y%m%d%H%M%S", strict=False)
+    # Flat waveform files outside a session folder form a record per start stamp.
+    session_id = pl.coalesce(
+        pl.col("_session"),
+        pl.when(pl.col("_date").is_not_null()).then(pl.concat_str([pl.col("_name_person"), pl.col("_date"), pl.col("_time")], separator="_")),
+        pl.when(pl.col("_person").is_not_null()).then(pl.lit("")),
+    )
+    out = frame.with_columns(
+        modality=pl.when(pl.col("_hit")).then(pl.col("_modality")).otherwise(pl.coalesce(near_modality, fallback_modality)),
+        person_id=pl.when(pl.col("_hit")).then(pl.col("_person")).otherwise(
+            pl.coalesce([*(pl.when(n).then(pl.col(f"_g{i}").struct.field("person_id")) for i, n in enumerate(near)), fallback_person])
+        ),
+        session_id=pl.when(pl.col("_hit")).then(session_id),
+        start_date=start.dt.strftime("%Y-%m-%d"),
+        start_time=start.dt.strftime("%H:%M:%S"),
+        duration_s=pl.col("_duration").cast(pl.Float64, strict=False),
+        segment=pl.col("_segment"),
+        parse_error=pl.when(pl.col("_hit")).then(pl.lit(None, pl.String)).otherwise(pl.coalesce(near_reason, fallback_reason)),
+    ).with_columns(
+        record_key=pl.when(pl.col("parse_error").is_null()).then(
+            pl.concat_str([pl.col("modality"), pl.col("person_id").fill_null(""), pl.col("session_id")], separator="|")
+        ),
+    )
+    keep = [c for c in listing.columns] + [
+        "modality", "person_id", "session_id", "record_key", "start_date", "start_time", "duration_s", "segment", "parse_error",
+    ]
+    return out.select(keep).collect()

@@ -1,0 +1,241 @@
+"""The command line: each command parses, calls one library function, prints.
+
+Library code raises typed errors (errors.py); only this module turns them into
+messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, UsageError
+
+DEMO_DB = "chorus_demo_manifest.sqlite"
+DEFAULT_DB = "chorus_manifest.sqlite"
+log = logging.getLogger("chorus_batch")
+
+
+def demo_site() -> Path:
+    """The demo site: inside the installed package, or data/ in a source checkout."""
+    packaged = Path(__file__).with_name("demo_site")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "data" / "demo_site"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chorus-batch",
+        description="Track a CHoRUS site's data tree: list, classify, hash, diff and version it in a SQLite manifest.",
+        epilog="example:\n  chorus-batch run --site /data/site --db site_manifest.sqlite\n\n" + EXIT_CODES_HELP,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more log output (stage timings)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the result")
+    # The same flags after the command name (SUPPRESS keeps the top-level value otherwise).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more log output")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # type: ignore[method-assign]
+
+    run = sub.add_parser(
+        "run", formatter_class=_Formatter,
+        help="scan the site and commit a new version if anything changed",
+        description="Scan the site, hash new or changed files, compare with the previous version and commit "
+                    "the changes as a new version. With no arguments and no chorus.toml here, runs on the demo site.",
+        epilog="examples:\n"
+               "  chorus-batch run                                   # the demo site\n"
+               "  chorus-batch run --site /data/site --db /data/manifest.sqlite\n"
+               "  chorus-batch run --config chorus.toml --json\n"
+               "  chorus-batch run --mode append --delete-list deleted.txt\n\n" + EXIT_CODES_HELP,
+    )
+    run.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
+    run.add_argument("--site", help="site root folder (or an fsspec URL)")
+    run.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
+    run.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
+                     "append: only add/replace, remove only paths in --delete-list")
+    run.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
+    run.add_argument("--parquet", metavar="DIR", help="also write DIR/version=<label>/{manifest,changes}.parquet")
+    run.add_argument("--workers", type=int, help="hashing threads and listing processes (default: CPU count)")
+    run.add_argument("--rehash", action="store_true", help="hash every file, not only new or changed ones")
+    run.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    run.add_argument("--version", dest="version_label", metavar="LABEL", help="version label (default: UTC start, YYYYMMDDhhmmss)")
+    run.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
+
+    td = sub.add_parser(
+        "testdata", formatter_class=_Formatter, help="write a synthetic site: OUT/first and OUT/second",
+        description="Write two deterministic snapshots of a synthetic site covering every layout; the second keeps, "
+                    "modifies, renames, deletes and adds files relative to the first.",
+        epilog="example:\n  chorus-batch testdata /tmp/site --persons 50 --files-per-person 20 --seed 7\n"
+               "  chorus-batch run --site /tmp/site/first --db /tmp/m.sqlite && chorus-batch run --site /tmp/site/second --db /tmp/m.sqlite",
+    )
+    td.add_argument("out")
+    td.add_argument("--persons", type=int, default=20)
+    td.add_argument("--files-per-person", type=int, default=12)
+    td.add_argument("--size", type=int, default=1024, help="bytes per file")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
+    td.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    versions = sub.add_parser(
+        "versions", formatter_class=_Formatter, help="list the versions in a manifest",
+        epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json",
+    )
+    versions.add_argument("--db")
+    versions.add_argument("--json", action="store_true")
+
+    changes = sub.add_parser(
+        "changes", formatter_class=_Formatter, help="show the change set of a version (default: the latest)",
+        epilog="example:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv",
+    )
+    changes.add_argument("--db")
+    changes.add_argument("--version", dest="version_label", metavar="LABEL")
+    fmt = changes.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _settings(args: argparse.Namespace):
+    from .config import CONFIG_NAME, ConfigFile, RunSettings, load_config
+
+    config_path = args.config or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
+    config = load_config(config_path) if config_path else ConfigFile()
+    site = args.site or config.site.root
+    demo = site is None and not config.site.roots
+    if demo:
+        site = str(demo_site())
+    elif site is None:
+        raise UsageError("no site root given", where="--site / [site] root", fix="pass --site DIR or set root in chorus.toml")
+    db = args.db or config.manifest.db or (DEMO_DB if demo else DEFAULT_DB)
+    settings = RunSettings(
+        site=site, site_name=config.site.name or ("demo" if demo else None), roots=config.site.roots, db=db,
+        mode=args.mode or config.run.mode, delete_list=args.delete_list,
+        parquet=args.parquet or config.manifest.parquet, workers=args.workers or config.run.workers,
+        rehash=args.rehash, dry_run=args.dry_run,
+        follow_symlinks=config.run.follow_symlinks if args.follow_symlinks is None else args.follow_symlinks,
+        racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=args.version_label,
+    )
+    if settings.workers < 1:
+        raise UsageError("--workers must be at least 1", where="--workers", fix="pass a positive number")
+    return settings, demo
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .pipeline import run
+    from .progress import Progress
+    from .report import summary_dict, summary_text
+
+    settings, demo = _settings(args)
+    result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+    if args.json:
+        print(json.dumps(summary_dict(result), indent=2))
+    else:
+        print(summary_text(result))
+        if args.verbose:
+            print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items() if k != "scan_started_ns"))
+        if demo:
+            print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
+                  "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
+                  "(or a chorus.toml, see README).")
+    return int(result.exit_code)
+
+
+def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
+    from .testdata import Spec, make_testdata
+
+    if args.persons < 1 or args.files_per_person < 1 or args.size < 0 or not 0 <= args.change_fraction <= 1:
+        raise UsageError("--persons and --files-per-person must be positive, --size >= 0, --change-fraction in [0, 1]",
+                         where="testdata arguments", fix="correct the values")
+    spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction)
+    first, second = make_testdata(args.out, spec, workers=args.workers)
+    print(f"wrote {first} files to {Path(args.out) / 'first'} and {second} files to {Path(args.out) / 'second'}")
+    return 0
+
+
+def _db(args: argparse.Namespace) -> str:
+    if args.db:
+        return args.db
+    from .config import CONFIG_NAME, load_config
+
+    if Path(CONFIG_NAME).is_file():
+        db = load_config(CONFIG_NAME).manifest.db
+        if db:
+            return db
+    return DEFAULT_DB if Path(DEFAULT_DB).exists() or not Path(DEMO_DB).exists() else DEMO_DB
+
+
+def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
+    from .report import frame_text
+    from .store import Manifest
+
+    frame = Manifest(_db(args)).versions()
+    if args.json:
+        print(json.dumps(frame.to_dicts(), indent=2))
+    else:
+        print(frame_text(frame.select("label", "finished_at", "mode", "n_added", "n_removed", "n_replaced",
+                                      "n_renamed", "n_unchanged", "n_errors", "n_files")))
+    return 0
+
+
+def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
+    from .report import frame_text
+    from .store import Manifest
+
+    label, frame = Manifest(_db(args)).changes(args.version_label)
+    if args.json:
+        print(json.dumps(frame.to_dicts(), indent=2))
+    elif args.csv:
+        sys.stdout.write(frame.write_csv())
+    else:
+        print(f"version {label}:" if label else "no versions yet")
+        print(frame_text(frame.select("change", "srcfile", "old_srcfile", "modality", "size", "md5")))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits 2 on bad usage, as argparse does
+    if args.command is None:
+        args = parser.parse_args(["run", *argv])
+    from .progress import setup_logging
+
+    setup_logging(verbose=args.verbose, quiet=args.quiet)
+    try:
+        return COMMANDS[args.command](args, argv)
+    except ChorusError as exc:
+        print(f"chorus-batch: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("chorus-batch: interrupted; nothing was committed", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+    except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n"
+            "  nothing was committed; the previous version is intact.\n"
+            "  fix:   rerun with -v for details, and report it with that output",
+            file=sys.stderr,
+        )
+        return int(ExitCode.FAILED)

@@ -1,0 +1,137 @@
+"""Run settings: chorus.toml, validated with pydantic, overridden by the command line.
+
+Example chorus.toml (paths are relative to the file's folder):
+
+    [site]
+    root = "/data/chorus/site"          # OMOP/, Metadata/, <person_id>/...
+    name = "site-a"                     # optional, recorded with each version
+
+    [site.roots]                        # optional: one root per modality
+    Waveforms = "/mnt/bedside/export"   # same layout below it: <person_id>/Waveforms/...
+
+    [manifest]
+    db = "chorus_manifest.sqlite"
+    parquet = "snapshots"               # optional Parquet snapshots
+
+    [run]
+    mode = "full"                       # or "append"
+    workers = 8
+    follow_symlinks = false
+
+    [patterns]                          # optional: replace a modality's path patterns
+    Waveforms = ['^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$']
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+CONFIG_NAME = "chorus.toml"
+MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteSection(_Strict):
+    root: str | None = None
+    name: str | None = None
+    roots: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("roots")
+    @classmethod
+    def _known_modalities(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key not in MODALITIES:
+                raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
+        return value
+
+
+class ManifestSection(_Strict):
+    db: str | None = None
+    parquet: str | None = None
+
+
+class RunSection(_Strict):
+    mode: Literal["full", "append"] = "full"
+    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 16), ge=1, le=256)
+    follow_symlinks: bool = False
+    racy_window_s: float = Field(default=2.0, ge=0, le=3600)
+
+
+class ConfigFile(_Strict):
+    site: SiteSection = Field(default_factory=SiteSection)
+    manifest: ManifestSection = Field(default_factory=ManifestSection)
+    run: RunSection = Field(default_factory=RunSection)
+    patterns: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("patterns")
+    @classmethod
+    def _pattern_modalities(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key in value:
+            if key not in MODALITIES:
+                raise ValueError(f"unknown modality {key!r}; use one of {', '.join(MODALITIES)}")
+        return value
+
+
+class RunSettings(BaseModel):
+    """Everything one `run` needs, after merging the file and the command line."""
+
+    site: str
+    site_name: str | None = None
+    roots: dict[str, str] = Field(default_factory=dict)
+    db: str
+    mode: Literal["full", "append"] = "full"
+    delete_list: str | None = None
+    parquet: str | None = None
+    workers: int = 1
+    rehash: bool = False
+    dry_run: bool = False
+    follow_symlinks: bool = False
+    racy_window_s: float = 2.0
+    patterns: dict[str, list[str]] = Field(default_factory=dict)
+    version_label: str | None = None
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path))
+
+
+def load_config(path: str | os.PathLike[str]) -> ConfigFile:
+    """Read and validate chorus.toml; paths in it become absolute."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}", where=str(path), fix="pass --config with an existing file, or omit it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", where=str(path), fix="check the file's permissions and encoding (UTF-8)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file is not valid TOML: {exc}", where=str(path), fix="fix the TOML syntax at the position given") from None
+    try:
+        config = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        setting = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"invalid setting {setting!r}: {first['msg']}",
+            where=f"{path} [{setting}]",
+            fix="correct or remove that setting (see the example at the top of `chorus-batch run --help`)",
+        ) from None
+    base = path.resolve().parent
+    config.site.root = _resolve(base, config.site.root)
+    config.site.roots = {k: _resolve(base, v) for k, v in config.site.roots.items()}  # type: ignore[misc]
+    config.manifest.db = _resolve(base, config.manifest.db)
+    config.manifest.parquet = _resolve(base, config.manifest.parquet)
+    return config

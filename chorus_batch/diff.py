@@ -1,0 +1,97 @@
+"""Compare the current tree with the previous manifest, as set operations in DuckDB.
+
+  added     path new, content not explained by a rename
+  removed   path gone (full mode), or named in the delete list (append mode)
+  replaced  same path, different MD5
+  renamed   a removed and an added path with the same MD5 and size, paired
+            one-to-one (in path order within each MD5/size group)
+  unchanged same path, same MD5 (counted, not listed)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import polars as pl
+
+CHANGE_SET_SCHEMA = {"change": pl.String, "srcfile": pl.String, "old_srcfile": pl.String, "old_file_id": pl.Int64}
+
+_DIFF_SQL = """
+WITH joined AS (
+    SELECT c.srcfile AS c_path, c.md5 AS c_md5, c.size AS c_size,
+           p.srcfile AS p_path, p.md5 AS p_md5, p.size AS p_size, p.file_id AS p_id
+    FROM current_files c FULL OUTER JOIN previous_files p ON c.srcfile = p.srcfile
+),
+added_raw AS (
+    SELECT c_path AS srcfile, c_md5 AS md5, c_size AS size,
+           row_number() OVER (PARTITION BY c_md5, c_size ORDER BY c_path) AS k
+    FROM joined WHERE p_path IS NULL
+),
+removed_raw AS (
+    SELECT p_path AS srcfile, p_md5 AS md5, p_size AS size, p_id AS file_id,
+           row_number() OVER (PARTITION BY p_md5, p_size ORDER BY p_path) AS k
+    FROM joined
+    WHERE c_path IS NULL AND ({removal_condition})
+),
+renamed AS (
+    SELECT a.srcfile, r.srcfile AS old_srcfile, r.file_id AS old_file_id
+    FROM added_raw a JOIN removed_raw r ON a.md5 = r.md5 AND a.size = r.size AND a.k = r.k
+)
+SELECT 'renamed' AS change, srcfile, old_srcfile, old_file_id FROM renamed
+UNION ALL
+SELECT 'added', a.srcfile, NULL, NULL FROM added_raw a ANTI JOIN renamed n ON a.srcfile = n.srcfile
+UNION ALL
+SELECT 'removed', r.srcfile, NULL, r.file_id FROM removed_raw r ANTI JOIN renamed n ON r.srcfile = n.old_srcfile
+UNION ALL
+SELECT 'replaced', c_path, NULL, p_id FROM joined WHERE c_path = p_path AND c_md5 IS DISTINCT FROM p_md5
+"""
+
+_UNCHANGED_SQL = """
+SELECT count(*) FROM current_files c JOIN previous_files p ON c.srcfile = p.srcfile WHERE c.md5 = p.md5
+"""
+
+
+@dataclass
+class Diff:
+    change_set: pl.DataFrame  # CHANGE_SET_SCHEMA, sorted by change then srcfile
+    n_unchanged: int
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(("added", "removed", "replaced", "renamed"), 0)
+        for change, n in self.change_set.group_by("change").len().iter_rows():
+            counts[change] = n
+        counts["unchanged"] = self.n_unchanged
+        return counts
+
+    @property
+    def is_empty(self) -> bool:
+        return self.change_set.height == 0
+
+
+def compute_diff(
+    previous_files: pl.DataFrame,
+    current_files: pl.DataFrame,
+    *,
+    mode: str = "full",
+    delete_list: pl.DataFrame | None = None,
+    threads: int = 2,
+) -> Diff:
+    """previous_files: file_id, srcfile, size, md5 (current rows of the last version).
+    current_files: srcfile, size, md5 (the tree now). delete_list: srcfile (append mode)."""
+    con = duckdb.connect(config={"threads": max(1, threads)})
+    try:
+        con.register("previous_files", previous_files.select("file_id", "srcfile", "size", "md5").to_arrow())
+        con.register("current_files", current_files.select("srcfile", "size", "md5").to_arrow())
+        if mode == "full":
+            condition = "TRUE"
+        else:
+            deletions = delete_list if delete_list is not None else pl.DataFrame(schema={"srcfile": pl.String})
+            con.register("delete_list", deletions.select("srcfile").to_arrow())
+            condition = "p_path IN (SELECT srcfile FROM delete_list)"
+        change_set = con.sql(_DIFF_SQL.format(removal_condition=condition)).pl()
+        n_unchanged = con.execute(_UNCHANGED_SQL).fetchone()[0]
+    finally:
+        con.close()
+    change_set = change_set.cast(CHANGE_SET_SCHEMA).sort("change", "srcfile")
+    return Diff(change_set, int(n_unchanged))

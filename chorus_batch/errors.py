@@ -1,0 +1,70 @@
+"""Typed errors and the exit codes the command line maps them to.
+
+Library code raises these; only `chorus_batch.cli` turns them into messages and
+exit codes. Every error carries what happened, where, and what to do.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every command (documented in README and `--help`)."""
+
+    OK = 0  # success, nothing to report
+    FINDINGS = 1  # success, but scan errors or unparseable paths were recorded
+    USAGE = 2  # bad arguments or configuration; nothing was done
+    FAILED = 3  # the run failed; nothing was committed
+    LOCKED = 4  # another run holds the manifest lock; nothing was done
+    INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
+
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success
+  1    success with findings (scan errors or unparseable paths were recorded)
+  2    bad usage or configuration (nothing was done)
+  3    failure (nothing was committed; the previous version is intact)
+  4    the manifest is locked by another run (its holder is named)
+  130  interrupted (nothing was committed)"""
+
+
+class ChorusError(Exception):
+    """Base of all expected errors: a message, the place, and the fix."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None):
+        super().__init__(what)
+        self.what = what
+        self.where = where
+        self.fix = fix
+
+    def __str__(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"  where: {self.where}")
+        if self.fix:
+            parts.append(f"  fix:   {self.fix}")
+        return "\n".join(parts)
+
+
+class UsageError(ChorusError):
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(UsageError):
+    """A setting in chorus.toml (or its command-line override) is invalid."""
+
+
+class SourceError(ChorusError):
+    """The site tree cannot be listed at all (missing root, no permission)."""
+
+
+class ManifestError(ChorusError):
+    """The manifest cannot be opened, read or written."""
+
+
+class ManifestLocked(ChorusError):
+    exit_code = ExitCode.LOCKED

@@ -1,0 +1,90 @@
+"""What a run changed, for a person (a table) and for programs (one JSON object)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from .pipeline import RunResult
+
+_KINDS = ("added", "removed", "replaced", "renamed", "unchanged")
+
+
+def _rate(n: float, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def summary_dict(result: RunResult) -> dict[str, Any]:
+    by_modality: dict[str, dict[str, int]] = {}
+    for modality, change, n in result.by_modality.iter_rows():
+        by_modality.setdefault(modality, dict.fromkeys(_KINDS, 0))[change] = n
+    error_kinds = dict(result.errors.group_by("kind").len().sort("kind").iter_rows()) if result.errors.height else {}
+    return {
+        "version": result.label,
+        "previous_version": result.previous_label,
+        "committed": result.label is not None,
+        "dry_run": result.dry_run,
+        "manifest": result.db,
+        "site": result.site,
+        "mode": result.mode,
+        "counts": result.counts,
+        "by_modality": by_modality,
+        "errors": {
+            "total": result.errors.height,
+            "by_kind": error_kinds,
+            "examples": result.errors.head(20).to_dicts(),
+        },
+        "files": result.n_files,
+        "bytes": result.total_bytes,
+        "files_hashed": result.n_hashed,
+        "bytes_hashed": result.bytes_hashed,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "files_per_s": round(_rate(result.n_hashed, result.hash_s), 1),
+        "mb_per_s": round(_rate(result.bytes_hashed / 1e6, result.hash_s), 1),
+        "stage_s": {k: v for k, v in result.timings.items() if k != "scan_started_ns"},
+        "exit_code": int(result.exit_code),
+    }
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+
+
+def summary_text(result: RunResult) -> str:
+    d = summary_dict(result)
+    lines: list[str] = []
+    if result.dry_run:
+        lines.append(f"dry run: nothing written (manifest {result.db})")
+    elif result.label:
+        lines.append(f"version {result.label} committed to {result.db}")
+    else:
+        lines.append(f"no changes since version {result.previous_label or '(none)'}; nothing committed ({result.db})")
+    rows = [[m, *(str(c[k]) for k in _KINDS)] for m, c in sorted(d["by_modality"].items())]
+    if rows:
+        totals = ["total", *(str(sum(int(r[i + 1]) for r in rows)) for i in range(len(_KINDS)))]
+        lines += [""] + _table(rows + [totals], ["modality", *_KINDS])
+    lines += [
+        "",
+        f"files in manifest: {result.n_files}  ({result.total_bytes / 1e6:.1f} MB)",
+        f"hashed: {result.n_hashed} files, {result.bytes_hashed / 1e6:.1f} MB in {result.hash_s:.2f} s "
+        f"({d['files_per_s']:.0f} files/s, {d['mb_per_s']:.1f} MB/s); run took {result.elapsed_s:.2f} s",
+    ]
+    if result.errors.height:
+        lines += ["", f"errors: {result.errors.height} (recorded in scan_errors)"]
+        for kind, n in d["errors"]["by_kind"].items():
+            lines.append(f"  {kind}: {n}")
+        for row in result.errors.head(10).iter_rows(named=True):
+            lines.append(f"    {row['srcfile']}: {row['message']}")
+        if result.errors.height > 10:
+            lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
+    return "\n".join(lines)
+
+
+def frame_text(frame: pl.DataFrame) -> str:
+    if frame.height == 0:
+        return "(none)"
+    rows = [["" if v is None else str(v) for v in row] for row in frame.iter_rows()]
+    return "\n".join(_table(rows, frame.columns))

@@ -1,0 +1,334 @@
+"""Where a site's files come from: one interface, a fast path for local disks.
+
+A source lists its tree as Arrow record batches (LISTING_SCHEMA) and hashes one
+file at a time. `LocalSource` walks with `os.scandir` (measured: close to `find`,
+far cheaper than fsspec's generic walk) and spreads large trees over worker
+processes; `FsspecSource` serves any fsspec URL (Azure Blob, S3, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import os
+import stat
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+
+from .errors import ConfigError, SourceError
+from .frames import LISTING_SCHEMA
+
+READ_SIZE = 64 * 1024  # stays in L2; measured fastest for hashlib.md5
+BATCH_ROWS = 65_536
+# A tree whose walk takes longer than this in-process is finished by worker processes.
+INPROCESS_BUDGET_S = 0.25
+
+
+@dataclass
+class HashOutcome:
+    md5: str
+    size: int
+    mtime_ns: int
+
+
+class FileChangedWhileHashing(OSError):
+    pass
+
+
+class Source(Protocol):
+    """What the pipeline needs of a place that holds a site's files."""
+
+    description: str
+
+    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
+        """Yield LISTING_SCHEMA batches; append (srcfile, kind, message) for what is skipped."""
+        ...
+
+    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+        """MD5 of one file, streamed; raises OSError (FileChangedWhileHashing if it changed)."""
+        ...
+
+
+# ----------------------------------------------------------------------------- local
+
+
+def _name_error(rel: str) -> str | None:
+    """Names that cannot be stored as UTF-8 text (undecodable bytes on POSIX)."""
+    if rel.isascii():
+        return None
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
+@dataclass
+class _WalkResult:
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    subdirs: list[str] = field(default_factory=list)  # only with collect_dirs
+
+
+def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_dirs: bool = False) -> _WalkResult:
+    """Walk `rel_dirs` (site-relative, '' for the root itself) below `root`.
+
+    With `collect_dirs`, subdirectories are returned instead of walked (used to
+    list the root and share its folders out). Module-level so worker processes
+    can run it. Paths are built with '/' so the manifest holds POSIX paths on
+    Windows too.
+    """
+    out = _WalkResult()
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def flush() -> None:
+        if paths:
+            out.batches.append(
+                pa.RecordBatch.from_arrays(
+                    [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())],
+                    schema=LISTING_SCHEMA,
+                )
+            )
+            paths.clear()
+            sizes.clear()
+            mtimes.clear()
+
+    stack = list(reversed(rel_dirs))
+    push_dir = out.subdirs.append if collect_dirs else stack.append
+    add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
+    while stack:
+        rel_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
+        try:
+            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
+        except FileNotFoundError:
+            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed"))
+            continue
+        except OSError as exc:
+            # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
+            add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir", f"cannot list directory: {exc.strerror or exc}"))
+            continue
+        with it:
+            for entry in it:
+                rel = prefix + entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        push_dir(rel)
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                    elif entry.is_symlink():
+                        if not follow_symlinks:
+                            add_error((_printable(rel), "symlink", "symbolic link not followed (set follow_symlinks = true to follow)"))
+                            continue
+                        st = entry.stat(follow_symlinks=True)
+                        if stat.S_ISDIR(st.st_mode):
+                            if (st.st_dev, st.st_ino) in seen_dirs:
+                                add_error((_printable(rel), "symlink_loop", "directory link already walked; skipped"))
+                            else:
+                                seen_dirs.add((st.st_dev, st.st_ino))
+                                push_dir(rel)
+                            continue
+                        if not stat.S_ISREG(st.st_mode):
+                            add_error((_printable(rel), "special_file", "link to a non-regular file; skipped"))
+                            continue
+                    else:
+                        add_error((_printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
+                        continue
+                except FileNotFoundError:
+                    add_error((_printable(rel), "vanished", "file disappeared while the tree was listed"))
+                    continue
+                except OSError as exc:
+                    add_error((_printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}"))
+                    continue
+                bad = _name_error(rel)
+                if bad is not None:
+                    add_error((bad, "non_utf8_name", "file name is not valid UTF-8; rename it to track it"))
+                    continue
+                add_path(rel)
+                add_size(st.st_size)
+                add_mtime(st.st_mtime_ns)
+                if len(paths) >= BATCH_ROWS:
+                    flush()
+    flush()
+    return out
+
+
+def _printable(rel: str) -> str:
+    return _name_error(rel) or rel
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork is unsafe once polars/duckdb threads exist; forkserver is the safe POSIX choice.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class LocalSource:
+    """A directory on a local or HPC file system."""
+
+    def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1):
+        self.root = os.path.abspath(os.fspath(root))
+        self.description = self.root
+        self.follow_symlinks = follow_symlinks
+        self.workers = max(1, workers)
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise ConfigError(
+                f"site root is not a readable directory: {self.root}",
+                where="--site / [site] root",
+                fix="point --site (or root in chorus.toml) at the folder that holds OMOP/ and the person folders",
+            )
+
+    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
+        self.check()
+        try:
+            top = walk_local(self.root, [""], self.follow_symlinks, collect_dirs=True)
+        except OSError as exc:
+            raise SourceError(
+                f"cannot list the site root {self.root}: {exc.strerror or exc}",
+                where=self.root,
+                fix="check the path and that this user may read it",
+            ) from exc
+        if any(e[0] == "" for e in top.errors):
+            raise SourceError(
+                f"cannot list the site root {self.root}: {top.errors[0][2]}",
+                where=self.root,
+                fix="check the path and that this user may read it",
+            )
+        errors.extend(top.errors)
+        yield from top.batches
+        top_dirs = []
+        for name in sorted(top.subdirs):
+            bad = _name_error(name)
+            if bad is None:
+                top_dirs.append(name)
+            else:
+                errors.append((bad + "/", "non_utf8_name", "folder name is not valid UTF-8; rename it to track its files"))
+
+        # Small trees finish in-process; large ones go to worker processes.
+        started = time.perf_counter()
+        i = 0
+        while i < len(top_dirs) and (self.workers == 1 or time.perf_counter() - started < INPROCESS_BUDGET_S):
+            res = walk_local(self.root, [top_dirs[i]], self.follow_symlinks)
+            errors.extend(res.errors)
+            yield from res.batches
+            i += 1
+        remaining = top_dirs[i:]
+        if not remaining:
+            return
+        n_tasks = min(len(remaining), self.workers * 8)
+        groups = [remaining[k::n_tasks] for k in range(n_tasks)]
+        with ProcessPoolExecutor(self.workers, mp_context=_pool_context()) as pool:
+            futures = [pool.submit(walk_local, self.root, g, self.follow_symlinks) for g in groups]
+            for fut in as_completed(futures):
+                res = fut.result()
+                errors.extend(res.errors)
+                yield from res.batches
+
+    def absolute(self, srcfile: str) -> str:
+        return os.path.join(self.root, *srcfile.split("/"))
+
+    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+        path = self.absolute(srcfile)
+        view = memoryview(buffer)
+        for attempt in (1, 2):
+            with io.FileIO(path, "r") as f:
+                before = os.fstat(f.fileno())
+                digest = hashlib.md5(usedforsecurity=False)
+                total = 0
+                readinto, update = f.readinto, digest.update
+                while n := readinto(buffer):
+                    update(view[:n])
+                    total += n
+                after = os.fstat(f.fileno())
+            if (
+                total == before.st_size
+                and after.st_size == before.st_size
+                and after.st_mtime_ns == before.st_mtime_ns
+            ):
+                return HashOutcome(digest.hexdigest(), before.st_size, before.st_mtime_ns)
+        raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
+
+
+# ----------------------------------------------------------------------------- fsspec
+
+
+def _mtime_ns(info: dict) -> int:
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return int(value.timestamp() * 1_000_000_000)
+        return int(float(value) * 1_000_000_000)
+    return 0
+
+
+class FsspecSource:
+    """Any fsspec file system (az://, abfs://, s3://, memory://, ...)."""
+
+    def __init__(self, url: str, *, storage_options: dict | None = None):
+        import fsspec
+
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.description = url
+
+    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
+        try:
+            found = self.fs.find(self.root, detail=True, withdirs=False)
+        except (OSError, ValueError) as exc:
+            raise SourceError(
+                f"cannot list {self.url}: {exc}",
+                where=self.url,
+                fix="check the URL and that credentials for it are in the environment",
+            ) from exc
+        prefix = self.root + "/" if self.root else ""
+        paths, sizes, mtimes = [], [], []
+        for path, info in found.items():
+            rel = path[len(prefix):] if path.startswith(prefix) else path
+            paths.append(rel)
+            sizes.append(int(info.get("size") or 0))
+            mtimes.append(_mtime_ns(info))
+            if len(paths) >= BATCH_ROWS:
+                yield pa.RecordBatch.from_arrays([pa.array(paths), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())], schema=LISTING_SCHEMA)
+                paths, sizes, mtimes = [], [], []
+        if paths:
+            yield pa.RecordBatch.from_arrays([pa.array(paths), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())], schema=LISTING_SCHEMA)
+
+    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+        path = f"{self.root}/{srcfile}" if self.root else srcfile
+        info = self.fs.info(path)
+        digest = hashlib.md5(usedforsecurity=False)
+        view = memoryview(buffer)
+        total = 0
+        with self.fs.open(path, "rb", block_size=READ_SIZE) as f:
+            while n := f.readinto(buffer):
+                digest.update(view[:n])
+                total += n
+        if total != int(info.get("size") or 0):
+            raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
+        return HashOutcome(digest.hexdigest(), total, _mtime_ns(info))
+
+
+def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1) -> Source:
+    """A local path (or file:// URL) gets the fast path; other URLs go through fsspec."""
+    if "://" in location and not location.startswith("file://"):
+        return FsspecSource(location)
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers)
+
+
