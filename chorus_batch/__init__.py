@@ -2,13 +2,31 @@
 
     from chorus_batch import RunSettings, run
     result = run(RunSettings(site="/data/site", db="manifest.sqlite"))
-    result.change_set  # polars frame: change, srcfile, old_srcfile, ...
+    result.change_set  # polars frame: change, srcfile, old_srcfile, old_file_id
 """
 
-from .config import RunSettings, load_config
-from .errors import ChorusError, ExitCode
-from .pipeline import RunResult, run
-from .store import Manifest
+from __future__ import annotations
 
-__all__ = ["ChorusError", "ExitCode", "Manifest", "RunResult", "RunSettings", "load_config", "run"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import ChorusError, ExitCode
+
 __version__ = "0.1.0"
+__all__ = ["ChorusError", "ExitCode", "Manifest", "RunResult", "RunSettings", "load_config", "run"]
+
+# Heavy modules (polars, duckdb, pyarrow) load on first use, so `--help` stays instant.
+_LAZY = {
+    "RunSettings": "config", "load_config": "config", "RunResult": "pipeline", "run": "pipeline", "Manifest": "store",
+}
+
+if TYPE_CHECKING:
+    from .config import RunSettings, load_config
+    from .pipeline import RunResult, run
+    from .store import Manifest
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'chorus_batch' has no attribute {name!r}")

@@ -90,9 +90,9 @@ def _check_regex(modality: str, index: int, regex: str) -> None:
         )
 
 
-def _groups(pattern: PathPattern) -> pl.Expr:
-    """A struct with every known group (NULL where the pattern lacks it)."""
-    extracted = pl.col("srcfile").str.extract_groups(pattern.regex)
+def _groups(pattern: PathPattern, extracted: pl.Expr) -> pl.Expr:
+    """A struct with every known group (NULL where the pattern lacks it), from the
+    pattern's extract_groups column (computed once: each reference would re-run the regex)."""
     names = set(re.findall(r"\(\?P<(\w+)>", pattern.regex))
     fields = [
         (extracted.struct.field(g) if g in names else pl.lit(None, pl.String)).alias(g) for g in GROUPS
@@ -152,7 +152,9 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
                 "modality", "person_id", "session_id", "record_key", "start_date", "start_time", "duration_s", "segment", "parse_error"))
         )
     frame = listing.lazy().with_columns(
-        [_groups(p).alias(f"_g{i}") for i, p in enumerate(patterns)]
+        [pl.col("srcfile").str.extract_groups(p.regex).alias(f"_x{i}") for i, p in enumerate(patterns)]
+    ).with_columns(
+        [_groups(p, pl.col(f"_x{i}")).alias(f"_g{i}") for i, p in enumerate(patterns)]
     ).with_columns(
         [_reason(p, pl.col(f"_g{i}")).alias(f"_r{i}") for i, p in enumerate(patterns)]
     )

@@ -156,21 +156,29 @@ def _check_modality_roots(classified: pl.DataFrame, sources: list[tuple[Source, 
 # ----------------------------------------------------------------------------- the run
 
 
-def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
-    """Run the pipeline once and (unless dry_run) commit a new version if anything changed."""
+def run(
+    settings: RunSettings,
+    *,
+    argv: list[str] | None = None,
+    progress: Progress | None = None,
+    sources: list[tuple[Source, str | None]] | None = None,
+) -> RunResult:
+    """Run the pipeline once and (unless dry_run) commit a new version if anything changed.
+
+    `sources` overrides the roots named in `settings` (a shard, a custom source)."""
     progress = progress or Progress(quiet=True)
     argv = list(argv if argv is not None else sys.argv[1:])
     if settings.delete_list and settings.mode != "append":
         raise UsageError("--delete-list applies to append mode only", where="--delete-list",
                          fix="add --mode append, or drop --delete-list (full mode removes whatever is gone)")
-    sources = build_sources(settings)
+    sources = sources if sources is not None else build_sources(settings)
     patterns = build_patterns(settings.patterns)
     delete_list = read_delete_list(settings.delete_list) if settings.delete_list else None
     manifest = Manifest(settings.db)
     if settings.dry_run:
         return _run(settings, manifest, sources, patterns, delete_list, progress, run_id=None)
-    manifest.ensure_schema()
-    with manifest.lock(argv):
+    with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
+        manifest.ensure_schema()
         run_id = manifest.begin_run(_redact(argv), settings.mode, settings.site)
         try:
             result = _run(settings, manifest, sources, patterns, delete_list, progress, run_id=run_id)

@@ -13,6 +13,7 @@ import io
 import multiprocessing
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,6 +26,7 @@ from .errors import ConfigError, SourceError
 from .frames import LISTING_SCHEMA
 
 READ_SIZE = 64 * 1024  # stays in L2; measured fastest for hashlib.md5
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 BATCH_ROWS = 65_536
 # A tree whose walk takes longer than this in-process is finished by worker processes.
 INPROCESS_BUDGET_S = 0.25
@@ -71,9 +73,18 @@ def _name_error(rel: str) -> str | None:
 
 @dataclass
 class _WalkResult:
-    batches: list[pa.RecordBatch] = field(default_factory=list)
+    # Plain lists, not Arrow: worker processes then run nothing but the standard
+    # library, which is what makes forking them safe. The parent builds the batches.
+    chunks: list[tuple[list[str], list[int], list[int]]] = field(default_factory=list)
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     subdirs: list[str] = field(default_factory=list)  # only with collect_dirs
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        for paths, sizes, mtimes in self.chunks:
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())],
+                schema=LISTING_SCHEMA,
+            )
 
 
 def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_dirs: bool = False) -> _WalkResult:
@@ -91,16 +102,11 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     seen_dirs: set[tuple[int, int]] = set()
 
     def flush() -> None:
+        nonlocal paths, sizes, mtimes, add_path, add_size, add_mtime
         if paths:
-            out.batches.append(
-                pa.RecordBatch.from_arrays(
-                    [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())],
-                    schema=LISTING_SCHEMA,
-                )
-            )
-            paths.clear()
-            sizes.clear()
-            mtimes.clear()
+            out.chunks.append((paths, sizes, mtimes))
+            paths, sizes, mtimes = [], [], []
+            add_path, add_size, add_mtime = paths.append, sizes.append, mtimes.append
 
     stack = list(reversed(rel_dirs))
     push_dir = out.subdirs.append if collect_dirs else stack.append
@@ -168,19 +174,57 @@ def _printable(rel: str) -> str:
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork is unsafe once polars/duckdb threads exist; forkserver is the safe POSIX choice.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    """Worker processes for listing and hashing.
+
+    On Linux they are forked: cheap to start, and no re-import of the caller's
+    main module (spawn and forkserver re-run an unguarded script). Forking a
+    process whose polars/duckdb threads exist is safe here because the workers
+    run only the standard library (walk_local, hash_chunk). Elsewhere: spawn.
+    """
+    if sys.platform == "linux":
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=_pool_context())
+
+
+def hash_one(source: "Source", path: str, buffer: bytearray) -> tuple:
+    """(md5, size, mtime_ns, error kind, error message) for one file; never raises OSError."""
+    try:
+        res = source.hash_file(path, buffer)
+        return res.md5, res.size, res.mtime_ns, None, None
+    except FileChangedWhileHashing as exc:
+        return None, None, None, "changed_while_hashing", str(exc)
+    except FileNotFoundError:
+        return None, None, None, "vanished", "file disappeared before it could be hashed"
+    except PermissionError as exc:
+        return None, None, None, "unreadable", f"permission denied: {exc.strerror or exc}"
+    except OSError as exc:
+        return None, None, None, "unreadable", f"cannot read: {exc.strerror or exc}"
+
+
+def hash_chunk(source: "Source", paths: list[str]) -> list[tuple]:
+    """Hash files one after another (in a worker process: one GIL per core)."""
+    buffer = bytearray(READ_SIZE)
+    return [hash_one(source, path, buffer) for path in paths]
 
 
 class LocalSource:
     """A directory on a local or HPC file system."""
 
-    def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1):
+    # Hashing many small files is bound by per-file Python work under the GIL
+    # (measured: two threads slower than one), so local sources hash in processes.
+    hash_in_processes = True
+
+    def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1,
+                 inprocess_budget_s: float = INPROCESS_BUDGET_S):
         self.root = os.path.abspath(os.fspath(root))
         self.description = self.root
         self.follow_symlinks = follow_symlinks
         self.workers = max(1, workers)
+        self.inprocess_budget_s = inprocess_budget_s
 
     def check(self) -> None:
         if not os.path.isdir(self.root):
@@ -207,7 +251,7 @@ class LocalSource:
                 fix="check the path and that this user may read it",
             )
         errors.extend(top.errors)
-        yield from top.batches
+        yield from top.batches()
         top_dirs = []
         for name in sorted(top.subdirs):
             bad = _name_error(name)
@@ -219,44 +263,46 @@ class LocalSource:
         # Small trees finish in-process; large ones go to worker processes.
         started = time.perf_counter()
         i = 0
-        while i < len(top_dirs) and (self.workers == 1 or time.perf_counter() - started < INPROCESS_BUDGET_S):
+        while i < len(top_dirs) and (self.workers == 1 or time.perf_counter() - started < self.inprocess_budget_s):
             res = walk_local(self.root, [top_dirs[i]], self.follow_symlinks)
             errors.extend(res.errors)
-            yield from res.batches
+            yield from res.batches()
             i += 1
         remaining = top_dirs[i:]
         if not remaining:
             return
         n_tasks = min(len(remaining), self.workers * 8)
         groups = [remaining[k::n_tasks] for k in range(n_tasks)]
-        with ProcessPoolExecutor(self.workers, mp_context=_pool_context()) as pool:
-            futures = [pool.submit(walk_local, self.root, g, self.follow_symlinks) for g in groups]
+        with pool(self.workers) as workers:
+            futures = [workers.submit(walk_local, self.root, g, self.follow_symlinks) for g in groups]
             for fut in as_completed(futures):
                 res = fut.result()
                 errors.extend(res.errors)
-                yield from res.batches
+                yield from res.batches()
 
     def absolute(self, srcfile: str) -> str:
         return os.path.join(self.root, *srcfile.split("/"))
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = self.absolute(srcfile)
-        view = memoryview(buffer)
-        for attempt in (1, 2):
-            with io.FileIO(path, "r") as f:
-                before = os.fstat(f.fileno())
-                digest = hashlib.md5(usedforsecurity=False)
-                total = 0
-                readinto, update = f.readinto, digest.update
-                while n := readinto(buffer):
-                    update(view[:n])
-                    total += n
-                after = os.fstat(f.fileno())
-            if (
-                total == before.st_size
-                and after.st_size == before.st_size
-                and after.st_mtime_ns == before.st_mtime_ns
-            ):
+        for _attempt in (1, 2):
+            fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            try:
+                before = os.fstat(fd)
+                # Small files (most of a site) take one read; larger ones stream into the reused buffer.
+                data = os.read(fd, READ_SIZE)
+                digest = hashlib.md5(data, usedforsecurity=False)
+                total = len(data)
+                if total == READ_SIZE:
+                    with io.FileIO(fd, "r", closefd=False) as f:
+                        view, readinto, update = memoryview(buffer), f.readinto, digest.update
+                        while n := readinto(buffer):
+                            update(view[:n])
+                            total += n
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
                 return HashOutcome(digest.hexdigest(), before.st_size, before.st_mtime_ns)
         raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
 
@@ -277,6 +323,8 @@ def _mtime_ns(info: dict) -> int:
 
 class FsspecSource:
     """Any fsspec file system (az://, abfs://, s3://, memory://, ...)."""
+
+    hash_in_processes = False  # network-bound: threads overlap the waits
 
     def __init__(self, url: str, *, storage_options: dict | None = None):
         import fsspec

@@ -128,8 +128,6 @@ _SOURCE_FILES_INDEXES = (
     "CREATE UNIQUE INDEX IF NOT EXISTS source_files_current ON source_files(srcfile) WHERE time_invalid IS NULL",
     "CREATE INDEX IF NOT EXISTS source_files_path ON source_files(srcfile)",
     "CREATE INDEX IF NOT EXISTS source_files_record ON source_files(record_id)",
-    "CREATE INDEX IF NOT EXISTS source_files_version_valid ON source_files(version_valid)",
-    "CREATE INDEX IF NOT EXISTS source_files_version_invalid ON source_files(version_invalid)",
 )
 
 # Columns written for a new file version (besides the validity columns).
@@ -318,7 +316,7 @@ class Manifest:
         if label is None or not self.path.exists():
             return pl.DataFrame(schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String})
         return self.query_frame(
-            "SELECT srcfile, kind, message FROM scan_errors WHERE version = ? ORDER BY srcfile, kind", (label,),
+            "SELECT srcfile, kind, message FROM scan_errors WHERE version = ? ORDER BY srcfile, kind, message", (label,),
             schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String},
         )
 
@@ -421,7 +419,7 @@ class Manifest:
 
         with adbc.connect(str(self.path)) as con:
             with con.cursor() as cur:
-                cur.adbc_ingest("_touch", touched.select("file_id", "mtime_ns", "size").to_arrow(), mode="create", temporary=True)
+                cur.adbc_ingest("_touch", touched.select("file_id", "mtime_ns").to_arrow(), mode="create", temporary=True)
                 cur.execute(
                     "UPDATE source_files SET mtime_ns = t.mtime_ns FROM temp._touch t "
                     "WHERE source_files.file_id = t.file_id"
@@ -457,7 +455,9 @@ class Manifest:
                 new_rows = new_rows.sort("srcfile").with_row_index("file_id", offset=max_file_id + 1).with_columns(
                     pl.col("file_id").cast(pl.Int64)
                 )
-                new_rows = self._assign_records(cur, new_rows)
+                cur.execute("SELECT coalesce(max(record_id), 0) FROM registry")
+                (max_record_id,) = cur.fetchone()
+                new_rows = self._assign_records(cur, new_rows, max_record_id)
                 now, label = version.finished_at, version.label
 
                 if invalidated_ids.len():
@@ -482,8 +482,9 @@ class Manifest:
                         cur.execute(ddl)
 
                 # A record stays active while any current file maps to it.
+                # Records created just now are active already; recheck the ones that existed.
                 affected = pl.concat([
-                    new_rows.select("record_id").drop_nulls(),
+                    new_rows.filter(pl.col("record_id") <= max_record_id).select("record_id"),
                     self._records_of(cur, invalidated_ids),
                 ]).unique()
                 if affected.height:
@@ -524,7 +525,7 @@ class Manifest:
         self.after_commit()
         return CommitResult(changes=changes, new_rows=new_rows, generation=generation)
 
-    def _assign_records(self, cur, new_rows: pl.DataFrame) -> pl.DataFrame:
+    def _assign_records(self, cur, new_rows: pl.DataFrame, max_record_id: int) -> pl.DataFrame:
         """record_id for each new row: existing records by key, new ones appended."""
         keyed = new_rows.filter(pl.col("record_key").is_not_null())
         if keyed.height == 0:
@@ -540,8 +541,6 @@ class Manifest:
         assert isinstance(known, pl.DataFrame)
         known = known.cast({"record_key": pl.String, "record_id": pl.Int64}) if known.height else pl.DataFrame(
             schema={"record_key": pl.String, "record_id": pl.Int64})
-        cur.execute("SELECT coalesce(max(record_id), 0) FROM registry")
-        (max_record_id,) = cur.fetchone()
         fresh = records.join(known, on="record_key", how="anti").with_row_index("record_id", offset=max_record_id + 1)
         fresh = fresh.with_columns(pl.col("record_id").cast(pl.Int64), isactive=pl.lit(1, pl.Int64), uploaddir=pl.lit(None, pl.String))
         if fresh.height:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -149,11 +148,11 @@ def write_snapshot(root: str | Path, spec: Spec, *, second: bool = False, worker
     n = write_files(root, _site_files(second), spec.size, spec.seed)
     if workers <= 1 or spec.persons * spec.files_per_person < 20_000:
         return n + _write_persons(root, spec, list(range(spec.persons)), second)
-    from .sources import _pool_context
+    from .sources import pool
 
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+    with pool(workers) as executor:
         chunks = _person_chunks(spec, workers * 4)
-        return n + sum(pool.map(_write_persons, [root] * len(chunks), [spec] * len(chunks), chunks, [second] * len(chunks)))
+        return n + sum(executor.map(_write_persons, [root] * len(chunks), [spec] * len(chunks), chunks, [second] * len(chunks)))
 
 
 def make_testdata(out: str | Path, spec: Spec, *, workers: int = 1) -> tuple[int, int]:
@@ -184,8 +183,8 @@ def sync_tree(root: str | Path, spec: Spec, *, workers: int = 1) -> int:
     n = _apply(root, _site_files(False), _site_files(True), spec)
     if workers <= 1 or spec.persons * spec.files_per_person < 20_000:
         return n + _sync_persons(root, spec, list(range(spec.persons)))
-    from .sources import _pool_context
+    from .sources import pool
 
-    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+    with pool(workers) as executor:
         chunks = _person_chunks(spec, workers * 4)
-        return n + sum(pool.map(_sync_persons, [root] * len(chunks), [spec] * len(chunks), chunks))
+        return n + sum(executor.map(_sync_persons, [root] * len(chunks), [spec] * len(chunks), chunks))

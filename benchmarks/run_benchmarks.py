@@ -1,0 +1,585 @@
+#!/usr/bin/env python3
+"""Benchmark `chorus-batch run` against baselines timed in the same invocation.
+
+For each synthetic tree, with a warm page cache, the script times
+
+  listing baseline   find ROOT -printf '%s %T@ %p\\n' > /dev/null                  (best of 3)
+  hashing baseline   find ROOT -type f -print0 | xargs -0 -P2 -n 256 md5sum > /dev/null
+  chorus first       chorus-batch run on a fresh manifest (hashes every file)
+  chorus no-change   the same run again, twice (best of 2; hashes nothing)
+  chorus mutated     a run after 5% of the files were modified/renamed/deleted/added
+
+and reports chorus as ratios against the baselines. Every chorus run is a subprocess
+(`python -m chorus_batch run ... --json -q`) timed by wall clock, start-up and imports
+included, as a user experiences it. Absolute seconds depend on the machine; only the
+ratios are compared with the targets.
+
+Run `python benchmarks/run_benchmarks.py --help` for the options; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import posixpath
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from chorus_batch.testdata import Spec, snapshot, sync_tree, write_snapshot
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = BENCH_DIR / "results" / "latest.json"
+BUILD_WORKERS = 2  # processes writing the trees
+MD5_PROCS = 2  # xargs -P for the hashing baseline
+SETTLE_S = 3.0  # files must be older than the tool's racy window (2 s) to count as clean
+MUTATE_FRACTION = 0.05
+SITE_FILES = 6  # OMOP/*.csv and Metadata/site_description.json, written with every snapshot
+BLOCK = 4096
+
+
+# ---------------------------------------------------------------------------- trees
+
+
+@dataclass(frozen=True)
+class TreeDef:
+    name: str
+    persons: int
+    files_per_person: int
+    size: int
+    md5_reps: int = 2  # repetitions of the md5sum baseline (best is kept)
+    seed: int = 0
+
+    def spec(self, change_fraction: float = 0.0) -> Spec:
+        return Spec(self.persons, self.files_per_person, self.size, self.seed, change_fraction)
+
+    @property
+    def n_files(self) -> int:
+        return self.persons * self.files_per_person + SITE_FILES
+
+    def footprint(self) -> tuple[int, int]:
+        """(bytes on disk, inodes) of the tree, estimated from one person's layout, with ~2% for added files."""
+        files = snapshot(self.spec(), [0])
+        dirs: set[str] = set()
+        for rel in files:
+            folder = posixpath.dirname(rel)
+            while folder and folder not in dirs:
+                dirs.add(folder)
+                folder = posixpath.dirname(folder)
+        n_files, n_dirs = self.n_files, self.persons * len(dirs) + 3
+        per_file = max(BLOCK, -(-self.size // BLOCK) * BLOCK)
+        return int((n_files * per_file + n_dirs * BLOCK) * 1.02), int((n_files + n_dirs) * 1.02)
+
+
+SMALL100K = TreeDef("small100k", persons=1000, files_per_person=100, size=4 * KiB)
+SMALL1M = TreeDef("small1m", persons=10_000, files_per_person=100, size=64)
+MEDIUM = TreeDef("medium", persons=100, files_per_person=100, size=256 * KiB)
+LARGE = TreeDef("large", persons=20, files_per_person=1, size=100 * MiB, md5_reps=1)
+
+SCALES: dict[str, list[TreeDef]] = {
+    "smoke": [  # tiny versions of the default trees: checks that the script works, nothing more
+        TreeDef("small100k", persons=20, files_per_person=100, size=4 * KiB),
+        TreeDef("medium", persons=2, files_per_person=100, size=256 * KiB),
+        TreeDef("large", persons=4, files_per_person=1, size=8 * MiB, md5_reps=1),
+    ],
+    "default": [SMALL100K, MEDIUM, LARGE],
+    "full": [SMALL100K, SMALL1M, MEDIUM, LARGE],
+}
+MANIFEST_BYTES_PER_FILE = 2 * KiB  # generous: the manifest keeps several versions
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def peak(values: Iterable[int | None]) -> int | None:
+    """The largest of the known values (None if none is known)."""
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+@dataclass
+class ChorusRun:
+    wall_s: float
+    exit_code: int
+    rss_main_kib: int | None  # GNU time %M: the chorus process (forkserver workers are not reaped by it)
+    rss_tree_kib: int | None  # sampled from /proc: sum over the process and all its descendants
+    elapsed_s: float  # the tool's own figure (no interpreter start-up)
+    files: int
+    bytes: int
+    files_hashed: int
+    bytes_hashed: int
+    counts: dict[str, int]
+    stage_s: dict[str, float]
+
+    @property
+    def peak_rss_kib(self) -> int | None:
+        return peak((self.rss_main_kib, self.rss_tree_kib))
+
+
+@dataclass
+class TreeResult:
+    name: str
+    files: int
+    bytes: int
+    build_s: float
+    find_s: float
+    md5sum_s: float
+    first: ChorusRun
+    nochange: ChorusRun  # the better of two
+    nochange_runs_s: list[float]
+    mutate_s: float
+    files_touched: int
+    mutated: ChorusRun
+    first_vs_md5sum: float = field(init=False)  # >= 1: as fast as md5sum
+    nochange_vs_find: float = field(init=False)  # <= 1: as fast as find
+    mutated_vs_find: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_vs_md5sum = self.md5sum_s / self.first.wall_s
+        self.nochange_vs_find = self.nochange.wall_s / self.find_s
+        self.mutated_vs_find = self.mutated.wall_s / self.find_s
+
+    @property
+    def runs(self) -> tuple[ChorusRun, ChorusRun, ChorusRun]:
+        return self.first, self.nochange, self.mutated
+
+    @property
+    def peak_rss_kib(self) -> int | None:
+        return peak(r.peak_rss_kib for r in self.runs)
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    tree: str
+    value: Callable[[TreeResult], float | None]
+    op: str  # "<", "<=" or ">="
+    limit: float
+    unit: str = "x"
+
+    def check(self, results: dict[str, TreeResult]) -> dict[str, Any]:
+        result = results.get(self.tree)
+        value = self.value(result) if result else None
+        if value is None:
+            status = "n/a"
+        else:
+            ok = {"<": value < self.limit, "<=": value <= self.limit, ">=": value >= self.limit}[self.op]
+            status = "PASS" if ok else "MISS"
+        return {"target": self.label, "tree": self.tree, "value": value, "op": self.op, "limit": self.limit,
+                "unit": self.unit, "status": status}
+
+
+TARGETS = [
+    Target("no-change run <= 1.3x find listing on 1M files", "small1m", lambda r: r.nochange_vs_find, "<=", 1.3),
+    Target("no-change run < 2 s on 100k files", "small100k", lambda r: r.nochange.wall_s, "<", 2.0, " s"),
+    Target("first-run throughput >= 0.9x xargs -P2 md5sum on medium", "medium", lambda r: r.first_vs_md5sum, ">=", 0.9),
+    Target("first-run throughput >= 0.9x xargs -P2 md5sum on large", "large", lambda r: r.first_vs_md5sum, ">=", 0.9),
+    Target("first-run throughput >= 0.65x xargs -P2 md5sum on 100k", "small100k", lambda r: r.first_vs_md5sum, ">=", 0.65),
+    Target("peak RSS < 1 GiB on 1M files", "small1m",
+           lambda r: None if r.peak_rss_kib is None else r.peak_rss_kib / KiB, "<", 1024.0, " MiB"),
+]
+
+
+class BenchmarkError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def timed(cmd: list[str], *, what: str) -> float:
+    """Wall seconds of one command, its output discarded; a failure aborts the benchmark."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise BenchmarkError(f"{what} failed with exit code {proc.returncode}: {shlex.join(cmd)}\n{proc.stderr}")
+    return wall
+
+
+def best_of(reps: int, cmd: list[str], *, what: str) -> float:
+    timed(cmd, what=what)  # untimed warm-up: page cache, dentries, inodes
+    return min(timed(cmd, what=what) for _ in range(reps))
+
+
+def find_listing_cmd(root: Path) -> list[str]:
+    return ["find", str(root), "-printf", r"%s %T@ %p\n"]
+
+
+def md5sum_cmd(root: Path) -> list[str]:
+    script = f'find "$1" -type f -print0 | xargs -0 -P{MD5_PROCS} -n 256 md5sum > /dev/null'
+    return ["bash", "-o", "pipefail", "-c", script, "md5sum-baseline", str(root)]
+
+
+def _process_tree_rss_kib(pid: int) -> int | None:
+    """Sum of the resident set sizes of `pid` and its descendants, from /proc (None where unavailable)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+        todo.extend(children.get(p, ()))
+    return total // KiB
+
+
+class RssSampler(threading.Thread):
+    """Polls the summed RSS of a process tree; catches worker processes GNU time does not see."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.interval_s = pid, interval_s
+        self.peak_kib: int | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            rss = _process_tree_rss_kib(self.pid)
+            if rss is not None:
+                self.peak_kib = max(self.peak_kib or 0, rss)
+            if self._stop_event.wait(self.interval_s):
+                return
+
+    def stop(self) -> int | None:
+        self._stop_event.set()
+        self.join()
+        return self.peak_kib
+
+
+def run_chorus(root: Path, db: Path, workdir: Path, *, workers: int | None, gnu_time: str | None) -> ChorusRun:
+    """One `chorus-batch run` as a subprocess; exit codes 0 and 1 (findings) are successes."""
+    cmd = [sys.executable, "-m", "chorus_batch", "run", "--site", str(root), "--db", str(db), "--json", "-q"]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    rss_file = workdir / "rss.txt"
+    if gnu_time:
+        cmd = [gnu_time, "-o", str(rss_file), "-f", "%M", *cmd]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    rss_tree = sampler.stop()
+    if proc.returncode not in (0, 1):
+        raise BenchmarkError(f"chorus-batch run exited with {proc.returncode}: {shlex.join(cmd)}\n{err}")
+    if gnu_time:
+        rss_main = int(rss_file.read_text().split()[-1])
+    else:  # max over every child so far: an upper bound for this run
+        rss_main = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    try:
+        summary = json.loads(out)
+    except json.JSONDecodeError as exc:
+        raise BenchmarkError(f"chorus-batch run printed no JSON ({exc}):\n{out[:2000]}\n{err}") from exc
+    return ChorusRun(
+        wall_s=wall, exit_code=proc.returncode, rss_main_kib=rss_main, rss_tree_kib=rss_tree,
+        elapsed_s=summary["elapsed_s"], files=summary["files"], bytes=summary["bytes"],
+        files_hashed=summary["files_hashed"], bytes_hashed=summary["bytes_hashed"],
+        counts=summary["counts"], stage_s=summary["stage_s"],
+    )
+
+
+def remove_manifest(db: Path) -> None:
+    for path in db.parent.glob(db.name + "*"):  # the file, -wal, -shm, .lock, .lock.json
+        path.unlink()
+
+
+def wait_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def build_tree(root: Path, tree: TreeDef) -> tuple[int, float]:
+    """Write the first snapshot; returns (files written, seconds). Flushed to disk so writeback does not skew timings."""
+    t0 = time.perf_counter()
+    n = write_snapshot(root, tree.spec(), workers=BUILD_WORKERS)
+    os.sync()
+    return n, time.perf_counter() - t0
+
+
+def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, written_at: float,
+                 workdir: Path, args: argparse.Namespace, gnu_time: str | None) -> TreeResult:
+    def chorus() -> ChorusRun:
+        return run_chorus(root, db, workdir, workers=args.chorus_workers, gnu_time=gnu_time)
+
+    log(f"[{tree.name}] baselines: find listing (best of 3), xargs -P{MD5_PROCS} md5sum (best of {tree.md5_reps})")
+    find_s = best_of(3, find_listing_cmd(root), what="find listing")
+    md5_s = best_of(tree.md5_reps, md5sum_cmd(root), what="md5sum baseline")
+
+    db = workdir / f"{tree.name}.sqlite"
+    remove_manifest(db)
+    wait_until(written_at + SETTLE_S)  # otherwise the no-change runs rehash "racily clean" files
+    log(f"[{tree.name}] chorus: first run, no-change runs")
+    first = chorus()
+    nochange_runs = [chorus(), chorus()]
+    nochange = min(nochange_runs, key=lambda r: r.wall_s)
+    if nochange.files_hashed:
+        log(f"[{tree.name}] warning: the no-change run hashed {nochange.files_hashed} files")
+    if first.files != n_files:
+        log(f"[{tree.name}] warning: chorus listed {first.files} files, the tree has {n_files}")
+
+    log(f"[{tree.name}] mutating {MUTATE_FRACTION:.0%} of the files, then a chorus run")
+    t0 = time.perf_counter()
+    touched = sync_tree(root, tree.spec(MUTATE_FRACTION), workers=BUILD_WORKERS)
+    os.sync()
+    mutate_s = time.perf_counter() - t0
+    time.sleep(SETTLE_S)
+    mutated = chorus()
+    if not args.keep:
+        remove_manifest(db)
+    return TreeResult(
+        name=tree.name, files=n_files, bytes=n_files * tree.size, build_s=build_s, find_s=find_s, md5sum_s=md5_s,
+        first=first, nochange=nochange, nochange_runs_s=[r.wall_s for r in nochange_runs],
+        mutate_s=mutate_s, files_touched=touched, mutated=mutated,
+    )
+
+
+# ---------------------------------------------------------------------------- checks and output
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_tools() -> str | None:
+    """Abort if a baseline tool is missing; returns the GNU time path (or None, with a note)."""
+    missing = [t for t in ("find", "xargs", "md5sum", "bash") if shutil.which(t) is None]
+    if missing:
+        raise BenchmarkError(f"missing tools for the baselines: {', '.join(missing)}")
+    for candidate in ("/usr/bin/time", shutil.which("time")):
+        if candidate and os.access(candidate, os.X_OK):
+            probe = subprocess.run([candidate, "-f", "%M", "true"], capture_output=True, text=True)
+            if probe.returncode == 0 and probe.stderr.strip().isdigit():
+                return candidate
+    log("note: GNU time not found (Debian/Ubuntu: apt-get install time); peak RSS of the chorus process "
+        "falls back to getrusage(RUSAGE_CHILDREN), an upper bound (max over all children so far)")
+    return None
+
+
+def check_disk(workdir: Path, trees: list[TreeDef], keep: bool) -> None:
+    footprints = [t.footprint() for t in trees]
+    manifests = [t.n_files * MANIFEST_BYTES_PER_FILE for t in trees]
+    need_bytes = sum(b for b, _ in footprints) + (sum(manifests) if keep else max(manifests)) + 256 * MiB
+    need_inodes = sum(i for _, i in footprints)
+    free = shutil.disk_usage(workdir).free
+    if free < need_bytes:
+        raise BenchmarkError(f"not enough disk space in {workdir}: need ~{need_bytes / GiB:.1f} GiB, "
+                             f"{free / GiB:.1f} GiB free (choose another --workdir, or fewer trees with --only)")
+    st = os.statvfs(workdir)
+    if st.f_files and st.f_favail < need_inodes:  # f_files == 0: the file system does not count inodes
+        raise BenchmarkError(f"not enough inodes in {workdir}: need ~{need_inodes:,}, {st.f_favail:,} free")
+    log(f"disk: need ~{need_bytes / GiB:.2f} GiB and ~{need_inodes:,} inodes; {free / GiB:.1f} GiB free in {workdir}")
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / MiB:.1f} MiB"
+
+
+def fmt_rss(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / KiB:.0f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str, gnu_time: str | None) -> str:
+    main = table(
+        ["tree", "files", "bytes", "find s", "md5sum s", "first s", "md5/first", "no-chg s", "no-chg/find",
+         "mutated s", "mut/find", "RSS MiB", "tree RSS MiB"],
+        [[r.name, f"{r.files:,}", fmt_bytes(r.bytes), f"{r.find_s:.3f}", f"{r.md5sum_s:.3f}", f"{r.first.wall_s:.3f}",
+          f"{r.first_vs_md5sum:.2f}x", f"{r.nochange.wall_s:.3f}", f"{r.nochange_vs_find:.2f}x", f"{r.mutated.wall_s:.3f}",
+          f"{r.mutated_vs_find:.2f}x", fmt_rss(peak(x.rss_main_kib for x in r.runs)), fmt_rss(peak(x.rss_tree_kib for x in r.runs))]
+         for r in results],
+    )
+    stage_names = list(dict.fromkeys(k for r in results for run in (r.first, r.nochange, r.mutated) for k in run.stage_s))
+    stages = table(
+        ["tree / run", "wall s", "in-tool s", *stage_names, "hashed files"],
+        [[f"{r.name} {kind}", f"{run.wall_s:.3f}", f"{run.elapsed_s:.3f}",
+          *(f"{run.stage_s[k]:.3f}" if k in run.stage_s else "-" for k in stage_names), f"{run.files_hashed:,}"]
+         for r in results for kind, run in (("first", r.first), ("no-change", r.nochange), ("mutated", r.mutated))],
+    )
+    mutated = table(
+        ["tree", "build s", "mutate s", "touched", *results[0].mutated.counts.keys()] if results else ["tree"],
+        [[r.name, f"{r.build_s:.1f}", f"{r.mutate_s:.1f}", f"{r.files_touched:,}", *(f"{v:,}" for v in r.mutated.counts.values())]
+         for r in results],
+    )
+    target_lines = []
+    for t in targets:
+        shown = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
+        note = " (tree not run)" if t["status"] == "n/a" else ""
+        target_lines.append(f"  {t['status']:<4}  {t['target']}: {shown}{note}")
+    rss_note = ("RSS MiB: peak of the chorus process (GNU time %M; forkserver worker processes are not included). "
+                if gnu_time else "RSS MiB: getrusage(RUSAGE_CHILDREN) max over all children so far (upper bound). ")
+    notes = [
+        "Ratios: md5/first >= 1 means the first chorus run hashes as fast as "
+        f"`xargs -P{MD5_PROCS} md5sum`; no-chg/find and mut/find <= 1 mean as fast as the `find` listing.",
+        "Times are wall seconds of whole subprocesses (interpreter start-up included), warm page cache; "
+        "baselines are best of repeated runs, no-change is the best of 2.",
+        rss_note + "tree RSS MiB: sampled every 0.1 s, summed over the process and all its descendants "
+        "(workers included; shared pages counted once per process). The RSS target uses the larger of the two.",
+    ]
+    out = [main, "", "stage seconds (JSON stage_s; in-tool = elapsed_s, wall - in-tool = start-up and exit):", stages,
+           "", f"build and {MUTATE_FRACTION:.0%} mutation (not part of the ratios), and the mutated run's counts:", mutated,
+           "", *notes, "", "targets:", *target_lines]
+    if scale == "smoke":
+        out.append("  (smoke scale: the trees are tiny, so PASS/MISS says nothing about performance)")
+    return "\n".join(out)
+
+
+def git_revision() -> str | None:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=BENCH_DIR, capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_json(path: Path, results: list[TreeResult], targets: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    def tree_dict(r: TreeResult) -> dict[str, Any]:
+        d = dataclasses.asdict(r)
+        d["peak_rss_kib"] = r.peak_rss_kib
+        return d
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "trees": [tree_dict(r) for r in results], "targets": targets}, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time `chorus-batch run` against find and xargs md5sum baselines measured in the same "
+                    "invocation on the same synthetic trees, and print the ratios.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python benchmarks/run_benchmarks.py --scale smoke            # quick check that it works (<1 min)\n"
+               "  python benchmarks/run_benchmarks.py                          # 100k, medium, large (~5 GB disk)\n"
+               "  python benchmarks/run_benchmarks.py --scale full --workdir /scratch  # adds 1M files (~10 GB)\n"
+               "  python benchmarks/run_benchmarks.py --only medium,large --out /tmp/bench.json\n"
+               "\ntrees (default/full scale):\n"
+               + "".join(f"  {t.name:<10} {t.n_files:>9,} files of {fmt_bytes(t.size) if t.size >= MiB else f'{t.size:,} B'}\n"
+                         for t in SCALES["full"]),
+    )
+    parser.add_argument("--scale", choices=list(SCALES), default="default",
+                        help="smoke: tiny trees; default: small100k, medium, large; full: adds small1m (default: %(default)s)")
+    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these trees of the scale")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="parent folder for the trees and manifests; a fresh chorus-bench-* folder is made inside "
+                             "it (default: %(default)s)")
+    parser.add_argument("--keep", action="store_true", help="keep the trees and manifests (default: delete them at the end)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for all figures (default: %(default)s)")
+    parser.add_argument("--chorus-workers", type=int, metavar="N",
+                        help="pass --workers N to chorus-batch run (default: the tool's default, the CPU count)")
+    args = parser.parse_args(argv)
+    names = [t.name for t in SCALES[args.scale]]
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            parser.error(f"--only: {', '.join(unknown)} not in scale {args.scale!r} (choose from {', '.join(names)})")
+        args.trees = [t for t in SCALES[args.scale] if t.name in wanted]
+    else:
+        args.trees = SCALES[args.scale]
+    if args.chorus_workers is not None and args.chorus_workers < 1:
+        parser.error("--chorus-workers must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    try:
+        gnu_time = check_tools()
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        check_disk(args.workdir, args.trees, args.keep)
+    except BenchmarkError as exc:
+        log(f"run_benchmarks: error: {exc}")
+        return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="chorus-bench-", dir=args.workdir))
+    log(f"workdir: {workdir}")
+    results: list[TreeResult] = []
+    try:
+        built: dict[str, tuple[int, float, float]] = {}
+        for tree in args.trees:
+            log(f"[{tree.name}] building {tree.n_files:,} files of {tree.size:,} B ...")
+            n, build_s = build_tree(workdir / tree.name, tree)
+            built[tree.name] = (n, build_s, time.time())
+            log(f"[{tree.name}] built in {build_s:.1f} s")
+        for tree in args.trees:
+            n, build_s, written_at = built[tree.name]
+            results.append(measure_tree(tree, workdir / tree.name, n, build_s, written_at, workdir, args, gnu_time))
+    except BenchmarkError as exc:
+        log(f"run_benchmarks: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("run_benchmarks: interrupted")
+        return 130
+    finally:
+        if args.keep:
+            log(f"kept the trees and manifests in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    by_name = {r.name: r for r in results}
+    targets = [t.check(by_name) for t in TARGETS]
+    print(report(results, targets, args.scale, gnu_time))
+    meta = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "scale": args.scale,
+        "trees": [dataclasses.asdict(t) for t in args.trees],
+        "argv": sys.argv,
+        "python": sys.version,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "git_revision": git_revision(),
+        "chorus_workers": args.chorus_workers,
+        "baselines": {"find": shlex.join(find_listing_cmd(Path("ROOT"))), "md5sum": shlex.join(md5sum_cmd(Path("ROOT")))},
+        "rss_main": "GNU time %M (chorus process only)" if gnu_time else "getrusage RUSAGE_CHILDREN (upper bound)",
+        "rss_tree": "sampled /proc sum over the process tree every 0.1 s",
+    }
+    write_json(args.out, results, targets, meta)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

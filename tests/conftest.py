@@ -1,0 +1,80 @@
+"""Shared helpers: small real trees on disk and independent views of a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chorus_batch import RunSettings, run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(root: Path, rel: str, data: bytes = b"x") -> Path:
+    path = root.joinpath(*rel.split("/"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def settings(site: Path, db: Path, **overrides) -> RunSettings:
+    values = {"site": str(site), "db": str(db), "workers": 2, **overrides}
+    return RunSettings(**values)
+
+
+def run_site(site: Path, db: Path, **overrides):
+    return run(settings(site, db, **overrides))
+
+
+def tree_md5(root: Path) -> dict[str, str]:
+    """path -> MD5 of every regular file, computed independently of chorus_batch."""
+    out = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            out[path.relative_to(root).as_posix()] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out
+
+
+def current_rows(db: Path) -> dict[str, str]:
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute("SELECT srcfile, md5 FROM source_files WHERE time_invalid IS NULL"))
+    finally:
+        con.close()
+
+
+def query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "chorus_batch", *args],
+        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "manifest.sqlite"

@@ -1,0 +1,111 @@
+"""Path parsing: every layout, leading zeros, and clear reasons for paths that fit no pattern."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from chorus_batch.classify import build_patterns, classify
+from chorus_batch.errors import ConfigError
+
+
+def one(path: str, patterns=None) -> dict:
+    frame = classify(pl.DataFrame({"srcfile": [path]}), *( [patterns] if patterns else []))
+    return frame.row(0, named=True)
+
+
+def test_omop_and_metadata_have_no_person():
+    row = one("OMOP/person.csv")
+    assert (row["modality"], row["person_id"], row["session_id"], row["parse_error"]) == ("OMOP", None, "person.csv", None)
+    assert one("Metadata/site.json")["modality"] == "Metadata"
+
+
+def test_flat_waveform_keeps_leading_zeros_and_parses_start_and_duration():
+    row = one("000123/Waveforms/000123_20200131_235959_3600.dat")
+    assert row["person_id"] == "000123"
+    assert row["session_id"] == "000123_20200131_235959"
+    assert (row["start_date"], row["start_time"], row["duration_s"]) == ("2020-01-31", "23:59:59", 3600.0)
+    assert row["parse_error"] is None
+
+
+def test_flat_waveform_in_session_folder_with_segment_belongs_to_the_folder_record():
+    a = one("000123/Waveforms/000123_20200101_100000/000123_20200101_100000_1800_0001.dat")
+    b = one("000123/Waveforms/000123_20200101_100000/000123_20200101_103000_1800_0002.dat")
+    assert a["segment"] == "0001" and b["segment"] == "0002"
+    assert a["record_key"] == b["record_key"] == "Waveforms|000123|000123_20200101_100000"
+    assert b["start_time"] == "10:30:00"
+
+
+def test_waveforms_folder_is_matched_case_insensitively():
+    assert one("7/WAVEFORMS/7_20200101_100000_60.csv")["parse_error"] is None
+    assert one("7/waveforms/7_20200101_100000_60.csv")["modality"] == "Waveforms"
+
+
+@pytest.mark.parametrize("name", ["S01.hea", "S01.dat", "S01n.csv", "S01_0001.dat", "RECORDS"])
+def test_sop_v2_session_files_form_one_record(name):
+    row = one(f"0042/Waveforms/S01/{name}")
+    assert row["parse_error"] is None
+    assert row["record_key"] == "Waveforms|0042|S01"
+
+
+def test_sop_v2_session_named_with_a_stamp_gives_the_start():
+    row = one("0042/Waveforms/0042_20210304_050607/0042_20210304_050607.hea")
+    assert (row["start_date"], row["start_time"]) == ("2021-03-04", "05:06:07")
+
+
+def test_image_path_parses_study_and_instance():
+    row = one("000001/Images/ST1/SE2/000001_20200102_030405_CT_SE2_0007.dcm")
+    assert row["modality"] == "Images"
+    assert row["session_id"] == "ST1"
+    assert row["segment"] == "0007"
+    assert row["start_date"] == "2020-01-02"
+
+
+def test_person_ids_with_underscores_are_matched_against_the_folder():
+    row = one("12_3/Waveforms/12_3_20200101_101010_60.dat")
+    assert row["person_id"] == "12_3" and row["parse_error"] is None
+
+
+@pytest.mark.parametrize(
+    "path, reason",
+    [
+        ("README.txt", "site root"),
+        ("junk/a.txt", "folder junk/"),
+        ("000123/Waveforms/000124_20200101_101010_60.dat", "differs from the person folder"),
+        ("000123/Waveforms/000123_20201301_101010_60.dat", "invalid date/time"),
+        ("000123/Waveforms/S1/other.hea", "does not start with its session folder"),
+        ("000123/Images/x.dcm", "fits no Images pattern"),
+        ("000123/Notes/n.txt", "folder 000123/"),
+    ],
+)
+def test_unparseable_paths_get_a_reason_and_no_record(path, reason):
+    row = one(path)
+    assert reason in row["parse_error"]
+    assert row["record_key"] is None
+
+
+def test_unparseable_paths_under_a_person_keep_modality_and_person():
+    row = one("000123/Images/x.dcm")
+    assert (row["modality"], row["person_id"]) == ("Images", "000123")
+
+
+def test_patterns_from_config_replace_a_modality():
+    patterns = build_patterns({"Waveforms": [r"^(?P<person_id>[^/]+)/ecg/(?P<session>[^/]+)\.xml$"]})
+    row = one("55/ecg/run1.xml", patterns)
+    assert (row["modality"], row["person_id"], row["session_id"]) == ("Waveforms", "55", "run1")
+    # the replaced default no longer applies
+    assert one("55/Waveforms/55_20200101_101010_60.dat", patterns)["parse_error"] is not None
+
+
+@pytest.mark.parametrize("regex, message", [("([", "invalid path pattern"), (r"^(?P<patient>.+)$", "unknown group")])
+def test_bad_patterns_are_config_errors(regex, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_patterns({"Images": [regex]})
+    assert "[patterns] Images[0]" in str(info.value)
+
+
+def test_classify_is_vectorised_over_many_rows():
+    paths = [f"{i:06d}/Waveforms/{i:06d}_20200101_101010_60.dat" for i in range(20_000)]
+    frame = classify(pl.DataFrame({"srcfile": paths}))
+    assert frame["parse_error"].null_count() == 20_000
+    assert frame["person_id"][0] == "000000"

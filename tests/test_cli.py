@@ -1,0 +1,156 @@
+"""The command line: help, the demo, reading a manifest, configuration errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli, query, tree_md5, write
+
+
+@pytest.mark.parametrize("command", ["run", "testdata", "versions", "changes"])
+def test_every_command_has_help_with_an_example(command):
+    out = cli(command, "--help")
+    assert out.returncode == 0
+    assert "example" in out.stdout
+
+
+def test_help_documents_the_exit_codes():
+    out = cli("run", "--help").stdout
+    for code in ("0 ", "1 ", "2 ", "3 ", "4 "):
+        assert f"\n  {code}" in out
+
+
+def test_console_script_and_module_run_the_same_cli():
+    script = Path(sys.executable).with_name("chorus-batch")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "usage: chorus-batch" in out.stdout
+
+
+def test_demo_runs_with_no_arguments(tmp_path):
+    out = cli(cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "demo site" in out.stdout and "--site" in out.stdout
+    db = tmp_path / "chorus_demo_manifest.sqlite"
+    assert str(db) in out.stdout
+    assert query(db, "SELECT count(*) FROM source_files")[0][0] > 30
+    again = cli("run", cwd=tmp_path)
+    assert again.returncode == 0 and "no changes" in again.stdout
+
+
+def test_wheel_ships_the_demo_site(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:  # no hatchling in this environment: build in isolation
+        out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    demo = [n for n in names if n.startswith("chorus_batch/demo_site/")]
+    assert len(demo) == len(tree_md5(ROOT / "data" / "demo_site"))
+
+
+def test_versions_and_changes_as_json_and_csv(site, db):
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    write(site, "OMOP/a.csv", b"b")
+    write(site, "OMOP/c.csv", b"c")
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    versions = json.loads(cli("versions", "--db", str(db), "--json").stdout)
+    assert [(v["n_added"], v["n_replaced"]) for v in versions] == [(1, 0), (1, 1)]
+    changes = json.loads(cli("changes", "--db", str(db), "--json").stdout)
+    assert sorted((c["change"], c["srcfile"]) for c in changes) == [("added", "OMOP/c.csv"), ("replaced", "OMOP/a.csv")]
+    first = json.loads(cli("changes", "--db", str(db), "--version", versions[0]["label"], "--json").stdout)
+    assert [c["change"] for c in first] == ["added"]
+    csv = cli("changes", "--db", str(db), "--csv").stdout.splitlines()
+    assert csv[0].startswith("version,change,srcfile")
+    assert len(csv) == 3
+    text = cli("versions", "--db", str(db)).stdout
+    assert versions[1]["label"] in text
+
+
+def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):
+    out = cli("changes", "--db", str(tmp_path / "none.sqlite"))
+    assert out.returncode == 3 and "no manifest at" in out.stderr and "fix:" in out.stderr
+    write(site, "OMOP/a.csv")
+    cli("run", "--site", str(site), "--db", str(db), "-q")
+    out = cli("changes", "--db", str(db), "--version", "19990101000000")
+    assert out.returncode == 3 and "no version '19990101000000'" in out.stderr
+
+
+def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
+    site = tmp_path / "data"
+    write(site, "OMOP/a.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "data"\nname = "site-x"\n[manifest]\ndb = "out/m.sqlite"\n')
+    out = cli("run", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "out" / "m.sqlite", "SELECT site FROM versions") == [("site-x",)]
+    assert cli("versions", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[site\nroot=1", "not valid TOML"),
+        ('[run]\nmode = "sometimes"\n', "invalid setting 'run.mode'"),
+        ('[site]\nroot = "x"\ncolour = "blue"\n', "invalid setting 'site.colour'"),
+        ('[patterns]\nWaveforms = ["(?P<bad"]\n', "invalid path pattern"),
+    ],
+)
+def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
+    (tmp_path / "site").mkdir()
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    out = cli("run", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_site_is_a_usage_error(tmp_path):
+    out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2 and "not a readable directory" in out.stderr
+
+
+def test_custom_version_labels_must_increase(site, db):
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
+    write(site, "OMOP/a.csv", b"b")
+    out = cli("run", "--site", str(site), "--db", str(db), "--version", "v1")
+    assert out.returncode == 2 and "does not sort after" in out.stderr
+    assert query(db, "SELECT label FROM versions") == [("v2",)]
+
+
+def test_runs_are_logged_without_secrets(site, db):
+    write(site, "OMOP/a.csv")
+    cli("run", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc", "-q")
+    (argv,) = query(db, "SELECT argv FROM runs")[0]
+    assert "sig=abc" not in argv
+
+
+def test_findings_exit_1_and_json_summary(site, db):
+    write(site, "stray.txt")
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "-q")
+    assert out.returncode == 1
+    summary = json.loads(out.stdout)
+    assert summary["errors"]["by_kind"] == {"unparseable": 1}
+    assert summary["by_modality"]["Other"]["added"] == 1
+
+
+def test_batch_log_lines_when_not_a_terminal(site, db):
+    write(site, "OMOP/a.csv")
+    out = cli("run", "--site", str(site), "--db", str(db))
+    assert "chorus-batch: listing" in out.stderr
+    assert "committing version" in out.stderr
+
+
+def test_testdata_is_deterministic_for_a_seed(tmp_path):
+    for name in ("a", "b"):
+        out = cli("testdata", str(tmp_path / name), "--persons", "4", "--files-per-person", "10", "--seed", "9")
+        assert out.returncode == 0, out.stderr
+    assert tree_md5(tmp_path / "a") == tree_md5(tmp_path / "b")
+    assert tree_md5(tmp_path / "a" / "first") != tree_md5(tmp_path / "a" / "second")

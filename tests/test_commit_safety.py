@@ -1,0 +1,82 @@
+"""A killed run leaves the previous version intact; a second run is turned away by the lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chorus_batch import ExitCode
+
+from conftest import cli, current_rows, query, tree_md5, write
+
+
+def start_paused_run(site: Path, db: Path) -> subprocess.Popen:
+    """A real run that stops inside its commit transaction (test pause point) and waits there."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db)],
+        env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "test pause at commit" in line:
+            return proc
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"the run never reached the commit: {proc.stderr.read()}")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_sigkill_during_commit_leaves_the_previous_version(site, db):
+    write(site, "OMOP/a.csv", b"a")
+    first = cli("run", "--site", str(site), "--db", str(db), "-q")
+    assert first.returncode == 0, first.stderr
+    before = current_rows(db)
+    (label_before,) = query(db, "SELECT max(label) FROM versions")[0]
+
+    write(site, "OMOP/b.csv", b"b")
+    write(site, "OMOP/a.csv", b"changed")
+    proc = start_paused_run(site, db)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert con.execute("SELECT max(label) FROM versions").fetchone()[0] == label_before
+    finally:
+        con.close()
+    assert current_rows(db) == before
+    # the killed run is logged without an exit code; the next run commits normally
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id") == [(0,), (None,)]
+    again = cli("run", "--site", str(site), "--db", str(db), "-q")
+    assert again.returncode == 0, again.stderr
+    assert current_rows(db) == tree_md5(site)
+
+
+def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
+    write(site, "OMOP/a.csv", b"a")
+    holder = start_paused_run(site, db)
+    try:
+        started = time.monotonic()
+        second = cli("run", "--site", str(site), "--db", str(db))
+        assert time.monotonic() - started < 30
+        assert second.returncode == ExitCode.LOCKED
+        assert f"pid {holder.pid}" in second.stderr
+        assert "host" in second.stderr and "started" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # the lock dies with its holder
+    third = cli("run", "--site", str(site), "--db", str(db), "-q")
+    assert third.returncode == 0, third.stderr

@@ -1,0 +1,93 @@
+"""Invariants over random histories of a tree (hypothesis).
+
+After each full-mode run: the current rows equal the tree (path -> MD5 computed
+independently), each path has at most one current row, and replaying every
+version's change set from an empty manifest gives the same current rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+
+from conftest import current_rows, query, run_site, tree_md5
+
+PATHS = [
+    "OMOP/person.csv",
+    "OMOP/visit_occurrence.csv",
+    "Metadata/site.json",
+    "000001/Waveforms/000001_20200101_101010_60.dat",
+    "000001/Waveforms/S1/S1.hea",
+    "000001/Images/ST1/SE1/000001_20200101_101010_CT_SE1_0001.dcm",
+    "000002/Waveforms/000002_20200102_101010_60.dat",
+    "stray.txt",
+]
+CONTENTS = [b"", b"a", b"b", b"ab", b"zz"]  # few contents, so renames and duplicates happen
+
+mutation = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(PATHS), st.sampled_from(CONTENTS)),
+    st.tuples(st.just("delete"), st.sampled_from(PATHS), st.just(b"")),
+    st.tuples(st.just("rename"), st.sampled_from(PATHS), st.sampled_from(PATHS)),
+    st.tuples(st.just("touch"), st.sampled_from(PATHS), st.just(b"")),
+)
+
+
+def apply(root: Path, op: tuple) -> None:
+    kind, rel, arg = op
+    path = root / rel
+    if kind == "write":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(arg)
+    elif kind == "delete" and path.exists():
+        path.unlink()
+    elif kind == "rename" and path.exists() and rel != arg:
+        target = root / arg
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    elif kind == "touch" and path.exists():
+        t = time.time() + 3
+        os.utime(path, (t, t))
+
+
+def replay(db: Path) -> dict[str, str]:
+    """Rebuild the current rows from the change sets alone."""
+    md5_of = dict(query(db, "SELECT file_id, md5 FROM source_files"))
+    state: dict[str, str] = {}
+    for (label,) in query(db, "SELECT label FROM versions ORDER BY label"):
+        for change, srcfile, old_srcfile, file_id in query(
+            db, "SELECT change, srcfile, old_srcfile, file_id FROM changes WHERE version = ?", (label,)
+        ):
+            if change == "removed":
+                del state[srcfile]
+            elif change == "renamed":
+                del state[old_srcfile]
+                state[srcfile] = md5_of[file_id]
+            else:  # added, replaced
+                assert (srcfile in state) == (change == "replaced")
+                state[srcfile] = md5_of[file_id]
+    return state
+
+
+@hyp_settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(mutation, min_size=1, max_size=4), min_size=1, max_size=5))
+def test_manifest_follows_the_tree_and_change_sets_replay(history):
+    work = Path(tempfile.mkdtemp(prefix="chorus-prop-"))
+    try:
+        site, db = work / "site", work / "m.sqlite"
+        site.mkdir()
+        for step in history:
+            for op in step:
+                apply(site, op)
+            run_site(site, db)
+            expected = tree_md5(site)
+            assert current_rows(db) == expected
+            assert query(db, "SELECT count(*) FROM (SELECT srcfile FROM source_files WHERE time_invalid IS NULL "
+                             "GROUP BY srcfile HAVING count(*) > 1)")[0][0] == 0
+            assert replay(db) == expected
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,333 @@
+"""End to end on real trees: versions, rows, registry, errors, modes and options."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from chorus_batch import ExitCode
+from chorus_batch.errors import UsageError
+from chorus_batch.sources import LocalSource
+from chorus_batch.testdata import Spec, write_snapshot
+
+from conftest import current_rows, query, run_site, settings, tree_md5, write
+
+WAVE = "000123/Waveforms/000123_20200101_101010_60.dat"
+IMAGE = "000123/Images/ST1/SE1/000123_20200101_101010_CT_SE1_0001.dcm"
+
+
+def age(root: Path, seconds: float = 10) -> None:
+    """Backdate every file so the racily-clean rule does not rehash them."""
+    past = time.time() - seconds
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            os.utime(Path(dirpath) / name, (past, past), follow_symlinks=False)
+
+
+def test_first_run_records_every_file_with_its_md5(site, db):
+    write_snapshot(site, Spec(persons=3, files_per_person=10, size=100, seed=3))
+    result = run_site(site, db)
+    assert result.exit_code == ExitCode.OK
+    assert current_rows(db) == tree_md5(site)
+    assert result.counts["added"] == len(tree_md5(site))
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert label == result.label and len(label) == 14 and label.isdigit()
+
+
+def test_testdata_second_snapshot_gives_every_change_kind(tmp_path, db):
+    spec = Spec(persons=10, files_per_person=20, size=64, seed=5)
+    site = tmp_path / "site"
+    write_snapshot(site, spec)
+    first = run_site(site, db)
+    before = tree_md5(site)
+    from chorus_batch.testdata import sync_tree
+
+    sync_tree(site, spec)
+    second = run_site(site, db)
+    after = tree_md5(site)
+    assert current_rows(db) == after
+    # independent expectation from the two trees
+    removed_paths = before.keys() - after.keys()
+    added_paths = after.keys() - before.keys()
+    replaced = {p for p in before.keys() & after.keys() if before[p] != after[p]}
+    c = second.counts
+    assert c["replaced"] == len(replaced) > 0
+    assert c["renamed"] > 0 and c["removed"] > 0 and c["added"] > 0
+    assert c["renamed"] + c["removed"] == len(removed_paths)
+    assert c["renamed"] + c["added"] == len(added_paths)
+    assert first.label < second.label
+
+
+def test_no_change_run_writes_nothing_but_the_run_log(site, db):
+    write(site, WAVE, b"a")
+    age(site)
+    run_site(site, db)
+    counts = [query(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("source_files", "registry", "versions", "changes")]
+    result = run_site(site, db)
+    assert result.label is None and result.n_hashed == 0
+    assert [query(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("source_files", "registry", "versions", "changes")] == counts
+    assert query(db, "SELECT count(*) FROM runs")[0][0] == 2
+
+
+def test_replaced_file_keeps_its_record_and_invalidates_the_old_row(site, db):
+    write(site, WAVE, b"one")
+    first = run_site(site, db)
+    write(site, WAVE, b"two")
+    second = run_site(site, db)
+    rows = query(db, "SELECT md5, record_id, time_invalid, version_valid, version_invalid FROM source_files WHERE srcfile = ? ORDER BY file_id", (WAVE,))
+    assert len(rows) == 2
+    assert rows[0][1] == rows[1][1]  # same record
+    assert rows[0][2] is not None and rows[0][4] == second.label
+    assert rows[1][2] is None and rows[1][3] == second.label
+    assert second.counts["replaced"] == 1 and first.counts["added"] == 1
+
+
+def test_registry_goes_inactive_when_its_last_file_is_removed(site, db):
+    write(site, WAVE, b"w")
+    write(site, IMAGE, b"i")
+    run_site(site, db)
+    assert sorted(query(db, "SELECT modality, person_id, date, time, isactive FROM registry")) == [
+        ("Images", "000123", "2020-01-01", "10:10:10", 1),
+        ("Waveforms", "000123", "2020-01-01", "10:10:10", 1),
+    ]
+    (site / WAVE).unlink()
+    result = run_site(site, db)
+    assert result.counts["removed"] == 1
+    assert sorted(query(db, "SELECT modality, isactive FROM registry")) == [("Images", 1), ("Waveforms", 0)]
+    write(site, WAVE, b"w2")  # the record comes back: same record id, active again
+    run_site(site, db)
+    assert sorted(query(db, "SELECT modality, isactive FROM registry")) == [("Images", 1), ("Waveforms", 1)]
+
+
+def test_rename_is_one_change_with_both_paths(site, db):
+    write(site, WAVE, b"same bytes")
+    run_site(site, db)
+    new = WAVE.replace("_60.dat", "_61.dat")
+    (site / WAVE).rename(site / new)
+    result = run_site(site, db)
+    assert result.counts["renamed"] == 1 and result.counts["added"] == result.counts["removed"] == 0
+    assert query(db, "SELECT change, srcfile, old_srcfile FROM changes WHERE version = ?", (result.label,)) == [("renamed", new, WAVE)]
+
+
+def test_person_ids_keep_leading_zeros(site, db):
+    write(site, "000007/Waveforms/000007_20200101_101010_60.dat")
+    run_site(site, db)
+    assert query(db, "SELECT person_id FROM source_files") == [("000007",)]
+    assert query(db, "SELECT person_id FROM registry") == [("000007",)]
+
+
+def test_quotes_and_unicode_in_names(site, db):
+    names = ["OMOP/o'brien.csv", 'OMOP/say "hi".csv', "Metadata/naïve; DROP TABLE x.json", "OMOP/ünïcödé/ファイル.csv"]
+    for n in names:
+        write(site, n, n.encode())
+    result = run_site(site, db)
+    assert result.exit_code == ExitCode.OK
+    assert current_rows(db) == tree_md5(site)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file names can hold undecodable bytes")
+def test_non_utf8_names_are_recorded_not_tracked(site, db):
+    write(site, "OMOP/good.csv")
+    bad = os.fsencode(site / "OMOP") + b"/bad\xff.csv"
+    with open(bad, "wb") as f:
+        f.write(b"x")
+    result = run_site(site, db)
+    assert result.exit_code == ExitCode.FINDINGS
+    assert list(current_rows(db)) == ["OMOP/good.csv"]
+    assert query(db, "SELECT srcfile, kind FROM scan_errors") == [("OMOP/bad\\xff.csv", "non_utf8_name")]
+
+
+def test_unparseable_files_are_tracked_and_recorded(site, db):
+    write(site, "notes.txt", b"n")
+    write(site, "000123/Waveforms/garbage.bin", b"g")
+    result = run_site(site, db)
+    assert result.exit_code == ExitCode.FINDINGS
+    assert set(current_rows(db)) == {"notes.txt", "000123/Waveforms/garbage.bin"}
+    kinds = query(db, "SELECT srcfile, kind FROM scan_errors ORDER BY srcfile")
+    assert kinds == [("000123/Waveforms/garbage.bin", "unparseable"), ("notes.txt", "unparseable")]
+    assert query(db, "SELECT count(*) FROM registry")[0][0] == 0
+    # unchanged on the next run: no new version, still reported
+    again = run_site(site, db)
+    assert again.label is None and again.errors.height == 2
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks and FIFOs")
+def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
+    write(site, "OMOP/real.csv", b"r")
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/link.csv")
+    os.mkfifo(site / "OMOP/pipe")
+    result = run_site(site, db)
+    assert list(current_rows(db)) == ["OMOP/real.csv"]
+    assert dict(result.errors.select("srcfile", "kind").iter_rows()) == {"OMOP/link.csv": "symlink", "OMOP/pipe": "special_file"}
+    followed = run_site(site, db, follow_symlinks=True)
+    assert "OMOP/link.csv" in current_rows(db) and followed.counts["added"] == 1
+
+
+def test_vanished_file_between_listing_and_hashing(site, db):
+    write(site, "OMOP/keep.csv", b"k")
+    write(site, "OMOP/gone.csv", b"g")
+
+    class VanishingSource(LocalSource):
+        def list_files(self, errors):
+            batches = list(super().list_files(errors))
+            (site / "OMOP/gone.csv").unlink()  # really gone before the hash stage
+            yield from batches
+
+    from chorus_batch import run
+
+    result = run(settings(site, db), sources=[(VanishingSource(site), None)])
+    assert list(current_rows(db)) == ["OMOP/keep.csv"]
+    assert result.errors.filter(pl.col("kind") == "vanished")["srcfile"].to_list() == ["OMOP/gone.csv"]
+
+
+def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site, db):
+    import threading
+
+    big = write(site, "OMOP/big.csv", b"a" * 1_000)
+    run_site(site, db)
+    big.write_bytes(os.urandom(48 << 20))
+    stop = threading.Event()
+
+    def keep_writing():
+        with open(big, "ab") as f:
+            while not stop.is_set():
+                f.write(b"z")
+                f.flush()
+                time.sleep(0.0005)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        result = run_site(site, db)
+    finally:
+        stop.set()
+        writer.join()
+    assert result.errors.filter(pl.col("kind") == "changed_while_hashing")["srcfile"].to_list() == ["OMOP/big.csv"]
+    # nothing already recorded is lost: the old row stays current
+    assert current_rows(db) == {"OMOP/big.csv": __import__("hashlib").md5(b"a" * 1_000).hexdigest()}
+
+
+def test_racily_clean_files_are_rehashed(site, db):
+    path = write(site, "OMOP/a.csv", b"aaaa")
+    run_site(site, db)  # mtime is within the racy window of this scan's start
+    st = path.stat()
+    path.write_bytes(b"bbbb")  # same size; restore the old mtime, as a coarse clock would show it
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = run_site(site, db)
+    assert result.counts["replaced"] == 1
+    assert current_rows(db)["OMOP/a.csv"] == __import__("hashlib").md5(b"bbbb").hexdigest()
+
+
+def test_unchanged_stat_reuses_the_hash_and_rehash_forces_it(site, db):
+    path = write(site, "OMOP/a.csv", b"aaaa")
+    age(site)
+    run_site(site, db)
+    st = path.stat()
+    path.write_bytes(b"bbbb")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # content changed behind an unchanged stat
+    assert run_site(site, db).n_hashed == 0
+    result = run_site(site, db, rehash=True)
+    assert result.n_hashed == 1 and result.counts["replaced"] == 1
+
+
+def test_touched_file_is_not_a_change_and_is_not_hashed_again(site, db):
+    path = write(site, "OMOP/a.csv", b"aaaa")
+    age(site, 100)
+    run_site(site, db)
+    past = time.time() - 50
+    os.utime(path, (past, past))
+    result = run_site(site, db)
+    assert result.label is None and result.n_hashed == 1
+    assert run_site(site, db).n_hashed == 0
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_manifest_and_its_companions_are_owner_only(site, db):
+    write(site, WAVE)
+    run_site(site, db)
+    for path in [db, Path(f"{db}.state.parquet"), Path(f"{db}.lock")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_dry_run_writes_nothing(site, db):
+    write(site, WAVE)
+    result = run_site(site, db, dry_run=True)
+    assert result.counts["added"] == 1 and result.label is None
+    assert not db.exists()
+
+
+def test_append_mode_keeps_unlisted_files_and_applies_the_delete_list(site, db, tmp_path):
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"b")
+    run_site(site, db)
+    (site / "OMOP/a.csv").unlink()
+    (site / "OMOP/b.csv").unlink()
+    write(site, "OMOP/c.csv", b"c")
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("# removed at the site\n./OMOP/a.csv\nOMOP/missing.csv\n")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert set(current_rows(db)) == {"OMOP/b.csv", "OMOP/c.csv"}
+    assert result.counts["removed"] == 1 and result.counts["added"] == 1
+    assert result.errors.filter(pl.col("kind") == "delete_list")["srcfile"].to_list() == ["OMOP/missing.csv"]
+
+
+def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):
+    with pytest.raises(UsageError, match="append mode"):
+        run_site(site, db, delete_list=str(tmp_path / "x"))
+
+
+def test_parquet_snapshots_are_partitioned_by_version(site, db, tmp_path):
+    write(site, WAVE, b"1")
+    snapshots = tmp_path / "snap"
+    result = run_site(site, db, parquet=str(snapshots))
+    folder = snapshots / f"version={result.label}"
+    manifest = pl.read_parquet(folder / "manifest.parquet")
+    changes = pl.read_parquet(folder / "changes.parquet")
+    assert manifest["srcfile"].to_list() == [WAVE]
+    assert changes["change"].to_list() == ["added"]
+
+
+def test_unreadable_directory_and_file_keep_their_rows(site, db):
+    """Permission errors are recorded; nothing recorded earlier is removed because of them."""
+    import json
+
+    write(site, "000001/Waveforms/000001_20200101_101010_60.dat", b"1")
+    write(site, "000002/Waveforms/000002_20200101_101010_60.dat", b"2")
+    secret = write(site, "OMOP/secret.csv", b"s")
+    args = ["run", "--site", str(site), "--db", str(db), "--json", "-q"]
+    assert run_without_override(args).returncode == 0
+    os.chmod(site / "000002", 0o000)
+    secret.write_bytes(b"changed")
+    os.chmod(secret, 0o000)
+    try:
+        second = run_without_override(args)
+    finally:
+        os.chmod(site / "000002", 0o755)
+        os.chmod(secret, 0o644)
+    assert second.returncode == ExitCode.FINDINGS, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["counts"]["removed"] == 0
+    assert summary["errors"]["by_kind"] == {"unreadable": 1, "unreadable_dir": 1}
+    assert set(current_rows(db)) == {
+        "000001/Waveforms/000001_20200101_101010_60.dat", "000002/Waveforms/000002_20200101_101010_60.dat", "OMOP/secret.csv"}
+    # readable again: the change is picked up
+    third = run_without_override(args)
+    assert json.loads(third.stdout)["counts"]["replaced"] == 1
+
+
+def run_without_override(args: list[str]):
+    """The real CLI, subject to file permissions even when the tests run as root
+    (root's permission-override capabilities are dropped with util-linux setpriv)."""
+    import subprocess
+    import sys
+
+    prefix = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    return subprocess.run([*prefix, sys.executable, "-m", "chorus_batch", *args], capture_output=True, text=True, timeout=120)

@@ -1,0 +1,77 @@
+"""Sources: the local fast path (in-process and with worker processes) and fsspec."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+
+from chorus_batch.sources import FsspecSource, LocalSource, open_source
+from chorus_batch.testdata import Spec, write_snapshot
+
+from conftest import current_rows, settings, tree_md5, write
+
+
+def listing(source) -> tuple[pl.DataFrame, list]:
+    errors: list = []
+    table = pa.Table.from_batches(list(source.list_files(errors)))
+    return pl.from_arrow(table).sort("srcfile"), errors
+
+
+def test_worker_processes_list_the_same_tree_as_one_process(site):
+    write_snapshot(site, Spec(persons=40, files_per_person=15, size=10, seed=1))
+    one, _ = listing(LocalSource(site, workers=1))
+    many, _ = listing(LocalSource(site, workers=2, inprocess_budget_s=0))
+    assert one.height == len(tree_md5(site))
+    assert one.equals(many)
+    assert set(one["srcfile"]) == set(tree_md5(site))
+
+
+def test_paths_are_posix_and_site_relative(site):
+    write(site, "000001/Images/ST/SE/000001_20200101_101010_CT_SE_1.dcm")
+    frame, _ = listing(LocalSource(site))
+    assert frame["srcfile"].to_list() == ["000001/Images/ST/SE/000001_20200101_101010_CT_SE_1.dcm"]
+
+
+def test_hash_is_streamed_md5(site):
+    import hashlib
+
+    data = bytes(range(256)) * 5000
+    write(site, "OMOP/x.csv", data)
+    out = LocalSource(site).hash_file("OMOP/x.csv", bytearray(64 * 1024))
+    assert out.md5 == hashlib.md5(data).hexdigest() and out.size == len(data)
+
+
+def test_fsspec_source_runs_the_same_pipeline(tmp_path):
+    import fsspec
+
+    from chorus_batch import run
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/site/OMOP/person.csv": b"person_id\n1\n", "/site/000001/Waveforms/000001_20200101_101010_60.dat": b"w"})
+    source = open_source("memory://site")
+    assert isinstance(source, FsspecSource)
+    db = tmp_path / "m.sqlite"
+    result = run(settings(tmp_path, db), sources=[(source, None)])
+    assert result.counts["added"] == 2
+    import hashlib
+
+    assert current_rows(db) == {
+        "OMOP/person.csv": hashlib.md5(b"person_id\n1\n").hexdigest(),
+        "000001/Waveforms/000001_20200101_101010_60.dat": hashlib.md5(b"w").hexdigest(),
+    }
+    fs.rm("/site", recursive=True)
+
+
+def test_a_modality_root_is_scanned_and_checked(tmp_path):
+    from chorus_batch import run
+
+    main, waves = tmp_path / "main", tmp_path / "waves"
+    write(main, "OMOP/person.csv", b"p")
+    write(waves, "000001/Waveforms/000001_20200101_101010_60.dat", b"w")
+    write(waves, "000001/Images/ST/SE/000001_20200101_101010_CT_SE_1.dcm", b"i")
+    db = tmp_path / "m.sqlite"
+    result = run(settings(main, db, roots={"Waveforms": str(waves)}))
+    assert set(current_rows(db)) == {
+        "OMOP/person.csv", "000001/Waveforms/000001_20200101_101010_60.dat", "000001/Images/ST/SE/000001_20200101_101010_CT_SE_1.dcm"}
+    (message,) = result.errors.filter(pl.col("kind") == "unparseable")["message"].to_list()
+    assert "under the Waveforms root classifies as Images" in message
