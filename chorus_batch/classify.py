@@ -90,6 +90,13 @@ def _check_regex(modality: str, index: int, regex: str) -> None:
         )
 
 
+def record_key() -> pl.Expr:
+    """The registry key of a classified file: modality|person|session (NULL if unparsed)."""
+    return pl.when(pl.col("parse_error").is_null() & pl.col("session_id").is_not_null()).then(
+        pl.concat_str([pl.col("modality"), pl.col("person_id").fill_null(""), pl.col("session_id")], separator="|")
+    ).alias("record_key")
+
+
 def _groups(pattern: PathPattern, extracted: pl.Expr) -> pl.Expr:
     """A struct with every known group (NULL where the pattern lacks it), from the
     pattern's extract_groups column (computed once: each reference would re-run the regex)."""
@@ -144,12 +151,22 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     return modality, person, reason
 
 
+BATCH_ROWS = 100_000  # bounds the memory of the intermediate regex captures
+
+
 def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_PATTERNS) -> pl.DataFrame:
     """Add the CLASSIFIED_SCHEMA columns to a frame with a `srcfile` column."""
+    if listing.height > BATCH_ROWS:
+        return pl.concat([_classify(listing.slice(start, BATCH_ROWS), patterns)
+                          for start in range(0, listing.height, BATCH_ROWS)])
+    return _classify(listing, patterns)
+
+
+def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
     if listing.height == 0:
         return listing.with_columns(
             *(pl.lit(None, pl.Float64 if c == "duration_s" else pl.String).alias(c) for c in (
-                "modality", "person_id", "session_id", "record_key", "start_date", "start_time", "duration_s", "segment", "parse_error"))
+                "modality", "person_id", "session_id", "start_date", "start_time", "duration_s", "segment", "parse_error"))
         )
     frame = listing.lazy().with_columns(
         [pl.col("srcfile").str.extract_groups(p.regex).alias(f"_x{i}") for i, p in enumerate(patterns)]
@@ -202,12 +219,8 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
         duration_s=pl.col("_duration").cast(pl.Float64, strict=False),
         segment=pl.col("_segment"),
         parse_error=pl.when(pl.col("_hit")).then(pl.lit(None, pl.String)).otherwise(pl.coalesce(near_reason, fallback_reason)),
-    ).with_columns(
-        record_key=pl.when(pl.col("parse_error").is_null()).then(
-            pl.concat_str([pl.col("modality"), pl.col("person_id").fill_null(""), pl.col("session_id")], separator="|")
-        ),
     )
     keep = [c for c in listing.columns] + [
-        "modality", "person_id", "session_id", "record_key", "start_date", "start_time", "duration_s", "segment", "parse_error",
+        "modality", "person_id", "session_id", "start_date", "start_time", "duration_s", "segment", "parse_error",
     ]
     return out.select(keep).collect()

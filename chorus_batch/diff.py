@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import shutil
+import tempfile
+
 import duckdb
 import polars as pl
 
@@ -24,19 +27,25 @@ WITH joined AS (
     FROM current_files c FULL OUTER JOIN previous_files p ON c.srcfile = p.srcfile
 ),
 added_raw AS (
-    SELECT c_path AS srcfile, c_md5 AS md5, c_size AS size,
-           row_number() OVER (PARTITION BY c_md5, c_size ORDER BY c_path) AS k
-    FROM joined WHERE p_path IS NULL
+    SELECT c_path AS srcfile, c_md5 AS md5, c_size AS size FROM joined WHERE p_path IS NULL
 ),
 removed_raw AS (
-    SELECT p_path AS srcfile, p_md5 AS md5, p_size AS size, p_id AS file_id,
-           row_number() OVER (PARTITION BY p_md5, p_size ORDER BY p_path) AS k
+    SELECT p_path AS srcfile, p_md5 AS md5, p_size AS size, p_id AS file_id
     FROM joined
     WHERE c_path IS NULL AND ({removal_condition})
 ),
+-- Only contents that were both removed and added can pair up; number those alone.
+added_pairable AS (
+    SELECT a.*, row_number() OVER (PARTITION BY a.md5, a.size ORDER BY a.srcfile) AS k
+    FROM added_raw a SEMI JOIN removed_raw r ON a.md5 = r.md5 AND a.size = r.size
+),
+removed_pairable AS (
+    SELECT r.*, row_number() OVER (PARTITION BY r.md5, r.size ORDER BY r.srcfile) AS k
+    FROM removed_raw r SEMI JOIN added_raw a ON a.md5 = r.md5 AND a.size = r.size
+),
 renamed AS (
     SELECT a.srcfile, r.srcfile AS old_srcfile, r.file_id AS old_file_id
-    FROM added_raw a JOIN removed_raw r ON a.md5 = r.md5 AND a.size = r.size AND a.k = r.k
+    FROM added_pairable a JOIN removed_pairable r ON a.md5 = r.md5 AND a.size = r.size AND a.k = r.k
 )
 SELECT 'renamed' AS change, srcfile, old_srcfile, old_file_id FROM renamed
 UNION ALL
@@ -76,22 +85,32 @@ def compute_diff(
     mode: str = "full",
     delete_list: pl.DataFrame | None = None,
     threads: int = 2,
+    memory_limit: str = "256MB",
 ) -> Diff:
     """previous_files: file_id, srcfile, size, md5 (current rows of the last version).
     current_files: srcfile, size, md5 (the tree now). delete_list: srcfile (append mode)."""
-    con = duckdb.connect(config={"threads": max(1, threads)})
+    # A memory cap keeps 10M-file sites within a node's share; beyond it DuckDB spills
+    # to a private temporary folder (the paths hold person identifiers).
+    spill = tempfile.mkdtemp(prefix="chorus-duckdb-")
+    con = duckdb.connect(config={
+        "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
+        "temp_directory": spill,
+    })
     try:
-        con.register("previous_files", previous_files.select("file_id", "srcfile", "size", "md5").to_arrow())
-        con.register("current_files", current_files.select("srcfile", "size", "md5").to_arrow())
+        # string_view columns pass to DuckDB without a copy (plain Arrow strings would copy every path)
+        arrow = pl.CompatLevel.newest()
+        con.register("previous_files", previous_files.select("file_id", "srcfile", "size", "md5").to_arrow(compat_level=arrow))
+        con.register("current_files", current_files.select("srcfile", "size", "md5").to_arrow(compat_level=arrow))
         if mode == "full":
             condition = "TRUE"
         else:
             deletions = delete_list if delete_list is not None else pl.DataFrame(schema={"srcfile": pl.String})
-            con.register("delete_list", deletions.select("srcfile").to_arrow())
+            con.register("delete_list", deletions.select("srcfile").to_arrow(compat_level=arrow))
             condition = "p_path IN (SELECT srcfile FROM delete_list)"
         change_set = con.sql(_DIFF_SQL.format(removal_condition=condition)).pl()
         n_unchanged = con.execute(_UNCHANGED_SQL).fetchone()[0]
     finally:
         con.close()
+        shutil.rmtree(spill, ignore_errors=True)
     change_set = change_set.cast(CHANGE_SET_SCHEMA).sort("change", "srcfile")
     return Diff(change_set, int(n_unchanged))

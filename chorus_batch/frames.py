@@ -27,7 +27,6 @@ CLASSIFIED_SCHEMA = {
     "modality": pl.String,
     "person_id": pl.String,
     "session_id": pl.String,
-    "record_key": pl.String,
     "start_date": pl.String,  # YYYY-MM-DD
     "start_time": pl.String,  # HH:MM:SS
     "duration_s": pl.Float64,

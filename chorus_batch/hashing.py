@@ -16,12 +16,14 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
-from concurrent.futures import as_completed
+from array import array
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
 import polars as pl
+import pyarrow as pa
 
-from .sources import READ_SIZE, Source, hash_chunk, hash_one, pool
+from .sources import READ_SIZE, HashedChunk, HashOutcome, Source, hash_chunk, hash_one, pool
 
 CHUNK_FILES = 512
 CHUNK_BYTES = 64 << 20
@@ -73,6 +75,40 @@ class HashProgress:
     bytes_done: int = 0
 
 
+class _Results:
+    """Preallocated, packed results for n files, filled chunk by chunk."""
+
+    def __init__(self, n: int):
+        self.digests = bytearray(16 * n)
+        self.sizes = array("q", bytes(8 * n))
+        self.mtimes = array("q", bytes(8 * n))
+        self.errors: list[tuple[int, str, str]] = []
+
+    def put(self, start: int, chunk: HashedChunk) -> None:
+        n = len(chunk.sizes)
+        self.digests[16 * start: 16 * (start + n)] = chunk.digests
+        self.sizes[start: start + n] = chunk.sizes
+        self.mtimes[start: start + n] = chunk.mtimes
+        self.errors.extend((start + k, kind, message) for k, kind, message in chunk.errors)
+
+    def frame(self, srcfile: pl.Series) -> pl.DataFrame:
+        n = srcfile.len()
+        digests = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(self.digests)])
+        sizes = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.sizes)])
+        mtimes = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.mtimes)])
+        errors = pl.DataFrame(self.errors, schema={"_i": pl.UInt32, "error_kind": pl.String, "error_message": pl.String},
+                              orient="row")
+        frame = pl.DataFrame({"srcfile": srcfile}).with_columns(
+            md5=pl.Series(digests).bin.encode("hex"),
+            hashed_size=pl.Series(sizes),
+            hashed_mtime_ns=pl.Series(mtimes),
+        ).with_row_index("_i").join(errors, on="_i", how="left").drop("_i")
+        failed = pl.col("error_kind").is_not_null()
+        return frame.with_columns(
+            [pl.when(failed).then(None).otherwise(pl.col(c)).alias(c) for c in ("md5", "hashed_size", "hashed_mtime_ns")]
+        ).cast(HASHED_SCHEMA)  # type: ignore[arg-type]
+
+
 def hash_files(
     sources: Sequence[Source],
     todo: pl.DataFrame,
@@ -84,86 +120,86 @@ def hash_files(
     md5, hashed_size, hashed_mtime_ns, or error_kind / error_message."""
     progress = progress or HashProgress()
     n = todo.height
+    results = _Results(n)
     total = int(todo["size"].sum() or 0) if n else 0
     local = all(getattr(s, "hash_in_processes", False) for s in sources)
     if workers > 1 and local and (n >= PROCESS_MIN_FILES or total >= PROCESS_MIN_BYTES):
-        rows = _in_processes(sources, todo, workers, progress)
-    else:
-        threads = workers if n and total / n >= THREADS_MIN_MEAN_SIZE or not local else 1
-        rows = _in_threads(sources, todo, threads, progress)
-    md5s, sizes, mtimes, kinds, messages = zip(*rows) if rows else ((), (), (), (), ())
-    return pl.DataFrame(
-        {"srcfile": todo["srcfile"], "md5": md5s, "hashed_size": sizes, "hashed_mtime_ns": mtimes,
-         "error_kind": kinds, "error_message": messages},
-        schema=HASHED_SCHEMA,
+        _in_processes(sources, todo, workers, progress, results)
+    elif n:
+        threads = workers if (total / n >= THREADS_MIN_MEAN_SIZE or not local) else 1
+        _in_threads(sources, todo, threads, progress, results)
+    return results.frame(todo["srcfile"])
+
+
+def _chunks(todo: pl.DataFrame) -> pl.DataFrame:
+    """Runs (root_id, start, length) of at most CHUNK_FILES files and about CHUNK_BYTES bytes, one root each."""
+    chunk_id = (
+        pl.col("size").cum_sum() // CHUNK_BYTES + pl.int_range(pl.len()) // CHUNK_FILES
+        + (pl.col("root_id") != pl.col("root_id").shift(1)).fill_null(False).cum_sum()
+    )
+    return (
+        todo.select("root_id", chunk_id.alias("chunk")).with_row_index("start")
+        .group_by("chunk", maintain_order=True)
+        .agg(pl.col("root_id").first(), pl.col("start").first(), pl.len().alias("length"))
     )
 
 
-def _chunks(todo: pl.DataFrame) -> list[tuple[int, int]]:
-    """(start, length) runs of at most CHUNK_FILES files and about CHUNK_BYTES bytes."""
-    chunk_id = pl.col("size").cum_sum() // CHUNK_BYTES + pl.int_range(pl.len()) // CHUNK_FILES
-    runs = (
-        todo.select(chunk_id.alias("chunk")).with_row_index("start")
-        .group_by("chunk", maintain_order=True).agg(pl.col("start").first(), pl.len().alias("length"))
-    )
-    return list(zip(runs["start"].to_list(), runs["length"].to_list()))
-
-
-def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, progress: HashProgress) -> list[tuple]:
-    root_ids, paths, sizes = todo["root_id"].to_list(), todo["srcfile"].to_list(), todo["size"].to_list()
-    rows: list[tuple] = [()] * len(paths)
+def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, progress: HashProgress,
+                  results: _Results) -> None:
+    srcfile, sizes = todo["srcfile"], todo["size"]
+    chunks = _chunks(todo).iter_rows(named=True)
+    in_flight: dict = {}
     with pool(workers) as executor:
-        futures = {}
-        for start, length in _chunks(todo):
-            # a chunk may span roots only in multi-root sites; split it by root
-            end = start + length
-            for root_id, group in itertools.groupby(range(start, end), key=root_ids.__getitem__):
-                idx = list(group)
-                futures[executor.submit(hash_chunk, sources[root_id], [paths[i] for i in idx])] = idx
-        for future in as_completed(futures):
-            idx = futures[future]
-            for i, row in zip(idx, future.result()):
-                rows[i] = row
-            progress.files_done += len(idx)
-            progress.bytes_done += sum(sizes[i] for i in idx)
-    return rows
+        # A bounded number of chunks in flight: paths become Python strings only shortly before they are hashed.
+        while True:
+            while len(in_flight) < workers * 4:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                start, length = chunk["start"], chunk["length"]
+                future = executor.submit(hash_chunk, sources[chunk["root_id"]], srcfile.slice(start, length).to_list())
+                in_flight[future] = (start, length)
+            if not in_flight:
+                break
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                start, length = in_flight.pop(future)
+                results.put(start, future.result())
+                progress.files_done += length
+                progress.bytes_done += int(sizes.slice(start, length).sum() or 0)
 
 
-def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, progress: HashProgress) -> list[tuple]:
+def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, progress: HashProgress,
+                results: _Results) -> None:
     root_ids, paths = todo["root_id"].to_list(), todo["srcfile"].to_list()
     n = len(paths)
-    rows: list[tuple] = [()] * n
     counter = itertools.count()  # next() on it is atomic under the GIL
     lock = threading.Lock()
     stop = threading.Event()
 
     def worker() -> None:
         buffer = bytearray(READ_SIZE)
-        done = size_sum = 0
         while not stop.is_set():
             i = next(counter)
             if i >= n:
                 break
-            rows[i] = row = hash_one(sources[root_ids[i]], paths[i], buffer)
-            done += 1
-            size_sum += row[1] or 0
-            if done >= 64:
-                with lock:
-                    progress.files_done += done
-                    progress.bytes_done += size_sum
-                done = size_sum = 0
-        with lock:
-            progress.files_done += done
-            progress.bytes_done += size_sum
+            out = hash_one(sources[root_ids[i]], paths[i], buffer)
+            if isinstance(out, HashOutcome):
+                chunk = HashedChunk(out.digest, array("q", [out.size]), array("q", [out.mtime_ns]), [])
+            else:
+                chunk = HashedChunk(bytes(16), array("q", [0]), array("q", [0]), [(0, *out)])
+            with lock:
+                results.put(i, chunk)
+                progress.files_done += 1
+                progress.bytes_done += chunk.sizes[0]
 
-    workers = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, n)))]
-    for t in workers:
+    pool_ = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, n)))]
+    for t in pool_:
         t.start()
     try:
-        for t in workers:
+        for t in pool_:
             while t.is_alive():  # a timed join keeps Ctrl-C responsive
                 t.join(0.2)
     except BaseException:
         stop.set()
         raise
-    return rows

@@ -23,7 +23,7 @@ from .config import RunSettings
 from .diff import compute_diff
 from .errors import ChorusError, ExitCode, UsageError
 from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, STATE_SCHEMA, empty_errors
-from .progress import Progress
+from .progress import Progress, log
 from .sources import LocalSource, Source, open_source
 from .store import Manifest, VersionRecord, iso, utc_now
 
@@ -150,7 +150,7 @@ def _check_modality_roots(classified: pl.DataFrame, sources: list[tuple[Source, 
         parse_error=pl.when(wrong & pl.col("parse_error").is_null())
         .then(pl.format("file under the {} root classifies as {}", want, pl.col("modality")))
         .otherwise(pl.col("parse_error")),
-    ).with_columns(record_key=pl.when(pl.col("parse_error").is_null()).then(pl.col("record_key")))
+    )
 
 
 # ----------------------------------------------------------------------------- the run
@@ -199,6 +199,15 @@ def run(
     return result
 
 
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 1e6
+
+
 def _redact(argv: list[str]) -> list[str]:
     """Arguments as recorded in `runs`: anything that looks like a secret is masked."""
     secret = re.compile(r"(sig=|sv=|AccountKey=|SharedAccessSignature=|password|token|secret)", re.IGNORECASE)
@@ -213,6 +222,7 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     def mark(stage: str, since: float) -> float:
         now = time.perf_counter()
         timings[stage] = round(now - since, 4)
+        log.debug(f"{stage}: {now - since:.3f} s, peak RSS {_peak_rss_mb():.0f} MB")
         return now
 
     # ---- previous version
@@ -233,53 +243,33 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     # ---- plan the hashing, classify what is new or changed
     racy_cutoff = None if last_scan is None else last_scan - int(settings.racy_window_s * 1e9)
     planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=settings.rehash)
+    n_listed = listing.height
+    del listing  # large trees: keep one copy of the paths
     todo = planned.filter(pl.col("needs_hash")).select("root_id", "srcfile", "size", "mtime_ns").sort("srcfile")
     classified = _check_modality_roots(classify(todo.select("root_id", "srcfile"), patterns), sources)
     t = mark("classify", t)
 
     # ---- hash
     todo_bytes = int(todo["size"].sum() or 0)
-    progress.stage(f"{listing.height} files listed; hashing {todo.height} new or changed files ({todo_bytes / 1e6:.1f} MB)")
+    progress.stage(f"{n_listed} files listed; hashing {todo.height} new or changed files ({todo_bytes / 1e6:.1f} MB)")
     counters = hashing.HashProgress()
     t_hash = time.perf_counter()
     with progress.counter("hashing", "files", lambda: (counters.files_done, counters.bytes_done), total=(todo.height, todo_bytes)):
         hashed = hashing.hash_files([s for s, _ in sources], todo, workers=settings.workers, progress=counters)
     hash_s = time.perf_counter() - t_hash
+    n_hashed, bytes_hashed = todo.height, int(hashed["hashed_size"].sum() or 0)
+    del todo
     t = mark("hash", t)
     hash_errors = hashed.filter(pl.col("error_kind").is_not_null()).select(
         "srcfile", pl.col("error_kind").alias("kind"), pl.col("error_message").alias("message"))
 
-    # ---- the tree as it is now (path, size, mtime, md5)
-    current = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns"), on="srcfile", how="left")
-    failed = pl.col("needs_hash") & pl.col("md5").is_null()
-    current = current.with_columns(
-        # A file that could not be hashed keeps its previous row (nothing recorded is lost);
-        # a new one that could not be hashed waits for the next run.
-        md5=pl.when(pl.col("needs_hash")).then(pl.col("md5")).otherwise(pl.col("prev_md5")),
-        size=pl.when(failed).then(pl.col("prev_size")).otherwise(pl.coalesce("hashed_size", "size")),
-        mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.coalesce("hashed_mtime_ns", "mtime_ns")),
-    ).with_columns(
-        md5=pl.when(failed).then(pl.col("prev_md5")).otherwise(pl.col("md5")),
-    ).filter(pl.col("md5").is_not_null())
-    unseen_dirs = errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
-    if unseen_dirs and settings.mode == "full":
-        under = pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs]) if "" not in unseen_dirs else pl.lit(True)
-        kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
-        current = pl.concat([current, kept.select("srcfile", "size", "mtime_ns", "md5", pl.col("file_id").alias("prev_file_id"),
-                                                  pl.col("md5").alias("prev_md5"))], how="diagonal_relaxed")
-
-    # ---- delete list (append mode)
+    # ---- the tree as it is now
     delete_errors = empty_errors()
     if delete_list is not None:
-        present = delete_list.join(listing.select("srcfile"), on="srcfile", how="semi")
-        unknown = delete_list.join(previous.select("srcfile"), on="srcfile", how="anti")
-        delete_errors = pl.concat([
-            present.select("srcfile", kind=pl.lit("delete_list"),
-                           message=pl.lit("listed for deletion but still present in the tree; not removed")),
-            unknown.select("srcfile", kind=pl.lit("delete_list"),
-                           message=pl.lit("listed for deletion but not in the manifest; ignored")),
-        ])
-        delete_list = delete_list.join(present, on="srcfile", how="anti")
+        delete_list, delete_errors = _check_delete_list(delete_list, planned, previous)
+    unseen_dirs = errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
+    current, touched = _current_tree(planned, hashed, previous, unseen_dirs if settings.mode == "full" else [])
+    del planned, hashed
 
     # ---- diff
     diff = compute_diff(previous, current, mode=settings.mode, delete_list=delete_list, threads=settings.workers)
@@ -288,15 +278,11 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
 
     new_paths = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("srcfile")
     new_rows = (
-        new_paths.join(current.select("srcfile", "size", "mtime_ns", "md5"), on="srcfile", how="left")
+        new_paths.join(current, on="srcfile", how="left")
         .join(classified.drop("root_id"), on="srcfile", how="left")
     )
+    del classified, new_paths
     invalidated = diff.change_set.filter(pl.col("change").is_in(["removed", "replaced", "renamed"]))["old_file_id"]
-    # Same content, new stat: remember the stat so these are not hashed again.
-    touched = current.filter(
-        pl.col("needs_hash") & (pl.col("md5") == pl.col("prev_md5"))
-        & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size")))
-    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns")
 
     # ---- the new state and its errors
     kept_rows = previous.filter(~pl.col("file_id").is_in(invalidated.implode()))
@@ -311,6 +297,7 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     total_bytes = int(state_without_ids["size"].sum() or 0)
 
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
+    del current
     errors_changed = not all_errors.equals(manifest.version_errors(previous_label)) if not settings.dry_run else True
     label = None
     change_set = diff.change_set
@@ -342,10 +329,50 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     return RunResult(
         db=str(manifest.path), site=settings.site, mode=settings.mode, dry_run=settings.dry_run, label=label,
         previous_label=previous_label, counts=counts, by_modality=by_modality, change_set=change_set,
-        errors=all_errors, n_files=n_files, total_bytes=total_bytes, n_hashed=todo.height,
-        bytes_hashed=int(hashed["hashed_size"].sum() or 0), elapsed_s=time.perf_counter() - t_start,
+        errors=all_errors, n_files=n_files, total_bytes=total_bytes, n_hashed=n_hashed,
+        bytes_hashed=bytes_hashed, elapsed_s=time.perf_counter() - t_start,
         hash_s=hash_s, timings=timings,
     )
+
+
+def _check_delete_list(delete_list: pl.DataFrame, planned: pl.DataFrame, previous: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Append mode: paths to remove. A listed path still in the tree, or unknown to
+    the manifest, is recorded and left alone."""
+    present = delete_list.join(planned.select("srcfile"), on="srcfile", how="semi")
+    unknown = delete_list.join(previous.select("srcfile"), on="srcfile", how="anti")
+    errors = pl.concat([
+        present.select("srcfile", kind=pl.lit("delete_list"),
+                       message=pl.lit("listed for deletion but still present in the tree; not removed")),
+        unknown.select("srcfile", kind=pl.lit("delete_list"),
+                       message=pl.lit("listed for deletion but not in the manifest; ignored")),
+    ])
+    return delete_list.join(present, on="srcfile", how="anti"), errors
+
+
+def _current_tree(planned: pl.DataFrame, hashed: pl.DataFrame, previous: pl.DataFrame,
+                  unseen_dirs: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The tree now as (srcfile, size, mtime_ns, md5), and the `touched` files whose
+    content is unchanged but whose stat moved (file_id, mtime_ns)."""
+    joined = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns"), on="srcfile", how="left")
+    failed = pl.col("needs_hash") & pl.col("md5").is_null()
+    current = joined.with_columns(
+        # A file that could not be hashed keeps its previous row (nothing recorded is lost);
+        # a new one that could not be hashed waits for the next run.
+        md5=pl.when(pl.col("needs_hash") & ~failed).then(pl.col("md5")).otherwise(pl.col("prev_md5")),
+        size=pl.when(failed).then(pl.col("prev_size")).otherwise(pl.coalesce("hashed_size", "size")),
+        mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.coalesce("hashed_mtime_ns", "mtime_ns")),
+    ).filter(pl.col("md5").is_not_null())
+    # Same content, new stat: remember the stat so these are not hashed again.
+    touched = current.filter(
+        pl.col("needs_hash") & (pl.col("md5") == pl.col("prev_md5"))
+        & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size")))
+    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns")
+    current = current.select("srcfile", "size", "mtime_ns", "md5")
+    if unseen_dirs:  # folders that could not be listed keep their earlier rows
+        under = pl.lit(True) if "" in unseen_dirs else pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs])
+        kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
+        current = pl.concat([current, kept.select("srcfile", "size", "mtime_ns", "md5")])
+    return current, touched
 
 
 def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import stat
 import sys
+from array import array
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,9 +35,13 @@ INPROCESS_BUDGET_S = 0.25
 
 @dataclass
 class HashOutcome:
-    md5: str
+    digest: bytes  # 16 bytes of MD5
     size: int
     mtime_ns: int
+
+    @property
+    def md5(self) -> str:
+        return self.digest.hex()
 
 
 class FileChangedWhileHashing(OSError):
@@ -190,25 +195,52 @@ def pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=_pool_context())
 
 
-def hash_one(source: "Source", path: str, buffer: bytearray) -> tuple:
-    """(md5, size, mtime_ns, error kind, error message) for one file; never raises OSError."""
+def hash_one(source: "Source", path: str, buffer: bytearray) -> HashOutcome | tuple[str, str]:
+    """The outcome for one file, or (error kind, message); never raises OSError."""
     try:
-        res = source.hash_file(path, buffer)
-        return res.md5, res.size, res.mtime_ns, None, None
+        return source.hash_file(path, buffer)
     except FileChangedWhileHashing as exc:
-        return None, None, None, "changed_while_hashing", str(exc)
+        return "changed_while_hashing", str(exc)
     except FileNotFoundError:
-        return None, None, None, "vanished", "file disappeared before it could be hashed"
+        return "vanished", "file disappeared before it could be hashed"
     except PermissionError as exc:
-        return None, None, None, "unreadable", f"permission denied: {exc.strerror or exc}"
+        return "unreadable", f"permission denied: {exc.strerror or exc}"
     except OSError as exc:
-        return None, None, None, "unreadable", f"cannot read: {exc.strerror or exc}"
+        return "unreadable", f"cannot read: {exc.strerror or exc}"
 
 
-def hash_chunk(source: "Source", paths: list[str]) -> list[tuple]:
+@dataclass
+class HashedChunk:
+    """Results for consecutive files, packed (16-byte digests, int64 arrays) so a
+    million results cost tens of MB, not a million Python objects."""
+
+    digests: bytes
+    sizes: array
+    mtimes: array
+    errors: list[tuple[int, str, str]]  # (offset in chunk, kind, message)
+
+
+_NO_DIGEST = bytes(16)
+
+
+def hash_chunk(source: "Source", paths: list[str]) -> HashedChunk:
     """Hash files one after another (in a worker process: one GIL per core)."""
     buffer = bytearray(READ_SIZE)
-    return [hash_one(source, path, buffer) for path in paths]
+    digests = bytearray()
+    sizes, mtimes = array("q"), array("q")
+    errors: list[tuple[int, str, str]] = []
+    for k, path in enumerate(paths):
+        out = hash_one(source, path, buffer)
+        if isinstance(out, HashOutcome):
+            digests += out.digest
+            sizes.append(out.size)
+            mtimes.append(out.mtime_ns)
+        else:
+            digests += _NO_DIGEST
+            sizes.append(0)
+            mtimes.append(0)
+            errors.append((k, *out))
+    return HashedChunk(bytes(digests), sizes, mtimes, errors)
 
 
 class LocalSource:
@@ -274,11 +306,12 @@ class LocalSource:
         n_tasks = min(len(remaining), self.workers * 8)
         groups = [remaining[k::n_tasks] for k in range(n_tasks)]
         with pool(self.workers) as workers:
-            futures = [workers.submit(walk_local, self.root, g, self.follow_symlinks) for g in groups]
-            for fut in as_completed(futures):
+            # No list of the futures is kept: as_completed then drops each result once consumed.
+            for fut in as_completed([workers.submit(walk_local, self.root, g, self.follow_symlinks) for g in groups]):
                 res = fut.result()
                 errors.extend(res.errors)
                 yield from res.batches()
+                del res
 
     def absolute(self, srcfile: str) -> str:
         return os.path.join(self.root, *srcfile.split("/"))
@@ -303,7 +336,7 @@ class LocalSource:
             finally:
                 os.close(fd)
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
-                return HashOutcome(digest.hexdigest(), before.st_size, before.st_mtime_ns)
+                return HashOutcome(digest.digest(), before.st_size, before.st_mtime_ns)
         raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
 
 
@@ -368,7 +401,7 @@ class FsspecSource:
                 total += n
         if total != int(info.get("size") or 0):
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
-        return HashOutcome(digest.hexdigest(), total, _mtime_ns(info))
+        return HashOutcome(digest.digest(), total, _mtime_ns(info))
 
 
 def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1) -> Source:

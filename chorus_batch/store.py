@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from .errors import ManifestError, ManifestLocked
+from .classify import record_key
 from .frames import STATE_SCHEMA, empty_state
 
 SCHEMA_VERSION = 1
@@ -445,16 +446,15 @@ class Manifest:
         errors: pl.DataFrame,
     ) -> pl.DataFrame:
         """Write one version in one transaction. `new_rows` carries NEW_ROW_COLUMNS
-        except file_id/record_id, plus record_key; returns the change set with file ids."""
+        except file_id/record_id; returns the change set with file ids."""
         import adbc_driver_sqlite.dbapi as adbc
 
         with adbc.connect(str(self.path)) as con:
             with con.cursor() as cur:
                 cur.execute("SELECT coalesce(max(file_id), 0), (SELECT count(*) FROM source_files) FROM source_files")
                 max_file_id, n_rows = cur.fetchone()
-                new_rows = new_rows.sort("srcfile").with_row_index("file_id", offset=max_file_id + 1).with_columns(
-                    pl.col("file_id").cast(pl.Int64)
-                )
+                new_rows = new_rows.with_columns(
+                    file_id=pl.int_range(max_file_id + 1, max_file_id + 1 + new_rows.height, dtype=pl.Int64))
                 cur.execute("SELECT coalesce(max(record_id), 0) FROM registry")
                 (max_record_id,) = cur.fetchone()
                 new_rows = self._assign_records(cur, new_rows, max_record_id)
@@ -471,12 +471,9 @@ class Manifest:
                 if bulk:  # first load: build indexes once, after the rows are in
                     for ddl in _SOURCE_FILES_INDEXES:
                         cur.execute("DROP INDEX IF EXISTS " + ddl.split(" ON ")[0].split()[-1])
-                rows = new_rows.select(NEW_ROW_COLUMNS).with_columns(
-                    time_valid=pl.lit(now), time_invalid=pl.lit(None, pl.String),
-                    version_valid=pl.lit(label), version_invalid=pl.lit(None, pl.String),
-                )
-                if rows.height:
-                    cur.adbc_ingest("source_files", rows.to_arrow(), mode="append")
+                if new_rows.height:
+                    validity = {"time_valid": now, "time_invalid": None, "version_valid": label, "version_invalid": None}
+                    cur.adbc_ingest("source_files", _arrow_stream(new_rows.select(NEW_ROW_COLUMNS), validity), mode="append")
                 if bulk:
                     for ddl in _SOURCE_FILES_INDEXES:
                         cur.execute(ddl)
@@ -500,7 +497,7 @@ class Manifest:
                     version=pl.lit(label),
                 ).select("version", "change", "srcfile", "old_srcfile", "file_id", "old_file_id")
                 if changes.height:
-                    cur.adbc_ingest("changes", changes.to_arrow(), mode="append")
+                    cur.adbc_ingest("changes", _arrow_stream(changes), mode="append")
                 if errors.height:
                     cur.adbc_ingest(
                         "scan_errors",
@@ -527,14 +524,18 @@ class Manifest:
 
     def _assign_records(self, cur, new_rows: pl.DataFrame, max_record_id: int) -> pl.DataFrame:
         """record_id for each new row: existing records by key, new ones appended."""
-        keyed = new_rows.filter(pl.col("record_key").is_not_null())
+        keys = new_rows.select(record_key())
+        keyed = new_rows.select("person_id", "session_id", "modality", "start_date", "start_time").with_columns(
+            keys["record_key"]).filter(pl.col("record_key").is_not_null())
         if keyed.height == 0:
             return new_rows.with_columns(record_id=pl.lit(None, pl.Int64))
+        # A record starts at its earliest file (ISO date and time sort as text).
         records = keyed.group_by("record_key").agg(
             pl.col("person_id").first(), pl.col("session_id").first(), pl.col("modality").first(),
-            pl.col("start_date").min().alias("date"),
-            pl.col("start_time").sort_by(pl.col("start_date")).first().alias("time"),
-        ).sort("record_key")
+            pl.concat_str(["start_date", "start_time"], separator=" ").min().alias("_start"),
+        ).sort("record_key").with_columns(
+            date=pl.col("_start").str.slice(0, 10), time=pl.col("_start").str.slice(11, 8),
+        ).drop("_start")
         cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="create", temporary=True)
         cur.execute("SELECT r.record_key, r.record_id FROM temp._keys k JOIN registry r ON r.record_key = k.record_key")
         known = pl.from_arrow(cur.fetch_arrow_table())
@@ -550,7 +551,9 @@ class Manifest:
                 mode="append",
             )
         ids = pl.concat([known, fresh.select("record_key", "record_id")])
-        return new_rows.join(ids, on="record_key", how="left")
+        # Only the key column is joined; the wide frame just gains a column (no copy of it).
+        record_ids = keys.join(ids, on="record_key", how="left", maintain_order="left")["record_id"]
+        return new_rows.with_columns(record_id=record_ids)
 
     @staticmethod
     def _records_of(cur, file_ids: pl.Series) -> pl.DataFrame:
@@ -604,6 +607,22 @@ class Manifest:
             return con.execute("SELECT 1 FROM versions WHERE label = ?", (label,)).fetchone() is not None
         finally:
             con.close()
+
+
+def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None = None, rows: int = 100_000) -> pa.RecordBatchReader:
+    """Convert to Arrow slice by slice while ADBC writes, instead of all at once;
+    `constants` become text columns filled per slice."""
+    constants = constants or {}
+
+    def part_table(part: pl.DataFrame) -> pa.Table:
+        table = part.to_arrow()
+        for name, value in constants.items():
+            table = table.append_column(name, pa.array([value] * part.height, pa.string()))
+        return table
+
+    schema = part_table(frame.head(0)).schema
+    batches = (batch for part in frame.iter_slices(rows) for batch in part_table(part).cast(schema).to_batches())
+    return pa.RecordBatchReader.from_batches(schema, batches)
 
 
 def _user() -> str:

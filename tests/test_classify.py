@@ -5,13 +5,13 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from chorus_batch.classify import build_patterns, classify
+from chorus_batch.classify import build_patterns, classify, record_key
 from chorus_batch.errors import ConfigError
 
 
 def one(path: str, patterns=None) -> dict:
-    frame = classify(pl.DataFrame({"srcfile": [path]}), *( [patterns] if patterns else []))
-    return frame.row(0, named=True)
+    frame = classify(pl.DataFrame({"srcfile": [path]}), *([patterns] if patterns else []))
+    return frame.with_columns(record_key=record_key()).row(0, named=True)
 
 
 def test_omop_and_metadata_have_no_person():

@@ -75,3 +75,24 @@ def test_a_modality_root_is_scanned_and_checked(tmp_path):
         "OMOP/person.csv", "000001/Waveforms/000001_20200101_101010_60.dat", "000001/Images/ST/SE/000001_20200101_101010_CT_SE_1.dcm"}
     (message,) = result.errors.filter(pl.col("kind") == "unparseable")["message"].to_list()
     assert "under the Waveforms root classifies as Images" in message
+
+
+def test_worker_processes_hash_like_one_thread(site):
+    import hashlib
+
+    from chorus_batch.hashing import PROCESS_MIN_FILES, hash_files
+
+    for i in range(PROCESS_MIN_FILES + 100):
+        write(site, f"OMOP/f{i:05d}.csv", str(i).encode())
+    frame, _ = listing(LocalSource(site))
+    todo = frame.with_columns(root_id=pl.lit(0, pl.Int64))
+    todo = pl.concat([todo, pl.DataFrame({"srcfile": ["OMOP/gone.csv"], "size": [1], "mtime_ns": [0], "root_id": [0]})],
+                     how="vertical_relaxed").sort("srcfile")
+    source = LocalSource(site)
+    in_processes = hash_files([source], todo, workers=2)
+    in_thread = hash_files([source], todo, workers=1)
+    assert in_processes.equals(in_thread)
+    row = in_processes.filter(pl.col("srcfile") == "OMOP/f00007.csv").row(0, named=True)
+    assert row["md5"] == hashlib.md5(b"7").hexdigest() and row["hashed_size"] == 1
+    gone = in_processes.filter(pl.col("srcfile") == "OMOP/gone.csv").row(0, named=True)
+    assert (gone["md5"], gone["error_kind"]) == (None, "vanished")
