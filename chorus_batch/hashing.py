@@ -45,7 +45,7 @@ HASHED_SCHEMA = {
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool) -> pl.DataFrame:
     """The listing joined to the previous current rows, with `needs_hash`.
 
-    Adds prev_file_id, prev_size, prev_mtime_ns, prev_md5 (NULL for new paths).
+    Adds prev_file_id, prev_size, prev_mtime_ns, prev_md5, prev_modality (NULL for new paths).
     """
     prev = previous.select(
         "srcfile",
@@ -53,6 +53,7 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         pl.col("size").alias("prev_size"),
         pl.col("mtime_ns").alias("prev_mtime_ns"),
         pl.col("md5").alias("prev_md5"),
+        pl.col("modality").alias("prev_modality"),
     )
     joined = listing.join(prev, on="srcfile", how="left")
     needs = (

@@ -1,7 +1,9 @@
-"""One `run`: scan -> classify -> hash -> diff -> commit -> report.
+"""One `run`: scan -> hash -> diff -> classify -> commit -> report.
 
 Each stage is a module with one job; this file only wires them together and
 decides what the new version is. Frames flow between the stages (see frames.py).
+Classification comes after the diff because only files that get a new row need
+it: unchanged files keep their recorded classification.
 """
 
 from __future__ import annotations
@@ -240,16 +242,12 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     listing, errors = scan(sources, progress)
     t = mark("scan", t)
 
-    # ---- plan the hashing, classify what is new or changed
+    # ---- hash what is new or changed
     racy_cutoff = None if last_scan is None else last_scan - int(settings.racy_window_s * 1e9)
     planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=settings.rehash)
     n_listed = listing.height
     del listing  # large trees: keep one copy of the paths
     todo = planned.filter(pl.col("needs_hash")).select("root_id", "srcfile", "size", "mtime_ns").sort("srcfile")
-    classified = _check_modality_roots(classify(todo.select("root_id", "srcfile"), patterns), sources)
-    t = mark("classify", t)
-
-    # ---- hash
     todo_bytes = int(todo["size"].sum() or 0)
     progress.stage(f"{n_listed} files listed; hashing {todo.height} new or changed files ({todo_bytes / 1e6:.1f} MB)")
     counters = hashing.HashProgress()
@@ -276,12 +274,14 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     counts = diff.counts()
     t = mark("diff", t)
 
-    new_paths = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("srcfile")
-    new_rows = (
-        new_paths.join(current, on="srcfile", how="left")
-        .join(classified.drop("root_id"), on="srcfile", how="left")
-    )
-    del classified, new_paths
+    # ---- classify the files that get a new row (after the diff: only those need it,
+    # and the regex captures are not held in memory while DuckDB runs)
+    new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
+        current.drop("unchanged_modality"), on="srcfile", how="left", maintain_order="left")
+    classified = _check_modality_roots(classify(new_rows.select("root_id", "srcfile"), patterns), sources)
+    new_rows = new_rows.drop("root_id").hstack(classified.drop("root_id", "srcfile"))
+    del classified
+    t = mark("classify", t)
     invalidated = diff.change_set.filter(pl.col("change").is_in(["removed", "replaced", "renamed"]))["old_file_id"]
 
     # ---- the new state and its errors
@@ -289,12 +289,13 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     if touched.height:
         kept_rows = kept_rows.join(touched.rename({"mtime_ns": "_new_mtime"}), on="file_id", how="left").with_columns(
             mtime_ns=pl.coalesce("_new_mtime", "mtime_ns")).drop("_new_mtime")
-    state_without_ids = pl.concat([kept_rows.select("srcfile", "size", "parse_error"), new_rows.select("srcfile", "size", "parse_error")])
-    parse_errors = state_without_ids.filter(pl.col("parse_error").is_not_null()).select(
-        "srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
-    all_errors = pl.concat([errors, hash_errors, delete_errors, parse_errors]).unique().sort("srcfile", "kind", "message")
-    n_files = state_without_ids.height
-    total_bytes = int(state_without_ids["size"].sum() or 0)
+    parse_errors = [
+        rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
+        for rows in (kept_rows, new_rows)
+    ]
+    all_errors = pl.concat([errors, hash_errors, delete_errors, *parse_errors]).unique().sort("srcfile", "kind", "message")
+    n_files = kept_rows.height + new_rows.height
+    total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
 
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
     del current
@@ -314,9 +315,10 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
                 record, new_rows=new_rows, change_set=diff.change_set, invalidated_ids=invalidated,
                 touched=touched, errors=all_errors,
             )
-            change_set = committed.changes
-            generation = committed.generation
+            del new_rows
+            change_set, generation = committed.changes, committed.generation
             new_state = pl.concat([kept_rows, committed.new_rows.select(list(STATE_SCHEMA))], how="vertical_relaxed")
+            del committed
         else:
             generation = manifest.refresh_mtimes(touched)
             new_state = kept_rows
@@ -351,7 +353,7 @@ def _check_delete_list(delete_list: pl.DataFrame, planned: pl.DataFrame, previou
 
 def _current_tree(planned: pl.DataFrame, hashed: pl.DataFrame, previous: pl.DataFrame,
                   unseen_dirs: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The tree now as (srcfile, size, mtime_ns, md5), and the `touched` files whose
+    """The tree now as (root_id, srcfile, size, mtime_ns, md5), and the `touched` files whose
     content is unchanged but whose stat moved (file_id, mtime_ns)."""
     joined = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns"), on="srcfile", how="left")
     failed = pl.col("needs_hash") & pl.col("md5").is_null()
@@ -367,23 +369,25 @@ def _current_tree(planned: pl.DataFrame, hashed: pl.DataFrame, previous: pl.Data
         pl.col("needs_hash") & (pl.col("md5") == pl.col("prev_md5"))
         & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size")))
     ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns")
-    current = current.select("srcfile", "size", "mtime_ns", "md5")
+    # `unchanged_modality`: the recorded modality of a file whose content is unchanged (for the summary)
+    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5",
+                             pl.when(pl.col("md5") == pl.col("prev_md5")).then(pl.col("prev_modality")).alias("unchanged_modality"))
     if unseen_dirs:  # folders that could not be listed keep their earlier rows
         under = pl.lit(True) if "" in unseen_dirs else pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs])
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
-        current = pl.concat([current, kept.select("srcfile", "size", "mtime_ns", "md5")])
+        current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
+                                                  pl.col("modality").alias("unchanged_modality"))])
     return current, touched
 
 
 def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
     """Counts per change kind x modality (removed files by their previous modality)."""
-    new = change_set.filter(pl.col("change") != "removed").join(new_rows.select("srcfile", "modality"), on="srcfile", how="left")
-    gone = change_set.filter(pl.col("change") == "removed").join(
+    gone = change_set.filter(pl.col("change") == "removed").select("change", "old_file_id").join(
         previous.select(pl.col("file_id").alias("old_file_id"), "modality"), on="old_file_id", how="left")
-    unchanged = previous.join(current.select("srcfile", "md5"), on=["srcfile", "md5"], how="semi").select(
-        pl.lit("unchanged").alias("change"), "modality")
+    unchanged = current.filter(pl.col("unchanged_modality").is_not_null()).select(
+        pl.lit("unchanged").alias("change"), pl.col("unchanged_modality").alias("modality"))
     return (
-        pl.concat([new.select("change", "modality"), gone.select("change", "modality"), unchanged])
+        pl.concat([new_rows.select("change", "modality"), gone.select("change", "modality"), unchanged])
         .with_columns(pl.col("modality").fill_null("Other"))
         .group_by("modality", "change").len("n").sort("modality", "change")
     )

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from .errors import ManifestError, ManifestLocked
@@ -343,25 +342,22 @@ class Manifest:
 
     def _read_cache(self, manifest_id: str | None, generation: str | None) -> pl.DataFrame | None:
         try:
-            meta = pq.read_schema(self.cache_path).metadata or {}
-        except (OSError, pa.ArrowInvalid):
+            meta = pl.read_parquet_metadata(self.cache_path)
+        except Exception:  # missing or damaged: it is only a cache
             return None
-        if meta.get(b"manifest_id") != str(manifest_id).encode() or meta.get(b"generation") != str(generation).encode():
+        if meta.get("manifest_id") != str(manifest_id) or meta.get("generation") != str(generation):
             return None
         try:
             return pl.read_parquet(self.cache_path).cast(STATE_SCHEMA)  # type: ignore[arg-type]
-        except Exception:  # a damaged cache is only a cache
+        except Exception:
             return None
 
     def _write_cache(self, state: pl.DataFrame, manifest_id: str | None, generation: str | None) -> None:
-        table = state.to_arrow().replace_schema_metadata(
-            {"manifest_id": str(manifest_id), "generation": str(generation)}
-        )
         tmp = Path(f"{self.cache_path}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0), OWNER_ONLY)
             os.close(fd)
-            pq.write_table(table, tmp, compression="lz4")
+            state.write_parquet(tmp, compression="lz4", metadata={"manifest_id": str(manifest_id), "generation": str(generation)})
             os.replace(tmp, self.cache_path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -547,9 +543,10 @@ class Manifest:
         if fresh.height:
             cur.adbc_ingest(
                 "registry",
-                fresh.select("record_id", "record_key", "person_id", "session_id", "modality", "date", "time", "uploaddir", "isactive").to_arrow(),
+                _arrow_stream(fresh.select("record_id", "record_key", "person_id", "session_id", "modality", "date", "time", "uploaddir", "isactive")),
                 mode="append",
             )
+        del keyed, records
         ids = pl.concat([known, fresh.select("record_key", "record_id")])
         # Only the key column is joined; the wide frame just gains a column (no copy of it).
         record_ids = keys.join(ids, on="record_key", how="left", maintain_order="left")["record_id"]
