@@ -27,7 +27,7 @@ from .errors import ChorusError, ExitCode, UsageError
 from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, STATE_SCHEMA, empty_errors
 from .progress import Progress, log
 from .sources import LocalSource, Source, open_source
-from .store import Manifest, VersionRecord, iso, utc_now
+from .store import Manifest, VersionRecord, create_private, iso, utc_now
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -402,8 +402,7 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
     for name, frame in (("manifest.parquet", current), ("changes.parquet", changes)):
         path = target / name
         tmp = target / f".{name}.tmp"
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o600)
-        os.close(fd)
+        os.close(create_private(tmp))
         frame.write_parquet(tmp)
         os.replace(tmp, path)
     return target

@@ -166,6 +166,13 @@ class CommitResult:
     generation: str
 
 
+def create_private(path: str | Path, *, truncate: bool = True) -> int:
+    """Open (creating) a file readable by its owner only; returns the descriptor.
+    Outputs of this tool hold person identifiers."""
+    flags = os.O_CREAT | os.O_WRONLY | getattr(os, "O_BINARY", 0) | (os.O_TRUNC if truncate else 0)
+    return os.open(path, flags, OWNER_ONLY)
+
+
 def _restrict(path: str | Path) -> None:
     with contextlib.suppress(OSError):
         os.chmod(path, OWNER_ONLY)
@@ -205,8 +212,7 @@ class Manifest:
         if is_new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Create the file with owner-only permissions before SQLite writes to it.
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | getattr(os, "O_BINARY", 0), OWNER_ONLY)
-            os.close(fd)
+            os.close(create_private(self.path, truncate=False))
         con = self.connect()
         try:
             try:
@@ -271,8 +277,7 @@ class Manifest:
                 fix="wait for that run to finish; if it is gone, the lock is released automatically",
             ) from None
         try:
-            fd = os.open(self.holder_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, OWNER_ONLY)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
+            with os.fdopen(create_private(self.holder_path), "w", encoding="utf-8") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": _user(), "started_at": iso(utc_now()),
                            "command": " ".join(argv[:2])}, f)
             yield
@@ -355,8 +360,7 @@ class Manifest:
     def _write_cache(self, state: pl.DataFrame, manifest_id: str | None, generation: str | None) -> None:
         tmp = Path(f"{self.cache_path}.{os.getpid()}.tmp")
         try:
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0), OWNER_ONLY)
-            os.close(fd)
+            os.close(create_private(tmp))
             state.write_parquet(tmp, compression="lz4", metadata={"manifest_id": str(manifest_id), "generation": str(generation)})
             os.replace(tmp, self.cache_path)
         except OSError:

@@ -154,3 +154,26 @@ def test_testdata_is_deterministic_for_a_seed(tmp_path):
         assert out.returncode == 0, out.stderr
     assert tree_md5(tmp_path / "a") == tree_md5(tmp_path / "b")
     assert tree_md5(tmp_path / "a" / "first") != tree_md5(tmp_path / "a" / "second")
+
+
+def test_a_file_that_is_not_a_manifest_is_refused_untouched(site, tmp_path):
+    write(site, "OMOP/a.csv")
+    bogus = tmp_path / "notes.sqlite"
+    bogus.write_text("these are my notes, not a database\n")
+    out = cli("run", "--site", str(site), "--db", str(bogus))
+    assert out.returncode == 3
+    assert "not a readable SQLite database" in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+    assert bogus.read_text() == "these are my notes, not a database\n"
+
+
+def test_a_manifest_from_a_newer_version_is_refused(site, db):
+    import sqlite3
+
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    out = cli("run", "--site", str(site), "--db", str(db))
+    assert out.returncode == 3 and "schema version 99" in out.stderr and "upgrade" in out.stderr
