@@ -329,7 +329,7 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
         t = mark("commit", t)
 
     return RunResult(
-        db=str(manifest.path), site=settings.site, mode=settings.mode, dry_run=settings.dry_run, label=label,
+        db=str(manifest.path.resolve()), site=settings.site, mode=settings.mode, dry_run=settings.dry_run, label=label,
         previous_label=previous_label, counts=counts, by_modality=by_modality, change_set=change_set,
         errors=all_errors, n_files=n_files, total_bytes=total_bytes, n_hashed=n_hashed,
         bytes_hashed=bytes_hashed, elapsed_s=time.perf_counter() - t_start,
