@@ -113,7 +113,7 @@ def peak(values: Iterable[int | None]) -> int | None:
 class ChorusRun:
     wall_s: float
     exit_code: int
-    rss_main_kib: int | None  # GNU time %M: the chorus process (forkserver workers are not reaped by it)
+    rss_main_kib: int | None  # GNU time %M: the chorus process alone (its worker processes are not counted)
     rss_tree_kib: int | None  # sampled from /proc: sum over the process and all its descendants
     elapsed_s: float  # the tool's own figure (no interpreter start-up)
     files: int
@@ -224,7 +224,12 @@ def md5sum_cmd(root: Path) -> list[str]:
 
 
 def _process_tree_rss_kib(pid: int) -> int | None:
-    """Sum of the resident set sizes of `pid` and its descendants, from /proc (None where unavailable)."""
+    """Memory of `pid` and its descendants, from /proc (None where unavailable).
+
+    Proportional set size (Pss, /proc/PID/smaps_rollup): forked workers share the
+    parent's pages copy-on-write, and summing plain RSS would count those pages once
+    per worker. Pss splits each shared page among its sharers, so the sum is the
+    tree's real footprint. Falls back to RSS (statm) where smaps_rollup is missing."""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
@@ -243,10 +248,14 @@ def _process_tree_rss_kib(pid: int) -> int | None:
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * KiB for line in f if line.startswith("Pss:"))
+        except (OSError, IndexError, ValueError, StopIteration):
+            try:
+                with open(f"/proc/{p}/statm") as f:
+                    total += int(f.read().split()[1]) * page
+            except (OSError, IndexError, ValueError):
+                pass
         todo.extend(children.get(p, ()))
     return total // KiB
 
@@ -443,15 +452,15 @@ def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str,
         shown = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
         note = " (tree not run)" if t["status"] == "n/a" else ""
         target_lines.append(f"  {t['status']:<4}  {t['target']}: {shown}{note}")
-    rss_note = ("RSS MiB: peak of the chorus process (GNU time %M; forkserver worker processes are not included). "
+    rss_note = ("RSS MiB: peak of the chorus process (GNU time %M; its worker processes are not included). "
                 if gnu_time else "RSS MiB: getrusage(RUSAGE_CHILDREN) max over all children so far (upper bound). ")
     notes = [
         "Ratios: md5/first >= 1 means the first chorus run hashes as fast as "
         f"`xargs -P{MD5_PROCS} md5sum`; no-chg/find and mut/find <= 1 mean as fast as the `find` listing.",
         "Times are wall seconds of whole subprocesses (interpreter start-up included), warm page cache; "
         "baselines are best of repeated runs, no-change is the best of 2.",
-        rss_note + "tree RSS MiB: sampled every 0.1 s, summed over the process and all its descendants "
-        "(workers included; shared pages counted once per process). The RSS target uses the larger of the two.",
+        rss_note + "tree RSS MiB: sampled every 0.1 s, the proportional set size (Pss) summed over the process and "
+        "its workers (pages the forked workers share with it counted once). The RSS target uses the larger of the two.",
     ]
     out = [main, "", "stage seconds (JSON stage_s; in-tool = elapsed_s, wall - in-tool = start-up and exit):", stages,
            "", f"build and {MUTATE_FRACTION:.0%} mutation (not part of the ratios), and the mutated run's counts:", mutated,
@@ -546,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         for tree in args.trees:
             n, build_s, written_at = built[tree.name]
             results.append(measure_tree(tree, workdir / tree.name, n, build_s, written_at, workdir, args, gnu_time))
+        # Report before the clean-up: deleting a million files takes minutes.
+        by_name = {r.name: r for r in results}
+        targets = [t.check(by_name) for t in TARGETS]
+        print(report(results, targets, args.scale, gnu_time), flush=True)
     except BenchmarkError as exc:
         log(f"run_benchmarks: error: {exc}")
         return 2
@@ -558,9 +571,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    by_name = {r.name: r for r in results}
-    targets = [t.check(by_name) for t in TARGETS]
-    print(report(results, targets, args.scale, gnu_time))
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),

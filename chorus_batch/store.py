@@ -320,10 +320,14 @@ class Manifest:
     def version_errors(self, label: str | None) -> pl.DataFrame:
         if label is None or not self.path.exists():
             return pl.DataFrame(schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String})
-        return self.query_frame(
-            "SELECT srcfile, kind, message FROM scan_errors WHERE version = ? ORDER BY srcfile, kind, message", (label,),
-            schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String},
-        )
+        con = self.connect()  # few rows: plain sqlite3, no ADBC start-up on a no-change run
+        try:
+            rows = con.execute(
+                "SELECT srcfile, kind, message FROM scan_errors WHERE version = ? ORDER BY srcfile, kind, message", (label,)
+            ).fetchall()
+        finally:
+            con.close()
+        return pl.DataFrame(rows, schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String}, orient="row")
 
     def previous_state(self) -> pl.DataFrame:
         """Current rows of the latest version (STATE_SCHEMA), from the cache when it is fresh."""
