@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         print(summary_text(result))
         if args.verbose:
-            print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items() if k != "scan_started_ns"))
+            print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
         if demo:
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "

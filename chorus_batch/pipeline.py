@@ -53,6 +53,7 @@ class RunResult:
     bytes_hashed: int
     elapsed_s: float
     hash_s: float
+    scan_started_ns: int  # recorded in `runs`: the next run's racily-clean check compares with it
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -130,7 +131,7 @@ def scan(sources: list[tuple[Source, str | None]], progress: Progress) -> tuple[
             frame = pl.from_arrow(table)
             assert isinstance(frame, pl.DataFrame)
             frames.append(frame.with_columns(root_id=pl.lit(root_id, pl.Int64)))
-    listing = pl.concat(frames) if frames else pl.DataFrame(schema={**dict(zip(LISTING_SCHEMA.names, (pl.String, pl.Int64, pl.Int64))), "root_id": pl.Int64})
+    listing = pl.concat(frames)  # one frame per root; there is always at least the site root
     errors = pl.DataFrame(raw_errors, schema=ERRORS_SCHEMA, orient="row") if raw_errors else empty_errors()
     if len(sources) > 1:
         duplicated = listing.filter(pl.col("srcfile").is_duplicated() & (pl.int_range(pl.len()).over("srcfile") > 0))
@@ -196,7 +197,7 @@ def run(
         manifest.finish_run(
             run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
             n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
-            scan_started_ns=result.timings["scan_started_ns"] and int(result.timings["scan_started_ns"]),
+            scan_started_ns=result.scan_started_ns,
         )
     return result
 
@@ -237,7 +238,6 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
 
     # ---- scan
     scan_started_ns = time.time_ns()
-    timings["scan_started_ns"] = scan_started_ns
     progress.stage(f"listing {', '.join(s.description for s, _ in sources)}")
     listing, errors = scan(sources, progress)
     t = mark("scan", t)
@@ -333,7 +333,7 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
         previous_label=previous_label, counts=counts, by_modality=by_modality, change_set=change_set,
         errors=all_errors, n_files=n_files, total_bytes=total_bytes, n_hashed=n_hashed,
         bytes_hashed=bytes_hashed, elapsed_s=time.perf_counter() - t_start,
-        hash_s=hash_s, timings=timings,
+        hash_s=hash_s, scan_started_ns=scan_started_ns, timings=timings,
     )
 
 

@@ -42,7 +42,7 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
         "elapsed_s": round(result.elapsed_s, 3),
         "files_per_s": round(_rate(result.n_hashed, result.hash_s), 1),
         "mb_per_s": round(_rate(result.bytes_hashed / 1e6, result.hash_s), 1),
-        "stage_s": {k: v for k, v in result.timings.items() if k != "scan_started_ns"},
+        "stage_s": result.timings,
         "exit_code": int(result.exit_code),
     }
 

@@ -96,3 +96,18 @@ def test_worker_processes_hash_like_one_thread(site):
     assert row["md5"] == hashlib.md5(b"7").hexdigest() and row["hashed_size"] == 1
     gone = in_processes.filter(pl.col("srcfile") == "OMOP/gone.csv").row(0, named=True)
     assert (gone["md5"], gone["error_kind"]) == (None, "vanished")
+
+
+def test_worker_functions_run_in_spawned_processes(site):
+    """Windows and macOS start workers with spawn: the functions must import and pickle cleanly."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from chorus_batch.sources import hash_chunk, walk_local
+
+    write(site, "OMOP/a.csv", b"abc")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        walked = pool.submit(walk_local, str(site), ["OMOP"], False).result()
+        hashed = pool.submit(hash_chunk, LocalSource(site), ["OMOP/a.csv"]).result()
+    assert walked.chunks[0][0] == ["OMOP/a.csv"]
+    assert hashed.digests.hex() == __import__("hashlib").md5(b"abc").hexdigest()
