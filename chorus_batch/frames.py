@@ -47,9 +47,6 @@ STATE_SCHEMA = {
     "parse_error": pl.String,
 }
 
-CHANGE_KINDS = ("added", "removed", "replaced", "renamed")
-
-
 def empty_errors() -> pl.DataFrame:
     return pl.DataFrame(schema=ERRORS_SCHEMA)
 

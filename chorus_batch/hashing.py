@@ -123,7 +123,7 @@ def hash_files(
     n = todo.height
     results = _Results(n)
     total = int(todo["size"].sum() or 0) if n else 0
-    local = all(getattr(s, "hash_in_processes", False) for s in sources)
+    local = all(s.hash_in_processes for s in sources)
     if workers > 1 and local and (n >= PROCESS_MIN_FILES or total >= PROCESS_MIN_BYTES):
         _in_processes(sources, todo, workers, progress, results)
     elif n:

@@ -52,6 +52,7 @@ class Source(Protocol):
     """What the pipeline needs of a place that holds a site's files."""
 
     description: str
+    hash_in_processes: bool  # True: hash in worker processes (CPU-bound); False: threads (I/O-bound)
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         """Yield LISTING_SCHEMA batches; append (srcfile, kind, message) for what is skipped."""
@@ -268,20 +269,11 @@ class LocalSource:
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         self.check()
-        try:
-            top = walk_local(self.root, [""], self.follow_symlinks, collect_dirs=True)
-        except OSError as exc:
-            raise SourceError(
-                f"cannot list the site root {self.root}: {exc.strerror or exc}",
-                where=self.root,
-                fix="check the path and that this user may read it",
-            ) from exc
-        if any(e[0] == "" for e in top.errors):
-            raise SourceError(
-                f"cannot list the site root {self.root}: {top.errors[0][2]}",
-                where=self.root,
-                fix="check the path and that this user may read it",
-            )
+        top = walk_local(self.root, [""], self.follow_symlinks, collect_dirs=True)
+        for path, _kind, message in top.errors:
+            if path in ("", "/"):  # the root itself: nothing can be said about the site
+                raise SourceError(f"cannot list the site root {self.root}: {message}", where=self.root,
+                                  fix="check the path and that this user may read it")
         errors.extend(top.errors)
         yield from top.batches()
         top_dirs = []

@@ -331,3 +331,18 @@ def run_without_override(args: list[str]):
         caps = "-dac_override,-dac_read_search"
         prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
     return subprocess.run([*prefix, sys.executable, "-m", "chorus_batch", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_unreadable_site_root_fails_without_touching_the_manifest(site, db):
+    write(site, "OMOP/a.csv", b"a")
+    args = ["run", "--site", str(site), "--db", str(db), "-q"]
+    assert run_without_override(args).returncode == 0
+    before = current_rows(db)
+    os.chmod(site, 0o000)
+    try:
+        out = run_without_override(args)
+    finally:
+        os.chmod(site, 0o755)
+    assert out.returncode == ExitCode.FAILED, out.stderr
+    assert "cannot list the site root" in out.stderr and "fix:" in out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
