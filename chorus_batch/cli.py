@@ -239,3 +239,17 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.FAILED)
+
+
+def entry() -> None:
+    """Console-script and `python -m` entry: run, flush, and leave without the
+    interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
+    the lock); tearing down a heap of a million-row run only costs 0.2-0.3 s."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    logging.shutdown()
+    os._exit(code)
