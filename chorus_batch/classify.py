@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from .errors import ConfigError
+from .frames import CLASSIFIED_SCHEMA
 
 GROUPS = ("person_id", "name_person", "session", "file", "date", "time", "duration", "segment")
 
@@ -164,10 +165,7 @@ def classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...] = DEFAULT_
 
 def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
     if listing.height == 0:
-        return listing.with_columns(
-            *(pl.lit(None, pl.Float64 if c == "duration_s" else pl.String).alias(c) for c in (
-                "modality", "person_id", "session_id", "start_date", "start_time", "duration_s", "segment", "parse_error"))
-        )
+        return listing.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in CLASSIFIED_SCHEMA.items())
     frame = listing.lazy().with_columns(
         [pl.col("srcfile").str.extract_groups(p.regex).alias(f"_x{i}") for i, p in enumerate(patterns)]
     ).with_columns(
@@ -220,7 +218,4 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         segment=pl.col("_segment"),
         parse_error=pl.when(pl.col("_hit")).then(pl.lit(None, pl.String)).otherwise(pl.coalesce(near_reason, fallback_reason)),
     )
-    keep = [c for c in listing.columns] + [
-        "modality", "person_id", "session_id", "start_date", "start_time", "duration_s", "segment", "parse_error",
-    ]
-    return out.select(keep).collect()
+    return out.select(*listing.columns, *CLASSIFIED_SCHEMA).cast(CLASSIFIED_SCHEMA).collect()  # type: ignore[arg-type]

@@ -195,10 +195,6 @@ class Manifest:
 
     # ------------------------------------------------------------------ opening
 
-    @property
-    def exists(self) -> bool:
-        return self.path.exists()
-
     def connect(self) -> sqlite3.Connection:
         try:
             con = sqlite3.connect(self.path, timeout=30)
