@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from .sources import READ_SIZE, HashedChunk, HashOutcome, Source, hash_chunk, hash_one, pool
+from .sources import HashedChunk, Source, hash_chunk, pool
 
 CHUNK_FILES = 512
 CHUNK_BYTES = 64 << 20
@@ -132,23 +132,30 @@ def hash_files(
     return results.frame(todo["srcfile"])
 
 
-def _chunks(todo: pl.DataFrame) -> pl.DataFrame:
-    """Runs (root_id, start, length) of at most CHUNK_FILES files and about CHUNK_BYTES bytes, one root each."""
+def _chunks(todo: pl.DataFrame, files_per_chunk: int = CHUNK_FILES) -> list[dict]:
+    """Runs {root_id, start, length} of at most `files_per_chunk` files and about CHUNK_BYTES bytes, one root each."""
     chunk_id = (
-        pl.col("size").cum_sum() // CHUNK_BYTES + pl.int_range(pl.len()) // CHUNK_FILES
+        pl.col("size").cum_sum() // CHUNK_BYTES + pl.int_range(pl.len()) // files_per_chunk
         + (pl.col("root_id") != pl.col("root_id").shift(1)).fill_null(False).cum_sum()
     )
     return (
         todo.select("root_id", chunk_id.alias("chunk")).with_row_index("start")
         .group_by("chunk", maintain_order=True)
         .agg(pl.col("root_id").first(), pl.col("start").first(), pl.len().alias("length"))
+        .to_dicts()
     )
+
+
+def _record(results: _Results, progress: HashProgress, sizes: pl.Series, start: int, length: int, chunk: HashedChunk) -> None:
+    results.put(start, chunk)
+    progress.files_done += length
+    progress.bytes_done += int(sizes.slice(start, length).sum() or 0)
 
 
 def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, progress: HashProgress,
                   results: _Results) -> None:
     srcfile, sizes = todo["srcfile"], todo["size"]
-    chunks = _chunks(todo).iter_rows(named=True)
+    chunks = iter(_chunks(todo))
     in_flight: dict = {}
     with pool(workers) as executor:
         # A bounded number of chunks in flight: paths become Python strings only shortly before they are hashed.
@@ -165,40 +172,33 @@ def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, p
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 start, length = in_flight.pop(future)
-                results.put(start, future.result())
-                progress.files_done += length
-                progress.bytes_done += int(sizes.slice(start, length).sum() or 0)
+                _record(results, progress, sizes, start, length, future.result())
 
 
 def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, progress: HashProgress,
                 results: _Results) -> None:
-    root_ids, paths = todo["root_id"].to_list(), todo["srcfile"].to_list()
-    n = len(paths)
+    srcfile, sizes = todo["srcfile"], todo["size"]
+    # Small chunks, so that every thread gets work even when there are few files.
+    chunks = _chunks(todo, files_per_chunk=max(1, min(CHUNK_FILES, -(-todo.height // (threads * 4)))))
     counter = itertools.count()  # next() on it is atomic under the GIL
     lock = threading.Lock()
     stop = threading.Event()
 
     def worker() -> None:
-        buffer = bytearray(READ_SIZE)
         while not stop.is_set():
             i = next(counter)
-            if i >= n:
+            if i >= len(chunks):
                 break
-            out = hash_one(sources[root_ids[i]], paths[i], buffer)
-            if isinstance(out, HashOutcome):
-                chunk = HashedChunk(out.digest, array("q", [out.size]), array("q", [out.mtime_ns]), [])
-            else:
-                chunk = HashedChunk(bytes(16), array("q", [0]), array("q", [0]), [(0, *out)])
+            start, length = chunks[i]["start"], chunks[i]["length"]
+            hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list())
             with lock:
-                results.put(i, chunk)
-                progress.files_done += 1
-                progress.bytes_done += chunk.sizes[0]
+                _record(results, progress, sizes, start, length, hashed)
 
-    pool_ = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, n)))]
-    for t in pool_:
+    hashers = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, len(chunks))))]
+    for t in hashers:
         t.start()
     try:
-        for t in pool_:
+        for t in hashers:
             while t.is_alive():  # a timed join keeps Ctrl-C responsive
                 t.join(0.2)
     except BaseException:

@@ -299,11 +299,10 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
 
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
     del current
-    errors_changed = not all_errors.equals(manifest.version_errors(previous_label)) if not settings.dry_run else True
     label = None
     change_set = diff.change_set
     if not settings.dry_run:
-        if not diff.is_empty or errors_changed:
+        if not diff.is_empty or not all_errors.equals(manifest.version_errors(previous_label)):
             label = next_label(started, previous_label, settings.version_label)
             progress.stage(f"committing version {label}")
             record = VersionRecord(

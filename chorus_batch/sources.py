@@ -87,10 +87,13 @@ class _WalkResult:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         for paths, sizes, mtimes in self.chunks:
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())],
-                schema=LISTING_SCHEMA,
-            )
+            yield listing_batch(paths, sizes, mtimes)
+
+
+def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())], schema=LISTING_SCHEMA
+    )
 
 
 def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_dirs: bool = False) -> _WalkResult:
@@ -376,10 +379,10 @@ class FsspecSource:
             sizes.append(int(info.get("size") or 0))
             mtimes.append(_mtime_ns(info))
             if len(paths) >= BATCH_ROWS:
-                yield pa.RecordBatch.from_arrays([pa.array(paths), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())], schema=LISTING_SCHEMA)
+                yield listing_batch(paths, sizes, mtimes)
                 paths, sizes, mtimes = [], [], []
         if paths:
-            yield pa.RecordBatch.from_arrays([pa.array(paths), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())], schema=LISTING_SCHEMA)
+            yield listing_batch(paths, sizes, mtimes)
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = f"{self.root}/{srcfile}" if self.root else srcfile

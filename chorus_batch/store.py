@@ -450,7 +450,7 @@ class Manifest:
         invalidated_ids: pl.Series,
         touched: pl.DataFrame,
         errors: pl.DataFrame,
-    ) -> pl.DataFrame:
+    ) -> CommitResult:
         """Write one version in one transaction. `new_rows` carries NEW_ROW_COLUMNS
         except file_id/record_id; returns the change set with file ids."""
         import adbc_driver_sqlite.dbapi as adbc
