@@ -105,6 +105,53 @@ def _parser() -> argparse.ArgumentParser:
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+
+    def output_flags(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--db", help="manifest file, or a --parquet snapshot folder (default: from chorus.toml, else ./" + DEFAULT_DB + ")")
+        fmt = command.add_mutually_exclusive_group()
+        fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
+        fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
+
+    files = sub.add_parser(
+        "files", formatter_class=_Formatter, help="the file set as it was at a version or time (default: now)",
+        description="List the files of a version: every file that was current then, with its MD5, size and parsed fields. "
+                    "AS_OF is a version label or an ISO date-time (the latest version committed at or before it).",
+        epilog="examples:\n  chorus-batch files --as-of 20261101020000 --modality Waveforms --csv > waveforms.csv\n"
+               "  chorus-batch files --as-of 2026-11-01T00:00:00Z --person 000123 --json",
+    )
+    files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
+    files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images)")
+    files.add_argument("--person", help="only this person id")
+    output_flags(files)
+
+    diff = sub.add_parser(
+        "diff", formatter_class=_Formatter, help="what changed between any two versions",
+        description="Added, removed, replaced and renamed files between two versions (not only neighbours). "
+                    "Either side is a version label or an ISO date-time.",
+        epilog="example:\n  chorus-batch diff --from 20261001020000 --to 20261101020000 --csv > oct_to_nov.csv",
+    )
+    diff.add_argument("--from", dest="from_version", required=True, metavar="LABEL|ISO-TIME")
+    diff.add_argument("--to", dest="to_version", metavar="LABEL|ISO-TIME", help="default: the latest version")
+    output_flags(diff)
+
+    history = sub.add_parser(
+        "history", formatter_class=_Formatter, help="every version of one file",
+        description="Every recorded version of one file, oldest first: when it was valid, its MD5 and size, how it "
+                    "began (added, replaced, renamed from) and ended (removed, replaced, renamed to).",
+        epilog="example:\n  chorus-batch history 000123/Waveforms/000123_20240101_080000/000123_20240101_080000.hea",
+    )
+    history.add_argument("path", help="site-relative path, as stored in the manifest (POSIX '/')")
+    output_flags(history)
+
+    report = sub.add_parser(
+        "report", formatter_class=_Formatter, help="write a self-contained HTML data-quality report of a version",
+        description="Counts per modality and change kind, persons, waveform sessions, sizes, duplicates, errors, "
+                    "validation findings and what the version deleted or replaced; plots embedded as PNG.",
+        epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html",
+    )
+    report.add_argument("--db", help="manifest file, or a --parquet snapshot folder")
+    report.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
+    report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only)")
     return parser
 
 
@@ -208,7 +255,65 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes}
+def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, limit: int = 200) -> None:
+    """JSON array, CSV, or (for a person) the first rows as a table."""
+    from .report import frame_text
+
+    if args.json:
+        sys.stdout.write(frame.write_json() + "\n")
+    elif args.csv:
+        sys.stdout.write(frame.write_csv())
+    else:
+        print(frame_text(frame.head(limit).select(table_columns)))
+        if frame.height > limit:
+            print(f"... {frame.height - limit} more rows ({frame.height} in all); --csv or --json lists them all")
+
+
+def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
+    from .review import open_manifest
+
+    reader = open_manifest(_db(args))
+    frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+    if not (args.json or args.csv):
+        print(f"version {reader.resolve(args.as_of)}: {frame.height} files")
+    _print_frame(args, frame, ["srcfile", "modality", "person_id", "size", "md5", "version_valid"])
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
+    from .review import open_manifest
+
+    reader = open_manifest(_db(args))
+    frame = reader.diff(args.from_version, args.to_version)
+    if not (args.json or args.csv):
+        counts = dict(frame.group_by("change").len().iter_rows())
+        print(f"{reader.resolve(args.from_version)} -> {reader.resolve(args.to_version)}: "
+              + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("added", "removed", "replaced", "renamed")))
+    _print_frame(args, frame, ["change", "srcfile", "old_srcfile", "modality", "size", "md5"])
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
+    from .review import open_manifest
+
+    frame = open_manifest(_db(args)).history(args.path.replace("\\", "/"))
+    if frame.height == 0 and not (args.json or args.csv):
+        raise UsageError(f"no file {args.path!r} in the manifest", where=_db(args),
+                         fix="give the site-relative path as `chorus-batch files` prints it")
+    _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "srcfile", "size", "md5"])
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
+    from .htmlreport import write_report
+
+    info = write_report(_db(args), args.out, version=args.version_label)
+    print(f"wrote {info.path} (version {info.version}, {info.images} plots)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
+            "files": cmd_files, "diff": cmd_diff, "history": cmd_history, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -393,16 +393,21 @@ def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.
 
 
 def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
-    """DIR/version=<label>/{manifest,changes}.parquet: the active manifest and the change set."""
-    target = Path(directory) / f"version={label}"
+    """DIR/version=<label>/{manifest,changes,registry,scan_errors}.parquet (the active manifest,
+    the change set, the records and the errors of that version) and DIR/versions.parquet."""
+    root = Path(directory)
+    target = root / f"version={label}"
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    current = manifest.query_frame("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile")
-    _, changes = manifest.changes(label)
-    for name, frame in (("manifest.parquet", current), ("changes.parquet", changes)):
-        path = target / name
-        tmp = target / f".{name}.tmp"
+    parts = {
+        target / "manifest.parquet": manifest.query_frame("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"),
+        target / "changes.parquet": manifest.changes(label)[1],
+        target / "registry.parquet": manifest.query_frame("SELECT * FROM registry ORDER BY record_id"),
+        target / "scan_errors.parquet": manifest.version_errors(label),
+        root / "versions.parquet": manifest.versions(),
+    }
+    for path, frame in parts.items():
+        tmp = path.with_name(f".{path.name}.tmp")
         os.close(create_private(tmp))
         frame.write_parquet(tmp)
         os.replace(tmp, path)
     return target
-

@@ -47,10 +47,20 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
     }
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
+    # Numbers align right, text left.
+    right = [i > 0 and all(_is_number(str(r[i])) for r in rows if str(r[i])) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).rjust(w) if right[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r).rstrip() for r in rows)]
 
 
 def summary_text(result: RunResult) -> str:

@@ -2,7 +2,9 @@
 
 After each full-mode run: the current rows equal the tree (path -> MD5 computed
 independently), each path has at most one current row, and replaying every
-version's change set from an empty manifest gives the same current rows.
+version's change set from an empty manifest gives the same current rows. At the
+end, every version reads back (`files --as-of`) as the tree it was taken from, and
+the diff between the first and the last version is the trees' own difference.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
+from chorus_batch.review import open_manifest
 from conftest import current_rows, query, run_site, tree_md5
+from test_review import check_diff
 
 PATHS = [
     "OMOP/person.csv",
@@ -80,14 +84,26 @@ def test_manifest_follows_the_tree_and_change_sets_replay(history):
     try:
         site, db = work / "site", work / "m.sqlite"
         site.mkdir()
+        trees: dict[str, dict[str, str]] = {}  # the tree at each committed version
         for step in history:
             for op in step:
                 apply(site, op)
-            run_site(site, db)
+            result = run_site(site, db)
             expected = tree_md5(site)
+            if result.label:
+                trees[result.label] = expected
             assert current_rows(db) == expected
             assert query(db, "SELECT count(*) FROM (SELECT srcfile FROM source_files WHERE time_invalid IS NULL "
                              "GROUP BY srcfile HAVING count(*) > 1)")[0][0] == 0
             assert replay(db) == expected
+        # Time travel: every version reads back as its tree, and any two versions diff as their trees do.
+        reader = open_manifest(db)
+        labels = sorted(trees)
+        for label in labels:
+            files = reader.files(label)
+            assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
+        if labels:
+            check_diff(reader.diff(labels[0], labels[-1]), trees[labels[0]], trees[labels[-1]])
+            check_diff(reader.diff(labels[-1], labels[0]), trees[labels[-1]], trees[labels[0]])
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""Time travel (files as of, diff between any two versions, history) against
+independent computations on the testdata snapshots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from chorus_batch.errors import UsageError
+from chorus_batch.review import open_manifest
+from chorus_batch.testdata import Spec, make_testdata
+from conftest import cli, run_site, tree_md5, write
+
+SPEC = Spec(persons=6, files_per_person=15, size=64, seed=11, change_fraction=0.3)
+
+
+def expected_diff(old: dict[str, str], new: dict[str, str]) -> dict:
+    """A direct comparison of two trees (path -> MD5), independent of chorus_batch."""
+    gone = {p: m for p, m in old.items() if p not in new}
+    came = {p: m for p, m in new.items() if p not in old}
+    pairs = Counter()
+    gone_md5, came_md5 = Counter(gone.values()), Counter(came.values())
+    for md5 in gone_md5.keys() & came_md5.keys():
+        pairs[md5] = min(gone_md5[md5], came_md5[md5])
+    return {
+        "replaced": {p for p in old.keys() & new.keys() if old[p] != new[p]},
+        "gone": set(gone), "came": set(came), "renamed_per_md5": +pairs,
+    }
+
+
+def check_diff(frame: pl.DataFrame, old: dict[str, str], new: dict[str, str]) -> None:
+    want = expected_diff(old, new)
+    by = {k: frame.filter(pl.col("change") == k) for k in ("added", "removed", "replaced", "renamed")}
+    assert set(by["replaced"]["srcfile"]) == want["replaced"]
+    renamed = by["renamed"]
+    # Every path only in the new tree is added or the target of a rename; only in the old, removed or its source.
+    assert set(by["added"]["srcfile"]) | set(renamed["srcfile"]) == want["came"]
+    assert set(by["removed"]["srcfile"]) | set(renamed["old_srcfile"]) == want["gone"]
+    assert set(by["added"]["srcfile"]).isdisjoint(renamed["srcfile"])
+    # A rename keeps the content, and as many pairs are made as the contents allow.
+    for row in renamed.iter_rows(named=True):
+        assert old[row["old_srcfile"]] == new[row["srcfile"]] == row["md5"] == row["old_md5"]
+    assert Counter(renamed["md5"]) == want["renamed_per_md5"]
+    for row in frame.iter_rows(named=True):  # each row describes its file as the trees have it
+        side = old if row["change"] == "removed" else new
+        assert side[row["srcfile"]] == row["md5"]
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory) -> dict:
+    """Three versions: the first tree, the second tree, then the second with more edits;
+    plus Parquet snapshots of each."""
+    base = tmp_path_factory.mktemp("tt")
+    make_testdata(base / "data", SPEC)
+    site, db, snaps = base / "site", base / "m.sqlite", base / "snap"
+    shutil.copytree(base / "data" / "first", site)
+    trees, labels, times = [], [], []
+    for step in range(3):
+        if step == 1:
+            shutil.rmtree(site)
+            shutil.copytree(base / "data" / "second", site)
+        if step == 2:  # a replace-back, a rename of a renamed file, a deletion, an addition
+            files = sorted(tree_md5(site))
+            write(site, files[3], b"new content")
+            (site / files[5]).rename(site / (files[5] + ".moved"))
+            (site / files[7]).unlink()
+            write(site, "000001/Waveforms/000001_20240101_000000_60.dat", b"added at step 3")
+        result = run_site(site, db, parquet=str(snaps), version_label=f"v{step + 1}")
+        assert result.label == f"v{step + 1}"
+        trees.append(tree_md5(site))
+        labels.append(result.label)
+        times.append(datetime.now(timezone.utc))
+        time.sleep(1.1)  # versions are timed to the second
+    return {"db": db, "snaps": snaps, "trees": trees, "labels": labels, "times": times, "site": site}
+
+
+@pytest.fixture(params=["sqlite", "parquet"])
+def reader(request, history):
+    return open_manifest(history["db"] if request.param == "sqlite" else history["snaps"])
+
+
+def as_dict(frame: pl.DataFrame) -> dict[str, str]:
+    assert frame["srcfile"].is_unique().all()
+    return dict(zip(frame["srcfile"], frame["md5"]))
+
+
+def test_files_as_of_each_version_equals_that_tree(reader, history):
+    for label, tree in zip(history["labels"], history["trees"]):
+        assert as_dict(reader.files(label)) == tree
+    assert as_dict(reader.files()) == history["trees"][-1]
+
+
+def test_files_as_of_a_time_picks_the_version_committed_then(history):
+    reader = open_manifest(history["db"])
+    between = history["times"][0] + timedelta(milliseconds=500)
+    assert as_dict(reader.files(between.isoformat())) == history["trees"][0]
+    assert as_dict(reader.files(between)) == history["trees"][0]
+    with pytest.raises(UsageError, match="no version was committed"):
+        reader.files("2001-01-01T00:00:00Z")
+    with pytest.raises(UsageError, match="no version 'v9'"):
+        reader.files("v9")
+
+
+def test_files_filters_by_modality_and_person(reader, history):
+    tree = history["trees"][0]
+    person = {p: m for p, m in tree.items() if p.startswith("000002/")}
+    assert as_dict(reader.files("v1", person="000002")) == person
+    omop = reader.files("v1", modality="OMOP")
+    assert set(omop["srcfile"]) == {p for p in tree if p.startswith("OMOP/")}
+
+
+@pytest.mark.parametrize("a,b", [(0, 2), (0, 1), (1, 2), (2, 0), (1, 0)])
+def test_diff_between_any_two_versions_equals_comparing_the_trees(reader, history, a, b):
+    frame = reader.diff(history["labels"][a], history["labels"][b])
+    check_diff(frame, history["trees"][a], history["trees"][b])
+
+
+def test_diff_of_a_version_with_itself_is_empty(reader):
+    assert reader.diff("v2", "v2").height == 0
+
+
+def test_history_follows_a_file_through_its_versions(reader, history):
+    site_files = sorted(history["trees"][1])
+    replaced = site_files[3]  # replaced at step 3 (see the fixture)
+    rows = reader.history(replaced)
+    assert rows["version_valid"].to_list()[-1] == "v3"
+    assert rows["change"].to_list()[-1] == "replaced"
+    assert rows["md5"].to_list()[-1] == history["trees"][2][replaced]
+    assert rows["ended_by"].to_list()[-2] == "replaced"
+    moved = site_files[5] + ".moved"
+    rows = reader.history(moved)
+    # The renamed file's earlier rows come along under the old path.
+    assert rows["srcfile"].to_list()[-2:] == [site_files[5], moved]
+    assert rows["ended_by"].to_list()[-2] == "renamed" and rows["renamed_to"].to_list()[-2] == moved
+    assert rows["change"].to_list()[-1] == "renamed"
+    deleted = reader.history(site_files[7])
+    assert deleted["ended_by"].to_list()[-1] == "removed" and deleted["version_invalid"].to_list()[-1] == "v3"
+
+
+def test_sqlite_and_parquet_readers_agree(history):
+    sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
+    # A snapshot keeps each row as it was then: still valid, with the stat of that time.
+    as_then = ["version_invalid", "time_invalid", "mtime_ns"]
+    for label in history["labels"]:
+        assert sqlite.files(label).drop(as_then).equals(parquet.files(label).drop(as_then))
+        assert sqlite.changes(label).sort("change", "srcfile").select("change", "srcfile", "md5").equals(
+            parquet.changes(label).sort("change", "srcfile").select("change", "srcfile", "md5"))
+    assert sqlite.change_counts().equals(parquet.change_counts())
+    assert sqlite.registry().height == parquet.registry().height
+
+
+def test_cli_json_and_csv_have_the_documented_fields(history):
+    db = str(history["db"])
+    files = cli("files", "--db", db, "--as-of", "v1", "--json")
+    assert files.returncode == 0, files.stderr
+    rows = json.loads(files.stdout)
+    assert {r["srcfile"]: r["md5"] for r in rows} == history["trees"][0]
+    assert {"srcfile", "md5", "size", "person_id", "modality", "version_valid"} <= rows[0].keys()
+    diff = cli("diff", "--db", db, "--from", "v1", "--to", "v3", "--csv")
+    assert diff.returncode == 0, diff.stderr
+    frame = pl.read_csv(diff.stdout.encode(), infer_schema=False)
+    check_diff(frame.with_columns(size=pl.col("size").cast(pl.Int64)), history["trees"][0], history["trees"][2])
+    history_out = cli("history", "--db", str(history["snaps"]), sorted(history["trees"][1])[3], "--json")
+    assert history_out.returncode == 0, history_out.stderr
+    assert [r["version_valid"] for r in json.loads(history_out.stdout)][-1] == "v3"
+    table = cli("diff", "--db", db, "--from", "v3", "--to", "v1")
+    assert table.returncode == 0 and table.stdout.startswith("v3 -> v1:")
+
+
+def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
+    missing = cli("files", "--db", str(tmp_path / "nope.sqlite"))
+    assert missing.returncode == 3 and "no manifest" in missing.stderr and "fix:" in missing.stderr
+    bad = cli("diff", "--db", str(history["db"]), "--from", "yesterday")
+    assert bad.returncode == 2 and "no version 'yesterday'" in bad.stderr and "fix:" in bad.stderr
+    unknown = cli("history", "--db", str(history["db"]), "no/such/file")
+    assert unknown.returncode == 2 and "no file" in unknown.stderr
+    assert "Traceback" not in missing.stderr + bad.stderr + unknown.stderr
