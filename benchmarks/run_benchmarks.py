@@ -6,8 +6,12 @@ For each synthetic tree, with a warm page cache, the script times
   listing baseline   find ROOT -printf '%s %T@ %p\\n' > /dev/null                  (best of 3)
   hashing baseline   find ROOT -type f -print0 | xargs -0 -P2 -n 256 md5sum > /dev/null
   chorus first       chorus-batch run on a fresh manifest (hashes every file)
-  chorus no-change   the same run again, twice (best of 2; hashes nothing)
+  chorus no-change   the same run again, twice (best of 2; hashes nothing), and twice
+                     with --no-validate (what the cached validation adds to a no-change run)
   chorus mutated     a run after 5% of the files were modified/renamed/deleted/added
+  review             on the resulting two-version manifest, in-process: files as of the first
+                     version (whole, one person), diff first -> latest, history of one path,
+                     and the HTML report (absolute seconds; the target is < 1 s per query)
 
 and reports chorus as ratios against the baselines. Every chorus run is a subprocess
 (`python -m chorus_batch run ... --json -q`) timed by wall clock, start-up and imports
@@ -139,9 +143,11 @@ class TreeResult:
     first: ChorusRun
     nochange: ChorusRun  # the better of two
     nochange_runs_s: list[float]
+    nochange_novalidate: ChorusRun  # the better of two, with --no-validate
     mutate_s: float
     files_touched: int
     mutated: ChorusRun
+    review_s: dict[str, float] = field(default_factory=dict)
     first_vs_md5sum: float = field(init=False)  # >= 1: as fast as md5sum
     nochange_vs_find: float = field(init=False)  # <= 1: as fast as find
     mutated_vs_find: float = field(init=False)
@@ -150,6 +156,16 @@ class TreeResult:
         self.first_vs_md5sum = self.md5sum_s / self.first.wall_s
         self.nochange_vs_find = self.nochange.wall_s / self.find_s
         self.mutated_vs_find = self.mutated.wall_s / self.find_s
+
+    @property
+    def validate_share(self) -> float:
+        """The validate stage's share of the no-change run (the tool's own stage timer)."""
+        return self.nochange.stage_s.get("validate", 0.0) / self.nochange.wall_s
+
+    @property
+    def validate_wall_overhead(self) -> float:
+        """(no-change - no-change --no-validate) / no-change --no-validate, wall clock: noisier."""
+        return self.nochange.wall_s / self.nochange_novalidate.wall_s - 1
 
     @property
     def runs(self) -> tuple[ChorusRun, ChorusRun, ChorusRun]:
@@ -187,6 +203,11 @@ TARGETS = [
     Target("first-run throughput >= 0.9x xargs -P2 md5sum on medium", "medium", lambda r: r.first_vs_md5sum, ">=", 0.9),
     Target("first-run throughput >= 0.9x xargs -P2 md5sum on large", "large", lambda r: r.first_vs_md5sum, ">=", 0.9),
     Target("first-run throughput >= 0.65x xargs -P2 md5sum on 100k", "small100k", lambda r: r.first_vs_md5sum, ">=", 0.65),
+    Target("validate adds < 10% to a no-change run on 100k files", "small100k", lambda r: r.validate_share * 100, "<",
+           10.0, " %"),
+    Target("review queries < 1 s on 1M files (slowest of as-of person, diff, history)", "small1m",
+           lambda r: max((v for k, v in r.review_s.items() if k in ("files_person", "diff", "history")), default=None),
+           "<", 1.0, " s"),
     Target("peak RSS < 1 GiB on 1M files", "small1m",
            lambda r: None if r.peak_rss_kib is None else r.peak_rss_kib / KiB, "<", 1024.0, " MiB"),
 ]
@@ -283,9 +304,10 @@ class RssSampler(threading.Thread):
         return self.peak_kib
 
 
-def run_chorus(root: Path, db: Path, workdir: Path, *, workers: int | None, gnu_time: str | None) -> ChorusRun:
+def run_chorus(root: Path, db: Path, workdir: Path, *, workers: int | None, gnu_time: str | None,
+               extra: tuple[str, ...] = ()) -> ChorusRun:
     """One `chorus-batch run` as a subprocess; exit codes 0 and 1 (findings) are successes."""
-    cmd = [sys.executable, "-m", "chorus_batch", "run", "--site", str(root), "--db", str(db), "--json", "-q"]
+    cmd = [sys.executable, "-m", "chorus_batch", "run", "--site", str(root), "--db", str(db), "--json", "-q", *extra]
     if workers:
         cmd += ["--workers", str(workers)]
     rss_file = workdir / "rss.txt"
@@ -337,8 +359,8 @@ def build_tree(root: Path, tree: TreeDef) -> tuple[int, float]:
 
 def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, written_at: float,
                  workdir: Path, args: argparse.Namespace, gnu_time: str | None) -> TreeResult:
-    def chorus() -> ChorusRun:
-        return run_chorus(root, db, workdir, workers=args.chorus_workers, gnu_time=gnu_time)
+    def chorus(*extra: str) -> ChorusRun:
+        return run_chorus(root, db, workdir, workers=args.chorus_workers, gnu_time=gnu_time, extra=extra)
 
     log(f"[{tree.name}] baselines: find listing (best of 3), xargs -P{MD5_PROCS} md5sum (best of {tree.md5_reps})")
     find_s = best_of(3, find_listing_cmd(root), what="find listing")
@@ -349,8 +371,13 @@ def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, writte
     wait_until(written_at + SETTLE_S)  # otherwise the no-change runs rehash "racily clean" files
     log(f"[{tree.name}] chorus: first run, no-change runs")
     first = chorus()
-    nochange_runs = [chorus(), chorus()]
+    # Interleaved, so a slow spell of the machine hits both kinds alike.
+    nochange_runs, novalidate_runs = [], []
+    for _ in range(2):
+        nochange_runs.append(chorus())
+        novalidate_runs.append(chorus("--no-validate"))
     nochange = min(nochange_runs, key=lambda r: r.wall_s)
+    nochange_novalidate = min(novalidate_runs, key=lambda r: r.wall_s)
     if nochange.files_hashed:
         log(f"[{tree.name}] warning: the no-change run hashed {nochange.files_hashed} files")
     if first.files != n_files:
@@ -363,13 +390,43 @@ def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, writte
     mutate_s = time.perf_counter() - t0
     time.sleep(SETTLE_S)
     mutated = chorus()
+    log(f"[{tree.name}] review queries on the two-version manifest")
+    review_s = time_review(db, workdir)
     if not args.keep:
         remove_manifest(db)
     return TreeResult(
         name=tree.name, files=n_files, bytes=n_files * tree.size, build_s=build_s, find_s=find_s, md5sum_s=md5_s,
         first=first, nochange=nochange, nochange_runs_s=[r.wall_s for r in nochange_runs],
-        mutate_s=mutate_s, files_touched=touched, mutated=mutated,
+        nochange_novalidate=nochange_novalidate, mutate_s=mutate_s, files_touched=touched, mutated=mutated,
+        review_s=review_s,
     )
+
+
+def time_review(db: Path, workdir: Path) -> dict[str, float]:
+    """Seconds of the review API's questions (in-process, a fresh reader each, so nothing is cached)."""
+    from chorus_batch.htmlreport import write_report
+    from chorus_batch.review import open_manifest
+
+    labels = open_manifest(db).versions()["label"].to_list()
+    first, latest = labels[0], labels[-1]
+    probe = open_manifest(db).files(first).sort("srcfile")
+    person = next(p for p in probe["person_id"].to_list() if p)
+    changed = open_manifest(db).diff(first, latest)
+    path = changed["srcfile"][0] if changed.height else probe["srcfile"][0]
+    questions = {
+        "files_all": lambda m: m.files(first),
+        "files_person": lambda m: m.files(first, person=person),
+        "diff": lambda m: m.diff(first, latest),
+        "history": lambda m: m.history(path),
+        "report": lambda m: write_report(m, workdir / "report.html"),
+    }
+    seconds = {}
+    for name, ask in questions.items():
+        reader = open_manifest(db)
+        t0 = time.perf_counter()
+        ask(reader)
+        seconds[name] = round(time.perf_counter() - t0, 3)
+    return seconds
 
 
 # ---------------------------------------------------------------------------- checks and output
@@ -447,6 +504,14 @@ def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str,
         [[r.name, f"{r.build_s:.1f}", f"{r.mutate_s:.1f}", f"{r.files_touched:,}", *(f"{v:,}" for v in r.mutated.counts.values())]
          for r in results],
     )
+    validation = table(
+        ["tree", "no-change s", "--no-validate s", "wall overhead", "validate stage s", "stage share"],
+        [[r.name, f"{r.nochange.wall_s:.3f}", f"{r.nochange_novalidate.wall_s:.3f}", f"{r.validate_wall_overhead:+.1%}",
+          f"{r.nochange.stage_s.get('validate', 0.0):.3f}", f"{r.validate_share:.1%}"] for r in results],
+    )
+    review_names = list(dict.fromkeys(k for r in results for k in r.review_s))
+    review = table(["tree", *(f"{k} s" for k in review_names)],
+                   [[r.name, *(f"{r.review_s[k]:.3f}" if k in r.review_s else "-" for k in review_names)] for r in results])
     target_lines = []
     for t in targets:
         shown = "-" if t["value"] is None else f"{t['value']:.2f}{t['unit']}"
@@ -464,6 +529,9 @@ def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str,
     ]
     out = [main, "", "stage seconds (JSON stage_s; in-tool = elapsed_s, wall - in-tool = start-up and exit):", stages,
            "", f"build and {MUTATE_FRACTION:.0%} mutation (not part of the ratios), and the mutated run's counts:", mutated,
+           "", "validation on a no-change run (findings cached per version; stage share = the tool's validate timer / wall):",
+           validation,
+           "", "review API on the two-version manifest (in-process seconds, fresh reader per question):", review,
            "", *notes, "", "targets:", *target_lines]
     if scale == "smoke":
         out.append("  (smoke scale: the trees are tiny, so PASS/MISS says nothing about performance)")

@@ -39,6 +39,7 @@ _STAMP = r"(?P<name_person>[^/]+?)_(?P<date>\d{8})_(?P<time>\d{6})"
 DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
     PathPattern("OMOP", r"^(?i:omop)/(?P<session>.+)$", "OMOP/<file>"),
     PathPattern("Metadata", r"^(?i:metadata)/(?P<session>.+)$", "Metadata/<file>"),
+    PathPattern("Metadata", rf"^{_PERSON}/(?i:metadata)/(?P<session>.+)$", "<person_id>/Metadata/<file>"),
     PathPattern(
         "Waveforms",
         rf"^{_PERSON}/(?i:waveforms)/(?:(?P<session>[^/]+)/)?{_STAMP}_(?P<duration>\d+(?:\.\d+)?)(?:_(?P<segment>[^/._]+))?\.[^/]+$",

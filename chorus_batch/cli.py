@@ -32,6 +32,19 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
+class _RulesHelpParser(argparse.ArgumentParser):
+    """`validate --help` lists the rules; the rules module is imported only then."""
+
+    def format_help(self) -> str:
+        if self.epilog and "{rules}" in self.epilog:
+            from .validate import RULES
+
+            width = max(len(rule.id) for rule in RULES)
+            self.epilog = self.epilog.replace("{rules}", "\n".join(
+                f"  {rule.id.ljust(width)}  {rule.severity:<7}  {rule.title}" for rule in RULES))
+        return super().format_help()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chorus-batch",
@@ -73,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--version", dest="version_label", metavar="LABEL", help="version label (default: UTC start, YYYYMMDDhhmmss)")
     run.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
+    run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
+                     help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
     td = sub.add_parser(
         "testdata", formatter_class=_Formatter, help="write a synthetic site: OUT/first and OUT/second",
@@ -105,6 +120,25 @@ def _parser() -> argparse.ArgumentParser:
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+
+    sub._parser_class = _RulesHelpParser  # type: ignore[attr-defined]
+    validate = sub.add_parser(
+        "validate", formatter_class=_Formatter, help="check the latest version against the CHoRUS procedures",
+        description="Check the site's latest version against the CHoRUS procedures: layout, OMOP tables, persons vs "
+                    "person.csv, sessions vs waveform_visit_links.csv, WFDB headers, DICOM headers, empty and duplicate "
+                    "files. Findings are stored per version (table `findings`); headers are read only for files whose "
+                    "content is new since they were last read. `run` does this after each commit unless --no-validate.",
+        epilog="examples:\n  chorus-batch validate --site /data/site --db site_manifest.sqlite\n"
+               "  chorus-batch validate --json | jq '.findings[] | select(.severity == \"error\")'\n\n"
+               "rules:\n" + "{rules}" + "\n\n" + EXIT_CODES_HELP,
+    )
+    sub._parser_class = argparse.ArgumentParser  # type: ignore[attr-defined]
+    validate.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
+    validate.add_argument("--site", help="site root folder whose headers are read (default: from the config; needed when files are new since the last check)")
+    validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
+    validate.add_argument("--workers", type=int, help="threads reading headers (default: CPU count)")
+    validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
+    validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
 
     def output_flags(command: argparse.ArgumentParser) -> None:
         command.add_argument("--db", help="manifest file, or a --parquet snapshot folder (default: from chorus.toml, else ./" + DEFAULT_DB + ")")
@@ -174,9 +208,10 @@ def _settings(args: argparse.Namespace):
         site=site, site_name=config.site.name or ("demo" if demo else None), roots=config.site.roots, db=db,
         mode=args.mode or config.run.mode, delete_list=args.delete_list,
         parquet=args.parquet or config.manifest.parquet, workers=args.workers or config.run.workers,
-        rehash=args.rehash, dry_run=args.dry_run,
+        rehash=bool(args.rehash), dry_run=bool(args.dry_run),
         follow_symlinks=config.run.follow_symlinks if args.follow_symlinks is None else args.follow_symlinks,
         racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=args.version_label,
+        validate_site=config.run.validate_site if args.validate is None else args.validate,
     )
     if settings.workers < 1:
         raise UsageError("--workers must be at least 1", where="--workers", fix="pass a positive number")
@@ -201,6 +236,25 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
     return int(result.exit_code)
+
+
+def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
+    from .pipeline import has_errors, validate_latest
+    from .report import findings_dict, findings_text
+
+    for name in ("mode", "delete_list", "parquet", "rehash", "dry_run", "version_label", "follow_symlinks", "validate"):
+        setattr(args, name, None)
+    settings, demo = _settings(args)
+    # The demo site stands in only for the demo manifest: another manifest's headers are not there.
+    site_given = not demo or args.db is None
+    label, findings = validate_latest(settings, argv=argv, force=args.force, site_given=site_given)
+    if args.json:
+        print(json.dumps({"version": label, "manifest": str(Path(settings.db).resolve()), **(findings_dict(findings) or {}),
+                          "findings": findings.to_dicts()}, indent=2))
+    else:
+        print(f"version {label}:")
+        print("\n".join(findings_text(findings, examples=50)))
+    return int(ExitCode.FINDINGS if has_errors(findings) else ExitCode.OK)
 
 
 def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
@@ -308,12 +362,14 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     from .htmlreport import write_report
 
     info = write_report(_db(args), args.out, version=args.version_label)
-    print(f"wrote {info.path} (version {info.version}, {info.images} plots)")
+    print(f"wrote {Path(info.path).resolve()} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)")
+    for flag in info.flags:
+        print(f"  needs a look: {flag}")
     return 0
 
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
-            "files": cmd_files, "diff": cmd_diff, "history": cmd_history, "report": cmd_report}
+            "validate": cmd_validate, "files": cmd_files, "diff": cmd_diff, "history": cmd_history, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

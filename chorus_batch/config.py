@@ -17,6 +17,7 @@ Example chorus.toml (paths are relative to the file's folder):
     mode = "full"                       # or "append"
     workers = 8
     follow_symlinks = false
+    validate = true                     # check the procedures after each run (default)
 
     [patterns]                          # optional: replace a modality's path patterns
     Waveforms = ['^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$']
@@ -65,6 +66,7 @@ class RunSection(_Strict):
     workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 16), ge=1, le=256)
     follow_symlinks: bool = False
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)
+    validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
 
 
 class ConfigFile(_Strict):
@@ -99,6 +101,7 @@ class RunSettings(BaseModel):
     racy_window_s: float = 2.0
     patterns: dict[str, list[str]] = Field(default_factory=dict)
     version_label: str | None = None
+    validate_site: bool = True  # run `validate` on the new (or unvalidated) version
 
 
 def _resolve(base: Path, value: str | None) -> str | None:

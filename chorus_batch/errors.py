@@ -13,7 +13,7 @@ class ExitCode(IntEnum):
     """Exit codes of every command (documented in README and `--help`)."""
 
     OK = 0  # success, nothing to report
-    FINDINGS = 1  # success, but scan errors or unparseable paths were recorded
+    FINDINGS = 1  # success, but scan errors, unparseable paths or validation errors were recorded
     USAGE = 2  # bad arguments or configuration; nothing was done
     FAILED = 3  # the run failed; nothing was committed
     LOCKED = 4  # another run holds the manifest lock; nothing was done
@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
-  1    success with findings (scan errors or unparseable paths were recorded)
+  1    success with findings (scan errors, unparseable paths or validation errors were recorded)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed; the previous version is intact)
   4    the manifest is locked by another run (its holder is named)

@@ -47,6 +47,10 @@ STATE_SCHEMA = {
     "parse_error": pl.String,
 }
 
+# One finding of `validate`: severity error | warning | info, the rule's id, where, and what to fix.
+FINDINGS_SCHEMA = {"severity": pl.String, "rule": pl.String, "srcfile": pl.String, "message": pl.String}
+
+
 def empty_errors() -> pl.DataFrame:
     return pl.DataFrame(schema=ERRORS_SCHEMA)
 

@@ -8,6 +8,7 @@ it: unchanged files keep their recorded classification.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -55,10 +56,15 @@ class RunResult:
     hash_s: float
     scan_started_ns: int  # recorded in `runs`: the next run's racily-clean check compares with it
     timings: dict[str, float] = field(default_factory=dict)
+    findings: pl.DataFrame | None = None  # FINDINGS_SCHEMA of the latest version; None when not validated
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.FINDINGS if self.errors.height else ExitCode.OK
+        return ExitCode.FINDINGS if self.errors.height or has_errors(self.findings) else ExitCode.OK
+
+
+def has_errors(findings: pl.DataFrame | None) -> bool:
+    return findings is not None and findings.filter(pl.col("severity") == "error").height > 0
 
 
 def build_sources(settings: RunSettings) -> list[tuple[Source, str | None]]:
@@ -300,6 +306,7 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
     del current
     label = None
+    findings = None
     change_set = diff.change_set
     if not settings.dry_run:
         if not diff.is_empty or not all_errors.equals(manifest.version_errors(previous_label)):
@@ -323,16 +330,21 @@ def _run(settings: RunSettings, manifest: Manifest, sources, patterns, delete_li
             new_state = kept_rows
         if generation is not None:
             manifest.save_state(new_state.cast(STATE_SCHEMA), generation)  # type: ignore[arg-type]
+        t = mark("commit", t)
+        # ---- validate the version (cached: a version already validated is not checked again)
+        if settings.validate_site and (label or previous_label):
+            progress.stage("checking the site against the CHoRUS procedures")
+            findings = validate_version(manifest, label or previous_label, [s for s, _ in sources], workers=settings.workers)
+            t = mark("validate", t)
         if label is not None and settings.parquet:
             write_snapshots(manifest, label, settings.parquet)
-        t = mark("commit", t)
 
     return RunResult(
         db=str(manifest.path.resolve()), site=settings.site, mode=settings.mode, dry_run=settings.dry_run, label=label,
         previous_label=previous_label, counts=counts, by_modality=by_modality, change_set=change_set,
         errors=all_errors, n_files=n_files, total_bytes=total_bytes, n_hashed=n_hashed,
         bytes_hashed=bytes_hashed, elapsed_s=time.perf_counter() - t_start,
-        hash_s=hash_s, scan_started_ns=scan_started_ns, timings=timings,
+        hash_s=hash_s, scan_started_ns=scan_started_ns, timings=timings, findings=findings,
     )
 
 
@@ -392,6 +404,72 @@ def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.
     )
 
 
+class _FirstFound:
+    """Opens a site-relative path in the first root that has it (a site with per-modality roots)."""
+
+    def __init__(self, sources: list[Source]):
+        self.sources = sources
+
+    def open(self, srcfile: str):
+        for source in self.sources[:-1]:
+            try:
+                return source.open(srcfile)
+            except FileNotFoundError:
+                continue
+        return self.sources[-1].open(srcfile)
+
+
+def validate_version(manifest: Manifest, label: str, sources: list[Source], *, workers: int = 1,
+                     force: bool = False) -> pl.DataFrame:
+    """Check the latest version against the procedures; findings are stored per version.
+    Headers are read only for contents whose facts are not cached yet (new or changed files)."""
+    from . import validate
+
+    if not force and manifest.is_validated(label):
+        return manifest.findings(label)
+    current = manifest.validation_input()
+    needed = validate.facts_needed(current)
+    known = manifest.known_facts(needed)
+    todo = needed.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first", maintain_order=True)
+    source = sources[0] if len(sources) == 1 else _FirstFound(sources)
+    new_facts = validate.extract_facts(source, todo, workers=workers)
+    findings = validate.check(current, pl.concat([known, new_facts.select(known.columns)]))
+    # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
+    # Nor is such a version marked as checked: the next run checks it again, reading just those files.
+    lasting = new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
+    manifest.save_validation(label, lasting, findings, complete=lasting.height == new_facts.height)
+    log.debug(f"validate: {todo.height} headers read, {known.height} cached, {findings.height} findings")
+    return findings
+
+
+class _NoSite:
+    """Stands in for the site when none was given: cached facts suffice, or this says what to do."""
+
+    def __init__(self, db: str):
+        self.db = db
+
+    def open(self, srcfile: str):
+        # An OSError: reported as "cannot read" for this file, and not cached, so a later check with --site reads it.
+        raise OSError(errno.ENOENT, "not read yet, and no site was given: pass --site with the site root")
+
+
+def validate_latest(settings: RunSettings, *, argv: list[str] | None = None, force: bool = False,
+                    site_given: bool = True) -> tuple[str, pl.DataFrame]:
+    """`validate`: check the manifest's latest version (cached unless `force`); returns (label, findings).
+    Without a site, only headers already read can be used."""
+    manifest = Manifest(settings.db)
+    manifest.require()
+    latest = manifest.latest_version()
+    if latest is None:
+        raise UsageError("the manifest has no versions yet", where=settings.db,
+                         fix="run `chorus-batch run` first; it validates the version it commits")
+    sources = [s for s, _ in build_sources(settings)] if site_given else [_NoSite(settings.db)]
+    with manifest.lock(list(argv if argv is not None else sys.argv[1:])):
+        manifest.ensure_schema()
+        findings = validate_version(manifest, latest["label"], sources, workers=settings.workers, force=force)
+    return latest["label"], findings
+
+
 def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
     """DIR/version=<label>/{manifest,changes,registry,scan_errors}.parquet (the active manifest,
     the change set, the records and the errors of that version) and DIR/versions.parquet."""
@@ -403,6 +481,7 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
         target / "changes.parquet": manifest.changes(label)[1],
         target / "registry.parquet": manifest.query_frame("SELECT * FROM registry ORDER BY record_id"),
         target / "scan_errors.parquet": manifest.version_errors(label),
+        target / "findings.parquet": manifest.findings(label),
         root / "versions.parquet": manifest.versions(),
     }
     for path, frame in parts.items():

@@ -35,6 +35,7 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
             "by_kind": error_kinds,
             "examples": result.errors.head(20).to_dicts(),
         },
+        "findings": findings_dict(result.findings),
         "files": result.n_files,
         "bytes": result.total_bytes,
         "files_hashed": result.n_hashed,
@@ -53,6 +54,40 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
+    """Validation findings: counts by severity and rule, and the first few (None: not validated)."""
+    if findings is None:
+        return None
+    by_severity = {k: 0 for k in ("error", "warning", "info")}
+    by_severity.update(dict(findings.group_by("severity").len().iter_rows()))
+    by_rule = findings.group_by("severity", "rule").len("n").sort("severity", "rule")
+    return {
+        "total": findings.height,
+        "by_severity": by_severity,
+        "by_rule": {f"{sev}:{rule}": n for sev, rule, n in by_rule.iter_rows()},
+        "examples": findings.sort(pl.col("severity").replace_strict(_SEVERITY_ORDER, default=9)).head(20).to_dicts(),
+    }
+
+
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def findings_text(findings: pl.DataFrame | None, *, examples: int = 10) -> list[str]:
+    d = findings_dict(findings)
+    if d is None:
+        return []
+    s = d["by_severity"]
+    lines = [f"validation: {s['error']} errors, {s['warning']} warnings, {s['info']} notes"
+             + (" (chorus-batch validate --json lists them all)" if d["total"] else "")]
+    for key, n in d["by_rule"].items():
+        lines.append(f"  {key}: {n}")
+    for row in d["examples"][:examples]:
+        lines.append(f"    {row['severity']}: {row['srcfile'] or '(site)'}: {row['message']}")
+    if d["total"] > examples:
+        lines.append(f"    ... and {d['total'] - examples} more")
+    return lines
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
@@ -90,6 +125,8 @@ def summary_text(result: RunResult) -> str:
             lines.append(f"    {row['srcfile']}: {row['message']}")
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
+    if result.findings is not None:
+        lines += ["", *findings_text(result.findings)]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ snapshot per version.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ import polars as pl
 
 from .diff import compute_diff
 from .errors import ManifestError, UsageError
+from .frames import FINDINGS_SCHEMA
 from .store import Manifest
 
 # What `files`, `diff` and `history` return, in this order (diff adds its own columns first).
@@ -42,7 +44,11 @@ FILE_SCHEMA = {
 DIFF_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "old_md5": pl.String, **FILE_SCHEMA}
 HISTORY_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "ended_by": pl.String, "renamed_to": pl.String, **FILE_SCHEMA}
 CHANGE_KINDS = ("added", "removed", "replaced", "renamed")
-FINDINGS_SCHEMA = {"severity": pl.String, "rule": pl.String, "srcfile": pl.String, "message": pl.String}
+# Review rules shared by the HTML report and the notebook.
+PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is a parse or clock error
+OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
+OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
+OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
 _ISO_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
@@ -138,8 +144,21 @@ class ManifestReader:
 
     def files(self, as_of: str | datetime | None = None, *, modality: str | None = None,
               person: str | None = None) -> pl.DataFrame:
-        """The file set as it was at a version (default: now), optionally one modality or person."""
-        return self._files_at(self.resolve(as_of), modality, person).select(FILE_COLUMNS)
+        """The file set as it was at a version (default: now), optionally one modality or person.
+        The whole set of the version asked last is kept, so a review's many questions about one
+        version read it once (polars frames are immutable: sharing it is safe)."""
+        label = self.resolve(as_of)
+        cached = getattr(self, "_file_set", None)
+        if cached is None or cached[0] != label:
+            if modality is not None or person is not None:  # a narrow question: let the storage filter
+                return self._files_at(label, modality, person).select(FILE_COLUMNS)
+            cached = self._file_set = (label, self._files_at(label, None, None).select(FILE_COLUMNS))
+        frame = cached[1]
+        if modality is not None:
+            frame = frame.filter(pl.col("modality") == modality)
+        if person is not None:
+            frame = frame.filter(pl.col("person_id") == person)
+        return frame
 
     def diff(self, from_version: str | datetime, to_version: str | datetime | None = None) -> pl.DataFrame:
         """added / removed / replaced / renamed between any two versions (DIFF_SCHEMA).
@@ -187,20 +206,23 @@ class ManifestReader:
 
     def sessions(self, as_of: str | datetime | None = None) -> pl.DataFrame:
         """One row per waveform session (parsed from the names): person, start, duration, files, bytes."""
-        files = self.files(as_of, modality="Waveforms").filter(pl.col("session_id").is_not_null())
-        return (files.group_by("person_id", "session_id")
-                .agg(start_date=pl.col("start_date").min(), start_time=pl.col("start_time").min(),
+        # Person-level files (Waveforms/RECORDS) form a record with an empty session: not a session.
+        files = self.files(as_of, modality="Waveforms").filter(pl.col("record_id").is_not_null() & (pl.col("session_id") != ""))
+        # A session is a record (person, session, modality): grouping by its integer id is ~3x faster.
+        return (files.group_by("record_id")
+                .agg(pl.col("person_id").first(), pl.col("session_id").first(),
+                     start_date=pl.col("start_date").min(), start_time=pl.col("start_time").min(),
                      duration_s=pl.col("duration_s").max(), files=pl.len(), bytes=pl.col("size").sum())
                 .with_columns(start=pl.concat_str("start_date", "start_time", separator=" ")
                               .str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False))
-                .sort("person_id", "session_id"))
+                .drop("record_id").sort("person_id", "session_id"))
 
     def duplicates(self, as_of: str | datetime | None = None) -> pl.DataFrame:
         """Non-empty contents (MD5) present at more than one path."""
         files = self.files(as_of).filter(pl.col("size") > 0)
         return (files.filter(pl.col("md5").is_duplicated())
                 .group_by("md5").agg(paths=pl.len(), size=pl.col("size").first(),
-                                     persons=pl.col("person_id").n_unique(), srcfiles=pl.col("srcfile").sort())
+                                     persons=pl.col("person_id").drop_nulls().n_unique(), srcfiles=pl.col("srcfile").sort())
                 .sort("paths", "md5", descending=[True, False]))
 
     def duckdb(self, as_of: str | datetime | None = None) -> duckdb.DuckDBPyConnection:
@@ -290,11 +312,7 @@ class SQLiteReader(ManifestReader):
         return self._manifest.version_errors(label)
 
     def findings(self, version: str | None = None) -> pl.DataFrame:
-        label = self.resolve(version)
-        if not self._manifest.has_table("findings"):  # a manifest from before `validate`
-            return pl.DataFrame(schema=FINDINGS_SCHEMA)
-        return self._query("SELECT severity, rule, srcfile, message FROM findings WHERE version = ? ORDER BY srcfile, rule",
-                           (label,), FINDINGS_SCHEMA)
+        return self._manifest.findings(self.resolve(version))
 
 
 class ParquetReader(ManifestReader):
@@ -386,3 +404,46 @@ class ParquetReader(ManifestReader):
 
     def findings(self, version: str | None = None) -> pl.DataFrame:
         return self._read(self.resolve(version), "findings", schema=FINDINGS_SCHEMA)
+
+
+def size_flags(files: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(per-modality size statistics, flagged files). A file is flagged `empty` (size 0), or `large` /
+    `small` when log10(size) is beyond its modality's quartiles by more than OUTLIER_IQR interquartile
+    ranges and by at least OUTLIER_MIN_DECADES (a factor 10); modalities with fewer than
+    OUTLIER_MIN_FILES non-empty files are not checked for outliers."""
+    frame = files.select("srcfile", "modality", "person_id", "size").with_columns(
+        modality=pl.col("modality").fill_null("Other"))
+    nonempty = frame.filter(pl.col("size") > 0).with_columns(_log=pl.col("size").cast(pl.Float64).log10())
+    stats = nonempty.group_by("modality").agg(
+        nonempty=pl.len(), min=pl.col("size").min(), max=pl.col("size").max(), bytes=pl.col("size").sum(),
+        q1=pl.col("_log").quantile(0.25, "linear"), median=pl.col("_log").median(),
+        q3=pl.col("_log").quantile(0.75, "linear"),
+    )
+    counts = frame.group_by("modality").agg(files=pl.len(), empty=(pl.col("size") == 0).sum())
+    stats = counts.join(stats, on="modality", how="left").with_columns(
+        pl.col("nonempty").fill_null(0), pl.col("bytes").fill_null(0)).with_columns(
+        _spread=pl.max_horizontal(OUTLIER_IQR * (pl.col("q3") - pl.col("q1")), pl.lit(OUTLIER_MIN_DECADES)),
+    ).with_columns(
+        checked=pl.col("nonempty") >= OUTLIER_MIN_FILES,
+        lo=pl.col("q1") - pl.col("_spread"), hi=pl.col("q3") + pl.col("_spread"),
+    ).drop("_spread").sort("modality")
+    judged = nonempty.join(stats.select("modality", "checked", "lo", "hi", "median"), on="modality").filter(
+        pl.col("checked") & ((pl.col("_log") > pl.col("hi")) | (pl.col("_log") < pl.col("lo"))))
+    outliers = judged.select(
+        "srcfile", "modality", "person_id", "size",
+        flag=pl.when(pl.col("_log") > pl.col("hi")).then(pl.lit("large")).otherwise(pl.lit("small")),
+        modality_median=(10 ** pl.col("median")).round(0).cast(pl.Int64),
+        _dist=(pl.col("_log") - pl.col("median")).abs(),
+    )
+    empty = frame.filter(pl.col("size") == 0).select(
+        "srcfile", "modality", "person_id", "size", flag=pl.lit("empty"),
+        modality_median=pl.lit(None, pl.Int64), _dist=pl.lit(math.inf))
+    flagged = pl.concat([empty, outliers]).sort(["_dist", "srcfile"], descending=[True, False]).drop("_dist")
+    # the range of the sizes within the fences (a box plot's whiskers)
+    within = nonempty.join(stats.select("modality", "checked", "lo", "hi"), on="modality").filter(
+        ~pl.col("checked") | pl.col("_log").is_between(pl.col("lo"), pl.col("hi"))).group_by("modality").agg(
+        low=pl.col("size").min(), high=pl.col("size").max())
+    stats = stats.join(flagged.filter(pl.col("flag") != "empty").group_by("modality").agg(outliers=pl.len()),
+                       on="modality", how="left").with_columns(pl.col("outliers").fill_null(0)).join(
+        within, on="modality", how="left").sort("modality")
+    return stats, flagged

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 
@@ -60,6 +60,10 @@ class Source(Protocol):
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         """MD5 of one file, streamed; raises OSError (FileChangedWhileHashing if it changed)."""
+        ...
+
+    def open(self, srcfile: str) -> BinaryIO:
+        """One file opened for binary reading (seekable); raises OSError."""
         ...
 
 
@@ -311,6 +315,9 @@ class LocalSource:
     def absolute(self, srcfile: str) -> str:
         return os.path.join(self.root, *srcfile.split("/"))
 
+    def open(self, srcfile: str) -> BinaryIO:
+        return open(self.absolute(srcfile), "rb")
+
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = self.absolute(srcfile)
         for _attempt in (1, 2):
@@ -383,6 +390,9 @@ class FsspecSource:
                 paths, sizes, mtimes = [], [], []
         if paths:
             yield listing_batch(paths, sizes, mtimes)
+
+    def open(self, srcfile: str) -> BinaryIO:
+        return self.fs.open(f"{self.root}/{srcfile}" if self.root else srcfile, "rb")
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = f"{self.root}/{srcfile}" if self.root else srcfile

@@ -30,9 +30,9 @@ from filelock import FileLock, Timeout
 
 from .errors import ManifestError, ManifestLocked
 from .classify import record_key
-from .frames import STATE_SCHEMA, empty_state
+from .frames import FINDINGS_SCHEMA, STATE_SCHEMA, empty_state
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: file_facts, findings, validations (created on the first write by this version)
 OWNER_ONLY = 0o600
 
 _TABLES = """
@@ -117,6 +117,29 @@ CREATE TABLE IF NOT EXISTS runs (
     scan_started_ns INTEGER,
     message TEXT
 );
+-- What `validate` read from a file's header, by content: a file version's facts never change.
+CREATE TABLE IF NOT EXISTS file_facts (
+    kind TEXT NOT NULL,
+    md5 TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    PRIMARY KEY (kind, md5)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS findings (
+    version TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    srcfile TEXT,
+    message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS validations (
+    version TEXT PRIMARY KEY,
+    validated_at TEXT NOT NULL,
+    n_error INTEGER NOT NULL,
+    n_warning INTEGER NOT NULL,
+    n_info INTEGER NOT NULL,
+    headers_read INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_version ON findings(version);
 CREATE INDEX IF NOT EXISTS changes_version ON changes(version);
 CREATE INDEX IF NOT EXISTS scan_errors_version ON scan_errors(version);
 CREATE INDEX IF NOT EXISTS registry_person ON registry(person_id);
@@ -139,6 +162,13 @@ _UPDATE_CACHE = "PRAGMA cache_size = -131072"
 CHANGES_SCHEMA = {
     "version": pl.String, "change": pl.String, "srcfile": pl.String, "old_srcfile": pl.String, "file_id": pl.Int64,
     "old_file_id": pl.Int64, "md5": pl.String, "size": pl.Int64, "modality": pl.String, "person_id": pl.String,
+}
+
+# What the validation rules read of each current file.
+VALIDATION_SCHEMA = {
+    "srcfile": pl.String, "size": pl.Int64, "md5": pl.String, "modality": pl.String, "person_id": pl.String,
+    "session_id": pl.String, "start_date": pl.String, "start_time": pl.String, "duration_s": pl.Float64,
+    "segment": pl.String, "parse_error": pl.String,
 }
 
 # Columns written for a new file version (besides the validity columns).
@@ -244,6 +274,8 @@ class Manifest:
                 for ddl in _SOURCE_FILES_INDEXES:
                     con.execute(ddl)
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                # Upgrades only add tables (above), so an older manifest just moves up.
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('manifest_id', ?)", (uuid.uuid4().hex,))
                 con.execute("INSERT OR IGNORE INTO meta VALUES ('state_generation', '0')")
         finally:
@@ -597,6 +629,73 @@ class Manifest:
         for suffix in ("", "-wal", "-shm"):
             if Path(f"{self.path}{suffix}").exists():
                 _restrict(f"{self.path}{suffix}")
+
+    # ------------------------------------------------------------------ validation
+
+    def is_validated(self, label: str) -> bool:
+        if not self.path.exists():
+            return False
+        con = self.connect()
+        try:
+            return self._has_table(con, "validations") and con.execute(
+                "SELECT 1 FROM validations WHERE version = ?", (label,)).fetchone() is not None
+        finally:
+            con.close()
+
+    def findings(self, label: str) -> pl.DataFrame:
+        con = self.connect()  # few rows: plain sqlite3, no ADBC start-up on a no-change run
+        try:
+            rows = con.execute(
+                "SELECT severity, rule, srcfile, message FROM findings WHERE version = ? ORDER BY srcfile, rule, message",
+                (label,)).fetchall() if self._has_table(con, "findings") else []
+        finally:
+            con.close()
+        return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
+
+    def validation_input(self) -> pl.DataFrame:
+        """The current files with the columns the rules read."""
+        return self.query_frame(
+            f"SELECT {', '.join(VALIDATION_SCHEMA)} FROM source_files WHERE time_invalid IS NULL", schema=VALIDATION_SCHEMA)
+
+    def known_facts(self, wanted: pl.DataFrame) -> pl.DataFrame:
+        """Cached facts for the (kind, md5) pairs in `wanted`."""
+        import adbc_driver_sqlite.dbapi as adbc
+
+        schema = {"kind": pl.String, "md5": pl.String, "facts": pl.String}
+        if wanted.height == 0:
+            return pl.DataFrame(schema=schema)
+        with adbc.connect(str(self.path)) as con, con.cursor() as cur:
+            cur.adbc_ingest("_want", wanted.select("kind", "md5").unique().to_arrow(), mode="create", temporary=True)
+            cur.execute("SELECT f.kind, f.md5, f.facts FROM temp._want w JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
+            frame = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(frame, pl.DataFrame)
+        return frame.cast(schema) if frame.height else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+
+    def save_validation(self, label: str, new_facts: pl.DataFrame, findings: pl.DataFrame, *, complete: bool = True) -> None:
+        """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
+        An incomplete check (some files could not be read) is stored but not marked as done."""
+        import adbc_driver_sqlite.dbapi as adbc
+
+        counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
+        with adbc.connect(str(self.path)) as con:
+            with con.cursor() as cur:
+                if new_facts.height:
+                    cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
+                    cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
+                cur.execute("DELETE FROM findings WHERE version = ?", (label,))
+                if findings.height:
+                    cur.adbc_ingest("findings", _arrow_stream(findings.select(
+                        pl.lit(label).alias("version"), "severity", "rule", "srcfile", "message")), mode="append")
+                _test_pause("validate")
+                cur.execute("DELETE FROM validations WHERE version = ?", (label,))
+                if complete:
+                    cur.execute(
+                        "INSERT INTO validations VALUES (?, ?, ?, ?, ?, ?)",
+                        (label, iso(utc_now()), counts.get("error", 0), counts.get("warning", 0), counts.get("info", 0),
+                         new_facts.height),
+                    )
+            con.commit()
+        self.after_commit()
 
     # ------------------------------------------------------------------ queries
 

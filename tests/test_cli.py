@@ -57,10 +57,10 @@ def test_wheel_ships_the_demo_site(tmp_path):
 
 def test_versions_and_changes_as_json_and_csv(site, db):
     write(site, "OMOP/a.csv", b"a")
-    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     write(site, "OMOP/a.csv", b"b")
     write(site, "OMOP/c.csv", b"c")
-    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     versions = json.loads(cli("versions", "--db", str(db), "--json").stdout)
     assert [(v["n_added"], v["n_replaced"]) for v in versions] == [(1, 0), (1, 1)]
     changes = json.loads(cli("changes", "--db", str(db), "--json").stdout)
@@ -78,7 +78,7 @@ def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_pat
     out = cli("changes", "--db", str(tmp_path / "none.sqlite"))
     assert out.returncode == 3 and "no manifest at" in out.stderr and "fix:" in out.stderr
     write(site, "OMOP/a.csv")
-    cli("run", "--site", str(site), "--db", str(db), "-q")
+    cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     out = cli("changes", "--db", str(db), "--version", "19990101000000")
     assert out.returncode == 3 and "no version '19990101000000'" in out.stderr
 
@@ -86,7 +86,8 @@ def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_pat
 def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
     site = tmp_path / "data"
     write(site, "OMOP/a.csv")
-    (tmp_path / "chorus.toml").write_text('[site]\nroot = "data"\nname = "site-x"\n[manifest]\ndb = "out/m.sqlite"\n')
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "data"\nname = "site-x"\n[manifest]\ndb = "out/m.sqlite"\n'
+                                          '[run]\nvalidate = false\n')
     out = cli("run", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert query(tmp_path / "out" / "m.sqlite", "SELECT site FROM versions") == [("site-x",)]
@@ -118,16 +119,16 @@ def test_missing_site_is_a_usage_error(tmp_path):
 
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
-    assert cli("run", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
     write(site, "OMOP/a.csv", b"b")
-    out = cli("run", "--site", str(site), "--db", str(db), "--version", "v1")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1")
     assert out.returncode == 2 and "does not sort after" in out.stderr
     assert query(db, "SELECT label FROM versions") == [("v2",)]
 
 
 def test_runs_are_logged_without_secrets(site, db):
     write(site, "OMOP/a.csv")
-    cli("run", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc", "-q")
+    cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc", "-q")
     (argv,) = query(db, "SELECT argv FROM runs")[0]
     assert "sig=abc" not in argv
 
@@ -170,7 +171,7 @@ def test_a_manifest_from_a_newer_version_is_refused(site, db):
     import sqlite3
 
     write(site, "OMOP/a.csv")
-    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
     con = sqlite3.connect(db)
     with con:
         con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")

@@ -20,7 +20,7 @@ from conftest import cli, current_rows, query, tree_md5, write
 def start_paused_run(site: Path, db: Path) -> subprocess.Popen:
     """A real run that stops inside its commit transaction (test pause point) and waits there."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db)],
+        [sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db", str(db)],
         env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60
@@ -38,7 +38,7 @@ def start_paused_run(site: Path, db: Path) -> subprocess.Popen:
 @pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
 def test_sigkill_during_commit_leaves_the_previous_version(site, db):
     write(site, "OMOP/a.csv", b"a")
-    first = cli("run", "--site", str(site), "--db", str(db), "-q")
+    first = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     assert first.returncode == 0, first.stderr
     before = current_rows(db)
     (label_before,) = query(db, "SELECT max(label) FROM versions")[0]
@@ -58,7 +58,7 @@ def test_sigkill_during_commit_leaves_the_previous_version(site, db):
     assert current_rows(db) == before
     # the killed run is logged without an exit code; the next run commits normally
     assert query(db, "SELECT exit_code FROM runs ORDER BY run_id") == [(0,), (None,)]
-    again = cli("run", "--site", str(site), "--db", str(db), "-q")
+    again = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     assert again.returncode == 0, again.stderr
     assert current_rows(db) == tree_md5(site)
 
@@ -68,7 +68,7 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
     holder = start_paused_run(site, db)
     try:
         started = time.monotonic()
-        second = cli("run", "--site", str(site), "--db", str(db))
+        second = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
         assert time.monotonic() - started < 30
         assert second.returncode == ExitCode.LOCKED
         assert f"pid {holder.pid}" in second.stderr
@@ -78,5 +78,5 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
         holder.kill()
         holder.wait(timeout=30)
     # the lock dies with its holder
-    third = cli("run", "--site", str(site), "--db", str(db), "-q")
+    third = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     assert third.returncode == 0, third.stderr

@@ -1,0 +1,491 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Reviewing a submission
+#
+# Check one version of a site's manifest before it is merged: are all persons there, do the waveform
+# sessions cover plausible dates, did the submission delete or replace more than expected, are there
+# duplicates, empty files, unparseable names, scan errors or validation findings?
+#
+# - **Interactively:** `jupyter lab notebooks/review.ipynb`, set `manifest` below, then *Run All*.
+# - **Headless:** `papermill notebooks/review.ipynb review-out.ipynb -p manifest /path/to/chorus_manifest.sqlite`
+#   (add `-p version LABEL`, `-p compare_to LABEL` to review an older version or compare with another one).
+#
+# Each section says what to look for. The last cell prints a checklist: `OK`, `CHECK` (look at that
+# section), or `SKIP` (nothing to compare with).
+
+# %% tags=["parameters"]
+manifest = "chorus_manifest.sqlite"  # a SQLite manifest, or the folder given to `chorus-batch run --parquet`
+version = None  # the version to review (a label or an ISO date-time), or None for the latest
+compare_to = None  # the version to compare with, or None for the one before `version`
+large_change_share = 0.05  # flag a submission that removes or replaces more than this share of the files
+
+# %%
+import sys
+from datetime import datetime
+
+import matplotlib.pyplot as plt
+import polars as pl
+from IPython.display import Markdown, display
+
+pl.Config.set_tbl_rows(20)
+pl.Config.set_fmt_str_lengths(60)
+pl.Config.set_tbl_width_chars(140)
+plt.rcParams.update({"figure.figsize": (11, 3.5), "figure.dpi": 80, "axes.grid": True, "grid.alpha": 0.3})
+print(f"kernel: python {sys.version.split()[0]}, prefix {sys.prefix}")
+# `papermill -p version 20261127034021` passes a label as a number: labels are text.
+version, compare_to = (None if v is None else str(v) for v in (version, compare_to))
+
+# %% [markdown]
+# ## Open the manifest
+#
+# `open_manifest` reads a SQLite manifest or a Parquet snapshot folder; every method returns a polars frame,
+# and `m.duckdb(version)` gives a DuckDB connection with the views `files`, `versions`, `changes`,
+# `registry` and `scan_errors`.
+
+# %%
+from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, size_flags
+
+m = open_manifest(manifest)
+files = m.files(version)
+
+# %%
+label = m.resolve(version)
+labels = m.versions()["label"].to_list()
+if compare_to is not None:
+    base = m.resolve(compare_to)
+else:
+    earlier = [v for v in labels if v < label]
+    base = earlier[-1] if earlier else None
+if base == label:
+    base = None
+base_files = m.files(base) if base else None
+con = m.duckdb(label)
+
+
+def sql(query, **params):
+    """A DuckDB query over the views of `con`, as a polars frame."""
+    return con.sql(query, params=params or None).pl()
+
+
+print(f"manifest   {manifest}")
+print(f"reviewing  {label}: {files.height:,} files, {files['size'].sum():,} bytes, "
+      f"{files['person_id'].drop_nulls().n_unique():,} persons")
+print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}")
+print(f"versions   {len(labels)} in the manifest, {labels[0]} .. {labels[-1]}")
+
+# %% [markdown]
+# Helpers for the checklist and the plots.
+
+# %%
+checks = {}  # item -> (state, detail), printed by the last cell
+
+
+def check(item, ok, detail):
+    checks[item] = ("SKIP" if ok is None else "OK" if ok else "CHECK", detail)
+
+
+MODALITY_ORDER = ["OMOP", "Metadata", "Waveforms", "Images", "Other"]
+seen = set(files["modality"].drop_nulls()) | set(m.change_counts()["modality"].drop_nulls())
+MODALITIES = [x for x in MODALITY_ORDER if x in seen] + sorted(seen - set(MODALITY_ORDER))
+# The HTML report's colours, so the two read alike.
+COLORS = {"Waveforms": "#1098ad", "Images": "#7048e8", "OMOP": "#f59f00", "Metadata": "#868e96", "Other": "#e64980",
+          "added": "#2f9e44", "removed": "#e03131", "replaced": "#f08c00", "renamed": "#1c7ed6",
+          "error": "#e03131", "warning": "#f08c00", "info": "#1c7ed6"}
+
+
+def in_units(nbytes):
+    """(divisor, unit name) that suits the largest of some byte counts."""
+    for divisor, unit in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if nbytes >= divisor:
+            return divisor, unit
+    return 1, "bytes"
+
+
+def stacked_bars(ax, frame, x, stack, value, order=None, horizontal=False):
+    """One bar per value of `x`, split by `stack` (colours by modality, change kind or severity)."""
+    order = order if order is not None else sorted(frame[x].unique().to_list())
+    positions = list(range(len(order)))
+    offset = [0] * len(order)
+    if frame.height:
+        wide = frame.pivot(on=stack, index=x, values=value, aggregate_function="sum")
+        wide = pl.DataFrame({x: order}, schema={x: frame.schema[x]}).join(wide, on=x, how="left").fill_null(0)
+        parts = [c for c in COLORS if c in wide.columns] + sorted(c for c in wide.columns if c != x and c not in COLORS)
+        for part in parts:
+            sizes = wide[part].to_list()
+            if horizontal:
+                ax.barh(positions, sizes, left=offset, label=part, color=COLORS.get(part))
+            else:
+                ax.bar(positions, sizes, bottom=offset, label=part, color=COLORS.get(part))
+            offset = [o + h for o, h in zip(offset, sizes)]
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "none", transform=ax.transAxes, ha="center", va="center", color="grey")
+    ticks = [str(o) for o in order]
+    if horizontal:
+        ax.set_yticks(positions, ticks, fontsize=7)
+        ax.invert_yaxis()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    else:
+        ax.set_xticks(positions, ticks, rotation=45, ha="right", fontsize=7)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+
+
+# %% [markdown]
+# ## 1. Versions and what each one changed
+#
+# **What to look for:** one version per submission; a version with unusually many `removed` or `replaced`
+# files, or a modality that suddenly changes a lot. One panel per change kind, modalities stacked (last 20 versions).
+
+# %%
+display(sql("""
+    SELECT label, finished_at, mode, n_added, n_removed, n_replaced, n_renamed, n_errors, n_files, total_bytes
+    FROM versions ORDER BY label DESC LIMIT 20"""))
+
+shown = labels[-20:]
+counts = m.change_counts().filter(pl.col("version").is_in(shown))
+fig, axes = plt.subplots(1, 4, figsize=(14, 3.8), sharex=True)
+for ax, kind in zip(axes, ["added", "removed", "replaced", "renamed"]):
+    stacked_bars(ax, counts.filter(pl.col("change") == kind), "version", "modality", "n", order=shown)
+    ax.set_title(f"{kind} files")
+axes[0].set_ylabel("files")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. Persons present
+#
+# **What to look for:** every expected person is there; persons in the left tail (few files or bytes) may be
+# incomplete deliveries; a person that **disappeared** since the compared version, or lost a whole modality,
+# is usually a mistake (or a withdrawal that must be documented).
+
+# %%
+per_person = m.files_per_person(label)
+display(sql("""
+    SELECT modality, count(DISTINCT person_id) AS persons, count(*) AS files, sum(size)::BIGINT AS bytes
+    FROM files GROUP BY modality ORDER BY modality"""))
+display(sql("""
+    SELECT modality, sum(isactive)::BIGINT AS active_records, count(*) AS records
+    FROM registry GROUP BY modality ORDER BY modality"""))
+print("persons with the fewest files:")
+display(per_person.sort("files", "bytes").head(10))
+
+fig, (ax1, ax2) = plt.subplots(1, 2)
+ax1.hist(per_person["files"].to_numpy(), bins=30)
+ax1.set(title="files per person", xlabel="files", ylabel="persons")
+divisor, unit = in_units(per_person["bytes"].max() or 0)
+ax2.hist((per_person["bytes"] / divisor).to_numpy(), bins=30)
+ax2.set(title="bytes per person", xlabel=unit, ylabel="persons")
+fig.tight_layout()
+plt.show()
+
+# %%
+if base is None:
+    print("no earlier version: nothing to compare the persons with")
+    check("persons: none disappeared", None, "no earlier version")
+    check("persons: none lost a modality", None, "no earlier version")
+else:
+    before = base_files.select("person_id", "modality").drop_nulls().unique()
+    now = files.select("person_id", "modality").drop_nulls().unique()
+    gone = sorted(set(before["person_id"]) - set(now["person_id"]))
+    new = sorted(set(now["person_id"]) - set(before["person_id"]))
+    lost = (before.join(now, on=["person_id", "modality"], how="anti")
+            .filter(~pl.col("person_id").is_in(gone)).sort("person_id", "modality"))
+    print(f"{before['person_id'].n_unique():,} persons in {base}, {now['person_id'].n_unique():,} in {label}: "
+          f"{len(gone)} disappeared, {len(new)} new, {lost.height} lost a modality")
+    if gone:
+        print("persons that disappeared (their files in the compared version):")
+        display(base_files.filter(pl.col("person_id").is_in(gone)).group_by("person_id")
+                .agg(files=pl.len(), bytes=pl.col("size").sum(), modalities=pl.col("modality").unique().sort().str.join(","))
+                .sort("person_id").head(20))
+    if lost.height:
+        print("persons still present that lost a modality:")
+        display(lost.head(20))
+    check("persons: none disappeared", not gone, f"{len(gone)} disappeared since {base}" + (f": {', '.join(gone[:5])}" if gone else ""))
+    check("persons: none lost a modality", lost.height == 0, f"{lost.height} person-modality pairs gone")
+
+# %% [markdown]
+# ## 3. Waveform sessions
+#
+# **What to look for:** session starts inside the site's collection period — no 1900-01-01 or future dates
+# from a wrong clock or a mis-parsed name; positive durations no longer than a few days; no gaps or spikes
+# in time that suggest a missing or doubled export. Starts before `plausible_from` or after the version was
+# committed are flagged (the HTML report's rule); narrow the window to the site's collection period if known.
+
+# %%
+plausible_from = PLAUSIBLE_FROM  # the HTML report's bound
+committed = m.versions().filter(pl.col("label") == label)["finished_at"][0]
+plausible_to = datetime.fromisoformat(committed).replace(tzinfo=None) if committed else datetime.now()
+max_duration_h = 7 * 24
+
+sessions = m.sessions(label)
+implausible = sessions.filter(
+    pl.col("start").is_null() | (pl.col("start") < plausible_from) | (pl.col("start") > plausible_to)
+    | (pl.col("duration_s") <= 0) | (pl.col("duration_s") > max_duration_h * 3600))
+print(f"{sessions.height:,} waveform sessions of {sessions['person_id'].n_unique():,} persons, "
+      f"{implausible.height} with an implausible start or duration, "
+      f"{sessions['duration_s'].null_count()} without a duration in their names (e.g. WFDB sessions)")
+display(implausible.head(20))
+display(sql("""
+    SELECT date_trunc('month', TRY_CAST(start_date AS DATE)) AS month,
+           count(DISTINCT person_id || '/' || session_id) AS sessions, count(*) AS files, sum(size)::BIGINT AS bytes
+    FROM files WHERE modality = 'Waveforms' GROUP BY 1 ORDER BY 1 DESC LIMIT 20"""))
+check("waveform sessions: plausible starts and durations", implausible.height == 0,
+      f"{implausible.height} of {sessions.height} sessions start outside {plausible_from:%Y}..{plausible_to:%Y-%m-%d} "
+      f"or last outside 0..{max_duration_h} h")
+
+if sessions.height:
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    ax1.hist(sessions["start"].drop_nulls().to_numpy(), bins=40)
+    ax1.set(title="session starts", ylabel="sessions")
+    ax1.tick_params(axis="x", labelrotation=30, labelsize=7)
+    ax2.hist((sessions["duration_s"].drop_nulls() / 3600).to_numpy(), bins=40)
+    ax2.set(title="session durations", xlabel="hours", ylabel="sessions")
+    fig.tight_layout()
+    plt.show()
+else:
+    print("no waveform sessions in this version")
+
+# %% [markdown]
+# **Sessions per person.** A person with far fewer sessions than the others may be missing an export;
+# persons with files but no waveform session may be expected (imaging only) — compare with the site's list.
+
+# %%
+sessions_per_person = (sessions.group_by("person_id")
+                       .agg(sessions=pl.len(), hours=(pl.col("duration_s").sum() / 3600).round(1))
+                       .sort("sessions", "person_id"))
+without = per_person.join(sessions_per_person, on="person_id", how="anti")
+print(f"{sessions_per_person.height:,} persons with waveform sessions; {without.height:,} persons with files but none")
+display(sessions_per_person.head(10))
+if sessions_per_person.height:
+    fig, ax = plt.subplots()
+    low, high = sessions_per_person["sessions"].min(), sessions_per_person["sessions"].max()
+    ax.hist(sessions_per_person["sessions"].to_numpy(), bins=range(low, high + 2), align="left", rwidth=0.8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(title="waveform sessions per person", xlabel="sessions", ylabel="persons")
+    plt.show()
+
+# %% [markdown]
+# ## 4. File sizes
+#
+# **What to look for:** **empty files** (a failed export or copy), and files far smaller or larger than the
+# rest of their modality (truncated, or a whole folder packed into one file). Sizes on a log scale; listed as
+# outliers (the HTML report's rule, `size_flags`): non-empty files beyond 3 IQR of their modality's log10-sizes *and* at least
+# 10× beyond its quartiles, in modalities with at least 10 non-empty files.
+
+# %%
+display(sql("""
+    SELECT modality, count(*) AS files, count(*) FILTER (WHERE size = 0) AS empty,
+           min(size) AS min, median(size) AS median, max(size) AS max, sum(size)::BIGINT AS bytes
+    FROM files GROUP BY modality ORDER BY modality"""))
+
+size_stats, flagged = size_flags(files)  # the HTML report's rule, from the library
+empty = files.filter(pl.col("size") == 0)
+outliers = flagged.filter(pl.col("flag") != "empty").select("modality", "srcfile", "size", "flag", "modality_median")
+print(f"{empty.height} empty files, {outliers.height} size outliers")
+if empty.height:
+    display(empty.select("modality", "srcfile", "person_id", "version_valid").head(20))
+if outliers.height:
+    display(outliers.head(20))
+check("no empty files", empty.height == 0, f"{empty.height} empty")
+check("no size outliers", outliers.height == 0, f"{outliers.height} files far from their modality's sizes")
+
+nonempty = files.filter(pl.col("size") > 0)
+present = [x for x in MODALITIES if nonempty.filter(pl.col("modality") == x).height]
+if present:
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    ax1.boxplot([nonempty.filter(pl.col("modality") == x)["size"].to_numpy() for x in present])
+    ax1.set_xticks(range(1, len(present) + 1), present)
+    ax1.set(yscale="log", title="size per modality (non-empty files)", ylabel="bytes")
+    for x in present:
+        ax2.hist(nonempty.filter(pl.col("modality") == x)["size"].log10().to_numpy(), bins=40,
+                 histtype="step", label=x, color=COLORS.get(x))
+    ax2.set(title="size distribution", xlabel="log10(bytes)", ylabel="files")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ## 5. Duplicate contents
+#
+# **What to look for:** the same non-empty content (MD5) at more than one path — a file exported twice under
+# two names, or, the serious case, one content in **more than one person's** folder (`persons` > 1).
+
+# %%
+dups = m.duplicates(label)
+cross_person = dups.filter(pl.col("persons") > 1)
+extra = int((dups["paths"] - 1).sum()) if dups.height else 0
+wasted = int(((dups["paths"] - 1) * dups["size"]).sum()) if dups.height else 0
+print(f"{dups.height} contents at more than one path: {extra} extra copies, {wasted:,} bytes; "
+      f"{cross_person.height} shared between persons")
+display(dups.head(20))
+display(sql("""
+    SELECT modality, count(*) AS files_with_a_twin
+    FROM files WHERE size > 0 AND md5 IN (SELECT md5 FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)
+    GROUP BY modality ORDER BY modality"""))
+check("no duplicate contents", dups.height == 0,
+      f"{dups.height} duplicated contents, {cross_person.height} across persons")
+
+# %% [markdown]
+# ## 6. Scan errors and unparseable paths
+#
+# **What to look for:** files the scan could not read (permissions, broken links, files changing while hashed)
+# are missing from the submission; paths that fit no naming pattern are tracked but without person, session
+# or date, so they cannot be linked. `scan_errors` holds what this version's run recorded; `parse_error` in
+# the file list shows every current unparseable path, including those recorded by earlier runs.
+
+# %%
+errors_by_kind = sql("""
+    SELECT kind, count(*) AS n, min(srcfile) AS example FROM scan_errors GROUP BY kind ORDER BY n DESC, kind""")
+unparseable = files.filter(pl.col("parse_error").is_not_null()).with_columns(
+    reason=pl.col("parse_error").str.split(":").list.first())
+by_reason = (unparseable.group_by("modality", "reason")
+             .agg(n=pl.len(), example=pl.col("srcfile").min()).sort("n", "modality", descending=[True, False]))
+print(f"{errors_by_kind['n'].sum()} scan errors recorded with {label}; {unparseable.height} current unparseable paths")
+display(errors_by_kind)
+display(by_reason.head(20))
+display(m.scan_errors(label).head(20))
+check("no scan errors", errors_by_kind.height == 0, f"{errors_by_kind['n'].sum()} recorded with this version")
+check("no unparseable paths", unparseable.height == 0, f"{unparseable.height} current paths fit no pattern")
+
+if errors_by_kind.height or by_reason.height:
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    ax1.barh(errors_by_kind["kind"].to_list(), errors_by_kind["n"].to_list())
+    ax1.set(title="scan errors of this version, by kind", xlabel="files")
+    reasons = [f"{mod}: {why}"[:45] for mod, why in by_reason.select("modality", "reason").iter_rows()]
+    ax2.barh(reasons, by_reason["n"].to_list())
+    ax2.set(title="unparseable paths, by reason", xlabel="files")
+    ax2.tick_params(axis="y", labelsize=7)
+    for ax in (ax1, ax2):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    plt.show()
+else:
+    print("no scan errors and no unparseable paths")
+
+# %% [markdown]
+# ## 7. Validation findings
+#
+# **What to look for:** what `validate` found in the files' contents (for example a header that does not match
+# its data, or DICOM tags that disagree with the path). Errors block the merge, warnings need a look.
+# Nothing is shown if this version was not validated.
+
+# %%
+findings = m.findings(label)
+if findings.height == 0:
+    print(f"no validation findings recorded for {label} (not validated, or nothing found)")
+    check("validation findings", True, "none recorded")
+else:
+    by_rule = (findings.group_by("severity", "rule").agg(n=pl.len(), example=pl.col("srcfile").min())
+               .sort("n", "rule", descending=[True, False]))
+    display(by_rule.head(20))
+    display(findings.head(20))
+    serious = findings.filter(pl.col("severity").str.to_lowercase() != "info")  # errors block, warnings need a look
+    check("validation findings", serious.height == 0,
+          ", ".join(f"{n} {s}" for s, n in findings.group_by("severity").len().sort("severity").iter_rows()))
+    rank = {"error": 0, "critical": 0, "warning": 1, "warn": 1}
+    order = (by_rule.with_columns(rank=pl.col("severity").str.to_lowercase().replace_strict(rank, default=2))
+             .group_by("rule").agg(pl.col("rank").min(), pl.col("n").sum()).sort("rank", "n", "rule", descending=[False, True, False]))
+    fig, ax = plt.subplots(figsize=(11, 1 + 0.25 * order.height))
+    stacked_bars(ax, by_rule, "rule", "severity", "n", order=order["rule"].to_list(), horizontal=True)
+    ax.set(title="validation findings by rule and severity", xlabel="findings")
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ## 8. What this version deleted or replaced
+#
+# **What to look for:** in a full-mode submission `removed` (gone) and `replaced` (same path, new content)
+# should be rare and explained — a corrected export, a withdrawal. `renamed` keeps the content. More than
+# `large_change_share` of the compared version's files removed or replaced is flagged, overall and per modality.
+
+# %%
+if base is None:
+    print(f"{label} is the first version: nothing to compare with (set compare_to to compare two versions)")
+    check(f"removed + replaced <= {large_change_share:.0%}", None, "no earlier version")
+    d = None
+else:
+    d = m.diff(base, label).with_columns(pl.col("modality").fill_null("Other"))
+    base_by_modality = base_files.group_by(pl.col("modality").fill_null("Other")).agg(base_files=pl.len())
+    kinds = ["added", "removed", "replaced", "renamed"]
+    per_modality = (d.group_by("modality", "change").len("n")
+                    .pivot(on="change", index="modality", values="n")
+                    .join(base_by_modality, on="modality", how="full", coalesce=True)
+                    .with_columns([pl.lit(0, pl.UInt32).alias(k) for k in kinds if k not in d["change"]])
+                    .fill_null(0)
+                    .with_columns(share=((pl.col("removed") + pl.col("replaced")) / pl.max_horizontal("base_files", 1)))
+                    .with_columns(flag=pl.col("share") > large_change_share)
+                    .select("modality", "base_files", *kinds, "share", "flag").sort("modality"))
+    touched = d.filter(pl.col("change").is_in(["removed", "replaced"]))
+    share = touched.height / max(base_files.height, 1)
+    large = share > large_change_share
+    print(f"{label} against {base}: " + ", ".join(f"{(d['change'] == k).sum()} {k}" for k in kinds))
+    display(Markdown(
+        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {touched.height} of {base_files.height:,} files removed or replaced "
+        f"({share:.1%}; threshold `large_change_share` = {large_change_share:.0%})"
+        + (f"; over the threshold in: {', '.join(per_modality.filter('flag')['modality'])}" if per_modality["flag"].any() else "")))
+    display(per_modality)
+    display(touched.select("change", "modality", "srcfile", "size", "old_md5",
+                           new_md5=pl.when(pl.col("change") != "removed").then("md5")).head(20))
+    if base == (labels[labels.index(label) - 1] if labels.index(label) else None):
+        print("the run's own change set of this version (same as the diff against the previous version):")
+        display(sql("SELECT change, modality, count(*) AS files, sum(size)::BIGINT AS bytes FROM changes "
+                    "WHERE version = $v GROUP BY ALL ORDER BY change, modality", v=label))
+    check(f"removed + replaced <= {large_change_share:.0%}", not large,
+          f"{share:.1%} of {base_files.height} files ({touched.height}) against {base}")
+
+    fig, (ax1, ax2) = plt.subplots(1, 2)
+    stacked_bars(ax1, d.group_by("modality", "change").len("n"), "modality", "change", "n",
+                 order=per_modality["modality"].to_list())
+    ax1.set(title=f"changes against {base}", ylabel="files")
+    ax2.bar(per_modality["modality"].to_list(), (per_modality["share"] * 100).to_list(),
+            color=[COLORS["removed"] if f else COLORS["Metadata"] for f in per_modality["flag"]])
+    ax2.axhline(large_change_share * 100, color=COLORS["removed"], linestyle="--", label="large_change_share")
+    ax2.set(title="removed + replaced, share of the compared files", ylabel="%")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ## 9. The history of one file
+#
+# **What to look for:** how a file came and went. Each row is one version of the file: the change that
+# created it (`change`, and `old_srcfile` for a rename) and the one that ended it (`ended_by`, `renamed_to`).
+# An example that changed is picked; ask for any path with `m.history("OMOP/person.csv")`.
+
+# %%
+changed = (d if d is not None else m.changes(label)).filter(pl.col("change").is_in(["replaced", "renamed", "removed"]))
+changed = changed.sort(pl.col("change").replace_strict({"replaced": 0, "renamed": 1, "removed": 2}), "srcfile")
+example = changed["srcfile"][0] if changed.height else (files["srcfile"][0] if files.height else None)
+if example is None:
+    print("no files in this version")
+else:
+    print(f"history of {example}")
+    display(m.history(example).select("change", "old_srcfile", "ended_by", "renamed_to", "srcfile", "md5", "size",
+                                      "version_valid", "version_invalid"))
+
+# %% [markdown]
+# ## Summary
+#
+# `CHECK` items need a look (or an explanation in the submission notes) before the merge.
+
+# %%
+print(f"review of {label}" + (f" against {base}" if base else " (first version)") + f" in {manifest}")
+for item, (state, detail) in checks.items():
+    print(f"  {state:<5}  {item}: {detail}")
+n_check = sum(state == "CHECK" for state, _ in checks.values())
+print(f"{n_check} item(s) to check" if n_check else "all checks passed")
+con.close()

@@ -1,0 +1,128 @@
+"""The reviewer's notebook (notebooks/review.ipynb): it runs headless with papermill on a two-version
+SQLite manifest, on the Parquet snapshots of the same runs and on a single-version manifest, in a
+kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, outputs stripped."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+import pytest
+from conftest import ROOT, run_site, write
+
+from chorus_batch.review import open_manifest
+from chorus_batch.testdata import Spec, make_testdata
+
+NOTEBOOK = ROOT / "notebooks" / "review.ipynb"
+SCRIPT = ROOT / "notebooks" / "review.py"
+# Figures: versions, persons, session starts/durations, sessions per person, sizes; with scan errors or
+# unparseable paths +1, with validation findings +1, with an earlier version to compare with +1.
+PLOTS = 5
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> dict[str, Path]:
+    """A two-version manifest (+ its Parquet snapshots) with every change kind, a vanished person, an empty
+    file, a duplicate and an unparseable path (validated: the synthetic headers give findings); and a
+    single-version manifest, not validated, with nothing to flag."""
+    tmp = tmp_path_factory.mktemp("review")
+    make_testdata(tmp / "td", Spec(persons=8, files_per_person=10, size=256))
+    second = tmp / "td" / "second"
+    shutil.rmtree(second / "000008")  # a person that disappears
+    write(second, "000001/Waveforms/000001_20200102_000000_600.dat", b"")  # empty
+    shutil.copy(second / "OMOP" / "person.csv", second / "OMOP" / "person_copy.csv")  # duplicate content
+    write(second, "000002/Waveforms/notes.txt", b"fits no pattern")  # unparseable
+
+    db, parquet, single = tmp / "two.sqlite", tmp / "snapshots", tmp / "one.sqlite"
+    run_site(tmp / "td" / "first", db, parquet=str(parquet))
+    run_site(second, db, parquet=str(parquet))
+    run_site(tmp / "td" / "first", single, validate_site=False)
+    return {"two": db, "parquet": parquet, "single": single}
+
+
+def execute(manifest: Path, out: Path, **parameters) -> nbformat.NotebookNode:
+    papermill.execute_notebook(
+        str(NOTEBOOK), str(out), parameters={"manifest": str(manifest), **parameters}, kernel_name="python3",
+        cwd=str(out.parent), progress_bar=False, log_output=False, start_timeout=60, execution_timeout=120,
+    )
+    return nbformat.read(out, as_version=4)
+
+
+def outputs(nb: nbformat.NotebookNode) -> list[dict]:
+    return [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+
+
+def text(nb: nbformat.NotebookNode) -> str:
+    parts = []
+    for o in outputs(nb):
+        if o["output_type"] == "stream":
+            parts.append(o["text"])
+        elif "data" in o:
+            parts.append(o["data"].get("text/markdown", ""))
+    return "".join(parts)
+
+
+def check_run(nb: nbformat.NotebookNode, min_plots: int) -> str:
+    errors = [o for o in outputs(nb) if o["output_type"] == "error"]
+    assert not errors, "\n".join(f"{o['ename']}: {o['evalue']}" for o in errors)
+    plots = sum("image/png" in o.get("data", {}) for o in outputs(nb))
+    assert plots >= min_plots
+    out = text(nb)
+    assert f"prefix {sys.prefix}\n" in out  # the kernel runs this interpreter's environment
+    return out
+
+
+def findings_line(manifest: Path) -> tuple[int, str]:
+    """(figures the findings section draws, the summary line it prints), from the manifest itself."""
+    findings = open_manifest(manifest).findings()
+    if findings.height == 0:
+        return 0, "OK     validation findings: none recorded"
+    serious = findings.filter(findings["severity"] != "info").height
+    return 1, f"{'CHECK' if serious else 'OK   '}  validation findings: "
+
+
+@pytest.mark.parametrize("which", ["two", "parquet"])
+def test_two_versions(manifests, tmp_path, which):
+    """The SQLite manifest and its Parquet snapshots give the same review."""
+    plots, findings = findings_line(manifests[which])
+    out = check_run(execute(manifests[which], tmp_path / "review.ipynb"), PLOTS + 2 + plots)
+    for line in ("CHECK  persons: none disappeared: 1 disappeared since", "CHECK  no empty files: 1 empty",
+                 "CHECK  no duplicate contents: 1 duplicated", "CHECK  no unparseable paths: 1 current",
+                 "CHECK  no scan errors: 1 recorded", "CHECK  removed + replaced <= 5%",
+                 "OK     waveform sessions: plausible", findings):
+        assert line in out
+    assert "⚠ LARGE CHANGE" in out
+    assert "history of " in out
+
+
+def test_single_version(manifests, tmp_path):
+    label = open_manifest(manifests["single"]).latest()
+    # as `papermill -p version 20261127034021` passes it: a number
+    out = check_run(execute(manifests["single"], tmp_path / "single.ipynb", version=int(label)), PLOTS)
+    assert f"reviewing  {label}:" in out
+    assert "is the first version: nothing to compare with" in out
+    assert "SKIP   persons: none disappeared" in out
+    assert "SKIP   removed + replaced <= 5%" in out
+    assert "OK     no empty files" in out
+    assert "all checks passed" in out
+
+
+def test_notebook_is_the_twin_of_the_script():
+    script, notebook = jupytext.read(SCRIPT), jupytext.read(NOTEBOOK)
+
+    def cells(nb):
+        return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+    assert cells(script) == cells(notebook), "run `jupytext --sync notebooks/review.py` (or --to ipynb)"
+    params = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and params[0].source.startswith('manifest = "chorus_manifest.sqlite"')
+    assert notebook.metadata["kernelspec"]["name"] == "python3"
+
+    stored = nbformat.read(NOTEBOOK, as_version=4)  # committed without outputs
+    for cell in stored.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None

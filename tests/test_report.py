@@ -1,0 +1,264 @@
+"""The HTML data-quality report, built from real manifests and checked in headless Chromium.
+
+Chromium opens a small test-only page that loads the report in a same-origin iframe
+(`--allow-file-access-from-files`) and writes what it finds into its own DOM: the section
+elements and their heights, every <img> (complete, naturalWidth), the page's horizontal
+overflow and text. `--dump-dom` prints that DOM once the iframe (and so its images) loaded.
+
+Run as a script to redraw the README's screenshot:  python tests/test_report.py docs/report.png
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import run_site, write
+
+from chorus_batch.errors import UsageError
+from chorus_batch.htmlreport import SECTION_IDS, ReportInfo, size_flags, write_report
+from chorus_batch.review import open_manifest
+from chorus_batch.testdata import Spec, write_snapshot
+
+ODD_PATH = "junk/<b>x&y \"q\" 'z'.txt"  # an unparseable path that must come out as text
+EMPTY_PATH = "000001/Waveforms/000001_20200101_000100_3600_0009.dat"
+COPY_PATH = "000002/Images/ST0000/SE00/copy.dcm"
+
+
+def chromium_binary() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("Chromium is not installed: apt-get install chromium (CI installs it: see .ci/run)")
+
+
+def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory(prefix="chorus-chromium-") as profile:
+        command = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="report" src="%(src)s" style="width:1280px;height:3000px;border:0"></iframe>
+<pre id="probe-result">pending</pre>
+<script>
+const ids = %(ids)s;
+document.getElementById('report').addEventListener('load', () => {
+  let out;
+  try {
+    const d = document.getElementById('report').contentDocument;
+    out = {
+      sections: Object.fromEntries(ids.map(id => {
+        const e = d.getElementById(id); return [id, e ? e.getBoundingClientRect().height : -1]; })),
+      images: [...d.images].map(i => ({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight, alt: i.alt})),
+      scrollWidth: d.documentElement.scrollWidth, clientWidth: d.documentElement.clientWidth,
+      boldInTables: d.querySelectorAll('td b, td script').length,
+      scriptsRun: d.querySelectorAll('[data-injected]').length,
+      text: d.body.innerText,
+    };
+  } catch (e) { out = {error: String(e)}; }
+  document.getElementById('probe-result').textContent = JSON.stringify(out);
+});
+</script></body></html>
+"""
+
+
+def probe(report: Path) -> dict:
+    """Load the report in Chromium and return what the probe page saw."""
+    page = report.with_name(f"probe-{report.stem}.html")
+    page.write_text(_PROBE % {"src": report.name, "ids": json.dumps(list(SECTION_IDS))}, encoding="utf-8")
+    dom = chromium("--allow-file-access-from-files", "--window-size=1280,3200", "--virtual-time-budget=10000",
+                   "--dump-dom", page.as_uri()).stdout
+    found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    assert "error" not in result, result
+    return result
+
+
+def assert_renders(report: Path, info: ReportInfo) -> dict:
+    """Every section present and visible, every image decoded, no sideways scrolling."""
+    seen = probe(report)
+    assert {k: v > 0 for k, v in seen["sections"].items()} == dict.fromkeys(SECTION_IDS, True), seen["sections"]
+    assert len(seen["images"]) == info.images
+    broken = [i["alt"] for i in seen["images"] if not (i["complete"] and i["width"] > 0 and i["height"] > 0)]
+    assert broken == []
+    assert seen["scrollWidth"] <= seen["clientWidth"], "the page scrolls sideways"
+    return seen
+
+
+def assert_static(text: str) -> None:
+    """Self-contained: nothing is fetched from anywhere."""
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:|//|file:)""", text, re.IGNORECASE)
+    assert not re.search(r"url\(|@import|<script|<link", text, re.IGNORECASE)
+    assert "default-src 'none'" in text  # and the browser is told so
+
+
+def assert_findings_shown(findings, text: str) -> None:
+    """Each (severity, rule) group of the version's validation findings has its row; or the section says none."""
+    if findings.height == 0:
+        assert "No findings" in text
+    for severity, rule in findings.select("severity", "rule").unique().iter_rows():
+        assert re.search(rf"{re.escape(severity)}\s+{re.escape(rule)}\s+\d", text), (severity, rule)
+
+
+def build_site(root: Path, spec: Spec, db: Path, parquet: Path | None = None, **run_options) -> Path:
+    """Two versions from the project's test data: `first`, then `second` plus an empty file,
+    a duplicate, a large outlier and an unparseable path with HTML characters in it."""
+    site = root / "site"
+    extra = {"parquet": str(parquet), **run_options} if parquet else run_options
+    write_snapshot(site, spec)
+    run_site(site, db, **extra)
+    shutil.rmtree(site)
+    write_snapshot(site, spec, second=True)
+    write(site, EMPTY_PATH, b"")
+    write(site, COPY_PATH, (site / "OMOP" / "person.csv").read_bytes())
+    write(site, ODD_PATH, b"?")
+    write(site, "000003/Waveforms/000003_20200101_000300_3600_0008.dat", b"w" * (spec.size * 5000))
+    run_site(site, db, **extra)
+    return site
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("report")
+    db, parquet = root / "manifest.sqlite", root / "snapshots"
+    build_site(root, Spec(persons=8, files_per_person=12, size=256, seed=3), db, parquet)
+    return db, parquet
+
+
+def test_report_in_chromium(two_versions, tmp_path):
+    db, _parquet = two_versions
+    out = tmp_path / "report.html"
+    out.write_text("old")
+    os.chmod(out, 0o644)
+    info = write_report(db, out)
+
+    assert info.path == out and info.sections == SECTION_IDS and info.images >= 5
+    assert info.version == open_manifest(db).versions()["label"][-1]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # replaced by a private file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]  # no temp file left
+    text = out.read_text(encoding="utf-8")
+    assert_static(text)
+    assert html.escape(ODD_PATH, quote=True) in text and ODD_PATH not in text
+    assert any("empty file" in f for f in info.flags) and any("more than one path" in f for f in info.flags)
+
+    seen = assert_renders(out, info)
+    assert seen["boldInTables"] == 0 and ODD_PATH in seen["text"]  # the path is text, not markup
+    for words in (EMPTY_PATH, COPY_PATH, "outlying size", "removed or replaced", "persons with sessions", "unparseable"):
+        assert words.lower() in seen["text"].lower(), words
+    assert_findings_shown(open_manifest(db).findings(info.version), seen["text"])
+
+    shot = tmp_path / "report.png"
+    chromium(f"--screenshot={shot}", "--window-size=1280,4000", out.as_uri())
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1280, 4000)
+        colours = image.convert("RGB").resize((320, 1000)).getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 200, "the screenshot looks blank"
+
+
+def test_report_from_parquet_snapshots(two_versions, tmp_path):
+    db, parquet = two_versions
+    info = write_report(parquet, tmp_path / "report.html")
+    assert info.version == open_manifest(db).versions()["label"][-1]
+    text = info.path.read_text(encoding="utf-8")
+    assert_static(text)
+    seen = assert_renders(info.path, info)
+    assert COPY_PATH in seen["text"] and "removed or replaced" in seen["text"]
+
+
+def test_earlier_version_from_an_open_reader(two_versions, tmp_path):
+    db, _parquet = two_versions
+    reader = open_manifest(db)
+    first = reader.versions()["label"][0]
+    info = write_report(reader, tmp_path / "first.html", version=first)
+    assert info.version == first
+    text = info.path.read_text(encoding="utf-8")
+    assert "(1 of 2 versions)" in text and "This is the first version" in text
+    assert html.escape(ODD_PATH) not in text  # as it was then
+
+
+def test_one_version_without_waveforms_or_images(tmp_path):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    run_site(site, db)
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text(encoding="utf-8")
+    for words in ("This is the first version", "No waveform sessions", "No person folders",
+                  "No content is stored at more than one path", "No scan errors"):
+        assert words in text, words
+    assert_static(text)
+    seen = assert_renders(info.path, info)
+    assert_findings_shown(open_manifest(db).findings(info.version), seen["text"])
+
+
+def test_empty_version(tmp_path):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/000001_20200101_101010_60.dat", b"wave")
+    run_site(site, db)
+    shutil.rmtree(site)
+    site.mkdir()
+    run_site(site, db)
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text(encoding="utf-8")
+    assert "No files in this version" in text and "100.0%" in text
+    assert any("removed or replaced 100.0%" in f for f in info.flags)
+    assert_renders(info.path, info)
+
+
+def test_bad_output_path(two_versions, tmp_path):
+    db, _parquet = two_versions
+    for out in (tmp_path, tmp_path / "missing" / "r.html"):
+        with pytest.raises(UsageError):
+            write_report(db, out)
+
+
+def test_size_flags_rule():
+    import polars as pl
+
+    sizes = [1000 + i for i in range(30)] + [0, 1200, 50_000_000, 3]
+    files = pl.DataFrame({"srcfile": [f"p/{i}" for i in range(len(sizes))], "modality": ["Waveforms"] * len(sizes),
+                          "person_id": ["p"] * len(sizes), "size": sizes})
+    stats, flagged = size_flags(files)
+    assert dict(zip(flagged["size"], flagged["flag"])) == {0: "empty", 50_000_000: "large", 3: "small"}
+    assert stats.row(0, named=True)["outliers"] == 2 and stats.row(0, named=True)["empty"] == 1
+    few = files.head(5).vstack(files.filter(pl.col("size") == 50_000_000))  # too few files to judge
+    assert size_flags(few)[1].height == 0
+
+
+def main(target: str) -> None:
+    """The README's screenshot: the top of a report of a few hundred files."""
+    with tempfile.TemporaryDirectory(prefix="chorus-report-") as tmp:
+        root = Path(tmp)
+        db = root / "manifest.sqlite"
+        spec = Spec(persons=30, files_per_person=12, size=4096, seed=7, change_fraction=0.12)
+        site = build_site(root, spec, db, site_name="demo-site")
+        # a third delivery: six more persons, one file of the second delivery withdrawn
+        write_snapshot(site, Spec(**{**spec.__dict__, "persons": 36}), second=True)
+        (site / COPY_PATH).unlink()
+        run_site(site, db, site_name="demo-site")
+        report = write_report(db, root / "report.html")
+        chromium(f"--screenshot={Path(target).resolve()}", "--window-size=1280,1600", report.path.as_uri())
+    print(f"wrote {target} from a report of {report.version} ({report.images} plots)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/report.png")

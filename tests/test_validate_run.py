@@ -1,0 +1,192 @@
+"""`validate` inside `run` and on its own: findings stored per version, headers read
+only for new contents, cached facts reused, unreadable files retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import chorus_batch.validate as validate_module
+from chorus_batch.review import open_manifest
+from conftest import cli, query, run_site
+from sitegen import build_clean_site, person_ids, sessions_of, write
+
+
+@pytest.fixture
+def clean(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    build_clean_site(root, persons=3)
+    return root
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The files whose headers validate reads, in order."""
+    seen: list[str] = []
+    original = validate_module.read_facts
+
+    def counting(source, srcfile, kind):
+        seen.append(srcfile)
+        return original(source, srcfile, kind)
+
+    monkeypatch.setattr(validate_module, "read_facts", counting)
+    return seen
+
+
+def severities(findings: pl.DataFrame) -> set[str]:
+    return set(findings["severity"])
+
+
+def test_run_validates_the_new_version_and_stores_its_findings(clean, db, reads):
+    result = run_site(clean, db)
+    assert result.findings is not None and "error" not in severities(result.findings)
+    assert int(result.exit_code) == 0
+    assert reads, "the first run reads the headers"
+    stored = open_manifest(db).findings(result.label)
+    assert stored.equals(result.findings.sort("srcfile", "rule", "message"))
+    assert query(db, "SELECT version, n_error, headers_read FROM validations") == [(result.label, 0, len(reads))]
+
+
+def test_a_no_change_run_reads_no_header_and_reports_the_stored_findings(clean, db, reads):
+    first = run_site(clean, db)
+    reads.clear()
+    again = run_site(clean, db)
+    assert again.label is None and reads == []
+    assert again.findings.equals(first.findings)
+
+
+def test_a_changed_header_is_the_only_one_read_and_its_finding_appears(clean, db, reads):
+    run_site(clean, db)
+    person = person_ids(3)[0]
+    session = sessions_of(person, 0)["single"]
+    header = f"{person}/Waveforms/{session}/{session}.hea"
+    write(clean, header, b"\x00\x01garbage")
+    reads.clear()
+    result = run_site(clean, db)
+    assert reads == [header]
+    errors = result.findings.filter(pl.col("severity") == "error")
+    assert ("wfdb.bad_header", header) in set(zip(errors["rule"], errors["srcfile"]))
+    assert int(result.exit_code) == 1
+    # The previous version's findings are kept as they were.
+    assert "error" not in severities(open_manifest(db).findings(query(db, "SELECT min(label) FROM versions")[0][0]))
+
+
+def test_renamed_files_reuse_the_facts_of_their_content(clean, db, reads):
+    run_site(clean, db)
+    person = person_ids(3)[2]
+    dicoms = sorted(p for p in clean.joinpath(person, "Images").rglob("*.dcm"))
+    dicoms[0].rename(dicoms[0].with_name("renamed.dcm"))
+    reads.clear()
+    result = run_site(clean, db)
+    assert result.counts["renamed"] == 1 and reads == []
+
+
+def test_no_validate_skips_the_checks_and_validate_does_them_later(clean, db):
+    result = run_site(clean, db, validate_site=False)
+    assert result.findings is None
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]
+    out = cli("validate", "--site", str(clean), "--db", str(db), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["version"] == result.label and report["by_severity"]["error"] == 0
+    assert query(db, "SELECT version FROM validations") == [(result.label,)]
+
+
+def test_validate_cli_exit_code_and_cache(clean, db):
+    (clean / "OMOP" / "person.csv").unlink()
+    run_site(clean, db, validate_site=False)
+    first = cli("validate", "--site", str(clean), "--db", str(db))
+    assert first.returncode == 1, first.stderr
+    assert "omop.missing_table" in first.stdout
+    # Checked already: the stored findings, even without the site.
+    again = cli("validate", "--db", str(db), "--json")
+    assert again.returncode == 1
+    assert any(f["rule"] == "omop.missing_table" for f in json.loads(again.stdout)["findings"])
+
+
+def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db, reads):
+    run_site(clean, db, validate_site=False)
+    person = person_ids(3)[1]
+    session = sessions_of(person, 1)["single"]
+    header = clean / person / "Waveforms" / session / f"{session}.hea"
+    content = header.read_bytes()
+    header.unlink()  # gone between the run and the check
+    out = cli("validate", "--site", str(clean), "--db", str(db), "--json")
+    found = json.loads(out.stdout)["findings"]
+    assert any(f["srcfile"].endswith(f"{session}.hea") and "cannot read" in f["message"] for f in found), found
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]  # not marked as checked
+    header.write_bytes(content)
+    reads.clear()
+    result = run_site(clean, db)  # no change to commit, but the version is checked again
+    assert result.label is None
+    assert [Path(r).name for r in reads] == [header.name]
+    assert not any("cannot read" in m for m in result.findings["message"])
+    assert query(db, "SELECT count(*) FROM validations") == [(1,)]
+
+
+def test_validate_without_a_site_uses_cached_facts_or_says_what_is_missing(clean, db, tmp_path):
+    run_site(clean, db, validate_site=False)
+    out = cli("validate", "--db", str(db), "--json")
+    assert out.returncode == 1
+    messages = {f["message"] for f in json.loads(out.stdout)["findings"]}
+    assert any("pass --site" in m for m in messages)
+
+
+def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
+    run_site(clean, db, validate_site=False)
+    con = sqlite3.connect(db)
+    with con:
+        for table in ("file_facts", "findings", "validations"):
+            con.execute(f"DROP TABLE {table}")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    assert open_manifest(db).findings().height == 0  # readable before the upgrade
+    write(clean, "OMOP/extra_notes.txt", "not a table\n")
+    result = run_site(clean, db)
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert "omop.unexpected_file" in set(result.findings["rule"])
+
+
+def test_findings_are_in_the_summary_and_the_parquet_snapshot(clean, db, tmp_path):
+    write(clean, "stray.txt", "left behind\n")
+    out = cli("run", "--site", str(clean), "--db", str(db), "--json", "--parquet", str(tmp_path / "snap"))
+    summary = json.loads(out.stdout)
+    assert summary["findings"]["by_severity"]["warning"] >= 1
+    assert "warning:layout.root_file" in summary["findings"]["by_rule"]
+    snap = open_manifest(tmp_path / "snap")
+    assert "layout.root_file" in set(snap.findings()["rule"])
+    text = cli("run", "--site", str(clean), "--db", str(db))
+    assert "validation: 0 errors" in text.stdout
+
+
+def test_the_readme_lists_every_rule_with_its_severity():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for rule in validate_module.RULES:
+        assert f"| `{rule.id}` | {rule.severity} |" in readme, rule.id
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_a_run_killed_while_storing_findings_keeps_its_version_and_the_next_run_checks_it(clean, db):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chorus_batch", "run", "--site", str(clean), "--db", str(db)],
+        env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "validate"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "test pause at validate" not in (proc.stderr.readline() or "x"):
+        pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]  # the version itself was committed
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]
+    assert query(db, "SELECT count(*) FROM findings") == [(0,)]  # nothing half-written
+    again = run_site(clean, db)
+    assert again.label is None and again.findings is not None and "error" not in set(again.findings["severity"])
+    assert query(db, "SELECT count(*) FROM validations") == [(1,)]
