@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from chorus_batch.testdata import Spec, snapshot, sync_tree, write_snapshot
+from chorus_batch.testdata import SITE_FILES, Spec, snapshot, sync_tree, write_snapshot
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BENCH_DIR = Path(__file__).resolve().parent
@@ -50,7 +50,6 @@ BUILD_WORKERS = 2  # processes writing the trees
 MD5_PROCS = 2  # xargs -P for the hashing baseline
 SETTLE_S = 3.0  # files must be older than the tool's racy window (2 s) to count as clean
 MUTATE_FRACTION = 0.05
-SITE_FILES = 6  # OMOP/*.csv and Metadata/site_description.json, written with every snapshot
 BLOCK = 4096
 
 

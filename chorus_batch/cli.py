@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("out")
     td.add_argument("--persons", type=int, default=20)
     td.add_argument("--files-per-person", type=int, default=12)
-    td.add_argument("--size", type=int, default=1024, help="bytes per file")
+    td.add_argument("--size", type=int, default=1024, help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this)")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
     td.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -287,6 +287,7 @@ def _omop_rows(spec: Spec, table: str, second: bool) -> Iterator[tuple]:
             yield i + 1, pid, 4275495, _day(0), 32817, first_visit
 
 
+@functools.lru_cache(maxsize=4096)
 def _day(days: int) -> str:
     return f"{_EPOCH + timedelta(days=days):%Y-%m-%d}"
 

@@ -61,7 +61,7 @@ def history(tmp_path_factory) -> dict:
     make_testdata(base / "data", SPEC)
     site, db, snaps = base / "site", base / "m.sqlite", base / "snap"
     shutil.copytree(base / "data" / "first", site)
-    trees, labels, times = [], [], []
+    trees, labels = [], []
     for step in range(3):
         if step == 1:
             shutil.rmtree(site)
@@ -76,9 +76,8 @@ def history(tmp_path_factory) -> dict:
         assert result.label == f"v{step + 1}"
         trees.append(tree_md5(site))
         labels.append(result.label)
-        times.append(datetime.now(timezone.utc))
         time.sleep(1.1)  # versions are timed to the second
-    return {"db": db, "snaps": snaps, "trees": trees, "labels": labels, "times": times, "site": site}
+    return {"db": db, "snaps": snaps, "trees": trees, "labels": labels, "site": site}
 
 
 @pytest.fixture(params=["sqlite", "parquet"])
@@ -99,7 +98,10 @@ def test_files_as_of_each_version_equals_that_tree(reader, history):
 
 def test_files_as_of_a_time_picks_the_version_committed_then(history):
     reader = open_manifest(history["db"])
-    between = history["times"][0] + timedelta(milliseconds=500)
+    # Half a second after the first version's recorded commit time (whole seconds), and before
+    # the second's (the fixture waits more than a second between runs).
+    committed = reader.versions()["finished_at"][0]
+    between = datetime.fromisoformat(committed.replace("Z", "+00:00")) + timedelta(milliseconds=500)
     assert as_dict(reader.files(between.isoformat())) == history["trees"][0]
     assert as_dict(reader.files(between)) == history["trees"][0]
     with pytest.raises(UsageError, match="no version was committed"):

@@ -190,3 +190,17 @@ def test_a_run_killed_while_storing_findings_keeps_its_version_and_the_next_run_
     again = run_site(clean, db)
     assert again.label is None and again.findings is not None and "error" not in set(again.findings["severity"])
     assert query(db, "SELECT count(*) FROM validations") == [(1,)]
+
+
+def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch):
+    from chorus_batch.sources import LocalSource
+    from sitegen import scan_current
+
+    needed = validate_module.facts_needed(scan_current(clean))
+    source = LocalSource(clean, workers=2)
+    in_process = validate_module.extract_facts(source, needed, workers=1)
+    monkeypatch.setattr(validate_module, "_PROCESS_MIN_JOBS", 1)  # the process path, on a small site
+    monkeypatch.setattr(validate_module, "_CHUNK_JOBS", 3)
+    in_workers = validate_module.extract_facts(source, needed, workers=2)
+    assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
+    assert set(in_workers["kind"]) >= {"wfdb_header", "dicom", "records", "omop_person"}
