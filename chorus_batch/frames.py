@@ -49,6 +49,7 @@ STATE_SCHEMA = {
 
 # One finding of `validate`: severity error | warning | info, the rule's id, where, and what to fix.
 FINDINGS_SCHEMA = {"severity": pl.String, "rule": pl.String, "srcfile": pl.String, "message": pl.String}
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}  # most serious first, wherever findings are listed
 
 
 def empty_errors() -> pl.DataFrame:

@@ -34,6 +34,7 @@ import polars as pl
 
 from . import __version__
 from .errors import UsageError
+from .frames import SEVERITY_ORDER
 from .review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                      open_manifest, size_flags)
 from .store import create_private, iso
@@ -49,7 +50,6 @@ DELETED_SHARE_FLAG = 0.05  # removed + replaced over the previous version's file
 PLOT_VERSIONS = 60  # versions drawn in the change plot (the latest ones)
 
 _KIND_COLORS = {"added": "#2f9e44", "removed": "#e03131", "replaced": "#f08c00", "renamed": "#1c7ed6"}
-_SEVERITY_ORDER = {"error": 0, "critical": 0, "warning": 1, "warn": 1, "info": 2}
 _DPI = 100
 
 
@@ -677,7 +677,7 @@ class _Report:
                    .group_by("severity", "rule").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
                                                      msg=pl.col("message").head(EXAMPLES))
                    .with_columns(_rank=pl.col("severity").str.to_lowercase()
-                                 .replace_strict(_SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
+                                 .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
                    .sort(["_rank", "n", "rule"], descending=[False, True, False]))
         by_severity = grouped.group_by("severity", "_rank").agg(pl.col("n").sum()).sort("_rank", "severity")
         parts = [_note("Findings: " + ", ".join(f"{n:,} {s}" for s, _r, n in by_severity.iter_rows()) + ".")]

@@ -6,6 +6,7 @@ from typing import Any
 
 import polars as pl
 
+from .frames import SEVERITY_ORDER
 from .pipeline import RunResult
 
 _KINDS = ("added", "removed", "replaced", "renamed", "unchanged")
@@ -67,11 +68,8 @@ def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
         "total": findings.height,
         "by_severity": by_severity,
         "by_rule": {f"{sev}:{rule}": n for sev, rule, n in by_rule.iter_rows()},
-        "examples": findings.sort(pl.col("severity").replace_strict(_SEVERITY_ORDER, default=9)).head(20).to_dicts(),
+        "examples": findings.sort(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9)).head(20).to_dicts(),
     }
-
-
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 
 def findings_text(findings: pl.DataFrame | None, *, examples: int = 10) -> list[str]:

@@ -28,7 +28,8 @@ from typing import Any
 
 import polars as pl
 
-FINDINGS_SCHEMA = {"severity": pl.String, "rule": pl.String, "srcfile": pl.String, "message": pl.String}
+from .frames import FINDINGS_SCHEMA
+
 FACTS_SCHEMA = {"kind": pl.String, "md5": pl.String, "facts": pl.String}  # facts = JSON text
 
 
