@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, UsageError
 
@@ -28,12 +30,9 @@ def demo_site() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "demo_site"
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-class _RulesHelpParser(argparse.ArgumentParser):
-    """`validate --help` lists the rules; the rules module is imported only then."""
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser. `validate --help` lists the rules: the rules module (and polars)
+    is imported only when that help is shown, so other help stays instant."""
 
     def format_help(self) -> str:
         if self.epilog and "{rules}" in self.epilog:
@@ -45,12 +44,22 @@ class _RulesHelpParser(argparse.ArgumentParser):
         return super().format_help()
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chorus-batch",
         description="Track a CHoRUS site's data tree: list, classify, hash, diff and version it in a SQLite manifest.",
         epilog="example:\n  chorus-batch run --site /data/site --db site_manifest.sqlite\n\n" + EXIT_CODES_HELP,
-        formatter_class=_Formatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output (stage timings)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the result")
@@ -58,12 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more log output")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # type: ignore[method-assign]
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser(
-        "run", formatter_class=_Formatter,
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    run = command(
+        "run",
         help="scan the site and commit a new version if anything changed",
         description="Scan the site, hash new or changed files, compare with the previous version and commit "
                     "the changes as a new version. With no arguments and no chorus.toml here, runs on the demo site.",
@@ -80,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                      "append: only add/replace, remove only paths in --delete-list")
     run.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
     run.add_argument("--parquet", metavar="DIR", help="also write DIR/version=<label>/{manifest,changes}.parquet")
-    run.add_argument("--workers", type=int, help="hashing threads and listing processes (default: CPU count)")
+    run.add_argument("--workers", type=_positive_int, help="hashing and listing processes (default: CPU count, at most 16)")
     run.add_argument("--rehash", action="store_true", help="hash every file, not only new or changed ones")
     run.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -89,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
-    td = sub.add_parser(
-        "testdata", formatter_class=_Formatter, help="write a synthetic site: OUT/first and OUT/second",
+    td = command(
+        "testdata", help="write a synthetic site: OUT/first and OUT/second",
         description="Write two deterministic snapshots of a synthetic site covering every layout; the second keeps, "
                     "modifies, renames, deletes and adds files relative to the first.",
         epilog="example:\n  chorus-batch testdata /tmp/site --persons 50 --files-per-person 20 --seed 7\n"
@@ -102,17 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--size", type=int, default=1024, help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this)")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
-    td.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    td.add_argument("--workers", type=_positive_int, help="processes writing files (default: CPU count, at most 16)")
 
-    versions = sub.add_parser(
-        "versions", formatter_class=_Formatter, help="list the versions in a manifest",
+    versions = command(
+        "versions", help="list the versions in a manifest",
         epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json",
     )
     versions.add_argument("--db")
     versions.add_argument("--json", action="store_true")
 
-    changes = sub.add_parser(
-        "changes", formatter_class=_Formatter, help="show the change set of a version (default: the latest)",
+    changes = command(
+        "changes", help="show the change set of a version (default: the latest)",
         epilog="example:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv",
     )
     changes.add_argument("--db")
@@ -121,24 +131,35 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
 
-    sub._parser_class = _RulesHelpParser  # type: ignore[attr-defined]
-    validate = sub.add_parser(
-        "validate", formatter_class=_Formatter, help="check the latest version against the CHoRUS procedures",
-        description="Check the site's latest version against the CHoRUS procedures: layout, OMOP tables, persons vs "
-                    "person.csv, sessions vs waveform_visit_links.csv, WFDB headers, DICOM headers, empty and duplicate "
-                    "files. Findings are stored per version (table `findings`); headers are read only for files whose "
-                    "content is new since they were last read. `run` does this after each commit unless --no-validate.",
-        epilog="examples:\n  chorus-batch validate --site /data/site --db site_manifest.sqlite\n"
+    validate = command(
+        "validate", help="check a site (or the manifest's latest version) against the CHoRUS procedures",
+        description="Check a site against the CHoRUS procedures: layout, OMOP tables, persons vs person.csv, sessions "
+                    "vs waveform_visit_links.csv, WFDB headers, DICOM headers, empty and duplicate files.\n\n"
+                    "With a manifest: its latest version is checked, reading files from the roots the manifest "
+                    "records (or --site); findings are stored per version and headers are read only for contents new "
+                    "since they were last read. `run` does this after each commit unless --no-validate.\n"
+                    "With --site and no manifest (and no --db): the folder is checked in a temporary manifest that is "
+                    "removed afterwards; nothing is left behind. With --db NEW: the manifest is created.",
+        epilog="examples:\n  chorus-batch validate --site /data/new_submission          # a folder, before any run\n"
+               "  chorus-batch validate --db site_manifest.sqlite             # the latest version, from its roots\n"
                "  chorus-batch validate --json | jq '.findings[] | select(.severity == \"error\")'\n\n"
                "rules:\n" + "{rules}" + "\n\n" + EXIT_CODES_HELP,
     )
-    sub._parser_class = argparse.ArgumentParser  # type: ignore[attr-defined]
     validate.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
-    validate.add_argument("--site", help="site root folder whose headers are read (default: from the config; needed when files are new since the last check)")
-    validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
-    validate.add_argument("--workers", type=int, help="threads reading headers (default: CPU count)")
+    validate.add_argument("--site", help="site root folder (default: from the config, else the roots the manifest records)")
+    validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB} if it exists)")
+    validate.add_argument("--workers", type=_positive_int, help="processes reading headers (default: CPU count, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
     validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
+
+    upgrade = command(
+        "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
+        description="Migrate the manifest in place, one numbered step at a time, each one transaction: every version, "
+                    "file row, record and finding is kept. `run` and `validate` do this too; read-only commands ask "
+                    "for it.",
+        epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite",
+    )
+    upgrade.add_argument("--db", help=f"manifest file (default: from chorus.toml, else ./{DEFAULT_DB})")
 
     def output_flags(command: argparse.ArgumentParser) -> None:
         command.add_argument("--db", help="manifest file, or a --parquet snapshot folder (default: from chorus.toml, else ./" + DEFAULT_DB + ")")
@@ -146,8 +167,8 @@ def _parser() -> argparse.ArgumentParser:
         fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
         fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
 
-    files = sub.add_parser(
-        "files", formatter_class=_Formatter, help="the file set as it was at a version or time (default: now)",
+    files = command(
+        "files", help="the file set as it was at a version or time (default: now)",
         description="List the files of a version: every file that was current then, with its MD5, size and parsed fields. "
                     "AS_OF is a version label or an ISO date-time (the latest version committed at or before it).",
         epilog="examples:\n  chorus-batch files --as-of 20261101020000 --modality Waveforms --csv > waveforms.csv\n"
@@ -158,8 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     files.add_argument("--person", help="only this person id")
     output_flags(files)
 
-    diff = sub.add_parser(
-        "diff", formatter_class=_Formatter, help="what changed between any two versions",
+    diff = command(
+        "diff", help="what changed between any two versions",
         description="Added, removed, replaced and renamed files between two versions (not only neighbours). "
                     "Either side is a version label or an ISO date-time.",
         epilog="example:\n  chorus-batch diff --from 20261001020000 --to 20261101020000 --csv > oct_to_nov.csv",
@@ -168,8 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--to", dest="to_version", metavar="LABEL|ISO-TIME", help="default: the latest version")
     output_flags(diff)
 
-    history = sub.add_parser(
-        "history", formatter_class=_Formatter, help="every version of one file",
+    history = command(
+        "history", help="every version of one file",
         description="Every recorded version of one file, oldest first: when it was valid, its MD5 and size, how it "
                     "began (added, replaced, renamed from) and ended (removed, replaced, renamed to).",
         epilog="example:\n  chorus-batch history 000123/Waveforms/000123_20240101_080000/000123_20240101_080000.hea",
@@ -177,8 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("path", help="site-relative path, as stored in the manifest (POSIX '/')")
     output_flags(history)
 
-    report = sub.add_parser(
-        "report", formatter_class=_Formatter, help="write a self-contained HTML data-quality report of a version",
+    report = command(
+        "report", help="write a self-contained HTML data-quality report of a version",
         description="Counts per modality and change kind, persons, waveform sessions, sizes, duplicates, errors, "
                     "validation findings and what the version deleted or replaced; plots embedded as PNG.",
         epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html",
@@ -192,30 +213,54 @@ def _parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- commands
 
 
-def _settings(args: argparse.Namespace):
-    from .config import CONFIG_NAME, ConfigFile, RunSettings, load_config
+@dataclass
+class _Target:
+    """What a command works on, resolved once from the flags, chorus.toml and the defaults."""
 
-    config_path = args.config or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
+    config: Any  # config.ConfigFile
+    site: str | None  # --site, else [site] root; None when neither is given
+    db: str
+    db_given: bool  # --db or [manifest] db
+    demo: bool  # nothing configured: `run` uses the demo site and its own manifest
+
+
+def _resolve(args: argparse.Namespace) -> _Target:
+    """The one place that decides the manifest, the site and the demo defaults for every command."""
+    from .config import CONFIG_NAME, ConfigFile, load_config
+
+    config_arg = getattr(args, "config", None)
+    config_path = config_arg or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
     config = load_config(config_path) if config_path else ConfigFile()
-    site = args.site or config.site.root
+    site = getattr(args, "site", None) or config.site.root
     demo = site is None and not config.site.roots
-    if demo:
-        site = str(demo_site())
-    elif site is None:
+    db_given = bool(args.db or config.manifest.db)
+    if db_given:
+        db = args.db or config.manifest.db
+    elif args.command == "run" and demo:
+        db = DEMO_DB
+    else:  # read the site's manifest here, else the demo's (the demo run writes that one)
+        db = DEFAULT_DB if Path(DEFAULT_DB).exists() or not Path(DEMO_DB).exists() else DEMO_DB
+    return _Target(config=config, site=site, db=db, db_given=db_given, demo=demo)
+
+
+def _run_settings(args: argparse.Namespace, target: _Target):
+    """RunSettings from the command line over chorus.toml (flags a command lacks count as not given)."""
+    from .config import RunSettings
+
+    config = target.config
+    site = target.site or (str(demo_site()) if target.demo else None)
+    if site is None:
         raise UsageError("no site root given", where="--site / [site] root", fix="pass --site DIR or set root in chorus.toml")
-    db = args.db or config.manifest.db or (DEMO_DB if demo else DEFAULT_DB)
-    settings = RunSettings(
-        site=site, site_name=config.site.name or ("demo" if demo else None), roots=config.site.roots, db=db,
-        mode=args.mode or config.run.mode, delete_list=args.delete_list,
-        parquet=args.parquet or config.manifest.parquet, workers=args.workers or config.run.workers,
-        rehash=bool(args.rehash), dry_run=bool(args.dry_run),
-        follow_symlinks=config.run.follow_symlinks if args.follow_symlinks is None else args.follow_symlinks,
-        racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=args.version_label,
-        validate_site=config.run.validate_site if args.validate is None else args.validate,
+    flag = lambda name: getattr(args, name, None)  # noqa: E731
+    return RunSettings(
+        site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,
+        db=target.db, mode=flag("mode") or config.run.mode, delete_list=flag("delete_list"),
+        parquet=flag("parquet") or config.manifest.parquet, workers=flag("workers") or config.run.workers,
+        rehash=bool(flag("rehash")), dry_run=bool(flag("dry_run")),
+        follow_symlinks=config.run.follow_symlinks if flag("follow_symlinks") is None else flag("follow_symlinks"),
+        racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=flag("version_label"),
+        validate_site=config.run.validate_site if flag("validate") is None else flag("validate"),
     )
-    if settings.workers < 1:
-        raise UsageError("--workers must be at least 1", where="--workers", fix="pass a positive number")
-    return settings, demo
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -223,7 +268,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from .progress import Progress
     from .report import summary_dict, summary_text
 
-    settings, demo = _settings(args)
+    target = _resolve(args)
+    settings = _run_settings(args, target)
     result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
     if args.json:
         print(json.dumps(summary_dict(result), indent=2))
@@ -231,7 +277,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         print(summary_text(result))
         if args.verbose:
             print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
-        if demo:
+        if target.demo:
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
@@ -239,46 +285,60 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
-    from .pipeline import has_errors, validate_latest
+    from .pipeline import has_errors
+    from .progress import Progress
     from .report import findings_dict, findings_text
+    from .validate_site import validate_folder, validate_manifest
 
-    for name in ("mode", "delete_list", "parquet", "rehash", "dry_run", "version_label", "follow_symlinks", "validate"):
-        setattr(args, name, None)
-    settings, demo = _settings(args)
-    # The demo site stands in only for the demo manifest: another manifest's headers are not there.
-    site_given = not demo or args.db is None
-    label, findings = validate_latest(settings, argv=argv, force=args.force, site_given=site_given)
+    target = _resolve(args)
+    if target.site is not None and not Path(target.db).exists() and not target.db_given:
+        settings = _run_settings(args, target)
+        findings = validate_folder(settings, progress=Progress(quiet=args.quiet))
+        label, where = None, f"{settings.site} (checked in a temporary manifest, now removed)"
+    else:
+        overrides = {None: target.site} if target.site else {}
+        overrides.update(target.config.site.roots if target.site else {})
+        label, findings = validate_manifest(target.db, argv=argv, overrides=overrides,
+                                            workers=args.workers or target.config.run.workers, force=args.force)
+        where = str(Path(target.db).resolve())
     if args.json:
-        print(json.dumps({"version": label, "manifest": str(Path(settings.db).resolve()), **(findings_dict(findings) or {}),
+        print(json.dumps({"version": label, "manifest": where if label else None, **(findings_dict(findings) or {}),
                           "findings": findings.to_dicts()}, indent=2))
     else:
-        print(f"version {label}:")
+        print(f"version {label} of {where}:" if label else f"{where}:")
         print("\n".join(findings_text(findings, examples=50)))
     return int(ExitCode.FINDINGS if has_errors(findings) else ExitCode.OK)
 
 
+def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
+    from .store import Manifest
+
+    target = _resolve(args)
+    manifest = Manifest(target.db)
+    if not manifest.path.exists():
+        raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
+    with manifest.lock(argv):
+        before, after = manifest.ensure_schema()
+    print(f"{manifest.path.resolve()}: schema {before} -> {after}" if before != after
+          else f"{manifest.path.resolve()}: already at schema {after}; nothing to do")
+    return 0
+
+
 def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
+    from .config import default_workers
     from .testdata import Spec, make_testdata
 
     if args.persons < 1 or args.files_per_person < 1 or args.size < 0 or not 0 <= args.change_fraction <= 1:
         raise UsageError("--persons and --files-per-person must be positive, --size >= 0, --change-fraction in [0, 1]",
                          where="testdata arguments", fix="correct the values")
     spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction)
-    first, second = make_testdata(args.out, spec, workers=args.workers)
+    first, second = make_testdata(args.out, spec, workers=args.workers or default_workers())
     print(f"wrote {first} files to {Path(args.out) / 'first'} and {second} files to {Path(args.out) / 'second'}")
     return 0
 
 
 def _db(args: argparse.Namespace) -> str:
-    if args.db:
-        return args.db
-    from .config import CONFIG_NAME, load_config
-
-    if Path(CONFIG_NAME).is_file():
-        db = load_config(CONFIG_NAME).manifest.db
-        if db:
-            return db
-    return DEFAULT_DB if Path(DEFAULT_DB).exists() or not Path(DEMO_DB).exists() else DEMO_DB
+    return _resolve(args).db
 
 
 def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
@@ -359,7 +419,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
-    from .htmlreport import write_report
+    from .report.html import write_report
 
     info = write_report(_db(args), args.out, version=args.version_label)
     print(f"wrote {Path(info.path).resolve()} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)")
@@ -369,7 +429,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
-            "validate": cmd_validate, "files": cmd_files, "diff": cmd_diff, "history": cmd_history, "report": cmd_report}
+            "validate": cmd_validate, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
+            "history": cmd_history, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,12 @@ CONFIG_NAME = "chorus.toml"
 MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
 
 
+def default_workers() -> int:
+    """Hashing threads / listing and header-reading processes: the CPU count, at most 16
+    (past that a shared file system, not the CPU, is the limit)."""
+    return min(os.cpu_count() or 1, 16)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,7 +69,7 @@ class ManifestSection(_Strict):
 
 class RunSection(_Strict):
     mode: Literal["full", "append"] = "full"
-    workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 16), ge=1, le=256)
+    workers: int = Field(default_factory=default_workers, ge=1, le=256)
     follow_symlinks: bool = False
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)
     validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
@@ -94,7 +100,7 @@ class RunSettings(BaseModel):
     mode: Literal["full", "append"] = "full"
     delete_list: str | None = None
     parquet: str | None = None
-    workers: int = 1
+    workers: int = Field(default_factory=default_workers, ge=1, le=256)
     rehash: bool = False
     dry_run: bool = False
     follow_symlinks: bool = False

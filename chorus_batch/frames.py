@@ -1,23 +1,35 @@
-"""The frame schemas passed between pipeline stages.
+"""The frame schemas passed between pipeline stages, and the manifest's column registry.
 
-scan -> LISTING, classify adds CLASSIFIED_COLUMNS, hash adds md5, diff emits a
-CHANGE_SET. Keeping them in one place is what lets a cloud source, a Slurm shard
-or a Parquet snapshot plug into the same stages.
+scan -> LISTING (+ md5: SCANNED), classify adds CLASSIFIED_SCHEMA, diff emits a change set.
+Keeping them in one place is what lets a cloud source, a Slurm shard or a Parquet snapshot
+plug into the same stages.
+
+MANIFEST_TABLES is the one list of the manifest's tables and columns: the DDL of a new
+manifest (store/schema.py), the writer's column lists and the review reader's derive from
+it. A column added here needs a migration in store/schema.py that adds it to older manifests
+(a test compares a migrated manifest with a new one).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 import polars as pl
 
-# One row per file found by a source. srcfile is the site-relative POSIX path.
+# One row per file found by a source. srcfile is the site-relative POSIX path; stored_md5 is
+# the MD5 the storage itself holds (sources with the server_md5 capability), else NULL.
 LISTING_SCHEMA = pa.schema(
     [
         ("srcfile", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
+        ("stored_md5", pa.string()),
     ]
 )
+
+# What a scan saw of each listed file: its root, stat and MD5 (NULL where it could not be hashed).
+SCANNED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "md5": pl.String}
 
 # Problems found while listing, hashing or parsing; one row each.
 ERRORS_SCHEMA = {"srcfile": pl.String, "kind": pl.String, "message": pl.String}
@@ -45,6 +57,7 @@ STATE_SCHEMA = {
     "modality": pl.String,
     "person_id": pl.String,
     "parse_error": pl.String,
+    "root_id": pl.Int64,
 }
 
 # One finding of `validate`: severity error | warning | info, the rule's id, where, and what to fix.
@@ -58,3 +71,90 @@ def empty_errors() -> pl.DataFrame:
 
 def empty_state() -> pl.DataFrame:
     return pl.DataFrame(schema=STATE_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- the manifest's columns
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql: str  # type and constraints, as in CREATE TABLE
+    dtype: pl.DataType | type[pl.DataType]
+
+
+def _columns(*spec: tuple[str, str, object]) -> tuple[Column, ...]:
+    return tuple(Column(name, sql, dtype) for name, sql, dtype in spec)  # type: ignore[arg-type]
+
+
+_S, _I, _F = pl.String, pl.Int64, pl.Float64
+# Table -> columns, in the order of the CREATE TABLE of a new manifest (columns added by a
+# migration come last, where ALTER TABLE puts them in an older manifest).
+MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
+    "meta": _columns(("key", "TEXT PRIMARY KEY", _S), ("value", "TEXT NOT NULL", _S)),
+    "source_files": _columns(
+        ("file_id", "INTEGER PRIMARY KEY", _I), ("record_id", "INTEGER", _I), ("person_id", "TEXT", _S),
+        ("srcfile", "TEXT NOT NULL", _S), ("modality", "TEXT", _S), ("size", "INTEGER NOT NULL", _I),
+        ("mtime_ns", "INTEGER NOT NULL", _I), ("md5", "TEXT NOT NULL", _S), ("session_id", "TEXT", _S),
+        ("start_date", "TEXT", _S), ("start_time", "TEXT", _S), ("duration_s", "REAL", _F), ("segment", "TEXT", _S),
+        ("parse_error", "TEXT", _S), ("time_valid", "TEXT NOT NULL", _S), ("time_invalid", "TEXT", _S),
+        ("version_valid", "TEXT NOT NULL", _S), ("version_invalid", "TEXT", _S),
+        ("root_id", "INTEGER", _I),  # schema 3: the root the file was found under (roots.root_id)
+    ),
+    "registry": _columns(
+        ("record_id", "INTEGER PRIMARY KEY", _I), ("record_key", "TEXT NOT NULL UNIQUE", _S), ("person_id", "TEXT", _S),
+        ("session_id", "TEXT", _S), ("modality", "TEXT", _S), ("date", "TEXT", _S), ("time", "TEXT", _S),
+        ("uploaddir", "TEXT", _S), ("isactive", "INTEGER NOT NULL DEFAULT 1", _I),
+    ),
+    "versions": _columns(
+        ("label", "TEXT PRIMARY KEY", _S), ("started_at", "TEXT NOT NULL", _S), ("finished_at", "TEXT NOT NULL", _S),
+        ("mode", "TEXT NOT NULL", _S), ("site", "TEXT", _S), ("n_added", "INTEGER NOT NULL", _I),
+        ("n_removed", "INTEGER NOT NULL", _I), ("n_replaced", "INTEGER NOT NULL", _I),
+        ("n_renamed", "INTEGER NOT NULL", _I), ("n_unchanged", "INTEGER NOT NULL", _I),
+        ("n_errors", "INTEGER NOT NULL", _I), ("n_files", "INTEGER NOT NULL", _I),
+        ("total_bytes", "INTEGER NOT NULL", _I), ("run_id", "INTEGER", _I),
+    ),
+    "changes": _columns(
+        ("version", "TEXT NOT NULL", _S), ("change", "TEXT NOT NULL", _S), ("srcfile", "TEXT NOT NULL", _S),
+        ("old_srcfile", "TEXT", _S), ("file_id", "INTEGER", _I), ("old_file_id", "INTEGER", _I),
+    ),
+    "scan_errors": _columns(
+        ("version", "TEXT NOT NULL", _S), ("srcfile", "TEXT", _S), ("kind", "TEXT NOT NULL", _S),
+        ("message", "TEXT NOT NULL", _S),
+    ),
+    "runs": _columns(
+        ("run_id", "INTEGER PRIMARY KEY", _I), ("started_at", "TEXT NOT NULL", _S), ("finished_at", "TEXT", _S),
+        ("host", "TEXT", _S), ("user", "TEXT", _S), ("pid", "INTEGER", _I), ("argv", "TEXT", _S), ("mode", "TEXT", _S),
+        ("site", "TEXT", _S), ("version", "TEXT", _S), ("exit_code", "INTEGER", _I), ("n_files", "INTEGER", _I),
+        ("n_hashed", "INTEGER", _I), ("bytes_hashed", "INTEGER", _I), ("n_errors", "INTEGER", _I),
+        ("scan_started_ns", "INTEGER", _I), ("message", "TEXT", _S),
+    ),
+    # What `validate` read from a file's header, by content: a file version's facts never change.
+    "file_facts": _columns(("kind", "TEXT NOT NULL", _S), ("md5", "TEXT NOT NULL", _S), ("facts", "TEXT NOT NULL", _S)),
+    "findings": _columns(
+        ("version", "TEXT NOT NULL", _S), ("severity", "TEXT NOT NULL", _S), ("rule", "TEXT NOT NULL", _S),
+        ("srcfile", "TEXT", _S), ("message", "TEXT NOT NULL", _S),
+    ),
+    "validations": _columns(
+        ("version", "TEXT PRIMARY KEY", _S), ("validated_at", "TEXT NOT NULL", _S), ("n_error", "INTEGER NOT NULL", _I),
+        ("n_warning", "INTEGER NOT NULL", _I), ("n_info", "INTEGER NOT NULL", _I),
+        ("headers_read", "INTEGER NOT NULL", _I),
+    ),
+    # schema 3: the places a site's files were found (a POSIX path or a URL without secrets).
+    "roots": _columns(
+        ("root_id", "INTEGER PRIMARY KEY", _I), ("location", "TEXT NOT NULL", _S), ("modality", "TEXT", _S),
+        ("first_version", "TEXT", _S),
+    ),
+}
+# Table constraints after the columns.
+TABLE_SUFFIX = {"file_facts": ", PRIMARY KEY (kind, md5)) WITHOUT ROWID"}
+
+
+def columns_of(table: str) -> tuple[str, ...]:
+    return tuple(c.name for c in MANIFEST_TABLES[table])
+
+
+def schema_of(table: str, names: tuple[str, ...] | list[str] | None = None) -> dict[str, pl.DataType]:
+    """The polars schema of a manifest table (or of some of its columns, in the order given)."""
+    dtypes = {c.name: c.dtype for c in MANIFEST_TABLES[table]}
+    return {name: dtypes[name] for name in (names or dtypes)}  # type: ignore[misc]

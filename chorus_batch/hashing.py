@@ -1,9 +1,10 @@
 """MD5 of the files that need it; earlier hashes are reused for the rest.
 
-A file is hashed when it is new, its size or mtime_ns changed, it was "racily
+A file needs an MD5 when it is new, its size or mtime_ns changed, it was "racily
 clean" (its mtime fell within a small window of the previous scan's start, so a
 later write in the same clock tick could have gone unseen, as git reasons), or
-`--rehash` is given.
+`--rehash` is given. Such a file is read and hashed unless its source listed an MD5
+the storage holds for it (`stored_md5`, sources with the server_md5 capability).
 
 Local files are hashed by worker processes, each looping over a chunk of files:
 with many small files the per-file Python work holds the GIL, and two threads
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from .sources import HashedChunk, Source, hash_chunk, pool
+from .sources import Source
+from .workers import HashedChunk, hash_chunk, pool
 
 CHUNK_FILES = 512
 CHUNK_BYTES = 64 << 20
@@ -43,7 +45,8 @@ HASHED_SCHEMA = {
 
 
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool) -> pl.DataFrame:
-    """The listing joined to the previous current rows, with `needs_hash`.
+    """The listing joined to the previous current rows, with `needs_md5` (a new MD5 is due) and
+    `needs_read` (due, and the storage holds none: the file must be read and hashed).
 
     Adds prev_file_id, prev_size, prev_mtime_ns, prev_md5, prev_modality (NULL for new paths).
     """
@@ -65,7 +68,9 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         needs = pl.lit(True)
     elif racy_cutoff_ns is not None:
         needs = needs | (pl.col("mtime_ns") >= racy_cutoff_ns)
-    return joined.with_columns(needs_hash=needs)
+    joined = joined.with_columns(needs_md5=needs)
+    # --rehash reads every file, whatever the storage holds
+    return joined.with_columns(needs_read=pl.col("needs_md5") & (pl.col("stored_md5").is_null() | rehash))
 
 
 @dataclass
@@ -123,7 +128,7 @@ def hash_files(
     n = todo.height
     results = _Results(n)
     total = int(todo["size"].sum() or 0) if n else 0
-    local = all(s.hash_in_processes for s in sources)
+    local = all(s.parallel_local for s in sources)
     if workers > 1 and local and (n >= PROCESS_MIN_FILES or total >= PROCESS_MIN_BYTES):
         _in_processes(sources, todo, workers, progress, results)
     elif n:

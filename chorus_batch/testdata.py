@@ -553,7 +553,7 @@ def write_snapshot(root: str | Path, spec: Spec, *, second: bool = False, worker
     if not _parallel(spec, workers):
         n, links = _write_persons(root, spec, list(range(spec.persons)), second)
     else:
-        from .sources import pool
+        from .workers import pool
 
         with pool(workers) as executor:
             chunks = _person_chunks(spec, workers * 4)
@@ -599,7 +599,7 @@ def sync_tree(root: str | Path, spec: Spec, *, workers: int = 1) -> int:
     if not _parallel(spec, workers):
         n, before, after = _sync_persons(root, spec, list(range(spec.persons)))
     else:
-        from .sources import pool
+        from .workers import pool
 
         with pool(workers) as executor:
             chunks = _person_chunks(spec, workers * 4)

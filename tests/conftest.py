@@ -32,6 +32,23 @@ def run_site(site: Path, db: Path, **overrides):
     return run(settings(site, db, **overrides))
 
 
+def scan_and_commit(db: Path, roots: list):
+    """The library's two stages by hand, for a source the tests build themselves: scan the
+    roots (the whole site), commit the result."""
+    from chorus_batch.classify import build_patterns
+    from chorus_batch.commit import commit
+    from chorus_batch.scan import scan
+    from chorus_batch.store import Manifest
+
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    previous = manifest.previous_state()
+    latest = manifest.latest_version()
+    label = latest["label"] if latest else None
+    scanned = scan(roots, previous, based_on=label, workers=2)
+    return commit(manifest, scanned, previous, previous_label=label, patterns=build_patterns(None))
+
+
 def tree_md5(root: Path) -> dict[str, str]:
     """path -> MD5 of every regular file, computed independently of chorus_batch."""
     out = {}

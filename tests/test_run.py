@@ -15,7 +15,7 @@ from chorus_batch.errors import UsageError
 from chorus_batch.sources import LocalSource
 from chorus_batch.testdata import Spec, write_snapshot
 
-from conftest import current_rows, query, run_site, settings, tree_md5, write
+from conftest import current_rows, query, run_site, scan_and_commit, settings, tree_md5, write
 
 WAVE = "000123/Waveforms/000123_20200101_101010_60.dat"
 IMAGE = "000123/Images/ST1/SE1/000123_20200101_101010_CT_SE1_0001.dcm"
@@ -182,9 +182,9 @@ def test_vanished_file_between_listing_and_hashing(site, db):
             (site / "OMOP/gone.csv").unlink()  # really gone before the hash stage
             yield from batches
 
-    from chorus_batch import run
+    from chorus_batch.scan import Root
 
-    result = run(settings(site, db), sources=[(VanishingSource(site), None)])
+    result = scan_and_commit(db, [Root(VanishingSource(site))])
     assert list(current_rows(db)) == ["OMOP/keep.csv"]
     assert result.errors.filter(pl.col("kind") == "vanished")["srcfile"].to_list() == ["OMOP/gone.csv"]
 

@@ -48,10 +48,9 @@ def test_fsspec_source_runs_the_same_pipeline(tmp_path):
 
     fs = fsspec.filesystem("memory")
     fs.pipe({"/site/OMOP/person.csv": b"person_id\n1\n", "/site/000001/Waveforms/000001_20200101_101010_60.dat": b"w"})
-    source = open_source("memory://site")
-    assert isinstance(source, FsspecSource)
+    assert isinstance(open_source("memory://site"), FsspecSource)
     db = tmp_path / "m.sqlite"
-    result = run(settings(tmp_path, db), sources=[(source, None)])
+    result = run(settings("memory://site", db))
     assert result.counts["added"] == 2
     import hashlib
 
@@ -85,7 +84,7 @@ def test_worker_processes_hash_like_one_thread(site):
     for i in range(PROCESS_MIN_FILES + 100):
         write(site, f"OMOP/f{i:05d}.csv", str(i).encode())
     frame, _ = listing(LocalSource(site))
-    todo = frame.with_columns(root_id=pl.lit(0, pl.Int64))
+    todo = frame.select("srcfile", "size", "mtime_ns", root_id=pl.lit(0, pl.Int64))
     todo = pl.concat([todo, pl.DataFrame({"srcfile": ["OMOP/gone.csv"], "size": [1], "mtime_ns": [0], "root_id": [0]})],
                      how="vertical_relaxed").sort("srcfile")
     source = LocalSource(site)
@@ -103,7 +102,8 @@ def test_worker_functions_run_in_spawned_processes(site):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from chorus_batch.sources import hash_chunk, walk_local
+    from chorus_batch.sources import walk_local
+    from chorus_batch.workers import hash_chunk
 
     write(site, "OMOP/a.csv", b"abc")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

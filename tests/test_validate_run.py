@@ -133,26 +133,49 @@ def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db
     assert query(db, "SELECT count(*) FROM validations") == [(1,)]
 
 
-def test_validate_without_a_site_uses_cached_facts_or_says_what_is_missing(clean, db, tmp_path):
+def test_validate_without_a_site_reads_the_roots_the_manifest_records(clean, db, reads):
     run_site(clean, db, validate_site=False)
-    out = cli("validate", "--db", str(db), "--json")
-    assert out.returncode == 1
-    messages = {f["message"] for f in json.loads(out.stdout)["findings"]}
-    assert any("pass --site" in m for m in messages)
+    out = cli("validate", "--db", str(db), "--json", cwd=db.parent)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["by_severity"]["error"] == 0
+    assert not any("cannot read" in f["message"] for f in report["findings"])
 
 
-def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
+def test_a_file_not_read_for_want_of_a_site_is_never_an_error_finding(clean, db):
+    """A manifest that does not record its roots (written before schema 3), and no --site:
+    validate says what to pass and stores nothing (it used to store "no readable header" errors)."""
     run_site(clean, db, validate_site=False)
     con = sqlite3.connect(db)
     with con:
-        for table in ("file_facts", "findings", "validations"):
+        con.execute("DELETE FROM roots")
+        con.execute("UPDATE source_files SET root_id = NULL")
+    con.close()
+    out = cli("validate", "--db", str(db), "--json", cwd=db.parent)
+    assert out.returncode == 2, out.stderr
+    assert "never read" in out.stderr and "pass --site" in out.stderr and "Traceback" not in out.stderr
+    assert query(db, "SELECT count(*) FROM findings") == [(0,)]
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]
+    given = cli("validate", "--db", str(db), "--site", str(clean), "--json", cwd=db.parent)
+    assert given.returncode == 0, given.stderr
+
+
+def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
+    from chorus_batch.errors import ManifestError
+
+    run_site(clean, db, validate_site=False)
+    con = sqlite3.connect(db)
+    with con:
+        for table in ("file_facts", "findings", "validations", "roots"):
             con.execute(f"DROP TABLE {table}")
+        con.execute("ALTER TABLE source_files DROP COLUMN root_id")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    assert open_manifest(db).findings().height == 0  # readable before the upgrade
+    with pytest.raises(ManifestError, match="chorus-batch upgrade"):  # a reader says how to upgrade
+        open_manifest(db).findings()
     write(clean, "OMOP/extra_notes.txt", "not a table\n")
     result = run_site(clean, db)
-    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
     assert "omop.unexpected_file" in set(result.findings["rule"])
 
 

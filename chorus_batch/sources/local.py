@@ -1,73 +1,31 @@
-"""Where a site's files come from: one interface, a fast path for local disks.
+"""A directory on a local or HPC file system: the fast path.
 
-A source lists its tree as Arrow record batches (LISTING_SCHEMA) and hashes one
-file at a time. `LocalSource` walks with `os.scandir` (measured: close to `find`,
-far cheaper than fsspec's generic walk) and spreads large trees over worker
-processes; `FsspecSource` serves any fsspec URL (Azure Blob, S3, ...).
+`os.scandir` walks (measured: close to `find`, far cheaper than fsspec's generic walk);
+a tree whose walk takes longer than a quarter second in-process is finished by worker
+processes, each walking a share of the top-level folders.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing
 import os
 import stat
-import sys
-from array import array
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import pyarrow as pa
 
-from .errors import ConfigError, SourceError
-from .frames import LISTING_SCHEMA
+from ..errors import ConfigError, SourceError
+from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, listing_batch
 
 READ_SIZE = 64 * 1024  # stays in L2; measured fastest for hashlib.md5
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-BATCH_ROWS = 65_536
 # A tree whose walk takes longer than this in-process is finished by worker processes.
 INPROCESS_BUDGET_S = 0.25
-
-
-@dataclass
-class HashOutcome:
-    digest: bytes  # 16 bytes of MD5
-    size: int
-    mtime_ns: int
-
-    @property
-    def md5(self) -> str:
-        return self.digest.hex()
-
-
-class FileChangedWhileHashing(OSError):
-    pass
-
-
-class Source(Protocol):
-    """What the pipeline needs of a place that holds a site's files."""
-
-    description: str
-    hash_in_processes: bool  # True: hash in worker processes (CPU-bound); False: threads (I/O-bound)
-
-    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
-        """Yield LISTING_SCHEMA batches; append (srcfile, kind, message) for what is skipped."""
-        ...
-
-    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
-        """MD5 of one file, streamed; raises OSError (FileChangedWhileHashing if it changed)."""
-        ...
-
-    def open(self, srcfile: str) -> BinaryIO:
-        """One file opened for binary reading (seekable); raises OSError."""
-        ...
-
-
-# ----------------------------------------------------------------------------- local
 
 
 def _name_error(rel: str) -> str | None:
@@ -92,12 +50,6 @@ class _WalkResult:
     def batches(self) -> Iterator[pa.RecordBatch]:
         for paths, sizes, mtimes in self.chunks:
             yield listing_batch(paths, sizes, mtimes)
-
-
-def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64())], schema=LISTING_SCHEMA
-    )
 
 
 def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_dirs: bool = False) -> _WalkResult:
@@ -186,82 +138,19 @@ def _printable(rel: str) -> str:
     return _name_error(rel) or rel
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """Worker processes for listing and hashing.
-
-    On Linux they are forked: cheap to start, and no re-import of the caller's
-    main module (spawn and forkserver re-run an unguarded script). Forking a
-    process whose polars/duckdb threads exist is safe here because the workers
-    run only the standard library (walk_local, hash_chunk). Elsewhere: spawn.
-    """
-    if sys.platform == "linux":
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=_pool_context())
-
-
-def hash_one(source: "Source", path: str, buffer: bytearray) -> HashOutcome | tuple[str, str]:
-    """The outcome for one file, or (error kind, message); never raises OSError."""
-    try:
-        return source.hash_file(path, buffer)
-    except FileChangedWhileHashing as exc:
-        return "changed_while_hashing", str(exc)
-    except FileNotFoundError:
-        return "vanished", "file disappeared before it could be hashed"
-    except PermissionError as exc:
-        return "unreadable", f"permission denied: {exc.strerror or exc}"
-    except OSError as exc:
-        return "unreadable", f"cannot read: {exc.strerror or exc}"
-
-
-@dataclass
-class HashedChunk:
-    """Results for consecutive files, packed (16-byte digests, int64 arrays) so a
-    million results cost tens of MB, not a million Python objects."""
-
-    digests: bytes
-    sizes: array
-    mtimes: array
-    errors: list[tuple[int, str, str]]  # (offset in chunk, kind, message)
-
-
-_NO_DIGEST = bytes(16)
-
-
-def hash_chunk(source: "Source", paths: list[str]) -> HashedChunk:
-    """Hash files one after another (in a worker process: one GIL per core)."""
-    buffer = bytearray(READ_SIZE)
-    digests = bytearray()
-    sizes, mtimes = array("q"), array("q")
-    errors: list[tuple[int, str, str]] = []
-    for k, path in enumerate(paths):
-        out = hash_one(source, path, buffer)
-        if isinstance(out, HashOutcome):
-            digests += out.digest
-            sizes.append(out.size)
-            mtimes.append(out.mtime_ns)
-        else:
-            digests += _NO_DIGEST
-            sizes.append(0)
-            mtimes.append(0)
-            errors.append((k, *out))
-    return HashedChunk(bytes(digests), sizes, mtimes, errors)
-
-
 class LocalSource:
     """A directory on a local or HPC file system."""
 
     # Hashing many small files is bound by per-file Python work under the GIL
-    # (measured: two threads slower than one), so local sources hash in processes.
-    hash_in_processes = True
+    # (measured: two threads slower than one), so local sources work in processes.
+    parallel_local = True
+    server_md5 = False
 
     def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1,
                  inprocess_budget_s: float = INPROCESS_BUDGET_S):
         self.root = os.path.abspath(os.fspath(root))
         self.description = self.root
+        self.location = self.root.replace(os.sep, "/")
         self.follow_symlinks = follow_symlinks
         self.workers = max(1, workers)
         self.inprocess_budget_s = inprocess_budget_s
@@ -304,6 +193,8 @@ class LocalSource:
             return
         n_tasks = min(len(remaining), self.workers * 8)
         groups = [remaining[k::n_tasks] for k in range(n_tasks)]
+        from ..workers import pool
+
         with pool(self.workers) as workers:
             # No list of the futures is kept: as_completed then drops each result once consumed.
             for fut in as_completed([workers.submit(walk_local, self.root, g, self.follow_symlinks) for g in groups]):
@@ -317,6 +208,12 @@ class LocalSource:
 
     def open(self, srcfile: str) -> BinaryIO:
         return open(self.absolute(srcfile), "rb")
+
+    def stat(self, srcfile: str) -> FileStat:
+        st = os.stat(self.absolute(srcfile), follow_symlinks=self.follow_symlinks)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"not a regular file: {srcfile}")
+        return FileStat(st.st_size, st.st_mtime_ns)
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = self.absolute(srcfile)
@@ -340,81 +237,5 @@ class LocalSource:
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
                 return HashOutcome(digest.digest(), before.st_size, before.st_mtime_ns)
         raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
-
-
-# ----------------------------------------------------------------------------- fsspec
-
-
-def _mtime_ns(info: dict) -> int:
-    for key in ("mtime", "LastModified", "last_modified", "created"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if hasattr(value, "timestamp"):
-            return int(value.timestamp() * 1_000_000_000)
-        return int(float(value) * 1_000_000_000)
-    return 0
-
-
-class FsspecSource:
-    """Any fsspec file system (az://, abfs://, s3://, memory://, ...)."""
-
-    hash_in_processes = False  # network-bound: threads overlap the waits
-
-    def __init__(self, url: str, *, storage_options: dict | None = None):
-        import fsspec
-
-        self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = self.root.rstrip("/")
-        self.description = url
-
-    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
-        try:
-            found = self.fs.find(self.root, detail=True, withdirs=False)
-        except (OSError, ValueError) as exc:
-            raise SourceError(
-                f"cannot list {self.url}: {exc}",
-                where=self.url,
-                fix="check the URL and that credentials for it are in the environment",
-            ) from exc
-        prefix = self.root + "/" if self.root else ""
-        paths, sizes, mtimes = [], [], []
-        for path, info in found.items():
-            rel = path[len(prefix):] if path.startswith(prefix) else path
-            paths.append(rel)
-            sizes.append(int(info.get("size") or 0))
-            mtimes.append(_mtime_ns(info))
-            if len(paths) >= BATCH_ROWS:
-                yield listing_batch(paths, sizes, mtimes)
-                paths, sizes, mtimes = [], [], []
-        if paths:
-            yield listing_batch(paths, sizes, mtimes)
-
-    def open(self, srcfile: str) -> BinaryIO:
-        return self.fs.open(f"{self.root}/{srcfile}" if self.root else srcfile, "rb")
-
-    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
-        path = f"{self.root}/{srcfile}" if self.root else srcfile
-        info = self.fs.info(path)
-        digest = hashlib.md5(usedforsecurity=False)
-        view = memoryview(buffer)
-        total = 0
-        with self.fs.open(path, "rb", block_size=READ_SIZE) as f:
-            while n := f.readinto(buffer):
-                digest.update(view[:n])
-                total += n
-        if total != int(info.get("size") or 0):
-            raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
-        return HashOutcome(digest.digest(), total, _mtime_ns(info))
-
-
-def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1) -> Source:
-    """A local path (or file:// URL) gets the fast path; other URLs go through fsspec."""
-    if "://" in location and not location.startswith("file://"):
-        return FsspecSource(location)
-    if location.startswith("file://"):
-        location = location[len("file://"):]
-    return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers)
 
 

@@ -1,0 +1,233 @@
+"""Commit: from a ScanResult and the previous version to a new version in the manifest.
+
+  the tree now   the scan's files; a file that could not be hashed, or lies under a folder
+                 that could not be listed, keeps its previous row (nothing recorded is lost)
+  diff           added / removed / replaced / renamed, as set operations in DuckDB (diff.py)
+  classify       only the files that get a new row (after the diff: unchanged files keep
+                 their recorded classification, and the regex captures are not held in
+                 memory while DuckDB runs)
+  write          one SQLite transaction (store), then the state cache for the next run
+
+A version is written when anything changed, including only the recorded errors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from .classify import PathPattern, classify
+from .diff import compute_diff
+from .errors import UsageError
+from .frames import STATE_SCHEMA, empty_errors
+from .progress import Progress
+from .scan import ScanResult
+from .store import Manifest, VersionRecord
+from .times import iso, utc_now
+
+LABEL_FORMAT = "%Y%m%d%H%M%S"
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Errors under these kinds mean "could not look", not "gone": earlier rows below them are kept.
+_UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
+
+
+@dataclass
+class Committed:
+    label: str | None  # the version written; None when nothing changed (or a dry run)
+    counts: dict[str, int]
+    by_modality: pl.DataFrame  # modality, change, n
+    change_set: pl.DataFrame
+    errors: pl.DataFrame
+    n_files: int
+    total_bytes: int
+
+
+def read_delete_list(path: str) -> pl.DataFrame:
+    """Site-relative paths, one per line; '#' starts a comment."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the delete list: {exc}", where=path,
+                         fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
+    paths = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.replace("\\", "/")
+        while line.startswith("./"):
+            line = line[2:]
+        paths.append(line.lstrip("/"))
+    return pl.DataFrame({"srcfile": paths}, schema={"srcfile": pl.String}).unique(maintain_order=True)
+
+
+def next_label(started: datetime, latest: str | None, requested: str | None) -> str:
+    """Version labels are the run's UTC start, unique and increasing."""
+    if requested is not None:
+        if not _LABEL_RE.match(requested):
+            raise UsageError(f"invalid version label {requested!r}", where="--version",
+                             fix="use letters, digits, '.', '_' or '-' (the default is the UTC start, YYYYMMDDhhmmss)")
+        if latest is not None and requested <= latest:
+            raise UsageError(f"version label {requested!r} does not sort after the latest version {latest!r}",
+                             where="--version", fix="choose a later label, or omit --version to use the UTC start time")
+        return requested
+    label = started.strftime(LABEL_FORMAT)
+    if latest is not None and label <= latest:
+        try:
+            label = (datetime.strptime(latest, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT)
+        except ValueError:  # the latest label was chosen by hand
+            label = latest + "-1"
+    return label
+
+
+def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, previous_label: str | None,
+           patterns: tuple[PathPattern, ...], mode: str = "full", delete_list: pl.DataFrame | None = None,
+           started: datetime | None = None, version_label: str | None = None, site: str = "",
+           run_id: int | None = None, threads: int = 2, dry_run: bool = False,
+           progress: Progress | None = None) -> Committed:
+    """Turn `scanned` into the next version after `previous_label` (whose current rows are `previous`)."""
+    if mode == "full" and not scanned.coverage.whole:
+        raise UsageError(
+            f"this scan covers {scanned.coverage}, not the whole site: committed in full mode it would mark every "
+            "file outside it as removed", where="commit",
+            fix="merge the results of all shards first (chorus_batch.scan.merge_scans), or commit in append mode")
+    if scanned.based_on != previous_label:
+        raise UsageError(
+            f"this scan reused the MD5s of version {scanned.based_on or '(none)'}, but the latest version is "
+            f"{previous_label or '(none)'}", where="commit", fix="scan again against the latest version")
+    started = started or utc_now()
+    delete_errors = empty_errors()
+    if delete_list is not None:
+        delete_list, delete_errors = _check_delete_list(delete_list, scanned.files, previous)
+    unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
+    current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [])
+
+    diff = compute_diff(previous, current, mode=mode, delete_list=delete_list, threads=threads)
+    counts = diff.counts()
+
+    new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
+        current.drop("unchanged_modality"), on="srcfile", how="left", maintain_order="left")
+    classified = _check_modality_roots(classify(new_rows.select("root_id", "srcfile"), patterns), scanned.roots)
+    new_rows = new_rows.hstack(classified.drop("root_id", "srcfile"))
+    del classified
+    invalidated = diff.change_set.filter(pl.col("change").is_in(["removed", "replaced", "renamed"]))["old_file_id"]
+
+    kept_rows = previous.filter(~pl.col("file_id").is_in(invalidated.implode()))
+    parse_errors = [
+        rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
+        for rows in (kept_rows, new_rows)
+    ]
+    errors = pl.concat([scanned.errors, delete_errors, *parse_errors]).unique().sort("srcfile", "kind", "message")
+    n_files = kept_rows.height + new_rows.height
+    total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
+    by_modality = _by_modality(diff.change_set, new_rows, previous, current)
+    del current
+    outcome = Committed(label=None, counts=counts, by_modality=by_modality, change_set=diff.change_set, errors=errors,
+                        n_files=n_files, total_bytes=total_bytes)
+    if dry_run:
+        return outcome
+
+    if not diff.is_empty or not errors.equals(manifest.version_errors(previous_label)):
+        label = next_label(started, previous_label, version_label)
+        if progress is not None:
+            progress.stage(f"committing version {label}")
+        record = VersionRecord(
+            label=label, started_at=iso(started), finished_at=iso(utc_now()), mode=mode, site=site, counts=counts,
+            n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id)
+        written = manifest.commit_version(record, new_rows=new_rows, change_set=diff.change_set,
+                                          invalidated_ids=invalidated, touched=touched, errors=errors,
+                                          roots=scanned.roots)
+        del new_rows
+        outcome.label, outcome.change_set = label, written.changes
+        new_state = pl.concat([_touch(kept_rows, touched, written.root_ids), written.new_rows.select(list(STATE_SCHEMA))],
+                              how="vertical_relaxed")
+        manifest.save_state(new_state.cast(STATE_SCHEMA), written.generation)  # type: ignore[arg-type]
+    elif touched.height:
+        generation, root_ids = manifest.refresh_rows(touched, scanned.roots)
+        manifest.save_state(_touch(kept_rows, touched, root_ids).cast(STATE_SCHEMA), generation)  # type: ignore[arg-type]
+    return outcome
+
+
+def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) -> pl.DataFrame:
+    """`rows` with the stat and root (scan position -> the manifest's root_id) of the touched files."""
+    if touched.height == 0:
+        return rows
+    update = touched.select("file_id", pl.col("mtime_ns").alias("_mtime"),
+                            pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64).alias("_root"))
+    return rows.join(update, on="file_id", how="left").with_columns(
+        mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id")).drop("_mtime", "_root")
+
+
+def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Append mode: paths to remove. A listed path still in the tree, or unknown to
+    the manifest, is recorded and left alone."""
+    present = delete_list.join(files.select("srcfile"), on="srcfile", how="semi")
+    unknown = delete_list.join(previous.select("srcfile"), on="srcfile", how="anti")
+    errors = pl.concat([
+        present.select("srcfile", kind=pl.lit("delete_list"),
+                       message=pl.lit("listed for deletion but still present in the tree; not removed")),
+        unknown.select("srcfile", kind=pl.lit("delete_list"),
+                       message=pl.lit("listed for deletion but not in the manifest; ignored")),
+    ])
+    return delete_list.join(present, on="srcfile", how="anti"), errors
+
+
+def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The tree now as (root_id, srcfile, size, mtime_ns, md5, unchanged_modality), and the `touched`
+    files whose content is unchanged but whose stat or root moved (file_id, mtime_ns, root_id)."""
+    prev = previous.select("srcfile", pl.col("file_id").alias("prev_file_id"), pl.col("size").alias("prev_size"),
+                           pl.col("mtime_ns").alias("prev_mtime_ns"), pl.col("md5").alias("prev_md5"),
+                           pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"))
+    joined = files.join(prev, on="srcfile", how="left")
+    # A file that could not be hashed keeps its previous row (nothing recorded is lost);
+    # a new one that could not be hashed waits for the next run.
+    failed = pl.col("md5").is_null()
+    current = joined.with_columns(
+        md5=pl.coalesce("md5", "prev_md5"),
+        size=pl.when(failed).then(pl.col("prev_size")).otherwise(pl.col("size")),
+        mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.col("mtime_ns")),
+    ).filter(pl.col("md5").is_not_null())
+    same = pl.col("md5") == pl.col("prev_md5")
+    # Same content, new stat (or found under another root): remember it, so these are not hashed again.
+    touched = current.filter(
+        same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
+                | pl.col("prev_root_id").is_null() | (pl.col("root_id") != pl.col("prev_root_id")))
+    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id")
+    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5",
+                             pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"))
+    if unseen_dirs:  # folders that could not be listed keep their earlier rows
+        under = pl.lit(True) if "" in unseen_dirs else pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs])
+        kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
+        current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
+                                                  pl.col("modality").alias("unchanged_modality"))])
+    return current, touched
+
+
+def _check_modality_roots(classified: pl.DataFrame, roots: list[tuple[str, str | None]]) -> pl.DataFrame:
+    expected = {i: modality for i, (_, modality) in enumerate(roots) if modality is not None}
+    if not expected:
+        return classified
+    want = pl.col("root_id").replace_strict(expected, default=None, return_dtype=pl.String)
+    wrong = want.is_not_null() & (pl.col("modality") != want)
+    return classified.with_columns(
+        parse_error=pl.when(wrong & pl.col("parse_error").is_null())
+        .then(pl.format("file under the {} root classifies as {}", want, pl.col("modality")))
+        .otherwise(pl.col("parse_error")),
+    )
+
+
+def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    """Counts per change kind x modality (removed files by their previous modality)."""
+    gone = change_set.filter(pl.col("change") == "removed").select("change", "old_file_id").join(
+        previous.select(pl.col("file_id").alias("old_file_id"), "modality"), on="old_file_id", how="left")
+    unchanged = current.filter(pl.col("unchanged_modality").is_not_null()).select(
+        pl.lit("unchanged").alias("change"), pl.col("unchanged_modality").alias("modality"))
+    return (
+        pl.concat([new_rows.select("change", "modality"), gone.select("change", "modality"), unchanged])
+        .with_columns(pl.col("modality").fill_null("Other"))
+        .group_by("modality", "change").len("n").sort("modality", "change")
+    )

@@ -1,0 +1,215 @@
+"""Scan: list every root of the site, MD5 what is new or changed (reusing the previous
+version's MD5s for the rest), and return what was seen as a ScanResult.
+
+A scan never writes the manifest and takes no lock: a Slurm shard can run it anywhere and
+hand its ScanResult (as Parquet) to the one process that commits. A ScanResult says what it
+covers: the whole site, or shard K of N (person folders by a stable hash of their name;
+OMOP/, Metadata/ and files at the root belong to shard 0). Only a whole-site scan, or a
+merge of all N shards based on the same version, can be committed in full mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from . import hashing
+from .errors import UsageError
+from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
+from .fsutil import write_private
+from .progress import Progress
+from .sources import Source
+from .units import human_bytes
+
+
+@dataclass(frozen=True)
+class Root:
+    """A place the site's files are found: the site root (modality None) or a per-modality root."""
+
+    source: Source
+    modality: str | None = None
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which part of the site a scan saw: shard `shard` of `shards` (1 shard: the whole site)."""
+
+    shard: int = 0
+    shards: int = 1
+
+    @property
+    def whole(self) -> bool:
+        return self.shards == 1
+
+    def __str__(self) -> str:
+        return "the whole site" if self.whole else f"shard {self.shard} of {self.shards}"
+
+
+WHOLE_SITE = Coverage()
+_SHARED_TOP = ("omop", "metadata")  # with root files: always shard 0
+
+
+def shard_of(srcfile: pl.Series, shards: int) -> pl.Series:
+    """The shard of each path: a stable hash (CRC-32) of its person folder, modulo `shards`."""
+    top = srcfile.str.split("/").list.first()
+    tops = top.unique().drop_nulls()
+    by_top = pl.DataFrame({"_top": tops, "_shard": [zlib.crc32(t.encode("utf-8")) % shards for t in tops]},
+                          schema={"_top": pl.String, "_shard": pl.Int64})
+    frame = pl.DataFrame({"srcfile": srcfile, "_top": top}).join(by_top, on="_top", how="left", maintain_order="left")
+    shared = ~pl.col("srcfile").str.contains("/") | pl.col("_top").str.to_lowercase().is_in(_SHARED_TOP)
+    return frame.select(pl.when(shared).then(0).otherwise(pl.col("_shard")).alias("shard"))["shard"]
+
+
+@dataclass
+class ScanResult:
+    files: pl.DataFrame  # SCANNED_SCHEMA: every listed file; md5 NULL where it could not be hashed
+    errors: pl.DataFrame  # ERRORS_SCHEMA: what was skipped or could not be read
+    roots: list[tuple[str, str | None]]  # (location, modality) of each root_id
+    scan_started_ns: int
+    coverage: Coverage = WHOLE_SITE
+    based_on: str | None = None  # the version whose MD5s were reused (None: no earlier version)
+    n_hashed: int = 0
+    bytes_hashed: int = 0
+    hash_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # -- as Parquet: files.parquet, errors.parquet and scan.json, written last (the completion record)
+    def write(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(folder / "files.parquet", self.files.write_parquet)
+        write_private(folder / "errors.parquet", self.errors.write_parquet)
+        record = {"roots": self.roots, "scan_started_ns": self.scan_started_ns, "coverage": asdict(self.coverage),
+                  "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
+                  "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s}
+        write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
+        return folder
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "ScanResult":
+        folder = Path(folder)
+        try:
+            record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
+            files = pl.read_parquet(folder / "files.parquet").cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
+            errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
+        except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+            raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
+                             fix="run the scan (or shard) again; it writes scan.json when it completes") from None
+        if files.height != record["n_files"]:
+            raise UsageError(f"scan result is damaged: {files.height} files, its record says {record['n_files']}",
+                             where=str(folder), fix="run the scan (or shard) again")
+        return cls(files=files, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
+                   scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
+                   based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
+                   hash_s=record["hash_s"])
+
+
+def merge_scans(parts: list[ScanResult]) -> ScanResult:
+    """The shards of one site as one whole-site ScanResult; refuses unless they are exactly shards
+    0..N-1 of the same N, of the same roots, based on the same version."""
+    if not parts:
+        raise UsageError("no scan results to merge", where="merge", fix="give the shards' scan results")
+    first = parts[0]
+    shards = first.coverage.shards
+    seen = sorted(p.coverage.shard for p in parts)
+    if any(p.coverage.shards != shards for p in parts) or seen != list(range(shards)):
+        missing = sorted(set(range(shards)) - set(seen))
+        raise UsageError(
+            f"the scan results do not cover the site: expected shards 0..{shards - 1} once each, got {seen}"
+            + (f" (missing {', '.join(map(str, missing))})" if missing else ""),
+            where="merge", fix="run the missing shards (or remove duplicates) and merge again")
+    if any(p.roots != first.roots for p in parts):
+        raise UsageError("the shards scanned different roots", where="merge", fix="rerun every shard with the same settings")
+    stale = [p.coverage.shard for p in parts if p.based_on != first.based_on]
+    if stale:
+        raise UsageError(f"shards {stale} are based on another version than shard {first.coverage.shard}",
+                         where="merge", fix="rerun those shards")
+    return ScanResult(
+        files=pl.concat([p.files for p in parts]), errors=pl.concat([p.errors for p in parts]), roots=first.roots,
+        scan_started_ns=min(p.scan_started_ns for p in parts), coverage=WHOLE_SITE, based_on=first.based_on,
+        n_hashed=sum(p.n_hashed for p in parts), bytes_hashed=sum(p.bytes_hashed for p in parts),
+        hash_s=max(p.hash_s for p in parts))
+
+
+def list_roots(roots: list[Root], progress: Progress) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """List every root: (root_id, srcfile, size, mtime_ns, stored_md5) and the problems met."""
+    frames: list[pl.DataFrame] = []
+    raw_errors: list[tuple[str, str, str]] = []
+    seen = [0]
+    with progress.counter("listing", "files", lambda: (seen[0], 0)):
+        for root_id, root in enumerate(roots):
+            batches = []
+            for batch in root.source.list_files(raw_errors):
+                batches.append(batch)
+                seen[0] += batch.num_rows
+            frame = pl.from_arrow(pa.Table.from_batches(batches, schema=LISTING_SCHEMA))
+            assert isinstance(frame, pl.DataFrame)
+            frames.append(frame.with_columns(root_id=pl.lit(root_id, pl.Int64)))
+    listing = pl.concat(frames)  # one frame per root; there is always at least the site root
+    errors = pl.DataFrame(raw_errors, schema=ERRORS_SCHEMA, orient="row") if raw_errors else empty_errors()
+    if len(roots) > 1:
+        duplicated = listing.filter(pl.col("srcfile").is_duplicated() & (pl.int_range(pl.len()).over("srcfile") > 0))
+        if duplicated.height:
+            errors = pl.concat([errors, duplicated.select(
+                "srcfile", kind=pl.lit("duplicate_path"),
+                message=pl.lit("the same site-relative path exists under two roots; the first root's file is tracked"))])
+            listing = listing.unique("srcfile", keep="first", maintain_order=True)
+    return listing, errors
+
+
+def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
+         racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
+         coverage: Coverage = WHOLE_SITE) -> ScanResult:
+    """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA)."""
+    progress = progress or Progress(quiet=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    for root in roots:
+        root.source.check()
+    scan_started_ns = time.time_ns()
+    progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
+    listing, errors = list_roots(roots, progress)
+    if not coverage.whole:
+        listing = listing.filter(shard_of(listing["srcfile"], coverage.shards) == coverage.shard)
+    timings["scan"] = round(time.perf_counter() - t, 4)
+    t = time.perf_counter()
+
+    racy_cutoff = None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9)
+    planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=rehash)
+    n_listed = listing.height
+    del listing  # large trees: keep one copy of the paths
+    todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns").sort("srcfile")
+    todo_bytes = int(todo["size"].sum() or 0)
+    progress.stage(f"{n_listed} files listed; hashing {todo.height} new or changed files "
+                   f"({human_bytes(todo_bytes)})")
+    counters = hashing.HashProgress()
+    t_hash = time.perf_counter()
+    with progress.counter("hashing", "files", lambda: (counters.files_done, counters.bytes_done),
+                          total=(todo.height, todo_bytes)):
+        hashed = hashing.hash_files([r.source for r in roots], todo, workers=workers, progress=counters)
+    hash_s = time.perf_counter() - t_hash
+    n_hashed, bytes_hashed = todo.height, int(hashed["hashed_size"].sum() or 0)
+    del todo
+    hash_errors = hashed.filter(pl.col("error_kind").is_not_null()).select(
+        "srcfile", pl.col("error_kind").alias("kind"), pl.col("error_message").alias("message"))
+    files = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns"), on="srcfile", how="left").select(
+        "root_id", "srcfile",
+        size=pl.coalesce("hashed_size", "size"),
+        mtime_ns=pl.coalesce("hashed_mtime_ns", "mtime_ns"),
+        # read now; else held by the storage; else unchanged since `based_on`
+        md5=pl.when(pl.col("needs_read")).then(pl.col("md5"))
+        .when(pl.col("needs_md5")).then(pl.col("stored_md5"))
+        .otherwise(pl.col("prev_md5")),
+    )
+    timings["hash"] = round(time.perf_counter() - t, 4)
+    return ScanResult(
+        files=files.cast(SCANNED_SCHEMA),  # type: ignore[arg-type]
+        errors=pl.concat([errors, hash_errors]),
+        roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
+        based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings)

@@ -1,0 +1,20 @@
+"""Where a site's files come from: one Source seam (base.py), a fast path for local disks
+(local.py) and fsspec for everything else (remote.py)."""
+
+from __future__ import annotations
+
+from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
+from .local import LocalSource, walk_local
+from .remote import FsspecSource, mask_url
+
+__all__ = ["FileChangedWhileHashing", "FileStat", "FsspecSource", "HashOutcome", "LocalSource", "Source",
+           "listing_batch", "mask_url", "open_source", "walk_local"]
+
+
+def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1) -> Source:
+    """A local path (or file:// URL) gets the fast path; other URLs go through fsspec."""
+    if "://" in location and not location.startswith("file://"):
+        return FsspecSource(location)
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers)

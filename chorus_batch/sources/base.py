@@ -1,0 +1,87 @@
+"""The Source seam: what the pipeline asks of a place that holds a site's files.
+
+A source lists its tree as Arrow record batches (LISTING_SCHEMA), stats, opens and hashes one
+file at a time, and says what it can do through capabilities rather than its type, as
+rclone's backends do:
+
+  parallel_local  listing, hashing and header reading are bound by per-file CPU work on this
+                  machine: worker processes pay off (a local or HPC file system). Otherwise the
+                  work waits on a network and threads overlap the waits.
+  server_md5      the listing can carry an MD5 the storage already holds (`stored_md5`), so a
+                  new or changed file need not be read to be hashed.
+
+Every implementation passes the shared contract suite in tests/test_source_contract.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from ..frames import LISTING_SCHEMA
+
+BATCH_ROWS = 65_536
+
+
+@dataclass
+class HashOutcome:
+    digest: bytes  # 16 bytes of MD5
+    size: int
+    mtime_ns: int
+
+    @property
+    def md5(self) -> str:
+        return self.digest.hex()
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    mtime_ns: int
+
+
+class FileChangedWhileHashing(OSError):
+    pass
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A site root: a local folder, or a container / bucket prefix."""
+
+    description: str  # for messages and progress: a path, or a URL without secrets
+    location: str  # recorded in the manifest's `roots`: a POSIX path or a URL, never a secret
+    parallel_local: bool
+    server_md5: bool
+
+    def check(self) -> None:
+        """Raise a ConfigError or SourceError (what, where, fix) if the root cannot be listed."""
+        ...
+
+    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
+        """Yield LISTING_SCHEMA batches; append (srcfile, kind, message) for what is skipped.
+        A folder that cannot be read is reported as (folder + '/', 'unreadable_dir', ...)."""
+        ...
+
+    def stat(self, srcfile: str) -> FileStat:
+        """Size and mtime of one file; raises OSError (FileNotFoundError if it is gone)."""
+        ...
+
+    def open(self, srcfile: str) -> BinaryIO:
+        """One file opened for binary reading (seekable); raises OSError."""
+        ...
+
+    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+        """MD5 of one file, streamed; raises OSError (FileChangedWhileHashing if it changed)."""
+        ...
+
+
+def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int],
+                  stored_md5: list[str | None] | None = None) -> pa.RecordBatch:
+    md5s = pa.array(stored_md5, pa.string()) if stored_md5 is not None else pa.nulls(len(paths), pa.string())
+    return pa.RecordBatch.from_arrays(
+        [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64()), md5s],
+        schema=LISTING_SCHEMA,
+    )

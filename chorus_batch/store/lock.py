@@ -1,0 +1,55 @@
+"""One run at a time per manifest: an OS file lock (flock on POSIX, msvcrt on Windows, via
+filelock), released by the OS when its holder exits or is killed; a side file names the
+holder so that a second run can say who it waits for."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from ..errors import ManifestLocked
+from ..fsutil import OWNER_ONLY, create_private
+from ..times import iso, utc_now
+
+
+def user_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in containers without passwd entries
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+@contextlib.contextmanager
+def manifest_lock(db: Path, argv: list[str]) -> Iterator[None]:
+    """Exclusive for one run; a second run fails at once, naming the holder."""
+    lock_path, holder_path = Path(f"{db}.lock"), Path(f"{db}.lock.json")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = "an unknown process (it has not written its details yet)"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            info = json.loads(holder_path.read_text(encoding="utf-8"))
+            holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
+        raise ManifestLocked(
+            f"the manifest is locked by another run: {holder}",
+            where=str(lock_path),
+            fix="wait for that run to finish; if it is gone, the lock is released automatically",
+        ) from None
+    try:
+        with os.fdopen(create_private(holder_path), "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
+                       "started_at": iso(utc_now()), "command": " ".join(argv[:2])}, f)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            holder_path.unlink()
+        lock.release()

@@ -1,0 +1,131 @@
+"""The manifest's schema: a new manifest is created from the column registry
+(frames.MANIFEST_TABLES); an older one is brought up by numbered migrations.
+
+A manifest is years of a site's history, so a schema change is never a rebuild. Each
+migration is one transaction that may add tables, columns and indexes and backfill them,
+and bumps `meta.schema_version` in the same transaction: a migration that fails (or is
+killed) leaves the manifest as it was. Migrations use their own, frozen DDL (not the
+registry, which describes the latest schema); tests/test_migrations.py checks that a
+migrated manifest has the same tables, columns and indexes as a new one.
+
+To add a column: add it at the end of its table in frames.MANIFEST_TABLES, bump
+SCHEMA_VERSION, and add a MIGRATIONS step with the ALTER TABLE (and any backfill).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+
+from ..errors import ManifestError
+from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
+
+SCHEMA_VERSION = 3
+
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
+    "CREATE INDEX IF NOT EXISTS changes_version ON changes(version)",
+    "CREATE INDEX IF NOT EXISTS scan_errors_version ON scan_errors(version)",
+    "CREATE INDEX IF NOT EXISTS registry_person ON registry(person_id)",
+)
+# Indexes on source_files are dropped around the first (bulk) load and rebuilt after it.
+SOURCE_FILES_INDEXES = (
+    # At most one current row per path: the manifest's central invariant, enforced.
+    "CREATE UNIQUE INDEX IF NOT EXISTS source_files_current ON source_files(srcfile) WHERE time_invalid IS NULL",
+    "CREATE INDEX IF NOT EXISTS source_files_path ON source_files(srcfile)",
+    "CREATE INDEX IF NOT EXISTS source_files_record ON source_files(record_id)",
+)
+
+
+def create_table_sql(table: str) -> str:
+    columns = ",\n    ".join(f"{c.name} {c.sql}" for c in MANIFEST_TABLES[table])
+    return f"CREATE TABLE {table} (\n    {columns}" + TABLE_SUFFIX.get(table, ")")
+
+
+def _create_latest(con: sqlite3.Connection) -> None:
+    for table in MANIFEST_TABLES:
+        con.execute(create_table_sql(table))
+    for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
+        con.execute(ddl)
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("schema_version", str(SCHEMA_VERSION)), ("manifest_id", uuid.uuid4().hex), ("state_generation", "0")])
+
+
+# ----------------------------------------------------------------------------- migrations
+
+def _to_2(con: sqlite3.Connection) -> None:
+    """Validation: header facts by content, findings and validations per version."""
+    for ddl in (
+        "CREATE TABLE IF NOT EXISTS file_facts (kind TEXT NOT NULL, md5 TEXT NOT NULL, facts TEXT NOT NULL, "
+        "PRIMARY KEY (kind, md5)) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS findings (version TEXT NOT NULL, severity TEXT NOT NULL, rule TEXT NOT NULL, "
+        "srcfile TEXT, message TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS validations (version TEXT PRIMARY KEY, validated_at TEXT NOT NULL, "
+        "n_error INTEGER NOT NULL, n_warning INTEGER NOT NULL, n_info INTEGER NOT NULL, headers_read INTEGER NOT NULL)",
+    ):
+        con.execute(ddl)
+
+
+def _to_3(con: sqlite3.Connection) -> None:
+    """Roots: where the site's files are, so validate/report/upload can reopen the site without --site.
+    Files committed before keep root_id NULL (their root was not recorded); the site root of the last
+    finished run is recorded when it was an absolute path or a URL."""
+    con.execute("CREATE TABLE roots (root_id INTEGER PRIMARY KEY, location TEXT NOT NULL, modality TEXT, "
+                "first_version TEXT)")
+    con.execute("ALTER TABLE source_files ADD COLUMN root_id INTEGER")
+    row = con.execute("SELECT site, version FROM runs WHERE exit_code IN (0, 1) AND site IS NOT NULL "
+                      "ORDER BY run_id DESC LIMIT 1").fetchone()
+    if row is not None and (os.path.isabs(row[0]) or "://" in row[0]):
+        first = con.execute("SELECT min(label) FROM versions").fetchone()[0]
+        con.execute("INSERT INTO roots (location, modality, first_version) VALUES (?, NULL, ?)",
+                    (row[0].replace(os.sep, "/") if "://" not in row[0] else row[0], first))
+
+
+# schema version reached -> the step that reaches it from the one before
+MIGRATIONS = {2: _to_2, 3: _to_3}
+assert max(MIGRATIONS) == SCHEMA_VERSION
+
+
+def schema_version(con: sqlite3.Connection, where: str) -> int | None:
+    """The manifest's schema version; None for an empty (new) database file."""
+    has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+    if not has_meta:
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
+            raise ManifestError("this SQLite database is not a chorus-batch manifest (it has no meta table)",
+                                where=where, fix="pass --db with the manifest's path, or a new file name to start one")
+        return None
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 1
+
+
+def too_new(version: int, where: str) -> ManifestError:
+    return ManifestError(
+        f"the manifest has schema version {version}, newer than this chorus-batch understands ({SCHEMA_VERSION})",
+        where=where, fix="upgrade chorus-batch (pip install -U chorus-batch)")
+
+
+def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
+    """Create the schema, or migrate it step by step; returns (version before, version now)."""
+    before = schema_version(con, where)
+    if before is None:
+        with con:
+            _create_latest(con)
+        return None, SCHEMA_VERSION
+    if before > SCHEMA_VERSION:
+        raise too_new(before, where)
+    for target in range(before + 1, SCHEMA_VERSION + 1):
+        try:
+            with con:  # one transaction per step: a failed step leaves the manifest at the step before
+                con.execute("BEGIN IMMEDIATE")
+                MIGRATIONS[target](con)
+                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
+        except sqlite3.Error as exc:
+            raise ManifestError(
+                f"upgrading the manifest to schema {target} failed ({exc}); it was left unchanged at schema {target - 1}",
+                where=where, fix="check the free space and permissions of the manifest's folder, then run again") from None
+    if before < SCHEMA_VERSION:
+        with con:
+            for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
+                con.execute(ddl)
+    return before, SCHEMA_VERSION

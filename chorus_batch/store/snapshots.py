@@ -1,0 +1,129 @@
+"""Parquet snapshots of versions (`run --parquet DIR`), and the reader that answers review
+questions from them as from the manifest:
+
+    DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet
+    DIR/versions.parquet
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from ..errors import ManifestError
+from ..frames import FINDINGS_SCHEMA
+from ..fsutil import write_private
+from ..review import FILE_SCHEMA, HISTORY_SCHEMA, ManifestReader
+from .manifest import Manifest
+
+
+def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
+    """The version's current files, change set, records, errors and findings, and all versions;
+    each file written atomically and owner-only."""
+    root = Path(directory)
+    target = root / f"version={label}"
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    parts = {
+        target / "manifest.parquet": manifest.query_frame("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"),
+        target / "changes.parquet": manifest.changes(label)[1],
+        target / "registry.parquet": manifest.query_frame("SELECT * FROM registry ORDER BY record_id"),
+        target / "scan_errors.parquet": manifest.version_errors(label),
+        target / "findings.parquet": manifest.validation.findings(label),
+        root / "versions.parquet": manifest.versions(),
+    }
+    for path, frame in parts.items():
+        write_private(path, frame.write_parquet)
+    return target
+
+
+class ParquetReader(ManifestReader):
+    """DIR/version=<label>/{manifest,changes,registry,scan_errors}.parquet and DIR/versions.parquet."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._labels = sorted(p.name.split("=", 1)[1] for p in self.path.glob("version=*")
+                              if (p / "manifest.parquet").is_file())
+        if not self._labels:
+            raise ManifestError(f"no Parquet snapshots in {self.path}", where=str(self.path),
+                                fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
+
+    def _part(self, label: str, name: str) -> Path:
+        return self.path / f"version={label}" / f"{name}.parquet"
+
+    def _read(self, label: str, name: str, schema: dict | None = None) -> pl.DataFrame:
+        part = self._part(label, name)
+        if not part.is_file():
+            if schema is not None:
+                return pl.DataFrame(schema=schema)
+            raise ManifestError(f"the snapshot of version {label} has no {name}.parquet", where=str(part),
+                                fix="snapshots written by an older chorus-batch lack it; open the SQLite manifest instead")
+        return pl.read_parquet(part)
+
+    def versions(self) -> pl.DataFrame:
+        table = self.path / "versions.parquet"
+        if table.is_file():
+            frame = pl.read_parquet(table)
+            return frame.filter(pl.col("label").is_in(self._labels)).sort("label")
+        return pl.DataFrame({"label": self._labels, "finished_at": [None] * len(self._labels)},
+                            schema={"label": pl.String, "finished_at": pl.String})
+
+    def _files_at(self, label: str, modality: str | None, person: str | None) -> pl.DataFrame:
+        frame = self._read(label, "manifest").cast(FILE_SCHEMA, strict=False)  # type: ignore[arg-type]
+        if modality is not None:
+            frame = frame.filter(pl.col("modality") == modality)
+        if person is not None:
+            frame = frame.filter(pl.col("person_id") == person)
+        return frame.sort("srcfile")
+
+    def _changed_between(self, older: str, newer: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+        before, after = self._files_at(older, None, None), self._files_at(newer, None, None)
+        return before.join(after, on="file_id", how="anti"), after.join(before, on="file_id", how="anti")
+
+    def _path_rows(self, srcfile: str, before_file_id: int | None) -> pl.DataFrame:
+        con = duckdb.connect()
+        try:
+            table = con.sql(
+                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true) "
+                "WHERE srcfile = $path AND file_id < $before ORDER BY file_id",
+                params={"glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
+                        "before": before_file_id if before_file_id is not None else 2**62},
+            ).to_arrow_table()
+        finally:
+            con.close()
+        rows = pl.from_arrow(table)
+        assert isinstance(rows, pl.DataFrame)
+        rows = rows.cast({k: v for k, v in FILE_SCHEMA.items() if k in rows.columns}, strict=False)  # type: ignore[arg-type]
+        ids = rows["file_id"].implode()
+        changes = pl.concat([self._read(label, "changes") for label in self._labels], how="diagonal_relaxed")
+        began = changes.filter(pl.col("file_id").is_in(ids)).select("file_id", "change", "old_srcfile")
+        ended = changes.filter(pl.col("old_file_id").is_in(ids)).select(
+            pl.col("old_file_id").alias("file_id"), pl.col("change").alias("ended_by"),
+            pl.when(pl.col("change") == "renamed").then(pl.col("srcfile")).alias("renamed_to"),
+            pl.col("version").alias("_ended_in"))
+        # A snapshot holds a row as it was then, still valid: its end comes from the change that ended it.
+        finished = self.versions().select(pl.col("label").alias("_ended_in"), pl.col("finished_at").alias("_ended_at"))
+        rows = rows.join(began, on="file_id", how="left").join(ended, on="file_id", how="left").join(
+            finished, on="_ended_in", how="left").with_columns(
+            version_invalid=pl.coalesce("version_invalid", "_ended_in"), time_invalid=pl.coalesce("time_invalid", "_ended_at"))
+        missing = [pl.lit(None, dtype).alias(c) for c, dtype in HISTORY_SCHEMA.items() if c not in rows.columns]
+        return rows.with_columns(missing).select(list(HISTORY_SCHEMA)).cast(HISTORY_SCHEMA).sort("file_id")  # type: ignore[arg-type]
+
+    def changes(self, version: str | None = None) -> pl.DataFrame:
+        return self._read(self.resolve(version), "changes")
+
+    def change_counts(self) -> pl.DataFrame:
+        frames = [self.changes(label).select("version", pl.col("modality").fill_null("Other"), "change")
+                  for label in self._labels]
+        return pl.concat(frames).group_by("version", "modality", "change").len("n").sort("version", "modality", "change")
+
+    def registry(self) -> pl.DataFrame:
+        return self._read(self._labels[-1], "registry")
+
+    def scan_errors(self, version: str | None = None) -> pl.DataFrame:
+        return self._read(self.resolve(version), "scan_errors",
+                          schema={"srcfile": pl.String, "kind": pl.String, "message": pl.String})
+
+    def findings(self, version: str | None = None) -> pl.DataFrame:
+        return self._read(self.resolve(version), "findings", schema=FINDINGS_SCHEMA)

@@ -1,0 +1,84 @@
+"""What validation keeps in the manifest: header facts by content (read once, whatever the
+file's name), and each version's findings and whether its check was complete."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from ..frames import FINDINGS_SCHEMA, schema_of
+from ..times import iso, utc_now
+
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
+# What the validation rules read of each current file (and the root to open it from).
+VALIDATION_SCHEMA = schema_of("source_files", (
+    "srcfile", "size", "md5", "modality", "person_id", "session_id", "start_date", "start_time", "duration_s",
+    "segment", "parse_error", "root_id"))
+FACTS_SCHEMA = schema_of("file_facts")
+
+
+class ValidationCache:
+    def __init__(self, manifest: "Manifest"):
+        self.manifest = manifest
+
+    def is_validated(self, label: str) -> bool:
+        return self.manifest._one("SELECT 1 FROM validations WHERE version = ?", (label,)) is not None
+
+    def findings(self, label: str) -> pl.DataFrame:
+        if not self.manifest.path.exists():
+            return pl.DataFrame(schema=FINDINGS_SCHEMA)
+        with self.manifest._open() as con:  # few rows: plain sqlite3, no ADBC start-up on a no-change run
+            rows = con.execute(
+                "SELECT severity, rule, srcfile, message FROM findings WHERE version = ? ORDER BY srcfile, rule, message",
+                (label,)).fetchall()
+        return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
+
+    def current_files(self) -> pl.DataFrame:
+        """The current files with the columns the rules read."""
+        return self.manifest.query_frame(
+            f"SELECT {', '.join(VALIDATION_SCHEMA)} FROM source_files WHERE time_invalid IS NULL",
+            schema=VALIDATION_SCHEMA)
+
+    def known_facts(self, wanted: pl.DataFrame) -> pl.DataFrame:
+        """Cached facts for the (kind, md5) pairs in `wanted`."""
+        import adbc_driver_sqlite.dbapi as adbc
+
+        if wanted.height == 0:
+            return pl.DataFrame(schema=FACTS_SCHEMA)
+        with adbc.connect(str(self.manifest.path)) as con, con.cursor() as cur:
+            cur.adbc_ingest("_want", wanted.select("kind", "md5").unique().to_arrow(), mode="create", temporary=True)
+            cur.execute("SELECT f.kind, f.md5, f.facts FROM temp._want w JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
+            frame = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(frame, pl.DataFrame)
+        return frame.cast(FACTS_SCHEMA) if frame.height else pl.DataFrame(schema=FACTS_SCHEMA)  # type: ignore[arg-type]
+
+    def save(self, label: str, new_facts: pl.DataFrame, findings: pl.DataFrame, *, complete: bool = True) -> None:
+        """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
+        An incomplete check (some files could not be read) is stored but not marked as done."""
+        import adbc_driver_sqlite.dbapi as adbc
+
+        from .manifest import _arrow_stream, _test_pause
+
+        counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
+        with adbc.connect(str(self.manifest.path)) as con:
+            with con.cursor() as cur:
+                if new_facts.height:
+                    cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
+                    cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
+                cur.execute("DELETE FROM findings WHERE version = ?", (label,))
+                if findings.height:
+                    cur.adbc_ingest("findings", _arrow_stream(findings.select(
+                        pl.lit(label).alias("version"), "severity", "rule", "srcfile", "message")), mode="append")
+                _test_pause("validate")
+                cur.execute("DELETE FROM validations WHERE version = ?", (label,))
+                if complete:
+                    cur.execute(
+                        "INSERT INTO validations VALUES (?, ?, ?, ?, ?, ?)",
+                        (label, iso(utc_now()), counts.get("error", 0), counts.get("warning", 0), counts.get("info", 0),
+                         new_facts.height),
+                    )
+            con.commit()
+        self.manifest.after_commit()

@@ -1,0 +1,112 @@
+"""Schema migrations, on a manifest written by the previous release (tests/fixtures/schema2)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chorus_batch.errors import ManifestError
+from chorus_batch.store import Manifest
+from chorus_batch.store import schema as schema_module
+
+from conftest import cli, query
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2"
+# Every table of schema 2 and the columns it had: all of it must read back unchanged.
+SCHEMA2_TABLES = ("source_files", "registry", "versions", "changes", "scan_errors", "runs", "file_facts", "findings",
+                  "validations", "meta")
+
+
+@pytest.fixture
+def old(tmp_path: Path) -> Path:
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(FIXTURE / "manifest.sqlite", db)
+    return db
+
+
+def dump(db: Path) -> dict[str, list[tuple]]:
+    con = sqlite3.connect(db)
+    try:
+        out = {}
+        for table in SCHEMA2_TABLES:
+            columns = [r[1] for r in con.execute(f"PRAGMA table_info({table})") if r[1] != "root_id"]
+            rows = con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}, {columns[1]}").fetchall()
+            out[table] = [r for r in rows if not (table == "meta" and r[0] == "schema_version")]
+        return out
+    finally:
+        con.close()
+
+
+def shape(db: Path) -> dict[str, object]:
+    """Tables with their columns (name, type, not null, default, primary key) and the index definitions."""
+    con = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        out: dict[str, object] = {t: [r[1:] for r in con.execute(f"PRAGMA table_info({t})")] for t in tables}
+        out["indexes"] = sorted(r for r in con.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+        return out
+    finally:
+        con.close()
+
+
+def test_a_read_only_command_on_an_old_manifest_says_how_to_upgrade(old):
+    out = cli("versions", "--db", str(old))
+    assert out.returncode == 3
+    assert "schema version 2" in out.stderr and f"chorus-batch upgrade --db {old}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
+
+
+def test_upgrade_keeps_every_version_row_and_finding(old):
+    before = dump(old)
+    assert len(before["versions"]) == 2 and len(before["findings"]) == 11 and len(before["source_files"]) == 30
+    out = cli("upgrade", "--db", str(old))
+    assert out.returncode == 0, out.stderr
+    assert "schema 2 -> 3" in out.stdout
+    assert dump(old) == before
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    # Readable through the review commands afterwards, every version of it.
+    versions = cli("versions", "--db", str(old), "--json")
+    assert versions.returncode == 0, versions.stderr
+    for label in ("20261101020000", "20261102020000"):
+        files = cli("files", "--db", str(old), "--as-of", label, "--json")
+        assert files.returncode == 0, files.stderr
+    again = cli("upgrade", "--db", str(old))
+    assert again.returncode == 0 and "already at schema 3" in again.stdout
+
+
+def test_a_migrated_manifest_has_the_schema_of_a_new_one(old, tmp_path):
+    Manifest(old).ensure_schema()
+    new = Manifest(tmp_path / "new.sqlite")
+    new.ensure_schema()
+    assert shape(old) == shape(new.path)
+
+
+def test_a_failing_migration_leaves_the_manifest_at_its_schema(old, monkeypatch):
+    before = dump(old)
+
+    def broken(con):
+        con.execute("ALTER TABLE source_files ADD COLUMN root_id INTEGER")
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    monkeypatch.setitem(schema_module.MIGRATIONS, 3, broken)
+    with pytest.raises(ManifestError, match="left unchanged at schema 2"):
+        Manifest(old).ensure_schema()
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert "root_id" not in [r[1] for r in query(old, "PRAGMA table_info(source_files)")]
+    assert dump(old) == before
+
+
+def test_the_next_run_after_the_upgrade_records_the_roots_and_commits_nothing_new(old, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "site", site)
+    out = cli("run", "--site", str(site), "--db", str(old), "--json", "-q")
+    assert out.returncode == 0, out.stderr
+    assert query(old, "SELECT count(*) FROM versions") == [(2,)]  # same contents: no new version
+    assert query(old, "SELECT count(*) FROM source_files WHERE time_invalid IS NULL AND root_id IS NULL") == [(0,)]
+    assert query(old, "SELECT location, modality FROM roots") == [(site.as_posix(), None)]
+    checked = cli("validate", "--db", str(old), "--json", cwd=tmp_path)  # from the recorded root, no --site
+    assert checked.returncode == 0, checked.stderr
