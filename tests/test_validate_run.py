@@ -17,6 +17,7 @@ import pytest
 
 import chorus_batch.validate as validate_module
 from chorus_batch.review import open_manifest
+from chorus_batch.validate import readers
 from conftest import cli, query, run_site
 from sitegen import build_clean_site, person_ids, sessions_of, write
 
@@ -32,13 +33,13 @@ def clean(tmp_path: Path) -> Path:
 def reads(monkeypatch) -> list[str]:
     """The files whose headers validate reads, in order."""
     seen: list[str] = []
-    original = validate_module.read_facts
+    original = readers.read_facts
 
     def counting(source, srcfile, kind):
         seen.append(srcfile)
         return original(source, srcfile, kind)
 
-    monkeypatch.setattr(validate_module, "read_facts", counting)
+    monkeypatch.setattr(readers, "read_facts", counting)
     return seen
 
 
@@ -222,8 +223,8 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
     needed = validate_module.facts_needed(scan_current(clean))
     source = LocalSource(clean, workers=2)
     in_process = validate_module.extract_facts(source, needed, workers=1)
-    monkeypatch.setattr(validate_module, "_PROCESS_MIN_JOBS", 1)  # the process path, on a small site
-    monkeypatch.setattr(validate_module, "_CHUNK_JOBS", 3)
+    monkeypatch.setattr(readers, "_PROCESS_MIN_JOBS", 1)  # the process path, on a small site
+    monkeypatch.setattr(readers, "_CHUNK_JOBS", 3)
     in_workers = validate_module.extract_facts(source, needed, workers=2)
     assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
     assert set(in_workers["kind"]) >= {"wfdb_header", "dicom", "records", "omop_person"}

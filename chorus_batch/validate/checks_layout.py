@@ -1,0 +1,78 @@
+"""The rules on the site's layout: top-level and person folders, person folders against
+person.csv, and file-wide rules (names naming another person, unparsed paths, empty and
+duplicated files)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .site import _found, _join_list, _one, _Site
+
+
+def _layout(site: _Site) -> list[pl.LazyFrame]:
+    f, folders = site.files, site.folders
+    out = [
+        _found("layout.root_file", f.filter(pl.col("_n") == 1), "srcfile",
+               pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder")),
+        _found("layout.unexpected_folder", folders.filter(~pl.col("_is_person")), pl.col("_top") + "/",
+               pl.lit("top-level folder is not OMOP/, Metadata/ or a person folder (no Images/, Waveforms/ or "
+                      "Metadata/ inside, and not a person_id in person.csv): move or remove it")),
+        _found("layout.person_no_data", folders.filter(pl.col("_is_person") & ~pl.col("_has_data")),
+               pl.col("_top") + "/",
+               pl.lit("person folder has neither Images/ nor Waveforms/: add the person's data or remove the folder")),
+        _found("layout.person_file", f.filter(pl.col("_person_file")), "srcfile",
+               pl.lit("file lies directly in the person folder: move it into Images/, Waveforms/ or Metadata/")),
+        _found("layout.person_subfolder", f.filter(pl.col("_person_subfolder")).unique(["_top", "_second"]),
+               pl.format("{}/{}/", pl.col("_top"), pl.col("_second")),
+               pl.format("unknown folder {}/ in a person folder: only Images/, Waveforms/ and Metadata/ belong there; "
+                         "move its files or remove it", pl.col("_second"))),
+    ]
+    if site.omop_dir is None:
+        out.append(_one("layout.no_omop", "OMOP/", "the site has no OMOP/ folder: add OMOP/ with the CDM 5.4 "
+                                                     "tables as comma-delimited CSV files"))
+    return out
+
+
+def _persons(site: _Site) -> list[pl.LazyFrame]:
+    if site.person_ids is None:
+        return []  # no readable person.csv: omop.* says why
+    out = [_found(
+        "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
+        pl.format("person folder {} has no row in person.csv: add the person to OMOP/person.csv or fix the folder name",
+                  pl.col("_top")))]
+    folder_keys = site.folders.filter(pl.col("_is_person"))["_key"]
+    missing = site.person_ids.filter(~site.person_ids.is_in(folder_keys.implode())).sort()
+    if missing.len():
+        person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
+        examples = ", ".join(missing.head(5).to_list())
+        out.append(_one("person.no_folder", person_csv,
+                        f"{missing.len()} person_id(s) in person.csv have no person folder (e.g. {examples}); "
+                        f"expected for persons without waveforms or images"))
+    return out
+
+
+def _files(site: _Site) -> list[pl.LazyFrame]:
+    f = site.files
+    covered = (
+        (pl.col("_n") == 1) | (~pl.col("_is_person") & ~pl.col("_top_l").is_in(["omop", "metadata"]))
+        | pl.col("_person_file") | pl.col("_person_subfolder") | pl.col("_outside_series")
+        | (pl.col("_is_person") & (pl.col("_second_l") == "metadata"))  # anything may go in <person>/Metadata/
+    )
+    unparsed = f.filter(pl.col("parse_error").is_not_null() & ~covered).join(
+        site.person_mismatch.select("srcfile"), on="srcfile", how="anti")
+    dup = f.filter(pl.col("_is_person") & (pl.col("size") > 0) & pl.col("md5").is_not_null()).filter(
+        pl.col("md5").hash().is_duplicated())  # a cheap first cut (most contents occur once), exact below
+    persons = dup.group_by("md5").agg(pl.col("_top").unique().sort().alias("_persons")).filter(
+        pl.col("_persons").list.len() > 1)
+    return [
+        _found("path.person_mismatch", site.person_mismatch, "srcfile",
+               pl.format("the name starts with person id {} but the file is in person folder {}: move it to its "
+                         "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
+        _found("path.unparsed", unparsed, "srcfile",
+               pl.format("{}: rename or move the file to fit the site layout", pl.col("parse_error"))),
+        _found("file.empty", f.filter(pl.col("size") == 0), "srcfile",
+               pl.lit("the file is empty (0 bytes), likely an interrupted copy: copy it again or remove it")),
+        _found("file.duplicate", dup.join(persons, on="md5"), "srcfile",
+               pl.format("the same content (MD5 {}) lies under person folders {}: keep it under its own person only",
+                         pl.col("md5"), _join_list(pl.col("_persons")))),
+    ]

@@ -1,0 +1,124 @@
+"""The rules on the OMOP tables (which are there, and their header rows) and on the
+waveform-visit links table."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .rules import (
+    CSV_KINDS,
+    FORBIDDEN_TABLES,
+    KIND_LINKS,
+    KIND_VISITS,
+    LINKS_TABLE,
+    OMOP_KEYS,
+    OPTIONAL_TABLES,
+    REQUIRED_TABLES,
+)
+from .site import _found, _norm_id, _one, _Site
+
+
+def _omop(site: _Site) -> list[pl.LazyFrame]:
+    if site.omop_dir is None:
+        return []
+    omop_dir = site.omop_dir
+    omop = site.files.filter(pl.col("_top_l") == "omop")
+    tables = omop.filter(pl.col("_n") == 2)["_table"].drop_nulls().unique().to_list()
+    out: list[pl.LazyFrame] = []
+    for table in REQUIRED_TABLES:
+        if table not in tables:
+            out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv",
+                            f"required OMOP table {table} is missing: add {omop_dir}/{table}.csv (a full snapshot "
+                            f"with a header row)"))
+    for table in OPTIONAL_TABLES:
+        if table not in tables:
+            out.append(_one("omop.optional_table_missing", f"{omop_dir}/{table}.csv",
+                            f"optional OMOP table {table} is absent: add {omop_dir}/{table}.csv if the site "
+                            f"captures it"))
+    known = [*OMOP_KEYS, LINKS_TABLE]
+    in_folder = pl.col("_n") == 2
+    out.append(_found("omop.specimen", omop.filter(in_folder & pl.col("_table").is_in(FORBIDDEN_TABLES)), "srcfile",
+                      pl.lit("CHoRUS does not collect the specimen table: remove this file")))
+    out.append(_found(
+        "omop.unexpected_file",
+        omop.filter(~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True)), "srcfile",
+        pl.lit("not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the CDM 5.4 clinical tables and "
+               "waveform_visit_links.csv only; rename or remove it")))
+
+    csvs = pl.concat(
+        [site.of_kind(k).select("srcfile", "_table", "_known", "_ok", "error", "columns", "delimiter")
+         for k in CSV_KINDS], how="vertical_relaxed")
+    parsed = csvs.filter(pl.col("_ok"))
+    comma = parsed.filter(pl.col("delimiter") == ",")
+    looks_like_value = pl.col("columns").list.eval(pl.element().str.contains(r"^[-+.0-9]")).list.any()
+    no_header = pl.col("columns").list.len().eq(0) | looks_like_value | pl.col("columns").list.eval(
+        pl.element() == "").list.all()
+    tables_only = pl.col("_table").is_in(list(OMOP_KEYS))
+    key = pl.col("_table").replace_strict(OMOP_KEYS, default=None, return_dtype=pl.String)
+    has_key = pl.col("columns").list.set_intersection(pl.concat_list(key)).list.len() > 0
+    delim_name = pl.col("delimiter").replace_strict(
+        {"\t": "tabs", ";": "semicolons", "|": "pipes"}, default=pl.col("delimiter"), return_dtype=pl.String)
+    out += [
+        _found("omop.unreadable", csvs.filter(pl.col("error").is_not_null()), "srcfile",
+               pl.format("cannot read this OMOP table: {}; write it as UTF-8 comma-delimited text with a header row",
+                         pl.col("error"))),
+        _found("omop.delimiter", parsed.filter(pl.col("delimiter") != ","), "srcfile",
+               pl.format("the header row is split by {}, not commas: export the table comma-delimited", delim_name)),
+        _found("omop.no_header", comma.filter(tables_only & no_header), "srcfile",
+               pl.lit("the first line holds values, not column names: export the table with its header row")),
+        _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",
+               pl.format("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
+    ]
+    return out
+
+
+def _links(site: _Site) -> list[pl.LazyFrame]:
+    if site.omop_dir is None:
+        return []
+    f = site.files
+    sessions = (
+        f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & (pl.col("session_id") != "")
+                 & pl.col("parse_error").is_null())
+        .with_columns(_where=pl.when(pl.col("_n") == 4).then(pl.col("_dir") + "/").otherwise(pl.col("srcfile")))
+        .group_by("_top", "session_id")
+        .agg(pl.col("_where").min())
+    )
+    links = site.of_kind(KIND_LINKS)
+    has_waveforms = f["_waveforms"].any()
+    if links.height == 0:
+        if not has_waveforms:
+            return []
+        return [_one("links.missing", f"{site.omop_dir}/{LINKS_TABLE}.csv",
+                     f"the site has waveforms but no {site.omop_dir}/{LINKS_TABLE}.csv: add it with columns "
+                     f"visit_occurrence_id and session, one row per waveform session")]
+    parsed = links.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
+    out = [_found(
+        "links.columns", parsed.filter(pl.col("visit_occurrence_id").is_null() | pl.col("session").is_null()),
+        "srcfile",
+        pl.format("the header ({}) lacks visit_occurrence_id and/or session: the table needs both columns, "
+                  "named so in its header row", pl.col("columns").list.join(",")))]
+    usable = parsed.filter(pl.col("visit_occurrence_id").is_not_null() & pl.col("session").is_not_null())
+    if usable.height == 0:
+        return out  # no usable links table: links.columns or omop.* already say why
+    pairs = usable.select("srcfile", "visit_occurrence_id", "session").explode("visit_occurrence_id", "session")
+    out.append(_found(
+        "links.unlinked_session", sessions.join(pairs, left_on="session_id", right_on="session", how="anti"),
+        "_where",
+        pl.format("waveform session {} has no row in {}/{}.csv: add its visit_occurrence_id", pl.col("session_id"),
+                  pl.lit(site.omop_dir), pl.lit(LINKS_TABLE))))
+    out.append(_found(
+        "links.unknown_session", pairs.join(sessions, left_on="session", right_on="session_id", how="anti")
+        .unique(["srcfile", "session"]), "srcfile",
+        pl.format("links session {}, which is not on the site: fix the session name or remove the row",
+                  pl.col("session"))))
+    visits = site.of_kind(KIND_VISITS).filter(
+        pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null())
+    if visits.height:
+        known = visits.select(_norm_id(pl.col("visit_occurrence_id").explode()).alias("_visit")).unique()
+        unknown = pairs.with_columns(_visit=_norm_id(pl.col("visit_occurrence_id"))).join(known, on="_visit",
+                                                                                          how="anti")
+        out.append(_found(
+            "links.unknown_visit", unknown.unique(["srcfile", "visit_occurrence_id"]), "srcfile",
+            pl.format("links visit_occurrence_id {}, which is not in visit_occurrence.csv: fix the id or add the visit",
+                      pl.col("visit_occurrence_id"))))
+    return out

@@ -1,0 +1,317 @@
+"""Reading facts from file contents (I/O): WFDB headers, RECORDS files, DICOM headers and OMOP
+CSVs, each to a small dict of JSON-able facts. Facts depend only on the content, so they are
+keyed by (kind, md5) and can be cached for ever. pydicom, wfdb and pyarrow are imported only
+when a file of their kind is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import re
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from .rules import CSV_KINDS, KIND_DICOM, KIND_LINKS, KIND_PERSON, KIND_RECORDS, KIND_VISITS, KIND_WFDB, LINK_COLUMNS
+
+FACTS_SCHEMA = {"kind": pl.String, "md5": pl.String, "facts": pl.String}  # facts = JSON text
+
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # a WFDB header or RECORDS file larger than this is not one
+MAX_CSV_HEADER_BYTES = 1024 * 1024
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+_DICOM_TAGS: dict[str, int] = {
+    "modality": 0x00080060,
+    "series_number": 0x00200011,
+    "instance_number": 0x00200013,
+    "patient_id": 0x00100020,
+    "study_date": 0x00080020,
+    "study_time": 0x00080030,
+    "series_date": 0x00080021,
+    "series_time": 0x00080031,
+    "acquisition_date": 0x00080022,
+    "acquisition_time": 0x00080032,
+    "content_date": 0x00080023,
+    "content_time": 0x00080033,
+}
+
+
+class BadContent(ValueError):
+    """The file's content is not what its name says it is (the message says how)."""
+
+
+def _read_text(f, encoding: str) -> str:
+    data = f.read(MAX_TEXT_BYTES + 1)
+    if not data:
+        raise BadContent("the file is empty")
+    if len(data) > MAX_TEXT_BYTES:
+        raise BadContent(f"the file is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        raise BadContent(f"the file is not {encoding.upper()} text (binary data?)") from None
+    if _BINARY.search(text):
+        raise BadContent("the file holds control characters (binary data?)")
+    return text
+
+
+def _wfdb_facts(f) -> dict[str, Any]:
+    text = _read_text(f, "ascii")
+    return parse_wfdb_header(text)
+
+
+@functools.cache
+def _wfdb_parsers() -> tuple[Any, Any]:
+    """wfdb's parsers of header text (rdheader reads only files), imported once and quietly:
+    wfdb 4.x warns about pandas deprecations at import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from wfdb.io import _header, header
+    return _header, header
+
+
+def parse_wfdb_header(text: str) -> dict[str, Any]:
+    """The facts of a WFDB header's text, by the wfdb library's own header grammar (its record,
+    signal and segment line expressions). wfdb's line parsers are not called: they look up
+    field defaults in pandas frames, ~2.5 ms a header (minutes on a first run over 100k
+    headers); matching the same expressions and converting the few fields used is ~30 us."""
+    _header, header = _wfdb_parsers()
+    lines, _comments = header.parse_header_content(text)
+    if not lines:
+        raise BadContent("no record line (only comments or blank lines)")
+    try:
+        rec = _match(_header.rx_record, lines[0], "record")
+        n_sig = int(rec["n_sig"])
+        facts: dict[str, Any] = {
+            "record_name": rec["record_name"],
+            "n_sig": n_sig,
+            "sig_len": int(rec["sig_len"]) if rec["sig_len"] else None,
+            "fs": float(rec["fs"]) if rec["fs"] else None,
+            "base_time": _header.wfdb_strptime(rec["base_time"]).isoformat() if rec["base_time"] else None,
+            "base_date": (datetime.strptime(rec["base_date"], "%d/%m/%Y").date().isoformat()
+                          if rec["base_date"] else None),
+            "signals": [],
+            "segments": None,
+        }
+        if not rec["n_seg"]:
+            if len(lines) - 1 != n_sig:
+                raise BadContent(f"the record line declares {n_sig} signals but {len(lines) - 1} signal lines follow")
+            for line in lines[1:]:
+                sig = _match(_header.rx_signal, line, "signal")
+                facts["signals"].append({
+                    "file_name": sig["file_name"], "fmt": sig["fmt"],
+                    "samps_per_frame": int(sig["samps_per_frame"] or 1), "byte_offset": int(sig["byte_offset"] or 0),
+                })
+        else:
+            n_seg = int(rec["n_seg"])
+            if len(lines) - 1 != n_seg:
+                raise BadContent(f"the record line declares {n_seg} segments but {len(lines) - 1} segment lines follow")
+            facts["segments"] = [{"name": seg["seg_name"], "length": int(seg["seg_len"])}
+                                 for seg in (_match(_header.rx_segment, line, "segment") for line in lines[1:])]
+    except BadContent:
+        raise
+    except ValueError as exc:  # bad dates/times, bad numbers
+        raise BadContent(f"invalid header syntax ({exc})") from None
+    return facts
+
+
+def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
+    found = expression.match(line)
+    if found is None:
+        raise BadContent(f"invalid header syntax (invalid syntax in {what} line)")
+    return found.groupdict()
+
+
+def _dicom_text(element: Any) -> str | None:
+    if element is None:
+        return None
+    value = element.value
+    if isinstance(value, bytes | bytearray):
+        # Raw bytes (pydicom converts lazily): decoded here so odd values never raise or warn.
+        value = bytes(value).decode("latin-1")
+    elif value is not None and not isinstance(value, str):
+        value = str(value)
+    value = (value or "").strip("\x00 \t\r\n")
+    return value or None
+
+
+def _dicom_facts(f) -> dict[str, Any]:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not f.read(1):
+        raise BadContent("the file is empty")
+    f.seek(0)
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(_DICOM_TAGS.values()))
+    except InvalidDicomError:
+        raise BadContent("not a DICOM Part 10 file (no 'DICM' prefix and File Meta Information)") from None
+    except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+        raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
+    values = {key: _dicom_text(ds.get_item(tag)) for key, tag in _DICOM_TAGS.items()}
+    return {key: value for key, value in values.items() if value is not None}  # absent: not in the header
+
+
+def _records_facts(f) -> dict[str, Any]:
+    text = _read_text(f, "utf-8")
+    lines = [line.strip() for line in text.splitlines()]
+    return {"records": [line for line in lines if line and not line.startswith("#")]}
+
+
+def _csv_header(f) -> tuple[dict[str, Any], list[str]]:
+    """The facts of a CSV's first line, and its column names as written (for pyarrow)."""
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_CSV_HEADER_BYTES:
+        chunk = f.read(64 * 1024)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        raise BadContent("the file is empty (no header row)")
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if len(line) > MAX_CSV_HEADER_BYTES:
+        raise BadContent(f"the first line is longer than {MAX_CSV_HEADER_BYTES // 1024} KiB: not a CSV header row")
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadContent("the header row is not UTF-8 text") from None
+    if _BINARY.search(text):
+        raise BadContent("the header row holds control characters (binary data?)")
+    counts = {d: text.count(d) for d in (",", "\t", ";", "|")}
+    delimiter = max(counts, key=lambda d: (counts[d], d == ","))
+    if counts[delimiter] == 0:
+        delimiter = ","
+    raw = next(csv.reader([text], delimiter=delimiter)) if text else []
+    columns = [c.strip().strip('"').strip().lower() for c in raw]
+    return {"columns": columns, "delimiter": delimiter}, raw
+
+
+def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
+    """The distinct (rows of the) wanted columns, streamed with pyarrow; None if one is absent."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if any(w not in columns for w in wanted):
+        return None
+    names = [raw_names[columns.index(w)] for w in wanted]
+    f.seek(0)
+    try:
+        reader = pacsv.open_csv(
+            f,
+            read_options=pacsv.ReadOptions(block_size=4 * 1024 * 1024),
+            parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names}),
+        )
+        table = reader.read_all()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {exc}") from None
+    frame = (
+        pl.from_arrow(table)
+        .rename(dict(zip(names, wanted, strict=True)))
+        .with_columns(pl.col(w).str.strip_chars() for w in wanted)
+        .filter(pl.all_horizontal(pl.col(w).is_not_null() & (pl.col(w) != "") for w in wanted))
+        .unique(maintain_order=True)
+    )
+    return {w: frame[w].to_list() for w in wanted}
+
+
+def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
+    wanted = {KIND_PERSON: ("person_id",), KIND_VISITS: ("visit_occurrence_id",), KIND_LINKS: LINK_COLUMNS}.get(kind)
+
+    def read(f) -> dict[str, Any]:
+        facts, raw = _csv_header(f)
+        if wanted:
+            values = _csv_columns(f, raw, facts["columns"], wanted) if facts["delimiter"] == "," else None
+            for w in wanted:
+                facts[w] = None if values is None else values[w]
+        return facts
+
+    return read
+
+
+_READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    KIND_WFDB: _wfdb_facts,
+    KIND_DICOM: _dicom_facts,
+    KIND_RECORDS: _records_facts,
+    **{kind: _csv_facts(kind) for kind in CSV_KINDS},
+}
+
+
+def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
+    """The facts of one file; {"error": ...} for content that is not what the name says.
+
+    An error that is about reading, not content (the file vanished, permission denied,
+    a network failure), also carries "retry": true: such facts must not be cached.
+    """
+    reader = _READERS.get(kind)
+    if reader is None:
+        return {"error": f"no reader for kind {kind!r}"}
+    try:
+        with source.open(srcfile) as f:
+            return reader(f)
+    except BadContent as exc:
+        return {"error": str(exc)}
+    except OSError as exc:
+        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+    except Exception as exc:  # noqa: BLE001 - a parser's bug or an oddity nobody foresaw: a finding, not a crash
+        return {"error": f"cannot parse the file ({type(exc).__name__}: {exc})"}
+
+
+def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFrame:
+    """FACTS_SCHEMA rows, one per distinct (kind, md5) of `todo` (srcfile, md5, kind).
+
+    Reads only what each kind needs through source.open: WFDB and RECORDS text, a
+    DICOM header up to the pixel data, an OMOP CSV's first line, and the whole of
+    person.csv, visit_occurrence.csv and waveform_visit_links.csv (one or two columns
+    of them). Never raises for bad content.
+    """
+    jobs = (
+        todo.filter(pl.col("md5").is_not_null() & pl.col("kind").is_not_null())
+        .unique(["kind", "md5"], keep="first", maintain_order=True)
+        .select("kind", "md5", "srcfile")
+        .rows()
+    )
+
+    kinds = {kind for kind, _, _ in jobs}
+    # Imported before workers start: threads (catch_warnings is not thread-safe) and forked
+    # processes (each would import them again) then share them.
+    if KIND_WFDB in kinds:
+        _wfdb_parsers()
+    if KIND_DICOM in kinds:
+        import pydicom  # noqa: F401
+    headers = [job for job in jobs if job[0] in _HEADER_KINDS]
+    # The source's capability: parallel_local (named hash_in_processes before).
+    if (workers > 1 and len(headers) >= _PROCESS_MIN_JOBS
+            and getattr(source, "parallel_local", getattr(source, "hash_in_processes", False))):
+        # Parsing headers is Python-bound (pydicom ~0.5 ms, a WFDB header ~0.3 ms): threads would share one
+        # core. Only header kinds go to the (forked) workers: the OMOP readers use polars, whose thread
+        # pool does not survive a fork; those few files are read here.
+        from ..sources import pool  # moves to workers.pool
+
+        chunks = [headers[i: i + _CHUNK_JOBS] for i in range(0, len(headers), _CHUNK_JOBS)]
+        with pool(workers) as executor:
+            rows = [row for part in executor.map(_facts_rows, [source] * len(chunks), chunks) for row in part]
+        rows += _facts_rows(source, [job for job in jobs if job[0] not in _HEADER_KINDS])
+    elif workers > 1 and len(jobs) > 1:  # remote sources: reads wait on the network
+        with ThreadPoolExecutor(max_workers=workers) as executor:
+            rows = [row for part in executor.map(lambda job: _facts_rows(source, [job]), jobs) for row in part]
+    else:
+        rows = _facts_rows(source, jobs)
+    return pl.DataFrame(rows, schema=FACTS_SCHEMA, orient="row")
+
+
+_HEADER_KINDS = frozenset({KIND_WFDB, KIND_DICOM, KIND_RECORDS})  # standard library, pydicom, wfdb's grammar
+_PROCESS_MIN_JOBS = 2000  # below this, starting worker processes costs more than it saves
+_CHUNK_JOBS = 500
+
+
+def _facts_rows(source, jobs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """FACTS rows of (kind, md5, srcfile) jobs; runs in worker processes too. read_facts is looked up
+    in this module at each call, so a patched readers.read_facts sees every read."""
+    return [(kind, md5, json.dumps(read_facts(source, srcfile, kind), separators=(",", ":"))) for kind, md5, srcfile in jobs]

@@ -1,0 +1,143 @@
+"""What the rules look at: the current files with their path columns, person folders and decoded
+facts (`_Site`), and the helpers every rule uses to state a finding.
+
+Paths are compared case-insensitively where the site layout is (folder names,
+extensions); file and record names are compared exactly. Person and visit ids
+made only of digits are compared as numbers ("000123" = "123"), since OMOP
+stores them as integers while folders keep the site's text.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .kinds import _kind_expr, _path_columns
+from .readers import _DICOM_TAGS
+from .rules import KIND_DICOM, KIND_LINKS, KIND_OMOP, KIND_PERSON, KIND_RECORDS, KIND_VISITS, KIND_WFDB
+
+
+# ----------------------------------------------------------------------------- decoding facts
+
+_CSV_DTYPE = {"error": pl.String, "columns": pl.List(pl.String), "delimiter": pl.String}
+_FACT_DTYPES: dict[str, pl.Struct] = {
+    KIND_WFDB: pl.Struct({
+        "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64,
+        "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
+                                      "samps_per_frame": pl.Int64, "byte_offset": pl.Int64})),
+        "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64})),
+    }),
+    KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
+    KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
+    KIND_OMOP: pl.Struct(_CSV_DTYPE),
+    KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
+    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String)}),
+    KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
+}
+
+
+# What rules need of a file beside its facts (a narrow frame: a million DICOM rows are copied cheaply).
+_FILE_COLUMNS = ("srcfile", "md5", "size", "_n", "_top", "_second", "_third", "_dir", "_name", "_stem", "_table",
+                 "kind")
+
+
+def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """The files of one kind with their decoded facts; `_known` is false where none were extracted.
+
+    Joined on a 64-bit hash of the MD5 (then checked on the MD5 itself): a million-row
+    join on integers costs a fraction of one on 32-character strings.
+    """
+    rows = files.lazy().filter(pl.col("kind") == kind).select(_FILE_COLUMNS).with_columns(
+        _h=pl.col("md5").hash()).collect()
+    decoded = (
+        facts.lazy()
+        .filter(pl.col("kind") == kind)
+        .select(pl.col("md5").alias("_md5"), pl.col("md5").hash().alias("_h"),
+                pl.col("facts").str.json_decode(_FACT_DTYPES[kind]).alias("_f"))
+        .unnest("_f")
+        .with_columns(_known=pl.lit(True))
+        .collect(engine="streaming")  # decodes in parallel: a million DICOM headers' facts take a while
+    )
+    out = (
+        rows.join(decoded, on="_h", how="left")
+        .filter(pl.col("_md5").is_null() | (pl.col("_md5") == pl.col("md5")))
+        .with_columns(pl.col("_known").fill_null(False))
+    )
+    return out.with_columns(_ok=pl.col("_known") & pl.col("error").is_null()).drop("_h", "_md5")
+
+
+# ----------------------------------------------------------------------------- the site and its findings
+
+
+def _norm_id(expr: pl.Expr) -> pl.Expr:
+    """Ids compared as OMOP stores them: digits-only ids without their leading zeros."""
+    s = expr.str.strip_chars().str.strip_chars('"')
+    return pl.when(s.str.contains(r"^\d+$")).then(s.str.replace(r"^0+(\d)", "${1}")).otherwise(s)
+
+
+_FINDING_COLUMNS = {"rule": pl.String, "srcfile": pl.String, "message": pl.String}
+
+
+def _found(rule: str, frame: pl.DataFrame | pl.LazyFrame, srcfile: pl.Expr | str, message: pl.Expr) -> pl.LazyFrame:
+    srcfile_expr = pl.col(srcfile) if isinstance(srcfile, str) else srcfile
+    return frame.lazy().select(pl.lit(rule).alias("rule"), srcfile_expr.alias("srcfile"), message.alias("message"))
+
+
+def _one(rule: str, srcfile: str, message: str) -> pl.LazyFrame:
+    return pl.LazyFrame({"rule": [rule], "srcfile": [srcfile], "message": [message]}, schema=_FINDING_COLUMNS)
+
+
+def _join_list(values: pl.Expr, limit: int = 5) -> pl.Expr:
+    return values.list.head(limit).list.join(", ")
+
+
+class _Site:
+    """The current files with path helper columns, person-folder facts and decoded facts."""
+
+    def __init__(self, current: pl.DataFrame, facts: pl.DataFrame):
+        files = _path_columns(current).with_columns(_kind_expr()).collect()
+        self.person = _with_facts(files, facts, KIND_PERSON)
+        ids = self.person.filter(
+            pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("person_id").is_not_null()
+        )
+        self.person_ids: pl.Series | None = (
+            ids.select(_norm_id(pl.col("person_id").explode())).to_series().drop_nulls().unique()
+            if ids.height else None
+        )
+        top = (pl.col("_n") >= 2) & ~pl.col("_top_l").is_in(["omop", "metadata"])
+        folders = files.filter(top).group_by("_top").agg(
+            _has_data=(pl.col("_second_l").is_in(["images", "waveforms"]) & (pl.col("_n") >= 3)).any(),
+            _has_meta=((pl.col("_second_l") == "metadata") & (pl.col("_n") >= 3)).any(),
+        ).with_columns(_key=_norm_id(pl.col("_top")))
+        in_omop = pl.col("_key").is_in(self.person_ids.implode()) if self.person_ids is not None else pl.lit(False)
+        self.folders = folders.with_columns(_in_omop=in_omop).with_columns(
+            _is_person=pl.col("_has_data") | pl.col("_has_meta") | pl.col("_in_omop")
+        )
+        files = files.join(self.folders.select("_top", "_is_person"), on="_top", how="left").with_columns(
+            pl.col("_is_person").fill_null(False)
+        )
+        p, n, second = pl.col("_is_person"), pl.col("_n"), pl.col("_second_l")
+        self.files = files.with_columns(
+            _person_file=p & (n == 2),
+            _person_subfolder=p & (n >= 3) & ~second.is_in(["images", "waveforms", "metadata"]),
+            _waveforms=p & (n >= 3) & (second == "waveforms"),
+            _images=p & (n >= 3) & (second == "images"),
+        ).with_columns(
+            _outside_series=pl.col("_images") & (pl.col("_ext_l") == "dcm") & (n != 5),
+        )
+        # Names whose person id (before _<YYYYMMDD>_<HHMMSS>) is not the folder's. Nearly all names start
+        # with "<folder>_": only the others are parsed.
+        self.person_mismatch = (
+            self.files.filter((pl.col("_waveforms") | pl.col("_images"))
+                              & ~pl.col("_name").str.starts_with(pl.col("_top") + "_"))
+            .with_columns(_name_person=pl.col("_name").str.extract(r"^(.+?)_\d{8}_\d{6}(?:[_.]|$)", 1))
+            .filter(pl.col("_name_person").is_not_null() & (pl.col("_name_person") != pl.col("_top")))
+        )
+        self.facts = facts
+        self._of_kind: dict[str, pl.DataFrame] = {KIND_PERSON: self.person}
+        omop = self.files.filter(pl.col("_top_l") == "omop")
+        self.omop_dir = omop["_top"].min() if omop.height else None
+
+    def of_kind(self, kind: str) -> pl.DataFrame:
+        if kind not in self._of_kind:
+            self._of_kind[kind] = _with_facts(self.files, self.facts, kind)
+        return self._of_kind[kind]
