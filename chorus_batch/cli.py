@@ -288,7 +288,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .pipeline import has_errors
     from .progress import Progress
     from .report import findings_dict, findings_text
-    from .validate_site import validate_folder, validate_manifest
+    from .validate.run import validate_folder, validate_manifest
 
     target = _resolve(args)
     if target.site is not None and not Path(target.db).exists() and not target.db_given:

@@ -150,16 +150,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     if not settings.dry_run:
         # ---- validate the version (cached: a version already validated is not checked again)
         if settings.validate_site and (label or previous_label):
-            from .validate_site import validate_version
-            progress.stage("checking the site against the CHoRUS procedures")
-            from .validate_site import _FirstFound
+            from .validate.run import by_root_id, validate_version
 
-            by_location = {(r.source.location, r.modality): r.source for r in roots}
-            sources: dict = {root_id: by_location[(loc, mod)] for root_id, loc, mod in
-                             manifest.roots().select("root_id", "location", "modality").iter_rows()
-                             if (loc, mod) in by_location}
-            sources[None] = _FirstFound([r.source for r in roots])
-            findings = validate_version(manifest, label or previous_label, sources, workers=settings.workers)
+            progress.stage("checking the site against the CHoRUS procedures")
+            sources = {(r.source.location, r.modality): r.source for r in roots}
+            findings = validate_version(manifest, label or previous_label, by_root_id(manifest, sources),
+                                        workers=settings.workers)
             t = mark("validate", t)
         if label is not None and settings.parquet:
             from .store.snapshots import write_snapshots

@@ -286,13 +286,13 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFra
     if KIND_DICOM in kinds:
         import pydicom  # noqa: F401
     headers = [job for job in jobs if job[0] in _HEADER_KINDS]
-    # The source's capability: parallel_local (named hash_in_processes before).
+    # The source's capability (sources/base.py): its reads are CPU-bound on this machine.
     if (workers > 1 and len(headers) >= _PROCESS_MIN_JOBS
-            and getattr(source, "parallel_local", getattr(source, "hash_in_processes", False))):
+            and getattr(source, "parallel_local", False)):
         # Parsing headers is Python-bound (pydicom ~0.5 ms, a WFDB header ~0.3 ms): threads would share one
         # core. Only header kinds go to the (forked) workers: the OMOP readers use polars, whose thread
         # pool does not survive a fork; those few files are read here.
-        from ..sources import pool  # moves to workers.pool
+        from ..workers import pool
 
         chunks = [headers[i: i + _CHUNK_JOBS] for i in range(0, len(headers), _CHUNK_JOBS)]
         with pool(workers) as executor:

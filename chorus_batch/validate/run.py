@@ -16,13 +16,16 @@ from pathlib import Path
 
 import polars as pl
 
-from .errors import UsageError
-from .progress import log
-from .sources import Source, open_source
-from .store import Manifest
+from ..errors import UsageError
+from ..progress import log
+from ..sources import Source, open_source
+from ..store import Manifest
+from .checks import check
+from .kinds import facts_needed
+from .readers import FACTS_SCHEMA, extract_facts
 
 
-class _FirstFound:
+class FirstFound:
     """Opens a site-relative path in the first root that has it: files whose root was not
     recorded (committed before schema 3)."""
 
@@ -50,18 +53,28 @@ def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | No
     return sources
 
 
+def by_root_id(manifest: Manifest, sources: Mapping[tuple[str, str | None], Source]) -> dict[int | None, Source]:
+    """A run's sources by (location, modality) as the manifest's root ids; None: the first of them
+    that has a file, for files whose root was not recorded."""
+    out: dict[int | None, Source] = {
+        root_id: sources[(location, modality)]
+        for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows()
+        if (location, modality) in sources}
+    if sources:
+        out[None] = FirstFound(list(sources.values()))  # type: ignore[assignment]
+    return out
+
+
 def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
                      force: bool = False) -> pl.DataFrame:
     """Check a version against the procedures; findings are stored with it. Headers are read only for
     contents whose facts are not cached yet (new or changed files), each from `sources[root_id]`;
     `sources[None]` reads files whose root is not recorded or not reachable."""
-    from . import validate
-
     cache = manifest.validation
     if not force and cache.is_validated(label):
         return cache.findings(label)
     current = cache.current_files()
-    needed = validate.facts_needed(current).join(current.select("srcfile", "root_id"), on="srcfile", how="left")
+    needed = facts_needed(current).join(current.select("srcfile", "root_id"), on="srcfile", how="left")
     known = cache.known_facts(needed)
     todo = needed.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first", maintain_order=True)
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
@@ -73,10 +86,10 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
             f"{unreachable.height} file(s) of version {label} (e.g. {unreachable['srcfile'][0]}) have headers that were "
             "never read, and the manifest does not record where they are", where=str(manifest.path),
             fix="pass --site with the site root (its roots are recorded by the next run)")
-    parts = [validate.extract_facts(readers[root_id], part, workers=workers)  # type: ignore[arg-type]
+    parts = [extract_facts(readers[root_id], part, workers=workers)  # type: ignore[arg-type]
              for (root_id,), part in todo.group_by("root_id", maintain_order=True)]
-    new_facts = pl.concat(parts) if parts else pl.DataFrame(schema=validate.FACTS_SCHEMA)
-    findings = validate.check(current, pl.concat([known, new_facts.select(known.columns)]))
+    new_facts = pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
+    findings = check(current, pl.concat([known, new_facts.select(known.columns)]))
     # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
     # Nor is such a version marked as checked: the next run checks it again, reading just those files.
     lasting = new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
@@ -102,7 +115,7 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
         sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers))
         given = [open_source(location, workers=workers) for location in (overrides or {}).values()]
         if given or sources:
-            sources[None] = _FirstFound(given or [sources[k] for k in sorted(sources)])  # type: ignore[arg-type, misc]
+            sources[None] = FirstFound(given or [sources[k] for k in sorted(sources)])  # type: ignore[arg-type, misc]
         findings = validate_version(manifest, latest["label"], sources, workers=workers, force=force)
     return latest["label"], findings
 
@@ -110,7 +123,7 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
 def validate_folder(settings, *, progress=None) -> pl.DataFrame:
     """Check a site folder that has no manifest: scan it into a temporary manifest (owner-only, in the
     system's temporary folder), validate, and remove it; nothing is left behind."""
-    from .pipeline import run
+    from ..pipeline import run
 
     scratch = Path(tempfile.mkdtemp(prefix="chorus-validate-"))
     try:
