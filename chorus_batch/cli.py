@@ -291,10 +291,11 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .validate.run import validate_folder, validate_manifest
 
     target = _resolve(args)
-    if target.site is not None and not Path(target.db).exists() and not target.db_given:
+    if target.site is not None and not Path(target.db).exists():
+        # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
-        findings = validate_folder(settings, progress=Progress(quiet=args.quiet))
-        label, where = None, f"{settings.site} (checked in a temporary manifest, now removed)"
+        label, findings = validate_folder(settings, keep=target.db_given, argv=argv, progress=Progress(quiet=args.quiet))
+        where = str(Path(settings.db).resolve()) if target.db_given else f"{settings.site} (checked in a temporary manifest, now removed)"
     else:
         overrides = {None: target.site} if target.site else {}
         overrides.update(target.config.site.roots if target.site else {})

@@ -228,3 +228,30 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
     in_workers = validate_module.extract_facts(source, needed, workers=2)
     assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
     assert set(in_workers["kind"]) >= {"wfdb_header", "dicom", "records", "omop_person"}
+
+
+def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_path):
+    import tempfile
+
+    scratch = set(Path(tempfile.gettempdir()).glob("chorus-validate-*"))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = cli("validate", "--site", str(clean), "--json", cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["version"] is None and report["by_severity"]["error"] == 0
+    assert list(cwd.iterdir()) == []  # no manifest, lock or cache in the working folder
+    assert set(Path(tempfile.gettempdir()).glob("chorus-validate-*")) == scratch  # the temporary manifest is gone
+    write(clean, "stray.txt", "left behind\n")
+    (clean / "OMOP" / "person.csv").unlink()
+    text = cli("validate", "--site", str(clean), cwd=cwd)
+    assert text.returncode == 1 and "omop.missing_table" in text.stdout and "temporary manifest" in text.stdout
+    assert list(cwd.iterdir()) == []
+
+
+def test_validate_a_folder_into_a_new_manifest_keeps_it(clean, tmp_path):
+    db = tmp_path / "new" / "m.sqlite"
+    out = cli("validate", "--site", str(clean), "--db", str(db), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["version"] == query(db, "SELECT label FROM versions")[0][0]
+    assert query(db, "SELECT count(*) FROM validations") == [(1,)]

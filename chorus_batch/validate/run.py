@@ -120,17 +120,20 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
     return latest["label"], findings
 
 
-def validate_folder(settings, *, progress=None) -> pl.DataFrame:
-    """Check a site folder that has no manifest: scan it into a temporary manifest (owner-only, in the
-    system's temporary folder), validate, and remove it; nothing is left behind."""
+def validate_folder(settings, *, keep: bool, argv: list[str], progress=None) -> tuple[str | None, pl.DataFrame]:
+    """Check a site folder that has no manifest: scan it into a new manifest and validate its first
+    version. `keep`: the manifest is `settings.db` and stays; otherwise a temporary one (owner-only,
+    in the system's temporary folder) is removed afterwards and nothing is left behind."""
     from ..pipeline import run
 
+    checked = settings.model_copy(update={"validate_site": True, "dry_run": False})
+    if keep:
+        result = run(checked, argv=argv, progress=progress)
+        return result.label, result.findings  # type: ignore[return-value]
     scratch = Path(tempfile.mkdtemp(prefix="chorus-validate-"))
     try:
-        result = run(settings.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None,
-                                                 "validate_site": True, "dry_run": False}),
-                     argv=["validate"], progress=progress)
-        assert result.findings is not None
-        return result.findings
+        result = run(checked.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None}),
+                     argv=argv, progress=progress)
+        return None, result.findings  # type: ignore[return-value]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
