@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from .classify import build_patterns
-from .commit import commit, read_delete_list
+from .commit import Committed, commit, read_delete_list
 from .config import RunSettings
 from .errors import ChorusError, ExitCode, UsageError
 from .progress import Progress, log
@@ -24,19 +24,14 @@ from .times import utc_now
 
 
 @dataclass
-class RunResult:
+class RunResult(Committed):
+    """What the commit wrote (label, counts, change_set, errors, ...), and the rest of the run."""
+
     db: str
     site: str
     mode: str
     dry_run: bool
-    label: str | None  # the version written; None when nothing changed (or dry run)
     previous_label: str | None
-    counts: dict[str, int]
-    by_modality: pl.DataFrame  # modality, change, n
-    change_set: pl.DataFrame
-    errors: pl.DataFrame
-    n_files: int
-    total_bytes: int
     n_hashed: int
     bytes_hashed: int
     elapsed_s: float
@@ -163,10 +158,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             write_snapshots(manifest, label, settings.parquet)
 
     return RunResult(
-        db=str(manifest.path.resolve()), site=mask_url(settings.site), mode=settings.mode, dry_run=settings.dry_run,
-        label=label, previous_label=previous_label, counts=committed.counts, by_modality=committed.by_modality,
-        change_set=committed.change_set, errors=committed.errors, n_files=committed.n_files,
-        total_bytes=committed.total_bytes, n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed,
+        **vars(committed), db=str(manifest.path.resolve()), site=mask_url(settings.site), mode=settings.mode,
+        dry_run=settings.dry_run, previous_label=previous_label, n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed,
         elapsed_s=time.perf_counter() - t_start, hash_s=scanned.hash_s, scan_started_ns=scanned.scan_started_ns,
         timings=timings, findings=findings,
     )
