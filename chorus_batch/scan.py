@@ -122,7 +122,8 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         missing = sorted(set(range(shards)) - set(seen))
         raise UsageError(
             f"the scan results do not cover the site: expected shards 0..{shards - 1} once each, got {seen}"
-            + (f" (missing {', '.join(map(str, missing))})" if missing else ""),
+            + (f" (missing {', '.join(map(str, missing))})" if missing else "")
+            + (" (duplicates)" if len(set(seen)) < len(seen) else ""),
             where="merge", fix="run the missing shards (or remove duplicates) and merge again")
     if any(p.roots != first.roots for p in parts):
         raise UsageError("the shards scanned different roots", where="merge", fix="rerun every shard with the same settings")

@@ -68,8 +68,12 @@ class FsspecSource:
         self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = root.rstrip("/")
         self.description = self.location = mask_url(url)
+
+    @property
+    def server_md5(self) -> bool:
+        """Azure Blob holds a Content-MD5 per blob, listed with it (a subclass may say otherwise)."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.server_md5 = any(p in _SERVER_MD5_PROTOCOLS for p in protocols)
+        return any(p in _SERVER_MD5_PROTOCOLS for p in protocols)
 
     def _path(self, srcfile: str) -> str:
         return f"{self.root}/{srcfile}" if self.root else srcfile
@@ -91,13 +95,15 @@ class FsspecSource:
         except (OSError, ValueError) as exc:
             raise SourceError(f"cannot list {self.description}: {exc}", where=self.description,
                               fix="check the URL and that credentials for it are in the environment") from None
+        if not found:
+            self.check()  # a root that vanished since check() is an error, never an empty site
         prefix = self.root + "/" if self.root else ""
         paths: list[str] = []
         sizes: list[int] = []
         mtimes: list[int] = []
         md5s: list[str | None] = []
         for path, info in found.items():
-            paths.append(path[len(prefix):] if path.startswith(prefix) else path)
+            paths.append(path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/"))
             sizes.append(int(info.get("size") or 0))
             mtimes.append(_mtime_ns(info))
             md5s.append(stored_md5(info) if self.server_md5 else None)

@@ -1,0 +1,306 @@
+"""Scan and commit apart: a ScanResult as Parquet, shards and their merge, the version a scan
+is based on, and MD5s held by the storage (stored_md5)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from chorus_batch.classify import build_patterns
+from chorus_batch.commit import commit
+from chorus_batch.errors import UsageError
+from chorus_batch.frames import empty_state
+from chorus_batch.scan import Coverage, Root, ScanResult, merge_scans, scan, shard_of
+from chorus_batch.sources import FsspecSource, LocalSource
+from chorus_batch.store import Manifest
+from chorus_batch.testdata import Spec, write_snapshot
+
+from conftest import current_rows, scan_and_commit, tree_md5, write
+
+SPEC = Spec(persons=12, files_per_person=6, size=32, seed=1)
+
+
+def state(db: Path) -> tuple[Manifest, pl.DataFrame, str | None]:
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    latest = manifest.latest_version()
+    return manifest, manifest.previous_state(), latest["label"] if latest else None
+
+
+def commit_scan(db: Path, scanned: ScanResult):
+    manifest, previous, label = state(db)
+    return commit(manifest, scanned, previous, previous_label=label, patterns=build_patterns(None))
+
+
+def scan_site(db: Path, roots: list[Root], **kwargs) -> ScanResult:
+    _manifest, previous, label = state(db)
+    return scan(roots, previous, based_on=label, workers=1, **kwargs)
+
+
+@pytest.fixture
+def snapshot_site(site: Path) -> Path:
+    write_snapshot(site, SPEC)
+    return site
+
+
+# ----------------------------------------------------------------------------- ScanResult as Parquet
+
+
+def test_a_scan_result_round_trips_through_parquet(snapshot_site, db, tmp_path):
+    (snapshot_site / "link.dat").symlink_to(snapshot_site / "OMOP" / "person.csv")  # one listing error
+    scan_and_commit(db, [Root(LocalSource(snapshot_site))])
+    write(snapshot_site, "OMOP/new_table.csv", b"new")  # in shard 0, with the other shared files
+    scanned = scan_site(db, [Root(LocalSource(snapshot_site))], coverage=Coverage(0, 3))
+    assert scanned.errors.height >= 1 and scanned.based_on is not None and scanned.n_hashed >= 1
+
+    back = ScanResult.read(scanned.write(tmp_path / "scan"))
+    assert back.files.equals(scanned.files) and back.files.schema == scanned.files.schema
+    assert back.errors.equals(scanned.errors) and back.errors.schema == scanned.errors.schema
+    assert back.roots == scanned.roots
+    assert back.coverage == Coverage(0, 3)
+    assert back.based_on == scanned.based_on
+    assert (back.scan_started_ns, back.n_hashed, back.bytes_hashed, back.hash_s) == (
+        scanned.scan_started_ns, scanned.n_hashed, scanned.bytes_hashed, scanned.hash_s)
+
+
+def test_a_scan_result_without_its_completion_record_is_refused(site, tmp_path):
+    write(site, "OMOP/person.csv", b"p")
+    folder = scan([Root(LocalSource(site))], empty_state(), based_on=None).write(tmp_path / "scan")
+    (folder / "scan.json").unlink()
+    with pytest.raises(UsageError, match="not a complete scan result"):
+        ScanResult.read(folder)
+    with pytest.raises(UsageError):
+        ScanResult.read(tmp_path / "never_written")
+
+
+def test_a_scan_result_with_fewer_files_than_its_record_is_refused(site, tmp_path):
+    write(site, "OMOP/person.csv", b"p")
+    write(site, "OMOP/visit_occurrence.csv", b"v")
+    folder = scan([Root(LocalSource(site))], empty_state(), based_on=None).write(tmp_path / "scan")
+    pl.read_parquet(folder / "files.parquet").head(1).write_parquet(folder / "files.parquet")
+    with pytest.raises(UsageError, match="damaged"):
+        ScanResult.read(folder)
+
+
+# ----------------------------------------------------------------------------- shard_of
+
+
+def test_shared_folders_and_root_files_are_in_shard_zero():
+    paths = pl.Series(["OMOP/person.csv", "omop/x.csv", "Metadata/site_description.json", "metadata/a/b.json",
+                       "README.txt", "chorus.toml"])
+    for shards in (1, 2, 3, 7):
+        assert shard_of(paths, shards).to_list() == [0] * paths.len()
+
+
+def test_a_person_folder_stays_in_one_shard_and_shards_are_stable():
+    persons = [f"{k:06d}" for k in range(60)]
+    paths = [f"{p}/{sub}" for p in persons for sub in ("Waveforms/a.dat", "Waveforms/s/b.dat", "Images/ST/SE/c.dcm", "x")]
+    series = pl.Series(paths)
+    shards = shard_of(series, 3)
+    assert shards.len() == len(paths)
+    assert shards.dtype.is_integer() and set(shards.to_list()) == {0, 1, 2}  # 60 persons reach every shard
+    by_person: dict[str, set[int]] = {}
+    for path, shard in zip(paths, shards.to_list(), strict=True):
+        by_person.setdefault(path.split("/")[0], set()).add(shard)
+    assert all(len(s) == 1 for s in by_person.values())
+    assert shard_of(series, 3).to_list() == shards.to_list()  # the same twice
+    mapping = dict(zip(paths, shards.to_list(), strict=True))
+    shuffled = paths[:]
+    random.Random(3).shuffle(shuffled)
+    assert dict(zip(shuffled, shard_of(pl.Series(shuffled), 3).to_list(), strict=True)) == mapping  # not by row order
+    assert dict(zip(paths[:7], shard_of(pl.Series(paths[:7]), 3).to_list(), strict=True)) == {
+        p: mapping[p] for p in paths[:7]}  # nor by which other paths are present
+
+
+# ----------------------------------------------------------------------------- shards, merge, commit
+
+
+@pytest.fixture
+def shards(snapshot_site, db) -> list[ScanResult]:
+    return [scan_site(db, [Root(LocalSource(snapshot_site))], coverage=Coverage(k, 3)) for k in range(3)]
+
+
+def test_shards_partition_the_whole_site(snapshot_site, db, shards):
+    whole = scan_site(db, [Root(LocalSource(snapshot_site))])
+    sets = [set(s.files["srcfile"]) for s in shards]
+    assert all(sets)  # 12 persons reach all three shards
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert set().union(*sets) == set(whole.files["srcfile"]) == set(tree_md5(snapshot_site))
+    shared = {p for p in whole.files["srcfile"] if "/" not in p or p.split("/")[0] in ("OMOP", "Metadata")}
+    assert shared and shared <= sets[0]
+    md5s = {r["srcfile"]: r["md5"] for s in shards for r in s.files.iter_rows(named=True)}
+    assert md5s == tree_md5(snapshot_site)
+
+
+def test_one_shard_alone_is_refused_in_full_mode(db, shards):
+    with pytest.raises(UsageError, match="shard"):
+        commit_scan(db, shards[1])
+    assert Manifest(db).latest_version() is None
+    assert current_rows(db) == {}
+
+
+def test_merged_shards_commit_the_same_manifest_as_a_whole_site_run(snapshot_site, db, tmp_path, shards):
+    merged = merge_scans([ScanResult.read(s.write(tmp_path / f"shard{k}")) for k, s in enumerate(shards)])
+    assert merged.coverage.whole
+    done = commit_scan(db, merged)
+    assert done.label is not None
+    assert current_rows(db) == tree_md5(snapshot_site)
+
+    whole_db = tmp_path / "whole.sqlite"
+    whole = scan_and_commit(whole_db, [Root(LocalSource(snapshot_site))])
+    assert current_rows(db) == current_rows(whole_db)
+    assert done.counts == whole.counts and done.n_files == whole.n_files and done.total_bytes == whole.total_bytes
+
+
+def test_merge_refuses_a_missing_shard(shards):
+    with pytest.raises(UsageError, match="missing 1"):
+        merge_scans([shards[0], shards[2]])
+    with pytest.raises(UsageError, match="no scan results"):
+        merge_scans([])
+
+
+def test_merge_refuses_a_duplicate_shard(shards):
+    with pytest.raises(UsageError, match=r"once each, got \[0, 1, 1, 2\]"):
+        merge_scans([shards[0], shards[1], shards[1], shards[2]])
+    with pytest.raises(UsageError, match=r"once each, got \[0, 1, 1\].*missing 2"):
+        merge_scans([shards[0], shards[1], shards[1]])
+
+
+def test_merge_refuses_shards_of_another_split(snapshot_site, db, shards):
+    other = scan_site(db, [Root(LocalSource(snapshot_site))], coverage=Coverage(1, 2))
+    with pytest.raises(UsageError, match="do not cover the site"):
+        merge_scans([shards[0], other, shards[2]])
+
+
+def test_merge_refuses_shards_based_on_different_versions(snapshot_site, db, shards):
+    scan_and_commit(db, [Root(LocalSource(snapshot_site))])
+    newer = [scan_site(db, [Root(LocalSource(snapshot_site))], coverage=Coverage(k, 3)) for k in (1, 2)]
+    assert newer[0].based_on is not None and shards[0].based_on is None
+    with pytest.raises(UsageError, match=r"shards \[1, 2\] are based on another version"):
+        merge_scans([shards[0], *newer])
+
+
+def test_merge_refuses_shards_of_different_roots(snapshot_site, tmp_path, db, shards):
+    elsewhere = tmp_path / "copy"
+    write_snapshot(elsewhere, SPEC)
+    other = scan_site(db, [Root(LocalSource(elsewhere))], coverage=Coverage(1, 3))
+    with pytest.raises(UsageError, match="different roots"):
+        merge_scans([shards[0], other, shards[2]])
+
+
+# ----------------------------------------------------------------------------- based on
+
+
+def test_a_scan_based_on_an_older_version_is_refused(site, db):
+    write(site, "OMOP/person.csv", b"v1")
+    first = scan_and_commit(db, [Root(LocalSource(site))]).label
+    stale = scan_site(db, [Root(LocalSource(site))])  # based on `first`
+    write(site, "OMOP/visit_occurrence.csv", b"v2")
+    second = scan_and_commit(db, [Root(LocalSource(site))]).label
+    assert stale.based_on == first and second is not None and second != first
+
+    with pytest.raises(UsageError, match=f"version {first}.*latest version is {second}"):
+        commit_scan(db, stale)
+    assert Manifest(db).latest_version()["label"] == second
+    assert set(current_rows(db)) == {"OMOP/person.csv", "OMOP/visit_occurrence.csv"}
+    unbased = scan([Root(LocalSource(site))], empty_state(), based_on=None)
+    with pytest.raises(UsageError, match=r"\(none\)"):
+        commit_scan(db, unbased)
+
+
+# ----------------------------------------------------------------------------- stored MD5s
+
+
+class StoredMd5Source(FsspecSource):
+    """memory:// whose listing carries an MD5 the storage holds (as Azure's Content-MD5),
+    counting what the pipeline reads."""
+
+    server_md5 = True
+
+    def __init__(self, url: str, held: dict[str, str]):
+        super().__init__(url)
+        self.held = held  # srcfile -> the MD5 the "storage" reports
+        self.reads = {"hash_file": 0, "open": 0}
+        self._lock = threading.Lock()
+
+    def list_files(self, errors):
+        for batch in super().list_files(errors):
+            held = [self.held.get(p) for p in batch.column("srcfile").to_pylist()]
+            yield batch.set_column(3, "stored_md5", pa.array(held, pa.string()))
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.reads[what] += 1
+
+    def hash_file(self, srcfile, buffer):
+        self._count("hash_file")
+        return super().hash_file(srcfile, buffer)
+
+    def open(self, srcfile):
+        self._count("open")
+        return super().open(srcfile)
+
+
+MEMORY_TREE = {
+    "OMOP/person.csv": b"person_id\n1\n",
+    "Metadata/site_description.json": b"{}",
+    "000001/Waveforms/000001_20200101_101010_60.dat": b"wave",
+    "000002/Waveforms/000002_20200101_101010_60.dat": b"another wave",
+}
+
+
+@pytest.fixture
+def memory_site():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    base = f"/chorus-scan-{uuid.uuid4().hex}"
+    fs.pipe({f"{base}/site/{rel}": data for rel, data in MEMORY_TREE.items()})
+    yield f"memory:/{base}/site"
+    fs.rm(base, recursive=True)
+
+
+def real_md5s() -> dict[str, str]:
+    return {rel: hashlib.md5(data).hexdigest() for rel, data in MEMORY_TREE.items()}
+
+
+def test_stored_md5s_are_committed_without_reading_the_files(memory_site, db):
+    src = StoredMd5Source(memory_site, real_md5s())
+    done = scan_and_commit(db, [Root(src)])
+    assert done.counts["added"] == len(MEMORY_TREE)
+    assert current_rows(db) == real_md5s()
+    assert src.reads == {"hash_file": 0, "open": 0}
+
+
+def test_the_storage_is_trusted_and_rehash_reads_the_files(memory_site, db):
+    held = real_md5s()
+    held["OMOP/person.csv"] = "f" * 32  # not the content's MD5: what the storage says is recorded
+    src = StoredMd5Source(memory_site, held)
+    scan_and_commit(db, [Root(src)])
+    assert current_rows(db) == held
+    assert src.reads == {"hash_file": 0, "open": 0}
+
+    again = scan_site(db, [Root(src)])  # nothing changed: nothing read, the recorded MD5s reused
+    assert src.reads["hash_file"] == 0 and again.n_hashed == 0
+
+    rehashed = scan_site(db, [Root(src)], rehash=True)
+    assert src.reads["hash_file"] == len(MEMORY_TREE) and rehashed.n_hashed == len(MEMORY_TREE)
+    done = commit_scan(db, rehashed)
+    assert done.counts["replaced"] == 1
+    assert current_rows(db) == real_md5s()
+
+
+def test_a_file_the_storage_holds_no_md5_for_is_read(memory_site, db):
+    held = real_md5s()
+    del held["000002/Waveforms/000002_20200101_101010_60.dat"]
+    src = StoredMd5Source(memory_site, held)
+    scan_and_commit(db, [Root(src)])
+    assert current_rows(db) == real_md5s()
+    assert src.reads["hash_file"] == 1
