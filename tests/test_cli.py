@@ -178,3 +178,13 @@ def test_a_manifest_from_a_newer_version_is_refused(site, db):
     con.close()
     out = cli("run", "--site", str(site), "--db", str(db))
     assert out.returncode == 3 and "schema version 99" in out.stderr and "upgrade" in out.stderr
+
+
+def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[0]
+    commands = [line.strip() for line in readme.splitlines() if line.startswith("    ")]
+    assert len(commands) == 2
+    assert "pip install ." in commands[0] and "chorus_batch run" in commands[0]
+    assert commands[1] == "scripts/test"
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert (ROOT / "scripts" / "test").stat().st_mode & 0o111  # executable
