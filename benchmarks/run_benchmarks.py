@@ -13,7 +13,10 @@ For each synthetic tree, with a warm page cache, the script times
                      version (whole, one person), diff first -> latest, history of one path,
                      and the HTML report (absolute seconds; the target is < 1 s per query)
 
-and reports chorus as ratios against the baselines. Every chorus run is a subprocess
+and reports chorus as ratios against the baselines. With --compare-src DIR it also times an older
+release's source tree (DIR, imported through PYTHONPATH from the same venv): its first and no-change
+runs, interleaved with the current release's on the same tree, and reports new/old ratios.
+Every chorus run is a subprocess
 (`python -m chorus_batch run ... --json -q`) timed by wall clock, start-up and imports
 included, as a user experiences it. Absolute seconds depend on the machine; only the
 ratios are compared with the targets.
@@ -51,6 +54,9 @@ MD5_PROCS = 2  # xargs -P for the hashing baseline
 SETTLE_S = 3.0  # files must be older than the tool's racy window (2 s) to count as clean
 MUTATE_FRACTION = 0.05
 BLOCK = 4096
+NOCHANGE_REPS = 2  # no-change runs (and as many with --no-validate); the best counts
+COMPARE_FIRST_REPS = 2  # --compare-src: first runs per release (fresh manifests), best counts
+COMPARE_NOCHANGE_REPS = 3  # --compare-src: no-change runs per release, best counts
 
 
 # ---------------------------------------------------------------------------- trees
@@ -132,6 +138,38 @@ class ChorusRun:
 
 
 @dataclass
+class ReleaseRuns:
+    """One release's first and no-change runs on a tree (--compare-src); the best of each counts."""
+    first: ChorusRun
+    first_runs_s: list[float]
+    nochange: ChorusRun
+    nochange_runs_s: list[float]
+
+
+def spread(*samples: list[float]) -> float:
+    """The largest (max / min - 1) over the sample lists: how much repeats of one command differ."""
+    return max((max(s) / min(s) - 1 for s in samples if s), default=0.0)
+
+
+@dataclass
+class Comparison:
+    """The current release (new) against an older release's source tree (old), same tree, interleaved runs."""
+    src: str
+    old: ReleaseRuns
+    new: ReleaseRuns
+    first_new_vs_old: float = field(init=False)  # < 1: the current release is faster
+    nochange_new_vs_old: float = field(init=False)
+    first_spread: float = field(init=False)  # noise yardstick: the larger spread of the two releases' repeats
+    nochange_spread: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_new_vs_old = self.new.first.wall_s / self.old.first.wall_s
+        self.nochange_new_vs_old = self.new.nochange.wall_s / self.old.nochange.wall_s
+        self.first_spread = spread(self.old.first_runs_s, self.new.first_runs_s)
+        self.nochange_spread = spread(self.old.nochange_runs_s, self.new.nochange_runs_s)
+
+
+@dataclass
 class TreeResult:
     name: str
     files: int
@@ -147,6 +185,7 @@ class TreeResult:
     files_touched: int
     mutated: ChorusRun
     review_s: dict[str, float] = field(default_factory=dict)
+    comparison: Comparison | None = None  # only with --compare-src
     first_vs_md5sum: float = field(init=False)  # >= 1: as fast as md5sum
     nochange_vs_find: float = field(init=False)  # <= 1: as fast as find
     mutated_vs_find: float = field(init=False)
@@ -304,8 +343,12 @@ class RssSampler(threading.Thread):
 
 
 def run_chorus(root: Path, db: Path, workdir: Path, *, workers: int | None, gnu_time: str | None,
-               extra: tuple[str, ...] = ()) -> ChorusRun:
-    """One `chorus-batch run` as a subprocess; exit codes 0 and 1 (findings) are successes."""
+               extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+               what: str = "chorus-batch run") -> ChorusRun:
+    """One `chorus-batch run` as a subprocess; exit codes 0 and 1 (findings) are successes.
+
+    `env`: the subprocess environment (default: this process's), e.g. with PYTHONPATH set to an
+    older release's source tree; `what` names that release in error messages."""
     cmd = [sys.executable, "-m", "chorus_batch", "run", "--site", str(root), "--db", str(db), "--json", "-q", *extra]
     if workers:
         cmd += ["--workers", str(workers)]
@@ -313,14 +356,14 @@ def run_chorus(root: Path, db: Path, workdir: Path, *, workers: int | None, gnu_
     if gnu_time:
         cmd = [gnu_time, "-o", str(rss_file), "-f", "%M", *cmd]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = RssSampler(proc.pid)
     sampler.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     rss_tree = sampler.stop()
     if proc.returncode not in (0, 1):
-        raise BenchmarkError(f"chorus-batch run exited with {proc.returncode}: {shlex.join(cmd)}\n{err}")
+        raise BenchmarkError(f"{what} exited with {proc.returncode}: {shlex.join(cmd)}\n{err}")
     if gnu_time:
         rss_main = int(rss_file.read_text().split()[-1])
     else:  # max over every child so far: an upper bound for this run
@@ -328,13 +371,16 @@ def run_chorus(root: Path, db: Path, workdir: Path, *, workers: int | None, gnu_
     try:
         summary = json.loads(out)
     except json.JSONDecodeError as exc:
-        raise BenchmarkError(f"chorus-batch run printed no JSON ({exc}):\n{out[:2000]}\n{err}") from exc
-    return ChorusRun(
-        wall_s=wall, exit_code=proc.returncode, rss_main_kib=rss_main, rss_tree_kib=rss_tree,
-        elapsed_s=summary["elapsed_s"], files=summary["files"], bytes=summary["bytes"],
-        files_hashed=summary["files_hashed"], bytes_hashed=summary["bytes_hashed"],
-        counts=summary["counts"], stage_s=summary["stage_s"],
-    )
+        raise BenchmarkError(f"{what} printed no JSON ({exc}):\n{out[:2000]}\n{err}") from exc
+    try:
+        return ChorusRun(
+            wall_s=wall, exit_code=proc.returncode, rss_main_kib=rss_main, rss_tree_kib=rss_tree,
+            elapsed_s=summary["elapsed_s"], files=summary["files"], bytes=summary["bytes"],
+            files_hashed=summary["files_hashed"], bytes_hashed=summary["bytes_hashed"],
+            counts=summary["counts"], stage_s=summary.get("stage_s", {}),
+        )
+    except KeyError as exc:
+        raise BenchmarkError(f"{what}: the JSON summary has no {exc} field: {shlex.join(cmd)}") from exc
 
 
 def remove_manifest(db: Path) -> None:
@@ -356,31 +402,84 @@ def build_tree(root: Path, tree: TreeDef) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
+def fastest(runs: list[ChorusRun]) -> ChorusRun:
+    return min(runs, key=lambda r: r.wall_s)
+
+
 def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, written_at: float,
                  workdir: Path, args: argparse.Namespace, gnu_time: str | None) -> TreeResult:
-    def chorus(*extra: str) -> ChorusRun:
-        return run_chorus(root, db, workdir, workers=args.chorus_workers, gnu_time=gnu_time, extra=extra)
+    def chorus(*extra: str, manifest: Path | None = None) -> ChorusRun:
+        return run_chorus(root, manifest or db, workdir, workers=args.chorus_workers, gnu_time=gnu_time, extra=extra)
+
+    def old_chorus(manifest: Path) -> ChorusRun:
+        """The older release (--compare-src): the same command and options, its package first on PYTHONPATH."""
+        return run_chorus(root, manifest, workdir, workers=args.chorus_workers, gnu_time=gnu_time,
+                          env=args.compare_env, what=f"chorus-batch run of {args.compare_src}")
 
     log(f"[{tree.name}] baselines: find listing (best of 3), xargs -P{MD5_PROCS} md5sum (best of {tree.md5_reps})")
     find_s = best_of(3, find_listing_cmd(root), what="find listing")
     md5_s = best_of(tree.md5_reps, md5sum_cmd(root), what="md5sum baseline")
 
+    compare = args.compare_src is not None
     db = workdir / f"{tree.name}.sqlite"
-    remove_manifest(db)
+    old_db = workdir / f"{tree.name}-old.sqlite"  # --compare-src: the older release's own manifest
+    scratch = workdir / f"{tree.name}-scratch.sqlite"  # --compare-src: repeated first runs, a fresh manifest each
+    for manifest in (db, old_db, scratch) if compare else (db,):
+        remove_manifest(manifest)
     wait_until(written_at + SETTLE_S)  # otherwise the no-change runs rehash "racily clean" files
-    log(f"[{tree.name}] chorus: first run, no-change runs")
-    first = chorus()
-    # Interleaved, so a slow spell of the machine hits both kinds alike.
-    nochange_runs, novalidate_runs = [], []
-    for _ in range(2):
+    old_first_runs: list[ChorusRun] = []
+    new_first_runs: list[ChorusRun] = []
+    if compare:
+        log(f"[{tree.name}] chorus, current and older release ({args.compare_src}) interleaved: first runs "
+            f"(best of {COMPARE_FIRST_REPS} each), no-change runs (best of {COMPARE_NOCHANGE_REPS} each)")
+        for i in range(COMPARE_FIRST_REPS):
+            # Order old, new, new, old, ...: neither release always runs first. The first pair makes the
+            # manifests the no-change runs use; later pairs run on a scratch manifest, deleted after each run.
+            for release in ("old", "new") if i % 2 == 0 else ("new", "old"):
+                if release == "old":
+                    old_first_runs.append(old_chorus(old_db if i == 0 else scratch))
+                else:
+                    new_first_runs.append(chorus(manifest=db if i == 0 else scratch))
+                remove_manifest(scratch)
+        first = new_first_runs[0]  # the run that made `db`, as without --compare-src
+    else:
+        log(f"[{tree.name}] chorus: first run, no-change runs")
+        first = chorus()
+    # Interleaved, so a slow spell of the machine hits both kinds (and both releases) alike.
+    nochange_runs: list[ChorusRun] = []
+    novalidate_runs: list[ChorusRun] = []
+    old_nochange_runs: list[ChorusRun] = []
+    for i in range(COMPARE_NOCHANGE_REPS if compare else NOCHANGE_REPS):
+        if compare and i % 2 == 0:
+            old_nochange_runs.append(old_chorus(old_db))
         nochange_runs.append(chorus())
-        novalidate_runs.append(chorus("--no-validate"))
-    nochange = min(nochange_runs, key=lambda r: r.wall_s)
-    nochange_novalidate = min(novalidate_runs, key=lambda r: r.wall_s)
+        if compare and i % 2 == 1:
+            old_nochange_runs.append(old_chorus(old_db))
+        if i < NOCHANGE_REPS:
+            novalidate_runs.append(chorus("--no-validate"))
+    nochange = fastest(nochange_runs)
+    nochange_novalidate = fastest(novalidate_runs)
     if nochange.files_hashed:
         log(f"[{tree.name}] warning: the no-change run hashed {nochange.files_hashed} files")
     if first.files != n_files:
         log(f"[{tree.name}] warning: chorus listed {first.files} files, the tree has {n_files}")
+    comparison = None
+    if compare:
+        old_nochange = fastest(old_nochange_runs)
+        if old_nochange.files_hashed:
+            log(f"[{tree.name}] warning: the older release's no-change run hashed {old_nochange.files_hashed} files")
+        if old_first_runs[0].files != n_files:
+            log(f"[{tree.name}] warning: the older release listed {old_first_runs[0].files} files, "
+                f"the tree has {n_files}")
+        comparison = Comparison(
+            src=str(args.compare_src),
+            old=ReleaseRuns(first=fastest(old_first_runs), first_runs_s=[r.wall_s for r in old_first_runs],
+                            nochange=old_nochange, nochange_runs_s=[r.wall_s for r in old_nochange_runs]),
+            new=ReleaseRuns(first=fastest(new_first_runs), first_runs_s=[r.wall_s for r in new_first_runs],
+                            nochange=nochange, nochange_runs_s=[r.wall_s for r in nochange_runs]),
+        )
+        if not args.keep:
+            remove_manifest(old_db)
 
     log(f"[{tree.name}] mutating {MUTATE_FRACTION:.0%} of the files, then a chorus run")
     t0 = time.perf_counter()
@@ -397,13 +496,18 @@ def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, writte
         name=tree.name, files=n_files, bytes=n_files * tree.size, build_s=build_s, find_s=find_s, md5sum_s=md5_s,
         first=first, nochange=nochange, nochange_runs_s=[r.wall_s for r in nochange_runs],
         nochange_novalidate=nochange_novalidate, mutate_s=mutate_s, files_touched=touched, mutated=mutated,
-        review_s=review_s,
+        review_s=review_s, comparison=comparison,
     )
 
 
 def time_review(db: Path, workdir: Path) -> dict[str, float]:
     """Seconds of the review API's questions (in-process, a fresh reader each, so nothing is cached)."""
-    from chorus_batch.htmlreport import write_report
+    try:
+        from chorus_batch.report.html import write_report
+    except ModuleNotFoundError as exc:  # before the move to chorus_batch.report.html
+        if exc.name not in ("chorus_batch.report", "chorus_batch.report.html"):
+            raise
+        from chorus_batch.htmlreport import write_report  # type: ignore[no-redef]
     from chorus_batch.review import open_manifest
 
     labels = open_manifest(db).versions()["label"].to_list()
@@ -450,10 +554,13 @@ def check_tools() -> str | None:
     return None
 
 
-def check_disk(workdir: Path, trees: list[TreeDef], keep: bool) -> None:
+def check_disk(workdir: Path, trees: list[TreeDef], keep: bool, compare: bool = False) -> None:
     footprints = [t.footprint() for t in trees]
     manifests = [t.n_files * MANIFEST_BYTES_PER_FILE for t in trees]
-    need_bytes = sum(b for b, _ in footprints) + (sum(manifests) if keep else max(manifests)) + 256 * MiB
+    # --compare-src: a second manifest per tree (the older release's), and a scratch one at a time
+    copies = 2 if compare else 1
+    need_manifests = (sum(manifests) if keep else max(manifests)) * copies + (max(manifests) if compare else 0)
+    need_bytes = sum(b for b, _ in footprints) + need_manifests + 256 * MiB
     need_inodes = sum(i for _, i in footprints)
     free = shutil.disk_usage(workdir).free
     if free < need_bytes:
@@ -480,6 +587,47 @@ def table(header: list[str], rows: list[list[str]]) -> str:
         return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def fmt_runs(samples: list[float]) -> str:
+    return " ".join(f"{s:.3f}" for s in samples)
+
+
+def comparison_report(results: list[TreeResult]) -> list[str]:
+    """The --compare-src tables: old and new release per tree, and their stage seconds."""
+    compared = [(r, r.comparison) for r in results if r.comparison is not None]
+    if not compared:
+        return []
+    src = compared[0][1].src
+    rows, stage_rows = [], []
+    for r, c in compared:
+        for kind, old, new, old_s, new_s, ratio, spread_ in (
+                ("first", c.old.first, c.new.first, c.old.first_runs_s, c.new.first_runs_s, c.first_new_vs_old,
+                 c.first_spread),
+                ("no-change", c.old.nochange, c.new.nochange, c.old.nochange_runs_s, c.new.nochange_runs_s,
+                 c.nochange_new_vs_old, c.nochange_spread)):
+            rows.append([f"{r.name} {kind}", f"{old.wall_s:.3f}", f"{new.wall_s:.3f}", f"{ratio:.2f}x",
+                         f"{spread_:.0%}", fmt_runs(old_s), fmt_runs(new_s), f"{old.files_hashed:,}",
+                         f"{new.files_hashed:,}"])
+            stage_rows.append((f"{r.name} {kind} old", old))
+            stage_rows.append((f"{r.name} {kind} new", new))
+    main = table(["tree / run", "old s", "new s", "new/old", "spread", "old runs s", "new runs s", "old hashed",
+                  "new hashed"], rows)
+    stage_names = list(dict.fromkeys(k for _, run in stage_rows for k in run.stage_s))
+    stages = table(
+        ["tree / run / release", "wall s", "in-tool s", *stage_names],
+        [[label, f"{run.wall_s:.3f}", f"{run.elapsed_s:.3f}",
+          *(f"{run.stage_s[k]:.3f}" if k in run.stage_s else "-" for k in stage_names)] for label, run in stage_rows],
+    )
+    return [
+        "", f"older release ({src}) vs current, interleaved on the same trees (old: PYTHONPATH={src}; "
+            f"first: best of {COMPARE_FIRST_REPS} each, no-change: best of {COMPARE_NOCHANGE_REPS} each):", main,
+        "new/old < 1: the current release is faster. spread: the larger (slowest / fastest - 1) of the two releases' "
+        "own repeats, a rough measure of run-to-run noise: a new/old further from 1 than that is unlikely to be noise "
+        "(few repeats: compare the stage seconds too).",
+        "", "older release vs current, stage seconds of the best runs (JSON stage_s; '-': stage not in that release):",
+        stages,
+    ]
 
 
 def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str, gnu_time: str | None) -> str:
@@ -522,7 +670,8 @@ def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str,
         "Ratios: md5/first >= 1 means the first chorus run hashes as fast as "
         f"`xargs -P{MD5_PROCS} md5sum`; no-chg/find and mut/find <= 1 mean as fast as the `find` listing.",
         "Times are wall seconds of whole subprocesses (interpreter start-up included), warm page cache; "
-        "baselines are best of repeated runs, no-change is the best of 2.",
+        "baselines are best of repeated runs, no-change is the best of "
+        f"{len(results[0].nochange_runs_s) if results else NOCHANGE_REPS}.",
         rss_note + "tree RSS MiB: sampled every 0.1 s, the proportional set size (Pss) summed over the process and "
         "its workers (pages the forked workers share with it counted once). The RSS target uses the larger of the two.",
     ]
@@ -531,16 +680,41 @@ def report(results: list[TreeResult], targets: list[dict[str, Any]], scale: str,
            "", "validation on a no-change run (findings cached per version; stage share = the tool's validate timer / wall):",
            validation,
            "", "review API on the two-version manifest (in-process seconds, fresh reader per question):", review,
-           "", *notes, "", "targets:", *target_lines]
+           *comparison_report(results), "", *notes, "", "targets:", *target_lines]
     if scale == "smoke":
         out.append("  (smoke scale: the trees are tiny, so PASS/MISS says nothing about performance)")
     return "\n".join(out)
 
 
-def git_revision() -> str | None:
+def imported_package(cwd: Path, env: dict[str, str] | None) -> Path:
+    """The chorus_batch package folder that `python -m chorus_batch` imports with this cwd and environment."""
+    code = "import os, chorus_batch; print(os.path.dirname(os.path.realpath(chorus_batch.__file__)))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"cannot import chorus_batch (PYTHONPATH={(env or os.environ).get('PYTHONPATH', '')!r}):\n"
+                             f"{proc.stderr}")
+    return Path(proc.stdout.strip())
+
+
+def check_compare_src(workdir: Path, src: Path, env: dict[str, str]) -> dict[str, str]:
+    """Make sure the old runs import src's package and the new runs do not; returns both folders."""
+    old, new = imported_package(workdir, env), imported_package(workdir, None)
+    if old != (src / "chorus_batch").resolve():
+        raise BenchmarkError(f"--compare-src: with PYTHONPATH={src}, chorus_batch is imported from {old}, "
+                             f"not from {src}")
+    if new == old:
+        raise BenchmarkError(f"--compare-src: the current release also imports chorus_batch from {new} "
+                             "(is PYTHONPATH already set to that tree?)")
+    log(f"compare: old release imports {old}, current release imports {new}")
+    return {"old": str(old), "new": str(new)}
+
+
+def git_revision(where: Path = BENCH_DIR) -> str | None:
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=BENCH_DIR, capture_output=True, text=True).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True).stdout.strip()
+        # --no-optional-locks: status must not rewrite the index (someone may be committing meanwhile)
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain"], cwd=where, capture_output=True,
+                               text=True).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -550,6 +724,8 @@ def write_json(path: Path, results: list[TreeResult], targets: list[dict[str, An
     def tree_dict(r: TreeResult) -> dict[str, Any]:
         d = dataclasses.asdict(r)
         d["peak_rss_kib"] = r.peak_rss_kib
+        if r.comparison is None:  # without --compare-src the JSON is as before
+            del d["comparison"]
         return d
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -569,6 +745,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  python benchmarks/run_benchmarks.py                          # 100k, medium, large (~5 GB disk)\n"
                "  python benchmarks/run_benchmarks.py --scale full --workdir /scratch  # adds 1M files (~10 GB)\n"
                "  python benchmarks/run_benchmarks.py --only medium,large --out /tmp/bench.json\n"
+               "  python benchmarks/run_benchmarks.py --compare-src /work/wt-base   # also time an older release\n"
                "\ntrees (default/full scale):\n"
                + "".join(f"  {t.name:<10} {t.n_files:>9,} files of {fmt_bytes(t.size) if t.size >= MiB else f'{t.size:,} B'}\n"
                          for t in SCALES["full"]),
@@ -583,7 +760,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for all figures (default: %(default)s)")
     parser.add_argument("--chorus-workers", type=int, metavar="N",
                         help="pass --workers N to chorus-batch run (default: the tool's default, the CPU count)")
+    parser.add_argument("--compare-src", type=Path, metavar="DIR",
+                        help="an older release's source tree (a checkout holding chorus_batch/): also time its first "
+                             "and no-change runs on every tree, interleaved with the current release's, running "
+                             "`python -m chorus_batch` from this venv with PYTHONPATH=DIR, and print new/old ratios")
     args = parser.parse_args(argv)
+    if args.compare_src is not None:
+        args.compare_src = args.compare_src.resolve()
+        if not (args.compare_src / "chorus_batch" / "__main__.py").is_file():
+            parser.error(f"--compare-src: {args.compare_src} has no chorus_batch/__main__.py")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.compare_src), env.get("PYTHONPATH")) if p)
+        args.compare_env = env
+    else:
+        args.compare_env = None
     names = [t.name for t in SCALES[args.scale]]
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -604,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gnu_time = check_tools()
         args.workdir.mkdir(parents=True, exist_ok=True)
-        check_disk(args.workdir, args.trees, args.keep)
+        check_disk(args.workdir, args.trees, args.keep, compare=args.compare_src is not None)
     except BenchmarkError as exc:
         log(f"run_benchmarks: error: {exc}")
         return 2
@@ -612,7 +802,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chorus-bench-", dir=args.workdir))
     log(f"workdir: {workdir}")
     results: list[TreeResult] = []
+    compare_packages = None
     try:
+        if args.compare_src is not None:
+            compare_packages = check_compare_src(workdir, args.compare_src, args.compare_env)
         built: dict[str, tuple[int, float, float]] = {}
         for tree in args.trees:
             log(f"[{tree.name}] building {tree.n_files:,} files of {tree.size:,} B ...")
@@ -653,6 +846,17 @@ def main(argv: list[str] | None = None) -> int:
         "rss_main": "GNU time %M (chorus process only)" if gnu_time else "getrusage RUSAGE_CHILDREN (upper bound)",
         "rss_tree": "sampled /proc sum over the process tree every 0.1 s",
     }
+    if args.compare_src is not None:
+        meta["compare"] = {
+            "src": str(args.compare_src),
+            "src_git_revision": git_revision(args.compare_src),
+            "packages": compare_packages,
+            "old_env": f"PYTHONPATH={args.compare_env['PYTHONPATH']}",
+            "first_reps": COMPARE_FIRST_REPS,
+            "nochange_reps": COMPARE_NOCHANGE_REPS,
+            "order": "per tree: first runs old, new, new, old (later ones on a scratch manifest); "
+                     "no-change runs old, new, new, old, old, new (the current release's --no-validate runs between)",
+        }
     write_json(args.out, results, targets, meta)
     log(f"wrote {args.out}")
     return 0
