@@ -403,7 +403,7 @@ def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, writte
 
 def time_review(db: Path, workdir: Path) -> dict[str, float]:
     """Seconds of the review API's questions (in-process, a fresh reader each, so nothing is cached)."""
-    from chorus_batch.htmlreport import write_report
+    from chorus_batch.report import write_report
     from chorus_batch.review import open_manifest
 
     labels = open_manifest(db).versions()["label"].to_list()
