@@ -502,12 +502,7 @@ def measure_tree(tree: TreeDef, root: Path, n_files: int, build_s: float, writte
 
 def time_review(db: Path, workdir: Path) -> dict[str, float]:
     """Seconds of the review API's questions (in-process, a fresh reader each, so nothing is cached)."""
-    try:
-        from chorus_batch.report.html import write_report
-    except ModuleNotFoundError as exc:  # before the move to chorus_batch.report.html
-        if exc.name not in ("chorus_batch.report", "chorus_batch.report.html"):
-            raise
-        from chorus_batch.htmlreport import write_report  # type: ignore[no-redef]
+    from chorus_batch.report.html import write_report
     from chorus_batch.review import open_manifest
 
     labels = open_manifest(db).versions()["label"].to_list()

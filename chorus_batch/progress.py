@@ -15,15 +15,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from .units import human_bytes
+
 log = logging.getLogger("chorus_batch")
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
 
 
 class Progress:
@@ -60,13 +54,13 @@ class Progress:
                     bar.update(items - shown)
                     shown = items
                     if size:
-                        bar.set_postfix_str(_human_bytes(size), refresh=False)
+                        bar.set_postfix_str(human_bytes(size), refresh=False)
                 elif time.monotonic() - last_log >= self.interval_s:
                     last_log = time.monotonic()
                     elapsed = last_log - started
                     of = f"/{total[0]}" if total else ""
-                    rate = f", {_human_bytes(size / elapsed)}/s" if size and elapsed else ""
-                    sized = f", {_human_bytes(size)}" + (f"/{_human_bytes(total[1])}" if total else "") if size else ""
+                    rate = f", {human_bytes(size / elapsed)}/s" if size and elapsed else ""
+                    sized = f", {human_bytes(size)}" + (f"/{human_bytes(total[1])}" if total else "") if size else ""
                     log.info(f"{label}: {items}{of} {unit}{sized}{rate}, {elapsed:.0f} s")
 
         thread = threading.Thread(target=report, name="chorus-progress", daemon=True)

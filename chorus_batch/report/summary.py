@@ -1,13 +1,17 @@
-"""What a run changed, for a person (a table) and for programs (one JSON object)."""
+"""What a run changed, for a person (a table) and for programs (one JSON object); validation findings
+and any frame as a plain-text table."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from .frames import SEVERITY_ORDER
-from .pipeline import RunResult
+from ..frames import SEVERITY_ORDER
+from ..units import human_bytes
+
+if TYPE_CHECKING:
+    from ..pipeline import RunResult
 
 _KINDS = ("added", "removed", "replaced", "renamed", "unchanged")
 
@@ -111,9 +115,10 @@ def summary_text(result: RunResult) -> str:
         lines += [""] + _table(rows + [totals], ["modality", *_KINDS])
     lines += [
         "",
-        f"files in manifest: {result.n_files}  ({result.total_bytes / 1e6:.1f} MB)",
-        f"hashed: {result.n_hashed} files, {result.bytes_hashed / 1e6:.1f} MB in {result.hash_s:.2f} s "
-        f"({d['files_per_s']:.0f} files/s, {d['mb_per_s']:.1f} MB/s); run took {result.elapsed_s:.2f} s",
+        f"files in manifest: {result.n_files}  ({human_bytes(result.total_bytes)})",
+        f"hashed: {result.n_hashed} files, {human_bytes(result.bytes_hashed)} in {result.hash_s:.2f} s "
+        f"({d['files_per_s']:.0f} files/s, {human_bytes(_rate(result.bytes_hashed, result.hash_s))}/s); "
+        f"run took {result.elapsed_s:.2f} s",
     ]
     if result.errors.height:
         lines += ["", f"errors: {result.errors.height} (recorded in scan_errors)"]

@@ -1,0 +1,437 @@
+"""A self-contained HTML data-quality report of one manifest version.
+
+    from chorus_batch.report import write_report
+    info = write_report("site_manifest.sqlite", "report.html")        # the latest version
+    info.sections, info.images
+
+One file, no external CSS, scripts, fonts or images: the plots (`plots`) are PNGs embedded as
+`data:` URIs, and a Content-Security-Policy forbids loading anything else. `_Report` gathers each
+section's values from a `ManifestReader`; `templates/report.html.j2` lays them out, and Jinja2's
+autoescaping escapes every value. Long tables are cut after `MAX_ROWS` rows with the command that
+lists them all. The page holds person identifiers, so it is written owner-only.
+
+Speed: the version's file set is read once (the reader's other per-version views reuse it), and
+plots are drawn from aggregates (histogram counts, quartiles), never from one point per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shlex
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from .. import __version__
+from ..errors import UsageError
+from ..frames import SEVERITY_ORDER
+from ..fsutil import write_private
+from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
+                      open_manifest, size_flags)
+from ..times import iso, utc_now
+from ..units import human_bytes
+from . import plots
+
+# Stable element ids of the sections, in page order, and their titles.
+SECTION_IDS = (
+    "summary", "changes-by-version", "persons", "sessions", "sizes",
+    "duplicates", "scan-errors", "findings", "deleted",
+)
+TITLES = {
+    "summary": "Summary",
+    "changes-by-version": "Changes per version, modality and change kind",
+    "persons": "Files and bytes per person",
+    "sessions": "Waveform sessions",
+    "sizes": "File sizes per modality: empty files and outliers",
+    "duplicates": "Duplicate contents",
+    "scan-errors": "Scan errors and unparseable paths",
+    "findings": "Validation findings",
+    "deleted": "Deleted and replaced since the previous version",
+}
+MAX_ROWS = 50  # rows shown of a long table
+EXAMPLES = 3  # example paths per group
+DELETED_SHARE_FLAG = 0.05  # removed + replaced over the previous version's files
+PLOT_VERSIONS = 60  # versions drawn in the change plot (the latest ones)
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    path: Path  # the HTML file written
+    version: str  # the version label reported
+    sections: tuple[str, ...]  # element ids of the sections, in page order
+    images: int  # embedded PNG plots
+    flags: tuple[str, ...] = field(default=())  # the "needs a look" lines of the summary
+    elapsed_s: float = 0.0
+
+
+def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, version: str | None = None) -> ReportInfo:
+    """Write the report of `version` (label or ISO time; default: the latest) to `out`, atomically and
+    readable by its owner only. `manifest` is a SQLite manifest, a Parquet snapshot folder or an open reader."""
+    started = time.perf_counter()
+    out = Path(out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise UsageError(f"cannot write the report to {out}: " + ("it is a folder" if out.is_dir() else "no such folder"),
+                         where=str(out), fix="pass a file path in an existing folder, e.g. --out report.html")
+    reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
+    report = _Report(reader, reader.resolve(version))
+    write_private(out, report.render().encode("utf-8"))
+    return ReportInfo(path=out, version=report.label, sections=SECTION_IDS, images=report.images,
+                      flags=tuple(report.flags), elapsed_s=round(time.perf_counter() - started, 3))
+
+
+# ----------------------------------------------------------------------------- text of values (also Jinja filters)
+
+
+def _num(n: float | None) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return ""
+    if isinstance(n, float) and not n.is_integer():
+        return f"{n:,.1f}"
+    return f"{int(n):,}"
+
+
+def _cell(value: object) -> str:
+    """A table cell or a value of a list: numbers with thousands separators, yes/no, '' for None."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return _num(value)
+    return "" if value is None else str(value)
+
+
+def _n(count: int, noun: str, plural: str | None = None) -> str:
+    """'1 file', '2 files'."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return ""
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A few of a group's items (paths, or (path, message) pairs) and the group's size."""
+    shown: list[Any]
+    total: int
+
+    @property
+    def more(self) -> int:
+        return self.total - len(self.shown)
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(loader=PackageLoader("chorus_batch.report", "templates"), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(cell=_cell, bytes=human_bytes, count=_n, pct=_pct,
+                       columns=lambda names, kind, width: [(name, kind, width) for name in names])
+    env.globals.update(max_rows=MAX_ROWS, titles=TITLES, section_ids=SECTION_IDS)
+    return env
+
+
+# ----------------------------------------------------------------------------- the sections' values
+
+
+class _Report:
+    """Each section's values for the template: a dict, or None where the section has nothing to show."""
+
+    def __init__(self, reader: ManifestReader, label: str):
+        self.reader = reader  # it keeps the version's file set after the first read
+        self.label = label
+        self.images = 0
+        self.flags: list[str] = []  # the summary's "needs a look" lines, in page order
+        versions = reader.versions()
+        self.versions = versions.filter(pl.col("label") <= label)
+        labels = self.versions["label"].to_list()
+        self.previous = labels[-2] if len(labels) > 1 else None
+        self.row = self.versions.row(len(labels) - 1, named=True)
+        self.db = str(Path(reader.path).absolute())  # also in the commands the page suggests
+        # Queries run one after the other: concurrent ADBC connections can meet SQLITE_BUSY while
+        # one of them recovers the WAL index, and the gain on two cores was small.
+        self.files = self.reader.files(label)
+
+    # -- helpers
+    def plot(self, image: plots.Image) -> plots.Image:
+        self.images += 1
+        return image
+
+    def cli(self, *args: str) -> str:
+        return shlex.join(["chorus-batch", *args])
+
+    def py(self, expression: str, out_csv: str) -> str:
+        code = (f"from chorus_batch.review import open_manifest; "
+                f"m = open_manifest({json.dumps(self.db)}); {expression}.write_csv({json.dumps(out_csv)})")
+        return shlex.join(["python", "-c", code])
+
+    def flag(self, text: str) -> str:
+        """A flag shown in its section and in the summary."""
+        self.flags.append(text)
+        return text
+
+    # -- the page
+    def render(self) -> str:
+        # in page order, the summary last: it lists the flags the other sections raise
+        sections = {"changes": self.changes_by_version(), "persons": self.persons(), "sessions": self.sessions(),
+                    "sizes": self.sizes(), "duplicates": self.duplicates(), "scan_errors": self.scan_errors(),
+                    "findings": self.findings(), "deleted": self.deleted()}
+        site = self.row.get("site")
+        return _environment().get_template("report.html.j2").render(
+            title=f"chorus-batch report — {site or self.db} — version {self.label}",
+            summary=self.summary(), flags=self.flags, **sections,
+            version=__version__, written=iso(utc_now()))
+
+    # 1
+    def summary(self) -> dict:
+        files, row = self.files, self.row
+        by_modality = (files.group_by(pl.col("modality").fill_null("Other")).agg(
+            files=pl.len(), bytes=pl.col("size").sum(), persons=pl.col("person_id").drop_nulls().n_unique())
+            .sort("modality"))
+        return {
+            "heading": row.get("site") or Path(self.db).name,
+            "site": row.get("site") or "unknown",
+            "manifest": self.db,
+            "label": self.label,
+            "position": self.versions.height,
+            "versions": self.reader.versions().height,
+            "committed": row.get("finished_at") or "unknown",
+            "mode": row.get("mode") or "unknown",
+            "previous": self.previous or "none (first version)",
+            "files": files.height,
+            "bytes": int(files["size"].sum() or 0),
+            "persons": files["person_id"].drop_nulls().n_unique(),
+            "by_modality": by_modality.rows(),
+        }
+
+    # 2
+    def changes_by_version(self) -> dict | None:
+        counts = self.reader.change_counts().filter(pl.col("version") <= self.label)
+        if counts.height == 0:
+            return None
+        kinds = list(CHANGE_KINDS)
+        wide = counts.pivot(on="change", index=["version", "modality"], values="n", aggregate_function="sum")
+        for k in kinds:
+            if k not in wide.columns:
+                wide = wide.with_columns(pl.lit(0, pl.Int64).alias(k))
+        wide = wide.with_columns([pl.col(k).fill_null(0) for k in kinds]).with_columns(
+            total=pl.sum_horizontal(kinds)).sort(["version", "modality"], descending=[True, False])
+        # the plot: one bar per version, stacked by change kind; and by modality
+        per_version = (counts.group_by("version", "change").agg(pl.col("n").sum())
+                       .pivot(on="change", index="version", values="n").sort("version"))
+        per_modality = (counts.group_by("version", "modality").agg(pl.col("n").sum())
+                        .pivot(on="modality", index="version", values="n").sort("version"))
+        all_versions = self.versions.select("label").rename({"label": "version"})
+        per_version = all_versions.join(per_version, on="version", how="left").fill_null(0).tail(PLOT_VERSIONS)
+        per_modality = all_versions.join(per_modality, on="version", how="left").fill_null(0).tail(PLOT_VERSIONS)
+        return {
+            "plot": self.plot(plots.changes(per_version, per_modality, kinds)),
+            "plotted": per_version.height,
+            "versions": self.versions.height,
+            "kinds": kinds,
+            "rows": wide.select("version", "modality", *kinds, "total").rows(),
+            "command": self.cli("versions", "--db", self.db),
+        }
+
+    # 3
+    def persons(self) -> dict | None:
+        fpp = self.reader.files_per_person(self.label)
+        if fpp.height == 0:
+            return None
+        no_person = self.files.filter(pl.col("person_id").is_null()).height
+        files_n, bytes_n = fpp["files"].to_numpy(), fpp["bytes"].to_numpy().astype(float)
+        k = 5
+        ranked = fpp.sort(["files", "bytes", "person_id"], descending=[True, True, False])
+        rows = [("most files", *r) for r in ranked.head(k).iter_rows()]
+        if fpp.height > k:
+            rows += [("fewest files", *r) for r in ranked.tail(min(k, fpp.height - k)).reverse().iter_rows()]
+        return {
+            "persons": fpp.height,
+            "files_per_person": f"median {np.median(files_n):,.0f}, min {files_n.min():,}, max {files_n.max():,}",
+            "bytes_per_person": (f"median {human_bytes(np.median(bytes_n))}, min {human_bytes(bytes_n.min())}, "
+                                 f"max {human_bytes(bytes_n.max())}"),
+            "without_person": no_person,
+            "plot": self.plot(plots.persons(files_n, bytes_n)),
+            "rows": rows,  # (most/fewest files, person, files, bytes, modalities)
+            "command": self.py(f"m.files_per_person({json.dumps(self.label)})", "persons.csv"),
+        }
+
+    # 4
+    def sessions(self) -> dict | None:
+        sessions = self.reader.sessions(self.label)
+        if sessions.height == 0:
+            return None
+        committed = datetime.now(UTC).replace(tzinfo=None)  # starts are naive date-times
+        with contextlib.suppress(TypeError, ValueError):
+            committed = datetime.fromisoformat(str(self.row.get("finished_at"))).astimezone(UTC).replace(tzinfo=None)
+        start = pl.col("start")
+        plausible = (start >= PLAUSIBLE_FROM) & (start <= committed)
+        implausible = sessions.filter(start.is_not_null() & ~plausible)
+        good = sessions.filter(start.is_not_null() & plausible)["start"]
+        durations = sessions["duration_s"].drop_nulls()
+        per_person = sessions.group_by("person_id").len("sessions")
+        flag = None
+        if implausible.height:
+            flag = self.flag(f"{_n(implausible.height, 'waveform session')} start before {PLAUSIBLE_FROM:%Y} "
+                             "or after the version was committed (left out of the timeline).")
+        return {
+            "sessions": sessions.height,
+            "persons": per_person.height,
+            "first": good.min() if good.len() else "",
+            "last": good.max() if good.len() else "",
+            "duration": (f"median {_duration(durations.median())}, max {_duration(durations.max())}; "
+                         f"{sessions.height - durations.len():,} sessions have no duration in their names"
+                         if durations.len() else "no session has a duration in its names"),
+            "files_bytes": f"{int(sessions['files'].sum()):,} files, {human_bytes(sessions['bytes'].sum())}",
+            "no_start": int(sessions["start"].is_null().sum()),
+            "flag": flag,
+            "timeline": self.plot(plots.session_timeline(good)),
+            "histograms": self.plot(plots.session_histograms(durations.to_numpy().astype(float),
+                                                             per_person["sessions"].to_numpy())),
+            "implausible": implausible.select("person_id", "session_id", "start", "files").head(MAX_ROWS).rows(),
+            "total": implausible.height,
+            "command": self.py(f"m.sessions({json.dumps(self.label)})", "sessions.csv"),
+        }
+
+    # 5
+    def sizes(self) -> dict | None:
+        if self.files.height == 0:
+            return None
+        stats, flagged = size_flags(self.files)
+        labels = [f"{r['modality']}\n{_n(r['files'], 'file')}, {r['empty']:,} empty, {_n(r['outliers'], 'outlier')}"
+                  for r in stats.iter_rows(named=True)]
+        positive = self.files.filter(pl.col("size") > 0)["size"]
+        lo, hi = (float(positive.min()), float(positive.max())) if positive.len() else (None, None)
+        empty_n = int((flagged["flag"] == "empty").sum())
+        if empty_n:
+            self.flags.append(f"{_n(empty_n, 'empty file')} (size 0).")
+        if flagged.height - empty_n:
+            self.flags.append(f"{_n(flagged.height - empty_n, 'file')} with an outlying size for its modality.")
+        return {
+            "iqr": OUTLIER_IQR, "factor": 10 ** OUTLIER_MIN_DECADES, "min_files": OUTLIER_MIN_FILES,
+            "plot": self.plot(plots.sizes(stats, flagged, labels, lo, hi)),
+            "stats": [(r["modality"], r["files"], r["empty"], r["min"],
+                       10 ** r["median"] if r["median"] is not None else None, r["max"], r["outliers"],
+                       "yes" if r["checked"] else f"no (< {OUTLIER_MIN_FILES})") for r in stats.iter_rows(named=True)],
+            "flagged": flagged.select("flag", "srcfile", "modality", "size", "modality_median").head(MAX_ROWS).rows(),
+            "total": flagged.height,
+            "command": shlex.join(["python", "-c", (
+                "from chorus_batch.review import open_manifest; "
+                f"from chorus_batch.review import size_flags; m = open_manifest({json.dumps(self.db)}); "
+                f"size_flags(m.files({json.dumps(self.label)}))[1].write_csv('flagged_sizes.csv')")]),
+        }
+
+    # 6
+    def duplicates(self) -> dict | None:
+        dups = self.reader.duplicates(self.label)
+        if dups.height == 0:
+            return None
+        extra = int(dups["paths"].sum()) - dups.height
+        cross = int((dups["persons"] > 1).sum())
+        self.flags.append(f"Duplicate contents: {_n(dups.height, 'MD5')} found at more than one path "
+                          f"({_n(extra, 'extra copy', 'extra copies')}).")
+        return {
+            "contents": dups.height,
+            "extra": extra,
+            "wasted": int((dups["size"] * (dups["paths"] - 1)).sum()),
+            "flag": self.flag(f"{_n(cross, 'duplicated content')} found in the folders of more than one person: "
+                              "a file filed under the wrong person?") if cross else None,
+            "rows": [(r["md5"], r["paths"], r["size"], r["persons"], Examples(r["srcfiles"][:EXAMPLES], r["paths"]))
+                     for r in dups.head(MAX_ROWS).iter_rows(named=True)],
+            "total": dups.height,
+            "command": self.py(f"m.duplicates({json.dumps(self.label)}).explode('srcfiles')", "duplicates.csv"),
+        }
+
+    # 7
+    def scan_errors(self) -> dict | None:
+        errors = self.reader.scan_errors(self.label)
+        if errors.height == 0:
+            return None
+        self.flags.append(f"{_n(errors.height, 'scan error or unparseable path', 'scan errors or unparseable paths')}.")
+        by_kind = (errors.group_by("kind").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
+                                                msg=pl.col("message").head(EXAMPLES))
+                   .sort(["n", "kind"], descending=[True, False]))
+        unparseable = errors.filter(pl.col("kind") == "unparseable")
+        by_reason = (unparseable.group_by("message").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES))
+                     .sort(["n", "message"], descending=[True, False]))
+        return {
+            "by_kind": [(kind, n, Examples(list(zip(ex, msg)), n)) for kind, n, ex, msg in by_kind.iter_rows()],
+            "by_reason": [(reason, n, Examples(ex, n)) for reason, n, ex in by_reason.iter_rows()],
+            "command": self.py(f"m.scan_errors({json.dumps(self.label)})", "scan_errors.csv"),
+        }
+
+    # 8
+    def findings(self) -> dict | None:
+        findings = self.reader.findings(self.label)
+        if findings.height == 0:
+            return None
+        grouped = (findings.with_columns(severity=pl.col("severity").fill_null("unknown"), rule=pl.col("rule").fill_null(""))
+                   .group_by("severity", "rule").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
+                                                     msg=pl.col("message").head(EXAMPLES))
+                   .with_columns(_rank=pl.col("severity").str.to_lowercase()
+                                 .replace_strict(SEVERITY_ORDER, default=3, return_dtype=pl.Int64))
+                   .sort(["_rank", "n", "rule"], descending=[False, True, False]))
+        by_severity = grouped.group_by("severity", "_rank").agg(pl.col("n").sum()).sort("_rank", "severity")
+        n_errors = int(grouped.filter(pl.col("_rank") == 0)["n"].sum())
+        if n_errors:
+            self.flags.append(f"{_n(n_errors, 'validation finding')} of severity error.")
+        return {
+            "by_severity": by_severity.select("severity", "n").rows(),
+            "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
+                     for r in grouped.iter_rows(named=True)],
+            "command": self.py(f"m.findings({json.dumps(self.label)})", "findings.csv"),
+        }
+
+    # 9
+    def deleted(self) -> dict | None:
+        if self.previous is None:
+            return None
+        diff = self.reader.diff(self.previous, self.label)
+        prev_row = self.versions.row(self.versions.height - 2, named=True)
+        prev_files = prev_row.get("n_files")
+        if prev_files is None:
+            prev_files = self.reader.files(self.previous).height
+        kinds = list(CHANGE_KINDS)
+        counts = diff.group_by(pl.col("modality").fill_null("Other"), "change").len("n")
+        by_modality = []
+        for modality in sorted(counts["modality"].unique().to_list()):
+            sub = dict(counts.filter(pl.col("modality") == modality).select("change", "n").iter_rows())
+            by_modality.append((modality, *(sub.get(k, 0) for k in kinds)))
+        lost = diff.filter(pl.col("change").is_in(["removed", "replaced"])).sort("change", "srcfile")
+        flag = None
+        if prev_files and lost.height / prev_files > DELETED_SHARE_FLAG:
+            flag = self.flag(f"This version removed or replaced {_pct(lost.height, prev_files)} of the previous "
+                             f"version's files (more than {DELETED_SHARE_FLAG:.0%}): check that the deliveries "
+                             "were meant to go.")
+        return {
+            "previous": self.previous,
+            "previous_files": prev_files,
+            "lost": lost.height,
+            "flag": flag,
+            "kinds": kinds,
+            "by_modality": by_modality,
+            # (change, path, modality, size, (MD5 before, MD5 now or None where removed))
+            "rows": [(r["change"], r["srcfile"], r["modality"], r["size"],
+                      (r["old_md5"], None if r["change"] == "removed" else r["md5"]))
+                     for r in lost.head(MAX_ROWS).iter_rows(named=True)],
+            "command": self.cli("diff", "--db", self.db, "--from", self.previous, "--to", self.label, "--csv"),
+        }
