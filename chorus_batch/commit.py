@@ -104,7 +104,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     if delete_list is not None:
         delete_list, delete_errors = _check_delete_list(delete_list, scanned.files, previous)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
-    current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [])
+    current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [],
+                                    manifest.known_root_ids(scanned.roots))
 
     diff = compute_diff(previous, current, mode=mode, delete_list=delete_list, threads=threads)
     counts = diff.counts()
@@ -176,9 +177,11 @@ def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous:
     return delete_list.join(present, on="srcfile", how="anti"), errors
 
 
-def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str],
+                 root_ids: dict[int, int]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The tree now as (root_id, srcfile, size, mtime_ns, md5, unchanged_modality), and the `touched`
-    files whose content is unchanged but whose stat or root moved (file_id, mtime_ns, root_id)."""
+    files whose content is unchanged but whose stat or root moved (file_id, mtime_ns, root_id).
+    root_id is the scan's position of the root; `root_ids` maps the recorded ones to the manifest's."""
     prev = previous.select("srcfile", pl.col("file_id").alias("prev_file_id"), pl.col("size").alias("prev_size"),
                            pl.col("mtime_ns").alias("prev_mtime_ns"), pl.col("md5").alias("prev_md5"),
                            pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"))
@@ -192,10 +195,11 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
         mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.col("mtime_ns")),
     ).filter(pl.col("md5").is_not_null())
     same = pl.col("md5") == pl.col("prev_md5")
+    recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
     # Same content, new stat (or found under another root): remember it, so these are not hashed again.
     touched = current.filter(
         same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
-                | pl.col("prev_root_id").is_null() | (pl.col("root_id") != pl.col("prev_root_id")))
+                | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id")))
     ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id")
     current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5",
                              pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"))

@@ -182,9 +182,22 @@ class Manifest:
                                "ORDER BY srcfile, kind, message", (label,)).fetchall()
         return pl.DataFrame(rows, schema=schema, orient="row")
 
+    def known_root_ids(self, roots: list[tuple[str, str | None]]) -> dict[int, int]:
+        """The manifest's root_id of each of a scan's roots (by position) that it has recorded already."""
+        if not self.path.exists():
+            return {}
+        recorded = {(location, modality): root_id for root_id, location, modality in
+                    self.roots().select("root_id", "location", "modality").iter_rows()}
+        return {position: recorded[root] for position, root in enumerate(roots) if root in recorded}
+
     def roots(self) -> pl.DataFrame:
         """The recorded roots (root_id, location, modality, first_version); the site root has modality NULL."""
-        return self.query_frame("SELECT * FROM roots ORDER BY root_id", schema=schema_of("roots"))
+        schema = schema_of("roots")
+        if not self.path.exists():
+            return pl.DataFrame(schema=schema)
+        with self._open() as con:  # few rows: plain sqlite3, no ADBC start-up on a no-change run
+            rows = con.execute(f"SELECT {', '.join(schema)} FROM roots ORDER BY root_id").fetchall()
+        return pl.DataFrame(rows, schema=schema, orient="row")
 
     def previous_state(self) -> pl.DataFrame:
         """Current rows of the latest version (STATE_SCHEMA), from the cache when it is fresh."""
