@@ -72,8 +72,11 @@ def test_no_change_run_writes_nothing_but_the_run_log(site, db):
     age(site)
     run_site(site, db)
     counts = [query(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("source_files", "registry", "versions", "changes")]
+    generation = query(db, "SELECT value FROM meta WHERE key = 'state_generation'")
     result = run_site(site, db)
     assert result.label is None and result.n_hashed == 0
+    # not even a refresh of the rows: the state generation moves with every write to source_files
+    assert query(db, "SELECT value FROM meta WHERE key = 'state_generation'") == generation
     assert [query(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("source_files", "registry", "versions", "changes")] == counts
     assert query(db, "SELECT count(*) FROM runs")[0][0] == 2
 
