@@ -6,11 +6,16 @@ frame. The first pattern that matches, and whose checks pass, wins. Groups:
 
   person_id    person folder (text: leading zeros are kept)
   name_person  person id repeated in the file name; must equal person_id
-  session      session / study / record folder
-  file         file name; with `session`, must start with it (WFDB: <session>.hea)
+  category     waveform category folder (Telemetry, EEG) or DICOM modality folder (CT, MR, ...)
+  session      the record: waveform session, image accession (or study, in older layouts)
+  file         file name; with `session`, must start with it (or with <person_id>_<session>)
   date, time   YYYYMMDD and HHMMSS
   duration     seconds
   segment      segment or instance number
+
+Each pattern also names its `layout`: "current" for the procedures in force (Waveform File Format
+v2.1, Data-Upload-Update, Imaging SOP), else the superseded edition the path follows; those stay
+accepted, and validation names the current form (rule layout.superseded).
 """
 
 from __future__ import annotations
@@ -23,7 +28,19 @@ import polars as pl
 from .errors import ConfigError
 from .frames import CLASSIFIED_SCHEMA
 
-GROUPS = ("person_id", "name_person", "session", "file", "date", "time", "duration", "segment")
+GROUPS = ("person_id", "name_person", "category", "session", "file", "date", "time", "duration", "segment")
+CURRENT = "current"
+# Superseded layouts still found at sites (value of `layout`), and the current form each became.
+SUPERSEDED = {
+    "waveforms-v1.0": "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>.<ext> (Waveform File Format "
+                      "v2.1: a Telemetry or EEG folder between Waveforms/ and the session)",
+    "waveforms-flat": "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>.<ext> (the flat "
+                      "<person_id>_<YYYYMMDD>_<HHMMSS>_<duration>.<ext> naming is from the first upload SOP)",
+    "records-v1.0": "no RECORDS file (Waveform File Format v1.0); sessions are the folders under Telemetry/ and EEG/",
+    "metadata-v2.0": "Metadata/SUBMISSION.md (Waveform File Format v2.1 moved it into Metadata/)",
+    "images-study": "<person_id>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm "
+                    "(the study/series folders with long file names are from earlier upload SOPs)",
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,7 @@ class PathPattern:
     modality: str
     regex: str
     description: str
+    layout: str = CURRENT
 
 
 _PERSON = r"(?P<person_id>[^/]+)"
@@ -39,22 +57,46 @@ _STAMP = r"(?P<name_person>[^/]+?)_(?P<date>\d{8})_(?P<time>\d{6})"
 DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
     PathPattern("OMOP", r"^(?i:omop)/(?P<session>.+)$", "OMOP/<file>"),
     PathPattern("Metadata", r"^(?i:metadata)/(?P<session>.+)$", "Metadata/<file>"),
+    # Delivered with the release: the linkage registries (Multimodal-Linkage) at the site root.
+    PathPattern("Metadata", r"^(?P<session>[^/]*(?i:registry)[^/]*\.(?i:csv))$", "<waveform|image>_registry.csv"),
+    PathPattern("Metadata", r"^(?P<session>(?i:submission\.md))$", "SUBMISSION.md (v2.0: now in Metadata/)",
+                "metadata-v2.0"),
+    PathPattern("Waveforms", r"^(?P<session>RECORDS)$", "RECORDS (v1.0)", "records-v1.0"),
     PathPattern("Metadata", rf"^{_PERSON}/(?i:metadata)/(?P<session>.+)$", "<person_id>/Metadata/<file>"),
+    PathPattern(
+        "Waveforms",
+        rf"^{_PERSON}/(?i:waveforms)/(?P<category>(?i:telemetry|eeg))/(?P<session>[^/]+)/(?P<file>[^/]+)$",
+        "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>",
+    ),
     PathPattern(
         "Waveforms",
         rf"^{_PERSON}/(?i:waveforms)/(?:(?P<session>[^/]+)/)?{_STAMP}_(?P<duration>\d+(?:\.\d+)?)(?:_(?P<segment>[^/._]+))?\.[^/]+$",
         "<person_id>/Waveforms/[<session>/]<person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>[_<segment>].<ext>",
+        "waveforms-flat",
     ),
     PathPattern(
         "Waveforms",
         rf"^{_PERSON}/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$",
-        "<person_id>/Waveforms/<session>/<session>.hea|.dat|n.csv",
+        "<person_id>/Waveforms/<session>/<session>[...].<ext> or <person_id>_<session>[...].<ext>",
+        "waveforms-v1.0",
     ),
-    PathPattern("Waveforms", rf"^{_PERSON}/(?i:waveforms)/RECORDS$", "<person_id>/Waveforms/RECORDS"),
+    PathPattern("Waveforms", rf"^{_PERSON}/(?i:waveforms)/RECORDS$", "<person_id>/Waveforms/RECORDS", "records-v1.0"),
+    PathPattern(
+        "Images",
+        rf"^{_PERSON}/(?i:images)/(?P<category>[A-Za-z0-9]+)/(?P<session>[^/]+)/[^/]+/(?P<segment>[^/]+)\.(?i:dcm)$",
+        "<person_id>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm",
+    ),
     PathPattern(
         "Images",
         rf"^{_PERSON}/(?i:images)/(?P<session>[^/]+)/[^/]+/{_STAMP}_[A-Za-z0-9]+_[^/_]+_(?P<segment>[^/_]+)\.(?i:dcm)$",
         "<person_id>/Images/<study>/<series>/<person_id>_<YYYYMMDD>_<HHMMSS>_<MOD>_<series>_<instance>.dcm",
+        "images-study",
+    ),
+    PathPattern(
+        "Images",
+        rf"^{_PERSON}/(?i:images)/(?P<session>[^/]+)/[^/]+/(?P<name_person>[^/_]+)_[^/_]+_[^/_]+_[A-Za-z0-9]+_(?P<segment>[^/_]+)\.(?i:dcm)$",
+        "<person_id>/Images/<study>/<series>/<person_id>_<study>_<series>_<MOD>_<instance>.dcm",
+        "images-study",
     ),
 )
 
@@ -93,9 +135,12 @@ def _check_regex(modality: str, index: int, regex: str) -> None:
 
 
 def record_key() -> pl.Expr:
-    """The registry key of a classified file: modality|person|session (NULL if unparsed)."""
+    """The registry key of a classified file: modality|person|session, with the waveform category
+    before the session (Telemetry and EEG sessions are different records; NULL if unparsed)."""
+    session = pl.when((pl.col("modality") == "Waveforms") & pl.col("category").is_not_null()).then(
+        pl.concat_str([pl.col("category"), pl.col("session_id")], separator="/")).otherwise(pl.col("session_id"))
     return pl.when(pl.col("parse_error").is_null() & pl.col("session_id").is_not_null()).then(
-        pl.concat_str([pl.col("modality"), pl.col("person_id").fill_null(""), pl.col("session_id")], separator="|")
+        pl.concat_str([pl.col("modality"), pl.col("person_id").fill_null(""), session], separator="|")
     ).alias("record_key")
 
 
@@ -121,8 +166,9 @@ def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
     return (
         pl.when(name_person.is_not_null() & (name_person != person))
         .then(pl.format("person id in the file name ({}) differs from the person folder ({})", name_person, person))
-        .when(file.is_not_null() & session.is_not_null() & ~file.str.starts_with(session) & (file != "RECORDS"))
-        .then(pl.format("file name {} does not start with its session folder name {}", file, session))
+        .when(file.is_not_null() & session.is_not_null() & ~file.str.starts_with(session)
+              & ~file.str.starts_with(pl.concat_str([person, session], separator="_")) & (file != "RECORDS"))
+        .then(pl.format("file name {} does not start with its session id {}", file, session))
         .when(date.is_not_null() & ~stamp_ok)
         .then(pl.format("invalid date/time {}_{} in the file name", date, time))
         .otherwise(pl.lit(None, pl.String))
@@ -145,9 +191,9 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         pl.when(n_parts == 1)
         .then(pl.lit("file at the site root: expected it in OMOP/, Metadata/ or a person folder"))
         .when(second == "waveforms")
-        .then(pl.lit("name fits no Waveforms pattern: expected <person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>[_<segment>].<ext> or <session>/<session>.hea|.dat|n.csv"))
+        .then(pl.lit("path fits no Waveforms layout: expected Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>"))
         .when(second == "images")
-        .then(pl.lit("name fits no Images pattern: expected <study>/<series>/<person_id>_<YYYYMMDD>_<HHMMSS>_<MOD>_<series>_<instance>.dcm"))
+        .then(pl.lit("path fits no Images layout: expected Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm"))
         .otherwise(pl.format("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
     )
     return modality, person, reason
@@ -181,6 +227,7 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         return pl.coalesce([pl.when(h).then(pl.col(f"_g{i}").struct.field(field)) for i, h in enumerate(hit)])
 
     winner_modality = pl.coalesce([pl.when(h).then(pl.lit(p.modality)) for h, p in zip(hit, patterns)])
+    winner_layout = pl.coalesce([pl.when(h).then(pl.lit(p.layout)) for h, p in zip(hit, patterns)])
     near_modality = pl.coalesce([pl.when(n).then(pl.lit(p.modality)) for n, p in zip(near, patterns)])
     near_reason = pl.coalesce([pl.when(n).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
     fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"))
@@ -194,13 +241,21 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         _duration=first_hit("duration"),
         _segment=first_hit("segment"),
         _name_person=first_hit("name_person"),
+        _category=first_hit("category"),
         _modality=winner_modality,
+        _layout=winner_layout,
     )
     # Sessions named <...>_<YYYYMMDD>_<HHMMSS> give the start when the file name does not.
     session_stamp = pl.col("_session").str.extract_groups(_SESSION_STAMP)
     date = pl.coalesce(pl.col("_date"), session_stamp.struct.field("date"))
     time = pl.coalesce(pl.col("_time"), session_stamp.struct.field("time"))
     start = pl.concat_str([date, time]).str.strptime(pl.Datetime, "%Y%m%d%H%M%S", strict=False)
+    # Waveform categories as the procedures spell them (Telemetry, EEG), DICOM modalities upper-case.
+    category = (
+        pl.when(pl.col("_modality") != "Waveforms").then(pl.col("_category").str.to_uppercase())
+        .when(pl.col("_category").str.to_lowercase() == "eeg").then(pl.lit("EEG"))
+        .when(pl.col("_category").is_not_null()).then(pl.lit("Telemetry"))
+    )
     # Flat waveform files outside a session folder form a record per start stamp.
     session_id = pl.coalesce(
         pl.col("_session"),
@@ -212,11 +267,13 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
         person_id=pl.when(pl.col("_hit")).then(pl.col("_person")).otherwise(
             pl.coalesce([*(pl.when(n).then(pl.col(f"_g{i}").struct.field("person_id")) for i, n in enumerate(near)), fallback_person])
         ),
+        category=pl.when(pl.col("_hit")).then(category),
         session_id=pl.when(pl.col("_hit")).then(session_id),
         start_date=start.dt.strftime("%Y-%m-%d"),
         start_time=start.dt.strftime("%H:%M:%S"),
         duration_s=pl.col("_duration").cast(pl.Float64, strict=False),
         segment=pl.col("_segment"),
         parse_error=pl.when(pl.col("_hit")).then(pl.lit(None, pl.String)).otherwise(pl.coalesce(near_reason, fallback_reason)),
+        layout=pl.when(pl.col("_hit")).then(pl.col("_layout")),
     )
     return out.select(*listing.columns, *CLASSIFIED_SCHEMA).cast(CLASSIFIED_SCHEMA).collect()  # type: ignore[arg-type]

@@ -44,6 +44,8 @@ CLASSIFIED_SCHEMA = {
     "duration_s": pl.Float64,
     "segment": pl.String,
     "parse_error": pl.String,  # why the path fits no pattern; NULL when it does
+    "category": pl.String,  # Telemetry / EEG (waveforms), the DICOM modality folder (images)
+    "layout": pl.String,  # "current", or the superseded layout the path follows (classify.SUPERSEDED)
 }
 
 # The current rows of the previous version, as the pipeline needs them.
@@ -100,11 +102,15 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("parse_error", "TEXT", _S), ("time_valid", "TEXT NOT NULL", _S), ("time_invalid", "TEXT", _S),
         ("version_valid", "TEXT NOT NULL", _S), ("version_invalid", "TEXT", _S),
         ("root_id", "INTEGER", _I),  # schema 3: the root the file was found under (roots.root_id)
+        ("category", "TEXT", _S), ("layout", "TEXT", _S),  # schema 4
     ),
     "registry": _columns(
         ("record_id", "INTEGER PRIMARY KEY", _I), ("record_key", "TEXT NOT NULL UNIQUE", _S), ("person_id", "TEXT", _S),
         ("session_id", "TEXT", _S), ("modality", "TEXT", _S), ("date", "TEXT", _S), ("time", "TEXT", _S),
         ("uploaddir", "TEXT", _S), ("isactive", "INTEGER NOT NULL DEFAULT 1", _I),
+        # schema 4: Telemetry/EEG or the DICOM modality; the procedure id of the linkage registries,
+        # allocated once per record and never changed
+        ("category", "TEXT", _S), ("proc_id", "INTEGER", _I),
     ),
     "versions": _columns(
         ("label", "TEXT PRIMARY KEY", _S), ("started_at", "TEXT NOT NULL", _S), ("finished_at", "TEXT NOT NULL", _S),

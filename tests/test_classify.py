@@ -53,6 +53,46 @@ def test_sop_v2_session_named_with_a_stamp_gives_the_start():
     assert (row["start_date"], row["start_time"]) == ("2021-03-04", "05:06:07")
 
 
+@pytest.mark.parametrize("category, name", [("Telemetry", "901234.hea"), ("Telemetry", "901234_layout.hea"),
+                                            ("Telemetry", "901234_0001.dat"), ("Telemetry", "901234n.csv"),
+                                            ("EEG", "901234.edf"), ("telemetry", "901234.hea"), ("eeg", "901234.hea")])
+def test_current_waveform_layout_records_the_session_under_its_category(category, name):
+    row = one(f"10001001/Waveforms/{category}/901234/{name}")
+    assert row["parse_error"] is None and row["layout"] == "current"
+    assert (row["modality"], row["person_id"], row["session_id"]) == ("Waveforms", "10001001", "901234")
+    assert row["category"] == ("EEG" if category.lower() == "eeg" else "Telemetry")
+    assert row["record_key"] == f"Waveforms|10001001|{row['category']}/901234"  # telemetry and EEG: two records
+
+
+def test_current_image_layout_records_the_accession():
+    row = one("10001001/Images/CT/1234/5678/000.dcm")
+    assert row["parse_error"] is None and row["layout"] == "current"
+    assert (row["modality"], row["category"], row["session_id"], row["segment"]) == ("Images", "CT", "1234", "000")
+    assert row["record_key"] == "Images|10001001|1234"
+    uid = one("10001001/Images/CT/1.2.840.1/1.2.840.113619.2.176.3596/01_0.dcm")
+    assert uid["parse_error"] is None and uid["session_id"] == "1.2.840.1"
+
+
+@pytest.mark.parametrize("path, layout", [
+    ("10001/waveforms/123/123.hea", "waveforms-v1.0"),
+    ("10001/Waveforms/123/10001_123_0001.h5", "waveforms-v1.0"),  # PatientID_SessionID{_fileID}.ext
+    ("RECORDS", "records-v1.0"),
+    ("SUBMISSION.md", "metadata-v2.0"),
+    ("1000001/Waveforms/1000001_20230101_101530_3600.h5", "waveforms-flat"),
+    ("1/Images/ST/SE/1_20230101_101530_CT_01_001.dcm", "images-study"),
+    ("1/Images/ST9/SE3/1_ST9_SE3_CT_001.dcm", "images-study"),
+])
+def test_superseded_layouts_stay_accepted_and_say_which_they_are(path, layout):
+    row = one(path)
+    assert row["parse_error"] is None and row["layout"] == layout
+
+
+def test_registries_and_metadata_files_are_metadata():
+    for path in ("waveform_registry.csv", "image_registry.csv", "Metadata/READINESS.md", "Metadata/EEG_mapping.csv"):
+        row = one(path)
+        assert (row["modality"], row["parse_error"], row["layout"]) == ("Metadata", None, "current"), path
+
+
 def test_image_path_parses_study_and_instance():
     row = one("000001/Images/ST1/SE2/000001_20200102_030405_CT_SE2_0007.dcm")
     assert row["modality"] == "Images"
@@ -73,8 +113,9 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         ("junk/a.txt", "folder junk/"),
         ("000123/Waveforms/000124_20200101_101010_60.dat", "differs from the person folder"),
         ("000123/Waveforms/000123_20201301_101010_60.dat", "invalid date/time"),
-        ("000123/Waveforms/S1/other.hea", "does not start with its session folder"),
-        ("000123/Images/x.dcm", "fits no Images pattern"),
+        ("000123/Waveforms/S1/other.hea", "does not start with its session id S1"),
+            ("000123/Waveforms/Telemetry/901/902.hea", "does not start with its session id 901"),
+        ("000123/Images/x.dcm", "fits no Images layout"),
         ("000123/Notes/n.txt", "folder 000123/"),
     ],
 )

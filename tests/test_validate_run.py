@@ -169,14 +169,17 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
     with con:
         for table in ("file_facts", "findings", "validations", "roots"):
             con.execute(f"DROP TABLE {table}")
-        con.execute("ALTER TABLE source_files DROP COLUMN root_id")
+        con.execute("DROP INDEX registry_proc")
+        for table, column in (("source_files", "root_id"), ("source_files", "category"), ("source_files", "layout"),
+                              ("registry", "category"), ("registry", "proc_id")):
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     with pytest.raises(ManifestError, match="chorus-batch upgrade"):  # a reader says how to upgrade
         open_manifest(db).findings()
     write(clean, "OMOP/extra_notes.txt", "not a table\n")
     result = run_site(clean, db)
-    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
     assert "omop.unexpected_file" in set(result.findings["rule"])
 
 

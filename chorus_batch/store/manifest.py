@@ -414,13 +414,13 @@ class Manifest:
     def _assign_records(self, cur, new_rows: pl.DataFrame, max_record_id: int) -> pl.DataFrame:
         """record_id for each new row: existing records by key, new ones appended."""
         keys = new_rows.select(record_key())
-        keyed = new_rows.select("person_id", "session_id", "modality", "start_date", "start_time").with_columns(
+        keyed = new_rows.select("person_id", "session_id", "modality", "category", "start_date", "start_time").with_columns(
             keys["record_key"]).filter(pl.col("record_key").is_not_null())
         if keyed.height == 0:
             return new_rows.with_columns(record_id=pl.lit(None, pl.Int64))
         # A record starts at its earliest file (ISO date and time sort as text).
         records = keyed.group_by("record_key").agg(
-            pl.col("person_id").first(), pl.col("session_id").first(), pl.col("modality").first(),
+            pl.col("person_id").first(), pl.col("session_id").first(), pl.col("modality").first(), pl.col("category").first(),
             pl.concat_str(["start_date", "start_time"], separator=" ").min().alias("_start"),
         ).sort("record_key").with_columns(
             date=pl.col("_start").str.slice(0, 10), time=pl.col("_start").str.slice(11, 8),
@@ -432,7 +432,8 @@ class Manifest:
         known = known.cast({"record_key": pl.String, "record_id": pl.Int64}) if known.height else pl.DataFrame(
             schema={"record_key": pl.String, "record_id": pl.Int64})
         fresh = records.join(known, on="record_key", how="anti").with_row_index("record_id", offset=max_record_id + 1)
-        fresh = fresh.with_columns(pl.col("record_id").cast(pl.Int64), isactive=pl.lit(1, pl.Int64), uploaddir=pl.lit(None, pl.String))
+        fresh = fresh.with_columns(pl.col("record_id").cast(pl.Int64), isactive=pl.lit(1, pl.Int64),
+                                   uploaddir=pl.lit(None, pl.String), proc_id=pl.lit(None, pl.Int64))
         if fresh.height:
             cur.adbc_ingest("registry", _arrow_stream(fresh.select(columns_of("registry"))), mode="append")
         del keyed, records

@@ -21,13 +21,14 @@ import uuid
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
     "CREATE INDEX IF NOT EXISTS changes_version ON changes(version)",
     "CREATE INDEX IF NOT EXISTS scan_errors_version ON scan_errors(version)",
     "CREATE INDEX IF NOT EXISTS registry_person ON registry(person_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS registry_proc ON registry(proc_id) WHERE proc_id IS NOT NULL",
 )
 # Indexes on source_files are dropped around the first (bulk) load and rebuilt after it.
 SOURCE_FILES_INDEXES = (
@@ -82,8 +83,23 @@ def _to_3(con: sqlite3.Connection) -> None:
                     (row[0].replace(os.sep, "/") if "://" not in row[0] else row[0], first))
 
 
+def _to_4(con: sqlite3.Connection) -> None:
+    """Today's procedures: the waveform category / DICOM modality and the layout of each file, the
+    category and the (once allocated, never changed) procedure id of each record. Header facts read
+    under the older DICOM and visit readers are dropped: the current readers keep more of each file,
+    so those files are read once more."""
+    for ddl in (
+        "ALTER TABLE source_files ADD COLUMN category TEXT",
+        "ALTER TABLE source_files ADD COLUMN layout TEXT",
+        "ALTER TABLE registry ADD COLUMN category TEXT",
+        "ALTER TABLE registry ADD COLUMN proc_id INTEGER",
+        "DELETE FROM file_facts WHERE kind IN ('dicom', 'omop_visits')",
+    ):
+        con.execute(ddl)
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
