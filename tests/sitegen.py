@@ -1,28 +1,37 @@
-"""Realistic CHoRUS test sites on disk: WFDB records, DICOM series, OMOP tables.
+"""Realistic CHoRUS test sites on disk: WFDB records, DICOM series, OMOP tables, Metadata/.
 
-`build_clean_site(root)` writes a site that follows the procedures exactly (the
-validator finds no errors or warnings in it); the other functions write one piece
-each, so a test can add or break exactly one thing. `scan_current(root)` lists and
-classifies a tree with the project's own code, as the manifest's current rows.
+`build_clean_site(root, layout=...)` writes a site that follows the procedures (today's, "v2.1",
+or an earlier edition's layout: "v2.0", "v1.0", "flat"); the other functions write one piece
+each, so a test can add or break exactly one thing. `scan_current(root)` lists and classifies a
+tree with the project's own code, as the manifest's current rows.
 
-Layout of a clean site, per person P with day D (person i gets 2024-01-01 + i days):
+Today's layout (v2.1), per person P (index i, day D = 2024-01-01 + i days):
 
-    P/Waveforms/P_D_080000/         single-segment WFDB record (2 signals, format 16) + P_D_080000n.csv
-    P/Waveforms/P_D_120000/         multi-segment record: P_D_120000_0001 (format 212), _0002 (format 16)
-    P/Waveforms/P_D_180000_60.hea   flat WFDB record (1 signal) with its .dat
-    P/Waveforms/RECORDS             the three record names (the second person lists its multi-segment
-                                    record in P_D_120000/RECORDS instead)
-    P/Images/<study>/series_1/      CT series 1, instances 1-2 (name time = StudyTime)
-    P/Images/<study>/series_2/      CT series 2, instance 1 (name time = AcquisitionTime)
-    OMOP/<table>.csv                all 13 CDM 5.4 tables + waveform_visit_links.csv
-    Metadata/site.json, <first person>/Metadata/notes.json
+    P/Waveforms/Telemetry/<S>/      single-segment WFDB record <S> (2 signals, format 16) + <S>n.csv
+    P/Waveforms/Telemetry/<M>/      multi-segment record <M>: <M>_0001 (format 212), <M>_0002 (format 16)
+    P/Waveforms/EEG/<E>/            single-segment EEG record <E> (2 signals)
+    P/Images/CT/<A>/<series UID>/   accession A, series 1 (instances 0 and 1: 000.dcm, 001.dcm) and series 2
+                                    (instance 0), headers agreeing with the folders, PatientID = P
+    OMOP/<table>.csv                the 13 CDM 5.4 clinical tables
+    Metadata/READINESS.md, SUBMISSION.md, Telemetry_mapping.csv, EEG_mapping.csv;
+    <first person>/Metadata/notes.json
+Session ids are integers: S = 900000 + 10 i + 1, M = ... + 2, E = ... + 3; accession A = 70000 + i.
+
+Earlier editions (accepted; validation names today's form in `layout.superseded` findings):
+    v2.0  waveforms/telemetry|eeg/<session>/ in lower case, SUBMISSION.md at the site root, and
+          OMOP/waveform_visit_links.csv (visit_occurrence_id, visit_detail_id, session_id)
+    v1.0  P/waveforms/<session>/<session>.hea (no category folder), a RECORDS file at the site root,
+          images named P/Images/<study>/<series>/P_<study>_<series>_<MOD>_<instance>.dcm
+    flat  the first upload SOP: P/Waveforms/P_D_080000/, P_D_120000/ (multi-segment) and
+          P_D_180000_60.hea (flat), RECORDS per person, images P/Images/study_D/series_N/
+          P_D_<time>_CT_<series>_<instance>.dcm, OMOP/waveform_visit_links.csv (visit_occurrence_id, session)
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +43,8 @@ from chorus_batch.frames import LISTING_SCHEMA
 from chorus_batch.sources import LocalSource
 
 CURRENT_COLUMNS = ("srcfile", "size", "md5", "modality", "person_id", "session_id", "start_date", "start_time",
-                   "duration_s", "segment", "parse_error")
+                   "duration_s", "segment", "parse_error", "category", "layout")
+LAYOUTS = ("v2.1", "v2.0", "v1.0", "flat")
 
 # Header of each OMOP table written (key column first, then a few CDM 5.4 columns).
 OMOP_COLUMNS: dict[str, list[str]] = {
@@ -83,16 +93,18 @@ def person_day(index: int) -> str:
 
 
 def write_wfdb(folder: Path, record: str, *, n_sig: int = 2, sig_len: int = 250, fmt: str = "16", fs: int = 125,
-               seed: int = 0) -> None:
-    """A single-segment WFDB record (<record>.hea + <record>.dat) written by wfdb.wrsamp."""
+               seed: int = 0, start: datetime | None = None) -> None:
+    """A single-segment WFDB record (<record>.hea + <record>.dat) written by wfdb.wrsamp, with its
+    base date and time when `start` is given."""
     import wfdb
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     signal = rng.integers(-1000, 1000, size=(sig_len, n_sig)).astype(np.int16)
     names = ["II", "V", "PLETH", "ABP"][:n_sig] + [f"S{i}" for i in range(4, n_sig)]
+    extra = {"base_date": start.date(), "base_time": start.time()} if start else {}
     wfdb.wrsamp(record, fs=fs, units=["mV"] * n_sig, sig_name=names, d_signal=signal, fmt=[fmt] * n_sig,
-                adc_gain=[200.0] * n_sig, baseline=[0] * n_sig, write_dir=str(folder))
+                adc_gain=[200.0] * n_sig, baseline=[0] * n_sig, write_dir=str(folder), **extra)
 
 
 def write_multisegment(folder: Path, record: str, segments: list[tuple[str, int, str]], *, n_sig: int = 2,
@@ -117,8 +129,17 @@ def numerics_csv(session: str, rows: int = 5) -> str:
     return "\n".join(lines) + "\n"
 
 
+def series_uid(person_id: str, study_date: str, series: int) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[person_id, study_date, str(series)])
+
+
 def dicom_bytes(*, person_id: str, series: int, instance: int, modality: str = "CT", study_date: str,
-                study_time: str, acquisition_time: str | None = None, size: int = 4) -> bytes:
+                study_time: str, acquisition_time: str | None = None, size: int = 4, accession: str | None = None,
+                **identifying: str) -> bytes:
+    """A small DICOM Part 10 file (size x size, 16-bit) written by pydicom; `identifying` sets attributes by
+    keyword (PatientName=..., PatientBirthDate=...), as a site that did not de-identify would have them."""
     """A small DICOM Part 10 file (size x size, 16-bit) written by pydicom."""
     from io import BytesIO
 
@@ -136,7 +157,11 @@ def dicom_bytes(*, person_id: str, series: int, instance: int, modality: str = "
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, uid
     ds.PatientID = person_id
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[person_id, study_date])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[person_id, study_date, str(series)])
+    ds.SeriesInstanceUID = series_uid(person_id, study_date, series)
+    if accession is not None:
+        ds.AccessionNumber = accession
+    for keyword, value in identifying.items():
+        setattr(ds, keyword, value)
     ds.StudyDate, ds.StudyTime = study_date, study_time
     if acquisition_time is not None:
         ds.AcquisitionDate, ds.AcquisitionTime = study_date, acquisition_time
@@ -191,43 +216,87 @@ def visit_id(person_index: int, k: int) -> int:
     return 5000 + 10 * person_index + k
 
 
-def write_omop(root: Path, persons: list[str], links: list[tuple[int, str]],
-               tables: tuple[str, ...] = tuple(OMOP_COLUMNS)) -> None:
+def write_omop(root: Path, persons: list[str], links: list[tuple[int, str]] | None,
+               tables: tuple[str, ...] = tuple(OMOP_COLUMNS), v2: bool = False) -> None:
+    """The OMOP tables; with `links`, the superseded waveform_visit_links.csv (v2.0's columns with `v2`)."""
     for table in tables:
         write(root, f"OMOP/{table}.csv", csv_text(OMOP_COLUMNS[table], omop_rows(table, persons)))
-    write(root, "OMOP/waveform_visit_links.csv",
-          csv_text(["visit_occurrence_id", "session"], [[v, s] for v, s in links]))
+    if links is None:
+        return
+    if v2:
+        write(root, "OMOP/waveform_visit_links.csv", csv_text(
+            ["visit_occurrence_id", "visit_detail_id", "session_id"], [[v, "", s] for v, s in links]))
+    else:
+        write(root, "OMOP/waveform_visit_links.csv",
+              csv_text(["visit_occurrence_id", "session"], [[v, s] for v, s in links]))
 
 
 # ----------------------------------------------------------------------------- a whole site
 
 
 def sessions_of(person: str, index: int) -> dict[str, str]:
-    """The session names of a clean site's person: single, multi-segment, flat (and the flat record name)."""
+    """The session ids of a clean site's person: today's integer ids (single, multi-segment, EEG) and the
+    flat layout's stamped names (single, multi, flat, and the flat record name)."""
     day = person_day(index)
+    base = 900000 + 10 * index
     return {
-        "single": f"{person}_{day}_080000",
-        "multi": f"{person}_{day}_120000",
-        "flat": f"{person}_{day}_180000",
-        "flat_record": f"{person}_{day}_180000_60",
+        "single": str(base + 1), "multi": str(base + 2), "eeg": str(base + 3),
+        "flat_single": f"{person}_{day}_080000", "flat_multi": f"{person}_{day}_120000",
+        "flat": f"{person}_{day}_180000", "flat_record": f"{person}_{day}_180000_60",
     }
 
 
-def write_person(root: Path, person: str, index: int) -> list[tuple[int, str]]:
-    """One person's Waveforms/ and Images/; returns the (visit, session) links for them."""
+def accession_of(index: int) -> str:
+    return str(70000 + index)
+
+
+def start_of(index: int, hour: int) -> datetime:
+    return datetime.combine(date(2024, 1, 1) + timedelta(days=index), datetime.min.time()).replace(hour=hour)
+
+
+def write_person(root: Path, person: str, index: int, layout: str = "v2.1") -> list[tuple[int, str]]:
+    """One person's Waveforms/ and Images/ in `layout`; returns the (visit, session) links for them."""
+    s = sessions_of(person, index)
+    day = person_day(index)
+    if layout == "flat":
+        return _write_flat_person(root, person, index)
+    waves = root / person / ("waveforms" if layout in ("v2.0", "v1.0") else "Waveforms")
+    tele = waves / {"v2.1": "Telemetry", "v2.0": "telemetry", "v1.0": ""}[layout]
+    eeg = waves / {"v2.1": "EEG", "v2.0": "eeg", "v1.0": ""}[layout]
+    write_wfdb(tele / s["single"], s["single"], seed=2 * index, start=start_of(index, 8))
+    write(tele / s["single"], f"{s['single']}n.csv", numerics_csv(s["single"]))
+    write_multisegment(tele / s["multi"], s["multi"],
+                       [(f"{s['multi']}_0001", 101, "212"), (f"{s['multi']}_0002", 50, "16")], seed=index + 1)
+    write_wfdb(eeg / s["eeg"], s["eeg"], n_sig=2, sig_len=256, fs=256, seed=3 * index + 7, start=start_of(index, 14))
+    accession = accession_of(index)
+    for series, instances, acquisition in ((1, (0, 1), None), (2, (0,), "082000.250000")):
+        for instance in instances:
+            data = dicom_bytes(person_id=person, series=series, instance=instance, study_date=day, study_time="081500",
+                               acquisition_time=acquisition, accession=accession)
+            if layout == "v1.0":  # the first upload's naming: <person>_<study>_<series>_<MOD>_<instance>.dcm
+                path = f"{person}/Images/ST{accession}/SE{series}/{person}_ST{accession}_SE{series}_CT_{instance}.dcm"
+            else:
+                path = f"{person}/Images/CT/{accession}/{series_uid(person, day, series)}/{instance:03d}.dcm"
+            write(root, path, data)
+    if index == 0:
+        write(root, f"{person}/Metadata/notes.json", f'{{"person": "{person}"}}\n')
+    return [(visit_id(index, 0), s["single"]), (visit_id(index, 0), s["multi"]), (visit_id(index, 1), s["eeg"])]
+
+
+def _write_flat_person(root: Path, person: str, index: int) -> list[tuple[int, str]]:
     s = sessions_of(person, index)
     day = person_day(index)
     wave = root / person / "Waveforms"
-    write_wfdb(wave / s["single"], s["single"], seed=2 * index)
-    write(wave / s["single"], f"{s['single']}n.csv", numerics_csv(s["single"]))
-    write_multisegment(wave / s["multi"], s["multi"],
-                       [(f"{s['multi']}_0001", 101, "212"), (f"{s['multi']}_0002", 50, "16")], seed=index + 1)
+    write_wfdb(wave / s["flat_single"], s["flat_single"], seed=2 * index)
+    write(wave / s["flat_single"], f"{s['flat_single']}n.csv", numerics_csv(s["flat_single"]))
+    write_multisegment(wave / s["flat_multi"], s["flat_multi"],
+                       [(f"{s['flat_multi']}_0001", 101, "212"), (f"{s['flat_multi']}_0002", 50, "16")], seed=index + 1)
     write_wfdb(wave, s["flat_record"], n_sig=1, sig_len=240, fs=4, seed=2 * index + 1)
     if index == 1:  # this person lists its multi-segment record beside it
-        write(wave / s["multi"], "RECORDS", f"{s['multi']}\n")
-        write(wave, "RECORDS", f"{s['single']}\n{s['flat_record']}\n")
+        write(wave / s["flat_multi"], "RECORDS", f"{s['flat_multi']}\n")
+        write(wave, "RECORDS", f"{s['flat_single']}\n{s['flat_record']}\n")
     else:
-        write(wave, "RECORDS", f"{s['single']}\n{s['multi']}\n{s['flat_record']}\n")
+        write(wave, "RECORDS", f"{s['flat_single']}\n{s['flat_multi']}\n{s['flat_record']}\n")
     study = root / person / "Images" / f"study_{day}"
     for instance in (1, 2):
         write(study / "series_1", dicom_name(person, day, "081500", "CT", 1, instance),
@@ -237,18 +306,75 @@ def write_person(root: Path, person: str, index: int) -> list[tuple[int, str]]:
                       acquisition_time="082000.250000"))
     if index == 0:
         write(root, f"{person}/Metadata/notes.json", f'{{"person": "{person}"}}\n')
-    return [(visit_id(index, 0), s["single"]), (visit_id(index, 0), s["multi"]), (visit_id(index, 1), s["flat"])]
+    return [(visit_id(index, 0), s["flat_single"]), (visit_id(index, 0), s["flat_multi"]), (visit_id(index, 1), s["flat"])]
 
 
-def build_clean_site(root: Path, persons: int = 3) -> None:
-    """A site that follows the procedures: the validator reports no errors or warnings."""
+READINESS = """# Readiness checklist
+
+- [x] Person folders are named by the OMOP person_id
+- [x] Waveforms are under Waveforms/Telemetry/ and Waveforms/EEG/, one folder per session
+- [x] Dates are shifted consistently across EHR, waveform and imaging data
+- [x] Images are de-identified
+"""
+
+SUBMISSION = """# Submission
+
+## Hospital
+Test hospital, for chorus_batch's tests.
+
+## Dataset
+3 persons, years 2024.
+
+## Waveform types
+Telemetry (ECG, pleth) and EEG, in WFDB.
+
+## Known issues
+None.
+
+## Variables
+Signals in WFDB format 16 and 212; units in the headers; numerics in <session_id>n.csv.
+
+## Sample intervals
+Uniform within each signal; timing from the WFDB base time.
+
+## Gaps
+No gaps were filled.
+
+## Linking sessions to visits
+Sessions are linked to the visit whose start and end enclose the session's start.
+"""
+
+
+def mapping_csv(labels: list[tuple[str, str, float, str]]) -> str:
+    return csv_text(["signal_id", "standardized_label", "sampling_rate", "units", "timestamp_id"],
+                    [[sid, label, rate, units, "time"] for sid, label, rate, units in labels])
+
+
+TELEMETRY_MAPPING = mapping_csv([("II", "MDC_ECG_ELEC_POTL_II", 125.0, "mV"), ("V", "MDC_ECG_ELEC_POTL_V", 125.0, "mV")])
+EEG_MAPPING = mapping_csv([("II", "MDC_EEG_ELEC_POTL_FP1", 256.0, "uV"), ("V", "MDC_EEG_ELEC_POTL_FP2", 256.0, "uV")])
+
+
+def write_metadata(root: Path, layout: str = "v2.1") -> None:
+    write(root, "Metadata/READINESS.md", READINESS)
+    write(root, "SUBMISSION.md" if layout == "v2.0" else "Metadata/SUBMISSION.md", SUBMISSION)
+    write(root, "Metadata/Telemetry_mapping.csv", TELEMETRY_MAPPING)
+    if layout != "flat":
+        write(root, "Metadata/EEG_mapping.csv", EEG_MAPPING)
+
+
+def build_clean_site(root: Path, persons: int = 3, layout: str = "v2.1") -> None:
+    """A site that follows the procedures in `layout`: the validator reports no errors or warnings."""
     root.mkdir(parents=True, exist_ok=True)
     ids = person_ids(persons)
     links: list[tuple[int, str]] = []
     for index, person in enumerate(ids):
-        links += write_person(root, person, index)
-    write_omop(root, ids, links)
-    write(root, "Metadata/site.json", '{"site": "test", "cdm_version": "5.4"}\n')
+        links += write_person(root, person, index, layout)
+    write_omop(root, ids, links if layout in ("v2.0", "flat") else None, v2=layout == "v2.0")
+    write_metadata(root, layout)
+    if layout == "v1.0":
+        records = [f"{p}/waveforms/{sessions_of(p, i)[k]}/{sessions_of(p, i)[k]}"
+                   for i, p in enumerate(ids) for k in ("single", "multi", "eeg")]
+        write(root, "RECORDS", "".join(r + "\n" for r in records))
 
 
 def scan_current(root: Path) -> pl.DataFrame:

@@ -30,12 +30,19 @@ pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationW
 P0, P1, P2 = sitegen.person_ids(3)
 S0, S1 = sessions_of(P0, 0), sessions_of(P1, 1)
 DAY0 = sitegen.person_day(0)
-SINGLE = f"{P0}/Waveforms/{S0['single']}/{S0['single']}"  # + .hea / .dat
-MULTI = f"{P0}/Waveforms/{S0['multi']}/{S0['multi']}"
-FLAT = f"{P0}/Waveforms/{S0['flat_record']}"
-SERIES1 = f"{P0}/Images/study_{DAY0}/series_1"
-DCM = f"{SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 1)}"
+TELEMETRY = f"{P0}/Waveforms/Telemetry"
+SINGLE = f"{TELEMETRY}/{S0['single']}/{S0['single']}"  # + .hea / .dat
+MULTI = f"{TELEMETRY}/{S0['multi']}/{S0['multi']}"
+EEG = f"{P0}/Waveforms/EEG/{S0['eeg']}/{S0['eeg']}"
+ACCESSION = sitegen.accession_of(0)
+SERIES1 = f"{P0}/Images/CT/{ACCESSION}/{sitegen.series_uid(P0, DAY0, 1)}"
+DCM = f"{SERIES1}/000.dcm"
 LINKS = "OMOP/waveform_visit_links.csv"
+# The flat (first upload SOP) layout's paths, for the rules on its names.
+F0 = sessions_of(P0, 0)
+FLAT_SINGLE = f"{P0}/Waveforms/{F0['flat_single']}/{F0['flat_single']}"
+FLAT_SERIES1 = f"{P0}/Images/study_{DAY0}/series_1"
+FLAT_DCM = f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 1)}"
 
 
 def validate(root: Path, workers: int = 2) -> pl.DataFrame:
@@ -59,6 +66,20 @@ def template(tmp_path_factory) -> Path:
 def clean(template: Path, tmp_path: Path) -> Path:
     root = tmp_path / "site"
     shutil.copytree(template, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def flat_template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("flat") / "site"
+    sitegen.build_clean_site(root, layout="flat")
+    return root
+
+
+@pytest.fixture
+def flat(flat_template: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "flat"
+    shutil.copytree(flat_template, root)
     return root
 
 
@@ -106,8 +127,25 @@ def persons_csv(ids: list[str]) -> Callable[[Path], None]:
     return table("person", OMOP_COLUMNS["person"], sitegen.omop_rows("person", ids))
 
 
-def add_link(visit: object, session: str) -> Callable[[Path], None]:
-    return edit(LINKS, lambda text: text + f"{visit},{session}\n")
+def links(rows: list[tuple[object, str]], columns: tuple[str, ...] = ("visit_occurrence_id", "visit_detail_id",
+                                                                       "session_id")) -> Callable[[Path], None]:
+    """The superseded (v2.0) waveform_visit_links.csv."""
+    return add(LINKS, csv_text(list(columns), [[v, "", s][: len(columns)] for v, s in rows]))
+
+
+def registry(modality: str, change: Callable[[list[list[object]]], list[list[object]]] = lambda rows: rows,
+             columns: list[str] | None = None) -> Callable[[Path], None]:
+    """A linkage registry for every file of `modality` (one row per file), edited by `change`."""
+    def go(root: Path) -> None:
+        current = scan_current(root).filter((pl.col("modality") == modality) & pl.col("person_id").is_not_null())
+        persons = sitegen.person_ids(3)
+        rows = [[k + 1, 2001000000 + k, person, group, sitegen.visit_id(persons.index(person), 0),
+                 "2024-01-01 08:00:00", f"/src/{path}", path]
+                for k, (path, person, group) in enumerate(current.select("srcfile", "person_id", "session_id").rows())]
+        name = "waveform_registry.csv" if modality == "Waveforms" else "image_registry.csv"
+        write(root, name, csv_text(columns or ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime",
+                                               "src_file", "trg_file"], change(rows)))
+    return go
 
 
 def drop_line(rel: str, needle: str) -> Callable[[Path], None]:
@@ -121,9 +159,11 @@ def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
     return go
 
 
-OTHER_SESSION = f"{P0}_{DAY0}_230000"
+OTHER_SESSION = "900099"
+SUPERSEDED_LINKS = ("layout.superseded", LINKS)
+NEW_DCM = lambda rel: rename(DCM, rel)  # noqa: E731
 
-# (case id, mutation of the clean site, the exact findings (rule, srcfile) it must give)
+# (case id, mutation of the clean (v2.1) site, the exact findings (rule, srcfile) it must give)
 CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_omop", remove("OMOP"), {("layout.no_omop", "OMOP/")}),
     ("root_file", add("notes.txt"), {("layout.root_file", "notes.txt")}),
@@ -134,8 +174,20 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("person_file", add(f"{P0}/readme.txt"), {("layout.person_file", f"{P0}/readme.txt")}),
     ("person_subfolder", both(add(f"{P0}/Labs/a.csv", "a"), add(f"{P0}/Labs/b.csv", "b")),
      {("layout.person_subfolder", f"{P0}/Labs/")}),
-    ("missing_table", remove("OMOP/measurement.csv"), {("omop.missing_table", "OMOP/measurement.csv")}),
-    ("optional_table", remove("OMOP/note_nlp.csv"), {("omop.optional_table_missing", "OMOP/note_nlp.csv")}),
+    ("superseded", rename("Metadata/SUBMISSION.md", "SUBMISSION.md"), {("layout.superseded", "SUBMISSION.md")}),
+    ("metadata_missing", remove("Metadata/READINESS.md"), {("metadata.missing", "Metadata/READINESS.md")}),
+    ("mapping_missing", remove("Metadata/EEG_mapping.csv"), {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
+    ("mapping_columns", add("Metadata/Telemetry_mapping.csv", "signal_id,label,rate\nII,MDC_ECG_ELEC_POTL_II,125\n"),
+     {("metadata.mapping_columns", "Metadata/Telemetry_mapping.csv")}),
+    ("mapping_values", edit("Metadata/EEG_mapping.csv", lambda t: t + "X,FP9,fast,uV,time\n"),
+     {("metadata.mapping_values", "Metadata/EEG_mapping.csv")}),
+    ("submission_sections", edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Gaps", "Gaps:")),
+     {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
+    ("readiness_unchecked", edit("Metadata/READINESS.md", lambda t: t.replace("- [x] Images", "- [ ] Images")),
+     {("metadata.readiness_unchecked", "Metadata/READINESS.md")}),
+    ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\x01"),
+     {("metadata.unreadable", "Metadata/SUBMISSION.md")}),
+    ("missing_table", remove("OMOP/note_nlp.csv"), {("omop.missing_table", "OMOP/note_nlp.csv")}),
     ("specimen", table("specimen", ["specimen_id", "person_id"], [[1, P0]]), {("omop.specimen", "OMOP/specimen.csv")}),
     ("omop_unexpected", both(add("OMOP/readme.txt"), add("OMOP/old/person.csv", "person_id\n1\n")),
      {("omop.unexpected_file", "OMOP/readme.txt"), ("omop.unexpected_file", "OMOP/old/person.csv")}),
@@ -148,17 +200,18 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("omop.no_header", "OMOP/drug_exposure.csv")}),
     ("omop_missing_key", table("condition_occurrence", ["person_id", "condition_concept_id"], [[P0, 1]]),
      {("omop.missing_key", "OMOP/condition_occurrence.csv")}),
-    ("links_missing", remove(LINKS), {("links.missing", LINKS)}),
-    ("links_columns", table("waveform_visit_links", ["visit_id", "session_name"], [[5000, S0["single"]]]),
-     {("links.columns", LINKS)}),
-    ("unlinked_folder_session", drop_line(LINKS, S0["multi"]),
-     {("links.unlinked_session", f"{P0}/Waveforms/{S0['multi']}/")}),
-    ("unlinked_flat_session", drop_line(LINKS, S0["flat"]),
-     {("links.unlinked_session", f"{FLAT}.dat")}),
-    ("unknown_session", add_link(5000, OTHER_SESSION), {("links.unknown_session", LINKS)}),
-    ("unknown_visit", add_link(9999, S0["single"]), {("links.unknown_visit", LINKS)}),
+    ("links_columns", links([(5000, S0["single"])], ("visit_id", "session_name")),
+     {("links.columns", LINKS), SUPERSEDED_LINKS}),
+    ("unknown_session", links([(5000, S0["single"]), (5000, OTHER_SESSION)]),
+     {("links.unknown_session", LINKS), SUPERSEDED_LINKS}),
+    ("unknown_visit", links([(9999, S0["single"])]), {("links.unknown_visit", LINKS), SUPERSEDED_LINKS}),
     ("no_omop_row", persons_csv([P0, P1]), {("person.no_omop_row", f"{P2}/")}),
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
+    ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
+     {("waveforms.session_id", f"{TELEMETRY}/night1/")}),
+    ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", b"0       "),
+     {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"),
+      ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/")}),
     ("bad_header", add(f"{SINGLE}.hea", "this is not a WFDB header\n"), {("wfdb.bad_header", f"{SINGLE}.hea")}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
@@ -173,39 +226,87 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
-    ("no_header", add(f"{P0}/Waveforms/{OTHER_SESSION}/{OTHER_SESSION}.dat", bytes(8)),
-     {("wfdb.no_header", f"{P0}/Waveforms/{OTHER_SESSION}/"),
-      ("links.unlinked_session", f"{P0}/Waveforms/{OTHER_SESSION}/")}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
      {("wfdb.numerics_name", f"{SINGLE}_numerics.csv")}),
-    ("records_missing", remove(f"{P0}/Waveforms/RECORDS"), {("records.missing", f"{P0}/Waveforms/RECORDS")}),
-    ("records_session_missing", remove(f"{P1}/Waveforms/{S1['multi']}/RECORDS"),
-     {("records.unlisted", f"{P1}/Waveforms/{S1['multi']}/{S1['multi']}.hea")}),
-    ("records_unlisted", drop_line(f"{P0}/Waveforms/RECORDS", S0["flat_record"]),
-     {("records.unlisted", f"{FLAT}.hea")}),
-    ("records_absent", edit(f"{P0}/Waveforms/RECORDS", lambda t: t + OTHER_SESSION + "\n"),
-     {("records.absent", f"{P0}/Waveforms/RECORDS")}),
-    ("records_unreadable", add(f"{P0}/Waveforms/RECORDS", b"\x00\x01\x02\xff"),
-     {("records.unreadable", f"{P0}/Waveforms/RECORDS")}),
+    ("records_unlisted", add(f"{P0}/Waveforms/RECORDS", f"Telemetry/{S0['single']}/{S0['single']}\n"),
+     {("records.unlisted", f"{MULTI}.hea"), ("records.unlisted", f"{EEG}.hea"),
+      ("layout.superseded", f"{P0}/Waveforms/RECORDS")}),
+    ("records_absent", add(f"{TELEMETRY}/{S0['single']}/RECORDS", f"{S0['single']}\n{OTHER_SESSION}\n"),
+     {("records.absent", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
+    ("records_unreadable", add(f"{TELEMETRY}/{S0['single']}/RECORDS", b"\x00\x01\x02\xff"),
+     {("records.unreadable", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
     ("dicom_unreadable", add(DCM, os.urandom(300)), {("dicom.unreadable", DCM)}),
-    ("outside_series", rename(DCM, f"{P0}/Images/study_{DAY0}/{DCM.rsplit('/', 1)[1]}"),
-     {("dicom.outside_series", f"{P0}/Images/study_{DAY0}/{DCM.rsplit('/', 1)[1]}")}),
-    ("name_instance", rename(DCM, f"{SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 3)}"),
-     {("dicom.name_mismatch", f"{SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 3)}")}),
-    ("name_modality_series", rename(DCM, f"{SERIES1}/{dicom_name(P0, DAY0, '081500', 'MR', 2, 1)}"),
-     {("dicom.name_mismatch", f"{SERIES1}/{dicom_name(P0, DAY0, '081500', 'MR', 2, 1)}")}),
-    ("datetime", rename(DCM, f"{SERIES1}/{dicom_name(P0, DAY0, '090000', 'CT', 1, 1)}"),
-     {("dicom.datetime_mismatch", f"{SERIES1}/{dicom_name(P0, DAY0, '090000', 'CT', 1, 1)}")}),
-    ("patient_id", add(DCM, dicom_bytes(person_id="999999", series=1, instance=1, study_date=DAY0,
-                                        study_time="081500")),
+    ("outside_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/000.dcm"),
+     {("dicom.outside_series", f"{P0}/Images/CT/{ACCESSION}/000.dcm")}),
+    ("path_instance", NEW_DCM(f"{SERIES1}/005.dcm"), {("dicom.path_mismatch", f"{SERIES1}/005.dcm")}),
+    ("path_modality", NEW_DCM(DCM.replace("/CT/", "/MR/")), {("dicom.path_mismatch", DCM.replace("/CT/", "/MR/"))}),
+    ("path_accession", NEW_DCM(DCM.replace(f"/{ACCESSION}/", "/70999/")),
+     {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", "/70999/"))}),
+    ("path_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm"),
+     {("dicom.path_mismatch", f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm")}),
+    ("patient_id", add(DCM, dicom_bytes(person_id="999999", series=1, instance=0, study_date=DAY0,
+                                        study_time="081500", accession=ACCESSION,
+                                        SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1))),
      {("dicom.patient_id", DCM)}),
-    ("person_mismatch", rename(DCM, f"{SERIES1}/{dicom_name(P1, DAY0, '081500', 'CT', 1, 1)}"),
-     {("path.person_mismatch", f"{SERIES1}/{dicom_name(P1, DAY0, '081500', 'CT', 1, 1)}")}),
+    ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                             accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
+     {("dicom.identifying_tag", DCM)}),
+    ("registry_columns", registry("Waveforms", columns=["file_id", "proc_id", "person_id", "group_id", "visit",
+                                                        "datetime", "src_file", "trg_file"]),
+     {("registry.columns", "waveform_registry.csv")}),
+    ("registry_duplicate", registry("Images", lambda rows: rows + rows[:1]), {("registry.duplicate", "image_registry.csv")}),
+    ("registry_person", registry("Images", lambda rows: [[*r[:2], "424242", *r[3:]] if i == 0 else r
+                                                         for i, r in enumerate(rows)]),
+     {("registry.unknown_person", "image_registry.csv")}),
+    ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
+                                                           for i, r in enumerate(rows)]),
+     {("registry.unknown_visit", "waveform_registry.csv")}),
+    ("registry_missing", registry("Images", lambda rows: rows + [[99, 2000000099, P0, "x", "", "", "", "gone.dcm"]]),
+     {("registry.missing_file", "image_registry.csv")}),
+    ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
+     {("registry.unlisted_file", DCM)}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),
     ("empty", add(f"{P0}/Metadata/empty.json", b""), {("file.empty", f"{P0}/Metadata/empty.json")}),
     ("duplicate", lambda root: write(root, f"{P1}/Metadata/copy.csv", (root / f"{SINGLE}n.csv").read_bytes()),
      {("file.duplicate", f"{SINGLE}n.csv"), ("file.duplicate", f"{P1}/Metadata/copy.csv")}),
 ]
+
+# The same on the flat layout of the first upload SOP, for the rules on its names.
+FLAT_CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
+    ("name_instance", rename(FLAT_DCM, f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 3)}"),
+     {("dicom.name_mismatch", f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 3)}")}),
+    ("name_modality_series", rename(FLAT_DCM, f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'MR', 2, 1)}"),
+     {("dicom.name_mismatch", f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'MR', 2, 1)}")}),
+    ("datetime", rename(FLAT_DCM, f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '090000', 'CT', 1, 1)}"),
+     {("dicom.datetime_mismatch", f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '090000', 'CT', 1, 1)}")}),
+    ("person_mismatch", rename(FLAT_DCM, f"{FLAT_SERIES1}/{dicom_name(P1, DAY0, '081500', 'CT', 1, 1)}"),
+     {("path.person_mismatch", f"{FLAT_SERIES1}/{dicom_name(P1, DAY0, '081500', 'CT', 1, 1)}")}),
+    ("records_absent", edit(f"{P0}/Waveforms/RECORDS", lambda t: t + "no_such_record\n"),
+     {("records.absent", f"{P0}/Waveforms/RECORDS")}),
+    ("records_unlisted", drop_line(f"{P0}/Waveforms/RECORDS", F0["flat_record"]),
+     {("records.unlisted", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
+    ("links_unknown_visit", edit(LINKS, lambda t: t + f"9999,{F0['flat_single']}\n"), {("links.unknown_visit", LINKS)}),
+]
+# What a clean site of each earlier edition's layout gives: only the info findings that name today's form.
+LAYOUT_FINDINGS = {
+    "v2.1": set(),
+    "v2.0": {("layout.superseded", "SUBMISSION.md"), SUPERSEDED_LINKS},
+    "v1.0": {("layout.superseded", "RECORDS"), ("layout.superseded", f"{P0}/waveforms/{S0['single']}/{S0['single']}.dat"),
+             ("layout.superseded", f"{P0}/Images/ST70000/SE1/{P0}_ST70000_SE1_CT_0.dcm")},
+    "flat": {("layout.superseded", f"{P0}/Waveforms/RECORDS"), SUPERSEDED_LINKS,
+             ("layout.superseded", f"{FLAT_SINGLE}.dat"),
+             ("layout.superseded", f"{P0}/Waveforms/{F0['flat_multi']}/{F0['flat_multi']}_0001.dat"),
+             ("layout.superseded", FLAT_DCM)},
+}
+
+
+@pytest.mark.parametrize("layout", sitegen.LAYOUTS)
+def test_a_clean_site_of_each_layout_gets_exactly_the_findings_the_procedures_imply(tmp_path, layout):
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout=layout)
+    out = validate(root)
+    assert {(r, s) for r, s in out.select("rule", "srcfile").rows()} == LAYOUT_FINDINGS[layout], out.to_dicts()
+    assert set(out["severity"]) <= {"info"}
 
 
 def test_clean_site_has_no_findings(clean):
@@ -222,12 +323,26 @@ def test_each_rule_fires_exactly_where_expected(clean, mutate, expected):
     assert out["message"].str.len_chars().min() > 20  # a sentence: what is wrong, what to do
 
 
+@pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in FLAT_CASES], ids=[c[0] for c in FLAT_CASES])
+def test_each_rule_on_an_earlier_layout_fires_exactly_where_expected(flat, mutate, expected):
+    mutate(flat)
+    out = validate(flat)
+    got = {(r, s) for r, s in out.select("rule", "srcfile").rows() if r != "layout.superseded"}
+    assert got == expected, out.to_dicts()
+
+
+def test_a_site_shipping_correct_registries_gets_no_finding(clean):
+    registry("Waveforms")(clean)
+    registry("Images")(clean)
+    assert found(clean) == set()
+
+
 def test_every_rule_is_exercised_and_well_formed():
     ids = [r.id for r in RULES]
     assert len(ids) == len(set(ids))
     assert {r.severity for r in RULES} <= {"error", "warning", "info"}
     assert all(r.description.endswith(".") and r.title for r in RULES)
-    exercised = {rule for _, _, expected in CASES for rule, _ in expected}
+    exercised = {rule for _, _, expected in [*CASES, *FLAT_CASES] for rule, _ in expected}
     assert exercised == set(ids)
 
 
@@ -248,12 +363,12 @@ def test_garbage_never_raises_and_is_reported(clean):
     write(clean, "OMOP/observation.csv", "observation_id,date_créée\n1,2024-01-01\n".encode("latin-1"))
     write(clean, "OMOP/note.csv", b"")
     write(clean, f"{MULTI}_0002.hea", b"")
-    write(clean, f"{P1}/Images/study_x/series_1/{dicom_name(P1, DAY0, '081500', 'CT', 1, 9)}", b"")
+    write(clean, f"{P1}/Images/CT/70001/1.2.3/009.dcm", b"")
     current = scan_current(clean)
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header", "dicom", "omop_csv"}
+    assert set(errors) == {"wfdb_header", "dicom.v2", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -300,28 +415,37 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header", "dicom", "records", "omop_csv", "omop_person", "omop_visits",
-                                 "waveform_links"}
+    assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person", "omop_visits", "metadata_md",
+                                 "mapping_csv"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v2"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
 
 def test_numeric_person_and_visit_ids_match_zero_padded_ones(clean):
     persons_csv([str(int(p)) for p in (P0, P1, P2)])(clean)
-    edit(LINKS, lambda t: t.replace("5000,", "05000,"))(clean)
-    assert found(clean) == set()
+    registry("Waveforms", lambda rows: [[*r[:2], f"00{r[2]}", r[3], f"0{r[4]}", *r[5:]] for r in rows])(clean)
+    links([(5000, S0["single"]), ("05000", S0["multi"])])(clean)
+    assert found(clean) == {SUPERSEDED_LINKS}
 
 
-def test_records_may_name_records_by_path(clean):
-    edit(f"{P0}/Waveforms/RECORDS", lambda t: t.replace(S0["single"], f"{S0['single']}/{S0['single']}"))(clean)
-    assert found(clean) == set()
+def test_records_may_name_records_by_path_or_by_name(flat):
+    edit(f"{P0}/Waveforms/RECORDS", lambda t: t.replace(F0["flat_single"], f"{F0['flat_single']}/{F0['flat_single']}"))(flat)
+    assert {r for r, _ in found(flat)} == {"layout.superseded"}
+    records = [f"{p}/waveforms/{sessions_of(p, i)[k]}/{sessions_of(p, i)[k]}" for i, p in enumerate(sitegen.person_ids(3))
+               for k in ("single", "multi", "eeg")]
+    v1 = flat.parent / "v1"
+    sitegen.build_clean_site(v1, layout="v1.0")
+    write(v1, "RECORDS", "".join(f"{r}\n" for r in records[1:]) + "./" + records[0] + ".hea\n")
+    assert {r for r, _ in found(v1)} == {"layout.superseded"}
+    write(v1, "RECORDS", "".join(f"{r}\n" for r in records[1:]))
+    assert found(v1) - LAYOUT_FINDINGS["v1.0"] == {("records.unlisted", f"{records[0]}.hea")}
 
 
 def test_unsupported_format_sizes_follow_wfdb_packing(clean):
@@ -352,11 +476,11 @@ def test_check_is_vectorised(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     dicom = current.filter(pl.col("srcfile") == DCM)
     n = 100_000
-    copies = dicom.drop("srcfile").join(pl.DataFrame({"i": range(10, n + 10)}), how="cross").with_columns(
-        srcfile=pl.format(f"{SERIES1}/{P0}_{DAY0}_081500_CT_1_{{}}.dcm", pl.col("i")))
+    copies = dicom.drop("srcfile", "segment").join(pl.DataFrame({"i": range(10, n + 10)}), how="cross").with_columns(
+        srcfile=pl.format(f"{SERIES1}/{{}}.dcm", pl.col("i")), segment=pl.col("i").cast(pl.String))
     many = pl.concat([current, copies.select(current.columns)])
     started = time.perf_counter()
     out = check(many, facts)
     elapsed = time.perf_counter() - started
-    assert out.filter(pl.col("rule") == "dicom.name_mismatch").height == n
+    assert out.filter(pl.col("rule") == "dicom.path_mismatch").height == n
     assert elapsed < 5, elapsed

@@ -69,7 +69,7 @@ def test_a_changed_header_is_the_only_one_read_and_its_finding_appears(clean, db
     run_site(clean, db)
     person = person_ids(3)[0]
     session = sessions_of(person, 0)["single"]
-    header = f"{person}/Waveforms/{session}/{session}.hea"
+    header = f"{person}/Waveforms/Telemetry/{session}/{session}.hea"
     write(clean, header, b"\x00\x01garbage")
     reads.clear()
     result = run_site(clean, db)
@@ -118,7 +118,7 @@ def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db
     run_site(clean, db, validate_site=False)
     person = person_ids(3)[1]
     session = sessions_of(person, 1)["single"]
-    header = clean / person / "Waveforms" / session / f"{session}.hea"
+    header = clean / person / "Waveforms" / "Telemetry" / session / f"{session}.hea"
     content = header.read_bytes()
     header.unlink()  # gone between the run and the check
     out = cli("validate", "--site", str(clean), "--db", str(db), "--json")
@@ -230,7 +230,7 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
     monkeypatch.setattr(readers, "_CHUNK_JOBS", 3)
     in_workers = validate_module.extract_facts(source, needed, workers=2)
     assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
-    assert set(in_workers["kind"]) >= {"wfdb_header", "dicom", "records", "omop_person"}
+    assert set(in_workers["kind"]) >= {"wfdb_header", "dicom.v2", "metadata_md", "mapping_csv", "omop_person"}
 
 
 def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_path):

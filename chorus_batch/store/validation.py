@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # What the validation rules read of each current file (and the root to open it from).
 VALIDATION_SCHEMA = schema_of("source_files", (
     "srcfile", "size", "md5", "modality", "person_id", "session_id", "start_date", "start_time", "duration_s",
-    "segment", "parse_error", "root_id"))
+    "segment", "parse_error", "category", "layout", "root_id"))
 FACTS_SCHEMA = schema_of("file_facts")
 
 

@@ -19,14 +19,13 @@ from ..frames import FINDINGS_SCHEMA
 from .checks import check
 from .kinds import facts_needed
 from .readers import FACTS_SCHEMA, BadContent, extract_facts, parse_wfdb_header, read_facts
-from .rules import CSV_KINDS, KINDS, OPTIONAL_TABLES, REQUIRED_TABLES, RULES, Rule
+from .rules import CSV_KINDS, KINDS, REQUIRED_TABLES, RULES, Rule
 
 __all__ = [
     "CSV_KINDS",
     "FACTS_SCHEMA",
     "FINDINGS_SCHEMA",
     "KINDS",
-    "OPTIONAL_TABLES",
     "REQUIRED_TABLES",
     "RULES",
     "BadContent",

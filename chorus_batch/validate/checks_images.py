@@ -1,11 +1,15 @@
-"""The rules on images: DICOM headers against their folders and file names."""
+"""The rules on images: DICOM headers against their folders and file names (today's
+<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, and the names of earlier
+editions), and against de-identification (PatientID is the person, identifying attributes empty)."""
 
 from __future__ import annotations
 
 import polars as pl
 
-from .rules import KIND_DICOM
+from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM
 from .site import _found, _norm_id, _Site
+
+_FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
 
 
 _DICOM_NAME = r"_(?P<date>\d{8})_(?P<time>\d{6})_(?P<mod>[A-Za-z0-9]+)_(?P<series>[^_]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
@@ -26,9 +30,11 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
     out = [
         _found("dicom.unreadable", d.filter(pl.col("error").is_not_null()), "srcfile",
                pl.format("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error"))),
-        _found("dicom.outside_series", files.filter(pl.col("_outside_series")), "srcfile",
-               pl.lit("DICOM file is not in <person>/Images/<study>/<series>/: move it into its study and series "
-                      "folders")),
+        _found("dicom.outside_series", files.filter(pl.col("_outside_series")).join(
+            site.person_mismatch.select("srcfile"), on="srcfile", how="anti"), "srcfile",
+               pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
+                      "it into its modality, accession and series folders")),
+        *_current_paths(d), *_deidentified(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -39,7 +45,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
     # Nearly all names spell their header's values exactly: only the others are parsed and compared.
     agree = (named_as("study_date", "study_time") | named_as("acquisition_date", "acquisition_time")).fill_null(False)
     named = (
-        d.filter(pl.col("_ok") & (pl.col("_n") == 5))
+        d.filter(pl.col("_ok") & (pl.col("_layout") == "images-study"))
         .filter(~agree)
         .with_columns(_g=pl.col("_name").str.extract_groups(_DICOM_NAME))
         .unnest("_g")
@@ -82,10 +88,66 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
         pl.format("name date/time {} {} matches none of the header's dates/times (study {} {}): rename the file "
                   "with the study or acquisition date/time", pl.col("date"), pl.col("time"),
                   pl.col("study_date").fill_null("-"), pl.col("study_time").fill_null("-"))))
-    out.append(_found(
-        "dicom.patient_id",
-        d.filter(pl.col("_ok") & pl.col("patient_id").is_not_null() & (pl.col("patient_id") != pl.col("_top")))
-        .filter(_norm_id(pl.col("patient_id")) != _norm_id(pl.col("_top"))), "srcfile",
-        pl.format("PatientID {} in the header differs from the person folder {}: check the de-identification "
-                  "mapping", pl.col("patient_id"), pl.col("_top"))))
+    # The first upload's names: <person>_<study>_<series>_<Modality>_<InstanceNumber>.dcm
+    first = (
+        d.filter(pl.col("_ok") & (pl.col("_layout") == "images-study") & pl.col("_name").str.contains(_FIRST_UPLOAD_NAME)
+                 & ~pl.col("_name").str.contains(_DICOM_NAME))
+        .with_columns(_g=pl.col("_name").str.extract_groups(_FIRST_UPLOAD_NAME)).unnest("_g")
+        .with_columns(_problems=pl.concat_str([
+            differs("modality", pl.col("mod").str.to_uppercase(), pl.col("modality").str.to_uppercase(), "modality",
+                    "Modality"),
+            differs("instance", pl.col("inst").str.extract(r"(\d+)$").cast(pl.Int64, strict=False),
+                    _dicom_number(pl.col("instance_number")), "instance_number", "InstanceNumber"),
+        ], separator="; ", ignore_nulls=True))
+    )
+    out.append(_found("dicom.name_mismatch", first.filter(pl.col("_problems") != ""), "srcfile",
+                      pl.format("{}: rename the file (or fix the header) so they agree", pl.col("_problems"))))
     return out
+
+
+def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
+    """<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm against the header."""
+    current = d.lazy().filter(pl.col("_ok") & (pl.col("_layout") == "current")).with_columns(
+        _series=pl.col("_dir").str.split("/").list.last(),
+        _inst=pl.col("_segment").str.extract(r"(\d+)$").cast(pl.Int64, strict=False),
+    )
+
+    def differs(what: str, folder: pl.Expr, tag: str, header: pl.Expr) -> pl.Expr:
+        return pl.when(folder.is_null() | header.is_null() | (folder != header)).then(
+            pl.format("{} {} but {} {} in the header", pl.lit(what), folder.cast(pl.String).fill_null("?"), pl.lit(tag),
+                      header.cast(pl.String).fill_null("(none)")))
+
+    problems = pl.concat_str([
+        differs("modality folder", pl.col("_category").str.to_uppercase(), "Modality",
+                pl.col("modality").str.to_uppercase()),
+        differs("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number")),
+        differs("series folder", pl.col("_series"), "SeriesInstanceUID", pl.col("series_instance_uid")),
+        differs("file number", pl.col("_inst"), "InstanceNumber", _dicom_number(pl.col("instance_number"))),
+    ], separator="; ", ignore_nulls=True)
+    checked = current.with_columns(_problems=problems).filter(pl.col("_problems") != "")
+    return [_found("dicom.path_mismatch", checked, "srcfile",
+                   pl.format("{}: name the folders and the file after the header's values (or fix the header)",
+                             pl.col("_problems")))]
+
+
+def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
+    """PatientID is the person folder; no attribute that identifies the patient is left filled."""
+    ok = d.lazy().filter(pl.col("_ok"))
+    person = _norm_id(pl.col("_top"))
+    name = _norm_id(pl.col("patient_name"))
+    pseudonym = pl.col("patient_name").is_null() | (name == person) | (name == _norm_id(pl.col("patient_id")))
+    filled = pl.concat_list([
+        pl.when(pl.col(key).is_not_null() & (pl.lit(key != "patient_name") | ~pseudonym)).then(pl.lit(key))
+        for key in IDENTIFYING_DICOM_TAGS
+    ]).list.drop_nulls()
+    return [
+        _found(
+            "dicom.patient_id",
+            ok.filter(pl.col("patient_id").is_null() | (_norm_id(pl.col("patient_id")) != person)), "srcfile",
+            pl.format("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
+                      "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
+        _found(
+            "dicom.identifying_tag", ok.with_columns(_filled=filled).filter(pl.col("_filled").list.len() > 0), "srcfile",
+            pl.format("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
+                      "de-identification profile does)", pl.col("_filled").list.join(", "))),
+    ]

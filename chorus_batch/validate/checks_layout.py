@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..classify import CURRENT, SUPERSEDED
 from .site import _found, _join_list, _one, _Site
 
 
 def _layout(site: _Site) -> list[pl.LazyFrame]:
     f, folders = site.files, site.folders
     out = [
-        _found("layout.root_file", f.filter(pl.col("_n") == 1), "srcfile",
-               pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder")),
+        _found("layout.root_file", f.filter((pl.col("_n") == 1) & pl.col("parse_error").is_not_null()), "srcfile",
+               pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder (only the linkage "
+                      "registries belong at the root)")),
         _found("layout.unexpected_folder", folders.filter(~pl.col("_is_person")), pl.col("_top") + "/",
                pl.lit("top-level folder is not OMOP/, Metadata/ or a person folder (no Images/, Waveforms/ or "
                       "Metadata/ inside, and not a person_id in person.csv): move or remove it")),
@@ -27,6 +29,14 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                pl.format("unknown folder {}/ in a person folder: only Images/, Waveforms/ and Metadata/ belong there; "
                          "move its files or remove it", pl.col("_second"))),
     ]
+    superseded = (
+        f.filter(pl.col("layout").is_not_null() & (pl.col("layout") != CURRENT))
+        .group_by("layout").agg(pl.col("srcfile").min(), pl.len().alias("_n_files"))
+        .with_columns(_today=pl.col("layout").replace_strict(SUPERSEDED, default="", return_dtype=pl.String))
+    )
+    out.append(_found("layout.superseded", superseded, "srcfile", pl.format(
+        "{} file(s) follow a layout of an earlier edition of the procedures (e.g. this one), still accepted; "
+        "today's form: {}", pl.col("_n_files"), pl.col("_today"))))
     if site.omop_dir is None:
         out.append(_one("layout.no_omop", "OMOP/", "the site has no OMOP/ folder: add OMOP/ with the CDM 5.4 "
                                                      "tables as comma-delimited CSV files"))

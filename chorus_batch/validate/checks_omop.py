@@ -1,5 +1,6 @@
 """The rules on the OMOP tables (which are there, and their header rows) and on the
-waveform-visit links table."""
+waveform-visit links table of Waveform File Format v2.0 (superseded by the linkage registries;
+optional, but checked where a site still ships it)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from .rules import (
     CSV_KINDS,
     FORBIDDEN_TABLES,
     KIND_LINKS,
-    KIND_VISITS,
     LINKS_TABLE,
     OMOP_KEYS,
-    OPTIONAL_TABLES,
     REQUIRED_TABLES,
 )
 from .site import _found, _norm_id, _one, _Site
@@ -28,13 +27,9 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     for table in REQUIRED_TABLES:
         if table not in tables:
             out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv",
-                            f"required OMOP table {table} is missing: add {omop_dir}/{table}.csv (a full snapshot "
-                            f"with a header row)"))
-    for table in OPTIONAL_TABLES:
-        if table not in tables:
-            out.append(_one("omop.optional_table_missing", f"{omop_dir}/{table}.csv",
-                            f"optional OMOP table {table} is absent: add {omop_dir}/{table}.csv if the site "
-                            f"captures it"))
+                            f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a "
+                            f"header row (the upload procedure asks for all 13 clinical tables; a table the site "
+                            f"does not capture is sent with its header row only)"))
     known = [*OMOP_KEYS, LINKS_TABLE]
     in_folder = pl.col("_n") == 2
     out.append(_found("omop.specimen", omop.filter(in_folder & pl.col("_table").is_in(FORBIDDEN_TABLES)), "srcfile",
@@ -73,50 +68,33 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
 
 
 def _links(site: _Site) -> list[pl.LazyFrame]:
-    if site.omop_dir is None:
-        return []
-    f = site.files
-    sessions = (
-        f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & (pl.col("session_id") != "")
-                 & pl.col("parse_error").is_null())
-        .with_columns(_where=pl.when(pl.col("_n") == 4).then(pl.col("_dir") + "/").otherwise(pl.col("srcfile")))
-        .group_by("_top", "session_id")
-        .agg(pl.col("_where").min())
-    )
     links = site.of_kind(KIND_LINKS)
-    has_waveforms = f["_waveforms"].any()
-    if links.height == 0:
-        if not has_waveforms:
-            return []
-        return [_one("links.missing", f"{site.omop_dir}/{LINKS_TABLE}.csv",
-                     f"the site has waveforms but no {site.omop_dir}/{LINKS_TABLE}.csv: add it with columns "
-                     f"visit_occurrence_id and session, one row per waveform session")]
+    if site.omop_dir is None or links.height == 0:
+        return []
+    sessions = site.files.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
+                                 & (pl.col("session_id") != "") & pl.col("parse_error").is_null()).select(
+        "session_id").unique()
+    out = [_found("layout.superseded", links, "srcfile", pl.lit(
+        f"{LINKS_TABLE}.csv is from Waveform File Format v2.0: today each waveform file's visit is given in the "
+        "waveform registry (visit_id), which `chorus-batch registry` writes; this table is still checked"))]
     parsed = links.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
-    out = [_found(
+    out.append(_found(
         "links.columns", parsed.filter(pl.col("visit_occurrence_id").is_null() | pl.col("session").is_null()),
         "srcfile",
-        pl.format("the header ({}) lacks visit_occurrence_id and/or session: the table needs both columns, "
-                  "named so in its header row", pl.col("columns").list.join(",")))]
+        pl.format("the header ({}) lacks visit_occurrence_id and/or session_id: the table needs both columns, "
+                  "named so in its header row", pl.col("columns").list.join(","))))
     usable = parsed.filter(pl.col("visit_occurrence_id").is_not_null() & pl.col("session").is_not_null())
     if usable.height == 0:
         return out  # no usable links table: links.columns or omop.* already say why
     pairs = usable.select("srcfile", "visit_occurrence_id", "session").explode("visit_occurrence_id", "session")
     out.append(_found(
-        "links.unlinked_session", sessions.join(pairs, left_on="session_id", right_on="session", how="anti"),
-        "_where",
-        pl.format("waveform session {} has no row in {}/{}.csv: add its visit_occurrence_id", pl.col("session_id"),
-                  pl.lit(site.omop_dir), pl.lit(LINKS_TABLE))))
-    out.append(_found(
         "links.unknown_session", pairs.join(sessions, left_on="session", right_on="session_id", how="anti")
         .unique(["srcfile", "session"]), "srcfile",
-        pl.format("links session {}, which is not on the site: fix the session name or remove the row",
+        pl.format("links session {}, which is not on the site: fix the session id or remove the row",
                   pl.col("session"))))
-    visits = site.of_kind(KIND_VISITS).filter(
-        pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null())
-    if visits.height:
-        known = visits.select(_norm_id(pl.col("visit_occurrence_id").explode()).alias("_visit")).unique()
-        unknown = pairs.with_columns(_visit=_norm_id(pl.col("visit_occurrence_id"))).join(known, on="_visit",
-                                                                                          how="anti")
+    if site.visit_ids is not None:
+        unknown = pairs.with_columns(_visit=_norm_id(pl.col("visit_occurrence_id"))).filter(
+            ~pl.col("_visit").is_in(site.visit_ids.implode()))
         out.append(_found(
             "links.unknown_visit", unknown.unique(["srcfile", "visit_occurrence_id"]), "srcfile",
             pl.format("links visit_occurrence_id {}, which is not in visit_occurrence.csv: fix the id or add the visit",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 
 from .rules import KIND_RECORDS, WFDB_FORMAT_SIZES, WFDB_FORMATS
-from .site import _found, _Site
+from .site import _found, _join_list, _Site
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -99,70 +99,84 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         totals.filter(pl.col("_master_len").is_not_null() & (pl.col("_master_len") != pl.col("_total"))), "_master",
         pl.format("the record has {} samples but its segments add up to {}: make them agree", pl.col("_master_len"),
                   pl.col("_total"))))
-    # Session folders.
-    folders = f.filter(pl.col("_waveforms") & (pl.col("_n") == 4)).group_by("_dir").agg(
-        (pl.col("_ext_l") == "hea").any().alias("_has_hea"),
-        pl.col("duration_s").is_not_null().all().alias("_all_flat"),
-    )
-    out.append(_found(
-        "wfdb.no_header", folders.filter(~pl.col("_has_hea") & ~pl.col("_all_flat")), pl.col("_dir") + "/",
-        pl.lit("session folder has no WFDB header (<session>.hea): add the header, or name its files "
-               "<person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>.<ext>")))
-    wfdb_sessions = f.filter(pl.col("_waveforms") & (pl.col("_n") == 4)
-                             & (pl.col("_name") == pl.col("_third") + ".hea")).select("_dir")
-    csvs = f.filter(pl.col("_waveforms") & (pl.col("_n") == 4) & (pl.col("_ext_l") == "csv")).join(
+    # Numerics: in a WFDB session folder (one holding <session_id>.hea), a CSV is the numerics file.
+    wfdb_sessions = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
+                             & (pl.col("_name") == pl.col("session_id") + ".hea")).select("_dir").unique()
+    csvs = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & (pl.col("_ext_l") == "csv")).join(
         wfdb_sessions, on="_dir", how="semi")
     out.append(_found(
-        "wfdb.numerics_name", csvs.filter(pl.col("_name") != pl.col("_third") + "n.csv"), "srcfile",
-        pl.format("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("_third"),
-                  pl.col("_third"))))
+        "wfdb.numerics_name", csvs.filter(pl.col("_name") != pl.col("session_id") + "n.csv"), "srcfile",
+        pl.format("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
+                  pl.col("session_id"))))
     return out
 
 
+def _sessions(site: _Site) -> list[pl.LazyFrame]:
+    """Session ids of today's layout (Waveforms/Telemetry|EEG/<session_id>/): integers, and distinct."""
+    sessions = (
+        site.files.filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms") & pl.col("category").is_not_null()
+                          & pl.col("session_id").is_not_null())
+        .group_by("_top", "category", "session_id").agg(pl.col("_dir").min())
+    )
+    owners = sessions.group_by("session_id").agg(
+        pl.concat_str("_top", "category", separator="/").unique().sort().alias("_owners")).filter(
+        pl.col("_owners").list.len() > 1)
+    return [
+        _found("waveforms.session_id", sessions.filter(~pl.col("session_id").str.contains(r"^\d+$")),
+               pl.col("_dir") + "/",
+               pl.format("session id {} is not an integer: the waveform procedure asks for integer session ids; "
+                         "rename the folder and its files", pl.col("session_id"))),
+        _found("waveforms.id_collision", sessions.join(owners, on="session_id"), pl.col("_dir") + "/",
+               pl.format("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
+                         pl.col("session_id"), _join_list(pl.col("_owners")))),
+    ]
+
+
 def _records(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
+    """RECORDS files are optional (v1.0 kept one at the site root, older layouts one per person or session).
+    Where one is kept, it lists records that exist, and every record under its folder."""
     records = site.of_kind(KIND_RECORDS)
     out = [_found("records.unreadable", records.filter(pl.col("error").is_not_null()), "srcfile",
                   pl.format("cannot read this RECORDS file: {}; write one record name per line as UTF-8 text",
                             pl.col("error")))]
-    names = headers.select("_top", "_second", "_dir", "_stem", "srcfile")
-    if names.height == 0 and records.height == 0:
+    readable = records.filter(pl.col("_ok"))
+    if readable.height == 0:
         return out
+    # A RECORDS file speaks for the folder it lies in and everything below it.
+    scope = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
+    entries = (
+        readable.select("srcfile", _scope=scope, _entry=pl.col("records"))
+        .explode("_entry")
+        .filter(pl.col("_entry").is_not_null())
+        .with_columns(_entry=pl.col("_entry").str.strip_chars_end("/").str.strip_suffix(".hea")
+                      .str.strip_prefix("./").str.strip_chars_start("/"))
+        .with_columns(_path=pl.col("_scope") + pl.col("_entry"), _bare=~pl.col("_entry").str.contains("/"))
+    )
+    names = headers.select("srcfile", "_dir", "_stem", _path=pl.col("_dir") + "/" + pl.col("_stem"))
     segment_names = (
         headers.filter(pl.col("_ok") & pl.col("segments").is_not_null())
         .select("_dir", pl.col("segments").list.eval(pl.element().struct.field("name")).alias("_stem"))
         .explode("_stem")
     )
-    top_level = names.join(segment_names, on=["_dir", "_stem"], how="anti")
-    entries = (
-        records.filter(pl.col("_ok"))
-        .select("srcfile", "_top", "_dir", "_n", pl.col("records").alias("_entry"))
-        .explode("_entry")
-        .filter(pl.col("_entry").is_not_null())
-        .with_columns(_stem=pl.col("_entry").str.strip_chars_end("/").str.split("/").list.last())
+    by_path = entries.join(names.select("_path", _header=pl.col("srcfile")), on="_path", how="inner")
+    by_name = (
+        entries.filter(pl.col("_bare"))
+        .join(names.select(pl.col("_stem").alias("_entry"), "_dir", _header=pl.col("srcfile")), on="_entry")
+        .filter((pl.col("_dir") + "/").str.starts_with(pl.col("_scope")))
+        .drop("_dir")
     )
-    person_level, folder_level = entries.filter(pl.col("_n") == 3), entries.filter(pl.col("_n") != 3)
-    with_records = records.select("_top").unique()
-    unreadable = records.filter(~pl.col("_ok")).select("_top").unique()
-    out.append(_found(
-        "records.missing",
-        names.join(with_records, on="_top", how="anti").group_by("_top").agg(pl.col("_second").min()),
-        pl.format("{}/{}/RECORDS", pl.col("_top"), pl.col("_second")),
-        pl.lit("this person has WFDB records but no RECORDS file: add <person>/Waveforms/RECORDS listing the record "
-               "names, one per line")))
+    found = pl.concat([by_path.select("srcfile", "_entry", "_header"), by_name.select("srcfile", "_entry", "_header")])
+    out.append(_found("records.absent", entries.join(found, on=["srcfile", "_entry"], how="anti"), "srcfile",
+                      pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove "
+                                "the line", pl.col("_entry"), pl.col("_entry"))))
+    scopes = readable.select(_scope=scope).unique()["_scope"]
+    covered = pl.any_horizontal([(pl.col("_dir") + "/").str.starts_with(p) for p in scopes.to_list()])
     unlisted = (
-        top_level.join(with_records, on="_top", how="semi")
-        .join(unreadable, on="_top", how="anti")
-        .join(person_level.select("_top", "_stem"), on=["_top", "_stem"], how="anti")
-        .join(folder_level.select("_dir", "_stem"), on=["_dir", "_stem"], how="anti")
+        names.join(segment_names, on=["_dir", "_stem"], how="anti")
+        .filter(covered)
+        .join(found.select(pl.col("_header").alias("srcfile")).unique(), on="srcfile", how="anti")
     )
     out.append(_found("records.unlisted", unlisted, "srcfile",
-                      pl.format("record {} is not listed in a RECORDS file: add it to <person>/Waveforms/RECORDS",
-                                pl.col("_stem"))))
-    absent = pl.concat([
-        person_level.join(names.select("_top", "_stem"), on=["_top", "_stem"], how="anti"),
-        folder_level.join(names.select("_dir", "_stem"), on=["_dir", "_stem"], how="anti"),
-    ])
-    out.append(_found("records.absent", absent, "srcfile",
-                      pl.format("lists record {} but {}.hea is not on the site: add the record or remove the line",
-                                pl.col("_entry"), pl.col("_stem"))))
+                      pl.format("record {} is not listed in the RECORDS file kept for its folder: add it (RECORDS "
+                                "files are optional; or remove them)", pl.col("_stem"))))
     return out

@@ -12,9 +12,12 @@ from .rules import (
     FORBIDDEN_TABLES,
     KIND_DICOM,
     KIND_LINKS,
+    KIND_MAPPING,
+    KIND_MARKDOWN,
     KIND_OMOP,
     KIND_PERSON,
     KIND_RECORDS,
+    KIND_REGISTRY,
     KIND_VISITS,
     KIND_WFDB,
     LINKS_TABLE,
@@ -58,9 +61,16 @@ def _kind_expr() -> pl.Expr:
     waveforms = in_person & (pl.col("_second_l") == "waveforms")
     table = pl.col("_table")
     omop = (pl.col("_top_l") == "omop") & (pl.col("_n") == 2)
+    name_l = pl.col("_name").str.to_lowercase()
+    metadata = (pl.col("_top_l") == "metadata") & (pl.col("_n") == 2)
+    at_root = pl.col("_n") == 1
     return (
         pl.when(waveforms & (pl.col("_ext_l") == "hea")).then(pl.lit(KIND_WFDB))
-        .when(waveforms & (pl.col("_name") == "RECORDS")).then(pl.lit(KIND_RECORDS))
+        .when((waveforms | at_root) & (pl.col("_name") == "RECORDS")).then(pl.lit(KIND_RECORDS))
+        .when((metadata | at_root) & name_l.is_in(["readiness.md", "submission.md"])).then(pl.lit(KIND_MARKDOWN))
+        .when(metadata & name_l.str.ends_with("_mapping.csv")).then(pl.lit(KIND_MAPPING))
+        .when((metadata | at_root) & name_l.str.contains("registry") & (pl.col("_ext_l") == "csv"))
+        .then(pl.lit(KIND_REGISTRY))
         .when(in_person & (pl.col("_second_l") == "images") & (pl.col("_ext_l") == "dcm")).then(pl.lit(KIND_DICOM))
         .when(omop & (table == "person")).then(pl.lit(KIND_PERSON))
         .when(omop & (table == "visit_occurrence")).then(pl.lit(KIND_VISITS))

@@ -18,7 +18,22 @@ from typing import Any
 
 import polars as pl
 
-from .rules import CSV_KINDS, KIND_DICOM, KIND_LINKS, KIND_PERSON, KIND_RECORDS, KIND_VISITS, KIND_WFDB, LINK_COLUMNS
+from .rules import (
+    CSV_KINDS,
+    IDENTIFYING_DICOM_TAGS,
+    KIND_DICOM,
+    KIND_LINKS,
+    KIND_MAPPING,
+    KIND_MARKDOWN,
+    KIND_PERSON,
+    KIND_RECORDS,
+    KIND_REGISTRY,
+    KIND_VISITS,
+    KIND_WFDB,
+    LINK_COLUMNS,
+    MAPPING_COLUMNS,
+    REGISTRY_COLUMNS,
+)
 
 FACTS_SCHEMA = {"kind": pl.String, "md5": pl.String, "facts": pl.String}  # facts = JSON text
 
@@ -39,6 +54,9 @@ _DICOM_TAGS: dict[str, int] = {
     "acquisition_time": 0x00080032,
     "content_date": 0x00080023,
     "content_time": 0x00080033,
+    "accession_number": 0x00080050,
+    "series_instance_uid": 0x0020000E,
+    **IDENTIFYING_DICOM_TAGS,
 }
 
 
@@ -158,6 +176,83 @@ def _dicom_facts(f) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}  # absent: not in the header
 
 
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+_CHECKBOX = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+\[([ xX])\]\s*(.*)$")
+
+
+def _markdown_facts(f) -> dict[str, Any]:
+    """READINESS.md / SUBMISSION.md: the headings, and the checklist items ticked and not."""
+    text = _read_text(f, "utf-8-sig")
+    headings, unchecked, checked = [], [], 0
+    for line in text.splitlines():
+        if heading := _HEADING.match(line):
+            headings.append(heading.group(1))
+        elif box := _CHECKBOX.match(line):
+            if box.group(1) == " ":
+                unchecked.append(box.group(2)[:120])
+            else:
+                checked += 1
+    return {"headings": headings, "checked": checked, "unchecked": unchecked, "chars": len(text)}
+
+
+def _table(f, what: str):
+    """A small CSV (a mapping file, a registry) as a polars frame of strings, columns lower-cased."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    facts, raw = _csv_header(f)
+    if facts["delimiter"] != ",":
+        return facts, None
+    f.seek(0)
+    try:
+        table = pacsv.read_csv(f, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                               convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in raw}))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadContent(f"cannot read the {what}: {exc}") from None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    frame.columns = facts["columns"]
+    return facts, frame.with_columns(pl.all().str.strip_chars())
+
+
+def _mapping_facts(f) -> dict[str, Any]:
+    """A waveform mapping CSV: its columns, and the rows whose values the procedure would not accept."""
+    facts, frame = _table(f, "mapping file")
+    if frame is None or not all(c in frame.columns for c in MAPPING_COLUMNS):
+        return facts
+    rate = pl.col("sampling_rate").cast(pl.Float64, strict=False)
+    problems = frame.with_row_index("row", offset=2).select(
+        "row", "signal_id",
+        no_id=pl.col("signal_id").fill_null("") == "",
+        bad_rate=rate.is_null() | (rate <= 0),
+        bad_label=~pl.col("standardized_label").fill_null("").str.starts_with("MDC_"),
+    ).filter(pl.col("no_id") | pl.col("bad_rate") | pl.col("bad_label"))
+    facts.update(rows=frame.height, no_id=int(problems["no_id"].sum()), bad_rate=int(problems["bad_rate"].sum()),
+                 bad_label=int(problems["bad_label"].sum()),
+                 examples=[f"row {r}: {s}" for r, s in problems.head(5).select("row", "signal_id").iter_rows()])
+    return facts
+
+
+def _registry_facts(f) -> dict[str, Any]:
+    """A linkage registry CSV: its columns, and what the cross-checks need (one row per file)."""
+    facts, frame = _table(f, "registry")
+    if frame is None or not all(c in frame.columns for c in REGISTRY_COLUMNS):
+        return facts
+    trg = pl.col("trg_file").fill_null("").str.replace_all("\\\\", "/").str.strip_prefix("./").str.strip_chars_start("/")
+    frame = frame.with_columns(trg_file=trg)
+    duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
+    facts.update(
+        rows=frame.height,
+        duplicate_files=duplicated.head(20).to_list(), n_duplicate_files=duplicated.len(),
+        n_duplicate_ids=int(frame.filter(pl.col("file_id").is_duplicated())["file_id"].n_unique()),
+        no_path=frame.select(((pl.col("src_file").fill_null("") == "") | (pl.col("trg_file") == "")).sum()).item(),
+        person_id=frame["person_id"].drop_nulls().unique().sort().to_list(),
+        visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
+        trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
+    )
+    return facts
+
+
 def _records_facts(f) -> dict[str, Any]:
     text = _read_text(f, "utf-8")
     lines = [line.strip() for line in text.splitlines()]
@@ -226,6 +321,8 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
 
     def read(f) -> dict[str, Any]:
         facts, raw = _csv_header(f)
+        if kind == KIND_LINKS and "session" not in facts["columns"] and "session_id" in facts["columns"]:
+            facts["columns"][facts["columns"].index("session_id")] = "session"  # v2.0 named it session_id
         if wanted:
             values = _csv_columns(f, raw, facts["columns"], wanted) if facts["delimiter"] == "," else None
             for w in wanted:
@@ -239,6 +336,9 @@ _READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     KIND_WFDB: _wfdb_facts,
     KIND_DICOM: _dicom_facts,
     KIND_RECORDS: _records_facts,
+    KIND_MARKDOWN: _markdown_facts,
+    KIND_MAPPING: _mapping_facts,
+    KIND_REGISTRY: _registry_facts,
     **{kind: _csv_facts(kind) for kind in CSV_KINDS},
 }
 

@@ -32,13 +32,46 @@ OMOP_KEYS: dict[str, str] = {
     "note": "note_id",
     "note_nlp": "note_nlp_id",
 }
-# Every site has these; the others depend on what a site captures (devices, notes, deaths).
-REQUIRED_TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence",
-                   "drug_exposure", "procedure_occurrence", "measurement", "observation")
-OPTIONAL_TABLES = tuple(t for t in OMOP_KEYS if t not in REQUIRED_TABLES)
+# The Data-Upload-Update SOP asks for all 13 clinical tables, each a full snapshot.
+REQUIRED_TABLES = tuple(OMOP_KEYS)
 FORBIDDEN_TABLES = ("specimen",)
+# Waveform File Format v2.0's links table: superseded by the linkage registries, still read where present.
 LINKS_TABLE = "waveform_visit_links"
-LINK_COLUMNS = ("visit_occurrence_id", "session")
+LINK_COLUMNS = ("visit_occurrence_id", "session")  # `session_id` (v2.0) is read as `session`
+
+# Metadata/ (Waveform File Format v2.1). SUBMISSION.md sections: a heading per topic, recognised by
+# any of its words (case-insensitive).
+SUBMISSION_SECTIONS: dict[str, tuple[str, ...]] = {
+    "hospital or site": ("hospital", "site", "institution"),
+    "dataset (counts and years)": ("dataset", "count", "years", "cohort"),
+    "waveform types": ("waveform type", "types of waveform", "waveforms", "signals"),
+    "known issues": ("issue", "limitation", "caveat"),
+    "variables (types, units, encoding)": ("variable", "units", "encoding", "format"),
+    "sample intervals (uniformity, timing)": ("interval", "uniform", "timing", "sampl"),
+    "gaps (how they were handled)": ("gap", "overlap"),
+    "linking sessions to visits": ("link", "visit"),
+}
+MAPPING_COLUMNS = ("signal_id", "standardized_label", "sampling_rate", "units")
+MAPPING_TIME_COLUMNS = (("timestamp_id",), ("start_time", "end_time"))  # pair-based, or stream-based
+MAPPING_FILES = {"Telemetry": "Telemetry_mapping.csv", "EEG": "EEG_mapping.csv"}
+# The linkage registries (Multimodal-Linkage), one row per file; the image registry may lead with image_registry_id.
+REGISTRY_COLUMNS = ("file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file")
+REGISTRY_FILES = {"Waveforms": "waveform_registry.csv", "Images": "image_registry.csv"}
+
+# DICOM attributes that identify a patient and must be empty after de-identification (PS3.15 basic
+# profile); PatientName may hold the person id (de-identification tools put the pseudonym there).
+IDENTIFYING_DICOM_TAGS: dict[str, int] = {
+    "patient_name": 0x00100010,
+    "patient_birth_date": 0x00100030,
+    "patient_birth_time": 0x00100032,
+    "other_patient_ids": 0x00101000,
+    "other_patient_names": 0x00101001,
+    "patient_birth_name": 0x00101005,
+    "patient_address": 0x00101040,
+    "patient_mother_birth_name": 0x00101060,
+    "medical_record_locator": 0x00101090,
+    "patient_telephone_numbers": 0x00102154,
+}
 
 # WFDB signal formats: samples per group and bytes per group (a group is the smallest whole
 # number of bytes: 212 packs 2 samples in 3 bytes, 310/311 pack 3 samples in 4 bytes).
@@ -49,16 +82,21 @@ WFDB_FORMAT_SIZES: dict[str, tuple[int, int]] = {
 WFDB_COMPRESSED_FORMATS = ("508", "516", "524")  # FLAC: size not predictable
 WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null signal, no data
 
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom", "records"
+# Kinds of content a rule reads. A kind's name changes when its reader keeps more (dicom.v2 reads
+# the accession, series UID and identifying tags): facts cached under the old name are read again.
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom.v2", "records"
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person", "omop_visits", "waveform_links"
-KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv", "registry_csv"
+KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
+         KIND_MAPPING, KIND_REGISTRY)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS)
 
 RULES: tuple[Rule, ...] = (
+    # -- layout
     Rule("layout.no_omop", "error", "no OMOP folder",
          "The site root has no OMOP/ folder with the clinical tables."),
     Rule("layout.root_file", "warning", "file in the site root",
-         "A file lies directly in the site root instead of OMOP/, Metadata/ or a person folder."),
+         "A file lies directly in the site root and is not one the procedures place there (the linkage registries)."),
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
          "or Metadata/, or named in person.csv)."),
@@ -68,11 +106,29 @@ RULES: tuple[Rule, ...] = (
          "A file lies directly in a person folder instead of its Images/, Waveforms/ or Metadata/."),
     Rule("layout.person_subfolder", "warning", "unknown folder in a person folder",
          "A person folder has a subfolder other than Images/, Waveforms/ and Metadata/."),
-    Rule("omop.missing_table", "error", "required OMOP table missing",
-         f"A required OMOP table is missing from OMOP/ (required: {', '.join(REQUIRED_TABLES)})."),
-    Rule("omop.optional_table_missing", "info", "optional OMOP table absent",
-         f"An optional OMOP table is absent from OMOP/ (optional: {', '.join(OPTIONAL_TABLES)}); fine if the site "
-         "does not capture it."),
+    Rule("layout.superseded", "info", "superseded layout",
+         "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form."),
+    # -- Metadata/
+    Rule("metadata.missing", "error", "Metadata file missing",
+         "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md."),
+    Rule("metadata.mapping_missing", "error", "waveform mapping file missing",
+         "The site has Telemetry (or EEG) waveforms but no Metadata/Telemetry_mapping.csv (or EEG_mapping.csv)."),
+    Rule("metadata.mapping_columns", "error", "mapping file lacks columns",
+         "A mapping CSV lacks signal_id, standardized_label, sampling_rate or units, or has neither timestamp_id "
+         "nor start_time and end_time."),
+    Rule("metadata.mapping_values", "warning", "mapping file values",
+         "A mapping CSV has rows without a signal_id, a sampling_rate that is not a number, or a standardized_label "
+         "that is not an ISO/IEEE 11073 label (MDC_...)."),
+    Rule("metadata.submission_sections", "warning", "SUBMISSION.md incomplete",
+         "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
+         "waveform types, known issues, variables, sample intervals, gaps, linkage to visits)."),
+    Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
+         "READINESS.md has checklist items that are not ticked."),
+    Rule("metadata.unreadable", "error", "Metadata file unreadable",
+         "A Metadata markdown or mapping file is empty or not UTF-8 text."),
+    # -- OMOP/
+    Rule("omop.missing_table", "error", "OMOP table missing",
+         f"One of the 13 OMOP clinical tables is missing from OMOP/ ({', '.join(REQUIRED_TABLES)})."),
     Rule("omop.specimen", "error", "specimen table submitted",
          "OMOP/specimen.csv is present, but CHoRUS does not collect the specimen table."),
     Rule("omop.unexpected_file", "warning", "unknown file in OMOP",
@@ -85,20 +141,23 @@ RULES: tuple[Rule, ...] = (
          "An OMOP CSV's first line holds values, not column names."),
     Rule("omop.missing_key", "error", "OMOP table lacks its key column",
          "An OMOP CSV's header lacks the table's key column (e.g. person_id in person.csv)."),
-    Rule("links.missing", "error", "waveform-visit links missing",
-         "The site has waveforms but no OMOP/waveform_visit_links.csv."),
+    # -- the superseded waveform-visit links table (v2.0), where a site still ships it
     Rule("links.columns", "error", "waveform-visit links lack columns",
-         "OMOP/waveform_visit_links.csv lacks a visit_occurrence_id or a session column."),
-    Rule("links.unlinked_session", "warning", "waveform session not linked",
-         "A waveform session has no row in OMOP/waveform_visit_links.csv."),
+         "OMOP/waveform_visit_links.csv lacks a visit_occurrence_id or a session_id (or session) column."),
     Rule("links.unknown_session", "warning", "link to an unknown session",
          "OMOP/waveform_visit_links.csv names a session that is not on the site."),
     Rule("links.unknown_visit", "error", "link to an unknown visit",
          "OMOP/waveform_visit_links.csv names a visit_occurrence_id that is not in visit_occurrence.csv."),
+    # -- persons
     Rule("person.no_omop_row", "error", "person folder not in person.csv",
          "A person folder's id is not a person_id in OMOP/person.csv."),
     Rule("person.no_folder", "info", "persons without a folder",
          "Some person_ids in OMOP/person.csv have no person folder (normal for persons without waveforms or images)."),
+    # -- waveforms
+    Rule("waveforms.session_id", "warning", "session id not an integer",
+         "A waveform session id (its folder under Telemetry/ or EEG/) is not an integer, as the procedure asks."),
+    Rule("waveforms.id_collision", "warning", "session id used twice",
+         "The same session id is used by more than one person, or by both a Telemetry and an EEG session."),
     Rule("wfdb.bad_header", "error", "WFDB header unreadable",
          "A .hea file under Waveforms/ is not a parseable WFDB header."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
@@ -116,31 +175,48 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
-    Rule("wfdb.no_header", "error", "waveform session without header",
-         "A waveform session folder holds no .hea header and its files do not follow the flat naming "
-         "<person_id>_<YYYYMMDD>_<HHMMSS>_<duration_s>.<ext>."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
-         "A CSV in a WFDB session folder is not named <session>n.csv, the name for numerics."),
-    Rule("records.missing", "error", "RECORDS file missing",
-         "A person with WFDB records has no RECORDS file in <person>/Waveforms/ or in the session folders."),
+         "A CSV in a WFDB session folder is not named <session_id>n.csv, the name for numerics."),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
-         "A WFDB record (not a segment) is not listed in its person's or its session folder's RECORDS file."),
+         "Where RECORDS files are kept (optional since v2.0), a WFDB record (not a segment) is not listed in any."),
     Rule("records.absent", "error", "RECORDS lists an absent record",
          "A RECORDS file lists a record whose header is not on the site."),
     Rule("records.unreadable", "error", "RECORDS unreadable",
          "A RECORDS file is empty or not UTF-8 text."),
+    # -- images
     Rule("dicom.unreadable", "error", "DICOM header unreadable",
          "A .dcm file under Images/ has no readable DICOM header."),
-    Rule("dicom.outside_series", "error", "DICOM file outside a study/series folder",
-         "A .dcm file does not lie in <person>/Images/<study>/<series>/."),
+    Rule("dicom.outside_series", "error", "DICOM file outside the image folders",
+         "A .dcm file does not lie in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/ (nor in the "
+         "study/series folders of earlier editions)."),
+    Rule("dicom.path_mismatch", "error", "DICOM folders disagree with the header",
+         "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
+         "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber."),
     Rule("dicom.name_mismatch", "error", "DICOM name disagrees with its header",
-         "A DICOM file name's modality, series or instance differs from the header's Modality, SeriesNumber or "
-         "InstanceNumber."),
+         "In an earlier edition's naming, a DICOM file name's modality, series or instance differs from the header's "
+         "Modality, SeriesNumber or InstanceNumber."),
     Rule("dicom.datetime_mismatch", "warning", "DICOM name date/time not in the header",
          "A DICOM file name's date and time match none of the header's study, series, acquisition or content "
          "date/time."),
-    Rule("dicom.patient_id", "warning", "DICOM PatientID differs from the person folder",
-         "A DICOM header's PatientID is set but differs from the person folder it lies in."),
+    Rule("dicom.patient_id", "error", "DICOM PatientID is not the person",
+         "A DICOM header's PatientID differs from the person folder it lies in (the person_id after de-identification)."),
+    Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
+         "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
+         "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
+    # -- the linkage registries a site ships
+    Rule("registry.columns", "error", "registry lacks columns",
+         f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}."),
+    Rule("registry.duplicate", "error", "registry lists a file twice",
+         "A registry has more than one row for the same file (trg_file) or file_id."),
+    Rule("registry.unknown_person", "error", "registry names an unknown person",
+         "A registry row's person_id is not in person.csv."),
+    Rule("registry.unknown_visit", "error", "registry names an unknown visit",
+         "A registry row's visit_id is not in visit_occurrence.csv."),
+    Rule("registry.missing_file", "error", "registry row without its file",
+         "A registry row has no src_file or trg_file, or its trg_file is not on the site."),
+    Rule("registry.unlisted_file", "warning", "file not in the registry",
+         "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships."),
+    # -- any file
     Rule("path.person_mismatch", "error", "file name names another person",
          "A file name starts with a person id other than that of the person folder it lies in."),
     Rule("path.unparsed", "warning", "path fits no naming pattern",

@@ -13,7 +13,18 @@ import polars as pl
 
 from .kinds import _kind_expr, _path_columns
 from .readers import _DICOM_TAGS
-from .rules import KIND_DICOM, KIND_LINKS, KIND_OMOP, KIND_PERSON, KIND_RECORDS, KIND_VISITS, KIND_WFDB
+from .rules import (
+    KIND_DICOM,
+    KIND_LINKS,
+    KIND_MAPPING,
+    KIND_MARKDOWN,
+    KIND_OMOP,
+    KIND_PERSON,
+    KIND_RECORDS,
+    KIND_REGISTRY,
+    KIND_VISITS,
+    KIND_WFDB,
+)
 
 
 # ----------------------------------------------------------------------------- decoding facts
@@ -32,12 +43,20 @@ _FACT_DTYPES: dict[str, pl.Struct] = {
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
     KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String)}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
+    KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
+                              "unchecked": pl.List(pl.String), "chars": pl.Int64}),
+    KIND_MAPPING: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "no_id": pl.Int64, "bad_rate": pl.Int64,
+                             "bad_label": pl.Int64, "examples": pl.List(pl.String)}),
+    KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
+                              "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_path": pl.Int64,
+                              "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
+                              "trg_file": pl.List(pl.String)}),
 }
 
 
 # What rules need of a file beside its facts (a narrow frame: a million DICOM rows are copied cheaply).
 _FILE_COLUMNS = ("srcfile", "md5", "size", "_n", "_top", "_second", "_third", "_dir", "_name", "_stem", "_table",
-                 "kind")
+                 "kind", "_modality", "_category", "_session", "_segment", "_layout")
 
 
 def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataFrame:
@@ -94,7 +113,12 @@ class _Site:
     """The current files with path helper columns, person-folder facts and decoded facts."""
 
     def __init__(self, current: pl.DataFrame, facts: pl.DataFrame):
-        files = _path_columns(current).with_columns(_kind_expr()).collect()
+        files = _path_columns(current).with_columns(
+            _kind_expr(),
+            # the classification, under names no decoded fact uses (DICOM facts have a `modality`)
+            _modality=pl.col("modality"), _category=pl.col("category"), _session=pl.col("session_id"),
+            _segment=pl.col("segment"), _layout=pl.col("layout"),
+        ).collect()
         self.person = _with_facts(files, facts, KIND_PERSON)
         ids = self.person.filter(
             pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("person_id").is_not_null()
@@ -122,7 +146,8 @@ class _Site:
             _waveforms=p & (n >= 3) & (second == "waveforms"),
             _images=p & (n >= 3) & (second == "images"),
         ).with_columns(
-            _outside_series=pl.col("_images") & (pl.col("_ext_l") == "dcm") & (n != 5),
+            # a .dcm file that fits no image layout (classify: current or an earlier edition's)
+            _outside_series=pl.col("_images") & (pl.col("_ext_l") == "dcm") & pl.col("parse_error").is_not_null(),
         )
         # Names whose person id (before _<YYYYMMDD>_<HHMMSS>) is not the folder's. Nearly all names start
         # with "<folder>_": only the others are parsed.
@@ -134,6 +159,12 @@ class _Site:
         )
         self.facts = facts
         self._of_kind: dict[str, pl.DataFrame] = {KIND_PERSON: self.person}
+        visits = self.of_kind(KIND_VISITS).filter(
+            pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null())
+        # The visit ids of visit_occurrence.csv (as numbers where they are); None when it cannot be read.
+        self.visit_ids: pl.Series | None = (
+            visits.select(_norm_id(pl.col("visit_occurrence_id").explode())).to_series().drop_nulls().unique()
+            if visits.height else None)
         omop = self.files.filter(pl.col("_top_l") == "omop")
         self.omop_dir = omop["_top"].min() if omop.height else None
 

@@ -1,0 +1,77 @@
+"""The rules on Metadata/ (Waveform File Format v2.1): READINESS.md and SUBMISSION.md present and
+complete, and a mapping CSV per waveform category with the columns the central WFDB conversion needs."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .rules import (
+    KIND_MAPPING,
+    KIND_MARKDOWN,
+    MAPPING_COLUMNS,
+    MAPPING_FILES,
+    MAPPING_TIME_COLUMNS,
+    SUBMISSION_SECTIONS,
+)
+from .site import _found, _one, _Site
+
+
+def _metadata(site: _Site) -> list[pl.LazyFrame]:
+    f = site.files
+    waveforms = f.filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms"))
+    if waveforms.height == 0:
+        return []
+    md = site.of_kind(KIND_MARKDOWN).with_columns(_doc=pl.col("_name").str.to_lowercase())
+    mappings = site.of_kind(KIND_MAPPING).with_columns(_doc=pl.col("_name").str.to_lowercase())
+    out: list[pl.LazyFrame] = [
+        _found("metadata.unreadable", pl.concat([md.select("srcfile", "error"), mappings.select("srcfile", "error")])
+               .filter(pl.col("error").is_not_null()), "srcfile",
+               pl.format("cannot read this file: {}; write it as UTF-8 text", pl.col("error"))),
+    ]
+    for name in ("READINESS.md", "SUBMISSION.md"):
+        if md.filter(pl.col("_doc") == name.lower()).height == 0:
+            out.append(_one("metadata.missing", f"Metadata/{name}",
+                            f"the site has waveforms but no Metadata/{name}: add it (see the Waveform File Format "
+                            f"procedure for what it holds)"))
+    categories = set(waveforms["category"].drop_nulls().unique().to_list())
+    for category, name in MAPPING_FILES.items():
+        if category in categories and mappings.filter(pl.col("_doc") == name.lower()).height == 0:
+            out.append(_one("metadata.mapping_missing", f"Metadata/{name}",
+                            f"the site has {category} waveforms but no Metadata/{name}: add one row per signal with "
+                            f"{', '.join(MAPPING_COLUMNS)} and timestamp_id (or start_time and end_time)"))
+
+    parsed = mappings.filter(pl.col("_ok"))
+    has = [pl.col("columns").list.contains(c) for c in MAPPING_COLUMNS]
+    timed = pl.any_horizontal([pl.all_horizontal([pl.col("columns").list.contains(c) for c in group])
+                               for group in MAPPING_TIME_COLUMNS])
+    out.append(_found(
+        "metadata.mapping_columns",
+        parsed.filter((pl.col("delimiter") != ",") | ~pl.all_horizontal(has) | ~timed),
+        "srcfile",
+        pl.format("the header ({}) needs {}{}: one row per signal, comma-delimited",
+                  pl.col("columns").list.join(","), pl.lit(", ".join(MAPPING_COLUMNS)),
+                  pl.when(timed).then(pl.lit("")).otherwise(pl.lit(" and timestamp_id (or start_time and end_time)")))))
+    values = parsed.filter(pl.col("rows").is_not_null() & ((pl.col("no_id") + pl.col("bad_rate") + pl.col("bad_label")) > 0))
+    out.append(_found(
+        "metadata.mapping_values", values, "srcfile",
+        pl.format("{} row(s) without a signal_id, {} with a sampling_rate that is not a positive number (Hz), {} with "
+                  "a standardized_label that is not an ISO/IEEE 11073 label (MDC_...), e.g. {}: fix those rows",
+                  pl.col("no_id"), pl.col("bad_rate"), pl.col("bad_label"), pl.col("examples").list.join("; "))))
+
+    readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
+    out.append(_found(
+        "metadata.readiness_unchecked", readiness, "srcfile",
+        pl.format("{} checklist item(s) not ticked (e.g. \"{}\"): meet them and tick them, or say why in "
+                  "SUBMISSION.md", pl.col("unchecked").list.len(), pl.col("unchecked").list.first())))
+    submission = md.filter(pl.col("_ok") & (pl.col("_doc") == "submission.md"))
+    headings = pl.col("headings").list.join("\n").str.to_lowercase()
+    lacking = pl.concat_list([
+        pl.when(~pl.any_horizontal([headings.str.contains(word, literal=True) for word in words])).then(pl.lit(topic))
+        for topic, words in SUBMISSION_SECTIONS.items()
+    ]).list.drop_nulls()
+    out.append(_found(
+        "metadata.submission_sections",
+        submission.with_columns(_lacking=lacking).filter(pl.col("_lacking").list.len() > 0), "srcfile",
+        pl.format("no section (heading) on: {}; add them as the Waveform File Format procedure asks",
+                  pl.col("_lacking").list.join("; "))))
+    return out
