@@ -152,6 +152,25 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
     validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
 
+    reg = command(
+        "registry", help="write the linkage registries (waveforms, images) of a version",
+        description="The waveform and image registries of the Multimodal-Linkage procedure, one row per file: file_id "
+                    "(stable across versions), proc_id (one per session or accession, allocated once and kept in "
+                    "the manifest, from the ranges in [registry] of chorus.toml), person_id, group_id, visit_id (the "
+                    "person's visit enclosing the file's capture time), datetime, src_file, trg_file. Capture times "
+                    "come from DICOM and WFDB headers (read once, cached by content).",
+        epilog="examples:\n  chorus-batch registry --db site_manifest.sqlite --out release/\n"
+               "  chorus-batch registry --version 20261101020000 --out release/ --omop   # + procedure_occurrence.csv\n\n"
+               + EXIT_CODES_HELP,
+    )
+    reg.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
+    reg.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
+    reg.add_argument("--site", help="site root, where headers not read yet are read (default: the recorded roots)")
+    reg.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
+    reg.add_argument("--out", required=True, help="folder for waveform_registry.csv and image_registry.csv")
+    reg.add_argument("--omop", action="store_true", help="also write the PROCEDURE_OCCURRENCE rows (procedure_occurrence.csv)")
+    reg.add_argument("--workers", type=_positive_int, help="processes reading headers (default: CPU count, at most 16)")
+
     upgrade = command(
         "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
         description="Migrate the manifest in place, one numbered step at a time, each one transaction: every version, "
@@ -311,6 +330,23 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     return int(ExitCode.FINDINGS if has_errors(findings) else ExitCode.OK)
 
 
+def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
+    from .registries import make_registries
+
+    target = _resolve(args)
+    registry = target.config.registry
+    overrides = {None: target.site, **target.config.site.roots} if target.site else {}
+    registries, paths = make_registries(
+        target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
+        ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
+        workers=args.workers or target.config.run.workers, omop=args.omop)
+    print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
+          f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
+    for path in paths:
+        print(f"wrote {path.resolve()}")
+    return 0
+
+
 def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
     from .store import Manifest
 
@@ -430,7 +466,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
-            "validate": cmd_validate, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
+            "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
             "history": cmd_history, "report": cmd_report}
 
 

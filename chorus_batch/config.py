@@ -19,6 +19,10 @@ Example chorus.toml (paths are relative to the file's folder):
     follow_symlinks = false
     validate = true                     # check the procedures after each run (default)
 
+    [registry]                          # optional: procedure id ranges of `chorus-batch registry`
+    image_proc_ids = [2000000000, 2000999999]
+    waveform_proc_ids = [2001000000, 2999999999]
+
     [patterns]                          # optional: replace a modality's path patterns
     Waveforms = ['^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$']
 """
@@ -75,10 +79,26 @@ class RunSection(_Strict):
     validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
 
 
+class RegistrySection(_Strict):
+    """Procedure ids of the linkage registries (Multimodal-Linkage): one per image accession or waveform
+    session, allocated once and kept; they must not collide with the site's own procedure_occurrence ids."""
+
+    image_proc_ids: tuple[int, int] = (2_000_000_000, 2_000_999_999)
+    waveform_proc_ids: tuple[int, int] = (2_001_000_000, 2_999_999_999)
+
+    @field_validator("image_proc_ids", "waveform_proc_ids")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("give [first, last] with 0 < first <= last")
+        return value
+
+
 class ConfigFile(_Strict):
     site: SiteSection = Field(default_factory=SiteSection)
     manifest: ManifestSection = Field(default_factory=ManifestSection)
     run: RunSection = Field(default_factory=RunSection)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
     patterns: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("patterns")

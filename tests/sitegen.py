@@ -52,7 +52,7 @@ OMOP_COLUMNS: dict[str, list[str]] = {
     "observation_period": ["observation_period_id", "person_id", "observation_period_start_date",
                            "observation_period_end_date", "period_type_concept_id"],
     "visit_occurrence": ["visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date",
-                         "visit_end_date", "visit_type_concept_id"],
+                         "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_type_concept_id"],
     "visit_detail": ["visit_detail_id", "person_id", "visit_detail_concept_id", "visit_detail_start_date",
                      "visit_occurrence_id"],
     "condition_occurrence": ["condition_occurrence_id", "person_id", "condition_concept_id",
@@ -206,10 +206,19 @@ def omop_rows(table: str, persons: list[str]) -> list[list[object]]:
                 row.append("2024-01-01")
             else:
                 row.append(0)
+        if table == "visit_occurrence":  # person i's day: visit 0 until noon, visit 1 from 13:00
+            for k, (start, end) in enumerate(visit_hours(i)):
+                rows.append([visit_id(i, k), p, 9201, f"{start:%Y-%m-%d}", f"{start:%Y-%m-%d %H:%M:%S}", f"{end:%Y-%m-%d}",
+                             f"{end:%Y-%m-%d %H:%M:%S}", 32817])
+            continue
         rows.append(row)
-        if table == "visit_occurrence":
-            rows.append([visit_id(i, 1), *row[1:]])
     return rows
+
+
+def visit_hours(index: int) -> list[tuple[datetime, datetime]]:
+    """Person `index`'s two visits: [00:00, 12:00] and [13:00, 23:59:59] of its day."""
+    day = start_of(index, 0)
+    return [(day, day.replace(hour=12)), (day.replace(hour=13), day.replace(hour=23, minute=59, second=59))]
 
 
 def visit_id(person_index: int, k: int) -> int:

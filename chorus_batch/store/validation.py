@@ -55,6 +55,19 @@ class ValidationCache:
         assert isinstance(frame, pl.DataFrame)
         return frame.cast(FACTS_SCHEMA) if frame.height else pl.DataFrame(schema=FACTS_SCHEMA)  # type: ignore[arg-type]
 
+    def save_facts(self, new_facts: pl.DataFrame) -> None:
+        """Header facts read outside a check (e.g. by the registries), cached by content."""
+        if new_facts.height == 0:
+            return
+        import adbc_driver_sqlite.dbapi as adbc
+
+        with adbc.connect(str(self.manifest.path)) as con:
+            with con.cursor() as cur:
+                cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
+                cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
+            con.commit()
+        self.manifest.after_commit()
+
     def save(self, label: str, new_facts: pl.DataFrame, findings: pl.DataFrame, *, complete: bool = True) -> None:
         """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
         An incomplete check (some files could not be read) is stored but not marked as done."""

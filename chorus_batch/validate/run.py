@@ -112,12 +112,20 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
         if latest is None:
             raise UsageError("the manifest has no versions yet", where=str(manifest.path),
                              fix="run `chorus-batch run` first, or `chorus-batch validate --site DIR` without --db")
-        sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers))
-        given = [open_source(location, workers=workers) for location in (overrides or {}).values()]
-        if given or sources:
-            sources[None] = FirstFound(given or [sources[k] for k in sorted(sources)])  # type: ignore[arg-type, misc]
+        sources = site_sources(manifest, overrides, workers=workers)
         findings = validate_version(manifest, latest["label"], sources, workers=workers, force=force)
     return latest["label"], findings
+
+
+def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None, *,
+                 workers: int = 1) -> dict[int | None, Source]:
+    """The site's sources by root_id (recorded, or as given by modality in `overrides`), and under None
+    the first of them that has a file, for files whose root was not recorded."""
+    sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers))
+    given = [open_source(location, workers=workers) for location in (overrides or {}).values()]
+    if given or sources:
+        sources[None] = FirstFound(given or [sources[k] for k in sorted(sources)])  # type: ignore[arg-type, misc]
+    return sources
 
 
 def validate_folder(settings, *, keep: bool, argv: list[str], progress=None) -> tuple[str | None, pl.DataFrame]:

@@ -1,0 +1,300 @@
+"""The linkage registries of the Multimodal-Linkage procedure, generated from the manifest.
+
+One row per file: a waveform registry and an image registry, with
+
+  file_id   the manifest's first file_id of the path: the same in every version while the path lives
+  proc_id   one per procedure (a waveform session, an image accession), allocated once from the
+            configured range and kept in the manifest (registry.proc_id), so it never changes
+  person_id, group_id (the session or accession), visit_id (the person's visit whose start and end
+            enclose the file's datetime; empty when none does)
+  datetime  the capture time: a DICOM header's acquisition, content, series or study date/time, the
+            WFDB header's base date and time of the file's record, else the path's stamp
+  src_file  where the file is (the root it was found under + its path), trg_file its site-relative path
+
+and, with `omop`, the PROCEDURE_OCCURRENCE rows the procedure derives from them (one per proc_id).
+Contents are read only where the manifest has no facts of them yet (headers, by content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .errors import UsageError
+from .fsutil import write_private
+from .progress import log
+from .sources import Source
+from .store import Manifest
+from .validate.readers import extract_facts
+from .validate.rules import KIND_DICOM, KIND_WFDB
+
+IMAGING_PROCEDURE, MONITORING_PROCEDURE = 4180938, 4141651  # procedure_concept_id (Multimodal-Linkage)
+STANDARD_ALGORITHM = 32880  # procedure_type_concept_id: derived by an algorithm, not recorded in the EHR
+REGISTRY_COLUMNS = ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
+PROCEDURE_COLUMNS = ["procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
+                     "procedure_datetime", "procedure_type_concept_id", "visit_occurrence_id", "procedure_source_value"]
+_DT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass
+class Registries:
+    version: str
+    waveforms: pl.DataFrame  # REGISTRY_COLUMNS
+    images: pl.DataFrame  # image_registry_id + REGISTRY_COLUMNS
+    procedures: pl.DataFrame  # PROCEDURE_COLUMNS
+    new_proc_ids: int  # allocated by this call
+
+
+def _norm(expr: pl.Expr) -> pl.Expr:
+    """Ids as OMOP stores them: digits without leading zeros."""
+    s = expr.cast(pl.String).str.strip_chars().str.strip_chars('"')
+    return pl.when(s.str.contains(r"^\d+$")).then(s.str.replace(r"^0+(\d)", "${1}")).otherwise(s)
+
+
+def _header_time(facts: pl.DataFrame, kind: str) -> pl.DataFrame:
+    """md5 -> capture datetime from the facts of one kind (NULL where the header has none)."""
+    part = facts.filter(pl.col("kind") == kind)
+    if kind == KIND_DICOM:
+        dtype = pl.Struct({k: pl.String for k in ("acquisition_date", "acquisition_time", "content_date",
+                                                   "content_time", "series_date", "series_time", "study_date",
+                                                   "study_time")})
+        f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
+
+        def stamp(day: str, tm: str) -> pl.Expr:
+            digits = pl.col(tm).fill_null("000000").str.replace_all(r"[^0-9.]", "").str.extract(r"^(\d{2,6})").str.pad_end(6, "0")
+            return pl.concat_str(pl.col(day).str.replace_all(r"[^0-9]", ""), digits).str.strptime(
+                pl.Datetime, "%Y%m%d%H%M%S", strict=False)
+
+        when = pl.coalesce(stamp("acquisition_date", "acquisition_time"), stamp("content_date", "content_time"),
+                           stamp("series_date", "series_time"), stamp("study_date", "study_time"))
+    else:
+        dtype = pl.Struct({"base_date": pl.String, "base_time": pl.String})
+        f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
+        when = pl.concat_str("base_date", pl.lit(" "), pl.col("base_time").str.slice(0, 8)).str.strptime(
+            pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False)
+    return f.select("md5", when.alias("_when"))
+
+
+def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
+           workers: int) -> pl.DataFrame:
+    """The facts of `kind` for these files (srcfile, md5, root_id): cached ones, and the rest read now."""
+    cache = manifest.validation
+    wanted = files.select("srcfile", "md5", "root_id", kind=pl.lit(kind))
+    known = cache.known_facts(wanted)
+    todo = wanted.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
+    parts = []
+    for (root_id,), part in todo.group_by("root_id"):
+        source = sources.get(root_id) or sources.get(None)
+        if source is None:
+            raise UsageError(f"{part.height} header(s) were never read and the manifest does not record where the "
+                             "site is", where=str(manifest.path), fix="pass --site with the site root")
+        parts.append(extract_facts(source, part, workers=workers))
+    if parts:
+        new = pl.concat(parts)
+        lasting = new.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
+        cache.save_facts(lasting)
+        known = pl.concat([known, new.select(known.columns)])
+    return known
+
+
+def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Mapping[int | None, Source]) -> pl.DataFrame | None:
+    """Some columns of OMOP/<table>.csv (as text; absent columns NULL), or None without that table."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    if rows.height == 0:
+        return None
+    srcfile, root_id = rows.row(0)[:2]
+    source = sources.get(root_id) or sources.get(None)
+    if source is None:
+        return None
+    with source.open(srcfile) as f:
+        try:
+            header = pacsv.open_csv(f).schema.names
+            f.seek(0)
+            present = [n for n in header if n.strip().lower() in columns]
+            table_ = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
+                include_columns=present, column_types={n: pa.string() for n in present}))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile,
+                             fix="make it UTF-8 comma-delimited text with a header row (`chorus-batch validate` says more)") from None
+    frame = pl.from_arrow(table_)
+    assert isinstance(frame, pl.DataFrame)
+    frame.columns = [c.strip().lower() for c in frame.columns]
+    return frame.with_columns([pl.lit(None, pl.String).alias(c) for c in columns if c not in frame.columns]).select(columns)
+
+
+def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> pl.DataFrame:
+    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent)."""
+    cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
+            "visit_end_datetime"]
+    frame = _read_omop(files, "visit_occurrence", cols, sources)
+    if frame is None:
+        return pl.DataFrame(schema={"_person": pl.String, "visit_id": pl.String, "_start": pl.Datetime, "_end": pl.Datetime})
+
+    def moment(dt: str, day: str, end: bool) -> pl.Expr:
+        exact = pl.col(dt).str.slice(0, 19).str.replace("T", " ").str.strptime(pl.Datetime, _DT, strict=False)
+        whole = pl.col(day).str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime)
+        return pl.coalesce(exact, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)
+
+    return frame.select(_person=_norm(pl.col("person_id")), visit_id=_norm(pl.col("visit_occurrence_id")),
+                        _start=moment("visit_start_datetime", "visit_start_date", False),
+                        _end=moment("visit_end_datetime", "visit_end_date", True)).drop_nulls(["_person", "_start", "_end"])
+
+
+def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
+    """visit_id: of the person's visits enclosing the datetime, the latest-starting (then the smallest id)."""
+    keyed = rows.with_row_index("_row").with_columns(_person=_norm(pl.col("person_id")))
+    hits = (
+        keyed.select("_row", "_person", "_when").drop_nulls().join(visits, on="_person")
+        .filter((pl.col("_start") <= pl.col("_when")) & (pl.col("_when") <= pl.col("_end")))
+        .sort(["_row", "_start", "visit_id"], descending=[False, True, False])
+        .unique("_row", keep="first").select("_row", "visit_id")
+    )
+    return keyed.join(hits, on="_row", how="left").sort("_row").drop("_row", "_person")
+
+
+def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tuple[int, int]],
+              taken: pl.Series | None) -> tuple[pl.DataFrame, int]:
+    """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction)."""
+    import adbc_driver_sqlite.dbapi as adbc
+
+    if taken is not None:
+        for modality, (first, last) in ranges.items():
+            clash = taken.filter(taken.is_between(first, last))
+            if clash.len():
+                raise UsageError(
+                    f"procedure_occurrence.csv already uses ids in the {modality.lower()} registry range "
+                    f"{first}-{last} (e.g. {clash[0]})", where="[registry] in chorus.toml",
+                    fix="set image_proc_ids / waveform_proc_ids to ranges the site's own procedure ids do not use")
+    known = manifest.query_frame("SELECT record_id, modality, proc_id FROM registry WHERE proc_id IS NOT NULL",
+                                 schema={"record_id": pl.Int64, "modality": pl.String, "proc_id": pl.Int64})
+    fresh = records.join(known, on="record_id", how="anti").sort("record_id")
+    allocated = []
+    for modality, (first, last) in ranges.items():
+        mine = fresh.filter(pl.col("modality") == modality)
+        if mine.height == 0:
+            continue
+        used = known.filter(pl.col("proc_id").is_between(first, last))["proc_id"]
+        start = int(used.max()) + 1 if used.len() else first  # type: ignore[arg-type]
+        if start + mine.height - 1 > last:
+            raise UsageError(f"the {modality.lower()} proc_id range {first}-{last} is used up", where="[registry]",
+                             fix="widen the range in chorus.toml (ids already given are kept)")
+        allocated.append(mine.select("record_id", proc_id=pl.int_range(start, start + mine.height, dtype=pl.Int64)))
+    new = pl.concat(allocated) if allocated else pl.DataFrame(schema={"record_id": pl.Int64, "proc_id": pl.Int64})
+    if new.height:
+        with adbc.connect(str(manifest.path)) as con:
+            with con.cursor() as cur:
+                cur.adbc_ingest("_proc", new.to_arrow(), mode="create", temporary=True)
+                cur.execute("UPDATE registry SET proc_id = p.proc_id FROM temp._proc p WHERE registry.record_id = p.record_id")
+            con.commit()
+        manifest.after_commit()
+    return pl.concat([known.select("record_id", "proc_id"), new]), new.height
+
+
+def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *, version: str | None = None,
+                     ranges: Mapping[str, tuple[int, int]], workers: int = 1) -> Registries:
+    """The registries of a version (default: the latest). Call under the manifest's lock: it allocates proc_ids."""
+    from .review import SQLiteReader
+
+    reader = SQLiteReader(manifest.path)
+    label = reader.resolve(version)
+    files = reader.files(label)
+    linked = files.filter(pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
+                          & pl.col("parse_error").is_null() & pl.col("record_id").is_not_null()
+                          & ~pl.col("srcfile").str.ends_with("/RECORDS"))
+    omop = files.select("srcfile", "root_id")
+    # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
+    dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
+    headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
+    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers),
+                       _facts(manifest, headers, KIND_WFDB, sources, workers)])
+    image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
+    # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
+    record_times = (
+        headers.join(_header_time(facts, KIND_WFDB), on="md5").drop_nulls("_when")
+        .with_columns(_main=pl.col("srcfile").str.split("/").list.last() == pl.col("session_id") + ".hea")
+        .sort(["record_id", "_main", "_when"], descending=[False, True, False])
+        .unique("record_id", keep="first").select("record_id", pl.col("_when").alias("_record_when"))
+    )
+    path_time = pl.concat_str("start_date", pl.lit(" "), "start_time").str.strptime(pl.Datetime, _DT, strict=False)
+    rows = (
+        linked.join(image_times, on="srcfile", how="left").join(record_times, on="record_id", how="left")
+        .with_columns(_when=pl.coalesce("_when", "_record_when", path_time))
+    )
+    rows = _with_visits(rows, _visits(omop, sources))
+    taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
+    taken_ids = taken["procedure_occurrence_id"].cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None
+    proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids)
+    first_ids = manifest.query_frame(
+        "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
+        "WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)) GROUP BY srcfile",
+        (label, label), schema={"srcfile": pl.String, "file_id": pl.Int64})
+    locations = manifest.roots().select("root_id", "location")
+    out = (
+        rows.drop("file_id").join(first_ids, on="srcfile", how="left").join(proc_ids, on="record_id", how="left")
+        .join(locations, on="root_id", how="left")
+        .with_columns(
+            group_id=pl.col("session_id"),
+            datetime=pl.col("_when").dt.strftime(_DT),
+            src_file=pl.when(pl.col("location").is_not_null()).then(pl.col("location") + "/" + pl.col("srcfile"))
+            .otherwise(pl.col("srcfile")),
+            trg_file=pl.col("srcfile"),
+        )
+        .sort("srcfile")
+    )
+    waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
+    images = out.filter(pl.col("modality") == "Images").select(REGISTRY_COLUMNS).with_row_index(
+        "image_registry_id", offset=1)
+    procedures = (
+        out.group_by("proc_id").agg(
+            pl.col("person_id").first(), pl.col("modality").first(), pl.col("group_id").first(),
+            pl.col("_when").min(), pl.col("visit_id").drop_nulls().first(),
+            pl.col("srcfile").str.extract(r"^(.*)/[^/]+$").min().alias("_folder"))
+        .sort("proc_id")
+        .select(
+            procedure_occurrence_id="proc_id", person_id="person_id",
+            procedure_concept_id=pl.when(pl.col("modality") == "Images").then(IMAGING_PROCEDURE).otherwise(MONITORING_PROCEDURE),
+            procedure_date=pl.col("_when").dt.strftime("%Y-%m-%d"), procedure_datetime=pl.col("_when").dt.strftime(_DT),
+            procedure_type_concept_id=pl.lit(STANDARD_ALGORITHM), visit_occurrence_id="visit_id",
+            procedure_source_value=pl.format("path: {}, group: {}", pl.col("_folder"), pl.col("group_id")))
+    )
+    log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
+    return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new)
+
+
+def write_registries(registries: Registries, out: str | Path, *, omop: bool = False) -> list[Path]:
+    """DIR/waveform_registry.csv, DIR/image_registry.csv (and DIR/procedure_occurrence.csv), owner-only."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder} is a file", where=str(folder), fix="pass --out with a folder (it is created)")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    parts = {"waveform_registry.csv": registries.waveforms, "image_registry.csv": registries.images}
+    if omop:
+        parts["procedure_occurrence.csv"] = registries.procedures
+    return [write_private(folder / name, frame.write_csv().encode("utf-8")) for name, frame in parts.items()]
+
+
+def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
+                    overrides: Mapping[str | None, str] | None = None,
+                    ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
+                    omop: bool = False) -> tuple[Registries, list[Path]]:
+    """`chorus-batch registry`: build a version's registries (allocating proc_ids under the lock) and write them."""
+    from .config import RegistrySection
+    from .validate.run import site_sources
+
+    manifest = Manifest(db)
+    if not manifest.path.exists():
+        raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
+                         fix="run `chorus-batch run` first, or pass --db with the manifest's path")
+    defaults = RegistrySection()
+    ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
+    with manifest.lock(argv):
+        manifest.ensure_schema()
+        registries = build_registries(manifest, site_sources(manifest, overrides, workers=workers), version=version,
+                                      ranges=ranges, workers=workers)
+    return registries, write_registries(registries, out, omop=omop)

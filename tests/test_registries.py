@@ -1,0 +1,153 @@
+"""`chorus-batch registry`: the linkage registries, checked against an independent computation
+(pydicom, wfdb and the csv module on the site's files), stable ids across versions, proc_id ranges."""
+
+from __future__ import annotations
+
+import csv
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+import sitegen
+from conftest import cli, query
+from sitegen import write
+
+pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def expected_time(site: Path, rel: str) -> datetime | None:
+    """The capture time by the procedure, computed with pydicom / wfdb directly."""
+    import pydicom
+    import wfdb
+
+    path = site / rel
+    if rel.endswith(".dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for day, tm in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                        ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+            if ds.get(day):
+                return datetime.strptime(ds.get(day) + str(ds.get(tm, "000000"))[:6].ljust(6, "0"), "%Y%m%d%H%M%S")
+        return None
+    session = path.parent.name
+    header = wfdb.rdheader(str(path.parent / session))
+    if header.base_date is None or header.base_time is None:
+        return None
+    return datetime.combine(header.base_date, header.base_time)
+
+
+def expected_visit(site: Path, person: str, when: datetime | None) -> str:
+    if when is None:
+        return ""
+    hits = []
+    for row in read_csv(site / "OMOP" / "visit_occurrence.csv"):
+        start = datetime.fromisoformat(row["visit_start_datetime"])
+        end = datetime.fromisoformat(row["visit_end_datetime"])
+        if int(row["person_id"]) == int(person) and start <= when <= end:
+            hits.append((start, row["visit_occurrence_id"]))
+    return max(hits)[1] if hits else ""
+
+
+@pytest.fixture
+def released(tmp_path: Path):
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 0, done.stderr
+    return site, db, out
+
+
+def test_one_row_per_file_with_the_visit_its_capture_time_falls_in(released):
+    site, _db, out = released
+    waveforms, images = read_csv(out / "waveform_registry.csv"), read_csv(out / "image_registry.csv")
+    files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
+    assert sorted(r["trg_file"] for r in waveforms) == sorted(f for f in files if "/Waveforms/" in f)
+    assert sorted(r["trg_file"] for r in images) == sorted(f for f in files if "/Images/" in f)
+    assert list(images[0]) == ["image_registry_id", *sitegen_columns()]
+    assert list(waveforms[0]) == sitegen_columns()
+    visited = 0
+    for row in waveforms + images:
+        when = expected_time(site, row["trg_file"])
+        assert row["datetime"] == (f"{when:%Y-%m-%d %H:%M:%S}" if when else ""), row
+        assert row["visit_id"] == expected_visit(site, row["person_id"], when), row
+        assert row["src_file"] == f"{site.as_posix()}/{row['trg_file']}"
+        assert row["person_id"] == row["trg_file"].split("/")[0]
+        visited += bool(row["visit_id"])
+    assert visited and visited < len(waveforms) + len(images)  # the multi-segment records have no base time
+    assert len({r["file_id"] for r in waveforms + images}) == len(waveforms) + len(images)
+
+
+def sitegen_columns() -> list[str]:
+    return ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
+
+
+def test_a_proc_id_per_session_or_accession_in_its_range(released):
+    _site, _db, out = released
+    waveforms, images = read_csv(out / "waveform_registry.csv"), read_csv(out / "image_registry.csv")
+    for rows, (first, last) in ((images, (2_000_000_000, 2_000_999_999)), (waveforms, (2_001_000_000, 2_999_999_999))):
+        groups: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            # a waveform session is its folder; an image accession spans its series folders
+            group = r["group_id"] if "/Images/" in r["trg_file"] else r["trg_file"].rsplit("/", 1)[0]
+            groups.setdefault((r["person_id"], group), set()).add(r["proc_id"])
+            assert first <= int(r["proc_id"]) <= last
+        assert all(len(ids) == 1 for ids in groups.values())
+        assert len({next(iter(ids)) for ids in groups.values()}) == len(groups)
+    procedures = read_csv(out / "procedure_occurrence.csv")
+    assert len(procedures) == len({r["proc_id"] for r in waveforms + images})
+    assert {r["procedure_concept_id"] for r in procedures} == {"4180938", "4141651"}
+    assert all(r["procedure_source_value"].startswith("path: ") and ", group: " in r["procedure_source_value"]
+               for r in procedures)
+
+
+def test_ids_are_stable_across_versions(released, tmp_path):
+    site, db, out = released
+    before = {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(out / "waveform_registry.csv")}
+    p0 = sitegen.person_ids(1)[0]
+    single = sitegen.sessions_of(p0, 0)["single"]
+    numerics = f"{p0}/Waveforms/Telemetry/{single}/{single}n.csv"
+    write(site, numerics, "time_s,HR\n0,77\n")  # replaced: same path, new content
+    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", b"0       new session")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    again = tmp_path / "again"
+    assert cli("registry", "--db", str(db), "--out", str(again)).returncode == 0
+    after = {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(again / "waveform_registry.csv")}
+    assert {k: v for k, v in after.items() if k in before} == before  # the replaced file too
+    new = after[f"{p0}/Waveforms/Telemetry/900777/900777.edf"]
+    assert int(new[1]) > max(int(v[1]) for v in before.values())
+    # and the first version's registries are still the same when asked for again
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = tmp_path / "old"
+    assert cli("registry", "--db", str(db), "--out", str(old), "--version", labels[0]).returncode == 0
+    assert {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(old / "waveform_registry.csv")} == before
+
+
+def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    rows = read_csv(site / "OMOP" / "procedure_occurrence.csv")
+    rows[0]["procedure_occurrence_id"] = "2000000005"
+    with (site / "OMOP" / "procedure_occurrence.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    out = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "2000000005" in out.stderr and "image_proc_ids" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NOT NULL") == [(0,)]
+    (tmp_path / "chorus.toml").write_text('[registry]\nimage_proc_ids = [2100000000, 2100999999]\n')
+    moved = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr
+    assert read_csv(tmp_path / "r" / "image_registry.csv")[0]["proc_id"] == "2100000000"
+
+
+def test_registry_needs_a_manifest(tmp_path):
+    out = cli("registry", "--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "no manifest" in out.stderr and "fix:" in out.stderr
