@@ -118,6 +118,19 @@ def build_patterns(overrides: dict[str, list[str]] | None) -> tuple[PathPattern,
     return tuple(patterns)
 
 
+# Bumped when classification changes other than through the patterns (what a group means, how a
+# category is spelled): the manifest's current rows are then classified again (commit.py).
+CLASSIFY_LOGIC = 2
+
+
+def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
+    """Identifies a classification: the patterns in force and the logic applying them."""
+    import hashlib
+
+    text = "\n".join(f"{p.modality}\t{p.layout}\t{p.regex}" for p in patterns)
+    return f"{CLASSIFY_LOGIC}:{hashlib.sha1(text.encode('utf-8'), usedforsecurity=False).hexdigest()[:16]}"
+
+
 def _check_regex(modality: str, index: int, regex: str) -> None:
     where = f"chorus.toml [patterns] {modality}[{index}]"
     try:

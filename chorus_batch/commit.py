@@ -5,7 +5,9 @@
   diff           added / removed / replaced / renamed, as set operations in DuckDB (diff.py)
   classify       only the files that get a new row (after the diff: unchanged files keep
                  their recorded classification, and the regex captures are not held in
-                 memory while DuckDB runs)
+                 memory while DuckDB runs) -- unless the classification itself changed (new
+                 patterns in this release or in chorus.toml): then the current rows are
+                 classified again and updated in place (derived data, not the site's content)
   write          one SQLite transaction (store), then the state cache for the next run
 
 A version is written when anything changed, including only the recorded errors.
@@ -20,10 +22,10 @@ from pathlib import Path
 
 import polars as pl
 
-from .classify import PathPattern, classify
+from .classify import PathPattern, classify, fingerprint
 from .diff import compute_diff
 from .errors import UsageError
-from .frames import STATE_SCHEMA, empty_errors
+from .frames import CLASSIFIED_SCHEMA, STATE_SCHEMA, empty_errors
 from .progress import Progress
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
@@ -112,12 +114,24 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
         current.drop("unchanged_modality"), on="srcfile", how="left", maintain_order="left")
-    classified = _check_modality_roots(classify(new_rows.select("root_id", "srcfile"), patterns), scanned.roots)
+    by_position = {i: modality for i, (_, modality) in enumerate(scanned.roots) if modality is not None}
+    classified = _check_modality_roots(classify(new_rows.select("root_id", "srcfile"), patterns), by_position)
     new_rows = new_rows.hstack(classified.drop("root_id", "srcfile"))
     del classified
     invalidated = diff.change_set.filter(pl.col("change").is_in(["removed", "replaced", "renamed"]))["old_file_id"]
 
     kept_rows = previous.filter(~pl.col("file_id").is_in(invalidated.implode()))
+    classification = fingerprint(patterns)
+    reclassified = None
+    if kept_rows.height and manifest.classification() != classification:
+        reclassified = _reclassify(manifest, kept_rows, patterns)
+        kept_rows = kept_rows.join(
+            reclassified.select("file_id", _m="modality", _p="person_id", _e="parse_error", _x=pl.lit(True)),
+            on="file_id", how="left").with_columns(
+            modality=pl.when(pl.col("_x")).then(pl.col("_m")).otherwise(pl.col("modality")),
+            person_id=pl.when(pl.col("_x")).then(pl.col("_p")).otherwise(pl.col("person_id")),
+            parse_error=pl.when(pl.col("_x")).then(pl.col("_e")).otherwise(pl.col("parse_error")),
+        ).drop("_m", "_p", "_e", "_x")
     parse_errors = [
         rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
         for rows in (kept_rows, new_rows)
@@ -141,16 +155,32 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
             n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id)
         written = manifest.commit_version(record, new_rows=new_rows, change_set=diff.change_set,
                                           invalidated_ids=invalidated, touched=touched, errors=errors,
-                                          roots=scanned.roots)
+                                          roots=scanned.roots, reclassified=reclassified, classification=classification)
         del new_rows
         outcome.label, outcome.change_set = label, written.changes
         new_state = pl.concat([_touch(kept_rows, touched, written.root_ids), written.new_rows.select(list(STATE_SCHEMA))],
                               how="vertical_relaxed")
         manifest.save_state(new_state.cast(STATE_SCHEMA), written.generation)  # type: ignore[arg-type]
-    elif touched.height:
-        generation, root_ids = manifest.refresh_rows(touched, scanned.roots)
+    elif touched.height or reclassified is not None:
+        generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
+                                                     classification=classification)
         manifest.save_state(_touch(kept_rows, touched, root_ids).cast(STATE_SCHEMA), generation)  # type: ignore[arg-type]
     return outcome
+
+
+def _reclassify(manifest: Manifest, kept_rows: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
+    """The kept current rows whose classification differs under `patterns`: file_id + CLASSIFIED_SCHEMA."""
+    stored = manifest.current_classification().join(kept_rows.select("file_id"), on="file_id", how="semi")
+    by_root = {root_id: modality for root_id, modality in manifest.roots().select("root_id", "modality").iter_rows()
+               if modality is not None}
+    fresh = _check_modality_roots(classify(stored.select("root_id", "srcfile"), patterns), by_root)
+    changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"_{c}")) for c in CLASSIFIED_SCHEMA])
+    return (
+        stored.select("file_id", *[pl.col(c).alias(f"_{c}") for c in CLASSIFIED_SCHEMA])
+        .hstack(fresh.select(list(CLASSIFIED_SCHEMA)))
+        .filter(changed)
+        .select("file_id", *CLASSIFIED_SCHEMA)
+    )
 
 
 def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) -> pl.DataFrame:
@@ -211,8 +241,8 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
     return current, touched
 
 
-def _check_modality_roots(classified: pl.DataFrame, roots: list[tuple[str, str | None]]) -> pl.DataFrame:
-    expected = {i: modality for i, (_, modality) in enumerate(roots) if modality is not None}
+def _check_modality_roots(classified: pl.DataFrame, expected: dict[int, str]) -> pl.DataFrame:
+    """A file under a modality's own root (root_id -> modality) must classify as that modality."""
     if not expected:
         return classified
     want = pl.col("root_id").replace_strict(expected, default=None, return_dtype=pl.String)

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from chorus_batch.errors import ManifestError
@@ -126,3 +127,41 @@ def test_the_next_run_after_the_upgrade_records_the_roots_and_commits_nothing_ne
     assert query(old, "SELECT location, modality FROM roots") == [(site.as_posix(), None)]
     checked = cli("validate", "--db", str(old), "--json", cwd=tmp_path)  # from the recorded root, no --site
     assert checked.returncode == 0, checked.stderr
+
+
+def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):
+    """Files committed under other patterns (an older release, or chorus.toml) are classified again on the
+    next run: records, parse errors, category and layout follow, and no content change is invented."""
+    from conftest import run_site, write
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    session = "000101/Waveforms/Telemetry/900001/900001"
+    for ext in (".hea", ".dat"):
+        write(site, session + ext, b"x")
+    write(site, "OMOP/person.csv", b"person_id\n101\n")
+    first = run_site(site, db, validate_site=False, patterns={"Waveforms": ["^nomatch$"]})
+    assert first.errors.filter(pl.col("kind") == "unparseable").height == 2
+    second = run_site(site, db, validate_site=False)
+    assert second.label is not None and second.counts == {"added": 0, "removed": 0, "replaced": 0, "renamed": 0,
+                                                          "unchanged": 3}
+    assert second.errors.height == 0
+    rows = query(db, "SELECT srcfile, parse_error, category, layout, record_id IS NOT NULL FROM source_files "
+                     "WHERE modality = 'Waveforms' ORDER BY srcfile")
+    assert rows == [(session + ".dat", None, "Telemetry", "current", 1), (session + ".hea", None, "Telemetry", "current", 1)]
+    assert query(db, "SELECT record_key, isactive FROM registry WHERE modality = 'Waveforms'") == [
+        ("Waveforms|000101|Telemetry/900001", 1)]
+    third = run_site(site, db, validate_site=False)  # classified already: nothing to do
+    assert third.label is None
+    generation = query(db, "SELECT value FROM meta WHERE key = 'state_generation'")
+    run_site(site, db, validate_site=False)
+    assert query(db, "SELECT value FROM meta WHERE key = 'state_generation'") == generation
+
+
+def test_an_upgraded_manifest_gets_todays_classification_without_a_new_version(old, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "site", site)
+    assert cli("run", "--site", str(site), "--db", str(old), "-q", "--no-validate").returncode == 0
+    assert query(old, "SELECT count(*) FROM versions") == [(2,)]
+    assert query(old, "SELECT count(*) FROM source_files WHERE time_invalid IS NULL AND layout IS NULL "
+                      "AND parse_error IS NULL") == [(0,)]
+    assert query(old, "SELECT value IS NOT NULL FROM meta WHERE key = 'classification'") == [(1,)]

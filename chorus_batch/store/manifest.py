@@ -275,9 +275,11 @@ class Manifest:
 
     # ------------------------------------------------------------------ writes
 
-    def refresh_rows(self, touched: pl.DataFrame, roots: list[tuple[str, str | None]]) -> tuple[str, dict[int, int]]:
+    def refresh_rows(self, touched: pl.DataFrame, roots: list[tuple[str, str | None]], *,
+                     reclassified: pl.DataFrame | None = None, classification: str | None = None) -> tuple[str, dict[int, int]]:
         """Content unchanged, stat or root moved (a copy without -p, a site moved): remember the new
-        stat and root so the next run need not hash these files again. Not a new version.
+        stat and root so the next run need not hash these files again; and current rows classified
+        anew under `classification` (the patterns changed). Not a new version.
         Returns the state generation and the root ids (as commit_version)."""
         import adbc_driver_sqlite.dbapi as adbc
 
@@ -285,10 +287,54 @@ class Manifest:
             with con.cursor() as cur:
                 cur.execute(_UPDATE_CACHE)
                 root_ids = self._root_ids(cur, roots, None)
-                self._update_touched(cur, touched, root_ids)
+                if touched.height:
+                    self._update_touched(cur, touched, root_ids)
+                self._apply_classification(cur, reclassified, classification)
                 generation = self._bump_generation(cur)
             con.commit()
         return generation, root_ids
+
+    def classification(self) -> str | None:
+        """The fingerprint of the classification the current rows were made with (classify.fingerprint)."""
+        row = self._one("SELECT value FROM meta WHERE key = 'classification'")
+        return row[0] if row else None
+
+    def current_classification(self) -> pl.DataFrame:
+        """file_id, root_id, srcfile and the classified columns of the current rows."""
+        from ..frames import CLASSIFIED_SCHEMA
+
+        columns = ["file_id", "root_id", "srcfile", *CLASSIFIED_SCHEMA]
+        return self.query_frame(f"SELECT {', '.join(columns)} FROM source_files WHERE time_invalid IS NULL",
+                                schema=schema_of("source_files", columns))
+
+    def _apply_classification(self, cur, reclassified: pl.DataFrame | None, classification: str | None) -> None:
+        """Current rows classified anew (their record follows), and the classification recorded."""
+        if reclassified is not None and reclassified.height:
+            from ..frames import CLASSIFIED_SCHEMA
+
+            cur.adbc_ingest("_old", reclassified.select("file_id").to_arrow(), mode="replace", temporary=True)
+            before = self._records_of(cur, reclassified["file_id"])
+            cur.execute("SELECT coalesce(max(record_id), 0) FROM registry")
+            rows = self._assign_records(cur, reclassified, cur.fetchone()[0])
+            columns = [*CLASSIFIED_SCHEMA, "record_id"]
+            cur.adbc_ingest("_reclass", rows.select("file_id", *columns).to_arrow(), mode="replace", temporary=True)
+            cur.execute(f"UPDATE source_files SET {', '.join(f'{c} = r.{c}' for c in columns)} FROM temp._reclass r "
+                        "WHERE source_files.file_id = r.file_id")
+            self._recheck_records(cur, pl.concat([before, rows.select("record_id").drop_nulls()]).unique())
+        if classification is not None:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('classification', ?)", (classification,))
+
+    @staticmethod
+    def _recheck_records(cur, records: pl.DataFrame) -> None:
+        """A record stays active while any current file maps to it."""
+        if records.height == 0:
+            return
+        cur.adbc_ingest("_rec", records.select("record_id").to_arrow(), mode="replace", temporary=True)
+        cur.execute(
+            "UPDATE registry SET isactive = EXISTS (SELECT 1 FROM source_files s "
+            "WHERE s.record_id = registry.record_id AND s.time_invalid IS NULL) "
+            "WHERE record_id IN (SELECT record_id FROM temp._rec)"
+        )
 
     @staticmethod
     def _update_touched(cur, touched: pl.DataFrame, root_ids: dict[int, int]) -> None:
@@ -328,6 +374,8 @@ class Manifest:
         touched: pl.DataFrame,
         errors: pl.DataFrame,
         roots: list[tuple[str, str | None]],
+        reclassified: pl.DataFrame | None = None,
+        classification: str | None = None,
     ) -> CommitResult:
         """Write one version in one transaction. `new_rows` carries NEW_ROW_COLUMNS except file_id and
         record_id, with root_id as the position in `roots` (location, modality); returns the change set
@@ -367,19 +415,12 @@ class Manifest:
                     for ddl in SOURCE_FILES_INDEXES:
                         cur.execute(ddl)
 
-                # A record stays active while any current file maps to it.
                 # Records created just now are active already; recheck the ones that existed.
-                affected = pl.concat([
+                self._recheck_records(cur, pl.concat([
                     new_rows.filter(pl.col("record_id") <= max_record_id).select("record_id"),
                     self._records_of(cur, invalidated_ids),
-                ]).unique()
-                if affected.height:
-                    cur.adbc_ingest("_rec", affected.to_arrow(), mode="create", temporary=True)
-                    cur.execute(
-                        "UPDATE registry SET isactive = EXISTS (SELECT 1 FROM source_files s "
-                        "WHERE s.record_id = registry.record_id AND s.time_invalid IS NULL) "
-                        "WHERE record_id IN (SELECT record_id FROM temp._rec)"
-                    )
+                ]).unique())
+                self._apply_classification(cur, reclassified, classification)
 
                 ids = new_rows.select("srcfile", "file_id")
                 changes = change_set.join(ids, on="srcfile", how="left").with_columns(
@@ -425,7 +466,7 @@ class Manifest:
         ).sort("record_key").with_columns(
             date=pl.col("_start").str.slice(0, 10), time=pl.col("_start").str.slice(11, 8),
         ).drop("_start")
-        cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="create", temporary=True)
+        cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="replace", temporary=True)
         cur.execute("SELECT r.record_key, r.record_id FROM temp._keys k JOIN registry r ON r.record_key = k.record_key")
         known = pl.from_arrow(cur.fetch_arrow_table())
         assert isinstance(known, pl.DataFrame)
