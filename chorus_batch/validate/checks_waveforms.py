@@ -169,11 +169,19 @@ def _records(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     out.append(_found("records.absent", entries.join(found, on=["srcfile", "_entry"], how="anti"), "srcfile",
                       pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove "
                                 "the line", pl.col("_entry"), pl.col("_entry"))))
-    scopes = readable.select(_scope=scope).unique()["_scope"]
-    covered = pl.any_horizontal([(pl.col("_dir") + "/").str.starts_with(p) for p in scopes.to_list()])
+    # Headers under a RECORDS file's folder: joined on each header's ancestor folders (a path is a few levels deep).
+    scopes = readable.select(_scope=scope).unique()
+    parts = (pl.col("_dir") + "/").str.split("/")
+    depth = int(names.select(parts.list.len().max()).item() or 0)
+    ancestors = pl.concat_list([pl.lit("")] + [
+        pl.when(parts.list.len() > k).then(parts.list.head(k).list.join("/") + "/") for k in range(1, depth)])
+    covered = (
+        names.select("srcfile", _scope=ancestors).explode("_scope").drop_nulls("_scope")
+        .join(scopes, on="_scope", how="semi").select("srcfile").unique()
+    )
     unlisted = (
         names.join(segment_names, on=["_dir", "_stem"], how="anti")
-        .filter(covered)
+        .join(covered, on="srcfile", how="semi")
         .join(found.select(pl.col("_header").alias("srcfile")).unique(), on="srcfile", how="anti")
     )
     out.append(_found("records.unlisted", unlisted, "srcfile",
