@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from chorus_batch.testdata import SITE_FILES, Spec, snapshot, sync_tree, write_snapshot
+from chorus_batch.testdata import Spec, site_file_count, snapshot, sync_tree, write_snapshot
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BENCH_DIR = Path(__file__).resolve().parent
@@ -76,7 +76,7 @@ class TreeDef:
 
     @property
     def n_files(self) -> int:
-        return self.persons * self.files_per_person + SITE_FILES
+        return self.persons * self.files_per_person + site_file_count(self.spec())
 
     def footprint(self) -> tuple[int, int]:
         """(bytes on disk, inodes) of the tree, estimated from one person's layout, with ~2% for added files."""

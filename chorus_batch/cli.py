@@ -101,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 
     td = command(
         "testdata", help="write a synthetic site: OUT/first and OUT/second",
-        description="Write two deterministic snapshots of a synthetic site covering every layout; the second keeps, "
-                    "modifies, renames, deletes and adds files relative to the first.",
+        description="Write two deterministic snapshots of a synthetic site in one of the CHoRUS layouts (--layout); the "
+                    "second keeps, modifies, renames, deletes and adds files relative to the first.",
         epilog="example:\n  chorus-batch testdata /tmp/site --persons 50 --files-per-person 20 --seed 7\n"
                "  chorus-batch run --site /tmp/site/first --db /tmp/m.sqlite && chorus-batch run --site /tmp/site/second --db /tmp/m.sqlite",
     )
@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
     td.add_argument("--workers", type=_positive_int, help="processes writing files (default: CPU count, at most 16)")
+    td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
+                    help="the procedures' edition the site follows: v2.1 (today), v2.0, v1.0 or flat (the initial SOP)")
 
     versions = command(
         "versions", help="list the versions in a manifest",
@@ -368,7 +370,7 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     if args.persons < 1 or args.files_per_person < 1 or args.size < 0 or not 0 <= args.change_fraction <= 1:
         raise UsageError("--persons and --files-per-person must be positive, --size >= 0, --change-fraction in [0, 1]",
                          where="testdata arguments", fix="correct the values")
-    spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction)
+    spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction, args.layout)
     first, second = make_testdata(args.out, spec, workers=args.workers or default_workers())
     print(f"wrote {first} files to {Path(args.out) / 'first'} and {second} files to {Path(args.out) / 'second'}")
     return 0
