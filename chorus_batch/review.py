@@ -201,17 +201,30 @@ class ManifestReader:
                 .sort("person_id"))
 
     def sessions(self, as_of: str | datetime | None = None) -> pl.DataFrame:
-        """One row per waveform session (parsed from the names): person, start, duration, files, bytes."""
+        """One row per waveform session: person, category, start, duration, files, bytes. The start and
+        duration come from the names (a stamp) or, where the names carry none (today's integer session
+        ids), from the session's WFDB header as validation read it (base date/time, length / frequency)."""
         # Person-level files (Waveforms/RECORDS) form a record with an empty session: not a session.
         files = self.files(as_of, modality="Waveforms").filter(pl.col("record_id").is_not_null() & (pl.col("session_id") != ""))
+        headers = self._header_starts(files.filter(
+            pl.col("srcfile").str.split("/").list.last() == pl.col("session_id") + ".hea").select("record_id", "md5"))
         # A session is a record (person, session, modality): grouping by its integer id is ~3x faster.
         return (files.group_by("record_id")
-                .agg(pl.col("person_id").first(), pl.col("session_id").first(),
+                .agg(pl.col("person_id").first(), pl.col("category").first(), pl.col("session_id").first(),
                      start_date=pl.col("start_date").min(), start_time=pl.col("start_time").min(),
                      duration_s=pl.col("duration_s").max(), files=pl.len(), bytes=pl.col("size").sum())
-                .with_columns(start=pl.concat_str("start_date", "start_time", separator=" ")
-                              .str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False))
-                .drop("record_id").sort("person_id", "session_id"))
+                .join(headers, on="record_id", how="left")
+                .with_columns(start=pl.coalesce(pl.concat_str("start_date", "start_time", separator=" ")
+                                                .str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False), "_start"),
+                              duration_s=pl.coalesce("duration_s", "_duration"))
+                .with_columns(start_date=pl.col("start").dt.strftime("%Y-%m-%d"),
+                              start_time=pl.col("start").dt.strftime("%H:%M:%S"))
+                .drop("record_id", "_start", "_duration").sort("person_id", "category", "session_id"))
+
+    def _header_starts(self, headers: pl.DataFrame) -> pl.DataFrame:
+        """record_id, _start, _duration of the sessions' main WFDB headers, from the facts validation read
+        (none in a snapshot folder)."""
+        return pl.DataFrame(schema={"record_id": pl.Int64, "_start": pl.Datetime("us"), "_duration": pl.Float64})
 
     def duplicates(self, as_of: str | datetime | None = None) -> pl.DataFrame:
         """Non-empty contents (MD5) present at more than one path."""
@@ -303,6 +316,19 @@ class SQLiteReader(ManifestReader):
 
     def registry(self) -> pl.DataFrame:
         return self._query("SELECT * FROM registry ORDER BY record_id")
+
+    def _header_starts(self, headers: pl.DataFrame) -> pl.DataFrame:
+        from .validate.rules import KIND_WFDB
+
+        facts = self._manifest.validation.known_facts(headers.select("md5", kind=pl.lit(KIND_WFDB)))
+        decoded = facts.select("md5", pl.col("facts").str.json_decode(pl.Struct({
+            "base_date": pl.String, "base_time": pl.String, "sig_len": pl.Int64, "fs": pl.Float64})).alias("_f")).unnest("_f")
+        return headers.join(decoded, on="md5").select(
+            "record_id",
+            _start=pl.concat_str("base_date", pl.lit(" "), pl.col("base_time").str.slice(0, 8)).str.to_datetime(
+                "%Y-%m-%d %H:%M:%S", strict=False),
+            _duration=pl.col("sig_len") / pl.col("fs"),
+        ).unique("record_id")
 
     def scan_errors(self, version: str | None = None) -> pl.DataFrame:
         label = self.resolve(version)

@@ -232,12 +232,13 @@ plausible_to = datetime.fromisoformat(committed).replace(tzinfo=None) if committ
 max_duration_h = 7 * 24
 
 sessions = m.sessions(label)
+# A start or duration that is not known (no stamp in the names, no WFDB header read yet) is not implausible.
 implausible = sessions.filter(
-    pl.col("start").is_null() | (pl.col("start") < plausible_from) | (pl.col("start") > plausible_to)
+    (pl.col("start") < plausible_from) | (pl.col("start") > plausible_to)
     | (pl.col("duration_s") <= 0) | (pl.col("duration_s") > max_duration_h * 3600))
 print(f"{sessions.height:,} waveform sessions of {sessions['person_id'].n_unique():,} persons, "
       f"{implausible.height} with an implausible start or duration, "
-      f"{sessions['duration_s'].null_count()} without a duration in their names (e.g. WFDB sessions)")
+      f"{sessions['start'].null_count()} without a known start (no stamp in the names, no WFDB header)")
 display(implausible.head(20))
 display(sql("""
     SELECT date_trunc('month', TRY_CAST(start_date AS DATE)) AS month,

@@ -30,12 +30,10 @@ def manifests(tmp_path_factory) -> dict[str, Path]:
     file, a duplicate and an unparseable path (validated: the synthetic headers give findings); and a
     single-version manifest, not validated, with nothing to flag."""
     tmp = tmp_path_factory.mktemp("review")
-    # "flat": the review's session starts come from the names (v2.1 names carry no date), and the old rules
-    # validate this layout. TODO(v2.1 rules, review): today's layout once both follow it.
-    make_testdata(tmp / "td", Spec(persons=8, files_per_person=10, size=256, layout="flat"))
+    make_testdata(tmp / "td", Spec(persons=8, files_per_person=10, size=256))
     second = tmp / "td" / "second"
     shutil.rmtree(second / "000008")  # a person that disappears
-    write(second, "000001/Waveforms/000001_20200102_000000_600.dat", b"")  # empty
+    write(second, "000001/Waveforms/Telemetry/999001/999001.dat", b"")  # empty
     shutil.copy(second / "OMOP" / "person.csv", second / "OMOP" / "person_copy.csv")  # duplicate content
     write(second, "000002/Waveforms/notes.txt", b"fits no pattern")  # unparseable
 

@@ -30,8 +30,7 @@ def age(root: Path, seconds: float = 10) -> None:
 
 
 def test_first_run_records_every_file_with_its_md5(site, db):
-    # TODO(v2.1 rules): drop layout="flat" once the validation rules for today's layout are merged.
-    write_snapshot(site, Spec(persons=3, files_per_person=10, size=100, seed=3, layout="flat"))
+    write_snapshot(site, Spec(persons=3, files_per_person=10, size=100, seed=3))
     result = run_site(site, db)
     assert result.exit_code == ExitCode.OK
     assert current_rows(db) == tree_md5(site)
@@ -41,7 +40,7 @@ def test_first_run_records_every_file_with_its_md5(site, db):
 
 
 def test_testdata_second_snapshot_gives_every_change_kind(tmp_path, db):
-    spec = Spec(persons=10, files_per_person=20, size=64, seed=5, layout="flat")  # TODO(v2.1 rules): any layout
+    spec = Spec(persons=10, files_per_person=20, size=64, seed=5)
     site = tmp_path / "site"
     write_snapshot(site, spec)
     first = run_site(site, db)

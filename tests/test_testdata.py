@@ -48,8 +48,6 @@ SPECS = {
     "default": Spec(),
     "odd": Spec(persons=5, files_per_person=41, size=4097, seed=8, change_fraction=0.35),
 }
-# The rules in this branch follow the "flat" layout; the others' validation waits for the v2.1 rules (see TODO).
-VALIDATED_LAYOUTS = ("flat",)
 # Layout names classify gives the paths of each layout (classify.SUPERSEDED: the superseded ones).
 CLASSIFIED_LAYOUTS = {
     "v2.1": {"current"},
@@ -116,17 +114,17 @@ def visit_at(visits: list[tuple[datetime, datetime, str]], at: datetime) -> str 
     return found[0] if found else None
 
 
-# ----------------------------------------------------------------------------- validation (flat only, for now)
+# ----------------------------------------------------------------------------- validation
 
 
 @pytest.mark.parametrize("snap", ["first", "second"])
 def test_both_snapshots_validate_without_errors_or_warnings(made, snap):
     spec, out, _counts = made
-    if spec.layout not in VALIDATED_LAYOUTS:
-        pytest.skip(f"layout {spec.layout}: validated once the v2.1 rules are merged (VALIDATED_LAYOUTS)")
     findings = validate(out / snap)
     assert findings.filter(pl.col("severity") != "info").rows() == []
-    assert set(findings["rule"]) <= {"omop.optional_table_missing"}
+    assert set(findings["rule"]) <= {"layout.superseded"}  # an earlier layout is named, nothing else
+    if spec.layout == "v2.1":
+        assert findings.height == 0
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -135,9 +133,8 @@ def test_sizes_below_the_minimum_still_write_a_site(size, layout, tmp_path):
     spec = Spec(persons=2, files_per_person=12, size=size, layout=layout)
     assert make_testdata(tmp_path, spec)[0] == 2 * 12 + site_file_count(spec)
     assert classified(tmp_path / "first")["parse_error"].null_count() == 2 * 12 + site_file_count(spec)
-    if layout in VALIDATED_LAYOUTS:
-        findings = validate(tmp_path / "first")
-        assert findings.filter(pl.col("severity") == "error").height == 0
+    findings = validate(tmp_path / "first")
+    assert findings.filter(pl.col("severity") == "error").height == 0
 
 
 # ----------------------------------------------------------------------------- counts, names, determinism
@@ -310,10 +307,9 @@ def test_second_snapshot_gives_every_change_kind(name, layout, tmp_path):
     make_testdata(tmp_path / "td", spec)
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     shutil.copytree(tmp_path / "td" / "first", site)
-    check_findings = layout in VALIDATED_LAYOUTS
-    first = run_site(site, db, validate_site=check_findings)
+    first = run_site(site, db)
     sync_tree(site, spec)
-    second = run_site(site, db, validate_site=check_findings)
+    second = run_site(site, db)
     assert all(second.counts[kind] > 0 for kind in ("added", "removed", "replaced", "renamed")), second.counts
     renamed = second.change_set.filter(pl.col("change") == "renamed")
     before, after = tree_md5(tmp_path / "td" / "first"), tree_md5(tmp_path / "td" / "second")
@@ -324,9 +320,8 @@ def test_second_snapshot_gives_every_change_kind(name, layout, tmp_path):
             assert int(re.search(r"(\d+)\.dcm$", new)[1]) == int(re.search(r"(\d+)\.dcm$", old)[1])
     for result in (first, second):
         assert int(result.exit_code) == 0
-        if check_findings:
-            assert result.findings is not None
-            assert result.findings.filter(pl.col("severity") != "info").height == 0
+        assert result.findings is not None
+        assert result.findings.filter(pl.col("severity") != "info").height == 0
 
 
 # ----------------------------------------------------------------------------- classification
