@@ -44,6 +44,16 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+def _max_delete(text: str) -> str:
+    from .config import parse_max_delete
+
+    try:
+        parse_max_delete(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -96,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--version", dest="version_label", metavar="LABEL", help="version label (default: UTC start, YYYYMMDDhhmmss)")
     run.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
+    run.add_argument("--max-delete", type=_max_delete, metavar="PERCENT|COUNT|all",
+                     help="refuse a version that removes more of the previous version's files than this (default: "
+                          "50%%; a root that lists no files at all is refused unless 'all')")
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
@@ -281,6 +294,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         follow_symlinks=config.run.follow_symlinks if flag("follow_symlinks") is None else flag("follow_symlinks"),
         racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=flag("version_label"),
         validate_site=config.run.validate_site if flag("validate") is None else flag("validate"),
+        max_delete=flag("max_delete") or config.run.max_delete,
     )
 
 

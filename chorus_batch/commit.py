@@ -24,7 +24,8 @@ import polars as pl
 
 from .classify import PathPattern, classify, fingerprint
 from .diff import compute_diff
-from .errors import UsageError
+from .config import parse_max_delete
+from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, STATE_SCHEMA, empty_errors
 from .progress import Progress
 from .scan import ScanResult
@@ -90,7 +91,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
            patterns: tuple[PathPattern, ...], mode: str = "full", delete_list: pl.DataFrame | None = None,
            started: datetime | None = None, version_label: str | None = None, site: str = "",
            run_id: int | None = None, threads: int = 2, dry_run: bool = False,
-           progress: Progress | None = None) -> Committed:
+           progress: Progress | None = None, max_delete: str | int = "50%") -> Committed:
     """Turn `scanned` into the next version after `previous_label` (whose current rows are `previous`)."""
     if mode == "full" and not scanned.coverage.whole:
         raise UsageError(
@@ -106,11 +107,13 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     if delete_list is not None:
         delete_list, delete_errors = _check_delete_list(delete_list, scanned.files, previous)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
-    current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [],
-                                    manifest.known_root_ids(scanned.roots))
+    root_ids = manifest.known_root_ids(scanned.roots)
+    current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [], root_ids,
+                                    unseen_files(scanned.errors))
 
     diff = compute_diff(previous, current, mode=mode, delete_list=delete_list, threads=threads)
     counts = diff.counts()
+    guard_removals(previous, scanned, counts["removed"], root_ids, max_delete=max_delete, mode=mode)
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
         current.drop("unchanged_modality"), on="srcfile", how="left", maintain_order="left")
@@ -193,6 +196,36 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
         mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id")).drop("_mtime", "_root")
 
 
+def guard_removals(previous: pl.DataFrame, scanned: ScanResult, n_removed: int, root_ids: dict[int, int], *,
+                   max_delete: str | int, mode: str) -> None:
+    """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
+    (full mode) one where a root that held files lists none: an unmounted file system, not a deletion."""
+    kind, limit = parse_max_delete(max_delete)
+    if kind == "all" or previous.height == 0:
+        return
+    listed = set(scanned.files["root_id"].unique().to_list())
+    held = set(previous["root_id"].drop_nulls().unique().to_list())
+    empty = [location for position, (location, _modality) in enumerate(scanned.roots)
+             if position not in listed and mode == "full"
+             and (root_ids.get(position) in held or (position == 0 and previous["root_id"].null_count() > 0))]
+    allowed = limit if kind == "count" else previous.height * limit / 100
+    if not empty and n_removed <= allowed:
+        return
+    share = f"{n_removed:,} of the previous version's {previous.height:,} files ({100 * n_removed / previous.height:.1f}%)"
+    why = (f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
+           if empty else f"the run would remove {share}, more than --max-delete {max_delete} allows")
+    raise MassRemovalRefused(
+        f"refused: {why}; nothing was committed (the run would remove {share})",
+        where=", ".join(empty) if empty else "--max-delete / max_delete in [run]",
+        fix="check that the site is mounted and complete; if the removals are real, run again with "
+            "--max-delete all (or a larger percentage or count)")
+
+
+def unseen_files(errors: pl.DataFrame) -> list[str]:
+    """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
+    return errors.filter(pl.col("kind") == "unreadable")["srcfile"].to_list()
+
+
 def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Append mode: paths to remove. A listed path still in the tree, or unknown to
     the manifest, is recorded and left alone."""
@@ -208,7 +241,7 @@ def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous:
 
 
 def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str],
-                 root_ids: dict[int, int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+                 root_ids: dict[int, int], unseen: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The tree now as (root_id, srcfile, size, mtime_ns, md5, unchanged_modality), and the `touched`
     files whose content is unchanged but whose stat or root moved (file_id, mtime_ns, root_id).
     root_id is the scan's position of the root; `root_ids` maps the recorded ones to the manifest's."""
@@ -233,8 +266,11 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
     ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id")
     current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5",
                              pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"))
-    if unseen_dirs:  # folders that could not be listed keep their earlier rows
-        under = pl.lit(True) if "" in unseen_dirs else pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs])
+    if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
+        under = pl.col("srcfile").is_in(unseen or [])
+        if unseen_dirs:
+            under = under | (pl.lit(True) if "" in unseen_dirs else
+                             pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs]))
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
         current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
                                                   pl.col("modality").alias("unchanged_modality"))])

@@ -49,7 +49,26 @@ def default_workers() -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `workers = "8"` is an error, not an 8 (TOML has types; a string where a number belongs is a typo)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def parse_max_delete(value: str | int | float) -> tuple[str, float]:
+    """`--max-delete` / `max_delete`: "50%" (of the previous version's files), a count ("1000"), or "all"
+    (no limit, also for a root that looks empty). Returns ("percent"|"count"|"all", number)."""
+    text = str(value).strip().lower()
+    try:
+        if text == "all":
+            return "all", 0.0
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if 0 <= percent <= 100:
+                return "percent", percent
+        elif isinstance(value, int) or text.isdigit():
+            return "count", float(int(text))
+    except ValueError:
+        pass
+    raise ValueError(f"{value!r} is not a percentage (e.g. 50%), a number of files (e.g. 1000) or all")
 
 
 class SiteSection(_Strict):
@@ -77,19 +96,26 @@ class RunSection(_Strict):
     follow_symlinks: bool = False
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)
     validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
+    max_delete: str | int = "50%"  # the most of the previous version's files one run may remove
+
+    @field_validator("max_delete")
+    @classmethod
+    def _max_delete(cls, value: str | int) -> str | int:
+        parse_max_delete(value)
+        return value
 
 
 class RegistrySection(_Strict):
     """Procedure ids of the linkage registries (Multimodal-Linkage): one per image accession or waveform
     session, allocated once and kept; they must not collide with the site's own procedure_occurrence ids."""
 
-    image_proc_ids: tuple[int, int] = (2_000_000_000, 2_000_999_999)
-    waveform_proc_ids: tuple[int, int] = (2_001_000_000, 2_999_999_999)
+    image_proc_ids: list[int] = [2_000_000_000, 2_000_999_999]
+    waveform_proc_ids: list[int] = [2_001_000_000, 2_999_999_999]
 
     @field_validator("image_proc_ids", "waveform_proc_ids")
     @classmethod
-    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 0 < value[0] <= value[1]:
+    def _ordered(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 or not 0 < value[0] <= value[1]:
             raise ValueError("give [first, last] with 0 < first <= last")
         return value
 
@@ -128,6 +154,7 @@ class RunSettings(BaseModel):
     patterns: dict[str, list[str]] = Field(default_factory=dict)
     version_label: str | None = None
     validate_site: bool = True  # run `validate` on the new (or unvalidated) version
+    max_delete: str | int = "50%"  # see parse_max_delete
 
 
 def _resolve(base: Path, value: str | None) -> str | None:

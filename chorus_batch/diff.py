@@ -3,7 +3,7 @@
   added     path new, content not explained by a rename
   removed   path gone (full mode), or named in the delete list (append mode)
   replaced  same path, different MD5
-  renamed   a removed and an added path with the same MD5 and size, paired
+  renamed   a removed and an added path with the same MD5 and size (not empty), paired
             one-to-one (in path order within each MD5/size group)
   unchanged same path, same MD5 (counted, not listed)
 """
@@ -29,6 +29,7 @@ WITH joined AS (
 added_raw AS (
     SELECT c_path AS srcfile, c_md5 AS md5, c_size AS size FROM joined WHERE p_path IS NULL
 ),
+-- Empty files all share one MD5: pairing them would invent renames (even across persons).
 removed_raw AS (
     SELECT p_path AS srcfile, p_md5 AS md5, p_size AS size, p_id AS file_id
     FROM joined
@@ -37,11 +38,11 @@ removed_raw AS (
 -- Only contents that were both removed and added can pair up; number those alone.
 added_pairable AS (
     SELECT a.*, row_number() OVER (PARTITION BY a.md5, a.size ORDER BY a.srcfile) AS k
-    FROM added_raw a SEMI JOIN removed_raw r ON a.md5 = r.md5 AND a.size = r.size
+    FROM added_raw a SEMI JOIN removed_raw r ON a.md5 = r.md5 AND a.size = r.size WHERE a.size > 0
 ),
 removed_pairable AS (
     SELECT r.*, row_number() OVER (PARTITION BY r.md5, r.size ORDER BY r.srcfile) AS k
-    FROM removed_raw r SEMI JOIN added_raw a ON a.md5 = r.md5 AND a.size = r.size
+    FROM removed_raw r SEMI JOIN added_raw a ON a.md5 = r.md5 AND a.size = r.size WHERE r.size > 0
 ),
 renamed AS (
     SELECT a.srcfile, r.srcfile AS old_srcfile, r.file_id AS old_file_id

@@ -17,7 +17,10 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments or configuration; nothing was done
     FAILED = 3  # the run failed; nothing was committed
     LOCKED = 4  # another run holds the manifest lock; nothing was done
+    REFUSED = 5  # the run would remove more files than allowed (--max-delete); nothing was committed
+    HANGUP = 129  # SIGHUP; nothing was committed
     INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
+    TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
 
 
 EXIT_CODES_HELP = """\
@@ -27,7 +30,10 @@ exit codes:
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed; the previous version is intact)
   4    the manifest is locked by another run (its holder is named)
-  130  interrupted (nothing was committed)"""
+  5    refused: the run would remove more files than --max-delete allows, or a root looks empty
+       (nothing was committed; the message says how many files and how to allow it)
+  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing was committed,
+       unless a line above says a version was committed before the signal arrived"""
 
 
 class ChorusError(Exception):
@@ -68,3 +74,27 @@ class ManifestError(ChorusError):
 
 class ManifestLocked(ChorusError):
     exit_code = ExitCode.LOCKED
+
+
+class MassRemovalRefused(ChorusError):
+    """The run would remove more of the previous version's files than allowed."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class AfterCommitError(ChorusError):
+    """Something failed after the version was committed: the message says which version is in the manifest."""
+
+    committed: str | None = None  # the version label that was committed
+
+
+class Stopped(BaseException):
+    """A signal asked the run to stop (SIGTERM, SIGHUP); raised in the main thread like KeyboardInterrupt."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -44,7 +44,8 @@ HASHED_SCHEMA = {
 }
 
 
-def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool) -> pl.DataFrame:
+def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
+         racy_until_ns: int | None = None) -> pl.DataFrame:
     """The listing joined to the previous current rows, with `needs_md5` (a new MD5 is due) and
     `needs_read` (due, and the storage holds none: the file must be read and hashed).
 
@@ -67,7 +68,13 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
     if rehash:
         needs = pl.lit(True)
     elif racy_cutoff_ns is not None:
-        needs = needs | (pl.col("mtime_ns") >= racy_cutoff_ns)
+        # Racily clean: modified around the previous scan, so a later write in the same clock tick could be
+        # unseen. A file whose mtime lies beyond that (a clock in the future) is not: a write now would move
+        # its mtime back, which the stat comparison sees, so it is not hashed again on every run.
+        racy = pl.col("mtime_ns") >= racy_cutoff_ns
+        if racy_until_ns is not None:
+            racy = racy & (pl.col("mtime_ns") <= racy_until_ns)
+        needs = needs | racy
     joined = joined.with_columns(needs_md5=needs)
     # --rehash reads every file, whatever the storage holds
     return joined.with_columns(needs_read=pl.col("needs_md5") & (pl.col("stored_md5").is_null() | rehash))

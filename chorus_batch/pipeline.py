@@ -6,16 +6,18 @@ only opens the roots, takes the lock, logs the run, and wires the stages togethe
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings
-from .errors import ChorusError, ExitCode, UsageError
+from .errors import AfterCommitError, ChorusError, ExitCode, UsageError
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import mask_url, open_source
@@ -66,6 +68,7 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
                          fix="add --mode append, or drop --delete-list (full mode removes whatever is gone)")
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
+    preflight(settings, manifest)
     if settings.dry_run:
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
@@ -76,7 +79,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         try:
             result = _run(settings, manifest, roots, progress, run_id=run_id)
         except ChorusError as exc:
-            manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=None, message=exc.what)
+            manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
+                                message=exc.what)
             raise
         except KeyboardInterrupt:
             manifest.finish_run(run_id, exit_code=int(ExitCode.INTERRUPTED), version=None, message="interrupted")
@@ -92,6 +96,35 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     return result
 
 
+def preflight(settings: RunSettings, manifest: Manifest) -> None:
+    """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
+    from .commit import next_label
+    from .config import parse_max_delete
+
+    manifest.check_path()
+    if settings.version_label is not None:
+        latest = manifest.latest_version() if manifest.path.exists() and not manifest.path.is_dir() else None
+        next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
+    try:
+        parse_max_delete(settings.max_delete)
+    except ValueError as exc:
+        raise UsageError(f"invalid --max-delete: {exc}", where="--max-delete / max_delete in [run]",
+                         fix="give a percentage (50%), a number of files (1000) or all") from None
+    if settings.parquet:
+        folder = Path(settings.parquet)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--parquet names a file, not a folder: {folder}", where="--parquet / [manifest] parquet",
+                             fix="pass --parquet with a folder (it is created)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise UsageError(f"cannot create the Parquet folder: {exc.strerror or exc}", where=str(folder),
+                             fix="pass --parquet with a folder this user can write") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"the Parquet folder is not writable: {folder}", where=str(folder),
+                             fix="pass --parquet with a folder this user can write")
+
+
 def redact(argv: list[str]) -> list[str]:
     """Arguments as recorded in `runs`: URLs with their secrets masked, anything else that looks
     like a secret masked whole."""
@@ -99,6 +132,25 @@ def redact(argv: list[str]) -> list[str]:
 
     secret = re.compile(r"(AccountKey=|SharedAccessSignature=|password|token|secret)", re.IGNORECASE)
     return ["***" if secret.search(a) else mask_url(a) for a in argv]
+
+
+def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], check: str | None, label: str | None,
+                  progress: Progress, mark, t: float):
+    """Validation of the version (cached: a version already validated is not checked again) and its
+    Parquet snapshot."""
+    findings = None
+    if settings.validate_site and check:
+        from .validate.run import by_root_id, validate_version
+
+        progress.stage("checking the site against the CHoRUS procedures")
+        sources = {(r.source.location, r.modality): r.source for r in roots}
+        findings = validate_version(manifest, check, by_root_id(manifest, sources), workers=settings.workers)
+        t = mark("validate", t)
+    if label is not None and settings.parquet:
+        from .store.snapshots import write_snapshots
+
+        write_snapshots(manifest, label, settings.parquet)
+    return findings, t
 
 
 def _peak_rss_mb() -> float:
@@ -137,25 +189,26 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
                        mode=settings.mode, delete_list=delete_list, started=started,
                        version_label=settings.version_label, site=settings.site_name or mask_url(settings.site),
-                       run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress)
+                       run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress,
+                       max_delete=settings.max_delete)
     del previous
     t = mark("commit", t)
     label = committed.label
     findings = None
     if not settings.dry_run:
-        # ---- validate the version (cached: a version already validated is not checked again)
-        if settings.validate_site and (label or previous_label):
-            from .validate.run import by_root_id, validate_version
-
-            progress.stage("checking the site against the CHoRUS procedures")
-            sources = {(r.source.location, r.modality): r.source for r in roots}
-            findings = validate_version(manifest, label or previous_label, by_root_id(manifest, sources),
-                                        workers=settings.workers)
-            t = mark("validate", t)
-        if label is not None and settings.parquet:
-            from .store.snapshots import write_snapshots
-
-            write_snapshots(manifest, label, settings.parquet)
+        try:
+            findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
+        except Exception as exc:
+            if label is None:
+                raise
+            what = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+            failed = AfterCommitError(
+                f"version {label} was committed to {manifest.path}, but what follows the commit failed: {what}",
+                where=getattr(exc, "where", None) or str(manifest.path),
+                fix=(getattr(exc, "fix", None) or "rerun with -v for details")
+                + "; the version stays committed (the next run checks it again)")
+            failed.committed = label
+            raise failed from None
 
     return RunResult(
         **vars(committed), db=str(manifest.path.resolve()), site=mask_url(settings.site), mode=settings.mode,

@@ -161,8 +161,6 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
 def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tuple[int, int]],
               taken: pl.Series | None) -> tuple[pl.DataFrame, int]:
     """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction)."""
-    import adbc_driver_sqlite.dbapi as adbc
-
     if taken is not None:
         for modality, (first, last) in ranges.items():
             clash = taken.filter(taken.is_between(first, last))
@@ -187,7 +185,7 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
         allocated.append(mine.select("record_id", proc_id=pl.int_range(start, start + mine.height, dtype=pl.Int64)))
     new = pl.concat(allocated) if allocated else pl.DataFrame(schema={"record_id": pl.Int64, "proc_id": pl.Int64})
     if new.height:
-        with adbc.connect(str(manifest.path)) as con:
+        with manifest.adbc() as con:
             with con.cursor() as cur:
                 cur.adbc_ingest("_proc", new.to_arrow(), mode="create", temporary=True)
                 cur.execute("UPDATE registry SET proc_id = p.proc_id FROM temp._proc p WHERE registry.record_id = p.record_id")

@@ -182,7 +182,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     t = time.perf_counter()
 
     racy_cutoff = None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9)
-    planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=rehash)
+    planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=rehash,
+                           racy_until_ns=scan_started_ns + int(racy_window_s * 1e9))
     n_listed = listing.height
     del listing  # large trees: keep one copy of the paths
     todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns").sort("srcfile")

@@ -126,11 +126,20 @@ def test_custom_version_labels_must_increase(site, db):
     assert query(db, "SELECT label FROM versions") == [("v2",)]
 
 
-def test_runs_are_logged_without_secrets(site, db):
+def test_runs_are_logged_without_secrets(site, db, tmp_path):
     write(site, "OMOP/a.csv")
-    cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc", "-q")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(tmp_path / "s?sv=1&sig=abc"),
+              "-q")
+    assert out.returncode == 0, out.stderr
     (argv,) = query(db, "SELECT argv FROM runs")[0]
     assert "sig=abc" not in argv
+
+
+def test_an_invalid_version_label_is_refused_before_any_work(site, db):
+    write(site, "OMOP/a.csv")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc")
+    assert out.returncode == 2 and "invalid version label" in out.stderr and "listing" not in out.stderr
+    assert not db.exists()
 
 
 def test_findings_exit_1_and_json_summary(site, db):

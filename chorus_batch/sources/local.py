@@ -26,6 +26,7 @@ READ_SIZE = 64 * 1024  # stays in L2; measured fastest for hashlib.md5
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # A tree whose walk takes longer than this in-process is finished by worker processes.
 INPROCESS_BUDGET_S = 0.25
+_MAX_NS, _MIN_NS = 2**63 - 1, -(2**63)  # int64 nanoseconds: 1677-09-21 .. 2262-04-11
 
 
 def _name_error(rel: str) -> str | None:
@@ -89,7 +90,13 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
             add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir", f"cannot list directory: {exc.strerror or exc}"))
             continue
         with it:
-            for entry in it:
+            try:
+                entries = list(it)  # a folder can fail while read (EIO, ESTALE, EACCES): then nothing below it is seen
+            except OSError as exc:
+                add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
+                           f"cannot list directory (failed while reading it): {exc.strerror or exc}"))
+                entries = []
+            for entry in entries:
                 rel = prefix + entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -125,9 +132,15 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                 if bad is not None:
                     add_error((bad, "non_utf8_name", "file name is not valid UTF-8; rename it to track it"))
                     continue
+                mtime = st.st_mtime_ns
+                if not _MIN_NS <= mtime <= _MAX_NS:  # beyond what the manifest's 64-bit nanoseconds hold
+                    add_error((_printable(rel), "mtime_out_of_range",
+                               f"modification time {mtime // 10**9} s since 1970 is outside 1678..2262; recorded as "
+                               "the nearest representable time (fix the file's clock: touch it)"))
+                    mtime = min(max(mtime, _MIN_NS), _MAX_NS)
                 add_path(rel)
                 add_size(st.st_size)
-                add_mtime(st.st_mtime_ns)
+                add_mtime(mtime)
                 if len(paths) >= BATCH_ROWS:
                     flush()
     flush()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import ManifestLocked
+from ..errors import ManifestError, ManifestLocked
 from ..fsutil import OWNER_ONLY, create_private
 from ..times import iso, utc_now
 
@@ -30,9 +30,9 @@ def user_name() -> str:
 def manifest_lock(db: Path, argv: list[str]) -> Iterator[None]:
     """Exclusive for one run; a second run fails at once, naming the holder."""
     lock_path, holder_path = Path(f"{db}.lock"), Path(f"{db}.lock.json")
-    db.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
     try:
+        db.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"
@@ -44,10 +44,15 @@ def manifest_lock(db: Path, argv: list[str]) -> Iterator[None]:
             where=str(lock_path),
             fix="wait for that run to finish; if it is gone, the lock is released automatically",
         ) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot create the manifest's lock file: {exc.strerror or exc}", where=str(lock_path),
+                            fix="run with --db in a folder this user can write (the lock and the manifest's "
+                                "-wal file live beside it)") from None
     try:
-        with os.fdopen(create_private(holder_path), "w", encoding="utf-8") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                       "started_at": iso(utc_now()), "command": " ".join(argv[:2])}, f)
+        with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
+            with os.fdopen(create_private(holder_path), "w", encoding="utf-8") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
+                           "started_at": iso(utc_now()), "command": " ".join(argv[:2])}, f)
         yield
     finally:
         with contextlib.suppress(OSError):

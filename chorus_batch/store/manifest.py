@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -97,26 +98,70 @@ class Manifest:
         con = self.connect()
         try:
             yield con
-        except sqlite3.DatabaseError as exc:
-            raise ManifestError(
-                f"the manifest is not a readable SQLite database: {exc}",
-                where=str(self.path),
-                fix="pass --db with the right file, or move this one aside to start a new manifest",
-            ) from None
+        except sqlite3.Error as exc:
+            raise self.failure(exc) from None
         finally:
             con.close()
 
+    @contextlib.contextmanager
+    def adbc(self) -> Iterator[Any]:
+        """An ADBC connection (bulk Arrow reads and writes); SQLite's errors become ManifestErrors. An
+        uncommitted transaction is rolled back when the connection closes: nothing half-written stays."""
+        import adbc_driver_manager
+        import adbc_driver_sqlite.dbapi as adbc
+
+        try:
+            with adbc.connect(str(self.path)) as con:
+                yield con
+        except (adbc_driver_manager.Error, sqlite3.Error) as exc:
+            raise self.failure(exc) from None
+
+    def failure(self, exc: BaseException) -> ManifestError:
+        """What an SQLite error means for the user: what happened, where, and what to do."""
+        text = str(exc)
+        low = text.lower()
+        where = str(self.path)
+        if "readonly" in low or "read-only" in low or "attempt to write" in low:
+            return ManifestError(f"the manifest cannot be written: {text}", where=where,
+                                 fix="make the manifest and its folder writable by this user (SQLite writes its "
+                                     "-wal and -shm files beside it), or pass --db with another path")
+        if "full" in low and ("disk" in low or "database" in low):
+            return ManifestError(f"the disk is full: {text}; nothing was committed, the previous version is intact",
+                                 where=where, fix="free space on the manifest's file system and run again")
+        if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+            return ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
+                                 fix="pass --db with the right file, or move this one aside to start a new manifest")
+        if "unable to open" in low or "cannot open" in low:
+            return ManifestError(f"cannot open the manifest: {text}", where=where,
+                                 fix="check that --db names a file (not a folder) in a folder this user can write")
+        if "locked" in low or "busy" in low:
+            return ManifestError(f"the manifest is busy: {text}", where=where,
+                                 fix="another program holds it open for writing; close it (or wait) and run again")
+        return ManifestError(f"the manifest failed: {text}", where=where,
+                             fix="check the manifest's file system (space, permissions), then run again")
+
     def ensure_schema(self) -> tuple[int | None, int]:
         """Create the manifest (owner-only), or migrate an older one in place; (schema before, now)."""
+        self.check_path()
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Create the file with owner-only permissions before SQLite writes to it.
-            os.close(create_private(self.path, truncate=False))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Create the file with owner-only permissions before SQLite writes to it.
+                os.close(create_private(self.path, truncate=False))
+            except OSError as exc:
+                raise ManifestError(f"cannot create the manifest: {exc.strerror or exc}", where=str(self.path),
+                                    fix="pass --db with a file path in a folder this user can write") from None
         with self._open() as con:
             con.execute("PRAGMA journal_mode = WAL")
             versions = upgrade(con, str(self.path))
         self.after_commit()
         return versions
+
+    def check_path(self) -> None:
+        """--db names a file (or nothing yet), not a folder."""
+        if self.path.is_dir():
+            raise ManifestError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
+                                fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
 
     def require(self) -> None:
         """For read-only commands: the manifest exists and has the schema this release reads."""
@@ -239,9 +284,7 @@ class Manifest:
 
     def query_frame(self, sql: str, params: tuple = (), *, schema: dict | None = None) -> pl.DataFrame:
         """Run a read query through ADBC and return a polars frame."""
-        import adbc_driver_sqlite.dbapi as adbc
-
-        with adbc.connect(str(self.path)) as con, con.cursor() as cur:
+        with self.adbc() as con, con.cursor() as cur:
             # Large batches: the default 1024 rows costs about 40% more on million-row reads.
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "131072"})
             cur.execute(sql, params or None)
@@ -281,9 +324,7 @@ class Manifest:
         stat and root so the next run need not hash these files again; and current rows classified
         anew under `classification` (the patterns changed). Not a new version.
         Returns the state generation and the root ids (as commit_version)."""
-        import adbc_driver_sqlite.dbapi as adbc
-
-        with adbc.connect(str(self.path)) as con:
+        with self.adbc() as con:
             with con.cursor() as cur:
                 cur.execute(_UPDATE_CACHE)
                 root_ids = self._root_ids(cur, roots, None)
@@ -380,9 +421,7 @@ class Manifest:
         """Write one version in one transaction. `new_rows` carries NEW_ROW_COLUMNS except file_id and
         record_id, with root_id as the position in `roots` (location, modality); returns the change set
         with file ids."""
-        import adbc_driver_sqlite.dbapi as adbc
-
-        with adbc.connect(str(self.path)) as con:
+        with self.adbc() as con:
             with con.cursor() as cur:
                 cur.execute("SELECT coalesce(max(file_id), 0), (SELECT count(*) FROM source_files) FROM source_files")
                 max_file_id, n_rows = cur.fetchone()

@@ -44,11 +44,9 @@ class ValidationCache:
 
     def known_facts(self, wanted: pl.DataFrame) -> pl.DataFrame:
         """Cached facts for the (kind, md5) pairs in `wanted`."""
-        import adbc_driver_sqlite.dbapi as adbc
-
         if wanted.height == 0:
             return pl.DataFrame(schema=FACTS_SCHEMA)
-        with adbc.connect(str(self.manifest.path)) as con, con.cursor() as cur:
+        with self.manifest.adbc() as con, con.cursor() as cur:
             cur.adbc_ingest("_want", wanted.select("kind", "md5").unique().to_arrow(), mode="create", temporary=True)
             cur.execute("SELECT f.kind, f.md5, f.facts FROM temp._want w JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
             frame = pl.from_arrow(cur.fetch_arrow_table())
@@ -59,9 +57,7 @@ class ValidationCache:
         """Header facts read outside a check (e.g. by the registries), cached by content."""
         if new_facts.height == 0:
             return
-        import adbc_driver_sqlite.dbapi as adbc
-
-        with adbc.connect(str(self.manifest.path)) as con:
+        with self.manifest.adbc() as con:
             with con.cursor() as cur:
                 cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
                 cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
@@ -71,12 +67,10 @@ class ValidationCache:
     def save(self, label: str, new_facts: pl.DataFrame, findings: pl.DataFrame, *, complete: bool = True) -> None:
         """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
         An incomplete check (some files could not be read) is stored but not marked as done."""
-        import adbc_driver_sqlite.dbapi as adbc
-
         from .manifest import _arrow_stream, _test_pause
 
         counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
-        with adbc.connect(str(self.manifest.path)) as con:
+        with self.manifest.adbc() as con:
             with con.cursor() as cur:
                 if new_facts.height:
                     cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
