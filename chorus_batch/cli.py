@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, UsageError
+from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -486,6 +486,23 @@ COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, 
             "history": cmd_history, "report": cmd_report}
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM (Slurm, systemd, kill) and SIGHUP stop a run as Ctrl-C does: the runs row is finished,
+    workers are stopped, the lock is released, and the exit code says which signal (128 + its number)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, _frame) -> None:
+        raise Stopped(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -495,14 +512,20 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import setup_logging
 
     setup_logging(verbose=args.verbose, quiet=args.quiet)
+    _stop_on_signals()
     try:
         return COMMANDS[args.command](args, argv)
     except ChorusError as exc:
         print(f"chorus-batch: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        print("chorus-batch: interrupted; nothing was committed", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+    except (KeyboardInterrupt, Stopped) as exc:
+        how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)"}
+        code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
+        committed = getattr(exc, "committed", None)
+        print(f"chorus-batch: {how.get(code, 'interrupted')}; "
+              + (f"version {committed} had been committed before; it stays" if committed
+                 else "nothing was committed; the previous version is intact"), file=sys.stderr)
+        return code
     except BrokenPipeError:
         return int(ExitCode.OK)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level

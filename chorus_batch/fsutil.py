@@ -23,9 +23,14 @@ def create_private(path: str | os.PathLike[str], *, truncate: bool = True) -> in
 
 
 def restrict(path: str | os.PathLike[str]) -> None:
-    """Make an existing file owner-only (best effort: some file systems ignore modes)."""
+    """Take group and other permissions off an existing file (best effort: some file systems ignore
+    modes). The owner's own bits stay: a manifest its owner made read-only stays read-only."""
+    import stat
+
     with contextlib.suppress(OSError):
-        os.chmod(path, OWNER_ONLY)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
 
 
 def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Path], None]) -> Path:

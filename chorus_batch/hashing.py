@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from .faults import pause
 from .sources import Source
 from .workers import HashedChunk, hash_chunk, pool
 
@@ -181,6 +182,7 @@ def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, p
                 in_flight[future] = (start, length)
             if not in_flight:
                 break
+            pause("hashing")
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 start, length = in_flight.pop(future)
@@ -195,16 +197,21 @@ def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, pro
     counter = itertools.count()  # next() on it is atomic under the GIL
     lock = threading.Lock()
     stop = threading.Event()
+    failures: list[BaseException] = []
 
     def worker() -> None:
-        while not stop.is_set():
-            i = next(counter)
-            if i >= len(chunks):
-                break
-            start, length = chunks[i]["start"], chunks[i]["length"]
-            hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list())
-            with lock:
-                _record(results, progress, sizes, start, length, hashed)
+        try:
+            while not stop.is_set():
+                i = next(counter)
+                if i >= len(chunks):
+                    break
+                start, length = chunks[i]["start"], chunks[i]["length"]
+                hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list())
+                with lock:
+                    _record(results, progress, sizes, start, length, hashed)
+        except BaseException as exc:  # never a silently missing chunk: the run fails with it
+            failures.append(exc)
+            stop.set()
 
     hashers = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, len(chunks))))]
     for t in hashers:
@@ -216,3 +223,5 @@ def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, pro
     except BaseException:
         stop.set()
         raise
+    if failures:
+        raise failures[0]

@@ -17,7 +17,7 @@ import polars as pl
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings
-from .errors import AfterCommitError, ChorusError, ExitCode, UsageError
+from .errors import AfterCommitError, ChorusError, ExitCode, Stopped, UsageError
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import mask_url, open_source
@@ -82,8 +82,11 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
             manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
                                 message=exc.what)
             raise
-        except KeyboardInterrupt:
-            manifest.finish_run(run_id, exit_code=int(ExitCode.INTERRUPTED), version=None, message="interrupted")
+        except (KeyboardInterrupt, Stopped) as exc:
+            code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
+            exc.committed = manifest.committed_label  # type: ignore[union-attr]  # for a truthful message
+            manifest.finish_run(run_id, exit_code=code, version=manifest.committed_label,
+                                message=f"stopped by signal {code - 128}")
             raise
         except Exception as exc:
             manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=None, message=f"{type(exc).__name__}: {exc}")

@@ -24,6 +24,12 @@ import pyarrow as pa
 from ..frames import LISTING_SCHEMA
 
 BATCH_ROWS = 65_536
+MAX_NS, MIN_NS = 2**63 - 1, -(2**63)  # int64 nanoseconds: 1677-09-21 .. 2262-04-11
+
+
+def clamp_ns(ns: int) -> int:
+    """A time in nanoseconds as the manifest's 64-bit column holds it (the nearest representable one)."""
+    return min(max(ns, MIN_NS), MAX_NS)
 
 
 @dataclass

@@ -20,13 +20,12 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from ..errors import ConfigError, SourceError
-from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, listing_batch
+from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
 
 READ_SIZE = 64 * 1024  # stays in L2; measured fastest for hashlib.md5
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # A tree whose walk takes longer than this in-process is finished by worker processes.
 INPROCESS_BUDGET_S = 0.25
-_MAX_NS, _MIN_NS = 2**63 - 1, -(2**63)  # int64 nanoseconds: 1677-09-21 .. 2262-04-11
 
 
 def _name_error(rel: str) -> str | None:
@@ -133,11 +132,11 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     add_error((bad, "non_utf8_name", "file name is not valid UTF-8; rename it to track it"))
                     continue
                 mtime = st.st_mtime_ns
-                if not _MIN_NS <= mtime <= _MAX_NS:  # beyond what the manifest's 64-bit nanoseconds hold
+                if clamp_ns(mtime) != mtime:  # beyond what the manifest's 64-bit nanoseconds hold
                     add_error((_printable(rel), "mtime_out_of_range",
                                f"modification time {mtime // 10**9} s since 1970 is outside 1678..2262; recorded as "
                                "the nearest representable time (fix the file's clock: touch it)"))
-                    mtime = min(max(mtime, _MIN_NS), _MAX_NS)
+                    mtime = clamp_ns(mtime)
                 add_path(rel)
                 add_size(st.st_size)
                 add_mtime(mtime)
@@ -226,7 +225,7 @@ class LocalSource:
         st = os.stat(self.absolute(srcfile), follow_symlinks=self.follow_symlinks)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"not a regular file: {srcfile}")
-        return FileStat(st.st_size, st.st_mtime_ns)
+        return FileStat(st.st_size, clamp_ns(st.st_mtime_ns))
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = self.absolute(srcfile)
@@ -248,7 +247,7 @@ class LocalSource:
             finally:
                 os.close(fd)
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
-                return HashOutcome(digest.digest(), before.st_size, before.st_mtime_ns)
+                return HashOutcome(digest.digest(), before.st_size, clamp_ns(before.st_mtime_ns))
         raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
 
 

@@ -13,7 +13,7 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from ..errors import SourceError
-from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, listing_batch
+from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
 
 READ_SIZE = 64 * 1024
 # Storages whose listing carries an MD5 they hold for each object (Azure Blob's Content-MD5).
@@ -34,8 +34,8 @@ def _mtime_ns(info: dict) -> int:
         if value is None:
             continue
         if hasattr(value, "timestamp"):
-            return int(value.timestamp() * 1_000_000_000)
-        return int(float(value) * 1_000_000_000)
+            return clamp_ns(int(value.timestamp() * 1_000_000_000))
+        return clamp_ns(int(float(value) * 1_000_000_000))
     return 0
 
 

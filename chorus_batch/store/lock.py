@@ -45,7 +45,7 @@ def manifest_lock(db: Path, argv: list[str]) -> Iterator[None]:
             fix="wait for that run to finish; if it is gone, the lock is released automatically",
         ) from None
     except OSError as exc:
-        raise ManifestError(f"cannot create the manifest's lock file: {exc.strerror or exc}", where=str(lock_path),
+        raise ManifestError(f"cannot create or open the manifest's lock file: {exc.strerror or exc}", where=str(lock_path),
                             fix="run with --db in a folder this user can write (the lock and the manifest's "
                                 "-wal file live beside it)") from None
     try:

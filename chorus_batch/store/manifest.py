@@ -29,6 +29,7 @@ import pyarrow as pa
 from ..classify import record_key
 from ..errors import ManifestError
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
+from ..faults import pause
 from ..fsutil import create_private, restrict, write_private
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
@@ -77,6 +78,7 @@ class Manifest:
         self.path = Path(path)
         self.cache_path = Path(f"{self.path}.state.parquet")
         self._manifest_id: str | None = None
+        self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         from .validation import ValidationCache
 
         self.validation = ValidationCache(self)
@@ -486,8 +488,9 @@ class Manifest:
                 cur.execute(f"INSERT INTO versions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                             tuple(row.values()))
                 generation = self._bump_generation(cur)
-                _test_pause("commit")
+                pause("commit")
             con.commit()
+        self.committed_label = label
         self.after_commit()
         return CommitResult(changes=changes, new_rows=new_rows, generation=generation, root_ids=root_ids)
 
@@ -584,11 +587,3 @@ def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None =
     schema = part_table(frame.head(0)).schema
     batches = (batch for part in frame.iter_slices(rows) for batch in part_table(part).cast(schema).to_batches())
     return pa.RecordBatchReader.from_batches(schema, batches)
-
-
-def _test_pause(point: str) -> None:
-    """Fault-injection point for the crash tests: with CHORUS_BATCH_TEST_PAUSE=<point>,
-    announce the point on stderr and wait there to be killed."""
-    if os.environ.get("CHORUS_BATCH_TEST_PAUSE") == point:
-        print(f"chorus-batch: test pause at {point}", file=sys.stderr, flush=True)
-        time.sleep(600)

@@ -67,7 +67,8 @@ class ValidationCache:
     def save(self, label: str, new_facts: pl.DataFrame, findings: pl.DataFrame, *, complete: bool = True) -> None:
         """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
         An incomplete check (some files could not be read) is stored but not marked as done."""
-        from .manifest import _arrow_stream, _test_pause
+        from ..faults import pause
+        from .manifest import _arrow_stream
 
         counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
         with self.manifest.adbc() as con:
@@ -79,7 +80,7 @@ class ValidationCache:
                 if findings.height:
                     cur.adbc_ingest("findings", _arrow_stream(findings.select(
                         pl.lit(label).alias("version"), "severity", "rule", "srcfile", "message")), mode="append")
-                _test_pause("validate")
+                pause("validate")
                 cur.execute("DELETE FROM validations WHERE version = ?", (label,))
                 if complete:
                     cur.execute(

@@ -1,0 +1,263 @@
+"""Safe unattended runs: mass removals refused, signals handled, workers never orphaned, every error
+truthful about what was committed, odd file systems survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chorus_batch import ExitCode
+
+from conftest import cli, current_rows, query, tree_md5, write
+from test_run import run_without_override
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and permissions")
+
+
+def run(site: Path, db: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return cli("run", "--no-validate", "--site", str(site), "--db", str(db), *extra, **kwargs)
+
+
+def many(site: Path, n: int = 40) -> None:
+    for i in range(n):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i}".encode())
+
+
+# ----------------------------------------------------------------------------- the mass-removal guard
+
+
+def test_an_emptied_site_root_is_refused_and_nothing_is_committed(site, db):
+    many(site)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    for path in list(site.iterdir()):  # the file system is "unmounted": the root is there, empty
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    out = run(site, db)
+    assert out.returncode == ExitCode.REFUSED, out.stderr
+    assert "list no files at all" in out.stderr and str(site) in out.stderr and "--max-delete all" in out.stderr
+    assert "40 of the previous version's 40 files" in out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.REFUSED,)]
+    allowed = run(site, db, "--max-delete", "all", "-q")
+    assert allowed.returncode == 0 and current_rows(db) == {}
+
+
+def test_more_removals_than_allowed_are_refused(site, db):
+    many(site, 10)
+    assert run(site, db, "-q").returncode == 0
+    for i in range(6):
+        (site / f"{i:06d}" / "Waveforms" / "Telemetry" / f"{9000 + i}" / f"{9000 + i}.dat").unlink()
+    out = run(site, db)
+    assert out.returncode == ExitCode.REFUSED and "6 of the previous version's 10 files (60.0%)" in out.stderr
+    assert run(site, db, "--max-delete", "5").returncode == ExitCode.REFUSED
+    assert run(site, db, "--max-delete", "60%", "-q").returncode == 0
+    assert set(current_rows(db)) == set(tree_md5(site))
+
+
+def test_a_bad_max_delete_is_a_usage_error_before_any_work(site, db, tmp_path):
+    assert run(site, db, "--max-delete", "lots").returncode == 2
+    (tmp_path / "c.toml").write_text('[run]\nmax_delete = "half"\n')
+    out = run(site, db, "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 2 and "max_delete" in out.stderr and not db.exists()
+    (tmp_path / "w.toml").write_text('[run]\nworkers = "8"\n')
+    out = run(site, db, "--config", str(tmp_path / "w.toml"))
+    assert out.returncode == 2 and "run.workers" in out.stderr
+    assert run(site, db, "--workers", "0").returncode == 2
+
+
+# ----------------------------------------------------------------------------- signals and workers
+
+
+def children_of(pid: int) -> set[int]:
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def paused_at_hashing(site: Path, db: Path) -> tuple[subprocess.Popen, set[int]]:
+    """A run hashing in worker processes, paused in the parent while they work."""
+    for i in range(2100):  # enough files for worker processes
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "test pause at hashing" in line:
+            workers = children_of(proc.pid)
+            assert workers, "hashing runs in worker processes"
+            return proc, workers
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError("the run never reached the hashing pause")
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up"),
+                                                (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word):
+    proc, workers = paused_at_hashing(site, db)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)  # returns: no worker keeps the caller's pipes open
+    assert proc.returncode == code, err
+    assert word in err and "nothing was committed" in err and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)
+    assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs") == [(code, 1)]
+    assert not Path(f"{db}.lock.json").exists()
+    assert query(db, "SELECT count(*) FROM versions") == [(0,)]
+    assert run(site, db, "-q").returncode == 0  # the lock was released
+
+
+def test_workers_die_with_a_killed_parent(site, db):
+    proc, workers = paused_at_hashing(site, db)
+    proc.kill()
+    proc.communicate(timeout=30)  # returns only when nothing holds the pipes: the workers are gone too
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers)
+
+
+# ----------------------------------------------------------------------------- truthful errors
+
+
+def test_a_parquet_folder_that_cannot_be_written_is_refused_before_the_scan(site, db, tmp_path):
+    write(site, "OMOP/a.csv")
+    afile = tmp_path / "snap"
+    afile.write_text("not a folder")
+    out = run(site, db, "--parquet", str(afile))
+    assert out.returncode == 2 and "names a file" in out.stderr and not db.exists()
+
+
+def test_a_failure_after_the_commit_says_the_version_was_committed(site, db, tmp_path):
+    write(site, "OMOP/a.csv")
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "versions.parquet").mkdir()  # the snapshot cannot be replaced: it fails after the commit
+    out = run(site, db, "--parquet", str(snap))
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert out.returncode == 3 and f"version {label} was committed" in out.stderr
+    assert "nothing was committed" not in out.stderr and "internal error" not in out.stderr
+    assert query(db, "SELECT exit_code, version FROM runs") == [(3, label)]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda db: db.mkdir(), "names a folder"),
+    (lambda db: db.write_text("notes, not a database\n" * 100), "not a readable SQLite database"),
+])
+def test_a_manifest_path_that_cannot_be_a_manifest_says_so(site, db, make, words):
+    write(site, "OMOP/a.csv")
+    make(db)
+    out = run(site, db)
+    assert out.returncode in (2, 3) and words in out.stderr and "fix:" in out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_read_only_manifest_says_what_to_do(site, db, tmp_path):
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    write(site, "OMOP/b.csv")
+    files = [p for p in db.parent.iterdir() if p.name.startswith(db.name) and not p.name.endswith(".lock")]
+    for path in files:
+        os.chmod(path, 0o400)
+    try:
+        out = run_without_override(["run", "--no-validate", "--site", str(site), "--db", str(db)])
+    finally:
+        for path in files:
+            os.chmod(path, 0o600)
+    assert out.returncode == 3 and "cannot be written" in out.stderr and "writable" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o500)
+    try:
+        out = run_without_override(["run", "--no-validate", "--site", str(site), "--db", str(folder / "m.sqlite")])
+    finally:
+        os.chmod(folder, 0o700)
+    assert out.returncode == 3 and "fix:" in out.stderr and "internal error" not in out.stderr, out.stderr
+
+
+def test_a_secret_in_the_site_url_is_never_stored(tmp_path):
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--no-validate", "--site", "memory://nosuchsite/x?sv=2024&sig=SECRETSIG", "--db", str(db))
+    assert "SECRETSIG" not in out.stderr + out.stdout
+    if db.exists():
+        con = sqlite3.connect(db)
+        try:
+            dump = "\n".join(con.iterdump())
+        finally:
+            con.close()
+        assert "SECRETSIG" not in dump
+
+
+# ----------------------------------------------------------------------------- odd file systems
+
+
+def test_a_folder_that_can_be_read_but_not_searched_keeps_its_rows(site, db):
+    many(site, 4)
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q"]
+    assert run_without_override(args).returncode == 0
+    folder = site / "000001" / "Waveforms" / "Telemetry" / "9001"
+    os.chmod(folder, 0o644)  # names can be read, entries cannot be stat'ed
+    try:
+        out = run_without_override(args)
+    finally:
+        os.chmod(folder, 0o755)
+    assert out.returncode == ExitCode.FINDINGS, out.stderr
+    assert json.loads(out.stdout)["counts"]["removed"] == 0
+    assert set(current_rows(db)) == set(tree_md5(site))
+
+
+def test_an_mtime_beyond_2262_is_recorded_not_fatal_and_a_future_mtime_is_not_rehashed(site, db):
+    far = write(site, "OMOP/far.csv", b"far")
+    near = write(site, "OMOP/future.csv", b"future")
+    os.utime(near, ns=(time.time_ns(), time.time_ns() + 10 * 365 * 86400 * 10**9))  # ten years ahead
+    try:
+        os.utime(far, ns=(time.time_ns(), 2**63 + 10**18))  # year ~2300: beyond int64 nanoseconds
+    except OverflowError:
+        pytest.skip("this platform cannot set such an mtime")
+    first = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q")
+    assert first.returncode == ExitCode.FINDINGS, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["errors"]["by_kind"] == {"mtime_out_of_range": 1} and summary["counts"]["added"] == 2
+    again = json.loads(cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q").stdout)
+    assert again["files_hashed"] == 0
+
+
+def test_two_empty_files_are_not_a_rename_across_persons(site, db):
+    write(site, "000123/Waveforms/Telemetry/1/1n.csv", b"")
+    write(site, "000123/Waveforms/Telemetry/1/1.dat", b"data")
+    assert run(site, db, "-q").returncode == 0
+    (site / "000123/Waveforms/Telemetry/1/1n.csv").unlink()
+    write(site, "000999/Waveforms/Telemetry/2/2n.csv", b"")
+    out = json.loads(run(site, db, "--json", "-q").stdout)
+    assert out["counts"]["renamed"] == 0 and out["counts"]["added"] == 1 and out["counts"]["removed"] == 1
