@@ -1,0 +1,85 @@
+"""Crash injection: SIGKILL `run` at 50 points spread over its life (start-up, listing, hashing in
+worker processes, diff, the commit, validation, Parquet snapshots) and check after each kill that
+
+  - PRAGMA integrity_check is ok,
+  - the latest version is the previous one, or the complete new one,
+  - no path has more than one current row,
+  - no worker process outlives the killed run,
+  - the next run makes the current rows equal the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chorus_batch.testdata import Spec, make_testdata
+
+from conftest import current_rows, tree_md5
+from test_unattended import alive, children_of
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+POINTS = 50
+
+
+def command(site: Path, db: Path, snap: Path) -> list[str]:
+    return [sys.executable, "-m", "chorus_batch", "run", "-q", "--workers", "2", "--site", str(site), "--db", str(db),
+            "--parquet", str(snap), "--max-delete", "all"]
+
+
+def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
+    make_testdata(tmp_path / "td", Spec(persons=20, files_per_person=40, size=2048, seed=11))
+    first, second = tmp_path / "td" / "first", tmp_path / "td" / "second"
+    base, snap = tmp_path / "v1.sqlite", tmp_path / "snap"
+    assert subprocess.run(command(first, base, snap), capture_output=True).returncode in (0, 1)
+    (v1,) = sqlite3.connect(base).execute("SELECT max(label) FROM versions").fetchone()
+    expected = tree_md5(second)
+
+    # How long a run from v1 to the second tree takes here: the kills are spread over it.
+    db = tmp_path / "m.sqlite"
+    shutil.copy(base, db)
+    started = time.monotonic()
+    assert subprocess.run(command(second, db, snap), capture_output=True).returncode in (0, 1)
+    duration = time.monotonic() - started
+
+    outcomes = {"previous": 0, "new": 0}
+    for point in range(POINTS):
+        for leftover in tmp_path.glob("m.sqlite*"):
+            leftover.unlink()
+        shutil.copy(base, db)
+        proc = subprocess.Popen(command(second, db, snap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(duration * (0.1 + 0.95 * point / POINTS))
+        workers = children_of(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in workers), f"point {point}: orphaned workers {workers}"
+        con = sqlite3.connect(db)
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",), point
+            (latest,) = con.execute("SELECT max(label) FROM versions").fetchone()
+            twins = con.execute("SELECT srcfile FROM source_files WHERE time_invalid IS NULL "
+                                "GROUP BY srcfile HAVING count(*) > 1").fetchall()
+        finally:
+            con.close()
+        assert twins == [], f"point {point}: {twins[:3]}"
+        if latest == v1:
+            outcomes["previous"] += 1
+        else:
+            outcomes["new"] += 1
+            assert current_rows(db) == expected, f"point {point}: the new version {latest} is incomplete"
+        recovered = subprocess.run(command(second, db, snap), capture_output=True, text=True)
+        assert recovered.returncode in (0, 1), f"point {point}: {recovered.stderr}"
+        assert current_rows(db) == expected, f"point {point}"
+    print(f"crash injection: {POINTS} kills over {duration:.1f} s runs; latest version after the kill: {outcomes}")
+    assert outcomes["previous"] and outcomes["new"]  # kills landed both before and after the commit
