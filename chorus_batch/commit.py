@@ -149,7 +149,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     if dry_run:
         return outcome
 
-    if not diff.is_empty or not errors.equals(manifest.version_errors(previous_label)):
+    if not diff.is_empty:
         label = next_label(started, previous_label, version_label)
         if progress is not None:
             progress.stage(f"committing version {label}")
@@ -164,10 +164,13 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
         new_state = pl.concat([_touch(kept_rows, touched, written.root_ids), written.new_rows.select(list(STATE_SCHEMA))],
                               how="vertical_relaxed")
         manifest.save_state(new_state.cast(STATE_SCHEMA), written.generation)  # type: ignore[arg-type]
-    elif touched.height or reclassified is not None:
-        generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
-                                                     classification=classification)
-        manifest.save_state(_touch(kept_rows, touched, root_ids).cast(STATE_SCHEMA), generation)  # type: ignore[arg-type]
+    else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
+        if touched.height or reclassified is not None:
+            generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
+                                                         classification=classification)
+            manifest.save_state(_touch(kept_rows, touched, root_ids).cast(STATE_SCHEMA), generation)  # type: ignore[arg-type]
+        if run_id is not None and not errors.equals(manifest.version_errors(previous_label)):
+            manifest.save_run_errors(run_id, errors)
     return outcome
 
 

@@ -146,6 +146,11 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("n_warning", "INTEGER NOT NULL", _I), ("n_info", "INTEGER NOT NULL", _I),
         ("headers_read", "INTEGER NOT NULL", _I),
     ),
+    # schema 5: problems met by a run that committed no version (no file changed, only what could not be read did)
+    "run_errors": _columns(
+        ("run_id", "INTEGER NOT NULL", _I), ("srcfile", "TEXT", _S), ("kind", "TEXT NOT NULL", _S),
+        ("message", "TEXT NOT NULL", _S),
+    ),
     # schema 3: the places a site's files were found (a POSIX path or a URL without secrets).
     "roots": _columns(
         ("root_id", "INTEGER PRIMARY KEY", _I), ("location", "TEXT NOT NULL", _S), ("modality", "TEXT", _S),

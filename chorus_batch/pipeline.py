@@ -17,7 +17,7 @@ import polars as pl
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings
-from .errors import AfterCommitError, ChorusError, ExitCode, Stopped, UsageError
+from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import mask_url, open_source
@@ -73,29 +73,33 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
         return _run(settings, manifest, roots, progress, run_id=None)
-    with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
-        manifest.ensure_schema()
-        run_id = manifest.begin_run(redact(argv), settings.mode, mask_url(settings.site))
-        try:
-            result = _run(settings, manifest, roots, progress, run_id=run_id)
-        except ChorusError as exc:
-            manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
-                                message=exc.what)
-            raise
-        except (KeyboardInterrupt, Stopped) as exc:
-            code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
-            exc.committed = manifest.committed_label  # type: ignore[union-attr]  # for a truthful message
-            manifest.finish_run(run_id, exit_code=code, version=manifest.committed_label,
-                                message=f"stopped by signal {code - 128}")
-            raise
-        except Exception as exc:
-            manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=None, message=f"{type(exc).__name__}: {exc}")
-            raise
-        manifest.finish_run(
-            run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
-            n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
-            scan_started_ns=result.scan_started_ns,
-        )
+    try:
+        with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
+            manifest.ensure_schema()
+            run_id = manifest.begin_run(redact(argv), settings.mode, mask_url(settings.site))
+            try:
+                result = _run(settings, manifest, roots, progress, run_id=run_id)
+            except ChorusError as exc:
+                manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
+                                    message=exc.what)
+                raise
+            except (KeyboardInterrupt, Stopped) as exc:
+                code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
+                exc.committed = manifest.committed_label  # type: ignore[union-attr]  # for a truthful message
+                manifest.finish_run(run_id, exit_code=code, version=manifest.committed_label,
+                                    message=f"stopped by signal {code - 128}")
+                raise
+            except Exception as exc:
+                manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=None, message=f"{type(exc).__name__}: {exc}")
+                raise
+            manifest.finish_run(
+                run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
+                n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
+                scan_started_ns=result.scan_started_ns,
+            )
+    except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
+        manifest.log_refused_run(redact(argv), settings.mode, mask_url(settings.site), int(exc.exit_code), exc.what)
+        raise
     return result
 
 

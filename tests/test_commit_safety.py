@@ -80,3 +80,5 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
     # the lock dies with its holder
     third = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     assert third.returncode == 0, third.stderr
+    # every run is in `runs`, the one turned away too (the holder was paused before its commit)
+    assert (int(ExitCode.LOCKED),) in query(db, "SELECT exit_code FROM runs")

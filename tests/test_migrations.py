@@ -82,9 +82,9 @@ def test_upgrade_keeps_every_version_row_and_finding(old):
     assert len(before["versions"]) == 2 and len(before["findings"]) == 11 and len(before["source_files"]) == 30
     out = cli("upgrade", "--db", str(old))
     assert out.returncode == 0, out.stderr
-    assert "schema 2 -> 4" in out.stdout
+    assert "schema 2 -> 5" in out.stdout
     assert dump(old) == before
-    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
     # Readable through the review commands afterwards, every version of it.
     versions = cli("versions", "--db", str(old), "--json")
     assert versions.returncode == 0, versions.stderr
@@ -92,7 +92,7 @@ def test_upgrade_keeps_every_version_row_and_finding(old):
         files = cli("files", "--db", str(old), "--as-of", label, "--json")
         assert files.returncode == 0, files.stderr
     again = cli("upgrade", "--db", str(old))
-    assert again.returncode == 0 and "already at schema 4" in again.stdout
+    assert again.returncode == 0 and "already at schema 5" in again.stdout
 
 
 def test_a_migrated_manifest_has_the_schema_of_a_new_one(old, tmp_path):
@@ -142,16 +142,15 @@ def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):
     first = run_site(site, db, validate_site=False, patterns={"Waveforms": ["^nomatch$"]})
     assert first.errors.filter(pl.col("kind") == "unparseable").height == 2
     second = run_site(site, db, validate_site=False)
-    assert second.label is not None and second.counts == {"added": 0, "removed": 0, "replaced": 0, "renamed": 0,
-                                                          "unchanged": 3}
+    assert second.label is None  # no file changed: no version; the rows are classified again in place
+    assert second.counts == {"added": 0, "removed": 0, "replaced": 0, "renamed": 0, "unchanged": 3}
     assert second.errors.height == 0
     rows = query(db, "SELECT srcfile, parse_error, category, layout, record_id IS NOT NULL FROM source_files "
                      "WHERE modality = 'Waveforms' ORDER BY srcfile")
     assert rows == [(session + ".dat", None, "Telemetry", "current", 1), (session + ".hea", None, "Telemetry", "current", 1)]
     assert query(db, "SELECT record_key, isactive FROM registry WHERE modality = 'Waveforms'") == [
         ("Waveforms|000101|Telemetry/900001", 1)]
-    third = run_site(site, db, validate_site=False)  # classified already: nothing to do
-    assert third.label is None
+    assert query(db, "SELECT count(*) FROM run_errors") == [(0,)] and query(db, "SELECT count(*) FROM versions") == [(1,)]
     generation = query(db, "SELECT value FROM meta WHERE key = 'state_generation'")
     run_site(site, db, validate_site=False)
     assert query(db, "SELECT value FROM meta WHERE key = 'state_generation'") == generation

@@ -261,3 +261,13 @@ def test_two_empty_files_are_not_a_rename_across_persons(site, db):
     write(site, "000999/Waveforms/Telemetry/2/2n.csv", b"")
     out = json.loads(run(site, db, "--json", "-q").stdout)
     assert out["counts"]["renamed"] == 0 and out["counts"]["added"] == 1 and out["counts"]["removed"] == 1
+
+
+def test_a_run_where_only_the_problems_changed_commits_no_version(site, db):
+    write(site, "OMOP/a.csv", b"a")
+    assert run(site, db, "-q").returncode == 0
+    os.symlink(site / "OMOP" / "a.csv", site / "OMOP" / "link.csv")  # a new problem, no new file
+    out = json.loads(run(site, db, "--json", "-q").stdout)
+    assert out["version"] is None and out["errors"]["by_kind"] == {"symlink": 1}
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    assert query(db, "SELECT kind FROM run_errors") == [("symlink",)]

@@ -167,7 +167,7 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
     run_site(clean, db, validate_site=False)
     con = sqlite3.connect(db)
     with con:
-        for table in ("file_facts", "findings", "validations", "roots"):
+        for table in ("file_facts", "findings", "validations", "roots", "run_errors"):
             con.execute(f"DROP TABLE {table}")
         con.execute("DROP INDEX registry_proc")
         for table, column in (("source_files", "root_id"), ("source_files", "category"), ("source_files", "layout"),
@@ -179,7 +179,7 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
         open_manifest(db).findings()
     write(clean, "OMOP/extra_notes.txt", "not a table\n")
     result = run_site(clean, db)
-    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
     assert "omop.unexpected_file" in set(result.findings["rule"])
 
 

@@ -77,6 +77,7 @@ class Manifest:
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.cache_path = Path(f"{self.path}.state.parquet")
+        self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         from .validation import ValidationCache
@@ -309,6 +310,44 @@ class Manifest:
             )
             return int(cur.lastrowid or 0)
 
+    _RUN_COLUMNS = ("started_at", "finished_at", "host", "user", "pid", "argv", "mode", "site", "exit_code", "message")
+
+    def log_refused_run(self, argv: list[str], mode: str, site: str, exit_code: int, message: str) -> None:
+        """A run turned away by the lock. The holder may be in the middle of its commit, so this run does
+        not wait on SQLite: it appends its row to <db>.runs-pending.jsonl (owner-only), which the holder
+        moves into `runs` when it finishes."""
+        now = iso(utc_now())
+        row = dict(zip(self._RUN_COLUMNS, (now, now, socket.gethostname(), user_name(), os.getpid(), json.dumps(argv),
+                                           mode, site, exit_code, message)))
+        with contextlib.suppress(OSError):
+            fd = create_private(self.pending_runs, truncate=False)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _take_pending_runs(self, con: sqlite3.Connection) -> None:
+        """Move runs logged by others while this one held the lock into `runs` (inside the caller's transaction)."""
+        try:
+            lines = self.pending_runs.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return
+        rows = []
+        for line in lines:
+            with contextlib.suppress(ValueError, TypeError):
+                item = json.loads(line)
+                rows.append(tuple(item.get(c) for c in self._RUN_COLUMNS))
+        con.executemany(f"INSERT INTO runs ({', '.join(self._RUN_COLUMNS)}) VALUES ({', '.join('?' * len(self._RUN_COLUMNS))})",
+                        rows)
+        with contextlib.suppress(OSError):
+            self.pending_runs.unlink()
+
+    def save_run_errors(self, run_id: int, errors: pl.DataFrame) -> None:
+        """The problems of a run that committed no version, where they differ from the latest version's."""
+        with self.adbc() as con:
+            with con.cursor() as cur:
+                cur.adbc_ingest("run_errors", errors.select(pl.lit(run_id, pl.Int64).alias("run_id"), "srcfile", "kind",
+                                                            "message").to_arrow(), mode="append")
+            con.commit()
+
     def finish_run(self, run_id: int, *, exit_code: int, version: str | None, n_files: int = 0, n_hashed: int = 0,
                    bytes_hashed: int = 0, n_errors: int = 0, scan_started_ns: int | None = None, message: str | None = None) -> None:
         with self._open() as con, con:
@@ -317,6 +356,7 @@ class Manifest:
                 "n_errors=?, scan_started_ns=?, message=? WHERE run_id=?",
                 (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns, message, run_id),
             )
+            self._take_pending_runs(con)
 
     # ------------------------------------------------------------------ writes
 

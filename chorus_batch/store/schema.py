@@ -21,13 +21,14 @@ import uuid
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
     "CREATE INDEX IF NOT EXISTS changes_version ON changes(version)",
     "CREATE INDEX IF NOT EXISTS scan_errors_version ON scan_errors(version)",
     "CREATE INDEX IF NOT EXISTS registry_person ON registry(person_id)",
+    "CREATE INDEX IF NOT EXISTS run_errors_run ON run_errors(run_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS registry_proc ON registry(proc_id) WHERE proc_id IS NOT NULL",
 )
 # Indexes on source_files are dropped around the first (bulk) load and rebuilt after it.
@@ -98,8 +99,14 @@ def _to_4(con: sqlite3.Connection) -> None:
         con.execute(ddl)
 
 
+def _to_5(con: sqlite3.Connection) -> None:
+    """A run that changes no file commits no version, even when what it could not read changed: its
+    problems are kept per run."""
+    con.execute("CREATE TABLE run_errors (run_id INTEGER NOT NULL, srcfile TEXT, kind TEXT NOT NULL, message TEXT NOT NULL)")
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
