@@ -217,7 +217,7 @@ def test_empty_version(tmp_path):
     run_site(site, db)
     shutil.rmtree(site)
     site.mkdir()
-    run_site(site, db)
+    run_site(site, db, max_delete="all")  # emptied on purpose
     info = write_report(db, tmp_path / "r.html")
     text = info.path.read_text(encoding="utf-8")
     assert "No files in this version" in text and "100.0%" in text
