@@ -54,6 +54,26 @@ def _max_delete(text: str) -> str:
     return text
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError("must be between 0 and 100")
+    return value
+
+
+def _bytes_arg(text: str) -> str:
+    from .config import parse_bytes
+
+    try:
+        parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -109,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-delete", type=_max_delete, metavar="PERCENT|COUNT|all",
                      help="refuse a version that removes more of the previous version's files than this (default: "
                           "50%%; a root that lists no files at all is refused unless 'all')")
+    run.add_argument("--verify-sample", type=_percent, metavar="PERCENT",
+                     help="re-read this share of the unchanged files each run, the longest unverified first, so the "
+                          "whole site is re-verified over time (default 1; 0: off)")
+    run.add_argument("--verify-max-bytes", type=_bytes_arg, metavar="BYTES",
+                     help="at most this much re-verification a run (default 10GiB; e.g. 500MB, 2TiB)")
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
@@ -295,6 +320,8 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=flag("version_label"),
         validate_site=config.run.validate_site if flag("validate") is None else flag("validate"),
         max_delete=flag("max_delete") or config.run.max_delete,
+        verify_sample=config.run.verify_sample if flag("verify_sample") is None else flag("verify_sample"),
+        verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes,
     )
 
 

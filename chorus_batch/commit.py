@@ -16,7 +16,7 @@ A version is written when anything changed, including only the recorded errors.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -47,6 +47,7 @@ class Committed:
     errors: pl.DataFrame
     n_files: int
     total_bytes: int
+    verification: dict = field(default_factory=dict)  # rolling re-verification: this run, and the site's state
 
 
 def read_delete_list(path: str) -> pl.DataFrame:
@@ -109,7 +110,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
     root_ids = manifest.known_root_ids(scanned.roots)
     current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [], root_ids,
-                                    unseen_files(scanned.errors))
+                                    unseen_files(scanned.errors), verified_ns=scanned.scan_started_ns)
 
     diff = compute_diff(previous, current, mode=mode, delete_list=delete_list, threads=threads)
     counts = diff.counts()
@@ -139,13 +140,15 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
         rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
         for rows in (kept_rows, new_rows)
     ]
-    errors = pl.concat([scanned.errors, delete_errors, *parse_errors]).unique().sort("srcfile", "kind", "message")
+    errors = pl.concat([scanned.errors, delete_errors, *parse_errors, silent_changes(scanned.files, previous)]).unique().sort(
+        "srcfile", "kind", "message")
     n_files = kept_rows.height + new_rows.height
     total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
     del current
     outcome = Committed(label=None, counts=counts, by_modality=by_modality, change_set=diff.change_set, errors=errors,
-                        n_files=n_files, total_bytes=total_bytes)
+                        n_files=n_files, total_bytes=total_bytes,
+                        verification=verification(scanned, kept_rows, touched, new_rows))
     if dry_run:
         return outcome
 
@@ -190,13 +193,15 @@ def _reclassify(manifest: Manifest, kept_rows: pl.DataFrame, patterns: tuple[Pat
 
 
 def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) -> pl.DataFrame:
-    """`rows` with the stat and root (scan position -> the manifest's root_id) of the touched files."""
+    """`rows` with the stat, root (scan position -> the manifest's root_id) and verification of the touched files."""
     if touched.height == 0:
         return rows
     update = touched.select("file_id", pl.col("mtime_ns").alias("_mtime"),
-                            pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64).alias("_root"))
+                            pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64).alias("_root"),
+                            pl.col("verified_ns").alias("_verified"))
     return rows.join(update, on="file_id", how="left").with_columns(
-        mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id")).drop("_mtime", "_root")
+        mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id"),
+        verified_ns=pl.coalesce("_verified", "verified_ns")).drop("_mtime", "_root", "_verified")
 
 
 def guard_removals(previous: pl.DataFrame, scanned: ScanResult, n_removed: int, root_ids: dict[int, int], *,
@@ -224,6 +229,38 @@ def guard_removals(previous: pl.DataFrame, scanned: ScanResult, n_removed: int, 
             "--max-delete all (or a larger percentage or count)")
 
 
+def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """Files re-verified (read though size and mtime were unchanged) whose bytes no longer have their MD5."""
+    prev = previous.select("srcfile", _md5="md5", _size="size", _mtime="mtime_ns")
+    return (
+        files.filter(pl.col("verify") & pl.col("md5").is_not_null()).join(prev, on="srcfile")
+        .filter((pl.col("md5") != pl.col("_md5")) & (pl.col("size") == pl.col("_size")) & (pl.col("mtime_ns") == pl.col("_mtime")))
+        .select("srcfile", kind=pl.lit("silent_change"), message=pl.format(
+            "content changed though size and mtime did not (MD5 {} was {}): found by re-verification; recorded as "
+            "replaced; check the storage and the copy that wrote it", pl.col("md5"), pl.col("_md5")))
+    )
+
+
+def verification(scanned: ScanResult, kept_rows: pl.DataFrame, touched: pl.DataFrame, new_rows: pl.DataFrame) -> dict:
+    """How much of the site has been read and confirmed, and how long ago (for the summary)."""
+    reverified = scanned.files.filter(pl.col("verify") & pl.col("read"))
+    now = scanned.scan_started_ns
+    when = pl.concat([
+        kept_rows.join(touched.select("file_id", _v="verified_ns"), on="file_id", how="left")
+        .select(pl.coalesce("_v", "verified_ns").alias("verified_ns")),
+        new_rows.select("verified_ns"),
+    ])["verified_ns"]
+    day = 86_400 * 10**9
+    oldest = when.min()
+    return {
+        "files_reverified": reverified.height,
+        "bytes_reverified": int(reverified["size"].sum() or 0),
+        "share_read_in_30_days": round(float((when >= now - 30 * day).sum()) / when.len(), 4) if when.len() else None,
+        "never_verified": when.null_count(),
+        "oldest_verification_days": round((now - oldest) / day, 1) if oldest is not None else None,
+    }
+
+
 def unseen_files(errors: pl.DataFrame) -> list[str]:
     """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
     return errors.filter(pl.col("kind") == "unreadable")["srcfile"].to_list()
@@ -244,13 +281,15 @@ def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous:
 
 
 def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str],
-                 root_ids: dict[int, int], unseen: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+                 root_ids: dict[int, int], unseen: list[str] | None = None,
+                 verified_ns: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The tree now as (root_id, srcfile, size, mtime_ns, md5, unchanged_modality), and the `touched`
     files whose content is unchanged but whose stat or root moved (file_id, mtime_ns, root_id).
     root_id is the scan's position of the root; `root_ids` maps the recorded ones to the manifest's."""
     prev = previous.select("srcfile", pl.col("file_id").alias("prev_file_id"), pl.col("size").alias("prev_size"),
                            pl.col("mtime_ns").alias("prev_mtime_ns"), pl.col("md5").alias("prev_md5"),
-                           pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"))
+                           pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"),
+                           pl.col("verified_ns").alias("prev_verified_ns"))
     joined = files.join(prev, on="srcfile", how="left")
     # A file that could not be hashed keeps its previous row (nothing recorded is lost);
     # a new one that could not be hashed waits for the next run.
@@ -259,15 +298,18 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
         md5=pl.coalesce("md5", "prev_md5"),
         size=pl.when(failed).then(pl.col("prev_size")).otherwise(pl.col("size")),
         mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.col("mtime_ns")),
-    ).filter(pl.col("md5").is_not_null())
+    ).filter(pl.col("md5").is_not_null()).with_columns(
+        # when the bytes were last seen to have this MD5: now, if read now; else as recorded
+        verified_ns=pl.when(pl.col("read")).then(pl.lit(verified_ns, pl.Int64)).otherwise(pl.col("prev_verified_ns")))
     same = pl.col("md5") == pl.col("prev_md5")
     recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
     # Same content, new stat (or found under another root): remember it, so these are not hashed again.
     touched = current.filter(
         same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
-                | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id")))
-    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id")
-    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5",
+                | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
+                | (pl.col("verify") & pl.col("read")))  # re-verified and confirmed: remember when
+    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns")
+    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns",
                              pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"))
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
         under = pl.col("srcfile").is_in(unseen or [])
@@ -276,7 +318,7 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                              pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs]))
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
         current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
-                                                  pl.col("modality").alias("unchanged_modality"))])
+                                                  "verified_ns", pl.col("modality").alias("unchanged_modality"))])
     return current, touched
 
 

@@ -53,6 +53,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def parse_bytes(value: str | int) -> int:
+    """A byte count: 1000, "500MB", "10GiB", "2T" (K/M/G/T are powers of 1024 with or without the i)."""
+    if isinstance(value, int) and value >= 0:
+        return value
+    text = str(value).strip().upper().replace("IB", "").replace("B", "")
+    factors = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if text and text[-1] in factors:
+            return int(float(text[:-1]) * factors[text[-1]])
+        number = int(text)
+        if number >= 0:
+            return number
+    except ValueError:
+        pass
+    raise ValueError(f"{value!r} is not a byte count (e.g. 10GiB, 500MB, 1000000)")
+
+
 def parse_max_delete(value: str | int | float) -> tuple[str, float]:
     """`--max-delete` / `max_delete`: "50%" (of the previous version's files), a count ("1000"), or "all"
     (no limit, also for a root that looks empty). Returns ("percent"|"count"|"all", number)."""
@@ -97,6 +114,14 @@ class RunSection(_Strict):
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)
     validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
     max_delete: str | int = "50%"  # the most of the previous version's files one run may remove
+    verify_sample: float = Field(default=1.0, ge=0, le=100)  # % of the site's files re-read each run (0: off)
+    verify_max_bytes: str | int = "10GiB"  # ... but at most this much a run
+
+    @field_validator("verify_max_bytes")
+    @classmethod
+    def _bytes(cls, value: str | int) -> str | int:
+        parse_bytes(value)
+        return value
 
     @field_validator("max_delete")
     @classmethod
@@ -155,6 +180,8 @@ class RunSettings(BaseModel):
     version_label: str | None = None
     validate_site: bool = True  # run `validate` on the new (or unvalidated) version
     max_delete: str | int = "50%"  # see parse_max_delete
+    verify_sample: float = 1.0  # rolling re-verification: % of the files re-read each run
+    verify_max_bytes: str | int = "10GiB"  # ... at most this many bytes a run (see parse_bytes)
 
 
 def _resolve(base: Path, value: str | None) -> str | None:

@@ -29,7 +29,9 @@ LISTING_SCHEMA = pa.schema(
 )
 
 # What a scan saw of each listed file: its root, stat and MD5 (NULL where it could not be hashed).
-SCANNED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "md5": pl.String}
+# `read`: the MD5 was computed from the bytes in this scan; `verify`: read only to re-verify an unchanged file.
+SCANNED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "md5": pl.String,
+                  "read": pl.Boolean, "verify": pl.Boolean}
 
 # Problems found while listing, hashing or parsing; one row each.
 ERRORS_SCHEMA = {"srcfile": pl.String, "kind": pl.String, "message": pl.String}
@@ -60,6 +62,7 @@ STATE_SCHEMA = {
     "person_id": pl.String,
     "parse_error": pl.String,
     "root_id": pl.Int64,
+    "verified_ns": pl.Int64,
 }
 
 # One finding of `validate`: severity error | warning | info, the rule's id, where, and what to fix.
@@ -103,6 +106,7 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("version_valid", "TEXT NOT NULL", _S), ("version_invalid", "TEXT", _S),
         ("root_id", "INTEGER", _I),  # schema 3: the root the file was found under (roots.root_id)
         ("category", "TEXT", _S), ("layout", "TEXT", _S),  # schema 4
+        ("verified_ns", "INTEGER", _I),  # schema 6: when the bytes were last read and found to have this MD5
     ),
     "registry": _columns(
         ("record_id", "INTEGER PRIMARY KEY", _I), ("record_key", "TEXT NOT NULL UNIQUE", _S), ("person_id", "TEXT", _S),

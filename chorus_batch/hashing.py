@@ -46,7 +46,7 @@ HASHED_SCHEMA = {
 
 
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
-         racy_until_ns: int | None = None) -> pl.DataFrame:
+         racy_until_ns: int | None = None, verify_files: int = 0, verify_max_bytes: int = 0) -> pl.DataFrame:
     """The listing joined to the previous current rows, with `needs_md5` (a new MD5 is due) and
     `needs_read` (due, and the storage holds none: the file must be read and hashed).
 
@@ -59,6 +59,7 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         pl.col("mtime_ns").alias("prev_mtime_ns"),
         pl.col("md5").alias("prev_md5"),
         pl.col("modality").alias("prev_modality"),
+        pl.col("verified_ns").alias("prev_verified_ns"),
     )
     joined = listing.join(prev, on="srcfile", how="left")
     needs = (
@@ -78,7 +79,27 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         needs = needs | racy
     joined = joined.with_columns(needs_md5=needs)
     # --rehash reads every file, whatever the storage holds
-    return joined.with_columns(needs_read=pl.col("needs_md5") & (pl.col("stored_md5").is_null() | rehash))
+    joined = joined.with_columns(needs_read=pl.col("needs_md5") & (pl.col("stored_md5").is_null() | rehash))
+    return _verify_slice(joined, verify_files, verify_max_bytes)
+
+
+def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:
+    """Rolling re-verification: up to `files` unchanged files, the longest unverified first (never-verified
+    ones before all), read again within `max_bytes`, so that over nights the whole site is re-read. A file
+    larger than the byte cap alone is left out (it would take a night's whole budget)."""
+    if files <= 0 or max_bytes <= 0:
+        return joined.with_columns(verify=pl.lit(False))
+    chosen = (
+        joined.filter(~pl.col("needs_md5") & pl.col("prev_md5").is_not_null() & (pl.col("size") <= max_bytes))
+        .select("srcfile", "size", "prev_verified_ns")
+        .sort(["prev_verified_ns", "srcfile"], nulls_last=False)
+        .head(files)
+        .filter(pl.col("size").cum_sum() <= max_bytes)
+        .select("srcfile", _verify=pl.lit(True))
+    )
+    return joined.join(chosen, on="srcfile", how="left").with_columns(
+        verify=pl.col("_verify").fill_null(False)).with_columns(
+        needs_read=pl.col("needs_read") | pl.col("verify")).drop("_verify")
 
 
 @dataclass

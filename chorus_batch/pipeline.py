@@ -16,7 +16,7 @@ import polars as pl
 
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
-from .config import RunSettings
+from .config import RunSettings, parse_bytes
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError
 from .progress import Progress, log
 from .scan import Root, scan
@@ -25,7 +25,7 @@ from .store import Manifest
 from .times import utc_now
 
 
-@dataclass
+@dataclass(kw_only=True)  # after the commit's fields, one of which has a default
 class RunResult(Committed):
     """What the commit wrote (label, counts, change_set, errors, ...), and the rest of the run."""
 
@@ -190,7 +190,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
 
     scanned = scan(roots, previous, based_on=previous_label, last_scan_ns=manifest.last_scan_started_ns(),
                    racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
-                   progress=progress)
+                   progress=progress, verify_percent=settings.verify_sample,
+                   verify_max_bytes=parse_bytes(settings.verify_max_bytes))
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,

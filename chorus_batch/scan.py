@@ -11,6 +11,7 @@ merge of all N shards based on the same version, can be committed in full mode.
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -166,8 +167,10 @@ def list_roots(roots: list[Root], progress: Progress) -> tuple[pl.DataFrame, pl.
 
 def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
          racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
-         coverage: Coverage = WHOLE_SITE) -> ScanResult:
-    """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA)."""
+         coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0) -> ScanResult:
+    """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
+    `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
+    unchanged, the longest unverified first (rolling re-verification)."""
     progress = progress or Progress(quiet=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -183,13 +186,16 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
 
     racy_cutoff = None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9)
     planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=rehash,
-                           racy_until_ns=scan_started_ns + int(racy_window_s * 1e9))
+                           racy_until_ns=scan_started_ns + int(racy_window_s * 1e9),
+                           verify_files=math.ceil(listing.height * verify_percent / 100),
+                           verify_max_bytes=verify_max_bytes)
     n_listed = listing.height
     del listing  # large trees: keep one copy of the paths
-    todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns").sort("srcfile")
+    todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns", "verify").sort("srcfile")
     todo_bytes = int(todo["size"].sum() or 0)
-    progress.stage(f"{n_listed} files listed; hashing {todo.height} new or changed files "
-                   f"({human_bytes(todo_bytes)})")
+    n_verify = int(todo["verify"].sum() or 0)
+    progress.stage(f"{n_listed} files listed; hashing {todo.height - n_verify} new or changed files"
+                   + (f" and re-verifying {n_verify} unchanged ones" if n_verify else "") + f" ({human_bytes(todo_bytes)})")
     counters = hashing.HashProgress()
     t_hash = time.perf_counter()
     with progress.counter("hashing", "files", lambda: (counters.files_done, counters.bytes_done),
@@ -208,6 +214,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         md5=pl.when(pl.col("needs_read")).then(pl.col("md5"))
         .when(pl.col("needs_md5")).then(pl.col("stored_md5"))
         .otherwise(pl.col("prev_md5")),
+        read=pl.col("needs_read") & pl.col("md5").is_not_null(),
+        verify="verify",
     )
     timings["hash"] = round(time.perf_counter() - t, 4)
     return ScanResult(

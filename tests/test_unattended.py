@@ -245,11 +245,12 @@ def test_an_mtime_beyond_2262_is_recorded_not_fatal_and_a_future_mtime_is_not_re
         os.utime(far, ns=(time.time_ns(), 2**63 + 10**18))  # year ~2300: beyond int64 nanoseconds
     except OverflowError:
         pytest.skip("this platform cannot set such an mtime")
-    first = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q")
+    first = cli("run", "--no-validate", "--verify-sample", "0", "--site", str(site), "--db", str(db), "--json", "-q")
     assert first.returncode == ExitCode.FINDINGS, first.stderr
     summary = json.loads(first.stdout)
     assert summary["errors"]["by_kind"] == {"mtime_out_of_range": 1} and summary["counts"]["added"] == 2
-    again = json.loads(cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q").stdout)
+    again = json.loads(cli("run", "--no-validate", "--verify-sample", "0", "--site", str(site), "--db", str(db),
+                           "--json", "-q").stdout)
     assert again["files_hashed"] == 0
 
 
@@ -271,3 +272,53 @@ def test_a_run_where_only_the_problems_changed_commits_no_version(site, db):
     assert out["version"] is None and out["errors"]["by_kind"] == {"symlink": 1}
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     assert query(db, "SELECT kind FROM run_errors") == [("symlink",)]
+
+
+# ----------------------------------------------------------------------------- rolling re-verification
+
+
+def test_rolling_reverification_reads_the_oldest_first_and_finds_silent_changes(site, db):
+    for i in range(10):
+        write(site, f"OMOP/t{i}.csv", f"row {i}\n".encode())
+    past = time.time() - 100
+    for path in (site / "OMOP").iterdir():
+        os.utime(path, (past, past))
+    args = ["--verify-sample", "20", "--json", "-q"]
+    assert run(site, db, *args).returncode == 0
+    seen: list[int] = []
+    for _ in range(5):  # 20% a run: every file re-read once in five runs, the longest unverified first
+        out = json.loads(run(site, db, *args).stdout)
+        seen.append(out["verification"]["files_reverified"])
+        assert out["version"] is None and out["files_hashed"] == 2
+    assert seen == [2] * 5
+    assert query(db, "SELECT count(DISTINCT verified_ns) FROM source_files") == [(5,)]  # each file re-read in one of 5 slices
+    assert out["verification"]["share_read_in_30_days"] == 1.0
+    # Bytes change behind an unchanged size and mtime: the next slices find it.
+    target = site / "OMOP" / "t3.csv"
+    st = target.stat()
+    target.write_bytes(b"row X\n")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    found = None
+    for _ in range(5):
+        out = json.loads(run(site, db, *args).stdout)
+        if out["version"]:
+            found = out
+            break
+    assert found is not None and found["counts"]["replaced"] == 1
+    assert found["errors"]["by_kind"] == {"silent_change": 1} and found["exit_code"] == 1
+    assert current_rows(db) == tree_md5(site)
+    checked = cli("validate", "--db", str(db), "--json", cwd=db.parent)
+    assert checked.returncode == 1, checked.stderr
+    assert ("error", "file.silent_change", "OMOP/t3.csv") in {
+        (f["severity"], f["rule"], f["srcfile"]) for f in json.loads(checked.stdout)["findings"]}
+
+
+def test_the_reverification_byte_cap_holds(site, db):
+    for i in range(4):
+        write(site, f"OMOP/big{i}.csv", bytes(1000))
+    past = time.time() - 100
+    for path in (site / "OMOP").iterdir():
+        os.utime(path, (past, past))
+    assert run(site, db, "-q").returncode == 0
+    out = json.loads(run(site, db, "--verify-sample", "100", "--verify-max-bytes", "2500", "--json", "-q").stdout)
+    assert out["verification"]["files_reverified"] == 2 and out["verification"]["bytes_reverified"] == 2000

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from chorus_batch.sources import FsspecSource, LocalSource
+from chorus_batch.validate.rules import RUN_RULES
 from chorus_batch.validate import (
     FACTS_SCHEMA,
     FINDINGS_SCHEMA,
@@ -343,7 +344,7 @@ def test_every_rule_is_exercised_and_well_formed():
     assert {r.severity for r in RULES} <= {"error", "warning", "info"}
     assert all(r.description.endswith(".") and r.title for r in RULES)
     exercised = {rule for _, _, expected in [*CASES, *FLAT_CASES] for rule, _ in expected}
-    assert exercised == set(ids)
+    assert exercised | set(RUN_RULES) == set(ids)  # RUN_RULES: tested where runs see them (test_unattended)
 
 
 def test_findings_are_sorted_and_carry_the_rule_severity(clean):

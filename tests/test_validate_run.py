@@ -171,6 +171,7 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
             con.execute(f"DROP TABLE {table}")
         con.execute("DROP INDEX registry_proc")
         for table, column in (("source_files", "root_id"), ("source_files", "category"), ("source_files", "layout"),
+                              ("source_files", "verified_ns"),
                               ("registry", "category"), ("registry", "proc_id")):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
@@ -179,7 +180,7 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
         open_manifest(db).findings()
     write(clean, "OMOP/extra_notes.txt", "not a table\n")
     result = run_site(clean, db)
-    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
     assert "omop.unexpected_file" in set(result.findings["rule"])
 
 

@@ -49,6 +49,7 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
         "files_per_s": round(_rate(result.n_hashed, result.hash_s), 1),
         "mb_per_s": round(_rate(result.bytes_hashed / 1e6, result.hash_s), 1),
         "stage_s": result.timings,
+        "verification": result.verification,
         "exit_code": int(result.exit_code),
     }
 
@@ -128,6 +129,14 @@ def summary_text(result: RunResult) -> str:
             lines.append(f"    {row['srcfile']}: {row['message']}")
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
+    v = result.verification
+    if v and v.get("share_read_in_30_days") is not None:
+        oldest = v["oldest_verification_days"]
+        lines.append(
+            f"re-verified: {v['files_reverified']} unchanged files ({human_bytes(v['bytes_reverified'])}) this run; "
+            f"{100 * v['share_read_in_30_days']:.1f}% of the site's files read in the last 30 days"
+            + (f", the longest unverified {oldest:g} days ago" if oldest is not None else "")
+            + (f", {v['never_verified']} not since they were first recorded by an older release" if v["never_verified"] else ""))
     if result.findings is not None:
         lines += ["", *findings_text(result.findings)]
     return "\n".join(lines)

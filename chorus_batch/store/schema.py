@@ -21,7 +21,7 @@ import uuid
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
@@ -105,8 +105,14 @@ def _to_5(con: sqlite3.Connection) -> None:
     con.execute("CREATE TABLE run_errors (run_id INTEGER NOT NULL, srcfile TEXT, kind TEXT NOT NULL, message TEXT NOT NULL)")
 
 
+def _to_6(con: sqlite3.Connection) -> None:
+    """Rolling re-verification: when each file version's bytes were last read and matched its MD5. Rows
+    committed before are treated as the oldest: they are re-verified first."""
+    con.execute("ALTER TABLE source_files ADD COLUMN verified_ns INTEGER")
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -225,5 +225,10 @@ RULES: tuple[Rule, ...] = (
          "A file is empty (0 bytes), usually an interrupted copy."),
     Rule("file.duplicate", "warning", "same content under two persons",
          "Files with identical content (MD5) lie under more than one person folder."),
+    Rule("file.silent_change", "error", "content changed behind an unchanged size and mtime",
+         "Rolling re-verification read a file whose size and mtime had not changed and found other bytes (storage "
+         "corruption, or a copy that kept the old timestamps); the version records it as replaced."),
 )
+# Rules whose findings come from what a run saw (its recorded problems), not from the files and headers.
+RUN_RULES = {"file.silent_change": "silent_change"}
 _SEVERITY = {r.id: r.severity for r in RULES}

@@ -89,13 +89,25 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
     parts = [extract_facts(readers[root_id], part, workers=workers)  # type: ignore[arg-type]
              for (root_id,), part in todo.group_by("root_id", maintain_order=True)]
     new_facts = pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
-    findings = check(current, pl.concat([known, new_facts.select(known.columns)]))
+    findings = pl.concat([check(current, pl.concat([known, new_facts.select(known.columns)])),
+                          run_findings(manifest.version_errors(label))]).sort("srcfile", "rule", "message")
     # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
     # Nor is such a version marked as checked: the next run checks it again, reading just those files.
     lasting = new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
     cache.save(label, lasting, findings, complete=lasting.height == new_facts.height)
     log.debug(f"validate: {todo.height} headers read, {known.height} cached, {findings.height} findings")
     return findings
+
+
+def run_findings(errors: pl.DataFrame) -> pl.DataFrame:
+    """Findings of the rules that speak of what the version's run saw (RUN_RULES: its recorded problems)."""
+    from ..frames import FINDINGS_SCHEMA
+    from .rules import _SEVERITY, RUN_RULES
+
+    kinds = {kind: rule for rule, kind in RUN_RULES.items()}
+    return errors.filter(pl.col("kind").is_in(list(kinds))).select(
+        severity=pl.col("kind").replace_strict(kinds).replace_strict(_SEVERITY),
+        rule=pl.col("kind").replace_strict(kinds), srcfile="srcfile", message="message").cast(FINDINGS_SCHEMA)
 
 
 def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None, str] | None = None,
