@@ -148,8 +148,8 @@ def test_history_follows_a_file_through_its_versions(reader, history):
 
 def test_sqlite_and_parquet_readers_agree(history):
     sqlite, parquet = open_manifest(history["db"]), open_manifest(history["snaps"])
-    # A snapshot keeps each row as it was then: still valid, with the stat of that time.
-    as_then = ["version_invalid", "time_invalid", "mtime_ns"]
+    # A snapshot keeps each row as it was then: still valid, with the stat and last verification of that time.
+    as_then = ["version_invalid", "time_invalid", "mtime_ns", "verified_ns"]
     for label in history["labels"]:
         assert sqlite.files(label).drop(as_then).equals(parquet.files(label).drop(as_then))
         assert sqlite.changes(label).sort("change", "srcfile").select("change", "srcfile", "md5").equals(
