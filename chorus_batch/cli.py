@@ -44,14 +44,18 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _max_delete(text: str) -> str:
-    from .config import parse_max_delete
+def _checked(parser_name: str):
+    """An argparse type: the text, once config's `parser_name` accepts it (imported when a value is given,
+    so that --help stays instant)."""
+    def check(text: str) -> str:
+        from . import config
 
-    try:
-        parse_max_delete(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+        try:
+            getattr(config, parser_name)(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return check
 
 
 def _percent(text: str) -> float:
@@ -62,16 +66,6 @@ def _percent(text: str) -> float:
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError("must be between 0 and 100")
     return value
-
-
-def _bytes_arg(text: str) -> str:
-    from .config import parse_bytes
-
-    try:
-        parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _positive_int(text: str) -> int:
@@ -126,13 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--version", dest="version_label", metavar="LABEL", help="version label (default: UTC start, YYYYMMDDhhmmss)")
     run.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
-    run.add_argument("--max-delete", type=_max_delete, metavar="PERCENT|COUNT|all",
+    run.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
                      help="refuse a version that removes more of the previous version's files than this (default: "
                           "50%%; a root that lists no files at all is refused unless 'all')")
     run.add_argument("--verify-sample", type=_percent, metavar="PERCENT",
                      help="re-read this share of the unchanged files each run, the longest unverified first, so the "
                           "whole site is re-verified over time (default 1; 0: off)")
-    run.add_argument("--verify-max-bytes", type=_bytes_arg, metavar="BYTES",
+    run.add_argument("--verify-max-bytes", type=_checked("parse_bytes"), metavar="BYTES",
                      help="at most this much re-verification a run (default 10GiB; e.g. 500MB, 2TiB)")
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
