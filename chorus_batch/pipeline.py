@@ -90,8 +90,18 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
                                     message=f"stopped by signal {code - 128}")
                 raise
             except Exception as exc:
-                manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=None, message=f"{type(exc).__name__}: {exc}")
-                raise
+                committed = manifest.committed_label
+                manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=committed,
+                                    message=f"{type(exc).__name__}: {exc}")
+                if committed is None:
+                    raise
+                # Never let the generic message say "nothing was committed" when a version was.
+                failed = AfterCommitError(
+                    f"version {committed} was committed to {manifest.path}, but the run then failed: "
+                    f"{type(exc).__name__}: {exc}", where=str(manifest.path),
+                    fix="rerun with -v for details; the version stays committed")
+                failed.committed = committed
+                raise failed from exc
             manifest.finish_run(
                 run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
                 n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
@@ -106,17 +116,22 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
 def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
-    from .config import parse_max_delete
+    from .config import parse_bytes, parse_max_delete
 
     manifest.check_path()
     if settings.version_label is not None:
         latest = manifest.latest_version() if manifest.path.exists() and not manifest.path.is_dir() else None
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
-    try:
-        parse_max_delete(settings.max_delete)
-    except ValueError as exc:
-        raise UsageError(f"invalid --max-delete: {exc}", where="--max-delete / max_delete in [run]",
-                         fix="give a percentage (50%), a number of files (1000) or all") from None
+    for check, value, where, fix in (
+        (parse_max_delete, settings.max_delete, "--max-delete / max_delete in [run]",
+         "give a percentage (50%), a number of files (1000) or all"),
+        (parse_bytes, settings.verify_max_bytes, "--verify-max-bytes / verify_max_bytes in [run]",
+         "give a byte count such as 10GiB or 500MB"),
+    ):
+        try:
+            check(value)
+        except ValueError as exc:
+            raise UsageError(f"invalid {where.split(' ')[0]}: {exc}", where=where, fix=fix) from None
     if settings.parquet:
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

@@ -24,6 +24,7 @@ import pyarrow as pa
 from ..frames import LISTING_SCHEMA
 
 BATCH_ROWS = 65_536
+READ_SIZE = 64 * 1024  # bytes per read when hashing: stays in L2; measured fastest for hashlib.md5
 MAX_NS, MIN_NS = 2**63 - 1, -(2**63)  # int64 nanoseconds: 1677-09-21 .. 2262-04-11
 
 

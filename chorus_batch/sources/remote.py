@@ -13,9 +13,8 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from ..errors import SourceError
-from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
+from .base import BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
 
-READ_SIZE = 64 * 1024
 # Storages whose listing carries an MD5 they hold for each object (Azure Blob's Content-MD5).
 _SERVER_MD5_PROTOCOLS = ("az", "abfs", "abfss")
 # Query parameters and userinfo that carry secrets: never recorded, logged or printed.
