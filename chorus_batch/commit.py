@@ -26,7 +26,7 @@ from .classify import PathPattern, classify, fingerprint
 from .diff import compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
-from .frames import CLASSIFIED_SCHEMA, STATE_SCHEMA, empty_errors
+from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, empty_errors
 from .progress import Progress
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
@@ -48,6 +48,7 @@ class Committed:
     n_files: int
     total_bytes: int
     verification: dict = field(default_factory=dict)  # rolling re-verification: this run, and the site's state
+    md5_sources: dict = field(default_factory=dict)  # how this run obtained each listed file's MD5 (MD5_SOURCES)
 
 
 def read_delete_list(path: str) -> pl.DataFrame:
@@ -140,7 +141,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
         rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
         for rows in (kept_rows, new_rows)
     ]
-    errors = pl.concat([scanned.errors, delete_errors, *parse_errors, silent_changes(scanned.files, previous)]).unique().sort(
+    errors = pl.concat([scanned.errors, delete_errors, *parse_errors, silent_changes(scanned.files, previous),
+                        unverifiable_files(scanned.files)]).unique().sort(
         "srcfile", "kind", "message")
     n_files = kept_rows.height + new_rows.height
     total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
@@ -148,7 +150,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     del current
     outcome = Committed(label=None, counts=counts, by_modality=by_modality, change_set=diff.change_set, errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
-                        verification=verification(scanned, kept_rows, touched, new_rows))
+                        verification=verification(scanned, kept_rows, touched, new_rows),
+                        md5_sources=md5_sources(scanned.files))
     if dry_run:
         return outcome
 
@@ -198,10 +201,13 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
         return rows
     update = touched.select("file_id", pl.col("mtime_ns").alias("_mtime"),
                             pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64).alias("_root"),
-                            pl.col("verified_ns").alias("_verified"))
+                            pl.col("verified_ns").alias("_verified"), pl.col("etag").alias("_etag"), _hit=pl.lit(True))
+    touched_row = pl.col("_hit").fill_null(False)
     return rows.join(update, on="file_id", how="left").with_columns(
         mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id"),
-        verified_ns=pl.coalesce("_verified", "verified_ns")).drop("_mtime", "_root", "_verified")
+        verified_ns=pl.coalesce("_verified", "verified_ns"),
+        etag=pl.when(touched_row).then(pl.col("_etag")).otherwise(pl.col("etag")),
+    ).drop("_mtime", "_root", "_verified", "_etag", "_hit")
 
 
 def guard_removals(previous: pl.DataFrame, scanned: ScanResult, n_removed: int, root_ids: dict[int, int], *,
@@ -283,33 +289,38 @@ def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous:
 def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str],
                  root_ids: dict[int, int], unseen: list[str] | None = None,
                  verified_ns: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The tree now as (root_id, srcfile, size, mtime_ns, md5, unchanged_modality), and the `touched`
-    files whose content is unchanged but whose stat or root moved (file_id, mtime_ns, root_id).
-    root_id is the scan's position of the root; `root_ids` maps the recorded ones to the manifest's."""
+    """The tree now as (root_id, srcfile, size, mtime_ns, md5, verified_ns, md5_source, etag,
+    unchanged_modality), and the `touched` files whose content is unchanged but whose stat, etag or root
+    moved (file_id, mtime_ns, root_id, verified_ns, etag). root_id is the scan's position of the root;
+    `root_ids` maps the recorded ones to the manifest's. An unverifiable cloud file is in the tree with
+    md5 NULL (it is there, but nothing vouches for its bytes)."""
     prev = previous.select("srcfile", pl.col("file_id").alias("prev_file_id"), pl.col("size").alias("prev_size"),
                            pl.col("mtime_ns").alias("prev_mtime_ns"), pl.col("md5").alias("prev_md5"),
                            pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"),
-                           pl.col("verified_ns").alias("prev_verified_ns"))
+                           pl.col("verified_ns").alias("prev_verified_ns"), pl.col("etag").alias("prev_etag"))
     joined = files.join(prev, on="srcfile", how="left")
     # A file that could not be hashed keeps its previous row (nothing recorded is lost);
     # a new one that could not be hashed waits for the next run.
-    failed = pl.col("md5").is_null()
+    unverifiable = pl.col("md5_source").eq_missing("unverifiable")
+    failed = pl.col("md5").is_null() & ~unverifiable
     current = joined.with_columns(
-        md5=pl.coalesce("md5", "prev_md5"),
+        md5=pl.when(failed).then(pl.col("prev_md5")).otherwise(pl.col("md5")),
         size=pl.when(failed).then(pl.col("prev_size")).otherwise(pl.col("size")),
         mtime_ns=pl.when(failed).then(pl.col("prev_mtime_ns")).otherwise(pl.col("mtime_ns")),
-    ).filter(pl.col("md5").is_not_null()).with_columns(
+        etag=pl.when(failed).then(pl.col("prev_etag")).otherwise(pl.col("etag")),
+    ).filter(pl.col("md5").is_not_null() | unverifiable).with_columns(
         # when the bytes were last seen to have this MD5: now, if read now; else as recorded
         verified_ns=pl.when(pl.col("read")).then(pl.lit(verified_ns, pl.Int64)).otherwise(pl.col("prev_verified_ns")))
     same = pl.col("md5") == pl.col("prev_md5")
     recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
-    # Same content, new stat (or found under another root): remember it, so these are not hashed again.
+    # Same content, new stat or etag (or found under another root): remember it, so these are not hashed again.
     touched = current.filter(
         same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
+                | pl.col("etag").ne_missing(pl.col("prev_etag"))
                 | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
                 | (pl.col("verify") & pl.col("read")))  # re-verified and confirmed: remember when
-    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns")
-    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns",
+    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns", "etag")
+    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
                              pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"))
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
         under = pl.col("srcfile").is_in(unseen or [])
@@ -318,8 +329,27 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                              pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs]))
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
         current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
-                                                  "verified_ns", pl.col("modality").alias("unchanged_modality"))])
+                                                  "verified_ns", pl.lit(None, pl.String).alias("md5_source"), "etag",
+                                                  pl.col("modality").alias("unchanged_modality"))])
     return current, touched
+
+
+def unverifiable_files(files: pl.DataFrame) -> pl.DataFrame:
+    """Cloud files recorded without an MD5 (--cloud-md5 stored-only, none stored): errors, never 'equal'."""
+    return files.filter(pl.col("md5_source").eq_missing("unverifiable")).select(
+        "srcfile", kind=pl.lit("unverifiable"), message=pl.lit(
+            "the storage holds no MD5 for this object and --cloud-md5 stored-only forbids reading it: recorded "
+            "without an MD5, so nothing vouches for its bytes; run with --cloud-md5 stored-or-download to hash it"))
+
+
+def md5_sources(files: pl.DataFrame) -> dict[str, int]:
+    """How this run obtained the MD5 of each listed file (frames.MD5_SOURCES; a re-verified file counts as
+    reused: its MD5 was confirmed, not new)."""
+    counts = dict.fromkeys(MD5_SOURCES, 0)
+    source = pl.when(pl.col("verify")).then(pl.lit("reused")).otherwise(pl.col("md5_source"))
+    for name, n in files.select(source.alias("s")).drop_nulls().group_by("s").len().iter_rows():
+        counts[name] = n
+    return counts
 
 
 def _check_modality_roots(classified: pl.DataFrame, expected: dict[int, str]) -> pl.DataFrame:

@@ -2,7 +2,8 @@
 
   added     path new, content not explained by a rename
   removed   path gone (full mode), or named in the delete list (append mode)
-  replaced  same path, different MD5
+  replaced  same path, different MD5 (a file without an MD5, unverifiable: a different etag, size
+            or mtime; it is never paired as a rename nor counted as equal to another)
   renamed   a removed and an added path with the same MD5 and size (not empty), paired
             one-to-one (in path order within each MD5/size group)
   unchanged same path, same MD5 (counted, not listed)
@@ -23,7 +24,10 @@ CHANGE_SET_SCHEMA = {"change": pl.String, "srcfile": pl.String, "old_srcfile": p
 _DIFF_SQL = """
 WITH joined AS (
     SELECT c.srcfile AS c_path, c.md5 AS c_md5, c.size AS c_size,
-           p.srcfile AS p_path, p.md5 AS p_md5, p.size AS p_size, p.file_id AS p_id
+           p.srcfile AS p_path, p.md5 AS p_md5, p.size AS p_size, p.file_id AS p_id,
+           coalesce(c.md5 IS NULL AND p.md5 IS NULL AND c.etag IS NOT DISTINCT FROM p.etag
+                    AND c.size IS NOT DISTINCT FROM p.size AND c.mtime_ns IS NOT DISTINCT FROM p.mtime_ns, FALSE)
+               AS same_unverifiable
     FROM current_files c FULL OUTER JOIN previous_files p ON c.srcfile = p.srcfile
 ),
 added_raw AS (
@@ -54,11 +58,14 @@ SELECT 'added', a.srcfile, NULL, NULL FROM added_raw a ANTI JOIN renamed n ON a.
 UNION ALL
 SELECT 'removed', r.srcfile, NULL, r.file_id FROM removed_raw r ANTI JOIN renamed n ON r.srcfile = n.old_srcfile
 UNION ALL
-SELECT 'replaced', c_path, NULL, p_id FROM joined WHERE c_path = p_path AND c_md5 IS DISTINCT FROM p_md5
+SELECT 'replaced', c_path, NULL, p_id FROM joined
+WHERE c_path = p_path AND (c_md5 IS DISTINCT FROM p_md5 OR c_md5 IS NULL) AND NOT same_unverifiable
 """
 
 _UNCHANGED_SQL = """
-SELECT count(*) FROM current_files c JOIN previous_files p ON c.srcfile = p.srcfile WHERE c.md5 = p.md5
+SELECT count(*) FROM current_files c JOIN previous_files p ON c.srcfile = p.srcfile
+WHERE c.md5 = p.md5 OR (c.md5 IS NULL AND p.md5 IS NULL AND c.etag IS NOT DISTINCT FROM p.etag
+                        AND c.size IS NOT DISTINCT FROM p.size AND c.mtime_ns IS NOT DISTINCT FROM p.mtime_ns)
 """
 
 
@@ -88,8 +95,8 @@ def compute_diff(
     threads: int = 2,
     memory_limit: str = "256MB",
 ) -> Diff:
-    """previous_files: file_id, srcfile, size, md5 (current rows of the last version).
-    current_files: srcfile, size, md5 (the tree now). delete_list: srcfile (append mode)."""
+    """previous_files: file_id, srcfile, size, mtime_ns, md5[, etag] (current rows of the last version).
+    current_files: srcfile, size, mtime_ns, md5[, etag] (the tree now). delete_list: srcfile (append mode)."""
     # A memory cap keeps 10M-file sites within a node's share; beyond it DuckDB spills
     # to a private temporary folder (the paths hold person identifiers).
     spill = tempfile.mkdtemp(prefix="chorus-duckdb-")
@@ -100,8 +107,9 @@ def compute_diff(
     try:
         # string_view columns pass to DuckDB without a copy (plain Arrow strings would copy every path)
         arrow = pl.CompatLevel.newest()
-        con.register("previous_files", previous_files.select("file_id", "srcfile", "size", "md5").to_arrow(compat_level=arrow))
-        con.register("current_files", current_files.select("srcfile", "size", "md5").to_arrow(compat_level=arrow))
+        diff_columns = ("srcfile", "size", "mtime_ns", "md5", "etag")
+        con.register("previous_files", _with_etag(previous_files).select("file_id", *diff_columns).to_arrow(compat_level=arrow))
+        con.register("current_files", _with_etag(current_files).select(*diff_columns).to_arrow(compat_level=arrow))
         if mode == "full":
             condition = "TRUE"
         else:
@@ -115,3 +123,9 @@ def compute_diff(
         shutil.rmtree(spill, ignore_errors=True)
     change_set = change_set.cast(CHANGE_SET_SCHEMA).sort("change", "srcfile")
     return Diff(change_set, int(n_unchanged))
+
+
+def _with_etag(frame: pl.DataFrame) -> pl.DataFrame:
+    """Callers comparing contents only (MD5 always known) may leave out mtime_ns and etag."""
+    missing = {"mtime_ns": pl.Int64, "etag": pl.String}
+    return frame.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in missing.items() if name not in frame.columns])

@@ -18,20 +18,32 @@ import pyarrow as pa
 import polars as pl
 
 # One row per file found by a source. srcfile is the site-relative POSIX path; stored_md5 is
-# the MD5 the storage itself holds (sources with the server_md5 capability), else NULL.
+# the MD5 the storage itself holds (sources with the server_md5 capability), else NULL; etag is
+# the storage's version tag of the object (cloud sources; NULL for local files).
 LISTING_SCHEMA = pa.schema(
     [
         ("srcfile", pa.string()),
         ("size", pa.int64()),
         ("mtime_ns", pa.int64()),
         ("stored_md5", pa.string()),
+        ("etag", pa.string()),
     ]
 )
 
+# How a file version's MD5 was obtained (source_files.md5_source):
+#   computed      its bytes were read and hashed by chorus-batch
+#   stored        the storage's own MD5 (Azure Content-MD5, an S3 single-part ETag), taken from the listing
+#   reused        unchanged since the previous version (same size and mtime; same etag in the cloud)
+#   unverifiable  no MD5: the storage holds none and --cloud-md5 stored-only forbids reading it
+MD5_SOURCES = ("computed", "stored", "reused", "unverifiable")
+# --cloud-md5 / cloud_md5 in [run]: where a cloud file's MD5 may come from.
+CLOUD_MD5_POLICIES = ("stored-or-download", "download", "stored-only")
+
 # What a scan saw of each listed file: its root, stat and MD5 (NULL where it could not be hashed).
 # `read`: the MD5 was computed from the bytes in this scan; `verify`: read only to re-verify an unchanged file.
+# `md5_source` (MD5_SOURCES): how `md5` was obtained; NULL where it could not be hashed.
 SCANNED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "md5": pl.String,
-                  "read": pl.Boolean, "verify": pl.Boolean}
+                  "read": pl.Boolean, "verify": pl.Boolean, "md5_source": pl.String, "etag": pl.String}
 
 # Problems found while listing, hashing or parsing; one row each.
 ERRORS_SCHEMA = {"srcfile": pl.String, "kind": pl.String, "message": pl.String}
@@ -63,6 +75,7 @@ STATE_SCHEMA = {
     "parse_error": pl.String,
     "root_id": pl.Int64,
     "verified_ns": pl.Int64,
+    "etag": pl.String,
 }
 
 # One finding of `validate`: severity error | warning | info, the rule's id, where, and what to fix.
@@ -100,13 +113,18 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
     "source_files": _columns(
         ("file_id", "INTEGER PRIMARY KEY", _I), ("record_id", "INTEGER", _I), ("person_id", "TEXT", _S),
         ("srcfile", "TEXT NOT NULL", _S), ("modality", "TEXT", _S), ("size", "INTEGER NOT NULL", _I),
-        ("mtime_ns", "INTEGER NOT NULL", _I), ("md5", "TEXT NOT NULL", _S), ("session_id", "TEXT", _S),
+        ("mtime_ns", "INTEGER NOT NULL", _I),
+        ("md5", "TEXT", _S),  # NULL only when md5_source is 'unverifiable' (schema 7; NOT NULL before)
+        ("session_id", "TEXT", _S),
         ("start_date", "TEXT", _S), ("start_time", "TEXT", _S), ("duration_s", "REAL", _F), ("segment", "TEXT", _S),
         ("parse_error", "TEXT", _S), ("time_valid", "TEXT NOT NULL", _S), ("time_invalid", "TEXT", _S),
         ("version_valid", "TEXT NOT NULL", _S), ("version_invalid", "TEXT", _S),
         ("root_id", "INTEGER", _I),  # schema 3: the root the file was found under (roots.root_id)
         ("category", "TEXT", _S), ("layout", "TEXT", _S),  # schema 4
         ("verified_ns", "INTEGER", _I),  # schema 6: when the bytes were last read and found to have this MD5
+        # schema 7: how the MD5 was obtained (MD5_SOURCES; NULL: not recorded, before schema 7), and the
+        # storage's etag of a cloud file (its change detection beside size and mtime)
+        ("md5_source", "TEXT", _S), ("etag", "TEXT", _S),
     ),
     "registry": _columns(
         ("record_id", "INTEGER PRIMARY KEY", _I), ("record_key", "TEXT NOT NULL UNIQUE", _S), ("person_id", "TEXT", _S),

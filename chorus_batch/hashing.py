@@ -46,11 +46,17 @@ HASHED_SCHEMA = {
 
 
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
-         racy_until_ns: int | None = None, verify_files: int = 0, verify_max_bytes: int = 0) -> pl.DataFrame:
+         racy_until_ns: int | None = None, verify_files: int = 0, verify_max_bytes: int = 0,
+         cloud_md5: str = "stored-or-download", cloud_roots: Sequence[int] = ()) -> pl.DataFrame:
     """The listing joined to the previous current rows, with `needs_md5` (a new MD5 is due) and
-    `needs_read` (due, and the storage holds none: the file must be read and hashed).
+    `needs_read` (due, and it must come from the bytes: the file is read and hashed).
 
-    Adds prev_file_id, prev_size, prev_mtime_ns, prev_md5, prev_modality (NULL for new paths).
+    A cloud file (its root in `cloud_roots`) changed when its etag, size or last-modified did; its MD5
+    is then the one the storage holds, if any, under the `cloud_md5` policy (frames.CLOUD_MD5_POLICIES):
+    stored-or-download reads only files with none, download reads every due file, stored-only never
+    reads (a file with no stored MD5 stays without one: unverifiable).
+
+    Adds prev_file_id, prev_size, prev_mtime_ns, prev_md5, prev_modality, prev_etag (NULL for new paths).
     """
     prev = previous.select(
         "srcfile",
@@ -60,27 +66,37 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         pl.col("md5").alias("prev_md5"),
         pl.col("modality").alias("prev_modality"),
         pl.col("verified_ns").alias("prev_verified_ns"),
+        pl.col("etag").alias("prev_etag"),
     )
     joined = listing.join(prev, on="srcfile", how="left")
+    cloud = pl.col("root_id").is_in(list(cloud_roots)) if cloud_roots else pl.lit(False)
     needs = (
-        pl.col("prev_md5").is_null()
+        pl.col("prev_md5").is_null()  # new, or recorded without an MD5 (unverifiable): look again
         | (pl.col("size") != pl.col("prev_size"))
         | (pl.col("mtime_ns") != pl.col("prev_mtime_ns"))
+        # a new etag: written since (no etag recorded, as before schema 7: size and mtime decide)
+        | (pl.col("etag") != pl.col("prev_etag")).fill_null(False)
     )
     if rehash:
         needs = pl.lit(True)
     elif racy_cutoff_ns is not None:
         # Racily clean: modified around the previous scan, so a later write in the same clock tick could be
         # unseen. A file whose mtime lies beyond that (a clock in the future) is not: a write now would move
-        # its mtime back, which the stat comparison sees, so it is not hashed again on every run.
-        racy = pl.col("mtime_ns") >= racy_cutoff_ns
+        # its mtime back, which the stat comparison sees, so it is not hashed again on every run. An object
+        # with an etag is never racy: any write gives it a new etag.
+        racy = (pl.col("mtime_ns") >= racy_cutoff_ns) & pl.col("etag").is_null()
         if racy_until_ns is not None:
             racy = racy & (pl.col("mtime_ns") <= racy_until_ns)
         needs = needs | racy
     joined = joined.with_columns(needs_md5=needs)
-    # --rehash reads every file, whatever the storage holds
-    joined = joined.with_columns(needs_read=pl.col("needs_md5") & (pl.col("stored_md5").is_null() | rehash))
-    return _verify_slice(joined, verify_files, verify_max_bytes)
+    if cloud_md5 == "stored-only":
+        read = ~cloud & (pl.col("stored_md5").is_null() | rehash)
+    elif cloud_md5 == "download":
+        read = cloud | pl.col("stored_md5").is_null() | rehash
+    else:
+        read = pl.col("stored_md5").is_null() | rehash  # --rehash reads every file, whatever the storage holds
+    joined = joined.with_columns(needs_read=pl.col("needs_md5") & read, _no_read=cloud & (cloud_md5 == "stored-only"))
+    return _verify_slice(joined, verify_files, verify_max_bytes).drop("_no_read")
 
 
 def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:
@@ -89,8 +105,10 @@ def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFr
     larger than the byte cap alone is left out (it would take a night's whole budget)."""
     if files <= 0 or max_bytes <= 0:
         return joined.with_columns(verify=pl.lit(False))
+    # (`_no_read`: files the cloud policy forbids reading)
     chosen = (
-        joined.filter(~pl.col("needs_md5") & pl.col("prev_md5").is_not_null() & (pl.col("size") <= max_bytes))
+        joined.filter(~pl.col("needs_md5") & pl.col("prev_md5").is_not_null() & (pl.col("size") <= max_bytes)
+                      & ~pl.col("_no_read"))
         .select("srcfile", "size", "prev_verified_ns")
         .sort(["prev_verified_ns", "srcfile"], nulls_last=False)
         .head(files)

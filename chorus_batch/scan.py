@@ -167,10 +167,12 @@ def list_roots(roots: list[Root], progress: Progress) -> tuple[pl.DataFrame, pl.
 
 def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
          racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
-         coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0) -> ScanResult:
+         coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0,
+         cloud_md5: str = "stored-or-download") -> ScanResult:
     """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
     `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
-    unchanged, the longest unverified first (rolling re-verification)."""
+    unchanged, the longest unverified first (rolling re-verification). `cloud_md5` says where the MD5 of
+    a file under a remote root may come from (see hashing.plan)."""
     progress = progress or Progress(quiet=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -188,7 +190,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=rehash,
                            racy_until_ns=scan_started_ns + int(racy_window_s * 1e9),
                            verify_files=math.ceil(listing.height * verify_percent / 100),
-                           verify_max_bytes=verify_max_bytes)
+                           verify_max_bytes=verify_max_bytes, cloud_md5=cloud_md5,
+                           cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local])
     n_listed = listing.height
     del listing  # large trees: keep one copy of the paths
     todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns", "verify").sort("srcfile")
@@ -216,6 +219,11 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         .otherwise(pl.col("prev_md5")),
         read=pl.col("needs_read") & pl.col("md5").is_not_null(),
         verify="verify",
+        md5_source=pl.when(pl.col("needs_read")).then(pl.when(pl.col("md5").is_not_null()).then(pl.lit("computed")))
+        .when(pl.col("needs_md5")).then(pl.when(pl.col("stored_md5").is_not_null()).then(pl.lit("stored"))
+                                        .otherwise(pl.lit("unverifiable")))
+        .otherwise(pl.lit("reused")),
+        etag="etag",
     )
     timings["hash"] = round(time.perf_counter() - t, 4)
     return ScanResult(

@@ -17,6 +17,7 @@ import pytest
 
 import chorus_batch.validate as validate_module
 from chorus_batch.review import open_manifest
+from chorus_batch.store.schema import SCHEMA_VERSION
 from chorus_batch.validate import readers
 from conftest import cli, query, run_site
 from sitegen import build_clean_site, person_ids, sessions_of, write
@@ -171,7 +172,7 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
             con.execute(f"DROP TABLE {table}")
         con.execute("DROP INDEX registry_proc")
         for table, column in (("source_files", "root_id"), ("source_files", "category"), ("source_files", "layout"),
-                              ("source_files", "verified_ns"),
+                              ("source_files", "verified_ns"), ("source_files", "md5_source"), ("source_files", "etag"),
                               ("registry", "category"), ("registry", "proc_id")):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
@@ -180,7 +181,7 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
         open_manifest(db).findings()
     write(clean, "OMOP/extra_notes.txt", "not a table\n")
     result = run_site(clean, db)
-    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert "omop.unexpected_file" in set(result.findings["rule"])
 
 

@@ -8,7 +8,8 @@ rclone's backends do:
                   machine: worker processes pay off (a local or HPC file system). Otherwise the
                   work waits on a network and threads overlap the waits.
   server_md5      the listing can carry an MD5 the storage already holds (`stored_md5`), so a
-                  new or changed file need not be read to be hashed.
+                  new or changed file need not be read to be hashed; such a listing also carries
+                  each object's etag, which changes whenever the object is written.
 
 Every implementation passes the shared contract suite in tests/test_source_contract.py.
 """
@@ -86,9 +87,12 @@ class Source(Protocol):
 
 
 def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int],
-                  stored_md5: list[str | None] | None = None) -> pa.RecordBatch:
-    md5s = pa.array(stored_md5, pa.string()) if stored_md5 is not None else pa.nulls(len(paths), pa.string())
+                  stored_md5: list[str | None] | None = None, etags: list[str | None] | None = None) -> pa.RecordBatch:
+    def strings(values: list[str | None] | None) -> pa.Array:
+        return pa.array(values, pa.string()) if values is not None else pa.nulls(len(paths), pa.string())
+
     return pa.RecordBatch.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64()), md5s],
+        [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64()), strings(stored_md5),
+         strings(etags)],
         schema=LISTING_SCHEMA,
     )

@@ -15,8 +15,10 @@ import pyarrow as pa
 from ..errors import SourceError
 from .base import BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
 
-# Storages whose listing carries an MD5 they hold for each object (Azure Blob's Content-MD5).
-_SERVER_MD5_PROTOCOLS = ("az", "abfs", "abfss")
+# Storages whose listing carries an MD5 they hold for each object (Azure Blob's Content-MD5, S3's
+# ETag of an object uploaded in one part) and an etag that changes whenever the object is written.
+_SERVER_MD5_PROTOCOLS = ("az", "abfs", "abfss", "s3", "s3a")
+_HEX_MD5 = re.compile(r"^[0-9a-f]{32}$")
 # Query parameters and userinfo that carry secrets: never recorded, logged or printed.
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
 _USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@]*@", re.IGNORECASE)
@@ -38,11 +40,22 @@ def _mtime_ns(info: dict) -> int:
     return 0
 
 
+def etag_of(info: dict) -> str | None:
+    """The storage's version tag of an object, without quotes (Azure `etag`, S3 `ETag`)."""
+    value = info.get("etag") or info.get("ETag") or info.get("e_tag")
+    return str(value).strip().strip('"') or None if value else None
+
+
 def stored_md5(info: dict) -> str | None:
-    """The MD5 a storage holds for an object, as hex (Azure's Content-MD5, raw or base64)."""
+    """The MD5 a storage holds for an object, as hex: Azure's Content-MD5 (raw or base64), or an S3
+    ETag that is a plain MD5. A multipart upload's ETag ("<hex>-<parts>") is an MD5 of MD5s, not of
+    the bytes: None. (An S3 object encrypted with SSE-KMS or SSE-C also has an ETag that is not its
+    MD5; the listing cannot tell, so such buckets need --cloud-md5 download.)"""
     settings = info.get("content_settings")
-    value = getattr(settings, "content_md5", None) if settings is not None and not isinstance(settings, dict) else (
-        settings or {}).get("content_md5")
+    if settings is None:
+        etag = etag_of(info) if ("ETag" in info or "e_tag" in info) else None
+        return etag.lower() if etag and _HEX_MD5.match(etag.lower()) else None
+    value = getattr(settings, "content_md5", None) if not isinstance(settings, dict) else settings.get("content_md5")
     if not value:
         return None
     if isinstance(value, bytes | bytearray):
@@ -70,7 +83,7 @@ class FsspecSource:
 
     @property
     def server_md5(self) -> bool:
-        """Azure Blob holds a Content-MD5 per blob, listed with it (a subclass may say otherwise)."""
+        """Azure Blob and S3 list an MD5 (where they hold one) and an etag per object."""
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         return any(p in _SERVER_MD5_PROTOCOLS for p in protocols)
 
@@ -101,16 +114,19 @@ class FsspecSource:
         sizes: list[int] = []
         mtimes: list[int] = []
         md5s: list[str | None] = []
+        etags: list[str | None] = []
+        server_md5 = self.server_md5
         for path, info in found.items():
             paths.append(path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/"))
             sizes.append(int(info.get("size") or 0))
             mtimes.append(_mtime_ns(info))
-            md5s.append(stored_md5(info) if self.server_md5 else None)
+            md5s.append(stored_md5(info) if server_md5 else None)
+            etags.append(etag_of(info) if server_md5 else None)
             if len(paths) >= BATCH_ROWS:
-                yield listing_batch(paths, sizes, mtimes, md5s)
-                paths, sizes, mtimes, md5s = [], [], [], []
+                yield listing_batch(paths, sizes, mtimes, md5s, etags)
+                paths, sizes, mtimes, md5s, etags = [], [], [], [], []
         if paths:
-            yield listing_batch(paths, sizes, mtimes, md5s)
+            yield listing_batch(paths, sizes, mtimes, md5s, etags)
 
     def stat(self, srcfile: str) -> FileStat:
         info = self.fs.info(self._path(srcfile))
@@ -133,4 +149,8 @@ class FsspecSource:
                 total += n
         if total != int(info.get("size") or 0):
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
+        if self.server_md5:  # written while it was read: the etag moved (a local file's mtime would have)
+            after = self.fs.info(path)
+            if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
+                raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
         return HashOutcome(digest.digest(), total, _mtime_ns(info))

@@ -422,10 +422,10 @@ class Manifest:
     @staticmethod
     def _update_touched(cur, touched: pl.DataFrame, root_ids: dict[int, int]) -> None:
         frame = touched.select("file_id", "mtime_ns", pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64),
-                               "verified_ns")
+                               "verified_ns", "etag")
         cur.adbc_ingest("_touch", frame.to_arrow(), mode="create", temporary=True)
-        cur.execute("UPDATE source_files SET mtime_ns = t.mtime_ns, root_id = t.root_id, verified_ns = t.verified_ns "
-                    "FROM temp._touch t WHERE source_files.file_id = t.file_id")
+        cur.execute("UPDATE source_files SET mtime_ns = t.mtime_ns, root_id = t.root_id, verified_ns = t.verified_ns, "
+                    "etag = t.etag FROM temp._touch t WHERE source_files.file_id = t.file_id")
 
     @staticmethod
     def _root_ids(cur, roots: list[tuple[str, str | None]], label: str | None) -> dict[int, int]:

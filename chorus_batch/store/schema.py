@@ -15,13 +15,14 @@ SCHEMA_VERSION, and add a MIGRATIONS step with the ALTER TABLE (and any backfill
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import uuid
 
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
@@ -111,8 +112,36 @@ def _to_6(con: sqlite3.Connection) -> None:
     con.execute("ALTER TABLE source_files ADD COLUMN verified_ns INTEGER")
 
 
+_MD5_NOT_NULL = re.compile(r"\bmd5\s+TEXT\s+NOT\s+NULL\b", re.IGNORECASE)
+
+
+def _to_7(con: sqlite3.Connection) -> None:
+    """Cloud sources: how each MD5 was obtained (md5_source), the storage's etag, and a NULL MD5 for a
+    cloud file that could not be verified. Dropping NOT NULL from source_files.md5 is a change of the
+    table's declared SQL only (SQLite's documented writable_schema procedure for removing a NOT NULL
+    constraint: no row is rewritten, so it takes the same time on 10M rows as on 10). Rows of local roots
+    committed before were all read and hashed: their md5_source is 'computed'; others are not known."""
+    (sql,) = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'source_files'").fetchone()
+    relaxed, n = _MD5_NOT_NULL.subn("md5 TEXT", sql)
+    md5_not_null = [row[3] for row in con.execute("PRAGMA table_info(source_files)") if row[1] == "md5"]
+    if md5_not_null != [0] and n != 1:
+        raise sqlite3.DatabaseError(f"source_files has no single 'md5 TEXT NOT NULL' column to relax ({n} found)")
+    if n == 1:
+        (cookie,) = con.execute("PRAGMA schema_version").fetchone()
+        con.execute("PRAGMA writable_schema = ON")
+        try:
+            con.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'source_files'", (relaxed,))
+            con.execute(f"PRAGMA schema_version = {int(cookie) + 1}")
+        finally:
+            con.execute("PRAGMA writable_schema = OFF")
+    con.execute("ALTER TABLE source_files ADD COLUMN md5_source TEXT")
+    con.execute("ALTER TABLE source_files ADD COLUMN etag TEXT")
+    con.execute("UPDATE source_files SET md5_source = 'computed' WHERE root_id IN "
+                "(SELECT root_id FROM roots WHERE location NOT LIKE '%://%')")
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
