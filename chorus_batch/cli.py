@@ -128,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
                           "whole site is re-verified over time (default 1; 0: off)")
     run.add_argument("--verify-max-bytes", type=_checked("parse_bytes"), metavar="BYTES",
                      help="at most this much re-verification a run (default 10GiB; e.g. 500MB, 2TiB)")
+    run.add_argument("--cloud-md5", choices=["stored-or-download", "download", "stored-only"],
+                     help="cloud roots (az://, s3://): where a new or changed file's MD5 comes from. stored-or-download "
+                          "(default): the storage's own MD5 (Azure Content-MD5, S3 single-part ETag), else download and "
+                          "hash; download: always download; stored-only: never download, a file without a stored MD5 "
+                          "is recorded without one (unverifiable, exit code 1)")
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
@@ -316,6 +321,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         max_delete=flag("max_delete") or config.run.max_delete,
         verify_sample=config.run.verify_sample if flag("verify_sample") is None else flag("verify_sample"),
         verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes,
+        cloud_md5=flag("cloud_md5") or config.run.cloud_md5,
     )
 
 

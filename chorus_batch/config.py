@@ -18,6 +18,8 @@ Example chorus.toml (paths are relative to the file's folder):
     workers = 8
     follow_symlinks = false
     validate = true                     # check the procedures after each run (default)
+    cloud_md5 = "stored-or-download"    # cloud roots: the storage's MD5, else download (or "download",
+                                        # or "stored-only": never download; files without one are unverifiable)
 
     [registry]                          # optional: procedure id ranges of `chorus-batch registry`
     image_proc_ids = [2000000000, 2000999999]
@@ -116,6 +118,7 @@ class RunSection(_Strict):
     max_delete: str | int = "50%"  # the most of the previous version's files one run may remove
     verify_sample: float = Field(default=1.0, ge=0, le=100)  # % of the site's files re-read each run (0: off)
     verify_max_bytes: str | int = "10GiB"  # ... but at most this much a run
+    cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
 
     @field_validator("verify_max_bytes")
     @classmethod
@@ -182,6 +185,8 @@ class RunSettings(BaseModel):
     max_delete: str | int = "50%"  # see parse_max_delete
     verify_sample: float = 1.0  # rolling re-verification: % of the files re-read each run
     verify_max_bytes: str | int = "10GiB"  # ... at most this many bytes a run (see parse_bytes)
+    # where a cloud file's MD5 comes from (frames.CLOUD_MD5_POLICIES): the storage's, else a download
+    cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
 
 
 def _resolve(base: Path, value: str | None) -> str | None:

@@ -206,7 +206,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     scanned = scan(roots, previous, based_on=previous_label, last_scan_ns=manifest.last_scan_started_ns(),
                    racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                    progress=progress, verify_percent=settings.verify_sample,
-                   verify_max_bytes=parse_bytes(settings.verify_max_bytes))
+                   verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5)
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,

@@ -50,6 +50,7 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
         "mb_per_s": round(_rate(result.bytes_hashed / 1e6, result.hash_s), 1),
         "stage_s": result.timings,
         "verification": result.verification,
+        "md5_sources": result.md5_sources,
         "exit_code": int(result.exit_code),
     }
 
@@ -129,6 +130,10 @@ def summary_text(result: RunResult) -> str:
             lines.append(f"    {row['srcfile']}: {row['message']}")
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
+    sources = result.md5_sources
+    if sources and (sources.get("stored") or sources.get("unverifiable")):  # a cloud root: say where MD5s came from
+        lines.append(f"MD5s: {sources['computed']} read and hashed, {sources['stored']} as stored by the storage, "
+                     f"{sources['reused']} unchanged (reused), {sources['unverifiable']} unverifiable (no MD5)")
     v = result.verification
     if v and v.get("share_read_in_30_days") is not None:
         oldest = v["oldest_verification_days"]
@@ -136,7 +141,8 @@ def summary_text(result: RunResult) -> str:
             f"re-verified: {v['files_reverified']} unchanged files ({human_bytes(v['bytes_reverified'])}) this run; "
             f"{100 * v['share_read_in_30_days']:.1f}% of the site's files read in the last 30 days"
             + (f", the longest unverified {oldest:g} days ago" if oldest is not None else "")
-            + (f", {v['never_verified']} not since they were first recorded by an older release" if v["never_verified"] else ""))
+            + (f", {v['never_verified']} never read (their MD5 as the storage holds it, or recorded by an older "
+               "release)" if v["never_verified"] else ""))
     if result.findings is not None:
         lines += ["", *findings_text(result.findings)]
     return "\n".join(lines)

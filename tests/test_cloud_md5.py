@@ -1,0 +1,224 @@
+"""Cloud sites: the MD5 of each file version by its source (stored / computed / reused / unverifiable),
+change detection by etag, the --cloud-md5 policy -- against real Azurite and moto S3 (tests/services.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chorus_batch.testdata import Spec, make_testdata
+from conftest import cli, query, run_site, tree_md5, write
+from services import set_content_md5, upload_tree, upload_tree_s3
+
+WRONG_MD5 = bytes.fromhex("0123456789abcdef0123456789abcdef")  # set by hand: only a run that trusts it reports it
+
+
+@pytest.fixture
+def az_env(azurite, monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    return azurite
+
+
+@pytest.fixture
+def s3_env(moto_s3, monkeypatch):
+    for key, value in moto_s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    return moto_s3
+
+
+def small_site(root: Path) -> dict[str, str]:
+    write(root, "OMOP/person.csv", b"person_id\n1\n")
+    write(root, "000001/Waveforms/S1/rec.hea", b"rec 1 250 10\n")
+    write(root, "000001/Waveforms/S1/rec.dat", bytes(range(256)) * 40)
+    write(root, "000002/Waveforms/S2/big.dat", b"block upload " * 2000)
+    write(root, "000002/Waveforms/S2/hand.dat", b"content md5 set by hand")
+    return tree_md5(root)
+
+
+def rows(db: Path) -> dict[str, tuple]:
+    return {r[0]: r[1:] for r in query(db, "SELECT srcfile, md5, md5_source, etag, size FROM source_files "
+                                           "WHERE time_invalid IS NULL")}
+
+
+def upload_small_site(azurite, local: Path) -> str:
+    container = azurite.new_container()
+    client = azurite.service_client()
+    blocks = {"000002/Waveforms/S2/big.dat"}
+    upload_tree(client, container, local, content_md5=True)
+    for name in blocks:  # again, in blocks: no Content-MD5
+        one = local.parent / "blocks"
+        shutil.rmtree(one, ignore_errors=True)
+        write(one, name, (local / name).read_bytes())
+        upload_tree(client, container, one, content_md5=False, blocks=True)
+    set_content_md5(client, container, "000002/Waveforms/S2/hand.dat", WRONG_MD5)
+    return container
+
+
+def test_stored_md5s_are_trusted_and_only_blobs_without_one_are_downloaded(az_env, tmp_path):
+    local = tmp_path / "site"
+    real = small_site(local)
+    container = upload_small_site(az_env, local)
+    db = tmp_path / "m.sqlite"
+    result = run_site(f"az://{container}", db, validate_site=False)
+    got = rows(db)
+    assert set(got) == set(real)
+    # The hand-set Content-MD5 is reported exactly: the blob was not downloaded.
+    assert got["000002/Waveforms/S2/hand.dat"][:2] == (WRONG_MD5.hex(), "stored")
+    # The block blob had no stored MD5: downloaded and hashed.
+    assert got["000002/Waveforms/S2/big.dat"][:2] == (real["000002/Waveforms/S2/big.dat"], "computed")
+    for path in ("OMOP/person.csv", "000001/Waveforms/S1/rec.dat"):
+        assert got[path][:2] == (real[path], "stored")
+    assert all(etag for _md5, _source, etag, _size in got.values())
+    assert result.md5_sources == {"computed": 1, "stored": 4, "reused": 0, "unverifiable": 0}
+    assert result.n_hashed == 1
+
+    # Nothing changed: nothing is downloaded, no version is written.
+    again = run_site(f"az://{container}", db, validate_site=False)
+    assert again.label is None and again.n_hashed == 0
+    assert again.md5_sources == {"computed": 0, "stored": 0, "reused": 5, "unverifiable": 0}
+
+
+def test_stored_only_never_downloads_and_says_which_files_are_unverifiable(az_env, tmp_path):
+    local = tmp_path / "site"
+    small_site(local)
+    container = upload_small_site(az_env, local)
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--site", f"az://{container}", "--db", str(db), "--cloud-md5", "stored-only", "--no-validate",
+              env={"AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string})
+    assert out.returncode == 1, out.stderr  # never counted as equal: a finding
+    assert "unverifiable" in out.stdout and "000002/Waveforms/S2/big.dat" in out.stdout
+    got = rows(db)
+    assert got["000002/Waveforms/S2/big.dat"][:2] == (None, "unverifiable")
+    assert query(db, "SELECT srcfile FROM scan_errors WHERE kind = 'unverifiable'") == [("000002/Waveforms/S2/big.dat",)]
+    assert query(db, "SELECT n_hashed FROM runs") == [(0,)]
+
+    # Unchanged: still unverifiable (no new version); rewritten in place: replaced, and still no MD5.
+    again = run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only")
+    assert again.label is None and again.exit_code == 1 and again.n_hashed == 0
+    client = az_env.service_client()
+    blob = client.get_blob_client(container, "000002/Waveforms/S2/big.dat")
+    blob.stage_block("b1", b"other bytes " * 100)
+    blob.commit_block_list(["b1"])
+    changed = run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only")
+    assert changed.counts["replaced"] == 1 and changed.n_hashed == 0
+    assert rows(db)["000002/Waveforms/S2/big.dat"][:2] == (None, "unverifiable")
+
+    # Switching the policy resolves it: the blob is downloaded once and gets its MD5.
+    resolved = run_site(f"az://{container}", db, validate_site=False)
+    assert resolved.n_hashed == 1 and resolved.exit_code == 0
+    assert rows(db)["000002/Waveforms/S2/big.dat"][:2] == (hashlib.md5(b"other bytes " * 100).hexdigest(), "computed")
+    assert resolved.counts["replaced"] == 1
+
+
+def test_download_policy_reads_every_new_blob(az_env, tmp_path):
+    local = tmp_path / "site"
+    real = small_site(local)
+    container = upload_small_site(az_env, local)
+    db = tmp_path / "m.sqlite"
+    result = run_site(f"az://{container}", db, validate_site=False, cloud_md5="download")
+    got = rows(db)
+    assert {p: r[0] for p, r in got.items()} == real  # the hand-set value is not believed
+    assert {r[1] for r in got.values()} == {"computed"} and result.n_hashed == 5
+
+
+def test_a_blob_changed_in_place_is_replaced_and_a_rewrite_with_the_same_bytes_is_not(az_env, tmp_path):
+    local = tmp_path / "site"
+    small_site(local)
+    container = az_env.new_container()
+    client = az_env.service_client()
+    upload_tree(client, container, local, content_md5=True)
+    db = tmp_path / "m.sqlite"
+    run_site(f"az://{container}", db, validate_site=False)
+    before = rows(db)
+
+    same_size = b"1" * len((local / "000001/Waveforms/S1/rec.hea").read_bytes())
+    write(local, "000001/Waveforms/S1/rec.hea", same_size)
+    upload_tree(client, container, local, content_md5=True)  # every blob rewritten: new etags
+    result = run_site(f"az://{container}", db, validate_site=False)
+    assert result.counts["replaced"] == 1 and result.counts["unchanged"] == 4
+    assert result.n_hashed == 0  # stored MD5s: nothing downloaded
+    after = rows(db)
+    assert after["000001/Waveforms/S1/rec.hea"][0] == hashlib.md5(same_size).hexdigest()
+    # The rewritten but identical blobs keep their file version, with the new etag recorded.
+    assert after["OMOP/person.csv"][3] != before["OMOP/person.csv"][3]
+    assert after["OMOP/person.csv"][:2] == before["OMOP/person.csv"][:2]
+    assert run_site(f"az://{container}", db, validate_site=False).md5_sources["reused"] == 5
+
+
+def test_s3_single_part_etags_are_stored_md5s_and_multipart_ones_are_not(s3_env, tmp_path):
+    local = tmp_path / "site"
+    real = small_site(local)
+    big = (b"0123456789abcdef" * 65536) * 6  # 6 MiB: two parts
+    write(local, "000003/Waveforms/S3/multi.dat", big)
+    real["000003/Waveforms/S3/multi.dat"] = hashlib.md5(big).hexdigest()
+    bucket = s3_env.new_bucket()
+    client = s3_env.client()
+    multi = tmp_path / "multi"
+    write(multi, "000003/Waveforms/S3/multi.dat", big)
+    (local / "000003/Waveforms/S3/multi.dat").unlink()
+    upload_tree_s3(client, bucket, local)
+    upload_tree_s3(client, bucket, multi, multipart=True)
+
+    db = tmp_path / "m.sqlite"
+    result = run_site(f"s3://{bucket}", db, validate_site=False)
+    got = rows(db)
+    assert {p: r[0] for p, r in got.items()} == real
+    assert got["000003/Waveforms/S3/multi.dat"][1] == "computed"
+    assert {r[1] for p, r in got.items() if p != "000003/Waveforms/S3/multi.dat"} == {"stored"}
+    assert result.n_hashed == 1
+
+    strict = tmp_path / "strict.sqlite"
+    only = run_site(f"s3://{bucket}", strict, validate_site=False, cloud_md5="stored-only")
+    assert only.exit_code == 1 and only.n_hashed == 0
+    assert rows(strict)["000003/Waveforms/S3/multi.dat"][:2] == (None, "unverifiable")
+
+
+@pytest.mark.parametrize("service", ["azurite", "moto"])
+def test_testdata_snapshots_in_the_cloud_give_the_local_manifest(service, request, tmp_path, monkeypatch):
+    """Done-when of the cloud issue: the first and second snapshots, uploaded, give the same current rows
+    (path, size, MD5) as a local run; under stored-only, unverifiable rows exactly where no MD5 is stored."""
+    out = tmp_path / "testdata"
+    make_testdata(out, Spec(persons=4))
+    if service == "azurite":
+        az = request.getfixturevalue("azurite")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az.connection_string)
+        client, scheme = az.service_client(), "az"
+        in_blocks = {"000002/Waveforms"}  # this person's waveforms uploaded in blocks: no Content-MD5
+
+        def upload(snapshot: Path) -> str:
+            container = az.new_container()
+            upload_tree(client, container, snapshot, content_md5=True)
+            for name in in_blocks:
+                if (snapshot / name).is_dir():
+                    upload_tree(client, container, snapshot / name, prefix=name, content_md5=False, blocks=True)
+            return container
+    else:
+        s3 = request.getfixturevalue("moto_s3")
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+        client, scheme = s3.client(), "s3"
+        in_blocks = set()
+
+        def upload(snapshot: Path) -> str:
+            bucket = s3.new_bucket()
+            upload_tree_s3(client, bucket, snapshot)
+            return bucket
+
+    local_db, cloud_db, strict_db = tmp_path / "local.sqlite", tmp_path / "cloud.sqlite", tmp_path / "strict.sqlite"
+    for snapshot in ("first", "second"):
+        where = upload(out / snapshot)
+        run_site(out / snapshot, local_db, validate_site=False, max_delete="all")
+        run_site(f"{scheme}://{where}", cloud_db, validate_site=False, max_delete="all")
+        run_site(f"{scheme}://{where}", strict_db, validate_site=False, max_delete="all", cloud_md5="stored-only")
+        key = "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"
+        assert query(cloud_db, key) == query(local_db, key)
+        strict = {path: md5 for path, _size, md5 in query(strict_db, key)}
+        assert {p for p, md5 in strict.items() if md5 is None} == {
+            p for p in strict if any(p.startswith(prefix + "/") for prefix in in_blocks)}
+        assert {p: m for p, m in strict.items() if m is not None} == {
+            p: m for p, _s, m in query(local_db, key) if strict[p] is not None}
