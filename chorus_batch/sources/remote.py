@@ -8,12 +8,16 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 
-from ..errors import SourceError
+from ..errors import ChorusError
+from . import cloud as cloud_access
 from .base import BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
 
 # Storages whose listing carries an MD5 they hold for each object (Azure Blob's Content-MD5).
 _SERVER_MD5_PROTOCOLS = ("az", "abfs", "abfss")
@@ -60,13 +64,24 @@ class FsspecSource:
 
     parallel_local = False  # network-bound: threads overlap the waits
 
-    def __init__(self, url: str, *, storage_options: dict | None = None):
-        import fsspec
-
+    def __init__(self, url: str, *, cloud: CloudSettings | None = None, storage_options: dict | None = None):
+        """`cloud`: how az:// and s3:// roots sign in ([azure], [s3]; see sources/cloud.py). With
+        `storage_options` the file system is fsspec's own, given exactly these options."""
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = root.rstrip("/")
         self.description = self.location = mask_url(url)
+        if storage_options is not None:
+            import fsspec
+
+            self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+            self.how = "the storage options given"
+        else:
+            try:
+                self.fs, root, self.how = cloud_access.filesystem_for(url, cloud)
+            except ChorusError:
+                raise
+            except cloud_access.storage_errors() as exc:
+                raise cloud_access.explain(exc, where=self.description, how="(signing in)", action="open") from None
+        self.root = root.rstrip("/")
 
     @property
     def server_md5(self) -> bool:
@@ -78,22 +93,20 @@ class FsspecSource:
         return f"{self.root}/{srcfile}" if self.root else srcfile
 
     def check(self) -> None:
+        """The root can be listed: a SourceError that says what to do if not (retried while transient)."""
         try:
-            ok = self.fs.isdir(self.root) if self.root else True
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot reach {self.description}: {exc}", where=self.description,
-                              fix="check the URL and that credentials for it are in the environment") from None
-        if not ok:
-            raise SourceError(f"site root not found: {self.description}", where=self.description,
-                              fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
-                                  "and the person folders")
+            ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
+        if ok is not True:
+            raise cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
+                                            known_top_missing=ok == "no_container")
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
             found = self.fs.find(self.root, detail=True, withdirs=False)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot list {self.description}: {exc}", where=self.description,
-                              fix="check the URL and that credentials for it are in the environment") from None
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="list") from None
         if not found:
             self.check()  # a root that vanished since check() is an error, never an empty site
         prefix = self.root + "/" if self.root else ""
