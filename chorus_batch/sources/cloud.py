@@ -99,7 +99,7 @@ _SCRUB = [
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
                 r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&;,]+"), r"\1***"),
     # user:password@ in URLs
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@"), r"\1***@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^@\s]+@"), r"\1***@"),
 ]
 
 
@@ -199,7 +199,8 @@ def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) ->
                 where="[azure] account_url", fix="also set [azure] account_name (or AZURE_STORAGE_ACCOUNT)")
         return AzureSignIn("account_key", f"account key from {key_env} for {account}", account_url, account_name,
                            key, key_env)
-    return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}", account_url, account_name)
+    return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
+                       account_url, account_name)
 
 
 def _ca_bundle(env: Mapping[str, str] | None = None) -> str | None:
