@@ -394,3 +394,172 @@ def test_open_source_passes_cloud_settings(clean_env):
     assert isinstance(source, FsspecSource)
     assert source.how == "account key from AZURE_STORAGE_KEY for account devstoreaccount1 ([azure] account_url)"
     assert str(source.fs.service_client.url).startswith("http://127.0.0.1:1/devstoreaccount1")
+
+
+# ----------------------------------------------------------------------------- against real services
+# Azurite (http, shared key), Azurite over https with OAuth and a managed-identity endpoint, and moto's
+# S3 server, started by tests/services.py for the session.
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+SITE_FILES = {"OMOP/person.csv": b"person_id\n1\n", "1/Images/2024/a.dcm": b"dicom-a", "1/Waveforms/s1/r.hea": b"hea"}
+
+
+@pytest.fixture
+def az_site(azurite, tmp_path):
+    from services import upload_tree
+
+    container = azurite.new_container("site")
+    with azurite.service_client() as client:
+        upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES))
+    return container
+
+
+def _azurite_cloud(azurite) -> CloudSettings:
+    return cloud(account_url=azurite.blob_endpoint)
+
+
+def _listed(source) -> set[str]:
+    source.check()
+    errors: list = []
+    return {path for batch in source.list_files(errors) for path in batch.column("srcfile").to_pylist()}
+
+
+def test_azurite_connection_string(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    source = open_source(f"az://{az_site}")
+    assert _listed(source) == set(SITE_FILES)
+    assert source.how == "connection string from AZURE_STORAGE_CONNECTION_STRING (account devstoreaccount1)"
+
+
+def test_azurite_sas_token_from_environment(clean_env, azurite, az_site):
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    clean_env.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
+    clean_env.setenv("AZURE_STORAGE_ACCOUNT", "ignored")  # [azure] account_url comes first
+    source = open_source(f"abfs://{az_site}", cloud=_azurite_cloud(azurite))
+    assert _listed(source) == set(SITE_FILES)
+    assert source.how.startswith("SAS token from AZURE_STORAGE_SAS_TOKEN for account devstoreaccount1")
+    with source.open("OMOP/person.csv") as f:
+        assert f.read() == SITE_FILES["OMOP/person.csv"]
+    # the same token without list permission: signed in, not allowed, and said so
+    clean_env.setenv("AZURE_STORAGE_SAS_TOKEN", generate_container_sas(
+        azurite.account_name, az_site, account_key=azurite.account_key, permission=ContainerSasPermissions(read=True),
+        expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)))
+    with pytest.raises(SourceError) as caught:
+        open_source(f"az://{az_site}", cloud=_azurite_cloud(azurite)).check()
+    assert caught.value.kind == "permission" and "(l)" in caught.value.fix  # type: ignore[attr-defined]
+    assert "sig=" not in str(caught.value) or "sig=***" in str(caught.value)
+
+
+def test_azurite_account_key_from_environment(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_KEY", azurite.account_key)
+    source = open_source(f"az://{az_site}/1", cloud=_azurite_cloud(azurite))
+    assert _listed(source) == {"Images/2024/a.dcm", "Waveforms/s1/r.hea"}
+
+
+def test_azurite_missing_container_and_bad_key(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_KEY", azurite.account_key)
+    with pytest.raises(SourceError) as caught:
+        open_source("az://no-such-container/site", cloud=_azurite_cloud(azurite)).check()
+    assert caught.value.kind == "missing" and "container no-such-container does not exist" in caught.value.what  # type: ignore[attr-defined]
+    assert caught.value.where == "az://no-such-container/site" and caught.value.fix
+    bad = "A" + azurite.account_key[1:] if not azurite.account_key.startswith("A") else "B" + azurite.account_key[1:]
+    clean_env.setenv("AZURE_STORAGE_KEY", bad)
+    with pytest.raises(SourceError) as caught:
+        open_source(f"az://{az_site}", cloud=_azurite_cloud(azurite)).check()
+    text = str(caught.value)
+    assert caught.value.kind == "auth" and "sign-in failed" in text  # type: ignore[attr-defined]
+    assert "account key from AZURE_STORAGE_KEY" in text and "rotated" in caught.value.fix
+    assert azurite.account_key not in text and bad not in text and bad[:24] not in text
+
+
+def test_azurite_stopped_fails_fast_and_clearly(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    clean_env.setenv("CHORUS_BATCH_RETRY_BASE_S", "0.05")
+    source = open_source(f"az://{az_site}")
+    azurite.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            source.check()
+        elapsed = time.monotonic() - started
+    finally:
+        azurite.start()
+    text = str(caught.value)
+    assert caught.value.kind == "network" and "cannot be reached" in text  # type: ignore[attr-defined]
+    assert f"127.0.0.1:{azurite.port}" in text and "fix:" in text
+    assert azurite.account_key not in text and "AccountKey=Eby8" not in text
+    assert elapsed < 15, elapsed
+    assert _listed(source) == set(SITE_FILES)  # the same source works again once the service is back
+
+
+def test_azurite_default_credential_through_managed_identity(clean_env, azurite_oauth, tmp_path):
+    from services import upload_tree
+
+    container = azurite_oauth.new_container("mi")
+    with azurite_oauth.service_client() as client:
+        upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES))
+    before = azurite_oauth.tokens_issued
+    with azurite_oauth.identity_environment():
+        source = open_source(f"az://{container}", cloud=cloud(account_url=azurite_oauth.account_url))
+        assert source.how.startswith("DefaultAzureCredential (")
+        assert _listed(source) == set(SITE_FILES)
+        buffer = bytearray(64 * 1024)
+        assert source.hash_file("OMOP/person.csv", buffer).size == len(SITE_FILES["OMOP/person.csv"])
+    assert azurite_oauth.tokens_issued > before
+
+
+def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3, tmp_path):
+    from conftest import current_rows, settings
+    from services import upload_tree, upload_tree_s3
+
+    from chorus_batch import run
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+
+    azure = run(settings(f"az://{az_site}", tmp_path / "az.sqlite", validate_site=False))
+    assert set(current_rows(tmp_path / "az.sqlite")) == set(SITE_FILES) and azure.label
+
+    bucket = moto_s3.new_bucket("site")
+    upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "s3up", SITE_FILES), prefix="export")
+    s3 = run(settings(f"s3://{bucket}/export", tmp_path / "s3.sqlite", validate_site=False, cloud=s3_cloud))
+    assert set(current_rows(tmp_path / "s3.sqlite")) == set(SITE_FILES) and s3.label
+
+    # mixed: a local site root, Images from Azure, Waveforms from S3 (each with its own file system)
+    local = _tree(tmp_path / "local", {"OMOP/person.csv": b"person_id\n1\n"})
+    images = azurite.new_container("img")
+    with azurite.service_client() as client:
+        upload_tree(client, images, _tree(tmp_path / "imgup", {"2/Images/2024/b.dcm": b"dicom-b"}), prefix="export")
+    waves = moto_s3.new_bucket("wav")
+    upload_tree_s3(moto_s3.client(), waves, _tree(tmp_path / "wavup", {"2/Waveforms/s2/r.dat": b"dat"}))
+    mixed = run(settings(local, tmp_path / "mixed.sqlite", validate_site=False, cloud=s3_cloud,
+                         roots={"Images": f"az://{images}/export", "Waveforms": f"s3://{waves}"}))
+    assert set(current_rows(tmp_path / "mixed.sqlite")) == {"OMOP/person.csv", "2/Images/2024/b.dcm",
+                                                            "2/Waveforms/s2/r.dat"}
+    assert mixed.label
+
+
+def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    with pytest.raises(SourceError) as caught:
+        open_source("s3://no-such-bucket/site", cloud=s3_cloud).check()
+    assert caught.value.kind in ("missing",) and "bucket" in caught.value.what  # type: ignore[attr-defined]
+    assert f"at {moto_s3.endpoint_url} ([s3] endpoint_url)" in caught.value.what
