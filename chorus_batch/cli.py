@@ -320,7 +320,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         validate_site=config.run.validate_site if flag("validate") is None else flag("validate"),
         max_delete=flag("max_delete") or config.run.max_delete,
         verify_sample=config.run.verify_sample if flag("verify_sample") is None else flag("verify_sample"),
-        verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes,
+        verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes, cloud=config.cloud,
         cloud_md5=flag("cloud_md5") or config.run.cloud_md5,
     )
 
@@ -362,7 +362,8 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         overrides = {None: target.site} if target.site else {}
         overrides.update(target.config.site.roots if target.site else {})
         label, findings = validate_manifest(target.db, argv=argv, overrides=overrides,
-                                            workers=args.workers or target.config.run.workers, force=args.force)
+                                            workers=args.workers or target.config.run.workers, force=args.force,
+                                            cloud=target.config.cloud)
         where = str(Path(target.db).resolve())
     if args.json:
         print(json.dumps({"version": label, "manifest": where if label else None, **(findings_dict(findings) or {}),
@@ -382,7 +383,7 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     registries, paths = make_registries(
         target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
         ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
-        workers=args.workers or target.config.run.workers, omop=args.omop)
+        workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud)
     print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
           f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
     for path in paths:

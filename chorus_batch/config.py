@@ -27,16 +27,31 @@ Example chorus.toml (paths are relative to the file's folder):
 
     [patterns]                          # optional: replace a modality's path patterns
     Waveforms = ['^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$']
+
+    [azure]                             # optional: for az:// (abfs://) roots
+    account_url = "https://myacct.blob.core.windows.net"   # or: account_name = "myacct"
+    # names of environment variables, never a secret itself (these are the defaults):
+    # connection_string_env = "AZURE_STORAGE_CONNECTION_STRING"
+    # sas_token_env = "AZURE_STORAGE_SAS_TOKEN"
+    # account_key_env = "AZURE_STORAGE_KEY"
+    # with none of them set: DefaultAzureCredential (az login, managed or workload identity, AZURE_CLIENT_*)
+
+    [s3]                                # optional: for s3:// roots (pip install "chorus-batch[s3]")
+    endpoint_url = "http://127.0.0.1:9000"   # an S3-compatible store (MinIO, ...); default: AWS_ENDPOINT_URL or AWS
+    profile = "chorus"                  # an AWS profile (~/.aws/config); default: the standard AWS chain
+    region = "us-east-1"
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -148,12 +163,113 @@ class RegistrySection(_Strict):
         return value
 
 
+# Settings that would hold a secret: refused in a file (it gets copied, committed, mailed); the secret
+# belongs in the environment, and the file may name the variable.
+_SECRET_SETTINGS = {
+    "account_key": "account_key_env", "key": "account_key_env", "sas_token": "sas_token_env", "sas": "sas_token_env",
+    "sas_url": "sas_token_env", "connection_string": "connection_string_env", "client_secret": None, "password": None,
+    "secret": None, "token": None, "credential": None, "access_key": None, "secret_key": None,
+    "aws_access_key_id": None, "aws_secret_access_key": None, "aws_session_token": None, "session_token": None,
+}
+_SECRET_TEXT = re.compile(r"(?i)(accountkey=|sharedaccesssignature=|[?&]sig=|[?&]sv=\d|aws_secret|-----begin)")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_IN_CONFIG = "secret_in_config"  # pydantic error type: load_config gives its own fix
+
+
+def _secret_error(section: str, key: str) -> PydanticCustomError:
+    env_key = _SECRET_SETTINGS.get(key.lower()) or (key if key.endswith("_env") else None)
+    how = (f"set it in an environment variable and name that variable with {env_key} = \"VARIABLE\" in [{section}] "
+           "(or use the default variable)" if env_key else
+           "set it in the environment (the standard variables or a profile / az login) instead")
+    return PydanticCustomError(SECRET_IN_CONFIG, "{key} looks like a secret and is not read from a config file: {how}",
+                               {"key": key, "how": how})
+
+
+class _CloudSection(_Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    _section = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data):
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key.lower() in _SECRET_SETTINGS:
+                    raise _secret_error(cls._section.default, key)  # type: ignore[attr-defined]
+                if isinstance(value, str) and _SECRET_TEXT.search(value):
+                    raise _secret_error(cls._section.default, key)  # type: ignore[attr-defined]
+        return data
+
+
+class AzureSection(_CloudSection):
+    """[azure]: where the account is and which environment variables hold its secrets (never the secrets)."""
+
+    _section = "azure"
+    account_url: str | None = None  # https://myacct.blob.core.windows.net, or a custom endpoint (Azurite, sovereign cloud)
+    account_name: str | None = None  # -> https://<account_name>.blob.core.windows.net
+    connection_string_env: str = "AZURE_STORAGE_CONNECTION_STRING"
+    sas_token_env: str = "AZURE_STORAGE_SAS_TOKEN"
+    account_key_env: str = "AZURE_STORAGE_KEY"
+
+    @field_validator("connection_string_env", "sas_token_env", "account_key_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError(f"{value[:12]!r}... is not an environment variable's name (letters, digits, _)")
+        return value
+
+    @field_validator("account_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", value):
+            raise ValueError("give the account's blob endpoint, e.g. https://myacct.blob.core.windows.net "
+                             "(http(s)://host[:port][/account], no query)")
+        return value.rstrip("/") if value else value
+
+    @field_validator("account_name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z0-9]{1,64}$", value):
+            raise ValueError("a storage account name is lowercase letters and digits (e.g. myacct)")
+        return value
+
+
+class S3Section(_CloudSection):
+    """[s3]: the standard AWS chain (environment, profile, instance role) with an optional endpoint and region."""
+
+    _section = "s3"
+    endpoint_url: str | None = None  # MinIO or another S3-compatible store; default AWS_ENDPOINT_URL, else AWS
+    profile: str | None = None  # an AWS profile name (~/.aws/config, ~/.aws/credentials)
+    region: str | None = None
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#@]+/?$", value):
+            raise ValueError("give the endpoint as http(s)://host[:port]")
+        return value
+
+
+class CloudSettings(BaseModel):
+    """How cloud roots are signed in to: [azure] and [s3] of chorus.toml (defaults: the environment alone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    azure: AzureSection = Field(default_factory=AzureSection)
+    s3: S3Section = Field(default_factory=S3Section)
+
+
 class ConfigFile(_Strict):
     site: SiteSection = Field(default_factory=SiteSection)
     manifest: ManifestSection = Field(default_factory=ManifestSection)
     run: RunSection = Field(default_factory=RunSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
     patterns: dict[str, list[str]] = Field(default_factory=dict)
+    azure: AzureSection = Field(default_factory=AzureSection)
+    s3: S3Section = Field(default_factory=S3Section)
+
+    @property
+    def cloud(self) -> CloudSettings:
+        return CloudSettings(azure=self.azure, s3=self.s3)
 
     @field_validator("patterns")
     @classmethod
@@ -187,6 +303,7 @@ class RunSettings(BaseModel):
     verify_max_bytes: str | int = "10GiB"  # ... at most this many bytes a run (see parse_bytes)
     # where a cloud file's MD5 comes from (frames.CLOUD_MD5_POLICIES): the storage's, else a download
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
+    cloud: CloudSettings = Field(default_factory=CloudSettings)  # [azure], [s3]: how cloud roots are signed in to
 
 
 def _resolve(base: Path, value: str | None) -> str | None:
@@ -212,6 +329,13 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     except ValidationError as exc:
         first = exc.errors()[0]
         setting = ".".join(str(p) for p in first["loc"])
+        if first["type"] == SECRET_IN_CONFIG:
+            key = first.get("ctx", {}).get("key", "")
+            raise ConfigError(
+                f"refused setting {'.'.join([setting, key]) if key else setting!r}: a secret does not belong in a config file",
+                where=f"{path} [{setting}] {key}".rstrip(),
+                fix=f"remove it from {path.name}; {first['msg'].split(': ', 1)[-1]}",
+            ) from None
         raise ConfigError(
             f"invalid setting {setting!r}: {first['msg']}",
             where=f"{path} [{setting}]",

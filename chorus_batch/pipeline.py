@@ -54,7 +54,8 @@ def has_errors(findings: pl.DataFrame | None) -> bool:
 def open_roots(settings: RunSettings) -> list[Root]:
     """The site root, then one root per modality (if configured)."""
     def source(location: str):
-        return open_source(location, follow_symlinks=settings.follow_symlinks, workers=settings.workers)
+        return open_source(location, follow_symlinks=settings.follow_symlinks, workers=settings.workers,
+                           cloud=settings.cloud)
 
     return [Root(source(settings.site)), *(Root(source(location), modality) for modality, location in settings.roots.items())]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -30,6 +31,9 @@ from .sources import Source
 from .store import Manifest
 from .validate.readers import extract_facts
 from .validate.rules import KIND_DICOM, KIND_WFDB
+
+if TYPE_CHECKING:
+    from .config import CloudSettings
 
 IMAGING_PROCEDURE, MONITORING_PROCEDURE = 4180938, 4141651  # procedure_concept_id (Multimodal-Linkage)
 STANDARD_ALGORITHM = 32880  # procedure_type_concept_id: derived by an algorithm, not recorded in the EHR
@@ -280,7 +284,7 @@ def write_registries(registries: Registries, out: str | Path, *, omop: bool = Fa
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
-                    omop: bool = False) -> tuple[Registries, list[Path]]:
+                    omop: bool = False, cloud: CloudSettings | None = None) -> tuple[Registries, list[Path]]:
     """`chorus-batch registry`: build a version's registries (allocating proc_ids under the lock) and write them."""
     from .config import RegistrySection
     from .validate.run import site_sources
@@ -293,6 +297,6 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
     with manifest.lock(argv):
         manifest.ensure_schema()
-        registries = build_registries(manifest, site_sources(manifest, overrides, workers=workers), version=version,
+        registries = build_registries(manifest, site_sources(manifest, overrides, workers=workers, cloud=cloud), version=version,
                                       ranges=ranges, workers=workers)
     return registries, write_registries(registries, out, omop=omop)

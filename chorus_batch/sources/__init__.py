@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
 from .local import LocalSource, walk_local
 from .remote import FsspecSource, mask_url
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
 
 __all__ = ["FileChangedWhileHashing", "FileStat", "FsspecSource", "HashOutcome", "LocalSource", "Source",
            "listing_batch", "mask_url", "open_source", "walk_local"]
 
 
-def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1) -> Source:
-    """A local path (or file:// URL) gets the fast path; other URLs go through fsspec."""
+def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1,
+                cloud: CloudSettings | None = None) -> Source:
+    """A local path (or file:// URL) gets the fast path; other URLs go through fsspec, az:// and s3://
+    signed in as `cloud` ([azure], [s3] of chorus.toml) and the environment say (sources/cloud.py)."""
     if "://" in location and not location.startswith("file://"):
-        return FsspecSource(location)
+        return FsspecSource(location, cloud=cloud)
     if location.startswith("file://"):
         location = location[len("file://"):]
     return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers)

@@ -8,17 +8,24 @@ import binascii
 import hashlib
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 
-from ..errors import SourceError
+from ..errors import ChorusError
+from . import cloud as cloud_access
 from .base import BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
 
 # Storages whose listing carries an MD5 they hold for each object (Azure Blob's Content-MD5, S3's
 # ETag of an object uploaded in one part) and an etag that changes whenever the object is written.
 _SERVER_MD5_PROTOCOLS = ("az", "abfs", "abfss", "s3", "s3a")
 _HEX_MD5 = re.compile(r"^[0-9a-f]{32}$")
+# Bytes per ranged GET when a file is downloaded to be hashed: one request per 64 KiB read would spend
+# the time in round trips; 8 MiB keeps memory bounded (one block per hashing thread).
+DOWNLOAD_BLOCK = 8 << 20
 # Query parameters and userinfo that carry secrets: never recorded, logged or printed.
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
 _USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@]*@", re.IGNORECASE)
@@ -73,13 +80,24 @@ class FsspecSource:
 
     parallel_local = False  # network-bound: threads overlap the waits
 
-    def __init__(self, url: str, *, storage_options: dict | None = None):
-        import fsspec
-
+    def __init__(self, url: str, *, cloud: CloudSettings | None = None, storage_options: dict | None = None):
+        """`cloud`: how az:// and s3:// roots sign in ([azure], [s3]; see sources/cloud.py). With
+        `storage_options` the file system is fsspec's own, given exactly these options."""
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = root.rstrip("/")
         self.description = self.location = mask_url(url)
+        if storage_options is not None:
+            import fsspec
+
+            self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+            self.how = "the storage options given"
+        else:
+            try:
+                self.fs, root, self.how = cloud_access.filesystem_for(url, cloud)
+            except ChorusError:
+                raise
+            except cloud_access.storage_errors() as exc:
+                raise cloud_access.explain(exc, where=self.description, how="(signing in)", action="open") from None
+        self.root = root.rstrip("/")
 
     @property
     def server_md5(self) -> bool:
@@ -91,22 +109,20 @@ class FsspecSource:
         return f"{self.root}/{srcfile}" if self.root else srcfile
 
     def check(self) -> None:
+        """The root can be listed: a SourceError that says what to do if not (retried while transient)."""
         try:
-            ok = self.fs.isdir(self.root) if self.root else True
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot reach {self.description}: {exc}", where=self.description,
-                              fix="check the URL and that credentials for it are in the environment") from None
-        if not ok:
-            raise SourceError(f"site root not found: {self.description}", where=self.description,
-                              fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
-                                  "and the person folders")
+            ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
+        if ok is not True:
+            raise cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
+                                            known_top_missing=ok == "no_container")
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
             found = self.fs.find(self.root, detail=True, withdirs=False)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot list {self.description}: {exc}", where=self.description,
-                              fix="check the URL and that credentials for it are in the environment") from None
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="list") from None
         if not found:
             self.check()  # a root that vanished since check() is an error, never an empty site
         prefix = self.root + "/" if self.root else ""
@@ -128,22 +144,48 @@ class FsspecSource:
         if paths:
             yield listing_batch(paths, sizes, mtimes, md5s, etags)
 
+    def _storage_failure(self, exc: BaseException, srcfile: str) -> BaseException:
+        """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
+        file's, the run goes on); a lost connection or sign-in fails the run with what to do."""
+        kind = cloud_access.classify(exc)
+        if kind == "missing":
+            return FileNotFoundError(f"gone: {srcfile}")
+        if kind == "permission":
+            return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]")
+        if kind == "other" and isinstance(exc, OSError):
+            return exc
+        return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read")
+
     def stat(self, srcfile: str) -> FileStat:
-        info = self.fs.info(self._path(srcfile))
+        try:
+            info = self.fs.info(self._path(srcfile))
+        except cloud_access.storage_errors() as exc:
+            raise self._storage_failure(exc, srcfile) from None
         if info.get("type") == "directory":
             raise IsADirectoryError(f"not a file: {srcfile}")
         return FileStat(int(info.get("size") or 0), _mtime_ns(info))
 
     def open(self, srcfile: str) -> BinaryIO:
-        return self.fs.open(self._path(srcfile), "rb")
+        try:
+            return self.fs.open(self._path(srcfile), "rb", block_size=DOWNLOAD_BLOCK)
+        except cloud_access.storage_errors() as exc:
+            raise self._storage_failure(exc, srcfile) from None
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+        try:
+            return self._hash(srcfile, buffer)
+        except FileChangedWhileHashing:
+            raise
+        except cloud_access.storage_errors() as exc:
+            raise self._storage_failure(exc, srcfile) from None
+
+    def _hash(self, srcfile: str, buffer: bytearray) -> HashOutcome:
         path = self._path(srcfile)
         info = self.fs.info(path)
         digest = hashlib.md5(usedforsecurity=False)
         view = memoryview(buffer)
         total = 0
-        with self.fs.open(path, "rb", block_size=READ_SIZE) as f:
+        with self.fs.open(path, "rb", block_size=DOWNLOAD_BLOCK) as f:
             while n := f.readinto(buffer):
                 digest.update(view[:n])
                 total += n

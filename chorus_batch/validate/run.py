@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -23,6 +24,9 @@ from ..store import Manifest
 from .checks import check
 from .kinds import facts_needed
 from .readers import FACTS_SCHEMA, extract_facts
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
 
 
 class FirstFound:
@@ -43,13 +47,14 @@ class FirstFound:
 
 
 def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | None = None,
-                 follow_symlinks: bool = False, workers: int = 1) -> dict[int, Source]:
+                 follow_symlinks: bool = False, workers: int = 1, cloud: CloudSettings | None = None) -> dict[int, Source]:
     """Sources by the manifest's root_id: the recorded location, or the one given for that root's
-    modality (None: the site root) in `overrides`."""
+    modality (None: the site root) in `overrides`; cloud roots signed in as `cloud` says."""
     overrides = overrides or {}
     sources: dict[int, Source] = {}
     for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows():
-        sources[root_id] = open_source(overrides.get(modality, location), follow_symlinks=follow_symlinks, workers=workers)
+        sources[root_id] = open_source(overrides.get(modality, location), follow_symlinks=follow_symlinks, workers=workers,
+                                       cloud=cloud)
     return sources
 
 
@@ -111,7 +116,7 @@ def run_findings(errors: pl.DataFrame) -> pl.DataFrame:
 
 
 def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None, str] | None = None,
-                      workers: int = 1, force: bool = False) -> tuple[str, pl.DataFrame]:
+                      workers: int = 1, force: bool = False, cloud: CloudSettings | None = None) -> tuple[str, pl.DataFrame]:
     """`validate` on a manifest: check its latest version (cached unless `force`), reading new headers
     from the recorded roots, or from the locations in `overrides` (by modality; None: the site root)."""
     manifest = Manifest(db)
@@ -124,17 +129,17 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
         if latest is None:
             raise UsageError("the manifest has no versions yet", where=str(manifest.path),
                              fix="run `chorus-batch run` first, or `chorus-batch validate --site DIR` without --db")
-        sources = site_sources(manifest, overrides, workers=workers)
+        sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
         findings = validate_version(manifest, latest["label"], sources, workers=workers, force=force)
     return latest["label"], findings
 
 
 def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None, *,
-                 workers: int = 1) -> dict[int | None, Source]:
+                 workers: int = 1, cloud: CloudSettings | None = None) -> dict[int | None, Source]:
     """The site's sources by root_id (recorded, or as given by modality in `overrides`), and under None
     the first of them that has a file, for files whose root was not recorded."""
-    sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers))
-    given = [open_source(location, workers=workers) for location in (overrides or {}).values()]
+    sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers, cloud=cloud))
+    given = [open_source(location, workers=workers, cloud=cloud) for location in (overrides or {}).values()]
     if given or sources:
         sources[None] = FirstFound(given or [sources[k] for k in sorted(sources)])  # type: ignore[arg-type, misc]
     return sources

@@ -1,0 +1,684 @@
+"""Cloud roots: sign-in the Azure way and the AWS way, errors that say what to do, bounded retries.
+
+  filesystem_for(url, cloud)   the fsspec file system for a root URL, its path, and `how` it signs in
+                               (a description without secrets, named in every error message)
+  explain(exc, where, how, action)
+                               any storage, network or sign-in exception as a SourceError: what
+                               happened, where, and what to do; secrets scrubbed
+  retrying(fn)                 fn again after transient failures (connection, timeout, 429, 5xx),
+                               with backoff, within a deadline
+  scrub(text)                  text without SAS signatures, account keys, tokens or passwords
+
+Azure (az://, abfs://, abfss://) signs in with the first of
+  1. a connection string in AZURE_STORAGE_CONNECTION_STRING ([azure] connection_string_env names another)
+  2. a SAS token in AZURE_STORAGE_SAS_TOKEN (sas_token_env) for the account
+  3. an account key in AZURE_STORAGE_KEY (account_key_env) for the account
+  4. azure.identity's DefaultAzureCredential (environment service principal, workload identity,
+     managed identity, Azure CLI / PowerShell / azd sign-in) for the account
+where the account is [azure] account_url, else https://<[azure] account_name>.blob.core.windows.net,
+else AZURE_STORAGE_ACCOUNT (or adlfs's AZURE_STORAGE_ACCOUNT_NAME). adlfs accepts a custom endpoint
+only as `account_host` (always https://, no http Azurite) and its SDK clients retry for minutes with
+their defaults, so the blob service client is built here (`_ChorusBlobFileSystem.do_connect`) with
+any account URL, bounded retries and connection timeouts; adlfs does the rest.
+
+S3 (s3://, s3a://, needs `pip install "chorus-batch[s3]"`) uses botocore's standard chain
+(AWS_* variables, [s3] profile or AWS_PROFILE, config and credentials files, SSO, instance or
+container roles) with [s3] endpoint_url or AWS_ENDPOINT_URL, and [s3] region.
+
+Time bound: a root whose endpoint is down or unreachable fails within about 30 s (RETRY_DEADLINE_S):
+each attempt is at most (SDK_RETRIES + 1) connections of at most CONNECT_TIMEOUT_S (5 s) plus the
+SDK's short backoffs (~17 s when every connection times out, ~2 s when each is refused), and
+`retrying` starts no new attempt that could end past the deadline. DefaultAzureCredential's own
+probes come on top when it is the sign-in (IMDS: about 1 s; a developer tool it runs: at most
+10 s each). CHORUS_BATCH_RETRY_BASE_S scales every backoff (tests set it tiny) and
+CHORUS_BATCH_RETRY_DEADLINE_S sets the deadline.
+
+Private certificate authorities (a corporate proxy, Azurite over https): SSL_CERT_FILE or
+REQUESTS_CA_BUNDLE names the CA bundle the Azure clients verify with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
+
+T = TypeVar("T")
+
+AZURE_PROTOCOLS = ("az", "abfs", "abfss")
+S3_PROTOCOLS = ("s3", "s3a")
+ENV_RETRY_BASE = "CHORUS_BATCH_RETRY_BASE_S"
+ENV_RETRY_DEADLINE = "CHORUS_BATCH_RETRY_DEADLINE_S"
+RETRY_BASE_S = 0.5  # first backoff of `retrying`; doubled each time
+RETRY_ATTEMPTS = 4
+RETRY_DEADLINE_S = 30.0
+CONNECT_TIMEOUT_S = 5  # per connection attempt of the SDK clients
+READ_TIMEOUT_S = 60  # between two reads of a response (large blobs stream for longer, in pieces)
+SDK_RETRIES = 2  # retries inside the Azure SDK / botocore / s3fs per call, with short backoffs
+DEFAULT_CREDENTIAL = ("DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI, "
+                      "Azure PowerShell, Azure Developer CLI)")
+
+
+def retry_base_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(ENV_RETRY_BASE, RETRY_BASE_S)))
+    except ValueError:
+        return RETRY_BASE_S
+
+
+def retry_deadline_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(ENV_RETRY_DEADLINE, RETRY_DEADLINE_S)))
+    except ValueError:
+        return RETRY_DEADLINE_S
+
+
+# ----------------------------------------------------------------------------- secrets
+
+_SCRUB = [
+    # SAS query parameters (sig is the secret; the rest say what it allows and until when)
+    (re.compile(r"(?i)([?&;\s\"']sig=)[^&\s\"';,]+"), r"\1***"),
+    (re.compile(r"(?i)\b(sig%3D)[^&\s\"';,]+"), r"\1***"),
+    # connection-string fields
+    (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
+    (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
+    # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
+    (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
+    (re.compile(r"(?i)\b((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
+                r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
+                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&;,]+"), r"\1***"),
+    # user:password@ in URLs
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^@\s]+@"), r"\1***@"),
+]
+
+
+def scrub(text: str) -> str:
+    """`text` (an exception's message, a URL, a log line) without secrets: SAS signatures, account keys,
+    bearer tokens, passwords and AWS secrets become ***."""
+    for pattern, replacement in _SCRUB:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _env(env: Mapping[str, str], *names: str) -> tuple[str | None, str | None]:
+    """The first of the variables that is set (not empty): (value, name)."""
+    for name in names:
+        value = (env.get(name) or "").strip()
+        if value:
+            return value, name
+    return None, None
+
+
+# ----------------------------------------------------------------------------- Azure sign-in
+
+
+@dataclass(frozen=True)
+class AzureSignIn:
+    """How an Azure root is signed in to: resolved from the environment and [azure], without I/O."""
+
+    kind: str  # "connection_string" | "sas" | "account_key" | "default_credential"
+    how: str  # for messages: what was used, never the secret itself
+    account_url: str | None = None  # the blob endpoint (None: from the connection string)
+    account_name: str | None = None
+    secret: str | None = field(default=None, repr=False)  # connection string, SAS token or account key
+    secret_env: str | None = None  # the variable the secret came from
+
+
+def _account_name_of(url: str) -> str | None:
+    """myacct of https://myacct.blob.core.windows.net, or devstoreaccount1 of http://127.0.0.1:10000/devstoreaccount1."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/")
+    if path:
+        return path.split("/")[0]
+    host = parts.hostname or ""
+    return host.split(".")[0] if "." in host and not host.replace(".", "").isdigit() else None
+
+
+def _connection_string_account(conn: str) -> str | None:
+    match = re.search(r"(?i)(?:^|;)\s*AccountName=([^;]+)", conn)
+    if match:
+        return match.group(1).strip()
+    match = re.search(r"(?i)(?:^|;)\s*BlobEndpoint=([^;]+)", conn)
+    return _account_name_of(match.group(1).strip()) if match else None
+
+
+def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> AzureSignIn:
+    """Which sign-in an Azure root uses (see the module's docstring for the order); a ConfigError when
+    there is no account to sign in to."""
+    env = os.environ if env is None else env
+    azure = cloud.azure
+    conn, conn_env = _env(env, azure.connection_string_env)
+    if conn:
+        account = _connection_string_account(conn)
+        return AzureSignIn("connection_string", f"connection string from {conn_env}"
+                           + (f" (account {account})" if account else ""),
+                           account_name=account, secret=conn, secret_env=conn_env)
+
+    account_env_name = None
+    if azure.account_url:
+        account_url, account_name = azure.account_url, _account_name_of(azure.account_url)
+        where = "[azure] account_url"
+    elif azure.account_name:
+        account_name = azure.account_name
+        account_url, where = f"https://{account_name}.blob.core.windows.net", "[azure] account_name"
+    else:
+        account_name, account_env_name = _env(env, "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_NAME")
+        account_url = f"https://{account_name}.blob.core.windows.net" if account_name else None
+        where = account_env_name or ""
+    if account_url is None:
+        raise ConfigError(
+            "no Azure storage account to sign in to",
+            where="[azure] in chorus.toml, or the environment",
+            fix=f"set {azure.connection_string_env} to a connection string; or name the account with "
+                "[azure] account_url = \"https://<account>.blob.core.windows.net\" (or account_name), or "
+                f"AZURE_STORAGE_ACCOUNT=<account>, and sign in with {azure.sas_token_env} (a SAS token), "
+                f"{azure.account_key_env} (an account key), or DefaultAzureCredential (`az login`, a managed "
+                "or workload identity, or AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET)")
+    account = f"account {account_name} ({where})" if account_name else f"{account_url} ({where})"
+
+    sas, sas_env = _env(env, azure.sas_token_env)
+    if sas:
+        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}", account_url, account_name,
+                           sas.lstrip("?"), sas_env)
+    key, key_env = _env(env, azure.account_key_env, "AZURE_STORAGE_ACCOUNT_KEY")
+    if key:
+        if not account_name:
+            raise ConfigError(
+                f"an account key is set ({key_env}) but the account's name is not known from {account_url}",
+                where="[azure] account_url", fix="also set [azure] account_name (or AZURE_STORAGE_ACCOUNT)")
+        return AzureSignIn("account_key", f"account key from {key_env} for {account}", account_url, account_name,
+                           key, key_env)
+    return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
+                       account_url, account_name)
+
+
+def _ca_bundle(env: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    value, _ = _env(env, "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+    return value
+
+
+def _client_options() -> dict[str, Any]:
+    """Bounded retries and timeouts for the Azure SDK's clients (their defaults wait minutes)."""
+    from azure.storage.blob.aio import LinearRetry  # the async policy: adlfs's clients are asynchronous
+
+    base = retry_base_s()
+    options: dict[str, Any] = {
+        "retry_policy": LinearRetry(backoff=2 * base, retry_total=SDK_RETRIES, random_jitter_range=base),
+        "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
+    }
+    ca = _ca_bundle()
+    if ca:
+        options["connection_verify"] = ca
+    return options
+
+
+def _default_credential():
+    """The async DefaultAzureCredential (adlfs's clients are asynchronous), its probes bounded."""
+    from azure.identity.aio import DefaultAzureCredential
+
+    options: dict[str, Any] = {"process_timeout": 10, "retry_total": SDK_RETRIES,
+                               "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": 30}
+    ca = _ca_bundle()
+    if ca:
+        options["connection_verify"] = ca
+    return DefaultAzureCredential(**options)
+
+
+def _blob_service_client(sign_in: AzureSignIn, credential: Any):
+    from azure.storage.blob.aio import BlobServiceClient
+
+    options = _client_options()
+    if sign_in.kind == "connection_string":
+        return BlobServiceClient.from_connection_string(sign_in.secret, **options)  # type: ignore[arg-type]
+    if sign_in.kind == "sas":
+        from azure.core.credentials import AzureSasCredential
+
+        credential = AzureSasCredential(sign_in.secret)  # type: ignore[arg-type]
+    elif sign_in.kind == "account_key":
+        credential = {"account_name": sign_in.account_name, "account_key": sign_in.secret}
+    return BlobServiceClient(sign_in.account_url, credential=credential, **options)  # type: ignore[arg-type]
+
+
+_BLOB_FS: type | None = None
+
+
+def _blob_fs_class() -> type:
+    """adlfs's AzureBlobFileSystem with the service client built by `_blob_service_client`."""
+    global _BLOB_FS
+    if _BLOB_FS is None:
+        from adlfs import AzureBlobFileSystem
+
+        class ChorusBlobFileSystem(AzureBlobFileSystem):
+            # The same protocols as adlfs ("abfs", "az", "abfss"): listed with Content-MD5, paths alike.
+            def __init__(self, *, chorus_sign_in: AzureSignIn, **kwargs):
+                self.chorus_sign_in = chorus_sign_in
+                super().__init__(**kwargs)
+
+            def do_connect(self):
+                self.service_client = _blob_service_client(self.chorus_sign_in, self.credential)
+
+            def find(self, path, *args, **kwargs):
+                return retrying(lambda: super(ChorusBlobFileSystem, self).find(path, *args, **kwargs))
+
+            async def _chorus_root_state(self, root: str) -> str:
+                container, prefix, _ = self.split_path(root)
+                async with self.service_client.get_container_client(container) as client:
+                    try:
+                        async for _blob in client.list_blobs(name_starts_with=prefix.rstrip("/") + "/" if prefix else None,
+                                                             results_per_page=1):
+                            return "ok"
+                    except ResourceNotFoundError as exc:
+                        if "ContainerNotFound" in str(getattr(exc, "error_code", "")) or "container" in str(exc).lower():
+                            return "no_container"
+                        raise
+                return "empty" if prefix else "ok"
+
+            def root_state(self, root: str) -> str:
+                """"ok", "empty" (no blob under the prefix) or "no_container": with the permission to list
+                alone (a SAS with r and l may not read the container's properties)."""
+                from fsspec.asyn import sync
+
+                return sync(self.loop, self._chorus_root_state, root)
+
+        from azure.core.exceptions import ResourceNotFoundError
+
+        _BLOB_FS = ChorusBlobFileSystem
+    return _BLOB_FS
+
+
+def _azure_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
+    sign_in = azure_sign_in(cloud)
+    kwargs: dict[str, Any] = {"account_name": sign_in.account_name or "devstoreaccount1",
+                              "use_listings_cache": False, "skip_instance_cache": True,
+                              "assume_container_exists": False}  # a failed look at a container is an error, not "it exists"
+    # The adlfs attributes that match the sign-in, so adlfs neither makes a credential of its own nor
+    # takes another from its environment variables (AZURE_STORAGE_ACCOUNT_KEY, ...) in its file objects.
+    if sign_in.kind == "connection_string":
+        kwargs["connection_string"] = sign_in.secret
+    elif sign_in.kind == "sas":
+        kwargs["sas_token"] = "?" + (sign_in.secret or "")
+    elif sign_in.kind == "account_key":
+        kwargs["account_key"] = sign_in.secret
+    else:
+        kwargs["credential"] = _default_credential()
+    try:
+        fs = _blob_fs_class()(chorus_sign_in=sign_in, **kwargs)
+    except storage_errors() as exc:
+        raise explain(exc, where=_masked(url), how=sign_in.how, action="sign in to") from None
+    return fs, fs._strip_protocol(url).rstrip("/"), sign_in.how
+
+
+# ----------------------------------------------------------------------------- S3
+
+
+def s3_options(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], str]:
+    """S3FileSystem's arguments for the standard AWS chain with [s3]'s endpoint, profile and region; and `how`."""
+    env = os.environ if env is None else env
+    s3 = cloud.s3
+    endpoint, endpoint_from = (s3.endpoint_url, "[s3] endpoint_url") if s3.endpoint_url else _env(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {
+        "use_listings_cache": False, "skip_instance_cache": True,
+        "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
+                          "retries": {"max_attempts": SDK_RETRIES + 1, "mode": "standard"}},
+    }
+    client: dict[str, Any] = {}
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    if s3.region:
+        client["region_name"] = s3.region
+    if client:
+        options["client_kwargs"] = client
+    if s3.profile:
+        options["profile"] = s3.profile
+    key_id, _ = _env(env, "AWS_ACCESS_KEY_ID")
+    if s3.profile:
+        source = f"AWS profile {s3.profile} ([s3] profile)"
+    elif env.get("AWS_PROFILE"):
+        source = f"AWS profile {env['AWS_PROFILE']} (AWS_PROFILE)"
+    elif key_id:
+        source = "access key from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    else:
+        source = "the standard AWS credential chain (config and credentials files, SSO, instance or container role)"
+    where = f" at {endpoint} ({endpoint_from})" if endpoint else ""
+    region = f", region {s3.region}" if s3.region else ""
+    return options, f"{source}{where}{region}"
+
+
+_S3_FS: type | None = None
+
+
+def _s3_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
+    global _S3_FS
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        raise ConfigError(f"{url.split('://')[0]}:// roots need s3fs, which is not installed",
+                          where=url.split("?")[0], fix='install chorus-batch[s3] (pip install "chorus-batch[s3]")') from None
+    if _S3_FS is None:
+        class ChorusS3FileSystem(S3FileSystem):
+            retries = SDK_RETRIES + 1  # s3fs's own retries of timeouts and throttling (default 5)
+
+            def find(self, path, *args, **kwargs):
+                return retrying(lambda: super(ChorusS3FileSystem, self).find(path, *args, **kwargs))
+
+        _S3_FS = ChorusS3FileSystem
+    options, how = s3_options(cloud)
+    try:
+        fs = _S3_FS(**options)
+    except storage_errors() as exc:
+        raise explain(exc, where=_masked(url), how=how, action="sign in to") from None
+    return fs, fs._strip_protocol(url).rstrip("/"), how
+
+
+# ----------------------------------------------------------------------------- the file system of a URL
+
+
+def _masked(url: str) -> str:
+    from .remote import mask_url
+
+    return mask_url(url)
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def filesystem_for(url: str, cloud: CloudSettings | None = None) -> tuple[Any, str, str]:
+    """(fsspec file system, root path in it, how it signs in) for a root URL. Every call makes a new file
+    system (no instance or listing cache): each root of a mixed site signs in on its own."""
+    from ..config import CloudSettings
+
+    cloud = cloud or CloudSettings()
+    protocol = protocol_of(url)
+    if protocol in AZURE_PROTOCOLS:
+        return _azure_filesystem(url, cloud)
+    if protocol in S3_PROTOCOLS:
+        return _s3_filesystem(url, cloud)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    return fs, root.rstrip("/"), f"fsspec {protocol}://"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and contexts, and the SDKs' wrapped errors, each once."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        item = todo.pop(0)
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        todo.extend(e for e in (item.__cause__, item.__context__, getattr(item, "inner_exception", None),
+                                getattr(item, "original_error", None)) if isinstance(e, BaseException))
+        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status if isinstance(status, int) else None
+    return None
+
+
+def _code(exc: BaseException) -> str:
+    code = getattr(exc, "error_code", None)
+    if code:
+        return str(getattr(code, "value", code))
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code") or "")
+    return ""
+
+
+_AUTH_CODES = {"AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation",
+               "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired",
+               "AccountIsDisabled", "InvalidClientTokenId", "ExpiredTokenException", "AuthorizationHeaderMalformed"}
+_PERMISSION_CODES = {"AuthorizationPermissionMismatch", "AuthorizationFailure", "AuthorizationResourceTypeMismatch",
+                     "AuthorizationServiceMismatch", "AuthorizationProtocolMismatch", "AuthorizationSourceIPMismatch",
+                     "InsufficientAccountPermissions", "AccessDenied", "AllAccessDisabled", "AccountProblem",
+                     "KeyBasedAuthenticationNotPermitted"}
+_MISSING_CODES = {"ContainerNotFound", "NoSuchBucket", "ContainerBeingDeleted"}
+_ACCOUNT_CODES = {"AccountNotFound", "ResourceNotFound_Account", "InvalidResourceName", "InvalidUri"}
+_TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "SlowDown", "Throttling",
+                    "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed_", "ServiceUnavailable"}
+
+
+def classify(exc: BaseException) -> str:
+    """One of: dns, missing, auth, permission, https, network, busy, unknown_account, other."""
+    chain = list(_chain(exc))
+    names = {type(e).__name__ for e in chain}
+    for e in chain:  # status codes and error codes first: they are the service's own word
+        code, status = _code(e), _status(e)
+        if status in (401, 403) and re.search(r"(?i)failed to authenticate|signature (?:did not match|fields not well)|"
+                                              r"expired|not valid|invalid token", str(e)):
+            return "auth"  # Azurite and some S3 stores say AuthorizationFailure / AccessDenied for a bad signature
+        if code in _MISSING_CODES:
+            return "missing"
+        if code in _PERMISSION_CODES:
+            return "permission"
+        if code in _AUTH_CODES:
+            return "auth"
+        if code in _ACCOUNT_CODES:
+            return "unknown_account"
+        if code in _TRANSIENT_CODES or status in (408, 429) or (isinstance(status, int) and status >= 500):
+            return "busy"
+        if status == 401:
+            return "auth"
+        if status == 403:
+            return "permission"
+    if names & {"CredentialUnavailableError", "ClientAuthenticationError", "AuthenticationRequiredError",
+                "NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError",
+                "UnauthorizedSSOTokenError", "SSOTokenLoadError", "TokenRetrievalError"}:
+        return "auth"
+    text = " ".join(str(e) for e in chain)
+    if re.search(r"(?i)bearer token authentication is not permitted for non-TLS|token credential is only supported "
+                 r"with https", text):
+        return "https"
+    if any(isinstance(e, socket.gaierror) for e in chain) or re.search(
+            r"(?i)name or service not known|nodename nor servname|getaddrinfo failed|temporary failure in name "
+            r"resolution|no address associated with hostname|name resolution|could not resolve|failed to resolve",
+            text):
+        return "dns"
+    if any(isinstance(e, PermissionError) for e in chain):
+        return "permission"
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
+                "ServiceResponseTimeoutError", "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError",
+                "ServerTimeoutError", "ClientOSError", "HTTPClientError", "FSTimeoutError"} or any(
+            isinstance(e, ConnectionError | TimeoutError | asyncio.TimeoutError) for e in chain):
+        return "network"
+    if re.search(r"(?i)connection refused|connect call failed|timed out|network is unreachable|"
+                 r"no route to host|connection reset", text):
+        return "network"
+    if any(isinstance(e, FileNotFoundError) for e in chain) and re.search(r"(?i)bucket|container", text):
+        return "missing"
+    return "other"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: the connection failed or timed out, or the service was busy (429, 5xx)."""
+    return classify(exc) in ("network", "busy")
+
+
+def _endpoint(exc: BaseException) -> str | None:
+    """The host:port a connection failed to, as the exception names it."""
+    for e in _chain(exc):
+        match = re.search(r"(?i)(?:connect to host|endpoint URL:?)\s*\"?([^\s\"]+)", str(e))
+        if match:
+            return scrub(match.group(1).rstrip(".:,"))
+    return None
+
+
+def _sign_in_fix(how: str) -> str:
+    if how.startswith("connection string"):
+        return "check the connection string (its AccountName, AccountKey or SharedAccessSignature may be wrong or old)"
+    if how.startswith("SAS token"):
+        return ("the SAS token may have expired (its se= date) or be for another account or container: make a new "
+                "one with read (r) and list (l) permissions and set it in the variable named above")
+    if how.startswith("account key"):
+        return "the account key is wrong or was rotated: copy a current key (az storage account keys list) into the variable"
+    if how.startswith("DefaultAzureCredential"):
+        return ("sign in with `az login` (or azd / PowerShell), run where a managed or workload identity is assigned, "
+                "or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET; or use AZURE_STORAGE_SAS_TOKEN / "
+                "AZURE_STORAGE_CONNECTION_STRING")
+    return ("check the AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, which "
+            "expires), the profile ([s3] profile or AWS_PROFILE; `aws sso login` for SSO), or the instance role")
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason from the deepest informative exception, without secrets."""
+    for e in _chain(exc):
+        code = _code(e)
+        message = getattr(e, "message", None) or str(e)
+        message = message.strip().splitlines()[0] if message and message.strip() else type(e).__name__
+        if code:
+            return _tidy(f"{code}: {message}")
+    message = str(exc).strip().splitlines()
+    return _tidy(f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__)
+
+
+def _tidy(text: str) -> str:
+    text = re.sub(r" ssl:(?:<[^>]*>|default|None|True|False)", "", text)  # aiohttp's repr of its SSL context
+    return scrub(text)[:300]
+
+
+def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceError:
+    """A SourceError for a failure to `action` ("reach", "list", "read", ...) the root `where` (a masked
+    URL), signed in with `how`: what happened, where, and what to do; secrets scrubbed."""
+    kind = classify(exc)
+    aws = how.startswith(("AWS", "access key", "the standard AWS"))
+    store = "bucket" if aws else "container"
+    tried = f" [signed in with {how}]"
+    reason = _reason(exc)
+    if kind == "dns":
+        what = f"cannot {action} {where}: the storage host does not resolve (unknown account or endpoint){tried}"
+        fix = ("check the endpoint ([s3] endpoint_url / AWS_ENDPOINT_URL) and region" if aws else
+               "check the account name ([azure] account_url or account_name, AZURE_STORAGE_ACCOUNT, or the connection "
+               "string's AccountName/BlobEndpoint)") + "; if it is right, check DNS, the proxy or the private endpoint"
+    elif kind == "unknown_account":
+        what = f"cannot {action} {where}: the storage account is not known to the service ({reason}){tried}"
+        fix = "check the account name and endpoint ([azure] account_url / account_name, AZURE_STORAGE_ACCOUNT)"
+    elif kind == "missing":
+        what = f"cannot {action} {where}: the {store} does not exist{tried}"
+        fix = (f"check the {store} name in the URL ({'s3://BUCKET/prefix' if aws else 'az://CONTAINER/prefix'}) "
+               f"and that it is in this {'endpoint/region' if aws else 'account'}, or create it")
+    elif kind == "auth":
+        what = f"cannot {action} {where}: sign-in failed ({reason}){tried}"
+        fix = _sign_in_fix(how)
+    elif kind == "permission":
+        what = f"cannot {action} {where}: signed in, but not allowed to list or read ({reason}){tried}"
+        fix = ("allow s3:ListBucket and s3:GetObject on the bucket for these credentials" if aws else
+               "grant the signed-in identity the 'Storage Blob Data Reader' role on the container or account (role "
+               "assignments take a few minutes), or use a SAS token with read (r) and list (l) permissions")
+    elif kind == "https":
+        what = f"cannot {action} {where}: token sign-in needs an https endpoint{tried}"
+        fix = "use an https:// [azure] account_url, or sign in with a SAS token or connection string instead"
+    elif kind == "network":
+        what = f"cannot {action} {where}: the storage endpoint cannot be reached ({reason}){tried}"
+        fix = (f"check that {_endpoint(exc) or 'the storage endpoint'} is reachable from this machine (network, firewall, "
+               "proxy, VPN / private endpoint) and that the service is up; tried again with backoff for up to "
+               f"{retry_deadline_s():.0f} s")
+    elif kind == "busy":
+        what = f"cannot {action} {where}: the storage service kept failing or throttling ({reason}){tried}"
+        fix = "try again later; if it persists, check the service's health and the account's request limits"
+    else:
+        what = f"cannot {action} {where}: {reason}{tried}"
+        fix = "check the URL and that the credentials for it are in the environment (see README: cloud roots)"
+    error = SourceError(scrub(what), where=scrub(where), fix=fix)
+    error.kind = kind  # type: ignore[attr-defined]
+    return error
+
+
+def root_exists(fs: Any, root: str) -> bool | str:
+    """True when `root` can be listed; False when it is not there, or "no_container" (Azure) when its
+    container is missing. Azure is asked with a listing of one blob (the permission a run needs)."""
+    if hasattr(fs, "root_state"):
+        state = fs.root_state(root)
+        return True if state == "ok" else ("no_container" if state == "no_container" else False)
+    return bool(fs.isdir(root))
+
+
+def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing: bool = False) -> SourceError:
+    """The SourceError for a root that is not there: its container or bucket missing, or the prefix in it."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    store = "bucket" if any(p in S3_PROTOCOLS for p in protocols) else "container"
+    top = root.strip("/").split("/")[0]
+    top_missing = known_top_missing or "/" not in root.strip("/")
+    if not top_missing and any(p in S3_PROTOCOLS for p in protocols):
+        try:
+            top_missing = not fs.exists(top)
+        except Exception:  # noqa: BLE001 - only refines the message; the root is missing either way
+            top_missing = False
+    if top_missing and any(p in AZURE_PROTOCOLS + S3_PROTOCOLS for p in protocols):
+        error = SourceError(f"site root not found: the {store} {top} does not exist [signed in with {how}]",
+                            where=where, fix=f"check the {store} name in the URL (or [site] root in chorus.toml), "
+                                             f"and that it is in this {'endpoint' if store == 'bucket' else 'account'}")
+        error.kind = "missing"  # type: ignore[attr-defined]
+        return error
+    error = SourceError(f"site root not found: {where}", where=where,
+                        fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
+                            "and the person folders")
+    error.kind = "missing_root"  # type: ignore[attr-defined]
+    return error
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a storage call raises for reasons outside the program: caught and explained."""
+    types: list[type[BaseException]] = [OSError, ValueError, TimeoutError, asyncio.TimeoutError]
+    for module, name in (("azure.core.exceptions", "AzureError"), ("botocore.exceptions", "BotoCoreError"),
+                         ("botocore.exceptions", "ClientError"), ("aiohttp", "ClientError")):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+def retrying(fn: Callable[[], T], *, attempts: int = RETRY_ATTEMPTS, first_delay: float | None = None,
+             max_delay: float = 8.0, deadline_s: float | None = None,
+             transient: Callable[[BaseException], bool] = is_transient,
+             sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
+    """fn(), again after a transient failure, waiting first_delay (CHORUS_BATCH_RETRY_BASE_S, 0.5 s),
+    then twice as long each time (at most max_delay), at most `attempts` times in all. No attempt is
+    started that could end past `deadline_s` (CHORUS_BATCH_RETRY_DEADLINE_S, 30 s) after the first:
+    the estimate is the longest attempt so far. The last failure is raised as it was."""
+    delay = retry_base_s() if first_delay is None else first_delay
+    deadline = retry_deadline_s() if deadline_s is None else deadline_s
+    start = clock()
+    longest = 0.0
+    for attempt in range(1, attempts + 1):
+        began = clock()
+        try:
+            return fn()
+        except Exception as exc:
+            ended = clock()
+            longest = max(longest, ended - began)
+            if attempt == attempts or not transient(exc) or ended - start + delay + longest > deadline:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, max_delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,565 @@
+"""Cloud sign-in (sources/cloud.py): which credential an az:// or s3:// root uses, the errors that say
+what to do, scrubbing of secrets, bounded retries, and [azure] / [s3] in chorus.toml.
+
+The pure parts are tested here without a service; the integration tests against Azurite and moto
+(real services, started by tests/services.py) follow below them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.identity import CredentialUnavailableError
+
+from chorus_batch.config import AzureSection, CloudSettings, S3Section, load_config
+from chorus_batch.errors import ConfigError, SourceError
+from chorus_batch.sources import FsspecSource, open_source
+from chorus_batch.sources.cloud import (
+    azure_sign_in,
+    classify,
+    explain,
+    filesystem_for,
+    is_transient,
+    retrying,
+    s3_options,
+    scrub,
+)
+
+from conftest import cli
+
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+SIG = "Zm9vYmFyc2VjcmV0c2lnbmF0dXJlMTIzNDU2Nzg5MA%3D%3D"
+SAS = f"sv=2024-08-04&ss=b&srt=co&sp=rl&se=2030-01-01T00:00:00Z&sig={SIG}"
+CONN = f"DefaultEndpointsProtocol=https;AccountName=myacct;AccountKey={KEY};EndpointSuffix=core.windows.net"
+SECRETS = (KEY, SIG, KEY[:20], SIG[:20])
+AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT",
+              "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
+
+
+def no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, text
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No Azure or AWS settings from the machine; tiny backoffs."""
+    for name in (*AZURE_VARS, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CHORUS_BATCH_RETRY_BASE_S", "0.01")
+    return monkeypatch
+
+
+def cloud(**azure) -> CloudSettings:
+    return CloudSettings(azure=AzureSection(**azure))
+
+
+# ----------------------------------------------------------------------------- scrub
+
+
+@pytest.mark.parametrize("text", [
+    f"https://myacct.blob.core.windows.net/c/x?{SAS}",
+    CONN,
+    f"BlobEndpoint=https://h/;SharedAccessSignature={SAS}",
+    f"Authorization: SharedKey myacct:{KEY}",
+    f"Authorization: Bearer {KEY}",
+    f"HTTP 403: Signature did not match. String to sign used was ... sig={SIG}&x=1",
+    f"aws_secret_access_key = {KEY}",
+    f"password={KEY}",
+    f"https://user:{KEY}@host/path",
+    f"X-Amz-Signature={SIG}",
+])
+def test_scrub_removes_secrets(text):
+    out = scrub(text)
+    no_secret(out)
+    assert "***" in out
+
+
+def test_scrub_keeps_what_is_not_secret():
+    text = "container site1 of account myacct: ContainerNotFound (se=2030-01-01T00:00:00Z)"
+    assert scrub(text) == text
+    assert "AccountName=myacct" in scrub(CONN)
+
+
+# ----------------------------------------------------------------------------- which Azure sign-in
+
+
+def test_connection_string_first(clean_env):
+    env = {"AZURE_STORAGE_CONNECTION_STRING": CONN, "AZURE_STORAGE_SAS_TOKEN": SAS, "AZURE_STORAGE_KEY": KEY,
+           "AZURE_STORAGE_ACCOUNT": "other"}
+    sign_in = azure_sign_in(cloud(account_name="myacct"), env)
+    assert sign_in.kind == "connection_string"
+    assert sign_in.how == "connection string from AZURE_STORAGE_CONNECTION_STRING (account myacct)"
+    assert KEY not in repr(sign_in)
+
+
+def test_sas_then_key_then_default_credential(clean_env):
+    env = {"AZURE_STORAGE_SAS_TOKEN": "?" + SAS, "AZURE_STORAGE_KEY": KEY, "AZURE_STORAGE_ACCOUNT": "myacct"}
+    sas = azure_sign_in(cloud(), env)
+    assert (sas.kind, sas.account_url, sas.secret) == ("sas", "https://myacct.blob.core.windows.net", SAS)
+    assert sas.how == "SAS token from AZURE_STORAGE_SAS_TOKEN for account myacct (AZURE_STORAGE_ACCOUNT)"
+    del env["AZURE_STORAGE_SAS_TOKEN"]
+    key = azure_sign_in(cloud(), env)
+    assert (key.kind, key.account_name) == ("account_key", "myacct")
+    assert key.how == "account key from AZURE_STORAGE_KEY for account myacct (AZURE_STORAGE_ACCOUNT)"
+    del env["AZURE_STORAGE_KEY"]
+    default = azure_sign_in(cloud(), env)
+    assert default.kind == "default_credential" and default.secret is None
+    assert default.how.startswith("DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI")
+    assert default.how.endswith("for https://myacct.blob.core.windows.net (AZURE_STORAGE_ACCOUNT)")
+
+
+def test_account_from_config_before_environment(clean_env):
+    env = {"AZURE_STORAGE_ACCOUNT": "fromenv"}
+    assert azure_sign_in(cloud(account_name="fromconfig"), env).account_url == "https://fromconfig.blob.core.windows.net"
+    custom = azure_sign_in(cloud(account_url="https://127.0.0.1:10001/devstoreaccount1/"), env)
+    assert (custom.account_url, custom.account_name) == ("https://127.0.0.1:10001/devstoreaccount1", "devstoreaccount1")
+    assert "[azure] account_url" in custom.how
+
+
+def test_variables_named_in_config(clean_env):
+    settings = cloud(account_name="myacct", sas_token_env="SITE_A_SAS", connection_string_env="SITE_A_CONN")
+    env = {"AZURE_STORAGE_SAS_TOKEN": "ignored", "SITE_A_SAS": SAS}
+    sign_in = azure_sign_in(settings, env)
+    assert (sign_in.kind, sign_in.secret, sign_in.secret_env) == ("sas", SAS, "SITE_A_SAS")
+    assert azure_sign_in(settings, {**env, "SITE_A_CONN": CONN}).kind == "connection_string"
+
+
+def test_no_account_is_a_config_error_naming_every_option(clean_env):
+    with pytest.raises(ConfigError) as caught:
+        azure_sign_in(cloud(), {})
+    text = str(caught.value)
+    for option in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY",
+                   "AZURE_STORAGE_ACCOUNT", "[azure] account_url", "az login", "managed"):
+        assert option in text
+
+
+def test_open_source_without_account_exits_2_not_a_traceback(clean_env, tmp_path):
+    result = cli("run", "--site", "az://missing-container", "--db", str(tmp_path / "m.sqlite"),
+                 env={"CHORUS_BATCH_RETRY_BASE_S": "0.01"}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "no Azure storage account" in result.stderr and "fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_unreachable_endpoint_exits_3_with_what_where_fix(clean_env, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "http://127.0.0.1:{port}/devstoreaccount1"\n')
+    started = time.monotonic()
+    result = cli("run", "--config", str(config), "--site", "az://missing-container", "--db", str(tmp_path / "m.sqlite"),
+                 env={"AZURE_STORAGE_KEY": KEY, "CHORUS_BATCH_RETRY_BASE_S": "0.01"}, timeout=120)
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach az://missing-container: the storage endpoint cannot be reached" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "where:" in result.stderr and "fix:" in result.stderr
+    assert "account key from AZURE_STORAGE_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    no_secret(result.stderr + result.stdout)
+    assert time.monotonic() - started < 60
+
+
+# ----------------------------------------------------------------------------- S3 options
+
+
+def test_s3_options_endpoint_profile_region(clean_env):
+    options, how = s3_options(CloudSettings(s3=S3Section(endpoint_url="http://127.0.0.1:9000", profile="chorus",
+                                                          region="eu-west-1")), {})
+    assert options["endpoint_url"] == "http://127.0.0.1:9000"
+    assert options["profile"] == "chorus" and options["client_kwargs"] == {"region_name": "eu-west-1"}
+    assert options["skip_instance_cache"] and options["use_listings_cache"] is False
+    assert how == "AWS profile chorus ([s3] profile) at http://127.0.0.1:9000 ([s3] endpoint_url), region eu-west-1"
+    options, how = s3_options(CloudSettings(), {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "AKIA"})
+    assert options["endpoint_url"] == "http://minio:9000" and "profile" not in options
+    assert how == "access key from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY at http://minio:9000 (AWS_ENDPOINT_URL)"
+
+
+def test_s3_without_s3fs_says_what_to_install(clean_env, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    with pytest.raises(ConfigError, match=r"chorus-batch\[s3\]"):
+        filesystem_for("s3://bucket/site", CloudSettings())
+
+
+def test_other_protocols_are_plain_fsspec():
+    fs, root, how = filesystem_for("memory://plain/site")
+    assert "memory" in fs.protocol and root == "/plain/site" and how == "fsspec memory://"
+
+
+def test_each_root_gets_its_own_file_system(clean_env):
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN)
+    a, b = (FsspecSource("az://c/site") for _ in range(2))
+    assert a.fs is not b.fs and a.fs.service_client is not b.fs.service_client
+    assert a.server_md5 and a.root == "c/site"
+    assert KEY not in a.how and KEY not in a.location
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def _storage_error(cls, status: int, code: str, message: str):
+    error = cls(message=message)
+    error.status_code, error.error_code = status, code  # as azure.storage.blob's process_storage_error sets them
+    return error
+
+
+def _wrapped(inner: BaseException, outer_cls=ValueError, text="Failed to fetch container properties for c") -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer_cls(f"{text} for {exc}") from exc
+    except BaseException as outer:
+        return outer
+
+
+def _botocore(code: str, status: int):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "ListObjectsV2")
+
+
+HOW_SAS = "SAS token from AZURE_STORAGE_SAS_TOKEN for account myacct (AZURE_STORAGE_ACCOUNT)"
+HOW_DAC = "DefaultAzureCredential (environment, ...) for https://myacct.blob.core.windows.net"
+HOW_AWS = "AWS profile chorus ([s3] profile)"
+
+
+@pytest.mark.parametrize("exc, how, kind, says", [
+    (_storage_error(ResourceNotFoundError, 404, "ContainerNotFound", "The specified container does not exist."),
+     HOW_SAS, "missing", "the container does not exist"),
+    (_storage_error(ClientAuthenticationError, 403, "AuthenticationFailed",
+                    f"Server failed to authenticate the request. sig={SIG}"), HOW_SAS, "auth", "sign-in failed"),
+    (_storage_error(ClientAuthenticationError, 403, "AuthorizationPermissionMismatch",
+                    "This request is not authorized to perform this operation using this permission."),
+     HOW_DAC, "permission", "not allowed to list or read"),
+    (CredentialUnavailableError("DefaultAzureCredential failed to retrieve a token from the included credentials."),
+     HOW_DAC, "auth", "sign-in failed"),
+    (_wrapped(ServiceRequestError("Cannot connect to host 127.0.0.1:10000 ssl:default [Connect call failed]",
+                                  error=ConnectionRefusedError(111, "Connection refused"))),
+     HOW_SAS, "network", "cannot be reached"),
+    (ServiceResponseError("Timeout on reading data from socket"), HOW_SAS, "network", "cannot be reached"),
+    (ServiceRequestError("Cannot connect to host nosuch.blob.core.windows.net:443",
+                         error=socket.gaierror(-2, "Name or service not known")), HOW_SAS, "dns", "does not resolve"),
+    (_storage_error(HttpResponseError, 503, "ServerBusy", "The server is busy."), HOW_SAS, "busy", "kept failing"),
+    (_botocore("NoSuchBucket", 404), HOW_AWS, "missing", "the bucket does not exist"),
+    (_botocore("AccessDenied", 403), HOW_AWS, "permission", "not allowed"),
+    (_botocore("InvalidAccessKeyId", 403), HOW_AWS, "auth", "sign-in failed"),
+    (_wrapped(_botocore("SlowDown", 503), PermissionError, "throttled"), HOW_AWS, "busy", "kept failing"),
+])
+def test_explain_classifies_and_says_what_to_do(exc, how, kind, says):
+    error = explain(exc, where="az://c/site", how=how, action="list")
+    assert isinstance(error, SourceError)
+    assert error.kind == kind  # type: ignore[attr-defined]
+    text = str(error)
+    assert says in error.what and how in error.what
+    assert error.where == "az://c/site" and error.fix and "fix:" in text
+    no_secret(text)
+
+
+def test_explain_fixes_match_the_sign_in():
+    expired = _storage_error(ClientAuthenticationError, 403, "AuthenticationFailed", "Signed expiry time has passed")
+    assert "expired" in explain(expired, where="w", how=HOW_SAS, action="list").fix
+    assert "az login" in explain(CredentialUnavailableError("no"), where="w", how=HOW_DAC, action="list").fix
+    denied = _storage_error(ClientAuthenticationError, 403, "AuthorizationPermissionMismatch", "no")
+    assert "Storage Blob Data Reader" in explain(denied, where="w", how=HOW_DAC, action="list").fix
+    assert "s3:ListBucket" in explain(_botocore("AccessDenied", 403), where="w", how=HOW_AWS, action="list").fix
+
+
+def test_explain_unknown_error_keeps_its_text_without_secrets():
+    error = explain(RuntimeError(f"odd failure with {CONN}"), where="az://c", how=HOW_SAS, action="list")
+    assert "odd failure" in error.what and error.kind == "other"  # type: ignore[attr-defined]
+    no_secret(str(error))
+
+
+# ----------------------------------------------------------------------------- retrying
+
+
+def test_transient_failures_are_retried_with_backoff():
+    calls, sleeps = [], []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ServiceRequestError("Cannot connect", error=ConnectionRefusedError(111, "refused"))
+        return "ok"
+
+    assert retrying(flaky, first_delay=0.5, sleep=sleeps.append) == "ok"
+    assert len(calls) == 3 and sleeps == [0.5, 1.0]
+
+
+def test_permanent_failures_are_not_retried():
+    calls = []
+
+    def denied():
+        calls.append(1)
+        raise _storage_error(ClientAuthenticationError, 403, "AuthenticationFailed", "bad key")
+
+    with pytest.raises(ClientAuthenticationError):
+        retrying(denied, sleep=lambda _s: None)
+    assert len(calls) == 1
+    assert not is_transient(CredentialUnavailableError("x")) and is_transient(TimeoutError("t"))
+    assert is_transient(_storage_error(HttpResponseError, 429, "TooManyRequests", "slow down"))
+
+
+def test_retrying_stops_at_attempts_and_deadline():
+    now = [0.0]
+
+    def slow_failure():
+        now[0] += 10.0  # each attempt takes 10 s
+        raise TimeoutError("timed out")
+
+    sleeps: list[float] = []
+    with pytest.raises(TimeoutError):
+        retrying(slow_failure, attempts=10, first_delay=1.0, deadline_s=30.0,
+                 sleep=lambda s: (sleeps.append(s), now.__setitem__(0, now[0] + s)), clock=lambda: now[0])
+    assert now[0] <= 30.0 and len(sleeps) == 1  # a third attempt could have ended past the deadline
+    calls = []
+    with pytest.raises(TimeoutError):
+        retrying(lambda: calls.append(1) or (_ for _ in ()).throw(TimeoutError("t")), attempts=3, first_delay=0,
+                 sleep=lambda _s: None)
+    assert len(calls) == 3
+
+
+def test_retry_base_from_environment(monkeypatch):
+    monkeypatch.setenv("CHORUS_BATCH_RETRY_BASE_S", "0.001")
+    sleeps: list[float] = []
+    with pytest.raises(TimeoutError):
+        retrying(lambda: (_ for _ in ()).throw(TimeoutError("t")), sleep=sleeps.append)
+    assert sleeps == [0.001, 0.002, 0.004]
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_reads_azure_and_s3_into_run_settings(tmp_path):
+    from chorus_batch import cli as cli_module
+
+    config = tmp_path / "chorus.toml"
+    config.write_text('[site]\nroot = "az://site"\n[site.roots]\nImages = "s3://bucket/images"\n'
+                      '[azure]\naccount_name = "myacct"\nsas_token_env = "SITE_SAS"\n'
+                      '[s3]\nendpoint_url = "http://127.0.0.1:9000"\nprofile = "chorus"\nregion = "us-east-1"\n')
+    args = cli_module._parser().parse_args(["run", "--config", str(config), "--db", str(tmp_path / "m.sqlite")])
+    settings = cli_module._run_settings(args, cli_module._resolve(args))
+    assert settings.cloud.azure.account_name == "myacct" and settings.cloud.azure.sas_token_env == "SITE_SAS"
+    assert settings.cloud.azure.connection_string_env == "AZURE_STORAGE_CONNECTION_STRING"
+    assert settings.cloud.s3 == S3Section(endpoint_url="http://127.0.0.1:9000", profile="chorus", region="us-east-1")
+    assert settings.roots == {"Images": "s3://bucket/images"}
+
+
+@pytest.mark.parametrize("section, line", [
+    ("azure", f'account_key = "{KEY}"'),
+    ("azure", f'sas_token = "{SAS}"'),
+    ("azure", f'connection_string = "{CONN}"'),
+    ("azure", f'connection_string_env = "{CONN}"'),
+    ("azure", f'account_url = "https://myacct.blob.core.windows.net/?{SAS}"'),
+    ("s3", f'aws_secret_access_key = "{KEY}"'),
+    ("s3", f'secret = "{KEY}"'),
+])
+def test_secrets_in_config_are_refused(tmp_path, section, line):
+    config = tmp_path / "chorus.toml"
+    config.write_text(f"[{section}]\n{line}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = str(caught.value)
+    assert "secret" in text and "environment" in text
+    no_secret(text)
+
+
+def test_unknown_cloud_setting_is_refused(tmp_path):
+    config = tmp_path / "chorus.toml"
+    config.write_text('[azure]\naccount = "myacct"\n')
+    with pytest.raises(ConfigError, match="azure.account"):
+        load_config(config)
+    config.write_text('[azure]\nsas_token_env = "NOT A NAME"\n')
+    with pytest.raises(ConfigError, match="environment variable"):
+        load_config(config)
+
+
+def test_open_source_passes_cloud_settings(clean_env):
+    clean_env.setenv("AZURE_STORAGE_KEY", KEY)
+    source = open_source("az://c/site", cloud=cloud(account_url="http://127.0.0.1:1/devstoreaccount1"))
+    assert isinstance(source, FsspecSource)
+    assert source.how == "account key from AZURE_STORAGE_KEY for account devstoreaccount1 ([azure] account_url)"
+    assert str(source.fs.service_client.url).startswith("http://127.0.0.1:1/devstoreaccount1")
+
+
+# ----------------------------------------------------------------------------- against real services
+# Azurite (http, shared key), Azurite over https with OAuth and a managed-identity endpoint, and moto's
+# S3 server, started by tests/services.py for the session.
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+SITE_FILES = {"OMOP/person.csv": b"person_id\n1\n", "1/Images/2024/a.dcm": b"dicom-a", "1/Waveforms/s1/r.hea": b"hea"}
+
+
+@pytest.fixture
+def az_site(azurite, tmp_path):
+    from services import upload_tree
+
+    container = azurite.new_container("site")
+    with azurite.service_client() as client:
+        upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES))
+    return container
+
+
+def _azurite_cloud(azurite) -> CloudSettings:
+    return cloud(account_url=azurite.blob_endpoint)
+
+
+def _listed(source) -> set[str]:
+    source.check()
+    errors: list = []
+    return {path for batch in source.list_files(errors) for path in batch.column("srcfile").to_pylist()}
+
+
+def test_azurite_connection_string(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    source = open_source(f"az://{az_site}")
+    assert _listed(source) == set(SITE_FILES)
+    assert source.how == "connection string from AZURE_STORAGE_CONNECTION_STRING (account devstoreaccount1)"
+
+
+def test_azurite_sas_token_from_environment(clean_env, azurite, az_site):
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    clean_env.setenv("AZURE_STORAGE_SAS_TOKEN", sas)
+    clean_env.setenv("AZURE_STORAGE_ACCOUNT", "ignored")  # [azure] account_url comes first
+    source = open_source(f"abfs://{az_site}", cloud=_azurite_cloud(azurite))
+    assert _listed(source) == set(SITE_FILES)
+    assert source.how.startswith("SAS token from AZURE_STORAGE_SAS_TOKEN for account devstoreaccount1")
+    with source.open("OMOP/person.csv") as f:
+        assert f.read() == SITE_FILES["OMOP/person.csv"]
+    # the same token without list permission: signed in, not allowed, and said so
+    clean_env.setenv("AZURE_STORAGE_SAS_TOKEN", generate_container_sas(
+        azurite.account_name, az_site, account_key=azurite.account_key, permission=ContainerSasPermissions(read=True),
+        expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)))
+    with pytest.raises(SourceError) as caught:
+        open_source(f"az://{az_site}", cloud=_azurite_cloud(azurite)).check()
+    assert caught.value.kind == "permission" and "(l)" in caught.value.fix  # type: ignore[attr-defined]
+    assert "sig=" not in str(caught.value) or "sig=***" in str(caught.value)
+
+
+def test_azurite_account_key_from_environment(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_KEY", azurite.account_key)
+    source = open_source(f"az://{az_site}/1", cloud=_azurite_cloud(azurite))
+    assert _listed(source) == {"Images/2024/a.dcm", "Waveforms/s1/r.hea"}
+
+
+def test_azurite_missing_container_and_bad_key(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_KEY", azurite.account_key)
+    with pytest.raises(SourceError) as caught:
+        open_source("az://no-such-container/site", cloud=_azurite_cloud(azurite)).check()
+    assert caught.value.kind == "missing" and "container no-such-container does not exist" in caught.value.what  # type: ignore[attr-defined]
+    assert caught.value.where == "az://no-such-container/site" and caught.value.fix
+    bad = "A" + azurite.account_key[1:] if not azurite.account_key.startswith("A") else "B" + azurite.account_key[1:]
+    clean_env.setenv("AZURE_STORAGE_KEY", bad)
+    with pytest.raises(SourceError) as caught:
+        open_source(f"az://{az_site}", cloud=_azurite_cloud(azurite)).check()
+    text = str(caught.value)
+    assert caught.value.kind == "auth" and "sign-in failed" in text  # type: ignore[attr-defined]
+    assert "account key from AZURE_STORAGE_KEY" in text and "rotated" in caught.value.fix
+    assert azurite.account_key not in text and bad not in text and bad[:24] not in text
+
+
+def test_azurite_stopped_fails_fast_and_clearly(clean_env, azurite, az_site):
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    clean_env.setenv("CHORUS_BATCH_RETRY_BASE_S", "0.05")
+    source = open_source(f"az://{az_site}")
+    azurite.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            source.check()
+        elapsed = time.monotonic() - started
+    finally:
+        azurite.start()
+    text = str(caught.value)
+    assert caught.value.kind == "network" and "cannot be reached" in text  # type: ignore[attr-defined]
+    assert f"127.0.0.1:{azurite.port}" in text and "fix:" in text
+    assert azurite.account_key not in text and "AccountKey=Eby8" not in text
+    assert elapsed < 15, elapsed
+    assert _listed(source) == set(SITE_FILES)  # the same source works again once the service is back
+
+
+def test_azurite_default_credential_through_managed_identity(clean_env, azurite_oauth, tmp_path):
+    from services import upload_tree
+
+    container = azurite_oauth.new_container("mi")
+    with azurite_oauth.service_client() as client:
+        upload_tree(client, container, _tree(tmp_path / "up", SITE_FILES))
+    before = azurite_oauth.tokens_issued
+    with azurite_oauth.identity_environment():
+        source = open_source(f"az://{container}", cloud=cloud(account_url=azurite_oauth.account_url))
+        assert source.how.startswith("DefaultAzureCredential (")
+        assert _listed(source) == set(SITE_FILES)
+        buffer = bytearray(64 * 1024)
+        assert source.hash_file("OMOP/person.csv", buffer).size == len(SITE_FILES["OMOP/person.csv"])
+    assert azurite_oauth.tokens_issued > before
+
+
+def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3, tmp_path):
+    from conftest import current_rows, settings
+    from services import upload_tree, upload_tree_s3
+
+    from chorus_batch import run
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+
+    azure = run(settings(f"az://{az_site}", tmp_path / "az.sqlite", validate_site=False))
+    assert set(current_rows(tmp_path / "az.sqlite")) == set(SITE_FILES) and azure.label
+
+    bucket = moto_s3.new_bucket("site")
+    upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "s3up", SITE_FILES), prefix="export")
+    s3 = run(settings(f"s3://{bucket}/export", tmp_path / "s3.sqlite", validate_site=False, cloud=s3_cloud))
+    assert set(current_rows(tmp_path / "s3.sqlite")) == set(SITE_FILES) and s3.label
+
+    # mixed: a local site root, Images from Azure, Waveforms from S3 (each with its own file system)
+    local = _tree(tmp_path / "local", {"OMOP/person.csv": b"person_id\n1\n"})
+    images = azurite.new_container("img")
+    with azurite.service_client() as client:
+        upload_tree(client, images, _tree(tmp_path / "imgup", {"2/Images/2024/b.dcm": b"dicom-b"}), prefix="export")
+    waves = moto_s3.new_bucket("wav")
+    upload_tree_s3(moto_s3.client(), waves, _tree(tmp_path / "wavup", {"2/Waveforms/s2/r.dat": b"dat"}))
+    mixed = run(settings(local, tmp_path / "mixed.sqlite", validate_site=False, cloud=s3_cloud,
+                         roots={"Images": f"az://{images}/export", "Waveforms": f"s3://{waves}"}))
+    assert set(current_rows(tmp_path / "mixed.sqlite")) == {"OMOP/person.csv", "2/Images/2024/b.dcm",
+                                                            "2/Waveforms/s2/r.dat"}
+    assert mixed.label
+
+
+def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    with pytest.raises(SourceError) as caught:
+        open_source("s3://no-such-bucket/site", cloud=s3_cloud).check()
+    assert caught.value.kind in ("missing",) and "bucket" in caught.value.what  # type: ignore[attr-defined]
+    assert f"at {moto_s3.endpoint_url} ([s3] endpoint_url)" in caught.value.what
