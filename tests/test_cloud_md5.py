@@ -32,10 +32,10 @@ def s3_env(moto_s3, monkeypatch):
 
 def small_site(root: Path) -> dict[str, str]:
     write(root, "OMOP/person.csv", b"person_id\n1\n")
-    write(root, "000001/Waveforms/S1/rec.hea", b"rec 1 250 10\n")
-    write(root, "000001/Waveforms/S1/rec.dat", bytes(range(256)) * 40)
-    write(root, "000002/Waveforms/S2/big.dat", b"block upload " * 2000)
-    write(root, "000002/Waveforms/S2/hand.dat", b"content md5 set by hand")
+    write(root, "000001/Waveforms/S1/S1.hea", b"S1 1 250 10\n")
+    write(root, "000001/Waveforms/S1/S1.dat", bytes(range(256)) * 40)
+    write(root, "000002/Waveforms/S2/S2_big.dat", b"block upload " * 2000)
+    write(root, "000002/Waveforms/S2/S2_hand.dat", b"content md5 set by hand")
     return tree_md5(root)
 
 
@@ -47,14 +47,14 @@ def rows(db: Path) -> dict[str, tuple]:
 def upload_small_site(azurite, local: Path) -> str:
     container = azurite.new_container()
     client = azurite.service_client()
-    blocks = {"000002/Waveforms/S2/big.dat"}
+    blocks = {"000002/Waveforms/S2/S2_big.dat"}
     upload_tree(client, container, local, content_md5=True)
     for name in blocks:  # again, in blocks: no Content-MD5
         one = local.parent / "blocks"
         shutil.rmtree(one, ignore_errors=True)
         write(one, name, (local / name).read_bytes())
         upload_tree(client, container, one, content_md5=False, blocks=True)
-    set_content_md5(client, container, "000002/Waveforms/S2/hand.dat", WRONG_MD5)
+    set_content_md5(client, container, "000002/Waveforms/S2/S2_hand.dat", WRONG_MD5)
     return container
 
 
@@ -67,10 +67,10 @@ def test_stored_md5s_are_trusted_and_only_blobs_without_one_are_downloaded(az_en
     got = rows(db)
     assert set(got) == set(real)
     # The hand-set Content-MD5 is reported exactly: the blob was not downloaded.
-    assert got["000002/Waveforms/S2/hand.dat"][:2] == (WRONG_MD5.hex(), "stored")
+    assert got["000002/Waveforms/S2/S2_hand.dat"][:2] == (WRONG_MD5.hex(), "stored")
     # The block blob had no stored MD5: downloaded and hashed.
-    assert got["000002/Waveforms/S2/big.dat"][:2] == (real["000002/Waveforms/S2/big.dat"], "computed")
-    for path in ("OMOP/person.csv", "000001/Waveforms/S1/rec.dat"):
+    assert got["000002/Waveforms/S2/S2_big.dat"][:2] == (real["000002/Waveforms/S2/S2_big.dat"], "computed")
+    for path in ("OMOP/person.csv", "000001/Waveforms/S1/S1.dat"):
         assert got[path][:2] == (real[path], "stored")
     assert all(etag for _md5, _source, etag, _size in got.values())
     assert result.md5_sources == {"computed": 1, "stored": 4, "reused": 0, "unverifiable": 0}
@@ -90,27 +90,27 @@ def test_stored_only_never_downloads_and_says_which_files_are_unverifiable(az_en
     out = cli("run", "--site", f"az://{container}", "--db", str(db), "--cloud-md5", "stored-only", "--no-validate",
               env={"AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string})
     assert out.returncode == 1, out.stderr  # never counted as equal: a finding
-    assert "unverifiable" in out.stdout and "000002/Waveforms/S2/big.dat" in out.stdout
+    assert "unverifiable" in out.stdout and "000002/Waveforms/S2/S2_big.dat" in out.stdout
     got = rows(db)
-    assert got["000002/Waveforms/S2/big.dat"][:2] == (None, "unverifiable")
-    assert query(db, "SELECT srcfile FROM scan_errors WHERE kind = 'unverifiable'") == [("000002/Waveforms/S2/big.dat",)]
+    assert got["000002/Waveforms/S2/S2_big.dat"][:2] == (None, "unverifiable")
+    assert query(db, "SELECT srcfile FROM scan_errors WHERE kind = 'unverifiable'") == [("000002/Waveforms/S2/S2_big.dat",)]
     assert query(db, "SELECT n_hashed FROM runs") == [(0,)]
 
     # Unchanged: still unverifiable (no new version); rewritten in place: replaced, and still no MD5.
     again = run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only")
     assert again.label is None and again.exit_code == 1 and again.n_hashed == 0
     client = az_env.service_client()
-    blob = client.get_blob_client(container, "000002/Waveforms/S2/big.dat")
+    blob = client.get_blob_client(container, "000002/Waveforms/S2/S2_big.dat")
     blob.stage_block("b1", b"other bytes " * 100)
     blob.commit_block_list(["b1"])
     changed = run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only")
     assert changed.counts["replaced"] == 1 and changed.n_hashed == 0
-    assert rows(db)["000002/Waveforms/S2/big.dat"][:2] == (None, "unverifiable")
+    assert rows(db)["000002/Waveforms/S2/S2_big.dat"][:2] == (None, "unverifiable")
 
     # Switching the policy resolves it: the blob is downloaded once and gets its MD5.
     resolved = run_site(f"az://{container}", db, validate_site=False)
-    assert resolved.n_hashed == 1 and resolved.exit_code == 0
-    assert rows(db)["000002/Waveforms/S2/big.dat"][:2] == (hashlib.md5(b"other bytes " * 100).hexdigest(), "computed")
+    assert resolved.n_hashed == 1 and resolved.exit_code == 0, resolved.errors.to_dicts()
+    assert rows(db)["000002/Waveforms/S2/S2_big.dat"][:2] == (hashlib.md5(b"other bytes " * 100).hexdigest(), "computed")
     assert resolved.counts["replaced"] == 1
 
 
@@ -135,16 +135,16 @@ def test_a_blob_changed_in_place_is_replaced_and_a_rewrite_with_the_same_bytes_i
     run_site(f"az://{container}", db, validate_site=False)
     before = rows(db)
 
-    same_size = b"1" * len((local / "000001/Waveforms/S1/rec.hea").read_bytes())
-    write(local, "000001/Waveforms/S1/rec.hea", same_size)
+    same_size = b"1" * len((local / "000001/Waveforms/S1/S1.hea").read_bytes())
+    write(local, "000001/Waveforms/S1/S1.hea", same_size)
     upload_tree(client, container, local, content_md5=True)  # every blob rewritten: new etags
     result = run_site(f"az://{container}", db, validate_site=False)
     assert result.counts["replaced"] == 1 and result.counts["unchanged"] == 4
     assert result.n_hashed == 0  # stored MD5s: nothing downloaded
     after = rows(db)
-    assert after["000001/Waveforms/S1/rec.hea"][0] == hashlib.md5(same_size).hexdigest()
+    assert after["000001/Waveforms/S1/S1.hea"][0] == hashlib.md5(same_size).hexdigest()
     # The rewritten but identical blobs keep their file version, with the new etag recorded.
-    assert after["OMOP/person.csv"][3] != before["OMOP/person.csv"][3]
+    assert after["OMOP/person.csv"][2] != before["OMOP/person.csv"][2]
     assert after["OMOP/person.csv"][:2] == before["OMOP/person.csv"][:2]
     assert run_site(f"az://{container}", db, validate_site=False).md5_sources["reused"] == 5
 
@@ -153,13 +153,13 @@ def test_s3_single_part_etags_are_stored_md5s_and_multipart_ones_are_not(s3_env,
     local = tmp_path / "site"
     real = small_site(local)
     big = (b"0123456789abcdef" * 65536) * 6  # 6 MiB: two parts
-    write(local, "000003/Waveforms/S3/multi.dat", big)
-    real["000003/Waveforms/S3/multi.dat"] = hashlib.md5(big).hexdigest()
+    write(local, "000003/Waveforms/S3/S3_multi.dat", big)
+    real["000003/Waveforms/S3/S3_multi.dat"] = hashlib.md5(big).hexdigest()
     bucket = s3_env.new_bucket()
     client = s3_env.client()
     multi = tmp_path / "multi"
-    write(multi, "000003/Waveforms/S3/multi.dat", big)
-    (local / "000003/Waveforms/S3/multi.dat").unlink()
+    write(multi, "000003/Waveforms/S3/S3_multi.dat", big)
+    (local / "000003/Waveforms/S3/S3_multi.dat").unlink()
     upload_tree_s3(client, bucket, local)
     upload_tree_s3(client, bucket, multi, multipart=True)
 
@@ -167,14 +167,14 @@ def test_s3_single_part_etags_are_stored_md5s_and_multipart_ones_are_not(s3_env,
     result = run_site(f"s3://{bucket}", db, validate_site=False)
     got = rows(db)
     assert {p: r[0] for p, r in got.items()} == real
-    assert got["000003/Waveforms/S3/multi.dat"][1] == "computed"
-    assert {r[1] for p, r in got.items() if p != "000003/Waveforms/S3/multi.dat"} == {"stored"}
+    assert got["000003/Waveforms/S3/S3_multi.dat"][1] == "computed"
+    assert {r[1] for p, r in got.items() if p != "000003/Waveforms/S3/S3_multi.dat"} == {"stored"}
     assert result.n_hashed == 1
 
     strict = tmp_path / "strict.sqlite"
     only = run_site(f"s3://{bucket}", strict, validate_site=False, cloud_md5="stored-only")
     assert only.exit_code == 1 and only.n_hashed == 0
-    assert rows(strict)["000003/Waveforms/S3/multi.dat"][:2] == (None, "unverifiable")
+    assert rows(strict)["000003/Waveforms/S3/S3_multi.dat"][:2] == (None, "unverifiable")
 
 
 @pytest.mark.parametrize("service", ["azurite", "moto"])
