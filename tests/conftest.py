@@ -13,6 +13,10 @@ import pytest
 
 from chorus_batch import RunSettings, run
 
+# Real cloud services (Azurite, Azurite https+OAuth with a managed-identity endpoint, moto S3) as
+# session fixtures; tests import the helpers with `from services import upload_tree, ...`.
+from services import azurite, azurite_oauth, moto_s3  # noqa: F401  (fixtures registered by import)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
