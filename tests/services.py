@@ -16,8 +16,8 @@ Fixtures (session-scoped; conftest.py imports them, so every test file can ask f
     and a leaf for 127.0.0.1 and localhost) with ``--oauth basic``, plus a small local server
     speaking the App Service managed-identity protocol (``IDENTITY_ENDPOINT`` +
     ``IDENTITY_HEADER``; ``GET ?resource=...&api-version=2019-08-01`` with header
-    ``X-IDENTITY-HEADER``). It hands out unsigned-in-spirit JWTs (HS256 with a random key nobody
-    checks) that Azurite's basic OAuth accepts: Azurite 3.37
+    ``X-IDENTITY-HEADER``). It hands out JWTs signed with a throwaway random HS256 key (nobody checks
+    the signature) that Azurite's basic OAuth accepts: Azurite 3.37
     (dist/src/blob/authentication/BlobTokenAuthenticator.js) only *decodes* the token and checks
     that ``iat``, ``nbf`` and ``exp`` are present, ``nbf <= now <= exp``, ``iss`` starts with
     ``https://sts.windows.net/`` (or the other sovereign-cloud STS prefixes) and ``aud`` is
