@@ -545,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, argv)
     except ChorusError as exc:
         print(f"chorus-batch: error: {exc}", file=sys.stderr)
+        if args.command == "run" and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
+            print("  nothing was committed; the previous version is intact", file=sys.stderr)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)"}

@@ -1,6 +1,7 @@
 """Fault-injection points for the crash and signal tests: with CHORUS_BATCH_TEST_PAUSE=<point>,
-the run announces the point on stderr and waits there to be killed or signalled. Costs one
-environment lookup per point reached."""
+the run announces the point on stderr and waits there to be killed or signalled; with
+<point>+<seconds> it waits that long and goes on (time for a test to break something under it,
+e.g. stop a storage service mid-run). Costs one environment lookup per point reached."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import time
 
 
 def pause(point: str) -> None:
-    if os.environ.get("CHORUS_BATCH_TEST_PAUSE") == point:
-        print(f"chorus-batch: test pause at {point}", file=sys.stderr, flush=True)
-        time.sleep(600)
+    wanted = os.environ.get("CHORUS_BATCH_TEST_PAUSE")
+    if wanted is None or wanted.partition("+")[0] != point:
+        return
+    print(f"chorus-batch: test pause at {point}", file=sys.stderr, flush=True)
+    time.sleep(float(wanted.partition("+")[2] or 600))

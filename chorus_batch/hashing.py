@@ -253,6 +253,7 @@ def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, pro
             stop.set()
 
     hashers = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, len(chunks))))]
+    pause("hashing")
     for t in hashers:
         t.start()
     try:

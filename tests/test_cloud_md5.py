@@ -4,6 +4,9 @@ change detection by etag, the --cloud-md5 policy -- against real Azurite and mot
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -222,3 +225,38 @@ def test_testdata_snapshots_in_the_cloud_give_the_local_manifest(service, reques
             p for p in strict if any(p.startswith(prefix + "/") for prefix in in_blocks)}
         assert {p: m for p, m in strict.items() if m is not None} == {
             p: m for p, _s, m in query(local_db, key) if strict[p] is not None}
+
+
+def test_azurite_stopped_in_the_middle_of_a_run_fails_clearly_and_keeps_the_previous_version(az_env, tmp_path):
+    local = tmp_path / "site"
+    small_site(local)
+    container = az_env.new_container()
+    client = az_env.service_client()
+    upload_tree(client, container, local, content_md5=True)
+    db = tmp_path / "m.sqlite"
+    first = run_site(f"az://{container}", db, validate_site=False)
+    for i in range(3):  # new blobs without a stored MD5: the next run downloads them
+        write(tmp_path / "more", f"000003/Waveforms/S3/S3_{i}.dat", bytes([i]) * 5000)
+    upload_tree(client, container, tmp_path / "more", content_md5=False)
+    env = {"AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string, "CHORUS_BATCH_TEST_PAUSE": "hashing+3",
+           "CHORUS_BATCH_RETRY_BASE_S": "0.05", "CHORUS_BATCH_RETRY_DEADLINE_S": "5"}
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
+                             "--no-validate"], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = ""
+        while "test pause at hashing" not in line:
+            line = proc.stderr.readline()
+            assert line, "the run ended before it reached the hashing"
+        az_env.stop()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if not az_env.running:
+            az_env.start()
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "cannot read" in err and "fix:" in err and "nothing was committed" in err
+    assert "AccountKey" not in err and az_env.account_key not in err
+    assert query(db, "SELECT label FROM versions") == [(first.label,)]  # the previous version, intact
+    again = run_site(f"az://{container}", db, validate_site=False)
+    assert again.counts["added"] == 3 and again.n_hashed == 3

@@ -172,8 +172,8 @@ class FsspecSource:
             raise self._storage_failure(exc, srcfile) from None
 
     def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
-        try:
-            return self._hash(srcfile, buffer)
+        try:  # a dropped connection or a busy service: the whole file again, with backoff
+            return cloud_access.retrying(lambda: self._hash(srcfile, buffer))
         except FileChangedWhileHashing:
             raise
         except cloud_access.storage_errors() as exc:
