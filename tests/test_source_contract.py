@@ -9,14 +9,19 @@ Each test runs once per implementation, on the same small tree built from a dict
   fsspec-file    FsspecSource("file://<folder>"), fsspec's local file system (open_source would
                  give a LocalSource for a file:// URL, so it is built directly)
   memory-md5     FsspecSource over memory:// whose listing carries the MD5 the storage holds
-                 (server_md5 = True), as Azure's Content-MD5 does: the one implementation here
-                 that exercises the non-NULL stored_md5 half of the listing contract
+                 (server_md5 = True), as Azure's Content-MD5 does
+  azurite        FsspecSource("az://<container>/site") on a real Azurite (tests/services.py),
+                 signed in with a connection string from the environment; blobs uploaded with
+                 Content-MD5 except those under 000002/ (in blocks: none stored)
+  s3-moto        FsspecSource("s3://<bucket>/site") on moto's S3 server; single-part uploads, so
+                 every ETag is the MD5
 
 Where an implementation differs for a principled reason, it is said in IMPLS, not skipped:
 `mtime` says what its mtime_ns is measured against. fsspec's memory file system keeps no
 modification time; FsspecSource reports its creation time ('created'), which is > 0 and stable
 while the object is not rewritten. fsspec's local file system gives mtime as float seconds, so
-its mtime_ns is within a microsecond of the OS's st_mtime_ns rather than equal to it.
+its mtime_ns is within a microsecond of the OS's st_mtime_ns rather than equal to it. A cloud
+object's mtime is its last-modified time, set by the service.
 """
 
 from __future__ import annotations
@@ -92,7 +97,10 @@ class StoredMd5MemorySource(FsspecSource):
         for batch in super().list_files(errors):
             paths = batch.column("srcfile").to_pylist()
             held = [md5(self.fs.cat_file(self._path(p))) for p in paths]
-            yield batch.set_column(3, "stored_md5", pa.array(held, pa.string()))
+            # an etag per object version: its content and creation time
+            tags = [f"{h}.{t}" for h, t in zip(held, batch.column("mtime_ns").to_pylist(), strict=True)]
+            yield batch.set_column(3, "stored_md5", pa.array(held, pa.string())).set_column(
+                4, "etag", pa.array(tags, pa.string()))
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ class Impl:
     # memory file system's creation time (it keeps no mtime), > 0 and stable.
     mtime: str
     memory: bool = False
+    cloud: str | None = None  # "azurite" | "moto": a real service, started by tests/services.py
 
 
 IMPLS = [
@@ -111,7 +120,38 @@ IMPLS = [
     Impl("fsspec-memory", "created", memory=True),
     Impl("fsspec-file", "os_float"),
     Impl("memory-md5", "created", memory=True),
+    Impl("azurite", "service", cloud="azurite"),
+    Impl("s3-moto", "service", cloud="moto"),
 ]
+
+
+def _cloud_source(impl: Impl, service, tmp_path: Path, store: str, tree: dict[str, bytes], name: str,
+                  exists: bool) -> Built:
+    """The tree uploaded under <store>/<name>/ (a new container or bucket per test); a missing root
+    is a container or bucket that does not exist."""
+    from services import upload_tree, upload_tree_s3
+
+    if exists:
+        local = tmp_path / f"upload-{name}"
+        for rel, data in tree.items():
+            write(local, rel, data)
+        local.mkdir(exist_ok=True)
+        if impl.cloud == "azurite":
+            client = service.service_client()
+            upload_tree(client, store, local, prefix=name)
+            blocks = local / "000002"
+            if blocks.is_dir():
+                upload_tree(client, store, blocks, prefix=f"{name}/000002", blocks=True)
+            if not tree:  # an empty root: an empty container still lists (nothing)
+                return Built(FsspecSource(f"az://{store}"), impl, None)
+        else:
+            upload_tree_s3(service.client(), store, local, prefix=name)
+            if not tree:
+                return Built(FsspecSource(f"s3://{store}"), impl, None)
+    else:
+        store = f"missing-{uuid.uuid4().hex[:12]}"
+    scheme = "az" if impl.cloud == "azurite" else "s3"
+    return Built(FsspecSource(f"{scheme}://{store}/{name}"), impl, None)
 
 
 @dataclass
@@ -147,12 +187,25 @@ def _build(impl: Impl, tmp_path: Path, memory_base: str, tree: dict[str, bytes],
 
 
 @pytest.fixture(params=IMPLS, ids=[i.id for i in IMPLS])
-def make(request, tmp_path) -> Iterator[Callable[..., Built]]:
+def make(request, tmp_path, monkeypatch) -> Iterator[Callable[..., Built]]:
     """make(tree, name="site", exists=True): the implementation under test over `tree`."""
     impl: Impl = request.param
     memory_base = f"chorus-contract-{uuid.uuid4().hex}"
+    service, store = None, ""
+    if impl.cloud == "azurite":
+        service = request.getfixturevalue("azurite")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", service.connection_string)
+        store = service.new_container()
+    elif impl.cloud == "moto":
+        service = request.getfixturevalue("moto_s3")
+        for key, value in service.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", service.endpoint_url)
+        store = service.new_bucket()
 
     def build(tree: dict[str, bytes] = TREE, name: str = "site", exists: bool = True) -> Built:
+        if impl.cloud:
+            return _cloud_source(impl, service, tmp_path, store, tree, name, exists)
         return _build(impl, tmp_path, memory_base, tree, name, exists)
 
     yield build
@@ -199,7 +252,7 @@ def assert_mtime(b: Built, rel: str, mtime_ns: int) -> None:
     elif b.impl.mtime == "os_float":
         assert abs(mtime_ns - os_mtime_ns(b, rel)) <= 1_000
     else:
-        assert b.impl.mtime == "created"
+        assert b.impl.mtime in ("created", "service")
 
 
 # ----------------------------------------------------------------------------- list
@@ -227,6 +280,22 @@ def test_stored_md5_is_null_unless_the_storage_holds_one(built):
     for rel, value in held.items():
         if value is not None:
             assert value == md5(TREE[rel])
+
+
+def test_a_listing_with_stored_md5s_carries_an_etag_that_changes_with_the_object(make, tmp_path):
+    b = make()
+    table, _ = listing(b.source)
+    etags = dict(zip(table.column("srcfile").to_pylist(), table.column("etag").to_pylist(), strict=True))
+    if not b.source.server_md5:
+        assert set(etags.values()) == {None}
+        return
+    assert all(etags.values()) and len(set(etags.values())) == len(etags)  # one per object, unquoted
+    assert not any(e.startswith('"') for e in etags.values())
+    b.source.fs.pipe_file(b.source._path("OMOP/person.csv"), b"person_id\n2\n")  # rewritten in place
+    again, _ = listing(b.source)
+    after = dict(zip(again.column("srcfile").to_pylist(), again.column("etag").to_pylist(), strict=True))
+    assert after["OMOP/person.csv"] != etags["OMOP/person.csv"]
+    assert after["README.txt"] == etags["README.txt"]
 
 
 def test_an_empty_root_lists_no_rows(make):
