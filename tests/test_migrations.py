@@ -164,3 +164,31 @@ def test_an_upgraded_manifest_gets_todays_classification_without_a_new_version(o
     assert query(old, "SELECT count(*) FROM source_files WHERE time_invalid IS NULL AND layout IS NULL "
                       "AND parse_error IS NULL") == [(0,)]
     assert query(old, "SELECT value IS NOT NULL FROM meta WHERE key = 'classification'") == [(1,)]
+
+
+# ----------------------------------------------------------------------------- the release before (schema 6)
+
+SCHEMA6 = Path(__file__).resolve().parent / "fixtures" / "schema6"
+
+
+def test_a_schema_6_manifest_of_the_previous_release_upgrades_without_rewriting_a_row(tmp_path):
+    from conftest import run_site
+
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(SCHEMA6 / "manifest.sqlite", db)
+    before_columns = [r[1] for r in query(db, "PRAGMA table_info(source_files)")]
+    before = query(db, f"SELECT {', '.join(before_columns)} FROM source_files ORDER BY file_id")
+    assert [r[3] for r in query(db, "PRAGMA table_info(source_files)") if r[1] == "md5"] == [1]  # NOT NULL then
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0 and f"schema 6 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
+    assert query(db, f"SELECT {', '.join(before_columns)} FROM source_files ORDER BY file_id") == before
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert [r[3] for r in query(db, "PRAGMA table_info(source_files)") if r[1] == "md5"] == [0]  # NULL allowed now
+    # Every row was read and hashed by that release (local roots): computed; no etag (not a cloud file).
+    assert query(db, "SELECT md5_source, count(*), count(etag) FROM source_files GROUP BY 1") == [("computed", len(before), 0)]
+
+    site = tmp_path / "site"
+    shutil.copytree(SCHEMA6 / "site", site)
+    result = run_site(site, db, validate_site=False)
+    assert result.label is None  # same contents: nothing to commit (the roots moved: rows refreshed)
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
