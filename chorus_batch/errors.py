@@ -26,7 +26,8 @@ class ExitCode(IntEnum):
 EXIT_CODES_HELP = """\
 exit codes:
   0    success
-  1    success with findings (scan errors, unparseable paths or validation errors were recorded)
+  1    success with findings (scan errors, unparseable paths, unverifiable cloud files or validation
+       errors were recorded)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed; the previous version is intact)
   4    the manifest is locked by another run (its holder is named)
