@@ -260,3 +260,25 @@ def test_azurite_stopped_in_the_middle_of_a_run_fails_clearly_and_keeps_the_prev
     assert query(db, "SELECT label FROM versions") == [(first.label,)]  # the previous version, intact
     again = run_site(f"az://{container}", db, validate_site=False)
     assert again.counts["added"] == 3 and again.n_hashed == 3
+
+
+def test_a_blob_that_vanishes_before_it_is_read_is_recorded_like_a_local_file(az_env, tmp_path):
+    local = tmp_path / "site"
+    small_site(local)
+    container = az_env.new_container()
+    client = az_env.service_client()
+    upload_tree(client, container, local, content_md5=False)  # no stored MD5s: every blob is downloaded
+    db = tmp_path / "m.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
+                             "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string,
+                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+2"})
+    line = ""
+    while "test pause at hashing" not in line:
+        line = proc.stderr.readline()
+        assert line, "the run ended before it reached the hashing"
+    client.get_blob_client(container, "OMOP/person.csv").delete_blob()  # listed, then gone
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert query(db, "SELECT kind FROM scan_errors WHERE srcfile = 'OMOP/person.csv'") == [("vanished",)]
+    assert "OMOP/person.csv" not in rows(db) and len(rows(db)) == 4
