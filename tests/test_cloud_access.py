@@ -6,7 +6,6 @@ The pure parts are tested here without a service; the integration tests against 
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from chorus_batch.errors import ConfigError, SourceError
 from chorus_batch.sources import FsspecSource, open_source
 from chorus_batch.sources.cloud import (
     azure_sign_in,
-    classify,
     explain,
     filesystem_for,
     is_transient,

@@ -7,8 +7,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest

@@ -15,7 +15,7 @@ from chorus_batch.errors import UsageError
 from chorus_batch.sources import LocalSource
 from chorus_batch.testdata import Spec, write_snapshot
 
-from conftest import current_rows, query, run_site, scan_and_commit, settings, tree_md5, write
+from conftest import current_rows, query, run_site, scan_and_commit, tree_md5, write
 
 WAVE = "000123/Waveforms/000123_20200101_101010_60.dat"
 IMAGE = "000123/Images/ST1/SE1/000123_20200101_101010_CT_SE1_0001.dcm"

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from ..errors import ChorusError
 from . import cloud as cloud_access
-from .base import BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
+from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
 
 if TYPE_CHECKING:
     from ..config import CloudSettings

@@ -16,8 +16,6 @@ import json
 import os
 import socket
 import sqlite3
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
