@@ -265,6 +265,19 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--db", help="manifest file, or a --parquet snapshot folder")
     report.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only)")
+
+    unlock = command(
+        "unlock", help="break the lock of a run that died on a manifest in Azure (az://)",
+        description="A run on a manifest in Azure (--db az://...) holds a blob lease on it, renewed while the run "
+                    "lives: a second run is refused, and a run that was killed lets it expire within a minute. "
+                    "unlock says whose lease it is and since when, and breaks it at once; the run holding it can then "
+                    "no longer upload. A local manifest's lock is released by the OS when its holder exits: nothing "
+                    "to unlock.",
+        epilog="example:\n  chorus-batch unlock --db az://chorus/site/manifest.sqlite --yes\n\n" + EXIT_CODES_HELP,
+    )
+    unlock.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
+    unlock.add_argument("--db", help="the manifest (default: from chorus.toml)")
+    unlock.add_argument("--yes", action="store_true", help="do not ask (required when not on a terminal)")
     return parser
 
 
@@ -353,6 +366,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .validate.run import validate_folder, validate_manifest
 
     target = _resolve(args)
+    _local_db(target, "validate")
     if target.site is not None and not Path(target.db).exists():
         # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
@@ -378,6 +392,7 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     from .registries import make_registries
 
     target = _resolve(args)
+    _local_db(target, "registry")
     registry = target.config.registry
     overrides = {None: target.site, **target.config.site.roots} if target.site else {}
     registries, paths = make_registries(
@@ -395,7 +410,7 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
     from .store import Manifest
 
     target = _resolve(args)
-    manifest = Manifest(target.db)
+    manifest = Manifest(_local_db(target, "upgrade"))
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     with manifest.lock(argv):
@@ -419,7 +434,53 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _db(args: argparse.Namespace) -> str:
-    return _resolve(args).db
+    """The manifest file a read-only command reads: --db, or a fresh local copy of a manifest in Azure."""
+    target = _resolve(args)
+    from .store.remote import is_remote, read_copy
+
+    return str(read_copy(target.db, target.config.cloud)) if is_remote(target.db) else target.db
+
+
+def _local_db(target: _Target, command: str) -> str:
+    """Commands that write into the manifest besides `run` work on a local file only (for now)."""
+    from .sources import mask_url
+    from .store.remote import is_remote
+
+    if is_remote(target.db):
+        raise UsageError(f"`{command}` works on a local manifest only, not on {mask_url(target.db)}",
+                         where="--db / [manifest] db",
+                         fix="`chorus-batch run --db az://...` validates each version it commits; or pass --db "
+                             "with a local copy of the manifest")
+    return target.db
+
+
+def cmd_unlock(args: argparse.Namespace, argv: list[str]) -> int:
+    from .sources import mask_url
+    from .store.remote import RemoteManifest, is_remote
+
+    target = _resolve(args)
+    if not is_remote(target.db):
+        print(f"{Path(target.db).resolve()} is a local manifest: its lock is an OS file lock, released by the OS "
+              "as soon as the run holding it exits or is killed. Nothing to unlock.")
+        return 0
+    remote = RemoteManifest(target.db, target.config.cloud)
+    where = mask_url(target.db)
+    holder = remote.lock_holder()
+    if holder is None:
+        print(f"{where} is not locked (no run holds its lease); nothing to do")
+        return 0
+    print(f"{where} is locked by {holder}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("unlock asks before breaking a lock, and this is not a terminal", where="unlock",
+                             fix=f"check that the run named above is gone, then run `chorus-batch unlock --db {where} --yes`")
+        answer = input("Break this lock? The run holding it can then no longer upload its result. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("left locked")
+            return 0
+    remote.break_lock()
+    print(f"broke the lock of {holder}; the next run can take it")
+    return 0
 
 
 def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
@@ -511,7 +572,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
-            "history": cmd_history, "report": cmd_report}
+            "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock}
 
 
 def _stop_on_signals() -> None:

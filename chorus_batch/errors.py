@@ -30,7 +30,8 @@ exit codes:
        errors were recorded)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed; the previous version is intact)
-  4    the manifest is locked by another run (its holder is named)
+  4    the manifest is locked by another run (its holder is named; for a manifest in Azure whose
+       holder died, `chorus-batch unlock --db az://...` breaks the lock)
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty
        (nothing was committed; the message says how many files and how to allow it)
   129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing was committed,

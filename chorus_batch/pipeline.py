@@ -22,6 +22,7 @@ from .progress import Progress, log
 from .scan import Root, scan
 from .sources import mask_url, open_source
 from .store import Manifest
+from .store.remote import is_remote, remote_manifest
 from .times import utc_now
 
 
@@ -64,6 +65,11 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     """Run the pipeline once and (unless dry_run) commit a new version if anything changed."""
     progress = progress or Progress(quiet=True)
     argv = list(argv if argv is not None else sys.argv[1:])
+    if is_remote(settings.db):  # az://: a local working copy under a blob lease, uploaded after success
+        with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
+            result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
+        result.db = mask_url(settings.db)
+        return result
     if settings.delete_list and settings.mode != "append":
         raise UsageError("--delete-list applies to append mode only", where="--delete-list",
                          fix="add --mode append, or drop --delete-list (full mode removes whatever is gone)")

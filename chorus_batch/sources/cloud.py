@@ -209,9 +209,12 @@ def _ca_bundle(env: Mapping[str, str] | None = None) -> str | None:
     return value
 
 
-def _client_options() -> dict[str, Any]:
+def _client_options(*, sync: bool = False) -> dict[str, Any]:
     """Bounded retries and timeouts for the Azure SDK's clients (their defaults wait minutes)."""
-    from azure.storage.blob.aio import LinearRetry  # the async policy: adlfs's clients are asynchronous
+    if sync:
+        from azure.storage.blob import LinearRetry
+    else:
+        from azure.storage.blob.aio import LinearRetry  # the async policy: adlfs's clients are asynchronous
 
     base = retry_base_s()
     options: dict[str, Any] = {
@@ -224,9 +227,13 @@ def _client_options() -> dict[str, Any]:
     return options
 
 
-def _default_credential():
-    """The async DefaultAzureCredential (adlfs's clients are asynchronous), its probes bounded."""
-    from azure.identity.aio import DefaultAzureCredential
+def _default_credential(*, sync: bool = False):
+    """DefaultAzureCredential, its probes bounded: the async one for adlfs's asynchronous clients, the
+    sync one for `sync_blob_service_client`."""
+    if sync:
+        from azure.identity import DefaultAzureCredential
+    else:
+        from azure.identity.aio import DefaultAzureCredential
 
     options: dict[str, Any] = {"process_timeout": 10, "retry_total": SDK_RETRIES,
                                "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": 30}
@@ -248,6 +255,26 @@ def _blob_service_client(sign_in: AzureSignIn, credential: Any):
         credential = AzureSasCredential(sign_in.secret)  # type: ignore[arg-type]
     elif sign_in.kind == "account_key":
         credential = {"account_name": sign_in.account_name, "account_key": sign_in.secret}
+    return BlobServiceClient(sign_in.account_url, credential=credential, **options)  # type: ignore[arg-type]
+
+
+def sync_blob_service_client(sign_in: AzureSignIn):
+    """A synchronous BlobServiceClient for `sign_in`, with the same bounded retries and timeouts as the
+    file systems' (the remote manifest: leases, one download, one upload)."""
+    from azure.storage.blob import BlobServiceClient
+
+    options = _client_options(sync=True)
+    if sign_in.kind == "connection_string":
+        return BlobServiceClient.from_connection_string(sign_in.secret, **options)  # type: ignore[arg-type]
+    credential: Any
+    if sign_in.kind == "sas":
+        from azure.core.credentials import AzureSasCredential
+
+        credential = AzureSasCredential(sign_in.secret)  # type: ignore[arg-type]
+    elif sign_in.kind == "account_key":
+        credential = {"account_name": sign_in.account_name, "account_key": sign_in.secret}
+    else:
+        credential = _default_credential(sync=True)
     return BlobServiceClient(sign_in.account_url, credential=credential, **options)  # type: ignore[arg-type]
 
 

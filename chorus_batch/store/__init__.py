@@ -5,6 +5,7 @@
   manifest.py    opening, reading the previous version, committing a version, the runs log, the state cache
   validation.py  header facts by content, findings per version
   snapshots.py   Parquet snapshots per version, and their review reader
+  remote.py      a manifest in Azure (--db az://...): a leased local working copy, uploaded after success
 """
 
 from .manifest import CHANGES_SCHEMA, CommitResult, Manifest, VersionRecord

@@ -1,0 +1,453 @@
+"""A manifest in Azure Blob Storage: `--db az://container/path/manifest.sqlite` (or abfs://).
+
+SQLite needs a local file, so a run works on a local working copy and uploads it back:
+
+  1. sign in as cloud roots do (sources/cloud.py: `azure_sign_in`, `sync_blob_service_client`);
+  2. take a blob lease on a sibling lock blob, `<manifest>.lock` (empty; created when missing). The
+     lease is finite (CHORUS_BATCH_LEASE_S, default 60 s, Azure allows 15-60) and renewed by a
+     background thread every third of that while the run lives: a killed run's lease expires within
+     a minute. Who holds it (host, user, pid, start, the command with secrets masked) is written in
+     the lock blob's metadata, so a refused run and `unlock` can name the holder. A sibling (not the
+     manifest blob itself) so that the manifest blob changes only when a run uploads a result: a
+     failed or refused run leaves it byte- and etag-identical, no placeholder stands where a
+     manifest is expected, and other machines' working copies stay fresh;
+  3. bring the working copy up to date: it is downloaded again unless the manifest blob's etag is
+     the one recorded when this copy was last downloaded or uploaded (and the copy was not touched
+     since);
+  4. run the pipeline on the working copy (under its local file lock, as for any manifest);
+  5. after a successful run (a version committed, or none needed: the `runs` log row is kept too),
+     or a commit whose follow-up failed (AfterCommitError), checkpoint the WAL, renew the lease once
+     more (a lost lease: no upload), and upload the copy with Content-MD5 and If-Match on the etag
+     this run downloaded (If-None-Match: * for a new manifest): whatever another writer made in the
+     meantime is never overwritten, the upload fails instead. On any failure or signal nothing is
+     uploaded and the remote manifest stays as it was; the lease is released (or, if the process
+     was killed, it expires).
+
+The working copy lives in a private (0700) folder that is stable per manifest URL, so the state
+cache beside it (`<db>.state.parquet`) is reused across runs:
+  $CHORUS_BATCH_CACHE_DIR, else $XDG_CACHE_HOME/chorus-batch, else ~/.cache/chorus-batch,
+  then manifests/<hash of account, container and blob name>/<blob's file name>.
+Read-only commands use a separate copy (read/<name> in that folder), downloaded without a lease
+when its etag is out of date, so that they never disturb a run's working copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+from ..errors import AfterCommitError, ManifestError, ManifestLocked, Stopped, UsageError
+from ..sources.cloud import (AZURE_PROTOCOLS, azure_sign_in, explain, protocol_of, retrying, storage_errors,
+                             sync_blob_service_client)
+from ..sources.remote import mask_url
+from ..times import iso, utc_now
+from .lock import user_name
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
+
+log = logging.getLogger("chorus_batch")
+T = TypeVar("T")
+
+ENV_LEASE_S = "CHORUS_BATCH_LEASE_S"
+ENV_CACHE_DIR = "CHORUS_BATCH_CACHE_DIR"
+LEASE_S = 60  # Azure: 15 to 60 seconds (or infinite, which a killed run would hold forever)
+_META = "chorus_"  # prefix of the holder's metadata keys
+_LOST_CODES = {"LeaseIdMismatchWithBlobOperation", "LeaseIdMismatchWithLeaseOperation", "LeaseLost",
+               "LeaseNotPresentWithBlobOperation", "LeaseNotPresentWithLeaseOperation", "LeaseIdMissing",
+               "ConditionNotMet", "LeaseIsBrokenAndCannotBeRenewed", "LeaseExpired"}
+
+
+def is_remote(db: str | os.PathLike[str] | None) -> bool:
+    return isinstance(db, str) and protocol_of(db) in AZURE_PROTOCOLS
+
+
+def lease_seconds() -> int:
+    try:
+        value = int(float(os.environ.get(ENV_LEASE_S, LEASE_S)))
+    except ValueError:
+        value = LEASE_S
+    return min(60, max(15, value))
+
+
+def _split(url: str) -> tuple[str, str]:
+    """(container, blob name) of az://container/path/name or abfs://container[@account...]/path/name."""
+    parts = urlsplit(url)
+    container = (parts.netloc or "").split("@")[0]
+    name = unquote(parts.path).strip("/")
+    if not container or not name or name.endswith("/"):
+        raise UsageError(f"--db {mask_url(url)} does not name a blob",
+                         where="--db / [manifest] db",
+                         fix="give the manifest blob's URL: az://CONTAINER/path/manifest.sqlite")
+    return container, name
+
+
+def cache_base() -> Path:
+    explicit = os.environ.get(ENV_CACHE_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "chorus-batch"
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    return path
+
+
+def _md5_file(path: Path) -> bytes:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _sidecars(db: Path) -> list[Path]:
+    """SQLite's files beside a manifest that belong to one particular copy of it."""
+    return [Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")]
+
+
+def _checkpoint(db: Path) -> None:
+    """Everything committed is in the main file (WAL folded in), so the file alone is the manifest."""
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+
+
+def holder_metadata(argv: list[str], lease_s: int) -> dict[str, str]:
+    from ..pipeline import redact
+
+    command = " ".join(redact(argv))[:1000]
+    values = {"host": socket.gethostname(), "user": user_name(), "pid": str(os.getpid()),
+              "started": iso(utc_now()), "command": command, "lease_s": str(lease_s)}
+    # Metadata travels in HTTP headers: ASCII only.
+    return {_META + key: quote(value, safe=" /:=,.-_@*+") for key, value in values.items()}
+
+
+def describe_holder(metadata: dict[str, str] | None) -> str:
+    info = {k[len(_META):]: unquote(v) for k, v in (metadata or {}).items() if k.startswith(_META)}
+    if "pid" not in info:
+        return "an unknown process (it has not written its details yet)"
+    text = (f"pid {info['pid']} on host {info.get('host', '?')} (user {info.get('user', '?')}), "
+            f"started {info.get('started', '?')}")
+    return text + (f", command: {info['command']}" if info.get("command") else "")
+
+
+class _Renewer(threading.Thread):
+    """Renews the lease every third of its duration until stopped; notes when the lease is lost."""
+
+    def __init__(self, lease: Any, interval: float):
+        super().__init__(name="chorus-lease-renewer", daemon=True)
+        self.lease, self.interval = lease, interval
+        self.stopping = threading.Event()
+        self.lost: str | None = None
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.lease.renew()
+            except Exception as exc:  # noqa: BLE001 - a renewal that fails is tried again, or the lease is lost
+                code = str(getattr(exc, "error_code", "") or "")
+                if code in _LOST_CODES or getattr(exc, "status_code", None) in (409, 412):
+                    self.lost = code or str(getattr(exc, "status_code", ""))
+                    return
+                log.debug("lease renewal failed (tried again): %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=10)
+
+
+class RemoteManifest:
+    """One manifest blob, its lease and its local working copies."""
+
+    def __init__(self, url: str, cloud: CloudSettings | None = None):
+        from ..config import CloudSettings
+
+        self.url = url
+        self.where = mask_url(url)
+        self.container, self.name = _split(url)
+        self.sign_in = azure_sign_in(cloud or CloudSettings())
+        account = self.sign_in.account_url or self.sign_in.account_name or ""
+        key = hashlib.sha256(f"{account}|{self.container}/{self.name}".encode()).hexdigest()[:24]
+        self.folder = cache_base() / "manifests" / key
+        file_name = Path(self.name).name
+        self.local = self.folder / file_name  # the run's working copy
+        self.read_copy = self.folder / "read" / file_name  # read-only commands' copy
+        self.lease_s = lease_seconds()
+        self._client: Any = None
+        self._lock_client: Any = None
+
+    # ------------------------------------------------------------------ storage calls
+
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+        try:
+            return retrying(fn) if retry else fn()
+        except storage_errors() as exc:
+            raise explain(exc, where=self.where, how=self.sign_in.how, action=action) from None
+
+    def blob(self) -> Any:
+        if self._client is None:
+            service = self._call("sign in to", lambda: sync_blob_service_client(self.sign_in), retry=False)
+            self._client = service.get_blob_client(self.container, self.name)
+            self._lock_client = service.get_blob_client(self.container, self.name + ".lock")
+        return self._client
+
+    def lock_blob(self) -> Any:
+        self.blob()
+        return self._lock_client
+
+    def properties(self, blob: Any = None) -> Any | None:
+        """The (manifest) blob's properties; None when there is no such blob (a missing container is an error)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        blob = blob or self.blob()
+
+        def get() -> Any | None:
+            try:
+                return blob.get_blob_properties()
+            except ResourceNotFoundError as exc:
+                if str(getattr(exc, "error_code", "") or "") == "BlobNotFound":
+                    return None
+                if _container_exists(blob) is False:
+                    raise
+                return None
+
+        return self._call("read the manifest at", get)
+
+    # ------------------------------------------------------------------ lease
+
+    def _acquire(self, argv: list[str]) -> Any:
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+        blob = self.lock_blob()
+        if self.properties(blob) is None:  # something to lease: an empty lock blob, unless another run made one
+            def create() -> None:
+                with contextlib.suppress(ResourceExistsError):  # If-None-Match: *, never over another's blob
+                    blob.upload_blob(b"", overwrite=False)
+
+            self._call("create the lock blob beside", create)
+
+        def acquire() -> Any:
+            return blob.acquire_lease(lease_duration=self.lease_s)
+
+        try:
+            return retrying(acquire)
+        except HttpResponseError as exc:
+            if getattr(exc, "status_code", None) == 409 and "Lease" in str(getattr(exc, "error_code", "") or "Lease"):
+                props = self.properties(blob)
+                raise ManifestLocked(
+                    f"the manifest is locked by another run: {describe_holder(props.metadata if props else None)}",
+                    where=self.where,
+                    fix=f"wait for that run to finish (the lock of a run that died expires within a minute); if "
+                        f"it is gone and cannot finish, break it with `chorus-batch unlock --db {self.where}`",
+                ) from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
+        except storage_errors() as exc:
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
+
+    @contextlib.contextmanager
+    def leased(self, argv: list[str]) -> Iterator[Path]:
+        """The working copy, up to date, while this process holds the lease; uploaded back on success."""
+        lease = self._acquire(argv)
+        renewer = _Renewer(lease, self.lease_s / 3)
+        renewer.start()
+        try:
+            metadata = holder_metadata(argv, self.lease_s)
+            self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease))
+            props = self.properties()
+            self._refresh(self.local, props)
+            self._mark_dirty(self.local)  # the run changes the copy: trusted again only after the upload
+            etag = props.etag if props is not None else None
+            try:
+                yield self.local
+            except AfterCommitError:  # the version is committed locally: it belongs in the remote manifest too
+                self._upload(lease, renewer, etag)
+                raise
+            except (KeyboardInterrupt, Stopped) as exc:
+                # A version committed to the working copy only is not in the remote manifest.
+                exc.committed = None  # type: ignore[union-attr]
+                raise
+            self._upload(lease, renewer, etag)
+        finally:
+            renewer.stop()
+            try:
+                lease.release()
+            except Exception as exc:  # noqa: BLE001 - it then expires by itself
+                log.warning(f"chorus-batch: could not release the lease on {self.where} ({type(exc).__name__}); "
+                            f"it expires within {self.lease_s} s")
+
+    def _upload(self, lease: Any, renewer: _Renewer, etag: str | None) -> None:
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob import ContentSettings
+
+        if not self.local.exists():
+            raise ManifestError("the run left no working copy to upload", where=str(self.local), fix="run again")
+        _checkpoint(self.local)
+        md5 = _md5_file(self.local)
+        if renewer.lost:
+            raise self._lost(renewer.lost)
+        try:  # still ours? (and good for another lease period, the upload's time)
+            retrying(lease.renew)
+        except HttpResponseError as exc:
+            raise self._lost(str(getattr(exc, "error_code", "") or "")) from None
+        except storage_errors() as exc:
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="renew the lock (lease) on") from None
+        # Only over the blob this run downloaded (If-Match), or where none is yet (If-None-Match: *).
+        condition = ({"overwrite": True, "etag": etag, "match_condition": MatchConditions.IfNotModified}
+                     if etag else {"overwrite": False})
+
+        def upload() -> dict:
+            with open(self.local, "rb") as handle:
+                return self.blob().upload_blob(
+                    handle, max_concurrency=2, **condition,
+                    content_settings=ContentSettings(content_type="application/vnd.sqlite3", content_md5=md5))
+
+        try:
+            response = retrying(upload)
+        except HttpResponseError as exc:
+            code = str(getattr(exc, "error_code", "") or "")
+            if code in _LOST_CODES or code == "BlobAlreadyExists" or getattr(exc, "status_code", None) in (409, 412):
+                raise self._lost(code) from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
+        except storage_errors() as exc:
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
+        self._record(self.local, str(response["etag"]))
+
+    def _lost(self, code: str) -> ManifestError:
+        return ManifestError(
+            f"this run lost its lock (lease) on the manifest, or another writer changed the manifest ("
+            f"{code or 'lease lost'}; the lock broken by `unlock`, or not renewed in time), so its result was not "
+            "uploaded; the remote manifest is as the other writer left it",
+            where=self.where, fix="check who runs against this manifest (`chorus-batch versions --db ...`), then run again")
+
+    # ------------------------------------------------------------------ working copies
+
+    @staticmethod
+    def _etag_file(copy: Path) -> Path:
+        return Path(f"{copy}.etag")
+
+    def _recorded(self, copy: Path) -> str | None:
+        try:
+            return self._etag_file(copy).read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
+
+    def _record(self, copy: Path, etag: str) -> None:
+        from ..fsutil import write_private
+
+        write_private(self._etag_file(copy), etag.encode())
+
+    def _mark_dirty(self, copy: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._etag_file(copy).unlink()
+
+    def _refresh(self, copy: Path, props: Any) -> None:
+        """Make `copy` the blob's content (no blob, or an empty one: no manifest yet), unless it already is."""
+        from azure.core import MatchConditions
+
+        from ..fsutil import create_private
+
+        _private_dir(copy.parent)
+        _private_dir(self.folder)
+        with contextlib.suppress(OSError):
+            marker = self.folder / "url.txt"
+            if not marker.exists():
+                marker.write_text(self.where + "\n", encoding="utf-8")
+        if props is not None and props.size and copy.exists() and self._recorded(copy) == props.etag:
+            log.debug(f"working copy {copy} is up to date (etag {props.etag})")
+            return
+        self._mark_dirty(copy)
+        for path in (copy, *_sidecars(copy)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if props is None or not props.size:
+            return  # no manifest committed yet: the run creates it
+        tmp = copy.with_name(f".{copy.name}.{os.getpid()}.download")
+
+        def download() -> None:
+            with os.fdopen(create_private(tmp), "wb") as handle:
+                stream = self.blob().download_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified,
+                                                   max_concurrency=2)
+                stream.readinto(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        try:
+            self._call("download the manifest from", download)
+            stored = getattr(props.content_settings, "content_md5", None)
+            if stored and bytes(stored) != _md5_file(tmp):
+                raise ManifestError("the downloaded manifest does not match its Content-MD5", where=self.where,
+                                    fix="run again; if it persists, check the blob (it may have been changed by hand)")
+            os.replace(tmp, copy)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._record(copy, str(props.etag))
+
+    def fetch_read_copy(self) -> Path:
+        """For read-only commands: a local copy of the manifest as it is now (no lease)."""
+        props = self.properties()
+        if props is None or not props.size:
+            raise ManifestError(f"no manifest at {self.where}" + (" yet (a first run has not committed)" if props else ""),
+                                where=self.where, fix=f"run `chorus-batch run --db {self.where}` first, or check the URL")
+        self._refresh(self.read_copy, props)
+        return self.read_copy
+
+    # ------------------------------------------------------------------ unlock
+
+    def lock_holder(self) -> str | None:
+        """Who holds the lease (from the blob's metadata), or None when nobody does."""
+        props = self.properties(self.lock_blob())
+        if props is None or str(getattr(props.lease, "state", "")) != "leased":
+            return None
+        return describe_holder(props.metadata)
+
+    def break_lock(self) -> None:
+        from azure.storage.blob import BlobLeaseClient
+
+        self._call("unlock", lambda: BlobLeaseClient(self.lock_blob()).break_lease(lease_break_period=0))
+
+
+def _container_exists(blob: Any) -> bool | None:
+    try:
+        return bool(blob._get_container_client().exists()) if hasattr(blob, "_get_container_client") else None
+    except Exception:  # noqa: BLE001 - only refines a missing blob vs a missing container
+        return None
+
+
+@contextlib.contextmanager
+def remote_manifest(url: str, cloud: CloudSettings | None, argv: list[str], *, read_only: bool = False) -> Iterator[Path]:
+    """The local path a run works on for the manifest blob `url`: leased, uploaded back after success
+    (see the module's docstring). read_only (a dry run): the current manifest, no lease, no upload."""
+    remote = RemoteManifest(url, cloud)
+    if read_only:
+        props = remote.properties()
+        remote._refresh(remote.read_copy, props)
+        yield remote.read_copy
+        return
+    with remote.leased(argv) as local:
+        yield local
+
+
+def read_copy(url: str, cloud: CloudSettings | None = None) -> Path:
+    return RemoteManifest(url, cloud).fetch_read_copy()
+
+
+__all__ = ["RemoteManifest", "remote_manifest", "read_copy", "is_remote"]

@@ -1,0 +1,219 @@
+"""A manifest in Azure (--db az://container/path/manifest.sqlite), against a real Azurite: a leased
+local working copy, uploaded back only after a successful run; refused while another run holds the
+lease; `unlock`; a failed or killed run leaves the remote manifest as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import cli, query, write
+from services import ACCOUNT_KEY
+
+BLOB = "m/manifest.sqlite"
+AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT",
+              "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
+
+
+def small_site(root: Path) -> Path:
+    write(root, "OMOP/person.csv", b"person_id\n1\n")
+    write(root, "000001/Waveforms/S1/S1.dat", b"signal one")
+    write(root, "000001/Waveforms/S1/S1.hea", b"S1 1 250 3\n")
+    return root
+
+
+@pytest.fixture
+def az(azurite, tmp_path, monkeypatch):
+    for name in AZURE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    container = azurite.new_container("man")
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "CHORUS_BATCH_RETRY_BASE_S": "0.01",
+           "CHORUS_BATCH_CACHE_DIR": str(tmp_path / "cache")}
+    service = azurite.service_client()
+    return SimpleNamespace(container=container, env=env, url=f"az://{container}/{BLOB}", cache=tmp_path / "cache",
+                           blob=service.get_blob_client(container, BLOB), service=service,
+                           lock=service.get_blob_client(container, BLOB + ".lock"))
+
+
+def run(az, site: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return cli("run", "--site", str(site), "--db", az.url, "--workers", "2", "--no-validate", *extra,
+               env={**az.env, **(env or {})})
+
+
+def download(az, to: Path) -> Path:
+    to.write_bytes(az.blob.download_blob().readall())
+    return to
+
+
+def state(az) -> tuple[str, bytes, str]:
+    """(etag, MD5 of the bytes) of the remote manifest, and the lease state of its lock blob."""
+    props = az.blob.get_blob_properties()
+    return props.etag, hashlib.md5(az.blob.download_blob().readall()).digest(), lease_state(az)
+
+
+def lease_state(az) -> str:
+    return str(az.lock.get_blob_properties().lease.state)
+
+
+def no_secret(*texts: str) -> None:
+    for text in texts:
+        assert ACCOUNT_KEY not in text and ACCOUNT_KEY[:20] not in text, text
+
+
+def test_a_run_creates_and_uploads_the_manifest_and_the_next_run_uses_it(az, tmp_path):
+    site = small_site(tmp_path / "site")
+    first = run(az, site)
+    assert first.returncode == 0, first.stderr
+    props = az.blob.get_blob_properties()
+    copy = download(az, tmp_path / "check.sqlite")
+    assert props.content_settings.content_md5 == hashlib.md5(copy.read_bytes()).digest()  # Content-MD5 set
+    assert lease_state(az) == "available"  # released after the upload
+    assert len(query(copy, "SELECT label FROM versions")) == 1
+    assert len(query(copy, "SELECT srcfile FROM source_files WHERE time_invalid IS NULL")) == 3
+    assert f"az://{az.container}/{BLOB}" in first.stdout
+
+    second = run(az, site)
+    assert second.returncode == 0, second.stderr
+    assert "no changes since version" in second.stdout
+    copy = download(az, tmp_path / "check2.sqlite")
+    assert len(query(copy, "SELECT label FROM versions")) == 1
+    runs = query(copy, "SELECT argv, exit_code FROM runs ORDER BY run_id")
+    assert [code for _, code in runs] == [0, 0]  # the no-change run's row was uploaded too
+
+    # Another machine (its own working folder) commits a change; this machine's copy is then stale
+    # (etag differs) and is downloaded again.
+    write(site, "000001/Waveforms/S1/S1b.dat", b"signal one b")
+    other = run(az, site, env={"CHORUS_BATCH_CACHE_DIR": str(tmp_path / "other-cache")})
+    assert other.returncode == 0, other.stderr
+    (site / "000001/Waveforms/S1/S1b.dat").unlink()
+    third = run(az, site)
+    assert third.returncode == 0, third.stderr
+    assert "1 removed" in third.stdout or "removed" in third.stdout, third.stdout
+    copy = download(az, tmp_path / "check3.sqlite")
+    assert len(query(copy, "SELECT label FROM versions")) == 3
+
+    versions = cli("versions", "--db", az.url, "--json", env=az.env)
+    assert versions.returncode == 0, versions.stderr
+    assert versions.stdout.count('"label"') == 3
+
+    # No secret anywhere: output, the runs log, the working folder's names (and its files are private).
+    no_secret(first.stdout, first.stderr, second.stdout, third.stdout, versions.stdout)
+    no_secret(repr(query(copy, "SELECT * FROM runs")))
+    for path in az.cache.rglob("*"):
+        no_secret(str(path))
+    work = next(p for p in (az.cache / "manifests").iterdir())
+    assert oct(work.stat().st_mode & 0o777) == "0o700"
+    assert (work / "manifest.sqlite").exists()
+
+
+def test_a_run_is_refused_while_another_holds_the_lease_and_unlock_breaks_it(az, tmp_path):
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    before = state(az)
+    lease = az.lock.acquire_lease(lease_duration=60)
+    az.lock.set_blob_metadata({"chorus_pid": "4242", "chorus_host": "otherhost", "chorus_user": "alice",
+                               "chorus_started": "2026-01-01T00:00:00Z", "chorus_command": "run --site /x"}, lease=lease)
+
+    refused = run(az, site)
+    assert refused.returncode == 4, refused.stderr
+    assert "pid 4242 on host otherhost (user alice)" in refused.stderr
+    assert f"chorus-batch unlock --db {az.url}" in refused.stderr
+
+    no_tty = subprocess.run([sys.executable, "-m", "chorus_batch", "unlock", "--db", az.url],
+                            env={**os.environ, **az.env}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=60)
+    assert no_tty.returncode == 2 and "--yes" in no_tty.stderr, no_tty.stderr
+    assert lease_state(az) == "leased"
+
+    unlocked = cli("unlock", "--db", az.url, "--yes", env=az.env)
+    assert unlocked.returncode == 0, unlocked.stderr
+    assert "pid 4242 on host otherhost (user alice), started 2026-01-01T00:00:00Z" in unlocked.stdout
+    assert lease_state(az) != "leased"
+    assert state(az)[:2] == before[:2]  # the manifest untouched by the refusal and the unlock
+
+    again = run(az, site)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in cli("unlock", "--db", az.url, "--yes", env=az.env).stdout
+    no_secret(refused.stderr, unlocked.stdout, no_tty.stderr)
+
+
+def test_a_failed_run_leaves_the_remote_manifest_byte_identical_and_unlocked(az, tmp_path):
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    before = state(az)
+    failed = run(az, tmp_path / "no-such-site")
+    assert failed.returncode in (2, 3), failed.stderr
+    after = state(az)
+    assert after[:2] == before[:2] and after[2] == "available"
+    # A run that fails inside the pipeline (after the download, under the lease): bad --version label.
+    bad = run(az, site, "--version", "not a label!")
+    assert bad.returncode in (2, 3), bad.stderr
+    assert state(az)[:2] == before[:2]
+    assert lease_state(az) == "available"
+    no_secret(failed.stderr, bad.stderr)
+
+
+def test_a_killed_run_leaves_the_remote_unchanged_and_its_lease_expires(az, tmp_path):
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    before = state(az)
+    write(site, "000001/Waveforms/S1/S1c.dat", b"new file")
+    env = {**os.environ, **az.env, "CHORUS_BATCH_LEASE_S": "15", "CHORUS_BATCH_TEST_PAUSE": "commit"}
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", az.url,
+                             "--workers", "2", "--no-validate"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "test pause at commit" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "the run ended before the commit point"
+            assert time.monotonic() < deadline
+        time.sleep(6)  # past one renewal (every 5 s for a 15 s lease): the lease is kept alive
+        assert lease_state(az) == "leased"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    killed_at = time.monotonic()
+    assert state(az)[:2] == before[:2]  # nothing uploaded
+    refused = run(az, site)
+    assert refused.returncode == 4 and f"pid {proc.pid} " in refused.stderr, refused.stderr
+    while lease_state(az) == "leased":
+        assert time.monotonic() - killed_at < 30, "the lease of a killed run did not expire"
+        time.sleep(1)
+    after = run(az, site)
+    assert after.returncode == 0, after.stderr
+    copy = download(az, tmp_path / "check.sqlite")
+    assert len(query(copy, "SELECT label FROM versions")) == 2
+    assert "000001/Waveforms/S1/S1c.dat" in dict(query(copy, "SELECT srcfile, md5 FROM source_files "
+                                                              "WHERE time_invalid IS NULL"))
+
+
+def test_read_only_commands_missing_manifests_and_containers_and_local_unlock(az, azurite, tmp_path):
+    missing = cli("versions", "--db", az.url, env=az.env)
+    assert missing.returncode == 3 and "no manifest at" in missing.stderr, missing.stderr
+    no_container = cli(
+        "run", "--site", str(small_site(tmp_path / "site")), "--db", f"az://no-such-container-x/{BLOB}", "--no-validate",
+        env=az.env)
+    assert no_container.returncode == 3 and "container" in no_container.stderr, no_container.stderr
+    wrong_key = cli("versions", "--db", az.url,
+                    env={**az.env, "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string.replace(
+                        ACCOUNT_KEY, "A" * 86 + "==")})
+    assert wrong_key.returncode == 3 and "sign-in failed" in wrong_key.stderr, wrong_key.stderr
+    local = cli("unlock", "--db", str(tmp_path / "local.sqlite"), env=az.env)
+    assert local.returncode == 0 and "released by the OS" in local.stdout
+    refused = cli("upgrade", "--db", az.url, env=az.env)
+    assert refused.returncode == 2 and "local manifest only" in refused.stderr
+    no_secret(missing.stderr, no_container.stderr, wrong_key.stderr)
