@@ -105,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
                "  chorus-batch run                                   # the demo site\n"
                "  chorus-batch run --site /data/site --db /data/manifest.sqlite\n"
                "  chorus-batch run --config chorus.toml --json\n"
-               "  chorus-batch run --mode append --delete-list deleted.txt\n\n" + EXIT_CODES_HELP,
+               "  chorus-batch run --mode append --delete-list deleted.txt\n"
+               "  chorus-batch run --site /data/site --db m.sqlite --shard 0/4 --staging /scratch/shards  # one of 4\n"
+               "  chorus-batch run --site /data/site --db m.sqlite --merge /scratch/shards   # then commit them\n\n"
+               + EXIT_CODES_HELP,
     )
     run.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
     run.add_argument("--site", help="site root folder (or an fsspec URL)")
@@ -133,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
                           "(default): the storage's own MD5 (Azure Content-MD5, S3 single-part ETag), else download and "
                           "hash; download: always download; stored-only: never download, a file without a stored MD5 "
                           "is recorded without one (unverifiable, exit code 1)")
+    run.add_argument("--shard", metavar="K/N", help="scan only shard K of N (from 0) into --staging, for a Slurm job array "
+                     "(default there: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT); writes no manifest")
+    run.add_argument("--staging", metavar="DIR", help="where shards write their scans (shared by all of them)")
+    run.add_argument("--merge", metavar="DIR", help="commit the shards' scans in DIR as one version (all N shards, "
+                     "based on the latest version), then validate and report as a plain run")
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
@@ -335,6 +343,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         verify_sample=config.run.verify_sample if flag("verify_sample") is None else flag("verify_sample"),
         verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes, cloud=config.cloud,
         cloud_md5=flag("cloud_md5") or config.run.cloud_md5,
+        shard=flag("shard"), staging=flag("staging"), merge=flag("merge"),
     )
 
 
@@ -345,6 +354,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
     target = _resolve(args)
     settings = _run_settings(args, target)
+    if settings.shard is not None or settings.staging is not None:
+        return _run_shard(args, settings)
     result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
     if args.json:
         print(json.dumps(summary_dict(result), indent=2))
@@ -357,6 +368,24 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
     return int(result.exit_code)
+
+
+def _run_shard(args: argparse.Namespace, settings) -> int:
+    from .pipeline import scan_shard
+    from .progress import Progress
+
+    shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
+    summary = {"shard": shard.coverage.shard, "shards": shard.coverage.shards, "folder": str(shard.folder),
+               "based_on": shard.based_on, "files": shard.n_files, "files_hashed": shard.n_hashed,
+               "bytes_hashed": shard.bytes_hashed, "errors": shard.n_errors, "elapsed_s": round(shard.elapsed_s, 3)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"shard {shard.coverage.shard}/{shard.coverage.shards}: {shard.n_files} files, {shard.n_hashed} hashed "
+              f"({shard.bytes_hashed} bytes), {shard.n_errors} problems, in {shard.elapsed_s:.1f} s; written to "
+              f"{shard.folder} (based on version {shard.based_on or '(none)'}); nothing committed: merge with "
+              "chorus-batch run --merge " + str(Path(shard.folder).parent))
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:

@@ -304,6 +304,10 @@ class RunSettings(BaseModel):
     # where a cloud file's MD5 comes from (frames.CLOUD_MD5_POLICIES): the storage's, else a download
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
     cloud: CloudSettings = Field(default_factory=CloudSettings)  # [azure], [s3]: how cloud roots are signed in to
+    # Slurm scale-out (shards.py): scan shard "K/N" into `staging` (no manifest write), or commit the shards in `merge`
+    shard: str | None = None
+    staging: str | None = None
+    merge: str | None = None
 
 
 def _resolve(base: Path, value: str | None) -> str | None:

@@ -120,6 +120,30 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     return result
 
 
+def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
+    """`run --shard K/N --staging DIR`: scan one shard into the staging folder (shards.py); the manifest is
+    only read. Returns a shards.ShardReport."""
+    from .shards import parse_shard, run_shard, shard_from_environment
+
+    if settings.staging is None:
+        raise UsageError("--shard needs --staging", where="--staging", fix="add --staging DIR (shared by all shards)")
+    try:
+        coverage = parse_shard(settings.shard) if settings.shard else shard_from_environment()
+    except ValueError as exc:
+        raise UsageError(f"invalid shard: {exc}", where="--shard / SLURM_ARRAY_TASK_ID",
+                         fix="give --shard K/N with 0 <= K < N") from None
+    if coverage is None:
+        raise UsageError("--staging without a shard", where="--shard",
+                         fix="add --shard K/N, or run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)")
+    if settings.dry_run or settings.merge or settings.mode != "full" or is_remote(settings.db):
+        raise UsageError("a shard scans a local manifest's site in full mode; --dry-run, --merge, --mode append and a "
+                         "manifest in Azure do not go with --shard", where="--shard",
+                         fix="drop those options (the merge commits; its manifest may then be uploaded)")
+    roots = open_roots(settings)
+    preflight(settings, Manifest(settings.db))
+    return run_shard(settings, roots, coverage, settings.staging, progress)
+
+
 def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
@@ -210,10 +234,20 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     previous_label = latest["label"] if latest else None
     t = mark("load_previous", t)
 
-    scanned = scan(roots, previous, based_on=previous_label, last_scan_ns=manifest.last_scan_started_ns(),
-                   racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
-                   progress=progress, verify_percent=settings.verify_sample,
-                   verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5)
+    if settings.merge is not None:  # the shards' scans, checked and merged (shards.py)
+        from .shards import read_shards
+
+        progress.stage(f"merging the shards in {settings.merge}")
+        scanned = read_shards(settings.merge, latest_label=previous_label, settings=settings)
+        expected = [(r.source.location, r.modality) for r in roots]
+        if scanned.roots != expected:
+            raise UsageError(f"the shards scanned {scanned.roots}, not this run's roots {expected}", where=settings.merge,
+                             fix="merge with the same --site / chorus.toml the shards used")
+    else:
+        scanned = scan(roots, previous, based_on=previous_label, last_scan_ns=manifest.last_scan_started_ns(),
+                       racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
+                       progress=progress, verify_percent=settings.verify_sample,
+                       verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5)
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,

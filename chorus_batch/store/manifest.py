@@ -245,8 +245,9 @@ class Manifest:
             rows = con.execute(f"SELECT {', '.join(schema)} FROM roots ORDER BY root_id").fetchall()
         return pl.DataFrame(rows, schema=schema, orient="row")
 
-    def previous_state(self) -> pl.DataFrame:
-        """Current rows of the latest version (STATE_SCHEMA), from the cache when it is fresh."""
+    def previous_state(self, *, write_cache: bool = True) -> pl.DataFrame:
+        """Current rows of the latest version (STATE_SCHEMA), from the cache when it is fresh (a reader
+        that must not write beside the manifest, e.g. a shard, passes write_cache=False)."""
         if not self.path.exists():
             return empty_state()
         with self._open() as con:
@@ -259,7 +260,8 @@ class Manifest:
             f"SELECT {', '.join(STATE_SCHEMA)} FROM source_files WHERE time_invalid IS NULL",
             schema=STATE_SCHEMA,
         )
-        self._write_cache(state, manifest_id, generation)
+        if write_cache:
+            self._write_cache(state, manifest_id, generation)
         return state
 
     def _read_cache(self, manifest_id: str | None, generation: str | None) -> pl.DataFrame | None:

@@ -1,0 +1,140 @@
+"""Sites beyond one node: shards scan, one merge commits.
+
+  run --shard K/N --staging DIR   lists and hashes shard K of N (person folders by a stable hash;
+                                  OMOP/, Metadata/ and root files in shard 0), reusing the MD5s of the
+                                  latest version read-only, and writes its ScanResult to
+                                  DIR/shard-K-of-N/ (scan.json last: the completion record). It never
+                                  writes the manifest and takes no lock, so N of them run at once.
+  run --merge DIR                 reads the N shards back, checks that they are all there, complete and
+                                  based on the manifest's latest version, and hands the merged
+                                  ScanResult to the usual commit (pipeline.run): the same manifest a
+                                  single-node run would give.
+
+Under a Slurm job array the shard comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import RunSettings, parse_bytes
+from .errors import UsageError
+from .progress import Progress
+from .scan import Coverage, ScanResult, merge_scans, scan
+from .sources import mask_url
+from .store import Manifest
+
+_SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+
+
+def parse_shard(text: str) -> Coverage:
+    """'K/N' (K from 0) as a Coverage."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"{text!r} is not a shard K/N with 0 <= K < N (e.g. 3/16)")
+    return Coverage(shard=int(match.group(1)), shards=int(match.group(2)))
+
+
+def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None:
+    """The shard of a Slurm array task: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT."""
+    env = os.environ if env is None else env
+    task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
+    if task is None or count is None:
+        return None
+    return parse_shard(f"{int(task) - int(env.get('SLURM_ARRAY_TASK_MIN', '0'))}/{count}")
+
+
+def shard_folder(staging: str | Path, coverage: Coverage) -> Path:
+    return Path(staging) / f"shard-{coverage.shard}-of-{coverage.shards}"
+
+
+def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path) -> str:
+    return (f"chorus-batch run --site {shlex.quote(mask_url(settings.site))} --db {shlex.quote(str(settings.db))} "
+            f"--shard {coverage.shard}/{coverage.shards} --staging {shlex.quote(str(staging))}")
+
+
+@dataclass
+class ShardReport:
+    coverage: Coverage
+    folder: Path
+    based_on: str | None
+    n_files: int
+    n_hashed: int
+    bytes_hashed: int
+    n_errors: int
+    elapsed_s: float
+
+
+def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: str | Path,
+              progress: Progress | None = None) -> ShardReport:
+    """Scan shard `coverage` of the site against the manifest's latest version (read only) into `staging`."""
+    started = time.perf_counter()
+    manifest = Manifest(settings.db)
+    previous, based_on, last_scan_ns = None, None, None
+    if manifest.path.exists():
+        manifest.require()  # an older schema: upgraded by a run (or `upgrade`), never by a shard
+        latest = manifest.latest_version()
+        based_on = latest["label"] if latest else None
+        previous = manifest.previous_state(write_cache=False)
+        last_scan_ns = manifest.last_scan_started_ns()
+    if previous is None:
+        from .frames import empty_state
+
+        previous = empty_state()
+    folder = shard_folder(staging, coverage)
+    if (folder / "scan.json").exists():
+        (folder / "scan.json").unlink()  # a rerun: incomplete until it completes again
+    scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
+                   racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
+                   progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
+                   verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5)
+    scanned.write(folder)
+    return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
+                       n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
+                       elapsed_s=time.perf_counter() - started)
+
+
+def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings) -> ScanResult:
+    """The shards in `staging` as one whole-site ScanResult, or a UsageError naming each missing,
+    incomplete or stale shard and the command that reruns it."""
+    staging = Path(staging)
+    if not staging.is_dir():
+        raise UsageError(f"no shard results in {staging}: the folder does not exist", where="--merge",
+                         fix="give the --staging folder the shards wrote to")
+    found: dict[int, list[Path]] = {}
+    for entry in staging.iterdir():
+        match = _SHARD_DIR.match(entry.name)
+        if match and entry.is_dir():
+            found.setdefault(int(match.group(2)), []).append(entry)
+    if not found:
+        raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
+                         fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
+    if len(found) > 1:
+        raise UsageError(f"{staging} holds shards of different splits ({', '.join(f'N={n}' for n in sorted(found))})",
+                         where="--merge", fix="use one staging folder per run of the shards")
+    (shards,) = found
+    problems: list[str] = []
+    parts: list[ScanResult] = []
+    for k in range(shards):
+        coverage = Coverage(shard=k, shards=shards)
+        folder = shard_folder(staging, coverage)
+        if not (folder / "scan.json").exists():
+            state = "missing" if not folder.exists() else "incomplete (it failed or is still running)"
+            problems.append(f"shard {k}/{shards} is {state}: rerun it with: {rerun_command(settings, coverage, staging)}")
+            continue
+        part = ScanResult.read(folder)
+        if part.based_on != latest_label:
+            problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
+                            f"latest is {latest_label or '(none)'}: rerun it with: "
+                            f"{rerun_command(settings, coverage, staging)}")
+            continue
+        parts.append(part)
+    if problems:
+        raise UsageError("cannot merge: " + "; ".join(problems), where=str(staging),
+                         fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")
+    return merge_scans(parts)

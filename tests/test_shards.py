@@ -1,0 +1,103 @@
+"""Shards scan, one merge commits: the same manifest as a single-node run (shards.py; the Slurm
+end-to-end test is tests/test_slurm.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chorus_batch.testdata import Spec, make_testdata
+from conftest import cli, query
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shard-testdata")
+    make_testdata(out, Spec(persons=8))
+    return out
+
+
+def run_shards(site: Path, db: Path, staging: Path, shards: range = range(N), env: dict | None = None) -> None:
+    for k in shards:
+        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
+                  env=env)
+        assert out.returncode == 0, out.stderr
+        assert "nothing committed" in out.stdout
+
+
+def manifest_view(db: Path) -> dict:
+    return {
+        "rows": query(db, "SELECT srcfile, size, md5, modality, person_id, session_id, parse_error FROM source_files "
+                          "WHERE time_invalid IS NULL ORDER BY srcfile"),
+        "changes": query(db, "SELECT v.n, c.change, c.srcfile, c.old_srcfile FROM changes c JOIN "
+                             "(SELECT label, row_number() OVER (ORDER BY label) AS n FROM versions) v ON v.label = c.version "
+                             "ORDER BY 1, 2, 3"),
+        "findings": query(db, "SELECT v.n, f.severity, f.rule, f.srcfile FROM findings f JOIN "
+                              "(SELECT label, row_number() OVER (ORDER BY label) AS n FROM versions) v ON v.label = f.version "
+                              "ORDER BY 1, 2, 3, 4"),
+        "errors": query(db, "SELECT srcfile, kind FROM scan_errors ORDER BY 1, 2"),
+        "registry": query(db, "SELECT record_key, person_id, isactive, proc_id FROM registry ORDER BY 1"),
+    }
+
+
+def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_path):
+    site = tmp_path / "site"
+    single, merged = tmp_path / "single.sqlite", tmp_path / "merged.sqlite"
+    for i, snapshot in enumerate(("first", "second")):
+        if site.exists():
+            shutil.rmtree(site)
+        shutil.copytree(snapshots / snapshot, site)
+        assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+        staging = tmp_path / f"staging-{i}"
+        run_shards(site, merged, staging)
+        out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging))
+        assert out.returncode in (0, 1), out.stderr
+        assert "committed" in out.stdout
+        assert manifest_view(merged) == manifest_view(single)
+    assert query(merged, "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_a_shard_writes_nothing_beside_the_manifest(snapshots, tmp_path):
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", str(snapshots / "first"), "--db", str(db), "--no-validate").returncode in (0, 1)
+    before = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
+    run_shards(snapshots / "second", db, tmp_path / "staging", shards=range(1))
+    after = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # not the manifest, its WAL, the lock or the state cache
+    assert sorted(p.name for p in (tmp_path / "staging" / "shard-0-of-4").iterdir()) == [
+        "errors.parquet", "files.parquet", "scan.json"]
+
+
+def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snapshots, tmp_path):
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging, shards=(0, 1, 3))
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2
+    assert "shard 2/4 is missing" in out.stderr and f"--shard 2/4 --staging {staging}" in out.stderr
+    assert "nothing was committed" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    (staging / "shard-1-of-4" / "scan.json").unlink()  # a shard that died before completing
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2 and "shard 1/4 is incomplete" in out.stderr
+    run_shards(site, db, staging, shards=(1, 2))  # each rerun alone
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    # Merged once: the same shards are now stale (they reused the version before), never committed twice.
+    again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert again.returncode == 2 and "shard 0/4 is stale" in again.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
+    env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
+    out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
+              str(tmp_path / "st"), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "st" / "shard-2-of-4" / "scan.json").exists()
+    bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", "4/4",
+              "--staging", str(tmp_path / "st"))
+    assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
