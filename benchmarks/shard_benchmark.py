@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Shards one after another on one node against a single-node run, on the same tree, in one invocation.
+
+On the small100k tree of run_benchmarks.py (100k files of 4 KiB, warm page cache), with fresh
+manifests each time:
+
+  single   chorus-batch run --no-validate                     (first run: hashes every file)
+  sharded  N x chorus-batch run --shard K/N --staging DIR, one after another, then
+           chorus-batch run --merge DIR --no-validate         (the same work split as a job array would)
+
+and reports sharded / single (target: <= 1.15 for N = 4), each the best of --reps. It also checks
+that both manifests hold the same current rows. Validation is left out of both: it runs once, in
+the merge or the single run alike.
+
+    python benchmarks/shard_benchmark.py [--shards 4] [--scale default|smoke] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_benchmarks import SCALES, SETTLE_S, build_tree, remove_manifest, wait_until  # noqa: E402
+
+
+def chorus(*args: str, cwd: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "-q", *args], cwd=cwd,
+                          capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"chorus-batch run {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return time.perf_counter() - t0
+
+
+def current_rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--scale", choices=("default", "smoke"), default="default")
+    parser.add_argument("--reps", type=int, default=2, help="runs of each, the best counts (default 2)")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args(argv)
+    tree = SCALES[args.scale][0]  # small100k (or its smoke version)
+    work = Path(tempfile.mkdtemp(prefix="chorus-shard-bench-", dir=args.workdir))
+    try:
+        root = work / "tree"
+        n_files, build_s = build_tree(root, tree)
+        wait_until(time.time() + SETTLE_S)
+        print(f"tree {tree.name}: {n_files} files, built in {build_s:.1f} s", flush=True)
+        subprocess.run(["find", str(root), "-type", "f", "-exec", "cat", "{}", "+"], stdout=subprocess.DEVNULL)  # warm
+        single_db, sharded_db, staging = work / "single.sqlite", work / "sharded.sqlite", work / "staging"
+        single, sharded, shard_s, merge_s = [], [], [], []
+        for _ in range(args.reps):
+            remove_manifest(single_db) if single_db.exists() else None
+            single.append(chorus("--site", str(root), "--db", str(single_db), "--no-validate", cwd=work))
+            if sharded_db.exists():
+                remove_manifest(sharded_db)
+            shutil.rmtree(staging, ignore_errors=True)
+            parts = [chorus("--site", str(root), "--db", str(sharded_db), "--shard", f"{k}/{args.shards}",
+                            "--staging", str(staging), cwd=work) for k in range(args.shards)]
+            merge = chorus("--site", str(root), "--db", str(sharded_db), "--merge", str(staging), "--no-validate", cwd=work)
+            shard_s.append(sum(parts))
+            merge_s.append(merge)
+            sharded.append(sum(parts) + merge)
+        same = current_rows(single_db) == current_rows(sharded_db)
+        best = min(range(args.reps), key=lambda i: sharded[i])
+        result = {"tree": tree.name, "files": n_files, "shards": args.shards, "single_s": round(min(single), 3),
+                  "sharded_s": round(sharded[best], 3), "shards_s": round(shard_s[best], 3),
+                  "merge_s": round(merge_s[best], 3), "ratio": round(sharded[best] / min(single), 3),
+                  "target": 1.15, "same_rows": same}
+        print(json.dumps(result, indent=2))
+        out = Path(__file__).resolve().parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / f"shards-{time.strftime('%Y%m%d%H%M%S')}.json").write_text(json.dumps(result, indent=2))
+        return 0 if same else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
