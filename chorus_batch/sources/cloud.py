@@ -221,9 +221,9 @@ def _client_options(*, sync: bool = False) -> dict[str, Any]:
         "retry_policy": LinearRetry(backoff=2 * base, retry_total=SDK_RETRIES, random_jitter_range=base),
         "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
     }
-    ca = _ca_bundle()
-    if ca:
-        options["connection_verify"] = ca
+    # No connection_verify=<CA file> here: the SDK would read the whole file again for every request
+    # (measured: 75 ms a request, a no-change run on 10k blobs 8x slower). Both transports honour the
+    # environment themselves: requests REQUESTS_CA_BUNDLE, aiohttp SSL_CERT_FILE (read when it is imported).
     return options
 
 

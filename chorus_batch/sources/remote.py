@@ -120,29 +120,52 @@ class FsspecSource:
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
-            found = self.fs.find(self.root, detail=True, withdirs=False)
+            found = cloud_access.retrying(self._azure_listing if self._azure_sign_in else self._fsspec_listing)
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="list") from None
-        if not found:
+        if not found[0]:
             self.check()  # a root that vanished since check() is an error, never an empty site
+        for start in range(0, len(found[0]), BATCH_ROWS):
+            yield listing_batch(*(column[start:start + BATCH_ROWS] for column in found))
+
+    @property
+    def _azure_sign_in(self):
+        return getattr(self.fs, "chorus_sign_in", None)
+
+    def _fsspec_listing(self) -> tuple[list, ...]:
+        """(paths, sizes, mtimes, stored MD5s, etags) through fsspec's find."""
+        found = self.fs.find(self.root, detail=True, withdirs=False)
         prefix = self.root + "/" if self.root else ""
-        paths: list[str] = []
-        sizes: list[int] = []
-        mtimes: list[int] = []
-        md5s: list[str | None] = []
-        etags: list[str | None] = []
         server_md5 = self.server_md5
+        columns: tuple[list, ...] = ([], [], [], [], [])
+        paths, sizes, mtimes, md5s, etags = columns
         for path, info in found.items():
             paths.append(path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/"))
             sizes.append(int(info.get("size") or 0))
             mtimes.append(_mtime_ns(info))
             md5s.append(stored_md5(info) if server_md5 else None)
             etags.append(etag_of(info) if server_md5 else None)
-            if len(paths) >= BATCH_ROWS:
-                yield listing_batch(paths, sizes, mtimes, md5s, etags)
-                paths, sizes, mtimes, md5s, etags = [], [], [], [], []
-        if paths:
-            yield listing_batch(paths, sizes, mtimes, md5s, etags)
+        return columns
+
+    def _azure_listing(self) -> tuple[list, ...]:
+        """The same columns straight from the Blob service's listing: adlfs's find spends about 0.6 ms
+        a blob on its own bookkeeping, twice the listing itself (benchmarks/cloud_benchmark.py)."""
+        container, _, prefix = self.root.partition("/")
+        prefix = prefix.strip("/")
+        client = cloud_access.sync_blob_service_client(self._azure_sign_in).get_container_client(container)
+        skip = len(prefix) + 1 if prefix else 0
+        columns: tuple[list, ...] = ([], [], [], [], [])
+        paths, sizes, mtimes, md5s, etags = columns
+        for blob in client.list_blobs(name_starts_with=prefix + "/" if prefix else None):
+            if blob.name.endswith("/"):  # a folder marker, not a file
+                continue
+            paths.append(blob.name[skip:])
+            sizes.append(int(blob.size or 0))
+            mtimes.append(clamp_ns(int(blob.last_modified.timestamp() * 1_000_000_000)) if blob.last_modified else 0)
+            raw = blob.content_settings.content_md5 if blob.content_settings else None
+            md5s.append(bytes(raw).hex() if raw and len(raw) == 16 else None)
+            etags.append(str(blob.etag).strip('"') if blob.etag else None)
+        return columns
 
     def _storage_failure(self, exc: BaseException, srcfile: str) -> BaseException:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
