@@ -10,6 +10,7 @@ merge of all N shards based on the same version, can be committed in full mode.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -54,6 +55,13 @@ class Coverage:
 
 WHOLE_SITE = Coverage()
 _SHARED_TOP = ("omop", "metadata")  # with root files: always shard 0
+
+
+def top_in_shard(top: str, coverage: Coverage) -> bool:
+    """Whether the top-level folder `top` belongs to the shard (as shard_of decides for its files)."""
+    if top.lower() in _SHARED_TOP:
+        return coverage.shard == 0
+    return zlib.crc32(top.encode("utf-8")) % coverage.shards == coverage.shard
 
 
 def shard_of(srcfile: pl.Series, shards: int) -> pl.Series:
@@ -139,15 +147,20 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         hash_s=max(p.hash_s for p in parts))
 
 
-def list_roots(roots: list[Root], progress: Progress) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """List every root: (root_id, srcfile, size, mtime_ns, stored_md5) and the problems met."""
+def list_roots(roots: list[Root], progress: Progress,
+               coverage: Coverage | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """List every root: (root_id, srcfile, size, mtime_ns, stored_md5, etag) and the problems met. For a shard,
+    sources that can skip top-level folders list only the shard's."""
     frames: list[pl.DataFrame] = []
     raw_errors: list[tuple[str, str, str]] = []
     seen = [0]
     with progress.counter("listing", "files", lambda: (seen[0], 0)):
         for root_id, root in enumerate(roots):
             batches = []
-            for batch in root.source.list_files(raw_errors):
+            listing = (root.source.list_files(raw_errors) if coverage is None or coverage.whole
+                       or "tops" not in inspect.signature(root.source.list_files).parameters
+                       else root.source.list_files(raw_errors, tops=lambda top: top_in_shard(top, coverage)))
+            for batch in listing:
                 batches.append(batch)
                 seen[0] += batch.num_rows
             frame = pl.from_arrow(pa.Table.from_batches(batches, schema=LISTING_SCHEMA))
@@ -180,7 +193,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         root.source.check()
     scan_started_ns = time.time_ns()
     progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
-    listing, errors = list_roots(roots, progress)
+    listing, errors = list_roots(roots, progress, coverage)
     if not coverage.whole:
         listing = listing.filter(shard_of(listing["srcfile"], coverage.shards) == coverage.shard)
     timings["scan"] = round(time.perf_counter() - t, 4)

@@ -12,7 +12,7 @@ import io
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -174,7 +174,10 @@ class LocalSource:
                 fix="point --site (or root in chorus.toml) at the folder that holds OMOP/ and the person folders",
             )
 
-    def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
+    def list_files(self, errors: list[tuple[str, str, str]],
+                   tops: Callable[[str], bool] | None = None) -> Iterator[pa.RecordBatch]:
+        """`tops`: walk only the top-level folders it accepts (a shard's person folders: a shard of a 100k
+        tree would otherwise walk all of it); files at the root are always listed."""
         self.check()
         top = walk_local(self.root, [""], self.follow_symlinks, collect_dirs=True)
         for path, _kind, message in top.errors:
@@ -187,7 +190,8 @@ class LocalSource:
         for name in sorted(top.subdirs):
             bad = _name_error(name)
             if bad is None:
-                top_dirs.append(name)
+                if tops is None or tops(name):
+                    top_dirs.append(name)
             else:
                 errors.append((bad + "/", "non_utf8_name", "folder name is not valid UTF-8; rename it to track its files"))
 
