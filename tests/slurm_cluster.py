@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from services import _kill, _tail, free_port
 
 BINARIES = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
