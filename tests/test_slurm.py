@@ -283,6 +283,11 @@ def small_site(tmp_path_factory):
     return out / "first", out / "second"
 
 
+def _logs(job) -> str:
+    return "\n".join(f"--- {path.name}:\n{path.read_text(errors='replace')[-3000:]}"
+                     for path in sorted(job.logs.glob("*.out")))
+
+
 def _reference(tmp_path: Path, *sites: Path) -> tuple[Path, list[int]]:
     """A single-node `run` of each snapshot in turn into one manifest; their exit codes."""
     ref = tmp_path / "single.sqlite"
@@ -306,8 +311,7 @@ def test_sbatch_the_script_as_is_then_run_slurm_match_a_single_node_run(slurm, s
     assert slurm.wait_job(launcher, timeout=120) == "COMPLETED"
     job = parse_submitted((tmp_path / f"slurm-{launcher}.out").read_text())
     assert job.staging.parent == Path(str(db) + ".staging") and stat.S_IMODE(job.staging.stat().st_mode) == 0o700
-    assert slurm.wait_job(job.merge_job, timeout=600) == ("COMPLETED" if ref_codes[0] == 0 else "FAILED"), \
-        (job.logs / f"chorus-merge-{job.merge_job}.out").read_text()
+    assert slurm.wait_job(job.merge_job, timeout=600) == ("COMPLETED" if ref_codes[0] == 0 else "FAILED"), _logs(job)
     assert int((job.staging / "merge.exit").read_text()) == ref_codes[0]
     assert all((job.staging / f"shard-{k}-of-4" / "scan.json").exists() for k in range(4))
 
@@ -335,6 +339,7 @@ def test_a_cancelled_shard_is_refused_by_the_merge_and_rerun_alone(slurm, small_
     lines: list[str] = []
     assert follow(job, poll_s=0.5, out=lines.append) == 2
     text = "\n".join(lines)
+    assert "did not run: 1 of 4 shards did not finish" in text, text + _logs(job)
     assert "shard 3 of 4: cancelled" in text and "nothing was committed" in text
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
 
