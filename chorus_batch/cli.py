@@ -413,7 +413,8 @@ def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
 
 # `run` flags that --slurm does not pass on: the jobs take their settings from chorus.toml (--config).
 _NOT_WITH_SLURM = ("mode", "delete_list", "parquet", "workers", "rehash", "dry_run", "json", "version_label",
-                   "follow_symlinks", "max_delete", "verify_sample", "verify_max_bytes", "cloud_md5", "validate")
+                   "follow_symlinks", "max_delete", "verify_sample", "verify_max_bytes", "cloud_md5", "validate",
+                   "shard", "merge")
 _SLURM_ONLY = ("shards", "cpus_per_task", "mem", "time", "partition", "account")
 
 

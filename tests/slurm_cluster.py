@@ -200,7 +200,6 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     def stop(self) -> None:
         """Cancel every job, then stop slurmd, slurmctld and munged (SIGTERM, wait; SIGKILL after 10 s)."""
         if "slurmctld" in self._procs and self._procs["slurmctld"].poll() is None:
-            self.run(["scancel", "--full", "--user=root"])
             self.run(["scancel", "--user=root"])
         for name in ("slurmd", "slurmctld", "munged"):
             _kill(self._procs.pop(name, None))
