@@ -286,7 +286,59 @@ def _parser() -> argparse.ArgumentParser:
     unlock.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
     unlock.add_argument("--db", help="the manifest (default: from chorus.toml)")
     unlock.add_argument("--yes", action="store_true", help="do not ask (required when not on a terminal)")
+
+    slurm = command(
+        "slurm-script", help="print a Slurm batch script: a job array hashes shards of the site, one merge job commits",
+        description="Print a bash script to submit as is with sbatch (or run with bash on a login node). It submits a "
+                    "job array whose task K lists and hashes shard K of N into a staging folder (never writing the "
+                    "manifest), and a merge job that starts once every shard succeeded (--dependency=afterok), "
+                    "checks the shards, commits, validates and reports as a plain `run`, and writes its exit code to "
+                    "STAGING/merge.exit. One log per task. The jobs run this interpreter "
+                    f"({sys.executable}). `chorus-batch run --slurm` submits it and follows the jobs.",
+        epilog="examples:\n"
+               "  chorus-batch slurm-script --site /data/site --db /data/m.sqlite --shards 16 > nightly.sbatch && sbatch nightly.sbatch\n"
+               "  chorus-batch slurm-script --config chorus.toml --shards 32 --cpus-per-task 8 --mem 16G --time 04:00:00 "
+               "--partition batch --account chorus\n",
+    )
+    slurm.add_argument("--config", help="settings file (default: ./chorus.toml if present); the jobs read it")
+    slurm.add_argument("--site", help="site root folder (default: from the config)")
+    slurm.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
+    _slurm_flags(slurm)
+    _slurm_flags(run, run=True)
     return parser
+
+
+def _slurm_flags(parser: argparse.ArgumentParser, *, run: bool = False) -> None:
+    """The job array's and merge job's options: `slurm-script` and `run --slurm`."""
+    from . import slurm  # no third-party imports: help stays instant
+
+    def checked(check):
+        def parse(text: str) -> str:
+            try:
+                return check(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        return parse
+
+    group = parser.add_argument_group("Slurm (a job array of shards and a merge job)")
+    if run:
+        group.add_argument("--slurm", action="store_true",
+                           help="submit the job array and the merge job (see `chorus-batch slurm-script --help`), "
+                                "follow them, and exit with the merge's exit code; Ctrl-C cancels them")
+    group.add_argument("--shards", type=_positive_int, default=None,
+                       help=f"tasks of the job array, each lists and hashes one shard (default {slurm.DEFAULT_SHARDS})")
+    group.add_argument("--cpus-per-task", type=_positive_int, default=None,
+                       help=f"CPUs of each job, also its --workers (default {slurm.DEFAULT_CPUS})")
+    group.add_argument("--mem", type=checked(slurm.check_mem), help="memory of each job, as sbatch --mem (e.g. 16G)")
+    group.add_argument("--time", type=checked(slurm.check_time), help="time limit of each job, as sbatch --time (e.g. 04:00:00)")
+    group.add_argument("--partition", type=checked(slurm.check_name), help="sbatch --partition")
+    group.add_argument("--account", type=checked(slurm.check_name), help="sbatch --account")
+    try:  # `run --staging` may be there already (a shard's staging folder): the same meaning
+        group.add_argument("--staging", metavar="DIR",
+                           help="folder for the shards' results, on a file system every node reaches "
+                                "(default: a new <db>.staging/<UTC time> each submission, owner-only)")
+    except argparse.ArgumentError:
+        pass
 
 
 # ----------------------------------------------------------------------------- commands
@@ -347,7 +399,55 @@ def _run_settings(args: argparse.Namespace, target: _Target):
     )
 
 
+def _slurm_script(args: argparse.Namespace, command: str) -> str:
+    """The Slurm script for `slurm-script` and `run --slurm`, from the flags and chorus.toml."""
+    from .config import CONFIG_NAME
+    from .slurm import DEFAULT_CPUS, DEFAULT_SHARDS, slurm_script
+
+    target = _resolve(args)
+    config = args.config or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
+    if target.site is None and not target.config.site.roots:
+        raise UsageError(f"`{command}` needs the site", where="--site / [site] root",
+                         fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")
+    return slurm_script(site=target.site, db=target.db, shards=args.shards or DEFAULT_SHARDS,
+                        staging=getattr(args, "staging", None), cpus_per_task=args.cpus_per_task or DEFAULT_CPUS,
+                        mem=args.mem, time=args.time, partition=args.partition, account=args.account, config=config,
+                        python=sys.executable)
+
+
+def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
+    sys.stdout.write(_slurm_script(args, "slurm-script"))
+    return 0
+
+
+# `run` flags that --slurm does not pass on: the jobs take their settings from chorus.toml (--config).
+_NOT_WITH_SLURM = ("mode", "delete_list", "parquet", "workers", "rehash", "dry_run", "json", "version_label",
+                   "follow_symlinks", "max_delete", "verify_sample", "verify_max_bytes", "cloud_md5", "validate",
+                   "shard", "merge")
+_SLURM_ONLY = ("shards", "cpus_per_task", "mem", "time", "partition", "account")
+
+
+def cmd_run_slurm(args: argparse.Namespace, argv: list[str]) -> int:
+    from .slurm import submit_and_follow
+
+    given = [name for name in _NOT_WITH_SLURM
+             if getattr(args, name, None) not in (None, False) or (name == "validate" and args.validate is False)]
+    if given:
+        flags = ", ".join({"validate": "--no-validate", "version_label": "--version"}.get(name, "--" + name.replace("_", "-"))
+                          for name in given)
+        raise UsageError(f"run --slurm does not pass on {flags}", where="run --slurm",
+                         fix="set them in chorus.toml and pass --config: every job reads it")
+    script = _slurm_script(args, "run --slurm")
+    return submit_and_follow(script, out=lambda line: print(line, flush=True))
+
+
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    if getattr(args, "slurm", False):
+        return cmd_run_slurm(args, argv)
+    given = [name for name in _SLURM_ONLY if getattr(args, name, None) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"{flags} only go with --slurm", where="run", fix="add --slurm, or leave them out")
     from .pipeline import run
     from .progress import Progress
     from .report import summary_dict, summary_text
@@ -601,7 +701,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
-            "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock}
+            "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock,
+            "slurm-script": cmd_slurm_script}
 
 
 def _stop_on_signals() -> None:

@@ -16,6 +16,8 @@ from chorus_batch import RunSettings, run
 # Real cloud services (Azurite, Azurite https+OAuth with a managed-identity endpoint, moto S3) as
 # session fixtures; tests import the helpers with `from services import upload_tree, ...`.
 from services import azurite, azurite_oauth, moto_s3  # noqa: F401  (fixtures registered by import)
+# A real single-node Slurm cluster (munged, slurmctld, slurmd) as a session fixture; see tests/slurm_cluster.py.
+from slurm_cluster import slurm  # noqa: F401  (fixture registered by import)
 
 ROOT = Path(__file__).resolve().parent.parent
 

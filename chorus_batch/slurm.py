@@ -1,0 +1,404 @@
+"""A site too big for one node: a Slurm job array hashes shards, one merge job commits.
+
+`slurm_script(...)` writes a bash script a site submits as is (`sbatch nightly.sbatch`, or
+`bash nightly.sbatch` on a login node). Submitted, it makes a fresh staging folder (owner-only) and
+submits two jobs with `sbatch --parsable`:
+
+1. a job array `--array=0-(N-1)`: task K runs
+   `python -m chorus_batch run --site S --db M --shard K/N --staging DIR`, which lists and hashes
+   shard K of N into `DIR/shard-K-of-N/` and never writes the manifest; one log per task,
+   `LOGS/chorus-shard-<array job>_<K>.out`;
+2. a merge job, `--dependency=afterok:<array job>` (`--kill-on-invalid-dep=yes`: a failed shard
+   cancels it rather than leaving it pending for ever): `run --site S --db M --merge DIR` checks
+   the shards, commits, validates and reports as a plain run; it writes its exit code to
+   `DIR/merge.exit` (the cluster may have no accounting database, so no `sacct`).
+
+The jobs run the interpreter that generated the script (its absolute path), with the
+environment of the submitting shell (`--export=ALL`), in the staging folder.
+
+`submit_and_follow(script)` runs such a script with bash, follows the jobs with `squeue`, and
+returns the merge's exit code; Ctrl-C cancels the jobs it submitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import ChorusError, ExitCode, Stopped, UsageError
+
+DEFAULT_SHARDS = 8
+DEFAULT_CPUS = 4
+SHARD_JOB = "chorus-shard"
+MERGE_JOB = "chorus-merge"
+SUBMIT_JOB = "chorus-submit"
+MERGE_EXIT = "merge.exit"
+MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
+
+_MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
+_TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]+){0,2}$|^(?:UNLIMITED|INFINITE)$", re.IGNORECASE)
+_NAME = re.compile(r"^[A-Za-z0-9_.+-]+(?:,[A-Za-z0-9_.+-]+)*$")
+
+
+def check_mem(text: str) -> str:
+    """Slurm's --mem: a whole number with an optional K, M, G or T (e.g. 16G)."""
+    if not _MEM.match(text):
+        raise ValueError(f"{text!r} is not a Slurm memory size (e.g. 16G, 500M)")
+    return text
+
+
+def check_time(text: str) -> str:
+    """Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED."""
+    if not _TIME.match(text):
+        raise ValueError(f"{text!r} is not a Slurm time limit (e.g. 90, 02:00:00, 1-12:00:00)")
+    return text
+
+
+def check_name(text: str) -> str:
+    """A partition or account name (letters, digits, _.+- ; partitions may be a comma list)."""
+    if not _NAME.match(text):
+        raise ValueError(f"{text!r} is not a Slurm partition or account name")
+    return text
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _absolute(path: str | os.PathLike) -> str:
+    text = os.fspath(path)
+    return text if _is_url(text) else os.path.abspath(os.path.expanduser(text))
+
+
+def _q(words) -> str:
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, staging: str | None = None,
+                 cpus_per_task: int = DEFAULT_CPUS, mem: str | None = None, time: str | None = None,
+                 partition: str | None = None, account: str | None = None, config: str | None = None,
+                 python: str = sys.executable, log_dir: str | None = None) -> str:
+    """The bash script that submits the shard array and the merge job (see the module docstring).
+
+    `staging` None: a new folder `<db>.staging/<UTC time>` each submission (a local manifest only).
+    `log_dir` None: `<staging>/logs`. Paths are made absolute; `site` None leaves the site to the
+    config file. Raises UsageError for values Slurm would not take.
+    """
+    if shards < 1 or cpus_per_task < 1:
+        raise UsageError("--shards and --cpus-per-task must be at least 1", where="slurm-script arguments",
+                         fix="pass whole numbers of 1 or more")
+    try:
+        for value, check in ((mem, check_mem), (time, check_time), (partition, check_name), (account, check_name)):
+            if value is not None:
+                check(value)
+    except ValueError as exc:
+        raise UsageError(str(exc), where="--mem / --time / --partition / --account",
+                         fix="use Slurm's own notation, as for sbatch") from None
+    if not python or not os.path.isabs(python):
+        raise UsageError(f"the interpreter {python!r} is not an absolute path", where="python",
+                         fix="generate the script with the interpreter the jobs are to run")
+    db = _absolute(db)
+    if staging is None and _is_url(db):
+        raise UsageError("a manifest in the cloud has no folder beside it for the shards' results",
+                         where="--db " + db, fix="pass --staging DIR, a folder every node of the cluster can reach")
+    site = _absolute(site) if site else None
+    config = _absolute(config) if config else None
+
+    run = [python, "-m", "chorus_batch", "run"]
+    if config:
+        run += ["--config", config]
+    if site:
+        run += ["--site", site]
+    run += ["--db", db, "--workers", str(cpus_per_task)]
+    shard_cmd = _q(run) + f' --shard "$SLURM_ARRAY_TASK_ID/{shards}" --staging "$CHORUS_STAGING"'
+    merge_cmd = _q(run) + ' --merge "$CHORUS_STAGING"'
+
+    limits = [f"--cpus-per-task={cpus_per_task}"]
+    limits += [f"--mem={mem}"] if mem else []
+    limits += [f"--time={time}"] if time else []
+    placement = [f"--partition={partition}"] if partition else []
+    placement += [f"--account={account}"] if account else []
+    sbatch = ["sbatch", "--parsable", "--export=ALL", "--nodes=1", "--ntasks=1", *limits, *placement]
+
+    if staging is None:
+        staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
+        make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
+    else:
+        staging_line = f"staging={shlex.quote(_absolute(staging))}"
+        make_staging = 'mkdir -p -- "$staging"'
+    logs_line = f"logs={shlex.quote(_absolute(log_dir))}" if log_dir else 'logs="$staging/logs"'
+    header = [f"#SBATCH --job-name={SUBMIT_JOB}", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1",
+              "#SBATCH --time=00:10:00", *(f"#SBATCH {p}" for p in placement)]
+    shown = _q(run)
+    from . import __version__
+
+    return f"""#!/bin/bash
+{chr(10).join(header)}
+#
+# chorus-batch on a Slurm cluster (generated by chorus-batch {__version__}, `chorus-batch slurm-script`).
+# Submit as is: `sbatch THIS_FILE` (this small job submits the others), or `bash THIS_FILE` on a login node.
+# It submits
+#   1. a job array of {shards} tasks ({SHARD_JOB}): task K lists and hashes shard K of {shards} of the site into
+#      STAGING/shard-K-of-{shards}/ with {cpus_per_task} workers; it never writes the manifest;
+#   2. a merge job ({MERGE_JOB}) that starts once every task succeeded (--dependency=afterok): it checks the
+#      shards, commits, validates and reports as a plain `chorus-batch run`, and writes its exit code to
+#      STAGING/{MERGE_EXIT}. A failed task cancels it: rerun that shard, then the merge (commands below).
+# STAGING: {"a new folder beside the manifest each submission" if staging is None else "the folder below"}, readable by its owner only.
+# Logs: LOGS/{SHARD_JOB}-<array job>_<K>.out, LOGS/{MERGE_JOB}-<job>.out (LOGS: STAGING/logs unless set below).
+# The run command (the interpreter that generated this script):
+#   {shown}
+set -euo pipefail
+
+python={shlex.quote(python)}
+if [ ! -x "$python" ]; then
+    echo "chorus-batch: the interpreter $python is missing on $(hostname); generate the script again there" >&2
+    exit 2
+fi
+if ! command -v sbatch >/dev/null 2>&1; then
+    echo "chorus-batch: Slurm's sbatch is not on PATH: {MISSING_SLURM_FIX}" >&2
+    exit 2
+fi
+
+umask 077
+{staging_line}
+{make_staging}
+{logs_line}
+mkdir -p -- "$logs"
+rm -f -- "$staging/{MERGE_EXIT}"
+export CHORUS_STAGING="$staging"
+
+shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
+    --chdir="$staging" --output="$logs/%x-%A_%a.out" <<'CHORUS_SHARD'
+#!/bin/bash
+set -euo pipefail
+exec {shard_cmd}
+CHORUS_SHARD
+)
+shards_job=${{shards_job%%;*}}
+
+merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
+    --dependency=afterok:"$shards_job" --kill-on-invalid-dep=yes \\
+    --chdir="$staging" --output="$logs/%x-%j.out" <<'CHORUS_MERGE'
+#!/bin/bash
+set -uo pipefail
+{merge_cmd}
+code=$?
+printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"
+exit "$code"
+CHORUS_MERGE
+) || {{ scancel "$shards_job" || true; echo "chorus-batch: submitting the merge job failed; cancelled the shards' job array $shards_job" >&2; exit 1; }}
+merge_job=${{merge_job%%;*}}
+
+printf 'staging: %s\\n' "$staging"
+printf 'logs: %s\\n' "$logs"
+printf 'shards: job array %s (%s tasks)\\n' "$shards_job" {shards}
+printf 'merge: job %s, after every shard succeeded; its exit code goes to %s\\n' "$merge_job" "$staging/{MERGE_EXIT}"
+printf 'rerun a shard: %s --shard K/%s --staging %q\\n' {shlex.quote(shown)} {shards} "$staging"
+printf 'rerun the merge: %s --merge %q\\n' {shlex.quote(shown)} "$staging"
+"""
+
+
+# ----------------------------------------------------------------------------- following the jobs
+_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+             "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
+_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "CONFIGURING", "RESIZING"}
+
+
+@dataclass
+class Submitted:
+    """What the script printed when it submitted the jobs."""
+
+    array_job: str
+    merge_job: str
+    shards: int
+    staging: Path
+    logs: Path
+    rerun_shard: str = ""  # the command with "K/<N>" for the shard
+    rerun_merge: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def shard_done(self, k: int) -> bool:
+        return (self.staging / f"shard-{k}-of-{self.shards}" / "scan.json").exists()
+
+    def shard_log(self, k: int) -> Path:
+        return self.logs / f"{SHARD_JOB}-{self.array_job}_{k}.out"
+
+    def shard_command(self, k: int) -> str:
+        return self.rerun_shard.replace(f" --shard K/{self.shards} ", f" --shard {k}/{self.shards} ", 1)
+
+
+def parse_submitted(text: str) -> Submitted:
+    """The job ids and folders from the lines the script prints."""
+    found: dict[str, str] = {}
+    patterns = {
+        "staging": r"^staging: (.*)$", "logs": r"^logs: (.*)$",
+        "array": r"^shards: job array (\d+) \((\d+) tasks\)$", "merge": r"^merge: job (\d+),",
+        "rerun_shard": r"^rerun a shard: (.*)$", "rerun_merge": r"^rerun the merge: (.*)$",
+    }
+    for line in text.splitlines():
+        for key, pattern in patterns.items():
+            match = re.match(pattern, line)
+            if match:
+                found[key] = line if key == "array" else match.group(1)
+    if not {"staging", "logs", "array", "merge"} <= found.keys():
+        raise ChorusError("the Slurm script did not say which jobs it submitted", where="its output:\n" + text,
+                          fix="submit it with bash and read its messages; was it generated by `chorus-batch slurm-script`?")
+    array = re.match(patterns["array"], found["array"])
+    return Submitted(array_job=array.group(1), merge_job=re.match(r"\d+", found["merge"]).group(0),
+                     shards=int(array.group(2)), staging=Path(found["staging"]), logs=Path(found["logs"]),
+                     rerun_shard=found.get("rerun_shard", ""), rerun_merge=found.get("rerun_merge", ""),
+                     lines=text.splitlines())
+
+
+def require_slurm(*tools: str) -> None:
+    for tool in tools or ("sbatch", "squeue"):
+        if shutil.which(tool) is None:
+            raise UsageError(f"Slurm's {tool} is not on PATH: {MISSING_SLURM_FIX}", where=f"PATH={os.environ.get('PATH', '')}",
+                             fix=MISSING_SLURM_FIX)
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """job id (array tasks as '<array>_<K>') -> (state, reason) of the jobs Slurm still knows (also
+    finished ones, until MinJobAge); None when squeue failed for another reason than unknown ids."""
+    proc = subprocess.run(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(job_ids)}",
+                           "--format=%i|%T|%r"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {} if "Invalid job id" in proc.stderr else None
+    states = {}
+    for line in proc.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            states[parts[0]] = (parts[1], parts[2])
+    return states
+
+
+def scontrol_exit(job_id: str) -> tuple[str, int | None]:
+    """(JobState, exit code) of a job slurmctld still knows; a signal s counts as 128 + s."""
+    proc = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    state = re.search(r"\bJobState=(\S+)", proc.stdout)
+    code = re.search(r"\bExitCode=(\d+):(\d+)", proc.stdout)
+    if proc.returncode != 0 or not state:
+        return "", None
+    if not code:
+        return state.group(1), None
+    status, signal = int(code.group(1)), int(code.group(2))
+    return state.group(1), (128 + signal if signal else status)
+
+
+def _read_exit(path: Path, wait_s: float) -> int | None:
+    """The merge's exit code file; waits a little (a shared file system may show it late)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text().strip())
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
+
+
+def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = print,
+           exit_wait_s: float = 30) -> int:
+    """Poll squeue until the merge job leaves; print progress lines; return the merge's exit code.
+    The merge cancelled because a shard failed: the failed shards, their logs and the commands that
+    rerun them are printed, and the exit code is 2 (as the merge itself says for a missing shard)."""
+    last = ""
+    unknown_since: float | None = None
+    while True:
+        states = squeue_states([job.array_job, job.merge_job])
+        if states is None:  # slurmctld busy or restarting: try again
+            if unknown_since is None:
+                unknown_since = time.monotonic()
+                out("squeue failed; trying again")
+            time.sleep(poll_s)
+            continue
+        unknown_since = None
+        counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
+        for k in range(job.shards):
+            state = states.get(f"{job.array_job}_{k}", ("", ""))[0]
+            if state == "COMPLETED" or (not state and job.shard_done(k)):
+                counts["done"] += 1
+            elif state in _TERMINAL:
+                counts["failed"] += 1
+            elif state in _RUNNING:
+                counts["running"] += 1
+            else:
+                counts["pending"] += 1
+        merge_state, reason = states.get(job.merge_job, ("", ""))
+        merge_text = (merge_state.lower() + (f" ({reason})" if reason and reason != "None" else "")) or "gone"
+        line = (f"shards {job.array_job}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+                + f" of {job.shards}; merge {job.merge_job}: {merge_text}")
+        if line != last:
+            out(line)
+            last = line
+        if merge_state in _TERMINAL or not merge_state:
+            break
+        time.sleep(poll_s)
+
+    code = _read_exit(job.staging / MERGE_EXIT, exit_wait_s if merge_state in ("COMPLETED", "FAILED", "") else 1)
+    if code is not None:
+        out(f"merge job {job.merge_job} exited with code {code} (log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'})")
+        return code
+    state, code = scontrol_exit(job.merge_job)
+    state = state or merge_state
+    if (state == "CANCELLED" and reason.startswith("Dependency")) or (not state and counts["done"] < job.shards):
+        missing = [k for k in range(job.shards) if not job.shard_done(k)]
+        out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish; "
+            "nothing was committed")
+        for k in missing:
+            shard_state = states.get(f"{job.array_job}_{k}", ("unknown", ""))[0]
+            out(f"  shard {k} of {job.shards}: {shard_state.lower()}; log {job.shard_log(k)}")
+            if job.rerun_shard:
+                out(f"    rerun it: {job.shard_command(k)}")
+        if job.rerun_merge:
+            out(f"  then merge: {job.rerun_merge}")
+        return int(ExitCode.USAGE)
+    out(f"the merge job {job.merge_job} ended {state.lower() or 'unseen'} without writing {job.staging / MERGE_EXIT}"
+        f"; see its log {job.logs / f'{MERGE_JOB}-{job.merge_job}.out'}")
+    return code if code else int(ExitCode.FAILED)
+
+
+def cancel(job: Submitted) -> None:
+    subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True)
+
+
+def submit(script_text: str) -> Submitted:
+    """Run the script with bash from a private temporary file; the jobs it submitted."""
+    require_slurm("sbatch")
+    fd, name = tempfile.mkstemp(prefix="chorus-slurm-", suffix=".sbatch")  # owner-only (0600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(script_text)
+        proc = subprocess.run(["bash", name], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+    if proc.returncode != 0:
+        raise ChorusError(f"submitting the Slurm jobs failed (exit code {proc.returncode})",
+                          where=(proc.stderr or proc.stdout).strip() or "no output",
+                          fix="read the message above; `chorus-batch slurm-script ... > job.sbatch && bash -x job.sbatch` shows each step")
+    return parse_submitted(proc.stdout)
+
+
+def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str], None] = print) -> int:
+    """Submit the script (bash), follow the jobs with squeue, return the merge's exit code.
+    Ctrl-C (or SIGTERM/SIGHUP as Stopped) cancels the jobs it submitted, then is raised again."""
+    require_slurm("sbatch", "squeue")
+    job = submit(script_text)
+    for line in job.lines:
+        out(line)
+    try:
+        return follow(job, poll_s=poll_s, out=out)
+    except (KeyboardInterrupt, Stopped):
+        cancel(job)
+        out(f"cancelled the shards' job array {job.array_job} and the merge job {job.merge_job}")
+        raise

@@ -1,0 +1,360 @@
+"""Slurm: the generated job-array + merge script, and running it on a real single-node cluster
+(tests/slurm_cluster.py). The end-to-end tests run the real shard (`run --shard K/N --staging DIR`)
+and merge (`run --merge DIR`) commands; the machinery tests use a stand-in interpreter that keeps
+their contract (scan.json last in DIR/shard-K-of-N/; the merge refuses a missing shard with exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cli, query
+
+from chorus_batch.errors import UsageError
+from chorus_batch.slurm import (
+    follow,
+    parse_submitted,
+    slurm_script,
+    submit,
+    submit_and_follow,
+)
+
+
+def _sbatch_line(script: str, name: str) -> str:
+    """The sbatch command line of the shard array or the merge job (with its continuation lines)."""
+    start = script.index(f"{name}=$(sbatch ")
+    return script[start:script.index("<<", start)]
+
+
+# ----------------------------------------------------------------------------- the script's text
+def test_script_has_the_options_given_and_no_others(tmp_path):
+    db = tmp_path / "m.sqlite"
+    bare = slurm_script(site=str(tmp_path / "site"), db=str(db), shards=4, cpus_per_task=3)
+    for name in ("shards_job", "merge_job"):
+        line = _sbatch_line(bare, name)
+        assert "--cpus-per-task=3" in line and "--parsable" in line and "--export=ALL" in line
+        for absent in ("--partition", "--account", "--mem", "--time"):
+            assert absent not in line, (absent, line)
+    assert "#SBATCH --partition" not in bare and "#SBATCH --account" not in bare
+    shards = _sbatch_line(bare, "shards_job")
+    assert "--array=0-3" in shards and '--output="$logs/%x-%A_%a.out"' in shards
+    merge = _sbatch_line(bare, "merge_job")
+    assert '--dependency=afterok:"$shards_job"' in merge and "--kill-on-invalid-dep=yes" in merge
+    assert '--shard "$SLURM_ARRAY_TASK_ID/4" --staging "$CHORUS_STAGING"' in bare
+    assert '--merge "$CHORUS_STAGING"' in bare and "--workers 3" in bare
+    assert "set -euo pipefail" in bare
+    assert f"staging={shlex.quote(str(db) + '.staging')}/" in bare  # default: beside the manifest, per submission
+
+    full = slurm_script(site=str(tmp_path / "site"), db=str(db), shards=16, cpus_per_task=8, mem="16G",
+                        time="04:00:00", partition="batch", account="chorus", staging=str(tmp_path / "st"))
+    for name in ("shards_job", "merge_job"):
+        line = _sbatch_line(full, name)
+        for present in ("--cpus-per-task=8", "--mem=16G", "--time=04:00:00", "--partition=batch", "--account=chorus"):
+            assert present in line, (present, line)
+    assert "--array=0-15" in full and "#SBATCH --partition=batch" in full and "#SBATCH --account=chorus" in full
+    assert f"staging={shlex.quote(str(tmp_path / 'st'))}\n" in full
+    for script in (bare, full):
+        assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_script_uses_this_interpreter_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    script = slurm_script(site="site", db="m.sqlite", shards=2, config="chorus.toml")
+    assert f"python={shlex.quote(sys.executable)}\n" in script
+    assert f"exec {shlex.quote(sys.executable)} -m chorus_batch run" in script
+    for rel in ("site", "m.sqlite", "chorus.toml"):
+        assert shlex.quote(str(tmp_path / rel)) in script
+    with pytest.raises(UsageError, match="--staging"):
+        slurm_script(site="site", db="az://c/m.sqlite", shards=2)
+    with pytest.raises(UsageError, match="memory size"):
+        slurm_script(site="site", db="m.sqlite", mem="16 G; rm -rf /")
+    with pytest.raises(UsageError, match="partition"):
+        slurm_script(site="site", db="m.sqlite", partition="a b")
+
+
+FAKE_SBATCH = """#!/bin/bash
+# Records each submission (arguments, and the job script from stdin) and prints a job id.
+n=$(( $(ls "$RECORD" | wc -l) + 100 ))
+{ printf '%s\\n' "$@"; echo ---; cat; } > "$RECORD/$n"
+echo "$n;cluster"
+"""
+
+ARGV_PYTHON = """#!/bin/bash
+# Prints its arguments as JSON, one word each: what the job's shell made of the script's quoting.
+exec python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@"
+"""
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_script_quotes_paths_with_spaces_and_quotes(tmp_path):
+    """The script run by bash with a recording sbatch: the jobs' commands get every path as one word."""
+    record = tmp_path / "record"
+    record.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", FAKE_SBATCH)
+    python = _executable(tmp_path / "my python", ARGV_PYTHON)
+    site = tmp_path / "the site's $HOME `x`"
+    db = tmp_path / "db dir" / "m one.sqlite"
+    staging = tmp_path / "stag ing"
+    script = slurm_script(site=str(site), db=str(db), shards=3, cpus_per_task=2, python=str(python),
+                          staging=str(staging))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record)}
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    job = parse_submitted(proc.stdout)
+    assert (job.array_job, job.merge_job, job.shards, job.staging) == ("100", "101", 3, staging)
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o700 and job.logs == staging / "logs"
+    args100, body100 = (record / "100").read_text().split("---\n")
+    args101, body101 = (record / "101").read_text().split("---\n")
+    assert f"--output={staging}/logs/%x-%A_%a.out" in args100.splitlines()
+    assert "--dependency=afterok:100" in args101.splitlines()
+    # Run the jobs' bodies as Slurm would (task 2 of the array), with the stand-in interpreter.
+    env_job = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "CHORUS_STAGING": str(staging)}
+    shard = subprocess.run(["bash", "-c", body100], env=env_job, capture_output=True, text=True)
+    assert json.loads(shard.stdout) == ["-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                                        "--workers", "2", "--shard", "2/3", "--staging", str(staging)]
+    merge = subprocess.run(["bash", "-c", body101], env=env_job, capture_output=True, text=True)
+    assert json.loads(merge.stdout.splitlines()[0])[-2:] == ["--merge", str(staging)]
+    assert (staging / "merge.exit").read_text() == "0\n"
+    # The rerun commands it prints are shell words too.
+    assert shlex.split(job.shard_command(1))[-4:] == ["--shard", "1/3", "--staging", str(staging)]
+    assert shlex.split(job.rerun_merge)[:1] == [str(python)]
+
+
+def test_slurm_script_command(tmp_path):
+    proc = cli("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--shards", "16",
+               "--partition", "batch")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("#!/bin/bash\n") and "--array=0-15" in proc.stdout and "--partition=batch" in proc.stdout
+    assert "sbatch nightly.sbatch" in cli("slurm-script", "--help").stdout
+    bad = cli("slurm-script", "--site", "s", "--db", "m.sqlite", "--mem", "lots")
+    assert bad.returncode == 2 and "memory size" in bad.stderr
+    nosite = cli("slurm-script", "--db", "m.sqlite", cwd=tmp_path)
+    assert nosite.returncode == 2 and "needs the site" in nosite.stderr
+    assert "--slurm" in cli("run", "--help").stdout
+
+
+def test_run_slurm_without_sbatch_says_so(tmp_path):
+    proc = cli("run", "--slurm", "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"),
+               env={"PATH": str(tmp_path / "nothing")})
+    assert proc.returncode == 2
+    assert "Slurm's sbatch is not on PATH: run on a login node of the cluster or install slurm-wlm" in proc.stderr
+    proc = cli("run", "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"), "--shards", "4")
+    assert proc.returncode == 2 and "--shards only go with --slurm" in proc.stderr
+    proc = cli("run", "--slurm", "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"), "--dry-run")
+    assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus.toml" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the real cluster
+def test_cluster_runs_a_job(slurm, tmp_path):
+    out = tmp_path / "hi.out"
+    proc = slurm.run(["sbatch", "--parsable", f"--output={out}", "--wrap", "echo hi"], check=True)
+    job = proc.stdout.strip().split(";")[0]
+    assert slurm.wait_job(job, timeout=60) == "COMPLETED"
+    assert out.read_text().strip() == "hi"
+    assert any(row["id"] == job and row["state"] == "COMPLETED" for row in slurm.squeue())
+
+
+STAND_IN = """#!/bin/bash
+# A stand-in for `python -m chorus_batch run` keeping the shard/merge contract.
+args=("$@"); shard=""; staging=""; merge=""
+for ((i = 0; i < ${#args[@]}; i++)); do
+    case "${args[i]}" in
+        --shard) shard=${args[i+1]} ;;
+        --staging) staging=${args[i+1]} ;;
+        --merge) merge=${args[i+1]} ;;
+    esac
+done
+echo "stand-in: $*" >> "$STAND_IN_LOG"
+if [ -n "$shard" ]; then
+    k=${shard%/*}; n=${shard#*/}
+    [ "$k" = "${STAND_IN_FAIL:-}" ] && { echo "shard $k fails on purpose" >&2; exit 3; }
+    [ -n "${STAND_IN_HANG:-}" ] && exec sleep 600
+    mkdir -p "$staging/shard-$k-of-$n"
+    echo '{}' > "$staging/shard-$k-of-$n/scan.json"
+    exit 0
+fi
+n=$(ls -d "$merge"/shard-*-of-* | head -1 | sed 's/.*-of-//')
+for ((k = 0; k < n; k++)); do
+    [ -f "$merge/shard-$k-of-$n/scan.json" ] || { echo "shard $k of $n is missing" >&2; exit 2; }
+done
+echo "merged $n shards"
+exit "${STAND_IN_MERGE_EXIT:-0}"
+"""
+
+
+@pytest.fixture
+def stand_in(tmp_path, monkeypatch, slurm):
+    python = _executable(tmp_path / "stand in python", STAND_IN)
+    log = tmp_path / "stand-in.log"
+    for key, value in {**slurm.env, "STAND_IN_LOG": str(log)}.items():
+        monkeypatch.setenv(key, value)
+    return python, log
+
+
+def test_follow_returns_the_merges_exit_code(slurm, stand_in, tmp_path, monkeypatch):
+    python, log = stand_in
+    monkeypatch.setenv("STAND_IN_MERGE_EXIT", "1")
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=3, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 1
+    text = "\n".join(lines)
+    assert re.search(r"shards \d+: 0 pending, 0 running, 3 done, 0 failed of 3; merge \d+: completed", text) or \
+        re.search(r"3 done, 0 failed of 3; merge \d+: (failed|gone)", text), text
+    assert "exited with code 1" in text
+    calls = log.read_text().splitlines()
+    assert len(calls) == 4 and "--merge" in calls[-1]  # the merge ran last, after the three shards
+    job = parse_submitted("\n".join(lines))
+    assert all((job.logs / f"chorus-shard-{job.array_job}_{k}.out").exists() for k in range(3))
+    slurm.wait_idle()
+
+
+def test_a_failed_shard_cancels_the_merge_and_is_named(slurm, stand_in, tmp_path, monkeypatch):
+    python, log = stand_in
+    monkeypatch.setenv("STAND_IN_FAIL", "1")
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=3, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 2
+    text = "\n".join(lines)
+    assert "did not run: 1 of 3 shards did not finish" in text and "shard 1 of 3: failed" in text
+    rerun = next(line for line in lines if "rerun it:" in line).split("rerun it: ", 1)[1]
+    assert shlex.split(rerun)[0] == str(python) and "--shard 1/3" in rerun
+    assert "--merge" not in log.read_text()
+    # Rerun the shard alone, then the merge, as the report says.
+    monkeypatch.delenv("STAND_IN_FAIL")
+    assert subprocess.run(["bash", "-c", rerun]).returncode == 0
+    merge = next(line for line in lines if "then merge:" in line).split("then merge: ", 1)[1]
+    assert subprocess.run(["bash", "-c", merge], capture_output=True, text=True).stdout == "merged 3 shards\n"
+    slurm.wait_idle()
+
+
+def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
+    python, _log = stand_in
+    monkeypatch.setenv("STAND_IN_HANG", "1")
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        if re.search(r"[1-9] running", line):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        submit_and_follow(script, poll_s=0.3, out=out)
+    job = parse_submitted("\n".join(lines))
+    assert "cancelled the shards' job array" in lines[-1]
+    assert slurm.wait_job(job.array_job, timeout=60) == "CANCELLED"
+    assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
+
+
+# ----------------------------------------------------------------------------- end to end
+def _manifest_view(db: Path) -> dict:
+    """What must agree between a sharded and a single-node run (labels and times aside)."""
+    return {
+        "current": sorted(query(db, "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL")),
+        "versions": query(db, "SELECT mode, n_added, n_removed, n_replaced, n_renamed, n_unchanged, n_errors, n_files "
+                              "FROM versions ORDER BY label"),
+        "findings": sorted(query(db, "SELECT severity, rule, count(*) FROM findings GROUP BY 1, 2")),
+    }
+
+
+@pytest.fixture(scope="module")
+def small_site(tmp_path_factory):
+    from chorus_batch.testdata import Spec, make_testdata
+
+    out = tmp_path_factory.mktemp("slurm-site")
+    make_testdata(out, Spec(persons=6))
+    return out / "first", out / "second"
+
+
+def _logs(job) -> str:
+    return "\n".join(f"--- {path.name}:\n{path.read_text(errors='replace')[-3000:]}"
+                     for path in sorted(job.logs.glob("*.out")))
+
+
+def _reference(tmp_path: Path, *sites: Path) -> tuple[Path, list[int]]:
+    """A single-node `run` of each snapshot in turn into one manifest; their exit codes."""
+    ref = tmp_path / "single.sqlite"
+    codes = [cli("run", "--site", str(site), "--db", str(ref), "--workers", "2", "-q", timeout=300).returncode
+             for site in sites]
+    return ref, codes
+
+
+def test_sbatch_the_script_as_is_then_run_slurm_match_a_single_node_run(slurm, small_site, tmp_path):
+    first, second = small_site
+    ref, ref_codes = _reference(tmp_path, first, second)
+    db = tmp_path / "sharded.sqlite"
+    env = {**slurm.env}
+
+    # The first snapshot: the script submitted as is (`sbatch nightly.sbatch`), the default staging folder.
+    made = cli("slurm-script", "--site", str(first), "--db", str(db), "--shards", "4", "--cpus-per-task", "1", env=env)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "nightly.sbatch").write_text(made.stdout)
+    submitted = slurm.run(["sbatch", "--parsable", "nightly.sbatch"], cwd=tmp_path, check=True)
+    launcher = submitted.stdout.strip().split(";")[0]
+    assert slurm.wait_job(launcher, timeout=120) == "COMPLETED"
+    job = parse_submitted((tmp_path / f"slurm-{launcher}.out").read_text())
+    assert job.staging.parent == Path(str(db) + ".staging") and stat.S_IMODE(job.staging.stat().st_mode) == 0o700
+    assert slurm.wait_job(job.merge_job, timeout=600) == ("COMPLETED" if ref_codes[0] == 0 else "FAILED"), _logs(job)
+    assert int((job.staging / "merge.exit").read_text()) == ref_codes[0]
+    assert all((job.staging / f"shard-{k}-of-4" / "scan.json").exists() for k in range(4))
+
+    # The second snapshot: `run --slurm` submits, follows and exits with the merge's code.
+    proc = cli("run", "--slurm", "--site", str(second), "--db", str(db), "--shards", "4", "--cpus-per-task", "1",
+               "--staging", str(tmp_path / "st2"), env=env, timeout=600)
+    assert proc.returncode == ref_codes[1], proc.stdout + proc.stderr
+    assert "merge job" in proc.stdout and "exited with code" in proc.stdout
+
+    assert _manifest_view(db) == _manifest_view(ref)
+    slurm.wait_idle()
+
+
+def test_a_cancelled_shard_is_refused_by_the_merge_and_rerun_alone(slurm, small_site, tmp_path, monkeypatch):
+    first, _second = small_site
+    ref, ref_codes = _reference(tmp_path, first)
+    db = tmp_path / "sharded.sqlite"
+    staging = tmp_path / "st"
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    # Two CPUs, two per task: the tasks run one after another, so the last one is still pending here.
+    script = slurm_script(site=str(first), db=str(db), shards=4, cpus_per_task=2, staging=str(staging))
+    job = submit(script)
+    assert slurm.run(["scancel", f"{job.array_job}_3"]).returncode == 0
+    lines: list[str] = []
+    assert follow(job, poll_s=0.5, out=lines.append) == 2
+    text = "\n".join(lines)
+    assert "did not run: 1 of 4 shards did not finish" in text, text + _logs(job)
+    assert "shard 3 of 4: cancelled" in text and "nothing was committed" in text
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+    # The merge run by hand refuses: exit 2, naming the shard and the command that reruns it.
+    refused = cli("run", "--site", str(first), "--db", str(db), "--merge", str(staging))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert re.search(r"shard[- ]3|3/4|3-of-4", refused.stderr), refused.stderr
+    assert "--shard 3/4" in refused.stderr or "SLURM_ARRAY_TASK_ID" in refused.stderr or "--array=3" in refused.stderr
+
+    # Rerun that shard alone on the cluster (the command follow printed), then the merge.
+    rerun = next(line for line in lines if "rerun it:" in line).split("rerun it: ", 1)[1]
+    shard = slurm.run(["sbatch", "--parsable", f"--output={staging}/logs/rerun-%j.out", "--wrap", rerun], check=True)
+    assert slurm.wait_job(shard.stdout.strip().split(";")[0], timeout=300) == "COMPLETED"
+    merged = cli("run", "--site", str(first), "--db", str(db), "--merge", str(staging), timeout=300)
+    assert merged.returncode == ref_codes[0], merged.stdout + merged.stderr
+    view, expected = _manifest_view(db), _manifest_view(ref)
+    assert view["current"] == expected["current"] and view["versions"] == expected["versions"][:1]
+    slurm.wait_idle()
