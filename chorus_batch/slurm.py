@@ -355,7 +355,9 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish; "
             "nothing was committed")
         for k in missing:
-            shard_state = states.get(f"{job.array_job}_{k}", ("unknown", ""))[0]
+            shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]
+                           or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
+                           or "no longer known to Slurm")
             out(f"  shard {k} of {job.shards}: {shard_state.lower()}; log {job.shard_log(k)}")
             if job.rerun_shard:
                 out(f"    rerun it: {job.shard_command(k)}")
