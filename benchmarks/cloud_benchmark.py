@@ -74,33 +74,46 @@ def log(message: str) -> None:
 
 
 class DownloadCounter:
-    """Counts the Get Blob calls of the async SDK (adlfs's, hence chorus's) and the bytes they return:
-    measured in the SDK, not taken from chorus's own counters."""
+    """Counts the Get Blob calls of the SDK (sync and async clients: chorus downloads with the sync one,
+    adlfs's reads use the async one) and the bytes they return: measured in the SDK, not taken from
+    chorus's own counters."""
 
     def __init__(self) -> None:
-        from azure.storage.blob.aio import BlobClient
+        from azure.storage.blob import BlobClient
+        from azure.storage.blob.aio import BlobClient as AsyncBlobClient
 
-        self.cls = BlobClient
-        self.original = BlobClient.download_blob
+        self.classes = (BlobClient, AsyncBlobClient)
+        self.originals = tuple(cls.download_blob for cls in self.classes)
         self.calls = 0
         self.bytes = 0
         self.lock = threading.Lock()
 
-    def __enter__(self) -> "DownloadCounter":
-        original, counter = self.original, self
+    def _count(self, downloader) -> None:
+        with self.lock:
+            self.calls += 1
+            self.bytes += int(getattr(downloader, "size", 0) or 0)
 
-        async def download_blob(client, *args, **kwargs):
-            downloader = await original(client, *args, **kwargs)
-            with counter.lock:
-                counter.calls += 1
-                counter.bytes += int(getattr(downloader, "size", 0) or 0)
+    def __enter__(self) -> "DownloadCounter":
+        sync_original, async_original = self.originals
+        counter = self
+
+        def download_blob(client, *args, **kwargs):
+            downloader = sync_original(client, *args, **kwargs)
+            counter._count(downloader)
             return downloader
 
-        self.cls.download_blob = download_blob
+        async def download_blob_async(client, *args, **kwargs):
+            downloader = await async_original(client, *args, **kwargs)
+            counter._count(downloader)
+            return downloader
+
+        self.classes[0].download_blob = download_blob
+        self.classes[1].download_blob = download_blob_async
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cls.download_blob = self.original
+        for cls, original in zip(self.classes, self.originals):
+            cls.download_blob = original
 
 
 # ----------------------------------------------------------------------------- data
