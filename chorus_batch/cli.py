@@ -19,7 +19,23 @@ from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
+# --db of the commands that read a manifest: the demo's is read only when nothing else is there, and they say so.
+READ_DB_DEFAULT = (f"(default: from chorus.toml, else ./{DEFAULT_DB}, else ./{DEMO_DB} as `run --demo` writes it; "
+                   "the command then says which one it reads)")
+READ_DB_HELP = "manifest file " + READ_DB_DEFAULT
 log = logging.getLogger("chorus_batch")
+
+
+def package_version() -> str:
+    """The installed distribution's version, else (a source checkout on PYTHONPATH) the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chorus-batch")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def demo_site() -> Path:
@@ -87,11 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output (stage timings)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the result")
+    parser.add_argument("--version", action="version", version=f"chorus-batch {package_version()}",
+                        help="print chorus-batch's version and exit")
     # The same flags after the command name (SUPPRESS keeps the top-level value otherwise).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more log output")
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser, for "did you mean"
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
@@ -100,9 +119,10 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="scan the site and commit a new version if anything changed",
         description="Scan the site, hash new or changed files, compare with the previous version and commit "
-                    "the changes as a new version. With no arguments and no chorus.toml here, runs on the demo site.",
+                    "the changes as a new version. The site is --site, else [site] root of ./chorus.toml (or "
+                    "--config FILE); --demo runs on the demo site that comes with chorus-batch.",
         epilog="examples:\n"
-               "  chorus-batch run                                   # the demo site\n"
+               f"  chorus-batch run --demo                            # the demo site, into ./{DEMO_DB}\n"
                "  chorus-batch run --site /data/site --db /data/manifest.sqlite\n"
                "  chorus-batch run --config chorus.toml --json\n"
                "  chorus-batch run --mode append --delete-list deleted.txt\n"
@@ -112,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
     run.add_argument("--site", help="site root folder (or an fsspec URL)")
+    run.add_argument("--demo", action="store_true",
+                     help=f"run on the demo site that comes with chorus-batch (manifest: ./{DEMO_DB}, or --db)")
     run.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
     run.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
                      "append: only add/replace, remove only paths in --delete-list")
@@ -165,14 +187,14 @@ def _parser() -> argparse.ArgumentParser:
         "versions", help="list the versions in a manifest",
         epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json",
     )
-    versions.add_argument("--db")
+    versions.add_argument("--db", help=READ_DB_HELP)
     versions.add_argument("--json", action="store_true")
 
     changes = command(
         "changes", help="show the change set of a version (default: the latest)",
         epilog="example:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv",
     )
-    changes.add_argument("--db")
+    changes.add_argument("--db", help=READ_DB_HELP)
     changes.add_argument("--version", dest="version_label", metavar="LABEL")
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
@@ -194,7 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
     validate.add_argument("--site", help="site root folder (default: from the config, else the roots the manifest records)")
-    validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB} if it exists)")
+    validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB} if it exists; "
+                          f"without --site, else ./{DEMO_DB} as `run --demo` writes it, and it says so)")
     validate.add_argument("--workers", type=_positive_int, help="processes reading headers (default: CPU count, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
     validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
@@ -211,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
                + EXIT_CODES_HELP,
     )
     reg.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
-    reg.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
+    reg.add_argument("--db", help=READ_DB_HELP)
     reg.add_argument("--site", help="site root, where headers not read yet are read (default: the recorded roots)")
     reg.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     reg.add_argument("--out", required=True, help="folder for waveform_registry.csv and image_registry.csv")
@@ -225,10 +248,10 @@ def _parser() -> argparse.ArgumentParser:
                     "for it.",
         epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite",
     )
-    upgrade.add_argument("--db", help=f"manifest file (default: from chorus.toml, else ./{DEFAULT_DB})")
+    upgrade.add_argument("--db", help=READ_DB_HELP)
 
     def output_flags(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--db", help="manifest file, or a --parquet snapshot folder (default: from chorus.toml, else ./" + DEFAULT_DB + ")")
+        command.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
         fmt = command.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
         fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
@@ -270,7 +293,7 @@ def _parser() -> argparse.ArgumentParser:
                     "validation findings and what the version deleted or replaced; plots embedded as PNG.",
         epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html",
     )
-    report.add_argument("--db", help="manifest file, or a --parquet snapshot folder")
+    report.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
     report.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only)")
 
@@ -352,26 +375,35 @@ class _Target:
     site: str | None  # --site, else [site] root; None when neither is given
     db: str
     db_given: bool  # --db or [manifest] db
-    demo: bool  # nothing configured: `run` uses the demo site and its own manifest
+    demo: bool  # `run --demo`: the demo site and its own manifest
 
 
 def _resolve(args: argparse.Namespace) -> _Target:
     """The one place that decides the manifest, the site and the demo defaults for every command."""
     from .config import CONFIG_NAME, ConfigFile, load_config
 
+    if getattr(args, "demo", False):  # `run --demo`: the demo site, whatever chorus.toml here says
+        given = [flag for flag in ("site", "config", "merge", "shard", "staging", "slurm") if getattr(args, flag, None)]
+        if given:
+            flags = ", ".join("--" + flag for flag in given)
+            raise UsageError(f"--demo runs on the demo site; it does not go with {flags}", where="run --demo",
+                             fix=f"leave out --demo to run on your site, or leave out {flags} to run the demo")
+        return _Target(config=ConfigFile(), site=None, db=args.db or DEMO_DB, db_given=bool(args.db), demo=True)
     config_arg = getattr(args, "config", None)
     config_path = config_arg or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
     config = load_config(config_path) if config_path else ConfigFile()
     site = getattr(args, "site", None) or config.site.root
-    demo = site is None and not config.site.roots
     db_given = bool(args.db or config.manifest.db)
     if db_given:
         db = args.db or config.manifest.db
-    elif args.command == "run" and demo:
-        db = DEMO_DB
-    else:  # read the site's manifest here, else the demo's (the demo run writes that one)
+    elif args.command in ("run", "slurm-script") or site is not None:  # a site's manifest, never the demo's
+        db = DEFAULT_DB
+    else:  # read the site's manifest here, else the demo's (`run --demo` writes that one), and say which
         db = DEFAULT_DB if Path(DEFAULT_DB).exists() or not Path(DEMO_DB).exists() else DEMO_DB
-    return _Target(config=config, site=site, db=db, db_given=db_given, demo=demo)
+        if db == DEMO_DB:
+            print(f"chorus-batch: reading the demo's manifest {Path(DEMO_DB).resolve()} (no --db, no chorus.toml and "
+                  f"no ./{DEFAULT_DB} here)", file=sys.stderr)
+    return _Target(config=config, site=site, db=db, db_given=db_given, demo=False)
 
 
 def _run_settings(args: argparse.Namespace, target: _Target):
@@ -381,7 +413,10 @@ def _run_settings(args: argparse.Namespace, target: _Target):
     config = target.config
     site = target.site or (str(demo_site()) if target.demo else None)
     if site is None:
-        raise UsageError("no site root given", where="--site / [site] root", fix="pass --site DIR or set root in chorus.toml")
+        raise UsageError("no site given: chorus-batch needs to know which folder to track",
+                         where="--site / [site] root of chorus.toml",
+                         fix="pass --site DIR (and --db MANIFEST), or put a chorus.toml with [site] root here (or pass "
+                             "--config FILE); to try chorus-batch on its demo site: chorus-batch run --demo")
     flag = lambda name: getattr(args, name, None)  # noqa: E731
     return RunSettings(
         site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,
@@ -473,6 +508,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 def _run_shard(args: argparse.Namespace, settings) -> int:
     from .pipeline import scan_shard
     from .progress import Progress
+    from .units import plural
 
     shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
     summary = {"shard": shard.coverage.shard, "shards": shard.coverage.shards, "folder": str(shard.folder),
@@ -481,8 +517,8 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"shard {shard.coverage.shard}/{shard.coverage.shards}: {shard.n_files} files, {shard.n_hashed} hashed "
-              f"({shard.bytes_hashed} bytes), {shard.n_errors} problems, in {shard.elapsed_s:.1f} s; written to "
+        print(f"shard {shard.coverage.shard}/{shard.coverage.shards}: {plural(shard.n_files, 'file')}, {shard.n_hashed} "
+              f"hashed ({plural(shard.bytes_hashed, 'byte')}), {plural(shard.n_errors, 'problem')}, in {shard.elapsed_s:.1f} s; written to "
               f"{shard.folder} (based on version {shard.based_on or '(none)'}); nothing committed: merge with "
               "chorus-batch run --merge " + str(Path(shard.folder).parent))
     return 0
@@ -722,12 +758,48 @@ def _stop_on_signals() -> None:
             signal.signal(getattr(signal, name), stop)
 
 
+def _close(word: str, choices) -> str | None:
+    """The choice `word` is most likely a misspelling of, or None. Among difflib's close matches, the one sharing
+    the most letters: a swap (--stie) is nearer --site than --time, which difflib alone scores the same."""
+    from collections import Counter
+    from difflib import get_close_matches
+
+    def shared(choice: str) -> int:
+        return sum((Counter(word) & Counter(choice)).values())
+
+    matches = get_close_matches(word, list(choices), n=5)
+    return max(matches, key=shared) if matches else None
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse's parse_args (exit 2 on bad usage), saying which command or flag was probably meant."""
+    commands = parser.commands  # type: ignore[attr-defined]
+    first = next((word for word in argv if not word.startswith("-")), None)  # the top level's flags take no values
+    if first is not None and first not in commands:
+        meant = _close(first, commands)
+        parser.error(f"unknown command {first!r}" + (f"; did you mean {meant!r}?" if meant else "")
+                     + f" (commands: {', '.join(commands)})")
+    args, extras = parser.parse_known_args(argv)
+    if args.command is None:
+        args, extras = parser.parse_known_args(["run", *argv])
+    if extras:
+        command = commands[args.command]
+        flags = [word for word in extras if word.startswith("-") and word != "-"]
+        if not flags:
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        options = [o for action in command._actions for o in action.option_strings]
+        lines = []
+        for flag in flags:
+            meant = _close(flag.split("=", 1)[0], options)
+            lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
+        command.error("\n".join(lines))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    args = parser.parse_args(argv)  # exits 2 on bad usage, as argparse does
-    if args.command is None:
-        args = parser.parse_args(["run", *argv])
+    args = _parse(parser, argv)
     from .progress import setup_logging
 
     setup_logging(verbose=args.verbose, quiet=args.quiet)

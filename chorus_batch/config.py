@@ -56,6 +56,8 @@ from pydantic_core import PydanticCustomError
 from .errors import ConfigError
 
 CONFIG_NAME = "chorus.toml"
+# Where a person finds every setting with an example (a config error's fix points there).
+CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
 MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
 
 
@@ -310,6 +312,26 @@ class RunSettings(BaseModel):
     merge: str | None = None
 
 
+def _known_settings(loc: tuple) -> list[str]:
+    """The settings chorus.toml accepts where `loc` points (() for the sections), as written in the file."""
+    model: type[BaseModel] = ConfigFile
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _close(word: str, choices: list[str]) -> str | None:
+    """The choice `word` is most likely a misspelling of (difflib's close matches, then the most shared letters)."""
+    from collections import Counter
+    from difflib import get_close_matches
+
+    matches = get_close_matches(word, choices, n=5)
+    return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
+
+
 def _resolve(base: Path, value: str | None) -> str | None:
     if value is None or "://" in value:
         return value
@@ -340,10 +362,21 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 where=f"{path} [{setting}] {key}".rstrip(),
                 fix=f"remove it from {path.name}; {first['msg'].split(': ', 1)[-1]}",
             ) from None
+        if first["type"] == "extra_forbidden":
+            known = _known_settings(first["loc"][:-1])
+            meant = _close(str(first["loc"][-1]), known)
+            prefix = ".".join(str(p) for p in first["loc"][:-1])
+            meant = f"{prefix}.{meant}" if prefix and meant else meant
+            raise ConfigError(
+                f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
+                where=f"{path} [{prefix or setting}]",
+                fix=(f"rename it to {meant!r}" if meant else "remove it") + f" ({CONFIG_HELP}; known here: "
+                    + ", ".join(known) + ")",
+            ) from None
         raise ConfigError(
             f"invalid setting {setting!r}: {first['msg']}",
             where=f"{path} [{setting}]",
-            fix="correct or remove that setting (see the example at the top of `chorus-batch run --help`)",
+            fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
     base = path.resolve().parent
     config.site.root = _resolve(base, config.site.root)

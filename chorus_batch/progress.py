@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from .units import human_bytes
+from .units import human_bytes, plural
 
 log = logging.getLogger("chorus_batch")
 
@@ -33,7 +33,8 @@ class Progress:
 
     @contextmanager
     def counter(self, label: str, unit: str, poll: Callable[[], tuple[int, int]], total: tuple[int, int] | None = None) -> Iterator[None]:
-        """Report `poll()` = (items, bytes) until the block ends."""
+        """Report `poll()` = (items, bytes) until the block ends. `unit` is the singular ("file"); the lines
+        say "1 file", "0 files", "3/5 files"."""
         if self.quiet:
             yield
             return
@@ -42,7 +43,9 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
-            bar = tqdm(total=total[0] if total else None, desc=label, unit=unit, file=self.stream, leave=False,
+            # tqdm glues its unit to the number ("0files", "?files/s"): give it the space, in the plural.
+            units = plural(0, unit).partition(" ")[2]
+            bar = tqdm(total=total[0] if total else None, desc=label, unit=" " + units, file=self.stream, leave=False,
                        dynamic_ncols=True, mininterval=0.2)
 
         def report() -> None:
@@ -58,10 +61,10 @@ class Progress:
                 elif time.monotonic() - last_log >= self.interval_s:
                     last_log = time.monotonic()
                     elapsed = last_log - started
-                    of = f"/{total[0]}" if total else ""
                     rate = f", {human_bytes(size / elapsed)}/s" if size and elapsed else ""
                     sized = f", {human_bytes(size)}" + (f"/{human_bytes(total[1])}" if total else "") if size else ""
-                    log.info(f"{label}: {items}{of} {unit}{sized}{rate}, {elapsed:.0f} s")
+                    counted = f"{items}/{plural(total[0], unit)}" if total else plural(items, unit)
+                    log.info(f"{label}: {counted}{sized}{rate}, {elapsed:.0f} s")
 
         thread = threading.Thread(target=report, name="chorus-progress", daemon=True)
         thread.start()

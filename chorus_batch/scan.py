@@ -27,7 +27,7 @@ from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
 from .fsutil import write_private
 from .progress import Progress
 from .sources import Source
-from .units import human_bytes
+from .units import human_bytes, plural
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def list_roots(roots: list[Root], progress: Progress,
     frames: list[pl.DataFrame] = []
     raw_errors: list[tuple[str, str, str]] = []
     seen = [0]
-    with progress.counter("listing", "files", lambda: (seen[0], 0)):
+    with progress.counter("listing", "file", lambda: (seen[0], 0)):
         for root_id, root in enumerate(roots):
             batches = []
             listing = (root.source.list_files(raw_errors) if coverage is None or coverage.whole
@@ -210,11 +210,11 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns", "verify").sort("srcfile")
     todo_bytes = int(todo["size"].sum() or 0)
     n_verify = int(todo["verify"].sum() or 0)
-    progress.stage(f"{n_listed} files listed; hashing {todo.height - n_verify} new or changed files"
-                   + (f" and re-verifying {n_verify} unchanged ones" if n_verify else "") + f" ({human_bytes(todo_bytes)})")
+    progress.stage(f"{plural(n_listed, 'file')} listed; hashing {plural(todo.height - n_verify, 'new or changed file')}"
+                   + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "") + f" ({human_bytes(todo_bytes)})")
     counters = hashing.HashProgress()
     t_hash = time.perf_counter()
-    with progress.counter("hashing", "files", lambda: (counters.files_done, counters.bytes_done),
+    with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_done),
                           total=(todo.height, todo_bytes)):
         hashed = hashing.hash_files([r.source for r in roots], todo, workers=workers, progress=counters)
     hash_s = time.perf_counter() - t_hash

@@ -19,3 +19,9 @@ def human_bytes(n: float | None, *, significant: int | None = None) -> str:
     if significant is not None:
         return f"{value:.{significant}g} {unit}"
     return f"{round(value):,} B" if unit == "B" else f"{value:,.1f} {unit}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files', '0 errors': the count and the word, in the plural unless the count is one
+    (`many` for a word whose plural is not word + 's')."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"

@@ -32,14 +32,14 @@ def test_console_script_and_module_run_the_same_cli():
     assert out.returncode == 0 and "usage: chorus-batch" in out.stdout
 
 
-def test_demo_runs_with_no_arguments(tmp_path):
-    out = cli(cwd=tmp_path)
+def test_demo_runs_with_run_demo(tmp_path):
+    out = cli("run", "--demo", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "demo site" in out.stdout and "--site" in out.stdout
     db = tmp_path / "chorus_demo_manifest.sqlite"
     assert str(db) in out.stdout
     assert query(db, "SELECT count(*) FROM source_files")[0][0] > 30
-    again = cli("run", cwd=tmp_path)
+    again = cli("run", "--demo", cwd=tmp_path)
     assert again.returncode == 0 and "no changes" in again.stdout
 
 
@@ -99,7 +99,7 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
     [
         ("[site\nroot=1", "not valid TOML"),
         ('[run]\nmode = "sometimes"\n', "invalid setting 'run.mode'"),
-        ('[site]\nroot = "x"\ncolour = "blue"\n', "invalid setting 'site.colour'"),
+        ('[site]\nroot = "x"\ncolour = "blue"\n', "unknown setting 'site.colour'"),
         ('[patterns]\nWaveforms = ["(?P<bad"]\n', "invalid path pattern"),
     ],
 )
@@ -193,7 +193,7 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     readme = (ROOT / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[0]
     commands = [line.strip() for line in readme.splitlines() if line.startswith("    ")]
     assert len(commands) == 2
-    assert "pip install ." in commands[0] and "chorus_batch run" in commands[0]
+    assert "pip install ." in commands[0] and commands[0].endswith("python -m chorus_batch run --demo")
     assert commands[1] == "scripts/test"
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert (ROOT / "scripts" / "test").stat().st_mode & 0o111  # executable

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..frames import SEVERITY_ORDER
-from ..units import human_bytes
+from ..units import human_bytes, plural
 
 if TYPE_CHECKING:
     from ..pipeline import RunResult
@@ -83,7 +83,7 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int = 10) -> list[
     if d is None:
         return []
     s = d["by_severity"]
-    lines = [f"validation: {s['error']} errors, {s['warning']} warnings, {s['info']} notes"
+    lines = [f"validation: {plural(s['error'], 'error')}, {plural(s['warning'], 'warning')}, {plural(s['info'], 'note')}"
              + (" (chorus-batch validate --json lists them all)" if d["total"] else "")]
     for key, n in d["by_rule"].items():
         lines.append(f"  {key}: {n}")
@@ -118,7 +118,7 @@ def summary_text(result: RunResult) -> str:
     lines += [
         "",
         f"files in manifest: {result.n_files}  ({human_bytes(result.total_bytes)})",
-        f"hashed: {result.n_hashed} files, {human_bytes(result.bytes_hashed)} in {result.hash_s:.2f} s "
+        f"hashed: {plural(result.n_hashed, 'file')}, {human_bytes(result.bytes_hashed)} in {result.hash_s:.2f} s "
         f"({d['files_per_s']:.0f} files/s, {human_bytes(_rate(result.bytes_hashed, result.hash_s))}/s); "
         f"run took {result.elapsed_s:.2f} s",
     ]
@@ -138,7 +138,7 @@ def summary_text(result: RunResult) -> str:
     if v and v.get("share_read_in_30_days") is not None:
         oldest = v["oldest_verification_days"]
         lines.append(
-            f"re-verified: {v['files_reverified']} unchanged files ({human_bytes(v['bytes_reverified'])}) this run; "
+            f"re-verified: {plural(v['files_reverified'], 'unchanged file')} ({human_bytes(v['bytes_reverified'])}) this run; "
             f"{100 * v['share_read_in_30_days']:.1f}% of the site's files read in the last 30 days"
             + (f", the longest unverified {oldest:g} days ago" if oldest is not None else "")
             + (f", {v['never_verified']} never read (their MD5 as the storage holds it, or recorded by an older "

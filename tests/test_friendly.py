@@ -1,0 +1,201 @@
+"""Friendly at the terminal and under the scheduler (issue 16), as a user runs the command line: no silent demo,
+--version, "did you mean" for commands, flags and settings, and plurals that read right."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli, query, write
+
+DEMO_DB = "chorus_demo_manifest.sqlite"
+
+
+def cli_on_a_terminal(*args: str, cwd: Path) -> tuple[int, str]:
+    """The real command line with a terminal (a pty) as stdin, stdout and stderr: what a person sees."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", *args], cwd=cwd, stdin=slave, stdout=slave,
+                            stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the command and its workers closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=120), b"".join(chunks).decode("utf-8", errors="replace")
+
+
+# ----------------------------------------------------------------------------- no silent demo
+
+
+@pytest.mark.parametrize("args", [("run",), ()], ids=["run", "no-command"])
+def test_run_with_no_site_is_a_usage_error_naming_site_chorus_toml_and_demo(tmp_path, args):
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    for word in ("--site", "chorus.toml", "--demo"):
+        assert word in out.stderr
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was written: no demo manifest
+
+
+@pytest.mark.skipif(os.name == "nt", reason="pty")
+def test_run_with_no_site_is_the_same_usage_error_on_a_terminal(tmp_path):
+    code, out = cli_on_a_terminal("run", cwd=tmp_path)
+    assert code == 2
+    assert "--site" in out and "chorus.toml" in out and "--demo" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name == "nt", reason="pty")
+def test_run_demo_on_a_terminal_writes_the_demo_manifest_and_progress_never_glues_the_unit(tmp_path):
+    code, out = cli_on_a_terminal("run", "--demo", "--no-validate", cwd=tmp_path)
+    assert code == 0, out
+    assert "demo site" in out and str(tmp_path / DEMO_DB) in out
+    assert query(tmp_path / DEMO_DB, "SELECT count(*) FROM source_files")[0][0] > 30
+    assert "listing: 0 files" in out  # tqdm's first line on a terminal
+    assert not re.search(r"[\d?](files?)\b", out), out  # never "0files" or "?files/s"
+
+
+def test_run_demo_without_a_terminal_is_the_same_demo(tmp_path):
+    out = cli("run", "--demo", "-q", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "demo site" in out.stdout and str(tmp_path / DEMO_DB) in out.stdout
+    assert query(tmp_path / DEMO_DB, "SELECT count(*) FROM versions")[0][0] == 1
+
+
+def test_demo_does_not_go_with_a_site(tmp_path):
+    out = cli("run", "--demo", "--site", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2 and "--demo" in out.stderr and "--site" in out.stderr
+    assert not (tmp_path / DEMO_DB).exists()
+
+
+def test_read_only_commands_say_when_they_read_the_demo_manifest_and_run_never_writes_it(tmp_path):
+    assert cli("run", "--demo", "--no-validate", "-q", cwd=tmp_path).returncode == 0
+    out = cli("versions", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"demo's manifest {tmp_path / DEMO_DB}" in out.stderr
+    assert DEMO_DB in cli("versions", "--help").stdout  # and their help says so
+    site = tmp_path / "site"
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--site", str(site), "--no-validate", "-q", cwd=tmp_path).returncode == 0
+    assert query(tmp_path / "chorus_manifest.sqlite", "SELECT count(*) FROM source_files")[0][0] == 1
+    assert query(tmp_path / DEMO_DB, "SELECT count(*) FROM versions")[0][0] == 1  # the demo's manifest untouched
+    out = cli("versions", cwd=tmp_path)  # the site's manifest is there now: read, without a word about the demo
+    assert out.returncode == 0 and "demo" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- --version
+
+
+def test_version_prints_the_version_and_exits_0():
+    from importlib.metadata import PackageNotFoundError, version
+
+    import chorus_batch
+
+    try:
+        expected = version("chorus-batch")
+    except PackageNotFoundError:
+        expected = chorus_batch.__version__
+    out = cli("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"chorus-batch {expected}"
+
+
+# ----------------------------------------------------------------------------- did you mean
+
+
+def test_a_misspelt_flag_suggests_the_commands_own_option(tmp_path):
+    out = cli("run", "--stie", "/x", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "unrecognized argument --stie; did you mean --site?" in out.stderr
+    out = cli("versions", "--jsno", cwd=tmp_path)
+    assert out.returncode == 2 and "did you mean --json?" in out.stderr
+
+
+def test_a_misspelt_command_suggests_the_command(tmp_path):
+    out = cli("rnu", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "did you mean 'run'?" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[run]\nworker = 4\n", "unknown setting 'run.worker'; did you mean 'run.workers'?"),
+        ('[sit]\nroot = "x"\n', "unknown setting 'sit'; did you mean 'site'?"),
+        ('[azure]\nacount_url = "https://a.blob.core.windows.net"\n',
+         "unknown setting 'azure.acount_url'; did you mean 'azure.account_url'?"),
+    ],
+)
+def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(tmp_path, toml, message):
+    (tmp_path / "chorus.toml").write_text(toml)
+    out = cli("run", cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert 'the README\'s section "Configuration: chorus.toml"' in out.stderr
+    assert "\n## Configuration: `chorus.toml`\n" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "run --help" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- plurals
+
+
+def test_the_summary_says_1_file_and_1_error(site, db):
+    write(site, "stray.txt")  # one file, hashed; one unparseable path; findings
+    out = cli("run", "--site", str(site), "--db", str(db))
+    assert out.returncode == 1, out.stderr
+    assert "hashed: 1 file," in out.stdout
+    assert re.search(r"^validation: \d+ errors?, \d+ warnings?, \d+ notes?", out.stdout, re.M)
+    assert not re.search(r"\b1 (files|errors|warnings|notes|persons)\b", out.stdout), out.stdout
+    assert not re.search(r"\b(0|[2-9]|\d\d+) (file|error|warning|note|person)\b(?!/)", out.stdout), out.stdout
+
+
+def test_plural():
+    from chorus_batch.units import plural
+
+    assert [plural(n, "error") for n in (0, 1, 2)] == ["0 errors", "1 error", "2 errors"]
+    assert plural(1, "file") == "1 file" and plural(3, "entry", "entries") == "3 entries"
+
+
+def test_progress_lines_in_a_batch_log_say_1_file_and_3_files(caplog):
+    from chorus_batch.progress import Progress
+
+    class NotATerminal:
+        def isatty(self) -> bool:
+            return False
+
+    progress = Progress(stream=NotATerminal(), interval_s=0)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="chorus_batch")
+    logger = logging.getLogger("chorus_batch")
+    logger.addHandler(caplog.handler)  # it may not propagate (setup_logging)
+    try:
+        for items in (1, 3):
+            with progress.counter("listing", "file", lambda n=items: (n, 0)):
+                time.sleep(0.5)
+    finally:
+        logger.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("listing:")]
+    assert any(line.startswith("listing: 1 file, ") for line in lines), lines
+    assert any(line.startswith("listing: 3 files, ") for line in lines), lines
+
+
+def test_the_notebooks_output_is_ignored_by_git():
+    assert "out.ipynb" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
