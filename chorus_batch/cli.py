@@ -23,6 +23,8 @@ DEFAULT_DB = "chorus_manifest.sqlite"
 READ_DB_DEFAULT = (f"(default: from chorus.toml, else ./{DEFAULT_DB}, else ./{DEMO_DB} as `run --demo` writes it; "
                    "the command then says which one it reads)")
 READ_DB_HELP = "manifest file " + READ_DB_DEFAULT
+MD5SUM_HELP = ("print the lines `md5sum -c` checks (MD5, two spaces, path), paths relative to the version folder, sorted; "
+               "files without an MD5 (unverifiable) are left out and counted on stderr, exit code 1")
 log = logging.getLogger("chorus_batch")
 
 
@@ -192,13 +194,15 @@ def _parser() -> argparse.ArgumentParser:
 
     changes = command(
         "changes", help="show the change set of a version (default: the latest)",
-        epilog="example:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv",
+        epilog="examples:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv\n"
+               "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums",
     )
     changes.add_argument("--db", help=READ_DB_HELP)
     changes.add_argument("--version", dest="version_label", metavar="LABEL")
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + " (added, replaced, renamed)")
 
     validate = command(
         "validate", help="check a site (or the manifest's latest version) against the CHoRUS procedures",
@@ -250,33 +254,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("--db", help=READ_DB_HELP)
 
-    def output_flags(command: argparse.ArgumentParser) -> None:
+    def output_flags(command: argparse.ArgumentParser, md5sum: str | None = None) -> None:
         command.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
         fmt = command.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
         fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
+        if md5sum is not None:
+            fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + md5sum)
 
     files = command(
         "files", help="the file set as it was at a version or time (default: now)",
         description="List the files of a version: every file that was current then, with its MD5, size and parsed fields. "
                     "AS_OF is a version label or an ISO date-time (the latest version committed at or before it).",
         epilog="examples:\n  chorus-batch files --as-of 20261101020000 --modality Waveforms --csv > waveforms.csv\n"
-               "  chorus-batch files --as-of 2026-11-01T00:00:00Z --person 000123 --json",
+               "  chorus-batch files --as-of 2026-11-01T00:00:00Z --person 000123 --json\n"
+               "  chorus-batch files --as-of 20261101020000 --md5sum > checksums.md5   # ship it with the version; centrally:\n"
+               "  cd <version folder> && md5sum -c --quiet checksums.md5",
     )
     files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
     files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images)")
     files.add_argument("--person", help="only this person id")
-    output_flags(files)
+    output_flags(files, "")
 
     diff = command(
         "diff", help="what changed between any two versions",
         description="Added, removed, replaced and renamed files between two versions (not only neighbours). "
                     "Either side is a version label or an ISO date-time.",
-        epilog="example:\n  chorus-batch diff --from 20261001020000 --to 20261101020000 --csv > oct_to_nov.csv",
+        epilog="examples:\n  chorus-batch diff --from 20261001020000 --to 20261101020000 --csv > oct_to_nov.csv\n"
+               "  chorus-batch diff --from 20261001020000 --to 20261101020000 --md5sum > new_since_oct.md5",
     )
     diff.add_argument("--from", dest="from_version", required=True, metavar="LABEL|ISO-TIME")
     diff.add_argument("--to", dest="to_version", metavar="LABEL|ISO-TIME", help="default: the latest version")
-    output_flags(diff)
+    output_flags(diff, " (of the files added, replaced or renamed, as they are in --to)")
 
     history = command(
         "history", help="every version of one file",
@@ -666,6 +675,8 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     from .store import Manifest
 
     label, frame = Manifest(_db(args)).changes(args.version_label)
+    if args.md5sum:
+        return _print_md5sum(frame)
     if args.json:
         print(json.dumps(frame.to_dicts(), indent=2))
     elif args.csv:
@@ -674,6 +685,29 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"version {label}:" if label else "no versions yet")
         print(frame_text(frame.select("change", "srcfile", "old_srcfile", "modality", "size", "md5")))
     return 0
+
+
+def _print_md5sum(frame) -> int:
+    """The `md5sum -c` lines of a files, changes or diff frame; files without an MD5 are named on stderr (exit 1)."""
+    from .review import md5sum_lines, without_md5
+    from .units import plural
+
+    sys.stdout.flush()
+    out = sys.stdout.buffer  # bytes, "\n" endings on every platform: what md5sum reads
+    for line in md5sum_lines(frame):
+        out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+    out.flush()
+    missing = without_md5(frame)
+    if missing.height == 0:
+        return int(ExitCode.OK)
+    has, is_ = ("has", "is") if missing.height == 1 else ("have", "are")
+    print(f"chorus-batch: {plural(missing.height, 'file')} {has} no MD5 (unverifiable) and {is_} not in the list",
+          file=sys.stderr)
+    for path in missing["srcfile"].head(10).to_list():
+        print(f"  {path!r}" if not path.isprintable() else f"  {path}", file=sys.stderr)
+    if missing.height > 10:
+        print(f"  ... {missing.height - 10} more", file=sys.stderr)
+    return int(ExitCode.FINDINGS)
 
 
 def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, limit: int = 200) -> None:
@@ -695,6 +729,8 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
 
     reader = open_manifest(_db(args))
     frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+    if args.md5sum:
+        return _print_md5sum(frame)
     if not (args.json or args.csv):
         print(f"version {reader.resolve(args.as_of)}: {frame.height} files")
     _print_frame(args, frame, ["srcfile", "modality", "person_id", "size", "md5", "version_valid"])
@@ -706,6 +742,8 @@ def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
 
     reader = open_manifest(_db(args))
     frame = reader.diff(args.from_version, args.to_version)
+    if args.md5sum:
+        return _print_md5sum(frame)
     if not (args.json or args.csv):
         counts = dict(frame.group_by("change").len().iter_rows())
         print(f"{reader.resolve(args.from_version)} -> {reader.resolve(args.to_version)}: "

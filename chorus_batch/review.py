@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -336,6 +337,36 @@ class SQLiteReader(ManifestReader):
 
     def findings(self, version: str | None = None) -> pl.DataFrame:
         return self._manifest.validation.findings(self.resolve(version))
+
+
+# The change kinds whose rows have content in the newer version (what a checksum list of a change set lists).
+CONTENT_CHANGES = ("added", "replaced", "renamed")
+
+
+def _with_content(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of files, a change set or a diff that name a file present in the (newer) version."""
+    return frame.filter(pl.col("change").is_in(CONTENT_CHANGES)) if "change" in frame.columns else frame
+
+
+def md5sum_lines(frame: pl.DataFrame) -> Iterator[str]:
+    r"""The lines `md5sum -c` checks, `<md5>  <path>` (text mode), sorted by path, of the files of a
+    `files`, `changes` or `diff` frame: paths are site-relative, which is also the path under the version
+    folder. Of a change set or diff only added, replaced and renamed files; rows without an MD5
+    (unverifiable cloud files) are left out: `without_md5` returns them. A path with a backslash, newline
+    or carriage return is written as GNU md5sum writes it: the line starts with a backslash and those
+    characters become `\\`, `\n`, `\r`."""
+    rows = _with_content(frame).filter(pl.col("md5").is_not_null()).select("srcfile", "md5").sort("srcfile")
+    for path, md5 in rows.iter_rows():
+        if "\\" in path or "\n" in path or "\r" in path:
+            escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+            yield f"\\{md5}  {escaped}"
+        else:
+            yield f"{md5}  {path}"
+
+
+def without_md5(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows `md5sum_lines` leaves out for want of an MD5 (sorted by path)."""
+    return _with_content(frame).filter(pl.col("md5").is_null()).sort("srcfile")
 
 
 def size_flags(files: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
