@@ -165,6 +165,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--staging", metavar="DIR", help="where shards write their scans (shared by all of them)")
     run.add_argument("--merge", metavar="DIR", help="commit the shards' scans in DIR as one version (all N shards, "
                      "based on the latest version), then validate and report as a plain run")
+    run.add_argument("--exclude", action="append", metavar="GLOB",
+                     help="leave out files matching GLOB: neither hashed nor recorded, only counted (repeatable; "
+                          "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
+                          "site-relative path (scratch/*); a file recorded before is removed in the next version")
+    run.add_argument("--no-default-excludes", dest="default_excludes", action="store_false", default=None,
+                     help="also track the OS junk that is excluded by default (.DS_Store, Thumbs.db, desktop.ini, "
+                          "._*, ~$*, .~lock.*#)")
     run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
                      help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
@@ -440,6 +447,8 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes, cloud=config.cloud,
         cloud_md5=flag("cloud_md5") or config.run.cloud_md5,
         shard=flag("shard"), staging=flag("staging"), merge=flag("merge"),
+        exclude=list(dict.fromkeys([*config.run.exclude, *(flag("exclude") or [])])),
+        default_excludes=config.run.default_excludes if flag("default_excludes") is None else flag("default_excludes"),
     )
 
 
@@ -467,7 +476,7 @@ def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
 # `run` flags that --slurm does not pass on: the jobs take their settings from chorus.toml (--config).
 _NOT_WITH_SLURM = ("mode", "delete_list", "parquet", "workers", "rehash", "dry_run", "json", "version_label",
                    "follow_symlinks", "max_delete", "verify_sample", "verify_max_bytes", "cloud_md5", "validate",
-                   "shard", "merge")
+                   "shard", "merge", "exclude", "default_excludes")
 _SLURM_ONLY = ("shards", "cpus_per_task", "mem", "time", "partition", "account")
 
 
@@ -475,9 +484,11 @@ def cmd_run_slurm(args: argparse.Namespace, argv: list[str]) -> int:
     from .slurm import submit_and_follow
 
     given = [name for name in _NOT_WITH_SLURM
-             if getattr(args, name, None) not in (None, False) or (name == "validate" and args.validate is False)]
+             if getattr(args, name, None) not in (None, False)
+             or (name in ("validate", "default_excludes") and getattr(args, name, None) is False)]
     if given:
-        flags = ", ".join({"validate": "--no-validate", "version_label": "--version"}.get(name, "--" + name.replace("_", "-"))
+        flags = ", ".join({"validate": "--no-validate", "version_label": "--version",
+                           "default_excludes": "--no-default-excludes"}.get(name, "--" + name.replace("_", "-"))
                           for name in given)
         raise UsageError(f"run --slurm does not pass on {flags}", where="run --slurm",
                          fix="set them in chorus.toml and pass --config: every job reads it")
@@ -522,12 +533,14 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
     shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
     summary = {"shard": shard.coverage.shard, "shards": shard.coverage.shards, "folder": str(shard.folder),
                "based_on": shard.based_on, "files": shard.n_files, "files_hashed": shard.n_hashed,
-               "bytes_hashed": shard.bytes_hashed, "errors": shard.n_errors, "elapsed_s": round(shard.elapsed_s, 3)}
+               "bytes_hashed": shard.bytes_hashed, "errors": shard.n_errors, "excluded": shard.n_excluded,
+               "elapsed_s": round(shard.elapsed_s, 3)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(f"shard {shard.coverage.shard}/{shard.coverage.shards}: {plural(shard.n_files, 'file')}, {shard.n_hashed} "
-              f"hashed ({plural(shard.bytes_hashed, 'byte')}), {plural(shard.n_errors, 'problem')}, in {shard.elapsed_s:.1f} s; written to "
+              f"hashed ({plural(shard.bytes_hashed, 'byte')}), {plural(shard.n_errors, 'problem')}, "
+              f"{shard.n_excluded} excluded, in {shard.elapsed_s:.1f} s; written to "
               f"{shard.folder} (based on version {shard.based_on or '(none)'}); nothing committed: merge with "
               "chorus-batch run --merge " + str(Path(shard.folder).parent))
     return 0

@@ -20,6 +20,8 @@ Example chorus.toml (paths are relative to the file's folder):
     validate = true                     # check the procedures after each run (default)
     cloud_md5 = "stored-or-download"    # cloud roots: the storage's MD5, else download (or "download",
                                         # or "stored-only": never download; files without one are unverifiable)
+    exclude = ["*.tmp", "scratch/*"]    # globs never hashed nor recorded (no '/': the file name; with '/': the path)
+    default_excludes = true             # also the OS junk: .DS_Store, Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#
 
     [registry]                          # optional: procedure id ranges of `chorus-batch registry`
     image_proc_ids = [2000000000, 2000999999]
@@ -136,6 +138,8 @@ class RunSection(_Strict):
     verify_sample: float = Field(default=1.0, ge=0, le=100)  # % of the site's files re-read each run (0: off)
     verify_max_bytes: str | int = "10GiB"  # ... but at most this much a run
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
+    exclude: list[str] = Field(default_factory=list)  # globs (exclude.py); checked by pipeline.preflight
+    default_excludes: bool = True  # also exclude the OS-junk list (exclude.DEFAULT_EXCLUDES)
 
     @field_validator("verify_max_bytes")
     @classmethod
@@ -306,6 +310,8 @@ class RunSettings(BaseModel):
     # where a cloud file's MD5 comes from (frames.CLOUD_MD5_POLICIES): the storage's, else a download
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
     cloud: CloudSettings = Field(default_factory=CloudSettings)  # [azure], [s3]: how cloud roots are signed in to
+    exclude: list[str] = Field(default_factory=list)  # [run] exclude and --exclude: globs left out of the scan
+    default_excludes: bool = True  # also leave out the OS-junk list (exclude.DEFAULT_EXCLUDES)
     # Slurm scale-out (shards.py): scan shard "K/N" into `staging` (no manifest write), or commit the shards in `merge`
     shard: str | None = None
     staging: str | None = None

@@ -41,6 +41,7 @@ class RunResult(Committed):
     hash_s: float
     scan_started_ns: int  # recorded in `runs`: the next run's racily-clean check compares with it
     timings: dict[str, float] = field(default_factory=dict)
+    excluded: dict = field(default_factory=dict)  # what the exclusion globs left out (ScanResult.excluded)
     findings: pl.DataFrame | None = None  # FINDINGS_SCHEMA of the latest version; None when not validated
 
     @property
@@ -50,6 +51,13 @@ class RunResult(Committed):
 
 def has_errors(findings: pl.DataFrame | None) -> bool:
     return findings is not None and findings.filter(pl.col("severity") == "error").height > 0
+
+
+def excludes_of(settings: RunSettings):
+    """The exclusion globs of a run (exclude.Excludes)."""
+    from .exclude import Excludes
+
+    return Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes)
 
 
 def open_roots(settings: RunSettings) -> list[Root]:
@@ -147,7 +155,7 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
 def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
-    from .config import parse_bytes, parse_max_delete
+    from .config import CONFIG_HELP, parse_bytes, parse_max_delete
 
     manifest.check_path()
     if settings.version_label is not None:
@@ -163,6 +171,14 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
             check(value)
         except ValueError as exc:
             raise UsageError(f"invalid {where.split(' ')[0]}: {exc}", where=where, fix=fix) from None
+    from .exclude import glob_problem
+
+    for pattern in settings.exclude:
+        problem = glob_problem(pattern)
+        if problem:
+            raise UsageError(f"invalid exclusion glob {pattern!r}: {problem}", where="--exclude / exclude in [run]",
+                             fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
+                                 f"({CONFIG_HELP})")
     if settings.parquet:
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():
@@ -247,7 +263,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         scanned = scan(roots, previous, based_on=previous_label, last_scan_ns=manifest.last_scan_started_ns(),
                        racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                        progress=progress, verify_percent=settings.verify_sample,
-                       verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5)
+                       verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
+                       excludes=excludes_of(settings))
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
@@ -278,5 +295,5 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         **vars(committed), db=str(manifest.path.resolve()), site=mask_url(settings.site), mode=settings.mode,
         dry_run=settings.dry_run, previous_label=previous_label, n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed,
         elapsed_s=time.perf_counter() - t_start, hash_s=scanned.hash_s, scan_started_ns=scanned.scan_started_ns,
-        timings=timings, findings=findings,
+        timings=timings, excluded=scanned.excluded, findings=findings,
     )

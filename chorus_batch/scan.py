@@ -21,8 +21,10 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from . import exclude as _exclude
 from . import hashing
 from .errors import UsageError
+from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
 from .fsutil import write_private
 from .progress import Progress
@@ -87,6 +89,12 @@ class ScanResult:
     bytes_hashed: int = 0
     hash_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    # files left out by the exclusion globs (exclude.apply): {total, default, user, by_pattern, examples}
+    excluded: dict = field(default_factory=_exclude.empty_counts)
+
+    @property
+    def n_excluded(self) -> int:
+        return int(self.excluded.get("total", 0))
 
     # -- as Parquet: files.parquet, errors.parquet and scan.json, written last (the completion record)
     def write(self, folder: str | Path) -> Path:
@@ -96,7 +104,8 @@ class ScanResult:
         write_private(folder / "errors.parquet", self.errors.write_parquet)
         record = {"roots": self.roots, "scan_started_ns": self.scan_started_ns, "coverage": asdict(self.coverage),
                   "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
-                  "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s}
+                  "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
+                  "excluded": self.excluded}
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
 
@@ -116,7 +125,7 @@ class ScanResult:
         return cls(files=files, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
                    scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
-                   hash_s=record["hash_s"])
+                   hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts())
 
 
 def merge_scans(parts: list[ScanResult]) -> ScanResult:
@@ -144,7 +153,7 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         files=pl.concat([p.files for p in parts]), errors=pl.concat([p.errors for p in parts]), roots=first.roots,
         scan_started_ns=min(p.scan_started_ns for p in parts), coverage=WHOLE_SITE, based_on=first.based_on,
         n_hashed=sum(p.n_hashed for p in parts), bytes_hashed=sum(p.bytes_hashed for p in parts),
-        hash_s=max(p.hash_s for p in parts))
+        hash_s=max(p.hash_s for p in parts), excluded=_exclude.merge_counts([p.excluded for p in parts]))
 
 
 def list_roots(roots: list[Root], progress: Progress,
@@ -181,11 +190,12 @@ def list_roots(roots: list[Root], progress: Progress,
 def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
          racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
          coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0,
-         cloud_md5: str = "stored-or-download") -> ScanResult:
+         cloud_md5: str = "stored-or-download", excludes: Excludes | None = None) -> ScanResult:
     """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
     `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
     unchanged, the longest unverified first (rolling re-verification). `cloud_md5` says where the MD5 of
-    a file under a remote root may come from (see hashing.plan)."""
+    a file under a remote root may come from (see hashing.plan). `excludes` (default: the OS-junk list) are
+    left out right after the listing: neither hashed nor recorded, only counted (ScanResult.excluded)."""
     progress = progress or Progress(quiet=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -196,6 +206,9 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     listing, errors = list_roots(roots, progress, coverage)
     if not coverage.whole:
         listing = listing.filter(shard_of(listing["srcfile"], coverage.shards) == coverage.shard)
+    excludes = Excludes() if excludes is None else excludes
+    listing, excluded = _exclude.apply(listing, excludes)
+    errors = _exclude.drop_excluded_errors(errors, excludes)  # an excluded file's problem is not the site's
     timings["scan"] = round(time.perf_counter() - t, 4)
     t = time.perf_counter()
 
@@ -243,4 +256,5 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         files=files.cast(SCANNED_SCHEMA),  # type: ignore[arg-type]
         errors=pl.concat([errors, hash_errors]),
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
-        based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings)
+        based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
+        excluded=excluded)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .config import RunSettings, parse_bytes
 from .errors import UsageError
+from .exclude import Excludes
 from .progress import Progress
 from .scan import Coverage, ScanResult, merge_scans, scan
 from .sources import mask_url
@@ -68,6 +69,7 @@ class ShardReport:
     bytes_hashed: int
     n_errors: int
     elapsed_s: float
+    n_excluded: int = 0
 
 
 def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: str | Path,
@@ -92,11 +94,12 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
                    racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                    progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
-                   verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5)
+                   verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
+                   excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes))
     scanned.write(folder)
     return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
-                       elapsed_s=time.perf_counter() - started)
+                       elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)
 
 
 def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings) -> ScanResult:

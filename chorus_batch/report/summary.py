@@ -48,11 +48,33 @@ def summary_dict(result: RunResult) -> dict[str, Any]:
         "elapsed_s": round(result.elapsed_s, 3),
         "files_per_s": round(_rate(result.n_hashed, result.hash_s), 1),
         "mb_per_s": round(_rate(result.bytes_hashed / 1e6, result.hash_s), 1),
+        "excluded": excluded_dict(result.excluded),
         "stage_s": result.timings,
         "verification": result.verification,
         "md5_sources": result.md5_sources,
         "exit_code": int(result.exit_code),
     }
+
+
+def excluded_dict(excluded: dict | None) -> dict[str, Any]:
+    """What the exclusion globs left out: {total, default, user, by_pattern, examples}."""
+    excluded = excluded or {}
+    return {"total": int(excluded.get("total", 0)), "default": int(excluded.get("default", 0)),
+            "user": int(excluded.get("user", 0)), "by_pattern": dict(excluded.get("by_pattern", {})),
+            "examples": dict(excluded.get("examples", {}))}
+
+
+def excluded_text(excluded: dict | None) -> list[str]:
+    """`excluded: N files (M by the default OS-junk list, K by --exclude/exclude)` and the counts by pattern."""
+    d = excluded_dict(excluded)
+    if not d["total"]:
+        return []
+    lines = [f"excluded: {plural(d['total'], 'file')} ({d['default']} by the default OS-junk list, "
+             f"{d['user']} by --exclude/exclude); neither hashed nor recorded"]
+    for pattern, n in d["by_pattern"].items():
+        examples = d["examples"].get(pattern, [])
+        lines.append(f"  {pattern}: {n}" + (f"  (e.g. {', '.join(examples[:3])})" if examples else ""))
+    return lines
 
 
 def _is_number(text: str) -> bool:
@@ -122,6 +144,7 @@ def summary_text(result: RunResult) -> str:
         f"({d['files_per_s']:.0f} files/s, {human_bytes(_rate(result.bytes_hashed, result.hash_s))}/s); "
         f"run took {result.elapsed_s:.2f} s",
     ]
+    lines += excluded_text(result.excluded)
     if result.errors.height:
         lines += ["", f"errors: {result.errors.height} (recorded in scan_errors)"]
         for kind, n in d["errors"]["by_kind"].items():

@@ -1,0 +1,182 @@
+"""Exclusions: files of the listing that are neither hashed nor recorded, but counted.
+
+A pattern is a shell glob (fnmatch semantics: `*` any run of characters, `?` one character, `[abc]`,
+`[!abc]`, `[a-z]`). A pattern without '/' is matched against the file's NAME (the last path component),
+so `*.tmp` excludes `a/b/c.tmp`; a pattern with '/' is matched against the whole site-relative path
+(a leading '/' is ignored), where `*` also crosses folders, so `scratch/*` excludes everything under
+`scratch/`. User patterns are case-sensitive. The DEFAULT list (OS junk) is always applied, matched
+case-insensitively (Windows and macOS file systems are), unless `--no-default-excludes` /
+`default_excludes = false`.
+
+Patterns are turned into Rust regexes and matched over the whole listing frame at once (one regex pass
+per pattern), never per row in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+# Files operating systems and office suites leave in shared folders: never data.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".DS_Store",  # macOS Finder
+    "Thumbs.db",  # Windows Explorer thumbnails
+    "desktop.ini",  # Windows folder settings
+    "._*",  # AppleDouble (macOS resource forks on non-HFS volumes)
+    "~$*",  # Microsoft Office lock files
+    ".~lock.*#",  # LibreOffice lock files
+)
+EXAMPLES_PER_PATTERN = 5
+_META = set("\\.+*?()|[]{}^$#&-~")  # escaped with a backslash: valid in both Rust's and Python's regex
+
+
+def _escape(ch: str) -> str:
+    return "\\" + ch if ch in _META else ch
+
+
+def glob_problem(pattern: object) -> str | None:
+    """Why `pattern` is not a usable exclusion glob (None: it is)."""
+    if not isinstance(pattern, str):
+        return f"{pattern!r} is not a text glob"
+    if not pattern.strip():
+        return "an empty pattern matches nothing (or, by mistake, everything)"
+    if pattern != pattern.strip():
+        return f"{pattern!r} has leading or trailing spaces"
+    if pattern.endswith("/"):
+        return f"{pattern!r} ends with '/': patterns match files, not folders (for everything below it: {pattern}*)"
+    if pattern.strip("/*") == "":
+        return f"{pattern!r} would exclude every file of the site"
+    if "\x00" in pattern or "\n" in pattern:
+        return f"{pattern!r} holds a control character"
+    return None
+
+
+def glob_to_regex(pattern: str, *, ignore_case: bool = False) -> str:
+    """The Rust regex (also valid in Python) matching the site-relative paths that `pattern` excludes."""
+    by_name = "/" not in pattern
+    body = pattern if by_name else pattern.lstrip("/")
+    star, one = ("[^/]*", "[^/]") if by_name else (".*", ".")
+    out: list[str] = []
+    i, n = 0, len(body)
+    while i < n:
+        ch = body[i]
+        if ch == "*":
+            while i + 1 < n and body[i + 1] == "*":
+                i += 1
+            out.append(star)
+        elif ch == "?":
+            out.append(one)
+        elif ch == "[":
+            j = i + 1
+            if j < n and body[j] == "!":
+                j += 1
+            if j < n and body[j] == "]":
+                j += 1
+            while j < n and body[j] != "]":
+                j += 1
+            if j >= n:  # no closing ']': a literal '[' (as fnmatch)
+                out.append(_escape(ch))
+            else:
+                inner = body[i + 1:j]
+                negate = inner.startswith("!")
+                if negate:
+                    inner = inner[1:]
+                parts: list[str] = []
+                k = 0
+                while k < len(inner):
+                    if k + 2 < len(inner) and inner[k + 1] == "-":
+                        if inner[k] <= inner[k + 2]:
+                            parts.append(f"{_escape(inner[k])}-{_escape(inner[k + 2])}")
+                        k += 3
+                    else:
+                        parts.append(_escape(inner[k]))
+                        k += 1
+                if negate:
+                    out.append("[^" + "".join(parts) + ("/" if by_name else "") + "]")
+                elif parts:
+                    out.append("[" + "".join(parts) + "]")
+                else:  # an empty range such as [z-a] matches nothing
+                    out.append("[^\\s\\S]")
+                i = j
+        else:
+            out.append(_escape(ch))
+        i += 1
+    regex = ("(?:^|/)" if by_name else "^") + "".join(out) + "$"
+    return ("(?i)" if ignore_case else "") + "(?s)" + regex
+
+
+@dataclass(frozen=True)
+class Excludes:
+    """The patterns a scan applies: the default OS-junk list (unless turned off) and the user's."""
+
+    user: tuple[str, ...] = ()
+    defaults: bool = True
+
+    @property
+    def patterns(self) -> list[tuple[str, str]]:
+        """(source, pattern) in the order a file is attributed: the default list first."""
+        default = [("default", p) for p in DEFAULT_EXCLUDES] if self.defaults else []
+        return default + [("user", p) for p in dict.fromkeys(self.user)]
+
+
+NO_EXCLUDES = Excludes(defaults=False)
+
+
+def empty_counts() -> dict:
+    return {"total": 0, "default": 0, "user": 0, "by_pattern": {}, "examples": {}}
+
+
+def apply(listing: pl.DataFrame, excludes: Excludes) -> tuple[pl.DataFrame, dict]:
+    """The listing without the excluded files, and what was excluded: {total, default, user, by_pattern:
+    {pattern: n}, examples: {pattern: [paths]}}. A file matched by several patterns counts once, for the
+    first (the default list comes first)."""
+    patterns = excludes.patterns
+    counts = empty_counts()
+    if not patterns or listing.height == 0:
+        return listing, counts
+    which = pl.coalesce([
+        pl.when(pl.col("srcfile").str.contains(glob_to_regex(p, ignore_case=source == "default"))).then(pl.lit(i))
+        for i, (source, p) in enumerate(patterns)
+    ])
+    marked = listing.with_columns(_excluded_by=which)
+    hits = marked.filter(pl.col("_excluded_by").is_not_null()).select("srcfile", "_excluded_by")
+    if hits.height == 0:
+        return listing, counts
+    for i, n in hits.group_by("_excluded_by").len().sort("_excluded_by").iter_rows():
+        source, pattern = patterns[i]
+        counts["by_pattern"][pattern] = n
+        counts[source] += n
+        counts["total"] += n
+    sample = hits.sort("srcfile").group_by("_excluded_by", maintain_order=True).head(EXAMPLES_PER_PATTERN)
+    for i, paths in sample.group_by("_excluded_by").agg("srcfile").sort("_excluded_by").iter_rows():
+        counts["examples"][patterns[i][1]] = paths
+    return marked.filter(pl.col("_excluded_by").is_null()).drop("_excluded_by"), counts
+
+
+def _matches(srcfile: pl.Expr, excludes: Excludes) -> pl.Expr:
+    return pl.any_horizontal([srcfile.str.contains(glob_to_regex(p, ignore_case=source == "default"))
+                              for source, p in excludes.patterns])
+
+
+def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFrame:
+    """The listing's problems without those of excluded files (a folder's problem is kept: patterns match
+    files, and a folder that could not be listed keeps the rows recorded below it)."""
+    if not excludes.patterns or errors.height == 0:
+        return errors
+    file_level = pl.col("srcfile").is_not_null() & ~pl.col("kind").str.ends_with("_dir")
+    return errors.filter(~(file_level & _matches(pl.col("srcfile"), excludes)).fill_null(False))
+
+
+def merge_counts(parts: list[dict]) -> dict:
+    """The exclusion counts of several shards as one."""
+    total = empty_counts()
+    for part in parts:
+        for key in ("total", "default", "user"):
+            total[key] += int(part.get(key, 0))
+        for pattern, n in part.get("by_pattern", {}).items():
+            total["by_pattern"][pattern] = total["by_pattern"].get(pattern, 0) + n
+        for pattern, paths in part.get("examples", {}).items():
+            merged = sorted(set(total["examples"].get(pattern, [])) | set(paths))
+            total["examples"][pattern] = merged[:EXAMPLES_PER_PATTERN]
+    return total

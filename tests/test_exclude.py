@@ -1,0 +1,145 @@
+"""Exclusions (issue 16): `--exclude GLOB` / `exclude = [...]` and the default OS-junk list. Excluded files
+are neither hashed nor recorded, but counted; a recorded file that becomes excluded is removed through the
+usual removal path (and its --max-delete guard)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from chorus_batch.exclude import DEFAULT_EXCLUDES, Excludes, apply, glob_to_regex, merge_counts
+from chorus_batch.scan import ScanResult, merge_scans
+from conftest import cli, current_rows, query, write
+
+JUNK = [".DS_Store", "1001/Thumbs.db", "1001/desktop.ini", "1001/._scan.dcm", "Metadata/~$notes.docx",
+        "Metadata/.~lock.notes.odt#"]
+DATA = ["OMOP/person.csv", "1001/notes.txt", "scratch/keep.txt"]
+
+
+def _run(site: Path, db: Path, *extra: str):
+    done = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--json", *extra)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def _hashed_paths(db: Path) -> set[str]:
+    return set(current_rows(db))
+
+
+def test_default_junk_is_not_recorded_not_hashed_but_counted(site, db):
+    for rel in DATA + JUNK:
+        write(site, rel, b"data " + rel.encode())
+    summary = _run(site, db)
+    assert _hashed_paths(db) == set(DATA)
+    assert summary["files"] == len(DATA)
+    assert summary["files_hashed"] == len(DATA)  # the junk was not read
+    excluded = summary["excluded"]
+    assert excluded["total"] == len(JUNK) and excluded["default"] == len(JUNK) and excluded["user"] == 0
+    assert set(excluded["by_pattern"]) == set(DEFAULT_EXCLUDES)
+    assert excluded["examples"][".DS_Store"] == [".DS_Store"]
+    problems = {row[0] for row in query(db, "SELECT srcfile FROM scan_errors")}
+    assert not problems & set(JUNK)  # excluded is not a problem (parse errors of the other files are expected)
+    text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--dry-run")
+    assert "excluded: 6 files (6 by the default OS-junk list, 0 by --exclude/exclude)" in text.stdout
+
+
+def test_user_globs_by_name_and_by_path(site, db):
+    for rel in DATA + ["1001/a.tmp", "OMOP/deep/b.tmp", "scratch/x/y.bin", "1001/scratch/z.txt"]:
+        write(site, rel)
+    summary = _run(site, db, "--exclude", "*.tmp", "--exclude", "scratch/*")
+    # without '/': the name anywhere; with '/': the site-relative path (1001/scratch/z.txt is not under scratch/)
+    assert _hashed_paths(db) == {"OMOP/person.csv", "1001/notes.txt", "1001/scratch/z.txt"}
+    assert summary["excluded"]["user"] == 4 and summary["excluded"]["default"] == 0
+    assert summary["excluded"]["by_pattern"] == {"*.tmp": 2, "scratch/*": 2}
+    text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.tmp",
+               "--exclude", "scratch/*")
+    assert "excluded: 4 files (0 by the default OS-junk list, 4 by --exclude/exclude)" in text.stdout
+
+
+def test_no_default_excludes_records_the_junk(site, db):
+    write(site, "1001/notes.txt")
+    write(site, "1001/.DS_Store")
+    summary = _run(site, db, "--no-default-excludes")
+    assert _hashed_paths(db) == {"1001/notes.txt", "1001/.DS_Store"}
+    assert summary["excluded"]["total"] == 0
+
+
+def test_excluding_a_recorded_file_removes_it_in_the_next_version(site, db):
+    for rel in ["1001/a.txt", "1001/b.txt", "1001/c.txt", "1001/old.tmp"]:
+        write(site, rel)
+    first = _run(site, db)
+    assert "1001/old.tmp" in _hashed_paths(db)
+    # the removal goes through the --max-delete guard like any other
+    refused = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.tmp",
+                  "--max-delete", "0")
+    assert refused.returncode == 5, refused.stdout + refused.stderr
+    assert "1001/old.tmp" in _hashed_paths(db)
+    second = _run(site, db, "--exclude", "*.tmp")
+    assert second["version"] != first["version"] and second["counts"]["removed"] == 1
+    assert _hashed_paths(db) == {"1001/a.txt", "1001/b.txt", "1001/c.txt"}
+    assert query(db, "SELECT change FROM changes WHERE srcfile = ? AND version = ?",
+                 ("1001/old.tmp", second["version"])) == [("removed",)]
+    assert Path(site, "1001/old.tmp").exists()  # excluded, never touched
+
+
+def test_config_exclude_and_default_excludes(site, db, tmp_path):
+    for rel in ["1001/a.txt", "1001/a.tmp", "1001/.DS_Store", "scratch/s.txt"]:
+        write(site, rel)
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "{db}"\n'
+                      '[run]\nexclude = ["*.tmp", "scratch/*"]\ndefault_excludes = false\nvalidate = false\n')
+    done = cli("run", "--config", str(config), "--json", "--exclude", "*.txt")  # --exclude adds to the file's
+    assert done.returncode in (0, 1), done.stderr  # 1: the path does not fit the layout (a parse error)
+    summary = json.loads(done.stdout)
+    assert _hashed_paths(db) == {"1001/.DS_Store"}
+    assert summary["excluded"]["by_pattern"] == {"*.tmp": 1, "scratch/*": 1, "*.txt": 1}
+
+
+@pytest.mark.parametrize("flags, toml", [
+    (["--exclude", ""], ""),
+    (["--exclude", "scratch/"], ""),
+    ([], '[run]\nexclude = [" "]\n'),
+    ([], '[run]\nexclude = "*.tmp"\n'),  # a list, not a string
+])
+def test_invalid_exclusion_is_a_usage_error(site, db, tmp_path, flags, toml):
+    write(site, "1001/a.txt")
+    config = tmp_path / "chorus.toml"
+    config.write_text(toml)
+    done = cli("run", "--site", str(site), "--db", str(db), "--config", str(config), *flags)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "exclude" in done.stderr
+    assert not db.exists()  # refused before anything was listed or written
+
+
+def test_globs_match_fnmatch_vectorised():
+    paths = ["a/b/c.tmp", "c.TMP", "x/scratch/a", "scratch/a/b", "a1.txt", "ab.txt", "a[1", "x/Thumbs.db",
+             "x/THUMBS.DB", "._x", "d/._y", "~$a.docx", ".~lock.a#", ".~lock.a"]
+    series = pl.Series(paths)
+    for pattern in ["*.tmp", "scratch/*", "*/scratch/*", "a[0-9].txt", "a[!0-9].txt", "a[1", "?b.txt"]:
+        expected = [p for p in paths if fnmatch.fnmatchcase(p if "/" in pattern else p.rsplit("/", 1)[-1], pattern)]
+        assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == expected, pattern
+    kept, counts = apply(pl.DataFrame({"srcfile": paths}), Excludes())
+    assert set(paths) - set(kept["srcfile"]) == {"x/Thumbs.db", "x/THUMBS.DB", "._x", "d/._y", "~$a.docx", ".~lock.a#"}
+    assert counts["default"] == 6 and counts["by_pattern"]["Thumbs.db"] == 2
+
+
+def test_scan_result_carries_the_counts(tmp_path):
+    from chorus_batch.frames import SCANNED_SCHEMA, empty_errors
+    from chorus_batch.scan import Coverage
+
+    def part(k: int, n: int) -> ScanResult:
+        excluded = {"total": n, "default": n, "user": 0, "by_pattern": {".DS_Store": n}, "examples": {".DS_Store": [f"{k}/.DS_Store"]}}
+        return ScanResult(files=pl.DataFrame(schema=SCANNED_SCHEMA), errors=empty_errors(), roots=[("/s", None)],
+                          scan_started_ns=1, coverage=Coverage(k, 2), excluded=excluded)
+
+    written = part(0, 3).write(tmp_path / "shard-0-of-2")
+    assert json.loads((written / "scan.json").read_text())["n_excluded"] == 3
+    back = ScanResult.read(written)
+    assert back.n_excluded == 3 and back.excluded["examples"] == {".DS_Store": ["0/.DS_Store"]}
+    merged = merge_scans([back, part(1, 2)])
+    assert merged.n_excluded == 5 and merged.excluded["by_pattern"] == {".DS_Store": 5}
+    assert merge_counts([]) == {"total": 0, "default": 0, "user": 0, "by_pattern": {}, "examples": {}}
