@@ -742,6 +742,10 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
 
     reader = open_manifest(_db(args))
     frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+    if args.person is not None and frame.height == 0:
+        maybe = reader.person_suggestions(args.person, args.as_of)
+        print(f"chorus-batch: no files for person {args.person!r}; person ids are text, as the site writes them"
+              + (f": did you mean {', '.join(maybe)}?" if maybe else " (chorus-batch files lists them)"), file=sys.stderr)
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
@@ -768,7 +772,8 @@ def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import open_manifest
 
-    frame = open_manifest(_db(args)).history(args.path.replace("\\", "/"))
+    reader = open_manifest(_db(args))
+    frame = reader.history(reader.site_relative(args.path))
     if frame.height == 0 and not (args.json or args.csv):
         raise UsageError(f"no file {args.path!r} in the manifest", where=_db(args),
                          fix="give the site-relative path as `chorus-batch files` prints it")

@@ -181,7 +181,7 @@ class ManifestReader:
         frame = pl.concat([came_rows.select(list(DIFF_SCHEMA)), gone_rows.select(list(DIFF_SCHEMA))])
         return frame.cast(DIFF_SCHEMA).sort("change", "srcfile")  # type: ignore[arg-type]
 
-    def history(self, srcfile: str) -> pl.DataFrame:
+    def history(self, srcfile: str) -> pl.DataFrame:  # srcfile: site-relative (see site_relative)
         """Every version of one file, oldest first: each row says how it began (`change`,
         `old_srcfile`) and ended (`ended_by`, `renamed_to`). A rename into the path brings
         in the renamed file's earlier rows too, under their old path."""
@@ -193,6 +193,31 @@ class ManifestReader:
             rows = self._path_rows(old_path, rows["file_id"][0])
             frames.append(rows)
         return pl.concat(frames[::-1]).select(list(HISTORY_SCHEMA))
+
+    def root_locations(self) -> list[str]:
+        """Where the site's files were found (the manifest's `roots`); none known to this reader."""
+        return []
+
+    def site_relative(self, path: str) -> str:
+        """A path as people type it: Windows separators, './', or an absolute path under a recorded root,
+        as the site-relative path the manifest keys files by."""
+        path = path.replace("\\", "/")
+        for root in sorted(self.root_locations(), key=len, reverse=True):
+            root = root.rstrip("/") + "/"
+            windows = re.match(r"^[A-Za-z]:/", root) is not None  # drive letters and names: any case
+            if path.startswith(root) or (windows and path.lower().startswith(root.lower())):
+                return path[len(root):]
+        while path.startswith("./"):
+            path = path[2:]
+        return path
+
+    def person_suggestions(self, person: str, as_of: str | datetime | None = None, limit: int = 5) -> list[str]:
+        """Person ids of the version that `person` may mean: the same number with other leading zeros
+        ('12' -> '000012'), else ids that contain it."""
+        ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
+        same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
+        found = same_number if same_number.len() else ids.filter(ids.str.contains(person, literal=True))
+        return sorted(found.to_list())[:limit]
 
     def files_per_person(self, as_of: str | datetime | None = None) -> pl.DataFrame:
         files = self.files(as_of)
@@ -259,6 +284,9 @@ class SQLiteReader(ManifestReader):
 
     def _query(self, sql: str, params: tuple = (), schema: dict | None = None) -> pl.DataFrame:
         return self._manifest.query_frame(sql, params, schema=schema)
+
+    def root_locations(self) -> list[str]:
+        return [loc for loc in self._manifest.roots()["location"].to_list() if "://" not in loc]
 
     def versions(self) -> pl.DataFrame:
         if self._versions is None:

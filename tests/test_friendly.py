@@ -199,3 +199,29 @@ def test_progress_lines_in_a_batch_log_say_1_file_and_3_files(caplog):
 
 def test_the_notebooks_output_is_ignored_by_git():
     assert "out.ipynb" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+
+
+def test_a_person_filter_that_finds_nothing_suggests_the_ids_it_may_mean(tmp_path):
+    from chorus_batch.testdata import Spec, make_testdata
+
+    make_testdata(tmp_path / "td", Spec(persons=3))
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", str(tmp_path / "td" / "first"), "--db", str(db), "--no-validate").returncode in (0, 1)
+    out = cli("files", "--db", str(db), "--person", "2")
+    assert out.returncode == 0 and "0 files" in out.stdout
+    assert "person ids are text" in out.stderr and "did you mean 000002?" in out.stderr
+    found = cli("files", "--db", str(db), "--person", "000002")
+    assert found.returncode == 0 and "person ids are text" not in found.stderr
+
+
+def test_history_takes_a_path_as_people_type_it(tmp_path):
+    from chorus_batch.testdata import Spec, make_testdata
+
+    make_testdata(tmp_path / "td", Spec(persons=2))
+    site = tmp_path / "td" / "first"
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", str(site), "--db", str(db), "--no-validate").returncode in (0, 1)
+    for path in (str(site / "OMOP" / "person.csv"), "OMOP\\person.csv", "./OMOP/person.csv", "OMOP/person.csv"):
+        out = cli("history", "--db", str(db), path, "--json")
+        assert out.returncode == 0, (path, out.stderr)
+        assert '"srcfile": "OMOP/person.csv"' in out.stdout.replace('":"', '": "'), path
