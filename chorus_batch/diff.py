@@ -108,8 +108,8 @@ def compute_diff(
         # string_view columns pass to DuckDB without a copy (plain Arrow strings would copy every path)
         arrow = pl.CompatLevel.newest()
         diff_columns = ("srcfile", "size", "mtime_ns", "md5", "etag")
-        con.register("previous_files", _with_etag(previous_files).select("file_id", *diff_columns).to_arrow(compat_level=arrow))
-        con.register("current_files", _with_etag(current_files).select(*diff_columns).to_arrow(compat_level=arrow))
+        con.register("previous_files", _with_diff_columns(previous_files).select("file_id", *diff_columns).to_arrow(compat_level=arrow))
+        con.register("current_files", _with_diff_columns(current_files).select(*diff_columns).to_arrow(compat_level=arrow))
         if mode == "full":
             condition = "TRUE"
         else:
@@ -125,7 +125,7 @@ def compute_diff(
     return Diff(change_set, int(n_unchanged))
 
 
-def _with_etag(frame: pl.DataFrame) -> pl.DataFrame:
+def _with_diff_columns(frame: pl.DataFrame) -> pl.DataFrame:
     """Callers comparing contents only (MD5 always known) may leave out mtime_ns and etag."""
     missing = {"mtime_ns": pl.Int64, "etag": pl.String}
     return frame.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in missing.items() if name not in frame.columns])

@@ -10,7 +10,6 @@ merge of all N shards based on the same version, can be committed in full mode.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -167,7 +166,7 @@ def list_roots(roots: list[Root], progress: Progress,
         for root_id, root in enumerate(roots):
             batches = []
             listing = (root.source.list_files(raw_errors) if coverage is None or coverage.whole
-                       or "tops" not in inspect.signature(root.source.list_files).parameters
+                       or not getattr(root.source, "skips_tops", False)
                        else root.source.list_files(raw_errors, tops=lambda top: top_in_shard(top, coverage)))
             for batch in listing:
                 batches.append(batch)

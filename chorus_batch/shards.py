@@ -77,20 +77,15 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     """Scan shard `coverage` of the site against the manifest's latest version (read only) into `staging`."""
     started = time.perf_counter()
     manifest = Manifest(settings.db)
-    previous, based_on, last_scan_ns = None, None, None
+    based_on, last_scan_ns = None, None
     if manifest.path.exists():
         manifest.require()  # an older schema: upgraded by a run (or `upgrade`), never by a shard
         latest = manifest.latest_version()
         based_on = latest["label"] if latest else None
-        previous = manifest.previous_state(write_cache=False)
         last_scan_ns = manifest.last_scan_started_ns()
-    if previous is None:
-        from .frames import empty_state
-
-        previous = empty_state()
+    previous = manifest.previous_state(write_cache=False)  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
-    if (folder / "scan.json").exists():
-        (folder / "scan.json").unlink()  # a rerun: incomplete until it completes again
+    (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
     scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
                    racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                    progress=progress, coverage=coverage, verify_percent=settings.verify_sample,

@@ -564,14 +564,18 @@ def upload_tree_s3(client, bucket: str, local_root, prefix: str = "", *, multipa
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory):
-    service = Azurite(tmp_path_factory.mktemp("azurite"))
+def running(service):
+    """Start a service for a session fixture (`yield from running(...)`); stop it however the session ends."""
     try:
         service.start()
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    yield from running(Azurite(tmp_path_factory.mktemp("azurite")))
 
 
 @pytest.fixture(scope="session")
@@ -590,9 +594,4 @@ def azurite_oauth(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory):
-    service = MotoS3(tmp_path_factory.mktemp("moto"))
-    try:
-        service.start()
-        yield service
-    finally:
-        service.stop()
+    yield from running(MotoS3(tmp_path_factory.mktemp("moto")))

@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from services import running
 from services import _kill, _tail, free_port
 
 BINARIES = ("munged", "mungekey", "munge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
@@ -264,9 +266,4 @@ _FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMP
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(SlurmCluster(tmp_path_factory.mktemp("slurm")))

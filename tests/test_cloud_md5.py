@@ -47,11 +47,16 @@ def rows(db: Path) -> dict[str, tuple]:
                                            "WHERE time_invalid IS NULL")}
 
 
+def uploaded(azurite, local: Path, *, content_md5: bool = True):
+    """`local` uploaded to a new container: (container, service client)."""
+    container, client = azurite.new_container(), azurite.service_client()
+    upload_tree(client, container, local, content_md5=content_md5)
+    return container, client
+
+
 def upload_small_site(azurite, local: Path) -> str:
-    container = azurite.new_container()
-    client = azurite.service_client()
+    container, client = uploaded(azurite, local)
     blocks = {"000002/Waveforms/S2/S2_big.dat"}
-    upload_tree(client, container, local, content_md5=True)
     for name in blocks:  # again, in blocks: no Content-MD5
         one = local.parent / "blocks"
         shutil.rmtree(one, ignore_errors=True)
@@ -131,9 +136,7 @@ def test_download_policy_reads_every_new_blob(az_env, tmp_path):
 def test_a_blob_changed_in_place_is_replaced_and_a_rewrite_with_the_same_bytes_is_not(az_env, tmp_path):
     local = tmp_path / "site"
     small_site(local)
-    container = az_env.new_container()
-    client = az_env.service_client()
-    upload_tree(client, container, local, content_md5=True)
+    container, client = uploaded(az_env, local)
     db = tmp_path / "m.sqlite"
     run_site(f"az://{container}", db, validate_site=False)
     before = rows(db)
@@ -230,9 +233,7 @@ def test_testdata_snapshots_in_the_cloud_give_the_local_manifest(service, reques
 def test_azurite_stopped_in_the_middle_of_a_run_fails_clearly_and_keeps_the_previous_version(az_env, tmp_path):
     local = tmp_path / "site"
     small_site(local)
-    container = az_env.new_container()
-    client = az_env.service_client()
-    upload_tree(client, container, local, content_md5=True)
+    container, client = uploaded(az_env, local)
     db = tmp_path / "m.sqlite"
     first = run_site(f"az://{container}", db, validate_site=False)
     for i in range(3):  # new blobs without a stored MD5: the next run downloads them
@@ -265,9 +266,7 @@ def test_azurite_stopped_in_the_middle_of_a_run_fails_clearly_and_keeps_the_prev
 def test_a_blob_that_vanishes_before_it_is_read_is_recorded_like_a_local_file(az_env, tmp_path):
     local = tmp_path / "site"
     small_site(local)
-    container = az_env.new_container()
-    client = az_env.service_client()
-    upload_tree(client, container, local, content_md5=False)  # no stored MD5s: every blob is downloaded
+    container, client = uploaded(az_env, local, content_md5=False)  # no stored MD5s: every blob is downloaded
     db = tmp_path / "m.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
                              "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -71,8 +71,9 @@ class Source(Protocol):
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         """Yield LISTING_SCHEMA batches; append (srcfile, kind, message) for what is skipped.
         A folder that cannot be read is reported as (folder + '/', 'unreadable_dir', ...).
-        Optional capability: a `tops` keyword (a predicate on top-level folder names) that skips the
-        folders it rejects, so a shard lists only its share (the scan filters the rows anyway)."""
+        Optional capability `skips_tops`: a source that has it takes a `tops` keyword (a predicate on
+        top-level folder names) and skips the folders it rejects, so a shard lists only its share (the
+        scan filters the rows anyway)."""
         ...
 
     def stat(self, srcfile: str) -> FileStat:

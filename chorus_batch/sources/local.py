@@ -155,6 +155,7 @@ class LocalSource:
     # Hashing many small files is bound by per-file Python work under the GIL
     # (measured: two threads slower than one), so local sources work in processes.
     parallel_local = True
+    skips_tops = True  # list_files(tops=...) walks only the top-level folders a shard owns
     server_md5 = False
 
     def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1,

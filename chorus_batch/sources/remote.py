@@ -85,6 +85,7 @@ class FsspecSource:
         `storage_options` the file system is fsspec's own, given exactly these options."""
         self.url = url
         self.description = self.location = mask_url(url)
+        self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         if storage_options is not None:
             import fsspec
 
@@ -204,10 +205,9 @@ class FsspecSource:
 
     def _blob_service(self):
         """One synchronous Blob service client per source (its HTTP session is shared by the threads)."""
-        client = self.__dict__.get("_blob_client")
-        if client is None:
-            client = self.__dict__["_blob_client"] = cloud_access.sync_blob_service_client(self._azure_sign_in)
-        return client
+        if self._blob_client is None:
+            self._blob_client = cloud_access.sync_blob_service_client(self._azure_sign_in)
+        return self._blob_client
 
     def _hash_blob(self, srcfile: str) -> HashOutcome:
         """One Get Blob for a small blob (adlfs's open costs three round trips before the bytes); a large
