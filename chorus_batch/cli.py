@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import release
 from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
@@ -26,18 +27,6 @@ READ_DB_HELP = "manifest file " + READ_DB_DEFAULT
 MD5SUM_HELP = ("print the lines `md5sum -c` checks (MD5, two spaces, path), paths relative to the version folder, sorted; "
                "files without an MD5 (unverifiable) are left out and counted on stderr, exit code 1")
 log = logging.getLogger("chorus_batch")
-
-
-def package_version() -> str:
-    """The installed distribution's version, else (a source checkout on PYTHONPATH) the package's own."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("chorus-batch")
-    except PackageNotFoundError:
-        from . import __version__
-
-        return __version__
 
 
 def demo_site() -> Path:
@@ -105,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output (stage timings)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the result")
-    parser.add_argument("--version", action="version", version=f"chorus-batch {package_version()}",
+    parser.add_argument("--version", action="version", version=f"chorus-batch {release()}",
                         help="print chorus-batch's version and exit")
     # The same flags after the command name (SUPPRESS keeps the top-level value otherwise).
     common = argparse.ArgumentParser(add_help=False)
