@@ -189,8 +189,8 @@ class Manifest:
                     "also does; nothing recorded is lost, but older releases cannot write it afterwards)",
             )
 
-    def lock(self, argv: list[str]):
-        return manifest_lock(self.path, argv)
+    def lock(self, argv: list[str], *, kind: str = "run"):
+        return manifest_lock(self.path, argv, kind=kind)
 
     # ------------------------------------------------------------------ reads
 
