@@ -125,6 +125,9 @@ def test_two_snapshots_uploaded_version_by_version_hold_exactly_each_change_set(
     assert "all as recorded" in verified.stdout
     versions = json.loads(cli("versions", "--db", str(db), "--json").stdout)
     assert all("sent" in v["upload"] and "verified (download)" in v["upload"] for v in versions)
+    report = tmp_path / "report.html"
+    assert cli("report", "--db", str(db), "--out", str(report)).returncode == 0
+    assert "verified (download)" in report.read_text()
     again = up(central, db)
     assert again.returncode == 0 and "nothing to upload" in again.stdout
     assert {k: v[2] for k, v in blobs(central).items() if "_manifest" not in k} == \
@@ -329,3 +332,22 @@ def test_an_upload_script_and_mark_uploaded_from_its_log(central, tmp_path, kind
     finish = up(central, db)  # nothing left to send: checks the version and copies the manifest next to it
     assert finish.returncode == 0 and "sent 0 files" in finish.stdout, finish.stdout + finish.stderr
     assert "20261101020000/_manifest/manifest.sqlite" in blobs(central)
+
+
+def test_a_manifest_in_azure_gets_its_ledger_back_under_the_lease(central, azurite, tmp_path):
+    site = tmp_path / "site"
+    many_files(site, 3)
+    manifest_container = azurite.new_container("man")
+    db_url = f"az://{manifest_container}/site/manifest.sqlite"
+    out = cli("run", "--site", str(site), "--db", db_url, "--version", "20261101020000", "--no-validate",
+              env=central.env)
+    assert out.returncode == 0, out.stderr
+    sent = cli("upload", "--db", db_url, "--to", central.url, env=central.env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    remote = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite")
+    copy = tmp_path / "remote.sqlite"
+    copy.write_bytes(remote.download_blob().readall())
+    assert query(copy, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(3,)]
+    assert query(copy, "SELECT finished_at IS NOT NULL, manifest_copied_at IS NOT NULL FROM submissions") == [(1, 1)]
+    lock = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite.lock")
+    assert str(lock.get_blob_properties().lease.state) != "leased"
