@@ -351,3 +351,20 @@ def test_a_manifest_in_azure_gets_its_ledger_back_under_the_lease(central, azuri
     assert query(copy, "SELECT finished_at IS NOT NULL, manifest_copied_at IS NOT NULL FROM submissions") == [(1, 1)]
     lock = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite.lock")
     assert str(lock.get_blob_properties().lease.state) != "leased"
+
+
+def test_sigterm_stops_an_upload_and_says_what_it_recorded(central, tmp_path):
+    site = tmp_path / "site"
+    many_files(site, 20)
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    proc = upload_process(central, db, "upload")
+    wait_for(proc, "test pause at upload")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    recorded = ledger_names(db)
+    assert f"terminated (SIGTERM); {len(recorded)} files confirmed by this upload are recorded" in err, err
+    assert "Traceback" not in err and "nothing was committed" not in err
+    finish = up(central, db)
+    assert finish.returncode == 0 and ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
