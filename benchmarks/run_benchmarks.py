@@ -96,6 +96,9 @@ SMALL100K = TreeDef("small100k", persons=1000, files_per_person=100, size=4 * Ki
 SMALL1M = TreeDef("small1m", persons=10_000, files_per_person=100, size=64)
 MEDIUM = TreeDef("medium", persons=100, files_per_person=100, size=256 * KiB)
 LARGE = TreeDef("large", persons=20, files_per_person=1, size=100 * MiB, md5_reps=1)
+# issue 15's realistic testdata tree (`testdata --persons 400 --files-per-person 50 --size 65536`): WFDB records,
+# DICOM, OMOP; a first run with validation reads ~7,600 headers
+REALISTIC = TreeDef("realistic", persons=400, files_per_person=50, size=64 * KiB)
 
 SCALES: dict[str, list[TreeDef]] = {
     "smoke": [  # tiny versions of the default trees: checks that the script works, nothing more
@@ -105,6 +108,7 @@ SCALES: dict[str, list[TreeDef]] = {
     ],
     "default": [SMALL100K, MEDIUM, LARGE],
     "full": [SMALL100K, SMALL1M, MEDIUM, LARGE],
+    "realistic": [REALISTIC],
 }
 MANIFEST_BYTES_PER_FILE = 2 * KiB  # generous: the manifest keeps several versions
 

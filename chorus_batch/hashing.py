@@ -10,10 +10,15 @@ Local files are hashed by worker processes, each looping over a chunk of files:
 with many small files the per-file Python work holds the GIL, and two threads
 measured slower than one. Remote sources (fsspec) use threads, which overlap the
 network waits. Never one future per file: that costs more than hashing it.
+
+One read per file: with `facts`, the worker that hashes a file validation looks inside (its kind from
+the path: validate.kinds) parses the header facts from the same bytes as they go by (sources.base.
+HashingReader), so that validation finds them cached and opens no file again.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import threading
 from collections.abc import Sequence
@@ -42,7 +47,10 @@ HASHED_SCHEMA = {
     "hashed_mtime_ns": pl.Int64,
     "error_kind": pl.String,
     "error_message": pl.String,
+    "facts_kind": pl.String,  # with facts_kinds: the header facts parsed from the bytes hashed (validate.kinds)
+    "facts": pl.String,
 }
+_FACTS_PART = {"_i": pl.UInt32, "facts_kind": pl.String, "facts": pl.String}
 
 
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
@@ -136,6 +144,7 @@ class _Results:
         self.sizes = array("q", bytes(8 * n))
         self.mtimes = array("q", bytes(8 * n))
         self.errors: list[tuple[int, str, str]] = []
+        self.facts: list[pl.DataFrame] = []  # per chunk, as Arrow strings (compact: no Python object per file)
 
     def put(self, start: int, chunk: HashedChunk) -> None:
         n = len(chunk.sizes)
@@ -143,6 +152,13 @@ class _Results:
         self.sizes[start: start + n] = chunk.sizes
         self.mtimes[start: start + n] = chunk.mtimes
         self.errors.extend((start + k, kind, message) for k, kind, message in chunk.errors)
+        rows = [(start + k, kind, facts) for k, kind, facts in chunk.facts]
+        if chunk.contents:  # small files a worker could not parse: parsed here, from the bytes it read
+            from .validate.readers import parser
+
+            rows += [(start + k, kind, parser(kind)(io.BytesIO(data))) for k, kind, data in chunk.contents]
+        if rows:
+            self.facts.append(pl.DataFrame(rows, schema=_FACTS_PART, orient="row"))
 
     def frame(self, srcfile: pl.Series) -> pl.DataFrame:
         n = srcfile.len()
@@ -155,7 +171,9 @@ class _Results:
             md5=pl.Series(digests).bin.encode("hex"),
             hashed_size=pl.Series(sizes),
             hashed_mtime_ns=pl.Series(mtimes),
-        ).with_row_index("_i").join(errors, on="_i", how="left").drop("_i")
+        ).with_row_index("_i").join(errors, on="_i", how="left")
+        facts = pl.concat(self.facts) if self.facts else pl.DataFrame(schema=_FACTS_PART)
+        frame = frame.join(facts, on="_i", how="left").drop("_i")
         failed = pl.col("error_kind").is_not_null()
         return frame.with_columns(
             [pl.when(failed).then(None).otherwise(pl.col(c)).alias(c) for c in ("md5", "hashed_size", "hashed_mtime_ns")]
@@ -168,20 +186,37 @@ def hash_files(
     *,
     workers: int,
     progress: HashProgress | None = None,
+    facts: bool = False,
 ) -> pl.DataFrame:
     """Hash the rows of `todo` (root_id, srcfile, size); one row each back with
-    md5, hashed_size, hashed_mtime_ns, or error_kind / error_message."""
+    md5, hashed_size, hashed_mtime_ns, or error_kind / error_message. With `facts`, the files validation
+    looks inside are parsed from the same bytes (facts_kind, facts: what validation would read; one read)."""
     progress = progress or HashProgress()
     n = todo.height
     results = _Results(n)
     total = int(todo["size"].sum() or 0) if n else 0
     local = all(s.parallel_local for s in sources)
     if workers > 1 and local and (n >= PROCESS_MIN_FILES or total >= PROCESS_MIN_BYTES):
-        _in_processes(sources, todo, workers, progress, results)
+        _in_processes(sources, todo, workers, progress, results, _facts_kinds(todo, forked=True) if facts else _NO_KINDS)
     elif n:
         threads = workers if (total / n >= THREADS_MIN_MEAN_SIZE or not local) else 1
-        _in_threads(sources, todo, threads, progress, results)
+        _in_threads(sources, todo, threads, progress, results, _facts_kinds(todo, forked=False) if facts else _NO_KINDS)
     return results.frame(todo["srcfile"])
+
+
+_NO_KINDS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+
+
+def _facts_kinds(todo: pl.DataFrame, *, forked: bool) -> tuple[frozenset[str], frozenset[str]]:
+    """(kinds parsed while hashing, kinds whose bytes the worker hands back to be parsed here), of those
+    among `todo`'s files: in forked workers only readers that are fork-safe run; the few others (small
+    Metadata CSVs read with polars) come back whole. Their parsers are imported before the workers start."""
+    from .validate.kinds import kinds_in
+    from .validate.readers import FORK_SAFE_KINDS, READER_KINDS, prepare
+
+    kinds = kinds_in(todo["srcfile"]) & READER_KINDS
+    prepare(kinds)
+    return (kinds & FORK_SAFE_KINDS, kinds - FORK_SAFE_KINDS) if forked else (kinds, frozenset())
 
 
 def _chunks(todo: pl.DataFrame, files_per_chunk: int = CHUNK_FILES) -> list[dict]:
@@ -205,7 +240,7 @@ def _record(results: _Results, progress: HashProgress, sizes: pl.Series, start: 
 
 
 def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, progress: HashProgress,
-                  results: _Results) -> None:
+                  results: _Results, kinds: tuple[frozenset[str], frozenset[str]] = _NO_KINDS) -> None:
     srcfile, sizes = todo["srcfile"], todo["size"]
     chunks = iter(_chunks(todo))
     in_flight: dict = {}
@@ -217,7 +252,8 @@ def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, p
                 if chunk is None:
                     break
                 start, length = chunk["start"], chunk["length"]
-                future = executor.submit(hash_chunk, sources[chunk["root_id"]], srcfile.slice(start, length).to_list())
+                future = executor.submit(hash_chunk, sources[chunk["root_id"]], srcfile.slice(start, length).to_list(),
+                                         *kinds)
                 in_flight[future] = (start, length)
             if not in_flight:
                 break
@@ -229,7 +265,7 @@ def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, p
 
 
 def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, progress: HashProgress,
-                results: _Results) -> None:
+                results: _Results, kinds: tuple[frozenset[str], frozenset[str]] = _NO_KINDS) -> None:
     srcfile, sizes = todo["srcfile"], todo["size"]
     # Small chunks, so that every thread gets work even when there are few files.
     chunks = _chunks(todo, files_per_chunk=max(1, min(CHUNK_FILES, -(-todo.height // (threads * 4)))))
@@ -245,7 +281,7 @@ def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, pro
                 if i >= len(chunks):
                     break
                 start, length = chunks[i]["start"], chunks[i]["length"]
-                hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list())
+                hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list(), *kinds)
                 with lock:
                     _record(results, progress, sizes, start, length, hashed)
         except BaseException as exc:  # never a silently missing chunk: the run fails with it

@@ -264,7 +264,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                        progress=progress, verify_percent=settings.verify_sample,
                        verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
-                       excludes=excludes_of(settings))
+                       excludes=excludes_of(settings), facts=settings.validate_site and not settings.dry_run)
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
@@ -278,6 +278,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     findings = None
     if not settings.dry_run:
         try:
+            if scanned.facts is not None:  # parsed while hashing: validation finds them cached (one read per file)
+                manifest.validation.save_facts(scanned.facts, replace=False)
             findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
         except Exception as exc:
             if label is None:

@@ -90,6 +90,8 @@ class ScanResult:
     timings: dict[str, float] = field(default_factory=dict)
     # files left out by the exclusion globs (exclude.apply): {total, default, user, by_pattern, examples}
     excluded: dict = field(default_factory=_exclude.empty_counts)
+    # header facts parsed from the bytes hashed (scan(facts=True)): FACTS_SCHEMA (kind, md5, facts), for the cache
+    facts: pl.DataFrame | None = None
 
     @property
     def n_excluded(self) -> int:
@@ -189,12 +191,13 @@ def list_roots(roots: list[Root], progress: Progress,
 def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
          racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
          coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0,
-         cloud_md5: str = "stored-or-download", excludes: Excludes | None = None) -> ScanResult:
+         cloud_md5: str = "stored-or-download", excludes: Excludes | None = None, facts: bool = False) -> ScanResult:
     """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
     `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
     unchanged, the longest unverified first (rolling re-verification). `cloud_md5` says where the MD5 of
     a file under a remote root may come from (see hashing.plan). `excludes` (default: the OS-junk list) are
-    left out right after the listing: neither hashed nor recorded, only counted (ScanResult.excluded)."""
+    left out right after the listing: neither hashed nor recorded, only counted (ScanResult.excluded). With
+    `facts`, the files validation looks inside are parsed as they are hashed (ScanResult.facts)."""
     progress = progress or Progress(quiet=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -228,7 +231,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     t_hash = time.perf_counter()
     with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_done),
                           total=(todo.height, todo_bytes)):
-        hashed = hashing.hash_files([r.source for r in roots], todo, workers=workers, progress=counters)
+        hashed = hashing.hash_files([r.source for r in roots], todo, workers=workers, progress=counters, facts=facts)
     hash_s = time.perf_counter() - t_hash
     n_hashed, bytes_hashed = todo.height, int(hashed["hashed_size"].sum() or 0)
     del todo
@@ -256,4 +259,5 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         errors=pl.concat([errors, hash_errors]),
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
         based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
-        excluded=excluded)
+        excluded=excluded,
+        facts=hashed.filter(pl.col("facts").is_not_null()).select(kind="facts_kind", md5="md5", facts="facts") if facts else None)

@@ -4,25 +4,26 @@ Listing, hashing and header reading of local files are bound by per-file Python 
 the GIL (measured: two threads slower than one), so they run in worker processes. On Linux
 the workers are forked: cheap to start, and no re-import of the caller's main module (spawn
 and forkserver re-run an unguarded script). Forking a process whose polars/duckdb threads
-exist is safe here because the work functions call only the standard library (and pydicom
-or wfdb's grammar for headers), never polars. Elsewhere: spawn.
+exist is safe here because the work functions call only the standard library (and pydicom,
+wfdb's grammar or pyarrow's CSV reader for headers, all fork-safe), never polars. Elsewhere: spawn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import multiprocessing
 import sys
 from array import array
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .sources.base import READ_SIZE, FileChangedWhileHashing, HashOutcome
 
 if TYPE_CHECKING:
-    from .sources.base import Source
+    from .sources.base import Parse, Source
 
 
 
@@ -82,10 +83,10 @@ def stop_pool(executor: ProcessPoolExecutor) -> None:
             process.join(timeout=5)
 
 
-def hash_one(source: "Source", path: str, buffer: bytearray) -> HashOutcome | tuple[str, str]:
+def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | None" = None) -> HashOutcome | tuple[str, str]:
     """The outcome for one file, or (error kind, message); never raises OSError."""
     try:
-        return source.hash_file(path, buffer)
+        return source.hash_file(path, buffer) if parse is None else source.hash_file(path, buffer, parse)
     except FileChangedWhileHashing as exc:
         return "changed_while_hashing", str(exc)
     except FileNotFoundError:
@@ -105,26 +106,55 @@ class HashedChunk:
     sizes: array
     mtimes: array
     errors: list[tuple[int, str, str]]  # (offset in chunk, kind, message)
+    facts: list[tuple[int, str, str]] = field(default_factory=list)  # (offset in chunk, kind, facts as JSON)
+    contents: list[tuple[int, str, bytes]] = field(default_factory=list)  # (offset, kind, the bytes): raw_kinds
 
 
 _NO_DIGEST = bytes(16)
 
 
-def hash_chunk(source: "Source", paths: list[str]) -> HashedChunk:
-    """Hash files one after another (in a worker process: one GIL per core)."""
+def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] = frozenset(),
+               raw_kinds: frozenset[str] = frozenset()) -> HashedChunk:
+    """Hash files one after another (in a worker process: one GIL per core). A file whose kind (from its
+    path: validate.kinds) is in `facts_kinds` is parsed from the bytes hashed, so validation need not read
+    it again (one read per file); one in `raw_kinds` (small files whose parser may not run here) comes
+    back whole, up to MAX_RAW_BYTES, for the caller to parse."""
     buffer = bytearray(READ_SIZE)
     digests = bytearray()
     sizes, mtimes = array("q"), array("q")
     errors: list[tuple[int, str, str]] = []
+    facts: list[tuple[int, str, str]] = []
+    contents: list[tuple[int, str, bytes]] = []
+    parsers: dict[str, "Parse"] = {}
+    if (facts_kinds or raw_kinds) and "parse" in inspect.signature(source.hash_file).parameters:
+        from .validate.kinds import kind_of
+        from .validate.readers import parser
+
+        parsers = {kind: parser(kind) for kind in facts_kinds}
+        parsers.update((kind, _whole) for kind in raw_kinds)
     for k, path in enumerate(paths):
-        out = hash_one(source, path, buffer)
+        kind = kind_of(path) if parsers else None
+        out = hash_one(source, path, buffer, parsers.get(kind) if kind else None)
         if isinstance(out, HashOutcome):
             digests += out.digest
             sizes.append(out.size)
             mtimes.append(out.mtime_ns)
+            if isinstance(out.facts, bytes):
+                contents.append((k, kind, out.facts))  # type: ignore[arg-type]
+            elif out.facts is not None:
+                facts.append((k, kind, out.facts))  # type: ignore[arg-type]
         else:
             digests += _NO_DIGEST
             sizes.append(0)
             mtimes.append(0)
             errors.append((k, *out))
-    return HashedChunk(bytes(digests), sizes, mtimes, errors)
+    return HashedChunk(bytes(digests), sizes, mtimes, errors, facts, contents)
+
+
+MAX_RAW_BYTES = 4 << 20
+
+
+def _whole(f) -> bytes | None:
+    """A small file's bytes (None if larger than MAX_RAW_BYTES: validation reads it)."""
+    data = f.read(MAX_RAW_BYTES + 1)
+    return data if len(data) <= MAX_RAW_BYTES else None

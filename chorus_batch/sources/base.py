@@ -16,7 +16,8 @@ Every implementation passes the shared contract suite in tests/test_source_contr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -39,6 +40,7 @@ class HashOutcome:
     digest: bytes  # 16 bytes of MD5
     size: int
     mtime_ns: int
+    facts: str | None = None  # what `parse` made of the same bytes (hash_file's parse=), if it was given one
 
     @property
     def md5(self) -> str:
@@ -84,9 +86,116 @@ class Source(Protocol):
         """One file opened for binary reading (seekable); raises OSError."""
         ...
 
-    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
-        """MD5 of one file, streamed; raises OSError (FileChangedWhileHashing if it changed)."""
+    def hash_file(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
+        """MD5 of one file, streamed; raises OSError (FileChangedWhileHashing if it changed). With `parse`,
+        the file is read through a HashingReader handed to it, so what it parses comes from the bytes
+        hashed (one read); its result is the outcome's `facts` (None if it needed bytes no longer kept).
+        Optional: a source without it is hashed without facts (validation then reads the file)."""
         ...
+
+
+Parse = Callable[[BinaryIO], "str | None"]
+
+KEEP_BYTES = 4 << 20  # what a HashingReader keeps to serve seeks back: a header's worth, never a whole large file
+_BACK_SLACK = 64 << 10  # once past KEEP_BYTES: bytes kept behind the position for short seeks back
+
+
+class NotKept(OSError):
+    """A parser sought back to bytes the HashingReader no longer keeps."""
+
+
+class HashingReader(io.RawIOBase):
+    """A seekable binary file over a one-way read (`raw_read(n)`: up to n bytes, b"" at the end) that
+    MD5s every byte once, in order, as it first reads it. A parser reads (and seeks) through it; the
+    first KEEP_BYTES read are kept for seeks back, later ones only a short way back (a streaming parser
+    never keeps the file). `finish()` reads the rest for the MD5. A seek back to bytes no longer kept
+    raises NotKept and sets `lost`: whatever the parser made of the file then is not to be trusted."""
+
+    def __init__(self, raw_read: Callable[[int], bytes], digest, size: int | None = None):
+        self._raw_read, self.digest, self._size = raw_read, digest, size
+        self._kept = bytearray()  # the bytes [self._base, self.done) of the file
+        self._base = self._pos = self.done = 0
+        self.eof = False
+        self.lost = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            if self._size is None:
+                self._fill(1 << 62)
+            offset += self.done if self._size is None else self._size
+        if offset < 0:
+            raise ValueError("negative seek position")
+        if offset < self._base:
+            self.lost = True
+            raise NotKept(f"seek back to byte {offset}, no longer kept")
+        self._pos = offset
+        return offset
+
+    def _fill(self, end: int) -> None:
+        """Read (and hash) until `end` bytes were read or the file ends."""
+        while self.done < end and not self.eof:
+            chunk = self._raw_read(max(READ_SIZE, min(end - self.done, 16 << 20)))
+            if not chunk:
+                self.eof = True
+                break
+            self.digest.update(chunk)
+            self.done += len(chunk)
+            if self.done - self._base > KEEP_BYTES and self._pos - self._base > _BACK_SLACK:
+                drop = self._pos - self._base - _BACK_SLACK
+                del self._kept[:drop]
+                self._base += drop
+            self._kept += chunk
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._pos < self._base:
+            self.lost = True
+            raise NotKept(f"read at byte {self._pos}, no longer kept")
+        end = 1 << 62 if size is None or size < 0 else self._pos + size
+        self._fill(end)
+        data = bytes(self._kept[self._pos - self._base: end - self._base])
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def finish(self, block: int = READ_SIZE) -> int:
+        """Read (and hash) the rest of the file, keeping nothing; the bytes read in all."""
+        self._kept = bytearray()
+        self._base = self._pos = self.done
+        while not self.eof:
+            chunk = self._raw_read(block)
+            if not chunk:
+                self.eof = True
+                break
+            self.digest.update(chunk)
+            self.done += len(chunk)
+        return self.done
+
+
+def parse_through(parse: Parse, reader: HashingReader) -> str | None:
+    """`parse` over the reader; None if it sought back to bytes no longer kept (whatever it returned)."""
+    try:
+        facts = parse(reader)
+    except NotKept:
+        facts = None
+    return None if reader.lost else facts
 
 
 def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int],

@@ -7,6 +7,7 @@ processes, each walking a share of the top-level folders.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -20,7 +21,8 @@ from typing import BinaryIO
 import pyarrow as pa
 
 from ..errors import ConfigError, SourceError
-from .base import BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
+from .base import (BATCH_ROWS, READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse,
+                   clamp_ns, listing_batch, parse_through)
 
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # A tree whose walk takes longer than this in-process is finished by worker processes.
@@ -231,17 +233,25 @@ class LocalSource:
             raise IsADirectoryError(f"not a regular file: {srcfile}")
         return FileStat(st.st_size, clamp_ns(st.st_mtime_ns))
 
-    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+    def hash_file(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         path = self.absolute(srcfile)
         for _attempt in (1, 2):
             fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            facts = None
             try:
                 before = os.fstat(fd)
-                # Small files (most of a site) take one read; larger ones stream into the reused buffer.
-                data = os.read(fd, READ_SIZE)
-                digest = hashlib.md5(data, usedforsecurity=False)
-                total = len(data)
-                if total == READ_SIZE:
+                if parse is None:
+                    # Small files (most of a site) take one read; larger ones stream into the reused buffer.
+                    data = os.read(fd, READ_SIZE)
+                    digest = hashlib.md5(data, usedforsecurity=False)
+                    total = len(data)
+                    more = total == READ_SIZE
+                else:  # the parser reads through the hashing reader; the rest is hashed below
+                    reader = HashingReader(functools.partial(os.read, fd), hashlib.md5(usedforsecurity=False),
+                                           before.st_size)
+                    facts = parse_through(parse, reader)
+                    digest, total, more = reader.digest, reader.done, not reader.eof
+                if more:
                     with io.FileIO(fd, "r", closefd=False) as f:
                         view, readinto, update = memoryview(buffer), f.readinto, digest.update
                         while n := readinto(buffer):
@@ -251,7 +261,5 @@ class LocalSource:
             finally:
                 os.close(fd)
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
-                return HashOutcome(digest.digest(), before.st_size, clamp_ns(before.st_mtime_ns))
+                return HashOutcome(digest.digest(), before.st_size, clamp_ns(before.st_mtime_ns), facts)
         raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
-
-

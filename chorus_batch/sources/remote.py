@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from ..errors import ChorusError
 from . import cloud as cloud_access
-from .base import BATCH_ROWS, FileChangedWhileHashing, FileStat, HashOutcome, clamp_ns, listing_batch
+from .base import (BATCH_ROWS, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, clamp_ns,
+                   listing_batch, parse_through)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -195,9 +196,9 @@ class FsspecSource:
         except cloud_access.storage_errors() as exc:
             raise self._storage_failure(exc, srcfile) from None
 
-    def hash_file(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+    def hash_file(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         try:  # a dropped connection or a busy service: the whole file again, with backoff
-            return cloud_access.retrying(lambda: self._hash(srcfile, buffer))
+            return cloud_access.retrying(lambda: self._hash(srcfile, buffer, parse))
         except FileChangedWhileHashing:
             raise
         except cloud_access.storage_errors() as exc:
@@ -209,7 +210,7 @@ class FsspecSource:
             self._blob_client = cloud_access.sync_blob_service_client(self._azure_sign_in)
         return self._blob_client
 
-    def _hash_blob(self, srcfile: str) -> HashOutcome:
+    def _hash_blob(self, srcfile: str, parse: Parse | None = None) -> HashOutcome:
         """One Get Blob for a small blob (adlfs's open costs three round trips before the bytes); a large
         one in ranged GETs of DOWNLOAD_BLOCK, each conditional on the first response's etag, so a blob
         written while it is read fails the read (ResourceModifiedError) instead of mixing two contents."""
@@ -217,12 +218,18 @@ class FsspecSource:
 
         container, _, name = self._path(srcfile).partition("/")
         digest = hashlib.md5(usedforsecurity=False)
-        total = 0
+        total, facts = 0, None
         try:
             stream = self._blob_service().get_blob_client(container, name).download_blob(max_concurrency=1)
-            for chunk in stream.chunks():
-                digest.update(chunk)
-                total += len(chunk)
+            if parse is not None:  # the parser reads the downloaded chunks as they are hashed
+                chunks = iter(stream.chunks())
+                reader = HashingReader(lambda _n: next(chunks, b""), digest, int(stream.properties.size or 0))
+                facts = parse_through(parse, reader)
+                total = reader.finish()
+            else:
+                for chunk in stream.chunks():
+                    digest.update(chunk)
+                    total += len(chunk)
         except ResourceModifiedError:
             raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}") from None
         except ResourceNotFoundError as exc:
@@ -233,17 +240,21 @@ class FsspecSource:
         if total != int(props.size or 0):
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
         mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
-        return HashOutcome(digest.digest(), total, mtime)
+        return HashOutcome(digest.digest(), total, mtime, facts)
 
-    def _hash(self, srcfile: str, buffer: bytearray) -> HashOutcome:
+    def _hash(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         if self._azure_sign_in is not None:
-            return self._hash_blob(srcfile)
+            return self._hash_blob(srcfile, parse)
         path = self._path(srcfile)
         info = self.fs.info(path)
         digest = hashlib.md5(usedforsecurity=False)
         view = memoryview(buffer)
-        total = 0
+        total, facts = 0, None
         with self.fs.open(path, "rb", block_size=DOWNLOAD_BLOCK) as f:
+            if parse is not None:  # the parser reads the bytes as they are hashed
+                reader = HashingReader(f.read, digest, int(info.get("size") or 0))
+                facts = parse_through(parse, reader)
+                total = reader.finish(len(buffer))
             while n := f.readinto(buffer):
                 digest.update(view[:n])
                 total += n
@@ -253,4 +264,4 @@ class FsspecSource:
             after = self.fs.info(path)
             if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
                 raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
-        return HashOutcome(digest.digest(), total, _mtime_ns(info))
+        return HashOutcome(digest.digest(), total, _mtime_ns(info), facts)

@@ -53,14 +53,16 @@ class ValidationCache:
         assert isinstance(frame, pl.DataFrame)
         return frame.cast(FACTS_SCHEMA) if frame.height else pl.DataFrame(schema=FACTS_SCHEMA)  # type: ignore[arg-type]
 
-    def save_facts(self, new_facts: pl.DataFrame) -> None:
-        """Header facts read outside a check (e.g. by the registries), cached by content."""
+    def save_facts(self, new_facts: pl.DataFrame, *, replace: bool = True) -> None:
+        """Header facts read outside a check (e.g. by the registries, or while hashing), cached by content;
+        `replace=False` keeps facts already cached for the same content as they are."""
         if new_facts.height == 0:
             return
         with self.manifest.adbc() as con:
             with con.cursor() as cur:
                 cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
-                cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
+                cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO file_facts "
+                            "SELECT kind, md5, facts FROM temp._facts")
             con.commit()
         self.manifest.after_commit()
 

@@ -6,6 +6,8 @@ file and record names are compared exactly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 from .rules import (
@@ -56,29 +58,123 @@ def _path_columns(current: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
-def _kind_expr() -> pl.Expr:
-    in_person = (pl.col("_n") >= 3) & ~pl.col("_top_l").is_in(["omop", "metadata"])
-    waveforms = in_person & (pl.col("_second_l") == "waveforms")
-    table = pl.col("_table")
-    omop = (pl.col("_top_l") == "omop") & (pl.col("_n") == 2)
-    name_l = pl.col("_name").str.to_lowercase()
-    metadata = (pl.col("_top_l") == "metadata") & (pl.col("_n") == 2)
-    at_root = pl.col("_n") == 1
+# Where a file lies (at most one place each; from the path's parts, folder names compared lower-cased).
+PLACE_ROOT, PLACE_METADATA, PLACE_OMOP, PLACE_WAVEFORMS, PLACE_IMAGES = "root", "metadata", "omop", "waveforms", "images"
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """A file is of `kind` when it lies in one of `places` and its name passes every test given (the
+    first rule that matches decides). Names: `name` exact; the others lower-cased (`ext`: after the last
+    dot; `stem_in`: the name without its extension)."""
+
+    kind: str
+    places: tuple[str, ...]
+    ext: str | None = None
+    name: str | None = None
+    name_in: tuple[str, ...] = ()
+    suffix: str | None = None
+    contains: str | None = None
+    stem_in: tuple[str, ...] = ()
+
+
+# The one classification of which files validation looks inside: kind_of (one path, e.g. in a hashing
+# worker) and _kind_expr (polars, over the whole site) are both built from it.
+KIND_RULES: tuple[KindRule, ...] = (
+    KindRule(KIND_WFDB, (PLACE_WAVEFORMS,), ext="hea"),
+    KindRule(KIND_RECORDS, (PLACE_WAVEFORMS, PLACE_ROOT), name="RECORDS"),
+    KindRule(KIND_MARKDOWN, (PLACE_METADATA, PLACE_ROOT), name_in=("readiness.md", "submission.md")),
+    KindRule(KIND_MAPPING, (PLACE_METADATA,), suffix="_mapping.csv"),
+    KindRule(KIND_REGISTRY, (PLACE_METADATA, PLACE_ROOT), contains="registry", ext="csv"),
+    KindRule(KIND_DICOM, (PLACE_IMAGES,), ext="dcm"),
+    KindRule(KIND_PERSON, (PLACE_OMOP,), ext="csv", stem_in=("person",)),
+    KindRule(KIND_VISITS, (PLACE_OMOP,), ext="csv", stem_in=("visit_occurrence",)),
+    KindRule(KIND_LINKS, (PLACE_OMOP,), ext="csv", stem_in=(LINKS_TABLE,)),
+    KindRule(KIND_OMOP, (PLACE_OMOP,), ext="csv", stem_in=(*OMOP_KEYS, *FORBIDDEN_TABLES)),
+)
+
+
+def _place(parts: list[str]) -> str | None:
+    n = len(parts)
+    if n == 1:
+        return PLACE_ROOT
+    top = parts[0].lower()
+    if top in ("omop", "metadata"):
+        return top if n == 2 else None
+    if n >= 3:
+        second = parts[1].lower()
+        if second in (PLACE_WAVEFORMS, PLACE_IMAGES):
+            return second
+    return None
+
+
+def kind_of(srcfile: str) -> str | None:
+    """The kind of header facts validation needs of one file, from its site-relative path alone; None: none."""
+    parts = srcfile.split("/")
+    place = _place(parts)
+    if place is None:
+        return None
+    name = parts[-1]
+    name_l = name.lower()
+    dot = name_l.rfind(".")
+    ext, stem = (name_l[dot + 1:], name_l[:dot]) if dot >= 0 else (None, name_l)
+    for rule in KIND_RULES:
+        if (place in rule.places
+                and (rule.ext is None or ext == rule.ext)
+                and (rule.name is None or name == rule.name)
+                and (not rule.name_in or name_l in rule.name_in)
+                and (rule.suffix is None or name_l.endswith(rule.suffix))
+                and (rule.contains is None or rule.contains in name_l)
+                and (not rule.stem_in or stem in rule.stem_in)):
+            return rule.kind
+    return None
+
+
+def _place_expr() -> pl.Expr:
+    n, top, second = pl.col("_n"), pl.col("_top_l"), pl.col("_second_l")
+    in_person = (n >= 3) & ~top.is_in(["omop", "metadata"])
     return (
-        pl.when(waveforms & (pl.col("_ext_l") == "hea")).then(pl.lit(KIND_WFDB))
-        .when((waveforms | at_root) & (pl.col("_name") == "RECORDS")).then(pl.lit(KIND_RECORDS))
-        .when((metadata | at_root) & name_l.is_in(["readiness.md", "submission.md"])).then(pl.lit(KIND_MARKDOWN))
-        .when(metadata & name_l.str.ends_with("_mapping.csv")).then(pl.lit(KIND_MAPPING))
-        .when((metadata | at_root) & name_l.str.contains("registry") & (pl.col("_ext_l") == "csv"))
-        .then(pl.lit(KIND_REGISTRY))
-        .when(in_person & (pl.col("_second_l") == "images") & (pl.col("_ext_l") == "dcm")).then(pl.lit(KIND_DICOM))
-        .when(omop & (table == "person")).then(pl.lit(KIND_PERSON))
-        .when(omop & (table == "visit_occurrence")).then(pl.lit(KIND_VISITS))
-        .when(omop & (table == LINKS_TABLE)).then(pl.lit(KIND_LINKS))
-        .when(omop & table.is_in([*OMOP_KEYS, *FORBIDDEN_TABLES])).then(pl.lit(KIND_OMOP))
+        pl.when(n == 1).then(pl.lit(PLACE_ROOT))
+        .when((top == "metadata") & (n == 2)).then(pl.lit(PLACE_METADATA))
+        .when((top == "omop") & (n == 2)).then(pl.lit(PLACE_OMOP))
+        .when(in_person & second.is_in([PLACE_WAVEFORMS, PLACE_IMAGES])).then(second)
         .otherwise(pl.lit(None, pl.String))
-        .alias("kind")
     )
+
+
+def _rule_expr(rule: KindRule, place: pl.Expr) -> pl.Expr:
+    name_l = pl.col("_name").str.to_lowercase()
+    ext = pl.col("_ext_l")
+    stem_l = pl.when(ext.is_null()).then(name_l).otherwise(name_l.str.head(name_l.str.len_chars() - ext.str.len_chars() - 1))
+    tests = [place.is_in(list(rule.places))]
+    if rule.ext is not None:
+        tests.append(ext == rule.ext)
+    if rule.name is not None:
+        tests.append(pl.col("_name") == rule.name)
+    if rule.name_in:
+        tests.append(name_l.is_in(list(rule.name_in)))
+    if rule.suffix is not None:
+        tests.append(name_l.str.ends_with(rule.suffix))
+    if rule.contains is not None:
+        tests.append(name_l.str.contains(rule.contains, literal=True))
+    if rule.stem_in:
+        tests.append(stem_l.is_in(list(rule.stem_in)))
+    return pl.all_horizontal(tests).fill_null(False)
+
+
+def _kind_expr() -> pl.Expr:
+    """kind_of over _path_columns' helper columns."""
+    place = _place_expr()
+    expr = pl.when(_rule_expr(KIND_RULES[0], place)).then(pl.lit(KIND_RULES[0].kind))
+    for rule in KIND_RULES[1:]:
+        expr = expr.when(_rule_expr(rule, place)).then(pl.lit(rule.kind))
+    return expr.otherwise(pl.lit(None, pl.String)).alias("kind")
+
+
+def kinds_in(srcfile: pl.Series) -> frozenset[str]:
+    """The kinds among these paths (kind_of of each, vectorised)."""
+    kinds = _path_columns(pl.DataFrame({"srcfile": srcfile})).select(_kind_expr()).unique().collect()["kind"]
+    return frozenset(kinds.drop_nulls().to_list())
 
 
 def facts_needed(current: pl.DataFrame) -> pl.DataFrame:

@@ -1,7 +1,13 @@
-"""Reading facts from file contents (I/O): WFDB headers, RECORDS files, DICOM headers and OMOP
-CSVs, each to a small dict of JSON-able facts. Facts depend only on the content, so they are
-keyed by (kind, md5) and can be cached for ever. pydicom, wfdb and pyarrow are imported only
-when a file of their kind is read.
+"""Facts of file contents: WFDB headers, RECORDS files, DICOM headers and OMOP CSVs, each to a
+small dict of JSON-able facts. Facts depend only on the content, so they are keyed by (kind, md5)
+and can be cached for ever. pydicom, wfdb and pyarrow are imported only when a file of their kind
+is read.
+
+  parse_facts(kind, f)   pure: the facts of the bytes a binary file-like gives (reading only what
+                         the kind needs: a header, a CSV's first line and id columns, streamed)
+  parser(kind)           the same as the cache's JSON text: what a hashing worker runs over the
+                         bytes it hashes (one read per file, hashing.py)
+  read_facts / extract_facts   the separate read path (I/O): files whose facts are not cached
 """
 
 from __future__ import annotations
@@ -287,8 +293,14 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str]]:
     return {"columns": columns, "delimiter": delimiter}, raw
 
 
+# What polars' str.strip_chars() strips (Rust's char::is_whitespace): Python's str.strip() would also strip \x1c-\x1f.
+_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
 def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
-    """The distinct (rows of the) wanted columns, streamed with pyarrow; None if one is absent."""
+    """The distinct (rows of the) wanted columns, stripped and non-empty, in order of first appearance;
+    None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
+    the file (no polars either: this runs in forked hashing workers)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -296,6 +308,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         return None
     names = [raw_names[columns.index(w)] for w in wanted]
     f.seek(0)
+    seen: dict[tuple[str, ...], None] = {}
     try:
         reader = pacsv.open_csv(
             f,
@@ -303,17 +316,13 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names}),
         )
-        table = reader.read_all()
+        for batch in reader:
+            values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
+            seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {exc}") from None
-    frame = (
-        pl.from_arrow(table)
-        .rename(dict(zip(names, wanted, strict=True)))
-        .with_columns(pl.col(w).str.strip_chars() for w in wanted)
-        .filter(pl.all_horizontal(pl.col(w).is_not_null() & (pl.col(w) != "") for w in wanted))
-        .unique(maintain_order=True)
-    )
-    return {w: frame[w].to_list() for w in wanted}
+    rows = list(seen)
+    return {w: [row[k] for row in rows] for k, w in enumerate(wanted)}
 
 
 def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
@@ -343,24 +352,62 @@ _READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
-def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
-    """The facts of one file; {"error": ...} for content that is not what the name says.
+# Kinds whose readers use only the standard library, pyarrow, pydicom or wfdb's grammar, never polars (whose
+# thread pool does not survive a fork): their facts can be parsed in forked worker processes.
+READER_KINDS = frozenset(_READERS)
+FORK_SAFE_KINDS = READER_KINDS - {KIND_MAPPING, KIND_REGISTRY}
 
-    An error that is about reading, not content (the file vanished, permission denied,
-    a network failure), also carries "retry": true: such facts must not be cached.
-    """
+
+def parse_facts(kind: str, f) -> dict[str, Any]:
+    """The facts of one file's content, read from the binary file-like `f` (pure: the content alone decides);
+    {"error": ...} for content that is not what the name says. OSError (reading, not content) propagates."""
     reader = _READERS.get(kind)
     if reader is None:
         return {"error": f"no reader for kind {kind!r}"}
     try:
-        with source.open(srcfile) as f:
-            return reader(f)
+        return reader(f)
     except BadContent as exc:
         return {"error": str(exc)}
-    except OSError as exc:
-        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+    except OSError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a parser's bug or an oddity nobody foresaw: a finding, not a crash
         return {"error": f"cannot parse the file ({type(exc).__name__}: {exc})"}
+
+
+def facts_text(facts: dict[str, Any]) -> str:
+    """Facts as the cache stores them (FACTS_SCHEMA's JSON text)."""
+    return json.dumps(facts, separators=(",", ":"))
+
+
+def parser(kind: str) -> Callable[[Any], str]:
+    """parse_facts for one kind, as the cache's JSON text: what a hashing worker runs over the bytes it hashes."""
+    return functools.partial(_parse_text, kind)
+
+
+def _parse_text(kind: str, f) -> str:
+    return facts_text(parse_facts(kind, f))
+
+
+def prepare(kinds) -> None:
+    """Import the parsers `kinds` need before worker threads or forked processes start: threads
+    (catch_warnings is not thread-safe) and forked processes (each would import them again) share them."""
+    if KIND_WFDB in kinds:
+        _wfdb_parsers()
+    if KIND_DICOM in kinds:
+        import pydicom  # noqa: F401
+
+
+def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
+    """The facts of one file, opened from `source`; {"error": ...} for content that is not what the name says.
+
+    An error that is about reading, not content (the file vanished, permission denied,
+    a network failure), also carries "retry": true: such facts must not be cached.
+    """
+    try:
+        with source.open(srcfile) as f:
+            return parse_facts(kind, f)
+    except OSError as exc:
+        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
 
 
 def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFrame:
@@ -378,13 +425,7 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFra
         .rows()
     )
 
-    kinds = {kind for kind, _, _ in jobs}
-    # Imported before workers start: threads (catch_warnings is not thread-safe) and forked
-    # processes (each would import them again) then share them.
-    if KIND_WFDB in kinds:
-        _wfdb_parsers()
-    if KIND_DICOM in kinds:
-        import pydicom  # noqa: F401
+    prepare({kind for kind, _, _ in jobs})
     headers = [job for job in jobs if job[0] in _HEADER_KINDS]
     # The source's capability (sources/base.py): its reads are CPU-bound on this machine.
     if (workers > 1 and len(headers) >= _PROCESS_MIN_JOBS
@@ -414,4 +455,4 @@ _CHUNK_JOBS = 500
 def _facts_rows(source, jobs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     """FACTS rows of (kind, md5, srcfile) jobs; runs in worker processes too. read_facts is looked up
     in this module at each call, so a patched readers.read_facts sees every read."""
-    return [(kind, md5, json.dumps(read_facts(source, srcfile, kind), separators=(",", ":"))) for kind, md5, srcfile in jobs]
+    return [(kind, md5, facts_text(read_facts(source, srcfile, kind))) for kind, md5, srcfile in jobs]

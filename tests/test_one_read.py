@@ -1,0 +1,277 @@
+"""One read per file (issue 15): the hashing worker that reads a file also parses the header facts
+validation needs, from the same bytes; validation then finds them cached and opens no file again.
+
+- a first run (in threads and in forked workers) opens every site file exactly once, counted by an audit
+  hook in a subprocess (`open` fires for os.open and io.open alike, in forked workers too);
+- its findings and cached facts equal those of a run that validates in a separate pass
+  (`run --no-validate`, then `validate` on the same manifest, which reads the headers itself);
+- the hashing reader: the MD5 of every byte once, in order, whatever the parser reads or seeks; a big
+  OMOP CSV's id columns streamed while hashing, keeping a bounded window, never the file;
+- the classification of which files need facts has one definition (validate.kinds.KIND_RULES) whose
+  per-path form (kind_of, used by the workers) and vectorised form (_kind_expr) agree, and agree with
+  the expression it replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from chorus_batch import hashing, workers
+from chorus_batch.sources import base
+from chorus_batch.sources.base import KEEP_BYTES, HashingReader, parse_through
+from chorus_batch.sources.local import LocalSource
+from chorus_batch.validate import readers
+from chorus_batch.validate.kinds import KIND_RULES, _kind_expr, _path_columns, kind_of
+from chorus_batch.validate.rules import (FORBIDDEN_TABLES, KIND_DICOM, KIND_LINKS, KIND_MAPPING, KIND_MARKDOWN,
+                                         KIND_OMOP, KIND_PERSON, KIND_RECORDS, KIND_REGISTRY, KIND_VISITS, KIND_WFDB,
+                                         LINKS_TABLE, OMOP_KEYS)
+from chorus_batch.validate.run import validate_manifest
+from conftest import query, run_site
+from sitegen import build_clean_site, write
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def broken_site(root: Path) -> Path:
+    """A clean site, plus files whose facts are findings: bad headers, a non-DICOM .dcm, odd OMOP CSVs."""
+    build_clean_site(root, persons=3)
+    write(root, "P900/Waveforms/Telemetry/1/1.hea", "not a header\n")
+    write(root, "P900/Waveforms/Telemetry/1/RECORDS", b"\x00\x01binary")
+    write(root, "P900/Images/CT/1/2/000.dcm", b"DICM" * 50)
+    write(root, "P900/Images/CT/1/2/001.dcm", b"")
+    write(root, "OMOP/specimen.csv", "specimen_id,person_id\n1,2\n")
+    write(root, "OMOP/measurement.csv", "a;b;c\n1;2;3\n")
+    write(root, "OMOP/death.csv", "")
+    write(root, "Metadata/Extra_mapping.csv", "signal_id,sampling_rate\nx,-1\n")
+    write(root, "registry.csv", "src_file,trg_file\n")
+    return root
+
+
+# ---------------------------------------------------------------- a first run opens each file once
+
+_COUNT_OPENS = r"""
+import os, sys
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+site = os.path.realpath(sys.argv[2]) + os.sep
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes)):
+        path = os.fsdecode(args[0])
+        if path.startswith(site):
+            os.write(log, (path[len(site):] + "\n").encode())  # O_APPEND: one line per open, forked workers too
+
+sys.addaudithook(hook)
+import chorus_batch.hashing
+chorus_batch.hashing.PROCESS_MIN_FILES = int(sys.argv[3])  # 1: forked workers even for a small site
+from chorus_batch.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _opens(tmp_path: Path, site: Path, *args: str, process_min: int = 10**9) -> Counter:
+    log = tmp_path / f"opens-{len(list(tmp_path.iterdir()))}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    done = subprocess.run([sys.executable, "-c", _COUNT_OPENS, str(log), str(site), str(process_min), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    return Counter(log.read_text().splitlines()) if log.exists() else Counter()
+
+
+def _site_files(site: Path) -> set[str]:
+    return {str(p.relative_to(site)) for p in site.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("workers,process_min", [(1, 10**9), (2, 1)], ids=["threads", "forked-workers"])
+def test_a_first_run_opens_every_file_once(tmp_path, workers, process_min):
+    site = broken_site(tmp_path / "site")
+    db = tmp_path / "manifest.sqlite"
+    opens = _opens(tmp_path, site, "run", "--site", str(site), "--db", str(db), "--workers", str(workers), "-q",
+                   process_min=process_min)
+    assert set(opens) == _site_files(site), "every file is read (hashed), and nothing else under the site"
+    assert [path for path, n in opens.items() if n > 1] == [], "no file is opened twice"
+    facts = query(db, "SELECT kind, count(*) FROM file_facts GROUP BY kind")
+    assert {KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_PERSON, KIND_OMOP, KIND_MAPPING, KIND_MARKDOWN} <= dict(facts).keys()
+    ((version, headers_read),) = query(db, "SELECT version, headers_read FROM validations")
+    assert headers_read == 0, "validation found every header's facts cached"
+    assert query(db, "SELECT count(*) FROM findings WHERE version = ?", (version,))[0][0] > 0
+
+
+def test_validate_on_a_manifest_without_facts_reads_the_headers_itself(tmp_path):
+    """The separate read path still works (e.g. an older manifest): `run --no-validate` parses nothing."""
+    site = broken_site(tmp_path / "site")
+    db = tmp_path / "manifest.sqlite"
+    first = _opens(tmp_path, site, "run", "--site", str(site), "--db", str(db), "--no-validate", "-q")
+    assert max(first.values()) == 1 and query(db, "SELECT count(*) FROM file_facts") == [(0,)]
+    again = _opens(tmp_path, site, "validate", "--db", str(db), "-q")
+    assert again and max(again.values()) == 1 and all(kind_of(path) for path in again)
+    assert query(db, "SELECT headers_read FROM validations") == [(len(again),)]
+
+
+# ---------------------------------------------------------------- the same findings as a separate pass
+
+def _table(db: Path, sql: str) -> list[tuple]:
+    return sorted(query(db, sql))
+
+
+@pytest.mark.parametrize("workers,process_min", [(1, hashing.PROCESS_MIN_FILES), (2, 1)],
+                         ids=["threads", "forked-workers"])
+def test_findings_equal_those_of_a_separate_validation_pass(tmp_path, monkeypatch, workers, process_min):
+    monkeypatch.setattr(hashing, "PROCESS_MIN_FILES", process_min)
+    site = broken_site(tmp_path / "site")
+    one, two = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
+    together = run_site(site, one, workers=workers)
+    separate = run_site(site, two, workers=workers, validate_site=False)
+    assert separate.findings is None and query(two, "SELECT count(*) FROM file_facts") == [(0,)]
+    _label, findings = validate_manifest(str(two), argv=["validate"], workers=workers)
+    assert together.findings is not None and together.findings.height > 5
+    assert together.findings.sort("srcfile", "rule", "message").equals(findings.sort("srcfile", "rule", "message"))
+    assert (_table(one, "SELECT kind, md5, facts FROM file_facts")
+            == _table(two, "SELECT kind, md5, facts FROM file_facts")), "the same facts, byte for byte"
+    assert query(one, "SELECT headers_read FROM validations") == [(0,)]
+
+
+def test_cached_facts_stay_as_they_are(tmp_path):
+    """Facts already cached for a content are not replaced by the ones parsed while hashing."""
+    site = broken_site(tmp_path / "site")
+    db = tmp_path / "manifest.sqlite"
+    run_site(site, db, validate_site=False)
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        con.execute("""INSERT INTO file_facts SELECT 'omop_csv', md5, '{"columns":["kept"],"delimiter":","}'
+                       FROM source_files WHERE srcfile = 'OMOP/specimen.csv'""")
+    run_site(site, db, rehash=True)
+    assert query(db, "SELECT f.facts FROM file_facts f JOIN source_files s ON s.md5 = f.md5 "
+                     "WHERE s.srcfile = 'OMOP/specimen.csv' AND s.time_invalid IS NULL") == [
+        ('{"columns":["kept"],"delimiter":","}',)]
+
+
+# ---------------------------------------------------------------- the hashing reader
+
+def _reader(data: bytes) -> HashingReader:
+    return HashingReader(io.BytesIO(data).read, hashlib.md5(), len(data))
+
+
+def test_the_hashing_reader_hashes_every_byte_once_whatever_the_parser_does():
+    data = os.urandom(3 * KEEP_BYTES + 12345)
+
+    def wander(f):
+        f.read(7)
+        f.seek(0)
+        head = f.read(100)
+        f.seek(10, io.SEEK_CUR)
+        f.seek(0, io.SEEK_END)
+        f.seek(5)
+        return head[:4].hex()
+
+    reader = _reader(data)
+    assert parse_through(wander, reader) == data[:4].hex()
+    assert reader.finish() == len(data) and reader.digest.hexdigest() == hashlib.md5(data).hexdigest()
+    # a parser that streams far and then seeks back to the start: its result is not trusted
+    reader = _reader(data)
+
+    def back_to_start(f):
+        while f.read(1 << 20):
+            pass
+        f.seek(0)
+        return "trusted?"
+
+    assert parse_through(back_to_start, reader) is None and reader.lost
+    assert reader.finish() == len(data) and reader.digest.hexdigest() == hashlib.md5(data).hexdigest()
+
+
+def test_a_big_csv_is_streamed_while_hashed_keeping_a_window(tmp_path, monkeypatch):
+    """person.csv's ids from the hashing worker, parsed as the bytes go by: the same facts as the separate
+    read path, while the reader keeps at most a bounded window of the file."""
+    rows = "".join(f"{i % 70000}, {i}\n" for i in range(900_000))
+    data = ("person_id,year_of_birth\n" + rows).encode()
+    (tmp_path / "OMOP").mkdir()
+    (tmp_path / "OMOP/person.csv").write_bytes(data)
+    kept: list[int] = []
+    original = HashingReader._fill
+
+    def watching(self, end):
+        original(self, end)
+        kept.append(len(self._kept))
+
+    monkeypatch.setattr(HashingReader, "_fill", watching)
+    monkeypatch.setattr(base, "KEEP_BYTES", 256 << 10)
+    out = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(64 * 1024), readers.parser(KIND_PERSON))
+    assert out.md5 == hashlib.md5(data).hexdigest() and out.size == len(data)
+    assert max(kept) < (256 << 10) + (5 << 20) < 2 * (5 << 20) < len(data)  # the first bytes, then ~ one 4 MiB block
+    assert json.loads(out.facts) == readers.read_facts(LocalSource(tmp_path), "OMOP/person.csv", KIND_PERSON)
+    assert len(json.loads(out.facts)["person_id"]) == 70000
+
+
+def test_a_worker_returns_facts_with_the_hashes(tmp_path):
+    site = broken_site(tmp_path / "site")
+    paths = sorted(p for p in _site_files(site))
+    chunk = workers.hash_chunk(LocalSource(site), paths, readers.FORK_SAFE_KINDS,
+                               readers.READER_KINDS - readers.FORK_SAFE_KINDS)
+    parsed = {paths[k]: kind for k, kind, _ in chunk.facts}
+    whole = {paths[k]: kind for k, kind, _ in chunk.contents}
+    assert parsed == {p: kind_of(p) for p in paths if kind_of(p) in readers.FORK_SAFE_KINDS}
+    assert whole == {p: kind_of(p) for p in paths if kind_of(p) in (KIND_MAPPING, KIND_REGISTRY)}
+    assert not chunk.errors
+
+
+# ---------------------------------------------------------------- one classification
+
+def _legacy_kind_expr() -> pl.Expr:
+    """The expression kinds.py had before KIND_RULES: the reference kind_of must agree with."""
+    in_person = (pl.col("_n") >= 3) & ~pl.col("_top_l").is_in(["omop", "metadata"])
+    waveforms = in_person & (pl.col("_second_l") == "waveforms")
+    table = pl.col("_table")
+    omop = (pl.col("_top_l") == "omop") & (pl.col("_n") == 2)
+    name_l = pl.col("_name").str.to_lowercase()
+    metadata = (pl.col("_top_l") == "metadata") & (pl.col("_n") == 2)
+    at_root = pl.col("_n") == 1
+    return (
+        pl.when(waveforms & (pl.col("_ext_l") == "hea")).then(pl.lit(KIND_WFDB))
+        .when((waveforms | at_root) & (pl.col("_name") == "RECORDS")).then(pl.lit(KIND_RECORDS))
+        .when((metadata | at_root) & name_l.is_in(["readiness.md", "submission.md"])).then(pl.lit(KIND_MARKDOWN))
+        .when(metadata & name_l.str.ends_with("_mapping.csv")).then(pl.lit(KIND_MAPPING))
+        .when((metadata | at_root) & name_l.str.contains("registry") & (pl.col("_ext_l") == "csv"))
+        .then(pl.lit(KIND_REGISTRY))
+        .when(in_person & (pl.col("_second_l") == "images") & (pl.col("_ext_l") == "dcm")).then(pl.lit(KIND_DICOM))
+        .when(omop & (table == "person")).then(pl.lit(KIND_PERSON))
+        .when(omop & (table == "visit_occurrence")).then(pl.lit(KIND_VISITS))
+        .when(omop & (table == LINKS_TABLE)).then(pl.lit(KIND_LINKS))
+        .when(omop & table.is_in([*OMOP_KEYS, *FORBIDDEN_TABLES])).then(pl.lit(KIND_OMOP))
+        .otherwise(pl.lit(None, pl.String))
+        .alias("legacy")
+    )
+
+
+def _paths() -> list[str]:
+    tops = ["P001", "omop", "OMOP", "Metadata", "metadata", "x.csv"]
+    seconds = ["Waveforms", "waveforms", "Images", "IMAGES", "Metadata", "other"]
+    names = ["a.hea", "A.HEA", ".hea", "a.hea.bak", "RECORDS", "records", "README.md", "readiness.md", "Submission.MD",
+             "x_mapping.csv", "X_Mapping.CSV", "site_registry.csv", "Registry.Csv", "registry.txt", "person.csv",
+             "Person.CSV", "person.csv.gz", "visit_occurrence.csv", f"{LINKS_TABLE}.csv", "measurement.csv",
+             "specimen.csv", "foo.csv", "noext", "a.b.dcm", "x.DCM", "x.dcm.", "person", "."]
+    paths = list(names)
+    for top in tops:
+        paths += [f"{top}/{n}" for n in names]
+        for second in seconds:
+            paths += [f"{top}/{second}/{n}" for n in names]
+            paths += [f"{top}/{second}/s/{n}" for n in names]
+    return paths
+
+
+def test_kind_of_and_the_vectorised_kinds_agree_with_each_other_and_the_old_expression():
+    paths = _paths()
+    frame = _path_columns(pl.DataFrame({"srcfile": paths})).with_columns(_kind_expr(), _legacy_kind_expr()).collect()
+    assert frame["kind"].to_list() == frame["legacy"].to_list()
+    assert [kind_of(p) for p in paths] == frame["kind"].to_list()
+    assert {kind_of(p) for p in paths} - {None} == {rule.kind for rule in KIND_RULES}
