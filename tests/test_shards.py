@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 
+from chorus_batch.diff import duckdb_session
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, query
 
@@ -42,6 +44,8 @@ def manifest_view(db: Path) -> dict:
                               "ORDER BY 1, 2, 3, 4"),
         "errors": query(db, "SELECT srcfile, kind FROM scan_errors ORDER BY 1, 2"),
         "registry": query(db, "SELECT record_key, person_id, isactive, proc_id FROM registry ORDER BY 1"),
+        "versions": query(db, "SELECT n_added, n_removed, n_replaced, n_renamed, n_unchanged, n_errors, n_files, "
+                              "total_bytes FROM versions ORDER BY label"),
     }
 
 
@@ -59,7 +63,18 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         assert out.returncode in (0, 1), out.stderr
         assert "committed" in out.stdout
         assert manifest_view(merged) == manifest_view(single)
+        # the merge's DuckDB spilled beside the shards, and its folder is gone
+        assert sorted(p.name for p in staging.iterdir()) == [f"shard-{k}-of-{N}" for k in range(N)]
     assert query(merged, "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_the_merge_duckdb_works_within_its_memory_limit_and_a_private_spill_folder(tmp_path):
+    with duckdb_session(threads=1, memory_limit="300MB", spill_parent=tmp_path) as con:
+        (spill,) = tmp_path.iterdir()
+        assert spill.name.startswith("chorus-duckdb-") and stat.S_IMODE(spill.stat().st_mode) == 0o700
+        assert con.execute("SELECT current_setting('temp_directory'), current_setting('memory_limit'), "
+                           "current_setting('threads')").fetchone() == (str(spill), "286.1 MiB", 1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_shard_writes_nothing_beside_the_manifest(snapshots, tmp_path):
