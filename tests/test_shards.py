@@ -8,9 +8,12 @@ import shutil
 import stat
 from pathlib import Path
 
+import polars as pl
 import pytest
 
-from chorus_batch.diff import duckdb_session
+from chorus_batch.commit import current_tree, diff_changed
+from chorus_batch.diff import compute_diff, duckdb_session
+from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, query
 
@@ -116,3 +119,21 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
     bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", "4/4",
               "--staging", str(tmp_path / "st"))
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
+
+
+def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
+    # previous: path, md5, size, mtime, etag; the tree now: the same columns (md5 None: not hashed / unverifiable)
+    before = [("same", "m1", 5, 1, None), ("edited", "m2", 5, 1, None), ("gone", "m3", 5, 1, None),
+              ("old-name", "m4", 7, 1, None), ("cloud-same", None, 3, 1, "e1"), ("cloud-new", None, 3, 1, "e1"),
+              ("unreadable", "m5", 5, 1, None), ("empty-a", "d41d", 0, 1, None)]
+    now = [("same", "m1", 5, 2, None, None), ("edited", "m9", 5, 2, None, None), ("new-name", "m4", 7, 1, None, None),
+           ("cloud-same", None, 3, 1, "e1", "unverifiable"), ("cloud-new", None, 3, 1, "e2", "unverifiable"),
+           ("unreadable", None, 5, 3, None, None), ("empty-b", "d41d", 0, 1, None, None), ("added", "m7", 1, 1, None, None)]
+    previous = pl.DataFrame([(i + 1, p, size, mtime, md5, None, "Other", None, None, 1, None, etag)
+                             for i, (p, md5, size, mtime, etag) in enumerate(before)], schema=STATE_SCHEMA, orient="row")
+    files = pl.DataFrame([(0, p, size, mtime, md5, md5 is not None, False, source or ("computed" if md5 else None), etag)
+                          for p, md5, size, mtime, etag, source in now], schema=SCANNED_SCHEMA, orient="row")
+    current, _ = current_tree(files, previous, [], {0: 1})
+    whole, changed = compute_diff(previous, current), diff_changed(previous, current)
+    assert changed.change_set.equals(whole.change_set) and changed.counts() == whole.counts()
+    assert whole.counts() == {"added": 2, "removed": 2, "replaced": 2, "renamed": 1, "unchanged": 3}
