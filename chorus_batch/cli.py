@@ -632,6 +632,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
+    from .progress import Progress
     from .registries import make_registries
 
     target = _resolve(args)
@@ -641,7 +642,8 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     registries, paths = make_registries(
         target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
         ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
-        workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud)
+        workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud,
+        progress=Progress(quiet=args.quiet))
     print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
           f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
     for path in paths:

@@ -118,15 +118,23 @@ def check_files(current: pl.DataFrame, known_facts: Callable[[pl.DataFrame], pl.
             fix="pass --site with the site root (its roots are recorded by the next run)")
     if todo.height:
         progress.stage(f"reading {todo.height:,} headers and tables ({known.height:,} known from earlier runs)")
-    read = _Count()
-    with progress.counter("reading headers", "file", lambda: (read.n, 0), total=(todo.height, 0)):
-        parts = [extract_facts(readers[root_id], part, workers=workers, done=read.add)  # type: ignore[arg-type]
-                 for (root_id,), part in todo.group_by("root_id", maintain_order=True)]
-    new_facts = pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
+    new_facts = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
     findings = pl.concat([check(current, pl.concat([known, new_facts.select(known.columns)])),
                           run_findings(errors)]).sort("srcfile", "rule", "message")
     log.debug(f"validate: {todo.height} headers read, {known.height} known, {findings.height} findings")
     return Checked(findings, new_facts)
+
+
+def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, workers: int = 1,
+                   progress: Progress | None = None) -> pl.DataFrame:
+    """FACTS_SCHEMA rows of `todo` (srcfile, md5, kind, root_id), each file read from `readers[root_id]`; a
+    progress counter (a bar on a terminal, log lines with an ETA elsewhere) while they are read."""
+    progress = progress or Progress(quiet=True)
+    read = _Count()
+    with progress.counter("reading headers", "file", lambda: (read.n, 0), total=(todo.height, 0)):
+        parts = [extract_facts(readers[root_id], part, workers=workers, done=read.add)  # type: ignore[arg-type]
+                 for (root_id,), part in todo.group_by("root_id", maintain_order=True)]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
 
 
 def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
