@@ -13,6 +13,18 @@ from typing import TYPE_CHECKING, Any
 from .errors import ChorusError, ExitCode
 
 __version__ = "0.1.0"
+
+
+def release() -> str:
+    """The installed distribution's version (recorded in each run and version), else (a source checkout on
+    PYTHONPATH) the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chorus-batch")
+    except PackageNotFoundError:
+        return __version__
+
 __all__ = ["ChorusError", "ExitCode", "Manifest", "RunResult", "RunSettings", "load_config", "run"]
 
 # Heavy modules (polars, duckdb, pyarrow) load on first use, so `--help` stays instant.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import release
 from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
@@ -30,18 +31,6 @@ DRY_RUN_LIMIT = 20  # changes `run --dry-run` shows (`status` shows more)
 MD5SUM_HELP = ("print the lines `md5sum -c` checks (MD5, two spaces, path), paths relative to the version folder, sorted; "
                "files without an MD5 (unverifiable) are left out and counted on stderr, exit code 1")
 log = logging.getLogger("chorus_batch")
-
-
-def package_version() -> str:
-    """The installed distribution's version, else (a source checkout on PYTHONPATH) the package's own."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("chorus-batch")
-    except PackageNotFoundError:
-        from . import __version__
-
-        return __version__
 
 
 def demo_site() -> Path:
@@ -109,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output (stage timings)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output, only the result")
-    parser.add_argument("--version", action="version", version=f"chorus-batch {package_version()}",
+    parser.add_argument("--version", action="version", version=f"chorus-batch {release()}",
                         help="print chorus-batch's version and exit")
     # The same flags after the command name (SUPPRESS keeps the top-level value otherwise).
     common = argparse.ArgumentParser(add_help=False)
@@ -352,6 +341,69 @@ def _parser() -> argparse.ArgumentParser:
     slurm.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
     _slurm_flags(slurm)
     _slurm_flags(run, run=True)
+
+    def central_flags(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
+        command.add_argument("--db", help=f"the manifest (default: from the config, else ./{DEFAULT_DB})")
+        command.add_argument("--to", metavar="az://CONTAINER/", help="the site's central container (default: [central] "
+                             "to of chorus.toml); signed in as [azure] and the environment say")
+
+    up = command(
+        "upload", help="send each version's added, replaced and renamed files to the central container, and record it",
+        description="Send the files a version added, replaced or renamed to <to>/<version>/<path>, each with the "
+                    "manifest's MD5 as its Content-MD5 (the bytes sent are hashed and must match it), and record every "
+                    "file in the manifest's uploads ledger. By default every version not yet completely uploaded, "
+                    "oldest first. Files are read from the roots the manifest records (--site: the site moved). A "
+                    "file changed since its version was recorded is not sent (the next `run` records the change); "
+                    "removed files are never deleted centrally. An interrupted upload resumes: confirmed files are not "
+                    "sent again. A complete version is checked against the container's listing, and a copy of the "
+                    "manifest goes to <version>/_manifest/manifest.sqlite.",
+        epilog="examples:\n  chorus-batch upload --db site_manifest.sqlite --to az://mgh/ --dry-run\n"
+               "  chorus-batch upload --config chorus.toml                  # [central] to = \"az://mgh/\"\n"
+               "  chorus-batch upload --version 20261101020000 --modalities OMOP,Waveforms --workers 16\n"
+               "  chorus-batch upload --script azcopy > upload.sh   # then: bash upload.sh; chorus-batch mark-uploaded "
+               "--from-log upload.log\n\n" + EXIT_CODES_HELP,
+    )
+    central_flags(up)
+    up.add_argument("--site", help="the site root, when it moved since the manifest recorded it")
+    up.add_argument("--version", dest="version_label", metavar="LABEL", help="only this version")
+    up.add_argument("--modalities", metavar="LIST", help="only these modalities, comma-separated (OMOP, Metadata, "
+                    "Waveforms, Images, Other); a version is complete only when all of its files are sent")
+    up.add_argument("--workers", type=_positive_int, help="files sent at once (default: [central] workers, 8)")
+    up.add_argument("--dry-run", action="store_true", help="say what would be sent; send and write nothing")
+    up.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    up.add_argument("--script", choices=("bash", "azcopy"), help="print a bash script of `az storage blob upload` "
+                    "(bash) or `azcopy copy` (azcopy) commands instead of sending; record its log with mark-uploaded")
+
+    ver = command(
+        "verify", help="check the uploaded files against the central container",
+        description="Check every file version the uploads ledger says was sent: the blob is there, has the manifest's "
+                    "size, and its Content-MD5 is the manifest's MD5 (one listing per version). The uploader set that "
+                    "Content-MD5, so only --download checks the bytes: every blob is read back and hashed. Results are "
+                    "recorded in the ledger; mismatches and missing blobs are listed and make the exit code 1.",
+        epilog="examples:\n  chorus-batch verify --to az://mgh/                     # the latest uploaded version\n"
+               "  chorus-batch verify --all --download --workers 16\n\n" + EXIT_CODES_HELP,
+    )
+    central_flags(ver)
+    which = ver.add_mutually_exclusive_group()
+    which.add_argument("--version", dest="version_label", metavar="LABEL", help="this version (default: the latest uploaded)")
+    which.add_argument("--all", action="store_true", help="every version with uploaded files")
+    ver.add_argument("--download", action="store_true", help="read every blob back and hash it (the bytes, not only "
+                     "the recorded Content-MD5)")
+    ver.add_argument("--workers", type=_positive_int, help="blobs read at once with --download (default 8)")
+    ver.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    mark = command(
+        "mark-uploaded", help="record in the ledger what an `upload --script` run sent, once the centre confirms it",
+        description="Read the log an `upload --script` script wrote (one line per file it sent), check each of those "
+                    "blobs at the central container (there, with the manifest's size and MD5 as Content-MD5), and "
+                    "record the confirmed ones in the uploads ledger as `upload` would. Lines of blobs that do not "
+                    "match are listed and not recorded.",
+        epilog="example:\n  chorus-batch upload --script bash > upload.sh && bash upload.sh && "
+               "chorus-batch mark-uploaded --from-log upload.log\n\n" + EXIT_CODES_HELP,
+    )
+    central_flags(mark)
+    mark.add_argument("--from-log", required=True, metavar="LOG", help="the log the script wrote")
     return parser
 
 
@@ -731,13 +783,14 @@ def cmd_unlock(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
     from .report import frame_text
     from .store import Manifest
+    from .store.uploads import versions_with_upload_state
 
-    frame = Manifest(_db(args)).versions()
+    frame = versions_with_upload_state(Manifest(_db(args)))
     if args.json:
         print(json.dumps(frame.to_dicts(), indent=2))
     else:
         print(frame_text(frame.select("label", "finished_at", "mode", "n_added", "n_removed", "n_replaced",
-                                      "n_renamed", "n_unchanged", "n_errors", "n_files")))
+                                      "n_renamed", "n_unchanged", "n_errors", "n_files", "upload")))
     return 0
 
 
@@ -856,10 +909,82 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _central(args: argparse.Namespace) -> tuple[_Target, str]:
+    """The manifest and the central container of upload, verify and mark-uploaded."""
+    target = _resolve(args)
+    to = args.to or target.config.central.to
+    if not to:
+        raise UsageError(f"`{args.command}` needs the central container", where="--to / [central] to of chorus.toml",
+                         fix="pass --to az://<container>/ (the site's container in the CHoRUS storage account), or set "
+                             "[central] to = \"az://<container>/\" in chorus.toml")
+    return target, to
+
+
+def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
+    from .progress import Progress
+    from .report import upload_dict, upload_text
+
+    target, to = _central(args)
+    if args.script:
+        from .submit.script import write_script
+
+        script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
+                              modalities=_modalities(args.modalities), site=args.site)
+        sys.stdout.write(script.text)
+        print(f"chorus-batch: the script sends {script.n_files} files ({script.n_versions} versions); after running it, "
+              f"record what it sent with: chorus-batch mark-uploaded --to {to} --from-log {script.log}", file=sys.stderr)
+        return 0
+    from .submit.upload import upload
+
+    overrides = {None: args.site, **target.config.site.roots} if args.site else None
+    result = upload(target.db, to, cloud=target.config.cloud, version=args.version_label,
+                    modalities=_modalities(args.modalities), workers=args.workers or target.config.central.workers,
+                    dry_run=args.dry_run, overrides=overrides, progress=Progress(quiet=args.quiet), argv=argv)
+    print(json.dumps(upload_dict(result), indent=2) if args.json else upload_text(result))
+    return int(result.exit_code)
+
+
+def _modalities(text: str | None) -> list[str] | None:
+    from .config import MODALITIES
+
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    known = (*MODALITIES, "Other")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"unknown modality {unknown[0]!r}", where="--modalities",
+                         fix=f"use a comma-separated list of {', '.join(known)}")
+    return names
+
+
+def cmd_verify(args: argparse.Namespace, argv: list[str]) -> int:
+    from .progress import Progress
+    from .report import verify_dict, verify_text
+    from .submit.verify import verify
+
+    target, to = _central(args)
+    result = verify(target.db, to, cloud=target.config.cloud, version=args.version_label, every=args.all,
+                    download=args.download, workers=args.workers or target.config.central.workers,
+                    progress=Progress(quiet=args.quiet), argv=argv)
+    print(json.dumps(verify_dict(result), indent=2) if args.json else verify_text(result))
+    return int(result.exit_code)
+
+
+def cmd_mark_uploaded(args: argparse.Namespace, argv: list[str]) -> int:
+    from .submit.script import mark_uploaded
+
+    target, to = _central(args)
+    marked = mark_uploaded(target.db, to, args.from_log, cloud=target.config.cloud, argv=argv)
+    print(marked.text())
+    return int(marked.exit_code)
+
+
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
             "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock, "status": cmd_status,
-            "slurm-script": cmd_slurm_script}
+            "slurm-script": cmd_slurm_script, "upload": cmd_upload, "verify": cmd_verify,
+            "mark-uploaded": cmd_mark_uploaded}
 
 
 def _stop_on_signals() -> None:
@@ -927,9 +1052,13 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_signals()
     try:
         return COMMANDS[args.command](args, argv)
+    # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
+    # a version committed before a signal, else nothing.
     except ChorusError as exc:
         print(f"chorus-batch: error: {exc}", file=sys.stderr)
-        if args.command == "run" and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
+        if getattr(exc, "outcome", None):
+            print(f"  {exc.outcome}", file=sys.stderr)  # type: ignore[attr-defined]
+        elif args.command == "run" and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
             print("  nothing was committed; the previous version is intact", file=sys.stderr)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
@@ -937,8 +1066,8 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
         print(f"chorus-batch: {how.get(code, 'interrupted')}; "
-              + (f"version {committed} had been committed before; it stays" if committed
-                 else "nothing was committed; the previous version is intact"), file=sys.stderr)
+              + (getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
+                 else "nothing was committed; the previous version is intact")), file=sys.stderr)
         return code
     except BrokenPipeError:
         return int(ExitCode.OK)
@@ -946,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("unexpected error", exc_info=True)
         print(
             f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n"
-            "  nothing was committed; the previous version is intact.\n"
+            f"  {getattr(exc, 'outcome', None) or 'nothing was committed; the previous version is intact.'}\n"
             "  fix:   rerun with -v for details, and report it with that output",
             file=sys.stderr,
         )

@@ -169,6 +169,21 @@ class RegistrySection(_Strict):
         return value
 
 
+class CentralSection(_Strict):
+    """The site's central Azure container (the CHoRUS upload procedure): `upload` sends each version to
+    <to>/<version>/..., signed in as [azure] says; the URL never carries a secret."""
+
+    to: str | None = None  # az://<container>/ (or az://<container>/<prefix>/)
+    workers: int = Field(default=8, ge=1, le=256)  # files sent at once
+
+    @field_validator("to")
+    @classmethod
+    def _azure_url(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith(("az://", "abfs://", "abfss://")) or "?" in value):
+            raise ValueError("give the container as az://<container>/ (secrets go in the environment, not the URL)")
+        return value
+
+
 # Settings that would hold a secret: refused in a file (it gets copied, committed, mailed); the secret
 # belongs in the environment, and the file may name the variable.
 _SECRET_SETTINGS = {
@@ -269,6 +284,7 @@ class ConfigFile(_Strict):
     manifest: ManifestSection = Field(default_factory=ManifestSection)
     run: RunSection = Field(default_factory=RunSection)
     registry: RegistrySection = Field(default_factory=RegistrySection)
+    central: CentralSection = Field(default_factory=CentralSection)
     patterns: dict[str, list[str]] = Field(default_factory=dict)
     azure: AzureSection = Field(default_factory=AzureSection)
     s3: S3Section = Field(default_factory=S3Section)

@@ -27,9 +27,10 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    success
   1    success with findings (scan errors, unparseable paths, unverifiable cloud files or validation
-       errors were recorded)
+       errors were recorded; upload: files not sent; verify: blobs missing or not matching)
   2    bad usage or configuration (nothing was done)
-  3    failure (nothing was committed; the previous version is intact)
+  3    failure (nothing was committed; the previous version is intact; upload: what was confirmed
+       is recorded, the same command resumes)
   4    the manifest is locked by another run (its holder is named; for a manifest in Azure whose
        holder died, `chorus-batch unlock --db az://...` breaks the lock)
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty

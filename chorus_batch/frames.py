@@ -141,6 +141,7 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("n_renamed", "INTEGER NOT NULL", _I), ("n_unchanged", "INTEGER NOT NULL", _I),
         ("n_errors", "INTEGER NOT NULL", _I), ("n_files", "INTEGER NOT NULL", _I),
         ("total_bytes", "INTEGER NOT NULL", _I), ("run_id", "INTEGER", _I),
+        ("release", "TEXT", _S),  # schema 8: the chorus-batch release that committed it
     ),
     "changes": _columns(
         ("version", "TEXT NOT NULL", _S), ("change", "TEXT NOT NULL", _S), ("srcfile", "TEXT NOT NULL", _S),
@@ -156,6 +157,7 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("site", "TEXT", _S), ("version", "TEXT", _S), ("exit_code", "INTEGER", _I), ("n_files", "INTEGER", _I),
         ("n_hashed", "INTEGER", _I), ("bytes_hashed", "INTEGER", _I), ("n_errors", "INTEGER", _I),
         ("scan_started_ns", "INTEGER", _I), ("message", "TEXT", _S),
+        ("release", "TEXT", _S),  # schema 8: the chorus-batch release that ran
     ),
     # What `validate` read from a file's header, by content: a file version's facts never change.
     "file_facts": _columns(("kind", "TEXT NOT NULL", _S), ("md5", "TEXT NOT NULL", _S), ("facts", "TEXT NOT NULL", _S)),
@@ -178,9 +180,34 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("root_id", "INTEGER PRIMARY KEY", _I), ("location", "TEXT NOT NULL", _S), ("modality", "TEXT", _S),
         ("first_version", "TEXT", _S),
     ),
+    # schema 8: the uploads ledger. One row per file version sent (or to be sent) to a central container:
+    # `central` is the destination container/prefix (a URL without secrets), `destination` the blob's URL
+    # (<central>/<version>/<srcfile>). state: uploaded | failed | stale (its size, mtime or bytes no longer
+    # match the row) | missing (gone from its root) | superseded (replaced before it was sent: its bytes are
+    # no longer on disk) | no_md5 (unverifiable: no MD5 to give the blob) | imported (from another tool's
+    # journal, not verified). md5: the blob's Content-MD5 after the upload, as the service reports it.
+    # confirmed_by: 'service' (Put Blob: the service hashed the bytes it stored), 'blocks' (each block's MD5
+    # checked by the service; the whole file hashed from the bytes sent), 'listing' (mark-uploaded: size and
+    # Content-MD5 found at the centre). verify_state: ok | missing | size | md5 | content (bytes differ).
+    "uploads": _columns(
+        ("central", "TEXT NOT NULL", _S), ("version", "TEXT NOT NULL", _S), ("file_id", "INTEGER NOT NULL", _I),
+        ("destination", "TEXT NOT NULL", _S), ("state", "TEXT NOT NULL", _S), ("uploaded_at", "TEXT", _S),
+        ("bytes", "INTEGER", _I), ("md5", "TEXT", _S), ("etag", "TEXT", _S), ("confirmed_by", "TEXT", _S),
+        ("attempts", "INTEGER NOT NULL DEFAULT 0", _I), ("last_error", "TEXT", _S), ("verified_at", "TEXT", _S),
+        ("verify_state", "TEXT", _S), ("verify_method", "TEXT", _S),
+    ),
+    # schema 8: per version and central container, the submission as a whole: when its files were all
+    # sent, when it was last verified and how, and when the manifest's copy went next to it.
+    "submissions": _columns(
+        ("central", "TEXT NOT NULL", _S), ("version", "TEXT NOT NULL", _S), ("started_at", "TEXT", _S),
+        ("finished_at", "TEXT", _S), ("verified_at", "TEXT", _S), ("verify_method", "TEXT", _S),
+        ("n_bad", "INTEGER", _I), ("manifest_copied_at", "TEXT", _S),
+    ),
 }
 # Table constraints after the columns.
-TABLE_SUFFIX = {"file_facts": ", PRIMARY KEY (kind, md5)) WITHOUT ROWID"}
+TABLE_SUFFIX = {"file_facts": ", PRIMARY KEY (kind, md5)) WITHOUT ROWID",
+                "uploads": ", PRIMARY KEY (central, version, file_id)) WITHOUT ROWID",
+                "submissions": ", PRIMARY KEY (central, version)) WITHOUT ROWID"}
 
 
 def columns_of(table: str) -> tuple[str, ...]:

@@ -287,7 +287,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        mode=settings.mode, delete_list=delete_list, started=started,
                        version_label=settings.version_label, site=settings.site_name or site_location(settings.site),
                        run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress,
-                       max_delete=settings.max_delete)
+                       max_delete=settings.max_delete,
+                       spill_parent=settings.merge)  # a merge spills beside its shards (owner-only, removed after)
     del previous
     t = mark("commit", t)
     label = committed.label

@@ -297,8 +297,10 @@ class SQLiteReader(ManifestReader):
         return [loc for loc in self._manifest.roots()["location"].to_list() if "://" not in loc]
 
     def versions(self) -> pl.DataFrame:
-        if self._versions is None:
-            self._versions = self._manifest.versions()
+        if self._versions is None:  # with each version's upload state (store/uploads.py)
+            from .store.uploads import versions_with_upload_state
+
+            self._versions = versions_with_upload_state(self._manifest)
         return self._versions
 
     def _files_at(self, label: str, modality: str | None, person: str | None) -> pl.DataFrame:

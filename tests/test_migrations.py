@@ -192,3 +192,42 @@ def test_a_schema_6_manifest_of_the_previous_release_upgrades_without_rewriting_
     result = run_site(site, db, validate_site=False)
     assert result.label is None  # same contents: nothing to commit (the roots moved: rows refreshed)
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
+# ----------------------------------------------------------------------------- the release before (schema 7)
+
+SCHEMA7 = Path(__file__).resolve().parent / "fixtures" / "schema7"
+
+
+def test_a_schema_7_manifest_of_the_previous_release_gets_an_empty_uploads_ledger(tmp_path):
+    from conftest import run_site
+
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(SCHEMA7 / "manifest.sqlite", db)
+    tables = [r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    before = {table: query(db, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0 and f"schema 7 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    for table in tables:  # every row kept; runs and versions gain a release column, NULL for the old rows
+        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")
+        if table in ("runs", "versions"):
+            assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}
+        elif table == "meta":
+            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
+        else:
+            assert after == before[table], table
+    # Nothing of either version was uploaded: the ledger and the submissions are empty.
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    assert query(db, "SELECT count(*) FROM submissions") == [(0,)]
+    upload_state = cli("versions", "--db", str(db), "--json")
+    assert upload_state.returncode == 0, upload_state.stderr
+
+    site = tmp_path / "site"
+    shutil.copytree(SCHEMA7 / "site", site)
+    result = run_site(site, db, validate_site=False)
+    assert result.label is None  # same contents: nothing to commit
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+    from chorus_batch import release
+
+    assert query(db, "SELECT release FROM runs ORDER BY run_id DESC LIMIT 1") == [(release(),)]

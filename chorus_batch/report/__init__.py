@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .submission import upload_dict, upload_text, verify_dict, verify_text
 from .summary import (
     changes_text,
     findings_dict,
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from .html import SECTION_IDS, ReportInfo, write_report
 
 __all__ = ["SECTION_IDS", "ReportInfo", "changes_text", "findings_dict", "findings_text", "frame_text", "head_text",
-           "status_csv", "status_dict", "status_text", "summary_dict", "summary_text", "write_report"]
+           "status_csv", "status_dict", "status_text", "summary_dict", "summary_text", "upload_dict", "upload_text",
+           "verify_dict", "verify_text", "write_report"]
 
 _LAZY = {"write_report", "ReportInfo", "SECTION_IDS"}
 

@@ -217,6 +217,7 @@ class _Report:
             "committed": row.get("finished_at") or "unknown",
             "mode": row.get("mode") or "unknown",
             "previous": self.previous or "none (first version)",
+            "upload": row.get("upload") or "not uploaded (chorus-batch upload sends it)",
             "files": files.height,
             "bytes": int(files["size"].sum() or 0),
             "persons": files["person_id"].drop_nulls().n_unique(),

@@ -260,12 +260,25 @@ def _blob_service_client(sign_in: AzureSignIn, credential: Any):
     return BlobServiceClient(sign_in.account_url, credential=credential, **options)  # type: ignore[arg-type]
 
 
-def sync_blob_service_client(sign_in: AzureSignIn):
+def sync_blob_service_client(sign_in: AzureSignIn, *, connections: int | None = None):
     """A synchronous BlobServiceClient for `sign_in`, with the same bounded retries and timeouts as the
-    file systems' (the remote manifest: leases, one download, one upload)."""
+    file systems' (the remote manifest: leases, one download, one upload). `connections`: the HTTP
+    connections kept for threads that share the client (requests keeps 10 by default; more threads than
+    that open and drop a connection per request)."""
     from azure.storage.blob import BlobServiceClient
 
     options = _client_options(sync=True)
+    if connections and connections > 10:
+        import requests
+        from azure.core.pipeline.transport import RequestsTransport
+
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=connections, pool_maxsize=connections)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        options["transport"] = RequestsTransport(session=session, session_owner=True,
+                                                 connection_timeout=options.pop("connection_timeout"),
+                                                 read_timeout=options.pop("read_timeout"))
     if sign_in.kind == "connection_string":
         return BlobServiceClient.from_connection_string(sign_in.secret, **options)  # type: ignore[arg-type]
     credential: Any
@@ -615,6 +628,11 @@ def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceE
     elif kind == "auth":
         what = f"cannot {action} {where}: sign-in failed ({reason}){tried}"
         fix = _sign_in_fix(how)
+    elif kind == "permission" and action.startswith(("upload", "write")):
+        what = f"cannot {action} {where}: signed in, but not allowed to write ({reason}){tried}"
+        fix = ("grant the signed-in identity the 'Storage Blob Data Contributor' role on the container (role "
+               "assignments take a few minutes), or use a SAS token with read, add, create, write and list (racwl) "
+               "permissions")
     elif kind == "permission":
         what = f"cannot {action} {where}: signed in, but not allowed to list or read ({reason}){tried}"
         fix = ("allow s3:ListBucket and s3:GetObject on the bucket for these credentials" if aws else

@@ -27,9 +27,11 @@ def user_name() -> str:
 
 
 @contextlib.contextmanager
-def manifest_lock(db: Path, argv: list[str]) -> Iterator[None]:
-    """Exclusive for one run; a second run fails at once, naming the holder."""
-    lock_path, holder_path = Path(f"{db}.lock"), Path(f"{db}.lock.json")
+def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
+    """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
+    writes its own tables in short transactions); a second one fails at once, naming the holder."""
+    suffix = ".lock" if kind == "run" else f".{kind}.lock"
+    lock_path, holder_path = Path(f"{db}{suffix}"), Path(f"{db}{suffix}.json")
     lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -40,9 +42,9 @@ def manifest_lock(db: Path, argv: list[str]) -> Iterator[None]:
             info = json.loads(holder_path.read_text(encoding="utf-8"))
             holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
         raise ManifestLocked(
-            f"the manifest is locked by another run: {holder}",
+            f"the manifest is locked by another {kind}: {holder}",
             where=str(lock_path),
-            fix="wait for that run to finish; if it is gone, the lock is released automatically",
+            fix=f"wait for that {kind} to finish; if it is gone, the lock is released automatically",
         ) from None
     except OSError as exc:
         raise ManifestError(f"cannot create or open the manifest's lock file: {exc.strerror or exc}", where=str(lock_path),

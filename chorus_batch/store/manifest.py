@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from .. import release
 from ..classify import record_key
 from ..errors import ManifestError
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
@@ -188,8 +189,8 @@ class Manifest:
                     "also does; nothing recorded is lost, but older releases cannot write it afterwards)",
             )
 
-    def lock(self, argv: list[str]):
-        return manifest_lock(self.path, argv)
+    def lock(self, argv: list[str], *, kind: str = "run"):
+        return manifest_lock(self.path, argv, kind=kind)
 
     # ------------------------------------------------------------------ reads
 
@@ -305,12 +306,13 @@ class Manifest:
     def begin_run(self, argv: list[str], mode: str, site: str) -> int:
         with self._open() as con, con:
             cur = con.execute(
-                "INSERT INTO runs (started_at, host, user, pid, argv, mode, site) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (iso(utc_now()), socket.gethostname(), user_name(), os.getpid(), json.dumps(argv), mode, site),
+                "INSERT INTO runs (started_at, host, user, pid, argv, mode, site, release) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (iso(utc_now()), socket.gethostname(), user_name(), os.getpid(), json.dumps(argv), mode, site, release()),
             )
             return int(cur.lastrowid or 0)
 
-    _RUN_COLUMNS = ("started_at", "finished_at", "host", "user", "pid", "argv", "mode", "site", "exit_code", "message")
+    _RUN_COLUMNS = ("started_at", "finished_at", "host", "user", "pid", "argv", "mode", "site", "exit_code", "message",
+                    "release")
 
     def log_refused_run(self, argv: list[str], mode: str, site: str, exit_code: int, message: str) -> None:
         """A run turned away by the lock. The holder may be in the middle of its commit, so this run does
@@ -318,7 +320,7 @@ class Manifest:
         moves into `runs` when it finishes."""
         now = iso(utc_now())
         row = dict(zip(self._RUN_COLUMNS, (now, now, socket.gethostname(), user_name(), os.getpid(), json.dumps(argv),
-                                           mode, site, exit_code, message)))
+                                           mode, site, exit_code, message, release())))
         with contextlib.suppress(OSError):
             fd = create_private(self.pending_runs, truncate=False)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
@@ -524,7 +526,7 @@ class Manifest:
                     "mode": version.mode, "site": version.site, "n_added": c["added"], "n_removed": c["removed"],
                     "n_replaced": c["replaced"], "n_renamed": c["renamed"], "n_unchanged": c["unchanged"],
                     "n_errors": version.n_errors, "n_files": version.n_files, "total_bytes": version.total_bytes,
-                    "run_id": version.run_id,
+                    "run_id": version.run_id, "release": release(),
                 }
                 cur.execute(f"INSERT INTO versions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                             tuple(row.values()))

@@ -22,7 +22,7 @@ import uuid
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
@@ -140,8 +140,26 @@ def _to_7(con: sqlite3.Connection) -> None:
                 "(SELECT root_id FROM roots WHERE location NOT LIKE '%://%')")
 
 
+def _to_8(con: sqlite3.Connection) -> None:
+    """Submission to the central container: the uploads ledger (one row per file version and destination)
+    and the submissions (one per version and destination); and the release that wrote each run and
+    version (NULL for those written before: the release was not recorded)."""
+    for ddl in (
+        "CREATE TABLE uploads (central TEXT NOT NULL, version TEXT NOT NULL, file_id INTEGER NOT NULL, "
+        "destination TEXT NOT NULL, state TEXT NOT NULL, uploaded_at TEXT, bytes INTEGER, md5 TEXT, etag TEXT, "
+        "confirmed_by TEXT, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, verified_at TEXT, "
+        "verify_state TEXT, verify_method TEXT, PRIMARY KEY (central, version, file_id)) WITHOUT ROWID",
+        "CREATE TABLE submissions (central TEXT NOT NULL, version TEXT NOT NULL, started_at TEXT, finished_at TEXT, "
+        "verified_at TEXT, verify_method TEXT, n_bad INTEGER, manifest_copied_at TEXT, "
+        "PRIMARY KEY (central, version)) WITHOUT ROWID",
+        "ALTER TABLE runs ADD COLUMN release TEXT",
+        "ALTER TABLE versions ADD COLUMN release TEXT",
+    ):
+        con.execute(ddl)
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 

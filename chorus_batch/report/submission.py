@@ -1,0 +1,96 @@
+"""What `upload`, `verify` and `mark-uploaded` print: for a person (text) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from ..units import human_bytes, plural
+
+if TYPE_CHECKING:
+    from ..submit.upload import UploadResult
+    from ..submit.verify import VerifyResult
+
+EXAMPLES = 10  # problem lines shown per version; --json lists them all
+
+
+def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
+    lines = []
+    counts = frame.group_by(state_column).len().sort(state_column).iter_rows()
+    lines.append("    " + ", ".join(f"{state}: {n}" for state, n in counts))
+    for srcfile, state, message in frame.select("srcfile", state_column, "message").head(EXAMPLES).iter_rows():
+        lines.append(f"    {state}: {srcfile}: {message}")
+    if frame.height > EXAMPLES:
+        lines.append(f"    ... {frame.height - EXAMPLES} more (--json lists them all)")
+    return lines
+
+
+def upload_text(result: UploadResult) -> str:
+    if not result.versions:
+        return f"nothing to upload: every version is completely uploaded to {result.central}"
+    lines = []
+    for v in result.versions:
+        verb = "would send" if result.dry_run else "sent"
+        head = (f"version {v.version} -> {result.central}/{v.version}/: {verb} {plural(v.n_sent, 'file')} "
+                f"({human_bytes(v.bytes_sent)})")
+        if v.n_before:
+            head += f"; {v.n_before} sent before"
+        lines.append(head + f"; {v.n_files} in its change set")
+        if v.n_not_sent:
+            lines.append(f"  not sent: {plural(v.n_not_sent, 'file')}")
+            lines.extend(_problem_lines(v.not_sent, "state"))
+        if v.verify_problems is not None:
+            if v.verify_problems.height:
+                lines.append(f"  checked against the container: {plural(v.verify_problems.height, 'problem')}")
+                lines.extend(_problem_lines(v.verify_problems, "verify_state"))
+            else:
+                lines.append("  complete; checked against the container's listing (size, Content-MD5): all there")
+        elif not result.dry_run and not v.complete:
+            lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
+        if v.manifest_copy:
+            lines.append(f"  manifest copy: {v.manifest_copy}")
+    if result.dry_run:
+        lines.append("dry run: nothing was sent or recorded")
+    else:
+        n = sum(v.n_sent for v in result.versions)
+        size = sum(v.bytes_sent for v in result.versions)
+        rate = f", {human_bytes(size / result.elapsed_s)}/s" if result.elapsed_s > 0 and size else ""
+        lines.append(f"{plural(n, 'file')} ({human_bytes(size)}) sent in {result.elapsed_s:.1f} s{rate}; "
+                     "recorded in the manifest's uploads ledger")
+    return "\n".join(lines)
+
+
+def upload_dict(result: UploadResult) -> dict[str, Any]:
+    return {
+        "central": result.central, "dry_run": result.dry_run, "elapsed_s": round(result.elapsed_s, 3),
+        "exit_code": int(result.exit_code),
+        "versions": [{
+            "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent,
+            "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,
+            "not_sent": v.not_sent.to_dicts(),
+            "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
+        } for v in result.versions],
+    }
+
+
+def verify_text(result: VerifyResult) -> str:
+    if not result.versions:
+        return f"nothing to verify: no file is recorded as uploaded to {result.central}"
+    how = ("read back and hashed" if result.method == "download"
+           else "listing: there, size and Content-MD5 (--download reads the bytes)")
+    lines = [f"verified {plural(result.n_checked, 'file')} of {plural(len(result.versions), 'version')} at "
+             f"{result.central} ({how}) in {result.elapsed_s:.1f} s"]
+    if result.problems.height:
+        lines.append(f"  {plural(result.problems.height, 'problem')} (recorded in the uploads ledger):")
+        for version, frame in result.problems.group_by("version", maintain_order=True):
+            lines.append(f"  version {version[0]}:")
+            lines.extend(_problem_lines(frame, "verify_state"))
+    else:
+        lines.append("  all as recorded")
+    return "\n".join(lines)
+
+
+def verify_dict(result: VerifyResult) -> dict[str, Any]:
+    return {"central": result.central, "method": result.method, "versions": result.versions,
+            "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts()}

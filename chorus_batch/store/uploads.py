@@ -1,0 +1,189 @@
+"""The uploads ledger: which file versions were sent to which central container, and what the centre
+confirmed (tables `uploads` and `submissions`, schema 8; their columns are described in frames.py).
+
+What a version submits is its change set: the files it added, replaced or renamed (removed files are
+never deleted centrally). Reads are set queries returning frames; writes are batches of rows in one
+transaction each, so that an upload killed at any moment loses at most the batch it had not written.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import polars as pl
+
+from ..errors import ManifestError
+from ..frames import columns_of
+from ..times import iso, utc_now
+from .manifest import Manifest
+
+SUBMITTED = ("added", "replaced", "renamed")  # the changes a version sends; removals stay marked in the manifest
+CONFIRMED = ("uploaded", "imported")  # the centre holds it: never sent again
+# Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
+FINAL_NOT_SENT = ("superseded",)
+
+PLAN_SCHEMA = {
+    "version": pl.String, "file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64,
+    "md5": pl.String, "root_id": pl.Int64, "modality": pl.String, "superseded": pl.Boolean, "state": pl.String,
+    "attempts": pl.Int64,
+}
+
+
+def _in(values: Sequence[str]) -> str:
+    return ", ".join("?" * len(values))
+
+
+class UploadLedger:
+    """The ledger of one manifest for one central container (`central`: its URL, no secrets)."""
+
+    def __init__(self, manifest: Manifest, central: str):
+        self.manifest = manifest
+        self.central = central
+
+    # ------------------------------------------------------------------ reads
+
+    def versions_not_finished(self) -> list[str]:
+        """Versions whose submission to this container is not complete, oldest first."""
+        frame = self.manifest.query_frame(
+            "SELECT v.label FROM versions v LEFT JOIN submissions s ON s.central = ? AND s.version = v.label "
+            "WHERE s.finished_at IS NULL ORDER BY v.label", (self.central,), schema={"label": pl.String})
+        return frame["label"].to_list()
+
+    def plan(self, version: str, modalities: Sequence[str] | None = None) -> pl.DataFrame:
+        """The files `version` submits (optionally of some modalities), with their ledger state (NULL: never tried)."""
+        where, params = "", [self.central, version, *SUBMITTED]
+        if modalities:
+            where = f" AND f.modality IN ({_in(modalities)})"
+            params += list(modalities)
+        return self.manifest.query_frame(
+            "SELECT c.version, f.file_id, f.srcfile, f.size, f.mtime_ns, f.md5, f.root_id, f.modality, "
+            "f.version_invalid IS NOT NULL AS superseded, u.state, coalesce(u.attempts, 0) AS attempts "
+            "FROM changes c JOIN source_files f ON f.file_id = c.file_id "
+            "LEFT JOIN uploads u ON u.central = ? AND u.version = c.version AND u.file_id = c.file_id "
+            f"WHERE c.version = ? AND c.change IN ({_in(SUBMITTED)}){where} ORDER BY f.srcfile",
+            tuple(params), schema=PLAN_SCHEMA)
+
+    def confirmed(self, version: str) -> pl.DataFrame:
+        """The file versions the ledger says this container holds for `version`, with the manifest's size and MD5."""
+        return self.manifest.query_frame(
+            "SELECT u.file_id, f.srcfile, f.size, f.md5, u.md5 AS confirmed_md5, u.state "
+            "FROM uploads u JOIN source_files f ON f.file_id = u.file_id "
+            f"WHERE u.central = ? AND u.version = ? AND u.state IN ({_in(CONFIRMED)}) ORDER BY f.srcfile",
+            (self.central, version, *CONFIRMED),
+            schema={"file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "md5": pl.String,
+                    "confirmed_md5": pl.String, "state": pl.String})
+
+    def versions_uploaded(self) -> list[str]:
+        """Versions with at least one file version confirmed at this container, oldest first."""
+        frame = self.manifest.query_frame(
+            f"SELECT DISTINCT version FROM uploads WHERE central = ? AND state IN ({_in(CONFIRMED)}) ORDER BY version",
+            (self.central, *CONFIRMED), schema={"version": pl.String})
+        return frame["version"].to_list()
+
+    # ------------------------------------------------------------------ writes
+
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        try:
+            with self.manifest._open() as con, con:
+                con.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise self.manifest.failure(exc) from None
+
+    def record(self, rows: list[dict]) -> None:
+        """Write a batch of outcomes (dicts of `uploads` columns; `attempts` counts this try) in one
+        transaction. A file confirmed before keeps its row: a later failure never unconfirms it."""
+        if not rows:
+            return
+        columns = [c for c in columns_of("uploads") if c in rows[0] or c == "central"]
+        updates = ", ".join(
+            f"{c} = uploads.attempts + excluded.attempts" if c == "attempts" else f"{c} = excluded.{c}"
+            for c in columns if c not in ("central", "version", "file_id"))
+        sql = (f"INSERT INTO uploads ({', '.join(columns)}) VALUES ({_in(columns)}) "
+               f"ON CONFLICT (central, version, file_id) DO UPDATE SET {updates} "
+               f"WHERE uploads.state NOT IN ({', '.join(repr(s) for s in CONFIRMED)}) OR excluded.state IN "
+               f"({', '.join(repr(s) for s in CONFIRMED)})")
+        self._write(sql, [tuple(self.central if c == "central" else row.get(c) for c in columns) for row in rows])
+
+    def submission(self, version: str, **values: str | int | None) -> None:
+        """Set columns of this version's `submissions` row (created when missing)."""
+        names = list(values)
+        sql = (f"INSERT INTO submissions (central, version, {', '.join(names)}) VALUES (?, ?, {_in(names)}) "
+               f"ON CONFLICT (central, version) DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in names))
+        self._write(sql, [(self.central, version, *values.values())])
+
+    def start(self, version: str) -> None:
+        self._write("INSERT INTO submissions (central, version, started_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (central, version) DO NOTHING", [(self.central, version, iso(utc_now()))])
+
+    def record_verification(self, version: str, results: pl.DataFrame, method: str) -> None:
+        """results: file_id, verify_state (ok | missing | size | md5 | content) of each confirmed file version."""
+        now = iso(utc_now())
+        self._write("UPDATE uploads SET verify_state = ?, verified_at = ?, verify_method = ? "
+                    "WHERE central = ? AND version = ? AND file_id = ?",
+                    [(state, now, method, self.central, version, file_id)
+                     for file_id, state in results.select("file_id", "verify_state").iter_rows()])
+        n_bad = results.filter(pl.col("verify_state") != "ok").height
+        self.submission(version, verified_at=now, verify_method=method, n_bad=n_bad)
+
+
+def require_version(manifest: Manifest, label: str) -> None:
+    if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
+        raise ManifestError(f"no version {label!r} in the manifest", where=str(manifest.path),
+                            fix="list the versions with `chorus-batch versions`")
+
+
+UPLOAD_STATE_SCHEMA = {
+    "version": pl.String, "central": pl.String, "n_files": pl.Int64, "n_uploaded": pl.Int64, "n_not_sent": pl.Int64,
+    "bytes_uploaded": pl.Int64, "finished_at": pl.String, "verified_at": pl.String, "verify_method": pl.String,
+    "n_bad": pl.Int64, "manifest_copied_at": pl.String,
+}
+
+
+def upload_state(manifest: Manifest) -> pl.DataFrame:
+    """Per version and central container: files to submit, confirmed, not sent (stale, missing, failed,
+    superseded, ...), bytes confirmed, and the submission's state. Versions never uploaded have no row."""
+    return manifest.query_frame(
+        "WITH n AS (SELECT version, count(*) AS n_files FROM changes "
+        f"WHERE change IN ({_in(SUBMITTED)}) GROUP BY version), "
+        "u AS (SELECT central, version, "
+        f"sum(state IN ({_in(CONFIRMED)})) AS n_uploaded, sum(state NOT IN ({_in(CONFIRMED)})) AS n_not_sent, "
+        f"sum(CASE WHEN state IN ({_in(CONFIRMED)}) THEN bytes ELSE 0 END) AS bytes_uploaded "
+        "FROM uploads GROUP BY central, version), "
+        "k AS (SELECT central, version FROM u UNION SELECT central, version FROM submissions) "
+        "SELECT k.version, k.central, coalesce(n.n_files, 0) AS n_files, coalesce(u.n_uploaded, 0) AS n_uploaded, "
+        "coalesce(u.n_not_sent, 0) AS n_not_sent, coalesce(u.bytes_uploaded, 0) AS bytes_uploaded, s.finished_at, "
+        "s.verified_at, s.verify_method, s.n_bad, s.manifest_copied_at FROM k "
+        "LEFT JOIN n ON n.version = k.version LEFT JOIN u ON u.central = k.central AND u.version = k.version "
+        "LEFT JOIN submissions s ON s.central = k.central AND s.version = k.version ORDER BY k.version, k.central",
+        (*SUBMITTED, *CONFIRMED, *CONFIRMED, *CONFIRMED), schema=UPLOAD_STATE_SCHEMA)
+
+
+def upload_summary(state: pl.DataFrame) -> pl.DataFrame:
+    """One line per version: its upload state in words ('' when never uploaded), for `versions` and `report`."""
+    def words(row: dict) -> str:
+        text = f"{row['n_uploaded']}/{row['n_files']} sent"
+        if row["n_not_sent"]:
+            text += f", {row['n_not_sent']} not sent"
+        if row["verified_at"]:
+            text += (", verified" + (f" ({row['verify_method']})" if row["verify_method"] else "")
+                     if not row["n_bad"] else f", {row['n_bad']} failed verification")
+        elif row["finished_at"]:
+            text += ", complete"
+        return text
+
+    if state.height == 0:
+        return pl.DataFrame(schema={"version": pl.String, "upload": pl.String})
+    return (state.with_columns(pl.struct(state.columns).map_elements(words, return_dtype=pl.String).alias("upload"))
+            .group_by("version", maintain_order=True)
+            .agg(pl.concat_str([pl.col("central"), pl.lit(": "), pl.col("upload")]).str.join("; ").alias("upload")))
+
+
+__all__ = ["CONFIRMED", "SUBMITTED", "UploadLedger", "upload_state", "upload_summary", "require_version"]
+
+
+def versions_with_upload_state(manifest: Manifest) -> pl.DataFrame:
+    """`versions` with an `upload` column: each version's upload state in words ('' when never uploaded)."""
+    versions = manifest.versions()
+    summary = upload_summary(upload_state(manifest)).rename({"version": "label"})
+    return versions.join(summary, on="label", how="left").with_columns(pl.col("upload").fill_null(""))

@@ -1,0 +1,242 @@
+"""The central container: where a site's versions are submitted (the CHoRUS upload procedure).
+
+`Central("az://container/prefix", cloud)` signs in as cloud roots do (sources/cloud.py: a connection
+string, a SAS token, an account key or DefaultAzureCredential, from the environment and [azure]) and
+offers what submission needs of it:
+
+  put(name, open_file, size, md5)   write one blob with its Content-MD5; the bytes are hashed while they
+                                    are sent and the blob is committed only when they have the MD5 the
+                                    manifest recorded (else FileChanged: nothing is committed)
+  listing(version)                  name, size, Content-MD5 and etag of every blob under <version>/
+  download_md5(name)                the MD5 of a blob's bytes, read back
+  put_manifest(version, path)       the manifest's copy at <version>/_manifest/manifest.sqlite
+
+Small files are one Put Blob: the service hashes what it stored and says so in its response (that MD5
+is what the ledger records, "confirmed_by service"). Large files go in blocks of BLOCK_SIZE, each
+block's MD5 checked by the service on arrival (transactional MD5); the whole file's MD5 is computed from
+the bytes sent and set as the blob's Content-MD5 when the block list is committed ("confirmed_by
+blocks"). A shared budget of block buffers bounds memory over all threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlsplit
+
+import polars as pl
+
+from ..errors import UsageError
+from ..sources import cloud as cloud_access
+from ..sources.remote import mask_url
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
+
+# Put Blob up to this size (one request, hashed by the service); above it, blocks of BLOCK_SIZE.
+SINGLE_PUT_MAX = 8 << 20
+BLOCK_SIZE = 8 << 20
+MANIFEST_FOLDER = "_manifest"
+MANIFEST_NAME = "manifest.sqlite"
+LISTING_SCHEMA = {"name": pl.String, "size": pl.Int64, "content_md5": pl.String, "etag": pl.String}
+
+
+class FileChanged(Exception):
+    """The bytes read are not the file version the manifest recorded (size or MD5): nothing was committed."""
+
+
+class ReadFailed(Exception):
+    """The site's file could not be opened or read (the OSError is its cause): nothing was committed."""
+
+
+def _read(f: BinaryIO, size: int) -> bytes:
+    try:
+        return f.read(size)
+    except OSError as exc:
+        raise ReadFailed(exc.strerror or str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Sent:
+    bytes: int
+    md5: str | None  # the MD5 the service reports for the committed blob (hex)
+    etag: str | None
+    confirmed_by: str  # 'service' | 'blocks'
+
+
+def parse_central(url: str) -> tuple[str, str]:
+    """(container, prefix) of az://container[/prefix]; a UsageError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in cloud_access.AZURE_PROTOCOLS or not parts.netloc:
+        raise UsageError(f"the central container must be an Azure URL, az://CONTAINER[/PREFIX], not {mask_url(url)!r}",
+                         where="--to / [central] to", fix='pass --to az://<container>/ (or set [central] to = "az://..." '
+                                                          "in chorus.toml); the account comes from [azure] or the environment")
+    if parts.query:
+        raise UsageError("the central URL carries a query (a SAS token?); secrets never go into a URL here",
+                         where="--to / [central] to", fix="put the SAS token in AZURE_STORAGE_SAS_TOKEN and pass the "
+                                                          "plain az://container/ URL")
+    return parts.netloc, parts.path.strip("/")
+
+
+def md5_b64(md5_hex: str) -> str:
+    """The Content-MD5 form (base64 of the 16 bytes) of a hex MD5."""
+    return base64.b64encode(bytes.fromhex(md5_hex)).decode()
+
+
+def _hex(content_md5: Any) -> str | None:
+    return bytes(content_md5).hex() if content_md5 else None
+
+
+class Central:
+    def __init__(self, url: str, cloud: CloudSettings, *, connections: int = 8, block_buffers: int = 8):
+        self.container_name, self.prefix = parse_central(url)
+        self.url = "az://" + self.container_name + ("/" + self.prefix if self.prefix else "")
+        self.sign_in = cloud_access.azure_sign_in(cloud)
+        self.how = self.sign_in.how
+        self._service = cloud_access.sync_blob_service_client(self.sign_in, connections=connections)
+        self.container = self._service.get_container_client(self.container_name)
+        # Every block in memory holds one of these: at most block_buffers x BLOCK_SIZE bytes in flight.
+        self._buffers = threading.BoundedSemaphore(max(1, block_buffers))
+        self._block_pool = ThreadPoolExecutor(max(1, block_buffers), thread_name_prefix="chorus-block")
+
+    def close(self) -> None:
+        self._block_pool.shutdown(wait=False, cancel_futures=True)
+        self._service.close()
+
+    def name(self, version: str, srcfile: str) -> str:
+        return "/".join(p for p in (self.prefix, version, srcfile) if p)
+
+    def destination(self, version: str, srcfile: str) -> str:
+        return f"az://{self.container_name}/{self.name(version, srcfile)}"
+
+    def explain(self, exc: BaseException, action: str, where: str | None = None):
+        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action)
+
+    def check(self, *, write: bool) -> None:
+        """The container is there and this sign-in reaches it: a SourceError (what, where, fix) otherwise."""
+        try:
+            cloud_access.retrying(lambda: self.container.get_container_properties())
+        except cloud_access.storage_errors() as exc:
+            raise self.explain(exc, "upload to" if write else "read") from None
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, version: str, srcfile: str, open_file: Callable[[], BinaryIO], size: int, md5_hex: str) -> Sent:
+        """Send one file version to <version>/<srcfile> with Content-MD5 = md5_hex (see the module doc)."""
+        from azure.storage.blob import ContentSettings
+
+        blob = self.container.get_blob_client(self.name(version, srcfile))
+        settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray.fromhex(md5_hex))
+        try:
+            f = open_file()
+        except OSError as exc:
+            raise ReadFailed(exc.strerror or str(exc)) from exc
+        with f:
+            if size <= SINGLE_PUT_MAX:
+                data = _read(f, size + 1)
+                if len(data) != size or hashlib.md5(data, usedforsecurity=False).hexdigest() != md5_hex:
+                    raise FileChanged("its bytes are not the ones recorded (size or MD5 differ)")
+                reply = blob.upload_blob(data, length=size, overwrite=True, content_settings=settings,
+                                         validate_content=True, max_concurrency=1)
+                return Sent(size, _hex(reply.get("content_md5")) or md5_hex, reply.get("etag"), "service")
+            return self._put_blocks(blob, f, size, md5_hex, settings)
+
+    def _put_blocks(self, blob: Any, f: BinaryIO, size: int, md5_hex: str, settings: Any) -> Sent:
+        from azure.storage.blob import BlobBlock
+
+        digest = hashlib.md5(usedforsecurity=False)
+        staged: list[Future] = []
+        blocks: list[Any] = []
+        sent = 0
+        try:
+            while True:
+                self._buffers.acquire()  # released when the block's upload ends, or is cancelled
+                try:
+                    data = _read(f, BLOCK_SIZE)
+                except BaseException:
+                    self._buffers.release()
+                    raise
+                if not data:
+                    self._buffers.release()
+                    break
+                digest.update(data)
+                sent += len(data)
+                block_id = base64.b64encode(f"{len(blocks):08d}".encode()).decode()
+                blocks.append(BlobBlock(block_id=block_id))
+                future = self._block_pool.submit(blob.stage_block, block_id, data, length=len(data),
+                                                 validate_content=True)
+                future.add_done_callback(lambda _: self._buffers.release())
+                staged.append(future)
+            for future in staged:
+                future.result()
+        finally:
+            for future in staged:
+                future.cancel()
+        if sent != size or digest.hexdigest() != md5_hex:
+            raise FileChanged("its bytes are not the ones recorded (size or MD5 differ); its blocks were not committed")
+        reply = blob.commit_block_list(blocks, content_settings=settings)
+        return Sent(sent, md5_hex, reply.get("etag"), "blocks")
+
+    def put_manifest(self, version: str, path: Path) -> str:
+        """The manifest's copy next to its version; returns its URL (no secrets)."""
+        from azure.storage.blob import ContentSettings
+
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        name = self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}")
+        blob = self.container.get_blob_client(name)
+        with open(path, "rb") as f:
+            blob.upload_blob(f, overwrite=True, max_concurrency=2, validate_content=True,
+                             content_settings=ContentSettings(content_type="application/vnd.sqlite3",
+                                                              content_md5=bytearray(digest.digest())))
+        return f"az://{self.container_name}/{name}"
+
+    # ------------------------------------------------------------------ reading
+
+    def listing(self, version: str) -> pl.DataFrame:
+        """Every blob under <version>/ (its manifest copy left out): srcfile-relative name, size, Content-MD5 (hex), etag."""
+        folder = self.name(version, "") + "/"
+        rows: dict[str, list] = {"name": [], "size": [], "content_md5": [], "etag": []}
+
+        def collect() -> None:
+            for key in rows:
+                rows[key].clear()
+            for item in self.container.list_blobs(name_starts_with=folder):
+                name = item.name[len(folder):]
+                if name.startswith(MANIFEST_FOLDER + "/"):
+                    continue
+                rows["name"].append(name)
+                rows["size"].append(int(item.size or 0))
+                rows["content_md5"].append(_hex(item.content_settings.content_md5))
+                rows["etag"].append(item.etag)
+
+        try:
+            cloud_access.retrying(collect)
+        except cloud_access.storage_errors() as exc:
+            raise self.explain(exc, "list", f"{self.url}/{version}/") from None
+        return pl.DataFrame(rows, schema=LISTING_SCHEMA)
+
+    def download_md5(self, version: str, srcfile: str) -> tuple[str, int] | None:
+        """(MD5 of the bytes, size) of a blob, read back; None when it is not there."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        blob = self.container.get_blob_client(self.name(version, srcfile))
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        try:
+            for chunk in blob.download_blob(max_concurrency=1).chunks():
+                digest.update(chunk)
+                size += len(chunk)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) == "ContainerNotFound":
+                raise
+            return None
+        return digest.hexdigest(), size

@@ -1,0 +1,203 @@
+"""`upload --script bash|azcopy` and `mark-uploaded --from-log`: submission through the Azure CLI or
+AzCopy, for sites whose security review allows only those tools.
+
+The script sends what `upload` would send (each version's added, replaced and renamed files not yet
+confirmed), one command per file. Before each, it checks the file's MD5 against the manifest's with
+md5sum (a file changed since its version was recorded is skipped and named); `az storage blob upload`
+gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service);
+`azcopy copy` gets --put-md5 (AzCopy hashes what it sends and stores that). After each command that
+succeeds, the script appends `uploaded<TAB><blob name>` to its log. The script holds no secret: both
+tools sign in from the environment (`az login` / AZURE_STORAGE_* variables, `azcopy login` /
+AZCOPY_* variables, or a SAS token in CHORUS_SAS that the script appends to AzCopy's URLs).
+
+`mark-uploaded` reads that log and records a file version as uploaded only once the container shows
+the blob with the manifest's size and MD5 as its Content-MD5.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import polars as pl
+
+from .. import release
+from ..errors import ExitCode, UsageError
+from ..store.uploads import CONFIRMED, UploadLedger, require_version
+from ..times import iso, utc_now
+from .central import Central, parse_central
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
+
+LOG_NAME = "upload.log"
+
+
+@dataclass
+class Script:
+    text: str
+    n_files: int
+    n_versions: int
+    log: str
+
+
+def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
+    roots = {}
+    for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows():
+        location = (overrides or {}).get(modality, location)
+        if "://" in location and not location.startswith("file://"):
+            raise UsageError(f"`upload --script` reads files from local folders; this root is {location}",
+                             where="the manifest's roots", fix="upload from cloud roots with `chorus-batch upload` itself")
+        roots[root_id] = location.removeprefix("file://")
+    return roots
+
+
+def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: str | None = None,
+                 modalities: Sequence[str] | None = None, site: str | None = None) -> Script:
+    """The bash script of `kind` ('bash': az storage blob upload; 'azcopy': azcopy copy)."""
+    from ..sources.cloud import azure_sign_in
+    from ..store import Manifest
+    from ..store.remote import is_remote, read_copy
+
+    container, prefix = parse_central(to)
+    central_url = "az://" + container + ("/" + prefix if prefix else "")
+    manifest = Manifest(read_copy(db, cloud) if is_remote(db) else db)
+    manifest.require()
+    ledger = UploadLedger(manifest, central_url)
+    if version is not None:
+        require_version(manifest, version)
+    labels = [version] if version is not None else ledger.versions_not_finished()
+    roots = _local_roots(manifest, {None: site} if site else None)
+    plans = [ledger.plan(label, modalities) for label in labels]
+    todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null())
+                                   & ~pl.col("superseded") & pl.col("md5").is_not_null())
+    if todo["root_id"].is_null().any():
+        if len(roots) != 1:
+            raise UsageError("some files were committed before the manifest recorded where they are", where=db,
+                             fix="run `chorus-batch run` once (it records the roots), then write the script")
+        todo = todo.with_columns(pl.col("root_id").fill_null(next(iter(roots))))
+    sign_in = azure_sign_in(cloud)
+    account_url = sign_in.account_url or f"https://{sign_in.account_name}.blob.core.windows.net"
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Written by chorus-batch {release()} at {iso(utc_now())}: {todo.height} files of "
+        f"{len(labels)} versions of {Path(manifest.path).resolve()} to {central_url}.",
+        "# Each file is checked against its manifest MD5 (md5sum) and then sent; each one sent is logged as",
+        "# 'uploaded<TAB><blob name>' in $LOG. Afterwards record them: chorus-batch mark-uploaded --from-log $LOG",
+        ("# Sign-in: `az login` (then AZ_AUTH_MODE=login), or AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_SAS_TOKEN"
+         " / AZURE_STORAGE_KEY with AZURE_STORAGE_ACCOUNT, in the environment." if kind == "bash" else
+         "# Sign-in: `azcopy login`, AzCopy's AZCOPY_* variables, or a SAS token (without '?') in CHORUS_SAS."),
+        "set -u",
+        f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
+        f"CONTAINER={shlex.quote(container)}",
+        f"ACCOUNT_URL={shlex.quote(account_url)}",
+        f"ACCOUNT={shlex.quote(sign_in.account_name or '')}",
+        "failed=0",
+        "send() {  # blob-name local-file md5-hex md5-base64",
+        '  if [ "$(md5sum < "$2" | cut -c1-32)" != "$3" ]; then',
+        '    echo "not sent (changed since its version was recorded, or unreadable): $2" >&2; failed=1; return',
+        "  fi",
+    ]
+    if kind == "bash":
+        lines += [
+            "  local how=()  # the account by name, unless a connection string names it",
+            '  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -n "$ACCOUNT" ]; then how+=(--account-name "$ACCOUNT"); fi',
+            '  if [ -n "${AZ_AUTH_MODE:-}" ]; then how+=(--auth-mode "$AZ_AUTH_MODE"); fi',
+            '  if az storage blob upload --only-show-errors --overwrite true --validate-content ${how[@]+"${how[@]}"} \\',
+            '      --container-name "$CONTAINER" --name "$1" --file "$2" --content-md5 "$4" > /dev/null; then',
+        ]
+    else:
+        lines += [
+            '  if azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --put-md5 --overwrite true \\',
+            "      --log-level ERROR > /dev/null; then",
+        ]
+    lines += [
+        "    printf 'uploaded\\t%s\\n' \"$1\" >> \"$LOG\"",
+        "  else",
+        '    echo "failed: $2" >&2; failed=1',
+        "  fi",
+        "}",
+    ]
+    for label, srcfile, md5, root_id in todo.select("version", "srcfile", "md5", "root_id").iter_rows():
+        name = "/".join(p for p in (prefix, label, srcfile) if p)
+        local = str(PurePosixPath(roots[root_id]) / srcfile)
+        b64 = base64.b64encode(bytes.fromhex(md5)).decode()
+        lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
+                     f"{shlex.quote(quote(name))}")
+    lines += ['exit "$failed"', ""]
+    return Script("\n".join(lines), todo.height, len(labels), LOG_NAME)
+
+
+@dataclass
+class Marked:
+    central: str
+    n_recorded: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (blob name, why)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.FINDINGS if self.rejected else ExitCode.OK
+
+    def text(self) -> str:
+        lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"]
+        if self.rejected:
+            lines.append(f"not recorded: {len(self.rejected)}")
+            lines += [f"  {name}: {why}" for name, why in self.rejected[:20]]
+            if len(self.rejected) > 20:
+                lines.append(f"  ... {len(self.rejected) - 20} more")
+        lines.append("`chorus-batch upload` then finds nothing left to send for a complete version: it checks it and "
+                     "puts the manifest's copy next to it")
+        return "\n".join(lines)
+
+
+def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv: Sequence[str] = ()) -> Marked:
+    """Record the blobs a script's log names, each once the container shows its size and Content-MD5."""
+    from .upload import _working_manifest
+
+    try:
+        lines = Path(log_path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UsageError(f"cannot read the log: {exc.strerror or exc}", where=log_path,
+                         fix="pass --from-log with the log the upload script wrote (upload.log by default)") from None
+    central = Central(to, cloud)
+    marked = Marked(central.url)
+    names = [line.split("\t", 1)[1].strip() for line in lines if line.startswith("uploaded\t")]
+    try:
+        with _working_manifest(db, cloud, argv, read_only=False) as manifest:
+            ledger = UploadLedger(manifest, central.url)
+            by_version: dict[str, list[str]] = {}
+            for name in dict.fromkeys(names):
+                relative = name[len(central.prefix) + 1:] if central.prefix else name
+                if central.prefix and not name.startswith(central.prefix + "/") or "/" not in relative:
+                    marked.rejected.append((name, f"not a <version>/<path> blob under {central.url}"))
+                    continue
+                label, srcfile = relative.split("/", 1)
+                by_version.setdefault(label, []).append(srcfile)
+            if by_version:
+                central.check(write=False)
+            for label, srcfiles in by_version.items():
+                plan = ledger.plan(label).filter(pl.col("srcfile").is_in(srcfiles))
+                unknown = set(srcfiles) - set(plan["srcfile"].to_list())
+                marked.rejected += [(f"{label}/{s}", "not in that version's change set") for s in sorted(unknown)]
+                listing = central.listing(label).rename({"name": "srcfile"})
+                checked = plan.join(listing, on="srcfile", how="left")
+                good = checked.filter((pl.col("size") == pl.col("size_right")) & (pl.col("content_md5") == pl.col("md5")))
+                bad = checked.join(good.select("file_id"), on="file_id", how="anti")
+                for srcfile, size, blob_size in bad.select("srcfile", "size", "size_right").iter_rows():
+                    marked.rejected.append((f"{label}/{srcfile}", "not in the container" if blob_size is None else
+                                            "its size or Content-MD5 is not the manifest's"))
+                ledger.start(label)
+                ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
+                                "state": "uploaded", "uploaded_at": iso(utc_now()), "bytes": size, "md5": md5,
+                                "etag": etag, "confirmed_by": "listing", "attempts": 1, "last_error": None}
+                               for file_id, srcfile, size, md5, etag in
+                               good.select("file_id", "srcfile", "size", "content_md5", "etag").iter_rows()])
+                marked.n_recorded += good.height
+    finally:
+        central.close()
+    return marked

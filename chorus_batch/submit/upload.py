@@ -1,0 +1,363 @@
+"""`upload`: send each version's change set to the central container, record it in the ledger, verify it,
+and put the manifest's copy next to it.
+
+  plan      the version's added, replaced and renamed files, less those the ledger has confirmed
+            (store/uploads.py); a file replaced or removed since (its bytes are gone) is 'superseded'
+  send      many files at once on threads (the work waits on the network): each is stat'ed against its
+            manifest row (a file changed since is 'stale', not sent: the next `run` records the change),
+            read from its recorded root, and written with its manifest MD5 as Content-MD5 only if the
+            bytes read have that MD5 (central.py)
+  record    outcomes go to the ledger in batches (LEDGER_ROWS rows or LEDGER_SECONDS, whichever first):
+            a killed upload sends again at most the files of the batch it had not written
+  finish    a version whose files are all confirmed is checked against the container's listing (each
+            blob there, its size and Content-MD5), then the manifest's copy goes to <version>/_manifest/
+
+A failure of the storage itself (unreachable, sign-in, permission, no container) stops the upload at
+once: what was confirmed is recorded, and the same command resumes. A failure of one file (unreadable,
+changed, gone) is that file's: recorded with the reason, the others go on, the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from ..errors import ChorusError, ExitCode, SourceError, UsageError
+from ..faults import pause
+from ..sources import cloud as cloud_access
+from ..store import Manifest
+from ..store.remote import is_remote, remote_manifest
+from ..store.uploads import CONFIRMED, UploadLedger, require_version
+from ..times import iso, utc_now
+from .central import Central, FileChanged, ReadFailed, Sent
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
+    from ..progress import Progress
+    from ..sources.base import Source
+
+log = logging.getLogger("chorus_batch")
+
+ENV_LEDGER_ROWS = "CHORUS_BATCH_LEDGER_ROWS"  # tests: a smaller batch, to kill an upload between two
+LEDGER_ROWS = 256
+LEDGER_SECONDS = 2.0
+NOT_SENT_SCHEMA = {"srcfile": pl.String, "state": pl.String, "message": pl.String}
+# The storage failed as a whole: stop, record what was confirmed, let the same command resume.
+_FATAL_KINDS = ("network", "busy", "auth", "permission", "missing", "dns", "unknown_account", "https")
+
+
+@dataclass
+class VersionUpload:
+    version: str
+    n_files: int  # the files this version submits (of --modalities, when given)
+    n_before: int  # confirmed by an earlier upload: not sent again
+    n_sent: int = 0
+    bytes_sent: int = 0
+    not_sent: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=NOT_SENT_SCHEMA))
+    complete: bool = False  # every file of the version is confirmed (or superseded)
+    verify_problems: pl.DataFrame | None = None  # after a complete upload: the listing check
+    manifest_copy: str | None = None  # where the manifest's copy went
+
+    @property
+    def n_not_sent(self) -> int:
+        return self.not_sent.height
+
+
+@dataclass
+class UploadResult:
+    central: str
+    versions: list[VersionUpload]
+    dry_run: bool
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        # Superseded files are reported, but cannot be sent by anyone any more: they do not fail the upload.
+        bad = any(v.not_sent.filter(pl.col("state") != "superseded").height
+                  or (v.verify_problems is not None and v.verify_problems.height) for v in self.versions)
+        return ExitCode.FINDINGS if bad else ExitCode.OK
+
+
+def _outcome(n_confirmed: int) -> str:
+    return (f"{n_confirmed} files confirmed by this upload are recorded in the manifest's uploads ledger; "
+            "run the same command again to resume (confirmed files are not sent again)")
+
+
+@contextlib.contextmanager
+def _working_manifest(db: str, cloud: CloudSettings, argv: Sequence[str], *, read_only: bool) -> Iterator[Manifest]:
+    """The manifest to plan from and record into: a local file under the upload lock, or a manifest in
+    Azure under its lease (the ledger goes back to it when the command ends)."""
+    if is_remote(db):
+        with remote_manifest(db, cloud, list(argv), read_only=read_only) as local:
+            manifest = Manifest(local)
+            manifest.ensure_schema() if not read_only else manifest.require()
+            yield manifest
+        return
+    manifest = Manifest(db)
+    manifest.require() if read_only else _upgraded(manifest, argv)
+    if read_only:
+        yield manifest
+        return
+    with manifest.lock(list(argv), kind="upload"):
+        yield manifest
+
+
+def _upgraded(manifest: Manifest, argv: Sequence[str]) -> None:
+    """An older manifest is migrated first (under the run lock: no run is between versions meanwhile)."""
+    try:
+        manifest.require()
+    except ChorusError:
+        if not manifest.path.exists():
+            raise
+        with manifest.lock(list(argv)):
+            manifest.ensure_schema()
+        manifest.require()
+
+
+def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None,
+           modalities: Sequence[str] | None = None, workers: int = 8, dry_run: bool = False,
+           overrides: dict[str | None, str] | None = None, progress: Progress | None = None,
+           argv: Sequence[str] = ()) -> UploadResult:
+    """Send `version` (default: every version not completely submitted to `to`, oldest first)."""
+    from ..progress import Progress
+
+    progress = progress or Progress(quiet=True)
+    started = time.monotonic()
+    central = Central(to, cloud, connections=workers + 8, block_buffers=max(4, workers)) if not dry_run else None
+    try:
+        url = central.url if central else _plain_url(to)
+        with _working_manifest(db, cloud, argv, read_only=dry_run) as manifest:
+            ledger = UploadLedger(manifest, url)
+            if version is not None:
+                require_version(manifest, version)
+            labels = [version] if version is not None else ledger.versions_not_finished()
+            result = UploadResult(url, [], dry_run)
+            if central is not None and labels:
+                central.check(write=True)
+            sources: dict[int, Source] = {}
+            for label in labels:
+                result.versions.append(_upload_version(manifest, ledger, central, label, modalities, workers,
+                                                       sources, overrides, cloud, progress))
+            result.elapsed_s = time.monotonic() - started
+            return result
+    finally:
+        if central is not None:
+            central.close()
+
+
+def _plain_url(to: str) -> str:
+    from .central import parse_central
+
+    container, prefix = parse_central(to)
+    return "az://" + container + ("/" + prefix if prefix else "")
+
+
+def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[int, Source],
+                 overrides: dict[str | None, str] | None, cloud: CloudSettings) -> dict[int | None, Source]:
+    """The roots the files are read from (opened and checked once): as the manifest records them, or
+    moved (--site). Files committed before roots were recorded are read from the only root, if one."""
+    from ..validate.run import reopen_roots
+
+    if not sources:
+        sources.update(reopen_roots(manifest, overrides=overrides, cloud=cloud))
+        for source in sources.values():
+            source.check()
+    out: dict[int | None, Source] = dict(sources)
+    if None in root_ids:
+        if len(sources) != 1:
+            raise UsageError("some files were committed before the manifest recorded where they are, and it records "
+                             f"{len(sources)} roots", where=str(manifest.path),
+                             fix="run `chorus-batch run` once (it records the roots), then upload")
+        out[None] = next(iter(sources.values()))
+    return out
+
+
+def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central | None, label: str,
+                    modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
+                    overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress) -> VersionUpload:
+    plan = ledger.plan(label, modalities)
+    done = plan.filter(pl.col("state").is_in(CONFIRMED))
+    todo = plan.filter(~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null())
+    outcome = VersionUpload(label, plan.height, done.height)
+    superseded = todo.filter(pl.col("superseded"))
+    no_md5 = todo.filter(~pl.col("superseded") & pl.col("md5").is_null())
+    sendable = todo.filter(~pl.col("superseded") & pl.col("md5").is_not_null())
+    immediate = pl.concat([
+        superseded.select("file_id", "srcfile", pl.lit("superseded").alias("state"),
+                          pl.lit("replaced or removed by a later version before it was sent: its bytes are no longer "
+                                 "in the site").alias("message")),
+        no_md5.select("file_id", "srcfile", pl.lit("no_md5").alias("state"),
+                      pl.lit("the manifest has no MD5 for it (unverifiable cloud file): run with --cloud-md5 download "
+                             "to record one").alias("message")),
+    ])
+    if central is None:  # dry run: what would be sent
+        outcome.n_sent = sendable.height
+        outcome.bytes_sent = int(sendable["size"].sum() or 0)
+        outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
+        return outcome
+    ledger.start(label)
+    if immediate.height:
+        ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
+                        "state": state, "last_error": message, "attempts": 0}
+                       for file_id, srcfile, state, message in immediate.iter_rows()])
+    readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
+    sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress)
+    outcome.n_sent, outcome.bytes_sent = sent
+    outcome.not_sent = pl.concat([immediate.select(list(NOT_SENT_SCHEMA)), not_sent])
+    # Complete: nothing is left that could still be sent (superseded files never can).
+    outcome.complete = outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
+    if outcome.complete:
+        from .verify import check_version
+
+        problems = check_version(ledger, central, label, download=False)
+        outcome.verify_problems = problems
+        if problems.height == 0:
+            ledger.submission(label, finished_at=iso(utc_now()))
+            outcome.manifest_copy = copy_manifest(manifest, central, label)
+            ledger.submission(label, manifest_copied_at=iso(utc_now()))
+    return outcome
+
+
+def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
+          workers: int, progress: Progress) -> tuple[tuple[int, int], pl.DataFrame]:
+    """Send `files` on `workers` threads; outcomes are written to the ledger in batches. Returns
+    ((files confirmed, bytes), the files not sent with why)."""
+    batch_rows = int(os.environ.get(ENV_LEDGER_ROWS) or LEDGER_ROWS)
+    pending: list[dict] = []
+    not_sent: list[tuple[str, str, str]] = []
+    counts = [0, 0]  # confirmed files, bytes: read by the progress thread
+    lock = threading.Lock()
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        ledger.record(pending)
+        pending.clear()
+        last_flush = time.monotonic()
+        pause("upload")
+
+    def settle(row: dict, future: Future) -> None:
+        try:
+            result = future.result()
+        except _Fatal as fatal:
+            raise fatal.error from None
+        entry = {"version": label, "file_id": row["file_id"], "destination": central.destination(label, row["srcfile"]),
+                 "attempts": 1, "uploaded_at": iso(utc_now())}
+        if isinstance(result, Sent):
+            entry.update(state="uploaded", bytes=result.bytes, md5=result.md5, etag=result.etag,
+                         confirmed_by=result.confirmed_by, last_error=None)
+            with lock:
+                counts[0] += 1
+                counts[1] += result.bytes
+        else:
+            state, message = result
+            entry.update(state=state, last_error=message, uploaded_at=None)
+            not_sent.append((row["srcfile"], state, message))
+        pending.append(entry)
+
+    rows = iter(files.iter_rows(named=True))
+    total = (files.height, int(files["size"].sum() or 0))
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-upload")
+    in_flight: dict[Future, dict] = {}
+    try:
+        with progress.counter(f"upload {label}", "file", lambda: (counts[0], counts[1]), total=total):
+            while True:
+                while len(in_flight) < 2 * workers:  # a bounded queue: the plan may hold millions of rows
+                    row = next(rows, None)
+                    if row is None:
+                        break
+                    in_flight[pool.submit(_send_one, central, readers, label, row)] = row
+                if not in_flight:
+                    break
+                finished, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    settle(in_flight.pop(future), future)
+                if len(pending) >= batch_rows or (pending and time.monotonic() - last_flush >= LEDGER_SECONDS):
+                    flush()
+            flush()
+    except BaseException as exc:
+        # Stop sending; what finished is recorded, then the error (or signal) goes on with the truth about it.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for future in list(in_flight):
+            if future.done() and not future.cancelled():
+                with contextlib.suppress(BaseException):
+                    settle(in_flight.pop(future), future)
+        with contextlib.suppress(ChorusError, sqlite3.Error):
+            ledger.record(pending)
+        with contextlib.suppress(AttributeError):
+            exc.outcome = _outcome(counts[0])  # type: ignore[union-attr]  # what cli.main says about it
+        raise
+    pool.shutdown(wait=True)
+    frame = pl.DataFrame(not_sent, schema=NOT_SENT_SCHEMA, orient="row")
+    return (counts[0], counts[1]), frame
+
+
+class _Fatal(Exception):
+    def __init__(self, error: SourceError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _send_one(central: Central, readers: dict[int | None, Source], label: str, row: dict) -> Sent | tuple[str, str]:
+    """Send one file version: a Sent, or (state, why) when it is not sent; _Fatal when the storage fails."""
+    srcfile = row["srcfile"]
+    source = readers.get(row["root_id"]) or readers.get(None)
+    if source is None:
+        return "missing", f"its root (root_id {row['root_id']}) is not recorded in the manifest"
+    try:
+        stat = source.stat(srcfile)
+    except FileNotFoundError:
+        return "missing", f"not found in {source.description}: the next run records it as removed"
+    except OSError as exc:
+        return "failed", f"cannot read it in {source.description}: {exc.strerror or exc}"
+    except SourceError as exc:
+        raise _Fatal(exc) from None
+    # The mtime is compared where it is the file system's own (local roots); the MD5 check guards the rest.
+    if stat.size != row["size"] or (source.parallel_local and stat.mtime_ns != row["mtime_ns"]):
+        return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
+                         "run records the change")
+    try:
+        return central.put(label, srcfile, lambda: source.open(srcfile), row["size"], row["md5"])
+    except FileChanged as exc:
+        return "stale", f"changed since the version recorded it: {exc}; not sent"
+    except ReadFailed as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return "missing", f"not found in {source.description}: the next run records it as removed"
+        return "failed", f"cannot read it in {source.description}: {exc}"
+    except SourceError as exc:  # a cloud root that failed as a whole
+        raise _Fatal(exc) from None
+    except cloud_access.storage_errors() as exc:  # the central container's reply
+        if cloud_access.classify(exc) in _FATAL_KINDS:
+            raise _Fatal(central.explain(exc, "upload to")) from None
+        return "failed", cloud_access.scrub(f"the central container refused it: {type(exc).__name__}: {exc}")[:300]
+
+
+def copy_manifest(manifest: Manifest, central: Central, label: str) -> str:
+    """A consistent copy of the manifest (SQLite's online backup), owner-only while it exists, sent next
+    to the version; returns its URL."""
+    with tempfile.TemporaryDirectory(prefix=".chorus-copy-", dir=manifest.path.parent) as folder:
+        copy = Path(folder) / "manifest.sqlite"
+        source = sqlite3.connect(manifest.path, timeout=30)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        try:
+            return central.put_manifest(label, copy)
+        except cloud_access.storage_errors() as exc:
+            raise central.explain(exc, "upload to", f"{central.url}/{label}/_manifest/") from None
+

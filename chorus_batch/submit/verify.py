@@ -1,0 +1,145 @@
+"""`verify`: each file version the ledger says was uploaded, against the central copy.
+
+Without --download the container's listing is compared (one listing per version, not a request per
+blob): the blob is there, has the manifest's size, and its Content-MD5 is the manifest's MD5. That
+Content-MD5 was set by the uploader, so this proves the upload's bookkeeping, not the bytes. With
+--download every blob is read back and hashed: the only check of the bytes the centre holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from ..errors import ExitCode
+from ..sources import cloud as cloud_access
+from ..store.uploads import UploadLedger, require_version
+from .central import Central
+
+if TYPE_CHECKING:
+    from ..config import CloudSettings
+    from ..progress import Progress
+
+PROBLEMS_SCHEMA = {"version": pl.String, "srcfile": pl.String, "verify_state": pl.String, "message": pl.String}
+
+
+@dataclass
+class VerifyResult:
+    central: str
+    method: str  # 'listing' | 'download'
+    versions: list[str]
+    n_checked: int = 0
+    problems: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBLEMS_SCHEMA))
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.FINDINGS if self.problems.height else ExitCode.OK
+
+
+def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
+    """file_id, srcfile, verify_state, message of each expected file version against the listing."""
+    joined = expected.join(listing.rename({"name": "srcfile", "size": "blob_size"}), on="srcfile", how="left")
+    state = (pl.when(pl.col("blob_size").is_null()).then(pl.lit("missing"))
+             .when(pl.col("blob_size") != pl.col("size")).then(pl.lit("size"))
+             .when(pl.col("content_md5").is_null() | (pl.col("content_md5") != pl.col("md5"))).then(pl.lit("md5"))
+             .otherwise(pl.lit("ok")))
+    message = (pl.when(pl.col("verify_state") == "missing").then(pl.lit("not in the central container"))
+               .when(pl.col("verify_state") == "size").then(
+                   pl.format("the central blob has {} bytes, the manifest {}", "blob_size", "size"))
+               .when(pl.col("verify_state") == "md5").then(
+                   pl.format("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
+                             pl.col("content_md5").fill_null("(none)"), "md5"))
+               .otherwise(pl.lit(None)))
+    return (joined.with_columns(state.alias("verify_state"))
+            .with_columns(message.alias("message"))
+            .select("file_id", "srcfile", "verify_state", "message"))
+
+
+def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
+                  workers: int = 8, progress: Progress | None = None) -> pl.DataFrame:
+    """Verify one version's confirmed file versions, record the results in the ledger, and return the
+    problems (PROBLEMS_SCHEMA: missing, size, md5, content)."""
+    expected = ledger.confirmed(version)
+    listing = central.listing(version)
+    results = _compare(expected, listing)
+    if download:
+        results = _download_check(central, version, expected, results, workers, progress)
+    ledger.record_verification(version, results, "download" if download else "listing")
+    return (results.filter(pl.col("verify_state") != "ok")
+            .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message"))
+
+
+def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
+                    progress: Progress | None) -> pl.DataFrame:
+    """Read back every blob that passed the listing check and hash it: 'content' when its bytes differ."""
+    candidates = results.filter(pl.col("verify_state") == "ok").join(expected.select("file_id", "md5", "size"),
+                                                                     on="file_id")
+    done = [0, 0]
+
+    def one(row: tuple) -> str | None:
+        file_id, srcfile, _, _, md5, size = row
+        read = cloud_access.retrying(lambda: central.download_md5(version, srcfile))
+        done[0] += 1
+        done[1] += size
+        if read is None:
+            return "missing"
+        return None if read == (md5, size) else "content"
+
+    try:
+        if progress is not None:
+            with progress.counter(f"verify {version}", "file", lambda: (done[0], done[1]),
+                                  total=(candidates.height, int(candidates["size"].sum() or 0))):
+                with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-verify") as pool:
+                    states = list(pool.map(one, candidates.iter_rows()))
+        else:
+            with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-verify") as pool:
+                states = list(pool.map(one, candidates.iter_rows()))
+    except cloud_access.storage_errors() as exc:
+        raise central.explain(exc, "read", f"{central.url}/{version}/") from None
+    bad = candidates.with_columns(pl.Series("read_state", states, dtype=pl.String)).filter(
+        pl.col("read_state").is_not_null()).select("file_id", "read_state")
+    return (results.join(bad, on="file_id", how="left")
+            .with_columns(pl.coalesce("read_state", "verify_state").alias("verify_state"),
+                          pl.when(pl.col("read_state") == "content")
+                          .then(pl.lit("its bytes, read back, do not have the manifest's MD5 (its Content-MD5 does)"))
+                          .when(pl.col("read_state") == "missing").then(pl.lit("gone while it was read back"))
+                          .otherwise(pl.col("message")).alias("message"))
+            .drop("read_state"))
+
+
+def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None, every: bool = False,
+           download: bool = False, workers: int = 8, progress: Progress | None = None,
+           argv: Sequence[str] = ()) -> VerifyResult:
+    """Verify `version` (default: the latest version with uploaded files; every: all of them) at `to`;
+    the results go to the ledger."""
+    from .upload import _working_manifest
+
+    started = time.monotonic()
+    central = Central(to, cloud, connections=workers + 2)
+    try:
+        with _working_manifest(db, cloud, argv, read_only=False) as manifest:
+            ledger = UploadLedger(manifest, central.url)
+            if version is not None:
+                require_version(manifest, version)
+            uploaded = ledger.versions_uploaded()
+            labels = [version] if version is not None else uploaded if every else uploaded[-1:]
+            result = VerifyResult(central.url, "download" if download else "listing", labels)
+            if labels:
+                central.check(write=False)
+            problems = []
+            for label in labels:
+                problems.append(check_version(ledger, central, label, download=download, workers=workers,
+                                              progress=progress))
+                result.n_checked += ledger.confirmed(label).height
+            if problems:
+                result.problems = pl.concat(problems)
+            result.elapsed_s = time.monotonic() - started
+            return result
+    finally:
+        central.close()

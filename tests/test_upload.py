@@ -1,0 +1,370 @@
+"""Submission to the central container, against a real Azurite: `upload` sends each version's change set
+under <version>/ with the manifest's MD5 as Content-MD5 and records it in the ledger; `verify` checks the
+ledger against the container (and the bytes, with --download); a killed or cut-off upload resumes without
+sending confirmed files again; `upload --script` and `mark-uploaded` for sites that use the Azure CLI."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import cli, query, write
+from services import Azurite, set_content_md5
+
+AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT",
+              "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
+
+
+def central_for(azurite, monkeypatch, tmp_path) -> SimpleNamespace:
+    for name in AZURE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    container = azurite.new_container("central")
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "CHORUS_BATCH_RETRY_BASE_S": "0.01",
+           "CHORUS_BATCH_RETRY_DEADLINE_S": "3", "CHORUS_BATCH_CACHE_DIR": str(tmp_path / "cache")}
+    return SimpleNamespace(container=container, url=f"az://{container}/", env=env,
+                           client=azurite.service_client().get_container_client(container))
+
+
+@pytest.fixture
+def central(azurite, monkeypatch, tmp_path):
+    return central_for(azurite, monkeypatch, tmp_path)
+
+
+def blobs(central, prefix: str = "") -> dict[str, tuple[int, str | None, str]]:
+    """name -> (size, Content-MD5 as hex, etag) of every blob (under prefix)."""
+    out = {}
+    for item in central.client.list_blobs(name_starts_with=prefix or None):
+        md5 = item.content_settings.content_md5
+        out[item.name] = (item.size, bytes(md5).hex() if md5 else None, item.etag)
+    return out
+
+
+def submitted(db: Path, version: str) -> dict[str, tuple[int, str]]:
+    """srcfile -> (size, md5) of the files `version` added, replaced or renamed."""
+    rows = query(db, "SELECT f.srcfile, f.size, f.md5 FROM changes c JOIN source_files f ON f.file_id = c.file_id "
+                     "WHERE c.version = ? AND c.change IN ('added', 'replaced', 'renamed')", (version,))
+    return {srcfile: (size, md5) for srcfile, size, md5 in rows}
+
+
+def up(central, db: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return cli("upload", "--db", str(db), "--to", central.url, "--workers", "2", *extra, env={**central.env, **(env or {})})
+
+
+def commit(site: Path, db: Path, label: str) -> None:
+    out = cli("run", "--site", str(site), "--db", str(db), "--version", label, "--workers", "2", "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+
+
+def make_testdata(tmp_path: Path, persons: int = 3, files: int = 6) -> Path:
+    out = cli("testdata", str(tmp_path / "td"), "--persons", str(persons), "--files-per-person", str(files),
+              "--size", "3000", "--seed", "11", "--workers", "1")
+    assert out.returncode == 0, out.stderr
+    return tmp_path / "td"
+
+
+# ----------------------------------------------------------------------------- the whole submission
+
+
+def test_two_snapshots_uploaded_version_by_version_hold_exactly_each_change_set(central, tmp_path):
+    td = make_testdata(tmp_path)
+    big = os.urandom(9 << 20) + b"tail"  # above the single-put size: sent in blocks
+    write(td / "first", "000001/Images/CT/1234/5678/big.dcm", big)
+    write(td / "second", "000001/Images/CT/1234/5678/big.dcm", big)
+    db = tmp_path / "m.sqlite"
+
+    commit(td / "first", db, "20261101020000")
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would send" in dry.stdout and "nothing was sent or recorded" in dry.stdout
+    assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+    first = up(central, db)
+    assert first.returncode == 0, first.stdout + first.stderr
+    commit(td / "second", db, "20261102020000")
+    second = up(central, db, "--json")
+    assert second.returncode == 0, second.stdout + second.stderr
+    summary = json.loads(second.stdout)
+    assert [v["version"] for v in summary["versions"]] == ["20261102020000"]  # the first is complete: not again
+
+    held = blobs(central)
+    for version in ("20261101020000", "20261102020000"):
+        expected = submitted(db, version)
+        assert {"renamed", "replaced", "added"} & {c for (c,) in query(db, "SELECT DISTINCT change FROM changes WHERE version = ?", (version,))}
+        under = {name[len(version) + 1:]: value for name, value in held.items()
+                 if name.startswith(version + "/") and "/_manifest/" not in name}
+        assert {k: v[:2] for k, v in under.items()} == expected, version  # exactly its change set, right MD5
+        assert f"{version}/_manifest/manifest.sqlite" in held
+    # The second version's renamed and replaced files are there; what it removed was not deleted centrally.
+    removed = query(db, "SELECT srcfile FROM changes WHERE version = '20261102020000' AND change = 'removed'")
+    assert removed and all(f"20261101020000/{path}" in held for (path,) in removed if path in submitted(db, "20261101020000"))
+    assert held["20261101020000/000001/Images/CT/1234/5678/big.dcm"][1] == hashlib.md5(big).hexdigest()
+    assert query(db, "SELECT DISTINCT confirmed_by FROM uploads WHERE file_id IN (SELECT file_id FROM source_files "
+                     "WHERE srcfile LIKE '%big.dcm')") == [("blocks",)]
+
+    # The ledger equals the container, and a copy of the manifest (with the ledger) is next to each version.
+    ledger = {dest.split("/", 3)[3] for (dest,) in query(db, "SELECT destination FROM uploads WHERE state = 'uploaded'")}
+    assert ledger == {name for name in held if "/_manifest/" not in name}
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(central.client.get_blob_client("20261102020000/_manifest/manifest.sqlite").download_blob().readall())
+    assert query(copy, "SELECT count(*) FROM uploads WHERE version = '20261102020000'") == \
+        [(len(submitted(db, "20261102020000")),)]
+
+    verified = cli("verify", "--db", str(db), "--to", central.url, "--all", "--download", env=central.env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "all as recorded" in verified.stdout
+    versions = json.loads(cli("versions", "--db", str(db), "--json").stdout)
+    assert all("sent" in v["upload"] and "verified (download)" in v["upload"] for v in versions)
+    report = tmp_path / "report.html"
+    assert cli("report", "--db", str(db), "--out", str(report)).returncode == 0
+    assert "verified (download)" in report.read_text()
+    again = up(central, db)
+    assert again.returncode == 0 and "nothing to upload" in again.stdout
+    assert {k: v[2] for k, v in blobs(central).items() if "_manifest" not in k} == \
+        {k: v[2] for k, v in held.items() if "_manifest" not in k}  # nothing sent again
+
+
+def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_incomplete(central, tmp_path):
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")  # changed after the run that recorded it
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "stale: OMOP/person.csv" in out.stdout and "the next run records the change" in out.stdout
+    assert set(blobs(central)) == {"20261101020000/000001/Waveforms/Telemetry/S1/S1.dat"}  # no manifest copy yet
+    assert query(db, "SELECT state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = 'OMOP/person.csv'") \
+        == [("stale",)]
+    # The next run records the change; the old version's person.csv is superseded, the new one goes up.
+    commit(site, db, "20261102020000")
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "20261102020000/OMOP/person.csv" in blobs(central)
+    assert query(db, "SELECT version, finished_at IS NOT NULL FROM submissions ORDER BY version") == \
+        [("20261101020000", 1), ("20261102020000", 1)]
+
+
+def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(central, azurite, tmp_path):
+    site = tmp_path / "site"
+    for i in range(4):
+        write(site, f"00000{i}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i}".encode() * 50)
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    name = "20261101020000/000002/Waveforms/Telemetry/S2/S2.dat"
+    blob = central.client.get_blob_client(name)
+    props = blob.get_blob_properties()
+    original = blob.download_blob().readall()
+    corrupt = bytes([original[0] ^ 1]) + original[1:]
+    blob.upload_blob(corrupt, overwrite=True)  # then its Content-MD5 set back to the original's, as a bad copy might
+    set_content_md5(azurite.service_client(), central.container, name, bytes(props.content_settings.content_md5))
+    listing = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert listing.returncode == 0, listing.stdout + listing.stderr  # size and Content-MD5 are as recorded
+    download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
+    assert download.returncode == 1, download.stdout + download.stderr
+    problems = json.loads(download.stdout)["problems"]
+    assert [(p["srcfile"], p["verify_state"]) for p in problems] == [("000002/Waveforms/Telemetry/S2/S2.dat", "content")]
+    assert query(db, "SELECT count(*) FROM uploads WHERE verify_state = 'content'") == [(1,)]
+    # A missing blob is named too.
+    central.client.delete_blob("20261101020000/000000/Waveforms/Telemetry/S0/S0.dat")
+    missing = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def many_files(site: Path, n: int) -> None:
+    for i in range(n):
+        write(site, f"{i:06d}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i} ".encode() * 40)
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 60) -> str:
+    """stderr lines until `text` appears (the process keeps running)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.kill()
+    raise AssertionError(f"{text!r} did not appear: {''.join(seen)}")
+
+
+def upload_process(central, db: Path, pause: str, rows: int = 5) -> subprocess.Popen:
+    env = {**os.environ, **central.env, "CHORUS_BATCH_TEST_PAUSE": pause, "CHORUS_BATCH_LEDGER_ROWS": str(rows),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ledger_names(db: Path) -> set[str]:
+    return {dest.split("/", 3)[3] for (dest,) in query(db, "SELECT destination FROM uploads WHERE state = 'uploaded'")}
+
+
+def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(central, tmp_path):
+    site = tmp_path / "site"
+    many_files(site, 40)
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    proc = upload_process(central, db, "upload")
+    wait_for(proc, "test pause at upload")  # the first batch of 5 is in the ledger; the threads finish theirs
+    time.sleep(0.5)
+    at_kill = {name: etag for name, (_, _, etag) in blobs(central).items()}
+    recorded = ledger_names(db)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(recorded) == 5 and recorded <= set(at_kill)
+
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = {name: etag for name, (_, _, etag) in blobs(central).items() if "/_manifest/" not in name}
+    resent = {name for name, etag in at_kill.items() if after.get(name) != etag}
+    assert not resent & recorded  # no confirmed file was sent again
+    assert resent <= set(at_kill) - recorded and len(resent) <= 2 * 2 + 5  # only the batch in flight
+    assert set(after) == {f"20261101020000/{path}" for path in submitted(db, "20261101020000")}
+    assert ledger_names(db) == set(after)  # the ledger equals the container
+    assert query(db, "SELECT max(attempts) FROM uploads") == [(1,)]
+
+
+def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monkeypatch, tmp_path):
+    service = Azurite(tmp_path / "own-azurite")
+    service.start()
+    try:
+        central = central_for(service, monkeypatch, tmp_path)
+        site = tmp_path / "site"
+        many_files(site, 30)
+        db = tmp_path / "m.sqlite"
+        commit(site, db, "20261101020000")
+        proc = upload_process(central, db, "upload+4")
+        wait_for(proc, "test pause at upload")
+        service.stop()  # the service goes away while the upload waits at its first batch
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 3, out + err
+        assert "cannot upload to" in err and "Traceback" not in err
+        assert "confirmed by this upload are recorded" in err and "run the same command again to resume" in err
+        confirmed_before = ledger_names(db)
+        assert len(confirmed_before) >= 5
+
+        service.start()
+        out = up(central, db)
+        assert out.returncode == 0, out.stdout + out.stderr
+        held = {name for name in blobs(central) if "/_manifest/" not in name}
+        assert held == ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
+    finally:
+        service.stop()
+
+
+def test_bad_destinations_and_sign_in_say_what_to_do(central, tmp_path):
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    no_to = cli("upload", "--db", str(db), env=central.env)
+    assert no_to.returncode == 2 and "--to" in no_to.stderr and "[central] to" in no_to.stderr
+    sas = cli("upload", "--db", str(db), "--to", central.url + "?sv=2020&sig=SECRET", env=central.env)
+    assert sas.returncode == 2 and "SECRET" not in sas.stderr and "AZURE_STORAGE_SAS_TOKEN" in sas.stderr
+    missing = cli("upload", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    assert missing.returncode == 3 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    assert "nothing" not in missing.stdout and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    unknown = cli("upload", "--db", str(db), "--to", central.url, "--version", "20990101000000", env=central.env)
+    assert unknown.returncode == 3 and "no version '20990101000000'" in unknown.stderr
+    moved = tmp_path / "moved"
+    shutil.move(site, moved)
+    gone = cli("upload", "--db", str(db), "--to", central.url, env=central.env)
+    assert gone.returncode == 2 and "--site" in gone.stderr, gone.stderr
+    there = cli("upload", "--db", str(db), "--to", central.url, "--site", str(moved), env=central.env)
+    assert there.returncode == 0, there.stdout + there.stderr
+
+
+# ----------------------------------------------------------------------------- scripts for the Azure CLI / AzCopy
+
+
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_an_upload_script_and_mark_uploaded_from_its_log(central, tmp_path, kind):
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/S1/S1 one.dat", b"signal with a space in its name")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
+    assert out.returncode == 0, out.stderr
+    script = out.stdout
+    assert "mark-uploaded" in out.stderr and "AccountKey" not in script and "sig=" not in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    tool = "az storage blob upload" if kind == "bash" else "azcopy copy"
+    assert tool in script
+    expected = submitted(db, "20261101020000")
+    for srcfile, (_, md5) in expected.items():
+        assert md5 in script and base64.b64encode(bytes.fromhex(md5)).decode() in script
+    # What the script's commands do (a blob with the manifest's MD5 as Content-MD5), done here with the SDK,
+    # and the lines it logs; one line names a blob that was never sent.
+    from azure.storage.blob import ContentSettings
+
+    log = tmp_path / "upload.log"
+    lines = []
+    for srcfile, (_, md5) in expected.items():
+        name = f"20261101020000/{srcfile}"
+        central.client.get_blob_client(name).upload_blob(
+            (site / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+        lines.append(f"uploaded\t{name}")
+    lines.append("uploaded\t20261101020000/OMOP/never_sent.csv")
+    log.write_text("\n".join(lines) + "\n")
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert marked.returncode == 1, marked.stdout + marked.stderr
+    assert "recorded 2 uploads" in marked.stdout and "never_sent.csv" in marked.stdout
+    assert query(db, "SELECT count(*), min(confirmed_by) FROM uploads WHERE state = 'uploaded'") == [(2, "listing")]
+    finish = up(central, db)  # nothing left to send: checks the version and copies the manifest next to it
+    assert finish.returncode == 0 and "sent 0 files" in finish.stdout, finish.stdout + finish.stderr
+    assert "20261101020000/_manifest/manifest.sqlite" in blobs(central)
+
+
+def test_a_manifest_in_azure_gets_its_ledger_back_under_the_lease(central, azurite, tmp_path):
+    site = tmp_path / "site"
+    many_files(site, 3)
+    manifest_container = azurite.new_container("man")
+    db_url = f"az://{manifest_container}/site/manifest.sqlite"
+    out = cli("run", "--site", str(site), "--db", db_url, "--version", "20261101020000", "--no-validate",
+              env=central.env)
+    assert out.returncode == 0, out.stderr
+    sent = cli("upload", "--db", db_url, "--to", central.url, env=central.env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    remote = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite")
+    copy = tmp_path / "remote.sqlite"
+    copy.write_bytes(remote.download_blob().readall())
+    assert query(copy, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(3,)]
+    assert query(copy, "SELECT finished_at IS NOT NULL, manifest_copied_at IS NOT NULL FROM submissions") == [(1, 1)]
+    lock = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite.lock")
+    assert str(lock.get_blob_properties().lease.state) != "leased"
+
+
+def test_sigterm_stops_an_upload_and_says_what_it_recorded(central, tmp_path):
+    site = tmp_path / "site"
+    many_files(site, 20)
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    proc = upload_process(central, db, "upload")
+    wait_for(proc, "test pause at upload")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    recorded = ledger_names(db)
+    assert f"terminated (SIGTERM); {len(recorded)} files confirmed by this upload are recorded" in err, err
+    assert "Traceback" not in err and "nothing was committed" not in err
+    finish = up(central, db)
+    assert finish.returncode == 0 and ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
