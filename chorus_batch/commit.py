@@ -39,6 +39,18 @@ _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
 
 
 @dataclass
+class Pending:
+    """What a dry run would write, for checking it without writing: the new file rows (classified; root_id the
+    position of the scan's root), the file ids they end, kept rows classified anew (file_id + CLASSIFIED_SCHEMA;
+    None when the classification did not change), and the manifest's root_id of each recorded root (by position)."""
+
+    new_rows: pl.DataFrame
+    invalidated: pl.Series
+    reclassified: pl.DataFrame | None
+    root_ids: dict[int, int]
+
+
+@dataclass
 class Committed:
     label: str | None  # the version written; None when nothing changed (or a dry run)
     counts: dict[str, int]
@@ -49,6 +61,7 @@ class Committed:
     total_bytes: int
     verification: dict = field(default_factory=dict)  # rolling re-verification: this run, and the site's state
     md5_sources: dict = field(default_factory=dict)  # how this run obtained each listed file's MD5 (MD5_SOURCES)
+    pending: Pending | None = None  # a dry run: what it would write (for validation)
 
 
 def read_delete_list(path: str) -> pl.DataFrame:
@@ -150,11 +163,14 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
     del current
-    outcome = Committed(label=None, counts=counts, by_modality=by_modality, change_set=diff.change_set, errors=errors,
+    outcome = Committed(label=None, counts=counts, by_modality=by_modality,
+                        change_set=described(diff.change_set, new_rows, previous), errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
                         verification=verification(scanned, kept_rows, touched, new_rows),
                         md5_sources=md5_sources(scanned.files))
     if dry_run:
+        outcome.pending = Pending(new_rows=new_rows, invalidated=invalidated, reclassified=reclassified,
+                                  root_ids=root_ids)
         return outcome
 
     if not diff.is_empty:
@@ -168,7 +184,9 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
                                           invalidated_ids=invalidated, touched=touched, errors=errors,
                                           roots=scanned.roots, reclassified=reclassified, classification=classification)
         del new_rows
-        outcome.label, outcome.change_set = label, written.changes
+        outcome.label = label
+        outcome.change_set = written.changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),
+                                                  on=["change", "srcfile"], how="left", maintain_order="left")
         new_state = pl.concat([_touch(kept_rows, touched, written.root_ids), written.new_rows.select(list(STATE_SCHEMA))],
                               how="vertical_relaxed")
         manifest.save_state(new_state.cast(STATE_SCHEMA), written.generation)  # type: ignore[arg-type]
@@ -190,6 +208,20 @@ def diff_changed(previous: pl.DataFrame, current: pl.DataFrame, **options) -> Di
     diff = compute_diff(previous.filter(~pl.col("file_id").is_in(unchanged.implode())),
                         current.filter(pl.col("unchanged_id").is_null()), **options)
     return Diff(diff.change_set, diff.n_unchanged + unchanged.len())
+
+
+_DESCRIBED = ("modality", "person_id", "size", "md5")
+
+
+def described(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """The change set with each path's modality, person, size and MD5: as it is now (added, replaced,
+    renamed), or as it was (removed)."""
+    now = change_set.filter(pl.col("change") != "removed").join(
+        new_rows.select("srcfile", *_DESCRIBED), on="srcfile", how="left", maintain_order="left")
+    was = change_set.filter(pl.col("change") == "removed").join(
+        previous.select(pl.col("file_id").alias("old_file_id"), *_DESCRIBED), on="old_file_id", how="left",
+        maintain_order="left")
+    return pl.concat([now, was]).sort("change", "srcfile")
 
 
 def _reclassify(manifest: Manifest, kept_rows: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
