@@ -2,7 +2,7 @@
 
     from chorus_batch import RunSettings, run
     result = run(RunSettings(site="/data/site", db="manifest.sqlite"))
-    result.change_set  # polars frame: change, srcfile, old_srcfile, old_file_id
+    result.change_set  # polars frame: change, srcfile, old_srcfile, old_file_id, modality, person_id, size, md5
 """
 
 from __future__ import annotations

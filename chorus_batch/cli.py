@@ -24,6 +24,10 @@ DEFAULT_DB = "chorus_manifest.sqlite"
 READ_DB_DEFAULT = (f"(default: from chorus.toml, else ./{DEFAULT_DB}, else ./{DEMO_DB} as `run --demo` writes it; "
                    "the command then says which one it reads)")
 READ_DB_HELP = "manifest file " + READ_DB_DEFAULT
+PATH_HELP = ("only this file, or the files under this folder: site-relative, or absolute under a recorded root "
+             "(Windows separators too), as `history` takes it")
+STATUS_LIMIT = 50  # rows `status` shows unless --limit / --all
+DRY_RUN_LIMIT = 20  # changes `run --dry-run` shows (`status` shows more)
 MD5SUM_HELP = ("print the lines `md5sum -c` checks (MD5, two spaces, path), paths relative to the version folder, sorted; "
                "files without an MD5 (unverifiable) are left out and counted on stderr, exit code 1")
 log = logging.getLogger("chorus_batch")
@@ -121,48 +125,50 @@ def _parser() -> argparse.ArgumentParser:
                "  chorus-batch run --site /data/site --db m.sqlite --merge /scratch/shards   # then commit them\n\n"
                + EXIT_CODES_HELP,
     )
-    run.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
-    run.add_argument("--site", help="site root folder (or an fsspec URL)")
+    _site_flags(run)
     run.add_argument("--demo", action="store_true",
                      help=f"run on the demo site that comes with chorus-batch (manifest: ./{DEMO_DB}, or --db)")
-    run.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
-    run.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
-                     "append: only add/replace, remove only paths in --delete-list")
-    run.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
     run.add_argument("--parquet", metavar="DIR", help="also write DIR/version=<label>/{manifest,changes}.parquet")
-    run.add_argument("--workers", type=_positive_int, help="hashing and listing processes (default: CPU count, at most 16)")
     run.add_argument("--rehash", action="store_true", help="hash every file, not only new or changed ones")
-    run.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    run.add_argument("--dry-run", action="store_true", help="report what would change (the summary, the first "
+                     f"{DRY_RUN_LIMIT} changed paths, what validation would find); write nothing. `status` lists every path")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--version", dest="version_label", metavar="LABEL", help="version label (default: UTC start, YYYYMMDDhhmmss)")
-    run.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
-    run.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
-                     help="refuse a version that removes more of the previous version's files than this (default: "
-                          "50%%; a root that lists no files at all is refused unless 'all')")
     run.add_argument("--verify-sample", type=_percent, metavar="PERCENT",
                      help="re-read this share of the unchanged files each run, the longest unverified first, so the "
                           "whole site is re-verified over time (default 1; 0: off)")
     run.add_argument("--verify-max-bytes", type=_checked("parse_bytes"), metavar="BYTES",
                      help="at most this much re-verification a run (default 10GiB; e.g. 500MB, 2TiB)")
-    run.add_argument("--cloud-md5", choices=["stored-or-download", "download", "stored-only"],
-                     help="cloud roots (az://, s3://): where a new or changed file's MD5 comes from. stored-or-download "
-                          "(default): the storage's own MD5 (Azure Content-MD5, S3 single-part ETag), else download and "
-                          "hash; download: always download; stored-only: never download, a file without a stored MD5 "
-                          "is recorded without one (unverifiable, exit code 1)")
     run.add_argument("--shard", metavar="K/N", help="scan only shard K of N (from 0) into --staging, for a Slurm job array "
                      "(default there: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT); writes no manifest")
     run.add_argument("--staging", metavar="DIR", help="where shards write their scans (shared by all of them)")
     run.add_argument("--merge", metavar="DIR", help="commit the shards' scans in DIR as one version (all N shards, "
                      "based on the latest version), then validate and report as a plain run")
-    run.add_argument("--exclude", action="append", metavar="GLOB",
-                     help="leave out files matching GLOB: neither hashed nor recorded, only counted (repeatable; "
-                          "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
-                          "site-relative path (scratch/*); a file recorded before is removed in the next version")
-    run.add_argument("--no-default-excludes", dest="default_excludes", action="store_false", default=None,
-                     help="also track the OS junk that is excluded by default (.DS_Store, Thumbs.db, desktop.ini, "
-                          "._*, ~$*, .~lock.*#)")
-    run.add_argument("--no-validate", dest="validate", action="store_false", default=None,
-                     help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
+
+    status = command(
+        "status", help="what a run would commit, path by path, and what validation would find; writes nothing",
+        description="The changes a `run` would commit now, path by path (added, removed, replaced, renamed), and the "
+                    "findings validation would give, without writing anything: no version, no run row, no cache "
+                    "file; a manifest that does not exist is not created, one in Azure is read, not locked. The same "
+                    "as `run --dry-run`, with every path. Exit code 1 when validation would find errors (or the scan "
+                    "recorded problems), 5 when the run would be refused (--max-delete).",
+        epilog="examples:\n"
+               "  chorus-batch status --site /data/site --db /data/manifest.sqlite      # the first 50 changes\n"
+               "  chorus-batch status --config chorus.toml --all\n"
+               "  chorus-batch status --site /data/new_submission --csv > would_change.csv   # before the first run\n"
+               "  chorus-batch status --json | jq '.changes[] | select(.change == \"removed\") | .srcfile'\n\n"
+               + EXIT_CODES_HELP,
+    )
+    _site_flags(status)
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--limit", type=_positive_int, default=STATUS_LIMIT, metavar="N",
+                       help=f"rows of changes and findings in the table (default {STATUS_LIMIT})")
+    shown.add_argument("--all", action="store_true", help="every change and finding in the table")
+    fmt = status.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true",
+                     help="one JSON object: the run summary, with every change (`changes`) and finding (`findings_list`)")
+    fmt.add_argument("--csv", action="store_true",
+                     help="the changes as CSV with a header row (the findings' counts go to stderr)")
 
     td = command(
         "testdata", help="write a synthetic site: OUT/first and OUT/second",
@@ -195,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     changes.add_argument("--db", help=READ_DB_HELP)
     changes.add_argument("--version", dest="version_label", metavar="LABEL")
+    changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
@@ -270,6 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
     files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images)")
     files.add_argument("--person", help="only this person id")
+    files.add_argument("--path", help=PATH_HELP)
     output_flags(files, "")
 
     diff = command(
@@ -397,6 +405,35 @@ def _parser() -> argparse.ArgumentParser:
     central_flags(mark)
     mark.add_argument("--from-log", required=True, metavar="LOG", help="the log the script wrote")
     return parser
+
+
+def _site_flags(parser: argparse.ArgumentParser) -> None:
+    """What `run` and `status` scan and check, and how: the site, the manifest, the mode and the exclusions."""
+    parser.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
+    parser.add_argument("--site", help="site root folder (or an fsspec URL)")
+    parser.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
+    parser.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
+                        "append: only add/replace, remove only paths in --delete-list")
+    parser.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
+    parser.add_argument("--workers", type=_positive_int, help="hashing and listing processes (default: CPU count, at most 16)")
+    parser.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
+    parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
+                        help="refuse a version that removes more of the previous version's files than this (default: "
+                             "50%%; a root that lists no files at all is refused unless 'all')")
+    parser.add_argument("--cloud-md5", choices=["stored-or-download", "download", "stored-only"],
+                        help="cloud roots (az://, s3://): where a new or changed file's MD5 comes from. stored-or-download "
+                             "(default): the storage's own MD5 (Azure Content-MD5, S3 single-part ETag), else download and "
+                             "hash; download: always download; stored-only: never download, a file without a stored MD5 "
+                             "is recorded without one (unverifiable, exit code 1)")
+    parser.add_argument("--exclude", action="append", metavar="GLOB",
+                        help="leave out files matching GLOB: neither hashed nor recorded, only counted (repeatable; "
+                             "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
+                             "site-relative path (scratch/*); a file recorded before is removed in the next version")
+    parser.add_argument("--no-default-excludes", dest="default_excludes", action="store_false", default=None,
+                        help="also track the OS junk that is excluded by default (.DS_Store, Thumbs.db, desktop.ini, "
+                             "._*, ~$*, .~lock.*#)")
+    parser.add_argument("--no-validate", dest="validate", action="store_false", default=None,
+                        help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
 
 
 def _slurm_flags(parser: argparse.ArgumentParser, *, run: bool = False) -> None:
@@ -557,7 +594,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"{flags} only go with --slurm", where="run", fix="add --slurm, or leave them out")
     from .pipeline import run
     from .progress import Progress
-    from .report import summary_dict, summary_text
+    from .report import changes_text, status_dict, summary_dict, summary_text
 
     target = _resolve(args)
     settings = _run_settings(args, target)
@@ -565,15 +602,34 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         return _run_shard(args, settings)
     result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
     if args.json:
-        print(json.dumps(summary_dict(result), indent=2))
+        print(json.dumps(status_dict(result) if result.dry_run else summary_dict(result), indent=2))
     else:
         print(summary_text(result))
+        if result.dry_run:
+            print("\n" + changes_text(result, limit=DRY_RUN_LIMIT, more="chorus-batch status --all lists them all"))
         if args.verbose:
             print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
         if target.demo:
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
+    return int(result.exit_code)
+
+
+def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
+    from .pipeline import status
+    from .progress import Progress
+    from .report import findings_text, status_csv, status_dict, status_text
+
+    result = status(_run_settings(args, _resolve(args)), argv=argv, progress=Progress(quiet=args.quiet))
+    if args.json:
+        print(json.dumps(status_dict(result), indent=2))
+    elif args.csv:
+        sys.stdout.write(status_csv(result))
+        for line in findings_text(result.findings, examples=0, more="chorus-batch status --json lists them"):
+            print(line, file=sys.stderr)
+    else:
+        print(status_text(result, limit=None if args.all else args.limit))
     return int(result.exit_code)
 
 
@@ -628,6 +684,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
+    from .progress import Progress
     from .registries import make_registries
 
     target = _resolve(args)
@@ -637,7 +694,8 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     registries, paths = make_registries(
         target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
         ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
-        workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud)
+        workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud,
+        progress=Progress(quiet=args.quiet))
     print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
           f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
     for path in paths:
@@ -740,7 +798,12 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     from .report import frame_text
     from .store import Manifest
 
-    label, frame = Manifest(_db(args)).changes(args.version_label)
+    db = _db(args)
+    label, frame = Manifest(db).changes(args.version_label)
+    if args.path is not None:
+        from .review import open_manifest
+
+        frame = frame.filter(open_manifest(db).under(args.path, ("srcfile", "old_srcfile")))
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -778,16 +841,14 @@ def _print_md5sum(frame) -> int:
 
 def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, limit: int = 200) -> None:
     """JSON array, CSV, or (for a person) the first rows as a table."""
-    from .report import frame_text
+    from .report import head_text
 
     if args.json:
         sys.stdout.write(frame.write_json() + "\n")
     elif args.csv:
         sys.stdout.write(frame.write_csv())
     else:
-        print(frame_text(frame.head(limit).select(table_columns)))
-        if frame.height > limit:
-            print(f"... {frame.height - limit} more rows ({frame.height} in all); --csv or --json lists them all")
+        print("\n".join(head_text(frame.select(table_columns), limit, "--csv or --json lists them all")))
 
 
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
@@ -795,6 +856,8 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
 
     reader = open_manifest(_db(args))
     frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+    if args.path is not None:
+        frame = frame.filter(reader.under(args.path))
     if args.person is not None and frame.height == 0:
         maybe = reader.person_suggestions(args.person, args.as_of)
         print(f"chorus-batch: no files for person {args.person!r}; person ids are text, as the site writes them"
@@ -802,7 +865,9 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
-        print(f"version {reader.resolve(args.as_of)}: {frame.height} files")
+        from .units import plural
+
+        print(f"version {reader.resolve(args.as_of)}: {plural(frame.height, 'file')}")
     _print_frame(args, frame, ["srcfile", "modality", "person_id", "size", "md5", "version_valid"])
     return 0
 
@@ -917,7 +982,7 @@ def cmd_mark_uploaded(args: argparse.Namespace, argv: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
-            "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock,
+            "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock, "status": cmd_status,
             "slurm-script": cmd_slurm_script, "upload": cmd_upload, "verify": cmd_verify,
             "mark-uploaded": cmd_mark_uploaded}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from .classify import PathPattern, classify, fingerprint
-from .diff import compute_diff
+from .diff import Diff, compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, empty_errors
@@ -39,6 +39,18 @@ _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
 
 
 @dataclass
+class Pending:
+    """What a dry run would write, for checking it without writing: the new file rows (classified; root_id the
+    position of the scan's root), the file ids they end, kept rows classified anew (file_id + CLASSIFIED_SCHEMA;
+    None when the classification did not change), and the manifest's root_id of each recorded root (by position)."""
+
+    new_rows: pl.DataFrame
+    invalidated: pl.Series
+    reclassified: pl.DataFrame | None
+    root_ids: dict[int, int]
+
+
+@dataclass
 class Committed:
     label: str | None  # the version written; None when nothing changed (or a dry run)
     counts: dict[str, int]
@@ -49,6 +61,7 @@ class Committed:
     total_bytes: int
     verification: dict = field(default_factory=dict)  # rolling re-verification: this run, and the site's state
     md5_sources: dict = field(default_factory=dict)  # how this run obtained each listed file's MD5 (MD5_SOURCES)
+    pending: Pending | None = None  # a dry run: what it would write (for validation)
 
 
 def read_delete_list(path: str) -> pl.DataFrame:
@@ -93,8 +106,10 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
            patterns: tuple[PathPattern, ...], mode: str = "full", delete_list: pl.DataFrame | None = None,
            started: datetime | None = None, version_label: str | None = None, site: str = "",
            run_id: int | None = None, threads: int = 2, dry_run: bool = False,
-           progress: Progress | None = None, max_delete: str | int = "50%") -> Committed:
-    """Turn `scanned` into the next version after `previous_label` (whose current rows are `previous`)."""
+           progress: Progress | None = None, max_delete: str | int = "50%",
+           spill_parent: str | Path | None = None) -> Committed:
+    """Turn `scanned` into the next version after `previous_label` (whose current rows are `previous`).
+    The diff's DuckDB spills into a private folder in `spill_parent` (default: the system's temporary folder)."""
     if mode == "full" and not scanned.coverage.whole:
         raise UsageError(
             f"this scan covers {scanned.coverage}, not the whole site: committed in full mode it would mark every "
@@ -113,12 +128,12 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [], root_ids,
                                     unseen_files(scanned.errors), verified_ns=scanned.scan_started_ns)
 
-    diff = compute_diff(previous, current, mode=mode, delete_list=delete_list, threads=threads)
+    diff = diff_changed(previous, current, mode=mode, delete_list=delete_list, threads=threads, spill_parent=spill_parent)
     counts = diff.counts()
     guard_removals(previous, scanned, counts["removed"], root_ids, max_delete=max_delete, mode=mode)
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
-        current.drop("unchanged_modality"), on="srcfile", how="left", maintain_order="left")
+        current.drop("unchanged_modality", "unchanged_id"), on="srcfile", how="left", maintain_order="left")
     by_position = {i: modality for i, (_, modality) in enumerate(scanned.roots) if modality is not None}
     classified = _check_modality_roots(classify(new_rows.select("root_id", "srcfile"), patterns), by_position)
     new_rows = new_rows.hstack(classified.drop("root_id", "srcfile"))
@@ -148,11 +163,14 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
     by_modality = _by_modality(diff.change_set, new_rows, previous, current)
     del current
-    outcome = Committed(label=None, counts=counts, by_modality=by_modality, change_set=diff.change_set, errors=errors,
+    outcome = Committed(label=None, counts=counts, by_modality=by_modality,
+                        change_set=described(diff.change_set, new_rows, previous), errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
                         verification=verification(scanned, kept_rows, touched, new_rows),
                         md5_sources=md5_sources(scanned.files))
     if dry_run:
+        outcome.pending = Pending(new_rows=new_rows, invalidated=invalidated, reclassified=reclassified,
+                                  root_ids=root_ids)
         return outcome
 
     if not diff.is_empty:
@@ -166,7 +184,9 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
                                           invalidated_ids=invalidated, touched=touched, errors=errors,
                                           roots=scanned.roots, reclassified=reclassified, classification=classification)
         del new_rows
-        outcome.label, outcome.change_set = label, written.changes
+        outcome.label = label
+        outcome.change_set = written.changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),
+                                                  on=["change", "srcfile"], how="left", maintain_order="left")
         new_state = pl.concat([_touch(kept_rows, touched, written.root_ids), written.new_rows.select(list(STATE_SCHEMA))],
                               how="vertical_relaxed")
         manifest.save_state(new_state.cast(STATE_SCHEMA), written.generation)  # type: ignore[arg-type]
@@ -178,6 +198,30 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
         if run_id is not None and not errors.equals(manifest.version_errors(previous_label)):
             manifest.save_run_errors(run_id, errors)
     return outcome
+
+
+def diff_changed(previous: pl.DataFrame, current: pl.DataFrame, **options) -> Diff:
+    """compute_diff of the paths that may have changed. A path current_tree found unchanged yields no
+    change and pairs with no rename, so it is counted here and never enters DuckDB: the diff of a large
+    site costs what changed, not the site's size."""
+    unchanged = current["unchanged_id"].drop_nulls()
+    diff = compute_diff(previous.filter(~pl.col("file_id").is_in(unchanged.implode())),
+                        current.filter(pl.col("unchanged_id").is_null()), **options)
+    return Diff(diff.change_set, diff.n_unchanged + unchanged.len())
+
+
+_DESCRIBED = ("modality", "person_id", "size", "md5")
+
+
+def described(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """The change set with each path's modality, person, size and MD5: as it is now (added, replaced,
+    renamed), or as it was (removed)."""
+    now = change_set.filter(pl.col("change") != "removed").join(
+        new_rows.select("srcfile", *_DESCRIBED), on="srcfile", how="left", maintain_order="left")
+    was = change_set.filter(pl.col("change") == "removed").join(
+        previous.select(pl.col("file_id").alias("old_file_id"), *_DESCRIBED), on="old_file_id", how="left",
+        maintain_order="left")
+    return pl.concat([now, was]).sort("change", "srcfile")
 
 
 def _reclassify(manifest: Manifest, kept_rows: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
@@ -290,7 +334,8 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                  root_ids: dict[int, int], unseen: list[str] | None = None,
                  verified_ns: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The tree now as (root_id, srcfile, size, mtime_ns, md5, verified_ns, md5_source, etag,
-    unchanged_modality), and the `touched` files whose content is unchanged but whose stat, etag or root
+    unchanged_modality, unchanged_id: the previous file_id of a path whose content the diff counts as
+    unchanged), and the `touched` files whose content is unchanged but whose stat, etag or root
     moved (file_id, mtime_ns, root_id, verified_ns, etag). root_id is the scan's position of the root;
     `root_ids` maps the recorded ones to the manifest's. An unverifiable cloud file is in the tree with
     md5 NULL (it is there, but nothing vouches for its bytes)."""
@@ -320,8 +365,13 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                 | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
                 | (pl.col("verify") & pl.col("read")))  # re-verified and confirmed: remember when
     ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns", "etag")
+    # as diff.py decides "unchanged": the same MD5, or no MD5 either side and the same etag, size and mtime
+    same_unverifiable = (pl.col("md5").is_null() & pl.col("prev_md5").is_null() & pl.col("prev_file_id").is_not_null()
+                         & pl.col("etag").eq_missing(pl.col("prev_etag")) & pl.col("size").eq_missing(pl.col("prev_size"))
+                         & pl.col("mtime_ns").eq_missing(pl.col("prev_mtime_ns")))
     current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
-                             pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"))
+                             pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
+                             pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id")).alias("unchanged_id"))
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
         under = pl.col("srcfile").is_in(unseen or [])
         if unseen_dirs:
@@ -330,7 +380,8 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
         current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
                                                   "verified_ns", pl.lit(None, pl.String).alias("md5_source"), "etag",
-                                                  pl.col("modality").alias("unchanged_modality"))])
+                                                  pl.col("modality").alias("unchanged_modality"),
+                                                  pl.col("file_id").alias("unchanged_id"))])
     return current, touched
 
 
@@ -369,10 +420,9 @@ def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.
     """Counts per change kind x modality (removed files by their previous modality)."""
     gone = change_set.filter(pl.col("change") == "removed").select("change", "old_file_id").join(
         previous.select(pl.col("file_id").alias("old_file_id"), "modality"), on="old_file_id", how="left")
-    unchanged = current.filter(pl.col("unchanged_modality").is_not_null()).select(
-        pl.lit("unchanged").alias("change"), pl.col("unchanged_modality").alias("modality"))
-    return (
-        pl.concat([new_rows.select("change", "modality"), gone.select("change", "modality"), unchanged])
-        .with_columns(pl.col("modality").fill_null("Other"))
-        .group_by("modality", "change").len("n").sort("modality", "change")
-    )
+    changed = pl.concat([new_rows.select("change", "modality"), gone.select("change", "modality")]).with_columns(
+        pl.col("modality").fill_null("Other")).group_by("modality", "change").len("n")
+    # the unchanged files (most of a large site) are counted where they are, not copied out first
+    unchanged = current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality").select(
+        "modality", change=pl.lit("unchanged"), n="n")
+    return pl.concat([changed, unchanged]).sort("modality", "change")

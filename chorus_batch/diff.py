@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -62,13 +64,6 @@ SELECT 'replaced', c_path, NULL, p_id FROM joined
 WHERE c_path = p_path AND (c_md5 IS DISTINCT FROM p_md5 OR c_md5 IS NULL) AND NOT same_unverifiable
 """
 
-_UNCHANGED_SQL = """
-SELECT count(*) FROM current_files c JOIN previous_files p ON c.srcfile = p.srcfile
-WHERE c.md5 = p.md5 OR (c.md5 IS NULL AND p.md5 IS NULL AND c.etag IS NOT DISTINCT FROM p.etag
-                        AND c.size IS NOT DISTINCT FROM p.size AND c.mtime_ns IS NOT DISTINCT FROM p.mtime_ns)
-"""
-
-
 @dataclass
 class Diff:
     change_set: pl.DataFrame  # CHANGE_SET_SCHEMA, sorted by change then srcfile
@@ -86,6 +81,24 @@ class Diff:
         return self.change_set.height == 0
 
 
+@contextlib.contextmanager
+def duckdb_session(*, threads: int = 2, memory_limit: str = "256MB",
+                   spill_parent: str | Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB capped at `memory_limit`; beyond it, it spills to a new owner-only folder in
+    `spill_parent` (default: the system's temporary folder), removed when the session ends (the paths
+    hold person identifiers). A merge spills beside its shards: a shared file system with room for them."""
+    spill = tempfile.mkdtemp(prefix="chorus-duckdb-", dir=spill_parent)  # mode 0700
+    con = duckdb.connect(config={
+        "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
+        "temp_directory": spill,
+    })
+    try:
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
 def compute_diff(
     previous_files: pl.DataFrame,
     current_files: pl.DataFrame,
@@ -94,17 +107,13 @@ def compute_diff(
     delete_list: pl.DataFrame | None = None,
     threads: int = 2,
     memory_limit: str = "256MB",
+    spill_parent: str | Path | None = None,
 ) -> Diff:
     """previous_files: file_id, srcfile, size, mtime_ns, md5[, etag] (current rows of the last version).
-    current_files: srcfile, size, mtime_ns, md5[, etag] (the tree now). delete_list: srcfile (append mode)."""
-    # A memory cap keeps 10M-file sites within a node's share; beyond it DuckDB spills
-    # to a private temporary folder (the paths hold person identifiers).
-    spill = tempfile.mkdtemp(prefix="chorus-duckdb-")
-    con = duckdb.connect(config={
-        "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
-        "temp_directory": spill,
-    })
-    try:
+    current_files: srcfile, size, mtime_ns, md5[, etag] (the tree now). delete_list: srcfile (append mode).
+    Each side holds a path at most once. DuckDB works within `memory_limit` (10M-file sites within a
+    node's share), spilling to a private folder in `spill_parent` (duckdb_session)."""
+    with duckdb_session(threads=threads, memory_limit=memory_limit, spill_parent=spill_parent) as con:
         # string_view columns pass to DuckDB without a copy (plain Arrow strings would copy every path)
         arrow = pl.CompatLevel.newest()
         diff_columns = ("srcfile", "size", "mtime_ns", "md5", "etag")
@@ -117,12 +126,11 @@ def compute_diff(
             con.register("delete_list", deletions.select("srcfile").to_arrow(compat_level=arrow))
             condition = "p_path IN (SELECT srcfile FROM delete_list)"
         change_set = con.sql(_DIFF_SQL.format(removal_condition=condition)).pl()
-        n_unchanged = con.execute(_UNCHANGED_SQL).fetchone()[0]
-    finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
     change_set = change_set.cast(CHANGE_SET_SCHEMA).sort("change", "srcfile")
-    return Diff(change_set, int(n_unchanged))
+    # Every current path is added (or the new side of a rename), replaced, or unchanged: counting the
+    # unchanged needs no second join.
+    n_new_side = change_set.filter(pl.col("change").is_in(["added", "renamed", "replaced"])).height
+    return Diff(change_set, current_files.height - n_new_side)
 
 
 def _with_diff_columns(frame: pl.DataFrame) -> pl.DataFrame:

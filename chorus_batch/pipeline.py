@@ -84,6 +84,7 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     preflight(settings, manifest)
+    site = site_location(settings.site)
     if settings.dry_run:
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
@@ -91,7 +92,7 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
             manifest.ensure_schema()
-            run_id = manifest.begin_run(redact(argv), settings.mode, mask_url(settings.site))
+            run_id = manifest.begin_run(redact(argv), settings.mode, site)
             try:
                 result = _run(settings, manifest, roots, progress, run_id=run_id)
             except ChorusError as exc:
@@ -123,9 +124,23 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
                 scan_started_ns=result.scan_started_ns,
             )
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
-        manifest.log_refused_run(redact(argv), settings.mode, mask_url(settings.site), int(exc.exit_code), exc.what)
+        manifest.log_refused_run(redact(argv), settings.mode, site, int(exc.exit_code), exc.what)
         raise
     return result
+
+
+def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
+    """`chorus-batch status`: what a run would commit, path by path (RunResult.change_set), and the findings
+    validation would give (RunResult.findings, unless validation is off); nothing is written."""
+    return run(settings.model_copy(update={"dry_run": True, "parquet": None}), argv=argv, progress=progress)
+
+
+def site_location(site: str) -> str:
+    """The site as recorded in `runs` and `versions` (and titled in the report): a local folder as the POSIX form
+    of its resolved path, a URL as given but with its secrets masked."""
+    if "://" in site and not site.startswith("file://"):
+        return mask_url(site)
+    return Path(site.removeprefix("file://")).resolve().as_posix()
 
 
 def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
@@ -179,7 +194,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
             raise UsageError(f"invalid exclusion glob {pattern!r}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
-    if settings.parquet:
+    if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--parquet names a file, not a folder: {folder}", where="--parquet / [manifest] parquet",
@@ -213,7 +228,8 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
 
         progress.stage("checking the site against the CHoRUS procedures")
         sources = {(r.source.location, r.modality): r.source for r in roots}
-        findings = validate_version(manifest, check, by_root_id(manifest, sources), workers=settings.workers)
+        findings = validate_version(manifest, check, by_root_id(manifest, sources), workers=settings.workers,
+                                    progress=progress)
         t = mark("validate", t)
     if label is not None and settings.parquet:
         from .store.snapshots import write_snapshots
@@ -245,7 +261,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
 
     patterns = build_patterns(settings.patterns)
     delete_list = read_delete_list(settings.delete_list) if settings.delete_list else None
-    previous = manifest.previous_state()
+    previous = manifest.previous_state(write_cache=not settings.dry_run)
     latest = manifest.latest_version()
     previous_label = latest["label"] if latest else None
     t = mark("load_previous", t)
@@ -269,14 +285,22 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
                        mode=settings.mode, delete_list=delete_list, started=started,
-                       version_label=settings.version_label, site=settings.site_name or mask_url(settings.site),
+                       version_label=settings.version_label, site=settings.site_name or site_location(settings.site),
                        run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress,
-                       max_delete=settings.max_delete)
+                       max_delete=settings.max_delete,
+                       spill_parent=settings.merge)  # a merge spills beside its shards (owner-only, removed after)
     del previous
     t = mark("commit", t)
     label = committed.label
     findings = None
-    if not settings.dry_run:
+    if settings.dry_run and settings.validate_site and committed.pending is not None:
+        from .validate.run import validate_pending
+
+        progress.stage("checking what would be committed against the CHoRUS procedures (nothing is written)")
+        findings = validate_pending(manifest, committed.pending, roots, errors=committed.errors, workers=settings.workers,
+                                    progress=progress)
+        t = mark("validate", t)
+    elif not settings.dry_run:
         try:
             if scanned.facts is not None:  # parsed while hashing: validation finds them cached (one read per file)
                 manifest.validation.save_facts(scanned.facts, replace=False)
@@ -294,7 +318,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             raise failed from None
 
     return RunResult(
-        **vars(committed), db=str(manifest.path.resolve()), site=mask_url(settings.site), mode=settings.mode,
+        **vars(committed), db=str(manifest.path.resolve()), site=site_location(settings.site), mode=settings.mode,
         dry_run=settings.dry_run, previous_label=previous_label, n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed,
         elapsed_s=time.perf_counter() - t_start, hash_s=scanned.hash_s, scan_started_ns=scanned.scan_started_ns,
         timings=timings, excluded=scanned.excluded, findings=findings,

@@ -26,10 +26,9 @@ import polars as pl
 
 from .errors import UsageError
 from .fsutil import write_private
-from .progress import log
+from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
-from .validate.readers import extract_facts
 from .validate.rules import KIND_DICOM, KIND_WFDB
 
 if TYPE_CHECKING:
@@ -83,21 +82,22 @@ def _header_time(facts: pl.DataFrame, kind: str) -> pl.DataFrame:
 
 
 def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
-           workers: int) -> pl.DataFrame:
+           workers: int, progress: Progress | None = None) -> pl.DataFrame:
     """The facts of `kind` for these files (srcfile, md5, root_id): cached ones, and the rest read now."""
+    from .validate.run import read_new_facts
+
     cache = manifest.validation
     wanted = files.select("srcfile", "md5", "root_id", kind=pl.lit(kind))
     known = cache.known_facts(wanted)
     todo = wanted.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
-    parts = []
-    for (root_id,), part in todo.group_by("root_id"):
-        source = sources.get(root_id) or sources.get(None)
-        if source is None:
-            raise UsageError(f"{part.height} header(s) were never read and the manifest does not record where the "
-                             "site is", where=str(manifest.path), fix="pass --site with the site root")
-        parts.append(extract_facts(source, part, workers=workers))
-    if parts:
-        new = pl.concat(parts)
+    readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
+    missing = [root_id for root_id, source in readers.items() if source is None]
+    if missing:
+        n = sum(todo.filter(pl.col("root_id").eq_missing(root_id)).height for root_id in missing)
+        raise UsageError(f"{n} header(s) were never read and the manifest does not record where the "
+                         "site is", where=str(manifest.path), fix="pass --site with the site root")
+    if todo.height:
+        new = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
         lasting = new.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
         cache.save_facts(lasting)
         known = pl.concat([known, new.select(known.columns)])
@@ -199,7 +199,8 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
 
 
 def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *, version: str | None = None,
-                     ranges: Mapping[str, tuple[int, int]], workers: int = 1) -> Registries:
+                     ranges: Mapping[str, tuple[int, int]], workers: int = 1,
+                     progress: Progress | None = None) -> Registries:
     """The registries of a version (default: the latest). Call under the manifest's lock: it allocates proc_ids."""
     from .review import SQLiteReader
 
@@ -213,8 +214,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
     headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
-    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers),
-                       _facts(manifest, headers, KIND_WFDB, sources, workers)])
+    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers, progress),
+                       _facts(manifest, headers, KIND_WFDB, sources, workers, progress)])
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
     # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
     record_times = (
@@ -284,7 +285,8 @@ def write_registries(registries: Registries, out: str | Path, *, omop: bool = Fa
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
-                    omop: bool = False, cloud: CloudSettings | None = None) -> tuple[Registries, list[Path]]:
+                    omop: bool = False, cloud: CloudSettings | None = None,
+                    progress: Progress | None = None) -> tuple[Registries, list[Path]]:
     """`chorus-batch registry`: build a version's registries (allocating proc_ids under the lock) and write them."""
     from .config import RegistrySection
     from .validate.run import site_sources
@@ -298,5 +300,5 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     with manifest.lock(argv):
         manifest.ensure_schema()
         registries = build_registries(manifest, site_sources(manifest, overrides, workers=workers, cloud=cloud), version=version,
-                                      ranges=ranges, workers=workers)
+                                      ranges=ranges, workers=workers, progress=progress)
     return registries, write_registries(registries, out, omop=omop)

@@ -211,6 +211,14 @@ class ManifestReader:
             path = path[2:]
         return path
 
+    def under(self, path: str, columns: tuple[str, ...] = ("srcfile",)) -> pl.Expr:
+        """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
+        (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
+        folder = self.site_relative(path.rstrip("/\\") + "/").rstrip("/")
+        if not folder:
+            return pl.lit(True)
+        return pl.any_horizontal([(pl.col(c) == folder) | pl.col(c).str.starts_with(folder + "/") for c in columns])
+
     def person_suggestions(self, person: str, as_of: str | datetime | None = None, limit: int = 5) -> list[str]:
         """Person ids of the version that `person` may mean: the same number with other leading zeros
         ('12' -> '000012'), else ids that contain it."""

@@ -5,6 +5,7 @@ lease; `unlock`; a failed or killed run leaves the remote manifest as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -217,3 +218,21 @@ def test_read_only_commands_missing_manifests_and_containers_and_local_unlock(az
     refused = cli("upgrade", "--db", az.url, env=az.env)
     assert refused.returncode == 2 and "local manifest only" in refused.stderr
     no_secret(missing.stderr, no_container.stderr, wrong_key.stderr)
+
+
+def test_status_reads_the_manifest_without_its_lease_and_writes_nothing_back(az, tmp_path):
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    write(site, "000001/Waveforms/S1/S1b.dat", b"signal one b")
+    etag, md5, _ = state(az)
+    lease = az.lock.acquire_lease(lease_duration=60)  # a run holds the lock: status neither waits nor needs it
+    try:
+        out = cli("status", "--site", str(site), "--db", az.url, "--json", "-q", env=az.env)
+        assert lease_state(az) == "leased"
+    finally:
+        lease.release()
+    assert out.returncode in (0, 1), out.stderr
+    assert [(c["change"], c["srcfile"]) for c in json.loads(out.stdout)["changes"]] == [
+        ("added", "000001/Waveforms/S1/S1b.dat")]
+    assert state(az) == (etag, md5, "available")  # nothing uploaded
+    no_secret(out.stdout, out.stderr)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import stat
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from chorus_batch.commit import current_tree, diff_changed
+from chorus_batch.diff import compute_diff, duckdb_session
+from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, query
 
@@ -42,6 +47,8 @@ def manifest_view(db: Path) -> dict:
                               "ORDER BY 1, 2, 3, 4"),
         "errors": query(db, "SELECT srcfile, kind FROM scan_errors ORDER BY 1, 2"),
         "registry": query(db, "SELECT record_key, person_id, isactive, proc_id FROM registry ORDER BY 1"),
+        "versions": query(db, "SELECT n_added, n_removed, n_replaced, n_renamed, n_unchanged, n_errors, n_files, "
+                              "total_bytes FROM versions ORDER BY label"),
     }
 
 
@@ -59,7 +66,18 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         assert out.returncode in (0, 1), out.stderr
         assert "committed" in out.stdout
         assert manifest_view(merged) == manifest_view(single)
+        # the merge's DuckDB spilled beside the shards, and its folder is gone
+        assert sorted(p.name for p in staging.iterdir()) == [f"shard-{k}-of-{N}" for k in range(N)]
     assert query(merged, "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_the_merge_duckdb_works_within_its_memory_limit_and_a_private_spill_folder(tmp_path):
+    with duckdb_session(threads=1, memory_limit="300MB", spill_parent=tmp_path) as con:
+        (spill,) = tmp_path.iterdir()
+        assert spill.name.startswith("chorus-duckdb-") and stat.S_IMODE(spill.stat().st_mode) == 0o700
+        assert con.execute("SELECT current_setting('temp_directory'), current_setting('memory_limit'), "
+                           "current_setting('threads')").fetchone() == (str(spill), "286.1 MiB", 1)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_shard_writes_nothing_beside_the_manifest(snapshots, tmp_path):
@@ -101,3 +119,21 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
     bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", "4/4",
               "--staging", str(tmp_path / "st"))
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
+
+
+def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
+    # previous: path, md5, size, mtime, etag; the tree now: the same columns (md5 None: not hashed / unverifiable)
+    before = [("same", "m1", 5, 1, None), ("edited", "m2", 5, 1, None), ("gone", "m3", 5, 1, None),
+              ("old-name", "m4", 7, 1, None), ("cloud-same", None, 3, 1, "e1"), ("cloud-new", None, 3, 1, "e1"),
+              ("unreadable", "m5", 5, 1, None), ("empty-a", "d41d", 0, 1, None)]
+    now = [("same", "m1", 5, 2, None, None), ("edited", "m9", 5, 2, None, None), ("new-name", "m4", 7, 1, None, None),
+           ("cloud-same", None, 3, 1, "e1", "unverifiable"), ("cloud-new", None, 3, 1, "e2", "unverifiable"),
+           ("unreadable", None, 5, 3, None, None), ("empty-b", "d41d", 0, 1, None, None), ("added", "m7", 1, 1, None, None)]
+    previous = pl.DataFrame([(i + 1, p, size, mtime, md5, None, "Other", None, None, 1, None, etag)
+                             for i, (p, md5, size, mtime, etag) in enumerate(before)], schema=STATE_SCHEMA, orient="row")
+    files = pl.DataFrame([(0, p, size, mtime, md5, md5 is not None, False, source or ("computed" if md5 else None), etag)
+                          for p, md5, size, mtime, etag, source in now], schema=SCANNED_SCHEMA, orient="row")
+    current, _ = current_tree(files, previous, [], {0: 1})
+    whole, changed = compute_diff(previous, current), diff_changed(previous, current)
+    assert changed.change_set.equals(whole.change_set) and changed.counts() == whole.counts()
+    assert whole.counts() == {"added": 2, "removed": 2, "replaced": 2, "renamed": 1, "unchanged": 3}

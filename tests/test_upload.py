@@ -368,3 +368,25 @@ def test_sigterm_stops_an_upload_and_says_what_it_recorded(central, tmp_path):
     assert "Traceback" not in err and "nothing was committed" not in err
     finish = up(central, db)
     assert finish.returncode == 0 and ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
+
+
+def test_the_ledger_keeps_every_column_of_a_mixed_batch_and_never_unconfirms(tmp_path):
+    from chorus_batch.store import Manifest
+    from chorus_batch.store.uploads import UploadLedger
+
+    site = tmp_path / "site"
+    many_files(site, 2)
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    ledger = UploadLedger(Manifest(db), "az://c")
+    (a, _), (b, _) = query(db, "SELECT file_id, srcfile FROM source_files ORDER BY file_id")
+    failed = {"version": "20261101020000", "file_id": a, "destination": "az://c/x", "state": "failed",
+              "last_error": "boom", "attempts": 1}
+    sent = {"version": "20261101020000", "file_id": b, "destination": "az://c/y", "state": "uploaded", "bytes": 7,
+            "md5": "ab", "etag": "e", "confirmed_by": "service", "attempts": 1, "uploaded_at": "t", "last_error": None}
+    ledger.record([failed, sent])  # a failure first: the confirmed row after it keeps its bytes and MD5
+    assert query(db, "SELECT file_id, state, bytes, md5, attempts FROM uploads ORDER BY file_id") == \
+        [(a, "failed", None, None, 1), (b, "uploaded", 7, "ab", 1)]
+    ledger.record([{**failed, "file_id": b}, {**sent, "file_id": a}])  # b fails later: it stays confirmed
+    assert query(db, "SELECT file_id, state, bytes, attempts FROM uploads ORDER BY file_id") == \
+        [(a, "uploaded", 7, 2), (b, "uploaded", 7, 1)]

@@ -15,13 +15,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .submission import upload_dict, upload_text, verify_dict, verify_text
-from .summary import findings_dict, findings_text, frame_text, summary_dict, summary_text
+from .summary import (
+    changes_text,
+    findings_dict,
+    findings_text,
+    frame_text,
+    head_text,
+    status_csv,
+    status_dict,
+    status_text,
+    summary_dict,
+    summary_text,
+)
 
 if TYPE_CHECKING:
     from .html import SECTION_IDS, ReportInfo, write_report
 
-__all__ = ["SECTION_IDS", "ReportInfo", "findings_dict", "findings_text", "frame_text", "summary_dict", "summary_text",
-           "upload_dict", "upload_text", "verify_dict", "verify_text", "write_report"]
+__all__ = ["SECTION_IDS", "ReportInfo", "changes_text", "findings_dict", "findings_text", "frame_text", "head_text",
+           "status_csv", "status_dict", "status_text", "summary_dict", "summary_text", "upload_dict", "upload_text",
+           "verify_dict", "verify_text", "write_report"]
 
 _LAZY = {"write_report", "ReportInfo", "SECTION_IDS"}
 

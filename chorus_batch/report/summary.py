@@ -100,19 +100,24 @@ def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
     }
 
 
-def findings_text(findings: pl.DataFrame | None, *, examples: int = 10) -> list[str]:
+def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
+                  more: str = "chorus-batch validate --json lists them all") -> list[str]:
+    """Counts by severity and rule, then the first `examples` findings (None: all), most serious first."""
     d = findings_dict(findings)
-    if d is None:
+    if d is None or findings is None:
         return []
     s = d["by_severity"]
     lines = [f"validation: {plural(s['error'], 'error')}, {plural(s['warning'], 'warning')}, {plural(s['info'], 'note')}"
-             + (" (chorus-batch validate --json lists them all)" if d["total"] else "")]
+             + (f" ({more})" if d["total"] else "")]
     for key, n in d["by_rule"].items():
         lines.append(f"  {key}: {n}")
-    for row in d["examples"][:examples]:
+    shown = findings.sort(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9), maintain_order=True)
+    if examples is not None:
+        shown = shown.head(examples)
+    for row in shown.iter_rows(named=True):
         lines.append(f"    {row['severity']}: {row['srcfile'] or '(site)'}: {row['message']}")
-    if d["total"] > examples:
-        lines.append(f"    ... and {d['total'] - examples} more")
+    if d["total"] > shown.height and shown.height:
+        lines.append(f"    ... and {d['total'] - shown.height} more")
     return lines
 
 
@@ -169,6 +174,57 @@ def summary_text(result: RunResult) -> str:
     if result.findings is not None:
         lines += ["", *findings_text(result.findings)]
     return "\n".join(lines)
+
+
+# A change as `status` and `run --dry-run` show it: what a run would commit, path by path.
+CHANGE_COLUMNS = ("change", "srcfile", "old_srcfile", "modality", "person_id", "size", "md5")
+
+
+def _changes(result: RunResult) -> pl.DataFrame:
+    return result.change_set.select(CHANGE_COLUMNS)
+
+
+def head_text(frame: pl.DataFrame, limit: int | None, more: str) -> list[str]:
+    """The first `limit` rows (None: all) as a table, then how many more there are and how to see them."""
+    if limit is None or frame.height <= limit:
+        return [frame_text(frame)]
+    return [frame_text(frame.head(limit)), f"... and {frame.height - limit} more rows ({frame.height} in all); {more}"]
+
+
+def changes_text(result: RunResult, *, limit: int | None, more: str) -> str:
+    """What a run would change: the counts, then the paths (the first `limit`)."""
+    counts = ", ".join(f"{result.counts.get(k, 0)} {k}" for k in _KINDS)
+    return "\n".join([f"would change: {counts}", *head_text(_changes(result), limit, more)])
+
+
+def status_text(result: RunResult, *, limit: int | None) -> str:
+    """`chorus-batch status`: where, the changes path by path, the run's problems and the findings validation
+    would give (the first `limit` of each; None: all)."""
+    after = f"version {result.previous_label}" if result.previous_label else "no version yet"
+    lines = [f"{result.site}: what a run would commit to {result.db} ({after}); nothing was written", "",
+             changes_text(result, limit=limit, more="--limit N or --all shows more, --csv or --json lists them all")]
+    lines += excluded_text(result.excluded)
+    if result.errors.height:
+        lines += ["", f"problems the run would record: {result.errors.height}"]
+        lines += [f"    {row['kind']}: {row['srcfile']}: {row['message']}"
+                  for row in result.errors.head(limit if limit is not None else result.errors.height).iter_rows(named=True)]
+        if limit is not None and result.errors.height > limit:
+            lines.append(f"    ... and {result.errors.height - limit} more; --all or --json lists them all")
+    if result.findings is not None:
+        lines += ["", *findings_text(result.findings, examples=limit, more="--all or --json lists them all")]
+    else:
+        lines += ["", "validation: not checked (--no-validate)"]
+    return "\n".join(lines)
+
+
+def status_dict(result: RunResult) -> dict[str, Any]:
+    """The run summary (summary_dict) with every change a run would commit and every finding it would give."""
+    return {**summary_dict(result), "changes": _changes(result).to_dicts(),
+            "findings_list": result.findings.to_dicts() if result.findings is not None else None}
+
+
+def status_csv(result: RunResult) -> str:
+    return _changes(result).write_csv()
 
 
 def frame_text(frame: pl.DataFrame) -> str:

@@ -95,7 +95,7 @@ class UploadLedger:
         transaction. A file confirmed before keeps its row: a later failure never unconfirms it."""
         if not rows:
             return
-        columns = [c for c in columns_of("uploads") if c in rows[0] or c == "central"]
+        columns = [c for c in columns_of("uploads") if c not in ("verified_at", "verify_state", "verify_method")]
         updates = ", ".join(
             f"{c} = uploads.attempts + excluded.attempts" if c == "attempts" else f"{c} = excluded.{c}"
             for c in columns if c not in ("central", "version", "file_id"))
@@ -103,7 +103,8 @@ class UploadLedger:
                f"ON CONFLICT (central, version, file_id) DO UPDATE SET {updates} "
                f"WHERE uploads.state NOT IN ({', '.join(repr(s) for s in CONFIRMED)}) OR excluded.state IN "
                f"({', '.join(repr(s) for s in CONFIRMED)})")
-        self._write(sql, [tuple(self.central if c == "central" else row.get(c) for c in columns) for row in rows])
+        self._write(sql, [tuple(self.central if c == "central" else row.get(c, 0 if c == "attempts" else None)
+                                for c in columns) for row in rows])
 
     def submission(self, version: str, **values: str | int | None) -> None:
         """Set columns of this version's `submissions` row (created when missing)."""

@@ -36,11 +36,12 @@ class ValidationCache:
                 (label,)).fetchall()
         return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row")
 
-    def current_files(self) -> pl.DataFrame:
-        """The current files with the columns the rules read."""
+    def current_files(self, *, with_file_id: bool = False) -> pl.DataFrame:
+        """The current files with the columns the rules read (and their file_id: a dry run leaves out the
+        ones it would replace)."""
+        schema = {"file_id": pl.Int64, **VALIDATION_SCHEMA} if with_file_id else VALIDATION_SCHEMA
         return self.manifest.query_frame(
-            f"SELECT {', '.join(VALIDATION_SCHEMA)} FROM source_files WHERE time_invalid IS NULL",
-            schema=VALIDATION_SCHEMA)
+            f"SELECT {', '.join(schema)} FROM source_files WHERE time_invalid IS NULL", schema=schema)
 
     def known_facts(self, wanted: pl.DataFrame) -> pl.DataFrame:
         """Cached facts for the (kind, md5) pairs in `wanted`."""

@@ -410,13 +410,15 @@ def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
         return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
 
 
-def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFrame:
+def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
+                  done: Callable[[int], None] | None = None) -> pl.DataFrame:
     """FACTS_SCHEMA rows, one per distinct (kind, md5) of `todo` (srcfile, md5, kind).
 
     Reads only what each kind needs through source.open: WFDB and RECORDS text, a
     DICOM header up to the pixel data, an OMOP CSV's first line, and the whole of
     person.csv, visit_occurrence.csv and waveform_visit_links.csv (one or two columns
-    of them). Never raises for bad content.
+    of them). Never raises for bad content. `done(n)` is told of every n files read
+    (a progress counter).
     """
     jobs = (
         todo.filter(pl.col("md5").is_not_null() & pl.col("kind").is_not_null())
@@ -426,6 +428,12 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFra
     )
 
     prepare({kind for kind, _, _ in jobs})
+    tell = done or (lambda n: None)
+
+    def counted(part: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        tell(len(part))
+        return part
+
     headers = [job for job in jobs if job[0] in _HEADER_KINDS]
     # The source's capability (sources/base.py): its reads are CPU-bound on this machine.
     if (workers > 1 and len(headers) >= _PROCESS_MIN_JOBS
@@ -435,21 +443,27 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1) -> pl.DataFra
         # pool does not survive a fork; those few files are read here.
         from ..workers import pool
 
-        chunks = [headers[i: i + _CHUNK_JOBS] for i in range(0, len(headers), _CHUNK_JOBS)]
+        chunks = _chunked(headers)
         with pool(workers) as executor:
-            rows = [row for part in executor.map(_facts_rows, [source] * len(chunks), chunks) for row in part]
-        rows += _facts_rows(source, [job for job in jobs if job[0] not in _HEADER_KINDS])
+            rows = [row for part in executor.map(_facts_rows, [source] * len(chunks), chunks) for row in counted(part)]
+        rows += counted(_facts_rows(source, [job for job in jobs if job[0] not in _HEADER_KINDS]))
     elif workers > 1 and len(jobs) > 1:  # remote sources: reads wait on the network
         with ThreadPoolExecutor(max_workers=workers) as executor:
-            rows = [row for part in executor.map(lambda job: _facts_rows(source, [job]), jobs) for row in part]
+            rows = [row for part in executor.map(lambda job: counted(_facts_rows(source, [job])), jobs) for row in part]
     else:
-        rows = _facts_rows(source, jobs)
+        rows = [row for part in _chunked(jobs, _PROGRESS_JOBS) for row in counted(_facts_rows(source, part))]
     return pl.DataFrame(rows, schema=FACTS_SCHEMA, orient="row")
+
+
+def _chunked(jobs: list, size: int | None = None) -> list[list]:
+    size = size or _CHUNK_JOBS
+    return [jobs[i: i + size] for i in range(0, len(jobs), size)]
 
 
 _HEADER_KINDS = frozenset({KIND_WFDB, KIND_DICOM, KIND_RECORDS})  # standard library, pydicom, wfdb's grammar
 _PROCESS_MIN_JOBS = 2000  # below this, starting worker processes costs more than it saves
 _CHUNK_JOBS = 500
+_PROGRESS_JOBS = 50  # read in one process: progress counted every this many files
 
 
 def _facts_rows(source, jobs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:

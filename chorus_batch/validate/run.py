@@ -1,8 +1,10 @@
 """Validation, orchestrated: which version to check, where its files are read from, what is
 cached, and checking a folder that has no manifest yet.
 
-  validate_version  check a version's current files; read only headers whose facts are not
-                    cached; store the findings with the version
+  check_files       the seam: the findings of a set of files (a version, or the one a dry run would
+                    commit), reading only headers whose facts are not known yet; writes nothing
+  validate_version  check a version's current files with it; store the facts read and the findings
+  validate_pending  check what a dry run would commit, storing nothing
   reopen_roots      the site's roots as recorded in the manifest (or as given), by root_id
   validate_folder   `validate --site DIR` without a manifest: a temporary one, removed after
 """
@@ -11,16 +13,19 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ..errors import UsageError
-from ..progress import log
+from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
+from ..store.validation import VALIDATION_SCHEMA
 from .checks import check
 from .kinds import facts_needed
 from .readers import FACTS_SCHEMA, extract_facts
@@ -70,17 +75,37 @@ def by_root_id(manifest: Manifest, sources: Mapping[tuple[str, str | None], Sour
     return out
 
 
-def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
-                     force: bool = False) -> pl.DataFrame:
-    """Check a version against the procedures; findings are stored with it. Headers are read only for
-    contents whose facts are not cached yet (new or changed files), each from `sources[root_id]`;
-    `sources[None]` reads files whose root is not recorded or not reachable."""
-    cache = manifest.validation
-    if not force and cache.is_validated(label):
-        return cache.findings(label)
-    current = cache.current_files()
+@dataclass
+class Checked:
+    """What check_files found: the findings, and the facts it read (FACTS_SCHEMA) for a cache to keep."""
+
+    findings: pl.DataFrame  # FINDINGS_SCHEMA, sorted by srcfile, rule, message
+    new_facts: pl.DataFrame
+
+
+class _Count:
+    """Files read so far (bumped from reader threads; polled by the progress reporter)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.n += n
+
+
+def check_files(current: pl.DataFrame, known_facts: Callable[[pl.DataFrame], pl.DataFrame],
+                sources: Mapping[int | None, Source], *, errors: pl.DataFrame, what: str, where: str,
+                workers: int = 1, progress: Progress | None = None) -> Checked:
+    """The findings of `current` (VALIDATION_SCHEMA rows: a version's current files) and of its run's
+    recorded problems `errors`. Headers are read only for contents `known_facts(wanted)` has no facts of,
+    each from `sources[root_id]` (`sources[None]`: files whose root is not recorded or not reachable).
+    Nothing is written: the caller keeps what it wants (a version's findings and the facts read, or
+    nothing for a dry run). `what` names the files in messages ("version X")."""
+    progress = progress or Progress(quiet=True)
     needed = facts_needed(current).join(current.select("srcfile", "root_id"), on="srcfile", how="left")
-    known = cache.known_facts(needed)
+    known = known_facts(needed)
     todo = needed.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first", maintain_order=True)
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
     unreachable = todo.filter(pl.col("root_id").is_in([k for k, v in readers.items() if v is None])
@@ -88,20 +113,70 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
     if unreachable.height:
         # Never guessed: a file that was not read is not reported as unreadable.
         raise UsageError(
-            f"{unreachable.height} file(s) of version {label} (e.g. {unreachable['srcfile'][0]}) have headers that were "
-            "never read, and the manifest does not record where they are", where=str(manifest.path),
+            f"{unreachable.height} file(s) of {what} (e.g. {unreachable['srcfile'][0]}) have headers that were "
+            "never read, and the manifest does not record where they are", where=where,
             fix="pass --site with the site root (its roots are recorded by the next run)")
-    parts = [extract_facts(readers[root_id], part, workers=workers)  # type: ignore[arg-type]
-             for (root_id,), part in todo.group_by("root_id", maintain_order=True)]
-    new_facts = pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
+    if todo.height:
+        progress.stage(f"reading {todo.height:,} headers and tables ({known.height:,} known from earlier runs)")
+    new_facts = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
     findings = pl.concat([check(current, pl.concat([known, new_facts.select(known.columns)])),
-                          run_findings(manifest.version_errors(label))]).sort("srcfile", "rule", "message")
+                          run_findings(errors)]).sort("srcfile", "rule", "message")
+    log.debug(f"validate: {todo.height} headers read, {known.height} known, {findings.height} findings")
+    return Checked(findings, new_facts)
+
+
+def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, workers: int = 1,
+                   progress: Progress | None = None) -> pl.DataFrame:
+    """FACTS_SCHEMA rows of `todo` (srcfile, md5, kind, root_id), each file read from `readers[root_id]`; a
+    progress counter (a bar on a terminal, log lines with an ETA elsewhere) while they are read."""
+    progress = progress or Progress(quiet=True)
+    read = _Count()
+    with progress.counter("reading headers", "file", lambda: (read.n, 0), total=(todo.height, 0)):
+        parts = [extract_facts(readers[root_id], part, workers=workers, done=read.add)  # type: ignore[arg-type]
+                 for (root_id,), part in todo.group_by("root_id", maintain_order=True)]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
+
+
+def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
+                     force: bool = False, progress: Progress | None = None) -> pl.DataFrame:
+    """Check a version against the procedures; findings are stored with it. Headers are read only for
+    contents whose facts are not cached yet (new or changed files), each from `sources[root_id]`;
+    `sources[None]` reads files whose root is not recorded or not reachable."""
+    cache = manifest.validation
+    if not force and cache.is_validated(label):
+        return cache.findings(label)
+    checked = check_files(cache.current_files(), cache.known_facts, sources, errors=manifest.version_errors(label),
+                          what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress)
     # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
     # Nor is such a version marked as checked: the next run checks it again, reading just those files.
-    lasting = new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
-    cache.save(label, lasting, findings, complete=lasting.height == new_facts.height)
-    log.debug(f"validate: {todo.height} headers read, {known.height} cached, {findings.height} findings")
-    return findings
+    lasting = checked.new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
+    cache.save(label, lasting, checked.findings, complete=lasting.height == checked.new_facts.height)
+    return checked.findings
+
+
+def validate_pending(manifest: Manifest, pending, roots: list, *, errors: pl.DataFrame, workers: int = 1,
+                     progress: Progress | None = None) -> pl.DataFrame:
+    """The findings of the version a dry run would commit (commit.Pending: the latest version's current files
+    less the ones it ends, plus its new rows), reading from the run's scan.Roots the headers the manifest has
+    no facts of; nothing is written, the manifest (if any) is only read."""
+    if manifest.path.exists():
+        stored, known_facts = manifest.validation.current_files(with_file_id=True), manifest.validation.known_facts
+    else:
+        stored = pl.DataFrame(schema={"file_id": pl.Int64, **VALIDATION_SCHEMA})
+        known_facts = lambda wanted: pl.DataFrame(schema=FACTS_SCHEMA)  # noqa: E731
+    kept = stored.filter(~pl.col("file_id").is_in(pending.invalidated.implode()))
+    if pending.reclassified is not None and pending.reclassified.height:
+        kept = kept.update(pending.reclassified, on="file_id")
+    # Read by the run's roots (by position); a kept file of a root this run does not have: from the first that has it.
+    position = {root_id: i for i, root_id in pending.root_ids.items()}
+    kept = kept.with_columns(root_id=pl.col("root_id").replace_strict(position, default=None, return_dtype=pl.Int64))
+    current = pl.concat([kept.select(list(VALIDATION_SCHEMA)),
+                         pending.new_rows.select(list(VALIDATION_SCHEMA)).cast(VALIDATION_SCHEMA)])  # type: ignore[arg-type]
+    sources: dict[int | None, Source] = {i: root.source for i, root in enumerate(roots)}
+    if roots:
+        sources[None] = FirstFound([root.source for root in roots])  # type: ignore[assignment]
+    return check_files(current, known_facts, sources, errors=errors, what="the files this run would commit",
+                       where=str(manifest.path), workers=workers, progress=progress).findings
 
 
 def run_findings(errors: pl.DataFrame) -> pl.DataFrame:

@@ -1,0 +1,263 @@
+"""`chorus-batch status` and `run --dry-run` (issue 16): what a run would commit, path by path, and what
+validation would find, with nothing written; progress lines with an ETA under a scheduler; the site
+recorded absolute; path filters of `files` and `changes` as people type paths."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from chorus_batch import ExitCode
+from chorus_batch.progress import Progress, progress_line
+
+from conftest import cli, query, settings, write
+from test_validate_run import reads  # noqa: F401  (the fixture: files whose headers validation reads)
+
+# Files added to the synthetic site (testdata: OMOP tables, metadata, waveform sessions, DICOM series) so that a
+# second run has one change of each kind.
+PERSON = "000001"
+KEEP = f"{PERSON}/Waveforms/Telemetry/1001/1001_0001.dat"
+GONE = f"{PERSON}/Waveforms/Telemetry/1001/1001_0002.dat"
+EDITED = "OMOP/measurement.csv"
+OLD_NAME = f"{PERSON}/Waveforms/Telemetry/1001/1001_0003.dat"
+NEW_NAME = f"{PERSON}/Waveforms/Telemetry/1001/1001_0004.dat"
+ADDED = f"{PERSON}/Waveforms/Telemetry/1001/1001_0005.dat"
+
+
+def _first_version(tmp_path: Path) -> tuple[Path, Path]:
+    from chorus_batch.testdata import Spec, make_testdata
+
+    make_testdata(tmp_path / "td", Spec(persons=2, files_per_person=6))
+    site, db = tmp_path / "td" / "first", tmp_path / "manifest.sqlite"
+    write(site, KEEP, b"kept")
+    write(site, GONE, b"will be removed")
+    write(site, OLD_NAME, b"content that moves")
+    done = cli("run", "--site", str(site), "--db", str(db), "-q")
+    assert done.returncode in (0, 1), done.stderr
+    # the changes a second run would commit: one of each kind
+    (site / GONE).unlink()
+    write(site, EDITED, b"measurement_id,person_id\n1,1\n")
+    (site / OLD_NAME).rename(site / NEW_NAME)
+    write(site, ADDED, b"note_id,person_id\n1,1\n")
+    return site, db
+
+
+def _listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file below `folder` (the manifest's folder: the manifest and its companions), with size and mtime."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and "td" not in p.relative_to(folder).parts}
+
+
+def _expected() -> set[tuple[str, str, str | None]]:
+    return {("added", ADDED, None), ("removed", GONE, None), ("replaced", EDITED, None), ("renamed", NEW_NAME, OLD_NAME)}
+
+
+def _kinds(rows: list[dict]) -> set[tuple[str, str, str | None]]:
+    return {(r["change"], r["srcfile"], r["old_srcfile"] or None) for r in rows}
+
+
+def test_status_lists_every_change_path_by_path_in_table_json_and_csv_and_writes_nothing(tmp_path):
+    site, db = _first_version(tmp_path)
+    before, manifest_bytes = _listing(tmp_path), db.read_bytes()
+    runs_before = query(db, "SELECT count(*) FROM runs")[0][0]
+
+    table = cli("status", "--site", str(site), "--db", str(db), "--all", "-q")
+    assert table.returncode == 0, table.stderr
+    assert "would change: 1 added, 1 removed, 1 replaced, 1 renamed" in table.stdout
+    assert "nothing was written" in table.stdout
+    lines = table.stdout.splitlines()
+    for change, path, old in _expected():
+        row = next(line for line in lines if line.startswith(change + " ") and f" {path} " in f" {line} ")
+        assert old is None or old in row, row
+    assert "validation: 0 errors" in table.stdout
+
+    as_json = cli("status", "--site", str(site), "--db", str(db), "--json", "-q")
+    assert as_json.returncode == 0, as_json.stderr
+    d = json.loads(as_json.stdout)
+    assert _kinds(d["changes"]) == _expected()
+    assert d["dry_run"] is True and d["committed"] is False and d["findings_list"] == []
+    renamed = next(r for r in d["changes"] if r["change"] == "renamed")
+    assert renamed["modality"] == "Waveforms" and renamed["person_id"] == PERSON and len(renamed["md5"]) == 32
+
+    as_csv = cli("status", "--site", str(site), "--db", str(db), "--csv", "-q")
+    assert as_csv.returncode == 0, as_csv.stderr
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert _kinds(rows) == _expected()
+    assert list(rows[0]) == ["change", "srcfile", "old_srcfile", "modality", "person_id", "size", "md5"]
+    removed = next(r for r in rows if r["change"] == "removed")
+    assert removed["size"] == str(len(b"will be removed"))  # a removed file: as it was
+
+    # Nothing written: the same files beside the manifest (no cache, no lock file of a new kind), the same bytes,
+    # no run row, no version.
+    assert _listing(tmp_path) == before
+    assert db.read_bytes() == manifest_bytes
+    assert query(db, "SELECT count(*) FROM runs")[0][0] == runs_before
+    assert query(db, "SELECT count(*) FROM versions")[0][0] == 1
+
+
+def test_run_dry_run_shows_the_first_paths_and_status_limits_its_table(tmp_path):
+    site, db = _first_version(tmp_path)
+    dry = cli("run", "--site", str(site), "--db", str(db), "--dry-run", "-q")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: nothing written" in dry.stdout and f"renamed   {NEW_NAME}" in dry.stdout
+    limited = cli("status", "--site", str(site), "--db", str(db), "--limit", "2", "-q")
+    assert limited.returncode == 0, limited.stderr
+    assert "... and 2 more rows (4 in all); --limit N or --all shows more, --csv or --json lists them all" in limited.stdout
+    as_json = json.loads(cli("run", "--site", str(site), "--db", str(db), "--dry-run", "--json", "-q").stdout)
+    assert _kinds(as_json["changes"]) == _expected()
+
+
+def test_status_before_the_first_run_creates_no_manifest_and_lists_the_findings(tmp_path):
+    site = tmp_path / "site"
+    # no OMOP/ folder (an error: layout.no_omop) and an empty file (a warning: file.empty)
+    write(site, f"{PERSON}/Waveforms/Telemetry/1001/1001.hea", b"1001 1 250 10\n1001.dat 16 200 16 0 0 0 0 ECG\n")
+    write(site, f"{PERSON}/Waveforms/Telemetry/1001/1001.dat", b"\0" * 20)
+    write(site, f"{PERSON}/Waveforms/Telemetry/1001/empty.txt", b"")
+    parquet = tmp_path / "snapshots"
+    db = tmp_path / "new.sqlite"
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    out = cli("status", "--site", str(site), "--db", str(db), "-q")
+    assert out.returncode == int(ExitCode.FINDINGS), out.stderr
+    assert "no version yet" in out.stdout and "would change: 3 added" in out.stdout
+    assert "error:layout.no_omop" in out.stdout and "warning:file.empty" in out.stdout
+    assert f"warning: {PERSON}/Waveforms/Telemetry/1001/empty.txt:" in out.stdout  # listed, not only counted
+
+    as_json = json.loads(cli("status", "--site", str(site), "--db", str(db), "--json", "-q").stdout)
+    rules = {f["rule"] for f in as_json["findings_list"]}
+    assert {"layout.no_omop", "file.empty"} <= rules and as_json["exit_code"] == 1
+
+    dry = cli("run", "--site", str(site), "--db", str(db), "--parquet", str(parquet), "--dry-run", "-q")
+    assert dry.returncode == int(ExitCode.FINDINGS) and "layout.no_omop" in dry.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no manifest, no Parquet folder, no cache
+
+    unchecked = cli("status", "--site", str(site), "--db", str(db), "--no-validate", "-q")
+    assert "validation: not checked" in unchecked.stdout
+    # still exit code 1: the run would record a problem (empty.txt fits no naming pattern), and lists it
+    assert unchecked.returncode == 1 and "problems the run would record: 1" in unchecked.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_status_reads_headers_only_of_new_contents_and_caches_nothing(tmp_path, reads):  # noqa: F811
+    from chorus_batch.pipeline import status
+
+    site, db = _first_version(tmp_path)
+    facts_before = query(db, "SELECT count(*) FROM file_facts")[0][0]
+    result = status(settings(site, db))
+    assert result.label is None and result.findings is not None
+    assert set(reads) == {EDITED}  # the one changed table; the rest is known from the first run
+    assert query(db, "SELECT count(*) FROM file_facts")[0][0] == facts_before
+    assert result.exit_code == ExitCode.OK
+
+
+def test_a_run_that_would_be_refused_is_refused_by_status_too(tmp_path):
+    site, db = _first_version(tmp_path)
+    out = cli("status", "--site", str(site), "--db", str(db), "--max-delete", "0", "-q")
+    assert out.returncode == int(ExitCode.REFUSED) and "refused" in out.stderr
+
+
+def test_status_help_has_an_example():
+    out = cli("status", "--help")
+    assert out.returncode == 0 and "chorus-batch status --site" in out.stdout and "exit codes" in out.stdout
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def test_progress_lines_have_a_rate_and_an_eta():
+    # hashing: ETA from the bytes left at the byte rate
+    line = progress_line("hashing", "file", 12_000, 1_000 * 2**20, (20_000, 4_000 * 2**20), 10.0)
+    assert line == "hashing: 12,000/20,000 files, 1,000.0 MiB/3.9 GiB, 100.0 MiB/s, ETA 00:30, 00:10 elapsed"
+    # header reads: no bytes, ETA from the files left at the file rate
+    line = progress_line("reading headers", "file", 3_000, 0, (38_000, 0), 10.0)
+    assert line == "reading headers: 3,000/38,000 files, 300 files/s, ETA 01:56, 00:10 elapsed"
+    assert progress_line("reading headers", "file", 3_000, 0, (38_000, 0), 3_700.0).endswith("1:01:40 elapsed")
+    # a total unknown (listing): no ETA
+    assert progress_line("listing", "file", 1, 0, None, 1.0) == "listing: 1 file, 1 files/s, 00:01 elapsed"
+    done = progress_line("hashing", "file", 5, 50, (5, 50), 2.0, done=True)
+    assert done == "hashing: 5/5 files, 50 B/50 B, 25 B/s, done in 00:02"
+
+
+def test_validation_logs_progress_when_not_a_terminal(tmp_path):
+    site = tmp_path / "site"
+    for i in range(3):
+        write(site, f"{PERSON}/Waveforms/Telemetry/100{i}/100{i}.hea", f"100{i} 1 250 10\n100{i}.dat 16 200 16 0 0 0 0 ECG\n".encode())
+    out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 1, out.stderr  # no OMOP/
+    assert "reading headers: 3/3 files" in out.stderr and "done in" in out.stderr
+    assert "hashing: 3/3 files" in out.stderr
+    assert not list(tmp_path.glob("m.sqlite*"))
+
+
+def test_a_quiet_progress_logs_nothing(caplog):
+    progress = Progress(quiet=True, interval_s=0)
+    caplog.set_level(logging.INFO, logger="chorus_batch")
+    with progress.counter("hashing", "file", lambda: (1, 1), total=(1, 1)):
+        pass
+    assert not [r for r in caplog.records if r.getMessage().startswith("hashing")]
+
+
+# ----------------------------------------------------------------------------- the site, the path filters
+
+
+def test_a_relative_site_is_recorded_absolute(tmp_path):
+    site = tmp_path / "here" / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    out = cli("run", "--site", "site", "--db", "m.sqlite", "--no-validate", "-q", cwd=tmp_path / "here")
+    assert out.returncode in (0, 1), out.stderr
+    db = tmp_path / "here" / "m.sqlite"
+    expected = site.resolve().as_posix()
+    assert query(db, "SELECT site FROM runs") == [(expected,)]
+    assert query(db, "SELECT site FROM versions") == [(expected,)]
+
+
+def test_a_url_site_is_recorded_with_its_secrets_masked():
+    from chorus_batch.pipeline import site_location
+
+    masked = site_location("az://c/site?sv=2020&sig=SECRET")
+    assert masked.startswith("az://c/site?") and "SECRET" not in masked
+    assert site_location("s3://bucket/site") == "s3://bucket/site"
+
+
+def test_files_and_changes_take_paths_as_history_does(tmp_path):
+    site, db = _first_version(tmp_path)
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode in (0, 1)
+    folder = f"{PERSON}/Waveforms/Telemetry/1001"
+    for path in (str(site / PERSON / "Waveforms" / "Telemetry" / "1001"), folder.replace("/", "\\"), "./" + folder,
+                 folder + "/"):
+        files = json.loads(cli("files", "--db", str(db), "--path", path, "--json").stdout)
+        assert {f["srcfile"] for f in files} >= {KEEP, NEW_NAME}, path
+        assert all(f["srcfile"].startswith(folder + "/") for f in files), path
+        changes = json.loads(cli("changes", "--db", str(db), "--path", path, "--json").stdout)
+        assert _kinds(changes) == _expected() - {("replaced", EDITED, None)}, path
+    one = json.loads(cli("files", "--db", str(db), "--path", str(site / EDITED), "--json").stdout)
+    assert [f["srcfile"] for f in one] == [EDITED]
+    # a rename is found by its old path too
+    old = json.loads(cli("changes", "--db", str(db), "--path", OLD_NAME, "--json").stdout)
+    assert _kinds(old) == {("renamed", NEW_NAME, OLD_NAME)}
+    everything = json.loads(cli("files", "--db", str(db), "--path", str(site), "--json").stdout)
+    assert len(everything) == len(json.loads(cli("files", "--db", str(db), "--json").stdout))
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX paths")
+def test_the_manifest_is_not_touched_by_a_dry_run_of_an_older_schema(tmp_path):
+    """A dry run only reads: a manifest it cannot read without upgrading is refused, and left as it was."""
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    out = cli("status", "--site", str(site), "--db", str(db), "-q")
+    assert out.returncode in (2, 3) and "upgrade" in out.stderr
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["old.sqlite", "site"]
