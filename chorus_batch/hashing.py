@@ -190,7 +190,8 @@ def hash_files(
 ) -> pl.DataFrame:
     """Hash the rows of `todo` (root_id, srcfile, size); one row each back with
     md5, hashed_size, hashed_mtime_ns, or error_kind / error_message. With `facts`, the files validation
-    looks inside are parsed from the same bytes (facts_kind, facts: what validation would read; one read)."""
+    looks inside are parsed from the same bytes (facts_kind, facts: what validation would read; one read);
+    only those whose `parse` is true if `todo` has that column."""
     progress = progress or HashProgress()
     n = todo.height
     results = _Results(n)
@@ -214,9 +215,18 @@ def _facts_kinds(todo: pl.DataFrame, *, forked: bool) -> tuple[frozenset[str], f
     from .validate.kinds import kinds_in
     from .validate.readers import FORK_SAFE_KINDS, READER_KINDS, prepare
 
-    kinds = kinds_in(todo["srcfile"]) & READER_KINDS
+    kinds = kinds_in(_to_parse(todo)["srcfile"]) & READER_KINDS
     prepare(kinds)
     return (kinds & FORK_SAFE_KINDS, kinds - FORK_SAFE_KINDS) if forked else (kinds, frozenset())
+
+
+def _to_parse(todo: pl.DataFrame) -> pl.DataFrame:
+    return todo.filter("parse") if "parse" in todo.columns else todo
+
+
+def _mask(todo: pl.DataFrame, start: int, length: int) -> list[bool] | None:
+    """Which files of a chunk to parse (None: all)."""
+    return todo["parse"].slice(start, length).to_list() if "parse" in todo.columns else None
 
 
 def _chunks(todo: pl.DataFrame, files_per_chunk: int = CHUNK_FILES) -> list[dict]:
@@ -253,7 +263,7 @@ def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, p
                     break
                 start, length = chunk["start"], chunk["length"]
                 future = executor.submit(hash_chunk, sources[chunk["root_id"]], srcfile.slice(start, length).to_list(),
-                                         *kinds)
+                                         *kinds, _mask(todo, start, length) if kinds[0] or kinds[1] else None)
                 in_flight[future] = (start, length)
             if not in_flight:
                 break
@@ -281,7 +291,8 @@ def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, pro
                 if i >= len(chunks):
                     break
                 start, length = chunks[i]["start"], chunks[i]["length"]
-                hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list(), *kinds)
+                hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list(), *kinds,
+                                    _mask(todo, start, length) if kinds[0] else None)
                 with lock:
                     _record(results, progress, sizes, start, length, hashed)
         except BaseException as exc:  # never a silently missing chunk: the run fails with it

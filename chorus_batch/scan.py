@@ -222,7 +222,11 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                            cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local])
     n_listed = listing.height
     del listing  # large trees: keep one copy of the paths
-    todo = planned.filter(pl.col("needs_read")).select("root_id", "srcfile", "size", "mtime_ns", "verify").sort("srcfile")
+    # parse while hashing (with `facts`): likely new content, new or of a new size; not a file read again only
+    # because its mtime moved or to be re-verified (its facts are most likely cached: validation reads it if not)
+    likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~pl.col("verify")
+    todo = planned.filter(pl.col("needs_read")).select(
+        "root_id", "srcfile", "size", "mtime_ns", "verify", parse=likely_new).sort("srcfile")
     todo_bytes = int(todo["size"].sum() or 0)
     n_verify = int(todo["verify"].sum() or 0)
     progress.stage(f"{plural(n_listed, 'file')} listed; hashing {plural(todo.height - n_verify, 'new or changed file')}"

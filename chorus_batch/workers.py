@@ -114,11 +114,12 @@ _NO_DIGEST = bytes(16)
 
 
 def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] = frozenset(),
-               raw_kinds: frozenset[str] = frozenset()) -> HashedChunk:
+               raw_kinds: frozenset[str] = frozenset(), mask: list[bool] | None = None) -> HashedChunk:
     """Hash files one after another (in a worker process: one GIL per core). A file whose kind (from its
     path: validate.kinds) is in `facts_kinds` is parsed from the bytes hashed, so validation need not read
     it again (one read per file); one in `raw_kinds` (small files whose parser may not run here) comes
-    back whole, up to MAX_RAW_BYTES, for the caller to parse."""
+    back whole, up to MAX_RAW_BYTES, for the caller to parse. `mask`: parse only the files whose flag is
+    true (None: every file of those kinds)."""
     buffer = bytearray(READ_SIZE)
     digests = bytearray()
     sizes, mtimes = array("q"), array("q")
@@ -133,7 +134,7 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
         parsers = {kind: parser(kind) for kind in facts_kinds}
         parsers.update((kind, _whole) for kind in raw_kinds)
     for k, path in enumerate(paths):
-        kind = kind_of(path) if parsers else None
+        kind = kind_of(path) if parsers and (mask is None or mask[k]) else None
         out = hash_one(source, path, buffer, parsers.get(kind) if kind else None)
         if isinstance(out, HashOutcome):
             digests += out.digest

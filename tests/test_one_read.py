@@ -142,18 +142,35 @@ def test_findings_equal_those_of_a_separate_validation_pass(tmp_path, monkeypatc
 
 def test_cached_facts_stay_as_they_are(tmp_path):
     """Facts already cached for a content are not replaced by the ones parsed while hashing."""
+    from chorus_batch.store import Manifest
+
     site = broken_site(tmp_path / "site")
     db = tmp_path / "manifest.sqlite"
-    run_site(site, db, validate_site=False)
-    import sqlite3
+    run_site(site, db)
+    content = b"specimen_id,person_id,x\n1,2,3\n"
+    kept = '{"columns":["kept"],"delimiter":","}'
+    Manifest(db).validation.save_facts(pl.DataFrame({"kind": [KIND_OMOP], "md5": [hashlib.md5(content).hexdigest()],
+                                                     "facts": [kept]}))
+    write(site, "OMOP/specimen.csv", content)  # a new size: parsed as it is hashed, but its facts are cached
+    run_site(site, db)
+    assert query(db, "SELECT facts FROM file_facts WHERE md5 = ?", (hashlib.md5(content).hexdigest(),)) == [(kept,)]
 
-    with sqlite3.connect(db) as con:
-        con.execute("""INSERT INTO file_facts SELECT 'omop_csv', md5, '{"columns":["kept"],"delimiter":","}'
-                       FROM source_files WHERE srcfile = 'OMOP/specimen.csv'""")
-    run_site(site, db, rehash=True)
-    assert query(db, "SELECT f.facts FROM file_facts f JOIN source_files s ON s.md5 = f.md5 "
-                     "WHERE s.srcfile = 'OMOP/specimen.csv' AND s.time_invalid IS NULL") == [
-        ('{"columns":["kept"],"delimiter":","}',)]
+
+def test_content_read_again_only_to_be_verified_or_rehashed_is_not_parsed(tmp_path, monkeypatch):
+    """A file read again with its size unchanged (--rehash, a new mtime, re-verification) most likely has facts
+    cached: it is not parsed while hashed (no parser imported for it); validation reads it if its facts are not."""
+    site = broken_site(tmp_path / "site")
+    db = tmp_path / "manifest.sqlite"
+    run_site(site, db)
+    parsed: list[str] = []
+    original = readers._parse_text
+    monkeypatch.setattr(readers, "_parse_text", lambda kind, f: parsed.append(kind) or original(kind, f))
+    again = run_site(site, db, rehash=True)
+    assert parsed == [] and again.n_hashed == len(_site_files(site))
+    assert query(db, "SELECT max(headers_read) FROM validations") == [(0,)]
+    write(site, "OMOP/specimen.csv", "specimen_id,person_id,x\n1,2,3\n")  # a new size: parsed as it is hashed
+    run_site(site, db)
+    assert parsed == [KIND_OMOP]
 
 
 # ---------------------------------------------------------------- the hashing reader
