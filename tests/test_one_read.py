@@ -292,3 +292,25 @@ def test_kind_of_and_the_vectorised_kinds_agree_with_each_other_and_the_old_expr
     assert frame["kind"].to_list() == frame["legacy"].to_list()
     assert [kind_of(p) for p in paths] == frame["kind"].to_list()
     assert {kind_of(p) for p in paths} - {None} == {rule.kind for rule in KIND_RULES}
+
+
+def test_a_remote_source_parses_the_bytes_it_downloads_to_hash(tmp_path):
+    """fsspec sources (threads) hand the parser the bytes as they stream: the same facts as a separate read."""
+    import fsspec
+
+    from chorus_batch.sources.remote import FsspecSource
+
+    site = broken_site(tmp_path / "site")
+    fs = fsspec.filesystem("memory")
+    for rel in _site_files(site):
+        fs.pipe(f"/one-read-site/{rel}", (site / rel).read_bytes())
+    remote, local = FsspecSource("memory://one-read-site"), LocalSource(site)
+    try:
+        wanted = [(rel, kind_of(rel)) for rel in sorted(_site_files(site)) if kind_of(rel)]
+        assert len(wanted) > 20
+        for rel, kind in wanted:
+            out = remote.hash_file(rel, bytearray(64 * 1024), readers.parser(kind))
+            assert out.md5 == hashlib.md5((site / rel).read_bytes()).hexdigest()
+            assert json.loads(out.facts) == readers.read_facts(local, rel, kind), rel
+    finally:
+        fs.rm("/one-read-site", recursive=True)
