@@ -229,6 +229,13 @@ class Manifest:
                                "ORDER BY srcfile, kind, message", (label,)).fetchall()
         return pl.DataFrame(rows, schema=schema, orient="row")
 
+    def state_identity(self) -> tuple[str | None, str | None]:
+        """(manifest_id, state_generation): which manifest, and which state of it (bumped by every write
+        of current rows); what files beside it that depend on its state (the hash checkpoint) are tied to."""
+        row = self._one("SELECT (SELECT value FROM meta WHERE key = 'manifest_id'), "
+                        "(SELECT value FROM meta WHERE key = 'state_generation')")
+        return (row[0], row[1]) if row else (None, None)
+
     def known_root_ids(self, roots: list[tuple[str, str | None]]) -> dict[int, int]:
         """The manifest's root_id of each of a scan's roots (by position) that it has recorded already."""
         if not self.path.exists():
