@@ -632,10 +632,7 @@ def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None =
     constants = constants or {}
 
     def part_table(part: pl.DataFrame) -> pa.Table:
-        table = part.to_arrow()
-        for name, value in constants.items():
-            table = table.append_column(name, pa.array([value] * part.height, pa.string()))
-        return table
+        return part.with_columns(pl.lit(value, pl.String).alias(name) for name, value in constants.items()).to_arrow()
 
     schema = part_table(frame.head(0)).schema
     def batches() -> Iterator[pa.RecordBatch]:
