@@ -795,7 +795,6 @@ def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
-    from .report import frame_text
     from .store import Manifest
 
     db = _db(args)
@@ -808,11 +807,10 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         return _print_md5sum(frame)
     if args.json:
         print(json.dumps(frame.to_dicts(), indent=2))
-    elif args.csv:
-        sys.stdout.write(frame.write_csv())
-    else:
-        print(f"version {label}:" if label else "no versions yet")
-        print(frame_text(frame.select("change", "srcfile", "old_srcfile", "modality", "size", "md5")))
+        return 0
+    if not args.csv:
+        print(f"version {label}: {frame.height} changes" if label else "no versions yet")
+    _print_frame(args, frame, ["change", "srcfile", "old_srcfile", "modality", "size", "md5"])
     return 0
 
 

@@ -180,9 +180,13 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
         record = VersionRecord(
             label=label, started_at=iso(started), finished_at=iso(utc_now()), mode=mode, site=site, counts=counts,
             n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id)
-        written = manifest.commit_version(record, new_rows=new_rows, change_set=diff.change_set,
-                                          invalidated_ids=invalidated, touched=touched, errors=errors,
-                                          roots=scanned.roots, reclassified=reclassified, classification=classification)
+        rows_written = [0]  # source_files rows streamed into SQLite so far (the commit's bulk of work)
+        with (progress or Progress(quiet=True)).counter(f"committing version {label}", "row",
+                                                         lambda: (rows_written[0], 0), total=(new_rows.height, 0)):
+            written = manifest.commit_version(
+                record, new_rows=new_rows, change_set=diff.change_set, invalidated_ids=invalidated, touched=touched,
+                errors=errors, roots=scanned.roots, reclassified=reclassified, classification=classification,
+                on_rows=lambda n: rows_written.__setitem__(0, rows_written[0] + n))
         del new_rows
         outcome.label = label
         outcome.change_set = written.changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from array import array
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
@@ -134,6 +134,8 @@ class HashProgress:
 
     files_done: int = 0
     bytes_done: int = 0
+    # Called with (offset in todo, HashedChunk) as each chunk's results arrive (checkpoint.Writer).
+    on_chunk: Callable[[int, HashedChunk], None] | None = None
 
 
 class _Results:
@@ -245,6 +247,8 @@ def _chunks(todo: pl.DataFrame, files_per_chunk: int = CHUNK_FILES) -> list[dict
 
 def _record(results: _Results, progress: HashProgress, sizes: pl.Series, start: int, length: int, chunk: HashedChunk) -> None:
     results.put(start, chunk)
+    if progress.on_chunk is not None:
+        progress.on_chunk(start, chunk)
     progress.files_done += length
     progress.bytes_done += int(sizes.slice(start, length).sum() or 0)
 

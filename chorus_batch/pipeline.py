@@ -266,6 +266,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     previous_label = latest["label"] if latest else None
     t = mark("load_previous", t)
 
+    checkpoint = None
     if settings.merge is not None:  # the shards' scans, checked and merged (shards.py)
         from .shards import read_shards
 
@@ -276,11 +277,17 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             raise UsageError(f"the shards scanned {scanned.roots}, not this run's roots {expected}", where=settings.merge,
                              fix="merge with the same --site / chorus.toml the shards used")
     else:
+        from .checkpoint import Checkpoint
+
+        # Hashes an interrupted run of this manifest state left, and where this run's are checkpointed (a
+        # dry run only reads them).
+        checkpoint = Checkpoint.open(manifest.path, *manifest.state_identity(), writable=not settings.dry_run)
         scanned = scan(roots, previous, based_on=previous_label, last_scan_ns=manifest.last_scan_started_ns(),
                        racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                        progress=progress, verify_percent=settings.verify_sample,
                        verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
-                       excludes=excludes_of(settings), facts=settings.validate_site and not settings.dry_run)
+                       excludes=excludes_of(settings), checkpoint=checkpoint,
+                       facts=settings.validate_site and not settings.dry_run)
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
@@ -290,6 +297,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        max_delete=settings.max_delete,
                        spill_parent=settings.merge)  # a merge spills beside its shards (owner-only, removed after)
     del previous
+    if checkpoint is not None:
+        checkpoint.remove()  # committed (or nothing to commit): its hashes are in the manifest now
     t = mark("commit", t)
     label = committed.label
     findings = None

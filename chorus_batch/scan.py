@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from . import exclude as _exclude
 from . import hashing
+from .checkpoint import Checkpoint, reuse
 from .errors import UsageError
 from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
@@ -191,13 +192,16 @@ def list_roots(roots: list[Root], progress: Progress,
 def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
          racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
          coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0,
-         cloud_md5: str = "stored-or-download", excludes: Excludes | None = None, facts: bool = False) -> ScanResult:
+         cloud_md5: str = "stored-or-download", excludes: Excludes | None = None,
+         checkpoint: Checkpoint | None = None, facts: bool = False) -> ScanResult:
     """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
     `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
     unchanged, the longest unverified first (rolling re-verification). `cloud_md5` says where the MD5 of
     a file under a remote root may come from (see hashing.plan). `excludes` (default: the OS-junk list) are
-    left out right after the listing: neither hashed nor recorded, only counted (ScanResult.excluded). With
-    `facts`, the files validation looks inside are parsed as they are hashed (ScanResult.facts)."""
+    left out right after the listing: neither hashed nor recorded, only counted (ScanResult.excluded).
+    `checkpoint`: hashes an interrupted run left (reused where the file is unchanged), and where this
+    scan's hashes are checkpointed as they come (checkpoint.py). With `facts`, the files validation looks
+    inside are parsed as they are hashed (ScanResult.facts)."""
     progress = progress or Progress(quiet=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -220,22 +224,27 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                            verify_files=math.ceil(listing.height * verify_percent / 100),
                            verify_max_bytes=verify_max_bytes, cloud_md5=cloud_md5,
                            cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local])
+    planned, n_resumed = reuse(planned, None if rehash else checkpoint)
     n_listed = listing.height
     del listing  # large trees: keep one copy of the paths
     # parse while hashing (with `facts`): likely new content, new or of a new size; not a file read again only
     # because its mtime moved or to be re-verified (its facts are most likely cached: validation reads it if not)
     likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~pl.col("verify")
     todo = planned.filter(pl.col("needs_read")).select(
-        "root_id", "srcfile", "size", "mtime_ns", "verify", parse=likely_new).sort("srcfile")
+        "root_id", "srcfile", "size", "mtime_ns", "verify", "etag", parse=likely_new).sort("srcfile")
     todo_bytes = int(todo["size"].sum() or 0)
     n_verify = int(todo["verify"].sum() or 0)
     progress.stage(f"{plural(n_listed, 'file')} listed; hashing {plural(todo.height - n_verify, 'new or changed file')}"
-                   + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "") + f" ({human_bytes(todo_bytes)})")
-    counters = hashing.HashProgress()
+                   + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "") + f" ({human_bytes(todo_bytes)})"
+                   + (f"; {plural(n_resumed, 'file')} hashed by an interrupted run reused" if n_resumed else ""))
+    writer = checkpoint.writer(todo, scan_started_ns, racy_window_s) if checkpoint is not None else None
+    counters = hashing.HashProgress(on_chunk=writer)
     t_hash = time.perf_counter()
     with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_done),
                           total=(todo.height, todo_bytes)):
         hashed = hashing.hash_files([r.source for r in roots], todo, workers=workers, progress=counters, facts=facts)
+    if writer is not None:
+        writer.close()  # all of them: a kill during the commit loses no hash
     hash_s = time.perf_counter() - t_hash
     n_hashed, bytes_hashed = todo.height, int(hashed["hashed_size"].sum() or 0)
     del todo
@@ -247,11 +256,13 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         mtime_ns=pl.coalesce("hashed_mtime_ns", "mtime_ns"),
         # read now; else held by the storage; else unchanged since `based_on`
         md5=pl.when(pl.col("needs_read")).then(pl.col("md5"))
+        .when(pl.col("resumed_md5").is_not_null()).then(pl.col("resumed_md5"))  # read by an interrupted run
         .when(pl.col("needs_md5")).then(pl.col("stored_md5"))
         .otherwise(pl.col("prev_md5")),
-        read=pl.col("needs_read") & pl.col("md5").is_not_null(),
+        read=(pl.col("needs_read") & pl.col("md5").is_not_null()) | pl.col("resumed_md5").is_not_null(),
         verify="verify",
         md5_source=pl.when(pl.col("needs_read")).then(pl.when(pl.col("md5").is_not_null()).then(pl.lit("computed")))
+        .when(pl.col("resumed_md5").is_not_null()).then(pl.lit("computed"))
         .when(pl.col("needs_md5")).then(pl.when(pl.col("stored_md5").is_not_null()).then(pl.lit("stored"))
                                         .otherwise(pl.lit("unverifiable")))
         .otherwise(pl.lit("reused")),

@@ -58,6 +58,7 @@ version, compare_to = (None if v is None else str(v) for v in (version, compare_
 
 # %%
 from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, size_flags
+from chorus_batch.units import plural
 
 m = open_manifest(manifest)
 files = m.files(version)
@@ -241,9 +242,9 @@ print(f"{sessions.height:,} waveform sessions of {sessions['person_id'].n_unique
       f"{sessions['start'].null_count()} without a known start (no stamp in the names, no WFDB header)")
 display(implausible.head(20))
 display(sql("""
-    SELECT date_trunc('month', TRY_CAST(start_date AS DATE)) AS month,
+    SELECT coalesce(strftime(date_trunc('month', TRY_CAST(start_date AS DATE)), '%Y-%m'), 'start unknown') AS month,
            count(DISTINCT person_id || '/' || session_id) AS sessions, count(*) AS files, sum(size)::BIGINT AS bytes
-    FROM files WHERE modality = 'Waveforms' GROUP BY 1 ORDER BY 1 DESC LIMIT 20"""))
+    FROM files WHERE modality = 'Waveforms' GROUP BY 1 ORDER BY month = 'start unknown', month DESC LIMIT 20"""))
 check("waveform sessions: plausible starts and durations", implausible.height == 0,
       f"{implausible.height} of {sessions.height} sessions start outside {plausible_from:%Y}..{plausible_to:%Y-%m-%d} "
       f"or last outside 0..{max_duration_h} h")
@@ -269,7 +270,8 @@ sessions_per_person = (sessions.group_by("person_id")
                        .agg(sessions=pl.len(), hours=(pl.col("duration_s").sum() / 3600).round(1))
                        .sort("sessions", "person_id"))
 without = per_person.join(sessions_per_person, on="person_id", how="anti")
-print(f"{sessions_per_person.height:,} persons with waveform sessions; {without.height:,} persons with files but none")
+print(f"{plural(sessions_per_person.height, 'person')} with waveform sessions; "
+      f"{plural(without.height, 'person')} with files but none")
 display(sessions_per_person.head(10))
 if sessions_per_person.height:
     fig, ax = plt.subplots()

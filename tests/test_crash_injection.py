@@ -52,8 +52,8 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
 
     outcomes = {"previous": 0, "new": 0}
     for point in range(POINTS):
-        for leftover in tmp_path.glob("m.sqlite*"):
-            leftover.unlink()
+        for leftover in tmp_path.glob("m.sqlite*"):  # the hash checkpoint (m.sqlite.checkpoint/) too
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         shutil.copy(base, db)
         proc = subprocess.Popen(command(second, db, snap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(duration * (0.1 + 0.95 * point / POINTS))

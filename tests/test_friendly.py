@@ -225,3 +225,15 @@ def test_history_takes_a_path_as_people_type_it(tmp_path):
         out = cli("history", "--db", str(db), path, "--json")
         assert out.returncode == 0, (path, out.stderr)
         assert '"srcfile": "OMOP/person.csv"' in out.stdout.replace('":"', '": "'), path
+
+
+def test_changes_stops_at_200_rows_as_files_does_and_says_how_to_see_all(tmp_path):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for i in range(205):
+        write(site, f"OMOP/extra_{i:03d}.csv", b"a\n1\n")
+    assert cli("run", "--site", str(site), "--db", str(db), "--no-validate", "-q").returncode in (0, 1)
+    for command in ("changes", "files"):
+        out = cli(command, "--db", str(db))
+        assert out.returncode == 0, out.stderr
+        assert "... and 5 more rows (205 in all); --csv or --json lists them all" in out.stdout, command
+        assert len(cli(command, "--db", str(db), "--csv").stdout.splitlines()) == 206

@@ -261,3 +261,13 @@ def test_the_manifest_is_not_touched_by_a_dry_run_of_an_older_schema(tmp_path):
     out = cli("status", "--site", str(site), "--db", str(db), "-q")
     assert out.returncode in (2, 3) and "upgrade" in out.stderr
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["old.sqlite", "site"]
+
+
+def test_the_commit_logs_its_rows_when_not_a_terminal(tmp_path):
+    site = tmp_path / "site"
+    for i in range(3):
+        write(site, f"OMOP/table_{i}.csv", b"a\n1\n")
+    out = cli("run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--version", "20261101020000",
+              "--no-validate", env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode in (0, 1), out.stderr
+    assert "committing version 20261101020000: 3/3 rows" in out.stderr, out.stderr

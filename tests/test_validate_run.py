@@ -169,12 +169,13 @@ def test_a_schema_1_manifest_is_upgraded_on_the_next_run(clean, db):
     run_site(clean, db, validate_site=False)
     con = sqlite3.connect(db)
     with con:
-        for table in ("file_facts", "findings", "validations", "roots", "run_errors"):
+        for table in ("file_facts", "findings", "validations", "roots", "run_errors", "uploads", "submissions"):
             con.execute(f"DROP TABLE {table}")
         con.execute("DROP INDEX registry_proc")
         for table, column in (("source_files", "root_id"), ("source_files", "category"), ("source_files", "layout"),
                               ("source_files", "verified_ns"), ("source_files", "md5_source"), ("source_files", "etag"),
-                              ("registry", "category"), ("registry", "proc_id")):
+                              ("registry", "category"), ("registry", "proc_id"), ("runs", "release"),
+                              ("versions", "release")):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()

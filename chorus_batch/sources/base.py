@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
+import polars as pl
 import pyarrow as pa
 
 from ..frames import LISTING_SCHEMA
@@ -200,11 +201,15 @@ def parse_through(parse: Parse, reader: HashingReader) -> str | None:
 
 def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int],
                   stored_md5: list[str | None] | None = None, etags: list[str | None] | None = None) -> pa.RecordBatch:
-    def strings(values: list[str | None] | None) -> pa.Array:
-        return pa.array(values, pa.string()) if values is not None else pa.nulls(len(paths), pa.string())
-
-    return pa.RecordBatch.from_arrays(
-        [pa.array(paths, pa.string()), pa.array(sizes, pa.int64()), pa.array(mtimes, pa.int64()), strings(stored_md5),
-         strings(etags)],
-        schema=LISTING_SCHEMA,
-    )
+    # Built by polars, not pa.array(list): pyarrow asks of a Python list whether pandas can take it, which
+    # imports pandas (0.3-0.5 s of every run's start-up, -X importtime); polars is also 6x faster here
+    # (4 ms against 27 ms for 65,536 paths).
+    n = len(paths)
+    if n == 0:
+        return pa.RecordBatch.from_arrays([pa.nulls(0, field.type) for field in LISTING_SCHEMA], schema=LISTING_SCHEMA)
+    frame = pl.DataFrame({"srcfile": paths, "size": sizes, "mtime_ns": mtimes,
+                          "stored_md5": stored_md5 if stored_md5 is not None else [None] * n,
+                          "etag": etags if etags is not None else [None] * n},
+                         schema={"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "stored_md5": pl.String,
+                                 "etag": pl.String})
+    return frame.to_arrow().cast(LISTING_SCHEMA).combine_chunks().to_batches()[0]

@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +228,13 @@ class Manifest:
             rows = con.execute("SELECT srcfile, kind, message FROM scan_errors WHERE version = ? "
                                "ORDER BY srcfile, kind, message", (label,)).fetchall()
         return pl.DataFrame(rows, schema=schema, orient="row")
+
+    def state_identity(self) -> tuple[str | None, str | None]:
+        """(manifest_id, state_generation): which manifest, and which state of it (bumped by every write
+        of current rows); what files beside it that depend on its state (the hash checkpoint) are tied to."""
+        row = self._one("SELECT (SELECT value FROM meta WHERE key = 'manifest_id'), "
+                        "(SELECT value FROM meta WHERE key = 'state_generation')")
+        return (row[0], row[1]) if row else (None, None)
 
     def known_root_ids(self, roots: list[tuple[str, str | None]]) -> dict[int, int]:
         """The manifest's root_id of each of a scan's roots (by position) that it has recorded already."""
@@ -462,10 +469,11 @@ class Manifest:
         roots: list[tuple[str, str | None]],
         reclassified: pl.DataFrame | None = None,
         classification: str | None = None,
+        on_rows: Callable[[int], None] | None = None,
     ) -> CommitResult:
         """Write one version in one transaction. `new_rows` carries NEW_ROW_COLUMNS except file_id and
         record_id, with root_id as the position in `roots` (location, modality); returns the change set
-        with file ids."""
+        with file ids. `on_rows(n)` is told of each batch of new rows written (progress)."""
         with self.adbc() as con:
             with con.cursor() as cur:
                 cur.execute("SELECT coalesce(max(file_id), 0), (SELECT count(*) FROM source_files) FROM source_files")
@@ -494,7 +502,8 @@ class Manifest:
                         cur.execute("DROP INDEX IF EXISTS " + ddl.split(" ON ")[0].split()[-1])
                 if new_rows.height:
                     validity = {"time_valid": now, "time_invalid": None, "version_valid": label, "version_invalid": None}
-                    cur.adbc_ingest("source_files", _arrow_stream(new_rows.select(NEW_ROW_COLUMNS), validity), mode="append")
+                    cur.adbc_ingest("source_files", _arrow_stream(new_rows.select(NEW_ROW_COLUMNS), validity, on_rows=on_rows),
+                                    mode="append")
                 if bulk:
                     for ddl in SOURCE_FILES_INDEXES:
                         cur.execute(ddl)
@@ -616,17 +625,21 @@ class Manifest:
         )
 
 
-def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None = None, rows: int = 100_000) -> pa.RecordBatchReader:
+def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None = None, rows: int = 100_000, *,
+                  on_rows: Callable[[int], None] | None = None) -> pa.RecordBatchReader:
     """Convert to Arrow slice by slice while ADBC writes, instead of all at once;
-    `constants` become text columns filled per slice."""
+    `constants` become text columns filled per slice; `on_rows(n)` after each batch is handed over."""
     constants = constants or {}
 
     def part_table(part: pl.DataFrame) -> pa.Table:
-        table = part.to_arrow()
-        for name, value in constants.items():
-            table = table.append_column(name, pa.array([value] * part.height, pa.string()))
-        return table
+        return part.with_columns(pl.lit(value, pl.String).alias(name) for name, value in constants.items()).to_arrow()
 
     schema = part_table(frame.head(0)).schema
-    batches = (batch for part in frame.iter_slices(rows) for batch in part_table(part).cast(schema).to_batches())
-    return pa.RecordBatchReader.from_batches(schema, batches)
+    def batches() -> Iterator[pa.RecordBatch]:
+        for part in frame.iter_slices(rows):
+            for batch in part_table(part).cast(schema).to_batches():
+                yield batch
+                if on_rows is not None:
+                    on_rows(batch.num_rows)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())

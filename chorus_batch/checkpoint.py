@@ -1,0 +1,259 @@
+"""Checkpointed hashes: a killed run resumes instead of reading the whole site again.
+
+While a run hashes, its results (path, size, mtime_ns, etag, MD5 of each file read) are flushed every
+few seconds of work (CHECKPOINT_S) to `<manifest>.checkpoint/`, a private (0700) folder beside the
+manifest. Each flush is one Arrow IPC segment written owner-only through fsutil.write_private (a
+temporary file, fsynced, renamed): a run killed mid-write leaves a complete segment or none, never a
+torn one (a leftover temporary file is ignored). Segments are merged in tiers of FANOUT (8 small ones
+into one larger one), so a run of days leaves tens of files, not tens of thousands, and each hash is
+rewritten only a few times.
+
+`meta.json` ties the folder to the manifest it was written for: its manifest_id and state_generation
+(meta table). The next run (any run, not only the first) loads the folder before it plans what to hash;
+a checkpoint of another manifest, or of an older state (a version was committed since), is removed
+unread. A checkpointed MD5 is used for a file the run would otherwise read only when the file is listed
+with the same size, mtime_ns (and etag, for cloud objects) as when it was hashed, and when its mtime lies
+before the racy window of the checkpointing run's scan start: a write in the same clock tick as the read
+could have gone unseen (as hashing.plan reasons for the previous version's rows). The run removes the
+folder after its commit (or a run that found nothing to commit). Dry runs read a checkpoint but never
+write or remove one; shards and merges neither read nor write it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from .fsutil import restrict, write_private
+from .progress import log
+
+FORMAT = 1
+CHECKPOINT_S = 5.0  # seconds of hashing between flushes (CHORUS_BATCH_CHECKPOINT_S overrides it)
+FANOUT = 8  # this many segments of one tier are merged into one of the next
+
+SEGMENT_SCHEMA = {"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
+                  "md5": pl.Binary, "trust_before_ns": pl.Int64}
+
+
+def folder_of(db: str | os.PathLike[str]) -> Path:
+    return Path(f"{db}.checkpoint")
+
+
+def interval_s() -> float:
+    try:
+        return float(os.environ.get("CHORUS_BATCH_CHECKPOINT_S", CHECKPOINT_S))
+    except ValueError:
+        return CHECKPOINT_S
+
+
+class Checkpoint:
+    """The checkpoint folder of one manifest state; `writable` False for a dry run (read only)."""
+
+    def __init__(self, folder: Path, identity: dict[str, str], *, writable: bool):
+        self.folder = folder
+        self.identity = identity
+        self.writable = writable
+        self.broken = False  # a write failed: the run goes on without checkpoints
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str], manifest_id: str | None, generation: str | None, *,
+             writable: bool) -> "Checkpoint | None":
+        """The checkpoint of this manifest state; a stale one (another manifest, an older state, an unknown
+        format) is removed (when `writable`), else ignored (None). None without a manifest identity."""
+        if manifest_id is None or generation is None:
+            return None
+        identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
+        folder = folder_of(db)
+        try:
+            found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            found = None
+        if found is not None and found != identity or found is None and folder.exists():
+            if found is not None:
+                log.info(f"ignoring the hash checkpoint {folder}: it was written for another manifest or state")
+            if not writable:
+                return None  # a dry run neither reads nor removes it
+            remove(folder)
+        return cls(folder, identity, writable=writable)
+
+    # ------------------------------------------------------------------ reading
+
+    def known(self) -> pl.DataFrame:
+        """The checkpointed hashes that may be trusted: srcfile, size, mtime_ns, etag, md5 (hex), one row per
+        (srcfile, size, mtime_ns, etag); a key with two different MD5s is dropped (hashed again)."""
+        empty = pl.DataFrame(schema={"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
+                                     "md5": pl.String})
+        parts = []
+        for path in self._segments():
+            try:
+                parts.append(_read(path).cast(SEGMENT_SCHEMA))  # type: ignore[arg-type]
+            except FileNotFoundError:  # merged away meanwhile (a dry run reading while a run writes)
+                continue
+            except (OSError, ValueError, pl.exceptions.PolarsError, pa.ArrowException) as exc:
+                # damaged: it is only a cache, these files are hashed again
+                log.info(f"ignoring a damaged hash checkpoint segment {path}: {exc}")
+        if not parts:
+            return empty
+        rows = pl.concat(parts).filter(
+            pl.col("etag").is_not_null() | (pl.col("mtime_ns") < pl.col("trust_before_ns")))  # not racily clean
+        return (rows.group_by("srcfile", "size", "mtime_ns", "etag")
+                .agg(pl.col("md5").first(), _n=pl.col("md5").n_unique())
+                .filter(pl.col("_n") == 1)
+                .select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").bin.encode("hex")))
+
+    def _segments(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.folder.iterdir() if p.name.endswith(".arrow") and not p.name.startswith("."))
+        except OSError:
+            return []
+
+    # ------------------------------------------------------------------ writing
+
+    def writer(self, todo: pl.DataFrame, scan_started_ns: int, racy_window_s: float) -> "Writer | None":
+        """A hashing sink (hashing.HashProgress.on_chunk) for the rows of `todo` (srcfile, size, etag)."""
+        if not self.writable or self.broken:
+            return None
+        return Writer(self, todo, trust_before_ns=scan_started_ns - int(racy_window_s * 1e9))
+
+    def _prepare(self) -> None:
+        if (self.folder / "meta.json").exists():
+            return
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        restrict(self.folder)
+        write_private(self.folder / "meta.json", json.dumps(self.identity).encode("utf-8"))
+
+    def _write_segment(self, frame: pl.DataFrame, tier: int) -> Path:
+        name = f"t{tier}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.arrow"
+        return write_private(self.folder / name, lambda tmp: frame.write_ipc(tmp, compression="lz4"))
+
+    def _compact(self) -> None:
+        """Merge FANOUT segments of a tier into one of the next, tier by tier. A kill between the merged
+        segment's rename and the unlinks leaves rows twice: harmless, `known` deduplicates."""
+        tier = 0
+        while True:
+            same = [p for p in self._segments() if p.name.startswith(f"t{tier}-")]
+            if len(same) < FANOUT:
+                if not any(p.name.startswith(f"t{tier + 1}-") for p in self._segments()):
+                    return
+                tier += 1
+                continue
+            merged = pl.concat([_read(p) for p in same])
+            self._write_segment(merged, tier + 1)
+            for p in same:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            tier += 1
+
+    def remove(self) -> None:
+        if self.writable:
+            remove(self.folder)
+
+
+def _read(path: Path) -> pl.DataFrame:
+    """A segment read whole (never memory-mapped: a merge removes it right after)."""
+    return pl.read_ipc(io.BytesIO(path.read_bytes()))
+
+
+def remove(folder: Path) -> None:
+    """Remove a checkpoint folder (best effort: a leftover is ignored or removed by the next run)."""
+    if folder.is_symlink():
+        with contextlib.suppress(OSError):
+            folder.unlink()
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class Writer:
+    """Collects hashed chunks (hashing.HashProgress.on_chunk) and flushes them as a segment every
+    interval_s() seconds, and at `close`. A failed write is logged once and checkpointing stops: the run
+    itself never fails for its checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint, todo: pl.DataFrame, *, trust_before_ns: int):
+        self.checkpoint = checkpoint
+        self.srcfile = todo["srcfile"]
+        self.etag = todo["etag"] if "etag" in todo.columns else pl.Series("etag", [None] * todo.height, pl.String)
+        self.trust_before_ns = trust_before_ns
+        self.pending: list[tuple[int, object]] = []
+        self.interval = interval_s()
+        self.last = time.monotonic()
+        self.flushes = 0
+
+    def __call__(self, start: int, chunk) -> None:
+        """One hashed chunk (workers.HashedChunk) of the todo rows from `start`."""
+        self.pending.append((start, chunk))
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        from .faults import pause
+
+        self.last = time.monotonic()
+        if not self.pending or self.checkpoint.broken:
+            self.pending.clear()
+            return
+        pending, self.pending = self.pending, []
+        try:
+            frame = pl.concat([self._frame(start, chunk) for start, chunk in pending])
+            if frame.height:
+                self.checkpoint._prepare()
+                self.checkpoint._write_segment(frame, 0)
+                self.checkpoint._compact()
+                self.flushes += 1
+        except Exception as exc:
+            self.checkpoint.broken = True
+            log.warning(f"cannot write the hash checkpoint in {self.checkpoint.folder} ({exc}); the run "
+                        "goes on, but if it is killed the next run hashes these files again")
+            return
+        pause("checkpoint")
+
+    def close(self) -> None:
+        self.flush()
+
+    def _frame(self, start: int, chunk) -> pl.DataFrame:
+        n = len(chunk.sizes)
+        digests = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(chunk.digests)])
+        failed = {k for k, _kind, _message in chunk.errors}
+        frame = pl.DataFrame({
+            "srcfile": self.srcfile.slice(start, n),
+            "size": pl.Series(chunk.sizes, dtype=pl.Int64),
+            "mtime_ns": pl.Series(chunk.mtimes, dtype=pl.Int64),
+            "etag": self.etag.slice(start, n),
+            "md5": pl.Series(digests).cast(pl.Binary),
+        }).with_columns(trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64))
+        if failed:
+            frame = frame.with_row_index("_k").filter(~pl.col("_k").is_in(list(failed))).drop("_k")
+        return frame.cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]
+
+
+def reuse(planned: pl.DataFrame, checkpoint: Checkpoint | None) -> tuple[pl.DataFrame, int]:
+    """hashing.plan's frame with `resumed_md5`: the checkpointed MD5 of each file due to be read (not merely
+    re-verified) and listed as it was hashed; those files are no longer read (needs_read False). Returns
+    the frame and how many files it spares."""
+    known = checkpoint.known() if checkpoint is not None else None
+    if known is None or known.height == 0:
+        return planned.with_columns(resumed_md5=pl.lit(None, pl.String)), 0
+    # Matched on the whole key (a NULL etag equals a NULL etag); keys are unique in `known`, paths in `planned`.
+    ckpt = known.select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").alias("_ckpt_md5"))
+    joined = planned.join(ckpt, on=["srcfile", "size", "mtime_ns", "etag"], how="left", nulls_equal=True,
+                          maintain_order="left")
+    use = (pl.col("needs_read") & pl.col("needs_md5") & ~pl.col("verify") & pl.col("_ckpt_md5").is_not_null())
+    out = joined.with_columns(_use=use).with_columns(
+        resumed_md5=pl.when(pl.col("_use")).then(pl.col("_ckpt_md5")),
+        needs_read=pl.col("needs_read") & ~pl.col("_use"),
+    ).drop("_ckpt_md5", "_use")
+    n = int(out["resumed_md5"].is_not_null().sum())
+    if n:
+        log.info(f"resuming: {n} file{'s' if n != 1 else ''} hashed by an interrupted run are not read again "
+                 f"({checkpoint.folder if checkpoint else ''})")
+    return out, n

@@ -1,0 +1,236 @@
+"""A killed run resumes: the hashes it checkpointed beside the manifest are reused by the next run for every
+file that is unchanged since, and only the files not yet hashed are read again (checkpoint.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from chorus_batch import checkpoint as ckpt_module
+from chorus_batch.checkpoint import Checkpoint, folder_of, reuse
+from chorus_batch.scan import Root, scan
+from chorus_batch.sources import open_source
+from chorus_batch.store import Manifest
+from chorus_batch.workers import HashedChunk
+
+from conftest import cli, query, run_site, tree_md5, write
+
+HOUR_AGO = time.time() - 3600
+
+
+def make_site(site: Path, n: int, *, size: int = 64) -> None:
+    """n files whose mtimes lie an hour back (out of any racy window)."""
+    for i in range(n):
+        path = write(site, f"{1000 + i % 7}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", os.urandom(size))
+        os.utime(path, (HOUR_AGO, HOUR_AGO))
+
+
+def command(site: Path, db: Path, workers: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--verify-sample", "0", "--workers",
+            str(workers), "--site", str(site), "--db", str(db), *extra]
+
+
+def killed_after_first_checkpoint(site: Path, db: Path, workers: int) -> None:
+    """Start a run, wait until it has flushed its first checkpoint segment, SIGKILL it."""
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "checkpoint", "CHORUS_BATCH_CHECKPOINT_S": "0"}
+    proc = subprocess.Popen(command(site, db, workers, "-q"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "test pause at checkpoint" in line:
+                break
+            if not line and proc.poll() is not None:
+                raise AssertionError(f"the run ended ({proc.returncode}) without a checkpoint: {proc.stderr.read()}")
+        else:
+            raise AssertionError("the run never flushed a checkpoint")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def checkpointed(db: Path) -> pl.DataFrame:
+    found = Checkpoint.open(db, *Manifest(db).state_identity(), writable=False)
+    assert found is not None
+    return found.known()
+
+
+def rows(db: Path) -> list[tuple]:
+    return query(db, "SELECT srcfile, size, mtime_ns, md5, md5_source FROM source_files WHERE time_invalid IS NULL "
+                     "ORDER BY srcfile")
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+@pytest.mark.parametrize("workers, n", [(1, 200), (2, 2100)], ids=["threads", "processes"])
+def test_a_killed_first_run_resumes_and_reads_only_the_files_not_yet_hashed(tmp_path, workers, n):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    make_site(site, n)
+    killed_after_first_checkpoint(site, db, workers)
+
+    assert query(db, "SELECT count(*) FROM versions") == [(0,)]  # nothing committed
+    folder = folder_of(db)
+    assert set(modes(folder).values()) <= {0o700, 0o600} and modes(folder)[folder.name] == 0o700
+    assert all(m == 0o600 for name, m in modes(folder).items() if name != folder.name)
+    done = checkpointed(db)
+    assert 0 < done.height < n
+    truth = tree_md5(site)
+    assert all(truth[f] == md5 for f, md5 in done.select("srcfile", "md5").iter_rows())
+
+    # A dry run reads the checkpoint but writes nothing to it.
+    before = modes(folder)
+    dry = subprocess.run(command(site, db, workers, "--dry-run", "--json"), capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["files_hashed"] == n - done.height
+    assert modes(folder) == before
+
+    again = subprocess.run(command(site, db, workers, "--json"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files_hashed"] == n - done.height  # only the files not yet hashed were read
+    assert not folder.exists()  # removed after the commit
+
+    clean = tmp_path / "clean.sqlite"
+    single = subprocess.run(command(site, clean, workers, "--json"), capture_output=True, text=True)
+    assert json.loads(single.stdout)["files_hashed"] == n
+    assert rows(db) == rows(clean)  # the resumed manifest equals a clean single run's
+    assert dict((r[0], r[3]) for r in rows(db)) == truth
+    assert not folder_of(clean).exists()
+
+
+def interrupted_scan(site: Path, db: Path, *, racy_window_s: float = 2.0) -> Checkpoint:
+    """A run's scan, hashed and checkpointed, without its commit (as if killed right before it)."""
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    found = Checkpoint.open(db, *manifest.state_identity(), writable=True)
+    assert found is not None
+    scan([Root(open_source(str(site)))], manifest.previous_state(), based_on=None, workers=1,
+         racy_window_s=racy_window_s, checkpoint=found)
+    assert found.folder.is_dir()
+    return found
+
+
+def test_a_file_changed_after_the_checkpoint_is_hashed_again(site, db):
+    make_site(site, 30)
+    interrupted_scan(site, db)
+    assert checkpointed(db).height == 30
+    changed = site / "1000" / "Waveforms" / "Telemetry" / "9000" / "9000.dat"
+    changed.write_bytes(b"new content, another size")
+    os.utime(changed, (HOUR_AGO + 60, HOUR_AGO + 60))
+    result = run_site(site, db, validate_site=False)
+    assert result.n_hashed == 1
+    assert query(db, "SELECT srcfile, md5 FROM source_files WHERE time_invalid IS NULL") and \
+        dict(query(db, "SELECT srcfile, md5 FROM source_files WHERE time_invalid IS NULL")) == tree_md5(site)
+    assert not folder_of(db).exists()
+
+
+def test_a_file_modified_within_the_racy_window_of_the_checkpoint_is_hashed_again(site, db):
+    make_site(site, 10)
+    fresh = write(site, "OMOP/person.csv", b"person_id\n1\n")  # mtime now: racily clean for the checkpoint
+    interrupted_scan(site, db)
+    assert "OMOP/person.csv" not in checkpointed(db)["srcfile"].to_list()
+    assert checkpointed(db).height == 10
+    result = run_site(site, db, validate_site=False)
+    assert result.n_hashed == 1
+    assert dict(query(db, "SELECT srcfile, md5 FROM source_files WHERE srcfile = 'OMOP/person.csv'")) == {
+        "OMOP/person.csv": tree_md5(site)["OMOP/person.csv"]}
+    assert fresh.exists()
+
+
+def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_removed(site, db, tmp_path):
+    make_site(site, 20)
+    interrupted_scan(site, db)
+    saved = tmp_path / "saved"
+    shutil.copytree(folder_of(db), saved)
+
+    other = tmp_path / "other.sqlite"  # another manifest (another manifest_id) finds A's checkpoint beside it
+    shutil.copytree(saved, folder_of(other))
+    result = run_site(site, other, validate_site=False)
+    assert result.n_hashed == 20
+    assert not folder_of(other).exists()
+
+    # The first manifest commits (the checkpoint is used, then removed); an old copy put back is stale.
+    assert run_site(site, db, validate_site=False).n_hashed == 0
+    assert not folder_of(db).exists()
+    shutil.copytree(saved, folder_of(db))
+    manifest = Manifest(db)
+    assert Checkpoint.open(db, *manifest.state_identity(), writable=False) is None  # a dry run ignores it
+    assert folder_of(db).exists()
+    stale = Checkpoint.open(db, *manifest.state_identity(), writable=True)
+    assert stale is not None and stale.known().height == 0
+    assert not folder_of(db).exists()
+
+
+def test_a_no_change_run_and_rehash_remove_the_checkpoint(site, db):
+    make_site(site, 10)
+    assert run_site(site, db, validate_site=False).n_hashed == 10
+    write(site, "OMOP/new.csv", b"x")
+    os.utime(site / "OMOP" / "new.csv", (HOUR_AGO, HOUR_AGO))
+    interrupted_scan(site, db)
+    assert checkpointed(db).height == 1
+    assert run_site(site, db, validate_site=False, rehash=True).n_hashed == 11  # --rehash trusts no checkpoint
+    assert not folder_of(db).exists()
+    assert run_site(site, db, validate_site=False).label is None  # no change: nothing is left behind either
+    assert not folder_of(db).exists()
+
+
+def test_segments_are_merged_in_tiers_and_damaged_ones_are_ignored(site, db, monkeypatch):
+    monkeypatch.setattr(ckpt_module, "FANOUT", 2)
+    monkeypatch.setenv("CHORUS_BATCH_CHECKPOINT_S", "0")  # a segment per chunk
+    make_site(site, 64)
+    found = interrupted_scan(site, db)
+    segments = [p.name for p in found.folder.iterdir() if p.suffix == ".arrow"]
+    assert len(segments) <= 4 and any(not s.startswith("t0-") for s in segments)  # merged (tens of chunks)
+    assert checkpointed(db).height == 64
+    (found.folder / ".t0-1.arrow.123.tmp").write_bytes(b"torn")  # a write killed before its rename
+    (found.folder / "t0-00000000000000000001-deadbeef.arrow").write_bytes(b"garbage")
+    assert checkpointed(db).height == 64
+    assert run_site(site, db, validate_site=False).n_hashed == 0
+
+
+def test_a_checkpoint_that_cannot_be_written_never_fails_the_run(site, db):
+    make_site(site, 10)
+    folder_of(db).write_bytes(b"in the way")  # a file where the folder should go
+    result = run_site(site, db, validate_site=False)
+    assert result.n_hashed == 10 and result.label is not None
+
+
+def test_the_key_holds_the_etag_for_cloud_objects(tmp_path):
+    """A cloud object hashed under one etag is not reused when it is listed with another."""
+    found = Checkpoint(tmp_path / "m.sqlite.checkpoint", {"format": "1", "manifest_id": "x", "state_generation": "0"},
+                       writable=True)
+    todo = pl.DataFrame({"srcfile": ["a", "b", "c"], "size": [1, 1, 1], "etag": ["e1", "e2", None]})
+    writer = found.writer(todo, scan_started_ns=time.time_ns(), racy_window_s=2.0)
+    assert writer is not None
+    old = int(HOUR_AGO * 1e9)
+    writer(0, HashedChunk(bytes(range(16)) * 3, array("q", [1, 1, 1]), array("q", [old, old, old]), []))
+    writer.close()
+    planned = pl.DataFrame({"srcfile": ["a", "b", "c"], "size": [1, 1, 1], "mtime_ns": [old, old, old],
+                            "etag": ["e1", "e2-new", None], "needs_md5": [True] * 3, "needs_read": [True] * 3,
+                            "verify": [False] * 3})
+    out, n = reuse(planned, found)
+    assert n == 2
+    assert out.filter(pl.col("needs_read"))["srcfile"].to_list() == ["b"]
+    assert out["resumed_md5"].to_list() == [bytes(range(16)).hex(), None, bytes(range(16)).hex()]
+
+
+def test_the_command_line_without_a_checkpoint_leaves_nothing_beside_the_manifest(site, db):
+    make_site(site, 5)
+    out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert not folder_of(db).exists()
