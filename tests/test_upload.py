@@ -282,6 +282,9 @@ def test_bad_destinations_and_sign_in_say_what_to_do(central, tmp_path):
     missing = cli("upload", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
     assert missing.returncode == 3 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     assert "nothing" not in missing.stdout and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    before = cli("verify", "--db", str(db), "--to", central.url, "--version", "20261101020000", env=central.env)
+    assert before.returncode == 0 and "nothing to verify" in before.stdout, before.stdout + before.stderr
+    assert query(db, "SELECT count(*) FROM submissions") == [(0,)]  # not called verified
     unknown = cli("upload", "--db", str(db), "--to", central.url, "--version", "20990101000000", env=central.env)
     assert unknown.returncode == 3 and "no version '20990101000000'" in unknown.stderr
     moved = tmp_path / "moved"

@@ -128,7 +128,8 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             if version is not None:
                 require_version(manifest, version)
             uploaded = ledger.versions_uploaded()
-            labels = [version] if version is not None else uploaded if every else uploaded[-1:]
+            # Only versions with files recorded as uploaded: nothing else can be verified (nor called verified).
+            labels = ([version] if version in uploaded else []) if version is not None else uploaded if every else uploaded[-1:]
             result = VerifyResult(central.url, "download" if download else "listing", labels)
             if labels:
                 central.check(write=False)
