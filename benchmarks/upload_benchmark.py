@@ -40,7 +40,6 @@ import os
 import platform
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +60,10 @@ from chorus_batch.submit import upload as upload_mod  # noqa: E402
 from chorus_batch.submit import verify as verify_mod  # noqa: E402
 from services import Azurite  # noqa: E402
 
+# The same helpers as the cloud benchmark's (its Azurite-side timing and tables), imported, not copied.
+sys.path.insert(2, str(ROOT / "benchmarks"))
+from cloud_benchmark import git_revision, log, rate, table, timed  # noqa: E402
+
 MiB = 1 << 20
 RESULTS = ROOT / "benchmarks" / "results"
 SMALL_SIZE = 1024
@@ -70,18 +73,10 @@ SDK_BLOCK = central_mod.BLOCK_SIZE  # the baseline's block size and single-put l
 CA_ENV = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
 
 
-def rate(count: float, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("inf")
 
 
 # ----------------------------------------------------------------------------- the sites
@@ -296,13 +291,6 @@ def measure(kind: str, azurite: Azurite, service, sdk_service, site: Path, db: P
 # ----------------------------------------------------------------------------- report
 
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
 
 
 def report(out: dict[str, Any]) -> str:
@@ -330,15 +318,6 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def git_revision() -> str | None:
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "chorus_batch"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1040,6 +1040,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return args
 
 
+NOTHING_COMMITTED = "nothing was committed; the previous version is intact"
+# Commands that write something else than a version: what stays when they stop early.
+_LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
+NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -1051,13 +1057,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, argv)
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
-    # a version committed before a signal, else nothing.
+    # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:
         print(f"chorus-batch: error: {exc}", file=sys.stderr)
         if getattr(exc, "outcome", None):
             print(f"  {exc.outcome}", file=sys.stderr)  # type: ignore[attr-defined]
         elif args.command == "run" and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
-            print("  nothing was committed; the previous version is intact", file=sys.stderr)
+            print(f"  {NOTHING_COMMITTED}", file=sys.stderr)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)"}
@@ -1065,7 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
         committed = getattr(exc, "committed", None)
         print(f"chorus-batch: {how.get(code, 'interrupted')}; "
               + (getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
-                 else "nothing was committed; the previous version is intact")), file=sys.stderr)
+                 else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))), file=sys.stderr)
         return code
     except BrokenPipeError:
         return int(ExitCode.OK)
@@ -1073,7 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("unexpected error", exc_info=True)
         print(
             f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n"
-            f"  {getattr(exc, 'outcome', None) or 'nothing was committed; the previous version is intact.'}\n"
+            f"  {getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)}.\n"
             "  fix:   rerun with -v for details, and report it with that output",
             file=sys.stderr,
         )

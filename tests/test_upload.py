@@ -191,6 +191,14 @@ def many_files(site: Path, n: int) -> None:
         write(site, f"{i:06d}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i} ".encode() * 40)
 
 
+def committed_site(tmp_path: Path, n: int) -> Path:
+    """A site of `n` waveform files committed as version 20261101020000; its manifest."""
+    many_files(tmp_path / "site", n)
+    db = tmp_path / "m.sqlite"
+    commit(tmp_path / "site", db, "20261101020000")
+    return db
+
+
 def wait_for(proc: subprocess.Popen, text: str, timeout: float = 60) -> str:
     """stderr lines until `text` appears (the process keeps running)."""
     seen = []
@@ -218,10 +226,7 @@ def ledger_names(db: Path) -> set[str]:
 
 
 def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(central, tmp_path):
-    site = tmp_path / "site"
-    many_files(site, 40)
-    db = tmp_path / "m.sqlite"
-    commit(site, db, "20261101020000")
+    db = committed_site(tmp_path, 40)
     proc = upload_process(central, db, "upload")
     wait_for(proc, "test pause at upload")  # the first batch of 5 is in the ledger; the threads finish theirs
     time.sleep(0.5)
@@ -247,10 +252,7 @@ def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monk
     service.start()
     try:
         central = central_for(service, monkeypatch, tmp_path)
-        site = tmp_path / "site"
-        many_files(site, 30)
-        db = tmp_path / "m.sqlite"
-        commit(site, db, "20261101020000")
+        db = committed_site(tmp_path, 30)
         proc = upload_process(central, db, "upload+4")
         wait_for(proc, "test pause at upload")
         service.stop()  # the service goes away while the upload waits at its first batch
@@ -357,10 +359,7 @@ def test_a_manifest_in_azure_gets_its_ledger_back_under_the_lease(central, azuri
 
 
 def test_sigterm_stops_an_upload_and_says_what_it_recorded(central, tmp_path):
-    site = tmp_path / "site"
-    many_files(site, 20)
-    db = tmp_path / "m.sqlite"
-    commit(site, db, "20261101020000")
+    db = committed_site(tmp_path, 20)
     proc = upload_process(central, db, "upload")
     wait_for(proc, "test pause at upload")
     proc.send_signal(signal.SIGTERM)
@@ -377,10 +376,7 @@ def test_the_ledger_keeps_every_column_of_a_mixed_batch_and_never_unconfirms(tmp
     from chorus_batch.store import Manifest
     from chorus_batch.store.uploads import UploadLedger
 
-    site = tmp_path / "site"
-    many_files(site, 2)
-    db = tmp_path / "m.sqlite"
-    commit(site, db, "20261101020000")
+    db = committed_site(tmp_path, 2)
     ledger = UploadLedger(Manifest(db), "az://c")
     (a, _), (b, _) = query(db, "SELECT file_id, srcfile FROM source_files ORDER BY file_id")
     failed = {"version": "20261101020000", "file_id": a, "destination": "az://c/x", "state": "failed",

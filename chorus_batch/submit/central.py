@@ -84,6 +84,12 @@ def parse_central(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
+def central_url(url: str) -> str:
+    """The central container's URL as the ledger records it: az://container[/prefix], no secrets."""
+    container, prefix = parse_central(url)
+    return "az://" + container + ("/" + prefix if prefix else "")
+
+
 def md5_b64(md5_hex: str) -> str:
     """The Content-MD5 form (base64 of the 16 bytes) of a hex MD5."""
     return base64.b64encode(bytes.fromhex(md5_hex)).decode()
@@ -96,7 +102,7 @@ def _hex(content_md5: Any) -> str | None:
 class Central:
     def __init__(self, url: str, cloud: CloudSettings, *, connections: int = 8, block_buffers: int = 8):
         self.container_name, self.prefix = parse_central(url)
-        self.url = "az://" + self.container_name + ("/" + self.prefix if self.prefix else "")
+        self.url = central_url(url)
         self.sign_in = cloud_access.azure_sign_in(cloud)
         self.how = self.sign_in.how
         self._service = cloud_access.sync_blob_service_client(self.sign_in, connections=connections)

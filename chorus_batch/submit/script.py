@@ -30,7 +30,7 @@ from .. import release
 from ..errors import ExitCode, UsageError
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import Central, parse_central
+from .central import Central, central_url, parse_central
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -65,10 +65,10 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     from ..store.remote import is_remote, read_copy
 
     container, prefix = parse_central(to)
-    central_url = "az://" + container + ("/" + prefix if prefix else "")
+    url = central_url(to)
     manifest = Manifest(read_copy(db, cloud) if is_remote(db) else db)
     manifest.require()
-    ledger = UploadLedger(manifest, central_url)
+    ledger = UploadLedger(manifest, url)
     if version is not None:
         require_version(manifest, version)
     labels = [version] if version is not None else ledger.versions_not_finished()
@@ -86,7 +86,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     lines = [
         "#!/usr/bin/env bash",
         f"# Written by chorus-batch {release()} at {iso(utc_now())}: {todo.height} files of "
-        f"{len(labels)} versions of {Path(manifest.path).resolve()} to {central_url}.",
+        f"{len(labels)} versions of {Path(manifest.path).resolve()} to {url}.",
         "# Each file is checked against its manifest MD5 (md5sum) and then sent; each one sent is logged as",
         "# 'uploaded<TAB><blob name>' in $LOG. Afterwards record them: chorus-batch mark-uploaded --from-log $LOG",
         ("# Sign-in: `az login` (then AZ_AUTH_MODE=login), or AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_SAS_TOKEN"

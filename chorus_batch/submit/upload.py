@@ -41,7 +41,7 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import Central, FileChanged, ReadFailed, Sent
+from .central import Central, FileChanged, ReadFailed, Sent, central_url
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -137,7 +137,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
     started = time.monotonic()
     central = Central(to, cloud, connections=workers + 8, block_buffers=max(4, workers)) if not dry_run else None
     try:
-        url = central.url if central else _plain_url(to)
+        url = central.url if central else central_url(to)
         with _working_manifest(db, cloud, argv, read_only=dry_run) as manifest:
             ledger = UploadLedger(manifest, url)
             if version is not None:
@@ -157,11 +157,6 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             central.close()
 
 
-def _plain_url(to: str) -> str:
-    from .central import parse_central
-
-    container, prefix = parse_central(to)
-    return "az://" + container + ("/" + prefix if prefix else "")
 
 
 def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[int, Source],
@@ -221,7 +216,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
     if outcome.complete:
         from .verify import check_version
 
-        problems = check_version(ledger, central, label, download=False)
+        _, problems = check_version(ledger, central, label, download=False)
         outcome.verify_problems = problems
         if problems.height == 0:
             ledger.submission(label, finished_at=iso(utc_now()))

@@ -62,17 +62,17 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
-                  workers: int = 8, progress: Progress | None = None) -> pl.DataFrame:
-    """Verify one version's confirmed file versions, record the results in the ledger, and return the
-    problems (PROBLEMS_SCHEMA: missing, size, md5, content)."""
+                  workers: int = 8, progress: Progress | None = None) -> tuple[int, pl.DataFrame]:
+    """Verify one version's confirmed file versions, record the results in the ledger, and return how
+    many were checked and the problems (PROBLEMS_SCHEMA: missing, size, md5, content)."""
     expected = ledger.confirmed(version)
     listing = central.listing(version)
     results = _compare(expected, listing)
     if download:
         results = _download_check(central, version, expected, results, workers, progress)
     ledger.record_verification(version, results, "download" if download else "listing")
-    return (results.filter(pl.col("verify_state") != "ok")
-            .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message"))
+    return expected.height, (results.filter(pl.col("verify_state") != "ok")
+                             .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message"))
 
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
@@ -91,13 +91,11 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
             return "missing"
         return None if read == (md5, size) else "content"
 
+    from ..progress import Progress
+
     try:
-        if progress is not None:
-            with progress.counter(f"verify {version}", "file", lambda: (done[0], done[1]),
-                                  total=(candidates.height, int(candidates["size"].sum() or 0))):
-                with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-verify") as pool:
-                    states = list(pool.map(one, candidates.iter_rows()))
-        else:
+        with (progress or Progress(quiet=True)).counter(f"verify {version}", "file", lambda: (done[0], done[1]),
+                                                         total=(candidates.height, int(candidates["size"].sum() or 0))):
             with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-verify") as pool:
                 states = list(pool.map(one, candidates.iter_rows()))
     except cloud_access.storage_errors() as exc:
@@ -135,9 +133,10 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 central.check(write=False)
             problems = []
             for label in labels:
-                problems.append(check_version(ledger, central, label, download=download, workers=workers,
-                                              progress=progress))
-                result.n_checked += ledger.confirmed(label).height
+                checked, found = check_version(ledger, central, label, download=download, workers=workers,
+                                               progress=progress)
+                result.n_checked += checked
+                problems.append(found)
             if problems:
                 result.problems = pl.concat(problems)
             result.elapsed_s = time.monotonic() - started
