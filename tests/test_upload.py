@@ -228,13 +228,13 @@ def ledger_names(db: Path) -> set[str]:
 def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(central, tmp_path):
     db = committed_site(tmp_path, 40)
     proc = upload_process(central, db, "upload")
-    wait_for(proc, "test pause at upload")  # the first batch of 5 is in the ledger; the threads finish theirs
-    time.sleep(0.5)
+    wait_for(proc, "test pause at upload")  # the first batch (5 or more: futures finish together) is in the
+    time.sleep(0.5)  # ledger; the threads finish theirs
     at_kill = {name: etag for name, (_, _, etag) in blobs(central).items()}
     recorded = ledger_names(db)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(recorded) == 5 and recorded <= set(at_kill)
+    assert 0 < len(recorded) < 5 + 2 * 2 and recorded <= set(at_kill)  # fewer if 2 s passed first
 
     out = up(central, db)
     assert out.returncode == 0, out.stdout + out.stderr
