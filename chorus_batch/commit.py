@@ -16,6 +16,7 @@ A version is written when anything changed, including only the recorded errors.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from .diff import Diff, compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, empty_errors
+from .partitions import TreeParts, bucket_of, in_range
 from .progress import Progress
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
@@ -102,14 +104,17 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
     return label
 
 
-def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, previous_label: str | None,
+def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | TreeParts, *, previous_label: str | None,
            patterns: tuple[PathPattern, ...], mode: str = "full", delete_list: pl.DataFrame | None = None,
            started: datetime | None = None, version_label: str | None = None, site: str = "",
            run_id: int | None = None, threads: int = 2, dry_run: bool = False,
            progress: Progress | None = None, max_delete: str | int = "50%",
            spill_parent: str | Path | None = None) -> Committed:
-    """Turn `scanned` into the next version after `previous_label` (whose current rows are `previous`).
-    The diff's DuckDB spills into a private folder in `spill_parent` (default: the system's temporary folder)."""
+    """Turn `scanned` into the next version after `previous_label`. `previous` holds its current rows (with
+    the scan's files: scanned.files), or both in partitions (TreeParts: a merge of shards reads them one
+    partition at a time, so what is held whole is what changed, not the site). The diff's DuckDB spills
+    into a private folder in `spill_parent` (default: the system's temporary folder)."""
+    parts = previous if isinstance(previous, TreeParts) else TreeParts.whole(previous, scanned.files)
     if mode == "full" and not scanned.coverage.whole:
         raise UsageError(
             f"this scan covers {scanned.coverage}, not the whole site: committed in full mode it would mark every "
@@ -122,56 +127,63 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
     started = started or utc_now()
     delete_errors = empty_errors()
     if delete_list is not None:
-        delete_list, delete_errors = _check_delete_list(delete_list, scanned.files, previous)
+        delete_list, delete_errors = _check_delete_list(delete_list, parts)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
     root_ids = manifest.known_root_ids(scanned.roots)
-    current, touched = current_tree(scanned.files, previous, unseen_dirs if mode == "full" else [], root_ids,
-                                    unseen_files(scanned.errors), verified_ns=scanned.scan_started_ns)
+    tree = tally(parts, unseen_dirs if mode == "full" else [], root_ids, unseen_files(scanned.errors),
+                 verified_ns=scanned.scan_started_ns)
+    previous_candidates = pl.concat(tree.previous_candidates)
+    current_candidates = pl.concat(tree.current_candidates)
+    touched = pl.concat(tree.touched)
+    tree.previous_candidates = tree.current_candidates = tree.touched = []
 
-    diff = diff_changed(previous, current, mode=mode, delete_list=delete_list, threads=threads, spill_parent=spill_parent)
+    diff = compute_diff(previous_candidates, current_candidates, mode=mode, delete_list=delete_list, threads=threads,
+                        spill_parent=spill_parent)
+    diff = Diff(diff.change_set, diff.n_unchanged + tree.n_unchanged)
     counts = diff.counts()
-    guard_removals(previous, scanned, counts["removed"], root_ids, max_delete=max_delete, mode=mode)
+    guard_removals(tree, scanned.roots, counts["removed"], root_ids, max_delete=max_delete, mode=mode)
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
-        current.drop("unchanged_modality", "unchanged_id"), on="srcfile", how="left", maintain_order="left")
+        current_candidates.drop("unchanged_modality", "unchanged_id"), on="srcfile", how="left", maintain_order="left")
+    del current_candidates
     by_position = {i: modality for i, (_, modality) in enumerate(scanned.roots) if modality is not None}
     classified = _check_modality_roots(classify(new_rows.select("root_id", "srcfile"), patterns), by_position)
     new_rows = new_rows.hstack(classified.drop("root_id", "srcfile"))
     del classified
     invalidated = diff.change_set.filter(pl.col("change").is_in(["removed", "replaced", "renamed"]))["old_file_id"]
 
-    kept_rows = previous.filter(~pl.col("file_id").is_in(invalidated.implode()))
+    kept_candidates = previous_candidates.filter(~pl.col("file_id").is_in(invalidated.implode()))
+    n_kept = tree.n_previous - invalidated.len()
     classification = fingerprint(patterns)
     reclassified = None
-    if kept_rows.height and manifest.classification() != classification:
-        reclassified = _reclassify(manifest, kept_rows, patterns)
-        kept_rows = kept_rows.join(
-            reclassified.select("file_id", _m="modality", _p="person_id", _e="parse_error", _x=pl.lit(True)),
-            on="file_id", how="left").with_columns(
-            modality=pl.when(pl.col("_x")).then(pl.col("_m")).otherwise(pl.col("modality")),
-            person_id=pl.when(pl.col("_x")).then(pl.col("_p")).otherwise(pl.col("person_id")),
-            parse_error=pl.when(pl.col("_x")).then(pl.col("_e")).otherwise(pl.col("parse_error")),
-        ).drop("_m", "_p", "_e", "_x")
+    if n_kept and manifest.classification() != classification:
+        reclassified = _reclassify(manifest, invalidated, patterns)
+        kept_candidates = _with_classification(kept_candidates, reclassified)
+    kept_errors = tree.kept_parse_errors()
+    if reclassified is not None:  # the kept rows' parse errors as they are classified now
+        kept_errors = pl.concat([kept_errors.join(reclassified.select("file_id"), on="file_id", how="anti"),
+                                 reclassified.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error")])
     parse_errors = [
         rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
-        for rows in (kept_rows, new_rows)
+        for rows in (kept_errors, kept_candidates, new_rows)
     ]
-    errors = pl.concat([scanned.errors, delete_errors, *parse_errors, silent_changes(scanned.files, previous),
-                        unverifiable_files(scanned.files)]).unique().sort(
-        "srcfile", "kind", "message")
-    n_files = kept_rows.height + new_rows.height
-    total_bytes = int(kept_rows["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
-    by_modality = _by_modality(diff.change_set, new_rows, previous, current)
-    del current
+    errors = pl.concat([scanned.errors, delete_errors, *parse_errors, *tree.silent_changes,
+                        *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
+    n_files = n_kept + new_rows.height
+    total_bytes = tree.kept_bytes + int(kept_candidates["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
+    by_modality = _by_modality(diff.change_set, new_rows, previous_candidates, tree.unchanged_by_modality())
     outcome = Committed(label=None, counts=counts, by_modality=by_modality,
-                        change_set=described(diff.change_set, new_rows, previous), errors=errors,
+                        change_set=described(diff.change_set, new_rows, previous_candidates), errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
-                        verification=verification(scanned, kept_rows, touched, new_rows),
-                        md5_sources=md5_sources(scanned.files))
+                        verification=verification(tree, scanned.scan_started_ns, kept_candidates, new_rows),
+                        md5_sources=tree.md5_sources)
+    del previous_candidates, kept_candidates
     if dry_run:
         outcome.pending = Pending(new_rows=new_rows, invalidated=invalidated, reclassified=reclassified,
                                   root_ids=root_ids)
         return outcome
+    if reclassified is not None:  # rows this version ends keep the classification they were recorded with
+        reclassified = reclassified.filter(~pl.col("file_id").is_in(invalidated.implode()))
 
     if not diff.is_empty:
         label = next_label(started, previous_label, version_label)
@@ -191,27 +203,115 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame, *, p
         outcome.label = label
         outcome.change_set = written.changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),
                                                   on=["change", "srcfile"], how="left", maintain_order="left")
-        new_state = pl.concat([_touch(kept_rows, touched, written.root_ids), written.new_rows.select(list(STATE_SCHEMA))],
-                              how="vertical_relaxed")
-        manifest.save_state(new_state.cast(STATE_SCHEMA), written.generation)  # type: ignore[arg-type]
+        manifest.save_state(new_state(parts, invalidated, reclassified, touched, written.root_ids,
+                                      written.new_rows), written.generation)
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
             generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
                                                          classification=classification)
-            manifest.save_state(_touch(kept_rows, touched, root_ids).cast(STATE_SCHEMA), generation)  # type: ignore[arg-type]
+            manifest.save_state(new_state(parts, invalidated, reclassified, touched, root_ids, None), generation)
         if run_id is not None and not errors.equals(manifest.version_errors(previous_label)):
             manifest.save_run_errors(run_id, errors)
     return outcome
 
 
-def diff_changed(previous: pl.DataFrame, current: pl.DataFrame, **options) -> Diff:
-    """compute_diff of the paths that may have changed. A path current_tree found unchanged yields no
-    change and pairs with no rename, so it is counted here and never enters DuckDB: the diff of a large
-    site costs what changed, not the site's size."""
+@dataclass
+class Tally:
+    """What a commit needs of the whole tree, gathered one partition at a time (tally): the rows the diff must
+    see (the candidates: all but what current_tree found unchanged), and counts of the rest."""
+
+    previous_candidates: list[pl.DataFrame] = field(default_factory=list)  # STATE_SCHEMA rows not found unchanged
+    current_candidates: list[pl.DataFrame] = field(default_factory=list)  # current_tree rows not found unchanged
+    touched: list[pl.DataFrame] = field(default_factory=list)  # current_tree's touched files
+    n_previous: int = 0
+    n_unchanged: int = 0
+    kept_bytes: int = 0  # the size of the previous rows found unchanged (kept, whatever the diff says)
+    held_roots: set = field(default_factory=set)  # root_ids the previous rows are under
+    unrooted: bool = False  # some previous rows have no root recorded (written by an older release)
+    listed_roots: set = field(default_factory=set)  # scan positions of the roots that listed files
+    unchanged: list[pl.DataFrame] = field(default_factory=list)  # modality, n
+    parse_errors: list[pl.DataFrame] = field(default_factory=list)  # file_id, srcfile, parse_error of kept rows
+    silent_changes: list[pl.DataFrame] = field(default_factory=list)  # ERRORS_SCHEMA
+    unverifiable: list[pl.DataFrame] = field(default_factory=list)  # ERRORS_SCHEMA
+    md5_sources: dict = field(default_factory=lambda: dict.fromkeys(MD5_SOURCES, 0))
+    reverified: list[int] = field(default_factory=lambda: [0, 0])  # files, bytes read again though unchanged
+    # of the kept rows found unchanged: how many, how many read in the last 30 days, never read, the oldest read
+    verified: list[int | None] = field(default_factory=lambda: [0, 0, 0, None])
+
+    def kept_parse_errors(self) -> pl.DataFrame:
+        return pl.concat(self.parse_errors) if self.parse_errors else pl.DataFrame(
+            schema={"file_id": pl.Int64, "srcfile": pl.String, "parse_error": pl.String})
+
+    def unchanged_by_modality(self) -> pl.DataFrame:
+        return pl.concat(self.unchanged).group_by("modality").agg(pl.col("n").sum())
+
+
+def tally(parts: TreeParts, unseen_dirs: list[str], root_ids: dict[int, int], unseen: list[str],
+          verified_ns: int) -> Tally:
+    """The tree now against the previous version, partition by partition (current_tree)."""
+    tree = Tally()
+    for part in range(parts.count):
+        files = parts.files(part)
+        previous = parts.previous(part).select(list(STATE_SCHEMA))
+        current, touched = current_tree(files, previous, unseen_dirs, root_ids, unseen, verified_ns=verified_ns)
+        previous_candidates, current_candidates, n_unchanged = diff_candidates(previous, current)
+        tree.previous_candidates.append(previous_candidates)
+        tree.current_candidates.append(current_candidates)
+        tree.touched.append(touched)
+        tree.n_previous += previous.height
+        tree.n_unchanged += n_unchanged
+        tree.held_roots.update(previous["root_id"].drop_nulls().unique().to_list())
+        tree.unrooted = tree.unrooted or previous["root_id"].null_count() > 0
+        tree.listed_roots.update(files["root_id"].unique().to_list())
+        tree.unchanged.append(current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality"))
+        kept = previous.join(previous_candidates.select("file_id"), on="file_id", how="anti")
+        tree.kept_bytes += int(kept["size"].sum() or 0)
+        tree.parse_errors.append(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))
+        when = kept.join(touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
+            pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
+        tree.verified = _verified_tally(when, verified_ns, tree.verified)
+        tree.silent_changes.append(silent_changes(files, previous))
+        tree.unverifiable.append(unverifiable_files(files))
+        for name, n in md5_sources(files).items():
+            tree.md5_sources[name] += n
+        reverified = files.filter(pl.col("verify") & pl.col("read"))
+        tree.reverified[0] += reverified.height
+        tree.reverified[1] += int(reverified["size"].sum() or 0)
+        del files, previous, current, kept
+    return tree
+
+
+def new_state(parts: TreeParts, invalidated: pl.Series, reclassified: pl.DataFrame | None, touched: pl.DataFrame,
+              root_ids: dict[int, int], new_rows: pl.DataFrame | None) -> Iterator[pl.DataFrame]:
+    """The current rows after the commit (STATE_SCHEMA), partition by partition in bucket order (for the state
+    cache): the previous rows not ended, with their new stat, root and classification, and the new rows."""
+    new = None if new_rows is None else new_rows.select(list(STATE_SCHEMA))
+    if new is not None and parts.count > 1:
+        new = new.with_columns(bucket_of(new["srcfile"]))
+    for part in range(parts.count):
+        kept = parts.previous(part).filter(~pl.col("file_id").is_in(invalidated.implode()))
+        if reclassified is not None:
+            kept = _with_classification(kept, reclassified)
+        rows = [_touch(kept, touched, root_ids)]
+        if new is not None:
+            rows.append(new if parts.count == 1 else new.filter(in_range(*parts.buckets(part))))
+        yield pl.concat(rows, how="vertical_relaxed")
+
+
+def diff_candidates(previous: pl.DataFrame, current: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """The rows of `previous` and `current` (current_tree) that may have changed, and how many paths did not. A
+    path current_tree found unchanged yields no change and pairs with no rename, so it is counted here and
+    never enters DuckDB: the diff of a large site costs what changed, not the site's size."""
     unchanged = current["unchanged_id"].drop_nulls()
-    diff = compute_diff(previous.filter(~pl.col("file_id").is_in(unchanged.implode())),
-                        current.filter(pl.col("unchanged_id").is_null()), **options)
-    return Diff(diff.change_set, diff.n_unchanged + unchanged.len())
+    return (previous.filter(~pl.col("file_id").is_in(unchanged.implode())),
+            current.filter(pl.col("unchanged_id").is_null()), unchanged.len())
+
+
+def diff_changed(previous: pl.DataFrame, current: pl.DataFrame, **options) -> Diff:
+    """compute_diff of the paths that may have changed (diff_candidates)."""
+    previous_candidates, current_candidates, n_unchanged = diff_candidates(previous, current)
+    diff = compute_diff(previous_candidates, current_candidates, **options)
+    return Diff(diff.change_set, diff.n_unchanged + n_unchanged)
 
 
 _DESCRIBED = ("modality", "person_id", "size", "md5")
@@ -219,7 +319,7 @@ _DESCRIBED = ("modality", "person_id", "size", "md5")
 
 def described(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     """The change set with each path's modality, person, size and MD5: as it is now (added, replaced,
-    renamed), or as it was (removed)."""
+    renamed), or as it was (removed: `previous` holds at least the rows removed)."""
     now = change_set.filter(pl.col("change") != "removed").join(
         new_rows.select("srcfile", *_DESCRIBED), on="srcfile", how="left", maintain_order="left")
     was = change_set.filter(pl.col("change") == "removed").join(
@@ -228,19 +328,31 @@ def described(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.Dat
     return pl.concat([now, was]).sort("change", "srcfile")
 
 
-def _reclassify(manifest: Manifest, kept_rows: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
-    """The kept current rows whose classification differs under `patterns`: file_id + CLASSIFIED_SCHEMA."""
-    stored = manifest.current_classification().join(kept_rows.select("file_id"), on="file_id", how="semi")
+def _reclassify(manifest: Manifest, invalidated: pl.Series, patterns: tuple[PathPattern, ...]) -> pl.DataFrame:
+    """The current rows, but for `invalidated`, whose classification differs under `patterns`: file_id, srcfile
+    + CLASSIFIED_SCHEMA."""
+    stored = manifest.current_classification().filter(~pl.col("file_id").is_in(invalidated.implode()))
     by_root = {root_id: modality for root_id, modality in manifest.roots().select("root_id", "modality").iter_rows()
                if modality is not None}
     fresh = _check_modality_roots(classify(stored.select("root_id", "srcfile"), patterns), by_root)
     changed = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"_{c}")) for c in CLASSIFIED_SCHEMA])
     return (
-        stored.select("file_id", *[pl.col(c).alias(f"_{c}") for c in CLASSIFIED_SCHEMA])
+        stored.select("file_id", "srcfile", *[pl.col(c).alias(f"_{c}") for c in CLASSIFIED_SCHEMA])
         .hstack(fresh.select(list(CLASSIFIED_SCHEMA)))
         .filter(changed)
-        .select("file_id", *CLASSIFIED_SCHEMA)
+        .select("file_id", "srcfile", *CLASSIFIED_SCHEMA)
     )
+
+
+def _with_classification(rows: pl.DataFrame, reclassified: pl.DataFrame) -> pl.DataFrame:
+    """`rows` (STATE_SCHEMA) with the modality, person and parse error of those `reclassified`."""
+    return rows.join(
+        reclassified.select("file_id", _m="modality", _p="person_id", _e="parse_error", _x=pl.lit(True)),
+        on="file_id", how="left").with_columns(
+        modality=pl.when(pl.col("_x")).then(pl.col("_m")).otherwise(pl.col("modality")),
+        person_id=pl.when(pl.col("_x")).then(pl.col("_p")).otherwise(pl.col("person_id")),
+        parse_error=pl.when(pl.col("_x")).then(pl.col("_e")).otherwise(pl.col("parse_error")),
+    ).drop("_m", "_p", "_e", "_x")
 
 
 def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) -> pl.DataFrame:
@@ -258,22 +370,21 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
     ).drop("_mtime", "_root", "_verified", "_etag", "_hit")
 
 
-def guard_removals(previous: pl.DataFrame, scanned: ScanResult, n_removed: int, root_ids: dict[int, int], *,
+def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
                    max_delete: str | int, mode: str) -> None:
     """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
     (full mode) one where a root that held files lists none: an unmounted file system, not a deletion."""
     kind, limit = parse_max_delete(max_delete)
-    if kind == "all" or previous.height == 0:
+    if kind == "all" or tree.n_previous == 0:
         return
-    listed = set(scanned.files["root_id"].unique().to_list())
-    held = set(previous["root_id"].drop_nulls().unique().to_list())
-    empty = [location for position, (location, _modality) in enumerate(scanned.roots)
-             if position not in listed and mode == "full"
-             and (root_ids.get(position) in held or (position == 0 and previous["root_id"].null_count() > 0))]
-    allowed = limit if kind == "count" else previous.height * limit / 100
+    empty = [location for position, (location, _modality) in enumerate(roots)
+             if position not in tree.listed_roots and mode == "full"
+             and (root_ids.get(position) in tree.held_roots or (position == 0 and tree.unrooted))]
+    allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and n_removed <= allowed:
         return
-    share = f"{n_removed:,} of the previous version's {previous.height:,} files ({100 * n_removed / previous.height:.1f}%)"
+    share = (f"{n_removed:,} of the previous version's {tree.n_previous:,} files "
+             f"({100 * n_removed / tree.n_previous:.1f}%)")
     why = (f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
            if empty else f"the run would remove {share}, more than --max-delete {max_delete} allows")
     raise MassRemovalRefused(
@@ -295,23 +406,28 @@ def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def verification(scanned: ScanResult, kept_rows: pl.DataFrame, touched: pl.DataFrame, new_rows: pl.DataFrame) -> dict:
+_DAY_NS = 86_400 * 10**9
+
+
+def _verified_tally(when: pl.Series, now: int, tally: list) -> list:
+    """`tally` (files, read in the last 30 days, never read, the oldest read) with the read times `when` added."""
+    n, recent, never, oldest = tally
+    first = when.min()
+    return [n + when.len(), recent + int((when >= now - 30 * _DAY_NS).sum()), never + when.null_count(),
+            first if oldest is None else oldest if first is None else min(oldest, first)]
+
+
+def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows: pl.DataFrame) -> dict:
     """How much of the site has been read and confirmed, and how long ago (for the summary)."""
-    reverified = scanned.files.filter(pl.col("verify") & pl.col("read"))
-    now = scanned.scan_started_ns
-    when = pl.concat([
-        kept_rows.join(touched.select("file_id", _v="verified_ns"), on="file_id", how="left")
-        .select(pl.coalesce("_v", "verified_ns").alias("verified_ns")),
-        new_rows.select("verified_ns"),
-    ])["verified_ns"]
-    day = 86_400 * 10**9
-    oldest = when.min()
+    tally = _verified_tally(pl.concat([kept_candidates.select("verified_ns"), new_rows.select("verified_ns")])["verified_ns"],
+                            now, tree.verified)
+    n, recent, never, oldest = tally
     return {
-        "files_reverified": reverified.height,
-        "bytes_reverified": int(reverified["size"].sum() or 0),
-        "share_read_in_30_days": round(float((when >= now - 30 * day).sum()) / when.len(), 4) if when.len() else None,
-        "never_verified": when.null_count(),
-        "oldest_verification_days": round((now - oldest) / day, 1) if oldest is not None else None,
+        "files_reverified": tree.reverified[0],
+        "bytes_reverified": tree.reverified[1],
+        "share_read_in_30_days": round(float(recent) / n, 4) if n else None,
+        "never_verified": never,
+        "oldest_verification_days": round((now - oldest) / _DAY_NS, 1) if oldest is not None else None,
     }
 
 
@@ -320,18 +436,22 @@ def unseen_files(errors: pl.DataFrame) -> list[str]:
     return errors.filter(pl.col("kind") == "unreadable")["srcfile"].to_list()
 
 
-def _check_delete_list(delete_list: pl.DataFrame, files: pl.DataFrame, previous: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Append mode: paths to remove. A listed path still in the tree, or unknown to
     the manifest, is recorded and left alone."""
-    present = delete_list.join(files.select("srcfile"), on="srcfile", how="semi")
-    unknown = delete_list.join(previous.select("srcfile"), on="srcfile", how="anti")
+    present, known = [], []
+    for part in range(parts.count):
+        present.append(delete_list.join(parts.files(part).select("srcfile"), on="srcfile", how="semi"))
+        known.append(delete_list.join(parts.previous(part).select("srcfile"), on="srcfile", how="semi"))
+    present_paths = pl.concat(present)
+    unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
     errors = pl.concat([
-        present.select("srcfile", kind=pl.lit("delete_list"),
-                       message=pl.lit("listed for deletion but still present in the tree; not removed")),
+        present_paths.select("srcfile", kind=pl.lit("delete_list"),
+                             message=pl.lit("listed for deletion but still present in the tree; not removed")),
         unknown.select("srcfile", kind=pl.lit("delete_list"),
                        message=pl.lit("listed for deletion but not in the manifest; ignored")),
     ])
-    return delete_list.join(present, on="srcfile", how="anti"), errors
+    return delete_list.join(present_paths, on="srcfile", how="anti"), errors
 
 
 def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[str],
@@ -420,13 +540,13 @@ def _check_modality_roots(classified: pl.DataFrame, expected: dict[int, str]) ->
     )
 
 
-def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
-    """Counts per change kind x modality (removed files by their previous modality)."""
+def _by_modality(change_set: pl.DataFrame, new_rows: pl.DataFrame, previous: pl.DataFrame,
+                 unchanged: pl.DataFrame) -> pl.DataFrame:
+    """Counts per change kind x modality (removed files by their previous modality: `previous` holds at least
+    the rows removed; `unchanged` the count of unchanged files per modality, as tally counted them)."""
     gone = change_set.filter(pl.col("change") == "removed").select("change", "old_file_id").join(
         previous.select(pl.col("file_id").alias("old_file_id"), "modality"), on="old_file_id", how="left")
     changed = pl.concat([new_rows.select("change", "modality"), gone.select("change", "modality")]).with_columns(
         pl.col("modality").fill_null("Other")).group_by("modality", "change").len("n")
-    # the unchanged files (most of a large site) are counted where they are, not copied out first
-    unchanged = current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality").select(
-        "modality", change=pl.lit("unchanged"), n="n")
+    unchanged = unchanged.select("modality", change=pl.lit("unchanged"), n=pl.col("n").cast(changed["n"].dtype))
     return pl.concat([changed, unchanged]).sort("modality", "change")

@@ -17,9 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import polars as pl
+
+if TYPE_CHECKING:
+    import duckdb
 
 CHANGE_SET_SCHEMA = {"change": pl.String, "srcfile": pl.String, "old_srcfile": pl.String, "old_file_id": pl.Int64}
 
@@ -87,6 +90,8 @@ def duckdb_session(*, threads: int = 2, memory_limit: str = "256MB",
     """An in-memory DuckDB capped at `memory_limit`; beyond it, it spills to a new owner-only folder in
     `spill_parent` (default: the system's temporary folder), removed when the session ends (the paths
     hold person identifiers). A merge spills beside its shards: a shared file system with room for them."""
+    import duckdb  # about 0.1 s to import: only where a diff has rows to compare
+
     spill = tempfile.mkdtemp(prefix="chorus-duckdb-", dir=spill_parent)  # mode 0700
     con = duckdb.connect(config={
         "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
@@ -113,6 +118,8 @@ def compute_diff(
     current_files: srcfile, size, mtime_ns, md5[, etag] (the tree now). delete_list: srcfile (append mode).
     Each side holds a path at most once. DuckDB works within `memory_limit` (10M-file sites within a
     node's share), spilling to a private folder in `spill_parent` (duckdb_session)."""
+    if previous_files.height == 0 and current_files.height == 0:  # nothing to compare (a run with no change)
+        return Diff(pl.DataFrame(schema=CHANGE_SET_SCHEMA), 0)
     with duckdb_session(threads=threads, memory_limit=memory_limit, spill_parent=spill_parent) as con:
         # string_view columns pass to DuckDB without a copy (plain Arrow strings would copy every path)
         arrow = pl.CompatLevel.newest()

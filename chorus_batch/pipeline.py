@@ -17,6 +17,7 @@ import polars as pl
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, parse_bytes
+from .partitions import TreeParts
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError
 from .progress import Progress, log
 from .scan import Root, scan
@@ -261,17 +262,19 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
 
     patterns = build_patterns(settings.patterns)
     delete_list = read_delete_list(settings.delete_list) if settings.delete_list else None
-    previous = manifest.previous_state(write_cache=not settings.dry_run)
     latest = manifest.latest_version()
     previous_label = latest["label"] if latest else None
-    t = mark("load_previous", t)
 
     checkpoint = None
-    if settings.merge is not None:  # the shards' scans, checked and merged (shards.py)
+    previous: pl.DataFrame | TreeParts
+    if settings.merge is not None:  # the shards' scans, checked, read partition by partition (shards.py)
         from .shards import read_shards
 
         progress.stage(f"merging the shards in {settings.merge}")
-        scanned = read_shards(settings.merge, latest_label=previous_label, settings=settings)
+        scanned, previous = read_shards(settings.merge, latest_label=previous_label, settings=settings,
+                                        manifest=manifest, previous_rows=latest["n_files"] if latest else 0,
+                                        partitioned=not settings.dry_run)
+        t = mark("load_previous", t)
         expected = [(r.source.location, r.modality) for r in roots]
         if scanned.roots != expected:
             raise UsageError(f"the shards scanned {scanned.roots}, not this run's roots {expected}", where=settings.merge,
@@ -279,6 +282,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     else:
         from .checkpoint import Checkpoint
 
+        previous = manifest.previous_state(write_cache=not settings.dry_run)
+        t = mark("load_previous", t)
         # Hashes an interrupted run of this manifest state left, and where this run's are checkpointed (a
         # dry run only reads them).
         checkpoint = Checkpoint.open(manifest.path, *manifest.state_identity(), writable=not settings.dry_run)

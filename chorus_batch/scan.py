@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .checkpoint import Checkpoint, reuse
 from .errors import UsageError
 from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
+from .partitions import BUCKETS, in_range, part_of, top_bucket, with_buckets
 from .fsutil import write_private
 from .progress import Progress
 from .sources import Source
@@ -56,25 +56,17 @@ class Coverage:
 
 
 WHOLE_SITE = Coverage()
-_SHARED_TOP = ("omop", "metadata")  # with root files: always shard 0
+SHARD_ROW_GROUP = 65_536  # rows; a partition of a 10M-row merge is about 1M rows
 
 
 def top_in_shard(top: str, coverage: Coverage) -> bool:
     """Whether the top-level folder `top` belongs to the shard (as shard_of decides for its files)."""
-    if top.lower() in _SHARED_TOP:
-        return coverage.shard == 0
-    return zlib.crc32(top.encode("utf-8")) % coverage.shards == coverage.shard
+    return top_bucket(top) * coverage.shards // BUCKETS == coverage.shard
 
 
 def shard_of(srcfile: pl.Series, shards: int) -> pl.Series:
-    """The shard of each path: a stable hash (CRC-32) of its person folder, modulo `shards`."""
-    top = srcfile.str.split("/").list.first()
-    tops = top.unique().drop_nulls()
-    by_top = pl.DataFrame({"_top": tops, "_shard": [zlib.crc32(t.encode("utf-8")) % shards for t in tops]},
-                          schema={"_top": pl.String, "_shard": pl.Int64})
-    frame = pl.DataFrame({"srcfile": srcfile, "_top": top}).join(by_top, on="_top", how="left", maintain_order="left")
-    shared = ~pl.col("srcfile").str.contains("/") | pl.col("_top").str.to_lowercase().is_in(_SHARED_TOP)
-    return frame.select(pl.when(shared).then(0).otherwise(pl.col("_shard")).alias("shard"))["shard"]
+    """The shard of each path: its bucket's (partitions.py: a stable hash of its person folder) share of `shards`."""
+    return part_of(srcfile, shards).rename("shard")
 
 
 @dataclass
@@ -102,7 +94,9 @@ class ScanResult:
     def write(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(folder / "files.parquet", self.files.write_parquet)
+        # Sorted by bucket in row groups of 64k rows: a merge reads one partition's rows alone (partitions.py).
+        write_private(folder / "files.parquet",
+                      lambda tmp: with_buckets(self.files).write_parquet(tmp, row_group_size=SHARD_ROW_GROUP))
         write_private(folder / "errors.parquet", self.errors.write_parquet)
         record = {"roots": self.roots, "scan_started_ns": self.scan_started_ns, "coverage": asdict(self.coverage),
                   "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
@@ -112,22 +106,34 @@ class ScanResult:
         return folder
 
     @classmethod
-    def read(cls, folder: str | Path) -> "ScanResult":
+    def read(cls, folder: str | Path, *, files: bool = True) -> "ScanResult":
+        """The scan result written to `folder`; with files=False, all but its files (an empty frame: read them
+        by bucket range with read_files)."""
         folder = Path(folder)
         try:
             record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
-            files = pl.read_parquet(folder / "files.parquet").cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
+            n_files = pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item()
+            listed = (cls.read_files(folder) if files else pl.DataFrame(schema=SCANNED_SCHEMA))
             errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
                              fix="run the scan (or shard) again; it writes scan.json when it completes") from None
-        if files.height != record["n_files"]:
-            raise UsageError(f"scan result is damaged: {files.height} files, its record says {record['n_files']}",
+        if n_files != record["n_files"]:
+            raise UsageError(f"scan result is damaged: {n_files} files, its record says {record['n_files']}",
                              where=str(folder), fix="run the scan (or shard) again")
-        return cls(files=files, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
+        return cls(files=listed, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
                    scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
                    hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts())
+
+    @staticmethod
+    def read_files(folder: str | Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
+        """The files of the scan result in `folder` (SCANNED_SCHEMA), or only those in the bucket range
+        `buckets` (first, last), read from the row groups that hold them."""
+        files = pl.scan_parquet(Path(folder) / "files.parquet")
+        if buckets is not None:
+            files = files.filter(in_range(*buckets))
+        return files.select(list(SCANNED_SCHEMA)).collect().cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
 
 
 def merge_scans(parts: list[ScanResult]) -> ScanResult:

@@ -15,6 +15,7 @@ Under a Slurm job array the shard comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_T
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -22,15 +23,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from .config import RunSettings, parse_bytes
 from .errors import UsageError
 from .exclude import Excludes
+from .partitions import TreeParts, bucket_range
 from .progress import Progress
 from .scan import Coverage, ScanResult, merge_scans, scan
 from .sources import mask_url
 from .store import Manifest
 
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+# Rows per partition of a merge: a partition's previous rows, files and their join take about 800 MB per
+# million rows (measured on a 2M-row merge, benchmarks/merge_benchmark.py); 500k keeps a merge near 1 GiB.
+PARTITION_ROWS = 500_000
+ENV_PARTITION_ROWS = "CHORUS_BATCH_PARTITION_ROWS"  # a site with less memory per task; tests: many small partitions
 
 
 def parse_shard(text: str) -> Coverage:
@@ -97,9 +105,12 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)
 
 
-def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings) -> ScanResult:
-    """The shards in `staging` as one whole-site ScanResult, or a UsageError naming each missing,
-    incomplete or stale shard and the command that reruns it."""
+def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
+                previous_rows: int = 0, partitioned: bool = True) -> tuple[ScanResult, TreeParts]:
+    """The shards in `staging` as one whole-site ScanResult, with the previous version's rows and the shards'
+    files in partitions of about PARTITION_ROWS rows (read one at a time by the commit), or a UsageError
+    naming each missing, incomplete or stale shard and the command that reruns it. Without `partitioned`
+    (a dry run, which must not write the state cache beside the manifest), both are read whole."""
     staging = Path(staging)
     if not staging.is_dir():
         raise UsageError(f"no shard results in {staging}: the folder does not exist", where="--merge",
@@ -125,7 +136,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             state = "missing" if not folder.exists() else "incomplete (it failed or is still running)"
             problems.append(f"shard {k}/{shards} is {state}: rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
-        part = ScanResult.read(folder)
+        part = ScanResult.read(folder, files=False)
         if part.based_on != latest_label:
             problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
                             f"latest is {latest_label or '(none)'}: rerun it with: "
@@ -135,4 +146,15 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     if problems:
         raise UsageError("cannot merge: " + "; ".join(problems), where=str(staging),
                          fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")
-    return merge_scans(parts)
+    merged = merge_scans(parts)
+    folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
+    if not partitioned:
+        merged.files = pl.concat([ScanResult.read_files(folder) for folder in folders])
+        return merged, TreeParts.whole(manifest.previous_state(write_cache=False), merged.files)
+    n_files = sum(pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item() for folder in folders)
+    rows = int(os.environ.get(ENV_PARTITION_ROWS) or PARTITION_ROWS)
+    per_shard = max(1, math.ceil(max(n_files, previous_rows) / shards / max(1, rows)))
+    count = shards * per_shard  # partition j lies in shard j // per_shard (partitions.py)
+    manifest.ensure_state_cache()
+    return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
+                             lambda part: ScanResult.read_files(folders[part // per_shard], bucket_range(part, count)))

@@ -52,7 +52,18 @@ def manifest_view(db: Path) -> dict:
     }
 
 
-def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_path):
+def state_cache(db: Path) -> pl.DataFrame:
+    return pl.read_parquet(f"{db}.state.parquet").select(list(STATE_SCHEMA)).sort("file_id")
+
+
+def current_rows(db: Path) -> pl.DataFrame:
+    rows = query(db, f"SELECT {', '.join(STATE_SCHEMA)} FROM source_files WHERE time_invalid IS NULL ORDER BY file_id")
+    return pl.DataFrame(rows, schema=STATE_SCHEMA, orient="row")
+
+
+@pytest.mark.parametrize("partition_rows", [None, 5], ids=["a-partition-per-shard", "many-partitions-per-shard"])
+def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_path, partition_rows):
+    env = {"CHORUS_BATCH_PARTITION_ROWS": str(partition_rows)} if partition_rows else None
     site = tmp_path / "site"
     single, merged = tmp_path / "single.sqlite", tmp_path / "merged.sqlite"
     for i, snapshot in enumerate(("first", "second")):
@@ -62,10 +73,13 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
         staging = tmp_path / f"staging-{i}"
         run_shards(site, merged, staging)
-        out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging))
+        out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging), env=env)
         assert out.returncode in (0, 1), out.stderr
         assert "committed" in out.stdout
         assert manifest_view(merged) == manifest_view(single)
+        # the state cache the merge wrote, partition by partition, holds the current rows
+        assert state_cache(merged).equals(current_rows(merged))
+        assert state_cache(single).equals(current_rows(single))
         # the merge's DuckDB spilled beside the shards, and its folder is gone
         assert sorted(p.name for p in staging.iterdir()) == [f"shard-{k}-of-{N}" for k in range(N)]
     assert query(merged, "SELECT count(*) FROM versions") == [(2,)]
