@@ -1,10 +1,11 @@
 """The manifest's ADBC connection, over the driver manager's low-level API.
 
 Why not `adbc_driver_sqlite.dbapi`: it imports `adbc_driver_manager.dbapi`, which imports
-`pyarrow.dataset`, which imports pandas; `python -X importtime` puts that at 0.45-0.8 s, paid by
-every run that writes the manifest (a nightly no-change run as much as a 10M-row merge), while
-nothing in a run uses pandas. The low-level module (`adbc_driver_manager`, Cython) needs only
-pyarrow, which a run has imported already.
+`pyarrow.dataset`, which imports pandas. `python -X importtime` put that at 0.3-0.4 s with pyarrow
+and polars imported already, as in a run (0.45-0.9 s for the import alone, with pyarrow, as the
+machine's load varies), against 8 ms for this module; paid by every run that opens the manifest
+through ADBC, a nightly no-change run as much as a 10M-row merge, while the manifest has no use for
+pandas. The low-level module (`adbc_driver_manager`, Cython) needs only pyarrow.
 
 This is the part of DB-API the manifest uses, with the same behaviour as the dbapi module's
 (whose code it follows): autocommit off, explicit `commit()` / `rollback()`, and an uncommitted
