@@ -113,7 +113,8 @@ class Manifest:
         """An ADBC connection (bulk Arrow reads and writes); SQLite's errors become ManifestErrors. An
         uncommitted transaction is rolled back when the connection closes: nothing half-written stays."""
         import adbc_driver_manager
-        import adbc_driver_sqlite.dbapi as adbc
+
+        from . import adbc  # the low-level API: its dbapi module would import pandas (see adbc.py)
 
         try:
             with adbc.connect(str(self.path)) as con:

@@ -1,0 +1,200 @@
+"""The manifest's ADBC connection, over the driver manager's low-level API.
+
+Why not `adbc_driver_sqlite.dbapi`: it imports `adbc_driver_manager.dbapi`, which imports
+`pyarrow.dataset`, which imports pandas. `python -X importtime` put that at 0.3-0.4 s with pyarrow
+and polars imported already, as in a run (0.45-0.9 s for the import alone, with pyarrow, as the
+machine's load varies), against 8 ms for this module; paid by every run that opens the manifest
+through ADBC, a nightly no-change run as much as a 10M-row merge, while the manifest has no use for
+pandas. The low-level module (`adbc_driver_manager`, Cython) needs only pyarrow.
+
+This is the part of DB-API the manifest uses, with the same behaviour as the dbapi module's
+(whose code it follows): autocommit off, explicit `commit()` / `rollback()`, and an uncommitted
+transaction rolled back when the connection closes (SQLite does that on close); `execute(sql,
+params)` with positional `?` parameters (bound as a one-row Arrow batch), `fetchone` / `fetchall`
+as tuples, `fetch_arrow_table()`, and `adbc_ingest()` of a pyarrow Table, RecordBatch or
+RecordBatchReader. The driver's errors are `adbc_driver_manager.Error`, also while a result is read.
+Unlike the dbapi module, calls are not run under its SIGINT handler (which asks the SQLite driver to
+cancel, which it cannot: the interrupt surfaced as a NOT_IMPLEMENTED error); Ctrl-C is a
+KeyboardInterrupt once the call returns.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import adbc_driver_manager as _lib
+import adbc_driver_sqlite
+import pyarrow as pa
+from adbc_driver_manager import Error
+from adbc_driver_manager._reader import AdbcRecordBatchReader  # turns errors while reading into `Error`s
+
+__all__ = ["Connection", "Cursor", "Error", "connect"]
+
+_INGEST_MODES = ("append", "create", "replace", "create_append")
+
+
+def connect(uri: str) -> Connection:
+    """A connection to the SQLite database at `uri` (a path), autocommit off."""
+    db = adbc_driver_sqlite.connect(uri)
+    conn = None
+    try:
+        conn = _lib.AdbcConnection(db)
+        conn.set_autocommit(False)  # writes wait for commit(), as DB-API has it
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        db.close()
+        raise
+    return Connection(db, conn)
+
+
+def _one_row(params: Sequence[Any]) -> pa.RecordBatch:
+    """The parameters as a one-row batch: int64, double, string or null columns (what `pa.record_batch`
+    infers, as the dbapi module binds them), built from buffers: `pa.array` of Python objects imports
+    pandas (to recognise its types) and would undo what this module is for."""
+    columns = []
+    for value in params:
+        if value is None:
+            columns.append(pa.nulls(1))
+        elif isinstance(value, int):  # bool too, as SQLite stores it (0 or 1)
+            columns.append(pa.Array.from_buffers(pa.int64(), 1, [None, pa.py_buffer(struct.pack("=q", value))]))
+        elif isinstance(value, float):
+            columns.append(pa.Array.from_buffers(pa.float64(), 1, [None, pa.py_buffer(struct.pack("=d", value))]))
+        elif isinstance(value, str):
+            data = value.encode()
+            offsets = pa.py_buffer(struct.pack("=ii", 0, len(data)))
+            columns.append(pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(data)]))
+        else:
+            raise TypeError(f"cannot bind a parameter of type {type(value).__name__}: {value!r}")
+    return pa.RecordBatch.from_arrays(columns, names=[str(i) for i in range(len(columns))])
+
+
+class Connection:
+    def __init__(self, db: _lib.AdbcDatabase, conn: _lib.AdbcConnection):
+        self._db, self._conn = db, conn
+        self._cursors: list[Cursor] = []
+
+    def cursor(self) -> Cursor:
+        cursor = Cursor(self._conn)
+        self._cursors.append(cursor)
+        return cursor
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+    def close(self) -> None:
+        """Close the cursors, then the connection (SQLite rolls back what was not committed)."""
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            for cursor in self._cursors:
+                cursor.close()
+        finally:
+            try:
+                conn.close()
+            finally:
+                self._db.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+class Cursor:
+    def __init__(self, conn: _lib.AdbcConnection):
+        self._stmt = _lib.AdbcStatement(conn)
+        self._query: str | None = None  # the SQL the statement holds (not reset for the same query)
+        self._reader: AdbcRecordBatchReader | None = None  # the open result
+        self._rows: list[tuple] = []  # the rows of the current batch not fetched yet (reversed)
+        self.rowcount = -1
+
+    @property
+    def adbc_statement(self) -> _lib.AdbcStatement:
+        """The low-level statement (for driver options, e.g. adbc.sqlite.query.batch_rows)."""
+        return self._stmt
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> Cursor:
+        """Run `sql`; `params` fill its `?` in order (int, float, str or None)."""
+        self._clear()
+        if sql != self._query:
+            self._stmt.set_sql_query(sql)
+            self._query = sql
+        if params:
+            self._stmt.bind(_one_row(params))
+        handle, self.rowcount = self._stmt.execute_query()
+        self._reader = AdbcRecordBatchReader._import_from_c(handle.address)
+        return self
+
+    def fetchone(self) -> tuple | None:
+        while not self._rows:
+            if self._reader is None:
+                return None
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                return None
+            self._rows = list(zip(*(column.to_pylist() for column in batch.columns)))[::-1]
+        return self._rows.pop()
+
+    def fetchall(self) -> list[tuple]:
+        rows = []
+        while (row := self.fetchone()) is not None:
+            rows.append(row)
+        return rows
+
+    def fetch_arrow_table(self) -> pa.Table:
+        """The rest of the result as one Table (with the result's schema when it has no rows)."""
+        if self._reader is None:
+            raise _lib.ProgrammingError("fetch_arrow_table() without a result: call execute() first",
+                                        status_code=_lib.AdbcStatusCode.INVALID_STATE)
+        return self._reader.read_all()
+
+    def adbc_ingest(self, table_name: str, data: pa.Table | pa.RecordBatch | pa.RecordBatchReader,
+                    mode: str = "create", *, temporary: bool = False) -> int:
+        """Write Arrow data into `table_name`: 'append' to it, 'create' it, 'replace' (drop and create) it,
+        or 'create_append'; `temporary` for a table in `temp` (gone when the connection closes).
+        Returns the rows written (or -1)."""
+        if mode not in _INGEST_MODES:
+            raise ValueError(f"Invalid value for 'mode': {mode}")
+        self._clear()
+        self._query = None  # the statement now holds an ingest, not the last query
+        self._stmt.set_options(**{
+            _lib.INGEST_OPTION_TARGET_TABLE: table_name,
+            _lib.INGEST_OPTION_MODE: f"adbc.ingest.mode.{mode}",
+            _lib.StatementOptions.INGEST_TEMPORARY.value: "true" if temporary else "false",
+        })
+        if hasattr(data, "__arrow_c_array__"):  # a RecordBatch
+            self._stmt.bind(data)
+        else:  # a Table or RecordBatchReader
+            self._stmt.bind_stream(data)
+        return self._stmt.execute_update()
+
+    def _clear(self) -> None:
+        """Release the current result (SQLite's statement stays open until it is)."""
+        self._rows = []
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
+
+    def close(self) -> None:
+        if self._stmt is None:
+            return
+        try:
+            self._clear()
+        finally:
+            stmt, self._stmt = self._stmt, None
+            stmt.close()
+
+    def __enter__(self) -> Cursor:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

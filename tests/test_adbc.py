@@ -1,0 +1,185 @@
+"""The manifest's ADBC connection over the low-level driver-manager API (chorus_batch/store/adbc.py):
+the DB-API subset the manifest uses, and that a run does not import pandas through it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from chorus_batch.errors import ManifestError
+from chorus_batch.store import Manifest
+from chorus_batch.store import adbc
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def path(tmp_path):
+    return str(tmp_path / "t.sqlite")
+
+
+def rows(path: str, sql: str) -> list[tuple]:
+    """Read with plain sqlite3: what another connection sees."""
+    with sqlite3.connect(path) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_parameters_of_each_type_and_null_round_trip(path):
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.execute("CREATE TABLE t (i INTEGER, f REAL, s TEXT, n TEXT)")
+        cur.execute("INSERT INTO t VALUES (?, ?, ?, ?)", (7, 2.5, "é x", None))
+        cur.execute("INSERT INTO t VALUES (?, ?, ?, ?)", (-(2**62), None, None, "n"))
+        con.commit()
+        cur.execute("SELECT i, f, s, n FROM t WHERE i = ? AND f = ? AND s = ? AND n IS ?", (7, 2.5, "é x", None))
+        assert cur.fetchone() == (7, 2.5, "é x", None)
+        assert cur.fetchone() is None
+        cur.execute("SELECT i, f, s, n FROM t ORDER BY i")
+        assert cur.fetchall() == [(-(2**62), None, None, "n"), (7, 2.5, "é x", None)]
+        cur.execute("SELECT count(*) FROM t")  # no parameters
+        assert cur.fetchall() == [(2,)]
+    assert rows(path, "SELECT i, f, s, n FROM t ORDER BY i") == [(-(2**62), None, None, "n"), (7, 2.5, "é x", None)]
+
+
+def test_fetchone_and_fetchall_cross_batches(path):
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "3"})
+        cur.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 10) SELECT x FROM c")
+        assert cur.fetchone() == (1,)
+        assert cur.fetchall() == [(x,) for x in range(2, 11)]
+        assert cur.fetchone() is None
+
+
+def test_fetch_arrow_table(path):
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.execute("CREATE TABLE t (i INTEGER, s TEXT)")
+        cur.execute("INSERT INTO t VALUES (1, 'a'), (2, NULL)")
+        cur.execute("SELECT i, s FROM t ORDER BY i")
+        table = cur.fetch_arrow_table()
+        assert isinstance(table, pa.Table)
+        assert table.to_pydict() == {"i": [1, 2], "s": ["a", None]}
+        assert table.schema.types == [pa.int64(), pa.string()]
+
+
+def test_fetch_arrow_table_of_an_empty_result_has_its_columns_and_query_frame_its_schema(path):
+    manifest = Manifest(path)
+    manifest.ensure_schema()
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.execute("SELECT label, n_files FROM versions WHERE label = ?", ("nope",))
+        table = cur.fetch_arrow_table()
+    assert isinstance(table, pa.Table)
+    assert table.num_rows == 0
+    assert table.column_names == ["label", "n_files"]
+    # No rows to infer types from: the driver says int64; query_frame's schema gives the real ones.
+    assert table.schema.types == [pa.int64(), pa.int64()]
+    frame = manifest.query_frame("SELECT label, n_files FROM versions", schema={"label": pl.String, "n_files": pl.Int64})
+    assert frame.height == 0 and frame.schema == pl.Schema({"label": pl.String, "n_files": pl.Int64})
+
+
+def test_ingest_create_append_replace_and_temporary(path):
+    schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
+    with adbc.connect(path) as con, con.cursor() as cur:
+        assert cur.adbc_ingest("t", pa.table({"a": [1, 2], "b": ["x", None]}, schema=schema), mode="create") == 2
+        assert cur.adbc_ingest("t", pa.record_batch({"a": [3], "b": ["y"]}, schema=schema), mode="append") == 1
+        reader = pa.RecordBatchReader.from_batches(schema, iter([pa.record_batch({"a": [4, 5], "b": ["z", "w"]}, schema=schema)]))
+        cur.adbc_ingest("t", reader, mode="append")
+        # A query, then an ingest, then the same query again on one cursor: the statement is reset each time.
+        cur.execute("SELECT count(*) FROM t")
+        assert cur.fetchone() == (5,)
+        cur.adbc_ingest("_tmp", pa.table({"a": [1, 3]}), mode="create", temporary=True)
+        cur.execute("SELECT count(*) FROM t")
+        assert cur.fetchone() == (5,)
+        cur.execute("SELECT t.b FROM t JOIN temp._tmp USING (a) ORDER BY a")
+        assert cur.fetchall() == [("x",), ("y",)]
+        cur.adbc_ingest("_tmp", pa.table({"c": ["only"]}), mode="replace", temporary=True)
+        cur.execute("SELECT * FROM temp._tmp")
+        assert cur.fetchall() == [("only",)]
+        with pytest.raises(ValueError):
+            cur.adbc_ingest("t", pa.table({"a": [1]}), mode="upsert")
+        con.commit()
+    assert rows(path, "SELECT a, b FROM t ORDER BY a") == [(1, "x"), (2, None), (3, "y"), (4, "z"), (5, "w")]
+    assert rows(path, "SELECT name FROM sqlite_master WHERE name = '_tmp'") == []  # temporary: not in the file
+
+
+def test_autocommit_is_off_and_an_uncommitted_transaction_is_rolled_back_on_close(path):
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.execute("CREATE TABLE t (a INTEGER)")
+        cur.execute("INSERT INTO t VALUES (1)")
+        con.commit()
+        cur.execute("INSERT INTO t VALUES (2)")
+        cur.adbc_ingest("t", pa.table({"a": [3]}), mode="append")
+        assert rows(path, "SELECT a FROM t") == [(1,)]  # not visible before the commit
+    assert rows(path, "SELECT a FROM t") == [(1,)]
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (4)")
+        con.rollback()
+        cur.execute("INSERT INTO t VALUES (5)")
+        con.commit()
+    assert rows(path, "SELECT a FROM t ORDER BY a") == [(1,), (5,)]
+
+
+def test_an_exception_in_the_block_rolls_back(path):
+    with adbc.connect(path) as con, con.cursor() as cur:
+        cur.execute("CREATE TABLE t (a INTEGER)")
+        con.commit()
+    with pytest.raises(RuntimeError), adbc.connect(path) as con, con.cursor() as cur:
+        cur.adbc_ingest("t", pa.table({"a": [1]}), mode="append")
+        raise RuntimeError
+    assert rows(path, "SELECT a FROM t") == []
+
+
+def test_sql_errors_are_adbc_errors_and_manifest_turns_them_into_manifest_errors(path):
+    with adbc.connect(path) as con, con.cursor() as cur:
+        with pytest.raises(adbc.Error, match="no such table"):
+            cur.execute("SELECT * FROM missing")
+        cur.execute("CREATE TABLE t (a INTEGER)")
+        with pytest.raises(adbc.Error, match="already exists"):
+            cur.adbc_ingest("t", pa.table({"a": [1]}), mode="create")
+    manifest = Manifest(path)
+    with pytest.raises(ManifestError, match="no such table") as info:
+        manifest.query_frame("SELECT * FROM missing")
+    assert info.value.__cause__ is None
+    with pytest.raises(ManifestError, match="the manifest failed"), manifest.adbc() as con, con.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (?)", ("x", "too many"))
+
+
+def test_a_manifest_locked_by_another_process_is_a_manifest_error_that_says_busy(tmp_path):
+    path = tmp_path / "m.sqlite"
+    manifest = Manifest(path)
+    manifest.ensure_schema()
+    # Another process: the driver's own SQLite and Python's share POSIX locks within one process.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys; con = sqlite3.connect(sys.argv[1]); con.execute('BEGIN EXCLUSIVE'); "
+                               "print('held', flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ManifestError, match="busy"), manifest.adbc() as con, con.cursor() as cur:
+            cur.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+    finally:
+        holder.communicate("")
+
+
+def test_opening_the_manifest_and_reading_it_does_not_import_pandas_or_pyarrow_dataset(tmp_path):
+    db = tmp_path / "m.sqlite"
+    code = textwrap.dedent(f"""
+        import sys
+        import chorus_batch.store.manifest as m
+        manifest = m.Manifest({str(db)!r})
+        manifest.ensure_schema()
+        manifest.query_frame("SELECT * FROM versions")
+        with manifest.adbc() as con, con.cursor() as cur:
+            cur.adbc_ingest("_x", m._arrow_stream(m.pl.DataFrame({{"a": [1]}})), mode="create", temporary=True)
+            cur.execute("SELECT a FROM temp._x WHERE a = ?", (1,))
+            assert cur.fetchall() == [(1,)]
+        print('pandas' in sys.modules, 'pyarrow.dataset' in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["False", "False"]
