@@ -28,7 +28,7 @@ from .diff import Diff, compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, empty_errors
-from .partitions import TreeParts, bucket_of, in_range
+from .partitions import TreeParts, bucket_of, compact, in_range
 from .progress import Progress
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
@@ -255,23 +255,25 @@ def tally(parts: TreeParts, unseen_dirs: list[str], root_ids: dict[int, int], un
         previous = parts.previous(part).select(list(STATE_SCHEMA))
         current, touched = current_tree(files, previous, unseen_dirs, root_ids, unseen, verified_ns=verified_ns)
         previous_candidates, current_candidates, n_unchanged = diff_candidates(previous, current)
-        tree.previous_candidates.append(previous_candidates)
-        tree.current_candidates.append(current_candidates)
-        tree.touched.append(touched)
+        kept = previous.join(previous_candidates.select("file_id"), on="file_id", how="anti")
+        # What is kept of each partition is compacted, or it would keep the whole partition in memory.
+        held = compact if parts.count > 1 else (lambda frame: frame)
+        tree.previous_candidates.append(held(previous_candidates))
+        tree.current_candidates.append(held(current_candidates))
+        tree.touched.append(held(touched))
         tree.n_previous += previous.height
         tree.n_unchanged += n_unchanged
         tree.held_roots.update(previous["root_id"].drop_nulls().unique().to_list())
         tree.unrooted = tree.unrooted or previous["root_id"].null_count() > 0
         tree.listed_roots.update(files["root_id"].unique().to_list())
         tree.unchanged.append(current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality"))
-        kept = previous.join(previous_candidates.select("file_id"), on="file_id", how="anti")
         tree.kept_bytes += int(kept["size"].sum() or 0)
-        tree.parse_errors.append(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))
+        tree.parse_errors.append(held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error")))
         when = kept.join(touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
             pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
         tree.verified = _verified_tally(when, verified_ns, tree.verified)
-        tree.silent_changes.append(silent_changes(files, previous))
-        tree.unverifiable.append(unverifiable_files(files))
+        tree.silent_changes.append(held(silent_changes(files, previous)))
+        tree.unverifiable.append(held(unverifiable_files(files)))
         for name, n in md5_sources(files).items():
             tree.md5_sources[name] += n
         reverified = files.filter(pl.col("verify") & pl.col("read"))

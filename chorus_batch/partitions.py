@@ -40,6 +40,13 @@ def with_buckets(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.sort(BUCKET, maintain_order=True)
 
 
+def compact(frame: pl.DataFrame) -> pl.DataFrame:
+    """A copy of `frame` that owns its strings. A frame filtered from another still points into the other's string
+    buffers (polars' string views): kept across partitions, a few rows of each would keep every partition in
+    memory (measured: 16 filtered 1% samples of 500k-row frames held 725 MB; compacted, 195 MB)."""
+    return pl.from_arrow(frame.to_arrow(compat_level=pl.CompatLevel.oldest()))  # type: ignore[return-value]
+
+
 def bucket_range(part: int, parts: int) -> tuple[int, int]:
     """The first and last bucket of part `part` of `parts` (a shard, or a partition)."""
     return -(-part * BUCKETS // parts), -(-(part + 1) * BUCKETS // parts) - 1

@@ -40,6 +40,10 @@ from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_ne
 # 1M-row manifest 1.5 s -> 0.14 s with 128 MB). Not used for the first, append-only load.
 _UPDATE_CACHE = "PRAGMA cache_size = -131072"
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
+# Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
+# a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
+_CACHE_PARQUET = {"compression": "lz4", "use_dictionary": ["modality", "person_id", "parse_error", "etag", "root_id"],
+                  "write_statistics": [BUCKET]}
 _CACHE_ROW_GROUP = 65_536  # rows: a partition of a 10M-row merge (about 1M rows) skips the others' row groups
 
 # Change-set rows as `changes` and the review API return them.
@@ -277,7 +281,7 @@ class Manifest:
         if not self.path.exists():
             return empty_state()
         return (pl.scan_parquet(self.cache_path).filter(in_range(*buckets))
-                .select([*STATE_SCHEMA, BUCKET]).collect().cast(STATE_SCHEMA))  # type: ignore[arg-type]
+                .select([*STATE_SCHEMA, BUCKET]).collect())
 
     def ensure_state_cache(self) -> None:
         """Write the state cache if it is missing or stale (it is read by bucket range: state_part)."""
@@ -319,13 +323,14 @@ class Manifest:
             writer = None
             try:
                 for part in parts:
-                    table = with_buckets(part.select(list(STATE_SCHEMA)).cast(STATE_SCHEMA)).to_arrow()  # type: ignore[arg-type]
+                    columns = [*STATE_SCHEMA, *([BUCKET] if BUCKET in part.columns else [])]  # kept: not computed again
+                    table = with_buckets(part.select(columns).cast(STATE_SCHEMA)).to_arrow()  # type: ignore[arg-type]
                     if writer is None:
-                        writer = pq.ParquetWriter(tmp, table.schema.with_metadata(identity), compression="lz4")
+                        writer = pq.ParquetWriter(tmp, table.schema.with_metadata(identity), **_CACHE_PARQUET)
                     writer.write_table(table, row_group_size=_CACHE_ROW_GROUP)
                 if writer is None:
                     table = with_buckets(empty_state()).to_arrow()
-                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(identity), compression="lz4")
+                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(identity), **_CACHE_PARQUET)
                     writer.write_table(table)
             finally:
                 if writer is not None:
