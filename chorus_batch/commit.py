@@ -198,13 +198,14 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
             written = manifest.commit_version(
                 record, new_rows=new_rows, change_set=diff.change_set, invalidated_ids=invalidated, touched=touched,
                 errors=errors, roots=scanned.roots, reclassified=reclassified, classification=classification,
-                on_rows=lambda n: rows_written.__setitem__(0, rows_written[0] + n))
+                on_rows=lambda n: rows_written.__setitem__(0, rows_written[0] + n),
+                on_commit=lambda written: manifest.save_state(  # while SQLite commits
+                    new_state(parts, invalidated, reclassified, touched, written.root_ids, written.new_rows),
+                    written.generation))
         del new_rows
         outcome.label = label
         outcome.change_set = written.changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),
                                                   on=["change", "srcfile"], how="left", maintain_order="left")
-        manifest.save_state(new_state(parts, invalidated, reclassified, touched, written.root_ids,
-                                      written.new_rows), written.generation)
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
             generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
