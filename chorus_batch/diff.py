@@ -118,8 +118,10 @@ def compute_diff(
     current_files: srcfile, size, mtime_ns, md5[, etag] (the tree now). delete_list: srcfile (append mode).
     Each side holds a path at most once. DuckDB works within `memory_limit` (10M-file sites within a
     node's share), spilling to a private folder in `spill_parent` (duckdb_session)."""
-    if previous_files.height == 0 and current_files.height == 0:  # nothing to compare (a run with no change)
-        return Diff(pl.DataFrame(schema=CHANGE_SET_SCHEMA), 0)
+    if previous_files.height == 0:  # a first run (or no change at all): every path is added, nothing to join
+        added = current_files.select(change=pl.lit("added"), srcfile="srcfile", old_srcfile=pl.lit(None, pl.String),
+                                     old_file_id=pl.lit(None, pl.Int64))
+        return Diff(added.cast(CHANGE_SET_SCHEMA).sort("srcfile"), 0)  # type: ignore[arg-type]
     with duckdb_session(threads=threads, memory_limit=memory_limit, spill_parent=spill_parent) as con:
         # string_view columns pass to DuckDB without a copy (plain Arrow strings would copy every path)
         arrow = pl.CompatLevel.newest()

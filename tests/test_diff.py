@@ -70,3 +70,11 @@ def test_no_changes_gives_an_empty_change_set():
 def test_first_version_is_all_added():
     d = compute_diff(prev({}), cur({"a": "1", "b": "1"}))
     assert d.counts()["added"] == 2
+
+
+def test_a_first_run_adds_every_path_without_a_join():
+    d = compute_diff(prev({}), cur({"b": "1", "a": "1", "c": ""}))
+    assert d.change_set.rows() == [("added", "a", None, None), ("added", "b", None, None), ("added", "c", None, None)]
+    assert d.change_set.schema == compute_diff(prev({"x": "1"}), cur({"a": "1", "y": "2"})).change_set.schema
+    assert d.counts() == {"added": 3, "removed": 0, "replaced": 0, "renamed": 0, "unchanged": 0}
+    assert compute_diff(prev({}), cur({})).is_empty
