@@ -1,14 +1,18 @@
 """Commit: from a ScanResult and the previous version to a new version in the manifest.
 
   the tree now   the scan's files; a file that could not be hashed, or lies under a folder
-                 that could not be listed, keeps its previous row (nothing recorded is lost)
+                 that could not be listed, keeps its previous row (nothing recorded is lost);
+                 joined with the previous version one partition at a time (tally: a merge of
+                 shards reads each partition alone, partitions.py), keeping only what may have
+                 changed and counts of the rest
   diff           added / removed / replaced / renamed, as set operations in DuckDB (diff.py)
   classify       only the files that get a new row (after the diff: unchanged files keep
                  their recorded classification, and the regex captures are not held in
                  memory while DuckDB runs) -- unless the classification itself changed (new
                  patterns in this release or in chorus.toml): then the current rows are
                  classified again and updated in place (derived data, not the site's content)
-  write          one SQLite transaction (store), then the state cache for the next run
+  write          one SQLite transaction (store), and the state cache for the next run written
+                 partition by partition while SQLite commits
 
 A version is written when anything changed, including only the recorded errors.
 """
