@@ -21,6 +21,7 @@ write or remove one; shards and merges neither read nor write it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import io
 import json
@@ -120,8 +121,9 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ writing
 
-    def writer(self, todo: pl.DataFrame, scan_started_ns: int, racy_window_s: float) -> "Writer | None":
-        """A hashing sink (hashing.HashProgress.on_chunk) for the rows of `todo` (srcfile, size, etag)."""
+    def writer(self, todo: pl.DataFrame | None, scan_started_ns: int, racy_window_s: float) -> "Writer | None":
+        """A hashing sink (hashing.HashProgress.on_chunk) for the rows of `todo` (srcfile, size, etag), and of
+        the blocks of rows given to its `extend` after them (hashing.HashProgress.on_rows)."""
         if not self.writable or self.broken:
             return None
         return Writer(self, todo, trust_before_ns=scan_started_ns - int(racy_window_s * 1e9))
@@ -179,15 +181,39 @@ class Writer:
     interval_s() seconds, and at `close`. A failed write is logged once and checkpointing stops: the run
     itself never fails for its checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, todo: pl.DataFrame, *, trust_before_ns: int):
+    def __init__(self, checkpoint: Checkpoint, todo: pl.DataFrame | None, *, trust_before_ns: int):
         self.checkpoint = checkpoint
-        self.srcfile = todo["srcfile"]
-        self.etag = todo["etag"] if "etag" in todo.columns else pl.Series("etag", [None] * todo.height, pl.String)
+        self.starts: list[int] = []  # the first offset of each block of rows
+        self.blocks: list[tuple[pl.Series, pl.Series]] = []  # (srcfile, etag) of each block
+        self.rows = 0
         self.trust_before_ns = trust_before_ns
+        if todo is not None:
+            self.extend(todo)
         self.pending: list[tuple[int, object]] = []
         self.interval = interval_s()
         self.last = time.monotonic()
         self.flushes = 0
+
+    def extend(self, todo: pl.DataFrame) -> None:
+        """More rows (srcfile, and etag if known), at the offsets that follow the rows given before."""
+        etag = todo["etag"] if "etag" in todo.columns else pl.Series("etag", [None] * todo.height, pl.String)
+        self.starts.append(self.rows)
+        self.blocks.append((todo["srcfile"], etag))
+        self.rows += todo.height
+
+    def _rows(self, start: int, n: int) -> tuple[pl.Series, pl.Series]:
+        """srcfile and etag of the rows [start, start + n)."""
+        parts = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while n > 0:
+            srcfile, etag = self.blocks[i]
+            at = start - self.starts[i]
+            take = min(n, srcfile.len() - at)
+            parts.append((srcfile.slice(at, take), etag.slice(at, take)))
+            start, n, i = start + take, n - take, i + 1
+        if len(parts) == 1:
+            return parts[0]
+        return pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts])
 
     def __call__(self, start: int, chunk) -> None:
         """One hashed chunk (workers.HashedChunk) of the todo rows from `start`."""
@@ -224,11 +250,12 @@ class Writer:
         n = len(chunk.sizes)
         digests = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(chunk.digests)])
         failed = {k for k, _kind, _message in chunk.errors}
+        srcfile, etag = self._rows(start, n)
         frame = pl.DataFrame({
-            "srcfile": self.srcfile.slice(start, n),
+            "srcfile": srcfile,
             "size": pl.Series(chunk.sizes, dtype=pl.Int64),
             "mtime_ns": pl.Series(chunk.mtimes, dtype=pl.Int64),
-            "etag": self.etag.slice(start, n),
+            "etag": etag,
             "md5": pl.Series(digests).cast(pl.Binary),
         }).with_columns(trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64))
         if failed:
@@ -240,20 +267,32 @@ def reuse(planned: pl.DataFrame, checkpoint: Checkpoint | None) -> tuple[pl.Data
     """hashing.plan's frame with `resumed_md5`: the checkpointed MD5 of each file due to be read (not merely
     re-verified) and listed as it was hashed; those files are no longer read (needs_read False). Returns
     the frame and how many files it spares."""
-    known = checkpoint.known() if checkpoint is not None else None
+    out = resume(planned, checkpoint.known() if checkpoint is not None else None)
+    n = int(out["resumed_md5"].is_not_null().sum())
+    announce(n, checkpoint)
+    return out, n
+
+
+def resume(planned: pl.DataFrame, known: pl.DataFrame | None) -> pl.DataFrame:
+    """reuse with the checkpointed hashes `known` (Checkpoint.known, read once), over all of a listing or a block
+    of it (hashing.due's frame: a file re-verified is never due, needs_md5 false)."""
     if known is None or known.height == 0:
-        return planned.with_columns(resumed_md5=pl.lit(None, pl.String)), 0
+        return planned.with_columns(resumed_md5=pl.lit(None, pl.String))
+    from .hashing import rows_for
+
+    known = rows_for(known, planned["srcfile"])  # a block of the listing: its own paths' hashes only
     # Matched on the whole key (a NULL etag equals a NULL etag); keys are unique in `known`, paths in `planned`.
     ckpt = known.select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").alias("_ckpt_md5"))
     joined = planned.join(ckpt, on=["srcfile", "size", "mtime_ns", "etag"], how="left", nulls_equal=True,
                           maintain_order="left")
-    use = (pl.col("needs_read") & pl.col("needs_md5") & ~pl.col("verify") & pl.col("_ckpt_md5").is_not_null())
-    out = joined.with_columns(_use=use).with_columns(
+    use = pl.col("needs_read") & pl.col("needs_md5") & pl.col("_ckpt_md5").is_not_null()
+    return joined.with_columns(_use=use).with_columns(
         resumed_md5=pl.when(pl.col("_use")).then(pl.col("_ckpt_md5")),
         needs_read=pl.col("needs_read") & ~pl.col("_use"),
     ).drop("_ckpt_md5", "_use")
-    n = int(out["resumed_md5"].is_not_null().sum())
+
+
+def announce(n: int, checkpoint: Checkpoint | None) -> None:
     if n:
         log.info(f"resuming: {n} file{'s' if n != 1 else ''} hashed by an interrupted run are not read again "
                  f"({checkpoint.folder if checkpoint else ''})")
-    return out, n

@@ -4,12 +4,15 @@ A file needs an MD5 when it is new, its size or mtime_ns changed, it was "racily
 clean" (its mtime fell within a small window of the previous scan's start, so a
 later write in the same clock tick could have gone unseen, as git reasons), or
 `--rehash` is given. Such a file is read and hashed unless its source listed an MD5
-the storage holds for it (`stored_md5`, sources with the server_md5 capability).
+the storage holds for it (`stored_md5`, sources with the server_md5 capability). `due`
+says so file by file, for a block of the listing as it comes as well as for all of it;
+only the re-verification sample (`reverify`) needs the whole listing.
 
 Local files are hashed by worker processes, each looping over a chunk of files:
 with many small files the per-file Python work holds the GIL, and two threads
 measured slower than one. Remote sources (fsspec) use threads, which overlap the
-network waits. Never one future per file: that costs more than hashing it.
+network waits. Never one future per file: that costs more than hashing it. A Hasher
+takes the files block by block while the caller goes on listing (scan.scan).
 
 One read per file: with `facts`, the worker that hashes a file validation looks inside (its kind from
 the path: validate.kinds) parses the header facts from the same bytes as they go by (sources.base.
@@ -18,11 +21,13 @@ HashingReader), so that validation finds them cached and opens no file again.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import itertools
 import threading
-from collections.abc import Callable, Sequence
+import time
 from array import array
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
@@ -53,11 +58,22 @@ HASHED_SCHEMA = {
 _FACTS_PART = {"_i": pl.UInt32, "facts_kind": pl.String, "facts": pl.String}
 
 
+@dataclass(frozen=True)
+class Rules:
+    """What makes a listed file due for a new MD5, and whether it is then read (plan, due)."""
+
+    racy_cutoff_ns: int | None
+    rehash: bool
+    racy_until_ns: int | None = None
+    cloud_md5: str = "stored-or-download"
+    cloud_roots: Sequence[int] = ()
+
+
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
          racy_until_ns: int | None = None, verify_files: int = 0, verify_max_bytes: int = 0,
          cloud_md5: str = "stored-or-download", cloud_roots: Sequence[int] = ()) -> pl.DataFrame:
     """The listing joined to the previous current rows, with `needs_md5` (a new MD5 is due) and
-    `needs_read` (due, and it must come from the bytes: the file is read and hashed).
+    `needs_read` (due, and it must come from the bytes: the file is read and hashed), and `verify`.
 
     A cloud file (its root in `cloud_roots`) changed when its etag, size or last-modified did; its MD5
     is then the one the storage holds, if any, under the `cloud_md5` policy (frames.CLOUD_MD5_POLICIES):
@@ -65,8 +81,17 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
     reads (a file with no stored MD5 stays without one: unverifiable).
 
     Adds prev_file_id, prev_size, prev_mtime_ns, prev_md5, prev_modality, prev_etag (NULL for new paths).
+    The same as `due` over the listing's blocks, then `reverify` over their concatenation (what a scan does
+    while it lists).
     """
-    prev = previous.select(
+    rules = Rules(racy_cutoff_ns=racy_cutoff_ns, rehash=rehash, racy_until_ns=racy_until_ns, cloud_md5=cloud_md5,
+                  cloud_roots=cloud_roots)
+    return reverify(due(listing, previous_rows(previous), rules), verify_files, verify_max_bytes)
+
+
+def previous_rows(previous: pl.DataFrame) -> pl.DataFrame:
+    """The previous current rows (STATE_SCHEMA) as `due` joins them: srcfile and prev_* columns."""
+    return previous.select(
         "srcfile",
         pl.col("file_id").alias("prev_file_id"),
         pl.col("size").alias("prev_size"),
@@ -76,8 +101,24 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         pl.col("verified_ns").alias("prev_verified_ns"),
         pl.col("etag").alias("prev_etag"),
     )
-    joined = listing.join(prev, on="srcfile", how="left")
-    cloud = pl.col("root_id").is_in(list(cloud_roots)) if cloud_roots else pl.lit(False)
+
+
+def rows_for(table: pl.DataFrame, srcfile: pl.Series) -> pl.DataFrame:
+    """The rows of `table` whose srcfile is one of `srcfile`, when that is much the smaller side: a join
+    hashes all of its right side, so joining each block of a listing to the whole previous version would
+    cost that version's size per block; is_in hashes the block's paths and only scans the table."""
+    if table.height <= 4 * srcfile.len():
+        return table
+    return table.filter(pl.col("srcfile").is_in(srcfile.implode()))
+
+
+def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame:
+    """The one decision of what must be read, file by file: `listing` (all of it, or a block of it as it is
+    listed) joined to `prev` (previous_rows), with needs_md5, needs_read and `_no_read` (files the cloud
+    policy forbids reading: reverify leaves them out). Each row's verdict depends on that row alone; what
+    needs the whole listing (the re-verification sample) is reverify's."""
+    joined = listing.join(rows_for(prev, listing["srcfile"]), on="srcfile", how="left")
+    cloud = pl.col("root_id").is_in(list(rules.cloud_roots)) if rules.cloud_roots else pl.lit(False)
     needs = (
         pl.col("prev_md5").is_null()  # new, or recorded without an MD5 (unverifiable): look again
         | (pl.col("size") != pl.col("prev_size"))
@@ -85,26 +126,32 @@ def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int |
         # a new etag: written since (no etag recorded, as before schema 7: size and mtime decide)
         | (pl.col("etag") != pl.col("prev_etag")).fill_null(False)
     )
-    if rehash:
+    if rules.rehash:
         needs = pl.lit(True)
-    elif racy_cutoff_ns is not None:
+    elif rules.racy_cutoff_ns is not None:
         # Racily clean: modified around the previous scan, so a later write in the same clock tick could be
         # unseen. A file whose mtime lies beyond that (a clock in the future) is not: a write now would move
         # its mtime back, which the stat comparison sees, so it is not hashed again on every run. An object
         # with an etag is never racy: any write gives it a new etag.
-        racy = (pl.col("mtime_ns") >= racy_cutoff_ns) & pl.col("etag").is_null()
-        if racy_until_ns is not None:
-            racy = racy & (pl.col("mtime_ns") <= racy_until_ns)
+        racy = (pl.col("mtime_ns") >= rules.racy_cutoff_ns) & pl.col("etag").is_null()
+        if rules.racy_until_ns is not None:
+            racy = racy & (pl.col("mtime_ns") <= rules.racy_until_ns)
         needs = needs | racy
     joined = joined.with_columns(needs_md5=needs)
+    rehash, cloud_md5 = rules.rehash, rules.cloud_md5
     if cloud_md5 == "stored-only":
         read = ~cloud & (pl.col("stored_md5").is_null() | rehash)
     elif cloud_md5 == "download":
         read = cloud | pl.col("stored_md5").is_null() | rehash
     else:
         read = pl.col("stored_md5").is_null() | rehash  # --rehash reads every file, whatever the storage holds
-    joined = joined.with_columns(needs_read=pl.col("needs_md5") & read, _no_read=cloud & (cloud_md5 == "stored-only"))
-    return _verify_slice(joined, verify_files, verify_max_bytes).drop("_no_read")
+    return joined.with_columns(needs_read=pl.col("needs_md5") & read, _no_read=cloud & (cloud_md5 == "stored-only"))
+
+
+def reverify(planned: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:
+    """`due`'s frame of the whole listing with `verify`: the rolling re-verification sample (_verify_slice),
+    read too (needs_read). Only files not due are chosen, so what `due` said must be read stays so."""
+    return _verify_slice(planned, files, max_bytes).drop("_no_read")
 
 
 def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:
@@ -128,6 +175,17 @@ def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFr
         needs_read=pl.col("needs_read") | pl.col("verify")).drop("_verify")
 
 
+def to_read(planned: pl.DataFrame) -> pl.DataFrame:
+    """The rows of a planned frame that are read, as the hashing takes them (root_id, srcfile, size, mtime_ns,
+    verify, etag, parse), in path order. `parse` (with facts): likely new content, new or of a new size; not a
+    file read again only because its mtime moved or to be re-verified (its facts are most likely cached:
+    validation reads it if not)."""
+    verify = pl.col("verify") if "verify" in planned.columns else pl.lit(False)
+    likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~verify
+    return planned.filter(pl.col("needs_read")).select(
+        "root_id", "srcfile", "size", "mtime_ns", verify.alias("verify"), "etag", parse=likely_new).sort("srcfile")
+
+
 @dataclass
 class HashProgress:
     """Counters the hashing bumps; the progress reporter reads them."""
@@ -136,17 +194,25 @@ class HashProgress:
     bytes_done: int = 0
     # Called with (offset in todo, HashedChunk) as each chunk's results arrive (checkpoint.Writer).
     on_chunk: Callable[[int, HashedChunk], None] | None = None
+    # Called with each block of rows a Hasher is given, in order, before any of their results (their offsets
+    # follow on from the previous block's): checkpoint.Writer.extend.
+    on_rows: Callable[[pl.DataFrame], None] | None = None
 
 
 class _Results:
-    """Preallocated, packed results for n files, filled chunk by chunk."""
+    """Packed results, filled chunk by chunk; room for a block's rows is made as it is added (reserve)."""
 
-    def __init__(self, n: int):
-        self.digests = bytearray(16 * n)
-        self.sizes = array("q", bytes(8 * n))
-        self.mtimes = array("q", bytes(8 * n))
+    def __init__(self) -> None:
+        self.digests = bytearray()
+        self.sizes = array("q")
+        self.mtimes = array("q")
         self.errors: list[tuple[int, str, str]] = []
         self.facts: list[pl.DataFrame] = []  # per chunk, as Arrow strings (compact: no Python object per file)
+
+    def reserve(self, n: int) -> None:
+        self.digests += bytes(16 * n)
+        self.sizes.frombytes(bytes(8 * n))
+        self.mtimes.frombytes(bytes(8 * n))
 
     def put(self, start: int, chunk: HashedChunk) -> None:
         n = len(chunk.sizes)
@@ -194,32 +260,254 @@ def hash_files(
     md5, hashed_size, hashed_mtime_ns, or error_kind / error_message. With `facts`, the files validation
     looks inside are parsed from the same bytes (facts_kind, facts: what validation would read; one read);
     only those whose `parse` is true if `todo` has that column."""
-    progress = progress or HashProgress()
-    n = todo.height
-    results = _Results(n)
-    total = int(todo["size"].sum() or 0) if n else 0
-    local = all(s.parallel_local for s in sources)
-    if workers > 1 and local and (n >= PROCESS_MIN_FILES or total >= PROCESS_MIN_BYTES):
-        _in_processes(sources, todo, workers, progress, results, _facts_kinds(todo, forked=True) if facts else _NO_KINDS)
-    elif n:
-        threads = workers if (total / n >= THREADS_MIN_MEAN_SIZE or not local) else 1
-        _in_threads(sources, todo, threads, progress, results, _facts_kinds(todo, forked=False) if facts else _NO_KINDS)
-    return results.frame(todo["srcfile"])
+    with Hasher(sources, workers=workers, progress=progress, facts=facts) as hasher:
+        hasher.add(todo)
+        return hasher.finish()
 
 
 _NO_KINDS: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
-def _facts_kinds(todo: pl.DataFrame, *, forked: bool) -> tuple[frozenset[str], frozenset[str]]:
-    """(kinds parsed while hashing, kinds whose bytes the worker hands back to be parsed here), of those
-    among `todo`'s files: in forked workers only readers that are fork-safe run; the few others (small
-    Metadata CSVs read with polars) come back whole. Their parsers are imported before the workers start."""
-    from .validate.kinds import kinds_in
-    from .validate.readers import FORK_SAFE_KINDS, READER_KINDS, prepare
+@dataclass
+class _Task:
+    """A chunk of consecutive rows of one block, all of one root."""
 
-    kinds = kinds_in(_to_parse(todo)["srcfile"]) & READER_KINDS
-    prepare(kinds)
-    return (kinds & FORK_SAFE_KINDS, kinds - FORK_SAFE_KINDS) if forked else (kinds, frozenset())
+    rows: pl.DataFrame  # the block (Hasher.add)
+    start: int  # its first row in the block
+    length: int
+    offset: int  # its first row among all the rows the Hasher was given
+    root_id: int
+    size: int  # bytes
+    kinds: tuple[frozenset[str], frozenset[str]]  # (parsed by the worker, handed back whole): hash_chunk
+
+    def arguments(self, sources: Sequence[Source]) -> tuple:
+        """hash_chunk's arguments; the paths become Python strings only now, shortly before they are hashed."""
+        mask = _mask(self.rows, self.start, self.length) if self.kinds[0] or self.kinds[1] else None
+        return (sources[self.root_id], self.rows["srcfile"].slice(self.start, self.length).to_list(), *self.kinds, mask)
+
+
+class _Queue:
+    """The chunks waiting for a worker, in order; closed when no more will come."""
+
+    AGAIN = object()  # nothing yet: ask again
+
+    def __init__(self) -> None:
+        self._tasks: deque[_Task] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, tasks: list[_Task]) -> None:
+        with self._ready:
+            self._tasks.extend(tasks)
+            self._ready.notify_all()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def get(self, timeout: float) -> "_Task | None | object":
+        """The next chunk; None once closed and empty; AGAIN if none came within `timeout` seconds."""
+        with self._ready:
+            if not self._tasks and not self._closed and timeout > 0:
+                self._ready.wait(timeout)
+            if self._tasks:
+                return self._tasks.popleft()
+            return None if self._closed else self.AGAIN
+
+
+class Hasher:
+    """Hashes rows given to it block by block (`add`) while the caller goes on (a scan: listing), and
+    returns every result at the end (`finish`), in the order the rows were given.
+
+    How it hashes is decided as hash_files always did, on all the rows it is given: local files (every
+    source parallel_local) with workers > 1 in worker processes once there are PROCESS_MIN_FILES files or
+    PROCESS_MIN_BYTES bytes, else in threads (`workers` of them for remote sources or files of
+    THREADS_MIN_MEAN_SIZE on average, else one). Rows wait only while that is undecided: the processes start
+    as soon as the rows given reach either threshold, during the listing. A thread of the caller's feeds
+    the processes (at most workers * 4 chunks in flight: paths become Python strings only shortly before
+    they are hashed), so that they keep working while the caller lists. Use it as a context manager: leaving
+    it by an exception stops the work at once (workers.pool)."""
+
+    def __init__(self, sources: Sequence[Source], *, workers: int, progress: HashProgress | None = None,
+                 facts: bool = False):
+        self.sources = list(sources)
+        self.workers = workers
+        self.progress = progress or HashProgress()
+        self.facts = facts
+        local = all(s.parallel_local for s in self.sources)
+        # (processes, or threads; None: undecided until enough rows came)
+        self.mode: str | None = None if (workers > 1 and local) else "threads"
+        self.threads = max(1, workers) if not local else 1
+        self.rows = 0  # rows given
+        self.bytes = 0
+        self.seconds = 0.0  # from the start of the hashing to its end
+        self._blocks: list[pl.DataFrame] = []
+        self._pending: list[tuple[int, pl.DataFrame]] = []  # (offset, rows) given while undecided
+        self._results = _Results()
+        self._lock = threading.Lock()
+        self._queue = _Queue()
+        self._stop = threading.Event()
+        self._failures: list[BaseException] = []
+        self._stack = contextlib.ExitStack()
+        self._threads: list[threading.Thread] = []
+        self._started: float | None = None
+
+    def __enter__(self) -> "Hasher":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self._stack.close()
+            return False
+        self._stop.set()  # threads finish the chunk in hand; queued chunks are dropped
+        self._queue.close()
+        self._stack.__exit__(exc_type, exc, tb)  # worker processes killed at once (workers.pool)
+        return False
+
+    def add(self, rows: pl.DataFrame) -> None:
+        """Hash these rows too (root_id, srcfile, size, and optionally parse): as soon as the way of hashing
+        is decided, at once if it is."""
+        self._raise_failure()
+        if rows.height == 0:
+            return
+        offset = self.rows
+        with self._lock:
+            self._results.reserve(rows.height)
+        self.rows += rows.height
+        self.bytes += int(rows["size"].sum() or 0)
+        self._blocks.append(rows)
+        if self.progress.on_rows is not None:
+            self.progress.on_rows(rows)
+        self._pending.append((offset, rows))
+        if self.mode is None and (self.rows >= PROCESS_MIN_FILES or self.bytes >= PROCESS_MIN_BYTES):
+            self.mode = "processes"
+        if self.mode is not None:
+            self._submit_pending()
+
+    def finish(self) -> pl.DataFrame:
+        """Wait for every row given; their results (HASHED_SCHEMA) in the order given."""
+        if self.mode is None:  # never reached the processes' thresholds: threads, as many as the mean size asks
+            self.mode = "threads"
+            self.threads = self.workers if self.rows and self.bytes / self.rows >= THREADS_MIN_MEAN_SIZE else 1
+        if self._pending:
+            self._submit_pending()
+        self._queue.close()
+        for t in self._threads:
+            while t.is_alive():  # a timed join keeps Ctrl-C responsive
+                t.join(0.2)
+        self._raise_failure()
+        self._stack.close()  # the worker processes, if any: they exit
+        if self._started is not None:
+            self.seconds = time.perf_counter() - self._started
+        srcfile = (pl.concat([rows["srcfile"] for rows in self._blocks]) if self._blocks
+                   else pl.Series("srcfile", [], pl.String))
+        return self._results.frame(srcfile)
+
+    # ------------------------------------------------------------------ inside
+
+    def _submit_pending(self) -> None:
+        if self._started is None:
+            self._start()
+        pending, self._pending = self._pending, []
+        for offset, rows in pending:
+            self._queue.put(self._tasks(offset, rows))
+
+    def _start(self) -> None:
+        self._started = time.perf_counter()
+        if self.mode == "processes":
+            if self.facts:  # imported before the fork: the workers share them (later kinds they import themselves)
+                from .validate.readers import prepare
+
+                prepare(frozenset().union(*(self._kinds_in(rows) for _, rows in self._pending)))
+            executor = self._stack.enter_context(pool(self.workers))
+            executor.submit(int)  # forked now (all of them: fork-context pools start every worker at once)
+            feeders = [threading.Thread(target=self._feed, args=(executor,), name="chorus-hash-feed", daemon=True)]
+        else:
+            feeders = [threading.Thread(target=self._hash_in_thread, name=f"chorus-hash-{k}", daemon=True)
+                       for k in range(self.threads)]
+        self._threads = feeders
+        pause("hashing")
+        for t in feeders:
+            t.start()
+
+    def _tasks(self, offset: int, rows: pl.DataFrame) -> list[_Task]:
+        kinds = _NO_KINDS
+        if self.facts:
+            found = self._kinds_in(rows)
+            if self.mode == "processes":
+                from .validate.readers import FORK_SAFE_KINDS
+
+                kinds = (found & FORK_SAFE_KINDS, found - FORK_SAFE_KINDS)
+            else:
+                from .validate.readers import prepare
+
+                prepare(found)  # before a thread parses with them (catch_warnings is not thread-safe)
+                kinds = (found, frozenset())
+        # Threads: small chunks, so that every thread gets work even when there are few files.
+        per_chunk = (CHUNK_FILES if self.mode == "processes"
+                     else max(1, min(CHUNK_FILES, -(-rows.height // (self.threads * 4)))))
+        return [_Task(rows, c["start"], c["length"], offset + c["start"], c["root_id"], c["bytes"], kinds)
+                for c in _chunks(rows, per_chunk)]
+
+    @staticmethod
+    def _kinds_in(rows: pl.DataFrame) -> frozenset[str]:
+        """The kinds validation looks inside among the rows to parse (their parsers: validate.readers)."""
+        from .validate.kinds import kinds_in
+        from .validate.readers import READER_KINDS
+
+        return kinds_in(_to_parse(rows)["srcfile"]) & READER_KINDS
+
+    def _record(self, task: _Task, chunk: HashedChunk) -> None:
+        with self._lock:
+            self._results.put(task.offset, chunk)
+            if self.progress.on_chunk is not None:
+                self.progress.on_chunk(task.offset, chunk)
+            self.progress.files_done += task.length
+            self.progress.bytes_done += task.size
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failures.append(exc)  # never a silently missing chunk: the run fails with it
+        self._stop.set()
+
+    def _raise_failure(self) -> None:
+        if self._failures:
+            raise self._failures[0]
+
+    def _hash_in_thread(self) -> None:
+        try:
+            while not self._stop.is_set():
+                task = self._queue.get(0.2)
+                if task is None:
+                    return
+                if isinstance(task, _Task):
+                    self._record(task, hash_chunk(*task.arguments(self.sources)))
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _feed(self, executor) -> None:
+        """Keep the worker processes busy: a bounded number of chunks in flight, refilled as they finish."""
+        in_flight: dict = {}
+        more = True
+        try:
+            while not self._stop.is_set():
+                while more and len(in_flight) < self.workers * 4:
+                    task = self._queue.get(0 if in_flight else 0.2)
+                    if task is None:
+                        more = False
+                    elif isinstance(task, _Task):
+                        in_flight[executor.submit(hash_chunk, *task.arguments(self.sources))] = task
+                        continue
+                    break
+                if not in_flight:
+                    if not more:
+                        return
+                    continue
+                done, _ = wait(in_flight, timeout=0.05, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._record(in_flight.pop(future), future.result())
+        except BaseException as exc:
+            self._fail(exc)
 
 
 def _to_parse(todo: pl.DataFrame) -> pl.DataFrame:
@@ -232,87 +520,16 @@ def _mask(todo: pl.DataFrame, start: int, length: int) -> list[bool] | None:
 
 
 def _chunks(todo: pl.DataFrame, files_per_chunk: int = CHUNK_FILES) -> list[dict]:
-    """Runs {root_id, start, length} of at most `files_per_chunk` files and about CHUNK_BYTES bytes, one root each."""
+    """Runs {root_id, start, length, bytes} of at most `files_per_chunk` files and about CHUNK_BYTES bytes, one
+    root each."""
     chunk_id = (
         pl.col("size").cum_sum() // CHUNK_BYTES + pl.int_range(pl.len()) // files_per_chunk
         + (pl.col("root_id") != pl.col("root_id").shift(1)).fill_null(False).cum_sum()
     )
     return (
-        todo.select("root_id", chunk_id.alias("chunk")).with_row_index("start")
+        todo.select("root_id", "size", chunk_id.alias("chunk")).with_row_index("start")
         .group_by("chunk", maintain_order=True)
-        .agg(pl.col("root_id").first(), pl.col("start").first(), pl.len().alias("length"))
+        .agg(pl.col("root_id").first(), pl.col("start").first(), pl.len().alias("length"),
+             pl.col("size").sum().alias("bytes"))
         .to_dicts()
     )
-
-
-def _record(results: _Results, progress: HashProgress, sizes: pl.Series, start: int, length: int, chunk: HashedChunk) -> None:
-    results.put(start, chunk)
-    if progress.on_chunk is not None:
-        progress.on_chunk(start, chunk)
-    progress.files_done += length
-    progress.bytes_done += int(sizes.slice(start, length).sum() or 0)
-
-
-def _in_processes(sources: Sequence[Source], todo: pl.DataFrame, workers: int, progress: HashProgress,
-                  results: _Results, kinds: tuple[frozenset[str], frozenset[str]] = _NO_KINDS) -> None:
-    srcfile, sizes = todo["srcfile"], todo["size"]
-    chunks = iter(_chunks(todo))
-    in_flight: dict = {}
-    with pool(workers) as executor:
-        # A bounded number of chunks in flight: paths become Python strings only shortly before they are hashed.
-        while True:
-            while len(in_flight) < workers * 4:
-                chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                start, length = chunk["start"], chunk["length"]
-                future = executor.submit(hash_chunk, sources[chunk["root_id"]], srcfile.slice(start, length).to_list(),
-                                         *kinds, _mask(todo, start, length) if kinds[0] or kinds[1] else None)
-                in_flight[future] = (start, length)
-            if not in_flight:
-                break
-            pause("hashing")
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                start, length = in_flight.pop(future)
-                _record(results, progress, sizes, start, length, future.result())
-
-
-def _in_threads(sources: Sequence[Source], todo: pl.DataFrame, threads: int, progress: HashProgress,
-                results: _Results, kinds: tuple[frozenset[str], frozenset[str]] = _NO_KINDS) -> None:
-    srcfile, sizes = todo["srcfile"], todo["size"]
-    # Small chunks, so that every thread gets work even when there are few files.
-    chunks = _chunks(todo, files_per_chunk=max(1, min(CHUNK_FILES, -(-todo.height // (threads * 4)))))
-    counter = itertools.count()  # next() on it is atomic under the GIL
-    lock = threading.Lock()
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            while not stop.is_set():
-                i = next(counter)
-                if i >= len(chunks):
-                    break
-                start, length = chunks[i]["start"], chunks[i]["length"]
-                hashed = hash_chunk(sources[chunks[i]["root_id"]], srcfile.slice(start, length).to_list(), *kinds,
-                                    _mask(todo, start, length) if kinds[0] else None)
-                with lock:
-                    _record(results, progress, sizes, start, length, hashed)
-        except BaseException as exc:  # never a silently missing chunk: the run fails with it
-            failures.append(exc)
-            stop.set()
-
-    hashers = [threading.Thread(target=worker, name=f"chorus-hash-{k}", daemon=True) for k in range(max(1, min(threads, len(chunks))))]
-    pause("hashing")
-    for t in hashers:
-        t.start()
-    try:
-        for t in hashers:
-            while t.is_alive():  # a timed join keeps Ctrl-C responsive
-                t.join(0.2)
-    except BaseException:
-        stop.set()
-        raise
-    if failures:
-        raise failures[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pyarrow as pa
 
 from . import exclude as _exclude
 from . import hashing
-from .checkpoint import Checkpoint, reuse
+from .checkpoint import Checkpoint, announce, resume
 from .errors import UsageError
 from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
@@ -164,35 +165,72 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         hash_s=max(p.hash_s for p in parts), excluded=_exclude.merge_counts([p.excluded for p in parts]))
 
 
-def list_roots(roots: list[Root], progress: Progress,
-               coverage: Coverage | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+# A block of the first root's listing is planned (and its files that must be read are hashed) once it holds this
+# many rows, or an eighth of the previous version's (each block probes the previous rows once: hashing.rows_for).
+BLOCK_ROWS = 8192
+
+
+def list_roots(roots: list[Root], progress: Progress, coverage: Coverage | None = None, *,
+               each: Callable[[pl.DataFrame], None] | None = None,
+               block_rows: int = BLOCK_ROWS) -> tuple[pl.DataFrame, pl.DataFrame]:
     """List every root: (root_id, srcfile, size, mtime_ns, stored_md5, etag) and the problems met. For a shard,
-    sources that can skip top-level folders list only the shard's."""
+    sources that can skip top-level folders list only the shard's.
+
+    With `each`, the first root's rows are handed to it as they are listed, in blocks of at least
+    `block_rows` rows (the last one smaller), and are not returned: whatever the other roots hold, the first
+    root's file is the one tracked. The other roots' rows wait for the whole listing, which decides the
+    paths two roots share (duplicate_path: the first root's file is tracked)."""
     frames: list[pl.DataFrame] = []
     raw_errors: list[tuple[str, str, str]] = []
     seen = [0]
+    first_paths: list[pl.DataFrame] = []  # with `each` and other roots: the first root's paths, for the duplicates
+
+    def hand(batches: list[pa.RecordBatch]) -> None:
+        assert each is not None
+        block = _frame(batches, 0)
+        each(block)
+        if len(roots) > 1:
+            first_paths.append(block.select("srcfile", "root_id"))
+
     with progress.counter("listing", "file", lambda: (seen[0], 0)):
         for root_id, root in enumerate(roots):
-            batches = []
+            batches: list[pa.RecordBatch] = []
+            rows = 0
             listing = (root.source.list_files(raw_errors) if coverage is None or coverage.whole
                        or not getattr(root.source, "skips_tops", False)
                        else root.source.list_files(raw_errors, tops=lambda top: top_in_shard(top, coverage)))
+            streamed = each is not None and root_id == 0
             for batch in listing:
                 batches.append(batch)
+                rows += batch.num_rows
                 seen[0] += batch.num_rows
-            frame = pl.from_arrow(pa.Table.from_batches(batches, schema=LISTING_SCHEMA))
-            assert isinstance(frame, pl.DataFrame)
-            frames.append(frame.with_columns(root_id=pl.lit(root_id, pl.Int64)))
-    listing = pl.concat(frames)  # one frame per root; there is always at least the site root
+                if streamed and rows >= block_rows:
+                    hand(batches)
+                    batches, rows = [], 0
+            if streamed:
+                hand(batches)
+            else:
+                frames.append(_frame(batches, root_id))
     errors = pl.DataFrame(raw_errors, schema=ERRORS_SCHEMA, orient="row") if raw_errors else empty_errors()
+    listing = pl.concat(frames) if frames else _frame([], 0).clear()
     if len(roots) > 1:
-        duplicated = listing.filter(pl.col("srcfile").is_duplicated() & (pl.int_range(pl.len()).over("srcfile") > 0))
+        # In listing order: the first root's paths (what `each` was given) before the other roots' rows.
+        whole = pl.concat([*first_paths, listing], how="diagonal_relaxed") if first_paths else listing
+        duplicated = whole.filter(pl.col("srcfile").is_duplicated() & (pl.int_range(pl.len()).over("srcfile") > 0))
         if duplicated.height:
             errors = pl.concat([errors, duplicated.select(
                 "srcfile", kind=pl.lit("duplicate_path"),
                 message=pl.lit("the same site-relative path exists under two roots; the first root's file is tracked"))])
-            listing = listing.unique("srcfile", keep="first", maintain_order=True)
+            whole = whole.unique("srcfile", keep="first", maintain_order=True)
+            listing = whole.filter(pl.col("root_id") > 0) if first_paths else whole
+            listing = listing.select(_frame([], 0).columns)
     return listing, errors
+
+
+def _frame(batches: list[pa.RecordBatch], root_id: int) -> pl.DataFrame:
+    frame = pl.from_arrow(pa.Table.from_batches(batches, schema=LISTING_SCHEMA))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(root_id=pl.lit(root_id, pl.Int64))
 
 
 def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, last_scan_ns: int | None = None,
@@ -207,54 +245,74 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     left out right after the listing: neither hashed nor recorded, only counted (ScanResult.excluded).
     `checkpoint`: hashes an interrupted run left (reused where the file is unchanged), and where this
     scan's hashes are checkpointed as they come (checkpoint.py). With `facts`, the files validation looks
-    inside are parsed as they are hashed (ScanResult.facts)."""
+    inside are parsed as they are hashed (ScanResult.facts).
+
+    Hashing overlaps the listing: each block of the first root's listing is planned as it comes (shard,
+    exclusions, hashing.due, the checkpoint), and the files it must read are hashed while the listing goes
+    on. What needs the whole listing is decided after it: the other roots' rows (paths two roots share) go
+    through the same steps then, and the re-verification sample (hashing.reverify) is read last."""
     progress = progress or Progress(quiet=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     for root in roots:
         root.source.check()
     scan_started_ns = time.time_ns()
-    progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
-    listing, errors = list_roots(roots, progress, coverage)
-    if not coverage.whole:
-        listing = listing.filter(shard_of(listing["srcfile"], coverage.shards) == coverage.shard)
     excludes = Excludes() if excludes is None else excludes
-    listing, excluded = _exclude.apply(listing, excludes)
-    errors = _exclude.drop_excluded_errors(errors, excludes)  # an excluded file's problem is not the site's
-    timings["scan"] = round(time.perf_counter() - t, 4)
-    t = time.perf_counter()
+    rules = hashing.Rules(racy_cutoff_ns=None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9),
+                          rehash=rehash, racy_until_ns=scan_started_ns + int(racy_window_s * 1e9), cloud_md5=cloud_md5,
+                          cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local])
+    prev = hashing.previous_rows(previous)
+    known = checkpoint.known() if checkpoint is not None and not rehash else None  # read once, before any hashing
+    writer = checkpoint.writer(None, scan_started_ns, racy_window_s) if checkpoint is not None else None
+    counters = hashing.HashProgress(on_chunk=writer, on_rows=writer.extend if writer is not None else None)
+    parts: list[pl.DataFrame] = []
+    excluded_parts: list[dict] = []
 
-    racy_cutoff = None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9)
-    planned = hashing.plan(listing, previous, racy_cutoff_ns=racy_cutoff, rehash=rehash,
-                           racy_until_ns=scan_started_ns + int(racy_window_s * 1e9),
-                           verify_files=math.ceil(listing.height * verify_percent / 100),
-                           verify_max_bytes=verify_max_bytes, cloud_md5=cloud_md5,
-                           cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local])
-    planned, n_resumed = reuse(planned, None if rehash else checkpoint)
-    n_listed = listing.height
-    del listing  # large trees: keep one copy of the paths
-    # parse while hashing (with `facts`): likely new content, new or of a new size; not a file read again only
-    # because its mtime moved or to be re-verified (its facts are most likely cached: validation reads it if not)
-    likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~pl.col("verify")
-    todo = planned.filter(pl.col("needs_read")).select(
-        "root_id", "srcfile", "size", "mtime_ns", "verify", "etag", parse=likely_new).sort("srcfile")
-    todo_bytes = int(todo["size"].sum() or 0)
-    n_verify = int(todo["verify"].sum() or 0)
-    progress.stage(f"{plural(n_listed, 'file')} listed; hashing {plural(todo.height - n_verify, 'new or changed file')}"
-                   + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "") + f" ({human_bytes(todo_bytes)})"
-                   + (f"; {plural(n_resumed, 'file')} hashed by an interrupted run reused" if n_resumed else ""))
-    writer = checkpoint.writer(todo, scan_started_ns, racy_window_s) if checkpoint is not None else None
-    counters = hashing.HashProgress(on_chunk=writer)
-    t_hash = time.perf_counter()
-    with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_done),
-                          total=(todo.height, todo_bytes)):
-        hashed = hashing.hash_files([r.source for r in roots], todo, workers=workers, progress=counters, facts=facts)
+    with hashing.Hasher([r.source for r in roots], workers=workers, progress=counters, facts=facts) as hasher:
+        def plan_block(listed: pl.DataFrame) -> None:
+            """Everything decided file by file, and the reading of those files that must be read."""
+            if not coverage.whole:
+                listed = listed.filter(shard_of(listed["srcfile"], coverage.shards) == coverage.shard)
+            listed, counts = _exclude.apply(listed, excludes)
+            excluded_parts.append(counts)
+            part = resume(hashing.due(listed, prev, rules), known)
+            hasher.add(hashing.to_read(part))
+            parts.append(part)
+
+        progress.stage(f"listing {', '.join(r.source.description for r in roots)}")
+        others, errors = list_roots(roots, progress, coverage, each=plan_block,
+                                    block_rows=max(BLOCK_ROWS, (prev.height + (known.height if known is not None else 0)) // 8))
+        plan_block(others)  # the other roots' rows, now that the whole listing decided the paths they share
+        errors = _exclude.drop_excluded_errors(errors, excludes)  # an excluded file's problem is not the site's
+        excluded = _merged_counts(excluded_parts, excludes)
+        timings["scan"] = round(time.perf_counter() - t, 4)
+        t = time.perf_counter()
+
+        n_listed = sum(part.height for part in parts)
+        planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
+        parts.clear()
+        verify_rows = hashing.to_read(planned.filter(pl.col("verify")))
+        hasher.add(verify_rows)  # the sample, chosen among all files: read last
+        n_resumed = int(planned["resumed_md5"].is_not_null().sum())
+        announce(n_resumed, checkpoint)
+        reading = planned.filter(pl.col("needs_read"))
+        todo_n, todo_bytes, n_verify = reading.height, int(reading["size"].sum() or 0), verify_rows.height
+        del reading
+        if todo_n != hasher.rows:
+            raise AssertionError(f"{hasher.rows} files given to the hashing, {todo_n} planned to be read")
+        progress.stage(f"{plural(n_listed, 'file')} listed; hashing {plural(todo_n - n_verify, 'new or changed file')}"
+                       + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "")
+                       + f" ({human_bytes(todo_bytes)})"
+                       + (f"; {plural(n_resumed, 'file')} hashed by an interrupted run reused" if n_resumed else ""))
+        with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_done),
+                              total=(todo_n, todo_bytes)):
+            hashed = hasher.finish()
     if writer is not None:
         writer.close()  # all of them: a kill during the commit loses no hash
-    hash_s = time.perf_counter() - t_hash
-    n_hashed, bytes_hashed = todo.height, int(hashed["hashed_size"].sum() or 0)
-    del todo
-    hash_errors = hashed.filter(pl.col("error_kind").is_not_null()).select(
+    hash_s = hasher.seconds
+    n_hashed, bytes_hashed = hasher.rows, int(hashed["hashed_size"].sum() or 0)
+    # (in path order, as when every file was hashed after the listing)
+    hash_errors = hashed.filter(pl.col("error_kind").is_not_null()).sort("srcfile").select(
         "srcfile", pl.col("error_kind").alias("kind"), pl.col("error_message").alias("message"))
     files = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns"), on="srcfile", how="left").select(
         "root_id", "srcfile",
@@ -281,4 +339,15 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
         based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
         excluded=excluded,
-        facts=hashed.filter(pl.col("facts").is_not_null()).select(kind="facts_kind", md5="md5", facts="facts") if facts else None)
+        facts=hashed.filter(pl.col("facts").is_not_null()).sort("srcfile").select(kind="facts_kind", md5="md5", facts="facts")
+        if facts else None)
+
+
+def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:
+    """The exclusion counts of the listing's blocks (exclude.apply of each) as exclude.apply of the whole listing
+    gives them: patterns in the order of the list."""
+    merged = _exclude.merge_counts(parts)
+    order = [pattern for _source, pattern in excludes.patterns]
+    for key in ("by_pattern", "examples"):
+        merged[key] = {p: merged[key][p] for p in dict.fromkeys(order) if p in merged[key]}
+    return merged
