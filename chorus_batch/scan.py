@@ -57,7 +57,7 @@ class Coverage:
 
 
 WHOLE_SITE = Coverage()
-SHARD_ROW_GROUP = 65_536  # rows; a partition of a 10M-row merge is about 1M rows
+SHARD_ROW_GROUP = 65_536  # rows; a partition of a merge is about 500k rows (shards.PARTITION_ROWS)
 
 
 def top_in_shard(top: str, coverage: Coverage) -> bool:

@@ -82,3 +82,21 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
     assert third.returncode == 0, third.stderr
     # every run is in `runs`, the one turned away too (the holder was paused before its commit)
     assert (int(ExitCode.LOCKED),) in query(db, "SELECT exit_code FROM runs")
+
+
+def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_was_committed(site, db, monkeypatch):
+    from chorus_batch.errors import AfterCommitError
+    from chorus_batch.store import Manifest
+    from conftest import run_site
+
+    write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"one")
+
+    def broken(self, state, generation):
+        raise RuntimeError("cache writer broke")
+
+    monkeypatch.setattr(Manifest, "save_state", broken)
+    with pytest.raises(AfterCommitError) as failed:
+        run_site(site, db, validate_site=False)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert failed.value.committed == label and label in failed.value.what
+    assert current_rows(db) == {"000001/Waveforms/Telemetry/S1/S1.dat": tree_md5(site)["000001/Waveforms/Telemetry/S1/S1.dat"]}

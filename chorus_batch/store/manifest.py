@@ -38,14 +38,15 @@ from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_ne
 
 # Updates land on random pages of a large manifest; with SQLite's default 2 MB page
 # cache they spill and are rewritten mid-transaction (measured: 30k row updates on a
-# 1M-row manifest 1.5 s -> 0.14 s with 128 MB). Not used for the first, append-only load.
+# 1M-row manifest 1.5 s -> 0.14 s with 128 MB; a 2% change of a 10M-row manifest: ingest
+# 5.3 -> 4.4 s, invalidation 2.7 -> 2.0 s with 512 MB). Not used for the first, append-only load.
 _UPDATE_CACHE = "PRAGMA cache_size = -524288"
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
 _CACHE_PARQUET = {"compression": "lz4", "use_dictionary": ["modality", "person_id", "parse_error", "etag", "root_id"],
                   "write_statistics": [BUCKET]}
-_CACHE_ROW_GROUP = 65_536  # rows: a partition of a 10M-row merge (about 1M rows) skips the others' row groups
+_CACHE_ROW_GROUP = 65_536  # rows: a partition of a merge (about 500k rows) skips the others' row groups
 
 # Change-set rows as `changes` and the review API return them.
 CHANGES_SCHEMA = {
@@ -79,10 +80,12 @@ class CommitResult:
 
 
 @contextlib.contextmanager
-def _beside(work: Callable[[], None]) -> Iterator[None]:
-    """Run `work` on a thread while the block runs; wait for it after, and raise its error (if the block
-    succeeded)."""
-    failed: list[BaseException] = []
+def _beside(work: Callable[[], None] | None, failed: list[BaseException]) -> Iterator[None]:
+    """Run `work` (if any) on a thread while the block runs, and wait for it after; its error goes to `failed`
+    (for the caller to raise once it has said what the block did)."""
+    if work is None:
+        yield
+        return
 
     def run() -> None:
         try:
@@ -96,8 +99,6 @@ def _beside(work: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         thread.join()
-    if failed:
-        raise failed[0]
 
 
 class Manifest:
@@ -311,18 +312,24 @@ class Manifest:
 
     def ensure_state_cache(self) -> None:
         """Write the state cache if it is missing or stale (it is read by bucket range: state_part)."""
-        if self.path.exists() and not self._cache_fresh(self._cache_identity()):
-            self._write_cache([self._current_rows()], self._cache_identity())
+        if not self.path.exists():
+            return
+        identity = self._cache_identity()
+        if not self._cache_fresh(identity):
+            self._write_cache([self._current_rows()], identity)
 
     def _current_rows(self) -> pl.DataFrame:
         return self.query_frame(f"SELECT {', '.join(STATE_SCHEMA)} FROM source_files WHERE time_invalid IS NULL",
                                 schema=STATE_SCHEMA)
 
-    def _cache_identity(self) -> dict[str, str]:
-        with self._open() as con:
-            self._manifest_id = self.meta(con, "manifest_id")
-            return {"manifest_id": str(self._manifest_id), "generation": str(self.meta(con, "state_generation")),
-                    "layout": _CACHE_LAYOUT}
+    def _cache_identity(self, generation: str | None = None) -> dict[str, str]:
+        """What ties the state cache to the manifest's current rows: the manifest, its state generation (the
+        one on disk, or `generation` just written), the cache's layout."""
+        if generation is None:
+            with self._open() as con:
+                self._manifest_id = self.meta(con, "manifest_id")
+                generation = self.meta(con, "state_generation")
+        return {"manifest_id": str(self._manifest_id), "generation": str(generation), "layout": _CACHE_LAYOUT}
 
     def _cache_fresh(self, identity: dict[str, str]) -> bool:
         try:
@@ -369,8 +376,7 @@ class Manifest:
         """Cache the current rows after a write (computed by the caller, not re-read): a frame, or its parts in
         bucket order (a merge's partitions)."""
         parts = [state] if isinstance(state, pl.DataFrame) else state
-        self._write_cache(parts, {"manifest_id": str(self._manifest_id), "generation": str(generation),
-                                  "layout": _CACHE_LAYOUT})
+        self._write_cache(parts, self._cache_identity(generation))
 
     def query_frame(self, sql: str, params: tuple = (), *, schema: dict | None = None) -> pl.DataFrame:
         """Run a read query through ADBC and return a polars frame."""
@@ -629,10 +635,13 @@ class Manifest:
             # SQLite's commit writes and syncs pages without the GIL (6.4 s for a 2% change of a 10M-row
             # manifest); the state cache is written meanwhile. Tied to the new generation, it is read only
             # if the commit succeeded.
-            with _beside(lambda: on_commit(written) if on_commit is not None else None):
+            failed: list[BaseException] = []
+            with _beside(None if on_commit is None else lambda: on_commit(written), failed):
                 con.commit()
-        self.committed_label = label
+        self.committed_label = label  # before on_commit's error, if any: the version is committed
         self.after_commit()
+        if failed:
+            raise failed[0]
         return written
 
     def _assign_records(self, cur, new_rows: pl.DataFrame, max_record_id: int) -> pl.DataFrame:
