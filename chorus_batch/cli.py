@@ -404,6 +404,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     central_flags(mark)
     mark.add_argument("--from-log", required=True, metavar="LOG", help="the log the script wrote")
+
+    imp = command(
+        "import-journal", help="start a manifest from a chorus-upload journal: its versions, file histories and upload marks",
+        description="Build a NEW manifest from a chorus-upload journal (journal.db, either of its schemas): every "
+                    "upstream version becomes a version of this manifest, in order and with its label, its tree rebuilt "
+                    "from the journal's validity intervals and its change set computed by chorus-batch's own diff "
+                    "(renames included); person ids and classification come from the paths. The journal's MD5s are "
+                    "kept, so the next `run` hashes nothing upstream hashed; its upload marks go into the uploads "
+                    "ledger as imported (not verified) for the central container, so `upload` sends only what upstream "
+                    "had not. What cannot be mapped (impossible rows, paths no pattern fits, marks without their file) "
+                    "is listed and recorded as findings of the first version. The journal is only read; an existing "
+                    "manifest is never written over.",
+        epilog="examples:\n"
+               "  chorus-batch import-journal /data/journal.db --db chorus_manifest.sqlite --site /data/site --to az://mgh/\n"
+               "  chorus-batch import-journal journal.db --db new.sqlite --dry-run    # what it would import\n\n"
+               + EXIT_CODES_HELP,
+    )
+    imp.add_argument("journal", metavar="JOURNAL", help="chorus-upload's journal.db (a local file)")
+    imp.add_argument("--db", help=f"the manifest to create; must not exist (default: from the config, else ./{DEFAULT_DB})")
+    imp.add_argument("--site", help="the site's root folder as it is now: recorded as the versions' root, and checked "
+                     "against the import as `status` would (what the next run will commit)")
+    imp.add_argument("--to", metavar="az://CONTAINER/", help="the central container the upload marks are for, as "
+                     "`upload --to` will name it (default: [central] to of chorus.toml, else upstream's central_path "
+                     "when it is an az:// URL)")
+    imp.add_argument("--config", help="settings file (default: ./chorus.toml if present): [site], [central] to, [patterns]")
+    imp.add_argument("--dry-run", action="store_true", help="build the manifest in a temporary file, report, and remove it")
+    imp.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
 
@@ -501,7 +528,7 @@ def _resolve(args: argparse.Namespace) -> _Target:
     db_given = bool(args.db or config.manifest.db)
     if db_given:
         db = args.db or config.manifest.db
-    elif args.command in ("run", "slurm-script") or site is not None:  # a site's manifest, never the demo's
+    elif args.command in ("run", "slurm-script", "import-journal") or site is not None:  # a site's manifest, never the demo's
         db = DEFAULT_DB
     else:  # read the site's manifest here, else the demo's (`run --demo` writes that one), and say which
         db = DEFAULT_DB if Path(DEFAULT_DB).exists() or not Path(DEMO_DB).exists() else DEMO_DB
@@ -978,11 +1005,27 @@ def cmd_mark_uploaded(args: argparse.Namespace, argv: list[str]) -> int:
     return int(marked.exit_code)
 
 
+def cmd_import_journal(args: argparse.Namespace, argv: list[str]) -> int:
+    from .progress import Progress
+    from .report import import_dict, import_text
+    from .upstream.importer import import_journal
+
+    target = _resolve(args)
+    config = target.config
+    result = import_journal(args.journal, target.db, site=target.site, site_roots=config.site.roots if target.site else None,
+                            central=args.to or config.central.to, patterns=config.patterns, dry_run=args.dry_run,
+                            argv=argv, cloud=config.cloud, progress=Progress(quiet=args.quiet))
+    print(json.dumps(import_dict(result), indent=2) if args.json else import_text(result))
+    return result.exit_code
+
+
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
             "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock, "status": cmd_status,
             "slurm-script": cmd_slurm_script, "upload": cmd_upload, "verify": cmd_verify,
-            "mark-uploaded": cmd_mark_uploaded}
+            "mark-uploaded": cmd_mark_uploaded,
+            "import-journal": cmd_import_journal,
+            }
 
 
 def _stop_on_signals() -> None:
@@ -1043,7 +1086,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 NOTHING_COMMITTED = "nothing was committed; the previous version is intact"
 # Commands that write something else than a version: what stays when they stop early.
 _LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
-NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT}
+NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
+                 "import-journal": "no manifest was written (an import builds it in a temporary file it removes)"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,14 +111,15 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
 
 def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | TreeParts, *, previous_label: str | None,
            patterns: tuple[PathPattern, ...], mode: str = "full", delete_list: pl.DataFrame | None = None,
-           started: datetime | None = None, version_label: str | None = None, site: str = "",
+           started: datetime | None = None, finished: datetime | None = None, version_label: str | None = None, site: str = "",
            run_id: int | None = None, threads: int = 2, dry_run: bool = False,
            progress: Progress | None = None, max_delete: str | int = "50%",
            spill_parent: str | Path | None = None) -> Committed:
     """Turn `scanned` into the next version after `previous_label`. `previous` holds its current rows (with
     the scan's files: scanned.files), or both in partitions (TreeParts: a merge of shards reads them one
     partition at a time, so what is held whole is what changed, not the site). The diff's DuckDB spills
-    into a private folder in `spill_parent` (default: the system's temporary folder)."""
+    into a private folder in `spill_parent` (default: the system's temporary folder). `started` and
+    `finished` (default: now) are the version's times (an import gives those of the run it replays)."""
     parts = previous if isinstance(previous, TreeParts) else TreeParts.whole(previous, scanned.files)
     if mode == "full" and not scanned.coverage.whole:
         raise UsageError(
@@ -195,7 +196,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         if progress is not None:
             progress.stage(f"committing version {label}")
         record = VersionRecord(
-            label=label, started_at=iso(started), finished_at=iso(utc_now()), mode=mode, site=site, counts=counts,
+            label=label, started_at=iso(started), finished_at=iso(finished or utc_now()), mode=mode, site=site, counts=counts,
             n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id)
         rows_written = [0]  # source_files rows streamed into SQLite so far (the commit's bulk of work)
         with (progress or Progress(quiet=True)).counter(f"committing version {label}", "row",
@@ -256,7 +257,7 @@ class Tally:
         self.listed_roots |= other.listed_roots
         self.unrooted = self.unrooted or other.unrooted
         for name, n in other.md5_sources.items():
-            self.md5_sources[name] += n
+            self.md5_sources[name] = self.md5_sources.get(name, 0) + n  # (an import counts "imported" too)
         self.reverified = [a + b for a, b in zip(self.reverified, other.reverified)]
         self.verified = _sum_verified(self.verified, other.verified)
 

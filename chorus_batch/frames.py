@@ -35,6 +35,7 @@ LISTING_SCHEMA = pa.schema(
 #   stored        the storage's own MD5 (Azure Content-MD5, an S3 single-part ETag), taken from the listing
 #   reused        unchanged since the previous version (same size and mtime; same etag in the cloud)
 #   unverifiable  no MD5: the storage holds none and --cloud-md5 stored-only forbids reading it
+#   imported      recorded by chorus-upload (its journal, read by `import-journal`); not among the sources a scan has
 MD5_SOURCES = ("computed", "stored", "reused", "unverifiable")
 # --cloud-md5 / cloud_md5 in [run]: where a cloud file's MD5 may come from.
 CLOUD_MD5_POLICIES = ("stored-or-download", "download", "stored-only")
@@ -188,7 +189,8 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
     # journal, not verified). md5: the blob's Content-MD5 after the upload, as the service reports it.
     # confirmed_by: 'service' (Put Blob: the service hashed the bytes it stored), 'blocks' (each block's MD5
     # checked by the service; the whole file hashed from the bytes sent), 'listing' (mark-uploaded: size and
-    # Content-MD5 found at the centre). verify_state: ok | missing | size | md5 | content (bytes differ).
+    # Content-MD5 found at the centre), 'journal' (imported). verify_state: ok | missing | size | md5 | content (bytes
+    # differ) | no_md5 (the blob has no Content-MD5 to compare: sent by another tool; --download checks the bytes).
     "uploads": _columns(
         ("central", "TEXT NOT NULL", _S), ("version", "TEXT NOT NULL", _S), ("file_id", "INTEGER NOT NULL", _I),
         ("destination", "TEXT NOT NULL", _S), ("state", "TEXT NOT NULL", _S), ("uploaded_at", "TEXT", _S),

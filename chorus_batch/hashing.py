@@ -67,6 +67,9 @@ class Rules:
     racy_until_ns: int | None = None
     cloud_md5: str = "stored-or-download"
     cloud_roots: Sequence[int] = ()
+    # Recorded mtimes that are whole multiples of this were kept at this precision by another tool (an import:
+    # chorus-upload kept microseconds) and are compared at it (Manifest.mtime_unit_ns); 1: nanoseconds.
+    mtime_unit_ns: int = 1
 
 
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
@@ -122,7 +125,7 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
     needs = (
         pl.col("prev_md5").is_null()  # new, or recorded without an MD5 (unverifiable): look again
         | (pl.col("size") != pl.col("prev_size"))
-        | (pl.col("mtime_ns") != pl.col("prev_mtime_ns"))
+        | _mtime_moved(rules.mtime_unit_ns)
         # a new etag: written since (no etag recorded, as before schema 7: size and mtime decide)
         | (pl.col("etag") != pl.col("prev_etag")).fill_null(False)
     )
@@ -146,6 +149,16 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
     else:
         read = pl.col("stored_md5").is_null() | rehash  # --rehash reads every file, whatever the storage holds
     return joined.with_columns(needs_read=pl.col("needs_md5") & read, _no_read=cloud & (cloud_md5 == "stored-only"))
+
+
+def _mtime_moved(unit: int) -> pl.Expr:
+    """The file's mtime is not the recorded one. A row imported from chorus-upload holds floor(st_mtime x 10^6)
+    of a float (within 1 us of the nanosecond clock, either way): compared at microseconds, with that slack."""
+    moved = pl.col("mtime_ns") != pl.col("prev_mtime_ns")
+    if unit <= 1:
+        return moved
+    coarse = (pl.col("prev_mtime_ns") % unit) == 0
+    return pl.when(coarse).then((pl.col("mtime_ns") - pl.col("prev_mtime_ns")).abs() >= 2 * unit).otherwise(moved)
 
 
 def reverify(planned: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:

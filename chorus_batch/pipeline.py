@@ -292,7 +292,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        progress=progress, verify_percent=settings.verify_sample,
                        verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
                        excludes=excludes_of(settings), checkpoint=checkpoint,
-                       facts=settings.validate_site and not settings.dry_run)
+                       facts=settings.validate_site and not settings.dry_run, mtime_unit_ns=manifest.mtime_unit_ns())
     timings.update(scanned.timings)
     t = time.perf_counter()
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,

@@ -237,7 +237,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
          racy_window_s: float = 2.0, rehash: bool = False, workers: int = 1, progress: Progress | None = None,
          coverage: Coverage = WHOLE_SITE, verify_percent: float = 0.0, verify_max_bytes: int = 0,
          cloud_md5: str = "stored-or-download", excludes: Excludes | None = None,
-         checkpoint: Checkpoint | None = None, facts: bool = False) -> ScanResult:
+         checkpoint: Checkpoint | None = None, facts: bool = False, mtime_unit_ns: int = 1) -> ScanResult:
     """List and hash; `previous` holds the current rows of version `based_on` (STATE_SCHEMA). With
     `verify_percent`, that share of the site's files (within `verify_max_bytes`) is read again though
     unchanged, the longest unverified first (rolling re-verification). `cloud_md5` says where the MD5 of
@@ -260,7 +260,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     excludes = Excludes() if excludes is None else excludes
     rules = hashing.Rules(racy_cutoff_ns=None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9),
                           rehash=rehash, racy_until_ns=scan_started_ns + int(racy_window_s * 1e9), cloud_md5=cloud_md5,
-                          cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local])
+                          cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local],
+                          mtime_unit_ns=mtime_unit_ns)
     prev = hashing.previous_rows(previous)
     known = checkpoint.known() if checkpoint is not None and not rehash else None  # read once, before any hashing
     writer = checkpoint.writer(None, scan_started_ns, racy_window_s) if checkpoint is not None else None

@@ -85,12 +85,13 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     """Scan shard `coverage` of the site against the manifest's latest version (read only) into `staging`."""
     started = time.perf_counter()
     manifest = Manifest(settings.db)
-    based_on, last_scan_ns = None, None
+    based_on, last_scan_ns, mtime_unit_ns = None, None, 1
     if manifest.path.exists():
         manifest.require()  # an older schema: upgraded by a run (or `upgrade`), never by a shard
         latest = manifest.latest_version()
         based_on = latest["label"] if latest else None
         last_scan_ns = manifest.last_scan_started_ns()
+        mtime_unit_ns = manifest.mtime_unit_ns()
     previous = manifest.previous_state(write_cache=False)  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
     (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
@@ -98,7 +99,8 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                    racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
                    progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
                    verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
-                   excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes))
+                   excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
+                   mtime_unit_ns=mtime_unit_ns)
     scanned.write(folder)
     return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .importing import import_dict, import_text
 from .submission import upload_dict, upload_text, verify_dict, verify_text
 from .summary import (
     changes_text,
@@ -31,7 +32,7 @@ from .summary import (
 if TYPE_CHECKING:
     from .html import SECTION_IDS, ReportInfo, write_report
 
-__all__ = ["SECTION_IDS", "ReportInfo", "changes_text", "findings_dict", "findings_text", "frame_text", "head_text",
+__all__ = ["SECTION_IDS", "ReportInfo", "changes_text", "findings_dict", "findings_text", "frame_text", "head_text", "import_dict", "import_text",
            "status_csv", "status_dict", "status_text", "summary_dict", "summary_text", "upload_dict", "upload_text",
            "verify_dict", "verify_text", "write_report"]
 

@@ -101,13 +101,13 @@ def findings_dict(findings: pl.DataFrame | None) -> dict[str, Any] | None:
 
 
 def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
-                  more: str = "chorus-batch validate --json lists them all") -> list[str]:
+                  more: str = "chorus-batch validate --json lists them all", title: str = "validation") -> list[str]:
     """Counts by severity and rule, then the first `examples` findings (None: all), most serious first."""
     d = findings_dict(findings)
     if d is None or findings is None:
         return []
     s = d["by_severity"]
-    lines = [f"validation: {plural(s['error'], 'error')}, {plural(s['warning'], 'warning')}, {plural(s['info'], 'note')}"
+    lines = [f"{title}: {plural(s['error'], 'error')}, {plural(s['warning'], 'warning')}, {plural(s['info'], 'note')}"
              + (f" ({more})" if d["total"] else "")]
     for key, n in d["by_rule"].items():
         lines.append(f"  {key}: {n}")

@@ -252,6 +252,14 @@ class Manifest:
                         "ORDER BY run_id DESC LIMIT 1")
         return row[0] if row else None
 
+    def mtime_unit_ns(self) -> int:
+        """The precision of mtimes imported from another tool's journal (1000: chorus-upload's microseconds), or
+        1 (every mtime recorded by chorus-batch itself, in nanoseconds). hashing.Rules compares at it."""
+        if not self.path.exists():
+            return 1
+        row = self._one("SELECT value FROM meta WHERE key = 'mtime_unit_ns'")
+        return int(row[0]) if row else 1
+
     def version_errors(self, label: str | None) -> pl.DataFrame:
         schema = schema_of("scan_errors", ("srcfile", "kind", "message"))
         if label is None or not self.path.exists():

@@ -137,7 +137,7 @@ def require_version(manifest: Manifest, label: str) -> None:
 UPLOAD_STATE_SCHEMA = {
     "version": pl.String, "central": pl.String, "n_files": pl.Int64, "n_uploaded": pl.Int64, "n_not_sent": pl.Int64,
     "bytes_uploaded": pl.Int64, "finished_at": pl.String, "verified_at": pl.String, "verify_method": pl.String,
-    "n_bad": pl.Int64, "manifest_copied_at": pl.String,
+    "n_bad": pl.Int64, "manifest_copied_at": pl.String, "n_imported_unverified": pl.Int64,
 }
 
 
@@ -149,12 +149,14 @@ def upload_state(manifest: Manifest) -> pl.DataFrame:
         f"WHERE change IN ({_in(SUBMITTED)}) GROUP BY version), "
         "u AS (SELECT central, version, "
         f"sum(state IN ({_in(CONFIRMED)})) AS n_uploaded, sum(state NOT IN ({_in(CONFIRMED)})) AS n_not_sent, "
-        f"sum(CASE WHEN state IN ({_in(CONFIRMED)}) THEN bytes ELSE 0 END) AS bytes_uploaded "
+        f"sum(CASE WHEN state IN ({_in(CONFIRMED)}) THEN bytes ELSE 0 END) AS bytes_uploaded, "
+        "sum(state = 'imported' AND (verify_state IS NULL OR verify_state != 'ok')) AS n_imported_unverified "
         "FROM uploads GROUP BY central, version), "
         "k AS (SELECT central, version FROM u UNION SELECT central, version FROM submissions) "
         "SELECT k.version, k.central, coalesce(n.n_files, 0) AS n_files, coalesce(u.n_uploaded, 0) AS n_uploaded, "
         "coalesce(u.n_not_sent, 0) AS n_not_sent, coalesce(u.bytes_uploaded, 0) AS bytes_uploaded, s.finished_at, "
-        "s.verified_at, s.verify_method, s.n_bad, s.manifest_copied_at FROM k "
+        "s.verified_at, s.verify_method, s.n_bad, s.manifest_copied_at, coalesce(u.n_imported_unverified, 0) "
+        "AS n_imported_unverified FROM k "
         "LEFT JOIN n ON n.version = k.version LEFT JOIN u ON u.central = k.central AND u.version = k.version "
         "LEFT JOIN submissions s ON s.central = k.central AND s.version = k.version ORDER BY k.version, k.central",
         (*SUBMITTED, *CONFIRMED, *CONFIRMED, *CONFIRMED), schema=UPLOAD_STATE_SCHEMA)
@@ -166,6 +168,8 @@ def upload_summary(state: pl.DataFrame) -> pl.DataFrame:
         text = f"{row['n_uploaded']}/{row['n_files']} sent"
         if row["n_not_sent"]:
             text += f", {row['n_not_sent']} not sent"
+        if row["n_imported_unverified"]:  # marked uploaded by chorus-upload: nothing here has checked them yet
+            text += f", {row['n_imported_unverified']} imported from chorus-upload and not verified"
         if row["verified_at"]:
             text += (", verified" + (f" ({row['verify_method']})" if row["verify_method"] else "")
                      if not row["n_bad"] else f", {row['n_bad']} failed verification")

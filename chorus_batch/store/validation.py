@@ -79,7 +79,8 @@ class ValidationCache:
                 if new_facts.height:
                     cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
                     cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
-                cur.execute("DELETE FROM findings WHERE version = ?", (label,))
+                # (an import's findings about the journal it read are not the check's: they stay)
+                cur.execute("DELETE FROM findings WHERE version = ? AND rule NOT LIKE 'import.%'", (label,))
                 if findings.height:
                     cur.adbc_ingest("findings", _arrow_stream(findings.select(
                         pl.lit(label).alias("version"), "severity", "rule", "srcfile", "message")), mode="append")

@@ -47,11 +47,16 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
     joined = expected.join(listing.rename({"name": "srcfile", "size": "blob_size"}), on="srcfile", how="left")
     state = (pl.when(pl.col("blob_size").is_null()).then(pl.lit("missing"))
              .when(pl.col("blob_size") != pl.col("size")).then(pl.lit("size"))
-             .when(pl.col("content_md5").is_null() | (pl.col("content_md5") != pl.col("md5"))).then(pl.lit("md5"))
+             # sent by another tool (chorus-upload, AzCopy of large files): nothing vouches for it but its bytes
+             .when(pl.col("content_md5").is_null()).then(pl.lit("no_md5"))
+             .when(pl.col("content_md5") != pl.col("md5")).then(pl.lit("md5"))
              .otherwise(pl.lit("ok")))
     message = (pl.when(pl.col("verify_state") == "missing").then(pl.lit("not in the central container"))
                .when(pl.col("verify_state") == "size").then(
                    pl.format("the central blob has {} bytes, the manifest {}", "blob_size", "size"))
+               .when(pl.col("verify_state") == "no_md5").then(pl.lit(
+                   "the central blob has the manifest's size but no Content-MD5 (it was sent by another tool): "
+                   "only `chorus-batch verify --download` can check its bytes"))
                .when(pl.col("verify_state") == "md5").then(
                    pl.format("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
                              pl.col("content_md5").fill_null("(none)"), "md5"))
@@ -77,8 +82,9 @@ def check_version(ledger: UploadLedger, central: Central, version: str, *, downl
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
                     progress: Progress | None) -> pl.DataFrame:
-    """Read back every blob that passed the listing check and hash it: 'content' when its bytes differ."""
-    candidates = results.filter(pl.col("verify_state") == "ok").join(expected.select("file_id", "md5", "size"),
+    """Read back every blob that passed the listing check (or has no Content-MD5 to check) and hash it: 'content'
+    when its bytes differ."""
+    candidates = results.filter(pl.col("verify_state").is_in(["ok", "no_md5"])).join(expected.select("file_id", "md5", "size"),
                                                                      on="file_id")
     done = [0, 0]
 
@@ -89,7 +95,7 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
         done[1] += size
         if read is None:
             return "missing"
-        return None if read == (md5, size) else "content"
+        return "ok" if read == (md5, size) else "content"
 
     from ..progress import Progress
 
@@ -104,8 +110,9 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
         pl.col("read_state").is_not_null()).select("file_id", "read_state")
     return (results.join(bad, on="file_id", how="left")
             .with_columns(pl.coalesce("read_state", "verify_state").alias("verify_state"),
-                          pl.when(pl.col("read_state") == "content")
-                          .then(pl.lit("its bytes, read back, do not have the manifest's MD5 (its Content-MD5 does)"))
+                          pl.when(pl.col("read_state") == "ok").then(pl.lit(None, pl.String))
+                          .when(pl.col("read_state") == "content")
+                          .then(pl.lit("its bytes, read back, do not have the manifest's MD5"))
                           .when(pl.col("read_state") == "missing").then(pl.lit("gone while it was read back"))
                           .otherwise(pl.col("message")).alias("message"))
             .drop("read_state"))

@@ -1,0 +1,313 @@
+"""`import-journal`: a new manifest holding a chorus-upload journal's whole history.
+
+Each upstream version is replayed through chorus-batch's own commit (commit.commit): its tree, rebuilt
+from the journal's validity intervals (journal.version_trees), is committed as the next version, with
+the upstream label and run times. So the change sets are chorus-batch's own diff (added, removed,
+replaced, renamed: upstream never saw renames), person ids and classification come from the paths with
+today's patterns (the folder keeps the zeros the journal's integer column lost), and an mtime-only change
+updates the row in place as a run would. Upstream's MD5s are kept (md5_source 'imported'), with mtimes
+in microseconds, as upstream recorded them: the manifest says so (meta mtime_unit_ns), and the next run
+compares them at that precision, so it hashes nothing upstream hashed.
+
+The upload marks become rows of the uploads ledger (state 'imported', not verified) for the central
+container given, so that `upload` sends only what upstream had not sent, and `verify` checks them.
+
+The manifest is built in a private temporary file beside the target and appears under its name only
+when complete (a hard link, which never replaces a file that appeared meanwhile): an import that fails
+or is killed leaves no manifest behind, and an existing manifest is never written over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+from ..errors import ChorusError, UsageError
+from ..frames import SCANNED_SCHEMA, empty_errors
+from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
+
+MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
+_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info"}  # others: warning
+
+
+@dataclass
+class ImportedVersion:
+    label: str
+    n_files: int
+    counts: dict[str, int]  # added, removed, replaced, renamed, unchanged
+    updates: int  # upstream `journal update` runs it stands for
+
+
+@dataclass
+class ImportResult:
+    journal: str
+    journal_schema: int
+    db: str
+    dry_run: bool
+    central: str | None
+    versions: list[ImportedVersion] = field(default_factory=list)
+    unchanged_updates: list[str] = field(default_factory=list)  # updates that changed no file's content: no version
+    n_rows: int = 0
+    n_marks: int = 0  # upload marks recorded in the ledger
+    findings: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"severity": pl.String, **PROBLEM_SCHEMA}))
+    status: object | None = None  # pipeline.RunResult of the check against --site
+    elapsed_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        from ..errors import ExitCode
+
+        status_code = int(getattr(self.status, "exit_code", 0) or 0)
+        return int(ExitCode.FINDINGS) if self.findings.height or status_code else int(ExitCode.OK)
+
+
+def import_journal(journal_path: str, db: str, *, site: str | None = None, site_roots: dict[str, str] | None = None,
+                   central: str | None = None, patterns: dict[str, list[str]] | None = None, dry_run: bool = False,
+                   argv: list[str] | None = None, cloud=None, progress=None) -> ImportResult:
+    """Import the journal at `journal_path` into a new manifest `db` (a dry run builds it in a temporary file and
+    removes it). `site`: the tree as it is now, recorded as the root and checked as `status` would; `central`:
+    the az:// container the upload marks are for (default: the one upstream uploaded to, if it is one)."""
+    from ..config import CloudSettings, RunSettings
+    from ..progress import Progress
+
+    started = time.monotonic()
+    progress = progress or Progress(quiet=True)
+    target = Path(db)
+    if "://" in db:
+        raise UsageError("import-journal writes a new local manifest", where=f"--db {db}",
+                         fix="import into a local file, then copy it where the site keeps its manifest")
+    if target.exists():
+        raise UsageError(f"{db} exists; import-journal builds a new manifest and never writes over one", where=db,
+                         fix="pass --db with a new file name (or move the existing manifest away first)")
+    if not target.parent.is_dir():
+        raise UsageError(f"the folder of {db} does not exist", where=db, fix="create it, or pass another --db")
+
+    progress.stage(f"reading {journal_path}")
+    journal = read_journal(journal_path)
+    rows, problems = checked_rows(journal.rows)
+    trees, tree_problems = version_trees(journal, rows)
+    if not trees:
+        raise UsageError(f"the journal {journal_path} records no version (no file rows)", where=journal_path,
+                         fix="run chorus-batch on the site directly: there is no history to import")
+    _check_labels(trees, journal_path)
+    marks = upload_marks(rows)
+    central_url = _central(central, journal, marks.height, journal_path)
+    settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
+                           cloud=cloud or CloudSettings(), validate_site=False)
+    roots = _roots(settings, site, trees[-1], journal_path)
+
+    result = ImportResult(journal=journal_path, journal_schema=journal.schema, db=db, dry_run=dry_run,
+                          central=central_url, n_rows=journal.rows.height)
+    building = target.with_name(f".{target.name}.importing-{os.getpid()}")
+    try:
+        findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
+                          progress, pl.concat([problems, tree_problems]))
+        result.findings = findings
+        if dry_run:
+            if site is not None:
+                result.status = _check_site(settings.model_copy(update={"db": str(building)}), argv, progress)
+            return result
+        _publish(building, target)
+    finally:
+        _remove(building)
+    if site is not None:
+        result.status = _check_site(settings, argv, progress)
+    result.elapsed_s = time.monotonic() - started
+    return result
+
+
+def _check_labels(trees: list[VersionTree], where: str) -> None:
+    from ..commit import _LABEL_RE
+
+    for before, tree in zip([None, *trees], trees):
+        if not _LABEL_RE.match(tree.label):
+            raise UsageError(f"upstream version label {tree.label!r} is not a label chorus-batch can keep (letters, "
+                             "digits, '.', '_', '-'; at most 64)", where=where,
+                             fix="report it: this journal needs its labels mapped by hand")
+        if before is not None and tree.label <= before.label:
+            raise UsageError(
+                f"upstream version {tree.label!r} was recorded after {before.label!r} but does not sort after it; "
+                "chorus-batch orders versions by label", where=where,
+                fix="report it: this journal needs its labels mapped by hand")
+
+
+def _central(central: str | None, journal: Journal, n_marks: int, where: str) -> str | None:
+    from ..submit.central import central_url
+
+    if central:
+        return central_url(central)
+    if journal.central and journal.central.startswith(("az://", "abfs://", "abfss://")):
+        return central_url(journal.central)
+    if n_marks:
+        raise UsageError(
+            f"the journal holds {n_marks} upload marks, and the central container they are for is not an Azure "
+            f"container chorus-batch can name (upstream sent to {journal.central or 'an unrecorded place'})",
+            where=where, fix="pass --to az://<container>/ (the site's central container, as `upload` will use it), "
+                             "or set [central] to in chorus.toml and pass --config")
+    return None
+
+
+def _roots(settings, site: str | None, last: VersionTree, where: str) -> list[tuple[str, str | None]]:
+    """The roots the versions are recorded under: the site's (as `run` records them), else the paths upstream scanned."""
+    from ..pipeline import open_roots
+
+    if site is not None:
+        return [(root.source.location, root.modality) for root in open_roots(settings)]
+    paths = dict(last.roots)
+    if not paths:
+        raise UsageError("the journal does not record where the site was scanned", where=where,
+                         fix="pass --site DIR (the site's root folder as it is now)")
+    default = max(set(paths.values()), key=list(paths.values()).count)
+    return [(default.replace("\\", "/"), None),
+            *((path.replace("\\", "/"), modality) for modality, path in sorted(paths.items()) if path != default)]
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+
+
+def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.DataFrame, marks: pl.DataFrame,
+           roots: list[tuple[str, str | None]], settings, central: str | None, argv: list[str], result: ImportResult,
+           progress, problems: pl.DataFrame) -> pl.DataFrame:
+    from ..classify import build_patterns
+    from ..commit import commit
+    from ..scan import ScanResult
+    from ..store import Manifest
+
+    manifest = Manifest(path)
+    manifest.ensure_schema()
+    with manifest._open() as con, con:
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('mtime_unit_ns', ?)", (str(MTIME_UNIT_NS),))
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('imported_from', ?)", (f"chorus-upload journal v{journal.schema}",))
+    run_id = manifest.begin_run(argv, "import", roots[0][0])
+    patterns = build_patterns(settings.patterns)
+    by_modality = {modality: i for i, (_, modality) in enumerate(roots) if modality is not None}
+    root_id = (pl.col("modality").replace_strict(by_modality, default=0, return_dtype=pl.Int64) if by_modality
+               else pl.lit(0, pl.Int64))
+    previous_label: str | None = None
+    for tree in trees:
+        progress.stage(f"importing version {tree.label} ({tree.files.height} files)")
+        files = tree.files.select(
+            root_id.alias("root_id"), "srcfile", "size", (pl.col("mtime_us") * 1000).alias("mtime_ns"), "md5",
+            # hashed by upstream in this run (or these runs): when its bytes were last seen to have this MD5
+            (pl.col("valid_us") >= tree.started_us).alias("read"), pl.lit(False).alias("verify"),
+            pl.lit("imported").alias("md5_source"), pl.lit(None, pl.String).alias("etag"),
+        ).cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
+        scanned = ScanResult(files=files, errors=empty_errors(), roots=roots, scan_started_ns=tree.started_us * 1000,
+                             based_on=previous_label)
+        committed = commit(manifest, scanned, manifest.previous_state(), previous_label=previous_label,
+                           patterns=patterns, mode="full", started=_dt(tree.started_us), finished=_dt(tree.finished_us),
+                           version_label=tree.label, site=roots[0][0], run_id=run_id, max_delete="all",
+                           threads=settings.workers)
+        if committed.label is None:
+            result.unchanged_updates.append(tree.label)
+            continue
+        result.versions.append(ImportedVersion(label=tree.label, n_files=committed.n_files, counts=committed.counts,
+                                               updates=len(tree.updates)))
+        previous_label = committed.label
+    if not result.versions:
+        raise UsageError("no upstream version holds any file", where=journal.path,
+                         fix="run chorus-batch on the site directly: there is no history to import")
+    merged = [t for t in trees if len(t.updates) > 1]
+    notes = [{"rule": "import.merged-updates", "srcfile": None,
+              "message": f"version {t.label} was written by {len(t.updates)} `journal update` runs with the same "
+                         "--version: imported as one version (the tree after the last of them)"} for t in merged]
+    unmapped = _record_marks(manifest, marks, central)
+    result.n_marks = marks.height - unmapped.height
+    unparseable = manifest.query_frame(
+        "SELECT DISTINCT srcfile, message FROM scan_errors WHERE kind = 'unparseable' ORDER BY srcfile",
+        schema={"srcfile": pl.String, "message": pl.String})
+    findings = pl.concat([
+        problems, pl.DataFrame(notes, schema=PROBLEM_SCHEMA), unmapped,
+        unparseable.select(rule=pl.lit("import.unparseable-path"), srcfile="srcfile",
+                           message=pl.format("the path fits no pattern of today's procedures: {}", "message")),
+    ]).with_columns(severity=pl.col("rule").replace_strict(_SEVERITY, default="warning")).select(
+        "severity", "rule", "srcfile", "message")
+    _save_findings(manifest, result.versions[0].label, findings)
+    manifest.finish_run(run_id, exit_code=1 if findings.filter(pl.col("severity") != "info").height else 0,
+                        version=previous_label, n_files=result.versions[-1].n_files, n_errors=findings.height,
+                        scan_started_ns=trees[-1].started_us * 1000,
+                        message=f"imported {len(result.versions)} versions from {journal.path}")
+    return findings
+
+
+def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> pl.DataFrame:
+    """The upload marks as ledger rows (state 'imported'); the marks that match no imported file version
+    (PROBLEM_SCHEMA)."""
+    from ..store.uploads import UploadLedger
+
+    files = manifest.query_frame(
+        "SELECT srcfile, version_valid AS label, md5, file_id FROM source_files",
+        schema={"srcfile": pl.String, "label": pl.String, "md5": pl.String, "file_id": pl.Int64})
+    matched = marks.join(files, on=["srcfile", "label", "md5"], how="left")
+    unmapped = matched.filter(pl.col("file_id").is_null()).select(
+        rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
+        message=pl.format("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
+                          "recorded in the uploads ledger", "mark", "label", "md5"))
+    found = matched.filter(pl.col("file_id").is_not_null()).unique(["label", "file_id"], keep="first", maintain_order=True)
+    if central is not None and found.height:
+        UploadLedger(manifest, central).record([
+            {"version": label, "file_id": file_id, "destination": f"{central}/{label}/{srcfile}", "state": "imported",
+             "uploaded_at": _mark_time(mark), "bytes": size, "md5": md5, "confirmed_by": "journal", "attempts": 0}
+            for srcfile, label, md5, mark, size, file_id in found.select(
+                "srcfile", "label", "md5", "mark", "size", "file_id").iter_rows()])
+    return unmapped
+
+
+def _mark_time(mark: str) -> str:
+    """An upload mark (YYYYMMDDHHMMSS: a version label or the clock time of `file upload`) as an ISO time; kept
+    as given when it is not one."""
+    try:
+        return datetime.strptime(mark, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+    except ValueError:
+        return mark
+
+
+def _save_findings(manifest, label: str, findings: pl.DataFrame) -> None:
+    from ..store.validation import FACTS_SCHEMA, ValidationCache
+
+    if findings.height:  # stored, not marked as a completed check: `validate` still checks the version
+        ValidationCache(manifest).save(label, pl.DataFrame(schema=FACTS_SCHEMA), findings, complete=False)
+
+
+def _publish(building: Path, target: Path) -> None:
+    """Give the finished manifest its name, never over a file that appeared meanwhile."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(building)) as con:  # fold the WAL into the file: one file to move
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.execute("PRAGMA journal_mode = DELETE")
+    try:
+        os.link(building, target)
+    except FileExistsError:
+        raise UsageError(f"{target} appeared while the journal was imported; it was left as it is", where=str(target),
+                         fix="pass --db with a new file name") from None
+    except OSError:  # a file system without hard links
+        if target.exists():
+            raise UsageError(f"{target} appeared while the journal was imported", where=str(target),
+                             fix="pass --db with a new file name") from None
+        os.replace(building, target)
+    with contextlib.closing(sqlite3.connect(target)) as con:
+        con.execute("PRAGMA journal_mode = WAL")
+
+
+def _remove(building: Path) -> None:
+    for leftover in building.parent.glob(building.name + "*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _check_site(settings, argv, progress):
+    from ..pipeline import status
+
+    try:
+        return status(settings, argv=list(argv or []), progress=progress)
+    except ChorusError as exc:
+        exc.what = f"the journal was imported, but checking it against the site failed: {exc.what}"
+        raise

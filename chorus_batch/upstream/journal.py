@@ -1,0 +1,299 @@
+"""Reading a chorus-upload journal (both of its schemas) and rebuilding the tree of each of its versions.
+
+chorus-upload (github.com/chorus-ai/chorus-extract-upload) keeps one SQLite journal per site:
+
+  v2  `journal_v2` with lookup tables `srcpaths`, `modalities`, `versions`, `uploads` (joined on their
+      ids, which have gaps), and `command_history_v2`
+  v1  one `journal` table (FILEPATH, MODALITY, VERSION, UPLOAD_DTSTR, STATE) and `command_history`
+
+One row is one content state of one path, valid from TIME_VALID_us until TIME_INVALID_us (NULL: still
+current), in integer microseconds of the wall clock of the `journal update` run that wrote it. A
+version's tree is not "the rows labelled up to V" (an mtime-only change copies the old row's label and
+upload mark onto a new row): it is the rows whose interval covers the start of the next update, the
+updates being the `journal update` commands of the command history. Upload marks (a version label, or
+the clock time of `file upload`) stay on replaced and deleted rows and repeat on touched rows.
+
+What cannot be mapped is never dropped silently: each problem becomes a row of `problems`
+(rule, srcfile, message), reported as findings of the first imported version.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import shlex
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from ..errors import UsageError
+
+# One journal row, whichever the schema.
+ROW_SCHEMA = {
+    "row_id": pl.Int64,  # FILE_ID
+    "srcfile": pl.String,
+    "modality": pl.String,
+    "size": pl.Int64,
+    "md5": pl.String,
+    "mtime_us": pl.Int64,
+    "valid_us": pl.Int64,
+    "invalid_us": pl.Int64,
+    "label": pl.String,  # the row's VERSION
+    "mark": pl.String,  # its upload mark (UPLOAD_DT / UPLOAD_DTSTR); NULL: not uploaded
+}
+PROBLEM_SCHEMA = {"rule": pl.String, "srcfile": pl.String, "message": pl.String}
+
+_V2_ROWS = """
+SELECT j.FILE_ID, CASE WHEN s.SRC_PATH IN ('.', '') OR s.SRC_PATH IS NULL THEN j.FILENAME
+                       ELSE rtrim(s.SRC_PATH, '/') || '/' || j.FILENAME END,
+       m.MODALITY, j.SIZE, j.MD5, j.SRC_MODTIME_us, j.TIME_VALID_us, j.TIME_INVALID_us, v.VERSION, u.UPLOAD_DT
+FROM journal_v2 j
+LEFT JOIN srcpaths s ON s.id = j.SRC_PATH_ID
+LEFT JOIN modalities m ON m.id = j.MODALITY_ID
+LEFT JOIN versions v ON v.id = j.VERSION_ID
+LEFT JOIN uploads u ON u.id = j.UPLOAD_DT_ID
+ORDER BY j.FILE_ID
+"""
+_V1_ROWS = """
+SELECT FILE_ID, FILEPATH, MODALITY, SIZE, MD5, SRC_MODTIME_us, TIME_VALID_us, TIME_INVALID_us, VERSION, UPLOAD_DTSTR
+FROM journal ORDER BY FILE_ID
+"""
+_FETCH_ROWS = 200_000  # rows turned into a frame at a time: a journal of millions of rows is never a list of tuples
+_MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
+
+
+@dataclass
+class Update:
+    """One `journal update` of the command history."""
+
+    command_id: int
+    start_us: int  # its DATETIME (whole seconds, written before the scan: at or before all of its rows)
+    label: str | None  # its --version
+    roots: dict[str, str]  # modality -> the site path it scanned (SRC_PATHS)
+
+
+@dataclass
+class Journal:
+    path: str
+    schema: int  # 1 or 2
+    rows: pl.DataFrame  # ROW_SCHEMA
+    updates: list[Update]
+    central: str | None  # where upstream sent files (DEST_PATH of its upload commands), as recorded
+    mode: str | None = None  # not recorded in the journal: from the config, if given
+
+
+@dataclass
+class VersionTree:
+    label: str
+    started_us: int  # the update's start
+    finished_us: int  # its last timestamp (rows written or ended by it)
+    files: pl.DataFrame  # srcfile, modality, size, md5, mtime_us, valid_us (the upstream row valid at the cut)
+    roots: dict[str, str]
+    updates: list[int] = field(default_factory=list)  # the command ids it stands for (consecutive updates, same label)
+
+
+def _not_a_journal(path: str, why: str) -> UsageError:
+    return UsageError(f"{path} is not a chorus-upload journal: {why}", where=path,
+                      fix="give the journal.db that chorus-upload's `journal update` writes (its [journal] path in "
+                          "config.toml; for a journal in Azure, download it first, e.g. with chorus-upload's "
+                          "`journal checkout`)")
+
+
+def read_journal(path: str | Path) -> Journal:
+    """The journal at `path`, read only; a UsageError when it is missing or is not a chorus-upload journal."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise UsageError(f"no journal at {path}", where=path, fix="give the path of chorus-upload's journal.db")
+    try:
+        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise _not_a_journal(path, f"SQLite cannot open it ({exc})") from None
+    try:
+        try:
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise _not_a_journal(path, f"it is not an SQLite database ({exc})") from None
+        if "journal_v2" in tables:
+            schema, sql, history = 2, _V2_ROWS, "command_history_v2"
+            missing = {"srcpaths", "modalities", "versions", "uploads"} - tables
+            if missing:
+                raise _not_a_journal(path, f"it has journal_v2 but not its lookup tables {sorted(missing)}")
+        elif "journal" in tables:
+            schema, sql, history = 1, _V1_ROWS, "command_history"
+        elif {"source_files", "versions", "meta"} <= tables:
+            raise _not_a_journal(path, "it is a chorus-batch manifest already (open it with --db)")
+        else:
+            shown = ", ".join(sorted(tables)[:8]) or "none"
+            raise _not_a_journal(path, f"it has no journal_v2 or journal table (its tables: {shown})")
+        try:
+            rows = _rows(con, sql)
+            updates, central = _history(con, history) if history in tables else ([], None)
+        except sqlite3.Error as exc:
+            raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
+    finally:
+        con.close()
+    return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central)
+
+
+def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
+    cursor = con.execute(sql)
+    frames = []
+    while batch := cursor.fetchmany(_FETCH_ROWS):
+        # Columns of any affinity (SIZE as text in a v1 journal, a person id as an integer) come as Python
+        # values: strict=False lets polars cast what fits and leaves NULL where nothing does.
+        frame = pl.DataFrame(batch, schema=list(ROW_SCHEMA), orient="row", infer_schema_length=None)
+        frames.append(frame.select(pl.col(name).cast(dtype, strict=False) for name, dtype in ROW_SCHEMA.items()))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
+
+
+def _history(con: sqlite3.Connection, table: str) -> tuple[list[Update], str | None]:
+    updates, central = [], None
+    for command_id, when, command, params, src_paths, dest_path in con.execute(
+            f"SELECT COMMAND_ID, DATETIME, COMMAND, PARAMS, SRC_PATHS, DEST_PATH FROM {table} ORDER BY COMMAND_ID"):
+        command = (command or "").strip()
+        if dest_path not in (None, "", "None") and command.startswith("file "):
+            central = str(dest_path)
+        if command != "journal update":
+            continue
+        start = _start_us(when)
+        if start is None:
+            continue
+        updates.append(Update(command_id=int(command_id), start_us=start, label=_flag(params, "--version"),
+                              roots=_roots(src_paths)))
+    return updates, central
+
+
+def _start_us(text: str | None) -> int | None:
+    """'YYYY-MM-DD HH:MM:SS UTC' (as chorus-upload writes DATETIME) in µs since the epoch."""
+    for fmt in ("%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            return calendar.timegm(time.strptime(str(text).strip(), fmt)) * 1_000_000
+        except ValueError:
+            continue
+    return None
+
+
+def _flag(params: str | None, name: str) -> str | None:
+    try:
+        words = shlex.split(params or "")
+    except ValueError:
+        words = (params or "").split()
+    for i, word in enumerate(words):
+        if word == name and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _roots(src_paths: str | None) -> dict[str, str]:
+    try:
+        value = json.loads(src_paths or "")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items() if v} if isinstance(value, dict) else {}
+
+
+# ----------------------------------------------------------------------------- the versions' trees
+
+
+def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rows an import can use, and the problems of the others (PROBLEM_SCHEMA). Left out: rows without a
+    path, size, MD5 or start of validity, and rows that end before they start. Two rows of one path valid at
+    once (two current rows, or overlapping intervals): the later one wins from its start, the earlier one is
+    taken as ended there."""
+    def problem(frame: pl.DataFrame, rule: str, message: pl.Expr) -> pl.DataFrame:
+        return frame.select(rule=pl.lit(rule), srcfile="srcfile", message=message)
+
+    row = pl.format("journal row FILE_ID {}", "row_id")
+    incomplete = (pl.col("srcfile").is_null() | (pl.col("srcfile") == "") | pl.col("size").is_null()
+                  | pl.col("valid_us").is_null() | pl.col("mtime_us").is_null()
+                  | ~pl.col("md5").str.contains(_MD5.pattern).fill_null(False))
+    backwards = pl.col("invalid_us").is_not_null() & (pl.col("invalid_us") <= pl.col("valid_us"))
+    problems = [
+        problem(rows.filter(incomplete), "import.incomplete-row",
+                pl.format("{} has no usable path, size, MD5, mtime or start (size {}, MD5 {}): not imported",
+                          row, pl.col("size").cast(pl.String).fill_null("NULL"), pl.col("md5").fill_null("NULL"))),
+        problem(rows.filter(~incomplete & backwards), "import.impossible-interval",
+                pl.format("{} is invalid before (or as) it is valid (TIME_VALID_us {}, TIME_INVALID_us {}): it was "
+                          "never part of any version; not imported", row, "valid_us", "invalid_us")),
+    ]
+    rows = rows.filter(~incomplete & ~backwards).with_columns(pl.col("md5").str.to_lowercase())
+    # Overlaps: each row ends at the latest when the next row of its path (by start) begins.
+    ordered = rows.sort("srcfile", "valid_us", "row_id").with_columns(
+        _next_valid=pl.col("valid_us").shift(-1).over("srcfile"), _next_row=pl.col("row_id").shift(-1).over("srcfile"))
+    overlapping = pl.col("_next_valid").is_not_null() & (pl.col("invalid_us").is_null()
+                                                          | (pl.col("invalid_us") > pl.col("_next_valid")))
+    problems.append(problem(
+        ordered.filter(overlapping), "import.overlapping-rows",
+        pl.when(pl.col("invalid_us").is_null())
+        .then(pl.format("two active rows for one path ({} and FILE_ID {}): the earlier is taken as replaced by the "
+                        "later at TIME_VALID_us {}", row, "_next_row", "_next_valid"))
+        .otherwise(pl.format("{} is still valid when FILE_ID {} of the same path begins (TIME_VALID_us {}): it is "
+                             "taken as replaced then", row, "_next_row", "_next_valid"))))
+    ordered = ordered.with_columns(
+        invalid_us=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
+    ).drop("_next_valid", "_next_row")
+    # Rows ended where they began (a later row of the path starts at the same instant) hold no state.
+    ordered = ordered.filter(pl.col("invalid_us").is_null() | (pl.col("invalid_us") > pl.col("valid_us")))
+    return ordered.sort("row_id"), pl.concat(problems).cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
+
+
+def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTree], pl.DataFrame]:
+    """The tree after each upstream version, oldest first, from the validity intervals cut at the starts of
+    the `journal update` runs; consecutive updates with one label make one version (its tree: after the
+    last of them). Also the problems met (PROBLEM_SCHEMA)."""
+    problems: list[dict] = []
+    updates = sorted(journal.updates, key=lambda u: (u.start_us, u.command_id))
+    if rows.height and (not updates or int(rows["valid_us"].min()) < updates[0].start_us - 60_000_000):  # type: ignore[operator]
+        # No usable command history (or rows older than it): each label starts at its first row.
+        firsts = rows.group_by("label").agg(pl.col("valid_us").min()).drop_nulls("label").sort("valid_us")
+        known = {u.start_us for u in updates}
+        updates = sorted([*updates, *(Update(command_id=-1, start_us=int(v), label=label, roots={})
+                                      for label, v in firsts.iter_rows() if int(v) not in known)],
+                         key=lambda u: (u.start_us, u.command_id))
+        problems.append({"rule": "import.no-history", "srcfile": None, "message": (
+            "the journal's command history does not record every `journal update`: versions start at the first "
+            "row of each version label (an update that only removed or touched files is part of the next one)")})
+    trees: list[VersionTree] = []
+    # When each update ended: its last timestamp (a row written or ended by it), found by binary search.
+    stamps = pl.concat([rows["valid_us"], rows["invalid_us"].drop_nulls()]).unique().sort()
+    for i, update in enumerate(updates):
+        end = updates[i + 1].start_us if i + 1 < len(updates) else None
+        if end is None:  # the last update: the rows current now
+            current = pl.col("invalid_us").is_null()
+            in_run = pl.col("valid_us") >= update.start_us
+        else:
+            current = (pl.col("valid_us") < end) & (pl.col("invalid_us").is_null() | (pl.col("invalid_us") >= end))
+            in_run = pl.col("valid_us").is_between(update.start_us, end, closed="left")
+        label = update.label or _label_of(rows.filter(in_run), trees) or time.strftime(
+            "%Y%m%d%H%M%S", time.gmtime(update.start_us // 1_000_000))
+        files = rows.filter(current).select("srcfile", "modality", "size", "md5", "mtime_us", "valid_us")
+        last = (stamps.len() if end is None else int(stamps.search_sorted(end, side="left"))) - 1
+        finished = int(stamps[last]) if last >= 0 and int(stamps[last]) >= update.start_us else update.start_us
+        tree = VersionTree(label=label, started_us=update.start_us, finished_us=finished, files=files,
+                           roots=update.roots, updates=[update.command_id])
+        if trees and trees[-1].label == label:  # the same --version again: one version, as upstream labels it
+            tree.started_us, tree.updates = trees[-1].started_us, [*trees[-1].updates, update.command_id]
+            trees[-1] = tree
+        else:
+            trees.append(tree)
+    return trees, pl.DataFrame(problems, schema=PROBLEM_SCHEMA)
+
+
+def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
+    """An update recorded without --version: the label its new rows carry (not one copied from an earlier version)."""
+    seen = {t.label for t in earlier}
+    labels = [label for label in run_rows["label"].drop_nulls().unique().sort().to_list() if label not in seen]
+    return labels[-1] if labels else None
+
+
+def upload_marks(rows: pl.DataFrame) -> pl.DataFrame:
+    """The upload marks, one per (path, label, MD5, mark): a touched file's new row repeats its old row's."""
+    return (rows.filter(pl.col("mark").is_not_null())
+            .group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first(), pl.col("row_id").min())
+            .sort("srcfile", "label", "mark"))

@@ -1,0 +1,345 @@
+"""`import-journal`: a chorus-upload journal (real ones, both schemas: tests/fixtures/chorus-upload, see its
+README) becomes a manifest whose every version holds the tree upstream recorded, whose upload marks are in the
+uploads ledger, and after which the next run hashes nothing upstream hashed and `upload` sends only what upstream
+had not sent (against a real Azurite)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, query
+from services import set_content_md5
+from test_upload import blobs, central_for
+
+FIXTURES = Path(__file__).parent / "fixtures" / "chorus-upload"
+JOURNALS = {"A": FIXTURES / "journal_A.db", "B": FIXTURES / "journal_B.db"}
+V1, V2 = "20250101000000", "20250201000000"
+
+
+def make_site():
+    spec = importlib.util.spec_from_file_location("make_site", FIXTURES / "make_site.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tree(state: str, *, schema: str) -> dict[str, tuple[int, str]]:
+    """path -> (size, md5) of the fixture site's version (journal B's old release tracked no Metadata/)."""
+    states = {"v1": make_site().state_v1, "v2": make_site().state_v2}[state]()
+    return {path: (len(data), hashlib.md5(data).hexdigest()) for path, (data, _) in states.items()
+            if not (schema == "B" and path.startswith("Metadata/"))}
+
+
+def build_site(tmp_path: Path, state: str = "v2") -> Path:
+    site = tmp_path / f"site_{state}"
+    make_site().build(str(site), state)
+    return site
+
+
+def files_as_of(db: Path, label: str) -> dict[str, tuple[int, str]]:
+    out = cli("files", "--db", str(db), "--as-of", label, "--json")
+    assert out.returncode == 0, out.stderr
+    return {row["srcfile"]: (row["size"], row["md5"]) for row in json.loads(out.stdout)}
+
+
+def import_journal(journal: Path, db: Path, *extra: str, env: dict | None = None):
+    return cli("import-journal", str(journal), "--db", str(db), *extra, env=env)
+
+
+def journal_marks(journal: Path) -> set[tuple[str, str, str]]:
+    """(path, version, md5) of every upload mark, read from the journal with the fixture README's queries."""
+    con = sqlite3.connect(journal)
+    try:
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal_v2'").fetchone():
+            rows = con.execute(
+                "SELECT s.SRC_PATH || '/' || j.FILENAME, v.VERSION, j.MD5 FROM journal_v2 j "
+                "JOIN srcpaths s ON s.id = j.SRC_PATH_ID JOIN versions v ON v.id = j.VERSION_ID "
+                "WHERE j.UPLOAD_DT_ID IS NOT NULL").fetchall()
+        else:
+            rows = con.execute("SELECT FILEPATH, VERSION, MD5 FROM journal WHERE UPLOAD_DTSTR IS NOT NULL").fetchall()
+    finally:
+        con.close()
+    return set(rows)
+
+
+@pytest.fixture
+def central(azurite, monkeypatch, tmp_path):
+    return central_for(azurite, monkeypatch, tmp_path)
+
+
+# ----------------------------------------------------------------------------- the whole history
+
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_every_version_of_the_journal_is_the_tree_upstream_recorded(schema, tmp_path):
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS[schema], db, "--site", str(build_site(tmp_path)), "--to", "az://central/")
+    assert out.returncode == 1, out.stderr  # findings: today's Images layout does not fit the fixture's paths
+    assert "Traceback" not in out.stderr
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    assert files_as_of(db, V1) == tree("v1", schema=schema)
+    assert files_as_of(db, V2) == tree("v2", schema=schema)
+
+    # Our own diff: the rename upstream saw as a removal and an addition, the content changes as replaced,
+    # the touched OMOP/person.csv not at all (its row is the same file version, with the new mtime).
+    changes = {(c, p, o) for c, p, o in query(db, "SELECT change, srcfile, old_srcfile FROM changes WHERE version = ?", (V2,))}
+    assert ("renamed", "550001/Images/XR_20240120/view_1/IMG0001_PA.dcm",
+            "550001/Images/XR_20240120/view_1/IMG0001.dcm") in changes
+    assert {p for c, p, _ in changes if c == "replaced"} == {"OMOP/measurement.csv",
+                                                             "000123/Waveforms/20240101/000123_20240101_083000.dat"}
+    assert not any(p == "OMOP/person.csv" for _, p, _ in changes)
+    person_csv = query(db, "SELECT version_valid, mtime_ns FROM source_files WHERE srcfile = 'OMOP/person.csv'")
+    assert person_csv == [(V1, make_site().state_v2()["OMOP/person.csv"][1] * 10**9)]
+
+    # Person ids from the folders (the journal's integer column lost the zeros), times from upstream's runs.
+    persons = {p for (p,) in query(db, "SELECT DISTINCT person_id FROM source_files WHERE person_id IS NOT NULL")}
+    assert persons == {"000123", "104567", "2087", "550001", "000045"}
+    started = [row[0] for row in query(db, "SELECT started_at FROM versions ORDER BY label")]
+    assert all(s.startswith("2026-12-01T14:38:") for s in started)
+    assert query(db, "SELECT DISTINCT md5_source FROM source_files") == [("imported",)]
+
+    # Upload marks: one ledger row per (path, version, MD5), imported and not verified, at <central>/<version>/<path>.
+    ledger = query(db, "SELECT f.srcfile, u.version, u.md5, u.state, u.destination, u.verify_state FROM uploads u "
+                       "JOIN source_files f ON f.file_id = u.file_id")
+    assert {(p, v, m) for p, v, m, *_ in ledger} == journal_marks(JOURNALS[schema])
+    assert {(state, verify) for _, _, _, state, _, verify in ledger} == {("imported", None)}
+    assert all(dest == f"az://central/{v}/{p}" for p, v, _, _, dest, _ in ledger)
+
+
+@pytest.mark.parametrize("step", ["1_update_v1", "2_mark_u1", "3_update_v2", "4_mark_u2"])
+def test_each_step_of_the_journal_imports_the_versions_it_had(step, tmp_path):
+    db = tmp_path / "m.sqlite"
+    journal = FIXTURES / "steps" / f"A_{step}.db"
+    out = import_journal(journal, db, "--site", str(build_site(tmp_path)), "--to", "az://central/")
+    assert out.returncode in (0, 1), out.stderr
+    labels = [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")]
+    assert labels == ([V1] if step < "3" else [V1, V2])
+    for label, state in zip(labels, ("v1", "v2")):
+        assert files_as_of(db, label) == tree(state, schema="A")
+    assert {(p, v, m) for p, v, m in query(
+        db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)")} == journal_marks(journal)
+
+
+def test_the_run_after_an_import_hashes_nothing_and_adds_no_version(tmp_path):
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    assert import_journal(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/").returncode == 1
+    # mtimes upstream kept in microseconds: a file whose clock has nanoseconds below them is the same file
+    touched = site / "OMOP" / "visit_occurrence.csv"
+    ns = touched.stat().st_mtime_ns
+    os.utime(touched, ns=(ns + 789, ns + 789))
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["version"] is None and summary["counts"]["unchanged"] == 41
+    assert summary["md5_sources"]["computed"] == 0  # no MD5 computed: every one is upstream's
+    assert summary["files_hashed"] == summary["verification"]["files_reverified"]  # only the rolling re-verification
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    # the in-place refresh keeps the file's own nanoseconds from now on
+    assert query(db, "SELECT mtime_ns FROM source_files WHERE srcfile = 'OMOP/visit_occurrence.csv' AND "
+                     "time_invalid IS NULL") == [(ns + 789,)]
+
+
+def test_journal_b_the_next_run_adds_only_the_metadata_the_old_release_did_not_track(tmp_path):
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    assert import_journal(JOURNALS["B"], db, "--site", str(site), "--to", "az://central/").returncode == 1
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate", "--verify-sample", "0")
+    assert out.returncode in (0, 1), out.stderr
+    summary = json.loads(out.stdout)
+    metadata = sorted(p for p in make_site().state_v2() if p.startswith("Metadata/"))
+    assert summary["counts"]["added"] == len(metadata) and summary["counts"]["replaced"] == 0
+    assert summary["files_hashed"] == len(metadata)
+    added = [p for (p,) in query(db, "SELECT srcfile FROM changes WHERE version = ?", (summary["version"],))]
+    assert sorted(added) == metadata
+
+
+def test_site_check_says_what_the_next_run_will_commit(tmp_path):
+    site = build_site(tmp_path)
+    (site / "OMOP" / "specimen.csv").write_text("specimen_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    result = json.loads(out.stdout)
+    assert [v["label"] for v in result["versions"]] == [V1, V2]
+    assert result["upload_marks"] == 26
+    check = result["site_check"]
+    assert check["counts"]["added"] == 1 and check["counts"]["unchanged"] == 41
+    assert [c["srcfile"] for c in check["changes"]] == ["OMOP/specimen.csv"]
+
+
+# ----------------------------------------------------------------------------- upload and verify
+
+
+def test_upload_after_the_import_sends_only_what_upstream_had_not_and_verify_checks_the_marks(central, azurite, tmp_path):
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db, "--site", str(site), "--to", central.url, env=central.env)
+    assert out.returncode == 1, out.stderr
+    marked = journal_marks(JOURNALS["A"])
+    # What upstream sent is at the centre, as chorus-upload put it: <version>/<path>, no Content-MD5 of ours.
+    by_md5 = {hashlib.md5(data).hexdigest(): data
+              for state in (make_site().state_v1(), make_site().state_v2()) for data, _ in state.values()}
+    for path, version, md5 in marked:
+        central.client.upload_blob(f"{version}/{path}", by_md5[md5], overwrite=True)
+    # Put Blob gives a blob the service's Content-MD5; the ones chorus-upload sent in blocks have none
+    in_blocks = sorted(f"{v}/{p}" for p, v, _ in marked if p.endswith(".dat"))
+    assert in_blocks
+    for name in in_blocks:
+        set_content_md5(azurite.service_client(), central.container, name, None)
+
+    versions = cli("versions", "--db", str(db), "--json")
+    assert "imported from chorus-upload and not verified" in versions.stdout
+
+    up = cli("upload", "--db", str(db), "--to", central.url, "--workers", "2", "--json", env=central.env)
+    # it sends, then verifies each version: the blobs without a Content-MD5 are what the listing cannot vouch for
+    assert up.returncode == 1, up.stderr
+    assert up.stdout.count("only `chorus-batch verify --download` can check its bytes") == len(in_blocks)
+    sent = {(row[0], row[1]) for row in query(
+        db, "SELECT version, f.srcfile FROM uploads u JOIN source_files f USING (file_id) WHERE u.state = 'uploaded'")}
+    submitted = {(v, p) for v, p in query(
+        db, "SELECT c.version, c.srcfile FROM changes c WHERE c.change IN ('added', 'replaced', 'renamed')")}
+    # all but what upstream had sent, and a file removed before anyone sent it (its bytes are gone)
+    gone = (V1, "Metadata/legacy_notes.txt")
+    assert sent == submitted - {(v, p) for p, v, _ in marked} - {gone}
+    assert query(db, "SELECT u.state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = ?",
+                 (gone[1],)) == [("superseded",)]
+    assert ("20250201000000", "550001/Images/XR_20240120/view_1/IMG0001_PA.dcm") in sent  # upstream never sent it
+    on_central = set(blobs(central))
+    assert {f"{v}/{p}" for v, p in submitted - {gone}} <= on_central
+
+    # The listing cannot vouch for blobs chorus-upload sent without a Content-MD5 ...
+    listing = cli("verify", "--db", str(db), "--to", central.url, "--all", "--json", env=central.env)
+    assert listing.returncode == 1, listing.stderr
+    problems = json.loads(listing.stdout)["problems"]
+    assert sorted(f"{p['version']}/{p['srcfile']}" for p in problems) == in_blocks
+    assert {p["verify_state"] for p in problems} == {"no_md5"}
+    assert all("verify --download" in p["message"] for p in problems)
+    # ... their bytes can: read back, every imported mark checks out
+    download = cli("verify", "--db", str(db), "--to", central.url, "--all", "--download", "--json", env=central.env)
+    assert download.returncode == 0, download.stdout + download.stderr
+    assert query(db, "SELECT DISTINCT verify_state FROM uploads WHERE state != 'superseded'") == [("ok",)]
+    assert "not verified" not in cli("versions", "--db", str(db), "--json").stdout
+
+
+# ----------------------------------------------------------------------------- what cannot be mapped
+
+
+def damaged_journal(tmp_path: Path) -> Path:
+    """The journal after its first update and upload marks (one version), with three rows spoilt."""
+    journal = tmp_path / "damaged.db"
+    shutil.copy(FIXTURES / "steps" / "A_2_mark_u1.db", journal)
+    con = sqlite3.connect(journal)
+    with con:
+        # invalid before valid
+        con.execute("UPDATE journal_v2 SET TIME_INVALID_us = TIME_VALID_us - 5 WHERE FILE_ID = 2")
+        # a second active row for one path (a later content of OMOP/drug_exposure.csv, never ended)
+        con.execute("INSERT INTO journal_v2 (PERSON_ID, SRC_PATH_ID, FILENAME, MODALITY_ID, SRC_MODTIME_us, SIZE, MD5, "
+                    "TIME_VALID_us, TIME_INVALID_us, UPLOAD_DT_ID, VERSION_ID) SELECT PERSON_ID, SRC_PATH_ID, FILENAME, "
+                    "MODALITY_ID, SRC_MODTIME_us + 1000000, SIZE + 1, '0123456789abcdef0123456789abcdef', "
+                    "(SELECT max(TIME_VALID_us) FROM journal_v2), NULL, NULL, VERSION_ID FROM journal_v2 "
+                    "WHERE FILE_ID = 5")
+        # a path no pattern fits
+        scratch = con.execute("INSERT INTO srcpaths (SRC_PATH) VALUES ('scratch/old export')").lastrowid
+        con.execute("UPDATE journal_v2 SET FILENAME = 'stray notes.txt', SRC_PATH_ID = ? WHERE FILE_ID = 1", (scratch,))
+    con.close()
+    return journal
+
+
+def test_impossible_rows_are_imported_as_findings_that_name_them(tmp_path):
+    db = tmp_path / "m.sqlite"
+    out = import_journal(damaged_journal(tmp_path), db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    findings = json.loads(out.stdout)["findings"]
+    by_rule = {}
+    for f in findings:
+        by_rule.setdefault(f["rule"], []).append(f)
+    impossible = by_rule["import.impossible-interval"]
+    assert [f["srcfile"] for f in impossible] == ["OMOP/procedure_occurrence.csv"]
+    assert "FILE_ID 2" in impossible[0]["message"] and "invalid before" in impossible[0]["message"]
+    overlapping = by_rule["import.overlapping-rows"]
+    assert [f["srcfile"] for f in overlapping] == ["OMOP/drug_exposure.csv"]
+    assert "two active rows" in overlapping[0]["message"] and "FILE_ID 5" in overlapping[0]["message"]
+    assert any(f["srcfile"] == "scratch/old export/stray notes.txt" for f in by_rule["import.unparseable-path"])
+    # recorded as findings of the first version, where `validate` and the report show them
+    first = query(db, "SELECT rule, srcfile FROM findings WHERE version = ?", (V1,))
+    assert ("import.impossible-interval", "OMOP/procedure_occurrence.csv") in first
+    assert ("import.overlapping-rows", "OMOP/drug_exposure.csv") in first
+    # the later row wins: it is the current one
+    assert query(db, "SELECT md5 FROM source_files WHERE srcfile = 'OMOP/drug_exposure.csv' AND time_invalid IS NULL") == [
+        ("0123456789abcdef0123456789abcdef",)]
+    # the findings stay when the first version is validated (they are the import's, not the check's)
+    site = build_site(tmp_path, "v1")
+    assert cli("validate", "--db", str(db), "--site", str(site)).returncode in (0, 1)
+    assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (V1,)) == [(1,)]
+    assert ("import.impossible-interval", "OMOP/procedure_occurrence.csv") in query(
+        db, "SELECT rule, srcfile FROM findings WHERE version = ?", (V1,))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"this is not a database, just text\n" * 20, "not an SQLite database"),
+    (None, "no journal_v2 or journal table"),
+    ("manifest", "chorus-batch manifest already"),
+])
+def test_a_file_that_is_not_a_journal_is_refused_clearly(content, words, tmp_path):
+    bad = tmp_path / "bad.db"
+    if content is None:
+        con = sqlite3.connect(bad)
+        con.execute("CREATE TABLE something (x)")
+        con.close()
+    elif content == "manifest":
+        site = build_site(tmp_path)
+        assert cli("run", "--site", str(site), "--db", str(bad), "--no-validate").returncode in (0, 1)
+    else:
+        bad.write_bytes(content)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(bad, db)
+    assert out.returncode == 2, out.stderr
+    assert "is not a chorus-upload journal" in out.stderr and words in out.stderr
+    assert "fix:" in out.stderr and "Traceback" not in out.stderr
+    assert "no manifest was written" not in out.stderr or not db.exists()
+    assert not db.exists() and not list(tmp_path.glob(".m.sqlite*"))
+
+
+def test_an_existing_manifest_is_never_written_over(tmp_path):
+    db = tmp_path / "m.sqlite"
+    db.write_bytes(b"precious")
+    out = import_journal(JOURNALS["A"], db, "--to", "az://central/")
+    assert out.returncode == 2 and "never writes over" in out.stderr
+    assert db.read_bytes() == b"precious"
+
+
+def test_upload_marks_need_a_central_container_chorus_batch_can_name(tmp_path):
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db)  # upstream sent to /data/central, a local folder
+    assert out.returncode == 2
+    assert "26 upload marks" in out.stderr and "--to az://" in out.stderr
+    assert not db.exists()
+
+
+def test_a_dry_run_reports_and_leaves_nothing(tmp_path):
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["B"], db, "--site", str(site), "--to", "az://central/", "--dry-run")
+    assert out.returncode == 1, out.stderr
+    assert "removed: --dry-run" in out.stdout and "20250201000000: 39 files" in out.stdout
+    assert "what a run would commit" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site_v2"]
+
+
+def test_the_journal_is_only_read(tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    before = journal.read_bytes()
+    assert import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/").returncode == 1
+    assert journal.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.db", "m.sqlite"]
+    assert (os.stat(tmp_path / "m.sqlite").st_mode & 0o077) == 0
