@@ -1,0 +1,1 @@
+"""Switching from chorus-upload: its journals and its config."""
