@@ -431,6 +431,24 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--config", help="settings file (default: ./chorus.toml if present): [site], [central] to, [patterns]")
     imp.add_argument("--dry-run", action="store_true", help="build the manifest in a temporary file, report, and remove it")
     imp.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    cfg = command(
+        "import-config", help="convert a chorus-upload config.toml into a chorus.toml",
+        description="Read the config.toml of chorus-upload (the older CHoRUS upload tool) and print the equivalent "
+                    "chorus.toml: the site's paths ([site] root, [site.roots]), the journaling mode ([run] mode), "
+                    "the central container ([central] to) and how Azure is signed in to ([azure]). Secrets are never "
+                    "copied: [azure] names the environment variables that take them, and a warning names each secret "
+                    "found (masked) so that it can be rotated. What cannot be translated (path patterns, versioned "
+                    "folders, a local central path, unknown keys) is a warning on stderr and a comment in the text. "
+                    "The journal itself is imported with `chorus-batch import-journal`.",
+        epilog="examples:\n  chorus-batch import-config /opt/chorus-upload/config.toml > chorus.toml\n"
+               "  chorus-batch import-config config.toml --out chorus.toml     # written readable by its owner only\n\n"
+               "here exit code 1 means: converted, with warnings (secrets not copied, settings not translated)\n\n"
+               + EXIT_CODES_HELP,
+    )
+    cfg.add_argument("config_file", metavar="CONFIG", help="chorus-upload's config.toml")
+    cfg.add_argument("--out", metavar="FILE", help="write the chorus.toml to FILE (mode 0600) instead of stdout")
+    cfg.add_argument("--force", action="store_true", help="with --out: replace FILE if it exists")
     return parser
 
 
@@ -1019,13 +1037,29 @@ def cmd_import_journal(args: argparse.Namespace, argv: list[str]) -> int:
     return result.exit_code
 
 
+def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
+    from .upstream.config import convert_config, write_config
+
+    if args.force and not args.out:
+        raise UsageError("--force is for --out", where="--force", fix="add --out FILE, or leave out --force")
+    converted = convert_config(args.config_file)
+    out = write_config(converted.text, args.out, force=args.force, source=args.config_file) if args.out else None
+    for warning in converted.warnings:
+        print(f"chorus-batch: warning: {warning}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(converted.text)
+    else:
+        print(f"chorus-batch: wrote {out}" + (f" ({len(converted.warnings)} warnings)" if converted.warnings else ""),
+              file=sys.stderr)
+    return int(ExitCode.FINDINGS) if converted.warnings else int(ExitCode.OK)
+
+
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
             "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock, "status": cmd_status,
             "slurm-script": cmd_slurm_script, "upload": cmd_upload, "verify": cmd_verify,
             "mark-uploaded": cmd_mark_uploaded,
-            "import-journal": cmd_import_journal,
-            }
+            "import-journal": cmd_import_journal, "import-config": cmd_import_config}
 
 
 def _stop_on_signals() -> None:
