@@ -27,10 +27,11 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    success
   1    success with findings (scan errors, unparseable paths, unverifiable cloud files or validation
-       errors were recorded; upload: files not sent; verify: blobs missing or not matching)
+       errors were recorded; upload: files not sent; verify: blobs missing or not matching;
+       import-journal: parts of the journal could not be mapped; import-config: warnings)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed; the previous version is intact; upload: what was confirmed
-       is recorded, the same command resumes)
+       is recorded, the same command resumes; import-journal: no manifest was written)
   4    the manifest is locked by another run (its holder is named; for a manifest in Azure whose
        holder died, `chorus-batch unlock --db az://...` breaks the lock)
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty

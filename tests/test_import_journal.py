@@ -10,7 +10,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -343,3 +346,69 @@ def test_the_journal_is_only_read(tmp_path):
     assert journal.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.db", "m.sqlite"]
     assert (os.stat(tmp_path / "m.sqlite").st_mode & 0o077) == 0
+
+
+def test_labels_that_do_not_sort_in_the_order_of_the_updates_are_refused_clearly(tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    con = sqlite3.connect(journal)
+    with con:  # the second update labelled so that it sorts first
+        con.execute("UPDATE journal SET VERSION = '20241201000000' WHERE VERSION = ?", (V2,))
+        con.execute("UPDATE command_history SET PARAMS = '--version 20241201000000' WHERE PARAMS = ?", (f"--version {V2}",))
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2, out.stderr
+    assert "'20241201000000' was recorded after '20250101000000'" in out.stderr and "Traceback" not in out.stderr
+    assert not db.exists()
+
+
+# ----------------------------------------------------------------------------- killed, signalled, in the cloud
+
+
+def _start(journal: Path, db: Path, *extra: str, pause: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "import-journal", str(journal), "--db", str(db),
+                             *extra], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": pause},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if f"test pause at {pause}" in line:
+            return proc
+    proc.wait(timeout=60)
+    raise AssertionError(f"the import never reached {pause}: exit {proc.returncode}")
+
+
+def test_a_killed_import_leaves_no_manifest_and_the_next_one_cleans_up(tmp_path):
+    db = tmp_path / "m.sqlite"
+    proc = _start(JOURNALS["A"], db, "--to", "az://central/", pause="commit")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not db.exists()
+    assert list(tmp_path.glob(".m.sqlite.importing-*"))  # what the killed process was building
+    out = import_journal(JOURNALS["A"], db, "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite"]
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+
+
+def test_a_terminated_import_says_nothing_was_written(tmp_path):
+    db = tmp_path / "m.sqlite"
+    proc = _start(JOURNALS["A"], db, "--to", "az://central/", pause="commit")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "no manifest was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):
+    central.client.upload_blob("chorus-upload/journal.db", JOURNALS["A"].read_bytes())
+    db = tmp_path / "m.sqlite"
+    url = f"az://{central.container}/chorus-upload/journal.db"
+    out = import_journal(url, db, "--to", central.url, "--json", env=central.env)
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout)["journal"] == url
+    assert files_as_of(db, V2) == tree("v2", schema="A")
+    assert not list(Path(central.env["CHORUS_BATCH_CACHE_DIR"]).rglob("journal.db*"))  # the copy is gone
+    missing = import_journal(url.replace("journal.db", "nothing.db"), tmp_path / "n.sqlite", env=central.env)
+    assert missing.returncode == 2 and "no chorus-upload journal at" in missing.stderr

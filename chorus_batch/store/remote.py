@@ -176,9 +176,10 @@ class _Renewer(threading.Thread):
 class RemoteManifest:
     """One manifest blob, its lease and its local working copies."""
 
-    def __init__(self, url: str, cloud: CloudSettings | None = None):
+    def __init__(self, url: str, cloud: CloudSettings | None = None, *, what: str = "manifest"):
         from ..config import CloudSettings
 
+        self.what = what  # what the blob is, in messages (import-journal reads a chorus-upload journal this way)
         self.url = url
         self.where = mask_url(url)
         self.container, self.name = _split(url)
@@ -228,7 +229,7 @@ class RemoteManifest:
                     raise
                 return None
 
-        return self._call("read the manifest at", get)
+        return self._call(f"read the {self.what} at", get)
 
     # ------------------------------------------------------------------ lease
 
@@ -390,10 +391,10 @@ class RemoteManifest:
                 os.fsync(handle.fileno())
 
         try:
-            self._call("download the manifest from", download)
+            self._call(f"download the {self.what} from", download)
             stored = getattr(props.content_settings, "content_md5", None)
             if stored and bytes(stored) != _md5_file(tmp):
-                raise ManifestError("the downloaded manifest does not match its Content-MD5", where=self.where,
+                raise ManifestError(f"the downloaded {self.what} does not match its Content-MD5", where=self.where,
                                     fix="run again; if it persists, check the blob (it may have been changed by hand)")
             os.replace(tmp, copy)
         finally:
@@ -450,4 +451,22 @@ def read_copy(url: str, cloud: CloudSettings | None = None) -> Path:
     return RemoteManifest(url, cloud).fetch_read_copy()
 
 
-__all__ = ["RemoteManifest", "remote_manifest", "read_copy", "is_remote"]
+@contextlib.contextmanager
+def downloaded(url: str, cloud: CloudSettings | None, what: str, fix: str) -> Iterator[Path]:
+    """A private local copy of the blob `url` (another tool's file: a chorus-upload journal), removed afterwards."""
+    remote = RemoteManifest(url, cloud, what=what)
+    props = remote.properties()
+    if props is None or not props.size:
+        raise UsageError(f"no {what} at {remote.where}" + (" (the blob is empty)" if props else ""), where=remote.where,
+                         fix=fix)
+    copy = remote.folder / "import" / Path(remote.name).name
+    remote._refresh(copy, props)
+    try:
+        yield copy
+    finally:
+        for path in (copy, remote._etag_file(copy), *_sidecars(copy)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+__all__ = ["RemoteManifest", "downloaded", "remote_manifest", "read_copy", "is_remote"]

@@ -30,6 +30,7 @@ import polars as pl
 
 from ..errors import ChorusError, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors
+from ..sources.remote import mask_url
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
@@ -74,6 +75,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     removes it). `site`: the tree as it is now, recorded as the root and checked as `status` would; `central`:
     the az:// container the upload marks are for (default: the one upstream uploaded to, if it is one)."""
     from ..config import CloudSettings, RunSettings
+    from ..pipeline import open_roots
     from ..progress import Progress
 
     started = time.monotonic()
@@ -87,22 +89,29 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                          fix="pass --db with a new file name (or move the existing manifest away first)")
     if not target.parent.is_dir():
         raise UsageError(f"the folder of {db} does not exist", where=db, fix="create it, or pass another --db")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write in the folder of {db}", where=str(target.parent.resolve()),
+                         fix="pass --db in a folder you can write to")
+    _remove_stale(target)
 
-    progress.stage(f"reading {journal_path}")
-    journal = read_journal(journal_path)
+    progress.stage(f"reading {mask_url(journal_path)}")
+    journal = _read(journal_path, cloud)
     rows, problems = checked_rows(journal.rows)
     trees, tree_problems = version_trees(journal, rows)
     if not trees:
-        raise UsageError(f"the journal {journal_path} records no version (no file rows)", where=journal_path,
+        raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
-    _check_labels(trees, journal_path)
+    _check_labels(trees, journal.path)
     marks = upload_marks(rows)
-    central_url = _central(central, journal, marks.height, journal_path)
+    central_url = _central(central, journal, marks.height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False)
-    roots = _roots(settings, site, trees[-1], journal_path)
+    roots = _roots(settings, site, trees[-1], journal.path)
+    if site is not None:  # checked before the import, not after it: a typo in --site costs nothing
+        for root in open_roots(settings):
+            root.source.check()
 
-    result = ImportResult(journal=journal_path, journal_schema=journal.schema, db=db, dry_run=dry_run,
+    result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=journal.rows.height)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
     try:
@@ -120,6 +129,45 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
         result.status = _check_site(settings, argv, progress)
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+def _read(journal_path: str, cloud) -> Journal:
+    """The journal: a local file, or a blob (az://container/journal.db) read through a private local copy."""
+    if "://" not in journal_path:
+        return read_journal(journal_path)
+    from ..sources.cloud import AZURE_PROTOCOLS, protocol_of
+    from ..store.remote import downloaded
+
+    where = mask_url(journal_path)
+    if protocol_of(journal_path) not in AZURE_PROTOCOLS:
+        raise UsageError(f"cannot read a journal from {where}", where=where,
+                         fix="give a local journal.db, or one in Azure as az://<container>/<path>/journal.db")
+    with downloaded(journal_path, cloud, "chorus-upload journal",
+                    fix="check the URL ([journal.source] path of chorus-upload's config.toml)") as local:
+        journal = read_journal(local)
+    journal.path = where
+    return journal
+
+
+def _remove_stale(target: Path) -> None:
+    """Temporary manifests of imports into `target` that were killed (their process is gone): they hold the
+    site's paths, so they do not stay behind."""
+    prefix = f".{target.name}.importing-"
+    for leftover in target.parent.glob(prefix + "*"):
+        pid = leftover.name[len(prefix):].split("-")[0].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's), or this platform cannot tell: leave its file
+        return True
+    return True
 
 
 def _check_labels(trees: list[VersionTree], where: str) -> None:
@@ -185,7 +233,9 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     with manifest._open() as con, con:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('mtime_unit_ns', ?)", (str(MTIME_UNIT_NS),))
         con.execute("INSERT OR REPLACE INTO meta VALUES ('imported_from', ?)", (f"chorus-upload journal v{journal.schema}",))
-    run_id = manifest.begin_run(argv, "import", roots[0][0])
+    from ..pipeline import redact
+
+    run_id = manifest.begin_run(redact(argv), "import", roots[0][0])
     patterns = build_patterns(settings.patterns)
     by_modality = {modality: i for i, (_, modality) in enumerate(roots) if modality is not None}
     root_id = (pl.col("modality").replace_strict(by_modality, default=0, return_dtype=pl.Int64) if by_modality

@@ -103,6 +103,12 @@ def _not_a_journal(path: str, why: str) -> UsageError:
                           "`journal checkout`)")
 
 
+def _unreadable(path: str, exc: Exception) -> UsageError:
+    return UsageError(f"cannot read the journal {path} ({exc})", where=path,
+                      fix="check that it is readable by you and that no chorus-upload command is writing it, then "
+                          "run again (the journal is only read)")
+
+
 def read_journal(path: str | Path) -> Journal:
     """The journal at `path`, read only; a UsageError when it is missing or is not a chorus-upload journal."""
     path = str(path)
@@ -115,6 +121,8 @@ def read_journal(path: str | Path) -> Journal:
     try:
         try:
             tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError as exc:  # unreadable, locked by a writer, ...
+            raise _unreadable(path, exc) from None
         except sqlite3.DatabaseError as exc:
             raise _not_a_journal(path, f"it is not an SQLite database ({exc})") from None
         if "journal_v2" in tables:
@@ -132,6 +140,10 @@ def read_journal(path: str | Path) -> Journal:
         try:
             rows = _rows(con, sql)
             updates, central = _history(con, history) if history in tables else ([], None)
+        except sqlite3.OperationalError as exc:
+            if "no such column" not in str(exc):
+                raise _unreadable(path, exc) from None
+            raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
         except sqlite3.Error as exc:
             raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
     finally:
