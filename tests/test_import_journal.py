@@ -426,3 +426,22 @@ def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):
     assert not list(Path(central.env["CHORUS_BATCH_CACHE_DIR"]).rglob("journal.db*"))  # the copy is gone
     missing = import_journal(url.replace("journal.db", "nothing.db"), tmp_path / "n.sqlite", env=central.env)
     assert missing.returncode == 2 and "no chorus-upload journal at" in missing.stderr
+
+
+def test_a_journal_without_its_command_history_cuts_versions_at_their_labels(tmp_path):
+    """A journal converted by chorus-upload's `journal upgrade`, or whose history was cleared, has rows older than
+    its first recorded update: each version then starts at its label's first row (and the import says so)."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("DELETE FROM command_history_v2")
+    con.close()
+    db = tmp_path / "m.sqlite"
+    no_site = import_journal(journal, db, "--to", "az://central/")
+    assert no_site.returncode == 2 and "does not record where the site was scanned" in no_site.stderr
+    out = import_journal(journal, db, "--to", "az://central/", "--json", "--site", str(build_site(tmp_path)))
+    assert out.returncode == 1, out.stderr
+    assert any(f["rule"] == "import.no-history" and f["severity"] == "info" for f in json.loads(out.stdout)["findings"])
+    assert files_as_of(db, V1) == tree("v1", schema="A")
+    assert files_as_of(db, V2) == tree("v2", schema="A")

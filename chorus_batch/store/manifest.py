@@ -231,6 +231,11 @@ class Manifest:
         row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    def set_meta(self, values: dict[str, str]) -> None:
+        """Set keys of `meta` (one transaction)."""
+        with self._open() as con, con:
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
     def _one(self, sql: str, params: tuple = ()) -> tuple | None:
         """One row of a small query (plain sqlite3: no ADBC start-up on a no-change run)."""
         if not self.path.exists():

@@ -230,9 +230,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
 
     manifest = Manifest(path)
     manifest.ensure_schema()
-    with manifest._open() as con, con:
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('mtime_unit_ns', ?)", (str(MTIME_UNIT_NS),))
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('imported_from', ?)", (f"chorus-upload journal v{journal.schema}",))
+    manifest.set_meta({"mtime_unit_ns": str(MTIME_UNIT_NS), "imported_from": f"chorus-upload journal v{journal.schema}"})
     from ..pipeline import redact
 
     run_id = manifest.begin_run(redact(argv), "import", roots[0][0])
