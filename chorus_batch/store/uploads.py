@@ -106,6 +106,23 @@ class UploadLedger:
         self._write(sql, [tuple(self.central if c == "central" else row.get(c, 0 if c == "attempts" else None)
                                 for c in columns) for row in rows])
 
+    def add(self, rows: pl.DataFrame) -> None:
+        """Add rows (a frame of `uploads` columns but `central`) for file versions the ledger holds nothing of yet,
+        in one bulk transaction (an import's marks: many at once); a row already there is kept as it is."""
+        if rows.height == 0:
+            return
+        from .manifest import _arrow_stream
+
+        columns = ", ".join(["central", *rows.columns])
+        with self.manifest.adbc() as con:  # (its errors become ManifestErrors)
+            with con.cursor() as cur:
+                cur.adbc_ingest("_new_uploads", _arrow_stream(rows.select(pl.lit(self.central).alias("central"),
+                                                                          *rows.columns)), mode="create", temporary=True)
+                # (WHERE true: SQLite's parser needs it before an upsert clause on an INSERT ... SELECT)
+                cur.execute(f"INSERT INTO uploads ({columns}) SELECT {columns} FROM temp._new_uploads WHERE true "
+                            "ON CONFLICT (central, version, file_id) DO NOTHING")
+            con.commit()
+
     def submission(self, version: str, **values: str | int | None) -> None:
         """Set columns of this version's `submissions` row (created when missing)."""
         names = list(values)

@@ -97,6 +97,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
     rows, problems = checked_rows(journal.rows)
+    n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
     trees, tree_problems = version_trees(journal, rows)
     if not trees:
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
@@ -112,7 +113,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
             root.source.check()
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
-                          central=central_url, n_rows=journal.rows.height)
+                          central=central_url, n_rows=n_rows)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
     try:
         findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
@@ -240,8 +241,9 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
                else pl.lit(0, pl.Int64))
     previous_label: str | None = None
     for tree in trees:
-        progress.stage(f"importing version {tree.label} ({tree.files.height} files)")
-        files = tree.files.select(
+        files = tree.files(rows)
+        progress.stage(f"importing version {tree.label} ({files.height} files)")
+        files = files.select(
             root_id.alias("root_id"), "srcfile", "size", (pl.col("mtime_us") * 1000).alias("mtime_ns"), "md5",
             # hashed by upstream in this run (or these runs): when its bytes were last seen to have this MD5
             (pl.col("valid_us") >= tree.started_us).alias("read"), pl.lit(False).alias("verify"),
@@ -294,27 +296,22 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> pl.Data
         "SELECT srcfile, version_valid AS label, md5, file_id FROM source_files",
         schema={"srcfile": pl.String, "label": pl.String, "md5": pl.String, "file_id": pl.Int64})
     matched = marks.join(files, on=["srcfile", "label", "md5"], how="left")
+    del files
     unmapped = matched.filter(pl.col("file_id").is_null()).select(
         rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
         message=pl.format("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
                           "recorded in the uploads ledger", "mark", "label", "md5"))
     found = matched.filter(pl.col("file_id").is_not_null()).unique(["label", "file_id"], keep="first", maintain_order=True)
     if central is not None and found.height:
-        UploadLedger(manifest, central).record([
-            {"version": label, "file_id": file_id, "destination": f"{central}/{label}/{srcfile}", "state": "imported",
-             "uploaded_at": _mark_time(mark), "bytes": size, "md5": md5, "confirmed_by": "journal", "attempts": 0}
-            for srcfile, label, md5, mark, size, file_id in found.select(
-                "srcfile", "label", "md5", "mark", "size", "file_id").iter_rows()])
+        # A mark is YYYYMMDDHHMMSS (a version label, or the clock time of `file upload`): as an ISO time, else as given.
+        when = pl.col("mark").str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False)
+        UploadLedger(manifest, central).add(found.select(
+            version="label", file_id="file_id",
+            destination=pl.concat_str([pl.lit(central + "/"), "label", pl.lit("/"), "srcfile"]),
+            state=pl.lit("imported"),
+            uploaded_at=pl.coalesce(when.dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pl.col("mark")),
+            bytes="size", md5="md5", confirmed_by=pl.lit("journal"), attempts=pl.lit(0, pl.Int64)))
     return unmapped
-
-
-def _mark_time(mark: str) -> str:
-    """An upload mark (YYYYMMDDHHMMSS: a version label or the clock time of `file upload`) as an ISO time; kept
-    as given when it is not one."""
-    try:
-        return datetime.strptime(mark, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
-    except ValueError:
-        return mark
 
 
 def _save_findings(manifest, label: str, findings: pl.DataFrame) -> None:

@@ -91,9 +91,17 @@ class VersionTree:
     label: str
     started_us: int  # the update's start
     finished_us: int  # its last timestamp (rows written or ended by it)
-    files: pl.DataFrame  # srcfile, modality, size, md5, mtime_us, valid_us (the upstream row valid at the cut)
+    end_us: int | None  # the next update's start: the tree is the rows valid then (None: the last, the rows current now)
     roots: dict[str, str]
     updates: list[int] = field(default_factory=list)  # the command ids it stands for (consecutive updates, same label)
+
+    def files(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """The tree (srcfile, modality, size, md5, mtime_us, valid_us: each path's upstream row valid at the cut), from
+        checked_rows' rows; built when it is committed, so that an import holds one tree at a time, not one per version."""
+        end = self.end_us
+        current = pl.col("invalid_us").is_null() if end is None else (pl.col("valid_us") < end) & (
+            pl.col("invalid_us").is_null() | (pl.col("invalid_us") >= end))
+        return rows.filter(current).select("srcfile", "modality", "size", "md5", "mtime_us", "valid_us")
 
 
 def _not_a_journal(path: str, why: str) -> UsageError:
@@ -155,10 +163,11 @@ def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
     cursor = con.execute(sql)
     frames = []
     while batch := cursor.fetchmany(_FETCH_ROWS):
-        # Columns of any affinity (SIZE as text in a v1 journal, a person id as an integer) come as Python
-        # values: strict=False lets polars cast what fits and leaves NULL where nothing does.
-        frame = pl.DataFrame(batch, schema=list(ROW_SCHEMA), orient="row", infer_schema_length=None)
-        frames.append(frame.select(pl.col(name).cast(dtype, strict=False) for name, dtype in ROW_SCHEMA.items()))
+        # Column by column (a row-wise frame costs several times as much). Values of another affinity (SIZE as
+        # text in a v1 journal) are cast where they fit and are NULL where nothing does (checked_rows reports them).
+        columns = zip(*batch)
+        frames.append(pl.DataFrame([pl.Series(name, values, dtype=dtype, strict=False)
+                                    for (name, dtype), values in zip(ROW_SCHEMA.items(), columns)]))
     return pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
 
 
@@ -276,18 +285,13 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
     stamps = pl.concat([rows["valid_us"], rows["invalid_us"].drop_nulls()]).unique().sort()
     for i, update in enumerate(updates):
         end = updates[i + 1].start_us if i + 1 < len(updates) else None
-        if end is None:  # the last update: the rows current now
-            current = pl.col("invalid_us").is_null()
-            in_run = pl.col("valid_us") >= update.start_us
-        else:
-            current = (pl.col("valid_us") < end) & (pl.col("invalid_us").is_null() | (pl.col("invalid_us") >= end))
-            in_run = pl.col("valid_us").is_between(update.start_us, end, closed="left")
+        in_run = (pl.col("valid_us") >= update.start_us) if end is None else pl.col("valid_us").is_between(
+            update.start_us, end, closed="left")
         label = update.label or _label_of(rows.filter(in_run), trees) or time.strftime(
             "%Y%m%d%H%M%S", time.gmtime(update.start_us // 1_000_000))
-        files = rows.filter(current).select("srcfile", "modality", "size", "md5", "mtime_us", "valid_us")
         last = (stamps.len() if end is None else int(stamps.search_sorted(end, side="left"))) - 1
         finished = int(stamps[last]) if last >= 0 and int(stamps[last]) >= update.start_us else update.start_us
-        tree = VersionTree(label=label, started_us=update.start_us, finished_us=finished, files=files,
+        tree = VersionTree(label=label, started_us=update.start_us, finished_us=finished, end_us=end,
                            roots=update.roots, updates=[update.command_id])
         if trees and trees[-1].label == label:  # the same --version again: one version, as upstream labels it
             tree.started_us, tree.updates = trees[-1].started_us, [*trees[-1].updates, update.command_id]
