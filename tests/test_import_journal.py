@@ -358,7 +358,7 @@ def test_the_journal_is_only_read(tmp_path):
     before = journal.read_bytes()
     assert import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/").returncode == 1
     assert journal.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.db", "m.sqlite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.db", "m.sqlite", "m.sqlite.lock"]  # (as a run leaves it)
     assert (os.stat(tmp_path / "m.sqlite").st_mode & 0o077) == 0
 
 
@@ -401,7 +401,7 @@ def test_a_killed_import_leaves_no_manifest_and_the_next_one_cleans_up(tmp_path)
     assert list(tmp_path.glob(".m.sqlite.importing-*"))  # what the killed process was building
     out = import_journal(JOURNALS["A"], db, "--to", "az://central/")
     assert out.returncode == 1, out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.sqlite", "m.sqlite.lock"]
     assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
 
 
@@ -445,3 +445,18 @@ def test_a_journal_without_its_command_history_cuts_versions_at_their_labels(tmp
     assert any(f["rule"] == "import.no-history" and f["severity"] == "info" for f in json.loads(out.stdout)["findings"])
     assert files_as_of(db, V1) == tree("v1", schema="A")
     assert files_as_of(db, V2) == tree("v2", schema="A")
+
+
+def test_one_import_at_a_time_and_a_missing_site_before_any_work(tmp_path):
+    db = tmp_path / "m.sqlite"
+    proc = _start(JOURNALS["A"], db, "--to", "az://central/", pause="commit")
+    try:
+        second = import_journal(JOURNALS["A"], db, "--to", "az://central/")
+        assert second.returncode == 4 and "locked by another run" in second.stderr and "import-journal" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    missing = import_journal(JOURNALS["A"], db, "--to", "az://central/", "--site", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2, missing.stderr
+    assert "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+    assert not db.exists() and not list(tmp_path.glob(".m.sqlite*"))

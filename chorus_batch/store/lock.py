@@ -41,6 +41,9 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         with contextlib.suppress(OSError, ValueError, KeyError):
             info = json.loads(holder_path.read_text(encoding="utf-8"))
             holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
+            command = next((w for w in str(info.get("command") or "").split() if not w.startswith("-")), None)
+            if command:  # which command holds it (its name only: its arguments may name secret places)
+                holder += f", `chorus-batch {command}`"
         raise ManifestLocked(
             f"the manifest is locked by another {kind}: {holder}",
             where=str(lock_path),

@@ -31,6 +31,7 @@ import polars as pl
 from ..errors import ChorusError, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors
 from ..sources.remote import mask_url
+from ..store.lock import manifest_lock
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
@@ -92,7 +93,6 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write in the folder of {db}", where=str(target.parent.resolve()),
                          fix="pass --db in a folder you can write to")
-    _remove_stale(target)
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
@@ -115,17 +115,29 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=n_rows)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
-    try:
-        findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
-                          progress, pl.concat([problems, tree_problems]))
-        result.findings = findings
-        if dry_run:
-            if site is not None:
-                result.status = _check_site(settings.model_copy(update={"db": str(building)}), argv, progress)
-            return result
-        _publish(building, target)
-    finally:
-        _remove(building)
+    # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
+    # run writes only its own temporary file, and takes none.
+    with contextlib.nullcontext() if dry_run else manifest_lock(target, list(argv or [])):
+        if not dry_run:
+            _remove_stale(target)
+        try:
+            findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
+                              progress, pl.concat([problems, tree_problems]))
+            result.findings = findings
+            if dry_run:
+                if site is not None:
+                    result.status = _check_site(settings.model_copy(update={"db": str(building)}), argv, progress)
+                return result
+            _publish(building, target)
+        except ChorusError as exc:  # said about the temporary file, which is gone: say it of the manifest
+            exc.where = db if exc.where and building.name in exc.where else exc.where
+            exc.outcome = "no manifest was written (the import builds it in a temporary file it removes)"  # type: ignore[attr-defined]
+            raise
+        finally:
+            _remove(building)
+            if not target.exists():  # nothing imported: no lock file of a manifest that is not there either
+                with contextlib.suppress(OSError):
+                    Path(f"{target}.lock").unlink()
     if site is not None:
         result.status = _check_site(settings, argv, progress)
     result.elapsed_s = time.monotonic() - started
@@ -151,24 +163,11 @@ def _read(journal_path: str, cloud) -> Journal:
 
 
 def _remove_stale(target: Path) -> None:
-    """Temporary manifests of imports into `target` that were killed (their process is gone): they hold the
-    site's paths, so they do not stay behind."""
-    prefix = f".{target.name}.importing-"
-    for leftover in target.parent.glob(prefix + "*"):
-        pid = leftover.name[len(prefix):].split("-")[0].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # it exists (another user's), or this platform cannot tell: leave its file
-        return True
-    return True
+    """Temporary manifests that killed imports into `target` left (they hold the site's paths, so they do not
+    stay behind). Called under the manifest's lock: no other import into `target` is running."""
+    for leftover in target.parent.glob(f".{target.name}.importing-*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
 
 
 def _check_labels(trees: list[VersionTree], where: str) -> None:
