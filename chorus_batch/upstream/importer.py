@@ -135,7 +135,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
             raise
         finally:
             _remove(building)
-            if not target.exists():  # nothing imported: no lock file of a manifest that is not there either
+            if not dry_run and not target.exists():  # nothing imported: no lock file of a manifest that is not there
                 with contextlib.suppress(OSError):
                     Path(f"{target}.lock").unlink()
     if site is not None:
