@@ -539,6 +539,8 @@ def _resolve(args: argparse.Namespace) -> _Target:
             raise UsageError(f"--demo runs on the demo site; it does not go with {flags}", where="run --demo",
                              fix=f"leave out --demo to run on your site, or leave out {flags} to run the demo")
         return _Target(config=ConfigFile(), site=None, db=args.db or DEMO_DB, db_given=bool(args.db), demo=True)
+    if getattr(args, "db", None) == "":  # (an unset shell variable): never quietly the default manifest
+        raise UsageError("--db is empty", where="--db", fix="give the manifest's path, or leave out --db for the default")
     config_arg = getattr(args, "config", None)
     config_path = config_arg or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
     config = load_config(config_path) if config_path else ConfigFile()
@@ -1132,8 +1134,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(verbose=args.verbose, quiet=args.quiet)
     _stop_on_signals()
+    stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
     try:
-        return COMMANDS[args.command](args, argv)
+        code = COMMANDS[args.command](args, argv)
+        sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
+        return code
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:
@@ -1162,6 +1167,45 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.FAILED)
+    finally:
+        sys.stdout = stdout
+
+
+class OutputError(ChorusError):
+    """The command's output could not be written to standard output (a full disk, a closed descriptor)."""
+
+    outcome = "what the command did before stands; only its output could not be written"
+
+
+class _Output:
+    """Standard output for a command: a write that fails (other than a closed pipe, which ends the command quietly)
+    is an OutputError with what/where/fix, not an internal error; a closed descriptor takes nothing."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guarded(self, call, *args):
+        if self._stream is None:  # started with stdout closed (>&-)
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:  # ValueError: a stream closed under us
+            raise OutputError(f"could not write the output to standard output ({getattr(exc, 'strerror', None) or exc})",
+                              where="standard output", fix="write it where there is room (another file or folder), "
+                              "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
+
+    def write(self, text: str) -> int:
+        written = self._guarded(self._stream.write, text) if self._stream is not None else None
+        return len(text) if written is None else written
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._guarded(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def entry() -> None:
@@ -1169,10 +1213,11 @@ def entry() -> None:
     interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
     the lock); tearing down a heap of a million-row run only costs 0.2-0.3 s."""
     code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # (closed at start: >&-)
+                stream.flush()
+        except (OSError, ValueError):  # said by main already; nothing more to write it to
+            pass
     logging.shutdown()
     os._exit(code)

@@ -372,6 +372,12 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         raise ConfigError(f"cannot read config file: {exc}", where=str(path), fix="check the file's permissions and encoding (UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file is not valid TOML: {exc}", where=str(path), fix="fix the TOML syntax at the position given") from None
+    upstream = {"configuration", "journal", "central_path", "site_path"} & set(data)
+    if upstream and not {"site", "manifest", "run", "central"} & set(data):
+        raise ConfigError(f"{path} is a chorus-upload config.toml (it has [{'], ['.join(sorted(upstream))}]), not a "
+                          "chorus.toml", where=str(path),
+                          fix=f"convert it: chorus-batch import-config {path} --out chorus.toml, then pass --config "
+                              "chorus.toml") from None
     try:
         config = ConfigFile.model_validate(data)
     except ValidationError as exc:

@@ -460,3 +460,104 @@ def test_one_import_at_a_time_and_a_missing_site_before_any_work(tmp_path):
     assert missing.returncode == 2, missing.stderr
     assert "nowhere" in missing.stderr and "Traceback" not in missing.stderr
     assert not db.exists() and not list(tmp_path.glob(".m.sqlite*"))
+
+
+# Each: a journal spoilt as a journal can be (SQLite keeps any value anywhere), the rule it must be reported under,
+# words of its message. The import goes on with the rest: exit 1, never a failure or an internal error.
+SPOILT = [
+    ("B", "UPDATE journal SET TIME_INVALID_us = 9000000000000000000 WHERE STATE = 'DELETED'", "import.unusable-row",
+     "TIME_INVALID_us 9000000000000000000 is not a possible time"),
+    ("A", "UPDATE journal_v2 SET TIME_VALID_us = 253402300800000000 WHERE FILE_ID = 3", "import.unusable-row",
+     "TIME_VALID_us 253402300800000000 is not a possible time"),
+    ("B", "UPDATE journal SET SRC_MODTIME_us = 9000000000000000000 WHERE FILE_ID = 4", "import.unusable-row",
+     "SRC_MODTIME_us 9000000000000000000 is not a possible time"),
+    ("A", "UPDATE journal_v2 SET SIZE = -5 WHERE FILE_ID = 2", "import.unusable-row", "SIZE -5 is negative"),
+    ("B", "UPDATE journal SET SIZE = 12.5 WHERE FILE_ID = 2", "import.unusable-row", "SIZE is 12.5"),
+    ("B", "UPDATE journal SET SIZE = 'big' WHERE FILE_ID = 2", "import.unusable-row", "SIZE is 'big'"),
+    ("A", "UPDATE journal_v2 SET MD5 = 'not-an-md5' WHERE FILE_ID = 2", "import.unusable-row", "MD5 not-an-md5 is not"),
+    ("B", "UPDATE journal SET FILEPATH = '../../outside/secret.csv' WHERE FILE_ID = 2", "import.unusable-row",
+     "not a site-relative path"),
+    ("B", "UPDATE journal SET FILEPATH = '/etc/passwd' WHERE FILE_ID = 2", "import.unusable-row", "not a site-relative"),
+    ("A", "UPDATE journal_v2 SET SRC_PATH_ID = 999 WHERE FILE_ID = 1", "import.unusable-row",
+     "SRC_PATH_ID 999 is not in srcpaths"),
+    ("A", "UPDATE journal_v2 SET UPLOAD_DT_ID = 999 WHERE FILE_ID = 1", "import.broken-link",
+     "UPLOAD_DT_ID 999 is not in uploads"),
+    ("A", "UPDATE journal_v2 SET VERSION_ID = 999 WHERE FILE_ID = 1", "import.broken-link",
+     "VERSION_ID 999 is not in versions"),
+    ("B", "UPDATE journal SET VERSION = NULL WHERE FILE_ID = (SELECT min(FILE_ID) FROM journal WHERE UPLOAD_DTSTR "
+          "IS NOT NULL)", "import.unmapped-mark", "on a row without a version label"),
+    ("B", "UPDATE journal SET TIME_VALID_us = 1 WHERE FILE_ID = 5", "import.impossible-interval",
+     "before the first `journal update`"),
+]
+
+
+@pytest.mark.parametrize("schema, sql, rule, words", SPOILT, ids=[f"{s[0]}-{s[2]}-{i}" for i, s in enumerate(SPOILT)])
+def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sql, rule, words, tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS[schema], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute(sql)
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json", "--site", str(build_site(tmp_path)))
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and "internal error" not in out.stderr
+    findings = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == rule]
+    assert any(words in f["message"] for f in findings), findings
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    # nothing outside the site, no impossible value, no time beyond what can be written
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '/%' OR srcfile LIKE '%../%' OR size < 0 "
+                     "OR mtime_ns < 0") == [(0,)]
+
+
+def test_notes_alone_are_exit_code_0(tmp_path):
+    """Two updates with one --version (a note: imported as one version) and nothing else to say."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute(f"UPDATE command_history SET PARAMS = '--version {V1}' WHERE PARAMS = '--version {V2}'")
+        con.execute(f"UPDATE journal SET VERSION = '{V1}'")
+        con.execute("DELETE FROM journal WHERE FILEPATH LIKE '%/Images/%'")  # paths today's patterns do not fit
+        con.execute("UPDATE journal SET UPLOAD_DTSTR = NULL WHERE TIME_INVALID_us IS NOT NULL")
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {f["severity"] for f in json.loads(out.stdout)["findings"]} == {"info"}
+    assert query(db, "SELECT exit_code FROM runs") == [(0,)]
+    assert [row[0] for row in query(db, "SELECT label FROM versions")] == [V1]
+
+
+def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    sas = "sv=2022-11-02&sig=ALLSECRETSIG"
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("UPDATE command_history_v2 SET SRC_PATHS = ? WHERE COMMAND = 'journal update'",
+                    (json.dumps({m: f"az://site/data?{sas}" for m in ("OMOP", "Images", "Waveforms", "Metadata")}),))
+        con.execute("UPDATE command_history_v2 SET DEST_PATH = ? WHERE COMMAND LIKE 'file %'", (f"az://central/?{sas}",))
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--json")  # the central container from the journal, without its token
+    assert out.returncode == 1, out.stderr
+    assert "ALLSECRETSIG" not in out.stdout + out.stderr
+    assert "ALLSECRETSIG".encode() not in db.read_bytes()
+    secrets = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.secret-in-journal"]
+    assert len(secrets) == 2 and all("rotate it" in f["message"] and "sig=***" in f["message"] for f in secrets)
+    assert query(db, "SELECT location FROM roots") == [("az://site/data",)]
+    assert query(db, "SELECT DISTINCT central FROM uploads") == [("az://central",)]
+    report = cli("report", "--db", str(db), "--out", str(tmp_path / "r.html"))
+    assert report.returncode == 0 and "ALLSECRETSIG" not in (tmp_path / "r.html").read_text()
+
+
+def test_output_that_cannot_be_written_is_said_truthfully(tmp_path):
+    db = tmp_path / "m.sqlite"
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "import-journal", str(JOURNALS["A"]), "--db",
+                              str(db), "--to", "az://central/"], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert out.returncode == 3
+    assert "could not write the output to standard output" in out.stderr and "internal error" not in out.stderr
+    assert "no manifest was written" not in out.stderr and db.exists()

@@ -66,7 +66,12 @@ class ImportResult:
         from ..errors import ExitCode
 
         status_code = int(getattr(self.status, "exit_code", 0) or 0)
-        return int(ExitCode.FINDINGS) if self.findings.height or status_code else int(ExitCode.OK)
+        return int(ExitCode.FINDINGS) if not_notes(self.findings).height or status_code else int(ExitCode.OK)
+
+
+def not_notes(findings: pl.DataFrame) -> pl.DataFrame:
+    """What the import could not map (warnings); notes (info) say how it read the journal."""
+    return findings.filter(pl.col("severity") != "info")
 
 
 def import_journal(journal_path: str, db: str, *, site: str | None = None, site_roots: dict[str, str] | None = None,
@@ -85,8 +90,9 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if "://" in db:
         raise UsageError("import-journal writes a new local manifest", where=f"--db {db}",
                          fix="import into a local file, then copy it where the site keeps its manifest")
-    if target.exists():
-        raise UsageError(f"{db} exists; import-journal builds a new manifest and never writes over one", where=db,
+    if target.exists() or target.is_symlink():
+        raise UsageError(f"{db} exists{' (a symbolic link)' if target.is_symlink() else ''}; import-journal builds a "
+                         "new manifest and never writes over one", where=db,
                          fix="pass --db with a new file name (or move the existing manifest away first)")
     if not target.parent.is_dir():
         raise UsageError(f"the folder of {db} does not exist", where=db, fix="create it, or pass another --db")
@@ -98,7 +104,17 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     journal = _read(journal_path, cloud)
     rows, problems = checked_rows(journal.rows)
     n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
-    trees, tree_problems = version_trees(journal, rows)
+    trees, tree_problems, rows = version_trees(journal, rows)
+    if journal.secrets:  # said (once per location), never kept: the locations are recorded without them
+        places: dict[str, list[str]] = {}
+        for where, masked in journal.secrets:
+            places.setdefault(masked, []).append(where)
+        tree_problems = pl.concat([tree_problems, pl.DataFrame(
+            {"rule": "import.secret-in-journal", "srcfile": None,
+             "message": [f"the journal's command history holds a credential in {masked} ({', '.join(wheres[:3])}"
+                         f"{f' and {len(wheres) - 3} more' if len(wheres) > 3 else ''}); it was not copied into the "
+                         "manifest: rotate it (a SAS token or password kept in a file is to be considered known)"
+                         for masked, wheres in places.items()]}, schema=PROBLEM_SCHEMA)])
     if not trees:
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
@@ -279,7 +295,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     ]).with_columns(severity=pl.col("rule").replace_strict(_SEVERITY, default="warning")).select(
         "severity", "rule", "srcfile", "message")
     _save_findings(manifest, result.versions[0].label, findings)
-    manifest.finish_run(run_id, exit_code=1 if findings.filter(pl.col("severity") != "info").height else 0,
+    manifest.finish_run(run_id, exit_code=1 if not_notes(findings).height else 0,
                         version=previous_label, n_files=result.versions[-1].n_files, n_errors=findings.height,
                         scan_started_ns=trees[-1].started_us * 1000,
                         message=f"imported {len(result.versions)} versions from {journal.path}")
@@ -298,8 +314,11 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> pl.Data
     del files
     unmapped = matched.filter(pl.col("file_id").is_null()).select(
         rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
-        message=pl.format("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
-                          "recorded in the uploads ledger", "mark", "label", "md5"))
+        message=pl.when(pl.col("label").is_null())
+        .then(pl.format("upload mark {} is on a row without a version label (MD5 {}): not recorded in the uploads "
+                        "ledger (`upload` will send this file version again)", "mark", "md5"))
+        .otherwise(pl.format("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
+                             "recorded in the uploads ledger", "mark", "label", "md5")))
     found = matched.filter(pl.col("file_id").is_not_null()).unique(["label", "file_id"], keep="first", maintain_order=True)
     if central is not None and found.height:
         # A mark is YYYYMMDDHHMMSS (a version label, or the clock time of `file upload`): as an ISO time, else as given.

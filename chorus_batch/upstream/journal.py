@@ -24,6 +24,7 @@ import json
 import re
 import shlex
 import sqlite3
+from urllib.parse import urlsplit, urlunsplit
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import UsageError
+from ..sources.remote import mask_url
 
 # One journal row, whichever the schema.
 ROW_SCHEMA = {
@@ -44,13 +46,44 @@ ROW_SCHEMA = {
     "invalid_us": pl.Int64,
     "label": pl.String,  # the row's VERSION
     "mark": pl.String,  # its upload mark (UPLOAD_DT / UPLOAD_DTSTR); NULL: not uploaded
+    "unusable": pl.String,  # why the row cannot be placed at all (a value of the wrong type, a broken link), or ''
+    "flaws": pl.String,  # what of the row is lost though the row is kept (its version's or mark's link), or ''
 }
 PROBLEM_SCHEMA = {"rule": pl.String, "srcfile": pl.String, "message": pl.String}
 
-_V2_ROWS = """
-SELECT j.FILE_ID, CASE WHEN s.SRC_PATH IN ('.', '') OR s.SRC_PATH IS NULL THEN j.FILENAME
-                       ELSE rtrim(s.SRC_PATH, '/') || '/' || j.FILENAME END,
-       m.MODALITY, j.SIZE, j.MD5, j.SRC_MODTIME_us, j.TIME_VALID_us, j.TIME_INVALID_us, v.VERSION, u.UPLOAD_DT
+# SQLite keeps any value in any column: each is taken only when it has the type chorus-upload writes (else NULL,
+# and `unusable` says what it was), so that nothing is cast into something else (12.5 into 12, text into 0).
+def _typed(column: str, kind: str) -> str:
+    return f"CASE WHEN typeof({column}) = '{kind}' THEN {column} END"
+
+
+def _wrong(column: str, name: str, kinds: tuple[str, ...]) -> str:
+    allowed = ", ".join(f"'{k}'" for k in kinds)
+    return (f"CASE WHEN typeof({column}) NOT IN ({allowed}) THEN '{name} is ' || substr(quote({column}), 1, 40) || "
+            "'; ' ELSE '' END")
+
+
+def _unusable(j: str, path_parts: list[str]) -> str:
+    return " || ".join([*path_parts, _wrong(f"{j}SIZE", "SIZE", ("integer",)), _wrong(f"{j}MD5", "MD5", ("text",)),
+                        _wrong(f"{j}SRC_MODTIME_us", "SRC_MODTIME_us", ("integer",)),
+                        _wrong(f"{j}TIME_VALID_us", "TIME_VALID_us", ("integer",)),
+                        _wrong(f"{j}TIME_INVALID_us", "TIME_INVALID_us", ("integer", "null"))])
+
+
+_V2_ROWS = f"""
+SELECT j.FILE_ID,
+       CASE WHEN typeof(j.FILENAME) != 'text' OR s.id IS NULL THEN NULL
+            WHEN s.SRC_PATH IN ('.', '') OR s.SRC_PATH IS NULL THEN j.FILENAME
+            ELSE rtrim(s.SRC_PATH, '/') || '/' || j.FILENAME END,
+       m.MODALITY, {_typed("j.SIZE", "integer")}, {_typed("j.MD5", "text")}, {_typed("j.SRC_MODTIME_us", "integer")},
+       {_typed("j.TIME_VALID_us", "integer")}, {_typed("j.TIME_INVALID_us", "integer")}, v.VERSION, u.UPLOAD_DT,
+       {_unusable("j.", [_wrong("j.FILENAME", "FILENAME", ("text",)),
+                         "CASE WHEN s.id IS NULL THEN 'its SRC_PATH_ID ' || quote(j.SRC_PATH_ID) || ' is not in srcpaths; ' "
+                         "ELSE '' END"])},
+       CASE WHEN j.VERSION_ID IS NOT NULL AND v.id IS NULL THEN 'its VERSION_ID ' || quote(j.VERSION_ID) ||
+                 ' is not in versions (its version label is lost); ' ELSE '' END
+       || CASE WHEN j.UPLOAD_DT_ID IS NOT NULL AND u.id IS NULL THEN 'its UPLOAD_DT_ID ' || quote(j.UPLOAD_DT_ID) ||
+                 ' is not in uploads (its upload mark is lost: `upload` will send it again); ' ELSE '' END
 FROM journal_v2 j
 LEFT JOIN srcpaths s ON s.id = j.SRC_PATH_ID
 LEFT JOIN modalities m ON m.id = j.MODALITY_ID
@@ -58,8 +91,12 @@ LEFT JOIN versions v ON v.id = j.VERSION_ID
 LEFT JOIN uploads u ON u.id = j.UPLOAD_DT_ID
 ORDER BY j.FILE_ID
 """
-_V1_ROWS = """
-SELECT FILE_ID, FILEPATH, MODALITY, SIZE, MD5, SRC_MODTIME_us, TIME_VALID_us, TIME_INVALID_us, VERSION, UPLOAD_DTSTR
+_V1_ROWS = f"""
+SELECT FILE_ID, {_typed("FILEPATH", "text")}, MODALITY, {_typed("SIZE", "integer")}, {_typed("MD5", "text")},
+       {_typed("SRC_MODTIME_us", "integer")}, {_typed("TIME_VALID_us", "integer")}, {_typed("TIME_INVALID_us", "integer")},
+       {_typed("VERSION", "text")}, {_typed("UPLOAD_DTSTR", "text")},
+       {_unusable("", [_wrong("FILEPATH", "FILEPATH", ("text",))])},
+       {_wrong("VERSION", "VERSION", ("text", "null"))} || {_wrong("UPLOAD_DTSTR", "UPLOAD_DTSTR", ("text", "null"))}
 FROM journal ORDER BY FILE_ID
 """
 _FETCH_ROWS = 200_000  # rows turned into a frame at a time: a journal of millions of rows is never a list of tuples
@@ -82,8 +119,10 @@ class Journal:
     schema: int  # 1 or 2
     rows: pl.DataFrame  # ROW_SCHEMA
     updates: list[Update]
-    central: str | None  # where upstream sent files (DEST_PATH of its upload commands), as recorded
+    central: str | None  # where upstream sent files (DEST_PATH of its upload commands), without any credential
     mode: str | None = None  # not recorded in the journal: from the config, if given
+    # credentials found in the command history, not kept: (where, the location with them masked)
+    secrets: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +151,10 @@ def _not_a_journal(path: str, why: str) -> UsageError:
 
 
 def _unreadable(path: str, exc: Exception) -> UsageError:
+    if "malformed" in str(exc) or "corrupt" in str(exc):
+        return UsageError(f"the journal {path} is damaged ({exc})", where=path,
+                          fix="import a good copy (a backup, or the copy chorus-upload keeps in its [journal.source]); "
+                              "`sqlite3 JOURNAL .recover` may save what is left")
     return UsageError(f"cannot read the journal {path} ({exc})", where=path,
                       fix="check that it is readable by you and that no chorus-upload command is writing it, then "
                           "run again (the journal is only read)")
@@ -120,6 +163,9 @@ def _unreadable(path: str, exc: Exception) -> UsageError:
 def read_journal(path: str | Path) -> Journal:
     """The journal at `path`, read only; a UsageError when it is missing or is not a chorus-upload journal."""
     path = str(path)
+    if Path(path).is_dir():
+        raise UsageError(f"{path} is a folder, not a journal", where=path,
+                         fix="give the journal file itself (chorus-upload's journal.db; its [journal] path in config.toml)")
     if not Path(path).is_file():
         raise UsageError(f"no journal at {path}", where=path, fix="give the path of chorus-upload's journal.db")
     try:
@@ -147,16 +193,21 @@ def read_journal(path: str | Path) -> Journal:
             raise _not_a_journal(path, f"it has no journal_v2 or journal table (its tables: {shown})")
         try:
             rows = _rows(con, sql)
-            updates, central = _history(con, history) if history in tables else ([], None)
+            secrets: list[tuple[str, str]] = []
+            updates, central = _history(con, history, secrets) if history in tables else ([], None)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
+                raise _unreadable(path, exc) from None
+            raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            if "malformed" in str(exc):
                 raise _unreadable(path, exc) from None
             raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
         except sqlite3.Error as exc:
             raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
     finally:
         con.close()
-    return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central)
+    return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets)
 
 
 def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
@@ -171,21 +222,35 @@ def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
 
 
-def _history(con: sqlite3.Connection, table: str) -> tuple[list[Update], str | None]:
+def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]]) -> tuple[list[Update], str | None]:
     updates, central = [], None
     for command_id, when, command, params, src_paths, dest_path in con.execute(
             f"SELECT COMMAND_ID, DATETIME, COMMAND, PARAMS, SRC_PATHS, DEST_PATH FROM {table} ORDER BY COMMAND_ID"):
         command = (command or "").strip()
         if dest_path not in (None, "", "None") and command.startswith("file "):
-            central = str(dest_path)
+            central = _without_secret(str(dest_path), f"DEST_PATH of command {command_id}", secrets)
         if command != "journal update":
             continue
         start = _start_us(when)
         if start is None:
             continue
-        updates.append(Update(command_id=int(command_id), start_us=start, label=_flag(params, "--version"),
-                              roots=_roots(src_paths)))
+        roots = {modality: _without_secret(path, f"SRC_PATHS ({modality}) of command {command_id}", secrets)
+                 for modality, path in _roots(src_paths).items()}
+        updates.append(Update(command_id=int(command_id), start_us=start, label=_flag(params, "--version"), roots=roots))
     return updates, central
+
+
+def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -> str:
+    """A location as chorus-batch may keep it: a URL without its query (a SAS token), fragment or user:password;
+    what was left out is named in `secrets`, masked (the credential is to be rotated, never copied)."""
+    if "://" not in location:
+        return location
+    parts = urlsplit(location)
+    if not (parts.query or parts.fragment or parts.username or parts.password):
+        return location
+    secrets.append((where, mask_url(location)))
+    host = parts.hostname or ""
+    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
 def _start_us(text: str | None) -> int | None:
@@ -222,28 +287,60 @@ def _roots(src_paths: str | None) -> dict[str, str]:
 # ----------------------------------------------------------------------------- the versions' trees
 
 
+# Run times (TIME_VALID_us, TIME_INVALID_us) lie after 1970 and before the year 10000; an mtime in nanoseconds must fit
+# 64 bits (before 2262, after 1677).
+_LAST_TIME_US = 253_402_300_800_000_000
+_MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
+# A site-relative path: no leading '/', no '.' or '..' segment, no empty segment, no control character.
+_UNSAFE_PATH = r"^/|(^|/)\.{1,2}(/|$)|//|[\x00-\x1f]"
+
+
 def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The rows an import can use, and the problems of the others (PROBLEM_SCHEMA). Left out: rows without a
-    path, size, MD5 or start of validity, and rows that end before they start. Two rows of one path valid at
-    once (two current rows, or overlapping intervals): the later one wins from its start, the earlier one is
-    taken as ended there."""
+    """The rows an import can use, and the problems of the others (PROBLEM_SCHEMA). Left out, each named: rows with
+    a value of the wrong type or out of range (a path that is not site-relative, a negative size, an MD5 that is not
+    32 hex digits, an impossible time), a broken link to a lookup table, and rows that end before they start. Kept,
+    with a finding: a row whose version or upload mark link is broken. Two rows of one path valid at once (two current
+    rows, or overlapping intervals): the later one wins from its start, the earlier one is taken as ended there."""
     def problem(frame: pl.DataFrame, rule: str, message: pl.Expr) -> pl.DataFrame:
         return frame.select(rule=pl.lit(rule), srcfile="srcfile", message=message)
 
-    row = pl.format("journal row FILE_ID {}", "row_id")
-    incomplete = (pl.col("srcfile").is_null() | (pl.col("srcfile") == "") | pl.col("size").is_null()
-                  | pl.col("valid_us").is_null() | pl.col("mtime_us").is_null()
-                  | ~pl.col("md5").str.contains(_MD5.pattern).fill_null(False))
+    def text(name: str) -> pl.Expr:  # a value as it goes into a message (NULL said as such)
+        return pl.col(name).cast(pl.String).fill_null("NULL")
+
+    row = pl.format("journal row FILE_ID {}", text("row_id"))
+    # A leading './' is the same path (a site-relative path written as such): not a different file.
+    rows = rows.with_columns(pl.col("srcfile").str.replace(r"^(\./)+", ""))
+    reasons = pl.concat_str([
+        pl.col("unusable"),
+        pl.when(pl.col("srcfile").is_null() | (pl.col("srcfile") == "")).then(pl.lit("it has no path; "))
+        .when(pl.col("srcfile").str.contains(_UNSAFE_PATH)).then(pl.format(
+            "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile")),
+        pl.when(pl.col("size") < 0).then(pl.format("its SIZE {} is negative; ", "size")),
+        pl.when(pl.col("md5").is_not_null() & ~pl.col("md5").str.contains(_MD5.pattern)).then(
+            pl.format("its MD5 {} is not 32 hex digits; ", pl.col("md5").str.slice(0, 40))),
+        pl.when(pl.col("mtime_us").abs() >= _MTIME_LIMIT_US).then(
+            pl.format("its SRC_MODTIME_us {} is not a possible time; ", "mtime_us")),
+        pl.when((pl.col("valid_us") < 0) | (pl.col("valid_us") >= _LAST_TIME_US)).then(
+            pl.format("its TIME_VALID_us {} is not a possible time; ", "valid_us")),
+        pl.when((pl.col("invalid_us") < 0) | (pl.col("invalid_us") >= _LAST_TIME_US)).then(
+            pl.format("its TIME_INVALID_us {} is not a possible time; ", "invalid_us")),
+        pl.when(pl.col("size").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no SIZE; ")),
+        pl.when(pl.col("md5").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no MD5; ")),
+        pl.when(pl.col("mtime_us").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no SRC_MODTIME_us; ")),
+        pl.when(pl.col("valid_us").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no TIME_VALID_us; ")),
+    ], ignore_nulls=True).str.strip_chars_end("; ")
+    rows = rows.with_columns(_why=reasons)
+    unusable = pl.col("_why") != ""
     backwards = pl.col("invalid_us").is_not_null() & (pl.col("invalid_us") <= pl.col("valid_us"))
     problems = [
-        problem(rows.filter(incomplete), "import.incomplete-row",
-                pl.format("{} has no usable path, size, MD5, mtime or start (size {}, MD5 {}): not imported",
-                          row, pl.col("size").cast(pl.String).fill_null("NULL"), pl.col("md5").fill_null("NULL"))),
-        problem(rows.filter(~incomplete & backwards), "import.impossible-interval",
+        problem(rows.filter(unusable), "import.unusable-row", pl.format("{}: {}; not imported", row, "_why")),
+        problem(rows.filter(~unusable & backwards), "import.impossible-interval",
                 pl.format("{} is invalid before (or as) it is valid (TIME_VALID_us {}, TIME_INVALID_us {}): it was "
-                          "never part of any version; not imported", row, "valid_us", "invalid_us")),
+                          "never part of any version; not imported", row, text("valid_us"), text("invalid_us"))),
+        problem(rows.filter(~unusable & (pl.col("flaws") != "")), "import.broken-link",
+                pl.format("{}: {}", row, pl.col("flaws").str.strip_chars_end("; "))),
     ]
-    rows = rows.filter(~incomplete & ~backwards).with_columns(pl.col("md5").str.to_lowercase())
+    rows = rows.filter(~unusable & ~backwards).drop("_why").with_columns(pl.col("md5").str.to_lowercase())
     # Overlaps: each row ends at the latest when the next row of its path (by start) begins.
     ordered = rows.sort("srcfile", "valid_us", "row_id").with_columns(
         _next_valid=pl.col("valid_us").shift(-1).over("srcfile"), _next_row=pl.col("row_id").shift(-1).over("srcfile"))
@@ -253,9 +350,9 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         ordered.filter(overlapping), "import.overlapping-rows",
         pl.when(pl.col("invalid_us").is_null())
         .then(pl.format("two active rows for one path ({} and FILE_ID {}): the earlier is taken as replaced by the "
-                        "later at TIME_VALID_us {}", row, "_next_row", "_next_valid"))
+                        "later at TIME_VALID_us {}", row, text("_next_row"), text("_next_valid")))
         .otherwise(pl.format("{} is still valid when FILE_ID {} of the same path begins (TIME_VALID_us {}): it is "
-                             "taken as replaced then", row, "_next_row", "_next_valid"))))
+                             "taken as replaced then", row, text("_next_row"), text("_next_valid")))))
     ordered = ordered.with_columns(
         invalid_us=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
     ).drop("_next_valid", "_next_row")
@@ -264,14 +361,17 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return ordered.sort("row_id"), pl.concat(problems).cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
 
 
-def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTree], pl.DataFrame]:
+def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTree], pl.DataFrame, pl.DataFrame]:
     """The tree after each upstream version, oldest first, from the validity intervals cut at the starts of
     the `journal update` runs; consecutive updates with one label make one version (its tree: after the
-    last of them). Also the problems met (PROBLEM_SCHEMA)."""
+    last of them). Also the problems met (PROBLEM_SCHEMA), and the rows as the trees take them (a row that starts
+    before any recorded update, under a label that update recorded, is taken as written by it)."""
     problems: list[dict] = []
     updates = sorted(journal.updates, key=lambda u: (u.start_us, u.command_id))
-    if rows.height and (not updates or int(rows["valid_us"].min()) < updates[0].start_us - 60_000_000):  # type: ignore[operator]
-        # No usable command history (or rows older than it): each label starts at its first row.
+    early = rows.filter(pl.col("valid_us") < updates[0].start_us - 60_000_000) if updates else rows
+    recorded = {u.label for u in updates if u.label}
+    if early.height and (not updates or not early["label"].drop_nulls().is_in(list(recorded)).all()):
+        # No usable command history (rows of versions it does not record): each label starts at its first row.
         firsts = rows.group_by("label").agg(pl.col("valid_us").min()).drop_nulls("label").sort("valid_us")
         known = {u.start_us for u in updates}
         updates = sorted([*updates, *(Update(command_id=-1, start_us=int(v), label=label, roots={})
@@ -280,6 +380,13 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
         problems.append({"rule": "import.no-history", "srcfile": None, "message": (
             "the journal's command history does not record every `journal update`: versions start at the first "
             "row of each version label (an update that only removed or touched files is part of the next one)")})
+    elif early.height:  # a few rows dated before the history begins: a clock, not a missing update
+        first = updates[0].start_us
+        problems += early.select(rule=pl.lit("import.impossible-interval"), srcfile="srcfile", message=pl.format(
+            "journal row FILE_ID {} is valid from TIME_VALID_us {}, before the first `journal update` the journal "
+            "records ({}): taken as written by that update", "row_id", "valid_us", pl.lit(first))).to_dicts()
+        rows = rows.with_columns(valid_us=pl.max_horizontal("valid_us", pl.lit(first))).filter(
+            pl.col("invalid_us").is_null() | (pl.col("invalid_us") > pl.col("valid_us")))
     trees: list[VersionTree] = []
     # When each update ended: its last timestamp (a row written or ended by it), found by binary search.
     stamps = pl.concat([rows["valid_us"], rows["invalid_us"].drop_nulls()]).unique().sort()
@@ -298,7 +405,7 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
             trees[-1] = tree
         else:
             trees.append(tree)
-    return trees, pl.DataFrame(problems, schema=PROBLEM_SCHEMA)
+    return trees, pl.DataFrame(problems, schema=PROBLEM_SCHEMA), rows
 
 
 def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
