@@ -3,6 +3,7 @@ secrets are never copied or shown, and what cannot be translated is a warning.""
 
 from __future__ import annotations
 
+import os
 import stat
 import tomllib
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from chorus_batch.classify import CURRENT, DEFAULT_PATTERNS, build_patterns, classify
 from chorus_batch.config import load_config
-from chorus_batch.upstream.config import _TAILS, UPSTREAM_PATTERNS, convert_config
+from chorus_batch.upstream.config import _TAILS, UPSTREAM_PATTERNS, convert_config, write_config
 from conftest import cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chorus-upload"
@@ -171,14 +172,14 @@ path = "az://mgh/site-a"
 [site_path.default]
 path = "/data/site"
 [site_path.Waveforms]
-path = "C:\\\\bedside\\\\export"
+path = "/mnt/bedside/export"
 pattern = "{patient_id:w}/Waveforms/{filepath}"
 """)
     out = cli("import-config", str(source))
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     data = tomllib.loads(out.stdout)
-    assert data["site"] == {"root": "/data/site", "roots": {"Waveforms": "C:\\bedside\\export"}}
+    assert data["site"] == {"root": "/data/site", "roots": {"Waveforms": "/mnt/bedside/export"}}
     assert data["central"] == {"to": "az://mgh/site-a/"}
     assert data["azure"] == {"account_name": "mghb2ailanding"}  # login: no variables, DefaultAzureCredential
     assert "DefaultAzureCredential" in out.stdout and 'auth.auth_mode = "login"' in out.stdout
@@ -328,3 +329,216 @@ def test_help_has_an_example_and_the_exit_codes():
     assert "chorus-batch import-config" in out.stdout and "> chorus.toml" in out.stdout
     assert "converted, with warnings (secrets not copied, settings not translated)" in out.stdout
     assert "exit codes:" in out.stdout
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_out_never_replaces_a_fifo(tmp_path, force):
+    """--out over a FIFO (a device node alike, e.g. /dev/full) is refused: the temporary file renamed over
+    it would swap the node itself for a regular file."""
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    out = cli("import-config", str(FIXTURES / "config.toml"), "--out", str(fifo), *(["--force"] if force else []))
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"chorus-batch: error: --out {fifo} is not a regular file (a FIFO (named pipe)); "
+                                 "it is not replaced")
+    assert "fix:" in out.stderr and "choose another --out" in out.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO (never opened: that would block)
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo.toml"]  # no temporary file left
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_out_never_replaces_a_symbolic_link(tmp_path, dangling):
+    target = tmp_path / "real.toml"
+    if not dangling:
+        target.write_text("# mine\n", encoding="utf-8")
+    link = tmp_path / "chorus.toml"
+    link.symlink_to(target)
+    for force in ([], ["--force"]):
+        out = cli("import-config", str(FIXTURES / "config.toml"), "--out", str(link), *force)
+        assert out.returncode == 2, out.stderr
+        assert out.stdout == ""
+        assert f"--out {link} is not a regular file (a symbolic link to {target}); it is not replaced" in out.stderr
+        assert "fix:" in out.stderr and "pass the file it points to as --out" in out.stderr
+        assert link.is_symlink() and os.readlink(link) == str(target)
+        assert target.read_text(encoding="utf-8") == "# mine\n" if not dangling else not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["chorus.toml"] + ([] if dangling else ["real.toml"]))
+    # the link's target itself, a regular file, is replaced with --force
+    if not dangling:
+        out = cli("import-config", str(FIXTURES / "config.toml"), "--out", str(target), "--force")
+        assert out.returncode == 1, out.stderr
+        assert target.read_text(encoding="utf-8").startswith("# chorus.toml converted from")
+        assert link.is_symlink()
+
+
+@pytest.mark.parametrize("path", ["C:\\data\\site", "C:/data/site", "\\\\server\\share\\site", "D:\\"])
+def test_a_windows_path_is_kept_and_named(tmp_path, path):
+    waveforms = path.rstrip("\\/") + "\\waveforms"
+    # TOML literal strings: the backslashes as they are
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[site_path.default]
+path = '{path}'
+[site_path.Waveforms]
+path = '{waveforms}'
+""")
+    out = cli("import-config", str(source))
+    assert "Traceback" not in out.stderr
+    data = tomllib.loads(out.stdout)
+    assert data["site"] == {"root": path, "roots": {"Waveforms": waveforms}}  # as given
+    warnings = _warnings(out.stderr)
+    for key in ("site_path.default.path", "site_path.Waveforms.path"):
+        found = [w for w in warnings if f"{key} = " in w and "is a Windows path" in w]
+        assert len(found) == (1 if os.name != "nt" else 0), warnings
+        for warning in found:
+            assert warning.startswith(f"chorus-batch: warning: {source}: {key} = ")
+            assert "use this chorus.toml there" in warning and "the Windows machine the site runs on" in warning
+    assert not any("is relative" in w for w in warnings)  # a drive or a share is not a relative path
+    assert out.returncode == (1 if os.name != "nt" else 0), out.stderr
+    # the backslashes are valid TOML, and chorus.toml's own reader takes the file
+    config = load_config(_converted(tmp_path, out))
+    # (read here, not on Windows, it is a folder below the chorus.toml's: what the warning says)
+    assert config.site.root == (str(Path(path)) if os.name == "nt" else str(tmp_path / path))
+
+
+@pytest.mark.parametrize("path", ["/data/site", "//data/site", "data\\site", "az://c/site"])
+def test_a_posix_or_relative_path_is_not_a_windows_path(tmp_path, path):
+    converted = convert_config(_config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[site_path.default]
+path = '{path}'
+"""))
+    assert not any("Windows" in w for w in converted.warnings), converted.warnings
+
+
+PASSWORD = "PASSword0123456789"
+
+
+def test_a_password_in_a_url_is_named_as_one(tmp_path):
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://chorus:{PASSWORD}@mgh/site"
+[site_path.default]
+path = "/data/site"
+[site_path.Images]
+path = "https://user:{PASSWORD}/x?y#z@acct.blob.core.windows.net/c/images"
+[site_path.Waveforms]
+path = "s3://aws:{PASSWORD}@bucket/wave"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    for text in (out.stdout, out.stderr):
+        assert PASSWORD not in text and "PASSword" not in text and "x?y#z" not in text
+    warnings = _warnings(out.stderr)
+    for key, shown in (("central_path.path", "az://chorus:****@mgh/site"),
+                       ("site_path.Images.path", "https://user:****@acct.blob.core.windows.net/c/images"),
+                       ("site_path.Waveforms.path", "s3://aws:****@bucket/wave")):
+        (warning,) = [w for w in warnings if f": {key} = " in w]
+        assert f'{key} = "{shown}": a URL with a password' in warning
+        assert "rotate it" in warning and "copied without it" in warning
+        assert "does not sign in with a password in a URL" in warning
+        assert "SAS token" not in warning  # no SAS token was found
+        assert ("[azure]" in warning) == (key != "site_path.Waveforms.path")
+        assert ("AWS" in warning) == (key == "site_path.Waveforms.path")
+    data = tomllib.loads(out.stdout)
+    assert data["central"]["to"] == "az://mgh/site/"
+    assert data["site"]["roots"] == {"Images": "https://acct.blob.core.windows.net/c/images",
+                                     "Waveforms": "s3://bucket/wave"}
+    assert "sas_token_env" not in data.get("azure", {})  # a password is not a SAS token
+    load_config(_converted(tmp_path, out))
+
+
+def test_a_password_and_a_sas_in_one_url(tmp_path):
+    converted = convert_config(_config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[site_path.default]
+path = "https://me:{PASSWORD}@acct.blob.core.windows.net/c/site?{URL_SIG}"
+"""))
+    (warning,) = [w for w in converted.warnings if "site_path.default.path = " in w]
+    assert '"https://me:****@acct.blob.core.windows.net/c/site?****"' in warning
+    assert "a password" in warning and "a SAS token" in warning and "copied without them" in warning
+    assert "AZURE_STORAGE_SAS_TOKEN" in warning and "rotate it" in warning
+    shown = converted.text + "".join(converted.warnings)
+    assert PASSWORD not in shown and "sig=" not in shown
+    assert 'sas_token_env = "AZURE_STORAGE_SAS_TOKEN"' in converted.text
+
+
+def test_a_secret_of_any_type_is_a_secret(tmp_path):
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+  [central_path.auth]
+  azure_account_key = {{value = "{ACCOUNT_KEY}"}}
+  azure_sas_token = ["{SAS}"]
+  azure_connection_string = {{nested = {{deeper = ["{CONNECTION_STRING}"]}}}}
+[site_path.default]
+path = "/data/site"
+  [site_path.default.auth]
+  aws_secret_access_key = {{key = "{AWS_SECRET}"}}
+  aws_session_token = 123456789012345
+  password = ["{AWS_SESSION}", {{more = "{AWS_KEY_ID}"}}]
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    for text in (out.stdout, out.stderr):
+        for secret in (*SECRETS, "123456789012345"):
+            assert secret not in text
+        assert "FAKE" not in text
+    warnings = _warnings(out.stderr)
+    for key, shown in (("central_path.auth.azure_account_key", "**** (a table, not shown)"),
+                       ("central_path.auth.azure_sas_token", "**** (an array of 1 value, not shown)"),
+                       ("central_path.auth.azure_connection_string", "**** (a table, not shown)"),
+                       ("site_path.default.auth.aws_secret_access_key", "**** (a table, not shown)"),
+                       ("site_path.default.auth.aws_session_token", "**** (not shown)"),
+                       ("site_path.default.auth.password", "**** (an array of 2 values, not shown)")):
+        (warning,) = [w for w in warnings if f": {key} = " in w]
+        assert f"{key} = {shown}: " in warning and "rotate it" in warning
+    # a secret, not a malformed value (password is also a key chorus-upload does not read: named as such)
+    assert not any("not converted" in w and "auth." in w and "not understood" not in w for w in warnings)
+    assert not any("should be" in w for w in warnings)
+    # each Azure secret found still names its variable, as a text one does
+    config = load_config(_converted(tmp_path, out))
+    assert config.azure.account_key_env == "AZURE_STORAGE_KEY"
+    assert config.azure.sas_token_env == "AZURE_STORAGE_SAS_TOKEN"
+    assert config.azure.connection_string_env == "AZURE_STORAGE_CONNECTION_STRING"
+
+
+def test_an_empty_secret_of_any_type_is_named_empty(tmp_path):
+    converted = convert_config(_config(tmp_path, """
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+  [central_path.auth]
+  azure_account_key = {value = ""}
+  azure_sas_token = []
+[site_path.default]
+path = "/data/site"
+"""))
+    assert "central_path.auth.azure_account_key (empty)" in converted.text
+    assert "central_path.auth.azure_sas_token (empty)" in converted.text
+    assert "account_key_env" not in converted.text and "sas_token_env" not in converted.text
+    assert not any("****" in w for w in converted.warnings)
+
+
+def test_the_converter_writes_nothing_itself(tmp_path, capfd):
+    """convert_config and write_config return the text and the warnings; only the command line prints."""
+    source = _config(tmp_path, WITH_SECRETS)
+    converted = convert_config(source)
+    write_config(converted.text, tmp_path / "chorus.toml", source=source)
+    write_config(converted.text, tmp_path / "chorus.toml", force=True, source=source)
+    assert converted.warnings
+    assert capfd.readouterr() == ("", "")

@@ -20,7 +20,9 @@ journaling_mode, [journal.local] and [journal.source], and puts sign-in keys in 
          omop_per_patient                         point under [patterns]
 
 A secret is never copied into the text nor shown in a warning (only its key, masked); each one found is
-named in a warning that says to rotate it and which environment variable takes it. A key that is not
+named in a warning that says to rotate it and which environment variable takes it; a key that names a secret
+holds one whatever its value's type (text, table, array), and a URL's password or query is named as what it is.
+A Windows site path (C:\\..., \\\\server\\share) is kept, with a warning when converted elsewhere. A key that is not
 understood is named in a warning; one that chorus-batch does not need is named in the text's header:
 nothing is dropped silently. The text is checked with chorus.toml's own validation before it is returned.
 """
@@ -28,6 +30,7 @@ nothing is dropped silently. The text is checked with chorus.toml's own validati
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 import tomllib
@@ -159,22 +162,68 @@ def _literal(regex: str) -> str:
     return f"'{regex}'" if "'" not in regex and not re.search(r"[\x00-\x1f\x7f]", regex) else _q(regex)
 
 
+def _scalars(value: Any) -> list[Any]:
+    """The values inside a value (a table's, an array's, recursively), or the value itself."""
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _scalars(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _scalars(item)]
+    return [value]
+
+
+def _empty(value: Any) -> bool:
+    return all(leaf in ("", None) for leaf in _scalars(value))
+
+
 def _mask(value: object) -> str:
-    if not isinstance(value, str):
-        return "****"
-    return f"**** ({len(value)} characters, not shown)"
+    """A secret as it may be shown: its kind and size at most, never a character of it."""
+    if isinstance(value, str):
+        return f"**** ({len(value)} characters, not shown)"
+    if isinstance(value, dict):
+        return "**** (a table, not shown)"
+    if isinstance(value, list):
+        return f"**** (an array of {len(value)} value{'s' if len(value) != 1 else ''}, not shown)"
+    return "**** (not shown)"
+
+
+def _secret_key(key: str) -> bool:
+    """Whether a key's name says it holds a secret (its value is one, whatever its type)."""
+    name = key.lower()
+    return name in AZURE_SECRETS or name in AWS_SECRETS or name in _SECRET_SETTINGS or bool(_SECRET_NAME.search(name))
+
+
+def _url_secrets(url: str) -> tuple[str, str | None, str | None, str | None]:
+    """(the URL without its user:password and its query, the user, the password, the query); other text
+    as it is. A password holding "/", "?" or "#" (not allowed unescaped, but written) runs to the last "@"."""
+    if "://" not in url:
+        return url, None, None, None
+    scheme, rest = url.split("://", 1)
+    user = password = None
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        at = authority.rindex("@")
+        if ":" in rest[:at]:
+            user, password = rest[:at].split(":", 1)
+            rest = rest[at + 1:]
+    elif "@" in rest and re.match(r"[^:/?#@]*:(?!\d*(?:[/?#]|$))", rest):  # user:pass/word@host, not host:port
+        at = rest.rindex("@")
+        user, password = rest[:at].split(":", 1)
+        rest = rest[at + 1:]
+    rest, mark, query = rest.partition("?")
+    return f"{scheme}://{rest}", user, password or None, (query or None) if mark else None
 
 
 def _without_secret(url: str) -> str:
     """A URL without its query (a SAS token) and without a user:password; other text as it is."""
-    if "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    rest = rest.split("?", 1)[0]
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority and ":" in authority.rsplit("@", 1)[0]:
-        authority = authority.rsplit("@", 1)[1]
-    return f"{scheme}://{authority}{slash}{tail}"
+    return _url_secrets(url)[0]
+
+
+# A path chorus-upload ran with on Windows: a drive letter (C:\data, C:/data) or a UNC path (\\server\share).
+_WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:|\\\\|[\\/]{2}[^\\/]+\\)")
+
+
+def _windows_path(value: str) -> bool:
+    return bool(_WINDOWS_PATH.match(value))
 
 
 def _is_url(value: str) -> bool:
@@ -241,44 +290,38 @@ class _Converter:
 
     def _sanitize(self, table: dict, prefix: str) -> dict:
         """The config with every secret taken out (and warned about): a _Secret in its place, or the URL
-        without its query."""
-        out: dict[str, Any] = {}
-        for key, value in table.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
-                out[key] = self._sanitize(value, dotted + ".")
-            elif isinstance(value, list):
-                out[key] = [self._sanitize(item, f"{dotted}[{i}].") if isinstance(item, dict)
-                            else self._leaf(f"{dotted}[{i}]", key, item) for i, item in enumerate(value)]
-            else:
-                out[key] = self._leaf(dotted, key, value)
-        return out
+        without its user:password and query. A key that names a secret holds one whatever its value's type
+        (text, a table, an array, a number)."""
+        return {key: self._value(f"{prefix}{key}", key, value) for key, value in table.items()}
 
-    def _leaf(self, dotted: str, key: str, value: Any) -> Any:
-        name = key.lower()
-        if name in AZURE_SECRETS or name in AWS_SECRETS or name in _SECRET_SETTINGS or _SECRET_NAME.search(name):
-            self._secret(dotted, name, value)
-            return _Secret(empty=value in ("", None))
-        if isinstance(value, str):
-            clean = _without_secret(value)
-            if clean != value and not _SECRET_TEXT.search(clean):
-                self._secret(dotted, "url", value)
-                if "?" in value:
-                    self.secret_values.append(value.split("?", 1)[1])
-                if clean.startswith(("https://", "http://", *_AZURE_SCHEMES)):
-                    self.url_sas.append(dotted)
-                return clean
-            if clean != value or _SECRET_TEXT.search(value):
-                self._secret(dotted, "text", value)
-                return _Secret(empty=False)
+    def _value(self, dotted: str, key: str | None, value: Any) -> Any:
+        if key is not None and _secret_key(key):
+            self._secret(dotted, key.lower(), value)
+            return _Secret(empty=_empty(value))
+        if isinstance(value, dict):
+            return self._sanitize(value, dotted + ".")
+        if isinstance(value, list):
+            return [self._value(f"{dotted}[{i}]", None, item) for i, item in enumerate(value)]
+        return self._leaf(dotted, value)
+
+    def _leaf(self, dotted: str, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        clean, user, password, query = _url_secrets(value)
+        if (password or query) and not _SECRET_TEXT.search(clean):
+            self._url_secret(dotted, clean, user, password, query)
+            return clean
+        if password or query or _SECRET_TEXT.search(value):
+            self._secret(dotted, "text", value)
+            return _Secret(empty=False)
         return value
 
     def _secret(self, dotted: str, name: str, value: Any) -> None:
-        if value in ("", None):
+        if _empty(value):
             self.empty_secrets.append(dotted)
             return
-        if isinstance(value, str):
-            self.secret_values.append(value)
+        self.secret_values += [str(leaf) for leaf in _scalars(value) if leaf not in ("", None)
+                               and not isinstance(leaf, bool)]
         rotate = "it was stored in a file: rotate it"
         if name in AZURE_SECRETS:
             setting, variable, what = AZURE_SECRETS[name]
@@ -287,15 +330,38 @@ class _Converter:
         elif name in AWS_SECRETS:
             advice = (f"not copied (chorus-batch signs in to S3 with the standard AWS chain); {rotate}, and export "
                       f"the new one as {AWS_SECRETS[name]} (or use an AWS profile: [s3] profile)")
-        elif name == "url":
-            advice = ("a URL carrying a secret (a SAS token or a password): copied without it; " + rotate
-                      + ", and export a SAS token as AZURE_STORAGE_SAS_TOKEN ([azure] sas_token_env)")
         else:
             advice = (f"looks like a secret: not copied (chorus-batch reads secrets only from the environment); if it "
                       f"is one, {rotate}")
-        shown = (f"{_q(_without_secret(value))} plus a secret query or password (****; {len(value)} characters "
-                 "in all)" if name == "url" else _mask(value))
-        self.warn(f"{dotted} = {shown}: {advice}")
+        self.warn(f"{dotted} = {_mask(value)}: {advice}")
+
+    def _url_secret(self, dotted: str, clean: str, user: str | None, password: str | None, query: str | None) -> None:
+        """A URL that held a password and/or a query (a SAS token): named, masked, and what to do instead."""
+        self.secret_values += [secret for secret in (password, query) if secret]
+        scheme, rest = clean.split("://", 1)
+        shown = f"{scheme}://{user + ':****@' if password else ''}{rest}{'?****' if query else ''}"
+        azure = clean.startswith(("https://", "http://", *_AZURE_SCHEMES))
+        s3 = clean.startswith(("s3://", "s3a://"))
+        found, todo = [], []
+        if password:
+            found.append(f"a password ({len(password)} characters, not shown)")
+            todo.append("chorus-batch does not sign in with a password in a URL: " + (
+                "sign in as [azure] says (az login or a managed identity through DefaultAzureCredential, or the "
+                "environment variable [azure] names: AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_KEY)" if azure else
+                "sign in with the standard AWS chain ([s3] profile, or the AWS_* variables)" if s3 else
+                "sign in through the environment"))
+        if query:
+            if azure:
+                found.append(f"a query, a SAS token ({len(query)} characters, not shown)")
+                todo.append("export the new SAS token as AZURE_STORAGE_SAS_TOKEN ([azure] sas_token_env)")
+                self.url_sas.append(dotted)
+            else:
+                found.append(f"a query that may hold a signature ({len(query)} characters, not shown)")
+                todo.append("sign in through the environment" + (" ([s3] profile, or the AWS_* variables)" if s3
+                                                                  else ""))
+        self.warn(f"{dotted} = {_q(shown)}: a URL with {' and '.join(found)}: copied without "
+                  f"{'them' if len(found) > 1 else 'it'}; it was stored in a file: rotate it"
+                  f"{' (change the password)' if password else ''}; {'; '.join(todo)}")
 
     def _unknown(self, table: dict, schema: dict, prefix: str, unknown: list[str]) -> None:
         for key, value in table.items():
@@ -303,6 +369,8 @@ class _Converter:
             known = schema.get(key, schema.get("*", KeyError))
             if known is KeyError:
                 unknown.append(dotted)
+            elif isinstance(value, _Secret):
+                continue  # named by its key as a secret already, whatever it was
             elif isinstance(known, dict):
                 if isinstance(value, dict):
                     self._unknown(value, known, dotted + ".", unknown)
@@ -440,7 +508,11 @@ class _Converter:
         if not value.strip():
             self.warn(f"{dotted}.path is empty: not converted")
             return None
-        if _relative(value):
+        if _windows_path(value) and os.name != "nt":
+            self.warn(f"{dotted}.path = {_q(value)} is a Windows path: kept as it is, for the Windows machine "
+                      "the site runs on; use this chorus.toml there (here, `run` would read it as a folder "
+                      "relative to the chorus.toml's own)")
+        elif _relative(value):
             self.warn(f"{dotted}.path = {_q(value)} is relative: chorus-upload read it from the folder it ran in, "
                       "chorus.toml reads it from its own folder; make it absolute")
         if value.startswith("gs://"):
@@ -681,10 +753,41 @@ class _Converter:
             raise RuntimeError(f"import-config wrote a chorus.toml chorus-batch refuses: {exc}") from None
 
 
+def _refuse_special(out: Path, where: str) -> None:
+    """A UsageError when `out` exists and is not a regular file: a FIFO, a device, a socket or a symbolic
+    link is never replaced (a temporary file renamed over it would swap the node itself, e.g. /dev/full, or
+    the link, not the file it points to)."""
+    import stat
+
+    try:
+        mode = os.lstat(out).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot check --out {out}: {exc.strerror or exc}", where=where,
+                         fix="check the folder's permissions, or choose another --out") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISLNK(mode):
+        try:
+            target = os.readlink(out)
+        except OSError:
+            target = "?"
+        what = f"a symbolic link to {target}"
+        fix = "pass the file it points to as --out (with --force to replace it), or choose another --out"
+    else:
+        what = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a file")
+        fix = "choose another --out (a regular file; --force replaces only a regular file)"
+    raise UsageError(f"--out {out} is not a regular file ({what}); it is not replaced", where=where, fix=fix)
+
+
 def write_config(text: str, out: str | Path, *, force: bool = False, source: str | Path | None = None) -> Path:
     """Write `text` to `out`, readable by its owner only (0600): it is a settings file, and the place a
-    person may later add more to. An existing file is replaced only with `force` (never `source`)."""
-    import os
+    person may later add more to. An existing file is replaced only with `force` (never `source`), and only
+    when it is a regular file: a FIFO, a device node, a socket or a symbolic link is refused, with or
+    without `force`."""
     import tempfile
 
     out = Path(out)
@@ -696,6 +799,7 @@ def write_config(text: str, out: str | Path, *, force: bool = False, source: str
         raise UsageError(f"--out {out} is a folder", where=where, fix=f"name the file, e.g. --out {out / 'chorus.toml'}")
     if not out.parent.is_dir():
         raise UsageError(f"the folder of --out {out} does not exist", where=where, fix="create it, or choose another --out")
+    _refuse_special(out, where)
     exists = f"{out} exists; it is not overwritten"
     exists_fix = "choose another --out, or pass --force to replace it"
     if (out.exists() or out.is_symlink()) and not force:
@@ -709,6 +813,7 @@ def write_config(text: str, out: str | Path, *, force: bool = False, source: str
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
+                _refuse_special(out, where)  # again: the narrowest window before the rename
                 os.replace(tmp, out)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
