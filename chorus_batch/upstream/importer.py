@@ -186,6 +186,10 @@ def _remove_stale(target: Path) -> None:
             leftover.unlink()
 
 
+_LABEL_FIX = ("the labels are chorus-upload's --version values and a version's central folder, so they are not renamed "
+              "silently; to start a new history instead, run chorus-batch on the site (the journal stays as it is)")
+
+
 def _check_labels(trees: list[VersionTree], where: str) -> None:
     from ..commit import _LABEL_RE
 
@@ -193,12 +197,12 @@ def _check_labels(trees: list[VersionTree], where: str) -> None:
         if not _LABEL_RE.match(tree.label):
             raise UsageError(f"upstream version label {tree.label!r} is not a label chorus-batch can keep (letters, "
                              "digits, '.', '_', '-'; at most 64)", where=where,
-                             fix="report it: this journal needs its labels mapped by hand")
+                             fix=_LABEL_FIX)
         if before is not None and tree.label <= before.label:
             raise UsageError(
                 f"upstream version {tree.label!r} was recorded after {before.label!r} but does not sort after it; "
                 "chorus-batch orders versions by label", where=where,
-                fix="report it: this journal needs its labels mapped by hand")
+                fix=_LABEL_FIX)
 
 
 def _central(central: str | None, journal: Journal, n_marks: int, where: str) -> str | None:
@@ -241,14 +245,13 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
            progress, problems: pl.DataFrame) -> pl.DataFrame:
     from ..classify import build_patterns
     from ..commit import commit
+    from ..pipeline import redact
     from ..scan import ScanResult
     from ..store import Manifest
 
     manifest = Manifest(path)
     manifest.ensure_schema()
     manifest.set_meta({"mtime_unit_ns": str(MTIME_UNIT_NS), "imported_from": f"chorus-upload journal v{journal.schema}"})
-    from ..pipeline import redact
-
     run_id = manifest.begin_run(redact(argv), "import", roots[0][0])
     patterns = build_patterns(settings.patterns)
     by_modality = {modality: i for i, (_, modality) in enumerate(roots) if modality is not None}
@@ -283,8 +286,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     notes = [{"rule": "import.merged-updates", "srcfile": None,
               "message": f"version {t.label} was written by {len(t.updates)} `journal update` runs with the same "
                          "--version: imported as one version (the tree after the last of them)"} for t in merged]
-    unmapped = _record_marks(manifest, marks, central)
-    result.n_marks = marks.height - unmapped.height
+    unmapped, result.n_marks = _record_marks(manifest, marks, central)
     unparseable = manifest.query_frame(
         "SELECT DISTINCT srcfile, message FROM scan_errors WHERE kind = 'unparseable' ORDER BY srcfile",
         schema={"srcfile": pl.String, "message": pl.String})
@@ -302,9 +304,9 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     return findings
 
 
-def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> pl.DataFrame:
-    """The upload marks as ledger rows (state 'imported'); the marks that match no imported file version
-    (PROBLEM_SCHEMA)."""
+def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> tuple[pl.DataFrame, int]:
+    """The upload marks as ledger rows (state 'imported'): the marks that match no imported file version
+    (PROBLEM_SCHEMA), and how many file versions the ledger now holds as sent."""
     from ..store.uploads import UploadLedger
 
     files = manifest.query_frame(
@@ -329,7 +331,7 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> pl.Data
             state=pl.lit("imported"),
             uploaded_at=pl.coalesce(when.dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pl.col("mark")),
             bytes="size", md5="md5", confirmed_by=pl.lit("journal"), attempts=pl.lit(0, pl.Int64)))
-    return unmapped
+    return unmapped, found.height if central is not None else 0
 
 
 def _save_findings(manifest, label: str, findings: pl.DataFrame) -> None:
