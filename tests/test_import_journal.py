@@ -561,3 +561,15 @@ def test_output_that_cannot_be_written_is_said_truthfully(tmp_path):
     assert out.returncode == 3
     assert "could not write the output to standard output" in out.stderr and "internal error" not in out.stderr
     assert "no manifest was written" not in out.stderr and db.exists()
+
+
+def test_a_damaged_journal_is_said_to_be_damaged(tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    with open(journal, "r+b") as f:  # pages overwritten mid-file, as a bad disk or a cut copy leaves them
+        f.seek(20000)
+        f.write(b"\xff" * 8000)
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2, out.stderr
+    assert "is damaged" in out.stderr and ".recover" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m.sqlite").exists()

@@ -178,6 +178,8 @@ def read_journal(path: str | Path) -> Journal:
         except sqlite3.OperationalError as exc:  # unreadable, locked by a writer, ...
             raise _unreadable(path, exc) from None
         except sqlite3.DatabaseError as exc:
+            if "malformed" in str(exc):
+                raise _unreadable(path, exc) from None
             raise _not_a_journal(path, f"it is not an SQLite database ({exc})") from None
         if "journal_v2" in tables:
             schema, sql, history = 2, _V2_ROWS, "command_history_v2"
