@@ -46,19 +46,10 @@ import polars as pl
 # The importer's own SELECT (journal_v2 joined with its lookups): the baseline reads exactly what it reads.
 from chorus_batch.upstream.journal import _V2_ROWS
 
-# The DDL of tests/fixtures/chorus-upload/README.md ("Schemas", v2), as chorus-upload writes it.
-DDL = """
-CREATE TABLE command_history_v2 (COMMAND_ID INTEGER PRIMARY KEY AUTOINCREMENT, DATETIME TEXT NOT NULL, COMMON_PARAMS TEXT NOT NULL, COMMAND TEXT NOT NULL, PARAMS TEXT , SRC_PATHS TEXT , DEST_PATH TEXT , Duration REAL );
-CREATE TABLE srcpaths (id INTEGER PRIMARY KEY AUTOINCREMENT, SRC_PATH TEXT UNIQUE);
-CREATE INDEX srcpaths_idx ON srcpaths (SRC_PATH);
-CREATE TABLE modalities (id INTEGER PRIMARY KEY AUTOINCREMENT, MODALITY TEXT UNIQUE);
-CREATE INDEX modalities_idx ON modalities (MODALITY);
-CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT, VERSION TEXT UNIQUE);
-CREATE INDEX versions_idx ON versions (VERSION);
-CREATE TABLE uploads (id INTEGER PRIMARY KEY AUTOINCREMENT, UPLOAD_DT TEXT UNIQUE);
-CREATE INDEX uploads_idx ON uploads (UPLOAD_DT);
-CREATE TABLE journal_v2 (FILE_ID INTEGER PRIMARY KEY AUTOINCREMENT, PERSON_ID INTEGER , SRC_PATH_ID INTEGER NOT NULL, FILENAME TEXT NOT NULL, MODALITY_ID INTEGER , SRC_MODTIME_us INTEGER NOT NULL, SIZE INTEGER NOT NULL, MD5 TEXT NOT NULL, TIME_VALID_us INTEGER NOT NULL, TIME_INVALID_us INTEGER , UPLOAD_DT_ID INTEGER , VERSION_ID INTEGER NOT NULL, FOREIGN KEY (SRC_PATH_ID) REFERENCES srcpaths(id) ON UPDATE RESTRICT ON DELETE RESTRICT, FOREIGN KEY (MODALITY_ID) REFERENCES modalities(id) ON UPDATE RESTRICT ON DELETE RESTRICT, FOREIGN KEY (UPLOAD_DT_ID) REFERENCES uploads(id) ON UPDATE RESTRICT ON DELETE RESTRICT, FOREIGN KEY (VERSION_ID) REFERENCES versions(id) ON UPDATE RESTRICT ON DELETE RESTRICT);
-"""
+# The v2 DDL as chorus-upload writes it: `sqlite3 .schema` of the fixture journal (sqlite_sequence is SQLite's own).
+DDL = "\n".join(line for line in (Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "chorus-upload"
+                                  / "schema" / "journal_v2_schema.sql").read_text().splitlines()
+                 if "sqlite_sequence" not in line)
 
 MODALITIES = {"OMOP": 1, "Images": 2, "Waveforms": 3, "Metadata": 4}  # ids as in journal A
 OMOP_TABLES = ["person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",

@@ -19,18 +19,13 @@ PATHS = ["OMOP/person.csv", "OMOP/visit_occurrence.csv", "000123/Waveforms/20240
          "000123/Waveforms/20240101/000123_20240101_083000.dat", "2087/Waveforms/20240305/2087_20240305_120000.dat",
          "000045/Images/CT/1.2.3/1.2.3.4/1.dcm", "000045/Images/CT/1.2.3/1.2.3.4/2.dcm", "Metadata/submission.json"]
 START_US = 1_796_135_917_000_000  # 2026-12-01T14:38:37Z
-V2_DDL = """
-CREATE TABLE command_history_v2 (COMMAND_ID INTEGER PRIMARY KEY AUTOINCREMENT, DATETIME TEXT NOT NULL, COMMON_PARAMS TEXT NOT NULL, COMMAND TEXT NOT NULL, PARAMS TEXT , SRC_PATHS TEXT , DEST_PATH TEXT , Duration REAL );
-CREATE TABLE srcpaths (id INTEGER PRIMARY KEY AUTOINCREMENT, SRC_PATH TEXT UNIQUE);
-CREATE TABLE modalities (id INTEGER PRIMARY KEY AUTOINCREMENT, MODALITY TEXT UNIQUE);
-CREATE TABLE versions (id INTEGER PRIMARY KEY AUTOINCREMENT, VERSION TEXT UNIQUE);
-CREATE TABLE uploads (id INTEGER PRIMARY KEY AUTOINCREMENT, UPLOAD_DT TEXT UNIQUE);
-CREATE TABLE journal_v2 (FILE_ID INTEGER PRIMARY KEY AUTOINCREMENT, PERSON_ID INTEGER , SRC_PATH_ID INTEGER NOT NULL, FILENAME TEXT NOT NULL, MODALITY_ID INTEGER , SRC_MODTIME_us INTEGER NOT NULL, SIZE INTEGER NOT NULL, MD5 TEXT NOT NULL, TIME_VALID_us INTEGER NOT NULL, TIME_INVALID_us INTEGER , UPLOAD_DT_ID INTEGER , VERSION_ID INTEGER NOT NULL);
-"""
-V1_DDL = """
-CREATE TABLE command_history (COMMAND_ID INTEGER PRIMARY KEY AUTOINCREMENT, DATETIME TEXT , COMMON_PARAMS TEXT , COMMAND TEXT , PARAMS TEXT , SRC_PATHS TEXT , DEST_PATH TEXT , Duration TEXT );
-CREATE TABLE journal (FILE_ID INTEGER PRIMARY KEY AUTOINCREMENT, PERSON_ID INTEGER , FILEPATH TEXT , MODALITY TEXT , SRC_MODTIME_us INTEGER , SIZE INTEGER , MD5 TEXT , TIME_VALID_us INTEGER , TIME_INVALID_us INTEGER , UPLOAD_DTSTR TEXT , VERSION TEXT , STATE TEXT , MD5_DURATION REAL , UPLOAD_DURATION REAL , VERIFY_DURATION REAL );
-"""
+
+
+def _ddl(schema: int) -> str:
+    """The DDL as chorus-upload writes it: `sqlite3 .schema` of the fixture journals (sqlite_sequence is SQLite's own)."""
+    text = (Path(__file__).parent / "fixtures" / "chorus-upload" / "schema" / f"journal_v{schema}_schema.sql").read_text()
+    return "\n".join(line for line in text.splitlines() if "sqlite_sequence" not in line)
+
 
 # A file's state: (content number, mtime in whole seconds); content n has a size and MD5 of its own.
 file_state = st.tuples(st.integers(0, 3), st.integers(0, 2))
@@ -48,7 +43,7 @@ def write_journal(path: Path, history: list[dict], marks: list[set], schema: int
     update per tree (its rows a few ms after the command's whole-second DATETIME), marks after each."""
     labels = [f"2025{k + 1:02d}01000000" for k in range(len(history))]
     con = sqlite3.connect(path)
-    con.executescript(V2_DDL if schema == 2 else V1_DDL)
+    con.executescript(_ddl(schema))
     history_table = "command_history_v2" if schema == 2 else "command_history"
     active: dict[str, dict] = {}  # path -> its current row
     rows: list[dict] = []

@@ -192,7 +192,7 @@ def _secret_key(key: str) -> bool:
     return name in AZURE_SECRETS or name in AWS_SECRETS or name in _SECRET_SETTINGS or bool(_SECRET_NAME.search(name))
 
 
-def _url_secrets(url: str) -> tuple[str, str | None, str | None, str | None]:
+def url_secrets(url: str) -> tuple[str, str | None, str | None, str | None]:
     """(the URL without its user:password and its query, the user, the password, the query); other text
     as it is. A password holding "/", "?" or "#" (not allowed unescaped, but written) runs to the last "@"."""
     if "://" not in url:
@@ -211,11 +211,6 @@ def _url_secrets(url: str) -> tuple[str, str | None, str | None, str | None]:
         rest = rest[at + 1:]
     rest, mark, query = rest.partition("?")
     return f"{scheme}://{rest}", user, password or None, (query or None) if mark else None
-
-
-def _without_secret(url: str) -> str:
-    """A URL without its query (a SAS token) and without a user:password; other text as it is."""
-    return _url_secrets(url)[0]
 
 
 # A path chorus-upload ran with on Windows: a drive letter (C:\data, C:/data) or a UNC path (\\server\share).
@@ -307,7 +302,7 @@ class _Converter:
     def _leaf(self, dotted: str, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        clean, user, password, query = _url_secrets(value)
+        clean, user, password, query = url_secrets(value)
         if (password or query) and not _SECRET_TEXT.search(clean):
             self._url_secret(dotted, clean, user, password, query)
             return clean

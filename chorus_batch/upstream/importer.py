@@ -28,7 +28,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..errors import ChorusError, UsageError
+from ..errors import ChorusError, ExitCode, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
@@ -63,8 +63,6 @@ class ImportResult:
 
     @property
     def exit_code(self) -> int:
-        from ..errors import ExitCode
-
         status_code = int(getattr(self.status, "exit_code", 0) or 0)
         return int(ExitCode.FINDINGS) if not_notes(self.findings).height or status_code else int(ExitCode.OK)
 
@@ -81,7 +79,6 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     removes it). `site`: the tree as it is now, recorded as the root and checked as `status` would; `central`:
     the az:// container the upload marks are for (default: the one upstream uploaded to, if it is one)."""
     from ..config import CloudSettings, RunSettings
-    from ..pipeline import open_roots
     from ..progress import Progress
 
     started = time.monotonic()
@@ -124,9 +121,6 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False)
     roots = _roots(settings, site, trees[-1], journal.path)
-    if site is not None:  # checked before the import, not after it: a typo in --site costs nothing
-        for root in open_roots(settings):
-            root.source.check()
 
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=n_rows)
@@ -164,11 +158,10 @@ def _read(journal_path: str, cloud) -> Journal:
     """The journal: a local file, or a blob (az://container/journal.db) read through a private local copy."""
     if "://" not in journal_path:
         return read_journal(journal_path)
-    from ..sources.cloud import AZURE_PROTOCOLS, protocol_of
     from ..store.remote import downloaded
 
     where = mask_url(journal_path)
-    if protocol_of(journal_path) not in AZURE_PROTOCOLS:
+    if not _azure(journal_path):
         raise UsageError(f"cannot read a journal from {where}", where=where,
                          fix="give a local journal.db, or one in Azure as az://<container>/<path>/journal.db")
     with downloaded(journal_path, cloud, "chorus-upload journal",
@@ -176,6 +169,12 @@ def _read(journal_path: str, cloud) -> Journal:
         journal = read_journal(local)
     journal.path = where
     return journal
+
+
+def _azure(url: str) -> bool:
+    from ..sources.cloud import AZURE_PROTOCOLS, protocol_of
+
+    return protocol_of(url) in AZURE_PROTOCOLS
 
 
 def _remove_stale(target: Path) -> None:
@@ -210,7 +209,7 @@ def _central(central: str | None, journal: Journal, n_marks: int, where: str) ->
 
     if central:
         return central_url(central)
-    if journal.central and journal.central.startswith(("az://", "abfs://", "abfss://")):
+    if journal.central and _azure(journal.central):
         return central_url(journal.central)
     if n_marks:
         raise UsageError(
@@ -222,11 +221,15 @@ def _central(central: str | None, journal: Journal, n_marks: int, where: str) ->
 
 
 def _roots(settings, site: str | None, last: VersionTree, where: str) -> list[tuple[str, str | None]]:
-    """The roots the versions are recorded under: the site's (as `run` records them), else the paths upstream scanned."""
+    """The roots the versions are recorded under: the site's (as `run` records them, checked before the import, not
+    after it: a typo in --site costs nothing), else the paths upstream scanned."""
     from ..pipeline import open_roots
 
     if site is not None:
-        return [(root.source.location, root.modality) for root in open_roots(settings)]
+        opened = open_roots(settings)
+        for root in opened:
+            root.source.check()
+        return [(root.source.location, root.modality) for root in opened]
     paths = dict(last.roots)
     if not paths:
         raise UsageError("the journal does not record where the site was scanned", where=where,

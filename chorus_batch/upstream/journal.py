@@ -24,7 +24,6 @@ import json
 import re
 import shlex
 import sqlite3
-from urllib.parse import urlsplit, urlunsplit
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import polars as pl
 
 from ..errors import UsageError
 from ..sources.remote import mask_url
+from .config import url_secrets
 
 # One journal row, whichever the schema.
 ROW_SCHEMA = {
@@ -120,7 +120,6 @@ class Journal:
     rows: pl.DataFrame  # ROW_SCHEMA
     updates: list[Update]
     central: str | None  # where upstream sent files (DEST_PATH of its upload commands), without any credential
-    mode: str | None = None  # not recorded in the journal: from the config, if given
     # credentials found in the command history, not kept: (where, the location with them masked)
     secrets: list[tuple[str, str]] = field(default_factory=list)
 
@@ -243,16 +242,13 @@ def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]]
 
 
 def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -> str:
-    """A location as chorus-batch may keep it: a URL without its query (a SAS token), fragment or user:password;
-    what was left out is named in `secrets`, masked (the credential is to be rotated, never copied)."""
-    if "://" not in location:
-        return location
-    parts = urlsplit(location)
-    if not (parts.query or parts.fragment or parts.username or parts.password):
+    """A location as chorus-batch may keep it: a URL without its query (a SAS token) or user:password (as
+    import-config strips them); what was left out is named in `secrets`, masked (to be rotated, never copied)."""
+    clean, _, password, query = url_secrets(location)
+    if password is None and query is None:
         return location
     secrets.append((where, mask_url(location)))
-    host = parts.hostname or ""
-    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+    return clean
 
 
 def _start_us(text: str | None) -> int | None:
@@ -420,5 +416,5 @@ def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
 def upload_marks(rows: pl.DataFrame) -> pl.DataFrame:
     """The upload marks, one per (path, label, MD5, mark): a touched file's new row repeats its old row's."""
     return (rows.filter(pl.col("mark").is_not_null())
-            .group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first(), pl.col("row_id").min())
+            .group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first())
             .sort("srcfile", "label", "mark"))
