@@ -314,3 +314,13 @@ def test_a_remote_source_parses_the_bytes_it_downloads_to_hash(tmp_path):
             assert json.loads(out.facts) == readers.read_facts(local, rel, kind), rel
     finally:
         fs.rm("/one-read-site", recursive=True)
+
+
+def test_parsing_wfdb_headers_does_not_import_wfdb_or_pandas():
+    """wfdb's header grammar is loaded from its module file alone: importing wfdb imports pandas, 0.45-0.7 s
+    of a first run's start-up before any hashing worker starts."""
+    code = ("import sys\nfrom chorus_batch.validate import readers\nreaders.prepare({readers.KIND_WFDB})\n"
+            "facts = readers.parse_wfdb_header('r 1 250 1000\\nr.dat 16 200 12 0 0 0 0 II\\n')\n"
+            "print(facts['fs'], 'pandas' in sys.modules, 'wfdb' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.stdout.split() == ["250.0", "False", "False"], done.stderr

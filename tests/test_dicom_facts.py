@@ -1,0 +1,136 @@
+"""DICOM header facts: the plain path (pydicom's element generator, no Dataset) gives exactly what dcmread gives.
+
+readers._dicom_facts reads a plain Part 10 file's header with the generator dcmread itself reads with, and hands
+every other file to dcmread. These tests hold the two to the same facts, and the same error, on plain files, on
+each kind of file that must go to dcmread, and on random damage to a plain file (hypothesis)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
+
+from chorus_batch.validate import readers
+from chorus_batch.validate.rules import KIND_DICOM
+
+
+def dicom(syntax=ExplicitVRLittleEndian, *, preamble: bool = True, private_bytes: int = 0, pixels: int = 64,
+          meta: bool = True, **attributes) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid(entropy_srcs=["x"])
+    ds.PatientID, ds.PatientName = "000177", "Doe^Jane"
+    ds.StudyDate, ds.StudyTime, ds.Modality = "20200102", "145700", "CT"
+    ds.AccessionNumber, ds.SeriesNumber, ds.InstanceNumber = "177038", 3, 7
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series"])
+    if private_bytes:  # a vendor's private header before the patient module (as group 0009 lies)
+        ds.add_new(0x00090010, "LO", "VENDOR")
+        ds.add_new(0x00091001, "OB", b"\x01" * private_bytes)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    if pixels and syntax != JPEGBaseline8Bit:
+        ds.Rows = ds.Columns = 4
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = b"\x07" * pixels
+    if meta:
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = syntax
+    out = io.BytesIO()
+    if preamble:
+        ds.save_as(out, enforce_file_format=True, little_endian=syntax != ExplicitVRBigEndian,
+                   implicit_vr=syntax == ImplicitVRLittleEndian)
+    else:
+        ds.save_as(out, enforce_file_format=False, little_endian=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return out.getvalue()
+
+
+def by_dcmread(data: bytes, monkeypatch) -> dict:
+    with monkeypatch.context() as patched:
+        patched.setattr(readers, "_dicom_elements_plain", lambda head, complete: None)
+        return readers.parse_facts(KIND_DICOM, io.BytesIO(data))
+
+
+def facts(data: bytes) -> dict:
+    return readers.parse_facts(KIND_DICOM, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit])
+def test_a_plain_file_is_read_without_dcmread_and_gives_its_facts(syntax, monkeypatch):
+    data = dicom(syntax)
+    assert readers._dicom_elements_plain(data, complete=True) is not None  # the plain path took it
+    got = facts(data)
+    assert got == by_dcmread(data, monkeypatch)
+    assert got["patient_id"] == "000177" and got["patient_name"] == "Doe^Jane" and got["instance_number"] == "7"
+    assert got["series_number"] == "3" and got["modality"] == "CT" and "error" not in got
+
+
+@pytest.mark.parametrize("case, data", [
+    ("big endian", lambda: dicom(ExplicitVRBigEndian)),
+    ("deflated", lambda: dicom(DeflatedExplicitVRLittleEndian)),
+    ("no preamble", lambda: dicom(preamble=False)),
+    ("no file meta", lambda: dicom(meta=False, preamble=False)),
+    ("a header longer than the first bytes read", lambda: dicom(private_bytes=readers.DICOM_HEAD_BYTES)),
+    ("truncated in the header", lambda: dicom()[:300]),
+    ("not DICOM", lambda: b"\x00" * 128 + b"NOPE" + b"\x01" * 400),
+    ("empty dataset", lambda: dicom()[: dicom().index(b"\x08\x00\x16\x00")]),
+])
+def test_a_file_that_is_not_plain_is_read_by_dcmread(case, data, monkeypatch):
+    data = data()
+    head = data[: readers.DICOM_HEAD_BYTES]
+    assert readers._dicom_elements_plain(head, complete=len(head) < readers.DICOM_HEAD_BYTES) is None
+    assert facts(data) == by_dcmread(data, monkeypatch)
+
+
+def test_a_header_longer_than_the_first_bytes_read_still_gives_its_facts():
+    got = facts(dicom(private_bytes=readers.DICOM_HEAD_BYTES))
+    assert got["patient_id"] == "000177" and "error" not in got
+
+
+def test_pixels_cut_short_are_not_read(monkeypatch):
+    data = dicom(pixels=4096)[:-2048]
+    assert readers._dicom_elements_plain(data, complete=True) is not None
+    assert facts(data) == by_dcmread(data, monkeypatch) == facts(dicom(pixels=4096))
+
+
+def test_a_transfer_syntax_that_disagrees_with_the_dataset_goes_to_dcmread(monkeypatch):
+    data = dicom(ExplicitVRLittleEndian)
+    relabelled = data.replace(ExplicitVRLittleEndian.encode() + b"\x00", ImplicitVRLittleEndian.encode() + b"\x00\x00\x00")
+    relabelled = relabelled.replace(b"UI\x14\x00" + ImplicitVRLittleEndian.encode(), b"UI\x12\x00" + ImplicitVRLittleEndian.encode())
+    assert readers._dicom_elements_plain(relabelled, complete=True) is None
+    assert facts(relabelled) == by_dcmread(relabelled, monkeypatch)
+
+
+PLAIN = [dicom(ExplicitVRLittleEndian, PatientBirthDate="19700101"), dicom(ImplicitVRLittleEndian, OtherPatientIDs="X1")]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(PLAIN), edits=st.lists(st.tuples(
+    st.sampled_from(["flip", "cut", "insert", "delete"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
+    min_size=1, max_size=4))
+def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
+    data = bytearray(base)
+    for edit, where, payload in edits:
+        at = where % max(len(data), 1)
+        if edit == "flip":
+            data[at: at + len(payload)] = payload
+        elif edit == "cut":
+            del data[at:]
+        elif edit == "insert":
+            data[at:at] = payload
+        else:
+            del data[at: at + len(payload)]
+    data = bytes(data)
+    assert facts(data) == by_dcmread(data, monkeypatch)
