@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -324,3 +325,34 @@ def test_parsing_wfdb_headers_does_not_import_wfdb_or_pandas():
             "print(facts['fs'], 'pandas' in sys.modules, 'wfdb' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.stdout.split() == ["250.0", "False", "False"], done.stderr
+
+
+def test_a_run_validates_with_the_facts_the_cache_keeps(tmp_path):
+    """Facts parsed while hashing are handed to validation in memory, except for contents the cache already
+    had facts of: those are validated with the cached facts, as a separate validation pass would be."""
+    from chorus_batch.store import Manifest
+
+    site = broken_site(tmp_path / "site")
+    db = tmp_path / "manifest.sqlite"
+    run_site(site, db)
+    cache = Manifest(db).validation
+    kept = '{"columns":["kept"],"delimiter":","}'
+    old, new = hashlib.md5(b"old").hexdigest(), hashlib.md5(b"new").hexdigest()
+    cache.save_facts(pl.DataFrame({"kind": [KIND_OMOP], "md5": [old], "facts": [kept]}))
+    saved = cache.save_facts(pl.DataFrame({"kind": [KIND_OMOP] * 3, "md5": [old, new, new],
+                                           "facts": ['{"columns":["fresh"]}'] * 3}), replace=False)
+    assert sorted(saved.rows()) == sorted([(KIND_OMOP, new, '{"columns":["fresh"]}'), (KIND_OMOP, old, kept)])
+
+    # end to end: a CSV whose content's facts are cached gets the finding of the cached facts (no specimen_id column)
+    content = b"specimen_id,person_id,x\n1,2,3\n"
+    cache.save_facts(pl.DataFrame({"kind": [KIND_OMOP], "md5": [hashlib.md5(content).hexdigest()], "facts": [kept]}))
+    write(site, "OMOP/specimen.csv", content)
+    run_site(site, db)
+    separate = tmp_path / "again.sqlite"
+    shutil.copy(db, separate)
+    with_run = query(db, "SELECT rule, srcfile, message FROM findings WHERE version = (SELECT max(label) FROM versions) "
+                         "ORDER BY 1, 2, 3")
+    subprocess.run([sys.executable, "-m", "chorus_batch", "validate", "--db", str(separate), "--force", "-q"],
+                   cwd=REPO, capture_output=True, timeout=300)
+    assert with_run == query(separate, "SELECT rule, srcfile, message FROM findings WHERE version = "
+                                       "(SELECT max(label) FROM versions) ORDER BY 1, 2, 3")

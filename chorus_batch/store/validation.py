@@ -54,18 +54,30 @@ class ValidationCache:
         assert isinstance(frame, pl.DataFrame)
         return frame.cast(FACTS_SCHEMA) if frame.height else pl.DataFrame(schema=FACTS_SCHEMA)  # type: ignore[arg-type]
 
-    def save_facts(self, new_facts: pl.DataFrame, *, replace: bool = True) -> None:
+    def save_facts(self, new_facts: pl.DataFrame, *, replace: bool = True) -> pl.DataFrame:
         """Header facts read outside a check (e.g. by the registries, or while hashing), cached by content;
-        `replace=False` keeps facts already cached for the same content as they are."""
+        `replace=False` keeps facts already cached for the same content as they are. Returns the facts the
+        cache now holds for the contents of `new_facts` (FACTS_SCHEMA, one row per content), read back only
+        where the cache kept its own."""
         if new_facts.height == 0:
-            return
+            return pl.DataFrame(schema=FACTS_SCHEMA)
+        cached = pl.DataFrame(schema=FACTS_SCHEMA)
         with self.manifest.adbc() as con:
             with con.cursor() as cur:
                 cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
+                if not replace:
+                    cur.execute("SELECT f.kind, f.md5, f.facts FROM file_facts f JOIN temp._facts t "
+                                "ON t.kind = f.kind AND t.md5 = f.md5")
+                    found = pl.from_arrow(cur.fetch_arrow_table())
+                    assert isinstance(found, pl.DataFrame)
+                    if found.height:
+                        cached = found.cast(FACTS_SCHEMA).unique(["kind", "md5"])  # type: ignore[arg-type]
                 cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO file_facts "
                             "SELECT kind, md5, facts FROM temp._facts")
             con.commit()
         self.manifest.after_commit()
+        fresh = new_facts.select(list(FACTS_SCHEMA)).unique(["kind", "md5"], keep="first", maintain_order=True)
+        return pl.concat([fresh.join(cached, on=["kind", "md5"], how="anti"), cached])
 
     def save(self, label: str, new_facts: pl.DataFrame, findings: pl.DataFrame, *, complete: bool = True) -> None:
         """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
