@@ -64,7 +64,7 @@ class ValidationCache:
         cached = pl.DataFrame(schema=FACTS_SCHEMA)
         with self.manifest.adbc() as con:
             with con.cursor() as cur:
-                cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
+                cur.adbc_ingest("_facts", _in_key_order(new_facts), mode="create", temporary=True)
                 if not replace:
                     cur.execute("SELECT f.kind, f.md5, f.facts FROM file_facts f JOIN temp._facts t "
                                 "ON t.kind = f.kind AND t.md5 = f.md5")
@@ -89,7 +89,7 @@ class ValidationCache:
         with self.manifest.adbc() as con:
             with con.cursor() as cur:
                 if new_facts.height:
-                    cur.adbc_ingest("_facts", new_facts.select("kind", "md5", "facts").to_arrow(), mode="create", temporary=True)
+                    cur.adbc_ingest("_facts", _in_key_order(new_facts), mode="create", temporary=True)
                     cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
                 # (an import's findings about the journal it read are not the check's: they stay)
                 cur.execute("DELETE FROM findings WHERE version = ? AND rule NOT LIKE 'import.%'", (label,))
@@ -106,3 +106,9 @@ class ValidationCache:
                     )
             con.commit()
         self.manifest.after_commit()
+
+
+def _in_key_order(facts: pl.DataFrame):
+    """FACTS rows as Arrow, in file_facts' key order: INSERT ... SELECT then fills the WITHOUT ROWID table's
+    B-tree in order instead of at random MD5s (620k facts of a 1M-file first run: 16.5 s -> 5.9 s)."""
+    return facts.select("kind", "md5", "facts").sort("kind", "md5").to_arrow()
