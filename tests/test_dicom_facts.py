@@ -134,3 +134,42 @@ def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
             del data[at: at + len(payload)]
     data = bytes(data)
     assert facts(data) == by_dcmread(data, monkeypatch)
+
+
+class Trickle(io.RawIOBase):
+    """A stream that returns at most 1,000 bytes a read, as a network stream may."""
+
+    def __init__(self, data: bytes):
+        self._data, self._pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._pos = offset if whence == io.SEEK_SET else self._pos + offset if whence == io.SEEK_CUR else len(self._data) + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        size = len(self._data) - self._pos if size is None or size < 0 else size
+        chunk = self._data[self._pos: self._pos + min(size, 1000)]
+        self._pos += len(chunk)
+        return chunk
+
+
+def test_short_reads_do_not_cut_the_header_short():
+    data = dicom(private_bytes=5000)  # the patient module lies past the first short read
+    got = readers.parse_facts(KIND_DICOM, Trickle(data))
+    assert got == facts(data) and got["patient_id"] == "000177"
+
+
+def test_short_reads_do_not_cut_a_wfdb_header_short():
+    from chorus_batch.validate.rules import KIND_WFDB
+
+    text = "r 40 250 1000\n" + "".join(f"r.dat 16 200 12 0 0 0 0 S{k:02}\n" for k in range(40))
+    assert readers.parse_facts(KIND_WFDB, Trickle(text.encode()))["n_sig"] == 40

@@ -72,7 +72,7 @@ class BadContent(ValueError):
 
 
 def _read_text(f, encoding: str) -> str:
-    data = f.read(MAX_TEXT_BYTES + 1)
+    data = _read_up_to(f, MAX_TEXT_BYTES + 1)
     if not data:
         raise BadContent("the file is empty")
     if len(data) > MAX_TEXT_BYTES:
@@ -184,7 +184,7 @@ def _dicom_facts(f) -> dict[str, Any]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    head = f.read(DICOM_HEAD_BYTES)
+    head = _read_up_to(f, DICOM_HEAD_BYTES)
     if not head:
         raise BadContent("the file is empty")
     elements = _dicom_elements_plain(head, complete=len(head) < DICOM_HEAD_BYTES)
@@ -199,6 +199,17 @@ def _dicom_facts(f) -> dict[str, Any]:
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
     values = {key: _dicom_text(elements.get(tag)) for key, tag in _DICOM_TAGS.items()}
     return {key: value for key, value in values.items() if value is not None}  # absent: not in the header
+
+
+def _read_up_to(f, n: int) -> bytes:
+    """`n` bytes of `f`, fewer only at its end (a raw or network stream may return less than asked)."""
+    data = f.read(n)
+    while data and len(data) < n:
+        more = f.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 # The first bytes of a DICOM file read for its header: what lies before the pixel data is rarely over a
