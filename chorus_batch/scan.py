@@ -25,7 +25,7 @@ from . import hashing
 from .checkpoint import Checkpoint, announce, resume
 from .errors import UsageError
 from .exclude import Excludes
-from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
+from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors, schema_of
 from .partitions import BUCKETS, in_range, part_of, top_bucket, with_buckets
 from .fsutil import write_private
 from .progress import Progress
@@ -70,6 +70,9 @@ def shard_of(srcfile: pl.Series, shards: int) -> pl.Series:
     return part_of(srcfile, shards).rename("shard")
 
 
+FACTS_COLUMNS = schema_of("file_facts")  # kind, md5, facts: ScanResult.facts (validate.readers.FACTS_SCHEMA)
+
+
 @dataclass
 class ScanResult:
     files: pl.DataFrame  # SCANNED_SCHEMA: every listed file; md5 NULL where it could not be hashed
@@ -99,10 +102,12 @@ class ScanResult:
         write_private(folder / "files.parquet",
                       lambda tmp: with_buckets(self.files).write_parquet(tmp, row_group_size=SHARD_ROW_GROUP))
         write_private(folder / "errors.parquet", self.errors.write_parquet)
+        if self.facts is not None:  # header facts parsed while hashing: the merge validates with them
+            write_private(folder / "facts.parquet", self.facts.write_parquet)
         record = {"roots": self.roots, "scan_started_ns": self.scan_started_ns, "coverage": asdict(self.coverage),
                   "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
                   "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
-                  "excluded": self.excluded}
+                  "excluded": self.excluded, "facts": self.facts is not None}
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
 
@@ -116,6 +121,8 @@ class ScanResult:
             n_files = pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item()
             listed = (cls.read_files(folder) if files else pl.DataFrame(schema=SCANNED_SCHEMA))
             errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
+            facts = (pl.read_parquet(folder / "facts.parquet").select(list(FACTS_COLUMNS)).cast(FACTS_COLUMNS)  # type: ignore[arg-type]
+                     if record.get("facts") else None)
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
                              fix="run the scan (or shard) again; it writes scan.json when it completes") from None
@@ -125,7 +132,7 @@ class ScanResult:
         return cls(files=listed, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
                    scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
-                   hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts())
+                   hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts(), facts=facts)
 
     @staticmethod
     def read_files(folder: str | Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
@@ -162,7 +169,9 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         files=pl.concat([p.files for p in parts]), errors=pl.concat([p.errors for p in parts]), roots=first.roots,
         scan_started_ns=min(p.scan_started_ns for p in parts), coverage=WHOLE_SITE, based_on=first.based_on,
         n_hashed=sum(p.n_hashed for p in parts), bytes_hashed=sum(p.bytes_hashed for p in parts),
-        hash_s=max(p.hash_s for p in parts), excluded=_exclude.merge_counts([p.excluded for p in parts]))
+        hash_s=max(p.hash_s for p in parts), excluded=_exclude.merge_counts([p.excluded for p in parts]),
+        # the shards' facts, if every shard parsed them (else validation reads what it lacks itself)
+        facts=pl.concat([p.facts for p in parts]) if all(p.facts is not None for p in parts) else None)  # type: ignore[misc]
 
 
 # A block of the first root's listing is planned (and its files that must be read are hashed) once it holds this

@@ -100,7 +100,9 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                    progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
                    verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
                    excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
-                   mtime_unit_ns=mtime_unit_ns)
+                   mtime_unit_ns=mtime_unit_ns,
+                   # header facts from the bytes hashed, for the merge's validation: one read per file here too
+                   facts=settings.validate_site and not settings.dry_run)
     scanned.write(folder)
     return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,

@@ -77,6 +77,12 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         assert out.returncode in (0, 1), out.stderr
         assert "committed" in out.stdout
         assert manifest_view(merged) == manifest_view(single)
+        # one read per file: the merge validated with the facts the shards parsed while hashing, reading no more
+        # headers than the single-node run (none of the first snapshot's)
+        read = "SELECT headers_read FROM validations ORDER BY version"
+        assert query(merged, read) == query(single, read) and query(merged, read)[0] == (0,)
+        assert query(merged, "SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2") == query(
+            single, "SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2")
         # the state cache the merge wrote, partition by partition, holds the current rows
         assert state_cache(merged).equals(current_rows(merged))
         assert state_cache(single).equals(current_rows(single))
@@ -102,7 +108,7 @@ def test_a_shard_writes_nothing_beside_the_manifest(snapshots, tmp_path):
     after = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before  # not the manifest, its WAL, the lock or the state cache
     assert sorted(p.name for p in (tmp_path / "staging" / "shard-0-of-4").iterdir()) == [
-        "errors.parquet", "files.parquet", "scan.json"]
+        "errors.parquet", "facts.parquet", "files.parquet", "scan.json"]  # facts: what the merge validates with
 
 
 def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snapshots, tmp_path):
