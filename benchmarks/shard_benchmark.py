@@ -5,7 +5,7 @@ On the small100k tree of run_benchmarks.py (100k files of 4 KiB, warm page cache
 manifests each time:
 
   single   chorus-batch run --no-validate                     (first run: hashes every file)
-  sharded  N x chorus-batch run --shard K/N --staging DIR, one after another, then
+  sharded  N x chorus-batch run --shard K/N --staging DIR --no-validate, one after another, then
            chorus-batch run --merge DIR --no-validate         (the same work split as a job array would)
 
 and reports sharded / single (target: <= 1.15 for N = 4), each the best of --reps. It also checks
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 remove_manifest(sharded_db)
             shutil.rmtree(staging, ignore_errors=True)
             parts = [chorus("--site", str(root), "--db", str(sharded_db), "--shard", f"{k}/{args.shards}",
-                            "--staging", str(staging), cwd=work) for k in range(args.shards)]
+                            "--staging", str(staging), "--no-validate", cwd=work) for k in range(args.shards)]
             merge = chorus("--site", str(root), "--db", str(sharded_db), "--merge", str(staging), "--no-validate", cwd=work)
             shard_s.append(sum(parts))
             merge_s.append(merge)
