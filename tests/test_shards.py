@@ -111,6 +111,21 @@ def test_a_shard_writes_nothing_beside_the_manifest(snapshots, tmp_path):
         "errors.parquet", "facts.parquet", "files.parquet", "scan.json"]  # facts: what the merge validates with
 
 
+def test_shards_without_facts_merge_and_validation_reads_the_headers_itself(snapshots, tmp_path):
+    """Shards run with --no-validate (or by the release before facts.parquet) parse nothing: the merge's
+    validation reads the headers it lacks, and finds what a single-node run finds."""
+    site, single, merged, staging = snapshots / "first", tmp_path / "s.sqlite", tmp_path / "m.sqlite", tmp_path / "stg"
+    assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    for k in range(N):
+        out = cli("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
+                  "--no-validate")
+        assert out.returncode == 0, out.stderr
+        assert not (staging / f"shard-{k}-of-{N}" / "facts.parquet").exists()
+    assert cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging)).returncode in (0, 1)
+    assert manifest_view(merged) == manifest_view(single)
+    assert query(merged, "SELECT headers_read > 0 FROM validations") == [(1,)]
+
+
 def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snapshots, tmp_path):
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging, shards=(0, 1, 3))
