@@ -220,3 +220,8 @@ def schema_of(table: str, names: tuple[str, ...] | list[str] | None = None) -> d
     """The polars schema of a manifest table (or of some of its columns, in the order given)."""
     dtypes = {c.name: c.dtype for c in MANIFEST_TABLES[table]}
     return {name: dtypes[name] for name in (names or dtypes)}  # type: ignore[misc]
+
+
+# Header facts cached by content (file_facts): what validation reads of a file, as JSON text; parsed while
+# hashing (ScanResult.facts) or by validate.readers, and read back from the cache.
+FACTS_SCHEMA = schema_of("file_facts")

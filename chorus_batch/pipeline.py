@@ -307,7 +307,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     t = mark("commit", t)
     label = committed.label
     # What the result needs of the scan; the rest of it (its files, their facts) is let go before validation,
-    # which reads the version from the manifest: 1M files, the scan's frames held ~0.3 GB through validation.
+    # which reads the version from the manifest (a 1M-file first run's peak RSS: 2.57 -> 2.33 GB).
     scan_facts, scan_figures = scanned.facts, {
         "n_hashed": scanned.n_hashed, "bytes_hashed": scanned.bytes_hashed, "hash_s": scanned.hash_s,
         "scan_started_ns": scanned.scan_started_ns, "excluded": scanned.excluded}

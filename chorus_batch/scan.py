@@ -25,7 +25,7 @@ from . import hashing
 from .checkpoint import Checkpoint, announce, resume
 from .errors import UsageError
 from .exclude import Excludes
-from .frames import ERRORS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors, schema_of
+from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
 from .partitions import BUCKETS, in_range, part_of, top_bucket, with_buckets
 from .fsutil import write_private
 from .progress import Progress
@@ -68,9 +68,6 @@ def top_in_shard(top: str, coverage: Coverage) -> bool:
 def shard_of(srcfile: pl.Series, shards: int) -> pl.Series:
     """The shard of each path: its bucket's (partitions.py: a stable hash of its person folder) share of `shards`."""
     return part_of(srcfile, shards).rename("shard")
-
-
-FACTS_COLUMNS = schema_of("file_facts")  # kind, md5, facts: ScanResult.facts (validate.readers.FACTS_SCHEMA)
 
 
 @dataclass
@@ -121,7 +118,7 @@ class ScanResult:
             n_files = pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item()
             listed = (cls.read_files(folder) if files else pl.DataFrame(schema=SCANNED_SCHEMA))
             errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
-            facts = (pl.read_parquet(folder / "facts.parquet").select(list(FACTS_COLUMNS)).cast(FACTS_COLUMNS)  # type: ignore[arg-type]
+            facts = (pl.read_parquet(folder / "facts.parquet").select(list(FACTS_SCHEMA)).cast(FACTS_SCHEMA)  # type: ignore[arg-type]
                      if record.get("facts") else None)
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..frames import FINDINGS_SCHEMA, schema_of
+from ..frames import FACTS_SCHEMA, FINDINGS_SCHEMA, schema_of
 from ..times import iso, utc_now
 
 if TYPE_CHECKING:
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 VALIDATION_SCHEMA = schema_of("source_files", (
     "srcfile", "size", "md5", "modality", "person_id", "session_id", "start_date", "start_time", "duration_s",
     "segment", "parse_error", "category", "layout", "root_id"))
-FACTS_SCHEMA = schema_of("file_facts")
 
 
 class ValidationCache:

@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from ..frames import FACTS_SCHEMA  # kind, md5, facts (JSON text)
 from .rules import (
     CSV_KINDS,
     IDENTIFYING_DICOM_TAGS,
@@ -42,7 +43,6 @@ from .rules import (
     REGISTRY_COLUMNS,
 )
 
-FACTS_SCHEMA = {"kind": pl.String, "md5": pl.String, "facts": pl.String}  # facts = JSON text
 
 MAX_TEXT_BYTES = 16 * 1024 * 1024  # a WFDB header or RECORDS file larger than this is not one
 MAX_CSV_HEADER_BYTES = 1024 * 1024
