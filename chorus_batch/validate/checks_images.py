@@ -25,13 +25,13 @@ def _dicom_time(expr: pl.Expr) -> pl.Expr:
 
 
 def _dicom(site: _Site) -> list[pl.LazyFrame]:
-    files = site.files
+    files = site.files.lazy()
     d = site.of_kind(KIND_DICOM)
     out = [
         _found("dicom.unreadable", d.filter(pl.col("error").is_not_null()), "srcfile",
                pl.format("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error"))),
         _found("dicom.outside_series", files.filter(pl.col("_outside_series")).join(
-            site.person_mismatch.select("srcfile"), on="srcfile", how="anti"), "srcfile",
+            site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
         *_current_paths(d), *_deidentified(d),

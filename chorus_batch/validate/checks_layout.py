@@ -11,7 +11,7 @@ from .site import _found, _join_list, _one, _Site
 
 
 def _layout(site: _Site) -> list[pl.LazyFrame]:
-    f, folders = site.files, site.folders
+    f, folders = site.files.lazy(), site.folders  # (lazy: each rule reads a few of the files' columns)
     out = [
         _found("layout.root_file", f.filter((pl.col("_n") == 1) & pl.col("parse_error").is_not_null()), "srcfile",
                pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder (only the linkage "
@@ -62,14 +62,14 @@ def _persons(site: _Site) -> list[pl.LazyFrame]:
 
 
 def _files(site: _Site) -> list[pl.LazyFrame]:
-    f = site.files
+    f = site.files.lazy()
     covered = (
         (pl.col("_n") == 1) | (~pl.col("_is_person") & ~pl.col("_top_l").is_in(["omop", "metadata"]))
         | pl.col("_person_file") | pl.col("_person_subfolder") | pl.col("_outside_series")
         | (pl.col("_is_person") & (pl.col("_second_l") == "metadata"))  # anything may go in <person>/Metadata/
     )
     unparsed = f.filter(pl.col("parse_error").is_not_null() & ~covered).join(
-        site.person_mismatch.select("srcfile"), on="srcfile", how="anti")
+        site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti")
     dup = f.filter(pl.col("_is_person") & (pl.col("size") > 0) & pl.col("md5").is_not_null()).filter(
         pl.col("md5").hash().is_duplicated())  # a cheap first cut (most contents occur once), exact below
     persons = dup.group_by("md5").agg(pl.col("_top").unique().sort().alias("_persons")).filter(

@@ -17,8 +17,8 @@ from .site import _found, _one, _Site
 
 
 def _metadata(site: _Site) -> list[pl.LazyFrame]:
-    f = site.files
-    waveforms = f.filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms"))
+    waveforms = site.files.lazy().filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms")).select(
+        "category").collect()
     if waveforms.height == 0:
         return []
     md = site.of_kind(KIND_MARKDOWN).with_columns(_doc=pl.col("_name").str.to_lowercase())

@@ -71,9 +71,9 @@ def _links(site: _Site) -> list[pl.LazyFrame]:
     links = site.of_kind(KIND_LINKS)
     if site.omop_dir is None or links.height == 0:
         return []
-    sessions = site.files.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
-                                 & (pl.col("session_id") != "") & pl.col("parse_error").is_null()).select(
-        "session_id").unique()
+    sessions = site.files.lazy().filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
+                                        & (pl.col("session_id") != "") & pl.col("parse_error").is_null()).select(
+        "session_id").unique().collect()
     out = [_found("layout.superseded", links, "srcfile", pl.lit(
         f"{LINKS_TABLE}.csv is from Waveform File Format v2.0: today each waveform file's visit is given in the "
         "waveform registry (visit_id), which `chorus-batch registry` writes; this table is still checked"))]

@@ -61,8 +61,9 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         mine = usable.filter(pl.col("_of") == modality)
         if mine.height == 0:
             continue
-        files = site.files.filter(pl.col("_is_person") & (pl.col("modality") == modality)
-                                  & pl.col("parse_error").is_null() & (pl.col("_name") != "RECORDS"))
+        files = site.files.lazy().filter(pl.col("_is_person") & (pl.col("modality") == modality)
+                                         & pl.col("parse_error").is_null() & (pl.col("_name") != "RECORDS")
+                                         ).select("srcfile").collect()
         unlisted = files.join(listed.filter(pl.col("_of") == modality).select(pl.col("_path").alias("srcfile")),
                               on="srcfile", how="anti")
         out.append(_found("registry.unlisted_file", unlisted, "srcfile",

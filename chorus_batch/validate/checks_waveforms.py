@@ -10,7 +10,7 @@ from .site import _found, _join_list, _Site
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
-    f = site.files
+    f = site.files.lazy()  # each use below takes a few columns of some files
     ok = headers.filter(pl.col("_ok"))
     out = [
         _found("wfdb.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
@@ -34,7 +34,8 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     data = signals.filter(
         (pl.col("fmt") != "0") & pl.col("file_name").is_not_null() & ~pl.col("file_name").is_in(["", "~", "-"])
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
-    present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size"))
+    present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
+                                                    ).collect()
     out.append(_found(
         "wfdb.missing_dat", data.unique(["_header", "_path"]).join(present, on="_path", how="anti"), "_header",
         pl.format("signal file {} named in this header is not in its folder: add it or fix the header",
@@ -66,7 +67,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                   pl.col("_offset"))))
     # .dat files in folders whose headers were all read, and that no header names.
     header_dirs = headers.group_by("_dir").agg(pl.col("_ok").all().alias("_all_ok"))
-    dats = f.filter(pl.col("_waveforms") & (pl.col("_ext_l") == "dat")).join(
+    dats = f.filter(pl.col("_waveforms") & (pl.col("_ext_l") == "dat")).select("srcfile", "_dir").collect().join(
         header_dirs.filter(pl.col("_all_ok")), on="_dir", how="semi")
     out.append(_found(
         "wfdb.unreferenced_dat", dats.join(data.select(pl.col("_path").alias("srcfile")), on="srcfile", how="anti"),
@@ -101,9 +102,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                   pl.col("_total"))))
     # Numerics: in a WFDB session folder (one holding <session_id>.hea), a CSV is the numerics file.
     wfdb_sessions = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
-                             & (pl.col("_name") == pl.col("session_id") + ".hea")).select("_dir").unique()
-    csvs = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & (pl.col("_ext_l") == "csv")).join(
-        wfdb_sessions, on="_dir", how="semi")
+                             & (pl.col("_name") == pl.col("session_id") + ".hea")).select("_dir").unique().collect()
+    csvs = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null() & (pl.col("_ext_l") == "csv")).select(
+        "srcfile", "_dir", "_name", "session_id").collect().join(wfdb_sessions, on="_dir", how="semi")
     out.append(_found(
         "wfdb.numerics_name", csvs.filter(pl.col("_name") != pl.col("session_id") + "n.csv"), "srcfile",
         pl.format("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
@@ -114,9 +115,10 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
 def _sessions(site: _Site) -> list[pl.LazyFrame]:
     """Session ids of today's layout (Waveforms/Telemetry|EEG/<session_id>/): integers, and distinct."""
     sessions = (
-        site.files.filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms") & pl.col("category").is_not_null()
-                          & pl.col("session_id").is_not_null())
+        site.files.lazy().filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms")
+                                 & pl.col("category").is_not_null() & pl.col("session_id").is_not_null())
         .group_by("_top", "category", "session_id").agg(pl.col("_dir").min())
+        .collect()
     )
     owners = sessions.group_by("session_id").agg(
         pl.concat_str("_top", "category", separator="/").unique().sort().alias("_owners")).filter(
