@@ -12,18 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ChorusError, ExitCode
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here: dynamic)
 
 
 def release() -> str:
-    """The installed distribution's version (recorded in each run and version), else (a source checkout on
-    PYTHONPATH) the package's own."""
-    from importlib.metadata import PackageNotFoundError, version
+    """The release, as recorded in each run and version. Read from this package, not from the installed
+    distribution's metadata (importlib.metadata: ~35 ms of every command's start-up), which is built from it."""
+    return __version__
 
-    try:
-        return version("chorus-batch")
-    except PackageNotFoundError:
-        return __version__
 
 __all__ = ["ChorusError", "ExitCode", "Manifest", "RunResult", "RunSettings", "load_config", "run"]
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
+from .frames import packed_frame
 from .fsutil import restrict, write_private
 from .progress import log
 
@@ -248,16 +249,12 @@ class Writer:
 
     def _frame(self, start: int, chunk) -> pl.DataFrame:
         n = len(chunk.sizes)
-        digests = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(chunk.digests)])
         failed = {k for k, _kind, _message in chunk.errors}
         srcfile, etag = self._rows(start, n)
-        frame = pl.DataFrame({
-            "srcfile": srcfile,
-            "size": pl.Series(chunk.sizes, dtype=pl.Int64),
-            "mtime_ns": pl.Series(chunk.mtimes, dtype=pl.Int64),
-            "etag": etag,
-            "md5": pl.Series(digests).cast(pl.Binary),
-        }).with_columns(trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64))
+        packed = packed_frame(n, {"size": (pa.int64(), chunk.sizes), "mtime_ns": (pa.int64(), chunk.mtimes),
+                                  "md5": (pa.binary(16), chunk.digests)})
+        frame = pl.DataFrame({"srcfile": srcfile}).hstack(packed).with_columns(
+            etag=etag, trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64)).select(list(SEGMENT_SCHEMA))
         if failed:
             frame = frame.with_row_index("_k").filter(~pl.col("_k").is_in(list(failed))).drop("_k")
         return frame.cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]

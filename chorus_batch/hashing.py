@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 
 from .faults import pause
+from .frames import packed_frame
 from .sources import Source
 from .workers import HashedChunk, hash_chunk, pool
 
@@ -243,15 +244,12 @@ class _Results:
 
     def frame(self, srcfile: pl.Series) -> pl.DataFrame:
         n = srcfile.len()
-        digests = pa.Array.from_buffers(pa.binary(16), n, [None, pa.py_buffer(self.digests)])
-        sizes = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.sizes)])
-        mtimes = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(self.mtimes)])
         errors = pl.DataFrame(self.errors, schema={"_i": pl.UInt32, "error_kind": pl.String, "error_message": pl.String},
                               orient="row")
-        frame = pl.DataFrame({"srcfile": srcfile}).with_columns(
-            md5=pl.Series(digests).bin.encode("hex"),
-            hashed_size=pl.Series(sizes),
-            hashed_mtime_ns=pl.Series(mtimes),
+        packed = packed_frame(n, {"_md5": (pa.binary(16), self.digests), "hashed_size": (pa.int64(), self.sizes),
+                                  "hashed_mtime_ns": (pa.int64(), self.mtimes)})
+        frame = pl.DataFrame({"srcfile": srcfile}).hstack(packed).select(
+            "srcfile", md5=pl.col("_md5").bin.encode("hex"), hashed_size="hashed_size", hashed_mtime_ns="hashed_mtime_ns",
         ).with_row_index("_i").join(errors, on="_i", how="left")
         facts = pl.concat(self.facts) if self.facts else pl.DataFrame(schema=_FACTS_PART)
         frame = frame.join(facts, on="_i", how="left").drop("_i")
@@ -446,8 +444,8 @@ class Hasher:
 
     def _tasks(self, offset: int, rows: pl.DataFrame) -> list[_Task]:
         kinds = _NO_KINDS
-        if self.facts:
-            found = self._kinds_in(rows)
+        found = self._kinds_in(rows) if self.facts else frozenset()
+        if found:  # (none: the readers are not even imported, as on a night that only re-verifies)
             if self.mode == "processes":
                 from .validate.readers import FORK_SAFE_KINDS
 
@@ -466,10 +464,13 @@ class Hasher:
     @staticmethod
     def _kinds_in(rows: pl.DataFrame) -> frozenset[str]:
         """The kinds validation looks inside among the rows to parse (their parsers: validate.readers)."""
+        to_parse = _to_parse(rows)
+        if not to_parse.height:
+            return frozenset()
         from .validate.kinds import kinds_in
         from .validate.readers import READER_KINDS
 
-        return kinds_in(_to_parse(rows)["srcfile"]) & READER_KINDS
+        return kinds_in(to_parse["srcfile"]) & READER_KINDS
 
     def _record(self, task: _Task, chunk: HashedChunk) -> None:
         with self._lock:

@@ -22,8 +22,8 @@ from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Sto
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import mask_url, open_source
+from .sources.urls import is_remote
 from .store import Manifest
-from .store.remote import is_remote, remote_manifest
 from .times import utc_now
 
 
@@ -75,6 +75,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     progress = progress or Progress(quiet=True)
     argv = list(argv if argv is not None else sys.argv[1:])
     if is_remote(settings.db):  # az://: a local working copy under a blob lease, uploaded after success
+        from .store.remote import remote_manifest
+
         with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
             result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
         result.db = mask_url(settings.db)

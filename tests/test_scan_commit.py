@@ -16,6 +16,7 @@ import pytest
 from chorus_batch.classify import build_patterns
 from chorus_batch.commit import commit
 from chorus_batch.errors import UsageError
+from chorus_batch.frames import LISTING_SCHEMA
 from chorus_batch.frames import empty_state
 from chorus_batch.partitions import bucket_range, part_of
 from chorus_batch.scan import Coverage, Root, ScanResult, merge_scans, scan, shard_of
@@ -240,7 +241,7 @@ class StoredMd5Source(FsspecSource):
     def list_files(self, errors):
         for batch in super().list_files(errors):
             held = [self.held.get(p) for p in batch.column("srcfile").to_pylist()]
-            yield batch.set_column(3, "stored_md5", pa.array(held, pa.string()))
+            yield batch.set_column(3, "stored_md5", pa.array(held, LISTING_SCHEMA.field("stored_md5").type))
 
     def _count(self, what: str) -> None:
         with self._lock:

@@ -99,8 +99,8 @@ class StoredMd5MemorySource(FsspecSource):
             held = [md5(self.fs.cat_file(self._path(p))) for p in paths]
             # an etag per object version: its content and creation time
             tags = [f"{h}.{t}" for h, t in zip(held, batch.column("mtime_ns").to_pylist(), strict=True)]
-            yield batch.set_column(3, "stored_md5", pa.array(held, pa.string())).set_column(
-                4, "etag", pa.array(tags, pa.string()))
+            yield batch.set_column(3, "stored_md5", pa.array(held, LISTING_SCHEMA.field("stored_md5").type)).set_column(
+                4, "etag", pa.array(tags, LISTING_SCHEMA.field("etag").type))
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
 from .local import LocalSource, walk_local
-from .remote import FsspecSource, mask_url
+from .urls import mask_url
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
+    from .remote import FsspecSource
 
 __all__ = ["FileChangedWhileHashing", "FileStat", "FsspecSource", "HashOutcome", "LocalSource", "Source",
            "listing_batch", "mask_url", "open_source", "walk_local"]
+
+
+def __getattr__(name: str) -> Any:
+    # fsspec and the cloud clients load when a URL is opened: a local run never imports them.
+    if name == "FsspecSource":
+        from .remote import FsspecSource
+
+        return FsspecSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1,
@@ -21,6 +31,8 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
     """A local path (or file:// URL) gets the fast path; other URLs go through fsspec, az:// and s3://
     signed in as `cloud` ([azure], [s3] of chorus.toml) and the environment say (sources/cloud.py)."""
     if "://" in location and not location.startswith("file://"):
+        from .remote import FsspecSource
+
         return FsspecSource(location, cloud=cloud)
     if location.startswith("file://"):
         location = location[len("file://"):]

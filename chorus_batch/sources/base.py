@@ -212,4 +212,6 @@ def listing_batch(paths: list[str], sizes: list[int], mtimes: list[int],
                           "etag": etags if etags is not None else [None] * n},
                          schema={"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "stored_md5": pl.String,
                                  "etag": pl.String})
-    return frame.to_arrow().cast(LISTING_SCHEMA).combine_chunks().to_batches()[0]
+    batch = frame.to_arrow().combine_chunks().to_batches()[0]
+    assert batch.schema.equals(LISTING_SCHEMA), batch.schema
+    return batch

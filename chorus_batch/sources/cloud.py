@@ -50,14 +50,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, SourceError
+from .urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
 
 T = TypeVar("T")
 
-AZURE_PROTOCOLS = ("az", "abfs", "abfss")
-S3_PROTOCOLS = ("s3", "s3a")
 ENV_RETRY_BASE = "CHORUS_BATCH_RETRY_BASE_S"
 ENV_RETRY_DEADLINE = "CHORUS_BATCH_RETRY_DEADLINE_S"
 RETRY_BASE_S = 0.5  # first backoff of `retrying`; doubled each time
@@ -358,7 +357,7 @@ def _azure_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
     try:
         fs = _blob_fs_class()(chorus_sign_in=sign_in, **kwargs)
     except storage_errors() as exc:
-        raise explain(exc, where=_masked(url), how=sign_in.how, action="sign in to") from None
+        raise explain(exc, where=mask_url(url), how=sign_in.how, action="sign in to") from None
     return fs, fs._strip_protocol(url).rstrip("/"), sign_in.how
 
 
@@ -420,21 +419,12 @@ def _s3_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
     try:
         fs = _S3_FS(**options)
     except storage_errors() as exc:
-        raise explain(exc, where=_masked(url), how=how, action="sign in to") from None
+        raise explain(exc, where=mask_url(url), how=how, action="sign in to") from None
     return fs, fs._strip_protocol(url).rstrip("/"), how
 
 
 # ----------------------------------------------------------------------------- the file system of a URL
 
-
-def _masked(url: str) -> str:
-    from .remote import mask_url
-
-    return mask_url(url)
-
-
-def protocol_of(url: str) -> str:
-    return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
 def filesystem_for(url: str, cloud: CloudSettings | None = None) -> tuple[Any, str, str]:

@@ -16,6 +16,7 @@ from ..errors import ChorusError
 from . import cloud as cloud_access
 from .base import (BATCH_ROWS, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, clamp_ns,
                    listing_batch, parse_through)
+from .urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -27,16 +28,6 @@ _HEX_MD5 = re.compile(r"^[0-9a-f]{32}$")
 # Bytes per ranged GET when a file is downloaded to be hashed: one request per 64 KiB read would spend
 # the time in round trips; 8 MiB keeps memory bounded (one block per hashing thread).
 DOWNLOAD_BLOCK = 8 << 20
-# Query parameters and userinfo that carry secrets: never recorded, logged or printed.
-_SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@]*@", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """A URL as it may be shown or stored: SAS parameters and user:password masked."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", url))
-
-
 def _mtime_ns(info: dict) -> int:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(key)

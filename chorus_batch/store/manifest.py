@@ -748,7 +748,10 @@ def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None =
     schema = part_table(frame.head(0)).schema
     def batches() -> Iterator[pa.RecordBatch]:
         for part in frame.iter_slices(rows):
-            for batch in part_table(part).cast(schema).to_batches():
+            table = part_table(part)
+            if not table.schema.equals(schema):  # (a cast imports pyarrow.compute: only when one is needed)
+                table = table.cast(schema)
+            for batch in table.to_batches():
                 yield batch
                 if on_rows is not None:
                     on_rows(batch.num_rows)

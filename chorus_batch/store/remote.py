@@ -46,9 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import AfterCommitError, ManifestError, ManifestLocked, Stopped, UsageError
-from ..sources.cloud import (AZURE_PROTOCOLS, azure_sign_in, explain, protocol_of, retrying, storage_errors,
-                             sync_blob_service_client)
-from ..sources.remote import mask_url
+from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sync_blob_service_client
+from ..sources.urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
 from ..times import iso, utc_now
 from .lock import user_name
 
@@ -66,9 +65,6 @@ _LOST_CODES = {"LeaseIdMismatchWithBlobOperation", "LeaseIdMismatchWithLeaseOper
                "LeaseNotPresentWithBlobOperation", "LeaseNotPresentWithLeaseOperation", "LeaseIdMissing",
                "ConditionNotMet", "LeaseIsBrokenAndCannotBeRenewed", "LeaseExpired"}
 
-
-def is_remote(db: str | os.PathLike[str] | None) -> bool:
-    return isinstance(db, str) and protocol_of(db) in AZURE_PROTOCOLS
 
 
 def lease_seconds() -> int:

@@ -26,9 +26,7 @@ from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
 from ..store.validation import VALIDATION_SCHEMA
-from .checks import check
-from .kinds import facts_needed
-from .readers import FACTS_SCHEMA, extract_facts
+from ..frames import FACTS_SCHEMA
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -103,6 +101,9 @@ def check_files(current: pl.DataFrame, known_facts: Callable[[pl.DataFrame], pl.
     each from `sources[root_id]` (`sources[None]`: files whose root is not recorded or not reachable).
     Nothing is written: the caller keeps what it wants (a version's findings and the facts read, or
     nothing for a dry run). `what` names the files in messages ("version X")."""
+    from .checks import check  # here: a run whose findings are cached checks nothing (validate/__init__.py)
+    from .kinds import facts_needed
+
     progress = progress or Progress(quiet=True)
     needed = facts_needed(current).join(current.select("srcfile", "root_id"), on="srcfile", how="left")
     known = known_facts(needed)
@@ -129,6 +130,8 @@ def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, 
                    progress: Progress | None = None) -> pl.DataFrame:
     """FACTS_SCHEMA rows of `todo` (srcfile, md5, kind, root_id), each file read from `readers[root_id]`; a
     progress counter (a bar on a terminal, log lines with an ETA elsewhere) while they are read."""
+    from .readers import extract_facts
+
     progress = progress or Progress(quiet=True)
     read = _Count()
     with progress.counter("reading headers", "file", lambda: (read.n, 0), total=(todo.height, 0)):
