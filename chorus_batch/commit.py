@@ -201,17 +201,17 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         rows_written = [0]  # source_files rows streamed into SQLite so far (the commit's bulk of work)
         with (progress or Progress(quiet=True)).counter(f"committing version {label}", "row",
                                                          lambda: (rows_written[0], 0), total=(new_rows.height, 0)):
-            written = manifest.commit_version(
+            changes = manifest.commit_version(
                 record, new_rows=new_rows, change_set=diff.change_set, invalidated_ids=invalidated, touched=touched,
                 errors=errors, roots=scanned.roots, reclassified=reclassified, classification=classification,
                 on_rows=lambda n: rows_written.__setitem__(0, rows_written[0] + n),
                 on_commit=lambda written: manifest.save_state(  # while SQLite commits
                     new_state(parts, invalidated, reclassified, touched, written.root_ids, written.new_rows),
-                    written.generation))
+                    written.generation)).changes  # the new rows it returns too are let go now: 1M files, -0.2 GB
         del new_rows
         outcome.label = label
-        outcome.change_set = written.changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),
-                                                  on=["change", "srcfile"], how="left", maintain_order="left")
+        outcome.change_set = changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),
+                                          on=["change", "srcfile"], how="left", maintain_order="left")
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
             generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
