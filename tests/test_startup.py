@@ -47,3 +47,15 @@ def test_a_local_run_loads_no_cloud_client_and_a_no_change_run_no_checks(tmp_pat
 
     again = modules_after_run(site, db)
     assert loaded(again, CLOUD + CHECKS + NEVER) == []
+
+
+def test_help_loads_no_data_library():
+    script = ("import contextlib, io, json, sys\nfrom chorus_batch.cli import main\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              "    for argv in (['--help'], ['run', '--help'], ['status', '--help']):\n"
+              "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+              "print(json.dumps(sorted(sys.modules)))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    modules = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert loaded(modules, ("polars", "pyarrow", "numpy", "duckdb", "pydantic") + CLOUD + CHECKS + NEVER) == []

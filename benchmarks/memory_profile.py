@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Where a large run's memory goes: peak RSS per phase of a first commit, or of validation's checks.
+
+  commit --rows N       a first commit of N synthetic files (merge_benchmark's waveform paths, no file on
+                        disk) into a new manifest, in this process
+  validate --db M       the rules (validate.checks.check) over manifest M's latest version and the facts its
+                        cache holds, in a fresh process that loads nothing else first
+
+A thread samples this process's RSS (/proc/self/status) every 5 ms; each phase is the time inside one of
+the functions named below (wrapped from outside: the code under test is not changed), and "after X" the time
+from X's return to the next phase. RSS includes what polars' allocator keeps after a free (jemalloc), so a
+phase's figure is what the process held then, not what that step allocated. Linux only.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py commit --rows 1000000
+    PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py validate --db /tmp/chorus-bench-x/small100k.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+class Phases:
+    """Peak RSS per phase, in the order the phases began."""
+
+    def __init__(self, first: str = "start") -> None:
+        self.current = first
+        self.peaks: dict[str, float] = {}
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    @staticmethod
+    def rss_mib() -> float:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _sample(self) -> None:
+        while True:
+            phase = self.current
+            self.peaks[phase] = max(self.peaks.get(phase, 0.0), self.rss_mib())
+            time.sleep(0.005)
+
+    def wrap(self, owner, name: str) -> None:
+        function = getattr(owner, name)
+
+        @functools.wraps(function)
+        def wrapped(*args, **kwargs):
+            self.current = name
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.current = f"after {name}"
+
+        setattr(owner, name, wrapped)
+
+    def report(self) -> None:
+        time.sleep(0.05)
+        for phase, peak in self.peaks.items():
+            print(f"{peak:8.0f} MiB  {phase}")
+        print(f"{max(self.peaks.values()):8.0f} MiB  peak")
+
+
+def profile_commit(rows: int, workdir: Path) -> None:
+    import polars as pl
+    from merge_benchmark import site_files
+
+    from chorus_batch import commit as commit_module
+    from chorus_batch.classify import build_patterns
+    from chorus_batch.frames import SCANNED_SCHEMA, empty_errors
+    from chorus_batch.scan import WHOLE_SITE, ScanResult
+    from chorus_batch.store import Manifest
+
+    phases = Phases()
+    for name in ("tally", "compute_diff", "classify", "_by_modality", "described", "verification", "new_state"):
+        phases.wrap(commit_module, name)
+    for name in ("commit_version", "_assign_records", "save_state"):
+        phases.wrap(Manifest, name)
+    files = site_files(rows).select(list(SCANNED_SCHEMA)).with_columns(read=pl.lit(True), md5_source=pl.lit("computed"))
+    scanned = ScanResult(files=files, errors=empty_errors(), roots=[("/site", None)], scan_started_ns=time.time_ns(),
+                         coverage=WHOLE_SITE, based_on=None)
+    del files
+    manifest = Manifest(workdir / "manifest.sqlite")
+    manifest.ensure_schema()
+    phases.current = "synthesized"
+    started = time.perf_counter()
+    committed = commit_module.commit(manifest, scanned, manifest.previous_state(write_cache=True), previous_label=None,
+                                     patterns=build_patterns(None), site="/site")
+    phases.current = "done"
+    print(f"first commit of {rows:,} files: version {committed.label}, {time.perf_counter() - started:.1f} s")
+    phases.report()
+
+
+def profile_validate(db: Path) -> None:
+    from chorus_batch.store import Manifest
+    from chorus_batch.validate import checks, site
+    from chorus_batch.validate.kinds import facts_needed
+
+    manifest = Manifest(db)
+    current = manifest.validation.current_files()
+    facts = manifest.validation.known_facts(facts_needed(current))
+    phases = Phases("loaded (the version's files and facts)")
+    for name in ("_layout", "_omop", "_links", "_persons", "_metadata", "_sessions", "_wfdb", "_records", "_dicom",
+                 "_registries", "_files"):
+        phases.wrap(checks, name)
+    phases.wrap(site._Site, "__init__")
+    phases.wrap(site._Site, "of_kind")
+    started = time.perf_counter()
+    findings = checks.check(current, facts)
+    phases.current = "done"
+    print(f"check of {current.height:,} files, {facts.height:,} facts: {findings.height:,} findings, "
+          f"{time.perf_counter() - started:.1f} s")
+    phases.report()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    commit = sub.add_parser("commit", help="a first commit of synthetic rows")
+    commit.add_argument("--rows", type=int, default=1_000_000)
+    commit.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    validate = sub.add_parser("validate", help="the checks over a manifest's latest version")
+    validate.add_argument("--db", type=Path, required=True)
+    args = parser.parse_args()
+    if args.what == "commit":
+        with tempfile.TemporaryDirectory(dir=args.workdir, prefix="chorus-memory-") as folder:
+            profile_commit(args.rows, Path(folder))
+    else:
+        profile_validate(args.db)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
