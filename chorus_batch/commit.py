@@ -207,7 +207,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
                 on_rows=lambda n: rows_written.__setitem__(0, rows_written[0] + n),
                 on_commit=lambda written: manifest.save_state(  # while SQLite commits
                     new_state(parts, invalidated, reclassified, touched, written.root_ids, written.new_rows),
-                    written.generation)).changes  # the new rows it returns too are let go now: 1M files, -0.2 GB
+                    written.generation)).changes  # its new rows let go now: a 1M-file first commit peaked 1.13 -> 1.00 GB
         del new_rows
         outcome.label = label
         outcome.change_set = changes.join(outcome.change_set.select("change", "srcfile", *_DESCRIBED),

@@ -21,7 +21,7 @@ import polars as pl
 # the MD5 the storage itself holds (sources with the server_md5 capability), else NULL; etag is
 # the storage's version tag of the object (cloud sources; NULL for local files).
 # Strings are large_string, as polars makes them: a batch built by polars needs no cast (a cast imports
-# pyarrow.compute, ~25 ms of every run's start-up) and goes back to polars without a copy.
+# pyarrow.compute, ~25 ms of every run's start-up).
 LISTING_SCHEMA = pa.schema(
     [
         ("srcfile", pa.large_string()),

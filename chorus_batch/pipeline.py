@@ -21,8 +21,8 @@ from .partitions import TreeParts
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError
 from .progress import Progress, log
 from .scan import Root, scan
-from .sources import mask_url, open_source
-from .sources.urls import is_remote
+from .sources import open_source
+from .sources.urls import is_remote, mask_url
 from .store import Manifest
 from .times import utc_now
 

@@ -426,7 +426,6 @@ def _s3_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
 # ----------------------------------------------------------------------------- the file system of a URL
 
 
-
 def filesystem_for(url: str, cloud: CloudSettings | None = None) -> tuple[Any, str, str]:
     """(fsspec file system, root path in it, how it signs in) for a root URL. Every call makes a new file
     system (no instance or listing cache): each root of a mixed site signs in on its own."""

@@ -28,6 +28,8 @@ _HEX_MD5 = re.compile(r"^[0-9a-f]{32}$")
 # Bytes per ranged GET when a file is downloaded to be hashed: one request per 64 KiB read would spend
 # the time in round trips; 8 MiB keeps memory bounded (one block per hashing thread).
 DOWNLOAD_BLOCK = 8 << 20
+
+
 def _mtime_ns(info: dict) -> int:
     for key in ("mtime", "LastModified", "last_modified", "created"):
         value = info.get(key)

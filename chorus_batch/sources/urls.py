@@ -2,7 +2,7 @@
 and the form it may be shown or stored in (secrets masked).
 
 Standard library only: every run asks these questions, and a local run then imports none of the cloud
-clients (sources/cloud.py pulls in asyncio and the Azure SDK's helpers: ~30 ms of each start-up,
+clients (sources/cloud.py pulls in asyncio and the Azure SDK's helpers: 10-30 ms of each start-up,
 `python -X importtime`).
 """
 

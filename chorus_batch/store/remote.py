@@ -66,7 +66,6 @@ _LOST_CODES = {"LeaseIdMismatchWithBlobOperation", "LeaseIdMismatchWithLeaseOper
                "ConditionNotMet", "LeaseIsBrokenAndCannotBeRenewed", "LeaseExpired"}
 
 
-
 def lease_seconds() -> int:
     try:
         value = int(float(os.environ.get(ENV_LEASE_S, LEASE_S)))

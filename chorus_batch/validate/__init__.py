@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .rules import CSV_KINDS, KINDS, REQUIRED_TABLES, RULES, Rule
 
 # Each name loads its module on first use: a run whose findings are cached (a no-change night) imports none of
-# the checks (~30 ms of its start-up, `python -X importtime`).
+# the checks (18-36 ms of its start-up, `python -X importtime`).
 _LAZY = {"check": "checks", "facts_needed": "kinds", "BadContent": "readers", "extract_facts": "readers",
          "parse_wfdb_header": "readers", "read_facts": "readers", "CSV_KINDS": "rules", "KINDS": "rules",
          "REQUIRED_TABLES": "rules", "RULES": "rules", "Rule": "rules"}

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import UsageError
+from ..frames import FACTS_SCHEMA
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
 from ..store.validation import VALIDATION_SCHEMA
-from ..frames import FACTS_SCHEMA
 
 if TYPE_CHECKING:
     from ..config import CloudSettings

@@ -171,7 +171,8 @@ class _Site:
         self.visit_ids: pl.Series | None = (
             visits.select(_norm_id(pl.col("visit_occurrence_id").explode())).to_series().drop_nulls().unique()
             if visits.height else None)
-        self.omop_dir = self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min()).collect().item()
+        self.omop_dir = (self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min())
+                         .collect().item())
 
     def of_kind(self, kind: str) -> pl.DataFrame:
         if kind not in self._of_kind:
