@@ -3,8 +3,9 @@
 
   commit --rows N       a first commit of N synthetic files (merge_benchmark's waveform paths, no file on
                         disk) into a new manifest, in this process
-  validate --db M       the rules (validate.checks.check) over manifest M's latest version and the facts its
-                        cache holds, in a fresh process that loads nothing else first
+  validate --db M       `validate --force` of manifest M's latest version (its files, the facts its cache
+                        holds, the checks part by part, the findings stored), in a fresh process that loads
+                        nothing else first; --part-files N: N files a part (1000000000: the whole at once)
 
 A thread samples this process's RSS (/proc/self/status) every 5 ms; each phase is the time inside one of
 the functions named below (wrapped from outside: the code under test is not changed), and "after X" the time
@@ -100,25 +101,23 @@ def profile_commit(rows: int, workdir: Path) -> None:
     phases.report()
 
 
-def profile_validate(db: Path) -> None:
-    from chorus_batch.store import Manifest
-    from chorus_batch.validate import checks, site
-    from chorus_batch.validate.kinds import facts_needed
+def profile_validate(db: Path, part_files: int | None) -> None:
+    from chorus_batch.store import validation
+    from chorus_batch.validate import checks, kinds
+    from chorus_batch.validate import run as validate_run
 
-    manifest = Manifest(db)
-    current = manifest.validation.current_files()
-    facts = manifest.validation.known_facts(facts_needed(current))
-    phases = Phases("loaded (the version's files and facts)")
-    for name in ("_layout", "_omop", "_links", "_persons", "_metadata", "_sessions", "_wfdb", "_records", "_dicom",
-                 "_registries", "_files"):
-        phases.wrap(checks, name)
-    phases.wrap(site._Site, "__init__")
-    phases.wrap(site._Site, "of_kind")
+    if part_files is not None:
+        validate_run.PART_FILES = part_files
+    phases = Phases()
+    for owner, name in ((validation.ValidationCache, "current_files"), (kinds, "facts_needed"),
+                        (validation.ValidationCache, "known_keys"), (checks, "_in_part"), (checks, "_across"),
+                        (validation.ValidationCache, "save")):
+        phases.wrap(owner, name)
     started = time.perf_counter()
-    findings = checks.check(current, facts)
+    label, findings = validate_run.validate_manifest(str(db), argv=["memory_profile"], force=True)
     phases.current = "done"
-    print(f"check of {current.height:,} files, {facts.height:,} facts: {findings.height:,} findings, "
-          f"{time.perf_counter() - started:.1f} s")
+    print(f"validate --force of version {label}: {findings.height:,} findings, parts of {validate_run.PART_FILES:,} "
+          f"files, {time.perf_counter() - started:.1f} s")
     phases.report()
 
 
@@ -130,12 +129,13 @@ def main() -> int:
     commit.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     validate = sub.add_parser("validate", help="the checks over a manifest's latest version")
     validate.add_argument("--db", type=Path, required=True)
+    validate.add_argument("--part-files", type=int, help="files per part of the check (default: the tool's)")
     args = parser.parse_args()
     if args.what == "commit":
         with tempfile.TemporaryDirectory(dir=args.workdir, prefix="chorus-memory-") as folder:
             profile_commit(args.rows, Path(folder))
     else:
-        profile_validate(args.db)
+        profile_validate(args.db, args.part_files)
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from chorus_batch.sources import FsspecSource, LocalSource
 from chorus_batch.validate.rules import RUN_RULES
@@ -46,9 +47,14 @@ FLAT_DCM = f"{FLAT_SERIES1}/{dicom_name(P0, DAY0, '081500', 'CT', 1, 1)}"
 
 
 def validate(root: Path, workers: int = 2) -> pl.DataFrame:
+    """The findings of the site at `root`; checked whole, and again split in parts (a large site is checked a
+    few person folders at a time): each top-level folder in a part of its own, the findings must be the same."""
     current = scan_current(root)
     facts = extract_facts(LocalSource(root), facts_needed(current), workers=workers)
-    return check(current, facts)
+    whole = check(current, facts)
+    by_folder = current["srcfile"].str.extract(r"^([^/]*)/", 1).fill_null("").rank("dense")
+    assert_frame_equal(check(current, facts, parts=by_folder), whole)
+    return whole
 
 
 def found(root: Path) -> set[tuple[str, str]]:
@@ -307,6 +313,20 @@ def test_a_clean_site_of_each_layout_gets_exactly_the_findings_the_procedures_im
     out = validate(root)
     assert {(r, s) for r, s in out.select("rule", "srcfile").rows()} == LAYOUT_FINDINGS[layout], out.to_dicts()
     assert set(out["severity"]) <= {"info"}
+
+
+def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_split(tmp_path):
+    """v1.0's RECORDS at the root lists the records of all persons: checked in parts (validate() splits the
+    site by top-level folder), a record is absent only if no part holds it, and every listed one is found."""
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    listed = (root / "RECORDS").read_text().split()
+    assert {entry.split("/")[0] for entry in listed} >= {P0, P1}  # records of several person folders
+    (root / "RECORDS").write_text("\n".join([*listed, f"{P1}/waveforms/no_such_record"]) + "\n")
+    out = validate(root).filter(pl.col("rule") == "records.absent")
+    assert out.select("srcfile", "message").rows() == [
+        ("RECORDS", f"lists record {P1}/waveforms/no_such_record but its header ({P1}/waveforms/no_such_record.hea) "
+                    "is not on the site: add the record or remove the line")]
 
 
 def test_clean_site_has_no_findings(clean):

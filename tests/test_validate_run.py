@@ -262,3 +262,37 @@ def test_validate_a_folder_into_a_new_manifest_keeps_it(clean, tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["version"] == query(db, "SELECT label FROM versions")[0][0]
     assert query(db, "SELECT count(*) FROM validations") == [(1,)]
+
+
+def test_a_site_checked_in_parts_gets_the_findings_of_one_check(clean, tmp_path, monkeypatch):
+    """A large site is checked a few person folders at a time (PART_FILES files a part, to bound memory): the
+    findings are those of one check of the whole, the rules across person folders included, whether the
+    facts were parsed while hashing (a run), read back from the cache (`validate --force`) or read by the check."""
+    from chorus_batch.validate import checks
+    from chorus_batch.validate import run as validate_run
+
+    p0, p1, _p2 = person_ids(3)
+    single = sessions_of(p0, 0)["single"]
+    telemetry = clean / p0 / "Waveforms" / "Telemetry" / single
+    write(clean, f"{p1}/Metadata/copy.csv", (telemetry / f"{single}n.csv").read_bytes())  # file.duplicate
+    write(clean, f"{p1}/Waveforms/EEG/{single}/{single}.edf", b"0       ")  # waveforms.id_collision
+    person_csv = clean / "OMOP" / "person.csv"
+    person_csv.write_text(person_csv.read_text() + "000199" + "," * (person_csv.read_text().splitlines()[0].count(","))
+                          + "\n")  # person.no_folder
+    whole = run_site(clean, tmp_path / "whole.sqlite").findings
+    assert {"file.duplicate", "waveforms.id_collision", "person.no_folder"} <= set(whole["rule"]), whole.to_dicts()
+
+    parts: list[int] = []
+    in_part = checks._in_part
+    monkeypatch.setattr(checks, "_in_part", lambda site, across: parts.append(1) or in_part(site, across))
+    monkeypatch.setattr(validate_run, "PART_FILES", 1)  # as many parts as files: each person in its own
+    parted = run_site(clean, tmp_path / "parts.sqlite")
+    assert len(parts) >= 3, "three person folders, checked a part at a time"
+    assert parted.findings.equals(whole)
+    parts.clear()
+    _label, again = validate_run.validate_manifest(str(tmp_path / "parts.sqlite"), argv=["validate"], force=True)
+    assert len(parts) >= 3 and again.equals(whole)
+    # ... or read by validation itself, the run having left the checks for later
+    run_site(clean, tmp_path / "later.sqlite", validate_site=False)
+    _label, later = validate_run.validate_manifest(str(tmp_path / "later.sqlite"), argv=["validate"])
+    assert later.equals(whole)

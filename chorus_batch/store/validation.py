@@ -44,14 +44,22 @@ class ValidationCache:
 
     def known_facts(self, wanted: pl.DataFrame) -> pl.DataFrame:
         """Cached facts for the (kind, md5) pairs in `wanted`."""
+        return self._known(wanted, FACTS_SCHEMA)
+
+    def known_keys(self, wanted: pl.DataFrame) -> pl.DataFrame:
+        """The (kind, md5) pairs of `wanted` that have cached facts, without the facts (a million: ~25 MB, not ~200)."""
+        return self._known(wanted, {"kind": FACTS_SCHEMA["kind"], "md5": FACTS_SCHEMA["md5"]})
+
+    def _known(self, wanted: pl.DataFrame, schema: dict) -> pl.DataFrame:
         if wanted.height == 0:
-            return pl.DataFrame(schema=FACTS_SCHEMA)
+            return pl.DataFrame(schema=schema)
         with self.manifest.adbc() as con, con.cursor() as cur:
             cur.adbc_ingest("_want", wanted.select("kind", "md5").unique().to_arrow(), mode="create", temporary=True)
-            cur.execute("SELECT f.kind, f.md5, f.facts FROM temp._want w JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
+            cur.execute(f"SELECT {', '.join('f.' + c for c in schema)} FROM temp._want w "
+                        "JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
             frame = pl.from_arrow(cur.fetch_arrow_table())
         assert isinstance(frame, pl.DataFrame)
-        return frame.cast(FACTS_SCHEMA) if frame.height else pl.DataFrame(schema=FACTS_SCHEMA)  # type: ignore[arg-type]
+        return frame.cast(schema) if frame.height else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
 
     def save_facts(self, new_facts: pl.DataFrame, *, replace: bool = True) -> pl.DataFrame:
         """Header facts read outside a check (e.g. by the registries, or while hashing), cached by content;

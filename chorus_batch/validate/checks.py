@@ -4,43 +4,97 @@ The rules are grouped by area: checks_layout (folders, persons, superseded layou
 files), checks_metadata (Metadata/), checks_omop (OMOP tables and the waveform-visit links),
 checks_waveforms (session ids, WFDB headers and RECORDS), checks_images (DICOM headers) and
 checks_registries (the linkage registries a site ships); site.py holds what they share.
+
+A large site is checked in parts, a few person folders at a time, so that memory follows a part's
+size, not the site's. Every part holds the files of OMOP/, Metadata/ and the root, which the rules of
+every person folder read. The few rules that look across person folders (the same content in two,
+a session id used twice, a person without a folder, a file the registries or a root RECORDS name
+but no part holds, layouts of earlier editions) gather a row per folder or session from each part
+(site._Across) and conclude once all parts are done.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import polars as pl
 
 from ..frames import FINDINGS_SCHEMA
 from .checks_images import _dicom
-from .checks_layout import _files, _layout, _persons
+from .checks_layout import _duplicates, _files, _layout, _no_folder, _persons, _superseded
 from .checks_metadata import _metadata
-from .checks_omop import _links, _omop
-from .checks_registries import _registries
-from .checks_waveforms import _records, _sessions, _wfdb
+from .checks_omop import _links, _omop, _unknown_sessions
+from .checks_registries import _not_on_site, _registries
+from .checks_waveforms import _id_collisions, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
-from .site import _FINDING_COLUMNS, _Site
+from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
 
 
-def check(current: pl.DataFrame, facts: pl.DataFrame) -> pl.DataFrame:
-    """All rules over the current files and their facts; FINDINGS_SCHEMA sorted by srcfile, rule."""
-    site = _Site(current, facts)
-    wfdb = site.of_kind(KIND_WFDB)
-    found = [
-        *_layout(site),
-        *_omop(site),
-        *_links(site),
-        *_persons(site),
-        *_metadata(site),
-        *_sessions(site),
-        *_wfdb(site, wfdb),
-        *_records(site, wfdb),
-        *_dicom(site),
-        *_registries(site),
-        *_files(site),
-    ]
-    out = pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).unique().collect()  # type: ignore[arg-type]
+def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None) -> pl.DataFrame:
+    """All rules over the current files and their facts; FINDINGS_SCHEMA sorted by srcfile, rule.
+
+    `facts`: the facts of the files (FACTS_SCHEMA), or a function giving those of the (kind, md5) rows it is
+    asked for. `parts`: the part each file is checked in, by row (None: all in one); the findings are the
+    same however the files are split, as long as a person folder lies in one part."""
+    across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
+    found, site = [], None
+    for rows in _parts(current, parts):
+        site = None  # one part's frames at a time
+        site = _Site(rows, facts, decoded_shared)
+        found.append(_in_part(site, across))
+    found.append(_across(site, current, across))  # type: ignore[arg-type]
+    out = pl.concat(found).unique()
     return (
         out.with_columns(severity=pl.col("rule").replace_strict(_SEVERITY, return_dtype=pl.String))
         .select(*FINDINGS_SCHEMA)
         .sort("srcfile", "rule", "message")
     )
+
+
+def _parts(current: pl.DataFrame, parts: pl.Series | None) -> Iterator[pl.DataFrame]:
+    """The files of each part (made one at a time), each with the files every part holds."""
+    if parts is None:
+        yield current
+        return
+    shared = current.select(shared_files(pl.col("srcfile"))).to_series()
+    ids = parts.filter(~shared).unique().sort().to_list()
+    if not ids:
+        yield current
+    for k in ids:
+        yield current.filter(shared | (parts == k))
+
+
+def _in_part(site: _Site, across: _Across) -> pl.DataFrame:
+    """The findings of one part's files; what the rules across folders need of it goes to `across`."""
+    wfdb = site.of_kind(KIND_WFDB)
+    found = [
+        *_layout(site),
+        *_omop(site),
+        *_links(site, across),
+        *_persons(site, across),
+        *_metadata(site),
+        *_sessions(site, across),
+        *_wfdb(site, wfdb),
+        *_records(site, wfdb, across),
+        *_dicom(site),
+        *_registries(site),
+        *_files(site),
+    ]
+    return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).unique().collect()  # type: ignore[arg-type]
+
+
+def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame:
+    """The rules that look across person folders, once every part has been checked. `site`: the last part
+    (these rules read only the files every part holds of it); `current`: all the files, of which they read a
+    few columns."""
+    found = [
+        *_superseded(current),
+        *_no_folder(site, across),
+        *_duplicates(current, across),
+        *_id_collisions(across),
+        *_unknown_sessions(site, across),
+        *_records_absent(site, across),
+        *_not_on_site(site, current),
+    ]
+    return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).collect()  # type: ignore[arg-type]
+

@@ -1,13 +1,14 @@
 """The rules on the site's layout: top-level and person folders, person folders against
 person.csv, and file-wide rules (names naming another person, unparsed paths, empty and
-duplicated files)."""
+duplicated files). _superseded, _no_folder and _duplicates look across person folders: they run
+once, after every part (checks.py)."""
 
 from __future__ import annotations
 
 import polars as pl
 
 from ..classify import CURRENT, SUPERSEDED
-from .site import _found, _join_list, _one, _Site
+from .site import _Across, _found, _join_list, _one, _Site
 
 
 def _layout(site: _Site) -> list[pl.LazyFrame]:
@@ -29,28 +30,40 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                pl.format("unknown folder {}/ in a person folder: only Images/, Waveforms/ and Metadata/ belong there; "
                          "move its files or remove it", pl.col("_second"))),
     ]
-    superseded = (
-        f.filter(pl.col("layout").is_not_null() & (pl.col("layout") != CURRENT))
-        .group_by("layout").agg(pl.col("srcfile").min(), pl.len().alias("_n_files"))
-        .with_columns(_today=pl.col("layout").replace_strict(SUPERSEDED, default="", return_dtype=pl.String))
-    )
-    out.append(_found("layout.superseded", superseded, "srcfile", pl.format(
-        "{} file(s) follow a layout of an earlier edition of the procedures (e.g. this one), still accepted; "
-        "today's form: {}", pl.col("_n_files"), pl.col("_today"))))
     if site.omop_dir is None:
         out.append(_one("layout.no_omop", "OMOP/", "the site has no OMOP/ folder: add OMOP/ with the CDM 5.4 "
                                                      "tables as comma-delimited CSV files"))
     return out
 
 
-def _persons(site: _Site) -> list[pl.LazyFrame]:
+def _superseded(current: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Files of the whole site that follow an earlier edition's layout, one finding per layout."""
+    superseded = (
+        current.lazy().filter(pl.col("layout").is_not_null() & (pl.col("layout") != CURRENT))
+        .group_by("layout").agg(pl.col("srcfile").min(), pl.len().alias("_n_files"))
+        .with_columns(_today=pl.col("layout").replace_strict(SUPERSEDED, default="", return_dtype=pl.String))
+    )
+    return [_found("layout.superseded", superseded, "srcfile", pl.format(
+        "{} file(s) follow a layout of an earlier edition of the procedures (e.g. this one), still accepted; "
+        "today's form: {}", pl.col("_n_files"), pl.col("_today")))]
+
+
+def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    across.folders.append(site.folders)
     if site.person_ids is None:
         return []  # no readable person.csv: omop.* says why
-    out = [_found(
+    return [_found(
         "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
         pl.format("person folder {} has no row in person.csv: add the person to OMOP/person.csv or fix the folder name",
                   pl.col("_top")))]
-    folder_keys = site.folders.filter(pl.col("_is_person"))["_key"]
+
+
+def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    """The persons of person.csv that have no folder in any part."""
+    if site.person_ids is None:
+        return []
+    out: list[pl.LazyFrame] = []
+    folder_keys = pl.concat([f.filter(pl.col("_is_person")).select("_key") for f in across.folders])["_key"]
     missing = site.person_ids.filter(~site.person_ids.is_in(folder_keys.implode())).sort()
     if missing.len():
         person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
@@ -70,10 +83,6 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
     )
     unparsed = f.filter(pl.col("parse_error").is_not_null() & ~covered).join(
         site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti")
-    dup = f.filter(pl.col("_is_person") & (pl.col("size") > 0) & pl.col("md5").is_not_null()).filter(
-        pl.col("md5").hash().is_duplicated())  # a cheap first cut (most contents occur once), exact below
-    persons = dup.group_by("md5").agg(pl.col("_top").unique().sort().alias("_persons")).filter(
-        pl.col("_persons").list.len() > 1)
     return [
         _found("path.person_mismatch", site.person_mismatch, "srcfile",
                pl.format("the name starts with person id {} but the file is in person folder {}: move it to its "
@@ -82,7 +91,21 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
                pl.format("{}: rename or move the file to fit the site layout", pl.col("parse_error"))),
         _found("file.empty", f.filter(pl.col("size") == 0), "srcfile",
                pl.lit("the file is empty (0 bytes), likely an interrupted copy: copy it again or remove it")),
-        _found("file.duplicate", dup.join(persons, on="md5"), "srcfile",
-               pl.format("the same content (MD5 {}) lies under person folders {}: keep it under its own person only",
-                         pl.col("md5"), _join_list(pl.col("_persons")))),
     ]
+
+
+def _duplicates(current: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
+    """The same content under two person folders (of any parts)."""
+    persons = pl.concat([f.filter(pl.col("_is_person")).select("_top") for f in across.folders])["_top"]
+    dup = (
+        current.lazy().select("srcfile", "md5", "size")
+        .filter((pl.col("size") > 0) & pl.col("md5").is_not_null())
+        .with_columns(_top=pl.col("srcfile").str.extract(r"^([^/]*)/", 1))
+        .filter(pl.col("_top").is_in(persons.implode()))
+        .filter(pl.col("md5").hash().is_duplicated())  # a cheap first cut (most contents occur once), exact below
+    )
+    persons_of = dup.group_by("md5").agg(pl.col("_top").unique().sort().alias("_persons")).filter(
+        pl.col("_persons").list.len() > 1)
+    return [_found("file.duplicate", dup.join(persons_of, on="md5"), "srcfile",
+                   pl.format("the same content (MD5 {}) lies under person folders {}: keep it under its own person "
+                             "only", pl.col("md5"), _join_list(pl.col("_persons"))))]

@@ -14,7 +14,7 @@ from .rules import (
     OMOP_KEYS,
     REQUIRED_TABLES,
 )
-from .site import _found, _norm_id, _one, _Site
+from .site import _Across, _found, _norm_id, _one, _Site
 
 
 def _omop(site: _Site) -> list[pl.LazyFrame]:
@@ -67,13 +67,24 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     return out
 
 
-def _links(site: _Site) -> list[pl.LazyFrame]:
+def _usable_links(site: _Site) -> pl.DataFrame | None:
+    """The links tables with both columns (None: no links table, or no OMOP/)."""
+    links = site.of_kind(KIND_LINKS)
+    if site.omop_dir is None or links.height == 0:
+        return None
+    return links.filter(pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null()
+                        & pl.col("session").is_not_null())
+
+
+def _links(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    """The links table's columns and visits (its sessions: _unknown_sessions, across parts)."""
     links = site.of_kind(KIND_LINKS)
     if site.omop_dir is None or links.height == 0:
         return []
-    sessions = site.files.lazy().filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
-                                        & (pl.col("session_id") != "") & pl.col("parse_error").is_null()).select(
-        "session_id").unique().collect()
+    across.session_ids.append(
+        site.files.lazy().filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
+                                 & (pl.col("session_id") != "") & pl.col("parse_error").is_null())
+        .select("session_id").unique().collect())
     out = [_found("layout.superseded", links, "srcfile", pl.lit(
         f"{LINKS_TABLE}.csv is from Waveform File Format v2.0: today each waveform file's visit is given in the "
         "waveform registry (visit_id), which `chorus-batch registry` writes; this table is still checked"))]
@@ -83,15 +94,10 @@ def _links(site: _Site) -> list[pl.LazyFrame]:
         "srcfile",
         pl.format("the header ({}) lacks visit_occurrence_id and/or session_id: the table needs both columns, "
                   "named so in its header row", pl.col("columns").list.join(","))))
-    usable = parsed.filter(pl.col("visit_occurrence_id").is_not_null() & pl.col("session").is_not_null())
-    if usable.height == 0:
+    usable = _usable_links(site)
+    if usable is None or usable.height == 0:
         return out  # no usable links table: links.columns or omop.* already say why
     pairs = usable.select("srcfile", "visit_occurrence_id", "session").explode("visit_occurrence_id", "session")
-    out.append(_found(
-        "links.unknown_session", pairs.join(sessions, left_on="session", right_on="session_id", how="anti")
-        .unique(["srcfile", "session"]), "srcfile",
-        pl.format("links session {}, which is not on the site: fix the session id or remove the row",
-                  pl.col("session"))))
     if site.visit_ids is not None:
         unknown = pairs.with_columns(_visit=_norm_id(pl.col("visit_occurrence_id"))).filter(
             ~pl.col("_visit").is_in(site.visit_ids.implode()))
@@ -100,3 +106,17 @@ def _links(site: _Site) -> list[pl.LazyFrame]:
             pl.format("links visit_occurrence_id {}, which is not in visit_occurrence.csv: fix the id or add the visit",
                       pl.col("visit_occurrence_id"))))
     return out
+
+
+def _unknown_sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    """Sessions the links table names that no part holds."""
+    usable = _usable_links(site)
+    if usable is None or usable.height == 0:
+        return []
+    sessions = pl.concat(across.session_ids).unique()
+    pairs = usable.select("srcfile", "session").explode("session")
+    return [_found(
+        "links.unknown_session", pairs.join(sessions, left_on="session", right_on="session_id", how="anti")
+        .unique(["srcfile", "session"]), "srcfile",
+        pl.format("links session {}, which is not on the site: fix the session id or remove the row",
+                  pl.col("session")))]

@@ -10,23 +10,40 @@ from .rules import KIND_REGISTRY, REGISTRY_COLUMNS
 from .site import _found, _norm_id, _Site
 
 
-def _registries(site: _Site) -> list[pl.LazyFrame]:
-    registries = site.of_kind(KIND_REGISTRY).with_columns(
+_HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
+
+
+def _of_kind(site: _Site) -> pl.DataFrame:
+    """The registries, with the modality each lists (_of)."""
+    return site.of_kind(KIND_REGISTRY).with_columns(
         _of=pl.when(pl.col("_name").str.to_lowercase().str.contains("image")).then(pl.lit("Images"))
         .when(pl.col("_name").str.to_lowercase().str.contains("waveform")).then(pl.lit("Waveforms")))
+
+
+def _usable(registries: pl.DataFrame) -> pl.DataFrame:
+    return registries.filter(pl.col("_ok") & (pl.col("delimiter") == ",") & _HAS_ALL & pl.col("rows").is_not_null())
+
+
+def _listed(usable: pl.DataFrame) -> pl.DataFrame:
+    return usable.select("srcfile", "_of", pl.col("trg_file").alias("_path")).explode("_path")
+
+
+def _registries(site: _Site) -> list[pl.LazyFrame]:
+    """The registries' own rows, and the files of this part they leave out (_not_on_site: the rows naming
+    files that no part holds)."""
+    registries = _of_kind(site)
     if registries.height == 0:
         return []
     parsed = registries.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
-    has_all = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
     out = [
-        _found("registry.columns", parsed.filter(~has_all), "srcfile",
+        _found("registry.columns", parsed.filter(~_HAS_ALL), "srcfile",
                pl.format("the header ({}) lacks some of {}: write one row per file with these columns",
                          pl.col("columns").list.join(","), pl.lit(", ".join(REGISTRY_COLUMNS)))),
         _found("omop.unreadable", registries.filter(pl.col("error").is_not_null()), "srcfile",
                pl.format("cannot read this registry: {}; write it as UTF-8 comma-delimited text with a header row",
                          pl.col("error"))),
     ]
-    usable = parsed.filter(has_all & pl.col("rows").is_not_null())
+    usable = _usable(registries)
     if usable.height == 0:
         return out
     out += [
@@ -50,13 +67,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
                           pl.format("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
                                     "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
-    listed = usable.select("srcfile", "_of", pl.col("trg_file").alias("_path")).explode("_path")
-    on_site = site.files.select(pl.col("srcfile").alias("_path"))
-    out.append(_found(
-        "registry.missing_file", listed.join(on_site, on="_path", how="anti").group_by("srcfile").agg(
-            pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
-        pl.format("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
-                  pl.col("_k"), pl.col("_path").list.head(3).list.join(", "))))
+    listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
         mine = usable.filter(pl.col("_of") == modality)
         if mine.height == 0:
@@ -70,3 +81,16 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           pl.format("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Registry rows naming a file that is not among the site's files (`current`, all of them)."""
+    usable = _usable(_of_kind(site))
+    if usable.height == 0:
+        return []
+    on_site = current.lazy().select(pl.col("srcfile").alias("_path"))
+    return [_found(
+        "registry.missing_file", _listed(usable).lazy().join(on_site, on="_path", how="anti").group_by("srcfile").agg(
+            pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
+        pl.format("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
+                  pl.col("_k"), pl.col("_path").list.head(3).list.join(", ")))]

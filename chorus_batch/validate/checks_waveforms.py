@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 
 from .rules import KIND_RECORDS, WFDB_FORMAT_SIZES, WFDB_FORMATS
-from .site import _found, _join_list, _Site
+from .site import _Across, _found, _join_list, _Site
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -112,31 +112,55 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     return out
 
 
-def _sessions(site: _Site) -> list[pl.LazyFrame]:
-    """Session ids of today's layout (Waveforms/Telemetry|EEG/<session_id>/): integers, and distinct."""
+def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    """Session ids of today's layout (Waveforms/Telemetry|EEG/<session_id>/): integers (here), and distinct
+    (_id_collisions, across parts)."""
     sessions = (
         site.files.lazy().filter(pl.col("_waveforms") & (pl.col("modality") == "Waveforms")
                                  & pl.col("category").is_not_null() & pl.col("session_id").is_not_null())
         .group_by("_top", "category", "session_id").agg(pl.col("_dir").min())
         .collect()
     )
-    owners = sessions.group_by("session_id").agg(
-        pl.concat_str("_top", "category", separator="/").unique().sort().alias("_owners")).filter(
-        pl.col("_owners").list.len() > 1)
+    across.sessions.append(sessions)
     return [
         _found("waveforms.session_id", sessions.filter(~pl.col("session_id").str.contains(r"^\d+$")),
                pl.col("_dir") + "/",
                pl.format("session id {} is not an integer: the waveform procedure asks for integer session ids; "
                          "rename the folder and its files", pl.col("session_id"))),
-        _found("waveforms.id_collision", sessions.join(owners, on="session_id"), pl.col("_dir") + "/",
-               pl.format("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
-                         pl.col("session_id"), _join_list(pl.col("_owners")))),
     ]
 
 
-def _records(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
+def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
+    """A session id used by two recordings (of any parts)."""
+    sessions = pl.concat(across.sessions)
+    owners = sessions.group_by("session_id").agg(
+        pl.concat_str("_top", "category", separator="/").unique().sort().alias("_owners")).filter(
+        pl.col("_owners").list.len() > 1)
+    return [_found("waveforms.id_collision", sessions.join(owners, on="session_id"), pl.col("_dir") + "/",
+                   pl.format("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
+                             pl.col("session_id"), _join_list(pl.col("_owners"))))]
+
+
+# A RECORDS file speaks for the folder it lies in and everything below it (one at the root: for the whole site).
+_SCOPE = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
+
+
+def _entries(readable: pl.DataFrame) -> pl.DataFrame:
+    """The records that readable RECORDS files list: srcfile, _scope, _entry, _path, _bare."""
+    return (
+        readable.select("srcfile", _scope=_SCOPE, _entry=pl.col("records"))
+        .explode("_entry")
+        .filter(pl.col("_entry").is_not_null())
+        .with_columns(_entry=pl.col("_entry").str.strip_chars_end("/").str.strip_suffix(".hea")
+                      .str.strip_prefix("./").str.strip_chars_start("/"))
+        .with_columns(_path=pl.col("_scope") + pl.col("_entry"), _bare=~pl.col("_entry").str.contains("/"))
+    )
+
+
+def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
     """RECORDS files are optional (v1.0 kept one at the site root, older layouts one per person or session).
-    Where one is kept, it lists records that exist, and every record under its folder."""
+    Where one is kept, it lists records that exist, and every record under its folder. A root RECORDS lists
+    records of every part: the ones found go to `across`, and _records_absent names the rest."""
     records = site.of_kind(KIND_RECORDS)
     out = [_found("records.unreadable", records.filter(pl.col("error").is_not_null()), "srcfile",
                   pl.format("cannot read this RECORDS file: {}; write one record name per line as UTF-8 text",
@@ -144,16 +168,8 @@ def _records(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     readable = records.filter(pl.col("_ok"))
     if readable.height == 0:
         return out
-    # A RECORDS file speaks for the folder it lies in and everything below it.
-    scope = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
-    entries = (
-        readable.select("srcfile", _scope=scope, _entry=pl.col("records"))
-        .explode("_entry")
-        .filter(pl.col("_entry").is_not_null())
-        .with_columns(_entry=pl.col("_entry").str.strip_chars_end("/").str.strip_suffix(".hea")
-                      .str.strip_prefix("./").str.strip_chars_start("/"))
-        .with_columns(_path=pl.col("_scope") + pl.col("_entry"), _bare=~pl.col("_entry").str.contains("/"))
-    )
+    scope = _SCOPE
+    entries = _entries(readable)
     names = headers.select("srcfile", "_dir", "_stem", _path=pl.col("_dir") + "/" + pl.col("_stem"))
     segment_names = (
         headers.filter(pl.col("_ok") & pl.col("segments").is_not_null())
@@ -168,9 +184,10 @@ def _records(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .drop("_dir")
     )
     found = pl.concat([by_path.select("srcfile", "_entry", "_header"), by_name.select("srcfile", "_entry", "_header")])
-    out.append(_found("records.absent", entries.join(found, on=["srcfile", "_entry"], how="anti"), "srcfile",
-                      pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove "
-                                "the line", pl.col("_entry"), pl.col("_entry"))))
+    at_root = readable.filter(pl.col("_n") == 1).select("srcfile")
+    across.records_found.append(found.join(at_root, on="srcfile", how="semi").select("srcfile", "_entry"))
+    out.append(_found("records.absent", entries.join(at_root, on="srcfile", how="anti")
+                      .join(found, on=["srcfile", "_entry"], how="anti"), "srcfile", _ABSENT))
     # Headers under a RECORDS file's folder: joined on each header's ancestor folders (a path is a few levels deep).
     scopes = readable.select(_scope=scope).unique()
     parts = (pl.col("_dir") + "/").str.split("/")
@@ -190,3 +207,17 @@ def _records(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                       pl.format("record {} is not listed in the RECORDS file kept for its folder: add it (RECORDS "
                                 "files are optional; or remove them)", pl.col("_stem"))))
     return out
+
+
+_ABSENT = pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
+                    pl.col("_entry"), pl.col("_entry"))
+
+
+def _records_absent(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    """The records a root RECORDS lists that no part holds."""
+    at_root = site.of_kind(KIND_RECORDS).filter(pl.col("_ok") & (pl.col("_n") == 1))
+    if at_root.height == 0:
+        return []
+    found = pl.concat(across.records_found)
+    return [_found("records.absent", _entries(at_root).join(found, on=["srcfile", "_entry"], how="anti"), "srcfile",
+                   _ABSENT)]

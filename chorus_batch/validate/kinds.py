@@ -177,12 +177,20 @@ def kinds_in(srcfile: pl.Series) -> frozenset[str]:
     return frozenset(kinds.drop_nulls().to_list())
 
 
-def facts_needed(current: pl.DataFrame) -> pl.DataFrame:
-    """Rows (srcfile, md5, kind) of the files whose header facts a rule needs; kind from the name."""
-    return (
-        _path_columns(current.select("srcfile", "md5"))
-        .with_columns(_kind_expr())
-        .filter(pl.col("kind").is_not_null() & pl.col("md5").is_not_null())
-        .select("srcfile", "md5", "kind")
-        .collect()
-    )
+# Paths are classified this many at a time: the path columns of all at once cost more than the result
+# (1M paths: +270 MB at the peak for a 100 MB result).
+_SLICE_ROWS = 131_072
+
+
+def facts_needed(current: pl.DataFrame, *, keep: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Rows (srcfile, md5, kind, *keep) of the files whose header facts a rule needs; kind from the name."""
+    def needed(rows: pl.DataFrame) -> pl.DataFrame:
+        return (
+            _path_columns(rows.select("srcfile", "md5", *keep))
+            .with_columns(_kind_expr())
+            .filter(pl.col("kind").is_not_null() & pl.col("md5").is_not_null())
+            .select("srcfile", "md5", "kind", *keep)
+            .collect()
+        )
+
+    return pl.concat([needed(rows) for rows in current.iter_slices(_SLICE_ROWS)]) if current.height else needed(current)

@@ -9,9 +9,12 @@ stores them as integers while folders keep the site's text.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import polars as pl
 
-from .kinds import _kind_expr, _path_columns
+from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS
 from .rules import (
     KIND_DICOM,
@@ -113,17 +116,50 @@ def _join_list(values: pl.Expr, limit: int = 5) -> pl.Expr:
     return values.list.head(limit).list.join(", ")
 
 
-class _Site:
-    """The current files with path helper columns, person-folder facts and decoded facts."""
+# Kinds found only in the files every part holds (OMOP/, Metadata/, the root): decoded once, not once per part.
+SHARED_KINDS = frozenset(rule.kind for rule in KIND_RULES
+                         if set(rule.places) <= {PLACE_ROOT, PLACE_OMOP, PLACE_METADATA})
 
-    def __init__(self, current: pl.DataFrame, facts: pl.DataFrame):
+
+def shared_files(srcfile: pl.Expr) -> pl.Expr:
+    """The files every part of a check holds: OMOP/, Metadata/ and the site's root (the files the rules of
+    every person folder read: person.csv, visit_occurrence.csv, the registries, a RECORDS at the root)."""
+    top = srcfile.str.extract(r"^([^/]*)/", 1)
+    return top.is_null() | top.str.to_lowercase().is_in(["omop", "metadata"])
+
+
+@dataclass
+class _Across:
+    """What the rules that look across person folders gather from each part of a check, for checks.py to
+    conclude on once every part is done (one row per folder or session: small beside the files)."""
+
+    folders: list[pl.DataFrame] = field(default_factory=list)  # _Site.folders: _top, _key, _is_person, ...
+    sessions: list[pl.DataFrame] = field(default_factory=list)  # _top, category, session_id, _dir of today's layout
+    session_ids: list[pl.DataFrame] = field(default_factory=list)  # session_id of every waveform file that has one
+    records_found: list[pl.DataFrame] = field(default_factory=list)  # srcfile, _entry: a root RECORDS entry found
+
+
+FactsOf = Callable[[pl.DataFrame], pl.DataFrame]  # (kind, md5) rows wanted -> their FACTS_SCHEMA rows
+
+
+class _Site:
+    """The current files of one part of a check with path helper columns, person-folder facts and decoded
+    facts. `facts_of(wanted)`: the facts of the (kind, md5) rows wanted (read kind by kind, as a rule asks);
+    `shared`: the decoded SHARED_KINDS of another part (the same files in every part), filled as they are decoded."""
+
+    def __init__(self, current: pl.DataFrame, facts_of: FactsOf | pl.DataFrame,
+                 shared: dict[str, pl.DataFrame] | None = None):
         files = _path_columns(current).with_columns(
             _kind_expr(),
             # the classification, under names no decoded fact uses (DICOM facts have a `modality`)
             _modality=pl.col("modality"), _category=pl.col("category"), _session=pl.col("session_id"),
             _segment=pl.col("segment"), _layout=pl.col("layout"),
         ).collect()
-        self.person = _with_facts(files, facts, KIND_PERSON)
+        self.files = files
+        self._facts_of = facts_of if callable(facts_of) else (lambda _wanted: facts_of)
+        self._shared = {} if shared is None else shared
+        self._of_kind: dict[str, pl.DataFrame] = {}
+        self.person = self.of_kind(KIND_PERSON)
         ids = self.person.filter(
             pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("person_id").is_not_null()
         )
@@ -163,8 +199,6 @@ class _Site:
             .filter(pl.col("_name_person").is_not_null() & (pl.col("_name_person") != pl.col("_top")))
             .collect()
         )
-        self.facts = facts
-        self._of_kind: dict[str, pl.DataFrame] = {KIND_PERSON: self.person}
         visits = self.of_kind(KIND_VISITS).filter(
             pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null())
         # The visit ids of visit_occurrence.csv (as numbers where they are); None when it cannot be read.
@@ -175,6 +209,9 @@ class _Site:
                          .collect().item())
 
     def of_kind(self, kind: str) -> pl.DataFrame:
-        if kind not in self._of_kind:
-            self._of_kind[kind] = _with_facts(self.files, self.facts, kind)
-        return self._of_kind[kind]
+        """The files of `kind` with their decoded facts."""
+        known = self._shared if kind in SHARED_KINDS else self._of_kind
+        if kind not in known:
+            wanted = self.files.lazy().filter(pl.col("kind") == kind).select("kind", "md5").collect()
+            known[kind] = _with_facts(self.files, self._facts_of(wanted), kind)
+        return known[kind]
