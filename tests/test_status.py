@@ -193,6 +193,7 @@ def test_validation_logs_progress_when_not_a_terminal(tmp_path):
     assert out.returncode == 1, out.stderr  # no OMOP/
     assert "reading headers: 3/3 files" in out.stderr and "done in" in out.stderr
     assert "hashing: 3/3 files" in out.stderr
+    assert "checking: 3/3 files" in out.stderr  # the rules, part by part (a large site's: minutes)
     assert not list(tmp_path.glob("m.sqlite*"))
 
 

@@ -53,7 +53,9 @@ def validate(root: Path, workers: int = 2) -> pl.DataFrame:
     facts = extract_facts(LocalSource(root), facts_needed(current), workers=workers)
     whole = check(current, facts)
     by_folder = current["srcfile"].str.extract(r"^([^/]*)/", 1).fill_null("").rank("dense")
-    assert_frame_equal(check(current, facts, parts=by_folder), whole)
+    counted: list[int] = []
+    assert_frame_equal(check(current, facts, parts=by_folder, done=counted.append), whole)
+    assert sum(counted) == current.height  # the progress counter ends at the site's file count
     return whole
 
 

@@ -15,7 +15,7 @@ but no part holds, layouts of earlier editions) gather a row per folder or sessi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import polars as pl
 
@@ -30,18 +30,22 @@ from .rules import _SEVERITY, KIND_WFDB
 from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
 
 
-def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None) -> pl.DataFrame:
+def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
+          done: Callable[[int], None] | None = None) -> pl.DataFrame:
     """All rules over the current files and their facts; FINDINGS_SCHEMA sorted by srcfile, rule.
 
     `facts`: the facts of the files (FACTS_SCHEMA), or a function giving those of the (kind, md5) rows it is
     asked for. `parts`: the part each file is checked in, by row (None: all in one); the findings are the
-    same however the files are split, as long as a person folder lies in one part."""
+    same however the files are split, as long as a person folder lies in one part. `done(n)`: n more files
+    checked, after each part (for a progress counter)."""
     across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
     found, site = [], None
-    for rows in _parts(current, parts):
+    for rows, new in _parts(current, parts):
         site = None  # one part's frames at a time
         site = _Site(rows, facts, decoded_shared)
         found.append(_in_part(site, across))
+        if done is not None:
+            done(new)
     found.append(_across(site, current, across))  # type: ignore[arg-type]
     out = pl.concat(found).unique()
     return (
@@ -51,17 +55,20 @@ def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Ser
     )
 
 
-def _parts(current: pl.DataFrame, parts: pl.Series | None) -> Iterator[pl.DataFrame]:
-    """The files of each part (made one at a time), each with the files every part holds."""
+def _parts(current: pl.DataFrame, parts: pl.Series | None) -> Iterator[tuple[pl.DataFrame, int]]:
+    """The files of each part (made one at a time), each with the files every part holds; and how many of
+    them no earlier part held."""
     if parts is None:
-        yield current
+        yield current, current.height
         return
     shared = current.select(shared_files(pl.col("srcfile"))).to_series()
     ids = parts.filter(~shared).unique().sort().to_list()
     if not ids:
-        yield current
-    for k in ids:
-        yield current.filter(shared | (parts == k))
+        yield current, current.height
+    n_shared = int(shared.sum())
+    for i, k in enumerate(ids):
+        rows = current.filter(shared | (parts == k))
+        yield rows, rows.height - (n_shared if i else 0)
 
 
 def _in_part(site: _Site, across: _Across) -> pl.DataFrame:

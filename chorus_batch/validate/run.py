@@ -105,7 +105,7 @@ class Checked:
 
 
 class _Count:
-    """Files read so far (bumped from reader threads; polled by the progress reporter)."""
+    """Files read or checked so far (bumped from reader threads or between parts; polled by the progress reporter)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -156,7 +156,10 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
 
     count = -(-current.height // PART_FILES)
     parts = part_of(current["srcfile"], count) if count > 1 else None
-    findings = pl.concat([check(current, facts_of, parts=parts), run_findings(errors)]).sort("srcfile", "rule", "message")
+    checked = _Count()
+    with progress.counter("checking", "file", lambda: (checked.n, 0), total=(current.height, 0)):
+        in_parts = check(current, facts_of, parts=parts, done=checked.add)
+    findings = pl.concat([in_parts, run_findings(errors)]).sort("srcfile", "rule", "message")
     log.debug(f"validate: {todo.height} headers read, {known_keys.height} known, {findings.height} findings, "
               f"{count} part(s)")
     return Checked(findings, new_facts)
