@@ -296,3 +296,21 @@ def test_a_site_checked_in_parts_gets_the_findings_of_one_check(clean, tmp_path,
     run_site(clean, tmp_path / "later.sqlite", validate_site=False)
     _label, later = validate_run.validate_manifest(str(tmp_path / "later.sqlite"), argv=["validate"])
     assert later.equals(whole)
+
+
+def test_known_facts_are_found_alike_by_lookups_and_by_reading_all_keys(clean, db, monkeypatch):
+    """A version's check wants most of the cache: its keys are then read all at once, not looked up one by one
+    (store/validation.py, _SCAN_FROM); both ways give the same pairs, new contents among them left out."""
+    from chorus_batch.store import Manifest
+    from chorus_batch.store import validation as store_validation
+    from chorus_batch.validate.kinds import facts_needed
+
+    run_site(clean, db)
+    cache = Manifest(db).validation
+    wanted = pl.concat([facts_needed(cache.current_files()).select("kind", "md5"),
+                        pl.DataFrame({"kind": ["wfdb_header"], "md5": ["0" * 32]})])  # a content never seen
+    looked_up = cache.known_keys(wanted)
+    monkeypatch.setattr(store_validation, "_SCAN_FROM", 1)
+    read_all = cache.known_keys(wanted)
+    assert looked_up.height == wanted.height - 1
+    assert read_all.sort("kind", "md5").equals(looked_up.sort("kind", "md5"))

@@ -19,6 +19,9 @@ VALIDATION_SCHEMA = schema_of("source_files", (
     "segment", "parse_error", "category", "layout", "root_id"))
 
 
+_SCAN_FROM = 65_536  # pairs wanted: below, the cache's keys are looked up, never all read
+
+
 class ValidationCache:
     def __init__(self, manifest: "Manifest"):
         self.manifest = manifest
@@ -48,13 +51,23 @@ class ValidationCache:
 
     def known_keys(self, wanted: pl.DataFrame) -> pl.DataFrame:
         """The (kind, md5) pairs of `wanted` that have cached facts, without the facts (a million: ~25 MB, not ~200)."""
-        return self._known(wanted, {"kind": FACTS_SCHEMA["kind"], "md5": FACTS_SCHEMA["md5"]})
+        keys = {"kind": FACTS_SCHEMA["kind"], "md5": FACTS_SCHEMA["md5"]}
+        pairs = wanted.select("kind", "md5").unique()
+        # Most of the cache wanted (a version's check): all its keys, in one pass, beat as many lookups
+        # (640k cached, 620k wanted: 0.51-0.57 s against 1.29-1.59 s)
+        if pairs.height < _SCAN_FROM or pairs.height * 4 < self.manifest._one("SELECT count(*) FROM file_facts")[0]:
+            return self._known(pairs, keys)
+        cached = self.manifest.query_frame("SELECT kind, md5 FROM file_facts", schema=keys)
+        return pairs.join(cached, on=["kind", "md5"], how="semi")
 
     def _known(self, wanted: pl.DataFrame, schema: dict) -> pl.DataFrame:
         if wanted.height == 0:
             return pl.DataFrame(schema=schema)
         with self.manifest.adbc() as con, con.cursor() as cur:
-            cur.adbc_ingest("_want", wanted.select("kind", "md5").unique().to_arrow(), mode="create", temporary=True)
+            # In key order: each lookup then finds its page where the last one was (1M files' facts: 3.0 s in
+            # random order, 0.5 s in key order; sqlite3, page cache warm)
+            wanted = wanted.select("kind", "md5").unique().sort("kind", "md5")
+            cur.adbc_ingest("_want", wanted.to_arrow(), mode="create", temporary=True)
             cur.execute(f"SELECT {', '.join('f.' + c for c in schema)} FROM temp._want w "
                         "JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
             frame = pl.from_arrow(cur.fetch_arrow_table())
