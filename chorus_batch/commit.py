@@ -325,7 +325,8 @@ def new_state(parts: TreeParts, invalidated: pl.Series, reclassified: pl.DataFra
         kept = parts.previous(part).filter(~pl.col("file_id").is_in(invalidated.implode()))
         if reclassified is not None:
             kept = _with_classification(kept, reclassified)
-        rows = [_touch(kept, touched, root_ids)]
+        kept = _touch(kept, touched, root_ids)  # (the untouched copy let go: the whole site, once more)
+        rows = [kept]
         if new is not None:
             rows.append(new if parts.count == 1 else new.filter(in_range(*parts.buckets(part))))
         yield pl.concat(rows, how="vertical_relaxed")

@@ -115,3 +115,28 @@ def test_buckets_shards_and_partitions_nest():
     # the ranges cover every bucket once
     covered = [b for k in range(7) for b in range(bucket_range(k, 7)[0], bucket_range(k, 7)[1] + 1)]
     assert covered == list(range(BUCKETS))
+
+
+def test_the_state_cache_is_written_a_row_group_at_a_time_in_bucket_order(tmp_path, monkeypatch):
+    """The state cache is sorted by bucket and written a row group at a time (a 1M-file site is never held
+    twice for it): with row groups of 3 rows, every group's buckets follow the last one's, whole commits and
+    partitioned ones alike, and the next run reads exactly the current rows."""
+    import pyarrow.parquet as pq
+
+    from chorus_batch.store import manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "_CACHE_ROW_GROUP", 3)
+    tree = {f"{k:06d}/Waveforms/S{k}/S{k}.dat": (f"content {k}".encode(), k) for k in range(1, 12)}
+    tree["OMOP/person.csv"] = (b"person_id\n", 0)
+    for parts, db in ((1, tmp_path / "whole.sqlite"), (3, tmp_path / "split.sqlite")):
+        commit_tree(db, tree, parts, "20270101000000")
+        changed = {**tree, "000001/Waveforms/S1/S1.dat": (b"changed", 1), "000099/Waveforms/S9/S9.dat": (b"new", 2)}
+        commit_tree(db, changed, parts, "20270101000001")
+        cache = pq.ParquetFile(f"{db}.state.parquet")
+        assert cache.metadata.num_row_groups >= 4  # 13 rows in groups of at most 3
+        buckets = pl.read_parquet(f"{db}.state.parquet")["bucket"]
+        assert buckets.is_sorted()
+        manifest = Manifest(db)
+        assert manifest._cache_fresh(manifest._cache_identity())
+        fresh_cache_holds_the_current_rows(db)
+        assert manifest.previous_state().height == len(changed)
