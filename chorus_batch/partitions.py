@@ -26,18 +26,26 @@ def top_bucket(top: str) -> int:
     return 0 if top.lower() in _SHARED_TOP else zlib.crc32(top.encode("utf-8")) % BUCKETS
 
 
+def top_folder(srcfile: pl.Expr) -> pl.Expr:
+    """The top-level folder of each path; null for a file at the site's root."""
+    return srcfile.str.extract(r"^([^/]*)/", 1)
+
+
 def bucket_of(srcfile: pl.Series) -> pl.Series:
     """The bucket of each path (Int32). One CRC per distinct top-level folder, not per path."""
-    top = srcfile.str.extract(r"^([^/]*)/", 1)  # null for a file at the root
+    top = srcfile.to_frame().select(top_folder(pl.first())).to_series()
     tops = top.unique().drop_nulls().to_list()
     return top.replace_strict({t: top_bucket(t) for t in tops}, default=0, return_dtype=pl.Int32).rename(BUCKET)
 
 
+def with_bucket(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` (with srcfile) with its bucket column (computed unless it has one already)."""
+    return frame if BUCKET in frame.columns else frame.with_columns(bucket_of(frame["srcfile"]))
+
+
 def with_buckets(frame: pl.DataFrame) -> pl.DataFrame:
     """`frame` (with srcfile) with its bucket column, sorted by it (a range of buckets is a range of rows)."""
-    if BUCKET not in frame.columns:
-        frame = frame.with_columns(bucket_of(frame["srcfile"]))
-    return frame.sort(BUCKET, maintain_order=True)
+    return with_bucket(frame).sort(BUCKET, maintain_order=True)
 
 
 def compact(frame: pl.DataFrame) -> pl.DataFrame:

@@ -31,7 +31,7 @@ from ..errors import ManifestError
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import create_private, restrict, write_private
-from ..partitions import BUCKET, bucket_of, in_range, with_buckets
+from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
@@ -370,9 +370,7 @@ class Manifest:
             try:
                 for part in parts:
                     columns = [*STATE_SCHEMA, *([BUCKET] if BUCKET in part.columns else [])]  # kept: not computed again
-                    rows = part.select(columns).cast(STATE_SCHEMA)  # type: ignore[arg-type]
-                    if BUCKET not in rows.columns:
-                        rows = rows.with_columns(bucket_of(rows["srcfile"]))
+                    rows = with_bucket(part.select(columns).cast(STATE_SCHEMA))  # type: ignore[arg-type]
                     # Sorted and converted to Arrow a row group at a time, not the whole site at once (1M files, a
                     # 5%-mutated run: the state cache's write peaked at 1,706 MB, now 1,456)
                     order = rows.select(pl.arg_sort_by(BUCKET, maintain_order=True)).to_series()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..classify import CURRENT, SUPERSEDED
+from ..partitions import top_folder
 from .site import _Across, _found, _join_list, _one, _Site
 
 
@@ -100,7 +101,7 @@ def _duplicates(current: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
     dup = (
         current.lazy().select("srcfile", "md5", "size")
         .filter((pl.col("size") > 0) & pl.col("md5").is_not_null())
-        .with_columns(_top=pl.col("srcfile").str.extract(r"^([^/]*)/", 1))
+        .with_columns(_top=top_folder(pl.col("srcfile")))
         .filter(pl.col("_top").is_in(persons.implode()))
         .filter(pl.col("md5").hash().is_duplicated())  # a cheap first cut (most contents occur once), exact below
     )

@@ -67,13 +67,14 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     return out
 
 
-def _usable_links(site: _Site) -> pl.DataFrame | None:
-    """The links tables with both columns (None: no links table, or no OMOP/)."""
+_PARSED = pl.col("_ok") & (pl.col("delimiter") == ",")  # a links table read, comma-delimited
+_BOTH = pl.col("visit_occurrence_id").is_not_null() & pl.col("session").is_not_null()  # ... with both columns
+
+
+def _usable_links(site: _Site) -> pl.DataFrame:
+    """The links tables with both columns (none without OMOP/)."""
     links = site.of_kind(KIND_LINKS)
-    if site.omop_dir is None or links.height == 0:
-        return None
-    return links.filter(pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null()
-                        & pl.col("session").is_not_null())
+    return links.clear() if site.omop_dir is None else links.filter(_PARSED & _BOTH)
 
 
 def _links(site: _Site, across: _Across) -> list[pl.LazyFrame]:
@@ -88,14 +89,14 @@ def _links(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     out = [_found("layout.superseded", links, "srcfile", pl.lit(
         f"{LINKS_TABLE}.csv is from Waveform File Format v2.0: today each waveform file's visit is given in the "
         "waveform registry (visit_id), which `chorus-batch registry` writes; this table is still checked"))]
-    parsed = links.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
+    parsed = links.filter(_PARSED)
     out.append(_found(
-        "links.columns", parsed.filter(pl.col("visit_occurrence_id").is_null() | pl.col("session").is_null()),
+        "links.columns", parsed.filter(~_BOTH),
         "srcfile",
         pl.format("the header ({}) lacks visit_occurrence_id and/or session_id: the table needs both columns, "
                   "named so in its header row", pl.col("columns").list.join(","))))
-    usable = _usable_links(site)
-    if usable is None or usable.height == 0:
+    usable = parsed.filter(_BOTH)
+    if usable.height == 0:
         return out  # no usable links table: links.columns or omop.* already say why
     pairs = usable.select("srcfile", "visit_occurrence_id", "session").explode("visit_occurrence_id", "session")
     if site.visit_ids is not None:
@@ -111,7 +112,7 @@ def _links(site: _Site, across: _Across) -> list[pl.LazyFrame]:
 def _unknown_sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     """Sessions the links table names that no part holds."""
     usable = _usable_links(site)
-    if usable is None or usable.height == 0:
+    if usable.height == 0:
         return []
     sessions = pl.concat(across.session_ids).unique()
     pairs = usable.select("srcfile", "session").explode("session")

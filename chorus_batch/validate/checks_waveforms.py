@@ -143,6 +143,8 @@ def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
 
 # A RECORDS file speaks for the folder it lies in and everything below it (one at the root: for the whole site).
 _SCOPE = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
+_ABSENT = pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
+                    pl.col("_entry"), pl.col("_entry"))
 
 
 def _entries(readable: pl.DataFrame) -> pl.DataFrame:
@@ -168,7 +170,6 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
     readable = records.filter(pl.col("_ok"))
     if readable.height == 0:
         return out
-    scope = _SCOPE
     entries = _entries(readable)
     names = headers.select("srcfile", "_dir", "_stem", _path=pl.col("_dir") + "/" + pl.col("_stem"))
     segment_names = (
@@ -189,7 +190,7 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
     out.append(_found("records.absent", entries.join(at_root, on="srcfile", how="anti")
                       .join(found, on=["srcfile", "_entry"], how="anti"), "srcfile", _ABSENT))
     # Headers under a RECORDS file's folder: joined on each header's ancestor folders (a path is a few levels deep).
-    scopes = readable.select(_scope=scope).unique()
+    scopes = readable.select(_scope=_SCOPE).unique()
     parts = (pl.col("_dir") + "/").str.split("/")
     depth = int(names.select(parts.list.len().max()).item() or 0)
     ancestors = pl.concat_list([pl.lit("")] + [
@@ -207,10 +208,6 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
                       pl.format("record {} is not listed in the RECORDS file kept for its folder: add it (RECORDS "
                                 "files are optional; or remove them)", pl.col("_stem"))))
     return out
-
-
-_ABSENT = pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
-                    pl.col("_entry"), pl.col("_entry"))
 
 
 def _records_absent(site: _Site, across: _Across) -> list[pl.LazyFrame]:

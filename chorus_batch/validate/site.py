@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS
 from .rules import (
@@ -124,7 +125,7 @@ SHARED_KINDS = frozenset(rule.kind for rule in KIND_RULES
 def shared_files(srcfile: pl.Expr) -> pl.Expr:
     """The files every part of a check holds: OMOP/, Metadata/ and the site's root (the files the rules of
     every person folder read: person.csv, visit_occurrence.csv, the registries, a RECORDS at the root)."""
-    top = srcfile.str.extract(r"^([^/]*)/", 1)
+    top = top_folder(srcfile)
     return top.is_null() | top.str.to_lowercase().is_in(["omop", "metadata"])
 
 
