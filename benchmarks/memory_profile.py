@@ -3,6 +3,8 @@
 
   commit --rows N       a first commit of N synthetic files (merge_benchmark's waveform paths, no file on
                         disk) into a new manifest, in this process
+  run --site S --db M   one `run` of site S into manifest M (a first run if M does not exist), in this process:
+                        the scan's steps (listing, planning, hashing), the commit's, the facts saved, validation
   validate --db M       `validate --force` of manifest M's latest version (its files, the facts its cache
                         holds, the checks part by part, the findings stored), in a fresh process that loads
                         nothing else first; --part-files N: N files a part (1000000000: the whole at once)
@@ -14,6 +16,7 @@ phase's figure is what the process held then, not what that step allocated. Linu
 
     PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py commit --rows 1000000
     PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py validate --db /tmp/chorus-bench-x/small100k.sqlite
+    PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py run --site /tmp/chorus-bench-x/small1m --db /tmp/m.sqlite
 """
 
 from __future__ import annotations
@@ -101,6 +104,28 @@ def profile_commit(rows: int, workdir: Path) -> None:
     phases.report()
 
 
+def profile_run(site: Path, db: Path) -> None:
+    from chorus_batch import commit as commit_module
+    from chorus_batch import hashing, pipeline, scan
+    from chorus_batch.config import RunSettings
+    from chorus_batch.store import Manifest, validation
+    from chorus_batch.validate import run as validate_run
+
+    phases = Phases()
+    for owner, name in ((Manifest, "previous_state"), (scan, "list_roots"), (hashing, "due"), (hashing, "reverify"),
+                        (hashing.Hasher, "finish"), (commit_module, "compute_diff"),
+                        (commit_module, "classify"), (commit_module, "new_state"), (Manifest, "commit_version"),
+                        (Manifest, "save_state"), (validation.ValidationCache, "save_facts"),
+                        (validate_run, "validate_version")):
+        phases.wrap(owner, name)
+    started = time.perf_counter()
+    result = pipeline.run(RunSettings(site=str(site), db=str(db)), argv=["memory_profile", "run"])
+    phases.current = "done"
+    print(f"run of {site}: version {result.label}, {result.n_files:,} files, {result.n_hashed:,} hashed, "
+          f"{time.perf_counter() - started:.1f} s")
+    phases.report()
+
+
 def profile_validate(db: Path, part_files: int | None) -> None:
     from chorus_batch.store import validation
     from chorus_batch.validate import checks, kinds
@@ -127,6 +152,9 @@ def main() -> int:
     commit = sub.add_parser("commit", help="a first commit of synthetic rows")
     commit.add_argument("--rows", type=int, default=1_000_000)
     commit.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    run = sub.add_parser("run", help="one run of a site, in this process")
+    run.add_argument("--site", type=Path, required=True)
+    run.add_argument("--db", type=Path, required=True)
     validate = sub.add_parser("validate", help="the checks over a manifest's latest version")
     validate.add_argument("--db", type=Path, required=True)
     validate.add_argument("--part-files", type=int, help="files per part of the check (default: the tool's)")
@@ -134,6 +162,8 @@ def main() -> int:
     if args.what == "commit":
         with tempfile.TemporaryDirectory(dir=args.workdir, prefix="chorus-memory-") as folder:
             profile_commit(args.rows, Path(folder))
+    elif args.what == "run":
+        profile_run(args.site, args.db)
     else:
         profile_validate(args.db, args.part_files)
     return 0

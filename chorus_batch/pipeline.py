@@ -222,7 +222,7 @@ def redact(argv: list[str]) -> list[str]:
 
 
 def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], check: str | None, label: str | None,
-                  progress: Progress, mark, t: float, fresh_facts: pl.DataFrame | None = None):
+                  progress: Progress, mark, t: float):
     """Validation of the version (cached: a version already validated is not checked again) and its
     Parquet snapshot."""
     findings = None
@@ -232,7 +232,7 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
         progress.stage("checking the site against the CHoRUS procedures")
         sources = {(r.source.location, r.modality): r.source for r in roots}
         findings = validate_version(manifest, check, by_root_id(manifest, sources), workers=settings.workers,
-                                    progress=progress, fresh_facts=fresh_facts)
+                                    progress=progress)
         t = mark("validate", t)
     if label is not None and settings.parquet:
         from .store.snapshots import write_snapshots
@@ -297,6 +297,13 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        facts=settings.validate_site and not settings.dry_run, mtime_unit_ns=manifest.mtime_unit_ns())
     timings.update(scanned.timings)
     t = time.perf_counter()
+    if scanned.facts is not None and not settings.dry_run:
+        # Parsed while hashing: cached by content now, so that validation finds them (one read per file) and
+        # neither the commit nor validation holds them (1M files: ~200 MB each). A cache by content, not part of
+        # a version: kept if the commit then fails, and a rerun need not parse them again.
+        manifest.validation.save_facts(scanned.facts, replace=False, read_back=False)
+        scanned.facts = None
+        t = mark("cache_facts", t)
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
                        mode=settings.mode, delete_list=delete_list, started=started,
                        version_label=settings.version_label, site=settings.site_name or site_location(settings.site),
@@ -308,9 +315,9 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         checkpoint.remove()  # committed (or nothing to commit): its hashes are in the manifest now
     t = mark("commit", t)
     label = committed.label
-    # What the result needs of the scan; the rest of it (its files, their facts) is let go before validation,
-    # which reads the version from the manifest (a 1M-file first run's peak RSS: 2.57 -> 2.33 GB).
-    scan_facts, scan_figures = scanned.facts, {
+    # What the result needs of the scan; the rest of it (its files) is let go before validation, which reads
+    # the version from the manifest (a 1M-file first run's peak RSS: 2.57 -> 2.33 GB).
+    scan_figures = {
         "n_hashed": scanned.n_hashed, "bytes_hashed": scanned.bytes_hashed, "hash_s": scanned.hash_s,
         "scan_started_ns": scanned.scan_started_ns, "excluded": scanned.excluded}
     del scanned
@@ -324,12 +331,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         t = mark("validate", t)
     elif not settings.dry_run:
         try:
-            fresh_facts = None
-            if scan_facts is not None:  # parsed while hashing: validation finds them cached (one read per file)
-                fresh_facts = manifest.validation.save_facts(scan_facts, replace=False)
-            del scan_facts
-            findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t,
-                                        fresh_facts=fresh_facts)
+            findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
         except Exception as exc:
             if label is None:
                 raise

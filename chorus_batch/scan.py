@@ -84,7 +84,8 @@ class ScanResult:
     timings: dict[str, float] = field(default_factory=dict)
     # files left out by the exclusion globs (exclude.apply): {total, default, user, by_pattern, examples}
     excluded: dict = field(default_factory=_exclude.empty_counts)
-    # header facts parsed from the bytes hashed (scan(facts=True)): FACTS_SCHEMA (kind, md5, facts), for the cache
+    # header facts parsed from the bytes hashed (scan(facts=True)): FACTS_SCHEMA (kind, md5, facts) in key order,
+    # for the cache
     facts: pl.DataFrame | None = None
 
     @property
@@ -345,9 +346,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         errors=pl.concat([errors, hash_errors]),
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
         based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
-        excluded=excluded,
-        facts=hashed.filter(pl.col("facts").is_not_null()).sort("srcfile").select(kind="facts_kind", md5="md5", facts="facts")
-        if facts else None)
+        excluded=excluded, facts=hasher.parsed)
 
 
 def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:

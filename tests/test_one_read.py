@@ -328,8 +328,8 @@ def test_parsing_wfdb_headers_does_not_import_wfdb_or_pandas():
 
 
 def test_a_run_validates_with_the_facts_the_cache_keeps(tmp_path):
-    """Facts parsed while hashing are handed to validation in memory, except for contents the cache already
-    had facts of: those are validated with the cached facts, as a separate validation pass would be."""
+    """Facts parsed while hashing are cached before the commit, except for contents the cache already had
+    facts of: those are validated with the cached facts, as a separate validation pass would be."""
     from chorus_batch.store import Manifest
 
     site = broken_site(tmp_path / "site")

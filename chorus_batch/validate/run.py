@@ -180,49 +180,22 @@ def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, 
 
 
 def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
-                     force: bool = False, progress: Progress | None = None,
-                     fresh_facts: pl.DataFrame | None = None) -> pl.DataFrame:
+                     force: bool = False, progress: Progress | None = None) -> pl.DataFrame:
     """Check a version against the procedures; findings are stored with it. Headers are read only for
     contents whose facts are not cached yet (new or changed files), each from `sources[root_id]`;
-    `sources[None]` reads files whose root is not recorded or not reachable. `fresh_facts` (FACTS_SCHEMA):
-    facts this process parsed and cached just now (a run's, while hashing), used as they are rather than
-    read back from the cache (at 1M files: 5 s of a first run's validation)."""
+    `sources[None]` reads files whose root is not recorded or not reachable. A run's facts parsed while
+    hashing are cached before its commit: they are read back part by part, as any cached facts."""
     cache = manifest.validation
     if not force and cache.is_validated(label):
         return cache.findings(label)
     known = KnownFacts.cached(manifest)
-    checked = check_files(cache.current_files(), known if fresh_facts is None else _known_first(fresh_facts, known),
-                          sources, errors=manifest.version_errors(label),
+    checked = check_files(cache.current_files(), known, sources, errors=manifest.version_errors(label),
                           what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress)
     # Facts of files that could not be read (vanished, no permission) are not cached: the next check reads them.
     # Nor is such a version marked as checked: the next run checks it again, reading just those files.
     lasting = checked.new_facts.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
     cache.save(label, lasting, checked.findings, complete=lasting.height == checked.new_facts.height)
     return checked.findings
-
-
-def _known_first(fresh: pl.DataFrame, cached: KnownFacts) -> KnownFacts:
-    """What `fresh` holds of the wanted (kind, md5) pairs, and what `cached` holds of the rest."""
-    # Asked part by part and kind by kind: `fresh` is narrowed on a 64-bit hash of the MD5 first (a join of
-    # all of it on two strings, 20-30 times: 1.7 s of a 1M-file check)
-    fresh_hash = fresh["md5"].hash()
-
-    def split(wanted: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        pairs = wanted.select("kind", "md5").unique()
-        here = fresh.filter(fresh_hash.is_in(pairs["md5"].hash().implode())).join(pairs, on=["kind", "md5"], how="semi")
-        return here, pairs.join(here.select("kind", "md5"), on=["kind", "md5"], how="anti")
-
-    def keys(wanted: pl.DataFrame) -> pl.DataFrame:
-        here, others = split(wanted)
-        return pl.concat([here.select("kind", "md5"), cached.keys(others)])
-
-    def facts(wanted: pl.DataFrame) -> pl.DataFrame:
-        here, others = split(wanted)
-        # A first run checked whole wants exactly what it parsed: `fresh` as it is, not a copy (1M files: ~180 MB)
-        here = (fresh if here.height == fresh.height else here).select(list(FACTS_SCHEMA))
-        return pl.concat([here, cached.facts(others)]) if others.height else here
-
-    return KnownFacts(keys, facts)
 
 
 def validate_pending(manifest: Manifest, pending, roots: list, *, errors: pl.DataFrame, workers: int = 1,
