@@ -269,6 +269,13 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
 
     checkpoint = None
     previous: pl.DataFrame | TreeParts
+
+    def cache_facts(facts: pl.DataFrame) -> None:
+        # Parsed while hashing: cached by content before the commit, so that validation finds them (one read per
+        # file) and neither the commit nor validation holds them (1M files: ~200 MB each). A cache by content, not
+        # part of a version: kept if the commit then fails, and a rerun need not parse them again.
+        manifest.validation.save_facts(facts, replace=False, read_back=False)
+
     if settings.merge is not None:  # the shards' scans, checked, read partition by partition (shards.py)
         from .shards import read_shards
 
@@ -294,14 +301,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        progress=progress, verify_percent=settings.verify_sample,
                        verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
                        excludes=excludes_of(settings), checkpoint=checkpoint,
-                       facts=settings.validate_site and not settings.dry_run, mtime_unit_ns=manifest.mtime_unit_ns())
+                       facts=settings.validate_site and not settings.dry_run, mtime_unit_ns=manifest.mtime_unit_ns(),
+                       on_facts=cache_facts)
     timings.update(scanned.timings)
     t = time.perf_counter()
-    if scanned.facts is not None and not settings.dry_run:
-        # Parsed while hashing: cached by content now, so that validation finds them (one read per file) and
-        # neither the commit nor validation holds them (1M files: ~200 MB each). A cache by content, not part of
-        # a version: kept if the commit then fails, and a rerun need not parse them again.
-        manifest.validation.save_facts(scanned.facts, replace=False, read_back=False)
+    if scanned.facts is not None and not settings.dry_run:  # the shards' facts
+        cache_facts(scanned.facts)
         scanned.facts = None
         t = mark("cache_facts", t)
     committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,

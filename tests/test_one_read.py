@@ -356,3 +356,39 @@ def test_a_run_validates_with_the_facts_the_cache_keeps(tmp_path):
                    cwd=REPO, capture_output=True, timeout=300)
     assert with_run == query(separate, "SELECT rule, srcfile, message FROM findings WHERE version = "
                                        "(SELECT max(label) FROM versions) ORDER BY 1, 2, 3")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_facts_parsed_while_hashing_are_cached_before_the_commit_and_outlive_a_killed_run(tmp_path):
+    """A run caches the facts it parsed before it commits: a run killed in its commit leaves them (and no version),
+    and the rerun, its hashes taken from the checkpoint, validates with them as a clean run does."""
+    import signal
+
+    site = broken_site(tmp_path / "site")
+    for path in site.rglob("*"):  # out of the racy window: the rerun takes every hash from the checkpoint
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    db, clean = tmp_path / "killed.sqlite", tmp_path / "clean.sqlite"
+    command = [sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--verify-sample", "0", "--json"]
+    proc = subprocess.Popen([*command, "--db", str(db), "-q"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit", "CHORUS_BATCH_CHECKPOINT_S": "0"})
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if "test pause at commit" in line:
+                break
+        else:
+            raise AssertionError(f"the run ended ({proc.wait()}) before its commit")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert query(db, "SELECT count(*) FROM versions") == [(0,)]
+    cached = query(db, "SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2")
+
+    again = subprocess.run([*command, "--db", str(db)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    single = subprocess.run([*command, "--db", str(clean)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert json.loads(again.stdout)["files_hashed"] == 0  # every hash from the checkpoint: no file read again
+    assert json.loads(single.stdout)["files_hashed"] > 0
+    assert cached == query(clean, "SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2") and len(cached) > 10
+    findings = "SELECT rule, srcfile, message FROM findings ORDER BY 1, 2, 3"
+    assert query(db, findings) == query(clean, findings) and query(db, findings)
