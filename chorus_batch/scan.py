@@ -322,10 +322,11 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     parsed = hasher.parsed
     if on_facts is not None and parsed is not None:
         # Before the files are joined to their hashes: not held beside them (1M files: ~250 MB at the scan's peak)
-        started = time.perf_counter()
-        on_facts(parsed)
+        if parsed.height:
+            started = time.perf_counter()
+            on_facts(parsed)
+            timings["cache_facts"] = round(time.perf_counter() - started, 4)
         parsed = hasher.parsed = None
-        timings["cache_facts"] = round(time.perf_counter() - started, 4)
     hash_s = hasher.seconds
     n_hashed, bytes_hashed = hasher.rows, int(hashed["hashed_size"].sum() or 0)
     # (in path order, as when every file was hashed after the listing)

@@ -36,11 +36,18 @@ from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
-# Updates land on random pages of a large manifest; with SQLite's default 2 MB page
-# cache they spill and are rewritten mid-transaction (measured: 30k row updates on a
-# 1M-row manifest 1.5 s -> 0.14 s with 128 MB; a 2% change of a 10M-row manifest: ingest
-# 5.3 -> 4.4 s, invalidation 2.7 -> 2.0 s with 512 MB). Not used for the first, append-only load.
-_UPDATE_CACHE = "PRAGMA cache_size = -524288"
+
+def _update_cache(db_bytes: int) -> str:
+    """SQLite's page cache for a write to a manifest of `db_bytes` that already has rows (not for the first,
+    append-only load). Updates land on random pages of a large manifest; with SQLite's default 2 MB page cache
+    they spill and are rewritten mid-transaction (30k row updates on a 1M-row manifest: 1.5 s -> 0.14 s with
+    128 MB; a 2% change of a 10M-row, ~7.7 GB manifest: ingest 5.3 -> 4.4 s, invalidation 2.7 -> 2.0 s with
+    512 MB). A sixteenth of the manifest, within 32-512 MiB: a 5%-mutated run of a 1M-row (775 MB) manifest
+    committed in 2.85-3.66 s with 32 MiB against 3.50-3.97 s with 512, and peaked at 1.19-1.20 GB instead of
+    1.51-1.53 (the dirty pages of its commit held in the cache)."""
+    return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
+
+
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
@@ -480,7 +487,7 @@ class Manifest:
         Returns the state generation and the root ids (as commit_version)."""
         with self.adbc() as con:
             with con.cursor() as cur:
-                cur.execute(_UPDATE_CACHE)
+                cur.execute(_update_cache(self.path.stat().st_size))
                 root_ids = self._root_ids(cur, roots, None)
                 if touched.height:
                     self._update_touched(cur, touched, root_ids)
@@ -585,7 +592,7 @@ class Manifest:
                 cur.execute("SELECT coalesce(max(file_id), 0), EXISTS (SELECT 1 FROM source_files) FROM source_files")
                 max_file_id, n_rows = cur.fetchone()
                 if n_rows:
-                    cur.execute(_UPDATE_CACHE)
+                    cur.execute(_update_cache(self.path.stat().st_size))
                 now, label = version.finished_at, version.label
                 root_ids = self._root_ids(cur, roots, label)
                 # In path order, the rows go into the path indexes in key order: each index page is read once
