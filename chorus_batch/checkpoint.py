@@ -1,6 +1,7 @@
 """Checkpointed hashes: a killed run resumes instead of reading the whole site again.
 
-While a run hashes, its results (path, size, mtime_ns, etag, MD5 of each file read) are flushed every
+While a run hashes, its results (path, size, mtime_ns, etag, MD5 of each file read, and the header facts the
+worker parsed from the same bytes) are flushed every
 few seconds of work (CHECKPOINT_S) to `<manifest>.checkpoint/`, a private (0700) folder beside the
 manifest. Each flush is one Arrow IPC segment written owner-only through fsutil.write_private (a
 temporary file, fsynced, renamed): a run killed mid-write leaves a complete segment or none, never a
@@ -14,7 +15,8 @@ a checkpoint of another manifest, or of an older state (a version was committed 
 unread. A checkpointed MD5 is used for a file the run would otherwise read only when the file is listed
 with the same size, mtime_ns (and etag, for cloud objects) as when it was hashed, and when its mtime lies
 before the racy window of the checkpointing run's scan start: a write in the same clock tick as the read
-could have gone unseen (as hashing.plan reasons for the previous version's rows). The run removes the
+could have gone unseen (as hashing.plan reasons for the previous version's rows). The facts of those trusted
+rows go to the next run's facts (by content): its validation reads no header the killed run parsed. The run removes the
 folder after its commit (or a run that found nothing to commit). Dry runs read a checkpoint but never
 write or remove one; shards and merges neither read nor write it.
 """
@@ -38,12 +40,13 @@ from .frames import packed_frame
 from .fsutil import restrict, write_private
 from .progress import log
 
-FORMAT = 1
+FORMAT = 2  # 2: with the header facts parsed from the bytes hashed (a checkpoint of format 1 is removed unread)
 CHECKPOINT_S = 5.0  # seconds of hashing between flushes (CHORUS_BATCH_CHECKPOINT_S overrides it)
 FANOUT = 8  # this many segments of one tier are merged into one of the next
 
 SEGMENT_SCHEMA = {"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
-                  "md5": pl.Binary, "trust_before_ns": pl.Int64}
+                  "md5": pl.Binary, "trust_before_ns": pl.Int64, "kind": pl.String, "facts": pl.String}
+_CHUNK_FACTS = {"_k": pl.UInt32, "kind": pl.String, "facts": pl.String}
 
 
 def folder_of(db: str | os.PathLike[str]) -> Path:
@@ -92,10 +95,11 @@ class Checkpoint:
     # ------------------------------------------------------------------ reading
 
     def known(self) -> pl.DataFrame:
-        """The checkpointed hashes that may be trusted: srcfile, size, mtime_ns, etag, md5 (hex), one row per
-        (srcfile, size, mtime_ns, etag); a key with two different MD5s is dropped (hashed again)."""
+        """The checkpointed hashes that may be trusted: srcfile, size, mtime_ns, etag, md5 (hex), and the header
+        facts parsed from the same bytes (kind, facts: NULL where none were), one row per (srcfile, size, mtime_ns,
+        etag); a key with two different MD5s is dropped (hashed again)."""
         empty = pl.DataFrame(schema={"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
-                                     "md5": pl.String})
+                                     "md5": pl.String, "kind": pl.String, "facts": pl.String})
         parts = []
         for path in self._segments():
             try:
@@ -110,9 +114,10 @@ class Checkpoint:
         rows = pl.concat(parts).filter(
             pl.col("etag").is_not_null() | (pl.col("mtime_ns") < pl.col("trust_before_ns")))  # not racily clean
         return (rows.group_by("srcfile", "size", "mtime_ns", "etag")
-                .agg(pl.col("md5").first(), _n=pl.col("md5").n_unique())
+                .agg(pl.col("md5").first(), pl.col("kind").drop_nulls().first(), pl.col("facts").drop_nulls().first(),
+                     _n=pl.col("md5").n_unique())
                 .filter(pl.col("_n") == 1)
-                .select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").bin.encode("hex")))
+                .select("srcfile", "size", "mtime_ns", "etag", pl.col("md5").bin.encode("hex"), "kind", "facts"))
 
     def _segments(self) -> list[Path]:
         try:
@@ -253,8 +258,12 @@ class Writer:
         srcfile, etag = self._rows(start, n)
         packed = packed_frame(n, {"size": (pa.int64(), chunk.sizes), "mtime_ns": (pa.int64(), chunk.mtimes),
                                   "md5": (pa.binary(16), chunk.digests)})
+        # The facts the worker parsed (a kind whose parser cannot run in a worker comes back as bytes: not kept
+        # here, validation reads such a file if the run is killed)
+        facts = pl.DataFrame(chunk.facts, schema=_CHUNK_FACTS, orient="row")
         frame = pl.DataFrame({"srcfile": srcfile}).hstack(packed).with_columns(
-            etag=etag, trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64)).select(list(SEGMENT_SCHEMA))
+            etag=etag, trust_before_ns=pl.lit(self.trust_before_ns, pl.Int64)).with_row_index("_k").join(
+            facts, on="_k", how="left", maintain_order="left").drop("_k").select(list(SEGMENT_SCHEMA))
         if failed:
             frame = frame.with_row_index("_k").filter(~pl.col("_k").is_in(list(failed))).drop("_k")
         return frame.cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]

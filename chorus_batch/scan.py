@@ -273,6 +273,11 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                           mtime_unit_ns=mtime_unit_ns)
     prev = hashing.previous_rows(previous)
     known = checkpoint.known() if checkpoint is not None and not rehash else None  # read once, before any hashing
+    resumed_facts = None  # the facts an interrupted run parsed: by content, whichever of its files they came from
+    if known is not None:
+        if facts:
+            resumed_facts = known.filter(pl.col("facts").is_not_null()).select("kind", "md5", "facts")
+        known = known.drop("kind", "facts")
     writer = checkpoint.writer(None, scan_started_ns, racy_window_s) if checkpoint is not None else None
     counters = hashing.HashProgress(on_chunk=writer, on_rows=writer.extend if writer is not None else None)
     parts: list[pl.DataFrame] = []
@@ -321,6 +326,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     if writer is not None:
         writer.close()  # all of them: a kill during the commit loses no hash
     parsed = hasher.parsed
+    if parsed is not None and resumed_facts is not None and resumed_facts.height:
+        parsed = pl.concat([parsed, resumed_facts]).unique(["kind", "md5"]).sort("kind", "md5")
     if on_facts is not None and parsed is not None:
         # Before the files are joined to their hashes: not held beside them (1M files: ~250 MB at the scan's peak)
         if parsed.height:

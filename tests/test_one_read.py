@@ -358,30 +358,40 @@ def test_a_run_validates_with_the_facts_the_cache_keeps(tmp_path):
                                        "(SELECT max(label) FROM versions) ORDER BY 1, 2, 3")
 
 
+def _killed_at(point: str, command: list[str]) -> None:
+    """Run `command` (a chorus-batch run, checkpointing after every chunk) until it pauses at the fault-injection
+    point `point`; SIGKILL it there."""
+    import signal
+
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point, "CHORUS_BATCH_CHECKPOINT_S": "0"})
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:
+            if f"test pause at {point}" in line:
+                break
+        else:
+            raise AssertionError(f"the run ended ({proc.wait()}) before {point}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+def _hour_old(site: Path) -> None:
+    """Out of the racy window: a rerun may take every hash a killed run checkpointed."""
+    for path in site.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
 @pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
 def test_facts_parsed_while_hashing_are_cached_before_the_commit_and_outlive_a_killed_run(tmp_path):
     """A run caches the facts it parsed before it commits: a run killed in its commit leaves them (and no version),
     and the rerun, its hashes taken from the checkpoint, validates with them as a clean run does."""
-    import signal
-
     site = broken_site(tmp_path / "site")
-    for path in site.rglob("*"):  # out of the racy window: the rerun takes every hash from the checkpoint
-        os.utime(path, (1_700_000_000, 1_700_000_000))
+    _hour_old(site)
     db, clean = tmp_path / "killed.sqlite", tmp_path / "clean.sqlite"
     command = [sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--verify-sample", "0", "--json"]
-    proc = subprocess.Popen([*command, "--db", str(db), "-q"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit", "CHORUS_BATCH_CHECKPOINT_S": "0"})
-    assert proc.stderr is not None
-    try:
-        for line in proc.stderr:
-            if "test pause at commit" in line:
-                break
-        else:
-            raise AssertionError(f"the run ended ({proc.wait()}) before its commit")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    _killed_at("commit", [*command, "--db", str(db), "-q"])
     assert query(db, "SELECT count(*) FROM versions") == [(0,)]
     cached = query(db, "SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2")
 
@@ -392,3 +402,30 @@ def test_facts_parsed_while_hashing_are_cached_before_the_commit_and_outlive_a_k
     assert cached == query(clean, "SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2") and len(cached) > 10
     findings = "SELECT rule, srcfile, message FROM findings ORDER BY 1, 2, 3"
     assert query(db, findings) == query(clean, findings) and query(db, findings)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
+def test_a_run_killed_while_hashing_checkpoints_its_facts_and_the_rerun_reads_only_the_rest(tmp_path):
+    """The facts a killed run parsed are checkpointed with its hashes: the rerun opens only the files the killed
+    run had not hashed (validation included), and finds what a clean run finds."""
+    from chorus_batch.checkpoint import Checkpoint
+    from chorus_batch.store import Manifest
+
+    site = broken_site(tmp_path / "site")
+    _hour_old(site)
+    db, clean = tmp_path / "killed.sqlite", tmp_path / "clean.sqlite"
+    run = ["run", "--site", str(site), "--verify-sample", "0", "--workers", "1"]
+    _killed_at("checkpoint", [sys.executable, "-m", "chorus_batch", *run, "--db", str(db), "-q"])
+    checkpoint = Checkpoint.open(db, *Manifest(db).state_identity(), writable=False)
+    assert checkpoint is not None
+    done = checkpoint.known()
+    assert 0 < done.height < len(_site_files(site)) and done["facts"].drop_nulls().len() > 0
+
+    opens = _opens(tmp_path, site, *run, "--db", str(db), "-q")
+    assert set(opens) == _site_files(site) - set(done["srcfile"]), "only the files not hashed before are opened"
+    assert max(opens.values()) == 1
+    assert query(db, "SELECT headers_read FROM validations") == [(0,)], "every header's facts known"
+    _opens(tmp_path, site, *run, "--db", str(clean), "-q")
+    for sql in ("SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2", "SELECT rule, srcfile, message FROM findings "
+                "ORDER BY 1, 2, 3", "SELECT srcfile, md5 FROM source_files ORDER BY 1"):
+        assert query(db, sql) == query(clean, sql)

@@ -409,9 +409,7 @@ class Manifest:
             # Large batches: the default 1024 rows costs about 40% more on million-row reads.
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "131072"})
             cur.execute(sql, params or None)
-            table = cur.fetch_arrow_table()
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
+            frame = fetch_frame(cur)
         if schema is not None:
             if frame.width == 0 or frame.height == 0:
                 return pl.DataFrame(schema=schema)
@@ -685,8 +683,7 @@ class Manifest:
         ).drop("_start")
         cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="replace", temporary=True)
         cur.execute("SELECT r.record_key, r.record_id FROM temp._keys k JOIN registry r ON r.record_key = k.record_key")
-        known = pl.from_arrow(cur.fetch_arrow_table())
-        assert isinstance(known, pl.DataFrame)
+        known = fetch_frame(cur)
         known = known.cast({"record_key": pl.String, "record_id": pl.Int64}) if known.height else pl.DataFrame(
             schema={"record_key": pl.String, "record_id": pl.Int64})
         fresh = records.join(known, on="record_key", how="anti").with_row_index("record_id", offset=max_record_id + 1)
@@ -705,8 +702,7 @@ class Manifest:
         if not file_ids.len():
             return pl.DataFrame(schema={"record_id": pl.Int64})
         cur.execute("SELECT DISTINCT s.record_id FROM source_files s JOIN temp._old o ON o.file_id = s.file_id WHERE s.record_id IS NOT NULL")
-        frame = pl.from_arrow(cur.fetch_arrow_table())
-        assert isinstance(frame, pl.DataFrame)
+        frame = fetch_frame(cur)
         return frame.cast({"record_id": pl.Int64}) if frame.height else pl.DataFrame(schema={"record_id": pl.Int64})
 
     def after_commit(self) -> None:
@@ -746,6 +742,17 @@ class Manifest:
             params,
             schema=CHANGES_SCHEMA,
         )
+
+
+def fetch_frame(cur) -> pl.DataFrame:
+    """The rest of an ADBC cursor's result as a polars frame, converted batch by batch: an Arrow table of the whole
+    result beside its polars copy held it twice at the peak."""
+    reader = cur.fetch_record_batch()
+    parts = [pl.from_arrow(batch) for batch in reader]
+    # (no batch: the result's columns, from its schema; Schema.empty_table would import pandas)
+    frame = pl.concat(parts, rechunk=False) if parts else pl.from_arrow(pa.Table.from_batches([], schema=reader.schema))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None = None, rows: int = 100_000, *,
