@@ -43,6 +43,10 @@ from .progress import log
 FORMAT = 2  # 2: with the header facts parsed from the bytes hashed (a checkpoint of format 1 is removed unread)
 CHECKPOINT_S = 5.0  # seconds of hashing between flushes (CHORUS_BATCH_CHECKPOINT_S overrides it)
 FANOUT = 8  # this many segments of one tier are merged into one of the next
+# ... while together they are at most this large (lz4 on disk): a merge holds its segments in memory, and a
+# top-tier merge of a long run's small files would hold most of the site's hashes and facts at once (a 1M-file
+# first run's peak rose ~100 MB with the facts checkpointed). 32 MiB holds about 300k files' hashes and facts.
+COMPACT_MAX_BYTES = 32 << 20
 
 SEGMENT_SCHEMA = {"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String,
                   "md5": pl.Binary, "trust_before_ns": pl.Int64, "kind": pl.String, "facts": pl.String}
@@ -146,12 +150,13 @@ class Checkpoint:
         return write_private(self.folder / name, lambda tmp: frame.write_ipc(tmp, compression="lz4"))
 
     def _compact(self) -> None:
-        """Merge FANOUT segments of a tier into one of the next, tier by tier. A kill between the merged
-        segment's rename and the unlinks leaves rows twice: harmless, `known` deduplicates."""
+        """Merge FANOUT segments of a tier into one of the next, tier by tier, unless they exceed COMPACT_MAX_BYTES
+        together (that tier then keeps its segments). A kill between the merged segment's rename and the unlinks
+        leaves rows twice: harmless, `known` deduplicates."""
         tier = 0
         while True:
             same = [p for p in self._segments() if p.name.startswith(f"t{tier}-")]
-            if len(same) < FANOUT:
+            if len(same) < FANOUT or _size(same) > COMPACT_MAX_BYTES:
                 if not any(p.name.startswith(f"t{tier + 1}-") for p in self._segments()):
                     return
                 tier += 1
@@ -166,6 +171,14 @@ class Checkpoint:
     def remove(self) -> None:
         if self.writable:
             remove(self.folder)
+
+
+def _size(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
 
 
 def _read(path: Path) -> pl.DataFrame:

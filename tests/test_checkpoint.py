@@ -203,6 +203,18 @@ def test_segments_are_merged_in_tiers_and_damaged_ones_are_ignored(site, db, mon
     assert run_site(site, db, validate_site=False).n_hashed == 0
 
 
+def test_segments_larger_than_the_merge_limit_are_not_merged(site, db, monkeypatch):
+    """A merge holds its segments in memory: a tier whose segments exceed COMPACT_MAX_BYTES keeps them."""
+    monkeypatch.setattr(ckpt_module, "FANOUT", 2)
+    monkeypatch.setattr(ckpt_module, "COMPACT_MAX_BYTES", 1)
+    monkeypatch.setenv("CHORUS_BATCH_CHECKPOINT_S", "0")  # a segment per chunk
+    make_site(site, 64)
+    found = interrupted_scan(site, db)
+    segments = [p.name for p in found.folder.iterdir() if p.suffix == ".arrow"]
+    assert len(segments) >= 4 and all(s.startswith("t0-") for s in segments)  # one a chunk (FANOUT 2), none merged
+    assert checkpointed(db).height == 64
+
+
 def test_a_checkpoint_that_cannot_be_written_never_fails_the_run(site, db):
     make_site(site, 10)
     folder_of(db).write_bytes(b"in the way")  # a file where the folder should go

@@ -11,7 +11,7 @@ This is the part of DB-API the manifest uses, with the same behaviour as the dba
 (whose code it follows): autocommit off, explicit `commit()` / `rollback()`, and an uncommitted
 transaction rolled back when the connection closes (SQLite does that on close); `execute(sql,
 params)` with positional `?` parameters (bound as a one-row Arrow batch), `fetchone` / `fetchall`
-as tuples, `fetch_arrow_table()` and `fetch_record_batch()`, and `adbc_ingest()` of a pyarrow Table, RecordBatch or
+as tuples, `fetch_arrow_table()`, and `adbc_ingest()` of a pyarrow Table, RecordBatch or
 RecordBatchReader. The driver's errors are `adbc_driver_manager.Error`, also while a result is read.
 Unlike the dbapi module, calls are not run under its SIGINT handler (which asks the SQLite driver to
 cancel, which it cannot: the interrupt surfaced as a NOT_IMPLEMENTED error); Ctrl-C is a
@@ -152,14 +152,10 @@ class Cursor:
 
     def fetch_arrow_table(self) -> pa.Table:
         """The rest of the result as one Table (with the result's schema when it has no rows)."""
-        return self.fetch_record_batch().read_all()
-
-    def fetch_record_batch(self) -> pa.RecordBatchReader:
-        """The rest of the result, batch by batch (as the DB-API extension of that name)."""
         if self._reader is None:
-            raise _lib.ProgrammingError("fetch_record_batch() without a result: call execute() first",
+            raise _lib.ProgrammingError("fetch_arrow_table() without a result: call execute() first",
                                         status_code=_lib.AdbcStatusCode.INVALID_STATE)
-        return self._reader
+        return self._reader.read_all()
 
     def adbc_ingest(self, table_name: str, data: pa.Table | pa.RecordBatch | pa.RecordBatchReader,
                     mode: str = "create", *, temporary: bool = False) -> int:
