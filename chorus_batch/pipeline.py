@@ -79,6 +79,7 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
 
         with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
             result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
+            result.change_set  # noqa: B018  read from the working copy while it exists
         result.db = mask_url(settings.db)
         return result
     if settings.delete_list and settings.mode != "append":
