@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
+
+from .fsutil import scratch_folder
 
 if TYPE_CHECKING:
     import duckdb
@@ -89,19 +89,18 @@ def duckdb_session(*, threads: int = 2, memory_limit: str = "256MB",
                    spill_parent: str | Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB capped at `memory_limit`; beyond it, it spills to a new owner-only folder in
     `spill_parent` (default: the system's temporary folder), removed when the session ends (the paths
-    hold person identifiers). A merge spills beside its shards: a shared file system with room for them."""
+    hold person identifiers; fsutil.scratch_folder: a killed run's is removed by the next). A merge spills beside its shards: a shared file system with room for them."""
     import duckdb  # about 0.1 s to import: only where a diff has rows to compare
 
-    spill = tempfile.mkdtemp(prefix="chorus-duckdb-", dir=spill_parent)  # mode 0700
-    con = duckdb.connect(config={
-        "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
-        "temp_directory": spill,
-    })
-    try:
-        yield con
-    finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
+    with scratch_folder("chorus-duckdb-", spill_parent) as spill:
+        con = duckdb.connect(config={
+            "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
+            "temp_directory": str(spill),
+        })
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def compute_diff(

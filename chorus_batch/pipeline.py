@@ -225,7 +225,7 @@ def redact(argv: list[str]) -> list[str]:
 def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], check: str | None, label: str | None,
                   progress: Progress, mark, t: float):
     """Validation of the version (cached: a version already validated is not checked again) and its
-    Parquet snapshot."""
+    Parquet snapshot (written again if a killed run left it incomplete)."""
     findings = None
     if settings.validate_site and check:
         from .validate.run import by_root_id, validate_version
@@ -235,10 +235,11 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
         findings = validate_version(manifest, check, by_root_id(manifest, sources), workers=settings.workers,
                                     progress=progress)
         t = mark("validate", t)
-    if label is not None and settings.parquet:
-        from .store.snapshots import write_snapshots
+    if settings.parquet and check:
+        from .store.snapshots import has_snapshot, write_snapshots
 
-        write_snapshots(manifest, label, settings.parquet)
+        if label is not None or not has_snapshot(check, settings.parquet):  # or a killed run's, left incomplete
+            write_snapshots(manifest, check, settings.parquet)
     return findings, t
 
 

@@ -5,7 +5,10 @@ worker processes, diff, the commit, validation, Parquet snapshots) and check aft
   - the latest version is the previous one, or the complete new one,
   - no path has more than one current row,
   - no worker process outlives the killed run,
-  - the next run makes the current rows equal the tree.
+  - the next run makes the current rows equal the tree, and the latest version's snapshot complete;
+
+and at the end that no scratch file of a killed run (DuckDB's spill, a file half written) is left once
+the next runs have found it abandoned.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from chorus_batch.fsutil import ABANDONED_AFTER_S
+from chorus_batch.store.snapshots import has_snapshot
 from chorus_batch.testdata import Spec, make_testdata
 
 from conftest import current_rows, tree_md5
@@ -28,6 +33,13 @@ from test_unattended import alive, children_of
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
 POINTS = 50
+
+
+@pytest.fixture(autouse=True)
+def own_temporary_folder(tmp_path, monkeypatch):
+    """The runs' temporary folder (TMPDIR), to see what they leave in it."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
 
 
 def command(site: Path, db: Path, snap: Path) -> list[str]:
@@ -81,5 +93,19 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
         recovered = subprocess.run(command(second, db, snap), capture_output=True, text=True)
         assert recovered.returncode in (0, 1), f"point {point}: {recovered.stderr}"
         assert current_rows(db) == expected, f"point {point}"
+        (latest,) = sqlite3.connect(db).execute("SELECT max(label) FROM versions").fetchone()
+        assert has_snapshot(latest, str(snap)), f"point {point}: the snapshot of {latest} is incomplete"
     print(f"crash injection: {POINTS} kills over {duration:.1f} s runs; latest version after the kill: {outcomes}")
     assert outcomes["previous"] and outcomes["new"]  # kills landed both before and after the commit
+
+    # What the killed runs left, once old enough that no live run can own it, goes with the next run that
+    # writes the same kind of thing there (a diff from v1, the state cache, the snapshots).
+    left = [p for p in tmp_path.rglob("*") if p.name.startswith("chorus-duckdb-") or p.name.endswith(".tmp")]
+    old = time.time() - ABANDONED_AFTER_S - 60
+    for path in left:
+        os.utime(path, (old, old))
+    shutil.copy(base, db)
+    assert subprocess.run(command(second, db, snap), capture_output=True).returncode in (0, 1)
+    still = [p for p in tmp_path.rglob("*") if p.name.startswith("chorus-duckdb-") or p.name.endswith(".tmp")]
+    print(f"scratch files the killed runs left: {len(left)}")
+    assert still == [], f"left by killed runs: {len(left)}, still there: {still[:5]}"

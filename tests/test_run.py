@@ -299,6 +299,21 @@ def test_parquet_snapshots_are_partitioned_by_version(site, db, tmp_path):
     assert changes["change"].to_list() == ["added"]
 
 
+def test_a_snapshot_a_killed_run_left_incomplete_is_written_by_the_next_run(site, db, tmp_path):
+    write(site, WAVE, b"1")
+    snapshots = tmp_path / "snap"
+    label = run_site(site, db, parquet=str(snapshots)).label
+    folder = snapshots / f"version={label}"
+    (folder / "findings.parquet").unlink()  # killed after the commit, before its snapshot was written
+    again = run_site(site, db, parquet=str(snapshots))
+    assert again.label is None  # nothing changed: no version, but the latest one's snapshot is complete
+    assert pl.read_parquet(folder / "manifest.parquet")["srcfile"].to_list() == [WAVE]
+    assert (folder / "findings.parquet").is_file()
+    kept = (folder / "manifest.parquet").stat().st_mtime_ns
+    run_site(site, db, parquet=str(snapshots))
+    assert (folder / "manifest.parquet").stat().st_mtime_ns == kept  # a complete snapshot is not written again
+
+
 def test_unreadable_directory_and_file_keep_their_rows(site, db):
     """Permission errors are recorded; nothing recorded earlier is removed because of them."""
     import json

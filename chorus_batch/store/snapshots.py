@@ -14,9 +14,19 @@ import polars as pl
 
 from ..errors import ManifestError
 from ..frames import FINDINGS_SCHEMA
-from ..fsutil import write_private
+from ..fsutil import remove_abandoned, write_private
 from ..review import FILE_SCHEMA, HISTORY_SCHEMA, ManifestReader
 from .manifest import Manifest
+
+
+SNAPSHOT_PARTS = ("manifest", "changes", "registry", "scan_errors", "findings")
+
+
+def has_snapshot(label: str, directory: str) -> bool:
+    """Whether `directory` holds every part of version `label`'s snapshot (a run killed while writing them
+    leaves some out: the next run writes them again)."""
+    target = Path(directory) / f"version={label}"
+    return all((target / f"{name}.parquet").is_file() for name in SNAPSHOT_PARTS)
 
 
 def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
@@ -25,16 +35,19 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
     root = Path(directory)
     target = root / f"version={label}"
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in root.glob("version=*"):  # parts of any version a killed run was writing
+        remove_abandoned(folder, ".*.tmp")
     parts = {
-        target / "manifest.parquet": manifest.query_frame("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"),
-        target / "changes.parquet": manifest.changes(label)[1],
-        target / "registry.parquet": manifest.query_frame("SELECT * FROM registry ORDER BY record_id"),
-        target / "scan_errors.parquet": manifest.version_errors(label),
-        target / "findings.parquet": manifest.validation.findings(label),
-        root / "versions.parquet": manifest.versions(),
+        "manifest": lambda: manifest.query_frame("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"),
+        "changes": lambda: manifest.changes(label)[1],
+        "registry": lambda: manifest.query_frame("SELECT * FROM registry ORDER BY record_id"),
+        "scan_errors": lambda: manifest.version_errors(label),
+        "findings": lambda: manifest.validation.findings(label),
     }
-    for path, frame in parts.items():
-        write_private(path, frame.write_parquet)
+    assert tuple(parts) == SNAPSHOT_PARTS
+    for name, frame in parts.items():  # one at a time: a 1M-file version's rows alone are ~500 MB
+        write_private(target / f"{name}.parquet", frame().write_parquet)
+    write_private(root / "versions.parquet", manifest.versions().write_parquet)
     return target
 
 

@@ -23,18 +23,17 @@ import contextlib
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ..errors import ChorusError, ExitCode, SourceError, UsageError
+from ..fsutil import scratch_folder
 from ..faults import pause
 from ..sources import cloud as cloud_access
 from ..store import Manifest
@@ -342,8 +341,8 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
 def copy_manifest(manifest: Manifest, central: Central, label: str) -> str:
     """A consistent copy of the manifest (SQLite's online backup), owner-only while it exists, sent next
     to the version; returns its URL."""
-    with tempfile.TemporaryDirectory(prefix=".chorus-copy-", dir=manifest.path.parent) as folder:
-        copy = Path(folder) / "manifest.sqlite"
+    with scratch_folder(".chorus-copy-", manifest.path.parent) as folder:
+        copy = folder / "manifest.sqlite"
         source = sqlite3.connect(manifest.path, timeout=30)
         target = sqlite3.connect(copy)
         try:

@@ -11,18 +11,16 @@ cached, and checking a folder that has no manifest yet.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ..errors import UsageError
 from ..frames import FACTS_SCHEMA
+from ..fsutil import scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
@@ -272,10 +270,7 @@ def validate_folder(settings, *, keep: bool, argv: list[str], progress=None) -> 
     if keep:
         result = run(checked, argv=argv, progress=progress)
         return result.label, result.findings  # type: ignore[return-value]
-    scratch = Path(tempfile.mkdtemp(prefix="chorus-validate-"))
-    try:
+    with scratch_folder("chorus-validate-") as scratch:
         result = run(checked.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None}),
                      argv=argv, progress=progress)
         return None, result.findings  # type: ignore[return-value]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
