@@ -293,7 +293,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     else:
         from .checkpoint import Checkpoint
 
-        previous = manifest.previous_state(write_cache=not settings.dry_run)
+        previous = manifest.previous_state(write_cache=not settings.dry_run, buckets=True)  # the commit slices by bucket
         t = mark("load_previous", t)
         # Hashes an interrupted run of this manifest state left, and where this run's are checkpointed (a
         # dry run only reads them).

@@ -12,6 +12,7 @@ import polars as pl
 from hypothesis import HealthCheck, example, given, settings as hyp_settings, strategies as st
 
 from chorus_batch.classify import build_patterns
+from chorus_batch import commit as commit_module
 from chorus_batch.commit import commit
 from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA, empty_errors
 from chorus_batch.partitions import BUCKETS, TreeParts, bucket_of, bucket_range, in_range, part_of, top_bucket
@@ -83,10 +84,13 @@ def outcome(committed) -> tuple:
 
 
 @hyp_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=st.lists(trees, min_size=1, max_size=4), parts=st.sampled_from([2, 3, 7]))
-@example(history=[{}, {"000001/Waveforms/S1/S1.dat": (b"a", 0)}, {}], parts=3)  # no rows yet, then none left
-def test_a_commit_in_partitions_writes_what_a_whole_commit_writes(history, parts):
+@given(history=st.lists(trees, min_size=1, max_size=4), parts=st.sampled_from([2, 3, 7]),
+       slice_rows=st.sampled_from([2, 131_072]))
+@example(history=[{}, {"000001/Waveforms/S1/S1.dat": (b"a", 0)}, {}], parts=3, slice_rows=2)  # no rows yet, then none left
+def test_a_commit_in_partitions_writes_what_a_whole_commit_writes(history, parts, slice_rows):
+    """slice_rows: the whole commit writes its state cache in slices of buckets of about that many rows."""
     work = Path(tempfile.mkdtemp(prefix="chorus-partitions-"))
+    kept_slice_rows, commit_module._STATE_SLICE_ROWS = commit_module._STATE_SLICE_ROWS, slice_rows
     try:
         whole, split = work / "whole.sqlite", work / "split.sqlite"
         for i, tree in enumerate(history):
@@ -96,6 +100,7 @@ def test_a_commit_in_partitions_writes_what_a_whole_commit_writes(history, parts
             fresh_cache_holds_the_current_rows(split)
             fresh_cache_holds_the_current_rows(whole)
     finally:
+        commit_module._STATE_SLICE_ROWS = kept_slice_rows
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -119,8 +124,9 @@ def test_buckets_shards_and_partitions_nest():
 
 def test_the_state_cache_is_written_a_row_group_at_a_time_in_bucket_order(tmp_path, monkeypatch):
     """The state cache is sorted by bucket and written a row group at a time (a 1M-file site is never held
-    twice for it): with row groups of 3 rows, every group's buckets follow the last one's, whole commits and
-    partitioned ones alike, and the next run reads exactly the current rows."""
+    twice for it): with row groups of 3 rows, every group's buckets follow the last one's, whole commits (at
+    once, or in slices of buckets of about 4 previous rows) and partitioned ones alike, and the next run reads
+    exactly the current rows."""
     import pyarrow.parquet as pq
 
     from chorus_batch.store import manifest as manifest_module
@@ -128,7 +134,9 @@ def test_the_state_cache_is_written_a_row_group_at_a_time_in_bucket_order(tmp_pa
     monkeypatch.setattr(manifest_module, "_CACHE_ROW_GROUP", 3)
     tree = {f"{k:06d}/Waveforms/S{k}/S{k}.dat": (f"content {k}".encode(), k) for k in range(1, 12)}
     tree["OMOP/person.csv"] = (b"person_id\n", 0)
-    for parts, db in ((1, tmp_path / "whole.sqlite"), (3, tmp_path / "split.sqlite")):
+    for parts, db, slice_rows in ((1, tmp_path / "whole.sqlite", 131_072), (1, tmp_path / "sliced.sqlite", 4),
+                                  (3, tmp_path / "split.sqlite", 131_072)):
+        monkeypatch.setattr(commit_module, "_STATE_SLICE_ROWS", slice_rows)
         commit_tree(db, tree, parts, "20270101000000")
         changed = {**tree, "000001/Waveforms/S1/S1.dat": (b"changed", 1), "000099/Waveforms/S9/S9.dat": (b"new", 2)}
         commit_tree(db, changed, parts, "20270101000001")
