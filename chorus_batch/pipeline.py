@@ -316,7 +316,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        version_label=settings.version_label, site=settings.site_name or site_location(settings.site),
                        run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress,
                        max_delete=settings.max_delete,
-                       spill_parent=settings.merge)  # a merge spills beside its shards (owner-only, removed after)
+                       spill_parent=settings.merge,  # a merge spills beside its shards (owner-only, removed after)
+                       keep_scan=False)
     del previous
     if checkpoint is not None:
         checkpoint.remove()  # committed (or nothing to commit): its hashes are in the manifest now

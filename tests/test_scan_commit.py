@@ -312,3 +312,22 @@ def test_a_file_the_storage_holds_no_md5_for_is_read(memory_site, db):
     scan_and_commit(db, [Root(src)])
     assert current_rows(db) == real_md5s()
     assert src.reads["hash_file"] == 1
+
+
+def test_a_commit_that_lets_go_of_the_scan_writes_what_one_that_keeps_it_writes(tmp_path):
+    """`keep_scan=False` (a run's commit): the scan's files are emptied once compared with the previous
+    version, and the versions committed are the same."""
+    trees = {"first": tmp_path / "first", "second": tmp_path / "second"}
+    write_snapshot(trees["first"], SPEC)
+    write_snapshot(trees["second"], SPEC, second=True)
+    outcomes = []
+    for keep_scan in (True, False):
+        db = tmp_path / f"keep-{keep_scan}.sqlite"
+        for i, tree in enumerate(trees.values()):
+            manifest, previous, label = state(db)
+            scanned = scan([Root(LocalSource(tree))], previous, based_on=label, workers=1)
+            committed = commit(manifest, scanned, previous, previous_label=label, patterns=build_patterns(None),
+                               version_label=f"2027010100000{i}", keep_scan=keep_scan)
+            assert (scanned.files.height == 0) is not keep_scan
+        outcomes.append((committed.counts, committed.change_set.rows(), current_rows(db)))
+    assert outcomes[0] == outcomes[1] and outcomes[0][0]["replaced"]
