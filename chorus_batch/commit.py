@@ -311,21 +311,24 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
     previous = parts.previous(part).select(list(STATE_SCHEMA))
     current, touched = current_tree(files, previous, unseen_dirs, root_ids, unseen, verified_ns=verified_ns)
     previous_candidates, current_candidates, n_unchanged = diff_candidates(previous, current)
-    kept = previous.join(previous_candidates.select("file_id"), on="file_id", how="anti")
+    # Lazy: each use reads only its columns of the kept rows (made whole, a 1M-file run's tally held a copy of
+    # every column of the site twice: ~250 MB)
+    kept = previous.lazy().join(previous_candidates.lazy().select("file_id"), on="file_id", how="anti")
     # What is kept of each partition is compacted, or it would keep the whole partition in memory.
     held = compact if parts.count > 1 else (lambda frame: frame)
     reverified = files.filter(pl.col("verify") & pl.col("read"))
-    when = kept.join(touched.select("file_id", _v="verified_ns"), on="file_id", how="left").select(
-        pl.coalesce("_v", "verified_ns").alias("verified_ns"))["verified_ns"]
+    when = kept.join(touched.lazy().select("file_id", _v="verified_ns"), on="file_id", how="left").select(
+        pl.coalesce("_v", "verified_ns").alias("verified_ns")).collect()["verified_ns"]
     return Tally(
         previous_candidates=[held(previous_candidates)], current_candidates=[held(current_candidates)],
         touched=[held(touched)], n_previous=previous.height, n_unchanged=n_unchanged,
-        kept_bytes=int(kept["size"].sum() or 0),
+        kept_bytes=int(kept.select(pl.col("size").sum()).collect().item() or 0),
         held_roots=set(previous["root_id"].drop_nulls().unique().to_list()),
         unrooted=previous["root_id"].null_count() > 0,
         listed_roots=set(files["root_id"].unique().to_list()),
         unchanged=[current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality")],
-        parse_errors=[held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error"))],
+        parse_errors=[held(kept.filter(pl.col("parse_error").is_not_null()).select("file_id", "srcfile", "parse_error")
+                           .collect())],
         silent_changes=[held(silent_changes(files, previous))], unverifiable=[held(unverifiable_files(files))],
         md5_sources=md5_sources(files), reverified=[reverified.height, int(reverified["size"].sum() or 0)],
         verified=_verified_tally(when, verified_ns),
@@ -536,7 +539,8 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                            pl.col("mtime_ns").alias("prev_mtime_ns"), pl.col("md5").alias("prev_md5"),
                            pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"),
                            pl.col("verified_ns").alias("prev_verified_ns"), pl.col("etag").alias("prev_etag"))
-    joined = files.join(prev, on="srcfile", how="left")
+    # Lazy, both results in one collect: the join is made once, with only the columns they read
+    joined = files.lazy().join(prev.lazy(), on="srcfile", how="left", maintain_order="left")
     # A file that could not be hashed keeps its previous row (nothing recorded is lost);
     # a new one that could not be hashed waits for the next run.
     unverifiable = pl.col("md5_source").eq_missing("unverifiable")
@@ -552,7 +556,7 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
     same = pl.col("md5") == pl.col("prev_md5")
     recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
     # Same content, new stat or etag (or found under another root): remember it, so these are not hashed again.
-    touched = current.filter(
+    touched_rows = current.filter(
         same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
                 | pl.col("etag").ne_missing(pl.col("prev_etag"))
                 | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
@@ -562,9 +566,11 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
     same_unverifiable = (pl.col("md5").is_null() & pl.col("prev_md5").is_null() & pl.col("prev_file_id").is_not_null()
                          & pl.col("etag").eq_missing(pl.col("prev_etag")) & pl.col("size").eq_missing(pl.col("prev_size"))
                          & pl.col("mtime_ns").eq_missing(pl.col("prev_mtime_ns")))
-    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
-                             pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
-                             pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id")).alias("unchanged_id"))
+    current_rows = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
+                                  pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
+                                  pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id"))
+                                  .alias("unchanged_id"))
+    current, touched = pl.collect_all([current_rows, touched_rows])
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
         under = pl.col("srcfile").is_in(unseen or [])
         if unseen_dirs:
