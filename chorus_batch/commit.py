@@ -539,8 +539,7 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                            pl.col("mtime_ns").alias("prev_mtime_ns"), pl.col("md5").alias("prev_md5"),
                            pl.col("modality").alias("prev_modality"), pl.col("root_id").alias("prev_root_id"),
                            pl.col("verified_ns").alias("prev_verified_ns"), pl.col("etag").alias("prev_etag"))
-    # Lazy, both results in one collect: the join is made once, with only the columns they read
-    joined = files.lazy().join(prev.lazy(), on="srcfile", how="left", maintain_order="left")
+    joined = files.join(prev, on="srcfile", how="left")
     # A file that could not be hashed keeps its previous row (nothing recorded is lost);
     # a new one that could not be hashed waits for the next run.
     unverifiable = pl.col("md5_source").eq_missing("unverifiable")
@@ -556,7 +555,7 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
     same = pl.col("md5") == pl.col("prev_md5")
     recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
     # Same content, new stat or etag (or found under another root): remember it, so these are not hashed again.
-    touched_rows = current.filter(
+    touched = current.filter(
         same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
                 | pl.col("etag").ne_missing(pl.col("prev_etag"))
                 | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
@@ -566,11 +565,9 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
     same_unverifiable = (pl.col("md5").is_null() & pl.col("prev_md5").is_null() & pl.col("prev_file_id").is_not_null()
                          & pl.col("etag").eq_missing(pl.col("prev_etag")) & pl.col("size").eq_missing(pl.col("prev_size"))
                          & pl.col("mtime_ns").eq_missing(pl.col("prev_mtime_ns")))
-    current_rows = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
-                                  pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
-                                  pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id"))
-                                  .alias("unchanged_id"))
-    current, touched = pl.collect_all([current_rows, touched_rows])
+    current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
+                             pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
+                             pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id")).alias("unchanged_id"))
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
         under = pl.col("srcfile").is_in(unseen or [])
         if unseen_dirs:
