@@ -368,3 +368,25 @@ def test_unreadable_site_root_fails_without_touching_the_manifest(site, db):
     assert out.returncode == ExitCode.FAILED, out.stderr
     assert "cannot list the site root" in out.stderr and "fix:" in out.stderr
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
+
+
+def test_a_committed_runs_change_set_is_read_from_the_manifest_when_asked(site, db):
+    """The run does not hold a committed version's change set (a first run's is every file): `change_set`
+    reads it from the manifest, path by path with each file's modality, person, size and MD5; a dry run's
+    (nothing committed) is held."""
+    write(site, WAVE, b"1")
+    write(site, "OMOP/person.csv", b"person_id\n123\n")
+    first = run_site(site, db, validate_site=False)
+    write(site, WAVE, b"2")
+    (site / "OMOP" / "person.csv").unlink()
+    dry = run_site(site, db, validate_site=False, dry_run=True)
+    second = run_site(site, db, validate_site=False)
+    assert first._change_set is None and second._change_set is None  # not held after the run
+    assert first.change_set.select("change", "srcfile", "modality", "person_id", "size").rows() == [
+        ("added", "000123/Waveforms/000123_20200101_101010_60.dat", "Waveforms", "000123", 1),
+        ("added", "OMOP/person.csv", "OMOP", None, 14)]
+    assert second.change_set.select("version", "change", "srcfile", "size").rows() == [
+        (second.label, "removed", "OMOP/person.csv", 14), (second.label, "replaced", WAVE, 1)]
+    assert second.change_set["md5"].to_list()[1] == tree_md5(site)[WAVE]
+    assert dry._change_set is not None  # nothing committed: held, as it would be written
+    assert dry.change_set.select("change", "srcfile").rows() == second.change_set.select("change", "srcfile").rows()
