@@ -89,7 +89,8 @@ def duckdb_session(*, threads: int = 2, memory_limit: str = "256MB",
                    spill_parent: str | Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB capped at `memory_limit`; beyond it, it spills to a new owner-only folder in
     `spill_parent` (default: the system's temporary folder), removed when the session ends (the paths
-    hold person identifiers; fsutil.scratch_folder: a killed run's is removed by the next). A merge spills beside its shards: a shared file system with room for them."""
+    hold person identifiers; fsutil.scratch_folder: a killed run's is removed by the next). A merge spills
+    beside its shards: a shared file system with room for them."""
     import duckdb  # about 0.1 s to import: only where a diff has rows to compare
 
     with scratch_folder("chorus-duckdb-", spill_parent) as spill:
