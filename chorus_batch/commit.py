@@ -33,7 +33,7 @@ from .diff import Diff, compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors
-from .partitions import BUCKET, TreeParts, bucket_of, bucket_range, compact, in_range, with_bucket
+from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
 from .progress import Progress
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
@@ -343,29 +343,20 @@ def new_state(parts: TreeParts, invalidated: pl.Series, reclassified: pl.DataFra
               root_ids: dict[int, int], new_rows: pl.DataFrame | None) -> Iterator[pl.DataFrame]:
     """The current rows after the commit (STATE_SCHEMA), partition by partition in bucket order (for the state
     cache): the previous rows not ended, with their new stat, root and classification, and the new rows."""
-    new = None if new_rows is None else new_rows.select(list(STATE_SCHEMA))
+    new = None if new_rows is None else with_bucket(new_rows.select(list(STATE_SCHEMA)))
     for part in range(parts.count):
-        previous = parts.previous(part)
+        previous = with_bucket(parts.previous(part))  # (a run's and a merge's have it: not computed again)
         # A whole site (one partition) in slices of buckets too: each slice's kept rows, their touched copy and
         # the concatenation are a slice's size (1M files, a 5%-mutated run: the state cache's write peaked at
         # 1,134 MiB whole)
         slices = max(1, previous.height // _STATE_SLICE_ROWS) if parts.count == 1 else 1
-        if slices > 1 or parts.count > 1 or BUCKET in previous.columns:
-            previous = with_bucket(previous)
-            if new is not None and BUCKET not in new.columns:
-                new = new.with_columns(bucket_of(new["srcfile"]))
-        first, last = parts.buckets(part)
-        for piece in range(slices):
-            buckets = (first, last) if slices == 1 else bucket_range(piece, slices)
-            rows = previous if slices == 1 else previous.filter(in_range(*buckets))
-            kept = rows.filter(~pl.col("file_id").is_in(invalidated.implode()))
-            del rows
+        ranges = [bucket_range(piece, slices) for piece in range(slices)] if parts.count == 1 else [parts.buckets(part)]
+        for buckets in ranges:
+            kept = previous.filter(in_range(*buckets), ~pl.col("file_id").is_in(invalidated.implode()))
             if reclassified is not None:
                 kept = _with_classification(kept, reclassified)
             kept = _touch(kept, touched, root_ids)  # (the untouched copy let go)
-            pieces = [kept]
-            if new is not None:
-                pieces.append(new if parts.count == 1 and slices == 1 else new.filter(in_range(*buckets)))
+            pieces = [kept] if new is None else [kept, new.filter(in_range(*buckets))]
             yield pl.concat(pieces, how="vertical_relaxed")
 
 

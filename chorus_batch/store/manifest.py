@@ -584,8 +584,9 @@ class Manifest:
     ) -> CommitResult:
         """Write one version in one transaction. `new_rows` carries NEW_ROW_COLUMNS except file_id and
         record_id, with root_id as the position in `roots` (location, modality); returns the new rows with
-        their ids (CommitResult). `on_rows(n)` is told of each batch of new rows written (progress); `on_commit(written)`
-        runs on a thread while SQLite commits (e.g. save_state), and its error, if any, is raised after."""
+        their ids (CommitResult). `on_rows(n)` is told of each batch of new rows written (progress);
+        `on_commit(written)` runs on a thread while SQLite commits (e.g. save_state), and its error, if any, is
+        raised after."""
         with self.adbc() as con:
             with con.cursor() as cur:
                 # (EXISTS, not count(*): counting walks a whole index, 0.3 s at 10M rows)
