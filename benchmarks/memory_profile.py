@@ -12,7 +12,8 @@
 A thread samples this process's RSS (/proc/self/status) every 5 ms; each phase is the time inside one of
 the functions named below (wrapped from outside: the code under test is not changed), and "after X" the time
 from X's return to the next phase. RSS includes what polars' allocator keeps after a free (jemalloc), so a
-phase's figure is what the process held then, not what that step allocated. Linux only.
+phase's figure is what the process held then, not what that step allocated. The allocator is set as the command
+line sets it (cli.ALLOCATOR_SETTINGS: freed pages given back at once) unless _RJEM_MALLOC_CONF is set. Linux only.
 
     PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py commit --rows 1000000
     PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py validate --db /tmp/chorus-bench-x/small100k.sqlite
@@ -30,6 +31,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from chorus_batch.cli import return_freed_memory  # noqa: E402  (light: no polars)
+
+return_freed_memory()  # as the command line runs: before polars is first imported (its allocator reads it then)
 
 
 class Phases:
