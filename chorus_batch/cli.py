@@ -1208,19 +1208,27 @@ class _Output:
         return getattr(self._stream, name)
 
 
-# polars' allocator (jemalloc on Linux) keeps the pages a large frame freed for about 10 s, for the next one; a run
-# frees a million-row frame after each step, so the pages of every step stayed in the process (RSS) at once. Given
-# back at once, a 1M-file run peaks well lower, about as fast (GNU time, 1M-file tree, 2 cores: first run 984 ->
-# 849 MiB, 68.7 -> 64.8 s; no-change run 969-1,002 -> 758-766 MiB, 7.1-10.1 s either way). A value the user set is
-# kept. Read once, when polars is first imported: so set before any command imports it.
-ALLOCATOR_SETTINGS = {"_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0"}
+# polars' allocator (jemalloc on Linux) keeps the pages a large frame freed for a while (polars sets 0.5-1 s), for
+# the next frame; a run frees a million-row frame after each step, and the pages of the steps piled up in the
+# process (RSS). Given back at once, a 1M-file run peaks well lower, about as fast (GNU time, 1M-file tree, 2 cores:
+# first run 984 -> 849 MiB, 68.7 -> 64.8 s; no-change run 969-1,002 -> 758-766 MiB, 7.1-10.1 s either way).
+# jemalloc reads it once, when polars is first imported: so it is set before any command imports polars.
+ALLOCATOR_SETTINGS = "dirty_decay_ms:0,muzzy_decay_ms:0"
+_ALLOCATOR_VARIABLE = "_RJEM_MALLOC_CONF"
+# What `import polars` puts in front of that variable (and so what a process that imported polars, such as a
+# notebook or a benchmark, passes on to the commands it starts): not a setting of the user's.
+_POLARS_DEFAULT = "dirty_decay_ms:500,muzzy_decay_ms:1000"
 
 
 def return_freed_memory() -> None:
     """Make polars' allocator give freed memory back to the system at once (ALLOCATOR_SETTINGS), unless the user
-    configured it; has an effect only before polars is imported (the CLI's entry; worker processes inherit it)."""
-    for name, value in ALLOCATOR_SETTINGS.items():
-        os.environ.setdefault(name, value)
+    set its decay themselves in _RJEM_MALLOC_CONF; has an effect only before polars is imported (the command
+    line's entry; worker processes inherit it)."""
+    own = os.environ.get(_ALLOCATOR_VARIABLE, "")
+    while own.startswith(_POLARS_DEFAULT):
+        own = own[len(_POLARS_DEFAULT):].lstrip(",")
+    if "decay_ms" not in own:  # later options win: polars' default, then the user's others, then these
+        os.environ[_ALLOCATOR_VARIABLE] = ",".join(part for part in (own, ALLOCATOR_SETTINGS) if part)
 
 
 def entry() -> None:
