@@ -1208,12 +1208,15 @@ class _Output:
         return getattr(self._stream, name)
 
 
-# polars' allocator (jemalloc on Linux) keeps the pages a large frame freed for a while (polars sets 0.5-1 s), for
-# the next frame; a run frees a million-row frame after each step, and the pages of the steps piled up in the
-# process (RSS). Given back at once, a 1M-file run peaks well lower, about as fast (GNU time, 1M-file tree, 2 cores:
-# first run 984 -> 849 MiB, 68.7 -> 64.8 s; no-change run 969-1,002 -> 758-766 MiB, 7.1-10.1 s either way).
-# jemalloc reads it once, when polars is first imported: so it is set before any command imports polars.
-ALLOCATOR_SETTINGS = "dirty_decay_ms:0,muzzy_decay_ms:0"
+# polars' allocator (jemalloc on Linux) keeps the pages a large frame freed for the next frame: `import polars`
+# sets 0.5 s, then 1 s more during which they still count as the process's memory (RSS). A run frees a million-row
+# frame after each step, and the pages of the steps piled up: 1M-file runs held about 1 GB from hashing to
+# validation, of which their steps needed at most 870 MiB at once (memory_profile.py run with decays 0). Given back
+# after 100 ms (GNU time, 1M-file tree, 2 cores): no-change run 969-1,002 -> 836-880 MiB. Decays of 0 held less
+# (741-766 MiB) but made a 1M-row merge 30% slower (its partitions' frames were faulted in again each time);
+# 100 ms is as fast as polars' default (merge_benchmark.py --rows 1000000, interleaved: 8.8 / 2.7 / 1.0 s against
+# 8.8 / 2.8 / 1.2 s). jemalloc reads it once, when polars is first imported: so it is set before any command does.
+ALLOCATOR_SETTINGS = "dirty_decay_ms:100,muzzy_decay_ms:0"
 _ALLOCATOR_VARIABLE = "_RJEM_MALLOC_CONF"
 # What `import polars` puts in front of that variable (and so what a process that imported polars, such as a
 # notebook or a benchmark, passes on to the commands it starts): not a setting of the user's.
@@ -1221,7 +1224,7 @@ _POLARS_DEFAULT = "dirty_decay_ms:500,muzzy_decay_ms:1000"
 
 
 def return_freed_memory() -> None:
-    """Make polars' allocator give freed memory back to the system at once (ALLOCATOR_SETTINGS), unless the user
+    """Make polars' allocator give freed memory back to the system soon (ALLOCATOR_SETTINGS), unless the user
     set its decay themselves in _RJEM_MALLOC_CONF; has an effect only before polars is imported (the command
     line's entry; worker processes inherit it)."""
     own = os.environ.get(_ALLOCATOR_VARIABLE, "")
