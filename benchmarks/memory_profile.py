@@ -13,7 +13,7 @@ A thread samples this process's RSS (/proc/self/status) every 5 ms; each phase i
 the functions named below (wrapped from outside: the code under test is not changed), and "after X" the time
 from X's return to the next phase. RSS includes what polars' allocator keeps after a free (jemalloc), so a
 phase's figure is what the process held then, not what that step allocated. The allocator is set as the command
-line sets it (cli.ALLOCATOR_SETTINGS: freed pages given back at once) unless _RJEM_MALLOC_CONF is set. Linux only.
+line sets it (cli.ALLOCATOR_SETTINGS: freed pages given back after 100 ms) unless the user set its decay. Linux only.
 
     PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py commit --rows 1000000
     PYTHONPATH=. .venv/bin/python benchmarks/memory_profile.py validate --db /tmp/chorus-bench-x/small100k.sqlite

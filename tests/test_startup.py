@@ -73,6 +73,11 @@ def _python(script: str, *args: str, **env: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+def _polars_passes_on() -> str:
+    """What a process that imported polars passes on to the commands it starts in _RJEM_MALLOC_CONF."""
+    return _python("import os, polars\nprint(os.environ['_RJEM_MALLOC_CONF'])")
+
+
 def test_the_command_line_sets_the_allocator_before_polars_loads_and_keeps_a_users_setting():
     script = ("import json, os, sys\nimport chorus_batch.cli as cli\n"
               "cli.main = lambda: print(json.dumps([os.environ.get('_RJEM_MALLOC_CONF'), 'polars' in sys.modules])) or 0\n"
@@ -81,9 +86,7 @@ def test_the_command_line_sets_the_allocator_before_polars_loads_and_keeps_a_use
 
     assert json.loads(_python(script)) == [ALLOCATOR_SETTINGS, False]
     # Started by a process that imported polars (a notebook, a benchmark): polars' own default is not the user's
-    import polars  # noqa: F401  (sets it in this process's environment)
-
-    inherited = os.environ["_RJEM_MALLOC_CONF"]
+    inherited = _polars_passes_on()
     assert json.loads(_python(script, _RJEM_MALLOC_CONF=inherited))[0].endswith(ALLOCATOR_SETTINGS)
     assert json.loads(_python(script, _RJEM_MALLOC_CONF="narenas:2")) == [f"narenas:2,{ALLOCATOR_SETTINGS}", False]
     assert json.loads(_python(script, _RJEM_MALLOC_CONF="dirty_decay_ms:9000")) == ["dirty_decay_ms:9000", False]
@@ -91,9 +94,8 @@ def test_the_command_line_sets_the_allocator_before_polars_loads_and_keeps_a_use
 
 @pytest.mark.skipif(sys.platform != "linux", reason="polars uses jemalloc (and /proc gives the RSS) on Linux")
 def test_with_the_command_lines_setting_polars_gives_a_freed_frames_memory_back_soon():
-    """The setting works with the polars installed: a freed 600 MB frame leaves the process within a fraction of a
-    second of further work (0.3 s; with polars' default, jemalloc keeps it for 0.5-1.5 s, and a 1M-file run held the pages of
-    every step)."""
+    """The setting works with the polars installed: a freed 600 MB frame leaves the process within 0.3 s of further
+    work (with polars' default, jemalloc keeps it for 0.5-1.5 s, and a 1M-file run held the pages of every step)."""
     script = ("import sys, time\nif sys.argv[1] == 'tool':\n    from chorus_batch.cli import return_freed_memory\n"
               "    return_freed_memory()\nimport polars as pl\n"
               "def rss():\n    with open('/proc/self/status') as f:\n"
@@ -106,10 +108,8 @@ def test_with_the_command_lines_setting_polars_gives_a_freed_frames_memory_back_
 
     held, after = map(int, _python(script, "tool").split())
     assert held - after > 500, (held, after)
-    import polars  # noqa: F401
-
     # as a command a process that imported polars started (its environment holds polars' default)
-    held, after = map(int, _python(script, "tool", _RJEM_MALLOC_CONF=os.environ["_RJEM_MALLOC_CONF"]).split())
+    held, after = map(int, _python(script, "tool", _RJEM_MALLOC_CONF=_polars_passes_on()).split())
     assert held - after > 500, (held, after)
     held, after = map(int, _python(script, "plain").split())  # polars' default keeps it: what the setting changes
     assert held - after < 100, (held, after)
