@@ -349,8 +349,11 @@ def new_state(parts: TreeParts, invalidated: pl.Series, reclassified: pl.DataFra
         # A whole site (one partition) in slices of buckets too: each slice's kept rows, their touched copy and
         # the concatenation are a slice's size (1M files, a 5%-mutated run: the state cache's write peaked at
         # 1,134 MiB whole)
-        slices = max(1, previous.height // _STATE_SLICE_ROWS) if parts.count == 1 else 1
-        ranges = [bucket_range(piece, slices) for piece in range(slices)] if parts.count == 1 else [parts.buckets(part)]
+        if parts.count == 1:
+            slices = max(1, previous.height // _STATE_SLICE_ROWS)
+            ranges = [bucket_range(piece, slices) for piece in range(slices)]
+        else:
+            ranges = [parts.buckets(part)]
         for buckets in ranges:
             kept = previous.filter(in_range(*buckets), ~pl.col("file_id").is_in(invalidated.implode()))
             if reclassified is not None:

@@ -308,16 +308,17 @@ class Manifest:
         """Current rows of the latest version (STATE_SCHEMA), from the cache when it is fresh (a reader
         that must not write beside the manifest, e.g. a shard, passes write_cache=False); `buckets`: with
         their bucket too (partitions.py; the cache holds it, 0.2-0.3 s to compute at 1M files)."""
+        shaped = with_bucket if buckets else (lambda frame: frame)
         if not self.path.exists():
-            return with_bucket(empty_state()) if buckets else empty_state()
+            return shaped(empty_state())
         identity = self._cache_identity()
         cached = self._read_cache(identity, buckets=buckets)
         if cached is not None:
             return cached
         if not self._one("SELECT EXISTS (SELECT 1 FROM source_files WHERE time_invalid IS NULL)")[0]:
             # a new manifest: no rows to read, no cache to write (0.19 s a first run saves)
-            return with_bucket(empty_state()) if buckets else empty_state()
-        state = with_bucket(self._current_rows()) if buckets else self._current_rows()
+            return shaped(empty_state())
+        state = shaped(self._current_rows())  # (with its bucket, the cache's write does not compute it again)
         if write_cache:
             self._write_cache([state], identity)
         return state
