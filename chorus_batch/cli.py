@@ -639,15 +639,23 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} only go with --slurm", where="run", fix="add --slurm, or leave them out")
-    from .pipeline import run
-    from .progress import Progress
-    from .report import changes_text, status_dict, summary_dict, summary_text
+    from . import faults
+    from .walk import early_listing
 
     target = _resolve(args)
     settings = _run_settings(args, target)
     if settings.shard is not None or settings.staging is not None:
         return _run_shard(args, settings)
-    result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+    # The site's walk starts now and goes on while polars, pyarrow and DuckDB load (walk.py); a merge lists nothing.
+    with early_listing(None if settings.merge else settings.site, follow_symlinks=settings.follow_symlinks,
+                       workers=settings.workers):
+        faults.pause("early-listing")
+        from .pipeline import run
+        from .progress import Progress
+
+        result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+    from .report import changes_text, status_dict, summary_dict, summary_text
+
     if args.json:
         print(json.dumps(status_dict(result) if result.dry_run else summary_dict(result), indent=2))
     else:

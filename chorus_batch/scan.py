@@ -31,6 +31,7 @@ from .fsutil import write_private
 from .progress import Progress
 from .sources import Source
 from .units import human_bytes, plural
+from .walk import early_listing_since_ns
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,10 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     t = time.perf_counter()
     for root in roots:
         root.source.check()
-    scan_started_ns = time.time_ns()
+    # A walk the command started early (walk.py) counts: a file it listed may change before this line.
+    scan_started_ns, early = time.time_ns(), early_listing_since_ns()
+    if early is not None:
+        scan_started_ns = min(scan_started_ns, early)
     excludes = Excludes() if excludes is None else excludes
     rules = hashing.Rules(racy_cutoff_ns=None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9),
                           rehash=rehash, racy_until_ns=scan_started_ns + int(racy_window_s * 1e9), cloud_md5=cloud_md5,

@@ -1,86 +1,18 @@
-"""Worker processes, and the chunk of work they run most: hashing files one after another.
-
-Listing, hashing and header reading of local files are bound by per-file Python work under
-the GIL (measured: two threads slower than one), so they run in worker processes. On Linux
-the workers are forked: cheap to start, and no re-import of the caller's main module (spawn
-and forkserver re-run an unguarded script). Forking a process whose polars/duckdb threads
-exist is safe here because the work functions call only the standard library (and pydicom,
-wfdb's grammar or pyarrow's CSV reader for headers, all fork-safe), never polars. Elsewhere: spawn.
-"""
+"""The chunk of work worker processes run most: hashing files one after another (the processes
+themselves: processes.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import multiprocessing
-import sys
 from array import array
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .processes import pool, stop_pool  # noqa: F401  (where the hashing, listing and header readers take them)
 from .sources.base import READ_SIZE, FileChangedWhileHashing, HashOutcome
 
 if TYPE_CHECKING:
     from .sources.base import Parse, Source
-
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    if sys.platform == "linux":
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def _worker_init() -> None:
-    """In each worker: die with the parent (never an orphan holding the caller's output open), leave
-    signals to the parent (it stops the pool), and write nothing to the caller's stdout or stderr."""
-    import os
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
-    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if signum is not None:
-            signal.signal(signum, signal.SIG_DFL)
-    if sys.platform == "linux":
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when the parent dies, even by SIGKILL
-            if os.getppid() == 1:  # the parent died before prctl took effect
-                os._exit(1)
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
-
-
-@contextlib.contextmanager
-def pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes for the block. Leaving it normally waits for them; leaving it by an exception or a
-    signal (KeyboardInterrupt, Stopped) cancels what is queued and kills the workers at once, so a stopped
-    run does not wait for a 100 GB file to finish hashing."""
-    executor = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init)
-    try:
-        yield executor
-    except BaseException:
-        stop_pool(executor)
-        raise
-    executor.shutdown(wait=True)
-
-
-def stop_pool(executor: ProcessPoolExecutor) -> None:
-    processes = list(getattr(executor, "_processes", {}).values())  # the executor keeps no public handle
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.kill()
-    for process in processes:
-        with contextlib.suppress(Exception):
-            process.join(timeout=5)
 
 
 def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | None" = None) -> HashOutcome | tuple[str, str]:

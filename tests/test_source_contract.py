@@ -5,6 +5,8 @@ Each test runs once per implementation, on the same small tree built from a dict
   local          LocalSource, walking in-process
   local-workers  LocalSource(workers=2, inprocess_budget_s=0): every top-level folder is walked
                  by worker processes
+  local-early    LocalSource(workers=2) whose every listing takes a walk started before it (walk.py's
+                 early listing, as the command line starts one while its libraries load)
   fsspec-memory  FsspecSource("memory://<unique>/site"), fsspec's in-memory file system
   fsspec-file    FsspecSource("file://<folder>"), fsspec's local file system (open_source would
                  give a LocalSource for a file:// URL, so it is built directly)
@@ -103,6 +105,17 @@ class StoredMd5MemorySource(FsspecSource):
                 4, "etag", pa.array(tags, LISTING_SCHEMA.field("etag").type))
 
 
+class EarlyListedSource(LocalSource):
+    """A LocalSource whose listing is handed over from an early listing of its root, as a `run`'s is."""
+
+    def list_files(self, errors, tops=None):
+        from chorus_batch.walk import early_listing, early_listing_since_ns
+
+        with early_listing(self.root, follow_symlinks=self.follow_symlinks, workers=2) as early:
+            yield from super().list_files(errors, tops)
+            assert early is None or early_listing_since_ns() is None, "the listing did not take the early walk"
+
+
 @dataclass(frozen=True)
 class Impl:
     id: str
@@ -117,6 +130,7 @@ class Impl:
 IMPLS = [
     Impl("local", "os"),
     Impl("local-workers", "os"),
+    Impl("local-early", "os"),
     Impl("fsspec-memory", "created", memory=True),
     Impl("fsspec-file", "os_float"),
     Impl("memory-md5", "created", memory=True),
@@ -181,6 +195,8 @@ def _build(impl: Impl, tmp_path: Path, memory_base: str, tree: dict[str, bytes],
         src: Source = LocalSource(folder)
     elif impl.id == "local-workers":
         src = LocalSource(folder, workers=2, inprocess_budget_s=0)
+    elif impl.id == "local-early":
+        src = EarlyListedSource(folder, workers=2)
     else:
         src = FsspecSource(folder.as_uri())
     return Built(src, impl, folder)

@@ -113,3 +113,81 @@ def test_with_the_command_lines_setting_polars_gives_a_freed_frames_memory_back_
     assert held - after > 500, (held, after)
     held, after = map(int, _python(script, "plain").split())  # polars' default keeps it: what the setting changes
     assert held - after < 100, (held, after)
+
+
+# ----------------------------------------------------------------------------- the walk starts before the libraries load
+
+_SPY = """
+import json, os, sys
+from chorus_batch import walk
+seen = {"walked_here": 0}
+parent = os.getpid()
+walk_local, init = walk.walk_local, walk.EarlyListing.__init__
+
+def counted(root, rel_dirs, *args, **kwargs):  # (in the worker processes too, where it counts nothing)
+    if os.getpid() == parent and rel_dirs != [""]:
+        seen["walked_here"] += 1
+    return walk_local(root, rel_dirs, *args, **kwargs)
+
+def spied(self, *args, **kwargs):
+    seen["polars_loaded"] = "polars" in sys.modules
+    init(self, *args, **kwargs)
+    seen["started_ns"] = self.started_ns
+    seen["workers"] = [p.pid for p in self._executor._processes.values()]
+
+walk.walk_local, walk.EarlyListing.__init__ = counted, spied
+from chorus_batch.cli import main
+seen["code"] = main(sys.argv[1:])
+
+def running(pid):  # (not a zombie: a worker that exited but was not waited for is not running)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+seen["left_running"] = [pid for pid in seen.get("workers", []) if running(pid)]  # as the command returns
+print(json.dumps(seen))
+"""
+
+
+def _spied_run(*argv: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", _SPY, *argv], capture_output=True, text=True, env=env)
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
+def test_a_run_walks_the_site_while_its_libraries_load_and_lists_it_once(tmp_path):
+    from conftest import current_rows, query
+
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    db = tmp_path / "m.sqlite"
+
+    seen = _spied_run("run", "--site", str(site), "--db", str(db), "--workers", "2", "-q")
+    assert seen["code"] == 0, seen["stderr"]
+    assert seen["polars_loaded"] is False  # the walk began before polars (and pyarrow, DuckDB) loaded
+    assert seen["walked_here"] == 0  # the run's listing took the early walk: no folder was walked again
+    assert seen["workers"] and seen["left_running"] == []
+    # Its scan counts from when the walk began: a file changed after it was walked is hashed next time.
+    (scan_started_ns,) = query(db, "SELECT scan_started_ns FROM runs")[0]
+    assert scan_started_ns <= seen["started_ns"]
+
+    # The same version as a run that walks the site itself
+    alone = tmp_path / "alone.sqlite"
+    single = _spied_run("run", "--site", str(site), "--db", str(alone), "--workers", "1", "-q")
+    assert single["code"] == 0 and "started_ns" not in single and single["walked_here"] > 0
+    assert current_rows(db) == current_rows(alone) and len(current_rows(db)) > 10
+    assert query(db, "SELECT rule, srcfile FROM findings ORDER BY 1, 2") == \
+        query(alone, "SELECT rule, srcfile FROM findings ORDER BY 1, 2")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
+def test_a_run_that_fails_before_its_listing_leaves_no_walker_behind(tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    (tmp_path / "a-file").write_text("")  # where the manifest's folder should be: refused before the listing
+    seen = _spied_run("run", "--site", str(site), "--db", str(tmp_path / "a-file" / "m.sqlite"), "--workers", "2")
+    assert seen["code"] == 3 and "lock file" in seen["stderr"], seen["stderr"]
+    assert seen["workers"] and seen["left_running"] == []  # stopped as the command returned

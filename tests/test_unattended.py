@@ -137,6 +137,25 @@ def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word):
     assert run(site, db, "-q").returncode == 0  # the lock was released
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
+def test_a_signal_while_the_libraries_load_stops_the_early_listing(site, db):
+    many(site)
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "early-listing"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    assert "test pause at early-listing" in proc.stderr.readline()
+    walkers = children_of(proc.pid)
+    assert walkers, "the site is walked by worker processes while the libraries load"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "nothing was committed" in err and "Traceback" not in err
+    assert not any(alive(p) for p in walkers)  # stopped before the command returned
+    assert run(site, db, "-q").returncode == 0
+
+
 def test_workers_die_with_a_killed_parent(site, db):
     proc, workers = paused_at_hashing(site, db)
     proc.kill()

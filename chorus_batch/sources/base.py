@@ -25,15 +25,10 @@ import polars as pl
 import pyarrow as pa
 
 from ..frames import LISTING_SCHEMA
+from ..times import MAX_NS, MIN_NS, clamp_ns  # noqa: F401  (the sources' names for them)
+from ..walk import BATCH_ROWS  # noqa: F401  (rows per listing batch, every source's)
 
-BATCH_ROWS = 65_536
 READ_SIZE = 64 * 1024  # bytes per read when hashing: stays in L2; measured fastest for hashlib.md5
-MAX_NS, MIN_NS = 2**63 - 1, -(2**63)  # int64 nanoseconds: 1677-09-21 .. 2262-04-11
-
-
-def clamp_ns(ns: int) -> int:
-    """A time in nanoseconds as the manifest's 64-bit column holds it (the nearest representable one)."""
-    return min(max(ns, MIN_NS), MAX_NS)
 
 
 @dataclass

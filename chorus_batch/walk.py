@@ -1,0 +1,251 @@
+"""Walking a local tree with the standard library only, and the early listing.
+
+walk_local is what the worker processes of a local listing run: plain lists, no Arrow or polars,
+which is what makes forking them safe (LocalSource builds the record batches).
+
+The early listing: a command that lists a local site starts walking it in worker processes as soon
+as it knows the site, before it loads polars, pyarrow, numpy and DuckDB (about half a second, measured
+with `python -X importtime`); the walk goes on while they load, and the run's listing
+(LocalSource.list_files) takes its results instead of walking the tree again. Nothing here imports
+more than the standard library, or the early listing would wait for the libraries it overlaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, as_completed
+from dataclasses import dataclass, field
+
+from .processes import pool_executor, stop_pool
+from .times import clamp_ns
+
+BATCH_ROWS = 65_536  # rows per listing batch (every source's)
+Error = tuple[str, str, str]  # (srcfile, kind, message): a problem met while listing
+
+
+def name_error(rel: str) -> str | None:
+    """Names that cannot be stored as UTF-8 text (undecodable bytes on POSIX)."""
+    if rel.isascii():
+        return None
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
+@dataclass
+class WalkResult:
+    # Plain lists, not Arrow: worker processes then run nothing but the standard
+    # library, which is what makes forking them safe. The parent builds the batches.
+    chunks: list[tuple[list[str], list[int], list[int]]] = field(default_factory=list)
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+    subdirs: list[str] = field(default_factory=list)  # only with collect_dirs
+
+
+def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_dirs: bool = False) -> WalkResult:
+    """Walk `rel_dirs` (site-relative, '' for the root itself) below `root`.
+
+    With `collect_dirs`, subdirectories are returned instead of walked (used to
+    list the root and share its folders out). Module-level so worker processes
+    can run it. Paths are built with '/' so the manifest holds POSIX paths on
+    Windows too.
+    """
+    out = WalkResult()
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def flush() -> None:
+        nonlocal paths, sizes, mtimes, add_path, add_size, add_mtime
+        if paths:
+            out.chunks.append((paths, sizes, mtimes))
+            paths, sizes, mtimes = [], [], []
+            add_path, add_size, add_mtime = paths.append, sizes.append, mtimes.append
+
+    stack = list(reversed(rel_dirs))
+    push_dir = out.subdirs.append if collect_dirs else stack.append
+    add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
+    while stack:
+        rel_dir = stack.pop()
+        prefix = rel_dir + "/" if rel_dir else ""
+        try:
+            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
+        except FileNotFoundError:
+            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed"))
+            continue
+        except OSError as exc:
+            # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
+            add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir", f"cannot list directory: {exc.strerror or exc}"))
+            continue
+        with it:
+            try:
+                entries = list(it)  # a folder can fail while read (EIO, ESTALE, EACCES): then nothing below it is seen
+            except OSError as exc:
+                add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
+                           f"cannot list directory (failed while reading it): {exc.strerror or exc}"))
+                entries = []
+            for entry in entries:
+                rel = prefix + entry.name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        push_dir(rel)
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                    elif entry.is_symlink():
+                        if not follow_symlinks:
+                            add_error((printable(rel), "symlink", "symbolic link not followed (set follow_symlinks = true to follow)"))
+                            continue
+                        st = entry.stat(follow_symlinks=True)
+                        if stat.S_ISDIR(st.st_mode):
+                            if (st.st_dev, st.st_ino) in seen_dirs:
+                                add_error((printable(rel), "symlink_loop", "directory link already walked; skipped"))
+                            else:
+                                seen_dirs.add((st.st_dev, st.st_ino))
+                                push_dir(rel)
+                            continue
+                        if not stat.S_ISREG(st.st_mode):
+                            add_error((printable(rel), "special_file", "link to a non-regular file; skipped"))
+                            continue
+                    else:
+                        add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
+                        continue
+                except FileNotFoundError:
+                    add_error((printable(rel), "vanished", "file disappeared while the tree was listed"))
+                    continue
+                except OSError as exc:
+                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}"))
+                    continue
+                bad = name_error(rel)
+                if bad is not None:
+                    add_error((bad, "non_utf8_name", "file name is not valid UTF-8; rename it to track it"))
+                    continue
+                mtime = st.st_mtime_ns
+                if clamp_ns(mtime) != mtime:  # beyond what the manifest's 64-bit nanoseconds hold
+                    add_error((printable(rel), "mtime_out_of_range",
+                               f"modification time {mtime // 10**9} s since 1970 is outside 1678..2262; recorded as "
+                               "the nearest representable time (fix the file's clock: touch it)"))
+                    mtime = clamp_ns(mtime)
+                add_path(rel)
+                add_size(st.st_size)
+                add_mtime(mtime)
+                if len(paths) >= BATCH_ROWS:
+                    flush()
+    flush()
+    return out
+
+
+
+def printable(rel: str) -> str:
+    return name_error(rel) or rel
+
+
+def folders_to_walk(subdirs: list[str], tops: Callable[[str], bool] | None = None) -> tuple[list[str], list[Error]]:
+    """The root's folders a listing walks, sorted (those `tops` accepts, if given), and the problems of
+    those it cannot (names that are not UTF-8)."""
+    folders, problems = [], []
+    for name in sorted(subdirs):
+        bad = name_error(name)
+        if bad is not None:
+            problems.append((bad + "/", "non_utf8_name", "folder name is not valid UTF-8; rename it to track its files"))
+        elif tops is None or tops(name):
+            folders.append(name)
+    return folders, problems
+
+
+def walk_groups(folders: list[str], workers: int) -> list[list[str]]:
+    """The folders shared out as tasks for `workers` processes: a few per process, so that one large
+    person folder does not leave the others idle at the end."""
+    n_tasks = min(len(folders), workers * 8)
+    return [folders[k::n_tasks] for k in range(n_tasks)]
+
+
+def walk_results(executor, futures: list[Future]) -> Iterator[WalkResult]:
+    """The walks of `futures`, as each completes. Leaving early (an exception, a signal, the consumer
+    closing the generator) stops `executor` at once; running out shuts it down."""
+    try:
+        # No other list of the futures is kept: as_completed then drops each result once consumed.
+        for future in as_completed(_handed_over(futures)):
+            yield future.result()
+    except BaseException:
+        stop_pool(executor)
+        raise
+    executor.shutdown(wait=True)
+
+
+def _handed_over(futures: list[Future]) -> list[Future]:
+    out = list(futures)
+    futures.clear()
+    return out
+
+
+class EarlyListing:
+    """The walk of a local site's root folders, started in worker processes before the libraries load.
+
+    `top`: the root itself, walked here (its files and folders); `folders`: the folders the workers walk.
+    `started_ns`: when the walk began: a run that takes these results counts its scan from then, so a file
+    changed after it was walked is not taken as unchanged (hashing.Rules, racily-clean files)."""
+
+    def __init__(self, root: str, *, follow_symlinks: bool, workers: int):
+        self.root = root
+        self.follow_symlinks = follow_symlinks
+        self.started_ns = time.time_ns()
+        self.top = walk_local(root, [""], follow_symlinks, collect_dirs=True)
+        self.folders, self.folder_problems = folders_to_walk(self.top.subdirs)
+        self._executor = pool_executor(workers)
+        self._futures = [self._executor.submit(walk_local, root, group, follow_symlinks)
+                         for group in walk_groups(self.folders, workers)]
+
+    def results(self) -> Iterator[WalkResult]:
+        """The folders' walks, as each completes (once: the results are not kept)."""
+        return walk_results(self._executor, self._futures)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent): what a run did not take is not waited for."""
+        stop_pool(self._executor)
+
+
+_pending: EarlyListing | None = None  # the early listing no listing has taken yet (one per process)
+
+
+@contextlib.contextmanager
+def early_listing(root: str | None, *, follow_symlinks: bool, workers: int) -> Iterator[EarlyListing | None]:
+    """Start walking the local site `root` in `workers` processes, for the block's listing to take
+    (take_early_listing); on leaving the block, whatever was not taken is stopped, so no process is left
+    behind. Nothing is started where it would not pay: no root, one worker, a root that is not a local
+    folder, or a system where worker processes are spawned (they would load the libraries themselves)."""
+    global _pending
+    listing = None
+    if root is not None and workers > 1 and sys.platform == "linux" and os.path.isdir(root):
+        with contextlib.suppress(OSError):  # any problem is the run's to meet and report, when it lists
+            listing = EarlyListing(os.path.abspath(root), follow_symlinks=follow_symlinks, workers=workers)
+    _pending = listing
+    try:
+        yield listing
+    finally:
+        _pending = None
+        if listing is not None:
+            listing.close()
+
+
+def take_early_listing(root: str, follow_symlinks: bool) -> EarlyListing | None:
+    """The early listing of `root` (with the same symlink rule), if one is waiting; it is then the
+    caller's."""
+    global _pending
+    listing = _pending
+    if listing is None or listing.root != root or listing.follow_symlinks != follow_symlinks:
+        return None
+    _pending = None
+    return listing
+
+
+def early_listing_since_ns() -> int | None:
+    """When the waiting early listing began (None: none is waiting): a scan counts from then."""
+    return None if _pending is None else _pending.started_ns
