@@ -1,5 +1,6 @@
 """Crash injection: SIGKILL `run` at 50 points spread over its life (start-up, listing, hashing in
-worker processes, diff, the commit, validation, Parquet snapshots) and check after each kill that
+worker processes, diff, the commit, validation, Parquet snapshots), and at four fault points (while
+the libraries load, hashing, inside the commit's transaction, validating), and check after each kill that
 
   - PRAGMA integrity_check is ok,
   - the latest version is the previous one, or the complete new one,
@@ -63,15 +64,26 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
     duration = time.monotonic() - started
 
     outcomes = {"previous": 0, "new": 0}
-    for point in range(POINTS):
+
+    def kill(point: str, *, after_s: float = 0.0, pause: str | None = None) -> None:
+        """Start the run from v1, SIGKILL it `after_s` seconds in (or once it reports the fault point `pause`),
+        and check what it left; then the next run must recover."""
         for leftover in tmp_path.glob("m.sqlite*"):  # the hash checkpoint (m.sqlite.checkpoint/) too
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         shutil.copy(base, db)
-        proc = subprocess.Popen(command(second, db, snap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(duration * (0.1 + 0.95 * point / POINTS))
+        env = {**os.environ, **({"CHORUS_BATCH_TEST_PAUSE": pause} if pause else {})}
+        proc = subprocess.Popen(command(second, db, snap), stdout=subprocess.DEVNULL, env=env,
+                                stderr=subprocess.PIPE if pause else subprocess.DEVNULL, text=True)
+        if pause:
+            assert proc.stderr is not None
+            said = iter(proc.stderr.readline, "")
+            assert any(f"test pause at {pause}" in line for line in said), f"{point}: never reached"
+        time.sleep(after_s)
         workers = children_of(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        if proc.stderr is not None:
+            proc.stderr.close()
         deadline = time.monotonic() + 10
         while any(alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -95,6 +107,19 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
         assert current_rows(db) == expected, f"point {point}"
         (latest,) = sqlite3.connect(db).execute("SELECT max(label) FROM versions").fetchone()
         assert has_snapshot(latest, str(snap)), f"point {point}: the snapshot of {latest} is incomplete"
+
+    for point in range(POINTS):
+        kill(str(point), after_s=duration * (0.1 + 0.95 * point / POINTS))
+    # At fault points too, so that kills land before and after the commit however the machine's load varies
+    # the timed ones: while the libraries load (the early listing's workers walking), hashing, the commit's
+    # transaction, and validation (after the commit).
+    before = outcomes["previous"]
+    for pause in ("early-listing", "hashing", "commit"):
+        kill(pause, pause=pause)
+    assert outcomes["previous"] == before + 3  # each of these kills left the previous version
+    new = outcomes["new"]
+    kill("validate", pause="validate")
+    assert outcomes["new"] == new + 1  # killed after its commit: the new version stays, complete
     print(f"crash injection: {POINTS} kills over {duration:.1f} s runs; latest version after the kill: {outcomes}")
     assert outcomes["previous"] and outcomes["new"]  # kills landed both before and after the commit
 

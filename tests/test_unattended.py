@@ -201,6 +201,14 @@ def test_a_manifest_path_that_cannot_be_a_manifest_says_so(site, db, make, words
     assert "internal error" not in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_manifest_path_inside_a_file_names_that_file(site, tmp_path):
+    write(site, "OMOP/a.csv")
+    (tmp_path / "notes.txt").write_text("not a folder")
+    out = run(site, tmp_path / "notes.txt" / "manifests" / "m.sqlite")
+    assert out.returncode == 3 and f"{tmp_path / 'notes.txt'} is a file, not a folder" in out.stderr
+    assert "fix:" in out.stderr and "nothing was committed" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_a_read_only_manifest_says_what_to_do(site, db, tmp_path):
     write(site, "OMOP/a.csv")
     assert run(site, db, "-q").returncode == 0

@@ -50,6 +50,10 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
             fix=f"wait for that {kind} to finish; if it is gone, the lock is released automatically",
         ) from None
     except OSError as exc:
+        a_file = next((folder for folder in db.parents if folder.exists() and not folder.is_dir()), None)
+        if a_file is not None:  # (mkdir says "File exists", open "Not a directory": neither names the file)
+            raise ManifestError(f"the manifest's folder cannot be made: {a_file} is a file, not a folder",
+                                where=str(db), fix="pass --db with a path in a folder (or where one can be made)") from None
         raise ManifestError(f"cannot create or open the manifest's lock file: {exc.strerror or exc}", where=str(lock_path),
                             fix="run with --db in a folder this user can write (the lock and the manifest's "
                                 "-wal file live beside it)") from None

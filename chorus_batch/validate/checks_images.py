@@ -136,10 +136,11 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
     person = _norm_id(pl.col("_top"))
     name = _norm_id(pl.col("patient_name"))
     pseudonym = pl.col("patient_name").is_null() | (name == person) | (name == _norm_id(pl.col("patient_id")))
-    filled = pl.concat_list([
-        pl.when(pl.col(key).is_not_null() & (pl.lit(key != "patient_name") | ~pseudonym)).then(pl.lit(key))
-        for key in IDENTIFYING_DICOM_TAGS
-    ]).list.drop_nulls()
+    is_filled = {key: pl.col(key).is_not_null() & ~pseudonym if key == "patient_name" else pl.col(key).is_not_null()
+               for key in IDENTIFYING_DICOM_TAGS}
+    # The names of the filled ones are listed only for the files that have any: a list per file costs
+    # ~6 µs a file (a third of the DICOM rules' time on a de-identified site), the test alone ~0.1 µs.
+    filled = pl.concat_list([pl.when(test).then(pl.lit(key)) for key, test in is_filled.items()]).list.drop_nulls()
     return [
         _found(
             "dicom.patient_id",
@@ -147,7 +148,7 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             pl.format("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
                       "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
         _found(
-            "dicom.identifying_tag", ok.with_columns(_filled=filled).filter(pl.col("_filled").list.len() > 0), "srcfile",
+            "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
             pl.format("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
                       "de-identification profile does)", pl.col("_filled").list.join(", "))),
     ]
