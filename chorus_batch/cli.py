@@ -7,6 +7,8 @@ messages and exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -640,15 +642,12 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise UsageError(f"{flags} only go with --slurm", where="run", fix="add --slurm, or leave them out")
     from . import faults
-    from .walk import early_listing
 
     target = _resolve(args)
     settings = _run_settings(args, target)
     if settings.shard is not None or settings.staging is not None:
         return _run_shard(args, settings)
-    # The site's walk starts now and goes on while polars, pyarrow and DuckDB load (walk.py); a merge lists nothing.
-    with early_listing(None if settings.merge else settings.site, follow_symlinks=settings.follow_symlinks,
-                       workers=settings.workers):
+    with _early_listing(settings):
         faults.pause("early-listing")
         from .pipeline import run
         from .progress import Progress
@@ -672,11 +671,14 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
-    from .pipeline import status
-    from .progress import Progress
+    settings = _run_settings(args, _resolve(args))
+    with _early_listing(settings):
+        from .pipeline import status
+        from .progress import Progress
+
+        result = status(settings, argv=argv, progress=Progress(quiet=args.quiet))
     from .report import findings_text, status_csv, status_dict, status_text
 
-    result = status(_run_settings(args, _resolve(args)), argv=argv, progress=Progress(quiet=args.quiet))
     if args.json:
         print(json.dumps(status_dict(result), indent=2))
     elif args.csv:
@@ -688,12 +690,31 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     return int(result.exit_code)
 
 
+def _early_listing(settings, coverage=None):
+    """The site's walk (a shard's folders, with `coverage`), started now to go on while polars, pyarrow and
+    DuckDB load (walk.py); the run's listing takes it. A merge lists nothing."""
+    from .coverage import top_in_shard
+    from .walk import early_listing
+
+    tops = None if coverage is None or coverage.whole else functools.partial(top_in_shard, coverage=coverage)
+    return early_listing(None if settings.merge else settings.site, follow_symlinks=settings.follow_symlinks,
+                         workers=settings.workers, tops=tops)
+
+
 def _run_shard(args: argparse.Namespace, settings) -> int:
-    from .pipeline import scan_shard
-    from .progress import Progress
+    from .coverage import parse_shard, shard_from_environment
+
+    try:
+        coverage = parse_shard(settings.shard) if settings.shard else shard_from_environment()
+    except ValueError:
+        coverage = None  # said by scan_shard, with what to do
+    with _early_listing(settings, coverage) if coverage is not None else contextlib.nullcontext():
+        from .pipeline import scan_shard
+        from .progress import Progress
+
+        shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
     from .units import plural
 
-    shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
     summary = {"shard": shard.coverage.shard, "shards": shard.coverage.shards, "folder": str(shard.folder),
                "based_on": shard.based_on, "files": shard.n_files, "files_hashed": shard.n_hashed,
                "bytes_hashed": shard.bytes_hashed, "errors": shard.n_errors, "excluded": shard.n_excluded,

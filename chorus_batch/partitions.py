@@ -10,20 +10,14 @@ reader can read alone from its row-group statistics.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 
-BUCKETS = 4096  # the most shards a site can be split into
+from .coverage import BUCKETS, top_bucket  # noqa: F401  (the partitions' names for them)
+
 BUCKET = "bucket"  # the column, in the state cache and the shards' files
-_SHARED_TOP = ("omop", "metadata")  # with root files: always bucket 0 (and so shard 0)
-
-
-def top_bucket(top: str) -> int:
-    """The bucket of the files under the top-level folder `top`."""
-    return 0 if top.lower() in _SHARED_TOP else zlib.crc32(top.encode("utf-8")) % BUCKETS
 
 
 def top_folder(srcfile: pl.Expr) -> pl.Expr:

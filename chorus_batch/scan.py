@@ -23,10 +23,11 @@ import pyarrow as pa
 from . import exclude as _exclude
 from . import hashing
 from .checkpoint import Checkpoint, announce, resume
+from .coverage import WHOLE_SITE, Coverage, top_in_shard  # noqa: F401  (the scan's names for them)
 from .errors import UsageError
 from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
-from .partitions import BUCKETS, in_range, part_of, top_bucket, with_buckets
+from .partitions import in_range, part_of, with_buckets
 from .fsutil import write_private
 from .progress import Progress
 from .sources import Source
@@ -42,28 +43,7 @@ class Root:
     modality: str | None = None
 
 
-@dataclass(frozen=True)
-class Coverage:
-    """Which part of the site a scan saw: shard `shard` of `shards` (1 shard: the whole site)."""
-
-    shard: int = 0
-    shards: int = 1
-
-    @property
-    def whole(self) -> bool:
-        return self.shards == 1
-
-    def __str__(self) -> str:
-        return "the whole site" if self.whole else f"shard {self.shard} of {self.shards}"
-
-
-WHOLE_SITE = Coverage()
 SHARD_ROW_GROUP = 65_536  # rows; a partition of a merge is about 500k rows (shards.PARTITION_ROWS)
-
-
-def top_in_shard(top: str, coverage: Coverage) -> bool:
-    """Whether the top-level folder `top` belongs to the shard (as shard_of decides for its files)."""
-    return top_bucket(top) * coverage.shards // BUCKETS == coverage.shard
 
 
 def shard_of(srcfile: pl.Series, shards: int) -> pl.Series:

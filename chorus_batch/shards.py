@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from .config import RunSettings, parse_bytes
+from .coverage import parse_shard, shard_from_environment  # noqa: F401  (pipeline.scan_shard's)
 from .errors import UsageError
 from .exclude import Excludes
 from .partitions import TreeParts, bucket_range
@@ -39,23 +40,6 @@ _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
 # million rows (measured on a 2M-row merge, benchmarks/merge_benchmark.py); 500k keeps a merge near 1 GiB.
 PARTITION_ROWS = 500_000
 ENV_PARTITION_ROWS = "CHORUS_BATCH_PARTITION_ROWS"  # a site with less memory per task; tests: many small partitions
-
-
-def parse_shard(text: str) -> Coverage:
-    """'K/N' (K from 0) as a Coverage."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-        raise ValueError(f"{text!r} is not a shard K/N with 0 <= K < N (e.g. 3/16)")
-    return Coverage(shard=int(match.group(1)), shards=int(match.group(2)))
-
-
-def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None:
-    """The shard of a Slurm array task: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT."""
-    env = os.environ if env is None else env
-    task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
-    if task is None or count is None:
-        return None
-    return parse_shard(f"{int(task) - int(env.get('SLURM_ARRAY_TASK_MIN', '0'))}/{count}")
 
 
 def shard_folder(staging: str | Path, coverage: Coverage) -> Path:

@@ -193,12 +193,12 @@ class EarlyListing:
     `started_ns`: when the walk began: a run that takes these results counts its scan from then, so a file
     changed after it was walked is not taken as unchanged (hashing.Rules, racily-clean files)."""
 
-    def __init__(self, root: str, *, follow_symlinks: bool, workers: int):
+    def __init__(self, root: str, *, follow_symlinks: bool, workers: int, tops: Callable[[str], bool] | None = None):
         self.root = root
         self.follow_symlinks = follow_symlinks
         self.started_ns = time.time_ns()
         self.top = walk_local(root, [""], follow_symlinks, collect_dirs=True)
-        self.folders, self.folder_problems = folders_to_walk(self.top.subdirs)
+        self.folders, _problems = folders_to_walk(self.top.subdirs, tops)  # (the listing records the problems)
         self._executor = pool_executor(workers)
         self._futures = [self._executor.submit(walk_local, root, group, follow_symlinks)
                          for group in walk_groups(self.folders, workers)]
@@ -216,16 +216,18 @@ _pending: EarlyListing | None = None  # the early listing no listing has taken y
 
 
 @contextlib.contextmanager
-def early_listing(root: str | None, *, follow_symlinks: bool, workers: int) -> Iterator[EarlyListing | None]:
-    """Start walking the local site `root` in `workers` processes, for the block's listing to take
-    (take_early_listing); on leaving the block, whatever was not taken is stopped, so no process is left
-    behind. Nothing is started where it would not pay: no root, one worker, a root that is not a local
-    folder, or a system where worker processes are spawned (they would load the libraries themselves)."""
+def early_listing(root: str | None, *, follow_symlinks: bool, workers: int,
+                  tops: Callable[[str], bool] | None = None) -> Iterator[EarlyListing | None]:
+    """Start walking the local site `root` in `workers` processes (only the top-level folders `tops` accepts,
+    if given: a shard's), for the block's listing to take (take_early_listing); on leaving the block, whatever
+    was not taken is stopped, so no process is left behind. Nothing is started where it would not pay: no
+    root, one worker, a root that is not a local folder, or a system where worker processes are spawned
+    (they would load the libraries themselves)."""
     global _pending
     listing = None
     if root is not None and workers > 1 and sys.platform == "linux" and os.path.isdir(root):
         with contextlib.suppress(OSError):  # any problem is the run's to meet and report, when it lists
-            listing = EarlyListing(os.path.abspath(root), follow_symlinks=follow_symlinks, workers=workers)
+            listing = EarlyListing(os.path.abspath(root), follow_symlinks=follow_symlinks, workers=workers, tops=tops)
     _pending = listing
     try:
         yield listing

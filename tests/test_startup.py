@@ -189,5 +189,39 @@ def test_a_run_that_fails_before_its_listing_leaves_no_walker_behind(tmp_path):
     shutil.copytree(demo_site(), site)
     (tmp_path / "a-file").write_text("")  # where the manifest's folder should be: refused before the listing
     seen = _spied_run("run", "--site", str(site), "--db", str(tmp_path / "a-file" / "m.sqlite"), "--workers", "2")
-    assert seen["code"] == 3 and "lock file" in seen["stderr"], seen["stderr"]
+    assert seen["code"] == 3 and "is a file, not a folder" in seen["stderr"], seen["stderr"]
     assert seen["workers"] and seen["left_running"] == []  # stopped as the command returned
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
+def test_each_shard_walks_its_own_folders_while_its_libraries_load(tmp_path):
+    import polars as pl
+
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    db = tmp_path / "m.sqlite"
+    listed, seen = {}, {}
+    for shard in range(4):
+        for workers in ("2", "1"):  # with the early listing, and without (a shard's own walk)
+            staging = tmp_path / f"staging-{workers}"
+            seen[workers] = _spied_run("run", "--site", str(site), "--db", str(db), "--shard", f"{shard}/4",
+                                       "--staging", str(staging), "--workers", workers, "-q")
+            assert seen[workers]["code"] == 0, seen[workers]["stderr"]
+            files = pl.read_parquet(staging / f"shard-{shard}-of-4" / "files.parquet")
+            listed[shard, workers] = sorted(files["srcfile"].to_list())
+        assert seen["2"]["polars_loaded"] is False and seen["2"]["walked_here"] == 0  # the early walk was taken
+        assert seen["1"]["walked_here"] > 0 or listed[shard, "1"] == []
+        assert listed[shard, "2"] == listed[shard, "1"]
+    assert sum(len(listed[shard, "2"]) for shard in range(4)) == sum(1 for p in site.rglob("*") if p.is_file())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
+def test_status_walks_the_site_while_its_libraries_load(tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(demo_site(), site)
+    db = tmp_path / "m.sqlite"
+    assert _spied_run("run", "--site", str(site), "--db", str(db), "-q")["code"] == 0
+    (site / "000001" / "notes.txt").write_text("new")
+    seen = _spied_run("status", "--site", str(site), "--db", str(db), "--workers", "2", "--json")
+    assert seen["code"] in (0, 1), seen["stderr"]
+    assert seen["polars_loaded"] is False and seen["walked_here"] == 0 and seen["left_running"] == []

@@ -1,0 +1,60 @@
+"""Which part of a site a scan covers: buckets of top-level folders, and shards of buckets.
+
+The standard library only: a shard's command line starts walking its folders (walk.py's early
+listing) before it loads polars; partitions.py, scan.py and shards.py use these names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from dataclasses import dataclass
+
+BUCKETS = 4096  # the most shards a site can be split into
+_SHARED_TOP = ("omop", "metadata")  # with root files: always bucket 0 (and so shard 0)
+
+
+def top_bucket(top: str) -> int:
+    """The bucket of the files under the top-level folder `top`."""
+    return 0 if top.lower() in _SHARED_TOP else zlib.crc32(top.encode("utf-8")) % BUCKETS
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which part of the site a scan saw: shard `shard` of `shards` (1 shard: the whole site)."""
+
+    shard: int = 0
+    shards: int = 1
+
+    @property
+    def whole(self) -> bool:
+        return self.shards == 1
+
+    def __str__(self) -> str:
+        return "the whole site" if self.whole else f"shard {self.shard} of {self.shards}"
+
+
+WHOLE_SITE = Coverage()
+
+
+def top_in_shard(top: str, coverage: Coverage) -> bool:
+    """Whether the top-level folder `top` belongs to the shard (as scan.shard_of decides for its files)."""
+    return top_bucket(top) * coverage.shards // BUCKETS == coverage.shard
+
+
+def parse_shard(text: str) -> Coverage:
+    """'K/N' (K from 0) as a Coverage."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"{text!r} is not a shard K/N with 0 <= K < N (e.g. 3/16)")
+    return Coverage(shard=int(match.group(1)), shards=int(match.group(2)))
+
+
+def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None:
+    """The shard of a Slurm array task: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT."""
+    env = os.environ if env is None else env
+    task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
+    if task is None or count is None:
+        return None
+    return parse_shard(f"{int(task) - int(env.get('SLURM_ARRAY_TASK_MIN', '0'))}/{count}")
