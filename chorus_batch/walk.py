@@ -142,7 +142,6 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     return out
 
 
-
 def printable(rel: str) -> str:
     return name_error(rel) or rel
 
@@ -170,20 +169,17 @@ def walk_groups(folders: list[str], workers: int) -> list[list[str]]:
 def walk_results(executor, futures: list[Future]) -> Iterator[WalkResult]:
     """The walks of `futures`, as each completes. Leaving early (an exception, a signal, the consumer
     closing the generator) stops `executor` at once; running out shuts it down."""
+    # The futures are handed to as_completed and `futures` emptied: no other list of them is kept, so each
+    # walk's result is let go once consumed (a million files' paths are not held to the end).
+    completed = as_completed(futures[:])
+    futures.clear()
     try:
-        # No other list of the futures is kept: as_completed then drops each result once consumed.
-        for future in as_completed(_handed_over(futures)):
+        for future in completed:
             yield future.result()
     except BaseException:
         stop_pool(executor)
         raise
     executor.shutdown(wait=True)
-
-
-def _handed_over(futures: list[Future]) -> list[Future]:
-    out = list(futures)
-    futures.clear()
-    return out
 
 
 class EarlyListing:
@@ -200,8 +196,12 @@ class EarlyListing:
         self.top = walk_local(root, [""], follow_symlinks, collect_dirs=True)
         self.folders, _problems = folders_to_walk(self.top.subdirs, tops)  # (the listing records the problems)
         self._executor = pool_executor(workers)
-        self._futures = [self._executor.submit(walk_local, root, group, follow_symlinks)
-                         for group in walk_groups(self.folders, workers)]
+        try:
+            self._futures = [self._executor.submit(walk_local, root, group, follow_symlinks)
+                             for group in walk_groups(self.folders, workers)]
+        except BaseException:  # (no process can be started: none is left behind either)
+            stop_pool(self._executor)
+            raise
 
     def results(self) -> Iterator[WalkResult]:
         """The folders' walks, as each completes (once: the results are not kept)."""
