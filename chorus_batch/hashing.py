@@ -36,8 +36,9 @@ import pyarrow as pa
 
 from .faults import pause
 from .frames import packed_frame
+from .processes import pool
 from .sources import Source
-from .workers import HashedChunk, hash_chunk, pool
+from .workers import HashedChunk, hash_chunk
 
 CHUNK_FILES = 512
 CHUNK_BYTES = 64 << 20

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from .coverage import BUCKETS, top_bucket  # noqa: F401  (the partitions' names for them)
+from .coverage import BUCKETS, top_bucket
 
 BUCKET = "bucket"  # the column, in the state cache and the shards' files
 

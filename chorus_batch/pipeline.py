@@ -150,7 +150,8 @@ def site_location(site: str) -> str:
 def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     """`run --shard K/N --staging DIR`: scan one shard into the staging folder (shards.py); the manifest is
     only read. Returns a shards.ShardReport."""
-    from .shards import parse_shard, run_shard, shard_from_environment
+    from .coverage import parse_shard, shard_from_environment
+    from .shards import run_shard
 
     if settings.staging is None:
         raise UsageError("--shard needs --staging", where="--staging", fix="add --staging DIR (shared by all shards)")

@@ -52,12 +52,19 @@ def _worker_init() -> None:
 
 @contextlib.contextmanager
 def pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """Worker processes for the block. Leaving it normally waits for them; leaving it by an exception or a
-    signal (KeyboardInterrupt, Stopped) cancels what is queued and kills the workers at once, so a stopped
-    run does not wait for a 100 GB file to finish hashing."""
+    """Worker processes for the block (owned: leaving it waits for them, or stops them)."""
     executor = pool_executor(workers)
-    try:
+    with owned(executor):
         yield executor
+
+
+@contextlib.contextmanager
+def owned(executor: ProcessPoolExecutor) -> Iterator[None]:
+    """Leaving the block normally waits for the workers; leaving it by an exception or a signal
+    (KeyboardInterrupt, Stopped, a generator closed early) cancels what is queued and kills them at once,
+    so a stopped run does not wait for a 100 GB file to finish hashing."""
+    try:
+        yield
     except BaseException:
         stop_pool(executor)
         raise

@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import exclude as _exclude
 from . import hashing
 from .checkpoint import Checkpoint, announce, resume
-from .coverage import WHOLE_SITE, Coverage, top_in_shard  # noqa: F401  (the scan's names for them)
+from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors

@@ -26,7 +26,6 @@ from pathlib import Path
 import polars as pl
 
 from .config import RunSettings, parse_bytes
-from .coverage import parse_shard, shard_from_environment  # noqa: F401  (pipeline.scan_shard's)
 from .errors import UsageError
 from .exclude import Excludes
 from .partitions import TreeParts, bucket_range

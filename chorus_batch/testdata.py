@@ -966,7 +966,7 @@ def write_snapshot(root: str | Path, spec: Spec, *, second: bool = False, worker
     if not _parallel(spec, workers):
         n, summaries = _write_persons(root, spec, list(range(spec.persons)), second)
     else:
-        from .workers import pool
+        from .processes import pool
 
         with pool(workers) as executor:
             chunks = _person_chunks(spec, workers * 4)
@@ -1012,7 +1012,7 @@ def sync_tree(root: str | Path, spec: Spec, *, workers: int = 1) -> int:
     if not _parallel(spec, workers):
         n, before, after = _sync_persons(root, spec, list(range(spec.persons)))
     else:
-        from .workers import pool
+        from .processes import pool
 
         with pool(workers) as executor:
             chunks = _person_chunks(spec, workers * 4)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 
-from .processes import pool_executor, stop_pool
+from .processes import owned, pool_executor, stop_pool
 from .times import clamp_ns
 
 BATCH_ROWS = 65_536  # rows per listing batch (every source's)
@@ -173,13 +173,9 @@ def walk_results(executor, futures: list[Future]) -> Iterator[WalkResult]:
     # walk's result is let go once consumed (a million files' paths are not held to the end).
     completed = as_completed(futures[:])
     futures.clear()
-    try:
+    with owned(executor):
         for future in completed:
             yield future.result()
-    except BaseException:
-        stop_pool(executor)
-        raise
-    executor.shutdown(wait=True)
 
 
 class EarlyListing:

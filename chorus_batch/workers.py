@@ -8,7 +8,6 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .processes import pool, stop_pool  # noqa: F401  (where the hashing, listing and header readers take them)
 from .sources.base import READ_SIZE, FileChangedWhileHashing, HashOutcome
 
 if TYPE_CHECKING:

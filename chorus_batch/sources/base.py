@@ -25,8 +25,6 @@ import polars as pl
 import pyarrow as pa
 
 from ..frames import LISTING_SCHEMA
-from ..times import MAX_NS, MIN_NS, clamp_ns  # noqa: F401  (the sources' names for them)
-from ..walk import BATCH_ROWS  # noqa: F401  (rows per listing batch, every source's)
 
 READ_SIZE = 64 * 1024  # bytes per read when hashing: stays in L2; measured fastest for hashlib.md5
 

@@ -22,8 +22,9 @@ import pyarrow as pa
 from ..errors import ConfigError, SourceError
 from ..processes import pool_executor
 from ..walk import WalkResult, folders_to_walk, take_early_listing, walk_groups, walk_local, walk_results
-from .base import (READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, clamp_ns,
-                   listing_batch, parse_through)
+from ..times import clamp_ns
+from .base import (READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch,
+                   parse_through)
 
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # A tree whose walk takes longer than this in-process is finished by worker processes. Starting them costs

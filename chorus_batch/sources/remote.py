@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, BinaryIO
 import pyarrow as pa
 
 from ..errors import ChorusError
+from ..times import clamp_ns
+from ..walk import BATCH_ROWS
 from . import cloud as cloud_access
-from .base import (BATCH_ROWS, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, clamp_ns,
-                   listing_batch, parse_through)
+from .base import FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch, parse_through
 from .urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
 
 if TYPE_CHECKING:

@@ -558,7 +558,7 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
         # Parsing headers is Python-bound (pydicom ~0.5 ms, a WFDB header ~0.3 ms): threads would share one
         # core. Only header kinds go to the (forked) workers: the OMOP readers use polars, whose thread
         # pool does not survive a fork; those few files are read here.
-        from ..workers import pool
+        from ..processes import pool
 
         chunks = _chunked(headers)
         with pool(workers) as executor:
