@@ -7,7 +7,6 @@ messages and exit codes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
@@ -532,7 +531,8 @@ class _Target:
 
 def _resolve(args: argparse.Namespace) -> _Target:
     """The one place that decides the manifest, the site and the demo defaults for every command."""
-    from .config import CONFIG_NAME, ConfigFile, load_config
+    from .config import ConfigFile, load_config
+    from .config_file import config_path
 
     if getattr(args, "demo", False):  # `run --demo`: the demo site, whatever chorus.toml here says
         given = [flag for flag in ("site", "config", "merge", "shard", "staging", "slurm") if getattr(args, flag, None)]
@@ -543,9 +543,8 @@ def _resolve(args: argparse.Namespace) -> _Target:
         return _Target(config=ConfigFile(), site=None, db=args.db or DEMO_DB, db_given=bool(args.db), demo=True)
     if getattr(args, "db", None) == "":  # (an unset shell variable): never quietly the default manifest
         raise UsageError("--db is empty", where="--db", fix="give the manifest's path, or leave out --db for the default")
-    config_arg = getattr(args, "config", None)
-    config_path = config_arg or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
-    config = load_config(config_path) if config_path else ConfigFile()
+    path = config_path(getattr(args, "config", None))
+    config = load_config(path) if path else ConfigFile()
     site = getattr(args, "site", None) or config.site.root
     db_given = bool(args.db or config.manifest.db)
     if db_given:
@@ -592,11 +591,11 @@ def _run_settings(args: argparse.Namespace, target: _Target):
 
 def _slurm_script(args: argparse.Namespace, command: str) -> str:
     """The Slurm script for `slurm-script` and `run --slurm`, from the flags and chorus.toml."""
-    from .config import CONFIG_NAME
+    from .config_file import config_path
     from .slurm import DEFAULT_CPUS, DEFAULT_SHARDS, slurm_script
 
     target = _resolve(args)
-    config = args.config or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
+    config = config_path(args.config)
     if target.site is None and not target.config.site.roots:
         raise UsageError(f"`{command}` needs the site", where="--site / [site] root",
                          fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")
@@ -643,11 +642,11 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"{flags} only go with --slurm", where="run", fix="add --slurm, or leave them out")
     from . import faults
 
-    target = _resolve(args)
-    settings = _run_settings(args, target)
-    if settings.shard is not None or settings.staging is not None:
-        return _run_shard(args, settings)
-    with _early_listing(settings):
+    with _early_listing(args):  # walking while the settings are read and the libraries load
+        target = _resolve(args)
+        settings = _run_settings(args, target)
+        if settings.shard is not None or settings.staging is not None:
+            return _run_shard(args, settings)
         faults.pause("early-listing")
         from .pipeline import run
         from .progress import Progress
@@ -671,8 +670,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
-    settings = _run_settings(args, _resolve(args))
-    with _early_listing(settings):
+    with _early_listing(args):
+        settings = _run_settings(args, _resolve(args))
         from .pipeline import status
         from .progress import Progress
 
@@ -690,29 +689,49 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
     return int(result.exit_code)
 
 
-def _early_listing(settings, coverage=None):
-    """The site's walk (a shard's folders, with `coverage`), started now to go on while polars, pyarrow and
-    DuckDB load (walk.py); the run's listing takes it. A merge lists nothing."""
-    from .coverage import top_in_shard
+def _early_listing(args: argparse.Namespace):
+    """The site's walk (a shard's folders), started now to go on while the settings are read and polars,
+    pyarrow and DuckDB load (walk.py); the run's listing takes it. What to walk is read from the command line
+    and chorus.toml as written, before pydantic loads: only a plan, as the listing takes the walk only if it
+    is of the root, symlink rule and folders the validated settings give (a plan that cannot be made, from a
+    config file the settings will refuse, say, walks nothing). The demo and a merge list nothing early."""
     from .walk import early_listing
 
+    plan = None if getattr(args, "demo", False) or getattr(args, "merge", None) else _walk_plan(args)
+    if plan is None:
+        return early_listing(None, follow_symlinks=False, workers=1)
+    return early_listing(plan["root"], follow_symlinks=plan["follow_symlinks"], workers=plan["workers"],
+                         tops=plan["tops"])
+
+
+def _walk_plan(args: argparse.Namespace) -> dict | None:
+    """The root, symlink rule, workers and shard's folders a run will most likely list (see _early_listing)."""
+    from .config_file import config_path, read_toml, resolve_path
+    from .coverage import parse_shard, shard_from_environment, top_in_shard
+    from .processes import default_workers
+
+    try:
+        path = config_path(getattr(args, "config", None))
+        written = read_toml(path) if path else {}
+        run = written.get("run", {})
+        root = args.site or (resolve_path(Path(path).resolve().parent, written.get("site", {}).get("root")) if path else None)
+        follow = args.follow_symlinks if args.follow_symlinks is not None else run.get("follow_symlinks", False)
+        workers = args.workers or run.get("workers") or default_workers()
+        shard, staging = getattr(args, "shard", None), getattr(args, "staging", None)
+        coverage = (parse_shard(shard) if shard else shard_from_environment()) if shard or staging else None
+    except (ChorusError, ValueError, AttributeError, TypeError):  # the settings say what is wrong
+        return None
+    if not isinstance(root, str) or not isinstance(follow, bool) or not isinstance(workers, int):
+        return None
     tops = None if coverage is None or coverage.whole else functools.partial(top_in_shard, coverage=coverage)
-    return early_listing(None if settings.merge else settings.site, follow_symlinks=settings.follow_symlinks,
-                         workers=settings.workers, tops=tops)
+    return {"root": root, "follow_symlinks": follow, "workers": workers, "tops": tops}
 
 
 def _run_shard(args: argparse.Namespace, settings) -> int:
-    from .coverage import parse_shard, shard_from_environment
+    from .pipeline import scan_shard
+    from .progress import Progress
 
-    try:
-        coverage = parse_shard(settings.shard) if settings.shard else shard_from_environment()
-    except ValueError:
-        coverage = None  # said by scan_shard, with what to do
-    with _early_listing(settings, coverage) if coverage is not None else contextlib.nullcontext():
-        from .pipeline import scan_shard
-        from .progress import Progress
-
-        shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
+    shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
     from .units import plural
 
     summary = {"shard": shard.coverage.shard, "shards": shard.coverage.shards, "folder": str(shard.folder),
@@ -794,7 +813,7 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
-    from .config import default_workers
+    from .processes import default_workers
     from .testdata import Spec, make_testdata
 
     if args.persons < 1 or args.files_per_person < 1 or args.size < 0 or not 0 <= args.change_fraction <= 1:

@@ -48,25 +48,19 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .config_file import read_toml, resolve_path
 from .errors import ConfigError
+from .processes import default_workers
 
-CONFIG_NAME = "chorus.toml"
 # Where a person finds every setting with an example (a config error's fix points there).
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
 MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
-
-
-def default_workers() -> int:
-    """Hashing threads / listing and header-reading processes: the CPU count, at most 16
-    (past that a shared file system, not the CPU, is the limit)."""
-    return min(os.cpu_count() or 1, 16)
 
 
 class _Strict(BaseModel):
@@ -354,24 +348,10 @@ def _close(word: str, choices: list[str]) -> str | None:
     return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
 
 
-def _resolve(base: Path, value: str | None) -> str | None:
-    if value is None or "://" in value:
-        return value
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (base / path))
-
-
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and validate chorus.toml; paths in it become absolute."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}", where=str(path), fix="pass --config with an existing file, or omit it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file: {exc}", where=str(path), fix="check the file's permissions and encoding (UTF-8)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file is not valid TOML: {exc}", where=str(path), fix="fix the TOML syntax at the position given") from None
+    data = read_toml(path)
     upstream = {"configuration", "journal", "central_path", "site_path"} & set(data)
     if upstream and not {"site", "manifest", "run", "central"} & set(data):
         raise ConfigError(f"{path} is a chorus-upload config.toml (it has [{'], ['.join(sorted(upstream))}]), not a "
@@ -407,8 +387,8 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
     base = path.resolve().parent
-    config.site.root = _resolve(base, config.site.root)
-    config.site.roots = {k: _resolve(base, v) for k, v in config.site.roots.items()}  # type: ignore[misc]
-    config.manifest.db = _resolve(base, config.manifest.db)
-    config.manifest.parquet = _resolve(base, config.manifest.parquet)
+    config.site.root = resolve_path(base, config.site.root)
+    config.site.roots = {k: resolve_path(base, v) for k, v in config.site.roots.items()}  # type: ignore[misc]
+    config.manifest.db = resolve_path(base, config.manifest.db)
+    config.manifest.parquet = resolve_path(base, config.manifest.parquet)
     return config

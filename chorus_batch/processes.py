@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
+
+
+def default_workers() -> int:
+    """Hashing threads / listing and header-reading processes: the CPU count, at most 16
+    (past that a shared file system, not the CPU, is the limit)."""
+    return min(os.cpu_count() or 1, 16)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
