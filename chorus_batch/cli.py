@@ -533,7 +533,10 @@ def _resolve(args: argparse.Namespace) -> _Target:
     """The one place that decides the manifest, the site and the demo defaults for every command."""
     from .config import ConfigFile, load_config
     from .config_file import config_path
+    from .sources.urls import check_manifest_location
 
+    if getattr(args, "db", None):
+        check_manifest_location(args.db, "--db")
     if getattr(args, "demo", False):  # `run --demo`: the demo site, whatever chorus.toml here says
         given = [flag for flag in ("site", "config", "merge", "shard", "staging", "slurm") if getattr(args, flag, None)]
         if given:
@@ -547,6 +550,8 @@ def _resolve(args: argparse.Namespace) -> _Target:
     config = load_config(path) if path else ConfigFile()
     site = getattr(args, "site", None) or config.site.root
     db_given = bool(args.db or config.manifest.db)
+    if config.manifest.db and not args.db:
+        check_manifest_location(config.manifest.db, "[manifest] db")
     if db_given:
         db = args.db or config.manifest.db
     elif args.command in ("run", "slurm-script", "import-journal") or site is not None:  # a site's manifest, never the demo's
@@ -594,8 +599,13 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     from .config_file import config_path
     from .slurm import DEFAULT_CPUS, DEFAULT_SHARDS, slurm_script
 
+    from .sources.urls import check_location
+
     target = _resolve(args)
     config = config_path(args.config)
+    for location, what in ((target.site, "--site / [site] root"), *((v, f"[site.roots] {k}") for k, v in target.config.site.roots.items())):
+        if location:
+            check_location(location, what)  # (credentials in a URL would be written into the script)
     if target.site is None and not target.config.site.roots:
         raise UsageError(f"`{command}` needs the site", where="--site / [site] root",
                          fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")

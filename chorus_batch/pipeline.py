@@ -63,11 +63,12 @@ def excludes_of(settings: RunSettings):
 
 def open_roots(settings: RunSettings) -> list[Root]:
     """The site root, then one root per modality (if configured)."""
-    def source(location: str):
+    def source(location: str, what: str):
         return open_source(location, follow_symlinks=settings.follow_symlinks, workers=settings.workers,
-                           cloud=settings.cloud)
+                           cloud=settings.cloud, what=what)
 
-    return [Root(source(settings.site)), *(Root(source(location), modality) for modality, location in settings.roots.items())]
+    return [Root(source(settings.site, "--site / [site] root")),
+            *(Root(source(location, f"[site.roots] {modality}"), modality) for modality, location in settings.roots.items())]
 
 
 def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
@@ -199,6 +200,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
             raise UsageError(f"invalid exclusion glob {pattern!r}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
+    if settings.parquet and "://" in settings.parquet:
+        raise UsageError(f"--parquet {mask_url(settings.parquet)}: Parquet snapshots are written to a local folder",
+                         where="--parquet / [manifest] parquet", fix="give a local folder (it is created)")
     if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

@@ -561,3 +561,69 @@ def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
         open_source("s3://no-such-bucket/site", cloud=s3_cloud).check()
     assert caught.value.kind in ("missing",) and "bucket" in caught.value.what  # type: ignore[attr-defined]
     assert f"at {moto_s3.endpoint_url} ([s3] endpoint_url)" in caught.value.what
+
+
+# ----------------------------------------------------------------------------- locations checked before anything opens
+
+from chorus_batch.sources.urls import mask_url  # noqa: E402
+
+
+@pytest.mark.parametrize(("url", "hidden"), [
+    ("s3://b1/?X-Amz-Credential=AKIAEXAMPLE%2F20261203&X-Amz-Signature=fe5f80f7&X-Amz-Security-Token=FQoGZX",
+     ("AKIAEXAMPLE", "fe5f80f7", "FQoGZX")),
+    ("az://c/site?sv=2024&sig=SASSIG&newparam=NEWSECRET", ("SASSIG", "NEWSECRET")),
+    ("https://user:pw@host/x?token=T0KEN", ("pw", "T0KEN")),
+])
+def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
+    masked = mask_url(url)
+    assert not any(secret in masked for secret in hidden), masked
+    assert masked.split("://")[0] == url.split("://")[0] and "***" in masked
+    # a container named abfs-style stays readable
+    assert mask_url("abfs://site@acct.dfs.core.windows.net/x") == "abfs://site@acct.dfs.core.windows.net/x"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--site", "gs://bucket/site"], "does not read gs:// locations"),
+    (["--site", "ftp://host/site"], "does not read ftp:// locations"),
+    (["--site", "x://"], "does not read x:// locations"),
+    (["--site", "az://"], "names no container"),
+    (["--site", "az:///site"], "names no container"),
+    (["--site", "s3://"], "names no bucket"),
+    (["--site", "az://Bad_Name/site"], "not a valid Azure container name"),
+    (["--site", "az://site1/x?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
+    (["--site", "s3://b1/?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"], "credentials in the URL"),
+    (["--site", "s3://AKIAEXAMPLE:SECRETSIG@b1/site"], "credentials in the URL"),
+    (["--db", "s3://bucket/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
+    (["--db", "gs://bucket/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
+    (["--db", "file:///tmp/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
+    (["--db", "az://manifests/m.sqlite?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
+    (["--parquet", "s3://bucket/snapshots"], "written to a local folder"),
+])
+def test_a_location_that_cannot_be_one_is_refused_up_front(clean_env, tmp_path, args, said):
+    """Exit 2 with what, where and a fix, before anything is opened or created: never a traceback, an SDK's own
+    words, a folder named 's3:' made here, or a secret repeated."""
+    given = dict(zip(args[::2], args[1::2]))
+    argv = ["run", "--no-validate", "--site", given.get("--site", str(tmp_path)), "--db",
+            given.get("--db", str(tmp_path / "m.sqlite"))] + (["--parquet", given["--parquet"]] if "--parquet" in given else [])
+    work = tmp_path / "work"
+    work.mkdir()
+    out = cli(*argv, cwd=work)
+    assert out.returncode == 2, out.stderr
+    assert said in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "SECRETSIG" not in out.stdout + out.stderr and "AKIAEXAMPLE" not in out.stdout + out.stderr
+    assert list(work.iterdir()) == [] and not (tmp_path / "m.sqlite").exists()
+
+
+def test_slurm_script_never_writes_credentials_from_a_url(clean_env, tmp_path):
+    for args in (["--site", "az://site1/x?sv=2020&sig=SECRETSIG", "--db", str(tmp_path / "m.sqlite")],
+                 ["--site", str(tmp_path), "--db", "az://manifests/m.sqlite?sv=1&sig=SECRETSIG", "--staging", str(tmp_path)]):
+        out = cli("slurm-script", *args)
+        assert out.returncode == 2 and "credentials in the URL" in out.stderr, out.stderr
+        assert "SECRETSIG" not in out.stdout + out.stderr
+
+
+def test_an_account_key_that_is_not_one_is_named(clean_env, tmp_path):
+    out = cli("run", "--site", "az://site/x", "--db", str(tmp_path / "m.sqlite"),
+              env={"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_KEY": "not a key!"})
+    assert out.returncode == 2 and "AZURE_STORAGE_KEY is not an Azure account key" in out.stderr, out.stderr
+    assert "not a key!" not in out.stderr

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
 from .local import LocalSource, walk_local
-from .urls import mask_url
+from .urls import check_location, mask_url
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -27,9 +27,11 @@ def __getattr__(name: str) -> Any:
 
 
 def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1,
-                cloud: CloudSettings | None = None) -> Source:
+                cloud: CloudSettings | None = None, what: str = "--site / [site] root") -> Source:
     """A local path (or file:// URL) gets the fast path; other URLs go through fsspec, az:// and s3://
-    signed in as `cloud` ([azure], [s3] of chorus.toml) and the environment say (sources/cloud.py)."""
+    signed in as `cloud` ([azure], [s3] of chorus.toml) and the environment say (sources/cloud.py).
+    A URL that cannot be a root is refused first (urls.check_location), `what` naming where it was given."""
+    check_location(location, what)
     if "://" in location and not location.startswith("file://"):
         from .remote import FsspecSource
 

@@ -196,10 +196,24 @@ def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) ->
             raise ConfigError(
                 f"an account key is set ({key_env}) but the account's name is not known from {account_url}",
                 where="[azure] account_url", fix="also set [azure] account_name (or AZURE_STORAGE_ACCOUNT)")
+        if not _is_base64(key):  # the SDK would sign every request wrongly, and the service say only "forbidden"
+            raise ConfigError(f"{key_env} is not an Azure account key (not base64 text)", where=key_env,
+                              fix="copy the storage account's key1 or key2 again (Azure portal: Access keys; or "
+                                  "`az storage account keys list`)")
         return AzureSignIn("account_key", f"account key from {key_env} for {account}", account_url, account_name,
                            key, key_env)
     return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
                        account_url, account_name)
+
+
+def _is_base64(text: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return bool(base64.b64decode(text.strip(), validate=True))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _ca_bundle(env: Mapping[str, str] | None = None) -> str | None:

@@ -11,17 +11,35 @@ from __future__ import annotations
 import os
 import re
 
+from ..errors import UsageError
+
 AZURE_PROTOCOLS = ("az", "abfs", "abfss")
 S3_PROTOCOLS = ("s3", "s3a")
+# What a root may be: a local folder, Azure Blob, S3 (and S3-compatible stores), or fsspec's in-memory file
+# system (notebooks, tests). Other fsspec protocols are not tested here, so they are refused up front.
+PROTOCOLS = ("file", *AZURE_PROTOCOLS, *S3_PROTOCOLS, "memory")
 
-# Query parameters and userinfo that carry secrets: never recorded, logged or printed.
+# Query parameters and userinfo that carry secrets: never recorded, logged or printed. A URL's query is masked
+# whole (an Azure SAS, an S3 presigned X-Amz-Signature/-Credential/-Security-Token, whatever a store invents);
+# in other text only the SAS parameters that may follow a '?' or '&'.
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)[^/@]*@", re.IGNORECASE)
+_URL_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
+_USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/@]*)@", re.IGNORECASE)
+
+
+def _userinfo(found: re.Match) -> str:
+    # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/ names a container there, not a user: kept
+    plain = protocol_of(found.group(0)) in AZURE_PROTOCOLS and ":" not in found.group(2)
+    return found.group(0) if plain else found.group(1) + "***@"
 
 
 def mask_url(url: str) -> str:
-    """A URL as it may be shown or stored: SAS parameters and user:password masked."""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", url))
+    """A URL as it may be shown or stored: every query value and user:password masked."""
+    url = _USERINFO.sub(_userinfo, url)
+    head, query = url.split("?", 1) if "://" in url and "?" in url else (url, None)
+    if query is None:
+        return _SECRET_QUERY.sub(r"\1***", url)
+    return head + _URL_QUERY_VALUE.sub(r"\1***", "?" + query)
 
 
 def protocol_of(url: str) -> str:
@@ -31,3 +49,60 @@ def protocol_of(url: str) -> str:
 def is_remote(db: str | os.PathLike[str] | None) -> bool:
     """A manifest kept in Azure Blob Storage (store/remote.py), not in a local file."""
     return isinstance(db, str) and protocol_of(db) in AZURE_PROTOCOLS
+
+
+# Azure's rules for a container name (and its two special containers); S3's for any bucket, old ones included.
+# (Lengths are left to the service: a name of the right characters gets its own answer.)
+_AZURE_CONTAINER = re.compile(r"^(?:[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,62}|\$root|\$web)$")
+_S3_BUCKET = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
+
+
+def check_location(location: str, what: str) -> None:
+    """Refuse, before anything is opened, a location `what` ("--site", "--db", ...) cannot be: a protocol chorus-batch
+    does not read, a URL that names no container or bucket or an invalid one, or credentials in the URL (they would
+    be kept with the command in logs and job scripts: they come from the environment)."""
+    protocol = protocol_of(location)
+    if protocol == "file":
+        return
+    shown = mask_url(location)
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"{what} {shown}: chorus-batch does not read {protocol}:// locations", where=what,
+                         fix="give a local folder, az://CONTAINER/PATH (Azure Blob; also abfs://, abfss://) or "
+                             "s3://BUCKET/PATH (S3 and S3-compatible stores)")
+    rest = location.split("://", 1)[1]
+    if protocol in AZURE_PROTOCOLS + S3_PROTOCOLS and ("?" in rest or mask_url(location.split("?")[0]) != location.split("?")[0]):
+        raise UsageError(f"{what} {shown} holds credentials in the URL; they are not used from there", where=what,
+                         fix="remove them from the URL and " + (
+                             "set AZURE_STORAGE_SAS_TOKEN (or a connection string or an account key), or sign in with "
+                             "azure-identity" if protocol in AZURE_PROTOCOLS else
+                             "use the standard AWS credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a "
+                             "profile, a role)") + "; see the README's \"Cloud sites: Azure Blob and S3\"")
+    first = rest.split("/", 1)[0]
+    if protocol in AZURE_PROTOCOLS:
+        container = first.split("@", 1)[0]  # abfs://container@account.dfs.core.windows.net/path
+        if not container:
+            raise UsageError(f"{what} {shown} names no container", where=what, fix="give az://CONTAINER/PATH")
+        if not _AZURE_CONTAINER.match(container):
+            raise UsageError(f"{what} {shown}: {container!r} is not a valid Azure container name", where=what,
+                             fix="a container name has 3-63 lowercase letters, digits and single hyphens, and starts "
+                                 "and ends with a letter or digit")
+    elif protocol in S3_PROTOCOLS:
+        if not first:
+            raise UsageError(f"{what} {shown} names no bucket", where=what, fix="give s3://BUCKET/PATH")
+        if not _S3_BUCKET.match(first):
+            raise UsageError(f"{what} {shown}: {first!r} is not a valid S3 bucket name", where=what,
+                             fix="a bucket name has 3-63 lowercase letters, digits, dots and hyphens")
+
+
+def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None:
+    """A manifest is a local file or an Azure blob (az://, store/remote.py); any other URL is refused before it could
+    be taken for a local path (s3://b/m.sqlite would make a folder named 's3:' here)."""
+    if "://" not in db:
+        return
+    protocol = protocol_of(db)
+    if protocol not in AZURE_PROTOCOLS:
+        given = "a file:// URL" if protocol == "file" else f"{protocol}://"
+        raise UsageError(f"{what} {mask_url(db)}: a manifest is kept in a local file or in Azure Blob (az://), "
+                         f"not in {given}", where=what,
+                         fix="give a local path (without file://), or az://CONTAINER/path/manifest.sqlite")
+    check_location(db, what)
