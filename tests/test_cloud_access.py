@@ -627,3 +627,12 @@ def test_an_account_key_that_is_not_one_is_named(clean_env, tmp_path):
               env={"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_KEY": "not a key!"})
     assert out.returncode == 2 and "AZURE_STORAGE_KEY is not an Azure account key" in out.stderr, out.stderr
     assert "not a key!" not in out.stderr
+
+
+def test_s3_with_no_credentials_at_all_is_a_configuration_to_make(clean_env, tmp_path):
+    """As for Azure with no account: exit 2 naming what is missing (the README's exit codes), not a failure (3)."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "",
+           "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = cli("run", "--site", "s3://bucket1/site", "--db", str(tmp_path / "m.sqlite"), env=env)
+    assert out.returncode == 2 and "no AWS credentials are configured" in out.stderr and "fix:" in out.stderr, out.stderr

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, SourceError
+from ..errors import ConfigError, ExitCode, SourceError
 from .urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of
 
 if TYPE_CHECKING:
@@ -655,8 +655,13 @@ def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceE
     else:
         what = f"cannot {action} {where}: {reason}{tried}"
         fix = "check the URL and that the credentials for it are in the environment (see README: cloud roots)"
+    unconfigured = any(type(e).__name__ == "NoCredentialsError" for e in _chain(exc))
+    if unconfigured:  # nothing to sign in with at all: a configuration to make, as for Azure (exit 2)
+        what = f"cannot {action} {where}: no AWS credentials are configured{tried}"
     error = SourceError(scrub(what), where=scrub(where), fix=fix)
     error.kind = kind  # type: ignore[attr-defined]
+    if unconfigured:
+        error.exit_code = ExitCode.USAGE  # type: ignore[misc]
     return error
 
 
