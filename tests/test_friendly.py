@@ -237,3 +237,11 @@ def test_changes_stops_at_200_rows_as_files_does_and_says_how_to_see_all(tmp_pat
         assert out.returncode == 0, out.stderr
         assert "... and 5 more rows (205 in all); --csv or --json lists them all" in out.stdout, command
         assert len(cli(command, "--db", str(db), "--csv").stdout.splitlines()) == 206
+
+
+def test_a_first_run_on_an_empty_root_says_it_found_nothing_and_hints_at_the_root(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = cli("run", "--site", str(tmp_path / "empty"), "--db", str(tmp_path / "m.sqlite"), "-q")
+    assert out.returncode == 0, out.stderr
+    assert "the site lists no files, so no first version was committed" in out.stdout
+    assert "check that the site root" in out.stdout and "no changes since" not in out.stdout

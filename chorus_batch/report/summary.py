@@ -136,6 +136,9 @@ def summary_text(result: RunResult) -> str:
         lines.append(f"dry run: nothing written (manifest {result.db})")
     elif result.label:
         lines.append(f"version {result.label} committed to {result.db}")
+    elif result.previous_label is None and result.n_files == 0:  # a first run that found nothing: a wrong root?
+        lines.append(f"the site lists no files, so no first version was committed ({result.db}); check that the site "
+                     "root is the folder (or container and prefix) that holds OMOP/ and the person folders")
     else:
         lines.append(f"no changes since version {result.previous_label or '(none)'}; nothing committed ({result.db})")
     rows = [[m, *(str(c[k]) for k in _KINDS)] for m, c in sorted(d["by_modality"].items())]
