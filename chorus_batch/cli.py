@@ -7,6 +7,7 @@ messages and exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -662,6 +663,17 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         from .progress import Progress
 
         result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+    try:
+        _print_run(args, result, settings, demo=target.demo)
+    except OutputError as exc:  # the summary is lost, not the version: the message says which stands
+        if result.label:
+            exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
+                                                        "only this summary was not written (`chorus-batch changes` shows it)")
+        raise
+    return int(result.exit_code)
+
+
+def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> None:
     from .report import changes_text, status_dict, summary_dict, summary_text
 
     if args.json:
@@ -672,11 +684,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             print("\n" + changes_text(result, limit=DRY_RUN_LIMIT, more="chorus-batch status --all lists them all"))
         if args.verbose:
             print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
-        if target.demo:
+        if demo:
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
-    return int(result.exit_code)
 
 
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1292,10 +1303,25 @@ def return_freed_memory() -> None:
         os.environ[_ALLOCATOR_VARIABLE] = ",".join(part for part in (own, ALLOCATOR_SETTINGS) if part)
 
 
+def in_utf8_mode() -> None:
+    """Run in Python's UTF-8 mode whatever the locale. A site's file names are UTF-8 (one that is not is recorded
+    as such: walk.name_error), but Python decodes them with the locale's encoding: under LANG=C with its own UTF-8
+    coercion off (PYTHONUTF8=0; cron, a minimal container), a valid name such as 'ünïcödé.txt' read as undecodable
+    and a run recorded the file as removed. So such a process starts again once, with -X utf8. Output that its
+    stream's encoding cannot hold (PYTHONIOENCODING=ascii) is written escaped, never a failed command."""
+    if os.name == "posix" and not sys.flags.utf8_mode and sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and (getattr(stream, "encoding", None) or "").lower().replace("-", "") != "utf8":
+            with contextlib.suppress(AttributeError, ValueError):  # (replaced by a caller: left as it is)
+                stream.reconfigure(errors="backslashreplace")
+
+
 def entry() -> None:
     """Console-script and `python -m` entry: run, flush, and leave without the
     interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
     the lock); tearing down a heap of a million-row run only costs 0.2-0.3 s."""
+    in_utf8_mode()
     return_freed_memory()
     code = main()
     for stream in (sys.stdout, sys.stderr):

@@ -349,3 +349,36 @@ def test_the_reverification_byte_cap_holds(site, db):
     assert run(site, db, "-q").returncode == 0
     out = json.loads(run(site, db, "--verify-sample", "100", "--verify-max-bytes", "2500", "--json", "-q").stdout)
     assert out["verification"]["files_reverified"] == 2 and out["verification"]["bytes_reverified"] == 2000
+
+
+def test_the_locale_changes_nothing_a_run_records_or_prints(tmp_path):
+    """Under LANG=C with Python's UTF-8 coercion off (cron, a minimal container), a valid UTF-8 name is the same
+    file, not an undecodable one recorded as removed; and output the terminal's encoding cannot hold is escaped."""
+    site = tmp_path / "site"
+    write(site / "OMOP" / "person.csv", "person_id\n1\n")
+    write(site / "000001" / "Metadata" / "ünïcödé ☃.txt", "x")
+    db = str(tmp_path / "m.sqlite")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", db).returncode in (0, 1)
+    before = current_rows(db)
+    c_locale = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    again = cli("run", "--no-validate", "--site", str(site), "--db", db, env=c_locale)
+    assert again.returncode in (0, 1) and "no changes since version" in again.stdout, again.stdout + again.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
+    assert "non_utf8_name" not in str(query(db, "SELECT kind FROM run_errors"))
+    listed = cli("files", "--db", db, env={**c_locale, "PYTHONIOENCODING": "ascii"})
+    assert listed.returncode == 0 and "\\u2603" in listed.stdout, listed.stderr
+
+
+def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tmp_path):
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    write(site / "OMOP" / "person.csv", "person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
+                              str(db)], stdout=full, stderr=subprocess.PIPE, text=True)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
+    assert f"version {label} was committed" in out.stderr and "nothing was committed" not in out.stderr
