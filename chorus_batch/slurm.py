@@ -80,6 +80,9 @@ def _absolute(path: str | os.PathLike) -> str:
     return text if _is_url(text) else os.path.abspath(os.path.expanduser(text))
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _q(words) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
@@ -104,6 +107,12 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     except ValueError as exc:
         raise UsageError(str(exc), where="--mem / --time / --partition / --account",
                          fix="use Slurm's own notation, as for sbatch") from None
+    for value, what in ((site, "--site"), (db, "--db"), (staging, "--staging"), (config, "--config"), (python, "python"),
+                        (log_dir, "the log folder")):
+        if value and _CONTROL.search(value):  # a line break would end a comment or a here-document: a command
+            raise UsageError(f"{what} holds a control character (a line break, a tab, ...) that a batch script cannot "
+                             f"carry safely: {value!r}", where=what,
+                             fix="rename the folder (or file) without control characters, or give another path to it")
     if not python or not os.path.isabs(python):
         raise UsageError(f"the interpreter {python!r} is not an absolute path", where="python",
                          fix="generate the script with the interpreter the jobs are to run")

@@ -134,6 +134,19 @@ def test_script_quotes_paths_with_spaces_and_quotes(tmp_path):
     assert shlex.split(job.rerun_merge)[:1] == [str(python)]
 
 
+@pytest.mark.parametrize("flag", ["--site", "--db", "--staging", "--config"])
+def test_a_path_with_a_line_break_is_refused_not_written_into_the_script(tmp_path, flag):
+    """A line break would end the script's comment or a job's here-document: the rest of the path a command."""
+    odd = str(tmp_path / "nl\ntouch PWNED #\nCHORUS_SHARD")
+    paths = {"--site": str(tmp_path / "site"), "--db": str(tmp_path / "m.sqlite"), flag: odd}
+    if flag == "--config":
+        Path(odd).parent.mkdir(parents=True, exist_ok=True)
+        Path(odd).write_text("[site]\nroot = 'site'\n")
+    proc = cli("slurm-script", *[w for item in paths.items() for w in item], cwd=tmp_path)
+    assert proc.returncode == 2 and "control character" in proc.stderr and "fix:" in proc.stderr, proc.stderr
+    assert proc.stdout == ""
+
+
 def test_slurm_script_command(tmp_path):
     proc = cli("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--shards", "16",
                "--partition", "batch")
