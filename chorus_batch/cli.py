@@ -91,6 +91,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _workers(text: str) -> int:
+    """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash)."""
+    value = _positive_int(text)
+    if value > 256:
+        raise argparse.ArgumentTypeError("must be at most 256")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="chorus-batch",
@@ -185,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--size", type=int, default=1024, help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this)")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
-    td.add_argument("--workers", type=_positive_int, help="processes writing files (default: CPU count, at most 16)")
+    td.add_argument("--workers", type=_workers, help="processes writing files (default: CPU count, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
                     help="the procedures' edition the site follows: v2.1 (today), v2.0, v1.0 or flat (the initial SOP)")
 
@@ -227,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--site", help="site root folder (default: from the config, else the roots the manifest records)")
     validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB} if it exists; "
                           f"without --site, else ./{DEMO_DB} as `run --demo` writes it, and it says so)")
-    validate.add_argument("--workers", type=_positive_int, help="processes reading headers (default: CPU count, at most 16)")
+    validate.add_argument("--workers", type=_workers, help="processes reading headers (default: CPU count, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
     validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
 
@@ -248,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     reg.add_argument("--out", required=True, help="folder for waveform_registry.csv and image_registry.csv")
     reg.add_argument("--omop", action="store_true", help="also write the PROCEDURE_OCCURRENCE rows (procedure_occurrence.csv)")
-    reg.add_argument("--workers", type=_positive_int, help="processes reading headers (default: CPU count, at most 16)")
+    reg.add_argument("--workers", type=_workers, help="processes reading headers (default: CPU count, at most 16)")
 
     upgrade = command(
         "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
@@ -371,7 +379,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--version", dest="version_label", metavar="LABEL", help="only this version")
     up.add_argument("--modalities", metavar="LIST", help="only these modalities, comma-separated (OMOP, Metadata, "
                     "Waveforms, Images, Other); a version is complete only when all of its files are sent")
-    up.add_argument("--workers", type=_positive_int, help="files sent at once (default: [central] workers, 8)")
+    up.add_argument("--workers", type=_workers, help="files sent at once (default: [central] workers, 8)")
     up.add_argument("--dry-run", action="store_true", help="say what would be sent; send and write nothing")
     up.add_argument("--json", action="store_true", help="print the result as one JSON object")
     up.add_argument("--script", choices=("bash", "azcopy"), help="print a bash script of `az storage blob upload` "
@@ -392,7 +400,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every version with uploaded files")
     ver.add_argument("--download", action="store_true", help="read every blob back and hash it (the bytes, not only "
                      "the recorded Content-MD5)")
-    ver.add_argument("--workers", type=_positive_int, help="blobs read at once with --download (default 8)")
+    ver.add_argument("--workers", type=_workers, help="blobs read at once with --download (default 8)")
     ver.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     mark = command(
@@ -462,7 +470,7 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
                         "append: only add/replace, remove only paths in --delete-list")
     parser.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
-    parser.add_argument("--workers", type=_positive_int, help="hashing and listing processes (default: CPU count, at most 16)")
+    parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: CPU count, at most 16)")
     parser.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
                         help="refuse a version that removes more of the previous version's files than this (default: "
@@ -567,6 +575,8 @@ def _resolve(args: argparse.Namespace) -> _Target:
 
 def _run_settings(args: argparse.Namespace, target: _Target):
     """RunSettings from the command line over chorus.toml (flags a command lacks count as not given)."""
+    from pydantic import ValidationError
+
     from .config import RunSettings
 
     config = target.config
@@ -577,22 +587,29 @@ def _run_settings(args: argparse.Namespace, target: _Target):
                          fix="pass --site DIR (and --db MANIFEST), or put a chorus.toml with [site] root here (or pass "
                              "--config FILE); to try chorus-batch on its demo site: chorus-batch run --demo")
     flag = lambda name: getattr(args, name, None)  # noqa: E731
-    return RunSettings(
-        site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,
-        db=target.db, mode=flag("mode") or config.run.mode, delete_list=flag("delete_list"),
-        parquet=flag("parquet") or config.manifest.parquet, workers=flag("workers") or config.run.workers,
-        rehash=bool(flag("rehash")), dry_run=bool(flag("dry_run")),
-        follow_symlinks=config.run.follow_symlinks if flag("follow_symlinks") is None else flag("follow_symlinks"),
-        racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=flag("version_label"),
-        validate_site=config.run.validate_site if flag("validate") is None else flag("validate"),
-        max_delete=flag("max_delete") or config.run.max_delete,
-        verify_sample=config.run.verify_sample if flag("verify_sample") is None else flag("verify_sample"),
-        verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes, cloud=config.cloud,
-        cloud_md5=flag("cloud_md5") or config.run.cloud_md5,
-        shard=flag("shard"), staging=flag("staging"), merge=flag("merge"),
-        exclude=list(dict.fromkeys([*config.run.exclude, *(flag("exclude") or [])])),
-        default_excludes=config.run.default_excludes if flag("default_excludes") is None else flag("default_excludes"),
-    )
+    try:
+        return RunSettings(
+            site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,
+            db=target.db, mode=flag("mode") or config.run.mode, delete_list=flag("delete_list"),
+            parquet=flag("parquet") or config.manifest.parquet, workers=flag("workers") or config.run.workers,
+            rehash=bool(flag("rehash")), dry_run=bool(flag("dry_run")),
+            follow_symlinks=config.run.follow_symlinks if flag("follow_symlinks") is None else flag("follow_symlinks"),
+            racy_window_s=config.run.racy_window_s, patterns=config.patterns, version_label=flag("version_label"),
+            validate_site=config.run.validate_site if flag("validate") is None else flag("validate"),
+            max_delete=flag("max_delete") or config.run.max_delete,
+            verify_sample=config.run.verify_sample if flag("verify_sample") is None else flag("verify_sample"),
+            verify_max_bytes=flag("verify_max_bytes") or config.run.verify_max_bytes, cloud=config.cloud,
+            cloud_md5=flag("cloud_md5") or config.run.cloud_md5,
+            shard=flag("shard"), staging=flag("staging"), merge=flag("merge"),
+            exclude=list(dict.fromkeys([*config.run.exclude, *(flag("exclude") or [])])),
+            default_excludes=config.run.default_excludes if flag("default_excludes") is None else flag("default_excludes"),
+        )
+    except ValidationError as exc:  # a flag's value out of range (chorus.toml's own are checked as it is read)
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        option = "--" + {"validate_site": "validate"}.get(name, name).replace("_", "-")
+        raise UsageError(f"invalid {option}: {first['msg']}", where=f"{option} (or [run] {name} in chorus.toml)",
+                         fix=f"see `chorus-batch {args.command} --help` for the values it takes") from None
 
 
 def _slurm_script(args: argparse.Namespace, command: str) -> str:

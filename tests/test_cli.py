@@ -197,3 +197,10 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     assert commands[1] == "scripts/test"
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert (ROOT / "scripts" / "test").stat().st_mode & 0o111  # executable
+
+
+@pytest.mark.parametrize("command", ["run", "status", "validate", "registry", "upload", "verify", "testdata"])
+def test_a_number_of_workers_out_of_range_is_a_usage_error(tmp_path, command):
+    out = cli(command, "--workers", "257", cwd=tmp_path)
+    assert out.returncode == 2 and "--workers: must be at most 256" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr
