@@ -682,7 +682,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
     try:
         _print_run(args, result, settings, demo=target.demo)
-    except OutputError as exc:  # the summary is lost, not the version: the message says which stands
+    except Exception as exc:  # the summary is lost, not the version: the message says which stands
         if result.label:
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
                                                         "only this summary was not written (`chorus-batch changes` shows it)")
@@ -1228,7 +1228,9 @@ def main(argv: list[str] | None = None) -> int:
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:
-        print(f"chorus-batch: error: {exc}", file=sys.stderr)
+        from .units import shown
+
+        print(shown(f"chorus-batch: error: {exc}", lines=True), file=sys.stderr)
         if getattr(exc, "outcome", None):
             print(f"  {exc.outcome}", file=sys.stderr)  # type: ignore[attr-defined]
         elif args.command == "run" and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
@@ -1269,6 +1271,8 @@ class _Output:
 
     def __init__(self, stream):
         self._stream = stream
+        # On a terminal, what a name holds is shown, not obeyed (escape sequences); a file or pipe gets the bytes.
+        self._terminal = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
 
     def _guarded(self, call, *args):
         if self._stream is None:  # started with stdout closed (>&-)
@@ -1283,6 +1287,9 @@ class _Output:
                               "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
 
     def write(self, text: str) -> int:
+        from .units import shown
+
+        text = shown(text, lines=True) if self._terminal else text
         written = self._guarded(self._stream.write, text) if self._stream is not None else None
         return len(text) if written is None else written
 

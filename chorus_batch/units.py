@@ -1,7 +1,9 @@
-"""How sizes are written for people: one formatter, so the run summary, the progress lines,
-the HTML report and its plot axes use the same (binary, IEC) units."""
+"""How sizes (and names) are written for people: one formatter, so the run summary, the progress lines,
+the HTML report and its plot axes use the same (binary, IEC) units; `shown` for text on a terminal."""
 
 from __future__ import annotations
+
+import re
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -25,3 +27,14 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 file', '2 files', '0 errors': the count and the word, in the plural unless the count is one
     (`many` for a word whose plural is not word + 's')."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, *, lines: bool = False) -> str:
+    """Text as a person's terminal may show it: control characters written as escapes (\\x1b, \\n): a file named with
+    an escape sequence must not retitle or clear the terminal, nor a line break in a name split a table's row.
+    `lines`: line breaks and tabs kept (a message of several lines)."""
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(lambda m: repr(m.group())[1:-1], text)

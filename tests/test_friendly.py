@@ -245,3 +245,22 @@ def test_a_first_run_on_an_empty_root_says_it_found_nothing_and_hints_at_the_roo
     assert out.returncode == 0, out.stderr
     assert "the site lists no files, so no first version was committed" in out.stdout
     assert "check that the site root" in out.stdout and "no changes since" not in out.stdout
+
+
+def test_names_with_escape_sequences_or_line_breaks_are_shown_on_a_terminal_not_obeyed(tmp_path):
+    """A file named with an escape sequence must not retitle or clear the terminal; a line break in a name must not
+    split a row. Piped output keeps the names' own characters (CSV, JSON and --md5sum escape them their own way)."""
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "1/Metadata/evil\x1b]0;PWNED\x07\x1b[2J.txt", b"x")
+    write(site, "1/Metadata/two\nlines.txt", b"y")
+    db = str(tmp_path / "m.sqlite")
+    for args in (("run", "--site", str(site), "--db", db), ("files", "--db", db), ("changes", "--db", db)):
+        code, seen = cli_on_a_terminal(*args, cwd=tmp_path)
+        assert code in (0, 1), seen
+        assert "\x1b]0;PWNED" not in seen and "\x1b[2J" not in seen and "\x07" not in seen, seen
+        assert "two\\nlines.txt" in seen and "two\nlines" not in seen, seen
+        if args[0] != "run":  # (the run names only the file it could not classify)
+            assert "\\x1b]0;PWNED\\x07\\x1b[2J.txt" in seen, seen
+    piped = cli("files", "--db", db, "--json")
+    assert "evil\\u001b]0;PWNED\\u0007\\u001b[2J.txt" in piped.stdout

@@ -355,8 +355,8 @@ def test_the_locale_changes_nothing_a_run_records_or_prints(tmp_path):
     """Under LANG=C with Python's UTF-8 coercion off (cron, a minimal container), a valid UTF-8 name is the same
     file, not an undecodable one recorded as removed; and output the terminal's encoding cannot hold is escaped."""
     site = tmp_path / "site"
-    write(site / "OMOP" / "person.csv", "person_id\n1\n")
-    write(site / "000001" / "Metadata" / "ünïcödé ☃.txt", "x")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Metadata/ünïcödé ☃.txt", b"x")
     db = str(tmp_path / "m.sqlite")
     assert cli("run", "--no-validate", "--site", str(site), "--db", db).returncode in (0, 1)
     before = current_rows(db)
@@ -374,7 +374,7 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     import sys
 
     site = tmp_path / "site"
-    write(site / "OMOP" / "person.csv", "person_id\n1\n")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
     db = tmp_path / "m.sqlite"
     with open("/dev/full", "w") as full:
         out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",

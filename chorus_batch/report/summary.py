@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..frames import SEVERITY_ORDER
-from ..units import human_bytes, plural
+from ..units import human_bytes, plural, shown
 
 if TYPE_CHECKING:
     from ..pipeline import RunResult
@@ -111,17 +111,18 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
              + (f" ({more})" if d["total"] else "")]
     for key, n in d["by_rule"].items():
         lines.append(f"  {key}: {n}")
-    shown = findings.sort(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9), maintain_order=True)
+    listed = findings.sort(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9), maintain_order=True)
     if examples is not None:
-        shown = shown.head(examples)
-    for row in shown.iter_rows(named=True):
-        lines.append(f"    {row['severity']}: {row['srcfile'] or '(site)'}: {row['message']}")
-    if d["total"] > shown.height and shown.height:
-        lines.append(f"    ... and {d['total'] - shown.height} more")
+        listed = listed.head(examples)
+    for row in listed.iter_rows(named=True):
+        lines.append(shown(f"    {row['severity']}: {row['srcfile'] or '(site)'}: {row['message']}"))
+    if d["total"] > listed.height and listed.height:
+        lines.append(f"    ... and {d['total'] - listed.height} more")
     return lines
 
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    rows = [[shown(str(c)) for c in r] for r in rows]  # one line per row, whatever a name holds
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     # Numbers align right, text left.
     right = [i > 0 and all(_is_number(str(r[i])) for r in rows if str(r[i])) for i in range(len(header))]
@@ -158,7 +159,7 @@ def summary_text(result: RunResult) -> str:
         for kind, n in d["errors"]["by_kind"].items():
             lines.append(f"  {kind}: {n}")
         for row in result.errors.head(10).iter_rows(named=True):
-            lines.append(f"    {row['srcfile']}: {row['message']}")
+            lines.append(shown(f"    {row['srcfile']}: {row['message']}"))
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
     sources = result.md5_sources
@@ -209,7 +210,7 @@ def status_text(result: RunResult, *, limit: int | None) -> str:
     lines += excluded_text(result.excluded)
     if result.errors.height:
         lines += ["", f"problems the run would record: {result.errors.height}"]
-        lines += [f"    {row['kind']}: {row['srcfile']}: {row['message']}"
+        lines += [shown(f"    {row['kind']}: {row['srcfile']}: {row['message']}")
                   for row in result.errors.head(limit if limit is not None else result.errors.height).iter_rows(named=True)]
         if limit is not None and result.errors.height > limit:
             lines.append(f"    ... and {result.errors.height - limit} more; --all or --json lists them all")
