@@ -382,3 +382,22 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
     assert f"version {label} was committed" in out.stderr and "nothing was committed" not in out.stderr
+
+
+def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_nothing_was_kept(site, tmp_path):
+    """`validate --site DIR` without --db commits to a temporary manifest that is removed: a signal after that
+    commit must not say a version 'stays'."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "validate", "--site", str(site)], cwd=here,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "validate"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at validate" not in (line := proc.stderr.readline()):
+        assert line, "the run ended before its pause"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "nothing was written (the folder was checked in a temporary manifest, now removed)" in err, err
+    assert "stays" not in err and list(here.iterdir()) == []

@@ -271,7 +271,11 @@ def validate_folder(settings, *, keep: bool, argv: list[str], progress=None) -> 
     if keep:
         result = run(checked, argv=argv, progress=progress)
         return result.label, result.findings  # type: ignore[return-value]
-    with scratch_folder("chorus-validate-") as scratch:
-        result = run(checked.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None}),
-                     argv=argv, progress=progress)
-        return None, result.findings  # type: ignore[return-value]
+    try:
+        with scratch_folder("chorus-validate-") as scratch:
+            result = run(checked.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None}),
+                         argv=argv, progress=progress)
+            return None, result.findings  # type: ignore[return-value]
+    except BaseException as exc:  # a version of the temporary manifest is gone with it: nothing was kept anywhere
+        exc.outcome = "nothing was written (the folder was checked in a temporary manifest, now removed)"  # type: ignore[attr-defined]
+        raise
