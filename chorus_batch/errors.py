@@ -17,7 +17,8 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments or configuration; nothing was done
     FAILED = 3  # the run failed; nothing was committed
     LOCKED = 4  # another run holds the manifest lock; nothing was done
-    REFUSED = 5  # the run would remove more files than allowed (--max-delete); nothing was committed
+    REFUSED = 5  # the run would remove more files than allowed (--max-delete); nothing was committed;
+    # upload: a central blob holds other content (another manifest's) and was not replaced
     HANGUP = 129  # SIGHUP; nothing was committed
     INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
     TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
@@ -35,7 +36,8 @@ exit codes:
   4    the manifest is locked by another run (its holder is named; for a manifest in Azure whose
        holder died, `chorus-batch unlock --db az://...` breaks the lock)
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty
-       (nothing was committed; the message says how many files and how to allow it)
+       (nothing was committed; the message says how many files and how to allow it); upload: a blob
+       at the centre (or the manifest's copy) holds another manifest's content and was not replaced
   129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing was committed,
        unless a line above says a version was committed before the signal arrived"""
 

@@ -187,12 +187,15 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
     # `central` is the destination container/prefix (a URL without secrets), `destination` the blob's URL
     # (<central>/<version>/<srcfile>). state: uploaded | failed | stale (its size, mtime or bytes no longer
     # match the row) | missing (gone from its root) | superseded (replaced before it was sent: its bytes are
-    # no longer on disk) | no_md5 (unverifiable: no MD5 to give the blob) | imported (from another tool's
+    # no longer on disk) | no_md5 (unverifiable: no MD5 to give the blob) | conflict (the centre holds other
+    # content there: not replaced) | bad_name (a name Azure cannot store as it is) | imported (from another tool's
     # journal, not verified). md5: the blob's Content-MD5 after the upload, as the service reports it.
     # confirmed_by: 'service' (Put Blob: the service hashed the bytes it stored), 'blocks' (each block's MD5
-    # checked by the service; the whole file hashed from the bytes sent), 'listing' (mark-uploaded: size and
+    # checked by the service; the whole file hashed from the bytes sent), 'found' (already at the centre with this
+    # size and MD5: not sent again), 'listing' (mark-uploaded: size and
     # Content-MD5 found at the centre), 'journal' (imported). verify_state: ok | missing | size | md5 | content (bytes
     # differ) | no_md5 (the blob has no Content-MD5 to compare: sent by another tool; --download checks the bytes).
+    # etag: the blob's as sent, or as verify found it damaged (the one blob the next upload may replace).
     "uploads": _columns(
         ("central", "TEXT NOT NULL", _S), ("version", "TEXT NOT NULL", _S), ("file_id", "INTEGER NOT NULL", _I),
         ("destination", "TEXT NOT NULL", _S), ("state", "TEXT NOT NULL", _S), ("uploaded_at", "TEXT", _S),

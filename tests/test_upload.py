@@ -389,3 +389,144 @@ def test_the_ledger_keeps_every_column_of_a_mixed_batch_and_never_unconfirms(tmp
     ledger.record([{**failed, "file_id": b}, {**sent, "file_id": a}])  # b fails later: it stays confirmed
     assert query(db, "SELECT file_id, state, bytes, attempts FROM uploads ORDER BY file_id") == \
         [(a, "uploaded", 7, 2), (b, "uploaded", 7, 1)]
+
+
+# ----------------------------------------------------------------------------- what is there already stays
+
+
+def test_another_manifests_blobs_and_copy_with_the_same_labels_are_never_replaced(central, tmp_path):
+    label = "20261101020000"
+    dbs = {}
+    for site, other in (("a", b"site a's own"), ("b", b"site b's own, longer"), ("c", None)):
+        if other is not None:
+            write(tmp_path / site, "OMOP/person.csv", other)
+        write(tmp_path / site, "OMOP/concept.csv", b"the same in every site")
+        dbs[site] = tmp_path / f"{site}.sqlite"
+        commit(tmp_path / site, dbs[site], label)
+    first = up(central, dbs["a"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = blobs(central)
+
+    # b: its person.csv differs from a's (refused, recorded, named); its concept.csv is a's (confirmed as it is)
+    second = up(central, dbs["b"])
+    assert second.returncode == 5, second.stdout + second.stderr
+    assert f"conflict: OMOP/person.csv: {central.url}{label}/OMOP/person.csv already holds other content" in second.stdout
+    assert "--to az://<container>/<prefix>/" in second.stdout
+    assert query(dbs["b"], "SELECT f.srcfile, u.state, u.confirmed_by, coalesce(u.last_error, '') LIKE '%already holds other%' "
+                           "FROM uploads u JOIN source_files f USING (file_id) ORDER BY 1") == \
+        [("OMOP/concept.csv", "uploaded", "found", 0), ("OMOP/person.csv", "conflict", None, 1)]
+    assert blobs(central) == before  # nothing replaced, not even the manifest's copy (b's version is incomplete)
+
+    # c's version is complete (its one file is a's): its manifest copy would replace a's, and is refused
+    third = up(central, dbs["c"])
+    assert third.returncode == 5, third.stdout + third.stderr
+    assert "manifest copy refused" in third.stdout and "copy of another manifest" in third.stdout
+    assert blobs(central) == before
+    assert query(dbs["c"], "SELECT finished_at FROM submissions") == [(None,)]  # not complete: said again next time
+    verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_missing(central, azurite, tmp_path,
+                                                                                        monkeypatch):
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    bad = ["Metadata/back\\slash.md", "Metadata/notes.", "Metadata/ctl\x01x.md"]
+    for name in bad:
+        write(site, name, b"a name the centre cannot keep")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    for _ in range(2):  # the same, truthful answer every time
+        out = up(central, db)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "bad_name: 3" in out.stdout and "missing" not in out.stdout
+        assert "bad_name: Metadata/back\\slash.md: its name holds a backslash" in out.stdout
+        assert "rename it in the site" in out.stdout
+        assert set(blobs(central)) == {"20261101020000/OMOP/person.csv"}  # no back/slash.md, no manifest copy
+    assert sorted(query(db, "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) "
+                            "WHERE u.state != 'uploaded'")) == sorted((name, "bad_name") for name in bad)
+
+    # An Azure site blob with a TAB in its name: listed and hashed by `run`; refused by name, not "missing".
+    site_container = azurite.new_container("tabsite")
+    client = azurite.service_client().get_container_client(site_container)
+    client.upload_blob("OMOP/person.csv", b"person_id\n2\n")
+    client.upload_blob("Metadata/tab\tx.md", b"tab")
+    cloud_db = tmp_path / "cloud.sqlite"
+    ran = cli("run", "--site", f"az://{site_container}/", "--db", str(cloud_db), "--version", "20261101020000",
+              "--workers", "2", "--no-validate", env=central.env)
+    assert ran.returncode in (0, 1), ran.stderr
+    assert query(cloud_db, "SELECT count(*) FROM source_files WHERE srcfile = 'Metadata/tab\tx.md'") == [(1,)]
+    out = cli("upload", "--db", str(cloud_db), "--to", f"az://{central.container}/other/", env=central.env)
+    assert out.returncode == 1 and "missing" not in out.stdout, out.stdout + out.stderr
+    assert "bad_name: Metadata/tab\tx.md: its name holds a control character" in out.stdout
+
+    from chorus_batch.sources import open_source
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", central.env["AZURE_STORAGE_CONNECTION_STRING"])
+    # the lookup itself finds it (adlfs, parsing the path as a URL, dropped the TAB)
+    assert open_source(f"az://{site_container}/").stat("Metadata/tab\tx.md").size == 3
+
+
+def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, tmp_path):
+    db = committed_site(tmp_path, 5)
+    label = "20261101020000"
+    assert up(central, db).returncode == 0
+    names = sorted(name for name in blobs(central) if "/_manifest/" not in name)
+    copy_etag = blobs(central)[f"{label}/_manifest/manifest.sqlite"][2]
+    central.client.delete_blob(names[0])  # missing
+    central.client.get_blob_client(names[1]).upload_blob(b"trunc", overwrite=True)  # size and MD5
+    original = central.client.get_blob_client(names[2]).download_blob().readall()
+    central.client.get_blob_client(names[2]).upload_blob(b"X" + original[1:], overwrite=True)  # same size, bytes differ
+    verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "fix:   run `chorus-batch upload`" in verified.stdout and "sends the missing and damaged" in verified.stdout
+    assert "failed verification" in cli("versions", "--db", str(db)).stdout
+
+    again = up(central, db)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "sent 3 files" in again.stdout and "2 sent before" in again.stdout and "all there" in again.stdout
+    held = blobs(central)
+    expected = submitted(db, label)
+    assert {k[len(label) + 1:]: v[:2] for k, v in held.items() if "/_manifest/" not in k} == expected
+    assert held[f"{label}/_manifest/manifest.sqlite"][2] != copy_etag  # this manifest's own copy: replaced
+    verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    assert "nothing to upload" in up(central, db).stdout
+
+
+def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_path):
+    db = committed_site(tmp_path, 1)
+    key = base64.b64encode(b"not a real key").decode()
+    for conn, endpoint in ((f"DefaultEndpointsProtocol=https;AccountName=mgh;AccountKey={key};"
+                            "EndpointSuffix=core.usgovcloudapi.net", "https://mgh.blob.core.usgovcloudapi.net"),
+                           (f"AccountName=mgh;AccountKey={key};BlobEndpoint=https://blob.example.org/mgh/",
+                            "https://blob.example.org/mgh")):
+        env = {name: "" for name in AZURE_VARS} | {"AZURE_STORAGE_CONNECTION_STRING": conn}
+        out = cli("upload", "--db", str(db), "--to", "az://central/", "--script", "azcopy", env=env)
+        assert out.returncode == 0, out.stderr
+        assert f"ACCOUNT_URL={endpoint}\n" in out.stdout
+        assert key not in out.stdout + out.stderr and "AccountKey" not in out.stdout
+
+
+def test_an_upload_stopped_with_the_manifest_in_azure_writes_its_ledger_back(central, azurite, tmp_path):
+    many_files(tmp_path / "site", 20)
+    manifest_container = azurite.new_container("man")
+    db_url = f"az://{manifest_container}/site/manifest.sqlite"
+    out = cli("run", "--site", str(tmp_path / "site"), "--db", db_url, "--version", "20261101020000", "--no-validate",
+              env=central.env)
+    assert out.returncode == 0, out.stderr
+    proc = upload_process(central, db_url, "upload")
+    wait_for(proc, "test pause at upload")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    remote = tmp_path / "remote.sqlite"
+    remote.write_bytes(azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite")
+                       .download_blob().readall())
+    recorded = ledger_names(remote)
+    assert recorded and f"{len(recorded)} files confirmed by this upload are recorded in the manifest's" in err, err
+    at_stop = {name: etag for name, (_, _, etag) in blobs(central).items()}
+    finish = cli("upload", "--db", db_url, "--to", central.url, "--json", env=central.env)
+    assert finish.returncode == 0, finish.stdout + finish.stderr
+    assert json.loads(finish.stdout)["versions"][0]["sent_before"] == len(recorded)  # not sent again
+    assert all(blobs(central)[name][2] == at_stop[name] for name in recorded)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ..store.uploads import DAMAGED
 from ..units import human_bytes, plural
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ def upload_text(result: UploadResult) -> str:
             lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
         if v.manifest_copy:
             lines.append(f"  manifest copy: {v.manifest_copy}")
+        if v.copy_refused:
+            lines.append(f"  manifest copy refused: {v.copy_refused}")
     if result.dry_run:
         lines.append("dry run: nothing was sent or recorded")
     else:
@@ -68,6 +71,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,
+            "manifest_copy_refused": v.copy_refused,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
         } for v in result.versions],
@@ -86,6 +90,11 @@ def verify_text(result: VerifyResult) -> str:
         for version, frame in result.problems.group_by("version", maintain_order=True):
             lines.append(f"  version {version[0]}:")
             lines.extend(_problem_lines(frame, "verify_state"))
+        if result.problems.filter(pl.col("verify_state").is_in(DAMAGED)).height:
+            lines.append("  fix:   run `chorus-batch upload` (same --db and --to): it sends the missing and damaged "
+                         "files again")
+        if result.problems.filter(pl.col("verify_state") == "no_md5").height:
+            lines.append("  fix:   `chorus-batch verify --download` checks the bytes of blobs without a Content-MD5")
     else:
         lines.append("  all as recorded")
     return "\n".join(lines)

@@ -152,6 +152,21 @@ def _connection_string_account(conn: str) -> str | None:
     return _account_name_of(match.group(1).strip()) if match else None
 
 
+def blob_endpoint(sign_in: AzureSignIn) -> str:
+    """The Blob service endpoint a sign-in reaches, without secrets: its account_url, else what its connection
+    string names (BlobEndpoint; else DefaultEndpointsProtocol, AccountName and EndpointSuffix: sovereign clouds)."""
+    if sign_in.account_url or sign_in.kind != "connection_string":
+        return sign_in.account_url or f"https://{sign_in.account_name}.blob.core.windows.net"
+    fields = {key.strip().lower(): value.strip() for key, _, value in
+              (part.partition("=") for part in (sign_in.secret or "").split(";")) if value}
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return "http://127.0.0.1:10000/devstoreaccount1"
+    if fields.get("blobendpoint"):
+        return fields["blobendpoint"].rstrip("/")
+    return (f"{fields.get('defaultendpointsprotocol', 'https')}://{sign_in.account_name}.blob."
+            f"{fields.get('endpointsuffix', 'core.windows.net')}")
+
+
 def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> AzureSignIn:
     """Which sign-in an Azure root uses (see the module's docstring for the order); a ConfigError when
     there is no account to sign in to."""

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from ..errors import AfterCommitError, ManifestError, ManifestLocked, Stopped, UsageError
+from ..errors import AfterCommitError, ChorusError, ManifestError, ManifestLocked, Stopped, UsageError
 from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sync_blob_service_client
 from ..sources.urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
 from ..times import iso, utc_now
@@ -258,8 +258,10 @@ class RemoteManifest:
             raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
 
     @contextlib.contextmanager
-    def leased(self, argv: list[str]) -> Iterator[Path]:
-        """The working copy, up to date, while this process holds the lease; uploaded back on success."""
+    def leased(self, argv: list[str], *, keep_partial: bool = False) -> Iterator[Path]:
+        """The working copy, up to date, while this process holds the lease; uploaded back on success.
+        keep_partial: what the command recorded is kept even when it fails or is stopped (an upload's
+        ledger: each batch is a transaction of its own), so it is uploaded back then too."""
         lease = self._acquire(argv)
         renewer = _Renewer(lease, self.lease_s / 3)
         renewer.start()
@@ -275,9 +277,12 @@ class RemoteManifest:
             except AfterCommitError:  # the version is committed locally: it belongs in the remote manifest too
                 self._upload(lease, renewer, etag)
                 raise
-            except (KeyboardInterrupt, Stopped) as exc:
-                # A version committed to the working copy only is not in the remote manifest.
-                exc.committed = None  # type: ignore[union-attr]
+            except (ChorusError, KeyboardInterrupt, Stopped) as exc:
+                if isinstance(exc, KeyboardInterrupt | Stopped):
+                    # A version committed to the working copy only is not in the remote manifest.
+                    exc.committed = None  # type: ignore[union-attr]
+                if keep_partial:
+                    self._upload_partial(exc, lease, renewer, etag)
                 raise
             self._upload(lease, renewer, etag)
         finally:
@@ -325,6 +330,23 @@ class RemoteManifest:
         except storage_errors() as exc:
             raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
         self._record(self.local, str(response["etag"]))
+
+    def _upload_partial(self, exc: BaseException, lease: Any, renewer: _Renewer, etag: str | None) -> None:
+        """Upload back what a failed or stopped command recorded; when that fails too, its `outcome` (what
+        the command line says was kept) says where the records are, and that Azure has not got them."""
+        try:
+            self._upload(lease, renewer, etag)
+            return
+        except ChorusError as failed:
+            why = failed.what
+        except (KeyboardInterrupt, Stopped):
+            why = "stopped again while it was written"
+        n = getattr(exc, "n_confirmed", None)
+        what = f"{n} files confirmed by this upload are" if n is not None else "what this command recorded is"
+        exc.outcome = (f"{what} recorded in the local working copy only ({self.local}): writing it back to "  # type: ignore[union-attr]
+                       f"{self.where} failed ({why}), so the manifest in Azure does not have them; the next upload "
+                       "meets those files at the centre and confirms them without sending their bytes again "
+                       "(small files are sent again)")
 
     def _lost(self, code: str) -> ManifestError:
         return ManifestError(
@@ -429,7 +451,8 @@ def _container_exists(blob: Any) -> bool | None:
 
 
 @contextlib.contextmanager
-def remote_manifest(url: str, cloud: CloudSettings | None, argv: list[str], *, read_only: bool = False) -> Iterator[Path]:
+def remote_manifest(url: str, cloud: CloudSettings | None, argv: list[str], *, read_only: bool = False,
+                    keep_partial: bool = False) -> Iterator[Path]:
     """The local path a run works on for the manifest blob `url`: leased, uploaded back after success
     (see the module's docstring). read_only (a dry run): the current manifest, no lease, no upload."""
     remote = RemoteManifest(url, cloud)
@@ -438,7 +461,7 @@ def remote_manifest(url: str, cloud: CloudSettings | None, argv: list[str], *, r
         remote._refresh(remote.read_copy, props)
         yield remote.read_copy
         return
-    with remote.leased(argv) as local:
+    with remote.leased(argv, keep_partial=keep_partial) as local:
         yield local
 
 

@@ -20,13 +20,15 @@ from .manifest import Manifest
 
 SUBMITTED = ("added", "replaced", "renamed")  # the changes a version sends; removals stay marked in the manifest
 CONFIRMED = ("uploaded", "imported")  # the centre holds it: never sent again
+# What verify found wrong with a confirmed blob: the next upload sends the file again.
+DAMAGED = ("missing", "size", "md5", "content")
 # Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
 FINAL_NOT_SENT = ("superseded",)
 
 PLAN_SCHEMA = {
     "version": pl.String, "file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64,
     "md5": pl.String, "root_id": pl.Int64, "modality": pl.String, "superseded": pl.Boolean, "state": pl.String,
-    "attempts": pl.Int64,
+    "attempts": pl.Int64, "damaged": pl.Boolean, "replace_etag": pl.String,
 }
 
 
@@ -44,22 +46,26 @@ class UploadLedger:
     # ------------------------------------------------------------------ reads
 
     def versions_not_finished(self) -> list[str]:
-        """Versions whose submission to this container is not complete, oldest first."""
+        """Versions whose submission to this container is not complete (or that verify found damaged), oldest first."""
         frame = self.manifest.query_frame(
             "SELECT v.label FROM versions v LEFT JOIN submissions s ON s.central = ? AND s.version = v.label "
-            "WHERE s.finished_at IS NULL ORDER BY v.label", (self.central,), schema={"label": pl.String})
+            "WHERE s.finished_at IS NULL OR EXISTS (SELECT 1 FROM uploads u WHERE u.central = s.central AND "
+            f"u.version = v.label AND u.verify_state IN ({_in(DAMAGED)})) ORDER BY v.label",
+            (self.central, *DAMAGED), schema={"label": pl.String})
         return frame["label"].to_list()
 
     def plan(self, version: str, modalities: Sequence[str] | None = None) -> pl.DataFrame:
-        """The files `version` submits (optionally of some modalities), with their ledger state (NULL: never tried)."""
-        where, params = "", [self.central, version, *SUBMITTED]
+        """The files `version` submits (optionally of some modalities), with their ledger state (NULL: never tried);
+        damaged: confirmed, but verify found the blob missing or different (replace_etag: the blob it saw)."""
+        where, params = "", [*DAMAGED, *DAMAGED, self.central, version, *SUBMITTED]
         if modalities:
             where = f" AND f.modality IN ({_in(modalities)})"
             params += list(modalities)
         return self.manifest.query_frame(
             "SELECT c.version, f.file_id, f.srcfile, f.size, f.mtime_ns, f.md5, f.root_id, f.modality, "
-            "f.version_invalid IS NOT NULL AS superseded, u.state, coalesce(u.attempts, 0) AS attempts "
-            "FROM changes c JOIN source_files f ON f.file_id = c.file_id "
+            "f.version_invalid IS NOT NULL AS superseded, u.state, coalesce(u.attempts, 0) AS attempts, "
+            f"coalesce(u.verify_state IN ({_in(DAMAGED)}), 0) AS damaged, "
+            f"CASE WHEN u.verify_state IN ({_in(DAMAGED)}) THEN u.etag END AS replace_etag FROM changes c JOIN source_files f ON f.file_id = c.file_id "
             "LEFT JOIN uploads u ON u.central = ? AND u.version = c.version AND u.file_id = c.file_id "
             f"WHERE c.version = ? AND c.change IN ({_in(SUBMITTED)}){where} ORDER BY f.srcfile",
             tuple(params), schema=PLAN_SCHEMA)
@@ -99,6 +105,9 @@ class UploadLedger:
         updates = ", ".join(
             f"{c} = uploads.attempts + excluded.attempts" if c == "attempts" else f"{c} = excluded.{c}"
             for c in columns if c not in ("central", "version", "file_id"))
+        # A file sent again (verify found it damaged) is unverified until verify looks at it again.
+        updates += (", " + ", ".join(f"{c} = CASE WHEN excluded.state IN ({', '.join(repr(s) for s in CONFIRMED)}) "
+                                      f"THEN NULL ELSE uploads.{c} END" for c in ("verify_state", "verified_at", "verify_method")))
         sql = (f"INSERT INTO uploads ({', '.join(columns)}) VALUES ({_in(columns)}) "
                f"ON CONFLICT (central, version, file_id) DO UPDATE SET {updates} "
                f"WHERE uploads.state NOT IN ({', '.join(repr(s) for s in CONFIRMED)}) OR excluded.state IN "
@@ -135,12 +144,14 @@ class UploadLedger:
                     "ON CONFLICT (central, version) DO NOTHING", [(self.central, version, iso(utc_now()))])
 
     def record_verification(self, version: str, results: pl.DataFrame, method: str) -> None:
-        """results: file_id, verify_state (ok | missing | size | md5 | content) of each confirmed file version."""
+        """results: file_id, verify_state (ok | missing | size | md5 | content) and the blob's etag (null: none)
+        of each confirmed file version. A damaged blob's etag is kept: the next upload may replace that blob."""
         now = iso(utc_now())
-        self._write("UPDATE uploads SET verify_state = ?, verified_at = ?, verify_method = ? "
+        self._write("UPDATE uploads SET verify_state = ?, verified_at = ?, verify_method = ?, "
+                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) THEN ? ELSE etag END "
                     "WHERE central = ? AND version = ? AND file_id = ?",
-                    [(state, now, method, self.central, version, file_id)
-                     for file_id, state in results.select("file_id", "verify_state").iter_rows()])
+                    [(state, now, method, state, *DAMAGED, etag, self.central, version, file_id)
+                     for file_id, state, etag in results.select("file_id", "verify_state", "etag").iter_rows()])
         n_bad = results.filter(pl.col("verify_state") != "ok").height
         self.submission(version, verified_at=now, verify_method=method, n_bad=n_bad)
 
@@ -201,7 +212,7 @@ def upload_summary(state: pl.DataFrame) -> pl.DataFrame:
             .agg(pl.concat_str([pl.col("central"), pl.lit(": "), pl.col("upload")]).str.join("; ").alias("upload")))
 
 
-__all__ = ["CONFIRMED", "SUBMITTED", "UploadLedger", "upload_state", "upload_summary", "require_version"]
+__all__ = ["CONFIRMED", "DAMAGED", "SUBMITTED", "UploadLedger", "upload_state", "upload_summary", "require_version"]
 
 
 def versions_with_upload_state(manifest: Manifest) -> pl.DataFrame:

@@ -7,6 +7,7 @@ offers what submission needs of it:
   put(name, open_file, size, md5)   write one blob with its Content-MD5; the bytes are hashed while they
                                     are sent and the blob is committed only when they have the MD5 the
                                     manifest recorded (else FileChanged: nothing is committed)
+  check_names(names)                why a blob name cannot be stored as it is (null when it can)
   listing(version)                  name, size, Content-MD5 and etag of every blob under <version>/
   download_md5(name)                the MD5 of a blob's bytes, read back
   put_manifest(version, path)       the manifest's copy at <version>/_manifest/manifest.sqlite
@@ -16,12 +17,19 @@ is what the ledger records, "confirmed_by service"). Large files go in blocks of
 block's MD5 checked by the service on arrival (transactional MD5); the whole file's MD5 is computed from
 the bytes sent and set as the blob's Content-MD5 when the block list is committed ("confirmed_by
 blocks"). A shared budget of block buffers bounds memory over all threads.
+
+Nothing already at the centre is replaced unless this manifest knows it as its own: every write is
+conditional (If-None-Match: *, or If-Match on the etag of a blob the ledger holds as damaged). A blob
+already there with the same size and MD5 is confirmed as it is ("confirmed_by found": how a resumed
+upload meets what an interrupted one sent); any other content is a Conflict, and stays. The manifest's
+copy carries its manifest_id in its metadata: only a copy of the same manifest is replaced.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,11 +52,16 @@ SINGLE_PUT_MAX = 8 << 20
 BLOCK_SIZE = 8 << 20
 MANIFEST_FOLDER = "_manifest"
 MANIFEST_NAME = "manifest.sqlite"
+COPY_OWNER = "chorus_manifest_id"  # metadata of the manifest's copy: which manifest wrote it
 LISTING_SCHEMA = {"name": pl.String, "size": pl.Int64, "content_md5": pl.String, "etag": pl.String}
 
 
 class FileChanged(Exception):
     """The bytes read are not the file version the manifest recorded (size or MD5): nothing was committed."""
+
+
+class Conflict(Exception):
+    """The central blob holds other content than this manifest's (another manifest's or tool's): not replaced."""
 
 
 class ReadFailed(Exception):
@@ -67,7 +80,7 @@ class Sent:
     bytes: int
     md5: str | None  # the MD5 the service reports for the committed blob (hex)
     etag: str | None
-    confirmed_by: str  # 'service' | 'blocks'
+    confirmed_by: str  # 'service' | 'blocks' | 'found' (already there with this size and MD5)
 
 
 def parse_central(url: str) -> tuple[str, str]:
@@ -90,6 +103,28 @@ def central_url(url: str) -> str:
     return "az://" + container + ("/" + prefix if prefix else "")
 
 
+# What Azure rewrites or refuses in a blob name (Naming and Referencing Containers, Blobs, and Metadata):
+# '\\' becomes '/', control characters and non-characters are refused or mangled on the way (URLs, XML
+# listings), '.'/'..' segments are resolved away, a segment ending in '.' (or an empty one) is not kept
+# as it is; at most 1024 characters and 254 segments in all.
+MAX_NAME = 1024
+MAX_SEGMENTS = 254
+_BAD_CHARS = r"[\x00-\x1f\x7f-\x9f\x{FFFE}\x{FFFF}]"
+
+
+def check_names(names: pl.Expr, full: pl.Expr) -> pl.Expr:
+    """Why each site-relative name (`full`: the whole blob name) cannot be stored as it is; null when it can."""
+    return (pl.when(names.str.contains(r"\\")).then(pl.lit("its name holds a backslash, which Azure turns into '/'"))
+            .when(names.str.contains(_BAD_CHARS)).then(pl.lit("its name holds a control character (or a "
+                                                               "character that is not one), which Azure does not keep"))
+            .when(names.str.contains(r"\.(/|$)|//|^/|/$"))
+            .then(pl.lit("a part of its name ends with '.' (or is empty), which Azure does not keep as it is"))
+            .when(full.str.len_chars() > MAX_NAME).then(pl.lit(f"its blob name is longer than {MAX_NAME} characters"))
+            .when(full.str.count_matches("/") >= MAX_SEGMENTS)
+            .then(pl.lit(f"its blob name has more than {MAX_SEGMENTS} parts ('/')"))
+            .otherwise(pl.lit(None, pl.String)))
+
+
 def md5_b64(md5_hex: str) -> str:
     """The Content-MD5 form (base64 of the 16 bytes) of a hex MD5."""
     return base64.b64encode(bytes.fromhex(md5_hex)).decode()
@@ -97,6 +132,60 @@ def md5_b64(md5_hex: str) -> str:
 
 def _hex(content_md5: Any) -> str | None:
     return bytes(content_md5).hex() if content_md5 else None
+
+
+def _condition(etag: str | None) -> dict:
+    """Write only over the blob with this etag, or (None) only where there is no blob."""
+    from azure.core import MatchConditions
+
+    return ({"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag
+            else {"match_condition": MatchConditions.IfMissing})
+
+
+def _unquoted(etag: str | None) -> str | None:
+    """An etag as listings give it (Get Blob Properties quotes it)."""
+    return etag.strip('"') if etag else None
+
+
+def _look(blob: Any) -> Any | None:
+    """The blob's properties; None when there is no such blob (a missing container is an error)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return blob.get_blob_properties()
+    except ResourceNotFoundError as exc:
+        if getattr(exc, "error_code", None) == "ContainerNotFound":
+            raise
+        return None
+
+
+def _md5_of(blob: Any) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for chunk in blob.download_blob(max_concurrency=1).chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_owner(blob: Any, props: Any) -> str | None:
+    """The manifest_id of a manifest's copy: from its metadata, else (a copy written before it was kept
+    there) from the copy itself."""
+    if (props.metadata or {}).get(COPY_OWNER):
+        return props.metadata[COPY_OWNER]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".chorus-owner-") as folder:
+        copy = Path(folder) / MANIFEST_NAME
+        with open(copy, "wb") as f:
+            blob.download_blob(max_concurrency=2).readinto(f)
+        try:
+            con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key = 'manifest_id'").fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None  # not a manifest: nobody's copy to replace
+        return row[0] if row else None
 
 
 class Central:
@@ -133,12 +222,36 @@ class Central:
 
     # ------------------------------------------------------------------ writing
 
-    def put(self, version: str, srcfile: str, open_file: Callable[[], BinaryIO], size: int, md5_hex: str) -> Sent:
-        """Send one file version to <version>/<srcfile> with Content-MD5 = md5_hex (see the module doc)."""
+    def put(self, version: str, srcfile: str, open_file: Callable[[], BinaryIO], size: int, md5_hex: str,
+            replace_etag: str | None = None) -> Sent:
+        """Send one file version to <version>/<srcfile> with Content-MD5 = md5_hex (see the module doc).
+        replace_etag: the blob there that this manifest may replace (one verify found damaged); else
+        only a missing blob is written. Conflict when another content is there."""
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.storage.blob import ContentSettings
 
         blob = self.container.get_blob_client(self.name(version, srcfile))
         settings = ContentSettings(content_type="application/octet-stream", content_md5=bytearray.fromhex(md5_hex))
+        if size > SINGLE_PUT_MAX or replace_etag:  # many bytes to send, or a damaged blob: look first
+            props = _look(blob)
+            if props is None or _unquoted(props.etag) != _unquoted(replace_etag):
+                if props is not None:
+                    return self._same(blob, props, size, md5_hex)
+                replace_etag = None
+            else:
+                replace_etag = props.etag  # (quoted as the service wants it in If-Match)
+        for _ in range(2):  # a blob that vanishes between a refused write and the look: once more
+            try:
+                return self._put(blob, open_file, size, md5_hex, settings, _condition(replace_etag))
+            except (ResourceExistsError, ResourceModifiedError):
+                props = _look(blob)
+                if props is not None:
+                    return self._same(blob, props, size, md5_hex)
+            replace_etag = None
+        raise Conflict(f"{self.url}/{blob.blob_name} was written and removed again by someone else while it was sent")
+
+    def _put(self, blob: Any, open_file: Callable[[], BinaryIO], size: int, md5_hex: str, settings: Any,
+             condition: dict) -> Sent:
         try:
             f = open_file()
         except OSError as exc:
@@ -149,11 +262,22 @@ class Central:
                 if len(data) != size or hashlib.md5(data, usedforsecurity=False).hexdigest() != md5_hex:
                     raise FileChanged("its bytes are not the ones recorded (size or MD5 differ)")
                 reply = blob.upload_blob(data, length=size, overwrite=True, content_settings=settings,
-                                         validate_content=True, max_concurrency=1)
+                                         validate_content=True, max_concurrency=1, **condition)
                 return Sent(size, _hex(reply.get("content_md5")) or md5_hex, reply.get("etag"), "service")
-            return self._put_blocks(blob, f, size, md5_hex, settings)
+            return self._put_blocks(blob, f, size, md5_hex, settings, condition)
 
-    def _put_blocks(self, blob: Any, f: BinaryIO, size: int, md5_hex: str, settings: Any) -> Sent:
+    def _same(self, blob: Any, props: Any, size: int, md5_hex: str) -> Sent:
+        """The blob already there: confirmed when it holds this very content, else a Conflict."""
+        held = _hex(props.content_settings.content_md5)
+        if held is None and props.size == size:  # sent by a tool that set no Content-MD5: its bytes decide
+            held = _md5_of(blob)
+        if props.size == size and held == md5_hex:
+            return Sent(size, md5_hex, props.etag, "found")
+        raise Conflict(f"{self.url}/{blob.blob_name} already holds other content ({props.size} bytes, MD5 "
+                       f"{held or 'unknown'}; this manifest's file: {size} bytes, MD5 {md5_hex}): it was not "
+                       "replaced")
+
+    def _put_blocks(self, blob: Any, f: BinaryIO, size: int, md5_hex: str, settings: Any, condition: dict) -> Sent:
         from azure.storage.blob import BlobBlock
 
         digest = hashlib.md5(usedforsecurity=False)
@@ -186,11 +310,13 @@ class Central:
                 future.cancel()
         if sent != size or digest.hexdigest() != md5_hex:
             raise FileChanged("its bytes are not the ones recorded (size or MD5 differ); its blocks were not committed")
-        reply = blob.commit_block_list(blocks, content_settings=settings)
+        reply = blob.commit_block_list(blocks, content_settings=settings, **condition)
         return Sent(sent, md5_hex, reply.get("etag"), "blocks")
 
-    def put_manifest(self, version: str, path: Path) -> str:
-        """The manifest's copy next to its version; returns its URL (no secrets)."""
+    def put_manifest(self, version: str, path: Path, manifest_id: str) -> str:
+        """The manifest's copy next to its version; returns its URL (no secrets). Only a copy of the same
+        manifest (manifest_id) is replaced; another's is a Conflict."""
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
         from azure.storage.blob import ContentSettings
 
         digest = hashlib.md5(usedforsecurity=False)
@@ -198,12 +324,21 @@ class Central:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         name = self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}")
+        url = f"az://{self.container_name}/{name}"
         blob = self.container.get_blob_client(name)
-        with open(path, "rb") as f:
-            blob.upload_blob(f, overwrite=True, max_concurrency=2, validate_content=True,
-                             content_settings=ContentSettings(content_type="application/vnd.sqlite3",
-                                                              content_md5=bytearray(digest.digest())))
-        return f"az://{self.container_name}/{name}"
+        props = _look(blob)
+        if props is not None and _copy_owner(blob, props) != manifest_id:
+            raise Conflict(f"{url} is the copy of another manifest (its versions have the same labels): it was not "
+                           "replaced")
+        try:
+            with open(path, "rb") as f:
+                blob.upload_blob(f, overwrite=True, max_concurrency=2, validate_content=True,
+                                 metadata={COPY_OWNER: manifest_id}, **_condition(props.etag if props else None),
+                                 content_settings=ContentSettings(content_type="application/vnd.sqlite3",
+                                                                  content_md5=bytearray(digest.digest())))
+        except (ResourceExistsError, ResourceModifiedError):
+            raise Conflict(f"{url} was written by someone else while this copy was sent: it was not replaced") from None
+        return url
 
     # ------------------------------------------------------------------ reading
 

@@ -5,7 +5,10 @@ The script sends what `upload` would send (each version's added, replaced and re
 confirmed), one command per file. Before each, it checks the file's MD5 against the manifest's with
 md5sum (a file changed since its version was recorded is skipped and named); `az storage blob upload`
 gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service);
-`azcopy copy` gets --put-md5 (AzCopy hashes what it sends and stores that). After each command that
+`azcopy copy` gets --put-md5 (AzCopy hashes what it sends and stores that); neither replaces a blob
+already there (--overwrite false: mark-uploaded then records it only if it holds the manifest's size and
+MD5). The account is the endpoint the sign-in names ([azure] account_url, or the connection string's
+BlobEndpoint / EndpointSuffix), never a secret. After each command that
 succeeds, the script appends `uploaded<TAB><blob name>` to its log. The script holds no secret: both
 tools sign in from the environment (`az login` / AZURE_STORAGE_* variables, `azcopy login` /
 AZCOPY_* variables, or a SAS token in CHORUS_SAS that the script appends to AzCopy's URLs).
@@ -30,7 +33,7 @@ from .. import release
 from ..errors import ExitCode, UsageError
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import Central, central_url, parse_central
+from .central import Central, central_url, check_names, parse_central
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -60,7 +63,7 @@ def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int,
 def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: str | None = None,
                  modalities: Sequence[str] | None = None, site: str | None = None) -> Script:
     """The bash script of `kind` ('bash': az storage blob upload; 'azcopy': azcopy copy)."""
-    from ..sources.cloud import azure_sign_in
+    from ..sources.cloud import azure_sign_in, blob_endpoint
     from ..store import Manifest
     from ..store.remote import is_remote, read_copy
 
@@ -74,15 +77,18 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     labels = [version] if version is not None else ledger.versions_not_finished()
     roots = _local_roots(manifest, {None: site} if site else None)
     plans = [ledger.plan(label, modalities) for label in labels]
-    todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null())
-                                   & ~pl.col("superseded") & pl.col("md5").is_not_null())
+    # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
+    todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
+                                   & ~pl.col("superseded") & pl.col("md5").is_not_null()
+                                   & check_names(pl.col("srcfile"), pl.lit(prefix + "/" if prefix else "")
+                                                 + pl.col("version") + "/" + pl.col("srcfile")).is_null())
     if todo["root_id"].is_null().any():
         if len(roots) != 1:
             raise UsageError("some files were committed before the manifest recorded where they are", where=db,
                              fix="run `chorus-batch run` once (it records the roots), then write the script")
         todo = todo.with_columns(pl.col("root_id").fill_null(next(iter(roots))))
     sign_in = azure_sign_in(cloud)
-    account_url = sign_in.account_url or f"https://{sign_in.account_name}.blob.core.windows.net"
+    account_url = blob_endpoint(sign_in)
     lines = [
         "#!/usr/bin/env bash",
         f"# Written by chorus-batch {release()} at {iso(utc_now())}: {todo.height} files of "
@@ -108,12 +114,12 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "  local how=()  # the account by name, unless a connection string names it",
             '  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -n "$ACCOUNT" ]; then how+=(--account-name "$ACCOUNT"); fi',
             '  if [ -n "${AZ_AUTH_MODE:-}" ]; then how+=(--auth-mode "$AZ_AUTH_MODE"); fi',
-            '  if az storage blob upload --only-show-errors --overwrite true --validate-content ${how[@]+"${how[@]}"} \\',
+            '  if az storage blob upload --only-show-errors --overwrite false --validate-content ${how[@]+"${how[@]}"} \\',
             '      --container-name "$CONTAINER" --name "$1" --file "$2" --content-md5 "$4" > /dev/null; then',
         ]
     else:
         lines += [
-            '  if azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --put-md5 --overwrite true \\',
+            '  if azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --put-md5 --overwrite false \\',
             "      --log-level ERROR > /dev/null; then",
         ]
     lines += [

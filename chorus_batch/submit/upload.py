@@ -40,7 +40,7 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import Central, FileChanged, ReadFailed, Sent, central_url
+from .central import Central, Conflict, FileChanged, ReadFailed, Sent, central_url, check_names, parse_central
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -68,6 +68,7 @@ class VersionUpload:
     complete: bool = False  # every file of the version is confirmed (or superseded)
     verify_problems: pl.DataFrame | None = None  # after a complete upload: the listing check
     manifest_copy: str | None = None  # where the manifest's copy went
+    copy_refused: str | None = None  # why the manifest's copy was not put there (another manifest's is)
 
     @property
     def n_not_sent(self) -> int:
@@ -84,6 +85,8 @@ class UploadResult:
     @property
     def exit_code(self) -> ExitCode:
         # Superseded files are reported, but cannot be sent by anyone any more: they do not fail the upload.
+        if any(v.copy_refused or v.not_sent.filter(pl.col("state") == "conflict").height for v in self.versions):
+            return ExitCode.REFUSED  # a blob at the centre holds other content: it stays, this upload is refused
         bad = any(v.not_sent.filter(pl.col("state") != "superseded").height
                   or (v.verify_problems is not None and v.verify_problems.height) for v in self.versions)
         return ExitCode.FINDINGS if bad else ExitCode.OK
@@ -99,7 +102,8 @@ def _working_manifest(db: str, cloud: CloudSettings, argv: Sequence[str], *, rea
     """The manifest to plan from and record into: a local file under the upload lock, or a manifest in
     Azure under its lease (the ledger goes back to it when the command ends)."""
     if is_remote(db):
-        with remote_manifest(db, cloud, list(argv), read_only=read_only) as local:
+        # keep_partial: an upload that stops has its ledger written back too (what it confirmed stays confirmed)
+        with remote_manifest(db, cloud, list(argv), read_only=read_only, keep_partial=True) as local:
             manifest = Manifest(local)
             manifest.ensure_schema() if not read_only else manifest.require()
             yield manifest
@@ -146,8 +150,9 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             if central is not None and labels:
                 central.check(write=True)
             sources: dict[int, Source] = {}
+            prefix = parse_central(to)[1]
             for label in labels:
-                result.versions.append(_upload_version(manifest, ledger, central, label, modalities, workers,
+                result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities, workers,
                                                        sources, overrides, cloud, progress))
             result.elapsed_s = time.monotonic() - started
             return result
@@ -178,17 +183,24 @@ def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[i
     return out
 
 
-def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central | None, label: str,
+def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central | None, prefix: str, label: str,
                     modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
                     overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress) -> VersionUpload:
     plan = ledger.plan(label, modalities)
-    done = plan.filter(pl.col("state").is_in(CONFIRMED))
-    todo = plan.filter(~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null())
+    done = plan.filter(pl.col("state").is_in(CONFIRMED) & ~pl.col("damaged"))
+    todo = plan.join(done, on="file_id", how="anti").with_columns(
+        check_names(pl.col("srcfile"), pl.lit("/".join(p for p in (prefix, label) if p) + "/") + pl.col("srcfile"))
+        .alias("bad_name"))
     outcome = VersionUpload(label, plan.height, done.height)
     superseded = todo.filter(pl.col("superseded"))
-    no_md5 = todo.filter(~pl.col("superseded") & pl.col("md5").is_null())
-    sendable = todo.filter(~pl.col("superseded") & pl.col("md5").is_not_null())
+    # Names the centre would rewrite or refuse: never sent, or the blob would not be where the ledger says.
+    bad_name = todo.filter(~pl.col("superseded") & pl.col("bad_name").is_not_null())
+    no_md5 = todo.filter(~pl.col("superseded") & pl.col("bad_name").is_null() & pl.col("md5").is_null())
+    sendable = todo.filter(~pl.col("superseded") & pl.col("bad_name").is_null() & pl.col("md5").is_not_null())
     immediate = pl.concat([
+        bad_name.select("file_id", "srcfile", pl.lit("bad_name").alias("state"),
+                        pl.format("{}: not sent; rename it in the site (the next run records the new name), then "
+                                  "upload again", "bad_name").alias("message")),
         superseded.select("file_id", "srcfile", pl.lit("superseded").alias("state"),
                           pl.lit("replaced or removed by a later version before it was sent: its bytes are no longer "
                                  "in the site").alias("message")),
@@ -218,9 +230,13 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
         _, problems = check_version(ledger, central, label, download=False)
         outcome.verify_problems = problems
         if problems.height == 0:
-            ledger.submission(label, finished_at=iso(utc_now()))
-            outcome.manifest_copy = copy_manifest(manifest, central, label)
-            ledger.submission(label, manifest_copied_at=iso(utc_now()))
+            try:
+                outcome.manifest_copy = copy_manifest(manifest, central, label)
+            except Conflict as exc:  # not finished: the next upload says so again
+                outcome.copy_refused = f"{exc}; {_CONFLICT_FIX}"
+                return outcome
+            now = iso(utc_now())
+            ledger.submission(label, finished_at=now, manifest_copied_at=now)
     return outcome
 
 
@@ -292,10 +308,16 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
             ledger.record(pending)
         with contextlib.suppress(AttributeError):
             exc.outcome = _outcome(counts[0])  # type: ignore[union-attr]  # what cli.main says about it
+            exc.n_confirmed = counts[0]  # type: ignore[union-attr]
         raise
     pool.shutdown(wait=True)
     frame = pl.DataFrame(not_sent, schema=NOT_SENT_SCHEMA, orient="row")
     return (counts[0], counts[1]), frame
+
+
+_CONFLICT_FIX = ("another manifest (or tool) put a version with this label there: give this site's manifest its own "
+                 "place (--to az://<container>/<prefix>/), or have the blob there removed if it is wrong, and upload "
+                 "again")
 
 
 class _Fatal(Exception):
@@ -323,7 +345,9 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
         return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
                          "run records the change")
     try:
-        return central.put(label, srcfile, lambda: source.open(srcfile), row["size"], row["md5"])
+        return central.put(label, srcfile, lambda: source.open(srcfile), row["size"], row["md5"], row["replace_etag"])
+    except Conflict as exc:
+        return "conflict", f"{exc}; {_CONFLICT_FIX}"
     except FileChanged as exc:
         return "stale", f"changed since the version recorded it: {exc}; not sent"
     except ReadFailed as exc:
@@ -351,7 +375,7 @@ def copy_manifest(manifest: Manifest, central: Central, label: str) -> str:
             target.close()
             source.close()
         try:
-            return central.put_manifest(label, copy)
+            return central.put_manifest(label, copy, str(manifest.state_identity()[0]))
         except cloud_access.storage_errors() as exc:
             raise central.explain(exc, "upload to", f"{central.url}/{label}/_manifest/") from None
 

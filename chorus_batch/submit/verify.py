@@ -43,7 +43,7 @@ class VerifyResult:
 
 
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
-    """file_id, srcfile, verify_state, message of each expected file version against the listing."""
+    """file_id, srcfile, verify_state, message and the blob's etag of each expected file version against the listing."""
     joined = expected.join(listing.rename({"name": "srcfile", "size": "blob_size"}), on="srcfile", how="left")
     state = (pl.when(pl.col("blob_size").is_null()).then(pl.lit("missing"))
              .when(pl.col("blob_size") != pl.col("size")).then(pl.lit("size"))
@@ -63,7 +63,7 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
                .otherwise(pl.lit(None)))
     return (joined.with_columns(state.alias("verify_state"))
             .with_columns(message.alias("message"))
-            .select("file_id", "srcfile", "verify_state", "message"))
+            .select("file_id", "srcfile", "verify_state", "message", "etag"))
 
 
 def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
@@ -84,8 +84,9 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
                     progress: Progress | None) -> pl.DataFrame:
     """Read back every blob that passed the listing check (or has no Content-MD5 to check) and hash it: 'content'
     when its bytes differ."""
-    candidates = results.filter(pl.col("verify_state").is_in(["ok", "no_md5"])).join(expected.select("file_id", "md5", "size"),
-                                                                     on="file_id")
+    candidates = (results.filter(pl.col("verify_state").is_in(["ok", "no_md5"]))
+                  .join(expected.select("file_id", "md5", "size"), on="file_id")
+                  .select("file_id", "srcfile", "verify_state", "message", "md5", "size"))
     done = [0, 0]
 
     def one(row: tuple) -> str | None:
