@@ -530,3 +530,19 @@ def test_an_upload_stopped_with_the_manifest_in_azure_writes_its_ledger_back(cen
     assert finish.returncode == 0, finish.stdout + finish.stderr
     assert json.loads(finish.stdout)["versions"][0]["sent_before"] == len(recorded)  # not sent again
     assert all(blobs(central)[name][2] == at_stop[name] for name in recorded)
+
+
+def test_a_central_container_inside_the_site_or_holding_it_is_refused(central, azurite, tmp_path):
+    site_container = azurite.new_container("site")
+    client = azurite.service_client().get_container_client(site_container)
+    client.upload_blob("site/OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    ran = cli("run", "--site", f"az://{site_container}/site/", "--db", str(db), "--version", "20261101020000",
+              "--workers", "2", "--no-validate", env=central.env)
+    assert ran.returncode in (0, 1), ran.stderr
+    for to in (f"az://{site_container}/site/", f"az://{site_container}/site/central/", f"az://{site_container}/"):
+        out = cli("upload", "--db", str(db), "--to", to, env=central.env)
+        assert out.returncode == 2 and "overlaps the site's root" in out.stderr, out.stdout + out.stderr
+    assert [b.name for b in client.list_blobs()] == ["site/OMOP/person.csv"]
+    elsewhere = cli("upload", "--db", str(db), "--to", f"az://{site_container}/submissions/", env=central.env)
+    assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr

@@ -97,6 +97,22 @@ def parse_central(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
+def check_apart(url: str, roots: list[str]) -> None:
+    """A UsageError when the central container/prefix is one of the site's Azure roots, lies inside one, or holds
+    one: the next run would take the submission for site files (or submit the site into itself)."""
+    container, prefix = parse_central(url)
+    for root in roots:
+        parts = urlsplit(root)
+        if parts.scheme not in cloud_access.AZURE_PROTOCOLS or parts.netloc.split("@")[0] != container:
+            continue
+        path = parts.path.strip("/")
+        if not path or not prefix or f"{prefix}/".startswith(f"{path}/") or f"{path}/".startswith(f"{prefix}/"):
+            raise UsageError(f"the central container {central_url(url)} overlaps the site's root {mask_url(root)}: "
+                             "the next run would record what is submitted as site files",
+                             where="--to / [central] to", fix="upload to the central container (a container or "
+                                                              "prefix of its own, outside the site), e.g. --to az://<site>/")
+
+
 def central_url(url: str) -> str:
     """The central container's URL as the ledger records it: az://container[/prefix], no secrets."""
     container, prefix = parse_central(url)

@@ -40,7 +40,8 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import Central, Conflict, FileChanged, ReadFailed, Sent, central_url, check_names, parse_central
+from .central import (Central, Conflict, FileChanged, ReadFailed, Sent, central_url, check_apart, check_names,
+                      parse_central)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -143,6 +144,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
         url = central.url if central else central_url(to)
         with _working_manifest(db, cloud, argv, read_only=dry_run) as manifest:
             ledger = UploadLedger(manifest, url)
+            check_apart(to, [*manifest.roots()["location"].to_list(), *(overrides or {}).values()])
             if version is not None:
                 require_version(manifest, version)
             labels = [version] if version is not None else ledger.versions_not_finished()
