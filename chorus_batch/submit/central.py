@@ -264,7 +264,8 @@ class Central:
                 if props is not None:
                     return self._same(blob, props, size, md5_hex)
             replace_etag = None
-        raise Conflict(f"{self.url}/{blob.blob_name} was written and removed again by someone else while it was sent")
+        raise Conflict(f"az://{self.container_name}/{blob.blob_name} was written and removed again by someone else "
+                       "while it was sent")
 
     def _put(self, blob: Any, open_file: Callable[[], BinaryIO], size: int, md5_hex: str, settings: Any,
              condition: dict) -> Sent:
@@ -289,8 +290,8 @@ class Central:
             held = _md5_of(blob)
         if props.size == size and held == md5_hex:
             return Sent(size, md5_hex, props.etag, "found")
-        raise Conflict(f"{self.url}/{blob.blob_name} already holds other content ({props.size} bytes, MD5 "
-                       f"{held or 'unknown'}; this manifest's file: {size} bytes, MD5 {md5_hex}): it was not "
+        raise Conflict(f"az://{self.container_name}/{blob.blob_name} already holds other content ({props.size} bytes, "
+                       f"MD5 {held or 'unknown'}; this manifest's file: {size} bytes, MD5 {md5_hex}): it was not "
                        "replaced")
 
     def _put_blocks(self, blob: Any, f: BinaryIO, size: int, md5_hex: str, settings: Any, condition: dict) -> Sent:
