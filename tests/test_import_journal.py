@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -573,3 +574,62 @@ def test_a_damaged_journal_is_said_to_be_damaged(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "is damaged" in out.stderr and ".recover" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.sqlite").exists()
+
+
+# A command history's DATETIME as other tools or hands write it: the usual spellings are read; what cannot be read is a
+# finding naming its row and value, and the version is still cut where it belongs (its label, the command before it).
+# Each: a strftime spelling of the update's own time (shifted by hours), and how an unreadable one is said (None: read).
+HISTORY_TIMES = [("%Y-%m-%dT%H:%M:%SZ", 0, None), ("%Y-%m-%dT%H:%M:%S.1+01:00", 1, None), ("%Y-%m-%d %H:%M:%S", 0, None),
+                 ("", 0, "''"), ("garbage", 0, "'garbage'"), ("2026-12-01", 0, "'2026-12-01'")]
+
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+@pytest.mark.parametrize("spelling, hours, said", HISTORY_TIMES)
+@pytest.mark.parametrize("label", [True, False], ids=["label", "no-label"])
+def test_a_history_time_that_cannot_be_read_is_a_finding_and_the_version_is_still_cut(schema, spelling, hours, said,
+                                                                                    label, tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS[schema], journal)
+    table = {"A": "command_history_v2", "B": "command_history"}[schema]
+    con = sqlite3.connect(journal)
+    with con:
+        (was,) = con.execute(f"SELECT DATETIME FROM {table} WHERE PARAMS = '--version {V2}'").fetchone()
+        when = (datetime.strptime(was, "%Y-%m-%d %H:%M:%S UTC") + timedelta(hours=hours)).strftime(spelling)
+        con.execute(f"UPDATE {table} SET DATETIME = ? WHERE PARAMS = '--version {V2}'", (when,))
+        if not label:  # an update recorded without --version: placed after the command before it
+            con.execute(f"UPDATE {table} SET PARAMS = NULL WHERE PARAMS = '--version {V2}'")
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    assert files_as_of(db, V1) == tree("v1", schema=schema)
+    assert files_as_of(db, V2) == tree("v2", schema=schema)
+    assert {(p, v, m) for p, v, m in query(
+        db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)")} == journal_marks(journal)
+    findings = json.loads(out.stdout)["findings"]
+    assert not [f for f in findings if f["rule"] == "import.unmapped-mark"]
+    unread = [f["message"] for f in findings if f["rule"] == "import.unreadable-history"]
+    if said is None:
+        assert unread == []
+    else:
+        assert len(unread) == 1 and f"{table} row COMMAND_ID 3" in unread[0] and f"DATETIME {said}" in unread[0]
+
+
+@pytest.mark.parametrize("sql, words", [
+    ("UPDATE command_history_v2 SET PARAMS = x'00ff', COMMAND = x'00' WHERE COMMAND_ID = 2", None),
+    ("UPDATE uploads SET UPLOAD_DT = x'00ff' WHERE id = 3", "its upload mark UPLOAD_DT is X'00FF'"),
+    ("UPDATE versions SET VERSION = x'00ff' WHERE id = 5", "its version label VERSION is X'00FF'"),
+])
+def test_a_value_of_the_wrong_type_in_a_lookup_or_history_table_is_said(sql, words, tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute(sql)
+    con.close()
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    assert "internal error" not in out.stderr
+    if words:
+        assert any(words in f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.broken-link")

@@ -19,13 +19,13 @@ What cannot be mapped is never dropped silently: each problem becomes a row of `
 
 from __future__ import annotations
 
-import calendar
 import json
 import re
 import shlex
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -76,7 +76,8 @@ SELECT j.FILE_ID,
             WHEN s.SRC_PATH IN ('.', '') OR s.SRC_PATH IS NULL THEN j.FILENAME
             ELSE rtrim(s.SRC_PATH, '/') || '/' || j.FILENAME END,
        m.MODALITY, {_typed("j.SIZE", "integer")}, {_typed("j.MD5", "text")}, {_typed("j.SRC_MODTIME_us", "integer")},
-       {_typed("j.TIME_VALID_us", "integer")}, {_typed("j.TIME_INVALID_us", "integer")}, v.VERSION, u.UPLOAD_DT,
+       {_typed("j.TIME_VALID_us", "integer")}, {_typed("j.TIME_INVALID_us", "integer")},
+       {_typed("v.VERSION", "text")}, {_typed("u.UPLOAD_DT", "text")},
        {_unusable("j.", [_wrong("j.FILENAME", "FILENAME", ("text",)),
                          "CASE WHEN s.id IS NULL THEN 'its SRC_PATH_ID ' || quote(j.SRC_PATH_ID) || ' is not in srcpaths; ' "
                          "ELSE '' END"])},
@@ -84,6 +85,8 @@ SELECT j.FILE_ID,
                  ' is not in versions (its version label is lost); ' ELSE '' END
        || CASE WHEN j.UPLOAD_DT_ID IS NOT NULL AND u.id IS NULL THEN 'its UPLOAD_DT_ID ' || quote(j.UPLOAD_DT_ID) ||
                  ' is not in uploads (its upload mark is lost: `upload` will send it again); ' ELSE '' END
+       || {_wrong("v.VERSION", "its version label VERSION", ("text", "null"))}
+       || {_wrong("u.UPLOAD_DT", "its upload mark UPLOAD_DT", ("text", "null"))}
 FROM journal_v2 j
 LEFT JOIN srcpaths s ON s.id = j.SRC_PATH_ID
 LEFT JOIN modalities m ON m.id = j.MODALITY_ID
@@ -108,9 +111,10 @@ class Update:
     """One `journal update` of the command history."""
 
     command_id: int
-    start_us: int  # its DATETIME (whole seconds, written before the scan: at or before all of its rows)
+    start_us: int | None  # its DATETIME (written before the scan: at or before all of its rows); None: unreadable
     label: str | None  # its --version
     roots: dict[str, str]  # modality -> the site path it scanned (SRC_PATHS)
+    datetime: str = ""  # its DATETIME as written (said when it cannot be read)
 
 
 @dataclass
@@ -120,6 +124,8 @@ class Journal:
     rows: pl.DataFrame  # ROW_SCHEMA
     updates: list[Update]
     central: str | None  # where upstream sent files (DEST_PATH of its upload commands), without any credential
+    history: str = "command_history_v2"  # the command history's table (named in findings)
+    times: dict[int, int] = field(default_factory=dict)  # every command's readable DATETIME (µs), by COMMAND_ID
     # credentials found in the command history, not kept: (where, the location with them masked)
     secrets: list[tuple[str, str]] = field(default_factory=list)
 
@@ -195,7 +201,8 @@ def read_journal(path: str | Path) -> Journal:
         try:
             rows = _rows(con, sql)
             secrets: list[tuple[str, str]] = []
-            updates, central = _history(con, history, secrets) if history in tables else ([], None)
+            times: dict[int, int] = {}
+            updates, central = _history(con, history, secrets, times) if history in tables else ([], None)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
                 raise _unreadable(path, exc) from None
@@ -208,7 +215,8 @@ def read_journal(path: str | Path) -> Journal:
             raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
     finally:
         con.close()
-    return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets)
+    return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
+                   history=history, times=times)
 
 
 def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
@@ -223,22 +231,32 @@ def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
 
 
-def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]]) -> tuple[list[Update], str | None]:
+def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]],
+             times: dict[int, int]) -> tuple[list[Update], str | None]:
     updates, central = [], None
     for command_id, when, command, params, src_paths, dest_path in con.execute(
             f"SELECT COMMAND_ID, DATETIME, COMMAND, PARAMS, SRC_PATHS, DEST_PATH FROM {table} ORDER BY COMMAND_ID"):
+        # SQLite keeps any value in any column (a blob in a TEXT column): each is taken as text, never trusted.
+        command, params, src_paths, dest_path = (_text(v) for v in (command, params, src_paths, dest_path))
         command = (command or "").strip()
-        if dest_path not in (None, "", "None") and command.startswith("file "):
-            central = _without_secret(str(dest_path), f"DEST_PATH of command {command_id}", secrets)
-        if command != "journal update":
-            continue
         start = _start_us(when)
-        if start is None:
+        if start is not None:
+            times[int(command_id)] = start
+        if dest_path not in (None, "", "None") and command.startswith("file "):
+            central = _without_secret(dest_path, f"DEST_PATH of command {command_id}", secrets)
+        if command != "journal update":
             continue
         roots = {modality: _without_secret(path, f"SRC_PATHS ({modality}) of command {command_id}", secrets)
                  for modality, path in _roots(src_paths).items()}
-        updates.append(Update(command_id=int(command_id), start_us=start, label=_flag(params, "--version"), roots=roots))
+        updates.append(Update(command_id=int(command_id), start_us=start, label=_flag(params, "--version"), roots=roots,
+                              datetime=_text(when) or ""))
     return updates, central
+
+
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
 
 
 def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -> str:
@@ -251,14 +269,29 @@ def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -
     return clean
 
 
-def _start_us(text: str | None) -> int | None:
-    """'YYYY-MM-DD HH:MM:SS UTC' (as chorus-upload writes DATETIME) in µs since the epoch."""
-    for fmt in ("%Y-%m-%d %H:%M:%S UTC", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            return calendar.timegm(time.strptime(str(text).strip(), fmt)) * 1_000_000
-        except ValueError:
-            continue
-    return None
+_ZONE_WORD = re.compile(r"\s*(UTC|GMT|Z)$", re.IGNORECASE)
+_HAS_TIME = re.compile(r"[T ]\d\d:?\d\d")
+
+
+def _start_us(value) -> int | None:
+    """A DATETIME in µs since the epoch: chorus-upload's 'YYYY-MM-DD HH:MM:SS UTC' or any ISO 8601 spelling of a time
+    (T or space, fractional seconds, Z, UTC or an offset; none: UTC). None when it is not a time of day after 1970."""
+    text = (_text(value) or "").strip()
+    if not _HAS_TIME.search(text):  # a date alone would cut the version at midnight, before its predecessor's rows
+        return None
+    text = _ZONE_WORD.sub("+00:00", text)
+    text = re.sub(r"\s+(?=[+-]\d\d:?\d\d$)", "", text)  # '... 14:38:39 +01:00'
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    us = (when - _EPOCH) // _ONE_US
+    return us if 0 <= us < _LAST_TIME_US else None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US = datetime.resolution
 
 
 def _flag(params: str | None, name: str) -> str | None:
@@ -365,7 +398,7 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
     last of them). Also the problems met (PROBLEM_SCHEMA), and the rows as the trees take them (a row that starts
     before any recorded update, under a label that update recorded, is taken as written by it)."""
     problems: list[dict] = []
-    updates = sorted(journal.updates, key=lambda u: (u.start_us, u.command_id))
+    updates = sorted(_placed(journal, rows, problems), key=lambda u: (u.start_us, u.command_id))
     early = rows.filter(pl.col("valid_us") < updates[0].start_us - 60_000_000) if updates else rows
     recorded = {u.label for u in updates if u.label}
     if early.height and (not updates or not early["label"].drop_nulls().is_in(list(recorded)).all()):
@@ -404,6 +437,44 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
         else:
             trees.append(tree)
     return trees, pl.DataFrame(problems, schema=PROBLEM_SCHEMA), rows
+
+
+def _placed(journal: Journal, rows: pl.DataFrame, problems: list[dict]) -> list[Update]:
+    """The updates, each with a start: one whose DATETIME cannot be read starts at the first change after the command
+    before it when that is not an update (nothing else writes rows), else at the first row of its --version, between
+    the readable times around it; each such update is a finding naming its history row."""
+    stamps = pl.concat([rows["valid_us"], rows["invalid_us"].drop_nulls()]).unique().sort()
+    update_ids = {u.command_id for u in journal.updates}
+    placed = []
+    for update in journal.updates:
+        if update.start_us is not None:
+            placed.append(update)
+            continue
+        before = max((c for c in journal.times if c < update.command_id), default=None)
+        low = journal.times[before] if before is not None else -1
+        high = min((t for c, t in journal.times.items() if c > update.command_id), default=_LAST_TIME_US)
+        starts = {}
+        if before is not None and before not in update_ids:
+            after = stamps.filter((stamps >= low) & (stamps < high))
+            if after.len():
+                starts[int(after[0])] = f"the first change after command {before}"
+        if update.label is not None:
+            first = rows.filter((pl.col("label") == update.label) & pl.col("valid_us").is_between(low, high, "none"))
+            if first.height:
+                starts[int(first["valid_us"].min())] = f"the first row of version {update.label}"
+        row = (f"{journal.history} row COMMAND_ID {update.command_id} (`journal update"
+               f"{' --version ' + update.label if update.label else ''}`): its DATETIME {update.datetime[:40]!r} is not "
+               "a time chorus-batch can read")
+        if not starts:
+            problems.append({"rule": "import.unreadable-history", "srcfile": None, "message": (
+                f"{row}, and nothing else places it: its changes are part of the version before it")})
+            continue
+        start = min(starts)
+        placed.append(Update(command_id=update.command_id, start_us=start, label=update.label, roots=update.roots,
+                             datetime=update.datetime))
+        problems.append({"rule": "import.unreadable-history", "srcfile": None, "message": (
+            f"{row}; its version is taken to start at {starts[start]} (TIME_VALID_us {start})")})
+    return placed
 
 
 def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
