@@ -29,6 +29,7 @@ exit codes:
   0    success
   1    success with findings (scan errors, unparseable paths, unverifiable cloud files or validation
        errors were recorded; upload: files not sent; verify: blobs missing or not matching;
+       mark-uploaded: blobs not recorded, log lines not understood, or nothing recorded;
        import-journal: parts of the journal could not be mapped; import-config: warnings)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed; the previous version is intact; upload: what was confirmed

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import polars as pl
 
+# A site-relative path (srcfile) is none of: a leading '/', a '.' or '..' segment, an empty segment, a control character.
+UNSAFE_PATH = r"^/|(^|/)\.{1,2}(/|$)|//|[\x00-\x1f]"
+
 # One row per file found by a source. srcfile is the site-relative POSIX path; stored_md5 is
 # the MD5 the storage itself holds (sources with the server_md5 capability), else NULL; etag is
 # the storage's version tag of the object (cloud sources; NULL for local files).

@@ -546,3 +546,43 @@ def test_a_central_container_inside_the_site_or_holding_it_is_refused(central, a
     assert [b.name for b in client.list_blobs()] == ["site/OMOP/person.csv"]
     elsewhere = cli("upload", "--db", str(db), "--to", f"az://{site_container}/submissions/", env=central.env)
     assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "uploaded\t20261101020000/x\n".encode("utf-16"),
+                                     b"uploaded\t20261101020000/caf\xe9.csv\n"], ids=["binary", "utf-16", "latin-1"])
+def test_mark_uploaded_refuses_a_log_that_is_not_text(central, tmp_path, content):
+    db = committed_site(tmp_path, 1)
+    log = tmp_path / "bin.log"
+    log.write_bytes(content)
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "is not a text log of `upload --script`" in out.stderr and str(log) in out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+
+def test_mark_uploaded_says_what_it_did_not_understand_and_what_it_did_not_record(central, tmp_path):
+    from azure.storage.blob import ContentSettings
+
+    db = committed_site(tmp_path, 2)
+    (srcfile, (_, md5)), *_ = submitted(db, "20261101020000").items()
+    central.client.get_blob_client(f"20261101020000/{srcfile}").upload_blob(
+        (tmp_path / "site" / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    log = tmp_path / "upload.log"
+    log.write_text("\n".join(["garbage line", f"uploaded\t20261101020000/{srcfile}", "uploaded\t../../etc/passwd",
+                              "uploaded\t20261101020000/../../etc/passwd", "uploaded\t20261101020000//x", "",
+                              "uploaded\t29990101000000/OMOP/x.csv", "uploaded\t"]) + "\n")
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "recorded 1 uploads" in out.stdout
+    assert "not understood: 2 lines" in out.stdout and "line 1: 'garbage line'" in out.stdout
+    assert "../../etc/passwd: not a valid blob name: .. is not a version label" in out.stdout
+    assert "20261101020000/../../etc/passwd: not a valid blob name: ../../etc/passwd is not a site-relative" in out.stdout
+    assert "20261101020000//x: not a valid blob name" in out.stdout
+    assert "the manifest has no version 29990101000000" in out.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(1,)]
+    assert query(db, "SELECT version FROM submissions") == [("20261101020000",)]
+    for text in ("", "\n\n", "garbage line\n"):  # nothing recorded from an empty log, or one of nothing understood
+        log.write_text(text)
+        out = cli(*mark, env=central.env)
+        assert out.returncode == 1 and "recorded 0 uploads" in out.stdout, out.stdout + out.stderr
+        assert "nothing was recorded" in out.stdout

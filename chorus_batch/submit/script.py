@@ -144,13 +144,22 @@ class Marked:
     central: str
     n_recorded: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (blob name, why)
+    not_understood: int = 0  # log lines that are not `uploaded<TAB><blob name>`
+    example: str = ""  # the first of them
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.FINDINGS if self.rejected else ExitCode.OK
+        # nothing recorded is a finding too: a wrong or empty log must not look like a success
+        return ExitCode.FINDINGS if self.rejected or self.not_understood or not self.n_recorded else ExitCode.OK
 
     def text(self) -> str:
         lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"]
+        if self.not_understood:
+            lines.append(f"not understood: {self.not_understood} lines of the log are not `uploaded<TAB><blob name>` "
+                         f"as the upload script writes them (first, {self.example}); is it that script's log?")
+        if not self.n_recorded and not self.rejected:
+            lines.append("warning: the log names no blob the upload script sent: nothing was recorded (pass the log "
+                         "of a script run that sent files)")
         if self.rejected:
             lines.append(f"not recorded: {len(self.rejected)}")
             lines += [f"  {name}: {why}" for name, why in self.rejected[:20]]
@@ -164,29 +173,22 @@ class Marked:
 def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv: Sequence[str] = ()) -> Marked:
     """Record the blobs a script's log names, each once the container shows its size and Content-MD5."""
     from .upload import _working_manifest
+    from .uploadlog import read_log
 
-    try:
-        lines = Path(log_path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read the log: {exc.strerror or exc}", where=log_path,
-                         fix="pass --from-log with the log the upload script wrote (upload.log by default)") from None
+    log = read_log(log_path, parse_central(to)[1], central_url(to))
     central = Central(to, cloud)
-    marked = Marked(central.url)
-    names = [line.split("\t", 1)[1].strip() for line in lines if line.startswith("uploaded\t")]
+    marked = Marked(central.url, rejected=log.invalid, not_understood=log.not_understood, example=log.example)
     try:
         with _working_manifest(db, cloud, argv, read_only=False) as manifest:
             ledger = UploadLedger(manifest, central.url)
-            by_version: dict[str, list[str]] = {}
-            for name in dict.fromkeys(names):
-                relative = name[len(central.prefix) + 1:] if central.prefix else name
-                if central.prefix and not name.startswith(central.prefix + "/") or "/" not in relative:
-                    marked.rejected.append((name, f"not a <version>/<path> blob under {central.url}"))
-                    continue
-                label, srcfile = relative.split("/", 1)
-                by_version.setdefault(label, []).append(srcfile)
+            by_version = {label: group["srcfile"].to_list()
+                          for (label,), group in log.names.group_by("label", maintain_order=True)}
             if by_version:
                 central.check(write=False)
             for label, srcfiles in by_version.items():
+                if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
+                    marked.rejected += [(f"{label}/{s}", f"the manifest has no version {label}") for s in srcfiles]
+                    continue
                 plan = ledger.plan(label).filter(pl.col("srcfile").is_in(srcfiles))
                 unknown = set(srcfiles) - set(plan["srcfile"].to_list())
                 marked.rejected += [(f"{label}/{s}", "not in that version's change set") for s in sorted(unknown)]

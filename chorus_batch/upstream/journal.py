@@ -31,6 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import UsageError
+from ..frames import UNSAFE_PATH
 from ..sources.remote import mask_url
 from .config import url_secrets
 
@@ -322,8 +323,6 @@ def _roots(src_paths: str | None) -> dict[str, str]:
 # 64 bits (before 2262, after 1677).
 _LAST_TIME_US = 253_402_300_800_000_000
 _MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
-# A site-relative path: no leading '/', no '.' or '..' segment, no empty segment, no control character.
-_UNSAFE_PATH = r"^/|(^|/)\.{1,2}(/|$)|//|[\x00-\x1f]"
 
 
 def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -344,7 +343,7 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     reasons = pl.concat_str([
         pl.col("unusable"),
         pl.when(pl.col("srcfile").is_null() | (pl.col("srcfile") == "")).then(pl.lit("it has no path; "))
-        .when(pl.col("srcfile").str.contains(_UNSAFE_PATH)).then(pl.format(
+        .when(pl.col("srcfile").str.contains(UNSAFE_PATH)).then(pl.format(
             "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile")),
         pl.when(pl.col("size") < 0).then(pl.format("its SIZE {} is negative; ", "size")),
         pl.when(pl.col("md5").is_not_null() & ~pl.col("md5").str.contains(_MD5.pattern)).then(

@@ -1,0 +1,62 @@
+"""The log an `upload --script` run writes (`uploaded<TAB><blob name>` per file sent), as `mark-uploaded` reads it:
+the blob names it logged, those that are not a <version>/<site-relative path> blob, and the lines it does not know."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from ..errors import UsageError
+from ..frames import UNSAFE_PATH
+
+_LINE = r"^uploaded\t(.*)$"
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # commit._LABEL_RE
+_FIX = "pass --from-log with the log the upload script wrote (upload.log by default, or $CHORUS_UPLOAD_LOG)"
+
+
+@dataclass
+class UploadLog:
+    names: pl.DataFrame  # name, label, srcfile: each blob logged as sent (once), under the container's prefix
+    invalid: list[tuple[str, str]]  # (blob name, why it names no file version)
+    n_lines: int  # lines that are not blank
+    not_understood: int  # lines that are not `uploaded<TAB><blob name>`
+    example: str = ""  # the first of them: 'line N: ...'
+
+
+def read_log(path: str, prefix: str, url: str) -> UploadLog:
+    """The log at `path`; a UsageError when it cannot be read or is not text (a binary file, UTF-16)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the log: {exc.strerror or exc}", where=path, fix=_FIX) from None
+    try:
+        if b"\0" in raw:  # UTF-16 or binary: valid UTF-8 of nothing the script writes
+            raise UnicodeDecodeError("utf-8", raw, raw.index(b"\0"), raw.index(b"\0") + 1, "a NUL byte")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not a text log of `upload --script` (byte {exc.start} is not UTF-8 text: a binary "
+                         "file, or a log saved in another encoding such as UTF-16)", where=path, fix=_FIX) from None
+    lines = pl.DataFrame({"text": pl.Series(text.splitlines(), dtype=pl.String)}).with_row_index("line", offset=1).filter(
+        pl.col("text").str.strip_chars() != "")
+    lines = lines.with_columns(name=pl.col("text").str.extract(_LINE).str.strip_chars())
+    unknown = lines.filter(pl.col("name").is_null() | (pl.col("name") == ""))
+    example = "".join(f"line {n}: {t.strip()[:80]!r}" for n, t in unknown.head(1).select("line", "text").iter_rows())
+    names = lines.filter(pl.col("name") != "").unique("name", keep="first", maintain_order=True).select("name")
+    under = pl.col("name").str.starts_with(prefix + "/") if prefix else pl.lit(True)
+    relative = pl.col("name").str.slice(len(prefix) + 1) if prefix else pl.col("name")
+    names = names.with_columns(under=under, label=relative.str.extract(r"^([^/]*)/"),
+                               srcfile=relative.str.extract(r"^[^/]*/(.*)$"))
+    why = (pl.when(~pl.col("under") | pl.col("label").is_null())
+           .then(pl.lit(f"not a <version>/<path> blob under {url}"))
+           .when(~pl.col("label").str.contains(_LABEL)).then(pl.format(
+               "not a valid blob name: {} is not a version label (a blob is <version>/<site-relative path>)",
+               pl.col("label").str.slice(0, 64)))
+           .when((pl.col("srcfile") == "") | pl.col("srcfile").str.contains(UNSAFE_PATH)).then(pl.format(
+               "not a valid blob name: {} is not a site-relative path", pl.col("srcfile").str.slice(0, 200))))
+    names = names.with_columns(why=why)
+    invalid = names.filter(pl.col("why").is_not_null())
+    return UploadLog(names=names.filter(pl.col("why").is_null()).select("name", "label", "srcfile"),
+                     invalid=list(invalid.select("name", "why").iter_rows()), n_lines=lines.height,
+                     not_understood=unknown.height, example=example)
