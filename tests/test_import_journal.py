@@ -633,3 +633,23 @@ def test_a_value_of_the_wrong_type_in_a_lookup_or_history_table_is_said(sql, wor
     assert "internal error" not in out.stderr
     if words:
         assert any(words in f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.broken-link")
+
+
+@pytest.mark.parametrize("url", ["az://", "az://central", "az://central/", "az://central/folder/"])
+def test_a_journal_url_that_names_no_blob_is_said_of_the_journal(url, tmp_path):
+    out = import_journal(url, tmp_path / "m.sqlite")
+    assert out.returncode == 2, out.stderr
+    assert f"the journal {url} does not name a blob" in out.stderr and f"JOURNAL {url}" in out.stderr
+    assert "--db" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_manifest_in_azure_given_as_the_journal_is_named_as_given(central, tmp_path):
+    db = tmp_path / "m.sqlite"
+    assert import_journal(JOURNALS["A"], db, "--to", "az://central/").returncode == 1
+    central.client.upload_blob("site/manifest.sqlite", db.read_bytes())
+    url = f"az://{central.container}/site/manifest.sqlite"
+    out = import_journal(url, tmp_path / "n.sqlite", env=central.env)
+    assert out.returncode == 2, out.stderr
+    assert f"{url} is not a chorus-upload journal: it is a chorus-batch manifest already" in out.stderr
+    assert f"where: {url}" in out.stderr and f"--db {url}" in out.stderr
+    assert central.env["CHORUS_BATCH_CACHE_DIR"] not in out.stderr and "download it first" not in out.stderr

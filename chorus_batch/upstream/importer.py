@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import polars as pl
 
@@ -161,12 +162,16 @@ def _read(journal_path: str, cloud) -> Journal:
     from ..store.remote import downloaded
 
     where = mask_url(journal_path)
+    parts = urlsplit(journal_path)
+    fix = "give a local journal.db, or one in Azure as az://<container>/<path>/journal.db"
     if not _azure(journal_path):
-        raise UsageError(f"cannot read a journal from {where}", where=where,
-                         fix="give a local journal.db, or one in Azure as az://<container>/<path>/journal.db")
+        raise UsageError(f"cannot read a journal from {where}", where=where, fix=fix)
+    if not parts.netloc.split("@")[0] or not parts.path.strip("/") or parts.path.endswith("/"):
+        raise UsageError(f"the journal {where} does not name a blob (a container or folder is not a journal)",
+                         where=f"JOURNAL {where}", fix=fix)
     with downloaded(journal_path, cloud, "chorus-upload journal",
                     fix="check the URL ([journal.source] path of chorus-upload's config.toml)") as local:
-        journal = read_journal(local)
+        journal = read_journal(local, name=where)  # messages name the blob, not the private copy
     journal.path = where
     return journal
 

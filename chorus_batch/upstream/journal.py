@@ -149,11 +149,11 @@ class VersionTree:
         return rows.filter(current).select("srcfile", "modality", "size", "md5", "mtime_us", "valid_us")
 
 
-def _not_a_journal(path: str, why: str) -> UsageError:
+def _not_a_journal(path: str, why: str, fix: str | None = None) -> UsageError:
     return UsageError(f"{path} is not a chorus-upload journal: {why}", where=path,
-                      fix="give the journal.db that chorus-upload's `journal update` writes (its [journal] path in "
-                          "config.toml; for a journal in Azure, download it first, e.g. with chorus-upload's "
-                          "`journal checkout`)")
+                      fix=fix or "give the journal.db that chorus-upload's `journal update` writes (its [journal] "
+                                 "path in config.toml, or az://CONTAINER/path/journal.db for its [journal.source] "
+                                 "in Azure)")
 
 
 def _unreadable(path: str, exc: Exception) -> UsageError:
@@ -166,9 +166,11 @@ def _unreadable(path: str, exc: Exception) -> UsageError:
                           "run again (the journal is only read)")
 
 
-def read_journal(path: str | Path) -> Journal:
-    """The journal at `path`, read only; a UsageError when it is missing or is not a chorus-upload journal."""
+def read_journal(path: str | Path, name: str | None = None) -> Journal:
+    """The journal at `path`, read only; a UsageError when it is missing or is not a chorus-upload journal. `name`:
+    the journal as the user gave it, in messages (a blob read through a local copy)."""
     path = str(path)
+    shown = name or path
     if Path(path).is_dir():
         raise UsageError(f"{path} is a folder, not a journal", where=path,
                          fix="give the journal file itself (chorus-upload's journal.db; its [journal] path in config.toml)")
@@ -177,28 +179,29 @@ def read_journal(path: str | Path) -> Journal:
     try:
         con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
-        raise _not_a_journal(path, f"SQLite cannot open it ({exc})") from None
+        raise _not_a_journal(shown, f"SQLite cannot open it ({exc})") from None
     try:
         try:
             tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.OperationalError as exc:  # unreadable, locked by a writer, ...
-            raise _unreadable(path, exc) from None
+            raise _unreadable(shown, exc) from None
         except sqlite3.DatabaseError as exc:
             if "malformed" in str(exc):
-                raise _unreadable(path, exc) from None
-            raise _not_a_journal(path, f"it is not an SQLite database ({exc})") from None
+                raise _unreadable(shown, exc) from None
+            raise _not_a_journal(shown, f"it is not an SQLite database ({exc})") from None
         if "journal_v2" in tables:
             schema, sql, history = 2, _V2_ROWS, "command_history_v2"
             missing = {"srcpaths", "modalities", "versions", "uploads"} - tables
             if missing:
-                raise _not_a_journal(path, f"it has journal_v2 but not its lookup tables {sorted(missing)}")
+                raise _not_a_journal(shown, f"it has journal_v2 but not its lookup tables {sorted(missing)}")
         elif "journal" in tables:
             schema, sql, history = 1, _V1_ROWS, "command_history"
         elif {"source_files", "versions", "meta"} <= tables:
-            raise _not_a_journal(path, "it is a chorus-batch manifest already (open it with --db)")
+            raise _not_a_journal(shown, "it is a chorus-batch manifest already",
+                                 fix=f"it needs no import: pass --db {shown} to chorus-batch's commands")
         else:
             shown = ", ".join(sorted(tables)[:8]) or "none"
-            raise _not_a_journal(path, f"it has no journal_v2 or journal table (its tables: {shown})")
+            raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {shown})")
         try:
             rows = _rows(con, sql)
             secrets: list[tuple[str, str]] = []
@@ -206,14 +209,14 @@ def read_journal(path: str | Path) -> Journal:
             updates, central = _history(con, history, secrets, times) if history in tables else ([], None)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
-                raise _unreadable(path, exc) from None
-            raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
+                raise _unreadable(shown, exc) from None
+            raise _not_a_journal(shown, f"its tables do not have chorus-upload's columns ({exc})") from None
         except sqlite3.DatabaseError as exc:
             if "malformed" in str(exc):
-                raise _unreadable(path, exc) from None
-            raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
+                raise _unreadable(shown, exc) from None
+            raise _not_a_journal(shown, f"its tables do not have chorus-upload's columns ({exc})") from None
         except sqlite3.Error as exc:
-            raise _not_a_journal(path, f"its tables do not have chorus-upload's columns ({exc})") from None
+            raise _not_a_journal(shown, f"its tables do not have chorus-upload's columns ({exc})") from None
     finally:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
