@@ -39,6 +39,7 @@ from .frames import packed_frame
 from .processes import pool
 from .sources import Source
 from .workers import HashedChunk, hash_chunk
+from .times import MAX_NS, MIN_NS
 
 CHUNK_FILES = 512
 CHUNK_BYTES = 64 << 20
@@ -126,6 +127,9 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
         pl.col("prev_md5").is_null()  # new, or recorded without an MD5 (unverifiable): look again
         | (pl.col("size") != pl.col("prev_size"))
         | _mtime_moved(rules.mtime_unit_ns)
+        # an mtime beyond what int64 nanoseconds hold is clamped (walk: mtime_out_of_range): it cannot show a
+        # write, so such a file is read every run (a same-size change between two such mtimes went unseen)
+        | pl.col("mtime_ns").is_in([MAX_NS, MIN_NS])
         # a new etag: written since (no etag recorded, as before schema 7: size and mtime decide)
         | (pl.col("etag") != pl.col("prev_etag")).fill_null(False)
     )

@@ -3,6 +3,7 @@ truthful about what was committed, odd file systems survived."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -264,7 +265,7 @@ def test_a_folder_that_can_be_read_but_not_searched_keeps_its_rows(site, db):
     assert set(current_rows(db)) == set(tree_md5(site))
 
 
-def test_an_mtime_beyond_2262_is_recorded_not_fatal_and_a_future_mtime_is_not_rehashed(site, db):
+def test_an_mtime_beyond_2262_is_recorded_not_fatal_read_every_run_and_a_future_mtime_is_not_rehashed(site, db):
     far = write(site, "OMOP/far.csv", b"far")
     near = write(site, "OMOP/future.csv", b"future")
     os.utime(near, ns=(time.time_ns(), time.time_ns() + 10 * 365 * 86400 * 10**9))  # ten years ahead
@@ -278,7 +279,12 @@ def test_an_mtime_beyond_2262_is_recorded_not_fatal_and_a_future_mtime_is_not_re
     assert summary["errors"]["by_kind"] == {"mtime_out_of_range": 1} and summary["counts"]["added"] == 2
     again = json.loads(cli("run", "--no-validate", "--verify-sample", "0", "--site", str(site), "--db", str(db),
                            "--json", "-q").stdout)
-    assert again["files_hashed"] == 0
+    assert again["files_hashed"] == 1  # far.csv: its clamped mtime cannot show a write; future.csv's can
+    far.write_bytes(b"FAR")  # the same size, and another mtime beyond 2262: still seen
+    os.utime(far, ns=(time.time_ns(), 2**63 + 2 * 10**18))
+    changed = json.loads(cli("run", "--no-validate", "--verify-sample", "0", "--site", str(site), "--db", str(db),
+                             "--json", "-q").stdout)
+    assert changed["counts"]["replaced"] == 1 and current_rows(db)["OMOP/far.csv"] == hashlib.md5(b"FAR").hexdigest()
 
 
 def test_two_empty_files_are_not_a_rename_across_persons(site, db):
