@@ -187,6 +187,8 @@ class FsspecSource:
             try:
                 props = self._blob(srcfile).get_blob_properties()
             except cloud_access.storage_errors() as exc:
+                if type(exc).__name__ == "ResourceNotFoundError":  # BlobNotFound: that file is gone, as a local one
+                    raise FileNotFoundError(f"gone: {srcfile}") from None
                 raise self._storage_failure(exc, srcfile) from None
             mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
             return FileStat(int(props.size or 0), mtime)
