@@ -204,3 +204,11 @@ def test_a_number_of_workers_out_of_range_is_a_usage_error(tmp_path, command):
     out = cli(command, "--workers", "257", cwd=tmp_path)
     assert out.returncode == 2 and "--workers: must be at most 256" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr
+
+
+def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "chorus.toml").write_text("[site]\nroot = 'site'\n[site.roots]\nWaveforms = 'nowhere'\n")
+    out = cli("run", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "where: [site.roots] Waveforms" in out.stderr, out.stderr
+    assert "nowhere" in out.stderr and "fix:   point [site.roots] Waveforms at" in out.stderr

@@ -38,4 +38,4 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
         return FsspecSource(location, cloud=cloud)
     if location.startswith("file://"):
         location = location[len("file://"):]
-    return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers)
+    return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers, what=what)

@@ -63,8 +63,9 @@ class LocalSource:
     server_md5 = False
 
     def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1,
-                 inprocess_budget_s: float = INPROCESS_BUDGET_S):
+                 inprocess_budget_s: float = INPROCESS_BUDGET_S, what: str = "--site / [site] root"):
         self.root = os.path.abspath(os.fspath(root))
+        self.what = what  # where the root was given: its messages name it
         self.description = self.root
         self.location = self.root.replace(os.sep, "/")
         self.follow_symlinks = follow_symlinks
@@ -74,9 +75,10 @@ class LocalSource:
     def check(self) -> None:
         if not os.path.isdir(self.root):
             raise ConfigError(
-                f"site root is not a readable directory: {self.root}",
-                where="--site / [site] root",
-                fix="point --site (or root in chorus.toml) at the folder that holds OMOP/ and the person folders",
+                f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {self.root}",
+                where=self.what,
+                fix=f"point {self.what} at the folder that holds " + (
+                    "OMOP/ and the person folders" if self.what.startswith("--site") else "the person folders of that modality"),
             )
 
     def list_files(self, errors: list[tuple[str, str, str]],

@@ -290,7 +290,7 @@ class RemoteManifest:
             try:
                 lease.release()
             except Exception as exc:  # noqa: BLE001 - it then expires by itself
-                log.warning(f"chorus-batch: could not release the lease on {self.where} ({type(exc).__name__}); "
+                log.warning(f"could not release the lease on {self.where} ({type(exc).__name__}); "
                             f"it expires within {self.lease_s} s")
 
     def _upload(self, lease: Any, renewer: _Renewer, etag: str | None) -> None:
