@@ -854,9 +854,7 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     from .processes import default_workers
     from .testdata import Spec, make_testdata
 
-    if args.persons < 1 or args.files_per_person < 1 or args.size < 0 or not 0 <= args.change_fraction <= 1:
-        raise UsageError("--persons and --files-per-person must be positive, --size >= 0, --change-fraction in [0, 1]",
-                         where="testdata arguments", fix="correct the values")
+    # Spec checks the sizes
     spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction, args.layout)
     first, second = make_testdata(args.out, spec, workers=args.workers or default_workers())
     print(f"wrote {first} files to {Path(args.out) / 'first'} and {second} files to {Path(args.out) / 'second'}")

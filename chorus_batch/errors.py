@@ -67,6 +67,16 @@ class UsageError(ChorusError):
     exit_code = ExitCode.USAGE
 
 
+class WriteError(UsageError, OSError):
+    """An output cannot be written where it was asked (no such folder, no permission, a read-only file system, a
+    path that is not a regular file). Also an OSError (errno and strerror set): a caller that treats a failed
+    write as best effort (`except OSError`: the state cache) still does."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None, cause: OSError | None = None):
+        super().__init__(what, where=where, fix=fix)
+        self.errno, self.strerror = (cause.errno, cause.strerror) if cause is not None else (None, what)
+
+
 class ConfigError(UsageError):
     """A setting in chorus.toml (or its command-line override) is invalid."""
 

@@ -3,7 +3,10 @@
 Every output beside the manifest (the state cache, Parquet snapshots, the HTML report)
 goes through `write_private`: a temporary file in the same folder, created 0600, written,
 fsynced, then renamed over the target; on any failure the temporary file is removed and the
-target is left as it was.
+target is left as it was. Only a regular file is replaced: a symbolic link, a FIFO, a device or a folder at the
+path is refused (writing to `/dev/stdout` or through a link is never what a user of `--out` means). Every
+failure is a WriteError (a UsageError naming the path, the OS's reason and a fix). Folders are made by
+`private_folder`: 0700, and so are the missing folders above them, whatever the umask.
 
 Scratch files (DuckDB's spill, a throwaway manifest, a manifest's copy for upload) live in a
 `scratch_folder`, removed when its work ends. A process that is killed (SIGKILL, a node lost) removes
@@ -13,14 +16,19 @@ nothing: what it left is removed by the next process that writes the same thing 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .errors import WriteError
+
 OWNER_ONLY = 0o600
+PRIVATE_FOLDER = 0o700
 # What a killed process left is removed once it is this old: no live process is still setting it up
 # (a scratch folder is locked within milliseconds of being made; a temporary file is renamed when written).
 ABANDONED_AFTER_S = 600
@@ -35,8 +43,6 @@ def create_private(path: str | os.PathLike[str], *, truncate: bool = True) -> in
 def restrict(path: str | os.PathLike[str]) -> None:
     """Take group and other permissions off an existing file (best effort: some file systems ignore
     modes). The owner's own bits stay: a manifest its owner made read-only stays read-only."""
-    import stat
-
     with contextlib.suppress(OSError):
         mode = stat.S_IMODE(os.stat(path).st_mode)
         if mode & 0o077:
@@ -47,10 +53,14 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
     """Write `target` atomically and owner-only. `content` is the bytes, or a function that
     writes the file at the path it is given (e.g. `frame.write_parquet`)."""
     target = Path(target)
+    check_target(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     remove_abandoned(target.parent, f".{target.name}.*.tmp")
     try:
-        fd = create_private(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a dead process of the same pid's; O_EXCL below: never open what is planted there
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0),
+                     OWNER_ONLY)
         if isinstance(content, bytes | bytearray):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
@@ -59,14 +69,76 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
         else:
             os.close(fd)
             content(tmp)
-            restrict(tmp)  # a writer may have replaced the file: keep it private
             _fsync(tmp)
+        os.chmod(tmp, OWNER_ONLY)  # whatever the umask, or a writer that replaced the file, made it
+        check_target(target)  # again: the narrowest window before the rename
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise cannot_write(target, exc) from None
         raise
     return target
+
+
+def check_target(target: str | os.PathLike[str]) -> None:
+    """Refuse to write `target` unless it is absent or a regular file, in an existing folder (a WriteError)."""
+    target = Path(target)
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise cannot_write(target, exc) from None
+    if mode is None:
+        if not target.parent.is_dir():
+            raise WriteError(f"cannot write {target}: its folder {target.parent} does not exist", where=str(target.absolute()),
+                             fix="create the folder first, or choose a path in an existing folder")
+    elif not stat.S_ISREG(mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise WriteError(f"{target} is {kind}; only a regular file is replaced", where=str(target.absolute()),
+                         fix="choose a new file name (or a regular file to replace)")
+
+
+_FIXES = {"EACCES": "choose a folder this user can write", "EPERM": "choose a folder this user can write",
+          "EROFS": "the file system is read-only: choose a path on a writable one",
+          "ENOSPC": "free some space, or choose a path on a file system with room",
+          "EDQUOT": "free some space (the quota is reached), or choose another file system",
+          "ENOENT": "create the folder first, or choose a path in an existing folder",
+          "ENOTDIR": "a part of the path is a file, not a folder: choose another path"}
+
+
+def cannot_write(path: str | os.PathLike[str], exc: OSError) -> WriteError:
+    """The WriteError for an OSError met writing `path`: the OS's reason, and what to do about it."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    if name == "ENOENT" and Path(path).parent.is_dir():  # the folder is there, but takes no new file (/proc)
+        name = ""
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}", where=str(Path(path).absolute()),
+                      fix=_FIXES.get(name, "choose a path on an ordinary file system with room, in a folder this user can write"),
+                      cause=exc)
+
+
+def private_folder(path: str | os.PathLike[str]) -> Path:
+    """Make folder `path` and the missing ones above it owner-only (0700 whatever the umask); an existing
+    folder is left as it is. A failure is a WriteError."""
+    path = Path(path)
+    missing = []
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    try:
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made meanwhile by another process: used as it is
+                folder.mkdir(mode=PRIVATE_FOLDER)
+                os.chmod(folder, PRIVATE_FOLDER)  # the umask took bits off
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+    if not path.is_dir():
+        raise WriteError(f"{path} is a file, not a folder", where=str(path.absolute()), fix="choose a folder (it is created)")
+    return path
 
 
 def _fsync(path: Path) -> None:

@@ -19,6 +19,7 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, parse_bytes
 from .partitions import TreeParts
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError
+from .fsutil import private_folder
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import open_source
@@ -209,7 +210,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
             raise UsageError(f"--parquet names a file, not a folder: {folder}", where="--parquet / [manifest] parquet",
                              fix="pass --parquet with a folder (it is created)")
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_folder(folder)  # 0700 with its missing parents
         except OSError as exc:
             raise UsageError(f"cannot create the Parquet folder: {exc.strerror or exc}", where=str(folder),
                              fix="pass --parquet with a folder this user can write") from None

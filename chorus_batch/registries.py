@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from .errors import UsageError
-from .fsutil import write_private
+from .fsutil import private_folder, write_private
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
@@ -272,10 +272,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
 
 def write_registries(registries: Registries, out: str | Path, *, omop: bool = False) -> list[Path]:
     """DIR/waveform_registry.csv, DIR/image_registry.csv (and DIR/procedure_occurrence.csv), owner-only."""
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} is a file", where=str(folder), fix="pass --out with a folder (it is created)")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = private_folder(out)
     parts = {"waveform_registry.csv": registries.waveforms, "image_registry.csv": registries.images}
     if omop:
         parts["procedure_occurrence.csv"] = registries.procedures
@@ -295,6 +292,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="run `chorus-batch run` first, or pass --db with the manifest's path")
+    private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
     with manifest.lock(argv):

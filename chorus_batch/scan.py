@@ -28,7 +28,7 @@ from .errors import UsageError
 from .exclude import Excludes
 from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
 from .partitions import in_range, part_of, with_buckets
-from .fsutil import write_private
+from .fsutil import private_folder, write_private
 from .progress import Progress
 from .sources import Source
 from .units import human_bytes, plural
@@ -75,8 +75,7 @@ class ScanResult:
 
     # -- as Parquet: files.parquet, errors.parquet and scan.json, written last (the completion record)
     def write(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = private_folder(folder)
         # Sorted by bucket in row groups of 64k rows: a merge reads one partition's rows alone (partitions.py).
         write_private(folder / "files.parquet",
                       lambda tmp: with_buckets(self.files).write_parquet(tmp, row_group_size=SHARD_ROW_GROUP))

@@ -83,9 +83,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UsageError, WriteError
+from .fsutil import cannot_write, private_folder
+
 _EPOCH = datetime(2020, 1, 1)
 _FILLER = random.Random(20240229).randbytes(1 << 20)
 _JOIN_BELOW = 1 << 20
+MAX_FILES = 10_000_000  # persons x files per person: planning holds ~400 bytes a file (10M: ~4 GB)
+MAX_SIZE = 1 << 30  # bytes of a bulk file
 MIN_SIZE = 32  # bytes of a bulk file below which contents may repeat across persons (file.duplicate)
 
 LAYOUTS = ("v2.1", "v2.0", "v1.0", "flat")
@@ -191,6 +196,14 @@ class Spec:
     def __post_init__(self) -> None:
         if self.layout not in _LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
+        if (self.persons < 1 or self.files_per_person < 1 or self.persons * self.files_per_person > MAX_FILES
+                or not 0 <= self.size <= MAX_SIZE or not 0 <= self.change_fraction <= 1):
+            raise UsageError(f"testdata sizes out of range: --persons {self.persons}, --files-per-person "
+                             f"{self.files_per_person}, --size {self.size}, --change-fraction {self.change_fraction}",
+                             where="testdata arguments",
+                             fix=f"--persons and --files-per-person at least 1 and at most {MAX_FILES:,} files in all "
+                                 f"(persons x files per person), --size from 0 to {MAX_SIZE:,} bytes, "
+                                 "--change-fraction from 0 to 1")
 
 
 def person_id(i: int) -> str:
@@ -931,9 +944,9 @@ def write_files(root: str, files: dict[str, tuple | bytes], size: int, seed: int
     for rel, content in files.items():
         folder = rel.rpartition("/")[0]
         if folder not in made:
-            os.makedirs(os.path.join(root, *folder.split("/")), exist_ok=True)
+            private_folder(os.path.join(root, *folder.split("/")))
             made.add(folder)
-        fd = os.open(root + os.sep + (rel if os.sep == "/" else rel.replace("/", os.sep)), flags, 0o644)
+        fd = os.open(root + os.sep + (rel if os.sep == "/" else rel.replace("/", os.sep)), flags, 0o600)
         try:
             chunks = content_bytes(content, size, seed)
             if join:
@@ -961,8 +974,7 @@ def _parallel(spec: Spec, workers: int) -> bool:
 
 def write_snapshot(root: str | Path, spec: Spec, *, second: bool = False, workers: int = 1) -> int:
     """Write one snapshot; large ones are written by worker processes. Returns the number of files."""
-    root = str(root)
-    os.makedirs(root, exist_ok=True)
+    root = str(private_folder(root))
     if not _parallel(spec, workers):
         n, summaries = _write_persons(root, spec, list(range(spec.persons)), second)
     else:
@@ -977,9 +989,21 @@ def write_snapshot(root: str | Path, spec: Spec, *, second: bool = False, worker
 
 
 def make_testdata(out: str | Path, spec: Spec, *, workers: int = 1) -> tuple[int, int]:
+    """OUT/first and OUT/second, owner-only. OUT is new or empty: files mixed into an older tree would make
+    neither snapshot what the spec says."""
     out = Path(out)
-    a = write_snapshot(out / "first", spec, second=False, workers=workers)
-    b = write_snapshot(out / "second", spec, second=True, workers=workers)
+    try:
+        if os.path.isdir(out) and any(os.scandir(out)):
+            raise UsageError(f"{out} is not empty; testdata writes a new site, not into an existing one", where=str(out.absolute()),
+                             fix="give a new or empty folder (or remove this one first)")
+    except OSError as exc:
+        raise cannot_write(out, exc) from None
+    private_folder(out)
+    try:
+        a = write_snapshot(out / "first", spec, second=False, workers=workers)
+        b = write_snapshot(out / "second", spec, second=True, workers=workers)
+    except OSError as exc:  # a full disk, or a file system gone read-only meanwhile
+        raise (exc if isinstance(exc, WriteError) else cannot_write(out, exc)) from None
     return a, b
 
 

@@ -32,9 +32,8 @@ import polars as pl
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from .. import __version__
-from ..errors import UsageError
 from ..frames import SEVERITY_ORDER
-from ..fsutil import write_private
+from ..fsutil import check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                       open_manifest, size_flags)
 from ..times import iso, utc_now
@@ -78,9 +77,7 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     readable by its owner only. `manifest` is a SQLite manifest, a Parquet snapshot folder or an open reader."""
     started = time.perf_counter()
     out = Path(out)
-    if out.is_dir() or not out.parent.is_dir():
-        raise UsageError(f"cannot write the report to {out}: " + ("it is a folder" if out.is_dir() else "no such folder"),
-                         where=str(out), fix="pass a file path in an existing folder, e.g. --out report.html")
+    check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
     report = _Report(reader, reader.resolve(version))
     write_private(out, report.render().encode("utf-8"))

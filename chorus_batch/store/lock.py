@@ -15,7 +15,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import ManifestError, ManifestLocked
-from ..fsutil import OWNER_ONLY, create_private
+from ..fsutil import OWNER_ONLY, create_private, private_folder
 from ..times import iso, utc_now
 
 
@@ -34,7 +34,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     lock_path, holder_path = Path(f"{db}{suffix}"), Path(f"{db}{suffix}.json")
     lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
     try:
-        db.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(db.parent)  # 0700 with its missing parents; a WriteError is an OSError
         lock.acquire()
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"

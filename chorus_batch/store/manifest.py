@@ -30,7 +30,7 @@ from ..classify import record_key
 from ..errors import ManifestError
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import create_private, restrict, write_private
+from ..fsutil import create_private, private_folder, restrict, write_private
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
@@ -185,7 +185,7 @@ class Manifest:
         self.check_path()
         if not self.path.exists():
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                private_folder(self.path.parent)  # 0700 with its missing parents; a WriteError is an OSError
                 # Create the file with owner-only permissions before SQLite writes to it.
                 os.close(create_private(self.path, truncate=False))
             except OSError as exc:

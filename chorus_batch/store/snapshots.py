@@ -14,7 +14,7 @@ import polars as pl
 
 from ..errors import ManifestError
 from ..frames import FINDINGS_SCHEMA
-from ..fsutil import remove_abandoned, write_private
+from ..fsutil import private_folder, remove_abandoned, write_private
 from ..review import FILE_SCHEMA, HISTORY_SCHEMA, ManifestReader
 from .manifest import Manifest
 
@@ -34,7 +34,7 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
     each file written atomically and owner-only."""
     root = Path(directory)
     target = root / f"version={label}"
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_folder(target)
     for folder in root.glob("version=*"):  # parts of any version a killed run was writing
         remove_abandoned(folder, ".*.tmp")
     parts = {
