@@ -1,0 +1,176 @@
+"""Files and folders the tool writes beside the manifest (report, registries, testdata, snapshots, the --db folder):
+only a regular file is replaced, a path that cannot be written is a usage error (exit 2) naming it, and every
+file is 0600 and every folder it makes 0700, whatever the umask. All go through fsutil (write_private,
+private_folder), so these tests hold each writer to the shared rules."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from chorus_batch.cli import main
+from chorus_batch.errors import ExitCode, UsageError, WriteError
+from chorus_batch.fsutil import private_folder, write_private
+from chorus_batch.testdata import Spec, make_testdata
+from conftest import run_site
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="FIFOs, sockets and modes are POSIX")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("out")
+    make_testdata(base / "td", Spec(persons=2, files_per_person=6))
+    run_site(base / "td" / "first", base / "m.sqlite", validate_site=False)
+    return base / "m.sqlite"
+
+
+def specials(tmp_path: Path) -> dict[str, Path]:
+    """A symbolic link (to a regular file), a FIFO, a socket and a folder: none is a file to replace."""
+    target = tmp_path / "target.html"
+    target.write_text("kept")
+    made = {"symbolic link": tmp_path / "link.html", "FIFO": tmp_path / "fifo.html", "socket": tmp_path / "sock.html",
+            "folder": tmp_path / "folder.html"}
+    made["symbolic link"].symlink_to(target)
+    os.mkfifo(made["FIFO"])
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(made["socket"]))
+    sock.close()
+    made["folder"].mkdir()
+    return made
+
+
+@posix_only
+def test_the_writer_replaces_only_a_regular_file(tmp_path):
+    for kind, path in specials(tmp_path).items():
+        before = os.lstat(path)
+        with pytest.raises(WriteError, match=f"is a {kind}; only a regular file is replaced"):
+            write_private(path, b"new")
+        after = os.lstat(path)
+        assert (after.st_mode, after.st_ino) == (before.st_mode, before.st_ino), kind
+    assert (tmp_path / "target.html").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.html", "folder.html", "link.html", "sock.html",
+                                                         "target.html"]  # no temporary file left
+    regular = tmp_path / "target.html"
+    write_private(regular, b"new")
+    assert regular.read_bytes() == b"new" and mode(regular) == 0o600
+
+
+@posix_only
+def test_report_and_registry_out_refuse_a_link_a_fifo_or_a_device(manifest, tmp_path, capsys):
+    made = specials(tmp_path)
+    for path in (made["symbolic link"], made["FIFO"]):
+        assert main(["report", "--db", str(manifest), "--out", str(path)]) == ExitCode.USAGE
+        assert "only a regular file is replaced" in capsys.readouterr().err
+    assert made["symbolic link"].is_symlink() and stat.S_ISFIFO(os.lstat(made["FIFO"]).st_mode)
+    try:
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # /dev/null's twin (root only)
+    except OSError:
+        pass
+    else:
+        assert main(["report", "--db", str(manifest), "--out", str(tmp_path / "null")]) == ExitCode.USAGE
+        assert "is a device" in capsys.readouterr().err and stat.S_ISCHR(os.lstat(tmp_path / "null").st_mode)
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    (reg / "image_registry.csv").symlink_to(tmp_path / "target.html")
+    assert main(["registry", "--db", str(manifest), "--out", str(reg)]) == ExitCode.USAGE
+    assert "image_registry.csv is a symbolic link" in capsys.readouterr().err
+    assert (tmp_path / "target.html").read_text() == "kept"
+
+
+def test_a_path_that_cannot_be_written_is_a_usage_error_naming_it(manifest, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [["report", "--out", str(tmp_path / "missing" / "r.html")], ["report", "--out", str(a_file / "r.html")],
+             ["registry", "--out", str(a_file / "reg")], ["registry", "--out", str(a_file)]]
+    if sys.platform == "linux":  # a folder that takes no new file
+        cases += [["report", "--out", "/proc/chorus-report.html"], ["registry", "--out", "/proc/chorus-reg"]]
+    for args in cases:
+        assert main([args[0], "--db", str(manifest), *args[1:]]) == ExitCode.USAGE, args
+        err = capsys.readouterr().err
+        assert "internal error" not in err and "where:" in err and "fix:" in err, (args, err)
+    for out in (a_file, a_file / "td", *(["/proc/chorus-td"] if sys.platform == "linux" else [])):
+        assert main(["testdata", str(out), "--persons", "1"]) == ExitCode.USAGE, out
+        err = capsys.readouterr().err
+        assert "internal error" not in err and "where:" in err, (out, err)
+
+
+def test_an_os_failure_while_writing_is_a_write_error_and_stays_an_os_error(tmp_path, monkeypatch):
+    """A read-only file system, a full disk: the OS's reason and a fix; callers that take a failed write as best
+    effort (`except OSError`: the state cache) still do."""
+    import errno
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(WriteError) as caught:
+        write_private(tmp_path / "r.html", b"x")
+    assert isinstance(caught.value, UsageError) and isinstance(caught.value, OSError)
+    assert caught.value.errno == errno.EROFS and "read-only" in str(caught.value)
+    assert str(tmp_path / "r.html") in str(caught.value)
+    assert list(tmp_path.iterdir()) == []  # the temporary file is removed
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes any folder")
+def test_a_folder_this_user_cannot_write_is_a_usage_error(tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o500)
+    for write in (lambda: write_private(closed / "r.html", b"x"), lambda: private_folder(closed / "reg"),
+                  lambda: make_testdata(closed / "td", Spec(persons=1))):
+        with pytest.raises(WriteError, match="Permission denied"):
+            write()
+
+
+def test_testdata_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    out = tmp_path / "td"
+    (out / "first").mkdir(parents=True)
+    (out / "first" / "old.txt").write_text("old")
+    assert main(["testdata", str(out), "--persons", "1"]) == ExitCode.USAGE
+    assert "is not empty" in capsys.readouterr().err
+    assert [p.name for p in out.rglob("*")] == ["first", "old.txt"]  # nothing mixed in
+    (out / "first" / "old.txt").unlink()
+    (out / "first").rmdir()
+    assert main(["testdata", str(out), "--persons", "1", "--workers", "1"]) == ExitCode.OK  # an empty one is used
+
+
+@pytest.mark.parametrize("sizes", [{"persons": 10**13}, {"persons": 100_000, "files_per_person": 1000},
+                                   {"size": 10**14}, {"persons": 0}, {"change_fraction": 2}])
+def test_testdata_sizes_beyond_the_limits_are_refused_up_front(sizes):
+    # The Spec, not the command: without the check this would start writing (or planning) 10^8+ files.
+    with pytest.raises(UsageError, match="out of range") as caught:
+        Spec(**sizes)
+    assert "10,000,000 files" in caught.value.fix
+
+
+def test_testdata_limits_are_said_by_the_command(tmp_path, capsys):
+    assert main(["testdata", str(tmp_path / "td"), "--persons", "10000000000000"]) == ExitCode.USAGE
+    assert "out of range" in capsys.readouterr().err and not (tmp_path / "td").exists()
+
+
+@posix_only
+def test_every_file_is_0600_and_every_folder_made_0700_under_umask_000(manifest, tmp_path, capsys):
+    old = os.umask(0)
+    try:
+        assert main(["run", "--site", str(manifest.parent / "td" / "first"), "--db", str(tmp_path / "new" / "db" / "m.sqlite"),
+                     "--parquet", str(tmp_path / "snaps" / "deep"), "--no-validate", "-q"]) == ExitCode.OK
+        assert main(["report", "--db", str(manifest), "--out", str(tmp_path / "r.html")]) == ExitCode.OK
+        assert main(["registry", "--db", str(manifest), "--out", str(tmp_path / "reg" / "deep")]) == ExitCode.OK
+        assert main(["testdata", str(tmp_path / "td" / "deep"), "--persons", "2", "--workers", "1"]) == ExitCode.OK
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    made = [tmp_path / name for name in ("new", "snaps", "r.html", "reg", "td")]
+    paths = [p for top in made for p in (top, *top.rglob("*"))]
+    assert len(paths) > 100
+    wrong = {str(p): oct(mode(p)) for p in paths if mode(p) != (0o700 if p.is_dir() else 0o600)}
+    assert not wrong
