@@ -145,7 +145,7 @@ def test_sql_errors_are_adbc_errors_and_manifest_turns_them_into_manifest_errors
     with pytest.raises(ManifestError, match="no such table") as info:
         manifest.query_frame("SELECT * FROM missing")
     assert info.value.__cause__ is None
-    with pytest.raises(ManifestError, match="the manifest failed"), manifest.adbc() as con, con.cursor() as cur:
+    with pytest.raises(ManifestError, match="SQLite failed on the manifest"), manifest.adbc() as con, con.cursor() as cur:
         cur.execute("INSERT INTO t VALUES (?)", ("x", "too many"))
 
 

@@ -100,3 +100,48 @@ def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_wa
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert failed.value.committed == label and label in failed.value.what
     assert current_rows(db) == {"000001/Waveforms/Telemetry/S1/S1.dat": tree_md5(site)["000001/Waveforms/Telemetry/S1/S1.dat"]}
+
+
+def test_a_run_through_a_symbolic_link_is_refused_while_one_holds_the_manifest(site, db, tmp_path):
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(db.name)
+    (tmp_path / "folder-link").symlink_to(tmp_path, target_is_directory=True)
+    write(site, "OMOP/b.csv", b"b")
+    holder = start_paused_run(site, db)
+    try:
+        for other in (link, tmp_path / "folder-link" / db.name):
+            second = cli("run", "--no-validate", "--site", str(site), "--db", str(other))
+            assert second.returncode == ExitCode.LOCKED, second.stderr
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # every file beside the manifest is named after the real file, never after a spelling of it
+    third = cli("run", "--no-validate", "--site", str(site), "--db", str(link), "-q")
+    assert third.returncode == 0, third.stderr
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("link.sqlite") and p != link]
+    assert (tmp_path / f"{db.name}.state.parquet").exists()
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_a_hard_linked_manifest_is_refused_and_left_as_it_was(site, db, tmp_path):
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    os.link(db, tmp_path / "other.sqlite")
+    write(site, "OMOP/b.csv", b"b")
+    before = db.read_bytes()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "other.sqlite"))
+    assert out.returncode == 3 and "2 hard links" in out.stderr and "fix:" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and db.read_bytes() == before
+
+
+def test_a_write_that_breaks_a_constraint_is_not_blamed_on_the_file_system(db):
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.store import Manifest
+
+    manifest = Manifest(db)
+    manifest.ensure_schema()
+    with pytest.raises(ManifestError) as failed, manifest._open() as con:
+        con.execute("INSERT INTO meta VALUES ('manifest_id', 'again')")
+    assert "conflicts with its recorded rows" in str(failed.value) and "file system" not in str(failed.value)

@@ -111,7 +111,9 @@ class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(path)
+        # The real file, symbolic links resolved: every file beside it (lock, state cache, checkpoint, SQLite's
+        # -wal) is named after it, so two spellings of one manifest share one lock.
+        self.path = Path(os.path.realpath(path))
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self._manifest_id: str | None = None
@@ -177,8 +179,16 @@ class Manifest:
         if "locked" in low or "busy" in low:
             return ManifestError(f"the manifest is busy: {text}", where=where,
                                  fix="another program holds it open for writing; close it (or wait) and run again")
-        return ManifestError(f"the manifest failed: {text}", where=where,
-                             fix="check the manifest's file system (space, permissions), then run again")
+        if "constraint failed" in low:  # rows that contradict the manifest's: a fault of a writer, not of the disk
+            return ManifestError(f"the manifest refused a write that conflicts with its recorded rows: {text}; the "
+                                 "write was rolled back", where=where,
+                                 fix="check that no other program writes this manifest, then run again (a run starts "
+                                     "from the latest version); if it fails the same way, report it with the -v output")
+        if "disk i/o" in low:
+            return ManifestError(f"the manifest's file system failed: {text}", where=where,
+                                 fix="check the manifest's disk and file system (dmesg, a network mount), then run again")
+        return ManifestError(f"SQLite failed on the manifest: {text}", where=where,
+                             fix="rerun with -v for details, and report it with that output if it fails again")
 
     def ensure_schema(self) -> tuple[int | None, int]:
         """Create the manifest (owner-only), or migrate an older one in place; (schema before, now)."""
@@ -228,6 +238,17 @@ class Manifest:
             )
 
     def lock(self, argv: list[str], *, kind: str = "run"):
+        try:
+            links = self.path.stat().st_nlink
+        except OSError:  # not made yet
+            links = 1
+        if links > 1:  # each name would get its own lock and -wal file: two writers, a corrupt manifest
+            raise ManifestError(
+                f"the manifest has {links} hard links (names); SQLite does not support a database file with more "
+                "than one, and runs through different names would not exclude each other; nothing was done",
+                where=str(self.path),
+                fix=f"keep one name: remove the others (find / -xdev -samefile {self.path}), or copy the "
+                    "manifest (cp) instead of linking it")
         return manifest_lock(self.path, argv, kind=kind)
 
     # ------------------------------------------------------------------ reads
