@@ -844,7 +844,7 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     with manifest.lock(argv):
-        before, after = manifest.ensure_schema()
+        before, after = manifest.ensure_schema(create=False)
     print(f"{manifest.path.resolve()}: schema {before} -> {after}" if before != after
           else f"{manifest.path.resolve()}: already at schema {after}; nothing to do")
     return 0

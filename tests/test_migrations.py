@@ -231,3 +231,60 @@ def test_a_schema_7_manifest_of_the_previous_release_gets_an_empty_uploads_ledge
     from chorus_batch import release
 
     assert query(db, "SELECT release FROM runs ORDER BY run_id DESC LIMIT 1") == [(release(),)]
+
+
+def test_a_migration_failing_after_others_succeeded_leaves_the_manifest_as_it_was(old, monkeypatch):
+    before, tables = dump(old), shape(old)
+
+    def broken(con):
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    monkeypatch.setitem(schema_module.MIGRATIONS, 5, broken)  # steps 3 and 4 succeed first
+    with pytest.raises(ManifestError, match="from schema 2 failed at the step to schema 5.*left unchanged at schema 2"):
+        Manifest(old).ensure_schema()
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert shape(old) == tables and dump(old) == before
+
+
+def test_another_programs_database_with_a_meta_table_is_refused_and_not_changed(tmp_path, site):
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    con.execute("INSERT INTO meta VALUES ('foo', 'bar')")
+    con.commit()
+    con.close()
+    (site / "OMOP").mkdir()
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    data = other.read_bytes()
+    for args in (("run", "--site", str(site)), ("upgrade",), ("versions",)):
+        out = cli(*args, "--db", str(other))
+        assert out.returncode == 3 and "not a chorus-batch manifest" in out.stderr, out.stderr
+        assert "internal error" not in out.stderr and other.read_bytes() == data
+
+
+@pytest.mark.parametrize("value, words", [
+    (None, "has no schema version"), ("abc", "schema version is 'abc'"), ("", "schema version is ''"),
+    ("-1", "schema version is '-1'"), ("0", "schema version is '0'"),
+])
+def test_a_damaged_schema_version_is_refused_and_nothing_is_changed(old, tmp_path, value, words):
+    con = sqlite3.connect(old)
+    if value is None:
+        con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    else:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (value,))
+    con.commit()
+    con.close()
+    data = old.read_bytes()
+    for args in (("run", "--site", str(tmp_path)), ("upgrade",), ("versions",)):
+        out = cli(*args, "--db", str(old))
+        assert out.returncode == 3 and words in out.stderr and "fix:" in out.stderr, out.stderr
+        assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+        assert old.read_bytes() == data
+
+
+def test_upgrade_of_an_empty_file_creates_nothing(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    out = cli("upgrade", "--db", str(empty))
+    assert out.returncode == 2 and "an empty file" in out.stderr and "schema None" not in out.stdout, out.stdout
+    assert empty.stat().st_size == 0

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import ManifestError
+from ..errors import ManifestError, UsageError
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import create_private, private_folder, restrict, write_private
@@ -190,9 +190,15 @@ class Manifest:
         return ManifestError(f"SQLite failed on the manifest: {text}", where=where,
                              fix="rerun with -v for details, and report it with that output if it fails again")
 
-    def ensure_schema(self) -> tuple[int | None, int]:
-        """Create the manifest (owner-only), or migrate an older one in place; (schema before, now)."""
+    def ensure_schema(self, *, create: bool = True) -> tuple[int | None, int]:
+        """Create the manifest (owner-only; not if `create` is False: `upgrade`), or migrate an older one in
+        place; (schema before, now)."""
         self.check_path()
+        empty = UsageError(f"no manifest at {self.path}{' (an empty file)' if self.path.exists() else ''}: nothing to "
+                           "upgrade; nothing was changed", where=str(self.path),
+                           fix="pass --db with the manifest's path (`chorus-batch run` starts a new manifest)")
+        if not create and not self.path.exists():
+            raise empty
         if not self.path.exists():
             try:
                 private_folder(self.path.parent)  # 0700 with its missing parents; a WriteError is an OSError
@@ -202,6 +208,9 @@ class Manifest:
                 raise ManifestError(f"cannot create the manifest: {exc.strerror or exc}", where=str(self.path),
                                     fix="pass --db with a file path in a folder this user can write") from None
         with self._open() as con:
+            # what is not a manifest is refused before anything is written to it
+            if schema_version(con, str(self.path)) is None and not create:
+                raise empty
             con.execute("PRAGMA journal_mode = WAL")
             versions = upgrade(con, str(self.path))
         self.after_commit()

@@ -2,9 +2,9 @@
 (frames.MANIFEST_TABLES); an older one is brought up by numbered migrations.
 
 A manifest is years of a site's history, so a schema change is never a rebuild. Each
-migration is one transaction that may add tables, columns and indexes and backfill them,
-and bumps `meta.schema_version` in the same transaction: a migration that fails (or is
-killed) leaves the manifest as it was. Migrations use their own, frozen DDL (not the
+migration may add tables, columns and indexes and backfill them; an upgrade runs its steps
+and bumps `meta.schema_version` in one transaction: an upgrade that fails (or is killed)
+leaves the manifest as it was. Migrations use their own, frozen DDL (not the
 registry, which describes the latest schema); tests/test_migrations.py checks that a
 migrated manifest has the same tables, columns and indexes as a new one.
 
@@ -164,15 +164,29 @@ assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
 def schema_version(con: sqlite3.Connection, where: str) -> int | None:
-    """The manifest's schema version; None for an empty (new) database file."""
-    has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
-    if not has_meta:
-        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
-            raise ManifestError("this SQLite database is not a chorus-batch manifest (it has no meta table)",
-                                where=where, fix="pass --db with the manifest's path, or a new file name to start one")
+    """The manifest's schema version; None for an empty (new) database file. Anything else that is not a
+    manifest with a schema version this project wrote is refused: an upgrade must never start on it."""
+    tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and not con.execute("SELECT 1 FROM sqlite_master").fetchone():
         return None
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else 1
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if "meta" in tables else None
+    except sqlite3.OperationalError:  # a meta table of another shape: another program's
+        row = None
+    if row is None and not {"meta", "source_files", "versions"} <= tables:
+        raise ManifestError("this SQLite database is not a chorus-batch manifest (it has no meta.schema_version); "
+                            "nothing was changed", where=where,
+                            fix="pass --db with the manifest's path, or a new file name to start one")
+    if row is None:  # every release wrote it: the row was deleted
+        raise ManifestError("the manifest has no schema version (its meta table lacks the schema_version row): it "
+                            "was edited or damaged; nothing was changed", where=where,
+                            fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it")
+    if not re.fullmatch(r"[0-9]+", str(row[0])) or not 1 <= int(row[0]):
+        raise ManifestError(f"the manifest's schema version is {row[0]!r}, not one chorus-batch writes (1 to "
+                            f"{SCHEMA_VERSION}): meta.schema_version was edited or damaged; nothing was changed",
+                            where=where, fix="restore the manifest from a backup, or set meta.schema_version back to the "
+                                             "schema of the release that wrote it")
+    return int(row[0])
 
 
 def too_new(version: int, where: str) -> ManifestError:
@@ -182,7 +196,7 @@ def too_new(version: int, where: str) -> ManifestError:
 
 
 def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
-    """Create the schema, or migrate it step by step; returns (version before, version now)."""
+    """Create the schema, or migrate it; returns (version before, version now)."""
     before = schema_version(con, where)
     if before is None:
         with con:
@@ -190,18 +204,24 @@ def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
         return None, SCHEMA_VERSION
     if before > SCHEMA_VERSION:
         raise too_new(before, where)
-    for target in range(before + 1, SCHEMA_VERSION + 1):
-        try:
-            with con:  # one transaction per step: a failed step leaves the manifest at the step before
-                con.execute("BEGIN IMMEDIATE")
+    if before == SCHEMA_VERSION:
+        return before, before
+    target = before
+    try:
+        with con:  # one transaction: an upgrade that fails (or is killed) leaves the manifest exactly as it was
+            con.execute("BEGIN IMMEDIATE")
+            for target in range(before + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[target](con)
-                con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(target),))
-        except sqlite3.Error as exc:
-            raise ManifestError(
-                f"upgrading the manifest to schema {target} failed ({exc}); it was left unchanged at schema {target - 1}",
-                where=where, fix="check the free space and permissions of the manifest's folder, then run again") from None
-    if before < SCHEMA_VERSION:
-        with con:
             for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
                 con.execute(ddl)
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    except sqlite3.Error as exc:
+        text = str(exc).lower()
+        damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
+        raise ManifestError(
+            f"upgrading the manifest from schema {before} failed at the step to schema {target} ({exc}); it was left "
+            f"unchanged at schema {before}", where=where,
+            fix=f"its tables are not those of schema {before} (edited or damaged): restore it from a backup, or report "
+                "it with this message" if damaged else
+                "check the free space and permissions of the manifest's folder, then run again") from None
     return before, SCHEMA_VERSION
