@@ -206,8 +206,28 @@ def test_a_manifest_path_inside_a_file_names_that_file(site, tmp_path):
     write(site, "OMOP/a.csv")
     (tmp_path / "notes.txt").write_text("not a folder")
     out = run(site, tmp_path / "notes.txt" / "manifests" / "m.sqlite")
-    assert out.returncode == 3 and f"{tmp_path / 'notes.txt'} is a file, not a folder" in out.stderr
-    assert "fix:" in out.stderr and "nothing was committed" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and f"{tmp_path / 'notes.txt'} is a file, not a folder" in out.stderr  # usage
+    assert "fix:" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="Linux /proc")
+def test_a_lock_file_that_cannot_be_made_is_not_called_locked(site):
+    write(site, "OMOP/a.csv")
+    out = run(site, Path("/proc/chorus-test.sqlite"))
+    assert out.returncode == 3 and "cannot create or open the manifest's lock file" in out.stderr, out.stderr
+    assert "locked" not in out.stderr and "fix:" in out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the lock file to another user")
+def test_a_lock_file_of_another_user_is_said_to_be_theirs(db):
+    from chorus_batch.store.lock import _cannot_lock
+
+    lock = Path(f"{db}.lock")
+    lock.touch(mode=0o600)
+    os.chown(lock, 54321, 54321)
+    said = str(_cannot_lock(db, lock, PermissionError(13, "Permission denied")))  # what a non-root user meets
+    assert "belongs to another user" in said and "uid 54321" in said and "remove the lock file" in said
+    assert "folder this user can write" not in said
 
 
 def test_a_read_only_manifest_says_what_to_do(site, db, tmp_path):

@@ -5,6 +5,7 @@ holder so that a second run can say who it waits for."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import ManifestError, ManifestLocked
+from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
 from ..fsutil import OWNER_ONLY, create_private, private_folder
 from ..times import iso, utc_now
 
@@ -26,6 +27,45 @@ def user_name() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
+def _owner(path: Path) -> str | None:
+    """The user owning `path` when it is not this user (None otherwise, or where unknown)."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return None
+    if not hasattr(os, "getuid") or uid == os.getuid():
+        return None
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
+    """Why the lock file cannot be made or opened, and what to do: the real reason, not a guess."""
+    a_file = next((folder for folder in db.parents if folder.exists() and not folder.is_dir()), None)
+    if a_file is not None:  # (mkdir says "File exists", open "Not a directory": neither names the file)
+        return UsageError(f"the manifest's folder cannot be made: {a_file} is a file, not a folder",
+                          where=str(db), fix="pass --db with a path in a folder (or where one can be made)")
+    reason = exc.strerror or str(exc)
+    owner = _owner(lock_path) if isinstance(exc, PermissionError) else None
+    if owner is not None:
+        return ManifestError(f"the manifest's lock file belongs to another user, {owner}, and this user cannot open "
+                             f"it: {reason}", where=str(lock_path),
+                             fix=f"run as {owner.split(' ')[0]}; or, once no run of theirs is going on, have them (or "
+                                 "root) remove the lock file: it holds nothing between runs")
+    if isinstance(exc, PermissionError) and not os.access(db.parent, os.W_OK):
+        fix = "run with --db in a folder this user can write (the lock and the manifest's -wal file live beside it)"
+    elif exc.errno == errno.EROFS:
+        fix = "pass --db with a path on a writable file system"
+    else:
+        fix = ("pass --db with a path on an ordinary file system this user can write (the lock, the state cache and "
+               "the manifest's -wal file are made beside it)")
+    return ManifestError(f"cannot create or open the manifest's lock file: {reason}", where=str(lock_path), fix=fix)
+
+
 @contextlib.contextmanager
 def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
@@ -35,6 +75,8 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
     try:
         private_folder(db.parent)  # 0700 with its missing parents; a WriteError is an OSError
+        # Opened here first: filelock takes a lock file it cannot create (ENOENT, as in /proc) for one held by another.
+        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
         lock.acquire()
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"
@@ -50,13 +92,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
             fix=f"wait for that {kind} to finish; if it is gone, the lock is released automatically",
         ) from None
     except OSError as exc:
-        a_file = next((folder for folder in db.parents if folder.exists() and not folder.is_dir()), None)
-        if a_file is not None:  # (mkdir says "File exists", open "Not a directory": neither names the file)
-            raise ManifestError(f"the manifest's folder cannot be made: {a_file} is a file, not a folder",
-                                where=str(db), fix="pass --db with a path in a folder (or where one can be made)") from None
-        raise ManifestError(f"cannot create or open the manifest's lock file: {exc.strerror or exc}", where=str(lock_path),
-                            fix="run with --db in a folder this user can write (the lock and the manifest's "
-                                "-wal file live beside it)") from None
+        raise _cannot_lock(db, lock_path, exc) from None
     try:
         with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
             with os.fdopen(create_private(holder_path), "w", encoding="utf-8") as f:
