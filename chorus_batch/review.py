@@ -55,8 +55,8 @@ def open_manifest(path: str | Path) -> "ManifestReader":
 
         return ParquetReader(path)
     if not path.exists():
-        raise ManifestError(f"no manifest at {path}", where=str(path),
-                            fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
+        raise UsageError(f"no manifest at {path}", where=str(path),  # a --db naming nothing, as in every command
+                         fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
     return SQLiteReader(path)
 
 

@@ -76,11 +76,11 @@ def test_versions_and_changes_as_json_and_csv(site, db):
 
 def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):
     out = cli("changes", "--db", str(tmp_path / "none.sqlite"))
-    assert out.returncode == 3 and "no manifest at" in out.stderr and "fix:" in out.stderr
+    assert out.returncode == 2 and "no manifest at" in out.stderr and "fix:" in out.stderr
     write(site, "OMOP/a.csv")
     cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
     out = cli("changes", "--db", str(db), "--version", "19990101000000")
-    assert out.returncode == 3 and "no version '19990101000000'" in out.stderr
+    assert out.returncode == 2 and "no version '19990101000000'" in out.stderr
 
 
 def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
@@ -212,3 +212,26 @@ def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):
     out = cli("run", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
     assert out.returncode == 2 and "where: [site.roots] Waveforms" in out.stderr, out.stderr
     assert "nowhere" in out.stderr and "fix:   point [site.roots] Waveforms at" in out.stderr
+
+
+def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp_path):
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    folder, missing = tmp_path / "folder", tmp_path / "none.sqlite"
+    folder.mkdir()
+    commands = [("versions",), ("changes",), ("upgrade",), ("validate",), ("registry", "--out", str(tmp_path / "r")),
+                ("run", "--site", str(site)), ("status", "--site", str(site))]
+    for wrong in (folder, missing):  # a --db that names no manifest is a usage error (2), whichever command
+        for command in commands:
+            if wrong == missing and command[0] in ("run", "status"):
+                continue  # (they start a new manifest there)
+            out = cli(*command, "--db", str(wrong))
+            assert out.returncode == 2 and "fix:" in out.stderr, (command, wrong, out.stderr)
+    for command in (("files",), ("diff", "--from", "x"), ("history", "a")):  # (a folder: Parquet snapshots)
+        out = cli(*command, "--db", str(missing))
+        assert out.returncode == 2 and "no manifest at" in out.stderr, (command, out.stderr)
+    for command in (("changes",), ("files", "--as-of"), ("report", "--out", str(tmp_path / "r.html")),
+                    ("registry", "--out", str(tmp_path / "r"))):  # so is a --version that names no version
+        flag = [] if command[-1] == "--as-of" else ["--version"]
+        out = cli(*command, *flag, "nope", "--db", str(db))
+        assert out.returncode == 2 and "fix:" in out.stderr, (command, out.stderr)

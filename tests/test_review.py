@@ -181,7 +181,7 @@ def test_cli_json_and_csv_have_the_documented_fields(history):
 
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     missing = cli("files", "--db", str(tmp_path / "nope.sqlite"))
-    assert missing.returncode == 3 and "no manifest" in missing.stderr and "fix:" in missing.stderr
+    assert missing.returncode == 2 and "no manifest" in missing.stderr and "fix:" in missing.stderr
     bad = cli("diff", "--db", str(history["db"]), "--from", "yesterday")
     assert bad.returncode == 2 and "no version 'yesterday'" in bad.stderr and "fix:" in bad.stderr
     unknown = cli("history", "--db", str(history["db"]), "no/such/file")

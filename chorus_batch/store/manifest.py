@@ -219,13 +219,14 @@ class Manifest:
     def check_path(self) -> None:
         """--db names a file (or nothing yet), not a folder."""
         if self.path.is_dir():
-            raise ManifestError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
-                                fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
+            raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
+                             fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
 
     def require(self) -> None:
         """For read-only commands: the manifest exists and has the schema this release reads."""
-        if not self.path.exists():
-            raise ManifestError(
+        self.check_path()
+        if not self.path.exists():  # a --db that names nothing: a usage error, as in upgrade, validate and registry
+            raise UsageError(
                 f"no manifest at {self.path}",
                 where=str(self.path),
                 fix="run `chorus-batch run` first, or pass --db with the manifest's path",
@@ -233,8 +234,8 @@ class Manifest:
         with self._open() as con:
             version = schema_version(con, str(self.path))
         if version is None:
-            raise ManifestError(f"the manifest at {self.path} is empty", where=str(self.path),
-                                fix="run `chorus-batch run` to commit the first version")
+            raise UsageError(f"the manifest at {self.path} is empty", where=str(self.path),
+                             fix="run `chorus-batch run` to commit the first version")
         if version > SCHEMA_VERSION:
             raise too_new(version, str(self.path))
         if version < SCHEMA_VERSION:
@@ -247,8 +248,9 @@ class Manifest:
             )
 
     def lock(self, argv: list[str], *, kind: str = "run"):
+        self.check_path()
         try:
-            links = self.path.stat().st_nlink
+            links = self.path.stat().st_nlink if self.path.is_file() else 1
         except OSError:  # not made yet
             links = 1
         if links > 1:  # each name would get its own lock and -wal file: two writers, a corrupt manifest
@@ -759,7 +761,7 @@ class Manifest:
             label = latest["label"] if latest else None
         frame = self.changes_query("c.version = ?", (label or "",))
         if label is not None and frame.height == 0 and self._one("SELECT 1 FROM versions WHERE label = ?", (label,)) is None:
-            raise ManifestError(
+            raise UsageError(  # a mistaken --version, as in files, diff, report and registry
                 f"no version {label!r} in the manifest",
                 where=str(self.path),
                 fix="list the versions with `chorus-batch versions`",

@@ -423,8 +423,8 @@ class RemoteManifest:
         """For read-only commands: a local copy of the manifest as it is now (no lease)."""
         props = self.properties()
         if props is None or not props.size:
-            raise ManifestError(f"no manifest at {self.where}" + (" yet (a first run has not committed)" if props else ""),
-                                where=self.where, fix=f"run `chorus-batch run --db {self.where}` first, or check the URL")
+            raise UsageError(f"no manifest at {self.where}" + (" yet (a first run has not committed)" if props else ""),
+                             where=self.where, fix=f"run `chorus-batch run --db {self.where}` first, or check the URL")
         self._refresh(self.read_copy, props)
         return self.read_copy
 

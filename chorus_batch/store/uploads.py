@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import polars as pl
 
-from ..errors import ManifestError
+from ..errors import UsageError
 from ..frames import columns_of
 from ..times import iso, utc_now
 from .manifest import Manifest
@@ -158,8 +158,8 @@ class UploadLedger:
 
 def require_version(manifest: Manifest, label: str) -> None:
     if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
-        raise ManifestError(f"no version {label!r} in the manifest", where=str(manifest.path),
-                            fix="list the versions with `chorus-batch versions`")
+        raise UsageError(f"no version {label!r} in the manifest", where=str(manifest.path),  # a mistaken --version
+                         fix="list the versions with `chorus-batch versions`")
 
 
 UPLOAD_STATE_SCHEMA = {
