@@ -23,7 +23,7 @@ from .fsutil import private_folder
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import open_source
-from .sources.urls import is_remote, mask_url
+from .urls import is_remote, mask_url
 from .store import Manifest
 from .times import utc_now
 

@@ -565,7 +565,7 @@ def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
 
 # ----------------------------------------------------------------------------- locations checked before anything opens
 
-from chorus_batch.sources.urls import mask_url  # noqa: E402
+from chorus_batch.urls import mask_url  # noqa: E402
 
 
 @pytest.mark.parametrize(("url", "hidden"), [

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
 from .local import LocalSource, walk_local
-from .urls import check_location, mask_url
+from ..urls import check_location, mask_url
 
 if TYPE_CHECKING:
     from ..config import CloudSettings

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ExitCode, SourceError
-from .urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of
+from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of
 
 if TYPE_CHECKING:
     from ..config import CloudSettings

@@ -17,7 +17,7 @@ from ..times import clamp_ns
 from ..walk import BATCH_ROWS
 from . import cloud as cloud_access
 from .base import FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch, parse_through
-from .urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
+from ..urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings

@@ -47,7 +47,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import AfterCommitError, ChorusError, ManifestError, ManifestLocked, Stopped, UsageError
 from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sync_blob_service_client
-from ..sources.urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
+from ..urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
 from ..times import iso, utc_now
 from .lock import user_name
 

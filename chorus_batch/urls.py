@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-from ..errors import UsageError
+from .errors import UsageError
 
 AZURE_PROTOCOLS = ("az", "abfs", "abfss")
 S3_PROTOCOLS = ("s3", "s3a")
