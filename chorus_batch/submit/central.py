@@ -187,10 +187,10 @@ def _copy_owner(blob: Any, props: Any) -> str | None:
     there) from the copy itself."""
     if (props.metadata or {}).get(COPY_OWNER):
         return props.metadata[COPY_OWNER]
-    import tempfile
+    from ..fsutil import scratch_folder
 
-    with tempfile.TemporaryDirectory(prefix=".chorus-owner-") as folder:
-        copy = Path(folder) / MANIFEST_NAME
+    with scratch_folder("chorus-owner-") as folder:  # (a manifest holds person ids: removed after a kill too)
+        copy = folder / MANIFEST_NAME
         with open(copy, "wb") as f:
             blob.download_blob(max_concurrency=2).readinto(f)
         try:
