@@ -19,6 +19,7 @@ from typing import Any
 
 from . import release
 from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError
+from .units import shown
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -1207,8 +1208,6 @@ def main(argv: list[str] | None = None) -> int:
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:
-        from .units import shown
-
         print(shown(f"chorus-batch: error: {exc}", lines=True), file=sys.stderr)
         if getattr(exc, "outcome", None):
             print(f"  {exc.outcome}", file=sys.stderr)  # type: ignore[attr-defined]
@@ -1266,8 +1265,6 @@ class _Output:
                               "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
 
     def write(self, text: str) -> int:
-        from .units import shown
-
         text = shown(text, lines=True) if self._terminal else text
         written = self._guarded(self._stream.write, text) if self._stream is not None else None
         return len(text) if written is None else written
@@ -1312,10 +1309,13 @@ def in_utf8_mode() -> None:
     coercion off (PYTHONUTF8=0; cron, a minimal container), a valid name such as 'ünïcödé.txt' read as undecodable
     and a run recorded the file as removed. So such a process starts again once, with -X utf8. Output that its
     stream's encoding cannot hold (PYTHONIOENCODING=ascii) is written escaped, never a failed command."""
-    if os.name == "posix" and not sys.flags.utf8_mode and sys.getfilesystemencoding().lower().replace("-", "") != "utf8":
+    def utf8(encoding: str | None) -> bool:
+        return (encoding or "").lower().replace("-", "") == "utf8"
+
+    if os.name == "posix" and not sys.flags.utf8_mode and not utf8(sys.getfilesystemencoding()):
         os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
     for stream in (sys.stdout, sys.stderr):
-        if stream is not None and (getattr(stream, "encoding", None) or "").lower().replace("-", "") != "utf8":
+        if stream is not None and not utf8(getattr(stream, "encoding", None)):
             with contextlib.suppress(AttributeError, ValueError):  # (replaced by a caller: left as it is)
                 stream.reconfigure(errors="backslashreplace")
 

@@ -29,6 +29,7 @@ from .diff import compute_diff
 from .errors import ManifestError, UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
+from .times import parse_time
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -44,7 +45,6 @@ PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is 
 OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
 OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
-_ISO_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 def open_manifest(path: str | Path) -> "ManifestReader":
@@ -58,17 +58,6 @@ def open_manifest(path: str | Path) -> "ManifestReader":
         raise UsageError(f"no manifest at {path}", where=str(path),  # a --db naming nothing, as in every command
                          fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
     return SQLiteReader(path)
-
-
-def parse_time(text: str) -> datetime | None:
-    """An ISO date or date-time (naive means UTC); None if `text` is not one."""
-    if not _ISO_LIKE.match(text):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 class ManifestReader:

@@ -144,12 +144,17 @@ def _account_name_of(url: str) -> str | None:
     return host.split(".")[0] if "." in host and not host.replace(".", "").isdigit() else None
 
 
+def _connection_fields(conn: str) -> dict[str, str]:
+    """A connection string's fields, by lower-cased key (AccountName, BlobEndpoint, EndpointSuffix, ...)."""
+    return {key.strip().lower(): value.strip() for key, _, value in (part.partition("=") for part in conn.split(";"))
+            if value.strip()}
+
+
 def _connection_string_account(conn: str) -> str | None:
-    match = re.search(r"(?i)(?:^|;)\s*AccountName=([^;]+)", conn)
-    if match:
-        return match.group(1).strip()
-    match = re.search(r"(?i)(?:^|;)\s*BlobEndpoint=([^;]+)", conn)
-    return _account_name_of(match.group(1).strip()) if match else None
+    fields = _connection_fields(conn)
+    if fields.get("accountname"):
+        return fields["accountname"]
+    return _account_name_of(fields["blobendpoint"]) if fields.get("blobendpoint") else None
 
 
 def blob_endpoint(sign_in: AzureSignIn) -> str:
@@ -157,8 +162,7 @@ def blob_endpoint(sign_in: AzureSignIn) -> str:
     string names (BlobEndpoint; else DefaultEndpointsProtocol, AccountName and EndpointSuffix: sovereign clouds)."""
     if sign_in.account_url or sign_in.kind != "connection_string":
         return sign_in.account_url or f"https://{sign_in.account_name}.blob.core.windows.net"
-    fields = {key.strip().lower(): value.strip() for key, _, value in
-              (part.partition("=") for part in (sign_in.secret or "").split(";")) if value}
+    fields = _connection_fields(sign_in.secret or "")
     if fields.get("usedevelopmentstorage", "").lower() == "true":
         return "http://127.0.0.1:10000/devstoreaccount1"
     if fields.get("blobendpoint"):

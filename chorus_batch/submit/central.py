@@ -7,7 +7,7 @@ offers what submission needs of it:
   put(name, open_file, size, md5)   write one blob with its Content-MD5; the bytes are hashed while they
                                     are sent and the blob is committed only when they have the MD5 the
                                     manifest recorded (else FileChanged: nothing is committed)
-  check_names(names)                why a blob name cannot be stored as it is (null when it can)
+  check_names(srcfile, version, prefix)   why a blob name cannot be stored as it is (null when it can)
   listing(version)                  name, size, Content-MD5 and etag of every blob under <version>/
   download_md5(name)                the MD5 of a blob's bytes, read back
   put_manifest(version, path)       the manifest's copy at <version>/_manifest/manifest.sqlite
@@ -128,8 +128,10 @@ MAX_SEGMENTS = 254
 _BAD_CHARS = r"[\x00-\x1f\x7f-\x9f\x{FFFE}\x{FFFF}]"
 
 
-def check_names(names: pl.Expr, full: pl.Expr) -> pl.Expr:
-    """Why each site-relative name (`full`: the whole blob name) cannot be stored as it is; null when it can."""
+def check_names(names: pl.Expr, version: pl.Expr | str, prefix: str) -> pl.Expr:
+    """Why each site-relative name cannot be stored as it is at <prefix>/<version>/<name>; null when it can."""
+    full = pl.concat_str([pl.lit(prefix + "/" if prefix else ""), version if isinstance(version, pl.Expr) else pl.lit(version),
+                          pl.lit("/"), names])
     return (pl.when(names.str.contains(r"\\")).then(pl.lit("its name holds a backslash, which Azure turns into '/'"))
             .when(names.str.contains(_BAD_CHARS)).then(pl.lit("its name holds a control character (or a "
                                                                "character that is not one), which Azure does not keep"))
@@ -175,11 +177,14 @@ def _look(blob: Any) -> Any | None:
         return None
 
 
-def _md5_of(blob: Any) -> str:
+def _md5_of(blob: Any) -> tuple[str, int]:
+    """(MD5 of the blob's bytes, size), read back."""
     digest = hashlib.md5(usedforsecurity=False)
+    size = 0
     for chunk in blob.download_blob(max_concurrency=1).chunks():
         digest.update(chunk)
-    return digest.hexdigest()
+        size += len(chunk)
+    return digest.hexdigest(), size
 
 
 def _copy_owner(blob: Any, props: Any) -> str | None:
@@ -287,7 +292,7 @@ class Central:
         """The blob already there: confirmed when it holds this very content, else a Conflict."""
         held = _hex(props.content_settings.content_md5)
         if held is None and props.size == size:  # sent by a tool that set no Content-MD5: its bytes decide
-            held = _md5_of(blob)
+            held = _md5_of(blob)[0]
         if props.size == size and held == md5_hex:
             return Sent(size, md5_hex, props.etag, "found")
         raise Conflict(f"az://{self.container_name}/{blob.blob_name} already holds other content ({props.size} bytes, "
@@ -386,15 +391,9 @@ class Central:
         """(MD5 of the bytes, size) of a blob, read back; None when it is not there."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        blob = self.container.get_blob_client(self.name(version, srcfile))
-        digest = hashlib.md5(usedforsecurity=False)
-        size = 0
         try:
-            for chunk in blob.download_blob(max_concurrency=1).chunks():
-                digest.update(chunk)
-                size += len(chunk)
+            return _md5_of(self.container.get_blob_client(self.name(version, srcfile)))
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise
             return None
-        return digest.hexdigest(), size

@@ -80,8 +80,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
     todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
                                    & ~pl.col("superseded") & pl.col("md5").is_not_null()
-                                   & check_names(pl.col("srcfile"), pl.lit(prefix + "/" if prefix else "")
-                                                 + pl.col("version") + "/" + pl.col("srcfile")).is_null())
+                                   & check_names(pl.col("srcfile"), pl.col("version"), prefix).is_null())
     if todo["root_id"].is_null().any():
         if len(roots) != 1:
             raise UsageError("some files were committed before the manifest recorded where they are", where=db,

@@ -191,7 +191,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
     plan = ledger.plan(label, modalities)
     done = plan.filter(pl.col("state").is_in(CONFIRMED) & ~pl.col("damaged"))
     todo = plan.join(done, on="file_id", how="anti").with_columns(
-        check_names(pl.col("srcfile"), pl.lit("/".join(p for p in (prefix, label) if p) + "/") + pl.col("srcfile"))
+        check_names(pl.col("srcfile"), label, prefix)
         .alias("bad_name"))
     outcome = VersionUpload(label, plan.height, done.height)
     superseded = todo.filter(pl.col("superseded"))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import polars as pl
 
+from ..commit import _LABEL_RE
 from ..errors import UsageError
 from ..frames import UNSAFE_PATH
 
 _LINE = r"^uploaded\t(.*)$"
-_LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # commit._LABEL_RE
 _FIX = "pass --from-log with the log the upload script wrote (upload.log by default, or $CHORUS_UPLOAD_LOG)"
 
 
@@ -50,7 +50,7 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
                                srcfile=relative.str.extract(r"^[^/]*/(.*)$"))
     why = (pl.when(~pl.col("under") | pl.col("label").is_null())
            .then(pl.lit(f"not a <version>/<path> blob under {url}"))
-           .when(~pl.col("label").str.contains(_LABEL)).then(pl.format(
+           .when(~pl.col("label").str.contains(_LABEL_RE.pattern)).then(pl.format(
                "not a valid blob name: {} is not a version label (a blob is <version>/<site-relative path>)",
                pl.col("label").str.slice(0, 64)))
            .when((pl.col("srcfile") == "") | pl.col("srcfile").str.contains(UNSAFE_PATH)).then(pl.format(

@@ -33,6 +33,7 @@ import polars as pl
 from ..errors import UsageError
 from ..frames import UNSAFE_PATH
 from ..sources.remote import mask_url
+from ..times import parse_time
 from .config import url_secrets
 
 # One journal row, whichever the schema.
@@ -284,12 +285,9 @@ def _start_us(value) -> int | None:
     if not _HAS_TIME.search(text):  # a date alone would cut the version at midnight, before its predecessor's rows
         return None
     text = _ZONE_WORD.sub("+00:00", text)
-    text = re.sub(r"\s+(?=[+-]\d\d:?\d\d$)", "", text)  # '... 14:38:39 +01:00'
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
+    when = parse_time(re.sub(r"\s+(?=[+-]\d\d:?\d\d$)", "", text))  # '... 14:38:39 +01:00'
+    if when is None:
         return None
-    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
     us = (when - _EPOCH) // _ONE_US
     return us if 0 <= us < _LAST_TIME_US else None
 
