@@ -201,6 +201,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
             raise UsageError(f"invalid exclusion glob {pattern!r}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
+    _check_outside_roots(settings, manifest.path)
     if settings.parquet and "://" in settings.parquet:
         raise UsageError(f"--parquet {mask_url(settings.parquet)}: Parquet snapshots are written to a local folder",
                          where="--parquet / [manifest] parquet", fix="give a local folder (it is created)")
@@ -217,6 +218,41 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"the Parquet folder is not writable: {folder}", where=str(folder),
                              fix="pass --parquet with a folder this user can write")
+
+
+def _local_root(location: str) -> Path | None:
+    """The real folder of a local root (None: a cloud one)."""
+    if "://" in location:
+        if not location.startswith("file://"):
+            return None
+        from urllib.parse import unquote, urlparse
+
+        location = unquote(urlparse(location).path)
+    return Path(os.path.realpath(location))
+
+
+def _check_outside_roots(settings: RunSettings, manifest_path: Path) -> None:
+    """What a run writes lies outside the site's local roots. A manifest inside one would be listed by every run
+    as a site file that every commit changes (a new version each night, its lock and state files too), and
+    `upload` would send it, person ids and all, to the centre; a staging folder inside would be listed by the
+    other shards."""
+    written = [(manifest_path, "--db / [manifest] db", "the manifest"),
+               *((Path(path), where, name) for path, where, name in (
+                   (settings.parquet, "--parquet / [manifest] parquet", "the Parquet snapshot folder"),
+                   (settings.staging, "--staging", "the shards' staging folder")) if path and "://" not in path)]
+    roots = [(settings.site, "--site / [site] root"),
+             *((location, f"[site.roots] {modality}") for modality, location in settings.roots.items())]
+    for location, root_where in roots:
+        root = _local_root(location)
+        if root is None:
+            continue
+        for path, where, name in written:
+            real = Path(os.path.realpath(path))
+            if real == root or root in real.parents:
+                raise UsageError(
+                    f"{name} would lie inside the site's root ({root_where} {location}): every run would record it as "
+                    "a file of the site, and `upload` would send it to the centre", where=f"{where}: {path}",
+                    fix=f"keep {name} outside the site's roots, e.g. in {root.parent / (root.name + '-chorus')}")
 
 
 def redact(argv: list[str]) -> list[str]:

@@ -198,3 +198,33 @@ def test_every_file_is_0600_and_every_folder_made_0700_under_umask_000(manifest,
     assert len(paths) > 100
     wrong = {str(p): oct(mode(p)) for p in paths if mode(p) != (0o700 if p.is_dir() else 0o600)}
     assert not wrong
+
+
+def test_what_a_run_writes_may_not_lie_inside_a_site_root(tmp_path, capsys):
+    """A manifest inside the site was listed by every run as a site file that each commit changes (a new version
+    every night, with its lock and state files) and would be sent to the centre by `upload`: refused up front."""
+    make_testdata(tmp_path / "td", Spec(persons=2, files_per_person=4))
+    site = tmp_path / "td" / "first"
+    (tmp_path / "link").symlink_to(site)
+    modality_root = tmp_path / "waves"
+    modality_root.mkdir()
+    (tmp_path / "chorus.toml").write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{modality_root}"\n')
+    refused = [
+        (["run", "--site", str(site), "--db", str(site / "m.sqlite")], "the manifest", "--db"),
+        (["run", "--site", str(site), "--db", str(tmp_path / "link" / "OMOP" / "m.sqlite")], "the manifest", "--db"),
+        (["status", "--site", f"file://{site}", "--db", str(site / "sub" / "m.sqlite")], "the manifest", "--db"),
+        (["run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--parquet", str(site / "pq")],
+         "the Parquet snapshot folder", "--parquet"),
+        (["run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shard", "0/2", "--staging",
+          str(site / "staging")], "the shards' staging folder", "--staging"),
+        (["run", "--config", str(tmp_path / "chorus.toml"), "--db", str(modality_root / "m.sqlite")], "the manifest",
+         "--db"),
+    ]
+    for argv, name, where in refused:
+        assert main(argv) == ExitCode.USAGE, argv
+        err = capsys.readouterr().err
+        assert f"{name} would lie inside the site's root" in err and f"where: {where}" in err, err
+    assert not (tmp_path / "m.sqlite").exists() and not (site / "m.sqlite").exists()
+    assert sorted(p.name for p in site.iterdir()) == ["000001", "000002", "Metadata", "OMOP"]
+    # Beside the site, under a name that starts like it, is outside.
+    assert main(["run", "--site", str(site), "--db", str(tmp_path / "td" / "first-chorus" / "m.sqlite"), "-q"]) == 0
