@@ -3,8 +3,12 @@ independent computations on the testdata snapshots."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -187,3 +191,55 @@ def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     unknown = cli("history", "--db", str(history["db"]), "no/such/file")
     assert unknown.returncode == 2 and "no file" in unknown.stderr
     assert "Traceback" not in missing.stderr + bad.stderr + unknown.stderr
+
+
+def without_override(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The real CLI, subject to file permissions as a reviewer with read access is, even when the tests
+    run as root (root's permission-override capabilities are dropped with util-linux setpriv)."""
+    prefix = []
+    if os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    return subprocess.run([*prefix, sys.executable, "-m", "chorus_batch", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_a_manifest_in_a_read_only_folder_is_read_and_never_changed(history, tmp_path):
+    """A reviewer with read access (file 0444 in a 0555 folder): SQLite could not make the WAL manifest's
+    -shm file, and every read command failed with "the manifest cannot be written"."""
+    shared, out = tmp_path / "shared", tmp_path / "out"
+    shared.mkdir()
+    out.mkdir()
+    db = shared / "m.sqlite"
+    shutil.copyfile(history["db"], db)
+    before = hashlib.md5(db.read_bytes()).hexdigest()
+    os.chmod(db, 0o444)
+    os.chmod(shared, 0o555)
+    try:
+        versions = without_override("versions", "--db", str(db), "--json", cwd=out)
+        files = without_override("files", "--db", str(db), "--as-of", "v1", "--json", cwd=out)
+        diff = without_override("diff", "--db", str(db), "--from", "v1", "--to", "v3", "--json", cwd=out)
+        path = sorted(history["trees"][1])[3]
+        hist = without_override("history", "--db", str(db), path, "--json", cwd=out)
+        changes = without_override("changes", "--db", str(db), "--version", "v2", "--json", cwd=out)
+        report = without_override("report", "--db", str(db), "--out", str(out / "r.html"), cwd=out)
+        # A -wal not yet checkpointed holds commits the file lacks: said, not read past.
+        os.chmod(shared, 0o755)
+        (shared / "m.sqlite-wal").write_bytes(b"x" * 100)
+        os.chmod(shared, 0o555)
+        walled = without_override("versions", "--db", str(db), cwd=out)
+    finally:
+        os.chmod(shared, 0o755)
+    for done in (versions, files, diff, hist, changes, report):
+        assert done.returncode == 0, done.stderr
+    assert [v["label"] for v in json.loads(versions.stdout)] == ["v1", "v2", "v3"]
+    assert {r["srcfile"]: r["md5"] for r in json.loads(files.stdout)} == history["trees"][0]
+    check_diff(pl.DataFrame(json.loads(diff.stdout)), history["trees"][0], history["trees"][2])
+    assert json.loads(hist.stdout)[-1]["version_valid"] == "v3"
+    assert {r["version"] for r in json.loads(changes.stdout)} == {"v2"}
+    assert (out / "r.html").stat().st_size > 0
+    assert walled.returncode == 3 and "-wal file holds commits" in walled.stderr and "fix:" in walled.stderr
+    assert "Traceback" not in walled.stderr
+    (shared / "m.sqlite-wal").unlink()
+    assert sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]
+    assert hashlib.md5(db.read_bytes()).hexdigest() == before

@@ -17,6 +17,7 @@ import os
 import socket
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,15 +119,52 @@ class Manifest:
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
+        self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
         from .validation import ValidationCache
 
         self.validation = ValidationCache(self)
 
     # ------------------------------------------------------------------ opening
 
+    def _sqlite_source(self) -> str:
+        """The path, or a read-only URI for a reader who cannot write beside the manifest (a reviewer with
+        read access: a file mode 0400/0444, a read-only folder or share). A WAL database read-write needs its
+        -shm file, which SQLite cannot create there ("attempt to write a readonly database" on every read);
+        read-only it reads an existing readable -shm (mode=ro), else the file as it is (immutable=1: no -shm,
+        no locks), which is the whole manifest only while no -wal holds commits not yet checkpointed into it."""
+        if self._source is not None:
+            return self._source
+        if not self.path.is_file():
+            return str(self.path)  # nothing to probe (yet): opening it is the writer's business
+        uri = "file:" + urllib.parse.quote(str(self.path))
+        for source in (str(self.path), f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"):
+            if source.endswith("immutable=1"):
+                wal = Path(f"{self.path}-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise ManifestError(
+                        "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
+                        "-wal file holds commits not yet written into it (a run is committing, or one was stopped)",
+                        where=str(self.path),
+                        fix="read it again once the run has ended (its last step moves the -wal into the manifest), or "
+                            "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and pass --db copy.sqlite")
+            con = sqlite3.connect(source, uri=source.startswith("file:"), timeout=30)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as exc:
+                low = str(exc).lower()
+                if "readonly" in low or "read-only" in low or "unable to open" in low:
+                    continue  # no -shm to be had (with a -wal: "unable to open"): the next, more restricted way in
+                break  # another fault (not a database, unreadable): the caller's open reports it
+            finally:
+                con.close()
+            self._source = source
+            return source
+        return str(self.path)
+
     def connect(self) -> sqlite3.Connection:
         try:
-            return sqlite3.connect(self.path, timeout=30)
+            source = self._sqlite_source()
+            return sqlite3.connect(source, uri=source.startswith("file:"), timeout=30)
         except sqlite3.Error as exc:
             raise ManifestError(
                 f"cannot open the manifest: {exc}",
@@ -153,7 +191,7 @@ class Manifest:
         from . import adbc  # the low-level API: its dbapi module would import pandas (see adbc.py)
 
         try:
-            with adbc.connect(str(self.path)) as con:
+            with adbc.connect(self._sqlite_source()) as con:
                 yield con
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None
