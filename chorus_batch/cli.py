@@ -915,7 +915,7 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     if args.path is not None:
         from .review import open_manifest
 
-        frame = frame.filter(open_manifest(db).under(args.path, ("srcfile", "old_srcfile")))
+        frame = open_manifest(db).rows_under(frame, args.path, ("srcfile", "old_srcfile"))
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -968,7 +968,7 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     reader = open_manifest(_db(args))
     frame = reader.files(args.as_of, modality=args.modality, person=args.person)
     if args.path is not None:
-        frame = frame.filter(reader.under(args.path))
+        frame = reader.rows_under(frame, args.path)
     if args.person is not None and frame.height == 0:
         maybe = reader.person_suggestions(args.person, args.as_of)
         print(f"chorus-batch: no files for person {args.person!r}; person ids are text, as the site writes them"
@@ -1002,9 +1002,10 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import open_manifest
 
     reader = open_manifest(_db(args))
-    frame = reader.history(reader.site_relative(args.path))
+    frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
-        raise UsageError(f"no file {args.path!r} in the manifest", where=_db(args),
+        shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
+        raise UsageError(f"no file {shown} in the manifest", where=_db(args),
                          fix="give the site-relative path as `chorus-batch files` prints it")
     _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "srcfile", "size", "md5"])
     return 0

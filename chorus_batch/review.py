@@ -187,10 +187,12 @@ class ManifestReader:
         """Where the site's files were found (the manifest's `roots`); none known to this reader."""
         return []
 
-    def site_relative(self, path: str) -> str:
+    def site_relative(self, path: str, *, backslash_separates: bool = True) -> str:
         """A path as people type it: Windows separators, './', or an absolute path under a recorded root,
-        as the site-relative path the manifest keys files by."""
-        path = path.replace("\\", "/")
+        as the site-relative path the manifest keys files by. With `backslash_separates` False a backslash
+        stays part of a name (a POSIX file may be called `a\\b.csv`)."""
+        if backslash_separates:
+            path = path.replace("\\", "/")
         for root in sorted(self.root_locations(), key=len, reverse=True):
             root = root.rstrip("/") + "/"
             windows = re.match(r"^[A-Za-z]:/", root) is not None  # drive letters and names: any case
@@ -200,13 +202,36 @@ class ManifestReader:
             path = path[2:]
         return path
 
-    def under(self, path: str, columns: tuple[str, ...] = ("srcfile",)) -> pl.Expr:
+    def spellings(self, path: str) -> list[str]:
+        """The site-relative paths `path` may name: as typed (a backslash is a character of a POSIX name),
+        then with backslashes as Windows separators; one if they agree."""
+        literal, windows = self.site_relative(path, backslash_separates=False), self.site_relative(path)
+        return [literal] if literal == windows else [literal, windows]
+
+    def history_of(self, path: str) -> pl.DataFrame:
+        """`history` of a path as people type it (see spellings): the first spelling the manifest records."""
+        spellings = self.spellings(path)
+        for srcfile in spellings[:-1]:
+            found = self.history(srcfile)
+            if found.height:
+                return found
+        return self.history(spellings[-1])
+
+    def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
         """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
         (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
-        folder = self.site_relative(path.rstrip("/\\") + "/").rstrip("/")
+        folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates).rstrip("/")
         if not folder:
             return pl.lit(True)
         return pl.any_horizontal([(pl.col(c) == folder) | pl.col(c).str.starts_with(folder + "/") for c in columns])
+
+    def rows_under(self, frame: pl.DataFrame, path: str, columns: tuple[str, ...] = ("srcfile",)) -> pl.DataFrame:
+        """The rows of `frame` under `path` (see under) in the first of its spellings that has any, as
+        `history_of` reads a path."""
+        rows = frame.filter(self.under(path, columns, backslash_separates=False))
+        if rows.height or len(self.spellings(path)) == 1:
+            return rows
+        return frame.filter(self.under(path, columns))
 
     def person_suggestions(self, person: str, as_of: str | datetime | None = None, limit: int = 5) -> list[str]:
         """Person ids of the version that `person` may mean: the same number with other leading zeros

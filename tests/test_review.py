@@ -243,3 +243,26 @@ def test_a_manifest_in_a_read_only_folder_is_read_and_never_changed(history, tmp
     (shared / "m.sqlite-wal").unlink()
     assert sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]
     assert hashlib.md5(db.read_bytes()).hexdigest() == before
+
+
+def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
+    """`history 'OMOP/a\\b.csv'` turned the backslash into a separator and found no file (or another one):
+    the path as typed comes first, the Windows reading only when no file has that name."""
+    write(site, "OMOP/a\\b.csv", b"named with a backslash")
+    write(site, "OMOP/a/b.csv", b"in folder a")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    md5 = {p: m for p, m in tree_md5(site).items()}
+    reader = open_manifest(db)
+    assert reader.history_of("OMOP/a\\b.csv")["md5"].to_list() == [md5["OMOP/a\\b.csv"]]
+    assert reader.history_of(f"{site}/OMOP/a\\b.csv")["srcfile"].to_list() == ["OMOP/a\\b.csv"]
+    assert reader.history_of("OMOP\\a\\b.csv")["md5"].to_list() == [md5["OMOP/a/b.csv"]]  # Windows separators
+    assert reader.history_of("OMOP\\person.csv")["srcfile"].to_list() == ["OMOP/person.csv"]
+    assert reader.rows_under(reader.files(), "OMOP/a\\b.csv")["srcfile"].to_list() == ["OMOP/a\\b.csv"]
+    assert reader.rows_under(reader.files(), "OMOP\\a")["srcfile"].to_list() == ["OMOP/a/b.csv"]
+    out = cli("history", "--db", str(db), "OMOP/a\\b.csv", "--json")
+    assert out.returncode == 0 and [r["srcfile"] for r in json.loads(out.stdout)] == ["OMOP/a\\b.csv"], out.stderr
+    listed = cli("changes", "--db", str(db), "--path", "OMOP/a\\b.csv", "--json")
+    assert [r["srcfile"] for r in json.loads(listed.stdout)] == ["OMOP/a\\b.csv"], listed.stderr
+    missing = cli("history", "--db", str(db), "OMOP/no\\such.csv")
+    assert missing.returncode == 2 and "no file 'OMOP/no\\such.csv' in the manifest" in missing.stderr
