@@ -26,7 +26,7 @@ import duckdb
 import polars as pl
 
 from .diff import compute_diff
-from .errors import ManifestError, UsageError
+from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import parse_time
@@ -107,8 +107,8 @@ class ManifestReader:
         """A version label, from a label, an ISO date-time, or None (the latest)."""
         versions = self.versions()
         if versions.height == 0:
-            raise ManifestError("the manifest has no versions yet", where=str(self.path),
-                                fix="run `chorus-batch run` to commit the first version")
+            raise UsageError("the manifest has no versions yet", where=str(self.path),  # exit 2, as validate says it
+                              fix="run `chorus-batch run` to commit the first version")
         if version is None:
             return versions["label"][-1]
         if isinstance(version, str) and version in set(versions["label"].to_list()):

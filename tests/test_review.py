@@ -266,3 +266,19 @@ def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     assert [r["srcfile"] for r in json.loads(listed.stdout)] == ["OMOP/a\\b.csv"], listed.stderr
     missing = cli("history", "--db", str(db), "OMOP/no\\such.csv")
     assert missing.returncode == 2 and "no file 'OMOP/no\\such.csv' in the manifest" in missing.stderr
+
+
+def test_a_manifest_without_versions_is_one_usage_error_in_every_reading_command(tmp_path):
+    """files, diff, report and registry said "the manifest has no versions yet" with exit 3 (a failure),
+    validate the same with exit 2: asking a manifest with no version for one is a usage error."""
+    from chorus_batch.store import Manifest
+
+    db = tmp_path / "m.sqlite"
+    Manifest(db).ensure_schema()
+    for args in (["files"], ["files", "--json"], ["diff", "--from", "x"], ["report", "--out", str(tmp_path / "r.html")],
+                 ["registry", "--out", str(tmp_path / "reg")], ["validate"]):
+        out = cli(*args, "--db", str(db))
+        assert out.returncode == 2, (args, out.stderr)
+        assert "no versions yet" in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(UsageError, match="no versions yet"):
+        open_manifest(db).files()
