@@ -282,3 +282,24 @@ def test_a_manifest_without_versions_is_one_usage_error_in_every_reading_command
         assert "no versions yet" in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
     with pytest.raises(UsageError, match="no versions yet"):
         open_manifest(db).files()
+
+
+def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
+    """A reviewer with read access to a schema-2 manifest was told only to upgrade it in place, which they
+    may not: the message also says how to read an upgraded copy; the file is not changed."""
+    from pathlib import Path
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    db = shared / "m.sqlite"
+    shutil.copyfile(Path(__file__).parent / "fixtures" / "schema2" / "manifest.sqlite", db)
+    before = hashlib.md5(db.read_bytes()).hexdigest()
+    os.chmod(db, 0o444)
+    os.chmod(shared, 0o555)
+    try:
+        out = without_override("files", "--db", str(db), cwd=tmp_path)
+    finally:
+        os.chmod(shared, 0o755)
+    assert out.returncode == 3 and "schema version 2" in out.stderr and "Traceback" not in out.stderr
+    assert "upgrades a copy: `cp <manifest> copy.sqlite && chorus-batch upgrade --db copy.sqlite`" in out.stderr
+    assert hashlib.md5(db.read_bytes()).hexdigest() == before and sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]

@@ -282,7 +282,9 @@ class Manifest:
                 f"schema {SCHEMA_VERSION}",
                 where=str(self.path),
                 fix=f"upgrade it in place with `chorus-batch upgrade --db {self.path}` (the next `run` or `validate` "
-                    "also does; nothing recorded is lost, but older releases cannot write it afterwards)",
+                    "also does; nothing recorded is lost, but older releases cannot write it afterwards); a reviewer "
+                    "who may not change it upgrades a copy: `cp <manifest> copy.sqlite && chorus-batch upgrade --db "
+                    "copy.sqlite`",
             )
 
     def lock(self, argv: list[str], *, kind: str = "run"):
