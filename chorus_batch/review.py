@@ -17,9 +17,11 @@ snapshot per version.
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -111,6 +113,14 @@ class ManifestReader:
                               fix="run `chorus-batch run` to commit the first version")
         if version is None:
             return versions["label"][-1]
+        if isinstance(version, numbers.Integral) and not isinstance(version, bool):
+            version = str(version)  # a label typed as a number (20261127034021), in a notebook as by papermill
+        elif isinstance(version, date) and not isinstance(version, datetime):
+            version = datetime(version.year, version.month, version.day, tzinfo=timezone.utc)  # as "2026-11-27"
+        elif not isinstance(version, (str, datetime)):
+            raise UsageError(f"a version is a label or an ISO date-time, not {type(version).__name__} {version!r}",
+                             where=str(self.path), fix="give a label from `chorus-batch versions` (text), a datetime, "
+                                                       "or an ISO time such as 2026-11-27T03:00:00Z")
         if isinstance(version, str) and version in set(versions["label"].to_list()):
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
@@ -174,6 +184,7 @@ class ManifestReader:
         """Every version of one file, oldest first: each row says how it began (`change`,
         `old_srcfile`) and ended (`ended_by`, `renamed_to`). A rename into the path brings
         in the renamed file's earlier rows too, under their old path."""
+        srcfile = os.fspath(srcfile)  # a pathlib path too
         rows = self._path_rows(srcfile, None)
         frames, seen = [rows], {srcfile}
         while rows.height and rows["change"][0] == "renamed" and rows["old_srcfile"][0] not in seen:
@@ -191,6 +202,7 @@ class ManifestReader:
         """A path as people type it: Windows separators, './', or an absolute path under a recorded root,
         as the site-relative path the manifest keys files by. With `backslash_separates` False a backslash
         stays part of a name (a POSIX file may be called `a\\b.csv`)."""
+        path = os.fspath(path)  # a pathlib path too (a PureWindowsPath's backslashes are separators)
         if backslash_separates:
             path = path.replace("\\", "/")
         for root in sorted(self.root_locations(), key=len, reverse=True):

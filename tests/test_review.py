@@ -303,3 +303,31 @@ def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     assert out.returncode == 3 and "schema version 2" in out.stderr and "Traceback" not in out.stderr
     assert "upgrades a copy: `cp <manifest> copy.sqlite && chorus-batch upgrade --db copy.sqlite`" in out.stderr
     assert hashlib.md5(db.read_bytes()).hexdigest() == before and sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]
+
+
+def test_versions_and_paths_as_a_notebook_spells_them(history, site, db):
+    """In a notebook `m.files(date(...))`, `m.diff(20261127034021)` (a label as a number) and
+    `m.history(Path(...))` raised TypeErrors from deep inside: a date is its midnight UTC (as the ISO date
+    is), a whole number is the label it spells, a path object is its text; anything else is a UsageError."""
+    from datetime import date
+    from pathlib import Path
+
+    import numpy as np
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False, version_label="1001")
+    write(site, "OMOP/person.csv", b"person_id\n2\n")
+    run_site(site, db, validate_site=False, version_label="1002")
+    numbered = open_manifest(db)
+    assert numbered.resolve(1001) == numbered.resolve(np.int64(1001)) == "1001"
+    assert numbered.diff(1001, 1002)["change"].to_list() == ["replaced"]
+    m = open_manifest(history["db"])
+    first = datetime.fromisoformat(m.versions()["finished_at"][0].replace("Z", "+00:00"))
+    assert m.resolve(first.date() + timedelta(days=1)) == m.resolve(str(first.date() + timedelta(days=1)))
+    with pytest.raises(UsageError, match="no version was committed at or before"):
+        m.resolve(date(1999, 1, 1))
+    with pytest.raises(UsageError, match="a version is a label or an ISO date-time, not float"):
+        m.files(2.5)
+    path = sorted(history["trees"][1])[3]
+    assert m.history(Path(path)).equals(m.history(path)) and m.history(path).height
+    assert m.history_of(Path(path)).equals(m.history(path))
