@@ -125,7 +125,9 @@ class ManifestReader:
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
         if moment is None:
-            raise UsageError(f"no version {version!r} in the manifest", where=str(self.path),
+            dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
+            raise UsageError(f"no version {version!r} in the manifest"
+                             + (", and it is not a valid ISO date-time" if dated else ""), where=str(self.path),
                              fix="give a label from `chorus-batch versions`, or an ISO time such as 2026-11-27T03:00:00Z")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)

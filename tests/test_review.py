@@ -191,6 +191,9 @@ def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     unknown = cli("history", "--db", str(history["db"]), "no/such/file")
     assert unknown.returncode == 2 and "no file" in unknown.stderr
     assert "Traceback" not in missing.stderr + bad.stderr + unknown.stderr
+    for wrong in ("2026-13-45", "2026-02-30T10:00:00Z", "2026-11-27T25:00"):  # a time meant, not a valid one
+        out = cli("files", "--db", str(history["db"]), "--as-of", wrong)
+        assert out.returncode == 2 and f"no version '{wrong}' in the manifest, and it is not a valid ISO date-time" in out.stderr
 
 
 def without_override(*args: str, cwd=None) -> subprocess.CompletedProcess:
