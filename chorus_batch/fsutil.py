@@ -84,6 +84,10 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
 
 def check_target(target: str | os.PathLike[str]) -> None:
     """Refuse to write `target` unless it is absent or a regular file, in an existing folder (a WriteError)."""
+    text = os.fspath(target)
+    if not text or text.endswith(("/", os.sep)):  # Path() would read "" as "." and drop the slash of "dir/"
+        raise WriteError(f"{'an empty path' if not text else repr(text) + ' ends with a separator: it'} names no file",
+                         where=text or ".", fix="give a file name, e.g. report.html")
     target = Path(target)
     try:
         mode = os.lstat(target).st_mode

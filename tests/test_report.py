@@ -230,6 +230,12 @@ def test_bad_output_path(two_versions, tmp_path):
     for out in (tmp_path, tmp_path / "missing" / "r.html"):
         with pytest.raises(UsageError):
             write_report(db, out)
+    # `--out ""` was read as "." ("is a folder"), and `--out r.html/` wrote the file r.html
+    with pytest.raises(UsageError, match="an empty path names no file"):
+        write_report(db, "")
+    with pytest.raises(UsageError, match="ends with a separator: it names no file"):
+        write_report(db, f"{tmp_path}/r.html/")
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_size_flags_rule():

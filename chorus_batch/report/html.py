@@ -76,8 +76,8 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     """Write the report of `version` (label or ISO time; default: the latest) to `out`, atomically and
     readable by its owner only. `manifest` is a SQLite manifest, a Parquet snapshot folder or an open reader."""
     started = time.perf_counter()
-    out = Path(out)
     check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
+    out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
     report = _Report(reader, reader.resolve(version))
     write_private(out, report.render().encode("utf-8"))
