@@ -202,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
         "versions", help="list the versions in a manifest",
         epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json",
     )
-    versions.add_argument("--db", help=READ_DB_HELP)
+    versions.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
     versions.add_argument("--json", action="store_true")
 
     changes = command(
@@ -210,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv\n"
                "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums",
     )
-    changes.add_argument("--db", help=READ_DB_HELP)
+    changes.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
     changes.add_argument("--version", dest="version_label", metavar="LABEL")
     changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
@@ -898,12 +898,19 @@ def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
     from .store import Manifest
     from .store.uploads import versions_with_upload_state
 
-    frame = versions_with_upload_state(Manifest(_db(args)))
+    db = _db(args)
+    if Path(db).is_dir():  # a --parquet snapshot folder, as files, diff, history and report read it
+        from .review import open_manifest
+
+        frame = open_manifest(db).versions()
+    else:
+        frame = versions_with_upload_state(Manifest(db))
     if args.json:
         print(json.dumps(frame.to_dicts(), indent=2))
     else:
-        print(frame_text(frame.select("label", "finished_at", "mode", "n_added", "n_removed", "n_replaced",
-                                      "n_renamed", "n_unchanged", "n_errors", "n_files", "upload")))
+        print(frame_text(frame.select(c for c in ("label", "finished_at", "mode", "n_added", "n_removed", "n_replaced",
+                                                  "n_renamed", "n_unchanged", "n_errors", "n_files", "upload")
+                                      if c in frame.columns)))
     return 0
 
 
@@ -911,7 +918,14 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     from .store import Manifest
 
     db = _db(args)
-    label, frame = Manifest(db).changes(args.version_label)
+    if Path(db).is_dir():  # a --parquet snapshot folder, as files, diff, history and report read it
+        from .review import open_manifest
+
+        reader = open_manifest(db)
+        label = reader.resolve(args.version_label)
+        frame = reader.changes(label)
+    else:
+        label, frame = Manifest(db).changes(args.version_label)
     if args.path is not None:
         from .review import open_manifest
 

@@ -334,3 +334,21 @@ def test_versions_and_paths_as_a_notebook_spells_them(history, site, db):
     path = sorted(history["trees"][1])[3]
     assert m.history(Path(path)).equals(m.history(path)) and m.history(path).height
     assert m.history_of(Path(path)).equals(m.history(path))
+
+
+def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(history):
+    """files, diff, history and report took a `run --parquet` folder as --db; versions and changes said
+    "--db names a folder, not a manifest file" and suggested a manifest path inside it."""
+    snaps, db = str(history["snaps"]), str(history["db"])
+    versions = cli("versions", "--db", snaps, "--json")
+    assert versions.returncode == 0, versions.stderr
+    assert [v["label"] for v in json.loads(versions.stdout)] == ["v1", "v2", "v3"]
+    table = cli("versions", "--db", snaps)
+    assert table.returncode == 0 and "v3" in table.stdout, table.stderr
+    from_snaps = cli("changes", "--db", snaps, "--version", "v2", "--json")
+    from_db = cli("changes", "--db", db, "--version", "v2", "--json")
+    assert from_snaps.returncode == 0, from_snaps.stderr
+    key = lambda rows: sorted((r["change"], r["srcfile"], r["old_srcfile"], r["md5"]) for r in rows)  # noqa: E731
+    assert key(json.loads(from_snaps.stdout)) == key(json.loads(from_db.stdout)) != []
+    wrong = cli("changes", "--db", snaps, "--version", "v9")
+    assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
