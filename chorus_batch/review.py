@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from .config import MODALITIES
 from .diff import compute_diff
 from .errors import UsageError
 from .frames import columns_of, schema_of
@@ -146,6 +147,8 @@ class ManifestReader:
         The whole set of the version asked last is kept, so a review's many questions about one
         version read it once (polars frames are immutable: sharing it is safe)."""
         label = self.resolve(as_of)
+        if modality is not None:
+            modality = self.modality_name(modality)
         cached = getattr(self, "_file_set", None)
         if cached is None or cached[0] != label:
             if modality is not None or person is not None:  # a narrow question: let the storage filter
@@ -157,6 +160,16 @@ class ManifestReader:
         if person is not None:
             frame = frame.filter(pl.col("person_id") == person)
         return frame
+
+    def modality_name(self, modality: str) -> str:
+        """A modality as the manifest spells it (`waveforms` is Waveforms); one it never records is a
+        UsageError: filtering by it would show an empty version, as if it held none of those files."""
+        known = (*MODALITIES, "Other")
+        for name in known:
+            if name.lower() == modality.strip().lower():
+                return name
+        raise UsageError(f"no modality {modality!r}", where=str(self.path),
+                         fix=f"give one of {', '.join(known)} (Other: files no pattern of the layout fits)")
 
     def diff(self, from_version: str | datetime, to_version: str | datetime | None = None) -> pl.DataFrame:
         """added / removed / replaced / renamed between any two versions (DIFF_SCHEMA).

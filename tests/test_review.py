@@ -352,3 +352,15 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert key(json.loads(from_snaps.stdout)) == key(json.loads(from_db.stdout)) != []
     wrong = cli("changes", "--db", snaps, "--version", "v9")
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
+
+
+def test_a_modality_is_taken_in_any_case_and_an_unknown_one_is_said(reader, history):
+    """`files --modality waveforms` listed an empty version (0 files, exit 0), as if it held no waveforms."""
+    assert reader.files("v2", modality="waveforms").equals(reader.files("v2", modality="Waveforms"))
+    assert reader.files("v2", modality="WAVEFORMS").height > 0
+    with pytest.raises(UsageError, match="no modality 'wave'"):
+        reader.files("v2", modality="wave")
+    out = cli("files", "--db", str(history["db"]), "--modality", "omop", "--json")
+    assert out.returncode == 0 and {r["modality"] for r in json.loads(out.stdout)} == {"OMOP"}
+    wrong = cli("files", "--db", str(history["db"]), "--modality", "ECG")
+    assert wrong.returncode == 2 and "give one of OMOP, Metadata, Waveforms, Images, Other" in wrong.stderr
