@@ -226,6 +226,8 @@ def test_a_manifest_in_a_read_only_folder_is_read_and_never_changed(history, tmp
         hist = without_override("history", "--db", str(db), path, "--json", cwd=out)
         changes = without_override("changes", "--db", str(db), "--version", "v2", "--json", cwd=out)
         report = without_override("report", "--db", str(db), "--out", str(out / "r.html"), cwd=out)
+        # the stored findings of the latest version: read without the lock the reviewer cannot take
+        validated = without_override("validate", "--db", str(db), "--json", cwd=out)
         # A -wal not yet checkpointed holds commits the file lacks: said, not read past.
         os.chmod(shared, 0o755)
         (shared / "m.sqlite-wal").write_bytes(b"x" * 100)
@@ -235,6 +237,7 @@ def test_a_manifest_in_a_read_only_folder_is_read_and_never_changed(history, tmp
         os.chmod(shared, 0o755)
     for done in (versions, files, diff, hist, changes, report):
         assert done.returncode == 0, done.stderr
+    assert validated.returncode in (0, 1) and json.loads(validated.stdout)["version"] == "v3", validated.stderr
     assert [v["label"] for v in json.loads(versions.stdout)] == ["v1", "v2", "v3"]
     assert {r["srcfile"]: r["md5"] for r in json.loads(files.stdout)} == history["trees"][0]
     check_diff(pl.DataFrame(json.loads(diff.stdout)), history["trees"][0], history["trees"][2])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..errors import UsageError
+from ..errors import ManifestError, UsageError
 from ..frames import FACTS_SCHEMA
 from ..fsutil import scratch_folder
 from ..progress import Progress, log
@@ -239,6 +239,10 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="pass --site DIR to check a folder that has no manifest yet, or --db with the manifest")
+    if not force:  # findings already stored are read without the lock (a reviewer with read access; during a run)
+        stored = _stored_findings(manifest)
+        if stored is not None:
+            return stored
     with manifest.lock(argv):
         manifest.ensure_schema()
         latest = manifest.latest_version()
@@ -248,6 +252,19 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
         sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
         findings = validate_version(manifest, latest["label"], sources, workers=workers, force=force)
     return latest["label"], findings
+
+
+def _stored_findings(manifest: Manifest) -> tuple[str, pl.DataFrame] | None:
+    """(latest label, its findings) when the manifest is at this release's schema and that version was
+    checked; None when it must be checked (or upgraded) under the lock."""
+    try:
+        manifest.require()
+    except (ManifestError, UsageError):
+        return None
+    latest = manifest.latest_version()
+    if latest is None or not manifest.validation.is_validated(latest["label"]):
+        return None
+    return latest["label"], manifest.validation.findings(latest["label"])
 
 
 def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None, *,
