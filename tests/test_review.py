@@ -186,6 +186,9 @@ def test_cli_json_and_csv_have_the_documented_fields(history):
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     missing = cli("files", "--db", str(tmp_path / "nope.sqlite"))
     assert missing.returncode == 2 and "no manifest" in missing.stderr and "fix:" in missing.stderr
+    for command in (["files"], ["versions"], ["report", "--out", str(tmp_path / "r.html")]):  # a folder, not snapshots
+        folder = cli(*command, "--db", str(tmp_path))
+        assert folder.returncode == 2 and "no Parquet snapshots in" in folder.stderr, folder.stderr
     bad = cli("diff", "--db", str(history["db"]), "--from", "yesterday")
     assert bad.returncode == 2 and "no version 'yesterday'" in bad.stderr and "fix:" in bad.stderr
     unknown = cli("history", "--db", str(history["db"]), "no/such/file")

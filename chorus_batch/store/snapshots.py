@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from ..errors import ManifestError
+from ..errors import ManifestError, UsageError
 from ..frames import FINDINGS_SCHEMA
 from ..fsutil import private_folder, remove_abandoned, write_private
 from ..review import FILE_SCHEMA, HISTORY_SCHEMA, ManifestReader
@@ -59,8 +59,8 @@ class ParquetReader(ManifestReader):
         self._labels = sorted(p.name.split("=", 1)[1] for p in self.path.glob("version=*")
                               if (p / "manifest.parquet").is_file())
         if not self._labels:
-            raise ManifestError(f"no Parquet snapshots in {self.path}", where=str(self.path),
-                                fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
+            raise UsageError(f"no Parquet snapshots in {self.path}", where=str(self.path),  # a --db naming no manifest: 2
+                             fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
 
     def _part(self, label: str, name: str) -> Path:
         return self.path / f"version={label}" / f"{name}.parquet"
