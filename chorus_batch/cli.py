@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
                "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums",
     )
     changes.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
-    changes.add_argument("--version", dest="version_label", metavar="LABEL")
+    changes.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
@@ -917,18 +917,17 @@ def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     from .store import Manifest
 
+    from .review import open_manifest
+
     db = _db(args)
     if Path(db).is_dir():  # a --parquet snapshot folder, as files, diff, history and report read it
-        from .review import open_manifest
-
         reader = open_manifest(db)
         label = reader.resolve(args.version_label)
         frame = reader.changes(label)
-    else:
-        label, frame = Manifest(db).changes(args.version_label)
+    else:  # a label or an ISO time, as files, diff and report take it
+        version = args.version_label if args.version_label is None else open_manifest(db).resolve(args.version_label)
+        label, frame = Manifest(db).changes(version)
     if args.path is not None:
-        from .review import open_manifest
-
         frame = open_manifest(db).rows_under(frame, args.path, ("srcfile", "old_srcfile"))
     if args.md5sum:
         return _print_md5sum(frame)

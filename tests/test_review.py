@@ -370,3 +370,14 @@ def test_a_modality_is_taken_in_any_case_and_an_unknown_one_is_said(reader, hist
     assert out.returncode == 0 and {r["modality"] for r in json.loads(out.stdout)} == {"OMOP"}
     wrong = cli("files", "--db", str(history["db"]), "--modality", "ECG")
     assert wrong.returncode == 2 and "give one of OMOP, Metadata, Waveforms, Images, Other" in wrong.stderr
+
+
+def test_changes_takes_a_version_as_a_time_as_files_and_diff_do(history):
+    """`changes --version 2026-11-27T03:00:00Z` said "no version" while files --as-of, diff and report took
+    the time (the latest version committed at or before it)."""
+    db = str(history["db"])
+    second = json.loads(cli("versions", "--db", db, "--json").stdout)[1]
+    by_time = cli("changes", "--db", db, "--version", second["finished_at"], "--json")
+    by_label = cli("changes", "--db", db, "--version", "v2", "--json")
+    assert by_time.returncode == 0, by_time.stderr
+    assert json.loads(by_time.stdout) == json.loads(by_label.stdout) != []
