@@ -381,3 +381,30 @@ def test_changes_takes_a_version_as_a_time_as_files_and_diff_do(history):
     by_label = cli("changes", "--db", db, "--version", "v2", "--json")
     assert by_time.returncode == 0, by_time.stderr
     assert json.loads(by_time.stdout) == json.loads(by_label.stdout) != []
+
+
+def test_a_notebook_reading_a_read_only_manifest_is_stopped_when_a_run_commits(history, tmp_path):
+    """A reader that could only open the file as it is (no -shm: immutable) kept doing so after a run
+    began committing into the -wal beside it, and would have read the file while it is checkpointed."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    db = shared / "m.sqlite"
+    shutil.copyfile(history["db"], db)
+    os.chmod(shared, 0o555)
+    script = ("import sys\nfrom chorus_batch.errors import ManifestError\nfrom chorus_batch.review import open_manifest\n"
+              f"m = open_manifest({str(db)!r})\nprint(m.files('v1').height, flush=True)\nsys.stdin.readline()\n"
+              "try:\n    m.files('v2')\nexcept ManifestError as exc:\n    print('refused:', exc.what)\n")
+    prefix = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+    child = subprocess.Popen([*(prefix if os.geteuid() == 0 else []), sys.executable, "-c", script],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert int(child.stdout.readline()) == len(history["trees"][0]), child.stderr.read()
+        os.chmod(shared, 0o755)
+        (shared / "m.sqlite-wal").write_bytes(b"x" * 100)  # a run's commit, not checkpointed yet
+        os.chmod(shared, 0o555)
+        out, err = child.communicate("go\n", timeout=60)
+    finally:
+        os.chmod(shared, 0o755)
+        if child.poll() is None:
+            child.kill()
+    assert "refused: cannot read the manifest" in out and "-wal file holds commits" in out, out + err

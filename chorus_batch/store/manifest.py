@@ -133,20 +133,15 @@ class Manifest:
         read-only it reads an existing readable -shm (mode=ro), else the file as it is (immutable=1: no -shm,
         no locks), which is the whole manifest only while no -wal holds commits not yet checkpointed into it."""
         if self._source is not None:
+            if self._source.endswith("immutable=1"):
+                self._check_no_wal()  # again at each open: a reader (a notebook) outlives runs committing meanwhile
             return self._source
         if not self.path.is_file():
             return str(self.path)  # nothing to probe (yet): opening it is the writer's business
         uri = "file:" + urllib.parse.quote(str(self.path))
         for source in (str(self.path), f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"):
             if source.endswith("immutable=1"):
-                wal = Path(f"{self.path}-wal")
-                if wal.exists() and wal.stat().st_size > 0:
-                    raise ManifestError(
-                        "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
-                        "-wal file holds commits not yet written into it (a run is committing, or one was stopped)",
-                        where=str(self.path),
-                        fix="read it again once the run has ended (its last step moves the -wal into the manifest), or "
-                            "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and pass --db copy.sqlite")
+                self._check_no_wal()
             con = sqlite3.connect(source, uri=source.startswith("file:"), timeout=30)
             try:
                 con.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -160,6 +155,17 @@ class Manifest:
             self._source = source
             return source
         return str(self.path)
+
+    def _check_no_wal(self) -> None:
+        """An immutable read sees the file only: refused while a -wal holds commits not yet in it."""
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise ManifestError(
+                "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
+                "-wal file holds commits not yet written into it (a run is committing, or one was stopped)",
+                where=str(self.path),
+                fix="read it again once the run has ended (its last step moves the -wal into the manifest), or "
+                    "ask its owner for a copy (`sqlite3 <manifest> '.backup copy.sqlite'`) and pass --db copy.sqlite")
 
     def connect(self) -> sqlite3.Connection:
         try:
