@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -1018,6 +1019,11 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
         shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
+        inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
+        if inside:  # a folder: history follows one file
+            raise UsageError(f"{shown} is a folder of {inside} current files, not a file", where=_db(args),
+                             fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
+                                 "history of one")
         raise UsageError(f"no file {shown} in the manifest", where=_db(args),
                          fix="give the site-relative path as `chorus-batch files` prints it")
     _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "srcfile", "size", "md5"])
