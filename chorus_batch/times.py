@@ -17,12 +17,18 @@ def iso(ts: datetime) -> str:
 _ISO_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
+_ZONE_WORD = re.compile(r"\s*(UTC|GMT|Z)$", re.IGNORECASE)
+_SPACED_OFFSET = re.compile(r"\s+(?=[+-]\d\d:?\d\d$)")
+
+
 def parse_time(text: str) -> datetime | None:
-    """An ISO date or date-time (naive means UTC); None if `text` is not one."""
+    """An ISO date or date-time (naive means UTC), its zone also spelled z, UTC, GMT or ' +01:00' (as people
+    type it); None if `text` is not one."""
+    text = text.strip()
     if not _ISO_LIKE.match(text):
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(_SPACED_OFFSET.sub("", _ZONE_WORD.sub("+00:00", text)))
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

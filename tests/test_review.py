@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -111,6 +111,11 @@ def test_files_as_of_a_time_picks_the_version_committed_then(history):
     between = datetime.fromisoformat(committed.replace("Z", "+00:00")) + timedelta(milliseconds=500)
     assert as_dict(reader.files(between.isoformat())) == history["trees"][0]
     assert as_dict(reader.files(between)) == history["trees"][0]
+    # the zone as people type it (a lowercase z, UTC, a spaced offset) was "not a valid ISO date-time"
+    typed = between.astimezone(timezone(timedelta(hours=1))).strftime("%Y-%m-%d %H:%M:%S.%f")
+    for spelling in (between.strftime("%Y-%m-%dT%H:%M:%S.%fz"), between.strftime("%Y-%m-%d %H:%M:%S.%f UTC"),
+                     f"{typed} +01:00"):
+        assert reader.resolve(spelling) == reader.resolve(between), spelling
     with pytest.raises(UsageError, match="no version was committed"):
         reader.files("2001-01-01T00:00:00Z")
     with pytest.raises(UsageError, match="no version 'v9'"):
