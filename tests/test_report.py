@@ -269,3 +269,17 @@ def main(target: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "docs/report.png")
+
+
+def test_control_characters_of_a_path_are_shown_as_escapes(tmp_path):
+    """A path's line break showed as a space in the browser (`OMOP/new line.csv`, a file that does not exist)
+    and an escape character was invisible; the terminal writes them \\n and \\x1b, and so does the report."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/new\nline.csv", b"a")
+    write(site, "OMOP/esc\x1b[31m.csv", b"b")
+    run_site(site, db)
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text()
+    assert "OMOP/new\\nline.csv" in text and "OMOP/esc\\x1b[31m.csv" in text
+    assert "new\nline" not in text and "\x1b" not in text
