@@ -283,3 +283,25 @@ def test_control_characters_of_a_path_are_shown_as_escapes(tmp_path):
     text = info.path.read_text()
     assert "OMOP/new\\nline.csv" in text and "OMOP/esc\\x1b[31m.csv" in text
     assert "new\nline" not in text and "\x1b" not in text
+
+
+def test_an_unwritable_folder_fails_before_the_report_is_rendered(two_versions, tmp_path):
+    """`report --out` into a folder this user cannot write rendered the whole report (plots and all, seconds
+    to minutes on a large site) before it found out. The user is subject to permissions even as root."""
+    db, _parquet = two_versions
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    script = ("import sys\nfrom chorus_batch.errors import WriteError\nfrom chorus_batch.report import html\n"
+              "calls = []\nreal = html._Report.render\n"
+              "html._Report.render = lambda self: calls.append(1) or real(self)  # counts, renders as ever\n"
+              f"try:\n    html.write_report({str(db)!r}, {str(closed / 'r.html')!r})\n"
+              "except WriteError as exc:\n    print('refused:', exc.what, 'renders:', len(calls))\n")
+    caps = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if os.geteuid() == 0 else []
+    os.chmod(closed, 0o555)
+    try:
+        out = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    finally:
+        os.chmod(closed, 0o755)
+    assert "refused: cannot write" in out.stdout and "renders: 0" in out.stdout, out.stdout + out.stderr
+    assert list(closed.iterdir()) == []

@@ -80,7 +80,8 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
     report = _Report(reader, reader.resolve(version))
-    write_private(out, report.render().encode("utf-8"))
+    # Rendered into the temporary file once it is made: a folder this user cannot write fails now, not after the work.
+    write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))
     return ReportInfo(path=out, version=report.label, sections=SECTION_IDS, images=report.images,
                       flags=tuple(report.flags), elapsed_s=round(time.perf_counter() - started, 3))
 
