@@ -1015,6 +1015,9 @@ def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import open_manifest
 
+    if not args.path.strip():
+        raise UsageError("history needs the path of a file; it was given an empty one", where="history PATH",
+                         fix="give the site-relative path as `chorus-batch files` prints it")
     reader = open_manifest(_db(args))
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
