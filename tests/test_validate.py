@@ -503,3 +503,19 @@ def test_check_covers_many_files_at_once(clean):
     many = pl.concat([current, copies.select(current.columns)])
     out = check(many, facts)
     assert out.filter(pl.col("rule") == "dicom.path_mismatch").height == n
+
+
+def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_path):
+    """pyarrow's CSV reader reads ahead in a thread of its own: after it gave up on a row longer than its block,
+    that thread went on reading the file the hashing worker then MD5'd the rest of, so the bytes were hashed out
+    of order and the file was dropped from the version as "changed while it was hashed" (and then reported as
+    a missing table). Now the parse stops its reads first: one finding that says what is wrong, the true MD5."""
+    import hashlib
+
+    from chorus_batch.validate.readers import parser
+
+    body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
+    write(tmp_path, "OMOP/person.csv", body)
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person"))
+    assert outcome.md5 == hashlib.md5(body).hexdigest()
+    assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts

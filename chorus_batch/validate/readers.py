@@ -17,6 +17,7 @@ import functools
 import io
 import json
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -414,6 +415,61 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str]]:
 _WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
 
 
+_CSV_BLOCK_BYTES = 4 * 1024 * 1024  # pyarrow's CSV block: no row (nor quoted value) may be longer
+
+
+class _Gate(io.RawIOBase):
+    """A file handed to pyarrow's streaming CSV reader, which reads ahead in a thread of its own: after an error
+    that thread may still be reading when the parser has returned, interleaving with the caller's reads (a
+    hashing worker MD5s the rest of the file next: the bytes were hashed out of order, the file looked changed
+    while hashed). close() waits for a read in flight; any read after it finds the end of the file."""
+
+    def __init__(self, f) -> None:
+        super().__init__()
+        self._f, self._lock, self._open = f, threading.Lock(), True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._lock:
+            return self._f.read(size) if self._open else b""
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with self._lock:
+            return self._f.seek(offset, whence) if self._open else 0
+
+    def tell(self) -> int:
+        with self._lock:
+            return self._f.tell() if self._open else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False  # the wrapped file stays open: it is the caller's
+        super().close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+
+def _arrow_reason(exc: Exception, block: int) -> str:
+    """pyarrow's CSV error in the site's terms (its own text suggests settings the user cannot change)."""
+    text = str(exc)
+    if "straddl" in text:
+        return (f"a row or a quoted value is longer than {block // (1024 * 1024)} MiB (a quote that is never closed "
+                "runs to the end of the file)")
+    return text
+
+
 def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
     """The distinct (rows of the) wanted columns, stripped and non-empty, in order of first appearance;
     None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
@@ -426,10 +482,11 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
     names = [raw_names[columns.index(w)] for w in wanted]
     f.seek(0)
     seen: dict[tuple[str, ...], None] = {}
+    gate = _Gate(f)
     try:
         reader = pacsv.open_csv(
-            f,
-            read_options=pacsv.ReadOptions(block_size=4 * 1024 * 1024),
+            gate,
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names}),
         )
@@ -437,7 +494,9 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
             seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {exc}") from None
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES)}") from None
+    finally:
+        gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
     rows = list(seen)
     return {w: [row[k] for row in rows] for k, w in enumerate(wanted)}
 
