@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from .errors import ConfigError
-from .frames import CLASSIFIED_SCHEMA
+from .frames import CLASSIFIED_SCHEMA, fmt
 
 GROUPS = ("person_id", "name_person", "category", "session", "file", "date", "time", "duration", "segment")
 CURRENT = "current"
@@ -178,12 +178,12 @@ def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
     stamp_ok = pl.concat_str([date, time]).str.strptime(pl.Datetime, "%Y%m%d%H%M%S", strict=False).is_not_null()
     return (
         pl.when(name_person.is_not_null() & (name_person != person))
-        .then(pl.format("person id in the file name ({}) differs from the person folder ({})", name_person, person))
+        .then(fmt("person id in the file name ({}) differs from the person folder ({})", name_person, person))
         .when(file.is_not_null() & session.is_not_null() & ~file.str.starts_with(session)
               & ~file.str.starts_with(pl.concat_str([person, session], separator="_")) & (file != "RECORDS"))
-        .then(pl.format("file name {} does not start with its session id {}", file, session))
+        .then(fmt("file name {} does not start with its session id {}", file, session))
         .when(date.is_not_null() & ~stamp_ok)
-        .then(pl.format("invalid date/time {}_{} in the file name", date, time))
+        .then(fmt("invalid date/time {}_{} in the file name", date, time))
         .otherwise(pl.lit(None, pl.String))
     )
 
@@ -207,7 +207,7 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         .then(pl.lit("path fits no Waveforms layout: expected Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>"))
         .when(second == "images")
         .then(pl.lit("path fits no Images layout: expected Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm"))
-        .otherwise(pl.format("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
+        .otherwise(fmt("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
     )
     return modality, person, reason
 

@@ -243,3 +243,21 @@ def packed_frame(n: int, columns: dict[str, tuple[pa.DataType, object]]) -> pl.D
     frame = pl.from_arrow(pa.RecordBatch.from_arrays(arrays, names=list(columns)))
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+def fmt(template: str, *args: pl.Expr | str) -> pl.Expr:
+    """pl.format's "{}" template, built with concat_str (null where an argument is null, as pl.format is).
+    polars 2.1's pl.format (str.format) panics on a frame of several chunks once a filter leaves some of them
+    empty ("assertion failed: i < self.len()"): the findings of a site with a non-numeric person folder, for one,
+    ended in a traceback. A str argument is a column name, as in pl.format."""
+    parts = template.split("{}")
+    if len(parts) != len(args) + 1:
+        raise ValueError(f"template has {len(parts) - 1} placeholders but {len(args)} arguments were given")
+    exprs: list[pl.Expr] = []
+    for i, part in enumerate(parts):
+        if part:
+            exprs.append(pl.lit(part))
+        if i < len(args):
+            arg = args[i]
+            exprs.append(pl.col(arg) if isinstance(arg, str) else arg)
+    return pl.concat_str(exprs) if exprs else pl.lit("")

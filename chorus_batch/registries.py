@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from .errors import UsageError
+from .frames import fmt
 from .fsutil import private_folder, write_private
 from .progress import Progress, log
 from .sources import Source
@@ -264,7 +265,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             procedure_concept_id=pl.when(pl.col("modality") == "Images").then(IMAGING_PROCEDURE).otherwise(MONITORING_PROCEDURE),
             procedure_date=pl.col("_when").dt.strftime("%Y-%m-%d"), procedure_datetime=pl.col("_when").dt.strftime(_DT),
             procedure_type_concept_id=pl.lit(STANDARD_ALGORITHM), visit_occurrence_id="visit_id",
-            procedure_source_value=pl.format("path: {}, group: {}", pl.col("_folder"), pl.col("group_id")))
+            procedure_source_value=fmt("path: {}, group: {}", pl.col("_folder"), pl.col("group_id")))
     )
     log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
     return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new)

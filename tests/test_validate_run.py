@@ -314,3 +314,21 @@ def test_known_facts_are_found_alike_by_lookups_and_by_reading_all_keys(clean, d
     read_all = cache.known_keys(wanted)
     assert looked_up.height == wanted.height - 1
     assert read_all.sort("kind", "md5").equals(looked_up.sort("kind", "md5"))
+
+
+def test_a_person_folder_with_letters_gets_its_findings_not_a_traceback(clean, tmp_path):
+    """A person id with letters ("P000101") takes the DICOM PatientID rule's other branch than numeric ids; the
+    message of its findings was built with pl.format, which polars 2.1 panics on when the frame has several chunks
+    and a filter empties some (the DICOM facts are joined in chunks): validate ended in a Rust panic and a
+    traceback. The findings now say where and what to do."""
+    first = person_ids(3)[0]
+    (clean / first).rename(clean / f"P{first}")
+    person = clean / "OMOP" / "person.csv"
+    person.write_text(person.read_text().replace(f"\n{first},", f"\nP{first},"))
+    out = cli("validate", "--site", str(clean), "--json", cwd=tmp_path)
+    assert "Traceback" not in out.stderr and "panicked" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]
+    findings = json.loads(out.stdout)["findings"]
+    patient = [f for f in findings if f["rule"] == "dicom.patient_id"]
+    assert patient and all(f["srcfile"].startswith(f"P{first}/Images/") for f in patient)
+    assert all(f"is not the person folder P{first}" in f["message"] for f in patient)

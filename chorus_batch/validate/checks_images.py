@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..frames import fmt
 from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM
 from .site import _found, _norm_id, _Site
 
@@ -29,7 +30,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
     d = site.of_kind(KIND_DICOM)
     out = [
         _found("dicom.unreadable", d.filter(pl.col("error").is_not_null()), "srcfile",
-               pl.format("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error"))),
+               fmt("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error"))),
         _found("dicom.outside_series", files.filter(pl.col("_outside_series")).join(
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
@@ -58,7 +59,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
 
     def differs(label: str, name: pl.Expr, header_value: pl.Expr, header_raw: str, tag: str) -> pl.Expr:
         bad = name.is_null() | header_value.is_null() | (name != header_value)
-        return pl.when(bad).then(pl.format("{} {} in the name but {} {} in the header", pl.lit(label),
+        return pl.when(bad).then(fmt("{} {} in the name but {} {} in the header", pl.lit(label),
                                            pl.col({"series": "series", "instance": "inst", "modality": "mod"}[label]),
                                            pl.lit(tag), pl.col(header_raw).fill_null("(none)")))
 
@@ -70,7 +71,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
     ], separator="; ", ignore_nulls=True)
     checked = named.filter(~same).with_columns(_problems=problems)
     out.append(_found("dicom.name_mismatch", checked.filter(pl.col("_problems") != ""), "srcfile",
-                      pl.format("{}: rename the file (or fix the header) so they agree", pl.col("_problems"))))
+                      fmt("{}: rename the file (or fix the header) so they agree", pl.col("_problems"))))
     pairs = [("study_date", "study_time"), ("series_date", "series_time"), ("acquisition_date", "acquisition_time"),
              ("content_date", "content_time")]
     exact = pl.any_horizontal(
@@ -85,7 +86,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "dicom.datetime_mismatch",
         named.filter(~exact).filter(any_date & ~pl.any_horizontal(m.fill_null(False) for m in matches)), "srcfile",
-        pl.format("name date/time {} {} matches none of the header's dates/times (study {} {}): rename the file "
+        fmt("name date/time {} {} matches none of the header's dates/times (study {} {}): rename the file "
                   "with the study or acquisition date/time", pl.col("date"), pl.col("time"),
                   pl.col("study_date").fill_null("-"), pl.col("study_time").fill_null("-"))))
     # The first upload's names: <person>_<study>_<series>_<Modality>_<InstanceNumber>.dcm
@@ -101,7 +102,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
         ], separator="; ", ignore_nulls=True))
     )
     out.append(_found("dicom.name_mismatch", first.filter(pl.col("_problems") != ""), "srcfile",
-                      pl.format("{}: rename the file (or fix the header) so they agree", pl.col("_problems"))))
+                      fmt("{}: rename the file (or fix the header) so they agree", pl.col("_problems"))))
     return out
 
 
@@ -114,7 +115,7 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
 
     def differs(what: str, folder: pl.Expr, tag: str, header: pl.Expr) -> pl.Expr:
         return pl.when(folder.is_null() | header.is_null() | (folder != header)).then(
-            pl.format("{} {} but {} {} in the header", pl.lit(what), folder.cast(pl.String).fill_null("?"), pl.lit(tag),
+            fmt("{} {} but {} {} in the header", pl.lit(what), folder.cast(pl.String).fill_null("?"), pl.lit(tag),
                       header.cast(pl.String).fill_null("(none)")))
 
     problems = pl.concat_str([
@@ -126,7 +127,7 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
     ], separator="; ", ignore_nulls=True)
     checked = current.with_columns(_problems=problems).filter(pl.col("_problems") != "")
     return [_found("dicom.path_mismatch", checked, "srcfile",
-                   pl.format("{}: name the folders and the file after the header's values (or fix the header)",
+                   fmt("{}: name the folders and the file after the header's values (or fix the header)",
                              pl.col("_problems")))]
 
 
@@ -145,10 +146,10 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
         _found(
             "dicom.patient_id",
             ok.filter(pl.col("patient_id").is_null() | (_norm_id(pl.col("patient_id")) != person)), "srcfile",
-            pl.format("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
+            fmt("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
                       "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
         _found(
             "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
-            pl.format("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
+            fmt("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
                       "de-identification profile does)", pl.col("_filled").list.join(", "))),
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..frames import fmt
 from ..classify import CURRENT, SUPERSEDED
 from ..partitions import top_folder
 from .site import _Across, _found, _join_list, _one, _Site
@@ -27,8 +28,8 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
         _found("layout.person_file", f.filter(pl.col("_person_file")), "srcfile",
                pl.lit("file lies directly in the person folder: move it into Images/, Waveforms/ or Metadata/")),
         _found("layout.person_subfolder", f.filter(pl.col("_person_subfolder")).unique(["_top", "_second"]),
-               pl.format("{}/{}/", pl.col("_top"), pl.col("_second")),
-               pl.format("unknown folder {}/ in a person folder: only Images/, Waveforms/ and Metadata/ belong there; "
+               fmt("{}/{}/", pl.col("_top"), pl.col("_second")),
+               fmt("unknown folder {}/ in a person folder: only Images/, Waveforms/ and Metadata/ belong there; "
                          "move its files or remove it", pl.col("_second"))),
     ]
     if site.omop_dir is None:
@@ -44,7 +45,7 @@ def _superseded(current: pl.DataFrame) -> list[pl.LazyFrame]:
         .group_by("layout").agg(pl.col("srcfile").min(), pl.len().alias("_n_files"))
         .with_columns(_today=pl.col("layout").replace_strict(SUPERSEDED, default="", return_dtype=pl.String))
     )
-    return [_found("layout.superseded", superseded, "srcfile", pl.format(
+    return [_found("layout.superseded", superseded, "srcfile", fmt(
         "{} file(s) follow a layout of an earlier edition of the procedures (e.g. this one), still accepted; "
         "today's form: {}", pl.col("_n_files"), pl.col("_today")))]
 
@@ -55,7 +56,7 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         return []  # no readable person.csv: omop.* says why
     return [_found(
         "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
-        pl.format("person folder {} has no row in person.csv: add the person to OMOP/person.csv or fix the folder name",
+        fmt("person folder {} has no row in person.csv: add the person to OMOP/person.csv or fix the folder name",
                   pl.col("_top")))]
 
 
@@ -86,10 +87,10 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
         site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti")
     return [
         _found("path.person_mismatch", site.person_mismatch, "srcfile",
-               pl.format("the name starts with person id {} but the file is in person folder {}: move it to its "
+               fmt("the name starts with person id {} but the file is in person folder {}: move it to its "
                          "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
         _found("path.unparsed", unparsed, "srcfile",
-               pl.format("{}: rename or move the file to fit the site layout", pl.col("parse_error"))),
+               fmt("{}: rename or move the file to fit the site layout", pl.col("parse_error"))),
         _found("file.empty", f.filter(pl.col("size") == 0), "srcfile",
                pl.lit("the file is empty (0 bytes), likely an interrupted copy: copy it again or remove it")),
     ]
@@ -108,5 +109,5 @@ def _duplicates(current: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
     persons_of = dup.group_by("md5").agg(pl.col("_top").unique().sort().alias("_persons")).filter(
         pl.col("_persons").list.len() > 1)
     return [_found("file.duplicate", dup.join(persons_of, on="md5"), "srcfile",
-                   pl.format("the same content (MD5 {}) lies under person folders {}: keep it under its own person "
+                   fmt("the same content (MD5 {}) lies under person folders {}: keep it under its own person "
                              "only", pl.col("md5"), _join_list(pl.col("_persons"))))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..frames import fmt
 from .rules import (
     KIND_MAPPING,
     KIND_MARKDOWN,
@@ -26,7 +27,7 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     out: list[pl.LazyFrame] = [
         _found("metadata.unreadable", pl.concat([md.select("srcfile", "error"), mappings.select("srcfile", "error")])
                .filter(pl.col("error").is_not_null()), "srcfile",
-               pl.format("cannot read this file: {}; write it as UTF-8 text", pl.col("error"))),
+               fmt("cannot read this file: {}; write it as UTF-8 text", pl.col("error"))),
     ]
     for name in ("READINESS.md", "SUBMISSION.md"):
         if md.filter(pl.col("_doc") == name.lower()).height == 0:
@@ -48,20 +49,20 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
         "metadata.mapping_columns",
         parsed.filter((pl.col("delimiter") != ",") | ~pl.all_horizontal(has) | ~timed),
         "srcfile",
-        pl.format("the header ({}) needs {}{}: one row per signal, comma-delimited",
+        fmt("the header ({}) needs {}{}: one row per signal, comma-delimited",
                   pl.col("columns").list.join(","), pl.lit(", ".join(MAPPING_COLUMNS)),
                   pl.when(timed).then(pl.lit("")).otherwise(pl.lit(" and timestamp_id (or start_time and end_time)")))))
     values = parsed.filter(pl.col("rows").is_not_null() & ((pl.col("no_id") + pl.col("bad_rate") + pl.col("bad_label")) > 0))
     out.append(_found(
         "metadata.mapping_values", values, "srcfile",
-        pl.format("{} row(s) without a signal_id, {} with a sampling_rate that is not a positive number (Hz), {} with "
+        fmt("{} row(s) without a signal_id, {} with a sampling_rate that is not a positive number (Hz), {} with "
                   "a standardized_label that is not an ISO/IEEE 11073 label (MDC_...), e.g. {}: fix those rows",
                   pl.col("no_id"), pl.col("bad_rate"), pl.col("bad_label"), pl.col("examples").list.join("; "))))
 
     readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
     out.append(_found(
         "metadata.readiness_unchecked", readiness, "srcfile",
-        pl.format("{} checklist item(s) not ticked (e.g. \"{}\"): meet them and tick them, or say why in "
+        fmt("{} checklist item(s) not ticked (e.g. \"{}\"): meet them and tick them, or say why in "
                   "SUBMISSION.md", pl.col("unchecked").list.len(), pl.col("unchecked").list.first())))
     submission = md.filter(pl.col("_ok") & (pl.col("_doc") == "submission.md"))
     headings = pl.col("headings").list.join("\n").str.to_lowercase()
@@ -72,6 +73,6 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "metadata.submission_sections",
         submission.with_columns(_lacking=lacking).filter(pl.col("_lacking").list.len() > 0), "srcfile",
-        pl.format("no section (heading) on: {}; add them as the Waveform File Format procedure asks",
+        fmt("no section (heading) on: {}; add them as the Waveform File Format procedure asks",
                   pl.col("_lacking").list.join("; "))))
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..frames import fmt
 from .rules import (
     CSV_KINDS,
     FORBIDDEN_TABLES,
@@ -55,14 +56,14 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         {"\t": "tabs", ";": "semicolons", "|": "pipes"}, default=pl.col("delimiter"), return_dtype=pl.String)
     out += [
         _found("omop.unreadable", csvs.filter(pl.col("error").is_not_null()), "srcfile",
-               pl.format("cannot read this OMOP table: {}; write it as UTF-8 comma-delimited text with a header row",
+               fmt("cannot read this OMOP table: {}; write it as UTF-8 comma-delimited text with a header row",
                          pl.col("error"))),
         _found("omop.delimiter", parsed.filter(pl.col("delimiter") != ","), "srcfile",
-               pl.format("the header row is split by {}, not commas: export the table comma-delimited", delim_name)),
+               fmt("the header row is split by {}, not commas: export the table comma-delimited", delim_name)),
         _found("omop.no_header", comma.filter(tables_only & no_header), "srcfile",
                pl.lit("the first line holds values, not column names: export the table with its header row")),
         _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",
-               pl.format("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
+               fmt("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
     ]
     return out
 
@@ -93,7 +94,7 @@ def _links(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     out.append(_found(
         "links.columns", parsed.filter(~_BOTH),
         "srcfile",
-        pl.format("the header ({}) lacks visit_occurrence_id and/or session_id: the table needs both columns, "
+        fmt("the header ({}) lacks visit_occurrence_id and/or session_id: the table needs both columns, "
                   "named so in its header row", pl.col("columns").list.join(","))))
     usable = parsed.filter(_BOTH)
     if usable.height == 0:
@@ -104,7 +105,7 @@ def _links(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             ~pl.col("_visit").is_in(site.visit_ids.implode()))
         out.append(_found(
             "links.unknown_visit", unknown.unique(["srcfile", "visit_occurrence_id"]), "srcfile",
-            pl.format("links visit_occurrence_id {}, which is not in visit_occurrence.csv: fix the id or add the visit",
+            fmt("links visit_occurrence_id {}, which is not in visit_occurrence.csv: fix the id or add the visit",
                       pl.col("visit_occurrence_id"))))
     return out
 
@@ -119,5 +120,5 @@ def _unknown_sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     return [_found(
         "links.unknown_session", pairs.join(sessions, left_on="session", right_on="session_id", how="anti")
         .unique(["srcfile", "session"]), "srcfile",
-        pl.format("links session {}, which is not on the site: fix the session id or remove the row",
+        fmt("links session {}, which is not on the site: fix the session id or remove the row",
                   pl.col("session")))]

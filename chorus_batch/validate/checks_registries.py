@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..frames import fmt
 from .rules import KIND_REGISTRY, REGISTRY_COLUMNS
 from .site import _found, _norm_id, _Site
 
@@ -37,10 +38,10 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     parsed = registries.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
     out = [
         _found("registry.columns", parsed.filter(~_HAS_ALL), "srcfile",
-               pl.format("the header ({}) lacks some of {}: write one row per file with these columns",
+               fmt("the header ({}) lacks some of {}: write one row per file with these columns",
                          pl.col("columns").list.join(","), pl.lit(", ".join(REGISTRY_COLUMNS)))),
         _found("omop.unreadable", registries.filter(pl.col("error").is_not_null()), "srcfile",
-               pl.format("cannot read this registry: {}; write it as UTF-8 comma-delimited text with a header row",
+               fmt("cannot read this registry: {}; write it as UTF-8 comma-delimited text with a header row",
                          pl.col("error"))),
     ]
     usable = _usable(registries)
@@ -49,23 +50,23 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += [
         _found("registry.duplicate", usable.filter((pl.col("n_duplicate_files") > 0) | (pl.col("n_duplicate_ids") > 0)),
                "srcfile",
-               pl.format("{} file(s) have more than one row (e.g. {}) and {} file_id(s) repeat: keep one row per file",
+               fmt("{} file(s) have more than one row (e.g. {}) and {} file_id(s) repeat: keep one row per file",
                          pl.col("n_duplicate_files"), pl.col("duplicate_files").list.head(3).list.join(", "),
                          pl.col("n_duplicate_ids"))),
         _found("registry.missing_file", usable.filter(pl.col("no_path") > 0), "srcfile",
-               pl.format("{} row(s) lack src_file or trg_file: give both paths", pl.col("no_path"))),
+               fmt("{} row(s) lack src_file or trg_file: give both paths", pl.col("no_path"))),
     ]
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
         out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
-                          pl.format("person_id(s) {} are not in person.csv: fix the rows or add the persons",
+                          fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons",
                                     pl.col("_p").list.head(5).list.join(", "))))
     if site.visit_ids is not None:
         visits = usable.select("srcfile", pl.col("visit_id").alias("_v")).explode("_v").filter(
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
         out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
-                          pl.format("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
+                          fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
                                     "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
@@ -78,7 +79,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         unlisted = files.join(listed.filter(pl.col("_of") == modality).select(pl.col("_path").alias("srcfile")),
                               on="srcfile", how="anti")
         out.append(_found("registry.unlisted_file", unlisted, "srcfile",
-                          pl.format("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
+                          fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
 
@@ -92,5 +93,5 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     return [_found(
         "registry.missing_file", _listed(usable).lazy().join(on_site, on="_path", how="anti").group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
-        pl.format("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
+        fmt("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
                   pl.col("_k"), pl.col("_path").list.head(3).list.join(", ")))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..frames import fmt
 from .rules import KIND_RECORDS, WFDB_FORMAT_SIZES, WFDB_FORMATS
 from .site import _Across, _found, _join_list, _Site
 
@@ -14,9 +15,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     ok = headers.filter(pl.col("_ok"))
     out = [
         _found("wfdb.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
-               pl.format("not a readable WFDB header: {}; write it with a WFDB writer", pl.col("error"))),
+               fmt("not a readable WFDB header: {}; write it with a WFDB writer", pl.col("error"))),
         _found("wfdb.record_name", ok.filter(pl.col("record_name") != pl.col("_stem")), "srcfile",
-               pl.format("the header's record name is {} but the file is {}.hea: make them equal",
+               fmt("the header's record name is {} but the file is {}.hea: make them equal",
                          pl.col("record_name"), pl.col("_stem"))),
     ]
     signals = (
@@ -28,7 +29,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     bad_fmt = signals.filter(~pl.col("fmt").is_in(WFDB_FORMATS)).group_by("_header").agg(
         pl.col("fmt").unique().sort())
     out.append(_found("wfdb.format", bad_fmt, "_header",
-                      pl.format("signal format(s) {} are not WFDB formats the readers support: write the signals in "
+                      fmt("signal format(s) {} are not WFDB formats the readers support: write the signals in "
                                 "format 16 (or another of {})", pl.col("fmt").list.join(", "),
                                 pl.lit(", ".join(WFDB_FORMATS)))))
     data = signals.filter(
@@ -38,7 +39,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                                                     ).collect()
     out.append(_found(
         "wfdb.missing_dat", data.unique(["_header", "_path"]).join(present, on="_path", how="anti"), "_header",
-        pl.format("signal file {} named in this header is not in its folder: add it or fix the header",
+        fmt("signal file {} named in this header is not in its folder: add it or fix the header",
                   pl.col("file_name"))))
     sizes = pl.DataFrame(
         {"fmt": list(WFDB_FORMAT_SIZES), "_spg": [v[0] for v in WFDB_FORMAT_SIZES.values()],
@@ -61,7 +62,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     out.append(_found(
         "wfdb.dat_size", per_file.filter((pl.col("_size") < pl.col("_min")) | (pl.col("_size") > pl.col("_max"))),
         "_path",
-        pl.format("{} bytes, but {} implies {} (sig_len {} x {} samples per frame in format {}, plus a {}-byte "
+        fmt("{} bytes, but {} implies {} (sig_len {} x {} samples per frame in format {}, plus a {}-byte "
                   "offset): the file is truncated or the header is wrong; re-export the record",
                   pl.col("_size"), pl.col("_name"), pl.col("_min"), pl.col("sig_len"), pl.col("_spf"), pl.col("fmt"),
                   pl.col("_offset"))))
@@ -84,7 +85,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         _path=pl.col("_dir") + "/" + pl.col("name") + ".hea")
     out.append(_found(
         "wfdb.missing_segment", real.join(present, on="_path", how="anti"), "_master",
-        pl.format("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
+        fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
                   "or fix the list", pl.col("name"), pl.col("name"))))
     seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len")), on="_path")
     out.append(_found(
@@ -92,13 +93,13 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         seg_len.filter((pl.col("length") > 0) & pl.col("_seg_len").is_not_null()
                        & (pl.col("_seg_len") != pl.col("length"))),
         "_path",
-        pl.format("this segment has {} samples but its multi-segment header gives {}: make them agree",
+        fmt("this segment has {} samples but its multi-segment header gives {}: make them agree",
                   pl.col("_seg_len"), pl.col("length"))))
     totals = segments.group_by("_master", "_master_len").agg(pl.col("length").sum().alias("_total"))
     out.append(_found(
         "wfdb.segment_length",
         totals.filter(pl.col("_master_len").is_not_null() & (pl.col("_master_len") != pl.col("_total"))), "_master",
-        pl.format("the record has {} samples but its segments add up to {}: make them agree", pl.col("_master_len"),
+        fmt("the record has {} samples but its segments add up to {}: make them agree", pl.col("_master_len"),
                   pl.col("_total"))))
     # Numerics: in a WFDB session folder (one holding <session_id>.hea), a CSV is the numerics file.
     wfdb_sessions = f.filter(pl.col("_waveforms") & pl.col("session_id").is_not_null()
@@ -107,7 +108,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "srcfile", "_dir", "_name", "session_id").collect().join(wfdb_sessions, on="_dir", how="semi")
     out.append(_found(
         "wfdb.numerics_name", csvs.filter(pl.col("_name") != pl.col("session_id") + "n.csv"), "srcfile",
-        pl.format("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
+        fmt("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
                   pl.col("session_id"))))
     return out
 
@@ -125,7 +126,7 @@ def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     return [
         _found("waveforms.session_id", sessions.filter(~pl.col("session_id").str.contains(r"^\d+$")),
                pl.col("_dir") + "/",
-               pl.format("session id {} is not an integer: the waveform procedure asks for integer session ids; "
+               fmt("session id {} is not an integer: the waveform procedure asks for integer session ids; "
                          "rename the folder and its files", pl.col("session_id"))),
     ]
 
@@ -137,13 +138,13 @@ def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
         pl.concat_str("_top", "category", separator="/").unique().sort().alias("_owners")).filter(
         pl.col("_owners").list.len() > 1)
     return [_found("waveforms.id_collision", sessions.join(owners, on="session_id"), pl.col("_dir") + "/",
-                   pl.format("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
+                   fmt("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
                              pl.col("session_id"), _join_list(pl.col("_owners"))))]
 
 
 # A RECORDS file speaks for the folder it lies in and everything below it (one at the root: for the whole site).
 _SCOPE = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
-_ABSENT = pl.format("lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
+_ABSENT = fmt("lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
                     pl.col("_entry"), pl.col("_entry"))
 
 
@@ -165,7 +166,7 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
     records of every part: the ones found go to `across`, and _records_absent names the rest."""
     records = site.of_kind(KIND_RECORDS)
     out = [_found("records.unreadable", records.filter(pl.col("error").is_not_null()), "srcfile",
-                  pl.format("cannot read this RECORDS file: {}; write one record name per line as UTF-8 text",
+                  fmt("cannot read this RECORDS file: {}; write one record name per line as UTF-8 text",
                             pl.col("error")))]
     readable = records.filter(pl.col("_ok"))
     if readable.height == 0:
@@ -205,7 +206,7 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
         .join(found.select(pl.col("_header").alias("srcfile")).unique(), on="srcfile", how="anti")
     )
     out.append(_found("records.unlisted", unlisted, "srcfile",
-                      pl.format("record {} is not listed in the RECORDS file kept for its folder: add it (RECORDS "
+                      fmt("record {} is not listed in the RECORDS file kept for its folder: add it (RECORDS "
                                 "files are optional; or remove them)", pl.col("_stem"))))
     return out
 
