@@ -519,3 +519,17 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
+
+
+@pytest.mark.parametrize("kind, name", [("omop_person", "OMOP/person.csv"), ("registry_csv", "image_registry.csv")])
+def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
+    """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
+    these rows hold person ids and clinical values. The finding names the row, not its content."""
+    from chorus_batch.validate.readers import parse_facts
+
+    header = ",".join(("file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"))
+    body = (header + '\n1,2,000777,g,5,2024-01-01 00:00:00,a.dcm,x.dcm\n"9,2,000888,SECRET-VALUE\n3,4\n').encode()
+    write(tmp_path, name, body)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert "Row #3" in error and "000888" not in error and "SECRET" not in error, error

@@ -329,10 +329,10 @@ def _table(f, what: str):
         return facts, None
     f.seek(0)
     try:
-        table = pacsv.read_csv(f, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False), parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in raw}))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read the {what}: {exc}") from None
+        raise BadContent(f"cannot read the {what}: {_arrow_reason(exc, 1 << 20)}") from None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     frame.columns = facts["columns"]
@@ -467,7 +467,11 @@ def _arrow_reason(exc: Exception, block: int) -> str:
     if "straddl" in text:
         return (f"a row or a quoted value is longer than {block // (1024 * 1024)} MiB (a quote that is never closed "
                 "runs to the end of the file)")
-    return text
+    # pyarrow quotes the offending row after the reason: rows hold person ids and clinical values, which a
+    # finding (stored in the manifest, shown in reports) must not copy
+    return re.sub(r': ".*', "", text, flags=re.S) + (" (a row with another number of fields than the header; "
+                                                       "a quote opened and not closed joins rows)"
+                                                       if "Expected" in text and "columns" in text else "")
 
 
 def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
@@ -486,7 +490,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
     try:
         reader = pacsv.open_csv(
             gate,
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),  # serial: errors name the row
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names}),
         )
