@@ -173,3 +173,18 @@ def test_short_reads_do_not_cut_a_wfdb_header_short():
 
     text = "r 40 250 1000\n" + "".join(f"r.dat 16 200 12 0 0 0 0 S{k:02}\n" for k in range(40))
     assert readers.parse_facts(KIND_WFDB, Trickle(text.encode()))["n_sig"] == 40
+
+
+@pytest.mark.parametrize("keep", [100 + 32, 150, 200, "meta", "meta+4", "into the patient module", "before pixels - 3"])
+def test_a_file_cut_inside_its_header_is_unreadable_not_empty(keep, monkeypatch):
+    """An interrupted copy ends inside the header: dcmread (and the generator) read what is there without a word,
+    so the file's facts were empty and validation blamed its folders ("Modality (none) in the header") and its
+    PatientID. Now it is unreadable, by both paths, with what to do."""
+    data = dicom(private_bytes=0)
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    at = {"meta": meta_end, "meta+4": meta_end + 4, "into the patient module": data.index(b"000177") + 3,
+          "before pixels - 3": data.index(b"\xe0\x7f\x10\x00") - 3}.get(keep, keep)
+    cut = data[:at]
+    got, again = facts(cut), by_dcmread(cut, monkeypatch)
+    assert got == again and "ends inside its DICOM header" in got.get("error", ""), (at, got)
+    assert facts(data).get("patient_id") == "000177"

@@ -188,7 +188,20 @@ def _dicom_facts(f) -> dict[str, Any]:
     head = _read_up_to(f, DICOM_HEAD_BYTES)
     if not head:
         raise BadContent("the file is empty")
-    elements = _dicom_elements_plain(head, complete=len(head) < DICOM_HEAD_BYTES)
+    complete = len(head) < DICOM_HEAD_BYTES
+    # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
+    truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?)")
+    if complete and head[128:132] == b"DICM" and (
+            len(head) < 144  # not even the File Meta group's length
+            or head[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+            and len(head) < 152 + int.from_bytes(head[140:144], "little")):  # that group cut, or no element after it
+        raise truncated
+    try:
+        elements = _dicom_elements_plain(head, complete=complete)
+        if elements is None and complete:  # dcmread reads it: cut short, it would give what is there
+            _walk_plain(head, complete=True)
+    except _Truncated:
+        raise truncated from None
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         f.seek(0)
         try:
@@ -200,6 +213,10 @@ def _dicom_facts(f) -> dict[str, Any]:
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
     values = {key: _dicom_text(elements.get(tag)) for key, tag in _DICOM_TAGS.items()}
     return {key: value for key, value in values.items() if value is not None}  # absent: not in the header
+
+
+class _Truncated(Exception):
+    """The whole file was read and it ends inside an element."""
 
 
 def _read_up_to(f, n: int) -> bytes:
@@ -223,6 +240,11 @@ _CHARACTER_SET = 0x00080005
 
 
 def _dicom_elements_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
+    """_walk_plain's elements (the one entry point, so that tests can send every file to dcmread)."""
+    return _walk_plain(head, complete=complete)
+
+
+def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
     """The raw elements of _DICOM_TAGS in a plain DICOM Part 10 file whose first bytes are `head` (`complete`:
     the whole file), or None when the file is not plain.
 
@@ -235,7 +257,9 @@ def _dicom_elements_plain(head: bytes, *, complete: bool) -> dict[int, Any] | No
     command set, a dataset whose first element agrees with that syntax, and a header within `head` (the
     generator skips an unwanted element by seeking past it, so a header running past `head` would end
     quietly there: unless `head` is the whole file, the pixel data must be reached within it).
-    Any other file (and any error) is None: read by dcmread, so every file gets exactly its facts."""
+    Any other file (and any error) is None: read by dcmread, so every file gets exactly its facts.
+    Raises _Truncated when `head` is the whole file and it ends inside an element (dcmread reads such a
+    file without a word: its header would look empty)."""
     from pydicom.charset import convert_encodings
     from pydicom.dataelem import RawDataElement, convert_raw_data_element
     from pydicom.filereader import data_element_generator
@@ -262,13 +286,25 @@ def _dicom_elements_plain(head: bytes, *, complete: bool) -> dict[int, Any] | No
             return None
         if implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):  # dcmread would switch (and warn)
             return None
+        ends = [start]  # where the last element's value ends (the generator asks stop_when after each header)
+
+        def stop_when(tag: int, vr: Any, length: int) -> bool:
+            if tag in _PIXEL_TAGS:
+                return True
+            ends[0] = stream.tell() + (0 if length == 0xFFFFFFFF else length)
+            return False
+
         elements = {element.tag: element for element in data_element_generator(
-            stream, implicit, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS,
-            specific_tags=_DICOM_TAG_LIST)}
+            stream, implicit, True, stop_when=stop_when, specific_tags=_DICOM_TAG_LIST)}
         if not complete and stream.tell() >= len(head):  # ended where `head` ends, not at the pixel data
             return None
+        # The whole file, ending inside an element's header or value (the generator stops there without a word)
+        if complete and stream.tell() >= len(head) and ends[0] != len(head):
+            raise _Truncated
         if _CHARACTER_SET in elements:  # read_dataset decodes it (the generator always reads it): so here
             convert_encodings(convert_raw_data_element(elements[_CHARACTER_SET]).value)
+    except _Truncated:
+        raise
     except Exception:  # noqa: BLE001 - truncated within `head`, malformed: dcmread reads it and says what is wrong
         return None
     if not all(isinstance(element, RawDataElement) and isinstance(element.value, bytes | None)
