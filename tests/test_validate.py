@@ -273,6 +273,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
      {("registry.unlisted_file", DCM)}),
+    ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
+     {("registry.missing_file", "waveform_registry.csv"), ("registry.unlisted_file", f"{SINGLE}.hea")}),
+    ("registry_unreadable", add("image_registry.csv", b""),
+     {("registry.unreadable", "image_registry.csv"), ("file.empty", "image_registry.csv")}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),
     ("empty", add(f"{P0}/Metadata/empty.json", b""), {("file.empty", f"{P0}/Metadata/empty.json")}),
     ("duplicate", lambda root: write(root, f"{P1}/Metadata/copy.csv", (root / f"{SINGLE}n.csv").read_bytes()),
@@ -356,6 +360,14 @@ def test_each_rule_on_an_earlier_layout_fires_exactly_where_expected(flat, mutat
 def test_a_site_shipping_correct_registries_gets_no_finding(clean):
     registry("Waveforms")(clean)
     registry("Images")(clean)
+    assert found(clean) == set()
+
+
+def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
+    """The Imaging SOP's image_registry: "trg_file ... this will be populated centrally, leave blank or null". Such
+    rows were errors (registry.missing_file) and every image a warning (registry.unlisted_file)."""
+    registry("Waveforms")(clean)
+    registry("Images", lambda rows: [[*r[:7], ""] for r in rows])(clean)
     assert found(clean) == set()
 
 
@@ -521,7 +533,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person", "OMOP/person.csv"), ("registry_csv", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person", "OMOP/person.csv"), ("registry_csv.v2", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""

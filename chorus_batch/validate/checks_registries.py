@@ -40,7 +40,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         _found("registry.columns", parsed.filter(~_HAS_ALL), "srcfile",
                fmt("the header ({}) lacks some of {}: write one row per file with these columns",
                          pl.col("columns").list.join(","), pl.lit(", ".join(REGISTRY_COLUMNS)))),
-        _found("omop.unreadable", registries.filter(pl.col("error").is_not_null()), "srcfile",
+        _found("registry.unreadable", registries.filter(pl.col("error").is_not_null()), "srcfile",
                fmt("cannot read this registry: {}; write it as UTF-8 comma-delimited text with a header row",
                          pl.col("error"))),
     ]
@@ -53,8 +53,12 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                fmt("{} file(s) have more than one row (e.g. {}) and {} file_id(s) repeat: keep one row per file",
                          pl.col("n_duplicate_files"), pl.col("duplicate_files").list.head(3).list.join(", "),
                          pl.col("n_duplicate_ids"))),
-        _found("registry.missing_file", usable.filter(pl.col("no_path") > 0), "srcfile",
-               fmt("{} row(s) lack src_file or trg_file: give both paths", pl.col("no_path"))),
+        _found("registry.missing_file", usable.filter(pl.col("no_src") > 0), "srcfile",
+               fmt("{} row(s) lack src_file: give the path of each file in the site's own storage", pl.col("no_src"))),
+        # The Imaging SOP: the image registry's trg_file "will be populated centrally, leave blank or null"
+        _found("registry.missing_file", usable.filter((pl.col("_of") != "Images").fill_null(True) & (pl.col("no_trg") > 0)),
+               "srcfile", fmt("{} row(s) lack trg_file: give the site-relative path of the delivered file",
+                              pl.col("no_trg"))),
     ]
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
@@ -71,8 +75,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
         mine = usable.filter(pl.col("_of") == modality)
-        if mine.height == 0:
-            continue
+        if mine.height == 0 or (modality == "Images" and (mine["no_trg"] > 0).any()):
+            continue  # an image registry leaving trg_file to the centre does not say which files its rows are
         files = site.files.lazy().filter(pl.col("_is_person") & (pl.col("modality") == modality)
                                          & pl.col("parse_error").is_null() & (pl.col("_name") != "RECORDS")
                                          ).select("srcfile").collect()

@@ -86,7 +86,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom.v2", "records"
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person", "omop_visits", "waveform_links"
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv", "registry_csv"
+# registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv", "registry_csv.v2"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS)
@@ -204,6 +205,8 @@ RULES: tuple[Rule, ...] = (
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
     # -- the linkage registries a site ships
+    Rule("registry.unreadable", "error", "registry unreadable",
+         "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows)."),
     Rule("registry.columns", "error", "registry lacks columns",
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}."),
     Rule("registry.duplicate", "error", "registry lists a file twice",
@@ -213,7 +216,8 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
          "A registry row's visit_id is not in visit_occurrence.csv."),
     Rule("registry.missing_file", "error", "registry row without its file",
-         "A registry row has no src_file or trg_file, or its trg_file is not on the site."),
+         "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
+         "registry's trg_file to the centre), or a trg_file is not on the site."),
     Rule("registry.unlisted_file", "warning", "file not in the registry",
          "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships."),
     # -- any file

@@ -52,7 +52,8 @@ _FACT_DTYPES: dict[str, pl.Struct] = {
     KIND_MAPPING: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "no_id": pl.Int64, "bad_rate": pl.Int64,
                              "bad_label": pl.Int64, "examples": pl.List(pl.String)}),
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
-                              "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_path": pl.Int64,
+                              "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
+                              "no_trg": pl.Int64,
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
                               "trg_file": pl.List(pl.String)}),
 }
