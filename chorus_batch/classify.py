@@ -104,14 +104,14 @@ DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
 _SESSION_STAMP = r"_(?P<date>\d{8})_(?P<time>\d{6})$"
 
 
-def build_patterns(overrides: dict[str, list[str]] | None) -> tuple[PathPattern, ...]:
-    """Defaults, with a modality's patterns replaced by those in chorus.toml."""
+def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus.toml") -> tuple[PathPattern, ...]:
+    """Defaults, with a modality's patterns replaced by those in chorus.toml (`config`: the file, for messages)."""
     overrides = overrides or {}
     patterns: list[PathPattern] = []
     for modality in dict.fromkeys(p.modality for p in DEFAULT_PATTERNS):
         if modality in overrides:
             for i, regex in enumerate(overrides[modality]):
-                _check_regex(modality, i, regex)
+                _check_regex(modality, i, regex, config)
                 patterns.append(PathPattern(modality, regex, f"patterns.{modality}[{i}]"))
         else:
             patterns.extend(p for p in DEFAULT_PATTERNS if p.modality == modality)
@@ -131,8 +131,8 @@ def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
     return f"{CLASSIFY_LOGIC}:{hashlib.sha1(text.encode('utf-8'), usedforsecurity=False).hexdigest()[:16]}"
 
 
-def _check_regex(modality: str, index: int, regex: str) -> None:
-    where = f"chorus.toml [patterns] {modality}[{index}]"
+def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.toml") -> None:
+    where = f"{config} [patterns] {modality}[{index}]"
     try:
         pl.Series("p", ["x"]).str.extract_groups(regex)
     except Exception as exc:  # polars raises ComputeError for bad regexes

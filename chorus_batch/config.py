@@ -386,6 +386,10 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             where=f"{path} [{setting}]",
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
+    if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)
+        from .classify import build_patterns
+
+        build_patterns(config.patterns, str(path))
     base = path.resolve().parent
     config.site.root = resolve_path(base, config.site.root)
     config.site.roots = {k: resolve_path(base, v) for k, v in config.site.roots.items()}  # type: ignore[misc]

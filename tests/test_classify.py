@@ -150,3 +150,15 @@ def test_classify_is_vectorised_over_many_rows():
     frame = classify(pl.DataFrame({"srcfile": paths}))
     assert frame["parse_error"].null_count() == 20_000
     assert frame["person_id"][0] == "000000"
+
+
+def test_a_bad_pattern_is_refused_when_the_config_is_read_naming_that_file(tmp_path):
+    """A bad regex in [patterns] was found only once a run had started, and the message named "chorus.toml"
+    whatever the file was called (--config site-a.toml)."""
+    from chorus_batch.config import load_config
+
+    config = tmp_path / "site-a.toml"
+    config.write_text("[site]\nroot = \"site\"\n[patterns]\nWaveforms = ['^(?P<person_id>[^/]+/x$']\n")
+    with pytest.raises(ConfigError, match="invalid path pattern") as info:
+        load_config(config)
+    assert info.value.where == f"{config} [patterns] Waveforms[0]"
