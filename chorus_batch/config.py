@@ -396,3 +396,38 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     config.manifest.db = resolve_path(base, config.manifest.db)
     config.manifest.parquet = resolve_path(base, config.manifest.parquet)
     return config
+
+
+def check_roots(settings: RunSettings) -> None:
+    """Refuse roots that are one tree listed twice: the same folder, or one inside another (unless an exclusion
+    glob leaves the inner one out of the outer). Every root is listed whole, so such a site tracked the same
+    files twice (a scan error for every file each night, or the inner root's files again at the outer root's
+    top level, uploaded twice)."""
+    import re
+
+    from .exclude import glob_to_regex
+
+    def place(location: str) -> str:
+        return location.rstrip("/") if "://" in location else os.path.realpath(location)
+
+    named = [("--site / [site] root", settings.site),
+             *((f"[site.roots] {modality}", location) for modality, location in settings.roots.items())]
+    user = [re.compile(glob_to_regex(p)) for p in settings.exclude if "/" in p]
+    for i, (what, location) in enumerate(named):
+        for other, other_location in named[:i]:
+            a, b = place(location), place(other_location)
+            if a == b:
+                raise ConfigError(f"{what} is the same folder as {other}: {location}", where=what,
+                                  fix="remove it (the root before it already holds its files), or point it at the "
+                                      f"tree that holds that modality's files ({CONFIG_HELP})")
+            for inner, inner_what, outer, outer_what in ((a, what, b, other), (b, other, a, what)):
+                sep = "/" if "://" in outer or os.sep == "/" else os.sep
+                if inner.startswith(outer.rstrip(sep) + sep):
+                    rel = inner[len(outer.rstrip(sep)) + 1:].replace(os.sep, "/")
+                    if any(r.search(f"{rel}/x/x") for r in user):
+                        continue  # the outer root's listing leaves the inner tree out
+                    raise ConfigError(
+                        f"{inner_what} ({inner}) lies inside {outer_what} ({outer}): its files would be tracked twice, "
+                        f"once as {rel}/...", where=inner_what,
+                        fix=f"point {inner_what} at a tree outside the other roots, or leave it out of {outer_what} "
+                            f"with an exclusion glob such as \"{rel}/*\" in [run] exclude ({CONFIG_HELP})")

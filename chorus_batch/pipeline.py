@@ -177,9 +177,10 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
 def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
-    from .config import CONFIG_HELP, parse_bytes, parse_max_delete
+    from .config import CONFIG_HELP, check_roots, parse_bytes, parse_max_delete
 
     manifest.check_path()
+    check_roots(settings)
     if settings.version_label is not None:
         latest = manifest.latest_version() if manifest.path.exists() and not manifest.path.is_dir() else None
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
