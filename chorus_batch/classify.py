@@ -34,6 +34,8 @@ CURRENT = "current"
 SUPERSEDED = {
     "waveforms-v1.0": "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>.<ext> (Waveform File Format "
                       "v2.1: a Telemetry or EEG folder between Waveforms/ and the session)",
+    "waveforms-v2.0": "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>.<ext> (Waveform File Format "
+                      "v2.1 spells the folders Waveforms, Telemetry and EEG; v2.0 wrote them in lower case)",
     "waveforms-flat": "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>.<ext> (the flat "
                       "<person_id>_<YYYYMMDD>_<HHMMSS>_<duration>.<ext> naming is from the first upload SOP)",
     "records-v1.0": "no RECORDS file (Waveform File Format v1.0); sessions are the folders under Telemetry/ and EEG/",
@@ -65,8 +67,15 @@ DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
     PathPattern("Metadata", rf"^{_PERSON}/(?i:metadata)/(?P<session>.+)$", "<person_id>/Metadata/<file>"),
     PathPattern(
         "Waveforms",
-        rf"^{_PERSON}/(?i:waveforms)/(?P<category>(?i:telemetry|eeg))/(?P<session>[^/]+)/(?P<file>[^/]+)$",
+        rf"^{_PERSON}/Waveforms/(?P<category>Telemetry|EEG)/(?P<session>[^/]+)/(?P<file>[^/]+)$",
         "<person_id>/Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>",
+    ),
+    # v2.0 spelled the folders waveforms/telemetry|eeg; v2.1 spells them Waveforms, Telemetry and EEG
+    PathPattern(
+        "Waveforms",
+        rf"^{_PERSON}/(?i:waveforms)/(?P<category>(?i:telemetry|eeg))/(?P<session>[^/]+)/(?P<file>[^/]+)$",
+        "<person_id>/waveforms/telemetry|eeg/<session_id>/<session_id>[...].<ext> (v2.0)",
+        "waveforms-v2.0",
     ),
     PathPattern(
         "Waveforms",

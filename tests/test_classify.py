@@ -58,7 +58,9 @@ def test_sop_v2_session_named_with_a_stamp_gives_the_start():
                                             ("EEG", "901234.edf"), ("telemetry", "901234.hea"), ("eeg", "901234.hea")])
 def test_current_waveform_layout_records_the_session_under_its_category(category, name):
     row = one(f"10001001/Waveforms/{category}/901234/{name}")
-    assert row["parse_error"] is None and row["layout"] == "current"
+    # v2.1 spells the folders Telemetry and EEG; lower case is v2.0's spelling: accepted, and named as such
+    assert row["parse_error"] is None and row["layout"] == ("current" if category in ("Telemetry", "EEG")
+                                                            else "waveforms-v2.0")
     assert (row["modality"], row["person_id"], row["session_id"]) == ("Waveforms", "10001001", "901234")
     assert row["category"] == ("EEG" if category.lower() == "eeg" else "Telemetry")
     assert row["record_key"] == f"Waveforms|10001001|{row['category']}/901234"  # telemetry and EEG: two records
@@ -75,6 +77,8 @@ def test_current_image_layout_records_the_accession():
 
 @pytest.mark.parametrize("path, layout", [
     ("10001/waveforms/123/123.hea", "waveforms-v1.0"),
+    ("10001/waveforms/telemetry/123/123.hea", "waveforms-v2.0"),  # v2.1 spells Waveforms/Telemetry|EEG
+    ("10001/Waveforms/eeg/123/123.hea", "waveforms-v2.0"),
     ("10001/Waveforms/123/10001_123_0001.h5", "waveforms-v1.0"),  # PatientID_SessionID{_fileID}.ext
     ("RECORDS", "records-v1.0"),
     ("SUBMISSION.md", "metadata-v2.0"),

@@ -51,7 +51,7 @@ SPECS = {
 # Layout names classify gives the paths of each layout (classify.SUPERSEDED: the superseded ones).
 CLASSIFIED_LAYOUTS = {
     "v2.1": {"current"},
-    "v2.0": {"current", "metadata-v2.0"},
+    "v2.0": {"current", "metadata-v2.0", "waveforms-v2.0"},
     "v1.0": {"current", "waveforms-v1.0", "records-v1.0", "images-study"},
     "flat": {"current", "waveforms-flat", "waveforms-v1.0", "records-v1.0", "images-study"},
 }

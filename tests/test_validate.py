@@ -302,7 +302,8 @@ FLAT_CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
 # What a clean site of each earlier edition's layout gives: only the info findings that name today's form.
 LAYOUT_FINDINGS = {
     "v2.1": set(),
-    "v2.0": {("layout.superseded", "SUBMISSION.md"), SUPERSEDED_LINKS},
+    "v2.0": {("layout.superseded", "SUBMISSION.md"), SUPERSEDED_LINKS,
+             ("layout.superseded", f"{P0}/waveforms/eeg/{S0['eeg']}/{S0['eeg']}.dat")},  # v2.1: Waveforms/EEG
     "v1.0": {("layout.superseded", "RECORDS"), ("layout.superseded", f"{P0}/waveforms/{S0['single']}/{S0['single']}.dat"),
              ("layout.superseded", f"{P0}/Images/ST70000/SE1/{P0}_ST70000_SE1_CT_0.dcm")},
     "flat": {("layout.superseded", f"{P0}/Waveforms/RECORDS"), SUPERSEDED_LINKS,
