@@ -189,7 +189,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("metadata.mapping_columns", "Metadata/Telemetry_mapping.csv")}),
     ("mapping_values", edit("Metadata/EEG_mapping.csv", lambda t: t + "X,FP9,fast,uV,time\n"),
      {("metadata.mapping_values", "Metadata/EEG_mapping.csv")}),
-    ("submission_sections", edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Gaps", "Gaps:")),
+    ("submission_sections", edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Linking", "Linking")),
      {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
     ("readiness_unchecked", edit("Metadata/READINESS.md", lambda t: t.replace("- [x] Images", "- [ ] Images")),
      {("metadata.readiness_unchecked", "Metadata/READINESS.md")}),
@@ -361,6 +361,14 @@ def test_each_rule_on_an_earlier_layout_fires_exactly_where_expected(flat, mutat
 def test_a_site_shipping_correct_registries_gets_no_finding(clean):
     registry("Waveforms")(clean)
     registry("Images")(clean)
+    assert found(clean) == set()
+
+
+def test_submission_md_needs_no_gaps_section_where_the_data_were_left_as_recorded(clean):
+    """Waveform File Format v2.1 asks for the gaps in SUBMISSION.md only "If you have already manipulated your
+    waveform data to handle gaps and overlaps (this is not recommended)": a site that did not has nothing to say."""
+    edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Gaps\nNo gaps were filled.\n", ""))(clean)
+    assert "Gaps" not in (clean / "Metadata/SUBMISSION.md").read_text()
     assert found(clean) == set()
 
 

@@ -48,7 +48,8 @@ SUBMISSION_SECTIONS: dict[str, tuple[str, ...]] = {
     "known issues": ("issue", "limitation", "caveat"),
     "variables (types, units, encoding)": ("variable", "units", "encoding", "format"),
     "sample intervals (uniformity, timing)": ("interval", "uniform", "timing", "sampl"),
-    "gaps (how they were handled)": ("gap", "overlap"),
+    # not gaps: Waveform File Format v2.1 asks for them only "If you have already manipulated your waveform data
+    # to handle gaps and overlaps (this is not recommended)"
     "linking sessions to visits": ("link", "visit"),
 }
 MAPPING_COLUMNS = ("signal_id", "standardized_label", "sampling_rate", "units")
@@ -122,7 +123,7 @@ RULES: tuple[Rule, ...] = (
          "that is not an ISO/IEEE 11073 label (MDC_...)."),
     Rule("metadata.submission_sections", "warning", "SUBMISSION.md incomplete",
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
-         "waveform types, known issues, variables, sample intervals, gaps, linkage to visits)."),
+         "waveform types, known issues, variables, sample intervals, linkage to visits)."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
          "READINESS.md has checklist items that are not ticked."),
     Rule("metadata.unreadable", "error", "Metadata file unreadable",
