@@ -10,7 +10,7 @@ import polars as pl
 from ..frames import fmt
 from ..classify import CURRENT, SUPERSEDED
 from ..partitions import top_folder
-from .site import _Across, _found, _join_list, _one, _Site
+from .site import _Across, _found, _join_list, _norm_id, _one, _Site
 
 
 def _layout(site: _Site) -> list[pl.LazyFrame]:
@@ -66,7 +66,10 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         return []
     out: list[pl.LazyFrame] = []
     folder_keys = pl.concat([f.filter(pl.col("_is_person")).select("_key") for f in across.folders])["_key"]
-    missing = site.person_ids.filter(~site.person_ids.is_in(folder_keys.implode())).sort()
+    # the ids as person.csv writes them ("000002", not the "2" they are compared as)
+    written = (site.person.filter(pl.col("_ok") & (pl.col("delimiter") == ",")).select(pl.col("person_id").explode())
+               .drop_nulls().with_columns(_key=_norm_id(pl.col("person_id"))).unique("_key", keep="first"))
+    missing = written.filter(~pl.col("_key").is_in(folder_keys.implode())).sort("person_id")["person_id"]
     if missing.len():
         person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
         examples = ", ".join(missing.head(5).to_list())
