@@ -781,9 +781,11 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     if target.site is not None and not Path(target.db).exists():
         # A folder with no manifest yet: checked in a temporary one, or in a new one at --db.
         settings = _run_settings(args, target)
-        label, findings = validate_folder(settings, keep=target.db_given, argv=argv, progress=Progress(quiet=args.quiet))
+        label, findings, not_taken = validate_folder(settings, keep=target.db_given, argv=argv,
+                                                     progress=Progress(quiet=args.quiet))
         where = str(Path(settings.db).resolve()) if target.db_given else f"{settings.site} (checked in a temporary manifest, now removed)"
     else:
+        not_taken = None
         overrides = {None: target.site} if target.site else {}
         overrides.update(target.config.site.roots if target.site else {})
         label, findings = validate_manifest(target.db, argv=argv, overrides=overrides,
@@ -792,10 +794,17 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         where = str(Path(target.db).resolve())
     if args.json:
         print(json.dumps({"version": label, "manifest": where if label else None, **(findings_dict(findings) or {}),
-                          "findings": findings.to_dicts()}, indent=2))
+                          "findings": findings.to_dicts(),
+                          **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {})}, indent=2))
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
         print("\n".join(findings_text(findings, examples=50)))
+        if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
+            print(f"not checked: {not_taken.height} file(s) the scan could not take")
+            print("\n".join(shown(f"    {path}: {message}") for path, message in
+                            not_taken.head(20).select("srcfile", "message").iter_rows()))
+            if not_taken.height > 20:
+                print(f"    ... and {not_taken.height - 20} more (--json lists them all)")
     return int(ExitCode.FINDINGS if has_errors(findings) else ExitCode.OK)
 
 

@@ -351,3 +351,15 @@ def test_roots_that_overlap_are_refused_before_anything_is_listed(clean, tmp_pat
     if inner:
         config.write_text(config.read_text() + f'[run]\nexclude = ["{first}/*"]\n')
         assert cli("run", "--config", str(config), cwd=tmp_path).returncode in (0, 1)
+
+
+def test_validate_a_folder_names_the_files_its_scan_could_not_take(clean, tmp_path):
+    """A file the scan does not take (here a symbolic link, not followed) is in no version, so no rule sees it; the
+    temporary manifest that recorded why is removed. validate --site said only "0 errors" about such a site."""
+    first = person_ids(3)[0]
+    (clean / "linked").symlink_to(clean / first, target_is_directory=True)
+    text = cli("validate", "--site", str(clean), cwd=tmp_path)
+    assert "not checked: 1 file(s) the scan could not take" in text.stdout, text.stdout
+    assert "linked: symbolic link not followed" in text.stdout
+    report = json.loads(cli("validate", "--site", str(clean), "--json", cwd=tmp_path).stdout)
+    assert [(f["srcfile"], f["kind"]) for f in report["not_checked"]] == [("linked", "symlink")]

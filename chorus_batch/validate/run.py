@@ -278,21 +278,28 @@ def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None,
     return sources
 
 
-def validate_folder(settings, *, keep: bool, argv: list[str], progress=None) -> tuple[str | None, pl.DataFrame]:
+def validate_folder(settings, *, keep: bool, argv: list[str],
+                    progress=None) -> tuple[str | None, pl.DataFrame, pl.DataFrame]:
     """Check a site folder that has no manifest: scan it into a new manifest and validate its first
     version. `keep`: the manifest is `settings.db` and stays; otherwise a temporary one (owner-only,
-    in the system's temporary folder) is removed afterwards and nothing is left behind."""
+    in the system's temporary folder) is removed afterwards and nothing is left behind.
+    Also returns the files the scan could not take (srcfile, kind, message: a symlink not followed, a file
+    unreadable or changing while read): they are in no version, so no rule saw them, and the temporary
+    manifest that recorded why is gone. Paths that fit no pattern are findings already, not among them."""
     from ..pipeline import run
 
     checked = settings.model_copy(update={"validate_site": True, "dry_run": False})
+    def not_taken(result) -> pl.DataFrame:
+        return result.errors.filter(pl.col("kind") != "unparseable").select("srcfile", "kind", "message")
+
     if keep:
         result = run(checked, argv=argv, progress=progress)
-        return result.label, result.findings  # type: ignore[return-value]
+        return result.label, result.findings, not_taken(result)  # type: ignore[return-value]
     try:
         with scratch_folder("chorus-validate-") as scratch:
             result = run(checked.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None}),
                          argv=argv, progress=progress)
-            return None, result.findings  # type: ignore[return-value]
+            return None, result.findings, not_taken(result)  # type: ignore[return-value]
     except BaseException as exc:  # a version of the temporary manifest is gone with it: nothing was kept anywhere
         exc.outcome = "nothing was written (the folder was checked in a temporary manifest, now removed)"  # type: ignore[attr-defined]
         raise
