@@ -269,10 +269,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
      {("registry.unknown_visit", "waveform_registry.csv")}),
-    ("registry_missing", registry("Images", lambda rows: rows + [[99, 2000000099, P0, "x", "", "", "", "gone.dcm"]]),
+    ("registry_missing", registry("Images", lambda rows: rows + [[99, 2000000099, P0, "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
      {("registry.unlisted_file", DCM)}),
+    ("registry_values", registry("Images", lambda rows: [[r[0], "P1", *r[2:5], "18/08/2022", *r[6:]] if i == 0 else r
+                                                         for i, r in enumerate(rows)]),
+     {("registry.values", "image_registry.csv")}),
     ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
      {("registry.missing_file", "waveform_registry.csv"), ("registry.unlisted_file", f"{SINGLE}.hea")}),
     ("registry_unreadable", add("image_registry.csv", b""),

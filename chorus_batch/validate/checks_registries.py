@@ -60,6 +60,11 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                "srcfile", fmt("{} row(s) lack trg_file: give the site-relative path of the delivered file",
                               pl.col("no_trg"))),
     ]
+    out.append(_found(
+        "registry.values", usable.filter((pl.col("bad_proc") > 0) | (pl.col("bad_datetime") > 0)), "srcfile",
+        fmt("{} row(s) with a proc_id that is not an integer and {} with a datetime that is not yyyy-MM-dd HH:mm:ss "
+            "(rows {}): proc_id becomes procedure_occurrence_id, datetime the procedure's time; fix the values",
+            pl.col("bad_proc"), pl.col("bad_datetime"), pl.col("bad_rows").list.join(", "))))
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))

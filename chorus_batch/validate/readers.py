@@ -411,6 +411,15 @@ def _registry_facts(f) -> dict[str, Any]:
         visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
         trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
     )
+    # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
+    # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
+    stamp = pl.col("datetime").fill_null("").str.replace("T", " ").str.replace(r"\.\d+$", "")
+    bad = frame.with_row_index("row", offset=2).select(
+        "row", bad_proc=~pl.col("proc_id").fill_null("").str.contains(r"^\d+$"),
+        bad_datetime=stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
+    ).filter(pl.col("bad_proc") | pl.col("bad_datetime"))
+    facts.update(bad_proc=int(bad["bad_proc"].sum()), bad_datetime=int(bad["bad_datetime"].sum()),
+                 bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     return facts
 
 

@@ -210,6 +210,8 @@ RULES: tuple[Rule, ...] = (
          "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows)."),
     Rule("registry.columns", "error", "registry lacks columns",
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}."),
+    Rule("registry.values", "warning", "registry values of the wrong type",
+         "A registry row's proc_id is not an integer, or its datetime is not a date and time (yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.duplicate", "error", "registry lists a file twice",
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
