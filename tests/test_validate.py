@@ -565,3 +565,13 @@ def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):
     persons_csv([P0, P1, P2, "000199", "000042"])(clean)
     message = validate(clean).filter(pl.col("rule") == "person.no_folder")["message"].item()
     assert "2 person_id(s)" in message and "(e.g. 000042, 000199)" in message, message
+
+
+def test_a_mapping_or_markdown_file_in_the_wrong_form_is_told_so_plainly(clean):
+    """A semicolon-delimited mapping file was told its header "(signal_id,standardized_label,...) needs signal_id,
+    standardized_label, ...", the very names it holds; a Latin-1 SUBMISSION.md was "not UTF-8-SIG text"."""
+    edit("Metadata/Telemetry_mapping.csv", lambda t: t.replace(",", ";"))(clean)
+    write(clean, "Metadata/SUBMISSION.md", "# Submission\nH\xf4pital\n".encode("latin-1"))
+    messages = dict(validate(clean).select("srcfile", "message").rows())
+    assert messages["Metadata/Telemetry_mapping.csv"].startswith("the header row is split by semicolons, not commas")
+    assert "not UTF-8 text" in messages["Metadata/SUBMISSION.md"], messages

@@ -49,9 +49,15 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
         "metadata.mapping_columns",
         parsed.filter((pl.col("delimiter") != ",") | ~pl.all_horizontal(has) | ~timed),
         "srcfile",
-        fmt("the header ({}) needs {}{}: one row per signal, comma-delimited",
-                  pl.col("columns").list.join(","), pl.lit(", ".join(MAPPING_COLUMNS)),
-                  pl.when(timed).then(pl.lit("")).otherwise(pl.lit(" and timestamp_id (or start_time and end_time)")))))
+        # a header split by another delimiter holds the right names: say what is wrong with it, not that they lack
+        pl.when(pl.col("delimiter") != ",").then(fmt(
+            "the header row is split by {}, not commas: write the mapping comma-delimited, one row per signal",
+            pl.col("delimiter").replace_strict({"\t": "tabs", ";": "semicolons", "|": "pipes"},
+                                               default=pl.col("delimiter"), return_dtype=pl.String)))
+        .otherwise(fmt("the header ({}) needs {}{}: one row per signal, comma-delimited",
+                       pl.col("columns").list.join(","), pl.lit(", ".join(MAPPING_COLUMNS)),
+                       pl.when(timed).then(pl.lit("")).otherwise(
+                           pl.lit(" and timestamp_id (or start_time and end_time)"))))))
     values = parsed.filter(pl.col("rows").is_not_null() & ((pl.col("no_id") + pl.col("bad_rate") + pl.col("bad_label")) > 0))
     out.append(_found(
         "metadata.mapping_values", values, "srcfile",

@@ -81,7 +81,7 @@ def _read_text(f, encoding: str) -> str:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError:
-        raise BadContent(f"the file is not {encoding.upper()} text (binary data?)") from None
+        raise BadContent(f"the file is not {encoding.upper().removesuffix('-SIG')} text (binary data?)") from None
     if _BINARY.search(text):
         raise BadContent("the file holds control characters (binary data?)")
     return text
