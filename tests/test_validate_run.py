@@ -363,3 +363,12 @@ def test_validate_a_folder_names_the_files_its_scan_could_not_take(clean, tmp_pa
     assert "linked: symbolic link not followed" in text.stdout
     report = json.loads(cli("validate", "--site", str(clean), "--json", cwd=tmp_path).stdout)
     assert [(f["srcfile"], f["kind"]) for f in report["not_checked"]] == [("linked", "symlink")]
+
+
+def test_validate_a_manifest_from_a_site_that_is_not_there_is_a_usage_error(clean, db, tmp_path):
+    """`validate --db M --site TYPO`: the facts of every file were cached, so nothing was read from the mistyped
+    folder and the command reported the findings as checked there. The folder given is checked first."""
+    run_site(clean, db)
+    out = cli("validate", "--db", str(db), "--site", str(tmp_path / "no_such_site"), cwd=tmp_path)
+    assert out.returncode == 2 and "site root is not a readable directory" in out.stderr, (out.returncode, out.stderr)
+    assert cli("validate", "--db", str(db), "--site", str(clean), cwd=tmp_path).returncode in (0, 1)

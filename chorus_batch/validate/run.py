@@ -273,6 +273,8 @@ def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None,
     the first of them that has a file, for files whose root was not recorded."""
     sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers, cloud=cloud))
     given = [open_source(location, workers=workers, cloud=cloud) for location in (overrides or {}).values()]
+    for source in given:  # named on purpose (--site): a typo is refused, not taken for a site with nothing new to read
+        source.check()
     if given or sources:
         sources[None] = FirstFound(given or [sources[k] for k in sorted(sources)])  # type: ignore[arg-type, misc]
     return sources
