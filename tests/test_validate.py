@@ -575,3 +575,10 @@ def test_a_mapping_or_markdown_file_in_the_wrong_form_is_told_so_plainly(clean):
     messages = dict(validate(clean).select("srcfile", "message").rows())
     assert messages["Metadata/Telemetry_mapping.csv"].startswith("the header row is split by semicolons, not commas")
     assert "not UTF-8 text" in messages["Metadata/SUBMISSION.md"], messages
+
+
+def test_a_table_in_a_subfolder_of_omop_is_told_where_tables_belong(clean):
+    """OMOP/old/person.csv was "not an OMOP table CHoRUS collects", though it is one: it lies where none is read."""
+    write(clean, "OMOP/old/person.csv", (clean / "OMOP/person.csv").read_bytes())
+    message = validate(clean).filter(pl.col("srcfile") == "OMOP/old/person.csv")["message"].item()
+    assert message.startswith("in a subfolder of OMOP/, where no table is read"), message

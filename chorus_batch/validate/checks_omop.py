@@ -38,8 +38,11 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "omop.unexpected_file",
         omop.filter(~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True)), "srcfile",
-        pl.lit("not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the CDM 5.4 clinical tables and "
-               "waveform_visit_links.csv only; rename or remove it")))
+        pl.when(~in_folder).then(pl.lit(
+            "in a subfolder of OMOP/, where no table is read: the tables lie directly in OMOP/ (one snapshot of "
+            "each); move it there or remove it (keep earlier versions outside the site)"))
+        .otherwise(pl.lit("not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the CDM 5.4 clinical tables "
+                          "and waveform_visit_links.csv only; rename or remove it"))))
 
     csvs = pl.concat(
         [site.of_kind(k).select("srcfile", "_table", "_known", "_ok", "error", "columns", "delimiter")
