@@ -372,3 +372,16 @@ def test_validate_a_manifest_from_a_site_that_is_not_there_is_a_usage_error(clea
     out = cli("validate", "--db", str(db), "--site", str(tmp_path / "no_such_site"), cwd=tmp_path)
     assert out.returncode == 2 and "site root is not a readable directory" in out.stderr, (out.returncode, out.stderr)
     assert cli("validate", "--db", str(db), "--site", str(clean), cwd=tmp_path).returncode in (0, 1)
+
+
+def test_a_table_the_scan_could_not_take_is_not_called_missing(clean, tmp_path):
+    """OMOP/person.csv as a symbolic link (not followed) is in no version: omop.missing_table told the site to "add
+    OMOP/person.csv", which is there. The finding now says why the table was not read."""
+    real = tmp_path / "person_elsewhere.csv"
+    (clean / "OMOP" / "person.csv").rename(real)
+    (clean / "OMOP" / "person.csv").symlink_to(real)
+    report = json.loads(cli("validate", "--site", str(clean), "--json", cwd=tmp_path).stdout)
+    missing = [f for f in report["findings"] if f["rule"] == "omop.missing_table"]
+    assert [f["srcfile"] for f in missing] == ["OMOP/person.csv"]
+    assert "is there but the scan could not take it (symbolic link not followed" in missing[0]["message"]
+    assert "add OMOP/person.csv" not in missing[0]["message"]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ManifestError, UsageError
-from ..frames import FACTS_SCHEMA
+from ..frames import FACTS_SCHEMA, fmt
 from ..fsutil import scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
@@ -159,6 +159,13 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     with progress.counter("checking", "file", lambda: (checked.n, 0), total=(current.height, 0)):
         in_parts = check(current, facts_of, parts=parts, done=checked.add)
     findings = pl.concat([in_parts, run_findings(errors)]).sort("srcfile", "rule", "message")
+    if errors.height:  # a table the scan could not take is there: "add it" would not be true
+        why = errors.select("srcfile", pl.col("message").alias("_why")).unique("srcfile", keep="first")
+        findings = findings.join(why, on="srcfile", how="left", maintain_order="left").with_columns(
+            message=pl.when((pl.col("rule") == "omop.missing_table") & pl.col("_why").is_not_null()).then(fmt(
+                "{} is there but the scan could not take it ({}), so it is in no version and no rule read it: "
+                "fix that and run again", pl.col("srcfile"), pl.col("_why"))).otherwise(pl.col("message"))
+        ).drop("_why")
     log.debug(f"validate: {todo.height} headers read, {known_keys.height} known, {findings.height} findings, "
               f"{count} part(s)")
     return Checked(findings, new_facts)
