@@ -143,3 +143,13 @@ def test_scan_result_carries_the_counts(tmp_path):
     merged = merge_scans([back, part(1, 2)])
     assert merged.n_excluded == 5 and merged.excluded["by_pattern"] == {".DS_Store": 5}
     assert merge_counts([]) == {"total": 0, "default": 0, "user": 0, "by_pattern": {}, "examples": {}}
+
+
+def test_a_first_run_whose_globs_exclude_every_file_says_so(site, db):
+    """`--exclude '*.*'` left nothing of a full site; the run said the site "lists no files" and to check the site
+    root, which was right. It now says the globs excluded every file."""
+    for rel in DATA:
+        write(site, rel, b"data " + rel.encode())
+    text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.*")
+    assert "every file the site lists was excluded, so no first version was committed" in text.stdout, text.stdout
+    assert "check that the site root" not in text.stdout

@@ -137,6 +137,9 @@ def summary_text(result: RunResult) -> str:
         lines.append(f"dry run: nothing written (manifest {result.db})")
     elif result.label:
         lines.append(f"version {result.label} committed to {result.db}")
+    elif result.previous_label is None and result.n_files == 0 and excluded_dict(result.excluded)["total"]:
+        lines.append(f"every file the site lists was excluded, so no first version was committed ({result.db}); "
+                     "check the exclusion globs (--exclude, [run] exclude) below")
     elif result.previous_label is None and result.n_files == 0:  # a first run that found nothing: a wrong root?
         lines.append(f"the site lists no files, so no first version was committed ({result.db}); check that the site "
                      "root is the folder (or container and prefix) that holds OMOP/ and the person folders")
