@@ -582,3 +582,17 @@ def test_a_table_in_a_subfolder_of_omop_is_told_where_tables_belong(clean):
     write(clean, "OMOP/old/person.csv", (clean / "OMOP/person.csv").read_bytes())
     message = validate(clean).filter(pl.col("srcfile") == "OMOP/old/person.csv")["message"].item()
     assert message.startswith("in a subfolder of OMOP/, where no table is read"), message
+
+
+def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
+    """The finding listed the reader's keys ("patient_name, patient_birth_date"), which no DICOM tool shows."""
+    from pydicom.datadict import keyword_for_tag
+
+    from chorus_batch.validate.checks_images import _keyword
+    from chorus_batch.validate.rules import IDENTIFYING_DICOM_TAGS
+
+    assert {_keyword(key) for key in IDENTIFYING_DICOM_TAGS} == {keyword_for_tag(t) for t in IDENTIFYING_DICOM_TAGS.values()}
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101"))(clean)
+    message = validate(clean).filter(pl.col("rule") == "dicom.identifying_tag")["message"].item()
+    assert message.startswith("identifying attribute(s) PatientName, PatientBirthDate still filled"), message

@@ -131,6 +131,11 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
                              pl.col("_problems")))]
 
 
+def _keyword(key: str) -> str:
+    """The DICOM keyword a site's tools show (PatientName, OtherPatientIDs), not the facts' key (patient_name)."""
+    return "".join("IDs" if part == "ids" else part.capitalize() for part in key.split("_"))
+
+
 def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
     """PatientID is the person folder; no attribute that identifies the patient is left filled."""
     ok = d.lazy().filter(pl.col("_ok"))
@@ -141,7 +146,7 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
                  for key in IDENTIFYING_DICOM_TAGS}
     # The names of the filled ones are listed only for the files that have any: a list per file costs
     # ~6 µs a file (a third of the DICOM rules' time on a de-identified site), the test alone ~0.1 µs.
-    filled = pl.concat_list([pl.when(test).then(pl.lit(key)) for key, test in is_filled.items()]).list.drop_nulls()
+    filled = pl.concat_list([pl.when(test).then(pl.lit(_keyword(key))) for key, test in is_filled.items()]).list.drop_nulls()
     return [
         _found(
             "dicom.patient_id",
