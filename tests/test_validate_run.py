@@ -385,3 +385,14 @@ def test_a_table_the_scan_could_not_take_is_not_called_missing(clean, tmp_path):
     assert [f["srcfile"] for f in missing] == ["OMOP/person.csv"]
     assert "is there but the scan could not take it (symbolic link not followed" in missing[0]["message"]
     assert "add OMOP/person.csv" not in missing[0]["message"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--db", "new.sqlite", "--json"]])
+def test_validate_an_empty_folder_says_there_is_nothing_to_check(tmp_path, extra):
+    """An empty folder (a wrong --site) printed a heading and nothing else with exit 0; with --db NEW --json it was
+    an internal error (no findings to list). Now: exit 2, nothing to check, where and what to do."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = cli("validate", "--site", str(empty), *extra, cwd=tmp_path)
+    assert out.returncode == 2 and "the folder lists no files: nothing to check" in out.stderr, (out.returncode, out.stderr)
+    assert "internal error" not in out.stderr

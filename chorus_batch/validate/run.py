@@ -299,6 +299,14 @@ def validate_folder(settings, *, keep: bool, argv: list[str],
 
     checked = settings.model_copy(update={"validate_site": True, "dry_run": False})
     def not_taken(result) -> pl.DataFrame:
+        # no version, so nothing was checked, which is no "0 errors" (with --db NEW the empty manifest stays: said so)
+        if result.findings is None and result.n_files == 0:
+            excluded = (result.excluded or {}).get("total", 0)
+            raise UsageError(f"the folder lists no files{f' that are not excluded ({excluded} are)' if excluded else ''}: "
+                             "nothing to check" + (f"; {settings.db} holds no version" if keep else ""),
+                             where=f"--site {settings.site}",
+                             fix="point --site at the folder that holds OMOP/ and the person folders"
+                                 + (" (or check the exclusion globs)" if excluded else ""))
         return result.errors.filter(pl.col("kind") != "unparseable").select("srcfile", "kind", "message")
 
     if keep:
