@@ -596,3 +596,18 @@ def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
                          accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101"))(clean)
     message = validate(clean).filter(pl.col("rule") == "dicom.identifying_tag")["message"].item()
     assert message.startswith("identifying attribute(s) PatientName, PatientBirthDate still filled"), message
+
+
+def test_a_wfdb_header_with_a_utf8_comment_is_read_as_wfdb_reads_it(clean, tmp_path):
+    """wfdb.wrsamp writes a comment such as "# Hôpital" in UTF-8 and wfdb reads that header (dropping what is not
+    ASCII); the validator called it "not ASCII text ... write it with a WFDB writer", an error."""
+    import numpy as np
+    import wfdb
+
+    wfdb.wrsamp("r1", fs=250, units=["mV"], sig_name=["II"], p_signal=np.zeros((10, 1)), fmt=["16"],
+                comments=["Hôpital"], write_dir=str(tmp_path))
+    written = (tmp_path / "r1.hea").read_bytes()
+    assert "Hôpital".encode() in written and wfdb.rdheader(str(tmp_path / "r1")).sig_name == ["II"]
+    header = clean / f"{SINGLE}.hea"
+    header.write_bytes(header.read_bytes() + "# Hôpital\n".encode())
+    assert found(clean) == set()

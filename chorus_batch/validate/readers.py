@@ -72,14 +72,14 @@ class BadContent(ValueError):
     """The file's content is not what its name says it is (the message says how)."""
 
 
-def _read_text(f, encoding: str) -> str:
+def _read_text(f, encoding: str, errors: str = "strict") -> str:
     data = _read_up_to(f, MAX_TEXT_BYTES + 1)
     if not data:
         raise BadContent("the file is empty")
     if len(data) > MAX_TEXT_BYTES:
         raise BadContent(f"the file is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
     try:
-        text = data.decode(encoding)
+        text = data.decode(encoding, errors)
     except UnicodeDecodeError:
         raise BadContent(f"the file is not {encoding.upper().removesuffix('-SIG')} text (binary data?)") from None
     if _BINARY.search(text):
@@ -88,7 +88,9 @@ def _read_text(f, encoding: str) -> str:
 
 
 def _wfdb_facts(f) -> dict[str, Any]:
-    text = _read_text(f, "ascii")
+    # as wfdb reads a header (ASCII, other bytes dropped): wfdb.wrsamp writes a comment such as "# Hôpital" in
+    # UTF-8, and a header the converter reads is no error; binary data still holds control characters
+    text = _read_text(f, "ascii", errors="ignore")
     return parse_wfdb_header(text)
 
 
