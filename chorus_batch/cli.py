@@ -629,10 +629,18 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     if target.site is None and not target.config.site.roots:
         raise UsageError(f"`{command}` needs the site", where="--site / [site] root",
                          fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")
-    return slurm_script(site=target.site, db=target.db, shards=args.shards or DEFAULT_SHARDS,
-                        staging=getattr(args, "staging", None), cpus_per_task=args.cpus_per_task or DEFAULT_CPUS,
-                        mem=args.mem, time=args.time, partition=args.partition, account=args.account, config=config,
-                        python=sys.executable)
+    script = slurm_script(site=target.site, db=target.db, shards=args.shards or DEFAULT_SHARDS,
+                          staging=getattr(args, "staging", None), cpus_per_task=args.cpus_per_task or DEFAULT_CPUS,
+                          mem=args.mem, time=args.time, partition=args.partition, account=args.account, config=config,
+                          python=sys.executable)
+    # A local root that is not there now fails every shard tonight: said here, before anything is submitted
+    # (a cloud root is left to the shards: checking it here would need the cluster's credentials).
+    from .sources import open_source
+
+    for location, what in ((target.site, "--site / [site] root"), *((v, f"[site.roots] {k}") for k, v in target.config.site.roots.items())):
+        if location and ("://" not in location or location.startswith("file://")):
+            open_source(location, what=what).check()
+    return script
 
 
 def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:

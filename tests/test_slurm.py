@@ -148,6 +148,7 @@ def test_a_path_with_a_line_break_is_refused_not_written_into_the_script(tmp_pat
 
 
 def test_slurm_script_command(tmp_path):
+    (tmp_path / "site").mkdir()
     proc = cli("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--shards", "16",
                "--partition", "batch")
     assert proc.returncode == 0, proc.stderr
@@ -158,6 +159,20 @@ def test_slurm_script_command(tmp_path):
     nosite = cli("slurm-script", "--db", "m.sqlite", cwd=tmp_path)
     assert nosite.returncode == 2 and "needs the site" in nosite.stderr
     assert "--slurm" in cli("run", "--help").stdout
+
+
+@pytest.mark.parametrize("command", [["slurm-script"], ["run", "--slurm"]])
+def test_a_site_that_is_not_there_is_refused_before_a_script_is_made(tmp_path, command):
+    """A missing local root would fail every shard of the night: refused up front (exit 2), no script printed,
+    nothing submitted; [site.roots] roots alike."""
+    missing = cli(*command, "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert missing.returncode == 2 and "not a readable directory" in missing.stderr, missing.stderr
+    assert str(tmp_path / "nowhere") in missing.stderr and missing.stdout == ""
+    (tmp_path / "chorus.toml").write_text(f"[site.roots]\nImages = '{tmp_path / 'no-images'}'\n")
+    (tmp_path / "OMOP").mkdir()
+    roots = cli(*command, "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert roots.returncode == 2 and "[site.roots] Images" in roots.stderr and roots.stdout == "", roots.stderr
+    assert not (tmp_path / "m.sqlite.staging").exists()
 
 
 def test_run_slurm_without_sbatch_says_so(tmp_path):
