@@ -3,6 +3,7 @@ truthful about what was committed, odd file systems survived."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -427,3 +428,42 @@ def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_no
     assert proc.returncode == 143, err
     assert "nothing was written (the folder was checked in a temporary manifest, now removed)" in err, err
     assert "stays" not in err and list(here.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (the tests run as root, as on the CI machine): a manifest's folder that can fill up."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # until ENOSPC
+        while True:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(site, small_disk):
+    """SQLite says "disk I/O error" when its -shm cannot grow on a full file system: the message says the disk is
+    full (not "check dmesg"), that nothing was committed, and the version before is whole once space is freed."""
+    many(site, 20)
+    db = small_disk / "m.sqlite"
+    assert run(site, db).returncode == 0
+    before = current_rows(db)
+    write(site, "000001/Metadata/new.txt", b"new")
+    filler = _fill(small_disk)
+    out = run(site, db)
+    assert out.returncode == 3, out.stderr
+    assert "the disk is full" in out.stderr and "KiB free" in out.stderr and "dmesg" not in out.stderr, out.stderr
+    assert "nothing was committed; the previous version is intact" in out.stderr
+    filler.unlink()
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]

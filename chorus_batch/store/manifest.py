@@ -49,6 +49,7 @@ def _update_cache(db_bytes: int) -> str:
     return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
 
 
+NEARLY_FULL_BYTES = 1 << 20  # free space under which an SQLite I/O error is taken for a full disk
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
@@ -202,6 +203,18 @@ class Manifest:
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None
 
+    def _free_bytes(self) -> int:
+        """Bytes this user may still write on the manifest's file system (-1: unknown)."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return -1
+        return st.f_bavail * st.f_frsize
+
+    def _nearly_full(self) -> bool:
+        # Under 1 MiB: less than SQLite's -shm (32 KiB) and a transaction's WAL pages need to go on.
+        return 0 <= self._free_bytes() < NEARLY_FULL_BYTES
+
     def failure(self, exc: BaseException) -> ManifestError:
         """What an SQLite error means for the user: what happened, where, and what to do."""
         text = str(exc)
@@ -228,6 +241,12 @@ class Manifest:
                                  "write was rolled back", where=where,
                                  fix="check that no other program writes this manifest, then run again (a run starts "
                                      "from the latest version); if it fails the same way, report it with the -v output")
+        if "disk i/o" in low and self._nearly_full():
+            # SQLite reports a full disk as an I/O error when its -shm or -wal cannot grow (mmap/ftruncate on a full
+            # tmpfs or quota): "check dmesg" would send the user the wrong way.
+            return ManifestError(f"the disk is full: {text} (the manifest's file system has "
+                                 f"{self._free_bytes() // 1024} KiB free)", where=where,
+                                 fix="free space on the manifest's file system and run again")
         if "disk i/o" in low:
             return ManifestError(f"the manifest's file system failed: {text}", where=where,
                                  fix="check the manifest's disk and file system (dmesg, a network mount), then run again")
