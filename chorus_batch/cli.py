@@ -691,7 +691,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
         result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
     try:
-        _print_run(args, result, settings, demo=target.demo)
+        with _kept_exit_code(int(result.exit_code)):  # (flushed: a failure of its last bytes still names the version)
+            _print_run(args, result, settings, demo=target.demo)
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # the summary is lost, not the version: the message says which stands
         if result.label:
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
@@ -726,15 +729,28 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
         result = status(settings, argv=argv, progress=Progress(quiet=args.quiet))
     from .report import findings_text, status_csv, status_dict, status_text
 
-    if args.json:
-        print(json.dumps(status_dict(result), indent=2))
-    elif args.csv:
-        sys.stdout.write(status_csv(result))
-        for line in findings_text(result.findings, examples=0, more="chorus-batch status --json lists them"):
-            print(line, file=sys.stderr)
-    else:
-        print(status_text(result, limit=None if args.all else args.limit))
+    with _kept_exit_code(int(result.exit_code)):
+        if args.json:
+            print(json.dumps(status_dict(result), indent=2))
+        elif args.csv:
+            sys.stdout.write(status_csv(result))
+            for line in findings_text(result.findings, examples=0, more="chorus-batch status --json lists them"):
+                print(line, file=sys.stderr)
+        else:
+            print(status_text(result, limit=None if args.all else args.limit))
     return int(result.exit_code)
+
+
+@contextlib.contextmanager
+def _kept_exit_code(code: int):
+    """Printing a command's result: a reader that left (`| head`) ends the output quietly (main), but with the
+    command's own exit code, not a success it did not have."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError as exc:
+        exc.exit_code = code  # type: ignore[attr-defined]
+        raise
 
 
 def _early_listing(settings):
@@ -1241,6 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=args.verbose, quiet=args.quiet)
     _stop_on_signals()
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
+    code = int(ExitCode.OK)
     try:
         code = COMMANDS[args.command](args, argv)
         sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
@@ -1262,8 +1279,8 @@ def main(argv: list[str] | None = None) -> int:
               + (getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
                  else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))), file=sys.stderr)
         return code
-    except BrokenPipeError:
-        return int(ExitCode.OK)
+    except BrokenPipeError as exc:  # the reader left (`| head`): quietly, but with the command's own exit code
+        return getattr(exc, "exit_code", code)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
         log.debug("unexpected error", exc_info=True)
         print(

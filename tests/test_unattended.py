@@ -396,7 +396,10 @@ def test_the_locale_changes_nothing_a_run_records_or_prints(tmp_path):
     assert listed.returncode == 0 and "\\u2603" in listed.stdout, listed.stderr
 
 
-def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tmp_path):
+# cron's environment (no HOME, no LANG): the summary stayed in the buffer until the last flush, whose failure
+# named no version (and exit 3 says "nothing was committed" unless a version is named)
+@pytest.mark.parametrize("env", [None, {"PATH": "/usr/bin:/bin"}], ids=["shell", "cron"])
+def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tmp_path, env):
     import subprocess
     import sys
 
@@ -405,7 +408,7 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     db = tmp_path / "m.sqlite"
     with open("/dev/full", "w") as full:
         out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
-                              str(db)], stdout=full, stderr=subprocess.PIPE, text=True)
+                              str(db)], stdout=full, stderr=subprocess.PIPE, text=True, env=env)
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
     assert f"version {label} was committed" in out.stderr and "nothing was committed" not in out.stderr
@@ -467,3 +470,19 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
+@pytest.mark.parametrize("command", [["run", "--no-validate"], ["status"]])
+def test_a_reader_that_left_keeps_the_exit_code_of_the_command(site, db, command):
+    """`chorus-batch run | head` in cron: the reader leaving early ends the output quietly, but a run with findings
+    still exits 1 (it exited 0, a success the log never had)."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "stray.txt", b"x")  # a file at the root: unparseable, exit 1
+    read, write_end = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *command, "--site", str(site), "--db", str(db)],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 1 and "error" not in out.stderr.lower(), out.stderr
