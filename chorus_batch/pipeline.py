@@ -102,17 +102,20 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
             try:
                 result = _run(settings, manifest, roots, progress, run_id=run_id)
             except ChorusError as exc:
-                manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
-                                    message=exc.what)
+                committed = getattr(exc, "committed", None) or manifest.committed_by_run(run_id)
+                if committed and not getattr(exc, "committed", None):  # raised after the commit: never "nothing was"
+                    exc.committed = committed  # type: ignore[attr-defined]
+                    exc.outcome = f"version {committed} was committed to {manifest.path}; it stays"  # type: ignore[attr-defined]
+                manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=committed, message=exc.what)
                 raise
             except (KeyboardInterrupt, Stopped) as exc:
                 code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
-                exc.committed = manifest.committed_label  # type: ignore[union-attr]  # for a truthful message
-                manifest.finish_run(run_id, exit_code=code, version=manifest.committed_label,
+                exc.committed = manifest.committed_by_run(run_id)  # type: ignore[union-attr]  # for a truthful message
+                manifest.finish_run(run_id, exit_code=code, version=exc.committed,  # type: ignore[union-attr]
                                     message=f"stopped by signal {code - 128}")
                 raise
             except Exception as exc:
-                committed = manifest.committed_label
+                committed = manifest.committed_by_run(run_id)
                 manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=committed,
                                     message=f"{type(exc).__name__}: {exc}")
                 if committed is None:

@@ -17,17 +17,17 @@ from chorus_batch import ExitCode
 from conftest import cli, current_rows, query, tree_md5, write
 
 
-def start_paused_run(site: Path, db: Path) -> subprocess.Popen:
+def start_paused_run(site: Path, db: Path, point: str = "commit") -> subprocess.Popen:
     """A real run that stops inside its commit transaction (test pause point) and waits there."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db", str(db)],
-        env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60
     assert proc.stderr is not None
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
-        if "test pause at commit" in line:
+        if f"test pause at {point}" in line:
             return proc
         if not line and proc.poll() is not None:
             break
@@ -145,3 +145,21 @@ def test_a_write_that_breaks_a_constraint_is_not_blamed_on_the_file_system(db):
     with pytest.raises(ManifestError) as failed, manifest._open() as con:
         con.execute("INSERT INTO meta VALUES ('manifest_id', 'again')")
     assert "conflicts with its recorded rows" in str(failed.value) and "file system" not in str(failed.value)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+def test_a_signal_just_after_the_commit_names_the_committed_version(site, db, signum, code):
+    """SQLite has committed; the run still waits for the state cache written beside the commit. A signal there said
+    "nothing was committed; the previous version is intact" of a committed version (found by SIGTERM at random
+    times): the message and the `runs` row take the version from the manifest itself."""
+    write(site, "OMOP/a.csv", b"a")
+    proc = start_paused_run(site, db, "committed")
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=30)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert proc.returncode == code, err
+    assert f"version {label} had been committed before; it stays" in err and "nothing was committed" not in err, err
+    assert query(db, "SELECT exit_code, version FROM runs") == [(code, label)]
+    again = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert again.returncode == 0 and f"no changes since version {label}" in again.stdout, again.stderr

@@ -565,6 +565,18 @@ class Manifest:
                                                             "message").to_arrow(), mode="append")
             con.commit()
 
+    def committed_by_run(self, run_id: int) -> str | None:
+        """The version run `run_id` committed, from the manifest itself: what a message after a signal or a
+        failure must say, whichever instruction the signal interrupted (committed_label may not be set yet)."""
+        if self.committed_label is not None:
+            return self.committed_label
+        try:
+            with self._open() as con:
+                row = con.execute("SELECT label FROM versions WHERE run_id = ?", (run_id,)).fetchone()
+        except (ManifestError, sqlite3.Error):
+            return None
+        return row[0] if row else None
+
     def finish_run(self, run_id: int, *, exit_code: int, version: str | None, n_files: int = 0, n_hashed: int = 0,
                    bytes_hashed: int = 0, n_errors: int = 0, scan_started_ns: int | None = None, message: str | None = None) -> None:
         with self._open() as con, con:
@@ -763,6 +775,7 @@ class Manifest:
             failed: list[BaseException] = []
             with _beside(None if on_commit is None else lambda: on_commit(written), failed):
                 con.commit()
+                pause("committed")  # (a signal here, or while the state cache is awaited, follows the commit)
         self.committed_label = label  # before on_commit's error, if any: the version is committed
         self.after_commit()
         if failed:
