@@ -102,11 +102,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
             try:
                 result = _run(settings, manifest, roots, progress, run_id=run_id)
             except ChorusError as exc:
-                committed = getattr(exc, "committed", None) or manifest.committed_by_run(run_id)
-                if committed and not getattr(exc, "committed", None):  # raised after the commit: never "nothing was"
-                    exc.committed = committed  # type: ignore[attr-defined]
-                    exc.outcome = f"version {committed} was committed to {manifest.path}; it stays"  # type: ignore[attr-defined]
-                manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=committed, message=exc.what)
+                manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
+                                    message=exc.what)
                 raise
             except (KeyboardInterrupt, Stopped) as exc:
                 code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
