@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError
+from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, signal_behind
 from .units import shown
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
@@ -1196,7 +1196,15 @@ def _stop_on_signals() -> None:
         return
 
     def stop(signum: int, _frame) -> None:
+        note_signal(signum)
         raise Stopped(signum)
+
+    def interrupt(signum: int, _frame) -> None:  # Python's own SIGINT handler, remembered as the others
+        note_signal(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupt)
 
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
@@ -1259,9 +1267,15 @@ def main(argv: list[str] | None = None) -> int:
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
     code = int(ExitCode.OK)
     try:
-        code = COMMANDS[args.command](args, argv)
-        sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
-        return code
+        try:
+            code = COMMANDS[args.command](args, argv)
+            sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
+            return code
+        except Exception as exc:  # a signal a library wrapped into its own error (DuckDB) is said as the signal
+            stop = signal_behind(exc)
+            if stop is None:
+                raise
+            raise stop from exc
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:

@@ -115,3 +115,29 @@ class Stopped(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+# The stop signals this process received (cli installs the handlers). A library that calls back into Python (DuckDB
+# counting the rows of a registered frame) wraps the Stopped or KeyboardInterrupt raised there into its own error:
+# the signal is what happened all the same, and must be said and exited with as such.
+_received: list[int] = []
+
+
+def note_signal(signum: int) -> None:
+    _received.append(signum)
+
+
+def signal_behind(exc: BaseException) -> BaseException | None:
+    """The Stopped or KeyboardInterrupt `exc` is, or stands for (an error raised after a stop signal arrived);
+    None when no stop signal arrived."""
+    if isinstance(exc, (Stopped, KeyboardInterrupt)):
+        return exc
+    if not _received:
+        return None
+    import signal
+
+    stop = KeyboardInterrupt() if _received[-1] == signal.SIGINT else Stopped(_received[-1])
+    for said in ("committed", "outcome"):  # what the wrapped error knew was recorded
+        if getattr(exc, said, None) is not None:
+            setattr(stop, said, getattr(exc, said))
+    return stop

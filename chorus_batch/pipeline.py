@@ -18,7 +18,7 @@ from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, parse_bytes
 from .partitions import TreeParts
-from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError
+from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signal_behind
 from .fsutil import private_folder
 from .progress import Progress, log
 from .scan import Root, scan
@@ -100,7 +100,13 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
             manifest.ensure_schema()
             run_id = manifest.begin_run(redact(argv), settings.mode, site)
             try:
-                result = _run(settings, manifest, roots, progress, run_id=run_id)
+                try:
+                    result = _run(settings, manifest, roots, progress, run_id=run_id)
+                except Exception as exc:  # a signal a library wrapped into its own error is the signal (errors.py)
+                    stop = signal_behind(exc)
+                    if stop is None:
+                        raise
+                    raise stop from exc
             except ChorusError as exc:
                 manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
                                     message=exc.what)

@@ -486,3 +486,34 @@ def test_a_reader_that_left_keeps_the_exit_code_of_the_command(site, db, command
     finally:
         os.close(write_end)
     assert out.returncode == 1 and "error" not in out.stderr.lower(), out.stderr
+
+
+_WRAPPED_SIGNAL = """
+import os, signal, sys
+import duckdb, pyarrow as pa
+from chorus_batch import cli
+
+def batches():
+    yield pa.record_batch({"x": [1]})
+    os.kill(os.getpid(), signal.%s)  # the handler runs here, inside DuckDB's scan: DuckDB wraps what it raises
+    yield pa.record_batch({"x": [2]})
+
+def diff_like(args, argv):  # a command whose DuckDB query reads Python objects, as the diff and the review do
+    reader = pa.RecordBatchReader.from_batches(pa.schema({"x": pa.int64()}), batches())
+    duckdb.connect().sql("SELECT sum(x) FROM reader").fetchall()
+    return 0
+
+cli.COMMANDS["files"] = diff_like
+sys.exit(cli.main(["files", "--db", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("name, code, word", [("SIGTERM", 143, "terminated (SIGTERM)"), ("SIGINT", 130, "interrupted"),
+                                              ("SIGHUP", 129, "hung up (SIGHUP)")])
+def test_a_signal_that_duckdb_wraps_in_its_own_error_is_said_as_the_signal(db, name, code, word):
+    """SIGTERM at random times found `internal error: InvalidInputException: ... counting the rows of the object
+    registered as 'current_files' failed: Stopped: 15` (exit 3): the signal's exception raised while DuckDB called
+    back into Python comes back as DuckDB's error. It is the signal: its exit code and message."""
+    out = subprocess.run([sys.executable, "-c", _WRAPPED_SIGNAL % name, str(db)], capture_output=True, text=True)
+    assert out.returncode == code, out.stderr
+    assert f"chorus-batch: {word}" in out.stderr and "internal error" not in out.stderr, out.stderr
