@@ -91,7 +91,10 @@ def duckdb_session(*, threads: int = 2, memory_limit: str = "256MB",
     `spill_parent` (default: the system's temporary folder), removed when the session ends (the paths
     hold person identifiers; fsutil.scratch_folder: a killed run's is removed by the next). A merge spills
     beside its shards: a shared file system with room for them."""
-    import duckdb  # about 0.1 s to import: only where a diff has rows to compare
+    from .processes import signals_deferred
+
+    with signals_deferred():  # a signal inside DuckDB's module initialisation aborts the process
+        import duckdb  # about 0.1 s to import: only where a diff has rows to compare
 
     with scratch_folder("chorus-duckdb-", spill_parent) as spill:
         con = duckdb.connect(config={

@@ -285,7 +285,10 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
                                     progress=progress)
         t = mark("validate", t)
     if settings.parquet and check:
-        from .store.snapshots import has_snapshot, write_snapshots
+        from .processes import signals_deferred
+
+        with signals_deferred():  # (it imports DuckDB: a signal inside its module initialisation aborts the process)
+            from .store.snapshots import has_snapshot, write_snapshots
 
         if label is not None or not has_snapshot(check, settings.parquet):  # or a killed run's, left incomplete
             write_snapshots(manifest, check, settings.parquet)

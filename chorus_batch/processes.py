@@ -20,6 +20,30 @@ from concurrent.futures import ProcessPoolExecutor
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM, SIGHUP and SIGINT while a native library is first imported, then act on them: DuckDB's module
+    initialisation (nanobind) runs Python code, and the Stopped or KeyboardInterrupt a signal raised there aborted
+    the process ("Critical nanobind error", SIGABRT: no message, an unfinished `runs` row). Python runs signal
+    handlers in the main thread only, so swapping the handlers holds them whichever thread received the signal."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)]
+    before = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum)) for signum in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        if held and callable(before[held[0]]):
+            before[held[0]](held[0], None)  # the handler of the first signal held: it raises (Stopped, KeyboardInterrupt)
+
+
 def default_workers() -> int:
     """Hashing threads / listing and header-reading processes: the CPU count, at most 16
     (past that a shared file system, not the CPU, is the limit)."""

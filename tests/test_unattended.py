@@ -517,3 +517,39 @@ def test_a_signal_that_duckdb_wraps_in_its_own_error_is_said_as_the_signal(db, n
     out = subprocess.run([sys.executable, "-c", _WRAPPED_SIGNAL % name, str(db)], capture_output=True, text=True)
     assert out.returncode == code, out.stderr
     assert f"chorus-batch: {word}" in out.stderr and "internal error" not in out.stderr, out.stderr
+
+
+_SIGNAL_IN_DUCKDB_IMPORT = """
+import os, signal, sys
+from chorus_batch import cli
+from chorus_batch.diff import duckdb_session
+from chorus_batch.errors import Stopped
+
+cli._stop_on_signals()
+state = []
+
+def hook(event, args):  # SIGTERM at the moment DuckDB's native module creates its types (nanobind)
+    if event == "import" and args[0] == "_duckdb" and not state:
+        state.append("loading")
+    elif state == ["loading"] and event == "object.__setattr__":
+        state.append("sent")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+sys.addaudithook(hook)
+try:
+    with duckdb_session() as con:
+        pass
+except Stopped as exc:
+    print("stopped", "duckdb" in sys.modules, state)
+    sys.exit(exc.exit_code)
+"""
+
+
+def test_a_signal_while_duckdb_loads_stops_the_run_not_the_interpreter():
+    """SIGTERM at random times aborted a run ("Critical nanobind error", SIGABRT: no message, the `runs` row left
+    unfinished) when it landed in DuckDB's module initialisation, which the diff imports on first use: the stop
+    signals are held during that import and acted on after it."""
+    out = subprocess.run([sys.executable, "-c", _SIGNAL_IN_DUCKDB_IMPORT], capture_output=True, text=True)
+    assert out.returncode == 143, out.stderr[-2000:]
+    assert out.stdout.split() == ["stopped", "True", "['loading',", "'sent']"], out.stdout
+    assert "Critical nanobind error" not in out.stderr
