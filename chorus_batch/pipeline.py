@@ -87,6 +87,10 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     if settings.delete_list and settings.mode != "append":
         raise UsageError("--delete-list applies to append mode only", where="--delete-list",
                          fix="add --mode append, or drop --delete-list (full mode removes whatever is gone)")
+    if settings.merge is not None:  # before the manifest is created: a usage error leaves nothing behind
+        from .shards import check_staging
+
+        check_staging(settings.merge)
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     preflight(settings, manifest)
@@ -175,6 +179,10 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
         raise UsageError("a shard scans a local manifest's site in full mode; --dry-run, --merge, --mode append and a "
                          "manifest in Azure do not go with --shard", where="--shard",
                          fix="drop those options (the merge commits; its manifest may then be uploaded)")
+    from .fsutil import private_folder
+    from .shards import shard_folder
+
+    private_folder(shard_folder(settings.staging, coverage))  # a --staging that cannot hold it: said before the listing
     roots = open_roots(settings)
     preflight(settings, Manifest(settings.db))
     return run_shard(settings, roots, coverage, settings.staging, progress)

@@ -92,16 +92,22 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)
 
 
+def check_staging(staging: str | Path) -> Path:
+    """The --merge folder, or a UsageError if it is none (checked before the manifest is opened or created)."""
+    staging = Path(staging)
+    if not staging.is_dir():
+        raise UsageError(f"no shard results in {staging}: " + ("it is a file, not a folder" if staging.exists() else
+                         "the folder does not exist"), where="--merge", fix="give the --staging folder the shards wrote to")
+    return staging
+
+
 def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
                 previous_rows: int = 0, partitioned: bool = True) -> tuple[ScanResult, TreeParts]:
     """The shards in `staging` as one whole-site ScanResult, with the previous version's rows and the shards'
     files in partitions of about PARTITION_ROWS rows (read one at a time by the commit), or a UsageError
     naming each missing, incomplete or stale shard and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
-    staging = Path(staging)
-    if not staging.is_dir():
-        raise UsageError(f"no shard results in {staging}: the folder does not exist", where="--merge",
-                         fix="give the --staging folder the shards wrote to")
+    staging = check_staging(staging)
     found: dict[int, list[Path]] = {}
     for entry in staging.iterdir():
         match = _SHARD_DIR.match(entry.name)

@@ -172,3 +172,17 @@ def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
     whole, changed = compute_diff(previous, current), diff_changed(previous, current)
     assert changed.change_set.equals(whole.change_set) and changed.counts() == whole.counts()
     assert whole.counts() == {"added": 2, "removed": 2, "replaced": 2, "renamed": 1, "unchanged": 3}
+
+
+def test_a_staging_path_that_cannot_hold_a_shard_is_refused_before_the_listing(snapshots, tmp_path):
+    """`--staging` naming a file (or a folder under one) was an internal error (NotADirectoryError) after the whole
+    shard had been listed and hashed; `--merge` of a file said the folder "does not exist"."""
+    site, db, afile = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "afile"
+    afile.write_text("not a folder")
+    for staging in (afile, afile / "below"):
+        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
+        assert out.returncode == 2 and "cannot write" in out.stderr and "internal error" not in out.stderr, out.stderr
+        assert "listing" not in out.stderr, out.stderr  # said before any work
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(afile))
+    assert merged.returncode == 2 and "it is a file, not a folder" in merged.stderr, merged.stderr
+    assert not db.exists()
