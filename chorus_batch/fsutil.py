@@ -49,6 +49,22 @@ def restrict(path: str | os.PathLike[str]) -> None:
             os.chmod(path, mode & 0o700)
 
 
+NEARLY_FULL_BYTES = 1 << 20  # free space under which a failed write is taken for a full disk
+
+
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes this user may still write on the file system of `folder` (-1: unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
+def nearly_full(folder: str | os.PathLike[str]) -> bool:
+    return 0 <= free_bytes(folder) < NEARLY_FULL_BYTES
+
+
 def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Path], None]) -> Path:
     """Write `target` atomically and owner-only. `content` is the bytes, or a function that
     writes the file at the path it is given (e.g. `frame.write_parquet`)."""
@@ -68,7 +84,13 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
                 os.fsync(handle.fileno())
         else:
             os.close(fd)
-            content(tmp)
+            try:
+                content(tmp)
+            except Exception as exc:
+                if isinstance(exc, OSError) or not nearly_full(tmp.parent):
+                    raise
+                # polars reports a full disk as its own error ("parquet: ... Invalid thrift: transport error")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
             _fsync(tmp)
         os.chmod(tmp, OWNER_ONLY)  # whatever the umask, or a writer that replaced the file, made it
         check_target(target)  # again: the narrowest window before the rename

@@ -16,6 +16,7 @@ from chorus_batch.diff import compute_diff, duckdb_session
 from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, query
+from test_unattended import fill, small_disk  # noqa: F401  (a fixture)
 
 N = 4
 
@@ -186,3 +187,17 @@ def test_a_staging_path_that_cannot_hold_a_shard_is_refused_before_the_listing(s
     merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(afile))
     assert merged.returncode == 2 and "it is a file, not a folder" in merged.stderr, merged.stderr
     assert not db.exists()
+
+
+def test_a_full_staging_disk_is_said_to_be_full(snapshots, tmp_path, small_disk):
+    """polars reports a full disk while writing Parquet as its own error ("Invalid thrift: transport error"): it
+    was an internal error; it is the OS's reason for the file it could not write, and no half shard stays."""
+    staging = small_disk / "staging"
+    staging.mkdir()
+    filler = fill(small_disk)
+    out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", f"0/{N}",
+              "--staging", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "No space left on device" in out.stderr and "internal error" not in out.stderr, out.stderr
+    filler.unlink()
+    assert [p.name for p in (staging / f"shard-0-of-{N}").iterdir()] == []  # no scan.json: the merge says "incomplete"

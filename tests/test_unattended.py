@@ -445,7 +445,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(folder)], check=True)
 
 
-def _fill(folder: Path) -> Path:
+def fill(folder: Path) -> Path:
     filler = folder / "filler"
     with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # until ENOSPC
         while True:
@@ -461,7 +461,7 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0
     before = current_rows(db)
     write(site, "000001/Metadata/new.txt", b"new")
-    filler = _fill(small_disk)
+    filler = fill(small_disk)
     out = run(site, db)
     assert out.returncode == 3, out.stderr
     assert "the disk is full" in out.stderr and "KiB free" in out.stderr and "dmesg" not in out.stderr, out.stderr

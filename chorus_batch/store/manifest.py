@@ -31,7 +31,7 @@ from ..classify import record_key
 from ..errors import ManifestError, UsageError
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import create_private, private_folder, restrict, write_private
+from ..fsutil import create_private, free_bytes, nearly_full, private_folder, restrict, write_private
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
@@ -49,7 +49,6 @@ def _update_cache(db_bytes: int) -> str:
     return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
 
 
-NEARLY_FULL_BYTES = 1 << 20  # free space under which an SQLite I/O error is taken for a full disk
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
@@ -203,18 +202,6 @@ class Manifest:
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None
 
-    def _free_bytes(self) -> int:
-        """Bytes this user may still write on the manifest's file system (-1: unknown)."""
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            return -1
-        return st.f_bavail * st.f_frsize
-
-    def _nearly_full(self) -> bool:
-        # Under 1 MiB: less than SQLite's -shm (32 KiB) and a transaction's WAL pages need to go on.
-        return 0 <= self._free_bytes() < NEARLY_FULL_BYTES
-
     def failure(self, exc: BaseException) -> ManifestError:
         """What an SQLite error means for the user: what happened, where, and what to do."""
         text = str(exc)
@@ -241,11 +228,11 @@ class Manifest:
                                  "write was rolled back", where=where,
                                  fix="check that no other program writes this manifest, then run again (a run starts "
                                      "from the latest version); if it fails the same way, report it with the -v output")
-        if "disk i/o" in low and self._nearly_full():
+        if "disk i/o" in low and nearly_full(self.path.parent):  # (under 1 MiB: less than -shm and WAL pages need)
             # SQLite reports a full disk as an I/O error when its -shm or -wal cannot grow (mmap/ftruncate on a full
             # tmpfs or quota): "check dmesg" would send the user the wrong way.
             return ManifestError(f"the disk is full: {text} (the manifest's file system has "
-                                 f"{self._free_bytes() // 1024} KiB free)", where=where,
+                                 f"{free_bytes(self.path.parent) // 1024} KiB free)", where=where,
                                  fix="free space on the manifest's file system and run again")
         if "disk i/o" in low:
             return ManifestError(f"the manifest's file system failed: {text}", where=where,
