@@ -122,6 +122,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     (shards,) = found
     problems: list[str] = []
     parts: list[ScanResult] = []
+    stale_started: list[int] = []
     for k in range(shards):
         coverage = Coverage(shard=k, shards=shards)
         folder = shard_folder(staging, coverage)
@@ -131,11 +132,18 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             continue
         part = ScanResult.read(folder, files=False)
         if part.based_on != latest_label:
+            stale_started.append(part.scan_started_ns)
             problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
                             f"latest is {latest_label or '(none)'}: rerun it with: "
                             f"{rerun_command(settings, coverage, staging)}")
             continue
         parts.append(part)
+    merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
+    if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
+        raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into}, the latest; "
+                         "nothing was committed", where=str(staging),
+                         fix="nothing to do for these shards; to record the site as it is now, run the shards again "
+                             "(or submit the Slurm script again), then merge")
     if problems:
         raise UsageError("cannot merge: " + "; ".join(problems), where=str(staging),
                          fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")

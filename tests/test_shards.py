@@ -140,10 +140,25 @@ def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snaps
     assert out.returncode == 2 and "shard 1/4 is incomplete" in out.stderr
     run_shards(site, db, staging, shards=(1, 2))  # each rerun alone
     assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
-    # Merged once: the same shards are now stale (they reused the version before), never committed twice.
+    # Merged once (a requeued merge job): said so, not "stale, rerun them"; never committed twice.
     again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
-    assert again.returncode == 2 and "shard 0/4 is stale" in again.stderr
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
+    assert "is stale" not in again.stderr and "nothing was committed" in again.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_path):
+    """Another run committed after the shards listed: they are stale (rerun them), not "merged already"."""
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    run_shards(site, db, staging)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2 and "shard 0/4 is stale" in out.stderr and "merged already" not in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):

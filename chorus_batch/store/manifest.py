@@ -347,6 +347,14 @@ class Manifest:
                         "ORDER BY run_id DESC LIMIT 1")
         return row[0] if row else None
 
+    def version_of_scan(self, scan_started_ns: int) -> str | None:
+        """The version committed from the scan that started at `scan_started_ns` (a merge's: its shards' earliest)."""
+        if not self.path.exists():
+            return None
+        row = self._one("SELECT version FROM runs WHERE scan_started_ns = ? AND version IS NOT NULL "
+                        "ORDER BY run_id DESC LIMIT 1", (scan_started_ns,))
+        return row[0] if row else None
+
     def mtime_unit_ns(self) -> int:
         """The precision of mtimes imported from another tool's journal (1000: chorus-upload's microseconds), or
         1 (every mtime recorded by chorus-batch itself, in nanoseconds). hashing.Rules compares at it."""
