@@ -348,7 +348,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         t = mark("load_previous", t)
         expected = [(r.source.location, r.modality) for r in roots]
         if scanned.roots != expected:
-            raise UsageError(f"the shards scanned {scanned.roots}, not this run's roots {expected}", where=settings.merge,
+            def shown(roots) -> str:
+                return ", ".join(mask_url(location) + (f" ([site.roots] {modality})" if modality else "")
+                                 for location, modality in roots)
+
+            raise UsageError(f"the shards scanned {shown(scanned.roots)}, not this run's site {shown(expected)}",
+                             where=settings.merge,
                              fix="merge with the same --site / chorus.toml the shards used")
     else:
         from .checkpoint import Checkpoint

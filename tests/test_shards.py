@@ -216,3 +216,14 @@ def test_a_full_staging_disk_is_said_to_be_full(snapshots, tmp_path, small_disk)
     assert "No space left on device" in out.stderr and "internal error" not in out.stderr, out.stderr
     filler.unlink()
     assert [p.name for p in (staging / f"shard-0-of-{N}").iterdir()] == []  # no scan.json: the merge says "incomplete"
+
+
+def test_shards_of_another_site_are_refused_naming_both_sites(snapshots, tmp_path):
+    """The refusal named the roots as Python tuples ("[('/data/site', None)]")."""
+    db, staging = tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(snapshots / "first", db, staging)
+    out = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert (f"the shards scanned {snapshots / 'first'}, not this run's site {snapshots / 'second'}" in out.stderr
+            and "None" not in out.stderr), out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
