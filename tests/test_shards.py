@@ -15,8 +15,7 @@ from chorus_batch.commit import current_tree, diff_changed
 from chorus_batch.diff import compute_diff, duckdb_session
 from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
 from chorus_batch.testdata import Spec, make_testdata
-from conftest import cli, query
-from test_unattended import fill, small_disk  # noqa: F401  (a fixture)
+from conftest import cli, fill, query
 
 N = 4
 

@@ -3,7 +3,6 @@ truthful about what was committed, odd file systems survived."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 
 from chorus_batch import ExitCode
 
-from conftest import cli, current_rows, query, tree_md5, write
+from conftest import cli, current_rows, fill, query, tree_md5, write
 from test_run import run_without_override
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and permissions")
@@ -431,26 +430,6 @@ def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_no
     assert proc.returncode == 143, err
     assert "nothing was written (the folder was checked in a temporary manifest, now removed)" in err, err
     assert "stays" not in err and list(here.iterdir()) == []
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB tmpfs (the tests run as root, as on the CI machine): a manifest's folder that can fill up."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], check=True)
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
-def fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # until ENOSPC
-        while True:
-            f.write(b"\0" * 4096)
-    return filler
 
 
 def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(site, small_disk):
