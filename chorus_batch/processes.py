@@ -40,8 +40,12 @@ def signals_deferred() -> Iterator[None]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
-        if held and callable(before[held[0]]):
-            before[held[0]](held[0], None)  # the handler of the first signal held: it raises (Stopped, KeyboardInterrupt)
+        if held:
+            handler = before[held[0]]
+            if callable(handler):
+                handler(held[0], None)  # the handler of the first signal held: it raises (Stopped, KeyboardInterrupt)
+            elif handler == signal.SIG_DFL:  # (a library caller without handlers): what the signal would have done
+                os.kill(os.getpid(), held[0])
 
 
 def default_workers() -> int:

@@ -532,3 +532,12 @@ def test_a_signal_while_duckdb_loads_stops_the_run_not_the_interpreter():
     assert out.returncode == 143, out.stderr[-2000:]
     assert out.stdout.split() == ["stopped", "True", "['loading',", "'sent']"], out.stdout
     assert "Critical nanobind error" not in out.stderr
+
+
+def test_a_signal_held_while_duckdb_loads_is_not_lost_without_handlers():
+    """The library without the command line's handlers (a notebook, a script): SIGTERM held during the import still
+    ends the process as it would have, once the import is done."""
+    code = ("import os, signal\nfrom chorus_batch.processes import signals_deferred\nwith signals_deferred():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n    print('held', flush=True)\nprint('not reached')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == -signal.SIGTERM and out.stdout == "held\n", (out.returncode, out.stdout, out.stderr)
