@@ -586,3 +586,28 @@ def test_mark_uploaded_says_what_it_did_not_understand_and_what_it_did_not_recor
         out = cli(*mark, env=central.env)
         assert out.returncode == 1 and "recorded 0 uploads" in out.stdout, out.stdout + out.stderr
         assert "nothing was recorded" in out.stdout
+
+
+def test_a_damaged_blob_whose_file_was_replaced_before_the_resend_lets_its_version_finish(central, tmp_path):
+    db = committed_site(tmp_path, 3)
+    first, second = "20261101020000", "20261102020000"
+    assert up(central, db).returncode == 0
+    name = f"{first}/000000/Waveforms/Telemetry/S0/S0.dat"
+    central.client.get_blob_client(name).upload_blob(b"trunc", overwrite=True)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    write(tmp_path / "site", "000000/Waveforms/Telemetry/S0/S0.dat", b"new bytes")  # replaced before the resend
+    commit(tmp_path / "site", db, second)
+
+    out = up(central, db, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    versions = {v["version"]: v for v in json.loads(out.stdout)["versions"]}
+    assert set(versions) == {first, second}
+    assert "central blob stays as verify found it" in json.dumps(versions[first]), versions[first]
+    # The first version is finished (its damaged blob cannot be sent again by anyone); the row keeps verify's finding.
+    assert query(db, "SELECT version FROM submissions WHERE finished_at IS NOT NULL ORDER BY version") == [(first,), (second,)]
+    assert query(db, "SELECT u.state, u.verify_state, u.etag IS NOT NULL, u.uploaded_at IS NOT NULL FROM uploads u JOIN "
+                     "source_files f USING (file_id) WHERE u.version = ? AND f.srcfile LIKE '%S0.dat'", (first,)) == \
+        [("superseded", "size", 1, 1)]
+    assert "nothing to upload" in up(central, db).stdout
+    assert central.client.get_blob_client(f"{second}/000000/Waveforms/Telemetry/S0/S0.dat").download_blob().readall() \
+        == b"new bytes"

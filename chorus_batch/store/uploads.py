@@ -50,8 +50,9 @@ class UploadLedger:
         frame = self.manifest.query_frame(
             "SELECT v.label FROM versions v LEFT JOIN submissions s ON s.central = ? AND s.version = v.label "
             "WHERE s.finished_at IS NULL OR EXISTS (SELECT 1 FROM uploads u WHERE u.central = s.central AND "
-            f"u.version = v.label AND u.verify_state IN ({_in(DAMAGED)})) ORDER BY v.label",
-            (self.central, *DAMAGED), schema={"label": pl.String})
+            f"u.version = v.label AND u.state IN ({_in(CONFIRMED)}) AND u.verify_state IN ({_in(DAMAGED)})) "
+            "ORDER BY v.label",
+            (self.central, *CONFIRMED, *DAMAGED), schema={"label": pl.String})
         return frame["label"].to_list()
 
     def plan(self, version: str, modalities: Sequence[str] | None = None) -> pl.DataFrame:
@@ -138,6 +139,17 @@ class UploadLedger:
         sql = (f"INSERT INTO submissions (central, version, {', '.join(names)}) VALUES (?, ?, {_in(names)}) "
                f"ON CONFLICT (central, version) DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in names))
         self._write(sql, [(self.central, version, *values.values())])
+
+    def give_up(self, version: str, rows: pl.DataFrame) -> None:
+        """rows (file_id, last_error): confirmed file versions whose blob verify found damaged and whose bytes
+        a later version replaced or removed: 'superseded' from now on (nothing can send them again), keeping
+        verify's finding (verify_state) and the etag it saw."""
+        if rows.height == 0:
+            return
+        self._write("UPDATE uploads SET state = 'superseded', last_error = ? WHERE central = ? AND version = ? "
+                    f"AND file_id = ? AND verify_state IN ({_in(DAMAGED)})",
+                    [(message, self.central, version, file_id, *DAMAGED)
+                     for file_id, message in rows.select("file_id", "last_error").iter_rows()])
 
     def start(self, version: str) -> None:
         self._write("INSERT INTO submissions (central, version, started_at) VALUES (?, ?, ?) "

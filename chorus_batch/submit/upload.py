@@ -204,8 +204,12 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
                         pl.format("{}: not sent; rename it in the site (the next run records the new name), then "
                                   "upload again", "bad_name").alias("message")),
         superseded.select("file_id", "srcfile", pl.lit("superseded").alias("state"),
-                          pl.lit("replaced or removed by a later version before it was sent: its bytes are no longer "
-                                 "in the site").alias("message")),
+                          pl.when(pl.col("damaged"))
+                          .then(pl.lit("verify found its central blob missing or damaged, and a later version replaced "
+                                       "or removed it before it was sent again: its bytes are no longer in the site, so "
+                                       "the central blob stays as verify found it (tell the centre)"))
+                          .otherwise(pl.lit("replaced or removed by a later version before it was sent: its bytes are "
+                                            "no longer in the site")).alias("message")),
         no_md5.select("file_id", "srcfile", pl.lit("no_md5").alias("state"),
                       pl.lit("the manifest has no MD5 for it (unverifiable cloud file): run with --cloud-md5 download "
                              "to record one").alias("message")),
@@ -216,10 +220,16 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         return outcome
     ledger.start(label)
-    if immediate.height:
+    # A damaged blob whose bytes are gone from the site can never be sent again: it is no longer held as
+    # confirmed (else its version would wait for a resend for ever); verify's finding stays on its row.
+    # (Its row keeps what the upload and verify recorded: only its state and why change.)
+    given_up = superseded.filter(pl.col("damaged")).select("file_id")
+    ledger.give_up(label, immediate.join(given_up, on="file_id").select("file_id", pl.col("message").alias("last_error")))
+    to_record = immediate.join(given_up, on="file_id", how="anti")
+    if to_record.height:
         ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
                         "state": state, "last_error": message, "attempts": 0}
-                       for file_id, srcfile, state, message in immediate.iter_rows()])
+                       for file_id, srcfile, state, message in to_record.iter_rows()])
     readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress)
     outcome.n_sent, outcome.bytes_sent = sent
