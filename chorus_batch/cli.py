@@ -1100,6 +1100,11 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         sys.stdout.write(script.text)
         print(f"chorus-batch: the script sends {script.n_files} files ({script.n_versions} versions); after running it, "
               f"record what it sent with: chorus-batch mark-uploaded --to {to} --from-log {script.log}", file=sys.stderr)
+        if script.n_not_replaceable:  # AzCopy cannot replace a blob only if it is unchanged: not in this script
+            print(f"chorus-batch: not in the script: {script.n_not_replaceable} files whose central blob verify found "
+                  "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "
+                  "`chorus-batch upload` or `upload --script bash`", file=sys.stderr)
+            return 1
         return 0
     from .submit.upload import upload
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -611,3 +612,46 @@ def test_a_damaged_blob_whose_file_was_replaced_before_the_resend_lets_its_versi
     assert "nothing to upload" in up(central, db).stdout
     assert central.client.get_blob_client(f"{second}/000000/Waveforms/Telemetry/S0/S0.dat").download_blob().readall() \
         == b"new bytes"
+
+
+def test_an_upload_script_replaces_a_damaged_blob_only_while_it_is_the_one_verify_saw(central, tmp_path):
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError
+    from azure.storage.blob import ContentSettings
+
+    db = committed_site(tmp_path, 2)
+    label = "20261101020000"
+    assert up(central, db).returncode == 0
+    srcfile = "000000/Waveforms/Telemetry/S0/S0.dat"
+    name = f"{label}/{srcfile}"
+    central.client.get_blob_client(name).upload_blob(b"trunc", overwrite=True)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    (etag,) = query(db, "SELECT etag FROM uploads WHERE verify_state = 'size'")[0]
+
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert out.returncode == 0, out.stderr
+    assert subprocess.run(["bash", "-n"], input=out.stdout, text=True).returncode == 0
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("send ")]
+    assert line.startswith(f"send {name} ") and line.endswith(shlex.quote(etag))  # the etag verify saw
+    assert '--if-match "$6"' in out.stdout and "--overwrite false" in out.stdout
+    # AzCopy cannot make the write conditional: the file is left out, and the script's writer says so.
+    azcopy = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert azcopy.returncode == 1 and "1 files whose central blob verify found damaged" in azcopy.stderr, azcopy.stderr
+    assert not [line for line in azcopy.stdout.splitlines() if line.startswith("send ")]
+
+    # What `az storage blob upload --overwrite true --if-match ETAG --content-md5 …` does, done with the SDK: a blob
+    # replaced meanwhile is not overwritten; the one verify saw is.
+    data = (tmp_path / "site" / srcfile).read_bytes()
+    md5 = hashlib.md5(data).hexdigest()
+    blob = central.client.get_blob_client(name)
+    with pytest.raises(ResourceModifiedError):
+        blob.upload_blob(data, overwrite=True, etag='"0x0"', match_condition=MatchConditions.IfNotModified)
+    blob.upload_blob(data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified,
+                     content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    log = tmp_path / "upload.log"
+    log.write_text(f"uploaded\t{name}\n")
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr
+    verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "nothing to upload" in up(central, db).stdout

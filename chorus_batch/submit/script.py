@@ -47,6 +47,7 @@ class Script:
     n_files: int
     n_versions: int
     log: str
+    n_not_replaceable: int = 0  # damaged blobs (verify) AzCopy cannot replace only if unchanged: left out
 
 
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
@@ -81,6 +82,11 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
                                    & ~pl.col("superseded") & pl.col("md5").is_not_null()
                                    & check_names(pl.col("srcfile"), pl.col("version"), prefix).is_null())
+    # A blob verify found damaged is replaced only if it is still the one verify saw (its etag): the Azure CLI
+    # can say so (--if-match); AzCopy cannot, so those are left to `upload` or the bash script.
+    not_replaceable = todo.filter(pl.col("replace_etag").is_not_null()).height if kind == "azcopy" else 0
+    if not_replaceable:
+        todo = todo.filter(pl.col("replace_etag").is_null())
     if todo["root_id"].is_null().any():
         if len(roots) != 1:
             raise UsageError("some files were committed before the manifest recorded where they are", where=db,
@@ -103,7 +109,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         f"ACCOUNT_URL={shlex.quote(account_url)}",
         f"ACCOUNT={shlex.quote(sign_in.account_name or '')}",
         "failed=0",
-        "send() {  # blob-name local-file md5-hex md5-base64",
+        "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name [etag of a damaged blob to replace]",
         '  if [ "$(md5sum < "$2" | cut -c1-32)" != "$3" ]; then',
         '    echo "not sent (changed since its version was recorded, or unreadable): $2" >&2; failed=1; return',
         "  fi",
@@ -113,7 +119,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "  local how=()  # the account by name, unless a connection string names it",
             '  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -n "$ACCOUNT" ]; then how+=(--account-name "$ACCOUNT"); fi',
             '  if [ -n "${AZ_AUTH_MODE:-}" ]; then how+=(--auth-mode "$AZ_AUTH_MODE"); fi',
-            '  if az storage blob upload --only-show-errors --overwrite false --validate-content ${how[@]+"${how[@]}"} \\',
+            "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
+            '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match "$6"); fi',
+            '  if az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
             '      --container-name "$CONTAINER" --name "$1" --file "$2" --content-md5 "$4" > /dev/null; then',
         ]
     else:
@@ -128,14 +136,15 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "  fi",
         "}",
     ]
-    for label, srcfile, md5, root_id in todo.select("version", "srcfile", "md5", "root_id").iter_rows():
+    for label, srcfile, md5, root_id, etag in todo.select("version", "srcfile", "md5", "root_id",
+                                                          "replace_etag").iter_rows():
         name = "/".join(p for p in (prefix, label, srcfile) if p)
         local = str(PurePosixPath(roots[root_id]) / srcfile)
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
-                     f"{shlex.quote(quote(name))}")
+                     f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     lines += ['exit "$failed"', ""]
-    return Script("\n".join(lines), todo.height, len(labels), LOG_NAME)
+    return Script("\n".join(lines), todo.height, len(labels), LOG_NAME, not_replaceable)
 
 
 @dataclass
