@@ -65,9 +65,11 @@ def nearly_full(folder: str | os.PathLike[str]) -> bool:
     return 0 <= free_bytes(folder) < NEARLY_FULL_BYTES
 
 
-def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Path], None]) -> Path:
+def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Path], None], *,
+                  new_only: bool = False) -> Path:
     """Write `target` atomically and owner-only. `content` is the bytes, or a function that
-    writes the file at the path it is given (e.g. `frame.write_parquet`)."""
+    writes the file at the path it is given (e.g. `frame.write_parquet`). new_only: a file already
+    at `target` (made meanwhile too) is never replaced: FileExistsError, and nothing is written."""
     target = Path(target)
     check_target(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -94,14 +96,36 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
             _fsync(tmp)
         os.chmod(tmp, OWNER_ONLY)  # whatever the umask, or a writer that replaced the file, made it
         check_target(target)  # again: the narrowest window before the rename
-        os.replace(tmp, target)
+        if new_only:
+            _link_new(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, FileExistsError) and new_only:
+            raise
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise cannot_write(target, exc) from None
         raise
     return target
+
+
+def _link_new(tmp: Path, target: Path) -> None:
+    """Put the written `tmp` at `target` only where there is no file (a hard link fails on one: no window);
+    file systems without hard links get the check and rename."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
 
 
 def check_target(target: str | os.PathLike[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 import tomllib
 from pathlib import Path
 
@@ -542,3 +543,20 @@ def test_the_converter_writes_nothing_itself(tmp_path, capfd):
     write_config(converted.text, tmp_path / "chorus.toml", force=True, source=source)
     assert converted.warnings
     assert capfd.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_out_is_written_by_the_projects_owner_only_writer(tmp_path, force):
+    """A write killed earlier left its temporary file (it holds the config): the next write removes it, as every
+    other output's writer does."""
+    target = tmp_path / "chorus.toml"
+    if force:
+        target.write_text("# mine\n", encoding="utf-8")
+    left = tmp_path / ".chorus.toml.4242.tmp"  # what a killed write of the same file left behind
+    left.write_text("# half a conf", encoding="utf-8")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    out = cli("import-config", str(FIXTURES / "config.toml"), "--out", str(target), *(["--force"] if force else []))
+    assert out.returncode == 1, out.stderr
+    assert target.read_text(encoding="utf-8").startswith("# chorus.toml converted from")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["chorus.toml"]

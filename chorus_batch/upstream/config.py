@@ -39,7 +39,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
-from ..errors import UsageError
+from ..errors import UsageError, WriteError
+from ..fsutil import write_private
 
 SECTIONS = ("configuration", "journal", "central_path", "site_path")
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -783,8 +784,6 @@ def write_config(text: str, out: str | Path, *, force: bool = False, source: str
     person may later add more to. An existing file is replaced only with `force` (never `source`), and only
     when it is a regular file: a FIFO, a device node, a socket or a symbolic link is refused, with or
     without `force`."""
-    import tempfile
-
     out = Path(out)
     where = f"--out {out}"
     if source is not None and out.exists() and out.resolve() == Path(source).resolve():
@@ -799,36 +798,13 @@ def write_config(text: str, out: str | Path, *, force: bool = False, source: str
     exists_fix = "choose another --out, or pass --force to replace it"
     if (out.exists() or out.is_symlink()) and not force:
         raise UsageError(exists, where=where, fix=exists_fix)
-    data = text.encode("utf-8")
+    # The project's owner-only writer: atomic (a killed write leaves the old file or none, never half a
+    # config), and it removes the temporary files a killed write left.
     try:
-        if force:
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # created 0600
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                _refuse_special(out, where)  # again: the narrowest window before the rename
-                os.replace(tmp, out)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        else:
-            try:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                raise UsageError(exists, where=where, fix=exists_fix) from None
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    if hasattr(os, "fchmod"):
-                        os.fchmod(handle.fileno(), 0o600)  # whatever the umask
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except BaseException:
-                out.unlink(missing_ok=True)
-                raise
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}", where=where,
-                         fix="check the folder's permissions and free space, or choose another --out") from None
+        write_private(out, text.encode("utf-8"), new_only=not force)
+    except FileExistsError:
+        raise UsageError(exists, where=where, fix=exists_fix) from None
+    except WriteError:
+        _refuse_special(out, where)  # a node or link put there meanwhile: said as before the write
+        raise
     return out
