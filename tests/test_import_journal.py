@@ -489,6 +489,15 @@ SPOILT = [
           "IS NOT NULL)", "import.unmapped-mark", "on a row without a version label"),
     ("B", "UPDATE journal SET TIME_VALID_us = 1 WHERE FILE_ID = 5", "import.impossible-interval",
      "before the first `journal update`"),
+    # text that is not UTF-8 (SQLite keeps whatever bytes it is given): the row's finding, not the import's end
+    ("A", "UPDATE journal_v2 SET FILENAME = CAST(X'66ff2e637376' AS TEXT) WHERE FILE_ID = 1", "import.unusable-row",
+     "its path OMOP/f\\xff.csv is not UTF-8 text; not imported"),
+    ("B", "UPDATE journal SET MD5 = CAST(X'ff' AS TEXT) WHERE FILE_ID = 2", "import.unusable-row",
+     "its MD5 \\xff is not UTF-8 text"),
+    ("B", "UPDATE journal SET UPLOAD_DTSTR = CAST(X'66ff' AS TEXT) WHERE FILE_ID = 2", "import.broken-link",
+     "its upload mark f\\xff is not UTF-8 text (its upload mark is lost"),
+    ("A", "UPDATE modalities SET MODALITY = CAST(X'4fff' AS TEXT) WHERE id = 1; UPDATE command_history_v2 SET "
+          "PARAMS = CAST(X'66ff' AS TEXT) WHERE COMMAND_ID = 1", "import.broken-link", "its MODALITY O\\xff is not UTF-8"),
 ]
 
 
@@ -498,7 +507,7 @@ def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sq
     shutil.copy(JOURNALS[schema], journal)
     con = sqlite3.connect(journal)
     with con:
-        con.execute(sql)
+        con.executescript(sql)
     con.close()
     db = tmp_path / "m.sqlite"
     out = import_journal(journal, db, "--to", "az://central/", "--json", "--site", str(build_site(tmp_path)))

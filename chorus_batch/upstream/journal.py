@@ -204,9 +204,18 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             shown = ", ".join(sorted(tables)[:8]) or "none"
             raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {shown})")
         try:
-            rows = _rows(con, sql)
+            try:
+                rows = _rows(con, sql)
+            except sqlite3.OperationalError as exc:
+                if "decode to UTF-8" not in str(exc):
+                    raise
+                # A text value that is not UTF-8 (SQLite stores what it is given): read again, marking such
+                # values, so that each is its row's finding, not the end of the import.
+                con.text_factory = _lenient
+                rows = _not_utf8(_rows(con, sql))
             secrets: list[tuple[str, str]] = []
             times: dict[int, int] = {}
+            con.text_factory = _lenient  # (a few rows: a value that is not UTF-8 is read as text, escaped)
             updates, central = _history(con, history, secrets, times) if history in tables else ([], None)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
@@ -236,6 +245,38 @@ def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame(schema=ROW_SCHEMA)
 
 
+_NOT_UTF8 = "\x00not-utf8\x00"  # prefixes a text value whose bytes are not UTF-8 (what follows: them, escaped)
+
+
+def _lenient(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _NOT_UTF8 + data.decode("utf-8", "backslashreplace")
+
+
+# Where a value that is not UTF-8 goes: the row is unusable without it, or only that value is lost.
+_NOT_UTF8_COLUMNS = {"srcfile": ("its path", "", "unusable"), "md5": ("its MD5", "", "unusable"),
+                     "modality": ("its MODALITY", " (taken as not given)", "flaws"),
+                     "label": ("its version label VERSION", " (its version label is lost)", "flaws"),
+                     "mark": ("its upload mark", " (its upload mark is lost: `upload` will send it again)", "flaws")}
+
+
+def _not_utf8(rows: pl.DataFrame) -> pl.DataFrame:
+    """Rows read with _lenient: each value that is not UTF-8 is said in `unusable` or `flaws`, and is NULL (the
+    path keeps its escaped form: the finding names it)."""
+    said: dict[str, list[pl.Expr]] = {"unusable": [pl.col("unusable")], "flaws": [pl.col("flaws")]}
+    values = []
+    for column, (name, lost, target) in _NOT_UTF8_COLUMNS.items():
+        bad = pl.col(column).str.starts_with(_NOT_UTF8)
+        escaped = pl.col(column).str.strip_prefix(_NOT_UTF8)
+        said[target].append(pl.when(bad).then(pl.format(f"{name} {{}} is not UTF-8 text{lost}; ", escaped.str.slice(0, 80)))
+                            .otherwise(pl.lit("")))
+        values.append(pl.when(bad).then(escaped if column == "srcfile" else None).otherwise(pl.col(column))
+                      .alias(column))
+    return rows.with_columns(*values, *(pl.concat_str(parts).alias(target) for target, parts in said.items()))
+
+
 def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]],
              times: dict[int, int]) -> tuple[list[Update], str | None]:
     updates, central = [], None
@@ -261,7 +302,7 @@ def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]]
 def _text(value) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return None if value is None else str(value)
+    return None if value is None else str(value).removeprefix(_NOT_UTF8)
 
 
 def _without_secret(location: str, where: str, secrets: list[tuple[str, str]]) -> str:
