@@ -655,3 +655,61 @@ def test_an_upload_script_replaces_a_damaged_blob_only_while_it_is_the_one_verif
     verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "nothing to upload" in up(central, db).stdout
+
+
+def test_a_storage_outage_with_the_manifest_in_azure_says_where_the_ledger_is_and_the_rerun_finishes(monkeypatch,
+                                                                                                    tmp_path):
+    service = Azurite(tmp_path / "own-azurite")
+    service.start()
+    try:
+        central = central_for(service, monkeypatch, tmp_path)
+        many_files(tmp_path / "site", 30)
+        manifest_container = service.new_container("man")
+        db_url = f"az://{manifest_container}/site/manifest.sqlite"
+        out = cli("run", "--site", str(tmp_path / "site"), "--db", db_url, "--version", "20261101020000",
+                  "--no-validate", env=central.env)
+        assert out.returncode == 0, out.stderr
+        proc = upload_process(central, db_url, "upload+4")
+        wait_for(proc, "test pause at upload")
+        service.stop()  # the storage of both the centre and the manifest goes away mid-upload
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 3, out + err
+        assert "Traceback" not in err and "internal error" not in err
+        # The write-back failed too: the message says the ledger is in the local working copy only.
+        assert "recorded in the local working copy only" in err and "the manifest in Azure does not have them" in err, err
+
+        service.start()
+        finish = cli("upload", "--db", db_url, "--to", central.url, "--json", env=central.env)
+        assert finish.returncode == 0, finish.stdout + finish.stderr
+        remote = tmp_path / "remote.sqlite"
+        remote.write_bytes(service.service_client().get_blob_client(manifest_container, "site/manifest.sqlite")
+                           .download_blob().readall())
+        held = {name for name in blobs(central) if "/_manifest/" not in name}
+        assert held == ledger_names(remote) == {f"20261101020000/{p}" for p in submitted(remote, "20261101020000")}
+        assert query(remote, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
+    finally:
+        service.stop()
+
+
+def test_a_central_container_removed_mid_upload_stops_it_and_the_manifest_in_azure_keeps_the_ledger(central, azurite,
+                                                                                                    tmp_path):
+    many_files(tmp_path / "site", 30)
+    manifest_container = azurite.new_container("man")
+    db_url = f"az://{manifest_container}/site/manifest.sqlite"
+    out = cli("run", "--site", str(tmp_path / "site"), "--db", db_url, "--version", "20261101020000", "--no-validate",
+              env=central.env)
+    assert out.returncode == 0, out.stderr
+    proc = upload_process(central, db_url, "upload+4")
+    wait_for(proc, "test pause at upload")
+    central.client.delete_container()  # the centre's container goes away while the upload waits at its first batch
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out + err
+    assert "Traceback" not in err and f"az://{central.container}" in err
+    assert "confirmed by this upload are recorded in the manifest's uploads ledger" in err, err
+    remote = tmp_path / "remote.sqlite"
+    remote.write_bytes(azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite")
+                       .download_blob().readall())
+    recorded = ledger_names(remote)
+    assert len(recorded) >= 5 and f"{len(recorded)} files confirmed" in err
+    lock = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite.lock")
+    assert str(lock.get_blob_properties().lease.state) != "leased"
