@@ -286,8 +286,13 @@ def test_bad_destinations_and_sign_in_say_what_to_do(central, tmp_path):
     assert missing.returncode == 3 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     assert "nothing" not in missing.stdout and query(db, "SELECT count(*) FROM uploads") == [(0,)]
     before = cli("verify", "--db", str(db), "--to", central.url, "--version", "20261101020000", env=central.env)
-    assert before.returncode == 0 and "nothing to verify" in before.stdout, before.stdout + before.stderr
+    # A version asked for by name and never uploaded is not verified, and that is not a success.
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert "not verified: no file of version 20261101020000 is recorded as uploaded" in before.stdout
+    assert "chorus-batch upload --version 20261101020000" in before.stdout
     assert query(db, "SELECT count(*) FROM submissions") == [(0,)]  # not called verified
+    latest = cli("verify", "--db", str(db), "--to", central.url, env=central.env)  # no version named: nothing to do
+    assert latest.returncode == 0 and "nothing to verify" in latest.stdout, latest.stdout + latest.stderr
     unknown = cli("upload", "--db", str(db), "--to", central.url, "--version", "20990101000000", env=central.env)
     assert unknown.returncode == 2 and "no version '20990101000000'" in unknown.stderr
     moved = tmp_path / "moved"

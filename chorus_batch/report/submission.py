@@ -79,6 +79,9 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
 
 
 def verify_text(result: VerifyResult) -> str:
+    if result.not_uploaded:
+        return (f"not verified: no file of version {result.not_uploaded} is recorded as uploaded to {result.central}\n"
+                f"  fix:   upload it first: chorus-batch upload --version {result.not_uploaded} (same --db and --to)")
     if not result.versions:
         return f"nothing to verify: no file is recorded as uploaded to {result.central}"
     how = ("read back and hashed" if result.method == "download"
@@ -102,4 +105,5 @@ def verify_text(result: VerifyResult) -> str:
 
 def verify_dict(result: VerifyResult) -> dict[str, Any]:
     return {"central": result.central, "method": result.method, "versions": result.versions,
-            "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts()}
+            "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts(),
+            "not_uploaded": result.not_uploaded}

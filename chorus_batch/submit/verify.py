@@ -36,10 +36,12 @@ class VerifyResult:
     n_checked: int = 0
     problems: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBLEMS_SCHEMA))
     elapsed_s: float = 0.0
+    not_uploaded: str | None = None  # the --version asked for, of which no file is recorded as uploaded there
 
     @property
     def exit_code(self) -> ExitCode:
-        return ExitCode.FINDINGS if self.problems.height else ExitCode.OK
+        # A version asked for by name and never uploaded was not verified: that must not look like a success.
+        return ExitCode.FINDINGS if self.problems.height or self.not_uploaded else ExitCode.OK
 
 
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
@@ -136,7 +138,8 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             uploaded = ledger.versions_uploaded()
             # Only versions with files recorded as uploaded: nothing else can be verified (nor called verified).
             labels = ([version] if version in uploaded else []) if version is not None else uploaded if every else uploaded[-1:]
-            result = VerifyResult(central.url, "download" if download else "listing", labels)
+            result = VerifyResult(central.url, "download" if download else "listing", labels,
+                                  not_uploaded=version if version is not None and not labels else None)
             if labels:
                 central.check(write=False)
             problems = []
