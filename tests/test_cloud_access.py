@@ -33,7 +33,7 @@ from chorus_batch.sources.cloud import (
     scrub,
 )
 
-from conftest import cli
+from conftest import cli, write
 
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 SIG = "Zm9vYmFyc2VjcmV0c2lnbmF0dXJlMTIzNDU2Nzg5MA%3D%3D"
@@ -636,3 +636,20 @@ def test_s3_with_no_credentials_at_all_is_a_configuration_to_make(clean_env, tmp
            "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_DEFAULT_REGION": "us-east-1"}
     out = cli("run", "--site", "s3://bucket1/site", "--db", str(tmp_path / "m.sqlite"), env=env)
     assert out.returncode == 2 and "no AWS credentials are configured" in out.stderr and "fix:" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("conn, said", [
+    ("garbage;;=x", "is not a connection string"),
+    ("AccountName=acct;AccountKey=not*base64!SECRETKEY", "AccountKey of the connection string in AZURE_STORAGE_CONNECTION_STRING "
+                                                          "is not an Azure account key"),
+    ("DefaultEndpointsProtocol=https;SECRETKEY=x", "names no account"),
+])
+def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_env, tmp_path, conn, said):
+    """The SDK refuses these with a bare ValueError (an internal error) or signs every request wrongly."""
+    db = tmp_path / "m.sqlite"
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "--site", str(tmp_path / "site"), "--db", str(db), "--no-validate").returncode == 0
+    for command in (["upload", "--to", "az://central/"], ["verify", "--to", "az://central/"], ["run", "--site", "az://site/x"]):
+        out = cli(*command, "--db", str(db), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+        assert out.returncode == 2 and said in out.stderr and "fix:" in out.stderr, out.stderr
+        assert "internal error" not in out.stderr and "SECRETKEY" not in out.stderr and "Traceback" not in out.stderr

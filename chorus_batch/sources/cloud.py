@@ -178,6 +178,7 @@ def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) ->
     azure = cloud.azure
     conn, conn_env = _env(env, azure.connection_string_env)
     if conn:
+        _check_connection_string(conn, conn_env or azure.connection_string_env)
         account = _connection_string_account(conn)
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
                            + (f" (account {account})" if account else ""),
@@ -223,6 +224,25 @@ def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) ->
                            key, key_env)
     return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
                        account_url, account_name)
+
+
+def _check_connection_string(conn: str, name: str) -> None:
+    """A ConfigError (never showing the string: it holds the key) for one the SDK would refuse with a bare
+    ValueError, or sign every request with wrongly (an AccountKey that is not base64)."""
+    parts = [part for part in conn.strip().split(";") if part.strip()]
+    fields = _connection_fields(conn)
+    fix = ("copy the storage account's connection string again (Azure portal: Access keys; or `az storage account "
+           "show-connection-string`): Key=Value pairs separated by ';', such as DefaultEndpointsProtocol=https;"
+           "AccountName=<account>;AccountKey=<key>;EndpointSuffix=core.windows.net")
+    if not parts or any("=" not in part or not part.partition("=")[0].strip() for part in parts):
+        raise ConfigError(f"{name} is not a connection string (it is not Key=Value pairs separated by ';')",
+                          where=name, fix=fix)
+    if not (fields.get("accountname") or fields.get("blobendpoint") or fields.get("usedevelopmentstorage")):
+        raise ConfigError(f"the connection string in {name} names no account (no AccountName or BlobEndpoint)",
+                          where=name, fix=fix)
+    if fields.get("accountkey") and not _is_base64(fields["accountkey"]):
+        raise ConfigError(f"the AccountKey of the connection string in {name} is not an Azure account key (not base64 "
+                          "text)", where=name, fix=fix)
 
 
 def _is_base64(text: str) -> bool:
