@@ -718,3 +718,18 @@ def test_a_central_container_removed_mid_upload_stops_it_and_the_manifest_in_azu
     assert len(recorded) >= 5 and f"{len(recorded)} files confirmed" in err
     lock = azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite.lock")
     assert str(lock.get_blob_properties().lease.state) != "leased"
+
+
+def test_a_version_uploaded_again_finds_a_blob_gone_says_what_to_do_and_the_next_upload_sends_it(central, tmp_path):
+    db = committed_site(tmp_path, 3)
+    label = "20261101020000"
+    assert up(central, db).returncode == 0
+    gone = f"{label}/000001/Waveforms/Telemetry/S1/S1.dat"
+    central.client.delete_blob(gone)
+    again = up(central, db, "--version", label)  # a version uploaded twice: nothing to send, its listing checked
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "sent 0 files" in again.stdout and "missing: 000001/Waveforms/Telemetry/S1/S1.dat" in again.stdout
+    assert "incomplete: run upload again (same --db and --to): it sends the missing and damaged files again" in again.stdout
+    resent = up(central, db)
+    assert resent.returncode == 0 and "sent 1 file " in resent.stdout, resent.stdout + resent.stderr
+    assert gone in blobs(central)

@@ -45,6 +45,9 @@ def upload_text(result: UploadResult) -> str:
             if v.verify_problems.height:
                 lines.append(f"  checked against the container: {plural(v.verify_problems.height, 'problem')}")
                 lines.extend(_problem_lines(v.verify_problems, "verify_state"))
+                if v.verify_problems.filter(pl.col("verify_state").is_in(DAMAGED)).height:
+                    lines.append("  incomplete: run upload again (same --db and --to): it sends the missing and "
+                                 "damaged files again")
             else:
                 lines.append("  complete; checked against the container's listing (size, Content-MD5): all there")
         elif not result.dry_run and not v.complete:
