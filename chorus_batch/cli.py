@@ -629,6 +629,12 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     if target.site is None and not target.config.site.roots:
         raise UsageError(f"`{command}` needs the site", where="--site / [site] root",
                          fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")
+    from .fsutil import check_outside_roots
+
+    roots = [(target.site, "--site / [site] root"), *((v, f"[site.roots] {k}") for k, v in target.config.site.roots.items())]
+    check_outside_roots(roots, [(path, where, name) for path, where, name in (
+        (target.db, "--db / [manifest] db", "the manifest"),
+        (getattr(args, "staging", None), "--staging", "the shards' staging folder")) if path and "://" not in path])
     script = slurm_script(site=target.site, db=target.db, shards=args.shards or DEFAULT_SHARDS,
                           staging=getattr(args, "staging", None), cpus_per_task=args.cpus_per_task or DEFAULT_CPUS,
                           mem=args.mem, time=args.time, partition=args.partition, account=args.account, config=config,
@@ -637,7 +643,7 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     # (a cloud root is left to the shards: checking it here would need the cluster's credentials).
     from .sources import open_source
 
-    for location, what in ((target.site, "--site / [site] root"), *((v, f"[site.roots] {k}") for k, v in target.config.site.roots.items())):
+    for location, what in roots:
         if location and ("://" not in location or location.startswith("file://")):
             open_source(location, what=what).check()
     return script

@@ -245,3 +245,34 @@ def remove_abandoned(parent: Path, pattern: str, *, locked: bool = False) -> Non
                     continue
                 owner.release()
                 shutil.rmtree(path, ignore_errors=True)
+
+
+def _local_root(location: str) -> Path | None:
+    """The real folder of a local root (None: a cloud one)."""
+    if "://" in location:
+        if not location.startswith("file://"):
+            return None
+        from urllib.parse import unquote, urlparse
+
+        location = unquote(urlparse(location).path)
+    return Path(os.path.realpath(location))
+
+
+def check_outside_roots(roots: list[tuple[str, str]], written: list[tuple[str | os.PathLike[str], str, str]]) -> None:
+    """Each of `written` (path, where it was given, what it is) lies outside every local one of `roots` (location,
+    where it was given); else a UsageError. A manifest inside a root would be listed by every run as a site file
+    that every commit changes (a new version each night, its lock and state files too), and `upload` would send
+    it, person ids and all, to the centre; a staging folder inside would be listed by the other shards."""
+    from .errors import UsageError
+
+    for location, root_where in roots:
+        root = _local_root(location) if location else None
+        if root is None:
+            continue
+        for path, where, name in written:
+            real = Path(os.path.realpath(path))
+            if real == root or root in real.parents:
+                raise UsageError(
+                    f"{name} would lie inside the site's root ({root_where} {location}): every run would record it as "
+                    "a file of the site, and `upload` would send it to the centre", where=f"{where}: {path}",
+                    fix=f"keep {name} outside the site's roots, e.g. in {root.parent / (root.name + '-chorus')}")

@@ -19,7 +19,7 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, parse_bytes
 from .partitions import TreeParts
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signal_behind
-from .fsutil import private_folder
+from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import open_source
@@ -182,9 +182,9 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     from .fsutil import private_folder
     from .shards import shard_folder
 
-    private_folder(shard_folder(settings.staging, coverage))  # a --staging that cannot hold it: said before the listing
     roots = open_roots(settings)
     preflight(settings, Manifest(settings.db))
+    private_folder(shard_folder(settings.staging, coverage))  # a --staging that cannot hold it: said before the listing
     return run_shard(settings, roots, coverage, settings.staging, progress)
 
 
@@ -235,39 +235,15 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
                              fix="pass --parquet with a folder this user can write")
 
 
-def _local_root(location: str) -> Path | None:
-    """The real folder of a local root (None: a cloud one)."""
-    if "://" in location:
-        if not location.startswith("file://"):
-            return None
-        from urllib.parse import unquote, urlparse
-
-        location = unquote(urlparse(location).path)
-    return Path(os.path.realpath(location))
-
-
 def _check_outside_roots(settings: RunSettings, manifest_path: Path) -> None:
-    """What a run writes lies outside the site's local roots. A manifest inside one would be listed by every run
-    as a site file that every commit changes (a new version each night, its lock and state files too), and
-    `upload` would send it, person ids and all, to the centre; a staging folder inside would be listed by the
-    other shards."""
-    written = [(manifest_path, "--db / [manifest] db", "the manifest"),
-               *((Path(path), where, name) for path, where, name in (
-                   (settings.parquet, "--parquet / [manifest] parquet", "the Parquet snapshot folder"),
-                   (settings.staging, "--staging", "the shards' staging folder")) if path and "://" not in path)]
-    roots = [(settings.site, "--site / [site] root"),
-             *((location, f"[site.roots] {modality}") for modality, location in settings.roots.items())]
-    for location, root_where in roots:
-        root = _local_root(location)
-        if root is None:
-            continue
-        for path, where, name in written:
-            real = Path(os.path.realpath(path))
-            if real == root or root in real.parents:
-                raise UsageError(
-                    f"{name} would lie inside the site's root ({root_where} {location}): every run would record it as "
-                    "a file of the site, and `upload` would send it to the centre", where=f"{where}: {path}",
-                    fix=f"keep {name} outside the site's roots, e.g. in {root.parent / (root.name + '-chorus')}")
+    """The manifest, --parquet and --staging lie outside the site's local roots (fsutil.check_outside_roots)."""
+    check_outside_roots(
+        [(settings.site, "--site / [site] root"),
+         *((location, f"[site.roots] {modality}") for modality, location in settings.roots.items())],
+        [(manifest_path, "--db / [manifest] db", "the manifest"),
+         *((path, where, name) for path, where, name in (
+             (settings.parquet, "--parquet / [manifest] parquet", "the Parquet snapshot folder"),
+             (settings.staging, "--staging", "the shards' staging folder")) if path and "://" not in path)])
 
 
 def redact(argv: list[str]) -> list[str]:

@@ -228,3 +228,16 @@ def test_what_a_run_writes_may_not_lie_inside_a_site_root(tmp_path, capsys):
     assert sorted(p.name for p in site.iterdir()) == ["000001", "000002", "Metadata", "OMOP"]
     # Beside the site, under a name that starts like it, is outside.
     assert main(["run", "--site", str(site), "--db", str(tmp_path / "td" / "first-chorus" / "m.sqlite"), "-q"]) == 0
+
+
+def test_slurm_script_refuses_a_manifest_inside_the_site(tmp_path, capsys):
+    """Said before a script is printed: every shard of the job would otherwise fail on it tonight."""
+    make_testdata(tmp_path / "td", Spec(persons=2, files_per_person=4))
+    site = tmp_path / "td" / "first"
+    for extra, name, where in (([], "the manifest", "--db"),):
+        assert main(["slurm-script", "--site", str(site), "--db", str(site / "m.sqlite"), *extra]) == ExitCode.USAGE
+        captured = capsys.readouterr()
+        assert captured.out == "" and f"{name} would lie inside the site's root" in captured.err
+        assert f"where: {where}" in captured.err
+    assert main(["slurm-script", "--site", str(site), "--db", str(tmp_path / "m.sqlite")]) == 0
+    assert "#SBATCH" in capsys.readouterr().out
