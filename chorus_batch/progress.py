@@ -41,7 +41,7 @@ class Progress:
         if self.quiet:
             yield
             return
-        stop = threading.Event()
+        stop, failed = threading.Event(), threading.Event()
         bar = None
         if self.tty:
             from tqdm import tqdm
@@ -67,12 +67,16 @@ class Progress:
                     logged += 1
             if bar is None and (logged or self.interval_s == 0):  # under a scheduler: say that the stage ended
                 items, size = poll()
-                log.info(progress_line(label, unit, items, size, total, time.monotonic() - started, done=True))
+                log.info(progress_line(label, unit, items, size, total, time.monotonic() - started, done=True,
+                                       stopped=failed.is_set()))
 
         thread = threading.Thread(target=report, name="chorus-progress", daemon=True)
         thread.start()
         try:
             yield
+        except BaseException:  # a signal, an error: the stage did not finish, and its last line says so
+            failed.set()
+            raise
         finally:
             stop.set()
             thread.join()
@@ -89,7 +93,7 @@ def log_interval_s() -> float:
 
 
 def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int, int] | None, elapsed_s: float,
-                  *, done: bool = False) -> str:
+                  *, done: bool = False, stopped: bool = False) -> str:
     """One log line of a stage: "hashing: 12,000/20,000 files, 1.1 GiB/4.0 GiB, 310.2 MiB/s, ETA 00:09".
     The rate is of bytes where the stage reads them, else of items; the ETA (tqdm's interval format, as
     the terminal's bar shows it) from the bytes left where the total bytes are known, else the items left."""
@@ -105,7 +109,8 @@ def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int
     else:
         rate = f", {items / elapsed_s:,.0f} {plural(2, unit).partition(' ')[2]}/s"
     if done:
-        return f"{label}: {counted}{sized}{rate}, done in {tqdm.format_interval(elapsed_s)}"
+        ended = "stopped after" if stopped else "done in"
+        return f"{label}: {counted}{sized}{rate}, {ended} {tqdm.format_interval(elapsed_s)}"
     eta = ""
     if total and elapsed_s > 0:
         if total[1] and size:

@@ -264,3 +264,30 @@ def test_names_with_escape_sequences_or_line_breaks_are_shown_on_a_terminal_not_
             assert "\\x1b]0;PWNED\\x07\\x1b[2J.txt" in seen, seen
     piped = cli("files", "--db", db, "--json")
     assert "evil\\u001b]0;PWNED\\u0007\\u001b[2J.txt" in piped.stdout
+
+
+def test_a_stage_stopped_by_a_signal_or_an_error_does_not_say_done(caplog):
+    """A batch log's last line of a stage that a signal (or an error) ended said "done in": it says "stopped after"."""
+    from chorus_batch.errors import Stopped
+    from chorus_batch.progress import Progress
+
+    class NotATerminal:
+        def isatty(self) -> bool:
+            return False
+
+    progress = Progress(stream=NotATerminal(), interval_s=0)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="chorus_batch")
+    logger = logging.getLogger("chorus_batch")
+    logger.addHandler(caplog.handler)
+    try:
+        with progress.counter("hashing", "file", lambda: (3, 0), total=(8, 0)):
+            time.sleep(0.3)
+        with pytest.raises(Stopped), progress.counter("hashing", "file", lambda: (3, 0), total=(8, 0)):
+            time.sleep(0.3)
+            raise Stopped(15)
+    finally:
+        logger.removeHandler(caplog.handler)
+    last = list(dict.fromkeys(r.getMessage() for r in caplog.records  # (caplog may see a record twice)
+                              if "done in" in r.getMessage() or "stopped after" in r.getMessage()))
+    assert len(last) == 2 and "3/8 files" in last[0] and "done in" in last[0], last
+    assert "stopped after" in last[1] and "done" not in last[1], last
