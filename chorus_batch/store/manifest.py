@@ -212,7 +212,7 @@ class Manifest:
                                  fix="make the manifest and its folder writable by this user (SQLite writes its "
                                      "-wal and -shm files beside it), or pass --db with another path")
         if "full" in low and ("disk" in low or "database" in low):
-            return ManifestError(f"the disk is full: {text}; nothing was committed, the previous version is intact",
+            return ManifestError(f"the disk is full: {text}",  # (what was committed: said by the command, cli.main)
                                  where=where, fix="free space on the manifest's file system and run again")
         if "not a database" in low or "malformed" in low or "file is encrypted" in low:
             return ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
