@@ -418,3 +418,22 @@ def test_a_notebook_reading_a_read_only_manifest_is_stopped_when_a_run_commits(h
         if child.poll() is None:
             child.kill()
     assert "refused: cannot read the manifest" in out and "-wal file holds commits" in out, out + err
+
+
+def test_a_reader_leaves_nothing_beside_a_manifest_it_may_not_write(history, tmp_path):
+    """A manifest 0444 in a folder the reviewer may write (a shared, sticky one): SQLite opened it read-only
+    and left a -shm and -wal of the reviewer's beside it, which the owner's runs could then not use or remove."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    db = shared / "m.sqlite"
+    shutil.copyfile(history["db"], db)
+    os.chmod(db, 0o444)
+    try:
+        files = without_override("files", "--db", str(db), "--as-of", "v1", "--json", cwd=tmp_path)
+        diff = without_override("diff", "--db", str(db), "--from", "v1", "--json", cwd=tmp_path)
+    finally:
+        os.chmod(db, 0o644)
+    assert files.returncode == 0 and diff.returncode == 0, files.stderr + diff.stderr
+    assert {r["srcfile"]: r["md5"] for r in json.loads(files.stdout)} == history["trees"][0]
+    assert sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]

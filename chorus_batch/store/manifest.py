@@ -139,7 +139,13 @@ class Manifest:
         if not self.path.is_file():
             return str(self.path)  # nothing to probe (yet): opening it is the writer's business
         uri = "file:" + urllib.parse.quote(str(self.path))
-        for source in (str(self.path), f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"):
+        sources = [str(self.path), f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"]
+        if not os.access(self.path, os.W_OK):
+            # A reader who may not write the manifest: in a folder it may write (a shared, sticky one) SQLite
+            # would leave a -shm and -wal of this user's beside it, which the owner's runs cannot then use or
+            # remove. Only the owner's live -shm is used (mode=ro), else the file is read as it is.
+            sources = sources[1:] if Path(f"{self.path}-shm").exists() else sources[2:]
+        for source in sources:
             if source.endswith("immutable=1"):
                 self._check_no_wal()
             con = sqlite3.connect(source, uri=source.startswith("file:"), timeout=30)
