@@ -32,7 +32,7 @@ from .classify import PathPattern, classify, fingerprint
 from .diff import Diff, compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
-from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors
+from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
 from .progress import Progress
 from .scan import ScanResult
@@ -465,7 +465,7 @@ def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     return (
         files.filter(pl.col("verify") & pl.col("md5").is_not_null()).join(prev, on="srcfile")
         .filter((pl.col("md5") != pl.col("_md5")) & (pl.col("size") == pl.col("_size")) & (pl.col("mtime_ns") == pl.col("_mtime")))
-        .select("srcfile", kind=pl.lit("silent_change"), message=pl.format(
+        .select("srcfile", kind=pl.lit("silent_change"), message=fmt(
             "content changed though size and mtime did not (MD5 {} was {}): found by re-verification; recorded as "
             "replaced; check the storage and the copy that wrote it", pl.col("md5"), pl.col("_md5")))
     )
@@ -602,7 +602,7 @@ def _check_modality_roots(classified: pl.DataFrame, expected: dict[int, str]) ->
     wrong = want.is_not_null() & (pl.col("modality") != want)
     return classified.with_columns(
         parse_error=pl.when(wrong & pl.col("parse_error").is_null())
-        .then(pl.format("file under the {} root classifies as {}", want, pl.col("modality")))
+        .then(fmt("file under the {} root classifies as {}", want, pl.col("modality")))
         .otherwise(pl.col("parse_error")),
     )
 

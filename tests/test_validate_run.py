@@ -396,3 +396,17 @@ def test_validate_an_empty_folder_says_there_is_nothing_to_check(tmp_path, extra
     out = cli("validate", "--site", str(empty), *extra, cwd=tmp_path)
     assert out.returncode == 2 and "the folder lists no files: nothing to check" in out.stderr, (out.returncode, out.stderr)
     assert "internal error" not in out.stderr
+
+
+def test_no_message_of_the_package_is_built_with_pl_format():
+    """The panic above is polars' own: every message (findings, scan errors, import and upload problems) is built by
+    frames.fmt, so a frame's chunks never decide whether a run ends in a traceback."""
+    import re
+    from pathlib import Path
+
+    import chorus_batch
+
+    package = Path(chorus_batch.__file__).parent
+    users = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+             if re.search(r"\bpl\.format\(|\.str\.format\(", p.read_text(encoding="utf-8").replace("pl.format's", ""))]
+    assert users == [], users

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ChorusError, ExitCode, SourceError, UsageError
+from ..frames import fmt
 from ..fsutil import scratch_folder
 from ..faults import pause
 from ..sources import cloud as cloud_access
@@ -201,7 +202,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
     sendable = todo.filter(~pl.col("superseded") & pl.col("bad_name").is_null() & pl.col("md5").is_not_null())
     immediate = pl.concat([
         bad_name.select("file_id", "srcfile", pl.lit("bad_name").alias("state"),
-                        pl.format("{}: not sent; rename it in the site (the next run records the new name), then "
+                        fmt("{}: not sent; rename it in the site (the next run records the new name), then "
                                   "upload again", "bad_name").alias("message")),
         superseded.select("file_id", "srcfile", pl.lit("superseded").alias("state"),
                           pl.when(pl.col("damaged"))

@@ -10,7 +10,7 @@ import polars as pl
 
 from ..commit import _LABEL_RE
 from ..errors import UsageError
-from ..frames import UNSAFE_PATH
+from ..frames import UNSAFE_PATH, fmt
 
 _LINE = r"^uploaded\t(.*)$"
 _FIX = "pass --from-log with the log the upload script wrote (upload.log by default, or $CHORUS_UPLOAD_LOG)"
@@ -50,10 +50,10 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
                                srcfile=relative.str.extract(r"^[^/]*/(.*)$"))
     why = (pl.when(~pl.col("under") | pl.col("label").is_null())
            .then(pl.lit(f"not a <version>/<path> blob under {url}"))
-           .when(~pl.col("label").str.contains(_LABEL_RE.pattern)).then(pl.format(
+           .when(~pl.col("label").str.contains(_LABEL_RE.pattern)).then(fmt(
                "not a valid blob name: {} is not a version label (a blob is <version>/<site-relative path>)",
                pl.col("label").str.slice(0, 64)))
-           .when((pl.col("srcfile") == "") | pl.col("srcfile").str.contains(UNSAFE_PATH)).then(pl.format(
+           .when((pl.col("srcfile") == "") | pl.col("srcfile").str.contains(UNSAFE_PATH)).then(fmt(
                "not a valid blob name: {} is not a site-relative path", pl.col("srcfile").str.slice(0, 200))))
     names = names.with_columns(why=why)
     invalid = names.filter(pl.col("why").is_not_null())

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ExitCode
+from ..frames import fmt
 from ..sources import cloud as cloud_access
 from ..store.uploads import UploadLedger, require_version
 from .central import Central
@@ -55,12 +56,12 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
              .otherwise(pl.lit("ok")))
     message = (pl.when(pl.col("verify_state") == "missing").then(pl.lit("not in the central container"))
                .when(pl.col("verify_state") == "size").then(
-                   pl.format("the central blob has {} bytes, the manifest {}", "blob_size", "size"))
+                   fmt("the central blob has {} bytes, the manifest {}", "blob_size", "size"))
                .when(pl.col("verify_state") == "no_md5").then(pl.lit(
                    "the central blob has the manifest's size but no Content-MD5 (it was sent by another tool): "
                    "only `chorus-batch verify --download` can check its bytes"))
                .when(pl.col("verify_state") == "md5").then(
-                   pl.format("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
+                   fmt("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
                              pl.col("content_md5").fill_null("(none)"), "md5"))
                .otherwise(pl.lit(None)))
     return (joined.with_columns(state.alias("verify_state"))

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import polars as pl
 
 from ..errors import ChorusError, ExitCode, UsageError
-from ..frames import SCANNED_SCHEMA, empty_errors
+from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
@@ -301,7 +301,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     findings = pl.concat([
         problems, pl.DataFrame(notes, schema=PROBLEM_SCHEMA), unmapped,
         unparseable.select(rule=pl.lit("import.unparseable-path"), srcfile="srcfile",
-                           message=pl.format("the path fits no pattern of today's procedures: {}", "message")),
+                           message=fmt("the path fits no pattern of today's procedures: {}", "message")),
     ]).with_columns(severity=pl.col("rule").replace_strict(_SEVERITY, default="warning")).select(
         "severity", "rule", "srcfile", "message")
     _save_findings(manifest, result.versions[0].label, findings)
@@ -325,9 +325,9 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> tuple[p
     unmapped = matched.filter(pl.col("file_id").is_null()).select(
         rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
         message=pl.when(pl.col("label").is_null())
-        .then(pl.format("upload mark {} is on a row without a version label (MD5 {}): not recorded in the uploads "
+        .then(fmt("upload mark {} is on a row without a version label (MD5 {}): not recorded in the uploads "
                         "ledger (`upload` will send this file version again)", "mark", "md5"))
-        .otherwise(pl.format("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
+        .otherwise(fmt("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
                              "recorded in the uploads ledger", "mark", "label", "md5")))
     found = matched.filter(pl.col("file_id").is_not_null()).unique(["label", "file_id"], keep="first", maintain_order=True)
     if central is not None and found.height:

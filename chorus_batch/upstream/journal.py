@@ -31,7 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import UsageError
-from ..frames import UNSAFE_PATH
+from ..frames import UNSAFE_PATH, fmt
 from ..sources.remote import mask_url
 from ..times import parse_time
 from .config import url_secrets
@@ -270,7 +270,7 @@ def _not_utf8(rows: pl.DataFrame) -> pl.DataFrame:
     for column, (name, lost, target) in _NOT_UTF8_COLUMNS.items():
         bad = pl.col(column).str.starts_with(_NOT_UTF8)
         escaped = pl.col(column).str.strip_prefix(_NOT_UTF8)
-        said[target].append(pl.when(bad).then(pl.format(f"{name} {{}} is not UTF-8 text{lost}; ", escaped.str.slice(0, 80)))
+        said[target].append(pl.when(bad).then(fmt(f"{name} {{}} is not UTF-8 text{lost}; ", escaped.str.slice(0, 80)))
                             .otherwise(pl.lit("")))
         values.append(pl.when(bad).then(escaped if column == "srcfile" else None).otherwise(pl.col(column))
                       .alias(column))
@@ -379,23 +379,23 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     def text(name: str) -> pl.Expr:  # a value as it goes into a message (NULL said as such)
         return pl.col(name).cast(pl.String).fill_null("NULL")
 
-    row = pl.format("journal row FILE_ID {}", text("row_id"))
+    row = fmt("journal row FILE_ID {}", text("row_id"))
     # A leading './' is the same path (a site-relative path written as such): not a different file.
     rows = rows.with_columns(pl.col("srcfile").str.replace(r"^(\./)+", ""))
     reasons = pl.concat_str([
         pl.col("unusable"),
         pl.when(pl.col("srcfile").is_null() | (pl.col("srcfile") == "")).then(pl.lit("it has no path; "))
-        .when(pl.col("srcfile").str.contains(UNSAFE_PATH)).then(pl.format(
+        .when(pl.col("srcfile").str.contains(UNSAFE_PATH)).then(fmt(
             "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile")),
-        pl.when(pl.col("size") < 0).then(pl.format("its SIZE {} is negative; ", "size")),
+        pl.when(pl.col("size") < 0).then(fmt("its SIZE {} is negative; ", "size")),
         pl.when(pl.col("md5").is_not_null() & ~pl.col("md5").str.contains(_MD5.pattern)).then(
-            pl.format("its MD5 {} is not 32 hex digits; ", pl.col("md5").str.slice(0, 40))),
+            fmt("its MD5 {} is not 32 hex digits; ", pl.col("md5").str.slice(0, 40))),
         pl.when(pl.col("mtime_us").abs() >= _MTIME_LIMIT_US).then(
-            pl.format("its SRC_MODTIME_us {} is not a possible time; ", "mtime_us")),
+            fmt("its SRC_MODTIME_us {} is not a possible time; ", "mtime_us")),
         pl.when((pl.col("valid_us") < 0) | (pl.col("valid_us") >= _LAST_TIME_US)).then(
-            pl.format("its TIME_VALID_us {} is not a possible time; ", "valid_us")),
+            fmt("its TIME_VALID_us {} is not a possible time; ", "valid_us")),
         pl.when((pl.col("invalid_us") < 0) | (pl.col("invalid_us") >= _LAST_TIME_US)).then(
-            pl.format("its TIME_INVALID_us {} is not a possible time; ", "invalid_us")),
+            fmt("its TIME_INVALID_us {} is not a possible time; ", "invalid_us")),
         pl.when(pl.col("size").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no SIZE; ")),
         pl.when(pl.col("md5").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no MD5; ")),
         pl.when(pl.col("mtime_us").is_null() & (pl.col("unusable") == "")).then(pl.lit("it has no SRC_MODTIME_us; ")),
@@ -405,12 +405,12 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     unusable = pl.col("_why") != ""
     backwards = pl.col("invalid_us").is_not_null() & (pl.col("invalid_us") <= pl.col("valid_us"))
     problems = [
-        problem(rows.filter(unusable), "import.unusable-row", pl.format("{}: {}; not imported", row, "_why")),
+        problem(rows.filter(unusable), "import.unusable-row", fmt("{}: {}; not imported", row, "_why")),
         problem(rows.filter(~unusable & backwards), "import.impossible-interval",
-                pl.format("{} is invalid before (or as) it is valid (TIME_VALID_us {}, TIME_INVALID_us {}): it was "
+                fmt("{} is invalid before (or as) it is valid (TIME_VALID_us {}, TIME_INVALID_us {}): it was "
                           "never part of any version; not imported", row, text("valid_us"), text("invalid_us"))),
         problem(rows.filter(~unusable & (pl.col("flaws") != "")), "import.broken-link",
-                pl.format("{}: {}", row, pl.col("flaws").str.strip_chars_end("; "))),
+                fmt("{}: {}", row, pl.col("flaws").str.strip_chars_end("; "))),
     ]
     rows = rows.filter(~unusable & ~backwards).drop("_why").with_columns(pl.col("md5").str.to_lowercase())
     # Overlaps: each row ends at the latest when the next row of its path (by start) begins.
@@ -421,9 +421,9 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     problems.append(problem(
         ordered.filter(overlapping), "import.overlapping-rows",
         pl.when(pl.col("invalid_us").is_null())
-        .then(pl.format("two active rows for one path ({} and FILE_ID {}): the earlier is taken as replaced by the "
+        .then(fmt("two active rows for one path ({} and FILE_ID {}): the earlier is taken as replaced by the "
                         "later at TIME_VALID_us {}", row, text("_next_row"), text("_next_valid")))
-        .otherwise(pl.format("{} is still valid when FILE_ID {} of the same path begins (TIME_VALID_us {}): it is "
+        .otherwise(fmt("{} is still valid when FILE_ID {} of the same path begins (TIME_VALID_us {}): it is "
                              "taken as replaced then", row, text("_next_row"), text("_next_valid")))))
     ordered = ordered.with_columns(
         invalid_us=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
@@ -454,7 +454,7 @@ def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTre
             "row of each version label (an update that only removed or touched files is part of the next one)")})
     elif early.height:  # a few rows dated before the history begins: a clock, not a missing update
         first = updates[0].start_us
-        problems += early.select(rule=pl.lit("import.impossible-interval"), srcfile="srcfile", message=pl.format(
+        problems += early.select(rule=pl.lit("import.impossible-interval"), srcfile="srcfile", message=fmt(
             "journal row FILE_ID {} is valid from TIME_VALID_us {}, before the first `journal update` the journal "
             "records ({}): taken as written by that update", "row_id", "valid_us", pl.lit(first))).to_dicts()
         rows = rows.with_columns(valid_us=pl.max_horizontal("valid_us", pl.lit(first))).filter(
