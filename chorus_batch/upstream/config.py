@@ -54,7 +54,7 @@ OMOP_PER_PATIENT = "{patient_id:w}/OMOP/{filepath}"  # its OMOP pattern with omo
 _TAILS = {
     "OMOP": r"(?P<session>.+)$",
     "Metadata": r"(?P<session>.+)$",
-    "Waveforms": r"(?P<category>(?i:telemetry|eeg))/(?P<session>[^/]+)/(?P<file>[^/]+)$",
+    "Waveforms": r"(?P<category>Telemetry|EEG)/(?P<session>[^/]+)/(?P<file>[^/]+)$",  # (Waveform File Format v2.1)
     "Images": r"(?P<category>[A-Za-z0-9]+)/(?P<session>[^/]+)/[^/]+/(?P<segment>[^/]+)\.(?i:dcm)$",
 }
 # [run] exclude globs that leave out a modality chorus-upload did not track (default layout)
