@@ -553,6 +553,30 @@ def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3,
     assert mixed.label
 
 
+def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_path):
+    """Zero-byte keys ending in '/' (S3 console "Create folder", Azure Storage Explorer) are folder
+    markers: neither listed as files nor recorded, on S3 as on Azure."""
+    from services import upload_tree, upload_tree_s3
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    markers = ("export/", "export/OMOP/", "export/1/Images/empty/")
+    bucket = moto_s3.new_bucket("mark")
+    client = moto_s3.client()
+    upload_tree_s3(client, bucket, _tree(tmp_path / "s3up", SITE_FILES), prefix="export")
+    container = azurite.new_container("mark")
+    with azurite.service_client() as service:
+        upload_tree(service, container, _tree(tmp_path / "azup", SITE_FILES), prefix="export")
+        for key in markers:
+            client.put_object(Bucket=bucket, Key=key, Body=b"")
+            service.get_blob_client(container, key).upload_blob(b"", overwrite=True)
+    for url, cloud_settings in ((f"s3://{bucket}/export", s3_cloud), (f"az://{container}/export", None)):
+        assert _listed(open_source(url, cloud=cloud_settings)) == set(SITE_FILES), url
+        assert _listed(open_source(url + "/", cloud=cloud_settings)) == set(SITE_FILES), url
+
+
 def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
     for name, value in moto_s3.env.items():
         clean_env.setenv(name, value)

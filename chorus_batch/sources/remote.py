@@ -136,6 +136,10 @@ class FsspecSource:
         columns: tuple[list, ...] = ([], [], [], [], [])
         paths, sizes, mtimes, md5s, etags = columns
         for path, info in found.items():
+            # A key ending in '/' (the S3 console's "Create folder", s3fs's makedirs) is a folder marker:
+            # no file a site could hold has that name, so it is skipped as Azure's listing does.
+            if path.endswith("/") or info.get("type") == "directory":
+                continue
             paths.append(path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/"))
             sizes.append(int(info.get("size") or 0))
             mtimes.append(_mtime_ns(info))
