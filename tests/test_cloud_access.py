@@ -577,6 +577,26 @@ def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_pa
         assert _listed(open_source(url + "/", cloud=cloud_settings)) == set(SITE_FILES), url
 
 
+def test_a_root_naming_one_file_says_so(clean_env, azurite, az_site, moto_s3, tmp_path):
+    """--site pointing at a blob or object (a file) is not "not found": the message says it is a file."""
+    from services import upload_tree_s3
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    bucket = moto_s3.new_bucket("one")
+    upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "s3up", SITE_FILES), prefix="export")
+    for url, cloud_settings in ((f"s3://{bucket}/export/OMOP/person.csv", s3_cloud),
+                                (f"az://{az_site}/OMOP/person.csv", None)):
+        with pytest.raises(SourceError) as caught:
+            open_source(url, cloud=cloud_settings).check()
+        assert "is a single" in str(caught.value) and "not a folder" in str(caught.value), url
+    with pytest.raises(SourceError) as caught:  # a prefix that is not there at all is still "not found"
+        open_source(f"az://{az_site}/nope", cloud=None).check()
+    assert "site root not found" in str(caught.value)
+
+
 def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
     for name, value in moto_s3.env.items():
         clean_env.setenv(name, value)

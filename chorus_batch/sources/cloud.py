@@ -730,6 +730,17 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
                                              f"and that it is in this {'endpoint' if store == 'bucket' else 'account'}")
         error.kind = "missing"  # type: ignore[attr-defined]
         return error
+    try:  # a root naming one object (a file) is there, just not a folder: say so, not "not found"
+        is_object = "/" in root.strip("/") and bool(fs.isfile(root))
+    except Exception:  # noqa: BLE001 - only refines the message; the root cannot be listed either way
+        is_object = False
+    if is_object:
+        error = SourceError(f"site root is a single {'object' if store == 'bucket' else 'blob'}, not a folder: "
+                            f"{where}", where=where,
+                            fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
+                                "and the person folders, not at a file in it")
+        error.kind = "missing_root"  # type: ignore[attr-defined]
+        return error
     error = SourceError(f"site root not found: {where}", where=where,
                         fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
                             "and the person folders")
