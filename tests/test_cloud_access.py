@@ -647,7 +647,9 @@ def test_a_location_that_cannot_be_one_is_refused_up_front(clean_env, tmp_path, 
     """Exit 2 with what, where and a fix, before anything is opened or created: never a traceback, an SDK's own
     words, a folder named 's3:' made here, or a secret repeated."""
     given = dict(zip(args[::2], args[1::2]))
-    argv = ["run", "--no-validate", "--site", given.get("--site", str(tmp_path)), "--db",
+    site = tmp_path / "site"  # beside the default manifest, not holding it (a manifest in the site is refused first)
+    site.mkdir()
+    argv = ["run", "--no-validate", "--site", given.get("--site", str(site)), "--db",
             given.get("--db", str(tmp_path / "m.sqlite"))] + (["--parquet", given["--parquet"]] if "--parquet" in given else [])
     work = tmp_path / "work"
     work.mkdir()
