@@ -94,6 +94,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     preflight(settings, manifest)
+    for root in roots:  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
+        root.source.check()
     site = site_location(settings.site)
     if settings.dry_run:
         if manifest.path.exists():

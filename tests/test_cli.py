@@ -115,6 +115,8 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
 def test_missing_site_is_a_usage_error(tmp_path):
     out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "not a readable directory" in out.stderr
+    # exit 2 is "nothing was done": no manifest (nor its lock) is created for a mistyped site
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
 def test_custom_version_labels_must_increase(site, db):
