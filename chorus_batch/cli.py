@@ -1279,6 +1279,9 @@ def main(argv: list[str] | None = None) -> int:
     code = int(ExitCode.OK)
     try:
         try:
+            from .config_file import check_environment
+
+            check_environment()
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code

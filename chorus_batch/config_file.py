@@ -42,3 +42,38 @@ def resolve_path(base: Path, value: str | None) -> str | None:
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path))
+
+
+# The environment variables README documents that take a number: (kind, least value, what it sets). Checked when
+# a command starts, so a typo is exit 2 at once, not a default taken silently (the readers fall back to theirs)
+# nor a ValueError in the middle of a merge or an upload.
+NUMERIC_ENVIRONMENT = {
+    "CHORUS_BATCH_PROGRESS_S": (float, 0, "5", "seconds between progress lines in a log"),
+    "CHORUS_BATCH_CHECKPOINT_S": (float, 0, "5", "seconds of hashing between two checkpoints"),
+    "CHORUS_BATCH_RETRY_BASE_S": (float, 0, "0.5", "seconds before the first retry of a cloud call"),
+    "CHORUS_BATCH_RETRY_DEADLINE_S": (float, 0, "30", "seconds a cloud call is retried"),
+    "CHORUS_BATCH_LEASE_S": (float, 0, "60", "seconds of a manifest's blob lease, held to 15-60"),
+    "CHORUS_BATCH_PARTITION_ROWS": (int, 1, "500000", "rows per partition of a merge"),
+    "CHORUS_BATCH_LEDGER_ROWS": (int, 1, "256", "uploads ledger rows written at once"),
+}
+
+
+def check_environment(environ: dict[str, str] | None = None) -> None:
+    """A documented numeric CHORUS_BATCH_* variable that is set (not empty) must hold a finite number of its kind,
+    at least its least value; else a ConfigError naming the variable."""
+    import math
+
+    environ = os.environ if environ is None else environ
+    for name, (kind, least, example, what) in NUMERIC_ENVIRONMENT.items():
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+            ok = math.isfinite(value) and value >= least
+        except ValueError:
+            ok = False
+        if not ok:
+            kind_name = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"environment variable {name}={raw!r} is not {kind_name} of at least {least} ({what})",
+                              where=name, fix=f"set {name} to {kind_name} such as {example}, or unset it for the default")

@@ -119,6 +119,28 @@ def test_missing_site_is_a_usage_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(("variable", "value"), [
+    ("CHORUS_BATCH_PROGRESS_S", "5s"), ("CHORUS_BATCH_PROGRESS_S", "nan"), ("CHORUS_BATCH_CHECKPOINT_S", "-1"),
+    ("CHORUS_BATCH_PARTITION_ROWS", "abc"), ("CHORUS_BATCH_LEDGER_ROWS", "2.5"), ("CHORUS_BATCH_RETRY_DEADLINE_S", "x"),
+])
+def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything_is_done(site, tmp_path, variable, value):
+    # It was taken silently as the default (PROGRESS_S, CHECKPOINT_S), or was a ValueError in the middle of a
+    # merge or an upload (PARTITION_ROWS, LEDGER_ROWS)
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--json",
+              env={variable: value})
+    assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stdout, out.stderr)
+    assert f"environment variable {variable}={value!r}" in out.stderr and "fix:" in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path):
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "-q",
+              env={"CHORUS_BATCH_PROGRESS_S": "0", "CHORUS_BATCH_CHECKPOINT_S": "2.5", "CHORUS_BATCH_PARTITION_ROWS": ""})
+    assert out.returncode == 0, out.stderr
+
+
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
