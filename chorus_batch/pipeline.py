@@ -74,6 +74,10 @@ def open_roots(settings: RunSettings) -> list[Root]:
 
 def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
     """Run the pipeline once and (unless dry_run) commit a new version if anything changed."""
+    if not isinstance(settings, RunSettings):  # a library caller's dict or path: said, not an AttributeError
+        raise UsageError(f"run() takes a RunSettings, not {type(settings).__name__} {settings!r}",
+                         where="chorus_batch.run(settings)",
+                         fix='give RunSettings(site="/data/site", db="manifest.sqlite") (from chorus_batch import RunSettings)')
     progress = progress or Progress(quiet=True)
     argv = list(argv if argv is not None else sys.argv[1:])
     if is_remote(settings.db):  # az://: a local working copy under a blob lease, uploaded after success

@@ -50,9 +50,20 @@ OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
 
 
+def text_argument(value: object, what: str, where: str, example: str) -> str:
+    """A path, person or modality a notebook passes, as text (a pathlib path too); any other type is a UsageError
+    that says what to give, not a TypeError or a polars error from deep inside (person=123 cannot mean "000123")."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise UsageError(f"{what} is text, not {type(value).__name__} {value!r}", where=where,
+                         fix=f"give {what} as a string, such as {example}")
+    return value
+
+
 def open_manifest(path: str | Path) -> "ManifestReader":
     """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
-    path = Path(path)
+    path = Path(text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"'))
     if path.is_dir():
         from .store.snapshots import ParquetReader
 
@@ -149,6 +160,8 @@ class ManifestReader:
         label = self.resolve(as_of)
         if modality is not None:
             modality = self.modality_name(modality)
+        if person is not None:
+            person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
         cached = getattr(self, "_file_set", None)
         if cached is None or cached[0] != label:
             if modality is not None or person is not None:  # a narrow question: let the storage filter
@@ -165,6 +178,7 @@ class ManifestReader:
         """A modality as the manifest spells it (`waveforms` is Waveforms); one it never records is a
         UsageError: filtering by it would show an empty version, as if it held none of those files."""
         known = (*MODALITIES, "Other")
+        modality = text_argument(modality, "a modality", str(self.path), '"Waveforms"')
         for name in known:
             if name.lower() == modality.strip().lower():
                 return name
@@ -199,7 +213,7 @@ class ManifestReader:
         """Every version of one file, oldest first: each row says how it began (`change`,
         `old_srcfile`) and ended (`ended_by`, `renamed_to`). A rename into the path brings
         in the renamed file's earlier rows too, under their old path."""
-        srcfile = os.fspath(srcfile)  # a pathlib path too
+        srcfile = text_argument(srcfile, "a path", str(self.path), '"OMOP/person.csv"')  # a pathlib path too
         rows = self._path_rows(srcfile, None)
         frames, seen = [rows], {srcfile}
         while rows.height and rows["change"][0] == "renamed" and rows["old_srcfile"][0] not in seen:
@@ -217,7 +231,7 @@ class ManifestReader:
         """A path as people type it: Windows separators, './', or an absolute path under a recorded root,
         as the site-relative path the manifest keys files by. With `backslash_separates` False a backslash
         stays part of a name (a POSIX file may be called `a\\b.csv`)."""
-        path = os.fspath(path)  # a pathlib path too (a PureWindowsPath's backslashes are separators)
+        path = text_argument(path, "a path", str(self.path), '"OMOP/person.csv"')  # a PureWindowsPath's \ separate
         if backslash_separates:
             path = path.replace("\\", "/")
         for root in sorted(self.root_locations(), key=len, reverse=True):

@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -128,6 +129,30 @@ def test_files_filters_by_modality_and_person(reader, history):
     assert as_dict(reader.files("v1", person="000002")) == person
     omop = reader.files("v1", modality="OMOP")
     assert set(omop["srcfile"]) == {p for p in tree if p.startswith("OMOP/")}
+
+
+def test_arguments_of_a_wrong_type_are_usage_errors_that_say_what_to_give(reader, history):
+    # They were a polars ComputeError (person=2), an InvalidOperationError (person=[...]), an AttributeError
+    # (modality=3) or a TypeError from pathlib (history(None), open_manifest(None)) from deep inside
+    for call, said in ((lambda: reader.files(person=2), "a person is text, not int 2"),
+                       (lambda: reader.files("v1", person=["000002"]), "a person is text, not list"),
+                       (lambda: reader.files(modality=3), "a modality is text, not int 3"),
+                       (lambda: reader.history(None), "a path is text, not NoneType"),
+                       (lambda: reader.history_of(7), "a path is text, not int 7"),
+                       (lambda: open_manifest(None), "the manifest is text, not NoneType")):
+        with pytest.raises(UsageError, match=said) as raised:
+            call()
+        assert "such as" in raised.value.fix
+    # a pathlib path stays welcome
+    assert reader.history(Path("OMOP/person.csv")).height > 0
+
+
+def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
+    from chorus_batch import run
+
+    with pytest.raises(UsageError, match="run\\(\\) takes a RunSettings, not dict"):
+        run({"site": str(history["site"]), "db": str(tmp_path / "m.sqlite")})
+    assert not (tmp_path / "m.sqlite").exists()
 
 
 @pytest.mark.parametrize("a,b", [(0, 2), (0, 1), (1, 2), (2, 0), (1, 0)])
