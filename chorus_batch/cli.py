@@ -28,6 +28,7 @@ DEFAULT_DB = "chorus_manifest.sqlite"
 READ_DB_DEFAULT = (f"(default: from chorus.toml, else ./{DEFAULT_DB}, else ./{DEMO_DB} as `run --demo` writes it; "
                    "the command then says which one it reads)")
 READ_DB_HELP = "manifest file " + READ_DB_DEFAULT
+READ_CONFIG_HELP = "settings file whose [manifest] db is read (default: ./chorus.toml if present)"
 PATH_HELP = ("only this file, or the files under this folder: site-relative, or absolute under a recorded root "
              "(Windows separators too), as `history` takes it")
 STATUS_LIMIT = 50  # rows `status` shows unless --limit / --all
@@ -204,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json",
     )
     versions.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
+    versions.add_argument("--config", help=READ_CONFIG_HELP)
     versions.add_argument("--json", action="store_true")
 
     changes = command(
@@ -212,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums",
     )
     changes.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
+    changes.add_argument("--config", help=READ_CONFIG_HELP)
     changes.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
@@ -268,9 +271,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite",
     )
     upgrade.add_argument("--db", help=READ_DB_HELP)
+    upgrade.add_argument("--config", help=READ_CONFIG_HELP)
 
     def output_flags(command: argparse.ArgumentParser, md5sum: str | None = None) -> None:
         command.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
+        command.add_argument("--config", help=READ_CONFIG_HELP)
         fmt = command.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
         fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
@@ -319,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html",
     )
     report.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
+    report.add_argument("--config", help=READ_CONFIG_HELP)
     report.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only)")
 

@@ -141,6 +141,24 @@ def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path
     assert out.returncode == 0, out.stderr
 
 
+def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_folder(site, tmp_path):
+    # `versions --config FILE` was "unrecognized argument --config": only ./chorus.toml was read
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "chorus.toml").write_text('[site]\nroot = "../site"\n[manifest]\ndb = "m.sqlite"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = ["--config", "../etc/chorus.toml"]
+    assert cli("run", *config, "--no-validate", "-q", cwd=elsewhere).returncode == 0
+    label = json.loads(cli("versions", *config, "--json", cwd=elsewhere).stdout)[0]["label"]
+    for args in (["versions"], ["changes"], ["files"], ["diff", "--from", label], ["history", "OMOP/person.csv"],
+                 ["upgrade"], ["report", "--out", str(tmp_path / "r.html")]):
+        out = cli(*args, *config, cwd=elsewhere)
+        assert out.returncode == 0, (args, out.stderr)
+    assert json.loads(cli("files", *config, "--json", cwd=elsewhere).stdout)[0]["srcfile"] == "OMOP/person.csv"
+    assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran
+
+
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
