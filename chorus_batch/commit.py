@@ -453,7 +453,7 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     why = (f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
            if empty else f"the run would remove {share}, more than --max-delete {max_delete} allows")
     raise MassRemovalRefused(
-        f"refused: {why}; nothing was committed (the run would remove {share})",
+        f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty else ""),  # said once
         where=", ".join(empty) if empty else "--max-delete / max_delete in [run]",
         fix="check that the site is mounted and complete; if the removals are real, run again with "
             "--max-delete all (or a larger percentage or count)")

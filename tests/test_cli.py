@@ -159,6 +159,20 @@ def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_f
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran
 
 
+def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_stays_empty(site, db):
+    # "...would remove 2 of the previous version's 3 files (66.7%), more than --max-delete 50% allows; nothing was
+    # committed (the run would remove 2 of the previous version's 3 files (66.7%))": the count was said twice
+    for name in ("OMOP/a.csv", "OMOP/b.csv", "OMOP/c.csv"):
+        write(site, name, name.encode())
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    (site / "OMOP" / "a.csv").unlink()
+    (site / "OMOP" / "b.csv").unlink()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json")
+    assert out.returncode == 5 and out.stdout == "", (out.returncode, out.stdout)
+    error = next(line for line in out.stderr.splitlines() if line.startswith("chorus-batch: error:"))
+    assert error.count("2 of the previous version's 3 files") == 1 and "nothing was committed" in error, error
+
+
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
