@@ -1237,8 +1237,11 @@ def _close(word: str, choices) -> str | None:
     def shared(choice: str) -> int:
         return sum((Counter(word) & Counter(choice)).values())
 
-    matches = get_close_matches(word, list(choices), n=5)
-    return max(matches, key=shared) if matches else None
+    # Flags are compared without their dashes: the "--" both share made --site look close to --quiet
+    bare = {choice.lstrip("-"): choice for choice in choices}
+    word = word.lstrip("-")
+    matches = get_close_matches(word, list(bare), n=5, cutoff=0.65)  # --out is not --account (0.6); rnu is run (0.67)
+    return bare[max(matches, key=shared)] if matches else None
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -130,6 +130,16 @@ def test_a_misspelt_flag_suggests_the_commands_own_option(tmp_path):
     assert out.returncode == 2 and "did you mean --json?" in out.stderr
 
 
+def test_a_flag_the_command_does_not_have_suggests_nothing_unlike(tmp_path):
+    # `versions --site` was answered "did you mean --quiet?" and `run --out` "did you mean --account?": the
+    # dashes both share made unrelated flags look close
+    for args, flag in ((("versions", "--site", "x"), "--site"), (("run", "--out", "x"), "--out")):
+        out = cli(*args, cwd=tmp_path)
+        assert out.returncode == 2 and out.stderr.rstrip().endswith(f"unrecognized argument {flag}"), out.stderr
+    out = cli("run", "--dryrun", cwd=tmp_path)
+    assert "did you mean --dry-run?" in out.stderr, out.stderr
+
+
 def test_a_misspelt_command_suggests_the_command(tmp_path):
     out = cli("rnu", cwd=tmp_path)
     assert out.returncode == 2
