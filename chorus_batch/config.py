@@ -46,6 +46,7 @@ Example chorus.toml (paths are relative to the file's folder):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -96,8 +97,8 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
             percent = float(text[:-1])
             if 0 <= percent <= 100:
                 return "percent", percent
-        elif isinstance(value, int) or text.isdigit():
-            return "count", float(int(text))
+        elif (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or text.isdigit():
+            return "count", float(int(text))  # max_delete = -5 (an int in TOML) refused every later run
     except ValueError:
         pass
     raise ValueError(f"{value!r} is not a percentage (e.g. 50%), a number of files (e.g. 1000) or all")
@@ -381,8 +382,15 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 fix=(f"rename it to {meant!r}" if meant else "remove it") + f" ({CONFIG_HELP}; known here: "
                     + ", ".join(known) + ")",
             ) from None
+        message = first["msg"]
+        branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+        loc = first["loc"]
+        if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
+            said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
+            setting = ".".join(str(p) for p in loc[:-1])
+            message = f"should be {' or '.join(said)}, not {json.dumps(first['input'], default=str)}"  # as TOML spells it
         raise ConfigError(
-            f"invalid setting {setting!r}: {first['msg']}",
+            f"invalid setting {setting!r}: {message}",
             where=f"{path} [{setting}]",
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
@@ -391,6 +399,14 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
 
         build_patterns(config.patterns, str(path))
     base = path.resolve().parent
+    # An empty path would become the config file's own folder: the site, or snapshots and a manifest written there
+    for setting, value in (("site.root", config.site.root), ("manifest.db", config.manifest.db),
+                           ("manifest.parquet", config.manifest.parquet),
+                           *((f"site.roots.{k}", v) for k, v in config.site.roots.items())):
+        if value is not None and not value.strip():
+            raise ConfigError(f"setting {setting!r} is empty", where=f"{path} [{setting.rsplit('.', 1)[0]}]",
+                              fix=f"give a path (relative to {base}), or remove the setting for its default "
+                                  f"({CONFIG_HELP})")
     config.site.root = resolve_path(base, config.site.root)
     config.site.roots = {k: resolve_path(base, v) for k, v in config.site.roots.items()}  # type: ignore[misc]
     config.manifest.db = resolve_path(base, config.manifest.db)

@@ -101,6 +101,14 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[run]\nmode = "sometimes"\n', "invalid setting 'run.mode'"),
         ('[site]\nroot = "x"\ncolour = "blue"\n', "unknown setting 'site.colour'"),
         ('[patterns]\nWaveforms = ["(?P<bad"]\n', "invalid path pattern"),
+        # an empty path was the config file's own folder (parquet: snapshots written beside chorus.toml)
+        ('[manifest]\nparquet = ""\n', "setting 'manifest.parquet' is empty"),
+        ('[manifest]\ndb = ""\n', "setting 'manifest.db' is empty"),
+        ('[site]\nroot = " "\n', "setting 'site.root' is empty"),
+        ('[site.roots]\nImages = ""\n', "setting 'site.roots.Images' is empty"),
+        # a negative count was taken, and refused every later run; a union named its member ('run.max_delete.str')
+        ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': Value error, -5 is not"),
+        ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
     ],
 )
 def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
@@ -110,6 +118,7 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     out = cli("run", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]  # nothing written
 
 
 def test_missing_site_is_a_usage_error(tmp_path):
