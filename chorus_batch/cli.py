@@ -1266,7 +1266,24 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             meant = _close(flag.split("=", 1)[0], options)
             lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
         command.error("\n".join(lines))
+    _refuse_empty_values(commands[args.command], args)
     return args
+
+
+def _refuse_empty_values(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A value given empty is an unset shell variable (`--parquet $SNAPS`), never a choice: it was taken as not
+    given (no snapshots, no delete list, ./chorus.toml for --config) or as the current folder (--staging,
+    testdata OUT, registry --out): exit 2 naming it, before anything is done."""
+    for action in command._actions:
+        if action.nargs == 0 or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, None)
+        if value == action.default:
+            continue
+        if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
+            name = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest.upper())
+            command.error(f"{name} is empty (an unset shell variable?): give a value, or leave {name} out"
+                          if action.option_strings else f"{name} is empty (an unset shell variable?): give a value")
 
 
 NOTHING_COMMITTED = "nothing was committed; the previous version is intact"

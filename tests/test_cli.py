@@ -182,6 +182,26 @@ def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_stays_empty(s
     assert error.count("2 of the previous version's 3 files") == 1 and "nothing was committed" in error, error
 
 
+@pytest.mark.parametrize("args", [
+    ("run", "--parquet", ""), ("run", "--mode", "append", "--delete-list", ""), ("run", "--config", ""),
+    ("run", "--shard", "0/1", "--staging", ""), ("registry", "--out", ""), ("testdata", ""), ("files", "--path", " "),
+])
+def test_a_value_given_empty_is_a_usage_error_naming_it(site, tmp_path, args):
+    # An unset shell variable: --parquet "" made no snapshots, --delete-list "" no deletions, --config "" read
+    # ./chorus.toml, and --staging "", registry --out "" and testdata "" wrote into the current folder; all exit 0
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", str(site), "--db", str(db), "--no-validate", "-q").returncode == 0
+    here = tmp_path / "here"
+    here.mkdir()
+    command, *rest = args
+    given = [] if command == "testdata" else ["--db", str(db)] + ([] if command in ("registry", "files") else
+                                                                  ["--site", str(site), "--no-validate"])
+    out = cli(command, *rest, *given, cwd=here)
+    assert out.returncode == 2 and "is empty (an unset shell variable?)" in out.stderr, (out.returncode, out.stderr)
+    assert list(here.iterdir()) == []
+
+
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0

@@ -227,7 +227,7 @@ def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     assert folder.returncode == 2 and "'OMOP/' is a folder of" in folder.stderr
     assert "chorus-batch files --path OMOP/" in folder.stderr
     empty = cli("history", "--db", str(history["db"]), "")  # was "'' is a folder of N current files"
-    assert empty.returncode == 2 and "history needs the path of a file" in empty.stderr
+    assert empty.returncode == 2 and "PATH is empty" in empty.stderr
     assert "Traceback" not in missing.stderr + bad.stderr + unknown.stderr
     for wrong in ("2026-13-45", "2026-02-30T10:00:00Z", "2026-11-27T25:00"):  # a time meant, not a valid one
         out = cli("files", "--db", str(history["db"]), "--as-of", wrong)
