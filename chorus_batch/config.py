@@ -351,6 +351,9 @@ def _close(word: str, choices: list[str]) -> str | None:
 
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and validate chorus.toml; paths in it become absolute."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):  # a notebook's None: said, not a TypeError
+        raise ConfigError(f"load_config takes the path of a chorus.toml, not {type(path).__name__} {path!r}",
+                          where="load_config(path)", fix='give the file\'s path, such as load_config("chorus.toml")')
     path = Path(path)
     data = read_toml(path)
     upstream = {"configuration", "journal", "central_path", "site_path"} & set(data)

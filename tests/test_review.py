@@ -152,6 +152,11 @@ def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
 
     with pytest.raises(UsageError, match="run\\(\\) takes a RunSettings, not dict"):
         run({"site": str(history["site"]), "db": str(tmp_path / "m.sqlite")})
+    from chorus_batch import load_config
+
+    for wrong in (None, ""):  # a TypeError from pathlib, and "" read the current folder as the file
+        with pytest.raises(UsageError, match="load_config takes the path of a chorus.toml"):
+            load_config(wrong)
     assert not (tmp_path / "m.sqlite").exists()
 
 
