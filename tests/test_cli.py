@@ -202,6 +202,19 @@ def test_a_value_given_empty_is_a_usage_error_naming_it(site, tmp_path, args):
     assert list(here.iterdir()) == []
 
 
+def test_a_parquet_snapshot_folder_as_db_of_a_command_that_needs_the_manifest_says_so(site, tmp_path):
+    # it said "pass --db with a file path, e.g. SNAPSHOTS/chorus_manifest.sqlite": a manifest inside the snapshots
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    assert cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate", "-q").returncode == 0
+    assert cli("versions", "--db", str(snaps)).returncode == 0  # read-only commands read it
+    for args in (("upgrade",), ("validate",), ("status", "--site", str(site)), ("run", "--site", str(site))):
+        out = cli(*args, "--db", str(snaps))
+        assert out.returncode == 2 and "--parquet snapshot folder" in out.stderr, (args, out.stderr)
+        assert "the SQLite manifest the snapshots were written from" in out.stderr
+    assert not (snaps / "chorus_manifest.sqlite").exists()
+
+
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0

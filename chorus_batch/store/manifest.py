@@ -275,6 +275,10 @@ class Manifest:
     def check_path(self) -> None:
         """--db names a file (or nothing yet), not a folder."""
         if self.path.is_dir():
+            if (self.path / "versions.parquet").is_file():  # read-only commands take it; this one writes or checks
+                raise UsageError(f"--db names a --parquet snapshot folder, which only `versions`, `changes`, `files`, "
+                                 f"`diff`, `history` and `report` read: {self.path}", where=str(self.path),
+                                 fix="pass --db with the SQLite manifest the snapshots were written from")
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
 
