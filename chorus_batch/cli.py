@@ -84,6 +84,9 @@ def _percent(text: str) -> float:
     return value
 
 
+INT_MAX = 2**31 - 1  # what sbatch and polars take as a count
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -91,6 +94,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    if value > INT_MAX:  # --limit 10**20 was an internal OverflowError in polars; --shards 10**20 a Slurm array
+        raise argparse.ArgumentTypeError(f"must be at most {INT_MAX:,}")
     return value
 
 

@@ -215,6 +215,16 @@ def test_a_parquet_snapshot_folder_as_db_of_a_command_that_needs_the_manifest_sa
     assert not (snaps / "chorus_manifest.sqlite").exists()
 
 
+def test_a_count_too_large_is_a_usage_error_not_an_internal_one(site, tmp_path):
+    # status --limit 10**20 was "internal error: OverflowError: int too big to convert"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--limit", str(10**20), "--no-validate")
+    assert out.returncode == 2 and "argument --limit: must be at most 2,147,483,647" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr
+    assert cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--limit", str(2**31 - 1),
+               "--no-validate").returncode == 0
+
+
 def test_custom_version_labels_must_increase(site, db):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
