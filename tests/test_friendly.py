@@ -185,23 +185,28 @@ def test_plural():
     assert plural(1, "file") == "1 file" and plural(3, "entry", "entries") == "3 entries"
 
 
-def test_progress_lines_in_a_batch_log_say_1_file_and_3_files(caplog):
+@pytest.fixture
+def batch_progress(caplog):
+    """Progress as a batch job's log shows it (not a terminal: log lines), the lines caught by caplog."""
     from chorus_batch.progress import Progress
 
     class NotATerminal:
         def isatty(self) -> bool:
             return False
 
-    progress = Progress(stream=NotATerminal(), interval_s=0)  # type: ignore[arg-type]
     caplog.set_level(logging.INFO, logger="chorus_batch")
     logger = logging.getLogger("chorus_batch")
     logger.addHandler(caplog.handler)  # it may not propagate (setup_logging)
     try:
-        for items in (1, 3):
-            with progress.counter("listing", "file", lambda n=items: (n, 0)):
-                time.sleep(0.5)
+        yield Progress(stream=NotATerminal(), interval_s=0)  # type: ignore[arg-type]
     finally:
         logger.removeHandler(caplog.handler)
+
+
+def test_progress_lines_in_a_batch_log_say_1_file_and_3_files(batch_progress, caplog):
+    for items in (1, 3):
+        with batch_progress.counter("listing", "file", lambda n=items: (n, 0)):
+            time.sleep(0.5)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("listing:")]
     assert any(line.startswith("listing: 1 file, ") for line in lines), lines
     assert any(line.startswith("listing: 3 files, ") for line in lines), lines
@@ -276,27 +281,15 @@ def test_names_with_escape_sequences_or_line_breaks_are_shown_on_a_terminal_not_
     assert "evil\\u001b]0;PWNED\\u0007\\u001b[2J.txt" in piped.stdout
 
 
-def test_a_stage_stopped_by_a_signal_or_an_error_does_not_say_done(caplog):
+def test_a_stage_stopped_by_a_signal_or_an_error_does_not_say_done(batch_progress, caplog):
     """A batch log's last line of a stage that a signal (or an error) ended said "done in": it says "stopped after"."""
     from chorus_batch.errors import Stopped
-    from chorus_batch.progress import Progress
 
-    class NotATerminal:
-        def isatty(self) -> bool:
-            return False
-
-    progress = Progress(stream=NotATerminal(), interval_s=0)  # type: ignore[arg-type]
-    caplog.set_level(logging.INFO, logger="chorus_batch")
-    logger = logging.getLogger("chorus_batch")
-    logger.addHandler(caplog.handler)
-    try:
-        with progress.counter("hashing", "file", lambda: (3, 0), total=(8, 0)):
-            time.sleep(0.3)
-        with pytest.raises(Stopped), progress.counter("hashing", "file", lambda: (3, 0), total=(8, 0)):
-            time.sleep(0.3)
-            raise Stopped(15)
-    finally:
-        logger.removeHandler(caplog.handler)
+    with batch_progress.counter("hashing", "file", lambda: (3, 0), total=(8, 0)):
+        time.sleep(0.3)
+    with pytest.raises(Stopped), batch_progress.counter("hashing", "file", lambda: (3, 0), total=(8, 0)):
+        time.sleep(0.3)
+        raise Stopped(15)
     last = list(dict.fromkeys(r.getMessage() for r in caplog.records  # (caplog may see a record twice)
                               if "done in" in r.getMessage() or "stopped after" in r.getMessage()))
     assert len(last) == 2 and "3/8 files" in last[0] and "done in" in last[0], last

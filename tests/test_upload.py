@@ -514,13 +514,19 @@ def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_p
         assert key not in out.stdout + out.stderr and "AccountKey" not in out.stdout
 
 
-def test_an_upload_stopped_with_the_manifest_in_azure_writes_its_ledger_back(central, azurite, tmp_path):
-    many_files(tmp_path / "site", 20)
-    manifest_container = azurite.new_container("man")
-    db_url = f"az://{manifest_container}/site/manifest.sqlite"
+def committed_in_azure(central, azurite, tmp_path, files: int) -> tuple[str, str]:
+    """A site of `files` files committed (one version) to a new manifest in Azure: its URL, and its container."""
+    many_files(tmp_path / "site", files)
+    container = azurite.new_container("man")
+    db_url = f"az://{container}/site/manifest.sqlite"
     out = cli("run", "--site", str(tmp_path / "site"), "--db", db_url, "--version", "20261101020000", "--no-validate",
               env=central.env)
     assert out.returncode == 0, out.stderr
+    return db_url, container
+
+
+def test_an_upload_stopped_with_the_manifest_in_azure_writes_its_ledger_back(central, azurite, tmp_path):
+    db_url, manifest_container = committed_in_azure(central, azurite, tmp_path, 20)
     proc = upload_process(central, db_url, "upload")
     wait_for(proc, "test pause at upload")
     proc.send_signal(signal.SIGTERM)
@@ -698,12 +704,7 @@ def test_a_storage_outage_with_the_manifest_in_azure_says_where_the_ledger_is_an
 
 def test_a_central_container_removed_mid_upload_stops_it_and_the_manifest_in_azure_keeps_the_ledger(central, azurite,
                                                                                                     tmp_path):
-    many_files(tmp_path / "site", 30)
-    manifest_container = azurite.new_container("man")
-    db_url = f"az://{manifest_container}/site/manifest.sqlite"
-    out = cli("run", "--site", str(tmp_path / "site"), "--db", db_url, "--version", "20261101020000", "--no-validate",
-              env=central.env)
-    assert out.returncode == 0, out.stderr
+    db_url, manifest_container = committed_in_azure(central, azurite, tmp_path, 30)
     proc = upload_process(central, db_url, "upload+4")
     wait_for(proc, "test pause at upload")
     central.client.delete_container()  # the centre's container goes away while the upload waits at its first batch
