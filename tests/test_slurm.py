@@ -169,20 +169,22 @@ def test_a_site_that_is_not_there_is_refused_before_a_script_is_made(tmp_path, c
     assert missing.returncode == 2 and "not a readable directory" in missing.stderr, missing.stderr
     assert str(tmp_path / "nowhere") in missing.stderr and missing.stdout == ""
     (tmp_path / "chorus.toml").write_text(f"[site.roots]\nImages = '{tmp_path / 'no-images'}'\n")
-    (tmp_path / "OMOP").mkdir()
-    roots = cli(*command, "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    (tmp_path / "site" / "OMOP").mkdir(parents=True)  # (beside the manifest: one inside the site root is refused)
+    roots = cli(*command, "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
     assert roots.returncode == 2 and "[site.roots] Images" in roots.stderr and roots.stdout == "", roots.stderr
     assert not (tmp_path / "m.sqlite.staging").exists()
 
 
 def test_run_slurm_without_sbatch_says_so(tmp_path):
-    proc = cli("run", "--slurm", "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"),
+    site = tmp_path / "site"  # (beside the manifest: one inside the site root is refused)
+    site.mkdir()
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"),
                env={"PATH": str(tmp_path / "nothing")})
     assert proc.returncode == 2
     assert "Slurm's sbatch is not on PATH: run on a login node of the cluster or install slurm-wlm" in proc.stderr
-    proc = cli("run", "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"), "--shards", "4")
+    proc = cli("run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "4")
     assert proc.returncode == 2 and "--shards only go with --slurm" in proc.stderr
-    proc = cli("run", "--slurm", "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"), "--dry-run")
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--dry-run")
     assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus.toml" in proc.stderr
 
 
