@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, signal_behind
+from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, signals_unwrapped
 from .units import shown
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
@@ -971,15 +971,15 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import open_manifest
 
     db = _db(args)
-    if Path(db).is_dir():  # a --parquet snapshot folder, as files, diff, history and report read it
-        reader = open_manifest(db)
+    reader = open_manifest(db) if Path(db).is_dir() or args.version_label is not None else None  # one, if any
+    if reader is not None and Path(db).is_dir():  # a --parquet snapshot folder, as files, diff, history and report read it
         label = reader.resolve(args.version_label)
         frame = reader.changes(label)
     else:  # a label or an ISO time, as files, diff and report take it
-        version = args.version_label if args.version_label is None else open_manifest(db).resolve(args.version_label)
+        version = args.version_label if reader is None else reader.resolve(args.version_label)
         label, frame = Manifest(db).changes(version)
     if args.path is not None:
-        frame = open_manifest(db).rows_under(frame, args.path, ("srcfile", "old_srcfile"))
+        frame = (reader or open_manifest(db)).rows_under(frame, args.path, ("srcfile", "old_srcfile"))
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -1309,18 +1309,13 @@ def main(argv: list[str] | None = None) -> int:
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
     code = int(ExitCode.OK)
     try:
-        try:
+        with signals_unwrapped():  # a signal a library wrapped into its own error (DuckDB) is said as the signal
             from .config_file import check_environment
 
             check_environment()
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code
-        except Exception as exc:  # a signal a library wrapped into its own error (DuckDB) is said as the signal
-            stop = signal_behind(exc)
-            if stop is None:
-                raise
-            raise stop from exc
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:

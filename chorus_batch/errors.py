@@ -6,6 +6,8 @@ exit codes. Every error carries what happened, where, and what to do.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 
 
@@ -141,3 +143,16 @@ def signal_behind(exc: BaseException) -> BaseException | None:
         if getattr(exc, said, None) is not None:
             setattr(stop, said, getattr(exc, said))
     return stop
+
+
+@contextmanager
+def signals_unwrapped() -> Iterator[None]:
+    """Inside, an error a library raised in place of a stop signal (DuckDB wraps what our handler raises while it
+    calls back into Python) is raised as that signal (signal_behind)."""
+    try:
+        yield
+    except Exception as exc:
+        stop = signal_behind(exc)
+        if stop is None:
+            raise
+        raise stop from exc

@@ -18,7 +18,7 @@ from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, parse_bytes
 from .partitions import TreeParts
-from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signal_behind
+from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signals_unwrapped
 from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
 from .scan import Root, scan
@@ -110,13 +110,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
             manifest.ensure_schema()
             run_id = manifest.begin_run(redact(argv), settings.mode, site)
             try:
-                try:
+                with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
                     result = _run(settings, manifest, roots, progress, run_id=run_id)
-                except Exception as exc:  # a signal a library wrapped into its own error is the signal (errors.py)
-                    stop = signal_behind(exc)
-                    if stop is None:
-                        raise
-                    raise stop from exc
             except ChorusError as exc:
                 manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
                                     message=exc.what)
