@@ -1,4 +1,4 @@
-"""Crash injection: SIGKILL `run` at 50 points spread over its life (start-up, listing, hashing in
+"""Crash injection: SIGKILL `run` at 24 points spread over its life (start-up, listing, hashing in
 worker processes, diff, the commit, validation, Parquet snapshots), and at four fault points (while
 the libraries load, hashing, inside the commit's transaction, validating), and check after each kill that
 
@@ -33,7 +33,9 @@ from conftest import current_rows, tree_md5
 from test_unattended import alive, children_of
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL")
-POINTS = 50
+# 50 timed kills took 174 s of a 1486 s CI run (stop 29); 24 still land one every ~4% of the run, and the
+# four fault points below pin kills on each side of the commit whatever the machine's load.
+POINTS = 24
 
 
 @pytest.fixture(autouse=True)
