@@ -627,6 +627,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
 
 def _slurm_script(args: argparse.Namespace, command: str) -> str:
     """The Slurm script for `slurm-script` and `run --slurm`, from the flags and chorus.toml."""
+    from .config import named_roots
     from .config_file import config_path
     from .slurm import DEFAULT_CPUS, DEFAULT_SHARDS, slurm_script
 
@@ -634,7 +635,8 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
 
     target = _resolve(args)
     config = config_path(args.config)
-    for location, what in ((target.site, "--site / [site] root"), *((v, f"[site.roots] {k}") for k, v in target.config.site.roots.items())):
+    roots = [(location, what) for location, what, _ in named_roots(target.site, target.config.site.roots)]
+    for location, what in roots:
         if location:
             check_location(location, what)  # (credentials in a URL would be written into the script)
     if target.site is None and not target.config.site.roots:
@@ -642,7 +644,6 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
                          fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")
     from .fsutil import check_outside_roots
 
-    roots = [(target.site, "--site / [site] root"), *((v, f"[site.roots] {k}") for k, v in target.config.site.roots.items())]
     check_outside_roots(roots, [(path, where, name) for path, where, name in (
         (target.db, "--db / [manifest] db", "the manifest"),
         (getattr(args, "staging", None), "--staging", "the shards' staging folder")) if path and "://" not in path])

@@ -417,6 +417,16 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     return config
 
 
+SITE_ROOT = "--site / [site] root"
+
+
+def named_roots(site: str | None, roots: dict[str, str]) -> list[tuple[str | None, str, str | None]]:
+    """The site root, then each [site.roots] folder, as (location, where it was given, modality): what every
+    check and message about roots goes through, so they name them alike."""
+    return [(site, SITE_ROOT, None),
+            *((location, f"[site.roots] {modality}", modality) for modality, location in roots.items())]
+
+
 def check_roots(settings: RunSettings) -> None:
     """Refuse roots that are one tree listed twice: the same folder, or one inside another (unless an exclusion
     glob leaves the inner one out of the outer). Every root is listed whole, so such a site tracked the same
@@ -429,8 +439,7 @@ def check_roots(settings: RunSettings) -> None:
     def place(location: str) -> str:
         return location.rstrip("/") if "://" in location else os.path.realpath(location)
 
-    named = [("--site / [site] root", settings.site),
-             *((f"[site.roots] {modality}", location) for modality, location in settings.roots.items())]
+    named = [(what, location) for location, what, _ in named_roots(settings.site, settings.roots)]
     user = [re.compile(glob_to_regex(p)) for p in settings.exclude if "/" in p]
     for i, (what, location) in enumerate(named):
         for other, other_location in named[:i]:

@@ -16,7 +16,7 @@ import polars as pl
 
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
-from .config import RunSettings, parse_bytes
+from .config import RunSettings, named_roots, parse_bytes
 from .partitions import TreeParts
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signals_unwrapped
 from .fsutil import check_outside_roots, private_folder
@@ -68,8 +68,8 @@ def open_roots(settings: RunSettings) -> list[Root]:
         return open_source(location, follow_symlinks=settings.follow_symlinks, workers=settings.workers,
                            cloud=settings.cloud, what=what)
 
-    return [Root(source(settings.site, "--site / [site] root")),
-            *(Root(source(location, f"[site.roots] {modality}"), modality) for modality, location in settings.roots.items())]
+    return [Root(source(location, what), modality)
+            for location, what, modality in named_roots(settings.site, settings.roots)]
 
 
 def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
@@ -239,8 +239,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
 def _check_outside_roots(settings: RunSettings, manifest_path: Path) -> None:
     """The manifest, --parquet and --staging lie outside the site's local roots (fsutil.check_outside_roots)."""
     check_outside_roots(
-        [(settings.site, "--site / [site] root"),
-         *((location, f"[site.roots] {modality}") for modality, location in settings.roots.items())],
+        [(location, what) for location, what, _ in named_roots(settings.site, settings.roots)],
         [(manifest_path, "--db / [manifest] db", "the manifest"),
          *((path, where, name) for path, where, name in (
              (settings.parquet, "--parquet / [manifest] parquet", "the Parquet snapshot folder"),
