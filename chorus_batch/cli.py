@@ -1253,7 +1253,19 @@ def _close(word: str, choices) -> str | None:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """argparse's parse_args (exit 2 on bad usage), saying which command or flag was probably meant."""
     commands = parser.commands  # type: ignore[attr-defined]
-    first = next((word for word in argv if not word.startswith("-")), None)  # the top level's flags take no values
+    top_flags = {option for action in parser._actions for option in action.option_strings}
+    at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)  # top-level flags take no values
+    first = None if at is None else argv[at]
+    flag = argv[at - 1] if at else None
+    if first is not None and first not in commands and flag and flag.split("=", 1)[0] not in top_flags:
+        # A command's flag before any command: `chorus-batch --db m.sqlite versions` means versions, and
+        # `chorus-batch --site DIR` means run, as `chorus-batch` alone does.
+        later_at = next((i for i in range(at + 1, len(argv)) if argv[i] in commands), None)
+        if later_at is not None:
+            later, rest = argv[later_at], argv[:later_at] + argv[later_at + 1:]
+            parser.error(f"{flag} comes before the command {later!r}; flags go after it: "
+                         f"chorus-batch {later} {' '.join(shlex.quote(word) for word in rest)}")
+        argv, first = ["run", *argv], None
     if first is not None and first not in commands:
         meant = _close(first, commands)
         parser.error(f"unknown command {first!r}" + (f"; did you mean {meant!r}?" if meant else "")

@@ -146,6 +146,20 @@ def test_a_misspelt_command_suggests_the_command(tmp_path):
     assert "did you mean 'run'?" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_commands_flag_before_any_command_is_run_and_before_a_command_is_put_after_it(tmp_path, site):
+    # `chorus-batch --site DIR` said "unknown command 'DIR'", though `chorus-batch` alone runs: it runs.
+    (site / "OMOP").mkdir()
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    out = cli("--site", str(site), "--db", str(db), "--no-validate", cwd=tmp_path)
+    assert out.returncode == 0 and "committed to" in out.stdout, out.stderr
+    # Before a command word, the flag goes after it; the command to type is given, quoted for the shell.
+    out = cli("-q", "--db", "my manifest.sqlite", "versions", "--json", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown command" not in out.stderr, out.stderr
+    assert ("--db comes before the command 'versions'; flags go after it: "
+            "chorus-batch versions -q --db 'my manifest.sqlite' --json") in out.stderr
+
+
 @pytest.mark.parametrize(
     "toml, message",
     [
