@@ -1096,7 +1096,13 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _central(args: argparse.Namespace) -> tuple[_Target, str]:
     """The manifest and the central container of upload, verify and mark-uploaded."""
+    from .urls import is_remote
+
     target = _resolve(args)
+    if not is_remote(target.db):  # a mistyped --db is said first: it is the one every later message is about
+        from .store import Manifest
+
+        Manifest(target.db).require_file()
     to = args.to or target.config.central.to
     if not to:
         raise UsageError(f"`{args.command}` needs the central container", where="--to / [central] to of chorus.toml",

@@ -335,6 +335,10 @@ def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp
                 continue  # (they start a new manifest there)
             out = cli(*command, "--db", str(wrong))
             assert out.returncode == 2 and "fix:" in out.stderr, (command, wrong, out.stderr)
+        for command in (("upload",), ("verify",), ("mark-uploaded", "--from-log", "log.txt")):
+            # said before the central container they also lack (it named only that: fixing it led to this)
+            out = cli(*command, "--db", str(wrong), cwd=tmp_path)
+            assert out.returncode == 2 and f"where: {wrong}" in out.stderr, (command, wrong, out.stderr)
     for command in (("files",), ("diff", "--from", "x"), ("history", "a")):  # (a folder: Parquet snapshots)
         out = cli(*command, "--db", str(missing))
         assert out.returncode == 2 and "no manifest at" in out.stderr, (command, out.stderr)

@@ -282,8 +282,8 @@ class Manifest:
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
 
-    def require(self) -> None:
-        """For read-only commands: the manifest exists and has the schema this release reads."""
+    def require_file(self) -> None:
+        """--db names a file that is there (what a command that only reads or extends a manifest checks first)."""
         self.check_path()
         if not self.path.exists():  # a --db that names nothing: a usage error, as in upgrade, validate and registry
             raise UsageError(
@@ -291,6 +291,10 @@ class Manifest:
                 where=str(self.path),
                 fix="run `chorus-batch run` first, or pass --db with the manifest's path",
             )
+
+    def require(self) -> None:
+        """For read-only commands: the manifest exists and has the schema this release reads."""
+        self.require_file()
         with self._open() as con:
             version = schema_version(con, str(self.path))
         if version is None:
