@@ -23,7 +23,7 @@ from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import open_source
-from .urls import is_remote, mask_url
+from .urls import is_remote, mask_url, protocol_of
 from .store import Manifest
 from .times import utc_now
 
@@ -45,6 +45,7 @@ class RunResult(Committed):
     timings: dict[str, float] = field(default_factory=dict)
     excluded: dict = field(default_factory=dict)  # what the exclusion globs left out (ScanResult.excluded)
     findings: pl.DataFrame | None = None  # FINDINGS_SCHEMA of the latest version; None when not validated
+    cloud: bool = False  # a root is in cloud storage (the summary says where each MD5 came from)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -397,4 +398,6 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         **vars(committed), db=str(manifest.path.resolve()), site=site_location(settings.site), mode=settings.mode,
         dry_run=settings.dry_run, previous_label=previous_label, **scan_figures,
         elapsed_s=time.perf_counter() - t_start, timings=timings, findings=findings,
+        cloud=any(protocol_of(location) != "file" for location, _, _ in named_roots(settings.site, settings.roots)
+                  if location),
     )

@@ -88,6 +88,11 @@ def test_stored_md5s_are_trusted_and_only_blobs_without_one_are_downloaded(az_en
     again = run_site(f"az://{container}", db, validate_site=False)
     assert again.label is None and again.n_hashed == 0
     assert again.md5_sources == {"computed": 0, "stored": 0, "reused": 5, "unverifiable": 0}
+    # The summary says where the MD5s came from on such a night too (it said so only when one was new)
+    from chorus_batch.report.summary import summary_text
+
+    assert ("MD5s: 0 read and hashed, 0 as stored by the storage, 5 unchanged (reused), 0 unverifiable"
+            in summary_text(again))
 
 
 def test_stored_only_never_downloads_and_says_which_files_are_unverifiable(az_env, tmp_path):

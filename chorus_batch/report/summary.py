@@ -166,7 +166,7 @@ def summary_text(result: RunResult) -> str:
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
     sources = result.md5_sources
-    if sources and (sources.get("stored") or sources.get("unverifiable")):  # a cloud root: say where MD5s came from
+    if sources and (result.cloud or sources.get("stored") or sources.get("unverifiable")):  # where MD5s came from
         lines.append(f"MD5s: {sources['computed']} read and hashed, {sources['stored']} as stored by the storage, "
                      f"{sources['reused']} unchanged (reused), {sources['unverifiable']} unverifiable (no MD5)")
     v = result.verification
