@@ -157,6 +157,11 @@ def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
     for wrong in (None, ""):  # a TypeError from pathlib, and "" read the current folder as the file
         with pytest.raises(UsageError, match="load_config takes the path of a chorus.toml"):
             load_config(wrong)
+    from chorus_batch import Manifest
+
+    for wrong in (None, "", 3):  # a TypeError from os.path; "" was the current folder
+        with pytest.raises(UsageError, match="Manifest\\(\\) takes the manifest's path"):
+            Manifest(wrong)
     assert not (tmp_path / "m.sqlite").exists()
 
 

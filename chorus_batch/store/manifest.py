@@ -112,6 +112,9 @@ class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
     def __init__(self, path: str | os.PathLike[str]):
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):  # a library caller's None, number, ''
+            raise UsageError(f"Manifest() takes the manifest's path, not {type(path).__name__} {path!r}",
+                             where="chorus_batch.Manifest(path)", fix='give its path: Manifest("manifest.sqlite")')
         # The real file, symbolic links resolved: every file beside it (lock, state cache, checkpoint, SQLite's
         # -wal) is named after it, so two spellings of one manifest share one lock.
         self.path = Path(os.path.realpath(path))
