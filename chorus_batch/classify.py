@@ -210,7 +210,10 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     )
     person = pl.when(second.is_in(["waveforms", "images"])).then(first)
     reason = (
-        pl.when(n_parts == 1)
+        # (no pattern takes one: blaming the folder, as below, sent the user to rename a folder that was right)
+        pl.when(srcfile.str.contains(r"[\x00-\x1f\x7f]"))
+        .then(pl.lit("the path holds a control character (a line break or a tab, shown escaped)"))
+        .when(n_parts == 1)
         .then(pl.lit("file at the site root: expected it in OMOP/, Metadata/ or a person folder"))
         .when(second == "waveforms")
         .then(pl.lit("path fits no Waveforms layout: expected Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>"))

@@ -118,9 +118,12 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         ("000123/Waveforms/000124_20200101_101010_60.dat", "differs from the person folder"),
         ("000123/Waveforms/000123_20201301_101010_60.dat", "invalid date/time"),
         ("000123/Waveforms/S1/other.hea", "does not start with its session id S1"),
-            ("000123/Waveforms/Telemetry/901/902.hea", "does not start with its session id 901"),
+        ("000123/Waveforms/Telemetry/901/902.hea", "does not start with its session id 901"),
         ("000123/Images/x.dcm", "fits no Images layout"),
         ("000123/Notes/n.txt", "folder 000123/"),
+        # a line break in the name, not the folder (it was "folder OMOP/ is not OMOP/, ...")
+        ("OMOP/a\nb.csv", "the path holds a control character"),
+        ("Meta\tdata/a.md", "the path holds a control character"),
     ],
 )
 def test_unparseable_paths_get_a_reason_and_no_record(path, reason):
