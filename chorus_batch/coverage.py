@@ -55,6 +55,12 @@ def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None
     """The shard of a Slurm array task: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT."""
     env = os.environ if env is None else env
     task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
-    if task is None or count is None:
+    if task is None:
         return None
-    return parse_shard(f"{int(task) - int(env.get('SLURM_ARRAY_TASK_MIN', '0'))}/{count}")
+    if count is None:  # (said as such: "without a shard" sent the user to the variable that was set)
+        raise ValueError(f"SLURM_ARRAY_TASK_ID is {task!r} but SLURM_ARRAY_TASK_COUNT is not set, so the number of "
+                         "shards is not known")
+    first = env.get("SLURM_ARRAY_TASK_MIN", "0")
+    if not all(value.strip().isdigit() for value in (task, first)):
+        raise ValueError(f"SLURM_ARRAY_TASK_ID {task!r} (minus SLURM_ARRAY_TASK_MIN {first!r}) is not a task number")
+    return parse_shard(f"{int(task) - int(first)}/{count}")

@@ -169,6 +169,13 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
     bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--shard", "4/4",
               "--staging", str(tmp_path / "st"))
     assert bad.returncode == 2 and "0 <= K < N" in bad.stderr
+    # A task id without a count, or one that is no number, is said as such (the first said "--staging without a
+    # shard ... run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)", of a set SLURM_ARRAY_TASK_ID)
+    for env, said in (({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not set"),
+                      ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not a task number")):
+        bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
+                  str(tmp_path / "st"), env=env)
+        assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
