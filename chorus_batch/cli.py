@@ -74,6 +74,16 @@ def _checked(parser_name: str):
     return check
 
 
+def _byte_count(text: str) -> int:
+    """An argparse type: a byte count as the settings take one (4096, 64KiB, 1M)."""
+    from .config import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _percent(text: str) -> float:
     try:
         value = float(text.rstrip("%"))
@@ -198,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("out")
     td.add_argument("--persons", type=int, default=20)
     td.add_argument("--files-per-person", type=int, default=12)
-    td.add_argument("--size", type=int, default=1024, help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this)")
+    td.add_argument("--size", type=_byte_count, default=1024, metavar="BYTES",
+                    help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
     td.add_argument("--workers", type=_workers, help="processes writing files (default: CPU count, at most 16)")

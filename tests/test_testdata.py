@@ -581,3 +581,13 @@ def test_demo_site_is_the_demo_spec_in_todays_layout(tmp_path):
     assert sum((demo / p).stat().st_size for p in paths) < 300 * 1024
     assert set(classified(demo)["layout"]) == {"current"}
     assert any("/Waveforms/EEG/" in p for p in paths) and any(p.endswith("_layout.hea") for p in paths)
+
+
+def test_size_takes_a_byte_count_as_the_settings_do(tmp_path):
+    # `--size 64KiB` was "invalid int value": the and the README's trees are given in such units
+    out = cli("testdata", str(tmp_path / "t"), "--persons", "1", "--files-per-person", "3", "--size", "2KiB")
+    assert out.returncode == 0, out.stderr
+    dat = next((tmp_path / "t" / "first").rglob("*.dat"))
+    assert dat.stat().st_size == 2048
+    bad = cli("testdata", str(tmp_path / "u"), "--size", "two")
+    assert bad.returncode == 2 and "'two' is not a byte count" in bad.stderr
