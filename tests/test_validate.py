@@ -160,6 +160,21 @@ def drop_line(rel: str, needle: str) -> Callable[[Path], None]:
     return edit(rel, lambda text: "".join(line for line in text.splitlines(True) if needle not in line))
 
 
+def dicomdir(rel: str, of: str) -> Callable[[Path], None]:
+    """A DICOM media set in folder `rel` as pydicom writes one (DICOMDIR, PT000000/.../IM000000: names without
+    an extension), holding a copy of the image `of`."""
+    def go(root: Path) -> None:
+        import pydicom
+        from pydicom.fileset import FileSet
+
+        image = pydicom.dcmread(root / of)
+        image.StudyID = "1"  # a DICOMDIR's study record needs it
+        media = FileSet()
+        media.add(image)
+        media.write(str(root / rel))
+    return go
+
+
 def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         for step in steps:
@@ -281,6 +296,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_unreadable", add("image_registry.csv", b""),
      {("registry.unreadable", "image_registry.csv"), ("file.empty", "image_registry.csv")}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),
+    # names without an extension (a null extension once hid them from path.unparsed)
+    ("dicomdir", dicomdir(f"{P0}/Images/export", DCM),
+     {("path.unparsed", f"{P0}/Images/export/DICOMDIR"),
+      ("path.unparsed", f"{P0}/Images/export/PT000000/ST000000/SE000000/IM000000")}),
+    ("extensionless_dicom", add(f"{SERIES1}/001", dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0,
+                                                               study_time="081500", accession=ACCESSION)),
+     {("path.unparsed", f"{SERIES1}/001")}),
     ("empty", add(f"{P0}/Metadata/empty.json", b""), {("file.empty", f"{P0}/Metadata/empty.json")}),
     ("duplicate", lambda root: write(root, f"{P1}/Metadata/copy.csv", (root / f"{SINGLE}n.csv").read_bytes()),
      {("file.duplicate", f"{SINGLE}n.csv"), ("file.duplicate", f"{P1}/Metadata/copy.csv")}),

@@ -189,8 +189,9 @@ class _Site:
             _waveforms=p & (n >= 3) & (second == "waveforms"),
             _images=p & (n >= 3) & (second == "images"),
         ).with_columns(
-            # a .dcm file that fits no image layout (classify: current or an earlier edition's)
-            _outside_series=pl.col("_images") & (pl.col("_ext_l") == "dcm") & pl.col("parse_error").is_not_null(),
+            # a .dcm file that fits no image layout (classify: current or an earlier edition's); eq_missing: a name
+            # without an extension (DICOMDIR, IM000001) has a null _ext_l, and a null here hid its path.unparsed
+            _outside_series=pl.col("_images") & pl.col("_ext_l").eq_missing("dcm") & pl.col("parse_error").is_not_null(),
         )
         # Names whose person id (before _<YYYYMMDD>_<HHMMSS>) is not the folder's. Nearly all names start
         # with "<folder>_": only the others are parsed.
