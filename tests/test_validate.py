@@ -200,6 +200,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("superseded", rename("Metadata/SUBMISSION.md", "SUBMISSION.md"), {("layout.superseded", "SUBMISSION.md")}),
     ("metadata_missing", remove("Metadata/READINESS.md"), {("metadata.missing", "Metadata/READINESS.md")}),
     ("mapping_missing", remove("Metadata/EEG_mapping.csv"), {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
+    ("mapping_header_only", add("Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id\r\n"),
+     {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
     ("mapping_columns", add("Metadata/Telemetry_mapping.csv", "signal_id,label,rate\nII,MDC_ECG_ELEC_POTL_II,125\n"),
      {("metadata.mapping_columns", "Metadata/Telemetry_mapping.csv")}),
     ("mapping_values", edit("Metadata/EEG_mapping.csv", lambda t: t + "X,FP9,fast,uV,time\n"),

@@ -36,10 +36,17 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
                             f"procedure for what it holds)"))
     categories = set(waveforms["category"].drop_nulls().unique().to_list())
     for category, name in MAPPING_FILES.items():
-        if category in categories and mappings.filter(pl.col("_doc") == name.lower()).height == 0:
+        if category not in categories:
+            continue
+        mapping = mappings.filter(pl.col("_doc") == name.lower())
+        if mapping.height == 0:
             out.append(_one("metadata.mapping_missing", f"Metadata/{name}",
                             f"the site has {category} waveforms but no Metadata/{name}: add one row per signal with "
                             f"{', '.join(MAPPING_COLUMNS)} and timestamp_id (or start_time and end_time)"))
+        # only a header row maps no signal: the procedure asks for a row for each signal in the data
+        out.append(_found("metadata.mapping_missing", mapping.filter(pl.col("_ok") & (pl.col("rows") == 0)), "srcfile",
+                          pl.lit(f"the site has {category} waveforms but {name} has only its header row, no signal "
+                                 f"mapped: add a row for each signal in your {category} data")))
 
     parsed = mappings.filter(pl.col("_ok"))
     has = [pl.col("columns").list.contains(c) for c in MAPPING_COLUMNS]

@@ -114,7 +114,8 @@ RULES: tuple[Rule, ...] = (
     Rule("metadata.missing", "error", "Metadata file missing",
          "A site with waveforms lacks Metadata/READINESS.md or Metadata/SUBMISSION.md."),
     Rule("metadata.mapping_missing", "error", "waveform mapping file missing",
-         "The site has Telemetry (or EEG) waveforms but no Metadata/Telemetry_mapping.csv (or EEG_mapping.csv)."),
+         "The site has Telemetry (or EEG) waveforms but no Metadata/Telemetry_mapping.csv (or EEG_mapping.csv), or "
+         "one with only its header row."),
     Rule("metadata.mapping_columns", "error", "mapping file lacks columns",
          "A mapping CSV lacks signal_id, standardized_label, sampling_rate or units, or has neither timestamp_id "
          "nor start_time and end_time."),
