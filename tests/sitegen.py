@@ -68,7 +68,8 @@ OMOP_COLUMNS: dict[str, list[str]] = {
     "observation": ["observation_id", "person_id", "observation_concept_id", "observation_date",
                     "visit_occurrence_id"],
     "death": ["person_id", "death_date", "death_type_concept_id"],
-    "note": ["note_id", "person_id", "note_date", "note_type_concept_id", "note_text"],
+    "note": ["note_id", "person_id", "note_date", "note_type_concept_id", "note_class_concept_id", "note_text",
+             "visit_occurrence_id", "visit_detail_id"],
     "note_nlp": ["note_nlp_id", "note_id", "lexical_variant", "nlp_date"],
 }
 

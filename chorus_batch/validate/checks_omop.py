@@ -13,6 +13,7 @@ from .rules import (
     KIND_LINKS,
     LINKS_TABLE,
     OMOP_KEYS,
+    OMOP_MIN_COLUMNS,
     REQUIRED_TABLES,
 )
 from .site import _Across, _found, _norm_id, _one, _Site
@@ -68,6 +69,16 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",
                fmt("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
     ]
+    # (a table without its key is told so above)
+    for table, columns in OMOP_MIN_COLUMNS.items():
+        lacking = pl.concat_list([pl.when(~pl.col("columns").list.contains(c)).then(pl.lit(c)) for c in columns]
+                                 ).list.drop_nulls()  # in the procedure's order
+        out.append(_found(
+            f"omop.{table}_columns",
+            comma.filter((pl.col("_table") == table) & ~no_header & has_key).with_columns(_lacking=lacking)
+            .filter(pl.col("_lacking").list.len() > 0), "srcfile",
+            fmt("the header lacks {}: the upload procedure asks the {} table to keep at least {}; export it with "
+                "these columns", pl.col("_lacking").list.join(", "), pl.lit(table), pl.lit(", ".join(columns)))))
     return out
 
 

@@ -32,6 +32,12 @@ OMOP_KEYS: dict[str, str] = {
     "note": "note_id",
     "note_nlp": "note_nlp_id",
 }
+# Columns the Data-Upload-Update SOP asks a table to keep at least: the note table need not hold the notes'
+# text, but its identifiers, descriptors and keys to person, visit_occurrence and visit_detail (note_nlp needs them).
+OMOP_MIN_COLUMNS: dict[str, tuple[str, ...]] = {
+    "note": ("note_id", "note_type_concept_id", "note_class_concept_id", "person_id", "visit_occurrence_id",
+             "visit_detail_id"),
+}
 # The Data-Upload-Update SOP asks for all 13 clinical tables, each a full snapshot.
 REQUIRED_TABLES = tuple(OMOP_KEYS)
 FORBIDDEN_TABLES = ("specimen",)
@@ -144,6 +150,9 @@ RULES: tuple[Rule, ...] = (
          "An OMOP CSV's first line holds values, not column names."),
     Rule("omop.missing_key", "error", "OMOP table lacks its key column",
          "An OMOP CSV's header lacks the table's key column (e.g. person_id in person.csv)."),
+    Rule("omop.note_columns", "error", "note table lacks columns",
+         "OMOP/note.csv lacks a column the upload procedure asks the note table to keep even without the notes' "
+         f"text ({', '.join(OMOP_MIN_COLUMNS['note'])})."),
     # -- the superseded waveform-visit links table (v2.0), where a site still ships it
     Rule("links.columns", "error", "waveform-visit links lack columns",
          "OMOP/waveform_visit_links.csv lacks a visit_occurrence_id or a session_id (or session) column."),
