@@ -285,7 +285,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_duplicate", registry("Images", lambda rows: rows + rows[:1]), {("registry.duplicate", "image_registry.csv")}),
     ("registry_person", registry("Images", lambda rows: [[*r[:2], "424242", *r[3:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),
-     {("registry.unknown_person", "image_registry.csv")}),
+     {("registry.unknown_person", "image_registry.csv"), ("registry.person_folder", "image_registry.csv")}),
+    ("registry_person_folder", registry("Waveforms", lambda rows: [[*r[:2], P1, *r[3:]] if i == 0 else r
+                                                                   for i, r in enumerate(rows)]),
+     {("registry.person_folder", "waveform_registry.csv")}),
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
      {("registry.unknown_visit", "waveform_registry.csv")}),
@@ -572,7 +575,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person", "OMOP/person.csv"), ("registry_csv.v2", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person", "OMOP/person.csv"), ("registry_csv.v3", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""

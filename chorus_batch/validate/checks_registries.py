@@ -65,6 +65,11 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         fmt("{} row(s) with a proc_id that is not an integer and {} with a datetime that is not yyyy-MM-dd HH:mm:ss "
             "(rows {}): proc_id becomes procedure_occurrence_id, datetime the procedure's time; fix the values",
             pl.col("bad_proc"), pl.col("bad_datetime"), pl.col("bad_rows").list.join(", "))))
+    out.append(_found(
+        "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",
+        fmt("{} row(s) give a person_id other than the person folder their trg_file lies in (rows {}): the "
+            "linkage procedure asks person_id to match the file's person folder; fix person_id or trg_file",
+            pl.col("n_other_person"), pl.col("other_person_rows").list.join(", "))))
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))

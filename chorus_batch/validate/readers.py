@@ -422,6 +422,15 @@ def _registry_facts(f) -> dict[str, Any]:
     ).filter(pl.col("bad_proc") | pl.col("bad_datetime"))
     facts.update(bad_proc=int(bad["bad_proc"].sum()), bad_datetime=int(bad["bad_datetime"].sum()),
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
+    # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
+    # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are
+    def norm(e: pl.Expr) -> pl.Expr:
+        return pl.when(e.str.contains(r"^\d+$")).then(e.str.replace(r"^0+(\d)", "${1}")).otherwise(e)
+    folder = pl.col("trg_file").str.extract(r"^([^/]+)/", 1)
+    person = pl.col("person_id").fill_null("").str.strip_chars('"')
+    other = frame.with_row_index("row", offset=2).filter(
+        folder.is_not_null() & (person != "") & (norm(folder) != norm(person)))
+    facts.update(n_other_person=other.height, other_person_rows=other["row"].head(5).cast(pl.String).to_list())
     return facts
 
 

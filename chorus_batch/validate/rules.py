@@ -93,8 +93,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom.v2", "records"
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person", "omop_visits", "waveform_links"
-# registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv", "registry_csv.v2"
+# registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
+# v3 counts rows whose person_id is not the person folder of their trg_file
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv", "registry_csv.v3"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS)
@@ -226,6 +227,8 @@ RULES: tuple[Rule, ...] = (
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
          "A registry row's person_id is not in person.csv."),
+    Rule("registry.person_folder", "error", "registry row under another person's folder",
+         "A registry row's person_id differs from the person folder its trg_file lies in."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
          "A registry row's visit_id is not in visit_occurrence.csv."),
     Rule("registry.missing_file", "error", "registry row without its file",

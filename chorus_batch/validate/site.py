@@ -54,7 +54,8 @@ _FACT_DTYPES: dict[str, pl.Struct] = {
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
                               "no_trg": pl.Int64, "bad_proc": pl.Int64, "bad_datetime": pl.Int64,
-                              "bad_rows": pl.List(pl.String),
+                              "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
+                              "other_person_rows": pl.List(pl.String),
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
                               "trg_file": pl.List(pl.String)}),
 }
