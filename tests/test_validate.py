@@ -589,6 +589,27 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
     assert "Row #3" in error and "000888" not in error and "SECRET" not in error, error
 
 
+@pytest.mark.parametrize("kind, name, column", [
+    ("registry_csv.v3", "image_registry.csv", "src_file (column 7)"),
+    ("mapping_csv", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("omop_person", "OMOP/person.csv", "person_id (column 2)"),
+])
+def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
+    """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
+    site looked at the 7th column for what was in the 8th. The finding names the column."""
+    from chorus_batch.validate.readers import parse_facts
+
+    rows = {"registry_csv.v3": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+                               "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
+            "mapping_csv": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+                           "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
+            "omop_person": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+    write(tmp_path, name, rows.encode("latin-1"))
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert f"In column {column}" in error and "#" not in error.split("Row")[0], error
+
+
 def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):
     """Ids are compared as numbers ("000199" = "199"), but the finding quoted the compared form: "e.g. 199", an id
     person.csv does not hold as written."""

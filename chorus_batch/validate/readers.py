@@ -370,7 +370,7 @@ def _table(f, what: str):
         table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False), parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in raw}))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read the {what}: {_arrow_reason(exc, 1 << 20)}") from None
+        raise BadContent(f"cannot read the {what}: {_arrow_reason(exc, 1 << 20, raw)}") from None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     frame.columns = facts["columns"]
@@ -518,9 +518,15 @@ class _Gate(io.RawIOBase):
         return not self._open
 
 
-def _arrow_reason(exc: Exception, block: int) -> str:
-    """pyarrow's CSV error in the site's terms (its own text suggests settings the user cannot change)."""
+def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
+    """pyarrow's CSV error in the site's terms (its own text suggests settings the user cannot change). `names`:
+    the header's column names, as written."""
     text = str(exc)
+
+    def column(found: re.Match) -> str:  # pyarrow counts columns from 0: "column #7" was the 8th, told by name
+        k = int(found.group(1))
+        return f"In column {names[k]} (column {k + 1})" if k < len(names) else found.group(0)
+    text = re.sub(r"In CSV column #(\d+)", column, text)
     if "straddl" in text:
         return (f"a row or a quoted value is longer than {block // (1024 * 1024)} MiB (a quote that is never closed "
                 "runs to the end of the file)")
@@ -555,7 +561,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
             seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES)}") from None
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES, raw_names)}") from None
     finally:
         gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
     rows = list(seen)
