@@ -282,6 +282,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_columns", registry("Waveforms", columns=["file_id", "proc_id", "person_id", "group_id", "visit",
                                                         "datetime", "src_file", "trg_file"]),
      {("registry.columns", "waveform_registry.csv")}),
+    ("registry_column_order", registry("Images", columns=["proc_id", "file_id", "person_id", "group_id", "visit_id",
+                                                          "datetime", "src_file", "trg_file"]),
+     {("registry.column_order", "image_registry.csv")}),
     ("registry_duplicate", registry("Images", lambda rows: rows + rows[:1]), {("registry.duplicate", "image_registry.csv")}),
     ("registry_person", registry("Images", lambda rows: [[*r[:2], "424242", *r[3:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),

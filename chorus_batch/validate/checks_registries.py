@@ -60,6 +60,16 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                "srcfile", fmt("{} row(s) lack trg_file: give the site-relative path of the delivered file",
                               pl.col("no_trg"))),
     ]
+    # The Imaging SOP: "please implement columns in the order listed below" (image_registry_id first, which the
+    # linkage SOP's column list leaves out: it may be absent); other columns may come between
+    order = ["image_registry_id", *REGISTRY_COLUMNS]
+    in_order = pl.col("columns").list.eval(pl.element().filter(pl.element().is_in(order))).list.join(",")
+    out.append(_found(
+        "registry.column_order",
+        usable.filter((pl.col("_of") == "Images") & ~in_order.is_in([",".join(order), ",".join(REGISTRY_COLUMNS)])),
+        "srcfile",
+        fmt("the columns are in the order {}: the Imaging SOP asks for {} in this order; write them so",
+            in_order.str.replace_all(",", ", "), pl.lit(", ".join(order)))))
     out.append(_found(
         "registry.values", usable.filter((pl.col("bad_proc") > 0) | (pl.col("bad_datetime") > 0)), "srcfile",
         fmt("{} row(s) with a proc_id that is not an integer and {} with a datetime that is not yyyy-MM-dd HH:mm:ss "

@@ -223,6 +223,9 @@ RULES: tuple[Rule, ...] = (
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}."),
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's proc_id is not an integer, or its datetime is not a date and time (yyyy-MM-dd HH:mm:ss)."),
+    Rule("registry.column_order", "warning", "image registry columns out of order",
+         "The image registry's columns are not in the order the Imaging SOP lists them (image_registry_id, "
+         f"{', '.join(REGISTRY_COLUMNS)})."),
     Rule("registry.duplicate", "error", "registry lists a file twice",
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
