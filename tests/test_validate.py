@@ -254,6 +254,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    ("session_record", remove(f"{MULTI}.hea"), {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/")}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
      {("wfdb.numerics_name", f"{SINGLE}_numerics.csv")}),
     ("records_unlisted", add(f"{P0}/Waveforms/RECORDS", f"Telemetry/{S0['single']}/{S0['single']}\n"),

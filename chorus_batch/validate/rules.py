@@ -188,6 +188,8 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
+    Rule("wfdb.session_record", "warning", "session without its record header",
+         "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
          "A CSV in a WFDB session folder is not named <session_id>n.csv, the name for numerics."),
     Rule("records.unlisted", "warning", "WFDB record not in RECORDS",
