@@ -495,8 +495,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person", "omop_visits", "metadata_md",
-                                 "mapping_csv"}
+    assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
+                                 "mapping_csv.v2"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -574,12 +574,12 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v2"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person", "OMOP/person.csv"), ("registry_csv.v3", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v3", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -595,8 +595,8 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v3", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person", "OMOP/person.csv", "person_id (column 2)"),
+    ("mapping_csv.v2", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -605,13 +605,41 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
     rows = {"registry_csv.v3": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v2": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v2": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
     assert f"In column {column}" in error and "#" not in error.split("Row")[0], error
+
+
+@pytest.mark.parametrize("kind, name, header, empty", [
+    ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("mapping_csv.v2", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("registry_csv.v3", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+     "rows"),
+])
+def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
+                                                                                     empty):
+    """The upload procedure sends a table the site does not capture with its header row only; an export that leaves
+    the last line unterminated gave 'cannot read column(s) person_id: Empty CSV file' (pyarrow refuses it)."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, name, header)
+    with open(tmp_path / name, "rb") as f:
+        facts = parse_facts(kind, f)
+    assert "error" not in facts, facts
+    assert facts[empty] in ([], 0), facts
+
+
+def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
+    for rel, data in (("OMOP/death.csv", "\ufeff"), ("OMOP/note_nlp.csv", "\r\n")):
+        write(clean, rel, data)
+    found = validate(clean).filter(pl.col("rule") == "omop.no_header")
+    assert found["srcfile"].to_list() == ["OMOP/death.csv", "OMOP/note_nlp.csv"]
+    assert all(m.startswith("the first line is empty") for m in found["message"]), found["message"].to_list()
 
 
 def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):

@@ -65,7 +65,12 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         _found("omop.delimiter", parsed.filter(pl.col("delimiter") != ","), "srcfile",
                fmt("the header row is split by {}, not commas: export the table comma-delimited", delim_name)),
         _found("omop.no_header", comma.filter(tables_only & no_header), "srcfile",
-               pl.lit("the first line holds values, not column names: export the table with its header row")),
+               # a first line that is blank (or only a byte-order mark) holds no values either
+               pl.when(pl.col("columns").list.eval(pl.element() == "").list.all() | (pl.col("columns").list.len() == 0))
+               .then(pl.lit("the first line is empty, not the column names: export the table with its header row "
+                            "first"))
+               .otherwise(pl.lit("the first line holds values, not column names: export the table with its header "
+                                 "row"))),
         _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",
                fmt("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
     ]

@@ -362,9 +362,11 @@ def _table(f, what: str):
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    facts, raw = _csv_header(f)
+    facts, raw, ended = _csv_header(f)
     if facts["delimiter"] != ",":
         return facts, None
+    if ended:  # only the header row, unterminated
+        return facts, pl.DataFrame(schema={c: pl.String for c in facts["columns"]})
     f.seek(0)
     try:
         table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False), parse_options=pacsv.ParseOptions(newlines_in_values=True),
@@ -440,8 +442,9 @@ def _records_facts(f) -> dict[str, Any]:
     return {"records": [line for line in lines if line and not line.startswith("#")]}
 
 
-def _csv_header(f) -> tuple[dict[str, Any], list[str]]:
-    """The facts of a CSV's first line, and its column names as written (for pyarrow)."""
+def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
+    """The facts of a CSV's first line, its column names as written (for pyarrow), and whether the file ends with
+    that line unterminated: a header row without rows nor newline, which pyarrow refuses ("Empty CSV file")."""
     data = b""
     while b"\n" not in data and len(data) <= MAX_CSV_HEADER_BYTES:
         chunk = f.read(64 * 1024)
@@ -450,6 +453,7 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str]]:
         data += chunk
     if not data:
         raise BadContent("the file is empty (no header row)")
+    ended = b"\n" not in data
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
     if len(line) > MAX_CSV_HEADER_BYTES:
         raise BadContent(f"the first line is longer than {MAX_CSV_HEADER_BYTES // 1024} KiB: not a CSV header row")
@@ -465,7 +469,7 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str]]:
         delimiter = ","
     raw = next(csv.reader([text], delimiter=delimiter)) if text else []
     columns = [c.strip().strip('"').strip().lower() for c in raw]
-    return {"columns": columns, "delimiter": delimiter}, raw
+    return {"columns": columns, "delimiter": delimiter}, raw, ended
 
 
 # What polars' str.strip_chars() strips (Rust's char::is_whitespace): Python's str.strip() would also strip \x1c-\x1f.
@@ -572,11 +576,16 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
     wanted = {KIND_PERSON: ("person_id",), KIND_VISITS: ("visit_occurrence_id",), KIND_LINKS: LINK_COLUMNS}.get(kind)
 
     def read(f) -> dict[str, Any]:
-        facts, raw = _csv_header(f)
+        facts, raw, ended = _csv_header(f)
         if kind == KIND_LINKS and "session" not in facts["columns"] and "session_id" in facts["columns"]:
             facts["columns"][facts["columns"].index("session_id")] = "session"  # v2.0 named it session_id
         if wanted:
-            values = _csv_columns(f, raw, facts["columns"], wanted) if facts["delimiter"] == "," else None
+            if facts["delimiter"] != ",":
+                values = None
+            elif ended:  # only the header row, unterminated: no values (pyarrow would refuse the file)
+                values = {w: [] for w in wanted} if all(w in facts["columns"] for w in wanted) else None
+            else:
+                values = _csv_columns(f, raw, facts["columns"], wanted)
             for w in wanted:
                 facts[w] = None if values is None else values[w]
         return facts
