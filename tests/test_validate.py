@@ -642,6 +642,12 @@ def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
     assert all(m.startswith("the first line is empty") for m in found["message"]), found["message"].to_list()
 
 
+def test_a_mapping_value_quoted_over_two_lines_keeps_the_finding_on_one_line(clean):
+    edit("Metadata/EEG_mapping.csv", lambda t: t + '"FP1\r\nref",FP9,fast,uV,time\n')(clean)
+    message = validate(clean).filter(pl.col("rule") == "metadata.mapping_values")["message"].item()
+    assert "\n" not in message and "\r" not in message and "FP1 ref" in message, message
+
+
 def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):
     """Ids are compared as numbers ("000199" = "199"), but the finding quoted the compared form: "e.g. 199", an id
     person.csv does not hold as written."""

@@ -70,7 +70,9 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
         "metadata.mapping_values", values, "srcfile",
         fmt("{} row(s) without a signal_id, {} with a sampling_rate that is not a positive number (Hz), {} with "
                   "a standardized_label that is not an ISO/IEEE 11073 label (MDC_...), e.g. {}: fix those rows",
-                  pl.col("no_id"), pl.col("bad_rate"), pl.col("bad_label"), pl.col("examples").list.join("; "))))
+                  pl.col("no_id"), pl.col("bad_rate"), pl.col("bad_label"),
+                  # a signal_id quoted over two lines would break the report's one line per finding
+                  pl.col("examples").list.join("; ").str.replace_all(r"[\r\n]+", " "))))
 
     readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
     out.append(_found(
