@@ -577,6 +577,39 @@ def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_pa
         assert _listed(open_source(url + "/", cloud=cloud_settings)) == set(SITE_FILES), url
 
 
+def test_folder_blobs_and_markers_with_bytes_give_the_manifest_of_a_local_copy(clean_env, azurite, moto_s3, tmp_path):
+    """A folder made by azcopy, Storage Explorer or the ADLS Gen2 API is a zero-byte blob named like the folder
+    (no '/') with metadata hdi_isfolder=true: not a file (it was recorded as an empty file). A folder marker that
+    holds bytes is not tracked either (no copy of the site could hold it) but is reported, never dropped unsaid."""
+    from conftest import query, run_site
+    from services import upload_tree, upload_tree_s3
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    local = _tree(tmp_path / "site", {**SITE_FILES, "1/Waveforms/s1/empty.dat": b""})
+    bucket, container = moto_s3.new_bucket("dirs"), azurite.new_container("dirs")
+    client = moto_s3.client()
+    upload_tree_s3(client, bucket, local, prefix="export")
+    client.put_object(Bucket=bucket, Key="export/1/Images/", Body=b"bytes under a folder's name")
+    with azurite.service_client() as service:
+        upload_tree(service, container, local, prefix="export")
+        blobs = service.get_container_client(container)
+        for folder, key in (("export", "hdi_isfolder"), ("export/OMOP", "hdi_isfolder"), ("export/1", "Hdi_isfolder"),
+                            ("export/1/Images", "is_directory")):
+            blobs.upload_blob(folder, b"", overwrite=True, metadata={key: "true"})
+        blobs.upload_blob("export/1/Images/", b"bytes under a folder's name", overwrite=True)
+    listing = "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"
+    run_site(local, tmp_path / "local.sqlite", validate_site=False)
+    for url, db in ((f"az://{container}/export", tmp_path / "az.sqlite"), (f"s3://{bucket}/export", tmp_path / "s3.sqlite")):
+        run_site(url, db, validate_site=False)
+        assert query(db, listing) == query(tmp_path / "local.sqlite", listing), url
+        errors = "SELECT srcfile, kind FROM scan_errors ORDER BY srcfile"
+        assert set(query(db, errors)) - set(query(tmp_path / "local.sqlite", errors)) == {("1/Images/", "special_file")}
+        assert "holds 27 bytes" in query(db, "SELECT message FROM scan_errors WHERE kind = 'special_file'")[0][0]
+
+
 def test_a_root_naming_one_file_says_so(clean_env, azurite, az_site, moto_s3, tmp_path):
     """--site pointing at a blob or object (a file) is not "not found": the message says it is a file."""
     from services import upload_tree_s3

@@ -70,6 +70,13 @@ def stored_md5(info: dict) -> str | None:
     return raw.hex() if len(raw) == 16 else None
 
 
+def is_folder_blob(metadata: dict | None) -> bool:
+    """A blob that stands for a folder: metadata hdi_isfolder=true (ADLS Gen2 and the tools that emulate it; any
+    case of the key, as adlfs reads it) or adlfs's own is_directory=true."""
+    return any(key.lower() in ("hdi_isfolder", "is_directory") and str(value).lower() == "true"
+               for key, value in (metadata or {}).items())
+
+
 class FsspecSource:
     """A container or bucket prefix through fsspec."""
 
@@ -116,9 +123,13 @@ class FsspecSource:
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
-            found = cloud_access.retrying(self._azure_listing if self._azure_sign_in else self._fsspec_listing)
+            found, markers = cloud_access.retrying(self._azure_listing if self._azure_sign_in else self._fsspec_listing)
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="list") from None
+        # A folder marker that holds bytes is not silently dropped: no copy of the site could keep them.
+        errors.extend((name, "special_file", f"a folder marker (an object named like a folder) that holds {size} "
+                       "bytes: no file can have this name, so it is not tracked; move its bytes to a file name")
+                      for name, size in markers if size)
         if not found[0]:
             self.check()  # a root that vanished since check() is an error, never an empty site
         for start in range(0, len(found[0]), BATCH_ROWS):
@@ -128,26 +139,29 @@ class FsspecSource:
     def _azure_sign_in(self):
         return getattr(self.fs, "chorus_sign_in", None)
 
-    def _fsspec_listing(self) -> tuple[list, ...]:
-        """(paths, sizes, mtimes, stored MD5s, etags) through fsspec's find."""
+    def _fsspec_listing(self) -> tuple[tuple[list, ...], list[tuple[str, int]]]:
+        """(paths, sizes, mtimes, stored MD5s, etags) through fsspec's find; and the folder markers (path, size)."""
         found = self.fs.find(self.root, detail=True, withdirs=False)
         prefix = self.root + "/" if self.root else ""
         server_md5 = self.server_md5
         columns: tuple[list, ...] = ([], [], [], [], [])
         paths, sizes, mtimes, md5s, etags = columns
+        markers: list[tuple[str, int]] = []
         for path, info in found.items():
+            rel = path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/")
             # A key ending in '/' (the S3 console's "Create folder", s3fs's makedirs) is a folder marker:
             # no file a site could hold has that name, so it is skipped as Azure's listing does.
             if path.endswith("/") or info.get("type") == "directory":
+                markers.append((rel, int(info.get("size") or 0)))
                 continue
-            paths.append(path[len(prefix):] if prefix and path.startswith(prefix) else path.lstrip("/"))
+            paths.append(rel)
             sizes.append(int(info.get("size") or 0))
             mtimes.append(_mtime_ns(info))
             md5s.append(stored_md5(info) if server_md5 else None)
             etags.append(etag_of(info) if server_md5 else None)
-        return columns
+        return columns, markers
 
-    def _azure_listing(self) -> tuple[list, ...]:
+    def _azure_listing(self) -> tuple[tuple[list, ...], list[tuple[str, int]]]:
         """The same columns straight from the Blob service's listing: adlfs's find spends about 0.6 ms
         a blob on its own bookkeeping, twice the listing itself (benchmarks/cloud_benchmark.py)."""
         container, _, prefix = self.root.partition("/")
@@ -156,8 +170,12 @@ class FsspecSource:
         skip = len(prefix) + 1 if prefix else 0
         columns: tuple[list, ...] = ([], [], [], [], [])
         paths, sizes, mtimes, md5s, etags = columns
-        for blob in client.list_blobs(name_starts_with=prefix + "/" if prefix else None):
-            if blob.name.endswith("/"):  # a folder marker, not a file
+        markers: list[tuple[str, int]] = []
+        # With metadata: a folder made by azcopy, Storage Explorer, Data Factory or the ADLS Gen2 API is a
+        # blob carrying hdi_isfolder=true (adlfs's is_directory=true), named like the folder, without '/'.
+        for blob in client.list_blobs(name_starts_with=prefix + "/" if prefix else None, include=["metadata"]):
+            if blob.name.endswith("/") or is_folder_blob(blob.metadata):  # a folder marker, not a file
+                markers.append((blob.name[skip:], int(blob.size or 0)))
                 continue
             paths.append(blob.name[skip:])
             sizes.append(int(blob.size or 0))
@@ -165,7 +183,7 @@ class FsspecSource:
             raw = blob.content_settings.content_md5 if blob.content_settings else None
             md5s.append(bytes(raw).hex() if raw and len(raw) == 16 else None)
             etags.append(str(blob.etag).strip('"') if blob.etag else None)
-        return columns
+        return columns, markers
 
     def _storage_failure(self, exc: BaseException, srcfile: str) -> BaseException:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
