@@ -461,13 +461,21 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
 
 def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     """Files re-verified (read though size and mtime were unchanged) whose bytes no longer have their MD5."""
-    prev = previous.select("srcfile", _md5="md5", _size="size", _mtime="mtime_ns")
+    prev = previous.select("srcfile", _md5="md5", _size="size", _mtime="mtime_ns", _etag="etag", _read="verified_ns")
+    # A cloud object with the etag it had is the same object (any write gives a new etag): if it was never read, the
+    # MD5 recorded was the storage's own (Content-MD5 or ETag), and that one is wrong, not the bytes new.
+    stored_wrong = pl.col("etag").is_not_null() & (pl.col("etag") == pl.col("_etag")) & pl.col("_read").is_null()
     return (
         files.filter(pl.col("verify") & pl.col("md5").is_not_null()).join(prev, on="srcfile")
         .filter((pl.col("md5") != pl.col("_md5")) & (pl.col("size") == pl.col("_size")) & (pl.col("mtime_ns") == pl.col("_mtime")))
-        .select("srcfile", kind=pl.lit("silent_change"), message=fmt(
+        .select("srcfile", kind=pl.lit("silent_change"), message=pl.when(stored_wrong).then(fmt(
+            "the MD5 the storage holds for this object (Content-MD5 or ETag, recorded without reading it: {}) is not "
+            "the MD5 of its bytes ({}), though the object was not written since (same etag): the stored MD5 is wrong, "
+            "e.g. set by a client or copy tool; found by re-verification; recorded as replaced with the MD5 of its "
+            "bytes; correct the object's Content-MD5 (or upload it again with its MD5)", pl.col("_md5"), pl.col("md5")))
+            .otherwise(fmt(
             "content changed though size and mtime did not (MD5 {} was {}): found by re-verification; recorded as "
-            "replaced; check the storage and the copy that wrote it", pl.col("md5"), pl.col("_md5")))
+            "replaced; check the storage and the copy that wrote it", pl.col("md5"), pl.col("_md5"))))
     )
 
 

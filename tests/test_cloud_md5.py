@@ -138,6 +138,23 @@ def test_download_policy_reads_every_new_blob(az_env, tmp_path):
     assert {r[1] for r in got.values()} == {"computed"} and result.n_hashed == 5
 
 
+def test_a_wrong_stored_md5_found_by_reverification_is_named_as_such_not_as_changed_content(az_env, tmp_path):
+    """A client set a wrong Content-MD5: the default policy records it unread (documented); re-verification reads
+    the blob, whose etag never moved, so the message says the stored MD5 was wrong (it said the content changed)."""
+    local = tmp_path / "site"
+    real = small_site(local)
+    container = upload_small_site(az_env, local)
+    db = tmp_path / "m.sqlite"
+    run_site(f"az://{container}", db, validate_site=False)
+    hand = "000002/Waveforms/S2/S2_hand.dat"
+    assert rows(db)[hand][:2] == (WRONG_MD5.hex(), "stored")
+    result = run_site(f"az://{container}", db, validate_site=False, verify_sample=100.0)
+    assert result.counts["replaced"] == 1 and {p: r[0] for p, r in rows(db).items()} == real
+    (message,), = query(db, f"SELECT message FROM scan_errors WHERE srcfile = '{hand}' AND kind = 'silent_change'")
+    assert "the stored MD5 is wrong" in message and "not written since (same etag)" in message, message
+    assert WRONG_MD5.hex() in message and real[hand] in message and "content changed" not in message
+
+
 def test_a_blob_changed_in_place_is_replaced_and_a_rewrite_with_the_same_bytes_is_not(az_env, tmp_path):
     local = tmp_path / "site"
     small_site(local)
