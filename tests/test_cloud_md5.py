@@ -303,3 +303,31 @@ def test_a_blob_that_vanishes_before_it_is_read_is_recorded_like_a_local_file(az
     assert proc.returncode == 1, err
     assert query(db, "SELECT kind FROM scan_errors WHERE srcfile = 'OMOP/person.csv'") == [("vanished",)]
     assert "OMOP/person.csv" not in rows(db) and len(rows(db)) == 4
+
+
+def test_a_container_deleted_while_its_blobs_are_read_fails_the_run_instead_of_recording_them_vanished(az_env, tmp_path):
+    """The container itself gone mid-run (ContainerNotFound) is not "every file disappeared": the run fails with what
+    happened, nothing is committed, the previous version stays (each blob was recorded as vanished and a version
+    committed from the listing of a container that no longer existed)."""
+    local = tmp_path / "site"
+    small_site(local)
+    container, client = uploaded(az_env, local)
+    db = tmp_path / "m.sqlite"
+    first = run_site(f"az://{container}", db, validate_site=False)
+    write(tmp_path / "more", "000003/Waveforms/S3/S3.dat", b"no stored MD5" * 100)
+    upload_tree(client, container, tmp_path / "more", content_md5=False)  # the next run downloads it
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
+                             "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string,
+                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+2"})
+    line = ""
+    while "test pause at hashing" not in line:
+        line = proc.stderr.readline()
+        assert line, "the run ended before it reached the hashing"
+    client.delete_container(container)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, (out, err)
+    assert "the container does not exist" in err and "nothing was committed" in err, err
+    assert "Traceback" not in err and "disappeared" not in out + err
+    assert query(db, "SELECT label FROM versions") == [(first.label,)]
+    assert query(db, "SELECT count(*) FROM scan_errors") == [(0,)]

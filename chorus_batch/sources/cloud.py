@@ -600,6 +600,12 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
+def store_gone(exc: BaseException) -> bool:
+    """The service's own word that the container or bucket does not exist (ContainerNotFound, NoSuchBucket):
+    not one object gone, the whole root."""
+    return any(_code(e) in _MISSING_CODES for e in _chain(exc))
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: the connection failed or timed out, or the service was busy (429, 5xx)."""
     return classify(exc) in ("network", "busy")

@@ -189,7 +189,9 @@ class FsspecSource:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
         file's, the run goes on); a lost connection or sign-in fails the run with what to do."""
         kind = cloud_access.classify(exc)
-        if kind == "missing":
+        # The service saying the container or bucket itself is gone fails the run: every file would otherwise be
+        # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
+        if kind == "missing" and not cloud_access.store_gone(exc):
             return FileNotFoundError(f"gone: {srcfile}")
         if kind == "permission":
             return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]")
@@ -209,8 +211,8 @@ class FsspecSource:
             try:
                 props = self._blob(srcfile).get_blob_properties()
             except cloud_access.storage_errors() as exc:
-                if type(exc).__name__ == "ResourceNotFoundError":  # BlobNotFound: that file is gone, as a local one
-                    raise FileNotFoundError(f"gone: {srcfile}") from None
+                if type(exc).__name__ == "ResourceNotFoundError" and not cloud_access.store_gone(exc):
+                    raise FileNotFoundError(f"gone: {srcfile}") from None  # BlobNotFound: that file is gone, as a local one
                 raise self._storage_failure(exc, srcfile) from None
             mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
             return FileStat(int(props.size or 0), mtime)
