@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chorus_batch.sources.base import FileChangedWhileHashing
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, query, run_site, tree_md5, write
 from services import set_content_md5, upload_tree, upload_tree_s3
@@ -331,3 +332,31 @@ def test_a_container_deleted_while_its_blobs_are_read_fails_the_run_instead_of_r
     assert "Traceback" not in err and "disappeared" not in out + err
     assert query(db, "SELECT label FROM versions") == [(first.label,)]
     assert query(db, "SELECT count(*) FROM scan_errors") == [(0,)]
+
+
+def test_an_s3_object_is_read_with_one_head_before_and_one_after_and_a_write_during_the_read_is_caught(s3_env):
+    """Reading an object for its MD5 cost 4 requests (HEAD, s3fs's own HEAD in open and another for its ranged
+    GETs, GET, HEAD after): the info asked for first is handed to s3fs's file, so 3; and an object written while
+    it is read (between two ranged GETs of DOWNLOAD_BLOCK) is still caught by the etag after."""
+    from chorus_batch.sources import open_source
+    from chorus_batch.sources.remote import DOWNLOAD_BLOCK
+
+    bucket = s3_env.new_bucket("reads")
+    client = s3_env.client()
+    client.put_object(Bucket=bucket, Key="site/OMOP/person.csv", Body=b"person_id\n1\n")
+    client.put_object(Bucket=bucket, Key="site/big.dat", Body=b"a" * (DOWNLOAD_BLOCK + 1024))
+    source = open_source(f"s3://{bucket}/site")
+    buffer = bytearray(64 << 10)
+    source.hash_file("OMOP/person.csv", buffer)  # (the client exists from here on)
+    calls: list[str] = []
+    source.fs.s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    out = source.hash_file("OMOP/person.csv", buffer)
+    assert out.md5 == hashlib.md5(b"person_id\n1\n").hexdigest() and out.size == 12
+    assert calls == ["HeadObject", "GetObject", "HeadObject"]
+
+    def rewrite_after_the_first_block(reader):
+        reader.read(10)
+        client.put_object(Bucket=bucket, Key="site/big.dat", Body=b"b" * (DOWNLOAD_BLOCK + 1024))
+
+    with pytest.raises(FileChangedWhileHashing, match="etag moved"):
+        source.hash_file("big.dat", buffer, rewrite_after_the_first_block)

@@ -281,18 +281,25 @@ class FsspecSource:
             return self._hash_blob(srcfile, parse)
         path = self._path(srcfile)
         info = self.fs.info(path)
+        size = int(info.get("size") or 0)
         digest = hashlib.md5(usedforsecurity=False)
         view = memoryview(buffer)
         total, facts = 0, None
-        with self.fs.open(path, "rb", block_size=DOWNLOAD_BLOCK) as f:
+        # The info just asked for is handed to s3fs's file (its size and `details`), or it asks for it twice more:
+        # a HEAD in open and one for its ranged GETs (4 requests an object read, now 3). The HEAD after the read
+        # (not s3fs's If-Match, which it sends only when it looked the size up itself) says if it was written since.
+        s3 = "ETag" in info and self.server_md5
+        with self.fs.open(path, "rb", block_size=DOWNLOAD_BLOCK, **({"size": size} if s3 else {})) as f:
+            if s3:
+                f.details = info
             if parse is not None:  # the parser reads the bytes as they are hashed
-                reader = HashingReader(f.read, digest, int(info.get("size") or 0))
+                reader = HashingReader(f.read, digest, size)
                 facts = parse_through(parse, reader)
                 total = reader.finish(len(buffer))
             while n := f.readinto(buffer):
                 digest.update(view[:n])
                 total += n
-        if total != int(info.get("size") or 0):
+        if total != size:
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
         if self.server_md5:  # written while it was read: the etag moved (a local file's mtime would have)
             after = self.fs.info(path)
