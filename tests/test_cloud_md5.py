@@ -360,3 +360,24 @@ def test_an_s3_object_is_read_with_one_head_before_and_one_after_and_a_write_dur
 
     with pytest.raises(FileChangedWhileHashing, match="etag moved"):
         source.hash_file("big.dat", buffer, rewrite_after_the_first_block)
+
+
+def test_snapshots_and_zero_byte_blobs_give_the_manifest_of_a_local_copy(az_env, tmp_path):
+    """A blob's snapshots are not files of the site (only the base blob is listed); a zero-byte blob committed from
+    no blocks (no Content-MD5) is downloaded and hashed as an empty file; a zero-byte Put Blob's stored MD5 is taken."""
+    local = tmp_path / "site"
+    small_site(local)
+    write(local, "OMOP/empty_put.csv", b"")
+    container, client = uploaded(az_env, local)
+    blobs = client.get_container_client(container)
+    blobs.get_blob_client("OMOP/person.csv").create_snapshot()
+    write(local, "OMOP/person.csv", b"person_id\n1\n2\n")  # the base blob moves on; its snapshot keeps the old bytes
+    blobs.upload_blob("OMOP/person.csv", b"person_id\n1\n2\n", overwrite=True)
+    write(local, "OMOP/empty_blocks.csv", b"")
+    blobs.get_blob_client("OMOP/empty_blocks.csv").commit_block_list([])
+    key = "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"
+    run_site(local, tmp_path / "local.sqlite", validate_site=False)
+    run_site(f"az://{container}", tmp_path / "az.sqlite", validate_site=False)
+    assert query(tmp_path / "az.sqlite", key) == query(tmp_path / "local.sqlite", key)
+    sources = dict(query(tmp_path / "az.sqlite", "SELECT srcfile, md5_source FROM source_files"))
+    assert sources["OMOP/empty_blocks.csv"] == "computed" and sources["OMOP/empty_put.csv"] == "stored"
