@@ -215,13 +215,20 @@ class ManifestReader:
         in the renamed file's earlier rows too, under their old path."""
         srcfile = text_argument(srcfile, "a path", str(self.path), '"OMOP/person.csv"')  # a pathlib path too
         rows = self._path_rows(srcfile, None)
-        frames, seen = [rows], {srcfile}
-        while rows.height and rows["change"][0] == "renamed" and rows["old_srcfile"][0] not in seen:
-            old_path = rows["old_srcfile"][0]
-            seen.add(old_path)
-            rows = self._path_rows(old_path, rows["file_id"][0])
-            frames.append(rows)
-        return pl.concat(frames[::-1]).select(list(HISTORY_SCHEMA))
+        frames, asked = [rows], set()
+        # Every row that began as a rename brings in its old path's earlier rows, not only the path's first
+        # row: a path renamed away and back (a -> b -> a), or removed and later the target of a rename, had
+        # the time under the other path left out. One query per rename hop; file ids grow, so it ends.
+        pending = rows
+        while pending.height:
+            hops = pending.filter(pl.col("change") == "renamed").select("old_srcfile", "file_id").rows()
+            found = [self._path_rows(old, before) for old, before in hops if (old, before) not in asked]
+            asked.update(hops)
+            known = pl.concat(frames)["file_id"].implode()
+            pending = pl.concat(found).filter(~pl.col("file_id").is_in(known)) if found else rows.clear()
+            frames.append(pending)
+        # file ids are handed out in commit order: sorted by them, the rows are the file's life in order
+        return pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA))
 
     def root_locations(self) -> list[str]:
         """Where the site's files were found (the manifest's `roots`); none known to this reader."""

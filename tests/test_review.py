@@ -472,3 +472,34 @@ def test_a_reader_leaves_nothing_beside_a_manifest_it_may_not_write(history, tmp
     assert files.returncode == 0 and diff.returncode == 0, files.stderr + diff.stderr
     assert {r["srcfile"]: r["md5"] for r in json.loads(files.stdout)} == history["trees"][0]
     assert sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]
+
+
+def test_history_brings_in_every_rename_into_the_path_not_only_the_first(site, db, tmp_path):
+    """`history OMOP/a.csv` after a.csv -> b.csv -> a.csv showed a.csv "ended renamed to b.csv" and then
+    "renamed from b.csv", but not the version it lived as b.csv: only the path's first row was followed
+    through a rename. The same for a path removed and later the target of a rename (c.csv below)."""
+    snaps = tmp_path / "snaps"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/a.csv", b"travels")
+    write(site, "OMOP/c.csv", b"first c")
+    write(site, "OMOP/d.csv", b"becomes c")
+    moves = [None, ("OMOP/a.csv", "OMOP/b.csv"), ("OMOP/b.csv", "OMOP/a.csv"), ("OMOP/c.csv", None),
+             ("OMOP/d.csv", "OMOP/c.csv")]
+    for step, move in enumerate(moves):
+        if move is not None:
+            old, new = (site / move[0]), move[1]
+            old.rename(site / new) if new else old.unlink()
+        run_site(site, db, parquet=str(snaps), validate_site=False, version_label=f"v{step + 1}")
+    for reader in (open_manifest(db), open_manifest(snaps)):
+        rows = reader.history("OMOP/a.csv")
+        assert rows.select("srcfile", "change", "version_valid", "version_invalid", "ended_by").rows() == [
+            ("OMOP/a.csv", "added", "v1", "v2", "renamed"),
+            ("OMOP/b.csv", "renamed", "v2", "v3", "renamed"),
+            ("OMOP/a.csv", "renamed", "v3", None, None)], reader
+        rows = reader.history("OMOP/c.csv")
+        assert rows.select("srcfile", "change", "version_valid", "version_invalid", "ended_by").rows() == [
+            ("OMOP/c.csv", "added", "v1", "v4", "removed"),
+            ("OMOP/d.csv", "added", "v1", "v5", "renamed"),
+            ("OMOP/c.csv", "renamed", "v5", None, None)], reader
+    out = cli("history", "--db", str(db), "OMOP/a.csv", "--json")
+    assert [r["srcfile"] for r in json.loads(out.stdout)] == ["OMOP/a.csv", "OMOP/b.csv", "OMOP/a.csv"], out.stderr
