@@ -88,7 +88,34 @@ class ParquetReader(ManifestReader):
             frame = frame.filter(pl.col("modality") == modality)
         if person is not None:
             frame = frame.filter(pl.col("person_id") == person)
+        # A snapshot holds its rows as still valid; the manifest says when a later version ended each one,
+        # and so must `files --as-of` and `diff` read from the snapshots (they said null).
+        ends = self._ends()
+        if ends.height:
+            frame = frame.join(ends, on="file_id", how="left").with_columns(
+                version_invalid=pl.coalesce("version_invalid", "_ended_in"),
+                time_invalid=pl.coalesce("time_invalid", "_ended_at")).drop("_ended_in", "_ended_at")
         return frame.sort("srcfile")
+
+    def _ends(self) -> pl.DataFrame:
+        """file_id, _ended_in, _ended_at of every row a change set ended (its old_file_id), read from all
+        the change sets at once (two columns of each)."""
+        glob = str(self.path / "version=*" / "changes.parquet")
+        schema = {"file_id": pl.Int64, "_ended_in": pl.String}
+        if not any(self.path.glob("version=*/changes.parquet")):
+            ended = pl.DataFrame(schema=schema)
+        else:
+            con = duckdb.connect()
+            try:
+                ended = pl.from_arrow(con.sql(
+                    "SELECT old_file_id AS file_id, min(version) AS _ended_in FROM read_parquet($glob, union_by_name = true) "
+                    "WHERE old_file_id IS NOT NULL GROUP BY old_file_id", params={"glob": glob}).to_arrow_table())
+            finally:
+                con.close()
+            assert isinstance(ended, pl.DataFrame)
+            ended = ended.cast(schema)  # type: ignore[arg-type]
+        finished = self.versions().select(pl.col("label").alias("_ended_in"), pl.col("finished_at").alias("_ended_at"))
+        return ended.filter(pl.col("_ended_in").is_in(self._labels)).join(finished, on="_ended_in", how="left")
 
     def _changed_between(self, older: str, newer: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         before, after = self._files_at(older, None, None), self._files_at(newer, None, None)
@@ -99,7 +126,8 @@ class ParquetReader(ManifestReader):
         try:
             table = con.sql(
                 "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true) "
-                "WHERE srcfile = $path AND file_id < $before ORDER BY file_id",
+                # the row's last snapshot: its stat and verification as the manifest holds them (updated in place)
+                "WHERE srcfile = $path AND file_id < $before ORDER BY file_id, version DESC",
                 params={"glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
                         "before": before_file_id if before_file_id is not None else 2**62},
             ).to_arrow_table()
