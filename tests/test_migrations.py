@@ -129,6 +129,15 @@ def test_the_next_run_after_the_upgrade_records_the_roots_and_commits_nothing_ne
     assert checked.returncode == 0, checked.stderr
 
 
+def test_a_command_that_upgrades_then_stops_says_the_upgrade_stays(old, tmp_path):
+    # `registry` upgraded the manifest, then needed --site (schema 2 records no roots) and said only that (exit 2,
+    # which reads as "nothing was done"): the upgrade is said when it is made, -q or not.
+    out = cli("registry", "--db", str(old), "--out", str(tmp_path / "r"), "-q")
+    assert out.returncode == 2 and "pass --site" in out.stderr, out.stderr
+    assert f"upgraded the manifest {old} from schema 2 to {schema_module.SCHEMA_VERSION}" in out.stderr
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(schema_module.SCHEMA_VERSION),)]
+
+
 def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):
     """Files committed under other patterns (an older release, or chorus.toml) are classified again on the
     next run: records, parse errors, category and layout follow, and no content change is invented."""

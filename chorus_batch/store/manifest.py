@@ -273,6 +273,12 @@ class Manifest:
             con.execute("PRAGMA journal_mode = WAL")
             versions = upgrade(con, str(self.path))
         self.after_commit()
+        before, after = versions
+        if before is not None and before != after:  # said even with -q: it stays whatever the command does next
+            from ..progress import log
+
+            log.warning("upgraded the manifest %s from schema %s to %s (older releases cannot write it now)",
+                        self.path, before, after)
         return versions
 
     def check_path(self) -> None:
