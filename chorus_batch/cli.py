@@ -342,7 +342,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
     report.add_argument("--config", help=READ_CONFIG_HELP)
     report.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
-    report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only)")
+    report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only); - for "
+                                                      "standard output")
 
     unlock = command(
         "unlock", help="break the lock of a run that died on a manifest in Azure (az://)",
@@ -1099,9 +1100,11 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     from .report.html import write_report
 
     info = write_report(_db(args), args.out, version=args.version_label)
-    print(f"wrote {Path(info.path).resolve()} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)")
+    said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
+    where = "the report to standard output" if args.out == "-" else Path(info.path).resolve()
+    print(f"wrote {where} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)", file=said)
     for flag in info.flags:
-        print(f"  needs a look: {flag}")
+        print(f"  needs a look: {flag}", file=said)
     return 0
 
 

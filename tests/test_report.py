@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import run_site, write
+from conftest import cli, run_site, write
 from markupsafe import escape
 
 from chorus_batch.errors import UsageError
@@ -236,6 +236,15 @@ def test_bad_output_path(two_versions, tmp_path):
     with pytest.raises(UsageError, match="ends with a separator: it names no file"):
         write_report(db, f"{tmp_path}/r.html/")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_out_dash_writes_the_page_to_standard_output(two_versions, tmp_path):
+    # `report --out -` wrote a file named "-" in the current folder
+    db, _parquet = two_versions
+    out = cli("report", "--db", str(db), "--out", "-", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("<!DOCTYPE html>") and out.stdout.rstrip().endswith("</html>")
+    assert "wrote the report to standard output" in out.stderr and not (tmp_path / "-").exists()
 
 
 def test_size_flags_rule():

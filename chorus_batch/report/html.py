@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,12 +77,17 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     """Write the report of `version` (label or ISO time; default: the latest) to `out`, atomically and
     readable by its owner only. `manifest` is a SQLite manifest, a Parquet snapshot folder or an open reader."""
     started = time.perf_counter()
-    check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
+    to_stdout = str(out) == "-"  # `report --out - | ssh …`: the page on standard output, as tools take "-"
+    if not to_stdout:
+        check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
     report = _Report(reader, reader.resolve(version))
-    # Rendered into the temporary file once it is made: a folder this user cannot write fails now, not after the work.
-    write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))
+    if to_stdout:
+        sys.stdout.write(report.render())
+        sys.stdout.flush()
+    else:  # rendered into the temporary file once it is made: an unwritable folder fails now, not after the work
+        write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))
     return ReportInfo(path=out, version=report.label, sections=SECTION_IDS, images=report.images,
                       flags=tuple(report.flags), elapsed_s=round(time.perf_counter() - started, 3))
 
