@@ -734,3 +734,42 @@ def test_a_version_uploaded_again_finds_a_blob_gone_says_what_to_do_and_the_next
     resent = up(central, db)
     assert resent.returncode == 0 and "sent 1 file " in resent.stdout, resent.stdout + resent.stderr
     assert gone in blobs(central)
+
+
+def sas_for(azurite, container: str, **permissions: bool) -> str:
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    return generate_container_sas(azurite.account_name, container, account_key=azurite.account_key,
+                                  permission=ContainerSasPermissions(**permissions),
+                                  expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+
+
+def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anything_is_sent(central, azurite,
+                                                                                               tmp_path):
+    # A centre hands a site a container SAS; such a SAS may not read the container's properties (which the
+    # up-front check asked for): the racwl SAS the fix names was refused with "not allowed to write".
+    db = committed_site(tmp_path, 3)
+    (tmp_path / "chorus.toml").write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    env = {k: v for k, v in central.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+
+    def upload_with(*command: str, **permissions: bool) -> subprocess.CompletedProcess:
+        token = sas_for(azurite, central.container, **permissions)
+        return cli(*command, "--db", str(db), "--to", central.url, cwd=tmp_path,
+                   env={**env, "AZURE_STORAGE_SAS_TOKEN": token})
+
+    write_only = upload_with("upload", write=True, create=True)
+    assert write_only.returncode == 3, write_only.stdout + write_only.stderr
+    assert "not allowed to list" in write_only.stderr and "racwl" in write_only.stderr
+    assert "Traceback" not in write_only.stderr and "sig=" not in write_only.stderr.replace("sig=***", "")
+    assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+    sent = upload_with("upload", read=True, add=True, create=True, write=True, list=True)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
+    verified = upload_with("verify", read=True, list=True)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    no_list = upload_with("verify", read=True)
+    assert no_list.returncode == 3 and "not allowed to list or read" in no_list.stderr, no_list.stderr
+    assert "(r) and list (l)" in no_list.stderr

@@ -235,11 +235,18 @@ class Central:
         return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action)
 
     def check(self, *, write: bool) -> None:
-        """The container is there and this sign-in reaches it: a SourceError (what, where, fix) otherwise."""
+        """The container is there and this sign-in may list it: a SourceError (what, where, fix) otherwise.
+        Asked with a listing of one blob, the permission upload and verify need anyway: a container SAS
+        (racwl, what a centre hands out) may not read the container's properties."""
         try:
-            cloud_access.retrying(lambda: self.container.get_container_properties())
+            cloud_access.retrying(lambda: next(iter(self.container.list_blobs(results_per_page=1)), None))
         except cloud_access.storage_errors() as exc:
-            raise self.explain(exc, "upload to" if write else "read") from None
+            error = self.explain(exc, "list")
+            if write and getattr(error, "kind", None) == "permission":  # (upload also reads and writes blobs)
+                error.fix = ("an upload lists, reads and writes blobs: grant the signed-in identity the 'Storage Blob "
+                             "Data Contributor' role on the container (role assignments take a few minutes), or use a "
+                             "SAS token with read, add, create, write and list (racwl) permissions")
+            raise error from None
 
     # ------------------------------------------------------------------ writing
 
