@@ -773,3 +773,32 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     no_list = upload_with("verify", read=True)
     assert no_list.returncode == 3 and "not allowed to list or read" in no_list.stderr, no_list.stderr
     assert "(r) and list (l)" in no_list.stderr
+
+
+def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upload_is_refused(central, tmp_path):
+    # A run's commit holds SQLite's write lock for its whole transaction (minutes for a large site); the
+    # upload's first ledger write gave up after one busy timeout (30 s): exit 3, "another program holds it".
+    db = committed_site(tmp_path, 4)
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+40", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(tmp_path / "site"), "--db", str(db),
+                            "--version", "20261102020000", "--workers", "2", "--no-validate"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(run, "test pause at commit")
+        first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url,
+                                  "--workers", "2"], env={**os.environ, **central.env},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)
+        second = up(central, db)  # the first holds the upload lock while it waits
+        assert second.returncode == 4 and "locked by another upload" in second.stderr, second.stderr
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, out + err
+        assert "waiting for it to finish" in err and "Traceback" not in err
+        assert "version 20261101020000" in out and "complete" in out
+    finally:
+        run_out, run_err = run.communicate(timeout=120)
+    assert run.returncode == 0 and "version 20261102020000 committed" in run_out, run_out + run_err
+    assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
+    after = up(central, db)  # the version the run committed meanwhile is the next upload's
+    assert after.returncode == 0 and "version 20261102020000" in after.stdout, after.stdout + after.stderr

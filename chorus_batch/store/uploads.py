@@ -8,7 +8,9 @@ transaction each, so that an upload killed at any moment loses at most the batch
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 
 import polars as pl
@@ -24,6 +26,12 @@ CONFIRMED = ("uploaded", "imported")  # the centre holds it: never sent again
 DAMAGED = ("missing", "size", "md5", "content")
 # Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
 FINAL_NOT_SENT = ("superseded",)
+
+# A run writes the manifest beside an upload; its commit holds SQLite's write lock for the whole transaction
+# (minutes for a large site), longer than one connection's busy timeout: ledger writes wait this long for it.
+BUSY_WAIT_S = 900.0
+
+log = logging.getLogger("chorus_batch")
 
 PLAN_SCHEMA = {
     "version": pl.String, "file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64,
@@ -91,11 +99,24 @@ class UploadLedger:
     # ------------------------------------------------------------------ writes
 
     def _write(self, sql: str, rows: Iterable[tuple]) -> None:
-        try:
-            with self.manifest._open() as con, con:
-                con.executemany(sql, rows)
-        except sqlite3.Error as exc:
-            raise self.manifest.failure(exc) from None
+        rows = list(rows)
+        deadline = time.monotonic() + BUSY_WAIT_S
+        while True:
+            con = self.manifest.connect()  # (each try waits up to its busy timeout)
+            try:
+                with con:
+                    con.executemany(sql, rows)
+                return
+            except sqlite3.Error as exc:
+                low = str(exc).lower()
+                if ("locked" in low or "busy" in low) and time.monotonic() < deadline:
+                    log.warning("the manifest is being written by another process (a `chorus-batch run` committing a "
+                                "version?); waiting for it to finish (up to %d min in all) before recording uploads",
+                                BUSY_WAIT_S // 60)
+                    continue
+                raise self.manifest.failure(exc) from None
+            finally:
+                con.close()
 
     def record(self, rows: list[dict]) -> None:
         """Write a batch of outcomes (dicts of `uploads` columns; `attempts` counts this try) in one
