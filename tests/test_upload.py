@@ -802,3 +802,28 @@ def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upl
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
     after = up(central, db)  # the version the run committed meanwhile is the next upload's
     assert after.returncode == 0 and "version 20261102020000" in after.stdout, after.stdout + after.stderr
+
+
+def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(central, tmp_path, small_disk):
+    from conftest import fill
+
+    many_files(tmp_path / "site", 40)
+    db = small_disk / "m.sqlite"
+    commit(tmp_path / "site", db, "20261101020000")
+    proc = upload_process(central, db, "upload+3")
+    wait_for(proc, "test pause at upload")
+    filler = fill(small_disk)  # the next batch of the ledger finds the manifest's disk full
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        filler.unlink()
+    assert proc.returncode == 3, out + err
+    recorded = ledger_names(db)
+    assert "disk is full" in err and "Traceback" not in err
+    # The batch it could not write was counted as recorded: "8 files ... are recorded" over a ledger of 5.
+    assert f"  {len(recorded)} files confirmed by this upload are recorded" in err, (len(recorded), err)
+    assert "more were sent but could not be recorded" in err
+    out = up(central, db)  # the centre holds them: confirmed as found, not sent again
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
+    assert query(db, "SELECT count(*) FROM uploads WHERE confirmed_by = 'found'") != [(0,)]

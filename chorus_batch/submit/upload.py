@@ -94,8 +94,10 @@ class UploadResult:
         return ExitCode.FINDINGS if bad else ExitCode.OK
 
 
-def _outcome(n_confirmed: int) -> str:
-    return (f"{n_confirmed} files confirmed by this upload are recorded in the manifest's uploads ledger; "
+def _outcome(n_confirmed: int, n_unrecorded: int = 0) -> str:
+    unrecorded = (f"; {n_unrecorded} more were sent but could not be recorded (the next upload finds them at the "
+                  "centre with the manifest's MD5 and confirms them without sending them again)" if n_unrecorded else "")
+    return (f"{n_confirmed} files confirmed by this upload are recorded in the manifest's uploads ledger{unrecorded}; "
             "run the same command again to resume (confirmed files are not sent again)")
 
 
@@ -261,13 +263,18 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     pending: list[dict] = []
     not_sent: list[tuple[str, str, str]] = []
     counts = [0, 0]  # confirmed files, bytes: read by the progress thread
+    recorded = [0]  # confirmed files written to the ledger (what a stopped upload may say it recorded)
     lock = threading.Lock()
     last_flush = time.monotonic()
 
+    def record_pending() -> None:
+        ledger.record(pending)
+        recorded[0] += sum(row["state"] == "uploaded" for row in pending)
+        pending.clear()
+
     def flush() -> None:
         nonlocal last_flush
-        ledger.record(pending)
-        pending.clear()
+        record_pending()
         last_flush = time.monotonic()
         pause("upload")
 
@@ -318,10 +325,10 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
                 with contextlib.suppress(BaseException):
                     settle(in_flight.pop(future), future)
         with contextlib.suppress(ChorusError, sqlite3.Error):
-            ledger.record(pending)
-        with contextlib.suppress(AttributeError):
-            exc.outcome = _outcome(counts[0])  # type: ignore[union-attr]  # what cli.main says about it
-            exc.n_confirmed = counts[0]  # type: ignore[union-attr]
+            record_pending()
+        with contextlib.suppress(AttributeError):  # what cli.main says about it: what the ledger holds
+            exc.outcome = _outcome(recorded[0], counts[0] - recorded[0])  # type: ignore[union-attr]
+            exc.n_confirmed = recorded[0]  # type: ignore[union-attr]
         raise
     pool.shutdown(wait=True)
     frame = pl.DataFrame(not_sent, schema=NOT_SENT_SCHEMA, orient="row")
