@@ -1136,8 +1136,10 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
                               modalities=_modalities(args.modalities), site=args.site)
         sys.stdout.write(script.text)
+        # A command to paste: quoted for the shell, and with the manifest this script was written from.
+        mark = shlex.join(["chorus-batch", "mark-uploaded", "--db", target.db, "--to", to, "--from-log", script.log])
         print(f"chorus-batch: the script sends {script.n_files} files ({script.n_versions} versions); after running it, "
-              f"record what it sent with: chorus-batch mark-uploaded --to {to} --from-log {script.log}", file=sys.stderr)
+              f"record what it sent with: {mark}", file=sys.stderr)
         if script.n_not_replaceable:  # AzCopy cannot replace a blob only if it is unchanged: not in this script
             print(f"chorus-batch: not in the script: {script.n_not_replaceable} files whose central blob verify found "
                   "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "

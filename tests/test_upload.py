@@ -827,3 +827,41 @@ def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(cent
     assert out.returncode == 0, out.stdout + out.stderr
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
     assert query(db, "SELECT count(*) FROM uploads WHERE confirmed_by = 'found'") != [(0,)]
+
+
+def test_an_upload_script_runs_in_bash_with_quotes_and_spaces_and_its_mark_uploaded_hint_works(central, tmp_path):
+    # The hint printed after the script was `mark-uploaded --to az://c/sp ace'q/ --from-log upload.log`: not quoted
+    # for the shell, and without the --db the script was written from.
+    home = tmp_path / "sp ace'q"
+    site = home / 'si te"x'
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/it's $(id) `x`.csv", b"odd name")
+    write(site, "OMOP/death.csv", b"")
+    db = home / "m a n'ifest.sqlite"
+    commit(site, db, "20261101020000")
+    to = central.url + "pre fix'q/"
+    out = cli("upload", "--db", str(db), "--to", to, "--script", "bash", env=central.env, cwd=home)
+    assert out.returncode == 0, out.stderr
+    (home / "up.sh").write_text(out.stdout)
+    ran = subprocess.run(["bash", "up.sh"], cwd=home, capture_output=True, text=True,
+                         env={**os.environ, **central.env})
+    # Every file was found and matched its manifest MD5 under its quoted name (sending is the Azure CLI's part).
+    assert "not sent (changed" not in ran.stderr and "No such file" not in ran.stderr, ran.stderr
+    expected = submitted(db, "20261101020000")
+    if shutil.which("az") is None:  # no Azure CLI here: each send failed, nothing was logged as sent
+        assert ran.returncode == 1 and ran.stderr.count("failed: ") == len(expected), ran.stderr
+        from azure.storage.blob import ContentSettings
+
+        lines = []
+        for srcfile, (_, md5) in expected.items():  # what each `az storage blob upload` line does, with the SDK
+            name = f"pre fix'q/20261101020000/{srcfile}"
+            central.client.get_blob_client(name).upload_blob(
+                (site / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+            lines.append(f"uploaded\t{name}")
+        (home / "upload.log").write_text("\n".join(lines) + "\n")
+    hint = out.stderr.split("record what it sent with: ", 1)[1].splitlines()[0]
+    words = shlex.split(hint)  # what the shell makes of it, pasted
+    assert words[:2] == ["chorus-batch", "mark-uploaded"]
+    marked = cli(*words[1:], env=central.env, cwd=home)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(len(expected),)]
