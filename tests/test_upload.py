@@ -765,6 +765,13 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     assert "Traceback" not in write_only.stderr and "sig=" not in write_only.stderr.replace("sig=***", "")
     assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
 
+    # Without read: the files go (Put Blob), the look before the manifest's copy does not. That was "not allowed
+    # to write", and the exit-3 message did not say that the files sent were recorded.
+    no_read = upload_with("upload", create=True, write=True, list=True)
+    assert no_read.returncode == 3, no_read.stdout + no_read.stderr
+    assert "not allowed to read or write blobs there" in no_read.stderr and "racwl" in no_read.stderr
+    assert "3 files confirmed by this upload are recorded" in no_read.stderr, no_read.stderr
+    assert len(ledger_names(db)) == 3 and query(db, "SELECT count(*) FROM submissions WHERE finished_at IS NOT NULL") == [(0,)]
     sent = upload_with("upload", read=True, add=True, create=True, write=True, list=True)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}

@@ -677,7 +677,9 @@ def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceE
         what = f"cannot {action} {where}: sign-in failed ({reason}){tried}"
         fix = _sign_in_fix(how)
     elif kind == "permission" and action.startswith(("upload", "write")):
-        what = f"cannot {action} {where}: signed in, but not allowed to write ({reason}){tried}"
+        # (an upload also reads: a blob's properties before it writes over one, or before the manifest's copy)
+        allowed = "read or write blobs there" if action.startswith("upload") else "write"
+        what = f"cannot {action} {where}: signed in, but not allowed to {allowed} ({reason}){tried}"
         fix = ("grant the signed-in identity the 'Storage Blob Data Contributor' role on the container (role "
                "assignments take a few minutes), or use a SAS token with read, add, create, write and list (racwl) "
                "permissions")

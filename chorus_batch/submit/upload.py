@@ -157,8 +157,17 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             sources: dict[int, Source] = {}
             prefix = parse_central(to)[1]
             for label in labels:
-                result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities, workers,
-                                                       sources, overrides, cloud, progress))
+                try:
+                    result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities,
+                                                           workers, sources, overrides, cloud, progress))
+                except BaseException as exc:
+                    # What the ledger holds, over every version this command sent (what cli.main says of it).
+                    n = sum(v.n_sent for v in result.versions) + getattr(exc, "n_confirmed", 0)
+                    if n or hasattr(exc, "n_confirmed"):
+                        with contextlib.suppress(AttributeError):
+                            exc.n_confirmed = n  # type: ignore[union-attr]
+                            exc.outcome = _outcome(n, getattr(exc, "n_unrecorded", 0))  # type: ignore[union-attr]
+                    raise
             result.elapsed_s = time.monotonic() - started
             return result
     finally:
@@ -236,6 +245,18 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
     readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress)
     outcome.n_sent, outcome.bytes_sent = sent
+    try:
+        _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate)
+    except BaseException as exc:  # (the listing check or the manifest's copy failed: what was sent is recorded)
+        with contextlib.suppress(AttributeError):
+            exc.n_confirmed = outcome.n_sent  # type: ignore[union-attr]
+        raise
+    return outcome
+
+
+def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, label: str, outcome: VersionUpload,
+                    not_sent: pl.DataFrame, immediate: pl.DataFrame) -> None:
+    """Check a version whose files are all confirmed against the listing, then copy the manifest next to it."""
     outcome.not_sent = pl.concat([immediate.select(list(NOT_SENT_SCHEMA)), not_sent])
     # Complete: nothing is left that could still be sent (superseded files never can).
     outcome.complete = outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
@@ -249,10 +270,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
             except Conflict as exc:  # not finished: the next upload says so again
                 outcome.copy_refused = f"{exc}; {_CONFLICT_FIX}"
-                return outcome
+                return
             now = iso(utc_now())
             ledger.submission(label, finished_at=now, manifest_copied_at=now)
-    return outcome
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
@@ -328,7 +348,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
             record_pending()
         with contextlib.suppress(AttributeError):  # what cli.main says about it: what the ledger holds
             exc.outcome = _outcome(recorded[0], counts[0] - recorded[0])  # type: ignore[union-attr]
-            exc.n_confirmed = recorded[0]  # type: ignore[union-attr]
+            exc.n_confirmed, exc.n_unrecorded = recorded[0], counts[0] - recorded[0]  # type: ignore[union-attr]
         raise
     pool.shutdown(wait=True)
     frame = pl.DataFrame(not_sent, schema=NOT_SENT_SCHEMA, orient="row")
