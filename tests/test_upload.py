@@ -830,10 +830,14 @@ def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(cent
     # The batch it could not write was counted as recorded: "8 files ... are recorded" over a ledger of 5.
     assert f"  {len(recorded)} files confirmed by this upload are recorded" in err, (len(recorded), err)
     assert "more were sent but could not be recorded" in err
-    out = up(central, db)  # the centre holds them: confirmed as found, not sent again
+    out = up(central, db)  # the centre holds them: confirmed as found, not sent again (and not said to be sent)
     assert out.returncode == 0, out.stdout + out.stderr
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
-    assert query(db, "SELECT count(*) FROM uploads WHERE confirmed_by = 'found'") != [(0,)]
+    [(found,)] = query(db, "SELECT count(*) FROM uploads WHERE confirmed_by = 'found'")
+    assert found and f"; {found} found at the centre already with the manifest's MD5" in out.stdout, out.stdout
+    left = 40 - len(recorded) - found
+    said = f"{left} file{'' if left == 1 else 's'} ("
+    assert f": sent {said}" in out.stdout and f"\n{said}" in out.stdout, out.stdout
 
 
 def test_an_upload_script_runs_in_bash_with_quotes_and_spaces_and_its_mark_uploaded_hint_works(central, tmp_path):

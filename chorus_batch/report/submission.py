@@ -33,8 +33,10 @@ def upload_text(result: UploadResult) -> str:
     lines = []
     for v in result.versions:
         verb = "would send" if result.dry_run else "sent"
-        head = (f"version {v.version} -> {result.central}/{v.version}/: {verb} {plural(v.n_sent, 'file')} "
+        head = (f"version {v.version} -> {result.central}/{v.version}/: {verb} {plural(v.n_sent - v.n_found, 'file')} "
                 f"({human_bytes(v.bytes_sent)})")
+        if v.n_found:  # (an interrupted upload had sent them, unrecorded)
+            head += f"; {v.n_found} found at the centre already with the manifest's MD5 (confirmed, not sent again)"
         if v.n_before:
             head += f"; {v.n_before} sent before"
         lines.append(head + f"; {v.n_files} in its change set")
@@ -59,7 +61,7 @@ def upload_text(result: UploadResult) -> str:
     if result.dry_run:
         lines.append("dry run: nothing was sent or recorded")
     else:
-        n = sum(v.n_sent for v in result.versions)
+        n = sum(v.n_sent - v.n_found for v in result.versions)
         size = sum(v.bytes_sent for v in result.versions)
         rate = f", {human_bytes(size / result.elapsed_s)}/s" if result.elapsed_s > 0 and size else ""
         lines.append(f"{plural(n, 'file')} ({human_bytes(size)}) sent in {result.elapsed_s:.1f} s{rate}; "
@@ -72,7 +74,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
         "central": result.central, "dry_run": result.dry_run, "elapsed_s": round(result.elapsed_s, 3),
         "exit_code": int(result.exit_code),
         "versions": [{
-            "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent,
+            "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,
             "manifest_copy_refused": v.copy_refused,
             "not_sent": v.not_sent.to_dicts(),

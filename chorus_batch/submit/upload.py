@@ -64,8 +64,9 @@ class VersionUpload:
     version: str
     n_files: int  # the files this version submits (of --modalities, when given)
     n_before: int  # confirmed by an earlier upload: not sent again
-    n_sent: int = 0
+    n_sent: int = 0  # confirmed by this upload
     bytes_sent: int = 0
+    n_found: int = 0  # of n_sent: already at the centre with this content (an interrupted upload's), not sent again
     not_sent: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=NOT_SENT_SCHEMA))
     complete: bool = False  # every file of the version is confirmed (or superseded)
     verify_problems: pl.DataFrame | None = None  # after a complete upload: the listing check
@@ -244,7 +245,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
                        for file_id, srcfile, state, message in to_record.iter_rows()])
     readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress)
-    outcome.n_sent, outcome.bytes_sent = sent
+    outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
     try:
         _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate)
     except BaseException as exc:  # (the listing check or the manifest's copy failed: what was sent is recorded)
@@ -276,13 +277,13 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
-          workers: int, progress: Progress) -> tuple[tuple[int, int], pl.DataFrame]:
+          workers: int, progress: Progress) -> tuple[tuple[int, int, int], pl.DataFrame]:
     """Send `files` on `workers` threads; outcomes are written to the ledger in batches. Returns
-    ((files confirmed, bytes), the files not sent with why)."""
+    ((files confirmed, bytes sent, files of them found at the centre already), the files not sent with why)."""
     batch_rows = int(os.environ.get(ENV_LEDGER_ROWS) or LEDGER_ROWS)
     pending: list[dict] = []
     not_sent: list[tuple[str, str, str]] = []
-    counts = [0, 0]  # confirmed files, bytes: read by the progress thread
+    counts = [0, 0, 0]  # confirmed files, bytes sent (read by the progress thread), confirmed as found there
     recorded = [0]  # confirmed files written to the ledger (what a stopped upload may say it recorded)
     lock = threading.Lock()
     last_flush = time.monotonic()
@@ -310,7 +311,10 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
                          confirmed_by=result.confirmed_by, last_error=None)
             with lock:
                 counts[0] += 1
-                counts[1] += result.bytes
+                if result.confirmed_by == "found":  # (its bytes were not sent: the blob was there)
+                    counts[2] += 1
+                else:
+                    counts[1] += result.bytes
         else:
             state, message = result
             entry.update(state=state, last_error=message, uploaded_at=None)
@@ -352,7 +356,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         raise
     pool.shutdown(wait=True)
     frame = pl.DataFrame(not_sent, schema=NOT_SENT_SCHEMA, orient="row")
-    return (counts[0], counts[1]), frame
+    return (counts[0], counts[1], counts[2]), frame
 
 
 _CONFLICT_FIX = ("another manifest (or tool) put a version with this label there: give this site's manifest its own "
