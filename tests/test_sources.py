@@ -111,3 +111,27 @@ def test_worker_functions_run_in_spawned_processes(site):
         hashed = pool.submit(hash_chunk, LocalSource(site), ["OMOP/a.csv"]).result()
     assert walked.chunks[0][0] == ["OMOP/a.csv"]
     assert hashed.digests.hex() == __import__("hashlib").md5(b"abc").hexdigest()
+
+
+def test_names_that_differ_only_in_case_or_unicode_form_are_each_kept_and_named(tmp_path):
+    """A macOS copy (NFD) beside the original (NFC), a Windows-made Person.csv beside person.csv: each file is
+    recorded under its exact name (nothing merged), and validation says that a copy of the site on a disk that
+    ignores case or Unicode form keeps one of each pair (it read both person tables as one, saying nothing)."""
+    import json
+
+    from conftest import cli
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/Person.csv": b"person_id\n1\n2\n",
+             "OMOP/caf\u00e9.csv": b"a", "OMOP/cafe\u0301.csv": b"b", "OMOP/visit_occurrence.csv": b"x"}
+    for name, data in names.items():
+        write(site, name, data)
+    run = cli("run", "--site", str(site), "--db", str(db))
+    assert run.returncode == 1 and "file.name_clash: 4" in run.stdout, run.stdout + run.stderr
+    assert current_rows(db).keys() == names.keys()
+    found = json.loads(cli("validate", "--db", str(db), "--json").stdout)["findings"]
+    clashes = {f["srcfile"]: f["message"] for f in found if f["rule"] == "file.name_clash"}
+    assert clashes.keys() == names.keys() - {"OMOP/visit_occurrence.csv"}, clashes
+    assert clashes["OMOP/Person.csv"].startswith("its path differs from OMOP/person.csv only in letter case:")
+    assert "from OMOP/caf\u00e9.csv only in Unicode form (this one is decomposed, NFD" in clashes["OMOP/cafe\u0301.csv"]
+    assert "from OMOP/cafe\u0301.csv only in Unicode form (this one is composed, NFC" in clashes["OMOP/caf\u00e9.csv"]

@@ -876,3 +876,29 @@ def test_an_upload_script_runs_in_bash_with_quotes_and_spaces_and_its_mark_uploa
     marked = cli(*words[1:], env=central.env, cwd=home)
     assert marked.returncode == 0, marked.stdout + marked.stderr
     assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(len(expected),)]
+
+
+def test_a_container_site_with_a_blob_and_a_folder_of_one_name_and_case_twins_goes_up_whole(azurite, central, tmp_path):
+    """Object stores hold what no disk can: a blob `OMOP/x` beside `OMOP/x/y.csv`, and names that differ only in
+    case. Each is recorded, uploaded and verified under its exact name; validation names them (a copy of the site
+    on a disk keeps one of each)."""
+    site = azurite.new_container("site")
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/Person.csv": b"person_id\n2\n", "OMOP/x": b"a blob",
+             "OMOP/x/y.csv": b"under it", "OMOP/a#b?c[d]*%2F.csv": b"url and glob characters"}
+    with azurite.service_client() as client:
+        for name, data in names.items():
+            client.get_blob_client(site, f"root/{name}").upload_blob(data)
+    db = tmp_path / "m.sqlite"
+    run = cli("run", "--site", f"az://{site}/root", "--db", str(db), env=central.env)
+    assert run.returncode == 1 and "file.name_clash: 3" in run.stdout, run.stdout + run.stderr
+    assert query(db, "SELECT srcfile FROM source_files ORDER BY srcfile") == sorted((n,) for n in names)
+    found = json.loads(cli("validate", "--db", str(db), "--json").stdout)["findings"]
+    clashes = {f["srcfile"]: f["message"] for f in found if f["rule"] == "file.name_clash"}
+    assert clashes.keys() == {"OMOP/person.csv", "OMOP/Person.csv", "OMOP/x"}, clashes
+    assert clashes["OMOP/x"].startswith("its path is also a folder of other files"), clashes
+    version = query(db, "SELECT label FROM versions")[0][0]
+    sent = up(central, db)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert {name.split("/", 1)[1] for name in blobs(central, f"{version}/")} - {"_manifest/manifest.sqlite"} == names.keys()
+    checked = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert checked.returncode == 0 and "all as recorded" in checked.stdout, checked.stdout + checked.stderr

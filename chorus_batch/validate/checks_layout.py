@@ -114,3 +114,38 @@ def _duplicates(current: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
     return [_found("file.duplicate", dup.join(persons_of, on="md5"), "srcfile",
                    fmt("the same content (MD5 {}) lies under person folders {}: keep it under its own person "
                              "only", pl.col("md5"), _join_list(pl.col("_persons"))))]
+
+
+def _name_clashes(current: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Paths a case-insensitive or Unicode-normalising file system (Windows, macOS: where the centre or a
+    reviewer copies the files) cannot hold apart: two files whose paths differ only in letter case or Unicode
+    form (a name written on macOS is NFD, é as e + accent), or a file whose path is also a folder of other
+    files (a container can hold both; a disk cannot). Each is kept, tracked and uploaded as it is, but a copy
+    on such a disk keeps one of them, and validation reads both as the same table (person.csv, Person.csv)."""
+    keyed = current.lazy().select("srcfile", _key=pl.col("srcfile").str.normalize("NFC").str.to_lowercase())
+    twins = keyed.join(keyed.group_by("_key").agg(pl.col("srcfile").sort().alias("_all")).filter(
+        pl.col("_all").list.len() > 1), on="_key").with_columns(
+        _others=pl.col("_all").list.set_difference(pl.concat_list(pl.col("srcfile"))).list.sort())
+    # Every folder key (each file's parent and its ancestors): one pass per depth over the distinct parents.
+    parents = keyed.select(pl.col("_key").str.replace(r"/[^/]*$", "")).filter(
+        pl.col("_key").str.contains("/", literal=True)).unique().collect()["_key"]
+    depth = int(parents.str.count_matches("/").max() or 0) + 1 if parents.len() else 0
+    folders = pl.concat([parents.str.split("/").list.head(k).list.join("/") for k in range(1, depth + 1)]
+                        or [pl.Series("_key", [], pl.String)]).unique()
+    shadowed = keyed.filter(pl.col("_key").is_in(folders.implode()))
+    return [
+        # The same letters on screen in Unicode twins: the message says which form this path is written in.
+        _found("file.name_clash", twins, "srcfile",
+               fmt("its path differs from {} only in {}: a copy on a disk that ignores case or Unicode form (Windows, macOS) keeps one "
+                   "of them, and validation reads them as one; rename or remove all but one", _join_list(pl.col("_others")),
+                   pl.when(pl.col("_all").list.eval(pl.element().str.to_lowercase()).list.n_unique() == 1)
+                   .then(pl.lit("letter case"))
+                   .when(pl.col("srcfile") == pl.col("srcfile").str.normalize("NFC"))
+                   .then(pl.lit("Unicode form (this one is composed, NFC: é as one character)"))
+                   .otherwise(pl.lit("Unicode form (this one is decomposed, NFD, as macOS writes names: é as e + "
+                                     "accent)")))),
+        _found("file.name_clash", shadowed, "srcfile",
+               pl.lit("its path is also a folder of other files (the storage holds both, a disk cannot; letter case "
+                      "and Unicode form aside): a copy of the site keeps the file or the folder, not both; rename "
+                      "the file")),
+    ]

@@ -251,6 +251,10 @@ RULES: tuple[Rule, ...] = (
          "A file is empty (0 bytes), usually an interrupted copy."),
     Rule("file.duplicate", "warning", "same content under two persons",
          "Files with identical content (MD5) lie under more than one person folder."),
+    Rule("file.name_clash", "error", "names a Windows or macOS disk cannot hold apart",
+         "Two paths differ only in letter case or Unicode form (person.csv and Person.csv; é as one character or as "
+         "e + accent), or a file's path is also a folder of other files (possible in a container): a copy of the "
+         "site on Windows or macOS keeps one of them, and validation reads such twins as one table."),
     Rule("file.silent_change", "error", "content changed behind an unchanged size and mtime",
          "Rolling re-verification read a file whose size and mtime had not changed and found other bytes (storage "
          "corruption, or a copy that kept the old timestamps); the version records it as replaced."),
