@@ -1090,8 +1090,13 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
             raise UsageError(f"{shown} is a folder of {inside} current files, not a file", where=_db(args),
                              fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
                                  "history of one")
-        raise UsageError(f"no file {shown} in the manifest", where=_db(args),
-                         fix="give the site-relative path as `chorus-batch files` prints it")
+        # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
+        # does, so the difference shows (ascii(): é as one character, \xe9, or as e + accent, e\u0301).
+        similar = reader.similar_paths(args.path)
+        raise UsageError(f"no file {shown} in the manifest" + (
+            f"; did you mean {', '.join(ascii(p) if not p.isascii() else repr(p) for p in similar)}"
+            + (f" (typed: {ascii(args.path)})" if not args.path.isascii() else "") + "?" if similar else ""),
+            where=_db(args), fix="give the site-relative path as `chorus-batch files` prints it")
     _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "srcfile", "size", "md5"])
     return 0
 

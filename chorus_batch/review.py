@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import re
+import unicodedata
 from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -252,9 +253,11 @@ class ManifestReader:
 
     def spellings(self, path: str) -> list[str]:
         """The site-relative paths `path` may name: as typed (a backslash is a character of a POSIX name),
-        then with backslashes as Windows separators; one if they agree."""
+        then with backslashes as Windows separators, then each in the other Unicode form (a name typed or
+        pasted on macOS is decomposed, NFD; elsewhere composed, NFC: the same letters on screen); no repeats."""
         literal, windows = self.site_relative(path, backslash_separates=False), self.site_relative(path)
-        return [literal] if literal == windows else [literal, windows]
+        return list(dict.fromkeys([literal, windows, *(unicodedata.normalize(form, spelling)
+                                                       for spelling in (literal, windows) for form in ("NFC", "NFD"))]))
 
     def history_of(self, path: str) -> pl.DataFrame:
         """`history` of a path as people type it (see spellings): the first spelling the manifest records."""
@@ -264,6 +267,20 @@ class ManifestReader:
             if found.height:
                 return found
         return self.history(spellings[-1])
+
+    def similar_paths(self, path: str, limit: int = 5) -> list[str]:
+        """Paths of the latest version that `path` may mean, when none is it: the same but for letter case,
+        Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`)."""
+        if not self.latest():
+            return []
+
+        def key(expr: pl.Expr) -> pl.Expr:
+            return (expr.str.normalize("NFC").str.to_lowercase().str.split("/")
+                    .list.eval(pl.element().str.strip_chars(" ")).list.join("/"))
+
+        files = self.files().select("srcfile")
+        wanted = pl.DataFrame({"srcfile": self.spellings(path)}).select(key(pl.col("srcfile")))["srcfile"]
+        return files.filter(key(pl.col("srcfile")).is_in(wanted.implode()))["srcfile"].sort().head(limit).to_list()
 
     def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
         """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
@@ -277,9 +294,13 @@ class ManifestReader:
         """The rows of `frame` under `path` (see under) in the first of its spellings that has any, as
         `history_of` reads a path."""
         rows = frame.filter(self.under(path, columns, backslash_separates=False))
-        if rows.height or len(self.spellings(path)) == 1:
+        if rows.height:
             return rows
-        return frame.filter(self.under(path, columns))
+        for spelling in self.spellings(path)[1:]:  # already site-relative, backslashes resolved as they were meant
+            rows = frame.filter(self.under(spelling, columns, backslash_separates=False))
+            if rows.height:
+                return rows
+        return rows
 
     def person_suggestions(self, person: str, as_of: str | datetime | None = None, limit: int = 5) -> list[str]:
         """Person ids of the version that `person` may mean: the same number with other leading zeros

@@ -327,6 +327,34 @@ def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     assert missing.returncode == 2 and "no file 'OMOP/no\\such.csv' in the manifest" in missing.stderr
 
 
+def test_a_name_typed_in_the_other_unicode_form_is_found_and_a_near_miss_is_named(site, db):
+    """`history OMOP/café.csv` typed composed (NFC) found no file recorded decomposed (NFD, a macOS copy) and
+    said "no file 'OMOP/café.csv'", the very name `files` shows; a name recorded with a trailing space or in
+    another case was "no file" with no hint. The other Unicode form is looked up too (after the exact one: a
+    twin in the typed form wins), and a near miss is named, quoted so that the difference shows."""
+    nfc, nfd = "OMOP/caf\u00e9.csv", "OMOP/cafe\u0301.csv"
+    write(site, nfd, b"decomposed")
+    write(site, "OMOP/trail.csv ", b"space at the end")
+    write(site, "OMOP/Person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    assert reader.history_of(nfc)["srcfile"].to_list() == [nfd]
+    assert reader.rows_under(reader.files(), nfc)["srcfile"].to_list() == [nfd]
+    out = cli("history", "--db", str(db), nfc, "--json")
+    assert out.returncode == 0 and [r["srcfile"] for r in json.loads(out.stdout)] == [nfd], out.stderr
+    listed = cli("files", "--db", str(db), "--path", nfc, "--json")
+    assert [r["srcfile"] for r in json.loads(listed.stdout)] == [nfd], listed.stderr
+    spaced = cli("history", "--db", str(db), "OMOP/trail.csv")
+    assert spaced.returncode == 2 and "no file 'OMOP/trail.csv' in the manifest; did you mean 'OMOP/trail.csv '?" \
+        in spaced.stderr, spaced.stderr
+    cased = cli("history", "--db", str(db), "OMOP/person.csv")
+    assert cased.returncode == 2 and "did you mean 'OMOP/Person.csv'?" in cased.stderr, cased.stderr
+    write(site, nfc, b"composed")  # now both forms: each is found as typed
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    assert reader.history_of(nfc)["srcfile"].to_list() == [nfc] and reader.history_of(nfd)["srcfile"].to_list() == [nfd]
+
+
 def test_a_manifest_without_versions_is_one_usage_error_in_every_reading_command(tmp_path):
     """files, diff, report and registry said "the manifest has no versions yet" with exit 3 (a failure),
     validate the same with exit 2: asking a manifest with no version for one is a usage error."""
