@@ -135,3 +135,23 @@ def test_names_that_differ_only_in_case_or_unicode_form_are_each_kept_and_named(
     assert clashes["OMOP/Person.csv"].startswith("its path differs from OMOP/person.csv only in letter case:")
     assert "from OMOP/caf\u00e9.csv only in Unicode form (this one is decomposed, NFD" in clashes["OMOP/cafe\u0301.csv"]
     assert "from OMOP/cafe\u0301.csv only in Unicode form (this one is composed, NFC" in clashes["OMOP/caf\u00e9.csv"]
+
+
+def test_ids_written_in_another_scripts_digits_are_not_taken_for_integers(tmp_path):
+    """A person folder ٠٠٠٠٠١ (Arabic-Indic digits: the regex engine's \\d takes them, and so does Python's int,
+    which reads it as 1) was only "no row in person.csv", as if a typo; a session folder ١٠٠٠ passed as the
+    integer session id the procedure asks for. The person finding says what is odd about the name, and the
+    session id is an integer only in 0-9."""
+    import json
+
+    from conftest import cli
+
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/\u0661\u0660\u0660\u0660/\u0661\u0660\u0660\u0660.hea", b"x")
+    write(site, "\u0660" * 5 + "\u0661/Waveforms/Telemetry/1000/1000.hea", b"y")
+    out = cli("validate", "--site", str(site), "--json")
+    found = {(f["rule"], f["srcfile"]): f["message"] for f in json.loads(out.stdout)["findings"]}
+    folder = "\u0660" * 5 + "\u0661/"
+    assert "digits other than 0-9, from another script" in found[("person.no_omop_row", folder)], found
+    assert ("waveforms.session_id", "000001/Waveforms/Telemetry/\u0661\u0660\u0660\u0660/") in found, found

@@ -56,8 +56,12 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         return []  # no readable person.csv: omop.* says why
     return [_found(
         "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
-        fmt("person folder {} has no row in person.csv: add the person to OMOP/person.csv or fix the folder name",
-                  pl.col("_top")))]
+        fmt("person folder {} has no row in person.csv{}: add the person to OMOP/person.csv or fix the folder name",
+            pl.col("_top"),
+            # another script's digits (٠٠٠٠٤٢) look like an id, and some readers (Python's int) even take them as one
+            pl.when(pl.col("_top").str.contains(r"[^0-9\P{Nd}]")).then(pl.lit(
+                " (its name holds digits other than 0-9, from another script: person_ids are written in 0-9)"))
+            .otherwise(pl.lit(""))))]
 
 
 def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:

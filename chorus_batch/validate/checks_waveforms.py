@@ -133,7 +133,8 @@ def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     )
     across.sessions.append(sessions)
     return [
-        _found("waveforms.session_id", sessions.filter(~pl.col("session_id").str.contains(r"^\d+$")),
+        # [0-9], not \d: the regex engine's \d takes any script's digits (Arabic-Indic ٠١٢), no integer id.
+        _found("waveforms.session_id", sessions.filter(~pl.col("session_id").str.contains(r"^[0-9]+$")),
                pl.col("_dir") + "/",
                fmt("session id {} is not an integer: the waveform procedure asks for integer session ids; "
                          "rename the folder and its files", pl.col("session_id"))),

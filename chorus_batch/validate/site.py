@@ -101,7 +101,7 @@ def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataF
 def _norm_id(expr: pl.Expr) -> pl.Expr:
     """Ids compared as OMOP stores them: digits-only ids without their leading zeros."""
     s = expr.str.strip_chars().str.strip_chars('"')
-    return pl.when(s.str.contains(r"^\d+$")).then(s.str.replace(r"^0+(\d)", "${1}")).otherwise(s)
+    return pl.when(s.str.contains(r"^[0-9]+$")).then(s.str.replace(r"^0+([0-9])", "${1}")).otherwise(s)
 
 
 _FINDING_COLUMNS = {"rule": pl.String, "srcfile": pl.String, "message": pl.String}
