@@ -1149,8 +1149,13 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"chorus-batch: not in the script: {script.n_not_replaceable} files whose central blob verify found "
                   "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "
                   "`chorus-batch upload` or `upload --script bash`", file=sys.stderr)
-            return 1
-        return 0
+        if script.wildcards:  # AzCopy has no escape for a '*' in a local path: not in this script
+            from .units import plural
+
+            print(f"chorus-batch: not in the script: {plural(len(script.wildcards), 'file')} whose local path holds '*', which "
+                  f"AzCopy reads as a wildcard (e.g. {script.wildcards[0]}); send them with `chorus-batch upload` or "
+                  "`upload --script bash`", file=sys.stderr)
+        return 1 if script.n_not_replaceable or script.wildcards else 0
     from .submit.upload import upload
 
     overrides = {None: args.site, **target.config.site.roots} if args.site else None

@@ -6,6 +6,7 @@ sending confirmed files again; `upload --script` and `mark-uploaded` for sites t
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -902,3 +903,72 @@ def test_a_container_site_with_a_blob_and_a_folder_of_one_name_and_case_twins_go
     assert {name.split("/", 1)[1] for name in blobs(central, f"{version}/")} - {"_manifest/manifest.sqlite"} == names.keys()
     checked = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
     assert checked.returncode == 0 and "all as recorded" in checked.stdout, checked.stdout + checked.stderr
+
+
+def azcopy_binary() -> str:
+    """AzCopy as scripts/test installs it (npm ci: package.json pins @azure-tools/azcopy-linux), or on PATH."""
+    pinned = Path(__file__).resolve().parent.parent / "node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64"
+    found = shutil.which("azcopy") or (str(pinned) if pinned.exists() else None)
+    if found is None:
+        pytest.fail(f"AzCopy is not installed ({pinned} is missing). Run scripts/test (it runs `npm ci` and installs "
+                    "libsecret-1-0, which AzCopy links against), or put azcopy on PATH.", pytrace=False)
+    return found
+
+
+def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_wildcard(central, azurite, tmp_path):
+    """The script AzCopy runs, run for real against the emulator. It failed every file there (AzCopy could not tell
+    what kind of destination the endpoint is: no --from-to), and a file named st*r.csv went up as st*r.csv/st*r.csv
+    beside st*r.csv/stXr.csv, another file's content (AzCopy reads '*' in a local path as a wildcard and has no
+    escape for it). Now each name goes up exactly, and one holding '*' is left out of the script and named."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/ lead.csv": b"space", "OMOP/[ab].csv": b"brackets",
+             "OMOP/a#b?c.csv": b"url characters", "OMOP/p%20q.csv": b"escaped", "OMOP/st*r.csv": b"star",
+             "OMOP/stXr.csv": b"what the star matches"}
+    for name, data in names.items():
+        write(site, name, data)
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 1, out.stderr
+    assert "not in the script: 1 file whose local path holds '*'" in out.stderr, out.stderr
+    assert "20261101020000/OMOP/st*r.csv" in out.stderr and "st*r.csv" not in out.stdout
+    script, log, tools = tmp_path / "upload.sh", tmp_path / "upload.log", tmp_path / "bin"
+    script.write_text(out.stdout)
+    tools.mkdir()
+    (tools / "azcopy").symlink_to(azcopy_binary())
+    sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                                                    list=True),
+                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
+           "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),  # AzCopy's plans and logs
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    sent = {f"20261101020000/{name}" for name in names if "*" not in name}
+    assert set(blobs(central)) == sent
+    for name in sent:
+        assert central.client.download_blob(name).readall() == names[name.split("/", 1)[1]]
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert marked.returncode == 0 and "recorded 6 uploads" in marked.stdout, marked.stdout + marked.stderr
+    rest = up(central, db)  # the one left out goes with the tool's own upload
+    assert rest.returncode == 0 and "sent 1 file (4 B); 6 sent before" in rest.stdout, rest.stdout + rest.stderr
+    assert central.client.download_blob("20261101020000/OMOP/st*r.csv").readall() == b"star"
+
+
+def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central, tmp_path):
+    """Under a central prefix that starts with '-' (az://central/-x/) every blob name does too, and the Azure CLI
+    (argparse) took `--name -x/...` for an option of its own: "argument --name/-n: expected one argument", every
+    file failed (seen with azure-cli 2.x against Azurite). Each value is attached to its option (--name=...)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/-rf.csv", b"dash")
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url + "-x/", "--script", "bash", env=central.env)
+    assert out.returncode == 0, out.stderr
+    command = out.stdout.split("az storage blob upload", 1)[1].split("; then", 1)[0]
+    for option, value in (("--container-name", "$CONTAINER"), ("--name", "$1"), ("--file", "$2"),
+                          ("--content-md5", "$4")):
+        assert f'{option}="{value}"' in command, command
+    assert '--if-match="$6"' in out.stdout
+    assert "send -x/20261101020000/OMOP/-rf.csv " in out.stdout

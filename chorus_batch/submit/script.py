@@ -7,7 +7,8 @@ md5sum (a file changed since its version was recorded is skipped and named); `az
 gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service);
 `azcopy copy` gets --put-md5 (AzCopy hashes what it sends and stores that); neither replaces a blob
 already there (--overwrite false: mark-uploaded then records it only if it holds the manifest's size and
-MD5). The account is the endpoint the sign-in names ([azure] account_url, or the connection string's
+MD5). A file whose local path holds '*' is left out of an AzCopy script (AzCopy reads it as a wildcard,
+with no escape) and named. The account is the endpoint the sign-in names ([azure] account_url, or the connection string's
 BlobEndpoint / EndpointSuffix), never a secret. After each command that
 succeeds, the script appends `uploaded<TAB><blob name>` to its log. The script holds no secret: both
 tools sign in from the environment (`az login` / AZURE_STORAGE_* variables, `azcopy login` /
@@ -48,6 +49,7 @@ class Script:
     n_versions: int
     log: str
     n_not_replaceable: int = 0  # damaged blobs (verify) AzCopy cannot replace only if unchanged: left out
+    wildcards: list[str] = field(default_factory=list)  # versioned names whose local path AzCopy reads as a pattern
 
 
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
@@ -120,13 +122,18 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             '  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -n "$ACCOUNT" ]; then how+=(--account-name "$ACCOUNT"); fi',
             '  if [ -n "${AZ_AUTH_MODE:-}" ]; then how+=(--auth-mode "$AZ_AUTH_MODE"); fi',
             "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
-            '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match "$6"); fi',
+            '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
             '  if az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
-            '      --container-name "$CONTAINER" --name "$1" --file "$2" --content-md5 "$4" > /dev/null; then',
+            # --opt=VALUE: the Azure CLI (argparse) takes a VALUE starting with '-' (a blob under a prefix
+            # "-x/") for an option of its own and fails the file ("expected one argument").
+            '      --container-name="$CONTAINER" --name="$1" --file="$2" --content-md5="$4" > /dev/null; then',
         ]
     else:
         lines += [
-            '  if azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --put-md5 --overwrite false \\',
+            # --from-to: AzCopy guesses the kind of a destination from its host, and gives up (every file
+            # failed) at an endpoint it does not know: Azurite, Azure Stack, a custom domain.
+            '  if azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --from-to LocalBlob \\',
+            "      --put-md5 --overwrite false \\",
             "      --log-level ERROR > /dev/null; then",
         ]
     lines += [
@@ -136,15 +143,21 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "  fi",
         "}",
     ]
+    wildcards: list[str] = []
     for label, srcfile, md5, root_id, etag in todo.select("version", "srcfile", "md5", "root_id",
                                                           "replace_etag").iter_rows():
         name = "/".join(p for p in (prefix, label, srcfile) if p)
         local = str(PurePosixPath(roots[root_id]) / srcfile)
+        if kind == "azcopy" and "*" in local:
+            # AzCopy reads '*' in a local path as a wildcard and has no escape for it: `st*r.csv` would send
+            # every file the pattern matches, as blobs under a folder named st*r.csv. Left out, and named.
+            wildcards.append(f"{label}/{srcfile}")
+            continue
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     lines += ['exit "$failed"', ""]
-    return Script("\n".join(lines), todo.height, len(labels), LOG_NAME, not_replaceable)
+    return Script("\n".join(lines), todo.height - len(wildcards), len(labels), LOG_NAME, not_replaceable, wildcards)
 
 
 @dataclass
