@@ -155,3 +155,27 @@ def test_ids_written_in_another_scripts_digits_are_not_taken_for_integers(tmp_pa
     folder = "\u0660" * 5 + "\u0661/"
     assert "digits other than 0-9, from another script" in found[("person.no_omop_row", folder)], found
     assert ("waveforms.session_id", "000001/Waveforms/Telemetry/\u0661\u0660\u0660\u0660/") in found, found
+
+
+def test_one_person_in_two_folders_spelled_with_other_leading_zeros_is_named(tmp_path):
+    """Person folders 0001/ and 000001/ both name person_id 1 (ids are compared without leading zeros): validation
+    said nothing, though that person's files lie in two folders at the centre and `files --person 000001` misses
+    the other's. Each folder is named with the other spelling; with or without a person.csv."""
+    import json
+
+    from conftest import cli
+
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    write(site, "000001/Waveforms/Telemetry/1000/1000.hea", b"a")
+    write(site, "0001/Waveforms/Telemetry/1001/1001.hea", b"b")
+    write(site, "000002/Waveforms/Telemetry/2000/2000.hea", b"c")
+    for without_person_csv in (False, True):
+        if without_person_csv:
+            (site / "OMOP" / "person.csv").unlink()
+        out = cli("validate", "--site", str(site), "--json")
+        found = {(f["rule"], f["srcfile"]): f["message"] for f in json.loads(out.stdout)["findings"]}
+        split = {srcfile: message for (rule, srcfile), message in found.items() if rule == "person.split_folders"}
+        assert split.keys() == {"000001/", "0001/"}, (without_person_csv, found)
+        assert split["0001/"].startswith("person folder 0001 names the same person_id as 000001/"), split
+        assert out.returncode == 1

@@ -21,7 +21,8 @@ import polars as pl
 
 from ..frames import FINDINGS_SCHEMA
 from .checks_images import _dicom
-from .checks_layout import _duplicates, _files, _layout, _name_clashes, _no_folder, _persons, _superseded
+from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_folder, _persons, _split_persons,
+                            _superseded)
 from .checks_metadata import _metadata
 from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _not_on_site, _registries
@@ -97,6 +98,7 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
     found = [
         *_superseded(current),
         *_no_folder(site, across),
+        *_split_persons(across),
         *_duplicates(current, across),
         *_name_clashes(current),
         *_id_collisions(across),

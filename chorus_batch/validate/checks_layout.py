@@ -153,3 +153,18 @@ def _name_clashes(current: pl.DataFrame) -> list[pl.LazyFrame]:
                       "and Unicode form aside): a copy of the site keeps the file or the folder, not both; rename "
                       "the file")),
     ]
+
+
+def _split_persons(across: _Across) -> list[pl.LazyFrame]:
+    """Person folders that name one person_id in other spellings (0001/ and 000001/: compared as OMOP stores ids,
+    without leading zeros): that person's files lie in two folders, and a look-up by either spelling misses the
+    other's. Folders of every part, as _no_folder reads them."""
+    folders = pl.concat([f.filter(pl.col("_is_person")).select("_top", "_key") for f in across.folders]).unique()
+    spellings = folders.group_by("_key").agg(pl.col("_top").sort().alias("_all")).filter(pl.col("_all").list.len() > 1)
+    split = folders.join(spellings, on="_key").with_columns(
+        _others=pl.col("_all").list.set_difference(pl.concat_list(pl.col("_top"))).list.sort())
+    return [_found("person.split_folders", split, pl.col("_top") + "/",
+                   fmt("person folder {} names the same person_id as {} (compared without leading zeros, as OMOP "
+                       "stores it): one person's files lie in {} folders; move them into one, spelled as person.csv "
+                       "writes the id", pl.col("_top"), _join_list(pl.col("_others").list.eval(pl.element() + "/")),
+                       pl.col("_all").list.len().cast(pl.String)))]

@@ -167,6 +167,9 @@ RULES: tuple[Rule, ...] = (
          "A person folder's id is not a person_id in OMOP/person.csv."),
     Rule("person.no_folder", "info", "persons without a folder",
          "Some person_ids in OMOP/person.csv have no person folder (normal for persons without waveforms or images)."),
+    Rule("person.split_folders", "error", "one person in two folders",
+         "Person folders name the same person_id in other spellings (0001/ and 000001/: ids are compared without "
+         "leading zeros, as OMOP stores them): the person's files lie in more than one folder."),
     # -- waveforms
     Rule("waveforms.session_id", "warning", "session id not an integer",
          "A waveform session id (its folder under Telemetry/ or EEG/) is not an integer, as the procedure asks."),
