@@ -645,7 +645,7 @@ def test_an_upload_script_replaces_a_damaged_blob_only_while_it_is_the_one_verif
     assert subprocess.run(["bash", "-n"], input=out.stdout, text=True).returncode == 0
     (line,) = [line for line in out.stdout.splitlines() if line.startswith("send ")]
     assert line.startswith(f"send {name} ") and line.endswith(shlex.quote(etag))  # the etag verify saw
-    assert '--if-match "$6"' in out.stdout and "--overwrite false" in out.stdout
+    assert '--if-match="$6"' in out.stdout and "--overwrite false" in out.stdout
     # AzCopy cannot make the write conditional: the file is left out, and the script's writer says so.
     azcopy = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
     assert azcopy.returncode == 1 and "1 files whose central blob verify found damaged" in azcopy.stderr, azcopy.stderr

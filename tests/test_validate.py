@@ -318,6 +318,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("empty", add(f"{P0}/Metadata/empty.json", b""), {("file.empty", f"{P0}/Metadata/empty.json")}),
     ("duplicate", lambda root: write(root, f"{P1}/Metadata/copy.csv", (root / f"{SINGLE}n.csv").read_bytes()),
      {("file.duplicate", f"{SINGLE}n.csv"), ("file.duplicate", f"{P1}/Metadata/copy.csv")}),
+    ("name_clash", both(add(f"{P1}/Metadata/Notes.txt", b"one"), add(f"{P1}/Metadata/notes.txt", b"two")),
+     {("file.name_clash", f"{P1}/Metadata/Notes.txt"), ("file.name_clash", f"{P1}/Metadata/notes.txt")}),
+    ("split_folders", rename(f"{P2}/Images", f"{P2[1:]}/Images"),
+     {("person.split_folders", f"{P2}/"), ("person.split_folders", f"{P2[1:]}/")}),
 ]
 
 # The same on the flat layout of the first upload SOP, for the rules on its names.
