@@ -91,6 +91,20 @@ class ManifestError(ChorusError):
     """The manifest cannot be opened, read or written."""
 
 
+class WorkerDied(ChorusError):
+    """A worker process ended abruptly (the kernel's out-of-memory killer, a cgroup or Slurm memory limit, or a
+    kill): the run cannot have the results of its work and fails with nothing committed."""
+
+    def __init__(self, how: str = ""):
+        super().__init__(
+            f"a worker process of this run ended abruptly ({how or 'killed or crashed'}) while it listed, hashed or "
+            "read files; the work it had is lost",
+            where="the worker processes (--workers / workers in [run])",
+            fix="if the kernel's out-of-memory killer or a memory limit ended it (`dmesg | grep -i oom`, a Slurm "
+                "job in state OUT_OF_MEMORY), give the job more memory (--mem) or pass fewer --workers; then run "
+                "again (what the checkpoint holds is not hashed again)")
+
+
 class ManifestLocked(ChorusError):
     exit_code = ExitCode.LOCKED
 

@@ -276,3 +276,18 @@ def check_outside_roots(roots: list[tuple[str, str]], written: list[tuple[str | 
                     f"{name} would lie inside the site's root ({root_where} {location}): every run would record it as "
                     "a file of the site, and `upload` would send it to the centre", where=f"{where}: {path}",
                     fix=f"keep {name} outside the site's roots, e.g. in {root.parent / (root.name + '-chorus')}")
+
+
+def standard_streams_open() -> None:
+    """Open /dev/null on stdin, stdout or stderr if the caller closed them (`<&- >&- 2>&-` in a cron line), before
+    anything else opens a file: the lowest free descriptors would go to the manifest or a worker pool's pipes,
+    where a library's write to "stderr" would land, and which each worker's /dev/null over 0-2 cut (a broken
+    pool). Python has set sys.stdout/stderr to None for them already: they stay so (nothing is written)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:  # (the lowest free descriptor: it is fd, as the ones below it are open)
+                os.dup2(null, fd)
+                os.close(null)

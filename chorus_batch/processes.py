@@ -16,6 +16,9 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from .errors import WorkerDied
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
@@ -98,12 +101,34 @@ def owned(executor: ProcessPoolExecutor) -> Iterator[None]:
     """Leaving the block normally waits for the workers; leaving it by an exception or a signal
     (KeyboardInterrupt, Stopped, a generator closed early) cancels what is queued and kills them at once,
     so a stopped run does not wait for a 100 GB file to finish hashing."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())  # (a broken pool forgets them)
     try:
         yield
+    except BrokenProcessPool as exc:  # a worker died (the OOM killer's SIGKILL): said as such, not "internal error"
+        processes += [p for p in (getattr(executor, "_processes", None) or {}).values() if p not in processes]
+        stop_pool(executor)
+        raise WorkerDied(_deaths(processes)) from exc
     except BaseException:
         stop_pool(executor)
         raise
     executor.shutdown(wait=True)
+
+
+def _deaths(processes: list) -> str:
+    """How the pool's dead workers ended ("killed by SIGKILL"), as far as the processes kept tell."""
+    import signal
+
+    said = set()
+    for process in processes:
+        code = process.exitcode
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                said.add(f"killed by {signal.Signals(-code).name}")
+        elif code:
+            said.add(f"exited with status {code}")
+    if len(said) > 1:  # the executor ends the other workers with SIGTERM once one died: theirs is not the cause
+        said.discard("killed by SIGTERM")
+    return ", ".join(sorted(said))
 
 
 def pool_executor(workers: int) -> ProcessPoolExecutor:

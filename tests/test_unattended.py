@@ -167,6 +167,45 @@ def test_workers_die_with_a_killed_parent(site, db):
     assert not any(alive(p) for p in workers)
 
 
+def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db):
+    """The OOM killer SIGKILLs one worker: exit 3 saying so (not "internal error: BrokenProcessPool"), the
+    `runs` row finished, nothing committed, no process left, and the next run commits."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    for i in range(2100):  # enough files for worker processes
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        assert line, "the run never reached the hashing pause"
+    workers = {p for p in children_of(proc.pid) if alive(p)}
+    os.kill(min(workers), signal.SIGKILL)  # while the parent waits: its next chunk finds the pool broken
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.FAILED, err
+    assert "worker process of this run ended abruptly (killed by SIGKILL)" in err and "internal error" not in err
+    assert "out-of-memory" in err and "nothing was committed" in err and "Traceback" not in err
+    assert not any(alive(p) for p in workers)
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs ORDER BY run_id DESC LIMIT 1") == [(3, 1)]
+    assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 2105
+
+
+def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
+    """cron lines ending `<&- >&- 2>&-`: the pool's pipes took fds 0-2 and the workers' /dev/null over them broke
+    the pool (exit 3, BrokenProcessPool). The streams are opened on /dev/null first."""
+    for i in range(2100):  # worker processes
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    command = " ".join([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                        "--site", str(site), "--db", str(db)])
+    done = subprocess.run(["sh", "-c", f"{command} <&- >&- 2>&-"], timeout=120)
+    assert done.returncode == 0
+    assert query(db, "SELECT exit_code FROM runs") == [(0,)] and len(current_rows(db)) == 2100
+
+
 # ----------------------------------------------------------------------------- truthful errors
 
 
