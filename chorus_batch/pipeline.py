@@ -195,9 +195,11 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
     from .config import CONFIG_HELP, check_roots, parse_bytes, parse_max_delete
+    from .processes import ensure_open_files
 
     manifest.check_path()
     check_roots(settings)
+    ensure_open_files(settings.workers)
     if settings.version_label is not None:
         latest = manifest.latest_version() if manifest.path.exists() and not manifest.path.is_dir() else None
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import WorkerDied
+from .errors import UsageError, WorkerDied
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
@@ -55,6 +55,41 @@ def default_workers() -> int:
     """Hashing threads / listing and header-reading processes: the CPU count, at most 16
     (past that a shared file system, not the CPU, is the limit)."""
     return min(os.cpu_count() or 1, 16)
+
+
+# Descriptors a run holds open (measured at 20 + 2 per worker process: its pipes and sentinel), with room to spare;
+# one worker is the caller itself (measured: 16 suffice).
+FDS_BASE, FDS_PER_WORKER, FDS_ALONE = 32, 3, 24
+
+
+def _fds_needed(workers: int) -> int:
+    return FDS_ALONE if workers <= 1 else FDS_BASE + FDS_PER_WORKER * workers
+
+
+def ensure_open_files(workers: int) -> None:
+    """Enough open files for `workers` worker processes: the soft limit is raised towards the hard one if need be
+    (as `ulimit -n` could); below that, a usage error before any work. A pool that could not start its workers
+    (EMFILE) failed mid-run, and said "cannot open the manifest" when the bookkeeping could not open it either."""
+    try:
+        import resource
+    except ImportError:  # (not POSIX)
+        return
+    need = _fds_needed(workers)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, min(hard, 1024)), hard))
+            return
+    limit = min(soft, hard)
+    fewer = max((w for w in range(1, workers) if _fds_needed(w) <= limit), default=None)
+    raise UsageError(
+        f"the open-file limit is {limit}: {workers} worker process{'es need' if workers > 1 else ' needs'} at least "
+        f"{need} open files",
+        where="the open-file limit (`ulimit -n`) of the shell, cron or Slurm job that started this command",
+        fix=f"raise it to 1024 or more (`ulimit -n 1024` before the command; its hard limit, `ulimit -Hn`, is {hard})"
+            + (f", or pass --workers {fewer} (workers in [run])" if fewer else ""))
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -133,6 +168,7 @@ def _deaths(processes: list) -> str:
 
 def pool_executor(workers: int) -> ProcessPoolExecutor:
     """Worker processes that die with the caller and leave signals to it; the caller stops them (pool)."""
+    ensure_open_files(workers)
     return ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init)
 
 

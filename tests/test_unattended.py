@@ -206,6 +206,26 @@ def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
     assert query(db, "SELECT exit_code FROM runs") == [(0,)] and len(current_rows(db)) == 2100
 
 
+@pytest.mark.parametrize("hard, code", [(40, ExitCode.USAGE), (4096, 0)])
+def test_a_low_open_file_limit_is_raised_or_refused_before_any_work(site, db, hard, code):
+    """`ulimit -n 40` and 16 workers: the pool could not start its workers mid-run (EMFILE), and the run said
+    "cannot open the manifest" (its bookkeeping could not open it either). Now the soft limit is raised up to the
+    hard one, and a hard limit too low is exit 2 naming the limit, before a manifest or `runs` row exists."""
+    import resource
+
+    for i in range(2100):  # worker processes
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "16",
+                           "--site", str(site), "--db", str(db)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, hard)))
+    assert done.returncode == code, done.stderr
+    if code:
+        assert "the open-file limit is 40: 16 worker processes need at least 80 open files" in done.stderr
+        assert "ulimit -n 1024" in done.stderr and "--workers 2" in done.stderr and not db.exists()
+    else:
+        assert len(current_rows(db)) == 2100
+
+
 # ----------------------------------------------------------------------------- truthful errors
 
 
