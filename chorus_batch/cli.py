@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, signals_unwrapped
+from .errors import (EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, out_of_memory,
+                     signals_unwrapped)
 from .units import shown
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
@@ -1382,6 +1383,11 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", code)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
         log.debug("unexpected error", exc_info=True)
+        known = out_of_memory(exc)  # a limit of the machine's, not a fault of ours: said as one
+        if known is not None:
+            print(f"chorus-batch: error: {known}\n  "
+                  f"{getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)}", file=sys.stderr)
+            return int(known.exit_code)
         print(
             f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n"
             f"  {getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)}.\n"

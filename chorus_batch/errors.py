@@ -105,6 +105,33 @@ class WorkerDied(ChorusError):
                 "again (what the checkpoint holds is not hashed again)")
 
 
+class OutOfMemory(ChorusError):
+    """An allocation failed (Python's MemoryError, pyarrow's ArrowMemoryError, DuckDB's OutOfMemoryException): an
+    address-space limit (`ulimit -v`) or a memory too small for the site, not a fault of chorus-batch."""
+
+
+def out_of_memory(exc: BaseException) -> OutOfMemory | None:
+    """`exc` as an OutOfMemory with what/where/fix, if it is a failed allocation (else None)."""
+    mapped = isinstance(exc, ImportError) and "failed to map segment" in str(exc)  # a library's mmap: ENOMEM
+    if not (mapped or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
+        return None
+    limit = ""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)"
+    except (ImportError, OSError, ValueError):
+        pass
+    detail = str(exc).strip()
+    return OutOfMemory(f"out of memory: {type(exc).__name__}{': ' + detail if detail else ''}{limit}",
+                       where="the memory of this process (`ulimit -v`, a Slurm --mem, a cgroup memory limit)",
+                       fix="give the job more memory (or remove `ulimit -v`: the libraries' threads reserve address "
+                           "space they never use; limit resident memory with Slurm --mem instead), or pass fewer "
+                           "--workers; then run again")
+
+
 class ManifestLocked(ChorusError):
     exit_code = ExitCode.LOCKED
 
