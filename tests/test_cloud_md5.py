@@ -286,19 +286,26 @@ def test_azurite_stopped_in_the_middle_of_a_run_fails_clearly_and_keeps_the_prev
     assert again.counts["added"] == 3 and again.n_hashed == 3
 
 
+def paused_at_hashing(az_env, container: str, db: Path) -> subprocess.Popen:
+    """A run of the container, paused for 2 s once it starts hashing (to change the container meanwhile)."""
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
+                             "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string,
+                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+2"})
+    assert proc.stderr is not None
+    line = ""
+    while "test pause at hashing" not in line:
+        line = proc.stderr.readline()
+        assert line, "the run ended before it reached the hashing"
+    return proc
+
+
 def test_a_blob_that_vanishes_before_it_is_read_is_recorded_like_a_local_file(az_env, tmp_path):
     local = tmp_path / "site"
     small_site(local)
     container, client = uploaded(az_env, local, content_md5=False)  # no stored MD5s: every blob is downloaded
     db = tmp_path / "m.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
-                             "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string,
-                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+2"})
-    line = ""
-    while "test pause at hashing" not in line:
-        line = proc.stderr.readline()
-        assert line, "the run ended before it reached the hashing"
+    proc = paused_at_hashing(az_env, container, db)
     client.get_blob_client(container, "OMOP/person.csv").delete_blob()  # listed, then gone
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
@@ -317,14 +324,7 @@ def test_a_container_deleted_while_its_blobs_are_read_fails_the_run_instead_of_r
     first = run_site(f"az://{container}", db, validate_site=False)
     write(tmp_path / "more", "000003/Waveforms/S3/S3.dat", b"no stored MD5" * 100)
     upload_tree(client, container, tmp_path / "more", content_md5=False)  # the next run downloads it
-    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
-                             "--no-validate"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": az_env.connection_string,
-                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+2"})
-    line = ""
-    while "test pause at hashing" not in line:
-        line = proc.stderr.readline()
-        assert line, "the run ended before it reached the hashing"
+    proc = paused_at_hashing(az_env, container, db)
     client.delete_container(container)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, (out, err)

@@ -98,13 +98,13 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def paused_at_hashing(site: Path, db: Path) -> tuple[subprocess.Popen, set[int]]:
-    """A run hashing in worker processes, paused in the parent while they work."""
+def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[subprocess.Popen, set[int]]:
+    """A run hashing in worker processes, paused in the parent while they work (`hashing+S`: for S seconds)."""
     for i in range(2100):  # enough files for worker processes
         write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
                              "--site", str(site), "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing"},
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": pause},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -173,16 +173,8 @@ def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db)
     many(site, 5)
     assert run(site, db, "-q").returncode == 0
     before = current_rows(db)
-    for i in range(2100):  # enough files for worker processes
-        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
-    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
-                             "--site", str(site), "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    while "test pause at hashing" not in (line := proc.stderr.readline()):
-        assert line, "the run never reached the hashing pause"
-    workers = {p for p in children_of(proc.pid) if alive(p)}
+    proc, workers = paused_at_hashing(site, db, "hashing+3")
+    workers = {p for p in workers if alive(p)}
     os.kill(min(workers), signal.SIGKILL)  # while the parent waits: its next chunk finds the pool broken
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FAILED, err
