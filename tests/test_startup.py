@@ -14,6 +14,8 @@ import pytest
 
 from chorus_batch.cli import demo_site
 
+pytestmark = pytest.mark.serial  # timed: run alone, after the parallel tests (scripts/test)
+
 # Loaded by a command that needs them, never by a local run: the Azure/S3 clients and their event loop.
 CLOUD = ("asyncio", "fsspec", "adlfs", "azure", "s3fs", "chorus_batch.sources.cloud", "chorus_batch.sources.remote",
          "chorus_batch.store.remote")
