@@ -7,6 +7,8 @@ questions from them as from the manifest:
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import duckdb
@@ -90,16 +92,18 @@ class ParquetReader(ManifestReader):
             frame = frame.filter(pl.col("person_id") == person)
         # A snapshot holds its rows as still valid; the manifest says when a later version ended each one,
         # and so must `files --as-of` and `diff` read from the snapshots (they said null).
-        ends = self._ends()
+        ends = self._ends
         if ends.height:
             frame = frame.join(ends, on="file_id", how="left").with_columns(
                 version_invalid=pl.coalesce("version_invalid", "_ended_in"),
                 time_invalid=pl.coalesce("time_invalid", "_ended_at")).drop("_ended_in", "_ended_at")
         return frame.sort("srcfile")
 
+    @functools.cached_property
     def _ends(self) -> pl.DataFrame:
         """file_id, _ended_in, _ended_at of every row a change set ended (its old_file_id), read from all
-        the change sets at once (two columns of each)."""
+        the change sets at once (two columns of each); once per reader, as its versions are fixed when it opens
+        (a diff reads two file sets)."""
         glob = str(self.path / "version=*" / "changes.parquet")
         schema = {"file_id": pl.Int64, "_ended_in": pl.String}
         if not any(self.path.glob("version=*/changes.parquet")):
