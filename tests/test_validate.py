@@ -320,6 +320,18 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("file.duplicate", f"{SINGLE}n.csv"), ("file.duplicate", f"{P1}/Metadata/copy.csv")}),
     ("name_clash", both(add(f"{P1}/Metadata/Notes.txt", b"one"), add(f"{P1}/Metadata/notes.txt", b"two")),
      {("file.name_clash", f"{P1}/Metadata/Notes.txt"), ("file.name_clash", f"{P1}/Metadata/notes.txt")}),
+    # names a Windows disk cannot hold: one finding at the first such part (a folder's for all its files)
+    ("windows_reserved", both(*(add(f"{P1}/Metadata/{n}") for n in ("CON/notes.txt", "CON/more.txt", "nul.txt",
+                                                                     "Com1.hea", "lpt9", "console.txt", "nul_x.txt"))),
+     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("CON/", "nul.txt", "Com1.hea", "lpt9")}),
+    ("windows_characters", both(*(add(f"{P1}/Metadata/{n}") for n in ("a<b.txt", "q?.txt", "c:d", "ctl\x01.txt",
+                                                                       "back\\slash.txt", "star*", "pipe|/x.txt"))),
+     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("a<b.txt", "q?.txt", "c:d", "ctl\x01.txt",
+                                                               "back\\slash.txt", "star*", "pipe|/")}),
+    ("windows_trailing", both(*(add(f"{P1}/Metadata/{n}") for n in ("notes./a.txt", "trail ", "trail.", " lead.txt"))),
+     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("notes./", "trail ", "trail.")}),
+    ("long_path", add(f"{P1}/Metadata/{'d' * 200}/{'e' * 80}.txt"),
+     {("file.long_path", f"{P1}/Metadata/{'d' * 200}/{'e' * 80}.txt")}),
     ("split_folders", rename(f"{P2}/Images", f"{P2[1:]}/Images"),
      {("person.split_folders", f"{P2}/"), ("person.split_folders", f"{P2[1:]}/")}),
 ]
@@ -375,6 +387,17 @@ def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_
     assert out.select("srcfile", "message").rows() == [
         ("RECORDS", f"lists record {P1}/waveforms/no_such_record but its header ({P1}/waveforms/no_such_record.hea) "
                     "is not on the site: add the record or remove the line")]
+
+
+def test_a_name_over_255_bytes_is_found_where_a_container_holds_it(clean):
+    """No local disk holds such a name (ext4 refuses it), a container does: its listing is checked as any other."""
+    current = scan_current(clean)
+    name = "é" * 128 + ".txt"  # 132 characters, 260 bytes
+    long = current.head(1).with_columns(srcfile=pl.lit(f"{P1}/Metadata/{name}"), md5=pl.lit("0" * 32))
+    out = check(pl.concat([current, long]), pl.DataFrame(schema=FACTS_SCHEMA))
+    assert out.select("rule", "srcfile", "message").rows() == [
+        ("file.unportable_name", f"{P1}/Metadata/{name}", f"the name '{name}' is 260 bytes long: no common file system "
+         "(NTFS, ext4, APFS) holds a name over 255 bytes, so no copy of the site on a disk can hold it; rename it")]
 
 
 def test_clean_site_has_no_findings(clean):

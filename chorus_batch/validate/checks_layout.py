@@ -178,3 +178,59 @@ def _split_persons(across: _Across) -> list[pl.LazyFrame]:
                        "stores it): one person's files lie in {} folders; move them into one, spelled as person.csv "
                        "writes the id", pl.col("_top"), _join_list(pl.col("_others").list.eval(pl.element() + "/")),
                        pl.col("_all").list.len().cast(pl.String)))]
+
+
+# Names Windows cannot hold (Naming Files, Paths, and Namespaces): device names with any extension and in any case
+# (CON, nul.txt, COM1.hea; COM¹-³ and LPT¹-³ too), a name ending in '.' or ' ' (Windows drops them: the copy gets
+# another name), and < > : " | ? * \ or a control character. A name over 255 bytes fits no common file system
+# (NTFS, ext4, APFS: 255), though a container holds it. The procedures ask for portable names.
+_RESERVED = r"(?i)^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\.|$)"
+_FORBIDDEN = r'[<>:"|?*\\\x00-\x1f]'
+# Any path one of the parts may fail (cheap, over all paths); the parts are looked at only for these.
+_SUSPECT = (r'(?i)(^|/)(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\.[^/]*)?(/|$)|[. ](/|$)|' + _FORBIDDEN
+            + r"|[^/]{64,}")  # 255 bytes are at least 64 characters
+MAX_NAME_BYTES = 255
+MAX_WINDOWS_PATH = 260  # MAX_PATH, unless long paths are enabled on the computer
+
+
+def _unportable_names(current: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Files and folders whose names a Windows disk (or any disk) cannot hold: an error, as for file.name_clash:
+    a centre or reviewer copying the site there loses or renames them. One finding at the first such part of a
+    path: a folder's (with '/') for all the files below it. Paths over 260 characters: a warning, as Windows
+    holds them where long paths are enabled."""
+    parts = (current.lazy().select("srcfile").filter(pl.col("srcfile").str.contains(_SUSPECT))
+             .with_columns(_part=pl.col("srcfile").str.split("/"))
+             .with_columns(_i=pl.int_ranges(pl.col("_part").list.len()), _n=pl.col("_part").list.len())
+             .explode("_part", "_i"))
+    part, bad_char = pl.col("_part"), pl.col("_part").str.extract("(" + _FORBIDDEN + ")", 1)
+    on_windows = ": a copy of the site on Windows cannot hold it"
+    why = (pl.when(part.str.contains(_RESERVED))
+           .then(fmt("is the device name {}, which Windows reserves with any extension, in any case" + on_windows,
+                     part.str.extract(_RESERVED, 1).str.to_uppercase()))
+           .when(bad_char.is_not_null())
+           .then(fmt("holds {}, which Windows forbids in names (< > : \" | ? * \\ and control characters)" + on_windows,
+                     pl.when(bad_char < " ").then(pl.lit("a control character"))
+                     .otherwise(pl.lit("'") + bad_char + pl.lit("'"))))
+           .when(part.str.ends_with(".")).then(pl.lit("ends with '.', which Windows drops" + on_windows + " as it is"))
+           .when(part.str.ends_with(" ")).then(pl.lit("ends with a space, which Windows drops" + on_windows + " as it is"))
+           .when(part.str.len_bytes() > MAX_NAME_BYTES)
+           .then(fmt("is {} bytes long: no common file system (NTFS, ext4, APFS) holds a name over 255 bytes, so no "
+                     "copy of the site on a disk can hold it", part.str.len_bytes().cast(pl.String))))
+    first = (parts.with_columns(_why=why).filter(pl.col("_why").is_not_null())
+             .sort("srcfile", "_i").unique("srcfile", keep="first")
+             # where the bad part ends: a folder (all the files below it: one finding) or the file itself
+             .with_columns(_at=pl.col("srcfile").str.split("/").list.head(pl.col("_i") + 1).list.join("/")
+                           + pl.when(pl.col("_i") + 1 < pl.col("_n")).then(pl.lit("/")).otherwise(pl.lit("")))
+             .unique("_at"))
+    long = current.lazy().select("srcfile").filter(pl.col("srcfile").str.len_chars() > MAX_WINDOWS_PATH)
+    return [
+        _found("file.unportable_name", first, "_at",
+               fmt("the name {} {}{}; rename it",
+                   pl.lit("'") + pl.col("_part") + pl.lit("'"), pl.col("_why"),
+                   pl.when(pl.col("_i") + 1 < pl.col("_n")).then(pl.lit(", nor the files below it"))
+                   .otherwise(pl.lit("")))),
+        _found("file.long_path", long, "srcfile",
+               fmt("its path is {} characters long: Windows holds at most 260 (with the folder the site is copied "
+                   "into) unless long paths are enabled; shorten its folder or file names",
+                   pl.col("srcfile").str.len_chars().cast(pl.String))),
+    ]

@@ -258,6 +258,15 @@ RULES: tuple[Rule, ...] = (
          "Two paths differ only in letter case or Unicode form (person.csv and Person.csv; é as one character or as "
          "e + accent), or a file's path is also a folder of other files (possible in a container): a copy of the "
          "site on Windows or macOS keeps one of them, and validation reads such twins as one table."),
+    # Windows cannot hold them at all (nor any disk, a name over 255 bytes): an error, as file.name_clash
+    Rule("file.unportable_name", "error", "name a Windows disk cannot hold",
+         "A file or folder name is a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9, with any "
+         "extension, in any case), ends with '.' or a space, holds < > : \" | ? * \\ or a control character, or is "
+         "longer than 255 bytes: a copy of the site on Windows (or any disk, for the length) loses or renames it."),
+    # Windows holds them where long paths are enabled: a warning
+    Rule("file.long_path", "warning", "path longer than Windows' 260 characters",
+         "A file's site-relative path is longer than 260 characters, the most Windows holds unless long paths are "
+         "enabled (the folder the site is copied into adds to it)."),
     Rule("file.silent_change", "error", "content changed behind an unchanged size and mtime",
          "Rolling re-verification read a file whose size and mtime had not changed and found other bytes (storage "
          "corruption, or a copy that kept the old timestamps); the version records it as replaced."),
