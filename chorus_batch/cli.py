@@ -1156,7 +1156,14 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"chorus-batch: not in the script: {plural(len(script.wildcards), 'file')} whose local path holds '*', which "
                   f"AzCopy reads as a wildcard (e.g. {script.wildcards[0]}); send them with `chorus-batch upload` or "
                   "`upload --script bash`", file=sys.stderr)
-        return 1 if script.n_not_replaceable or script.wildcards else 0
+        if script.bad_names:  # as `upload` itself: never sent, the blob would not be where the ledger says
+            from .units import plural
+
+            name, why = script.bad_names[0]
+            print(f"chorus-batch: not in the script: {plural(len(script.bad_names), 'file')} whose name the central "
+                  f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
+                  "records the new names), then upload again", file=sys.stderr)
+        return 1 if script.n_not_replaceable or script.wildcards or script.bad_names else 0
     from .submit.upload import upload
 
     overrides = {None: args.site, **target.config.site.roots} if args.site else None

@@ -962,6 +962,22 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert central.client.download_blob("20261101020000/OMOP/st*r.csv").readall() == b"star"
 
 
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_a_script_names_the_files_it_leaves_out_for_a_name_azure_would_not_keep(central, tmp_path, kind):
+    """A name Azure rewrites (a part ending in '.', a control character) was left out of the script without a word:
+    "the script sends 1 files", exit 0, and the files never went up. `upload` names them; so does the script now."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for name in ("OMOP/person.csv", "OMOP/notes.", "OMOP/ctl\x01.csv"):
+        write(site, name, name.encode())
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
+    assert out.returncode == 1, out.stderr
+    assert "the script sends 1 files" in out.stderr
+    assert ("not in the script: 2 files whose name the central container cannot keep as it is (e.g. "
+            "'20261101020000/OMOP/ctl\\x01.csv': its name holds a control character") in out.stderr, out.stderr
+    assert "OMOP/person.csv" in out.stdout and "notes." not in out.stdout and "ctl" not in out.stdout
+
+
 def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central, tmp_path):
     """Under a central prefix that starts with '-' (az://central/-x/) every blob name does too, and the Azure CLI
     (argparse) took `--name -x/...` for an option of its own: "argument --name/-n: expected one argument", every

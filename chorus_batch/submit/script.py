@@ -50,6 +50,7 @@ class Script:
     log: str
     n_not_replaceable: int = 0  # damaged blobs (verify) AzCopy cannot replace only if unchanged: left out
     wildcards: list[str] = field(default_factory=list)  # versioned names whose local path AzCopy reads as a pattern
+    bad_names: list[tuple[str, str]] = field(default_factory=list)  # (versioned name, why): Azure cannot keep it
 
 
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
@@ -82,8 +83,12 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     plans = [ledger.plan(label, modalities) for label in labels]
     # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
     todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
-                                   & ~pl.col("superseded") & pl.col("md5").is_not_null()
-                                   & check_names(pl.col("srcfile"), pl.col("version"), prefix).is_null())
+                                   & ~pl.col("superseded") & pl.col("md5").is_not_null()).with_columns(
+        bad_name=check_names(pl.col("srcfile"), pl.col("version"), prefix))
+    # Left out, as `upload` leaves them out, but named: the script's count alone hid them (and the run said 0).
+    bad_names = [(f"{label}/{srcfile}", why) for label, srcfile, why in
+                 todo.filter(pl.col("bad_name").is_not_null()).select("version", "srcfile", "bad_name").iter_rows()]
+    todo = todo.filter(pl.col("bad_name").is_null())
     # A blob verify found damaged is replaced only if it is still the one verify saw (its etag): the Azure CLI
     # can say so (--if-match); AzCopy cannot, so those are left to `upload` or the bash script.
     not_replaceable = todo.filter(pl.col("replace_etag").is_not_null()).height if kind == "azcopy" else 0
@@ -157,7 +162,8 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     lines += ['exit "$failed"', ""]
-    return Script("\n".join(lines), todo.height - len(wildcards), len(labels), LOG_NAME, not_replaceable, wildcards)
+    return Script("\n".join(lines), todo.height - len(wildcards), len(labels), LOG_NAME, not_replaceable, wildcards,
+                  bad_names)
 
 
 @dataclass
