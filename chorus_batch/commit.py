@@ -86,22 +86,35 @@ class Committed:
 
 
 def read_delete_list(path: str) -> pl.DataFrame:
-    """Site-relative paths, one per line; '#' starts a comment."""
+    """Site-relative paths, one per line; '#' starts a comment. srcfile, the line's number and the line as written.
+
+    A line is taken as written: a space at either end may be part of a name (a name the site holds, though Windows
+    cannot), and a leading '/' is an absolute path, not under the site: such lines were stripped, and the messages
+    showed the stripped path, not what the user wrote. They are refused, by line number, before anything is
+    recorded. A leading './' and '\\' separators (find's and Windows' forms) are unambiguous: read as the path,
+    and the messages name the line."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the delete list: {exc}", where=path,
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
-    paths = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.replace("\\", "/")
-        while line.startswith("./"):
-            line = line[2:]
-        paths.append(line.lstrip("/"))
-    return pl.DataFrame({"srcfile": paths}, schema={"srcfile": pl.String}).unique(maintain_order=True)
+    lines = pl.DataFrame({"written": text.split("\n")}, schema={"written": pl.String}).with_row_index("line", 1).filter(
+        ~pl.col("written").str.strip_chars().is_in(["", "#"]) & ~pl.col("written").str.strip_chars().str.starts_with("#"))
+    lines = lines.with_columns(pl.col("written").str.strip_suffix("\r"))  # a Windows line ending
+    srcfile = pl.col("written").str.replace_all("\\", "/", literal=True).str.replace(r"^(\./)+", "")
+    lines = lines.with_columns(srcfile=srcfile, why=(
+        pl.when(pl.col("written").str.contains(r"^\s|\s$")).then(pl.lit("starts or ends with a space or tab"))
+        .when(pl.col("written").str.starts_with("/")).then(pl.lit("starts with '/', an absolute path"))
+        .when(srcfile.str.contains(r"(^|/)\.{1,2}(/|$)|//|/$")).then(pl.lit("has an empty, '.' or '..' part"))))
+    bad = lines.filter(pl.col("why").is_not_null())
+    if bad.height:
+        shown = "; ".join(f"line {n} {w!r}: {why}" for n, w, why in bad.head(5).select("line", "written", "why").rows())
+        raise UsageError(f"{bad.height} line(s) of the delete list are not site-relative paths as the manifest stores "
+                         f"them ({shown})", where=path,
+                         fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
+                             "at either end, no leading '/'; nothing was recorded")
+    return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written").unique("srcfile", keep="first",
+                                                                                  maintain_order=True)
 
 
 def next_label(started: datetime, latest: str | None, requested: str | None) -> str:
@@ -520,11 +533,15 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.
         known.append(delete_list.join(parts.previous(part).select("srcfile"), on="srcfile", how="semi"))
     present_paths = pl.concat(present)
     unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
+    # which line it was, and how it was written where that differs (./x, a\\b): what the user can find in the file
+    line = pl.format("line {}", pl.col("line")) + pl.when(pl.col("written") != pl.col("srcfile")).then(
+        pl.format(", written {}", pl.col("written"))).otherwise(pl.lit(""))
     errors = pl.concat([
         present_paths.select("srcfile", kind=pl.lit("delete_list"),
-                             message=pl.lit("listed for deletion but still present in the tree; not removed")),
+                             message=pl.format("listed for deletion ({}) but still present in the tree; not removed",
+                                               line)),
         unknown.select("srcfile", kind=pl.lit("delete_list"),
-                       message=pl.lit("listed for deletion but not in the manifest; ignored")),
+                       message=pl.format("listed for deletion ({}) but not in the manifest; ignored", line)),
     ])
     return delete_list.join(present_paths, on="srcfile", how="anti"), errors
 

@@ -283,6 +283,34 @@ def test_append_mode_keeps_unlisted_files_and_applies_the_delete_list(site, db, 
     assert result.errors.filter(pl.col("kind") == "delete_list")["srcfile"].to_list() == ["OMOP/missing.csv"]
 
 
+def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db, tmp_path):
+    """A line with a space at either end, or a leading '/', was stripped and matched (' OMOP/a.csv' removed
+    OMOP/a.csv; a name may end with a space), and the messages showed the stripped path. Such lines are refused by
+    number before anything is recorded; './' and '\\' forms are read, and each message names its line."""
+    for name in ("OMOP/a.csv", "OMOP/b.csv", "OMOP/c.csv", "OMOP/d.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("OMOP/a.csv", "OMOP/b.csv", "OMOP/c.csv"):
+        (site / name).unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("# removed\n OMOP/a.csv\nOMOP/b.csv\t\n/OMOP/c.csv\n")
+    with pytest.raises(UsageError) as refused:
+        run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
+    assert ("3 line(s) of the delete list are not site-relative paths as the manifest stores them (line 2 "
+            "' OMOP/a.csv': starts or ends with a space or tab; line 3 'OMOP/b.csv\\t': starts or ends with a space "
+            "or tab; line 4 '/OMOP/c.csv': starts with '/', an absolute path)") in str(refused.value)
+    assert len(query(db, "SELECT label FROM versions")) == 1  # nothing recorded
+    deletions.write_text("./OMOP/a.csv\r\nOMOP\\b.csv\nOMOP/c.csv\nOMOP/d.csv\n")
+    result = run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
+    assert set(current_rows(db)) == {"OMOP/d.csv"} and result.counts["removed"] == 3
+    assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").rows() == [
+        ("OMOP/d.csv", "listed for deletion (line 4) but still present in the tree; not removed")]
+    deletions.write_text("# again\n./OMOP/a.csv\n")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert result.errors.filter(pl.col("kind") == "delete_list")["message"].to_list() == [
+        "listed for deletion (line 2, written ./OMOP/a.csv) but not in the manifest; ignored"]
+
+
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):
     with pytest.raises(UsageError, match="append mode"):
         run_site(site, db, delete_list=str(tmp_path / "x"))
