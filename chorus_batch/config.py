@@ -435,9 +435,11 @@ def check_roots(settings: RunSettings) -> None:
     import re
 
     from .exclude import glob_to_regex
+    from .urls import local_path
 
     def place(location: str) -> str:
-        return location.rstrip("/") if "://" in location else os.path.realpath(location)
+        path = local_path(location)  # a file:// URL and the plain path of one folder are the same place
+        return location.rstrip("/") if path is None else os.path.realpath(path)
 
     named = [(what, location) for location, what, _ in named_roots(settings.site, settings.roots)]
     user = [re.compile(glob_to_regex(p)) for p in settings.exclude if "/" in p]

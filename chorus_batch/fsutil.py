@@ -249,13 +249,10 @@ def remove_abandoned(parent: Path, pattern: str, *, locked: bool = False) -> Non
 
 def _local_root(location: str) -> Path | None:
     """The real folder of a local root (None: a cloud one)."""
-    if "://" in location:
-        if not location.startswith("file://"):
-            return None
-        from urllib.parse import unquote, urlparse
+    from .urls import local_path
 
-        location = unquote(urlparse(location).path)
-    return Path(os.path.realpath(location))
+    path = local_path(location)
+    return None if path is None else Path(os.path.realpath(path))
 
 
 def check_outside_roots(roots: list[tuple[str, str]], written: list[tuple[str | os.PathLike[str], str, str]]) -> None:

@@ -23,7 +23,7 @@ from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import open_source
-from .urls import is_remote, mask_url, protocol_of
+from .urls import is_remote, local_path, mask_url, protocol_of
 from .store import Manifest
 from .times import utc_now
 
@@ -156,9 +156,10 @@ def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Pr
 def site_location(site: str) -> str:
     """The site as recorded in `runs` and `versions` (and titled in the report): a local folder as the POSIX form
     of its resolved path, a URL as given but with its secrets masked."""
-    if "://" in site and not site.startswith("file://"):
+    path = local_path(site)
+    if path is None:
         return mask_url(site)
-    return Path(site.removeprefix("file://")).resolve().as_posix()
+    return Path(path).resolve().as_posix()
 
 
 def scan_shard(settings: RunSettings, *, progress: Progress | None = None):

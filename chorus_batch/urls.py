@@ -51,6 +51,48 @@ def is_remote(db: str | os.PathLike[str] | None) -> bool:
     return isinstance(db, str) and protocol_of(db) in AZURE_PROTOCOLS
 
 
+_FILE_URL = re.compile(r"(?i)^file:(?://([^/]*)(/.*)|(/(?!/).*))$")  # file://HOST/PATH, or file:/PATH
+
+
+def local_path(location: str, what: str = "--site / [site] root") -> str | None:
+    """The local path a root names (None: a cloud URL). A plain path as given; a file: URL as RFC 8089 reads it
+    (file:///p, file://localhost/p, file:/p, any case), its %-escapes decoded as a URL's are (file:///data/my%20site,
+    as Path.as_uri() and file managers write it); '~' and '~user' at the start of a path as a shell reads them. Each place that took a root stripped 'file://' itself: escapes
+    were kept (my%20site: "not a readable directory") in some and decoded in others, and file://localhost/p was a
+    folder 'localhost/p' under the working directory. A URL whose escapes make it another folder than its letters
+    do, where only its letters exist (a folder named p%20q), is refused: either may be meant."""
+    if "://" in location and protocol_of(location) != "file":
+        return None
+    url = _FILE_URL.match(location)
+    if url is None:
+        if "://" in location:  # file:// and nothing after it
+            raise UsageError(f"{what} {location}: the file URL names no folder", where=what,
+                             fix="give the folder's path, e.g. /data/site (or file:///data/site)")
+        # '~' as a shell would read it: chorus.toml's root = "~/site" and a quoted --site "~/site" reach here as typed
+        home = os.path.expanduser(location)
+        if home != location and not os.path.exists(home) and os.path.exists(location):
+            raise UsageError(f"{what} {location}: '~' names {home}, which does not exist, but the folder {location} "
+                             "does (under the working directory)", where=what,
+                             fix=f"give it as ./{location}, or as its full path")
+        return home
+    host, raw = url.group(1) or "", url.group(2) or url.group(3)
+    if host.lower() not in ("", "localhost"):
+        raise UsageError(f"{what} {location}: a file URL naming the computer {host!r} is not read", where=what,
+                         fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
+    from urllib.parse import unquote
+
+    try:
+        path = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {location}: its %-escapes are not UTF-8 text", where=what,
+                         fix="give the folder as a plain path, or write its name's bytes as UTF-8 %-escapes") from None
+    if path != raw and not os.path.exists(path) and os.path.exists(raw):
+        raise UsageError(f"{what} {location}: as a URL it names {path} (its %-escapes decoded), which does not exist, "
+                         f"but the folder {raw} does", where=what,
+                         fix=f"give the folder as a plain path ({raw}), or write each '%' of its name as %25 in the URL")
+    return path
+
+
 # Azure's rules for a container name (and its two special containers); S3's for any bucket, old ones included.
 # (Lengths are left to the service: a name of the right characters gets its own answer.)
 _AZURE_CONTAINER = re.compile(r"^(?:[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,62}|\$root|\$web)$")

@@ -347,3 +347,31 @@ def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp
         flag = [] if command[-1] == "--as-of" else ["--version"]
         out = cli(*command, *flag, "nope", "--db", str(db))
         assert out.returncode == 2 and "fix:" in out.stderr, (command, out.stderr)
+
+
+def test_every_spelling_of_a_local_root_records_the_same_rows(tmp_path):
+    """A root folder named with spaces, '#', '%', '?' and accents, given as a relative or absolute path (with
+    trailing slashes), under '~', through a symlink, and as a file URL (%-escaped as Path.as_uri() writes it, with
+    localhost, as file:/): the manifests hold the same files and site. A file URL's escapes were kept ("not a
+    readable directory"), file://localhost/p was a folder under the working directory, and '~' was not read."""
+    home = tmp_path / "home"
+    root = home / "sites" / "St. Mary #2 100%20 é?"
+    write(root, "OMOP/person.csv", b"person_id\n1\n")
+    write(root, "Metadata/READINESS.md", b"# ready\n")
+    (tmp_path / "link").symlink_to(root)
+    forms = ["home/sites/St. Mary #2 100%20 é?", f"{root}//", "~/sites/St. Mary #2 100%20 é?", str(tmp_path / "link"),
+             root.as_uri(), root.as_uri().replace("file://", "file://localhost") + "/", "file:" + root.as_uri()[len("file://"):]]
+    recorded = []
+    for i, form in enumerate(forms):
+        db = tmp_path / f"m{i}.sqlite"
+        out = cli("run", "-q", "--no-validate", "--site", form, "--db", str(db), cwd=tmp_path, env={"HOME": str(home)})
+        assert out.returncode == 0, (form, out.stderr)
+        recorded.append((query(db, "SELECT srcfile, size, md5 FROM source_files ORDER BY srcfile"),
+                         query(db, "SELECT site FROM versions")))
+    assert [(path, size) for path, size, _ in recorded[0][0]] == [("Metadata/READINESS.md", 8), ("OMOP/person.csv", 12)]
+    assert all(r == recorded[0] for r in recorded), recorded
+    assert recorded[0][1] == [(root.resolve().as_posix(),)]
+    # '%20' in the folder's own name: a URL of its letters decodes to another folder, which does not exist
+    out = cli("run", "--site", "file://" + str(root), "--db", str(tmp_path / "x.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "its %-escapes decoded" in out.stderr and "write each '%'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "x.sqlite").exists()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
 from .local import LocalSource, walk_local
-from ..urls import check_location, mask_url
+from ..urls import check_location, local_path, mask_url
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -32,10 +32,9 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
     signed in as `cloud` ([azure], [s3] of chorus.toml) and the environment say (sources/cloud.py).
     A URL that cannot be a root is refused first (urls.check_location), `what` naming where it was given."""
     check_location(location, what)
-    if "://" in location and not location.startswith("file://"):
+    path = local_path(location, what)
+    if path is None:
         from .remote import FsspecSource
 
         return FsspecSource(location, cloud=cloud)
-    if location.startswith("file://"):
-        location = location[len("file://"):]
-    return LocalSource(location, follow_symlinks=follow_symlinks, workers=workers, what=what)
+    return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what)

@@ -34,6 +34,7 @@ from .. import release
 from ..errors import ExitCode, UsageError
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
+from ..urls import local_path
 from .central import Central, central_url, check_names, parse_central
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int,
         if "://" in location and not location.startswith("file://"):
             raise UsageError(f"`upload --script` reads files from local folders; this root is {location}",
                              where="the manifest's roots", fix="upload from cloud roots with `chorus-batch upload` itself")
-        roots[root_id] = location.removeprefix("file://")
+        roots[root_id] = local_path(location, "the manifest's roots") or location
     return roots
 
 
