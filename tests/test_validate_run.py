@@ -335,20 +335,22 @@ def test_a_person_folder_with_letters_gets_its_findings_not_a_traceback(clean, t
 
 
 @pytest.mark.parametrize("inner, words", [("", "is the same folder as --site / [site] root"),
-                                          ("/{first}", "lies inside --site / [site] root")])
+                                          ("/{first}", "lies inside --site / [site] root"),
+                                          # the same folder as a file URL (it was compared as a URL, not a folder)
+                                          ("uri", "is the same folder as --site / [site] root")])
 def test_roots_that_overlap_are_refused_before_anything_is_listed(clean, tmp_path, inner, words):
     """Every root is listed whole: a [site.roots] entry equal to the site root, or inside it, had every file tracked
     twice (a duplicate_path scan error per file each night, or the person folder's files again as Waveforms/... at
     the top level, uploaded twice). Refused up front, exit 2, nothing written; an exclusion glob that leaves the
     inner tree out of the site root makes it a separate tree again."""
     first = person_ids(3)[0]
-    root = f"{clean}{inner.format(first=first)}"
+    root = clean.as_uri() if inner == "uri" else f"{clean}{inner.format(first=first)}"
     config = tmp_path / "site.toml"
     config.write_text(f'[site]\nroot = "{clean}"\n[site.roots]\nWaveforms = "{root}"\n[manifest]\ndb = "m.sqlite"\n')
     out = cli("run", "--config", str(config), cwd=tmp_path)
     assert out.returncode == 2 and words in out.stderr and "[site.roots] Waveforms" in out.stderr, out.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "site.toml"]
-    if inner:
+    if inner.startswith("/"):
         config.write_text(config.read_text() + f'[run]\nexclude = ["{first}/*"]\n')
         assert cli("run", "--config", str(config), cwd=tmp_path).returncode in (0, 1)
 
