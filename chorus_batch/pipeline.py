@@ -92,6 +92,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     if settings.delete_list and settings.mode != "append":
         raise UsageError("--delete-list applies to append mode only", where="--delete-list",
                          fix="add --mode append, or drop --delete-list (full mode removes whatever is gone)")
+    # read before the manifest is opened: a line it refuses leaves no `runs` row behind
+    delete_list = read_delete_list(settings.delete_list) if settings.delete_list else None
     if settings.merge is not None:  # before the manifest is created: a usage error leaves nothing behind
         from .shards import check_staging
 
@@ -105,14 +107,14 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     if settings.dry_run:
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
-        return _run(settings, manifest, roots, progress, run_id=None)
+        return _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
             manifest.ensure_schema()
             run_id = manifest.begin_run(redact(argv), settings.mode, site)
             try:
                 with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
-                    result = _run(settings, manifest, roots, progress, run_id=run_id)
+                    result = _run(settings, manifest, roots, progress, run_id=run_id, delete_list=delete_list)
             except ChorusError as exc:
                 manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
                                     message=exc.what)
@@ -294,7 +296,7 @@ def _peak_rss_mb() -> float:
 
 
 def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress: Progress, *,
-         run_id: int | None) -> RunResult:
+         run_id: int | None, delete_list: pl.DataFrame | None = None) -> RunResult:
     t_start = t = time.perf_counter()
     started = utc_now()
     timings: dict[str, float] = {}
@@ -306,7 +308,6 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         return now
 
     patterns = build_patterns(settings.patterns)
-    delete_list = read_delete_list(settings.delete_list) if settings.delete_list else None
     latest = manifest.latest_version()
     previous_label = latest["label"] if latest else None
 

@@ -299,7 +299,8 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
     assert ("3 line(s) of the delete list are not site-relative paths as the manifest stores them (line 2 "
             "' OMOP/a.csv': starts or ends with a space or tab; line 3 'OMOP/b.csv\\t': starts or ends with a space "
             "or tab; line 4 '/OMOP/c.csv': starts with '/', an absolute path)") in str(refused.value)
-    assert len(query(db, "SELECT label FROM versions")) == 1  # nothing recorded
+    # nothing recorded: read before the manifest is opened, so not even a `runs` row
+    assert len(query(db, "SELECT label FROM versions")) == 1 and len(query(db, "SELECT * FROM runs")) == 1
     deletions.write_text("./OMOP/a.csv\r\nOMOP\\b.csv\nOMOP/c.csv\nOMOP/d.csv\n")
     result = run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
     assert set(current_rows(db)) == {"OMOP/d.csv"} and result.counts["removed"] == 3
