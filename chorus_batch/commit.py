@@ -534,14 +534,14 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.
     present_paths = pl.concat(present)
     unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
     # which line it was, and how it was written where that differs (./x, a\\b): what the user can find in the file
-    line = pl.format("line {}", pl.col("line")) + pl.when(pl.col("written") != pl.col("srcfile")).then(
-        pl.format(", written {}", pl.col("written"))).otherwise(pl.lit(""))
+    line = fmt("line {}", pl.col("line")) + pl.when(pl.col("written") != pl.col("srcfile")).then(
+        fmt(", written {}", pl.col("written"))).otherwise(pl.lit(""))
     errors = pl.concat([
         present_paths.select("srcfile", kind=pl.lit("delete_list"),
-                             message=pl.format("listed for deletion ({}) but still present in the tree; not removed",
+                             message=fmt("listed for deletion ({}) but still present in the tree; not removed",
                                                line)),
         unknown.select("srcfile", kind=pl.lit("delete_list"),
-                       message=pl.format("listed for deletion ({}) but not in the manifest; ignored", line)),
+                       message=fmt("listed for deletion ({}) but not in the manifest; ignored", line)),
     ])
     return delete_list.join(present_paths, on="srcfile", how="anti"), errors
 
