@@ -538,8 +538,7 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.
         fmt(", written {}", pl.col("written"))).otherwise(pl.lit(""))
     errors = pl.concat([
         present_paths.select("srcfile", kind=pl.lit("delete_list"),
-                             message=fmt("listed for deletion ({}) but still present in the tree; not removed",
-                                               line)),
+                             message=fmt("listed for deletion ({}) but still present in the tree; not removed", line)),
         unknown.select("srcfile", kind=pl.lit("delete_list"),
                        message=fmt("listed for deletion ({}) but not in the manifest; ignored", line)),
     ])
