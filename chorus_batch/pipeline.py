@@ -116,19 +116,19 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
                 with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
                     result = _run(settings, manifest, roots, progress, run_id=run_id, delete_list=delete_list)
             except ChorusError as exc:
-                manifest.finish_run(run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
-                                    message=exc.what)
+                _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
+                            message=exc.what)
                 raise
             except (KeyboardInterrupt, Stopped) as exc:
                 code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
                 exc.committed = manifest.committed_by_run(run_id)  # type: ignore[union-attr]  # for a truthful message
-                manifest.finish_run(run_id, exit_code=code, version=exc.committed,  # type: ignore[union-attr]
-                                    message=f"stopped by signal {code - 128}")
+                _finish_run(manifest, run_id, exit_code=code, version=exc.committed,  # type: ignore[union-attr]
+                            message=f"stopped by signal {code - 128}")
                 raise
             except Exception as exc:
                 committed = manifest.committed_by_run(run_id)
-                manifest.finish_run(run_id, exit_code=int(ExitCode.FAILED), version=committed,
-                                    message=f"{type(exc).__name__}: {exc}")
+                _finish_run(manifest, run_id, exit_code=int(ExitCode.FAILED), version=committed,
+                            message=f"{type(exc).__name__}: {exc}")
                 if committed is None:
                     raise
                 # Never let the generic message say "nothing was committed" when a version was.
@@ -138,8 +138,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
                     fix="rerun with -v for details; the version stays committed")
                 failed.committed = committed
                 raise failed from exc
-            manifest.finish_run(
-                run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
+            _finish_run(
+                manifest, run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
                 n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
                 scan_started_ns=result.scan_started_ns,
             )
@@ -147,6 +147,18 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         manifest.log_refused_run(redact(argv), settings.mode, site, int(exc.exit_code), exc.what)
         raise
     return result
+
+
+def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
+    """Record how the run ended in `runs`. Bookkeeping: when it fails (a full disk), the run's own outcome (its
+    first error, or the version it committed) is still what is reported and exited with; this failure is said
+    beside it, never in its place."""
+    try:
+        manifest.finish_run(run_id, **outcome)
+    except Exception as exc:
+        said = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+        log.warning(f"this run's outcome could not be recorded in the run log (`runs`) of {manifest.path}: {said}; "
+                    "what follows is what the run did")
 
 
 def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:

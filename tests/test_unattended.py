@@ -522,6 +522,32 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def test_a_signal_whose_bookkeeping_fails_is_still_said_as_the_signal(site, small_disk):
+    """SIGTERM (Slurm ending a job) while the manifest's disk is full: the run's log row cannot be written. The run
+    said "the disk is full", exit 3 (the bookkeeping's error in place of the first); it says the signal, exits 143,
+    and mentions the run log it could not write. The previous version stays."""
+    db = small_disk / "m.sqlite"
+    many(site, 20)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    write(site, "OMOP/new.csv", b"new")
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site),
+                             "--db", str(db)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None, "the run never reached the hashing pause"
+    filler = fill(small_disk)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "nothing was committed" in err, err
+    assert "could not be recorded in the run log" in err and "the disk is full" in err, err
+    assert "error:" not in err and "Traceback" not in err, err
+    filler.unlink()
+    assert current_rows(db) == before
+
+
 @pytest.mark.parametrize("command", [["run", "--no-validate"], ["status"]])
 def test_a_reader_that_left_keeps_the_exit_code_of_the_command(site, db, command):
     """`chorus-batch run | head` in cron: the reader leaving early ends the output quietly, but a run with findings
