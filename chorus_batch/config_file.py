@@ -55,6 +55,7 @@ NUMERIC_ENVIRONMENT = {
     "CHORUS_BATCH_LEASE_S": (float, 0, "60", "seconds of a manifest's blob lease, held to 15-60"),
     "CHORUS_BATCH_PARTITION_ROWS": (int, 1, "500000", "rows per partition of a merge"),
     "CHORUS_BATCH_LEDGER_ROWS": (int, 1, "256", "uploads ledger rows written at once"),
+    "CHORUS_BATCH_BUSY_WAIT_S": (float, 0, "900", "seconds a ledger write waits for a run's commit"),
 }
 
 

@@ -812,6 +812,31 @@ def test_an_upload_beside_a_run_committing_waits_for_the_commit_and_a_second_upl
     assert after.returncode == 0 and "version 20261102020000" in after.stdout, after.stdout + after.stderr
 
 
+def test_the_wait_for_a_run_committing_is_set_by_the_environment(central, tmp_path):
+    # The 15-minute wait had no setting: a site whose commit takes longer failed its upload, and a cron upload that
+    # must not block could not say so. CHORUS_BATCH_BUSY_WAIT_S=2 gives up after about 2 s, naming the setting.
+    db = committed_site(tmp_path, 4)
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(tmp_path / "site"), "--db", str(db),
+                            "--workers", "2", "--no-validate"],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(run, "test pause at commit")
+        started = time.monotonic()
+        upload = subprocess.run([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to", central.url],
+                                env={**os.environ, **central.env, "CHORUS_BATCH_BUSY_WAIT_S": "2"},
+                                capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - started
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+    assert upload.returncode == 3, upload.stdout + upload.stderr
+    assert "longer than the 2 s a ledger write waits" in upload.stderr and "set CHORUS_BATCH_BUSY_WAIT_S" in upload.stderr
+    assert "Traceback" not in upload.stderr and took < 25, (took, upload.stderr)
+    assert run.returncode == 143
+
+
 def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(central, tmp_path, small_disk):
     from conftest import fill
 

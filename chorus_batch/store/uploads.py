@@ -9,13 +9,14 @@ transaction each, so that an upload killed at any moment loses at most the batch
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 
 import polars as pl
 
-from ..errors import UsageError
+from ..errors import ManifestError, UsageError
 from ..frames import columns_of
 from ..times import iso, utc_now
 from .manifest import Manifest
@@ -28,8 +29,24 @@ DAMAGED = ("missing", "size", "md5", "content")
 FINAL_NOT_SENT = ("superseded",)
 
 # A run writes the manifest beside an upload; its commit holds SQLite's write lock for the whole transaction
-# (minutes for a large site), longer than one connection's busy timeout: ledger writes wait this long for it.
+# (minutes for a large site), longer than one connection's busy timeout: ledger writes wait this long for it
+# (CHORUS_BATCH_BUSY_WAIT_S: longer for a site whose commits take longer, 0 to fail at once under cron).
 BUSY_WAIT_S = 900.0
+ENV_BUSY_WAIT = "CHORUS_BATCH_BUSY_WAIT_S"
+_TRY_S = 30.0  # one connection's busy timeout (Manifest.connect)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def busy_wait_s() -> float:
+    """Seconds a ledger write waits for another writer of the manifest: CHORUS_BATCH_BUSY_WAIT_S, else BUSY_WAIT_S
+    (checked when the command starts: config_file.check_environment)."""
+    try:
+        return max(0.0, float(os.environ.get(ENV_BUSY_WAIT, "").strip() or BUSY_WAIT_S))
+    except ValueError:
+        return BUSY_WAIT_S
 
 log = logging.getLogger("chorus_batch")
 
@@ -100,21 +117,30 @@ class UploadLedger:
 
     def _write(self, sql: str, rows: Iterable[tuple]) -> None:
         rows = list(rows)
-        deadline = time.monotonic() + BUSY_WAIT_S
+        wait_s = busy_wait_s()
+        deadline = time.monotonic() + wait_s
         while True:
-            con = self.manifest.connect()  # (each try waits up to its busy timeout)
+            con = self.manifest.connect()
             try:
+                # each try waits up to its busy timeout, none past the deadline (at least a moment: a lock let go now)
+                con.execute(f"PRAGMA busy_timeout = {int(1000 * max(0.1, min(_TRY_S, deadline - time.monotonic())))}")
                 with con:
                     con.executemany(sql, rows)
                 return
             except sqlite3.Error as exc:
                 low = str(exc).lower()
-                if ("locked" in low or "busy" in low) and time.monotonic() < deadline:
+                if not ("locked" in low or "busy" in low):
+                    raise self.manifest.failure(exc) from None
+                if time.monotonic() < deadline:
                     log.warning("the manifest is being written by another process (a `chorus-batch run` committing a "
-                                "version?); waiting for it to finish (up to %d min in all) before recording uploads",
-                                BUSY_WAIT_S // 60)
+                                "version?); waiting for it to finish (up to %s in all, %s) before recording uploads",
+                                _duration(wait_s), ENV_BUSY_WAIT)
                     continue
-                raise self.manifest.failure(exc) from None
+                raise ManifestError(
+                    f"the manifest is busy: another process kept it locked for writing longer than the {_duration(wait_s)} "
+                    f"a ledger write waits ({exc})", where=str(self.manifest.path),
+                    fix=f"run again once it has finished (a `chorus-batch run` committing a large version), or set "
+                        f"{ENV_BUSY_WAIT} to wait longer (seconds; default {BUSY_WAIT_S:.0f})") from None
             finally:
                 con.close()
 
