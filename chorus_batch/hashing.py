@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import threading
 import time
 from array import array
@@ -30,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -38,6 +40,7 @@ from .faults import pause
 from .frames import packed_frame
 from .processes import pool
 from .sources import Source
+from .sources.base import set_meter
 from .workers import HashedChunk, hash_chunk
 from .times import MAX_NS, MIN_NS
 
@@ -208,12 +211,21 @@ class HashProgress:
     """Counters the hashing bumps; the progress reporter reads them."""
 
     files_done: int = 0
-    bytes_done: int = 0
+    bytes_done: int = 0  # of the chunks finished
+    # Bytes read of files not finished yet (sources.base.metered; a multiprocessing Value): set by the Hasher.
+    reading: Any = None
     # Called with (offset in todo, HashedChunk) as each chunk's results arrive (checkpoint.Writer).
     on_chunk: Callable[[int, HashedChunk], None] | None = None
     # Called with each block of rows a Hasher is given, in order, before any of their results (their offsets
     # follow on from the previous block's): checkpoint.Writer.extend.
     on_rows: Callable[[pl.DataFrame], None] | None = None
+
+    def bytes_read(self) -> int:
+        """The bytes hashed so far, with those of files still being read (a large file moves the progress line)."""
+        if self.reading is None:
+            return self.bytes_done
+        with self.reading.get_lock():
+            return self.bytes_done + self.reading.value
 
 
 class _Results:
@@ -370,6 +382,8 @@ class Hasher:
         self._stack = contextlib.ExitStack()
         self._threads: list[threading.Thread] = []
         self._started: float | None = None
+        self._reading = _shared_counter()
+        self.progress.reading = self._reading
         self.parsed: pl.DataFrame | None = None  # with `facts`, after finish(): the facts parsed (FACTS_SCHEMA)
 
     def __enter__(self) -> "Hasher":
@@ -439,6 +453,9 @@ class Hasher:
 
     def _start(self) -> None:
         self._started = time.perf_counter()
+        # Before the workers fork: they inherit the shared counter of the bytes of files being read.
+        set_meter(self._reading)
+        self._stack.callback(set_meter, None)
         if self.mode == "processes":
             if self.facts:  # imported before the fork: the workers share them (later kinds they import themselves)
                 from .validate.readers import prepare
@@ -491,7 +508,9 @@ class Hasher:
             if self.progress.on_chunk is not None:
                 self.progress.on_chunk(task.offset, chunk)
             self.progress.files_done += task.length
-            self.progress.bytes_done += task.size
+            with self._reading.get_lock():  # its bytes said while read now counted whole: never twice on the line
+                self._reading.value -= chunk.metered
+                self.progress.bytes_done += task.size
 
     def _fail(self, exc: BaseException) -> None:
         self._failures.append(exc)  # never a silently missing chunk: the run fails with it
@@ -535,6 +554,13 @@ class Hasher:
                     self._record(in_flight.pop(future), future.result())
         except BaseException as exc:
             self._fail(exc)
+
+
+def _shared_counter():
+    """An int64 in shared memory with its lock (forked workers inherit it; threads share it)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Value("q", 0)
 
 
 def _to_parse(todo: pl.DataFrame) -> pl.DataFrame:

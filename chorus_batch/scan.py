@@ -303,7 +303,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
                        + (f" and re-verifying {plural(n_verify, 'unchanged one')}" if n_verify else "")
                        + f" ({human_bytes(todo_bytes)})"
                        + (f"; {plural(n_resumed, 'file')} hashed by an interrupted run reused" if n_resumed else ""))
-        with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_done),
+        with progress.counter("hashing", "file", lambda: (counters.files_done, counters.bytes_read()),
                               total=(todo_n, todo_bytes)):
             hashed = hasher.finish()
     if writer is not None:

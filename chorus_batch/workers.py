@@ -8,7 +8,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .sources.base import READ_SIZE, FileChangedWhileHashing, HashOutcome
+from .sources.base import READ_SIZE, FileChangedWhileHashing, HashOutcome, meter_taken
 
 if TYPE_CHECKING:
     from .sources.base import Parse, Source
@@ -39,6 +39,7 @@ class HashedChunk:
     errors: list[tuple[int, str, str]]  # (offset in chunk, kind, message)
     facts: list[tuple[int, str, str]] = field(default_factory=list)  # (offset in chunk, kind, facts as JSON)
     contents: list[tuple[int, str, bytes]] = field(default_factory=list)  # (offset, kind, the bytes): raw_kinds
+    metered: int = 0  # bytes of its files said while they were read (sources.base.metered), for the progress line
 
 
 _NO_DIGEST = bytes(16)
@@ -52,6 +53,7 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
     back whole, up to MAX_RAW_BYTES, for the caller to parse. `mask`: parse only the files whose flag is
     true (None: every file of those kinds)."""
     buffer = bytearray(READ_SIZE)
+    meter_taken()  # (what an earlier chunk failed with left said)
     digests = bytearray()
     sizes, mtimes = array("q"), array("q")
     errors: list[tuple[int, str, str]] = []
@@ -80,7 +82,7 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
             sizes.append(0)
             mtimes.append(0)
             errors.append((k, *out))
-    return HashedChunk(bytes(digests), sizes, mtimes, errors, facts, contents)
+    return HashedChunk(bytes(digests), sizes, mtimes, errors, facts, contents, meter_taken())
 
 
 MAX_RAW_BYTES = 4 << 20

@@ -522,6 +522,35 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # hashed in a thread; in a worker process
+def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, workers):
+    """A huge sparse file (`truncate -s 200G`) is read whole: its MD5 is of its bytes, holes read as zeros. The
+    progress line stood at 0 B until it was done (bytes were counted per chunk of files); it moves within the file,
+    never past the total, and the MD5 recorded is right."""
+    gib = 1 << 30
+    with open(site / "big.dat", "wb") as f:
+        f.truncate(gib)  # sparse: no blocks on disk
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    out = run(site, db, "--workers", workers, env={"CHORUS_BATCH_PROGRESS_S": "0.2"}, timeout=300)
+    assert out.returncode == 1, out.stderr  # (big.dat at the root: an unparseable path)
+    seen = []
+    for line in out.stderr.splitlines():
+        if "hashing: " in line and "elapsed" in line:
+            size = line.split(", ")[1].split("/")[0] if ", " in line else ""
+            if size.endswith("MiB"):
+                seen.append(float(size.removesuffix(" MiB")))
+            elif size.endswith("GiB"):
+                seen.append(1024 * float(size.removesuffix(" GiB")))
+    moving = [mib for mib in seen if 0 < mib < 1024]
+    assert len(set(moving)) >= 2, out.stderr  # bytes seen before the file was done, at least two different counts
+    assert seen == sorted(seen) and max(seen) <= 1024 + 1, seen
+    zeros = hashlib.md5(usedforsecurity=False)
+    block = bytes(64 << 20)
+    for _ in range(gib // len(block)):
+        zeros.update(block)
+    assert query(db, "SELECT md5, size FROM source_files WHERE srcfile = 'big.dat'") == [(zeros.hexdigest(), gib)]
+
+
 def test_a_signal_whose_bookkeeping_fails_is_still_said_as_the_signal(site, small_disk):
     """SIGTERM (Slurm ending a job) while the manifest's disk is full: the run's log row cannot be written. The run
     said "the disk is full", exit 3 (the bookkeeping's error in place of the first); it says the signal, exits 143,

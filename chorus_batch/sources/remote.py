@@ -16,7 +16,8 @@ from ..errors import ChorusError
 from ..times import clamp_ns
 from ..walk import BATCH_ROWS
 from . import cloud as cloud_access
-from .base import FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch, parse_through
+from .base import (METER_STEP, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch,
+                   metered, parse_through)
 from ..urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
 
 if TYPE_CHECKING:
@@ -296,9 +297,13 @@ class FsspecSource:
                 reader = HashingReader(f.read, digest, size)
                 facts = parse_through(parse, reader)
                 total = reader.finish(len(buffer))
+            step = total + METER_STEP
             while n := f.readinto(buffer):
                 digest.update(view[:n])
                 total += n
+                if total >= step:  # a large object: the progress line moves while it is read
+                    metered(METER_STEP)
+                    step += METER_STEP
         if total != size:
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
         if self.server_md5:  # written while it was read: the etag moved (a local file's mtime would have)
