@@ -60,7 +60,10 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     paths: list[str] = []
     sizes: list[int] = []
     mtimes: list[int] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    # With links followed, each folder walked carries its real path: a link to a folder is judged by where it
+    # leads (link_problem), the same in whichever worker walks it. (A set of the link targets seen, per worker,
+    # walked a linked parent once more before it saw the loop, and the root again through a link to it.)
+    real_root = os.path.realpath(root) if follow_symlinks else root
 
     def flush() -> None:
         nonlocal paths, sizes, mtimes, add_path, add_size, add_mtime
@@ -69,11 +72,17 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
             paths, sizes, mtimes = [], [], []
             add_path, add_size, add_mtime = paths.append, sizes.append, mtimes.append
 
-    stack = list(reversed(rel_dirs))
-    push_dir = out.subdirs.append if collect_dirs else stack.append
+    stack = [(rel, os.path.realpath(os.path.join(root, rel)) if follow_symlinks else "") for rel in reversed(rel_dirs)]
+
+    def push_dir(rel: str, real: str) -> None:
+        if collect_dirs:
+            out.subdirs.append(rel)
+        else:
+            stack.append((rel, real))
+
     add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
     while stack:
-        rel_dir = stack.pop()
+        rel_dir, real_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
@@ -95,7 +104,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                 rel = prefix + entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        push_dir(rel)
+                        push_dir(rel, os.path.join(real_dir, entry.name) if follow_symlinks else "")
                         continue
                     if entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
@@ -103,13 +112,18 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         if not follow_symlinks:
                             add_error((printable(rel), "symlink", "symbolic link not followed (set follow_symlinks = true to follow)"))
                             continue
-                        st = entry.stat(follow_symlinks=True)
+                        try:
+                            st = entry.stat(follow_symlinks=True)
+                        except OSError as exc:  # where it leads cannot be reached: said as a link's problem
+                            add_error((printable(rel), *broken_link(entry.path, exc)))
+                            continue
                         if stat.S_ISDIR(st.st_mode):
-                            if (st.st_dev, st.st_ino) in seen_dirs:
-                                add_error((printable(rel), "symlink_loop", "directory link already walked; skipped"))
+                            target = os.path.realpath(entry.path)
+                            problem = link_problem(target, real_dir, real_root)
+                            if problem is not None:
+                                add_error((printable(rel), *problem))
                             else:
-                                seen_dirs.add((st.st_dev, st.st_ino))
-                                push_dir(rel)
+                                push_dir(rel, target)
                             continue
                         if not stat.S_ISREG(st.st_mode):
                             add_error((printable(rel), "special_file", "link to a non-regular file; skipped"))
@@ -140,6 +154,39 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     flush()
     flush()
     return out
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def link_problem(target: str, real_dir: str, real_root: str) -> tuple[str, str] | None:
+    """Why a link (in the folder whose real path is `real_dir`) to the folder `target` (real) is not followed, as
+    (kind, message); None: it is followed, once. A link to the root or to a folder above the link is a loop; one to
+    another folder of the site would list its files a second time (they are listed under their own path)."""
+    if _within(real_dir, target):
+        where = "the site root" if target == real_root else "a folder that contains the link"
+        return "symlink_loop", f"link to {where} ({target}): a loop, not followed"
+    if _within(target, real_root):
+        inside = os.path.relpath(target, real_root).replace(os.sep, "/")
+        return "symlink_inside", (f"link to {inside}/, a folder of the site: not followed (its files are listed under "
+                                  "their own path)")
+    return None
+
+
+def broken_link(path: str, exc: OSError) -> tuple[str, str]:
+    """(kind, message) of a link whose target cannot be reached: missing, a loop of links, or unreadable."""
+    import errno
+
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    if isinstance(exc, FileNotFoundError):
+        return "broken_symlink", f"symbolic link to {target}, which does not exist; skipped"
+    if exc.errno == errno.ELOOP:
+        return "symlink_loop", f"symbolic link to {target}: a loop of links that never reaches a file; skipped"
+    return "unreadable", f"cannot stat the target of the link ({target}): {exc.strerror or exc}"
 
 
 def printable(rel: str) -> str:

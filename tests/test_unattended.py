@@ -522,6 +522,41 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # walked here; by worker processes, a folder each
+def test_followed_links_are_walked_once_and_loops_and_broken_links_are_said_once(site, db, tmp_path, workers):
+    """--follow-symlinks: a link to a folder above it walked that folder once more before the loop was seen (and a
+    link to the root the whole site again), a dangling link was "file disappeared", a link to itself "cannot stat".
+    Now a link outside the site is followed once, a loop or a link into the site is one recorded error, and a
+    broken link says so."""
+    write(site, "000001/Metadata/a.txt", b"a")
+    write(site, "000002/Metadata/b.txt", b"b")
+    outside = tmp_path / "outside"
+    write(outside, "ext/e.txt", b"e")
+    (site / "000001/Metadata/up").symlink_to("..", target_is_directory=True)  # the person folder above it
+    (site / "000002/root").symlink_to(site, target_is_directory=True)
+    (site / "000002/Images").symlink_to(outside / "ext", target_is_directory=True)  # data kept on another disk
+    (site / "EXT").symlink_to(outside / "ext", target_is_directory=True)  # at the top: walked by a worker
+    (outside / "ext/back").symlink_to(outside, target_is_directory=True)  # a loop outside the site
+    (site / "000002/alias").symlink_to(site / "000001/Metadata", target_is_directory=True)
+    (site / "000002/dangling").symlink_to("nowhere")
+    (site / "000002/self").symlink_to("self")
+    out = run(site, db, "--follow-symlinks", "--workers", workers)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert query(db, "SELECT srcfile FROM source_files ORDER BY srcfile") == [
+        ("000001/Metadata/a.txt",), ("000002/Images/e.txt",), ("000002/Metadata/b.txt",), ("EXT/e.txt",)]
+    said = dict(query(db, "SELECT srcfile, kind || ': ' || message FROM scan_errors WHERE kind != 'unparseable'"))
+    assert said == {
+        "000001/Metadata/up": f"symlink_loop: link to a folder that contains the link ({site}/000001): a loop, not followed",
+        "000002/root": f"symlink_loop: link to the site root ({site}): a loop, not followed",
+        "000002/Images/back": f"symlink_loop: link to a folder that contains the link ({outside}): a loop, not followed",
+        "EXT/back": f"symlink_loop: link to a folder that contains the link ({outside}): a loop, not followed",
+        "000002/alias": "symlink_inside: link to 000001/Metadata/, a folder of the site: not followed (its files are "
+                        "listed under their own path)",
+        "000002/dangling": "broken_symlink: symbolic link to nowhere, which does not exist; skipped",
+        "000002/self": "symlink_loop: symbolic link to self: a loop of links that never reaches a file; skipped",
+    }, said
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])  # hashed in a thread; in a worker process
 def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, workers):
     """A huge sparse file (`truncate -s 200G`) is read whole: its MD5 is of its bytes, holes read as zeros. The
