@@ -95,9 +95,16 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     # read before the manifest is opened: a line it refuses leaves no `runs` row behind
     delete_list = read_delete_list(settings.delete_list) if settings.delete_list else None
     if settings.merge is not None:  # before the manifest is created: a usage error leaves nothing behind
-        from .shards import check_staging
+        from .shards import check_staging, staging_lock
 
         check_staging(settings.merge)
+        with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
+            return _run_logged(settings, argv, progress)
+    return _run_logged(settings, argv, progress)
+
+
+def _run_logged(settings: RunSettings, argv: list[str], progress: Progress) -> RunResult:
+    """run, from its roots on: under the manifest's lock, logged in `runs`."""
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     preflight(settings, manifest)

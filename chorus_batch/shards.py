@@ -15,11 +15,13 @@ Under a Slurm job array the shard comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_T
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from .config import RunSettings, parse_bytes
 from .errors import UsageError
 from .exclude import Excludes
 from .partitions import TreeParts, bucket_range
-from .progress import Progress
+from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, scan
 from .sources import mask_url
 from .store import Manifest
@@ -63,6 +65,48 @@ class ShardReport:
     n_excluded: int = 0
 
 
+STAGING_LOCK = ".staging.lock"
+
+
+@contextlib.contextmanager
+def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
+    """Shards hold the staging folder's lock shared while they scan and write (they run side by side), a merge
+    holds it alone while it reads and commits: a shard rerun during a merge unlinked the scan.json the merge had
+    checked and replaced the files it was reading partition by partition (a version of two scans). Either one that
+    finds the other is refused at once (exit 4). An OS lock (flock): let go when its holder exits or is killed. A
+    file system without locks (some Lustre mounts): said, and the run goes on unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX)
+        yield
+        return
+    from .errors import ManifestLocked
+    from .fsutil import create_private
+
+    path = Path(staging) / STAGING_LOCK
+    try:
+        fd = create_private(path, truncate=False)
+    except OSError as exc:
+        raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
+                         fix="give a --staging folder this user can write") from None
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if merge else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ManifestLocked(
+                (f"shards are still being written into {staging}: cannot merge it now" if merge else
+                 f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
+                where=str(path),
+                fix=("wait for the shards to finish (`squeue`), then merge" if merge else
+                     "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
+                     "script again: a new staging folder)")) from None
+        except OSError as exc:  # no locks on this file system: the merge's checks of scan.json still stand
+            log.warning(f"cannot lock {path} ({exc.strerror or exc}): do not rerun a shard while the merge runs")
+        yield
+    finally:
+        os.close(fd)
+
+
 def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: str | Path,
               progress: Progress | None = None) -> ShardReport:
     """Scan shard `coverage` of the site against the manifest's latest version (read only) into `staging`."""
@@ -77,16 +121,17 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
         mtime_unit_ns = manifest.mtime_unit_ns()
     previous = manifest.previous_state(write_cache=False)  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
-    (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
-    scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
-                   racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
-                   progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
-                   verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
-                   excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
-                   mtime_unit_ns=mtime_unit_ns,
-                   # header facts from the bytes hashed, for the merge's validation: one read per file here too
-                   facts=settings.validate_site and not settings.dry_run)
-    scanned.write(folder)
+    with staging_lock(staging, merge=False):
+        (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
+        scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
+                       racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
+                       progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
+                       verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
+                       excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
+                       mtime_unit_ns=mtime_unit_ns,
+                       # header facts from the bytes hashed, for the merge's validation: one read per file here too
+                       facts=settings.validate_site and not settings.dry_run)
+        scanned.write(folder)
     return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)

@@ -87,7 +87,7 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         assert state_cache(merged).equals(current_rows(merged))
         assert state_cache(single).equals(current_rows(single))
         # the merge's DuckDB spilled beside the shards, and its folder is gone
-        assert sorted(p.name for p in staging.iterdir()) == [f"shard-{k}-of-{N}" for k in range(N)]
+        assert sorted(p.name for p in staging.iterdir()) == [".staging.lock", *(f"shard-{k}-of-{N}" for k in range(N))]
     assert query(merged, "SELECT count(*) FROM versions") == [(2,)]
 
 
@@ -233,3 +233,42 @@ def test_shards_of_another_site_are_refused_naming_both_sites(snapshots, tmp_pat
     assert (f"the shards scanned {snapshots / 'first'}, not this run's site {snapshots / 'second'}" in out.stderr
             and "None" not in out.stderr), out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_what_it_checked(snapshots, tmp_path):
+    """A shard rerun while the merge read the staging folder unlinked the scan.json the merge had checked and
+    replaced the files it read partition by partition. The merge holds the folder's lock alone: the shard is refused
+    (exit 4, saying why), the merge commits the shards it checked; a merge while a shard writes is refused too."""
+    import os
+    import subprocess
+    import sys
+
+    site, db, staging = snapshots, tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    merge = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert merge.stderr is not None
+    while "test pause at commit" not in (line := merge.stderr.readline()):
+        assert line or merge.poll() is None, "the merge never reached its commit"
+    shard = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
+    out, err = merge.communicate(timeout=120)
+    assert shard.returncode == 4, shard.stderr
+    assert f"a merge is reading the shards in {staging}: this shard cannot be written there now" in shard.stderr
+    assert "Traceback" not in shard.stderr
+    assert merge.returncode in (0, 1) and "committed to" in out, err  # (1: the test data's findings)
+    assert (staging / f"shard-1-of-{N}" / "scan.json").exists()  # the shard the merge checked, untouched
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+    shard = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--shard", f"0/{N}", "--staging", str(staging), "--rehash"],  # (files to hash)
+                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+8", "CHORUS_BATCH_PROGRESS_S": "0"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert shard.stderr is not None
+        while "test pause at hashing" not in (line := shard.stderr.readline()):
+            assert line or shard.poll() is None, "the shard never reached its hashing"
+        merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    finally:
+        shard.communicate(timeout=120)
+    assert merged.returncode == 4 and f"shards are still being written into {staging}" in merged.stderr, merged.stderr
