@@ -17,7 +17,8 @@ The jobs run the interpreter that generated the script (its absolute path), with
 environment of the submitting shell (`--export=ALL`), in the staging folder.
 
 `submit_and_follow(script)` runs such a script with bash, follows the jobs with `squeue`, and
-returns the merge's exit code; Ctrl-C cancels the jobs it submitted.
+returns the merge's exit code; Ctrl-C (SIGTERM, SIGHUP) cancels the jobs it submitted and says whether the merge
+had started; a reader of its output that left (`| head`) does not stop the following.
 """
 
 from __future__ import annotations
@@ -235,6 +236,10 @@ class Submitted:
     rerun_shard: str = ""  # the command with "K/<N>" for the shard
     rerun_merge: str = ""
     lines: list[str] = field(default_factory=list)
+    merge_started: bool = False  # follow saw the merge job run (it may have committed)
+
+    def merge_log(self) -> Path:
+        return self.logs / f"{MERGE_JOB}-{self.merge_job}.out"
 
     def shard_done(self, k: int) -> bool:
         return (self.staging / f"shard-{k}-of-{self.shards}" / "scan.json").exists()
@@ -343,6 +348,8 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
             else:
                 counts["pending"] += 1
         merge_state, reason = states.get(job.merge_job, ("", ""))
+        if merge_state in _RUNNING or (merge_state in _TERMINAL and merge_state != "CANCELLED"):
+            job.merge_started = True
         merge_text = (merge_state.lower() + (f" ({reason})" if reason and reason != "None" else "")) or "gone"
         line = (f"shards {job.array_job}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
                 + f" of {job.shards}; merge {job.merge_job}: {merge_text}")
@@ -379,7 +386,40 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
 
 
 def cancel(job: Submitted) -> None:
-    subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True)
+    """scancel the jobs, whatever signal comes meanwhile: a second Ctrl-C (it reaches the terminal's whole process
+    group) killed scancel with it and left the jobs running. In a session of its own, with this process's stop
+    signals held until it is done."""
+    import signal
+    import threading
+
+    stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    main = threading.current_thread() is threading.main_thread()  # (only the main thread may set handlers)
+    held = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stops} if main else {}
+    try:
+        subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True, start_new_session=True)
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+
+
+class _Lines:
+    """The follower's output: a reader that left (`run --slurm | head`) ends it quietly, but the jobs are followed
+    to their end all the same, so that the exit code is the merge's (not a success the night did not have)."""
+
+    def __init__(self, out: Callable[[str], None]):
+        self.out, self.gone = out, False
+
+    def __call__(self, line: str) -> None:
+        if self.gone:
+            return
+        try:
+            self.out(line)
+        except BrokenPipeError:
+            self.gone = True
+            with contextlib.suppress(OSError, ValueError):  # what is buffered for the reader that left: dropped
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, sys.stdout.fileno())
+                os.close(null)
 
 
 def submit(script_text: str) -> Submitted:
@@ -405,11 +445,19 @@ def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str
     Ctrl-C (or SIGTERM/SIGHUP as Stopped) cancels the jobs it submitted, then is raised again."""
     require_slurm("sbatch", "squeue")
     job = submit(script_text)
-    for line in job.lines:
-        out(line)
+    out = _Lines(out)
     try:
+        for line in job.lines:
+            out(line)
         return follow(job, poll_s=poll_s, out=out)
-    except (KeyboardInterrupt, Stopped):
+    except (KeyboardInterrupt, Stopped) as exc:
         cancel(job)
-        out(f"cancelled the shards' job array {job.array_job} and the merge job {job.merge_job}")
+        cancelled = f"cancelled the shards' job array {job.array_job} and the merge job {job.merge_job}"
+        if job.merge_started or job.merge_log().exists():  # (its log: it started after the last look)
+            # The merge was stopped by scancel's SIGTERM: a version it committed before stays; its log says which.
+            exc.outcome = (f"{cancelled}; the merge had started: a version it committed before it was stopped stays "
+                           f"(its log {job.merge_log()} says; `chorus-batch versions` shows the latest)")
+        else:
+            exc.outcome = f"{cancelled} before the merge ran: nothing was committed"
+        out(cancelled)
         raise

@@ -389,3 +389,54 @@ def test_a_cancelled_shard_is_refused_by_the_merge_and_rerun_alone(slurm, small_
     view, expected = _manifest_view(db), _manifest_view(ref)
     assert view["current"] == expected["current"] and view["versions"] == expected["versions"][:1]
     slurm.wait_idle()
+
+
+def test_ctrl_c_after_the_merge_committed_says_the_version_stays(slurm, small_site, tmp_path):
+    """Ctrl-C on `run --slurm` cancels the jobs; it said "nothing was committed" even when the merge had committed
+    its version before scancel stopped it. Now it says the merge had started and its version stays (and it does)."""
+    import signal
+    import time
+
+    first, _second = small_site
+    db, staging = tmp_path / "m.sqlite", tmp_path / "st"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--slurm", "--site", str(first), "--db", str(db),
+                             "--shards", "2", "--cpus-per-task", "1", "--staging", str(staging)],
+                            env={**os.environ, **slurm.env, "CHORUS_BATCH_TEST_PAUSE": "committed"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any("test pause at committed" in log.read_text(errors="replace")
+                      for log in (staging / "logs").glob("chorus-merge-*.out")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "the merge had started: a version it committed before it was stopped stays" in err, err
+    assert "nothing was committed" not in err and "Traceback" not in err, err
+    job = parse_submitted(out)
+    assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    slurm.wait_idle()
+
+
+def test_run_slurm_piped_to_head_follows_to_the_end_and_exits_with_the_merges_code(slurm, small_site, tmp_path):
+    """`run --slurm | head -1`: the reader left at the first line, and the command ended quietly with exit 0 while
+    the jobs were still pending (a success cron was told before the merge ran). It follows them to the end,
+    writing nothing more, and exits with the merge's code."""
+    first, _second = small_site
+    db, staging = tmp_path / "m.sqlite", tmp_path / "st"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--slurm", "--site", str(first), "--db", str(db),
+                             "--shards", "2", "--cpus-per-task", "1", "--staging", str(staging)],
+                            env={**os.environ, **slurm.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().startswith("staging: ")
+    proc.stdout.close()  # the reader leaves
+    _out, err = proc.communicate(timeout=600)
+    merged = int((staging / "merge.exit").read_text())
+    assert proc.returncode == merged and merged in (0, 1), err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    slurm.wait_idle()
