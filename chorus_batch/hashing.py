@@ -508,6 +508,9 @@ class Hasher:
             if self.progress.on_chunk is not None:
                 self.progress.on_chunk(task.offset, chunk)
             self.progress.files_done += task.length
+            if self._reading is None:
+                self.progress.bytes_done += task.size
+                return
             with self._reading.get_lock():  # its bytes said while read now counted whole: never twice on the line
                 self._reading.value -= chunk.metered
                 self.progress.bytes_done += task.size
@@ -557,10 +560,14 @@ class Hasher:
 
 
 def _shared_counter():
-    """An int64 in shared memory with its lock (forked workers inherit it; threads share it)."""
+    """An int64 in shared memory with its lock (forked workers inherit it; threads share it); None where the
+    system has no shared memory or semaphores for it (no /dev/shm): progress then moves chunk by chunk only."""
     import multiprocessing
 
-    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Value("q", 0)
+    try:
+        return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Value("q", 0)
+    except (OSError, ImportError):
+        return None
 
 
 def _to_parse(todo: pl.DataFrame) -> pl.DataFrame:

@@ -571,7 +571,7 @@ def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, wo
     seen = []
     for line in out.stderr.splitlines():
         if "hashing: " in line and "elapsed" in line:
-            size = line.split(", ")[1].split("/")[0] if ", " in line else ""
+            size = line.split(", ")[1].split("/")[0].replace(",", "") if ", " in line else ""  # (1,008.0 MiB)
             if size.endswith("MiB"):
                 seen.append(float(size.removesuffix(" MiB")))
             elif size.endswith("GiB"):
