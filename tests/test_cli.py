@@ -131,6 +131,7 @@ def test_missing_site_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize(("variable", "value"), [
     ("CHORUS_BATCH_PROGRESS_S", "5s"), ("CHORUS_BATCH_PROGRESS_S", "nan"), ("CHORUS_BATCH_CHECKPOINT_S", "-1"),
     ("CHORUS_BATCH_PARTITION_ROWS", "abc"), ("CHORUS_BATCH_LEDGER_ROWS", "2.5"), ("CHORUS_BATCH_RETRY_DEADLINE_S", "x"),
+    ("CHORUS_BATCH_BUSY_WAIT_S", "15m"),
 ])
 def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything_is_done(site, tmp_path, variable, value):
     # It was taken silently as the default (PROGRESS_S, CHECKPOINT_S), or was a ValueError in the middle of a
