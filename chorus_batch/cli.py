@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -1435,8 +1436,22 @@ class _Output:
 
     def write(self, text: str) -> int:
         text = shown(text, lines=True) if self._terminal else text
-        written = self._guarded(self._stream.write, text) if self._stream is not None else None
+        written = self._guarded(self._write_all, text) if self._stream is not None else None
         return len(text) if written is None else written
+
+    def _write_all(self, text: str) -> int:
+        """Under PYTHONUNBUFFERED=1 (or -u) the text layer writes straight to the descriptor and drops what a short
+        write left: a reader leaving mid-page (`report --out - | head -1`) cut the page without an EPIPE, and the
+        command said "wrote the report". So then the bytes are written here until all are taken or the pipe is
+        closed (BrokenPipeError, as with a buffered stdout)."""
+        raw = getattr(self._stream, "buffer", None)
+        if not isinstance(raw, io.RawIOBase):
+            return self._stream.write(text)
+        self._stream.flush()
+        data = memoryview(text.encode(self._stream.encoding, self._stream.errors or "strict"))
+        while data:
+            data = data[raw.write(data) or 0:]
+        return len(text)
 
     def flush(self) -> None:
         if self._stream is not None:
