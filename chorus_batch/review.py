@@ -16,7 +16,7 @@ snapshot per version.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import numbers
 import os
 import re
@@ -44,6 +44,8 @@ FILE_SCHEMA = schema_of("source_files", FILE_COLUMNS)
 DIFF_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "old_md5": pl.String, **FILE_SCHEMA}
 HISTORY_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "ended_by": pl.String, "renamed_to": pl.String, **FILE_SCHEMA}
 CHANGE_KINDS = ("added", "removed", "replaced", "renamed")
+REVIEW_MEMORY = "64MB"  # DuckDB's cap in `ManifestReader.duckdb`
+SLICE_ROWS = 20_000  # manifest rows read at a time into `ManifestReader.duckdb`'s tables (about 20 MB of polars frame)
 # Review rules shared by the HTML report and the notebook.
 PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is a parse or clock error
 OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
@@ -317,19 +319,29 @@ class ManifestReader:
                                            modalities=pl.col("modality").unique().sort().str.join(","))
                 .sort("person_id"))
 
-    def sessions(self, as_of: str | datetime | None = None) -> pl.DataFrame:
+    def sessions(self, as_of: str | datetime | None = None, *, con: duckdb.DuckDBPyConnection | None = None) -> pl.DataFrame:
         """One row per waveform session: person, category, start, duration, files, bytes. The start and
         duration come from the names (a stamp) or, where the names carry none (today's integer session
-        ids), from the session's WFDB header as validation read it (base date/time, length / frequency)."""
+        ids), from the session's WFDB header as validation read it (base date/time, length / frequency).
+        With `con` (from `duckdb`), the files are grouped in DuckDB, from its table `files`: only the
+        sessions come into memory."""
         # Person-level files (Waveforms/RECORDS) form a record with an empty session: not a session.
-        files = self.files(as_of, modality="Waveforms").filter(pl.col("record_id").is_not_null() & (pl.col("session_id") != ""))
-        headers = self._header_starts(files.filter(
-            pl.col("srcfile").str.split("/").list.last() == pl.col("session_id") + ".hea").select("record_id", "md5"))
         # A session is a record (person, session, modality): grouping by its integer id is ~3x faster.
-        return (files.group_by("record_id")
-                .agg(pl.col("person_id").first(), pl.col("category").first(), pl.col("session_id").first(),
-                     start_date=pl.col("start_date").min(), start_time=pl.col("start_time").min(),
-                     duration_s=pl.col("duration_s").max(), files=pl.len(), bytes=pl.col("size").sum())
+        # Its main header is the file named <session>.hea.
+        query = """SELECT record_id, first(person_id) AS person_id, first(category) AS category,
+                          first(session_id) AS session_id, min(start_date) AS start_date, min(start_time) AS start_time,
+                          max(duration_s) AS duration_s, count(*) AS files, sum(size)::BIGINT AS bytes,
+                          min(md5) FILTER (WHERE string_split(srcfile, '/')[-1] = session_id || '.hea') AS _hea
+                   FROM files WHERE modality = 'Waveforms' AND record_id IS NOT NULL AND session_id <> ''
+                   GROUP BY record_id"""
+        if con is None:
+            with duckdb.connect() as own:
+                own.register("files", self.files(as_of, modality="Waveforms").to_arrow())
+                grouped = own.sql(query).pl()
+        else:
+            grouped = con.sql(query).pl()
+        headers = self._header_starts(grouped.filter(pl.col("_hea").is_not_null()).select("record_id", md5="_hea"))
+        return (grouped.drop("_hea").cast({"files": pl.UInt32})
                 .join(headers, on="record_id", how="left")
                 .with_columns(start=pl.coalesce(pl.concat_str("start_date", "start_time", separator=" ")
                                                 .str.to_datetime("%Y-%m-%d %H:%M:%S", strict=False), "_start"),
@@ -351,15 +363,47 @@ class ManifestReader:
                                      persons=pl.col("person_id").drop_nulls().n_unique(), srcfiles=pl.col("srcfile").sort())
                 .sort("paths", "md5", descending=[True, False]))
 
-    def duckdb(self, as_of: str | datetime | None = None) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with views files, versions, changes (all versions), registry, scan_errors."""
-        con = duckdb.connect()
+    def duckdb(self, as_of: str | datetime | None = None, *, compare_to: str | datetime | None = None
+               ) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with the tables files (the version's), base_files (`compare_to`'s, when given),
+        versions, changes (all versions), registry and scan_errors. They are copied in slices of SLICE_ROWS
+        rows into a DuckDB database capped at REVIEW_MEMORY in an owner-only scratch folder (fsutil.scratch_folder):
+        a notebook's memory does not grow with the manifest (it held two million-row polars frames, ~5 GB, at
+        1M files). The scratch folder goes when the reader is closed (`close()`), else with the process."""
+        from .fsutil import scratch_folder
+
         label = self.resolve(as_of)
-        tables = {"files": self.files(label), "versions": self.versions(), "changes": self.all_changes(),
-                  "registry": self.registry(), "scan_errors": self.scan_errors(label)}
-        for name, frame in tables.items():
-            con.register(name, frame.to_arrow())
+        stack = contextlib.ExitStack()
+        folder = stack.enter_context(scratch_folder("chorus-duckdb-", None))
+        # A database file, not an in-memory one: its tables' blocks leave memory for the file beyond the cap.
+        con = duckdb.connect(str(folder / "review.duckdb"), config={
+            "threads": 2, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder), "preserve_insertion_order": False})
+        stack.callback(con.close)
+        self.__dict__.setdefault("_sessions", []).append(stack)
+        tables = {"files": self._file_slices(label), "changes": self._change_slices(),
+                  "versions": iter([self.versions()]), "registry": iter([self.registry()]),
+                  "scan_errors": iter([self.scan_errors(label)])}
+        if compare_to is not None:
+            tables["base_files"] = self._file_slices(self.resolve(compare_to))
+        for name, slices in tables.items():
+            for i, part in enumerate(slices):
+                con.register("_slice", part.to_arrow())
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _slice" if i == 0 else f"INSERT INTO {name} SELECT * FROM _slice")
+                con.unregister("_slice")
         return con
+
+    def close(self) -> None:
+        """End the DuckDB connections `duckdb` gave and remove their scratch folders."""
+        for stack in self.__dict__.pop("_sessions", []):
+            stack.close()
+
+    def _file_slices(self, label: str) -> Iterator[pl.DataFrame]:
+        """The version's files (FILE_COLUMNS) in slices, the first possibly empty; a storage that cannot read
+        part of a version gives it whole."""
+        yield self._files_at(label, None, None).select(FILE_COLUMNS)
+
+    def _change_slices(self) -> Iterator[pl.DataFrame]:
+        yield self.all_changes()
 
     def all_changes(self) -> pl.DataFrame:
         frames = [self.changes(label) for label in self.versions()["label"].to_list()]
@@ -397,6 +441,27 @@ class SQLiteReader(ManifestReader):
                 params.append(value)
         return self._query(f"SELECT {', '.join(FILE_COLUMNS)} FROM source_files WHERE {' AND '.join(where)} ORDER BY srcfile",
                            tuple(params), FILE_SCHEMA)
+
+    def _file_slices(self, label: str) -> Iterator[pl.DataFrame]:
+        # Ranges of file ids (the rowid): each slice is one bounded query, whatever the manifest's size.
+        where, params = (("time_invalid IS NULL", ()) if label == self.latest() else
+                         ("version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)", (label, label)))
+        yield from self._slices("source_files", "file_id", f"SELECT {', '.join(FILE_COLUMNS)} FROM source_files "
+                                f"WHERE file_id BETWEEN ? AND ? AND {where}", params, FILE_SCHEMA)
+
+    def _change_slices(self) -> Iterator[pl.DataFrame]:
+        first, last = self._query("SELECT min(rowid), max(rowid) FROM changes").row(0)
+        for start in range(first or 0, (last or -1) + 1, SLICE_ROWS):
+            yield self._manifest.changes_query("c.rowid BETWEEN ? AND ?", (start, start + SLICE_ROWS - 1))
+        if first is None:
+            yield self._manifest.changes_query("1 = 0", ())
+
+    def _slices(self, table: str, key: str, sql: str, params: tuple, schema: dict) -> Iterator[pl.DataFrame]:
+        first, last = self._query(f"SELECT min({key}), max({key}) FROM {table}").row(0)
+        if first is None:
+            yield pl.DataFrame(schema=schema)
+        for start in range(first or 0, (last or -1) + 1, SLICE_ROWS):
+            yield self._query(sql, (start, start + SLICE_ROWS - 1, *params), schema)
 
     def _changed_between(self, older: str, newer: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         # Every row created or ended in (older, newer] is in those versions' change sets
@@ -490,44 +555,52 @@ def without_md5(frame: pl.DataFrame) -> pl.DataFrame:
     return _with_content(frame).filter(pl.col("md5").is_null()).sort("srcfile")
 
 
-def size_flags(files: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(per-modality size statistics, flagged files). A file is flagged `empty` (size 0), or `large` /
-    `small` when log10(size) is beyond its modality's quartiles by more than OUTLIER_IQR interquartile
-    ranges and by at least OUTLIER_MIN_DECADES (a factor 10); modalities with fewer than
-    OUTLIER_MIN_FILES non-empty files are not checked for outliers."""
-    frame = files.select("srcfile", "modality", "person_id", "size").with_columns(
-        modality=pl.col("modality").fill_null("Other"))
-    nonempty = frame.filter(pl.col("size") > 0).with_columns(_log=pl.col("size").cast(pl.Float64).log10())
-    stats = nonempty.group_by("modality").agg(
-        nonempty=pl.len(), min=pl.col("size").min(), max=pl.col("size").max(), bytes=pl.col("size").sum(),
-        q1=pl.col("_log").quantile(0.25, "linear"), median=pl.col("_log").median(),
-        q3=pl.col("_log").quantile(0.75, "linear"),
-    )
-    counts = frame.group_by("modality").agg(files=pl.len(), empty=(pl.col("size") == 0).sum())
-    stats = counts.join(stats, on="modality", how="left").with_columns(
-        pl.col("nonempty").fill_null(0), pl.col("bytes").fill_null(0)).with_columns(
-        _spread=pl.max_horizontal(OUTLIER_IQR * (pl.col("q3") - pl.col("q1")), pl.lit(OUTLIER_MIN_DECADES)),
-    ).with_columns(
-        checked=pl.col("nonempty") >= OUTLIER_MIN_FILES,
-        lo=pl.col("q1") - pl.col("_spread"), hi=pl.col("q3") + pl.col("_spread"),
-    ).drop("_spread").sort("modality")
-    judged = nonempty.join(stats.select("modality", "checked", "lo", "hi", "median"), on="modality").filter(
-        pl.col("checked") & ((pl.col("_log") > pl.col("hi")) | (pl.col("_log") < pl.col("lo"))))
-    outliers = judged.select(
-        "srcfile", "modality", "person_id", "size",
-        flag=pl.when(pl.col("_log") > pl.col("hi")).then(pl.lit("large")).otherwise(pl.lit("small")),
-        modality_median=(10 ** pl.col("median")).round(0).cast(pl.Int64),
-        _dist=(pl.col("_log") - pl.col("median")).abs(),
-    )
-    empty = frame.filter(pl.col("size") == 0).select(
-        "srcfile", "modality", "person_id", "size", flag=pl.lit("empty"),
-        modality_median=pl.lit(None, pl.Int64), _dist=pl.lit(math.inf))
-    flagged = pl.concat([empty, outliers]).sort(["_dist", "srcfile"], descending=[True, False]).drop("_dist")
+def size_flags(files: pl.DataFrame | duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(per-modality size statistics, flagged files) of a files frame, or of the table `files` of a DuckDB
+    connection (`ManifestReader.duckdb`: only the statistics and the flagged files come into memory). A file
+    is flagged `empty` (size 0), or `large` / `small` when log10(size) is beyond its modality's quartiles by
+    more than OUTLIER_IQR interquartile ranges and by at least OUTLIER_MIN_DECADES (a factor 10); modalities
+    with fewer than OUTLIER_MIN_FILES non-empty files are not checked for outliers."""
+    if isinstance(files, pl.DataFrame):
+        with duckdb.connect() as con:
+            con.register("files", files.select("srcfile", "modality", "person_id", "size").to_arrow())
+            return size_flags(con)
+    con = files
+    # One pass of the rule in SQL; quantile_cont is polars' quantile(q, "linear").
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _size_stats AS
+        WITH f AS (SELECT coalesce(modality, 'Other') AS modality, size FROM files),
+        s AS (SELECT modality, count(*) AS files, count(*) FILTER (WHERE size = 0) AS empty,
+                     count(*) FILTER (WHERE size > 0) AS nonempty,
+                     min(size) FILTER (WHERE size > 0) AS min, max(size) FILTER (WHERE size > 0) AS max,
+                     coalesce(sum(size) FILTER (WHERE size > 0), 0)::BIGINT AS bytes,
+                     quantile_cont(log10(size), 0.25) FILTER (WHERE size > 0) AS q1,
+                     quantile_cont(log10(size), 0.5) FILTER (WHERE size > 0) AS median,
+                     quantile_cont(log10(size), 0.75) FILTER (WHERE size > 0) AS q3
+              FROM f GROUP BY modality)
+        SELECT *, nonempty >= {OUTLIER_MIN_FILES} AS checked,
+               q1 - greatest({OUTLIER_IQR} * (q3 - q1), {OUTLIER_MIN_DECADES}) AS lo,
+               q3 + greatest({OUTLIER_IQR} * (q3 - q1), {OUTLIER_MIN_DECADES}) AS hi
+        FROM s""")
+    flagged = con.sql("""
+        WITH f AS (SELECT srcfile, coalesce(modality, 'Other') AS modality, person_id, size,
+                          CASE WHEN size > 0 THEN log10(size) END AS _log FROM files)
+        SELECT f.srcfile, f.modality, f.person_id, f.size,
+               CASE WHEN f.size = 0 THEN 'empty' WHEN _log > s.hi THEN 'large' ELSE 'small' END AS flag,
+               CASE WHEN f.size > 0 THEN round(power(10, s.median))::BIGINT END AS modality_median
+        FROM f JOIN _size_stats s USING (modality)
+        WHERE f.size = 0 OR (s.checked AND (_log > s.hi OR _log < s.lo))
+        ORDER BY CASE WHEN f.size = 0 THEN 'Infinity'::DOUBLE ELSE abs(_log - s.median) END DESC, f.srcfile""").pl()
     # the range of the sizes within the fences (a box plot's whiskers)
-    within = nonempty.join(stats.select("modality", "checked", "lo", "hi"), on="modality").filter(
-        ~pl.col("checked") | pl.col("_log").is_between(pl.col("lo"), pl.col("hi"))).group_by("modality").agg(
-        low=pl.col("size").min(), high=pl.col("size").max())
-    stats = stats.join(flagged.filter(pl.col("flag") != "empty").group_by("modality").agg(outliers=pl.len()),
-                       on="modality", how="left").with_columns(pl.col("outliers").fill_null(0)).join(
-        within, on="modality", how="left").sort("modality")
+    stats = con.sql("""
+        WITH f AS (SELECT coalesce(modality, 'Other') AS modality, size, log10(size) AS _log FROM files WHERE size > 0),
+        w AS (SELECT f.modality, min(size) AS low, max(size) AS high FROM f JOIN _size_stats s USING (modality)
+              WHERE NOT s.checked OR _log BETWEEN s.lo AND s.hi GROUP BY f.modality)
+        SELECT s.*, w.low, w.high FROM _size_stats s LEFT JOIN w USING (modality) ORDER BY modality""").pl()
+    outliers = flagged.filter(pl.col("flag") != "empty").group_by("modality").agg(outliers=pl.len())
+    stats = (stats.join(outliers, on="modality", how="left").with_columns(pl.col("outliers").fill_null(0))
+             .select("modality", "files", "empty", "nonempty", "min", "max", "bytes", "q1", "median", "q3", "checked",
+                     "lo", "hi", "outliers", "low", "high")
+             .cast({"files": pl.UInt32, "empty": pl.UInt32, "nonempty": pl.UInt32}))  # as polars counts them
+    con.execute("DROP TABLE _size_stats")
     return stats, flagged

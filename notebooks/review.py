@@ -53,15 +53,16 @@ version, compare_to = (None if v is None else str(v) for v in (version, compare_
 # ## Open the manifest
 #
 # `open_manifest` reads a SQLite manifest or a Parquet snapshot folder; every method returns a polars frame,
-# and `m.duckdb(version)` gives a DuckDB connection with the views `files`, `versions`, `changes`,
-# `registry` and `scan_errors`.
+# and `m.duckdb(version, compare_to=other)` gives a DuckDB connection with the tables `files` (and
+# `base_files`), `versions`, `changes`, `registry` and `scan_errors`. The sections below ask DuckDB and
+# bring only sums, pages and flagged rows into memory, so the notebook's memory does not grow with the
+# manifest (`m.files(version)` brings a whole version: fine for a few thousand files).
 
 # %%
 from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, size_flags
 from chorus_batch.units import plural
 
 m = open_manifest(manifest)
-files = m.files(version)
 
 # %%
 label = m.resolve(version)
@@ -73,18 +74,18 @@ else:
     base = earlier[-1] if earlier else None
 if base == label:
     base = None
-base_files = m.files(base) if base else None
-con = m.duckdb(label)
+con = m.duckdb(label, compare_to=base)
 
 
 def sql(query, **params):
-    """A DuckDB query over the views of `con`, as a polars frame."""
-    return con.sql(query, params=params or None).pl()
+    """A DuckDB query over the tables of `con`, as a polars frame."""
+    return con.sql(query, params=params or None).pl()  # (a relation: con.execute for one row)
 
 
+n_files, n_bytes, n_persons = con.execute("SELECT count(*), coalesce(sum(size), 0)::BIGINT, count(DISTINCT person_id) FROM files").fetchall()[0]
+n_base_files = con.execute("SELECT count(*) FROM base_files").fetchall()[0][0] if base else 0
 print(f"manifest   {manifest}")
-print(f"reviewing  {label}: {files.height:,} files, {files['size'].sum():,} bytes, "
-      f"{files['person_id'].drop_nulls().n_unique():,} persons")
+print(f"reviewing  {label}: {n_files:,} files, {n_bytes:,} bytes, {n_persons:,} persons")
 print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}")
 print(f"versions   {len(labels)} in the manifest, {labels[0]} .. {labels[-1]}")
 
@@ -100,7 +101,7 @@ def check(item, ok, detail):
 
 
 MODALITY_ORDER = ["OMOP", "Metadata", "Waveforms", "Images", "Other"]
-seen = set(files["modality"].drop_nulls()) | set(m.change_counts()["modality"].drop_nulls())
+seen = set(sql("SELECT DISTINCT modality FROM files WHERE modality IS NOT NULL")["modality"]) | set(m.change_counts()["modality"].drop_nulls())
 MODALITIES = [x for x in MODALITY_ORDER if x in seen] + sorted(seen - set(MODALITY_ORDER))
 # The HTML report's colours, so the two read alike.
 COLORS = {"Waveforms": "#1098ad", "Images": "#7048e8", "OMOP": "#f59f00", "Metadata": "#868e96", "Other": "#e64980",
@@ -174,7 +175,9 @@ plt.show()
 # is usually a mistake (or a withdrawal that must be documented).
 
 # %%
-per_person = m.files_per_person(label)
+per_person = sql("""
+    SELECT person_id, count(*) AS files, sum(size)::BIGINT AS bytes, string_agg(DISTINCT modality, ',' ORDER BY modality) AS modalities
+    FROM files WHERE person_id IS NOT NULL GROUP BY person_id ORDER BY person_id""")  # one row per person
 display(sql("""
     SELECT modality, count(DISTINCT person_id) AS persons, count(*) AS files, sum(size)::BIGINT AS bytes
     FROM files GROUP BY modality ORDER BY modality"""))
@@ -199,19 +202,21 @@ if base is None:
     check("persons: none disappeared", None, "no earlier version")
     check("persons: none lost a modality", None, "no earlier version")
 else:
-    before = base_files.select("person_id", "modality").drop_nulls().unique()
-    now = files.select("person_id", "modality").drop_nulls().unique()
-    gone = sorted(set(before["person_id"]) - set(now["person_id"]))
-    new = sorted(set(now["person_id"]) - set(before["person_id"]))
-    lost = (before.join(now, on=["person_id", "modality"], how="anti")
-            .filter(~pl.col("person_id").is_in(gone)).sort("person_id", "modality"))
-    print(f"{before['person_id'].n_unique():,} persons in {base}, {now['person_id'].n_unique():,} in {label}: "
-          f"{len(gone)} disappeared, {len(new)} new, {lost.height} lost a modality")
+    pairs = """WITH before AS (SELECT DISTINCT person_id, modality FROM base_files WHERE person_id IS NOT NULL AND modality IS NOT NULL),
+                    now AS (SELECT DISTINCT person_id, modality FROM files WHERE person_id IS NOT NULL AND modality IS NOT NULL)"""
+    gone = sql(pairs + " SELECT person_id FROM before EXCEPT SELECT person_id FROM now ORDER BY 1")["person_id"].to_list()
+    n_before, n_now, n_new = con.execute(pairs + """ SELECT (SELECT count(DISTINCT person_id) FROM before), (SELECT count(DISTINCT person_id) FROM now),
+        (SELECT count(*) FROM (SELECT person_id FROM now EXCEPT SELECT person_id FROM before))""").fetchall()[0]
+    lost = sql(pairs + """ SELECT * FROM (SELECT * FROM before EXCEPT SELECT * FROM now)
+        WHERE person_id IN (SELECT person_id FROM now) ORDER BY person_id, modality""")
+    print(f"{n_before:,} persons in {base}, {n_now:,} in {label}: "
+          f"{len(gone)} disappeared, {n_new} new, {lost.height} lost a modality")
     if gone:
         print("persons that disappeared (their files in the compared version):")
-        display(base_files.filter(pl.col("person_id").is_in(gone)).group_by("person_id")
-                .agg(files=pl.len(), bytes=pl.col("size").sum(), modalities=pl.col("modality").unique().sort().str.join(","))
-                .sort("person_id").head(20))
+        display(sql("""SELECT person_id, count(*) AS files, sum(size)::BIGINT AS bytes,
+                              string_agg(DISTINCT modality, ',' ORDER BY modality) AS modalities
+                       FROM base_files WHERE person_id IN (SELECT unnest($gone)) GROUP BY person_id ORDER BY person_id LIMIT 20""",
+                    gone=gone))
     if lost.height:
         print("persons still present that lost a modality:")
         display(lost.head(20))
@@ -232,7 +237,7 @@ committed = m.versions().filter(pl.col("label") == label)["finished_at"][0]
 plausible_to = datetime.fromisoformat(committed).replace(tzinfo=None) if committed else datetime.now()
 max_duration_h = 7 * 24
 
-sessions = m.sessions(label)
+sessions = m.sessions(label, con=con)  # grouped in DuckDB: one row per session
 # A start or duration that is not known (no stamp in the names, no WFDB header read yet) is not implausible.
 implausible = sessions.filter(
     (pl.col("start") < plausible_from) | (pl.col("start") > plausible_to)
@@ -295,27 +300,32 @@ display(sql("""
            min(size) AS min, median(size) AS median, max(size) AS max, sum(size)::BIGINT AS bytes
     FROM files GROUP BY modality ORDER BY modality"""))
 
-size_stats, flagged = size_flags(files)  # the HTML report's rule, from the library
-empty = files.filter(pl.col("size") == 0)
+size_stats, flagged = size_flags(con)  # the HTML report's rule, from the library (in DuckDB)
+n_empty = int(size_stats["empty"].sum())
 outliers = flagged.filter(pl.col("flag") != "empty").select("modality", "srcfile", "size", "flag", "modality_median")
-print(f"{empty.height} empty files, {outliers.height} size outliers")
-if empty.height:
-    display(empty.select("modality", "srcfile", "person_id", "version_valid").head(20))
+print(f"{n_empty} empty files, {outliers.height} size outliers")
+if n_empty:
+    display(sql("SELECT modality, srcfile, person_id, version_valid FROM files WHERE size = 0 ORDER BY srcfile LIMIT 20"))
 if outliers.height:
     display(outliers.head(20))
-check("no empty files", empty.height == 0, f"{empty.height} empty")
+check("no empty files", n_empty == 0, f"{n_empty} empty")
 check("no size outliers", outliers.height == 0, f"{outliers.height} files far from their modality's sizes")
 
-nonempty = files.filter(pl.col("size") > 0)
-present = [x for x in MODALITIES if nonempty.filter(pl.col("modality") == x).height]
+boxes = {r["modality"]: r for r in size_stats.iter_rows(named=True) if r["nonempty"]}
+present = [x for x in MODALITIES if x in boxes]
 if present:
     fig, (ax1, ax2) = plt.subplots(1, 2)
-    ax1.boxplot([nonempty.filter(pl.col("modality") == x)["size"].to_numpy() for x in present])
+    # Boxes from the statistics (quartiles, whiskers within the outlier fences), not from every size.
+    ax1.bxp([{"med": 10 ** boxes[x]["median"], "q1": 10 ** boxes[x]["q1"], "q3": 10 ** boxes[x]["q3"],
+              "whislo": boxes[x]["low"] or boxes[x]["min"], "whishi": boxes[x]["high"] or boxes[x]["max"],
+              "fliers": outliers.filter(pl.col("modality") == x)["size"].head(500).to_numpy()} for x in present])
     ax1.set_xticks(range(1, len(present) + 1), present)
     ax1.set(yscale="log", title="size per modality (non-empty files)", ylabel="bytes")
+    bins = sql("""SELECT modality, floor(log10(size) * 10) / 10 AS bin, count(*) AS n FROM files
+                  WHERE size > 0 GROUP BY ALL ORDER BY modality, bin""")  # tenths of a decade
     for x in present:
-        ax2.hist(nonempty.filter(pl.col("modality") == x)["size"].log10().to_numpy(), bins=40,
-                 histtype="step", label=x, color=COLORS.get(x))
+        part = bins.filter(pl.col("modality") == x)
+        ax2.stairs(part["n"].to_numpy(), [*part["bin"].to_list(), part["bin"][-1] + 0.1], label=x, color=COLORS.get(x))
     ax2.set(title="size distribution", xlabel="log10(bytes)", ylabel="files")
     ax2.legend(fontsize=7)
     fig.tight_layout()
@@ -328,19 +338,19 @@ if present:
 # two names, or, the serious case, one content in **more than one person's** folder (`persons` > 1).
 
 # %%
-dups = m.duplicates(label)
-cross_person = dups.filter(pl.col("persons") > 1)
-extra = int((dups["paths"] - 1).sum()) if dups.height else 0
-wasted = int(((dups["paths"] - 1) * dups["size"]).sum()) if dups.height else 0
-print(f"{dups.height} contents at more than one path: {extra} extra copies, {wasted:,} bytes; "
-      f"{cross_person.height} shared between persons")
-display(dups.head(20))
+twins = """WITH d AS (SELECT md5, count(*) AS paths, first(size) AS size, count(DISTINCT person_id) AS persons
+                    FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)"""
+n_dups, extra, wasted, n_cross = con.execute(twins + """ SELECT count(*), coalesce(sum(paths - 1), 0)::BIGINT,
+    coalesce(sum((paths - 1) * size), 0)::BIGINT, count(*) FILTER (WHERE persons > 1) FROM d""").fetchall()[0]
+print(f"{n_dups} contents at more than one path: {extra} extra copies, {wasted:,} bytes; "
+      f"{n_cross} shared between persons")
+display(sql(twins + """ SELECT d.*, (SELECT list(srcfile ORDER BY srcfile) FROM files f WHERE f.md5 = d.md5 AND f.size > 0) AS srcfiles
+    FROM d ORDER BY paths DESC, md5 LIMIT 20"""))
 display(sql("""
     SELECT modality, count(*) AS files_with_a_twin
     FROM files WHERE size > 0 AND md5 IN (SELECT md5 FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)
     GROUP BY modality ORDER BY modality"""))
-check("no duplicate contents", dups.height == 0,
-      f"{dups.height} duplicated contents, {cross_person.height} across persons")
+check("no duplicate contents", n_dups == 0, f"{n_dups} duplicated contents, {n_cross} across persons")
 
 # %% [markdown]
 # ## 6. Scan errors and unparseable paths
@@ -353,16 +363,16 @@ check("no duplicate contents", dups.height == 0,
 # %%
 errors_by_kind = sql("""
     SELECT kind, count(*) AS n, min(srcfile) AS example FROM scan_errors GROUP BY kind ORDER BY n DESC, kind""")
-unparseable = files.filter(pl.col("parse_error").is_not_null()).with_columns(
-    reason=pl.col("parse_error").str.split(":").list.first())
-by_reason = (unparseable.group_by("modality", "reason")
-             .agg(n=pl.len(), example=pl.col("srcfile").min()).sort("n", "modality", descending=[True, False]))
-print(f"{errors_by_kind['n'].sum()} scan errors recorded with {label}; {unparseable.height} current unparseable paths")
+by_reason = sql("""
+    SELECT modality, split_part(parse_error, ':', 1) AS reason, count(*) AS n, min(srcfile) AS example
+    FROM files WHERE parse_error IS NOT NULL GROUP BY ALL ORDER BY n DESC, modality""")
+n_unparseable = int(by_reason["n"].sum())
+print(f"{errors_by_kind['n'].sum()} scan errors recorded with {label}; {n_unparseable} current unparseable paths")
 display(errors_by_kind)
 display(by_reason.head(20))
 display(m.scan_errors(label).head(20))
 check("no scan errors", errors_by_kind.height == 0, f"{errors_by_kind['n'].sum()} recorded with this version")
-check("no unparseable paths", unparseable.height == 0, f"{unparseable.height} current paths fit no pattern")
+check("no unparseable paths", n_unparseable == 0, f"{n_unparseable} current paths fit no pattern")
 
 if errors_by_kind.height or by_reason.height:
     fig, (ax1, ax2) = plt.subplots(1, 2)
@@ -422,7 +432,7 @@ if base is None:
     d = None
 else:
     d = m.diff(base, label).with_columns(pl.col("modality").fill_null("Other"))
-    base_by_modality = base_files.group_by(pl.col("modality").fill_null("Other")).agg(base_files=pl.len())
+    base_by_modality = sql("SELECT coalesce(modality, 'Other') AS modality, count(*)::UINTEGER AS base_files FROM base_files GROUP BY 1")
     kinds = ["added", "removed", "replaced", "renamed"]
     per_modality = (d.group_by("modality", "change").len("n")
                     .pivot(on="change", index="modality", values="n")
@@ -433,11 +443,11 @@ else:
                     .with_columns(flag=pl.col("share") > large_change_share)
                     .select("modality", "base_files", *kinds, "share", "flag").sort("modality"))
     touched = d.filter(pl.col("change").is_in(["removed", "replaced"]))
-    share = touched.height / max(base_files.height, 1)
+    share = touched.height / max(n_base_files, 1)
     large = share > large_change_share
     print(f"{label} against {base}: " + ", ".join(f"{(d['change'] == k).sum()} {k}" for k in kinds))
     display(Markdown(
-        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {touched.height} of {base_files.height:,} files removed or replaced "
+        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {touched.height} of {n_base_files:,} files removed or replaced "
         f"({share:.1%}; threshold `large_change_share` = {large_change_share:.0%})"
         + (f"; over the threshold in: {', '.join(per_modality.filter('flag')['modality'])}" if per_modality["flag"].any() else "")))
     display(per_modality)
@@ -448,7 +458,7 @@ else:
         display(sql("SELECT change, modality, count(*) AS files, sum(size)::BIGINT AS bytes FROM changes "
                     "WHERE version = $v GROUP BY ALL ORDER BY change, modality", v=label))
     check(f"removed + replaced <= {large_change_share:.0%}", not large,
-          f"{share:.1%} of {base_files.height} files ({touched.height}) against {base}")
+          f"{share:.1%} of {n_base_files} files ({touched.height}) against {base}")
 
     fig, (ax1, ax2) = plt.subplots(1, 2)
     stacked_bars(ax1, d.group_by("modality", "change").len("n"), "modality", "change", "n",
@@ -470,9 +480,11 @@ else:
 # An example that changed is picked; ask for any path with `m.history("OMOP/person.csv")`.
 
 # %%
-changed = (d if d is not None else m.changes(label)).filter(pl.col("change").is_in(["replaced", "renamed", "removed"]))
+changed = (d if d is not None else sql(
+    "SELECT change, srcfile FROM changes WHERE version = $v AND change <> 'added'", v=label)).filter(
+    pl.col("change").is_in(["replaced", "renamed", "removed"]))
 changed = changed.sort(pl.col("change").replace_strict({"replaced": 0, "renamed": 1, "removed": 2}), "srcfile")
-example = changed["srcfile"][0] if changed.height else (files["srcfile"][0] if files.height else None)
+example = changed["srcfile"][0] if changed.height else con.execute("SELECT min(srcfile) FROM files").fetchall()[0][0]
 if example is None:
     print("no files in this version")
 else:
@@ -492,3 +504,4 @@ for item, (state, detail) in checks.items():
 n_check = sum(state == "CHECK" for state, _ in checks.values())
 print(f"{n_check} item(s) to check" if n_check else "all checks passed")
 con.close()
+m.close()  # and the DuckDB's scratch folder

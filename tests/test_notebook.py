@@ -5,6 +5,7 @@ kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,3 +127,49 @@ def test_notebook_is_the_twin_of_the_script():
     for cell in stored.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
+
+
+def manifest_of(rows: int, folder: Path) -> Path:
+    """A two-version manifest of `rows` waveform files (100 segments a session), built as a sharded run's merge
+    commits them (benchmarks/merge_benchmark.py's rows): a second version replaces, removes, renames and adds."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import merge_benchmark as mb
+
+    from chorus_batch.sources import open_source
+
+    site, db = folder / "site", folder / "m.sqlite"
+    site.mkdir(parents=True)
+    files, based_on = mb.site_files(rows), None
+    for step in range(2):
+        mb.write_shards(files, folder / f"staging{step}", 1, open_source(str(site)).location, based_on)
+        mb.merge(site, db, folder / f"staging{step}", folder)
+        based_on, files = mb.manifest_rows(db)[2], mb.changed(files)
+    return db
+
+
+_PEAK = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "papermill", *sys.argv[1:]], capture_output=True, text=True)
+if done.returncode:
+    sys.exit(done.stderr[-3000:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB: the largest of papermill and its kernel
+"""
+
+
+@pytest.mark.serial
+def test_the_notebooks_memory_does_not_grow_with_the_manifest(tmp_path):
+    """The notebook held whole versions as polars frames (and their copies in DuckDB): 585 MB of RSS at 120k files,
+    ~2 KB more per file (about 5 GB at 1M). It now asks DuckDB (a capped database in a scratch folder, filled in
+    slices) and brings sums, pages and flagged rows: 4x the files costs a small constant, not 4x the memory."""
+    peaks = {}
+    for rows in (40_000, 160_000):
+        db = manifest_of(rows, tmp_path / str(rows))
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(NOTEBOOK), str(tmp_path / f"{rows}.ipynb"), "-p", "manifest",
+                              str(db), "--no-progress-bar"], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        check_run(nbformat.read(tmp_path / f"{rows}.ipynb", as_version=4), PLOTS)
+        peaks[rows] = int(out.stdout.split()[-1]) / 1024
+    growth = peaks[160_000] - peaks[40_000]
+    print(f"peak RSS (MiB) by files: {peaks}")
+    # Whole frames grew ~2 KB a file: 120k more files were ~250 MB more.
+    assert growth < 40, f"peak RSS {peaks} MiB: {growth:.0f} MiB more for 120k more files"
