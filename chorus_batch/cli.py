@@ -347,6 +347,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only); - for "
                                                       "standard output")
 
+    review = command(
+        "review", help="run the reviewer's notebook headless; the executed notebook is readable by its owner only",
+        description="Executes notebooks/review.ipynb (a checkout's; needs papermill: pip install \".[notebook]\") on a "
+                    "version and writes the executed notebook, owner-only; what its cells write is owner-only too.",
+        epilog="example:\n  chorus-batch review --db site_manifest.sqlite --out review.ipynb",
+    )
+    review.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
+    review.add_argument("--config", help=READ_CONFIG_HELP)
+    review.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
+    review.add_argument("--compare-to", metavar="LABEL|ISO-TIME", help="default: the version before")
+    review.add_argument("--out", required=True, help="the executed notebook (.ipynb) to write")
+
     unlock = command(
         "unlock", help="break the lock of a run that died on a manifest in Azure (az://)",
         description="A run on a manifest in Azure (--db az://...) holds a blob lease on it, renewed while the run "
@@ -1115,6 +1127,14 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
+    from .report.notebook import run_review
+
+    seconds = run_review(_db(args), args.out, version=args.version_label, compare_to=args.compare_to)
+    print(f"wrote {Path(args.out).resolve()} ({seconds:.1f} s)")
+    return 0
+
+
 def _central(args: argparse.Namespace) -> tuple[_Target, str]:
     """The manifest and the central container of upload, verify and mark-uploaded."""
     from .urls import is_remote
@@ -1244,7 +1264,7 @@ def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
 
 COMMANDS = {"run": cmd_run, "testdata": cmd_testdata, "versions": cmd_versions, "changes": cmd_changes,
             "validate": cmd_validate, "registry": cmd_registry, "upgrade": cmd_upgrade, "files": cmd_files, "diff": cmd_diff,
-            "history": cmd_history, "report": cmd_report, "unlock": cmd_unlock, "status": cmd_status,
+            "history": cmd_history, "report": cmd_report, "review": cmd_review, "unlock": cmd_unlock, "status": cmd_status,
             "slurm-script": cmd_slurm_script, "upload": cmd_upload, "verify": cmd_verify,
             "mark-uploaded": cmd_mark_uploaded,
             "import-journal": cmd_import_journal, "import-config": cmd_import_config}

@@ -21,8 +21,9 @@
 # duplicates, empty files, unparseable names, scan errors or validation findings?
 #
 # - **Interactively:** `jupyter lab notebooks/review.ipynb`, set `manifest` below, then *Run All*.
-# - **Headless:** `papermill notebooks/review.ipynb review-out.ipynb -p manifest /path/to/chorus_manifest.sqlite`
-#   (add `-p version LABEL`, `-p compare_to LABEL` to review an older version or compare with another one).
+# - **Headless:** `chorus-batch review --db /path/to/chorus_manifest.sqlite --out review-out.ipynb` (add
+#   `--version LABEL`, `--compare-to LABEL` to review an older version or compare with another one); it writes
+#   the executed notebook owner-only, which `papermill` run by hand does not (it takes the umask's mode).
 #
 # Each section says what to look for. The last cell prints a checklist: `OK`, `CHECK` (look at that
 # section), or `SKIP` (nothing to compare with).

@@ -4,7 +4,9 @@ kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, 
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +175,21 @@ def test_the_notebooks_memory_does_not_grow_with_the_manifest(tmp_path):
     print(f"peak RSS (MiB) by files: {peaks}")
     # Whole frames grew ~2 KB a file: 120k more files were ~250 MB more.
     assert growth < 40, f"peak RSS {peaks} MiB: {growth:.0f} MiB more for 120k more files"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, umask):
+    """`papermill notebooks/review.ipynb out.ipynb` writes the copy (person identifiers in its tables) with the
+    umask's mode: 0644, or 0666 under umask 0000. `chorus-batch review` writes it 0600 whatever the umask, and so
+    is what a cell writes (the kernel runs under umask 077)."""
+    out = tmp_path / "review.ipynb"
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(umask))
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}" in done.stdout
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert "CHECK  persons: none disappeared" in check_run(nbformat.read(out, as_version=4), PLOTS + 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["review.ipynb"]  # no temporary file left
+    bad = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(tmp_path / "none.sqlite"),
+                          "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no manifest at" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

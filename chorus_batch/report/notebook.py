@@ -1,0 +1,53 @@
+"""`chorus-batch review`: the reviewer's notebook (notebooks/review.ipynb) run headless, its executed copy
+written owner-only. Run as `papermill notebooks/review.ipynb out.ipynb`, the copy takes the umask's mode
+(0644 with the usual 0022, 0666 with 0000), and it holds person identifiers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ..errors import ChorusError, UsageError
+from ..fsutil import check_target, write_private
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "review.ipynb"
+
+
+def run_review(manifest: str, out: str | Path, *, version: str | None = None, compare_to: str | None = None,
+               notebook: Path = NOTEBOOK) -> float:
+    """Execute the notebook on `manifest` and write the executed notebook to `out` (atomically, 0600);
+    returns the seconds it took."""
+    started = time.perf_counter()
+    check_target(out)  # before the work: a folder, a link or a missing folder is refused
+    if not notebook.is_file():
+        raise UsageError(f"the review notebook is not at {notebook}", where="chorus-batch review",
+                         fix="run it from a checkout of chorus-batch (the notebook is not part of the wheel)")
+    try:
+        import papermill
+    except ImportError:
+        raise UsageError("papermill is not installed", where="chorus-batch review",
+                         fix='pip install ".[notebook]"') from None
+    import nbformat
+
+    from ..review import open_manifest
+
+    reader = open_manifest(manifest)  # a missing manifest or an unknown version: exit 2 now, not a failed cell
+    for asked in (version, compare_to):
+        if asked is not None:
+            reader.resolve(asked)
+
+    # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
+    previous = os.umask(0o077)
+    try:
+        parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to}
+        # No output path: papermill would write the copy with the umask's mode, once per cell.
+        nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",
+                                        cwd=str(Path(out).resolve().parent), progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as exc:
+        raise ChorusError(f"the review notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
+                          where=str(notebook), fix="run it in Jupyter on the same manifest to see the cell") from None
+    finally:
+        os.umask(previous)
+    write_private(out, nbformat.writes(nb).encode("utf-8"))
+    return time.perf_counter() - started
