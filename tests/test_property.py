@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 
+from chorus_batch import review
 from chorus_batch.review import open_manifest
 from conftest import current_rows, query, run_site, tree_md5
 from test_review import check_diff
@@ -102,8 +103,20 @@ def test_manifest_follows_the_tree_and_change_sets_replay(history):
         for label in labels:
             files = reader.files(label)
             assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
-        if labels:
-            check_diff(reader.diff(labels[0], labels[-1]), trees[labels[0]], trees[labels[-1]])
-            check_diff(reader.diff(labels[-1], labels[0]), trees[labels[-1]], trees[labels[0]])
+        for a in labels:  # any two versions, either way, not only the ends
+            for b in labels:
+                check_diff(reader.diff(a, b), trees[a], trees[b])
+        # The DuckDB tables a notebook reads (review.ManifestReader.duckdb), filled in slices of 2 file ids
+        # here, so that the slices' edges fall inside the data, equal the trees too.
+        slice_rows, review.SLICE_ROWS = review.SLICE_ROWS, 2
+        try:
+            for label in labels:
+                con = reader.duckdb(label, compare_to=labels[0])
+                assert dict(con.sql("SELECT srcfile, md5 FROM files").fetchall()) == trees[label]
+                assert dict(con.sql("SELECT srcfile, md5 FROM base_files").fetchall()) == trees[labels[0]]
+                assert con.sql("SELECT count(*) FROM changes").fetchall() == query(db, "SELECT count(*) FROM changes")
+        finally:
+            review.SLICE_ROWS = slice_rows
+            reader.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
