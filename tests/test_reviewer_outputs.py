@@ -4,6 +4,7 @@ its own exit code, whether Python's stdout is buffered or not (PYTHONUNBUFFERED=
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,22 @@ def test_a_reader_that_leaves_mid_output_ends_the_command_quietly(manifest, comm
     code, err = first_line_then_leave(args, unbuffered)
     assert code == 0, err
     assert err == "", err  # no "wrote ...", no traceback, no "error"
+
+
+def test_a_column_empty_in_the_first_131072_rows_is_read(tmp_path):
+    """`files` on a manifest of more than 131072 current files, of which only a late path (in path order) is
+    unparseable, was `internal error: OSError: [SQLite] Type mismatch in column 10: expected INT64 but got
+    STRING/BINARY`: ADBC's SQLite driver infers each column's type from its first batch (131072 rows), and
+    parse_error was NULL in all of them. The manifest reader takes the whole result as one batch."""
+    from test_notebook import manifest_of
+
+    db = manifest_of(140_000, tmp_path / "m")
+    con = sqlite3.connect(db)
+    with con:  # as a run records a path no pattern fits
+        con.execute("UPDATE source_files SET parse_error = 'no pattern: late' WHERE file_id = (SELECT file_id FROM "
+                    "source_files WHERE time_invalid IS NULL ORDER BY srcfile DESC LIMIT 1)")
+    con.close()
+    out = subprocess.run([sys.executable, "-m", "chorus_batch", "files", "--db", str(db), "--csv"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("no pattern: late") == 1 and len(out.stdout.splitlines()) > 140_000
