@@ -9,7 +9,10 @@ One row per file: a waveform registry and an image registry, with
             enclose the file's datetime; empty when none does)
   datetime  the capture time: a DICOM header's acquisition, content, series or study date/time, the
             WFDB header's base date and time of the file's record, else the path's stamp
-  src_file  where the file is (the root it was found under + its path), trg_file its site-relative path
+  src_file  where the file is (the root it was found under + its path)
+  trg_file  the waveform registry: its site-relative path (Multimodal-Linkage: "Name and path of the renamed
+            file to be delivered with your extract"); the image registry: empty (the Imaging SOP's
+            image_registry, which fixes that table's columns: "this will be populated centrally, leave blank or null")
 
 and, with `omop`, the PROCEDURE_OCCURRENCE rows the procedure derives from them (one per proc_id).
 Contents are read only where the manifest has no facts of them yet (headers, by content).
@@ -252,8 +255,9 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         .sort("srcfile")
     )
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
-    images = out.filter(pl.col("modality") == "Images").select(REGISTRY_COLUMNS).with_row_index(
-        "image_registry_id", offset=1)
+    # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
+    images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
+        REGISTRY_COLUMNS).with_row_index("image_registry_id", offset=1)
     procedures = (
         out.group_by("proc_id").agg(
             pl.col("person_id").first(), pl.col("modality").first(), pl.col("group_id").first(),

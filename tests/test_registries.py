@@ -41,6 +41,16 @@ def expected_time(site: Path, rel: str) -> datetime | None:
     return datetime.combine(header.base_date, header.base_time)
 
 
+def delivered(site: Path, row: dict[str, str]) -> str:
+    """The site-relative path of a registry row's file: trg_file (waveforms), or src_file below the site (images:
+    the Imaging SOP leaves trg_file blank, "populated centrally")."""
+    if row["trg_file"]:
+        return row["trg_file"]
+    prefix = f"{site.as_posix()}/"
+    assert row["src_file"].startswith(prefix), row
+    return row["src_file"][len(prefix):]
+
+
 def expected_visit(site: Path, person: str, when: datetime | None) -> str:
     if when is None:
         return ""
@@ -68,16 +78,18 @@ def test_one_row_per_file_with_the_visit_its_capture_time_falls_in(released):
     waveforms, images = read_csv(out / "waveform_registry.csv"), read_csv(out / "image_registry.csv")
     files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
     assert sorted(r["trg_file"] for r in waveforms) == sorted(f for f in files if "/Waveforms/" in f)
-    assert sorted(r["trg_file"] for r in images) == sorted(f for f in files if "/Images/" in f)
+    # the Imaging SOP's image_registry: "trg_file ... this will be populated centrally, leave blank or null"
+    assert {r["trg_file"] for r in images} == {""}
+    assert sorted(delivered(site, r) for r in images) == sorted(f for f in files if "/Images/" in f)
     assert list(images[0]) == ["image_registry_id", *sitegen_columns()]
     assert list(waveforms[0]) == sitegen_columns()
     visited = 0
     for row in waveforms + images:
-        when = expected_time(site, row["trg_file"])
+        when = expected_time(site, delivered(site, row))
         assert row["datetime"] == (f"{when:%Y-%m-%d %H:%M:%S}" if when else ""), row
         assert row["visit_id"] == expected_visit(site, row["person_id"], when), row
-        assert row["src_file"] == f"{site.as_posix()}/{row['trg_file']}"
-        assert row["person_id"] == row["trg_file"].split("/")[0]
+        assert row["src_file"] == f"{site.as_posix()}/{delivered(site, row)}"
+        assert row["person_id"] == delivered(site, row).split("/")[0]
         visited += bool(row["visit_id"])
     assert visited and visited < len(waveforms) + len(images)  # the multi-segment records have no base time
     assert len({r["file_id"] for r in waveforms + images}) == len(waveforms) + len(images)
@@ -94,7 +106,7 @@ def test_a_proc_id_per_session_or_accession_in_its_range(released):
         groups: dict[tuple[str, str], set[str]] = {}
         for r in rows:
             # a waveform session is its folder; an image accession spans its series folders
-            group = r["group_id"] if "/Images/" in r["trg_file"] else r["trg_file"].rsplit("/", 1)[0]
+            group = r["group_id"] if not r["trg_file"] else r["trg_file"].rsplit("/", 1)[0]
             groups.setdefault((r["person_id"], group), set()).add(r["proc_id"])
             assert first <= int(r["proc_id"]) <= last
         assert all(len(ids) == 1 for ids in groups.values())
@@ -169,12 +181,23 @@ def test_the_testdata_sites_registries_match_an_independent_computation(tmp_path
         rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
         files = {p.relative_to(site).as_posix() for p in site.rglob("*")
                  if p.is_file() and ("/Waveforms/" in p.as_posix() or "/Images/" in p.as_posix())}
-        assert sorted(r["trg_file"] for r in rows) == sorted(files)  # one row per file
+        assert sorted(delivered(site, r) for r in rows) == sorted(files)  # one row per file
         for row in rows:
-            when = expected_time(site, row["trg_file"])
+            when = expected_time(site, delivered(site, row))
             assert row["visit_id"] == expected_visit(site, row["person_id"], when), row
-        outs.append({r["trg_file"]: (r["file_id"], r["proc_id"]) for r in rows})
+        outs.append({delivered(site, r): (r["file_id"], r["proc_id"]) for r in rows})
     first, second = outs
     kept = first.keys() & second.keys()
     assert kept and all(first[p] == second[p] for p in kept)  # stable ids for the paths both versions have
     assert any(not r for r in (row["visit_id"] for row in read_csv(tmp_path / "reg-second" / "image_registry.csv")))
+
+
+def test_the_registries_written_validate_clean_when_shipped_with_the_site(released):
+    """The writer and the registry.* rules read the procedures alike: shipped at the site root, the registries
+    `registry` wrote give no finding (the image registry's trg_file blank, as the Imaging SOP asks)."""
+    site, db, out = released
+    for name in ("waveform_registry.csv", "image_registry.csv"):
+        (site / name).write_bytes((out / name).read_bytes())
+    done = cli("validate", "--site", str(site), "--db", str(db), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"rule"' not in done.stdout, done.stdout
