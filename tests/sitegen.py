@@ -14,7 +14,7 @@ Today's layout (v2.1), per person P (index i, day D = 2024-01-01 + i days):
                                     (instance 0), headers agreeing with the folders, PatientID = P
     OMOP/<table>.csv                the 13 CDM 5.4 clinical tables
     Metadata/READINESS.md, SUBMISSION.md, Telemetry_mapping.csv, EEG_mapping.csv;
-    <first person>/Metadata/notes.json
+    Metadata/notes.json (a site-wide note; a person folder holds only Images/ and Waveforms/)
 Session ids are integers: S = 900000 + 10 i + 1, M = ... + 2, E = ... + 3; accession A = 70000 + i.
 
 Earlier editions (accepted; validation names today's form in `layout.superseded` findings):
@@ -289,7 +289,7 @@ def write_person(root: Path, person: str, index: int, layout: str = "v2.1") -> l
                 path = f"{person}/Images/CT/{accession}/{series_uid(person, day, series)}/{instance:03d}.dcm"
             write(root, path, data)
     if index == 0:
-        write(root, f"{person}/Metadata/notes.json", f'{{"person": "{person}"}}\n')
+        write(root, "Metadata/notes.json", f'{{"person": "{person}"}}\n')
     return [(visit_id(index, 0), s["single"]), (visit_id(index, 0), s["multi"]), (visit_id(index, 1), s["eeg"])]
 
 
@@ -315,7 +315,7 @@ def _write_flat_person(root: Path, person: str, index: int) -> list[tuple[int, s
           dicom_bytes(person_id=person, series=2, instance=1, study_date=day, study_time="081500",
                       acquisition_time="082000.250000"))
     if index == 0:
-        write(root, f"{person}/Metadata/notes.json", f'{{"person": "{person}"}}\n')
+        write(root, "Metadata/notes.json", f'{{"person": "{person}"}}\n')
     return [(visit_id(index, 0), s["flat_single"]), (visit_id(index, 0), s["flat_multi"]), (visit_id(index, 1), s["flat"])]
 
 

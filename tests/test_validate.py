@@ -193,10 +193,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("unexpected_folder", both(add("scratch/a.txt"), add("scratch/b/c.txt")),
      {("layout.unexpected_folder", "scratch/")}),
     ("person_no_data", both(add("000104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "000104"])),
-     {("layout.person_no_data", "000104/")}),
+     {("layout.person_no_data", "000104/"), ("layout.person_subfolder", "000104/Metadata/")}),
     ("person_file", add(f"{P0}/readme.txt"), {("layout.person_file", f"{P0}/readme.txt")}),
     ("person_subfolder", both(add(f"{P0}/Labs/a.csv", "a"), add(f"{P0}/Labs/b.csv", "b")),
      {("layout.person_subfolder", f"{P0}/Labs/")}),
+    # Waveform File Format v2.1: Metadata/ at the site root, its files "directly under the Metadata folder"
+    ("person_metadata", both(add(f"{P0}/Metadata/READINESS.md", "- [x] done\n"), add(f"{P1}/metadata/a/b.txt", "b")),
+     {("layout.person_subfolder", f"{P0}/Metadata/"), ("layout.person_subfolder", f"{P1}/metadata/")}),
     ("superseded", rename("Metadata/SUBMISSION.md", "SUBMISSION.md"), {("layout.superseded", "SUBMISSION.md")}),
     ("metadata_missing", remove("Metadata/READINESS.md"), {("metadata.missing", "Metadata/READINESS.md")}),
     ("mapping_missing", remove("Metadata/EEG_mapping.csv"), {("metadata.mapping_missing", "Metadata/EEG_mapping.csv")}),
@@ -315,23 +318,26 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("extensionless_dicom", add(f"{SERIES1}/001", dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0,
                                                                study_time="081500", accession=ACCESSION)),
      {("path.unparsed", f"{SERIES1}/001")}),
-    ("empty", add(f"{P0}/Metadata/empty.json", b""), {("file.empty", f"{P0}/Metadata/empty.json")}),
+    ("empty", add(f"{P0}/Metadata/empty.json", b""),
+     {("file.empty", f"{P0}/Metadata/empty.json"), ("layout.person_subfolder", f"{P0}/Metadata/")}),
     ("duplicate", lambda root: write(root, f"{P1}/Metadata/copy.csv", (root / f"{SINGLE}n.csv").read_bytes()),
-     {("file.duplicate", f"{SINGLE}n.csv"), ("file.duplicate", f"{P1}/Metadata/copy.csv")}),
+     {("file.duplicate", f"{SINGLE}n.csv"), ("file.duplicate", f"{P1}/Metadata/copy.csv"),
+      ("layout.person_subfolder", f"{P1}/Metadata/")}),
     ("name_clash", both(add(f"{P1}/Metadata/Notes.txt", b"one"), add(f"{P1}/Metadata/notes.txt", b"two")),
-     {("file.name_clash", f"{P1}/Metadata/Notes.txt"), ("file.name_clash", f"{P1}/Metadata/notes.txt")}),
+     {("file.name_clash", f"{P1}/Metadata/Notes.txt"), ("file.name_clash", f"{P1}/Metadata/notes.txt"),
+      ("layout.person_subfolder", f"{P1}/Metadata/")}),
     # names a Windows disk cannot hold: one finding at the first such part (a folder's for all its files)
     ("windows_reserved", both(*(add(f"{P1}/Metadata/{n}") for n in ("CON/notes.txt", "CON/more.txt", "nul.txt",
                                                                      "Com1.hea", "lpt9", "console.txt", "nul_x.txt"))),
-     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("CON/", "nul.txt", "Com1.hea", "lpt9")}),
+     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("CON/", "nul.txt", "Com1.hea", "lpt9")} | {("layout.person_subfolder", f"{P1}/Metadata/")}),
     ("windows_characters", both(*(add(f"{P1}/Metadata/{n}") for n in ("a<b.txt", "q?.txt", "c:d", "ctl\x01.txt",
                                                                        "back\\slash.txt", "star*", "pipe|/x.txt"))),
      {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("a<b.txt", "q?.txt", "c:d", "ctl\x01.txt",
-                                                               "back\\slash.txt", "star*", "pipe|/")}),
+                                                               "back\\slash.txt", "star*", "pipe|/")} | {("layout.person_subfolder", f"{P1}/Metadata/")}),
     ("windows_trailing", both(*(add(f"{P1}/Metadata/{n}") for n in ("notes./a.txt", "trail ", "trail.", " lead.txt"))),
-     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("notes./", "trail ", "trail.")}),
+     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("notes./", "trail ", "trail.")} | {("layout.person_subfolder", f"{P1}/Metadata/")}),
     ("long_path", add(f"{P1}/Metadata/{'d' * 200}/{'e' * 80}.txt"),
-     {("file.long_path", f"{P1}/Metadata/{'d' * 200}/{'e' * 80}.txt")}),
+     {("file.long_path", f"{P1}/Metadata/{'d' * 200}/{'e' * 80}.txt")} | {("layout.person_subfolder", f"{P1}/Metadata/")}),
     ("split_folders", rename(f"{P2}/Images", f"{P2[1:]}/Images"),
      {("person.split_folders", f"{P2}/"), ("person.split_folders", f"{P2[1:]}/")}),
 ]
@@ -691,6 +697,26 @@ def test_a_mapping_or_markdown_file_in_the_wrong_form_is_told_so_plainly(clean):
     messages = dict(validate(clean).select("srcfile", "message").rows())
     assert messages["Metadata/Telemetry_mapping.csv"].startswith("the header row is split by semicolons, not commas")
     assert "not UTF-8 text" in messages["Metadata/SUBMISSION.md"], messages
+
+
+def test_an_accession_folder_and_header_that_differ_only_in_leading_zeros_agree(clean):
+    """The Imaging SOP: AccessionNumber is replaced by the OMOP image_occurrence_id, an integer; the folder 070000 and
+    the header's 70000 (or the reverse) name the same one, as person folders and PatientID are compared."""
+    padded = DCM.replace(f"/{ACCESSION}/", f"/00{ACCESSION}/")
+    rename(DCM, padded)(clean)
+    other = f"{SERIES1}/001.dcm"
+    add(other, dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
+                           accession=f"0{ACCESSION}", SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))(clean)
+    assert found(clean) == set()
+    rename(padded, DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 1}/"))(clean)  # another id: still an error
+    assert found(clean) == {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 1}/"))}
+
+
+def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):
+    add(f"{P0}/Metadata/SUBMISSION.md", "# Submission\n")(clean)
+    message = validate(clean).filter(pl.col("rule") == "layout.person_subfolder")["message"].to_list()
+    assert message == ["Metadata/ in a person folder: Metadata/ (READINESS.md, SUBMISSION.md, the mapping files) belongs "
+                       "at the site root, once for the site; move its files into the root Metadata/ or remove them"]
 
 
 def test_a_table_in_a_subfolder_of_omop_is_told_where_tables_belong(clean):

@@ -113,15 +113,17 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
         _inst=pl.col("_segment").str.extract(r"(\d+)$").cast(pl.Int64, strict=False),
     )
 
-    def differs(what: str, folder: pl.Expr, tag: str, header: pl.Expr) -> pl.Expr:
-        return pl.when(folder.is_null() | header.is_null() | (folder != header)).then(
+    def differs(what: str, folder: pl.Expr, tag: str, header: pl.Expr, key=lambda value: value) -> pl.Expr:
+        return pl.when(folder.is_null() | header.is_null() | (key(folder) != key(header))).then(
             fmt("{} {} but {} {} in the header", pl.lit(what), folder.cast(pl.String).fill_null("?"), pl.lit(tag),
                       header.cast(pl.String).fill_null("(none)")))
 
     problems = pl.concat_str([
         differs("modality folder", pl.col("_category").str.to_uppercase(), "Modality",
                 pl.col("modality").str.to_uppercase()),
-        differs("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number")),
+        # The Imaging SOP: AccessionNumber is "replaced by ... image_occurrence_id from the OMOP table", an integer id:
+        # folder 00123 and header 123 name the same one, compared as person ids are (without leading zeros)
+        differs("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number"), key=_norm_id),
         differs("series folder", pl.col("_series"), "SeriesInstanceUID", pl.col("series_instance_uid")),
         differs("file number", pl.col("_inst"), "InstanceNumber", _dicom_number(pl.col("instance_number"))),
     ], separator="; ", ignore_nulls=True)

@@ -26,11 +26,16 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                pl.col("_top") + "/",
                pl.lit("person folder has neither Images/ nor Waveforms/: add the person's data or remove the folder")),
         _found("layout.person_file", f.filter(pl.col("_person_file")), "srcfile",
-               pl.lit("file lies directly in the person folder: move it into Images/, Waveforms/ or Metadata/")),
+               pl.lit("file lies directly in the person folder: move it into Images/ or Waveforms/ (site-wide "
+                      "documents into the root Metadata/)")),
         _found("layout.person_subfolder", f.filter(pl.col("_person_subfolder")).unique(["_top", "_second"]),
                fmt("{}/{}/", pl.col("_top"), pl.col("_second")),
-               fmt("unknown folder {}/ in a person folder: only Images/, Waveforms/ and Metadata/ belong there; "
-                         "move its files or remove it", pl.col("_second"))),
+               pl.when(pl.col("_second_l") == "metadata").then(fmt(
+                   "{}/ in a person folder: Metadata/ (READINESS.md, SUBMISSION.md, the mapping files) belongs at the "
+                   "site root, once for the site; move its files into the root Metadata/ or remove them",
+                   pl.col("_second")))
+               .otherwise(fmt("unknown folder {}/ in a person folder: only Images/ and Waveforms/ belong there; "
+                              "move its files or remove it", pl.col("_second")))),
     ]
     if site.omop_dir is None:
         out.append(_one("layout.no_omop", "OMOP/", "the site has no OMOP/ folder: add OMOP/ with the CDM 5.4 "
@@ -88,7 +93,6 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
     covered = (
         (pl.col("_n") == 1) | (~pl.col("_is_person") & ~pl.col("_top_l").is_in(["omop", "metadata"]))
         | pl.col("_person_file") | pl.col("_person_subfolder") | pl.col("_outside_series")
-        | (pl.col("_is_person") & (pl.col("_second_l") == "metadata"))  # anything may go in <person>/Metadata/
     )
     unparsed = f.filter(pl.col("parse_error").is_not_null() & ~covered).join(
         site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti")

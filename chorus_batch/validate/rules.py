@@ -113,9 +113,9 @@ RULES: tuple[Rule, ...] = (
     Rule("layout.person_no_data", "warning", "person folder without data",
          "A person folder holds neither Images/ nor Waveforms/."),
     Rule("layout.person_file", "warning", "file directly in a person folder",
-         "A file lies directly in a person folder instead of its Images/, Waveforms/ or Metadata/."),
+         "A file lies directly in a person folder instead of its Images/ or Waveforms/."),
     Rule("layout.person_subfolder", "warning", "unknown folder in a person folder",
-         "A person folder has a subfolder other than Images/, Waveforms/ and Metadata/."),
+         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root)."),
     Rule("layout.superseded", "info", "superseded layout",
          "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form."),
     # -- Metadata/
@@ -210,7 +210,8 @@ RULES: tuple[Rule, ...] = (
          "study/series folders of earlier editions)."),
     Rule("dicom.path_mismatch", "error", "DICOM folders disagree with the header",
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
-         "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber."),
+         "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
+         "image_occurrence_id: 00123 and 123 agree)."),
     Rule("dicom.name_mismatch", "error", "DICOM name disagrees with its header",
          "In an earlier edition's naming, a DICOM file name's modality, series or instance differs from the header's "
          "Modality, SeriesNumber or InstanceNumber."),

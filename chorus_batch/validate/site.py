@@ -186,7 +186,9 @@ class _Site:
         p, n, second = pl.col("_is_person"), pl.col("_n"), pl.col("_second_l")
         self.files = files.with_columns(
             _person_file=p & (n == 2),
-            _person_subfolder=p & (n >= 3) & ~second.is_in(["images", "waveforms", "metadata"]),
+            # Metadata/ lies at the site root (Waveform File Format v2.1: READINESS.md, SUBMISSION.md and the mapping
+            # files "directly under the Metadata folder"); a person folder holds "an Images folder and a Waveforms folder"
+            _person_subfolder=p & (n >= 3) & ~second.is_in(["images", "waveforms"]),
             _waveforms=p & (n >= 3) & (second == "waveforms"),
             _images=p & (n >= 3) & (second == "images"),
         ).with_columns(
