@@ -72,7 +72,8 @@ class TreeDef:
     seed: int = 0
 
     def spec(self, change_fraction: float = 0.0) -> Spec:
-        return Spec(self.persons, self.files_per_person, self.size, self.seed, change_fraction)
+        # no registries: a row per file of a 1M-file tree would change what the runs measure
+        return Spec(self.persons, self.files_per_person, self.size, self.seed, change_fraction, registries=False)
 
     @property
     def n_files(self) -> int:

@@ -32,7 +32,10 @@ I an instance number, P_D_T a start stamp <person>_<YYYYMMDD>_<HHMMSS>):
           (visit_occurrence_id,session)
 
 Every layout also has OMOP/<table>.csv for the 13 CDM 5.4 clinical tables CHoRUS collects (comma-delimited,
-header rows; no specimen), and Metadata/READINESS.md, SUBMISSION.md (v2.0: at the root) and the mapping files.
+header rows; no specimen), Metadata/READINESS.md, SUBMISSION.md (v2.0: at the root) and the mapping files, and
+the linkage registries at the root (`Spec.registries`): waveform_registry.csv and image_registry.csv, a row per
+file with its session or accession, proc_id (2000000000 + accession, 3000000000 + session id), capture time and
+visit (empty for the records captured outside every visit); the image registry's trg_file is blank (Imaging SOP).
 Session ids and accession numbers are integers, unique on the site (`record_id`); procedure_occurrence ids stay
 far below 2000000000 (the linkage registries' range).
 
@@ -51,7 +54,7 @@ visit's end, the session's start never does.)
 
 A person has exactly `files_per_person` files (those under P/) in the first snapshot: records are added in
 the layout's cycle while they fit, and a DICOM instance (one file; "flat": a one-file kind) fills the rest.
-Site-level files (OMOP/, Metadata/, the root SUBMISSION.md and RECORDS) are counted apart: `site_file_count`.
+Site-level files (OMOP/, Metadata/, the root SUBMISSION.md, RECORDS and registries) are counted apart: `site_file_count`.
 Changes keep the site valid: a modified WFDB record gets a new .dat of the same size and a header with its
 checksums; a "renamed" one is annotated instead (a header comment: its name is inside its header), as is a
 renamed multi-segment record's master header; a renamed DICOM file gets a zero more in its instance number
@@ -69,6 +72,7 @@ The demo site (data/demo_site) is `write_demo_site(path)`: `python -m chorus_bat
 from __future__ import annotations
 
 import functools
+import itertools
 import hashlib
 import os
 import random
@@ -181,6 +185,9 @@ _LAYOUTS = {
                      "wfdb", "dicom"), ("dicom", "flat", "csv"), True, True, False, False),
 }
 _DICOM_PER_SERIES, _SERIES_PER_STUDY = 2, 2
+# proc_ids of the registries (Multimodal-Linkage's example: images from 2000000000, waveforms above 2001000000):
+# the base + the accession number or session id (unique on the site), so that a session keeps its proc_id
+_IMAGE_PROC, _WAVEFORM_PROC = 2_000_000_000, 3_000_000_000
 _HOURS_PER_VISIT = 7 * 24  # a person's visits are consecutive weeks; a record belongs to its start's week
 
 
@@ -192,6 +199,7 @@ class Spec:
     seed: int = 0
     change_fraction: float = 0.2
     layout: str = "v2.1"  # one of LAYOUTS
+    registries: bool = True  # ship the linkage registries (the benchmarks' trees leave them out: a row per file)
 
     def __post_init__(self) -> None:
         if self.layout not in _LAYOUTS:
@@ -333,6 +341,8 @@ class _Summary:
     images: int = 0  # DICOM files
     accessions: int = 0
     years: tuple[int, ...] = ()
+    waveform_rows: str = ""  # rows of waveform_registry.csv, image_rows of image_registry.csv (without the ids)
+    image_rows: str = ""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -356,7 +366,8 @@ def _person(spec: Spec, i: int, second: bool) -> tuple[dict[str, tuple], _Summar
     upper = spec.layout == "v2.1"
     waveforms = "Waveforms" if upper else "waveforms"
 
-    def emit(record: tuple, slot: int, version: str, moved: bool = False) -> None:
+    def emit(record: tuple, slot: int, version: str, moved: bool = False) -> tuple[str, int, datetime, int | None]:
+        """Adds the record's files; returns what their registry rows give: group, proc_id, capture time, visit."""
         kind, k = record[0], record[1]
         tag = f"{pid}:{k}"  # the content's identity: the same after a rename
         if kind == "dicom":
@@ -382,7 +393,7 @@ def _person(spec: Spec, i: int, second: bool) -> tuple[dict[str, tuple], _Summar
             counts["images"] += 1
             accessions.add(accession)
             years.add(at.year)
-            return
+            return accession, _IMAGE_PROC + int(accession), at, None if outside else first_visit + study_slot // _HOURS_PER_VISIT
         outside = _outside(layout, kind, i, slot)
         at = capture_time(i, slot, m, outside)
         years.add(at.year)
@@ -408,7 +419,7 @@ def _person(spec: Spec, i: int, second: bool) -> tuple[dict[str, tuple], _Summar
                     files[f"{folder}/{session}n.csv"] = ("num", session, None)
                 wfdb_records.append(session)
             counts["telemetry"] += 1
-            return
+            return session, _WAVEFORM_PROC + record_id(i, slot, m), at, None if outside else visit
         sid = str(record_id(i, slot, m))
         category = "EEG" if kind == "eeg" else "Telemetry"
         counts["eeg" if kind == "eeg" else "telemetry"] += 1
@@ -428,34 +439,49 @@ def _person(spec: Spec, i: int, second: bool) -> tuple[dict[str, tuple], _Summar
             files[f"{folder}/{sid}_0001.dat"] = ("dat", "tele", f"{tag}:1")
             files[f"{folder}/{sid}_0002.hea"] = ("hea", f"{sid}_0002", "tele3", f"{signal}:2", at, 1, False)
             files[f"{folder}/{sid}_0002.dat"] = ("dat", "tele3", f"{signal}:2")
-            return
+            return sid, _WAVEFORM_PROC + int(sid), at, None if outside else visit
         group = "eeg" if kind == "eeg" else "tele"
         files[f"{folder}/{sid}.hea"] = ("hea", sid, group, signal, at, 0, annotated)
         files[f"{folder}/{sid}.dat"] = ("dat", group, signal)
         if kind == "tele+n":
             files[f"{folder}/{sid}n.csv"] = ("num", sid, at)
+        return sid, _WAVEFORM_PROC + int(sid), at, None if outside else visit
 
     records = _person_records(m, spec.layout, i)
     fates = [_fate(rng.random(), spec.change_fraction) for _ in records] if second else ["keep"] * len(records)
     if second and i == 0 and spec.change_fraction > 0:
         _every_fate(spec.layout, records, fates)
+    rows: dict[str, list[str]] = {"Images": [], "Waveforms": []}
+
+    def listed(record: tuple, slot: int, version: str, moved: bool = False) -> None:
+        """emit, and a registry row for each file it adds (Multimodal-Linkage: one row per file)."""
+        before = len(files)
+        group, proc, at, visit = emit(record, slot, version, moved)
+        if spec.registries:
+            for path in reversed(list(itertools.islice(reversed(files), len(files) - before))):
+                image = record[0] == "dicom"  # the Imaging SOP leaves the image registry's trg_file blank
+                rows["Images" if image else "Waveforms"].append(
+                    f"{proc},{pid},{group},{'' if visit is None else visit},{at:%Y-%m-%d %H:%M:%S},/source/{path},"
+                    f"{'' if image else path}\n")
+
     for record, fate in zip(records, fates):
         k = record[1]
         if fate == "delete":
             continue
         if fate == "rename" and record[0] == "dicom":
-            emit(record, k, "", moved=True)  # the name agrees with the header (see the module's docstring)
+            listed(record, k, "", moved=True)  # the name agrees with the header (see the module's docstring)
         elif fate == "rename" and _renamable(spec.layout, record[0]):
-            emit(record, k + 10 * m + 5, "")  # a slot no other record uses
+            listed(record, k + 10 * m + 5, "")  # a slot no other record uses
         else:
-            emit(record, k, {"modify": ":v2", "rename": ":renamed"}.get(fate, ""))
+            listed(record, k, {"modify": ":v2", "rename": ":renamed"}.get(fate, ""))
         if fate == "add":  # a DICOM instance joins its series (instance numbers after the first snapshot's)
             added = (*record[2:5], _DICOM_PER_SERIES + k) if record[0] == "dicom" else ()
-            emit((record[0], m + k, *added), m + k, "")
+            listed((record[0], m + k, *added), m + k, "")
     if wfdb_records and layout.person_records:
         files[f"{pid}/Waveforms/RECORDS"] = ("rec", tuple(sorted(wfdb_records)))
     summary = _Summary(i, "".join(links), tuple(wfdb_records) if layout.root_records else (), counts["telemetry"],
-                       counts["eeg"], counts["images"], len(accessions), tuple(sorted(years)))
+                       counts["eeg"], counts["images"], len(accessions), tuple(sorted(years)),
+                       "".join(rows["Waveforms"]), "".join(rows["Images"]))
     return files, summary
 
 
@@ -482,12 +508,14 @@ def site_files(spec: Spec, *, second: bool = False) -> dict[str, bytes]:
 def site_file_count(spec: Spec) -> int:
     """The number of site-level files in the first snapshot, without planning the persons: the OMOP tables
     (and the links table), READINESS.md, SUBMISSION.md, Telemetry_mapping.csv, EEG_mapping.csv if a person
-    has an EEG session, and the root RECORDS (v1.0) if a person has a WFDB record."""
+    has an EEG session, the root RECORDS (v1.0) if a person has a WFDB record, and the waveform and image
+    registries where persons have waveforms or images."""
     layout = _LAYOUTS[spec.layout]
     m = spec.files_per_person
     kinds = {r[0] for i in range(min(spec.persons, 3)) for r in _person_records(m, spec.layout, i)}
     return (len(OMOP_TABLES) + layout.links + 3 + ("eeg" in kinds)
-            + (layout.root_records and bool(kinds - {"dicom"})))
+            + (layout.root_records and bool(kinds - {"dicom"}))
+            + (spec.registries and bool(kinds - {"dicom"})) + (spec.registries and "dicom" in kinds))
 
 
 # ----------------------------------------------------------------------------- site files
@@ -672,6 +700,15 @@ def _site_files(spec: Spec, second: bool, summaries: list[_Summary]) -> dict[str
     records = sorted(r for s in summaries for r in s.records)
     if records:
         files["RECORDS"] = ("\n".join(records) + "\n").encode()
+    if spec.registries:  # at the root ("inside the RELEASE directory"), a file_id per row (and image_registry_id)
+        columns = "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+        waveforms = "".join(s.waveform_rows for s in summaries).splitlines(keepends=True)
+        images = "".join(s.image_rows for s in summaries).splitlines(keepends=True)
+        if waveforms:
+            files["waveform_registry.csv"] = (columns + "".join(f"{k},{row}" for k, row in enumerate(waveforms, 1))).encode()
+        if images:
+            files["image_registry.csv"] = ("image_registry_id," + columns + "".join(
+                f"{k},{k + len(waveforms)},{row}" for k, row in enumerate(images, 1))).encode()
     return files
 
 

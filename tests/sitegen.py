@@ -385,6 +385,25 @@ def build_clean_site(root: Path, persons: int = 3, layout: str = "v2.1") -> None
         records = [f"{p}/waveforms/{sessions_of(p, i)[k]}/{sessions_of(p, i)[k]}"
                    for i, p in enumerate(ids) for k in ("single", "multi", "eeg")]
         write(root, "RECORDS", "".join(r + "\n" for r in records))
+    write_registries(root, ids)
+
+
+def write_registries(root: Path, ids: list[str]) -> None:
+    """The linkage registries at the root, one row per waveform or image file (Multimodal-Linkage): a proc_id per
+    session or accession; the image registry leads with image_registry_id and leaves trg_file blank (the Imaging
+    SOP: "populated centrally")."""
+    current = scan_current(root).filter(pl.col("person_id").is_not_null() & ~pl.col("srcfile").str.ends_with("/RECORDS"))
+    for modality, name, first in (("Waveforms", "waveform_registry.csv", 2001000000),
+                                  ("Images", "image_registry.csv", 2000000000)):
+        mine = current.filter(pl.col("modality") == modality)
+        groups = {g: first + k for k, g in enumerate(dict.fromkeys(mine.select("person_id", "session_id").rows()))}
+        rows = [[k + 1, groups[(person, group)], person, group or "", visit_id(ids.index(person), 0),
+                 "2024-01-01 08:00:00", f"/src/{path}", path if modality == "Waveforms" else ""]
+                for k, (path, person, group) in enumerate(mine.select("srcfile", "person_id", "session_id").rows())]
+        columns = ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
+        if modality == "Images":
+            columns, rows = ["image_registry_id", *columns], [[k + 1, *row] for k, row in enumerate(rows)]
+        write(root, name, csv_text(columns, rows))
 
 
 def scan_current(root: Path) -> pl.DataFrame:

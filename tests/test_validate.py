@@ -184,6 +184,15 @@ def both(*steps: Callable[[Path], None]) -> Callable[[Path], None]:
 
 OTHER_SESSION = "900099"
 SUPERSEDED_LINKS = ("layout.superseded", LINKS)
+# The clean site ships both registries (sitegen.write_registries): a waveform file added or removed shows there too.
+GONE_FROM_REGISTRY = ("registry.missing_file", "waveform_registry.csv")
+UNKNOWN_IN_REGISTRIES = {("registry.unknown_person", "waveform_registry.csv"), ("registry.unknown_person", "image_registry.csv")}
+
+
+def unlisted(path: str) -> tuple[str, str]:
+    return ("registry.unlisted_file", path)
+
+
 NEW_DCM = lambda rel: rename(DCM, rel)  # noqa: E731
 
 # (case id, mutation of the clean (v2.1) site, the exact findings (rule, srcfile) it must give)
@@ -236,30 +245,33 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("unknown_session", links([(5000, S0["single"]), (5000, OTHER_SESSION)]),
      {("links.unknown_session", LINKS), SUPERSEDED_LINKS}),
     ("unknown_visit", links([(9999, S0["single"])]), {("links.unknown_visit", LINKS), SUPERSEDED_LINKS}),
-    ("no_omop_row", persons_csv([P0, P1]), {("person.no_omop_row", f"{P2}/")}),
+    ("no_omop_row", persons_csv([P0, P1]), {("person.no_omop_row", f"{P2}/"), *UNKNOWN_IN_REGISTRIES}),
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
-     {("waveforms.session_id", f"{TELEMETRY}/night1/")}),
+     {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
     ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", b"0       "),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"),
-      ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/")}),
+      ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/"),
+      unlisted(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf")}),
     ("bad_header", add(f"{SINGLE}.hea", "this is not a WFDB header\n"), {("wfdb.bad_header", f"{SINGLE}.hea")}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),
-    ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea")}),
+    ("missing_dat", remove(f"{SINGLE}.dat"), {("wfdb.missing_dat", f"{SINGLE}.hea"), GONE_FROM_REGISTRY}),
     ("dat_size_212", truncate(f"{MULTI}_0001.dat", 1), {("wfdb.dat_size", f"{MULTI}_0001.dat")}),
     ("dat_size_16", add(f"{SINGLE}.dat", bytes(999)), {("wfdb.dat_size", f"{SINGLE}.dat")}),
-    ("unreferenced_dat", add(f"{SINGLE}_old.dat", bytes(10)), {("wfdb.unreferenced_dat", f"{SINGLE}_old.dat")}),
+    ("unreferenced_dat", add(f"{SINGLE}_old.dat", bytes(10)),
+     {("wfdb.unreferenced_dat", f"{SINGLE}_old.dat"), unlisted(f"{SINGLE}_old.dat")}),
     ("missing_segment", remove(f"{MULTI}_0002.hea"),
-     {("wfdb.missing_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat")}),
+     {("wfdb.missing_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat"), GONE_FROM_REGISTRY}),
     ("segment_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 161").replace("_0002 50", "_0002 60")),
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
-    ("session_record", remove(f"{MULTI}.hea"), {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/")}),
+    ("session_record", remove(f"{MULTI}.hea"),
+     {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/"), GONE_FROM_REGISTRY}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
-     {("wfdb.numerics_name", f"{SINGLE}_numerics.csv")}),
+     {("wfdb.numerics_name", f"{SINGLE}_numerics.csv"), unlisted(f"{SINGLE}_numerics.csv")}),
     ("records_unlisted", add(f"{P0}/Waveforms/RECORDS", f"Telemetry/{S0['single']}/{S0['single']}\n"),
      {("records.unlisted", f"{MULTI}.hea"), ("records.unlisted", f"{EEG}.hea"),
       ("layout.superseded", f"{P0}/Waveforms/RECORDS")}),
@@ -308,6 +320,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("registry.values", "image_registry.csv")}),
     ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
      {("registry.missing_file", "waveform_registry.csv"), ("registry.unlisted_file", f"{SINGLE}.hea")}),
+    # Multimodal-Linkage: a registry per modality "with a SINGLE ROW PER FILE", delivered with the extract
+    ("registry_absent", remove("waveform_registry.csv", "image_registry.csv"),
+     {("registry.absent", "waveform_registry.csv"), ("registry.absent", "image_registry.csv")}),
     ("registry_unreadable", add("image_registry.csv", b""),
      {("registry.unreadable", "image_registry.csv"), ("file.empty", "image_registry.csv")}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),
@@ -434,6 +449,20 @@ def test_a_site_shipping_correct_registries_gets_no_finding(clean):
     assert found(clean) == set()
 
 
+def test_a_registry_is_asked_for_only_where_the_site_has_files_of_its_modality(clean):
+    """No images (or no waveforms): no image (waveform) registry is needed; the other one still is."""
+    remove(*(f"{p}/Images" for p in (P0, P1, P2)), "image_registry.csv")(clean)
+    assert found(clean) == set()
+    remove("waveform_registry.csv")(clean)
+    assert found(clean) == {("registry.absent", "waveform_registry.csv")}
+    message = validate(clean)["message"].item()
+    assert "waveform_registry.csv" in message and "chorus-batch registry" in message
+    # kept in Metadata/, a registry is found there too
+    registry("Waveforms")(clean)
+    (clean / "waveform_registry.csv").rename(clean / "Metadata" / "waveform_registry.csv")
+    assert found(clean) == set()
+
+
 def test_submission_md_needs_no_gaps_section_where_the_data_were_left_as_recorded(clean):
     """Waveform File Format v2.1 asks for the gaps in SUBMISSION.md only "If you have already manipulated your
     waveform data to handle gaps and overlaps (this is not recommended)": a site that did not has nothing to say."""
@@ -529,7 +558,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v2"}
+                                 "mapping_csv.v2", "registry_csv.v3"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 

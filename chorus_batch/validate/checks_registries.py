@@ -7,8 +7,8 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .rules import KIND_REGISTRY, REGISTRY_COLUMNS
-from .site import _found, _norm_id, _Site
+from .rules import KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
+from .site import _found, _norm_id, _one, _Site
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -33,10 +33,11 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     """The registries' own rows, and the files of this part they leave out (_not_on_site: the rows naming
     files that no part holds)."""
     registries = _of_kind(site)
+    out = _absent(site, registries)
     if registries.height == 0:
-        return []
+        return out
     parsed = registries.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
-    out = [
+    out += [
         _found("registry.columns", parsed.filter(~_HAS_ALL), "srcfile",
                fmt("the header ({}) lacks some of {}: write one row per file with these columns",
                          pl.col("columns").list.join(","), pl.lit(", ".join(REGISTRY_COLUMNS)))),
@@ -106,6 +107,23 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _absent(site: _Site, registries: pl.DataFrame) -> list[pl.LazyFrame]:
+    """A registry missing for a modality the site has files of. Multimodal-Linkage: "sites should construct two
+    tabular REGISTRIES that contain a SINGLE ROW PER FILE", "delivered as CSV files, along with your extract, inside
+    the RELEASE directory"; the waveform procedure's submission steps: "Provide the files requested in the
+    Multimodal-Linkage SOP"; the Imaging SOP: the image_registry CSV is "to be part of the upload process". A site
+    with no images needs no image registry (nor one without waveforms a waveform registry)."""
+    shipped = set(registries["_of"].drop_nulls().to_list())
+    has = site.files.lazy().select(Waveforms=pl.col("_waveforms").any(), Images=pl.col("_images").any()).collect()
+    return [_one("registry.absent", name,
+                 f"the site has {modality.lower()[:-1]} files but ships no {name} (nor one in Metadata/): the linkage "
+                 f"procedure asks for a registry with one row per {modality.lower()[:-1]} file (file_id, proc_id, "
+                 f"person_id, group_id, visit_id, datetime, src_file, trg_file); `chorus-batch registry` writes it "
+                 f"from the manifest, ship it at the site root")
+            for modality, name in REGISTRY_FILES.items()
+            if modality not in shipped and has[modality].item()]
 
 
 def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -224,6 +224,9 @@ RULES: tuple[Rule, ...] = (
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
     # -- the linkage registries a site ships
+    Rule("registry.absent", "error", "registry not shipped",
+         "The site has waveform (or image) files but ships no waveform_registry.csv (or image_registry.csv) at its "
+         "root or in Metadata/, the registry the linkage procedure asks for, one row per file."),
     Rule("registry.unreadable", "error", "registry unreadable",
          "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows)."),
     Rule("registry.columns", "error", "registry lacks columns",
