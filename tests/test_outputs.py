@@ -225,7 +225,8 @@ def test_what_a_run_writes_may_not_lie_inside_a_site_root(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{name} would lie inside the site's root" in err and f"where: {where}" in err, err
     assert not (tmp_path / "m.sqlite").exists() and not (site / "m.sqlite").exists()
-    assert sorted(p.name for p in site.iterdir()) == ["000001", "000002", "Metadata", "OMOP"]
+    assert sorted(p.name for p in site.iterdir()) == ["000001", "000002", "Metadata", "OMOP", "image_registry.csv",
+                                                      "waveform_registry.csv"]  # as testdata wrote it
     # Beside the site, under a name that starts like it, is outside.
     assert main(["run", "--site", str(site), "--db", str(tmp_path / "td" / "first-chorus" / "m.sqlite"), "-q"]) == 0
 
