@@ -185,6 +185,32 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
 
 
+def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(central, tmp_path):
+    # A blob another tool (or an older, abandoned submission) left under <version>/ passed verify silently: a
+    # reviewer at the centre reads every blob there as part of the site's submission.
+    site = tmp_path / "site"
+    for i in range(2):
+        write(site, f"00000{i}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i}".encode() * 50)
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+    for i in range(12):
+        central.client.upload_blob(f"20261101020000/000009/OMOP/stale_{i:02}.csv", b"person_id\n9\n")
+    text = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert text.returncode == 1, text.stdout + text.stderr
+    assert "12 blobs at the centre that the manifest does not list" in text.stdout, text.stdout
+    assert "20261101020000/000009/OMOP/stale_00.csv" in text.stdout and "2 more (--json lists them all)" in text.stdout
+    assert "all as recorded" not in text.stdout and "never deletes" in text.stdout
+    js = cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env)
+    assert js.returncode == 1 and json.loads(js.stdout)["exit_code"] == 1
+    assert [u["name"] for u in json.loads(js.stdout)["unlisted"]] == [f"000009/OMOP/stale_{i:02}.csv" for i in range(12)]
+    assert json.loads(js.stdout)["problems"] == []  # the files of the version are all as recorded
+    for i in range(12):
+        central.client.delete_blob(f"20261101020000/000009/OMOP/stale_{i:02}.csv")
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+
+
 # ----------------------------------------------------------------------------- faults
 
 

@@ -103,12 +103,21 @@ def verify_text(result: VerifyResult) -> str:
                          "files again")
         if result.problems.filter(pl.col("verify_state") == "no_md5").height:
             lines.append("  fix:   `chorus-batch verify --download` checks the bytes of blobs without a Content-MD5")
-    else:
+    elif not result.unlisted.height:
         lines.append("  all as recorded")
+    if result.unlisted.height:
+        lines.append(f"  {plural(result.unlisted.height, 'blob')} at the centre that the manifest does not list "
+                     "(a reviewer there would take them for part of the submission; not in the ledger):")
+        for version, frame in result.unlisted.group_by("version", maintain_order=True):
+            names = frame["name"].head(EXAMPLES).to_list()
+            more = f", ... {frame.height - EXAMPLES} more (--json lists them all)" if frame.height > EXAMPLES else ""
+            lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(f"{version[0]}/{n}" for n in names) + more)
+        lines.append("  fix:   have them removed from the central container, or moved out of the version's folder "
+                     "(chorus-batch never deletes there); then verify again")
     return "\n".join(lines)
 
 
 def verify_dict(result: VerifyResult) -> dict[str, Any]:
     return {"central": result.central, "method": result.method, "versions": result.versions,
             "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts(),
-            "not_uploaded": result.not_uploaded}
+            "unlisted": result.unlisted.to_dicts(), "not_uploaded": result.not_uploaded}

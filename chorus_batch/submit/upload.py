@@ -264,7 +264,7 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     if outcome.complete:
         from .verify import check_version
 
-        _, problems = check_version(ledger, central, label, download=False)
+        _, problems, _ = check_version(ledger, central, label, download=False)
         outcome.verify_problems = problems
         if problems.height == 0:
             try:

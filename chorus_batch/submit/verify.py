@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ..progress import Progress
 
 PROBLEMS_SCHEMA = {"version": pl.String, "srcfile": pl.String, "verify_state": pl.String, "message": pl.String}
+UNLISTED_SCHEMA = {"version": pl.String, "name": pl.String, "size": pl.Int64}
 
 
 @dataclass
@@ -38,11 +39,14 @@ class VerifyResult:
     problems: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBLEMS_SCHEMA))
     elapsed_s: float = 0.0
     not_uploaded: str | None = None  # the --version asked for, of which no file is recorded as uploaded there
+    # Blobs under <version>/ that are no file of that version's change set (another tool's, a stale copy): a
+    # reviewer at the centre would take them for part of the submission. Not in the ledger (it has no row for them).
+    unlisted: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UNLISTED_SCHEMA))
 
     @property
     def exit_code(self) -> ExitCode:
         # A version asked for by name and never uploaded was not verified: that must not look like a success.
-        return ExitCode.FINDINGS if self.problems.height or self.not_uploaded else ExitCode.OK
+        return ExitCode.FINDINGS if self.problems.height or self.unlisted.height or self.not_uploaded else ExitCode.OK
 
 
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
@@ -70,17 +74,22 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
-                  workers: int = 8, progress: Progress | None = None) -> tuple[int, pl.DataFrame]:
+                  workers: int = 8, progress: Progress | None = None) -> tuple[int, pl.DataFrame, pl.DataFrame]:
     """Verify one version's confirmed file versions, record the results in the ledger, and return how
-    many were checked and the problems (PROBLEMS_SCHEMA: missing, size, md5, content)."""
+    many were checked, the problems (PROBLEMS_SCHEMA: missing, size, md5, content) and the blobs under
+    <version>/ that are no file of the version's change set (UNLISTED_SCHEMA)."""
     expected = ledger.confirmed(version)
     listing = central.listing(version)
     results = _compare(expected, listing)
     if download:
         results = _download_check(central, version, expected, results, workers, progress)
     ledger.record_verification(version, results, "download" if download else "listing")
+    # Against the whole change set, not the confirmed files: a blob an interrupted upload sent unrecorded, or
+    # another manifest's blob of the same name (upload's `conflict`), is a file of this version, said elsewhere.
+    unlisted = (listing.join(ledger.plan(version).select(pl.col("srcfile").alias("name")), on="name", how="anti")
+                .sort("name").select(pl.lit(version).alias("version"), "name", "size"))
     return expected.height, (results.filter(pl.col("verify_state") != "ok")
-                             .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message"))
+                             .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message")), unlisted
 
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
@@ -143,14 +152,16 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                                   not_uploaded=version if version is not None and not labels else None)
             if labels:
                 central.check(write=False)
-            problems = []
+            problems, unlisted = [], []
             for label in labels:
-                checked, found = check_version(ledger, central, label, download=download, workers=workers,
-                                               progress=progress)
+                checked, found, foreign = check_version(ledger, central, label, download=download, workers=workers,
+                                                        progress=progress)
                 result.n_checked += checked
                 problems.append(found)
+                unlisted.append(foreign)
             if problems:
                 result.problems = pl.concat(problems)
+                result.unlisted = pl.concat(unlisted)
             result.elapsed_s = time.monotonic() - started
             return result
     finally:
