@@ -107,18 +107,15 @@ def check_location(location: str, what: str) -> None:
     if protocol == "file":
         return
     shown = mask_url(location)
+    if protocol in ("http", "https"):
+        _refuse_account_url(location, shown, what)
     if protocol not in PROTOCOLS:
         raise UsageError(f"{what} {shown}: chorus-batch does not read {protocol}:// locations", where=what,
                          fix="give a local folder, az://CONTAINER/PATH (Azure Blob; also abfs://, abfss://) or "
                              "s3://BUCKET/PATH (S3 and S3-compatible stores)")
     rest = location.split("://", 1)[1]
-    if protocol in AZURE_PROTOCOLS + S3_PROTOCOLS and ("?" in rest or mask_url(location.split("?")[0]) != location.split("?")[0]):
-        raise UsageError(f"{what} {shown} holds credentials in the URL; they are not used from there", where=what,
-                         fix="remove them from the URL and " + (
-                             "set AZURE_STORAGE_SAS_TOKEN (or a connection string or an account key), or sign in with "
-                             "azure-identity" if protocol in AZURE_PROTOCOLS else
-                             "use the standard AWS credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a "
-                             "profile, a role)") + "; see the README's \"Cloud sites: Azure Blob and S3\"")
+    if protocol in AZURE_PROTOCOLS + S3_PROTOCOLS:
+        _check_url_parts(location, protocol, rest, shown, what)
     first = rest.split("/", 1)[0]
     if protocol in AZURE_PROTOCOLS:
         container = first.split("@", 1)[0]  # abfs://container@account.dfs.core.windows.net/path
@@ -134,6 +131,71 @@ def check_location(location: str, what: str) -> None:
         if not _S3_BUCKET.match(first):
             raise UsageError(f"{what} {shown}: {first!r} is not a valid S3 bucket name", where=what,
                              fix="a bucket name has 3-63 lowercase letters, digits, dots and hyphens")
+    if protocol in AZURE_PROTOCOLS + S3_PROTOCOLS:  # (after the container's checks: az:///x names no container)
+        _check_path_parts(rest, shown, what)
+
+
+# What makes a URL's query credentials rather than a '?' in a folder's name: SAS fields, S3 presigned fields,
+# anything named like a signature, token, key or credential.
+_CREDENTIAL_QUERY = re.compile(r"(?i)(?:^|&)(?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv|x-amz-[^=&]*|"
+                               r"[^=&]*(?:signature|token|key|credential|secret|password)[^=&]*)=")
+
+
+def _check_url_parts(location: str, protocol: str, rest: str, shown: str, what: str) -> None:
+    """A cloud root's URL: no credentials, no query or fragment."""
+    head, _, query = rest.partition("?")
+    if _CREDENTIAL_QUERY.search(query) or mask_url(location.split("?")[0]) != location.split("?")[0]:
+        raise UsageError(f"{what} {shown} holds credentials in the URL; they are not used from there", where=what,
+                         fix="remove them from the URL and " + (
+                             "set AZURE_STORAGE_SAS_TOKEN (or a connection string or an account key), or sign in with "
+                             "azure-identity" if protocol in AZURE_PROTOCOLS else
+                             "use the standard AWS credential chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a "
+                             "profile, a role)") + "; see the README's \"Cloud sites: Azure Blob and S3\"")
+    # fsspec and the SDKs cut a URL at '?' and '#' (a query, a fragment): the root read would not be the one named.
+    for mark, name in (("?", "a query"), ("#", "a fragment")):
+        if mark in rest:
+            raise UsageError(f"{what} {shown}: {mark!r} starts {name} in a URL, and a root URL takes none (a folder "
+                             f"whose name holds {mark!r} cannot be given as a root)", where=what,
+                             fix=f"give the root without {mark!r} (az://CONTAINER/PATH, s3://BUCKET/PATH): a folder "
+                                 f"named with {mark!r} can be read from a root above it, or renamed")
+
+
+def _check_path_parts(rest: str, shown: str, what: str) -> None:
+    """No empty, '.' or '..' folder names in a cloud root's path (after its container or bucket)."""
+    parts = rest.split("/")[1:]
+    if parts and parts[-1] == "":
+        parts = parts[:-1]  # (one trailing '/' says "a folder")
+    odd = next((part for part in parts if part in ("", ".", "..")), None)
+    if odd is not None:
+        said = "an empty folder name ('//')" if odd == "" else f"a {odd!r} folder"
+        raise UsageError(f"{what} {shown} has {said} in its path: storage keeps an empty name as a name of its "
+                         "own and resolves '.' and '..' away, so it would not name the folder it seems to", where=what,
+                         fix="give the path with one '/' between folder names and no '.' or '..' "
+                             "(e.g. az://CONTAINER/site/ or s3://BUCKET/site/)")
+
+
+_AZURE_HOST = re.compile(r"(?i)^([a-z0-9]+)\.(?:blob|dfs)\.(core\.windows\.net|core\.usgovcloudapi\.net|"
+                         r"core\.chinacloudapi\.cn)$")
+
+
+def _refuse_account_url(location: str, shown: str, what: str) -> None:
+    """An https:// account URL (https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH, a SAS after it or not): refused
+    with the az:// root and the [azure] setting that say the same, its SAS named for the environment."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(location)
+    host = _AZURE_HOST.match(parts.hostname or "") if parts.hostname else None
+    secret = " (its query, a SAS token, goes into AZURE_STORAGE_SAS_TOKEN, never into a URL)" if parts.query else ""
+    if host:
+        container, _, path = parts.path.strip("/").partition("/")
+        root = f"az://{container or 'CONTAINER'}/{path}"
+        fix = (f"give {root} and set [azure] account_url = \"https://{host.group(1)}.blob.{host.group(2)}\" in "
+               f"chorus.toml (or AZURE_STORAGE_ACCOUNT={host.group(1)}){secret}")
+    else:
+        fix = ("give az://CONTAINER/PATH with the endpoint in [azure] account_url, or s3://BUCKET/PATH with "
+               f"[s3] endpoint_url{secret}")
+    raise UsageError(f"{what} {shown}: a root is given as az://, abfs:// or s3://, not as an http(s):// URL", where=what,
+                     fix=fix)
 
 
 def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None:

@@ -670,10 +670,27 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     (["--site", "az://site1/x?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
     (["--site", "s3://b1/?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"], "credentials in the URL"),
     (["--site", "s3://AKIAEXAMPLE:SECRETSIG@b1/site"], "credentials in the URL"),
+    # A '?' in a folder's name was told as credentials in the URL; '//', '.' and '..' were accepted and read oddly;
+    # an https:// account URL (with or without a SAS) got no hint of the az:// root and setting that say the same.
+    (["--site", "az://site1/site?x/"], "'?' starts a query in a URL, and a root URL takes none"),
+    (["--site", "abfs://site1@acct.dfs.core.windows.net/a?b"], "'?' starts a query"),
+    (["--site", "s3://b1/a?b/"], "'?' starts a query"),
+    (["--site", "az://site1/site#x"], "'#' starts a fragment"),
+    (["--site", "az://site1//site"], "az://site1//site has an empty folder name ('//')"),
+    (["--site", "abfss://site1/a//b/"], "has an empty folder name"),
+    (["--site", "s3://b1//site"], "has an empty folder name"),
+    (["--site", "az://site1/./site"], "has a '.' folder"),
+    (["--site", "s3://b1/a/../site"], "has a '..' folder"),
+    (["--site", "https://acct.blob.core.windows.net/site1/x"],
+     'give az://site1/x and set [azure] account_url = "https://acct.blob.core.windows.net"'),
+    (["--site", "https://acct.blob.core.windows.net/site1/x?sv=2024&sig=SECRETSIG"],
+     "goes into AZURE_STORAGE_SAS_TOKEN, never into a URL"),
+    (["--site", "http://127.0.0.1:10000/devstoreaccount1/site1?sig=SECRETSIG"], "not as an http(s):// URL"),
     (["--db", "s3://bucket/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
     (["--db", "gs://bucket/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
     (["--db", "file:///tmp/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
     (["--db", "az://manifests/m.sqlite?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
+    (["--db", "az://manifests//m.sqlite"], "has an empty folder name"),
     (["--parquet", "s3://bucket/snapshots"], "written to a local folder"),
 ])
 def test_a_location_that_cannot_be_one_is_refused_up_front(clean_env, tmp_path, args, said):

@@ -43,6 +43,7 @@ import polars as pl
 from ..errors import UsageError
 from ..sources import cloud as cloud_access
 from ..sources.remote import mask_url
+from ..urls import check_location
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -85,6 +86,8 @@ class Sent:
 
 def parse_central(url: str) -> tuple[str, str]:
     """(container, prefix) of az://container[/prefix]; a UsageError for anything else."""
+    if cloud_access.protocol_of(url) in cloud_access.AZURE_PROTOCOLS:  # ('?', '//', credentials: as for any root)
+        check_location(url, "--to / [central] to")
     parts = urlsplit(url)
     if parts.scheme not in cloud_access.AZURE_PROTOCOLS or not parts.netloc:
         raise UsageError(f"the central container must be an Azure URL, az://CONTAINER[/PREFIX], not {mask_url(url)!r}",
