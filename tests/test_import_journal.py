@@ -323,6 +323,8 @@ def test_a_file_that_is_not_a_journal_is_refused_clearly(content, words, tmp_pat
     assert out.returncode == 2, out.stderr
     assert "is not a chorus-upload journal" in out.stderr and words in out.stderr
     assert "fix:" in out.stderr and "Traceback" not in out.stderr
+    # (the journal named where: a list of its tables stood in for its name)
+    assert f"{bad} is not a chorus-upload journal" in out.stderr and f"where: {bad}" in out.stderr, out.stderr
     assert "no manifest was written" not in out.stderr or not db.exists()
     assert not db.exists() and not list(tmp_path.glob(".m.sqlite*"))
 
@@ -479,6 +481,10 @@ SPOILT = [
     ("B", "UPDATE journal SET FILEPATH = '../../outside/secret.csv' WHERE FILE_ID = 2", "import.unusable-row",
      "not a site-relative path"),
     ("B", "UPDATE journal SET FILEPATH = '/etc/passwd' WHERE FILE_ID = 2", "import.unusable-row", "not a site-relative"),
+    # An empty FILENAME was imported as the file 'OMOP/', with an upload mark for a blob named '<version>/OMOP/'.
+    ("A", "UPDATE journal_v2 SET FILENAME = '' WHERE FILE_ID = 1", "import.unusable-row",
+     "journal row FILE_ID 1: its path OMOP/ names no file (an empty file name); not imported"),
+    ("B", "UPDATE journal SET FILEPATH = 'OMOP/' WHERE FILE_ID = 2", "import.unusable-row", "its path OMOP/ names no file"),
     ("A", "UPDATE journal_v2 SET SRC_PATH_ID = 999 WHERE FILE_ID = 1", "import.unusable-row",
      "SRC_PATH_ID 999 is not in srcpaths"),
     ("A", "UPDATE journal_v2 SET UPLOAD_DT_ID = 999 WHERE FILE_ID = 1", "import.broken-link",
@@ -518,7 +524,8 @@ def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sq
     assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
     # nothing outside the site, no impossible value, no time beyond what can be written
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '/%' OR srcfile LIKE '%../%' OR size < 0 "
-                     "OR mtime_ns < 0") == [(0,)]
+                     "OR mtime_ns < 0 OR srcfile LIKE '%/'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM uploads WHERE destination LIKE '%/'") == [(0,)]  # every mark names a blob
 
 
 def test_notes_alone_are_exit_code_0(tmp_path):

@@ -201,8 +201,8 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             raise _not_a_journal(shown, "it is a chorus-batch manifest already",
                                  fix=f"it needs no import: pass --db {shown} to chorus-batch's commands")
         else:
-            shown = ", ".join(sorted(tables)[:8]) or "none"
-            raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {shown})")
+            listed = ", ".join(sorted(tables)[:8]) or "none"
+            raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {listed})")
         try:
             try:
                 rows = _rows(con, sql)
@@ -385,6 +385,9 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     reasons = pl.concat_str([
         pl.col("unusable"),
         pl.when(pl.col("srcfile").is_null() | (pl.col("srcfile") == "")).then(pl.lit("it has no path; "))
+        # (an empty FILENAME under its SRC_PATH: a folder's name, no file's; its upload mark would name no blob)
+        .when(pl.col("srcfile").str.ends_with("/")).then(fmt("its path {} names no file (an empty file name); ",
+                                                             "srcfile"))
         .when(pl.col("srcfile").str.contains(UNSAFE_PATH)).then(fmt(
             "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile")),
         pl.when(pl.col("size") < 0).then(fmt("its SIZE {} is negative; ", "size")),
