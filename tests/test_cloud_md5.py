@@ -381,3 +381,38 @@ def test_snapshots_and_zero_byte_blobs_give_the_manifest_of_a_local_copy(az_env,
     assert query(tmp_path / "az.sqlite", key) == query(tmp_path / "local.sqlite", key)
     sources = dict(query(tmp_path / "az.sqlite", "SELECT srcfile, md5_source FROM source_files"))
     assert sources["OMOP/empty_blocks.csv"] == "computed" and sources["OMOP/empty_put.csv"] == "stored"
+
+
+def test_a_blob_written_after_it_was_listed_gives_no_facts_to_its_listed_md5(az_env, tmp_path):
+    # A header with a stored MD5 is not downloaded by the run: validation reads its facts after the commit and
+    # caches them under the listed MD5. Written meanwhile, the new content's facts were cached under the old MD5
+    # (for every file with that MD5, for good) and its findings told of content the manifest does not hold.
+    local = tmp_path / "site"
+    write(local, "OMOP/person.csv", b"person_id\n1\n")
+    write(local, "000001/Waveforms/S1/S1.hea", b"S1 1 250 10\nS1.dat 16 200 16 0 0 0 0 ECG\n")
+    write(local, "000001/Waveforms/S1/S1.dat", bytes(40))
+    container, client = uploaded(az_env, local)
+    write(local / "blocks", "000001/Waveforms/S1/S1.dat", bytes(40))  # no stored MD5: the run reads it (and pauses)
+    upload_tree(client, container, local / "blocks", content_md5=False, blocks=True)
+    listed = hashlib.md5((local / "000001/Waveforms/S1/S1.hea").read_bytes()).hexdigest()
+    db = tmp_path / "m.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+2"})
+    assert proc.stderr is not None
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        assert line, "the run ended before it reached the hashing"
+    client.get_blob_client(container, "000001/Waveforms/S1/S1.hea").upload_blob(  # listed, then written
+        b"OTHER 3 999 77\n", overwrite=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert rows(db)["000001/Waveforms/S1/S1.hea"][:2] == (listed, "stored")  # as listed
+    assert query(db, "SELECT facts FROM file_facts WHERE md5 = ?", (listed,)) == []  # nothing cached under it
+    said = query(db, "SELECT message FROM findings WHERE srcfile = '000001/Waveforms/S1/S1.hea'")
+    assert any("written since it was listed" in m for (m,) in said), said
+    # The next run records the change, reads the new content and caches its facts under its own MD5.
+    again = cli("run", "--site", f"az://{container}", "--db", str(db))
+    assert again.returncode in (0, 1), again.stderr
+    new_md5 = rows(db)["000001/Waveforms/S1/S1.hea"][0]
+    assert new_md5 != listed and query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (new_md5,)) == [(1,)]
+    assert query(db, "SELECT facts FROM file_facts WHERE md5 = ?", (listed,)) == []

@@ -82,6 +82,7 @@ class HashOutcome:
 class FileStat:
     size: int
     mtime_ns: int
+    etag: str | None = None  # cloud objects: the storage's version tag, as the listing gives it (no quotes)
 
 
 class FileChangedWhileHashing(OSError):

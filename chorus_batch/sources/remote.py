@@ -216,14 +216,14 @@ class FsspecSource:
                     raise FileNotFoundError(f"gone: {srcfile}") from None  # BlobNotFound: that file is gone, as a local one
                 raise self._storage_failure(exc, srcfile) from None
             mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
-            return FileStat(int(props.size or 0), mtime)
+            return FileStat(int(props.size or 0), mtime, str(props.etag).strip('"') if props.etag else None)
         try:
             info = self.fs.info(self._path(srcfile))
         except cloud_access.storage_errors() as exc:
             raise self._storage_failure(exc, srcfile) from None
         if info.get("type") == "directory":
             raise IsADirectoryError(f"not a file: {srcfile}")
-        return FileStat(int(info.get("size") or 0), _mtime_ns(info))
+        return FileStat(int(info.get("size") or 0), _mtime_ns(info), etag_of(info) if self.server_md5 else None)
 
     def open(self, srcfile: str) -> BinaryIO:
         try:

@@ -662,6 +662,22 @@ def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
         return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
 
 
+def _written_since(source, srcfile: str, etag: str | None) -> dict[str, Any] | None:
+    """After a cloud object's facts were read: {"error", "retry"} when its etag is no longer the one its MD5 was
+    recorded with. Facts are cached under that MD5, and an object written after it was listed (before or while
+    it was read) would put the new content's facts there, for every file with that MD5, for good."""
+    if etag is None:
+        return None
+    try:
+        now = source.stat(srcfile).etag
+    except OSError as exc:
+        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+    if now is None or now == etag:
+        return None
+    return {"error": "cannot read the file as recorded: it was written since it was listed (its etag moved); "
+                     "the next run records the change", "retry": True}
+
+
 def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
                   done: Callable[[int], None] | None = None) -> pl.DataFrame:
     """FACTS_SCHEMA rows, one per distinct (kind, md5) of `todo` (srcfile, md5, kind).
@@ -672,14 +688,16 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
     of them). Never raises for bad content. `done(n)` is told of every n files read
     (a progress counter).
     """
+    if "etag" not in todo.columns:
+        todo = todo.with_columns(etag=pl.lit(None, pl.String))
     jobs = (
         todo.filter(pl.col("md5").is_not_null() & pl.col("kind").is_not_null())
         .unique(["kind", "md5"], keep="first", maintain_order=True)
-        .select("kind", "md5", "srcfile")
+        .select("kind", "md5", "srcfile", "etag")
         .rows()
     )
 
-    prepare({kind for kind, _, _ in jobs})
+    prepare({job[0] for job in jobs})
     tell = done or (lambda n: None)
 
     def counted(part: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
@@ -718,7 +736,8 @@ _CHUNK_JOBS = 500
 _PROGRESS_JOBS = 50  # read in one process: progress counted every this many files
 
 
-def _facts_rows(source, jobs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """FACTS rows of (kind, md5, srcfile) jobs; runs in worker processes too. read_facts is looked up
+def _facts_rows(source, jobs: list[tuple[str, str, str, str | None]]) -> list[tuple[str, str, str]]:
+    """FACTS rows of (kind, md5, srcfile, etag) jobs; runs in worker processes too. read_facts is looked up
     in this module at each call, so a patched readers.read_facts sees every read."""
-    return [(kind, md5, facts_text(read_facts(source, srcfile, kind))) for kind, md5, srcfile in jobs]
+    return [(kind, md5, facts_text(_written_since(source, srcfile, etag) or facts))
+            for kind, md5, srcfile, etag in jobs for facts in [read_facts(source, srcfile, kind)]]

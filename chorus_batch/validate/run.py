@@ -46,6 +46,14 @@ class FirstFound:
                 continue
         return self.sources[-1].open(srcfile)
 
+    def stat(self, srcfile: str):
+        for source in self.sources[:-1]:
+            try:
+                return source.stat(srcfile)
+            except FileNotFoundError:
+                continue
+        return self.sources[-1].stat(srcfile)
+
 
 def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | None = None,
                  follow_symlinks: bool = False, workers: int = 1, cloud: CloudSettings | None = None) -> dict[int, Source]:
@@ -129,7 +137,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     from .kinds import facts_needed
 
     progress = progress or Progress(quiet=True)
-    needed = facts_needed(current, keep=("root_id",))
+    needed = facts_needed(current, keep=("root_id", "etag"))  # (etag: facts read are of the object listed)
     known_keys = known.keys(needed)
     todo = needed.join(known_keys, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first",
                                                                           maintain_order=True)
