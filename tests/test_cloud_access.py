@@ -105,7 +105,8 @@ def test_sas_then_key_then_default_credential(clean_env):
     env = {"AZURE_STORAGE_SAS_TOKEN": "?" + SAS, "AZURE_STORAGE_KEY": KEY, "AZURE_STORAGE_ACCOUNT": "myacct"}
     sas = azure_sign_in(cloud(), env)
     assert (sas.kind, sas.account_url, sas.secret) == ("sas", "https://myacct.blob.core.windows.net", SAS)
-    assert sas.how == "SAS token from AZURE_STORAGE_SAS_TOKEN for account myacct (AZURE_STORAGE_ACCOUNT)"
+    assert sas.how == ("SAS token from AZURE_STORAGE_SAS_TOKEN for account myacct (AZURE_STORAGE_ACCOUNT), valid until "
+                       "2030-01-01T00:00:00Z")  # (its se=: a run may outlive it)
     del env["AZURE_STORAGE_SAS_TOKEN"]
     key = azure_sign_in(cloud(), env)
     assert (key.kind, key.account_name) == ("account_key", "myacct")
@@ -749,3 +750,60 @@ def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_e
         out = cli(*command, "--db", str(db), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
         assert out.returncode == 2 and said in out.stderr and "fix:" in out.stderr, out.stderr
         assert "internal error" not in out.stderr and "SECRETKEY" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_sas_that_expires_in_the_middle_of_a_run_fails_it_cleanly(clean_env, azurite, tmp_path):
+    """A SAS valid when the run starts and expired while it reads (Azurite checks the expiry): exit 3, nothing
+    committed (the previous version stays), a message that names the expiry and the fix, no secret, no process left."""
+    import datetime
+    import os
+    import subprocess
+    import sys
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+    from services import upload_tree
+
+    from conftest import query
+
+    container = azurite.new_container("sas")
+    local = tmp_path / "up"
+    write(local, "OMOP/person.csv", b"person_id\n1\n")
+    for i in range(3):
+        write(local, f"00000{i}/Waveforms/S{i}/S{i}.dat", bytes([i]) * 3000)
+    with azurite.service_client() as client:
+        upload_tree(client, container, local, content_md5=False)  # no stored MD5: every blob is downloaded
+    (tmp_path / "chorus.toml").write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    db = tmp_path / "m.sqlite"
+    lasting = generate_container_sas(azurite.account_name, container, account_key=azurite.account_key,
+                                     permission=ContainerSasPermissions(read=True, list=True),
+                                     expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    first = cli("run", "--site", f"az://{container}", "--db", str(db), "--no-validate", cwd=tmp_path,
+                env={"AZURE_STORAGE_SAS_TOKEN": lasting})
+    assert first.returncode in (0, 1), first.stderr
+    changed = tmp_path / "changed"
+    for i in range(3):
+        write(changed, f"00000{i}/Waveforms/S{i}/S{i}.dat", bytes([i + 7]) * 3000)
+    with azurite.service_client() as client:  # in blocks, without a stored MD5: the next run downloads them
+        upload_tree(client, container, changed, content_md5=False, blocks=True)
+    short = generate_container_sas(azurite.account_name, container, account_key=azurite.account_key,
+                                   permission=ContainerSasPermissions(read=True, list=True),
+                                   expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=10))
+    expires = time.monotonic() + 10
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", f"az://{container}", "--db", str(db),
+                             "--no-validate"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "AZURE_STORAGE_SAS_TOKEN": short, "CHORUS_BATCH_RETRY_DEADLINE_S": "3",
+                                 "CHORUS_BATCH_TEST_PAUSE": "hashing+12"})  # listed in time, read after the expiry
+    assert proc.stderr is not None
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        assert line, "the run ended before it reached the hashing: " + proc.stderr.read()
+    assert time.monotonic() < expires - 1, "the run listed too late to be read with an expired SAS"
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out + err
+    assert "Traceback" not in err and "internal error" not in err and short.split("sig=")[1][:10] not in out + err
+    assert "nothing was committed" in err.lower() or "previous version" in err, err
+    # It was "sign-in failed (AuthorizationFailure: ...)" and "may have expired": the token's own se= says it did.
+    assert "the SAS token expired at " in err and ", during the run" in err and "AZURE_STORAGE_SAS_TOKEN" in err, err
+    assert "that outlasts the run" in err, err
+    assert "committed" not in err.lower().replace("nothing was committed", "").replace("not committed", ""), err
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    assert query(db, "SELECT exit_code FROM runs ORDER BY started_at")[-1:] == [(3,)], err

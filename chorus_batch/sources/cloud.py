@@ -208,8 +208,10 @@ def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) ->
 
     sas, sas_env = _env(env, azure.sas_token_env)
     if sas:
-        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}", account_url, account_name,
-                           sas.lstrip("?"), sas_env)
+        # Its expiry (se=, not a secret) is named in every message: a run may outlive its token.
+        expiry = _sas_expiry(sas)
+        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + (f", valid until {expiry}" if expiry else ""),
+                           account_url, account_name, sas.lstrip("?"), sas_env)
     key, key_env = _env(env, azure.account_key_env, "AZURE_STORAGE_ACCOUNT_KEY")
     if key:
         if not account_name:
@@ -620,10 +622,37 @@ def _endpoint(exc: BaseException) -> str | None:
     return None
 
 
+def _sas_expiry(sas: str) -> str | None:
+    """A SAS token's expiry (its se= field, ISO 8601 UTC) as written, or None."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(sas.lstrip("?")).get("se")
+    return values[0] if values else None
+
+
+def _expired(how: str) -> str | None:
+    """The expiry named in `how` (", valid until <se>") when it has passed."""
+    from datetime import datetime, timezone
+
+    match = re.search(r"valid until (\S+)$", how)
+    if not match:
+        return None
+    try:
+        when = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return match.group(1) if when <= datetime.now(timezone.utc) else None
+
+
 def _sign_in_fix(how: str) -> str:
     if how.startswith("connection string"):
         return "check the connection string (its AccountName, AccountKey or SharedAccessSignature may be wrong or old)"
     if how.startswith("SAS token"):
+        expired = _expired(how)
+        if expired:
+            return (f"the SAS token expired at {expired} (its se=): make a new one with read (r) and list (l) "
+                    "permissions that outlasts the run, set it in the variable named above, and run again")
         return ("the SAS token may have expired (its se= date) or be for another account or container: make a new "
                 "one with read (r) and list (l) permissions and set it in the variable named above")
     if how.startswith("account key"):
@@ -674,7 +703,9 @@ def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceE
         fix = (f"check the {store} name in the URL ({'s3://BUCKET/prefix' if aws else 'az://CONTAINER/prefix'}) "
                f"and that it is in this {'endpoint/region' if aws else 'account'}, or create it")
     elif kind == "auth":
-        what = f"cannot {action} {where}: sign-in failed ({reason}){tried}"
+        expired = _expired(how)
+        what = (f"cannot {action} {where}: the SAS token expired at {expired}, during the run{tried}" if expired
+                else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how)
     elif kind == "permission" and action.startswith(("upload", "write")):
         # (an upload also reads: a blob's properties before it writes over one, or before the manifest's copy)
