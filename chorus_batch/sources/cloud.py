@@ -704,7 +704,7 @@ def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceE
                f"and that it is in this {'endpoint/region' if aws else 'account'}, or create it")
     elif kind == "auth":
         expired = _expired(how)
-        what = (f"cannot {action} {where}: the SAS token expired at {expired}, during the run{tried}" if expired
+        what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how)
     elif kind == "permission" and action.startswith(("upload", "write")):
