@@ -99,11 +99,12 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
 
         check_staging(settings.merge)
         with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
-            return _run_logged(settings, argv, progress)
-    return _run_logged(settings, argv, progress)
+            return _run_logged(settings, argv, progress, delete_list)
+    return _run_logged(settings, argv, progress, delete_list)
 
 
-def _run_logged(settings: RunSettings, argv: list[str], progress: Progress) -> RunResult:
+def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
+                delete_list: pl.DataFrame | None) -> RunResult:
     """run, from its roots on: under the manifest's lock, logged in `runs`."""
     roots = open_roots(settings)
     manifest = Manifest(settings.db)

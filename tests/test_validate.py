@@ -416,6 +416,7 @@ def test_a_name_over_255_bytes_is_found_where_a_container_holds_it(clean):
     name = "é" * 128 + ".txt"  # 132 characters, 260 bytes
     long = current.head(1).with_columns(srcfile=pl.lit(f"{P1}/Metadata/{name}"), md5=pl.lit("0" * 32))
     out = check(pl.concat([current, long]), pl.DataFrame(schema=FACTS_SCHEMA))
+    out = out.filter(pl.col("rule") != "layout.person_subfolder")  # (Metadata/ belongs at the root: beside the point)
     assert out.select("rule", "srcfile", "message").rows() == [
         ("file.unportable_name", f"{P1}/Metadata/{name}", f"the name '{name}' is 260 bytes long: no common file system "
          "(NTFS, ext4, APFS) holds a name over 255 bytes, so no copy of the site on a disk can hold it; rename it")]
