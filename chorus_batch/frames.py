@@ -175,6 +175,7 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("version", "TEXT PRIMARY KEY", _S), ("validated_at", "TEXT NOT NULL", _S), ("n_error", "INTEGER NOT NULL", _I),
         ("n_warning", "INTEGER NOT NULL", _I), ("n_info", "INTEGER NOT NULL", _I),
         ("headers_read", "INTEGER NOT NULL", _I),
+        ("rules", "TEXT", _S),  # schema 9: the rules that checked it (validate.rules.edition); NULL: an earlier release's
     ),
     # schema 5: problems met by a run that committed no version (no file changed, only what could not be read did)
     "run_errors": _columns(

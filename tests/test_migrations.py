@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -121,12 +122,15 @@ def test_the_next_run_after_the_upgrade_records_the_roots_and_commits_nothing_ne
     site = tmp_path / "site"
     shutil.copytree(FIXTURE / "site", site)
     out = cli("run", "--site", str(site), "--db", str(old), "--json", "-q")
-    assert out.returncode == 0, out.stderr
+    # Exit 1: the latest version, checked by that release's rules, is checked by today's, which that site fails
+    # (OMOP tables and Metadata/ files asked for since, the registries)
+    assert out.returncode == 1, out.stderr
+    assert {"error:omop.missing_table", "error:registry.absent"} <= set(json.loads(out.stdout)["findings"]["by_rule"])
     assert query(old, "SELECT count(*) FROM versions") == [(2,)]  # same contents: no new version
     assert query(old, "SELECT count(*) FROM source_files WHERE time_invalid IS NULL AND root_id IS NULL") == [(0,)]
     assert query(old, "SELECT location, modality FROM roots") == [(site.as_posix(), None)]
     checked = cli("validate", "--db", str(old), "--json", cwd=tmp_path)  # from the recorded root, no --site
-    assert checked.returncode == 0, checked.stderr
+    assert checked.returncode == 1 and "registry.absent" in checked.stdout, checked.stderr
 
 
 def test_a_command_that_upgrades_then_stops_says_the_upgrade_stays(old, tmp_path):
@@ -218,9 +222,9 @@ def test_a_schema_7_manifest_of_the_previous_release_gets_an_empty_uploads_ledge
     out = cli("upgrade", "--db", str(db))
     assert out.returncode == 0 and f"schema 7 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
-    for table in tables:  # every row kept; runs and versions gain a release column, NULL for the old rows
-        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")
-        if table in ("runs", "versions"):
+    for table in tables:  # every row kept; runs and versions gain a release column, validations the rules that
+        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")  # checked it (schema 9): NULL for the old rows
+        if table in ("runs", "versions", "validations"):
             assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}
         elif table == "meta":
             assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
@@ -299,3 +303,47 @@ def test_upgrade_of_an_empty_file_creates_nothing(tmp_path):
     out = cli("upgrade", "--db", str(empty))
     assert out.returncode == 2 and "an empty file" in out.stderr and "schema None" not in out.stdout, out.stdout
     assert empty.stat().st_size == 0
+
+
+# ----------------------------------------------------------------------------- the release before (schema 8)
+
+SCHEMA8 = Path(__file__).resolve().parent / "fixtures" / "schema8"
+
+
+def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_findings(tmp_path):
+    """A release that adds rules (registry.absent here) must not keep showing an earlier release's findings for
+    the versions that release checked: after the upgrade, the latest version is checked again, once, from the
+    facts cached with it (no header is read again), and its findings say which rules made them."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(SCHEMA8 / "manifest.sqlite", db)
+    tables = [r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    before = {table: query(db, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0 and f"schema 8 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    for table in tables:  # every row kept; validations gains the rules that checked it: NULL, not known then
+        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")
+        if table == "validations":
+            assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}
+        elif table == "meta":
+            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
+        else:
+            assert after == before[table], table
+    latest = "20261203020000"
+    assert query(db, "SELECT rule FROM findings WHERE version = ?", (latest,)) == []  # the old release's: none
+
+    site = tmp_path / "site"
+    shutil.copytree(SCHEMA8 / "site", site)
+    checked = cli("validate", "--db", str(db), "--site", str(site))
+    assert "registry.absent" in checked.stdout, checked.stdout + checked.stderr
+    assert f"version {latest} was checked by other rules" in checked.stderr
+    assert query(db, "SELECT rule FROM findings WHERE version = ?", (latest,)) == [("registry.absent",)]
+    from chorus_batch.validate.rules import edition
+
+    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 0)]
+    # Checked by today's rules now: the next look shows what is stored, and says nothing of other rules.
+    again = cli("validate", "--db", str(db), "--site", str(site))
+    assert again.returncode == checked.returncode and "registry.absent" in again.stdout
+    assert "other rules" not in again.stderr
+    # The first version was not asked about: it keeps the old release's findings, marked as such.
+    assert query(db, "SELECT rules FROM validations WHERE version = '20261202020000'") == [(None,)]

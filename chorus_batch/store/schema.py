@@ -22,7 +22,7 @@ import uuid
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
@@ -158,8 +158,15 @@ def _to_8(con: sqlite3.Connection) -> None:
         con.execute(ddl)
 
 
+def _to_9(con: sqlite3.Connection) -> None:
+    """Which rules checked each version (validate.rules.edition). The versions checked before are NULL: by an
+    earlier release's rules, so the next run or `validate` checks the latest again with today's (from the cached
+    facts: no header is read again) rather than showing findings that leave out the rules added since."""
+    con.execute("ALTER TABLE validations ADD COLUMN rules TEXT")
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8, 9: _to_9}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -27,7 +27,18 @@ class ValidationCache:
         self.manifest = manifest
 
     def is_validated(self, label: str) -> bool:
-        return self.manifest._one("SELECT 1 FROM validations WHERE version = ?", (label,)) is not None
+        """Checked, by the rules of this release (a version checked by other rules is checked again)."""
+        from ..validate.rules import edition
+
+        return self.manifest._one("SELECT 1 FROM validations WHERE version = ? AND rules IS ?",
+                                  (label, edition())) is not None
+
+    def checked_by_other_rules(self, label: str) -> bool:
+        """Checked, but by other rules than this release's (an earlier release, before an upgrade)."""
+        from ..validate.rules import edition
+
+        return self.manifest._one("SELECT 1 FROM validations WHERE version = ? AND rules IS NOT ?",
+                                  (label, edition())) is not None
 
     def findings(self, label: str) -> pl.DataFrame:
         if not self.manifest.path.exists():
@@ -110,6 +121,7 @@ class ValidationCache:
         """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
         An incomplete check (some files could not be read) is stored but not marked as done."""
         from ..faults import pause
+        from ..validate.rules import edition
         from .manifest import _arrow_stream
 
         counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
@@ -127,9 +139,10 @@ class ValidationCache:
                 cur.execute("DELETE FROM validations WHERE version = ?", (label,))
                 if complete:
                     cur.execute(
-                        "INSERT INTO validations VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO validations (version, validated_at, n_error, n_warning, n_info, headers_read, "
+                        "rules) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (label, iso(utc_now()), counts.get("error", 0), counts.get("warning", 0), counts.get("info", 0),
-                         new_facts.height),
+                         new_facts.height, edition()),
                     )
             con.commit()
         self.manifest.after_commit()
