@@ -275,6 +275,10 @@ def test_explain_classifies_and_says_what_to_do(exc, how, kind, says):
 def test_explain_fixes_match_the_sign_in():
     expired = _storage_error(ClientAuthenticationError, 403, "AuthenticationFailed", "Signed expiry time has passed")
     assert "expired" in explain(expired, where="w", how=HOW_SAS, action="list").fix
+    # A new SAS for an upload needs to write too: the fix names racwl there, rl for what only reads.
+    assert "read (r) and list (l)" in explain(expired, where="w", how=HOW_SAS, action="read").fix
+    assert "(racwl)" in explain(expired, where="w", how=HOW_SAS, action="upload to").fix
+    assert "(racwl)" in explain(expired, where="w", how=HOW_SAS, action="list", writes=True).fix
     assert "az login" in explain(CredentialUnavailableError("no"), where="w", how=HOW_DAC, action="list").fix
     denied = _storage_error(ClientAuthenticationError, 403, "AuthorizationPermissionMismatch", "no")
     assert "Storage Blob Data Reader" in explain(denied, where="w", how=HOW_DAC, action="list").fix

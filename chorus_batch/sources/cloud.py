@@ -645,16 +645,18 @@ def _expired(how: str) -> str | None:
     return match.group(1) if when <= datetime.now(timezone.utc) else None
 
 
-def _sign_in_fix(how: str) -> str:
+def _sign_in_fix(how: str, *, writes: bool = False) -> str:
+    """What to do when sign-in failed; `writes`: for an upload (a new SAS needs racwl, not only rl)."""
+    permissions = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
     if how.startswith("connection string"):
         return "check the connection string (its AccountName, AccountKey or SharedAccessSignature may be wrong or old)"
     if how.startswith("SAS token"):
         expired = _expired(how)
         if expired:
-            return (f"the SAS token expired at {expired} (its se=): make a new one with read (r) and list (l) "
+            return (f"the SAS token expired at {expired} (its se=): make a new one with {permissions} "
                     "permissions that outlasts the run, set it in the variable named above, and run again")
         return ("the SAS token may have expired (its se= date) or be for another account or container: make a new "
-                "one with read (r) and list (l) permissions and set it in the variable named above")
+                f"one with {permissions} permissions and set it in the variable named above")
     if how.startswith("account key"):
         return "the account key is wrong or was rotated: copy a current key (az storage account keys list) into the variable"
     if how.startswith("DefaultAzureCredential"):
@@ -682,9 +684,11 @@ def _tidy(text: str) -> str:
     return scrub(text)[:300]
 
 
-def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceError:
+def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bool | None = None) -> SourceError:
     """A SourceError for a failure to `action` ("reach", "list", "read", ...) the root `where` (a masked
-    URL), signed in with `how`: what happened, where, and what to do; secrets scrubbed."""
+    URL), signed in with `how`: what happened, where, and what to do; secrets scrubbed. `writes`: the command
+    writes there (an upload; default: when `action` is an upload or a write), for the permissions it names."""
+    writes = action.startswith(("upload", "write")) if writes is None else writes
     kind = classify(exc)
     aws = how.startswith(("AWS", "access key", "the standard AWS"))
     store = "bucket" if aws else "container"
@@ -706,7 +710,7 @@ def explain(exc: BaseException, *, where: str, how: str, action: str) -> SourceE
         expired = _expired(how)
         what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
-        fix = _sign_in_fix(how)
+        fix = _sign_in_fix(how, writes=writes)
     elif kind == "permission" and action.startswith(("upload", "write")):
         # (an upload also reads: a blob's properties before it writes over one, or before the manifest's copy)
         allowed = "read or write blobs there" if action.startswith("upload") else "write"

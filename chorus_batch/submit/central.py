@@ -234,8 +234,8 @@ class Central:
     def destination(self, version: str, srcfile: str) -> str:
         return f"az://{self.container_name}/{self.name(version, srcfile)}"
 
-    def explain(self, exc: BaseException, action: str, where: str | None = None):
-        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action)
+    def explain(self, exc: BaseException, action: str, where: str | None = None, *, writes: bool | None = None):
+        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action, writes=writes)
 
     def check(self, *, write: bool) -> None:
         """The container is there and this sign-in may list it: a SourceError (what, where, fix) otherwise.
@@ -244,7 +244,7 @@ class Central:
         try:
             cloud_access.retrying(lambda: next(iter(self.container.list_blobs(results_per_page=1)), None))
         except cloud_access.storage_errors() as exc:
-            error = self.explain(exc, "list")
+            error = self.explain(exc, "list", writes=write)
             if write and getattr(error, "kind", None) == "permission":  # (upload also reads and writes blobs)
                 error.fix = ("an upload lists, reads and writes blobs: grant the signed-in identity the 'Storage Blob "
                              "Data Contributor' role on the container (role assignments take a few minutes), or use a "
