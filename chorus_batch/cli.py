@@ -291,6 +291,13 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--db", help=READ_DB_HELP)
     upgrade.add_argument("--config", help=READ_CONFIG_HELP)
 
+    def version_of_manifest(command: argparse.ArgumentParser) -> None:
+        """--db, --config, --version: one version of a manifest or snapshot folder, as report and review read it."""
+        command.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
+        command.add_argument("--config", help=READ_CONFIG_HELP)
+        command.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME",
+                             help="default: the latest version")
+
     def output_flags(command: argparse.ArgumentParser, md5sum: str | None = None) -> None:
         command.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
         command.add_argument("--config", help=READ_CONFIG_HELP)
@@ -341,9 +348,7 @@ def _parser() -> argparse.ArgumentParser:
                     "validation findings and what the version deleted or replaced; plots embedded as PNG.",
         epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html",
     )
-    report.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
-    report.add_argument("--config", help=READ_CONFIG_HELP)
-    report.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
+    version_of_manifest(report)
     report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only); - for "
                                                       "standard output")
 
@@ -353,9 +358,7 @@ def _parser() -> argparse.ArgumentParser:
                     "version and writes the executed notebook, owner-only; what its cells write is owner-only too.",
         epilog="example:\n  chorus-batch review --db site_manifest.sqlite --out review.ipynb",
     )
-    review.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
-    review.add_argument("--config", help=READ_CONFIG_HELP)
-    review.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
+    version_of_manifest(review)
     review.add_argument("--compare-to", metavar="LABEL|ISO-TIME", help="default: the version before")
     review.add_argument("--out", required=True, help="the executed notebook (.ipynb) to write")
 

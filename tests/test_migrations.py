@@ -209,6 +209,25 @@ def test_a_schema_6_manifest_of_the_previous_release_upgrades_without_rewriting_
 
 # ----------------------------------------------------------------------------- the release before (schema 7)
 
+def upgrades_keeping_every_row(fixture: Path, db: Path, schema: int, *, grown: tuple[str, ...]) -> None:
+    """`upgrade` of the fixture's manifest (copied to db) from `schema`: every row reads back as it was; the
+    tables in `grown` gain one last column, NULL for the rows written before."""
+    shutil.copy(fixture / "manifest.sqlite", db)
+    tables = [r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    before = {table: query(db, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0 and f"schema {schema} -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
+    assert query(db, "PRAGMA integrity_check") == [("ok",)]
+    for table in tables:
+        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")
+        if table in grown:
+            assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}, table
+        elif table == "meta":
+            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
+        else:
+            assert after == before[table], table
+
+
 SCHEMA7 = Path(__file__).resolve().parent / "fixtures" / "schema7"
 
 
@@ -216,20 +235,8 @@ def test_a_schema_7_manifest_of_the_previous_release_gets_an_empty_uploads_ledge
     from conftest import run_site
 
     db = tmp_path / "manifest.sqlite"
-    shutil.copy(SCHEMA7 / "manifest.sqlite", db)
-    tables = [r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    before = {table: query(db, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
-    out = cli("upgrade", "--db", str(db))
-    assert out.returncode == 0 and f"schema 7 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
-    assert query(db, "PRAGMA integrity_check") == [("ok",)]
-    for table in tables:  # every row kept; runs and versions gain a release column, validations the rules that
-        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")  # checked it (schema 9): NULL for the old rows
-        if table in ("runs", "versions", "validations"):
-            assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}
-        elif table == "meta":
-            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
-        else:
-            assert after == before[table], table
+    # every row kept; runs and versions gain a release column, validations the rules that checked it (schema 9)
+    upgrades_keeping_every_row(SCHEMA7, db, 7, grown=("runs", "versions", "validations"))
     # Nothing of either version was uploaded: the ledger and the submissions are empty.
     assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
     assert query(db, "SELECT count(*) FROM submissions") == [(0,)]
@@ -315,20 +322,7 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     the versions that release checked: after the upgrade, the latest version is checked again, once, from the
     facts cached with it (no header is read again), and its findings say which rules made them."""
     db = tmp_path / "manifest.sqlite"
-    shutil.copy(SCHEMA8 / "manifest.sqlite", db)
-    tables = [r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-    before = {table: query(db, f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
-    out = cli("upgrade", "--db", str(db))
-    assert out.returncode == 0 and f"schema 8 -> {schema_module.SCHEMA_VERSION}" in out.stdout, out.stderr
-    assert query(db, "PRAGMA integrity_check") == [("ok",)]
-    for table in tables:  # every row kept; validations gains the rules that checked it: NULL, not known then
-        after = query(db, f"SELECT * FROM {table} ORDER BY 1, 2")
-        if table == "validations":
-            assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}
-        elif table == "meta":
-            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
-        else:
-            assert after == before[table], table
+    upgrades_keeping_every_row(SCHEMA8, db, 8, grown=("validations",))  # + the rules that checked it: NULL, unknown
     latest = "20261203020000"
     assert query(db, "SELECT rule FROM findings WHERE version = ?", (latest,)) == []  # the old release's: none
 

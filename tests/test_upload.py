@@ -159,11 +159,7 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
 
 
 def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(central, azurite, tmp_path):
-    site = tmp_path / "site"
-    for i in range(4):
-        write(site, f"00000{i}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i}".encode() * 50)
-    db = tmp_path / "m.sqlite"
-    commit(site, db, "20261101020000")
+    db = committed_site(tmp_path, 4)
     assert up(central, db).returncode == 0
     name = "20261101020000/000002/Waveforms/Telemetry/S2/S2.dat"
     blob = central.client.get_blob_client(name)
@@ -188,11 +184,7 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
 def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(central, tmp_path):
     # A blob another tool (or an older, abandoned submission) left under <version>/ passed verify silently: a
     # reviewer at the centre reads every blob there as part of the site's submission.
-    site = tmp_path / "site"
-    for i in range(2):
-        write(site, f"00000{i}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i}".encode() * 50)
-    db = tmp_path / "m.sqlite"
-    commit(site, db, "20261101020000")
+    db = committed_site(tmp_path, 2)
     assert up(central, db).returncode == 0
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
     for i in range(12):
