@@ -238,20 +238,19 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
 
 
 def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_path):
-    import tempfile
-
-    scratch = set(Path(tempfile.gettempdir()).glob("chorus-validate-*"))
-    cwd = tmp_path / "cwd"
+    # A temporary folder of its own: the shared one also holds other tests' (running beside it) scratch files.
+    cwd, scratch = tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir()
-    out = cli("validate", "--site", str(clean), "--json", cwd=cwd)
+    scratch.mkdir()
+    out = cli("validate", "--site", str(clean), "--json", cwd=cwd, env={"TMPDIR": str(scratch)})
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["version"] is None and report["by_severity"]["error"] == 0
     assert list(cwd.iterdir()) == []  # no manifest, lock or cache in the working folder
-    assert set(Path(tempfile.gettempdir()).glob("chorus-validate-*")) == scratch  # the temporary manifest is gone
+    assert list(scratch.iterdir()) == []  # the temporary manifest is gone
     write(clean, "stray.txt", "left behind\n")
     (clean / "OMOP" / "person.csv").unlink()
-    text = cli("validate", "--site", str(clean), cwd=cwd)
+    text = cli("validate", "--site", str(clean), cwd=cwd, env={"TMPDIR": str(scratch)})
     assert text.returncode == 1 and "omop.missing_table" in text.stdout and "temporary manifest" in text.stdout
     assert list(cwd.iterdir()) == []
 

@@ -39,20 +39,19 @@ class FirstFound:
         self.parallel_local = all(s.parallel_local for s in sources)
 
     def open(self, srcfile: str):
-        for source in self.sources[:-1]:
-            try:
-                return source.open(srcfile)
-            except FileNotFoundError:
-                continue
-        return self.sources[-1].open(srcfile)
+        return self._first("open", srcfile)
 
     def stat(self, srcfile: str):
+        return self._first("stat", srcfile)
+
+    def _first(self, method: str, srcfile: str):
+        """`method` of the first source that has the file (the last one's error if none has it)."""
         for source in self.sources[:-1]:
             try:
-                return source.stat(srcfile)
+                return getattr(source, method)(srcfile)
             except FileNotFoundError:
                 continue
-        return self.sources[-1].stat(srcfile)
+        return getattr(self.sources[-1], method)(srcfile)
 
 
 def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | None = None,
