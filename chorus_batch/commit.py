@@ -98,8 +98,9 @@ def read_delete_list(path: str) -> pl.DataFrame:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the delete list: {exc}", where=path,
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
+    stripped = pl.col("written").str.strip_chars()
     lines = pl.DataFrame({"written": text.split("\n")}, schema={"written": pl.String}).with_row_index("line", 1).filter(
-        ~pl.col("written").str.strip_chars().is_in(["", "#"]) & ~pl.col("written").str.strip_chars().str.starts_with("#"))
+        (stripped != "") & ~stripped.str.starts_with("#"))
     lines = lines.with_columns(pl.col("written").str.strip_suffix("\r"))  # a Windows line ending
     srcfile = pl.col("written").str.replace_all("\\", "/", literal=True).str.replace(r"^(\./)+", "")
     lines = lines.with_columns(srcfile=srcfile, why=(

@@ -458,8 +458,8 @@ def _person(spec: Spec, i: int, second: bool) -> tuple[dict[str, tuple], _Summar
         before = len(files)
         group, proc, at, visit = emit(record, slot, version, moved)
         if spec.registries:
-            for path in reversed(list(itertools.islice(reversed(files), len(files) - before))):
-                image = record[0] == "dicom"  # the Imaging SOP leaves the image registry's trg_file blank
+            image = record[0] == "dicom"  # the Imaging SOP leaves the image registry's trg_file blank
+            for path in reversed(list(itertools.islice(reversed(files), len(files) - before))):  # the ones it added
                 rows["Images" if image else "Waveforms"].append(
                     f"{proc},{pid},{group},{'' if visit is None else visit},{at:%Y-%m-%d %H:%M:%S},/source/{path},"
                     f"{'' if image else path}\n")

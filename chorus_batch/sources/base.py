@@ -60,6 +60,20 @@ def metered(n: int) -> None:
     _said.added += n
 
 
+def hash_rest(readinto: Callable[[bytearray], int | None], buffer: bytearray, digest, total: int) -> int:
+    """Read a file to its end into `buffer`, hashing what is read into `digest`; `total`: the bytes read before.
+    Says every METER_STEP bytes (`metered`), so the progress line moves within a large file. The bytes read in all."""
+    view, update = memoryview(buffer), digest.update
+    step = total + METER_STEP
+    while n := readinto(buffer):
+        update(view[:n])
+        total += n
+        if total >= step:
+            metered(METER_STEP)
+            step += METER_STEP
+    return total
+
+
 def meter_taken() -> int:
     """The bytes this thread said (metered) since the last call."""
     n, _said.added = _said.added, 0

@@ -23,8 +23,8 @@ from ..errors import ConfigError, SourceError
 from ..processes import pool_executor
 from ..walk import WalkResult, folders_to_walk, take_early_listing, walk_groups, walk_local, walk_results
 from ..times import clamp_ns
-from .base import (METER_STEP, READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch,
-                   metered, parse_through)
+from .base import (READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, hash_rest,
+                   listing_batch, parse_through)
 
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 # A tree whose walk takes longer than this in-process is finished by worker processes. Starting them costs
@@ -163,14 +163,7 @@ class LocalSource:
                     digest, total, more = reader.digest, reader.done, not reader.eof
                 if more:
                     with io.FileIO(fd, "r", closefd=False) as f:
-                        view, readinto, update = memoryview(buffer), f.readinto, digest.update
-                        step = total + METER_STEP
-                        while n := readinto(buffer):
-                            update(view[:n])
-                            total += n
-                            if total >= step:  # a large file: the progress line moves while it is read
-                                metered(METER_STEP)
-                                step += METER_STEP
+                        total = hash_rest(f.readinto, buffer, digest, total)
                 after = os.fstat(fd)
             finally:
                 os.close(fd)

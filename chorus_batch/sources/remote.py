@@ -16,8 +16,8 @@ from ..errors import ChorusError
 from ..times import clamp_ns
 from ..walk import BATCH_ROWS
 from . import cloud as cloud_access
-from .base import (METER_STEP, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, listing_batch,
-                   metered, parse_through)
+from .base import (FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, hash_rest, listing_batch,
+                   parse_through)
 from ..urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
 
 if TYPE_CHECKING:
@@ -284,7 +284,6 @@ class FsspecSource:
         info = self.fs.info(path)
         size = int(info.get("size") or 0)
         digest = hashlib.md5(usedforsecurity=False)
-        view = memoryview(buffer)
         total, facts = 0, None
         # The info just asked for is handed to s3fs's file (its size and `details`), or it asks for it twice more:
         # a HEAD in open and one for its ranged GETs (4 requests an object read, now 3). The HEAD after the read
@@ -297,13 +296,7 @@ class FsspecSource:
                 reader = HashingReader(f.read, digest, size)
                 facts = parse_through(parse, reader)
                 total = reader.finish(len(buffer))
-            step = total + METER_STEP
-            while n := f.readinto(buffer):
-                digest.update(view[:n])
-                total += n
-                if total >= step:  # a large object: the progress line moves while it is read
-                    metered(METER_STEP)
-                    step += METER_STEP
+            total = hash_rest(f.readinto, buffer, digest, total)
         if total != size:
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
         if self.server_md5:  # written while it was read: the etag moved (a local file's mtime would have)

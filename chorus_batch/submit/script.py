@@ -58,10 +58,11 @@ def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int,
     roots = {}
     for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows():
         location = (overrides or {}).get(modality, location)
-        if "://" in location and not location.startswith("file://"):
+        path = local_path(location, "the manifest's roots")
+        if path is None:
             raise UsageError(f"`upload --script` reads files from local folders; this root is {location}",
                              where="the manifest's roots", fix="upload from cloud roots with `chorus-batch upload` itself")
-        roots[root_id] = local_path(location, "the manifest's roots") or location
+        roots[root_id] = path
     return roots
 
 

@@ -203,7 +203,7 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
         return cache.findings(label)
     if not force and cache.checked_by_other_rules(label):
         log.info(f"version {label} was checked by other rules (an earlier release's): checking it again with "
-                       "this release's, from the facts already read")
+                 "this release's, from the facts already read")
     known = KnownFacts.cached(manifest)
     checked = check_files(cache.current_files(), known, sources, errors=manifest.version_errors(label),
                           what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress)
