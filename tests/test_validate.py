@@ -486,7 +486,9 @@ def test_every_rule_is_exercised_and_well_formed():
     assert {r.severity for r in RULES} <= {"error", "warning", "info"}
     assert all(r.description.endswith(".") and r.title for r in RULES)
     exercised = {rule for _, _, expected in [*CASES, *FLAT_CASES] for rule, _ in expected}
-    assert exercised | set(RUN_RULES) == set(ids)  # RUN_RULES: tested where runs see them (test_unattended)
+    # RUN_RULES: tested where runs see them (test_unattended); file.unread: a read that fails after the listing
+    # (test_a_file_gone_after_its_listing_is_unread_not_bad_content, and in test_validate_run)
+    assert exercised | set(RUN_RULES) | {"file.unread"} == set(ids)
 
 
 def test_findings_are_sorted_and_carry_the_rule_severity(clean):
@@ -529,6 +531,18 @@ def test_unreadable_files_give_facts_marked_for_retry(clean):
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
         "retry").to_list() == [True]
+
+
+@pytest.mark.parametrize("gone", [f"{SINGLE}.hea", DCM, "OMOP/person.csv", "Metadata/SUBMISSION.md"])
+def test_a_file_gone_after_its_listing_is_unread_not_bad_content(clean, gone):
+    """A read that fails says nothing of the content: file.unread, not the kind's 'not a readable header ...;
+    re-export it', and no rule reads facts it does not have (person.csv gone: no person is called missing)."""
+    current = scan_current(clean)
+    (clean / gone).unlink()
+    out = check(current, extract_facts(LocalSource(clean), facts_needed(current)))
+    got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
+    assert got == {("file.unread", gone)}, out.to_dicts()
+    assert "No such file" in out["message"].item() and "the next run" in out["message"].item()
 
 
 def test_dicom_is_read_without_its_pixel_data(clean):

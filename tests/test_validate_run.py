@@ -136,6 +136,32 @@ def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db
     assert query(db, "SELECT count(*) FROM validations") == [(1,)]
 
 
+def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean, db):
+    # Facts are cached under the MD5 the run recorded. A header rewritten between the run and a later check (here:
+    # `run --no-validate`, then `validate`) put the new content's facts there, for every file with that MD5, for
+    # good, and its findings told of content the manifest does not hold.
+    run_site(clean, db, validate_site=False)
+    person = person_ids(3)[1]
+    session = sessions_of(person, 1)["single"]
+    header = clean / person / "Waveforms" / "Telemetry" / session / f"{session}.hea"
+    recorded = query(db, "SELECT md5 FROM source_files WHERE srcfile LIKE ? AND time_invalid IS NULL",
+                     (f"%/{session}.hea",))[0][0]
+    header.write_bytes(b"OTHER 3 999 77\n")
+    out = cli("validate", "--db", str(db), "--json")
+    assert out.returncode == 1, out.stderr
+    found = [(f["rule"], f["message"]) for f in json.loads(out.stdout)["findings"] if f["srcfile"].endswith(header.name)]
+    assert [rule for rule, _ in found] == ["file.unread"], found
+    assert "written since it was listed (its size or modification time moved)" in found[0][1]
+    assert query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (recorded,)) == [(0,)]
+    # The next run records the change and caches the new content's facts under its own MD5.
+    result = run_site(clean, db)
+    new_md5 = query(db, "SELECT md5 FROM source_files WHERE srcfile LIKE ? AND time_invalid IS NULL",
+                    (f"%/{session}.hea",))[0][0]
+    assert new_md5 != recorded and query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (new_md5,)) == [(1,)]
+    assert {r for r, s in result.findings.select("rule", "srcfile").rows() if s.endswith(header.name)} == {
+        "wfdb.bad_header"}
+
+
 def test_validate_without_a_site_reads_the_roots_the_manifest_records(clean, db, reads):
     run_site(clean, db, validate_site=False)
     out = cli("validate", "--db", str(db), "--json", cwd=db.parent)

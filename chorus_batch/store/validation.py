@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # What the validation rules read of each current file (and the root to open it from).
 VALIDATION_SCHEMA = schema_of("source_files", (
     "srcfile", "size", "md5", "modality", "person_id", "session_id", "start_date", "start_time", "duration_s",
-    "segment", "parse_error", "category", "layout", "root_id", "etag"))
+    "segment", "parse_error", "category", "layout", "root_id", "etag", "mtime_ns"))
 
 
 _SCAN_FROM = 65_536  # pairs wanted: below, the cache's keys are looked up, never all read

@@ -87,6 +87,7 @@ def _in_part(site: _Site, across: _Across) -> pl.DataFrame:
         *_dicom(site),
         *_registries(site),
         *_files(site),
+        site.unread(),  # last: after every rule has decoded the kinds it reads
     ]
     return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).unique().collect()  # type: ignore[arg-type]
 

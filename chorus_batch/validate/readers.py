@@ -662,25 +662,32 @@ def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
         return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
 
 
-def _written_since(source, srcfile: str, etag: str | None) -> dict[str, Any] | None:
-    """After a cloud object's facts were read: {"error", "retry"} when its etag is no longer the one its MD5 was
-    recorded with. Facts are cached under that MD5, and an object written after it was listed (before or while
-    it was read) would put the new content's facts there, for every file with that MD5, for good."""
-    if etag is None:
+def _written_since(source, srcfile: str, size: int | None, mtime_ns: int | None, etag: str | None) -> dict[str, Any] | None:
+    """After a file's facts were read: {"error", "retry"} when it is no longer as its MD5 was recorded: a cloud
+    object's etag, or a local file's size or mtime, moved. Facts are cached under that MD5, and a file written
+    since (before or while it was read) would put the new content's facts there, for every file with that MD5,
+    for good. A local stat costs microseconds; a cloud object without an etag is not asked again (a request)."""
+    if etag is None and not (getattr(source, "parallel_local", False) and size is not None and mtime_ns is not None):
         return None
     try:
-        now = source.stat(srcfile).etag
+        now = source.stat(srcfile)
     except OSError as exc:
         return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
-    if now is None or now == etag:
+    if etag is not None:
+        if now.etag is None or now.etag == etag:
+            return None
+        moved = "its etag moved"
+    elif (now.size, now.mtime_ns) == (size, mtime_ns):
         return None
-    return {"error": "cannot read the file as recorded: it was written since it was listed (its etag moved); "
-                     "the next run records the change", "retry": True}
+    else:
+        moved = "its size or modification time moved"
+    return {"error": f"it was written since it was listed ({moved})", "retry": True}
 
 
 def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
                   done: Callable[[int], None] | None = None) -> pl.DataFrame:
-    """FACTS_SCHEMA rows, one per distinct (kind, md5) of `todo` (srcfile, md5, kind).
+    """FACTS_SCHEMA rows, one per distinct (kind, md5) of `todo` (srcfile, md5, kind; and, where given, the
+    size, mtime_ns and etag the MD5 was recorded with: a file no longer so gives a "retry" error, not facts).
 
     Reads only what each kind needs through source.open: WFDB and RECORDS text, a
     DICOM header up to the pixel data, an OMOP CSV's first line, and the whole of
@@ -688,12 +695,12 @@ def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
     of them). Never raises for bad content. `done(n)` is told of every n files read
     (a progress counter).
     """
-    if "etag" not in todo.columns:
-        todo = todo.with_columns(etag=pl.lit(None, pl.String))
+    as_recorded = {"size": pl.Int64, "mtime_ns": pl.Int64, "etag": pl.String}  # none given: not compared
+    todo = todo.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in as_recorded.items() if c not in todo.columns)
     jobs = (
         todo.filter(pl.col("md5").is_not_null() & pl.col("kind").is_not_null())
         .unique(["kind", "md5"], keep="first", maintain_order=True)
-        .select("kind", "md5", "srcfile", "etag")
+        .select("kind", "md5", "srcfile", *as_recorded)
         .rows()
     )
 
@@ -736,8 +743,8 @@ _CHUNK_JOBS = 500
 _PROGRESS_JOBS = 50  # read in one process: progress counted every this many files
 
 
-def _facts_rows(source, jobs: list[tuple[str, str, str, str | None]]) -> list[tuple[str, str, str]]:
-    """FACTS rows of (kind, md5, srcfile, etag) jobs; runs in worker processes too. read_facts is looked up
-    in this module at each call, so a patched readers.read_facts sees every read."""
-    return [(kind, md5, facts_text(_written_since(source, srcfile, etag) or facts))
-            for kind, md5, srcfile, etag in jobs for facts in [read_facts(source, srcfile, kind)]]
+def _facts_rows(source, jobs: list[tuple]) -> list[tuple[str, str, str]]:
+    """FACTS rows of (kind, md5, srcfile, size, mtime_ns, etag) jobs; runs in worker processes too. read_facts is
+    looked up in this module at each call, so a patched readers.read_facts sees every read."""
+    return [(kind, md5, facts_text(_written_since(source, srcfile, *as_recorded) or facts))
+            for kind, md5, srcfile, *as_recorded in jobs for facts in [read_facts(source, srcfile, kind)]]

@@ -274,6 +274,10 @@ RULES: tuple[Rule, ...] = (
     Rule("file.long_path", "warning", "path longer than Windows' 260 characters",
          "A file's site-relative path is longer than 260 characters, the most Windows holds unless long paths are "
          "enabled (the folder the site is copied into adds to it)."),
+    Rule("file.unread", "error", "file could not be read when it was checked",
+         "Validation could not read a file whose header it needed: it vanished, access was refused, the storage "
+         "failed, or it was written since the run recorded it. Nothing is kept of that read: the next check reads "
+         "it again."),
     Rule("file.silent_change", "error", "content changed behind an unchanged size and mtime",
          "Rolling re-verification read a file whose size and mtime had not changed and found other bytes (storage "
          "corruption, or a copy that kept the old timestamps); the version records it as replaced."),

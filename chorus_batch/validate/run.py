@@ -136,7 +136,8 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     from .kinds import facts_needed
 
     progress = progress or Progress(quiet=True)
-    needed = facts_needed(current, keep=("root_id", "etag"))  # (etag: facts read are of the object listed)
+    # (size, mtime_ns, etag: the facts read are of the content recorded, not of what was written since)
+    needed = facts_needed(current, keep=("root_id", "size", "mtime_ns", "etag"))
     known_keys = known.keys(needed)
     todo = needed.join(known_keys, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first",
                                                                           maintain_order=True)

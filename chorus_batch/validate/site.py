@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from ..frames import fmt
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS
@@ -34,7 +35,7 @@ from .rules import (
 # ----------------------------------------------------------------------------- decoding facts
 
 _CSV_DTYPE = {"error": pl.String, "columns": pl.List(pl.String), "delimiter": pl.String}
-_FACT_DTYPES: dict[str, pl.Struct] = {
+_FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_WFDB: pl.Struct({
         "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64,
         "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
@@ -59,6 +60,8 @@ _FACT_DTYPES: dict[str, pl.Struct] = {
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
                               "trg_file": pl.List(pl.String)}),
 }
+# Every kind's facts may instead say that the file could not be read ({"error", "retry": true}; never cached).
+_FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for kind, dtype in _FACT_DTYPES_OF.items()}
 
 
 # What rules need of a file beside its facts (a narrow frame: a million DICOM rows are copied cheaply).
@@ -92,7 +95,14 @@ def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataF
         .with_columns(pl.col("_known").fill_null(False))
         .collect()
     )
-    return out.with_columns(_ok=pl.col("_known") & pl.col("error").is_null()).drop("_h", "_md5")
+    # A read that failed (not the content: see readers.read_facts) says nothing of the content: the kind's rules
+    # see no facts, file.unread says what happened (a content rule would say "re-export it").
+    unread = pl.col("retry").fill_null(False)
+    return out.with_columns(
+        _unread=pl.when(unread).then(pl.col("error")),
+        _known=pl.col("_known") & ~unread,
+        error=pl.when(~unread).then(pl.col("error")),
+    ).with_columns(_ok=pl.col("_known") & pl.col("error").is_null()).drop("_h", "_md5", "retry")
 
 
 # ----------------------------------------------------------------------------- the site and its findings
@@ -214,6 +224,13 @@ class _Site:
             if visits.height else None)
         self.omop_dir = (self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min())
                          .collect().item())
+
+    def unread(self) -> pl.LazyFrame:
+        """file.unread: the files of every kind decoded so far whose read failed (after the other rules asked)."""
+        decoded = [*self._of_kind.values(), *self._shared.values()]
+        return pl.concat([_found("file.unread", frame.filter(pl.col("_unread").is_not_null()), "srcfile", fmt(
+            "could not be read as recorded when it was checked: {}; no rule looked at its contents and nothing of "
+            "this read was kept: the next run records a change and reads it again", pl.col("_unread"))) for frame in decoded] or [_one("file.unread", "", "").clear()])
 
     def of_kind(self, kind: str) -> pl.DataFrame:
         """The files of `kind` with their decoded facts."""
