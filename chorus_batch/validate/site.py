@@ -227,10 +227,12 @@ class _Site:
 
     def unread(self) -> pl.LazyFrame:
         """file.unread: the files of every kind decoded so far whose read failed (after the other rules asked)."""
-        decoded = [*self._of_kind.values(), *self._shared.values()]
-        return pl.concat([_found("file.unread", frame.filter(pl.col("_unread").is_not_null()), "srcfile", fmt(
-            "could not be read as recorded when it was checked: {}; no rule looked at its contents and nothing of "
-            "this read was kept: the next run records a change and reads it again", pl.col("_unread"))) for frame in decoded] or [_one("file.unread", "", "").clear()])
+        message = fmt("could not be read as recorded when it was checked: {}; no rule looked at its contents and "
+                      "nothing of this read was kept: the next run records a change and reads it again",
+                      pl.col("_unread"))
+        found = [_found("file.unread", frame.filter(pl.col("_unread").is_not_null()), "srcfile", message)
+                 for frame in [*self._of_kind.values(), *self._shared.values()]]
+        return pl.concat(found) if found else pl.LazyFrame(schema=_FINDING_COLUMNS)
 
     def of_kind(self, kind: str) -> pl.DataFrame:
         """The files of `kind` with their decoded facts."""
