@@ -296,10 +296,13 @@ def test_impossible_rows_are_imported_as_findings_that_name_them(tmp_path):
         ("0123456789abcdef0123456789abcdef",)]
     # the findings stay when the first version is validated (they are the import's, not the check's)
     site = build_site(tmp_path, "v1")
-    assert cli("validate", "--db", str(db), "--site", str(site)).returncode in (0, 1)
-    assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (V1,)) == [(1,)]
-    assert ("import.impossible-interval", "OMOP/procedure_occurrence.csv") in query(
-        db, "SELECT rule, srcfile FROM findings WHERE version = ?", (V1,))
+    assert cli("validate", "--db", str(db), "--site", str(site)).returncode == 1
+    checked = query(db, "SELECT rule, srcfile FROM findings WHERE version = ?", (V1,))
+    assert ("import.impossible-interval", "OMOP/procedure_occurrence.csv") in checked
+    # the journal's later drug_exposure row has an MD5 the file on disk does not have: its read is not
+    # taken for that content, and the version is not marked checked (the next check reads it again)
+    assert ("file.unread", "OMOP/drug_exposure.csv") in checked
+    assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (V1,)) == [(0,)]
 
 
 @pytest.mark.parametrize("content, words", [
