@@ -370,27 +370,38 @@ class ManifestReader:
         rows into a DuckDB database capped at REVIEW_MEMORY in an owner-only scratch folder (fsutil.scratch_folder):
         a notebook's memory does not grow with the manifest (it held two million-row polars frames, ~5 GB, at
         1M files). The scratch folder goes when the reader is closed (`close()`), else with the process."""
-        from .fsutil import scratch_folder
-
         label = self.resolve(as_of)
-        stack = contextlib.ExitStack()
-        folder = stack.enter_context(scratch_folder("chorus-duckdb-", None))
-        # A database file, not an in-memory one: its tables' blocks leave memory for the file beyond the cap.
-        con = duckdb.connect(str(folder / "review.duckdb"), config={
-            "threads": 2, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder), "preserve_insertion_order": False})
-        stack.callback(con.close)
-        self.__dict__.setdefault("_sessions", []).append(stack)
         tables = {"files": self._file_slices(label), "changes": self._change_slices(),
                   "versions": iter([self.versions()]), "registry": iter([self.registry()]),
                   "scan_errors": iter([self.scan_errors(label)])}
         if compare_to is not None:
             tables["base_files"] = self._file_slices(self.resolve(compare_to))
-        for name, slices in tables.items():
-            for i, part in enumerate(slices):
-                con.register("_slice", part.to_arrow())
-                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _slice" if i == 0 else f"INSERT INTO {name} SELECT * FROM _slice")
-                con.unregister("_slice")
+        con, stack = self.review_database(tables)
+        self.__dict__.setdefault("_sessions", []).append(stack)
         return con
+
+    @staticmethod
+    def review_database(tables: dict[str, Iterator[pl.DataFrame]]) -> tuple[duckdb.DuckDBPyConnection, contextlib.ExitStack]:
+        """(a connection, the stack that closes it and removes its scratch folder) of a DuckDB database capped at
+        REVIEW_MEMORY holding `tables`, each filled from its slices (`duckdb`; the HTML report fills `files` alone)."""
+        from .fsutil import scratch_folder
+
+        stack = contextlib.ExitStack()
+        try:
+            folder = stack.enter_context(scratch_folder("chorus-duckdb-", None))
+            # A database file, not an in-memory one: its tables' blocks leave memory for the file beyond the cap.
+            con = duckdb.connect(str(folder / "review.duckdb"), config={
+                "threads": 2, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder), "preserve_insertion_order": False})
+            stack.callback(con.close)
+            for name, slices in tables.items():
+                for i, part in enumerate(slices):
+                    con.register("_slice", part.to_arrow())
+                    con.execute(f"CREATE TABLE {name} AS SELECT * FROM _slice" if i == 0 else f"INSERT INTO {name} SELECT * FROM _slice")
+                    con.unregister("_slice")
+        except BaseException:  # a manifest error or Ctrl-C while filling: no scratch folder left behind
+            stack.close()
+            raise
+        return con, stack
 
     def close(self) -> None:
         """End the DuckDB connections `duckdb` gave and remove their scratch folders."""

@@ -314,3 +314,33 @@ def test_an_unwritable_folder_fails_before_the_report_is_rendered(two_versions, 
         os.chmod(closed, 0o755)
     assert "refused: cannot write" in out.stdout and "renders: 0" in out.stdout, out.stdout + out.stderr
     assert list(closed.iterdir()) == []
+
+
+_PEAK = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, "-m", "chorus_batch", "report", "--db", sys.argv[1], "--out", sys.argv[2]],
+                      capture_output=True, text=True)
+if done.returncode:
+    sys.exit(done.stderr[-3000:])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # KiB
+"""
+
+
+@pytest.mark.serial
+def test_the_reports_memory_does_not_grow_with_the_manifest(tmp_path):
+    """The report held the version's whole file set as a polars frame (and the duplicates' and size rule's copies):
+    its memory grew with the manifest (~1.5 KB a file, GBs at 1M files). It now asks the capped DuckDB database the
+    notebook uses (`ManifestReader.duckdb`, filled in slices) for sums, per-person rows and the flagged files."""
+    from test_notebook import manifest_of
+
+    peaks = {}
+    for rows in (40_000, 160_000):
+        db = manifest_of(rows, tmp_path / str(rows))
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(db), str(tmp_path / f"{rows}.html")],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert "No files in this version" not in (tmp_path / f"{rows}.html").read_text()
+        peaks[rows] = int(out.stdout.split()[-1]) / 1024
+    growth = peaks[160_000] - peaks[40_000]
+    print(f"peak RSS (MiB) by files: {peaks}")
+    assert growth < 40, f"peak RSS {peaks} MiB: {growth:.0f} MiB more for 120k more files"

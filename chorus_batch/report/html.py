@@ -10,8 +10,10 @@ section's values from a `ManifestReader`; `templates/report.html.j2` lays them o
 autoescaping escapes every value. Long tables are cut after `MAX_ROWS` rows with the command that
 lists them all. The page holds person identifiers, so it is written owner-only.
 
-Speed: the version's file set is read once (the reader's other per-version views reuse it), and
-plots are drawn from aggregates (histogram counts, quartiles), never from one point per file.
+Speed and memory: the version's file set is copied once, in slices, into the capped DuckDB database the
+notebook uses (`ManifestReader.review_database`), and the page asks it for sums, per-person and per-session rows
+and the first rows of long lists: the memory does not grow with the manifest (a 1M-file site). Plots are drawn
+from aggregates (histogram counts, quartiles), never from one point per file.
 """
 
 from __future__ import annotations
@@ -82,12 +84,12 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
         check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
-    report = _Report(reader, reader.resolve(version))
-    if to_stdout:
-        sys.stdout.write(report.render())
-        sys.stdout.flush()
-    else:  # rendered into the temporary file once it is made: an unwritable folder fails now, not after the work
-        write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))
+    with _Report(reader, reader.resolve(version)) as report:
+        if to_stdout:
+            sys.stdout.write(report.render())
+            sys.stdout.flush()
+        else:  # rendered into the temporary file once it is made: an unwritable folder fails now, not after the work
+            write_private(out, lambda tmp: tmp.write_bytes(report.render().encode("utf-8")))
     return ReportInfo(path=out, version=report.label, sections=SECTION_IDS, images=report.images,
                       flags=tuple(report.flags), elapsed_s=round(time.perf_counter() - started, 3))
 
@@ -172,9 +174,22 @@ class _Report:
         self.previous = labels[-2] if len(labels) > 1 else None
         self.row = self.versions.row(len(labels) - 1, named=True)
         self.db = str(Path(reader.path).absolute())  # also in the commands the page suggests
+        # The version's files in DuckDB, not a polars frame: a frame of every file grew with the manifest.
         # Queries run one after the other: concurrent ADBC connections can meet SQLITE_BUSY while
         # one of them recovers the WAL index, and the gain on two cores was small.
-        self.files = self.reader.files(label)
+        self.con, self._closing = reader.review_database({"files": reader._file_slices(label)})
+
+    def __enter__(self) -> _Report:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.close()  # the connection and its scratch folder
+
+    def sql(self, query: str, **params: object) -> pl.DataFrame:
+        return self.con.sql(query, params=params or None).pl()
+
+    def one(self, query: str) -> tuple:
+        return self.con.execute(query).fetchall()[0]  # (fetchall: the result is finished before the next query)
 
     # -- helpers
     def plot(self, image: plots.Image) -> plots.Image:
@@ -208,10 +223,12 @@ class _Report:
 
     # 1
     def summary(self) -> dict:
-        files, row = self.files, self.row
-        by_modality = (files.group_by(pl.col("modality").fill_null("Other")).agg(
-            files=pl.len(), bytes=pl.col("size").sum(), persons=pl.col("person_id").drop_nulls().n_unique())
-            .sort("modality"))
+        row = self.row
+        by_modality = self.sql("""SELECT coalesce(modality, 'Other') AS modality, count(*) AS files,
+                                         coalesce(sum(size), 0)::BIGINT AS bytes, count(DISTINCT person_id) AS persons
+                                  FROM files GROUP BY 1 ORDER BY 1""")
+        n_files, n_bytes, n_persons = self.one(
+            "SELECT count(*), coalesce(sum(size), 0)::BIGINT, count(DISTINCT person_id) FROM files")
         return {
             "heading": row.get("site") or Path(self.db).name,
             "site": row.get("site") or "unknown",
@@ -223,9 +240,9 @@ class _Report:
             "mode": row.get("mode") or "unknown",
             "previous": self.previous or "none (first version)",
             "upload": row.get("upload") or "not uploaded (chorus-batch upload sends it)",
-            "files": files.height,
-            "bytes": int(files["size"].sum() or 0),
-            "persons": files["person_id"].drop_nulls().n_unique(),
+            "files": n_files,
+            "bytes": n_bytes,
+            "persons": n_persons,
             "by_modality": by_modality.rows(),
         }
 
@@ -260,10 +277,13 @@ class _Report:
 
     # 3
     def persons(self) -> dict | None:
-        fpp = self.reader.files_per_person(self.label)
+        # as ManifestReader.files_per_person: one row per person
+        fpp = self.sql("""SELECT person_id, count(*)::UINTEGER AS files, sum(size)::BIGINT AS bytes,
+                                 string_agg(DISTINCT modality, ',' ORDER BY modality) AS modalities
+                          FROM files WHERE person_id IS NOT NULL GROUP BY person_id ORDER BY person_id""")
         if fpp.height == 0:
             return None
-        no_person = self.files.filter(pl.col("person_id").is_null()).height
+        no_person = self.one("SELECT count(*) FROM files WHERE person_id IS NULL")[0]
         files_n, bytes_n = fpp["files"].to_numpy(), fpp["bytes"].to_numpy().astype(float)
         k = 5
         ranked = fpp.sort(["files", "bytes", "person_id"], descending=[True, True, False])
@@ -283,7 +303,7 @@ class _Report:
 
     # 4
     def sessions(self) -> dict | None:
-        sessions = self.reader.sessions(self.label)
+        sessions = self.reader.sessions(self.label, con=self.con)  # grouped in DuckDB
         if sessions.height == 0:
             return None
         committed = datetime.now(UTC).replace(tzinfo=None)  # starts are naive date-times
@@ -320,13 +340,14 @@ class _Report:
 
     # 5
     def sizes(self) -> dict | None:
-        if self.files.height == 0:
+        lo, hi, n_files = self.one("SELECT min(size) FILTER (WHERE size > 0), max(size) FILTER (WHERE size > 0), "
+                                   "count(*) FROM files")
+        if n_files == 0:
             return None
-        stats, flagged = size_flags(self.files)
+        stats, flagged = size_flags(self.con)
         labels = [f"{r['modality']}\n{_n(r['files'], 'file')}, {r['empty']:,} empty, {_n(r['outliers'], 'outlier')}"
                   for r in stats.iter_rows(named=True)]
-        positive = self.files.filter(pl.col("size") > 0)["size"]
-        lo, hi = (float(positive.min()), float(positive.max())) if positive.len() else (None, None)
+        lo, hi = (float(lo), float(hi)) if lo is not None else (None, None)
         empty_n = int((flagged["flag"] == "empty").sum())
         if empty_n:
             self.flags.append(f"{_n(empty_n, 'empty file')} (size 0).")
@@ -348,22 +369,28 @@ class _Report:
 
     # 6
     def duplicates(self) -> dict | None:
-        dups = self.reader.duplicates(self.label)
-        if dups.height == 0:
+        # as ManifestReader.duplicates: non-empty contents at more than one path; counted, and the first rows
+        twins = """WITH d AS (SELECT md5, count(*) AS paths, first(size) AS size, count(DISTINCT person_id) AS persons
+                              FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)"""
+        n_dups, extra, wasted, cross = self.one(twins + """ SELECT count(*), coalesce(sum(paths - 1), 0)::BIGINT,
+            coalesce(sum((paths - 1) * size), 0)::BIGINT, count(*) FILTER (WHERE persons > 1) FROM d""")
+        if n_dups == 0:
             return None
-        extra = int(dups["paths"].sum()) - dups.height
-        cross = int((dups["persons"] > 1).sum())
-        self.flags.append(f"Duplicate contents: {_n(dups.height, 'MD5')} found at more than one path "
+        dups = self.sql(twins + f""", top AS (SELECT * FROM d ORDER BY paths DESC, md5 LIMIT {MAX_ROWS}),
+            ex AS (SELECT md5, list(srcfile ORDER BY srcfile)[1:{EXAMPLES}] AS srcfiles FROM files
+                   WHERE size > 0 AND md5 IN (SELECT md5 FROM top) GROUP BY md5)
+            SELECT top.*, ex.srcfiles FROM top JOIN ex USING (md5) ORDER BY paths DESC, md5""")
+        self.flags.append(f"Duplicate contents: {_n(n_dups, 'MD5')} found at more than one path "
                           f"({_n(extra, 'extra copy', 'extra copies')}).")
         return {
-            "contents": dups.height,
+            "contents": n_dups,
             "extra": extra,
-            "wasted": int((dups["size"] * (dups["paths"] - 1)).sum()),
+            "wasted": wasted,
             "flag": self.flag(f"{_n(cross, 'duplicated content')} found in the folders of more than one person: "
                               "a file filed under the wrong person?") if cross else None,
-            "rows": [(r["md5"], r["paths"], r["size"], r["persons"], Examples(r["srcfiles"][:EXAMPLES], r["paths"]))
-                     for r in dups.head(MAX_ROWS).iter_rows(named=True)],
-            "total": dups.height,
+            "rows": [(r["md5"], r["paths"], r["size"], r["persons"], Examples(r["srcfiles"], r["paths"]))
+                     for r in dups.iter_rows(named=True)],
+            "total": n_dups,
             "command": self.py(f"m.duplicates({json.dumps(self.label)}).explode('srcfiles')", "duplicates.csv"),
         }
 
@@ -414,8 +441,8 @@ class _Report:
         diff = self.reader.diff(self.previous, self.label)
         prev_row = self.versions.row(self.versions.height - 2, named=True)
         prev_files = prev_row.get("n_files")
-        if prev_files is None:
-            prev_files = self.reader.files(self.previous).height
+        if prev_files is None:  # counted slice by slice, not read whole
+            prev_files = sum(part.height for part in self.reader._file_slices(self.previous))
         kinds = list(CHANGE_KINDS)
         counts = diff.group_by(pl.col("modality").fill_null("Other"), "change").len("n")
         by_modality = []
