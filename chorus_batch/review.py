@@ -454,11 +454,12 @@ class SQLiteReader(ManifestReader):
                            tuple(params), FILE_SCHEMA)
 
     def _file_slices(self, label: str) -> Iterator[pl.DataFrame]:
-        # Ranges of file ids (the rowid): each slice is one bounded query, whatever the manifest's size.
-        where, params = (("time_invalid IS NULL", ()) if label == self.latest() else
-                         ("version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)", (label, label)))
+        # Ranges of file ids (the rowid): each slice is one bounded query, whatever the manifest's size. Each
+        # asks for the rows valid at `label`, never for the current rows (time_invalid IS NULL): a run that commits
+        # between two slices ends current rows, and the later slices left them out (a version read half).
         yield from self._slices("source_files", "file_id", f"SELECT {', '.join(FILE_COLUMNS)} FROM source_files "
-                                f"WHERE file_id BETWEEN ? AND ? AND {where}", params, FILE_SCHEMA)
+                                "WHERE file_id BETWEEN ? AND ? AND version_valid <= ? "
+                                "AND (version_invalid IS NULL OR version_invalid > ?)", (label, label), FILE_SCHEMA)
 
     def _change_slices(self) -> Iterator[pl.DataFrame]:
         first, last = self._query("SELECT min(rowid), max(rowid) FROM changes").row(0)

@@ -8,7 +8,7 @@ questions from them as from the manifest:
 from __future__ import annotations
 
 import functools
-
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -17,7 +17,7 @@ import polars as pl
 from ..errors import ManifestError, UsageError
 from ..frames import FINDINGS_SCHEMA
 from ..fsutil import private_folder, remove_abandoned, write_private
-from ..review import FILE_SCHEMA, HISTORY_SCHEMA, ManifestReader
+from ..review import FILE_COLUMNS, FILE_SCHEMA, HISTORY_SCHEMA, SLICE_ROWS, ManifestReader
 from .manifest import Manifest
 
 
@@ -85,19 +85,49 @@ class ParquetReader(ManifestReader):
                             schema={"label": pl.String, "finished_at": pl.String})
 
     def _files_at(self, label: str, modality: str | None, person: str | None) -> pl.DataFrame:
-        frame = self._read(label, "manifest").cast(FILE_SCHEMA, strict=False)  # type: ignore[arg-type]
+        frame = self._with_ends(self._read(label, "manifest"))
         if modality is not None:
             frame = frame.filter(pl.col("modality") == modality)
         if person is not None:
             frame = frame.filter(pl.col("person_id") == person)
-        # A snapshot holds its rows as still valid; the manifest says when a later version ended each one,
-        # and so must `files --as-of` and `diff` read from the snapshots (they said null).
+        return frame.sort("srcfile")
+
+    def _with_ends(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Snapshot rows in FILE_SCHEMA, with their ends. A snapshot holds its rows as still valid; the manifest
+        says when a later version ended each one, and so must `files --as-of` and `diff` read from the snapshots
+        (they said null)."""
+        frame = frame.cast(FILE_SCHEMA, strict=False)  # type: ignore[arg-type]
         ends = self._ends
         if ends.height:
             frame = frame.join(ends, on="file_id", how="left").with_columns(
                 version_invalid=pl.coalesce("version_invalid", "_ended_in"),
                 time_invalid=pl.coalesce("time_invalid", "_ended_at")).drop("_ended_in", "_ended_at")
-        return frame.sort("srcfile")
+        return frame
+
+    def _file_slices(self, label: str) -> Iterator[pl.DataFrame]:
+        # The snapshot read SLICE_ROWS rows at a time (`duckdb`, the HTML report): a 1M-file snapshot is not
+        # read whole. DuckDB streams the Parquet file; pyarrow's iter_batches decodes a whole row group first
+        # (polars writes up to 250k rows to one).
+        yield pl.DataFrame(schema=FILE_SCHEMA)  # the table's columns and types, even for an empty snapshot
+        with duckdb.connect(config={"threads": 1, "memory_limit": "64MB"}) as con:
+            batches = con.sql("SELECT * FROM read_parquet($part)",
+                              params={"part": str(self._part(label, "manifest"))}).to_arrow_reader(SLICE_ROWS)
+            for batch in batches:
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                yield self._with_ends(frame).select(FILE_COLUMNS)
+
+    def _change_slices(self) -> Iterator[pl.DataFrame]:
+        # One version's change set at a time, each with the columns of them all (an older release's snapshot
+        # may lack some), as all_changes' relaxed concatenation gives them.
+        parts = [self._part(label, "changes") for label in self._labels]
+        parts = [part for part in parts if part.is_file()]
+        if not parts:
+            yield self.changes(None)  # (which says that the snapshots lack their change sets)
+            return
+        union = pl.concat([pl.DataFrame(schema=pl.read_parquet_schema(part)) for part in parts], how="diagonal_relaxed")
+        for part in parts:
+            yield pl.concat([union, pl.read_parquet(part)], how="diagonal_relaxed").select(union.columns)
 
     @functools.cached_property
     def _ends(self) -> pl.DataFrame:
