@@ -22,7 +22,7 @@ from typing import Any
 from . import release
 from .errors import (EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, out_of_memory,
                      signals_unwrapped)
-from .units import shown
+from .units import shown, shown_name
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -872,7 +872,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         print("\n".join(findings_text(findings, examples=50)))
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
             print(f"not checked: {not_taken.height} file(s) the scan could not take")
-            print("\n".join(shown(f"    {path}: {message}") for path, message in
+            print("\n".join(shown(f"    {shown_name(path)}: {message}") for path, message in
                             not_taken.head(20).select("srcfile", "message").iter_rows()))
             if not_taken.height > 20:
                 print(f"    ... and {not_taken.height - 20} more (--json lists them all)")
@@ -1038,7 +1038,7 @@ def _print_md5sum(frame) -> int:
     print(f"chorus-batch: {plural(missing.height, 'file')} {has} no MD5 (unverifiable) and {is_} not in the list",
           file=sys.stderr)
     for path in missing["srcfile"].head(10).to_list():
-        print(f"  {path!r}" if not path.isprintable() else f"  {path}", file=sys.stderr)
+        print(f"  {shown_name(path)}", file=sys.stderr)
     if missing.height > 10:
         print(f"  ... {missing.height - 10} more", file=sys.stderr)
     return int(ExitCode.FINDINGS)

@@ -4,6 +4,7 @@ the HTML report and its plot axes use the same (binary, IEC) units; `shown` for 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -38,3 +39,21 @@ def shown(text: str, *, lines: bool = False) -> str:
     an escape sequence must not retitle or clear the terminal, nor a line break in a name split a table's row.
     `lines`: line breaks and tabs kept (a message of several lines)."""
     return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def shown_name(name: str | None) -> str:
+    """A path (or a person or session id) as text output shows it: as it is where what it shows is all it holds,
+    else quoted with Python's escapes, so that two names never look alike: a space at either end ('trail.csv ',
+    beside trail.csv), a control, format or odd space character (a tab, a zero-width space, a right-to-left
+    override, a no-break space: \t, \u200b, \u202e, \xa0) or a decomposed letter ('cafe\u0301.csv', beside
+    café.csv, its composed twin). A name starting with a quote is quoted too: no name shows as another's quoted
+    form. '' for None. Machine outputs (JSON, CSV, --md5sum) keep names exact; this is for people."""
+    if name is None:
+        return ""
+    if name.isprintable() and name == name.strip() and not name.startswith(("'", '"')) \
+            and unicodedata.is_normalized("NFC", name):
+        return name
+    quoted = repr(name)  # escapes what isprintable() refuses: controls, format characters, separators but " "
+    if not unicodedata.is_normalized("NFC", name):  # the combining marks that make it look like its NFC twin
+        quoted = "".join(f"\\u{ord(c):04x}" if unicodedata.combining(c) else c for c in quoted)
+    return quoted

@@ -3,12 +3,15 @@ its own exit code, whether Python's stdout is buffered or not (PYTHONUNBUFFERED=
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import run_site
 
@@ -73,3 +76,71 @@ def test_a_column_empty_in_the_first_131072_rows_is_read(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("no pattern: late") == 1 and len(out.stdout.splitlines()) > 140_000
+
+
+# Names a terminal shows alike (a trailing space, a tab, a zero-width space, a right-to-left override, a no-break
+# space, a decomposed é beside the composed one, a name that starts with a quote), and how the tables show them.
+ODD_NAMES = {
+    "OMOP/trail.csv ": "'OMOP/trail.csv '", "OMOP/trail.csv": "OMOP/trail.csv",
+    "OMOP/tab\tname.csv": "'OMOP/tab\\tname.csv'", "OMOP/zw\u200bsp.csv": "'OMOP/zw\\u200bsp.csv'",
+    "OMOP/rtl\u202ecod.csv": "'OMOP/rtl\\u202ecod.csv'", "OMOP/nbsp\u00a0.csv": "'OMOP/nbsp\\xa0.csv'",
+    "OMOP/cafe\u0301.csv": "'OMOP/cafe\\u0301.csv'", "OMOP/caf\u00e9.csv": "OMOP/caf\u00e9.csv",
+    "OMOP/'q'.csv": "OMOP/'q'.csv", "'OMOP/q.csv '": "\"'OMOP/q.csv '\"",  # the second is no quoted form of the first
+}
+
+
+def path_cells(stdout: str, column: str) -> list[str]:
+    """The cells of a text table's column (the tables are two spaces between columns, text padded to the left)."""
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(column) or f"  {column}  " in line)
+    start = lines[header].index(column)
+    rows = [line for line in lines[header + 2:] if line and not line.startswith("... and")]
+    return [row[start:].split("  ")[0] for row in rows]
+
+
+def test_names_that_look_alike_are_told_apart_in_the_text_outputs(tmp_path):
+    """`files` showed `OMOP/trail.csv ` and `OMOP/trail.csv` as two identical lines (and a zero-width space, a
+    right-to-left override or a decomposed é not at all): a reviewer could not tell which file a line meant nor
+    type its name. The tables of files, changes, diff, history and status, and the paths of the run's and
+    validation's lines, quote such names with escapes (units.shown_name); JSON and CSV keep them exact."""
+    from conftest import cli, write
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/gone.csv", b"gone")
+    run_site(site, db)
+    (site / "OMOP" / "gone.csv").unlink()
+    for i, name in enumerate(ODD_NAMES):
+        write(site, name, f"{i}\n".encode())
+    run_site(site, db)
+    first = open_manifest(db).versions()["label"][0]
+
+    def text(*args: str) -> str:
+        out = cli(*args, "--db", str(db), timeout=300)
+        assert out.returncode in (0, 1), out.stderr
+        return out.stdout
+
+    shown = set(ODD_NAMES.values())
+    listed = path_cells(text("files"), "srcfile")
+    assert len(listed) == len(set(listed)) == len(ODD_NAMES) + 1 and shown <= set(listed), listed
+    changed = path_cells(text("changes"), "srcfile")
+    assert len(changed) == len(set(changed)) and shown <= set(changed), changed
+    diffed = path_cells(text("diff", "--from", first), "srcfile")
+    assert len(diffed) == len(set(diffed)) and shown <= set(diffed), diffed
+    assert path_cells(text("history", "OMOP/trail.csv "), "srcfile") == ["'OMOP/trail.csv '"]
+    assert path_cells(text("history", "OMOP/cafe\u0301.csv"), "srcfile") == ["'OMOP/cafe\\u0301.csv'"]
+    validated = text("validate")  # a finding's path, as the table shows it
+    assert "'OMOP/trail.csv ': " in validated and "OMOP/trail.csv : " not in validated, validated
+
+    write(site, "OMOP/new\u200b.csv", b"new")
+    status = cli("status", "--site", str(site), "--db", str(db), "--all", timeout=300)
+    assert "'OMOP/new\\u200b.csv'" in path_cells(status.stdout, "srcfile"), status.stdout
+
+    exact = {row["srcfile"] for row in json.loads(text("files", "--json"))}
+    assert set(ODD_NAMES) <= exact  # machine outputs: the names as they are
+    assert set(ODD_NAMES) <= set(pl.read_csv(io.StringIO(text("files", "--csv")))["srcfile"])
+
+    report = tmp_path / "r.html"
+    assert cli("report", "--db", str(db), "--out", str(report)).returncode == 0
+    page = report.read_text(encoding="utf-8")  # a browser hides a trailing space too
+    assert "&#39;OMOP/trail.csv &#39;" in page and "OMOP/trail.csv </" not in page

@@ -40,7 +40,7 @@ from ..fsutil import check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                       open_manifest, size_flags)
 from ..times import iso, utc_now
-from ..units import human_bytes, shown
+from ..units import human_bytes, shown, shown_name
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
@@ -115,6 +115,11 @@ def _cell(value: object) -> str:
     return "" if value is None else shown(str(value))
 
 
+def _name(value: object) -> str:
+    """A path's cell: quoted with escapes where it would look like another path (units.shown_name)."""
+    return shown_name(value) if value is None or isinstance(value, str) else _cell(value)
+
+
 def _n(count: int, noun: str, plural: str | None = None) -> str:
     """'1 file', '2 files'."""
     return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
@@ -151,7 +156,7 @@ class Examples:
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("chorus_batch.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(cell=_cell, bytes=human_bytes, count=_n, pct=_pct,
+    env.filters.update(cell=_cell, name=_name, bytes=human_bytes, count=_n, pct=_pct,
                        columns=lambda names, kind, width: [(name, kind, width) for name in names])
     env.globals.update(max_rows=MAX_ROWS, titles=TITLES, section_ids=SECTION_IDS)
     return env

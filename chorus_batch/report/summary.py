@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..frames import SEVERITY_ORDER
-from ..units import human_bytes, plural, shown
+from ..units import human_bytes, plural, shown, shown_name
 
 if TYPE_CHECKING:
     from ..pipeline import RunResult
@@ -115,7 +115,7 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
     if examples is not None:
         listed = listed.head(examples)
     for row in listed.iter_rows(named=True):
-        lines.append(shown(f"    {row['severity']}: {row['srcfile'] or '(site)'}: {row['message']}"))
+        lines.append(shown(f"    {row['severity']}: {shown_name(row['srcfile']) or '(site)'}: {row['message']}"))
     if d["total"] > listed.height and listed.height:
         lines.append(f"    ... and {d['total'] - listed.height} more")
     return lines
@@ -162,7 +162,7 @@ def summary_text(result: RunResult) -> str:
         for kind, n in d["errors"]["by_kind"].items():
             lines.append(f"  {kind}: {n}")
         for row in result.errors.head(10).iter_rows(named=True):
-            lines.append(shown(f"    {row['srcfile']}: {row['message']}"))
+            lines.append(shown(f"    {shown_name(row['srcfile'])}: {row['message']}"))
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
     sources = result.md5_sources
@@ -213,7 +213,7 @@ def status_text(result: RunResult, *, limit: int | None) -> str:
     lines += excluded_text(result.excluded)
     if result.errors.height:
         lines += ["", f"problems the run would record: {result.errors.height}"]
-        lines += [shown(f"    {row['kind']}: {row['srcfile']}: {row['message']}")
+        lines += [shown(f"    {row['kind']}: {shown_name(row['srcfile'])}: {row['message']}")
                   for row in result.errors.head(limit if limit is not None else result.errors.height).iter_rows(named=True)]
         if limit is not None and result.errors.height > limit:
             lines.append(f"    ... and {result.errors.height - limit} more; --all or --json lists them all")
@@ -234,8 +234,15 @@ def status_csv(result: RunResult) -> str:
     return _changes(result).write_csv()
 
 
+# Columns of names, shown by shown_name: a name's trailing space or invisible character must not make it look
+# like another's (`trail.csv ` and `trail.csv` were two identical lines).
+NAME_COLUMNS = frozenset({"srcfile", "old_srcfile", "renamed_to", "person_id", "session_id"})
+
+
 def frame_text(frame: pl.DataFrame) -> str:
     if frame.height == 0:
         return "(none)"
-    rows = [["" if v is None else str(v) for v in row] for row in frame.iter_rows()]
+    names = [c in NAME_COLUMNS for c in frame.columns]
+    rows = [[shown_name(v) if name else "" if v is None else str(v) for v, name in zip(row, names)]
+            for row in frame.iter_rows()]
     return "\n".join(_table(rows, frame.columns))
