@@ -360,7 +360,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     version_of_manifest(review)
     review.add_argument("--compare-to", metavar="LABEL|ISO-TIME", help="default: the version before")
-    review.add_argument("--out", required=True, help="the executed notebook (.ipynb) to write")
+    review.add_argument("--out", required=True, help="the executed notebook (.ipynb) to write; - for standard output")
 
     unlock = command(
         "unlock", help="break the lock of a run that died on a manifest in Azure (az://)",
@@ -1134,7 +1134,9 @@ def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
     from .report.notebook import run_review
 
     seconds = run_review(_db(args), args.out, version=args.version_label, compare_to=args.compare_to)
-    print(f"wrote {Path(args.out).resolve()} ({seconds:.1f} s)")
+    to_stdout = args.out == "-"  # (standard output holds the notebook)
+    print(f"wrote {'the executed notebook to standard output' if to_stdout else Path(args.out).resolve()} "
+          f"({seconds:.1f} s)", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 

@@ -193,3 +193,14 @@ def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, uma
     bad = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(tmp_path / "none.sqlite"),
                           "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no manifest at" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_review_out_dash_writes_the_notebook_to_standard_output(manifests, tmp_path):
+    """`review --out -` wrote a file named "-" in the current folder (and said "wrote .../-"); as `report --out -`,
+    the executed notebook goes to standard output and the line that says so to standard error."""
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]), "--out", "-"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wrote the executed notebook to standard output" in done.stderr and not (tmp_path / "-").exists()
+    check_run(nbformat.reads(done.stdout, as_version=4), PLOTS)
+    assert list(tmp_path.iterdir()) == []

@@ -5,6 +5,7 @@ written owner-only. Run as `papermill notebooks/review.ipynb out.ipynb`, the cop
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,10 +17,12 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "review.ipynb"
 
 def run_review(manifest: str, out: str | Path, *, version: str | None = None, compare_to: str | None = None,
                notebook: Path = NOTEBOOK) -> float:
-    """Execute the notebook on `manifest` and write the executed notebook to `out` (atomically, 0600);
-    returns the seconds it took."""
+    """Execute the notebook on `manifest` and write the executed notebook to `out` (atomically, 0600; "-":
+    standard output, as `report --out -`); returns the seconds it took."""
     started = time.perf_counter()
-    check_target(out)  # before the work: a folder, a link or a missing folder is refused
+    to_stdout = str(out) == "-"  # it wrote a file named "-" in the current folder
+    if not to_stdout:
+        check_target(out)  # before the work: a folder, a link or a missing folder is refused
     if not notebook.is_file():
         raise UsageError(f"the review notebook is not at {notebook}", where="chorus-batch review",
                          fix="run it from a checkout of chorus-batch (the notebook is not part of the wheel)")
@@ -43,11 +46,16 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
         parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to}
         # No output path: papermill would write the copy with the umask's mode, once per cell.
         nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",
-                                        cwd=str(Path(out).resolve().parent), progress_bar=False, log_output=False)
+                                        cwd=str(Path.cwd() if to_stdout else Path(out).resolve().parent),
+                                        progress_bar=False, log_output=False)
     except papermill.PapermillExecutionError as exc:
         raise ChorusError(f"the review notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
                           where=str(notebook), fix="run it in Jupyter on the same manifest to see the cell") from None
     finally:
         os.umask(previous)
-    write_private(out, nbformat.writes(nb).encode("utf-8"))
+    if to_stdout:
+        sys.stdout.write(nbformat.writes(nb))
+        sys.stdout.flush()
+    else:
+        write_private(out, nbformat.writes(nb).encode("utf-8"))
     return time.perf_counter() - started
