@@ -356,8 +356,9 @@ class ManifestReader:
         return pl.DataFrame(schema={"record_id": pl.Int64, "_start": pl.Datetime("us"), "_duration": pl.Float64})
 
     def duplicates(self, as_of: str | datetime | None = None) -> pl.DataFrame:
-        """Non-empty contents (MD5) present at more than one path."""
-        files = self.files(as_of).filter(pl.col("size") > 0)
+        """Non-empty contents (MD5) present at more than one path. Files without an MD5 (unverifiable cloud files)
+        are no one's twins: they were listed as one content at all their paths."""
+        files = self.files(as_of).filter((pl.col("size") > 0) & pl.col("md5").is_not_null())
         return (files.filter(pl.col("md5").is_duplicated())
                 .group_by("md5").agg(paths=pl.len(), size=pl.col("size").first(),
                                      persons=pl.col("person_id").drop_nulls().n_unique(), srcfiles=pl.col("srcfile").sort())

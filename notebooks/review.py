@@ -340,7 +340,7 @@ if present:
 
 # %%
 twins = """WITH d AS (SELECT md5, count(*) AS paths, first(size) AS size, count(DISTINCT person_id) AS persons
-                    FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)"""
+                    FROM files WHERE size > 0 AND md5 IS NOT NULL GROUP BY md5 HAVING count(*) > 1)"""
 n_dups, extra, wasted, n_cross = con.execute(twins + """ SELECT count(*), coalesce(sum(paths - 1), 0)::BIGINT,
     coalesce(sum((paths - 1) * size), 0)::BIGINT, count(*) FILTER (WHERE persons > 1) FROM d""").fetchall()[0]
 print(f"{n_dups} contents at more than one path: {extra} extra copies, {wasted:,} bytes; "
@@ -349,7 +349,7 @@ display(sql(twins + """ SELECT d.*, (SELECT list(srcfile ORDER BY srcfile) FROM 
     FROM d ORDER BY paths DESC, md5 LIMIT 20"""))
 display(sql("""
     SELECT modality, count(*) AS files_with_a_twin
-    FROM files WHERE size > 0 AND md5 IN (SELECT md5 FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)
+    FROM files WHERE size > 0 AND md5 IN (SELECT md5 FROM files WHERE size > 0 AND md5 IS NOT NULL GROUP BY md5 HAVING count(*) > 1)
     GROUP BY modality ORDER BY modality"""))
 check("no duplicate contents", n_dups == 0, f"{n_dups} duplicated contents, {n_cross} across persons")
 

@@ -381,3 +381,24 @@ def test_a_run_that_commits_while_the_report_reads_the_version_changes_nothing_i
     with closing:
         assert con.execute("SELECT count(*), count(DISTINCT srcfile) FROM files").fetchall() == [(30, 30)]
     assert open_manifest(db).latest() != label  # the run did commit
+
+
+def test_files_without_an_md5_are_not_duplicates_of_each_other(tmp_path):
+    """Files a cloud run recorded without an MD5 (unverifiable: the storage kept none, `--cloud-md5 stored-only`)
+    were grouped as one content: the report flagged "1 MD5 found at more than one path" with an empty MD5, and
+    `duplicates()` listed them. Only files with the same known MD5 are twins."""
+    import sqlite3
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"bb")
+    run_site(site, db)
+    con = sqlite3.connect(db)
+    with con:  # as a stored-only cloud run records the files whose storage holds no MD5
+        con.execute("UPDATE source_files SET md5 = NULL WHERE srcfile IN ('OMOP/a.csv', 'OMOP/b.csv')")
+    con.close()
+    assert open_manifest(db).duplicates().height == 0
+    info = write_report(db, tmp_path / "r.html")
+    assert not any("more than one path" in flag for flag in info.flags), info.flags
+    assert "No content is stored at more than one path" in info.path.read_text(encoding="utf-8")

@@ -374,9 +374,10 @@ class _Report:
 
     # 6
     def duplicates(self) -> dict | None:
-        # as ManifestReader.duplicates: non-empty contents at more than one path; counted, and the first rows
+        # as ManifestReader.duplicates: non-empty contents at more than one path (files without an MD5 are not
+        # one content); counted, and the first rows
         twins = """WITH d AS (SELECT md5, count(*) AS paths, first(size) AS size, count(DISTINCT person_id) AS persons
-                              FROM files WHERE size > 0 GROUP BY md5 HAVING count(*) > 1)"""
+                              FROM files WHERE size > 0 AND md5 IS NOT NULL GROUP BY md5 HAVING count(*) > 1)"""
         n_dups, extra, wasted, cross = self.one(twins + """ SELECT count(*), coalesce(sum(paths - 1), 0)::BIGINT,
             coalesce(sum((paths - 1) * size), 0)::BIGINT, count(*) FILTER (WHERE persons > 1) FROM d""")
         if n_dups == 0:
