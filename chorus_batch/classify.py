@@ -64,7 +64,6 @@ DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
     PathPattern("Metadata", r"^(?P<session>(?i:submission\.md))$", "SUBMISSION.md (v2.0: now in Metadata/)",
                 "metadata-v2.0"),
     PathPattern("Waveforms", r"^(?P<session>RECORDS)$", "RECORDS (v1.0)", "records-v1.0"),
-    PathPattern("Metadata", rf"^{_PERSON}/(?i:metadata)/(?P<session>.+)$", "<person_id>/Metadata/<file>"),
     PathPattern(
         "Waveforms",
         rf"^{_PERSON}/Waveforms/(?P<category>Telemetry|EEG)/(?P<session>[^/]+)/(?P<file>[^/]+)$",
@@ -206,9 +205,10 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         pl.when(n_parts == 1).then(pl.lit("Other"))
         .when(second == "waveforms").then(pl.lit("Waveforms"))
         .when(second == "images").then(pl.lit("Images"))
+        .when(second == "metadata").then(pl.lit("Metadata"))
         .otherwise(pl.lit("Other"))
     )
-    person = pl.when(second.is_in(["waveforms", "images"])).then(first)
+    person = pl.when(second.is_in(["waveforms", "images", "metadata"])).then(first)
     reason = (
         # (no pattern takes one: blaming the folder, as below, sent the user to rename a folder that was right)
         pl.when(srcfile.str.contains(r"[\x00-\x1f\x7f]"))
@@ -219,6 +219,10 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         .then(pl.lit("path fits no Waveforms layout: expected Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>"))
         .when(second == "images")
         .then(pl.lit("path fits no Images layout: expected Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm"))
+        # Waveform File Format v2.1 puts Metadata/ at the site root, its files "directly under the Metadata folder":
+        # a person's Metadata/ is no place of today's layout (nor of an earlier edition's)
+        .when(second == "metadata")
+        .then(fmt("Metadata/ lies in folder {}/: it belongs at the site root (Metadata/<file>), once for the site", first))
         .otherwise(fmt("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
     )
     return modality, person, reason

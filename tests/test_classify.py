@@ -169,3 +169,11 @@ def test_a_bad_pattern_is_refused_when_the_config_is_read_naming_that_file(tmp_p
     with pytest.raises(ConfigError, match="invalid path pattern") as info:
         load_config(config)
     assert info.value.where == f"{config} [patterns] Waveforms[0]"
+
+
+@pytest.mark.parametrize("path", ["000123/Metadata/READINESS.md", "000123/metadata/a/b.txt"])
+def test_metadata_in_a_person_folder_is_no_legal_place(path):
+    # Waveform File Format v2.1: Metadata/ lies at the site root; validation says so (layout.person_subfolder)
+    row = one(path)
+    assert (row["modality"], row["person_id"], row["session_id"], row["layout"]) == ("Metadata", "000123", None, None)
+    assert "belongs at the site root" in row["parse_error"] and "000123/" in row["parse_error"]
