@@ -573,7 +573,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v2", "registry_csv.v3"}
+                                 "mapping_csv.v2", "registry_csv.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -656,7 +656,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v3", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v4", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -671,7 +671,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v3", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v4", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v2", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -680,7 +680,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v3": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v4": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v2": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -695,7 +695,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v2", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v3", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v4", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -797,3 +797,17 @@ def test_a_wfdb_header_with_a_utf8_comment_is_read_as_wfdb_reads_it(clean, tmp_p
     header = clean / f"{SINGLE}.hea"
     header.write_bytes(header.read_bytes() + "# Hôpital\n".encode())
     assert found(clean) == set()
+
+
+def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
+    """An empty datetime (or proc_id) was told as 'not yyyy-MM-dd HH:mm:ss': the site looked for a format fault in a
+    cell it had left empty. Each kind of fault is told by its own count; kinds the registry lacks are not named."""
+    registry("Waveforms", lambda rows: [[r[0], "" if i == 1 else r[1], *r[2:5], {0: "", 2: "18/08/2022"}.get(i, r[5]),
+                                         *r[6:]] for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
+    assert message.startswith("1 row(s) with an empty proc_id, 1 row(s) with an empty datetime, 1 row(s) with a "
+                              "datetime that is not yyyy-MM-dd HH:mm:ss (rows 2, 3, 4)"), message
+    assert "not an integer" not in message
+    registry("Waveforms", lambda rows: [[*r[:5], "" if i == 0 else r[5], *r[6:]] for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
+    assert message.startswith("1 row(s) with an empty datetime (rows 2)") and "yyyy" not in message, message

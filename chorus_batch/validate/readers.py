@@ -417,12 +417,14 @@ def _registry_facts(f) -> dict[str, Any]:
     )
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
     # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
-    stamp = pl.col("datetime").fill_null("").str.replace("T", " ").str.replace(r"\.\d+$", "")
+    # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
+    proc, when = pl.col("proc_id").fill_null(""), pl.col("datetime").fill_null("")
+    stamp = when.str.replace("T", " ").str.replace(r"\.\d+$", "")
     bad = frame.with_row_index("row", offset=2).select(
-        "row", bad_proc=~pl.col("proc_id").fill_null("").str.contains(r"^\d+$"),
-        bad_datetime=stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
-    ).filter(pl.col("bad_proc") | pl.col("bad_datetime"))
-    facts.update(bad_proc=int(bad["bad_proc"].sum()), bad_datetime=int(bad["bad_datetime"].sum()),
+        "row", no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_datetime=when == "",
+        bad_datetime=(when != "") & stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
+    ).filter(pl.any_horizontal("no_proc", "bad_proc", "no_datetime", "bad_datetime"))
+    facts.update({key: int(bad[key].sum()) for key in ("no_proc", "bad_proc", "no_datetime", "bad_datetime")},
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are

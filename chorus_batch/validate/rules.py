@@ -98,8 +98,9 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom.v2", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
-# v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v2", "registry_csv.v3"
+# v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
+# v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v2", "registry_csv.v4"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS)
@@ -235,7 +236,8 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.columns", "error", "registry lacks columns",
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}."),
     Rule("registry.values", "warning", "registry values of the wrong type",
-         "A registry row's proc_id is not an integer, or its datetime is not a date and time (yyyy-MM-dd HH:mm:ss)."),
+         "A registry row's proc_id is empty or not an integer, or its datetime is empty or not a date and time "
+         "(yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.column_order", "warning", "image registry columns out of order",
          "The image registry's columns are not in the order the Imaging SOP lists them (image_registry_id, "
          f"{', '.join(REGISTRY_COLUMNS)})."),
