@@ -286,6 +286,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("path_modality", NEW_DCM(DCM.replace("/CT/", "/MR/")), {("dicom.path_mismatch", DCM.replace("/CT/", "/MR/"))}),
     ("path_accession", NEW_DCM(DCM.replace(f"/{ACCESSION}/", "/70999/")),
      {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", "/70999/"))}),
+    # one accession in two folders: both agree with the header (leading zeros), the study is split
+    ("accession_split", NEW_DCM(DCM.replace(f"/{ACCESSION}/", f"/0{ACCESSION}/")),
+     {("dicom.accession_split", f"{P0}/Images/CT/0{ACCESSION}/"), ("dicom.accession_split", f"{P0}/Images/CT/{ACCESSION}/")}),
     ("path_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm"),
      {("dicom.path_mismatch", f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm")}),
     ("patient_id", add(DCM, dicom_bytes(person_id="999999", series=1, instance=0, study_date=DAY0,
@@ -747,8 +750,8 @@ def test_an_accession_folder_and_header_that_differ_only_in_leading_zeros_agree(
     """The Imaging SOP: AccessionNumber is replaced by the OMOP image_occurrence_id, an integer; the folder 070000 and
     the header's 70000 (or the reverse) name the same one, as person folders and PatientID are compared."""
     padded = DCM.replace(f"/{ACCESSION}/", f"/00{ACCESSION}/")
-    rename(DCM, padded)(clean)
-    other = f"{SERIES1}/001.dcm"
+    rename(str(Path(DCM).parent.parent), str(Path(padded).parent.parent))(clean)  # the whole accession folder
+    other = f"{Path(padded).parent}/001.dcm"
     add(other, dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
                            accession=f"0{ACCESSION}", SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))(clean)
     assert found(clean) == set()

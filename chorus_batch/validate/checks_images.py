@@ -35,7 +35,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d),
+        *_current_paths(d), *_deidentified(d), _split_accessions(site),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -131,6 +131,25 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
     return [_found("dicom.path_mismatch", checked, "srcfile",
                    fmt("{}: name the folders and the file after the header's values (or fix the header)",
                              pl.col("_problems")))]
+
+
+def _split_accessions(site: _Site) -> pl.LazyFrame:
+    """Accession folders of one person that name the same accession in other spellings (070000 and 70000): the
+    Imaging SOP replaces AccessionNumber by the integer image_occurrence_id, so both agree with the header
+    (dicom.path_mismatch is silent) yet the study lies in two folders. A person's files are all in one part."""
+    folders = (
+        site.files.lazy()
+        .filter(pl.col("_images") & (pl.col("_layout") == "current") & pl.col("_session").is_not_null())
+        .select("_top", "_session", _folder=pl.col("srcfile").str.extract(r"^((?:[^/]+/){4})", 1))
+        .unique(["_top", "_folder"])
+        .with_columns(_key=_norm_id(pl.col("_session")))
+    )
+    split = folders.filter(pl.col("_session").n_unique().over("_top", "_key") > 1).with_columns(
+        _all=pl.col("_folder").sort().over("_top", "_key", mapping_strategy="join"))
+    return _found("dicom.accession_split", split, "_folder", fmt(
+        "accession folders {} name one accession ({}) in different spellings: the Imaging SOP names the folder "
+        "after the header's AccessionNumber (the image_occurrence_id); keep the study in one folder",
+        pl.col("_all").list.join(", "), pl.col("_key")))
 
 
 def _keyword(key: str) -> str:

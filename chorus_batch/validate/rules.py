@@ -216,6 +216,9 @@ RULES: tuple[Rule, ...] = (
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
          "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
          "image_occurrence_id: 00123 and 123 agree)."),
+    Rule("dicom.accession_split", "warning", "one accession in two folders",
+         "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
+         "the study is split."),
     Rule("dicom.name_mismatch", "error", "DICOM name disagrees with its header",
          "In an earlier edition's naming, a DICOM file name's modality, series or instance differs from the header's "
          "Modality, SeriesNumber or InstanceNumber."),
