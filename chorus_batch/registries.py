@@ -169,7 +169,12 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
 def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tuple[int, int]],
               taken: pl.Series | None) -> tuple[pl.DataFrame, int]:
     """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction)."""
+    known = manifest.query_frame("SELECT record_id, modality, proc_id FROM registry WHERE proc_id IS NOT NULL",
+                                 schema={"record_id": pl.Int64, "modality": pl.String, "proc_id": pl.Int64})
     if taken is not None:
+        # The ids this manifest gave are the registries' own: a site that made PROCEDURE_OCCURRENCE rows of them
+        # (as Multimodal-Linkage asks) has them in its table; only the others clash
+        taken = taken.filter(~taken.is_in(known["proc_id"].implode()))
         for modality, (first, last) in ranges.items():
             clash = taken.filter(taken.is_between(first, last))
             if clash.len():
@@ -177,8 +182,6 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
                     f"procedure_occurrence.csv already uses ids in the {modality.lower()} registry range "
                     f"{first}-{last} (e.g. {clash[0]})", where="[registry] in chorus.toml",
                     fix="set image_proc_ids / waveform_proc_ids to ranges the site's own procedure ids do not use")
-    known = manifest.query_frame("SELECT record_id, modality, proc_id FROM registry WHERE proc_id IS NOT NULL",
-                                 schema={"record_id": pl.Int64, "modality": pl.String, "proc_id": pl.Int64})
     fresh = records.join(known, on="record_id", how="anti").sort("record_id")
     allocated = []
     for modality, (first, last) in ranges.items():

@@ -201,3 +201,32 @@ def test_the_registries_written_validate_clean_when_shipped_with_the_site(releas
     done = cli("validate", "--site", str(site), "--db", str(db), "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     assert '"rule"' not in done.stdout, done.stdout
+
+
+def test_the_procedure_rows_a_site_made_from_its_registries_do_not_block_the_next_registry(released, tmp_path):
+    """Multimodal-Linkage: the registries are used "directly to create rows in your OMOP PROCEDURE_OCCURRENCE table".
+    A site that did so (registry --omop, rows appended to OMOP/procedure_occurrence.csv) was refused by the next
+    `registry`: its own proc_ids counted as the site's EHR procedures in the range. Ids this manifest gave are its
+    own; an id in the range that it did not give still is refused."""
+    site, db, out = released
+    table = site / "OMOP" / "procedure_occurrence.csv"
+    rows = read_csv(table)
+    fields = list(rows[0])
+    merged = rows + [{k: r.get(k, "") for k in fields} for r in read_csv(out / "procedure_occurrence.csv")]
+
+    def write_table(rows: list[dict[str, str]]) -> None:
+        with table.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_table(merged)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    again = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"), "--omop")
+    assert again.returncode == 0, again.stderr
+    assert read_csv(tmp_path / "again" / "image_registry.csv") == read_csv(out / "image_registry.csv")
+    stray = max(int(r["proc_id"]) for r in read_csv(out / "image_registry.csv")) + 1
+    write_table([*merged, {**rows[0], "procedure_occurrence_id": str(stray)}])
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    refused = cli("registry", "--db", str(db), "--out", str(tmp_path / "third"))
+    assert refused.returncode == 2 and str(stray) in refused.stderr, refused.stderr
