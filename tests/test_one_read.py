@@ -34,7 +34,7 @@ from chorus_batch.sources.local import LocalSource
 from chorus_batch.validate import readers
 from chorus_batch.validate.kinds import KIND_RULES, _kind_expr, _path_columns, kind_of
 from chorus_batch.validate.rules import (FORBIDDEN_TABLES, KIND_DICOM, KIND_LINKS, KIND_MAPPING, KIND_MARKDOWN,
-                                         KIND_OMOP, KIND_PERSON, KIND_RECORDS, KIND_REGISTRY, KIND_VISITS, KIND_WFDB,
+                                         KIND_OMOP, KIND_PERSON, KIND_PROCEDURES, KIND_RECORDS, KIND_REGISTRY, KIND_VISITS, KIND_WFDB,
                                          LINKS_TABLE, OMOP_KEYS)
 from chorus_batch.validate.run import validate_manifest
 from conftest import query, run_site
@@ -264,6 +264,7 @@ def _legacy_kind_expr() -> pl.Expr:
         .when(in_person & (pl.col("_second_l") == "images") & (pl.col("_ext_l") == "dcm")).then(pl.lit(KIND_DICOM))
         .when(omop & (table == "person")).then(pl.lit(KIND_PERSON))
         .when(omop & (table == "visit_occurrence")).then(pl.lit(KIND_VISITS))
+        .when(omop & (table == "procedure_occurrence")).then(pl.lit(KIND_PROCEDURES))
         .when(omop & (table == LINKS_TABLE)).then(pl.lit(KIND_LINKS))
         .when(omop & table.is_in([*OMOP_KEYS, *FORBIDDEN_TABLES])).then(pl.lit(KIND_OMOP))
         .otherwise(pl.lit(None, pl.String))
@@ -276,7 +277,7 @@ def _paths() -> list[str]:
     seconds = ["Waveforms", "waveforms", "Images", "IMAGES", "Metadata", "other"]
     names = ["a.hea", "A.HEA", ".hea", "a.hea.bak", "RECORDS", "records", "README.md", "readiness.md", "Submission.MD",
              "x_mapping.csv", "X_Mapping.CSV", "site_registry.csv", "Registry.Csv", "registry.txt", "person.csv",
-             "Person.CSV", "person.csv.gz", "visit_occurrence.csv", f"{LINKS_TABLE}.csv", "measurement.csv",
+             "Person.CSV", "person.csv.gz", "visit_occurrence.csv", "procedure_occurrence.csv", f"{LINKS_TABLE}.csv", "measurement.csv",
              "specimen.csv", "foo.csv", "noext", "a.b.dcm", "x.DCM", "x.dcm.", "person", "."]
     paths = list(names)
     for top in tops:

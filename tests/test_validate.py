@@ -321,6 +321,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_values", registry("Images", lambda rows: [[r[0], "P1", *r[2:5], "18/08/2022", *r[6:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),
      {("registry.values", "image_registry.csv")}),
+    # Multimodal-Linkage: proc_id "Must not overlap" the ids of EHR-derived procedures (sitegen's: 9000 + person)
+    ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
+                                                               for i, r in enumerate(rows)]),
+     {("registry.proc_overlap", "image_registry.csv")}),
     ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
      {("registry.missing_file", "waveform_registry.csv"), ("registry.unlisted_file", f"{SINGLE}.hea")}),
     # Multimodal-Linkage: a registry per modality "with a SINGLE ROW PER FILE", delivered with the extract
@@ -483,6 +487,17 @@ def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     assert found(clean) == set()
 
 
+@pytest.mark.parametrize("null", ["null", "NULL", "\\N"])
+def test_a_registry_cell_written_null_is_empty(clean, null):
+    """The Imaging SOP's image_registry: trg_file "will be populated centrally, leave blank or null" (its example table
+    writes null); Multimodal-Linkage: visit_id "LEAVE THIS FIELD NULL" where no visit overlaps. A registry exported
+    from SQL writing NULL (MySQL: \\N) got every image told unlisted, "null" as a file with many rows and a missing
+    one, and NULL as an unknown visit."""
+    registry("Images", lambda rows: [[*r[:4], null if i == 0 else r[4], *r[5:7], null] for i, r in enumerate(rows)])(clean)
+    assert null in (clean / "image_registry.csv").read_text()
+    assert found(clean) == set()
+
+
 def test_every_rule_is_exercised_and_well_formed():
     ids = [r.id for r in RULES]
     assert len(ids) == len(set(ids))
@@ -576,7 +591,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v2", "registry_csv.v4"}
+                                 "mapping_csv.v2", "registry_csv.v4", "omop_procedures"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -814,3 +829,20 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
     registry("Waveforms", lambda rows: [[*r[:5], "" if i == 0 else r[5], *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
     assert message.startswith("1 row(s) with an empty datetime (rows 2)") and "yyyy" not in message, message
+
+
+def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_the_ehr_ids(clean, tmp_path):
+    """The rows a site makes from its registries (concepts 4180938, 4141651) hold the registries' proc_ids: no clash.
+    The EHR ids are kept as runs of consecutive integers (leading zeros and blanks as OMOP reads them)."""
+    from chorus_batch.validate.readers import parse_facts
+
+    body = ("procedure_occurrence_id,person_id,procedure_concept_id\n0009000,1,4000\n9001 ,1,\n9003,1,4000\n"
+            "x9,1,4000\n2001000000,1,4141651\n2000000001,1,4180938\n")
+    write(tmp_path, "OMOP/procedure_occurrence.csv", body)
+    with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
+        assert parse_facts("omop_procedures", f)["ehr_runs"] == [[9000, 9001], [9003, 9003]]
+    registry("Waveforms")(clean)  # proc_ids 2001000000 + k
+    write(clean, "OMOP/procedure_occurrence.csv", body)
+    assert found(clean) == set()
+    write(clean, "OMOP/procedure_occurrence.csv", body.replace(",4141651", ",4000"))  # now an EHR procedure's id
+    assert found(clean) == {("registry.proc_overlap", "waveform_registry.csv")}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .rules import KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
+from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
 from .site import _found, _norm_id, _one, _Site
 
 
@@ -98,6 +98,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
                           fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
                                     "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
+    out += _overlap(site, usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
         mine = usable.filter(pl.col("_of") == modality)
@@ -112,6 +113,28 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _overlap(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage: proc_id "Must not overlap with other procedure_occurrence_id values assigned to
+    EHR-derived procedures" (the registry rows become PROCEDURE_OCCURRENCE rows of concept 4180938 or 4141651; a
+    site that made them has them in its table, under those concepts: not a clash)."""
+    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("ehr_runs").is_not_null())
+    if procedures.height == 0:
+        return []
+    runs = (procedures.select(pl.col("ehr_runs").explode()).drop_nulls()
+            .select(_first=pl.col("ehr_runs").list.get(0), _last=pl.col("ehr_runs").list.get(1)).sort("_first"))
+    ids = usable.select("srcfile", _id=pl.col("proc_ids")).explode("_id").drop_nulls().sort("_id")
+    # the run starting at or before each id (runs are disjoint and sorted): the id is an EHR one if that run reaches it
+    clash = (ids.join_asof(runs, left_on="_id", right_on="_first", strategy="backward")
+             .filter(pl.col("_last").is_not_null() & (pl.col("_id") <= pl.col("_last")))
+             .group_by("srcfile").agg(pl.col("_id").cast(pl.String), pl.len().alias("_k")))
+    return [_found("registry.proc_overlap", clash, "srcfile", fmt(
+        "{} proc_id(s) (e.g. {}) are procedure_occurrence_ids of the site's EHR procedures in procedure_occurrence.csv "
+        "(rows whose procedure_concept_id is neither 4180938 Imaging nor 4141651 Monitoring): the linkage procedure "
+        "asks proc_ids not to overlap them; give the files' procedures ids of a range the EHR does not use "
+        "(`chorus-batch registry` gives them from [registry] image_proc_ids / waveform_proc_ids in chorus.toml)",
+        pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
 
 
 def _absent(site: _Site, registries: pl.DataFrame) -> list[pl.LazyFrame]:

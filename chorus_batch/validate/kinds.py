@@ -20,6 +20,7 @@ from .rules import (
     KIND_PERSON,
     KIND_RECORDS,
     KIND_REGISTRY,
+    KIND_PROCEDURES,
     KIND_VISITS,
     KIND_WFDB,
     LINKS_TABLE,
@@ -89,6 +90,7 @@ KIND_RULES: tuple[KindRule, ...] = (
     KindRule(KIND_DICOM, (PLACE_IMAGES,), ext="dcm"),
     KindRule(KIND_PERSON, (PLACE_OMOP,), ext="csv", stem_in=("person",)),
     KindRule(KIND_VISITS, (PLACE_OMOP,), ext="csv", stem_in=("visit_occurrence",)),
+    KindRule(KIND_PROCEDURES, (PLACE_OMOP,), ext="csv", stem_in=("procedure_occurrence",)),
     KindRule(KIND_LINKS, (PLACE_OMOP,), ext="csv", stem_in=(LINKS_TABLE,)),
     KindRule(KIND_OMOP, (PLACE_OMOP,), ext="csv", stem_in=(*OMOP_KEYS, *FORBIDDEN_TABLES)),
 )

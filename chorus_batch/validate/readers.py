@@ -35,11 +35,13 @@ from .rules import (
     KIND_MAPPING,
     KIND_MARKDOWN,
     KIND_PERSON,
+    KIND_PROCEDURES,
     KIND_RECORDS,
     KIND_REGISTRY,
     KIND_VISITS,
     KIND_WFDB,
     LINK_COLUMNS,
+    LINKAGE_CONCEPTS,
     MAPPING_COLUMNS,
     REGISTRY_COLUMNS,
 )
@@ -402,6 +404,9 @@ def _registry_facts(f) -> dict[str, Any]:
     facts, frame = _table(f, "registry")
     if frame is None or not all(c in frame.columns for c in REGISTRY_COLUMNS):
         return facts
+    # A NULL written as text is an empty cell: the Imaging SOP's trg_file is "blank or null" (its example writes
+    # null), visit_id is left NULL where no visit overlaps; SQL exports write NULL, MySQL's (its CREATE TABLE) \N
+    frame = frame.with_columns(pl.when(~pl.all().str.to_lowercase().is_in(["null", "\\n"])).then(pl.all()))
     trg = pl.col("trg_file").fill_null("").str.replace_all("\\\\", "/").str.strip_prefix("./").str.strip_chars_start("/")
     frame = frame.with_columns(trg_file=trg)
     duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
@@ -414,6 +419,9 @@ def _registry_facts(f) -> dict[str, Any]:
         person_id=frame["person_id"].drop_nulls().unique().sort().to_list(),
         visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
         trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
+        # the integer proc_ids, compared with procedure_occurrence.csv's (registry.proc_overlap)
+        proc_ids=frame["proc_id"].str.strip_chars().str.extract(r"^([0-9]{1,18})$").cast(pl.Int64)
+        .drop_nulls().unique().sort().to_list(),
     )
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
     # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
@@ -595,6 +603,51 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
     return read
 
 
+def _procedure_facts(f) -> dict[str, Any]:
+    """procedure_occurrence.csv: its header, and the integer procedure_occurrence_ids of the EHR's own procedures
+    (procedure_concept_id not one a registry row gets, LINKAGE_CONCEPTS) as sorted runs [first, last] of consecutive
+    ids: an ETL numbers rows in sequence, so a table of millions is a few runs (registry.proc_overlap reads them).
+    Streamed batch by batch with pyarrow (this runs in forked hashing workers: no polars)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    facts, raw, ended = _csv_header(f)
+    wanted = ("procedure_occurrence_id", "procedure_concept_id")
+    facts["ehr_runs"] = None
+    if facts["delimiter"] != "," or any(w not in facts["columns"] for w in wanted):
+        return facts
+    if ended:  # only the header row
+        facts["ehr_runs"] = []
+        return facts
+    ids_name, concept_name = (raw[facts["columns"].index(w)] for w in wanted)
+    f.seek(0)
+    chunks: list[Any] = []
+    gate = _Gate(f)
+    try:
+        reader = pacsv.open_csv(
+            gate, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(include_columns=[ids_name, concept_name],
+                                                 column_types={ids_name: pa.string(), concept_name: pa.string()}))
+        for batch in reader:
+            ids = pc.utf8_trim_whitespace(batch.column(ids_name))
+            concept = pc.utf8_trim_whitespace(batch.column(concept_name))
+            ehr = pc.and_(pc.fill_null(pc.match_substring_regex(ids, r"^[0-9]{1,18}$"), False),
+                          pc.invert(pc.fill_null(pc.is_in(concept, pa.array(LINKAGE_CONCEPTS)), False)))
+            chunks.append(pc.cast(pc.filter(ids, ehr), pa.int64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES, raw)}") from None
+    finally:
+        gate.close()
+    ids = np.unique(np.concatenate(chunks)) if chunks else np.array([], dtype=np.int64)
+    breaks = np.flatnonzero(np.diff(ids) != 1)  # a run ends where the next id is not the next integer
+    firsts, lasts = np.concatenate(([0], breaks + 1)), np.concatenate((breaks, [len(ids) - 1]))
+    facts["ehr_runs"] = [[int(ids[a]), int(ids[b])] for a, b in zip(firsts, lasts)] if len(ids) else []
+    return facts
+
+
 _READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     KIND_WFDB: _wfdb_facts,
     KIND_DICOM: _dicom_facts,
@@ -603,6 +656,7 @@ _READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     KIND_MAPPING: _mapping_facts,
     KIND_REGISTRY: _registry_facts,
     **{kind: _csv_facts(kind) for kind in CSV_KINDS},
+    KIND_PROCEDURES: _procedure_facts,
 }
 
 

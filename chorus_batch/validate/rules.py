@@ -99,11 +99,16 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom.v2", "records"
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
-# v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp
+# v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
+# the integer proc_ids, and reads a cell written null, NULL or \N as empty
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v2", "registry_csv.v4"
+# procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
+KIND_PROCEDURES = "omop_procedures"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
-         KIND_MAPPING, KIND_REGISTRY)
-CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS)
+         KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
+CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
+# procedure_concept_id of the rows a site makes from its registries (Multimodal-Linkage): not EHR procedures
+LINKAGE_CONCEPTS = ("4180938", "4141651")  # Imaging Procedure, Monitoring Procedure
 
 RULES: tuple[Rule, ...] = (
     # -- layout
@@ -241,6 +246,9 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's proc_id is empty or not an integer, or its datetime is empty or not a date and time "
          "(yyyy-MM-dd HH:mm:ss)."),
+    Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
+         "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
+         "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
     Rule("registry.column_order", "warning", "image registry columns out of order",
          "The image registry's columns are not in the order the Imaging SOP lists them (image_registry_id, "
          f"{', '.join(REGISTRY_COLUMNS)})."),

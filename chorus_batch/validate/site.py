@@ -25,6 +25,7 @@ from .rules import (
     KIND_MARKDOWN,
     KIND_OMOP,
     KIND_PERSON,
+    KIND_PROCEDURES,
     KIND_RECORDS,
     KIND_REGISTRY,
     KIND_VISITS,
@@ -59,7 +60,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
-                              "trg_file": pl.List(pl.String)}),
+                              "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64)}),
+    KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64))}),
 }
 # Every kind's facts may instead say that the file could not be read ({"error", "retry": true}; never cached).
 _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for kind, dtype in _FACT_DTYPES_OF.items()}
