@@ -31,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationW
 P0, P1, P2 = sitegen.person_ids(3)
 S0, S1 = sessions_of(P0, 0), sessions_of(P1, 1)
 DAY0 = sitegen.person_day(0)
+DAY1 = sitegen.person_day(1)
 TELEMETRY = f"{P0}/Waveforms/Telemetry"
 SINGLE = f"{TELEMETRY}/{S0['single']}/{S0['single']}"  # + .hea / .dat
 MULTI = f"{TELEMETRY}/{S0['multi']}/{S0['multi']}"
@@ -289,6 +290,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # one accession in two folders: both agree with the header (leading zeros), the study is split
     ("accession_split", NEW_DCM(DCM.replace(f"/{ACCESSION}/", f"/0{ACCESSION}/")),
      {("dicom.accession_split", f"{P0}/Images/CT/0{ACCESSION}/"), ("dicom.accession_split", f"{P0}/Images/CT/{ACCESSION}/")}),
+    # one accession id (the image_occurrence_id of one study) in two persons' folders
+    ("accession_shared", add(f"{P1}/Images/CT/{ACCESSION}/{sitegen.series_uid(P1, DAY1, 1)}/000.dcm", dicom_bytes(
+        person_id=P1, series=1, instance=0, study_date=DAY1, study_time="081500", accession=ACCESSION,
+        SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 1))),
+     {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/")}),
     ("path_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm"),
      {("dicom.path_mismatch", f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm")}),
     ("patient_id", add(DCM, dicom_bytes(person_id="999999", series=1, instance=0, study_date=DAY0,
@@ -770,8 +776,8 @@ def test_an_accession_folder_and_header_that_differ_only_in_leading_zeros_agree(
     add(other, dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
                            accession=f"0{ACCESSION}", SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))(clean)
     assert found(clean) == set()
-    rename(padded, DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 1}/"))(clean)  # another id: still an error
-    assert found(clean) == {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 1}/"))}
+    rename(padded, DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 900}/"))(clean)  # another id: still an error
+    assert found(clean) == {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 900}/"))}
 
 
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):

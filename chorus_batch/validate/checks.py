@@ -8,7 +8,7 @@ checks_registries (the linkage registries a site ships); site.py holds what they
 A large site is checked in parts, a few person folders at a time, so that memory follows a part's
 size, not the site's. Every part holds the files of OMOP/, Metadata/ and the root, which the rules of
 every person folder read. The few rules that look across person folders (the same content in two,
-a session id used twice, a person without a folder, a file the registries or a root RECORDS name
+a session or accession id used twice, a person without a folder, a file the registries or a root RECORDS name
 but no part holds, layouts of earlier editions) gather a row per folder or session from each part
 (site._Across) and conclude once all parts are done.
 """
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import polars as pl
 
 from ..frames import FINDINGS_SCHEMA
-from .checks_images import _dicom
+from .checks_images import _accessions, _dicom
 from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_folder, _persons, _split_persons,
                             _superseded, _unportable_names)
 from .checks_metadata import _metadata
@@ -84,7 +84,7 @@ def _in_part(site: _Site, across: _Across) -> pl.DataFrame:
         *_sessions(site, across),
         *_wfdb(site, wfdb),
         *_records(site, wfdb, across),
-        *_dicom(site),
+        *_dicom(site, across),
         *_registries(site),
         *_files(site),
         site.unread(),  # last: after every rule has decoded the kinds it reads
@@ -104,6 +104,7 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
         *_name_clashes(current),
         *_unportable_names(current),
         *_id_collisions(across),
+        *_accessions(across),
         *_unknown_sessions(site, across),
         *_records_absent(site, across),
         *_not_on_site(site, current),

@@ -8,7 +8,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM
-from .site import _found, _norm_id, _Site
+from .site import _Across, _found, _join_list, _norm_id, _Site
 
 _FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
 
@@ -25,7 +25,8 @@ def _dicom_time(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_all(":", "").str.extract(r"^(\d{2,6})").str.pad_end(6, "0")
 
 
-def _dicom(site: _Site) -> list[pl.LazyFrame]:
+def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    _accession_folders(site, across)
     files = site.files.lazy()
     d = site.of_kind(KIND_DICOM)
     out = [
@@ -35,7 +36,7 @@ def _dicom(site: _Site) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d), _split_accessions(site),
+        *_current_paths(d), *_deidentified(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -133,23 +134,37 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
                              pl.col("_problems")))]
 
 
-def _split_accessions(site: _Site) -> pl.LazyFrame:
-    """Accession folders of one person that name the same accession in other spellings (070000 and 70000): the
-    Imaging SOP replaces AccessionNumber by the integer image_occurrence_id, so both agree with the header
-    (dicom.path_mismatch is silent) yet the study lies in two folders. A person's files are all in one part."""
-    folders = (
+def _accession_folders(site: _Site, across: _Across) -> None:
+    """The accession folders of today's layout, for _accessions (across parts)."""
+    across.accessions.append(
         site.files.lazy()
         .filter(pl.col("_images") & (pl.col("_layout") == "current") & pl.col("_session").is_not_null())
         .select("_top", "_session", _folder=pl.col("srcfile").str.extract(r"^((?:[^/]+/){4})", 1))
         .unique(["_top", "_folder"])
         .with_columns(_key=_norm_id(pl.col("_session")))
-    )
+        .collect())
+
+
+def _accessions(across: _Across) -> list[pl.LazyFrame]:
+    """The Imaging SOP replaces AccessionNumber by the OMOP image_occurrence_id, an integer that names one study:
+    two spellings of it in one person's folder (070000 and 70000, both agreeing with the header, so
+    dicom.path_mismatch is silent) split the study; the same id in two persons' folders is two studies under one id."""
+    if not across.accessions:
+        return []
+    folders = pl.concat(across.accessions).lazy()
     split = folders.filter(pl.col("_session").n_unique().over("_top", "_key") > 1).with_columns(
         _all=pl.col("_folder").sort().over("_top", "_key", mapping_strategy="join"))
-    return _found("dicom.accession_split", split, "_folder", fmt(
-        "accession folders {} name one accession ({}) in different spellings: the Imaging SOP names the folder "
-        "after the header's AccessionNumber (the image_occurrence_id); keep the study in one folder",
-        pl.col("_all").list.join(", "), pl.col("_key")))
+    shared = folders.filter(pl.col("_top").n_unique().over("_key") > 1).with_columns(
+        _all=pl.col("_top").unique().sort().over("_key", mapping_strategy="join"))
+    return [
+        _found("dicom.accession_split", split, "_folder", fmt(
+            "accession folders {} name one accession ({}) in different spellings: the Imaging SOP names the folder "
+            "after the header's AccessionNumber (the image_occurrence_id); keep the study in one folder",
+            pl.col("_all").list.join(", "), pl.col("_key"))),
+        _found("dicom.accession_shared", shared, "_folder", fmt(
+            "accession {} is used by persons {}: the Imaging SOP replaces AccessionNumber by the image_occurrence_id, "
+            "one per study; give each person's studies their own ids", pl.col("_key"), _join_list(pl.col("_all")))),
+    ]
 
 
 def _keyword(key: str) -> str:

@@ -224,6 +224,8 @@ RULES: tuple[Rule, ...] = (
     Rule("dicom.accession_split", "warning", "one accession in two folders",
          "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
          "the study is split."),
+    Rule("dicom.accession_shared", "warning", "one accession id for two persons",
+         "The same accession folder id (the image_occurrence_id, one per study) is used by more than one person."),
     Rule("dicom.name_mismatch", "error", "DICOM name disagrees with its header",
          "In an earlier edition's naming, a DICOM file name's modality, series or instance differs from the header's "
          "Modality, SeriesNumber or InstanceNumber."),

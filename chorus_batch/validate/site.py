@@ -154,6 +154,7 @@ class _Across:
     sessions: list[pl.DataFrame] = field(default_factory=list)  # _top, category, session_id, _dir of today's layout
     session_ids: list[pl.DataFrame] = field(default_factory=list)  # session_id of every waveform file that has one
     records_found: list[pl.DataFrame] = field(default_factory=list)  # srcfile, _entry: a root RECORDS entry found
+    accessions: list[pl.DataFrame] = field(default_factory=list)  # _top, _session, _folder, _key of today's layout
 
 
 FactsOf = Callable[[pl.DataFrame], pl.DataFrame]  # (kind, md5) rows wanted -> their FACTS_SCHEMA rows
