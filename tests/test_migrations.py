@@ -320,7 +320,8 @@ SCHEMA8 = Path(__file__).resolve().parent / "fixtures" / "schema8"
 def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_findings(tmp_path):
     """A release that adds rules (registry.absent here) must not keep showing an earlier release's findings for
     the versions that release checked: after the upgrade, the latest version is checked again, once, from the
-    facts cached with it (only a file whose kind is newer than them is read), and its findings say which rules made them."""
+    facts cached with it (only a file whose kind is newer than them is read), and its findings say which rules
+    made them."""
     db = tmp_path / "manifest.sqlite"
     upgrades_keeping_every_row(SCHEMA8, db, 8, grown=("validations",))  # + the rules that checked it: NULL, unknown
     latest = "20261203020000"
