@@ -148,7 +148,8 @@ def registry(modality: str, change: Callable[[list[list[object]]], list[list[obj
     def go(root: Path) -> None:
         current = scan_current(root).filter((pl.col("modality") == modality) & pl.col("person_id").is_not_null())
         persons = sitegen.person_ids(3)
-        rows = [[k + 1, 2001000000 + k, person, group, sitegen.visit_id(persons.index(person), 0),
+        first = 2001000000 if modality == "Waveforms" else 2000000000  # Multimodal-Linkage's example ranges
+        rows = [[k + 1, first + k, person, group, sitegen.visit_id(persons.index(person), 0),
                  "2024-01-01 08:00:00", f"/src/{path}", path]
                 for k, (path, person, group) in enumerate(current.select("srcfile", "person_id", "session_id").rows())]
         name = "waveform_registry.csv" if modality == "Waveforms" else "image_registry.csv"
@@ -331,6 +332,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.proc_overlap", "image_registry.csv")}),
+    # a proc_id becomes one PROCEDURE_OCCURRENCE row: of one person, in one registry
+    ("registry_proc_persons", registry("Waveforms", lambda rows: [*rows[:-1], [rows[-1][0], rows[0][1], *rows[-1][2:]]]),
+     {("registry.proc_conflict", "waveform_registry.csv")}),
+    ("registry_proc_both", registry("Images", lambda rows: [[r[0], 2001000000, *r[2:]] if i == 0 else r
+                                                            for i, r in enumerate(rows)]),
+     {("registry.proc_conflict", "image_registry.csv"), ("registry.proc_conflict", "waveform_registry.csv")}),
     ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
      {("registry.missing_file", "waveform_registry.csv"), ("registry.unlisted_file", f"{SINGLE}.hea")}),
     # Multimodal-Linkage: a registry per modality "with a SINGLE ROW PER FILE", delivered with the extract

@@ -99,6 +99,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
                                     "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
     out += _overlap(site, usable)
+    out += _conflicts(usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
         mine = usable.filter(pl.col("_of") == modality)
@@ -135,6 +136,25 @@ def _overlap(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         "asks proc_ids not to overlap them; give the files' procedures ids of a range the EHR does not use "
         "(`chorus-batch registry` gives them from [registry] image_proc_ids / waveform_proc_ids in chorus.toml)",
         pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
+
+
+def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage: each proc_id becomes one PROCEDURE_OCCURRENCE row ("distinct PER PROCEDURE"), of one person
+    and one procedure_concept_id (4180938 for images, 4141651 for waveforms): a proc_id of two persons, or in both
+    registries, makes two rows under one id."""
+    ids = usable.filter(pl.col("_of").is_not_null()).select("srcfile", "_of", _id=pl.col("proc_ids")).explode("_id")
+    both = (ids.drop_nulls().filter(pl.col("_of").n_unique().over("_id") > 1)
+            .group_by("srcfile").agg(pl.col("_id").sort().cast(pl.String), pl.len().alias("_k")))
+    return [
+        _found("registry.proc_conflict", usable.filter(pl.col("n_proc_persons").fill_null(0) > 0), "srcfile", fmt(
+            "{} proc_id(s) (e.g. {}) have rows of more than one person_id: a proc_id becomes one PROCEDURE_OCCURRENCE "
+            "row, of one person; give each person's procedures their own ids",
+            pl.col("n_proc_persons"), pl.col("proc_persons").list.join(", "))),
+        _found("registry.proc_conflict", both, "srcfile", fmt(
+            "{} proc_id(s) (e.g. {}) are used by both the image and the waveform registry: a proc_id becomes one "
+            "PROCEDURE_OCCURRENCE row, an imaging (4180938) or a monitoring (4141651) procedure; give them ids "
+            "of their own", pl.col("_k"), pl.col("_id").list.head(3).list.join(", "))),
+    ]
 
 
 def _absent(site: _Site, registries: pl.DataFrame) -> list[pl.LazyFrame]:

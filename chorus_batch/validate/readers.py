@@ -423,6 +423,11 @@ def _registry_facts(f) -> dict[str, Any]:
         proc_ids=frame["proc_id"].str.strip_chars().str.extract(r"^([0-9]{1,18})$").cast(pl.Int64)
         .drop_nulls().unique().sort().to_list(),
     )
+    # a proc_id becomes one PROCEDURE_OCCURRENCE row, of one person (registry.proc_conflict)
+    people = pl.col("person_id").fill_null("").str.strip_chars('"')
+    split = (frame.filter((pl.col("proc_id").fill_null("") != "") & (people != ""))
+             .group_by("proc_id").agg(_n=people.str.replace(r"^0+(\d)", "${1}").n_unique()).filter(pl.col("_n") > 1))
+    facts.update(n_proc_persons=split.height, proc_persons=split["proc_id"].sort().head(5).to_list())
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
     # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).

@@ -100,7 +100,7 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
-# the integer proc_ids, and reads a cell written null, NULL or \N as empty
+# the integer proc_ids and those with rows of two persons, and reads a cell written null, NULL or \N as empty
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v2", "registry_csv.v4"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 KIND_PROCEDURES = "omop_procedures"
@@ -251,6 +251,9 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
+    Rule("registry.proc_conflict", "error", "one proc_id for two procedures",
+         "A proc_id has rows of more than one person, or is used by both the image and the waveform registry (each "
+         "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept)."),
     Rule("registry.column_order", "warning", "image registry columns out of order",
          "The image registry's columns are not in the order the Imaging SOP lists them (image_registry_id, "
          f"{', '.join(REGISTRY_COLUMNS)})."),

@@ -60,7 +60,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
-                              "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64)}),
+                              "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
+                              "n_proc_persons": pl.Int64, "proc_persons": pl.List(pl.String)}),
     KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64))}),
 }
 # Every kind's facts may instead say that the file could not be read ({"error", "retry": true}; never cached).
