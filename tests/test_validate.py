@@ -500,6 +500,16 @@ def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     assert found(clean) == set()
 
 
+def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
+    """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
+    a site that copied it got registry.columns, and no other rule looked at its registry."""
+    registry("Images", columns=["image_registry_id", "file_id", "proc_id", "person_id", "group_id", "visit_ id",
+                                "datetime", "src_file", "trg_file"],
+             change=lambda rows: [[k + 1, *r[:4], 424242 if k == 0 else r[4], *r[5:7], ""] for k, r in enumerate(rows)])(clean)
+    assert "visit_ id" in (clean / "image_registry.csv").read_text()
+    assert found(clean) == {("registry.unknown_visit", "image_registry.csv")}  # read: its visit ids are checked
+
+
 @pytest.mark.parametrize("null", ["null", "NULL", "\\N"])
 def test_a_registry_cell_written_null_is_empty(clean, null):
     """The Imaging SOP's image_registry: trg_file "will be populated centrally, leave blank or null" (its example table

@@ -402,6 +402,13 @@ def _mapping_facts(f) -> dict[str, Any]:
 def _registry_facts(f) -> dict[str, Any]:
     """A linkage registry CSV: its columns, and what the cross-checks need (one row per file)."""
     facts, frame = _table(f, "registry")
+    # The Imaging SOP's image_registry spells one column "visit_ id" (its CREATE TABLE and its CSV header labels): a
+    # site that copied it wrote the linkage procedure's visit_id
+    names = [re.sub(r"\s*_\s*", "_", c) for c in facts["columns"]]
+    if len(set(names)) == len(names):
+        facts["columns"] = names
+        if frame is not None:
+            frame.columns = names
     if frame is None or not all(c in frame.columns for c in REGISTRY_COLUMNS):
         return facts
     # A NULL written as text is an empty cell: the Imaging SOP's trg_file is "blank or null" (its example writes

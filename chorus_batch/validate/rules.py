@@ -100,7 +100,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
-# the integer proc_ids and those with rows of two persons, and reads a cell written null, NULL or \N as empty
+# the integer proc_ids and those with rows of two persons, reads a cell written null, NULL or \N as empty and the
+# Imaging SOP's "visit_ id" as visit_id
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v2", "registry_csv.v4"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 KIND_PROCEDURES = "omop_procedures"
