@@ -335,8 +335,9 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     assert query(db, "SELECT rule FROM findings WHERE version = ?", (latest,)) == [("registry.absent",)]
     from chorus_batch.validate.rules import edition
 
-    # (one file read: procedure_occurrence.csv, whose kind, omop_procedures, is newer than the manifest's facts)
-    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 1)]
+    # (the files whose kinds are newer than the manifest's facts are read: procedure_occurrence.csv, omop_procedures;
+    # the two mapping files, mapping_csv.v3)
+    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 3)]
     # Checked by today's rules now: the next look shows what is stored, and says nothing of other rules.
     again = cli("validate", "--db", str(db), "--site", str(site))
     assert again.returncode == checked.returncode and "registry.absent" in again.stdout

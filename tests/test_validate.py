@@ -614,7 +614,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v2", "registry_csv.v4", "omop_procedures"}
+                                 "mapping_csv.v3", "registry_csv.v4", "omop_procedures"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -713,7 +713,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v4", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv.v2", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("mapping_csv.v3", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
@@ -723,7 +723,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
     rows = {"registry_csv.v4": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv.v2": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v3": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
             "omop_person.v2": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
@@ -735,7 +735,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
-    ("mapping_csv.v2", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("mapping_csv.v3", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v4", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
@@ -869,3 +869,18 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
     assert found(clean) == set()
     write(clean, "OMOP/procedure_occurrence.csv", body.replace(",4141651", ",4000"))  # now an EHR procedure's id
     assert found(clean) == {("registry.proc_overlap", "waveform_registry.csv")}
+
+
+@pytest.mark.parametrize("kind, header", [
+    ("registry_csv.v4", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("mapping_csv.v3", "signal_id,standardized_label,sampling_rate,units,units"),
+])
+def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
+    """A registry or mapping file naming a column twice was 'cannot parse the file (DuplicateError: ...)'."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, "t.csv", header + "\n" + ",".join("1" * len(header.split(","))) + "\n")
+    with open(tmp_path / "t.csv", "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    twice = header.split(",")[-1].lower()
+    assert error == f"the header names column(s) {twice} more than once: keep one column of each name", error

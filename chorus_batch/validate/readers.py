@@ -367,6 +367,9 @@ def _table(f, what: str):
     facts, raw, ended = _csv_header(f)
     if facts["delimiter"] != ",":
         return facts, None
+    twice = sorted({c for c in facts["columns"] if facts["columns"].count(c) > 1})
+    if twice:  # (a frame cannot hold them: said here, not as the frame library's error)
+        raise BadContent(f"the header names column(s) {', '.join(twice)} more than once: keep one column of each name")
     if ended:  # only the header row, unterminated
         return facts, pl.DataFrame(schema={c: pl.String for c in facts["columns"]})
     f.seek(0)

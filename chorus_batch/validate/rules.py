@@ -102,7 +102,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
 # the integer proc_ids and those with rows of two persons, reads a cell written null, NULL or \N as empty and the
 # Imaging SOP's "visit_ id" as visit_id
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v2", "registry_csv.v4"
+# mapping_csv.v3 (and registry_csv.v4) tell a column named twice in the site's words (v2: the frame library's error)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v3", "registry_csv.v4"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 KIND_PROCEDURES = "omop_procedures"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
