@@ -500,6 +500,16 @@ def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     assert found(clean) == set()
 
 
+@pytest.mark.parametrize("image, waveform", [("imaging_registry.csv", "wave_registry.csv"),
+                                             ("Metadata/IMG_Registry.CSV", "Metadata/Waveforms_Registry.csv")])
+def test_a_registry_is_known_by_the_modality_its_name_gives(clean, image, waveform):
+    """The procedures name the tables (the image registry, the waveform registry), not their files: an
+    imaging_registry.csv was no image registry (registry.absent, and its blank trg_files told as missing)."""
+    rename("image_registry.csv", image)(clean)
+    rename("waveform_registry.csv", waveform)(clean)
+    assert found(clean) == set()
+
+
 def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
     """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
     a site that copied it got registry.columns, and no other rule looked at its registry."""

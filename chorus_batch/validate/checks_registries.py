@@ -16,9 +16,12 @@ _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGIST
 
 def _of_kind(site: _Site) -> pl.DataFrame:
     """The registries, with the modality each lists (_of)."""
+    # The procedures name the tables (the image registry, image_registry; the waveform registry), not the files:
+    # imaging_registry.csv and img_registry.csv list images, wave_registry.csv waveforms
+    name = pl.col("_name").str.to_lowercase()
     return site.of_kind(KIND_REGISTRY).with_columns(
-        _of=pl.when(pl.col("_name").str.to_lowercase().str.contains("image")).then(pl.lit("Images"))
-        .when(pl.col("_name").str.to_lowercase().str.contains("waveform")).then(pl.lit("Waveforms")))
+        _of=pl.when(name.str.contains("imag|img")).then(pl.lit("Images"))
+        .when(name.str.contains("wave")).then(pl.lit("Waveforms")))
 
 
 def _usable(registries: pl.DataFrame) -> pl.DataFrame:
