@@ -255,6 +255,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"),
       ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/"),
       unlisted(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf")}),
+    # session ids are integers: 0<id> and <id> are one id, in one person's Telemetry/ too
+    ("id_collision_zeros", add(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf", b"0       "),
+     {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"), ("waveforms.id_collision", f"{TELEMETRY}/0{S0['single']}/"),
+      unlisted(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf")}),
     ("bad_header", add(f"{SINGLE}.hea", "this is not a WFDB header\n"), {("wfdb.bad_header", f"{SINGLE}.hea")}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),

@@ -7,7 +7,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import KIND_RECORDS, WFDB_FORMAT_SIZES, WFDB_FORMATS
-from .site import _Across, _found, _join_list, _Site
+from .site import _Across, _found, _join_list, _norm_id, _Site
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -143,11 +143,12 @@ def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
 
 def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
     """A session id used by two recordings (of any parts)."""
-    sessions = pl.concat(across.sessions)
-    owners = sessions.group_by("session_id").agg(
-        pl.concat_str("_top", "category", separator="/").unique().sort().alias("_owners")).filter(
+    # Session ids are integers: 0900 and 900 are one id (compared as person and accession ids are)
+    sessions = pl.concat(across.sessions).with_columns(_key=_norm_id(pl.col("session_id")))
+    owners = sessions.group_by("_key").agg(
+        pl.concat_str("_top", "category", "session_id", separator="/").unique().sort().alias("_owners")).filter(
         pl.col("_owners").list.len() > 1)
-    return [_found("waveforms.id_collision", sessions.join(owners, on="session_id"), pl.col("_dir") + "/",
+    return [_found("waveforms.id_collision", sessions.join(owners, on="_key"), pl.col("_dir") + "/",
                    fmt("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
                              pl.col("session_id"), _join_list(pl.col("_owners"))))]
 

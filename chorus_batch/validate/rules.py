@@ -185,7 +185,7 @@ RULES: tuple[Rule, ...] = (
     Rule("waveforms.session_id", "warning", "session id not an integer",
          "A waveform session id (its folder under Telemetry/ or EEG/) is not an integer, as the procedure asks."),
     Rule("waveforms.id_collision", "warning", "session id used twice",
-         "The same session id is used by more than one person, or by both a Telemetry and an EEG session."),
+         "The same session id is used by more than one person, or by both a Telemetry and an EEG session, or by two session folders in other spellings (0900 and 900)."),
     Rule("wfdb.bad_header", "error", "WFDB header unreadable",
          "A .hea file under Waveforms/ is not a parseable WFDB header."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
