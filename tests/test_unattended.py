@@ -712,3 +712,37 @@ def test_sqlites_own_disk_full_is_said_once_with_what_was_committed_left_to_the_
 
     said = str(Manifest(tmp_path / "m.sqlite").failure(sqlite3.OperationalError("database or disk is full")))
     assert "the disk is full" in said and "committed" not in said, said
+
+
+def test_a_site_given_through_a_symlink_is_the_same_root_and_its_files_are_not_hashed_again(site, db, tmp_path):
+    """`run --site /data/link-to-site` after `run --site /data/site` recorded a second root for the same folder,
+    moved every current row to it and hashed every file again (and back the next night the other way). Now a
+    local root is matched by the folder it is on disk: one root, its history goes on, nothing hashed again."""
+    many(site, 5)
+    old = time.time_ns() - 3600 * 10**9  # written an hour ago: not racily clean, not hashed again for that
+    for path in site.rglob("*.dat"):
+        os.utime(path, ns=(old, old))
+    link = tmp_path / "link-to-site"
+    link.symlink_to(site, target_is_directory=True)
+
+    def nightly(root: Path) -> dict:
+        out = cli("run", "--verify-sample", "0", "--site", str(root), "--db", str(db), "--json", "-q")
+        # validation reopens the files through the root it matched: the same findings (this tiny site has some)
+        assert out.returncode == ExitCode.FINDINGS and "Traceback" not in out.stderr, out.stderr
+        summary = json.loads(out.stdout)
+        assert summary["errors"]["total"] == 0, summary["errors"]
+        return summary
+
+    assert nightly(site)["counts"]["added"] == 5
+    for root in (link, site, link):
+        again = nightly(root)
+        assert again["version"] is None and again["files_hashed"] == 0, again
+    assert query(db, "SELECT root_id, location FROM roots") == [(1, str(site))]
+    assert query(db, "SELECT DISTINCT root_id FROM source_files") == [(1,)]
+    moved = tmp_path / "moved"  # the site moved and the link retargeted: still the root recorded under that name
+    write(moved, "000000/Waveforms/Telemetry/9000/9000.dat", b"signal 0")
+    link.unlink()
+    link.symlink_to(moved, target_is_directory=True)
+    out = cli("run", "--no-validate", "--max-delete", "all", "--site", str(link), "--db", str(db), "--json", "-q")
+    assert out.returncode == 0 and json.loads(out.stdout)["counts"]["removed"] == 4, out.stderr
+    assert query(db, "SELECT root_id, location FROM roots") == [(1, str(site)), (2, str(link))]

@@ -38,6 +38,31 @@ from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
 
+def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[str, str | None]]) -> dict[int, int]:
+    """The recorded root_id of each of a scan's roots (by position) that `recorded` (root_id, location,
+    modality) holds: the same location, else (a local folder) the same folder on disk: a site given through
+    a symlink, or as the symlink's target, is the root recorded under the other name, so its history goes
+    on (not a second root that takes over every file, hashed again). Few rows: a plain loop."""
+    exact = {(location, modality): root_id for root_id, location, modality in recorded}
+
+    def place(location: str) -> str:
+        return location if "://" in location else os.path.realpath(location)
+
+    on_disk: dict[tuple[str, str | None], int] | None = None
+    ids: dict[int, int] = {}
+    for position, (location, modality) in enumerate(roots):
+        root_id = exact.get((location, modality))
+        if root_id is None and "://" not in location:
+            if on_disk is None:  # resolved only when needed: a recorded folder may be on a slow mount
+                on_disk = {}
+                for rid, loc, mod in recorded:
+                    on_disk.setdefault((place(loc), mod), rid)  # the earliest root of that folder
+            root_id = on_disk.get((place(location), modality))
+        if root_id is not None:
+            ids[position] = root_id
+    return ids
+
+
 def _update_cache(db_bytes: int) -> str:
     """SQLite's page cache for a write to a manifest of `db_bytes` that already has rows (not for the first,
     append-only load). Updates land on random pages of a large manifest; with SQLite's default 2 MB page cache
@@ -406,9 +431,7 @@ class Manifest:
         """The manifest's root_id of each of a scan's roots (by position) that it has recorded already."""
         if not self.path.exists():
             return {}
-        recorded = {(location, modality): root_id for root_id, location, modality in
-                    self.roots().select("root_id", "location", "modality").iter_rows()}
-        return {position: recorded[root] for position, root in enumerate(roots) if root in recorded}
+        return _match_roots(list(self.roots().select("root_id", "location", "modality").iter_rows()), roots)
 
     def roots(self) -> pl.DataFrame:
         """The recorded roots (root_id, location, modality, first_version); the site root has modality NULL."""
@@ -680,16 +703,14 @@ class Manifest:
     @staticmethod
     def _root_ids(cur, roots: list[tuple[str, str | None]], label: str | None) -> dict[int, int]:
         """The manifest's root_id of each of a scan's roots (by position), recording new ones."""
-        ids: dict[int, int] = {}
+        cur.execute("SELECT root_id, location, modality FROM roots ORDER BY root_id")
+        ids = _match_roots(cur.fetchall(), roots)
         for position, (location, modality) in enumerate(roots):
-            cur.execute("SELECT root_id FROM roots WHERE location = ? AND modality IS ?", (location, modality))
-            row = cur.fetchone()
-            if row is None:
+            if position not in ids:
                 cur.execute("INSERT INTO roots (location, modality, first_version) VALUES (?, ?, ?)",
                             (location, modality, label))
                 cur.execute("SELECT max(root_id) FROM roots")
-                row = cur.fetchone()
-            ids[position] = int(row[0])
+                ids[position] = int(cur.fetchone()[0])
         return ids
 
     @staticmethod

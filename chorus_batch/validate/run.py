@@ -69,10 +69,10 @@ def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | No
 def by_root_id(manifest: Manifest, sources: Mapping[tuple[str, str | None], Source]) -> dict[int | None, Source]:
     """A run's sources by (location, modality) as the manifest's root ids; None: the first of them
     that has a file, for files whose root was not recorded."""
-    out: dict[int | None, Source] = {
-        root_id: sources[(location, modality)]
-        for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows()
-        if (location, modality) in sources}
+    given = list(sources.values())
+    # matched as the commit matches them (a root given through a symlink is the root recorded as its target)
+    out: dict[int | None, Source] = {root_id: given[position]
+                                     for position, root_id in manifest.known_root_ids(list(sources)).items()}
     if sources:
         out[None] = FirstFound(list(sources.values()))  # type: ignore[assignment]
     return out
