@@ -128,6 +128,14 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         if not stat.S_ISREG(st.st_mode):
                             add_error((printable(rel), "special_file", "link to a non-regular file; skipped"))
                             continue
+                        # A link to a file of the site is not followed, as one to a folder of it: the same file
+                        # listed twice is two rows, two uploads and two registry entries for one content.
+                        target = os.path.realpath(entry.path)
+                        if _within(target, real_root):
+                            add_error((printable(rel), "symlink_inside", (
+                                f"link to {os.path.relpath(target, real_root).replace(os.sep, '/')}, a file of the "
+                                "site: not followed (it is listed under its own path)")))
+                            continue
                     else:
                         add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
                         continue

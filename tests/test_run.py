@@ -171,8 +171,15 @@ def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
     result = run_site(site, db)
     assert list(current_rows(db)) == ["OMOP/real.csv"]
     assert dict(result.errors.select("srcfile", "kind").iter_rows()) == {"OMOP/link.csv": "symlink", "OMOP/pipe": "special_file"}
+    # Followed, a link to a file of the site is said once, not listed twice (as a link to a folder of it); one
+    # to a file outside the site is read as that file, under the link's path.
+    outside = write(site.parent / "outside", "ext.csv", b"e")
+    os.symlink(outside, site / "OMOP/ext.csv")
     followed = run_site(site, db, follow_symlinks=True)
-    assert "OMOP/link.csv" in current_rows(db) and followed.counts["added"] == 1
+    assert sorted(current_rows(db)) == ["OMOP/ext.csv", "OMOP/real.csv"] and followed.counts["added"] == 1
+    assert dict(followed.errors.select("srcfile", "message").iter_rows()) == {
+        "OMOP/link.csv": "link to OMOP/real.csv, a file of the site: not followed (it is listed under its own path)",
+        "OMOP/pipe": "not a regular file (device, socket or FIFO); skipped"}
 
 
 def test_vanished_file_between_listing_and_hashing(site, db):
