@@ -385,10 +385,9 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
     return code if code else int(ExitCode.FAILED)
 
 
-def cancel(job: Submitted) -> None:
-    """scancel the jobs, whatever signal comes meanwhile: a second Ctrl-C (it reaches the terminal's whole process
-    group) killed scancel with it and left the jobs running. In a session of its own, with this process's stop
-    signals held until it is done."""
+@contextlib.contextmanager
+def _stops_ignored():
+    """This process's stop signals (SIGINT, SIGTERM, SIGHUP) ignored while the block tidies up after one."""
     import signal
     import threading
 
@@ -396,10 +395,18 @@ def cancel(job: Submitted) -> None:
     main = threading.current_thread() is threading.main_thread()  # (only the main thread may set handlers)
     held = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stops} if main else {}
     try:
-        subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True, start_new_session=True)
+        yield
     finally:
         for signum, handler in held.items():
             signal.signal(signum, handler)
+
+
+def cancel(job: Submitted) -> None:
+    """scancel the jobs, whatever signal comes meanwhile: a second Ctrl-C (it reaches the terminal's whole process
+    group) killed scancel with it and left the jobs running. In a session of its own, with this process's stop
+    signals held until it is done."""
+    with _stops_ignored():
+        subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True, start_new_session=True)
 
 
 class _Lines:
@@ -422,22 +429,60 @@ class _Lines:
                 os.close(null)
 
 
+SUBMIT_FINISH_S = 120  # an interrupted submission is let finish this long (two sbatch calls), then stopped
+
+
 def submit(script_text: str) -> Submitted:
-    """Run the script with bash from a private temporary file; the jobs it submitted."""
+    """Run the script with bash from a private temporary file; the jobs it submitted.
+
+    Interrupted (Ctrl-C, SIGTERM, SIGHUP), the submission is let finish and the jobs it submitted are cancelled
+    before the interruption goes on (exc.outcome says so): a Ctrl-C that killed the script between its two sbatch
+    calls left the shards' array queued with no merge after it and no one to cancel it. The script runs in a session
+    of its own so that the terminal's Ctrl-C (sent to the whole foreground group) does not reach it there."""
     require_slurm("sbatch")
     fd, name = tempfile.mkstemp(prefix="chorus-slurm-", suffix=".sbatch")  # owner-only (0600)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(script_text)
-        proc = subprocess.run(["bash", name], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        script = subprocess.Popen(["bash", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            stdout, stderr = script.communicate()
+        except (KeyboardInterrupt, Stopped) as exc:
+            exc.outcome = _withdraw(script)
+            raise
     finally:
         with contextlib.suppress(OSError):
             os.unlink(name)
+    proc = subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
     if proc.returncode != 0:
         raise ChorusError(f"submitting the Slurm jobs failed (exit code {proc.returncode})",
                           where=(proc.stderr or proc.stdout).strip() or "no output",
                           fix="read the message above; `chorus-batch slurm-script ... > job.sbatch && bash -x job.sbatch` shows each step")
     return parse_submitted(proc.stdout)
+
+
+def _withdraw(script: subprocess.Popen) -> str:
+    """After a stop signal during the submission: let the script finish, cancel the jobs it submitted; what became
+    of them, for the message."""
+    import signal
+
+    with _stops_ignored():
+        try:
+            stdout, _stderr = script.communicate(timeout=SUBMIT_FINISH_S)
+        except subprocess.TimeoutExpired:  # sbatch hangs (slurmctld unreachable): stopped, what it queued unknown
+            with contextlib.suppress(OSError):
+                os.killpg(script.pid, signal.SIGKILL)
+            script.communicate()
+            return (f"the submission was stopped after {SUBMIT_FINISH_S} s without finishing: nothing was committed; "
+                    f"see `squeue --me --name={SHARD_JOB},{MERGE_JOB}` for jobs it may have queued, and scancel them")
+        try:
+            job = parse_submitted(stdout)
+        except ChorusError:  # it failed (a shards' array it had queued it cancelled itself) or queued nothing
+            return "the submission ended without jobs to follow: nothing was committed"
+        cancel(job)
+    return (f"the submission was let finish, then its shards' job array {job.array_job} and merge job {job.merge_job} "
+            "were cancelled before the merge ran: nothing was committed")
 
 
 def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str], None] = print) -> int:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -291,6 +292,77 @@ def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     assert "cancelled the shards' job array" in lines[-1]
     assert slurm.wait_job(job.array_job, timeout=60) == "CANCELLED"
     assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
+
+
+_SUBMITTER = """
+import signal, sys
+from chorus_batch.errors import Stopped
+from chorus_batch.slurm import submit_and_follow
+
+def stop(signum, _frame):
+    raise Stopped(signum)
+
+signal.signal(signal.SIGTERM, stop)  # as the command line's handlers do
+try:
+    sys.exit(submit_and_follow(open(sys.argv[1]).read(), poll_s=0.3))
+except (KeyboardInterrupt, Stopped) as exc:
+    print("outcome:", getattr(exc, "outcome", None), flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("signum, whom", [("SIGINT", "the terminal's group"), ("SIGTERM", "the command")])
+def test_a_stop_while_the_jobs_are_submitted_leaves_no_job_queued(slurm, stand_in, tmp_path, monkeypatch, signum,
+                                                                   whom):
+    """Ctrl-C (to the terminal's whole foreground group) or SIGTERM while the script was between its two sbatch calls
+    killed it there: the shards' array stayed queued with no merge after it, and the follower, with no job ids yet,
+    cancelled nothing. Now the submission is let finish, then both jobs are cancelled, and the message says so."""
+    import signal
+    import time
+
+    python, _log = stand_in
+    monkeypatch.setenv("STAND_IN_HANG", "1")  # the shards run until cancelled
+    held = tmp_path / "merge-sbatch-started"
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    # The real sbatch, slowed before the merge's submission: the window in which the stop comes.
+    _executable(wrappers / "sbatch", f"""#!/bin/bash
+case " $* " in *" --dependency="*) touch {shlex.quote(str(held))}; sleep 3 ;; esac
+exec {shlex.quote(shutil.which("sbatch"))} "$@"
+""")
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2,
+                                   cpus_per_task=1, python=str(python), staging=str(tmp_path / "st")))
+    before = {row["id"].split("_")[0] for row in slurm.squeue()}
+    proc = subprocess.Popen([sys.executable, "-c", _SUBMITTER, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PATH": f"{wrappers}:{os.environ['PATH']}"})
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        if whom == "the command":
+            proc.send_signal(getattr(signal, signum))
+        else:
+            os.killpg(proc.pid, getattr(signal, signum))
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ours = {row["id"].split("_")[0] for row in slurm.squeue()} - before
+        states = {}
+        for job in ours:
+            try:
+                states[job] = slurm.wait_job(job, timeout=20)
+            except AssertionError:
+                states[job] = "still queued or running"
+        if ours:
+            slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
+    assert proc.returncode == 130 and "Traceback" not in err, out + err
+    assert len(ours) == 2 and set(states.values()) == {"CANCELLED"}, (states, out, err)
+    assert re.search(r"outcome: the submission was let finish, then its shards' job array \d+ and merge job \d+ "
+                     r"were cancelled before the merge ran: nothing was committed", out), out
 
 
 # ----------------------------------------------------------------------------- end to end
