@@ -84,15 +84,18 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
     from .fsutil import create_private
 
     path = Path(staging) / STAGING_LOCK
-    try:
-        fd = create_private(path, truncate=False)
-    except OSError as exc:
-        raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
-                         fix="give a --staging folder this user can write") from None
-    try:
+    locked = False
+    while True:
+        try:
+            fd = create_private(path, truncate=False)
+        except OSError as exc:
+            raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
+                             fix="give a --staging folder this user can write") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if merge else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
+            os.close(fd)
             raise ManifestLocked(
                 (f"shards are still being written into {staging}: cannot merge it now" if merge else
                  f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
@@ -102,9 +105,28 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
                      "script again: a new staging folder)")) from None
         except OSError as exc:  # no locks on this file system: the merge's checks of scan.json still stand
             log.warning(f"cannot lock {path} ({exc.strerror or exc}): do not rerun a shard while the merge runs")
+        if not locked or _same_file(fd, path):
+            break
+        os.close(fd)  # the last holder removed the file after this one opened it: a lock on it guards nothing
+    try:
         yield
     finally:
+        # The last holder removes the file (it was left in every staging folder): only when no one else holds it
+        # (an exclusive lock got at once) and while holding it; a process that opened it before then finds, once
+        # locked, that the path is no longer its file and opens it again (above).
+        if locked:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: str | Path,

@@ -87,7 +87,8 @@ def test_merged_shards_give_the_manifest_of_a_single_node_run(snapshots, tmp_pat
         assert state_cache(merged).equals(current_rows(merged))
         assert state_cache(single).equals(current_rows(single))
         # the merge's DuckDB spilled beside the shards, and its folder is gone
-        assert sorted(p.name for p in staging.iterdir()) == [".staging.lock", *(f"shard-{k}-of-{N}" for k in range(N))]
+        # (and the folder's lock file is gone with its last holder: it was left behind)
+        assert sorted(p.name for p in staging.iterdir()) == [f"shard-{k}-of-{N}" for k in range(N)]
     assert query(merged, "SELECT count(*) FROM versions") == [(2,)]
 
 
@@ -272,3 +273,29 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
     finally:
         shard.communicate(timeout=120)
     assert merged.returncode == 4 and f"shards are still being written into {staging}" in merged.stderr, merged.stderr
+    assert not (staging / ".staging.lock").exists()  # its last holder, the shard, removed it
+
+
+def test_the_staging_lock_file_goes_with_its_last_holder(tmp_path):
+    """The staging folder's .staging.lock stayed behind after every merge. The last holder removes it, only when no
+    other holds it: shards side by side keep it until the last one ends; a merge then makes it anew."""
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.shards import staging_lock
+
+    lock = tmp_path / ".staging.lock"
+    with staging_lock(tmp_path, merge=False):
+        with staging_lock(tmp_path, merge=False):  # two shards side by side
+            assert lock.exists()
+        assert lock.exists()  # the other shard still holds it
+        with pytest.raises(ManifestLocked):
+            with staging_lock(tmp_path, merge=True):
+                pass
+        assert lock.exists()
+    assert not lock.exists()
+    with staging_lock(tmp_path, merge=True):
+        assert lock.exists() and stat.S_IMODE(lock.stat().st_mode) == 0o600
+        with pytest.raises(ManifestLocked):
+            with staging_lock(tmp_path, merge=False):
+                pass
+        assert lock.exists()
+    assert list(tmp_path.iterdir()) == []
