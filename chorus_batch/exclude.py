@@ -3,7 +3,7 @@
 A pattern is a shell glob (fnmatch semantics: `*` any run of characters, `?` one character, `[abc]`,
 `[!abc]`, `[a-z]`). A pattern without '/' is matched against the file's NAME (the last path component),
 so `*.tmp` excludes `a/b/c.tmp`; a pattern with '/' is matched against the whole site-relative path
-(a leading '/' is ignored), where `*` also crosses folders, so `scratch/*` excludes everything under
+(a leading '/' or './' is ignored), where `*` also crosses folders, so `scratch/*` excludes everything under
 `scratch/`. User patterns are case-sensitive. The DEFAULT list (OS junk) is always applied, matched
 case-insensitively (Windows and macOS file systems are), unless `--no-default-excludes` /
 `default_excludes = false`.
@@ -35,6 +35,13 @@ def _escape(ch: str) -> str:
     return "\\" + ch if ch in _META else ch
 
 
+def _from_root(pattern: str) -> str:
+    """A path pattern as a site-relative path: without its leading '/' and './' (how one names the site root)."""
+    while pattern.startswith(("/", "./")):
+        pattern = pattern[1:] if pattern.startswith("/") else pattern[2:]
+    return pattern
+
+
 def glob_problem(pattern: object) -> str | None:
     """Why `pattern` is not a usable exclusion glob (None: it is)."""
     if not isinstance(pattern, str):
@@ -45,8 +52,11 @@ def glob_problem(pattern: object) -> str | None:
         return f"{pattern!r} has leading or trailing spaces"
     if pattern.endswith("/"):
         return f"{pattern!r} ends with '/': patterns match files, not folders (for everything below it: {pattern}*)"
-    if pattern.strip("/*") == "":
+    if _from_root(pattern).strip("/*") == "":
         return f"{pattern!r} would exclude every file of the site"
+    if "/" in pattern and {".", ".."} & set(_from_root(pattern).split("/")):
+        # (a site-relative path has no such folder: the pattern would never match, silently)
+        return f"{pattern!r} names a '.' or '..' folder, which no site-relative path has: it would match nothing"
     if "\x00" in pattern or "\n" in pattern:
         return f"{pattern!r} holds a control character"
     return None
@@ -55,7 +65,7 @@ def glob_problem(pattern: object) -> str | None:
 def glob_to_regex(pattern: str, *, ignore_case: bool = False) -> str:
     """The Rust regex (also valid in Python) matching the site-relative paths that `pattern` excludes."""
     by_name = "/" not in pattern
-    body = pattern if by_name else pattern.lstrip("/")
+    body = pattern if by_name else _from_root(pattern)
     star, one = ("[^/]*", "[^/]") if by_name else (".*", ".")
     out: list[str] = []
     i, n = 0, len(body)

@@ -104,6 +104,9 @@ def test_config_exclude_and_default_excludes(site, db, tmp_path):
     (["--exclude", "scratch/"], ""),
     ([], '[run]\nexclude = [" "]\n'),
     ([], '[run]\nexclude = "*.tmp"\n'),  # a list, not a string
+    (["--exclude", "./*"], ""),  # every file, said as from the site root
+    (["--exclude", "scratch/../a/*"], ""),  # a '..' folder: no site-relative path has one, it matched nothing
+    ([], '[run]\nexclude = ["OMOP/./tmp/*"]\n'),
 ])
 def test_invalid_exclusion_is_a_usage_error(site, db, tmp_path, flags, toml):
     write(site, "1001/a.txt")
@@ -122,6 +125,9 @@ def test_globs_match_fnmatch_vectorised():
     for pattern in ["*.tmp", "scratch/*", "*/scratch/*", "a[0-9].txt", "a[!0-9].txt", "a[1", "?b.txt"]:
         expected = [p for p in paths if fnmatch.fnmatchcase(p if "/" in pattern else p.rsplit("/", 1)[-1], pattern)]
         assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == expected, pattern
+        if "/" in pattern:  # named from the site root ('./scratch/*' matched nothing: no listed path starts so)
+            for rooted in ("/" + pattern, "./" + pattern, ".//" + pattern):
+                assert series.filter(series.str.contains(glob_to_regex(rooted))).to_list() == expected, rooted
     kept, counts = apply(pl.DataFrame({"srcfile": paths}), Excludes())
     assert set(paths) - set(kept["srcfile"]) == {"x/Thumbs.db", "x/THUMBS.DB", "._x", "d/._y", "~$a.docx", ".~lock.a#"}
     assert counts["default"] == 6 and counts["by_pattern"]["Thumbs.db"] == 2
