@@ -746,3 +746,36 @@ def test_a_site_given_through_a_symlink_is_the_same_root_and_its_files_are_not_h
     out = cli("run", "--no-validate", "--max-delete", "all", "--site", str(link), "--db", str(db), "--json", "-q")
     assert out.returncode == 0 and json.loads(out.stdout)["counts"]["removed"] == 4, out.stderr
     assert query(db, "SELECT root_id, location FROM roots") == [(1, str(site)), (2, str(link))]
+
+
+def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_ever(site, db):
+    """A file replaced by a FIFO between the listing and the hashing (or validation's read) blocked its open for
+    ever: the nightly run hung, saying nothing, until cron's timeout killed it and nothing was committed. It is now
+    opened without blocking and refused as no longer a regular file; the rest is committed."""
+    write(site, "OMOP/a.csv", b"a")
+    fifo = write(site, "OMOP/b.csv", b"b")
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "1", "--json",
+                             "-q", "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        while "test pause at hashing" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, "the run never reached its hashing"
+        fifo.unlink()
+        os.mkfifo(fifo)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.FINDINGS, err
+    assert list(current_rows(db)) == ["OMOP/a.csv"]
+    assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [
+        ("OMOP/b.csv", "unreadable", "cannot read: no longer a regular file (replaced by a FIFO, socket, device or "
+                                     "folder since it was listed)")]
+    # what reads a recorded file again (validation, upload) opens it the same way
+    opened = subprocess.run([sys.executable, "-c", "import sys; from chorus_batch.sources.local import LocalSource\n"
+                             "try:\n    LocalSource(sys.argv[1]).open('OMOP/b.csv')\n"
+                             "except OSError as exc:\n    print(exc.strerror)", str(site)],
+                            capture_output=True, text=True, timeout=60)
+    assert opened.stdout.startswith("no longer a regular file"), opened

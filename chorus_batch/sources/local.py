@@ -8,6 +8,7 @@ site before it loaded its libraries (walk.py: the early listing) hands that walk
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -27,6 +28,23 @@ from .base import (READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, 
                    listing_batch, parse_through)
 
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def _open_regular(path: str) -> int:
+    """A read descriptor of the regular file at `path`. Opened without blocking, then checked: a file replaced by a
+    FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed)."""
+    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file (replaced by a FIFO, socket, device or folder "
+                                        "since it was listed)", path)
+        if _O_NONBLOCK:  # (no effect on a regular file's reads, but not left to a file system to interpret)
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 # A tree whose walk takes longer than this in-process is finished by worker processes. Starting them costs
 # ~20 ms; a longer budget only walks more on one core: 100k files (2 workers) listed in 0.62 s with 0.25 s,
 # 0.52 s with 0.05 s, 0.49 s with none; a 38-file tree in 2 ms in-process, 20 ms with the workers.
@@ -130,7 +148,7 @@ class LocalSource:
         return os.path.join(self.root, *srcfile.split("/"))
 
     def open(self, srcfile: str) -> BinaryIO:
-        return open(self.absolute(srcfile), "rb")
+        return open(_open_regular(self.absolute(srcfile)), "rb")
 
     def stat(self, srcfile: str) -> FileStat:
         st = os.stat(self.absolute(srcfile), follow_symlinks=self.follow_symlinks)
@@ -142,7 +160,7 @@ class LocalSource:
         """hash_file of the Source protocol: one open, one pass (sources/base.py)."""
         path = self.absolute(srcfile)
         for _attempt in (1, 2):
-            fd = os.open(path, os.O_RDONLY | _O_BINARY)
+            fd = _open_regular(path)
             facts = None
             try:
                 before = os.fstat(fd)
