@@ -23,7 +23,8 @@ def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | Non
     except FileNotFoundError:
         return "vanished", "file disappeared before it could be hashed"
     except PermissionError as exc:
-        return "unreadable", f"permission denied: {exc.strerror or exc}"
+        # (strerror is "Permission denied" again: said once, with what to do)
+        return "unreadable", "permission denied: this user may not read the file (give it read permission)"
     except OSError as exc:
         return "unreadable", f"cannot read: {exc.strerror or exc}"
 

@@ -371,6 +371,8 @@ def test_unreadable_directory_and_file_keep_their_rows(site, db):
     summary = json.loads(second.stdout)
     assert summary["counts"]["removed"] == 0
     assert summary["errors"]["by_kind"] == {"unreadable": 1, "unreadable_dir": 1}
+    said = {e["srcfile"]: e["message"] for e in summary["errors"]["examples"]}
+    assert said["OMOP/secret.csv"] == "permission denied: this user may not read the file (give it read permission)"
     assert set(current_rows(db)) == {
         "000001/Waveforms/000001_20200101_101010_60.dat", "000002/Waveforms/000002_20200101_101010_60.dat", "OMOP/secret.csv"}
     # readable again: the change is picked up
