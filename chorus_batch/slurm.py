@@ -195,6 +195,8 @@ exec {shard_cmd}
 CHORUS_SHARD
 )
 shards_job=${{shards_job%%;*}}
+# Stopped now (Ctrl-C, SIGTERM), the shards' array would stay queued with no merge after it: cancelled instead.
+trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submitting; cancelled the job array $shards_job of the shards: nothing will be merged" >&2; exit 130' INT TERM HUP
 
 merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
     --dependency=afterok:"$shards_job" --kill-on-invalid-dep=yes \\
@@ -208,6 +210,7 @@ exit "$code"
 CHORUS_MERGE
 ) || {{ scancel "$shards_job" || true; echo "chorus-batch: submitting the merge job failed; cancelled the shards' job array $shards_job" >&2; exit 1; }}
 merge_job=${{merge_job%%;*}}
+trap - INT TERM HUP
 
 printf 'staging: %s\\n' "$staging"
 printf 'logs: %s\\n' "$logs"

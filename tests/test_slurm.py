@@ -311,12 +311,14 @@ except (KeyboardInterrupt, Stopped) as exc:
 """
 
 
-@pytest.mark.parametrize("signum, whom", [("SIGINT", "the terminal's group"), ("SIGTERM", "the command")])
+@pytest.mark.parametrize("signum, whom", [("SIGINT", "the terminal's group"), ("SIGTERM", "the command"),
+                                          ("SIGINT", "the script run by hand")])
 def test_a_stop_while_the_jobs_are_submitted_leaves_no_job_queued(slurm, stand_in, tmp_path, monkeypatch, signum,
                                                                    whom):
     """Ctrl-C (to the terminal's whole foreground group) or SIGTERM while the script was between its two sbatch calls
     killed it there: the shards' array stayed queued with no merge after it, and the follower, with no job ids yet,
-    cancelled nothing. Now the submission is let finish, then both jobs are cancelled, and the message says so."""
+    cancelled nothing. Now `run --slurm` lets the submission finish, then cancels both jobs, and says so; the script
+    run by hand (`bash nightly.sbatch`) cancels the array it queued."""
     import signal
     import time
 
@@ -334,7 +336,9 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
     script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2,
                                    cpus_per_task=1, python=str(python), staging=str(tmp_path / "st")))
     before = {row["id"].split("_")[0] for row in slurm.squeue()}
-    proc = subprocess.Popen([sys.executable, "-c", _SUBMITTER, str(script)], stdout=subprocess.PIPE,
+    command = ["bash", str(script)] if whom == "the script run by hand" else [sys.executable, "-c", _SUBMITTER,
+                                                                                str(script)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PATH": f"{wrappers}:{os.environ['PATH']}"})
     try:
@@ -360,6 +364,11 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
         if ours:
             slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
     assert proc.returncode == 130 and "Traceback" not in err, out + err
+    if whom == "the script run by hand":  # stopped before the merge's sbatch ran: the array alone, cancelled
+        assert len(ours) == 1 and set(states.values()) == {"CANCELLED"}, (states, out, err)
+        assert re.search(r"stopped while submitting; cancelled the job array \d+ of the shards: nothing will be "
+                         r"merged", err), err
+        return
     assert len(ours) == 2 and set(states.values()) == {"CANCELLED"}, (states, out, err)
     assert re.search(r"outcome: the submission was let finish, then its shards' job array \d+ and merge job \d+ "
                      r"were cancelled before the merge ran: nothing was committed", out), out
