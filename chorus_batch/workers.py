@@ -22,7 +22,7 @@ def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | Non
         return "changed_while_hashing", str(exc)
     except FileNotFoundError:
         return "vanished", "file disappeared before it could be hashed"
-    except PermissionError as exc:
+    except PermissionError:
         # (strerror is "Permission denied" again: said once, with what to do)
         return "unreadable", "permission denied: this user may not read the file (give it read permission)"
     except OSError as exc:
