@@ -473,12 +473,22 @@ def _withdraw(script: subprocess.Popen) -> str:
     with _stops_ignored():
         try:
             stdout, _stderr = script.communicate(timeout=SUBMIT_FINISH_S)
-        except subprocess.TimeoutExpired:  # sbatch hangs (slurmctld unreachable): stopped, what it queued unknown
+        except subprocess.TimeoutExpired:  # sbatch hangs (slurmctld unreachable): stopped
+            # SIGTERM first: the script's trap cancels a shards' array it queued (slurm_script); then SIGKILL
             with contextlib.suppress(OSError):
-                os.killpg(script.pid, signal.SIGKILL)
-            script.communicate()
-            return (f"the submission was stopped after {SUBMIT_FINISH_S} s without finishing: nothing was committed; "
-                    f"see `squeue --me --name={SHARD_JOB},{MERGE_JOB}` for jobs it may have queued, and scancel them")
+                os.killpg(script.pid, signal.SIGTERM)
+            try:
+                _stdout, stderr = script.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(script.pid, signal.SIGKILL)
+                _stdout, stderr = script.communicate()
+            stopped = f"the submission did not finish in {SUBMIT_FINISH_S} s and was stopped: nothing was committed"
+            cancelled = re.search(r"cancelled the job array (\d+) of the shards", stderr or "")
+            if cancelled:
+                return f"{stopped}; it cancelled the shards' job array {cancelled.group(1)} it had queued"
+            return (f"{stopped}; see `squeue --me --name={SHARD_JOB},{MERGE_JOB}` for jobs it may have queued, and "
+                    "scancel them")
         try:
             job = parse_submitted(stdout)
         except ChorusError:  # it failed (a shards' array it had queued it cancelled itself) or queued nothing

@@ -296,8 +296,11 @@ def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
 
 _SUBMITTER = """
 import signal, sys
+from chorus_batch import slurm
 from chorus_batch.errors import Stopped
 from chorus_batch.slurm import submit_and_follow
+
+slurm.SUBMIT_FINISH_S = float(sys.argv[2])  # how long an interrupted submission is let finish
 
 def stop(signum, _frame):
     raise Stopped(signum)
@@ -312,7 +315,7 @@ except (KeyboardInterrupt, Stopped) as exc:
 
 
 @pytest.mark.parametrize("signum, whom", [("SIGINT", "the terminal's group"), ("SIGTERM", "the command"),
-                                          ("SIGINT", "the script run by hand")])
+                                          ("SIGINT", "the script run by hand"), ("SIGINT", "a hung sbatch")])
 def test_a_stop_while_the_jobs_are_submitted_leaves_no_job_queued(slurm, stand_in, tmp_path, monkeypatch, signum,
                                                                    whom):
     """Ctrl-C (to the terminal's whole foreground group) or SIGTERM while the script was between its two sbatch calls
@@ -329,15 +332,15 @@ def test_a_stop_while_the_jobs_are_submitted_leaves_no_job_queued(slurm, stand_i
     wrappers.mkdir()
     # The real sbatch, slowed before the merge's submission: the window in which the stop comes.
     _executable(wrappers / "sbatch", f"""#!/bin/bash
-case " $* " in *" --dependency="*) touch {shlex.quote(str(held))}; sleep 3 ;; esac
+case " $* " in *" --dependency="*) touch {shlex.quote(str(held))}; sleep {600 if whom == "a hung sbatch" else 3} ;; esac
 exec {shlex.quote(shutil.which("sbatch"))} "$@"
 """)
     script = tmp_path / "job.sbatch"
     script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2,
                                    cpus_per_task=1, python=str(python), staging=str(tmp_path / "st")))
     before = {row["id"].split("_")[0] for row in slurm.squeue()}
-    command = ["bash", str(script)] if whom == "the script run by hand" else [sys.executable, "-c", _SUBMITTER,
-                                                                                str(script)]
+    command = ["bash", str(script)] if whom == "the script run by hand" else [
+        sys.executable, "-c", _SUBMITTER, str(script), "2" if whom == "a hung sbatch" else "120"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "PATH": f"{wrappers}:{os.environ['PATH']}"})
@@ -368,6 +371,11 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
         assert len(ours) == 1 and set(states.values()) == {"CANCELLED"}, (states, out, err)
         assert re.search(r"stopped while submitting; cancelled the job array \d+ of the shards: nothing will be "
                          r"merged", err), err
+        return
+    if whom == "a hung sbatch":  # not waited on for ever: stopped, and its trap cancelled the array it had queued
+        assert len(ours) == 1 and set(states.values()) == {"CANCELLED"}, (states, out, err)
+        assert re.search(r"outcome: the submission did not finish in 2.0 s and was stopped: nothing was committed; "
+                         r"it cancelled the shards' job array \d+ it had queued", out), out
         return
     assert len(ours) == 2 and set(states.values()) == {"CANCELLED"}, (states, out, err)
     assert re.search(r"outcome: the submission was let finish, then its shards' job array \d+ and merge job \d+ "
