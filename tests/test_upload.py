@@ -203,6 +203,28 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
 
 
+def test_upload_says_when_the_version_folder_holds_blobs_it_did_not_write_and_keeps_saying_so(central, tmp_path):
+    # An abandoned submission's (or another tool's) blob already under <version>/: upload called the version
+    # complete with exit 0 and never looked again; only a verify someone remembered to run said so.
+    db = committed_site(tmp_path, 3)
+    central.client.upload_blob("20261101020000/000009/OMOP/stale.csv", b"person_id\n9\n")
+    first = up(central, db)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "1 blob at the centre that the manifest does not list" in first.stdout, first.stdout
+    assert "20261101020000/000009/OMOP/stale.csv" in first.stdout and "then upload again" in first.stdout
+    assert "manifest copy:" in first.stdout  # (the copy says which blobs are the submission)
+    assert blobs(central)["20261101020000/000009/OMOP/stale.csv"][0] == 12  # never deleted here
+    again = up(central, db, "--json")  # not finished: the nightly upload says it again, sending nothing
+    assert again.returncode == 1, again.stdout + again.stderr
+    version = json.loads(again.stdout)["versions"][0]
+    assert version["sent"] == 0 and version["sent_before"] == 3
+    assert [u["name"] for u in version["unlisted"]] == ["000009/OMOP/stale.csv"]
+    central.client.delete_blob("20261101020000/000009/OMOP/stale.csv")
+    cleared = up(central, db)
+    assert cleared.returncode == 0 and "all there" in cleared.stdout, cleared.stdout + cleared.stderr
+    assert "nothing to upload" in up(central, db).stdout
+
+
 # ----------------------------------------------------------------------------- faults
 
 

@@ -54,6 +54,8 @@ def upload_text(result: UploadResult) -> str:
                 lines.append("  complete; checked against the container's listing (size, Content-MD5): all there")
         elif not result.dry_run and not v.complete:
             lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
+        if v.unlisted is not None and v.unlisted.height:  # (the version stays unfinished: the next upload looks again)
+            lines.extend(_unlisted_lines(v.unlisted, "upload"))
         if v.manifest_copy:
             lines.append(f"  manifest copy: {v.manifest_copy}")
         if v.copy_refused:
@@ -79,6 +81,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
             "manifest_copy_refused": v.copy_refused,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
+            "unlisted": None if v.unlisted is None else v.unlisted.to_dicts(),
         } for v in result.versions],
     }
 
@@ -106,15 +109,21 @@ def verify_text(result: VerifyResult) -> str:
     elif not result.unlisted.height:
         lines.append("  all as recorded")
     if result.unlisted.height:
-        lines.append(f"  {plural(result.unlisted.height, 'blob')} at the centre that the manifest does not list "
-                     "(a reviewer there would take them for part of the submission; not in the ledger):")
-        for version, frame in result.unlisted.group_by("version", maintain_order=True):
-            names = frame["name"].head(EXAMPLES).to_list()
-            more = f", ... {frame.height - EXAMPLES} more (--json lists them all)" if frame.height > EXAMPLES else ""
-            lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(f"{version[0]}/{n}" for n in names) + more)
-        lines.append("  fix:   have them removed from the central container, or moved out of the version's folder "
-                     "(chorus-batch never deletes there); then verify again")
+        lines.extend(_unlisted_lines(result.unlisted, "verify"))
     return "\n".join(lines)
+
+
+def _unlisted_lines(unlisted: pl.DataFrame, command: str) -> list[str]:
+    """The blobs under a version's folder that are no file of its change set (verify's and upload's words)."""
+    lines = [f"  {plural(unlisted.height, 'blob')} at the centre that the manifest does not list "
+             "(a reviewer there would take them for part of the submission; not in the ledger):"]
+    for version, frame in unlisted.group_by("version", maintain_order=True):
+        names = frame["name"].head(EXAMPLES).to_list()
+        more = f", ... {frame.height - EXAMPLES} more (--json lists them all)" if frame.height > EXAMPLES else ""
+        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(f"{version[0]}/{n}" for n in names) + more)
+    lines.append("  fix:   have them removed from the central container, or moved out of the version's folder "
+                 f"(chorus-batch never deletes there); then {command} again")
+    return lines
 
 
 def verify_dict(result: VerifyResult) -> dict[str, Any]:

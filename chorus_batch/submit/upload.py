@@ -72,6 +72,9 @@ class VersionUpload:
     verify_problems: pl.DataFrame | None = None  # after a complete upload: the listing check
     manifest_copy: str | None = None  # where the manifest's copy went
     copy_refused: str | None = None  # why the manifest's copy was not put there (another manifest's is)
+    # Blobs under <version>/ that are no file of its change set (another tool's, an abandoned submission's): a
+    # reviewer at the centre takes them for part of it. Only verify said so; upload called the version complete.
+    unlisted: pl.DataFrame | None = None
 
     @property
     def n_not_sent(self) -> int:
@@ -91,7 +94,8 @@ class UploadResult:
         if any(v.copy_refused or v.not_sent.filter(pl.col("state") == "conflict").height for v in self.versions):
             return ExitCode.REFUSED  # a blob at the centre holds other content: it stays, this upload is refused
         bad = any(v.not_sent.filter(pl.col("state") != "superseded").height
-                  or (v.verify_problems is not None and v.verify_problems.height) for v in self.versions)
+                  or (v.verify_problems is not None and v.verify_problems.height)
+                  or (v.unlisted is not None and v.unlisted.height) for v in self.versions)
         return ExitCode.FINDINGS if bad else ExitCode.OK
 
 
@@ -264,8 +268,8 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     if outcome.complete:
         from .verify import check_version
 
-        _, problems, _ = check_version(ledger, central, label, download=False)
-        outcome.verify_problems = problems
+        _, problems, unlisted = check_version(ledger, central, label, download=False)
+        outcome.verify_problems, outcome.unlisted = problems, unlisted
         if problems.height == 0:
             try:
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
@@ -273,7 +277,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
                 outcome.copy_refused = f"{exc}; {_CONFLICT_FIX}"
                 return
             now = iso(utc_now())
-            ledger.submission(label, finished_at=now, manifest_copied_at=now)
+            # The copy tells the centre which blobs are the submission; with blobs of others beside it the version
+            # is not finished: each upload lists its folder again and says so until they are gone (never deleted here).
+            ledger.submission(label, manifest_copied_at=now, **({} if unlisted.height else {"finished_at": now}))
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
