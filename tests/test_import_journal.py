@@ -496,6 +496,17 @@ SPOILT = [
      "VERSION_ID 999 is not in versions"),
     ("B", "UPDATE journal SET VERSION = NULL WHERE FILE_ID = (SELECT min(FILE_ID) FROM journal WHERE UPLOAD_DTSTR "
           "IS NOT NULL)", "import.unmapped-mark", "on a row without a version label"),
+    # A marked row whose name no blob can have (Azure rewrites or refuses it) was recorded as sent to that blob.
+    ("A", "UPDATE journal_v2 SET FILENAME = 'notes.' WHERE FILE_ID = (SELECT min(FILE_ID) FROM journal_v2 WHERE "
+          "UPLOAD_DT_ID IS NOT NULL)", "import.unmapped-mark", "names no blob the centre can hold: a part of its name "
+                                                              "ends with '.'"),
+    ("B", "UPDATE journal SET FILEPATH = 'OMOP/a' || char(92) || 'b.csv' WHERE FILE_ID = (SELECT min(FILE_ID) FROM "
+          "journal WHERE UPLOAD_DTSTR IS NOT NULL)", "import.unmapped-mark", "its name holds a backslash"),
+    ("B", "UPDATE journal SET FILEPATH = 'OMOP/a' || char(127) || '.csv' WHERE FILE_ID = (SELECT min(FILE_ID) FROM "
+          "journal WHERE UPLOAD_DTSTR IS NOT NULL)", "import.unmapped-mark", "holds a control character"),
+    ("A", "UPDATE journal_v2 SET FILENAME = replace(hex(zeroblob(550)), '0', 'x') || '.csv' WHERE FILE_ID = (SELECT "
+          "min(FILE_ID) FROM journal_v2 WHERE UPLOAD_DT_ID IS NOT NULL)", "import.unmapped-mark",
+     "its blob name is longer than 1024 characters"),
     ("B", "UPDATE journal SET TIME_VALID_us = 1 WHERE FILE_ID = 5", "import.impossible-interval",
      "before the first `journal update`"),
     # text that is not UTF-8 (SQLite keeps whatever bytes it is given): the row's finding, not the import's end
@@ -529,6 +540,8 @@ def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sq
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '/%' OR srcfile LIKE '%../%' OR size < 0 "
                      "OR mtime_ns < 0 OR srcfile LIKE '%/'") == [(0,)]
     assert query(db, "SELECT count(*) FROM uploads WHERE destination LIKE '%/'") == [(0,)]  # every mark names a blob
+    assert query(db, "SELECT count(*) FROM uploads WHERE destination LIKE '%.' OR instr(destination, char(92)) OR "
+                     "instr(destination, char(127)) OR length(destination) > 1024") == [(0,)]
 
 
 def test_notes_alone_are_exit_code_0(tmp_path):

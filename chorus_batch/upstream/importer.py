@@ -320,16 +320,26 @@ def _record_marks(manifest, marks: pl.DataFrame, central: str | None) -> tuple[p
     files = manifest.query_frame(
         "SELECT srcfile, version_valid AS label, md5, file_id FROM source_files",
         schema={"srcfile": pl.String, "label": pl.String, "md5": pl.String, "file_id": pl.Int64})
-    matched = marks.join(files, on=["srcfile", "label", "md5"], how="left")
+    from ..submit.central import check_names, parse_central
+
+    # A name Azure rewrites or refuses (a backslash, a control character, a part ending in '.', too long) cannot be
+    # the blob the mark claims: upstream's blob, if any, has another name. `upload` refuses these names (bad_name).
+    no_blob = check_names(pl.col("srcfile"), pl.col("label"), parse_central(central)[1] if central else "")
+    matched = marks.join(files, on=["srcfile", "label", "md5"], how="left").with_columns(_no_blob=no_blob)
     del files
-    unmapped = matched.filter(pl.col("file_id").is_null()).select(
+    unmapped = matched.filter(pl.col("file_id").is_null() | pl.col("_no_blob").is_not_null()).select(
         rule=pl.lit("import.unmapped-mark"), srcfile="srcfile",
         message=pl.when(pl.col("label").is_null())
         .then(fmt("upload mark {} is on a row without a version label (MD5 {}): not recorded in the uploads "
                         "ledger (`upload` will send this file version again)", "mark", "md5"))
-        .otherwise(fmt("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
-                             "recorded in the uploads ledger", "mark", "label", "md5")))
-    found = matched.filter(pl.col("file_id").is_not_null()).unique(["label", "file_id"], keep="first", maintain_order=True)
+        .when(pl.col("file_id").is_null())
+        .then(fmt("upload mark {} of version {} (MD5 {}) matches no file version of the import: not "
+                        "recorded in the uploads ledger", "mark", "label", "md5"))
+        .otherwise(fmt("upload mark {} of version {} (MD5 {}) names no blob the centre can hold: {}; not recorded "
+                       "in the uploads ledger (`upload` refuses the name too: rename the file in the site)",
+                       "mark", "label", "md5", "_no_blob")))
+    found = matched.filter(pl.col("file_id").is_not_null() & pl.col("_no_blob").is_null()).unique(
+        ["label", "file_id"], keep="first", maintain_order=True)
     if central is not None and found.height:
         # A mark is YYYYMMDDHHMMSS (a version label, or the clock time of `file upload`): as an ISO time, else as given.
         when = pl.col("mark").str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False)
