@@ -546,6 +546,39 @@ def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, t
     assert "nothing to upload" in up(central, db).stdout
 
 
+def test_mark_uploaded_records_what_the_script_left_out_as_superseded_as_upload_would(central, tmp_path):
+    # A version whose file a later version replaced before anything was sent: the script left it out without a
+    # word, and mark-uploaded never marked that version (`versions` showed it as never uploaded).
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    write(site, "OMOP/visit.csv", b"visit_id\n7\n")
+    commit(site, db, "20261102020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert out.returncode == 0, out.stderr
+    assert "sends 2 files" in out.stderr and "not in the script: 1 files a later version replaced" in out.stderr
+    from azure.storage.blob import ContentSettings
+
+    lines = []
+    for srcfile, (_, md5) in submitted(db, "20261102020000").items():  # what the script's commands do
+        central.client.get_blob_client(f"20261102020000/{srcfile}").upload_blob(
+            (site / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+        lines.append(f"uploaded\t20261102020000/{srcfile}")
+    log = tmp_path / "upload.log"
+    log.write_text("\n".join(lines) + "\n")
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert marked.returncode == 0, marked.stdout + marked.stderr
+    assert "recorded 2 uploads" in marked.stdout and "recorded 1 files as superseded" in marked.stdout
+    assert query(db, "SELECT version, state FROM uploads WHERE state != 'uploaded'") == [("20261101020000", "superseded")]
+    shown = {v["label"]: v["upload"] for v in json.loads(cli("versions", "--db", str(db), "--json").stdout)}
+    assert "0/1 sent, 1 not sent" in shown["20261101020000"] and "2/2 sent" in shown["20261102020000"], shown
+    finish = up(central, db)  # nothing left to send: checks both versions and copies the manifest next to them
+    assert finish.returncode == 0 and "sent 0 files" in finish.stdout, finish.stdout + finish.stderr
+    assert "nothing to upload" in up(central, db).stdout
+
+
 def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_path):
     db = committed_site(tmp_path, 1)
     key = base64.b64encode(b"not a real key").decode()

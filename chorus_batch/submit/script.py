@@ -52,6 +52,7 @@ class Script:
     n_not_replaceable: int = 0  # damaged blobs (verify) AzCopy cannot replace only if unchanged: left out
     wildcards: list[str] = field(default_factory=list)  # versioned names whose local path AzCopy reads as a pattern
     bad_names: list[tuple[str, str]] = field(default_factory=list)  # (versioned name, why): Azure cannot keep it
+    n_superseded: int = 0  # replaced or removed by a later version before they were sent: nobody can send them
 
 
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
@@ -84,8 +85,9 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     roots = _local_roots(manifest, {None: site} if site else None)
     plans = [ledger.plan(label, modalities) for label in labels]
     # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
-    todo = pl.concat(plans).filter((~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
-                                   & ~pl.col("superseded") & pl.col("md5").is_not_null()).with_columns(
+    unsent = pl.concat(plans).filter(~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
+    n_superseded = unsent.filter(pl.col("superseded")).height  # named: the script's count alone hid them
+    todo = unsent.filter(~pl.col("superseded") & pl.col("md5").is_not_null()).with_columns(
         bad_name=check_names(pl.col("srcfile"), pl.col("version"), prefix))
     # Left out, as `upload` leaves them out, but named: the script's count alone hid them (and the run said 0).
     bad_names = [(f"{label}/{srcfile}", why) for label, srcfile, why in
@@ -165,7 +167,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     lines += ['exit "$failed"', ""]
     return Script("\n".join(lines), todo.height - len(wildcards), len(labels), LOG_NAME, not_replaceable, wildcards,
-                  bad_names)
+                  bad_names, n_superseded)
 
 
 @dataclass
@@ -175,6 +177,7 @@ class Marked:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (blob name, why)
     not_understood: int = 0  # log lines that are not `uploaded<TAB><blob name>`
     example: str = ""  # the first of them
+    n_superseded: int = 0  # files replaced or removed by a later version before they were sent: recorded so
 
     @property
     def exit_code(self) -> ExitCode:
@@ -194,6 +197,9 @@ class Marked:
             lines += [f"  {name}: {why}" for name, why in self.rejected[:20]]
             if len(self.rejected) > 20:
                 lines.append(f"  ... {len(self.rejected) - 20} more")
+        if self.n_superseded:
+            lines.append(f"recorded {self.n_superseded} files as superseded: a later version replaced or removed them "
+                         "before they were sent (their bytes are no longer in the site; nobody can send them)")
         lines.append("`chorus-batch upload` then finds nothing left to send for a complete version: it checks it and "
                      "puts the manifest's copy next to it")
         return "\n".join(lines)
@@ -201,7 +207,7 @@ class Marked:
 
 def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv: Sequence[str] = ()) -> Marked:
     """Record the blobs a script's log names, each once the container shows its size and Content-MD5."""
-    from .upload import _working_manifest
+    from .upload import _working_manifest, record_unsendable, sort_plan
     from .uploadlog import read_log
 
     log = read_log(log_path, parse_central(to)[1], central_url(to))
@@ -235,6 +241,15 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                                for file_id, srcfile, size, md5, etag in
                                good.select("file_id", "srcfile", "size", "content_md5", "etag").iter_rows()])
                 marked.n_recorded += good.height
+            # What `upload` records before it sends: files nobody can send any more (superseded: a later version
+            # replaced or removed them first; bad names; no MD5). The script leaves them out, so without this a
+            # version of only such files was never marked and showed as never uploaded.
+            for label in ledger.versions_not_finished():
+                immediate = sort_plan(ledger, label, None, central.prefix)[2]
+                if immediate.height:
+                    ledger.start(label)
+                    record_unsendable(ledger, central, label, immediate)
+                    marked.n_superseded += immediate.filter(pl.col("state") == "superseded").height
     finally:
         central.close()
     return marked

@@ -202,15 +202,15 @@ def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[i
     return out
 
 
-def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central | None, prefix: str, label: str,
-                    modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
-                    overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress) -> VersionUpload:
+def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None,
+              prefix: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The version's plan; its files confirmed before; those nobody can send (file_id, srcfile, state, message,
+    damaged: bad_name, superseded, no_md5); those to send. `upload` and `mark-uploaded` (after a script) alike."""
     plan = ledger.plan(label, modalities)
     done = plan.filter(pl.col("state").is_in(CONFIRMED) & ~pl.col("damaged"))
     todo = plan.join(done, on="file_id", how="anti").with_columns(
         check_names(pl.col("srcfile"), label, prefix)
         .alias("bad_name"))
-    outcome = VersionUpload(label, plan.height, done.height)
     superseded = todo.filter(pl.col("superseded"))
     # Names the centre would rewrite or refuse: never sent, or the blob would not be where the ledger says.
     bad_name = todo.filter(~pl.col("superseded") & pl.col("bad_name").is_not_null())
@@ -219,34 +219,48 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central |
     immediate = pl.concat([
         bad_name.select("file_id", "srcfile", pl.lit("bad_name").alias("state"),
                         fmt("{}: not sent; rename it in the site (the next run records the new name), then "
-                                  "upload again", "bad_name").alias("message")),
+                                  "upload again", "bad_name").alias("message"), "damaged"),
         superseded.select("file_id", "srcfile", pl.lit("superseded").alias("state"),
                           pl.when(pl.col("damaged"))
                           .then(pl.lit("verify found its central blob missing or damaged, and a later version replaced "
                                        "or removed it before it was sent again: its bytes are no longer in the site, so "
                                        "the central blob stays as verify found it (tell the centre)"))
                           .otherwise(pl.lit("replaced or removed by a later version before it was sent: its bytes are "
-                                            "no longer in the site")).alias("message")),
+                                            "no longer in the site")).alias("message"), "damaged"),
         no_md5.select("file_id", "srcfile", pl.lit("no_md5").alias("state"),
                       pl.lit("the manifest has no MD5 for it (unverifiable cloud file): run with --cloud-md5 download "
-                             "to record one").alias("message")),
+                             "to record one").alias("message"), "damaged"),
     ])
+    return plan, done, immediate, sendable
+
+
+def record_unsendable(ledger: UploadLedger, central: Central, label: str, immediate: pl.DataFrame) -> None:
+    """Record the files of `label` nobody can send (sort_plan's third frame) with why."""
+    # A damaged blob whose bytes are gone from the site can never be sent again: it is no longer held as
+    # confirmed (else its version would wait for a resend for ever); verify's finding stays on its row.
+    # (Its row keeps what the upload and verify recorded: only its state and why change.)
+    given_up = immediate.filter((pl.col("state") == "superseded") & pl.col("damaged"))
+    ledger.give_up(label, given_up.select("file_id", pl.col("message").alias("last_error")))
+    to_record = immediate.join(given_up, on="file_id", how="anti")
+    if to_record.height:
+        ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
+                        "state": state, "last_error": message, "attempts": 0}
+                       for file_id, srcfile, state, message in
+                       to_record.select("file_id", "srcfile", "state", "message").iter_rows()])
+
+
+def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central | None, prefix: str, label: str,
+                    modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
+                    overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress) -> VersionUpload:
+    plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
+    outcome = VersionUpload(label, plan.height, done.height)
     if central is None:  # dry run: what would be sent
         outcome.n_sent = sendable.height
         outcome.bytes_sent = int(sendable["size"].sum() or 0)
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         return outcome
     ledger.start(label)
-    # A damaged blob whose bytes are gone from the site can never be sent again: it is no longer held as
-    # confirmed (else its version would wait for a resend for ever); verify's finding stays on its row.
-    # (Its row keeps what the upload and verify recorded: only its state and why change.)
-    given_up = superseded.filter(pl.col("damaged")).select("file_id")
-    ledger.give_up(label, immediate.join(given_up, on="file_id").select("file_id", pl.col("message").alias("last_error")))
-    to_record = immediate.join(given_up, on="file_id", how="anti")
-    if to_record.height:
-        ledger.record([{"version": label, "file_id": file_id, "destination": central.destination(label, srcfile),
-                        "state": state, "last_error": message, "attempts": 0}
-                       for file_id, srcfile, state, message in to_record.iter_rows()])
+    record_unsendable(ledger, central, label, immediate)
     readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
