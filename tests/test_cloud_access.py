@@ -815,3 +815,18 @@ def test_a_sas_that_expires_in_the_middle_of_a_run_fails_it_cleanly(clean_env, a
     assert "committed" not in err.lower().replace("nothing was committed", "").replace("not committed", ""), err
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     assert query(db, "SELECT exit_code FROM runs ORDER BY started_at")[-1:] == [(3,)], err
+
+
+def test_an_abfs_root_naming_another_account_than_the_sign_in_is_refused(clean_env, azurite, az_site, tmp_path):
+    # abfs://CONTAINER@ACCOUNT...: the account was ignored; the container of that name in the signed-in account was
+    # read, and the manifest recorded it as the URL's account's.
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    db = tmp_path / "m.sqlite"
+    other = cli("run", "--site", f"abfs://{az_site}@otheracct.dfs.core.windows.net/", "--db", str(db),
+                "--no-validate")
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "names the storage account 'otheracct'" in other.stderr and "'devstoreaccount1'" in other.stderr
+    assert f"az://{az_site}/" in other.stderr and "Traceback" not in other.stderr and not db.exists()
+    same = cli("run", "--site", f"abfs://{az_site}@devstoreaccount1.dfs.core.windows.net/", "--db", str(db),
+               "--no-validate")
+    assert same.returncode in (0, 1) and "committed" in same.stdout, same.stdout + same.stderr  # (1: unparseable paths)

@@ -348,6 +348,16 @@ def test_upload_marks_need_a_central_container_chorus_batch_can_name(tmp_path):
     assert not db.exists()
 
 
+def test_marks_for_an_abfs_url_with_its_account_are_the_ledger_upload_to_az_uses(tmp_path):
+    # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/ (how chorus-upload's DEST_PATH may name it) was recorded as the
+    # central "az://CONTAINER@ACCOUNT...": `upload --to az://CONTAINER/` saw none of the marks and sent it all again.
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db, "--to", "abfs://central@mysite.dfs.core.windows.net/")
+    assert out.returncode in (0, 1), out.stderr
+    assert query(db, "SELECT DISTINCT central FROM uploads") == [("az://central",)]
+    assert query(db, "SELECT count(*) FROM uploads WHERE destination LIKE '%@%'") == [(0,)]
+
+
 def test_a_dry_run_reports_and_leaves_nothing(tmp_path):
     site = build_site(tmp_path)
     db = tmp_path / "m.sqlite"

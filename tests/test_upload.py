@@ -225,6 +225,21 @@ def test_upload_says_when_the_version_folder_holds_blobs_it_did_not_write_and_ke
     assert "nothing to upload" in up(central, db).stdout
 
 
+def test_an_abfs_central_url_is_the_same_ledger_as_az_and_another_account_is_refused(central, tmp_path):
+    # --to abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/ took "CONTAINER@ACCOUNT..." for the container's name
+    # (the service: "the storage account is not known"); the ledger would have been another than az://CONTAINER/'s.
+    db = committed_site(tmp_path, 2)
+    other = up(central, db, "--to", f"abfs://{central.container}@otheracct.dfs.core.windows.net/")
+    assert other.returncode == 2, other.stdout + other.stderr
+    assert "names the storage account 'otheracct'" in other.stderr and blobs(central) == {}
+    abfs = f"abfs://{central.container}@devstoreaccount1.dfs.core.windows.net/"
+    sent = cli("upload", "--db", str(db), "--to", abfs, env=central.env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert query(db, "SELECT DISTINCT central FROM uploads") == [(f"az://{central.container}",)]
+    assert "nothing to upload" in up(central, db).stdout  # az://CONTAINER/: the same ledger
+    assert cli("verify", "--db", str(db), "--to", abfs, env=central.env).returncode == 0
+
+
 # ----------------------------------------------------------------------------- faults
 
 

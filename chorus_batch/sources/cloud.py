@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, ExitCode, SourceError
+from ..errors import ConfigError, ExitCode, SourceError, UsageError
 from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of
 
 if TYPE_CHECKING:
@@ -171,10 +171,35 @@ def blob_endpoint(sign_in: AzureSignIn) -> str:
             f"{fields.get('endpointsuffix', 'core.windows.net')}")
 
 
-def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> AzureSignIn:
+def azure_sign_in(cloud: CloudSettings, env: Mapping[str, str] | None = None, *, url: str | None = None,
+                  what: str = "the URL") -> AzureSignIn:
     """Which sign-in an Azure root uses (see the module's docstring for the order); a ConfigError when
-    there is no account to sign in to."""
-    env = os.environ if env is None else env
+    there is no account to sign in to. `url` (abfs://container@account...): a UsageError when the account it
+    names is not the one signed in to."""
+    sign_in = _azure_sign_in(cloud, os.environ if env is None else env)
+    if url is not None:
+        _check_url_account(url, sign_in, what)
+    return sign_in
+
+
+def _check_url_account(url: str, sign_in: AzureSignIn, what: str) -> None:
+    """The account in abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/ is not where chorus-batch signs in (that is
+    [azure] or the environment): a URL naming another account than the sign-in's was read (or written) in the
+    sign-in's account, in the container of that name, and recorded as if it were the URL's. Refused."""
+    netloc = urlsplit(url).netloc
+    if "@" not in netloc or not sign_in.account_name:
+        return
+    named = netloc.split("@", 1)[1].split(".")[0].split(":")[0]
+    if named and named.lower() != sign_in.account_name.lower():
+        raise UsageError(
+            f"{what} {mask_url(url)} names the storage account {named!r}, but chorus-batch signs in to the account "
+            f"{sign_in.account_name!r} ({sign_in.how}): it would use the container of that name there",
+            where=what, fix=f"sign in to {named!r} ([azure] account_name = \"{named}\", AZURE_STORAGE_ACCOUNT, or its "
+                            f"connection string), or name the container without an account: "
+                            f"az://{netloc.split('@', 1)[0]}{urlsplit(url).path}")
+
+
+def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     azure = cloud.azure
     conn, conn_env = _env(env, azure.connection_string_env)
     if conn:
@@ -395,7 +420,7 @@ def _blob_fs_class() -> type:
 
 
 def _azure_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
-    sign_in = azure_sign_in(cloud)
+    sign_in = azure_sign_in(cloud, url=url, what="the root")
     kwargs: dict[str, Any] = {"account_name": sign_in.account_name or "devstoreaccount1",
                               "use_listings_cache": False, "skip_instance_cache": True,
                               "assume_container_exists": False}  # a failed look at a container is an error, not "it exists"

@@ -178,7 +178,7 @@ class RemoteManifest:
         self.url = url
         self.where = mask_url(url)
         self.container, self.name = _split(url)
-        self.sign_in = azure_sign_in(cloud or CloudSettings())
+        self.sign_in = azure_sign_in(cloud or CloudSettings(), url=url, what=f"the {what}")
         account = self.sign_in.account_url or self.sign_in.account_name or ""
         key = hashlib.sha256(f"{account}|{self.container}/{self.name}".encode()).hexdigest()[:24]
         self.folder = cache_base() / "manifests" / key

@@ -97,7 +97,9 @@ def parse_central(url: str) -> tuple[str, str]:
         raise UsageError("the central URL carries a query (a SAS token?); secrets never go into a URL here",
                          where="--to / [central] to", fix="put the SAS token in AZURE_STORAGE_SAS_TOKEN and pass the "
                                                           "plain az://container/ URL")
-    return parts.netloc, parts.path.strip("/")
+    # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/: the container (the account is the sign-in's, checked by Central);
+    # the ledger is kept per container as az://CONTAINER[/PREFIX], however the URL was spelt
+    return parts.netloc.split("@", 1)[0], parts.path.strip("/")
 
 
 def check_apart(url: str, roots: list[str]) -> None:
@@ -216,7 +218,7 @@ class Central:
     def __init__(self, url: str, cloud: CloudSettings, *, connections: int = 8, block_buffers: int = 8):
         self.container_name, self.prefix = parse_central(url)
         self.url = central_url(url)
-        self.sign_in = cloud_access.azure_sign_in(cloud)
+        self.sign_in = cloud_access.azure_sign_in(cloud, url=url, what="--to / [central] to")
         self.how = self.sign_in.how
         self._service = cloud_access.sync_blob_service_client(self.sign_in, connections=connections)
         self.container = self._service.get_container_client(self.container_name)

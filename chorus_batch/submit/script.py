@@ -103,7 +103,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             raise UsageError("some files were committed before the manifest recorded where they are", where=db,
                              fix="run `chorus-batch run` once (it records the roots), then write the script")
         todo = todo.with_columns(pl.col("root_id").fill_null(next(iter(roots))))
-    sign_in = azure_sign_in(cloud)
+    sign_in = azure_sign_in(cloud, url=to, what="--to / [central] to")
     account_url = blob_endpoint(sign_in)
     lines = [
         "#!/usr/bin/env bash",
