@@ -240,6 +240,18 @@ def test_an_abfs_central_url_is_the_same_ledger_as_az_and_another_account_is_ref
     assert cli("verify", "--db", str(db), "--to", abfs, env=central.env).returncode == 0
 
 
+def test_verify_of_a_container_nothing_was_uploaded_to_names_the_ones_the_ledger_holds(central, tmp_path):
+    # A mistyped --to (or [central] to) made the nightly verify say "nothing to verify" with exit 0, for ever.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    typo = cli("verify", "--db", str(db), "--to", "az://no-such-container/", "--json", env=central.env)
+    assert typo.returncode == 1, typo.stdout + typo.stderr
+    assert json.loads(typo.stdout)["uploaded_elsewhere"] == [f"az://{central.container}"]
+    said = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    assert said.returncode == 1 and f"uploaded to az://{central.container}" in said.stdout, said.stdout
+    assert "check --to" in said.stdout and "nothing to verify" not in said.stdout
+
+
 # ----------------------------------------------------------------------------- faults
 
 

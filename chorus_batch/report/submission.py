@@ -90,6 +90,10 @@ def verify_text(result: VerifyResult) -> str:
     if result.not_uploaded:
         return (f"not verified: no file of version {result.not_uploaded} is recorded as uploaded to {result.central}\n"
                 f"  fix:   upload it first: chorus-batch upload --version {result.not_uploaded} (same --db and --to)")
+    if not result.versions and result.elsewhere:
+        return (f"not verified: no file is recorded as uploaded to {result.central}; the uploads ledger records files "
+                f"uploaded to {', '.join(result.elsewhere)}\n"
+                f"  fix:   check --to (or [central] to): verify checks the container the files were uploaded to")
     if not result.versions:
         return f"nothing to verify: no file is recorded as uploaded to {result.central}"
     how = ("read back and hashed" if result.method == "download"
@@ -129,4 +133,5 @@ def _unlisted_lines(unlisted: pl.DataFrame, command: str) -> list[str]:
 def verify_dict(result: VerifyResult) -> dict[str, Any]:
     return {"central": result.central, "method": result.method, "versions": result.versions,
             "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts(),
-            "unlisted": result.unlisted.to_dicts(), "not_uploaded": result.not_uploaded}
+            "unlisted": result.unlisted.to_dicts(), "not_uploaded": result.not_uploaded,
+            "uploaded_elsewhere": result.elsewhere}

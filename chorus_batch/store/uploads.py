@@ -113,6 +113,13 @@ class UploadLedger:
             (self.central, *CONFIRMED), schema={"version": pl.String})
         return frame["version"].to_list()
 
+    def other_centrals(self) -> list[str]:
+        """The other central containers this manifest has files confirmed at (a mistyped --to names none of its own)."""
+        frame = self.manifest.query_frame(
+            f"SELECT DISTINCT central FROM uploads WHERE central != ? AND state IN ({_in(CONFIRMED)}) ORDER BY central",
+            (self.central, *CONFIRMED), schema={"central": pl.String})
+        return frame["central"].to_list()
+
     # ------------------------------------------------------------------ writes
 
     def _write(self, sql: str, rows: Iterable[tuple]) -> None:

@@ -42,11 +42,15 @@ class VerifyResult:
     # Blobs under <version>/ that are no file of that version's change set (another tool's, a stale copy): a
     # reviewer at the centre would take them for part of the submission. Not in the ledger (it has no row for them).
     unlisted: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UNLISTED_SCHEMA))
+    # Nothing recorded as uploaded here, but at these containers: a mistyped --to (a nightly verify said
+    # "nothing to verify" with exit 0 for ever).
+    elsewhere: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
         # A version asked for by name and never uploaded was not verified: that must not look like a success.
-        return ExitCode.FINDINGS if self.problems.height or self.unlisted.height or self.not_uploaded else ExitCode.OK
+        return (ExitCode.FINDINGS if self.problems.height or self.unlisted.height or self.not_uploaded or self.elsewhere
+                else ExitCode.OK)
 
 
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
@@ -152,6 +156,8 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                                   not_uploaded=version if version is not None and not labels else None)
             if labels:
                 central.check(write=False)
+            elif not uploaded:
+                result.elsewhere = ledger.other_centrals()
             problems, unlisted = [], []
             for label in labels:
                 checked, found, foreign = check_version(ledger, central, label, download=download, workers=workers,
