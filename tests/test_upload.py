@@ -252,6 +252,33 @@ def test_verify_of_a_container_nothing_was_uploaded_to_names_the_ones_the_ledger
     assert "check --to" in said.stdout and "nothing to verify" not in said.stdout
 
 
+def test_a_cloud_file_whose_stored_md5_is_wrong_is_not_called_changed_since(azurite, central, tmp_path):
+    # A blob with a wrong Content-MD5 (set by a copy tool) is recorded with it; upload read other bytes and said
+    # "changed since the version recorded it ... the next run records the change": the next run saw no change.
+    from services import set_content_md5
+
+    container = azurite.new_container("site")
+    with azurite.service_client() as service:
+        client = service.get_container_client(container)
+        client.upload_blob("data/OMOP/person.csv", b"person_id\n1\n")
+        client.upload_blob("data/OMOP/visit.csv", b"visit_id\n1\n")
+        set_content_md5(service, container, "data/OMOP/visit.csv", hashlib.md5(b"something else").digest())
+    db = tmp_path / "m.sqlite"
+    site = ("--site", f"az://{container}/data", "--db", str(db), "--no-validate", "--verify-sample", "0")
+    assert cli("run", *site, "--version", "20261101020000", env=central.env).returncode == 0
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "OMOP/visit.csv" in out.stdout and "same etag" in out.stdout and "its Content-MD5" in out.stdout, out.stdout
+    assert "next run records the change" not in out.stdout and "changed since" not in out.stdout
+    assert query(db, "SELECT state FROM uploads u JOIN source_files f USING (file_id) WHERE f.srcfile = 'OMOP/visit.csv'") \
+        == [("failed",)]
+    # What it says to do works: --rehash records the MD5 of its bytes, and the next upload sends it.
+    assert cli("run", *site, "--rehash", "--version", "20261102020000", env=central.env).returncode in (0, 1)
+    again = up(central, db)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert blobs(central)["20261102020000/OMOP/visit.csv"][1] == hashlib.md5(b"visit_id\n1\n").hexdigest()
+
+
 # ----------------------------------------------------------------------------- faults
 
 

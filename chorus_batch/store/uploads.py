@@ -54,6 +54,7 @@ PLAN_SCHEMA = {
     "version": pl.String, "file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64,
     "md5": pl.String, "root_id": pl.Int64, "modality": pl.String, "superseded": pl.Boolean, "state": pl.String,
     "attempts": pl.Int64, "damaged": pl.Boolean, "replace_etag": pl.String,
+    "source_etag": pl.String,  # a cloud file's etag as its version recorded it (NULL: a local file)
 }
 
 
@@ -91,7 +92,7 @@ class UploadLedger:
             "SELECT c.version, f.file_id, f.srcfile, f.size, f.mtime_ns, f.md5, f.root_id, f.modality, "
             "f.version_invalid IS NOT NULL AS superseded, u.state, coalesce(u.attempts, 0) AS attempts, "
             f"coalesce(u.verify_state IN ({_in(DAMAGED)}), 0) AS damaged, "
-            f"CASE WHEN u.verify_state IN ({_in(DAMAGED)}) THEN u.etag END AS replace_etag FROM changes c JOIN source_files f ON f.file_id = c.file_id "
+            f"CASE WHEN u.verify_state IN ({_in(DAMAGED)}) THEN u.etag END AS replace_etag, f.etag AS source_etag FROM changes c JOIN source_files f ON f.file_id = c.file_id "
             "LEFT JOIN uploads u ON u.central = ? AND u.version = c.version AND u.file_id = c.file_id "
             f"WHERE c.version = ? AND c.change IN ({_in(SUBMITTED)}){where} ORDER BY f.srcfile",
             tuple(params), schema=PLAN_SCHEMA)

@@ -413,6 +413,13 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
     except Conflict as exc:
         return "conflict", f"{exc}; {_CONFLICT_FIX}"
     except FileChanged as exc:
+        if stat.etag and row["source_etag"] and stat.etag.strip('"').lower() == row["source_etag"].strip('"').lower():
+            # Not written since (same etag): the MD5 recorded was the storage's own (Content-MD5), and it is wrong.
+            # "The next run records the change" would not be true: the run sees no change.
+            return "failed", (f"{exc}, though it was not written since its version recorded it (same etag): the MD5 "
+                              "recorded is the one the storage holds for it (its Content-MD5), and that is wrong (set "
+                              "by a client or copy tool); not sent; correct the object's Content-MD5 (or upload it "
+                              "again with its MD5), or run with --rehash: the next run then records the MD5 of its bytes")
         return "stale", f"changed since the version recorded it: {exc}; not sent"
     except ReadFailed as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
