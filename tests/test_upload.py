@@ -279,6 +279,28 @@ def test_a_cloud_file_whose_stored_md5_is_wrong_is_not_called_changed_since(azur
     assert blobs(central)["20261102020000/OMOP/visit.csv"][1] == hashlib.md5(b"visit_id\n1\n").hexdigest()
 
 
+def test_verify_finds_the_manifest_copy_gone_or_replaced_and_the_next_upload_puts_it_again(central, tmp_path):
+    # The copy next to a version is what the centre's reviewers read; verify never looked at it, so a copy
+    # someone deleted (or wrote over) stayed gone, and the version stayed "complete".
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    copy = "20261101020000/_manifest/manifest.sqlite"
+    central.client.delete_blob(copy)
+    gone = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert gone.returncode == 1, gone.stdout + gone.stderr
+    assert "_manifest/manifest.sqlite: the manifest's copy upload put here is gone" in gone.stdout, gone.stdout
+    back = up(central, db)
+    assert back.returncode == 0 and "manifest copy:" in back.stdout, back.stdout + back.stderr
+    assert copy in blobs(central)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+    central.client.upload_blob(copy, b"not a manifest", overwrite=True)
+    other = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert other.returncode == 1 and "was replaced by another manifest's" in other.stdout, other.stdout
+    refused = up(central, db)  # never written over: said, with what to do
+    assert refused.returncode == 5 and "manifest copy refused" in refused.stdout, refused.stdout + refused.stderr
+    assert central.client.get_blob_client(copy).download_blob().readall() == b"not a manifest"
+
+
 # ----------------------------------------------------------------------------- faults
 
 

@@ -114,6 +114,13 @@ class UploadLedger:
             (self.central, *CONFIRMED), schema={"version": pl.String})
         return frame["version"].to_list()
 
+    def versions_copied(self) -> list[str]:
+        """Versions whose manifest copy upload put next to them at this container."""
+        frame = self.manifest.query_frame(
+            "SELECT version FROM submissions WHERE central = ? AND manifest_copied_at IS NOT NULL ORDER BY version",
+            (self.central,), schema={"version": pl.String})
+        return frame["version"].to_list()
+
     def other_centrals(self) -> list[str]:
         """The other central containers this manifest has files confirmed at (a mistyped --to names none of its own)."""
         frame = self.manifest.query_frame(

@@ -376,6 +376,15 @@ class Central:
 
     # ------------------------------------------------------------------ reading
 
+    def manifest_copy_owner(self, version: str) -> tuple[bool, str | None]:
+        """(there, manifest_id of the manifest whose copy it is) of <version>/_manifest/manifest.sqlite."""
+        blob = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
+        try:
+            props = cloud_access.retrying(lambda: _look(blob))
+            return (False, None) if props is None else (True, _copy_owner(blob, props))
+        except cloud_access.storage_errors() as exc:
+            raise self.explain(exc, "read", f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+
     def listing(self, version: str) -> pl.DataFrame:
         """Every blob under <version>/ (its manifest copy left out): srcfile-relative name, size, Content-MD5 (hex), etag."""
         folder = self.name(version, "") + "/"

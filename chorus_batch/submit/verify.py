@@ -20,7 +20,7 @@ from ..errors import ExitCode
 from ..frames import fmt
 from ..sources import cloud as cloud_access
 from ..store.uploads import UploadLedger, require_version
-from .central import Central
+from .central import MANIFEST_FOLDER, MANIFEST_NAME, Central
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -135,6 +135,22 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
             .drop("read_state"))
 
 
+def _check_copy(ledger: UploadLedger, central: Central, label: str, manifest, n_bad: int) -> pl.DataFrame:
+    """The manifest's copy that upload put next to a finished version, still there and still this manifest's (the
+    reviewers at the centre read it): a problem row (PROBLEMS_SCHEMA) when not, and the version is no longer
+    finished, so the next upload puts the copy there again (or says whose copy is there instead)."""
+    there, owner = central.manifest_copy_owner(label)
+    if there and owner == manifest.state_identity()[0]:
+        return pl.DataFrame(schema=PROBLEMS_SCHEMA)
+    ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
+    return pl.DataFrame([{
+        "version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": "missing" if not there else "other",
+        "message": ("the manifest's copy upload put here is gone" if not there else
+                    "the manifest's copy upload put here was replaced by another manifest's (or another file)")
+        + ": the next upload puts it there again" + ("" if not there else " if that blob is removed")}],
+        schema=PROBLEMS_SCHEMA)
+
+
 def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None, every: bool = False,
            download: bool = False, workers: int = 8, progress: Progress | None = None,
            argv: Sequence[str] = ()) -> VerifyResult:
@@ -159,9 +175,12 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             elif not uploaded:
                 result.elsewhere = ledger.other_centrals()
             problems, unlisted = [], []
+            copied = set(ledger.versions_copied())
             for label in labels:
                 checked, found, foreign = check_version(ledger, central, label, download=download, workers=workers,
                                                         progress=progress)
+                if label in copied:
+                    found = pl.concat([found, _check_copy(ledger, central, label, manifest, found.height)])
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
