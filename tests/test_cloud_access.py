@@ -830,3 +830,20 @@ def test_an_abfs_root_naming_another_account_than_the_sign_in_is_refused(clean_e
     same = cli("run", "--site", f"abfs://{az_site}@devstoreaccount1.dfs.core.windows.net/", "--db", str(db),
                "--no-validate")
     assert same.returncode in (0, 1) and "committed" in same.stdout, same.stdout + same.stderr  # (1: unparseable paths)
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("abfs://c@other.dfs.core.windows.net/x", True), ("abfs://c@other/x", True),
+    ("abfs://c@MYACCT.dfs.core.windows.net/x", False), ("abfs://c/x", False),
+    # an address names no account (an emulator's endpoint): nothing to compare, as before
+    ("abfs://c@127.0.0.1:10000/x", False), ("abfs://c@localhost/x", False),
+])
+def test_the_account_an_abfs_url_names_is_compared_with_the_sign_in(clean_env, url, refused):
+    from chorus_batch.errors import UsageError
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN)  # account myacct
+    if refused:
+        with pytest.raises(UsageError, match="names the storage account 'other'"):
+            azure_sign_in(CloudSettings(), url=url, what="the root")
+    else:
+        assert azure_sign_in(CloudSettings(), url=url, what="the root").account_name == "myacct"

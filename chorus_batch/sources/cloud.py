@@ -189,7 +189,10 @@ def _check_url_account(url: str, sign_in: AzureSignIn, what: str) -> None:
     netloc = urlsplit(url).netloc
     if "@" not in netloc or not sign_in.account_name:
         return
-    named = netloc.split("@", 1)[1].split(".")[0].split(":")[0]
+    host = netloc.split("@", 1)[1].split(":")[0]
+    if host.replace(".", "").isdigit() or host.lower() == "localhost":  # an address, no account name (an emulator)
+        return
+    named = host.split(".")[0]
     if named and named.lower() != sign_in.account_name.lower():
         raise UsageError(
             f"{what} {mask_url(url)} names the storage account {named!r}, but chorus-batch signs in to the account "
