@@ -151,7 +151,7 @@ def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean
     assert out.returncode == 1, out.stderr
     found = [(f["rule"], f["message"]) for f in json.loads(out.stdout)["findings"] if f["srcfile"].endswith(header.name)]
     assert [rule for rule, _ in found] == ["file.unread"], found
-    assert "written since it was listed (its size or modification time moved)" in found[0][1]
+    assert "written since it was recorded (its MD5 is no longer the recorded one)" in found[0][1]
     assert query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (recorded,)) == [(0,)]
     # The next run records the change and caches the new content's facts under its own MD5.
     result = run_site(clean, db)
@@ -160,6 +160,20 @@ def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean
     assert new_md5 != recorded and query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (new_md5,)) == [(1,)]
     assert {r for r, s in result.findings.select("rule", "srcfile").rows() if s.endswith(header.name)} == {
         "wfdb.bad_header"}
+
+
+def test_a_header_touched_after_the_run_is_read_as_recorded(clean, db):
+    # A copy or restore that keeps the content but not the mtimes (rsync without -t, a checkout) is not "written
+    # since": the file is hashed, and its facts are those of the recorded MD5.
+    run_site(clean, db, validate_site=False)
+    session = sessions_of(person_ids(3)[1], 1)["single"]
+    header = next(clean.rglob(f"{session}.hea"))
+    os.utime(header, ns=(1_000_000_000, 1_000_000_000))
+    recorded = query(db, "SELECT md5 FROM source_files WHERE srcfile LIKE ? AND time_invalid IS NULL",
+                     (f"%/{session}.hea",))[0][0]
+    out = cli("validate", "--db", str(db), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (recorded,)) == [(1,)]
 
 
 def test_validate_without_a_site_reads_the_roots_the_manifest_records(clean, db, reads):

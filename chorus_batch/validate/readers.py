@@ -818,5 +818,24 @@ _PROGRESS_JOBS = 50  # read in one process: progress counted every this many fil
 def _facts_rows(source, jobs: list[tuple]) -> list[tuple[str, str, str]]:
     """FACTS rows of (kind, md5, srcfile, size, mtime_ns, etag) jobs; runs in worker processes too. read_facts is
     looked up in this module at each call, so a patched readers.read_facts sees every read."""
-    return [(kind, md5, facts_text(_written_since(source, srcfile, *as_recorded) or facts))
-            for kind, md5, srcfile, *as_recorded in jobs for facts in [read_facts(source, srcfile, kind)]]
+    return [(kind, md5, facts_text(_as_recorded(source, kind, md5, srcfile, *as_recorded, read_facts(source, srcfile, kind))))
+            for kind, md5, srcfile, *as_recorded in jobs]
+
+
+def _as_recorded(source, kind: str, md5: str, srcfile: str, size: int | None, mtime_ns: int | None,
+                 etag: str | None, facts: dict[str, Any]) -> dict[str, Any]:
+    """`facts` if the file read is still as its MD5 was recorded. A local file whose size or mtime moved is
+    hashed (with its facts parsed from the same bytes): a copy that kept the content but not the mtimes (a
+    checkout, rsync without -t, a restore) is read as recorded; other content gives a "retry" error."""
+    moved = _written_since(source, srcfile, size, mtime_ns, etag)
+    if moved is None or etag is not None or not hasattr(source, "hash_file"):
+        return moved or facts
+    from ..sources.base import READ_SIZE
+
+    try:
+        now = source.hash_file(srcfile, bytearray(READ_SIZE), parser(kind))
+    except OSError as exc:
+        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+    if now.md5 != md5:
+        return {"error": "it was written since it was recorded (its MD5 is no longer the recorded one)", "retry": True}
+    return moved if now.facts is None else json.loads(now.facts)
