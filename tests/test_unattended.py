@@ -510,7 +510,7 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     db = small_disk / "m.sqlite"
     assert run(site, db).returncode == 0
     before = current_rows(db)
-    write(site, "000001/Metadata/new.txt", b"new")
+    write(site, "Metadata/new.txt", b"new")
     filler = fill(small_disk)
     out = run(site, db)
     assert out.returncode == 3, out.stderr
