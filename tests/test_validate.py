@@ -142,6 +142,10 @@ def links(rows: list[tuple[object, str]], columns: tuple[str, ...] = ("visit_occ
     return add(LINKS, csv_text(list(columns), [[v, "", s][: len(columns)] for v, s in rows]))
 
 
+REGISTRY_ID_COLUMNS = ["image_registry_id", "file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime",
+                       "src_file", "trg_file"]
+
+
 def registry(modality: str, change: Callable[[list[list[object]]], list[list[object]]] = lambda rows: rows,
              columns: list[str] | None = None) -> Callable[[Path], None]:
     """A linkage registry for every file of `modality` (one row per file), edited by `change`."""
@@ -336,6 +340,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.proc_overlap", "image_registry.csv")}),
+    # the Imaging SOP's image_registry_id: the PRIMARY KEY (NOT NULL), a "sequential integer value"
+    ("registry_id_key", registry("Images", lambda rows: [["x" if i == 0 else max(i, 2), *r] for i, r in enumerate(rows)],
+                                 columns=REGISTRY_ID_COLUMNS),
+     {("registry.image_registry_id", "image_registry.csv")}),
+    ("registry_id_order", registry("Images", lambda rows: [[len(rows) - i, *r] for i, r in enumerate(rows)],
+                                   columns=REGISTRY_ID_COLUMNS),
+     {("registry.image_registry_order", "image_registry.csv")}),
     # a proc_id becomes one PROCEDURE_OCCURRENCE row: of one person, in one registry
     ("registry_proc_persons", registry("Waveforms", lambda rows: [*rows[:-1], [rows[-1][0], rows[0][1], *rows[-1][2:]]]),
      {("registry.proc_conflict", "waveform_registry.csv")}),
@@ -628,7 +639,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v3", "registry_csv.v4", "omop_procedures"}
+                                 "mapping_csv.v3", "registry_csv.v5", "omop_procedures"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -711,7 +722,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v4", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v5", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -726,7 +737,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v4", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v5", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v3", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -735,7 +746,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v4": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v5": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v3": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -750,7 +761,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v3", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v4", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v5", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -886,7 +897,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v4", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v5", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v3", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):

@@ -74,6 +74,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         "srcfile",
         fmt("the columns are in the order {}: the Imaging SOP asks for {} in this order; write them so",
             in_order.str.replace_all(",", ", "), pl.lit(", ".join(order)))))
+    out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
     faults = {"no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
               "no_datetime": "{} row(s) with an empty datetime",
@@ -117,6 +118,25 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """The Imaging SOP's image_registry_id, where a registry has the column: its CREATE TABLE makes it the PRIMARY KEY
+    (NOT NULL AUTO_INCREMENT), its CSV header labels a "sequential integer value"."""
+    has = usable.filter(pl.col("no_registry_id").is_not_null())
+    faults = {"no_registry_id": "{} row(s) with it empty", "bad_registry_id": "{} row(s) with a value that is not an integer",
+              "dup_registry_id": "{} value(s) on more than one row"}
+    told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
+                         separator=", ", ignore_nulls=True)
+    return [
+        _found("registry.image_registry_id", has.filter(pl.any_horizontal(pl.col(key) > 0 for key in faults)), "srcfile",
+               fmt("image_registry_id, the Imaging SOP's primary key of the registry, has {} (rows {}): number the rows "
+                   "1, 2, 3, ... (one integer per row, none twice)", told, pl.col("registry_id_rows").list.join(", "))),
+        _found("registry.image_registry_order", has.filter(pl.col("unordered_registry_id") > 0), "srcfile",
+               fmt("{} row(s) have an image_registry_id not above those of the rows before them (rows {}): the "
+                   "Imaging SOP asks for a sequential integer; number the rows in order (1, 2, 3, ...)",
+                   pl.col("unordered_registry_id"), pl.col("unordered_registry_rows").list.join(", "))),
+    ]
 
 
 def _overlap(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -458,7 +458,28 @@ def _registry_facts(f) -> dict[str, Any]:
     other = frame.with_row_index("row", offset=2).filter(
         folder.is_not_null() & (person != "") & (norm(folder) != norm(person)))
     facts.update(n_other_person=other.height, other_person_rows=other["row"].head(5).cast(pl.String).to_list())
+    facts.update(_registry_id_facts(frame))
     return facts
+
+
+def _registry_id_facts(frame: pl.DataFrame) -> dict[str, Any]:
+    """The Imaging SOP's image_registry_id, where a registry has it: the table's PRIMARY KEY, NOT NULL, a "sequential
+    integer value" (AUTO_INCREMENT): rows with it empty, not an integer, repeated, or not above the ids of the rows
+    before it (registry.image_registry_id, registry.image_registry_order). A registry without it: nulls."""
+    if "image_registry_id" not in frame.columns:
+        return {}
+    cell = pl.col("image_registry_id").fill_null("")
+    number = cell.str.extract(r"^(\d{1,18})$").cast(pl.Int64)
+    rows = frame.with_row_index("row", offset=2).select("row", _id=number, no=cell == "", bad=(cell != "") & number.is_null())
+    ids = rows.filter(pl.col("_id").is_not_null())
+    repeated = ids.filter(pl.col("_id").is_duplicated())
+    # once: an id repeated is told as repeated, not again as out of sequence
+    unordered = ids.filter(~pl.col("_id").is_duplicated()).filter(pl.col("_id") <= pl.col("_id").cum_max().shift(1))
+    faulty = pl.concat([rows.filter(pl.col("no") | pl.col("bad"))["row"], repeated["row"]]).unique().sort()
+    return {"no_registry_id": int(rows["no"].sum()), "bad_registry_id": int(rows["bad"].sum()),
+            "dup_registry_id": repeated["_id"].n_unique(), "registry_id_rows": faulty.head(5).cast(pl.String).to_list(),
+            "unordered_registry_id": unordered.height,
+            "unordered_registry_rows": unordered["row"].head(5).cast(pl.String).to_list()}
 
 
 def _records_facts(f) -> dict[str, Any]:

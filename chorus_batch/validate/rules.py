@@ -103,7 +103,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # the integer proc_ids and those with rows of two persons, reads a cell written null, NULL or \N as empty and the
 # Imaging SOP's "visit_ id" as visit_id
 # mapping_csv.v3 (and registry_csv.v4) tell a column named twice in the site's words (v2: the frame library's error)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v3", "registry_csv.v4"
+# v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v3", "registry_csv.v5"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 KIND_PROCEDURES = "omop_procedures"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
@@ -259,6 +260,11 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.column_order", "warning", "image registry columns out of order",
          "The image registry's columns are not in the order the Imaging SOP lists them (image_registry_id, "
          f"{', '.join(REGISTRY_COLUMNS)})."),
+    Rule("registry.image_registry_id", "error", "image_registry_id not a key",
+         "A registry's image_registry_id (the Imaging SOP's primary key) is empty, not an integer, or repeated."),
+    Rule("registry.image_registry_order", "warning", "image_registry_id out of sequence",
+         "A registry's image_registry_id is not above the ids of the rows before it (the Imaging SOP asks for a "
+         "sequential integer)."),
     Rule("registry.duplicate", "error", "registry lists a file twice",
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
