@@ -34,10 +34,11 @@ I an instance number, P_D_T a start stamp <person>_<YYYYMMDD>_<HHMMSS>):
 Every layout also has OMOP/<table>.csv for the 13 CDM 5.4 clinical tables CHoRUS collects (comma-delimited,
 header rows; no specimen), Metadata/READINESS.md, SUBMISSION.md (v2.0: at the root) and the mapping files, and
 the linkage registries at the root (`Spec.registries`): waveform_registry.csv and image_registry.csv, a row per
-file with its session or accession, proc_id (2000000000 + accession, 3000000000 + session id), capture time and
+file with its session or accession, proc_id (1000000000 + accession, 3000000000 + session id), capture time and
 visit (empty for the records captured outside every visit); the image registry's trg_file is blank (Imaging SOP).
-Session ids and accession numbers are integers, unique on the site (`record_id`); procedure_occurrence ids stay
-far below 2000000000 (the linkage registries' range).
+Session ids and accession numbers are integers, unique on the site (`record_id`); procedure_occurrence holds the
+EHR's procedures (ids far below 1000000000) and, with the registries, a row per proc_id (Multimodal-Linkage).
+The proc_ids lie outside `chorus-batch registry`'s default ranges, which it refuses where the site's table uses them.
 
 The content is format-valid and agrees with its path: WFDB headers name their record and signal files, carry
 the record's base date and time and the checksums of their signals, whose labels, units and rates are those
@@ -185,9 +186,10 @@ _LAYOUTS = {
                      "wfdb", "dicom"), ("dicom", "flat", "csv"), True, True, False, False),
 }
 _DICOM_PER_SERIES, _SERIES_PER_STUDY = 2, 2
-# proc_ids of the registries (Multimodal-Linkage's example: images from 2000000000, waveforms above 2001000000):
-# the base + the accession number or session id (unique on the site), so that a session keeps its proc_id
-_IMAGE_PROC, _WAVEFORM_PROC = 2_000_000_000, 3_000_000_000
+# proc_ids of the registries: the base + the accession number or session id (unique on the site), so that a session
+# keeps its proc_id; outside `chorus-batch registry`'s default ranges (2000000000-2000999999, 2001000000-2999999999),
+# which it refuses where procedure_occurrence.csv (here: with the registries' rows) already uses them
+_IMAGE_PROC, _WAVEFORM_PROC = 1_000_000_000, 3_000_000_000
 _HOURS_PER_VISIT = 7 * 24  # a person's visits are consecutive weeks; a record belongs to its start's week
 
 
@@ -562,7 +564,7 @@ def _omop_rows(spec: Spec, table: str, second: bool) -> Iterator[tuple]:
             yield i + 1, pid, 132797, _day(0), 32817, first_visit
         elif table == "drug_exposure":
             yield i + 1, pid, 1125315, _day(0), _day(1), 32817, first_visit
-        elif table == "procedure_occurrence":  # ids far below the registries' 2000000000
+        elif table == "procedure_occurrence":  # ids far below the registries' 1000000000
             yield i + 1, pid, 4230911, _day(0), 32817, first_visit
         elif table == "device_exposure":
             yield i + 1, pid, 4044008, _day(0), 32817, first_visit
@@ -709,6 +711,14 @@ def _site_files(spec: Spec, second: bool, summaries: list[_Summary]) -> dict[str
         if images:
             files["image_registry.csv"] = ("image_registry_id," + columns + "".join(
                 f"{k},{k + len(waveforms)},{row}" for k, row in enumerate(images, 1))).encode()
+        # Multimodal-Linkage: each proc_id is a PROCEDURE_OCCURRENCE row (4180938 Imaging, 4141651 Monitoring;
+        # type 32880, derived by an algorithm), as `chorus-batch registry --omop` writes them
+        made: dict[str, str] = {}
+        for concept, rows in (("4141651", waveforms), ("4180938", images)):
+            for row in rows:
+                proc, person, _group, visit, when = row.split(",", 5)[:5]
+                made.setdefault(proc, f"{proc},{person},{concept},{when[:10]},32880,{visit}\n")
+        files["OMOP/procedure_occurrence.csv"] += "".join(made.values()).encode()
     return files
 
 

@@ -388,13 +388,18 @@ def build_clean_site(root: Path, persons: int = 3, layout: str = "v2.1") -> None
     write_registries(root, ids)
 
 
+# The clean site's proc_ids (and procedure rows): outside `chorus-batch registry`'s default ranges, which it refuses
+# where procedure_occurrence.csv already uses them
+WAVEFORM_PROC, IMAGE_PROC = 3_000_000_000, 1_000_000_000
+
+
 def write_registries(root: Path, ids: list[str]) -> None:
     """The linkage registries at the root, one row per waveform or image file (Multimodal-Linkage): a proc_id per
     session or accession; the image registry leads with image_registry_id and leaves trg_file blank (the Imaging
     SOP: "populated centrally")."""
     current = scan_current(root).filter(pl.col("person_id").is_not_null() & ~pl.col("srcfile").str.ends_with("/RECORDS"))
-    for modality, name, first in (("Waveforms", "waveform_registry.csv", 2001000000),
-                                  ("Images", "image_registry.csv", 2000000000)):
+    for modality, name, first in (("Waveforms", "waveform_registry.csv", WAVEFORM_PROC),
+                                  ("Images", "image_registry.csv", IMAGE_PROC)):
         mine = current.filter(pl.col("modality") == modality)
         groups = {g: first + k for k, g in enumerate(dict.fromkeys(mine.select("person_id", "session_id").rows()))}
         rows = [[k + 1, groups[(person, group)], person, group or "", visit_id(ids.index(person), 0),
@@ -404,6 +409,24 @@ def write_registries(root: Path, ids: list[str]) -> None:
         if modality == "Images":
             columns, rows = ["image_registry_id", *columns], [[k + 1, *row] for k, row in enumerate(rows)]
         write(root, name, csv_text(columns, rows))
+    sync_procedures(root)
+
+
+def sync_procedures(root: Path) -> None:
+    """The PROCEDURE_OCCURRENCE rows the site makes from its registries (Multimodal-Linkage: one per proc_id, concept
+    4180938 for images, 4141651 for waveforms), added to OMOP/procedure_occurrence.csv for the proc_ids it lacks."""
+    path = root / "OMOP/procedure_occurrence.csv"
+    table = pl.read_csv(path, infer_schema=False)
+    rows = [pl.read_csv(root / name, infer_schema=False).select(
+        procedure_occurrence_id="proc_id", person_id="person_id", procedure_concept_id=pl.lit(concept),
+        procedure_date=pl.col("datetime").str.slice(0, 10), visit_occurrence_id="visit_id")
+        for name, concept in (("image_registry.csv", "4180938"), ("waveform_registry.csv", "4141651"))
+        if (root / name).exists()]
+    if not rows:
+        return
+    new = pl.concat(rows).unique("procedure_occurrence_id", keep="first", maintain_order=True).join(
+        table.select("procedure_occurrence_id"), on="procedure_occurrence_id", how="anti")
+    pl.concat([table, new.select(table.columns)]).write_csv(path)
 
 
 def scan_current(root: Path) -> pl.DataFrame:

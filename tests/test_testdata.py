@@ -560,8 +560,16 @@ def test_site_files_follow_the_procedures(made):
         visit_columns = testdata.OMOP_COLUMNS["visit_occurrence"]
         assert {"visit_start_datetime", "visit_end_datetime", "visit_start_date", "visit_end_date"} <= set(
             visit_columns)
+        # the EHR's procedures far below the registries' ids; a row per registry proc_id (Multimodal-Linkage)
         procedures = read_csv(root / "OMOP" / "procedure_occurrence.csv")
-        assert all(int(row["procedure_occurrence_id"]) < 2_000_000_000 for row in procedures)
+        linked = {"4180938", "4141651"}
+        assert all(int(row["procedure_occurrence_id"]) < 1_000_000_000 for row in procedures
+                   if row["procedure_concept_id"] not in linked)
+        if spec.registries:
+            made = {row["procedure_occurrence_id"] for row in procedures if row["procedure_concept_id"] in linked}
+            listed = {row["proc_id"] for name in ("waveform_registry.csv", "image_registry.csv")
+                      if (root / name).exists() for row in read_csv(root / name)}
+            assert made == listed
         # session ids: integers, distinct across Telemetry and EEG and across persons
         if spec.layout != "flat":
             sessions = [h.parent.name for h in root.glob("*/[Ww]aveforms/**/*.hea") if h.stem == h.parent.name]

@@ -157,8 +157,10 @@ def registry(modality: str, change: Callable[[list[list[object]]], list[list[obj
                  "2024-01-01 08:00:00", f"/src/{path}", path]
                 for k, (path, person, group) in enumerate(current.select("srcfile", "person_id", "session_id").rows())]
         name = "waveform_registry.csv" if modality == "Waveforms" else "image_registry.csv"
-        write(root, name, csv_text(columns or ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime",
-                                               "src_file", "trg_file"], change(rows)))
+        plain = ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
+        write(root, name, csv_text(plain, rows))
+        sitegen.sync_procedures(root)  # the procedure rows of the registry as made, before `change`
+        write(root, name, csv_text(columns or plain, change(rows)))
     return go
 
 
@@ -316,7 +318,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_columns", registry("Waveforms", columns=["file_id", "proc_id", "person_id", "group_id", "visit",
                                                         "datetime", "src_file", "trg_file"]),
      {("registry.columns", "waveform_registry.csv")}),
-    ("registry_column_order", registry("Images", columns=["proc_id", "file_id", "person_id", "group_id", "visit_id",
+    ("registry_column_order", registry("Images", lambda rows: [[r[1], r[0], *r[2:]] for r in rows], columns=["proc_id", "file_id", "person_id", "group_id", "visit_id",
                                                           "datetime", "src_file", "trg_file"]),
      {("registry.column_order", "image_registry.csv")}),
     ("registry_duplicate", registry("Images", lambda rows: rows + rows[:1]), {("registry.duplicate", "image_registry.csv")}),
@@ -329,7 +331,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
      {("registry.unknown_visit", "waveform_registry.csv")}),
-    ("registry_missing", registry("Images", lambda rows: rows + [[99, 2000000099, P0, "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
+    ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
      {("registry.unlisted_file", DCM)}),
@@ -337,6 +339,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                                          for i, r in enumerate(rows)]),
      {("registry.values", "image_registry.csv")}),
     # Multimodal-Linkage: proc_id "Must not overlap" the ids of EHR-derived procedures (sitegen's: 9000 + person)
+    # Multimodal-Linkage: each proc_id becomes a PROCEDURE_OCCURRENCE row; the Imaging SOP: every study has one
+    ("registry_no_procedure", registry("Images", lambda rows: [[r[0], 2000999999, *r[2:]] if i == 0 else r
+                                                               for i, r in enumerate(rows)]),
+     {("registry.no_procedure", "image_registry.csv")}),
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.proc_overlap", "image_registry.csv")}),
@@ -350,7 +356,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # a proc_id becomes one PROCEDURE_OCCURRENCE row: of one person, in one registry
     ("registry_proc_persons", registry("Waveforms", lambda rows: [*rows[:-1], [rows[-1][0], rows[0][1], *rows[-1][2:]]]),
      {("registry.proc_conflict", "waveform_registry.csv")}),
-    ("registry_proc_both", registry("Images", lambda rows: [[r[0], 2001000000, *r[2:]] if i == 0 else r
+    ("registry_proc_both", registry("Images", lambda rows: [[r[0], sitegen.WAVEFORM_PROC, *r[2:]] if i == 0 else r
                                                             for i, r in enumerate(rows)]),
      {("registry.proc_conflict", "image_registry.csv"), ("registry.proc_conflict", "waveform_registry.csv")}),
     ("registry_no_trg", registry("Waveforms", lambda rows: [[*r[:7], ""] if r[7] == f"{SINGLE}.hea" else r for r in rows]),
@@ -639,7 +645,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v3", "registry_csv.v5", "omop_procedures"}
+                                 "mapping_csv.v3", "registry_csv.v5", "omop_procedures.v2"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -888,8 +894,11 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
             "x9,1,4000\n2001000000,1,4141651\n2000000001,1,4180938\n")
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        assert parse_facts("omop_procedures", f)["ehr_runs"] == [[9000, 9001], [9003, 9003]]
+        assert parse_facts("omop_procedures.v2", f)["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
+    made = [line for line in (clean / "OMOP/procedure_occurrence.csv").read_text().splitlines(True)
+            if ",4141651," in line or ",4180938," in line]  # the rows of the registries' other proc_ids
+    body += "".join(",".join(line.split(",")[:3]) + "\n" for line in made)
     write(clean, "OMOP/procedure_occurrence.csv", body)
     assert found(clean) == set()
     write(clean, "OMOP/procedure_occurrence.csv", body.replace(",4141651", ",4000"))  # now an EHR procedure's id

@@ -103,6 +103,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
                                     "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
     out += _overlap(site, usable)
+    out += _no_procedure(site, usable)
     out += _conflicts(usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
@@ -158,6 +159,28 @@ def _overlap(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         "(rows whose procedure_concept_id is neither 4180938 Imaging nor 4141651 Monitoring): the linkage procedure "
         "asks proc_ids not to overlap them; give the files' procedures ids of a range the EHR does not use "
         "(`chorus-batch registry` gives them from [registry] image_proc_ids / waveform_proc_ids in chorus.toml)",
+        pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
+
+
+def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage: "you should be able to use them directly to create rows in your OMOP PROCEDURE_OCCURRENCE
+    table" (procedure_occurrence_id = proc_id); the Imaging SOP: "Imaging studies should have a corresponding entry in
+    the PROCEDURE_OCCURENCE OMOP table". A proc_id no row of procedure_occurrence.csv holds links its files (an image
+    study, a waveform session) to nothing. Without a readable table with the id column, omop.* tell why."""
+    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("runs").is_not_null())
+    if procedures.height == 0:
+        return []
+    runs = (procedures.select(pl.col("runs").explode()).drop_nulls()
+            .select(_first=pl.col("runs").list.get(0), _last=pl.col("runs").list.get(1)).sort("_first"))
+    ids = usable.select("srcfile", _id=pl.col("proc_ids")).explode("_id").drop_nulls().sort("_id")
+    # the run starting at or before each id (disjoint, sorted): the id has a row if that run reaches it
+    missing = (ids.join_asof(runs, left_on="_id", right_on="_first", strategy="backward")
+               .filter(pl.col("_last").is_null() | (pl.col("_id") > pl.col("_last")))
+               .group_by("srcfile").agg(pl.col("_id").cast(pl.String), pl.len().alias("_k")))
+    return [_found("registry.no_procedure", missing, "srcfile", fmt(
+        "{} proc_id(s) (e.g. {}) are no procedure_occurrence_id in procedure_occurrence.csv: each proc_id becomes a "
+        "PROCEDURE_OCCURRENCE row (concept 4180938 Imaging or 4141651 Monitoring), which links its files to the "
+        "person's other data; add the rows (`chorus-batch registry --omop` writes them) or fix the proc_ids",
         pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
 
 

@@ -651,15 +651,16 @@ def _procedure_facts(f) -> dict[str, Any]:
 
     facts, raw, ended = _csv_header(f)
     wanted = ("procedure_occurrence_id", "procedure_concept_id")
-    facts["ehr_runs"] = None
+    facts["ehr_runs"] = facts["runs"] = None
     if facts["delimiter"] != "," or any(w not in facts["columns"] for w in wanted):
         return facts
     if ended:  # only the header row
-        facts["ehr_runs"] = []
+        facts["ehr_runs"] = facts["runs"] = []
         return facts
     ids_name, concept_name = (raw[facts["columns"].index(w)] for w in wanted)
     f.seek(0)
     chunks: list[Any] = []
+    every: list[Any] = []  # all integer ids, of any concept (registry.no_procedure)
     gate = _Gate(f)
     try:
         reader = pacsv.open_csv(
@@ -673,16 +674,25 @@ def _procedure_facts(f) -> dict[str, Any]:
             ehr = pc.and_(pc.fill_null(pc.match_substring_regex(ids, r"^[0-9]{1,18}$"), False),
                           pc.invert(pc.fill_null(pc.is_in(concept, pa.array(LINKAGE_CONCEPTS)), False)))
             chunks.append(pc.cast(pc.filter(ids, ehr), pa.int64()).to_numpy(zero_copy_only=False))
+            every.append(pc.cast(pc.filter(ids, pc.fill_null(pc.match_substring_regex(ids, r"^[0-9]{1,18}$"), False)),
+                                 pa.int64()).to_numpy(zero_copy_only=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
         gate.close()
+    facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)
+    return facts
+
+
+def _runs(chunks: list[Any]) -> list[list[int]]:
+    """Integer ids as sorted runs [first, last] of consecutive ids."""
+    import numpy as np
+
     ids = np.sort(np.concatenate(chunks)) if chunks else np.array([], dtype=np.int64)
     ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))] if len(ids) else ids  # (np.unique hashes: 20x slower)
     breaks = np.flatnonzero(np.diff(ids) != 1)  # a run ends where the next id is not the next integer
     firsts, lasts = np.concatenate(([0], breaks + 1)), np.concatenate((breaks, [len(ids) - 1]))
-    facts["ehr_runs"] = [[int(ids[a]), int(ids[b])] for a, b in zip(firsts, lasts)] if len(ids) else []
-    return facts
+    return [[int(ids[a]), int(ids[b])] for a, b in zip(firsts, lasts)] if len(ids) else []
 
 
 _READERS: dict[str, Callable[[Any], dict[str, Any]]] = {

@@ -106,7 +106,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v3", "registry_csv.v5"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
-KIND_PROCEDURES = "omop_procedures"
+# v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
+KIND_PROCEDURES = "omop_procedures.v2"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
@@ -254,6 +255,9 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
+    Rule("registry.no_procedure", "error", "registry proc_id without its procedure row",
+         "A registry's proc_id is not a procedure_occurrence_id of OMOP/procedure_occurrence.csv (the linkage "
+         "procedure makes each one a PROCEDURE_OCCURRENCE row; the Imaging SOP gives every imaging study one)."),
     Rule("registry.proc_conflict", "error", "one proc_id for two procedures",
          "A proc_id has rows of more than one person, or is used by both the image and the waveform registry (each "
          "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept)."),
