@@ -54,22 +54,22 @@ OMOP_COLUMNS: dict[str, list[str]] = {
     "visit_occurrence": ["visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date",
                          "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_type_concept_id"],
     "visit_detail": ["visit_detail_id", "person_id", "visit_detail_concept_id", "visit_detail_start_date",
-                     "visit_occurrence_id"],
+                     "visit_detail_end_date", "visit_detail_type_concept_id", "visit_occurrence_id"],
     "condition_occurrence": ["condition_occurrence_id", "person_id", "condition_concept_id",
-                             "condition_start_date", "visit_occurrence_id"],
+                             "condition_start_date", "condition_type_concept_id", "visit_occurrence_id"],
     "drug_exposure": ["drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
-                      "visit_occurrence_id"],
+                      "drug_exposure_end_date", "drug_type_concept_id", "visit_occurrence_id"],
     "procedure_occurrence": ["procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
-                             "visit_occurrence_id"],
+                             "procedure_type_concept_id", "visit_occurrence_id"],
     "device_exposure": ["device_exposure_id", "person_id", "device_concept_id", "device_exposure_start_date",
-                        "visit_occurrence_id"],
-    "measurement": ["measurement_id", "person_id", "measurement_concept_id", "measurement_date", "value_as_number",
-                    "visit_occurrence_id"],
+                        "device_type_concept_id", "visit_occurrence_id"],
+    "measurement": ["measurement_id", "person_id", "measurement_concept_id", "measurement_date",
+                    "measurement_type_concept_id", "value_as_number", "visit_occurrence_id"],
     "observation": ["observation_id", "person_id", "observation_concept_id", "observation_date",
-                    "visit_occurrence_id"],
+                    "observation_type_concept_id", "visit_occurrence_id"],
     "death": ["person_id", "death_date", "death_type_concept_id"],
     "note": ["note_id", "person_id", "note_date", "note_type_concept_id", "note_class_concept_id", "note_text",
-             "visit_occurrence_id", "visit_detail_id"],
+             "encoding_concept_id", "language_concept_id", "visit_occurrence_id", "visit_detail_id"],
     "note_nlp": ["note_nlp_id", "note_id", "lexical_variant", "nlp_date"],
 }
 
@@ -419,7 +419,8 @@ def sync_procedures(root: Path) -> None:
     table = pl.read_csv(path, infer_schema=False)
     rows = [pl.read_csv(root / name, infer_schema=False).select(
         procedure_occurrence_id="proc_id", person_id="person_id", procedure_concept_id=pl.lit(concept),
-        procedure_date=pl.col("datetime").str.slice(0, 10), visit_occurrence_id="visit_id")
+        procedure_date=pl.col("datetime").str.slice(0, 10), procedure_type_concept_id=pl.lit("32880"),
+        visit_occurrence_id="visit_id")
         for name, concept in (("image_registry.csv", "4180938"), ("waveform_registry.csv", "4141651"))
         if (root / name).exists()]
     if not rows:

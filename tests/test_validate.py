@@ -245,9 +245,13 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("omop.no_header", "OMOP/drug_exposure.csv")}),
     ("omop_missing_key", table("condition_occurrence", ["person_id", "condition_concept_id"], [[P0, 1]]),
      {("omop.missing_key", "OMOP/condition_occurrence.csv")}),
-    ("note_columns", table("note", ["note_id", "person_id", "note_date", "note_type_concept_id", "note_text"],
-                           [[7000, P0, "2024-01-01", 44814637, ""]]),
+    ("note_columns", table("note", ["note_id", "person_id", "note_date", "note_type_concept_id", "note_text",
+                                    "encoding_concept_id", "language_concept_id"],
+                           [[7000, P0, "2024-01-01", 44814637, "", 0, 0]]),
      {("omop.note_columns", "OMOP/note.csv")}),
+    # the upload procedure's tables "as found" in CDM 5.4: the columns it requires (note_text excepted)
+    ("omop_required_columns", edit("OMOP/visit_occurrence.csv", lambda t: t.replace(",visit_type_concept_id", ",visit_kind", 1)),
+     {("omop.required_columns", "OMOP/visit_occurrence.csv")}),
     ("links_columns", links([(5000, S0["single"])], ("visit_id", "session_name")),
      {("links.columns", LINKS), SUPERSEDED_LINKS}),
     ("unknown_session", links([(5000, S0["single"]), (5000, OTHER_SESSION)]),
@@ -550,6 +554,15 @@ def test_a_registry_cell_written_null_is_empty(clean, null):
     registry("Images", lambda rows: [[*r[:4], null if i == 0 else r[4], *r[5:7], null] for i, r in enumerate(rows)])(clean)
     assert null in (clean / "image_registry.csv").read_text()
     assert found(clean) == set()
+
+
+def test_a_note_table_without_note_text_lacks_no_required_column(clean):
+    """CDM 5.4 requires note_text; the upload procedure asks sites for the note table's ids, descriptors and keys,
+    not the notes' text: a table without the column is not told to add it."""
+    edit("OMOP/note.csv", lambda t: t.replace(",note_text", ",note_title", 1))(clean)
+    assert found(clean) == set()
+    edit("OMOP/note.csv", lambda t: t.replace(",note_date", ",note_day", 1))(clean)
+    assert found(clean) == {("omop.required_columns", "OMOP/note.csv")}
 
 
 def test_every_rule_is_exercised_and_well_formed():
@@ -894,11 +907,16 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
             "x9,1,4000\n2001000000,1,4141651\n2000000001,1,4180938\n")
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        assert parse_facts("omop_procedures.v2", f)["ehr_runs"] == [[9000, 9001], [9003, 9003]]
+        facts = parse_facts("omop_procedures.v2", f)
+    assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
+    assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
     made = [line for line in (clean / "OMOP/procedure_occurrence.csv").read_text().splitlines(True)
             if ",4141651," in line or ",4180938," in line]  # the rows of the registries' other proc_ids
     body += "".join(",".join(line.split(",")[:3]) + "\n" for line in made)
+    # with the other columns CDM 5.4 requires of the table
+    body = "".join(line + (",procedure_date,procedure_type_concept_id\n" if k == 0 else ",2024-01-01,32817\n")
+                   for k, line in enumerate(body.splitlines()))
     write(clean, "OMOP/procedure_occurrence.csv", body)
     assert found(clean) == set()
     write(clean, "OMOP/procedure_occurrence.csv", body.replace(",4141651", ",4000"))  # now an EHR procedure's id

@@ -14,6 +14,7 @@ from .rules import (
     LINKS_TABLE,
     OMOP_KEYS,
     OMOP_MIN_COLUMNS,
+    OMOP_REQUIRED_COLUMNS,
     REQUIRED_TABLES,
 )
 from .site import _Across, _found, _norm_id, _one, _Site
@@ -75,6 +76,15 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
                fmt("the header lacks the key column {}: export the table with its CDM 5.4 column names", key)),
     ]
     # (a table without its key is told so above)
+    required = pl.col("_table").replace_strict({t: list(c) for t, c in OMOP_REQUIRED_COLUMNS.items()}, default=None,
+                                               return_dtype=pl.List(pl.String))
+    lacking = required.list.set_difference(pl.col("columns"))
+    out.append(_found(
+        "omop.required_columns",
+        comma.filter(tables_only & ~no_header & has_key).with_columns(_lacking=lacking)
+        .filter(pl.col("_lacking").list.len() > 0), "srcfile",
+        fmt("the header lacks {}, which CDM 5.4 requires of the {} table (the upload procedure asks for the tables as "
+            "CDM 5.4 defines them): export the table with these columns", pl.col("_lacking").list.join(", "), pl.col("_table"))))
     for table, columns in OMOP_MIN_COLUMNS.items():
         lacking = pl.concat_list([pl.when(~pl.col("columns").list.contains(c)).then(pl.lit(c)) for c in columns]
                                  ).list.drop_nulls()  # in the procedure's order

@@ -41,6 +41,32 @@ OMOP_MIN_COLUMNS: dict[str, tuple[str, ...]] = {
     "note": ("note_id", "note_type_concept_id", "note_class_concept_id", "person_id", "visit_occurrence_id",
              "visit_detail_id"),
 }
+# The Data-Upload-Update SOP asks for the 13 clinical tables "as found" in CDM 5.4: the columns CDM 5.4 marks
+# required (isRequired, OMOP_CDMv5.4_Field_Level.csv), less note_text, which the SOP does not ask sites to fill.
+OMOP_REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "person": ("person_id", "gender_concept_id", "year_of_birth", "race_concept_id", "ethnicity_concept_id"),
+    "observation_period": ("observation_period_id", "person_id", "observation_period_start_date",
+                           "observation_period_end_date", "period_type_concept_id"),
+    "visit_occurrence": ("visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date", "visit_end_date",
+                         "visit_type_concept_id"),
+    "visit_detail": ("visit_detail_id", "person_id", "visit_detail_concept_id", "visit_detail_start_date",
+                     "visit_detail_end_date", "visit_detail_type_concept_id", "visit_occurrence_id"),
+    "condition_occurrence": ("condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
+                             "condition_type_concept_id"),
+    "drug_exposure": ("drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
+                      "drug_exposure_end_date", "drug_type_concept_id"),
+    "procedure_occurrence": ("procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
+                             "procedure_type_concept_id"),
+    "device_exposure": ("device_exposure_id", "person_id", "device_concept_id", "device_exposure_start_date",
+                        "device_type_concept_id"),
+    "measurement": ("measurement_id", "person_id", "measurement_concept_id", "measurement_date",
+                    "measurement_type_concept_id"),
+    "observation": ("observation_id", "person_id", "observation_concept_id", "observation_date",
+                    "observation_type_concept_id"),
+    "death": ("person_id", "death_date"),
+    "note": ("note_date", "encoding_concept_id", "language_concept_id"),  # its ids and keys: OMOP_MIN_COLUMNS
+    "note_nlp": ("note_nlp_id", "note_id", "lexical_variant", "nlp_date"),
+}
 # The Data-Upload-Update SOP asks for all 13 clinical tables, each a full snapshot.
 REQUIRED_TABLES = tuple(OMOP_KEYS)
 FORBIDDEN_TABLES = ("specimen",)
@@ -165,6 +191,9 @@ RULES: tuple[Rule, ...] = (
          "An OMOP CSV's first line holds values, not column names."),
     Rule("omop.missing_key", "error", "OMOP table lacks its key column",
          "An OMOP CSV's header lacks the table's key column (e.g. person_id in person.csv)."),
+    Rule("omop.required_columns", "error", "OMOP table lacks required columns",
+         "An OMOP CSV's header lacks a column CDM 5.4 requires of its table (e.g. visit_end_date in "
+         "visit_occurrence.csv; note_text excepted, which the upload procedure does not ask for)."),
     Rule("omop.note_columns", "error", "note table lacks columns",
          "OMOP/note.csv lacks a column the upload procedure asks the note table to keep even without the notes' "
          f"text ({', '.join(OMOP_MIN_COLUMNS['note'])})."),
