@@ -642,9 +642,9 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
 def _procedure_facts(f) -> dict[str, Any]:
     """procedure_occurrence.csv: its header, and the integer procedure_occurrence_ids of the EHR's own procedures
     (procedure_concept_id not one a registry row gets, LINKAGE_CONCEPTS) as sorted runs [first, last] of consecutive
-    ids: an ETL numbers rows in sequence, so a table of millions is a few runs (registry.proc_overlap reads them).
+    ids: an ETL numbers rows in sequence, so a table of millions is a few runs (registry.proc_overlap reads them);
+    and all its integer ids, of any concept, as runs too (registry.no_procedure).
     Streamed batch by batch with pyarrow (this runs in forked hashing workers: no polars)."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
