@@ -178,7 +178,7 @@ def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
                .filter(pl.col("_last").is_null() | (pl.col("_id") > pl.col("_last")))
                .group_by("srcfile").agg(pl.col("_id").cast(pl.String), pl.len().alias("_k")))
     return [_found("registry.no_procedure", missing, "srcfile", fmt(
-        "{} proc_id(s) (e.g. {}) are no procedure_occurrence_id in procedure_occurrence.csv: each proc_id becomes a "
+        "{} proc_id(s) (e.g. {}) are not procedure_occurrence_ids in procedure_occurrence.csv: each proc_id becomes a "
         "PROCEDURE_OCCURRENCE row (concept 4180938 Imaging or 4141651 Monitoring), which links its files to the "
         "person's other data; add the rows (`chorus-batch registry --omop` writes them) or fix the proc_ids",
         pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
