@@ -1016,7 +1016,7 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         print(json.dumps(frame.to_dicts(), indent=2))
         return 0
     if not args.csv:
-        print(f"version {label}: {frame.height} changes" if label else "no versions yet")
+        print(f"version {label}: {frame.height} changes")
     _print_frame(args, frame, ["change", "srcfile", "old_srcfile", "modality", "size", "md5"])
     return 0
 
@@ -1099,6 +1099,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("history needs the path of a file; it was given an empty one", where="history PATH",
                          fix="give the site-relative path as `chorus-batch files` prints it")
     reader = open_manifest(_db(args))
+    reader.resolve(None)  # no version yet: exit 2 saying so (as files, changes, diff), not "no file PATH"
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
         shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled

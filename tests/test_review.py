@@ -363,7 +363,11 @@ def test_a_manifest_without_versions_is_one_usage_error_in_every_reading_command
     db = tmp_path / "m.sqlite"
     Manifest(db).ensure_schema()
     for args in (["files"], ["files", "--json"], ["diff", "--from", "x"], ["report", "--out", str(tmp_path / "r.html")],
-                 ["registry", "--out", str(tmp_path / "reg")], ["validate"]):
+                 ["registry", "--out", str(tmp_path / "reg")], ["validate"],
+                 # changes said "no versions yet" with exit 0 (`--json`: [], as if a version had changed nothing),
+                 # history "no file PATH", and review failed in the notebook's cell 5 with exit 3
+                 ["changes"], ["changes", "--json"], ["changes", "--csv"], ["history", "OMOP/person.csv"],
+                 ["history", "OMOP/person.csv", "--json"], ["review", "--out", str(tmp_path / "r.ipynb")]):
         out = cli(*args, "--db", str(db))
         assert out.returncode == 2, (args, out.stderr)
         assert "no versions yet" in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr

@@ -35,10 +35,10 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
 
     from ..review import open_manifest
 
-    reader = open_manifest(manifest)  # a missing manifest or an unknown version: exit 2 now, not a failed cell
-    for asked in (version, compare_to):
-        if asked is not None:
-            reader.resolve(asked)
+    reader = open_manifest(manifest)  # a missing manifest, no version yet or an unknown version: exit 2 now,
+    reader.resolve(version)           # not a failed cell (exit 3) after the kernel started
+    if compare_to is not None:
+        reader.resolve(compare_to)
 
     # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
     previous = os.umask(0o077)

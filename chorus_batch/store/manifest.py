@@ -878,8 +878,11 @@ class Manifest:
         self.require()
         if label is None:
             latest = self.latest_version()
-            label = latest["label"] if latest else None
-        frame = self.changes_query("c.version = ?", (label or "",))
+            if latest is None:  # exit 2 as files, diff and report say it, not an empty change set with exit 0
+                raise UsageError("the manifest has no versions yet", where=str(self.path),
+                                 fix="run `chorus-batch run` to commit the first version")
+            label = latest["label"]
+        frame = self.changes_query("c.version = ?", (label,))
         if label is not None and frame.height == 0 and self._one("SELECT 1 FROM versions WHERE label = ?", (label,)) is None:
             raise UsageError(  # a mistaken --version, as in files, diff, report and registry
                 f"no version {label!r} in the manifest",
