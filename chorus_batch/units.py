@@ -57,3 +57,17 @@ def shown_name(name: str | None) -> str:
     if not unicodedata.is_normalized("NFC", name):  # the combining marks that make it look like its NFC twin
         quoted = "".join(f"\\u{ord(c):04x}" if unicodedata.combining(c) else c for c in quoted)
     return quoted
+
+
+def text_width(text: str) -> int:
+    """The columns a terminal gives `text`: two for a wide character (CJK, most emoji: East Asian Width W or F),
+    none for a combining mark or a zero-width format character, one otherwise. len() counted each as one, so a
+    table row holding a Japanese name or an emoji pushed its next columns right of the header's."""
+    return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
+               else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def pad(text: str, width: int, *, right: bool = False) -> str:
+    """`text` padded with spaces to `width` terminal columns (text_width), on the left when `right`."""
+    fill = " " * max(0, width - text_width(text))
+    return fill + text if right else text + fill

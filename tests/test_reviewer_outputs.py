@@ -144,3 +144,25 @@ def test_names_that_look_alike_are_told_apart_in_the_text_outputs(tmp_path):
     assert cli("report", "--db", str(db), "--out", str(report)).returncode == 0
     page = report.read_text(encoding="utf-8")  # a browser hides a trailing space too
     assert "&#39;OMOP/trail.csv &#39;" in page and "OMOP/trail.csv </" not in page
+
+
+def test_wide_characters_keep_the_text_tables_columns_in_line():
+    """A CJK name or an emoji takes two columns of a terminal, but the tables padded by characters: every column
+    right of such a name started one column further right per wide character than the header's. Padding is by
+    terminal columns (units.text_width), including a number column aligned right."""
+    from chorus_batch.report import frame_text
+    from chorus_batch.units import text_width
+
+    frame = pl.DataFrame({"srcfile": ["OMOP/患者記録.csv", "Images/🩻scan.dcm", "OMOP/plain.csv"],
+                          "modality": ["OMOP", "Images", "OMOP"], "size": [12, 3456, 7],
+                          "old_srcfile": ["データ", None, "x"], "md5": ["a" * 32, "b" * 32, "c" * 32]})
+    lines = frame_text(frame).splitlines()
+    header = lines[0]
+    for column in ("modality", "old_srcfile", "md5"):  # where each column starts, in terminal columns
+        at = text_width(header[:header.index(column)])
+        for line, value in zip(lines[2:], frame[column].to_list()):
+            if value is not None:
+                assert text_width(line[:line.index(f"  {value}") + 2]) == at, (column, lines)
+    size_end = text_width(header[:header.index("size") + len("size")])  # numbers end under the header's end
+    for line, n in zip(lines[2:], frame["size"].to_list()):
+        assert text_width(line[:line.index(f" {n} ") + len(f" {n}")]) == size_end, lines

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..frames import SEVERITY_ORDER
-from ..units import human_bytes, plural, shown, shown_name
+from ..units import human_bytes, pad, plural, shown, shown_name, text_width
 
 if TYPE_CHECKING:
     from ..pipeline import RunResult
@@ -123,10 +123,11 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
 
 def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     rows = [[shown(str(c)) for c in r] for r in rows]  # one line per row, whatever a name holds
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    # Widths in terminal columns, not characters: a CJK name or an emoji takes two.
+    widths = [max(text_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     # Numbers align right, text left.
     right = [i > 0 and all(_is_number(str(r[i])) for r in rows if str(r[i])) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).rjust(w) if right[i] else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(pad(str(c), w, right=right[i]) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
     return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r).rstrip() for r in rows)]
 
 
