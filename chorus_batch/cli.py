@@ -22,7 +22,7 @@ from typing import Any
 from . import release
 from .errors import (EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, out_of_memory,
                      signals_unwrapped)
-from .units import shown, shown_name
+from .units import shown, shown_name, shown_text
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -872,7 +872,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         print("\n".join(findings_text(findings, examples=50)))
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
             print(f"not checked: {not_taken.height} file(s) the scan could not take")
-            print("\n".join(shown(f"    {shown_name(path)}: {message}") for path, message in
+            print("\n".join(f"    {shown_name(path)}: {shown_text(message)}" for path, message in
                             not_taken.head(20).select("srcfile", "message").iter_rows()))
             if not_taken.height > 20:
                 print(f"    ... and {not_taken.height - 20} more (--json lists them all)")

@@ -59,6 +59,22 @@ def shown_name(name: str | None) -> str:
     return quoted
 
 
+
+def shown_text(text: str | None) -> str:
+    """A message that embeds paths (a validation finding, a scan error: 'its path differs from OMOP/café.csv
+    only in ...') as text output shows it: every character shown_name would escape in a name is escaped where it
+    stands (a no-break space, a zero-width space, a right-to-left override that reorders the rest of the line, a
+    tab: \xa0, \u200b, \u202e, \t), and in text that is not NFC the combining marks too ('cafe\u0301'
+    beside 'café'), so two findings about look-alike names never read the same. The message is not quoted (it is
+    prose); '' for None. Machine outputs (JSON, CSV) keep messages exact."""
+    if text is None:
+        return ""
+    composed = unicodedata.is_normalized("NFC", text)
+    if text.isprintable() and composed:
+        return text
+    return "".join(c if c.isprintable() and (composed or not unicodedata.combining(c))
+                   else f"\\u{ord(c):04x}" if c.isprintable() else repr(c)[1:-1] for c in text)
+
 def text_width(text: str) -> int:
     """The columns a terminal gives `text`: two for a wide character (CJK, most emoji: East Asian Width W or F),
     none for a combining mark or a zero-width format character, one otherwise. len() counted each as one, so a

@@ -166,3 +166,38 @@ def test_wide_characters_keep_the_text_tables_columns_in_line():
     size_end = text_width(header[:header.index("size") + len("size")])  # numbers end under the header's end
     for line, n in zip(lines[2:], frame["size"].to_list()):
         assert text_width(line[:line.index(f" {n} ") + len(f" {n}")]) == size_end, lines
+
+
+def test_paths_inside_validation_messages_are_told_apart_too(tmp_path):
+    """The findings' own path column was escaped (shown_name), but not the paths their messages embed: `validate`
+    and the report said 'its path differs from OMOP/café.csv' of a decomposed é (the composed one's twin on
+    screen), 'from OMOP/nb .csv' of a no-break space, and wrote a right-to-left override raw, which reverses
+    the rest of the line. Messages are now escaped where they stand (units.shown_text); JSON keeps them exact."""
+    from conftest import cli, write
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    odd = {"OMOP/cafe\u0301.csv": "OMOP/cafe\\u0301.csv", "OMOP/nb\u00a0.csv": "OMOP/nb\\xa0.csv",
+           "OMOP/x\u202evsc.csv": "OMOP/x\\u202evsc.csv", "OMOP/z\u200bw.csv": "OMOP/z\\u200bw.csv"}
+    for i, name in enumerate(odd):  # each with a twin in other letter case or form: file.name_clash names it
+        write(site, name, f"{i}\n".encode())
+        write(site, "OMOP/Caf\u00e9.csv" if "cafe" in name else "OMOP/" + name[5:].upper(), f"{i}b\n".encode())
+    run_site(site, db)
+    raw = ("\u0301", "\u00a0", "\u202e", "\u200b")
+
+    out = cli("validate", "--db", str(db), timeout=300)
+    assert out.returncode == 1, out.stderr
+    said = [line for line in out.stdout.splitlines() if "differs from" in line]
+    assert said and not any(c in line for line in said for c in raw), said
+    for escaped in odd.values():
+        assert any(f"differs from {escaped} only" in line for line in said), (escaped, said)
+
+    report = tmp_path / "r.html"
+    assert cli("report", "--db", str(db), "--out", str(report)).returncode == 0
+    page = report.read_text(encoding="utf-8")
+    assert not any(c in page for c in raw), [c for c in raw if c in page]
+    assert "differs from OMOP/cafe\\u0301.csv only" in page
+
+    exact = json.loads(cli("validate", "--db", str(db), "--json", timeout=300).stdout)["findings"]
+    messages = " ".join(f["message"] for f in exact)
+    assert all(name in messages for name in ("OMOP/cafe\u0301.csv", "OMOP/nb\u00a0.csv"))  # machine output: exact

@@ -40,7 +40,7 @@ from ..fsutil import check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                       open_manifest, size_flags)
 from ..times import iso, utc_now
-from ..units import human_bytes, shown, shown_name
+from ..units import human_bytes, shown_name, shown_text
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
@@ -107,12 +107,13 @@ def _num(n: float | None) -> str:
 
 def _cell(value: object) -> str:
     """A table cell or a value of a list: numbers with thousands separators, yes/no, '' for None; control
-    characters as escapes, as the terminal shows them (a browser shows a path's line break as a space)."""
+    characters as escapes, as the terminal shows them (a browser shows a path's line break as a space), and so
+    the invisible or look-alike characters of the paths a message embeds (units.shown_text)."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int | float):
         return _num(value)
-    return "" if value is None else shown(str(value))
+    return "" if value is None else shown_text(str(value))
 
 
 def _name(value: object) -> str:

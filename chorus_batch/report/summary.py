@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..frames import SEVERITY_ORDER
-from ..units import human_bytes, pad, plural, shown, shown_name, text_width
+from ..units import human_bytes, pad, plural, shown, shown_name, shown_text, text_width
 
 if TYPE_CHECKING:
     from ..pipeline import RunResult
@@ -115,7 +115,7 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
     if examples is not None:
         listed = listed.head(examples)
     for row in listed.iter_rows(named=True):
-        lines.append(shown(f"    {row['severity']}: {shown_name(row['srcfile']) or '(site)'}: {row['message']}"))
+        lines.append(f"    {row['severity']}: {shown_name(row['srcfile']) or '(site)'}: {shown_text(row['message'])}")
     if d["total"] > listed.height and listed.height:
         lines.append(f"    ... and {d['total'] - listed.height} more")
     return lines
@@ -163,7 +163,7 @@ def summary_text(result: RunResult) -> str:
         for kind, n in d["errors"]["by_kind"].items():
             lines.append(f"  {kind}: {n}")
         for row in result.errors.head(10).iter_rows(named=True):
-            lines.append(shown(f"    {shown_name(row['srcfile'])}: {row['message']}"))
+            lines.append(f"    {shown_name(row['srcfile'])}: {shown_text(row['message'])}")
         if result.errors.height > 10:
             lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
     sources = result.md5_sources
@@ -214,7 +214,7 @@ def status_text(result: RunResult, *, limit: int | None) -> str:
     lines += excluded_text(result.excluded)
     if result.errors.height:
         lines += ["", f"problems the run would record: {result.errors.height}"]
-        lines += [shown(f"    {row['kind']}: {shown_name(row['srcfile'])}: {row['message']}")
+        lines += [f"    {row['kind']}: {shown_name(row['srcfile'])}: {shown_text(row['message'])}"
                   for row in result.errors.head(limit if limit is not None else result.errors.height).iter_rows(named=True)]
         if limit is not None and result.errors.height > limit:
             lines.append(f"    ... and {result.errors.height - limit} more; --all or --json lists them all")
