@@ -152,8 +152,27 @@ class ParquetReader(ManifestReader):
         return ended.filter(pl.col("_ended_in").is_in(self._labels)).join(finished, on="_ended_in", how="left")
 
     def _changed_between(self, older: str, newer: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-        before, after = self._files_at(older, None, None), self._files_at(newer, None, None)
-        return before.join(after, on="file_id", how="anti"), after.join(before, on="file_id", how="anti")
+        # The rows of one snapshot that the other lacks, by file id, found by DuckDB streaming both Parquet files
+        # under the review cap (spilling to a scratch folder): only the changed rows come into memory, as the
+        # SQLite reader reads them from the change sets. Both snapshots read whole made `diff` and the report's
+        # "deleted since" section grow with the site (two polars frames of every file).
+        from ..fsutil import scratch_folder
+        from ..review import REVIEW_MEMORY
+
+        parts = {label: str(self._part(label, "manifest")) for label in (older, newer)}
+        for label, part in parts.items():
+            if not Path(part).is_file():
+                self._read(label, "manifest")  # says which snapshot lacks its file list, as _files_at does
+        sides = []
+        with scratch_folder("chorus-duckdb-", None) as folder, duckdb.connect(config={
+                "threads": 1, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder)}) as con:
+            for one, other in ((older, newer), (newer, older)):
+                table = con.sql("SELECT * FROM read_parquet($one) AS a ANTI JOIN read_parquet($other) AS b USING (file_id)",
+                                params={"one": parts[one], "other": parts[other]}).to_arrow_table()
+                frame = pl.from_arrow(table)
+                assert isinstance(frame, pl.DataFrame)
+                sides.append(self._with_ends(frame).sort("srcfile"))
+        return sides[0], sides[1]
 
     def _path_rows(self, srcfile: str, before_file_id: int | None) -> pl.DataFrame:
         con = duckdb.connect()
