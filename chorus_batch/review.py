@@ -22,7 +22,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -33,7 +33,7 @@ from .diff import compute_diff
 from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
-from .times import parse_time
+from .times import iso, parse_time
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -151,7 +151,12 @@ class ManifestReader:
         ).filter(pl.col("_at") <= moment)
         if committed.height == 0:
             first = versions.row(0, named=True)
-            raise UsageError(f"no version was committed at or before {moment.isoformat()}", where=str(self.path),
+            # Said in UTC too, as the manifest writes commit times: '05:00+09:00' beside '04:35:59Z' read as later;
+            # and a date alone is that day's start, not its end.
+            asked = moment.isoformat() + ("" if moment.utcoffset() == timedelta(0) else f" ({iso(moment)})")
+            if isinstance(version, str) and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", version):
+                asked += f" (a date alone is its start; {version.strip()}T23:59:59Z is its end)"
+            raise UsageError(f"no version was committed at or before {asked}", where=str(self.path),
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 

@@ -19,6 +19,7 @@ import pytest
 
 from chorus_batch.errors import UsageError
 from chorus_batch.review import open_manifest
+from chorus_batch.times import iso
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, run_site, tree_md5, write
 
@@ -119,6 +120,15 @@ def test_files_as_of_a_time_picks_the_version_committed_then(history):
         assert reader.resolve(spelling) == reader.resolve(between), spelling
     with pytest.raises(UsageError, match="no version was committed"):
         reader.files("2001-01-01T00:00:00Z")
+    # A time in another zone was said only in it ('before 2026-12-04T05:00:00+09:00' beside a first version
+    # 'committed 2026-12-04T04:35:59Z' reads as later); a date alone without saying it is the day's start.
+    east = (between - timedelta(hours=1)).astimezone(timezone(timedelta(hours=9)))
+    with pytest.raises(UsageError) as said:
+        reader.files(east.isoformat())
+    assert f"before {east.isoformat()} ({iso(east)})" in str(said.value), str(said.value)
+    day = committed[:10]  # the first version's day: its start is before the commit
+    with pytest.raises(UsageError, match=f"a date alone is its start; {day}T23:59:59Z is its end"):
+        reader.files(day)
     with pytest.raises(UsageError, match="no version 'v9'"):
         reader.files("v9")
 
