@@ -1371,8 +1371,9 @@ def _refuse_empty_values(command: argparse.ArgumentParser, args: argparse.Namesp
             continue
         if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
             name = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest.upper())
-            command.error(f"{name} is empty (an unset shell variable?): give a value, or leave {name} out"
-                          if action.option_strings else f"{name} is empty (an unset shell variable?): give a value")
+            # "leave it out" only where it may be left out: `report --out ""` was told to, and then that --out is required
+            command.error(f"{name} is empty (an unset shell variable?): give a value"
+                          + (f", or leave {name} out" if action.option_strings and not action.required else ""))
 
 
 NOTHING_COMMITTED = "nothing was committed; the previous version is intact"

@@ -186,6 +186,7 @@ def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_stays_empty(s
 @pytest.mark.parametrize("args", [
     ("run", "--parquet", ""), ("run", "--mode", "append", "--delete-list", ""), ("run", "--config", ""),
     ("run", "--shard", "0/1", "--staging", ""), ("registry", "--out", ""), ("testdata", ""), ("files", "--path", " "),
+    ("report", "--out", ""), ("review", "--out", ""),
 ])
 def test_a_value_given_empty_is_a_usage_error_naming_it(site, tmp_path, args):
     # An unset shell variable: --parquet "" made no snapshots, --delete-list "" no deletions, --config "" read
@@ -196,10 +197,13 @@ def test_a_value_given_empty_is_a_usage_error_naming_it(site, tmp_path, args):
     here = tmp_path / "here"
     here.mkdir()
     command, *rest = args
-    given = [] if command == "testdata" else ["--db", str(db)] + ([] if command in ("registry", "files") else
+    given = [] if command == "testdata" else ["--db", str(db)] + ([] if command in ("registry", "files", "report", "review") else
                                                                   ["--site", str(site), "--no-validate"])
     out = cli(command, *rest, *given, cwd=here)
     assert out.returncode == 2 and "is empty (an unset shell variable?)" in out.stderr, (out.returncode, out.stderr)
+    # `report --out ""` was told "or leave --out out", which then is "the following arguments are required: --out"
+    required = rest[0] == "--out" or command == "testdata"
+    assert ("or leave" in out.stderr) != required, out.stderr
     assert list(here.iterdir()) == []
 
 
