@@ -64,6 +64,12 @@ class ChorusError(Exception):
             parts.append(f"  fix:   {self.fix}")
         return "\n".join(parts)
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (Jupyter, papermill) shows for it instead of a traceback: the message, where and what to
+        do, as the command line says it. A reviewer's notebook on a manifest with no version yet showed
+        twenty frames of chorus_batch internals around the one line that mattered."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class UsageError(ChorusError):
     exit_code = ExitCode.USAGE

@@ -204,3 +204,24 @@ def test_review_out_dash_writes_the_notebook_to_standard_output(manifests, tmp_p
     assert "wrote the executed notebook to standard output" in done.stderr and not (tmp_path / "-").exists()
     check_run(nbformat.reads(done.stdout, as_version=4), PLOTS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback(tmp_path):
+    """Run in Jupyter (or papermill) on a manifest with no version yet, the notebook's cell 5 showed a traceback
+    through chorus_batch's internals around 'the manifest has no versions yet'. A chorus_batch error now renders
+    in IPython as the command line says it: what, where and what to do, no frames."""
+    from chorus_batch.store import Manifest
+
+    db = tmp_path / "m.sqlite"
+    Manifest(db).ensure_schema()
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"manifest": str(db)}, kernel_name="python3",
+                                   progress_bar=False, cwd=str(tmp_path))
+    assert failed.value.ename == "UsageError" and "no versions yet" in failed.value.evalue
+    errors = [o for cell in nbformat.read(out, as_version=4).cells if cell.cell_type == "code"
+              for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    assert len(errors) == 1, errors
+    shown = "\n".join(errors[0]["traceback"])
+    assert "the manifest has no versions yet" in shown and "fix:   run `chorus-batch run`" in shown, shown
+    assert "chorus_batch/review.py" not in shown and "File " not in shown and "Traceback" not in shown, shown
