@@ -20,8 +20,9 @@ pytestmark = pytest.mark.serial  # timed: run alone, after the parallel tests (s
 CLOUD = ("asyncio", "fsspec", "adlfs", "azure", "s3fs", "chorus_batch.sources.cloud", "chorus_batch.sources.remote",
          "chorus_batch.store.remote")
 # Loaded only to read headers or check findings: a no-change night has them cached.
-CHECKS = ("pydicom", "wfdb", "chorus_batch.validate.checks", "chorus_batch.validate.readers", "duckdb")
-NEVER = ("pandas", "matplotlib", "jinja2", "pyarrow.compute", "pyarrow.dataset")
+CHECKS = ("pydicom", "wfdb", "chorus_batch.validate.checks", "chorus_batch.validate.readers", "duckdb",
+          "pyarrow.compute")  # (procedure_occurrence.csv's ids, streamed in the hashing workers)
+NEVER = ("pandas", "matplotlib", "jinja2", "pyarrow.dataset")
 
 
 def modules_after_run(site: Path, db: Path) -> set[str]:

@@ -668,20 +668,33 @@ def _procedure_facts(f) -> dict[str, Any]:
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(include_columns=[ids_name, concept_name],
                                                  column_types={ids_name: pa.string(), concept_name: pa.string()}))
+        # No Python value reaches pyarrow (pa.array, pa.scalar, fill_null(x, False)): it would ask pandas whether it
+        # can take it, importing pandas (0.3-0.5 s) into the run; the patterns are options, not values. The string
+        # columns hold no nulls (ConvertOptions' strings_can_be_null is False): an empty cell is "".
+        linkage = "^(" + "|".join(LINKAGE_CONCEPTS) + ")$"
         for batch in reader:
             ids = pc.utf8_trim_whitespace(batch.column(ids_name))
             concept = pc.utf8_trim_whitespace(batch.column(concept_name))
-            ehr = pc.and_(pc.fill_null(pc.match_substring_regex(ids, r"^[0-9]{1,18}$"), False),
-                          pc.invert(pc.fill_null(pc.is_in(concept, pa.array(LINKAGE_CONCEPTS)), False)))
-            chunks.append(pc.cast(pc.filter(ids, ehr), pa.int64()).to_numpy(zero_copy_only=False))
-            every.append(pc.cast(pc.filter(ids, pc.fill_null(pc.match_substring_regex(ids, r"^[0-9]{1,18}$"), False)),
-                                 pa.int64()).to_numpy(zero_copy_only=False))
+            integer = pc.match_substring_regex(ids, r"^[0-9]{1,18}$")
+            ehr = pc.and_(integer, pc.invert(pc.match_substring_regex(concept, linkage)))
+            chunks.append(_int64s(pc.cast(pc.filter(ids, ehr), pa.int64())))
+            every.append(_int64s(pc.cast(pc.filter(ids, integer), pa.int64())))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
         gate.close()
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)
     return facts
+
+
+def _int64s(values) -> Any:
+    """An int64 Arrow array without nulls as numpy, from its data buffer (to_numpy asks pandas: see above)."""
+    import numpy as np
+    import pyarrow as pa
+
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts = [np.frombuffer(c.buffers()[1], dtype=np.int64)[c.offset: c.offset + len(c)] for c in chunks if len(c)]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def _runs(chunks: list[Any]) -> list[list[int]]:
