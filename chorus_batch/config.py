@@ -442,7 +442,8 @@ def check_roots(settings: RunSettings) -> None:
         return location.rstrip("/") if path is None else os.path.realpath(path)
 
     named = [(what, location) for location, what, _ in named_roots(settings.site, settings.roots)]
-    user = [re.compile(glob_to_regex(p)) for p in settings.exclude if "/" in p]
+    # a glob excludes a folder's files when it matches the folder (exclude.glob_to_regex: as in .gitignore)
+    user = [re.compile(glob_to_regex(p)) for p in settings.exclude]
     for i, (what, location) in enumerate(named):
         for other, other_location in named[:i]:
             a, b = place(location), place(other_location)
@@ -454,7 +455,7 @@ def check_roots(settings: RunSettings) -> None:
                 sep = "/" if "://" in outer or os.sep == "/" else os.sep
                 if inner.startswith(outer.rstrip(sep) + sep):
                     rel = inner[len(outer.rstrip(sep)) + 1:].replace(os.sep, "/")
-                    if any(r.search(f"{rel}/x/x") for r in user):
+                    if any(r.search(f"{rel}/") for r in user):
                         continue  # the outer root's listing leaves the inner tree out
                     raise ConfigError(
                         f"{inner_what} ({inner}) lies inside {outer_what} ({outer}): its files would be tracked twice, "

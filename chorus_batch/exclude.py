@@ -1,12 +1,15 @@
 """Exclusions: files of the listing that are neither hashed nor recorded, but counted.
 
 A pattern is a shell glob (fnmatch semantics: `*` any run of characters, `?` one character, `[abc]`,
-`[!abc]`, `[a-z]`). A pattern without '/' is matched against the file's NAME (the last path component),
-so `*.tmp` excludes `a/b/c.tmp`; a pattern with '/' is matched against the whole site-relative path
-(a leading '/' or './' is ignored), where `*` also crosses folders, so `scratch/*` excludes everything under
-`scratch/`. User patterns are case-sensitive. The DEFAULT list (OS junk) is always applied, matched
-case-insensitively (Windows and macOS file systems are), unless `--no-default-excludes` /
-`default_excludes = false`.
+`[!abc]`, `[a-z]`). As in .gitignore, a pattern excludes a file when it matches the file or any folder above
+it: a pattern without '/' is matched against each NAME of the path (the file's and its folders'), so `*.tmp`
+excludes `a/b/c.tmp` and `OMOP` excludes `OMOP/person.csv` and `1001/OMOP/x.csv` (a user naming a folder
+means the files in it: matching the file name only silently excluded nothing); a pattern with '/' is matched
+against the whole site-relative path (a leading '/' or './' is ignored) or a folder path above the file, where
+`*` also crosses folders, so `scratch/*` and `/scratch` exclude everything under the top-level `scratch/` (not
+`1001/scratch/`). A trailing '/' (`OMOP/`) matches folders only. User patterns are case-sensitive. The DEFAULT
+list (OS junk) is always applied, matched case-insensitively (Windows and macOS file systems are), unless
+`--no-default-excludes` / `default_excludes = false`.
 
 Patterns are turned into Rust regexes and matched over the whole listing frame at once (one regex pass
 per pattern), never per row in Python.
@@ -50,8 +53,6 @@ def glob_problem(pattern: object) -> str | None:
         return "an empty pattern matches nothing (or, by mistake, everything)"
     if pattern != pattern.strip():
         return f"{pattern!r} has leading or trailing spaces"
-    if pattern.endswith("/"):
-        return f"{pattern!r} ends with '/': patterns match files, not folders (for everything below it: {pattern}*)"
     if _from_root(pattern).strip("/*") == "":
         return f"{pattern!r} would exclude every file of the site"
     if "/" in pattern and {".", ".."} & set(_from_root(pattern).split("/")):
@@ -64,6 +65,8 @@ def glob_problem(pattern: object) -> str | None:
 
 def glob_to_regex(pattern: str, *, ignore_case: bool = False) -> str:
     """The Rust regex (also valid in Python) matching the site-relative paths that `pattern` excludes."""
+    folder_only = pattern.endswith("/")  # 'OMOP/': folders named so, never a file
+    pattern = pattern.rstrip("/")
     by_name = "/" not in pattern
     body = pattern if by_name else _from_root(pattern)
     star, one = ("[^/]*", "[^/]") if by_name else (".*", ".")
@@ -112,7 +115,8 @@ def glob_to_regex(pattern: str, *, ignore_case: bool = False) -> str:
         else:
             out.append(_escape(ch))
         i += 1
-    regex = ("(?:^|/)" if by_name else "^") + "".join(out) + "$"
+    # the file itself or any folder above it ('/' follows a folder's name)
+    regex = ("(?:^|/)" if by_name else "^") + "".join(out) + ("/" if folder_only else "(?:/|$)")
     return ("(?i)" if ignore_case else "") + "(?s)" + regex
 
 

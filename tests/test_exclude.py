@@ -101,7 +101,7 @@ def test_config_exclude_and_default_excludes(site, db, tmp_path):
 
 @pytest.mark.parametrize("flags, toml", [
     (["--exclude", ""], ""),
-    (["--exclude", "scratch/"], ""),
+    (["--exclude", "/"], ""),
     ([], '[run]\nexclude = [" "]\n'),
     ([], '[run]\nexclude = "*.tmp"\n'),  # a list, not a string
     (["--exclude", "./*"], ""),  # every file, said as from the site root
@@ -118,12 +118,34 @@ def test_invalid_exclusion_is_a_usage_error(site, db, tmp_path, flags, toml):
     assert not db.exists()  # refused before anything was listed or written
 
 
+def _gitignore_match(path: str, pattern: str) -> bool:
+    """The reference: fnmatch of the file or a folder above it (each name without '/', the path with '/')."""
+    parts = path.split("/")
+    if "/" not in pattern:
+        return any(fnmatch.fnmatchcase(name, pattern) for name in parts)
+    return any(fnmatch.fnmatchcase("/".join(parts[:k]), pattern) for k in range(1, len(parts) + 1))
+
+
+def test_a_glob_naming_a_folder_excludes_its_files(site, db):
+    """`--exclude OMOP` matched file names only, so it excluded nothing, silently: the files of every folder named
+    OMOP were hashed and recorded. A glob now matches the file or a folder above it (as .gitignore does)."""
+    for rel in ["OMOP/person.csv", "OMOP/2024/visit.csv", "1001/OMOP/x.csv", "1001/notes.txt", "scratch/a.txt",
+                "1001/scratch/b.txt", "Metadata/OMOP"]:
+        write(site, rel)
+    summary = _run(site, db, "--exclude", "OMOP/", "--exclude", "/scratch")
+    assert _hashed_paths(db) == {"1001/notes.txt", "1001/scratch/b.txt", "Metadata/OMOP"}  # 'OMOP/': folders only
+    assert summary["excluded"]["by_pattern"] == {"OMOP/": 3, "/scratch": 1}
+    _run(site, db, "--exclude", "OMOP", "--exclude", "scratch", "--max-delete", "all")  # without '/': a file or folder of that name anywhere
+    assert _hashed_paths(db) == {"1001/notes.txt"}
+
+
 def test_globs_match_fnmatch_vectorised():
     paths = ["a/b/c.tmp", "c.TMP", "x/scratch/a", "scratch/a/b", "a1.txt", "ab.txt", "a[1", "x/Thumbs.db",
              "x/THUMBS.DB", "._x", "d/._y", "~$a.docx", ".~lock.a#", ".~lock.a"]
     series = pl.Series(paths)
-    for pattern in ["*.tmp", "scratch/*", "*/scratch/*", "a[0-9].txt", "a[!0-9].txt", "a[1", "?b.txt"]:
-        expected = [p for p in paths if fnmatch.fnmatchcase(p if "/" in pattern else p.rsplit("/", 1)[-1], pattern)]
+    for pattern in ["*.tmp", "scratch/*", "*/scratch/*", "a[0-9].txt", "a[!0-9].txt", "a[1", "?b.txt", "scratch",
+                    "x/scratch", "b", "a"]:
+        expected = [p for p in paths if _gitignore_match(p, pattern)]
         assert series.filter(series.str.contains(glob_to_regex(pattern))).to_list() == expected, pattern
         if "/" in pattern:  # named from the site root ('./scratch/*' matched nothing: no listed path starts so)
             for rooted in ("/" + pattern, "./" + pattern, ".//" + pattern):
@@ -159,3 +181,21 @@ def test_a_first_run_whose_globs_exclude_every_file_says_so(site, db):
     text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--exclude", "*.*")
     assert "every file the site lists was excluded, so no first version was committed" in text.stdout, text.stdout
     assert "check that the site root" not in text.stdout
+
+
+def test_a_name_glob_leaves_an_inner_root_out_of_the_site_root(tmp_path):
+    """A [site.roots] entry inside the site root is refused unless a glob leaves it out of the site root's
+    listing; only globs with '/' were asked, so `exclude = ["Waveforms"]` (which now excludes that folder's files)
+    was refused as tracking them twice."""
+    from chorus_batch.config import RunSettings, check_roots
+    from chorus_batch.errors import ConfigError
+
+    (tmp_path / "site" / "Waveforms").mkdir(parents=True)
+    settings = RunSettings(site=str(tmp_path / "site"), roots={"Waveforms": str(tmp_path / "site" / "Waveforms")},
+                           db=str(tmp_path / "m.sqlite"))
+    with pytest.raises(ConfigError, match="lies inside"):
+        check_roots(settings)
+    for glob in ("Waveforms", "Waveforms/", "/Waveforms", "Waveforms/*", "Wave*"):
+        check_roots(settings.model_copy(update={"exclude": [glob]}))
+    with pytest.raises(ConfigError, match="lies inside"):  # only the folder's .csv files: the rest tracked twice
+        check_roots(settings.model_copy(update={"exclude": ["Waveforms/*.csv"]}))
