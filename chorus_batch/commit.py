@@ -180,7 +180,11 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
                         spill_parent=spill_parent)
     diff = Diff(diff.change_set, diff.n_unchanged + tree.n_unchanged)
     counts = diff.counts()
-    guard_removals(tree, scanned.roots, counts["removed"], root_ids, max_delete=max_delete, mode=mode)
+    # A root that listed nothing is compared with the previous version's roots by folder, not by root_id alone: an
+    # older release recorded one folder twice (through a symlink), and the previous files may lie under the other.
+    silent = mode == "full" and tree.n_previous and set(range(len(scanned.roots))) - tree.listed_roots
+    same = manifest.same_root_ids(scanned.roots) if silent else {}
+    guard_removals(tree, scanned.roots, counts["removed"], root_ids, max_delete=max_delete, mode=mode, same_roots=same)
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
         current_candidates.drop("unchanged_modality", "unchanged_id"), on="srcfile", how="left", maintain_order="left")
@@ -450,15 +454,17 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
 
 
 def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
-                   max_delete: str | int, mode: str) -> None:
+                   max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None) -> None:
     """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
-    (full mode) one where a root that held files lists none: an unmounted file system, not a deletion."""
+    (full mode) one where a root that held files lists none: an unmounted file system, not a deletion.
+    `same_roots`: every recorded root_id of each root's folder (Manifest.same_root_ids), beside `root_ids`."""
     kind, limit = parse_max_delete(max_delete)
     if kind == "all" or tree.n_previous == 0:
         return
     empty = [location for position, (location, _modality) in enumerate(roots)
              if position not in tree.listed_roots and mode == "full"
-             and (root_ids.get(position) in tree.held_roots or (position == 0 and tree.unrooted))]
+             and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
+                  or (position == 0 and tree.unrooted))]
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and n_removed <= allowed:
         return

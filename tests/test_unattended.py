@@ -51,6 +51,27 @@ def test_an_emptied_site_root_is_refused_and_nothing_is_committed(site, db):
     assert allowed.returncode == 0 and current_rows(db) == {}
 
 
+def test_an_emptied_site_recorded_twice_through_a_symlink_is_still_refused(site, db, tmp_path):
+    """A manifest of an older release holds two `roots` rows for one site (given once by its path, once through a
+    symlink) and the previous files lie under the symlink's. The "root lists no files" guard compared root_ids, so
+    an unmounted site given by its path was not recognised, and with --max-delete 100% every file was removed."""
+    many(site, 10)
+    link = tmp_path / "site-link"
+    link.symlink_to(site, target_is_directory=True)
+    assert run(site, db, "-q").returncode == 0
+    with sqlite3.connect(db) as con:  # what the older release recorded for a run through the symlink
+        con.execute("INSERT INTO roots (location, modality, first_version) VALUES (?, NULL, NULL)", (str(link),))
+    con.close()
+    assert run(link, db, "-q").returncode == 0  # the files move to that root (its location matches exactly)
+    assert query(db, "SELECT DISTINCT root_id FROM source_files") == [(2,)]
+    before = current_rows(db)
+    for path in list(site.iterdir()):  # "unmounted": the root is there, empty
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    out = run(site, db, "--max-delete", "100%")
+    assert out.returncode == ExitCode.REFUSED and "list no files at all" in out.stderr, out.stdout + out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
 def test_more_removals_than_allowed_are_refused(site, db):
     many(site, 10)
     assert run(site, db, "-q").returncode == 0

@@ -63,6 +63,18 @@ def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[
     return ids
 
 
+def _same_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[str, str | None]]) -> dict[int, set[int]]:
+    """Every recorded root_id of each of a scan's roots (by position): the same location, or the same folder on
+    disk under another name. An older release recorded a site given through a symlink as a second root, so one
+    folder can have several root_ids, and the previous version's files may lie under any of them."""
+    def place(location: str) -> str:
+        return location if "://" in location else os.path.realpath(location)
+
+    return {position: {rid for rid, loc, mod in recorded
+                       if mod == modality and (loc == location or place(loc) == place(location))}
+            for position, (location, modality) in enumerate(roots)}
+
+
 def _update_cache(db_bytes: int) -> str:
     """SQLite's page cache for a write to a manifest of `db_bytes` that already has rows (not for the first,
     append-only load). Updates land on random pages of a large manifest; with SQLite's default 2 MB page cache
@@ -432,6 +444,12 @@ class Manifest:
         if not self.path.exists():
             return {}
         return _match_roots(list(self.roots().select("root_id", "location", "modality").iter_rows()), roots)
+
+    def same_root_ids(self, roots: list[tuple[str, str | None]]) -> dict[int, set[int]]:
+        """Every recorded root_id of each of a scan's roots (by position): the same folder may have several."""
+        if not self.path.exists():
+            return {}
+        return _same_roots(list(self.roots().select("root_id", "location", "modality").iter_rows()), roots)
 
     def roots(self) -> pl.DataFrame:
         """The recorded roots (root_id, location, modality, first_version); the site root has modality NULL."""
