@@ -174,12 +174,12 @@ def _matches(srcfile: pl.Expr, excludes: Excludes) -> pl.Expr:
 
 
 def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFrame:
-    """The listing's problems without those of excluded files (a folder's problem is kept: patterns match
-    files, and a folder that could not be listed keeps the rows recorded below it)."""
+    """The listing's problems without those of excluded files and folders. A folder's problem names it with
+    a trailing '/' ("scratch/"), which a glob matching the folder matches: its files are excluded, so one it
+    could not list is no problem of the site, and keeps no rows (they are removed as excluded, not kept as unseen)."""
     if not excludes.patterns or errors.height == 0:
         return errors
-    file_level = pl.col("srcfile").is_not_null() & ~pl.col("kind").str.ends_with("_dir")
-    return errors.filter(~(file_level & _matches(pl.col("srcfile"), excludes)).fill_null(False))
+    return errors.filter(~_matches(pl.col("srcfile"), excludes).fill_null(False))
 
 
 def merge_counts(parts: list[dict]) -> dict:

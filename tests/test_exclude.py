@@ -5,6 +5,7 @@ usual removal path (and its --max-delete guard)."""
 from __future__ import annotations
 
 import fnmatch
+import os
 import json
 from pathlib import Path
 
@@ -199,3 +200,22 @@ def test_a_name_glob_leaves_an_inner_root_out_of_the_site_root(tmp_path):
         check_roots(settings.model_copy(update={"exclude": [glob]}))
     with pytest.raises(ConfigError, match="lies inside"):  # only the folder's .csv files: the rest tracked twice
         check_roots(settings.model_copy(update={"exclude": ["Waveforms/*.csv"]}))
+
+
+def test_an_excluded_folder_that_cannot_be_listed_is_no_problem_and_keeps_no_rows(site, db):
+    """With globs matching folders, a folder left out that could not be listed was still a scan error
+    (unreadable_dir) and kept the rows recorded below it as unseen: excluded, yet tracked and an error every night."""
+    from test_run import run_without_override
+
+    for rel in ["1001/notes.txt", "scratch/old/a.txt", "scratch/b.txt"]:
+        write(site, rel)
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q", "--max-delete", "all"]
+    assert run_without_override(args).returncode in (0, 1)
+    os.chmod(site / "scratch" / "old", 0o000)
+    try:
+        out = run_without_override([*args, "--exclude", "scratch"])
+    finally:
+        os.chmod(site / "scratch" / "old", 0o755)
+    summary = json.loads(out.stdout)
+    assert "unreadable_dir" not in summary["errors"]["by_kind"], summary["errors"]
+    assert _hashed_paths(db) == {"1001/notes.txt"}
