@@ -58,6 +58,8 @@ def glob_problem(pattern: object) -> str | None:
     if "/" in pattern and {".", ".."} & set(_from_root(pattern).split("/")):
         # (a site-relative path has no such folder: the pattern would never match, silently)
         return f"{pattern!r} names a '.' or '..' folder, which no site-relative path has: it would match nothing"
+    if "\\" in pattern:  # (Windows' separator; as a name's character it is one Windows forbids)
+        return f"it holds a backslash: folders are separated by '/' on every system (write {pattern.replace(chr(92), '/')})"
     if "\x00" in pattern or "\n" in pattern:
         return f"{pattern!r} holds a control character"
     return None
@@ -183,8 +185,11 @@ def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFra
 
 
 def merge_counts(parts: list[dict]) -> dict:
-    """The exclusion counts of several shards as one."""
+    """The exclusion counts of several shards as one (a glob is unmatched when it matched nothing in any)."""
     total = empty_counts()
+    unmatched = [set(part["unmatched"]) for part in parts if "unmatched" in part]
+    if unmatched:
+        total["unmatched"] = sorted(set.intersection(*unmatched))
     for part in parts:
         for key in ("total", "default", "user"):
             total[key] += int(part.get(key, 0))

@@ -357,4 +357,6 @@ def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:
     order = [pattern for _source, pattern in excludes.patterns]
     for key in ("by_pattern", "examples"):
         merged[key] = {p: merged[key][p] for p in dict.fromkeys(order) if p in merged[key]}
+    # a user's glob that matched nothing is said, not silent (a folder's name in the wrong case, a typo)
+    merged["unmatched"] = [p for source, p in excludes.patterns if source == "user" and p not in merged["by_pattern"]]
     return merged

@@ -108,6 +108,7 @@ def test_config_exclude_and_default_excludes(site, db, tmp_path):
     (["--exclude", "./*"], ""),  # every file, said as from the site root
     (["--exclude", "scratch/../a/*"], ""),  # a '..' folder: no site-relative path has one, it matched nothing
     ([], '[run]\nexclude = ["OMOP/./tmp/*"]\n'),
+    (["--exclude", "scratch\\*"], ""),  # Windows' separator: it matched nothing (a name with a backslash)
 ])
 def test_invalid_exclusion_is_a_usage_error(site, db, tmp_path, flags, toml):
     write(site, "1001/a.txt")
@@ -219,3 +220,16 @@ def test_an_excluded_folder_that_cannot_be_listed_is_no_problem_and_keeps_no_row
     summary = json.loads(out.stdout)
     assert "unreadable_dir" not in summary["errors"]["by_kind"], summary["errors"]
     assert _hashed_paths(db) == {"1001/notes.txt"}
+
+
+def test_a_user_glob_that_matches_nothing_is_said(site, db, tmp_path):
+    """`--exclude omop` (the folder is OMOP) matched nothing and the run said nothing of it: the files it was meant
+    to leave out were hashed and recorded in silence. The summary now warns of each user glob that matched no
+    file, and --json lists them (a shard's counts too: unmatched in every shard)."""
+    for rel in DATA:
+        write(site, rel)
+    summary = _run(site, db, "--exclude", "omop", "--exclude", "OMOP")
+    assert summary["excluded"]["unmatched"] == ["omop"] and summary["excluded"]["by_pattern"] == {"OMOP": 1}
+    text = cli("run", "--site", str(site), "--db", str(db), "--no-validate", "--dry-run", "--exclude", "scratch/x*")
+    assert "warning: --exclude/exclude 'scratch/x*' matched no file" in text.stdout, text.stdout
+    assert merge_counts([{"unmatched": ["a", "b"]}, {"unmatched": ["b"]}])["unmatched"] == ["b"]

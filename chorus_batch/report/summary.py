@@ -61,19 +61,20 @@ def excluded_dict(excluded: dict | None) -> dict[str, Any]:
     excluded = excluded or {}
     return {"total": int(excluded.get("total", 0)), "default": int(excluded.get("default", 0)),
             "user": int(excluded.get("user", 0)), "by_pattern": dict(excluded.get("by_pattern", {})),
-            "examples": dict(excluded.get("examples", {}))}
+            "examples": dict(excluded.get("examples", {})), "unmatched": list(excluded.get("unmatched", []))}
 
 
 def excluded_text(excluded: dict | None) -> list[str]:
     """`excluded: N files (M by the default OS-junk list, K by --exclude/exclude)` and the counts by pattern."""
     d = excluded_dict(excluded)
-    if not d["total"]:
-        return []
     lines = [f"excluded: {plural(d['total'], 'file')} ({d['default']} by the default OS-junk list, "
-             f"{d['user']} by --exclude/exclude); neither hashed nor recorded"]
+             f"{d['user']} by --exclude/exclude); neither hashed nor recorded"] if d["total"] else []
     for pattern, n in d["by_pattern"].items():
         examples = d["examples"].get(pattern, [])
         lines.append(f"  {pattern}: {n}" + (f"  (e.g. {', '.join(examples[:3])})" if examples else ""))
+    for pattern in d["unmatched"]:
+        lines.append(f"warning: --exclude/exclude {pattern!r} matched no file: globs are case-sensitive; one without "
+                     "'/' matches a file or folder name anywhere, one with '/' a path from the site root (scratch/*)")
     return lines
 
 
