@@ -543,6 +543,18 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def test_a_first_version_too_big_for_its_disk_says_so_in_sqlites_words(site, small_disk):
+    """A first version of 6000 files on a 2 MiB file system failed in the bulk (ADBC) write, and the message was
+    'the disk is full: INTERNAL: failed to execute: database or disk is full' with a 'query was: INSERT ...' line:
+    an 'internal' error and SQL. It now gives SQLite's words only."""
+    for i in range(6000):
+        write(site, f"{i % 300:06d}/Waveforms/Telemetry/{i}/{i}.dat", str(i).encode())
+    out = run(site, small_disk / "m.sqlite")
+    assert out.returncode == 3, out.stderr
+    assert "the disk is full: database or disk is full" in out.stderr, out.stderr
+    assert "INTERNAL" not in out.stderr and "query was" not in out.stderr and "INSERT" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])  # walked here; by worker processes, a folder each
 def test_followed_links_are_walked_once_and_loops_and_broken_links_are_said_once(site, db, tmp_path, workers):
     """--follow-symlinks: a link to a folder above it walked that folder once more before the loop was seen (and a

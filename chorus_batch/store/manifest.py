@@ -75,6 +75,16 @@ def _same_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[s
             for position, (location, modality) in enumerate(roots)}
 
 
+def sqlite_words(exc: BaseException) -> str:
+    """SQLite's own words of an error. ADBC frames them as 'INTERNAL: failed to execute: database or disk is full'
+    and a 'query was: INSERT ...' line: an 'internal' error and SQL to the user, where SQLite said the disk is full."""
+    import re
+
+    text = str(exc).strip()
+    first = text.split("\nquery was:", 1)[0].strip()
+    return re.sub(r"^(?:[A-Z_]+: )?(?:\[SQLite\] )?(?:failed to [a-z ]+?: )?", "", first) or text
+
+
 def _update_cache(db_bytes: int) -> str:
     """SQLite's page cache for a write to a manifest of `db_bytes` that already has rows (not for the first,
     append-only load). Updates land on random pages of a large manifest; with SQLite's default 2 MB page cache
@@ -250,7 +260,7 @@ class Manifest:
 
     def failure(self, exc: BaseException) -> ManifestError:
         """What an SQLite error means for the user: what happened, where, and what to do."""
-        text = str(exc)
+        text = sqlite_words(exc)
         low = text.lower()
         where = str(self.path)
         if "readonly" in low or "read-only" in low or "attempt to write" in low:
