@@ -410,10 +410,11 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             raise ConfigError(f"setting {setting!r} is empty", where=f"{path} [{setting.rsplit('.', 1)[0]}]",
                               fix=f"give a path (relative to {base}), or remove the setting for its default "
                                   f"({CONFIG_HELP})")
-    config.site.root = resolve_path(base, config.site.root)
-    config.site.roots = {k: resolve_path(base, v) for k, v in config.site.roots.items()}  # type: ignore[misc]
-    config.manifest.db = resolve_path(base, config.manifest.db)
-    config.manifest.parquet = resolve_path(base, config.manifest.parquet)
+    config.site.root = resolve_path(base, config.site.root, f"{path} [site] root")
+    config.site.roots = {k: resolve_path(base, v, f"{path} [site.roots] {k}")  # type: ignore[misc]
+                         for k, v in config.site.roots.items()}
+    config.manifest.db = resolve_path(base, config.manifest.db, f"{path} [manifest] db")
+    config.manifest.parquet = resolve_path(base, config.manifest.parquet, f"{path} [manifest] parquet")
     return config
 
 

@@ -35,12 +35,14 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                           fix="fix the TOML syntax at the position given") from None
 
 
-def resolve_path(base: Path, value: str | None) -> str | None:
-    """A path setting as the run uses it: a URL as it is, a local path absolute (relative ones from `base`,
-    the config file's folder)."""
+def resolve_path(base: Path, value: str | None, what: str) -> str | None:
+    """A path setting (`what`) as the run uses it: a URL as it is, a local path absolute (relative ones from
+    `base`, the config file's folder)."""
+    from .urls import expand_home
+
     if value is None or "://" in value:
         return value
-    path = Path(value).expanduser()
+    path = Path(expand_home(value, what))
     return str(path if path.is_absolute() else (base / path))
 
 

@@ -78,7 +78,10 @@ def _is_url(path: str) -> bool:
 
 def _absolute(path: str | os.PathLike) -> str:
     text = os.fspath(path)
-    return text if _is_url(text) else os.path.abspath(os.path.expanduser(text))
+    from .urls import expand_home
+
+    # (os.path.expanduser leaves '~' where there is no home: abspath then made it a folder '~' here)
+    return text if _is_url(text) else os.path.abspath(expand_home(text, f"the path {text}"))
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -54,6 +54,22 @@ def is_remote(db: str | os.PathLike[str] | None) -> bool:
 _FILE_URL = re.compile(r"(?i)^file:(?://([^/]*)(/.*)|(/(?!/).*))$")  # file://HOST/PATH, or file:/PATH
 
 
+def expand_home(path: str, what: str, fix: str = "give the full path") -> str:
+    """`path` with a leading '~' or '~user' read as a shell reads it. Where that home cannot be found (no HOME in
+    the environment and no passwd entry: cron or a batch job in a container) it is refused, not left as a folder
+    named '~' (Path.expanduser raised RuntimeError there: an "internal error")."""
+    if not path.startswith("~"):
+        return path
+    home = os.path.expanduser(path)
+    if home.startswith("~"):
+        user = re.split(r"[/\\]", path[1:], maxsplit=1)[0]
+        why = (f"the user database has no user {user!r}" if user else
+               "there is no HOME in the environment, and no home for this user in the user database (as under cron or "
+               "in a container)")
+        raise UsageError(f"{what} {path}: '~' names no folder here: {why}", where=what, fix=fix)
+    return home
+
+
 def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     """The local path a root names (None: a cloud URL). A plain path as given; a file: URL as RFC 8089 reads it
     (file:///p, file://localhost/p, file:/p, any case), its %-escapes decoded as a URL's are (file:///data/my%20site,
@@ -69,7 +85,7 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
             raise UsageError(f"{what} {location}: the file URL names no folder", where=what,
                              fix="give the folder's path, e.g. /data/site (or file:///data/site)")
         # '~' as a shell would read it: chorus.toml's root = "~/site" and a quoted --site "~/site" reach here as typed
-        home = os.path.expanduser(location)
+        home = expand_home(location, what)
         if home != location and not os.path.exists(home) and os.path.exists(location):
             raise UsageError(f"{what} {location}: '~' names {home}, which does not exist, but the folder {location} "
                              "does (under the working directory)", where=what,

@@ -469,6 +469,39 @@ def test_the_reverification_byte_cap_holds(site, db):
     assert out["verification"]["files_reverified"] == 2 and out["verification"]["bytes_reverified"] == 2000
 
 
+def test_a_path_under_home_where_there_is_no_home_is_a_usage_error():
+    """Under cron in a container there may be no HOME and no passwd entry for the user: `root = "~/site"` in
+    chorus.toml ended in "internal error: RuntimeError: Could not determine home directory" (Path.expanduser), a
+    Slurm script took '~/m.sqlite' as a folder '~' under the working directory, and the cache of a manifest in Azure
+    had no folder (Path.home()). Each now says '~' names no folder here, and what to give instead."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="chorus-cron-") as name:  # (pytest's tmp_path is root's only)
+        folder = Path(name)
+        folder.chmod(0o777)
+        config = folder / "chorus.toml"
+        config.write_text(f'[site]\nroot = "~/site"\n[manifest]\ndb = "{folder / "m.sqlite"}"\n')
+        config.chmod(0o644)
+        _homeless_says(folder, config)
+
+
+def _homeless_says(folder: Path, config: Path) -> None:
+    homeless = ["env", "-i", "PATH=/usr/bin:/bin", "setpriv", "--reuid=54321", "--regid=54321", "--clear-groups",
+                sys.executable]
+    out = subprocess.run([*homeless, "-m", "chorus_batch", "run", "--config", str(config)], cwd=folder,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == ExitCode.USAGE, out.stderr
+    assert "[site] root ~/site: '~' names no folder here: there is no HOME" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr
+    code = ("import sys\nfrom chorus_batch.errors import UsageError\nfrom chorus_batch.store.remote import cache_base\n"
+            "from chorus_batch.slurm import _absolute\n"
+            "for call in (cache_base, lambda: _absolute('~/m.sqlite')):\n"
+            "    try:\n        print('took', call())\n    except UsageError as exc:\n        print(exc.fix)\n")
+    said = subprocess.run([*homeless, "-c", code], cwd=folder, capture_output=True, text=True, timeout=60)
+    assert said.stdout.splitlines() == ["set CHORUS_BATCH_CACHE_DIR to a folder of this user's (a full path)",
+                                        "give the full path"], said.stdout + said.stderr
+
+
 def test_the_locale_changes_nothing_a_run_records_or_prints(tmp_path):
     """Under LANG=C with Python's UTF-8 coercion off (cron, a minimal container), a valid UTF-8 name is the same
     file, not an undecodable one recorded as removed; and output the terminal's encoding cannot hold is escaped."""

@@ -87,11 +87,15 @@ def _split(url: str) -> tuple[str, str]:
 
 
 def cache_base() -> Path:
+    from ..urls import expand_home
+
+    fix = f"set {ENV_CACHE_DIR} to a folder of this user's (a full path)"
     explicit = os.environ.get(ENV_CACHE_DIR)
     if explicit:
-        return Path(explicit).expanduser()
+        return Path(expand_home(explicit, ENV_CACHE_DIR, fix))
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "chorus-batch"
+    home = xdg if xdg else os.path.join("~", ".cache")  # (Path.home() raised RuntimeError where there is no home)
+    return Path(expand_home(home, "the remote manifest's local cache", fix)) / "chorus-batch"
 
 
 def _private_dir(path: Path) -> Path:
