@@ -164,6 +164,10 @@ def apply(listing: pl.DataFrame, excludes: Excludes) -> tuple[pl.DataFrame, dict
         counts["by_pattern"][pattern] = n
         counts[source] += n
         counts["total"] += n
+    # A user glob every file of which an earlier glob took (.DS_Store, also in the default list) did match: kept
+    # apart so that it is not said to match nothing (looked for among the excluded files only: few)
+    counts["shadowed"] = [p for source, p in patterns if source == "user" and p not in counts["by_pattern"]
+                          and hits["srcfile"].str.contains(glob_to_regex(p)).any()]
     sample = hits.sort("srcfile").group_by("_excluded_by", maintain_order=True).head(EXAMPLES_PER_PATTERN)
     for i, paths in sample.group_by("_excluded_by").agg("srcfile").sort("_excluded_by").iter_rows():
         counts["examples"][patterns[i][1]] = paths

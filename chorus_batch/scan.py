@@ -358,5 +358,7 @@ def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:
     for key in ("by_pattern", "examples"):
         merged[key] = {p: merged[key][p] for p in dict.fromkeys(order) if p in merged[key]}
     # a user's glob that matched nothing is said, not silent (a folder's name in the wrong case, a typo)
-    merged["unmatched"] = [p for source, p in excludes.patterns if source == "user" and p not in merged["by_pattern"]]
+    shadowed = set().union(*(part.get("shadowed", ()) for part in parts))
+    merged["unmatched"] = [p for source, p in excludes.patterns
+                           if source == "user" and p not in merged["by_pattern"] and p not in shadowed]
     return merged
