@@ -43,7 +43,8 @@ def _first_version(tmp_path: Path) -> tuple[Path, Path]:
     assert done.returncode in (0, 1), done.stderr
     # the changes a second run would commit: one of each kind
     (site / GONE).unlink()
-    write(site, EDITED, b"measurement_id,person_id\n1,1\n")
+    write(site, EDITED, b"measurement_id,person_id,measurement_concept_id,measurement_date,measurement_type_concept_id\n"
+                        b"1,1,0,2024-01-01,0\n")
     (site / OLD_NAME).rename(site / NEW_NAME)
     write(site, ADDED, b"note_id,person_id\n1,1\n")
     return site, db

@@ -78,7 +78,7 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     # (a table without its key is told so above)
     required = pl.col("_table").replace_strict({t: list(c) for t, c in OMOP_REQUIRED_COLUMNS.items()}, default=None,
                                                return_dtype=pl.List(pl.String))
-    lacking = required.list.set_difference(pl.col("columns"))
+    lacking = required.list.set_difference(pl.col("columns")).list.sort()  # (a set difference keeps no order)
     out.append(_found(
         "omop.required_columns",
         comma.filter(tables_only & ~no_header & has_key).with_columns(_lacking=lacking)
