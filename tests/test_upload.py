@@ -1172,3 +1172,35 @@ def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central
         assert f'{option}="{value}"' in command, command
     assert '--if-match="$6"' in out.stdout
     assert "send -x/20261101020000/OMOP/-rf.csv " in out.stdout
+
+
+def test_a_dry_run_signs_in_and_lists_the_container_so_wrong_credentials_or_container_fail_it(central, azurite,
+                                                                                               tmp_path):
+    # `upload --dry-run` never signed in: a wrong container, a SAS that cannot list or a wrong key passed the dry
+    # run (exit 0, "would send") and failed the night's upload. It now lists the container (read-only) and says
+    # what it checked; it still writes nothing, there or in the manifest.
+    db = committed_site(tmp_path, 3)
+    (tmp_path / "chorus.toml").write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    env = {k: v for k, v in central.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    missing = up(SimpleNamespace(url="az://no-such-container/", env=central.env), db, "--dry-run")
+    assert missing.returncode == 3 and "does not exist" in missing.stderr, missing.stdout + missing.stderr
+    assert "would send" not in missing.stdout and "Traceback" not in missing.stderr
+    token = sas_for(azurite, central.container, write=True, create=True)  # may write, may not list
+    no_list = cli("upload", "--db", str(db), "--to", central.url, "--dry-run", cwd=tmp_path,
+                  env={**env, "AZURE_STORAGE_SAS_TOKEN": token})
+    assert no_list.returncode == 3 and "not allowed to list" in no_list.stderr, no_list.stdout + no_list.stderr
+    assert token.split("sig=")[1].split("&")[0] not in no_list.stdout + no_list.stderr
+    wrong_key = central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(azurite.account_key, "d3Jvbmcga2V5" * 4)
+    bad = up(central, db, "--dry-run", env={"AZURE_STORAGE_CONNECTION_STRING": wrong_key})
+    assert bad.returncode == 3 and "Traceback" not in bad.stderr and "d3Jvbmcga2V5" not in bad.stderr, bad.stderr
+    dry = up(central, db, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    summary = json.loads(dry.stdout)
+    assert summary["dry_run"] and summary["signed_in_as"] and summary["versions"][0]["sent"] == 3
+    text = up(central, db, "--dry-run")
+    assert f"listed {central.url.rstrip('/')}" in text.stdout and "write permission is not tried" in text.stdout
+    assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    # The roots the files would be read from are opened as the upload opens them: a site that moved is told now.
+    shutil.move(tmp_path / "site", tmp_path / "moved")
+    moved = up(central, db, "--dry-run")
+    assert moved.returncode == 2 and "--site" in moved.stderr and "would send" not in moved.stdout, moved.stderr

@@ -29,7 +29,8 @@ def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
 
 def upload_text(result: UploadResult) -> str:
     if not result.versions:
-        return f"nothing to upload: every version is completely uploaded to {result.central}"
+        return (f"nothing to upload: every version is completely uploaded to {result.central}"
+                + ("\n" + _dry_run_line(result) if result.dry_run else ""))
     lines = []
     for v in result.versions:
         verb = "would send" if result.dry_run else "sent"
@@ -61,7 +62,7 @@ def upload_text(result: UploadResult) -> str:
         if v.copy_refused:
             lines.append(f"  manifest copy refused: {v.copy_refused}")
     if result.dry_run:
-        lines.append("dry run: nothing was sent or recorded")
+        lines.append(_dry_run_line(result))
     else:
         n = sum(v.n_sent - v.n_found for v in result.versions)
         size = sum(v.bytes_sent for v in result.versions)
@@ -71,9 +72,15 @@ def upload_text(result: UploadResult) -> str:
     return "\n".join(lines)
 
 
+def _dry_run_line(result: UploadResult) -> str:
+    # What a dry run found out, and what it could not (a write would be needed to try write permission).
+    return (f"dry run: signed in ({result.listed_as}) and listed {result.central}: the container is there and may be "
+            "read; write permission is not tried (a dry run writes nothing); nothing was sent or recorded")
+
+
 def upload_dict(result: UploadResult) -> dict[str, Any]:
     return {
-        "central": result.central, "dry_run": result.dry_run, "elapsed_s": round(result.elapsed_s, 3),
+        "central": result.central, "dry_run": result.dry_run, "signed_in_as": result.listed_as, "elapsed_s": round(result.elapsed_s, 3),
         "exit_code": int(result.exit_code),
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,

@@ -41,7 +41,7 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import (Central, Conflict, FileChanged, ReadFailed, Sent, central_url, check_apart, check_names,
+from .central import (Central, Conflict, FileChanged, ReadFailed, Sent, check_apart, check_names,
                       parse_central)
 
 if TYPE_CHECKING:
@@ -87,6 +87,7 @@ class UploadResult:
     versions: list[VersionUpload]
     dry_run: bool
     elapsed_s: float = 0.0
+    listed_as: str | None = None  # the sign-in the container was listed with (None: not signed in, nothing to do)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -147,9 +148,11 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
 
     progress = progress or Progress(quiet=True)
     started = time.monotonic()
-    central = Central(to, cloud, connections=workers + 8, block_buffers=max(4, workers)) if not dry_run else None
+    # A dry run signs in too, and lists the container (read-only): what it says about the credentials and the
+    # container is then the truth, not a guess. It never writes, so write permission stays untried (it says so).
+    central = Central(to, cloud, connections=workers + 8, block_buffers=max(4, workers))
     try:
-        url = central.url if central else central_url(to)
+        url = central.url
         with _working_manifest(db, cloud, argv, read_only=dry_run) as manifest:
             ledger = UploadLedger(manifest, url)
             check_apart(to, [*manifest.roots()["location"].to_list(), *(overrides or {}).values()])
@@ -157,14 +160,16 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 require_version(manifest, version)
             labels = [version] if version is not None else ledger.versions_not_finished()
             result = UploadResult(url, [], dry_run)
-            if central is not None and labels:
-                central.check(write=True)
+            if labels or dry_run:
+                central.check(write=not dry_run)
+                result.listed_as = central.how
             sources: dict[int, Source] = {}
             prefix = parse_central(to)[1]
             for label in labels:
                 try:
                     result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities,
-                                                           workers, sources, overrides, cloud, progress))
+                                                           workers, sources, overrides, cloud, progress,
+                                                           dry_run=dry_run))
                 except BaseException as exc:
                     # What the ledger holds, over every version this command sent (what cli.main says of it).
                     n = sum(v.n_sent for v in result.versions) + getattr(exc, "n_confirmed", 0)
@@ -176,8 +181,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             result.elapsed_s = time.monotonic() - started
             return result
     finally:
-        if central is not None:
-            central.close()
+        central.close()
 
 
 
@@ -249,12 +253,15 @@ def record_unsendable(ledger: UploadLedger, central: Central, label: str, immedi
                        to_record.select("file_id", "srcfile", "state", "message").iter_rows()])
 
 
-def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central | None, prefix: str, label: str,
+def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, prefix: str, label: str,
                     modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
-                    overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress) -> VersionUpload:
+                    overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress, *,
+                    dry_run: bool = False) -> VersionUpload:
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
     outcome = VersionUpload(label, plan.height, done.height)
-    if central is None:  # dry run: what would be sent
+    if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
+        if sendable.height:
+            _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud)
         outcome.n_sent = sendable.height
         outcome.bytes_sent = int(sendable["size"].sum() or 0)
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
