@@ -78,7 +78,9 @@ def _split(url: str) -> tuple[str, str]:
     """(container, blob name) of az://container/path/name or abfs://container[@account...]/path/name."""
     parts = urlsplit(url)
     container = (parts.netloc or "").split("@")[0]
-    name = unquote(parts.path).strip("/")
+    # Taken as written, as --site and --to take az:// and s3:// URLs (fsspec, the SDK): a '%' is a character of the
+    # blob's name, never an escape. (It was decoded here only: --db az://c/my%20m.sqlite was the blob 'my m.sqlite'.)
+    name = parts.path.strip("/")
     if not container or not name or name.endswith("/"):
         raise UsageError(f"--db {mask_url(url)} does not name a blob",
                          where="--db / [manifest] db",
@@ -192,6 +194,7 @@ class RemoteManifest:
         self.lease_s = lease_seconds()
         self._client: Any = None
         self._lock_client: Any = None
+        self._service: Any = None
 
     # ------------------------------------------------------------------ storage calls
 
@@ -204,6 +207,7 @@ class RemoteManifest:
     def blob(self) -> Any:
         if self._client is None:
             service = self._call("sign in to", lambda: sync_blob_service_client(self.sign_in), retry=False)
+            self._service = service
             self._client = service.get_blob_client(self.container, self.name)
             self._lock_client = service.get_blob_client(self.container, self.name + ".lock")
         return self._client
@@ -216,6 +220,7 @@ class RemoteManifest:
         """The (manifest) blob's properties; None when there is no such blob (a missing container is an error)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        main = blob is None
         blob = blob or self.blob()
 
         def get() -> Any | None:
@@ -228,7 +233,35 @@ class RemoteManifest:
                     raise
                 return None
 
-        return self._call(f"read the {self.what} at", get)
+        props = self._call(f"read the {self.what} at", get)
+        if props is None and main:
+            self._refuse_decoded_twin(blob)
+        return props
+
+    def _refuse_decoded_twin(self, blob: Any) -> None:
+        """No blob of this name, but one of its %-escapes decoded (my%20m.sqlite: 'my m.sqlite', where --db put it
+        before '%' was taken as written): refused, not taken for a new manifest that would start over."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        decoded = unquote(self.name)
+        if decoded == self.name:
+            return
+        self.blob()
+        client = self._service.get_blob_client(self.container, decoded)
+
+        def there() -> bool:
+            try:
+                client.get_blob_properties()
+                return True
+            except ResourceNotFoundError:
+                return False
+
+        if self._call(f"read the {self.what} at", there):
+            raise UsageError(f"--db {self.where}: there is no blob {self.name!r}, but there is {decoded!r} (the name "
+                             "with its %-escapes decoded, where an earlier chorus-batch put it): a '%' in an az:// "
+                             "URL is a character of the name", where="--db / [manifest] db",
+                             fix=f"give --db as 'az://{self.container}/{decoded}' (the name as it is, quoted for "
+                                 "the shell), or rename the blob")
 
     # ------------------------------------------------------------------ lease
 
