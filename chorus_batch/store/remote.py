@@ -257,10 +257,11 @@ class RemoteManifest:
                 return False
 
         if self._call(f"read the {self.what} at", there):
-            raise UsageError(f"--db {self.where}: there is no blob {self.name!r}, but there is {decoded!r} (the name "
+            flag = "--db" if self.what == "manifest" else f"the {self.what}"
+            raise UsageError(f"{flag} {self.where}: there is no blob {self.name!r}, but there is {decoded!r} (the name "
                              "with its %-escapes decoded, where an earlier chorus-batch put it): a '%' in an az:// "
-                             "URL is a character of the name", where="--db / [manifest] db",
-                             fix=f"give --db as 'az://{self.container}/{decoded}' (the name as it is, quoted for "
+                             "URL is a character of the name", where=self.where,
+                             fix=f"give it as 'az://{self.container}/{decoded}' (the name as it is, quoted for "
                                  "the shell), or rename the blob")
 
     # ------------------------------------------------------------------ lease
