@@ -1204,3 +1204,34 @@ def test_a_dry_run_signs_in_and_lists_the_container_so_wrong_credentials_or_cont
     shutil.move(tmp_path / "site", tmp_path / "moved")
     moved = up(central, db, "--dry-run")
     assert moved.returncode == 2 and "--site" in moved.stderr and "would send" not in moved.stdout, moved.stderr
+
+
+def test_a_manifest_older_than_the_one_that_uploaded_is_refused_and_told_where_the_newer_is(central, tmp_path):
+    # A site restored its manifest from last week's backup: upload said "nothing to upload: every version is
+    # completely uploaded" and verify passed, while the centre held a newer version of this very manifest; the
+    # next run's version then forked the centre's history. Upload (and its dry run) now refuse, exit 5.
+    db = committed_site(tmp_path, 2)
+    backup = tmp_path / "backup.sqlite"
+    shutil.copy(db, backup)
+    write(tmp_path / "site", "000001/Waveforms/S1/S1_9.dat", b"later")
+    commit(tmp_path / "site", db, "20261102020000")
+    assert up(central, db).returncode == 0
+    shutil.copy(backup, db)
+    held = blobs(central)
+    for extra in ((), ("--dry-run",)):
+        behind = up(central, db, *extra)
+        assert behind.returncode == 5, behind.stdout + behind.stderr
+        assert "holds 1 version(s) this manifest uploaded and no longer has (20261102020000" in behind.stderr
+        assert f"{central.url}20261102020000/_manifest/manifest.sqlite" in behind.stderr
+        assert "nothing to upload" not in behind.stdout and "Traceback" not in behind.stderr
+    assert blobs(central) == held
+    # The newest manifest, from the centre's copy, carries on; another manifest's versions there are not this one's.
+    newest = tmp_path / "newest.sqlite"
+    newest.write_bytes(central.client.get_blob_client("20261102020000/_manifest/manifest.sqlite").download_blob().readall())
+    again = up(central, newest)
+    assert again.returncode == 0, again.stdout + again.stderr
+    other = tmp_path / "other"
+    write(other, "OMOP/person.csv", b"person_id\n1\n")
+    commit(other, tmp_path / "other.sqlite", "20261101020000")
+    theirs = up(central, tmp_path / "other.sqlite")  # (its copy is refused over ours: as before, not "behind")
+    assert "manifest copy refused" in theirs.stdout and "no longer has" not in theirs.stderr, theirs.stdout + theirs.stderr

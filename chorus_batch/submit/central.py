@@ -385,6 +385,20 @@ class Central:
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, "read", f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
 
+    def copies_of(self, manifest_id: str, labels: set[str]) -> list[str]:
+        """The version folders under the prefix, other than `labels`, whose manifest copy is manifest_id's: versions
+        this manifest uploaded and no longer has (it was restored from an older copy). One listing by '/'."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        try:
+            folders = cloud_access.retrying(lambda: [
+                item.name[len(start):].rstrip("/")
+                for item in self.container.walk_blobs(name_starts_with=start or None, delimiter="/")
+                if item.name.endswith("/")])
+        except cloud_access.storage_errors() as exc:
+            raise self.explain(exc, "list", self.url) from None
+        unknown = sorted(set(folders) - labels)
+        return [label for label in unknown if self.manifest_copy_owner(label) == (True, manifest_id)]
+
     def listing(self, version: str) -> pl.DataFrame:
         """Every blob under <version>/ (its manifest copy left out): srcfile-relative name, size, Content-MD5 (hex), etag."""
         folder = self.name(version, "") + "/"

@@ -160,9 +160,9 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 require_version(manifest, version)
             labels = [version] if version is not None else ledger.versions_not_finished()
             result = UploadResult(url, [], dry_run)
-            if labels or dry_run:
-                central.check(write=not dry_run)
-                result.listed_as = central.how
+            central.check(write=not dry_run)
+            result.listed_as = central.how
+            _refuse_behind(manifest, central)
             sources: dict[int, Source] = {}
             prefix = parse_central(to)[1]
             for label in labels:
@@ -184,6 +184,31 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
         central.close()
 
 
+
+
+class ManifestBehind(ChorusError):
+    """The centre holds versions this manifest uploaded and no longer has."""
+
+    exit_code = ExitCode.REFUSED
+
+
+def _refuse_behind(manifest: Manifest, central: Central) -> None:
+    """Refuse to upload from a manifest older than one that uploaded here (a backup restored, an old copy): it says
+    'nothing to upload' while the centre has more, and its next version would fork the centre's history."""
+    manifest_id = manifest.state_identity()[0]
+    if not manifest_id:
+        return
+    ahead = central.copies_of(manifest_id, set(manifest.versions()["label"].to_list()))
+    if ahead:
+        newest = f"{central.url}/{ahead[-1]}/_manifest/manifest.sqlite"
+        raise ManifestBehind(
+            f"the central container holds {len(ahead)} version(s) this manifest uploaded and no longer has "
+            f"({', '.join(ahead[:5])}{', ...' if len(ahead) > 5 else ''}: their manifest copies carry this manifest's "
+            "id): this manifest is older than the one that uploaded them (restored from a backup, or a copy from "
+            "before); nothing was sent", where=str(manifest.path),
+            fix=f"use the newest manifest instead: download {newest} (the manifest as that upload left it, with its "
+                "ledger) and give it as --db; a run on this older manifest would commit a version that forks the "
+                "centre's history")
 
 
 def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[int, Source],
