@@ -1235,3 +1235,16 @@ def test_a_manifest_older_than_the_one_that_uploaded_is_refused_and_told_where_t
     commit(other, tmp_path / "other.sqlite", "20261101020000")
     theirs = up(central, tmp_path / "other.sqlite")  # (its copy is refused over ours: as before, not "behind")
     assert "manifest copy refused" in theirs.stdout and "no longer has" not in theirs.stderr, theirs.stdout + theirs.stderr
+
+
+def test_verify_json_fields_are_the_ones_the_readme_names(central, tmp_path):
+    # The README named `unlisted` and `uploaded_elsewhere` only; `not_uploaded`, `method` and the manifest copy's
+    # verify_state `other` were in the output and nowhere else.
+    db = committed_site(tmp_path, 1)
+    assert up(central, db).returncode == 0
+    out = cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env)
+    fields = set(json.loads(out.stdout))
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    said = readme[readme.index("`verify --json` holds"):][:700]
+    assert fields and all(f"`{name}`" in said for name in fields), (fields, said)
+    assert "`verify_state` `missing` or `other`" in said
