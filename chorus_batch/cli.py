@@ -600,6 +600,11 @@ def _resolve(args: argparse.Namespace) -> _Target:
     path = config_path(getattr(args, "config", None))
     config = load_config(path) if path else ConfigFile()
     site = getattr(args, "site", None) or config.site.root
+    if getattr(args, "site", None):  # before anything: upload opened its --site only when it had files to send
+        from .config import SITE_ROOT
+        from .urls import check_location
+
+        check_location(args.site, SITE_ROOT)
     db_given = bool(args.db or config.manifest.db)
     if config.manifest.db and not args.db:
         check_manifest_location(config.manifest.db, "[manifest] db")

@@ -695,3 +695,15 @@ def test_a_manifest_in_azure_given_as_the_journal_is_named_as_given(central, tmp
     assert f"{url} is not a chorus-upload journal: it is a chorus-batch manifest already" in out.stderr
     assert f"where: {url}" in out.stderr and f"--db {url}" in out.stderr
     assert central.env["CHORUS_BATCH_CACHE_DIR"] not in out.stderr and "download it first" not in out.stderr
+
+
+@pytest.mark.parametrize("url, said", [("az://central/journal.db?sv=2024&sig=SECRETSIG", "holds credentials in the URL"),
+                                       ("az://central//journal.db", "has an empty folder name ('//')")])
+def test_a_journal_url_is_checked_as_every_other_url_before_it_is_read(url, said, tmp_path):
+    # The JOURNAL URL was never checked: a SAS in it was dropped silently (the blob read with the environment's
+    # credentials, the token sent nowhere but kept in the shell's history), '//' named another blob than it seemed.
+    out = import_journal(url, tmp_path / "m.sqlite", env={"AZURE_STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true",
+                                                          "CHORUS_BATCH_RETRY_DEADLINE_S": "1"})
+    assert out.returncode == 2, out.stderr
+    assert said in out.stderr and "JOURNAL" in out.stderr and "SECRETSIG" not in out.stderr + out.stdout
+    assert not (tmp_path / "m.sqlite").exists()

@@ -1248,3 +1248,15 @@ def test_verify_json_fields_are_the_ones_the_readme_names(central, tmp_path):
     said = readme[readme.index("`verify --json` holds"):][:700]
     assert fields and all(f"`{name}`" in said for name in fields), (fields, said)
     assert "`verify_state` `missing` or `other`" in said
+
+
+def test_upload_checks_its_site_url_up_front_also_when_nothing_is_left_to_send(central, tmp_path):
+    # `upload --site 'az://c/site?sig=...'` opened --site only when files were to be sent: with nothing left it said
+    # "nothing to upload" (exit 0) and the credentials in the URL were never refused (they end up in cron files).
+    db = committed_site(tmp_path, 1)
+    assert up(central, db).returncode == 0
+    for site, said in (("az://site/x?sv=2024&sig=SECRETSIG", "holds credentials in the URL"),
+                       ("gs://bucket/site", "does not read gs:// locations")):
+        out = up(central, db, "--site", site)
+        assert out.returncode == 2 and said in out.stderr and "--site" in out.stderr, out.stdout + out.stderr
+        assert "SECRETSIG" not in out.stdout + out.stderr and "nothing to upload" not in out.stdout

@@ -169,6 +169,9 @@ def _read(journal_path: str, cloud) -> Journal:
     if not parts.netloc.split("@")[0] or not parts.path.strip("/") or parts.path.endswith("/"):
         raise UsageError(f"the journal {where} does not name a blob (a container or folder is not a journal)",
                          where=f"JOURNAL {where}", fix=fix)
+    from ..urls import check_location
+
+    check_location(journal_path, "JOURNAL")  # as every other URL: no credentials, query or '//' in it (exit 2)
     with downloaded(journal_path, cloud, "chorus-upload journal",
                     fix="check the URL ([journal.source] path of chorus-upload's config.toml)") as local:
         journal = read_journal(local, name=where)  # messages name the blob, not the private copy
