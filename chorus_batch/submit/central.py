@@ -396,8 +396,17 @@ class Central:
                 if item.name.endswith("/")])
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, "list", self.url) from None
-        unknown = sorted(set(folders) - labels)
-        return [label for label in unknown if self.manifest_copy_owner(label) == (True, manifest_id)]
+        # The owner from the copy's metadata only: a copy from before it was kept there would be downloaded (and
+        # another manifest's, in a shared prefix, on every upload) to learn whose it is.
+        def owner(label: str) -> str | None:
+            blob = self.container.get_blob_client(self.name(label, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
+            try:
+                props = cloud_access.retrying(lambda: _look(blob))
+            except cloud_access.storage_errors() as exc:
+                raise self.explain(exc, "read", f"{self.url}/{label}/{MANIFEST_FOLDER}/") from None
+            return (props.metadata or {}).get(COPY_OWNER) if props is not None else None
+
+        return [label for label in sorted(set(folders) - labels) if owner(label) == manifest_id]
 
     def listing(self, version: str) -> pl.DataFrame:
         """Every blob under <version>/ (its manifest copy left out): srcfile-relative name, size, Content-MD5 (hex), etag."""
