@@ -127,3 +127,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    # The Azure SDK logs a failed sign-in itself (DefaultAzureCredential: a page per attempt, once per retry); with
+    # no handler of ours Python's last-resort handler printed it before the one message that says what to do.
+    # --verbose keeps it (the SDK's own account of each credential tried).
+    azure = logging.getLogger("azure")
+    azure.handlers[:] = [] if verbose else [logging.NullHandler()]

@@ -1260,3 +1260,22 @@ def test_upload_checks_its_site_url_up_front_also_when_nothing_is_left_to_send(c
         out = up(central, db, "--site", site)
         assert out.returncode == 2 and said in out.stderr and "--site" in out.stderr, out.stdout + out.stderr
         assert "SECRETSIG" not in out.stdout + out.stderr and "nothing to upload" not in out.stdout
+
+
+def test_a_failed_sign_in_is_one_message_not_the_sdks_page_per_attempt(central, tmp_path):
+    # DefaultAzureCredential logged its own page ("Attempted credentials: EnvironmentCredential ...") once per
+    # retry, printed by Python's last-resort handler before chorus-batch's message (what, where, fix).
+    db = committed_site(tmp_path, 1)
+    env = {**{k: "" for k in AZURE_VARS}, "AZURE_STORAGE_ACCOUNT": "devstoreaccount1",
+           "PATH": os.path.dirname(sys.executable)}  # (no `az` here: the CLI credential is unavailable)
+    out = cli("upload", "--db", str(db), "--to", central.url, "--dry-run", env={**central.env, **env})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "Attempted credentials" not in out.stderr and out.stderr.count("DefaultAzureCredential failed") <= 1, out.stderr
+    assert out.stderr.startswith("chorus-batch: error: cannot list") and "fix:" in out.stderr, out.stderr
+    # The service principal's variables exported empty (an env file's template): azure-identity took them as set
+    # and raised ValueError, an "internal error". Now exit 2 naming them.
+    empty = cli("upload", "--db", str(db), "--to", central.url, "--dry-run",
+                env={**central.env, **env, "AZURE_TENANT_ID": "", "AZURE_CLIENT_ID": "", "AZURE_CLIENT_SECRET": ""})
+    assert empty.returncode == 2, empty.stdout + empty.stderr
+    assert "AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET are set but empty" in empty.stderr, empty.stderr
+    assert "internal error" not in empty.stderr and "Traceback" not in empty.stderr

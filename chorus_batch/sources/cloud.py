@@ -324,7 +324,19 @@ def _default_credential(*, sync: bool = False):
     ca = _ca_bundle()
     if ca:
         options["connection_verify"] = ca
-    return DefaultAzureCredential(**options)
+    try:
+        return DefaultAzureCredential(**options)
+    except ValueError as exc:
+        # azure-identity takes a variable that is set as configured, empty or not: AZURE_TENANT_ID, AZURE_CLIENT_ID
+        # and AZURE_CLIENT_SECRET exported as '' (an env file's template, unset shell variables) was an internal error.
+        names = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+                 "AZURE_USERNAME", "AZURE_PASSWORD", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_AUTHORITY_HOST")
+        empty = [name for name in names if name in os.environ and not os.environ[name].strip()]
+        said = f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} set but empty" if empty else "AZURE_* variables"
+        raise ConfigError(f"the Azure sign-in the environment sets up cannot be used: {said} ({exc})",
+                          where="environment: " + (", ".join(empty) or "AZURE_TENANT_ID / AZURE_CLIENT_ID / ..."),
+                          fix="unset the variables that are empty (or give them their values); see the README's "
+                              "\"Cloud sites: Azure Blob and S3\" for the ways to sign in") from None
 
 
 def _blob_service_client(sign_in: AzureSignIn, credential: Any):
