@@ -140,20 +140,29 @@ def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
     ]
 
 
+def _proc_ids_by_runs(site: _Site, usable: pl.DataFrame, runs_column: str, *, inside: bool) -> pl.DataFrame | None:
+    """Per registry file, its proc_ids (`_id`, and their count `_k`) that are (inside) or are not among the ids of
+    procedure_occurrence.csv's `runs_column` ([first, last] runs); None when no such table was read."""
+    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col(runs_column).is_not_null())
+    if procedures.height == 0:
+        return None
+    runs = (procedures.select(pl.col(runs_column).explode()).drop_nulls()
+            .select(_first=pl.col(runs_column).list.get(0), _last=pl.col(runs_column).list.get(1)).sort("_first"))
+    ids = usable.select("srcfile", _id=pl.col("proc_ids")).explode("_id").drop_nulls().sort("_id")
+    # the run starting at or before each id (runs are disjoint and sorted): the id is in the table if it reaches it
+    reached = pl.col("_last").is_not_null() & (pl.col("_id") <= pl.col("_last"))
+    return (ids.join_asof(runs, left_on="_id", right_on="_first", strategy="backward")
+            .filter(reached if inside else ~reached)
+            .group_by("srcfile").agg(pl.col("_id").cast(pl.String), pl.len().alias("_k")))
+
+
 def _overlap(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     """Multimodal-Linkage: proc_id "Must not overlap with other procedure_occurrence_id values assigned to
     EHR-derived procedures" (the registry rows become PROCEDURE_OCCURRENCE rows of concept 4180938 or 4141651; a
     site that made them has them in its table, under those concepts: not a clash)."""
-    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("ehr_runs").is_not_null())
-    if procedures.height == 0:
+    clash = _proc_ids_by_runs(site, usable, "ehr_runs", inside=True)
+    if clash is None:
         return []
-    runs = (procedures.select(pl.col("ehr_runs").explode()).drop_nulls()
-            .select(_first=pl.col("ehr_runs").list.get(0), _last=pl.col("ehr_runs").list.get(1)).sort("_first"))
-    ids = usable.select("srcfile", _id=pl.col("proc_ids")).explode("_id").drop_nulls().sort("_id")
-    # the run starting at or before each id (runs are disjoint and sorted): the id is an EHR one if that run reaches it
-    clash = (ids.join_asof(runs, left_on="_id", right_on="_first", strategy="backward")
-             .filter(pl.col("_last").is_not_null() & (pl.col("_id") <= pl.col("_last")))
-             .group_by("srcfile").agg(pl.col("_id").cast(pl.String), pl.len().alias("_k")))
     return [_found("registry.proc_overlap", clash, "srcfile", fmt(
         "{} proc_id(s) (e.g. {}) are procedure_occurrence_ids of the site's EHR procedures in procedure_occurrence.csv "
         "(rows whose procedure_concept_id is neither 4180938 Imaging nor 4141651 Monitoring): the linkage procedure "
@@ -167,16 +176,9 @@ def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     table" (procedure_occurrence_id = proc_id); the Imaging SOP: "Imaging studies should have a corresponding entry in
     the PROCEDURE_OCCURENCE OMOP table". A proc_id no row of procedure_occurrence.csv holds links its files (an image
     study, a waveform session) to nothing. Without a readable table with the id column, omop.* tell why."""
-    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("runs").is_not_null())
-    if procedures.height == 0:
+    missing = _proc_ids_by_runs(site, usable, "runs", inside=False)
+    if missing is None:
         return []
-    runs = (procedures.select(pl.col("runs").explode()).drop_nulls()
-            .select(_first=pl.col("runs").list.get(0), _last=pl.col("runs").list.get(1)).sort("_first"))
-    ids = usable.select("srcfile", _id=pl.col("proc_ids")).explode("_id").drop_nulls().sort("_id")
-    # the run starting at or before each id (disjoint, sorted): the id has a row if that run reaches it
-    missing = (ids.join_asof(runs, left_on="_id", right_on="_first", strategy="backward")
-               .filter(pl.col("_last").is_null() | (pl.col("_id") > pl.col("_last")))
-               .group_by("srcfile").agg(pl.col("_id").cast(pl.String), pl.len().alias("_k")))
     return [_found("registry.no_procedure", missing, "srcfile", fmt(
         "{} proc_id(s) (e.g. {}) are not procedure_occurrence_ids in procedure_occurrence.csv: each proc_id becomes a "
         "PROCEDURE_OCCURRENCE row (concept 4180938 Imaging or 4141651 Monitoring), which links its files to the "
