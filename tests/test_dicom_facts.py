@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from chorus_batch.validate import readers
+from chorus_batch.validate import dicom_walk, readers
 from chorus_batch.validate.rules import KIND_DICOM
 
 
@@ -188,3 +188,99 @@ def test_a_file_cut_inside_its_header_is_unreadable_not_empty(keep, monkeypatch)
     got, again = facts(cut), by_dcmread(cut, monkeypatch)
     assert got == again and "ends inside its DICOM header" in got.get("error", ""), (at, got)
     assert facts(data).get("patient_id") == "000177"
+
+
+# dicom_walk: the struct reading that decides most plain files before pydicom's generator (readers._walk_plain)
+
+
+def with_sequences(syntax=ExplicitVRLittleEndian, *, nested: bool = True, **attributes) -> bytes:
+    """A plain file with sequences before the patient module (pydicom writes them with undefined lengths)."""
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, generate_uid(entropy_srcs=["r"])
+    if nested:
+        inner = Dataset()
+        inner.CodeValue, inner.CodingSchemeDesignator = "113100", "DCM"
+        item.PurposeOfReferenceCodeSequence = Sequence([inner, Dataset()])
+    return dicom(syntax, ReferencedImageSequence=Sequence([item, Dataset()]), **attributes)
+
+
+def walked(data: bytes):
+    return dicom_walk.plain_elements(data, readers._DICOM_TAG_SET, complete=True)
+
+
+def by_generator(data: bytes) -> dict:
+    return {tag: element.value or None for tag, element in readers._walk_plain(data, complete=True).items()}
+
+
+@pytest.mark.parametrize("case, data", [
+    ("explicit", lambda: dicom(ExplicitVRLittleEndian)),
+    ("encapsulated", lambda: dicom(JPEGBaseline8Bit)),
+    ("implicit", lambda: dicom(ImplicitVRLittleEndian)),
+    ("a private header", lambda: dicom(private_bytes=5000)),
+    ("sequences", lambda: with_sequences()),
+    ("flat sequences", lambda: with_sequences(nested=False)),
+    ("implicit-VR sequences", lambda: with_sequences(ImplicitVRLittleEndian)),
+    ("Latin-1", lambda: dicom(SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jörg")),
+    ("no pixel data", lambda: dicom(pixels=0)),
+])
+def test_the_struct_walk_decides_plain_files_as_pydicoms_generator_does(case, data, monkeypatch):
+    data = data()
+    fast = walked(data)
+    assert fast is not None  # decided without pydicom
+    assert {tag: value or None for tag, value in fast.items()} == by_generator(data)
+    assert facts(data) == by_dcmread(data, monkeypatch)
+
+
+@pytest.mark.parametrize("case, data", [
+    ("another character set", lambda: dicom(SpecificCharacterSet="ISO_IR 144")),
+    ("cut in the dataset", lambda: with_sequences()[:700]),
+])
+def test_what_the_struct_walk_does_not_decide_goes_to_pydicom(case, data, monkeypatch):
+    data = data()
+    assert walked(data) is None
+    assert facts(data) == by_dcmread(data, monkeypatch)
+
+
+def test_the_struct_walks_transfer_syntaxes_are_pydicoms():
+    assert {k for k, implicit in readers._plain_syntaxes().items() if not implicit} == (
+        dicom_walk.ENCAPSULATED_SYNTAXES | {ExplicitVRLittleEndian})
+    assert {k for k, implicit in readers._plain_syntaxes().items() if implicit} == {ImplicitVRLittleEndian}
+
+
+def test_reading_a_plain_header_does_not_import_pydicom():
+    import subprocess
+    import sys
+
+    code = ("import io, sys; from chorus_batch.validate import readers, rules; data = sys.stdin.buffer.read(); "
+            "f = readers.parse_facts(rules.KIND_DICOM, io.BytesIO(data)); "
+            "assert f['patient_id'] == '000177', f; print('pydicom' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=with_sequences(), capture_output=True, check=True)
+    assert out.stdout.strip() == b"False"
+
+
+SEQUENCED = [with_sequences(), with_sequences(JPEGBaseline8Bit, nested=False, PatientBirthDate="19700101")]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(SEQUENCED), edits=st.lists(st.tuples(
+    st.sampled_from(["flip", "cut", "insert", "delete"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
+    min_size=1, max_size=4))
+def test_damaged_files_with_sequences_give_what_dcmread_gives(base, edits, monkeypatch):
+    data = bytearray(base)
+    for edit, where, payload in edits:
+        at = where % max(len(data), 1)
+        if edit == "flip":
+            data[at: at + len(payload)] = payload
+        elif edit == "cut":
+            del data[at:]
+        elif edit == "insert":
+            data[at:at] = payload
+        else:
+            del data[at: at + len(payload)]
+    data = bytes(data)
+    assert facts(data) == by_dcmread(data, monkeypatch)
+    fast = walked(data)
+    if fast is not None:  # what it decides, it decides as pydicom's generator does
+        assert {tag: value or None for tag, value in fast.items()} == by_generator(data)
