@@ -299,10 +299,10 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
         from .processes import signals_deferred
 
         with signals_deferred():  # (it imports DuckDB: a signal inside its module initialisation aborts the process)
-            from .store.snapshots import has_snapshot, write_snapshots
+            from .store.snapshots import write_missing_snapshots
 
-        if label is not None or not has_snapshot(check, settings.parquet):  # or a killed run's, left incomplete
-            write_snapshots(manifest, check, settings.parquet)
+        # the new version's, and any a killed run left incomplete or that predate --parquet (backfilled)
+        write_missing_snapshots(manifest, settings.parquet, label)
     return findings, t
 
 

@@ -15,42 +15,103 @@ import duckdb
 import polars as pl
 
 from ..errors import ManifestError, UsageError
-from ..frames import FINDINGS_SCHEMA
+from ..faults import pause
+from ..frames import FINDINGS_SCHEMA, schema_of
 from ..fsutil import private_folder, remove_abandoned, write_private
 from ..review import FILE_COLUMNS, FILE_SCHEMA, HISTORY_SCHEMA, SLICE_ROWS, ManifestReader
 from .manifest import Manifest
 
 
-SNAPSHOT_PARTS = ("manifest", "changes", "registry", "scan_errors", "findings")
+# In the order they are written: the file list last, so that a folder with manifest.parquet holds every part (a
+# reader takes a version by it; a run killed before it, or still writing, leaves a version no reader sees).
+SNAPSHOT_PARTS = ("changes", "registry", "scan_errors", "findings", "manifest")
 
 
-def has_snapshot(label: str, directory: str) -> bool:
-    """Whether `directory` holds every part of version `label`'s snapshot (a run killed while writing them
-    leaves some out: the next run writes them again)."""
+def part_schemas() -> dict[str, dict]:
+    """Each part's columns and types, the manifest's own (frames.MANIFEST_TABLES): every version's snapshot the
+    same, so that a reader scans them all together (a column null in one version was inferred as Int64 there, and
+    text in the next: `pl.scan_parquet` of the folder and `history` failed with a type mismatch)."""
+    from .manifest import CHANGES_SCHEMA
+
+    return {"changes": CHANGES_SCHEMA, "registry": schema_of("registry"),
+            "scan_errors": schema_of("scan_errors", ("srcfile", "kind", "message")), "findings": FINDINGS_SCHEMA,
+            "manifest": schema_of("source_files")}
+
+
+def _part_rows(part: Path, schema: dict) -> int | None:
+    """The rows of a part, or None if it is not a complete Parquet file with the columns and types it must have."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_metadata(part).num_rows
+        if dict(pl.read_parquet_schema(part)) != dict(schema):
+            return None
+    except Exception:  # (missing, truncated, not Parquet at all)
+        return None
+    return rows
+
+
+def has_snapshot(label: str, directory: str, expected: dict | None = None) -> bool:
+    """Whether `directory` holds every part of version `label`'s snapshot, each a readable Parquet file with the
+    manifest's columns and types, and (given `expected`, the version's row of `Manifest.versions()`) as many
+    files and changes as the version has. A run killed while writing them leaves some out, or a snapshot written by
+    an older release has other types: the next run writes it again."""
     target = Path(directory) / f"version={label}"
-    return all((target / f"{name}.parquet").is_file() for name in SNAPSHOT_PARTS)
+    rows = {name: _part_rows(target / f"{name}.parquet", schema) for name, schema in part_schemas().items()}
+    if any(n is None for n in rows.values()):
+        return False
+    if expected is not None:
+        n_changes = sum(expected[f"n_{kind}"] for kind in ("added", "removed", "replaced", "renamed"))
+        return rows["manifest"] == expected["n_files"] and rows["changes"] == n_changes
+    return True
 
 
 def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
-    """The version's current files, change set, records, errors and findings, and all versions;
-    each file written atomically and owner-only."""
+    """The version's files (its rows as they were then: still valid), change set, records, errors and findings,
+    and all versions; each file written atomically (a temporary name, then renamed) and owner-only, in the
+    manifest's types, and its row count checked against the version."""
     root = Path(directory)
     target = root / f"version={label}"
     private_folder(target)
     for folder in root.glob("version=*"):  # parts of any version a killed run was writing
         remove_abandoned(folder, ".*.tmp")
+    schemas = part_schemas()
+    latest = manifest.latest_version()
+    current = latest is not None and latest["label"] == label
+    rows_sql = ("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile" if current else  # the index
+                "SELECT * FROM source_files WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?) "
+                "ORDER BY srcfile")
     parts = {
-        "manifest": lambda: manifest.query_frame("SELECT * FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"),
         "changes": lambda: manifest.changes(label)[1],
         "registry": lambda: manifest.query_frame("SELECT * FROM registry ORDER BY record_id"),
         "scan_errors": lambda: manifest.version_errors(label),
         "findings": lambda: manifest.validation.findings(label),
+        "manifest": lambda: manifest.query_frame(rows_sql, () if current else (label, label), schema=schemas["manifest"])
+        .with_columns(pl.lit(None, pl.String).alias("time_invalid"), pl.lit(None, pl.String).alias("version_invalid")),
     }
     assert tuple(parts) == SNAPSHOT_PARTS
     for name, frame in parts.items():  # one at a time: a 1M-file version's rows alone are ~500 MB
-        write_private(target / f"{name}.parquet", frame().write_parquet)
+        typed = frame().select(list(schemas[name])).cast(schemas[name])  # type: ignore[arg-type]
+        write_private(target / f"{name}.parquet", typed.write_parquet)
+        if _part_rows(target / f"{name}.parquet", schemas[name]) != typed.height:
+            raise ManifestError(f"the snapshot of version {label} did not read back as written ({name}.parquet)",
+                                where=str(target / f"{name}.parquet"),
+                                fix="check the disk of the --parquet folder; the next run writes the snapshot again")
+        pause("snapshot")  # (crash and reader tests: a snapshot written in part)
     write_private(root / "versions.parquet", manifest.versions().write_parquet)
     return target
+
+
+def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str | None) -> list[str]:
+    """Write the snapshot of the version just committed (`new_label`) and of every version whose snapshot is
+    missing or incomplete (a run killed after its commit, snapshots switched on after some versions, an older
+    release's types); returns the labels written."""
+    written = []
+    for version in manifest.versions().iter_rows(named=True):
+        if version["label"] == new_label or not has_snapshot(version["label"], directory, version):
+            write_snapshots(manifest, version["label"], directory)
+            written.append(version["label"])
+    return written
 
 
 class ParquetReader(ManifestReader):
@@ -58,6 +119,8 @@ class ParquetReader(ManifestReader):
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # A version whose manifest.parquet is there: it is written last (SNAPSHOT_PARTS), so a run killed while
+        # writing a snapshot, or still writing it, leaves a version no reader takes for complete.
         self._labels = sorted(p.name.split("=", 1)[1] for p in self.path.glob("version=*")
                               if (p / "manifest.parquet").is_file())
         if not self._labels:
@@ -178,10 +241,11 @@ class ParquetReader(ManifestReader):
         con = duckdb.connect()
         try:
             table = con.sql(
-                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true) "
+                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true, union_by_name = true) "
                 # the row's last snapshot: its stat and verification as the manifest holds them (updated in place)
-                "WHERE srcfile = $path AND file_id < $before ORDER BY file_id, version DESC",
-                params={"glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
+                "WHERE srcfile = $path AND file_id < $before AND list_contains($labels, version::VARCHAR) "
+                "ORDER BY file_id, version DESC",
+                params={"labels": self._labels, "glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
                         "before": before_file_id if before_file_id is not None else 2**62},
             ).to_arrow_table()
         finally:

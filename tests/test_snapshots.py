@@ -1,0 +1,183 @@
+"""Parquet snapshots (`run --parquet DIR`): typed as the manifest, complete or not taken, backfilled, and equal to
+the manifest's rows of their version."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from chorus_batch.frames import schema_of
+from chorus_batch.review import open_manifest
+from chorus_batch.store import Manifest
+from chorus_batch.store.snapshots import has_snapshot, part_schemas
+from conftest import cli, run_site, write
+
+
+def three_versions(site: Path, db: Path, snaps: Path | None) -> list[str]:
+    """v1 without a parse error, v2 with one (a file at the site root: parse_error is text only there), v3."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/1000/1000.hea", b"1000 1 250 10\n")
+    labels = [run_site(site, db, parquet=snaps and str(snaps), validate_site=False, version_label="v1").label]
+    write(site, "stray.bin", b"x")
+    labels.append(run_site(site, db, parquet=snaps and str(snaps), validate_site=False, version_label="v2").label)
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    labels.append(run_site(site, db, parquet=snaps and str(snaps), validate_site=False, version_label="v3").label)
+    return labels
+
+
+def test_snapshots_of_every_version_have_the_manifests_types_and_scan_together(site, tmp_path):
+    """A column null in one version was written as Int64 there and as text in another: `pl.scan_parquet` of the
+    folder failed ('data type mismatch for column parse_error'), and `history --db DIR` of a path was an internal
+    error (DuckDB could not cast the text to BIGINT)."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    three_versions(site, db, snaps)
+    for name, schema in part_schemas().items():
+        for part in sorted(snaps.glob(f"version=*/{name}.parquet")):
+            assert dict(pl.read_parquet_schema(part)) == dict(schema), part
+        together = pl.scan_parquet(snaps / "version=*" / f"{name}.parquet", hive_partitioning=True).collect()
+        assert together.height >= 0
+    rows = pl.scan_parquet(snaps / "version=*" / "manifest.parquet", hive_partitioning=True).collect()
+    assert rows.filter(pl.col("srcfile") == "stray.bin")["parse_error"].is_not_null().all()
+    assert rows.schema["size"] == pl.Int64 and rows.schema["time_valid"] == rows.schema["time_invalid"] == pl.String
+    done = cli("history", "stray.bin", "--db", str(snaps), "--json")
+    assert done.returncode == 0, done.stderr
+    assert [row["srcfile"] for row in json.loads(done.stdout)] == ["stray.bin"]
+    done = cli("history", "OMOP/person.csv", "--db", str(snaps), "--json")
+    assert done.returncode == 0, done.stderr
+    assert [row["version_valid"] for row in json.loads(done.stdout)] == ["v1", "v3"]
+
+
+def test_missing_or_incomplete_snapshots_are_written_by_the_next_run(site, tmp_path):
+    """Snapshots switched on after some versions, or a run killed after its commit but before or during its
+    snapshot, left those versions without one for good (only the version a run committed was written)."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    labels = three_versions(site, db, None)  # no snapshots yet
+    run_site(site, db, parquet=str(snaps), validate_site=False)  # nothing changed: no new version
+    manifest = Manifest(db)
+    versions = {row["label"]: row for row in manifest.versions().iter_rows(named=True)}
+    assert all(has_snapshot(label, str(snaps), versions[label]) for label in labels)
+    parquet, sqlite = open_manifest(snaps), open_manifest(db)
+    for label in labels:  # each backfilled snapshot holds its own version's rows, not the current ones
+        assert parquet.files(label)["srcfile"].to_list() == sqlite.files(label)["srcfile"].to_list()
+        assert parquet.files(label)["md5"].to_list() == sqlite.files(label)["md5"].to_list()
+
+    # a snapshot half written (truncated file list), one part missing: not snapshots, written again
+    part = snaps / "version=v1" / "manifest.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    (snaps / "version=v2" / "findings.parquet").unlink()
+    assert not has_snapshot("v1", str(snaps)) and not has_snapshot("v2", str(snaps))
+    run_site(site, db, parquet=str(snaps), validate_site=False)
+    assert all(has_snapshot(label, str(snaps), versions[label]) for label in labels)
+    assert open_manifest(snaps).files("v1")["srcfile"].to_list() == sqlite.files("v1")["srcfile"].to_list()
+
+
+def test_a_snapshot_with_the_wrong_row_count_is_not_taken_for_complete(site, tmp_path):
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    three_versions(site, db, snaps)
+    versions = {row["label"]: row for row in Manifest(db).versions().iter_rows(named=True)}
+    part = snaps / "version=v3" / "manifest.parquet"
+    pl.read_parquet(part).head(1).write_parquet(part)  # readable, typed, but not all the version's files
+    assert not has_snapshot("v3", str(snaps), versions["v3"])
+    run_site(site, db, parquet=str(snaps), validate_site=False)
+    assert has_snapshot("v3", str(snaps), versions["v3"])
+
+
+def test_a_reader_never_takes_a_version_whose_file_list_is_not_written_yet(site, tmp_path):
+    """The parts are written one by one: a reader that opened the folder meanwhile took a version with a file list
+    but no change set ('the snapshot of version ... has no changes.parquet'). The file list is written last, and
+    a version is read only once it is there."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    three_versions(site, db, snaps)
+    (snaps / "version=v3" / "manifest.parquet").unlink()  # as a run still writing v3 leaves it
+    reader = open_manifest(snaps)
+    assert reader.latest() == "v2"
+    assert reader.history("OMOP/person.csv")["version_valid"].to_list() == ["v1"]
+    assert reader.diff("v1").height == 1
+
+
+def comparable(frame: pl.DataFrame) -> pl.DataFrame:
+    # what a version's rows are: their identity, content and validity (mtime, verification, root and classification
+    # are updated in place on the manifest's rows: a snapshot holds them as they were then)
+    return frame.select("file_id", "srcfile", "md5", "size", "version_valid", "version_invalid").sort("file_id")
+
+
+@hsettings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["add", "edit", "remove", "rename", "touch"]),
+                                   st.integers(0, 5)), min_size=1, max_size=4), min_size=1, max_size=4),
+       st.integers(0, 3))
+def test_each_versions_snapshot_equals_the_manifests_rows_of_that_version(tmp_path_factory, steps, snapshots_from):
+    """Random sequences of tree changes, snapshots switched on at a random step (the versions before it are
+    backfilled): each version's snapshot holds the rows the manifest holds valid at that version."""
+    base = tmp_path_factory.mktemp("prop")
+    site, db, snaps = base / "site", base / "m.sqlite", base / "snaps"
+    write(site, "OMOP/person.csv", b"person_id\n")
+    names = [f"OMOP/t{i}.csv" for i in range(6)]
+    labels = []
+    for n, step in enumerate(steps):
+        for op, i in step:
+            path = site / names[i]
+            if op == "add" or (op == "edit" and path.exists()):
+                write(site, names[i], f"{n} {op} {i}".encode())
+            elif op == "remove" and path.exists():
+                path.unlink()
+            elif op == "rename" and path.exists():
+                target = site / names[(i + 1) % 6]
+                if not target.exists():
+                    path.rename(target)
+            elif op == "touch" and path.exists():
+                os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+        parquet_dir = str(snaps) if n >= min(snapshots_from, len(steps) - 1) else None
+        result = run_site(site, db, parquet=parquet_dir, validate_site=False, version_label=f"v{n:02d}")
+        if result.label is not None and result.label not in labels:
+            labels.append(result.label)
+    sqlite, parquet = open_manifest(db), open_manifest(snaps)
+    assert parquet.versions()["label"].to_list() == labels
+    manifest = Manifest(db)
+    for label in labels:
+        valid = manifest.query_frame(
+            "SELECT * FROM source_files WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)",
+            (label, label), schema=schema_of("source_files"))
+        assert comparable(parquet.files(label)).equals(comparable(valid)), label
+        assert comparable(sqlite.files(label)).equals(comparable(valid)), label
+
+
+def test_readers_open_while_a_run_writes_its_snapshot_see_a_whole_version(site, tmp_path):
+    """A run paused (then killed) after its commit, halfway through its snapshot: a reader of the snapshot folder
+    sees the previous version whole (it took the version being written, whose change set was not there yet), a
+    reader of the manifest the committed one; the next run writes the snapshot the killed one left half."""
+    import subprocess
+    import sys
+
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    three_versions(site, db, snaps)
+    write(site, "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "snapshot"}
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "-q", "--no-validate", "--site", str(site),
+                             "--db", str(db), "--parquet", str(snaps), "--version", "v4"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        said = []
+        while "test pause at snapshot" not in (line := proc.stderr.readline()):
+            said.append(line)
+            assert line, f"the run ended before its snapshot: {''.join(said)}"
+        assert (snaps / "version=v4").is_dir()  # part of it written
+        parquet = open_manifest(snaps)
+        assert parquet.latest() == "v3"
+        assert parquet.diff("v1", "v3").height == 2 and parquet.changes("v3").height == 1
+        assert parquet.history("OMOP/visit_occurrence.csv").height == 0
+        sqlite = open_manifest(db)
+        assert sqlite.latest() == "v4" and "OMOP/visit_occurrence.csv" in sqlite.files("v4")["srcfile"].to_list()
+        done = cli("files", "--db", str(snaps), "--json")
+        assert done.returncode == 0, done.stderr
+        assert "OMOP/visit_occurrence.csv" not in {row["srcfile"] for row in json.loads(done.stdout)}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not has_snapshot("v4", str(snaps))
+    run_site(site, db, parquet=str(snaps), validate_site=False)  # commits nothing, writes v4's snapshot
+    assert open_manifest(snaps).latest() == "v4"
+    assert open_manifest(snaps).files("v4")["srcfile"].to_list() == open_manifest(db).files("v4")["srcfile"].to_list()
