@@ -448,16 +448,27 @@ class SQLiteReader(ManifestReader):
         return self._versions
 
     def _files_at(self, label: str, modality: str | None, person: str | None) -> pl.DataFrame:
-        if label == self.latest():  # the partial index of current rows
-            where, params = ["time_invalid IS NULL"], []
-        else:
-            where, params = ["version_valid <= ?", "(version_invalid IS NULL OR version_invalid > ?)"], [label, label]
+        filters, extra = "", []
         for column, value in (("modality", modality), ("person_id", person)):
             if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        return self._query(f"SELECT {', '.join(FILE_COLUMNS)} FROM source_files WHERE {' AND '.join(where)} ORDER BY srcfile",
-                           tuple(params), FILE_SCHEMA)
+                filters += f" AND {column} = ?"
+                extra.append(value)
+        cols = ", ".join(FILE_COLUMNS)
+        if label == self.latest():
+            # The latest version this reader knows: the current rows (their partial index), less those a run
+            # committed since, plus the rows such a run ended (the change sets' version index; none if no run did).
+            # One statement: one read of the manifest, whichever version it holds by then. The current rows alone
+            # were the next version's under this one's label, for a notebook open while a run committed.
+            sql = (f"SELECT {cols} FROM source_files WHERE time_invalid IS NULL AND version_valid <= ?{filters} "
+                   f"UNION ALL SELECT {', '.join(f's.{c}' for c in FILE_COLUMNS)} FROM changes c "
+                   "JOIN source_files s ON s.file_id = c.old_file_id "
+                   f"WHERE c.version > ? AND s.version_valid <= ?{filters.replace(' AND ', ' AND s.')} ORDER BY srcfile")
+            params = (label, *extra, label, label, *extra)
+        else:
+            sql = (f"SELECT {cols} FROM source_files WHERE version_valid <= ? AND (version_invalid IS NULL OR "
+                   f"version_invalid > ?){filters} ORDER BY srcfile")
+            params = (label, label, *extra)
+        return self._query(sql, params, FILE_SCHEMA)
 
     def _file_slices(self, label: str) -> Iterator[pl.DataFrame]:
         # Ranges of file ids (the rowid): each slice is one bounded query, whatever the manifest's size. Each

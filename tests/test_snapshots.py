@@ -181,3 +181,24 @@ def test_readers_open_while_a_run_writes_its_snapshot_see_a_whole_version(site, 
     run_site(site, db, parquet=str(snaps), validate_site=False)  # commits nothing, writes v4's snapshot
     assert open_manifest(snaps).latest() == "v4"
     assert open_manifest(snaps).files("v4")["srcfile"].to_list() == open_manifest(db).files("v4")["srcfile"].to_list()
+
+
+def test_a_manifest_reader_opened_before_a_run_commits_still_reads_its_version_whole(site, tmp_path):
+    """A notebook's reader knows the versions it opened with: asked for the latest of them after a run committed
+    the next, `files` read the manifest's current rows (the new version's) under the old label: a file removed
+    since was missing, one added since was listed."""
+    db = tmp_path / "m.sqlite"
+    three_versions(site, db, None)
+    reader = open_manifest(db)
+    v3 = reader.files().select("file_id", "srcfile", "md5")
+    assert reader.latest() == "v3"
+    (site / "OMOP" / "person.csv").unlink()
+    write(site, "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    assert run_site(site, db, validate_site=False, version_label="v4").label == "v4"
+    reader._file_set = None  # (the frame kept of the last version asked: ask the manifest again)
+    assert reader.files().select("file_id", "srcfile", "md5").equals(v3)
+    assert reader.files("v3").select("file_id", "srcfile", "md5").equals(v3)
+    assert reader.files(modality="OMOP")["srcfile"].to_list() == ["OMOP/person.csv"]
+    again = open_manifest(db)
+    assert again.files()["srcfile"].to_list() == again.files("v4")["srcfile"].to_list()
+    assert "OMOP/visit_occurrence.csv" in again.files()["srcfile"].to_list()
