@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from chorus_batch.fsutil import ABANDONED_AFTER_S
+from chorus_batch.store import Manifest
 from chorus_batch.store.snapshots import has_snapshot
 from chorus_batch.testdata import Spec, make_testdata
 
@@ -107,8 +108,9 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
         recovered = subprocess.run(command(second, db, snap), capture_output=True, text=True)
         assert recovered.returncode in (0, 1), f"point {point}: {recovered.stderr}"
         assert current_rows(db) == expected, f"point {point}"
-        (latest,) = sqlite3.connect(db).execute("SELECT max(label) FROM versions").fetchone()
-        assert has_snapshot(latest, str(snap)), f"point {point}: the snapshot of {latest} is incomplete"
+        for version in Manifest(db).versions().iter_rows(named=True):  # every version's, not only the latest
+            assert has_snapshot(version["label"], str(snap), version), \
+                f"point {point}: the snapshot of {version['label']} is incomplete"
 
     for point in range(POINTS):
         kill(str(point), after_s=duration * (0.1 + 0.95 * point / POINTS))
@@ -122,6 +124,8 @@ def test_a_run_killed_anywhere_leaves_a_consistent_manifest(tmp_path):
     new = outcomes["new"]
     kill("validate", pause="validate")
     assert outcomes["new"] == new + 1  # killed after its commit: the new version stays, complete
+    kill("snapshot", pause="snapshot")  # killed halfway through its snapshot: the next run writes it whole
+    assert outcomes["new"] == new + 2
     print(f"crash injection: {POINTS} kills over {duration:.1f} s runs; latest version after the kill: {outcomes}")
     assert outcomes["previous"] and outcomes["new"]  # kills landed both before and after the commit
 
