@@ -308,12 +308,15 @@ def _write_flat_person(root: Path, person: str, index: int) -> list[tuple[int, s
     else:
         write(wave, "RECORDS", f"{s['flat_single']}\n{s['flat_multi']}\n{s['flat_record']}\n")
     study = root / person / "Images" / f"study_{day}"
+    # de-identified as the Imaging SOP asks in every layout: AccessionNumber is the study's image_occurrence_id
+    accession = accession_of(index)
     for instance in (1, 2):
         write(study / "series_1", dicom_name(person, day, "081500", "CT", 1, instance),
-              dicom_bytes(person_id=person, series=1, instance=instance, study_date=day, study_time="081500"))
+              dicom_bytes(person_id=person, series=1, instance=instance, study_date=day, study_time="081500",
+                          accession=accession))
     write(study / "series_2", dicom_name(person, day, "082000", "CT", 2, 1),
           dicom_bytes(person_id=person, series=2, instance=1, study_date=day, study_time="081500",
-                      acquisition_time="082000.250000"))
+                      acquisition_time="082000.250000", accession=accession))
     if index == 0:
         write(root, "Metadata/notes.json", f'{{"person": "{person}"}}\n')
     return [(visit_id(index, 0), s["flat_single"]), (visit_id(index, 0), s["flat_multi"]), (visit_id(index, 1), s["flat"])]

@@ -316,6 +316,14 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                         study_time="081500", accession=ACCESSION,
                                         SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1))),
      {("dicom.patient_id", DCM)}),
+    # The Imaging SOP: AccessionNumber is replaced by the image_occurrence_id, an integer (absent, or a site's text)
+    ("accession_id", both(
+        add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                             accession="ACC-70000", SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1))),
+        add(f"{SERIES1}/001.dcm", dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
+                                              SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))),
+     {("dicom.accession_id", DCM), ("dicom.path_mismatch", DCM), ("dicom.accession_id", f"{SERIES1}/001.dcm"),
+      ("dicom.path_mismatch", f"{SERIES1}/001.dcm")}),
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),

@@ -173,7 +173,7 @@ def _keyword(key: str) -> str:
 
 
 def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
-    """PatientID is the person folder; no attribute that identifies the patient is left filled."""
+    """PatientID is the person folder, AccessionNumber an integer id; no attribute that identifies the patient is left filled."""
     ok = d.lazy().filter(pl.col("_ok"))
     person = _norm_id(pl.col("_top"))
     name = _norm_id(pl.col("patient_name"))
@@ -189,6 +189,17 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             ok.filter(pl.col("patient_id").is_null() | (_norm_id(pl.col("patient_id")) != person)), "srcfile",
             fmt("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
                       "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
+        # The Imaging SOP: "PatientID and AccessionNumber in the DICOM metadata are replaced by person_id and
+        # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id
+        # ([0-9], not \d: the regex engine's \d takes any script's digits)
+        _found(
+            "dicom.accession_id",
+            ok.filter(~pl.col("accession_number").fill_null("").str.contains(r"^[0-9]+$")), "srcfile",
+            pl.when(pl.col("accession_number").is_null()).then(pl.lit(
+                "the header has no AccessionNumber: the Imaging SOP replaces it by the study's image_occurrence_id "
+                "(an integer) when de-identifying; set it so"))
+            .otherwise(fmt("AccessionNumber {} in the header is not an integer: the Imaging SOP replaces it by the "
+                           "study's image_occurrence_id when de-identifying; set it so", pl.col("accession_number")))),
         _found(
             "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
             fmt("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "

@@ -267,6 +267,9 @@ RULES: tuple[Rule, ...] = (
          "date/time."),
     Rule("dicom.patient_id", "error", "DICOM PatientID is not the person",
          "A DICOM header's PatientID differs from the person folder it lies in (the person_id after de-identification)."),
+    Rule("dicom.accession_id", "error", "DICOM AccessionNumber not an image_occurrence_id",
+         "A DICOM header's AccessionNumber is absent or not an integer (the Imaging SOP replaces it by the study's "
+         "OMOP image_occurrence_id when de-identifying)."),
     Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
