@@ -94,7 +94,7 @@ def person_day(index: int) -> str:
 
 
 def write_wfdb(folder: Path, record: str, *, n_sig: int = 2, sig_len: int = 250, fmt: str = "16", fs: int = 125,
-               seed: int = 0, start: datetime | None = None) -> None:
+               seed: int = 0, start: datetime | None = None, units: str = "mV") -> None:
     """A single-segment WFDB record (<record>.hea + <record>.dat) written by wfdb.wrsamp, with its
     base date and time when `start` is given."""
     import wfdb
@@ -104,7 +104,7 @@ def write_wfdb(folder: Path, record: str, *, n_sig: int = 2, sig_len: int = 250,
     signal = rng.integers(-1000, 1000, size=(sig_len, n_sig)).astype(np.int16)
     names = ["II", "V", "PLETH", "ABP"][:n_sig] + [f"S{i}" for i in range(4, n_sig)]
     extra = {"base_date": start.date(), "base_time": start.time()} if start else {}
-    wfdb.wrsamp(record, fs=fs, units=["mV"] * n_sig, sig_name=names, d_signal=signal, fmt=[fmt] * n_sig,
+    wfdb.wrsamp(record, fs=fs, units=[units] * n_sig, sig_name=names, d_signal=signal, fmt=[fmt] * n_sig,
                 adc_gain=[200.0] * n_sig, baseline=[0] * n_sig, write_dir=str(folder), **extra)
 
 
@@ -277,7 +277,9 @@ def write_person(root: Path, person: str, index: int, layout: str = "v2.1") -> l
     write(tele / s["single"], f"{s['single']}n.csv", numerics_csv(s["single"]))
     write_multisegment(tele / s["multi"], s["multi"],
                        [(f"{s['multi']}_0001", 101, "212"), (f"{s['multi']}_0002", 50, "16")], seed=index + 1)
-    write_wfdb(eeg / s["eeg"], s["eeg"], n_sig=2, sig_len=256, fs=256, seed=3 * index + 7, start=start_of(index, 14))
+    # EEG in microvolts, as EEG_mapping.csv gives them
+    write_wfdb(eeg / s["eeg"], s["eeg"], n_sig=2, sig_len=256, fs=256, seed=3 * index + 7, start=start_of(index, 14),
+               units="uV")
     accession = accession_of(index)
     for series, instances, acquisition in ((1, (0, 1), None), (2, (0,), "082000.250000")):
         for instance in instances:

@@ -226,6 +226,14 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("metadata.mapping_columns", "Metadata/Telemetry_mapping.csv")}),
     ("mapping_values", edit("Metadata/EEG_mapping.csv", lambda t: t + "X,FP9,fast,uV,time\n"),
      {("metadata.mapping_values", "Metadata/EEG_mapping.csv")}),
+    # Waveform File Format 4.1.1: a mapping row for each signal in the data; a segment's signals are the record's
+    ("unmapped_signal", both(edit(f"{SINGLE}.hea", lambda t: t.replace(" 0 V\n", " 0 RESP\n")),
+                             edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 0 II\n", " 0 ART1\n"))),
+     {("wfdb.unmapped_signal", f"{SINGLE}.hea"), ("wfdb.unmapped_signal", f"{MULTI}.hea")}),
+    # its sampling_rate (Hz) and units are the channel's: the header's (frequency x samples per frame, units)
+    ("mapping_rate", edit(f"{SINGLE}.hea", lambda t: t.replace(" 2 125 250", " 2 250 250", 1)),
+     {("wfdb.mapping_rate", f"{SINGLE}.hea")}),
+    ("mapping_units", edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/mV", 1)), {("wfdb.mapping_units", f"{EEG}.hea")}),
     ("submission_sections", edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Linking", "Linking")),
      {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
     ("readiness_unchecked", edit("Metadata/READINESS.md", lambda t: t.replace("- [x] Images", "- [ ] Images")),
@@ -606,7 +614,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header", "dicom.v2", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v2", "dicom.v2", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -619,7 +627,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v2"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -665,8 +673,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v3", "registry_csv.v5", "omop_procedures.v2"}
+    assert set(todo["kind"]) == {"wfdb_header.v2", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
+                                 "mapping_csv.v4", "registry_csv.v5", "omop_procedures.v2"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -765,7 +773,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v5", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv.v3", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
@@ -775,7 +783,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
     rows = {"registry_csv.v5": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv.v3": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
             "omop_person.v2": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
@@ -787,7 +795,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
-    ("mapping_csv.v3", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v5", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
@@ -816,6 +824,46 @@ def test_a_mapping_value_quoted_over_two_lines_keeps_the_finding_on_one_line(cle
     edit("Metadata/EEG_mapping.csv", lambda t: t + '"FP1\r\nref",FP9,fast,uV,time\n')(clean)
     message = validate(clean).filter(pl.col("rule") == "metadata.mapping_values")["message"].item()
     assert "\n" not in message and "\r" not in message and "FP1 ref" in message, message
+
+
+def test_a_mapping_row_without_units_or_its_time_variable_is_told_which_it_lacks(clean):
+    """The Waveform File Format text asks each row for units ("a string giving the units of the channel") and, for
+    pair-based data, a timestamp_id (stream-based: start_time and end_time); a row without them passed."""
+    edit("Metadata/Telemetry_mapping.csv", lambda t: t + "PLETH,MDC_PULS_OXIM_PLETH,125,,time\nABP,MDC_PRESS_BLD_ART,125,mmHg,\n")(clean)
+    write(clean, "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,start_time,end_time\n"
+          "II,MDC_EEG_ELEC_POTL_FP1,256,uV,t0,t1\nV,MDC_EEG_ELEC_POTL_FP2,256,uV,t0,\n")
+    messages = dict(validate(clean).filter(pl.col("rule") == "metadata.mapping_values").select("srcfile", "message").rows())
+    assert messages == {
+        "Metadata/Telemetry_mapping.csv": "rows the Waveform File Format procedure would not accept: 1 without units "
+        "(a string giving the channel's units), 1 without their time variable (timestamp_id, or start_time and "
+        "end_time) (e.g. row 4: PLETH; row 5: ABP): fix those rows",
+        "Metadata/EEG_mapping.csv": "rows the Waveform File Format procedure would not accept: 1 without their time "
+        "variable (timestamp_id, or start_time and end_time) (e.g. row 3: V): fix those rows"}, messages
+
+
+def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_sides(clean):
+    """A mapping's rate is the channel's nominal rate "with as much precision as is known" (249.987 Hz beside a header's
+    250 agrees); µV and uV are one unit, mV and MV are not; a segment's signals are told at its multi-segment header;
+    a category without a readable mapping file is left to metadata.mapping_missing."""
+    write(clean, "Metadata/Telemetry_mapping.csv", sitegen.mapping_csv([
+        ("II", "MDC_ECG_ELEC_POTL_II", 249.987 / 2, "MV"), ("V", "MDC_ECG_ELEC_POTL_V", 500.0, "mV")]))
+    edit("Metadata/EEG_mapping.csv", lambda t: t.replace(",uV,", ",\u00b5V,"))(clean)  # header: uV
+    edit(f"{MULTI}_0001.hea", lambda t: t.replace(" 0 V\n", " 0 PLETH\n"))(clean)
+    out = validate(clean)
+    told = {(r, s): m for r, s, m in out.filter(pl.col("rule").str.starts_with("wfdb.")).select("rule", "srcfile", "message").rows()}
+    single, multi = S0["single"], S0["multi"]
+    assert told[("wfdb.mapping_rate", f"{SINGLE}.hea")] == (
+        f"record {single}: sampling rates differ from Metadata/Telemetry_mapping.csv (V 125.0 Hz in the header, 500.0 Hz "
+        "in the mapping): give each signal's nominal sampling rate in the mapping, or fix the header")
+    assert told[("wfdb.mapping_units", f"{SINGLE}.hea")] == (
+        f"record {single}: units differ from Metadata/Telemetry_mapping.csv (II mV in the header, MV in the mapping): "
+        "give each signal's units in the mapping as the data holds them, or fix the header")
+    assert told[("wfdb.unmapped_signal", f"{MULTI}.hea")] == (
+        f"record {multi}: signal(s) PLETH are not in Metadata/Telemetry_mapping.csv: add a row for each (signal_id, "
+        "standardized_label, sampling_rate, units), as the Waveform File Format procedure asks for every signal in the data")
+    assert not any(s.startswith(f"{P0}/Waveforms/EEG/") for _, s in told)  # 256 Hz, µV = uV
+    remove("Metadata/Telemetry_mapping.csv")(clean)
+    assert set(validate(clean)["rule"]) == {"metadata.mapping_missing"}
 
 
 def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):
@@ -933,7 +981,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 @pytest.mark.parametrize("kind, header", [
     ("registry_csv.v5", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
-    ("mapping_csv.v3", "signal_id,standardized_label,sampling_rate,units,units"),
+    ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
     """A registry or mapping file naming a column twice was 'cannot parse the file (DuplicateError: ...)'."""

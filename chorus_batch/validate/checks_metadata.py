@@ -65,14 +65,25 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
                        pl.col("columns").list.join(","), pl.lit(", ".join(MAPPING_COLUMNS)),
                        pl.when(timed).then(pl.lit("")).otherwise(
                            pl.lit(" and timestamp_id (or start_time and end_time)"))))))
-    values = parsed.filter(pl.col("rows").is_not_null() & ((pl.col("no_id") + pl.col("bad_rate") + pl.col("bad_label")) > 0))
+    counts = ("no_id", "bad_rate", "bad_label", "no_units", "no_time")
+    values = parsed.filter(pl.col("rows").is_not_null()
+                           & (pl.sum_horizontal([pl.col(c).fill_null(0) for c in counts]) > 0))
+    told = {
+        "no_id": "without a signal_id",
+        "bad_rate": "with a sampling_rate that is not a positive number (Hz)",
+        "bad_label": "with a standardized_label that is not an ISO/IEEE 11073 label (MDC_...)",
+        "no_units": "without units (a string giving the channel's units)",
+        "no_time": "without their time variable (timestamp_id, or start_time and end_time)",
+    }
     out.append(_found(
         "metadata.mapping_values", values, "srcfile",
-        fmt("{} row(s) without a signal_id, {} with a sampling_rate that is not a positive number (Hz), {} with "
-                  "a standardized_label that is not an ISO/IEEE 11073 label (MDC_...), e.g. {}: fix those rows",
-                  pl.col("no_id"), pl.col("bad_rate"), pl.col("bad_label"),
-                  # a signal_id quoted over two lines would break the report's one line per finding
-                  pl.col("examples").list.join("; ").str.replace_all(r"[\r\n]+", " "))))
+        fmt("rows the Waveform File Format procedure would not accept: {} (e.g. {}): fix those rows",
+            # only the problems the file has, each with its count
+            pl.concat_list([pl.when(pl.col(c).fill_null(0) > 0).then(
+                pl.concat_str(pl.col(c).cast(pl.String), pl.lit(" " + text))) for c, text in told.items()])
+            .list.drop_nulls().list.join(", "),
+            # a signal_id quoted over two lines would break the report's one line per finding
+            pl.col("examples").list.join("; ").str.replace_all(r"[\r\n]+", " "))))
 
     readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
     out.append(_found(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .rules import KIND_RECORDS, WFDB_FORMAT_SIZES, WFDB_FORMATS
+from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
 from .site import _Across, _found, _join_list, _norm_id, _Site
 
 
@@ -119,6 +119,91 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "wfdb.numerics_name", csvs.filter(pl.col("_name") != pl.col("session_id") + "n.csv"), "srcfile",
         fmt("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
                   pl.col("session_id"))))
+    return out
+
+
+# A mapping's sampling_rate is "the nominal sampling rate for the channel ... as much precision as is known to you
+# (e.g. 249.987 Hz)": a header's 250 Hz is that channel; a rate off by more than this share is another one
+_RATE_TOLERANCE = 0.01
+
+
+def _units_key(expr: pl.Expr) -> pl.Expr:
+    """Units as compared: the micro sign and the Greek mu written as u (uV, µV and μV are one unit); case kept
+    (mV is not MV)."""
+    return expr.str.strip_chars().str.replace_all("[\u00b5\u03bc]", "u")
+
+
+def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
+    """The WFDB signals of a category (Telemetry, EEG) against its mapping file (Waveform File Format, 4.1.1: "For
+    each signal in your data ... add a row" with its sampling_rate in Hz and its units). Only where the category's
+    mapping file was read and maps a signal (metadata.* say what is wrong with one that is missing, unreadable or
+    only a header row); a multi-segment
+    record's signals are told once, at its multi-segment header."""
+    category_of = {name.lower(): category for category, name in MAPPING_FILES.items()}
+    # (one with only its header row maps no signal: metadata.mapping_missing says so, not a finding per record)
+    maps = site.of_kind(KIND_MAPPING).filter(pl.col("_ok") & (pl.col("signals").list.len() > 0)).with_columns(
+        _cat=pl.col("_name").str.to_lowercase().replace_strict(category_of, default=None, return_dtype=pl.String),
+    ).filter(pl.col("_cat").is_not_null())
+    if maps.height == 0:
+        return []
+    mapped = (maps.select("_cat", "signals").explode("signals").unnest("signals").drop_nulls("signal_id")
+              .with_columns(_units=_units_key(pl.col("units"))))
+    ok = headers.filter(pl.col("_ok"))
+    masters = (
+        ok.filter(pl.col("segments").is_not_null())
+        .select(pl.col("srcfile").alias("_record"), "_dir", "segments").explode("segments").unnest("segments")
+        .filter(pl.col("name").is_not_null() & (pl.col("name") != "~"))
+        .select("_record", _header=pl.col("_dir") + "/" + pl.col("name") + ".hea")
+        .unique("_header", keep="first")
+    )
+    signals = (
+        ok.filter(pl.col("_category").is_in(maps["_cat"].unique().implode()) & (pl.col("signals").list.len() > 0))
+        .select(pl.col("srcfile").alias("_header"), pl.col("_category").alias("_cat"), "fs", "signals")
+        .explode("signals").unnest("signals")
+        .filter(pl.col("sig_name").is_not_null())
+        .join(masters, on="_header", how="left")
+        .with_columns(_record=pl.coalesce("_record", "_header"), _rate=pl.col("fs") * pl.col("samps_per_frame"),
+                      _map=pl.lit("Metadata/") + pl.col("_cat").replace_strict(MAPPING_FILES, return_dtype=pl.String))
+        .with_columns(_stem=pl.col("_record").str.split("/").list.last().str.strip_suffix(".hea"))
+    )
+    unmapped = (
+        signals.join(mapped.select("_cat", sig_name=pl.col("signal_id")).unique(), on=["_cat", "sig_name"], how="anti")
+        .group_by("_record", "_stem", "_map").agg(pl.col("sig_name").unique().sort())
+    )
+    out = [_found("wfdb.unmapped_signal", unmapped, "_record", fmt(
+        "record {}: signal(s) {} are not in {}: add a row for each (signal_id, standardized_label, sampling_rate, "
+        "units), as the Waveform File Format procedure asks for every signal in the data",
+        pl.col("_stem"), _join_list(pl.col("sig_name"), 10), pl.col("_map")))]
+    both = signals.join(mapped, left_on=["_cat", "sig_name"], right_on=["_cat", "signal_id"], how="inner")
+    rates = (
+        both.filter(pl.col("_rate").is_not_null() & pl.col("sampling_rate").is_not_null())
+        .group_by("_record", "_stem", "_map", "sig_name", "_rate")
+        .agg(_agree=((pl.col("sampling_rate") - pl.col("_rate")).abs() <= _RATE_TOLERANCE * pl.col("_rate")).any(),
+             _mapped=pl.col("sampling_rate").unique().sort().cast(pl.String).str.join(" or "))
+        .filter(~pl.col("_agree"))
+        .sort("sig_name", "_rate")
+        .group_by("_record", "_stem", "_map")
+        .agg(pl.format("{} {} Hz in the header, {} Hz in the mapping", pl.col("sig_name"), pl.col("_rate"),
+                       pl.col("_mapped")).alias("_told"))
+    )
+    out.append(_found("wfdb.mapping_rate", rates, "_record", fmt(
+        "record {}: sampling rates differ from {} ({}): give each signal's nominal sampling rate in the mapping, or "
+        "fix the header", pl.col("_stem"), pl.col("_map"), pl.col("_told").list.head(10).list.join("; "))))
+    units = (
+        both.filter(pl.col("units").is_not_null() & (pl.col("_units") != ""))
+        .with_columns(_hunits=_units_key(pl.col("units")))
+        .group_by("_record", "_stem", "_map", "sig_name", pl.col("units").alias("_header_units"))
+        .agg(_agree=(pl.col("_units") == pl.col("_hunits").first()).any(),
+             _mapped=pl.col("_units").unique().sort().str.join(" or "))
+        .filter(~pl.col("_agree"))
+        .sort("sig_name")
+        .group_by("_record", "_stem", "_map")
+        .agg(pl.format("{} {} in the header, {} in the mapping", pl.col("sig_name"), pl.col("_header_units"),
+                       pl.col("_mapped")).alias("_told"))
+    )
+    out.append(_found("wfdb.mapping_units", units, "_record", fmt(
+        "record {}: units differ from {} ({}): give each signal's units in the mapping as the data holds them, or "
+        "fix the header", pl.col("_stem"), pl.col("_map"), pl.col("_told").list.head(10).list.join("; "))))
     return out
 
 

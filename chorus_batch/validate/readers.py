@@ -152,6 +152,8 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 facts["signals"].append({
                     "file_name": sig["file_name"], "fmt": sig["fmt"],
                     "samps_per_frame": int(sig["samps_per_frame"] or 1), "byte_offset": int(sig["byte_offset"] or 0),
+                    # the signal's name and units (None where the line gives none: WFDB then reads "NU")
+                    "sig_name": sig["sig_name"].strip() or None, "units": sig["units"] or None,
                 })
         else:
             n_seg = int(rec["n_seg"])
@@ -388,20 +390,31 @@ def _table(f, what: str):
 
 
 def _mapping_facts(f) -> dict[str, Any]:
-    """A waveform mapping CSV: its columns, and the rows whose values the procedure would not accept."""
+    """A waveform mapping CSV: its columns, the rows whose values the procedure would not accept, and the signals
+    it maps (signal_id, sampling_rate, units: checked against the WFDB headers of its category)."""
     facts, frame = _table(f, "mapping file")
     if frame is None or not all(c in frame.columns for c in MAPPING_COLUMNS):
         return facts
     rate = pl.col("sampling_rate").cast(pl.Float64, strict=False)
+    given = [(pl.col(c).fill_null("") != "") if c in frame.columns else pl.lit(False)
+             for c in ("timestamp_id", "start_time", "end_time")]
     problems = frame.with_row_index("row", offset=2).select(
         "row", "signal_id",
         no_id=pl.col("signal_id").fill_null("") == "",
-        bad_rate=rate.is_null() | (rate <= 0),
+        bad_rate=rate.is_null() | rate.is_nan() | rate.is_infinite() | (rate <= 0),
         bad_label=~pl.col("standardized_label").fill_null("").str.starts_with("MDC_"),
-    ).filter(pl.col("no_id") | pl.col("bad_rate") | pl.col("bad_label"))
+        # "units: a string giving the units of the channel"
+        no_units=pl.col("units").fill_null("") == "",
+        # the time variable(s) of the row: timestamp_id (pair-based), or start_time and end_time (stream-based)
+        no_time=~(given[0] | (given[1] & given[2])),
+    ).filter(pl.col("no_id") | pl.col("bad_rate") | pl.col("bad_label") | pl.col("no_units") | pl.col("no_time"))
+    signals = frame.filter(pl.col("signal_id").fill_null("") != "").select(
+        "signal_id", sampling_rate=rate, units=pl.col("units").fill_null(""))
     facts.update(rows=frame.height, no_id=int(problems["no_id"].sum()), bad_rate=int(problems["bad_rate"].sum()),
-                 bad_label=int(problems["bad_label"].sum()),
-                 examples=[f"row {r}: {s}" for r, s in problems.head(5).select("row", "signal_id").iter_rows()])
+                 bad_label=int(problems["bad_label"].sum()), no_units=int(problems["no_units"].sum()),
+                 no_time=int(problems["no_time"].sum()),
+                 examples=[f"row {r}: {s}" for r, s in problems.head(5).select("row", "signal_id").iter_rows()],
+                 signals=signals.to_dicts())
     return facts
 
 

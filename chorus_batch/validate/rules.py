@@ -120,7 +120,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 
 # Kinds of content a rule reads. A kind's name changes when its reader keeps more (dicom.v2 reads
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header", "dicom.v2", "records"
+# wfdb_header.v2 keeps each signal's name and units (the rules against the site's signal mapping)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v2", "dicom.v2", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
@@ -130,7 +131,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # Imaging SOP's "visit_ id" as visit_id
 # mapping_csv.v3 (and registry_csv.v4) tell a column named twice in the site's words (v2: the frame library's error)
 # v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v3", "registry_csv.v5"
+# mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
+# (signal_id, sampling_rate, units) for the rules against the WFDB headers
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v5"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 KIND_PROCEDURES = "omop_procedures.v2"
@@ -167,8 +170,9 @@ RULES: tuple[Rule, ...] = (
          "A mapping CSV lacks signal_id, standardized_label, sampling_rate or units, or has neither timestamp_id "
          "nor start_time and end_time."),
     Rule("metadata.mapping_values", "warning", "mapping file values",
-         "A mapping CSV has rows without a signal_id, a sampling_rate that is not a number, or a standardized_label "
-         "that is not an ISO/IEEE 11073 label (MDC_...)."),
+         "A mapping CSV has rows without a signal_id, a sampling_rate that is not a positive number (Hz), a "
+         "standardized_label that is not an ISO/IEEE 11073 label (MDC_...), no units, or no timestamp_id (nor "
+         "start_time and end_time)."),
     Rule("metadata.submission_sections", "warning", "SUBMISSION.md incomplete",
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
          "waveform types, known issues, variables, sample intervals, linkage to visits)."),
@@ -234,6 +238,15 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
+    Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
+         "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
+         "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
+    Rule("wfdb.mapping_rate", "warning", "mapping sampling rate differs from the header",
+         "A mapped signal's sampling_rate in the mapping file differs by more than 1% from its rate in the WFDB "
+         "header (frequency x samples per frame)."),
+    Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
+         "A mapped signal's units in the mapping file differ from its units in the WFDB header (uV, µV and μV are "
+         "one unit; case counts)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",

@@ -38,9 +38,10 @@ from .rules import (
 _CSV_DTYPE = {"error": pl.String, "columns": pl.List(pl.String), "delimiter": pl.String}
 _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_WFDB: pl.Struct({
-        "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64,
+        "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64, "fs": pl.Float64,
         "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
-                                      "samps_per_frame": pl.Int64, "byte_offset": pl.Int64})),
+                                      "samps_per_frame": pl.Int64, "byte_offset": pl.Int64,
+                                      "sig_name": pl.String, "units": pl.String})),
         "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64})),
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
@@ -52,7 +53,10 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
                               "unchecked": pl.List(pl.String), "chars": pl.Int64}),
     KIND_MAPPING: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "no_id": pl.Int64, "bad_rate": pl.Int64,
-                             "bad_label": pl.Int64, "examples": pl.List(pl.String)}),
+                             "bad_label": pl.Int64, "no_units": pl.Int64, "no_time": pl.Int64,
+                             "examples": pl.List(pl.String),
+                             "signals": pl.List(pl.Struct({"signal_id": pl.String, "sampling_rate": pl.Float64,
+                                                           "units": pl.String}))}),
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
                               "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64,
