@@ -183,7 +183,7 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .filter(~pl.col("_agree"))
         .sort("sig_name", "_rate")
         .group_by("_record", "_stem", "_map")
-        .agg(pl.format("{} {} Hz in the header, {} Hz in the mapping", pl.col("sig_name"), pl.col("_rate"),
+        .agg(fmt("{} {} Hz in the header, {} Hz in the mapping", pl.col("sig_name"), pl.col("_rate"),
                        pl.col("_mapped")).alias("_told"))
     )
     out.append(_found("wfdb.mapping_rate", rates, "_record", fmt(
@@ -198,7 +198,7 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .filter(~pl.col("_agree"))
         .sort("sig_name")
         .group_by("_record", "_stem", "_map")
-        .agg(pl.format("{} {} in the header, {} in the mapping", pl.col("sig_name"), pl.col("_header_units"),
+        .agg(fmt("{} {} in the header, {} in the mapping", pl.col("sig_name"), pl.col("_header_units"),
                        pl.col("_mapped")).alias("_told"))
     )
     out.append(_found("wfdb.mapping_units", units, "_record", fmt(
