@@ -673,9 +673,17 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     for location, what in roots:
         if location:
             check_location(location, what)  # (credentials in a URL would be written into the script)
-    if target.site is None and not target.config.site.roots:
-        raise UsageError(f"`{command}` needs the site", where="--site / [site] root",
-                         fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml")
+    if target.site is None:  # every job's `run` needs it: [site.roots] alone made a script whose every task failed
+        extra = (" ([site.roots] adds a folder per modality, it does not replace the site root)"
+                 if target.config.site.roots else "")
+        raise UsageError(f"`{command}` needs the site root{extra}; no script was made and nothing was submitted",
+                         where="--site / [site] root",
+                         fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml with [site] root")
+    if "://" not in target.db:  # what every shard would refuse tonight (a folder, another program's database, a
+        # newer release's manifest), refused now; an older schema is upgraded by the script before it submits
+        from .store import Manifest
+
+        Manifest(target.db).schema_on_disk()
     from .fsutil import check_outside_roots
 
     check_outside_roots(roots, [(path, where, name) for path, where, name in (

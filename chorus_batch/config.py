@@ -328,6 +328,14 @@ class RunSettings(BaseModel):
     staging: str | None = None
     merge: str | None = None
 
+    @field_validator("staging", "merge")
+    @classmethod
+    def _staging_folder(cls, value: str | None, info) -> str | None:
+        from .urls import staging_folder
+
+        # a UsageError (not a ValueError): it leaves pydantic as it is, naming the option and what it needs
+        return value if value is None else staging_folder(value, "--" + info.field_name)
+
 
 def _known_settings(loc: tuple) -> list[str]:
     """The settings chorus.toml accepts where `loc` points (() for the sections), as written in the file."""

@@ -30,6 +30,7 @@ import polars as pl
 from .config import RunSettings, parse_bytes
 from .errors import UsageError
 from .exclude import Excludes
+from .frames import empty_state
 from .partitions import TreeParts, bucket_range
 from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, scan
@@ -135,13 +136,15 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     started = time.perf_counter()
     manifest = Manifest(settings.db)
     based_on, last_scan_ns, mtime_unit_ns = None, None, 1
-    if manifest.path.exists():
+    # No manifest yet, or an empty file (a run or the merge starts the manifest in it): nothing to reuse, as for a run
+    exists = manifest.schema_on_disk() is not None
+    if exists:
         manifest.require()  # an older schema: upgraded by a run (or `upgrade`), never by a shard
         latest = manifest.latest_version()
         based_on = latest["label"] if latest else None
         last_scan_ns = manifest.last_scan_started_ns()
         mtime_unit_ns = manifest.mtime_unit_ns()
-    previous = manifest.previous_state(write_cache=False)  # no manifest yet: no rows
+    previous = manifest.previous_state(write_cache=False) if exists else empty_state()  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
     with staging_lock(staging, merge=False):
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again

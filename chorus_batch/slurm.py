@@ -120,10 +120,19 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if not python or not os.path.isabs(python):
         raise UsageError(f"the interpreter {python!r} is not an absolute path", where="python",
                          fix="generate the script with the interpreter the jobs are to run")
+    if staging:
+        from .urls import staging_folder
+
+        staging = staging_folder(staging, "--staging")
+    if _is_url(db):  # every shard refuses it (pipeline.scan_shard): said now, not in each array task tonight
+        from .urls import mask_url
+
+        raise UsageError(f"--db {mask_url(db)}: the shards of a Slurm run read the manifest where they run, so it must "
+                         "be a file on a file system every node of the cluster reaches, not a manifest in the cloud; "
+                         "no script was made and nothing was submitted", where="--db / [manifest] db",
+                         fix="keep the manifest on the cluster's shared file system for Slurm runs (e.g. --db "
+                             "/shared/chorus/manifest.sqlite), or run `chorus-batch run` without Slurm on one node")
     db = _absolute(db)
-    if staging is None and _is_url(db):
-        raise UsageError("a manifest in the cloud has no folder beside it for the shards' results",
-                         where="--db " + db, fix="pass --staging DIR, a folder every node of the cluster can reach")
     site = _absolute(site) if site else None
     config = _absolute(config) if config else None
 
@@ -180,6 +189,17 @@ fi
 if ! command -v sbatch >/dev/null 2>&1; then
     echo "chorus-batch: Slurm's sbatch is not on PATH: {MISSING_SLURM_FIX}" >&2
     exit 2
+fi
+
+# The shards open the manifest read-only and cannot migrate one an older release wrote: upgraded here, once, before
+# anything is submitted (a no-op when it is current; no manifest yet: the merge starts it).
+db={shlex.quote(db)}
+if [ -s "$db" ]; then
+    "$python" -m chorus_batch upgrade --db "$db" >&2 || {{
+        code=$?
+        echo "chorus-batch: the manifest $db could not be checked or upgraded to this release's schema (see above): nothing was submitted" >&2
+        exit "$code"
+    }}
 fi
 
 umask 077

@@ -226,3 +226,19 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
                          f"not in {given}", where=what,
                          fix="give a local path (without file://), or az://CONTAINER/path/manifest.sqlite")
     check_location(db, what)
+
+
+def staging_folder(location: str, option: str) -> str:
+    """The shards' staging folder (`--staging`, `--merge`): a folder on a file system every node reaches, never a
+    URL. The shards write Parquet files and scan.json there, and the merge takes an OS lock in it: an az://, s3:// or
+    https:// value was taken as a relative folder 'az:/c/x' under the working directory (the shards "succeeded" into
+    a folder the merge never saw). A file: URL names its local folder (local_path)."""
+    if "://" in location and protocol_of(location) != "file":
+        shown = mask_url(location)
+        raise UsageError(f"{option} {shown} is a URL: the shards' staging folder must be a folder on a file system "
+                         "every node of the cluster reaches (the shards write their results there and the merge locks "
+                         "it), not cloud storage; nothing was done", where=option,
+                         fix=f"give {option} a shared folder, e.g. {option} /scratch/$USER/chorus-staging (the manifest "
+                             "and the site may still be elsewhere)")
+    path = local_path(location, option)
+    return path if path is not None else location

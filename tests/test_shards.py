@@ -299,3 +299,32 @@ def test_the_staging_lock_file_goes_with_its_last_holder(tmp_path):
                 pass
         assert lock.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["az://container/staging", "s3://bucket/staging", "https://host/staging?sig=SECRET"])
+def test_a_staging_url_is_refused_up_front_naming_the_option(snapshots, tmp_path, url):
+    """--staging az://c/x was taken as a folder 'az:/c/x' under the working directory: the shard "succeeded" where
+    the merge would never look. Refused (exit 2) for --staging and --merge, naming the option and what it needs."""
+    site, db = snapshots / "first", tmp_path / "m.sqlite"
+    for args, option in ((["--shard", "0/4", "--staging", url], "--staging"), (["--merge", url], "--merge")):
+        out = cli("run", "--site", str(site), "--db", str(db), *args, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert f"{option} {url.replace('SECRET', '***')} is a URL" in out.stderr and "shared folder" in out.stderr
+        assert "SECRET" not in out.stderr and "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_shard_on_an_empty_manifest_file_starts_it_as_a_run_does(snapshots, tmp_path):
+    """An empty --db file is a new manifest to `run` and to the merge; the shards refused it ("the manifest is
+    empty: run `chorus-batch run`"), so a first Slurm run into a pre-created file failed in every task. A --db under
+    a file (which the merge cannot create) is refused by the shard before it hashes the site."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    db.touch()
+    run_shards(site, db, staging)
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    (tmp_path / "a-file").write_text("x")
+    out = cli("run", "--site", str(site), "--db", str(tmp_path / "a-file" / "m.sqlite"), "--shard", "0/4",
+              "--staging", str(tmp_path / "other"))
+    assert out.returncode == 2 and "a-file is a file, not a folder" in out.stderr, out.stderr
+    assert not (tmp_path / "other" / "shard-0-of-4").exists()

@@ -72,7 +72,7 @@ def test_script_uses_this_interpreter_and_absolute_paths(tmp_path, monkeypatch):
     assert f"exec {shlex.quote(sys.executable)} -m chorus_batch run" in script
     for rel in ("site", "m.sqlite", "chorus.toml"):
         assert shlex.quote(str(tmp_path / rel)) in script
-    with pytest.raises(UsageError, match="--staging"):
+    with pytest.raises(UsageError, match="not a manifest in the cloud"):
         slurm_script(site="site", db="az://c/m.sqlite", shards=2)
     with pytest.raises(UsageError, match="memory size"):
         slurm_script(site="site", db="m.sqlite", mem="16 G; rm -rf /")
@@ -174,6 +174,59 @@ def test_a_site_that_is_not_there_is_refused_before_a_script_is_made(tmp_path, c
     roots = cli(*command, "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
     assert roots.returncode == 2 and "[site.roots] Images" in roots.stderr and roots.stdout == "", roots.stderr
     assert not (tmp_path / "m.sqlite.staging").exists()
+
+
+@pytest.mark.parametrize("command", [["slurm-script"], ["run", "--slurm"]])
+def test_what_every_shard_would_refuse_is_refused_before_a_script_is_made(tmp_path, command):
+    """A manifest in the cloud (each shard refuses it), a --db that is a folder or lies under a file, a staging URL,
+    a chorus.toml with [site.roots] but no site root: each array task failed hours later; now exit 2 at once, naming
+    the option and what it needs, no script printed, nothing submitted."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (tmp_path / "folder.sqlite").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    for args, said in (
+        (["--db", "az://container/m.sqlite", "--staging", str(tmp_path / "st")], "not a manifest in the cloud"),
+        (["--db", str(tmp_path / "folder.sqlite")], "--db names a folder"),
+        (["--db", str(tmp_path / "a-file" / "m.sqlite")], "a-file is a file, not a folder"),
+        (["--db", str(tmp_path / "m.sqlite"), "--staging", "s3://bucket/staging?X-Amz-Signature=SECRET"],
+         "--staging s3://bucket/staging?X-Amz-Signature=*** is a URL"),
+    ):
+        proc = cli(*command, "--site", str(site), *args, cwd=tmp_path, env={"PATH": str(tmp_path / "nothing")})
+        assert proc.returncode == 2 and said in proc.stderr and "fix:" in proc.stderr, (args, proc.stderr)
+        assert proc.stdout == "" and "SECRET" not in proc.stderr and "Traceback" not in proc.stderr
+    (tmp_path / "chorus.toml").write_text(f"[site.roots]\nWaveforms = '{site}'\n")
+    proc = cli(*command, "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert proc.returncode == 2 and "needs the site root ([site.roots] adds" in proc.stderr, proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "m.sqlite.staging").exists()
+
+
+def test_the_script_upgrades_an_older_manifest_before_it_submits(tmp_path):
+    """The shards open the manifest read-only and cannot migrate it: every array task failed on a manifest an older
+    release wrote. The script upgrades it once, before its first sbatch; one it cannot open is not submitted."""
+    from chorus_batch.store.schema import SCHEMA_VERSION
+
+    record, bin_dir = tmp_path / "record", tmp_path / "bin"
+    record.mkdir()
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", FAKE_SBATCH)
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    site.mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "fixtures" / "schema2" / "manifest.sqlite", db)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record)}
+    made = cli("slurm-script", "--site", str(site), "--db", str(db), "--shards", "2", "--staging", str(tmp_path / "st"))
+    assert made.returncode == 0, made.stderr
+    proc = subprocess.run(["bash", "-c", made.stdout], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert sorted(p.name for p in record.iterdir()) == ["100", "101"]
+    shard = cli("run", "--site", str(site), "--db", str(db), "--shard", "0/2", "--staging", str(tmp_path / "st"))
+    assert shard.returncode == 0, shard.stderr
+    # A manifest the upgrade refuses (here: not a SQLite file any more): the script stops before any sbatch.
+    db.write_text("not a manifest")
+    proc = subprocess.run(["bash", "-c", made.stdout], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "nothing was submitted" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in record.iterdir()) == ["100", "101"]
 
 
 def test_run_slurm_without_sbatch_says_so(tmp_path):

@@ -337,6 +337,23 @@ class Manifest:
                                  fix="pass --db with the SQLite manifest the snapshots were written from")
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
+        a_file = next((folder for folder in self.path.parents if folder.exists() and not folder.is_dir()), None)
+        if a_file is not None:  # a shard took it (it reads no manifest there) and hashed the site for nothing
+            raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
+                             fix="pass --db with a path in a folder (or where one can be made)")
+
+    def schema_on_disk(self) -> int | None:
+        """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
+        or a merge starts the manifest in it). A folder, a path under a file, another program's database and a
+        manifest of a newer release are refused (UsageError / ManifestError), as every command refuses them."""
+        self.check_path()
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        with self._open() as con:
+            version = schema_version(con, str(self.path))
+        if version is not None and version > SCHEMA_VERSION:
+            raise too_new(version, str(self.path))
+        return version
 
     def require_file(self) -> None:
         """--db names a file that is there (what a command that only reads or extends a manifest checks first)."""
