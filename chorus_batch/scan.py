@@ -68,6 +68,10 @@ class ScanResult:
     # header facts parsed from the bytes hashed (scan(facts=True)): FACTS_SCHEMA (kind, md5, facts) in key order,
     # for the cache
     facts: pl.DataFrame | None = None
+    # the exclusion globs the scan applied, as (source, pattern) ("default" or "user"; Excludes.patterns): a merge
+    # refuses shards listed with other globs (one shard's extra --exclude left its files out of the version). None:
+    # not recorded (a scan result of an older release)
+    exclude_patterns: list[tuple[str, str]] | None = None
 
     @property
     def n_excluded(self) -> int:
@@ -85,7 +89,8 @@ class ScanResult:
         record = {"roots": self.roots, "scan_started_ns": self.scan_started_ns, "coverage": asdict(self.coverage),
                   "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
                   "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
-                  "excluded": self.excluded, "facts": self.facts is not None}
+                  "excluded": self.excluded, "facts": self.facts is not None,
+                  "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns]}
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
 
@@ -110,7 +115,9 @@ class ScanResult:
         return cls(files=listed, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
                    scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
-                   hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts(), facts=facts)
+                   hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts(), facts=facts,
+                   exclude_patterns=(None if record.get("exclude_patterns") is None
+                                     else [tuple(p) for p in record["exclude_patterns"]]))
 
     @staticmethod
     def read_files(folder: str | Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
@@ -139,6 +146,9 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
             where="merge", fix="run the missing shards (or remove duplicates) and merge again")
     if any(p.roots != first.roots for p in parts):
         raise UsageError("the shards scanned different roots", where="merge", fix="rerun every shard with the same settings")
+    if any(p.exclude_patterns != first.exclude_patterns for p in parts):
+        raise UsageError("the shards were listed with different exclusion globs", where="merge",
+                         fix="rerun every shard with the same --exclude / [run] exclude")
     stale = [p.coverage.shard for p in parts if p.based_on != first.based_on]
     if stale:
         raise UsageError(f"shards {stale} are based on another version than shard {first.coverage.shard}",
@@ -148,6 +158,7 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         scan_started_ns=min(p.scan_started_ns for p in parts), coverage=WHOLE_SITE, based_on=first.based_on,
         n_hashed=sum(p.n_hashed for p in parts), bytes_hashed=sum(p.bytes_hashed for p in parts),
         hash_s=max(p.hash_s for p in parts), excluded=_exclude.merge_counts([p.excluded for p in parts]),
+        exclude_patterns=first.exclude_patterns,
         # the shards' facts, if every shard parsed them (else validation reads what it lacks itself)
         facts=pl.concat([p.facts for p in parts]) if all(p.facts is not None for p in parts) else None)  # type: ignore[misc]
 
@@ -347,7 +358,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         errors=pl.concat([errors, hash_errors]),
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
         based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
-        excluded=excluded, facts=parsed)
+        excluded=excluded, facts=parsed, exclude_patterns=list(excludes.patterns))
 
 
 def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:

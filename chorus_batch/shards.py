@@ -49,8 +49,29 @@ def shard_folder(staging: str | Path, coverage: Coverage) -> Path:
 
 
 def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path) -> str:
-    return (f"chorus-batch run --site {shlex.quote(mask_url(settings.site))} --db {shlex.quote(str(settings.db))} "
-            f"--shard {coverage.shard}/{coverage.shards} --staging {shlex.quote(str(staging))}")
+    # with the merge's exclusions: a shard listed with other globs is refused by the merge (read_shards)
+    excludes = "".join(f" --exclude {shlex.quote(p)}" for p in dict.fromkeys(settings.exclude))
+    excludes += "" if settings.default_excludes else " --no-default-excludes"
+    return (f"chorus-batch run --site {shlex.quote(mask_url(settings.site))} --db {shlex.quote(str(settings.db))}"
+            f"{excludes} --shard {coverage.shard}/{coverage.shards} --staging {shlex.quote(str(staging))}")
+
+
+def _written_ns(folder: Path) -> int:
+    """When a shard folder was last written (its scan.json, else the folder): which split in a staging folder is the
+    latest."""
+    times = []
+    for path in (folder, folder / "scan.json"):
+        with contextlib.suppress(OSError):
+            times.append(path.stat().st_mtime_ns)
+    return max(times, default=0)
+
+
+def _patterns_text(patterns: list[tuple[str, str]] | None) -> str:
+    if patterns is None:
+        return "(not recorded: a shard of an older release)"
+    user = [p for source, p in patterns if source == "user"]
+    defaults = any(source == "default" for source, _p in patterns)
+    return (", ".join(repr(p) for p in user) or "no --exclude") + ("" if defaults else ", --no-default-excludes")
 
 
 @dataclass
@@ -186,10 +207,25 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     if not found:
         raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
                          fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
+    # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
+    # the others are left out and said, never merged with it, never a reason to refuse it.
+    shards = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
+    left_out = ""
     if len(found) > 1:
-        raise UsageError(f"{staging} holds shards of different splits ({', '.join(f'N={n}' for n in sorted(found))})",
-                         where="--merge", fix="use one staging folder per run of the shards")
-    (shards,) = found
+        from datetime import datetime, timezone
+
+        from .times import iso
+
+        def when(n: int) -> str:
+            return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
+
+        others = [f"{len(found[n])} shard folder(s) of a split into {n} (shard-*-of-{n}, last written {when(n)})"
+                  for n in sorted(found) if n != shards]
+        left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
+                    "they were left out")
+        log.warning(f"{left_out}; remove them: "
+                    + " ".join(f"rm -r {shlex.quote(str(staging))}/shard-*-of-{n}" for n in sorted(found) if n != shards))
+    expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
     problems: list[str] = []
     parts: list[ScanResult] = []
     stale_started: list[int] = []
@@ -207,6 +243,11 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"latest is {latest_label or '(none)'}: rerun it with: "
                             f"{rerun_command(settings, coverage, staging)}")
             continue
+        if part.exclude_patterns != expected_patterns:
+            problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
+                            f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
+                            f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
+            continue
         parts.append(part)
     merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
@@ -215,7 +256,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                          fix="nothing to do for these shards; to record the site as it is now, run the shards again "
                              "(or submit the Slurm script again), then merge")
     if problems:
-        raise UsageError("cannot merge: " + "; ".join(problems), where=str(staging),
+        raise UsageError("cannot merge: " + "; ".join(problems) + (f" ({left_out})" if left_out else ""),
+                         where=str(staging),
                          fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")
     merged = merge_scans(parts)
     folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]

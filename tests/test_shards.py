@@ -328,3 +328,43 @@ def test_a_shard_on_an_empty_manifest_file_starts_it_as_a_run_does(snapshots, tm
               "--staging", str(tmp_path / "other"))
     assert out.returncode == 2 and "a-file is a file, not a folder" in out.stderr, out.stderr
     assert not (tmp_path / "other" / "shard-0-of-4").exists()
+
+
+def test_shards_of_another_split_left_in_the_staging_folder_are_left_out_and_said(snapshots, tmp_path):
+    """A staging folder reused with another shard count (`--shard K/4` runs left there, then 2 shards): the merge
+    refused everything ("holds shards of different splits"). The latest written split is merged, the other is named
+    (how many, when) with the command that removes it, and never merged with it."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)  # a split into 4, left there
+    (staging / "shard-3-of-4" / "scan.json").unlink()  # (one of them even incomplete: not a reason to refuse)
+    for k in (0, 1):
+        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
+                   ).returncode == 0
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    assert "also holds 4 shard folder(s) of a split into 4" in out.stderr and "left out" in out.stderr
+    assert f"rm -r {staging}/shard-*-of-4" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    single = tmp_path / "single.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert manifest_view(db) == manifest_view(single)
+
+
+def test_a_shard_listed_with_other_exclusion_globs_is_refused_naming_it_and_its_rerun(snapshots, tmp_path):
+    """One shard ran with an extra --exclude: its files were silently left out of the merged version (removed, on
+    the next run). The completion record carries the globs; the merge names the shard and the command that reruns
+    it with the merge's own exclusions."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging, shards=(1, 2, 3))
+    out = cli("run", "--site", str(site), "--db", str(db), "--shard", "0/4", "--staging", str(staging),
+              "--exclude", "*.csv")
+    assert out.returncode == 0, out.stderr
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--exclude", "*.tmp")
+    assert out.returncode == 2, out.stderr
+    assert "shard 0/4 was listed with other exclusion globs ('*.csv') than this merge's ('*.tmp')" in out.stderr
+    assert f"--exclude '*.tmp' --shard 0/4 --staging {staging}" in out.stderr
+    assert "shard 1/4" in out.stderr and "nothing was committed" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    run_shards(site, db, staging, shards=(0, 1, 2, 3))
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
