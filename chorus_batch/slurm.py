@@ -45,6 +45,9 @@ MERGE_JOB = "chorus-merge"
 SUBMIT_JOB = "chorus-submit"
 MERGE_EXIT = "merge.exit"
 MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
+# What the script says when sbatch refuses a job (submit() recognises them: exit 2 with sbatch's own message)
+REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
+REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
 
 _MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
 _TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]+){0,2}$|^(?:UNLIMITED|INFINITE)$", re.IGNORECASE)
@@ -216,7 +219,7 @@ shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
 set -euo pipefail
 exec {shard_cmd}
 CHORUS_SHARD
-)
+) || {{ code=$?; echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
 shards_job=${{shards_job%%;*}}
 # Stopped now (Ctrl-C, SIGTERM), the shards' array would stay queued with no merge after it: cancelled instead.
 trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submitting; cancelled the job array $shards_job of the shards: nothing will be merged" >&2; exit 130' INT TERM HUP
@@ -231,7 +234,7 @@ code=$?
 printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"
 exit "$code"
 CHORUS_MERGE
-) || {{ scancel "$shards_job" || true; echo "chorus-batch: submitting the merge job failed; cancelled the shards' job array $shards_job" >&2; exit 1; }}
+) || {{ scancel "$shards_job" || true; echo "{REFUSED_MERGE}; cancelled the shards' job array $shards_job: nothing will be merged" >&2; exit 2; }}
 merge_job=${{merge_job%%;*}}
 trap - INT TERM HUP
 
@@ -481,11 +484,35 @@ def submit(script_text: str) -> Submitted:
         with contextlib.suppress(OSError):
             os.unlink(name)
     proc = subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
+    if proc.returncode != 0 and (REFUSED_ARRAY in proc.stderr or REFUSED_MERGE in proc.stderr):
+        raise _refused(proc.stderr)
     if proc.returncode != 0:
         raise ChorusError(f"submitting the Slurm jobs failed (exit code {proc.returncode})",
                           where=(proc.stderr or proc.stdout).strip() or "no output",
                           fix="read the message above; `chorus-batch slurm-script ... > job.sbatch && bash -x job.sbatch` shows each step")
     return parse_submitted(proc.stdout)
+
+
+def _refused(stderr: str) -> UsageError:
+    """sbatch refused the array (more tasks than the cluster's MaxArraySize, a QOS limit on submitted jobs, a
+    partition or account it does not know) or the merge job: sbatch's own message, and what to do."""
+    said = [line.strip() for line in stderr.splitlines() if line.strip()]
+    sbatch = "; ".join(line for line in said if not line.startswith("chorus-batch:")) or "(sbatch printed nothing)"
+    ours = next(line for line in said if line.startswith((REFUSED_ARRAY, REFUSED_MERGE)))
+    array = ours.startswith(REFUSED_ARRAY)
+    tasks = re.search(r"\((\d+) tasks", ours)
+    low = sbatch.lower()
+    if array and ("array" in low or "maxarraysize" in low or "maxsubmit" in low or "job limit" in low):
+        fix = (f"give fewer --shards than {tasks.group(1) if tasks else 'these'} (a cluster's MaxArraySize caps an "
+               "array at MaxArraySize - 1 tasks; `scontrol show config | grep -i MaxArraySize` shows it, and a QOS "
+               "may cap the jobs one user has queued), or ask the cluster's administrators to raise the limit")
+    else:
+        fix = ("change what sbatch names (--partition, --account, --mem, --time, --cpus-per-task; `sinfo` and "
+               "`sacctmgr show assoc user=$USER` show what this cluster takes), or ask the cluster's administrators")
+    what = ("sbatch refused the shards' job array" if array else
+            "sbatch refused the merge job (the shards' job array was cancelled)")
+    return UsageError(f"{what}: {sbatch}; " + ("nothing was submitted and " if array else "") + "nothing was committed",
+                      where="sbatch" + (f" --array=0-{int(tasks.group(1)) - 1}" if array and tasks else ""), fix=fix)
 
 
 def _withdraw(script: subprocess.Popen) -> str:

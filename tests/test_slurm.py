@@ -582,3 +582,25 @@ def test_run_slurm_piped_to_head_follows_to_the_end_and_exits_with_the_merges_co
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     slurm.wait_idle()
+
+
+def test_an_array_sbatch_refuses_is_said_with_sbatchs_message_and_what_to_do(slurm, tmp_path):
+    """More shards than the cluster's MaxArraySize (1001 by default: at most tasks 0-1000): sbatch refuses the array.
+    `run --slurm` said "submitting the Slurm jobs failed (exit code 1)", exit 3, and sent the user to `bash -x`; now
+    sbatch's own message, what to do (fewer --shards, or the administrators), exit 2, nothing submitted or committed.
+    An unknown partition alike, with its own fix."""
+    site = tmp_path / "site"
+    site.mkdir()
+    db = tmp_path / "m.sqlite"
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "1002", "--staging",
+               str(tmp_path / "st"), env={**slurm.env}, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "sbatch refused the shards' job array: sbatch: error: Batch job submission failed:" in proc.stderr
+    assert "give fewer --shards than 1002" in proc.stderr and "MaxArraySize" in proc.stderr
+    assert "nothing was submitted and nothing was committed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not db.exists() and slurm.active() == []
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", "--partition", "nosuch",
+               "--staging", str(tmp_path / "st"), env={**slurm.env}, timeout=120)
+    assert proc.returncode == 2 and "sbatch refused the shards' job array: sbatch: error:" in proc.stderr, proc.stderr
+    assert "--partition" in proc.stderr and "nothing was committed" in proc.stderr
+    assert slurm.active() == []
