@@ -198,7 +198,7 @@ fi
 # anything is submitted (a no-op when it is current; no manifest yet: the merge starts it).
 db={shlex.quote(db)}
 if [ -s "$db" ]; then
-    "$python" -m chorus_batch upgrade --db "$db" >&2 || {{
+    "$python" -m chorus_batch upgrade --db "$db" >/dev/null || {{  # (an upgrade is said on stderr)
         code=$?
         echo "chorus-batch: the manifest $db could not be checked or upgraded to this release's schema (see above): nothing was submitted" >&2
         exit "$code"
@@ -490,6 +490,9 @@ def submit(script_text: str) -> Submitted:
         raise ChorusError(f"submitting the Slurm jobs failed (exit code {proc.returncode})",
                           where=(proc.stderr or proc.stdout).strip() or "no output",
                           fix="read the message above; `chorus-batch slurm-script ... > job.sbatch && bash -x job.sbatch` shows each step")
+    if proc.stderr.strip():  # what the submission said beside the job ids (the manifest upgraded before it)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(proc.stderr if proc.stderr.endswith("\n") else proc.stderr + "\n")
     return parse_submitted(proc.stdout)
 
 

@@ -219,6 +219,7 @@ def test_the_script_upgrades_an_older_manifest_before_it_submits(tmp_path):
     proc = subprocess.run(["bash", "-c", made.stdout], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert f"upgraded the manifest {db} from schema 2 to {SCHEMA_VERSION}" in proc.stderr, proc.stderr
     assert sorted(p.name for p in record.iterdir()) == ["100", "101"]
     shard = cli("run", "--site", str(site), "--db", str(db), "--shard", "0/2", "--staging", str(tmp_path / "st"))
     assert shard.returncode == 0, shard.stderr
