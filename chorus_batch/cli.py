@@ -1389,11 +1389,14 @@ def _refuse_empty_values(command: argparse.ArgumentParser, args: argparse.Namesp
                           + (f", or leave {name} out" if action.option_strings and not action.required else ""))
 
 
-NOTHING_COMMITTED = "nothing was committed; the previous version is intact"
+# Said when the command does not know more (a run that stopped before it opened its manifest says which version
+# stays, or that a first run wrote none: pipeline.nothing_committed): true on a first run as on a later one.
+NOTHING_COMMITTED = "nothing was committed; the manifest holds what it held before (`chorus-batch versions` lists it)"
 # Commands that write something else than a version: what stays when they stop early.
 _LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
 NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
-                 "import-journal": "no manifest was written (an import builds it in a temporary file it removes)"}
+                 "import-journal": "no manifest was written (an import builds it in a temporary file it removes)",
+                 "status": "nothing was written (status only reads)"}
 
 
 def main(argv: list[str] | None = None) -> int:

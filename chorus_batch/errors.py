@@ -34,7 +34,7 @@ exit codes:
        mark-uploaded: blobs not recorded, log lines not understood, or nothing recorded;
        import-journal: parts of the journal could not be mapped; import-config: warnings)
   2    bad usage or configuration (nothing was done)
-  3    failure (nothing was committed; the previous version is intact; upload: what was confirmed
+  3    failure (nothing was committed: the latest version stays, or a first run wrote none; upload: what was confirmed
        is recorded, the same command resumes; import-journal: no manifest was written)
   4    the manifest is locked by another run (its holder is named; for a manifest in Azure whose
        holder died, `chorus-batch unlock --db az://...` breaks the lock)

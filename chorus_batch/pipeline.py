@@ -6,6 +6,7 @@ only opens the roots, takes the lock, logs the run, and wires the stages togethe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -116,9 +117,13 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
         return _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
+    # What stays when the run stops before its commit, said truthfully: a first run has no previous version.
+    kept = nothing_committed(None) if not manifest.path.exists() or not manifest.path.stat().st_size else None
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
             manifest.ensure_schema()
+            latest = manifest.latest_version()
+            kept = nothing_committed(latest["label"] if latest else None)
             run_id = manifest.begin_run(redact(argv), settings.mode, site)
             try:
                 with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
@@ -154,7 +159,21 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
         manifest.log_refused_run(redact(argv), settings.mode, site, int(exc.exit_code), exc.what)
         raise
+    except BaseException as exc:  # stopped before its commit: say what the manifest holds (the command line prints it)
+        said = kept is not None and getattr(exc, "committed", None) is None and getattr(exc, "outcome", None) is None
+        if said and (isinstance(exc, (KeyboardInterrupt, Stopped)) or not isinstance(exc, ChorusError)
+                     or exc.exit_code == ExitCode.FAILED):
+            with contextlib.suppress(AttributeError, TypeError):  # (an exception type that takes no attributes)
+                exc.outcome = kept  # type: ignore[union-attr]
+        raise
     return result
+
+
+def nothing_committed(latest: str | None) -> str:
+    """What a run stopped before its commit leaves: the previous version, or (a first run) no version at all."""
+    if latest is None:
+        return "nothing was committed: no version was written, and the manifest holds none yet"
+    return f"nothing was committed; version {latest} stays the latest"
 
 
 def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:

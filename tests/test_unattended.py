@@ -149,6 +149,8 @@ def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word):
     out, err = proc.communicate(timeout=30)  # returns: no worker keeps the caller's pipes open
     assert proc.returncode == code, err
     assert word in err and "nothing was committed" in err and "Traceback" not in err
+    # a first run: there is no previous version to be "intact"
+    assert "no version was written, and the manifest holds none yet" in err and "intact" not in err, err
     deadline = time.monotonic() + 10
     while any(alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -176,6 +178,18 @@ def test_a_signal_while_the_libraries_load_stops_the_early_listing(site, db):
     assert "terminated" in err and "nothing was committed" in err and "Traceback" not in err
     assert not any(alive(p) for p in walkers)  # stopped before the command returned
     assert run(site, db, "-q").returncode == 0
+
+
+def test_a_signal_on_a_later_run_says_which_version_stays(site, db):
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    (label,), = query(db, "SELECT label FROM versions")
+    proc, _ = paused_at_hashing(site, db)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert f"nothing was committed; version {label} stays the latest" in err and "intact" not in err, err
+    assert query(db, "SELECT label FROM versions") == [(label,)]
 
 
 def test_workers_die_with_a_killed_parent(site, db):
