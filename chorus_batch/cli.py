@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import (EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, note_signal, out_of_memory,
-                     signals_unwrapped)
+from .errors import (EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start, note_signal,
+                     out_of_memory, signals_unwrapped)
+from .faults import pause
 from .units import shown, shown_name, shown_text
+
+pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -1406,6 +1409,7 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import setup_logging
 
     setup_logging(verbose=args.verbose, quiet=args.quiet)
+    pause("arguments-read")  # (tests: Ctrl-C before the command's own handling begins)
     _stop_on_signals()
     stdout, sys.stdout = sys.stdout, _Output(sys.stdout)  # type: ignore[assignment]
     code = int(ExitCode.OK)
@@ -1558,9 +1562,12 @@ def entry() -> None:
     from .fsutil import standard_streams_open
 
     standard_streams_open()  # first: before any file or pipe can take descriptor 0, 1 or 2
-    in_utf8_mode()
-    return_freed_memory()
-    code = main()
+    try:  # Ctrl-C before main's own handling begins (arguments read, handlers installed): one line, exit 130
+        in_utf8_mode()
+        return_freed_memory()
+        code = main()
+    except KeyboardInterrupt:
+        interrupted_at_start()
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:  # (closed at start: >&-)

@@ -45,6 +45,20 @@ exit codes:
        unless a line above says a version was committed before the signal arrived"""
 
 
+def interrupted_at_start() -> None:
+    """Ctrl-C before a command began (Python loading the command line, its arguments being read): one line, exit
+    130, never a traceback. Nothing was read or written yet."""
+    import os
+    import sys
+
+    try:
+        print("chorus-batch: interrupted (Ctrl-C) while starting, before the command began; nothing was done",
+              file=sys.stderr, flush=True)
+    except (OSError, ValueError, AttributeError):  # stderr closed: the exit code says it
+        pass
+    os._exit(int(ExitCode.INTERRUPTED))
+
+
 class ChorusError(Exception):
     """Base of all expected errors: a message, the place, and the fix."""
 

@@ -308,3 +308,28 @@ def test_a_stage_stopped_by_a_signal_or_an_error_does_not_say_done(batch_progres
                               if "done in" in r.getMessage() or "stopped after" in r.getMessage()))
     assert len(last) == 2 and "3/8 files" in last[0] and "done in" in last[0], last
     assert "stopped after" in last[1] and "done" not in last[1], last
+
+
+# ----------------------------------------------------------------------------- Ctrl-C while starting
+
+
+@pytest.mark.parametrize("point", ["start-up", "arguments-read"])
+@pytest.mark.parametrize("argv", [["run", "--demo"], ["status"], ["files"], ["versions"], ["report", "--out", "r.html"],
+                                  ["testdata", "out"], ["import-config", "config.toml"], []])
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(tmp_path, point, argv):
+    """SIGINT while Python loads the command line (its modules), or after the arguments are read and before the
+    command's own handling begins, printed a KeyboardInterrupt traceback (exit -2)."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", *argv], cwd=tmp_path,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert f"test pause at {point}" in line, line + proc.communicate(timeout=60)[1]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "chorus-batch: interrupted (Ctrl-C) while starting, before the command began; nothing was done"], err
+    assert list(tmp_path.iterdir()) == []  # nothing written
