@@ -300,6 +300,7 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="run `chorus-batch run` first, or pass --db with the manifest's path")
+    manifest.require_file()  # an empty file is not made a manifest
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}

@@ -380,3 +380,32 @@ def test_every_spelling_of_a_local_root_records_the_same_rows(tmp_path):
     out = cli("run", "--site", "file://" + str(root), "--db", str(tmp_path / "x.sqlite"), cwd=tmp_path)
     assert out.returncode == 2 and "its %-escapes decoded" in out.stderr and "write each '%'" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "x.sqlite").exists()
+
+
+@pytest.mark.parametrize("argv", [["status", "--site", "SITE"], ["files"], ["versions"], ["changes"], ["history", "a.csv"],
+                                  ["report", "--out", "r.html"], ["validate"], ["registry", "--out", "reg"],
+                                  ["verify", "--to", "az://c/"], ["upload", "--to", "az://c/"]])
+def test_an_empty_db_file_is_said_to_be_no_manifest_and_left_empty_by_every_reading_command(tmp_path, argv):
+    """`validate` and `registry` took the lock and wrote a whole manifest's tables into the user's 0-byte file (then
+    said 'no versions yet'); the others called it 'the manifest ... is empty'. Now: exit 2, the file left at 0 bytes."""
+    site = tmp_path / "site"
+    (site / "OMOP").mkdir(parents=True)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    db = tmp_path / "empty.sqlite"
+    db.touch()
+    out = cli(*[str(site) if word == "SITE" else word for word in argv], "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "empty file (0 bytes), not a manifest" in out.stderr and "fix:" in out.stderr, out.stderr
+    assert db.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite", "site"]
+
+
+def test_run_starts_a_new_manifest_in_an_empty_db_file(tmp_path):
+    """As the README says (exit code 2's row): `run` takes an empty file as it takes a path where nothing is."""
+    site = tmp_path / "site"
+    (site / "OMOP").mkdir(parents=True)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    db = tmp_path / "empty.sqlite"
+    db.touch()
+    out = cli("run", "--site", str(site), "--db", str(db), "-q", "--no-validate", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert cli("versions", "--db", str(db)).returncode == 0

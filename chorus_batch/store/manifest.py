@@ -355,14 +355,33 @@ class Manifest:
             raise too_new(version, str(self.path))
         return version
 
+    def is_empty_file(self) -> bool:
+        """The path is a file of 0 bytes with no commits waiting in a -wal beside it: not a manifest (yet)."""
+        try:
+            if not self.path.is_file() or self.path.stat().st_size:
+                return False
+            wal = Path(f"{self.path}-wal")
+            return not (wal.exists() and wal.stat().st_size > 0)
+        except OSError:
+            return False
+
     def require_file(self) -> None:
-        """--db names a file that is there (what a command that only reads or extends a manifest checks first)."""
+        """--db names a manifest file that is there (what a command that only reads or extends a manifest checks
+        first, before it opens it: SQLite would make an empty file a database, and a locked command's
+        ensure_schema wrote a whole manifest's tables into it)."""
         self.check_path()
         if not self.path.exists():  # a --db that names nothing: a usage error, as in upgrade, validate and registry
             raise UsageError(
                 f"no manifest at {self.path}",
                 where=str(self.path),
                 fix="run `chorus-batch run` first, or pass --db with the manifest's path",
+            )
+        if self.is_empty_file():
+            raise UsageError(
+                f"--db names an empty file (0 bytes), not a manifest: {self.path}; it was left as it is",
+                where=str(self.path),
+                fix="pass --db with the manifest's path; or commit a first version into it with "
+                    f"`chorus-batch run --site DIR --db {self.path}` (run starts a new manifest in an empty file)",
             )
 
     def require(self) -> None:

@@ -257,6 +257,7 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="pass --site DIR to check a folder that has no manifest yet, or --db with the manifest")
+    manifest.require_file()  # an empty file is not made a manifest
     for location in (overrides or {}).values():  # named on purpose (--site): a typo is refused, cached findings or not
         open_source(location, workers=workers, cloud=cloud).check()
     if not force:  # findings already stored are read without the lock (a reviewer with read access; during a run)
