@@ -409,3 +409,40 @@ def test_run_starts_a_new_manifest_in_an_empty_db_file(tmp_path):
     out = cli("run", "--site", str(site), "--db", str(db), "-q", "--no-validate", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert cli("versions", "--db", str(db)).returncode == 0
+
+
+def _readme_exit_codes() -> set[int]:
+    text = (ROOT / "README.md").read_text()
+    table = text.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    codes: set[int] = set()
+    for row in table.splitlines()[2:]:  # after the header and its rule
+        cell = row.split("|")[1]
+        codes |= {int(code) for code in cell.replace(" ", "").split(",")}
+    return codes
+
+
+def test_the_readmes_exit_code_table_and_the_codes_the_command_line_uses_agree_both_ways():
+    """Every code the code can exit with is a row of the README's table (and of --help's list), and every row is a
+    code the code uses: ExitCode's members, and the numbers cli.py's commands return themselves."""
+    import ast
+    import re
+
+    from chorus_batch.errors import EXIT_CODES_HELP, ExitCode
+
+    documented = _readme_exit_codes()
+    members = {int(code) for code in ExitCode}
+    tree = ast.parse((ROOT / "chorus_batch" / "cli.py").read_text())
+    literal = {node.value.value for node in ast.walk(tree) if isinstance(node, ast.Return)
+               and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)
+               and not isinstance(node.value.value, bool)}
+    # ExitCode.NAME in every module names a member (an AttributeError otherwise only when that line runs)
+    named = set()
+    for path in (ROOT / "chorus_batch").rglob("*.py"):
+        named |= set(re.findall(r"ExitCode\.([A-Z_]+)", path.read_text()))
+    assert named <= set(ExitCode.__members__), named - set(ExitCode.__members__)
+    used = members | literal
+    assert used <= documented, f"exit codes used but not in the README's table: {sorted(used - documented)}"
+    assert documented <= used, f"README rows no code exits with: {sorted(documented - used)}"
+    in_help = {int(code) for code in re.findall(r"^\s+(\d+)\s", EXIT_CODES_HELP.split("\n", 1)[1], re.M)}
+    in_help |= {int(code) for code in re.findall(r"; (\d+) \w", EXIT_CODES_HELP)}
+    assert in_help == documented, (sorted(in_help), sorted(documented))
