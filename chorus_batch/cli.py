@@ -29,6 +29,8 @@ pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
 DEMO_DB = "chorus_demo_manifest.sqlite"
 DEFAULT_DB = "chorus_manifest.sqlite"
+# The commands that read a manifest and take --demo, to look at what `run --demo` wrote (it suggests some of them).
+DEMO_READERS = ("status", "versions", "changes", "files", "diff", "history", "report", "review", "validate", "registry")
 # --db of the commands that read a manifest: the demo's is read only when nothing else is there, and they say so.
 READ_DB_DEFAULT = (f"(default: from chorus.toml, else ./{DEFAULT_DB}, else ./{DEMO_DB} as `run --demo` writes it; "
                    "the command then says which one it reads)")
@@ -504,6 +506,11 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("config_file", metavar="CONFIG", help="chorus-upload's config.toml")
     cfg.add_argument("--out", metavar="FILE", help="write the chorus.toml to FILE (mode 0600) instead of stdout")
     cfg.add_argument("--force", action="store_true", help="with --out: replace FILE if it exists")
+    for name in DEMO_READERS:  # what `run --demo` suggests next
+        sub.choices[name].add_argument(
+            "--demo", action="store_true",
+            help=f"read the demo's manifest, ./{DEMO_DB} as `run --demo` writes it (or --db)"
+                 + ("; its site is the demo site" if name in ("status", "validate", "registry") else ""))
     return parser
 
 
@@ -591,13 +598,19 @@ def _resolve(args: argparse.Namespace) -> _Target:
 
     if getattr(args, "db", None):
         check_manifest_location(args.db, "--db")
-    if getattr(args, "demo", False):  # `run --demo`: the demo site, whatever chorus.toml here says
+    if getattr(args, "demo", False):  # `run --demo` (and the commands that read what it wrote): the demo site
         given = [flag for flag in ("site", "config", "merge", "shard", "staging", "slurm") if getattr(args, flag, None)]
         if given:
             flags = ", ".join("--" + flag for flag in given)
-            raise UsageError(f"--demo runs on the demo site; it does not go with {flags}", where="run --demo",
-                             fix=f"leave out --demo to run on your site, or leave out {flags} to run the demo")
-        return _Target(config=ConfigFile(), site=None, db=args.db or DEMO_DB, db_given=bool(args.db), demo=True)
+            doing = "runs on" if args.command == "run" else "reads the manifest of"
+            raise UsageError(f"--demo {doing} the demo site; it does not go with {flags}", where=f"{args.command} --demo",
+                             fix=f"leave out --demo to work on your site, or leave out {flags} for the demo")
+        db = args.db or DEMO_DB
+        if args.command != "run" and not Path(db).exists():
+            raise UsageError(f"no demo manifest at {Path(db).resolve()}", where="--demo" + (" --db" if args.db else ""),
+                             fix="run `chorus-batch run --demo` in this folder first (it writes "
+                                 f"./{DEMO_DB}), or pass --db with the manifest it wrote")
+        return _Target(config=ConfigFile(), site=None, db=db, db_given=bool(args.db), demo=True)
     if getattr(args, "db", None) == "":  # (an unset shell variable): never quietly the default manifest
         raise UsageError("--db is empty", where="--db", fix="give the manifest's path, or leave out --db for the default")
     path = config_path(getattr(args, "config", None))
@@ -620,6 +633,8 @@ def _resolve(args: argparse.Namespace) -> _Target:
         if db == DEMO_DB:
             print(f"chorus-batch: reading the demo's manifest {Path(DEMO_DB).resolve()} (no --db, no chorus.toml and "
                   f"no ./{DEFAULT_DB} here)", file=sys.stderr)
+            # status checks the demo site against it, as `status --demo` does (it said "no site given")
+            return _Target(config=config, site=None, db=db, db_given=False, demo=True)
     return _Target(config=config, site=site, db=db, db_given=db_given, demo=False)
 
 
@@ -778,7 +793,10 @@ def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> Non
         if args.verbose:
             print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
         if demo:
+            db = "" if args.db is None else f" --db {shlex.quote(args.db)}"
             print(f"\nThis was the demo site ({settings.site}); its manifest is {Path(settings.db).resolve()}.\n"
+                  f"Look at it (from this folder) with: chorus-batch versions --demo{db}, chorus-batch files --demo{db}, "
+                  f"chorus-batch status --demo{db}, chorus-batch report --demo{db} --out report.html\n"
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
 

@@ -102,6 +102,34 @@ def test_read_only_commands_say_when_they_read_the_demo_manifest_and_run_never_w
     assert out.returncode == 0 and "demo" not in out.stderr
 
 
+@pytest.mark.parametrize("db", [None, "elsewhere/demo.sqlite"])
+def test_the_commands_run_demo_suggests_next_read_its_manifest(tmp_path, db):
+    """`status --demo` (what a user tries after `run --demo`) was 'unrecognized argument --demo', and `status` alone
+    read the demo's manifest but said 'no site given'. run --demo now names commands that work, and they do."""
+    import shlex
+
+    before = cli("versions", "--demo", cwd=tmp_path)
+    assert before.returncode == 2 and "chorus-batch run --demo" in before.stderr, before.stderr
+    with_db = [] if db is None else ["--db", db]
+    if db:
+        (tmp_path / "elsewhere").mkdir()
+    out = cli("run", "--demo", *with_db, "--no-validate", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    suggested = out.stdout.split("Look at it (from this folder) with: ", 1)[1].split("\n", 1)[0].split(", ")
+    assert len(suggested) >= 3 and any(line.startswith("chorus-batch status --demo") for line in suggested)
+    for line in suggested:
+        argv = shlex.split(line)
+        assert argv[:1] == ["chorus-batch"] and "--demo" in argv
+        done = cli(*argv[1:], "-q", cwd=tmp_path)
+        assert done.returncode == 0, (line, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert (tmp_path / "report.html").stat().st_size > 0
+    if db is None:  # the demo's manifest read by default: status checks the demo site against it
+        done = cli("status", "-q", cwd=tmp_path)
+        assert done.returncode == 0 and "demo's manifest" in done.stderr, done.stderr
+    assert cli("status", "--demo", "--site", str(tmp_path), cwd=tmp_path).returncode == 2
+
+
 # ----------------------------------------------------------------------------- --version
 
 
