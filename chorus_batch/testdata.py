@@ -88,7 +88,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError, WriteError
+from .errors import Stopped, UsageError, WriteError
+from .faults import pause
 from .fsutil import cannot_write, private_folder
 
 _EPOCH = datetime(2020, 1, 1)
@@ -1022,6 +1023,7 @@ def _parallel(spec: Spec, workers: int) -> bool:
 def write_snapshot(root: str | Path, spec: Spec, *, second: bool = False, workers: int = 1) -> int:
     """Write one snapshot; large ones are written by worker processes. Returns the number of files."""
     root = str(private_folder(root))
+    pause("testdata-second" if second else "testdata-first")  # (tests: a signal while a snapshot is written)
     if not _parallel(spec, workers):
         n, summaries = _write_persons(root, spec, list(range(spec.persons)), second)
     else:
@@ -1046,12 +1048,27 @@ def make_testdata(out: str | Path, spec: Spec, *, workers: int = 1) -> tuple[int
     except OSError as exc:
         raise cannot_write(out, exc) from None
     private_folder(out)
+    a = None
     try:
         a = write_snapshot(out / "first", spec, second=False, workers=workers)
         b = write_snapshot(out / "second", spec, second=True, workers=workers)
     except OSError as exc:  # a full disk, or a file system gone read-only meanwhile
-        raise (exc if isinstance(exc, WriteError) else cannot_write(out, exc)) from None
+        failed = exc if isinstance(exc, WriteError) else cannot_write(out, exc)
+        failed.outcome = _left_behind(out, a)  # type: ignore[attr-defined]
+        raise failed from None
+    except (KeyboardInterrupt, Stopped) as exc:  # Ctrl-C, SIGTERM: what is on disk, said in the one line printed
+        exc.outcome = _left_behind(out, a)  # type: ignore[union-attr]
+        raise
     return a, b
+
+
+def _left_behind(out: Path, first: int | None) -> str:
+    """What a testdata stopped midway leaves: `first` files of OUT/first when it was complete."""
+    again = f"remove {out} (testdata writes into a new or empty folder only) and run the same command again"
+    second = f"{out / 'second'} is incomplete" if (out / "second").exists() else f"{out / 'second'} was not written"
+    if first is None:
+        return f"{out / 'first'} is incomplete and {second}; {again}"
+    return f"{out / 'first'} is complete ({first:,} files), {second}; {again}"
 
 
 def _sync_persons(root: str, spec: Spec, persons: list[int]) -> tuple[int, list, list]:

@@ -599,3 +599,31 @@ def test_size_takes_a_byte_count_as_the_settings_do(tmp_path):
     assert dat.stat().st_size == 2048
     bad = cli("testdata", str(tmp_path / "u"), "--size", "two")
     assert bad.returncode == 2 and "'two' is not a byte count" in bad.stderr
+
+
+@pytest.mark.parametrize("point, said", [
+    ("testdata-first", "{out}/first is incomplete and {out}/second was not written"),
+    ("testdata-second", "{out}/first is complete (30 files), {out}/second is incomplete"),
+])
+def test_testdata_stopped_by_ctrl_c_says_in_one_line_what_was_written(tmp_path, point, said):
+    """Ctrl-C in testdata said 'nothing was committed; the previous version is intact' (it has no manifest); now one
+    line: which snapshot is complete, which is not, and what to do."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "testdata", str(out), "--persons", "3",
+                             "--files-per-person", "4"], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    if f"test pause at {point}" not in line:
+        proc.kill()
+        raise AssertionError(line + proc.communicate(timeout=60)[1])
+    proc.send_signal(signal.SIGINT)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"chorus-batch: interrupted; {said.format(out=out)}; remove {out} (testdata "
+                                        "writes into a new or empty folder only) and run the same command again"], err
+    assert stdout == ""
