@@ -342,7 +342,7 @@ def test_a_stage_stopped_by_a_signal_or_an_error_does_not_say_done(batch_progres
 
 
 @pytest.mark.parametrize("point", ["start-up", "arguments-read"])
-@pytest.mark.parametrize("argv", [["run", "--demo"], ["status"], ["files"], ["versions"], ["report", "--out", "r.html"],
+@pytest.mark.parametrize("argv", [["run", "--demo"], ["status", "--demo"], ["files"], ["versions"], ["report", "--out", "r.html"],
                                   ["testdata", "out"], ["import-config", "config.toml"], []])
 def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(tmp_path, point, argv):
     """SIGINT while Python loads the command line (its modules), or after the arguments are read and before the
