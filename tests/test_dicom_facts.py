@@ -113,14 +113,8 @@ def test_a_transfer_syntax_that_disagrees_with_the_dataset_goes_to_dcmread(monke
     assert facts(relabelled) == by_dcmread(relabelled, monkeypatch)
 
 
-PLAIN = [dicom(ExplicitVRLittleEndian, PatientBirthDate="19700101"), dicom(ImplicitVRLittleEndian, OtherPatientIDs="X1")]
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(base=st.sampled_from(PLAIN), edits=st.lists(st.tuples(
-    st.sampled_from(["flip", "cut", "insert", "delete"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
-    min_size=1, max_size=4))
-def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
+def damaged(base: bytes, edits) -> bytes:
+    """`base` with each (edit, where, payload) applied: bytes overwritten, the file cut, bytes inserted or deleted."""
     data = bytearray(base)
     for edit, where, payload in edits:
         at = where % max(len(data), 1)
@@ -132,8 +126,10 @@ def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
             data[at:at] = payload
         else:
             del data[at: at + len(payload)]
-    data = bytes(data)
-    assert facts(data) == by_dcmread(data, monkeypatch)
+    return bytes(data)
+
+
+PLAIN = [dicom(ExplicitVRLittleEndian, PatientBirthDate="19700101"), dicom(ImplicitVRLittleEndian, OtherPatientIDs="X1")]
 
 
 class Trickle(io.RawIOBase):
@@ -263,23 +259,12 @@ def test_reading_a_plain_header_does_not_import_pydicom():
 SEQUENCED = [with_sequences(), with_sequences(JPEGBaseline8Bit, nested=False, PatientBirthDate="19700101")]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(base=st.sampled_from(SEQUENCED), edits=st.lists(st.tuples(
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(base=st.sampled_from(PLAIN + SEQUENCED), edits=st.lists(st.tuples(
     st.sampled_from(["flip", "cut", "insert", "delete"]), st.integers(0, 10_000), st.binary(min_size=1, max_size=8)),
     min_size=1, max_size=4))
-def test_damaged_files_with_sequences_give_what_dcmread_gives(base, edits, monkeypatch):
-    data = bytearray(base)
-    for edit, where, payload in edits:
-        at = where % max(len(data), 1)
-        if edit == "flip":
-            data[at: at + len(payload)] = payload
-        elif edit == "cut":
-            del data[at:]
-        elif edit == "insert":
-            data[at:at] = payload
-        else:
-            del data[at: at + len(payload)]
-    data = bytes(data)
+def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
+    data = damaged(base, edits)
     assert facts(data) == by_dcmread(data, monkeypatch)
     fast = walked(data)
     if fast is not None:  # what it decides, it decides as pydicom's generator does

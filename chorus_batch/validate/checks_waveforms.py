@@ -182,13 +182,10 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
              _mapped=pl.col("sampling_rate").unique().sort().cast(pl.String).str.join(" or "))
         .filter(~pl.col("_agree"))
         .sort("sig_name", "_rate")
-        .group_by("_record", "_stem", "_map")
-        .agg(fmt("{} {} Hz in the header, {} Hz in the mapping", pl.col("sig_name"), pl.col("_rate"),
-                       pl.col("_mapped")).alias("_told"))
     )
-    out.append(_found("wfdb.mapping_rate", rates, "_record", fmt(
-        "record {}: sampling rates differ from {} ({}): give each signal's nominal sampling rate in the mapping, or "
-        "fix the header", pl.col("_stem"), pl.col("_map"), pl.col("_told").list.head(10).list.join("; "))))
+    out.append(_mapping_disagrees("wfdb.mapping_rate", rates, "sampling rates", fmt(
+        "{} {} Hz in the header, {} Hz in the mapping", pl.col("sig_name"), pl.col("_rate"), pl.col("_mapped")),
+        "give each signal's nominal sampling rate in the mapping, or fix the header"))
     units = (
         both.filter(pl.col("units").is_not_null() & (pl.col("_units") != ""))
         .with_columns(_hunits=_units_key(pl.col("units")))
@@ -197,14 +194,19 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
              _mapped=pl.col("_units").unique().sort().str.join(" or "))
         .filter(~pl.col("_agree"))
         .sort("sig_name")
-        .group_by("_record", "_stem", "_map")
-        .agg(fmt("{} {} in the header, {} in the mapping", pl.col("sig_name"), pl.col("_header_units"),
-                       pl.col("_mapped")).alias("_told"))
     )
-    out.append(_found("wfdb.mapping_units", units, "_record", fmt(
-        "record {}: units differ from {} ({}): give each signal's units in the mapping as the data holds them, or "
-        "fix the header", pl.col("_stem"), pl.col("_map"), pl.col("_told").list.head(10).list.join("; "))))
+    out.append(_mapping_disagrees("wfdb.mapping_units", units, "units", fmt(
+        "{} {} in the header, {} in the mapping", pl.col("sig_name"), pl.col("_header_units"), pl.col("_mapped")),
+        "give each signal's units in the mapping as the data holds them, or fix the header"))
     return out
+
+
+def _mapping_disagrees(rule: str, disagreeing: pl.LazyFrame, what: str, told: pl.Expr, fix: str) -> pl.LazyFrame:
+    """One finding per record of the signals in `disagreeing` (header against mapping), each `told`, ten at most."""
+    by_record = disagreeing.group_by("_record", "_stem", "_map").agg(told.alias("_told"))
+    return _found(rule, by_record, "_record", fmt(
+        f"record {{}}: {what} differ from {{}} ({{}}): {fix}", pl.col("_stem"), pl.col("_map"),
+        pl.col("_told").list.head(10).list.join("; ")))
 
 
 def _sessions(site: _Site, across: _Across) -> list[pl.LazyFrame]:
