@@ -202,3 +202,26 @@ def test_a_manifest_reader_opened_before_a_run_commits_still_reads_its_version_w
     again = open_manifest(db)
     assert again.files()["srcfile"].to_list() == again.files("v4")["srcfile"].to_list()
     assert "OMOP/visit_occurrence.csv" in again.files()["srcfile"].to_list()
+
+
+def test_a_marked_snapshot_is_known_whole_without_reading_its_parts(site, tmp_path, monkeypatch):
+    """Each run asks every version's snapshot whether it is whole: reading five Parquet footers and schemas a version
+    grew with a site's versions (nightly runs: thousands). The mark written after the parts answers with a few
+    stats; a snapshot without it (an older release's) is read whole once, then marked; a part changed since is
+    read whole."""
+    from chorus_batch.store import snapshots
+
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    labels = three_versions(site, db, snaps)
+    versions = {row["label"]: row for row in Manifest(db).versions().iter_rows(named=True)}
+    assert all((snaps / f"version={label}" / snapshots.SNAPSHOT_MARK).is_file() for label in labels)
+    read = []
+    real = snapshots._part_rows
+    monkeypatch.setattr(snapshots, "_part_rows", lambda part, schema: read.append(part) or real(part, schema))
+    assert all(has_snapshot(label, str(snaps), versions[label]) for label in labels)
+    assert read == []
+
+    (snaps / "version=v1" / snapshots.SNAPSHOT_MARK).unlink()  # as an older release left it
+    assert has_snapshot("v1", str(snaps), versions["v1"]) and len(read) == len(snapshots.SNAPSHOT_PARTS)
+    assert (snaps / "version=v1" / snapshots.SNAPSHOT_MARK).is_file()  # marked now: not read again
+    assert has_snapshot("v1", str(snaps), versions["v1"]) and len(read) == len(snapshots.SNAPSHOT_PARTS)

@@ -1,13 +1,14 @@
 """Parquet snapshots of versions (`run --parquet DIR`), and the reader that answers review
 questions from them as from the manifest:
 
-    DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet
+    DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet, snapshot.json
     DIR/versions.parquet
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,19 +52,57 @@ def _part_rows(part: Path, schema: dict) -> int | None:
     return rows
 
 
+# Written after every part, with their row counts: a run asks each version's snapshot whether it is whole, and
+# reading five Parquet footers and schemas a version grew with the versions (a site's nightly runs: thousands);
+# this is one small file. A snapshot without it (an older release's, a run killed just before it) is read whole.
+SNAPSHOT_MARK = "snapshot.json"
+_MARK_FORMAT = 1
+
+
 def has_snapshot(label: str, directory: str, expected: dict | None = None) -> bool:
     """Whether `directory` holds every part of version `label`'s snapshot, each a readable Parquet file with the
     manifest's columns and types, and (given `expected`, the version's row of `Manifest.versions()`) as many
     files and changes as the version has. A run killed while writing them leaves some out, or a snapshot written by
-    an older release has other types: the next run writes it again."""
+    an older release has other types: the next run writes it again. A snapshot found whole without its mark
+    gets one."""
     target = Path(directory) / f"version={label}"
-    rows = {name: _part_rows(target / f"{name}.parquet", schema) for name, schema in part_schemas().items()}
-    if any(n is None for n in rows.values()):
-        return False
+    rows = _marked_rows(target)
+    marked = rows is not None
+    if rows is None:
+        rows = {name: _part_rows(target / f"{name}.parquet", schema) for name, schema in part_schemas().items()}
+        if any(n is None for n in rows.values()):
+            return False
     if expected is not None:
         n_changes = sum(expected[f"n_{kind}"] for kind in ("added", "removed", "replaced", "renamed"))
-        return rows["manifest"] == expected["n_files"] and rows["changes"] == n_changes
+        if rows["manifest"] != expected["n_files"] or rows["changes"] != n_changes:
+            return False
+    if not marked:
+        _mark(target, rows)
     return True
+
+
+def _stamp(part: Path) -> list[int]:
+    stat = part.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _marked_rows(target: Path) -> dict[str, int] | None:
+    """The part row counts the mark records, if it is of this format and every part is still there with the size
+    and mtime it had when marked (a part written or cut since is read whole)."""
+    try:
+        mark = json.loads((target / SNAPSHOT_MARK).read_text(encoding="utf-8"))
+        rows, stamps = mark["rows"], mark["stamps"]
+        if mark.get("format") != _MARK_FORMAT or set(rows) != set(SNAPSHOT_PARTS) or not all(
+                isinstance(rows[name], int) and _stamp(target / f"{name}.parquet") == stamps[name] for name in rows):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rows
+
+
+def _mark(target: Path, rows: dict[str, int]) -> None:
+    stamps = {name: _stamp(target / f"{name}.parquet") for name in rows}
+    write_private(target / SNAPSHOT_MARK, json.dumps({"format": _MARK_FORMAT, "rows": rows, "stamps": stamps}).encode())
 
 
 def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
@@ -90,6 +129,8 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
         .with_columns(pl.lit(None, pl.String).alias("time_invalid"), pl.lit(None, pl.String).alias("version_invalid")),
     }
     assert tuple(parts) == SNAPSHOT_PARTS
+    (target / SNAPSHOT_MARK).unlink(missing_ok=True)  # written again last, when every part is
+    written: dict[str, int] = {}
     for name, frame in parts.items():  # one at a time: a 1M-file version's rows alone are ~500 MB
         typed = frame().select(list(schemas[name])).cast(schemas[name])  # type: ignore[arg-type]
         write_private(target / f"{name}.parquet", typed.write_parquet)
@@ -97,7 +138,9 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
             raise ManifestError(f"the snapshot of version {label} did not read back as written ({name}.parquet)",
                                 where=str(target / f"{name}.parquet"),
                                 fix="check the disk of the --parquet folder; the next run writes the snapshot again")
+        written[name] = typed.height
         pause("snapshot")  # (crash and reader tests: a snapshot written in part)
+    _mark(target, written)
     write_private(root / "versions.parquet", manifest.versions().write_parquet)
     return target
 
