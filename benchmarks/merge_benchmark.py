@@ -33,6 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
+from chorus_batch.exclude import Excludes
 from chorus_batch.frames import SCANNED_SCHEMA, empty_errors
 from chorus_batch.scan import Coverage, ScanResult, shard_of
 from chorus_batch.sources import open_source
@@ -86,7 +87,9 @@ def write_shards(files: pl.DataFrame, staging: Path, shards: int, root: str, bas
     for k in range(shards):
         part = by_shard.filter(pl.col("_shard") == k).select(list(SCANNED_SCHEMA))
         ScanResult(files=part, errors=empty_errors(), roots=[(root, None)], scan_started_ns=time.time_ns(),
-                   coverage=Coverage(k, shards), based_on=based_on).write(staging / f"shard-{k}-of-{shards}")
+                   coverage=Coverage(k, shards), based_on=based_on,
+                   exclude_patterns=Excludes().patterns,  # what a shard run with the default globs records
+                   ).write(staging / f"shard-{k}-of-{shards}")
 
 
 def timed(cmd: list[str], **kwargs) -> dict:
