@@ -17,10 +17,11 @@ from chorus_batch import ExitCode
 from conftest import cli, current_rows, query, tree_md5, write
 
 
-def start_paused_run(site: Path, db: Path, point: str = "commit") -> subprocess.Popen:
-    """A real run that stops inside its commit transaction (test pause point) and waits there."""
+def start_paused_run(site: Path, db: Path, point: str = "commit", first: tuple[str, ...] = ("run",)) -> subprocess.Popen:
+    """A real run that stops inside its commit transaction (test pause point) and waits there (`first`: the words
+    before its --site: the command, or flags, as a cron line may give them)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db", str(db)],
+        [sys.executable, "-m", "chorus_batch", *first, "--no-validate", "--site", str(site), "--db", str(db)],
         env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60
@@ -82,6 +83,30 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
     assert third.returncode == 0, third.stderr
     # every run is in `runs`, the one turned away too (the holder was paused before its commit)
     assert (int(ExitCode.LOCKED),) in query(db, "SELECT exit_code FROM runs")
+
+
+@pytest.mark.parametrize("first, said", [(("run",), "`chorus-batch run`"),
+                                         (("--exclude", "x?sig=SECRETSIG"), None)])
+def test_the_lock_holder_is_named_by_its_command_never_by_its_arguments(site, db, first, said):
+    """The lock's side file kept the first two words of the command line, and a second run named the holder's
+    command by the first of them not a flag: `chorus-batch --exclude 'x?sig=...' --site ...` (no command word: a run)
+    was `chorus-batch x?sig=...`, a secret in the file and in the second run's log (and `chorus-batch --site
+    /data/site` was `chorus-batch /data/site`). Only the command's name is kept, when one was given."""
+    write(site, "OMOP/a.csv", b"a")
+    holder = start_paused_run(site, db, first=first)
+    try:
+        side = Path(f"{db}.lock.json").read_text(encoding="utf-8")
+        second = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert second.returncode == ExitCode.LOCKED, second.stderr
+    assert "SECRETSIG" not in side + second.stderr and "sig=" not in side + second.stderr
+    assert f"pid {holder.pid}" in second.stderr
+    if said:
+        assert said in second.stderr
+    else:
+        assert "`chorus-batch" not in second.stderr, second.stderr
 
 
 def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_was_committed(site, db, monkeypatch):

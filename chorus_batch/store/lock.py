@@ -66,6 +66,19 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
     return ManifestError(f"cannot create or open the manifest's lock file: {reason}", where=str(lock_path), fix=fix)
 
 
+def _command_names() -> set[str]:
+    from ..cli import COMMANDS  # (the command line's table; cli imports nothing heavy)
+
+    return set(COMMANDS)
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The chorus-batch command an argument list runs, by name (None when it names none: `chorus-batch --site DIR`,
+    or a library caller's own arguments). Never an argument: they may name secret places (a SAS URL, a glob)."""
+    first = next((word for word in argv if not word.startswith("-")), None)  # (as cli._parse reads it)
+    return first if first in _command_names() else None
+
+
 @contextlib.contextmanager
 def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
@@ -83,8 +96,8 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         with contextlib.suppress(OSError, ValueError, KeyError):
             info = json.loads(holder_path.read_text(encoding="utf-8"))
             holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
-            command = next((w for w in str(info.get("command") or "").split() if not w.startswith("-")), None)
-            if command:  # which command holds it (its name only: its arguments may name secret places)
+            command = info.get("command")
+            if command in _command_names():  # which command holds it (its name only; see command_of)
                 holder += f", `chorus-batch {command}`"
         raise ManifestLocked(
             f"the manifest is locked by another {kind}: {holder}",
@@ -97,7 +110,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
             with os.fdopen(create_private(holder_path), "w", encoding="utf-8") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                           "started_at": iso(utc_now()), "command": " ".join(argv[:2])}, f)
+                           "started_at": iso(utc_now()), "command": command_of(argv)}, f)
         yield
     finally:
         with contextlib.suppress(OSError):
