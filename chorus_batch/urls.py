@@ -60,14 +60,29 @@ def expand_home(path: str, what: str, fix: str = "give the full path") -> str:
     named '~' (Path.expanduser raised RuntimeError there: an "internal error")."""
     if not path.startswith("~"):
         return path
-    home = os.path.expanduser(path)
+    user = re.split(r"[/\\]", path[1:], maxsplit=1)[0]
+    empty_home = not user and os.environ.get("HOME") is not None and not os.environ["HOME"].strip()
+    if empty_home:  # HOME set empty is unset (expanduser read it as '/': '~/m.sqlite' was /m.sqlite)
+        home = _home_of_this_user(path)
+    else:
+        home = os.path.expanduser(path)
     if home.startswith("~"):
-        user = re.split(r"[/\\]", path[1:], maxsplit=1)[0]
         why = (f"the user database has no user {user!r}" if user else
-               "there is no HOME in the environment, and no home for this user in the user database (as under cron or "
-               "in a container)")
+               ("HOME is empty in the environment" if empty_home else "there is no HOME in the environment")
+               + ", and no home for this user in the user database (as under cron or in a container)")
         raise UsageError(f"{what} {path}: '~' names no folder here: {why}", where=what, fix=fix)
     return home
+
+
+def _home_of_this_user(path: str) -> str:
+    """`path` ('~' or '~/...') under this user's home in the user database (`path` as it is where there is none)."""
+    try:
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir.rstrip("/") or "/"
+    except (ImportError, KeyError, AttributeError):
+        return path
+    return home + path[1:] if home != "/" else (path[1:] or "/")
 
 
 def local_path(location: str, what: str = "--site / [site] root") -> str | None:

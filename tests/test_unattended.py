@@ -483,8 +483,11 @@ def test_the_reverification_byte_cap_holds(site, db):
     assert out["verification"]["files_reverified"] == 2 and out["verification"]["bytes_reverified"] == 2000
 
 
-def test_a_path_under_home_where_there_is_no_home_is_a_usage_error():
-    """Under cron in a container there may be no HOME and no passwd entry for the user: `root = "~/site"` in
+@pytest.mark.parametrize("home", [None, ""])
+def test_a_path_under_home_where_there_is_no_home_is_a_usage_error(home):
+    """(home "": HOME set empty, as `HOME= chorus-batch ...` or a unit file's `Environment=HOME=` leave it, was read as
+    the folder '/': `db = "~/chorus/m.sqlite"` made a manifest in /chorus/, the Azure cache went to /.cache; an empty
+    HOME is unset, as an empty CHORUS_BATCH_* variable is.) Under cron in a container there may be no HOME and no passwd entry for the user: `root = "~/site"` in
     chorus.toml ended in "internal error: RuntimeError: Could not determine home directory" (Path.expanduser), a
     Slurm script took '~/m.sqlite' as a folder '~' under the working directory, and the cache of a manifest in Azure
     had no folder (Path.home()). Each now says '~' names no folder here, and what to give instead."""
@@ -496,16 +499,17 @@ def test_a_path_under_home_where_there_is_no_home_is_a_usage_error():
         config = folder / "chorus.toml"
         config.write_text(f'[site]\nroot = "~/site"\n[manifest]\ndb = "{folder / "m.sqlite"}"\n')
         config.chmod(0o644)
-        _homeless_says(folder, config)
+        _homeless_says(folder, config, home)
 
 
-def _homeless_says(folder: Path, config: Path) -> None:
-    homeless = ["env", "-i", "PATH=/usr/bin:/bin", "setpriv", "--reuid=54321", "--regid=54321", "--clear-groups",
+def _homeless_says(folder: Path, config: Path, home: str | None = None) -> None:
+    homeless = ["env", "-i", "PATH=/usr/bin:/bin", *([] if home is None else [f"HOME={home}"]), "setpriv", "--reuid=54321",
+                "--regid=54321", "--clear-groups",
                 sys.executable]
     out = subprocess.run([*homeless, "-m", "chorus_batch", "run", "--config", str(config)], cwd=folder,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == ExitCode.USAGE, out.stderr
-    assert "[site] root ~/site: '~' names no folder here: there is no HOME" in out.stderr, out.stderr
+    assert "[site] root ~/site: '~' names no folder here: " + ("HOME is empty" if home == "" else "there is no HOME") in out.stderr, out.stderr
     assert "internal error" not in out.stderr and "Traceback" not in out.stderr
     code = ("import sys\nfrom chorus_batch.errors import UsageError\nfrom chorus_batch.store.remote import cache_base\n"
             "from chorus_batch.slurm import _absolute\n"
