@@ -152,6 +152,22 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
                            "--workers; then run again")
 
 
+def file_size_limit() -> int | None:
+    """This process's file-size limit in bytes (`ulimit -f`, a batch system's RLIMIT_FSIZE), None when it has none. A
+    write past it fails with EFBIG, which SQLite says as "disk I/O error" (Python ignores the SIGXFSZ)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+FILE_SIZE_FIX = ("raise or remove the limit (`ulimit -f unlimited` in the job's script, or ask the batch system's "
+                 "administrators), then run again")
+
+
 class ManifestLocked(ChorusError):
     exit_code = ExitCode.LOCKED
 

@@ -273,6 +273,28 @@ def test_a_run_out_of_memory_says_so_and_keeps_the_previous_version(site, db):
     assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 8
 
 
+def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previous_version(site, db):
+    """`ulimit -f` (a batch system's or a login's file-size limit) stopped SQLite's write with EFBIG, which SQLite
+    says as "disk I/O error": the run said the manifest's file system failed and to check dmesg, on a healthy disk.
+    Now exit 3 naming the limit and what to do; nothing is committed."""
+    import resource
+
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    many(site, 3000)
+    limit = db.stat().st_size + 64 * 1024
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
+                           str(db)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)))
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "`ulimit -f`" in done.stderr and f"{limit // 1024} KiB" in done.stderr, done.stderr
+    assert "dmesg" not in done.stderr and "internal error" not in done.stderr
+    assert "nothing was committed" in done.stderr
+    assert current_rows(db) == before
+    assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 3000
+
+
 # ----------------------------------------------------------------------------- truthful errors
 
 

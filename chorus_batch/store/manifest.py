@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import ManifestError, UsageError
+from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import create_private, free_bytes, nearly_full, private_folder, restrict, write_private
@@ -290,6 +290,11 @@ class Manifest:
             return ManifestError(f"the disk is full: {text} (the manifest's file system has "
                                  f"{free_bytes(self.path.parent) // 1024} KiB free)", where=where,
                                  fix="free space on the manifest's file system and run again")
+        if "disk i/o" in low and (limit := file_size_limit()) is not None:
+            return ManifestError(f"the manifest could not be written: {text}; this process has a file-size limit "
+                                 f"(`ulimit -f`) of {limit // 1024} KiB; a write past it fails, which SQLite reports as a "
+                                 "disk I/O error",
+                                 where=where, fix=FILE_SIZE_FIX)
         if "disk i/o" in low:
             return ManifestError(f"the manifest's file system failed: {text}", where=where,
                                  fix="check the manifest's disk and file system (dmesg, a network mount), then run again")
