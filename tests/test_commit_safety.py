@@ -109,6 +109,20 @@ def test_the_lock_holder_is_named_by_its_command_never_by_its_arguments(site, db
         assert "`chorus-batch" not in second.stderr, second.stderr
 
 
+def test_a_link_planted_as_the_lock_holder_file_is_not_written_through(site, db, tmp_path):
+    """The holder's side file (<manifest>.lock.json) was opened following a symbolic link: one planted there (a
+    folder shared with a group, a stale name from a restore) had the file it points to overwritten by the run, as
+    root under cron any file. The side file is now made new (a stale one removed first), never through a link."""
+    write(site, "OMOP/a.csv", b"a")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    Path(f"{db}.lock.json").symlink_to(victim)
+    done = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "precious\n"
+    assert not os.path.lexists(f"{db}.lock.json")  # removed when the run ends, as every run's
+
+
 def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_was_committed(site, db, monkeypatch):
     from chorus_batch.errors import AfterCommitError
     from chorus_batch.store import Manifest

@@ -16,7 +16,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
-from ..fsutil import OWNER_ONLY, create_private, private_folder
+from ..fsutil import OWNER_ONLY, private_folder
 from ..times import iso, utc_now
 
 
@@ -108,7 +108,12 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         raise _cannot_lock(db, lock_path, exc) from None
     try:
         with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
-            with os.fdopen(create_private(holder_path), "w", encoding="utf-8") as f:
+            # Made new, never opened through what is there (a link planted beside the manifest: its target was
+            # overwritten): a stale one of a killed run is removed first; O_EXCL follows no link.
+            with contextlib.suppress(FileNotFoundError):
+                holder_path.unlink()
+            fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
                            "started_at": iso(utc_now()), "command": command_of(argv)}, f)
         yield
