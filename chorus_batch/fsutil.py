@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -150,6 +151,37 @@ def check_target(target: str | os.PathLike[str]) -> None:
                 else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
         raise WriteError(f"{target} is {kind}; only a regular file is replaced", where=str(target.absolute()),
                          fix="choose a new file name (or a regular file to replace)")
+
+
+# What a SQLite manifest keeps beside itself: SQLite's side files, the locks (`.lock`, `.<kind>.lock`), the state
+# cache and the hash checkpoint folder.
+_MANIFEST_SIDE_FILES = re.compile(r"(-wal|-shm|-journal|\.state\.parquet|(\.[A-Za-z0-9_-]+)?\.lock)")
+
+
+def check_not_manifest(target: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> None:
+    """Refuse an output `target` that is the manifest it is made from, a file the manifest keeps beside it, or
+    a path inside its Parquet snapshot folder or checkpoint folder, by whatever name reaches it (a WriteError,
+    before any work): the output would replace what the manifest records."""
+    target, manifest = Path(target), Path(manifest)
+
+    def real(path: Path) -> Path:  # the folder resolved (links followed), the name kept
+        return path.parent.resolve() / path.name
+
+    out, db = real(target), real(manifest).resolve() if manifest.exists() else real(manifest)
+    what = None
+    if manifest.is_dir():
+        if out == db or db in out.parents:
+            what = "inside the manifest's Parquet snapshot folder"
+    elif out == db or (target.exists() and manifest.exists() and os.path.samefile(target, manifest)):
+        what = "the manifest itself"
+    elif out.parent == db.parent and out.name.startswith(db.name) and _MANIFEST_SIDE_FILES.fullmatch(out.name[len(db.name):]):
+        what = "a file the manifest keeps beside it"
+    elif db.with_name(f"{db.name}.checkpoint") in out.parents:
+        what = "inside the manifest's hash checkpoint folder"
+    if what:
+        raise WriteError(f"{target} is {what} ({manifest}): writing there would replace what the manifest records; "
+                         "nothing was written", where=str(target.absolute()),
+                         fix="choose another file name for --out (beside the manifest is fine, under a name of its own)")
 
 
 _FIXES = {"EACCES": "choose a folder this user can write", "EPERM": "choose a folder this user can write",

@@ -242,3 +242,37 @@ def test_slurm_script_refuses_a_manifest_inside_the_site(tmp_path, capsys):
         assert f"where: {where}" in captured.err
     assert main(["slurm-script", "--site", str(site), "--db", str(tmp_path / "m.sqlite")]) == 0
     assert "#SBATCH" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["report", "review"])
+def test_out_never_replaces_the_manifest_it_reads_or_a_file_it_keeps_beside_it(manifest, tmp_path, capsys, command):
+    """`report --db m.sqlite --out m.sqlite` replaced the manifest with the HTML page and said "wrote": every version
+    it recorded was gone. The manifest, its SQLite side files (-wal, -journal), its lock, its state cache and its
+    checkpoint folder are refused as --out (exit 2, nothing written), by any name that reaches them (a link to
+    the folder), before any work."""
+    import shutil
+
+    folder = tmp_path / "site"
+    folder.mkdir()
+    db = folder / "m.sqlite"
+    shutil.copy(manifest, db)
+    kept = db.read_bytes()
+    (folder / "m.sqlite.lock").write_bytes(b"")
+    (folder / "m.sqlite.state.parquet").write_bytes(b"cache")
+    (folder / "m.sqlite.checkpoint").mkdir()
+    (tmp_path / "via").symlink_to(folder)
+    targets = [db, tmp_path / "via" / "m.sqlite", folder / "m.sqlite-wal", folder / "m.sqlite-journal",
+               folder / "m.sqlite.lock", folder / "m.sqlite.upload.lock", folder / "m.sqlite.state.parquet",
+               folder / "m.sqlite.checkpoint" / "meta.json"]
+    for target in targets:
+        assert main([command, "--db", str(db), "--out", str(target)]) == ExitCode.USAGE, target
+        err = capsys.readouterr().err
+        assert "would replace what the manifest records" in err and "nothing was written" in err, err
+        assert "Traceback" not in err and "wrote" not in err
+    assert db.read_bytes() == kept
+    assert (folder / "m.sqlite.state.parquet").read_bytes() == b"cache"
+    assert not (folder / "m.sqlite-wal").exists() and not any((folder / "m.sqlite.checkpoint").iterdir())
+    # a name that only begins like the manifest's is another file
+    if command == "report":
+        assert main(["report", "--db", str(db), "--out", str(folder / "m.sqlite.html")]) == 0
+        assert (folder / "m.sqlite.html").read_bytes().startswith(b"<!DOCTYPE html>")

@@ -36,7 +36,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from .. import __version__
 from ..frames import SEVERITY_ORDER
-from ..fsutil import check_target, write_private
+from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                       open_manifest, size_flags)
 from ..times import iso, utc_now
@@ -82,6 +82,7 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
     to_stdout = str(out) == "-"  # `report --out - | ssh …`: the page on standard output, as tools take "-"
     if not to_stdout:
         check_target(out)  # before the work of rendering: a folder, a link, a device or a missing folder is refused
+        check_not_manifest(out, manifest.path if isinstance(manifest, ManifestReader) else manifest)
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
     with _Report(reader, reader.resolve(version)) as report:

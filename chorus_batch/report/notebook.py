@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ChorusError, UsageError
-from ..fsutil import check_target, write_private
+from ..fsutil import check_not_manifest, check_target, write_private
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "review.ipynb"
 
@@ -23,6 +23,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     to_stdout = str(out) == "-"  # it wrote a file named "-" in the current folder
     if not to_stdout:
         check_target(out)  # before the work: a folder, a link or a missing folder is refused
+        check_not_manifest(out, manifest)  # the manifest itself, its lock, cache or side files
     if not notebook.is_file():
         raise UsageError(f"the review notebook is not at {notebook}", where="chorus-batch review",
                          fix="run it from a checkout of chorus-batch (the notebook is not part of the wheel)")
