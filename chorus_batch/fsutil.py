@@ -179,7 +179,7 @@ def check_not_manifest(target: str | os.PathLike[str], manifest: str | os.PathLi
     elif db.with_name(f"{db.name}.checkpoint") in out.parents:
         what = "inside the manifest's hash checkpoint folder"
     if what:
-        raise WriteError(f"{target} is {what} ({manifest}): writing there would replace what the manifest records; "
+        raise WriteError(f"{target} is {what} ({manifest}): the output would replace or mix into what the manifest records; "
                          "nothing was written", where=str(target.absolute()),
                          fix="choose another file name for --out (beside the manifest is fine, under a name of its own)")
 

@@ -261,10 +261,15 @@ class ManifestReader:
     def spellings(self, path: str) -> list[str]:
         """The site-relative paths `path` may name: as typed (a backslash is a character of a POSIX name),
         then with backslashes as Windows separators, then each in the other Unicode form (a name typed or
-        pasted on macOS is decomposed, NFD; elsewhere composed, NFC: the same letters on screen); no repeats."""
+        pasted on macOS is decomposed, NFD; elsewhere composed, NFC: the same letters on screen), then the name
+        the text tables show quoted this way ('OMOP/new\\nline.csv', copied from `files`); no repeats."""
+        from .units import unshown_name
+
         literal, windows = self.site_relative(path, backslash_separates=False), self.site_relative(path)
+        copied = unshown_name(path)
         return list(dict.fromkeys([literal, windows, *(unicodedata.normalize(form, spelling)
-                                                       for spelling in (literal, windows) for form in ("NFC", "NFD"))]))
+                                                       for spelling in (literal, windows) for form in ("NFC", "NFD")),
+                                   *([self.site_relative(copied, backslash_separates=False)] if copied else [])]))
 
     def history_of(self, path: str) -> pl.DataFrame:
         """`history` of a path as people type it (see spellings): the first spelling the manifest records."""

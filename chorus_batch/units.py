@@ -60,6 +60,23 @@ def shown_name(name: str | None) -> str:
 
 
 
+def unshown_name(text: str) -> str | None:
+    """The name that text output shows as `text` (shown_name's quoted form, copied from a table into a command),
+    or None where `text` is no such form. Exact: only a text that shown_name gives back for the name it reads
+    as; a name as typed is another name (a name starting with a quote is always quoted, so never shown as this)."""
+    if len(text) < 2 or text[0] not in "'\"" or text[-1] != text[0]:
+        return None
+    import ast
+
+    try:
+        node = ast.parse(text, mode="eval").body
+    except (SyntaxError, ValueError):
+        return None
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        return None
+    return node.value if node.value != text and shown_name(node.value) == text else None
+
+
 def shown_text(text: str | None) -> str:
     """A message that embeds paths (a validation finding, a scan error: 'its path differs from OMOP/café.csv
     only in ...') as text output shows it: every character shown_name would escape in a name is escaped where it

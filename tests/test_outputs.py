@@ -267,7 +267,7 @@ def test_out_never_replaces_the_manifest_it_reads_or_a_file_it_keeps_beside_it(m
     for target in targets:
         assert main([command, "--db", str(db), "--out", str(target)]) == ExitCode.USAGE, target
         err = capsys.readouterr().err
-        assert "would replace what the manifest records" in err and "nothing was written" in err, err
+        assert "would replace or mix into what the manifest records" in err and "nothing was written" in err, err
         assert "Traceback" not in err and "wrote" not in err
     assert db.read_bytes() == kept
     assert (folder / "m.sqlite.state.parquet").read_bytes() == b"cache"

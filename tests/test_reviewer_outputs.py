@@ -201,3 +201,30 @@ def test_paths_inside_validation_messages_are_told_apart_too(tmp_path):
     exact = json.loads(cli("validate", "--db", str(db), "--json", timeout=300).stdout)["findings"]
     messages = " ".join(f["message"] for f in exact)
     assert all(name in messages for name in ("OMOP/cafe\u0301.csv", "OMOP/nb\u00a0.csv"))  # machine output: exact
+
+
+def test_a_name_copied_as_the_tables_show_it_is_found(tmp_path):
+    """`history "'OMOP/new\\nline.csv'"` -- the path copied from `files`, which quotes a name with a line break,
+    tab or look-alike character -- said "no file ... give the site-relative path as `chorus-batch files` prints
+    it", and `files --path` / `changes --path` with it listed nothing. A path is also read as the name the text
+    tables show that way (units.shown_name, inverted exactly); a name as typed still comes first."""
+    from conftest import cli, write
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    names = [*ODD_NAMES, "OMOP/person.csv", "OMOP/new\nline.csv", "OMOP/back\\slash\t.csv"]
+    for i, name in enumerate(names):
+        write(site, name, f"{i}\n".encode())
+    run_site(site, db)
+    reader = open_manifest(db)
+    from chorus_batch.units import shown_name
+
+    for name in names:
+        copied = shown_name(name)
+        assert reader.history_of(copied)["srcfile"].to_list() == [name], (name, copied)
+        assert reader.rows_under(reader.files(), copied)["srcfile"].to_list() == [name], (name, copied)
+    out = cli("history", shown_name("OMOP/new\nline.csv"), "--db", str(db), "--json")
+    assert out.returncode == 0 and [r["srcfile"] for r in json.loads(out.stdout)] == ["OMOP/new\nline.csv"], out.stderr
+    out = cli("files", "--path", shown_name("OMOP/tab\tname.csv"), "--db", str(db), "--json")
+    assert out.returncode == 0 and [r["srcfile"] for r in json.loads(out.stdout)] == ["OMOP/tab\tname.csv"], out.stderr
+    # what is not a table's quoted form is no name: a quoted text that the tables would show otherwise
+    assert reader.history_of("'OMOP/person.csv'").height == 0
