@@ -169,8 +169,8 @@ def check_not_manifest(target: str | os.PathLike[str], manifest: str | os.PathLi
 
     out, db = real(target), real(manifest).resolve() if manifest.exists() else real(manifest)
     what = None
-    if manifest.is_dir():
-        if out == db or db in out.parents:
+    if manifest.is_dir():  # a folder of no snapshot is no manifest: its reader says so
+        if (out == db or db in out.parents) and any(manifest.glob("version=*")):
             what = "inside the manifest's Parquet snapshot folder"
     elif out == db or (target.exists() and manifest.exists() and os.path.samefile(target, manifest)):
         what = "the manifest itself"
