@@ -266,7 +266,7 @@ class ManifestReader:
         from .units import unshown_name
 
         literal, windows = self.site_relative(path, backslash_separates=False), self.site_relative(path)
-        copied = unshown_name(path)
+        copied = unshown_name(os.fspath(path)) if isinstance(path, str | os.PathLike) else None  # (a Path, in a notebook)
         return list(dict.fromkeys([literal, windows, *(unicodedata.normalize(form, spelling)
                                                        for spelling in (literal, windows) for form in ("NFC", "NFD")),
                                    *([self.site_relative(copied, backslash_separates=False)] if copied else [])]))
