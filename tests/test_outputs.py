@@ -276,3 +276,18 @@ def test_out_never_replaces_the_manifest_it_reads_or_a_file_it_keeps_beside_it(m
     if command == "report":
         assert main(["report", "--db", str(db), "--out", str(folder / "m.sqlite.html")]) == 0
         assert (folder / "m.sqlite.html").read_bytes().startswith(b"<!DOCTYPE html>")
+
+
+def test_out_never_lands_in_the_parquet_snapshot_folder_it_reads(tmp_path):
+    """--db a `run --parquet` folder: an --out inside it (beside versions.parquet or in a version=... folder) is
+    refused; a folder that holds no snapshot is no manifest, and a file in it is not this check's to refuse."""
+    from chorus_batch.fsutil import check_not_manifest
+
+    snaps = tmp_path / "snaps"
+    (snaps / "version=1").mkdir(parents=True)
+    for target in (snaps / "r.html", snaps / "version=1" / "r.html", snaps / "versions.parquet"):
+        with pytest.raises(WriteError, match="inside the manifest's Parquet snapshot folder"):
+            check_not_manifest(target, snaps)
+    check_not_manifest(tmp_path / "r.html", snaps)
+    (tmp_path / "plain").mkdir()
+    check_not_manifest(tmp_path / "plain" / "r.html", tmp_path / "plain")
