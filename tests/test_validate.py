@@ -384,6 +384,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # Multimodal-Linkage: a registry per modality "with a SINGLE ROW PER FILE", delivered with the extract
     ("registry_absent", remove("waveform_registry.csv", "image_registry.csv"),
      {("registry.absent", "waveform_registry.csv"), ("registry.absent", "image_registry.csv")}),
+    # a registry exported by a tool that splits by semicolons or tabs was read by no rule: 0 findings, as if it were
+    # right (the linkage procedure asks for CSV files)
+    ("registry_semicolons", edit("waveform_registry.csv", lambda text: text.replace(",", ";")),
+     {("registry.columns", "waveform_registry.csv")}),
+    ("registry_tabs", edit("image_registry.csv", lambda text: text.replace(",", "\t")),
+     {("registry.columns", "image_registry.csv")}),
     ("registry_unreadable", add("image_registry.csv", b""),
      {("registry.unreadable", "image_registry.csv"), ("file.empty", "image_registry.csv")}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),

@@ -41,6 +41,13 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         return out
     parsed = registries.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
     out += [
+        # a header split by another delimiter may hold the right names: say what is wrong with it (no other rule
+        # reads such a registry: it was passed over without a finding)
+        _found("registry.columns", registries.filter(pl.col("_ok") & (pl.col("delimiter") != ",")), "srcfile",
+               fmt("the header row is split by {}, not commas: write the registry as comma-delimited CSV, one row "
+                   "per file", pl.col("delimiter").replace_strict(
+                       {"\t": "tabs", ";": "semicolons", "|": "pipes"}, default=pl.col("delimiter"),
+                       return_dtype=pl.String))),
         _found("registry.columns", parsed.filter(~_HAS_ALL), "srcfile",
                fmt("the header ({}) lacks some of {}: write one row per file with these columns",
                          pl.col("columns").list.join(","), pl.lit(", ".join(REGISTRY_COLUMNS)))),

@@ -293,7 +293,8 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.unreadable", "error", "registry unreadable",
          "A waveform or image registry CSV cannot be read (empty, not UTF-8 text, or malformed rows)."),
     Rule("registry.columns", "error", "registry lacks columns",
-         f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}."),
+         f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
+         "row is split by tabs, semicolons or pipes instead of commas."),
     Rule("registry.values", "warning", "registry values of the wrong type",
          "A registry row's proc_id is empty or not an integer, or its datetime is empty or not a date and time "
          "(yyyy-MM-dd HH:mm:ss)."),
