@@ -65,6 +65,14 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
                          pl.col("error"))),
         _found("omop.delimiter", parsed.filter(pl.col("delimiter") != ","), "srcfile",
                fmt("the header row is split by {}, not commas: export the table comma-delimited", delim_name)),
+        # names as read (lower-cased): PERSON_ID and person_id are one column named twice
+        _found("omop.duplicate_column",
+               comma.filter(~no_header & pl.col("columns").list.eval(pl.element().filter(pl.element() != "").is_duplicated())
+                            .list.any()), "srcfile",
+               fmt("the header names column(s) {} more than once (column names are compared case aside): a loader "
+                   "cannot tell which is meant; export the table with each column once",
+                   pl.col("columns").list.eval(pl.element().filter(pl.element().is_duplicated() & (pl.element() != ""))
+                                               .unique(maintain_order=True)).list.join(", "))),
         _found("omop.no_header", comma.filter(tables_only & no_header), "srcfile",
                # a first line that is blank (or only a byte-order mark) holds no values either
                pl.when(pl.col("columns").list.eval(pl.element() == "").list.all() | (pl.col("columns").list.len() == 0))

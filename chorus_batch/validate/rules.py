@@ -191,6 +191,8 @@ RULES: tuple[Rule, ...] = (
          "An OMOP CSV cannot be read (empty, not UTF-8 text, or malformed rows in a column that is cross-checked)."),
     Rule("omop.delimiter", "error", "OMOP table not comma-delimited",
          "An OMOP CSV's header row is split by tabs, semicolons or pipes instead of commas."),
+    Rule("omop.duplicate_column", "error", "OMOP table names a column twice",
+         "An OMOP CSV's header row names a column more than once (case aside: PERSON_ID and person_id are one)."),
     Rule("omop.no_header", "error", "OMOP table without header row",
          "An OMOP CSV's first line holds values, not column names."),
     Rule("omop.missing_key", "error", "OMOP table lacks its key column",
