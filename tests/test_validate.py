@@ -95,6 +95,16 @@ def flat(flat_template: Path, tmp_path: Path) -> Path:
 # ----------------------------------------------------------------------------- mutations
 
 
+def gzipped(rel: str) -> Callable[[Path], None]:
+    """`rel` replaced by its gzip-compressed copy, `rel`.gz (as gzip leaves it)."""
+    def go(root: Path) -> None:
+        import gzip
+        path = root / rel
+        (root / f"{rel}.gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    return go
+
+
 def remove(*rels: str) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         for rel in rels:
@@ -398,6 +408,15 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("registry.columns", "waveform_registry.csv")}),
     ("registry_tabs", edit("image_registry.csv", lambda text: text.replace(",", "\t")),
      {("registry.columns", "image_registry.csv")}),
+    # an export tool's compressed copies (no procedure sends archives): the table was "missing" and its .gz "not an
+    # OMOP table: rename or remove it", a compressed signal file a waveform file to "add" to the registry, a
+    # compressed mapping named by no finding at all; each is now told to be decompressed
+    ("compressed", both(gzipped("OMOP/measurement.csv"), gzipped(f"{SINGLE}.dat"),
+                        add("Metadata/EEG_mapping.csv.zip", b"PK\x03\x04"), add("image_registry.csv.bz2", b"BZh9")),
+     {("omop.missing_table", "OMOP/measurement.csv"), ("file.compressed", "OMOP/measurement.csv.gz"),
+      ("wfdb.missing_dat", f"{SINGLE}.hea"), ("registry.missing_file", "waveform_registry.csv"),
+      ("file.compressed", f"{SINGLE}.dat.gz"), ("file.compressed", "Metadata/EEG_mapping.csv.zip"),
+      ("file.compressed", "image_registry.csv.bz2")}),
     ("registry_unreadable", add("image_registry.csv", b""),
      {("registry.unreadable", "image_registry.csv"), ("file.empty", "image_registry.csv")}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),

@@ -16,7 +16,13 @@ from .site import _Across, _found, _join_list, _norm_id, _one, _Site
 def _layout(site: _Site) -> list[pl.LazyFrame]:
     f, folders = site.files.lazy(), site.folders  # (lazy: each rule reads a few of the files' columns)
     out = [
-        _found("layout.root_file", f.filter((pl.col("_n") == 1) & pl.col("parse_error").is_not_null()), "srcfile",
+        _found("file.compressed", f.filter(pl.col("_compressed")), "srcfile",
+               fmt("a compressed file or archive (.{}): the procedures ask for the files themselves (CSV tables, "
+                   "registries and mappings, WFDB records, DICOM images, markdown), and nothing reads inside an "
+                   "archive; decompress it in place (e.g. gunzip) and remove the compressed copy",
+                   pl.col("_name").str.extract(r"\.([^.]+)$"))),
+        _found("layout.root_file", f.filter((pl.col("_n") == 1) & pl.col("parse_error").is_not_null()
+                                            & ~pl.col("_compressed")), "srcfile",
                pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder (only the linkage "
                       "registries belong at the root)")),
         _found("layout.unexpected_folder", folders.filter(~pl.col("_is_person")), pl.col("_top") + "/",
@@ -92,7 +98,7 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
     f = site.files.lazy()
     covered = (
         (pl.col("_n") == 1) | (~pl.col("_is_person") & ~pl.col("_top_l").is_in(["omop", "metadata"]))
-        | pl.col("_person_file") | pl.col("_person_subfolder") | pl.col("_outside_series")
+        | pl.col("_person_file") | pl.col("_person_subfolder") | pl.col("_outside_series") | pl.col("_compressed")
     )
     unparsed = f.filter(pl.col("parse_error").is_not_null() & ~covered).join(
         site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti")

@@ -39,7 +39,8 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
                       pl.lit("CHoRUS does not collect the specimen table: remove this file")))
     out.append(_found(
         "omop.unexpected_file",
-        omop.filter(~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True)), "srcfile",
+        omop.filter((~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True))
+                    & ~pl.col("_compressed")), "srcfile",  # (a compressed table: file.compressed)
         pl.when(~in_folder).then(pl.lit(
             "in a subfolder of OMOP/, where no table is read: the tables lie directly in OMOP/ (one snapshot of "
             "each); move it there or remove it (keep earlier versions outside the site)"))

@@ -119,6 +119,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             continue  # an image registry leaving trg_file to the centre does not say which files its rows are
         files = site.files.lazy().filter(pl.col("_is_person") & (pl.col("modality") == modality)
                                          & pl.col("parse_error").is_null() & (pl.col("_name") != "RECORDS")
+                                         & ~pl.col("_compressed")  # (to decompress, not to list: file.compressed)
                                          ).select("srcfile").collect()
         unlisted = files.join(listed.filter(pl.col("_of") == modality).select(pl.col("_path").alias("srcfile")),
                               on="srcfile", how="anti")

@@ -335,6 +335,9 @@ RULES: tuple[Rule, ...] = (
          "A file name starts with a person id other than that of the person folder it lies in."),
     Rule("path.unparsed", "warning", "path fits no naming pattern",
          "A file's path fits none of the site's naming patterns (and no more specific rule explains why)."),
+    Rule("file.compressed", "error", "compressed file or archive",
+         "A file is compressed or an archive (.gz, .bz2, .xz, .zst, .zip, .7z, .tar, ...): the procedures ask for the "
+         "files themselves, and no check reads inside it."),
     Rule("file.empty", "warning", "empty file",
          "A file is empty (0 bytes), usually an interrupted copy."),
     Rule("file.duplicate", "warning", "same content under two persons",

@@ -76,6 +76,7 @@ _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for 
 
 
 # What rules need of a file beside its facts (a narrow frame: a million DICOM rows are copied cheaply).
+COMPRESSED_NAME = r"(?i)\.(gz|gzip|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)$"
 _FILE_COLUMNS = ("srcfile", "md5", "size", "_n", "_top", "_second", "_third", "_dir", "_name", "_stem", "_table",
                  "kind", "_modality", "_category", "_session", "_segment", "_layout")
 
@@ -217,6 +218,8 @@ class _Site:
             # a .dcm file that fits no image layout (classify: current or an earlier edition's); eq_missing: a name
             # without an extension (DICOMDIR, IM000001) has a null _ext_l, and a null here hid its path.unparsed
             _outside_series=pl.col("_images") & pl.col("_ext_l").eq_missing("dcm") & pl.col("parse_error").is_not_null(),
+            # a compressed copy or an archive (file.compressed): no procedure sends one, and no rule reads inside it
+            _compressed=pl.col("_name").str.contains(COMPRESSED_NAME),
         )
         # Names whose person id (before _<YYYYMMDD>_<HHMMSS>) is not the folder's. Nearly all names start
         # with "<folder>_": only the others are parsed.
