@@ -790,6 +790,19 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
+def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
+    """A copy that did not finish often leaves the file at its full size with zeros after the bytes that came (a
+    preallocated or sparse file): the rows end, then one "row" of NUL bytes longer than any block. The finding said
+    a quote was never closed, sending the site to look for one; it now says what the file holds."""
+    from chorus_batch.validate.readers import parse_facts
+
+    body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
+    write(tmp_path, "OMOP/person.csv", body)
+    with open(tmp_path / "OMOP/person.csv", "rb") as f:
+        facts = parse_facts("omop_person.v2", f)
+    assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
+
+
 @pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v5", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and

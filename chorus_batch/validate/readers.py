@@ -550,6 +550,7 @@ class _Gate(io.RawIOBase):
     def __init__(self, f) -> None:
         super().__init__()
         self._f, self._lock, self._open = f, threading.Lock(), True
+        self.nul = False  # a NUL byte went by: a parse error then tells it (zeros of an unfinished copy), not a guess
 
     def readable(self) -> bool:
         return True
@@ -559,7 +560,10 @@ class _Gate(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         with self._lock:
-            return self._f.read(size) if self._open else b""
+            data = self._f.read(size) if self._open else b""
+        if not self.nul and b"\0" in data:
+            self.nul = True
+        return data
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
@@ -603,6 +607,10 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
                                                        if "Expected" in text and "columns" in text else "")
 
 
+_NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data, or the zeros a copy that did not "
+               "finish leaves (a file at its full size, filled only in part); copy or export the table again")
+
+
 def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
     """The distinct (rows of the) wanted columns, stripped and non-empty, in order of first appearance;
     None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
@@ -627,7 +635,9 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
             seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES, raw_names)}") from None
+        reason = (_NUL_REASON if gate.nul  # (zeros hold no line break: pyarrow finds one endless row, not the zeros)
+                  else _arrow_reason(exc, _CSV_BLOCK_BYTES, raw_names))
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {reason}") from None
     finally:
         gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
     rows = list(seen)
