@@ -790,6 +790,17 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
 
+@pytest.mark.parametrize("first", [b"\xef\xbb\xbf", b"\r\n", b",,,\n"])
+def test_a_registry_whose_first_line_is_empty_is_told_so(clean, first):
+    """A registry holding only a byte-order mark was told "the header () lacks some of file_id, ...", as if a
+    header row had been read; a blank first line pyarrow's "Empty CSV file or block", commas only that the header
+    names column(s) "" more than once."""
+    add("image_registry.csv", first)(clean)
+    found = validate(clean).filter(pl.col("srcfile") == "image_registry.csv")
+    assert found["rule"].to_list() == ["registry.unreadable"], found.to_dicts()
+    assert "first line is empty" in found["message"][0] and "()" not in found["message"][0], found["message"][0]
+
+
 def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     """A copy that did not finish often leaves the file at its full size with zeros after the bytes that came (a
     preallocated or sparse file): the rows end, then one "row" of NUL bytes longer than any block. The finding said

@@ -372,7 +372,13 @@ def _table(f, what: str):
     facts, raw, ended = _csv_header(f)
     if facts["delimiter"] != ",":
         return facts, None
-    twice = sorted({c for c in facts["columns"] if facts["columns"].count(c) > 1})
+    columns = facts["columns"]
+    if not any(columns):  # a byte-order mark alone, a blank line, commas only: not a header said to lack names
+        raise BadContent("the first line is empty, not the column names: write the header row first")
+    unnamed = [str(k + 1) for k, c in enumerate(columns) if not c]
+    if len(unnamed) > 1:  # (one empty name is a column like any other; two are not "named twice")
+        raise BadContent(f"the header row leaves column(s) {', '.join(unnamed)} unnamed: name every column")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:  # (a frame cannot hold them: said here, not as the frame library's error)
         raise BadContent(f"the header names column(s) {', '.join(twice)} more than once: keep one column of each name")
     if ended:  # only the header row, unterminated
