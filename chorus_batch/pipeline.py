@@ -229,6 +229,10 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
 
     roots = open_roots(settings)
     preflight(settings, Manifest(settings.db))
+    if not Path(settings.db).exists():  # a shard only reads the manifest; the merge would refuse this folder anyway
+        from .store.manifest import require_folder
+
+        require_folder(Path(settings.db))
     private_folder(shard_folder(settings.staging, coverage))  # a --staging that cannot hold it: said before the listing
     return run_shard(settings, roots, coverage, settings.staging, progress)
 

@@ -88,6 +88,7 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
     write(site, "OMOP/a.csv")
     (tmp_path / "chorus.toml").write_text('[site]\nroot = "data"\nname = "site-x"\n[manifest]\ndb = "out/m.sqlite"\n'
                                           '[run]\nvalidate = false\n')
+    (tmp_path / "out").mkdir()  # (a new manifest starts only in a folder that exists)
     out = cli("run", "-q", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert query(tmp_path / "out" / "m.sqlite", "SELECT site FROM versions") == [("site-x",)]

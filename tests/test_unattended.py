@@ -885,3 +885,26 @@ def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_e
                              "except OSError as exc:\n    print(exc.strerror)", str(site)],
                             capture_output=True, text=True, timeout=60)
     assert opened.stdout.startswith("no longer a regular file"), opened
+
+
+@pytest.mark.parametrize("command", [["run"], ["run", "--shard", "0/2", "--staging", "STAGING"], ["status"]])
+def test_a_manifest_folder_that_is_not_there_is_refused_not_made(command, tmp_path):
+    """A nightly run whose manifest lay on a disk not mounted that night (or a mistyped --db) made the folders and a
+    new manifest there, recorded the whole site as added and exited 0."""
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    mount = tmp_path / "mnt"  # the mount point is there, the disk's folders are not
+    mount.mkdir()
+    db = mount / "chorus" / "manifest.sqlite"
+    args = [str(tmp_path / "staging") if word == "STAGING" else word for word in command]
+    done = cli(*args, "--site", str(site), "--db", str(db), "-q")
+    if command == ["status"]:  # reads only: nothing made, as before
+        assert not (mount / "chorus").exists()
+        return
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert "does not exist" in done.stderr and "mkdir -p" in done.stderr and "nothing was written" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(mount.iterdir()) == []
+    (mount / "chorus").mkdir()  # a new site: the folder made on purpose
+    done = cli(*args, "--site", str(site), "--db", str(db), "-q")
+    assert done.returncode in (ExitCode.OK, ExitCode.FINDINGS), done.stderr

@@ -297,6 +297,7 @@ def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_p
 
 def test_validate_a_folder_into_a_new_manifest_keeps_it(clean, tmp_path):
     db = tmp_path / "new" / "m.sqlite"
+    db.parent.mkdir()  # (a new manifest starts only in a folder that exists)
     out = cli("validate", "--site", str(clean), "--db", str(db), "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["version"] == query(db, "SELECT label FROM versions")[0][0]

@@ -16,7 +16,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
-from ..fsutil import OWNER_ONLY, private_folder
+from ..fsutil import OWNER_ONLY
 from ..times import iso, utc_now
 
 
@@ -87,7 +87,10 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     lock_path, holder_path = Path(f"{db}{suffix}"), Path(f"{db}{suffix}.json")
     lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
     try:
-        private_folder(db.parent)  # 0700 with its missing parents; a WriteError is an OSError
+        if not db.exists():
+            from .manifest import require_folder
+
+            require_folder(db)  # (a lock beside a missing manifest would make its folder)
         # Opened here first: filelock takes a lock file it cannot create (ENOENT, as in /proc) for one held by another.
         os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
         lock.acquire()

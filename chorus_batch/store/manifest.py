@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import socket
 import sqlite3
 import threading
@@ -31,7 +32,7 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import create_private, free_bytes, nearly_full, private_folder, restrict, write_private
+from ..fsutil import create_private, free_bytes, nearly_full, restrict, write_private
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
@@ -153,6 +154,21 @@ def _beside(work: Callable[[], None] | None, failed: list[BaseException]) -> Ite
         yield
     finally:
         thread.join()
+
+
+
+def require_folder(path: Path) -> None:
+    """Refuse a new manifest whose folder is not there. A nightly run whose manifest folder was gone (an unmounted
+    disk, a mistyped path) made the folders and a new manifest there, recorded the whole site as added and
+    exited 0: a new manifest starts only in a folder that exists."""
+    folder = path.parent
+    if not folder.is_dir():
+        Manifest(path).check_path()  # a path under a file is said as such
+        raise UsageError(
+            f"the manifest's folder {folder} does not exist, so there is no manifest {path.name} there and none was "
+            "started; nothing was written", where=str(path),
+            fix="if the manifest lies on a disk that is not mounted, mount it; for a new manifest, create its folder "
+                f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
 
 
 class Manifest:
@@ -311,8 +327,8 @@ class Manifest:
         if not create and not self.path.exists():
             raise empty
         if not self.path.exists():
+            require_folder(self.path)
             try:
-                private_folder(self.path.parent)  # 0700 with its missing parents; a WriteError is an OSError
                 # Create the file with owner-only permissions before SQLite writes to it.
                 os.close(create_private(self.path, truncate=False))
             except OSError as exc:
@@ -345,7 +361,7 @@ class Manifest:
         a_file = next((folder for folder in self.path.parents if folder.exists() and not folder.is_dir()), None)
         if a_file is not None:  # a shard took it (it reads no manifest there) and hashed the site for nothing
             raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
-                             fix="pass --db with a path in a folder (or where one can be made)")
+                             fix="pass --db with a path in a folder")
 
     def schema_on_disk(self) -> int | None:
         """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
