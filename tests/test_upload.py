@@ -586,7 +586,7 @@ def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_m
     assert query(cloud_db, "SELECT count(*) FROM source_files WHERE srcfile = 'Metadata/tab\tx.md'") == [(1,)]
     out = cli("upload", "--db", str(cloud_db), "--to", f"az://{central.container}/other/", env=central.env)
     assert out.returncode == 1 and "missing" not in out.stdout, out.stdout + out.stderr
-    assert "bad_name: Metadata/tab\tx.md: its name holds a control character" in out.stdout
+    assert "bad_name: 'Metadata/tab\\tx.md': its name holds a control character" in out.stdout  # escaped
 
     from chorus_batch.sources import open_source
 
@@ -1279,3 +1279,48 @@ def test_a_failed_sign_in_is_one_message_not_the_sdks_page_per_attempt(central, 
     assert empty.returncode == 2, empty.stdout + empty.stderr
     assert "AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET are set but empty" in empty.stderr, empty.stderr
     assert "internal error" not in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_names_with_control_characters_never_break_or_drive_the_terminal_in_what_upload_verify_and_mark_print(
+        central, tmp_path):
+    # A line break splits a problem line in two (a reader, or a script reading line by line, takes the rest for
+    # another line); an escape sequence retitles or clears the terminal of whoever reads the nightly mail.
+    label = "20261101020000"
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    odd = ["OMOP/new\nline.csv", "OMOP/esc\x1b]0;pwned\x07.csv", "OMOP/tab\tx.csv"]
+    for name in odd:
+        write(site, name, b"a name the centre cannot keep")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, label)
+
+    def clean(text: str) -> None:
+        assert not {"\x1b", "\x07", "\t", "\u202e"} & set(text), text
+        assert not [line for line in text.splitlines() if line.startswith(("line.csv", "x.csv", "md.md"))], text
+
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    clean(out.stdout)
+    assert "bad_name: 'OMOP/new\\nline.csv': its name holds a control character" in out.stdout
+    assert "bad_name: 'OMOP/tab\\tx.csv': its name holds a control character" in out.stdout
+    assert "bad_name: 'OMOP/esc\\x1b]0;pwned\\x07.csv'" in out.stdout
+
+    # blobs another tool put in the version's folder, named with a tab, a line break and a right-to-left override
+    # (what a listing's XML can hold): listed by verify and upload, escaped
+    central.client.upload_blob(f"{label}/stray\u202e\tx\nmd.md", b"not ours")
+    verified = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    clean(verified.stdout)
+    assert f"'{label}/stray\\u202e\\tx\\nmd.md'" in verified.stdout
+    clean(up(central, db).stdout)
+    assert json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env).stdout)[
+        "unlisted"] == [{"version": label, "name": "stray\u202e\tx\nmd.md", "size": 8}]  # machine output: exact
+
+    # a log naming blobs with controls: what mark-uploaded did not record is named escaped
+    log = tmp_path / "upload.log"
+    log.write_text(f"uploaded\t{label}/OMOP/gone\x1b[2J.csv\nuploaded\t..\x1b[2J/x\n")
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert marked.returncode == 1, marked.stdout + marked.stderr
+    clean(marked.stdout)
+    assert f"'{label}/OMOP/gone\\x1b[2J.csv': not a valid blob name" in marked.stdout
+    assert "not a valid blob name: ..\\x1b[2J is not a version label" in marked.stdout

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ..store.uploads import DAMAGED
-from ..units import human_bytes, plural
+from ..units import human_bytes, plural, shown_name, shown_text
 
 if TYPE_CHECKING:
     from ..submit.upload import UploadResult
@@ -21,7 +21,9 @@ def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
     counts = frame.group_by(state_column).len().sort(state_column).iter_rows()
     lines.append("    " + ", ".join(f"{state}: {n}" for state, n in counts))
     for srcfile, state, message in frame.select("srcfile", state_column, "message").head(EXAMPLES).iter_rows():
-        lines.append(f"    {state}: {srcfile}: {message}")
+        # names and messages as a terminal may show them: a line break or an escape sequence in a file's name must
+        # neither split the line nor drive the terminal (--json keeps them exact)
+        lines.append(f"    {state}: {shown_name(srcfile)}: {shown_text(message)}")
     if frame.height > EXAMPLES:
         lines.append(f"    ... {frame.height - EXAMPLES} more (--json lists them all)")
     return lines
@@ -131,7 +133,7 @@ def _unlisted_lines(unlisted: pl.DataFrame, command: str) -> list[str]:
     for version, frame in unlisted.group_by("version", maintain_order=True):
         names = frame["name"].head(EXAMPLES).to_list()
         more = f", ... {frame.height - EXAMPLES} more (--json lists them all)" if frame.height > EXAMPLES else ""
-        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(f"{version[0]}/{n}" for n in names) + more)
+        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(shown_name(f"{version[0]}/{n}") for n in names) + more)
     lines.append("  fix:   have them removed from the central container, or moved out of the version's folder "
                  f"(chorus-batch never deletes there); then {command} again")
     return lines

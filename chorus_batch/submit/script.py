@@ -34,6 +34,7 @@ from .. import release
 from ..errors import ExitCode, UsageError
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from ..times import iso, utc_now
+from ..units import shown_name, shown_text
 from ..urls import local_path
 from .central import Central, central_url, check_names, parse_central
 
@@ -194,7 +195,7 @@ class Marked:
                          "of a script run that sent files)")
         if self.rejected:
             lines.append(f"not recorded: {len(self.rejected)}")
-            lines += [f"  {name}: {why}" for name, why in self.rejected[:20]]
+            lines += [f"  {shown_name(name)}: {shown_text(why)}" for name, why in self.rejected[:20]]
             if len(self.rejected) > 20:
                 lines.append(f"  ... {len(self.rejected) - 20} more")
         if self.n_superseded:
