@@ -920,13 +920,13 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     assert "Traceback" not in write_only.stderr and "sig=" not in write_only.stderr.replace("sig=***", "")
     assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
 
-    # Without read: the files go (Put Blob), the look before the manifest's copy does not. That was "not allowed
-    # to write", and the exit-3 message did not say that the files sent were recorded.
+    # Without read: the look at the version folder's manifest copy (whose submission is it?) fails before anything
+    # is sent. That was "not allowed to write", and the exit-3 message did not say what was recorded.
     no_read = upload_with("upload", create=True, write=True, list=True)
     assert no_read.returncode == 3, no_read.stdout + no_read.stderr
     assert "not allowed to read or write blobs there" in no_read.stderr and "racwl" in no_read.stderr
-    assert "3 files confirmed by this upload are recorded" in no_read.stderr, no_read.stderr
-    assert len(ledger_names(db)) == 3 and query(db, "SELECT count(*) FROM submissions WHERE finished_at IS NOT NULL") == [(0,)]
+    assert "0 files confirmed by this upload are recorded" in no_read.stderr, no_read.stderr
+    assert len(ledger_names(db)) == 0 and blobs(central) == {} and query(db, "SELECT count(*) FROM submissions WHERE finished_at IS NOT NULL") == [(0,)]
     sent = upload_with("upload", read=True, add=True, create=True, write=True, list=True)
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
@@ -1233,8 +1233,9 @@ def test_a_manifest_older_than_the_one_that_uploaded_is_refused_and_told_where_t
     other = tmp_path / "other"
     write(other, "OMOP/person.csv", b"person_id\n1\n")
     commit(other, tmp_path / "other.sqlite", "20261101020000")
-    theirs = up(central, tmp_path / "other.sqlite")  # (its copy is refused over ours: as before, not "behind")
-    assert "manifest copy refused" in theirs.stdout and "no longer has" not in theirs.stderr, theirs.stdout + theirs.stderr
+    theirs = up(central, tmp_path / "other.sqlite")  # (nothing added to our submission: a conflict, not "behind")
+    assert theirs.returncode == 5 and "another manifest's submission" in theirs.stdout, theirs.stdout + theirs.stderr
+    assert "no longer has" not in theirs.stderr and blobs(central) == {**held, **blobs(central, "20261102020000/")}
 
 
 def test_verify_json_fields_are_the_ones_the_readme_names(central, tmp_path):
@@ -1324,3 +1325,29 @@ def test_names_with_control_characters_never_break_or_drive_the_terminal_in_what
     clean(marked.stdout)
     assert f"'{label}/OMOP/gone\\x1b[2J.csv': not a valid blob name" in marked.stdout
     assert "not a valid blob name: ..\\x1b[2J is not a version label" in marked.stdout
+
+
+def test_a_manifest_never_adds_files_to_another_manifests_submission_of_the_same_label(central, tmp_path):
+    # Site b's manifest (a copy of the site, a test manifest, a --version label reused) uploads to a folder that
+    # holds a's complete submission (its manifest copy carries a's id): b's files that are not there were written
+    # into it, and a's verify then failed for ever on blobs a reviewer takes for part of a's submission.
+    label = "20261101020000"
+    for site in ("a", "b"):
+        write(tmp_path / site, "OMOP/person.csv", b"the same in both sites")
+    write(tmp_path / "b", "OMOP/only_b.csv", b"b's own file")
+    dbs = {site: tmp_path / f"{site}.sqlite" for site in ("a", "b")}
+    for site, db in dbs.items():
+        commit(tmp_path / site, db, label)
+    first = up(central, dbs["a"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = blobs(central)
+
+    second = up(central, dbs["b"])
+    assert second.returncode == 5, second.stdout + second.stderr
+    assert blobs(central) == before  # nothing added to a's submission
+    assert "conflict: OMOP/only_b.csv:" in second.stdout and "another manifest's submission" in second.stdout
+    assert "--to az://<container>/<prefix>/" in second.stdout
+    assert query(dbs["b"], "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) ORDER BY 1") \
+        == [("OMOP/only_b.csv", "conflict"), ("OMOP/person.csv", "uploaded")]  # a's blob holds b's content: found
+    verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr

@@ -284,6 +284,17 @@ class Central:
         raise Conflict(f"az://{self.container_name}/{blob.blob_name} was written and removed again by someone else "
                        "while it was sent")
 
+    def confirm(self, version: str, srcfile: str, size: int, md5_hex: str) -> Sent:
+        """<version>/<srcfile> in a folder that is another manifest's submission (its manifest copy carries another
+        manifest's id): never written there. Sent (found) when the blob holds this very content, else a Conflict."""
+        blob = self.container.get_blob_client(self.name(version, srcfile))
+        props = _look(blob)
+        if props is None:
+            raise Conflict(f"az://{self.container_name}/{version}/ is another manifest's submission (its "
+                           f"{MANIFEST_FOLDER}/{MANIFEST_NAME} carries another manifest's id), which has no "
+                           f"{srcfile}: it was not written into it")
+        return self._same(blob, props, size, md5_hex)
+
     def _put(self, blob: Any, open_file: Callable[[], BinaryIO], size: int, md5_hex: str, settings: Any,
              condition: dict) -> Sent:
         try:
@@ -376,14 +387,15 @@ class Central:
 
     # ------------------------------------------------------------------ reading
 
-    def manifest_copy_owner(self, version: str) -> tuple[bool, str | None]:
-        """(there, manifest_id of the manifest whose copy it is) of <version>/_manifest/manifest.sqlite."""
+    def manifest_copy_owner(self, version: str, doing: str = "read") -> tuple[bool, str | None]:
+        """(there, manifest_id of the manifest whose copy it is) of <version>/_manifest/manifest.sqlite; `doing`:
+        what a failure says was being done (an upload's look before sending needs what the upload needs)."""
         blob = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
         try:
             props = cloud_access.retrying(lambda: _look(blob))
             return (False, None) if props is None else (True, _copy_owner(blob, props))
         except cloud_access.storage_errors() as exc:
-            raise self.explain(exc, "read", f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+            raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
 
     def copies_of(self, manifest_id: str, labels: set[str]) -> list[str]:
         """The version folders under the prefix, other than `labels`, whose manifest copy is manifest_id's: versions

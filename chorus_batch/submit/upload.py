@@ -294,7 +294,16 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     ledger.start(label)
     record_unsendable(ledger, central, label, immediate)
     readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
-    sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress)
+    # A folder whose manifest copy is another manifest's holds that manifest's submission (the same label, reused):
+    # its blobs with this content are confirmed as they are, and nothing is added to it.
+    try:
+        there, owner = central.manifest_copy_owner(label, "upload to") if sendable.height else (False, None)
+    except BaseException as exc:  # (nothing of this version was sent: what cli.main says of the ledger)
+        with contextlib.suppress(AttributeError):
+            exc.n_confirmed = 0  # type: ignore[union-attr]
+        raise
+    foreign = there and owner != str(manifest.state_identity()[0])
+    sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress, foreign=foreign)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
     try:
         _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate)
@@ -329,8 +338,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
-          workers: int, progress: Progress) -> tuple[tuple[int, int, int], pl.DataFrame]:
-    """Send `files` on `workers` threads; outcomes are written to the ledger in batches. Returns
+          workers: int, progress: Progress, *, foreign: bool = False) -> tuple[tuple[int, int, int], pl.DataFrame]:
+    """Send `files` on `workers` threads; outcomes are written to the ledger in batches (`foreign`: the folder is
+    another manifest's submission: blobs are confirmed as they are, never written). Returns
     ((files confirmed, bytes sent, files of them found at the centre already), the files not sent with why)."""
     batch_rows = int(os.environ.get(ENV_LEDGER_ROWS) or LEDGER_ROWS)
     pending: list[dict] = []
@@ -384,7 +394,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
                     row = next(rows, None)
                     if row is None:
                         break
-                    in_flight[pool.submit(_send_one, central, readers, label, row)] = row
+                    in_flight[pool.submit(_send_one, central, readers, label, row, foreign)] = row
                 if not in_flight:
                     break
                 finished, _ = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -422,7 +432,8 @@ class _Fatal(Exception):
         self.error = error
 
 
-def _send_one(central: Central, readers: dict[int | None, Source], label: str, row: dict) -> Sent | tuple[str, str]:
+def _send_one(central: Central, readers: dict[int | None, Source], label: str, row: dict,
+              foreign: bool = False) -> Sent | tuple[str, str]:
     """Send one file version: a Sent, or (state, why) when it is not sent; _Fatal when the storage fails."""
     srcfile = row["srcfile"]
     source = readers.get(row["root_id"]) or readers.get(None)
@@ -441,6 +452,8 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
         return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
                          "run records the change")
     try:
+        if foreign:
+            return central.confirm(label, srcfile, row["size"], row["md5"])
         return central.put(label, srcfile, lambda: source.open(srcfile), row["size"], row["md5"], row["replace_etag"])
     except Conflict as exc:
         return "conflict", f"{exc}; {_CONFLICT_FIX}"
