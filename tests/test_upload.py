@@ -555,15 +555,20 @@ def test_another_manifests_blobs_and_copy_with_the_same_labels_are_never_replace
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
 
 
-def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_missing(central, azurite, tmp_path,
-                                                                                        monkeypatch):
+def committed_with_names(tmp_path, names: list[str], label: str):
+    """A site of OMOP/person.csv and files of these (odd) names, committed as version `label`; its manifest."""
     site = tmp_path / "site"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
-    bad = ["Metadata/back\\slash.md", "Metadata/notes.", "Metadata/ctl\x01x.md"]
-    for name in bad:
+    for name in names:
         write(site, name, b"a name the centre cannot keep")
     db = tmp_path / "m.sqlite"
-    commit(site, db, "20261101020000")
+    commit(site, db, label)
+    return db
+
+def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_missing(central, azurite, tmp_path,
+                                                                                        monkeypatch):
+    bad = ["Metadata/back\\slash.md", "Metadata/notes.", "Metadata/ctl\x01x.md"]
+    db = committed_with_names(tmp_path, bad, "20261101020000")
     for _ in range(2):  # the same, truthful answer every time
         out = up(central, db)
         assert out.returncode == 1, out.stdout + out.stderr
@@ -1287,13 +1292,8 @@ def test_names_with_control_characters_never_break_or_drive_the_terminal_in_what
     # A line break splits a problem line in two (a reader, or a script reading line by line, takes the rest for
     # another line); an escape sequence retitles or clears the terminal of whoever reads the nightly mail.
     label = "20261101020000"
-    site = tmp_path / "site"
-    write(site, "OMOP/person.csv", b"person_id\n1\n")
     odd = ["OMOP/new\nline.csv", "OMOP/esc\x1b]0;pwned\x07.csv", "OMOP/tab\tx.csv"]
-    for name in odd:
-        write(site, name, b"a name the centre cannot keep")
-    db = tmp_path / "m.sqlite"
-    commit(site, db, label)
+    db = committed_with_names(tmp_path, odd, label)
 
     def clean(text: str) -> None:
         assert not {"\x1b", "\x07", "\t", "\u202e"} & set(text), text
