@@ -1347,6 +1347,9 @@ def test_a_manifest_never_adds_files_to_another_manifests_submission_of_the_same
     assert blobs(central) == before  # nothing added to a's submission
     assert "conflict: OMOP/only_b.csv:" in second.stdout and "another manifest's submission" in second.stdout
     assert "--to az://<container>/<prefix>/" in second.stdout
+    # its end line says what mends a conflict: running upload again does not
+    assert "in conflict with what the centre holds" in second.stdout
+    assert "run upload again once the files above are in place" not in second.stdout
     assert query(dbs["b"], "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) ORDER BY 1") \
         == [("OMOP/only_b.csv", "conflict"), ("OMOP/person.csv", "uploaded")]  # a's blob holds b's content: found
     verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ..store.uploads import DAMAGED
+from ..store.uploads import CONFLICT_FIX, DAMAGED
 from ..units import human_bytes, plural, shown_name, shown_text
 
 if TYPE_CHECKING:
@@ -56,7 +56,12 @@ def upload_text(result: UploadResult) -> str:
             else:
                 lines.append("  complete; checked against the container's listing (size, Content-MD5): all there")
         elif not result.dry_run and not v.complete:
-            lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
+            conflicts = v.not_sent.filter(pl.col("state") == "conflict").height if v.n_not_sent else 0
+            if conflicts:  # not mended by running again: "run upload again" sent people round in circles
+                lines.append(f"  incomplete: {plural(conflicts, 'file')} in conflict with what the centre holds under "
+                             f"{v.version}/: {CONFLICT_FIX}")
+            if v.n_not_sent > conflicts or not conflicts:
+                lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
         if v.unlisted is not None and v.unlisted.height:  # (the version stays unfinished: the next upload looks again)
             lines.extend(_unlisted_lines(v.unlisted, "upload"))
         if v.manifest_copy:

@@ -28,6 +28,12 @@ DAMAGED = ("missing", "size", "md5", "content")
 # Not sent, and never will be from this tree: its bytes were replaced or removed before it was sent.
 FINAL_NOT_SENT = ("superseded",)
 
+# What to do about a file in conflict (the centre holds other content under its name): running again does not mend it
+CONFLICT_FIX = ("another manifest (or tool) put a version with this label there: give this site's manifest its own "
+                 "place (--to az://<container>/<prefix>/), or have the blob there removed if it is wrong, and upload "
+                 "again")
+
+
 # A run writes the manifest beside an upload; its commit holds SQLite's write lock for the whole transaction
 # (minutes for a large site), longer than one connection's busy timeout: ledger writes wait this long for it
 # (CHORUS_BATCH_BUSY_WAIT_S: longer for a site whose commits take longer, 0 to fail at once under cron).

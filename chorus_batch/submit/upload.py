@@ -39,7 +39,7 @@ from ..faults import pause
 from ..sources import cloud as cloud_access
 from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
-from ..store.uploads import CONFIRMED, UploadLedger, require_version
+from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
 from .central import (Central, Conflict, FileChanged, ReadFailed, Sent, check_apart, check_names,
                       parse_central)
@@ -329,7 +329,7 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             try:
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
             except Conflict as exc:  # not finished: the next upload says so again
-                outcome.copy_refused = f"{exc}; {_CONFLICT_FIX}"
+                outcome.copy_refused = f"{exc}; {CONFLICT_FIX}"
                 return
             now = iso(utc_now())
             # The copy tells the centre which blobs are the submission; with blobs of others beside it the version
@@ -421,9 +421,6 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     return (counts[0], counts[1], counts[2]), frame
 
 
-_CONFLICT_FIX = ("another manifest (or tool) put a version with this label there: give this site's manifest its own "
-                 "place (--to az://<container>/<prefix>/), or have the blob there removed if it is wrong, and upload "
-                 "again")
 
 
 class _Fatal(Exception):
@@ -456,7 +453,7 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
             return central.confirm(label, srcfile, row["size"], row["md5"])
         return central.put(label, srcfile, lambda: source.open(srcfile), row["size"], row["md5"], row["replace_etag"])
     except Conflict as exc:
-        return "conflict", f"{exc}; {_CONFLICT_FIX}"
+        return "conflict", f"{exc}; {CONFLICT_FIX}"
     except FileChanged as exc:
         if stat.etag and row["source_etag"] and stat.etag.strip('"').lower() == row["source_etag"].strip('"').lower():
             # Not written since (same etag): the MD5 recorded was the storage's own (Content-MD5), and it is wrong.
