@@ -1342,6 +1342,11 @@ def test_a_manifest_never_adds_files_to_another_manifests_submission_of_the_same
     assert first.returncode == 0, first.stdout + first.stderr
     before = blobs(central)
 
+    dry = up(central, dbs["b"], "--dry-run")  # tells what the upload would do there: add nothing, exit 5
+    assert dry.returncode == 5, dry.stdout + dry.stderr
+    assert "holds another manifest's submission" in dry.stdout and "would send 0 files" in dry.stdout, dry.stdout
+    assert blobs(central) == before
+
     second = up(central, dbs["b"])
     assert second.returncode == 5, second.stdout + second.stderr
     assert blobs(central) == before  # nothing added to a's submission

@@ -67,7 +67,7 @@ def upload_text(result: UploadResult) -> str:
         if v.manifest_copy:
             lines.append(f"  manifest copy: {v.manifest_copy}")
         if v.copy_refused:
-            lines.append(f"  manifest copy refused: {v.copy_refused}")
+            lines.append(f"  {'would add nothing' if result.dry_run else 'manifest copy refused'}: {v.copy_refused}")
     if result.dry_run:
         lines.append(_dry_run_line(result))
     else:

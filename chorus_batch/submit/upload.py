@@ -41,7 +41,8 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
-from .central import (Central, Conflict, FileChanged, ReadFailed, Sent, check_apart, check_names,
+from ..units import plural
+from .central import (MANIFEST_FOLDER, Central, Conflict, FileChanged, ReadFailed, Sent, check_apart, check_names,
                       parse_central)
 
 if TYPE_CHECKING:
@@ -285,11 +286,20 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
     outcome = VersionUpload(label, plan.height, done.height)
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
+        outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         if sendable.height:
             _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud)
+            # The look the upload takes before sending (a read): a dry run said "would send N" into a folder holding
+            # another manifest's submission, where the upload adds nothing
+            there, owner = central.manifest_copy_owner(label, "look at")
+            if there and owner != str(manifest.state_identity()[0]):
+                outcome.copy_refused = (
+                    f"{label}/ at the centre holds another manifest's submission (its {MANIFEST_FOLDER}/ copy): nothing "
+                    f"would be added there: the {plural(sendable.height, 'file')} not sent yet would be confirmed where "
+                    f"a blob holds the same content and recorded as conflict otherwise (exit 5); {CONFLICT_FIX}")
+                return outcome
         outcome.n_sent = sendable.height
         outcome.bytes_sent = int(sendable["size"].sum() or 0)
-        outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         return outcome
     ledger.start(label)
     record_unsendable(ledger, central, label, immediate)
