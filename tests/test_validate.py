@@ -348,8 +348,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                              accession="ACC-70000", SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1))),
         add(f"{SERIES1}/001.dcm", dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
                                               SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))),
-     {("dicom.accession_id", DCM), ("dicom.path_mismatch", DCM), ("dicom.accession_id", f"{SERIES1}/001.dcm"),
-      ("dicom.path_mismatch", f"{SERIES1}/001.dcm")}),
+     # one finding for one cause: the header to fix, not also a folder to rename after "(none)"
+     {("dicom.accession_id", DCM), ("dicom.accession_id", f"{SERIES1}/001.dcm")}),
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
@@ -952,6 +952,21 @@ def test_an_accession_folder_and_header_that_differ_only_in_leading_zeros_agree(
     assert found(clean) == set()
     rename(padded, DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 900}/"))(clean)  # another id: still an error
     assert found(clean) == {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", f"/00{int(ACCESSION) + 900}/"))}
+
+
+def test_a_header_without_an_integer_accession_is_told_once_with_the_id_its_folder_names(clean):
+    """A DICOM file without AccessionNumber got two errors for one cause: dicom.accession_id and dicom.path_mismatch
+    ("accession folder 70000 but AccessionNumber (none)": rename the folder after nothing). The one says what to fix
+    (set it, to the id its folder names); the folder is still compared once the header holds an integer."""
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))(clean)
+    out = validate(clean)
+    assert out.select("rule", "srcfile").rows() == [("dicom.accession_id", DCM)]
+    assert out["message"][0] == ("the header has no AccessionNumber: the Imaging SOP replaces it by the study's "
+                                 f"image_occurrence_id when de-identifying; set it so (the accession folder names {ACCESSION})")
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500", accession="70999",
+                         SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))(clean)
+    assert found(clean) == {("dicom.path_mismatch", DCM)}
 
 
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):

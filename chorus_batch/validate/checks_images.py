@@ -16,6 +16,11 @@ _FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\
 _DICOM_NAME = r"_(?P<date>\d{8})_(?P<time>\d{6})_(?P<mod>[A-Za-z0-9]+)_(?P<series>[^_]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
 
 
+# an AccessionNumber the Imaging SOP accepts: the image_occurrence_id, an integer ([0-9], not \d: the regex engine's
+# \d takes any script's digits)
+_INTEGER_ACCESSION = pl.col("accession_number").fill_null("").str.contains(r"^[0-9]+$")
+
+
 def _dicom_number(expr: pl.Expr) -> pl.Expr:
     return expr.str.strip_chars().cast(pl.Float64, strict=False).cast(pl.Int64, strict=False)
 
@@ -123,8 +128,11 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
         differs("modality folder", pl.col("_category").str.to_uppercase(), "Modality",
                 pl.col("modality").str.to_uppercase()),
         # The Imaging SOP: AccessionNumber is "replaced by ... image_occurrence_id from the OMOP table", an integer id:
-        # folder 00123 and header 123 name the same one, compared as person ids are (without leading zeros)
-        differs("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number"), key=_norm_id),
+        # folder 00123 and header 123 name the same one, compared as person ids are (without leading zeros). A header
+        # whose AccessionNumber is absent or not an integer is told once, by dicom.accession_id (fix the header), not
+        # again here as a folder to rename after "(none)"
+        pl.when(_INTEGER_ACCESSION).then(
+            differs("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number"), key=_norm_id)),
         differs("series folder", pl.col("_series"), "SeriesInstanceUID", pl.col("series_instance_uid")),
         differs("file number", pl.col("_inst"), "InstanceNumber", _dicom_number(pl.col("instance_number"))),
     ], separator="; ", ignore_nulls=True)
@@ -190,16 +198,18 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             fmt("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
                       "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
         # The Imaging SOP: "PatientID and AccessionNumber in the DICOM metadata are replaced by person_id and
-        # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id
-        # ([0-9], not \d: the regex engine's \d takes any script's digits)
+        # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id.
+        # In today's layout the accession folder names the id the header should hold: the finding says which.
         _found(
             "dicom.accession_id",
-            ok.filter(~pl.col("accession_number").fill_null("").str.contains(r"^[0-9]+$")), "srcfile",
-            pl.when(pl.col("accession_number").is_null()).then(pl.lit(
-                "the header has no AccessionNumber: the Imaging SOP replaces it by the study's image_occurrence_id "
-                "(an integer) when de-identifying; set it so"))
-            .otherwise(fmt("AccessionNumber {} in the header is not an integer: the Imaging SOP replaces it by the "
-                           "study's image_occurrence_id when de-identifying; set it so", pl.col("accession_number")))),
+            ok.filter(~_INTEGER_ACCESSION), "srcfile",
+            pl.concat_str([
+                pl.when(pl.col("accession_number").is_null()).then(pl.lit("the header has no AccessionNumber"))
+                .otherwise(fmt("AccessionNumber {} in the header is not an integer", pl.col("accession_number"))),
+                pl.lit(": the Imaging SOP replaces it by the study's image_occurrence_id when de-identifying; set it so"),
+                pl.when((pl.col("_layout") == "current") & pl.col("_session").fill_null("").str.contains(r"^[0-9]+$"))
+                .then(fmt(" (the accession folder names {})", pl.col("_session"))).otherwise(pl.lit("")),
+            ])),
         _found(
             "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
             fmt("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
