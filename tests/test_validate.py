@@ -814,6 +814,22 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v5", "image_registry.csv"),
+                                        ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
+def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
+    """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
+    person ids and values of a registry or table row went into the finding, stored in the manifest and reports."""
+    from chorus_batch.validate.readers import parse_facts
+
+    header = ",".join(("file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file",
+                       "signal_id", "standardized_label", "sampling_rate", "units", "timestamp_id"))
+    body = (header + "\n" + ",".join(["1"] * 13) + "\n9,2,000888,SECRET-VALUE\n").encode()
+    write(tmp_path, name, body)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
+
+
 @pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v5", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and

@@ -608,6 +608,7 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
                 "runs to the end of the file)")
     # pyarrow quotes the offending row after the reason: rows hold person ids and clinical values, which a
     # finding (stored in the manifest, shown in reports) must not copy
+    text = re.sub(r"(Expected \d+ columns, got \d+): .*", r"\1", text, flags=re.S)  # a row quoted without quotes
     return re.sub(r': ".*', "", text, flags=re.S) + (" (a row with another number of fields than the header; "
                                                        "a quote opened and not closed joins rows)"
                                                        if "Expected" in text and "columns" in text else "")
