@@ -814,6 +814,44 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
+ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
+    ("omop_person.v2", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_procedures.v2", "OMOP/procedure_occurrence.csv",
+     "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
+    ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
+     "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
+    ("registry_csv.v5", "image_registry.csv",
+     "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
+]
+
+
+@pytest.mark.parametrize("kind, name, text", ZEROS_CASES, ids=[c[0] for c in ZEROS_CASES])
+@pytest.mark.parametrize("zeros", [4096, 0], ids=["after_rows", "only_zeros"])
+def test_every_csv_reader_tells_the_zeros_of_an_unfinished_copy(tmp_path, kind, name, text, zeros):
+    """A mapping file or registry ending in zeros (an unfinished copy) was told as pyarrow's "Expected 8 columns, got
+    1: \\x00\\x00..."; procedure_occurrence.csv too; a file of zeros only as "control characters (binary data?)".
+    Every CSV reader now tells them as OMOP tables are told."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, name, (text.encode() + b"\0" * zeros) if zeros else b"\0" * 8192)
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert "NUL bytes" in error and "copy or export the file again" in error and "\\x00" not in error, error
+
+
+def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_remedy(clean):
+    """The finding read "cannot read this file: cannot read the mapping file: CSV parse error: ... \\x00\\x00 ...;
+    write it as UTF-8 text": its prefix twice, pyarrow's copy of the zeros, and a remedy that does not mend a copy."""
+    for rel in ("Metadata/Telemetry_mapping.csv", "waveform_registry.csv"):
+        (clean / rel).write_bytes((clean / rel).read_bytes() + b"\0" * 4096)
+    out = validate(clean).filter(pl.col("srcfile").is_in(["Metadata/Telemetry_mapping.csv", "waveform_registry.csv"]))
+    messages = dict(out.select("srcfile", "message").rows())
+    assert set(out["rule"]) == {"metadata.unreadable", "registry.unreadable"}, out.to_dicts()
+    for rel, what in (("Metadata/Telemetry_mapping.csv", "mapping file"), ("waveform_registry.csv", "registry")):
+        assert messages[rel].startswith(f"cannot read this {what}: the file holds NUL bytes"), messages[rel]
+        assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
+
+
 @pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v5", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):

@@ -14,7 +14,7 @@ from .rules import (
     MAPPING_TIME_COLUMNS,
     SUBMISSION_SECTIONS,
 )
-from .site import _found, _one, _Site
+from .site import _found, _one, _Site, _unreadable
 
 
 def _metadata(site: _Site) -> list[pl.LazyFrame]:
@@ -25,9 +25,11 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     md = site.of_kind(KIND_MARKDOWN).with_columns(_doc=pl.col("_name").str.to_lowercase())
     mappings = site.of_kind(KIND_MAPPING).with_columns(_doc=pl.col("_name").str.to_lowercase())
     out: list[pl.LazyFrame] = [
-        _found("metadata.unreadable", pl.concat([md.select("srcfile", "error"), mappings.select("srcfile", "error")])
-               .filter(pl.col("error").is_not_null()), "srcfile",
-               fmt("cannot read this file: {}; write it as UTF-8 text", pl.col("error"))),
+        _found("metadata.unreadable", md.filter(pl.col("error").is_not_null()), "srcfile",
+               _unreadable("file", "write it as UTF-8 text")),
+        _found("metadata.unreadable", mappings.filter(pl.col("error").is_not_null()), "srcfile",
+               _unreadable("mapping file", "write it as UTF-8 comma-delimited text with a header row, a row per "
+                                           "signal")),
     ]
     for name in ("READINESS.md", "SUBMISSION.md"):
         if md.filter(pl.col("_doc") == name.lower()).height == 0:

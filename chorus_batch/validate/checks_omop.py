@@ -17,7 +17,7 @@ from .rules import (
     OMOP_REQUIRED_COLUMNS,
     REQUIRED_TABLES,
 )
-from .site import _Across, _found, _norm_id, _one, _Site
+from .site import _Across, _found, _norm_id, _one, _Site, _unreadable
 
 
 def _omop(site: _Site) -> list[pl.LazyFrame]:
@@ -62,8 +62,7 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         {"\t": "tabs", ";": "semicolons", "|": "pipes"}, default=pl.col("delimiter"), return_dtype=pl.String)
     out += [
         _found("omop.unreadable", csvs.filter(pl.col("error").is_not_null()), "srcfile",
-               fmt("cannot read this OMOP table: {}; write it as UTF-8 comma-delimited text with a header row",
-                         pl.col("error"))),
+               _unreadable("OMOP table", "write it as UTF-8 comma-delimited text with a header row")),
         _found("omop.delimiter", parsed.filter(pl.col("delimiter") != ","), "srcfile",
                fmt("the header row is split by {}, not commas: export the table comma-delimited", delim_name)),
         # names as read (lower-cased): PERSON_ID and person_id are one column named twice

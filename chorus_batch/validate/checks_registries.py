@@ -8,7 +8,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import _found, _norm_id, _one, _Site
+from .site import _found, _norm_id, _one, _Site, _unreadable
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -52,8 +52,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                fmt("the header ({}) lacks some of {}: write one row per file with these columns",
                          pl.col("columns").list.join(","), pl.lit(", ".join(REGISTRY_COLUMNS)))),
         _found("registry.unreadable", registries.filter(pl.col("error").is_not_null()), "srcfile",
-               fmt("cannot read this registry: {}; write it as UTF-8 comma-delimited text with a header row",
-                         pl.col("error"))),
+               _unreadable("registry", "write it as UTF-8 comma-delimited text with a header row, a row per file")),
     ]
     usable = _usable(registries)
     if usable.height == 0:

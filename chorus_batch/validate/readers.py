@@ -364,7 +364,7 @@ def _markdown_facts(f) -> dict[str, Any]:
     return {"headings": headings, "checked": checked, "unchecked": unchecked, "chars": len(text)}
 
 
-def _table(f, what: str):
+def _table(f):
     """A small CSV (a mapping file, a registry) as a polars frame of strings, columns lower-cased."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -384,11 +384,15 @@ def _table(f, what: str):
     if ended:  # only the header row, unterminated
         return facts, pl.DataFrame(schema={c: pl.String for c in facts["columns"]})
     f.seek(0)
+    gate = _Gate(f)  # (NUL bytes told as such; pyarrow's read-ahead stopped before the caller reads on)
     try:
-        table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(use_threads=False), parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        table = pacsv.read_csv(gate, read_options=pacsv.ReadOptions(use_threads=False), parse_options=pacsv.ParseOptions(newlines_in_values=True),
                                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in raw}))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read the {what}: {_arrow_reason(exc, 1 << 20, raw)}") from None
+        # (the finding says which file it is: "cannot read this registry: <reason>", not the kind twice)
+        raise BadContent(_arrow_failure(exc, gate, 1 << 20, raw)) from None
+    finally:
+        gate.close()
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     frame.columns = facts["columns"]
@@ -398,7 +402,7 @@ def _table(f, what: str):
 def _mapping_facts(f) -> dict[str, Any]:
     """A waveform mapping CSV: its columns, the rows whose values the procedure would not accept, and the signals
     it maps (signal_id, sampling_rate, units: checked against the WFDB headers of its category)."""
-    facts, frame = _table(f, "mapping file")
+    facts, frame = _table(f)
     if frame is None or not all(c in frame.columns for c in MAPPING_COLUMNS):
         return facts
     rate = pl.col("sampling_rate").cast(pl.Float64, strict=False)
@@ -426,7 +430,7 @@ def _mapping_facts(f) -> dict[str, Any]:
 
 def _registry_facts(f) -> dict[str, Any]:
     """A linkage registry CSV: its columns, and what the cross-checks need (one row per file)."""
-    facts, frame = _table(f, "registry")
+    facts, frame = _table(f)
     # The Imaging SOP's image_registry spells one column "visit_ id" (its CREATE TABLE and its CSV header labels): a
     # site that copied it wrote the linkage procedure's visit_id
     names = [re.sub(r"\s*_\s*", "_", c) for c in facts["columns"]]
@@ -523,6 +527,8 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
         raise BadContent("the file is empty (no header row)")
     ended = b"\n" not in data
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if b"\0" in line:  # (a copy that did not finish before its first line: zeros only)
+        raise BadContent(NUL_REASON)
     if len(line) > MAX_CSV_HEADER_BYTES:
         raise BadContent(f"the first line is longer than {MAX_CSV_HEADER_BYTES // 1024} KiB: not a CSV header row")
     try:
@@ -614,8 +620,19 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
                                                        if "Expected" in text and "columns" in text else "")
 
 
-_NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data, or the zeros a copy that did not "
-               "finish leaves (a file at its full size, filled only in part); copy or export the table again")
+NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data, or the zeros a copy that did not "
+              "finish leaves (a file at its full size, filled only in part); copy or export the file again")
+
+
+# The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
+# copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
+OWN_REMEDY = r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) again)$"
+
+
+def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
+    """Why pyarrow could not parse a CSV read through `gate`, in the site's terms: the zeros of an unfinished copy
+    hold no line break (pyarrow finds one endless row, or a row of too few fields, not the zeros): told as such."""
+    return NUL_REASON if gate.nul else _arrow_reason(exc, block, names)
 
 
 def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
@@ -642,9 +659,8 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
             seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        reason = (_NUL_REASON if gate.nul  # (zeros hold no line break: pyarrow finds one endless row, not the zeros)
-                  else _arrow_reason(exc, _CSV_BLOCK_BYTES, raw_names))
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {reason}") from None
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: "
+                         f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None
     finally:
         gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
     rows = list(seen)
@@ -713,7 +729,7 @@ def _procedure_facts(f) -> dict[str, Any]:
             chunks.append(_int64s(pc.cast(pc.filter(ids, ehr), pa.int64())))
             every.append(_int64s(pc.cast(pc.filter(ids, integer), pa.int64())))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_reason(exc, _CSV_BLOCK_BYTES, raw)}") from None
+        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
         gate.close()
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)

@@ -17,7 +17,7 @@ import polars as pl
 from ..frames import fmt
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
-from .readers import _DICOM_TAGS
+from .readers import _DICOM_TAGS, OWN_REMEDY
 from .rules import (
     KIND_DICOM,
     KIND_LINKS,
@@ -136,6 +136,15 @@ def _found(rule: str, frame: pl.DataFrame | pl.LazyFrame, srcfile: pl.Expr | str
 
 def _one(rule: str, srcfile: str, message: str) -> pl.LazyFrame:
     return pl.LazyFrame({"rule": [rule], "srcfile": [srcfile], "message": [message]}, schema=_FINDING_COLUMNS)
+
+
+def _unreadable(what: str, remedy: str) -> pl.Expr:
+    """The message of a file whose reader gave up (its `error` fact): what it is, why, and what to do, the remedy
+    given once: the reader's own where its reason has one (readers.OWN_REMEDY), else `remedy`. (Facts cached before
+    2026-12-04 prefix a mapping's or registry's reason with "cannot read the <kind>: ", the finding's own words.)"""
+    error = pl.col("error").str.replace(r"^cannot read the (mapping file|registry): ", "")
+    return pl.when(error.str.contains(OWN_REMEDY)).then(fmt(f"cannot read this {what}: {{}}", error)).otherwise(
+        fmt(f"cannot read this {what}: {{}}; {remedy}", error))
 
 
 def _join_list(values: pl.Expr, limit: int = 5) -> pl.Expr:
