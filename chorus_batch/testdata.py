@@ -856,6 +856,13 @@ _VR = {
     0x00200010: b"SH", 0x00200011: b"IS", 0x00200013: b"IS", 0x00204000: b"LT", 0x00280002: b"US",
     0x00280004: b"CS", 0x00280010: b"US", 0x00280011: b"US", 0x00280100: b"US", 0x00280101: b"US",
     0x00280102: b"US", 0x00280103: b"US",
+    0x00081030: b"LO", 0x00081090: b"LO", 0x00180015: b"CS", 0x00180087: b"DS",
+}
+# The study-level attributes the Imaging SOP selects for CHoRUS that the template does not otherwise fill
+# (validate's dicom.study_metadata): fixed values per modality; MR adds its field strength (tesla).
+_STUDY = {
+    "CT": [(0x00081030, b"CT CHEST"), (0x00081090, b"testdata-ct"), (0x00180015, b"CHEST")],
+    "MR": [(0x00081030, b"MR BRAIN"), (0x00081090, b"testdata-mr"), (0x00180015, b"HEAD"), (0x00180087, b"3")],
 }
 _PREFIX = {tag: struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr) for tag, vr in _VR.items()}
 
@@ -897,8 +904,9 @@ def _dicom_template(modality: str, pid_len: int, size: int) -> tuple[bytes, int]
         (0x00080020, "date"), (0x00080022, "date"), (0x00080030, "time"), (0x00080032, "time"),
         (0x00080050, "sh"), (0x00080060, modality.encode()), (0x00080070, b"chorus-testdata"), (0x00100020, "pid"),
         (0x0020000D, "uid"), (0x0020000E, "uid"), (0x00200010, "sh"), (0x00200011, "number"),
-        (0x00200013, "number"), (0x00204000, "comment"),
+        (0x00200013, "number"), (0x00204000, "comment"), *_STUDY[modality],
     ]
+    data.sort(key=lambda element: element[0])  # a dataset's elements in ascending tag order (PS3.5 7.1)
     marker = b"\xff" * max(width.values())  # stands for a field while lengths are computed
 
     def element(tag: int, value: bytes | str) -> bytes:

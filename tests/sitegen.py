@@ -161,6 +161,12 @@ def dicom_bytes(*, person_id: str, series: int, instance: int, modality: str = "
     ds.SeriesInstanceUID = series_uid(person_id, study_date, series)
     if accession is not None:
         ds.AccessionNumber = accession
+    # the study-level attributes the Imaging SOP selects (validate's dicom.study_metadata);
+    # `identifying` may set or empty them (None)
+    ds.StudyDescription, ds.Manufacturer, ds.ManufacturerModelName = f"{modality} STUDY", "sitegen", "sitegen-1"
+    ds.BodyPartExamined = "HEAD" if modality == "MR" else "CHEST"
+    if modality == "MR":
+        ds.MagneticFieldStrength = 3
     for keyword, value in identifying.items():
         setattr(ds, keyword, value)
     ds.StudyDate, ds.StudyTime = study_date, study_time

@@ -350,6 +350,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                               SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))),
      # one finding for one cause: the header to fix, not also a folder to rename after "(none)"
      {("dicom.accession_id", DCM), ("dicom.accession_id", f"{SERIES1}/001.dcm")}),
+    # the Imaging SOP's study-level metadata: told once per series folder
+    ("study_metadata", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                            accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
+                                            StudyDescription=None)),
+     {("dicom.study_metadata", f"{SERIES1}/")}),
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
@@ -647,7 +652,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v2", "dicom.v2", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v2", "dicom.v3", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -706,7 +711,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v2", "dicom.v2", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v2", "dicom.v3", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
                                  "mapping_csv.v4", "registry_csv.v5", "omop_procedures.v2"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -714,7 +719,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v2"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v3"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1021,6 +1026,29 @@ def test_a_header_without_an_integer_accession_is_told_once_with_the_id_its_fold
     add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500", accession="70999",
                          SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1)))(clean)
     assert found(clean) == {("dicom.path_mismatch", DCM)}
+
+
+def test_study_level_attributes_the_imaging_sop_selects_are_asked_for_once_per_series(clean):
+    """The Imaging SOP selects study-level metadata for CHoRUS (StudyInstanceUID, StudyDescription, StudyDate, ...,
+    MagneticFieldStrength of an MR study); a de-identification that dropped them passed without a word. A series
+    folder whose headers lack some is told once, with how many files and which attributes."""
+    uid = sitegen.series_uid(P0, DAY0, 1)
+    for instance, name in ((0, DCM), (1, f"{SERIES1}/001.dcm")):
+        add(name, dicom_bytes(person_id=P0, series=1, instance=instance, study_date=DAY0, study_time="081500",
+                              accession=ACCESSION, SeriesInstanceUID=uid, StudyDescription=None,
+                              **({"BodyPartExamined": None} if instance else {})))(clean)
+    mr = f"{P1}/Images/MR/{int(sitegen.accession_of(1)) + 7}/{sitegen.series_uid(P1, DAY1, 9)}"
+    add(f"{mr}/000.dcm", dicom_bytes(person_id=P1, series=9, instance=0, modality="MR", study_date=DAY1,
+                                     study_time="081500", accession=str(int(sitegen.accession_of(1)) + 7),
+                                     SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 9), MagneticFieldStrength=None))(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.study_metadata")
+    assert dict(out.select("srcfile", "message").rows()) == {
+        f"{SERIES1}/": "2 DICOM file(s) of this series lack StudyDescription, BodyPartExamined: the Imaging SOP keeps "
+                       "these study-level attributes for CHoRUS; keep them when de-identifying (or set them from the "
+                       "source study)",
+        f"{mr}/": "1 DICOM file(s) of this series lack MagneticFieldStrength: the Imaging SOP keeps these study-level "
+                  "attributes for CHoRUS; keep them when de-identifying (or set them from the source study)"}
+    assert out["severity"].unique().to_list() == ["warning"]
 
 
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM
+from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM, STUDY_DICOM_TAGS, STUDY_DICOM_TAGS_MR
 from .site import _Across, _found, _join_list, _norm_id, _Site
 
 _FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
@@ -41,7 +41,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d),
+        *_current_paths(d), *_deidentified(d), _study_metadata(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -173,6 +173,24 @@ def _accessions(across: _Across) -> list[pl.LazyFrame]:
             "accession {} is used by persons {}: the Imaging SOP replaces AccessionNumber by the image_occurrence_id, "
             "one per study; give each person's studies their own ids", pl.col("_key"), _join_list(pl.col("_all")))),
     ]
+
+
+def _study_metadata(d: pl.DataFrame) -> pl.LazyFrame:
+    """The Imaging SOP's study-level attributes, once per series folder (a study's files share them: a finding per
+    file would repeat one cause thousands of times): which are absent from any of its headers, in how many files."""
+    absent = {key: pl.col(key).is_null() for key in STUDY_DICOM_TAGS}
+    absent |= {key: pl.col(key).is_null() & (pl.col("modality").str.strip_chars().str.to_uppercase() == "MR").fill_null(False)
+               for key in STUDY_DICOM_TAGS_MR}
+    keywords = {key: keyword for key, (keyword, _) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR).items()}
+    lacking = (
+        d.lazy().filter(pl.col("_ok") & pl.any_horizontal(absent.values()))
+        .group_by("_dir").agg(_n=pl.len(), **{key: test.any() for key, test in absent.items()})
+        .with_columns(_tags=pl.concat_list([pl.when(pl.col(key)).then(pl.lit(keywords[key])) for key in absent])
+                      .list.drop_nulls().list.join(", "))
+    )
+    return _found("dicom.study_metadata", lacking, pl.col("_dir") + "/", fmt(
+        "{} DICOM file(s) of this series lack {}: the Imaging SOP keeps these study-level attributes for CHoRUS; keep "
+        "them when de-identifying (or set them from the source study)", pl.col("_n").cast(pl.String), pl.col("_tags")))
 
 
 def _keyword(key: str) -> str:

@@ -45,6 +45,8 @@ from .rules import (
     LINKAGE_CONCEPTS,
     MAPPING_COLUMNS,
     REGISTRY_COLUMNS,
+    STUDY_DICOM_TAGS,
+    STUDY_DICOM_TAGS_MR,
 )
 
 
@@ -68,6 +70,7 @@ _DICOM_TAGS: dict[str, int] = {
     "accession_number": 0x00080050,
     "series_instance_uid": 0x0020000E,
     **IDENTIFYING_DICOM_TAGS,
+    **{key: tag for key, (_, tag) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR).items()},
 }
 
 

@@ -109,6 +109,22 @@ IDENTIFYING_DICOM_TAGS: dict[str, int] = {
     "patient_telephone_numbers": 0x00102154,
 }
 
+# The study-level attributes the Imaging SOP selects for CHoRUS ("Study Level" of the metadata sites map) that
+# every study has: the facts' key -> (DICOM keyword, tag). AccessionNumber and Modality are checked against the
+# folders (dicom.accession_id, dicom.path_mismatch); MagneticFieldStrength is asked of MR studies only
+# (STUDY_DICOM_TAGS_MR); Radiopharmaceutical (a nuclear medicine study's, inside its Radiopharmaceutical Information
+# Sequence) and ContrastBolusAgent/Route (only where contrast was given) are not asked: a header cannot tell.
+STUDY_DICOM_TAGS: dict[str, tuple[str, int]] = {
+    "study_instance_uid": ("StudyInstanceUID", 0x0020000D),
+    "study_date": ("StudyDate", 0x00080020),
+    "study_time": ("StudyTime", 0x00080030),
+    "study_description": ("StudyDescription", 0x00081030),
+    "manufacturer": ("Manufacturer", 0x00080070),
+    "manufacturer_model_name": ("ManufacturerModelName", 0x00081090),
+    "body_part_examined": ("BodyPartExamined", 0x00180015),
+}
+STUDY_DICOM_TAGS_MR: dict[str, tuple[str, int]] = {"magnetic_field_strength": ("MagneticFieldStrength", 0x00180087)}
+
 # WFDB signal formats: samples per group and bytes per group (a group is the smallest whole
 # number of bytes: 212 packs 2 samples in 3 bytes, 310/311 pack 3 samples in 4 bytes).
 WFDB_FORMAT_SIZES: dict[str, tuple[int, int]] = {
@@ -121,7 +137,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # Kinds of content a rule reads. A kind's name changes when its reader keeps more (dicom.v2 reads
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
 # wfdb_header.v2 keeps each signal's name and units (the rules against the site's signal mapping)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v2", "dicom.v2", "records"
+# dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v2", "dicom.v3", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
@@ -285,6 +302,10 @@ RULES: tuple[Rule, ...] = (
     Rule("dicom.accession_id", "error", "DICOM AccessionNumber not an image_occurrence_id",
          "A DICOM header's AccessionNumber is absent or not an integer (the Imaging SOP replaces it by the study's "
          "OMOP image_occurrence_id when de-identifying)."),
+    Rule("dicom.study_metadata", "warning", "DICOM study metadata missing",
+         "DICOM headers of a series folder lack study-level attributes the Imaging SOP selects for CHoRUS "
+         f"({', '.join(k for k, _ in STUDY_DICOM_TAGS.values())}; MagneticFieldStrength in MR studies): keep them "
+         "when de-identifying."),
     Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
