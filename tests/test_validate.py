@@ -844,6 +844,22 @@ def test_every_csv_reader_tells_the_zeros_of_an_unfinished_copy(tmp_path, kind, 
     assert "NUL bytes" in error and "copy or export the file again" in error and "\\x00" not in error, error
 
 
+@pytest.mark.parametrize("kind, name, text", ZEROS_CASES, ids=[c[0] for c in ZEROS_CASES])
+def test_a_csv_whose_lines_end_in_a_carriage_return_alone_is_read_as_with_newlines(tmp_path, kind, name, text):
+    """Lines ended by CR alone (classic Mac OS, some spreadsheets' CSV export) were one endless first line: the
+    finding was the csv module's "cannot parse the file (Error: new-line character seen in unquoted field - do you
+    need to open the file in universal-newline mode?)". pyarrow reads such lines: the facts are those of LF lines."""
+    from chorus_batch.validate.readers import parse_facts
+
+    facts = {}
+    for ending in ("\n", "\r", "\r\n"):
+        write(tmp_path, name, text.replace("\n", ending).encode())
+        with open(tmp_path / name, "rb") as f:
+            facts[ending] = parse_facts(kind, f)
+    assert "error" not in facts["\n"], facts["\n"]
+    assert facts["\r"] == facts["\n"] == facts["\r\n"], facts
+
+
 def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_remedy(clean):
     """The finding read "cannot read this file: cannot read the mapping file: CSV parse error: ... \\x00\\x00 ...;
     write it as UTF-8 text": its prefix twice, pyarrow's copy of the zeros, and a remedy that does not mend a copy."""

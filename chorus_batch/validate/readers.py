@@ -517,19 +517,24 @@ def _records_facts(f) -> dict[str, Any]:
     return {"records": [line for line in lines if line and not line.startswith("#")]}
 
 
+_LINE_END = re.compile(rb"\r\n?|\n")
+
+
 def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
     """The facts of a CSV's first line, its column names as written (for pyarrow), and whether the file ends with
     that line unterminated: a header row without rows nor newline, which pyarrow refuses ("Empty CSV file")."""
+    # A line ends at LF, CRLF or a CR alone (classic Mac OS line ends, as some spreadsheet exports still write them;
+    # pyarrow reads all three): a file of CR-ended lines was one endless first line, handed whole to the csv module
+    # ("new-line character seen in unquoted field"), or, under 1 MiB, a header row without rows.
     data = b""
-    while b"\n" not in data and len(data) <= MAX_CSV_HEADER_BYTES:
+    while b"\n" not in data and b"\r" not in data and len(data) <= MAX_CSV_HEADER_BYTES:
         chunk = f.read(64 * 1024)
         if not chunk:
             break
         data += chunk
     if not data:
         raise BadContent("the file is empty (no header row)")
-    ended = b"\n" not in data
-    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    line, ended = _LINE_END.split(data, 1)[0], _LINE_END.search(data) is None
     if b"\0" in line:  # (a copy that did not finish before its first line: zeros only)
         raise BadContent(NUL_REASON)
     if len(line) > MAX_CSV_HEADER_BYTES:
