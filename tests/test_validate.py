@@ -1067,6 +1067,19 @@ def test_study_level_attributes_the_imaging_sop_selects_are_asked_for_once_per_s
     assert out["severity"].unique().to_list() == ["warning"]
 
 
+def test_a_dicom_file_cut_short_is_told_to_be_copied_again_not_re_exported(clean):
+    """The finding for a DICOM file cut inside its header said "(an interrupted copy?); re-export the image as DICOM
+    Part 10 (.dcm)": two remedies, the second for another cause. A file that is not DICOM Part 10 keeps that one."""
+    data = (clean / DCM).read_bytes()
+    (clean / DCM).write_bytes(data[:300])
+    add(f"{SERIES1}/001.dcm", data[144 + int.from_bytes(data[140:144], "little"):])(clean)  # no preamble nor meta group
+    messages = dict(validate(clean).filter(pl.col("rule") == "dicom.unreadable").select("srcfile", "message").rows())
+    assert messages == {
+        DCM: "no readable DICOM header: the file ends inside its DICOM header (an interrupted copy?): copy the file again",
+        f"{SERIES1}/001.dcm": "no readable DICOM header: not a DICOM Part 10 file (no 'DICM' prefix and File Meta "
+                              "Information); re-export the image as DICOM Part 10 (.dcm)"}
+
+
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):
     add(f"{P0}/Metadata/SUBMISSION.md", "# Submission\n")(clean)
     message = validate(clean).filter(pl.col("rule") == "layout.person_subfolder")["message"].to_list()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
+from .readers import OWN_REMEDY
 from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM, STUDY_DICOM_TAGS, STUDY_DICOM_TAGS_MR
 from .site import _Across, _found, _join_list, _norm_id, _Site
 
@@ -35,8 +36,10 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     files = site.files.lazy()
     d = site.of_kind(KIND_DICOM)
     out = [
+        # one remedy: the reason's own (a cut copy is copied again), else a re-export
         _found("dicom.unreadable", d.filter(pl.col("error").is_not_null()), "srcfile",
-               fmt("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error"))),
+               pl.when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("no readable DICOM header: {}", pl.col("error")))
+               .otherwise(fmt("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error")))),
         _found("dicom.outside_series", files.filter(pl.col("_outside_series")).join(
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "

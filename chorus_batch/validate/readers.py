@@ -197,7 +197,7 @@ def _dicom_facts(f) -> dict[str, Any]:
         raise BadContent("the file is empty")
     complete = len(head) < DICOM_HEAD_BYTES
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
-    truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?)")
+    truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
     if complete and head[128:132] == b"DICM" and (
             len(head) < 144  # not even the File Meta group's length
             or head[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
@@ -634,7 +634,8 @@ NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data,
 
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
 # copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
-OWN_REMEDY = r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) again)$"
+OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
+              r"again|copy the file again)$")
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
