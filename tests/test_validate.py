@@ -1080,6 +1080,33 @@ def test_a_dicom_file_cut_short_is_told_to_be_copied_again_not_re_exported(clean
                               "Information); re-export the image as DICOM Part 10 (.dcm)"}
 
 
+def test_a_header_lacking_what_its_folders_name_is_told_to_set_it_not_to_rename_the_folders(clean):
+    """A header without Modality or SeriesInstanceUID was told "modality folder CT but Modality (none) in the header:
+    name the folders and the file after the header's values": renaming after nothing. It now names what is absent and
+    what its folder says; a value that differs is still told with both, and the folders to rename."""
+    import io
+
+    import pydicom
+
+    uid = sitegen.series_uid(P0, DAY0, 1)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0,
+                                                study_time="081500", accession=ACCESSION, SeriesInstanceUID=None)))
+    del ds.Modality
+    out_bytes = io.BytesIO()
+    ds.save_as(out_bytes)
+    add(DCM, out_bytes.getvalue())(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.path_mismatch")
+    assert out.select("srcfile", "message").rows() == [(DCM, (
+        f"the header has no Modality (the modality folder says CT), SeriesInstanceUID (the series folder says {uid}): "
+        "set it to what the folders and the file name say"))]
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500", accession=ACCESSION,
+                         SeriesInstanceUID=None, modality="MR"))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.path_mismatch")["message"].to_list() == [
+        f"the header has no SeriesInstanceUID (the series folder says {uid}): set it to what the folders and the file "
+        "name say; modality folder CT but Modality MR in the header: name the folders and the file after the header's "
+        "values (or fix the header)"]
+
+
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):
     add(f"{P0}/Metadata/SUBMISSION.md", "# Submission\n")(clean)
     message = validate(clean).filter(pl.col("rule") == "layout.person_subfolder")["message"].to_list()

@@ -122,27 +122,42 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
         _inst=pl.col("_segment").str.extract(r"(\d+)$").cast(pl.Int64, strict=False),
     )
 
+    # A header without the value is told as such, with what its folder names: the header is to be set, not the folder
+    # renamed after "(none)"; a header value that differs from its folder is told with both.
     def differs(what: str, folder: pl.Expr, tag: str, header: pl.Expr, key=lambda value: value) -> pl.Expr:
-        return pl.when(folder.is_null() | header.is_null() | (key(folder) != key(header))).then(
+        return pl.when(header.is_not_null() & (folder.is_null() | (key(folder) != key(header)))).then(
             fmt("{} {} but {} {} in the header", pl.lit(what), folder.cast(pl.String).fill_null("?"), pl.lit(tag),
-                      header.cast(pl.String).fill_null("(none)")))
+                header.cast(pl.String)))
 
-    problems = pl.concat_str([
-        differs("modality folder", pl.col("_category").str.to_uppercase(), "Modality",
-                pl.col("modality").str.to_uppercase()),
+    def absent(what: str, folder: pl.Expr, tag: str, header: pl.Expr) -> pl.Expr:
+        return pl.when(header.is_null()).then(
+            fmt("{} (the {} says {})", pl.lit(tag), pl.lit(what), folder.cast(pl.String).fill_null("?")))
+
+    checks = [
+        ("modality folder", pl.col("_category").str.to_uppercase(), "Modality", pl.col("modality").str.to_uppercase(),
+         None),
         # The Imaging SOP: AccessionNumber is "replaced by ... image_occurrence_id from the OMOP table", an integer id:
         # folder 00123 and header 123 name the same one, compared as person ids are (without leading zeros). A header
         # whose AccessionNumber is absent or not an integer is told once, by dicom.accession_id (fix the header), not
-        # again here as a folder to rename after "(none)"
-        pl.when(_INTEGER_ACCESSION).then(
-            differs("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number"), key=_norm_id)),
-        differs("series folder", pl.col("_series"), "SeriesInstanceUID", pl.col("series_instance_uid")),
-        differs("file number", pl.col("_inst"), "InstanceNumber", _dicom_number(pl.col("instance_number"))),
+        # again here
+        ("accession folder", pl.col("_session"), "AccessionNumber", pl.col("accession_number"), _norm_id),
+        ("series folder", pl.col("_series"), "SeriesInstanceUID", pl.col("series_instance_uid"), None),
+        ("file number", pl.col("_inst"), "InstanceNumber", _dicom_number(pl.col("instance_number")), None),
+    ]
+    differing = pl.concat_str([
+        (pl.when(_INTEGER_ACCESSION).then(differs(w, f, t, h, k)) if t == "AccessionNumber"
+         else differs(w, f, t, h) if k is None else differs(w, f, t, h, k))
+        for w, f, t, h, k in checks], separator="; ", ignore_nulls=True)
+    lacking = pl.concat_str([absent(w, f, t, h) for w, f, t, h, _ in checks if t != "AccessionNumber"],
+                            separator=", ", ignore_nulls=True)
+    message = pl.concat_str([
+        pl.when(pl.col("_lacking") != "").then(fmt("the header has no {}: set it to what the folders and the file name say", pl.col("_lacking"))),
+        pl.when(pl.col("_differing") != "").then(fmt(
+            "{}: name the folders and the file after the header's values (or fix the header)", pl.col("_differing"))),
     ], separator="; ", ignore_nulls=True)
-    checked = current.with_columns(_problems=problems).filter(pl.col("_problems") != "")
-    return [_found("dicom.path_mismatch", checked, "srcfile",
-                   fmt("{}: name the folders and the file after the header's values (or fix the header)",
-                             pl.col("_problems")))]
+    checked = (current.with_columns(_differing=differing, _lacking=lacking)
+               .filter((pl.col("_differing") != "") | (pl.col("_lacking") != "")))
+    return [_found("dicom.path_mismatch", checked, "srcfile", message)]
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:
