@@ -120,16 +120,35 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     source = sources.get(root_id) or sources.get(None)
     if source is None:
         return None
+    from .validate.readers import BadContent, _arrow_failure, _csv_header, _Gate
+
+    fix = "make it UTF-8 comma-delimited text with a header row (`chorus-batch validate` says more)"
     with source.open(srcfile) as f:
         try:
-            header = pacsv.open_csv(f).schema.names
-            f.seek(0)
-            present = [n for n in header if n.strip().lower() in columns]
-            table_ = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(
-                include_columns=present, column_types={n: pa.string() for n in present}))
-        except (pa.ArrowInvalid, OSError) as exc:
+            _, header, ended = _csv_header(f)  # the names as written (a BOM, quotes, CR line ends read as validate reads them)
+        except BadContent as exc:
+            raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile, fix=fix) from None
+        except OSError as exc:
             raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile,
-                             fix="make it UTF-8 comma-delimited text with a header row (`chorus-batch validate` says more)") from None
+                             fix="check that the file is there and readable, then run the command again") from None
+        present = [n for n in header if n.strip().strip('"').strip().lower() in columns]
+        if ended:  # the header row alone, unterminated (pyarrow: "Empty CSV file")
+            return pl.DataFrame(schema={c: pl.String for c in columns})
+        f.seek(0)
+        gate = _Gate(f)
+        try:
+            table_ = pacsv.read_csv(gate, read_options=pacsv.ReadOptions(use_threads=False),  # (errors name the row)
+                                    convert_options=pacsv.ConvertOptions(
+                                        include_columns=present, column_types={n: pa.string() for n in present}))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            # in the site's terms, without pyarrow's copy of the row (person ids, clinical values)
+            raise UsageError(f"cannot read {srcfile}: {_arrow_failure(exc, gate, 1 << 20, header)}", where=srcfile,
+                             fix=fix) from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile,
+                             fix="check that the file is there and readable, then run the command again") from None
+        finally:
+            gate.close()
     frame = pl.from_arrow(table_)
     assert isinstance(frame, pl.DataFrame)
     frame.columns = [c.strip().lower() for c in frame.columns]

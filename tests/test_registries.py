@@ -237,3 +237,20 @@ def test_the_procedure_rows_a_site_made_from_its_registries_do_not_block_the_nex
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     refused = cli("registry", "--db", str(db), "--out", str(tmp_path / "third"))
     assert refused.returncode == 2 and str(stray) in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("damage", [b"9,000888,SECRET-VALUE\n", b"\0" * 4096], ids=["short_row", "zeros"])
+def test_a_visit_table_it_cannot_read_is_told_without_its_rows(tmp_path, damage):
+    """`registry` read visit_occurrence.csv and, on a row of too few fields, printed pyarrow's error with a copy of the
+    row: "Expected 8 columns, got 3: 9,000888,SECRET" (a person id and a clinical value on the console, in cron
+    mail). It now names the row by number, and the zeros of an unfinished copy as such."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    visits.write_bytes(visits.read_bytes() + damage)
+    cli("run", "-q", "--site", str(site), "--db", str(db))
+    out = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"), "--omop")
+    assert out.returncode == 2 and "cannot read OMOP/visit_occurrence.csv" in out.stderr, out.stderr
+    assert "000888" not in out.stderr and "SECRET" not in out.stderr and "\\x00" not in out.stderr, out.stderr
+    assert ("Row #" in out.stderr) if damage[0] != 0 else ("NUL bytes" in out.stderr), out.stderr
+    assert "Traceback" not in out.stderr
