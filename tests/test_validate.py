@@ -860,6 +860,19 @@ def test_a_csv_whose_lines_end_in_a_carriage_return_alone_is_read_as_with_newlin
     assert facts["\r"] == facts["\n"] == facts["\r\n"], facts
 
 
+@pytest.mark.parametrize("kind, name, text", ZEROS_CASES, ids=[c[0] for c in ZEROS_CASES])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp_path, kind, name, text, encoding):
+    """A spreadsheet's "Unicode text" export is UTF-16: NUL in every other byte. It was told as "control characters
+    (binary data?)", then as the zeros of an unfinished copy; it is told as UTF-16, with the export to make."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, name, text.encode(encoding))
+    with open(tmp_path / name, "rb") as f:
+        error = parse_facts(kind, f)["error"]
+    assert error == "the file is UTF-16 text, not UTF-8: save or export it again as CSV UTF-8", error
+
+
 def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_remedy(clean):
     """The finding read "cannot read this file: cannot read the mapping file: CSV parse error: ... \\x00\\x00 ...;
     write it as UTF-8 text": its prefix twice, pyarrow's copy of the zeros, and a remedy that does not mend a copy."""

@@ -518,6 +518,18 @@ def _records_facts(f) -> dict[str, Any]:
 
 
 _LINE_END = re.compile(rb"\r\n?|\n")
+# A spreadsheet's "Unicode text" (or a PowerShell redirect) writes UTF-16: every other byte of ASCII text is NUL, which
+# is not the zeros of an unfinished copy and wants another remedy
+UTF16_REASON = "the file is UTF-16 text, not UTF-8: save or export it again as CSV UTF-8"
+
+
+def _utf16(data: bytes) -> bool:
+    """UTF-16 (or UTF-32) text: a byte-order mark, or NUL in every other byte of the first characters."""
+    head = data[:64]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    return len(head) >= 8 and (head[1::2].count(0) == len(head[1::2]) or head[0::2].count(0) == len(head[0::2])) \
+        and head.count(0) < len(head)
 
 
 def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
@@ -534,6 +546,8 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
         data += chunk
     if not data:
         raise BadContent("the file is empty (no header row)")
+    if _utf16(data):
+        raise BadContent(UTF16_REASON)
     line, ended = _LINE_END.split(data, 1)[0], _LINE_END.search(data) is None
     if b"\0" in line:  # (a copy that did not finish before its first line: zeros only)
         raise BadContent(NUL_REASON)
@@ -635,7 +649,7 @@ NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data,
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
 # copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again)$")
+              r"again|copy the file again|export it again as CSV UTF-8)$")
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
