@@ -251,6 +251,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\x01"),
      {("metadata.unreadable", "Metadata/SUBMISSION.md")}),
     ("missing_table", remove("OMOP/note_nlp.csv"), {("omop.missing_table", "OMOP/note_nlp.csv")}),
+    # a table under another extension: one finding, the missing table's, naming the file to rename
+    ("misnamed_table", rename("OMOP/death.csv", "OMOP/death.txt"), {("omop.missing_table", "OMOP/death.csv")}),
     ("specimen", table("specimen", ["specimen_id", "person_id"], [[1, P0]]), {("omop.specimen", "OMOP/specimen.csv")}),
     ("omop_unexpected", both(add("OMOP/readme.txt"), add("OMOP/old/person.csv", "person_id\n1\n")),
      {("omop.unexpected_file", "OMOP/readme.txt"), ("omop.unexpected_file", "OMOP/old/person.csv")}),
@@ -1118,6 +1120,19 @@ def test_a_header_lacking_what_its_folders_name_is_told_to_set_it_not_to_rename_
         f"the header has no SeriesInstanceUID (the series folder says {uid}): set it to what the folders and the file "
         "name say; modality folder CT but Modality MR in the header: name the folders and the file after the header's "
         "values (or fix the header)"]
+
+
+def test_a_table_under_another_extension_is_told_once_as_the_file_to_rename(clean):
+    """OMOP/death.txt gave two findings for one cause: death.csv missing ("add it") and death.txt unknown ("rename or
+    remove it"). The missing table's finding now names the file to rename; another unknown file is still told."""
+    rename("OMOP/death.csv", "OMOP/death.txt")(clean)
+    add("OMOP/notes.txt")(clean)
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile", "message").rows() == [
+        ("omop.missing_table", "OMOP/death.csv", "OMOP table death is missing: rename OMOP/death.txt to "
+         "OMOP/death.csv if it is the table (a comma-delimited snapshot with a header row)"),
+        ("omop.unexpected_file", "OMOP/notes.txt", "not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the "
+         "CDM 5.4 clinical tables and waveform_visit_links.csv only; rename or remove it")]
 
 
 def test_a_metadata_folder_in_a_person_folder_is_told_to_move_to_the_root(clean):

@@ -26,15 +26,24 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     omop_dir = site.omop_dir
     omop = site.files.filter(pl.col("_top_l") == "omop")
     tables = omop.filter(pl.col("_n") == 2)["_table"].drop_nulls().unique().to_list()
-    out: list[pl.LazyFrame] = []
-    for table in REQUIRED_TABLES:
-        if table not in tables:
-            out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv",
-                            f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a "
-                            f"header row (the upload procedure asks for all 13 clinical tables; a table the site "
-                            f"does not capture is sent with its header row only)"))
     known = [*OMOP_KEYS, LINKS_TABLE]
     in_folder = pl.col("_n") == 2
+    missing = [table for table in REQUIRED_TABLES if table not in tables]
+    # A missing table's file under another extension (death.txt, person.csv.bak; not a compressed one: file.compressed)
+    # is told with the table, as the file to rename, and not again as an unknown file
+    misnamed = (omop.filter(in_folder & ~pl.col("_compressed") & (~pl.col("_table").is_in(known)).fill_null(True))
+                .with_columns(_stem=pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)"))
+                .filter(pl.col("_stem").is_in(missing)).sort("srcfile").unique("_stem", keep="first"))
+    renames = dict(misnamed.select("_stem", "srcfile").rows())
+    out: list[pl.LazyFrame] = []
+    for table in missing:
+        out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv",
+                        f"OMOP table {table} is missing: rename {renames[table]} to {omop_dir}/{table}.csv if it is "
+                        f"the table (a comma-delimited snapshot with a header row)" if table in renames else
+                        f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a "
+                        f"header row (the upload procedure asks for all 13 clinical tables; a table the site "
+                        f"does not capture is sent with its header row only)"))
+    omop = omop.filter(~pl.col("srcfile").is_in(list(renames.values())))
     out.append(_found("omop.specimen", omop.filter(in_folder & pl.col("_table").is_in(FORBIDDEN_TABLES)), "srcfile",
                       pl.lit("CHoRUS does not collect the specimen table: remove this file")))
     out.append(_found(
