@@ -875,6 +875,18 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
     assert error == "the file is UTF-16 text, not UTF-8: save or export it again as CSV UTF-8", error
 
 
+@pytest.mark.parametrize("kind, text, expected", [
+    ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), ("records", "1000\n1001\n", "not UTF-8"),
+    ("wfdb_header.v2", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
+    """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
+    from chorus_batch.validate.readers import parse_facts
+
+    write(tmp_path, "f", text.encode("utf-16"))
+    with open(tmp_path / "f", "rb") as f:
+        assert parse_facts(kind, f)["error"] == f"the file is UTF-16 text, {expected}"
+
+
 def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_remedy(clean):
     """The finding read "cannot read this file: cannot read the mapping file: CSV parse error: ... \\x00\\x00 ...;
     write it as UTF-8 text": its prefix twice, pyarrow's copy of the zeros, and a remedy that does not mend a copy."""

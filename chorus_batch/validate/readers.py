@@ -84,6 +84,8 @@ def _read_text(f, encoding: str, errors: str = "strict") -> str:
         raise BadContent("the file is empty")
     if len(data) > MAX_TEXT_BYTES:
         raise BadContent(f"the file is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    if _utf16(data):  # (an editor's "Unicode" encoding: neither binary data nor another 8-bit text)
+        raise BadContent(f"the file is UTF-16 text, not {encoding.upper().removesuffix('-SIG')}")
     try:
         text = data.decode(encoding, errors)
     except UnicodeDecodeError:
