@@ -530,8 +530,11 @@ def _utf16(data: bytes) -> bool:
     head = data[:64]
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return True
-    return len(head) >= 8 and (head[1::2].count(0) == len(head[1::2]) or head[0::2].count(0) == len(head[0::2])) \
-        and head.count(0) < len(head)
+    head = head[: len(head) // 2 * 2]
+    even, odd = head[0::2], head[1::2]
+    # ASCII text as UTF-16LE: NUL in every odd byte and in no even one (BE the reverse); a copy cut after a byte or two
+    # leaves zeros in both
+    return len(head) >= 8 and ((odd.count(0) == len(odd) and 0 not in even) or (even.count(0) == len(even) and 0 not in odd))
 
 
 def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
