@@ -44,12 +44,21 @@ def central(azurite, monkeypatch, tmp_path):
 
 
 def blobs(central, prefix: str = "") -> dict[str, tuple[int, str | None, str]]:
-    """name -> (size, Content-MD5 as hex, etag) of every blob (under prefix)."""
+    """name -> (size, Content-MD5 as hex, etag) of every blob (under prefix) but the claims upload writes in each
+    version folder before its first file (<version>/_manifest/owner: claim_of() reads them)."""
     out = {}
     for item in central.client.list_blobs(name_starts_with=prefix or None):
+        if item.name.endswith("/_manifest/owner"):
+            continue
         md5 = item.content_settings.content_md5
         out[item.name] = (item.size, bytes(md5).hex() if md5 else None, item.etag)
     return out
+
+
+def claim_of(central, version: str) -> str | None:
+    """The manifest id the claim of <version>/ names (None: no claim)."""
+    blob = central.client.get_blob_client(f"{version}/_manifest/owner")
+    return blob.get_blob_properties().metadata["chorus_manifest_id"] if blob.exists() else None
 
 
 def submitted(db: Path, version: str) -> dict[str, tuple[int, str]]:
@@ -1357,5 +1366,42 @@ def test_a_manifest_never_adds_files_to_another_manifests_submission_of_the_same
     assert "run upload again once the files above are in place" not in second.stdout
     assert query(dbs["b"], "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) ORDER BY 1") \
         == [("OMOP/only_b.csv", "conflict"), ("OMOP/person.csv", "uploaded")]  # a's blob holds b's content: found
+    verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_manifest_adds_nothing_to_a_folder_another_manifest_is_still_uploading(central, tmp_path):
+    # Site a's upload of a label was killed half-way (no manifest copy at the centre yet); site b's manifest, with the
+    # same label, then wrote its files into a's unfinished folder: nothing told the two apart before a's copy was there.
+    label = "20261101020000"
+    many_files(tmp_path / "a", 20)
+    write(tmp_path / "b", "Waveforms/only_b.dat", b"b's own file")
+    dbs = {site: tmp_path / f"{site}.sqlite" for site in ("a", "b")}
+    for site, db in dbs.items():
+        commit(tmp_path / site, db, label)
+    proc = upload_process(central, dbs["a"], "upload")
+    wait_for(proc, "test pause at upload")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = blobs(central)
+    assert f"{label}/_manifest/manifest.sqlite" not in before and len(before) < 20  # a's upload is unfinished
+    a_id = query(dbs["a"], "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
+    assert claim_of(central, label) == a_id  # written before a's first file
+
+    dry = up(central, dbs["b"], "--dry-run")
+    assert dry.returncode == 5, dry.stdout + dry.stderr
+    assert "holds another manifest's upload, started there and not finished" in dry.stdout, dry.stdout
+    second = up(central, dbs["b"])
+    assert second.returncode == 5, second.stdout + second.stderr
+    assert blobs(central) == before  # nothing of b's in a's folder
+    assert "conflict: Waveforms/only_b.dat:" in second.stdout and f"{label}/_manifest/owner" in second.stdout
+    assert query(dbs["b"], "SELECT u.state FROM uploads u") == [("conflict",)]
+    assert claim_of(central, label) == a_id
+
+    # a resumes its own folder and finishes it: exactly its change set, its copy, verified
+    resumed = up(central, dbs["a"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    held = {name for name in blobs(central) if "/_manifest/" not in name}
+    assert held == {f"{label}/{path}" for path in submitted(dbs["a"], label)}
     verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
