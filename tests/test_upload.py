@@ -1405,3 +1405,26 @@ def test_a_manifest_adds_nothing_to_a_folder_another_manifest_is_still_uploading
     assert held == {f"{label}/{path}" for path in submitted(dbs["a"], label)}
     verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_centre_that_cannot_be_looked_at_says_whether_anything_was_waiting(central, tmp_path):
+    # upload signs in and lists the centre even with nothing to send ("nothing to upload" is a word about the centre,
+    # and a manifest older than the centre's shows only there); when that look failed, a nightly log said only the
+    # error: not whether anything had waited to be sent, nor that nothing was sent or recorded.
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    wrong_key = {"AZURE_STORAGE_CONNECTION_STRING": central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(
+        "AccountKey=E", "AccountKey=X")}
+    waiting = up(central, db, env=wrong_key)
+    assert waiting.returncode == 3, waiting.stdout + waiting.stderr
+    assert ("nothing was sent or recorded; 1 version waits to be sent to "
+            f"{central.url.rstrip('/')} (20261101020000)") in waiting.stderr, waiting.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+    assert up(central, db).returncode == 0
+    done = up(central, db, env=wrong_key)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "the manifest has no version waiting to be sent" in done.stderr, done.stderr
+    assert "by8vdM02" not in done.stderr + done.stdout  # (the key, wrong or right)

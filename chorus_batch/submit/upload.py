@@ -108,6 +108,16 @@ def _outcome(n_confirmed: int, n_unrecorded: int = 0) -> str:
             "run the same command again to resume (confirmed files are not sent again)")
 
 
+def _waiting(url: str, labels: list[str]) -> str:
+    """What a failure before anything was sent leaves: nothing sent or recorded, and what the manifest has waiting."""
+    if not labels:
+        return (f"nothing was sent or recorded; the manifest has no version waiting to be sent to {url} (each is "
+                "recorded as completely uploaded there): the look at the centre that makes sure of it failed")
+    shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    return (f"nothing was sent or recorded; {plural(len(labels), 'version')} {'waits' if len(labels) == 1 else 'wait'} to be sent to {url} ({shown}): run the "
+            "same command again once this is fixed")
+
+
 @contextlib.contextmanager
 def _working_manifest(db: str, cloud: CloudSettings, argv: Sequence[str], *, read_only: bool) -> Iterator[Manifest]:
     """The manifest to plan from and record into: a local file under the upload lock, or a manifest in
@@ -161,7 +171,13 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 require_version(manifest, version)
             labels = [version] if version is not None else ledger.versions_not_finished()
             result = UploadResult(url, [], dry_run)
-            central.check(write=not dry_run)
+            try:
+                central.check(write=not dry_run)
+            except ChorusError as exc:
+                # Signed in and looked even with nothing waiting: "nothing to upload" says the centre holds every
+                # version, and a manifest older than the centre's (_refuse_behind) shows only there. What waits is said.
+                exc.outcome = _waiting(url, labels)  # type: ignore[attr-defined]
+                raise
             result.listed_as = central.how
             _refuse_behind(manifest, central)
             sources: dict[int, Source] = {}
