@@ -1126,15 +1126,9 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert out.returncode == 1, out.stderr
     assert "not in the script: 1 file whose local path holds '*'" in out.stderr, out.stderr
     assert "20261101020000/OMOP/st*r.csv" in out.stderr and "st*r.csv" not in out.stdout
-    script, log, tools = tmp_path / "upload.sh", tmp_path / "upload.log", tmp_path / "bin"
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
     script.write_text(out.stdout)
-    tools.mkdir()
-    binary = azcopy_binary()
-    if os.access(binary, os.X_OK):
-        (tools / "azcopy").symlink_to(binary)
-    else:  # npm unpacks the pinned package's binary without its execute bit (the package declares no `bin`)
-        shutil.copy(binary, tools / "azcopy")
-        (tools / "azcopy").chmod(0o700)
+    tools = azcopy_tools(tmp_path)
     sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
                                  permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
                                                                     list=True),
@@ -1165,7 +1159,7 @@ def test_a_script_names_the_files_it_leaves_out_for_a_name_azure_would_not_keep(
     commit(site, db, "20261101020000")
     out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
     assert out.returncode == 1, out.stderr
-    assert "the script sends 1 files" in out.stderr
+    assert "the script sends 1 file (1 version)" in out.stderr
     assert ("not in the script: 2 files whose name the central container cannot keep as it is (e.g. "
             "'20261101020000/OMOP/ctl\\x01.csv': its name holds a control character") in out.stderr, out.stderr
     assert "OMOP/person.csv" in out.stdout and "notes." not in out.stdout and "ctl" not in out.stdout
@@ -1428,3 +1422,60 @@ def test_a_centre_that_cannot_be_looked_at_says_whether_anything_was_waiting(cen
     assert done.returncode == 3, done.stdout + done.stderr
     assert "the manifest has no version waiting to be sent" in done.stderr, done.stderr
     assert "by8vdM02" not in done.stderr + done.stdout  # (the key, wrong or right)
+
+
+def azcopy_tools(tmp_path: Path) -> Path:
+    """A folder holding `azcopy` (to put first on PATH)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    binary = azcopy_binary()
+    if os.access(binary, os.X_OK):
+        (tools / "azcopy").symlink_to(binary)
+    else:  # npm unpacks the pinned package's binary without its execute bit (the package declares no `bin`)
+        shutil.copy(binary, tools / "azcopy")
+        (tools / "azcopy").chmod(0o700)
+    return tools
+
+
+def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central, azurite, tmp_path):
+    """The AzCopy script sent AzCopy's output nowhere and said only "failed: FILE" (a SAS without write permission
+    failed every file, and no line said why); a local path with a '%' AzCopy cannot parse ("invalid URL escape") was
+    in the script and failed every time; and nothing said that a SAS in CHORUS_SAS is on AzCopy's command line."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/100%.csv": b"percent", "OMOP/a%41.csv": b"an escape"}
+    for name, data in names.items():
+        write(site, name, data)
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 1, out.stderr
+    assert ("not in the script: 1 file whose local path holds a '%' not followed by two hex digits, which AzCopy "
+            "cannot read") in out.stderr and "20261101020000/OMOP/100%.csv" in out.stderr, out.stderr
+    assert "100%.csv" not in out.stdout and "a%41.csv" in out.stdout
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    tools = azcopy_tools(tmp_path)
+
+    def run(permission: ContainerSasPermissions) -> tuple[subprocess.CompletedProcess, str]:
+        sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                     permission=permission,
+                                     expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
+               "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+               "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300), sas
+
+    refused, sas = run(ContainerSasPermissions(read=True, list=True))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    signature = sas.split("sig=")[1].split("&")[0]
+    assert signature not in refused.stdout + refused.stderr
+    assert "warning: AzCopy takes a SAS token only in its URL" in refused.stderr and "azcopy login" in refused.stderr
+    failed = [line for line in refused.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and all("403" in line and "AzCopy log: " in line for line in failed), refused.stderr
+    assert blobs(central) == {} and not log.exists()
+
+    sent, _ = run(ContainerSasPermissions(read=True, add=True, create=True, write=True, list=True))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/a%41.csv"}
+    assert central.client.download_blob("20261101020000/OMOP/a%41.csv").readall() == b"an escape"
