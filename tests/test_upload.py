@@ -1479,3 +1479,19 @@ def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/a%41.csv"}
     assert central.client.download_blob("20261101020000/OMOP/a%41.csv").readall() == b"an escape"
+
+
+def test_a_version_label_or_central_prefix_ending_in_a_dot_is_refused_as_azure_would_not_keep_it(tmp_path):
+    # `run --version v.` committed a version whose folder at the centre, v./, is a name part Azure does not keep as it
+    # is (it avoids or rewrites a part ending in '.'); upload checks the file names, not the label, and sent under it.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    refused = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1.")
+    assert refused.returncode == 2 and "invalid version label 'v1.'" in refused.stderr, refused.stderr
+    assert "not ending in '.'" in refused.stderr and not db.exists()
+    for label in ("v1.2", "a", "x_", "1-2"):  # (a dot inside, one character, '_' or '-' last: as before)
+        assert cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / f"{label}.sqlite"),
+                   "--version", label, "-q").returncode == 0, label
+    # so is a central prefix with such a part (az://c/pre./): check_names checked the files' names only
+    out = cli("upload", "--db", str(tmp_path / "a.sqlite"), "--to", "az://central/pre./", "--dry-run")
+    assert out.returncode == 2 and "has a folder name ending in '.' ('pre.')" in out.stderr, out.stderr

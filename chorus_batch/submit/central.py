@@ -122,6 +122,12 @@ def parse_central(url: str) -> tuple[str, str]:
         raise UsageError("the central URL carries a query (a SAS token?); secrets never go into a URL here",
                          where="--to / [central] to", fix="put the SAS token in AZURE_STORAGE_SAS_TOKEN and pass the "
                                                           "plain az://container/ URL")
+    dotted = [part for part in parts.path.strip("/").split("/") if part.endswith(".")]
+    if dotted:  # (check_names checks the files' names; the prefix is a part of every blob name too)
+        raise UsageError(f"the central URL {mask_url(url)!r} has a folder name ending in '.' ({dotted[0]!r}), which Azure "
+                         "does not keep as it is: the blobs would not be where the ledger says",
+                         where="--to / [central] to", fix="give the prefix without a '.' at the end of a folder name, "
+                                                          "e.g. az://<container>/<site>/")
     # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/: the container (the account is the sign-in's, checked by Central);
     # the ledger is kept per container as az://CONTAINER[/PREFIX], however the URL was spelt
     return parts.netloc.split("@", 1)[0], parts.path.strip("/")
