@@ -1207,6 +1207,12 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         mark = shlex.join(["chorus-batch", "mark-uploaded", "--db", target.db, "--to", to, "--from-log", script.log])
         from .units import plural
 
+        if not script.n_versions:  # (it crashed: "internal error: cannot concat empty list")
+            from .submit.central import central_url
+
+            print(f"chorus-batch: nothing to upload: the manifest records every version as completely uploaded to "
+                  f"{central_url(to)}; the script sends nothing", file=sys.stderr)
+            return 0
         print(f"chorus-batch: the script sends {plural(script.n_files, 'file')} ({plural(script.n_versions, 'version')}); "
               "after running it, "
               f"record what it sent with: {mark}", file=sys.stderr)

@@ -1495,3 +1495,20 @@ def test_a_version_label_or_central_prefix_ending_in_a_dot_is_refused_as_azure_w
     # so is a central prefix with such a part (az://c/pre./): check_names checked the files' names only
     out = cli("upload", "--db", str(tmp_path / "a.sqlite"), "--to", "az://central/pre./", "--dry-run")
     assert out.returncode == 2 and "has a folder name ending in '.' ('pre.')" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_a_script_for_a_manifest_with_nothing_left_to_send_says_so(central, tmp_path, kind):
+    # Once every version was uploaded, the nightly `upload --script` failed with "internal error: ValueError: cannot
+    # concat empty list" (exit 3), where `upload` says "nothing to upload".
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
+    assert out.returncode == 0, out.stderr
+    assert "nothing to upload: the manifest records every version as completely uploaded to " in out.stderr, out.stderr
+    script = tmp_path / "upload.sh"
+    script.write_text(out.stdout)
+    ran = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ran.returncode == 0 and not (tmp_path / "upload.log").exists(), ran.stderr  # it sends nothing

@@ -33,7 +33,7 @@ import polars as pl
 
 from .. import release
 from ..errors import ExitCode, UsageError
-from ..store.uploads import CONFIRMED, UploadLedger, require_version
+from ..store.uploads import CONFIRMED, PLAN_SCHEMA, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
 from ..urls import local_path
@@ -89,7 +89,8 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         require_version(manifest, version)
     labels = [version] if version is not None else ledger.versions_not_finished()
     roots = _local_roots(manifest, {None: site} if site else None)
-    plans = [ledger.plan(label, modalities) for label in labels]
+    # (none: every version is recorded as completely uploaded there; a script that sends nothing)
+    plans = [ledger.plan(label, modalities) for label in labels] or [pl.DataFrame(schema=PLAN_SCHEMA)]
     # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
     unsent = pl.concat(plans).filter(~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
     n_superseded = unsent.filter(pl.col("superseded")).height  # named: the script's count alone hid them
