@@ -1512,3 +1512,25 @@ def test_a_script_for_a_manifest_with_nothing_left_to_send_says_so(central, tmp_
     script.write_text(out.stdout)
     ran = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert ran.returncode == 0 and not (tmp_path / "upload.log").exists(), ran.stderr  # it sends nothing
+
+
+def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central, tmp_path):
+    # The script appends to its log on every run, so the next mark-uploaded reads the earlier runs' lines too: it said
+    # "recorded 2 uploads" for blobs recorded days before, and reset their verification (verify_state NULL), their
+    # time and how they were confirmed.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/visit.csv", b"visit_id\n1\n")
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+    rows = "SELECT u.state, u.confirmed_by, u.verify_state, u.uploaded_at, u.attempts FROM uploads u ORDER BY file_id"
+    before = query(db, rows)
+    assert {row[2] for row in before} == {"ok"}
+    log = tmp_path / "upload.log"
+    log.write_text("uploaded\t20261101020000/OMOP/person.csv\nuploaded\t20261101020000/OMOP/visit.csv\n")
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "recorded 0 uploads" in out.stdout and "2 more logged blobs were recorded before" in out.stdout, out.stdout
+    assert "nothing was recorded" not in out.stdout
+    assert query(db, rows) == before

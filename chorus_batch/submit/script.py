@@ -216,18 +216,24 @@ class Marked:
     not_understood: int = 0  # log lines that are not `uploaded<TAB><blob name>`
     example: str = ""  # the first of them
     n_superseded: int = 0  # files replaced or removed by a later version before they were sent: recorded so
+    # logged blobs the ledger held as confirmed already (the script's log is appended to by every run): left as they
+    # were; recording them again reset their verification and said they were recorded now
+    n_before: int = 0
 
     @property
     def exit_code(self) -> ExitCode:
         # nothing recorded is a finding too: a wrong or empty log must not look like a success
-        return ExitCode.FINDINGS if self.rejected or self.not_understood or not self.n_recorded else ExitCode.OK
+        return (ExitCode.FINDINGS if self.rejected or self.not_understood or not (self.n_recorded or self.n_before)
+                else ExitCode.OK)
 
     def text(self) -> str:
-        lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"]
+        lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"
+                 + (f"; {self.n_before} more logged blobs were recorded before (left as they are)"
+                    if self.n_before else "")]
         if self.not_understood:
             lines.append(f"not understood: {self.not_understood} lines of the log are not `uploaded<TAB><blob name>` "
                          f"as the upload script writes them (first, {self.example}); is it that script's log?")
-        if not self.n_recorded and not self.rejected:
+        if not self.n_recorded and not self.n_before and not self.rejected:
             lines.append("warning: the log names no blob the upload script sent: nothing was recorded (pass the log "
                          "of a script run that sent files)")
         if self.rejected:
@@ -269,6 +275,10 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                 checked = plan.join(listing, on="srcfile", how="left")
                 good = checked.filter((pl.col("size") == pl.col("size_right")) & (pl.col("content_md5") == pl.col("md5")))
                 bad = checked.join(good.select("file_id"), on="file_id", how="anti")
+                # confirmed before (and not found damaged since): its row, with verify's finding, stays as it is
+                before = good.filter(pl.col("state").is_in(CONFIRMED) & ~pl.col("damaged"))
+                good = good.join(before.select("file_id"), on="file_id", how="anti")
+                marked.n_before += before.height
                 for srcfile, size, blob_size in bad.select("srcfile", "size", "size_right").iter_rows():
                     marked.rejected.append((f"{label}/{srcfile}", "not in the container" if blob_size is None else
                                             "its size or Content-MD5 is not the manifest's"))
