@@ -1534,3 +1534,18 @@ def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central,
     assert "recorded 0 uploads" in out.stdout and "2 more logged blobs were recorded before" in out.stdout, out.stdout
     assert "nothing was recorded" not in out.stdout
     assert query(db, rows) == before
+
+
+def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(central, tmp_path):
+    # mark-uploaded against a container that is not there said only the error: not whether anything was recorded.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    log = tmp_path / "upload.log"
+    log.write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url.rstrip("/") + "-gone/", "--from-log", str(log),
+              env=central.env)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "the container does not exist" in out.stderr
+    assert "0 logged uploads were recorded in the manifest's uploads ledger before this" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]

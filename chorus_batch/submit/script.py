@@ -32,7 +32,7 @@ from urllib.parse import quote
 import polars as pl
 
 from .. import release
-from ..errors import ExitCode, UsageError
+from ..errors import ChorusError, ExitCode, UsageError
 from ..store.uploads import CONFIRMED, PLAN_SCHEMA, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
@@ -298,6 +298,10 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                     ledger.start(label)
                     record_unsendable(ledger, central, label, immediate)
                     marked.n_superseded += immediate.filter(pl.col("state") == "superseded").height
+    except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
+        exc.outcome = (f"{marked.n_recorded} logged uploads were recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
+                       "this; run the same command again once this is fixed (what was recorded is left as it is)")
+        raise
     finally:
         central.close()
     return marked
