@@ -1205,21 +1205,31 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         sys.stdout.write(script.text)
         # A command to paste: quoted for the shell, and with the manifest this script was written from.
         mark = shlex.join(["chorus-batch", "mark-uploaded", "--db", target.db, "--to", to, "--from-log", script.log])
-        print(f"chorus-batch: the script sends {script.n_files} files ({script.n_versions} versions); after running it, "
+        from .units import plural
+
+        if not script.n_versions:  # (it crashed: "internal error: cannot concat empty list")
+            from .submit.central import central_url
+
+            print(f"chorus-batch: nothing to upload: the manifest records every version as completely uploaded to "
+                  f"{central_url(to)}; the script sends nothing", file=sys.stderr)
+            return 0
+        print(f"chorus-batch: the script sends {plural(script.n_files, 'file')} ({plural(script.n_versions, 'version')}); "
+              "after running it, "
               f"record what it sent with: {mark}", file=sys.stderr)
         if script.n_not_replaceable:  # AzCopy cannot replace a blob only if it is unchanged: not in this script
             print(f"chorus-batch: not in the script: {script.n_not_replaceable} files whose central blob verify found "
                   "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "
                   "`chorus-batch upload` or `upload --script bash`", file=sys.stderr)
         if script.wildcards:  # AzCopy has no escape for a '*' in a local path: not in this script
-            from .units import plural
-
             print(f"chorus-batch: not in the script: {plural(len(script.wildcards), 'file')} whose local path holds '*', which "
                   f"AzCopy reads as a wildcard (e.g. {script.wildcards[0]}); send them with `chorus-batch upload` or "
                   "`upload --script bash`", file=sys.stderr)
+        if script.bad_escapes:  # AzCopy parses a local path as a URL path: it fails these, every time
+            print(f"chorus-batch: not in the script: {plural(len(script.bad_escapes), 'file')} whose local path holds a "
+                  f"'%' not followed by two hex digits, which AzCopy cannot read (\"invalid URL escape\"; e.g. "
+                  f"{script.bad_escapes[0]}); send them with `chorus-batch upload` or `upload --script bash`",
+                  file=sys.stderr)
         if script.bad_names:  # as `upload` itself: never sent, the blob would not be where the ledger says
-            from .units import plural
-
             name, why = script.bad_names[0]
             print(f"chorus-batch: not in the script: {plural(len(script.bad_names), 'file')} whose name the central "
                   f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
@@ -1228,7 +1238,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced or removed "
                   "before they were sent (their bytes are no longer in the site); mark-uploaded records them as "
                   "superseded", file=sys.stderr)
-        return 1 if script.n_not_replaceable or script.wildcards or script.bad_names else 0
+        return 1 if script.n_not_replaceable or script.wildcards or script.bad_escapes or script.bad_names else 0
     from .submit.upload import upload
 
     overrides = {None: args.site, **target.config.site.roots} if args.site else None

@@ -40,7 +40,8 @@ from .store import Manifest, VersionRecord
 from .times import iso, utc_now
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
-_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
+_LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
 # Errors under these kinds mean "could not look", not "gone": earlier rows below them are kept.
 _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
 
@@ -123,7 +124,9 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
     if requested is not None:
         if not _LABEL_RE.match(requested):
             raise UsageError(f"invalid version label {requested!r}", where="--version",
-                             fix="use letters, digits, '.', '_' or '-' (the default is the UTC start, YYYYMMDDhhmmss)")
+                             fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
+                                 "ending in '.' (the version's folder at the central container; Azure does not keep a name "
+                                 "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")
         if latest is not None and requested <= latest:
             raise UsageError(f"version label {requested!r} does not sort after the latest version {latest!r}",
                              where="--version", fix="choose a later label, or omit --version to use the UTC start time")

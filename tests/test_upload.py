@@ -44,12 +44,21 @@ def central(azurite, monkeypatch, tmp_path):
 
 
 def blobs(central, prefix: str = "") -> dict[str, tuple[int, str | None, str]]:
-    """name -> (size, Content-MD5 as hex, etag) of every blob (under prefix)."""
+    """name -> (size, Content-MD5 as hex, etag) of every blob (under prefix) but the claims upload writes in each
+    version folder before its first file (<version>/_manifest/owner: claim_of() reads them)."""
     out = {}
     for item in central.client.list_blobs(name_starts_with=prefix or None):
+        if item.name.endswith("/_manifest/owner"):
+            continue
         md5 = item.content_settings.content_md5
         out[item.name] = (item.size, bytes(md5).hex() if md5 else None, item.etag)
     return out
+
+
+def claim_of(central, version: str) -> str | None:
+    """The manifest id the claim of <version>/ names (None: no claim)."""
+    blob = central.client.get_blob_client(f"{version}/_manifest/owner")
+    return blob.get_blob_properties().metadata["chorus_manifest_id"] if blob.exists() else None
 
 
 def submitted(db: Path, version: str) -> dict[str, tuple[int, str]]:
@@ -1117,15 +1126,9 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert out.returncode == 1, out.stderr
     assert "not in the script: 1 file whose local path holds '*'" in out.stderr, out.stderr
     assert "20261101020000/OMOP/st*r.csv" in out.stderr and "st*r.csv" not in out.stdout
-    script, log, tools = tmp_path / "upload.sh", tmp_path / "upload.log", tmp_path / "bin"
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
     script.write_text(out.stdout)
-    tools.mkdir()
-    binary = azcopy_binary()
-    if os.access(binary, os.X_OK):
-        (tools / "azcopy").symlink_to(binary)
-    else:  # npm unpacks the pinned package's binary without its execute bit (the package declares no `bin`)
-        shutil.copy(binary, tools / "azcopy")
-        (tools / "azcopy").chmod(0o700)
+    tools = azcopy_tools(tmp_path)
     sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
                                  permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
                                                                     list=True),
@@ -1156,7 +1159,7 @@ def test_a_script_names_the_files_it_leaves_out_for_a_name_azure_would_not_keep(
     commit(site, db, "20261101020000")
     out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
     assert out.returncode == 1, out.stderr
-    assert "the script sends 1 files" in out.stderr
+    assert "the script sends 1 file (1 version)" in out.stderr
     assert ("not in the script: 2 files whose name the central container cannot keep as it is (e.g. "
             "'20261101020000/OMOP/ctl\\x01.csv': its name holds a control character") in out.stderr, out.stderr
     assert "OMOP/person.csv" in out.stdout and "notes." not in out.stdout and "ctl" not in out.stdout
@@ -1359,3 +1362,190 @@ def test_a_manifest_never_adds_files_to_another_manifests_submission_of_the_same
         == [("OMOP/only_b.csv", "conflict"), ("OMOP/person.csv", "uploaded")]  # a's blob holds b's content: found
     verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_manifest_adds_nothing_to_a_folder_another_manifest_is_still_uploading(central, tmp_path):
+    # Site a's upload of a label was killed half-way (no manifest copy at the centre yet); site b's manifest, with the
+    # same label, then wrote its files into a's unfinished folder: nothing told the two apart before a's copy was there.
+    label = "20261101020000"
+    many_files(tmp_path / "a", 20)
+    write(tmp_path / "b", "Waveforms/only_b.dat", b"b's own file")
+    dbs = {site: tmp_path / f"{site}.sqlite" for site in ("a", "b")}
+    for site, db in dbs.items():
+        commit(tmp_path / site, db, label)
+    proc = upload_process(central, dbs["a"], "upload")
+    wait_for(proc, "test pause at upload")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = blobs(central)
+    assert f"{label}/_manifest/manifest.sqlite" not in before and len(before) < 20  # a's upload is unfinished
+    a_id = query(dbs["a"], "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
+    assert claim_of(central, label) == a_id  # written before a's first file
+
+    dry = up(central, dbs["b"], "--dry-run")
+    assert dry.returncode == 5, dry.stdout + dry.stderr
+    assert "holds another manifest's upload, started there and not finished" in dry.stdout, dry.stdout
+    second = up(central, dbs["b"])
+    assert second.returncode == 5, second.stdout + second.stderr
+    assert blobs(central) == before  # nothing of b's in a's folder
+    assert "conflict: Waveforms/only_b.dat:" in second.stdout and f"{label}/_manifest/owner" in second.stdout
+    assert query(dbs["b"], "SELECT u.state FROM uploads u") == [("conflict",)]
+    assert claim_of(central, label) == a_id
+
+    # a resumes its own folder and finishes it: exactly its change set, its copy, verified
+    resumed = up(central, dbs["a"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    held = {name for name in blobs(central) if "/_manifest/" not in name}
+    assert held == {f"{label}/{path}" for path in submitted(dbs["a"], label)}
+    verified = cli("verify", "--db", str(dbs["a"]), "--to", central.url, env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_centre_that_cannot_be_looked_at_says_whether_anything_was_waiting(central, tmp_path):
+    # upload signs in and lists the centre even with nothing to send ("nothing to upload" is a word about the centre,
+    # and a manifest older than the centre's shows only there); when that look failed, a nightly log said only the
+    # error: not whether anything had waited to be sent, nor that nothing was sent or recorded.
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    wrong_key = {"AZURE_STORAGE_CONNECTION_STRING": central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(
+        "AccountKey=E", "AccountKey=X")}
+    waiting = up(central, db, env=wrong_key)
+    assert waiting.returncode == 3, waiting.stdout + waiting.stderr
+    assert ("nothing was sent or recorded; 1 version waits to be sent to "
+            f"{central.url.rstrip('/')} (20261101020000)") in waiting.stderr, waiting.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+    assert up(central, db).returncode == 0
+    done = up(central, db, env=wrong_key)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "the manifest has no version waiting to be sent" in done.stderr, done.stderr
+    assert "by8vdM02" not in done.stderr + done.stdout  # (the key, wrong or right)
+
+
+def azcopy_tools(tmp_path: Path) -> Path:
+    """A folder holding `azcopy` (to put first on PATH)."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    binary = azcopy_binary()
+    if os.access(binary, os.X_OK):
+        (tools / "azcopy").symlink_to(binary)
+    else:  # npm unpacks the pinned package's binary without its execute bit (the package declares no `bin`)
+        shutil.copy(binary, tools / "azcopy")
+        (tools / "azcopy").chmod(0o700)
+    return tools
+
+
+def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central, azurite, tmp_path):
+    """The AzCopy script sent AzCopy's output nowhere and said only "failed: FILE" (a SAS without write permission
+    failed every file, and no line said why); a local path with a '%' AzCopy cannot parse ("invalid URL escape") was
+    in the script and failed every time; and nothing said that a SAS in CHORUS_SAS is on AzCopy's command line."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/100%.csv": b"percent", "OMOP/a%41.csv": b"an escape"}
+    for name, data in names.items():
+        write(site, name, data)
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 1, out.stderr
+    assert ("not in the script: 1 file whose local path holds a '%' not followed by two hex digits, which AzCopy "
+            "cannot read") in out.stderr and "20261101020000/OMOP/100%.csv" in out.stderr, out.stderr
+    assert "100%.csv" not in out.stdout and "a%41.csv" in out.stdout
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    tools = azcopy_tools(tmp_path)
+
+    def run(permission: ContainerSasPermissions) -> tuple[subprocess.CompletedProcess, str]:
+        sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                     permission=permission,
+                                     expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+        env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
+               "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+               "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+        return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300), sas
+
+    refused, sas = run(ContainerSasPermissions(read=True, list=True))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    signature = sas.split("sig=")[1].split("&")[0]
+    assert signature not in refused.stdout + refused.stderr
+    assert "warning: AzCopy takes a SAS token only in its URL" in refused.stderr and "azcopy login" in refused.stderr
+    failed = [line for line in refused.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and all("403" in line and "AzCopy log: " in line for line in failed), refused.stderr
+    assert blobs(central) == {} and not log.exists()
+
+    sent, _ = run(ContainerSasPermissions(read=True, add=True, create=True, write=True, list=True))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/a%41.csv"}
+    assert central.client.download_blob("20261101020000/OMOP/a%41.csv").readall() == b"an escape"
+
+
+def test_a_version_label_or_central_prefix_ending_in_a_dot_is_refused_as_azure_would_not_keep_it(tmp_path):
+    # `run --version v.` committed a version whose folder at the centre, v./, is a name part Azure does not keep as it
+    # is (it avoids or rewrites a part ending in '.'); upload checks the file names, not the label, and sent under it.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    refused = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1.")
+    assert refused.returncode == 2 and "invalid version label 'v1.'" in refused.stderr, refused.stderr
+    assert "not ending in '.'" in refused.stderr and not db.exists()
+    for label in ("v1.2", "a", "x_", "1-2"):  # (a dot inside, one character, '_' or '-' last: as before)
+        assert cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / f"{label}.sqlite"),
+                   "--version", label, "-q").returncode == 0, label
+    # so is a central prefix with such a part (az://c/pre./): check_names checked the files' names only
+    out = cli("upload", "--db", str(tmp_path / "a.sqlite"), "--to", "az://central/pre./", "--dry-run")
+    assert out.returncode == 2 and "has a folder name ending in '.' ('pre.')" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_a_script_for_a_manifest_with_nothing_left_to_send_says_so(central, tmp_path, kind):
+    # Once every version was uploaded, the nightly `upload --script` failed with "internal error: ValueError: cannot
+    # concat empty list" (exit 3), where `upload` says "nothing to upload".
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
+    assert out.returncode == 0, out.stderr
+    assert "nothing to upload: the manifest records every version as completely uploaded to " in out.stderr, out.stderr
+    script = tmp_path / "upload.sh"
+    script.write_text(out.stdout)
+    ran = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ran.returncode == 0 and not (tmp_path / "upload.log").exists(), ran.stderr  # it sends nothing
+
+
+def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central, tmp_path):
+    # The script appends to its log on every run, so the next mark-uploaded reads the earlier runs' lines too: it said
+    # "recorded 2 uploads" for blobs recorded days before, and reset their verification (verify_state NULL), their
+    # time and how they were confirmed.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/visit.csv", b"visit_id\n1\n")
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+    rows = "SELECT u.state, u.confirmed_by, u.verify_state, u.uploaded_at, u.attempts FROM uploads u ORDER BY file_id"
+    before = query(db, rows)
+    assert {row[2] for row in before} == {"ok"}
+    log = tmp_path / "upload.log"
+    log.write_text("uploaded\t20261101020000/OMOP/person.csv\nuploaded\t20261101020000/OMOP/visit.csv\n")
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "recorded 0 uploads" in out.stdout and "2 more logged blobs were recorded before" in out.stdout, out.stdout
+    assert "nothing was recorded" not in out.stdout
+    assert query(db, rows) == before
+
+
+def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(central, tmp_path):
+    # mark-uploaded against a container that is not there said only the error: not whether anything was recorded.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    log = tmp_path / "upload.log"
+    log.write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url.rstrip("/") + "-gone/", "--from-log", str(log),
+              env=central.env)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "the container does not exist" in out.stderr
+    assert "0 logged uploads were recorded in the manifest's uploads ledger before this" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]

@@ -22,7 +22,10 @@ Nothing already at the centre is replaced unless this manifest knows it as its o
 conditional (If-None-Match: *, or If-Match on the etag of a blob the ledger holds as damaged). A blob
 already there with the same size and MD5 is confirmed as it is ("confirmed_by found": how a resumed
 upload meets what an interrupted one sent); any other content is a Conflict, and stays. The manifest's
-copy carries its manifest_id in its metadata: only a copy of the same manifest is replaced.
+copy carries its manifest_id in its metadata: only a copy of the same manifest is replaced. Before its
+first file goes into a version folder, an upload claims it (<version>/_manifest/owner, an empty blob with
+its manifest_id, written only where there is none): a folder another manifest claimed or finished gets
+nothing added (folder_owner).
 """
 
 from __future__ import annotations
@@ -53,8 +56,30 @@ SINGLE_PUT_MAX = 8 << 20
 BLOCK_SIZE = 8 << 20
 MANIFEST_FOLDER = "_manifest"
 MANIFEST_NAME = "manifest.sqlite"
-COPY_OWNER = "chorus_manifest_id"  # metadata of the manifest's copy: which manifest wrote it
+COPY_OWNER = "chorus_manifest_id"  # metadata of the manifest's copy (and of the claim): which manifest wrote it
+# <version>/_manifest/owner: an empty blob the first upload into a version folder writes (If-None-Match: *) before
+# its first file, carrying its manifest's id. Until the manifest's copy is there (the submission is finished), it is
+# what tells another manifest with the same label that the folder is an upload in progress, not a free place.
+CLAIM_NAME = "owner"
 LISTING_SCHEMA = {"name": pl.String, "size": pl.Int64, "content_md5": pl.String, "etag": pl.String}
+
+
+@dataclass(frozen=True)
+class FolderOwner:
+    """Whose submission a version folder is: the manifest its copy names (by 'copy': finished), else the one its
+    claim names (by 'claim': an upload that started there); manifest_id None: a copy that is no manifest's."""
+
+    manifest_id: str | None
+    by: str  # 'copy' | 'claim'
+    blob: str  # the copy's or the claim's URL (no secrets)
+
+    def described(self) -> str:
+        """What the folder is, for a message about a manifest that is not its owner."""
+        if self.by == "copy":
+            return f"holds another manifest's submission (its manifest copy {self.blob} carries another manifest's id)"
+        return (f"holds another manifest's upload, started there and not finished (its marker {self.blob}, written before "
+                "its first file, carries another manifest's id; if that upload was abandoned, have the folder removed "
+                "at the centre)")
 
 
 class FileChanged(Exception):
@@ -97,6 +122,12 @@ def parse_central(url: str) -> tuple[str, str]:
         raise UsageError("the central URL carries a query (a SAS token?); secrets never go into a URL here",
                          where="--to / [central] to", fix="put the SAS token in AZURE_STORAGE_SAS_TOKEN and pass the "
                                                           "plain az://container/ URL")
+    dotted = [part for part in parts.path.strip("/").split("/") if part.endswith(".")]
+    if dotted:  # (check_names checks the files' names; the prefix is a part of every blob name too)
+        raise UsageError(f"the central URL {mask_url(url)!r} has a folder name ending in '.' ({dotted[0]!r}), which Azure "
+                         "does not keep as it is: the blobs would not be where the ledger says",
+                         where="--to / [central] to", fix="give the prefix without a '.' at the end of a folder name, "
+                                                          "e.g. az://<container>/<site>/")
     # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/: the container (the account is the sign-in's, checked by Central);
     # the ledger is kept per container as az://CONTAINER[/PREFIX], however the URL was spelt
     return parts.netloc.split("@", 1)[0], parts.path.strip("/")
@@ -284,15 +315,14 @@ class Central:
         raise Conflict(f"az://{self.container_name}/{blob.blob_name} was written and removed again by someone else "
                        "while it was sent")
 
-    def confirm(self, version: str, srcfile: str, size: int, md5_hex: str) -> Sent:
-        """<version>/<srcfile> in a folder that is another manifest's submission (its manifest copy carries another
-        manifest's id): never written there. Sent (found) when the blob holds this very content, else a Conflict."""
+    def confirm(self, version: str, srcfile: str, size: int, md5_hex: str, owner: FolderOwner) -> Sent:
+        """<version>/<srcfile> in a folder that is another manifest's submission or upload (`owner`): never written
+        there. Sent (found) when the blob holds this very content, else a Conflict."""
         blob = self.container.get_blob_client(self.name(version, srcfile))
         props = _look(blob)
         if props is None:
-            raise Conflict(f"az://{self.container_name}/{version}/ is another manifest's submission (its "
-                           f"{MANIFEST_FOLDER}/{MANIFEST_NAME} carries another manifest's id), which has no "
-                           f"{srcfile}: it was not written into it")
+            raise Conflict(f"az://{self.container_name}/{self.name(version, '')}/ {owner.described()}, which has "
+                           f"no {srcfile}: it was not written into it")
         return self._same(blob, props, size, md5_hex)
 
     def _put(self, blob: Any, open_file: Callable[[], BinaryIO], size: int, md5_hex: str, settings: Any,
@@ -375,6 +405,10 @@ class Central:
         if props is not None and _copy_owner(blob, props) != manifest_id:
             raise Conflict(f"{url} is the copy of another manifest (its versions have the same labels): it was not "
                            "replaced")
+        if props is None:  # a folder another manifest is uploading into: its copy is that manifest's to write
+            claim = self._claim_owner(version)
+            if claim is not None and claim.manifest_id != manifest_id:
+                raise Conflict(f"{self.url}/{version}/ {claim.described()}: this manifest's copy was not put there")
         try:
             with open(path, "rb") as f:
                 blob.upload_blob(f, overwrite=True, max_concurrency=2, validate_content=True,
@@ -394,6 +428,38 @@ class Central:
         try:
             props = cloud_access.retrying(lambda: _look(blob))
             return (False, None) if props is None else (True, _copy_owner(blob, props))
+        except cloud_access.storage_errors() as exc:
+            raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+
+    def _claim_owner(self, version: str, claim_as: str | None = None) -> FolderOwner | None:
+        """The claim of <version>/ (None: nobody's); claim_as: claim a folder nobody claimed for this manifest first
+        (conditional: of two uploads starting at once, one claims it and the other reads whose it is)."""
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        name = self.name(version, f"{MANIFEST_FOLDER}/{CLAIM_NAME}")
+        blob = self.container.get_blob_client(name)
+        url = f"az://{self.container_name}/{name}"
+        props = cloud_access.retrying(lambda: _look(blob))
+        if props is None and claim_as is not None:
+            def claim() -> None:
+                try:
+                    blob.upload_blob(b"", metadata={COPY_OWNER: claim_as}, **_condition(None))
+                except (ResourceExistsError, ResourceModifiedError):
+                    pass  # claimed meanwhile (or by this very request, whose reply was lost): whose it is, below
+            cloud_access.retrying(claim)
+            props = cloud_access.retrying(lambda: _look(blob))
+        return None if props is None else FolderOwner((props.metadata or {}).get(COPY_OWNER), "claim", url)
+
+    def folder_owner(self, version: str, doing: str = "read", *, claim_as: str | None = None) -> FolderOwner | None:
+        """Whose submission <version>/ is: the manifest its copy names (finished), else the one its claim names (an
+        upload started there); None when neither is there. claim_as (an upload, before its first file): a folder
+        nobody holds is claimed for that manifest id first. `doing`: what a failure says was being done."""
+        copy = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
+        try:
+            props = cloud_access.retrying(lambda: _look(copy))
+            if props is not None:
+                return FolderOwner(_copy_owner(copy, props), "copy", f"az://{self.container_name}/{copy.blob_name}")
+            return self._claim_owner(version, claim_as)
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
 

@@ -21,6 +21,7 @@ the blob with the manifest's size and MD5 as its Content-MD5.
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ from urllib.parse import quote
 import polars as pl
 
 from .. import release
-from ..errors import ExitCode, UsageError
-from ..store.uploads import CONFIRMED, UploadLedger, require_version
+from ..errors import ChorusError, ExitCode, UsageError
+from ..store.uploads import CONFIRMED, PLAN_SCHEMA, UploadLedger, require_version
 from ..times import iso, utc_now
-from ..units import shown_name, shown_text
+from ..units import plural, shown_name, shown_text
 from ..urls import local_path
 from .central import Central, central_url, check_names, parse_central
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from ..config import CloudSettings
 
 LOG_NAME = "upload.log"
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")  # what AzCopy cannot read in a local path ("invalid URL escape")
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Script:
     wildcards: list[str] = field(default_factory=list)  # versioned names whose local path AzCopy reads as a pattern
     bad_names: list[tuple[str, str]] = field(default_factory=list)  # (versioned name, why): Azure cannot keep it
     n_superseded: int = 0  # replaced or removed by a later version before they were sent: nobody can send them
+    # versioned names whose local path holds a '%' not followed by two hex digits: AzCopy parses a local path as a URL
+    # path and fails the file ("invalid URL escape"), every time
+    bad_escapes: list[str] = field(default_factory=list)
 
 
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
@@ -84,7 +89,8 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         require_version(manifest, version)
     labels = [version] if version is not None else ledger.versions_not_finished()
     roots = _local_roots(manifest, {None: site} if site else None)
-    plans = [ledger.plan(label, modalities) for label in labels]
+    # (none: every version is recorded as completely uploaded there; a script that sends nothing)
+    plans = [ledger.plan(label, modalities) for label in labels] or [pl.DataFrame(schema=PLAN_SCHEMA)]
     # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
     unsent = pl.concat(plans).filter(~pl.col("state").is_in(CONFIRMED) | pl.col("state").is_null() | pl.col("damaged"))
     n_superseded = unsent.filter(pl.col("superseded")).height  # named: the script's count alone hid them
@@ -108,13 +114,14 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     account_url = blob_endpoint(sign_in)
     lines = [
         "#!/usr/bin/env bash",
-        f"# Written by chorus-batch {release()} at {iso(utc_now())}: {todo.height} files of "
-        f"{len(labels)} versions of {Path(manifest.path).resolve()} to {url}.",
+        f"# Written by chorus-batch {release()} at {iso(utc_now())}: {plural(todo.height, 'file')} of "
+        f"{plural(len(labels), 'version')} of {Path(manifest.path).resolve()} to {url}.",
         "# Each file is checked against its manifest MD5 (md5sum) and then sent; each one sent is logged as",
         "# 'uploaded<TAB><blob name>' in $LOG. Afterwards record them: chorus-batch mark-uploaded --from-log $LOG",
         ("# Sign-in: `az login` (then AZ_AUTH_MODE=login), or AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_SAS_TOKEN"
          " / AZURE_STORAGE_KEY with AZURE_STORAGE_ACCOUNT, in the environment." if kind == "bash" else
-         "# Sign-in: `azcopy login`, AzCopy's AZCOPY_* variables, or a SAS token (without '?') in CHORUS_SAS."),
+         "# Sign-in: `azcopy login`, AzCopy's AZCOPY_* variables, or a SAS token (without '?') in CHORUS_SAS, which"
+         "\n# AzCopy takes only in its URLs: other users of the machine can read it in the process list (ps)."),
         "set -u",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
         f"CONTAINER={shlex.quote(container)}",
@@ -142,18 +149,45 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         lines += [
             # --from-to: AzCopy guesses the kind of a destination from its host, and gives up (every file
             # failed) at an endpoint it does not know: Azurite, Azure Stack, a custom domain.
-            '  if azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --from-to LocalBlob \\',
+            "  local out",
+            '  if out=$(azcopy copy "$2" "$ACCOUNT_URL/$CONTAINER/$5${CHORUS_SAS:+?$CHORUS_SAS}" --from-to LocalBlob \\',
             "      --put-md5 --overwrite false \\",
-            "      --log-level ERROR > /dev/null; then",
+            "      --log-level ERROR 2>&1); then",
         ]
     lines += [
         "    printf 'uploaded\\t%s\\n' \"$1\" >> \"$LOG\"",
         "  else",
-        '    echo "failed: $2" >&2; failed=1',
+    ]
+    if kind == "bash":  # (the Azure CLI said why on stderr)
+        lines.append('    echo "failed: $2" >&2; failed=1')
+    else:
+        # AzCopy says why only in its log (its output went nowhere: "failed: FILE" alone left no reason, for every
+        # file): the log's first error (AzCopy writes the SAS there as sig=-REDACTED-), and where the log is.
+        lines += [
+            "    local azlog why=''",
+            "    azlog=$(printf '%s\\n' \"$out\" | sed -n 's/^Log file is located at: //p' | head -n 1)",
+            "    if [ -n \"$azlog\" ]; then why=$(grep -m 1 ' ERR: ' \"$azlog\" 2>/dev/null | sed 's/^.* ERR: \\[[^]]*\\] //'); fi",
+            "    if [ -z \"$why\" ]; then why=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1); fi",
+            "    why=$(printf '%s' \"$why\" | sed 's/[s]ig=[^&[:space:]]*/sig:REDACTED/g')",
+            '    echo "failed: $2: ${why:-AzCopy said nothing}${azlog:+ (AzCopy log: $azlog)}" >&2; failed=1',
+        ]
+    lines += [
         "  fi",
         "}",
     ]
+    if kind == "azcopy":
+        # AzCopy takes a SAS only in its URL (no variable, no file: Azure/azure-storage-azcopy#2138): on a shared node
+        # other users read it from the process list while each file is sent. Said before the first one.
+        lines += [
+            'if [ -n "${CHORUS_SAS:-}" ]; then',
+            '  echo "warning: AzCopy takes a SAS token only in its URL: CHORUS_SAS is on each azcopy command line," \\',
+            '    "which other users of this machine can read (ps, /proc) while it runs. Where that matters, sign in with" \\',
+            '    "\\`azcopy login\\` or AZCOPY_AUTO_LOGIN_TYPE (MSI, SPN, AZCLI) instead, or write the script with" \\',
+            '    "--script bash (the Azure CLI reads AZURE_STORAGE_SAS_TOKEN from the environment)." >&2',
+            "fi",
+        ]
     wildcards: list[str] = []
+    bad_escapes: list[str] = []
     for label, srcfile, md5, root_id, etag in todo.select("version", "srcfile", "md5", "root_id",
                                                           "replace_etag").iter_rows():
         name = "/".join(p for p in (prefix, label, srcfile) if p)
@@ -163,12 +197,15 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             # every file the pattern matches, as blobs under a folder named st*r.csv. Left out, and named.
             wildcards.append(f"{label}/{srcfile}")
             continue
+        if kind == "azcopy" and _BAD_ESCAPE.search(local):
+            bad_escapes.append(f"{label}/{srcfile}")
+            continue
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     lines += ['exit "$failed"', ""]
-    return Script("\n".join(lines), todo.height - len(wildcards), len(labels), LOG_NAME, not_replaceable, wildcards,
-                  bad_names, n_superseded)
+    return Script("\n".join(lines), todo.height - len(wildcards) - len(bad_escapes), len(labels), LOG_NAME,
+                  not_replaceable, wildcards, bad_names, n_superseded, bad_escapes)
 
 
 @dataclass
@@ -179,18 +216,24 @@ class Marked:
     not_understood: int = 0  # log lines that are not `uploaded<TAB><blob name>`
     example: str = ""  # the first of them
     n_superseded: int = 0  # files replaced or removed by a later version before they were sent: recorded so
+    # logged blobs the ledger held as confirmed already (the script's log is appended to by every run): left as they
+    # were; recording them again reset their verification and said they were recorded now
+    n_before: int = 0
 
     @property
     def exit_code(self) -> ExitCode:
         # nothing recorded is a finding too: a wrong or empty log must not look like a success
-        return ExitCode.FINDINGS if self.rejected or self.not_understood or not self.n_recorded else ExitCode.OK
+        return (ExitCode.FINDINGS if self.rejected or self.not_understood or not (self.n_recorded or self.n_before)
+                else ExitCode.OK)
 
     def text(self) -> str:
-        lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"]
+        lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"
+                 + (f"; {self.n_before} more logged blobs were recorded before (left as they are)"
+                    if self.n_before else "")]
         if self.not_understood:
             lines.append(f"not understood: {self.not_understood} lines of the log are not `uploaded<TAB><blob name>` "
                          f"as the upload script writes them (first, {self.example}); is it that script's log?")
-        if not self.n_recorded and not self.rejected:
+        if not self.n_recorded and not self.n_before and not self.rejected:
             lines.append("warning: the log names no blob the upload script sent: nothing was recorded (pass the log "
                          "of a script run that sent files)")
         if self.rejected:
@@ -232,6 +275,10 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                 checked = plan.join(listing, on="srcfile", how="left")
                 good = checked.filter((pl.col("size") == pl.col("size_right")) & (pl.col("content_md5") == pl.col("md5")))
                 bad = checked.join(good.select("file_id"), on="file_id", how="anti")
+                # confirmed before (and not found damaged since): its row, with verify's finding, stays as it is
+                before = good.filter(pl.col("state").is_in(CONFIRMED) & ~pl.col("damaged"))
+                good = good.join(before.select("file_id"), on="file_id", how="anti")
+                marked.n_before += before.height
                 for srcfile, size, blob_size in bad.select("srcfile", "size", "size_right").iter_rows():
                     marked.rejected.append((f"{label}/{srcfile}", "not in the container" if blob_size is None else
                                             "its size or Content-MD5 is not the manifest's"))
@@ -251,6 +298,10 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                     ledger.start(label)
                     record_unsendable(ledger, central, label, immediate)
                     marked.n_superseded += immediate.filter(pl.col("state") == "superseded").height
+    except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
+        exc.outcome = (f"{marked.n_recorded} logged uploads were recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
+                       "this; run the same command again once this is fixed (what was recorded is left as it is)")
+        raise
     finally:
         central.close()
     return marked

@@ -42,7 +42,7 @@ from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural
-from .central import (MANIFEST_FOLDER, Central, Conflict, FileChanged, ReadFailed, Sent, check_apart, check_names,
+from .central import (Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent, check_apart, check_names,
                       parse_central)
 
 if TYPE_CHECKING:
@@ -108,6 +108,16 @@ def _outcome(n_confirmed: int, n_unrecorded: int = 0) -> str:
             "run the same command again to resume (confirmed files are not sent again)")
 
 
+def _waiting(url: str, labels: list[str]) -> str:
+    """What a failure before anything was sent leaves: nothing sent or recorded, and what the manifest has waiting."""
+    if not labels:
+        return (f"nothing was sent or recorded; the manifest has no version waiting to be sent to {url} (each is "
+                "recorded as completely uploaded there): the look at the centre that makes sure of it failed")
+    shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    return (f"nothing was sent or recorded; {plural(len(labels), 'version')} {'waits' if len(labels) == 1 else 'wait'} to be sent to {url} ({shown}): run the "
+            "same command again once this is fixed")
+
+
 @contextlib.contextmanager
 def _working_manifest(db: str, cloud: CloudSettings, argv: Sequence[str], *, read_only: bool) -> Iterator[Manifest]:
     """The manifest to plan from and record into: a local file under the upload lock, or a manifest in
@@ -161,7 +171,13 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 require_version(manifest, version)
             labels = [version] if version is not None else ledger.versions_not_finished()
             result = UploadResult(url, [], dry_run)
-            central.check(write=not dry_run)
+            try:
+                central.check(write=not dry_run)
+            except ChorusError as exc:
+                # Signed in and looked even with nothing waiting: "nothing to upload" says the centre holds every
+                # version, and a manifest older than the centre's (_refuse_behind) shows only there. What waits is said.
+                exc.outcome = _waiting(url, labels)  # type: ignore[attr-defined]
+                raise
             result.listed_as = central.how
             _refuse_behind(manifest, central)
             sources: dict[int, Source] = {}
@@ -291,12 +307,12 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud)
             # The look the upload takes before sending (a read): a dry run said "would send N" into a folder holding
             # another manifest's submission, where the upload adds nothing
-            there, owner = central.manifest_copy_owner(label, "look at")
-            if there and owner != str(manifest.state_identity()[0]):
+            owner = central.folder_owner(label, "look at")
+            if owner is not None and owner.manifest_id != str(manifest.state_identity()[0]):
                 outcome.copy_refused = (
-                    f"{label}/ at the centre holds another manifest's submission (its {MANIFEST_FOLDER}/ copy): nothing "
-                    f"would be added there: the {plural(sendable.height, 'file')} not sent yet would be confirmed where "
-                    f"a blob holds the same content and recorded as conflict otherwise (exit 5); {CONFLICT_FIX}")
+                    f"{label}/ at the centre {owner.described()}: nothing would be added there: the "
+                    f"{plural(sendable.height, 'file')} not sent yet would be confirmed where a blob holds the same "
+                    f"content and recorded as conflict otherwise (exit 5); {CONFLICT_FIX}")
                 return outcome
         outcome.n_sent = sendable.height
         outcome.bytes_sent = int(sendable["size"].sum() or 0)
@@ -304,15 +320,18 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     ledger.start(label)
     record_unsendable(ledger, central, label, immediate)
     readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
-    # A folder whose manifest copy is another manifest's holds that manifest's submission (the same label, reused):
-    # its blobs with this content are confirmed as they are, and nothing is added to it.
+    # A folder whose manifest copy (or, while it is uploaded, whose claim) is another manifest's holds that manifest's
+    # submission (the same label, reused): its blobs with this content are confirmed as they are, and nothing is added
+    # to it. A folder nobody holds is claimed before the first file goes there: another manifest uploading the same
+    # label meanwhile mixed its files into this one's unfinished submission.
+    mine = str(manifest.state_identity()[0])
     try:
-        there, owner = central.manifest_copy_owner(label, "upload to") if sendable.height else (False, None)
+        owner = central.folder_owner(label, "upload to", claim_as=mine) if sendable.height else None
     except BaseException as exc:  # (nothing of this version was sent: what cli.main says of the ledger)
         with contextlib.suppress(AttributeError):
             exc.n_confirmed = 0  # type: ignore[union-attr]
         raise
-    foreign = there and owner != str(manifest.state_identity()[0])
+    foreign = owner if owner is not None and owner.manifest_id != mine else None
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress, foreign=foreign)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
     try:
@@ -348,7 +367,7 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
-          workers: int, progress: Progress, *, foreign: bool = False) -> tuple[tuple[int, int, int], pl.DataFrame]:
+          workers: int, progress: Progress, *, foreign: FolderOwner | None = None) -> tuple[tuple[int, int, int], pl.DataFrame]:
     """Send `files` on `workers` threads; outcomes are written to the ledger in batches (`foreign`: the folder is
     another manifest's submission: blobs are confirmed as they are, never written). Returns
     ((files confirmed, bytes sent, files of them found at the centre already), the files not sent with why)."""
@@ -440,7 +459,7 @@ class _Fatal(Exception):
 
 
 def _send_one(central: Central, readers: dict[int | None, Source], label: str, row: dict,
-              foreign: bool = False) -> Sent | tuple[str, str]:
+              foreign: FolderOwner | None = None) -> Sent | tuple[str, str]:
     """Send one file version: a Sent, or (state, why) when it is not sent; _Fatal when the storage fails."""
     srcfile = row["srcfile"]
     source = readers.get(row["root_id"]) or readers.get(None)
@@ -459,8 +478,8 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
         return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
                          "run records the change")
     try:
-        if foreign:
-            return central.confirm(label, srcfile, row["size"], row["md5"])
+        if foreign is not None:
+            return central.confirm(label, srcfile, row["size"], row["md5"], foreign)
         return central.put(label, srcfile, lambda: source.open(srcfile), row["size"], row["md5"], row["replace_etag"])
     except Conflict as exc:
         return "conflict", f"{exc}; {CONFLICT_FIX}"
