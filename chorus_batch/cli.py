@@ -203,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true",
                      help="one JSON object: the run summary, with every change (`changes`) and finding (`findings_list`)")
     fmt.add_argument("--csv", action="store_true",
-                     help="the changes as CSV with a header row (the findings' counts go to stderr)")
+                     help="the changes as CSV with a header row (the findings' counts go to stderr) (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
 
     td = command(
         "testdata", help="write a synthetic site: OUT/first and OUT/second",
@@ -242,7 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a header row (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
     fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + " (added, replaced, renamed)")
 
     validate = command(
@@ -308,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--config", help=READ_CONFIG_HELP)
         fmt = command.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
-        fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
+        fmt.add_argument("--csv", action="store_true", help="print CSV with a header row (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
         if md5sum is not None:
             fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + md5sum)
 
@@ -814,7 +814,7 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
         if args.json:
             print(json.dumps(status_dict(result), indent=2))
         elif args.csv:
-            sys.stdout.write(status_csv(result))
+            _print_csv(status_csv(result))
             for line in findings_text(result.findings, examples=0, more="chorus-batch status --json lists them"):
                 print(line, file=sys.stderr)
         else:
@@ -1085,9 +1085,20 @@ def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, l
     if args.json:
         sys.stdout.write(frame.write_json() + "\n")
     elif args.csv:
-        sys.stdout.write(frame.write_csv())
+        _print_csv(frame)
     else:
         print("\n".join(head_text(frame.select(table_columns), limit, "--csv or --json lists them all")))
+
+
+def _print_csv(frame) -> None:
+    """CSV a spreadsheet opens without running a name as a formula (report.spreadsheet); stderr says what was quoted."""
+    from .report.spreadsheet import csv_text, protected_note
+
+    text, quoted = csv_text(frame)
+    sys.stdout.write(text)
+    if quoted:
+        sys.stdout.flush()
+        print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
 
 
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
