@@ -66,6 +66,24 @@ class _Parser(argparse.ArgumentParser):
                 f"  {rule.id.ljust(width)}  {rule.severity:<7}  {rule.title}" for rule in RULES))
         return super().format_help()
 
+    words: list[str] = []  # the command line being parsed (_parse)
+
+    def error(self, message: str):  # type: ignore[override]
+        import re
+
+        # `history -1+1`, `files --path -notes.txt`: a name starting with '-' is read as a flag, and argparse said
+        # only that the path was missing or --path had no value
+        missing = re.match(r"(?:argument (\S+): expected one argument|the following arguments are required)", message)
+        dashed = [word for word in _Parser.words if missing and word.startswith("-") and not word.startswith("--")
+                  and word != "-" and word not in self._option_string_actions]  # (-v, -q, -h are flags)
+        if dashed:
+            word, flag = dashed[0], missing.group(1) if missing else None
+            q = shlex.quote
+            value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
+                     else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
+            message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+        super().error(message)
+
 
 def _checked(parser_name: str):
     """An argparse type: the text, once config's `parser_name` accepts it (imported when a value is given,
@@ -1369,6 +1387,7 @@ def _close(word: str, choices) -> str | None:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """argparse's parse_args (exit 2 on bad usage), saying which command or flag was probably meant."""
     commands = parser.commands  # type: ignore[attr-defined]
+    _Parser.words = list(argv)
     top_flags = {option for action in parser._actions for option in action.option_strings}
     at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)  # top-level flags take no values
     first = None if at is None else argv[at]

@@ -337,6 +337,29 @@ def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     assert missing.returncode == 2 and "no file 'OMOP/no\\such.csv' in the manifest" in missing.stderr
 
 
+def test_a_name_starting_with_a_dash_is_told_how_to_be_typed(site, db):
+    """`history -1+1` said "the following arguments are required: path" and `files --path -notes.txt` "argument
+    --path: expected one argument", of a path the reviewer had given: a word starting with '-' is read as a flag.
+    The message now names the word and how to write it; written so, the file is found."""
+    write(site, "-1+1", b"a")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    out = cli("history", "--db", str(db), "-1+1")
+    assert out.returncode == 2 and "'-1+1' starts with '-', so it was read as a flag" in out.stderr, out.stderr
+    assert "write ./-1+1, or -- -1+1 at the end of the command line" in out.stderr
+    for command in ("files", "changes"):
+        out = cli(command, "--db", str(db), "--path", "-1+1")
+        assert out.returncode == 2 and "write --path=-1+1 or --path ./-1+1" in out.stderr, out.stderr
+        for typed in (["--path=-1+1"], ["--path", "./-1+1"]):
+            found = cli(command, "--db", str(db), *typed, "--json")
+            assert [r["srcfile"] for r in json.loads(found.stdout)] == ["-1+1"], found.stderr
+    for typed in (["./-1+1"], ["--", "-1+1"]):
+        found = cli("history", "--db", str(db), "--json", *typed)
+        assert [r["srcfile"] for r in json.loads(found.stdout)] == ["-1+1"], found.stderr
+    plain = cli("history", "--db", str(db))  # no dashed word: argparse's message as it was
+    assert plain.returncode == 2 and plain.stderr.rstrip().endswith("the following arguments are required: path")
+
+
 def test_a_name_typed_in_the_other_unicode_form_is_found_and_a_near_miss_is_named(site, db):
     """`history OMOP/café.csv` typed composed (NFC) found no file recorded decomposed (NFD, a macOS copy) and
     said "no file 'OMOP/café.csv'", the very name `files` shows; a name recorded with a trailing space or in
