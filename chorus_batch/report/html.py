@@ -226,7 +226,7 @@ class _Report:
                     "findings": self.findings(), "deleted": self.deleted()}
         site = self.row.get("site")
         return _environment().get_template("report.html.j2").render(
-            title=f"chorus-batch report — {site or self.db} — version {self.label}",
+            title=f"chorus-batch report — {shown_name(site or self.db)} — version {self.label}",
             summary=self.summary(), flags=self.flags, **sections,
             version=__version__, written=iso(utc_now()))
 
