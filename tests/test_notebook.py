@@ -114,6 +114,29 @@ def test_single_version(manifests, tmp_path):
     assert "all checks passed" in out
 
 
+def test_names_in_the_notebooks_tables_are_shown_escaped(tmp_path):
+    """The notebook showed frames as polars does: a file name with a line break showed as a space (another
+    name), a right-to-left override reversed the rest of its cell and a person folder `000009 ` looked like
+    `000009`, while `chorus-batch files` and the HTML report quote such names with escapes. The notebook's
+    tables (HTML and plain text) now show them so too (review.shown_frame)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db)
+    for name in ("line\nbreak.txt", "rtl\u202etxt.exe", "OMOP/trail.csv "):
+        write(site, name, b"odd")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    run_site(site, db)
+    nb = execute(db, tmp_path / "review.ipynb")
+    check_run(nb, PLOTS)
+    tables = [o["data"].get(mime, "") for o in outputs(nb) if "data" in o for mime in ("text/html", "text/plain")]
+    shown = "".join(tables)
+    assert "\u202e" not in shown and "line\nbreak" not in shown and "line break.txt" not in shown
+    assert "trail.csv <" not in shown and "trail.csv │" not in shown
+    assert "line\\nbreak.txt" in shown and "rtl\\u202etxt.exe" in shown, shown[:2000]  # as escapes
+    assert "'OMOP/trail.csv '" in shown, shown  # a path column: quoted, as the text tables show it
+    assert "history of " in text(nb)
+
+
 def test_notebook_is_the_twin_of_the_script():
     script, notebook = jupytext.read(SCRIPT), jupytext.read(NOTEBOOK)
 
