@@ -1068,7 +1068,9 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         print(json.dumps(frame.to_dicts(), indent=2))
         return 0
     if not args.csv:
-        print(f"version {label}: {frame.height} changes")
+        from .units import plural
+
+        print(f"version {label}: {plural(frame.height, 'change')}")
     _print_frame(args, frame, ["change", "srcfile", "old_srcfile", "modality", "size", "md5"])
     return 0
 
@@ -1168,7 +1170,8 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
         if inside:  # a folder: history follows one file
-            raise UsageError(f"{shown} is a folder of {inside} current files, not a file", where=_db(args),
+            raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file",
+                             where=_db(args),
                              fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python

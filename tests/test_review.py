@@ -360,6 +360,16 @@ def test_a_name_starting_with_a_dash_is_told_how_to_be_typed(site, db):
     assert plain.returncode == 2 and plain.stderr.rstrip().endswith("the following arguments are required: path")
 
 
+def test_one_change_and_one_file_are_said_in_the_singular(site, db):
+    """`changes` said "version ...: 1 changes" and `history FOLDER` "a folder of 1 current files"."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    out = cli("changes", "--db", str(db))
+    assert out.returncode == 0 and out.stdout.startswith(f"version {open_manifest(db).latest()}: 1 change\n"), out.stdout
+    out = cli("history", "--db", str(db), "OMOP")
+    assert out.returncode == 2 and "'OMOP' is a folder of 1 current file, not a file" in out.stderr, out.stderr
+
+
 def test_a_name_typed_in_the_other_unicode_form_is_found_and_a_near_miss_is_named(site, db):
     """`history OMOP/café.csv` typed composed (NFC) found no file recorded decomposed (NFD, a macOS copy) and
     said "no file 'OMOP/café.csv'", the very name `files` shows; a name recorded with a trailing space or in
