@@ -140,10 +140,18 @@ class ManifestReader:
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
         if moment is None:
+            from difflib import get_close_matches
+
             dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
+            labels = versions["label"].to_list()
+            # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
+            close = ([version.strip()] if version.strip() in labels
+                     else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
-                             + (", and it is not a valid ISO date-time" if dated else ""), where=str(self.path),
-                             fix="give a label from `chorus-batch versions`, or an ISO time such as 2026-11-27T03:00:00Z")
+                             + (", and it is not a valid ISO date-time" if dated else "")
+                             + (f"; did you mean {', '.join(close)}?" if close else ""), where=str(self.path),
+                             fix=f"give a label from `chorus-batch versions` ({len(labels)} in the manifest, "
+                                 f"{labels[0]} .. {labels[-1]}), or an ISO time such as 2026-11-27T03:00:00Z")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         committed = versions.with_columns(

@@ -485,6 +485,20 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
+def test_a_label_copied_with_a_space_or_mistyped_is_answered_with_the_label_meant(history):
+    """`--version "v2 "` (copied with a space) and `--as-of v22` said only "no version ... give a label from
+    `chorus-batch versions`": the answer now names the label probably meant, and the range of the manifest's."""
+    db = str(history["db"])
+    for command in (["changes", "--version"], ["files", "--as-of"], ["report", "--out", "r.html", "--version"]):
+        out = cli(*command, "v2 ", "--db", db)
+        assert out.returncode == 2 and "no version 'v2 ' in the manifest; did you mean v2?" in out.stderr, out.stderr
+        assert "(3 in the manifest, v1 .. v3)" in out.stderr
+    out = cli("diff", "--from", "v22", "--db", db)
+    assert out.returncode == 2 and "no version 'v22' in the manifest; did you mean v2" in out.stderr, out.stderr
+    out = cli("changes", "--version", "20990101000000", "--db", db)  # nothing like it: no guess
+    assert out.returncode == 2 and "did you mean" not in out.stderr, out.stderr
+
+
 def test_a_modality_is_taken_in_any_case_and_an_unknown_one_is_said(reader, history):
     """`files --modality waveforms` listed an empty version (0 files, exit 0), as if it held no waveforms."""
     assert reader.files("v2", modality="waveforms").equals(reader.files("v2", modality="Waveforms"))
