@@ -229,6 +229,18 @@ def test_review_out_dash_writes_the_notebook_to_standard_output(manifests, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_review_compared_with_the_version_it_reviews_is_refused(manifests, tmp_path):
+    """`review --compare-to L` where L is the version reviewed (the latest, by default) ran the notebook, which
+    then compared nothing and called the version "(first version)", every comparison "no earlier version".
+    It is refused before the kernel starts, exit 2, saying so; nothing is written."""
+    labels = open_manifest(manifests["two"]).versions()["label"].to_list()
+    for args in (["--compare-to", labels[-1]], ["--version", labels[0], "--compare-to", labels[0]]):
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]), *args,
+                               "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "is the version reviewed" in done.stderr and "fix:" in done.stderr, done.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback(tmp_path):
     """Run in Jupyter (or papermill) on a manifest with no version yet, the notebook's cell 5 showed a traceback
     through chorus_batch's internals around 'the manifest has no versions yet'. A chorus_batch error now renders
