@@ -1559,8 +1559,38 @@ class _Output:
         if self._stream is not None:
             self._guarded(self._stream.flush)
 
+    @property
+    def buffer(self) -> _OutputBytes:
+        """The byte stream under it (`--md5sum` writes bytes), guarded alike: `files --md5sum > /dev/full` was an
+        internal error (OSError), where the other outputs say what happened."""
+        return _OutputBytes(self)
+
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+class _OutputBytes:
+    """`_Output.buffer`: writes bytes whole (a short write of an unbuffered stdout is written on), a failure an
+    OutputError; a closed descriptor takes nothing."""
+
+    def __init__(self, output: _Output):
+        self._output = output
+
+    def write(self, data: bytes) -> int:
+        stream = self._output._stream
+        if stream is None:
+            return len(data)
+
+        def write_all() -> int:
+            view = memoryview(data)
+            while view:
+                view = view[stream.buffer.write(view) or 0:]
+            return len(data)
+        return self._output._guarded(write_all)
+
+    def flush(self) -> None:
+        if self._output._stream is not None:
+            self._output._guarded(self._output._stream.buffer.flush)
 
 
 # polars' allocator (jemalloc on Linux) keeps the pages a large frame freed for the next frame: `import polars`

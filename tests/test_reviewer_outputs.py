@@ -293,3 +293,19 @@ def test_the_spreadsheet_quoting_reads_back_exactly():
     assert not [c for c in safe["srcfile"].drop_nulls() if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
     assert safe["size"].to_list() == frame["size"].to_list()
     assert unquote(pl.read_csv(io.StringIO(safe.write_csv()), schema=frame.schema)).equals(frame)
+
+
+@pytest.mark.parametrize("command", [["files", "--md5sum"], ["changes", "--md5sum"], ["diff", "--from", "FIRST", "--md5sum"],
+                                     ["files", "--csv"], ["files", "--json"], ["versions"]])
+def test_an_output_to_a_full_disk_is_said_as_such(manifest, command):
+    """`files --md5sum > /dev/full` (a full disk) was "internal error: OSError: [Errno 28] No space left on device
+    ... report it": the checksum lines are bytes, written past the guarded standard output. Every output now says
+    that it could not be written, where, and what to do, exit 3."""
+    first = open_manifest(manifest).versions()["label"][0]
+    args = [first if word == "FIRST" else word for word in command] + ["--db", str(manifest)]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert "could not write the output to standard output (No space left on device)" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "fix:" in out.stderr
