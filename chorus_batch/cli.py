@@ -1450,7 +1450,9 @@ NOTHING_COMMITTED = "nothing was committed; the manifest holds what it held befo
 _LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
 NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
                  "import-journal": "no manifest was written (an import builds it in a temporary file it removes)",
-                 "status": "nothing was written (status only reads)"}
+                 "status": "nothing was written (status only reads)",
+                 "report": "no report was written (report only reads)",
+                 "review": "no notebook was written (review only reads)"}
 
 
 def main(argv: list[str] | None = None) -> int:

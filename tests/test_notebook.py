@@ -260,3 +260,31 @@ def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback
     shown = "\n".join(errors[0]["traceback"])
     assert "the manifest has no versions yet" in shown and "fix:   run `chorus-batch run`" in shown, shown
     assert "chorus_batch/review.py" not in shown and "File " not in shown and "Traceback" not in shown, shown
+
+
+def test_review_stopped_while_its_kernel_runs_says_one_line_and_no_traceback(manifests, tmp_path):
+    """SIGTERM (Slurm, systemd) to `review` while the notebook ran printed the kernel's ZMQ traceback ("Socket
+    operation on non-socket") and said "nothing was committed; the manifest holds what it held before", of a
+    command that writes no version; every review also began with the kernel's "running over TCP without
+    encryption" warning. The kernel's stderr is kept from the user's; the command says no notebook was written."""
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "r.ipynb"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any("ipykernel" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no kernel started"
+        time.sleep(0.1)
+    time.sleep(1.5)  # the kernel runs cells
+    proc.send_signal(signal.SIGTERM)
+    _stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err == "chorus-batch: terminated (SIGTERM); no notebook was written (review only reads)\n", err
+    assert list(tmp_path.iterdir()) == []
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # no kernel warning either
