@@ -288,3 +288,17 @@ def test_review_stopped_while_its_kernel_runs_says_one_line_and_no_traceback(man
     done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stderr == "", done.stderr  # no kernel warning either
+
+
+def test_a_kernel_that_cannot_start_is_said_with_what_it_said(manifests, tmp_path):
+    """With the kernel's stderr kept from the user's, a kernel that dies at start must still be explained: the
+    error names the failure and the kernel's last lines, once (papermill's own log line is not repeated)."""
+    fake = tmp_path / "fake"
+    write(fake, "ipykernel_launcher.py", b"import sys\nsys.stderr.write('boom: no kernel here\\n')\nsys.exit(1)\n")
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--out", str(tmp_path / "r.ipynb")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(fake)})
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("chorus-batch: error: the review notebook's kernel failed: "), done.stderr
+    assert "the kernel said:\n    boom: no kernel here\n" in done.stderr and "fix:" in done.stderr, done.stderr
+    assert not (tmp_path / "r.ipynb").exists() and "Traceback" not in done.stderr

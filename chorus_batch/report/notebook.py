@@ -4,6 +4,7 @@ written owner-only. Run as `papermill notebooks/review.ipynb out.ipynb`, the cop
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -50,6 +51,10 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     # The kernel's own stderr (a warning on every start, a ZMQ traceback when the command is stopped) goes to a
     # file without a name, said only if the kernel fails: the user sees the command's messages, never a traceback.
     kernel_log = tempfile.TemporaryFile()
+    # papermill logs a kernel that did not start ("Error occurred while starting new kernel client ...") before
+    # it raises: said once, by the error below
+    quiet = logging.getLogger("papermill")
+    was_disabled, quiet.disabled = quiet.disabled, True
     try:
         parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to}
         # No output path: papermill would write the copy with the umask's mode, once per cell.
@@ -69,10 +74,12 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
         raise ChorusError(f"the review notebook's kernel failed: {type(exc).__name__}: {exc}"
                           + ("; the kernel said:\n    " + "\n    ".join(said) if said else ""),
                           where="the python3 Jupyter kernel of this environment",
-                          fix='pip install ".[notebook]" in this environment, then run `chorus-batch review` again') from None
+                          fix="mend what the kernel said (its package: pip install \".[notebook]\" in this environment), "
+                              "then run `chorus-batch review` again") from None
     finally:
         os.umask(previous)
         kernel_log.close()
+        quiet.disabled = was_disabled
     if to_stdout:
         sys.stdout.write(nbformat.writes(nb))
         sys.stdout.flush()
