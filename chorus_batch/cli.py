@@ -66,6 +66,24 @@ class _Parser(argparse.ArgumentParser):
                 f"  {rule.id.ljust(width)}  {rule.severity:<7}  {rule.title}" for rule in RULES))
         return super().format_help()
 
+    words: list[str] = []  # the command line being parsed (_parse)
+
+    def error(self, message: str):  # type: ignore[override]
+        import re
+
+        # `history -1+1`, `files --path -notes.txt`: a name starting with '-' is read as a flag, and argparse said
+        # only that the path was missing or --path had no value
+        missing = re.match(r"(?:argument (\S+): expected one argument|the following arguments are required)", message)
+        dashed = [word for word in _Parser.words if missing and word.startswith("-") and not word.startswith("--")
+                  and word != "-" and word not in self._option_string_actions]  # (-v, -q, -h are flags)
+        if dashed:
+            word, flag = dashed[0], missing.group(1) if missing else None
+            q = shlex.quote
+            value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
+                     else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
+            message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+        super().error(message)
+
 
 def _checked(parser_name: str):
     """An argparse type: the text, once config's `parser_name` accepts it (imported when a value is given,
@@ -203,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true",
                      help="one JSON object: the run summary, with every change (`changes`) and finding (`findings_list`)")
     fmt.add_argument("--csv", action="store_true",
-                     help="the changes as CSV with a header row (the findings' counts go to stderr)")
+                     help="the changes as CSV with a header row (the findings' counts go to stderr) (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
 
     td = command(
         "testdata", help="write a synthetic site: OUT/first and OUT/second",
@@ -242,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
-    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a header row (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
     fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + " (added, replaced, renamed)")
 
     validate = command(
@@ -308,7 +326,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--config", help=READ_CONFIG_HELP)
         fmt = command.add_mutually_exclusive_group()
         fmt.add_argument("--json", action="store_true", help="print a JSON array of objects")
-        fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
+        fmt.add_argument("--csv", action="store_true", help="print CSV with a header row (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
         if md5sum is not None:
             fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + md5sum)
 
@@ -814,7 +832,7 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
         if args.json:
             print(json.dumps(status_dict(result), indent=2))
         elif args.csv:
-            sys.stdout.write(status_csv(result))
+            _print_csv(status_csv(result))
             for line in findings_text(result.findings, examples=0, more="chorus-batch status --json lists them"):
                 print(line, file=sys.stderr)
         else:
@@ -1050,7 +1068,9 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         print(json.dumps(frame.to_dicts(), indent=2))
         return 0
     if not args.csv:
-        print(f"version {label}: {frame.height} changes")
+        from .units import plural
+
+        print(f"version {label}: {plural(frame.height, 'change')}")
     _print_frame(args, frame, ["change", "srcfile", "old_srcfile", "modality", "size", "md5"])
     return 0
 
@@ -1085,9 +1105,20 @@ def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, l
     if args.json:
         sys.stdout.write(frame.write_json() + "\n")
     elif args.csv:
-        sys.stdout.write(frame.write_csv())
+        _print_csv(frame)
     else:
         print("\n".join(head_text(frame.select(table_columns), limit, "--csv or --json lists them all")))
+
+
+def _print_csv(frame) -> None:
+    """CSV a spreadsheet opens without running a name as a formula (report.spreadsheet); stderr says what was quoted."""
+    from .report.spreadsheet import csv_text, protected_note
+
+    text, quoted = csv_text(frame)
+    sys.stdout.write(text)
+    if quoted:
+        sys.stdout.flush()
+        print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
 
 
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1139,7 +1170,8 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
         if inside:  # a folder: history follows one file
-            raise UsageError(f"{shown} is a folder of {inside} current files, not a file", where=_db(args),
+            raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file",
+                             where=_db(args),
                              fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
@@ -1368,6 +1400,7 @@ def _close(word: str, choices) -> str | None:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """argparse's parse_args (exit 2 on bad usage), saying which command or flag was probably meant."""
     commands = parser.commands  # type: ignore[attr-defined]
+    _Parser.words = list(argv)
     top_flags = {option for action in parser._actions for option in action.option_strings}
     at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)  # top-level flags take no values
     first = None if at is None else argv[at]
@@ -1427,7 +1460,9 @@ NOTHING_COMMITTED = "nothing was committed; the manifest holds what it held befo
 _LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
 NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
                  "import-journal": "no manifest was written (an import builds it in a temporary file it removes)",
-                 "status": "nothing was written (status only reads)"}
+                 "status": "nothing was written (status only reads)",
+                 "report": "no report was written (report only reads)",
+                 "review": "no notebook was written (review only reads)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1536,8 +1571,38 @@ class _Output:
         if self._stream is not None:
             self._guarded(self._stream.flush)
 
+    @property
+    def buffer(self) -> _OutputBytes:
+        """The byte stream under it (`--md5sum` writes bytes), guarded alike: `files --md5sum > /dev/full` was an
+        internal error (OSError), where the other outputs say what happened."""
+        return _OutputBytes(self)
+
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+class _OutputBytes:
+    """`_Output.buffer`: writes bytes whole (a short write of an unbuffered stdout is written on), a failure an
+    OutputError; a closed descriptor takes nothing."""
+
+    def __init__(self, output: _Output):
+        self._output = output
+
+    def write(self, data: bytes) -> int:
+        stream = self._output._stream
+        if stream is None:
+            return len(data)
+
+        def write_all() -> int:
+            view = memoryview(data)
+            while view:
+                view = view[stream.buffer.write(view) or 0:]
+            return len(data)
+        return self._output._guarded(write_all)
+
+    def flush(self) -> None:
+        if self._output._stream is not None:
+            self._output._guarded(self._output._stream.buffer.flush)
 
 
 # polars' allocator (jemalloc on Linux) keeps the pages a large frame freed for the next frame: `import polars`

@@ -140,10 +140,18 @@ class ManifestReader:
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
         if moment is None:
+            from difflib import get_close_matches
+
             dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
+            labels = versions["label"].to_list()
+            # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
+            close = ([version.strip()] if version.strip() in labels
+                     else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
-                             + (", and it is not a valid ISO date-time" if dated else ""), where=str(self.path),
-                             fix="give a label from `chorus-batch versions`, or an ISO time such as 2026-11-27T03:00:00Z")
+                             + (", and it is not a valid ISO date-time" if dated else "")
+                             + (f"; did you mean {', '.join(close)}?" if close else ""), where=str(self.path),
+                             fix=f"give a label from `chorus-batch versions` ({len(labels)} in the manifest, "
+                                 f"{labels[0]} .. {labels[-1]}), or an ISO time such as 2026-11-27T03:00:00Z")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         committed = versions.with_columns(
@@ -638,3 +646,29 @@ def size_flags(files: pl.DataFrame | duckdb.DuckDBPyConnection) -> tuple[pl.Data
              .cast({"files": pl.UInt32, "empty": pl.UInt32, "nonempty": pl.UInt32}))  # as polars counts them
     con.execute("DROP TABLE _size_stats")
     return stats, flagged
+
+
+def shown_frame(frame: pl.DataFrame, edge: int = 50) -> pl.DataFrame:
+    """The frame as a notebook shows it to people: names (`srcfile`, `old_srcfile`, `person_id`, … and lists of
+    them) as the text tables show them (units.shown_name: a line break, a right-to-left override or a trailing
+    space quoted with escapes), other text with its control and invisible characters escaped (units.shown_text).
+    Only the first and last `edge` rows are changed, the ones a table shows; the shape stays. For display only:
+    the values are no longer the names (the review notebook registers it as the frames' display)."""
+    from .report.summary import NAME_COLUMNS
+    from .units import shown_name, shown_text
+
+    def one(column: pl.Series) -> pl.Series:
+        name = column.name in NAME_COLUMNS or "srcfile" in column.name
+        show = shown_name if name else shown_text
+        if column.dtype == pl.String:
+            return pl.Series(column.name, [None if v is None else show(v) for v in column.to_list()], pl.String)
+        return pl.Series(column.name, [None if v is None else [None if x is None else show(x) for x in v]
+                                       for v in column.to_list()], pl.List(pl.String))
+
+    text = [c for c, t in frame.schema.items() if t == pl.String or t == pl.List(pl.String)]
+    if not text or frame.height == 0:
+        return frame
+    parts = ([frame] if frame.height <= 2 * edge else
+             [frame.head(edge), frame.slice(edge, frame.height - 2 * edge), frame.tail(edge)])
+    shown_parts = [part if i == 1 else part.with_columns(one(part[c]) for c in text) for i, part in enumerate(parts)]
+    return pl.concat(shown_parts) if len(shown_parts) > 1 else shown_parts[0]

@@ -60,10 +60,18 @@ version, compare_to = (None if v is None else str(v) for v in (version, compare_
 # manifest (`m.files(version)` brings a whole version: fine for a few thousand files).
 
 # %%
-from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, size_flags
-from chorus_batch.units import plural
+from IPython import get_ipython
+
+from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, shown_frame, size_flags
+from chorus_batch.units import plural, shown_name
 
 m = open_manifest(manifest)
+# Tables show names escaped, as `chorus-batch files` and the HTML report do: a line break, a right-to-left
+# override or a trailing space in a file name would show another name (the frames' values stay exact).
+if get_ipython() is not None:
+    formatters = get_ipython().display_formatter.formatters
+    formatters["text/html"].for_type(pl.DataFrame, lambda frame: shown_frame(frame)._repr_html_())
+    formatters["text/plain"].for_type(pl.DataFrame, lambda frame, p, cycle: p.text(repr(shown_frame(frame))))
 
 # %%
 label = m.resolve(version)
@@ -221,7 +229,7 @@ else:
     if lost.height:
         print("persons still present that lost a modality:")
         display(lost.head(20))
-    check("persons: none disappeared", not gone, f"{len(gone)} disappeared since {base}" + (f": {', '.join(gone[:5])}" if gone else ""))
+    check("persons: none disappeared", not gone, f"{len(gone)} disappeared since {base}" + (f": {', '.join(map(shown_name, gone[:5]))}" if gone else ""))
     check("persons: none lost a modality", lost.height == 0, f"{lost.height} person-modality pairs gone")
 
 # %% [markdown]
@@ -489,7 +497,7 @@ example = changed["srcfile"][0] if changed.height else con.execute("SELECT min(s
 if example is None:
     print("no files in this version")
 else:
-    print(f"history of {example}")
+    print(f"history of {shown_name(example)}")
     display(m.history(example).select("change", "old_srcfile", "ended_by", "renamed_to", "srcfile", "md5", "size",
                                       "version_valid", "version_invalid"))
 

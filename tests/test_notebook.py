@@ -114,6 +114,29 @@ def test_single_version(manifests, tmp_path):
     assert "all checks passed" in out
 
 
+def test_names_in_the_notebooks_tables_are_shown_escaped(tmp_path):
+    """The notebook showed frames as polars does: a file name with a line break showed as a space (another
+    name), a right-to-left override reversed the rest of its cell and a person folder `000009 ` looked like
+    `000009`, while `chorus-batch files` and the HTML report quote such names with escapes. The notebook's
+    tables (HTML and plain text) now show them so too (review.shown_frame)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db)
+    for name in ("line\nbreak.txt", "rtl\u202etxt.exe", "OMOP/trail.csv "):
+        write(site, name, b"odd")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    run_site(site, db)
+    nb = execute(db, tmp_path / "review.ipynb")
+    check_run(nb, PLOTS)
+    tables = [o["data"].get(mime, "") for o in outputs(nb) if "data" in o for mime in ("text/html", "text/plain")]
+    shown = "".join(tables)
+    assert "\u202e" not in shown and "line\nbreak" not in shown and "line break.txt" not in shown
+    assert "trail.csv <" not in shown and "trail.csv │" not in shown
+    assert "line\\nbreak.txt" in shown and "rtl\\u202etxt.exe" in shown, shown[:2000]  # as escapes
+    assert "'OMOP/trail.csv '" in shown, shown  # a path column: quoted, as the text tables show it
+    assert "history of " in text(nb)
+
+
 def test_notebook_is_the_twin_of_the_script():
     script, notebook = jupytext.read(SCRIPT), jupytext.read(NOTEBOOK)
 
@@ -206,6 +229,18 @@ def test_review_out_dash_writes_the_notebook_to_standard_output(manifests, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_review_compared_with_the_version_it_reviews_is_refused(manifests, tmp_path):
+    """`review --compare-to L` where L is the version reviewed (the latest, by default) ran the notebook, which
+    then compared nothing and called the version "(first version)", every comparison "no earlier version".
+    It is refused before the kernel starts, exit 2, saying so; nothing is written."""
+    labels = open_manifest(manifests["two"]).versions()["label"].to_list()
+    for args in (["--compare-to", labels[-1]], ["--version", labels[0], "--compare-to", labels[0]]):
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]), *args,
+                               "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "is the version reviewed" in done.stderr and "fix:" in done.stderr, done.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
 def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback(tmp_path):
     """Run in Jupyter (or papermill) on a manifest with no version yet, the notebook's cell 5 showed a traceback
     through chorus_batch's internals around 'the manifest has no versions yet'. A chorus_batch error now renders
@@ -225,3 +260,45 @@ def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback
     shown = "\n".join(errors[0]["traceback"])
     assert "the manifest has no versions yet" in shown and "fix:   run `chorus-batch run`" in shown, shown
     assert "chorus_batch/review.py" not in shown and "File " not in shown and "Traceback" not in shown, shown
+
+
+def test_review_stopped_while_its_kernel_runs_says_one_line_and_no_traceback(manifests, tmp_path):
+    """SIGTERM (Slurm, systemd) to `review` while the notebook ran printed the kernel's ZMQ traceback ("Socket
+    operation on non-socket") and said "nothing was committed; the manifest holds what it held before", of a
+    command that writes no version; every review also began with the kernel's "running over TCP without
+    encryption" warning. The kernel's stderr is kept from the user's; the command says no notebook was written."""
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "r.ipynb"
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["two"]),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any("ipykernel" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children(recursive=True)):
+        assert time.monotonic() < deadline and proc.poll() is None, "no kernel started"
+        time.sleep(0.1)
+    time.sleep(1.5)  # the kernel runs cells
+    proc.send_signal(signal.SIGTERM)
+    _stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err == "chorus-batch: terminated (SIGTERM); no notebook was written (review only reads)\n", err
+    assert list(tmp_path.iterdir()) == []
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # no kernel warning either
+
+
+def test_a_kernel_that_cannot_start_is_said_with_what_it_said(manifests, tmp_path):
+    """With the kernel's stderr kept from the user's, a kernel that dies at start must still be explained: the
+    error names the failure and the kernel's last lines, once (papermill's own log line is not repeated)."""
+    fake = tmp_path / "fake"
+    write(fake, "ipykernel_launcher.py", b"import sys\nsys.stderr.write('boom: no kernel here\\n')\nsys.exit(1)\n")
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(manifests["single"]),
+                           "--out", str(tmp_path / "r.ipynb")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(fake)})
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("chorus-batch: error: the review notebook's kernel failed: "), done.stderr
+    assert "the kernel said:\n    boom: no kernel here\n" in done.stderr and "fix:" in done.stderr, done.stderr
+    assert not (tmp_path / "r.ipynb").exists() and "Traceback" not in done.stderr

@@ -294,6 +294,22 @@ def test_control_characters_of_a_path_are_shown_as_escapes(tmp_path):
     assert "new\nline" not in text and "\x1b" not in text
 
 
+def test_a_site_folder_with_a_line_break_or_a_direction_override_is_shown_escaped(tmp_path):
+    """The paths of the table were escaped, but the page's title, heading and `site` line wrote the site's folder
+    raw: a right-to-left override reversed the rest of the heading (`/data/si\u202ete` read as another folder),
+    and a line break showed as a space. They are shown as the tables show a name (units.shown_name)."""
+    site, db = tmp_path / "si\u202ete\nx", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db)
+    info = write_report(db, tmp_path / "r.html")
+    text = info.path.read_text(encoding="utf-8")
+    assert "\u202e" not in text and "si\u202ete\n" not in text
+    shown = escape(repr(str(site)))  # '/.../si\u202ete\nx', quoted
+    assert text.count(str(shown)) >= 3, text[:3000]  # the title, the heading, the site line
+    seen = probe(info.path)["text"]
+    assert f"Data-quality report: {repr(str(site))}\nsite\n{repr(str(site))}\n" in seen, seen[:600]
+
+
 def test_an_unwritable_folder_fails_before_the_report_is_rendered(two_versions, tmp_path):
     """`report --out` into a folder this user cannot write rendered the whole report (plots and all, seconds
     to minutes on a large site) before it found out. The user is subject to permissions even as root."""

@@ -337,6 +337,39 @@ def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     assert missing.returncode == 2 and "no file 'OMOP/no\\such.csv' in the manifest" in missing.stderr
 
 
+def test_a_name_starting_with_a_dash_is_told_how_to_be_typed(site, db):
+    """`history -1+1` said "the following arguments are required: path" and `files --path -notes.txt` "argument
+    --path: expected one argument", of a path the reviewer had given: a word starting with '-' is read as a flag.
+    The message now names the word and how to write it; written so, the file is found."""
+    write(site, "-1+1", b"a")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    out = cli("history", "--db", str(db), "-1+1")
+    assert out.returncode == 2 and "'-1+1' starts with '-', so it was read as a flag" in out.stderr, out.stderr
+    assert "write ./-1+1, or -- -1+1 at the end of the command line" in out.stderr
+    for command in ("files", "changes"):
+        out = cli(command, "--db", str(db), "--path", "-1+1")
+        assert out.returncode == 2 and "write --path=-1+1 or --path ./-1+1" in out.stderr, out.stderr
+        for typed in (["--path=-1+1"], ["--path", "./-1+1"]):
+            found = cli(command, "--db", str(db), *typed, "--json")
+            assert [r["srcfile"] for r in json.loads(found.stdout)] == ["-1+1"], found.stderr
+    for typed in (["./-1+1"], ["--", "-1+1"]):
+        found = cli("history", "--db", str(db), "--json", *typed)
+        assert [r["srcfile"] for r in json.loads(found.stdout)] == ["-1+1"], found.stderr
+    plain = cli("history", "--db", str(db))  # no dashed word: argparse's message as it was
+    assert plain.returncode == 2 and plain.stderr.rstrip().endswith("the following arguments are required: path")
+
+
+def test_one_change_and_one_file_are_said_in_the_singular(site, db):
+    """`changes` said "version ...: 1 changes" and `history FOLDER` "a folder of 1 current files"."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    out = cli("changes", "--db", str(db))
+    assert out.returncode == 0 and out.stdout.startswith(f"version {open_manifest(db).latest()}: 1 change\n"), out.stdout
+    out = cli("history", "--db", str(db), "OMOP")
+    assert out.returncode == 2 and "'OMOP' is a folder of 1 current file, not a file" in out.stderr, out.stderr
+
+
 def test_a_name_typed_in_the_other_unicode_form_is_found_and_a_near_miss_is_named(site, db):
     """`history OMOP/café.csv` typed composed (NFC) found no file recorded decomposed (NFD, a macOS copy) and
     said "no file 'OMOP/café.csv'", the very name `files` shows; a name recorded with a trailing space or in
@@ -450,6 +483,20 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert key(json.loads(from_snaps.stdout)) == key(json.loads(from_db.stdout)) != []
     wrong = cli("changes", "--db", snaps, "--version", "v9")
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
+
+
+def test_a_label_copied_with_a_space_or_mistyped_is_answered_with_the_label_meant(history):
+    """`--version "v2 "` (copied with a space) and `--as-of v22` said only "no version ... give a label from
+    `chorus-batch versions`": the answer now names the label probably meant, and the range of the manifest's."""
+    db = str(history["db"])
+    for command in (["changes", "--version"], ["files", "--as-of"], ["report", "--out", "r.html", "--version"]):
+        out = cli(*command, "v2 ", "--db", db)
+        assert out.returncode == 2 and "no version 'v2 ' in the manifest; did you mean v2?" in out.stderr, out.stderr
+        assert "(3 in the manifest, v1 .. v3)" in out.stderr
+    out = cli("diff", "--from", "v22", "--db", db)
+    assert out.returncode == 2 and "no version 'v22' in the manifest; did you mean v2" in out.stderr, out.stderr
+    out = cli("changes", "--version", "20990101000000", "--db", db)  # nothing like it: no guess
+    assert out.returncode == 2 and "did you mean" not in out.stderr, out.stderr
 
 
 def test_a_modality_is_taken_in_any_case_and_an_unknown_one_is_said(reader, history):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -228,3 +229,83 @@ def test_a_name_copied_as_the_tables_show_it_is_found(tmp_path):
     assert out.returncode == 0 and [r["srcfile"] for r in json.loads(out.stdout)] == ["OMOP/tab\tname.csv"], out.stderr
     # what is not a table's quoted form is no name: a quoted text that the tables would show otherwise
     assert reader.history_of("'OMOP/person.csv'").height == 0
+
+
+# Names a spreadsheet would run as formulas (CSV injection), one that only looks quoted already, and harmless ones.
+FORMULA_NAMES = ['=HYPERLINK("http:__x","y")', "+cmd", "-1+1", "@SUM(1,2)", "'=already", "OMOP/=mid.csv"]
+
+
+def test_csv_outputs_do_not_hand_a_spreadsheet_a_formula(tmp_path):
+    """`files --csv > files.csv` wrote a file named `=HYPERLINK(...)`, `+cmd`, `-1+1` or `@SUM(..)` as it is: opened
+    in a spreadsheet, the reviewer's cell was a formula (a link that sends data away, a command). Every --csv
+    (files, changes, diff, history, status) now writes such a text cell with a ' in front (OWASP), which the
+    spreadsheet shows as text; stderr says so and points to --json; a program gets the names back exactly with
+    report.spreadsheet.unquote. Numbers are written as they are."""
+    from conftest import cli, write
+
+    from chorus_batch.report.spreadsheet import unquote
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db)
+    for i, name in enumerate(FORMULA_NAMES):
+        write(site, name, f"{i}\n".encode())
+    run_site(site, db)
+    first = open_manifest(db).versions()["label"][0]
+
+    def csv_of(*args: str) -> pl.DataFrame:
+        out = cli(*args, "--csv", timeout=300)
+        assert out.returncode in (0, 1), out.stderr
+        assert re.search(r"\d cells? starts? with =, \+, -, @", out.stderr) and "--json gives every name exactly" in out.stderr, out.stderr
+        frame = pl.read_csv(io.StringIO(out.stdout), infer_schema=False)
+        cells = [c for column in frame.columns for c in frame[column].drop_nulls().to_list()]
+        assert not [c for c in cells if c[0] in "=+-@\t\r"], cells  # no cell a spreadsheet runs
+        return unquote(frame)
+
+    for args in (["files"], ["changes"], ["diff", "--from", first]):
+        frame = csv_of(*args, "--db", str(db))
+        assert set(FORMULA_NAMES) <= set(frame["srcfile"]), (args, frame["srcfile"].to_list())
+        assert "'+cmd" not in set(frame["srcfile"])  # unquoted: the exact names
+    write(site, "-pending", b"p")  # what a run would commit
+    assert csv_of("status", "--site", str(site), "--db", str(db), "-q")["srcfile"].to_list() == ["-pending"]
+    (site / "-pending").unlink()
+    raw = pl.read_csv(io.StringIO(cli("files", "--db", str(db), "--csv").stdout), infer_schema=False)
+    assert {"'=HYPERLINK(\"http:__x\",\"y\")", "'+cmd", "'-1+1", "'@SUM(1,2)", "''=already",
+            "OMOP/=mid.csv", "OMOP/person.csv"} <= set(raw["srcfile"])
+    assert raw["size"].to_list() == [str(s) for s in open_manifest(db).files()["size"].to_list()]  # numbers as they are
+    history = csv_of("history", "+cmd", "--db", str(db))
+    assert history["srcfile"].to_list() == ["+cmd"]
+    quiet = cli("files", "--db", str(db), "--csv", "--path", "OMOP/person.csv")  # nothing quoted: nothing said
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    exact = {row["srcfile"] for row in json.loads(cli("files", "--db", str(db), "--json").stdout)}
+    assert set(FORMULA_NAMES) <= exact  # JSON: as they are
+
+
+def test_the_spreadsheet_quoting_reads_back_exactly():
+    """Quoting for spreadsheets must lose nothing a program reads: protect then unquote gives every text cell back
+    (a name that begins with quotes too), and leaves numbers and nulls alone."""
+    from chorus_batch.report.spreadsheet import protect, unquote
+
+    names = ["=a", "'=a", "''=a", "'a", "''", "'", "a=b", "-", "\t", "\rx", "@", "+", None, "", "OMOP/x.csv", "'-1"]
+    frame = pl.DataFrame({"srcfile": names, "size": list(range(-8, 8))})
+    safe, quoted = protect(frame)
+    assert quoted == 9
+    assert not [c for c in safe["srcfile"].drop_nulls() if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert safe["size"].to_list() == frame["size"].to_list()
+    assert unquote(pl.read_csv(io.StringIO(safe.write_csv()), schema=frame.schema)).equals(frame)
+
+
+@pytest.mark.parametrize("command", [["files", "--md5sum"], ["changes", "--md5sum"], ["diff", "--from", "FIRST", "--md5sum"],
+                                     ["files", "--csv"], ["files", "--json"], ["versions"]])
+def test_an_output_to_a_full_disk_is_said_as_such(manifest, command):
+    """`files --md5sum > /dev/full` (a full disk) was "internal error: OSError: [Errno 28] No space left on device
+    ... report it": the checksum lines are bytes, written past the guarded standard output. Every output now says
+    that it could not be written, where, and what to do, exit 3."""
+    first = open_manifest(manifest).versions()["label"][0]
+    args = [first if word == "FIRST" else word for word in command] + ["--db", str(manifest)]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert "could not write the output to standard output (No space left on device)" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "fix:" in out.stderr

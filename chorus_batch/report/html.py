@@ -206,9 +206,11 @@ class _Report:
     def cli(self, *args: str) -> str:
         return shlex.join(["chorus-batch", *args])
 
-    def py(self, expression: str, out_csv: str) -> str:
-        code = (f"from chorus_batch.review import open_manifest; "
-                f"m = open_manifest({json.dumps(self.db)}); {expression}.write_csv({json.dumps(out_csv)})")
+    def py(self, expression: str, out_csv: str, *, also: str = "") -> str:
+        # write_csv: owner-only, and a name that a spreadsheet would run as a formula is quoted (report.spreadsheet)
+        code = (f"from chorus_batch.review import open_manifest{', ' + also if also else ''}; "
+                "from chorus_batch.report.spreadsheet import write_csv; "
+                f"m = open_manifest({json.dumps(self.db)}); write_csv({expression}, {json.dumps(out_csv)})")
         return shlex.join(["python", "-c", code])
 
     def flag(self, text: str) -> str:
@@ -224,7 +226,7 @@ class _Report:
                     "findings": self.findings(), "deleted": self.deleted()}
         site = self.row.get("site")
         return _environment().get_template("report.html.j2").render(
-            title=f"chorus-batch report — {site or self.db} — version {self.label}",
+            title=f"chorus-batch report — {shown_name(site or self.db)} — version {self.label}",
             summary=self.summary(), flags=self.flags, **sections,
             version=__version__, written=iso(utc_now()))
 
@@ -368,10 +370,8 @@ class _Report:
                        "yes" if r["checked"] else f"no (< {OUTLIER_MIN_FILES})") for r in stats.iter_rows(named=True)],
             "flagged": flagged.select("flag", "srcfile", "modality", "size", "modality_median").head(MAX_ROWS).rows(),
             "total": flagged.height,
-            "command": shlex.join(["python", "-c", (
-                "from chorus_batch.review import open_manifest; "
-                f"from chorus_batch.review import size_flags; m = open_manifest({json.dumps(self.db)}); "
-                f"size_flags(m.files({json.dumps(self.label)}))[1].write_csv('flagged_sizes.csv')")]),
+            "command": self.py(f"size_flags(m.files({json.dumps(self.label)}))[1]", "flagged_sizes.csv",
+                               also="size_flags"),
         }
 
     # 6

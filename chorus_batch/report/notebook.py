@@ -4,8 +4,10 @@ written owner-only. Run as `papermill notebooks/review.ipynb out.ipynb`, the cop
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,26 +39,62 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     from ..review import open_manifest
 
     reader = open_manifest(manifest)  # a missing manifest, no version yet or an unknown version: exit 2 now,
-    reader.resolve(version)           # not a failed cell (exit 3) after the kernel started
-    if compare_to is not None:
-        reader.resolve(compare_to)
+    label = reader.resolve(version)   # not a failed cell (exit 3) after the kernel started
+    if compare_to is not None and reader.resolve(compare_to) == label:
+        # the notebook would compare nothing and call the version the first one ("no earlier version")
+        raise UsageError(f"--compare-to {compare_to} is the version reviewed ({label}): there is nothing to compare",
+                         where="--compare-to", fix="give another version, or leave --compare-to out to compare with "
+                                                   "the version before (`chorus-batch versions` lists them)")
 
     # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
     previous = os.umask(0o077)
+    # The kernel's own stderr (a warning on every start, a ZMQ traceback when the command is stopped) goes to a
+    # file without a name, said only if the kernel fails: the user sees the command's messages, never a traceback.
+    kernel_log = tempfile.TemporaryFile()
+    # papermill logs a kernel that did not start ("Error occurred while starting new kernel client ...") before
+    # it raises: said once, by the error below
+    quiet = logging.getLogger("papermill")
+    was_disabled, quiet.disabled = quiet.disabled, True
     try:
         parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to}
         # No output path: papermill would write the copy with the umask's mode, once per cell.
         nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",
                                         cwd=str(Path.cwd() if to_stdout else Path(out).resolve().parent),
-                                        progress_bar=False, log_output=False)
+                                        progress_bar=False, log_output=False,
+                                        kernel_manager_class=_kernel_manager(kernel_log))
     except papermill.PapermillExecutionError as exc:
         raise ChorusError(f"the review notebook failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}",
                           where=str(notebook), fix="run it in Jupyter on the same manifest to see the cell") from None
+    except ChorusError:
+        raise
+    except Exception as exc:  # the kernel did not start or died: what it said, its last lines
+        kernel_log.seek(0)
+        said = [line for line in kernel_log.read().decode("utf-8", "replace").splitlines()
+                if line.strip() and "running over TCP without encryption" not in line][-5:]
+        raise ChorusError(f"the review notebook's kernel failed: {type(exc).__name__}: {exc}"
+                          + ("; the kernel said:\n    " + "\n    ".join(said) if said else ""),
+                          where="the python3 Jupyter kernel of this environment",
+                          fix="mend what the kernel said (its package: pip install \".[notebook]\" in this environment), "
+                              "then run `chorus-batch review` again") from None
     finally:
         os.umask(previous)
+        kernel_log.close()
+        quiet.disabled = was_disabled
     if to_stdout:
         sys.stdout.write(nbformat.writes(nb))
         sys.stdout.flush()
     else:
         write_private(out, nbformat.writes(nb).encode("utf-8"))
     return time.perf_counter() - started
+
+
+def _kernel_manager(log):
+    """A kernel manager whose kernel writes its stderr to `log` (a file object)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class _Kernel(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["stderr"] = log
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return _Kernel

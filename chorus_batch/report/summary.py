@@ -232,8 +232,9 @@ def status_dict(result: RunResult) -> dict[str, Any]:
             "findings_list": result.findings.to_dicts() if result.findings is not None else None}
 
 
-def status_csv(result: RunResult) -> str:
-    return _changes(result).write_csv()
+def status_csv(result: RunResult) -> pl.DataFrame:
+    """The rows of `status --csv` (written by report.spreadsheet.csv_text)."""
+    return _changes(result)
 
 
 # Columns of names, shown by shown_name: a name's trailing space or invisible character must not make it look
