@@ -6,6 +6,7 @@ exit codes. Every error carries what happened, where, and what to do.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -133,7 +134,9 @@ class OutOfMemory(ChorusError):
 def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     """`exc` as an OutOfMemory with what/where/fix, if it is a failed allocation (else None)."""
     mapped = isinstance(exc, ImportError) and "failed to map segment" in str(exc)  # a library's mmap: ENOMEM
-    if not (mapped or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
+    # (a system call refused memory: a fork of a worker or a helper program, an mmap)
+    refused = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
+    if not (mapped or refused or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
         return None
     limit = ""
     try:

@@ -273,6 +273,34 @@ def test_a_run_out_of_memory_says_so_and_keeps_the_previous_version(site, db):
     assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 8
 
 
+_FORK_REFUSED = """
+import errno, os, sys
+from chorus_batch import cli
+
+def fork():  # what the kernel says when it will not give a worker process memory (overcommit, a cgroup's limit)
+    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+os.fork = fork
+sys.exit(cli.main(["run", "--no-validate", "--workers", "2", "--site", sys.argv[1], "--db", sys.argv[2]]))
+"""
+
+
+def test_a_worker_process_the_system_has_no_memory_for_is_said_as_out_of_memory(site, db):
+    """A machine short of memory refused the fork of a hashing worker: "internal error: OSError: [Errno 12] Cannot
+    allocate memory ... report it" (seen when several runs shared one node). It is the machine's limit: exit 3 with
+    what to do, and the previous version stays."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    many(site, 2100)  # enough files for worker processes (hashing.PROCESS_MIN_FILES)
+    done = subprocess.run([sys.executable, "-c", _FORK_REFUSED, str(site), str(db)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "error: out of memory: OSError" in done.stderr and "give the job more memory" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr and "nothing was committed" in done.stderr, done.stderr
+    assert current_rows(db) == before
+
+
 def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previous_version(site, db):
     """`ulimit -f` (a batch system's or a login's file-size limit) stopped SQLite's write with EFBIG, which SQLite
     says as "disk I/O error": the run said the manifest's file system failed and to check dmesg, on a healthy disk.
