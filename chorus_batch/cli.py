@@ -496,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
                "  chorus-batch import-journal journal.db --db new.sqlite --dry-run    # what it would import\n\n"
                + EXIT_CODES_HELP,
     )
-    imp.add_argument("journal", metavar="JOURNAL", help="chorus-upload's journal.db (a local file)")
+    imp.add_argument("journal", metavar="JOURNAL", help="chorus-upload's journal.db (a local path, or an az:// URL)")
     imp.add_argument("--db", help=f"the manifest to create; must not exist (default: from the config, else ./{DEFAULT_DB})")
     imp.add_argument("--site", help="the site's root folder as it is now: recorded as the versions' root, and checked "
                      "against the import as `status` would (what the next run will commit)")

@@ -149,8 +149,11 @@ def check_target(target: str | os.PathLike[str]) -> None:
     elif not stat.S_ISREG(mode):
         kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
                 else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        # /dev/stdout and its kin: what was meant is standard output, which "-" names
+        stream = re.fullmatch(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+", target.as_posix()) is not None
         raise WriteError(f"{target} is {kind}; only a regular file is replaced", where=str(target.absolute()),
-                         fix="choose a new file name (or a regular file to replace)")
+                         fix=("give - as the file name to write to standard output (`--out -`)" if stream
+                              else "choose a new file name (or a regular file to replace)"))
 
 
 # What a SQLite manifest keeps beside itself: SQLite's side files, the locks (`.lock`, `.<kind>.lock`), the state

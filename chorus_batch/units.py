@@ -47,7 +47,7 @@ def shown_name(name: str | None) -> str:
     beside trail.csv), a control, format or odd space character (a tab, a zero-width space, a right-to-left
     override, a no-break space: \t, \u200b, \u202e, \xa0) or a decomposed letter ('cafe\u0301.csv', beside
     café.csv, its composed twin). A name starting with a quote is quoted too: no name shows as another's quoted
-    form. '' for None. Machine outputs (JSON, CSV, --md5sum) keep names exact; this is for people."""
+    form. '' for None. Machine outputs keep names exact (JSON, --md5sum) or reversibly quoted (CSV: report.spreadsheet); this is for people."""
     if name is None:
         return ""
     if name.isprintable() and name == name.strip() and not name.startswith(("'", '"')) \

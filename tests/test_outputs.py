@@ -87,6 +87,20 @@ def test_report_and_registry_out_refuse_a_link_a_fifo_or_a_device(manifest, tmp_
     assert (tmp_path / "target.html").read_text() == "kept"
 
 
+@posix_only
+def test_out_dev_stdout_is_pointed_to_out_dash(manifest, tmp_path, capsys):
+    """`report --out /dev/stdout` was refused as "a symbolic link ... choose a new file name": what the reviewer
+    wanted is standard output, which `--out -` writes; the refusal now says so."""
+    for path in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        if os.path.lexists(path):
+            assert main(["report", "--db", str(manifest), "--out", path]) == ExitCode.USAGE
+            assert "give - as the file name to write to standard output (`--out -`)" in capsys.readouterr().err, path
+    link = tmp_path / "out.html"
+    link.symlink_to(tmp_path / "elsewhere.html")
+    assert main(["report", "--db", str(manifest), "--out", str(link)]) == ExitCode.USAGE
+    assert "choose a new file name" in capsys.readouterr().err
+
+
 def test_a_path_that_cannot_be_written_is_a_usage_error_naming_it(manifest, tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
