@@ -1514,6 +1514,24 @@ def test_a_script_for_a_manifest_with_nothing_left_to_send_says_so(central, tmp_
     assert ran.returncode == 0 and not (tmp_path / "upload.log").exists(), ran.stderr  # it sends nothing
 
 
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_a_script_from_a_site_folder_that_is_not_there_is_refused_up_front(central, tmp_path, kind):
+    # A site moved (or a share not mounted) since its run: the script was written, and each of its files then failed
+    # in it ("No such file"), one by one, where `upload` refuses at once. The script is refused now, exit 2, with
+    # --site as the way out; given the folder as it is now, the script is written.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    site.rename(tmp_path / "moved")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, env=central.env)
+    assert out.returncode == 2 and not out.stdout, out.stderr
+    assert f"the folder the files are read from is not there (moved, or not mounted?): {site}" in out.stderr, out.stderr
+    assert "--site DIR" in out.stderr
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", kind, "--site", str(tmp_path / "moved"),
+              env=central.env)
+    assert out.returncode == 0 and str(tmp_path / "moved" / "OMOP" / "person.csv") in out.stdout, out.stderr
+
+
 def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central, tmp_path):
     # The script appends to its log on every run, so the next mark-uploaded reads the earlier runs' lines too: it said
     # "recorded 2 uploads" for blobs recorded days before, and reset their verification (verify_state NULL), their

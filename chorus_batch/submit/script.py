@@ -21,6 +21,7 @@ the blob with the manifest's size and MD5 as its Content-MD5.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -110,6 +111,11 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             raise UsageError("some files were committed before the manifest recorded where they are", where=db,
                              fix="run `chorus-batch run` once (it records the roots), then write the script")
         todo = todo.with_columns(pl.col("root_id").fill_null(next(iter(roots))))
+    for root_id in todo["root_id"].unique().to_list():  # up front, as upload checks them: not one failure a file
+        if not os.path.isdir(roots[root_id]):
+            raise UsageError(f"the folder the files are read from is not there (moved, or not mounted?): {roots[root_id]}",
+                             where="--site" if site else "the manifest's roots",
+                             fix="mount it, or give the site's folder as it is now with --site DIR")
     sign_in = azure_sign_in(cloud, url=to, what="--to / [central] to")
     account_url = blob_endpoint(sign_in)
     lines = [
