@@ -16,6 +16,7 @@ Under a Slurm job array the shard comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_T
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -33,7 +34,7 @@ from .exclude import Excludes
 from .frames import empty_state
 from .partitions import TreeParts, bucket_range
 from .progress import Progress, log
-from .scan import Coverage, ScanResult, merge_scans, scan
+from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
 from .sources import mask_url
 from .store import Manifest
 
@@ -48,12 +49,26 @@ def shard_folder(staging: str | Path, coverage: Coverage) -> Path:
     return Path(staging) / f"shard-{coverage.shard}-of-{coverage.shards}"
 
 
-def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path) -> str:
-    # with the merge's exclusions: a shard listed with other globs is refused by the merge (read_shards)
-    excludes = "".join(f" --exclude {shlex.quote(p)}" for p in dict.fromkeys(settings.exclude))
-    excludes += "" if settings.default_excludes else " --no-default-excludes"
-    return (f"chorus-batch run --site {shlex.quote(mask_url(settings.site))} --db {shlex.quote(str(settings.db))}"
-            f"{excludes} --shard {coverage.shard}/{coverage.shards} --staging {shlex.quote(str(staging))}")
+def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path,
+                  arguments: list[str] | None = None) -> str:
+    """The command that reruns shard `coverage` into `staging`: with `arguments` (the flags a shard recorded in its
+    scan.json: --config, --site, --db, --exclude, ... as it was run), else the merge's own (settings.arguments), else
+    the site, manifest and exclusions of the merge's settings. A site that runs from a chorus.toml was told a command
+    without its --config: another listing (no [site.roots], [patterns], cloud settings), or none."""
+    if arguments is None:
+        arguments = settings.arguments
+    if arguments is None:
+        # with the merge's exclusions: a shard listed with other globs is refused by the merge (read_shards)
+        arguments = ["--site", mask_url(settings.site), "--db", str(settings.db)]
+        arguments += [word for p in dict.fromkeys(settings.exclude) for word in ("--exclude", p)]
+        arguments += [] if settings.default_excludes else ["--no-default-excludes"]
+    return shlex.join(["chorus-batch", "run", *arguments, "--shard", f"{coverage.shard}/{coverage.shards}",
+                       "--staging", str(staging)])
+
+
+def merge_command(arguments: list[str] | None, staging: str | Path) -> str:
+    """The command that merges the shards in `staging`, with a shard's recorded `arguments`."""
+    return shlex.join(["chorus-batch", "run", *(arguments or []), "--merge", str(staging)])
 
 
 def _written_ns(folder: Path) -> int:
@@ -177,6 +192,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        mtime_unit_ns=mtime_unit_ns,
                        # header facts from the bytes hashed, for the merge's validation: one read per file here too
                        facts=settings.validate_site and not settings.dry_run)
+        scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
         scanned.write(folder)
     return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
@@ -226,6 +242,12 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         log.warning(f"{left_out}; remove them: "
                     + " ".join(f"rm -r {shlex.quote(str(staging))}/shard-*-of-{n}" for n in sorted(found) if n != shards))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
+    # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
+    siblings = None
+    for k in range(shards):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads((shard_folder(staging, Coverage(shard=k, shards=shards)) / "scan.json").read_text("utf-8"))
+            siblings = siblings or recorded_words(record.get("arguments"))
     problems: list[str] = []
     parts: list[ScanResult] = []
     stale_started: list[int] = []
@@ -234,14 +256,15 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         folder = shard_folder(staging, coverage)
         if not (folder / "scan.json").exists():
             state = "missing" if not folder.exists() else "incomplete (it failed or is still running)"
-            problems.append(f"shard {k}/{shards} is {state}: rerun it with: {rerun_command(settings, coverage, staging)}")
+            problems.append(f"shard {k}/{shards} is {state}: rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, siblings)}")
             continue
         part = ScanResult.read(folder, files=False)
         if part.based_on != latest_label:
             stale_started.append(part.scan_started_ns)
             problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
                             f"latest is {latest_label or '(none)'}: rerun it with: "
-                            f"{rerun_command(settings, coverage, staging)}")
+                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
             continue
         if part.exclude_patterns != expected_patterns:
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "

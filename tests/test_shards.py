@@ -368,3 +368,35 @@ def test_a_shard_listed_with_other_exclusion_globs_is_refused_naming_it_and_its_
     run_shards(site, db, staging, shards=(0, 1, 2, 3))
     assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_config(snapshots, tmp_path):
+    """Shards run from a chorus.toml (here ./chorus.toml, read by default; a [site.roots] root): the merge's "rerun
+    it with" command and the shard's "merge with" named --site and --db but not the config, so the shard rerun as
+    told listed another site (without the [site.roots] root: the merge then refused it), or nothing. Each shard
+    records its flags in scan.json (the config as an absolute path); the rerun is told with them, from any folder."""
+    import shlex
+
+    site, bedside, db, staging, there = (tmp_path / "site", tmp_path / "bedside", tmp_path / "m.sqlite",
+                                         tmp_path / "staging", tmp_path / "cfg")
+    shutil.copytree(snapshots / "first", site)
+    shutil.move(site / "000001" / "Waveforms", bedside / "000001" / "Waveforms")  # one person's waveforms elsewhere
+    there.mkdir()
+    config = there / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{bedside}"\n[manifest]\ndb = "{db}"\n')
+    for k in (0, 1, 3):
+        out = cli("run", "--shard", f"{k}/{N}", "--staging", str(staging), "--workers", "2", cwd=there)
+        assert out.returncode == 0, out.stderr
+        said = out.stdout.split("merge with ", 1)[1].strip()
+        assert shlex.split(said) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
+                                     "--merge", str(staging)]
+    out = cli("run", "--config", str(config), "--merge", str(staging), cwd=tmp_path)
+    assert out.returncode == 2 and "shard 2/4 is missing" in out.stderr, out.stderr
+    rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
+    assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
+                                  "--shard", "2/4", "--staging", str(staging)]
+    # the command as told, from another folder: the shard lists the config's roots, the merge then commits
+    assert cli(*shlex.split(rerun)[2:], cwd=tmp_path).returncode == 0
+    out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate", cwd=tmp_path)
+    assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '000001/Waveforms/%'")[0][0] > 0
