@@ -214,9 +214,12 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     try:
         coverage = parse_shard(settings.shard) if settings.shard else shard_from_environment()
     except ValueError as exc:
-        raise UsageError(f"invalid shard: {exc}", where="--shard / SLURM_ARRAY_TASK_ID",
-                         fix="give --shard K/N with 0 <= K < N (the script `chorus-batch slurm-script` prints "
-                             "passes it)") from None
+        from .coverage import BUCKETS
+
+        raise UsageError(f"invalid shard: {exc}; nothing was listed or written",
+                         where="--shard" if settings.shard else "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT",
+                         fix=f"give --shard K/N with 0 <= K < N <= {BUCKETS} (the script `chorus-batch slurm-script` "
+                             "prints passes it)") from None
     if coverage is None:
         raise UsageError("--staging without a shard", where="--shard",
                          fix="add --shard K/N, or run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)")

@@ -32,6 +32,7 @@ from .config import RunSettings, parse_bytes
 from .errors import UsageError
 from .exclude import Excludes
 from .frames import empty_state
+from .coverage import BUCKETS
 from .partitions import TreeParts, bucket_range
 from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
@@ -218,7 +219,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     found: dict[int, list[Path]] = {}
     for entry in staging.iterdir():
         match = _SHARD_DIR.match(entry.name)
-        if match and entry.is_dir():
+        # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
+        if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
             found.setdefault(int(match.group(2)), []).append(entry)
     if not found:
         raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",

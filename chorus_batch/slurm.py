@@ -107,6 +107,12 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if shards < 1 or cpus_per_task < 1:
         raise UsageError("--shards and --cpus-per-task must be at least 1", where="slurm-script arguments",
                          fix="pass whole numbers of 1 or more")
+    from .coverage import BUCKETS
+
+    if shards > BUCKETS:  # every shard task would refuse its K/N (coverage.parse_shard): said before any is queued
+        raise UsageError(f"--shards {shards}: a site is split into at most {BUCKETS} shards (its person folders fall "
+                         f"in {BUCKETS} buckets; more shards would list nothing); no script was made and nothing was "
+                         "submitted", where="--shards", fix=f"give --shards {BUCKETS} or fewer")
     try:
         for value, check in ((mem, check_mem), (time, check_time), (partition, check_name), (account, check_name)):
             if value is not None:

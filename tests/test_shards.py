@@ -400,3 +400,26 @@ def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_con
     out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate", cwd=tmp_path)
     assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '000001/Waveforms/%'")[0][0] > 0
+
+
+def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_it_came_from(snapshots, tmp_path):
+    """--shard 1/99999999999999999999 was an internal error (polars' Int64 overflowed) once the listing began, and
+    a split into more shards than the site's 4096 buckets listed nothing in the extra ones; an array task whose id
+    was out of range was told about '6/4', not about its SLURM_ARRAY_* variables. All exit 2, nothing written;
+    `slurm-script --shards 4097` makes no script."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    common = ("run", "--site", str(site), "--db", str(db), "--staging", str(staging))
+    for shard in ("1/99999999999999999999", "0/4097", "4/4", "1/0"):
+        out = cli(*common, "--shard", shard)
+        assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+        assert f"invalid shard: '{shard}'" in out.stderr and "where: --shard\n" in out.stderr, out.stderr
+        assert "0 <= K < N <= 4096" in out.stderr
+    assert "at most 4096 shards" in cli(*common, "--shard", "0/4097").stderr
+    out = cli(*common, env={"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4"})
+    assert out.returncode == 2 and "SLURM_ARRAY_TASK_ID 6" in out.stderr and "SLURM_ARRAY_TASK_COUNT 4" in out.stderr
+    assert "where: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT" in out.stderr
+    assert not staging.exists() and not db.exists()
+    assert cli(*common, "--shard", "4096/4096").returncode == 2  # K < N
+    assert cli("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "--shard", "4095/4096").returncode == 0
+    out = cli("slurm-script", "--site", str(site), "--db", str(db), "--shards", "4097")
+    assert out.returncode == 2 and "at most 4096 shards" in out.stderr and out.stdout == ""
