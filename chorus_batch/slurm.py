@@ -40,6 +40,7 @@ from .errors import ChorusError, ExitCode, Stopped, UsageError
 
 DEFAULT_SHARDS = 8
 DEFAULT_CPUS = 4
+MAX_WORKERS = 256  # the most `run --workers` (and [run] workers) takes
 SHARD_JOB = "chorus-shard"
 MERGE_JOB = "chorus-merge"
 SUBMIT_JOB = "chorus-submit"
@@ -150,7 +151,8 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
         run += ["--config", config]
     if site:
         run += ["--site", site]
-    run += ["--db", db, "--workers", str(cpus_per_task)]
+    # each job's --workers: its CPUs, up to what `run --workers` takes (a 512-CPU task's every shard was refused)
+    run += ["--db", db, "--workers", str(min(cpus_per_task, MAX_WORKERS))]
     shard_cmd = _q(run) + f' --shard "$SLURM_ARRAY_TASK_ID/{shards}" --staging "$CHORUS_STAGING"'
     merge_cmd = _q(run) + ' --merge "$CHORUS_STAGING"'
 
@@ -180,7 +182,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
 # Submit as is: `sbatch THIS_FILE` (this small job submits the others), or `bash THIS_FILE` on a login node.
 # It submits
 #   1. a job array of {shards} tasks ({SHARD_JOB}): task K lists and hashes shard K of {shards} of the site into
-#      STAGING/shard-K-of-{shards}/ with {cpus_per_task} workers; it never writes the manifest;
+#      STAGING/shard-K-of-{shards}/ with {min(cpus_per_task, MAX_WORKERS)} workers; it never writes the manifest;
 #   2. a merge job ({MERGE_JOB}) that starts once every task succeeded (--dependency=afterok): it checks the
 #      shards, commits, validates and reports as a plain `chorus-batch run`, and writes its exit code to
 #      STAGING/{MERGE_EXIT}. A failed task cancels it: rerun that shard, then the merge (commands below).

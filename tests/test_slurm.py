@@ -605,3 +605,26 @@ def test_an_array_sbatch_refuses_is_said_with_sbatchs_message_and_what_to_do(slu
     assert proc.returncode == 2 and "sbatch refused the shards' job array: sbatch: error:" in proc.stderr, proc.stderr
     assert "--partition" in proc.stderr and "nothing was committed" in proc.stderr
     assert slurm.active() == []
+
+
+def test_a_task_with_more_cpus_than_run_takes_workers_runs_its_shard(tmp_path):
+    """--cpus-per-task 300 (a big node) was also each job's --workers 300, which `run` refuses (at most 256): every
+    shard of the night failed with exit 2. The jobs now run with --workers up to 256, on all the CPUs they have."""
+    record, bin_dir = tmp_path / "record", tmp_path / "bin"
+    record.mkdir()
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", FAKE_SBATCH)
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "st"
+    (site / "000001").mkdir(parents=True)
+    (site / "000001" / "a.txt").write_text("a")
+    script = slurm_script(site=str(site), db=str(db), shards=1, cpus_per_task=300, staging=str(staging))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record)}
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    args100, body100 = (record / "100").read_text().split("---\n")
+    assert "--cpus-per-task=300" in args100.splitlines()
+    # the shard's job body as Slurm runs it, with the real interpreter: it lists its shard
+    env_job = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "CHORUS_STAGING": str(staging)}
+    shard = subprocess.run(["bash", "-c", body100], env=env_job, capture_output=True, text=True)
+    assert shard.returncode == 0, shard.stderr
+    assert "--workers 256" in body100 and (staging / "shard-0-of-1" / "scan.json").exists()
