@@ -64,12 +64,12 @@ def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path
         arguments += [word for p in dict.fromkeys(settings.exclude) for word in ("--exclude", p)]
         arguments += [] if settings.default_excludes else ["--no-default-excludes"]
     return shlex.join(["chorus-batch", "run", *arguments, "--shard", f"{coverage.shard}/{coverage.shards}",
-                       "--staging", str(staging)])
+                       "--staging", os.path.abspath(staging)])  # (a merge given a relative folder: run from anywhere)
 
 
 def merge_command(arguments: list[str] | None, staging: str | Path) -> str:
     """The command that merges the shards in `staging`, with a shard's recorded `arguments`."""
-    return shlex.join(["chorus-batch", "run", *(arguments or []), "--merge", str(staging)])
+    return shlex.join(["chorus-batch", "run", *(arguments or []), "--merge", os.path.abspath(staging)])
 
 
 def _written_ns(folder: Path) -> int:
@@ -195,7 +195,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        facts=settings.validate_site and not settings.dry_run)
         scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
         scanned.write(folder)
-    return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
+    return ShardReport(coverage=coverage, folder=folder.absolute(), based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)
 
@@ -242,7 +242,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")
         log.warning(f"{left_out}; remove them: "
-                    + " ".join(f"rm -r {shlex.quote(str(staging))}/shard-*-of-{n}" for n in sorted(found) if n != shards))
+                    + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}" for n in sorted(found)
+                               if n != shards))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None

@@ -385,18 +385,18 @@ def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_con
     config = there / "chorus.toml"
     config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{bedside}"\n[manifest]\ndb = "{db}"\n')
     for k in (0, 1, 3):
-        out = cli("run", "--shard", f"{k}/{N}", "--staging", str(staging), "--workers", "2", cwd=there)
+        out = cli("run", "--shard", f"{k}/{N}", "--staging", "../staging", "--workers", "2", cwd=there)
         assert out.returncode == 0, out.stderr
         said = out.stdout.split("merge with ", 1)[1].strip()
         assert shlex.split(said) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
                                      "--merge", str(staging)]
-    out = cli("run", "--config", str(config), "--merge", str(staging), cwd=tmp_path)
+    out = cli("run", "--config", str(config), "--merge", "staging", cwd=tmp_path)  # a relative folder, here
     assert out.returncode == 2 and "shard 2/4 is missing" in out.stderr, out.stderr
     rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
     assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
                                   "--shard", "2/4", "--staging", str(staging)]
     # the command as told, from another folder: the shard lists the config's roots, the merge then commits
-    assert cli(*shlex.split(rerun)[2:], cwd=tmp_path).returncode == 0
+    assert cli(*shlex.split(rerun)[2:], cwd=bedside).returncode == 0
     out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate", cwd=tmp_path)
     assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '000001/Waveforms/%'")[0][0] > 0
