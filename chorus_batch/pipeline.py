@@ -220,6 +220,13 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
                          where="--shard" if settings.shard else "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT",
                          fix=f"give --shard K/N with 0 <= K < N <= {BUCKETS} (the script `chorus-batch slurm-script` "
                              "prints passes it)") from None
+    if settings.shard:  # an array whose every task was given one --shard writes one shard N times, the others never
+        with contextlib.suppress(ValueError):
+            own = shard_from_environment()
+            if own is not None and own != coverage:
+                log.warning(f"--shard {coverage.shard}/{coverage.shards} is listed, not this Slurm array task's own "
+                            f"shard {own.shard}/{own.shards} (SLURM_ARRAY_TASK_ID {os.environ['SLURM_ARRAY_TASK_ID']}); "
+                            "in an array, pass --shard \"$SLURM_ARRAY_TASK_ID/N\" or leave --shard out")
     if coverage is None:
         raise UsageError("--staging without a shard", where="--shard",
                          fix="add --shard K/N, or run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)")

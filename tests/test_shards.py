@@ -423,3 +423,18 @@ def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_
     assert cli("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "--shard", "4095/4096").returncode == 0
     out = cli("slurm-script", "--site", str(site), "--db", str(db), "--shards", "4097")
     assert out.returncode == 2 and "at most 4096 shards" in out.stderr and out.stdout == ""
+
+
+def test_a_shard_given_in_a_slurm_array_task_other_than_its_own_is_said(snapshots, tmp_path):
+    """An array whose tasks were all given one fixed --shard (a script copied with `--shard 1/4` in it) listed shard 1
+    four times and the others never, silently until the merge named three missing shards. The --shard given is
+    still listed (a rerun is run so), and each task says that it is not its own."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    common = ("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "-q")
+    array = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}
+    out = cli(*common, "--shard", "1/4", env=array)
+    assert out.returncode == 0 and (staging / "shard-1-of-4" / "scan.json").exists(), out.stderr
+    assert "--shard 1/4 is listed, not this Slurm array task's own shard 2/4 (SLURM_ARRAY_TASK_ID 2)" in out.stderr
+    for agreeing in (["--shard", "2/4"], []):  # as the script passes it, or from the variables alone
+        out = cli(*common, *agreeing, env=array)
+        assert out.returncode == 0 and "not this Slurm array task's own" not in out.stderr, out.stderr
