@@ -209,11 +209,19 @@ def check_staging(staging: str | Path) -> Path:
     return staging
 
 
+def roots_text(roots: list) -> str:
+    """Scanned roots ((location, modality), as ScanResult.roots) as a message names them."""
+    return ", ".join(mask_url(location) + (f" ([site.roots] {modality})" if modality else "")
+                     for location, modality in roots)
+
+
 def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
-                previous_rows: int = 0, partitioned: bool = True) -> tuple[ScanResult, TreeParts]:
+                previous_rows: int = 0, partitioned: bool = True,
+                roots: list | None = None) -> tuple[ScanResult, TreeParts]:
     """The shards in `staging` as one whole-site ScanResult, with the previous version's rows and the shards'
     files in partitions of about PARTITION_ROWS rows (read one at a time by the commit), or a UsageError
-    naming each missing, incomplete or stale shard and the command that reruns it. Without `partitioned`
+    naming each missing, incomplete or stale shard, or one listed with other exclusion globs or other `roots` than
+    this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
     staging = check_staging(staging)
     found: dict[int, list[Path]] = {}
@@ -254,6 +262,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     problems: list[str] = []
     parts: list[ScanResult] = []
     stale_started: list[int] = []
+    unlike: list[ScanResult] = []  # complete shards listed unlike this merge (other globs or roots)
     for k in range(shards):
         coverage = Coverage(shard=k, shards=shards)
         folder = shard_folder(staging, coverage)
@@ -269,7 +278,15 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"latest is {latest_label or '(none)'}: rerun it with: "
                             f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
             continue
+        if roots is not None and [tuple(r) for r in part.roots] != [tuple(r) for r in roots]:
+            # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
+            # different roots", naming none of them)
+            unlike.append(part)
+            problems.append(f"shard {k}/{shards} listed other roots ({roots_text(part.roots)}) than this merge's site "
+                            f"({roots_text(roots)}); rerun it with: {rerun_command(settings, coverage, staging)}")
+            continue
         if part.exclude_patterns != expected_patterns:
+            unlike.append(part)
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
                             f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
@@ -281,6 +298,19 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                          "nothing was committed", where=str(staging),
                          fix="nothing to do for these shards; to record the site as it is now, run the shards again "
                              "(or submit the Slurm script again), then merge")
+    if len(unlike) == shards and all((p.roots, p.exclude_patterns) == (unlike[0].roots, unlike[0].exclude_patterns)
+                                     for p in unlike):
+        # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)
+        first = unlike[0]
+        said = (f"the shards scanned {roots_text(first.roots)}, not this run's site {roots_text(roots)}"
+                if roots is not None and [tuple(r) for r in first.roots] != [tuple(r) for r in roots] else
+                f"the shards were listed with other exclusion globs ({_patterns_text(first.exclude_patterns)}) than "
+                f"this merge's ({_patterns_text(expected_patterns)})")
+        raise UsageError(f"cannot merge: {said}; nothing was committed", where=str(staging),
+                         fix=("merge with the settings the shards ran with: " + merge_command(first.arguments, staging)
+                              if first.arguments is not None else
+                              "merge with the same --site / --exclude / chorus.toml the shards used")
+                             + "; or rerun every shard with this merge's settings, then merge again")
     if problems:
         raise UsageError("cannot merge: " + "; ".join(problems) + (f" ({left_out})" if left_out else ""),
                          where=str(staging),

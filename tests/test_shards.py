@@ -370,6 +370,19 @@ def test_a_shard_listed_with_other_exclusion_globs_is_refused_naming_it_and_its_
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
+def config_site(snapshots: Path, tmp_path: Path) -> tuple[Path, Path, Path, Path, Path, Path]:
+    """A site with a [site.roots] root (one person's waveforms elsewhere) in cfg/chorus.toml, which names the manifest:
+    site, bedside, db, staging, cfg, the config."""
+    site, bedside, db, staging, there = (tmp_path / "site", tmp_path / "bedside", tmp_path / "m.sqlite",
+                                         tmp_path / "staging", tmp_path / "cfg")
+    shutil.copytree(snapshots / "first", site)
+    shutil.move(site / "000001" / "Waveforms", bedside / "000001" / "Waveforms")
+    there.mkdir()
+    config = there / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{bedside}"\n[manifest]\ndb = "{db}"\n')
+    return site, bedside, db, staging, there, config
+
+
 def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_config(snapshots, tmp_path):
     """Shards run from a chorus.toml (here ./chorus.toml, read by default; a [site.roots] root): the merge's "rerun
     it with" command and the shard's "merge with" named --site and --db but not the config, so the shard rerun as
@@ -377,13 +390,7 @@ def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_con
     records its flags in scan.json (the config as an absolute path); the rerun is told with them, from any folder."""
     import shlex
 
-    site, bedside, db, staging, there = (tmp_path / "site", tmp_path / "bedside", tmp_path / "m.sqlite",
-                                         tmp_path / "staging", tmp_path / "cfg")
-    shutil.copytree(snapshots / "first", site)
-    shutil.move(site / "000001" / "Waveforms", bedside / "000001" / "Waveforms")  # one person's waveforms elsewhere
-    there.mkdir()
-    config = there / "chorus.toml"
-    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{bedside}"\n[manifest]\ndb = "{db}"\n')
+    site, bedside, db, staging, there, config = config_site(snapshots, tmp_path)
     for k in (0, 1, 3):
         out = cli("run", "--shard", f"{k}/{N}", "--staging", "../staging", "--workers", "2", cwd=there)
         assert out.returncode == 0, out.stderr
@@ -438,3 +445,33 @@ def test_a_shard_given_in_a_slurm_array_task_other_than_its_own_is_said(snapshot
     for agreeing in (["--shard", "2/4"], []):  # as the script passes it, or from the variables alone
         out = cli(*common, *agreeing, env=array)
         assert out.returncode == 0 and "not this Slurm array task's own" not in out.stderr, out.stderr
+
+
+def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_run(snapshots, tmp_path):
+    """One shard rerun without the --config of the others (so without its [site.roots]) was refused as "the shards
+    scanned different roots", naming none, with "rerun every shard". It is now named, with the command that reruns it
+    as the merge is run; and when every shard alike differs from the merge (the merge run without the shards'
+    --config), the merge is told the command that merges with the shards' own settings. Nothing is committed."""
+    import shlex
+
+    site, _bedside, db, staging, there, config = config_site(snapshots, tmp_path)
+    for k in range(2):
+        assert cli("run", "--shard", f"{k}/2", "--staging", str(staging), cwd=there).returncode == 0
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))  # the merge without the config
+    assert out.returncode == 2 and f"the shards scanned {site}, {_bedside} ([site.roots] Waveforms), not this " \
+                                   f"run's site {site}; nothing was committed" in out.stderr, out.stderr
+    told = out.stderr.split("merge with the settings the shards ran with: ", 1)[1].split("; or rerun", 1)[0]
+    assert shlex.split(told) == ["chorus-batch", "run", "--config", str(config), "--merge", str(staging)]
+    # one shard rerun without the config: named, with its rerun as this merge is run
+    assert cli("run", "--site", str(site), "--db", str(db), "--shard", "1/2", "--staging", str(staging)).returncode == 0
+    out = cli("run", "--config", str(config), "--merge", str(staging))
+    assert out.returncode == 2 and f"shard 1/2 listed other roots ({site}) than this merge's site" in out.stderr, \
+        out.stderr
+    assert "shard 0/2" not in out.stderr and "nothing was committed" in out.stderr
+    rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
+    assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--shard", "1/2", "--staging",
+                                  str(staging)]
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    assert cli(*shlex.split(rerun)[2:]).returncode == 0
+    out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
