@@ -29,7 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from .config import RunSettings, parse_bytes
-from .errors import UsageError
+from .errors import ChorusError, UsageError
 from .exclude import Excludes
 from .frames import empty_state
 from .coverage import BUCKETS
@@ -104,6 +104,7 @@ class ShardReport:
 
 
 STAGING_LOCK = ".staging.lock"
+SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet")  # what ScanResult.write writes
 
 
 @contextlib.contextmanager
@@ -194,7 +195,19 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        # header facts from the bytes hashed, for the merge's validation: one read per file here too
                        facts=settings.validate_site and not settings.dry_run)
         scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
-        scanned.write(folder)
+        try:
+            scanned.write(folder)
+        except BaseException as exc:
+            # Half a shard (files.parquet written, facts.parquet not: the disk filled) is of no use without its
+            # scan.json, and kept the staging disk full for the other shards: removed, and said so.
+            for name in SHARD_FILES:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()
+            if isinstance(exc, ChorusError) and not getattr(exc, "outcome", None):
+                exc.outcome = (f"{coverage} was not written (none of its files were left in {folder.absolute()}); nothing "
+                               f"was committed; once that is mended, rerun it with: "
+                               f"{rerun_command(settings, coverage, staging)}")
+            raise
     return ShardReport(coverage=coverage, folder=folder.absolute(), based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)

@@ -475,3 +475,33 @@ def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_ru
     assert cli(*shlex.split(rerun)[2:]).returncode == 0
     out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
+
+
+def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, small_disk):
+    """The staging disk filled after a shard's files.parquet and errors.parquet were written, before its
+    facts.parquet: the two stayed (no scan.json: of no use to the merge) and kept the disk full for the other shards,
+    and the message said neither that nor what to rerun. Now none of the shard's files stay, and it says so with
+    the command that reruns it; nothing was committed."""
+    import os
+
+    site = tmp_path / "site"
+    make_testdata(site, Spec(persons=40, files_per_person=10, size=64))
+    db, roomy = tmp_path / "m.sqlite", tmp_path / "roomy"
+    shard = ("run", "--site", str(site / "first"), "--db", str(db), "--shard", "0/2", "--staging")
+    assert cli(*shard, str(roomy)).returncode == 0
+    pages = lambda path: -(-path.stat().st_size // 4096) * 4096  # noqa: E731  (tmpfs takes whole pages)
+    written = sum(pages(roomy / "shard-0-of-2" / name) for name in ("files.parquet", "errors.parquet"))
+    assert pages(roomy / "shard-0-of-2" / "facts.parquet") >= 3 * 4096  # a margin for the free space below
+    staging = small_disk / "staging"
+    staging.mkdir()
+    filler = fill(small_disk)
+    size = filler.stat().st_size
+    os.truncate(filler, size - written - 4096)  # room for files.parquet and errors.parquet, not for facts.parquet
+    out = cli(*shard, str(staging))
+    assert out.returncode == 2 and "facts.parquet: No space left on device" in out.stderr, out.stderr
+    assert list((staging / "shard-0-of-2").iterdir()) == []
+    assert f"shard 0 of 2 was not written (none of its files were left in {staging / 'shard-0-of-2'}); nothing " \
+           "was committed" in out.stderr
+    assert f"rerun it with: chorus-batch run --site {site / 'first'} --db {db} --shard 0/2 --staging {staging}" in out.stderr
+    filler.unlink()
+    assert cli(*shard, str(staging)).returncode == 0 and (staging / "shard-0-of-2" / "scan.json").exists()
