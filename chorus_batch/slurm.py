@@ -91,6 +91,20 @@ def _absolute(path: str | os.PathLike) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _require_folder(folder: str | None, what: str) -> None:
+    """A UsageError if `folder` (absolute) is a file or lies under one; a folder, or none yet, passes."""
+    if not folder:
+        return
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise UsageError(f"{what} {folder} cannot be made: {path} is a file, not a folder; no script was made "
+                                 "and nothing was submitted", where=what,
+                                 fix="give --staging a folder (or the path of a new one) on a file system every node "
+                                     "of the cluster reaches")
+            return
+
+
 def _q(words) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
@@ -145,6 +159,12 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     db = _absolute(db)
     site = _absolute(site) if site else None
     config = _absolute(config) if config else None
+    # A staging (or log) folder that is a file, or lies under one: the script's mkdir failed when it was submitted
+    # (exit 3, "submitting the Slurm jobs failed"); refused now, as a --db that is a folder is
+    for folder, what in ((_absolute(staging) if staging else db + ".staging", "--staging" if staging else
+                          "the staging folder (<db>.staging, the default)"),
+                         (_absolute(log_dir) if log_dir else None, "the log folder")):
+        _require_folder(folder, what)
 
     run = [python, "-m", "chorus_batch", "run"]
     if config:

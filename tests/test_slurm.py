@@ -628,3 +628,23 @@ def test_a_task_with_more_cpus_than_run_takes_workers_runs_its_shard(tmp_path):
     shard = subprocess.run(["bash", "-c", body100], env=env_job, capture_output=True, text=True)
     assert shard.returncode == 0, shard.stderr
     assert "--workers 256" in body100 and (staging / "shard-0-of-1" / "scan.json").exists()
+
+
+@pytest.mark.parametrize("command", [["slurm-script"], ["run", "--slurm"]])
+def test_a_staging_folder_that_is_a_file_is_refused_before_a_script_is_made(tmp_path, command):
+    """--staging naming a file (or a path under one), or a file where the default <db>.staging goes: the script was
+    printed, and submitted its mkdir failed (`run --slurm`: exit 3, "submitting the Slurm jobs failed", nothing said
+    of what was submitted). Now exit 2 before any script is made, naming the file."""
+    site, db, afile = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "afile"
+    site.mkdir()
+    afile.write_text("x")
+    for staging in (afile, afile / "below"):
+        out = cli(*command, "--site", str(site), "--db", str(db), "--staging", str(staging))
+        assert out.returncode == 2, out.stderr
+        assert f"{afile} is a file, not a folder; no script was made and nothing was submitted" in out.stderr
+        assert out.stdout == ""
+    (tmp_path / "m.sqlite.staging").write_text("x")
+    out = cli(*command, "--site", str(site), "--db", str(db))
+    assert out.returncode == 2 and f"{db}.staging is a file, not a folder" in out.stderr, out.stderr
+    assert cli("slurm-script", "--site", str(site), "--db", str(db), "--staging",
+               str(tmp_path / "new" / "st")).returncode == 0  # a folder that is not there yet: made by the script
