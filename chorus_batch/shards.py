@@ -134,7 +134,15 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
             fcntl.flock(fd, (fcntl.LOCK_EX if merge else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True
         except BlockingIOError:
+            # Held shared (shards) or alone (another merge: a merge run twice at once, a requeued merge job): a merge
+            # told "shards are still being written" of another merge was sent to wait for shards that had ended.
+            other_merge = merge and not _lockable(fd, fcntl.LOCK_SH)
             os.close(fd)
+            if other_merge:
+                raise ManifestLocked(f"another merge is reading and committing the shards in {staging}: this one "
+                                     "cannot merge them too; nothing was committed by this one", where=str(path),
+                                     fix="wait for that merge to end (its output or its job's log says what it "
+                                         "committed); these shards are then merged") from None
             raise ManifestLocked(
                 (f"shards are still being written into {staging}: cannot merge it now" if merge else
                  f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
@@ -158,6 +166,18 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink()
         os.close(fd)
+
+
+def _lockable(fd: int, how: int) -> bool:
+    """Whether the lock `how` (fcntl.LOCK_SH or LOCK_EX) could be taken on `fd` now (taken and let go at once)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -505,3 +505,28 @@ def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, 
     assert f"rerun it with: chorus-batch run --site {site / 'first'} --db {db} --shard 0/2 --staging {staging}" in out.stderr
     filler.unlink()
     assert cli(*shard, str(staging)).returncode == 0 and (staging / "shard-0-of-2" / "scan.json").exists()
+
+
+def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_path):
+    """A merge run twice at once (a requeued merge job, a hand-run merge beside the job) was told "shards are still
+    being written into ...: wait for the shards to finish (`squeue`)" of shards that had all ended: the holder of the
+    staging lock was the other merge. It is now said as such (exit 4); the first merge commits, once."""
+    import os
+    import subprocess
+    import sys
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stderr is not None
+    while "test pause at commit" not in (line := first.stderr.readline()):
+        assert line or first.poll() is None, "the merge never reached its commit"
+    second = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out, err = first.communicate(timeout=120)
+    assert second.returncode == 4, second.stderr
+    assert f"another merge is reading and committing the shards in {staging}" in second.stderr
+    assert "still being written" not in second.stderr and "nothing was committed by this one" in second.stderr
+    assert first.returncode in (0, 1) and "committed to" in out, err
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
