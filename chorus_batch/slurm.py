@@ -238,11 +238,12 @@ umask 077
 {make_staging}
 {logs_line}
 mkdir -p -- "$logs"
+# (sbatch reads % in --output as a pattern, %j the job id, even in the folder's name: a literal % is written %%)
 rm -f -- "$staging/{MERGE_EXIT}"
 export CHORUS_STAGING="$staging"
 
 shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
-    --chdir="$staging" --output="$logs/%x-%A_%a.out" <<'CHORUS_SHARD'
+    --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%A_%a.out" <<'CHORUS_SHARD'
 #!/bin/bash
 set -euo pipefail
 exec {shard_cmd}
@@ -254,7 +255,7 @@ trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submittin
 
 merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
     --dependency=afterok:"$shards_job" --kill-on-invalid-dep=yes \\
-    --chdir="$staging" --output="$logs/%x-%j.out" <<'CHORUS_MERGE'
+    --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%j.out" <<'CHORUS_MERGE'
 #!/bin/bash
 set -uo pipefail
 {merge_cmd}

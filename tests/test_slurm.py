@@ -45,7 +45,7 @@ def test_script_has_the_options_given_and_no_others(tmp_path):
             assert absent not in line, (absent, line)
     assert "#SBATCH --partition" not in bare and "#SBATCH --account" not in bare
     shards = _sbatch_line(bare, "shards_job")
-    assert "--array=0-3" in shards and '--output="$logs/%x-%A_%a.out"' in shards
+    assert "--array=0-3" in shards and r'--output="${logs//\%/%%}/%x-%A_%a.out"' in shards
     merge = _sbatch_line(bare, "merge_job")
     assert '--dependency=afterok:"$shards_job"' in merge and "--kill-on-invalid-dep=yes" in merge
     assert '--shard "$SLURM_ARRAY_TASK_ID/4" --staging "$CHORUS_STAGING"' in bare
@@ -305,6 +305,22 @@ def test_follow_returns_the_merges_exit_code(slurm, stand_in, tmp_path, monkeypa
     assert len(calls) == 4 and "--merge" in calls[-1]  # the merge ran last, after the three shards
     job = parse_submitted("\n".join(lines))
     assert all((job.logs / f"chorus-shard-{job.array_job}_{k}.out").exists() for k in range(3))
+    slurm.wait_idle()
+
+
+def test_a_staging_folder_with_a_percent_sign_gets_its_logs(slurm, stand_in, tmp_path, monkeypatch):
+    """sbatch reads % in --output as a pattern even in the folder's name: a staging folder "st 100%j" sent the
+    jobs' output to "st 100<job id>/logs/...", a folder that is not there, so the logs the follower names were never
+    written. The script writes a literal % as %%."""
+    python, _log = stand_in
+    staging = tmp_path / "st 100%j"
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                          python=str(python), staging=str(staging))
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 0, lines
+    job = parse_submitted("\n".join(lines))
+    assert job.logs == staging / "logs"
+    assert all(job.shard_log(k).exists() for k in range(2)) and job.merge_log().exists(), list(tmp_path.rglob("*"))
     slurm.wait_idle()
 
 
