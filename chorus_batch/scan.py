@@ -74,6 +74,10 @@ class ScanResult:
     exclude_patterns: list[tuple[str, str]] | None = None
     # a shard's `run` flags (RunSettings.arguments), for the command that reruns it or its siblings; None: not recorded
     arguments: list[str] | None = None
+    # a shard's local roots (positions in `roots`) whose folder held nothing at all where it ran, and that host: a
+    # node on which the site is not mounted (an empty mount point) lists none of its shard's files; None: not recorded
+    empty_roots: list[int] | None = None
+    host: str | None = None
 
     @property
     def n_excluded(self) -> int:
@@ -93,7 +97,7 @@ class ScanResult:
                   "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
                   "excluded": self.excluded, "facts": self.facts is not None,
                   "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns],
-                  "arguments": self.arguments}
+                  "arguments": self.arguments, "empty_roots": self.empty_roots, "host": self.host}
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
 
@@ -121,7 +125,9 @@ class ScanResult:
                    hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts(), facts=facts,
                    exclude_patterns=(None if record.get("exclude_patterns") is None
                                      else [tuple(p) for p in record["exclude_patterns"]]),
-                   arguments=recorded_words(record.get("arguments")))
+                   arguments=recorded_words(record.get("arguments")),
+                   empty_roots=(record["empty_roots"] if isinstance(record.get("empty_roots"), list) else None),
+                   host=record.get("host") if isinstance(record.get("host"), str) else None)
 
     @staticmethod
     def read_files(folder: str | Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:

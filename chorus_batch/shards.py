@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shlex
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,6 +205,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
         mtime_unit_ns = manifest.mtime_unit_ns()
     previous = manifest.previous_state(write_cache=False) if exists else empty_state()  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
+    empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
     with staging_lock(staging, merge=False):
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
         scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
@@ -215,6 +217,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        # header facts from the bytes hashed, for the merge's validation: one read per file here too
                        facts=settings.validate_site and not settings.dry_run)
         scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
+        scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
         try:
             scanned.write(folder)
         except BaseException as exc:
@@ -231,6 +234,21 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     return ShardReport(coverage=coverage, folder=folder.absolute(), based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)
+
+
+def _empty_roots(roots: list) -> list[int]:
+    """The positions of the local roots whose folder holds nothing at all (not one entry, whichever shard it is of)."""
+    from .urls import local_path
+
+    empty = []
+    for position, root in enumerate(roots):
+        path = local_path(root.source.location)
+        with contextlib.suppress(OSError):  # (an unreadable root is the listing's to say)
+            if path is not None:
+                with os.scandir(path) as entries:
+                    if next(entries, None) is None:
+                        empty.append(position)
+    return empty
 
 
 def check_staging(staging: str | Path) -> Path:
@@ -296,6 +314,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     parts: list[ScanResult] = []
     stale_started: list[int] = []
     unlike: list[ScanResult] = []  # complete shards listed unlike this merge (other globs or roots)
+    numbered: list[tuple[int, ScanResult]] = []  # the complete shards the merge would take, by number
     for k in range(shards):
         coverage = Coverage(shard=k, shards=shards)
         folder = shard_folder(staging, coverage)
@@ -325,6 +344,17 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
         parts.append(part)
+        numbered.append((k, part))
+    # A root one shard found empty while another listed it: the site was not mounted where that shard ran (an empty
+    # mount point), and its share of the site would be committed as removed (a single-node run is refused then).
+    for position, (location, _modality) in enumerate(parts[0].roots if parts else []):
+        empty = [(k, part) for k, part in numbered if part.empty_roots is not None and position in part.empty_roots]
+        if empty and len(empty) < sum(part.empty_roots is not None for part in parts):
+            for k, part in empty:
+                problems.append(f"shard {k}/{shards} found {mask_url(location)} empty on {part.host or 'its node'} "
+                                "(the site not mounted there?), while other shards listed files in it: its files "
+                                f"would be recorded as removed; rerun it on a node where it is mounted: "
+                                f"{rerun_command(settings, Coverage(shard=k, shards=shards), staging, part.arguments)}")
     merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
         raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into}, the latest; "

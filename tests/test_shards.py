@@ -530,3 +530,30 @@ def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_
     assert "still being written" not in second.stderr and "nothing was committed by this one" in second.stderr
     assert first.returncode in (0, 1) and "committed to" in out, err
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_shard_that_ran_where_the_site_is_not_mounted_is_refused_not_merged_as_removals(snapshots, tmp_path):
+    """A shard on a node where the site's file system is not mounted (an empty mount point) listed none of its
+    files, exit 0, and the merge committed them all as removed (exit 0), where a single-node run is refused. Each
+    shard records the roots it found empty, and where it ran; the merge names the shard, the host and the rerun,
+    and commits nothing."""
+    import subprocess
+    import sys
+
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    run_shards(site, db, staging, shards=(0, 2, 3))
+    unmounted = subprocess.run(  # shard 1 in a mount namespace of its own, with an empty file system over the site
+        ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(site), sys.executable, "-m",
+         "chorus_batch", "run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging)],
+        capture_output=True, text=True)
+    assert unmounted.returncode == 0 and f"shard 1/{N}: 0 files" in unmounted.stdout, unmounted.stderr
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 1/{N} found {site} empty on " in out.stderr and "the site not mounted there?" in out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    run_shards(site, db, staging, shards=(1,))  # rerun where it is mounted: merged, nothing removed
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1) and "no changes since version" in out.stdout, out.stdout + out.stderr
