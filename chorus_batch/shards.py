@@ -323,7 +323,12 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             problems.append(f"shard {k}/{shards} is {state}: rerun it with: "
                             f"{rerun_command(settings, coverage, staging, siblings)}")
             continue
-        part = ScanResult.read(folder, files=False)
+        try:
+            part = ScanResult.read(folder, files=False)
+        except UsageError as exc:  # (a scan.json cut short, a files.parquet removed): named with its rerun as the others
+            problems.append(f"shard {k}/{shards} is damaged ({exc.what}): rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, siblings)}")
+            continue
         if part.based_on != latest_label:
             stale_started.append(part.scan_started_ns)
             problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "

@@ -557,3 +557,22 @@ def test_a_shard_that_ran_where_the_site_is_not_mounted_is_refused_not_merged_as
     run_shards(site, db, staging, shards=(1,))  # rerun where it is mounted: merged, nothing removed
     out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1) and "no changes since version" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_damaged_shard_is_named_with_its_rerun_beside_the_others(snapshots, tmp_path):
+    """A shard's scan.json cut short (a full disk, a copy) or its files.parquet gone stopped the merge at that shard
+    with "not a complete scan result ... run the scan (or shard) again": no rerun command, no word of the other
+    shards, nor that nothing was committed. It is now a problem named like a missing shard, with its rerun."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    (staging / f"shard-1-of-{N}" / "scan.json").write_text('{"roots": [')
+    (staging / f"shard-2-of-{N}" / "files.parquet").unlink()
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    for k in (1, 2):
+        assert f"shard {k}/{N} is damaged (not a complete scan result: " in out.stderr
+        assert f"--shard {k}/{N} --staging {staging}" in out.stderr
+    assert "nothing was committed" in out.stderr
+    run_shards(site, db, staging, shards=(1, 2))
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
