@@ -686,6 +686,8 @@ def _run_settings(args: argparse.Namespace, target: _Target):
             shard=flag("shard"), staging=flag("staging"), merge=flag("merge"),
             exclude=list(dict.fromkeys([*config.run.exclude, *(flag("exclude") or [])])),
             default_excludes=config.run.default_excludes if flag("default_excludes") is None else flag("default_excludes"),
+            arguments=(_listing_arguments(args) if args.command == "run" and (flag("staging") or flag("merge"))
+                       else None),
         )
     except ValidationError as exc:  # a flag's value out of range (chorus.toml's own are checked as it is read)
         first = exc.errors()[0]
@@ -693,6 +695,36 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         option = "--" + {"validate_site": "validate"}.get(name, name).replace("_", "-")
         raise UsageError(f"invalid {option}: {first['msg']}", where=f"{option} (or [run] {name} in chorus.toml)",
                          fix=f"see `chorus-batch {args.command} --help` for the values it takes") from None
+
+
+# `run` flags that do not shape a listing: left out of the arguments a shard records and reruns are told with
+_NOT_LISTING = ("help", "shard", "staging", "merge", "json", "quiet", "verbose", "slurm", "dry_run", "demo", "mode",
+                "delete_list", "parquet", "version_label", "max_delete")
+_PATH_FLAGS = ("config", "site", "db")
+
+
+def _listing_arguments(args: argparse.Namespace) -> list[str]:
+    """The `run` flags given that shape a listing (--config, also ./chorus.toml read by default, --site, --db,
+    --exclude, --workers, ...), as words: paths absolute, secrets masked (pipeline.redact). A shard records them in
+    its scan.json; the merge's messages rerun a shard with them."""
+    from .config_file import config_path
+    from .pipeline import redact
+    from .slurm import _absolute
+
+    words: list[str] = []
+    for action in _parser().commands["run"]._actions:  # type: ignore[attr-defined]
+        value = config_path(args.config) if action.dest == "config" else getattr(args, action.dest, None)
+        if (not action.option_strings or action.dest in _NOT_LISTING or action.dest in _SLURM_ONLY or value is None
+                or value == action.default):
+            continue
+        option = max(action.option_strings, key=len)
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            words.append(option)
+        elif isinstance(action, argparse._AppendAction):
+            words += [word for item in value for word in (option, str(item))]
+        else:
+            words += [option, _absolute(value) if action.dest in _PATH_FLAGS else str(value)]
+    return redact(words)
 
 
 def _slurm_script(args: argparse.Namespace, command: str) -> str:
@@ -876,6 +908,7 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
     from .progress import Progress
 
     shard = scan_shard(settings, progress=Progress(quiet=args.quiet))
+    from .shards import merge_command
     from .units import plural
 
     summary = {"shard": shard.coverage.shard, "shards": shard.coverage.shards, "folder": str(shard.folder),
@@ -889,7 +922,7 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
               f"hashed ({plural(shard.bytes_hashed, 'byte')}), {plural(shard.n_errors, 'problem')}, "
               f"{shard.n_excluded} excluded, in {shard.elapsed_s:.1f} s; written to "
               f"{shard.folder} (based on version {shard.based_on or '(none)'}); nothing committed: merge with "
-              "chorus-batch run --merge " + str(Path(shard.folder).parent))
+              + merge_command(settings.arguments, Path(shard.folder).parent))
     return 0
 
 

@@ -327,6 +327,9 @@ class RunSettings(BaseModel):
     shard: str | None = None
     staging: str | None = None
     merge: str | None = None
+    # the `run` flags given that shape a listing (cli._listing_arguments: --config, --site, --db, --exclude, ...):
+    # recorded by a shard, and how a merge's message reruns a shard (None: not known, e.g. the library)
+    arguments: list[str] | None = None
 
     @field_validator("staging", "merge")
     @classmethod

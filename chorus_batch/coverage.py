@@ -48,6 +48,9 @@ def parse_shard(text: str) -> Coverage:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
         raise ValueError(f"{text!r} is not a shard K/N with 0 <= K < N (e.g. 3/16)")
+    if int(match.group(2)) > BUCKETS:  # 1/10**20 was an internal OverflowError in polars once the listing began
+        raise ValueError(f"{text!r}: a site is split into at most {BUCKETS} shards (its person folders fall in "
+                         f"{BUCKETS} buckets; more shards would list nothing)")
     return Coverage(shard=int(match.group(1)), shards=int(match.group(2)))
 
 
@@ -63,4 +66,9 @@ def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None
     first = env.get("SLURM_ARRAY_TASK_MIN", "0")
     if not all(value.strip().isdigit() for value in (task, first)):
         raise ValueError(f"SLURM_ARRAY_TASK_ID {task!r} (minus SLURM_ARRAY_TASK_MIN {first!r}) is not a task number")
-    return parse_shard(f"{int(task) - int(first)}/{count}")
+    try:
+        return parse_shard(f"{int(task) - int(first)}/{count}")
+    except ValueError as exc:  # said with the variables it came from (an array of 1-4, or with a step, 0-6:2)
+        raise ValueError(f"this Slurm array task's SLURM_ARRAY_TASK_ID {task} (minus SLURM_ARRAY_TASK_MIN {first}) "
+                         f"of SLURM_ARRAY_TASK_COUNT {count} tasks is no shard: {exc}; the array's task ids must run "
+                         "from its first without gaps (--array=0-N-1, no step)") from None

@@ -214,9 +214,19 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     try:
         coverage = parse_shard(settings.shard) if settings.shard else shard_from_environment()
     except ValueError as exc:
-        raise UsageError(f"invalid shard: {exc}", where="--shard / SLURM_ARRAY_TASK_ID",
-                         fix="give --shard K/N with 0 <= K < N (the script `chorus-batch slurm-script` prints "
-                             "passes it)") from None
+        from .coverage import BUCKETS
+
+        raise UsageError(f"invalid shard: {exc}; nothing was listed or written",
+                         where="--shard" if settings.shard else "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT",
+                         fix=f"give --shard K/N with 0 <= K < N <= {BUCKETS} (the script `chorus-batch slurm-script` "
+                             "prints passes it)") from None
+    if settings.shard:  # an array whose every task was given one --shard writes one shard N times, the others never
+        with contextlib.suppress(ValueError):
+            own = shard_from_environment()
+            if own is not None and own != coverage:
+                log.warning(f"--shard {coverage.shard}/{coverage.shards} is listed, not this Slurm array task's own "
+                            f"shard {own.shard}/{own.shards} (SLURM_ARRAY_TASK_ID {os.environ['SLURM_ARRAY_TASK_ID']}); "
+                            "in an array, pass --shard \"$SLURM_ARRAY_TASK_ID/N\" or leave --shard out")
     if coverage is None:
         raise UsageError("--staging without a shard", where="--shard",
                          fix="add --shard K/N, or run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)")
@@ -369,17 +379,9 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         progress.stage(f"merging the shards in {settings.merge}")
         scanned, previous = read_shards(settings.merge, latest_label=previous_label, settings=settings,
                                         manifest=manifest, previous_rows=latest["n_files"] if latest else 0,
-                                        partitioned=not settings.dry_run)
+                                        partitioned=not settings.dry_run,
+                                        roots=[(r.source.location, r.modality) for r in roots])  # each shard's checked
         t = mark("load_previous", t)
-        expected = [(r.source.location, r.modality) for r in roots]
-        if scanned.roots != expected:
-            def shown(roots) -> str:
-                return ", ".join(mask_url(location) + (f" ([site.roots] {modality})" if modality else "")
-                                 for location, modality in roots)
-
-            raise UsageError(f"the shards scanned {shown(scanned.roots)}, not this run's site {shown(expected)}",
-                             where=settings.merge,
-                             fix="merge with the same --site / chorus.toml the shards used")
     else:
         from .checkpoint import Checkpoint
 

@@ -72,6 +72,12 @@ class ScanResult:
     # refuses shards listed with other globs (one shard's extra --exclude left its files out of the version). None:
     # not recorded (a scan result of an older release)
     exclude_patterns: list[tuple[str, str]] | None = None
+    # a shard's `run` flags (RunSettings.arguments), for the command that reruns it or its siblings; None: not recorded
+    arguments: list[str] | None = None
+    # a shard's local roots (positions in `roots`) whose folder held nothing at all where it ran, and that host: a
+    # node on which the site is not mounted (an empty mount point) lists none of its shard's files; None: not recorded
+    empty_roots: list[int] | None = None
+    host: str | None = None
 
     @property
     def n_excluded(self) -> int:
@@ -90,7 +96,8 @@ class ScanResult:
                   "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
                   "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
                   "excluded": self.excluded, "facts": self.facts is not None,
-                  "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns]}
+                  "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns],
+                  "arguments": self.arguments, "empty_roots": self.empty_roots, "host": self.host}
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
 
@@ -117,7 +124,10 @@ class ScanResult:
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
                    hash_s=record["hash_s"], excluded=record.get("excluded") or _exclude.empty_counts(), facts=facts,
                    exclude_patterns=(None if record.get("exclude_patterns") is None
-                                     else [tuple(p) for p in record["exclude_patterns"]]))
+                                     else [tuple(p) for p in record["exclude_patterns"]]),
+                   arguments=recorded_words(record.get("arguments")),
+                   empty_roots=(record["empty_roots"] if isinstance(record.get("empty_roots"), list) else None),
+                   host=record.get("host") if isinstance(record.get("host"), str) else None)
 
     @staticmethod
     def read_files(folder: str | Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
@@ -373,3 +383,8 @@ def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:
     merged["unmatched"] = [p for source, p in excludes.patterns
                            if source == "user" and p not in merged["by_pattern"] and p not in shadowed]
     return merged
+
+
+def recorded_words(value) -> list[str] | None:
+    """A recorded argument list as it was written (a list of strings), else None (not recorded, or not a list)."""
+    return value if isinstance(value, list) and all(isinstance(word, str) for word in value) else None

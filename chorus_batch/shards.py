@@ -16,10 +16,12 @@ Under a Slurm job array the shard comes from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_T
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
 import shlex
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,12 +30,13 @@ from pathlib import Path
 import polars as pl
 
 from .config import RunSettings, parse_bytes
-from .errors import UsageError
+from .errors import ChorusError, UsageError
 from .exclude import Excludes
 from .frames import empty_state
+from .coverage import BUCKETS
 from .partitions import TreeParts, bucket_range
 from .progress import Progress, log
-from .scan import Coverage, ScanResult, merge_scans, scan
+from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
 from .sources import mask_url
 from .store import Manifest
 
@@ -48,12 +51,26 @@ def shard_folder(staging: str | Path, coverage: Coverage) -> Path:
     return Path(staging) / f"shard-{coverage.shard}-of-{coverage.shards}"
 
 
-def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path) -> str:
-    # with the merge's exclusions: a shard listed with other globs is refused by the merge (read_shards)
-    excludes = "".join(f" --exclude {shlex.quote(p)}" for p in dict.fromkeys(settings.exclude))
-    excludes += "" if settings.default_excludes else " --no-default-excludes"
-    return (f"chorus-batch run --site {shlex.quote(mask_url(settings.site))} --db {shlex.quote(str(settings.db))}"
-            f"{excludes} --shard {coverage.shard}/{coverage.shards} --staging {shlex.quote(str(staging))}")
+def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path,
+                  arguments: list[str] | None = None) -> str:
+    """The command that reruns shard `coverage` into `staging`: with `arguments` (the flags a shard recorded in its
+    scan.json: --config, --site, --db, --exclude, ... as it was run), else the merge's own (settings.arguments), else
+    the site, manifest and exclusions of the merge's settings. A site that runs from a chorus.toml was told a command
+    without its --config: another listing (no [site.roots], [patterns], cloud settings), or none."""
+    if arguments is None:
+        arguments = settings.arguments
+    if arguments is None:
+        # with the merge's exclusions: a shard listed with other globs is refused by the merge (read_shards)
+        arguments = ["--site", mask_url(settings.site), "--db", str(settings.db)]
+        arguments += [word for p in dict.fromkeys(settings.exclude) for word in ("--exclude", p)]
+        arguments += [] if settings.default_excludes else ["--no-default-excludes"]
+    return shlex.join(["chorus-batch", "run", *arguments, "--shard", f"{coverage.shard}/{coverage.shards}",
+                       "--staging", os.path.abspath(staging)])  # (a merge given a relative folder: run from anywhere)
+
+
+def merge_command(arguments: list[str] | None, staging: str | Path) -> str:
+    """The command that merges the shards in `staging`, with a shard's recorded `arguments`."""
+    return shlex.join(["chorus-batch", "run", *(arguments or []), "--merge", os.path.abspath(staging)])
 
 
 def _written_ns(folder: Path) -> int:
@@ -88,6 +105,7 @@ class ShardReport:
 
 
 STAGING_LOCK = ".staging.lock"
+SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet")  # what ScanResult.write writes
 
 
 @contextlib.contextmanager
@@ -117,7 +135,15 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
             fcntl.flock(fd, (fcntl.LOCK_EX if merge else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True
         except BlockingIOError:
+            # Held shared (shards) or alone (another merge: a merge run twice at once, a requeued merge job): a merge
+            # told "shards are still being written" of another merge was sent to wait for shards that had ended.
+            other_merge = merge and not _lockable(fd, fcntl.LOCK_SH)
             os.close(fd)
+            if other_merge:
+                raise ManifestLocked(f"another merge is reading and committing the shards in {staging}: this one "
+                                     "cannot merge them too; nothing was committed by this one", where=str(path),
+                                     fix="wait for that merge to end (its output or its job's log says what it "
+                                         "committed); these shards are then merged") from None
             raise ManifestLocked(
                 (f"shards are still being written into {staging}: cannot merge it now" if merge else
                  f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
@@ -141,6 +167,18 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 path.unlink()
         os.close(fd)
+
+
+def _lockable(fd: int, how: int) -> bool:
+    """Whether the lock `how` (fcntl.LOCK_SH or LOCK_EX) could be taken on `fd` now (taken and let go at once)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -167,6 +205,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
         mtime_unit_ns = manifest.mtime_unit_ns()
     previous = manifest.previous_state(write_cache=False) if exists else empty_state()  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
+    empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
     with staging_lock(staging, merge=False):
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
         scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
@@ -177,10 +216,39 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        mtime_unit_ns=mtime_unit_ns,
                        # header facts from the bytes hashed, for the merge's validation: one read per file here too
                        facts=settings.validate_site and not settings.dry_run)
-        scanned.write(folder)
-    return ShardReport(coverage=coverage, folder=folder, based_on=based_on, n_files=scanned.files.height,
+        scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
+        scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
+        try:
+            scanned.write(folder)
+        except BaseException as exc:
+            # Half a shard (files.parquet written, facts.parquet not: the disk filled) is of no use without its
+            # scan.json, and kept the staging disk full for the other shards: removed, and said so.
+            for name in SHARD_FILES:
+                with contextlib.suppress(OSError):
+                    (folder / name).unlink()
+            if isinstance(exc, ChorusError) and not getattr(exc, "outcome", None):
+                exc.outcome = (f"{coverage} was not written (none of its files were left in {folder.absolute()}); nothing "
+                               f"was committed; once that is mended, rerun it with: "
+                               f"{rerun_command(settings, coverage, staging)}")
+            raise
+    return ShardReport(coverage=coverage, folder=folder.absolute(), based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
                        elapsed_s=time.perf_counter() - started, n_excluded=scanned.n_excluded)
+
+
+def _empty_roots(roots: list) -> list[int]:
+    """The positions of the local roots whose folder holds nothing at all (not one entry, whichever shard it is of)."""
+    from .urls import local_path
+
+    empty = []
+    for position, root in enumerate(roots):
+        path = local_path(root.source.location)
+        with contextlib.suppress(OSError):  # (an unreadable root is the listing's to say)
+            if path is not None:
+                with os.scandir(path) as entries:
+                    if next(entries, None) is None:
+                        empty.append(position)
+    return empty
 
 
 def check_staging(staging: str | Path) -> Path:
@@ -192,17 +260,26 @@ def check_staging(staging: str | Path) -> Path:
     return staging
 
 
+def roots_text(roots: list) -> str:
+    """Scanned roots ((location, modality), as ScanResult.roots) as a message names them."""
+    return ", ".join(mask_url(location) + (f" ([site.roots] {modality})" if modality else "")
+                     for location, modality in roots)
+
+
 def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
-                previous_rows: int = 0, partitioned: bool = True) -> tuple[ScanResult, TreeParts]:
+                previous_rows: int = 0, partitioned: bool = True,
+                roots: list | None = None) -> tuple[ScanResult, TreeParts]:
     """The shards in `staging` as one whole-site ScanResult, with the previous version's rows and the shards'
     files in partitions of about PARTITION_ROWS rows (read one at a time by the commit), or a UsageError
-    naming each missing, incomplete or stale shard and the command that reruns it. Without `partitioned`
+    naming each missing, incomplete or stale shard, or one listed with other exclusion globs or other `roots` than
+    this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
     staging = check_staging(staging)
     found: dict[int, list[Path]] = {}
     for entry in staging.iterdir():
         match = _SHARD_DIR.match(entry.name)
-        if match and entry.is_dir():
+        # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
+        if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
             found.setdefault(int(match.group(2)), []).append(entry)
     if not found:
         raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
@@ -224,37 +301,84 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")
         log.warning(f"{left_out}; remove them: "
-                    + " ".join(f"rm -r {shlex.quote(str(staging))}/shard-*-of-{n}" for n in sorted(found) if n != shards))
+                    + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}" for n in sorted(found)
+                               if n != shards))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
+    # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
+    siblings = None
+    for k in range(shards):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            record = json.loads((shard_folder(staging, Coverage(shard=k, shards=shards)) / "scan.json").read_text("utf-8"))
+            siblings = siblings or recorded_words(record.get("arguments"))
     problems: list[str] = []
     parts: list[ScanResult] = []
     stale_started: list[int] = []
+    unlike: list[ScanResult] = []  # complete shards listed unlike this merge (other globs or roots)
+    numbered: list[tuple[int, ScanResult]] = []  # the complete shards the merge would take, by number
     for k in range(shards):
         coverage = Coverage(shard=k, shards=shards)
         folder = shard_folder(staging, coverage)
         if not (folder / "scan.json").exists():
             state = "missing" if not folder.exists() else "incomplete (it failed or is still running)"
-            problems.append(f"shard {k}/{shards} is {state}: rerun it with: {rerun_command(settings, coverage, staging)}")
+            problems.append(f"shard {k}/{shards} is {state}: rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, siblings)}")
             continue
-        part = ScanResult.read(folder, files=False)
+        try:
+            part = ScanResult.read(folder, files=False)
+        except UsageError as exc:  # (a scan.json cut short, a files.parquet removed): named with its rerun as the others
+            problems.append(f"shard {k}/{shards} is damaged ({exc.what}): rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, siblings)}")
+            continue
         if part.based_on != latest_label:
             stale_started.append(part.scan_started_ns)
             problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
                             f"latest is {latest_label or '(none)'}: rerun it with: "
-                            f"{rerun_command(settings, coverage, staging)}")
+                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
+            continue
+        if roots is not None and [tuple(r) for r in part.roots] != [tuple(r) for r in roots]:
+            # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
+            # different roots", naming none of them)
+            unlike.append(part)
+            problems.append(f"shard {k}/{shards} listed other roots ({roots_text(part.roots)}) than this merge's site "
+                            f"({roots_text(roots)}); rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
         if part.exclude_patterns != expected_patterns:
+            unlike.append(part)
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
                             f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
         parts.append(part)
+        numbered.append((k, part))
+    # A root one shard found empty while another listed it: the site was not mounted where that shard ran (an empty
+    # mount point), and its share of the site would be committed as removed (a single-node run is refused then).
+    for position, (location, _modality) in enumerate(parts[0].roots if parts else []):
+        empty = [(k, part) for k, part in numbered if part.empty_roots is not None and position in part.empty_roots]
+        if empty and len(empty) < sum(part.empty_roots is not None for part in parts):
+            for k, part in empty:
+                problems.append(f"shard {k}/{shards} found {mask_url(location)} empty on {part.host or 'its node'} "
+                                "(the site not mounted there?), while other shards listed files in it: its files "
+                                f"would be recorded as removed; rerun it on a node where it is mounted: "
+                                f"{rerun_command(settings, Coverage(shard=k, shards=shards), staging, part.arguments)}")
     merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
         raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into}, the latest; "
                          "nothing was committed", where=str(staging),
                          fix="nothing to do for these shards; to record the site as it is now, run the shards again "
                              "(or submit the Slurm script again), then merge")
+    if len(unlike) == shards and all((p.roots, p.exclude_patterns) == (unlike[0].roots, unlike[0].exclude_patterns)
+                                     for p in unlike):
+        # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)
+        first = unlike[0]
+        said = (f"the shards scanned {roots_text(first.roots)}, not this run's site {roots_text(roots)}"
+                if roots is not None and [tuple(r) for r in first.roots] != [tuple(r) for r in roots] else
+                f"the shards were listed with other exclusion globs ({_patterns_text(first.exclude_patterns)}) than "
+                f"this merge's ({_patterns_text(expected_patterns)})")
+        raise UsageError(f"cannot merge: {said}; nothing was committed", where=str(staging),
+                         fix=("merge with the settings the shards ran with: " + merge_command(first.arguments, staging)
+                              if first.arguments is not None else
+                              "merge with the same --site / --exclude / chorus.toml the shards used")
+                             + "; or rerun every shard with this merge's settings, then merge again")
     if problems:
         raise UsageError("cannot merge: " + "; ".join(problems) + (f" ({left_out})" if left_out else ""),
                          where=str(staging),

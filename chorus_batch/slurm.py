@@ -40,6 +40,7 @@ from .errors import ChorusError, ExitCode, Stopped, UsageError
 
 DEFAULT_SHARDS = 8
 DEFAULT_CPUS = 4
+MAX_WORKERS = 256  # the most `run --workers` (and [run] workers) takes
 SHARD_JOB = "chorus-shard"
 MERGE_JOB = "chorus-merge"
 SUBMIT_JOB = "chorus-submit"
@@ -90,6 +91,20 @@ def _absolute(path: str | os.PathLike) -> str:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _require_folder(folder: str | None, what: str) -> None:
+    """A UsageError if `folder` (absolute) is a file or lies under one; a folder, or none yet, passes."""
+    if not folder:
+        return
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise UsageError(f"{what} {folder} cannot be made: {path} is a file, not a folder; no script was made "
+                                 "and nothing was submitted", where=what,
+                                 fix="give --staging a folder (or the path of a new one) on a file system every node "
+                                     "of the cluster reaches")
+            return
+
+
 def _q(words) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
@@ -107,6 +122,12 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if shards < 1 or cpus_per_task < 1:
         raise UsageError("--shards and --cpus-per-task must be at least 1", where="slurm-script arguments",
                          fix="pass whole numbers of 1 or more")
+    from .coverage import BUCKETS
+
+    if shards > BUCKETS:  # every shard task would refuse its K/N (coverage.parse_shard): said before any is queued
+        raise UsageError(f"--shards {shards}: a site is split into at most {BUCKETS} shards (its person folders fall "
+                         f"in {BUCKETS} buckets; more shards would list nothing); no script was made and nothing was "
+                         "submitted", where="--shards", fix=f"give --shards {BUCKETS} or fewer")
     try:
         for value, check in ((mem, check_mem), (time, check_time), (partition, check_name), (account, check_name)):
             if value is not None:
@@ -138,13 +159,20 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     db = _absolute(db)
     site = _absolute(site) if site else None
     config = _absolute(config) if config else None
+    # A staging (or log) folder that is a file, or lies under one: the script's mkdir failed when it was submitted
+    # (exit 3, "submitting the Slurm jobs failed"); refused now, as a --db that is a folder is
+    for folder, what in ((_absolute(staging) if staging else db + ".staging", "--staging" if staging else
+                          "the staging folder (<db>.staging, the default)"),
+                         (_absolute(log_dir) if log_dir else None, "the log folder")):
+        _require_folder(folder, what)
 
     run = [python, "-m", "chorus_batch", "run"]
     if config:
         run += ["--config", config]
     if site:
         run += ["--site", site]
-    run += ["--db", db, "--workers", str(cpus_per_task)]
+    # each job's --workers: its CPUs, up to what `run --workers` takes (a 512-CPU task's every shard was refused)
+    run += ["--db", db, "--workers", str(min(cpus_per_task, MAX_WORKERS))]
     shard_cmd = _q(run) + f' --shard "$SLURM_ARRAY_TASK_ID/{shards}" --staging "$CHORUS_STAGING"'
     merge_cmd = _q(run) + ' --merge "$CHORUS_STAGING"'
 
@@ -174,7 +202,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
 # Submit as is: `sbatch THIS_FILE` (this small job submits the others), or `bash THIS_FILE` on a login node.
 # It submits
 #   1. a job array of {shards} tasks ({SHARD_JOB}): task K lists and hashes shard K of {shards} of the site into
-#      STAGING/shard-K-of-{shards}/ with {cpus_per_task} workers; it never writes the manifest;
+#      STAGING/shard-K-of-{shards}/ with {min(cpus_per_task, MAX_WORKERS)} workers; it never writes the manifest;
 #   2. a merge job ({MERGE_JOB}) that starts once every task succeeded (--dependency=afterok): it checks the
 #      shards, commits, validates and reports as a plain `chorus-batch run`, and writes its exit code to
 #      STAGING/{MERGE_EXIT}. A failed task cancels it: rerun that shard, then the merge (commands below).
@@ -210,11 +238,12 @@ umask 077
 {make_staging}
 {logs_line}
 mkdir -p -- "$logs"
+# (sbatch reads % in --output as a pattern, %j the job id, even in the folder's name: a literal % is written %%)
 rm -f -- "$staging/{MERGE_EXIT}"
 export CHORUS_STAGING="$staging"
 
 shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
-    --chdir="$staging" --output="$logs/%x-%A_%a.out" <<'CHORUS_SHARD'
+    --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%A_%a.out" <<'CHORUS_SHARD'
 #!/bin/bash
 set -euo pipefail
 exec {shard_cmd}
@@ -226,7 +255,7 @@ trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submittin
 
 merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
     --dependency=afterok:"$shards_job" --kill-on-invalid-dep=yes \\
-    --chdir="$staging" --output="$logs/%x-%j.out" <<'CHORUS_MERGE'
+    --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%j.out" <<'CHORUS_MERGE'
 #!/bin/bash
 set -uo pipefail
 {merge_cmd}

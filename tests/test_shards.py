@@ -368,3 +368,211 @@ def test_a_shard_listed_with_other_exclusion_globs_is_refused_naming_it_and_its_
     run_shards(site, db, staging, shards=(0, 1, 2, 3))
     assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def config_site(snapshots: Path, tmp_path: Path) -> tuple[Path, Path, Path, Path, Path, Path]:
+    """A site with a [site.roots] root (one person's waveforms elsewhere) in cfg/chorus.toml, which names the manifest:
+    site, bedside, db, staging, cfg, the config."""
+    site, bedside, db, staging, there = (tmp_path / "site", tmp_path / "bedside", tmp_path / "m.sqlite",
+                                         tmp_path / "staging", tmp_path / "cfg")
+    shutil.copytree(snapshots / "first", site)
+    shutil.move(site / "000001" / "Waveforms", bedside / "000001" / "Waveforms")
+    there.mkdir()
+    config = there / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{bedside}"\n[manifest]\ndb = "{db}"\n')
+    return site, bedside, db, staging, there, config
+
+
+def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_config(snapshots, tmp_path):
+    """Shards run from a chorus.toml (here ./chorus.toml, read by default; a [site.roots] root): the merge's "rerun
+    it with" command and the shard's "merge with" named --site and --db but not the config, so the shard rerun as
+    told listed another site (without the [site.roots] root: the merge then refused it), or nothing. Each shard
+    records its flags in scan.json (the config as an absolute path); the rerun is told with them, from any folder."""
+    import shlex
+
+    site, bedside, db, staging, there, config = config_site(snapshots, tmp_path)
+    for k in (0, 1, 3):
+        out = cli("run", "--shard", f"{k}/{N}", "--staging", "../staging", "--workers", "2", cwd=there)
+        assert out.returncode == 0, out.stderr
+        said = out.stdout.split("merge with ", 1)[1].strip()
+        assert shlex.split(said) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
+                                     "--merge", str(staging)]
+    out = cli("run", "--config", str(config), "--merge", "staging", cwd=tmp_path)  # a relative folder, here
+    assert out.returncode == 2 and "shard 2/4 is missing" in out.stderr, out.stderr
+    rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
+    assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
+                                  "--shard", "2/4", "--staging", str(staging)]
+    # the command as told, from another folder: the shard lists the config's roots, the merge then commits
+    assert cli(*shlex.split(rerun)[2:], cwd=bedside).returncode == 0
+    out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate", cwd=tmp_path)
+    assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '000001/Waveforms/%'")[0][0] > 0
+
+
+def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_it_came_from(snapshots, tmp_path):
+    """--shard 1/99999999999999999999 was an internal error (polars' Int64 overflowed) once the listing began, and
+    a split into more shards than the site's 4096 buckets listed nothing in the extra ones; an array task whose id
+    was out of range was told about '6/4', not about its SLURM_ARRAY_* variables. All exit 2, nothing written;
+    `slurm-script --shards 4097` makes no script."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    common = ("run", "--site", str(site), "--db", str(db), "--staging", str(staging))
+    for shard in ("1/99999999999999999999", "0/4097", "4/4", "1/0"):
+        out = cli(*common, "--shard", shard)
+        assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+        assert f"invalid shard: '{shard}'" in out.stderr and "where: --shard\n" in out.stderr, out.stderr
+        assert "0 <= K < N <= 4096" in out.stderr
+    assert "at most 4096 shards" in cli(*common, "--shard", "0/4097").stderr
+    out = cli(*common, env={"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4"})
+    assert out.returncode == 2 and "SLURM_ARRAY_TASK_ID 6" in out.stderr and "SLURM_ARRAY_TASK_COUNT 4" in out.stderr
+    assert "where: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT" in out.stderr
+    assert not staging.exists() and not db.exists()
+    assert cli(*common, "--shard", "4096/4096").returncode == 2  # K < N
+    assert cli("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "--shard", "4095/4096").returncode == 0
+    out = cli("slurm-script", "--site", str(site), "--db", str(db), "--shards", "4097")
+    assert out.returncode == 2 and "at most 4096 shards" in out.stderr and out.stdout == ""
+
+
+def test_a_shard_given_in_a_slurm_array_task_other_than_its_own_is_said(snapshots, tmp_path):
+    """An array whose tasks were all given one fixed --shard (a script copied with `--shard 1/4` in it) listed shard 1
+    four times and the others never, silently until the merge named three missing shards. The --shard given is
+    still listed (a rerun is run so), and each task says that it is not its own."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    common = ("run", "--site", str(site), "--db", str(db), "--staging", str(staging), "-q")
+    array = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}
+    out = cli(*common, "--shard", "1/4", env=array)
+    assert out.returncode == 0 and (staging / "shard-1-of-4" / "scan.json").exists(), out.stderr
+    assert "--shard 1/4 is listed, not this Slurm array task's own shard 2/4 (SLURM_ARRAY_TASK_ID 2)" in out.stderr
+    for agreeing in (["--shard", "2/4"], []):  # as the script passes it, or from the variables alone
+        out = cli(*common, *agreeing, env=array)
+        assert out.returncode == 0 and "not this Slurm array task's own" not in out.stderr, out.stderr
+
+
+def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_run(snapshots, tmp_path):
+    """One shard rerun without the --config of the others (so without its [site.roots]) was refused as "the shards
+    scanned different roots", naming none, with "rerun every shard". It is now named, with the command that reruns it
+    as the merge is run; and when every shard alike differs from the merge (the merge run without the shards'
+    --config), the merge is told the command that merges with the shards' own settings. Nothing is committed."""
+    import shlex
+
+    site, _bedside, db, staging, there, config = config_site(snapshots, tmp_path)
+    for k in range(2):
+        assert cli("run", "--shard", f"{k}/2", "--staging", str(staging), cwd=there).returncode == 0
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))  # the merge without the config
+    assert out.returncode == 2 and f"the shards scanned {site}, {_bedside} ([site.roots] Waveforms), not this " \
+                                   f"run's site {site}; nothing was committed" in out.stderr, out.stderr
+    told = out.stderr.split("merge with the settings the shards ran with: ", 1)[1].split("; or rerun", 1)[0]
+    assert shlex.split(told) == ["chorus-batch", "run", "--config", str(config), "--merge", str(staging)]
+    # one shard rerun without the config: named, with its rerun as this merge is run
+    assert cli("run", "--site", str(site), "--db", str(db), "--shard", "1/2", "--staging", str(staging)).returncode == 0
+    out = cli("run", "--config", str(config), "--merge", str(staging))
+    assert out.returncode == 2 and f"shard 1/2 listed other roots ({site}) than this merge's site" in out.stderr, \
+        out.stderr
+    assert "shard 0/2" not in out.stderr and "nothing was committed" in out.stderr
+    rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
+    assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--shard", "1/2", "--staging",
+                                  str(staging)]
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    assert cli(*shlex.split(rerun)[2:]).returncode == 0
+    out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
+
+
+def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, small_disk):
+    """The staging disk filled after a shard's files.parquet and errors.parquet were written, before its
+    facts.parquet: the two stayed (no scan.json: of no use to the merge) and kept the disk full for the other shards,
+    and the message said neither that nor what to rerun. Now none of the shard's files stay, and it says so with
+    the command that reruns it; nothing was committed."""
+    import os
+
+    site = tmp_path / "site"
+    make_testdata(site, Spec(persons=40, files_per_person=10, size=64))
+    db, roomy = tmp_path / "m.sqlite", tmp_path / "roomy"
+    shard = ("run", "--site", str(site / "first"), "--db", str(db), "--shard", "0/2", "--staging")
+    assert cli(*shard, str(roomy)).returncode == 0
+    pages = lambda path: -(-path.stat().st_size // 4096) * 4096  # noqa: E731  (tmpfs takes whole pages)
+    written = sum(pages(roomy / "shard-0-of-2" / name) for name in ("files.parquet", "errors.parquet"))
+    assert pages(roomy / "shard-0-of-2" / "facts.parquet") >= 3 * 4096  # a margin for the free space below
+    staging = small_disk / "staging"
+    staging.mkdir()
+    filler = fill(small_disk)
+    size = filler.stat().st_size
+    os.truncate(filler, size - written - 4096)  # room for files.parquet and errors.parquet, not for facts.parquet
+    out = cli(*shard, str(staging))
+    assert out.returncode == 2 and "facts.parquet: No space left on device" in out.stderr, out.stderr
+    assert list((staging / "shard-0-of-2").iterdir()) == []
+    assert f"shard 0 of 2 was not written (none of its files were left in {staging / 'shard-0-of-2'}); nothing " \
+           "was committed" in out.stderr
+    assert f"rerun it with: chorus-batch run --site {site / 'first'} --db {db} --shard 0/2 --staging {staging}" in out.stderr
+    filler.unlink()
+    assert cli(*shard, str(staging)).returncode == 0 and (staging / "shard-0-of-2" / "scan.json").exists()
+
+
+def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_path):
+    """A merge run twice at once (a requeued merge job, a hand-run merge beside the job) was told "shards are still
+    being written into ...: wait for the shards to finish (`squeue`)" of shards that had all ended: the holder of the
+    staging lock was the other merge. It is now said as such (exit 4); the first merge commits, once."""
+    import os
+    import subprocess
+    import sys
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stderr is not None
+    while "test pause at commit" not in (line := first.stderr.readline()):
+        assert line or first.poll() is None, "the merge never reached its commit"
+    second = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    out, err = first.communicate(timeout=120)
+    assert second.returncode == 4, second.stderr
+    assert f"another merge is reading and committing the shards in {staging}" in second.stderr
+    assert "still being written" not in second.stderr and "nothing was committed by this one" in second.stderr
+    assert first.returncode in (0, 1) and "committed to" in out, err
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_shard_that_ran_where_the_site_is_not_mounted_is_refused_not_merged_as_removals(snapshots, tmp_path):
+    """A shard on a node where the site's file system is not mounted (an empty mount point) listed none of its
+    files, exit 0, and the merge committed them all as removed (exit 0), where a single-node run is refused. Each
+    shard records the roots it found empty, and where it ran; the merge names the shard, the host and the rerun,
+    and commits nothing."""
+    import subprocess
+    import sys
+
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    run_shards(site, db, staging, shards=(0, 2, 3))
+    unmounted = subprocess.run(  # shard 1 in a mount namespace of its own, with an empty file system over the site
+        ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(site), sys.executable, "-m",
+         "chorus_batch", "run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging)],
+        capture_output=True, text=True)
+    assert unmounted.returncode == 0 and f"shard 1/{N}: 0 files" in unmounted.stdout, unmounted.stderr
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 1/{N} found {site} empty on " in out.stderr and "the site not mounted there?" in out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    run_shards(site, db, staging, shards=(1,))  # rerun where it is mounted: merged, nothing removed
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1) and "no changes since version" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_damaged_shard_is_named_with_its_rerun_beside_the_others(snapshots, tmp_path):
+    """A shard's scan.json cut short (a full disk, a copy) or its files.parquet gone stopped the merge at that shard
+    with "not a complete scan result ... run the scan (or shard) again": no rerun command, no word of the other
+    shards, nor that nothing was committed. It is now a problem named like a missing shard, with its rerun."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    (staging / f"shard-1-of-{N}" / "scan.json").write_text('{"roots": [')
+    (staging / f"shard-2-of-{N}" / "files.parquet").unlink()
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    for k in (1, 2):
+        assert f"shard {k}/{N} is damaged (not a complete scan result: " in out.stderr
+        assert f"--shard {k}/{N} --staging {staging}" in out.stderr
+    assert "nothing was committed" in out.stderr
+    run_shards(site, db, staging, shards=(1, 2))
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]

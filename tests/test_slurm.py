@@ -45,7 +45,7 @@ def test_script_has_the_options_given_and_no_others(tmp_path):
             assert absent not in line, (absent, line)
     assert "#SBATCH --partition" not in bare and "#SBATCH --account" not in bare
     shards = _sbatch_line(bare, "shards_job")
-    assert "--array=0-3" in shards and '--output="$logs/%x-%A_%a.out"' in shards
+    assert "--array=0-3" in shards and r'--output="${logs//\%/%%}/%x-%A_%a.out"' in shards
     merge = _sbatch_line(bare, "merge_job")
     assert '--dependency=afterok:"$shards_job"' in merge and "--kill-on-invalid-dep=yes" in merge
     assert '--shard "$SLURM_ARRAY_TASK_ID/4" --staging "$CHORUS_STAGING"' in bare
@@ -305,6 +305,22 @@ def test_follow_returns_the_merges_exit_code(slurm, stand_in, tmp_path, monkeypa
     assert len(calls) == 4 and "--merge" in calls[-1]  # the merge ran last, after the three shards
     job = parse_submitted("\n".join(lines))
     assert all((job.logs / f"chorus-shard-{job.array_job}_{k}.out").exists() for k in range(3))
+    slurm.wait_idle()
+
+
+def test_a_staging_folder_with_a_percent_sign_gets_its_logs(slurm, stand_in, tmp_path, monkeypatch):
+    """sbatch reads % in --output as a pattern even in the folder's name: a staging folder "st 100%j" sent the
+    jobs' output to "st 100<job id>/logs/...", a folder that is not there, so the logs the follower names were never
+    written. The script writes a literal % as %%."""
+    python, _log = stand_in
+    staging = tmp_path / "st 100%j"
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                          python=str(python), staging=str(staging))
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 0, lines
+    job = parse_submitted("\n".join(lines))
+    assert job.logs == staging / "logs"
+    assert all(job.shard_log(k).exists() for k in range(2)) and job.merge_log().exists(), list(tmp_path.rglob("*"))
     slurm.wait_idle()
 
 
@@ -605,3 +621,46 @@ def test_an_array_sbatch_refuses_is_said_with_sbatchs_message_and_what_to_do(slu
     assert proc.returncode == 2 and "sbatch refused the shards' job array: sbatch: error:" in proc.stderr, proc.stderr
     assert "--partition" in proc.stderr and "nothing was committed" in proc.stderr
     assert slurm.active() == []
+
+
+def test_a_task_with_more_cpus_than_run_takes_workers_runs_its_shard(tmp_path):
+    """--cpus-per-task 300 (a big node) was also each job's --workers 300, which `run` refuses (at most 256): every
+    shard of the night failed with exit 2. The jobs now run with --workers up to 256, on all the CPUs they have."""
+    record, bin_dir = tmp_path / "record", tmp_path / "bin"
+    record.mkdir()
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", FAKE_SBATCH)
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "st"
+    (site / "000001").mkdir(parents=True)
+    (site / "000001" / "a.txt").write_text("a")
+    script = slurm_script(site=str(site), db=str(db), shards=1, cpus_per_task=300, staging=str(staging))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record)}
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    args100, body100 = (record / "100").read_text().split("---\n")
+    assert "--cpus-per-task=300" in args100.splitlines()
+    # the shard's job body as Slurm runs it, with the real interpreter: it lists its shard
+    env_job = {**os.environ, "SLURM_ARRAY_TASK_ID": "0", "CHORUS_STAGING": str(staging)}
+    shard = subprocess.run(["bash", "-c", body100], env=env_job, capture_output=True, text=True)
+    assert shard.returncode == 0, shard.stderr
+    assert "--workers 256" in body100 and (staging / "shard-0-of-1" / "scan.json").exists()
+
+
+@pytest.mark.parametrize("command", [["slurm-script"], ["run", "--slurm"]])
+def test_a_staging_folder_that_is_a_file_is_refused_before_a_script_is_made(tmp_path, command):
+    """--staging naming a file (or a path under one), or a file where the default <db>.staging goes: the script was
+    printed, and submitted its mkdir failed (`run --slurm`: exit 3, "submitting the Slurm jobs failed", nothing said
+    of what was submitted). Now exit 2 before any script is made, naming the file."""
+    site, db, afile = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "afile"
+    site.mkdir()
+    afile.write_text("x")
+    for staging in (afile, afile / "below"):
+        out = cli(*command, "--site", str(site), "--db", str(db), "--staging", str(staging))
+        assert out.returncode == 2, out.stderr
+        assert f"{afile} is a file, not a folder; no script was made and nothing was submitted" in out.stderr
+        assert out.stdout == ""
+    (tmp_path / "m.sqlite.staging").write_text("x")
+    out = cli(*command, "--site", str(site), "--db", str(db))
+    assert out.returncode == 2 and f"{db}.staging is a file, not a folder" in out.stderr, out.stderr
+    assert cli("slurm-script", "--site", str(site), "--db", str(db), "--staging",
+               str(tmp_path / "new" / "st")).returncode == 0  # a folder that is not there yet: made by the script
