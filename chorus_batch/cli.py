@@ -799,6 +799,29 @@ def cmd_run_slurm(args: argparse.Namespace, argv: list[str]) -> int:
     return submit_and_follow(script, out=lambda line: print(line, flush=True))
 
 
+# What a shard never does (it lists and hashes; the merge commits) and what a merge never does (the shards hash): given
+# on the command line to the other side they were dropped without a word (chorus.toml's values serve both sides)
+_MERGE_ONLY = ("parquet", "version_label", "max_delete", "delete_list")
+_SHARD_ONLY = ("rehash",)
+
+
+def _refuse_flags_of_the_other_side(args: argparse.Namespace, settings) -> None:
+    def given(names: tuple[str, ...]) -> str:
+        options = {"version_label": "--version"}
+        return ", ".join(options.get(name, "--" + name.replace("_", "-")) for name in names if getattr(args, name, None))
+
+    if settings.shard is not None or settings.staging is not None:
+        flags = given(_MERGE_ONLY)
+        if flags:
+            raise UsageError(f"{flags} would do nothing in a shard: a shard only lists and hashes, the merge commits",
+                             where="run --shard", fix=f"give {flags} to the merge (chorus-batch run --merge DIR ...)")
+    elif settings.merge is not None:
+        flags = given(_SHARD_ONLY)
+        if flags:
+            raise UsageError(f"{flags} would do nothing in a merge: the shards have hashed already", where="run --merge",
+                             fix=f"run the shards again with {flags}, then merge")
+
+
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     if getattr(args, "slurm", False):
         return cmd_run_slurm(args, argv)
@@ -810,6 +833,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
     target = _resolve(args)
     settings = _run_settings(args, target)
+    _refuse_flags_of_the_other_side(args, settings)
     with _early_listing(settings):  # walking while the libraries load
         if settings.shard is not None or settings.staging is not None:
             return _run_shard(args, settings)

@@ -432,6 +432,30 @@ def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_
     assert out.returncode == 2 and "at most 4096 shards" in out.stderr and out.stdout == ""
 
 
+def test_flags_the_other_side_acts_on_are_refused_not_dropped(snapshots, tmp_path):
+    """A shard given --parquet, --version, --max-delete or --delete-list (what the merge's commit does), or a merge
+    given --rehash (what the shards' hashing does), dropped them without a word: a site that thought it had asked for
+    a snapshot, a label or a tighter guard got none. Exit 2 naming them and the side that takes them; nothing
+    written. chorus.toml's values serve both sides and stay accepted."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    shard = ("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
+    for flags in (("--parquet", str(tmp_path / "pq")), ("--version", "v1"), ("--max-delete", "10"),
+                  ("--delete-list", str(tmp_path / "gone.txt"))):
+        out = cli(*shard, *flags)
+        assert out.returncode == 2, out.stderr
+        assert f"{flags[0]} would do nothing in a shard" in out.stderr and "give " + flags[0] + " to the merge" in out.stderr
+    assert not staging.exists() and not db.exists() and not (tmp_path / "pq").exists()
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[manifest]\nparquet = "{tmp_path / "pq"}"\n[run]\nmax_delete = 10\n')
+    run_shards(site, db, staging)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--rehash")
+    assert out.returncode == 2 and "--rehash would do nothing in a merge" in out.stderr, out.stderr
+    assert "run the shards again with --rehash" in out.stderr and not db.exists()
+    out = cli("run", "--config", str(config), "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode in (0, 1), out.stderr  # (the config's parquet and max_delete: the merge's)
+    assert (tmp_path / "pq").is_dir()
+
+
 def test_a_shard_given_in_a_slurm_array_task_other_than_its_own_is_said(snapshots, tmp_path):
     """An array whose tasks were all given one fixed --shard (a script copied with `--shard 1/4` in it) listed shard 1
     four times and the others never, silently until the merge named three missing shards. The --shard given is
