@@ -357,6 +357,21 @@ def _close(word: str, choices: list[str]) -> str | None:
     return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
 
 
+def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
+    """The settings of a TOML table (dotted, as written) whose text is empty or blank (False), or that list such
+    a text (True)."""
+    found = []
+    for key, value in data.items():
+        setting = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found += _empty_settings(value, f"{setting}.")
+        elif isinstance(value, str) and not value.strip():
+            found.append((setting, False))
+        elif isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+            found.append((setting, True))
+    return found
+
+
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and validate chorus.toml; paths in it become absolute."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):  # a notebook's None: said, not a TypeError
@@ -405,19 +420,23 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             where=f"{path} [{setting}]",
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
+    base = path.resolve().parent
+    # A text setting written empty is refused, whichever it is: an empty path would become the config file's own
+    # folder (the site, or snapshots and a manifest written there), and `name = ""` was taken as no name at all
+    # while `root = ""` was refused. (Validation above passed: every setting here is a known one.)
+    paths = {"site.root", "manifest.db", "manifest.parquet"}
+    for setting, listed in _empty_settings(data):
+        section, key = setting.rsplit(".", 1)
+        is_path = setting in paths or section == "site.roots"
+        raise ConfigError(f"setting {setting!r} " + ("lists an empty text" if listed else "is empty"),
+                          where=f"{path} [{section}] {key}",
+                          fix=("remove the empty entry from the list" if listed else
+                               (f"give a path (relative to {base})" if is_path else f"give {key} a value")
+                               + ", or remove the line for the default") + f" ({CONFIG_HELP})")
     if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)
         from .classify import build_patterns
 
         build_patterns(config.patterns, str(path))
-    base = path.resolve().parent
-    # An empty path would become the config file's own folder: the site, or snapshots and a manifest written there
-    for setting, value in (("site.root", config.site.root), ("manifest.db", config.manifest.db),
-                           ("manifest.parquet", config.manifest.parquet),
-                           *((f"site.roots.{k}", v) for k, v in config.site.roots.items())):
-        if value is not None and not value.strip():
-            raise ConfigError(f"setting {setting!r} is empty", where=f"{path} [{setting.rsplit('.', 1)[0]}]",
-                              fix=f"give a path (relative to {base}), or remove the setting for its default "
-                                  f"({CONFIG_HELP})")
     config.site.root = resolve_path(base, config.site.root, f"{path} [site] root")
     config.site.roots = {k: resolve_path(base, v, f"{path} [site.roots] {k}")  # type: ignore[misc]
                          for k, v in config.site.roots.items()}

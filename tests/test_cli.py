@@ -107,6 +107,11 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[manifest]\ndb = ""\n', "setting 'manifest.db' is empty"),
         ('[site]\nroot = " "\n', "setting 'site.root' is empty"),
         ('[site.roots]\nImages = ""\n', "setting 'site.roots.Images' is empty"),
+        # `name = ""` was taken as no name while `root = ""` was refused: every text setting written empty is refused
+        ('[site]\nroot = "x"\nname = ""\n', "setting 'site.name' is empty"),
+        ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
+        ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
+        ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
         # a negative count was taken, and refused every later run; a union named its member ('run.max_delete.str')
         ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': Value error, -5 is not"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
@@ -119,6 +124,7 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     out = cli("run", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+    assert f"where: {config}" in out.stderr, out.stderr  # the file, then the setting
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]  # nothing written
 
 
