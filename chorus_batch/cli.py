@@ -525,8 +525,9 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: CPU count, at most 16)")
     parser.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
-                        help="refuse a version that removes more of the previous version's files than this (default: "
-                             "50%%; a root that lists no files at all is refused unless 'all')")
+                        help="refuse a version that removes more of the previous version's files than this: a "
+                             "share of them (50%%, the default), a number of files (1000), or all (no limit); a root "
+                             "that lists no files at all is refused unless 'all'")
     parser.add_argument("--cloud-md5", choices=["stored-or-download", "download", "stored-only"],
                         help="cloud roots (az://, s3://): where a new or changed file's MD5 comes from. stored-or-download "
                              "(default): the storage's own MD5 (Azure Content-MD5, S3 single-part ETag), else download and "

@@ -101,7 +101,12 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
             return "count", float(int(text))  # max_delete = -5 (an int in TOML) refused every later run
     except ValueError:
         pass
-    raise ValueError(f"{value!r} is not a percentage (e.g. 50%), a number of files (e.g. 1000) or all")
+    if isinstance(value, float) and not isinstance(value, bool):  # max_delete = 0.5 or 50.0: a share meant as a number
+        raise ValueError(f"{value!r} is neither a number of files (a whole number such as 1000) nor a percentage, "
+                         f"which is written as text with % (max_delete = \"{value * 100 if value <= 1 else value:g}%\" "
+                         "in chorus.toml)")
+    raise ValueError(f"{value!r} is not a percentage of the previous version's files (e.g. 50%), a number of files "
+                     "(e.g. 1000) or all")
 
 
 class SiteSection(_Strict):
@@ -129,7 +134,8 @@ class RunSection(_Strict):
     follow_symlinks: bool = False
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)
     validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
-    max_delete: str | int = "50%"  # the most of the previous version's files one run may remove
+    # the most of the previous version's files one run may remove: "50%" a share of them, 1000 (or "1000") a count
+    max_delete: str | int = "50%"
     verify_sample: float = Field(default=1.0, ge=0, le=100)  # % of the site's files re-read each run (0: off)
     verify_max_bytes: str | int = "10GiB"  # ... but at most this much a run
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
@@ -142,10 +148,11 @@ class RunSection(_Strict):
         parse_bytes(value)
         return value
 
-    @field_validator("max_delete")
+    @field_validator("max_delete", mode="before")
     @classmethod
-    def _max_delete(cls, value: str | int) -> str | int:
-        parse_max_delete(value)
+    def _max_delete(cls, value: object) -> object:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):  # a float: said as not a share
+            parse_max_delete(value)
         return value
 
 
@@ -408,7 +415,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 fix=(f"rename it to {meant!r}" if meant else "remove it") + f" ({CONFIG_HELP}; known here: "
                     + ", ".join(known) + ")",
             ) from None
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
         branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
         loc = first["loc"]
         if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting

@@ -113,7 +113,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
         # a negative count was taken, and refused every later run; a union named its member ('run.max_delete.str')
-        ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': Value error, -5 is not"),
+        ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': -5 is not"),
+        # a share written as a number (0.5, 50.0) said only "should be text or a whole number"
+        ("[run]\nmax_delete = 0.5\n", 'nor a percentage, which is written as text with % (max_delete = "50%"'),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
     ],
 )

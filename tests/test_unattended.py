@@ -79,7 +79,14 @@ def test_more_removals_than_allowed_are_refused(site, db):
         (site / f"{i:06d}" / "Waveforms" / "Telemetry" / f"{9000 + i}" / f"{9000 + i}.dat").unlink()
     out = run(site, db)
     assert out.returncode == ExitCode.REFUSED and "6 of the previous version's 10 files (60.0%)" in out.stderr
-    assert run(site, db, "--max-delete", "5").returncode == ExitCode.REFUSED
+    assert "max_delete 50% allows (50% of them, 5 files)" in out.stderr, out.stderr  # what the limit counts, said
+    out = run(site, db, "--max-delete", "5")
+    assert out.returncode == ExitCode.REFUSED and "max_delete 5 allows (5 files)" in out.stderr, out.stderr
+    # a bare number in chorus.toml counts files (max_delete = 50 is not half): the refusal says so
+    config = site.parent / "count.toml"
+    config.write_text("[run]\nmax_delete = 5\n")
+    out = run(site, db, "--config", str(config))
+    assert out.returncode == ExitCode.REFUSED and "(5 files)" in out.stderr, out.stderr
     assert run(site, db, "--max-delete", "60%", "-q").returncode == 0
     assert set(current_rows(db)) == set(tree_md5(site))
 
