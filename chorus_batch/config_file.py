@@ -15,24 +15,45 @@ CONFIG_NAME = "chorus.toml"
 
 
 def config_path(given: str | None) -> str | None:
-    """The config file a command reads: --config, else ./chorus.toml if there is one, else none."""
-    return given or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
+    """The config file a command reads: --config, else ./chorus.toml if there is one, else none. A ./chorus.toml
+    that is there but is no file (a folder, a link to a share that is not mounted) is returned, to be refused as
+    it is read: skipped, a nightly run went on with the defaults (another manifest, another max_delete)."""
+    return given or (CONFIG_NAME if os.path.lexists(CONFIG_NAME) else None)
+
+
+# tomllib's words for a setting or a section given twice: the position it names is the second one
+_TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is at the position given)",
+          "Cannot declare": "a section is declared twice (the second is at the position given)"}
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Notepad writes one) was "Invalid statement (at line 1, column 1)"
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
+        if path.is_symlink():  # (the link is there, what it leads to is not)
+            raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
+                              where=str(path), fix="mount or restore what it leads to (or correct the link), then "
+                                                   "run again") from None
         raise ConfigError(f"config file not found: {path}", where=str(path),
                           fix="pass --config with an existing file, or omit it") from None
+    except IsADirectoryError:
+        inside = path / CONFIG_NAME
+        raise ConfigError(f"config file {path} is a folder, not a file", where=str(path),
+                          fix=f"pass --config {inside}" if inside.is_file() else
+                              "pass --config with the chorus.toml file itself" + (
+                                  f" (or rename the folder ./{CONFIG_NAME}: a run reads that name when it is given "
+                                  "no --config)" if str(path) == CONFIG_NAME else "")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file: {exc}", where=str(path),
                           fix="check the file's permissions and encoding (UTF-8)") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file is not valid TOML: {exc}", where=str(path),
-                          fix="fix the TOML syntax at the position given") from None
+        said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
+        raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
+                          fix="keep one of the two and remove the other" if said else
+                              "fix the TOML syntax at the position given") from None
 
 
 def resolve_path(base: Path, value: str | None, what: str) -> str | None:

@@ -130,6 +130,41 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]  # nothing written
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda toml: toml.mkdir(), "config file chorus.toml is a folder, not a file"),
+    (lambda toml: toml.symlink_to("/nonexistent-share/chorus.toml"),
+     "config file chorus.toml is a symbolic link to /nonexistent-share/chorus.toml, which is not there"),
+])
+def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, make, message):
+    """A ./chorus.toml that was a folder or a link to an unmounted share was passed over: the nightly run went on
+    with --site alone, the default manifest (a new one, here) and the default max_delete; exit 0."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    make(tmp_path / "chorus.toml")
+    out = cli("run", "--site", str(tmp_path / "site"), "--no-validate", "-q", cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "fix:" in out.stderr, (out.returncode, out.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
+
+
+@pytest.mark.parametrize("toml, message, fix", [
+    ("[run]\nworkers = 2\nworkers = 3\n", "a setting is given twice", "keep one of the two"),
+    ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "a section is declared twice", "keep one of the two"),
+])
+def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
+    (tmp_path / "c.toml").write_text(toml)
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
+
+
+def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
+    """Notepad's UTF-8 starts with a byte-order mark: 'not valid TOML: Invalid statement (at line 1, column 1)'."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_bytes(b'\xef\xbb\xbf[site]\nname = "site-bom"\n[run]\nvalidate = false\n')
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
+    assert out.returncode == 0, out.stderr
+    assert query(db, "SELECT site FROM versions") == [("site-bom",)]
+
+
 def test_missing_site_is_a_usage_error(tmp_path):
     out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "not a readable directory" in out.stderr
