@@ -325,6 +325,45 @@ def test_a_failure_after_the_commit_says_the_version_was_committed(site, db, tmp
     assert query(db, "SELECT exit_code, version FROM runs") == [(3, label)]
 
 
+@pytest.mark.parametrize("point, remove, committed", [
+    ("commit", "files", True),  # the manifest and its -wal removed, the folder kept, just before the commit
+    ("validate", "folder", True),  # the manifest's folder removed after the commit
+    ("checkpoint", "folder", False),  # ... while the run hashes: nothing committed
+])
+def test_a_manifest_removed_while_the_run_goes_on_is_said_and_not_made_again(tmp_path, point, remove, committed):
+    """The manifest (or its folder) removed by a clean-up job mid-run: the run said "SQLite failed on the manifest:
+    failed to allocate memory ... report it", "nothing was committed; version X stays the latest" or "version X was
+    committed to <path>" (it went with the removed file), and made a new, empty manifest where the old one was."""
+    site, out = tmp_path / "site", tmp_path / "out"
+    many(site, 5)
+    out.mkdir()
+    db = out / "m.sqlite"
+    assert run(site, db, "-q").returncode == 0
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": f"{point}+2", "CHORUS_BATCH_CHECKPOINT_S": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                             "--rehash", "--workers", "1"] + ([] if point == "validate" else ["--no-validate"]),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    while not said or "test pause at" not in said[-1]:
+        said.append(proc.stderr.readline())
+        assert said[-1] or proc.poll() is None, "".join(said)
+    if remove == "folder":
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    else:
+        for path in out.glob("m.sqlite*"):
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.FAILED, err
+    assert f"the manifest {db} was removed or moved while this run went on" in err, err
+    assert ("was committed into that file before it went: it is not in" in err) == committed, err
+    assert ("nothing was committed to" in err) != committed, err
+    assert "stays the latest" not in err and " was committed to " not in err.replace("nothing was", "") \
+        and "report it" not in err, err
+    assert not db.exists()  # no new, empty manifest in its place
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda db: db.mkdir(), "names a folder"),
     (lambda db: db.write_text("notes, not a database\n" * 100), "not a readable SQLite database"),
