@@ -1574,6 +1574,28 @@ def in_utf8_mode() -> None:
                 stream.reconfigure(errors="backslashreplace")
 
 
+class _Messages:
+    """Standard error for a command: a message that cannot be written (a full disk, /dev/full, a reader gone) is lost,
+    not the command's exit code. The OSError a failed error message raised ended the interpreter with exit 1, "success
+    with findings", for a usage error (2) or a failed run (3)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # (ValueError: a stream closed under us)
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def entry() -> None:
     """Console-script and `python -m` entry: run, flush, and leave without the
     interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
@@ -1583,6 +1605,8 @@ def entry() -> None:
     standard_streams_open()  # first: before any file or pipe can take descriptor 0, 1 or 2
     try:  # Ctrl-C before main's own handling begins (arguments read, handlers installed): one line, exit 130
         in_utf8_mode()
+        if sys.stderr is not None:
+            sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]
         return_freed_memory()
         code = main()
     except KeyboardInterrupt:

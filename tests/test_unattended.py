@@ -624,6 +624,26 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     assert f"version {label} was committed" in out.stderr and "nothing was committed" not in out.stderr
 
 
+@pytest.mark.parametrize("args, stdout_full, code", [
+    (("--site", "/nonexistent-site"), False, ExitCode.USAGE),  # was 1: the error message's OSError ended Python
+    ((), True, ExitCode.FAILED),  # the summary and the message saying so both lost: was 1, "success with findings"
+    ((), False, ExitCode.OK),  # the progress lines lost: the run is what it was
+])
+def test_a_standard_error_that_cannot_be_written_keeps_the_exit_code(tmp_path, args, stdout_full, code):
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site),
+                              "--db", str(db), *args], stdout=full if stdout_full else subprocess.PIPE, stderr=full,
+                             text=True)
+    assert out.returncode == code
+    if code == ExitCode.USAGE:
+        assert not db.exists()
+    else:
+        assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
 def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_nothing_was_kept(site, tmp_path):
     """`validate --site DIR` without --db commits to a temporary manifest that is removed: a signal after that
     commit must not say a version 'stays'."""
