@@ -364,6 +364,12 @@ def _close(word: str, choices: list[str]) -> str | None:
     return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
 
 
+# pydantic's type errors, as the kind of TOML value the setting takes
+_KINDS = {"int_type": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
+          "bool_type": "true or false", "string_type": "text in quotes", "list_type": 'a list, such as ["a", "b"]',
+          "dict_type": "a table of settings", "model_type": "a table of settings ([section])"}
+
+
 def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
     """The settings of a TOML table (dotted, as written) whose text is empty or blank (False), or that list such
     a text (True)."""
@@ -422,9 +428,18 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
             setting = ".".join(str(p) for p in loc[:-1])
             message = f"should be {' or '.join(said)}, not {json.dumps(first['input'], default=str)}"  # as TOML spells it
+            loc = loc[:-1]
+        elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
+            message = f"should be {_KINDS[first['type']]}, not {json.dumps(first['input'], default=str)}"
+        elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
+            message = f"{message.removeprefix('Input ')}, not {json.dumps(first['input'], default=str)}"
+        if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
+            message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
+            setting = ".".join(str(p) for p in loc)
+        section, key = (".".join(str(p) for p in loc[:-1]), str(loc[-1])) if len(loc) > 1 else (setting, "")
         raise ConfigError(
             f"invalid setting {setting!r}: {message}",
-            where=f"{path} [{setting}]",
+            where=f"{path} [{section}] {key}".rstrip(),
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
     base = path.resolve().parent

@@ -116,6 +116,11 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': -5 is not"),
         # a share written as a number (0.5, 50.0) said only "should be text or a whole number"
         ("[run]\nmax_delete = 0.5\n", 'nor a percentage, which is written as text with % (max_delete = "50%"'),
+        # "Input should be a valid integer" said neither what was written nor what it should be; a list's entry was
+        # 'run.exclude.0'
+        ("[run]\nworkers = 8.0\n", "invalid setting 'run.workers': should be a whole number, not 8.0"),
+        ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
+        ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
     ],
 )
