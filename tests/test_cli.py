@@ -200,6 +200,17 @@ def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path
     assert out.returncode == 0, out.stderr
 
 
+def test_a_misspelt_variable_is_warned_of_not_taken_silently(site, tmp_path):
+    """CHORUS_BATCH_PROGRES_S=60 in a cron job left the default of 5 s in force, and nothing said so."""
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "-q",
+              env={"CHORUS_BATCH_PROGRES_S": "60", "CHORUS_BATCH_CHECKPOINT_S": "2.5"})
+    assert out.returncode == 0, out.stderr
+    assert ("environment variable CHORUS_BATCH_PROGRES_S is not one chorus-batch reads; it is ignored (did you mean "
+            "CHORUS_BATCH_PROGRESS_S?)") in out.stderr, out.stderr
+    assert "CHORUS_BATCH_CHECKPOINT_S is not" not in out.stderr
+
+
 def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_folder(site, tmp_path):
     # `versions --config FILE` was "unrecognized argument --config": only ./chorus.toml was read
     write(site, "OMOP/person.csv", b"person_id\n1\n")
