@@ -123,6 +123,21 @@ def test_a_link_planted_as_the_lock_holder_file_is_not_written_through(site, db,
     assert not os.path.lexists(f"{db}.lock.json")  # removed when the run ends, as every run's
 
 
+def test_a_link_planted_as_the_lock_file_is_refused_and_makes_nothing_where_it_points(site, db, tmp_path):
+    """<manifest>.lock was opened with O_CREAT through a symbolic link: the file it points to was made (as root
+    under cron, anywhere), and then the run failed with "Too many levels of symbolic links", told to pass --db "on an
+    ordinary file system"."""
+    write(site, "OMOP/a.csv", b"a")
+    target = tmp_path / "made-through-the-link"
+    Path(f"{db}.lock").symlink_to(target)
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
+    assert out.returncode == 3, out.stderr
+    assert f"the manifest's lock file is a symbolic link (to {target})" in out.stderr and "remove the link" in out.stderr
+    assert not target.exists() and not db.exists()
+    Path(f"{db}.lock").unlink()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+
+
 def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_was_committed(site, db, monkeypatch):
     from chorus_batch.errors import AfterCommitError
     from chorus_batch.store import Manifest
