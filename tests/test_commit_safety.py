@@ -138,6 +138,26 @@ def test_a_link_planted_as_the_lock_file_is_refused_and_makes_nothing_where_it_p
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
 
 
+@pytest.mark.parametrize("side", ["-wal", "-shm", "-journal"])
+def test_a_link_planted_as_a_file_sqlite_keeps_beside_the_manifest_is_said_to_be_one(site, db, tmp_path, side):
+    """SQLite refuses a -wal, -shm or -journal that is a symbolic link; the run said "this user cannot write its
+    folder ... its -wal file holds commits" or "attempt to write a readonly database: make the manifest writable"."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    Path(f"{db}{side}").symlink_to(victim)
+    write(site, "OMOP/b.csv", b"b")
+    for command in (("run", "--no-validate", "--site", str(site)), ("versions",)):
+        out = cli(*command, "--db", str(db), "-q")
+        assert out.returncode == 3, out.stderr
+        assert f"{db}{side} is a symbolic link (to {victim})" in out.stderr and "remove the link" in out.stderr, out.stderr
+        assert "readonly" not in out.stderr and "cannot write its folder" not in out.stderr
+    assert victim.read_text() == "precious\n"
+    Path(f"{db}{side}").unlink()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+
+
 def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_was_committed(site, db, monkeypatch):
     from chorus_batch.errors import AfterCommitError
     from chorus_batch.store import Manifest

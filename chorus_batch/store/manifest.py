@@ -226,6 +226,13 @@ class Manifest:
     def _sqlite_source(self) -> str:
         if (gone := self.vanished()) is not None:  # (sqlite3 would make a new, empty database there)
             raise gone
+        for side in ("-wal", "-shm", "-journal"):  # SQLite refuses them through a link, and said "readonly database"
+            beside = Path(f"{self.path}{side}")
+            if beside.is_symlink():
+                raise ManifestError(
+                    f"{beside} is a symbolic link (to {os.readlink(beside)}): SQLite opens no {side} file of a "
+                    "database through one, so the manifest can be neither read nor written", where=str(beside),
+                    fix=f"remove the link (SQLite makes its {side} file itself, beside the manifest), then run again")
         """The path, or a read-only URI for a reader who cannot write beside the manifest (a reviewer with
         read access: a file mode 0400/0444, a read-only folder or share). A WAL database read-write needs its
         -shm file, which SQLite cannot create there ("attempt to write a readonly database" on every read);
