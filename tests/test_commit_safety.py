@@ -74,6 +74,7 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
         assert second.returncode == ExitCode.LOCKED
         assert f"pid {holder.pid}" in second.stderr
         assert "host" in second.stderr and "started" in second.stderr
+        assert "this run did nothing; run it again once that run has finished" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
     finally:
         holder.kill()

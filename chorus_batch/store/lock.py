@@ -111,7 +111,9 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         raise ManifestLocked(
             f"the manifest is locked by another {kind}: {holder}",
             where=str(lock_path),
-            fix=f"wait for that {kind} to finish; if it is gone, the lock is released automatically",
+            # (said: a cron log shows this line alone, and exit 4 is not in everyone's head)
+            fix=f"this {kind} did nothing; run it again once that {kind} has finished (if that process is gone, its "
+                "lock went with it)",
         ) from None
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None
