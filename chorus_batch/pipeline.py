@@ -440,6 +440,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     elif not settings.dry_run:
         try:
             findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
+        except (KeyboardInterrupt, Stopped) as exc:
+            if label is not None:  # "it stays" alone left the version's check (and snapshot) seemingly lost
+                exc.outcome = (f"version {label} had been committed before; it stays, and the next run finishes "  # type: ignore[union-attr]
+                               "what the signal cut short after the commit (its check against the procedures, "
+                               "its Parquet snapshot)")
+            raise
         except Exception as exc:
             if label is None:
                 raise

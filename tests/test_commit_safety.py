@@ -238,3 +238,21 @@ def test_a_signal_just_after_the_commit_names_the_committed_version(site, db, si
     assert query(db, "SELECT exit_code, version FROM runs") == [(code, label)]
     again = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
     assert again.returncode == 0 and f"no changes since version {label}" in again.stdout, again.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_signal_during_the_snapshot_after_the_commit_says_the_next_run_finishes_it(site, db, tmp_path):
+    """A signal while the committed version's Parquet snapshot (or its check) was written said only "it stays": the
+    snapshot and the check seemed lost; the next run does them."""
+    write(site, "OMOP/a.csv", b"a")
+    snap = tmp_path / "snap"
+    proc = start_paused_run(site, db, "snapshot", first=("run", "--parquet", str(snap)))
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert proc.returncode == 143, err
+    assert f"version {label} had been committed before; it stays, and the next run finishes what the signal cut " \
+           "short" in err, err
+    again = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snap), "-q")
+    assert again.returncode == 0, again.stderr
+    assert (snap / f"version={label}" / "snapshot.json").is_file()
