@@ -46,9 +46,14 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                               "pass --config with the chorus.toml file itself" + (
                                   f" (or rename the folder ./{CONFIG_NAME}: a run reads that name when it is given "
                                   "no --config)" if str(path) == CONFIG_NAME else "")) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:  # (said "in position 16": a byte count, of no use in an editor)
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8: byte 0x{exc.object[exc.start]:02x} on line {line} (a "
+                          "Latin-1 or Windows-1252 letter, such as one with an accent)", where=f"{path}, line {line}",
+                          fix="save the file as UTF-8 (the TOML standard) and run again") from None
+    except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc}", where=str(path),
-                          fix="check the file's permissions and encoding (UTF-8)") from None
+                          fix="check the file's permissions") from None
     except tomllib.TOMLDecodeError as exc:
         said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),

@@ -160,6 +160,14 @@ def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
 
 
+def test_a_config_not_in_utf8_names_the_line(tmp_path):
+    """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
+    (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert "is not UTF-8: byte 0xf4 on line 2" in out.stderr and "save the file as UTF-8" in out.stderr, out.stderr
+
+
 def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
     """Notepad's UTF-8 starts with a byte-order mark: 'not valid TOML: Invalid statement (at line 1, column 1)'."""
     write(tmp_path / "site", "OMOP/a.csv")
