@@ -186,7 +186,7 @@ class Manifest:
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
-        self._held: tuple[int, int] | None = None  # (device, inode) of the file a run holds (hold, vanished)
+        self._held: int | None = None  # the inode of the file a run holds (hold, vanished)
         from .validation import ValidationCache
 
         self.validation = ValidationCache(self)
@@ -197,8 +197,7 @@ class Manifest:
         """Remember which file the path names now (a run, under its lock): every later open checks that it is still
         that file (vanished), so that a manifest removed or moved while the run goes on is said as such, and SQLite
         does not start an empty database in its place."""
-        st = self.path.stat()
-        self._held = (st.st_dev, st.st_ino)
+        self._held = self.path.stat().st_ino  # (not the device: an automounted share remounted keeps its files)
 
     def vanished(self) -> ManifestError | None:
         """The error to raise when the file held (hold) is no longer at the path, else None. Its `outcome` says
@@ -206,8 +205,7 @@ class Manifest:
         if self._held is None:
             return None
         try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._held:
+            if os.stat(self.path).st_ino == self._held:
                 return None
             how = "another file is there now"
         except FileNotFoundError:
