@@ -442,7 +442,9 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             where=f"{path} [{section}] {key}".rstrip(),
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
-    base = path.resolve().parent
+    # Relative paths are from the file's folder; a config read from a pipe (`--config <(envsubst < chorus.in)`) has
+    # none (it was /proc/<pid>/fd: "site root is not a readable directory: /proc/11836/fd/site"): the current one.
+    base = path.resolve().parent if path.is_file() else Path.cwd()
     # A text setting written empty is refused, whichever it is: an empty path would become the config file's own
     # folder (the site, or snapshots and a manifest written there), and `name = ""` was taken as no name at all
     # while `root = ""` was refused. (Validation above passed: every setting here is a known one.)

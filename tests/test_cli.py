@@ -160,6 +160,18 @@ def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
 
 
+def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_folder(tmp_path):
+    """`--config <(envsubst < chorus.toml.in)`: relative paths were taken from /proc/<pid>/fd, "site root is not a
+    readable directory: /proc/11836/fd/site"."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    out = subprocess.run(
+        f"{sys.executable} -m chorus_batch run -q --config <(printf '[site]\\nroot = \"site\"\\n[manifest]\\n"
+        "db = \"m.sqlite\"\\n[run]\\nvalidate = false\\n')", shell=True, executable="/bin/bash", cwd=tmp_path,
+        capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
+
+
 def test_a_config_not_in_utf8_names_the_line(tmp_path):
     """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
     (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
