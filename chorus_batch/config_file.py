@@ -29,6 +29,7 @@ _TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is a
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
     path = Path(path)
+    _warn_if_anyone_may_write(path)
     try:
         # utf-8-sig: a byte-order mark (Notepad writes one) was "Invalid statement (at line 1, column 1)"
         return tomllib.loads(path.read_text(encoding="utf-8-sig"))
@@ -59,6 +60,23 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
                           fix="keep one of the two and remove the other" if said else
                               "fix the TOML syntax at the position given") from None
+
+
+def _warn_if_anyone_may_write(path: Path) -> None:
+    """A config every user may change (written under umask 000, chmod 666) says where a run reads and writes, as
+    whoever runs it (root under cron): warned of, never refused (a group's shared config is left alone)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # (said as the file is read)
+        return
+    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
+        import logging
+
+        logging.getLogger("chorus_batch").warning(
+            f"the config file {path} may be changed by every user of this machine (mode {stat.filemode(mode)}): they "
+            f"choose what this run reads and writes; make it yours alone to write: chmod o-w {path}")
 
 
 def resolve_path(base: Path, value: str | None, what: str) -> str | None:

@@ -172,6 +172,21 @@ def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_fol
     assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
 
 
+def test_a_config_every_user_may_change_is_warned_of(tmp_path):
+    """Saved under umask 000 (mode 666), a root cron job's chorus.toml let any user choose its site and manifest."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\nvalidate = false\n')
+    args = ("run", "-q", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
+    config.chmod(0o666)
+    out = cli(*args)
+    assert out.returncode == 0 and "may be changed by every user of this machine (mode -rw-rw-rw-)" in out.stderr \
+        and f"chmod o-w {config}" in out.stderr, out.stderr
+    config.chmod(0o664)  # a group's shared config: nothing said
+    out = cli(*args)
+    assert out.returncode == 0 and "every user" not in out.stderr, out.stderr
+
+
 def test_a_config_not_in_utf8_names_the_line(tmp_path):
     """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
     (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
