@@ -1434,8 +1434,9 @@ def main(argv: list[str] | None = None) -> int:
     code = int(ExitCode.OK)
     try:
         with signals_unwrapped():  # a signal a library wrapped into its own error (DuckDB) is said as the signal
-            from .config_file import check_environment
+            from .config_file import check_environment, check_working_folder
 
+            check_working_folder()
             check_environment()
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit

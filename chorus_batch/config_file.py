@@ -90,6 +90,19 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     return str(path if path.is_absolute() else (base / path))
 
 
+def check_working_folder() -> None:
+    """The current folder is there: one removed after the shell (a cron line's `cd`) entered it made every relative
+    path an internal error ("FileNotFoundError: [Errno 2]"), and ./chorus.toml was not found and so not read."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise ConfigError("the current folder no longer exists (it was removed or replaced after this shell entered "
+                          f"it): neither relative paths nor ./{CONFIG_NAME} can be found from it; nothing was done",
+                          where="the current folder ($PWD: " + os.environ.get("PWD", "unknown") + ")",
+                          fix="cd to a folder that exists (in a cron line: cd /path/to/folder && chorus-batch ...), "
+                              "then run again") from None
+
+
 # The environment variables README documents that take a number: (kind, least value, what it sets). Checked when
 # a command starts, so a typo is exit 2 at once, not a default taken silently (the readers fall back to theirs)
 # nor a ValueError in the middle of a merge or an upload.

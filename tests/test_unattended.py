@@ -644,6 +644,19 @@ def test_a_standard_error_that_cannot_be_written_keeps_the_exit_code(tmp_path, a
         assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
+def test_a_current_folder_removed_under_the_shell_is_said_not_an_internal_error(tmp_path):
+    """A cron line's `cd /srv/chorus && chorus-batch run ...` into a folder since removed (a deploy replaced it): a
+    relative path was "internal error: FileNotFoundError: [Errno 2]", and its ./chorus.toml was silently not read."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    here = tmp_path / "here"
+    here.mkdir()
+    out = subprocess.run(f"cd {here} && rmdir {here} && {sys.executable} -m chorus_batch run --no-validate --site "
+                         f"{tmp_path / 'site'}", shell=True, capture_output=True, text=True)
+    assert out.returncode == ExitCode.USAGE, out.stderr
+    assert "the current folder no longer exists" in out.stderr and f"$PWD: {here}" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "cd to a folder that exists" in out.stderr
+
+
 def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_nothing_was_kept(site, tmp_path):
     """`validate --site DIR` without --db commits to a temporary manifest that is removed: a signal after that
     commit must not say a version 'stays'."""
