@@ -1336,7 +1336,8 @@ def _stop_on_signals() -> None:
         signal.signal(signal.SIGINT, interrupt)
 
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
+        # one the caller ignores stays ignored: `nohup chorus-batch run &` was stopped (exit 129) at logout
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), stop)
 
 

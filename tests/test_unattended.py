@@ -168,6 +168,25 @@ def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word):
     assert run(site, db, "-q").returncode == 0  # the lock was released
 
 
+def test_a_hangup_the_caller_ignores_does_not_stop_the_run(site, db):
+    """`nohup chorus-batch run ... &` and log out: the run installed its own SIGHUP handler over nohup's ignore and
+    stopped at logout (exit 129, nothing committed)."""
+    for i in range(2100):  # enough files for worker processes, which the shell hangs up too
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+2"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None
+    assert children_of(proc.pid), "hashing runs in worker processes"
+    os.killpg(proc.pid, signal.SIGHUP)  # the shell's hang-up at logout, to the job's whole process group
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert query(db, "SELECT n_files FROM versions") == [(2100,)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
 def test_a_signal_while_the_libraries_load_stops_the_early_listing(site, db):
     many(site)
