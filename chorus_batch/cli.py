@@ -543,8 +543,9 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: CPU count, at most 16)")
     parser.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
-                        help="refuse a version that removes more of the previous version's files than this (default: "
-                             "50%%; a root that lists no files at all is refused unless 'all')")
+                        help="refuse a version that removes more of the previous version's files than this: a "
+                             "share of them (50%%, the default), a number of files (1000), or all (no limit); a root "
+                             "that lists no files at all is refused unless 'all'")
     parser.add_argument("--cloud-md5", choices=["stored-or-download", "download", "stored-only"],
                         help="cloud roots (az://, s3://): where a new or changed file's MD5 comes from. stored-or-download "
                              "(default): the storage's own MD5 (Azure Content-MD5, S3 single-part ETag), else download and "
@@ -1434,7 +1435,8 @@ def _stop_on_signals() -> None:
         signal.signal(signal.SIGINT, interrupt)
 
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
+        # one the caller ignores stays ignored: `nohup chorus-batch run &` was stopped (exit 129) at logout
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), stop)
 
 
@@ -1535,8 +1537,9 @@ def main(argv: list[str] | None = None) -> int:
     code = int(ExitCode.OK)
     try:
         with signals_unwrapped():  # a signal a library wrapped into its own error (DuckDB) is said as the signal
-            from .config_file import check_environment
+            from .config_file import check_environment, check_working_folder
 
+            check_working_folder()
             check_environment()
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
@@ -1705,6 +1708,28 @@ def in_utf8_mode() -> None:
                 stream.reconfigure(errors="backslashreplace")
 
 
+class _Messages:
+    """Standard error for a command: a message that cannot be written (a full disk, /dev/full, a reader gone) is lost,
+    not the command's exit code. The OSError a failed error message raised ended the interpreter with exit 1, "success
+    with findings", for a usage error (2) or a failed run (3)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # (ValueError: a stream closed under us)
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def entry() -> None:
     """Console-script and `python -m` entry: run, flush, and leave without the
     interpreter's teardown. Every resource is closed by then (pools, SQLite, DuckDB,
@@ -1714,6 +1739,8 @@ def entry() -> None:
     standard_streams_open()  # first: before any file or pipe can take descriptor 0, 1 or 2
     try:  # Ctrl-C before main's own handling begins (arguments read, handlers installed): one line, exit 130
         in_utf8_mode()
+        if sys.stderr is not None:
+            sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]
         return_freed_memory()
         code = main()
     except KeyboardInterrupt:

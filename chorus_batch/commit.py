@@ -473,13 +473,17 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
         return
     share = (f"{n_removed:,} of the previous version's {tree.n_previous:,} files "
              f"({100 * n_removed / tree.n_previous:.1f}%)")
+    # what the limit counts, said: `max_delete = 50` is 50 files, not 50%
+    limit_text = (f"{int(limit):,} files" if kind == "count" else
+                  f"{limit:g}% of them, {int(allowed):,} files")
     why = (f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
-           if empty else f"the run would remove {share}, more than --max-delete {max_delete} allows")
+           if empty else f"the run would remove {share}, more than --max-delete / max_delete {max_delete} allows "
+                         f"({limit_text})")
     raise MassRemovalRefused(
         f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty else ""),  # said once
         where=", ".join(empty) if empty else "--max-delete / max_delete in [run]",
         fix="check that the site is mounted and complete; if the removals are real, run again with "
-            "--max-delete all (or a larger percentage or count)")
+            "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)")
 
 
 def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:

@@ -101,7 +101,12 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
             return "count", float(int(text))  # max_delete = -5 (an int in TOML) refused every later run
     except ValueError:
         pass
-    raise ValueError(f"{value!r} is not a percentage (e.g. 50%), a number of files (e.g. 1000) or all")
+    if isinstance(value, float) and not isinstance(value, bool):  # max_delete = 0.5 or 50.0: a share meant as a number
+        raise ValueError(f"{value!r} is neither a number of files (a whole number such as 1000) nor a percentage, "
+                         f"which is written as text with % (max_delete = \"{value * 100 if value <= 1 else value:g}%\" "
+                         "in chorus.toml)")
+    raise ValueError(f"{value!r} is not a percentage of the previous version's files (e.g. 50%), a number of files "
+                     "(e.g. 1000) or all")
 
 
 class SiteSection(_Strict):
@@ -129,7 +134,8 @@ class RunSection(_Strict):
     follow_symlinks: bool = False
     racy_window_s: float = Field(default=2.0, ge=0, le=3600)
     validate_site: bool = Field(default=True, alias="validate")  # check against the CHoRUS procedures after each run
-    max_delete: str | int = "50%"  # the most of the previous version's files one run may remove
+    # the most of the previous version's files one run may remove: "50%" a share of them, 1000 (or "1000") a count
+    max_delete: str | int = "50%"
     verify_sample: float = Field(default=1.0, ge=0, le=100)  # % of the site's files re-read each run (0: off)
     verify_max_bytes: str | int = "10GiB"  # ... but at most this much a run
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
@@ -142,10 +148,11 @@ class RunSection(_Strict):
         parse_bytes(value)
         return value
 
-    @field_validator("max_delete")
+    @field_validator("max_delete", mode="before")
     @classmethod
-    def _max_delete(cls, value: str | int) -> str | int:
-        parse_max_delete(value)
+    def _max_delete(cls, value: object) -> object:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):  # a float: said as not a share
+            parse_max_delete(value)
         return value
 
 
@@ -360,6 +367,27 @@ def _close(word: str, choices: list[str]) -> str | None:
     return max(matches, key=lambda choice: sum((Counter(word) & Counter(choice)).values())) if matches else None
 
 
+# pydantic's type errors, as the kind of TOML value the setting takes
+_KINDS = {"int_type": "a whole number", "int_from_float": "a whole number", "float_type": "a number",
+          "bool_type": "true or false", "string_type": "text in quotes", "list_type": 'a list, such as ["a", "b"]',
+          "dict_type": "a table of settings", "model_type": "a table of settings ([section])"}
+
+
+def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
+    """The settings of a TOML table (dotted, as written) whose text is empty or blank (False), or that list such
+    a text (True)."""
+    found = []
+    for key, value in data.items():
+        setting = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found += _empty_settings(value, f"{setting}.")
+        elif isinstance(value, str) and not value.strip():
+            found.append((setting, False))
+        elif isinstance(value, list) and any(isinstance(v, str) and not v.strip() for v in value):
+            found.append((setting, True))
+    return found
+
+
 def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     """Read and validate chorus.toml; paths in it become absolute."""
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):  # a notebook's None: said, not a TypeError
@@ -396,31 +424,46 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 fix=(f"rename it to {meant!r}" if meant else "remove it") + f" ({CONFIG_HELP}; known here: "
                     + ", ".join(known) + ")",
             ) from None
-        message = first["msg"]
+        message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
         branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
         loc = first["loc"]
         if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
             said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
             setting = ".".join(str(p) for p in loc[:-1])
             message = f"should be {' or '.join(said)}, not {json.dumps(first['input'], default=str)}"  # as TOML spells it
+            loc = loc[:-1]
+        elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
+            message = f"should be {_KINDS[first['type']]}, not {json.dumps(first['input'], default=str)}"
+        elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
+            message = f"{message.removeprefix('Input ')}, not {json.dumps(first['input'], default=str)}"
+        if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
+            message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
+            setting = ".".join(str(p) for p in loc)
+        section, key = (".".join(str(p) for p in loc[:-1]), str(loc[-1])) if len(loc) > 1 else (setting, "")
         raise ConfigError(
             f"invalid setting {setting!r}: {message}",
-            where=f"{path} [{setting}]",
+            where=f"{path} [{section}] {key}".rstrip(),
             fix=f"correct or remove that setting ({CONFIG_HELP})",
         ) from None
+    # Relative paths are from the file's folder; a config read from a pipe (`--config <(envsubst < chorus.in)`) has
+    # none (it was /proc/<pid>/fd: "site root is not a readable directory: /proc/11836/fd/site"): the current one.
+    base = path.resolve().parent if path.is_file() else Path.cwd()
+    # A text setting written empty is refused, whichever it is: an empty path would become the config file's own
+    # folder (the site, or snapshots and a manifest written there), and `name = ""` was taken as no name at all
+    # while `root = ""` was refused. (Validation above passed: every setting here is a known one.)
+    paths = {"site.root", "manifest.db", "manifest.parquet"}
+    for setting, listed in _empty_settings(data):
+        section, key = setting.rsplit(".", 1)
+        is_path = setting in paths or section == "site.roots"
+        raise ConfigError(f"setting {setting!r} " + ("lists an empty text" if listed else "is empty"),
+                          where=f"{path} [{section}] {key}",
+                          fix=("remove the empty entry from the list" if listed else
+                               (f"give a path (relative to {base})" if is_path else f"give {key} a value")
+                               + ", or remove the line for the default") + f" ({CONFIG_HELP})")
     if config.patterns:  # checked here, where the file is named, not when a run has started (polars: only then)
         from .classify import build_patterns
 
         build_patterns(config.patterns, str(path))
-    base = path.resolve().parent
-    # An empty path would become the config file's own folder: the site, or snapshots and a manifest written there
-    for setting, value in (("site.root", config.site.root), ("manifest.db", config.manifest.db),
-                           ("manifest.parquet", config.manifest.parquet),
-                           *((f"site.roots.{k}", v) for k, v in config.site.roots.items())):
-        if value is not None and not value.strip():
-            raise ConfigError(f"setting {setting!r} is empty", where=f"{path} [{setting.rsplit('.', 1)[0]}]",
-                              fix=f"give a path (relative to {base}), or remove the setting for its default "
-                                  f"({CONFIG_HELP})")
     config.site.root = resolve_path(base, config.site.root, f"{path} [site] root")
     config.site.roots = {k: resolve_path(base, v, f"{path} [site.roots] {k}")  # type: ignore[misc]
                          for k, v in config.site.roots.items()}

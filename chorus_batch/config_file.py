@@ -15,24 +15,68 @@ CONFIG_NAME = "chorus.toml"
 
 
 def config_path(given: str | None) -> str | None:
-    """The config file a command reads: --config, else ./chorus.toml if there is one, else none."""
-    return given or (CONFIG_NAME if Path(CONFIG_NAME).is_file() else None)
+    """The config file a command reads: --config, else ./chorus.toml if there is one, else none. A ./chorus.toml
+    that is there but is no file (a folder, a link to a share that is not mounted) is returned, to be refused as
+    it is read: skipped, a nightly run went on with the defaults (another manifest, another max_delete)."""
+    return given or (CONFIG_NAME if os.path.lexists(CONFIG_NAME) else None)
+
+
+# tomllib's words for a setting or a section given twice: the position it names is the second one
+_TWICE = {"Cannot overwrite a value": "a setting is given twice (the second is at the position given)",
+          "Cannot declare": "a section is declared twice (the second is at the position given)"}
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
     path = Path(path)
+    _warn_if_anyone_may_write(path)
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Notepad writes one) was "Invalid statement (at line 1, column 1)"
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
+        if path.is_symlink():  # (the link is there, what it leads to is not)
+            raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
+                              where=str(path), fix="mount or restore what it leads to (or correct the link), then "
+                                                   "run again") from None
         raise ConfigError(f"config file not found: {path}", where=str(path),
                           fix="pass --config with an existing file, or omit it") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        inside = path / CONFIG_NAME
+        raise ConfigError(f"config file {path} is a folder, not a file", where=str(path),
+                          fix=f"pass --config {inside}" if inside.is_file() else
+                              "pass --config with the chorus.toml file itself" + (
+                                  f" (or rename the folder ./{CONFIG_NAME}: a run reads that name when it is given "
+                                  "no --config)" if str(path) == CONFIG_NAME else "")) from None
+    except UnicodeDecodeError as exc:  # (said "in position 16": a byte count, of no use in an editor)
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8: byte 0x{exc.object[exc.start]:02x} on line {line} (a "
+                          "Latin-1 or Windows-1252 letter, such as one with an accent)", where=f"{path}, line {line}",
+                          fix="save the file as UTF-8 (the TOML standard) and run again") from None
+    except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc}", where=str(path),
-                          fix="check the file's permissions and encoding (UTF-8)") from None
+                          fix="check the file's permissions") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file is not valid TOML: {exc}", where=str(path),
-                          fix="fix the TOML syntax at the position given") from None
+        said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
+        raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
+                          fix="keep one of the two and remove the other" if said else
+                              "fix the TOML syntax at the position given") from None
+
+
+def _warn_if_anyone_may_write(path: Path) -> None:
+    """A config every user may change (written under umask 000, chmod 666) says where a run reads and writes, as
+    whoever runs it (root under cron): warned of, never refused (a group's shared config is left alone)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # (said as the file is read)
+        return
+    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
+        import logging
+
+        logging.getLogger("chorus_batch").warning(
+            f"the config file {path} may be changed by every user of this machine (mode {stat.filemode(mode)}): they "
+            f"choose what this run reads and writes; make it yours alone to write: chmod o-w {path}")
 
 
 def resolve_path(base: Path, value: str | None, what: str) -> str | None:
@@ -44,6 +88,19 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
         return value
     path = Path(expand_home(value, what))
     return str(path if path.is_absolute() else (base / path))
+
+
+def check_working_folder() -> None:
+    """The current folder is there: one removed after the shell (a cron line's `cd`) entered it made every relative
+    path an internal error ("FileNotFoundError: [Errno 2]"), and ./chorus.toml was not found and so not read."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise ConfigError("the current folder no longer exists (it was removed or replaced after this shell entered "
+                          f"it): neither relative paths nor ./{CONFIG_NAME} can be found from it; nothing was done",
+                          where="the current folder ($PWD: " + os.environ.get("PWD", "unknown") + ")",
+                          fix="cd to a folder that exists (in a cron line: cd /path/to/folder && chorus-batch ...), "
+                              "then run again") from None
 
 
 # The environment variables README documents that take a number: (kind, least value, what it sets). Checked when
@@ -61,12 +118,27 @@ NUMERIC_ENVIRONMENT = {
 }
 
 
+# Every CHORUS_BATCH_* variable some part of chorus-batch reads (the numeric ones above, and these).
+OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE")
+
+
 def check_environment(environ: dict[str, str] | None = None) -> None:
     """A documented numeric CHORUS_BATCH_* variable that is set (not empty) must hold a finite number of its kind,
-    at least its least value; else a ConfigError naming the variable."""
+    at least its least value; else a ConfigError naming the variable. A CHORUS_BATCH_* variable chorus-batch does not
+    read (a typo: CHORUS_BATCH_PROGRES_S=60 left the default of 5 s in force, silently) is warned of."""
     import math
+    from difflib import get_close_matches
 
     environ = os.environ if environ is None else environ
+    known = [*NUMERIC_ENVIRONMENT, *OTHER_ENVIRONMENT]
+    for name in sorted(n for n in environ if n.upper().startswith("CHORUS_BATCH_") and n not in known):
+        import logging
+
+        prefix = len("CHORUS_BATCH_")  # (compared after it: every name shares it)
+        meant = ["CHORUS_BATCH_" + m for m in get_close_matches(name.upper()[prefix:], [k[prefix:] for k in known], n=1)]
+        logging.getLogger("chorus_batch").warning(
+            f"environment variable {name} is not one chorus-batch reads; it is ignored "
+            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(known[:-1]))})"))
     for name, (kind, least, example, what) in NUMERIC_ENVIRONMENT.items():
         raw = environ.get(name, "").strip()
         if not raw:

@@ -122,6 +122,7 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
             manifest.ensure_schema()
+            manifest.hold()  # a manifest removed or moved from here on is said as such (Manifest.vanished)
             latest = manifest.latest_version()
             kept = nothing_committed(latest["label"] if latest else None)
             run_id = manifest.begin_run(redact(argv), settings.mode, site)
@@ -156,10 +157,17 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                 n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
                 scan_started_ns=result.scan_started_ns,
             )
+            if (gone := manifest.vanished()) is not None:  # the version went with the file: not "committed to" it
+                raise gone
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
         manifest.log_refused_run(redact(argv), settings.mode, site, int(exc.exit_code), exc.what)
         raise
     except BaseException as exc:  # stopped before its commit: say what the manifest holds (the command line prints it)
+        gone = manifest.vanished()
+        if gone is not None and gone is not exc:  # whatever failed after, the manifest going is what happened
+            if isinstance(exc, Exception):
+                raise gone from exc
+            exc.outcome = f"{gone.what}; {gone.outcome}"  # type: ignore[union-attr]  # (a signal: its exit code stays)
         said = kept is not None and getattr(exc, "committed", None) is None and getattr(exc, "outcome", None) is None
         if said and (isinstance(exc, (KeyboardInterrupt, Stopped)) or not isinstance(exc, ChorusError)
                      or exc.exit_code == ExitCode.FAILED):
@@ -180,6 +188,8 @@ def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
     """Record how the run ended in `runs`. Bookkeeping: when it fails (a full disk), the run's own outcome (its
     first error, or the version it committed) is still what is reported and exited with; this failure is said
     beside it, never in its place."""
+    if manifest.vanished() is not None:  # (no run log to write: the run's error says what became of it)
+        return
     try:
         manifest.finish_run(run_id, **outcome)
     except Exception as exc:
@@ -432,6 +442,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     elif not settings.dry_run:
         try:
             findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
+        except (KeyboardInterrupt, Stopped) as exc:
+            if label is not None:  # "it stays" alone left the version's check (and snapshot) seemingly lost
+                exc.outcome = (f"version {label} had been committed before; it stays, and the next run finishes "  # type: ignore[union-attr]
+                               "what the signal cut short after the commit (its check against the procedures, "
+                               "its Parquet snapshot)")
+            raise
         except Exception as exc:
             if label is None:
                 raise

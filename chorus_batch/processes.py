@@ -106,7 +106,7 @@ def _worker_init() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if signum is not None:
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # (nohup's stays: cli)
             signal.signal(signum, signal.SIG_DFL)
     if sys.platform == "linux":
         import ctypes

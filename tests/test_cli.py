@@ -107,8 +107,20 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[manifest]\ndb = ""\n', "setting 'manifest.db' is empty"),
         ('[site]\nroot = " "\n', "setting 'site.root' is empty"),
         ('[site.roots]\nImages = ""\n', "setting 'site.roots.Images' is empty"),
+        # `name = ""` was taken as no name while `root = ""` was refused: every text setting written empty is refused
+        ('[site]\nroot = "x"\nname = ""\n', "setting 'site.name' is empty"),
+        ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
+        ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
+        ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
         # a negative count was taken, and refused every later run; a union named its member ('run.max_delete.str')
-        ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': Value error, -5 is not"),
+        ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': -5 is not"),
+        # a share written as a number (0.5, 50.0) said only "should be text or a whole number"
+        ("[run]\nmax_delete = 0.5\n", 'nor a percentage, which is written as text with % (max_delete = "50%"'),
+        # "Input should be a valid integer" said neither what was written nor what it should be; a list's entry was
+        # 'run.exclude.0'
+        ("[run]\nworkers = 8.0\n", "invalid setting 'run.workers': should be a whole number, not 8.0"),
+        ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
+        ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
     ],
 )
@@ -119,7 +131,78 @@ def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
     out = cli("run", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "fix:" in out.stderr and "Traceback" not in out.stderr
+    assert f"where: {config}" in out.stderr, out.stderr  # the file, then the setting
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]  # nothing written
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda toml: toml.mkdir(), "config file chorus.toml is a folder, not a file"),
+    (lambda toml: toml.symlink_to("/nonexistent-share/chorus.toml"),
+     "config file chorus.toml is a symbolic link to /nonexistent-share/chorus.toml, which is not there"),
+])
+def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, make, message):
+    """A ./chorus.toml that was a folder or a link to an unmounted share was passed over: the nightly run went on
+    with --site alone, the default manifest (a new one, here) and the default max_delete; exit 0."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    make(tmp_path / "chorus.toml")
+    out = cli("run", "--site", str(tmp_path / "site"), "--no-validate", "-q", cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "fix:" in out.stderr, (out.returncode, out.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
+
+
+@pytest.mark.parametrize("toml, message, fix", [
+    ("[run]\nworkers = 2\nworkers = 3\n", "a setting is given twice", "keep one of the two"),
+    ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "a section is declared twice", "keep one of the two"),
+])
+def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
+    (tmp_path / "c.toml").write_text(toml)
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
+
+
+def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_folder(tmp_path):
+    """`--config <(envsubst < chorus.toml.in)`: relative paths were taken from /proc/<pid>/fd, "site root is not a
+    readable directory: /proc/11836/fd/site"."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    out = subprocess.run(
+        f"{sys.executable} -m chorus_batch run -q --config <(printf '[site]\\nroot = \"site\"\\n[manifest]\\n"
+        "db = \"m.sqlite\"\\n[run]\\nvalidate = false\\n')", shell=True, executable="/bin/bash", cwd=tmp_path,
+        capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
+
+
+def test_a_config_every_user_may_change_is_warned_of(tmp_path):
+    """Saved under umask 000 (mode 666), a root cron job's chorus.toml let any user choose its site and manifest."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\nvalidate = false\n')
+    args = ("run", "-q", "--config", str(config), "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
+    config.chmod(0o666)
+    out = cli(*args)
+    assert out.returncode == 0 and "may be changed by every user of this machine (mode -rw-rw-rw-)" in out.stderr \
+        and f"chmod o-w {config}" in out.stderr, out.stderr
+    config.chmod(0o664)  # a group's shared config: nothing said
+    out = cli(*args)
+    assert out.returncode == 0 and "every user" not in out.stderr, out.stderr
+
+
+def test_a_config_not_in_utf8_names_the_line(tmp_path):
+    """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
+    (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2, out.stderr
+    assert "is not UTF-8: byte 0xf4 on line 2" in out.stderr and "save the file as UTF-8" in out.stderr, out.stderr
+
+
+def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
+    """Notepad's UTF-8 starts with a byte-order mark: 'not valid TOML: Invalid statement (at line 1, column 1)'."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_bytes(b'\xef\xbb\xbf[site]\nname = "site-bom"\n[run]\nvalidate = false\n')
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
+    assert out.returncode == 0, out.stderr
+    assert query(db, "SELECT site FROM versions") == [("site-bom",)]
 
 
 def test_missing_site_is_a_usage_error(tmp_path):
@@ -150,6 +233,17 @@ def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "-q",
               env={"CHORUS_BATCH_PROGRESS_S": "0", "CHORUS_BATCH_CHECKPOINT_S": "2.5", "CHORUS_BATCH_PARTITION_ROWS": ""})
     assert out.returncode == 0, out.stderr
+
+
+def test_a_misspelt_variable_is_warned_of_not_taken_silently(site, tmp_path):
+    """CHORUS_BATCH_PROGRES_S=60 in a cron job left the default of 5 s in force, and nothing said so."""
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "-q",
+              env={"CHORUS_BATCH_PROGRES_S": "60", "CHORUS_BATCH_CHECKPOINT_S": "2.5"})
+    assert out.returncode == 0, out.stderr
+    assert ("environment variable CHORUS_BATCH_PROGRES_S is not one chorus-batch reads; it is ignored (did you mean "
+            "CHORUS_BATCH_PROGRESS_S?)") in out.stderr, out.stderr
+    assert "CHORUS_BATCH_CHECKPOINT_S is not" not in out.stderr
 
 
 def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_folder(site, tmp_path):

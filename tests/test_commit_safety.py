@@ -74,6 +74,7 @@ def test_a_second_run_is_refused_while_one_holds_the_manifest(site, db):
         assert second.returncode == ExitCode.LOCKED
         assert f"pid {holder.pid}" in second.stderr
         assert "host" in second.stderr and "started" in second.stderr
+        assert "this run did nothing; run it again once that run has finished" in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
     finally:
         holder.kill()
@@ -121,6 +122,41 @@ def test_a_link_planted_as_the_lock_holder_file_is_not_written_through(site, db,
     assert done.returncode == 0, done.stderr
     assert victim.read_text() == "precious\n"
     assert not os.path.lexists(f"{db}.lock.json")  # removed when the run ends, as every run's
+
+
+def test_a_link_planted_as_the_lock_file_is_refused_and_makes_nothing_where_it_points(site, db, tmp_path):
+    """<manifest>.lock was opened with O_CREAT through a symbolic link: the file it points to was made (as root
+    under cron, anywhere), and then the run failed with "Too many levels of symbolic links", told to pass --db "on an
+    ordinary file system"."""
+    write(site, "OMOP/a.csv", b"a")
+    target = tmp_path / "made-through-the-link"
+    Path(f"{db}.lock").symlink_to(target)
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
+    assert out.returncode == 3, out.stderr
+    assert f"the manifest's lock file is a symbolic link (to {target})" in out.stderr and "remove the link" in out.stderr
+    assert not target.exists() and not db.exists()
+    Path(f"{db}.lock").unlink()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+
+
+@pytest.mark.parametrize("side", ["-wal", "-shm", "-journal"])
+def test_a_link_planted_as_a_file_sqlite_keeps_beside_the_manifest_is_said_to_be_one(site, db, tmp_path, side):
+    """SQLite refuses a -wal, -shm or -journal that is a symbolic link; the run said "this user cannot write its
+    folder ... its -wal file holds commits" or "attempt to write a readonly database: make the manifest writable"."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    Path(f"{db}{side}").symlink_to(victim)
+    write(site, "OMOP/b.csv", b"b")
+    for command in (("run", "--no-validate", "--site", str(site)), ("versions",)):
+        out = cli(*command, "--db", str(db), "-q")
+        assert out.returncode == 3, out.stderr
+        assert f"{db}{side} is a symbolic link (to {victim})" in out.stderr and "remove the link" in out.stderr, out.stderr
+        assert "readonly" not in out.stderr and "cannot write its folder" not in out.stderr
+    assert victim.read_text() == "precious\n"
+    Path(f"{db}{side}").unlink()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
 
 
 def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_was_committed(site, db, monkeypatch):
@@ -202,3 +238,21 @@ def test_a_signal_just_after_the_commit_names_the_committed_version(site, db, si
     assert query(db, "SELECT exit_code, version FROM runs") == [(code, label)]
     again = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
     assert again.returncode == 0 and f"no changes since version {label}" in again.stdout, again.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_signal_during_the_snapshot_after_the_commit_says_the_next_run_finishes_it(site, db, tmp_path):
+    """A signal while the committed version's Parquet snapshot (or its check) was written said only "it stays": the
+    snapshot and the check seemed lost; the next run does them."""
+    write(site, "OMOP/a.csv", b"a")
+    snap = tmp_path / "snap"
+    proc = start_paused_run(site, db, "snapshot", first=("run", "--parquet", str(snap)))
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert proc.returncode == 143, err
+    assert f"version {label} had been committed before; it stays, and the next run finishes what the signal cut " \
+           "short" in err, err
+    again = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snap), "-q")
+    assert again.returncode == 0, again.stderr
+    assert (snap / f"version={label}" / "snapshot.json").is_file()

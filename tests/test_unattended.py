@@ -79,7 +79,14 @@ def test_more_removals_than_allowed_are_refused(site, db):
         (site / f"{i:06d}" / "Waveforms" / "Telemetry" / f"{9000 + i}" / f"{9000 + i}.dat").unlink()
     out = run(site, db)
     assert out.returncode == ExitCode.REFUSED and "6 of the previous version's 10 files (60.0%)" in out.stderr
-    assert run(site, db, "--max-delete", "5").returncode == ExitCode.REFUSED
+    assert "max_delete 50% allows (50% of them, 5 files)" in out.stderr, out.stderr  # what the limit counts, said
+    out = run(site, db, "--max-delete", "5")
+    assert out.returncode == ExitCode.REFUSED and "max_delete 5 allows (5 files)" in out.stderr, out.stderr
+    # a bare number in chorus.toml counts files (max_delete = 50 is not half): the refusal says so
+    config = site.parent / "count.toml"
+    config.write_text("[run]\nmax_delete = 5\n")
+    out = run(site, db, "--config", str(config))
+    assert out.returncode == ExitCode.REFUSED and "(5 files)" in out.stderr, out.stderr
     assert run(site, db, "--max-delete", "60%", "-q").returncode == 0
     assert set(current_rows(db)) == set(tree_md5(site))
 
@@ -159,6 +166,25 @@ def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word):
     assert not Path(f"{db}.lock.json").exists()
     assert query(db, "SELECT count(*) FROM versions") == [(0,)]
     assert run(site, db, "-q").returncode == 0  # the lock was released
+
+
+def test_a_hangup_the_caller_ignores_does_not_stop_the_run(site, db):
+    """`nohup chorus-batch run ... &` and log out: the run installed its own SIGHUP handler over nohup's ignore and
+    stopped at logout (exit 129, nothing committed)."""
+    for i in range(2100):  # enough files for worker processes, which the shell hangs up too
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+2"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at hashing" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None
+    assert children_of(proc.pid), "hashing runs in worker processes"
+    os.killpg(proc.pid, signal.SIGHUP)  # the shell's hang-up at logout, to the job's whole process group
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert query(db, "SELECT n_files FROM versions") == [(2100,)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
@@ -344,6 +370,45 @@ def test_a_failure_after_the_commit_says_the_version_was_committed(site, db, tmp
     assert out.returncode == 3 and f"version {label} was committed" in out.stderr
     assert "nothing was committed" not in out.stderr and "internal error" not in out.stderr
     assert query(db, "SELECT exit_code, version FROM runs") == [(3, label)]
+
+
+@pytest.mark.parametrize("point, remove, committed", [
+    ("commit", "files", True),  # the manifest and its -wal removed, the folder kept, just before the commit
+    ("validate", "folder", True),  # the manifest's folder removed after the commit
+    ("checkpoint", "folder", False),  # ... while the run hashes: nothing committed
+])
+def test_a_manifest_removed_while_the_run_goes_on_is_said_and_not_made_again(tmp_path, point, remove, committed):
+    """The manifest (or its folder) removed by a clean-up job mid-run: the run said "SQLite failed on the manifest:
+    failed to allocate memory ... report it", "nothing was committed; version X stays the latest" or "version X was
+    committed to <path>" (it went with the removed file), and made a new, empty manifest where the old one was."""
+    site, out = tmp_path / "site", tmp_path / "out"
+    many(site, 5)
+    out.mkdir()
+    db = out / "m.sqlite"
+    assert run(site, db, "-q").returncode == 0
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": f"{point}+2", "CHORUS_BATCH_CHECKPOINT_S": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                             "--rehash", "--workers", "1"] + ([] if point == "validate" else ["--no-validate"]),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    while not said or "test pause at" not in said[-1]:
+        said.append(proc.stderr.readline())
+        assert said[-1] or proc.poll() is None, "".join(said)
+    if remove == "folder":
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    else:
+        for path in out.glob("m.sqlite*"):
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.FAILED, err
+    assert f"the manifest {db} was removed or moved while this run went on" in err, err
+    assert ("was committed into that file before it went: it is not in" in err) == committed, err
+    assert ("nothing was committed to" in err) != committed, err
+    assert "stays the latest" not in err and " was committed to " not in err.replace("nothing was", "") \
+        and "report it" not in err, err
+    assert not db.exists()  # no new, empty manifest in its place
 
 
 @pytest.mark.parametrize("make, words", [
@@ -604,6 +669,39 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
     assert f"version {label} was committed" in out.stderr and "nothing was committed" not in out.stderr
+
+
+@pytest.mark.parametrize("args, stdout_full, code", [
+    (("--site", "/nonexistent-site"), False, ExitCode.USAGE),  # was 1: the error message's OSError ended Python
+    ((), True, ExitCode.FAILED),  # the summary and the message saying so both lost: was 1, "success with findings"
+    ((), False, ExitCode.OK),  # the progress lines lost: the run is what it was
+])
+def test_a_standard_error_that_cannot_be_written_keeps_the_exit_code(tmp_path, args, stdout_full, code):
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site),
+                              "--db", str(db), *args], stdout=full if stdout_full else subprocess.PIPE, stderr=full,
+                             text=True)
+    assert out.returncode == code
+    if code == ExitCode.USAGE:
+        assert not db.exists()
+    else:
+        assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_current_folder_removed_under_the_shell_is_said_not_an_internal_error(tmp_path):
+    """A cron line's `cd /srv/chorus && chorus-batch run ...` into a folder since removed (a deploy replaced it): a
+    relative path was "internal error: FileNotFoundError: [Errno 2]", and its ./chorus.toml was silently not read."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    here = tmp_path / "here"
+    here.mkdir()
+    out = subprocess.run(f"cd {here} && rmdir {here} && {sys.executable} -m chorus_batch run --no-validate --site "
+                         f"{tmp_path / 'site'}", shell=True, capture_output=True, text=True)
+    assert out.returncode == ExitCode.USAGE, out.stderr
+    assert "the current folder no longer exists" in out.stderr and f"$PWD: {here}" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "cd to a folder that exists" in out.stderr
 
 
 def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_nothing_was_kept(site, tmp_path):

@@ -49,6 +49,11 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
     if a_file is not None:  # (mkdir says "File exists", open "Not a directory": neither names the file)
         return UsageError(f"the manifest's folder cannot be made: {a_file} is a file, not a folder",
                           where=str(db), fix="pass --db with a path in a folder (or where one can be made)")
+    if lock_path.is_symlink():  # (O_NOFOLLOW: ELOOP, "Too many levels of symbolic links")
+        return ManifestError(f"the manifest's lock file is a symbolic link (to {os.readlink(lock_path)}); a run does not "
+                             "lock through one, nor write where it points", where=str(lock_path),
+                             fix="remove the link (the lock file is an ordinary empty file a run makes itself), then "
+                                 "run again")
     reason = exc.strerror or str(exc)
     owner = _owner(lock_path) if isinstance(exc, PermissionError) else None
     if owner is not None:
@@ -92,7 +97,8 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
 
             require_folder(db)  # (a lock beside a missing manifest would make its folder)
         # Opened here first: filelock takes a lock file it cannot create (ENOENT, as in /proc) for one held by another.
-        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
+        # Never through a symbolic link planted there: it made the file it points to (as root under cron, anywhere).
+        os.close(os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY))
         lock.acquire()
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"
@@ -105,7 +111,9 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         raise ManifestLocked(
             f"the manifest is locked by another {kind}: {holder}",
             where=str(lock_path),
-            fix=f"wait for that {kind} to finish; if it is gone, the lock is released automatically",
+            # (said: a cron log shows this line alone, and exit 4 is not in everyone's head)
+            fix=f"this {kind} did nothing; run it again once that {kind} has finished (if that process is gone, its "
+                "lock went with it)",
         ) from None
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None

@@ -186,13 +186,51 @@ class Manifest:
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
+        self._held: int | None = None  # the inode of the file a run holds (hold, vanished)
         from .validation import ValidationCache
 
         self.validation = ValidationCache(self)
 
     # ------------------------------------------------------------------ opening
 
+    def hold(self) -> None:
+        """Remember which file the path names now (a run, under its lock): every later open checks that it is still
+        that file (vanished), so that a manifest removed or moved while the run goes on is said as such, and SQLite
+        does not start an empty database in its place."""
+        self._held = self.path.stat().st_ino  # (not the device: an automounted share remounted keeps its files)
+
+    def vanished(self) -> ManifestError | None:
+        """The error to raise when the file held (hold) is no longer at the path, else None. Its `outcome` says
+        what became of the version this object committed, if any: it went with the file."""
+        if self._held is None:
+            return None
+        try:
+            if os.stat(self.path).st_ino == self._held:
+                return None
+            how = "another file is there now"
+        except FileNotFoundError:
+            how = "its folder is no longer there" if not self.path.parent.is_dir() else "it is no longer there"
+        except OSError:  # (the file system failing: SQLite's own error says it)
+            return None
+        error = ManifestError(
+            f"the manifest {self.path} was removed or moved while this run went on ({how})", where=str(self.path),
+            fix="find what removed or moved it (a clean-up job, a person, a share unmounted), put the manifest back "
+                "from where it went or from a backup, and run again (a run on a new manifest starts with no history)")
+        error.committed = self.committed_label  # type: ignore[attr-defined]
+        error.outcome = (f"version {self.committed_label} was committed into that file before it went: it is not in "  # type: ignore[attr-defined]
+                         f"{self.path}" if self.committed_label else f"nothing was committed to {self.path}")
+        return error
+
     def _sqlite_source(self) -> str:
+        if (gone := self.vanished()) is not None:  # (sqlite3 would make a new, empty database there)
+            raise gone
+        for side in ("-wal", "-shm", "-journal"):  # SQLite refuses them through a link, and said "readonly database"
+            beside = Path(f"{self.path}{side}")
+            if beside.is_symlink():
+                raise ManifestError(
+                    f"{beside} is a symbolic link (to {os.readlink(beside)}): SQLite opens no {side} file of a "
+                    "database through one, so the manifest can be neither read nor written", where=str(beside),
+                    fix=f"remove the link (SQLite makes its {side} file itself, beside the manifest), then run again")
         """The path, or a read-only URI for a reader who cannot write beside the manifest (a reviewer with
         read access: a file mode 0400/0444, a read-only folder or share). A WAL database read-write needs its
         -shm file, which SQLite cannot create there ("attempt to write a readonly database" on every read);
@@ -902,6 +940,7 @@ class Manifest:
             failed: list[BaseException] = []
             with _beside(None if on_commit is None else lambda: on_commit(written), failed):
                 con.commit()
+                self.committed_label = label  # (at once: a signal or a removed manifest just after is said truly)
                 pause("committed")  # (a signal here, or while the state cache is awaited, follows the commit)
         self.committed_label = label  # before on_commit's error, if any: the version is committed
         self.after_commit()
