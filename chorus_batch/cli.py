@@ -1156,12 +1156,22 @@ def _print_md5sum(frame) -> int:
     return int(ExitCode.FINDINGS)
 
 
+def _json_for_stdout(text: str) -> str:
+    """polars' JSON (raw UTF-8) as standard output can hold it: where its encoding cannot (PYTHONIOENCODING=ascii),
+    the stream's backslash escapes (`\\xe9`) made it invalid JSON; JSON's own escapes (`\\u00e9`) keep it valid."""
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+        return text
+    except (UnicodeEncodeError, LookupError):
+        return json.dumps(json.loads(text), ensure_ascii=True)
+
+
 def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, limit: int = 200) -> None:
     """JSON array, CSV, or (for a person) the first rows as a table."""
     from .report import head_text
 
     if args.json:
-        sys.stdout.write(frame.write_json() + "\n")
+        sys.stdout.write(_json_for_stdout(frame.write_json()) + "\n")
     elif args.csv:
         _print_csv(frame)
     else:

@@ -651,6 +651,11 @@ def test_the_locale_changes_nothing_a_run_records_or_prints(tmp_path):
     assert "non_utf8_name" not in str(query(db, "SELECT kind FROM run_errors"))
     listed = cli("files", "--db", db, env={**c_locale, "PYTHONIOENCODING": "ascii"})
     assert listed.returncode == 0 and "\\u2603" in listed.stdout, listed.stderr
+    # --json stays JSON: JSON's own escapes, not the stream's (`\xe9`: "Invalid \escape" to every JSON reader)
+    for command in (("files", "--json"), ("changes", "--json"), ("history", "--json", "000001/Metadata/ünïcödé ☃.txt")):
+        listed = cli(*command, "--db", db, env={**c_locale, "PYTHONIOENCODING": "ascii"})
+        assert listed.returncode == 0, listed.stderr
+        assert "000001/Metadata/ünïcödé ☃.txt" in [row["srcfile"] for row in json.loads(listed.stdout)], command
 
 
 # cron's environment (no HOME, no LANG): the summary stayed in the buffer until the last flush, whose failure
