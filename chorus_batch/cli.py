@@ -738,6 +738,11 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
 
     target = _resolve(args)
     config = config_path(args.config)
+    if config is not None and not Path(config).is_file():  # read now, and again by every job, hours later elsewhere
+        raise UsageError(f"--config {config} is no file (a pipe, such as <(envsubst < chorus.toml.in)?): the script's "
+                         "jobs read the config again when they start, on other nodes", where="--config",
+                         fix="write it to a file on the file system every node reaches (envsubst < chorus.toml.in > "
+                             "chorus.toml) and pass that")
     roots = [(location, what) for location, what, _ in named_roots(target.site, target.config.site.roots)]
     for location, what in roots:
         if location:

@@ -201,6 +201,27 @@ def test_what_every_shard_would_refuse_is_refused_before_a_script_is_made(tmp_pa
     assert proc.stdout == "" and not (tmp_path / "m.sqlite.staging").exists()
 
 
+@pytest.mark.parametrize("command", ["slurm-script", "run --slurm"])
+def test_a_config_read_from_a_pipe_is_refused_before_a_script_is_made(tmp_path, command):
+    """`--config <(envsubst < chorus.toml.in)` put /dev/fd/63 into the script: every job, started later on another
+    node, failed on a config that was not there. Refused at once (exit 2), no script, nothing submitted; the same
+    config written to a file makes the script."""
+    site = tmp_path / "site"
+    (site / "OMOP").mkdir(parents=True)
+    template = tmp_path / "chorus.toml.in"
+    template.write_text(f"[site]\nroot = '{site}'\n[manifest]\ndb = '{tmp_path / 'm.sqlite'}'\n")
+    line = f"{shlex.quote(sys.executable)} -m chorus_batch {command} --config <(cat {shlex.quote(str(template))})"
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PATH": str(tmp_path / "nothing") + ":/usr/bin:/bin"})
+    assert proc.returncode == 2 and "is no file (a pipe" in proc.stderr and "where: --config" in proc.stderr, proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "m.sqlite.staging").exists()
+    if command == "slurm-script":
+        written = tmp_path / "chorus.toml"
+        written.write_text(template.read_text())
+        made = cli("slurm-script", "--config", str(written), cwd=tmp_path)
+        assert made.returncode == 0 and f"--config {written}" in made.stdout, made.stderr
+
+
 def test_the_script_upgrades_an_older_manifest_before_it_submits(tmp_path):
     """The shards open the manifest read-only and cannot migrate it: every array task failed on a manifest an older
     release wrote. The script upgrades it once, before its first sbatch; one it cannot open is not submitted."""
