@@ -35,6 +35,21 @@ def run_shards(site: Path, db: Path, staging: Path, shards: range = range(N), en
         assert "nothing committed" in out.stdout
 
 
+def merge_paused_at_its_commit(site: Path, db: Path, staging: Path):
+    """A merge started in the background, returned once it waits (8 s) at its commit: its Popen."""
+    import os
+    import subprocess
+    import sys
+
+    merge = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert merge.stderr is not None
+    while "test pause at commit" not in (line := merge.stderr.readline()):
+        assert line or merge.poll() is None, "the merge never reached its commit"
+    return merge
+
+
 def manifest_view(db: Path) -> dict:
     return {
         "rows": query(db, "SELECT srcfile, size, md5, modality, person_id, session_id, parse_error FROM source_files "
@@ -246,12 +261,7 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
 
     site, db, staging = snapshots, tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
-    merge = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
-                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert merge.stderr is not None
-    while "test pause at commit" not in (line := merge.stderr.readline()):
-        assert line or merge.poll() is None, "the merge never reached its commit"
+    merge = merge_paused_at_its_commit(site, db, staging)
     shard = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
     out, err = merge.communicate(timeout=120)
     assert shard.returncode == 4, shard.stderr
@@ -535,18 +545,10 @@ def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_
     """A merge run twice at once (a requeued merge job, a hand-run merge beside the job) was told "shards are still
     being written into ...: wait for the shards to finish (`squeue`)" of shards that had all ended: the holder of the
     staging lock was the other merge. It is now said as such (exit 4); the first merge commits, once."""
-    import os
-    import subprocess
-    import sys
 
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
-    first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
-                              "--merge", str(staging)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "commit+8"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert first.stderr is not None
-    while "test pause at commit" not in (line := first.stderr.readline()):
-        assert line or first.poll() is None, "the merge never reached its commit"
+    first = merge_paused_at_its_commit(site, db, staging)
     second = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     out, err = first.communicate(timeout=120)
     assert second.returncode == 4, second.stderr
