@@ -122,7 +122,8 @@ def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s chorus-batch: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    # each line with its UTC offset: version labels are UTC, and a node's zone (or a DST change) is not the reader's
+    handler.setFormatter(logging.Formatter("%(asctime)s chorus-batch: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger("chorus_batch")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)

@@ -635,6 +635,24 @@ def _homeless_says(folder: Path, config: Path, home: str | None = None) -> None:
                                         "give the full path"], said.stdout + said.stderr
 
 
+def test_log_lines_carry_their_utc_offset(tmp_path):
+    """A cron log's lines said local time without an offset ("2026-12-04T12:05:00") beside version labels in UTC: on a
+    node in another zone (or across a DST change) the two could not be matched. Each line now carries its offset."""
+    from datetime import datetime, timezone
+
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    done = cli("run", "--no-validate", "-v", "--site", str(site), "--db", str(tmp_path / "m.sqlite"),
+               env={"TZ": "America/New_York"})
+    assert done.returncode == 0, done.stderr
+    stamps = [line.split(" chorus-batch: ")[0] for line in done.stderr.splitlines() if " chorus-batch: " in line]
+    assert stamps, done.stderr
+    for stamp in stamps:
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z")
+        assert when.utcoffset() is not None and when.utcoffset().total_seconds() in (-5 * 3600, -4 * 3600), stamp
+        assert abs((datetime.now(timezone.utc) - when).total_seconds()) < 300, stamp
+
+
 def test_the_locale_changes_nothing_a_run_records_or_prints(tmp_path):
     """Under LANG=C with Python's UTF-8 coercion off (cron, a minimal container), a valid UTF-8 name is the same
     file, not an undecodable one recorded as removed; and output the terminal's encoding cannot hold is escaped."""
