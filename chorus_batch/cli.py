@@ -706,10 +706,10 @@ _PATH_FLAGS = ("config", "site", "db")
 
 def _listing_arguments(args: argparse.Namespace) -> list[str]:
     """The `run` flags given that shape a listing (--config, also ./chorus.toml read by default, --site, --db,
-    --exclude, --workers, ...), as words: paths absolute, secrets masked (pipeline.redact). A shard records them in
+    --exclude, --workers, ...), as words: paths absolute, secrets masked (urls.redact). A shard records them in
     its scan.json; the merge's messages rerun a shard with them."""
     from .config_file import config_path
-    from .pipeline import redact
+    from .urls import redact
     from .slurm import _absolute
 
     words: list[str] = []

@@ -24,7 +24,7 @@ from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
 from .scan import Root, scan
 from .sources import open_source
-from .urls import is_remote, local_path, mask_url, protocol_of
+from .urls import is_remote, local_path, mask_url, protocol_of, redact
 from .store import Manifest
 from .times import utc_now
 
@@ -314,15 +314,6 @@ def _check_outside_roots(settings: RunSettings, manifest_path: Path) -> None:
          *((path, where, name) for path, where, name in (
              (settings.parquet, "--parquet / [manifest] parquet", "the Parquet snapshot folder"),
              (settings.staging, "--staging", "the shards' staging folder")) if path and "://" not in path)])
-
-
-def redact(argv: list[str]) -> list[str]:
-    """Arguments as recorded in `runs`: URLs with their secrets masked, anything else that looks
-    like a secret masked whole."""
-    import re
-
-    secret = re.compile(r"(AccountKey=|SharedAccessSignature=|password|token|secret)", re.IGNORECASE)
-    return ["***" if secret.search(a) else mask_url(a) for a in argv]
 
 
 def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], check: str | None, label: str | None,

@@ -130,7 +130,7 @@ def _checkpoint(db: Path) -> None:
 
 
 def holder_metadata(argv: list[str], lease_s: int) -> dict[str, str]:
-    from ..pipeline import redact
+    from ..urls import redact
 
     command = " ".join(redact(argv))[:1000]
     values = {"host": socket.gethostname(), "user": user_name(), "pid": str(os.getpid()),

@@ -256,7 +256,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
            progress, problems: pl.DataFrame) -> pl.DataFrame:
     from ..classify import build_patterns
     from ..commit import commit
-    from ..pipeline import redact
+    from ..urls import redact
     from ..scan import ScanResult
     from ..store import Manifest
 
