@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import (EXIT_CODES_HELP, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start, note_signal,
-                     out_of_memory, signals_unwrapped)
+from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start,
+                     note_signal, out_of_memory, signals_unwrapped)
 from .faults import pause
 from .units import shown, shown_name, shown_text
 
@@ -1449,7 +1449,7 @@ def _stop_on_signals() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupt)
 
-    for name in ("SIGTERM", "SIGHUP"):
+    for name in STOP_SIGNALS:
         # one the caller ignores stays ignored: `nohup chorus-batch run &` was stopped (exit 129) at logout
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), stop)
@@ -1569,7 +1569,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {NOTHING_COMMITTED}", file=sys.stderr)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
-        how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)"}
+        how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)",
+               int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
         print(f"chorus-batch: {how.get(code, 'interrupted')}; "

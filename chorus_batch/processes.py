@@ -36,7 +36,9 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)]
+    from .errors import STOP_SIGNALS
+
+    stops = [getattr(signal, name) for name in (*STOP_SIGNALS, "SIGINT") if hasattr(signal, name)]
     before = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum)) for signum in stops}
     try:
         yield
@@ -105,6 +107,8 @@ def _worker_init() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is not signal.SIG_IGN:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # so does Slurm's --signal (every process of the step)
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # (nohup's stays: cli)
             signal.signal(signum, signal.SIG_DFL)

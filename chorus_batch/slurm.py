@@ -445,11 +445,13 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
 
 @contextlib.contextmanager
 def _stops_ignored():
-    """This process's stop signals (SIGINT, SIGTERM, SIGHUP) ignored while the block tidies up after one."""
+    """This process's stop signals (SIGINT and errors.STOP_SIGNALS) ignored while the block tidies up after one."""
     import signal
     import threading
 
-    stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    from .errors import STOP_SIGNALS
+
+    stops = [getattr(signal, name) for name in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, name)]
     main = threading.current_thread() is threading.main_thread()  # (only the main thread may set handlers)
     held = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stops} if main else {}
     try:

@@ -223,7 +223,8 @@ def test_a_write_that_breaks_a_constraint_is_not_blamed_on_the_file_system(db):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129),
+                                          (signal.SIGUSR1, 138)])
 def test_a_signal_just_after_the_commit_names_the_committed_version(site, db, signum, code):
     """SQLite has committed; the run still waits for the state cache written beside the commit. A signal there said
     "nothing was committed; the previous version is intact" of a committed version (found by SIGTERM at random

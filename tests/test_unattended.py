@@ -148,10 +148,16 @@ def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[sub
     raise AssertionError("the run never reached the hashing pause")
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGHUP, 129, "hung up"),
-                                                (signal.SIGINT, 130, "interrupted")])
-def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word):
+@pytest.mark.parametrize("signum, code, word, to_workers", [
+    (signal.SIGTERM, 143, "terminated", False), (signal.SIGHUP, 129, "hung up", False),
+    (signal.SIGINT, 130, "interrupted", False),
+    # Slurm's --signal=USR1@60 (before a job's time limit) reaches every process of the step, workers too: it ended
+    # the run with no message and an unfinished runs row, and the workers' deaths read as a crash
+    (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True)])
+def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers):
     proc, workers = paused_at_hashing(site, db)
+    for pid in workers if to_workers else ():
+        os.kill(pid, signum)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)  # returns: no worker keeps the caller's pipes open
     assert proc.returncode == code, err
