@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import UsageError, WorkerDied
+from .errors import STOP_SIGNALS, UsageError, WorkerDied
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
@@ -36,8 +38,6 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     held: list[int] = []
-    from .errors import STOP_SIGNALS
-
     stops = [getattr(signal, name) for name in (*STOP_SIGNALS, "SIGINT") if hasattr(signal, name)]
     before = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum)) for signum in stops}
     try:
@@ -106,12 +106,16 @@ def _worker_init() -> None:
     import os
     import signal
 
+    from .faults import pause
+
+    pause("worker-start")  # (the tests signal a worker here, before it has its own dispositions)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is not signal.SIG_IGN:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # so does Slurm's --signal (every process of the step)
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # (nohup's stays: cli)
             signal.signal(signum, signal.SIG_DFL)
+    _forking.unblock()  # what came while it started now meets these dispositions
     if sys.platform == "linux":
         import ctypes
 
@@ -170,10 +174,46 @@ def _deaths(processes: list) -> str:
     return ", ".join(sorted(said))
 
 
+class _Forking(threading.local):
+    """The stop signals blocked, in the thread that forks the workers, from just before each fork until the parent
+    goes on and the worker has set its own dispositions (_worker_init): a forked worker runs the parent's Python
+    handlers until then, and a signal to the whole process group (Ctrl-C, Slurm's --signal) raised Stopped inside a
+    library's at-fork hook: "Exception ignored ... Traceback" on the caller's terminal (seen in CI with SIGUSR1)."""
+
+    active = False  # a pool's submit, which forks its workers (fork context), is under way in this thread
+    mask: "set | None" = None  # the thread's mask before the fork
+
+    def __init__(self) -> None:
+        if hasattr(os, "register_at_fork") and hasattr(signal, "pthread_sigmask"):
+            os.register_at_fork(before=self._block, after_in_parent=self.unblock)
+
+    def _block(self) -> None:
+        if self.active and self.mask is None:
+            stops = {getattr(signal, name) for name in ("SIGINT", *STOP_SIGNALS) if hasattr(signal, name)}
+            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+
+    def unblock(self) -> None:
+        if self.mask is not None:
+            mask, self.mask = self.mask, None
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+_forking = _Forking()
+
+
+class _Pool(ProcessPoolExecutor):
+    def submit(self, *args, **kwargs):  # type: ignore[override]
+        _forking.active = True  # (a fork context's pool forks all its workers in its first submit)
+        try:
+            return super().submit(*args, **kwargs)
+        finally:
+            _forking.active = False
+
+
 def pool_executor(workers: int) -> ProcessPoolExecutor:
     """Worker processes that die with the caller and leave signals to it; the caller stops them (pool)."""
     ensure_open_files(workers)
-    return ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init)
+    return _Pool(workers, mp_context=_pool_context(), initializer=_worker_init)
 
 
 def stop_pool(executor: ProcessPoolExecutor) -> None:

@@ -174,6 +174,35 @@ def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers
     assert run(site, db, "-q").returncode == 0  # the lock was released
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGUSR1, 138), (signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_process_group_while_the_workers_start_stops_the_run_cleanly(site, db, signum, code):
+    """A signal to every process of the run (Slurm's --signal, Ctrl-C) while a worker had been forked but had not yet
+    set its own dispositions ran the parent's handler in the worker: Stopped raised inside a library's at-fork hook
+    printed "Exception ignored ... Traceback" (CI, SIGUSR1). The stop signals are blocked across the fork until the
+    worker has its dispositions: one line from the parent, its exit code, no worker left."""
+    for i in range(2100):  # enough files for worker processes
+        write(site, f"OMOP/part{i:05d}.csv", str(i).encode())
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "2",
+                             "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "worker-start+3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = []
+    while "test pause at worker-start" not in (line := proc.stderr.readline()):
+        said.append(line)
+        assert line or proc.poll() is None, "".join(said)
+    workers = children_of(proc.pid)
+    assert workers
+    for pid in workers:
+        os.kill(pid, signum)
+    time.sleep(0.2)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Exception" not in err and "nothing was committed" in err, err
+    assert not any(alive(p) for p in workers)  # (the early listing's workers: no manifest was made yet)
+
+
 def test_a_hangup_the_caller_ignores_does_not_stop_the_run(site, db):
     """`nohup chorus-batch run ... &` and log out: the run installed its own SIGHUP handler over nohup's ignore and
     stopped at logout (exit 129, nothing committed)."""
