@@ -452,7 +452,7 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
         states = {}
         for job in ours:
             try:
-                states[job] = slurm.wait_job(job, timeout=20)
+                states[job] = slurm.wait_job(job, timeout=60)  # (20 s ran out once in CI, under the other worker's load)
             except AssertionError:
                 states[job] = "still queued or running"
         if ours:
