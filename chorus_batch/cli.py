@@ -1164,8 +1164,13 @@ def _print_md5sum(frame) -> int:
 def _json_for_stdout(text: str) -> str:
     """polars' JSON (raw UTF-8) as standard output can hold it: where its encoding cannot (PYTHONIOENCODING=ascii),
     the stream's backslash escapes (`\\xe9`) made it invalid JSON; JSON's own escapes (`\\u00e9`) keep it valid."""
+    import codecs
+
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     try:
-        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+        if codecs.lookup(encoding).name == "utf-8" or text.isascii():  # (no copy of a 1M-row output to find out)
+            return text
+        text.encode(encoding)
         return text
     except (UnicodeEncodeError, LookupError):
         return json.dumps(json.loads(text), ensure_ascii=True)

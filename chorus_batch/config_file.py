@@ -127,18 +127,18 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
     at least its least value; else a ConfigError naming the variable. A CHORUS_BATCH_* variable chorus-batch does not
     read (a typo: CHORUS_BATCH_PROGRES_S=60 left the default of 5 s in force, silently) is warned of."""
     import math
-    from difflib import get_close_matches
 
     environ = os.environ if environ is None else environ
     known = [*NUMERIC_ENVIRONMENT, *OTHER_ENVIRONMENT]
     for name in sorted(n for n in environ if n.upper().startswith("CHORUS_BATCH_") and n not in known):
         import logging
+        from difflib import get_close_matches  # (only for a variable not known: not on every start-up)
 
         prefix = len("CHORUS_BATCH_")  # (compared after it: every name shares it)
         meant = ["CHORUS_BATCH_" + m for m in get_close_matches(name.upper()[prefix:], [k[prefix:] for k in known], n=1)]
         logging.getLogger("chorus_batch").warning(
             f"environment variable {name} is not one chorus-batch reads; it is ignored "
-            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(known[:-1]))})"))
+            + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(k for k in known if k != 'CHORUS_BATCH_TEST_PAUSE'))})"))
     for name, (kind, least, example, what) in NUMERIC_ENVIRONMENT.items():
         raw = environ.get(name, "").strip()
         if not raw:
