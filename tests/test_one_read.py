@@ -22,10 +22,13 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chorus_batch import hashing, workers
 from chorus_batch.sources import base
@@ -430,3 +433,29 @@ def test_a_run_killed_while_hashing_checkpoints_its_facts_and_the_rerun_reads_on
     for sql in ("SELECT kind, md5, facts FROM file_facts ORDER BY 1, 2", "SELECT rule, srcfile, message FROM findings "
                 "ORDER BY 1, 2, 3", "SELECT srcfile, md5 FROM source_files ORDER BY 1"):
         assert query(db, sql) == query(clean, sql)
+
+
+_TWO = st.text("0123456789", min_size=1, max_size=2)
+
+
+# (any text the record line's expression gives as base_time / base_date: wfdb/io/header.py)
+@given(st.times().map(lambda t: t.strftime("%H:%M:%S")) | st.tuples(_TWO, _TWO, _TWO).map(":".join) | st.from_regex(r"\d{,2}:?\d{,2}:?\d{,2}\.?\d{,6}", fullmatch=True))
+def test_a_header_base_time_reads_as_wfdb_strptime_reads_it(text):
+    """The base time's fast path gives what wfdb's strptime gives, and fails where it fails (with its message)."""
+    grammar = readers._wfdb_grammar()
+    assert _outcome(lambda: readers._iso_time(grammar, text)) == _outcome(lambda: grammar.wfdb_strptime(text).isoformat())
+
+
+@given(st.dates().map(lambda d: f"{d.day:02}/{d.month:02}/{d.year:04}")
+       | st.tuples(_TWO, _TWO, st.text("0123456789", min_size=1, max_size=5)).map("/".join)
+       | st.from_regex(r"\d{,2}/?\d{,2}/?\d{,4}", fullmatch=True))
+def test_a_header_base_date_reads_as_strptime_reads_it(text):
+    expected = _outcome(lambda: datetime.strptime(text, "%d/%m/%Y").date().isoformat())
+    assert _outcome(lambda: readers._iso_date(text)) == expected
+
+
+def _outcome(read):
+    try:
+        return read()
+    except ValueError as exc:
+        return f"ValueError: {exc}"
