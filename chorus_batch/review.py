@@ -154,14 +154,21 @@ class ManifestReader:
                                  f"{labels[0]} .. {labels[-1]}), or an ISO time such as 2026-11-27T03:00:00Z")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
+        # Compared in UTC, as the commit times are: polars refused a named zone (a ZoneInfo, a pandas Timestamp's)
+        # beside them, and a wall time in a DST gap. A UTC before year 1 or after 9999 (an offset on the calendar's
+        # first or last day) is before every version or after the latest: the calendar's ends stand in for it.
+        try:
+            at, beyond = moment.astimezone(timezone.utc), False
+        except OverflowError:
+            at, beyond = (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=timezone.utc), True
         committed = versions.with_columns(
             _at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False)
-        ).filter(pl.col("_at") <= moment)
+        ).filter(pl.col("_at") <= at)
         if committed.height == 0:
             first = versions.row(0, named=True)
             # Said in UTC too, as the manifest writes commit times: '05:00+09:00' beside '04:35:59Z' read as later;
             # and a date alone is that day's start, not its end.
-            asked = moment.isoformat() + ("" if moment.utcoffset() == timedelta(0) else f" ({iso(moment)})")
+            asked = moment.isoformat() + ("" if beyond or moment.utcoffset() == timedelta(0) else f" ({iso(at)})")
             if isinstance(version, str) and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", version):
                 asked += f" (a date alone is its start; {version.strip()}T23:59:59Z is its end)"
             raise UsageError(f"no version was committed at or before {asked}", where=str(self.path),

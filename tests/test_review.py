@@ -133,6 +133,29 @@ def test_files_as_of_a_time_picks_the_version_committed_then(history):
         reader.files("v9")
 
 
+def test_a_time_in_a_named_zone_or_at_the_edge_of_the_calendar_picks_its_version(reader, history):
+    """A notebook's `datetime.now(ZoneInfo("Europe/Berlin"))` (or a pandas Timestamp with a zone) raised polars'
+    SchemaError (a Datetime in Europe/Berlin compared with the UTC commit times), and one in a DST gap its
+    ComputeError; a time whose UTC falls outside years 1..9999 ('0001-01-01T00:00:00+01:00') was an internal
+    error (OverflowError), exit 3. Each is the moment it names: before every version, or after the latest."""
+    from zoneinfo import ZoneInfo
+
+    committed = datetime.fromisoformat(reader.versions()["finished_at"][0].replace("Z", "+00:00"))
+    between = committed + timedelta(milliseconds=500)
+    for zone in ("Europe/Berlin", "America/New_York", "Asia/Tokyo"):
+        assert reader.resolve(between.astimezone(ZoneInfo(zone))) == history["labels"][0], zone
+    march = datetime(committed.year + 1, 3, 31, 2, 30)  # next year's last Sunday of March, 02:30 in Berlin:
+    gap = (march - timedelta(days=(march.weekday() + 1) % 7)).replace(tzinfo=ZoneInfo("Europe/Berlin"))  # no such time
+    assert reader.resolve(gap) == history["labels"][-1]
+    for early in ("0001-01-01T00:00:00+01:00", datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))):
+        with pytest.raises(UsageError, match="no version was committed at or before 0001-01-01T00:00:00"):
+            reader.resolve(early)
+    for late in ("9999-12-31T23:59:59-01:00", datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/New_York"))):
+        assert reader.resolve(late) == history["labels"][-1]
+    out = cli("files", "--db", str(history["db"]), "--as-of", "0001-01-01T00:00:00+01:00")
+    assert out.returncode == 2 and "no version was committed" in out.stderr and "internal error" not in out.stderr
+
+
 def test_files_filters_by_modality_and_person(reader, history):
     tree = history["trees"][0]
     person = {p: m for p, m in tree.items() if p.startswith("000002/")}
