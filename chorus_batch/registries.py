@@ -20,6 +20,7 @@ Contents are read only where the manifest has no facts of them yet (headers, by 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,12 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     from .config import RegistrySection
     from .validate.run import site_sources
 
+    if os.fspath(out).strip() == "-":  # report's and review's standard output; here it made a folder named '-'
+        raise UsageError("registry --out is a folder: the registries are two or three files (waveform_registry.csv, "
+                         "image_registry.csv, procedure_occurrence.csv with --omop), which standard output (-) cannot "
+                         "hold apart; nothing was written", where="--out -",
+                         fix="give a folder, such as --out release/ (it is made owner-only), then read a file of it "
+                             "(`cat release/waveform_registry.csv`)")
     manifest = Manifest(db)
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),

@@ -165,6 +165,16 @@ def test_registry_needs_a_manifest(tmp_path):
     assert out.returncode == 2 and "no manifest" in out.stderr and "fix:" in out.stderr
 
 
+def test_out_dash_is_not_taken_as_a_folder_named_dash(released, tmp_path):
+    """`report --out -` and `review --out -` print to standard output; `registry --out -` made a folder named `-`
+    in the current folder (awkward to remove: `rm -r -` is not it) and said it wrote its files there. The registry
+    is two or three files, which standard output cannot hold apart: refused (exit 2), nothing made."""
+    site, db, _ = released
+    out = cli("registry", "--db", str(db), "--out", "-", cwd=tmp_path)
+    assert out.returncode == 2 and "--out" in out.stderr and "fix:" in out.stderr, out.stderr
+    assert not (tmp_path / "-").exists() and out.stdout == ""
+
+
 def test_the_testdata_sites_registries_match_an_independent_computation(tmp_path):
     """The synthetic site of `chorus-batch testdata` (both snapshots, as two versions)."""
     from chorus_batch.testdata import Spec, make_testdata
