@@ -161,9 +161,17 @@ class ManifestReader:
             at, beyond = moment.astimezone(timezone.utc), False
         except OverflowError:
             at, beyond = (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=timezone.utc), True
-        committed = versions.with_columns(
-            _at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False)
-        ).filter(pl.col("_at") <= at)
+        timed = versions.with_columns(_at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False))
+        if timed["_at"].null_count() == timed.height:
+            # Snapshots without versions.parquet (an older release's, or version folders copied alone): no version
+            # is known to have been committed before any time; saying so of v1 "committed None" was untrue.
+            labels = versions["label"].to_list()
+            raise UsageError(f"no version can be found by the time {moment.isoformat()}: the commit times of these "
+                             "versions are not recorded (a snapshot folder without versions.parquet)",
+                             where=str(self.path),
+                             fix=f"give a version label ({len(labels)} here, {labels[0]} .. {labels[-1]}), or open "
+                                 "the SQLite manifest the snapshots were written from, which records the times")
+        committed = timed.filter(pl.col("_at") <= at)
         if committed.height == 0:
             first = versions.row(0, named=True)
             # Said in UTC too, as the manifest writes commit times: '05:00+09:00' beside '04:35:59Z' read as later;

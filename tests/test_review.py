@@ -508,6 +508,20 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
+def test_a_snapshot_folder_without_commit_times_says_so_when_asked_for_a_time(history, tmp_path):
+    """Snapshots without versions.parquet (an older release's, or version folders copied alone) record no commit
+    times: `files --as-of 2030-01-01` said "no version was committed at or before 2030-01-01 ... the first version is
+    v1, committed None", untrue of versions that exist. It now says the times are not recorded and to give a label."""
+    snaps = tmp_path / "snap"
+    shutil.copytree(history["snaps"], snaps)
+    (snaps / "versions.parquet").unlink()
+    assert open_manifest(snaps).resolve("v2") == "v2"  # labels still work
+    for args in (["files", "--as-of", "2030-01-01"], ["diff", "--from", "2000-01-01T00:00:00Z"]):
+        out = cli(*args, "--db", str(snaps))
+        assert out.returncode == 2 and "None" not in out.stderr and "no version was committed" not in out.stderr, out.stderr
+        assert "commit times" in out.stderr and "v1 .. v3" in out.stderr and "fix:" in out.stderr, out.stderr
+
+
 def test_a_label_copied_with_a_space_or_mistyped_is_answered_with_the_label_meant(history):
     """`--version "v2 "` (copied with a space) and `--as-of v22` said only "no version ... give a label from
     `chorus-batch versions`": the answer now names the label probably meant, and the range of the manifest's."""
