@@ -66,7 +66,12 @@ def text_argument(value: object, what: str, where: str, example: str) -> str:
 
 def open_manifest(path: str | Path) -> "ManifestReader":
     """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
-    path = Path(text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"'))
+    path = text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"')
+    if not path.strip():  # Path("") is the current folder: a notebook's unset parameter read whatever was there
+        raise UsageError("the manifest's path is empty", where="open_manifest(path)",
+                         fix='give the manifest file written by `chorus-batch run`, such as "chorus_manifest.sqlite", '
+                             "or its --parquet folder")
+    path = Path(path)
     if path.is_dir():
         from .store.snapshots import ParquetReader
 

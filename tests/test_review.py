@@ -180,6 +180,21 @@ def test_arguments_of_a_wrong_type_are_usage_errors_that_say_what_to_give(reader
     assert reader.history(Path("OMOP/person.csv")).height > 0
 
 
+def test_an_empty_manifest_path_or_one_versions_snapshot_is_said_as_such(history, monkeypatch):
+    """open_manifest("") (a notebook's unset parameter) read the current folder and said "no Parquet snapshots in .";
+    a single `version=<label>` snapshot folder was "no Parquet snapshots in …/version=v1", with no word of its parent."""
+    monkeypatch.chdir(history["snaps"])  # even where snapshots are: an empty path is not the current folder
+    for empty in ("", "  "):
+        with pytest.raises(UsageError, match="the manifest's path is empty") as raised:
+            open_manifest(empty)
+        assert "such as" in raised.value.fix
+    with pytest.raises(UsageError, match="one version's snapshot folder") as raised:
+        open_manifest(history["snaps"] / "version=v1")
+    assert str(history["snaps"]) in raised.value.fix
+    out = cli("files", "--db", str(history["snaps"] / "version=v1"))
+    assert out.returncode == 2 and "one version's snapshot folder" in out.stderr, out.stderr
+
+
 def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
     from chorus_batch import run
 

@@ -166,6 +166,10 @@ class ParquetReader(ManifestReader):
         # writing a snapshot, or still writing it, leaves a version no reader takes for complete.
         self._labels = sorted(p.name.split("=", 1)[1] for p in self.path.glob("version=*")
                               if (p / "manifest.parquet").is_file())
+        if not self._labels and self.path.name.startswith("version=") and (self.path / "manifest.parquet").is_file():
+            raise UsageError(f"{self.path} is one version's snapshot folder, not the folder of snapshots",
+                             where=str(self.path), fix=f"pass the folder holding it, {self.path.parent} (every version "
+                                                       "is read from there; --as-of / --version picks one)")
         if not self._labels:
             raise UsageError(f"no Parquet snapshots in {self.path}", where=str(self.path),  # a --db naming no manifest: 2
                              fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
