@@ -1476,6 +1476,11 @@ def _close(word: str, choices) -> str | None:
     return bare[max(matches, key=shared)] if matches else None
 
 
+# A version as another command asks it: `files` takes --as-of, `changes`, `report`, `review` and `registry` --version
+# (`files --version` was answered "did you mean --person?", the nearest spelling).
+_SAME_QUESTION = {"--version": ("--as-of",), "--as-of": ("--version",)}
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """argparse's parse_args (exit 2 on bad usage), saying which command or flag was probably meant."""
     commands = parser.commands  # type: ignore[attr-defined]
@@ -1508,7 +1513,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         options = [o for action in command._actions for o in action.option_strings]
         lines = []
         for flag in flags:
-            meant = _close(flag.split("=", 1)[0], options)
+            name = flag.split("=", 1)[0]
+            meant = next((o for o in _SAME_QUESTION.get(name, ()) if o in options), None) or _close(name, options)
+            if name == "--path" and any(action.dest == "path" and not action.option_strings for action in command._actions):
+                lines.append(f"unrecognized argument {flag}; the path is given without it: chorus-batch {args.command} PATH")
+                continue
             lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
         command.error("\n".join(lines))
     _refuse_empty_values(commands[args.command], args)

@@ -168,6 +168,19 @@ def test_a_flag_the_command_does_not_have_suggests_nothing_unlike(tmp_path):
     assert "did you mean --dry-run?" in out.stderr, out.stderr
 
 
+def test_a_version_or_path_flag_another_command_takes_is_answered_with_this_ones(tmp_path):
+    """`files` asks --as-of, `changes`, `report`, `review` and `registry` --version: `files --version V` was answered
+    "did you mean --person?" and `changes --as-of V` with nothing; `history --path P` (files and changes take --path)
+    did not say the path is given without it."""
+    for args, said in ((("files", "--version", "v1"), "unrecognized argument --version; did you mean --as-of?"),
+                       (("changes", "--as-of", "v1"), "unrecognized argument --as-of; did you mean --version?"),
+                       (("report", "--as-of=v1", "--out", "r.html"), "did you mean --version?"),
+                       (("history", "--path", "OMOP/person.csv"),
+                        "unrecognized argument --path; the path is given without it: chorus-batch history PATH")):
+        out = cli(*args, cwd=tmp_path)
+        assert out.returncode == 2 and said in out.stderr and "--person" not in out.stderr.splitlines()[-1], out.stderr
+
+
 def test_a_misspelt_command_suggests_the_command(tmp_path):
     out = cli("rnu", cwd=tmp_path)
     assert out.returncode == 2
