@@ -137,6 +137,10 @@ class ManifestReader:
             version = str(version)  # a label typed as a number (20261127034021), in a notebook as by papermill
         elif isinstance(version, date) and not isinstance(version, datetime):
             version = datetime(version.year, version.month, version.day, tzinfo=timezone.utc)  # as "2026-11-27"
+        elif isinstance(version, datetime) and version != version:  # pandas' NaT, a datetime that is no time
+            raise UsageError(f"a version is a label or an ISO date-time, not a time: {version!r} (a missing value)",
+                             where=str(self.path), fix="give a label from `chorus-batch versions` (text), a datetime, "
+                                                       "or an ISO time such as 2026-11-27T03:00:00Z")
         elif not isinstance(version, (str, datetime)):
             raise UsageError(f"a version is a label or an ISO date-time, not {type(version).__name__} {version!r}",
                              where=str(self.path), fix="give a label from `chorus-batch versions` (text), a datetime, "
