@@ -1246,6 +1246,13 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
         shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
+        # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
+        # called a folder of one file.
+        bare = args.path.rstrip("/\\")
+        if bare and bare != args.path and reader.history_of(bare).height:
+            named = reader.history_of(bare)["srcfile"][-1]
+            raise UsageError(f"{shown} ends with a separator, but {named!r} is a file, not a folder",
+                             where=_db(args), fix=f"ask `chorus-batch history {shlex.quote(named)}`")
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
         if inside:  # a folder: history follows one file
             raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file",

@@ -354,6 +354,20 @@ def test_a_manifest_in_a_read_only_folder_is_read_and_never_changed(history, tmp
     assert hashlib.md5(db.read_bytes()).hexdigest() == before
 
 
+def test_a_files_path_typed_with_a_trailing_slash_is_not_called_a_folder(site, db):
+    """`history OMOP/person.csv/` said "'OMOP/person.csv/' is a folder of 1 current file, not a file": untrue, the
+    one "file in it" being the file itself. It now says the path names a file and how to ask its history."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/visit/a.csv", b"a")
+    run_site(site, db, validate_site=False)
+    for typed in ("OMOP/person.csv/", "OMOP\\person.csv\\"):
+        out = cli("history", "--db", str(db), typed)
+        assert out.returncode == 2 and "is a folder of" not in out.stderr, out.stderr
+        assert "'OMOP/person.csv' is a file" in out.stderr and "chorus-batch history OMOP/person.csv" in out.stderr
+    folder = cli("history", "--db", str(db), "OMOP/visit/")  # a real folder is still said as one
+    assert folder.returncode == 2 and "is a folder of 1 current file" in folder.stderr, folder.stderr
+
+
 def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     """`history 'OMOP/a\\b.csv'` turned the backslash into a separator and found no file (or another one):
     the path as typed comes first, the Windows reading only when no file has that name."""
