@@ -76,8 +76,8 @@ def open_manifest(path: str | Path) -> "ManifestReader":
         from .store.snapshots import ParquetReader
 
         return ParquetReader(path)
-    if not path.exists():
-        raise UsageError(f"no manifest at {path}", where=str(path),  # a --db naming nothing, as in every command
+    if not path.exists():  # said absolute, as `versions` says it: the current folder of a cron job is not the shell's
+        raise UsageError(f"no manifest at {path.absolute()}", where=str(path.absolute()),  # a --db naming nothing
                          fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
     return SQLiteReader(path)
 

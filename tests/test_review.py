@@ -197,6 +197,15 @@ def test_an_empty_manifest_path_or_one_versions_snapshot_is_said_as_such(history
     assert out.returncode == 2 and "one version's snapshot folder" in out.stderr, out.stderr
 
 
+def test_no_manifest_is_said_with_the_folder_it_was_looked_for_in(tmp_path):
+    """`files`, `diff` and `history` in a folder without a manifest said "no manifest at chorus_manifest.sqlite",
+    naming no folder (a cron job's current folder is not the shell's): the path is absolute, as `versions` says it."""
+    for command in (("files",), ("diff", "--from", "x"), ("history", "a.csv")):
+        out = cli(*command, cwd=tmp_path)
+        assert out.returncode == 2 and f"no manifest at {tmp_path / 'chorus_manifest.sqlite'}" in out.stderr, out.stderr
+        assert f"where: {tmp_path / 'chorus_manifest.sqlite'}" in out.stderr, out.stderr
+
+
 def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
     from chorus_batch import run
 
