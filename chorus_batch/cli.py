@@ -617,6 +617,10 @@ def _resolve(args: argparse.Namespace) -> _Target:
 
     if getattr(args, "db", None):
         check_manifest_location(args.db, "--db")
+        if "://" not in args.db:  # a '~' no shell expanded (a cron line, a unit file): as --site and [manifest] db read it
+            from .urls import expand_home
+
+            args.db = expand_home(args.db, "--db")
     if getattr(args, "demo", False):  # `run --demo` (and the commands that read what it wrote): the demo site
         given = [flag for flag in ("site", "config", "merge", "shard", "staging", "slurm") if getattr(args, flag, None)]
         if given:
@@ -1002,8 +1006,10 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     _local_db(target, "registry")
     registry = target.config.registry
     overrides = {None: target.site, **target.config.site.roots} if target.site else {}
-    registries, paths = make_registries(
-        target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
+    from .urls import expand_home
+
+    registries, paths = make_registries(  # --out "~/release" quoted: the home folder, not a folder '~' made here
+        target.db, expand_home(args.out, "--out"), argv=argv, version=args.version_label, overrides=overrides,
         ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
         workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud,
         progress=Progress(quiet=args.quiet))

@@ -175,6 +175,24 @@ def test_out_dash_is_not_taken_as_a_folder_named_dash(released, tmp_path):
     assert not (tmp_path / "-").exists() and out.stdout == ""
 
 
+def test_a_quoted_tilde_in_db_and_out_is_the_home_folder_not_a_folder_named_tilde(released, tmp_path):
+    """`--db "~/m.sqlite"` and `--out "~/release"` as a cron line or a unit file quotes them (no shell to expand
+    them): `--site "~/site"` and `db = "~/m.sqlite"` in chorus.toml are the home folder, but --db was looked for in
+    ./~/ ("no manifest at …/~/m.sqlite") and registry --out made a folder named '~' here and wrote into it."""
+    import shutil
+
+    _, db, _ = released
+    home, here = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    here.mkdir()
+    shutil.copyfile(db, home / "m.sqlite")
+    done = cli("registry", "--db", "~/m.sqlite", "--out", "~/release", cwd=here, env={"HOME": str(home)})
+    assert done.returncode == 0, done.stderr
+    assert (home / "release" / "waveform_registry.csv").is_file() and list(here.iterdir()) == []
+    listed = cli("files", "--db", "~/m.sqlite", "--json", cwd=here, env={"HOME": str(home)})
+    assert listed.returncode == 0 and listed.stdout.startswith("["), listed.stderr
+
+
 def test_the_testdata_sites_registries_match_an_independent_computation(tmp_path):
     """The synthetic site of `chorus-batch testdata` (both snapshots, as two versions)."""
     from chorus_batch.testdata import Spec, make_testdata
