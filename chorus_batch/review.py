@@ -71,7 +71,9 @@ def open_manifest(path: str | Path) -> "ManifestReader":
         raise UsageError("the manifest's path is empty", where="open_manifest(path)",
                          fix='give the manifest file written by `chorus-batch run`, such as "chorus_manifest.sqlite", '
                              "or its --parquet folder")
-    path = Path(path)
+    from .urls import expand_home
+
+    path = Path(expand_home(path, "open_manifest(path)"))  # "~/m.sqlite" as --db reads it, not a folder '~' here
     if path.is_dir():
         from .store.snapshots import ParquetReader
 

@@ -206,6 +206,16 @@ def test_no_manifest_is_said_with_the_folder_it_was_looked_for_in(tmp_path):
         assert f"where: {tmp_path / 'chorus_manifest.sqlite'}" in out.stderr, out.stderr
 
 
+def test_open_manifest_reads_a_path_under_the_home_folder_as_the_command_line_does(history, tmp_path, monkeypatch):
+    """open_manifest("~/m.sqlite") in a notebook said "no manifest at …/~/m.sqlite", where `--db "~/m.sqlite"` reads the
+    home folder's manifest."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(history["db"], home / "m.sqlite")
+    monkeypatch.setenv("HOME", str(home))
+    assert open_manifest("~/m.sqlite").versions()["label"].to_list() == history["labels"]
+
+
 def test_run_given_a_dict_says_it_takes_run_settings(history, tmp_path):
     from chorus_batch import run
 
