@@ -194,8 +194,9 @@ class FsspecSource:
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
         if kind == "missing" and not cloud_access.store_gone(exc):
             return FileNotFoundError(f"gone: {srcfile}")
-        if kind == "permission":
-            return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]")
+        if kind == "permission":  # (with what to ask for: a hash records it as the file's error, as it is)
+            fix = cloud_access.explain(exc, where=self.description, how=self.how, action="read").fix
+            return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]: {fix}")
         if kind == "other" and isinstance(exc, OSError):
             return exc
         return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read")
