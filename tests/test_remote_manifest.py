@@ -146,6 +146,33 @@ def test_a_run_is_refused_while_another_holds_the_lease_and_unlock_breaks_it(az,
     no_secret(refused.stderr, unlocked.stdout, no_tty.stderr)
 
 
+def test_unlock_of_a_url_where_there_is_no_manifest_says_so_and_exits_2(az, tmp_path):
+    """`unlock --db` with a mistyped URL (nothing there: no manifest, no lock blob) said "is not locked (no run holds
+    its lease); nothing to do", exit 0, while the manifest the refused run named stayed locked: the next run was
+    refused again with nothing to tell why. It now says there is no manifest there (exit 2, as every command but
+    `run` does for a --db that names none); a first run's lock, before any manifest was uploaded, is still found."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    lease = az.lock.acquire_lease(lease_duration=60)
+    try:
+        typo = cli("unlock", "--db", az.url.replace("manifest.sqlite", "manifests.sqlite"), "--yes", env=az.env)
+        assert typo.returncode == 2, (typo.returncode, typo.stdout, typo.stderr)
+        assert "no manifest at" in typo.stderr and "not locked" not in typo.stdout, typo.stdout + typo.stderr
+        assert lease_state(az) == "leased"
+    finally:
+        lease.release()
+    # a first run killed before its first upload: a lock blob and no manifest; unlock still finds the lease
+    first = az.service.get_blob_client(az.container, "first/manifest.sqlite.lock")
+    first.upload_blob(b"")
+    held = first.acquire_lease(lease_duration=60)
+    unlocked = cli("unlock", "--db", f"az://{az.container}/first/manifest.sqlite", "--yes", env=az.env)
+    assert unlocked.returncode == 0 and "broke the lock" in unlocked.stdout, unlocked.stdout + unlocked.stderr
+    del held
+    # and a lock blob left unleased with no manifest: not locked, said as before
+    free = cli("unlock", "--db", f"az://{az.container}/first/manifest.sqlite", "--yes", env=az.env)
+    assert free.returncode == 0 and "not locked" in free.stdout, free.stdout + free.stderr
+
+
 def test_a_failed_run_leaves_the_remote_manifest_byte_identical_and_unlocked(az, tmp_path):
     site = small_site(tmp_path / "site")
     assert run(az, site).returncode == 0
