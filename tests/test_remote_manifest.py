@@ -286,3 +286,25 @@ def test_a_percent_in_a_db_url_is_a_character_of_the_name_as_in_site_and_to(az, 
     assert "m/my%20m.sqlite" not in names, names  # nothing started over
     read = cli("versions", "--db", f"az://{az.container}/m/my m.sqlite", "--json", env=az.env)
     assert read.returncode == 0 and read.stdout.count('"label"') == 1, read.stdout + read.stderr
+
+
+def test_a_manifest_blob_inside_the_cloud_site_root_is_refused_before_anything_is_written(az, tmp_path):
+    """`--db az://c/site/manifest.sqlite` (or one spelt abfs://) with `--site az://c/site`: a local manifest inside
+    the site's root is refused (exit 2), a manifest blob there was taken: committed, and with its .lock blob listed
+    by every later run as files of the site ("file at the site root"), each commit a new version of it, and
+    `upload` would send them to the centre. It is now refused alike, before the lease is taken."""
+    from services import upload_tree
+
+    site = small_site(tmp_path / "site")
+    upload_tree(az.service, az.container, site, "site")
+    for db in (f"az://{az.container}/site/manifest.sqlite", f"abfs://{az.container}/site/OMOP/",
+               f"az://{az.container}/site"):
+        out = cli("run", "--site", f"az://{az.container}/site/", "--db", db, "--no-validate", env=az.env)
+        assert out.returncode == 2, (db, out.returncode, out.stdout, out.stderr)
+        assert "the manifest would lie inside the site's root" in out.stderr, out.stderr
+    names = {blob.name for blob in az.service.get_container_client(az.container).list_blobs()}
+    assert names == {f"site/{rel}" for rel in ("OMOP/person.csv", "000001/Waveforms/S1/S1.dat",
+                                               "000001/Waveforms/S1/S1.hea")}, names  # no manifest, no lock blob
+    beside = cli("run", "--site", f"az://{az.container}/site", "--db", f"az://{az.container}/site.sqlite",
+                 "--no-validate", env=az.env)  # a sibling of the prefix is outside it
+    assert beside.returncode == 0, beside.stderr
