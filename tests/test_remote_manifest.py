@@ -308,3 +308,24 @@ def test_a_manifest_blob_inside_the_cloud_site_root_is_refused_before_anything_i
     beside = cli("run", "--site", f"az://{az.container}/site", "--db", f"az://{az.container}/site.sqlite",
                  "--no-validate", env=az.env)  # a sibling of the prefix is outside it
     assert beside.returncode == 0, beside.stderr
+
+
+def test_a_blob_that_is_not_a_manifest_is_named_by_its_url_not_by_the_working_copy(az, tmp_path):
+    """`--db az://...` naming a blob of another file (a CSV, another program's SQLite database): run and versions
+    said "where: ~/.cache/chorus-batch/manifests/<hash>/person.csv" and "move this one aside to start a new
+    manifest" -- a cache file, which the next download put back. They now name the blob's URL (the working copy
+    after it) and say to check the URL; the blob is left as it was."""
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE t (x)")
+    site = small_site(tmp_path / "site")
+    for content in (b"person_id\n1\n", other.read_bytes()):
+        az.blob.upload_blob(content, overwrite=True)
+        etag = az.blob.get_blob_properties().etag
+        for out in (run(az, site), cli("versions", "--db", az.url, env=az.env)):
+            assert out.returncode == 3, (out.returncode, out.stderr)
+            assert f"where: {az.url} (its working copy: " in out.stderr, out.stderr
+            assert "check the URL" in out.stderr and "move this one aside" not in out.stderr, out.stderr
+        assert az.blob.get_blob_properties().etag == etag and az.blob.download_blob().readall() == content

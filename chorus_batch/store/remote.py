@@ -308,6 +308,7 @@ class RemoteManifest:
             self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease))
             props = self.properties()
             self._refresh(self.local, props)
+            self._check_copy(self.local)
             self._mark_dirty(self.local)  # the run changes the copy: trusted again only after the upload
             etag = props.etag if props is not None else None
             try:
@@ -464,7 +465,24 @@ class RemoteManifest:
             raise UsageError(f"no manifest at {self.where}" + (" yet (a first run has not committed)" if props else ""),
                              where=self.where, fix=f"run `chorus-batch run --db {self.where}` first, or check the URL")
         self._refresh(self.read_copy, props)
+        self._check_copy(self.read_copy)
         return self.read_copy
+
+    def _check_copy(self, copy: Path) -> None:
+        """The downloaded blob is a manifest of this release, said with the blob's URL: a blob of another file (a
+        CSV, another program's database) was reported at the working copy's path in the cache, with "move this one
+        aside", which the next download undid."""
+        from .manifest import Manifest
+
+        try:
+            Manifest(copy).schema_on_disk()
+        except ManifestError as exc:
+            exc.where = f"{self.where} (its working copy: {copy})"
+            if "not a readable SQLite database" in exc.what or "not a chorus-batch manifest" in exc.what:
+                exc.fix = ("check the URL: --db names the manifest blob (az://CONTAINER/path/manifest.sqlite); "
+                           "this blob holds another file and was left as it is; to start a new manifest, give a "
+                           "URL where there is no blob yet")
+            raise
 
     # ------------------------------------------------------------------ unlock
 
@@ -497,6 +515,8 @@ def remote_manifest(url: str, cloud: CloudSettings | None, argv: list[str], *, r
     if read_only:
         props = remote.properties()
         remote._refresh(remote.read_copy, props)
+        if props is not None and props.size:
+            remote._check_copy(remote.read_copy)
         yield remote.read_copy
         return
     with remote.leased(argv, keep_partial=keep_partial) as local:
