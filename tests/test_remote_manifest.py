@@ -329,3 +329,18 @@ def test_a_blob_that_is_not_a_manifest_is_named_by_its_url_not_by_the_working_co
             assert f"where: {az.url} (its working copy: " in out.stderr, out.stderr
             assert "check the URL" in out.stderr and "move this one aside" not in out.stderr, out.stderr
         assert az.blob.get_blob_properties().etag == etag and az.blob.download_blob().readall() == content
+
+
+def test_a_db_url_that_names_a_folder_is_refused_not_made_a_blob(az, tmp_path):
+    """`--db az://c/manifests/` (a trailing '/') and `--db az://c/manifests` where blobs lie under manifests/: the run
+    made a blob named 'manifests' beside the folder (the '/' stripped; a hierarchical-namespace account cannot hold
+    both) and committed there. Both are now refused as a local folder is (exit 2), nothing written."""
+    az.service.get_blob_client(az.container, "manifests/other/old.sqlite").upload_blob(b"x")
+    site = small_site(tmp_path / "site")
+    for url in (f"az://{az.container}/new/", f"az://{az.container}/manifests"):
+        for out in (cli("run", "--site", str(site), "--db", url, "--no-validate", env=az.env),
+                    cli("versions", "--db", url, env=az.env)):
+            assert out.returncode == 2, (url, out.returncode, out.stdout, out.stderr)
+            assert "does not name a blob" in out.stderr or "names a folder" in out.stderr, out.stderr
+    names = {blob.name for blob in az.service.get_container_client(az.container).list_blobs()}
+    assert names == {"manifests/other/old.sqlite"}, names

@@ -80,7 +80,7 @@ def _split(url: str) -> tuple[str, str]:
     container = (parts.netloc or "").split("@")[0]
     # Taken as written, as --site and --to take az:// and s3:// URLs (fsspec, the SDK): a '%' is a character of the
     # blob's name, never an escape. (It was decoded here only: --db az://c/my%20m.sqlite was the blob 'my m.sqlite'.)
-    name = parts.path.strip("/")
+    name = parts.path.lstrip("/")  # (a trailing '/' names a folder: it was stripped, and a blob made of the folder)
     if not container or not name or name.endswith("/"):
         raise UsageError(f"--db {mask_url(url)} does not name a blob",
                          where="--db / [manifest] db",
@@ -236,7 +236,22 @@ class RemoteManifest:
         props = self._call(f"read the {self.what} at", get)
         if props is None and main:
             self._refuse_decoded_twin(blob)
+            self._refuse_folder()
         return props
+
+    def _refuse_folder(self) -> None:
+        """No blob of this name, but blobs under it: --db names a folder (a prefix), refused as a local folder is,
+        not made a blob beside the folder's name (which a hierarchical-namespace account cannot even hold)."""
+        self.blob()
+        container = self._service.get_container_client(self.container)
+        below = self._call(f"read the {self.what} at", lambda: next(iter(container.list_blobs(
+            name_starts_with=self.name + "/", results_per_page=1)), None))
+        if below is not None:
+            flag = "--db" if self.what == "manifest" else f"the {self.what}"
+            raise UsageError(f"{flag} {self.where} names a folder (blobs such as {below.name!r} are under it), not a "
+                             f"{self.what} blob", where=self.where,
+                             fix=f"give the {self.what} blob's URL (az://CONTAINER/path/manifest.sqlite; a manifest "
+                                 "is kept outside the site's roots)")
 
     def _refuse_decoded_twin(self, blob: Any) -> None:
         """No blob of this name, but one of its %-escapes decoded (my%20m.sqlite: 'my m.sqlite', where --db put it
@@ -300,6 +315,7 @@ class RemoteManifest:
         """The working copy, up to date, while this process holds the lease; uploaded back on success.
         keep_partial: what the command recorded is kept even when it fails or is stopped (an upload's
         ledger: each batch is a transaction of its own), so it is uploaded back then too."""
+        self.properties()  # a URL refused (a folder, a decoded twin) before a lock blob is made beside it
         lease = self._acquire(argv)
         renewer = _Renewer(lease, self.lease_s / 3)
         renewer.start()
