@@ -344,3 +344,30 @@ def test_a_db_url_that_names_a_folder_is_refused_not_made_a_blob(az, tmp_path):
             assert "does not name a blob" in out.stderr or "names a folder" in out.stderr, out.stderr
     names = {blob.name for blob in az.service.get_container_client(az.container).list_blobs()}
     assert names == {"manifests/other/old.sqlite"}, names
+
+
+def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_manifest(az, azurite, tmp_path):
+    """A SAS token with read and list (rl) only, for `run --db az://...`: "cannot create the lock blob beside ...:
+    signed in, but not allowed to list or read ... use a SAS token with read (r) and list (l) permissions" -- what the
+    token already had; the lease (the lock blob there from an earlier run) and `unlock` said the same. They now say
+    the token may not write there and ask for a Contributor role or a SAS token with racwl."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site = small_site(tmp_path / "site")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    sas = generate_container_sas(azurite.account_name, az.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    env = {**az.env, "AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_SAS_TOKEN": sas}
+    first = cli("run", "--config", str(config), "--site", str(site), "--db", az.url, "--no-validate", env=env)
+    assert run(az, site).returncode == 0  # (with the connection string: the lock blob is there now)
+    second = cli("run", "--config", str(config), "--site", str(site), "--db", az.url, "--no-validate", env=env)
+    az.lock.acquire_lease(lease_duration=15)
+    unlock = cli("unlock", "--config", str(config), "--db", az.url, "--yes", env=env)
+    for out in (first, second, unlock):
+        assert out.returncode == 3, (out.returncode, out.stderr)
+        assert "not allowed to write" in out.stderr and "racwl" in out.stderr, out.stderr
+        assert "'Storage Blob Data Reader'" not in out.stderr and "sig=" not in out.stderr, out.stderr

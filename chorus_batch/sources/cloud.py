@@ -751,7 +751,7 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how, writes=writes)
-    elif kind == "permission" and action.startswith(("upload", "write")):
+    elif kind == "permission" and writes and action != "list":  # (a listing refused is a list permission missing)
         # (an upload also reads: a blob's properties before it writes over one, or before the manifest's copy)
         allowed = "read or write blobs there" if action.startswith("upload") else "write"
         what = f"cannot {action} {where}: signed in, but not allowed to {allowed} ({reason}){tried}"

@@ -198,11 +198,12 @@ class RemoteManifest:
 
     # ------------------------------------------------------------------ storage calls
 
-    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True, writes: bool | None = None) -> T:
+        """`writes`: the call writes (the lock blob, its lease): a refusal asks for write permission, not read."""
         try:
             return retrying(fn) if retry else fn()
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action=action) from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action=action, writes=writes) from None
 
     def blob(self) -> Any:
         if self._client is None:
@@ -290,7 +291,7 @@ class RemoteManifest:
                 with contextlib.suppress(ResourceExistsError):  # If-None-Match: *, never over another's blob
                     blob.upload_blob(b"", overwrite=False)
 
-            self._call("create the lock blob beside", create)
+            self._call("create the lock blob beside", create, writes=True)
 
         def acquire() -> Any:
             return blob.acquire_lease(lease_duration=self.lease_s)
@@ -306,9 +307,11 @@ class RemoteManifest:
                     fix=f"wait for that run to finish (the lock of a run that died expires within a minute); if "
                         f"it is gone and cannot finish, break it with `chorus-batch unlock --db {self.where}`",
                 ) from None
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
+                          writes=True) from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
+                          writes=True) from None
 
     @contextlib.contextmanager
     def leased(self, argv: list[str], *, keep_partial: bool = False) -> Iterator[Path]:
@@ -321,7 +324,7 @@ class RemoteManifest:
         renewer.start()
         try:
             metadata = holder_metadata(argv, self.lease_s)
-            self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease))
+            self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease), writes=True)
             props = self.properties()
             self._refresh(self.local, props)
             self._check_copy(self.local)
@@ -364,7 +367,8 @@ class RemoteManifest:
         except HttpResponseError as exc:
             raise self._lost(str(getattr(exc, "error_code", "") or "")) from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="renew the lock (lease) on") from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="renew the lock (lease) on",
+                          writes=True) from None
         # Only over the blob this run downloaded (If-Match), or where none is yet (If-None-Match: *).
         condition = ({"overwrite": True, "etag": etag, "match_condition": MatchConditions.IfNotModified}
                      if etag else {"overwrite": False})
@@ -512,7 +516,8 @@ class RemoteManifest:
     def break_lock(self) -> None:
         from azure.storage.blob import BlobLeaseClient
 
-        self._call("unlock", lambda: BlobLeaseClient(self.lock_blob()).break_lease(lease_break_period=0))
+        self._call("unlock", lambda: BlobLeaseClient(self.lock_blob()).break_lease(lease_break_period=0),
+                   writes=True)
 
 
 def _container_exists(blob: Any) -> bool | None:
