@@ -504,6 +504,22 @@ def test_a_sas_token_that_may_list_but_not_read_says_so_per_file_and_not_that_th
     assert "read (r)" in line and "sig=" not in out.stdout + out.stderr, line
 
 
+def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clean_env, azurite, az_site, tmp_path):
+    """A [site.roots] Waveforms = "az://..." that is not there (a prefix or container gone or mistyped) said "site
+    root not found" and "point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ and the person
+    folders": the site root was fine, and a modality root holds no OMOP/. It now names [site.roots] Waveforms and
+    what that root holds, as a local modality root's message does."""
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    config = tmp_path / "chorus.toml"
+    for url in (f"az://{az_site}/no-such-prefix", "az://no-such-container-w/x"):
+        config.write_text(f'[site]\nroot = "site"\n[site.roots]\nWaveforms = "{url}"\n[manifest]\ndb = "m.sqlite"\n')
+        out = cli("run", "--config", str(config), "--no-validate",
+                  env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
+        assert out.returncode == 3, out.stderr
+        assert "root of [site.roots] Waveforms not found" in out.stderr and "OMOP/" not in out.stderr, out.stderr
+        assert "--site" not in out.stderr and "[site] root" not in out.stderr, out.stderr
+
+
 def test_azurite_missing_container_and_bad_key(clean_env, azurite, az_site):
     clean_env.setenv("AZURE_STORAGE_KEY", azurite.account_key)
     with pytest.raises(SourceError) as caught:
