@@ -1078,6 +1078,11 @@ def cmd_unlock(args: argparse.Namespace, argv: list[str]) -> int:
     remote = RemoteManifest(target.db, target.config.cloud)
     where = mask_url(target.db)
     holder = remote.lock_holder()
+    if holder is None and remote.properties() is None and remote.properties(remote.lock_blob()) is None:
+        # nothing there at all: a mistyped URL, not "not locked" while the manifest meant stays locked
+        raise UsageError(f"no manifest at {where}, and no lock: nothing there to unlock", where=where,
+                         fix="give the --db the refused run was given (its message names the URL to unlock); "
+                             "`chorus-batch versions --db az://...` shows whether a URL holds a manifest")
     if holder is None:
         print(f"{where} is not locked (no run holds its lease); nothing to do")
         return 0

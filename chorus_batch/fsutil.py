@@ -290,18 +290,47 @@ def _local_root(location: str) -> Path | None:
     return None if path is None else Path(os.path.realpath(path))
 
 
+def _cloud_place(location: str) -> tuple[str, ...] | None:
+    """(storage, container or bucket, *folders) of an az://, abfs:// or s3:// URL (None: not one): az://c/x and
+    abfs://c@account.dfs.core.windows.net/x/ are one place."""
+    from urllib.parse import urlsplit
+
+    from .urls import protocol_of
+
+    protocol = protocol_of(location)
+    if protocol not in ("az", "abfs", "abfss", "s3"):
+        return None
+    parts = urlsplit(location)
+    store = (parts.netloc or "").split("@")[0]
+    return ("s3" if protocol == "s3" else "az", store, *(part for part in parts.path.split("/") if part))
+
+
 def check_outside_roots(roots: list[tuple[str, str]], written: list[tuple[str | os.PathLike[str], str, str]]) -> None:
     """Each of `written` (path, where it was given, what it is) lies outside every local one of `roots` (location,
-    where it was given); else a UsageError. A manifest inside a root would be listed by every run as a site file
-    that every commit changes (a new version each night, its lock and state files too), and `upload` would send
-    it, person ids and all, to the centre; a staging folder inside would be listed by the other shards."""
+    where it was given), and a manifest blob (an az:// URL) outside every cloud one; else a UsageError. A manifest
+    inside a root would be listed by every run as a site file that every commit changes (a new version each night,
+    its lock and state files too), and `upload` would send it, person ids and all, to the centre; a staging folder
+    inside would be listed by the other shards."""
     from .errors import UsageError
+    from .urls import mask_url
 
     for location, root_where in roots:
+        cloud_root = _cloud_place(location) if location else None
+        for path, where, name in written if cloud_root else ():
+            place = _cloud_place(str(path))
+            if place is not None and place[:len(cloud_root)] == cloud_root:
+                raise UsageError(
+                    f"{name} would lie inside the site's root ({root_where} {mask_url(location)}): every run would "
+                    "record it (and its .lock blob) as a file of the site, and `upload` would send it to the centre",
+                    where=f"{where}: {mask_url(str(path))}",
+                    fix=f"keep {name} outside the site's roots, e.g. in another container or under a prefix the "
+                        "site's roots do not hold")
         root = _local_root(location) if location else None
         if root is None:
             continue
         for path, where, name in written:
+            if "://" in str(path):
+                continue
             real = Path(os.path.realpath(path))
             if real == root or root in real.parents:
                 raise UsageError(

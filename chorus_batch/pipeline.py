@@ -85,6 +85,10 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     if is_remote(settings.db):  # az://: a local working copy under a blob lease, uploaded after success
         from .store.remote import remote_manifest
 
+        # the blob inside a cloud root, refused before its lease (the working copy is checked against local roots)
+        check_outside_roots([(location, what) for location, what, _ in named_roots(settings.site, settings.roots)],
+                            [(settings.db, "--db / [manifest] db", "the manifest")])
+
         with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
             result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
             result.change_set  # noqa: B018  read from the working copy while it exists

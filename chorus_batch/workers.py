@@ -22,7 +22,9 @@ def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | Non
         return "changed_while_hashing", str(exc)
     except FileNotFoundError:
         return "vanished", "file disappeared before it could be hashed"
-    except PermissionError:
+    except PermissionError as exc:
+        if exc.strerror is None and exc.args:  # a cloud source's own words: the sign-in and the permission to ask for
+            return "unreadable", str(exc)
         # (strerror is "Permission denied" again: said once, with what to do)
         return "unreadable", "permission denied: this user may not read the file (give it read permission)"
     except OSError as exc:

@@ -477,6 +477,49 @@ def test_azurite_account_key_from_environment(clean_env, azurite, az_site):
     assert _listed(source) == {"Images/2024/a.dcm", "Waveforms/s1/r.hea"}
 
 
+def test_a_sas_token_that_may_list_but_not_read_says_so_per_file_and_not_that_the_site_is_empty(clean_env, azurite,
+                                                                                               az_site, tmp_path):
+    """A SAS token with list (l) but not read (r) permission, on a first run that downloads: every blob was
+    recorded as "permission denied: this user may not read the file (give it read permission)" (a local file's
+    words: no user, no file mode to give), and the summary said "the site lists no files ... check that the site
+    root is the folder": untrue, it listed every blob. Each blob now says the sign-in and the permission to ask
+    for, and the summary that none of the files listed could be taken."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    out = cli("run", "--config", str(config), "--site", f"az://{az_site}", "--db", str(tmp_path / "m.sqlite"),
+              "--cloud-md5", "download", "--no-validate", "-q",
+              env={"AZURE_STORAGE_SAS_TOKEN": sas, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
+    assert out.returncode == 1, out.stderr
+    assert "this user may not read" not in out.stdout and "site lists no files" not in out.stdout, out.stdout
+    assert f"no file the site lists could be recorded ({len(SITE_FILES)} errors, below)" in out.stdout, out.stdout
+    line = next(line for line in out.stdout.splitlines() if "OMOP/person.csv:" in line)
+    assert "not allowed to read" in line and "SAS token from AZURE_STORAGE_SAS_TOKEN" in line, line
+    assert "read (r)" in line and "sig=" not in out.stdout + out.stderr, line
+
+
+def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clean_env, azurite, az_site, tmp_path):
+    """A [site.roots] Waveforms = "az://..." that is not there (a prefix or container gone or mistyped) said "site
+    root not found" and "point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ and the person
+    folders": the site root was fine, and a modality root holds no OMOP/. It now names [site.roots] Waveforms and
+    what that root holds, as a local modality root's message does."""
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    config = tmp_path / "chorus.toml"
+    for url in (f"az://{az_site}/no-such-prefix", "az://no-such-container-w/x"):
+        config.write_text(f'[site]\nroot = "site"\n[site.roots]\nWaveforms = "{url}"\n[manifest]\ndb = "m.sqlite"\n')
+        out = cli("run", "--config", str(config), "--no-validate",
+                  env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
+        assert out.returncode == 3, out.stderr
+        assert "root of [site.roots] Waveforms not found" in out.stderr and "OMOP/" not in out.stderr, out.stderr
+        assert "--site" not in out.stderr and "[site] root" not in out.stderr, out.stderr
+
+
 def test_azurite_missing_container_and_bad_key(clean_env, azurite, az_site):
     clean_env.setenv("AZURE_STORAGE_KEY", azurite.account_key)
     with pytest.raises(SourceError) as caught:

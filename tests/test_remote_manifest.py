@@ -146,6 +146,33 @@ def test_a_run_is_refused_while_another_holds_the_lease_and_unlock_breaks_it(az,
     no_secret(refused.stderr, unlocked.stdout, no_tty.stderr)
 
 
+def test_unlock_of_a_url_where_there_is_no_manifest_says_so_and_exits_2(az, tmp_path):
+    """`unlock --db` with a mistyped URL (nothing there: no manifest, no lock blob) said "is not locked (no run holds
+    its lease); nothing to do", exit 0, while the manifest the refused run named stayed locked: the next run was
+    refused again with nothing to tell why. It now says there is no manifest there (exit 2, as every command but
+    `run` does for a --db that names none); a first run's lock, before any manifest was uploaded, is still found."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    lease = az.lock.acquire_lease(lease_duration=60)
+    try:
+        typo = cli("unlock", "--db", az.url.replace("manifest.sqlite", "manifests.sqlite"), "--yes", env=az.env)
+        assert typo.returncode == 2, (typo.returncode, typo.stdout, typo.stderr)
+        assert "no manifest at" in typo.stderr and "not locked" not in typo.stdout, typo.stdout + typo.stderr
+        assert lease_state(az) == "leased"
+    finally:
+        lease.release()
+    # a first run killed before its first upload: a lock blob and no manifest; unlock still finds the lease
+    first = az.service.get_blob_client(az.container, "first/manifest.sqlite.lock")
+    first.upload_blob(b"")
+    held = first.acquire_lease(lease_duration=60)
+    unlocked = cli("unlock", "--db", f"az://{az.container}/first/manifest.sqlite", "--yes", env=az.env)
+    assert unlocked.returncode == 0 and "broke the lock" in unlocked.stdout, unlocked.stdout + unlocked.stderr
+    del held
+    # and a lock blob left unleased with no manifest: not locked, said as before
+    free = cli("unlock", "--db", f"az://{az.container}/first/manifest.sqlite", "--yes", env=az.env)
+    assert free.returncode == 0 and "not locked" in free.stdout, free.stdout + free.stderr
+
+
 def test_a_failed_run_leaves_the_remote_manifest_byte_identical_and_unlocked(az, tmp_path):
     site = small_site(tmp_path / "site")
     assert run(az, site).returncode == 0
@@ -259,3 +286,88 @@ def test_a_percent_in_a_db_url_is_a_character_of_the_name_as_in_site_and_to(az, 
     assert "m/my%20m.sqlite" not in names, names  # nothing started over
     read = cli("versions", "--db", f"az://{az.container}/m/my m.sqlite", "--json", env=az.env)
     assert read.returncode == 0 and read.stdout.count('"label"') == 1, read.stdout + read.stderr
+
+
+def test_a_manifest_blob_inside_the_cloud_site_root_is_refused_before_anything_is_written(az, tmp_path):
+    """`--db az://c/site/manifest.sqlite` (or one spelt abfs://) with `--site az://c/site`: a local manifest inside
+    the site's root is refused (exit 2), a manifest blob there was taken: committed, and with its .lock blob listed
+    by every later run as files of the site ("file at the site root"), each commit a new version of it, and
+    `upload` would send them to the centre. It is now refused alike, before the lease is taken."""
+    from services import upload_tree
+
+    site = small_site(tmp_path / "site")
+    upload_tree(az.service, az.container, site, "site")
+    for db in (f"az://{az.container}/site/manifest.sqlite", f"abfs://{az.container}/site/OMOP/",
+               f"az://{az.container}/site"):
+        out = cli("run", "--site", f"az://{az.container}/site/", "--db", db, "--no-validate", env=az.env)
+        assert out.returncode == 2, (db, out.returncode, out.stdout, out.stderr)
+        assert "the manifest would lie inside the site's root" in out.stderr, out.stderr
+    names = {blob.name for blob in az.service.get_container_client(az.container).list_blobs()}
+    assert names == {f"site/{rel}" for rel in ("OMOP/person.csv", "000001/Waveforms/S1/S1.dat",
+                                               "000001/Waveforms/S1/S1.hea")}, names  # no manifest, no lock blob
+    beside = cli("run", "--site", f"az://{az.container}/site", "--db", f"az://{az.container}/site.sqlite",
+                 "--no-validate", env=az.env)  # a sibling of the prefix is outside it
+    assert beside.returncode == 0, beside.stderr
+
+
+def test_a_blob_that_is_not_a_manifest_is_named_by_its_url_not_by_the_working_copy(az, tmp_path):
+    """`--db az://...` naming a blob of another file (a CSV, another program's SQLite database): run and versions
+    said "where: ~/.cache/chorus-batch/manifests/<hash>/person.csv" and "move this one aside to start a new
+    manifest" -- a cache file, which the next download put back. They now name the blob's URL (the working copy
+    after it) and say to check the URL; the blob is left as it was."""
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE t (x)")
+    site = small_site(tmp_path / "site")
+    for content in (b"person_id\n1\n", other.read_bytes()):
+        az.blob.upload_blob(content, overwrite=True)
+        etag = az.blob.get_blob_properties().etag
+        for out in (run(az, site), cli("versions", "--db", az.url, env=az.env)):
+            assert out.returncode == 3, (out.returncode, out.stderr)
+            assert f"where: {az.url} (its working copy: " in out.stderr, out.stderr
+            assert "check the URL" in out.stderr and "move this one aside" not in out.stderr, out.stderr
+        assert az.blob.get_blob_properties().etag == etag and az.blob.download_blob().readall() == content
+
+
+def test_a_db_url_that_names_a_folder_is_refused_not_made_a_blob(az, tmp_path):
+    """`--db az://c/manifests/` (a trailing '/') and `--db az://c/manifests` where blobs lie under manifests/: the run
+    made a blob named 'manifests' beside the folder (the '/' stripped; a hierarchical-namespace account cannot hold
+    both) and committed there. Both are now refused as a local folder is (exit 2), nothing written."""
+    az.service.get_blob_client(az.container, "manifests/other/old.sqlite").upload_blob(b"x")
+    site = small_site(tmp_path / "site")
+    for url in (f"az://{az.container}/new/", f"az://{az.container}/manifests"):
+        for out in (cli("run", "--site", str(site), "--db", url, "--no-validate", env=az.env),
+                    cli("versions", "--db", url, env=az.env)):
+            assert out.returncode == 2, (url, out.returncode, out.stdout, out.stderr)
+            assert "does not name a blob" in out.stderr or "names a folder" in out.stderr, out.stderr
+    names = {blob.name for blob in az.service.get_container_client(az.container).list_blobs()}
+    assert names == {"manifests/other/old.sqlite"}, names
+
+
+def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_manifest(az, azurite, tmp_path):
+    """A SAS token with read and list (rl) only, for `run --db az://...`: "cannot create the lock blob beside ...:
+    signed in, but not allowed to list or read ... use a SAS token with read (r) and list (l) permissions" -- what the
+    token already had; the lease (the lock blob there from an earlier run) and `unlock` said the same. They now say
+    the token may not write there and ask for a Contributor role or a SAS token with racwl."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site = small_site(tmp_path / "site")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    sas = generate_container_sas(azurite.account_name, az.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    env = {**az.env, "AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_SAS_TOKEN": sas}
+    first = cli("run", "--config", str(config), "--site", str(site), "--db", az.url, "--no-validate", env=env)
+    assert run(az, site).returncode == 0  # (with the connection string: the lock blob is there now)
+    second = cli("run", "--config", str(config), "--site", str(site), "--db", az.url, "--no-validate", env=env)
+    az.lock.acquire_lease(lease_duration=15)
+    unlock = cli("unlock", "--config", str(config), "--db", az.url, "--yes", env=env)
+    for out in (first, second, unlock):
+        assert out.returncode == 3, (out.returncode, out.stderr)
+        assert "not allowed to write" in out.stderr and "racwl" in out.stderr, out.stderr
+        assert "'Storage Blob Data Reader'" not in out.stderr and "sig=" not in out.stderr, out.stderr

@@ -142,6 +142,9 @@ def summary_text(result: RunResult) -> str:
     elif result.previous_label is None and result.n_files == 0 and excluded_dict(result.excluded)["total"]:
         lines.append(f"every file the site lists was excluded, so no first version was committed ({result.db}); "
                      "check the exclusion globs (--exclude, [run] exclude) below")
+    elif result.previous_label is None and result.n_files == 0 and result.errors.height:  # listed, none taken
+        lines.append(f"no file the site lists could be recorded ({plural(result.errors.height, 'error')}, below), so "
+                     f"no first version was committed ({result.db}); fix what the errors say and run again")
     elif result.previous_label is None and result.n_files == 0:  # a first run that found nothing: a wrong root?
         lines.append(f"the site lists no files, so no first version was committed ({result.db}); check that the site "
                      "root is the folder (or container and prefix) that holds OMOP/ and the person folders")

@@ -36,5 +36,5 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
     if path is None:
         from .remote import FsspecSource
 
-        return FsspecSource(location, cloud=cloud)
+        return FsspecSource(location, cloud=cloud, what=what)
     return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what)

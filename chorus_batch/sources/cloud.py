@@ -751,7 +751,7 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how, writes=writes)
-    elif kind == "permission" and action.startswith(("upload", "write")):
+    elif kind == "permission" and writes and action != "list":  # (a listing refused is a list permission missing)
         # (an upload also reads: a blob's properties before it writes over one, or before the manifest's copy)
         allowed = "read or write blobs there" if action.startswith("upload") else "write"
         what = f"cannot {action} {where}: signed in, but not allowed to {allowed} ({reason}){tried}"
@@ -796,8 +796,13 @@ def root_exists(fs: Any, root: str) -> bool | str:
     return bool(fs.isdir(root))
 
 
-def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing: bool = False) -> SourceError:
-    """The SourceError for a root that is not there: its container or bucket missing, or the prefix in it."""
+def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing: bool = False,
+                 what: str = "--site / [site] root") -> SourceError:
+    """The SourceError for a root that is not there: its container or bucket missing, or the prefix in it. `what`:
+    where the root was given (a [site.roots] one holds a modality's person folders, not OMOP/)."""
+    site = what.startswith("--site")
+    subject = "site root" if site else f"root of {what}"
+    holds = "OMOP/ and the person folders" if site else "the person folders of that modality"
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     store = "bucket" if any(p in S3_PROTOCOLS for p in protocols) else "container"
     top = root.strip("/").split("/")[0]
@@ -808,8 +813,8 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
         except Exception:  # noqa: BLE001 - only refines the message; the root is missing either way
             top_missing = False
     if top_missing and any(p in AZURE_PROTOCOLS + S3_PROTOCOLS for p in protocols):
-        error = SourceError(f"site root not found: the {store} {top} does not exist [signed in with {how}]",
-                            where=where, fix=f"check the {store} name in the URL (or [site] root in chorus.toml), "
+        error = SourceError(f"{subject} not found: the {store} {top} does not exist [signed in with {how}]",
+                            where=where, fix=f"check the {store} name in the URL ({what}), "
                                              f"and that it is in this {'endpoint' if store == 'bucket' else 'account'}")
         error.kind = "missing"  # type: ignore[attr-defined]
         return error
@@ -818,15 +823,13 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
     except Exception:  # noqa: BLE001 - only refines the message; the root cannot be listed either way
         is_object = False
     if is_object:
-        error = SourceError(f"site root is a single {'object' if store == 'bucket' else 'blob'}, not a folder: "
+        error = SourceError(f"{subject} is a single {'object' if store == 'bucket' else 'blob'}, not a folder: "
                             f"{where}", where=where,
-                            fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
-                                "and the person folders, not at a file in it")
+                            fix=f"point {what} at the container/prefix that holds {holds}, not at a file in it")
         error.kind = "missing_root"  # type: ignore[attr-defined]
         return error
-    error = SourceError(f"site root not found: {where}", where=where,
-                        fix="point --site (or root in chorus.toml) at the container/prefix that holds OMOP/ "
-                            "and the person folders")
+    error = SourceError(f"{subject} not found: {where}", where=where,
+                        fix=f"point {what} at the container/prefix that holds {holds}")
     error.kind = "missing_root"  # type: ignore[attr-defined]
     return error
 

@@ -83,10 +83,13 @@ class FsspecSource:
 
     parallel_local = False  # network-bound: threads overlap the waits
 
-    def __init__(self, url: str, *, cloud: CloudSettings | None = None, storage_options: dict | None = None):
+    def __init__(self, url: str, *, cloud: CloudSettings | None = None, storage_options: dict | None = None,
+                 what: str = "--site / [site] root"):
         """`cloud`: how az:// and s3:// roots sign in ([azure], [s3]; see sources/cloud.py). With
-        `storage_options` the file system is fsspec's own, given exactly these options."""
+        `storage_options` the file system is fsspec's own, given exactly these options. `what`: where the root
+        was given, named by its messages."""
         self.url = url
+        self.what = what
         self.description = self.location = mask_url(url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         if storage_options is not None:
@@ -120,7 +123,7 @@ class FsspecSource:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
         if ok is not True:
             raise cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
-                                            known_top_missing=ok == "no_container")
+                                            known_top_missing=ok == "no_container", what=self.what)
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
@@ -194,8 +197,9 @@ class FsspecSource:
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
         if kind == "missing" and not cloud_access.store_gone(exc):
             return FileNotFoundError(f"gone: {srcfile}")
-        if kind == "permission":
-            return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]")
+        if kind == "permission":  # (with what to ask for: a hash records it as the file's error, as it is)
+            fix = cloud_access.explain(exc, where=self.description, how=self.how, action="read").fix
+            return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]: {fix}")
         if kind == "other" and isinstance(exc, OSError):
             return exc
         return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read")

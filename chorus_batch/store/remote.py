@@ -80,7 +80,7 @@ def _split(url: str) -> tuple[str, str]:
     container = (parts.netloc or "").split("@")[0]
     # Taken as written, as --site and --to take az:// and s3:// URLs (fsspec, the SDK): a '%' is a character of the
     # blob's name, never an escape. (It was decoded here only: --db az://c/my%20m.sqlite was the blob 'my m.sqlite'.)
-    name = parts.path.strip("/")
+    name = parts.path.lstrip("/")  # (a trailing '/' names a folder: it was stripped, and a blob made of the folder)
     if not container or not name or name.endswith("/"):
         raise UsageError(f"--db {mask_url(url)} does not name a blob",
                          where="--db / [manifest] db",
@@ -198,11 +198,12 @@ class RemoteManifest:
 
     # ------------------------------------------------------------------ storage calls
 
-    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True) -> T:
+    def _call(self, action: str, fn: Callable[[], T], *, retry: bool = True, writes: bool | None = None) -> T:
+        """`writes`: the call writes (the lock blob, its lease): a refusal asks for write permission, not read."""
         try:
             return retrying(fn) if retry else fn()
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action=action) from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action=action, writes=writes) from None
 
     def blob(self) -> Any:
         if self._client is None:
@@ -236,7 +237,22 @@ class RemoteManifest:
         props = self._call(f"read the {self.what} at", get)
         if props is None and main:
             self._refuse_decoded_twin(blob)
+            self._refuse_folder()
         return props
+
+    def _refuse_folder(self) -> None:
+        """No blob of this name, but blobs under it: --db names a folder (a prefix), refused as a local folder is,
+        not made a blob beside the folder's name (which a hierarchical-namespace account cannot even hold)."""
+        self.blob()
+        container = self._service.get_container_client(self.container)
+        below = self._call(f"read the {self.what} at", lambda: next(iter(container.list_blobs(
+            name_starts_with=self.name + "/", results_per_page=1)), None))
+        if below is not None:
+            flag = "--db" if self.what == "manifest" else f"the {self.what}"
+            raise UsageError(f"{flag} {self.where} names a folder (blobs such as {below.name!r} are under it), not a "
+                             f"{self.what} blob", where=self.where,
+                             fix=f"give the {self.what} blob's URL (az://CONTAINER/path/manifest.sqlite; a manifest "
+                                 "is kept outside the site's roots)")
 
     def _refuse_decoded_twin(self, blob: Any) -> None:
         """No blob of this name, but one of its %-escapes decoded (my%20m.sqlite: 'my m.sqlite', where --db put it
@@ -275,7 +291,7 @@ class RemoteManifest:
                 with contextlib.suppress(ResourceExistsError):  # If-None-Match: *, never over another's blob
                     blob.upload_blob(b"", overwrite=False)
 
-            self._call("create the lock blob beside", create)
+            self._call("create the lock blob beside", create, writes=True)
 
         def acquire() -> Any:
             return blob.acquire_lease(lease_duration=self.lease_s)
@@ -291,23 +307,27 @@ class RemoteManifest:
                     fix=f"wait for that run to finish (the lock of a run that died expires within a minute); if "
                         f"it is gone and cannot finish, break it with `chorus-batch unlock --db {self.where}`",
                 ) from None
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
+                          writes=True) from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)") from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
+                          writes=True) from None
 
     @contextlib.contextmanager
     def leased(self, argv: list[str], *, keep_partial: bool = False) -> Iterator[Path]:
         """The working copy, up to date, while this process holds the lease; uploaded back on success.
         keep_partial: what the command recorded is kept even when it fails or is stopped (an upload's
         ledger: each batch is a transaction of its own), so it is uploaded back then too."""
+        self.properties()  # a URL refused (a folder, a decoded twin) before a lock blob is made beside it
         lease = self._acquire(argv)
         renewer = _Renewer(lease, self.lease_s / 3)
         renewer.start()
         try:
             metadata = holder_metadata(argv, self.lease_s)
-            self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease))
+            self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease), writes=True)
             props = self.properties()
             self._refresh(self.local, props)
+            self._check_copy(self.local)
             self._mark_dirty(self.local)  # the run changes the copy: trusted again only after the upload
             etag = props.etag if props is not None else None
             try:
@@ -347,7 +367,8 @@ class RemoteManifest:
         except HttpResponseError as exc:
             raise self._lost(str(getattr(exc, "error_code", "") or "")) from None
         except storage_errors() as exc:
-            raise explain(exc, where=self.where, how=self.sign_in.how, action="renew the lock (lease) on") from None
+            raise explain(exc, where=self.where, how=self.sign_in.how, action="renew the lock (lease) on",
+                          writes=True) from None
         # Only over the blob this run downloaded (If-Match), or where none is yet (If-None-Match: *).
         condition = ({"overwrite": True, "etag": etag, "match_condition": MatchConditions.IfNotModified}
                      if etag else {"overwrite": False})
@@ -464,7 +485,24 @@ class RemoteManifest:
             raise UsageError(f"no manifest at {self.where}" + (" yet (a first run has not committed)" if props else ""),
                              where=self.where, fix=f"run `chorus-batch run --db {self.where}` first, or check the URL")
         self._refresh(self.read_copy, props)
+        self._check_copy(self.read_copy)
         return self.read_copy
+
+    def _check_copy(self, copy: Path) -> None:
+        """The downloaded blob is a manifest of this release, said with the blob's URL: a blob of another file (a
+        CSV, another program's database) was reported at the working copy's path in the cache, with "move this one
+        aside", which the next download undid."""
+        from .manifest import Manifest
+
+        try:
+            Manifest(copy).schema_on_disk()
+        except ManifestError as exc:
+            exc.where = f"{self.where} (its working copy: {copy})"
+            if "not a readable SQLite database" in exc.what or "not a chorus-batch manifest" in exc.what:
+                exc.fix = ("check the URL: --db names the manifest blob (az://CONTAINER/path/manifest.sqlite); "
+                           "this blob holds another file and was left as it is; to start a new manifest, give a "
+                           "URL where there is no blob yet")
+            raise
 
     # ------------------------------------------------------------------ unlock
 
@@ -478,7 +516,8 @@ class RemoteManifest:
     def break_lock(self) -> None:
         from azure.storage.blob import BlobLeaseClient
 
-        self._call("unlock", lambda: BlobLeaseClient(self.lock_blob()).break_lease(lease_break_period=0))
+        self._call("unlock", lambda: BlobLeaseClient(self.lock_blob()).break_lease(lease_break_period=0),
+                   writes=True)
 
 
 def _container_exists(blob: Any) -> bool | None:
@@ -497,6 +536,8 @@ def remote_manifest(url: str, cloud: CloudSettings | None, argv: list[str], *, r
     if read_only:
         props = remote.properties()
         remote._refresh(remote.read_copy, props)
+        if props is not None and props.size:
+            remote._check_copy(remote.read_copy)
         yield remote.read_copy
         return
     with remote.leased(argv, keep_partial=keep_partial) as local:
