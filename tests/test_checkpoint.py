@@ -113,6 +113,38 @@ def test_a_killed_first_run_resumes_and_reads_only_the_files_not_yet_hashed(tmp_
     assert not folder_of(clean).exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="signals")
+@pytest.mark.parametrize("workers, n, signum", [(1, 200, signal.SIGTERM), (2, 2100, signal.SIGINT)],
+                         ids=["threads-sigterm", "processes-ctrl-c"])
+def test_a_run_stopped_by_a_signal_checkpoints_what_it_hashed_since_the_last_flush(tmp_path, workers, n, signum):
+    """SIGTERM (Slurm's time limit, systemd), Ctrl-C: the files hashed since the last periodic flush are
+    checkpointed before the run exits (they were lost, up to CHORUS_BATCH_CHECKPOINT_S of hashing read again)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    make_site(site, n)
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashed-chunk", "CHORUS_BATCH_CHECKPOINT_S": "3600"}
+    proc = subprocess.Popen(command(site, db, workers, "-q"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        assert any("test pause at hashed-chunk" in line for line in iter(proc.stderr.readline, "")), \
+            "the run never hashed a chunk"
+        proc.send_signal(signum)  # a chunk hashed, none flushed yet (no flush for an hour)
+        assert proc.wait(timeout=60) == 128 + signum, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+    assert query(db, "SELECT count(*) FROM versions") == [(0,)]
+    done = checkpointed(db)
+    assert 0 < done.height < n
+    truth = tree_md5(site)
+    assert all(truth[f] == md5 for f, md5 in done.select("srcfile", "md5").iter_rows())
+    again = subprocess.run(command(site, db, workers, "--json"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files_hashed"] == n - done.height
+    assert dict((r[0], r[3]) for r in rows(db)) == truth
+
+
 def interrupted_scan(site: Path, db: Path, *, racy_window_s: float = 2.0) -> Checkpoint:
     """A run's scan, hashed and checkpointed, without its commit (as if killed right before it)."""
     manifest = Manifest(db)
