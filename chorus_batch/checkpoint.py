@@ -96,6 +96,12 @@ class Checkpoint:
             if not writable:
                 return None  # a dry run neither reads nor removes it
             remove(folder)
+        elif found is not None and writable:
+            # kept and written into: owner-only again, as the manifest's own files (a copy or a restore under
+            # umask 022 left it 0755 / 0644: person ids and MD5s readable by all)
+            restrict(folder)
+            for path in cls(folder, identity, writable=False)._segments() + [folder / "meta.json"]:
+                restrict(path)
         return cls(folder, identity, writable=writable)
 
     # ------------------------------------------------------------------ reading

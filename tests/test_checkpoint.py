@@ -208,6 +208,23 @@ def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_remov
     assert not folder_of(db).exists()
 
 
+def test_a_checkpoint_made_readable_by_others_is_made_owner_only_again_by_the_run_that_keeps_it(site, db):
+    """A checkpoint copied or restored under umask 022 (0755 folder, 0644 segments: person ids and MD5s) is made
+    owner-only, as the manifest's own files are, by the next run that goes on writing into it."""
+    make_site(site, 20)
+    interrupted_scan(site, db)
+    folder = folder_of(db)
+    for path in [folder, *folder.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    kept = Checkpoint.open(db, *Manifest(db).state_identity(), writable=True)
+    assert kept is not None and kept.known().height == 20
+    assert modes(folder)[folder.name] == 0o700
+    assert all(m == 0o600 for name, m in modes(folder).items() if name != folder.name)
+    folder.chmod(0o755)
+    assert Checkpoint.open(db, *Manifest(db).state_identity(), writable=False) is not None  # a dry run: read only
+    assert modes(folder)[folder.name] == 0o755
+
+
 def test_a_no_change_run_and_rehash_remove_the_checkpoint(site, db):
     make_site(site, 10)
     assert run_site(site, db, validate_site=False).n_hashed == 10
