@@ -93,6 +93,11 @@ class Checkpoint:
         if found is not None and found != identity or found is None and folder.exists():
             if found is not None:
                 log.info(f"ignoring the hash checkpoint {folder}: it was written for another manifest or state")
+            elif folder.is_dir():  # (a run killed as it made the folder, or a damaged or removed meta.json)
+                log.info(f"ignoring the hash checkpoint {folder}: its meta.json, which says which manifest it is "
+                         "of, is missing or cannot be read; the files it holds are hashed again")
+            else:
+                log.info(f"ignoring {folder}: it should be the manifest's hash checkpoint folder but is not a folder")
             if not writable:
                 return None  # a dry run neither reads nor removes it
             remove(folder)

@@ -225,6 +225,23 @@ def test_a_checkpoint_made_readable_by_others_is_made_owner_only_again_by_the_ru
     assert modes(folder)[folder.name] == 0o755
 
 
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_checkpoint_whose_meta_is_damaged_is_said_to_be_ignored(site, db, damage):
+    """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything."""
+    make_site(site, 10)
+    interrupted_scan(site, db)
+    meta = folder_of(db) / "meta.json"
+    meta.write_text('{"format": "2", "manif') if damage == "truncated" else meta.unlink()
+    out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert f"ignoring the hash checkpoint {folder_of(db)}: its meta.json" in out.stderr
+    assert folder_of(db).exists()  # a dry run leaves it
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "ignoring the hash checkpoint" in out.stderr and "hashing 10 new" in out.stderr
+    assert not folder_of(db).exists()
+
+
 def test_a_no_change_run_and_rehash_remove_the_checkpoint(site, db):
     make_site(site, 10)
     assert run_site(site, db, validate_site=False).n_hashed == 10
