@@ -85,7 +85,16 @@ class Checkpoint:
         if manifest_id is None or generation is None:
             return None
         identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
+        from .store.lock import _owner
+
         folder = folder_of(db)
+        owner = _owner(folder)
+        if owner is not None:
+            # Whoever owns it could hand this run any MD5 for any file: never trusted, never removed (not ours)
+            log.warning(f"ignoring the hash checkpoint {folder}: it belongs to another user, {owner}, so the hashes "
+                        "it holds are not trusted; this run keeps no checkpoint (a kill means hashing again). "
+                        "Remove it, or ask that user to, so that the next runs checkpoint again")
+            return None
         try:
             found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):

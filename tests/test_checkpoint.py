@@ -4,6 +4,7 @@ file that is unchanged since, and only the files not yet hashed are read again (
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -240,6 +241,27 @@ def test_a_checkpoint_whose_meta_is_damaged_is_said_to_be_ignored(site, db, dama
     assert out.returncode == 0, out.stderr
     assert "ignoring the hash checkpoint" in out.stderr and "hashing 10 new" in out.stderr
     assert not folder_of(db).exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the checkpoint to another user")
+def test_a_checkpoint_of_another_user_is_not_trusted(site, db, caplog):
+    """A checkpoint folder beside the manifest that another user owns (planted in a shared folder, or a symbolic
+    link to one) could hand this run any MD5 for any file: it is named and left alone, its hashes unread."""
+    make_site(site, 20)
+    interrupted_scan(site, db)
+    folder = folder_of(db)
+    os.chown(folder, 54321, 54321)
+    caplog.set_level("WARNING", logger="chorus_batch")
+    logger = logging.getLogger("chorus_batch")
+    logger.addHandler(caplog.handler)  # it may not propagate (setup_logging)
+    try:
+        assert Checkpoint.open(db, *Manifest(db).state_identity(), writable=False) is None
+        result = run_site(site, db, validate_site=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert result.n_hashed == 20  # none taken from it
+    assert f"ignoring the hash checkpoint {folder}: it belongs to another user, uid 54321" in caplog.text
+    assert folder.is_dir() and folder.stat().st_uid == 54321  # not theirs to remove
 
 
 def test_a_no_change_run_and_rehash_remove_the_checkpoint(site, db):
