@@ -6,9 +6,9 @@ few seconds of work (CHECKPOINT_S) to `<manifest>.checkpoint/`, a private (0700)
 manifest. Each flush is one Arrow IPC segment written owner-only through fsutil.write_private (a
 temporary file, fsynced, renamed): a run killed mid-write leaves a complete segment or none, never a
 torn one (a leftover temporary file is ignored). A scan stopped by a signal or a failure flushes what is
-pending before the run exits (scan._checkpointed_when_stopped): only SIGKILL loses the last interval's hashes. Segments are merged in tiers of FANOUT (8 small ones
-into one larger one), so a run of days leaves tens of files, not tens of thousands, and each hash is
-rewritten only a few times.
+pending before the run exits (scan._checkpointed_when_stopped): only SIGKILL loses the last interval's hashes.
+Segments are merged in tiers of FANOUT (8 small ones into one larger one), so a run of days leaves tens of
+files, not tens of thousands, and each hash is rewritten only a few times.
 
 `meta.json` ties the folder to the manifest it was written for: its manifest_id and state_generation
 (meta table). The next run (any run, not only the first) loads the folder before it plans what to hash;
