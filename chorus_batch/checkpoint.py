@@ -5,9 +5,10 @@ worker parsed from the same bytes) are flushed every
 few seconds of work (CHECKPOINT_S) to `<manifest>.checkpoint/`, a private (0700) folder beside the
 manifest. Each flush is one Arrow IPC segment written owner-only through fsutil.write_private (a
 temporary file, fsynced, renamed): a run killed mid-write leaves a complete segment or none, never a
-torn one (a leftover temporary file is ignored). Segments are merged in tiers of FANOUT (8 small ones
-into one larger one), so a run of days leaves tens of files, not tens of thousands, and each hash is
-rewritten only a few times.
+torn one (a leftover temporary file is ignored). A scan stopped by a signal or a failure flushes what is
+pending before the run exits (scan._checkpointed_when_stopped): only SIGKILL loses the last interval's hashes.
+Segments are merged in tiers of FANOUT (8 small ones into one larger one), so a run of days leaves tens of
+files, not tens of thousands, and each hash is rewritten only a few times.
 
 `meta.json` ties the folder to the manifest it was written for: its manifest_id and state_generation
 (meta table). The next run (any run, not only the first) loads the folder before it plans what to hash;
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -83,7 +85,16 @@ class Checkpoint:
         if manifest_id is None or generation is None:
             return None
         identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
+        from .store.lock import _owner
+
         folder = folder_of(db)
+        owner = _owner(folder)
+        if owner is not None:
+            # Whoever owns it could hand this run any MD5 for any file: never trusted, never removed (not ours)
+            log.warning(f"ignoring the hash checkpoint {folder}: it belongs to another user, {owner}, so the hashes "
+                        "it holds are not trusted; this run keeps no checkpoint (a kill means hashing again). "
+                        "Remove it, or ask that user to, so that the next runs checkpoint again")
+            return None
         try:
             found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -91,9 +102,20 @@ class Checkpoint:
         if found is not None and found != identity or found is None and folder.exists():
             if found is not None:
                 log.info(f"ignoring the hash checkpoint {folder}: it was written for another manifest or state")
+            elif folder.is_dir():  # (a run killed as it made the folder, or a damaged or removed meta.json)
+                log.info(f"ignoring the hash checkpoint {folder}: its meta.json, which says which manifest it is "
+                         "of, is missing or cannot be read; the files it holds are hashed again")
+            else:
+                log.info(f"ignoring {folder}: it should be the manifest's hash checkpoint folder but is not a folder")
             if not writable:
                 return None  # a dry run neither reads nor removes it
             remove(folder)
+        elif found is not None and writable:
+            # kept and written into: owner-only again, as the manifest's own files (a copy or a restore under
+            # umask 022 left it 0755 / 0644: person ids and MD5s readable by all)
+            restrict(folder)
+            for path in cls(folder, identity, writable=False)._segments() + [folder / "meta.json"]:
+                restrict(path)
         return cls(folder, identity, writable=writable)
 
     # ------------------------------------------------------------------ reading
@@ -209,6 +231,8 @@ class Writer:
         if todo is not None:
             self.extend(todo)
         self.pending: list[tuple[int, object]] = []
+        # Chunks arrive on the hashing threads; a stopped run flushes on the main thread while one may still arrive
+        self._lock = threading.Lock()
         self.interval = interval_s()
         self.last = time.monotonic()
         self.flushes = 0
@@ -236,18 +260,28 @@ class Writer:
 
     def __call__(self, start: int, chunk) -> None:
         """One hashed chunk (workers.HashedChunk) of the todo rows from `start`."""
-        self.pending.append((start, chunk))
-        if time.monotonic() - self.last >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
         from .faults import pause
 
-        self.last = time.monotonic()
-        if not self.pending or self.checkpoint.broken:
-            self.pending.clear()
-            return
-        pending, self.pending = self.pending, []
+        with self._lock:
+            self.pending.append((start, chunk))
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+        pause("hashed-chunk")  # (tests: a signal while hashed chunks wait for their flush)
+
+    def flush(self, *, stopping: bool = False) -> None:
+        from .faults import pause
+
+        with self._lock:
+            self.last = time.monotonic()
+            if not self.pending or self.checkpoint.broken:
+                self.pending.clear()
+                return
+            pending, self.pending = self.pending, []
+            wrote = self._write(pending)
+        if wrote and not stopping:
+            pause("checkpoint")
+
+    def _write(self, pending: list[tuple[int, object]]) -> bool:
         try:
             frame = pl.concat([self._frame(start, chunk) for start, chunk in pending])
             if frame.height:
@@ -259,11 +293,12 @@ class Writer:
             self.checkpoint.broken = True
             log.warning(f"cannot write the hash checkpoint in {self.checkpoint.folder} ({exc}); the run "
                         "goes on, but if it is killed the next run hashes these files again")
-            return
-        pause("checkpoint")
+            return False
+        return True
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, *, stopping: bool = False) -> None:
+        """Flush what is pending; `stopping`: the hashing was cut short (a signal, a failure), the run exits."""
+        self.flush(stopping=stopping)
 
     def _frame(self, start: int, chunk) -> pl.DataFrame:
         n = len(chunk.sizes)

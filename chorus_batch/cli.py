@@ -853,6 +853,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
         result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
     try:
+        faults.pause("summary")  # (tests: a signal after the run, while its summary is printed)
         with _kept_exit_code(int(result.exit_code)):  # (flushed: a failure of its last bytes still names the version)
             _print_run(args, result, settings, demo=target.demo)
     except BrokenPipeError:
@@ -861,6 +862,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         if result.label:
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
                                                         "only this summary was not written (`chorus-batch changes` shows it)")
+        raise
+    except (KeyboardInterrupt, Stopped) as exc:  # (main says "nothing was committed" of a signal without it)
+        if result.label:
+            exc.committed = result.label  # type: ignore[union-attr]
         raise
     return int(result.exit_code)
 

@@ -18,6 +18,7 @@ import polars as pl
 from .classify import build_patterns
 from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
+from .faults import pause
 from .partitions import TreeParts
 from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signals_unwrapped
 from .fsutil import check_outside_roots, private_folder
@@ -123,6 +124,7 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
         return _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
     # What stays when the run stops before its commit, said truthfully: a first run has no previous version.
     kept = nothing_committed(None) if not manifest.path.exists() or not manifest.path.stat().st_size else None
+    result: RunResult | None = None
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock
             manifest.ensure_schema()
@@ -133,6 +135,13 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
             try:
                 with signals_unwrapped():  # a signal a library wrapped into its own error is the signal
                     result = _run(settings, manifest, roots, progress, run_id=run_id, delete_list=delete_list)
+                    # Its end recorded in here: a signal meanwhile is said with the version committed (below)
+                    pause("run-finished")  # (tests: a signal after the run's work, as `runs` records its end)
+                    _finish_run(
+                        manifest, run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
+                        n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
+                        scan_started_ns=result.scan_started_ns,
+                    )
             except ChorusError as exc:
                 _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
                             message=exc.what)
@@ -156,17 +165,15 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                     fix="rerun with -v for details; the version stays committed")
                 failed.committed = committed
                 raise failed from exc
-            _finish_run(
-                manifest, run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
-                n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
-                scan_started_ns=result.scan_started_ns,
-            )
             if (gone := manifest.vanished()) is not None:  # the version went with the file: not "committed to" it
                 raise gone
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
         manifest.log_refused_run(redact(argv), settings.mode, site, int(exc.exit_code), exc.what)
         raise
     except BaseException as exc:  # stopped before its commit: say what the manifest holds (the command line prints it)
+        if isinstance(exc, (KeyboardInterrupt, Stopped)) and result is not None and result.label \
+                and getattr(exc, "committed", None) is None:  # (after it: as the lock is released)
+            exc.committed = result.label  # type: ignore[union-attr]
         gone = manifest.vanished()
         if gone is not None and gone is not exc:  # whatever failed after, the manifest going is what happened
             if isinstance(exc, Exception):

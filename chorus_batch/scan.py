@@ -10,10 +10,11 @@ merge of all N shards based on the same version, can be committed in full mode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from . import exclude as _exclude
 from . import hashing
-from .checkpoint import Checkpoint, announce, resume
+from .checkpoint import Checkpoint, Writer, announce, resume
 from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
@@ -287,7 +288,10 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     parts: list[pl.DataFrame] = []
     excluded_parts: list[dict] = []
 
-    with hashing.Hasher([r.source for r in roots], workers=workers, progress=counters, facts=facts) as hasher:
+    # (the checkpoint's context exits last: a signal or a failure stops the workers first, then what they hashed
+    # is checkpointed)
+    with _checkpointed_when_stopped(writer), \
+            hashing.Hasher([r.source for r in roots], workers=workers, progress=counters, facts=facts) as hasher:
         def plan_block(listed: pl.DataFrame) -> None:
             """Everything decided file by file, and the reading of those files that must be read."""
             if not coverage.whole:
@@ -369,6 +373,18 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
         based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
         excluded=excluded, facts=parsed, exclude_patterns=list(excludes.patterns))
+
+
+@contextlib.contextmanager
+def _checkpointed_when_stopped(writer: Writer | None) -> Iterator[None]:
+    """A scan stopped by a signal (SIGTERM, Ctrl-C) or a failure checkpoints the files hashed since the last flush:
+    the next run reads none of them again (they were lost, up to CHORUS_BATCH_CHECKPOINT_S of hashing)."""
+    try:
+        yield
+    except BaseException:
+        if writer is not None:
+            writer.close(stopping=True)
+        raise
 
 
 def _merged_counts(parts: list[dict], excludes: Excludes) -> dict:

@@ -4,6 +4,7 @@ file that is unchanged since, and only the files not yet hashed are read again (
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -113,6 +114,38 @@ def test_a_killed_first_run_resumes_and_reads_only_the_files_not_yet_hashed(tmp_
     assert not folder_of(clean).exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="signals")
+@pytest.mark.parametrize("workers, n, signum", [(1, 200, signal.SIGTERM), (2, 2100, signal.SIGINT)],
+                         ids=["threads-sigterm", "processes-ctrl-c"])
+def test_a_run_stopped_by_a_signal_checkpoints_what_it_hashed_since_the_last_flush(tmp_path, workers, n, signum):
+    """SIGTERM (Slurm's time limit, systemd), Ctrl-C: the files hashed since the last periodic flush are
+    checkpointed before the run exits (they were lost, up to CHORUS_BATCH_CHECKPOINT_S of hashing read again)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    make_site(site, n)
+    env = {**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashed-chunk", "CHORUS_BATCH_CHECKPOINT_S": "3600"}
+    proc = subprocess.Popen(command(site, db, workers, "-q"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        assert any("test pause at hashed-chunk" in line for line in iter(proc.stderr.readline, "")), \
+            "the run never hashed a chunk"
+        proc.send_signal(signum)  # a chunk hashed, none flushed yet (no flush for an hour)
+        assert proc.wait(timeout=60) == 128 + signum, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+    assert query(db, "SELECT count(*) FROM versions") == [(0,)]
+    done = checkpointed(db)
+    assert 0 < done.height < n
+    truth = tree_md5(site)
+    assert all(truth[f] == md5 for f, md5 in done.select("srcfile", "md5").iter_rows())
+    again = subprocess.run(command(site, db, workers, "--json"), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files_hashed"] == n - done.height
+    assert dict((r[0], r[3]) for r in rows(db)) == truth
+
+
 def interrupted_scan(site: Path, db: Path, *, racy_window_s: float = 2.0) -> Checkpoint:
     """A run's scan, hashed and checkpointed, without its commit (as if killed right before it)."""
     manifest = Manifest(db)
@@ -174,6 +207,61 @@ def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_remov
     stale = Checkpoint.open(db, *manifest.state_identity(), writable=True)
     assert stale is not None and stale.known().height == 0
     assert not folder_of(db).exists()
+
+
+def test_a_checkpoint_made_readable_by_others_is_made_owner_only_again_by_the_run_that_keeps_it(site, db):
+    """A checkpoint copied or restored under umask 022 (0755 folder, 0644 segments: person ids and MD5s) is made
+    owner-only, as the manifest's own files are, by the next run that goes on writing into it."""
+    make_site(site, 20)
+    interrupted_scan(site, db)
+    folder = folder_of(db)
+    for path in [folder, *folder.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    kept = Checkpoint.open(db, *Manifest(db).state_identity(), writable=True)
+    assert kept is not None and kept.known().height == 20
+    assert modes(folder)[folder.name] == 0o700
+    assert all(m == 0o600 for name, m in modes(folder).items() if name != folder.name)
+    folder.chmod(0o755)
+    assert Checkpoint.open(db, *Manifest(db).state_identity(), writable=False) is not None  # a dry run: read only
+    assert modes(folder)[folder.name] == 0o755
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_checkpoint_whose_meta_is_damaged_is_said_to_be_ignored(site, db, damage):
+    """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything."""
+    make_site(site, 10)
+    interrupted_scan(site, db)
+    meta = folder_of(db) / "meta.json"
+    meta.write_text('{"format": "2", "manif') if damage == "truncated" else meta.unlink()
+    out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert f"ignoring the hash checkpoint {folder_of(db)}: its meta.json" in out.stderr
+    assert folder_of(db).exists()  # a dry run leaves it
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "ignoring the hash checkpoint" in out.stderr and "hashing 10 new" in out.stderr
+    assert not folder_of(db).exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the checkpoint to another user")
+def test_a_checkpoint_of_another_user_is_not_trusted(site, db, caplog):
+    """A checkpoint folder beside the manifest that another user owns (planted in a shared folder, or a symbolic
+    link to one) could hand this run any MD5 for any file: it is named and left alone, its hashes unread."""
+    make_site(site, 20)
+    interrupted_scan(site, db)
+    folder = folder_of(db)
+    os.chown(folder, 54321, 54321)
+    caplog.set_level("WARNING", logger="chorus_batch")
+    logger = logging.getLogger("chorus_batch")
+    logger.addHandler(caplog.handler)  # it may not propagate (setup_logging)
+    try:
+        assert Checkpoint.open(db, *Manifest(db).state_identity(), writable=False) is None
+        result = run_site(site, db, validate_site=False)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert result.n_hashed == 20  # none taken from it
+    assert f"ignoring the hash checkpoint {folder}: it belongs to another user, uid 54321" in caplog.text
+    assert folder.is_dir() and folder.stat().st_uid == 54321  # not theirs to remove
 
 
 def test_a_no_change_run_and_rehash_remove_the_checkpoint(site, db):

@@ -242,6 +242,25 @@ def test_a_signal_just_after_the_commit_names_the_committed_version(site, db, si
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("point", ["run-finished", "summary"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_run_ended_names_the_committed_version(site, db, point, signum):
+    """Committed and checked; the run then records its end in `runs` (run-finished) or prints its summary. A signal
+    there said "nothing was committed; the manifest holds what it held before" of the new version (found by
+    SIGTERM at random times): it names the version, and `runs` records the signal and the version."""
+    write(site, "OMOP/a.csv", b"a")
+    proc = start_paused_run(site, db, point)
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=30)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert proc.returncode == 128 + signum, err
+    assert f"version {label} had been committed before; it stays" in err and "nothing was committed" not in err, err
+    assert query(db, "SELECT version FROM runs") == [(label,)]
+    if point == "run-finished":
+        assert query(db, "SELECT exit_code FROM runs") == [(128 + signum,)]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
 def test_a_signal_during_the_snapshot_after_the_commit_says_the_next_run_finishes_it(site, db, tmp_path):
     """A signal while the committed version's Parquet snapshot (or its check) was written said only "it stays": the
     snapshot and the check seemed lost; the next run does them."""
