@@ -20,6 +20,19 @@ def test_every_command_has_help_with_an_example(command):
     assert "example" in out.stdout
 
 
+def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
+    """Each command's --help has an example, says what every option is, and lists the exit codes: `testdata`'s
+    --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes."""
+    from chorus_batch.cli import _parser
+    from chorus_batch.errors import EXIT_CODES_HELP
+
+    for name, command in _parser().commands.items():
+        assert "example" in (command.epilog or ""), name
+        assert EXIT_CODES_HELP in (command.epilog or ""), name
+        unexplained = [action.option_strings or action.dest for action in command._actions if not action.help]
+        assert not unexplained, (name, unexplained)
+
+
 def test_help_documents_the_exit_codes():
     out = cli("run", "--help").stdout
     for code in ("0 ", "1 ", "2 ", "3 ", "4 "):
