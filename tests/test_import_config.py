@@ -324,6 +324,15 @@ def test_out_refuses_to_overwrite_unless_forced(tmp_path):
     assert same.returncode == 2 and copy.read_bytes() == source.read_bytes()
 
 
+def test_out_under_a_file_is_said_to_be_under_a_file(tmp_path):
+    """--out in a "folder" that is a file: it was said not to exist, with "create it" (which mkdir refuses)."""
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    out = cli("import-config", str(FIXTURES / "config.toml"), "--out", str(tmp_path / "notes.txt" / "chorus.toml"))
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert "notes.txt is a file, not a folder" in out.stderr and "does not exist" not in out.stderr
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
 def test_help_has_an_example_and_the_exit_codes():
     out = cli("import-config", "--help")
     assert out.returncode == 0

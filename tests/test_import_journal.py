@@ -340,6 +340,15 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
     assert db.read_bytes() == b"precious"
 
 
+def test_a_db_under_a_file_is_said_to_be_under_a_file(tmp_path):
+    """--db in a "folder" that is a file: it was said not to exist, with "create it" (which mkdir refuses)."""
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    out = import_journal(JOURNALS["A"], tmp_path / "notes.txt" / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "notes.txt is a file, not a folder" in out.stderr and "does not exist" not in out.stderr
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
 def test_upload_marks_need_a_central_container_chorus_batch_can_name(tmp_path):
     db = tmp_path / "m.sqlite"
     out = import_journal(JOURNALS["A"], db)  # upstream sent to /data/central, a local folder

@@ -31,6 +31,7 @@ import polars as pl
 
 from ..errors import ChorusError, ExitCode, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors, fmt
+from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
@@ -93,7 +94,8 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                          "new manifest and never writes over one", where=db,
                          fix="pass --db with a new file name (or move the existing manifest away first)")
     if not target.parent.is_dir():
-        raise UsageError(f"the folder of {db} does not exist", where=db, fix="create it, or pass another --db")
+        why, fix = missing_folder(target)
+        raise UsageError(f"cannot write {db}: {why}", where=db, fix=f"{fix} for --db")
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write in the folder of {db}", where=str(target.parent.resolve()),
                          fix="pass --db in a folder you can write to")
