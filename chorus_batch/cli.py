@@ -1072,6 +1072,16 @@ def cmd_unlock(args: argparse.Namespace, argv: list[str]) -> int:
 
     target = _resolve(args)
     if not is_remote(target.db):
+        from .store import Manifest
+
+        # A path naming no manifest is no "local manifest": most often an az:// URL mistyped (`az:/c/m.sqlite`),
+        # whose lease would stay while this said there was nothing to unlock.
+        try:
+            Manifest(target.db).require_file()
+        except UsageError as exc:
+            raise UsageError(exc.what, where=exc.where,
+                             fix="unlock breaks the lease of a manifest in Azure: pass --db az://CONTAINER/path/"
+                                 "manifest.sqlite (a local manifest's lock needs no unlock)") from None
         print(f"{Path(target.db).resolve()} is a local manifest: its lock is an OS file lock, released by the OS "
               "as soon as the run holding it exits or is killed. Nothing to unlock.")
         return 0

@@ -435,6 +435,20 @@ def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):
     assert "nowhere" in out.stderr and "fix:   point [site.roots] Waveforms at" in out.stderr
 
 
+def test_unlock_of_a_path_that_names_no_manifest_is_a_usage_error(site, db, tmp_path):
+    """`unlock --db az:/c/m.sqlite` (a slash short: a local path) said "is a local manifest ... Nothing to unlock",
+    exit 0, and the lease in Azure stayed; so for every --db that names no manifest. A local manifest: exit 0."""
+    for wrong in ("az:/chorus/site/manifest.sqlite", str(tmp_path / "none.sqlite"), str(tmp_path)):
+        out = cli("unlock", "--db", wrong, "--yes", cwd=tmp_path)
+        assert out.returncode == 2 and "fix:" in out.stderr and "az://" in out.stderr, (wrong, out.stderr)
+        assert "Nothing to unlock" not in out.stdout, wrong
+    assert not (tmp_path / "az:").exists()
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    local = cli("unlock", "--db", str(db), "--yes")
+    assert local.returncode == 0 and "released by the OS" in local.stdout, local.stderr
+
+
 def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp_path):
     write(site, "OMOP/a.csv")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
