@@ -627,6 +627,33 @@ def test_a_damaged_journal_is_said_to_be_damaged(tmp_path):
     assert not (tmp_path / "m.sqlite").exists()
 
 
+def test_a_journal_a_stopped_chorus_upload_left_mid_write_says_how_to_roll_it_back(tmp_path):
+    """A chorus-upload command killed mid-write leaves a hot rollback journal (journal.db-journal): the read-only
+    import said "cannot read the journal (attempt to write a readonly database)", fix "run again", which failed
+    again every time. It now says what happened and how to have SQLite roll the write back; then it imports."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size = 1')\n"  # (pages spill to the file before the commit)
+        "con.execute('BEGIN')\n"
+        "con.execute(\"UPDATE journal_v2 SET MD5 = '00000000000000000000000000000000'\")\n"
+        "con.execute(\"INSERT INTO srcpaths (SRC_PATH) SELECT SRC_PATH || 'x' FROM srcpaths\")\n"
+        "os._exit(9)\n"), str(journal)])
+    assert killed.returncode == 9 and Path(f"{journal}-journal").stat().st_size > 0
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "did not finish" in out.stderr and f"{journal}-journal" in out.stderr and "PRAGMA quick_check" in out.stderr
+    assert not db.exists() and Path(f"{journal}-journal").stat().st_size > 0  # (the journal is only read)
+    con = sqlite3.connect(journal)  # what the message says to do
+    con.execute("PRAGMA quick_check").fetchall()
+    con.close()
+    assert import_journal(journal, db, "--to", "az://central/").returncode == 1
+    assert files_as_of(db, V2) == tree("v2", schema="A")
+
+
 # A command history's DATETIME as other tools or hands write it: the usual spellings are read; what cannot be read is a
 # finding naming its row and value, and the version is still cut where it belongs (its label, the command before it).
 # Each: a strftime spelling of the update's own time (shifted by hours), and how an unreadable one is said (None: read).
