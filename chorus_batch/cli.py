@@ -1522,6 +1522,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if not flags:
             command.error(f"unrecognized arguments: {' '.join(extras)}")
         options = [o for action in command._actions for o in action.option_strings]
+        # A flag of the command's own given before it (`chorus-batch --json versions`): the top-level parser left it,
+        # and "did you mean --json?" named the flag as given; the command line that puts it after is what is meant.
+        at = argv.index(args.command) if args.command in argv else len(argv)
+        before = [flag for flag in flags if flag.split("=", 1)[0] in options and flag in argv[:at]]
+        if before:
+            rest = argv[:at] + argv[at + 1:]
+            parser.error(f"{before[0]} comes before the command {args.command!r}; flags go after it: "
+                         f"chorus-batch {args.command} {' '.join(shlex.quote(word) for word in rest)}")
         lines = []
         for flag in flags:
             meant = _close(flag.split("=", 1)[0], options)
