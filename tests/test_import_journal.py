@@ -340,6 +340,23 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
     assert db.read_bytes() == b"precious"
 
 
+def test_a_journal_none_of_whose_rows_can_be_imported_says_why(tmp_path):
+    """Every row refused (absolute paths, as a journal edited by hand or written elsewhere holds them): it said "no
+    upstream version holds any file ... there is no history to import", of a journal of 44 rows, and the reasons,
+    findings of a manifest that is not written, were lost. It says how many rows were refused, and one reason."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("UPDATE journal SET FILEPATH = '/data/site/' || FILEPATH")
+    con.close()
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "no history to import" not in out.stderr, out.stderr
+    assert "44 of the journal's 44 rows" in out.stderr and "is not a site-relative path" in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+
+
 def test_a_db_under_a_file_is_said_to_be_under_a_file(tmp_path):
     """--db in a "folder" that is a file: it was said not to exist, with "create it" (which mkdir refuses)."""
     (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")

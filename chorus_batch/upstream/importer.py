@@ -293,6 +293,17 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
                                                updates=len(tree.updates)))
         previous_label = committed.label
     if not result.versions:
+        # Rows there were, but none could be placed: the reasons are findings of a manifest that is not written, so
+        # they are said here (else "there is no history" of a journal full of it).
+        refused = problems.filter(pl.col("rule").is_in(["import.unusable-row", "import.impossible-interval"]))
+        if refused.height:
+            first = refused.row(0, named=True)
+            raise UsageError(f"no upstream version holds any file: {refused.height} of the journal's {result.n_rows} "
+                             f"rows could not be imported, e.g. {first['srcfile'] or '(site)'}: {first['message']}",
+                             where=journal.path,
+                             fix="a journal chorus-upload wrote holds site-relative paths and valid times: import an "
+                                 "unedited copy (its [journal.source] copy, a backup), or run chorus-batch on the site "
+                                 "directly")
         raise UsageError("no upstream version holds any file", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     merged = [t for t in trees if len(t.updates) > 1]
