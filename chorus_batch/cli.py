@@ -528,7 +528,8 @@ def _parser() -> argparse.ArgumentParser:
                + EXIT_CODES_HELP,
     )
     cfg.add_argument("config_file", metavar="CONFIG", help="chorus-upload's config.toml")
-    cfg.add_argument("--out", metavar="FILE", help="write the chorus.toml to FILE (mode 0600) instead of stdout")
+    cfg.add_argument("--out", metavar="FILE", help="write the chorus.toml to FILE (mode 0600) instead of stdout "
+                                                     "(- : stdout)")
     cfg.add_argument("--force", action="store_true", help="with --out: replace FILE if it exists")
     for name in DEMO_READERS:  # what `run --demo` suggests next
         sub.choices[name].add_argument(
@@ -1431,7 +1432,9 @@ def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
     if args.force and not args.out:
         raise UsageError("--force is for --out", where="--force", fix="add --out FILE, or leave out --force")
     converted = convert_config(args.config_file)
-    out = write_config(converted.text, args.out, force=args.force, source=args.config_file) if args.out else None
+    # "-": standard output, as `report --out -` (it wrote a file named "-")
+    out = (write_config(converted.text, args.out, force=args.force, source=args.config_file)
+           if args.out and args.out != "-" else None)
     for warning in converted.warnings:
         print(f"chorus-batch: warning: {warning}", file=sys.stderr)
     if out is None:
@@ -1563,6 +1566,7 @@ NOTHING_COMMITTED = "nothing was committed; the manifest holds what it held befo
 _LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
 NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
                  "import-journal": "no manifest was written (an import builds it in a temporary file it removes)",
+                 "import-config": "no chorus.toml was written (--out is written whole or not at all)",
                  "status": "nothing was written (status only reads)",
                  "report": "no report was written (report only reads)",
                  "review": "no notebook was written (review only reads)"}
