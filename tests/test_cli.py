@@ -397,6 +397,22 @@ def test_a_file_that_is_not_a_manifest_is_refused_untouched(site, tmp_path):
     assert bogus.read_text() == "these are my notes, not a database\n"
 
 
+def test_a_damaged_manifest_is_said_to_be_damaged_and_not_to_be_started_anew(site, db):
+    """A manifest cut short (a copy that stopped, a disk that lost writes) was "not a readable SQLite database", fix
+    "move this one aside to start a new manifest": its versions and uploads ledger lost for advice. It says the
+    manifest is damaged, and to restore it from a backup or the copy `upload` left at the centre."""
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    cut = db.read_bytes()[:3000]
+    db.write_bytes(cut)
+    for command in (("versions",), ("run", "--site", str(site))):
+        out = cli(*command, "--db", str(db))
+        assert out.returncode == 3 and "Traceback" not in out.stderr, (command, out.stderr)
+        assert "is damaged" in out.stderr and "backup" in out.stderr and "_manifest/manifest.sqlite" in out.stderr
+        assert "move this one aside" not in out.stderr, out.stderr
+    assert db.read_bytes() == cut
+
+
 def test_a_manifest_from_a_newer_version_is_refused(site, db):
     import sqlite3
 
