@@ -357,6 +357,27 @@ def test_a_journal_none_of_whose_rows_can_be_imported_says_why(tmp_path):
     assert not (tmp_path / "m.sqlite").exists()
 
 
+def test_a_site_upstream_scanned_by_a_relative_path_needs_site(tmp_path):
+    """chorus-upload run with a relative site path records it relative to the folder it ran in, which the journal
+    does not hold: the import recorded the root 'site' as it was, which later commands read from wherever they run
+    (validate: every file unread). It asks for --site, before any work; with --site the root is that folder."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("""UPDATE command_history SET SRC_PATHS = '{"OMOP": "site", "Images": "site", "Waveforms": "site"}'
+                       WHERE COMMAND = 'journal update'""")
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "relative" in out.stderr and "--site" in out.stderr, out.stderr
+    assert not db.exists()
+    site = build_site(tmp_path)
+    out = import_journal(journal, db, "--to", "az://central/", "--site", str(site))
+    assert out.returncode == 1, out.stderr
+    assert query(db, "SELECT location FROM roots") == [(site.as_posix(),)]
+
+
 def test_a_db_under_a_file_is_said_to_be_under_a_file(tmp_path):
     """--db in a "folder" that is a file: it was said not to exist, with "create it" (which mkdir refuses)."""
     (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
 import polars as pl
@@ -243,6 +243,14 @@ def _roots(settings, site: str | None, last: VersionTree, where: str) -> list[tu
     paths = dict(last.roots)
     if not paths:
         raise UsageError("the journal does not record where the site was scanned", where=where,
+                         fix="pass --site DIR (the site's root folder as it is now)")
+    # A relative path is relative to the folder chorus-upload ran in, which the journal does not hold: recorded as
+    # it is, later commands read it from wherever they run (another folder's files, or none).
+    relative = sorted({path for path in paths.values() if "://" not in path
+                       and not PurePosixPath(path).is_absolute() and not PureWindowsPath(path).is_absolute()})
+    if relative:
+        raise UsageError(f"the journal records the site by a relative path ({', '.join(map(repr, relative))}): relative "
+                         "to the folder chorus-upload ran in, which it does not record", where=where,
                          fix="pass --site DIR (the site's root folder as it is now)")
     default = max(set(paths.values()), key=list(paths.values()).count)
     return [(default.replace("\\", "/"), None),
