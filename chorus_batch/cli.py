@@ -228,14 +228,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Write two deterministic snapshots of a synthetic site in one of the CHoRUS layouts (--layout); the "
                     "second keeps, modifies, renames, deletes and adds files relative to the first.",
         epilog="example:\n  chorus-batch testdata /tmp/site --persons 50 --files-per-person 20 --seed 7\n"
-               "  chorus-batch run --site /tmp/site/first --db /tmp/m.sqlite && chorus-batch run --site /tmp/site/second --db /tmp/m.sqlite",
+               "  chorus-batch run --site /tmp/site/first --db /tmp/m.sqlite && chorus-batch run --site /tmp/site/second --db /tmp/m.sqlite\n\n"
+               + EXIT_CODES_HELP,
     )
-    td.add_argument("out")
-    td.add_argument("--persons", type=int, default=20)
-    td.add_argument("--files-per-person", type=int, default=12)
+    td.add_argument("out", help="folder to write OUT/first and OUT/second into (new, or empty)")
+    td.add_argument("--persons", type=int, default=20, help="persons in the site (default 20)")
+    td.add_argument("--files-per-person", type=int, default=12,
+                    help="files under each person's folder P/ in the first snapshot (default 12)")
     td.add_argument("--size", type=_byte_count, default=1024, metavar="BYTES",
                     help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M")
-    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same site (default 0)")
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
     td.add_argument("--workers", type=_workers, help="processes writing files (default: CPU count, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
@@ -243,23 +245,24 @@ def _parser() -> argparse.ArgumentParser:
 
     versions = command(
         "versions", help="list the versions in a manifest",
-        epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json",
+        epilog="example:\n  chorus-batch versions --db site_manifest.sqlite --json\n\n" + EXIT_CODES_HELP,
     )
     versions.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
     versions.add_argument("--config", help=READ_CONFIG_HELP)
-    versions.add_argument("--json", action="store_true")
+    versions.add_argument("--json", action="store_true", help="print a JSON array of objects, one a version")
 
     changes = command(
         "changes", help="show the change set of a version (default: the latest)",
         epilog="examples:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv\n"
-               "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums",
+               "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums\n\n"
+               + EXIT_CODES_HELP,
     )
     changes.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
     changes.add_argument("--config", help=READ_CONFIG_HELP)
     changes.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     changes.add_argument("--path", help=PATH_HELP + " (either side of a rename)")
     fmt = changes.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--json", action="store_true", help="print a JSON array of objects, one a change")
     fmt.add_argument("--csv", action="store_true", help="print CSV with a header row (a name a spreadsheet would run as a formula, =... +... -... @..., is written with a ' in front)")
     fmt.add_argument("--md5sum", action="store_true", help=MD5SUM_HELP + " (added, replaced, renamed)")
 
@@ -309,7 +312,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Migrate the manifest in place, one numbered step at a time, each one transaction: every version, "
                     "file row, record and finding is kept. `run` and `validate` do this too; read-only commands ask "
                     "for it.",
-        epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite",
+        epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite\n\n" + EXIT_CODES_HELP,
     )
     upgrade.add_argument("--db", help=READ_DB_HELP)
     upgrade.add_argument("--config", help=READ_CONFIG_HELP)
@@ -337,7 +340,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  chorus-batch files --as-of 20261101020000 --modality Waveforms --csv > waveforms.csv\n"
                "  chorus-batch files --as-of 2026-11-01T00:00:00Z --person 000123 --json\n"
                "  chorus-batch files --as-of 20261101020000 --md5sum > checksums.md5   # ship it with the version; centrally:\n"
-               "  cd <version folder> && md5sum -c --quiet checksums.md5",
+               "  cd <version folder> && md5sum -c --quiet checksums.md5\n\n" + EXIT_CODES_HELP,
     )
     files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
     files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images)")
@@ -350,9 +353,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Added, removed, replaced and renamed files between two versions (not only neighbours). "
                     "Either side is a version label or an ISO date-time.",
         epilog="examples:\n  chorus-batch diff --from 20261001020000 --to 20261101020000 --csv > oct_to_nov.csv\n"
-               "  chorus-batch diff --from 20261001020000 --to 20261101020000 --md5sum > new_since_oct.md5",
+               "  chorus-batch diff --from 20261001020000 --to 20261101020000 --md5sum > new_since_oct.md5\n\n"
+               + EXIT_CODES_HELP,
     )
-    diff.add_argument("--from", dest="from_version", required=True, metavar="LABEL|ISO-TIME")
+    diff.add_argument("--from", dest="from_version", required=True, metavar="LABEL|ISO-TIME",
+                      help="the version to compare from: a label, or an ISO date-time (the version current then)")
     diff.add_argument("--to", dest="to_version", metavar="LABEL|ISO-TIME", help="default: the latest version")
     output_flags(diff, " (of the files added, replaced or renamed, as they are in --to)")
 
@@ -360,7 +365,8 @@ def _parser() -> argparse.ArgumentParser:
         "history", help="every version of one file",
         description="Every recorded version of one file, oldest first: when it was valid, its MD5 and size, how it "
                     "began (added, replaced, renamed from) and ended (removed, replaced, renamed to).",
-        epilog="example:\n  chorus-batch history 000123/Waveforms/000123_20240101_080000/000123_20240101_080000.hea",
+        epilog="example:\n  chorus-batch history 000123/Waveforms/000123_20240101_080000/000123_20240101_080000.hea\n\n"
+               + EXIT_CODES_HELP,
     )
     history.add_argument("path", help="site-relative path, as stored in the manifest (POSIX '/')")
     output_flags(history)
@@ -369,7 +375,7 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="write a self-contained HTML data-quality report of a version",
         description="Counts per modality and change kind, persons, waveform sessions, sizes, duplicates, errors, "
                     "validation findings and what the version deleted or replaced; plots embedded as PNG.",
-        epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html",
+        epilog="example:\n  chorus-batch report --db site_manifest.sqlite --out report.html\n\n" + EXIT_CODES_HELP,
     )
     version_of_manifest(report)
     report.add_argument("--out", required=True, help="the HTML file to write (readable by its owner only); - for "
@@ -379,7 +385,7 @@ def _parser() -> argparse.ArgumentParser:
         "review", help="run the reviewer's notebook headless; the executed notebook is readable by its owner only",
         description="Executes notebooks/review.ipynb (a checkout's; needs papermill: pip install \".[notebook]\") on a "
                     "version and writes the executed notebook, owner-only; what its cells write is owner-only too.",
-        epilog="example:\n  chorus-batch review --db site_manifest.sqlite --out review.ipynb",
+        epilog="example:\n  chorus-batch review --db site_manifest.sqlite --out review.ipynb\n\n" + EXIT_CODES_HELP,
     )
     version_of_manifest(review)
     review.add_argument("--compare-to", metavar="LABEL|ISO-TIME", help="default: the version before")
@@ -409,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  chorus-batch slurm-script --site /data/site --db /data/m.sqlite --shards 16 > nightly.sbatch && sbatch nightly.sbatch\n"
                "  chorus-batch slurm-script --config chorus.toml --shards 32 --cpus-per-task 8 --mem 16G --time 04:00:00 "
-               "--partition batch --account chorus\n",
+               "--partition batch --account chorus\n\n" + EXIT_CODES_HELP,
     )
     slurm.add_argument("--config", help="settings file (default: ./chorus.toml if present); the jobs read it")
     slurm.add_argument("--site", help="site root folder (default: from the config)")
@@ -522,7 +528,8 @@ def _parser() -> argparse.ArgumentParser:
                + EXIT_CODES_HELP,
     )
     cfg.add_argument("config_file", metavar="CONFIG", help="chorus-upload's config.toml")
-    cfg.add_argument("--out", metavar="FILE", help="write the chorus.toml to FILE (mode 0600) instead of stdout")
+    cfg.add_argument("--out", metavar="FILE", help="write the chorus.toml to FILE (mode 0600) instead of stdout "
+                                                     "(- : stdout)")
     cfg.add_argument("--force", action="store_true", help="with --out: replace FILE if it exists")
     for name in DEMO_READERS:  # what `run --demo` suggests next
         sub.choices[name].add_argument(
@@ -1077,6 +1084,16 @@ def cmd_unlock(args: argparse.Namespace, argv: list[str]) -> int:
 
     target = _resolve(args)
     if not is_remote(target.db):
+        from .store import Manifest
+
+        # A path naming no manifest is no "local manifest": most often an az:// URL mistyped (`az:/c/m.sqlite`),
+        # whose lease would stay while this said there was nothing to unlock.
+        try:
+            Manifest(target.db).require_file()
+        except UsageError as exc:
+            raise UsageError(exc.what, where=exc.where,
+                             fix="unlock breaks the lease of a manifest in Azure: pass --db az://CONTAINER/path/"
+                                 "manifest.sqlite (a local manifest's lock needs no unlock)") from None
         print(f"{Path(target.db).resolve()} is a local manifest: its lock is an OS file lock, released by the OS "
               "as soon as the run holding it exits or is killed. Nothing to unlock.")
         return 0
@@ -1438,7 +1455,9 @@ def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
     if args.force and not args.out:
         raise UsageError("--force is for --out", where="--force", fix="add --out FILE, or leave out --force")
     converted = convert_config(args.config_file)
-    out = write_config(converted.text, args.out, force=args.force, source=args.config_file) if args.out else None
+    # "-": standard output, as `report --out -` (it wrote a file named "-")
+    out = (write_config(converted.text, args.out, force=args.force, source=args.config_file)
+           if args.out and args.out != "-" else None)
     for warning in converted.warnings:
         print(f"chorus-batch: warning: {warning}", file=sys.stderr)
     if out is None:
@@ -1534,6 +1553,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if not flags:
             command.error(f"unrecognized arguments: {' '.join(extras)}")
         options = [o for action in command._actions for o in action.option_strings]
+        # A flag of the command's own given before it (`chorus-batch --json versions`): the top-level parser left it,
+        # and "did you mean --json?" named the flag as given; the command line that puts it after is what is meant.
+        at = argv.index(args.command) if args.command in argv else len(argv)
+        before = [flag for flag in flags if flag.split("=", 1)[0] in options and flag in argv[:at]]
+        if before:
+            rest = argv[:at] + argv[at + 1:]
+            parser.error(f"{before[0]} comes before the command {args.command!r}; flags go after it: "
+                         f"chorus-batch {args.command} {' '.join(shlex.quote(word) for word in rest)}")
         lines = []
         for flag in flags:
             name = flag.split("=", 1)[0]
@@ -1571,6 +1598,7 @@ NOTHING_COMMITTED = "nothing was committed; the manifest holds what it held befo
 _LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
 NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
                  "import-journal": "no manifest was written (an import builds it in a temporary file it removes)",
+                 "import-config": "no chorus.toml was written (--out is written whole or not at all)",
                  "status": "nothing was written (status only reads)",
                  "report": "no report was written (report only reads)",
                  "review": "no notebook was written (review only reads)"}

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import re
+import shlex
 import shutil
 import stat
 import tempfile
@@ -127,6 +128,16 @@ def _link_new(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
         return
     tmp.unlink()
+
+
+def missing_folder(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """Why the folder of `path` is not one, and what to do, as a message says them: a part of it that is a file
+    (mkdir cannot make the folder: "create it" would be no fix), else that it does not exist."""
+    path = Path(path)
+    a_file = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    if a_file is not None:
+        return f"{a_file} is a file, not a folder", "choose a path in a folder"
+    return f"its folder {path.parent} does not exist", f"create it (mkdir -p {shlex.quote(str(path.parent))}), or choose another path"
 
 
 def check_target(target: str | os.PathLike[str]) -> None:

@@ -124,7 +124,14 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     from .validate.readers import BadContent, _arrow_failure, _csv_header, _Gate
 
     fix = "make it UTF-8 comma-delimited text with a header row (`chorus-batch validate` says more)"
-    with source.open(srcfile) as f:
+    try:
+        opened = source.open(srcfile)
+    except OSError as exc:  # most often a site moved since the run recorded its root: not an internal error
+        raise UsageError(f"cannot read {srcfile} (the visits files are placed in) from the site root {source.description}: "
+                         f"{exc.strerror or exc}", where=srcfile,
+                         fix="if the site moved since the run that recorded it, pass --site with its root; else check "
+                             "that the file is there and readable, then run the command again") from None
+    with opened as f:
         try:
             _, header, ended = _csv_header(f)  # the names as written (a BOM, quotes, CR line ends read as validate reads them)
         except BadContent as exc:

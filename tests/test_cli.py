@@ -20,6 +20,19 @@ def test_every_command_has_help_with_an_example(command):
     assert "example" in out.stdout
 
 
+def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
+    """Each command's --help has an example, says what every option is, and lists the exit codes: `testdata`'s
+    --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes."""
+    from chorus_batch.cli import _parser
+    from chorus_batch.errors import EXIT_CODES_HELP
+
+    for name, command in _parser().commands.items():
+        assert "example" in (command.epilog or ""), name
+        assert EXIT_CODES_HELP in (command.epilog or ""), name
+        unexplained = [action.option_strings or action.dest for action in command._actions if not action.help]
+        assert not unexplained, (name, unexplained)
+
+
 def test_help_documents_the_exit_codes():
     out = cli("run", "--help").stdout
     for code in ("0 ", "1 ", "2 ", "3 ", "4 "):
@@ -384,6 +397,22 @@ def test_a_file_that_is_not_a_manifest_is_refused_untouched(site, tmp_path):
     assert bogus.read_text() == "these are my notes, not a database\n"
 
 
+def test_a_damaged_manifest_is_said_to_be_damaged_and_not_to_be_started_anew(site, db):
+    """A manifest cut short (a copy that stopped, a disk that lost writes) was "not a readable SQLite database", fix
+    "move this one aside to start a new manifest": its versions and uploads ledger lost for advice. It says the
+    manifest is damaged, and to restore it from a backup or the copy `upload` left at the centre."""
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    cut = db.read_bytes()[:3000]
+    db.write_bytes(cut)
+    for command in (("versions",), ("run", "--site", str(site))):
+        out = cli(*command, "--db", str(db))
+        assert out.returncode == 3 and "Traceback" not in out.stderr, (command, out.stderr)
+        assert "is damaged" in out.stderr and "backup" in out.stderr and "_manifest/manifest.sqlite" in out.stderr
+        assert "move this one aside" not in out.stderr, out.stderr
+    assert db.read_bytes() == cut
+
+
 def test_a_manifest_from_a_newer_version_is_refused(site, db):
     import sqlite3
 
@@ -420,6 +449,20 @@ def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):
     out = cli("run", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
     assert out.returncode == 2 and "where: [site.roots] Waveforms" in out.stderr, out.stderr
     assert "nowhere" in out.stderr and "fix:   point [site.roots] Waveforms at" in out.stderr
+
+
+def test_unlock_of_a_path_that_names_no_manifest_is_a_usage_error(site, db, tmp_path):
+    """`unlock --db az:/c/m.sqlite` (a slash short: a local path) said "is a local manifest ... Nothing to unlock",
+    exit 0, and the lease in Azure stayed; so for every --db that names no manifest. A local manifest: exit 0."""
+    for wrong in ("az:/chorus/site/manifest.sqlite", str(tmp_path / "none.sqlite"), str(tmp_path)):
+        out = cli("unlock", "--db", wrong, "--yes", cwd=tmp_path)
+        assert out.returncode == 2 and "fix:" in out.stderr and "az://" in out.stderr, (wrong, out.stderr)
+        assert "Nothing to unlock" not in out.stdout, wrong
+    assert not (tmp_path / "az:").exists()
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    local = cli("unlock", "--db", str(db), "--yes")
+    assert local.returncode == 0 and "released by the OS" in local.stdout, local.stderr
 
 
 def test_the_same_mistake_gets_the_same_exit_code_in_every_command(site, db, tmp_path):

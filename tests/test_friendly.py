@@ -201,6 +201,18 @@ def test_a_commands_flag_before_any_command_is_run_and_before_a_command_is_put_a
             "chorus-batch versions -q --db 'my manifest.sqlite' --json") in out.stderr
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["--json", "versions"], "--json comes before the command 'versions'; flags go after it: chorus-batch versions --json"),
+    (["--db=m.sqlite", "-q", "changes", "--csv"],
+     "--db=m.sqlite comes before the command 'changes'; flags go after it: chorus-batch changes --db=m.sqlite -q --csv"),
+])
+def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, argv, said):
+    # `chorus-batch --json versions` said "unrecognized argument --json; did you mean --json?"
+    out = cli(*argv, cwd=tmp_path)
+    assert out.returncode == 2 and said in out.stderr, out.stderr
+    assert "did you mean" not in out.stderr
+
+
 @pytest.mark.parametrize(
     "toml, message",
     [

@@ -324,6 +324,15 @@ def test_out_refuses_to_overwrite_unless_forced(tmp_path):
     assert same.returncode == 2 and copy.read_bytes() == source.read_bytes()
 
 
+def test_out_under_a_file_is_said_to_be_under_a_file(tmp_path):
+    """--out in a "folder" that is a file: it was said not to exist, with "create it" (which mkdir refuses)."""
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    out = cli("import-config", str(FIXTURES / "config.toml"), "--out", str(tmp_path / "notes.txt" / "chorus.toml"))
+    assert out.returncode == 2 and out.stdout == "" and "Traceback" not in out.stderr
+    assert "notes.txt is a file, not a folder" in out.stderr and "does not exist" not in out.stderr
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
 def test_help_has_an_example_and_the_exit_codes():
     out = cli("import-config", "--help")
     assert out.returncode == 0
@@ -560,3 +569,40 @@ def test_out_is_written_by_the_projects_owner_only_writer(tmp_path, force):
     assert target.read_text(encoding="utf-8").startswith("# chorus.toml converted from")
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["chorus.toml"]
+
+
+def test_out_dash_is_standard_output_as_in_report(tmp_path):
+    """`--out -` (standard output in `report` and `review`) wrote an owner-only file named "-" in the folder."""
+    out = cli("import-config", str(FIXTURES / "config.toml"), "--out", "-", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.startswith("# chorus.toml converted from") and list(tmp_path.iterdir()) == []
+
+
+def test_a_stopped_import_config_says_what_it_wrote_not_a_manifest(tmp_path):
+    """SIGTERM while import-config reads its config (a FIFO: `import-config <(ssh host cat config.toml)`) said
+    "nothing was committed; the manifest holds what it held before (`chorus-batch versions` lists it)": it has none."""
+    import signal
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "import-config", str(fifo), "--out",
+                             str(tmp_path / "chorus.toml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:  # until it holds the FIFO open to read (after its signal handlers are set)
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+    try:
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    assert proc.returncode == 143, err
+    assert "manifest" not in err and "versions" not in err and "no chorus.toml was written" in err, err
+    assert not (tmp_path / "chorus.toml").exists()

@@ -340,6 +340,53 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
     assert db.read_bytes() == b"precious"
 
 
+def test_a_journal_none_of_whose_rows_can_be_imported_says_why(tmp_path):
+    """Every row refused (absolute paths, as a journal edited by hand or written elsewhere holds them): it said "no
+    upstream version holds any file ... there is no history to import", of a journal of 44 rows, and the reasons,
+    findings of a manifest that is not written, were lost. It says how many rows were refused, and one reason."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("UPDATE journal SET FILEPATH = '/data/site/' || FILEPATH")
+    con.close()
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "no history to import" not in out.stderr, out.stderr
+    assert "44 of the journal's 44 rows" in out.stderr and "is not a site-relative path" in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_a_site_upstream_scanned_by_a_relative_path_needs_site(tmp_path):
+    """chorus-upload run with a relative site path records it relative to the folder it ran in, which the journal
+    does not hold: the import recorded the root 'site' as it was, which later commands read from wherever they run
+    (validate: every file unread). It asks for --site, before any work; with --site the root is that folder."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("""UPDATE command_history SET SRC_PATHS = '{"OMOP": "site", "Images": "site", "Waveforms": "site"}'
+                       WHERE COMMAND = 'journal update'""")
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "relative" in out.stderr and "--site" in out.stderr, out.stderr
+    assert not db.exists()
+    site = build_site(tmp_path)
+    out = import_journal(journal, db, "--to", "az://central/", "--site", str(site))
+    assert out.returncode == 1, out.stderr
+    assert query(db, "SELECT location FROM roots") == [(site.as_posix(),)]
+
+
+def test_a_db_under_a_file_is_said_to_be_under_a_file(tmp_path):
+    """--db in a "folder" that is a file: it was said not to exist, with "create it" (which mkdir refuses)."""
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+    out = import_journal(JOURNALS["A"], tmp_path / "notes.txt" / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "notes.txt is a file, not a folder" in out.stderr and "does not exist" not in out.stderr
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
 def test_upload_marks_need_a_central_container_chorus_batch_can_name(tmp_path):
     db = tmp_path / "m.sqlite"
     out = import_journal(JOURNALS["A"], db)  # upstream sent to /data/central, a local folder
@@ -616,6 +663,33 @@ def test_a_damaged_journal_is_said_to_be_damaged(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "is damaged" in out.stderr and ".recover" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_a_journal_a_stopped_chorus_upload_left_mid_write_says_how_to_roll_it_back(tmp_path):
+    """A chorus-upload command killed mid-write leaves a hot rollback journal (journal.db-journal): the read-only
+    import said "cannot read the journal (attempt to write a readonly database)", fix "run again", which failed
+    again every time. It now says what happened and how to have SQLite roll the write back; then it imports."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sqlite3, sys\n"
+        "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "con.execute('PRAGMA cache_size = 1')\n"  # (pages spill to the file before the commit)
+        "con.execute('BEGIN')\n"
+        "con.execute(\"UPDATE journal_v2 SET MD5 = '00000000000000000000000000000000'\")\n"
+        "con.execute(\"INSERT INTO srcpaths (SRC_PATH) SELECT SRC_PATH || 'x' FROM srcpaths\")\n"
+        "os._exit(9)\n"), str(journal)])
+    assert killed.returncode == 9 and Path(f"{journal}-journal").stat().st_size > 0
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "did not finish" in out.stderr and f"{journal}-journal" in out.stderr and "PRAGMA quick_check" in out.stderr
+    assert not db.exists() and Path(f"{journal}-journal").stat().st_size > 0  # (the journal is only read)
+    con = sqlite3.connect(journal)  # what the message says to do
+    con.execute("PRAGMA quick_check").fetchall()
+    con.close()
+    assert import_journal(journal, db, "--to", "az://central/").returncode == 1
+    assert files_as_of(db, V2) == tree("v2", schema="A")
 
 
 # A command history's DATETIME as other tools or hands write it: the usual spellings are read; what cannot be read is a

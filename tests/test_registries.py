@@ -282,3 +282,19 @@ def test_a_visit_table_it_cannot_read_is_told_without_its_rows(tmp_path, damage)
     assert "000888" not in out.stderr and "SECRET" not in out.stderr and "\\x00" not in out.stderr, out.stderr
     assert ("Row #" in out.stderr) if damage[0] != 0 else ("NUL bytes" in out.stderr), out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_site_moved_since_the_run_is_said_with_how_to_point_at_it(tmp_path):
+    """`registry` after the site moved away from the root the manifest records: reading visit_occurrence.csv raised
+    FileNotFoundError, said as "internal error" (exit 3, "report it"). It is a usage error naming the file and
+    --site; with --site it works."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    moved = site.rename(tmp_path / "moved")
+    out = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"))
+    assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+    assert "OMOP/visit_occurrence.csv" in out.stderr and "--site" in out.stderr, out.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    again = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"), "--site", str(moved))
+    assert again.returncode == 0, again.stderr

@@ -324,7 +324,15 @@ class Manifest:
         if "full" in low and ("disk" in low or "database" in low):
             return ManifestError(f"the disk is full: {text}",  # (what was committed: said by the command, cli.main)
                                  where=where, fix="free space on the manifest's file system and run again")
-        if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+        if "malformed" in low:  # SQLite's own file, damaged: starting anew would lose every version and the ledger
+            here = shlex.quote(where)
+            return ManifestError(f"the manifest is damaged: {text} (a copy cut short, a disk or file system that lost "
+                                 "writes)", where=where,
+                                 fix=f"restore it from a backup (in its place: cp BACKUP {here}), or from the copy "
+                                     "`upload` left beside the newest version it completed at the centre "
+                                     "(<version>/_manifest/manifest.sqlite); do not start a new manifest in its "
+                                     "place: its versions and uploads ledger would be lost")
+        if "not a database" in low or "file is encrypted" in low:
             return ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
                                  fix="pass --db with the right file, or move this one aside to start a new manifest")
         if "unable to open" in low or "cannot open" in low:

@@ -40,7 +40,7 @@ from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
 from ..errors import UsageError, WriteError
-from ..fsutil import write_private
+from ..fsutil import missing_folder, write_private
 
 SECTIONS = ("configuration", "journal", "central_path", "site_path")
 DEFAULT_DB = "chorus_manifest.sqlite"
@@ -792,7 +792,8 @@ def write_config(text: str, out: str | Path, *, force: bool = False, source: str
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder", where=where, fix=f"name the file, e.g. --out {out / 'chorus.toml'}")
     if not out.parent.is_dir():
-        raise UsageError(f"the folder of --out {out} does not exist", where=where, fix="create it, or choose another --out")
+        why, fix = missing_folder(out)
+        raise UsageError(f"cannot write --out {out}: {why}", where=where, fix=f"{fix} for --out")
     _refuse_special(out, where)
     exists = f"{out} exists; it is not overwritten"
     exists_fix = "choose another --out, or pass --force to replace it"

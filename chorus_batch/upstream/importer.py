@@ -24,13 +24,14 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
 import polars as pl
 
 from ..errors import ChorusError, ExitCode, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors, fmt
+from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
@@ -93,7 +94,8 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                          "new manifest and never writes over one", where=db,
                          fix="pass --db with a new file name (or move the existing manifest away first)")
     if not target.parent.is_dir():
-        raise UsageError(f"the folder of {db} does not exist", where=db, fix="create it, or pass another --db")
+        why, fix = missing_folder(target)
+        raise UsageError(f"cannot write {db}: {why}", where=db, fix=f"{fix} for --db")
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write in the folder of {db}", where=str(target.parent.resolve()),
                          fix="pass --db in a folder you can write to")
@@ -242,6 +244,14 @@ def _roots(settings, site: str | None, last: VersionTree, where: str) -> list[tu
     if not paths:
         raise UsageError("the journal does not record where the site was scanned", where=where,
                          fix="pass --site DIR (the site's root folder as it is now)")
+    # A relative path is relative to the folder chorus-upload ran in, which the journal does not hold: recorded as
+    # it is, later commands read it from wherever they run (another folder's files, or none).
+    relative = sorted({path for path in paths.values() if "://" not in path
+                       and not PurePosixPath(path).is_absolute() and not PureWindowsPath(path).is_absolute()})
+    if relative:
+        raise UsageError(f"the journal records the site by a relative path ({', '.join(map(repr, relative))}): relative "
+                         "to the folder chorus-upload ran in, which it does not record", where=where,
+                         fix="pass --site DIR (the site's root folder as it is now)")
     default = max(set(paths.values()), key=list(paths.values()).count)
     return [(default.replace("\\", "/"), None),
             *((path.replace("\\", "/"), modality) for modality, path in sorted(paths.items()) if path != default)]
@@ -291,6 +301,17 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
                                                updates=len(tree.updates)))
         previous_label = committed.label
     if not result.versions:
+        # Rows there were, but none could be placed: the reasons are findings of a manifest that is not written, so
+        # they are said here (else "there is no history" of a journal full of it).
+        refused = problems.filter(pl.col("rule").is_in(["import.unusable-row", "import.impossible-interval"]))
+        if refused.height:
+            first = refused.row(0, named=True)
+            raise UsageError(f"no upstream version holds any file: {refused.height} of the journal's {result.n_rows} "
+                             f"rows could not be imported, e.g. {first['srcfile'] or '(site)'}: {first['message']}",
+                             where=journal.path,
+                             fix="a journal chorus-upload wrote holds site-relative paths and valid times: import an "
+                                 "unedited copy (its [journal.source] copy, a backup), or run chorus-batch on the site "
+                                 "directly")
         raise UsageError("no upstream version holds any file", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     merged = [t for t in trees if len(t.updates) > 1]

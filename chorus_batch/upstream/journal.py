@@ -157,7 +157,19 @@ def _not_a_journal(path: str, why: str, fix: str | None = None) -> UsageError:
                                  "in Azure)")
 
 
-def _unreadable(path: str, exc: Exception) -> UsageError:
+def _unreadable(path: str, exc: Exception, file: str | None = None) -> UsageError:
+    """`file`: the journal's local file (`path` is how it is named), whose side files say what happened."""
+    rollback = Path(f"{file or path}-journal")
+    if "readonly" in str(exc) and rollback.is_file() and rollback.stat().st_size > 0:
+        # A hot rollback journal: a write stopped midway, which SQLite undoes only on a connection that may write
+        # (this one only reads): "run again" failed again every time.
+        return UsageError(f"the journal {path} holds a write that a chorus-upload command did not finish (it was "
+                          f"stopped or crashed: its rollback file {rollback} is beside it); SQLite undoes such a write "
+                          "the next time the journal is opened for writing, which import-journal never does",
+                          where=path,
+                          fix="once no chorus-upload command is running, let SQLite undo it: `sqlite3 "
+                              f"{shlex.quote(str(file or path))} 'PRAGMA quick_check'` (or run any chorus-upload "
+                              "command), then run import-journal again")
     if "malformed" in str(exc) or "corrupt" in str(exc):
         return UsageError(f"the journal {path} is damaged ({exc})", where=path,
                           fix="import a good copy (a backup, or the copy chorus-upload keeps in its [journal.source]); "
@@ -185,10 +197,10 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
         try:
             tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.OperationalError as exc:  # unreadable, locked by a writer, ...
-            raise _unreadable(shown, exc) from None
+            raise _unreadable(shown, exc, path) from None
         except sqlite3.DatabaseError as exc:
             if "malformed" in str(exc):
-                raise _unreadable(shown, exc) from None
+                raise _unreadable(shown, exc, path) from None
             raise _not_a_journal(shown, f"it is not an SQLite database ({exc})") from None
         if "journal_v2" in tables:
             schema, sql, history = 2, _V2_ROWS, "command_history_v2"
@@ -219,11 +231,11 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             updates, central = _history(con, history, secrets, times) if history in tables else ([], None)
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
-                raise _unreadable(shown, exc) from None
+                raise _unreadable(shown, exc, path) from None
             raise _not_a_journal(shown, f"its tables do not have chorus-upload's columns ({exc})") from None
         except sqlite3.DatabaseError as exc:
             if "malformed" in str(exc):
-                raise _unreadable(shown, exc) from None
+                raise _unreadable(shown, exc, path) from None
             raise _not_a_journal(shown, f"its tables do not have chorus-upload's columns ({exc})") from None
         except sqlite3.Error as exc:
             raise _not_a_journal(shown, f"its tables do not have chorus-upload's columns ({exc})") from None
