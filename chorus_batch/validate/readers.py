@@ -476,6 +476,10 @@ def _registry_facts(f) -> dict[str, Any]:
     # null), visit_id is left NULL where no visit overlaps; SQL exports write NULL, MySQL's (its CREATE TABLE) \N
     frame = frame.with_columns(pl.when(~pl.all().str.to_lowercase().is_in(["null", "\\n"])).then(pl.all()))
     trg = pl.col("trg_file").fill_null("").str.replace_all("\\\\", "/").str.strip_prefix("./").str.strip_chars_start("/")
+    # Multimodal-Linkage: trg_file is the delivered file's "Name and path", and the release root may be "a dated
+    # release directory" or any name: a path written from the machine's or the release's root is cut to the site's
+    # own, from the person folder before the first Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/)
+    trg = trg.str.replace(r"^(?:[^/]*/)*?([^/]+/(?i:waveforms|images)/)", "${1}")
     frame = frame.with_columns(trg_file=trg)
     duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
     facts.update(
