@@ -76,6 +76,10 @@ DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
         "<person_id>/waveforms/telemetry|eeg/<session_id>/<session_id>[...].<ext> (v2.0)",
         "waveforms-v2.0",
     ),
+    # a RECORDS beside the sessions (Telemetry|EEG/RECORDS): before v1.0's <session>/<file>, which took Telemetry for
+    # a session folder and told the site to add the Telemetry or EEG folder it has
+    PathPattern("Waveforms", rf"^{_PERSON}/(?i:waveforms)/(?i:telemetry|eeg)/RECORDS$",
+                "<person_id>/Waveforms/Telemetry|EEG/RECORDS", "records-v1.0"),
     PathPattern(
         "Waveforms",
         rf"^{_PERSON}/(?i:waveforms)/(?:(?P<session>[^/]+)/)?{_STAMP}_(?P<duration>\d+(?:\.\d+)?)(?:_(?P<segment>[^/._]+))?\.[^/]+$",

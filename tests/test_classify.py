@@ -81,6 +81,9 @@ def test_current_image_layout_records_the_accession():
     ("10001/Waveforms/eeg/123/123.hea", "waveforms-v2.0"),
     ("10001/Waveforms/123/10001_123_0001.h5", "waveforms-v1.0"),  # PatientID_SessionID{_fileID}.ext
     ("RECORDS", "records-v1.0"),
+    # a RECORDS beside the sessions is one, not a v1.0 session folder named Telemetry
+    ("10001/Waveforms/Telemetry/RECORDS", "records-v1.0"),
+    ("10001/waveforms/eeg/RECORDS", "records-v1.0"),
     ("SUBMISSION.md", "metadata-v2.0"),
     ("1000001/Waveforms/1000001_20230101_101530_3600.h5", "waveforms-flat"),
     ("1/Images/ST/SE/1_20230101_101530_CT_01_001.dcm", "images-study"),

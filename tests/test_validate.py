@@ -497,6 +497,15 @@ def test_a_clean_site_of_each_layout_gets_exactly_the_findings_the_procedures_im
     assert set(out["severity"]) <= {"info"}
 
 
+def test_a_records_file_beside_the_sessions_is_told_as_a_records_file(clean):
+    """A RECORDS in Waveforms/Telemetry/ was taken for a v1.0 session folder named Telemetry: its note said the site
+    lacked "a Telemetry or EEG folder between Waveforms/ and the session", which it has."""
+    add(f"{P0}/Waveforms/Telemetry/RECORDS", f"{S0['single']}/{S0['single']}\n")(clean)
+    out = validate(clean).filter(pl.col("rule") != "records.unlisted")
+    assert out.select("rule", "srcfile").rows() == [("layout.superseded", f"{P0}/Waveforms/Telemetry/RECORDS")]
+    assert "no RECORDS file" in out["message"].item() and "between Waveforms/" not in out["message"].item()
+
+
 def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_split(tmp_path):
     """v1.0's RECORDS at the root lists the records of all persons: checked in parts (validate() splits the
     site by top-level folder), a record is absent only if no part holds it, and every listed one is found."""
