@@ -388,6 +388,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_no_procedure", registry("Images", lambda rows: [[r[0], 2000999999, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.no_procedure", "image_registry.csv")}),
+    # Multimodal-Linkage: 4141651 (Monitoring Procedure) for waveform files' procedures, 4180938 (Imaging) for images'
+    ("registry_procedure_concept", edit("OMOP/procedure_occurrence.csv", lambda t: t.replace(",4141651,", ",4180938,")),
+     {("registry.procedure_concept", "waveform_registry.csv")}),
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.proc_overlap", "image_registry.csv")}),
@@ -558,6 +561,19 @@ def test_a_site_shipping_correct_registries_gets_no_finding(clean):
     registry("Waveforms")(clean)
     registry("Images")(clean)
     assert found(clean) == set()
+
+
+def test_a_registry_proc_id_under_the_other_modalitys_concept_is_told(clean):
+    """Multimodal-Linkage: procedure_concept_id is 4180938 (Imaging Procedure) for images, 4141651 (Monitoring
+    Procedure) for waveform files. A site that made every registry row an imaging procedure got no finding: the id
+    was in procedure_occurrence.csv, under a concept a registry row gets."""
+    registry("Waveforms")(clean)
+    registry("Images")(clean)
+    edit("OMOP/procedure_occurrence.csv", lambda t: t.replace(",4141651,", ",4180938,"))(clean)
+    out = validate(clean)
+    assert out.select("rule", "srcfile").rows() == [("registry.procedure_concept", "waveform_registry.csv")]
+    message = out["message"].item()
+    assert "4141651" in message and "4180938" in message and "procedure_occurrence.csv" in message
 
 
 def test_a_registry_is_asked_for_only_where_the_site_has_files_of_its_modality(clean):
@@ -742,7 +758,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v2", "dicom.v3", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v4", "registry_csv.v6", "omop_procedures.v2"}
+                                 "mapping_csv.v4", "registry_csv.v6", "omop_procedures.v3"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -851,7 +867,7 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
     ("omop_person.v2", "OMOP/person.csv", "person_id,note\n000001,a\n"),
-    ("omop_procedures.v2", "OMOP/procedure_occurrence.csv",
+    ("omop_procedures.v3", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
@@ -1243,7 +1259,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
             "x9,1,4000\n2001000000,1,4141651\n2000000001,1,4180938\n")
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_procedures.v2", f)
+        facts = parse_facts("omop_procedures.v3", f)
     assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k

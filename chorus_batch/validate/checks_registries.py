@@ -110,6 +110,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                                     "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
+    out += _other_concept(site, usable)
     out += _conflicts(usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
@@ -191,6 +192,28 @@ def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         "PROCEDURE_OCCURRENCE row (concept 4180938 Imaging or 4141651 Monitoring), which links its files to the "
         "person's other data; add the rows (`chorus-batch registry --omop` writes them) or fix the proc_ids",
         pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
+
+
+def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage: procedure_concept_id "should either be set to 4180938 (Imaging Procedure) for images, or
+    4141651 (Monitoring Procedure) for waveform files". A registry's proc_id whose row has the other modality's
+    concept (an id of both registries is registry.proc_conflict's)."""
+    out = []
+    for modality, runs, own, other in (("Waveforms", "image_runs", "4141651 (Monitoring Procedure)",
+                                        "4180938 (Imaging Procedure)"),
+                                       ("Images", "waveform_runs", "4180938 (Imaging Procedure)",
+                                        "4141651 (Monitoring Procedure)")):
+        theirs = usable.filter(pl.col("_of").is_not_null() & (pl.col("_of") != modality))["proc_ids"].explode()
+        mine = usable.filter(pl.col("_of") == modality).with_columns(
+            proc_ids=pl.col("proc_ids").list.eval(pl.element().filter(~pl.element().is_in(theirs.drop_nulls().implode()))))
+        wrong = _proc_ids_by_runs(site, mine, runs, inside=True) if mine.height else None
+        if wrong is None:
+            continue
+        out.append(_found("registry.procedure_concept", wrong, "srcfile", fmt(
+            f"{{}} proc_id(s) (e.g. {{}}) are rows of procedure_occurrence.csv with procedure_concept_id {other}: "
+            f"the linkage procedure gives the procedures of {modality.lower()[:-1]} files {own}; set it in those rows",
+            pl.col("_k"), pl.col("_id").list.head(3).list.join(", "))))
+    return out
 
 
 def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:

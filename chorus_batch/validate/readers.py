@@ -759,16 +759,18 @@ def _procedure_facts(f) -> dict[str, Any]:
 
     facts, raw, ended = _csv_header(f)
     wanted = ("procedure_occurrence_id", "procedure_concept_id")
-    facts["ehr_runs"] = facts["runs"] = None
+    facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = None
     if facts["delimiter"] != "," or any(w not in facts["columns"] for w in wanted):
         return facts
     if ended:  # only the header row
-        facts["ehr_runs"] = facts["runs"] = []
+        facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = []
         return facts
     ids_name, concept_name = (raw[facts["columns"].index(w)] for w in wanted)
     f.seek(0)
     chunks: list[Any] = []
     every: list[Any] = []  # all integer ids, of any concept (registry.no_procedure)
+    # the ids of rows of each linkage concept (registry.procedure_concept): 4180938 images, 4141651 waveforms
+    per_concept: dict[str, list[Any]] = {concept: [] for concept in LINKAGE_CONCEPTS}
     gate = _Gate(f)
     try:
         reader = pacsv.open_csv(
@@ -787,11 +789,15 @@ def _procedure_facts(f) -> dict[str, Any]:
             ehr = pc.and_(integer, pc.invert(pc.match_substring_regex(concept, linkage)))
             chunks.append(_int64s(pc.cast(pc.filter(ids, ehr), pa.int64())))
             every.append(_int64s(pc.cast(pc.filter(ids, integer), pa.int64())))
+            for code, kept in per_concept.items():
+                kept.append(_int64s(pc.cast(pc.filter(ids, pc.and_(integer, pc.match_substring_regex(
+                    concept, f"^{code}$"))), pa.int64())))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
         gate.close()
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)
+    facts["image_runs"], facts["waveform_runs"] = (_runs(per_concept[code]) for code in LINKAGE_CONCEPTS)
     return facts
 
 

@@ -154,7 +154,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v6"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
-KIND_PROCEDURES = "omop_procedures.v2"
+# v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
+KIND_PROCEDURES = "omop_procedures.v3"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
@@ -328,6 +329,10 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.no_procedure", "error", "registry proc_id without its procedure row",
          "A registry's proc_id is not a procedure_occurrence_id of OMOP/procedure_occurrence.csv (the linkage "
          "procedure makes each one a PROCEDURE_OCCURRENCE row; the Imaging SOP gives every imaging study one)."),
+    Rule("registry.procedure_concept", "error", "registry proc_id under the other modality's concept",
+         "A waveform registry's proc_id is a procedure_occurrence.csv row of concept 4180938 (Imaging Procedure), or "
+         "an image registry's one of 4141651 (Monitoring Procedure): the linkage procedure gives waveform files "
+         "4141651 and images 4180938."),
     Rule("registry.proc_conflict", "error", "one proc_id for two procedures",
          "A proc_id has rows of more than one person, or is used by both the image and the waveform registry (each "
          "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept)."),

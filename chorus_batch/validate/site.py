@@ -69,7 +69,9 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "no_registry_id": pl.Int64, "bad_registry_id": pl.Int64, "dup_registry_id": pl.Int64,
                               "registry_id_rows": pl.List(pl.String), "unordered_registry_id": pl.Int64,
                               "unordered_registry_rows": pl.List(pl.String)}),
-    KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64)), "runs": pl.List(pl.List(pl.Int64))}),
+    KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64)), "runs": pl.List(pl.List(pl.Int64)),
+                                "image_runs": pl.List(pl.List(pl.Int64)),
+                                "waveform_runs": pl.List(pl.List(pl.Int64))}),
 }
 # Every kind's facts may instead say that the file could not be read ({"error", "retry": true}; never cached).
 _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for kind, dtype in _FACT_DTYPES_OF.items()}
