@@ -167,6 +167,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     if delete_list is not None:
         delete_list, delete_errors = _check_delete_list(delete_list, parts)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
+    # a followed link whose target could not be reached may lead to a folder: the rows below it are kept too
+    unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind") == "unreadable_link")["srcfile"].to_list()]
     root_ids = manifest.known_root_ids(scanned.roots)
     tree = tally(parts, unseen_dirs if mode == "full" else [], root_ids, unseen_files(scanned.errors),
                  verified_ns=scanned.scan_started_ns, threads=threads)
@@ -535,7 +537,7 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
 
 def unseen_files(errors: pl.DataFrame) -> list[str]:
     """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
-    return errors.filter(pl.col("kind") == "unreadable")["srcfile"].to_list()
+    return errors.filter(pl.col("kind").is_in(("unreadable", "unreadable_link")))["srcfile"].to_list()
 
 
 def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.DataFrame, pl.DataFrame]:

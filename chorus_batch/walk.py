@@ -194,7 +194,9 @@ def broken_link(path: str, exc: OSError) -> tuple[str, str]:
         return "broken_symlink", f"symbolic link to {target}, which does not exist; skipped"
     if exc.errno == errno.ELOOP:
         return "symlink_loop", f"symbolic link to {target}: a loop of links that never reaches a file; skipped"
-    return "unreadable", f"cannot stat the target of the link ({target}): {exc.strerror or exc}"
+    # Not said to be gone (EACCES, ESTALE, EIO): what was recorded at or below the link is kept (commit.py)
+    return "unreadable_link", (f"cannot reach the target of the link ({target}): {exc.strerror or exc}; what was "
+                               "recorded under it is kept: check that this user may read it and its file system is mounted")
 
 
 def printable(rel: str) -> str:

@@ -380,6 +380,35 @@ def test_unreadable_directory_and_file_keep_their_rows(site, db):
     assert json.loads(third.stdout)["counts"]["replaced"] == 1
 
 
+def test_followed_link_whose_target_cannot_be_reached_keeps_the_files_under_it(site, db, tmp_path):
+    """A followed link to a folder outside the site (data on another disk) whose target this user can no longer
+    reach (EACCES; on a cluster also ESTALE, EIO) was not looked into: its files were recorded as removed, where
+    a folder of the site that cannot be listed keeps them."""
+    import json
+
+    outside = tmp_path / "archive"
+    write(outside, "store/000001_20200101_101010_60.dat", b"a")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "000001").mkdir()
+    os.symlink(outside / "store", site / "000001" / "Waveforms")
+    args = ["run", "--no-validate", "--follow-symlinks", "--site", str(site), "--db", str(db), "--json", "-q"]
+    first = run_without_override(args)
+    assert first.returncode == 0, first.stdout
+    assert "000001/Waveforms/000001_20200101_101010_60.dat" in current_rows(db)
+    os.chmod(outside, 0o000)
+    try:
+        second = run_without_override(args)
+    finally:
+        os.chmod(outside, 0o755)
+    assert second.returncode == ExitCode.FINDINGS, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["counts"]["removed"] == 0
+    assert summary["errors"]["by_kind"] == {"unreadable_link": 1}
+    said = {e["srcfile"]: e["message"] for e in summary["errors"]["examples"]}
+    assert "Permission denied" in said["000001/Waveforms"] and "kept" in said["000001/Waveforms"]
+    assert "000001/Waveforms/000001_20200101_101010_60.dat" in current_rows(db)
+
+
 def run_without_override(args: list[str]):
     """The real CLI, subject to file permissions even when the tests run as root
     (root's permission-override capabilities are dropped with util-linux setpriv)."""
