@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from .processes import owned, pool_executor, stop_pool
 from .times import clamp_ns
 
+# what a folder that could not be listed means for its files, and what to do (the walk keeps no rows: commit.py does)
+_DIR_KEPT = ("what was recorded below it is kept: give this user read and search (x) permission on it, or check the "
+             "file system, and run again")
 BATCH_ROWS = 65_536  # rows per listing batch (every source's)
 Error = tuple[str, str, str]  # (srcfile, kind, message): a problem met while listing
 
@@ -87,18 +90,20 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
         except FileNotFoundError:
-            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed"))
+            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed; what was recorded "
+                       "below it is kept until a run lists it again"))
             continue
         except OSError as exc:
             # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
-            add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir", f"cannot list directory: {exc.strerror or exc}"))
+            add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
+                       f"cannot list directory: {exc.strerror or exc}; {_DIR_KEPT}"))
             continue
         with it:
             try:
                 entries = list(it)  # a folder can fail while read (EIO, ESTALE, EACCES): then nothing below it is seen
             except OSError as exc:
                 add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
-                           f"cannot list directory (failed while reading it): {exc.strerror or exc}"))
+                           f"cannot list directory (failed while reading it): {exc.strerror or exc}; {_DIR_KEPT}"))
                 entries = []
             for entry in entries:
                 rel = prefix + entry.name
@@ -110,7 +115,8 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         st = entry.stat(follow_symlinks=False)
                     elif entry.is_symlink():
                         if not follow_symlinks:
-                            add_error((printable(rel), "symlink", "symbolic link not followed (set follow_symlinks = true to follow)"))
+                            add_error((printable(rel), "symlink", "symbolic link not followed (--follow-symlinks, or "
+                                                                  "follow_symlinks = true in [run] of chorus.toml, follows it)"))
                             continue
                         try:
                             st = entry.stat(follow_symlinks=True)
@@ -143,7 +149,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     add_error((printable(rel), "vanished", "file disappeared while the tree was listed"))
                     continue
                 except OSError as exc:
-                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}"))
+                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; what was recorded of it "
+                                                             "is kept: give this user search (x) permission on its folder, "
+                                                             "or check the file system"))
                     continue
                 bad = name_error(rel)
                 if bad is not None:

@@ -171,6 +171,9 @@ def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
     result = run_site(site, db)
     assert list(current_rows(db)) == ["OMOP/real.csv"]
     assert dict(result.errors.select("srcfile", "kind").iter_rows()) == {"OMOP/link.csv": "symlink", "OMOP/pipe": "special_file"}
+    # how to follow it: the flag and the setting, where it goes
+    said = dict(result.errors.select("srcfile", "message").iter_rows())["OMOP/link.csv"]
+    assert "--follow-symlinks" in said and "[run]" in said
     # Followed, a link to a file of the site is said once, not listed twice (as a link to a folder of it); one
     # to a file outside the site is read as that file, under the link's path.
     outside = write(site.parent / "outside", "ext.csv", b"e")
@@ -221,7 +224,10 @@ def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site,
     finally:
         stop.set()
         writer.join()
-    assert result.errors.filter(pl.col("kind") == "changed_while_hashing")["srcfile"].to_list() == ["OMOP/big.csv"]
+    changed = result.errors.filter(pl.col("kind") == "changed_while_hashing")
+    assert changed["srcfile"].to_list() == ["OMOP/big.csv"]
+    # what it means and what to do (the path is the error's own column, not repeated)
+    assert "kept" in changed["message"][0] and "run again" in changed["message"][0] and "big.csv" not in changed["message"][0]
     # nothing already recorded is lost: the old row stays current
     assert current_rows(db) == {"OMOP/big.csv": __import__("hashlib").md5(b"a" * 1_000).hexdigest()}
 
@@ -373,6 +379,9 @@ def test_unreadable_directory_and_file_keep_their_rows(site, db):
     assert summary["errors"]["by_kind"] == {"unreadable": 1, "unreadable_dir": 1}
     said = {e["srcfile"]: e["message"] for e in summary["errors"]["examples"]}
     assert said["OMOP/secret.csv"] == "permission denied: this user may not read the file (give it read permission)"
+    # a folder it cannot list: what that means for its recorded files and what to do
+    assert said["000002/"].startswith("cannot list directory: Permission denied") and "kept" in said["000002/"]
+    assert "permission" in said["000002/"].split("Permission denied", 1)[1]
     assert set(current_rows(db)) == {
         "000001/Waveforms/000001_20200101_101010_60.dat", "000002/Waveforms/000002_20200101_101010_60.dat", "OMOP/secret.csv"}
     # readable again: the change is picked up
