@@ -69,6 +69,9 @@ class Committed:
     verification: dict = field(default_factory=dict)  # rolling re-verification: this run, and the site's state
     md5_sources: dict = field(default_factory=dict)  # how this run obtained each listed file's MD5 (MD5_SOURCES)
     pending: Pending | None = None  # a dry run: what it would write (for validation)
+    # where `errors` were written: "scan_errors" (this version's), "previous" (the latest version's scan_errors, the
+    # same problems), "run_errors" (no version: kept with the run), None (nothing written: a dry run, no runs row)
+    errors_in: str | None = None
     # The change set when it is held (a dry run, or nothing committed); a committed version's is in its manifest
     _change_set: pl.DataFrame | None = field(default=None, repr=False)
     _changes_in: Path | None = field(default=None, repr=False)
@@ -252,14 +255,17 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
                     new_state(parts, invalidated, reclassified, touched, written.root_ids, written.new_rows),
                     written.generation))  # its new rows let go now: a 1M-file first commit peaked 1.13 -> 1.00 GB
         del new_rows
-        outcome.label, outcome._changes_in = label, manifest.path
+        outcome.label, outcome._changes_in, outcome.errors_in = label, manifest.path, "scan_errors"
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
             generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
                                                          classification=classification)
             manifest.save_state(new_state(parts, invalidated, reclassified, touched, root_ids, None), generation)
-        if run_id is not None and not errors.equals(manifest.version_errors(previous_label)):
+        if errors.height and errors.equals(manifest.version_errors(previous_label)):
+            outcome.errors_in = "previous"
+        elif run_id is not None:
             manifest.save_run_errors(run_id, errors)
+            outcome.errors_in = "run_errors"
     return outcome
 
 

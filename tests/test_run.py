@@ -466,3 +466,25 @@ def test_a_committed_runs_change_set_is_read_from_the_manifest_when_asked(site, 
     assert second.change_set["md5"].to_list()[1] == tree_md5(site)[WAVE]
     assert dry._change_set is not None  # nothing committed: held, as it would be written
     assert dry.change_set.select("change", "srcfile").rows() == second.change_set.select("change", "srcfile").rows()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_the_summary_says_where_a_runs_problems_were_recorded(site, db):
+    """"errors: N (recorded in scan_errors)" was printed whatever was written: a run that committed no version
+    keeps problems the latest version does not have in run_errors (scan_errors held none of them), and a dry run
+    writes nothing."""
+    from chorus_batch.report.summary import summary_text
+
+    write(site, "OMOP/real.csv", b"r")
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/link.csv")
+    first = run_site(site, db, validate_site=False)
+    assert "errors: 1 (recorded in scan_errors with version " + first.label in summary_text(first)
+    same = run_site(site, db, validate_site=False)  # nothing changed, the same problem: the latest version holds it
+    assert same.label is None and f"the same as version {first.label}'s, recorded with it in scan_errors" in summary_text(same)
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/link2.csv")  # a new problem, no file changed: no version
+    other = run_site(site, db, validate_site=False)
+    assert other.label is None and "no version was committed: recorded with this run in run_errors" in summary_text(other)
+    assert query(db, "SELECT count(*) FROM run_errors")[0][0] == 2
+    dry = run_site(site, db, validate_site=False, dry_run=True)
+    text = summary_text(dry)
+    assert "nothing was written" in text and "recorded in" not in text
