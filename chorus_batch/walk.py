@@ -27,6 +27,7 @@ from .times import clamp_ns
 # what a folder that could not be listed means for its files, and what to do (the walk keeps no rows: commit.py does)
 _DIR_KEPT = ("what was recorded below it is kept: give this user read and search (x) permission on it, or check the "
              "file system, and run again")
+NON_UTF8_FOLDER = "folder name is not valid UTF-8; rename it to track its files"
 BATCH_ROWS = 65_536  # rows per listing batch (every source's)
 Error = tuple[str, str, str]  # (srcfile, kind, message): a problem met while listing
 
@@ -79,7 +80,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
 
     def push_dir(rel: str, real: str) -> None:
         if collect_dirs:
-            out.subdirs.append(rel)
+            out.subdirs.append(rel)  # (folders_to_walk says those whose name is not UTF-8)
+        elif (bad := name_error(rel)) is not None:  # said once, of the folder: its files' own names may be fine
+            add_error((bad + "/", "non_utf8_name", NON_UTF8_FOLDER))
         else:
             stack.append((rel, real))
 
@@ -218,7 +221,7 @@ def folders_to_walk(subdirs: list[str], tops: Callable[[str], bool] | None = Non
     for name in sorted(subdirs):
         bad = name_error(name)
         if bad is not None:
-            problems.append((bad + "/", "non_utf8_name", "folder name is not valid UTF-8; rename it to track its files"))
+            problems.append((bad + "/", "non_utf8_name", NON_UTF8_FOLDER))
         elif tops is None or tops(name):
             folders.append(name)
     return folders, problems
