@@ -44,6 +44,9 @@ LABEL_FORMAT = "%Y%m%d%H%M%S"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
 # Errors under these kinds mean "could not look", not "gone": earlier rows below them are kept.
 _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
+# A followed link whose target cannot be reached, or is missing (a file system not mounted now): what was recorded at
+# or below the link is kept, until the link is removed.
+_UNSEEN_LINK_KINDS = ("unreadable_link", "broken_symlink")
 
 
 @dataclass
@@ -171,7 +174,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         delete_list, delete_errors = _check_delete_list(delete_list, parts)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
     # a followed link whose target could not be reached may lead to a folder: the rows below it are kept too
-    unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind") == "unreadable_link")["srcfile"].to_list()]
+    unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_LINK_KINDS))["srcfile"].to_list()]
     root_ids = manifest.known_root_ids(scanned.roots)
     tree = tally(parts, unseen_dirs if mode == "full" else [], root_ids, unseen_files(scanned.errors),
                  verified_ns=scanned.scan_started_ns, threads=threads)
@@ -543,7 +546,7 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
 
 def unseen_files(errors: pl.DataFrame) -> list[str]:
     """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
-    return errors.filter(pl.col("kind").is_in(("unreadable", "unreadable_link")))["srcfile"].to_list()
+    return errors.filter(pl.col("kind").is_in(("unreadable", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
 
 
 def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.DataFrame, pl.DataFrame]:

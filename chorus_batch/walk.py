@@ -202,7 +202,9 @@ def broken_link(path: str, exc: OSError) -> tuple[str, str]:
     except OSError:
         target = "?"
     if isinstance(exc, FileNotFoundError):
-        return "broken_symlink", f"symbolic link to {target}, which does not exist; skipped"
+        # (a file system not mounted now, on a cluster: what was recorded under it is kept, commit.py)
+        return "broken_symlink", (f"symbolic link to {target}, which does not exist (a file system not mounted?); what "
+                                  "was recorded under it is kept: mount it, or remove the link to record its files as removed")
     if exc.errno == errno.ELOOP:
         return "symlink_loop", f"symbolic link to {target}: a loop of links that never reaches a file; skipped"
     # Not said to be gone (EACCES, ESTALE, EIO): what was recorded at or below the link is kept (commit.py)

@@ -418,6 +418,36 @@ def test_followed_link_whose_target_cannot_be_reached_keeps_the_files_under_it(s
     assert "000001/Waveforms/000001_20200101_101010_60.dat" in current_rows(db)
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_followed_link_whose_target_is_gone_keeps_its_files_until_the_link_is_removed(site, db, tmp_path):
+    """A followed link into another file system that is not mounted now (its target missing) had every file recorded
+    under it removed, then added again, with a new history and a new upload, once it was mounted again. Its files
+    are kept, as those of a folder that cannot be listed, until the link itself is removed."""
+    disk = tmp_path / "disk"
+    write(disk, "store/000001_20200101_101010_60.dat", b"a")
+    write(disk, "one.csv", b"o")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "000001").mkdir()
+    os.symlink(disk / "store", site / "000001" / "Waveforms")
+    os.symlink(disk / "one.csv", site / "OMOP" / "linked.csv")
+    first = run_site(site, db, validate_site=False, follow_symlinks=True)
+    recorded = current_rows(db)
+    assert "000001/Waveforms/000001_20200101_101010_60.dat" in recorded and "OMOP/linked.csv" in recorded
+    disk.rename(tmp_path / "unmounted")
+    second = run_site(site, db, validate_site=False, follow_symlinks=True)
+    assert second.counts["removed"] == 0 and current_rows(db) == recorded
+    said = dict(second.errors.filter(pl.col("kind") == "broken_symlink").select("srcfile", "message").iter_rows())
+    assert set(said) == {"000001/Waveforms", "OMOP/linked.csv"}
+    assert "kept" in said["000001/Waveforms"] and "remove the link" in said["000001/Waveforms"]
+    (tmp_path / "unmounted").rename(disk)  # mounted again: the same files, nothing added
+    third = run_site(site, db, validate_site=False, follow_symlinks=True)
+    assert third.counts["added"] == 0 and third.label is None and first.label is not None
+    disk.rename(tmp_path / "unmounted")
+    (site / "000001" / "Waveforms").unlink()  # the link removed: its files are removed
+    fourth = run_site(site, db, validate_site=False, follow_symlinks=True)
+    assert fourth.counts["removed"] == 1 and "OMOP/linked.csv" in current_rows(db)
+
+
 def run_without_override(args: list[str]):
     """The real CLI, subject to file permissions even when the tests run as root
     (root's permission-override capabilities are dropped with util-linux setpriv)."""
