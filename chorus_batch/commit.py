@@ -44,6 +44,9 @@ LABEL_FORMAT = "%Y%m%d%H%M%S"
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
 # Errors under these kinds mean "could not look", not "gone": earlier rows below them are kept.
 _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
+# A followed link whose target cannot be reached, or is missing (a file system not mounted now): what was recorded at
+# or below the link is kept, until the link is removed.
+_UNSEEN_LINK_KINDS = ("unreadable_link", "broken_symlink")
 
 
 @dataclass
@@ -69,6 +72,9 @@ class Committed:
     verification: dict = field(default_factory=dict)  # rolling re-verification: this run, and the site's state
     md5_sources: dict = field(default_factory=dict)  # how this run obtained each listed file's MD5 (MD5_SOURCES)
     pending: Pending | None = None  # a dry run: what it would write (for validation)
+    # where `errors` were written: "scan_errors" (this version's), "previous" (the latest version's scan_errors, the
+    # same problems), "run_errors" (no version: kept with the run), None (nothing written: a dry run, no runs row)
+    errors_in: str | None = None
     # The change set when it is held (a dry run, or nothing committed); a committed version's is in its manifest
     _change_set: pl.DataFrame | None = field(default=None, repr=False)
     _changes_in: Path | None = field(default=None, repr=False)
@@ -167,6 +173,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     if delete_list is not None:
         delete_list, delete_errors = _check_delete_list(delete_list, parts)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
+    # a followed link whose target could not be reached may lead to a folder: the rows below it are kept too
+    unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_LINK_KINDS))["srcfile"].to_list()]
     root_ids = manifest.known_root_ids(scanned.roots)
     tree = tally(parts, unseen_dirs if mode == "full" else [], root_ids, unseen_files(scanned.errors),
                  verified_ns=scanned.scan_started_ns, threads=threads)
@@ -250,14 +258,17 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
                     new_state(parts, invalidated, reclassified, touched, written.root_ids, written.new_rows),
                     written.generation))  # its new rows let go now: a 1M-file first commit peaked 1.13 -> 1.00 GB
         del new_rows
-        outcome.label, outcome._changes_in = label, manifest.path
+        outcome.label, outcome._changes_in, outcome.errors_in = label, manifest.path, "scan_errors"
     else:  # no file changed: no version, whatever else did (the run's problems are kept with the run)
         if touched.height or reclassified is not None:
             generation, root_ids = manifest.refresh_rows(touched, scanned.roots, reclassified=reclassified,
                                                          classification=classification)
             manifest.save_state(new_state(parts, invalidated, reclassified, touched, root_ids, None), generation)
-        if run_id is not None and not errors.equals(manifest.version_errors(previous_label)):
+        if errors.height and errors.equals(manifest.version_errors(previous_label)):
+            outcome.errors_in = "previous"
+        elif run_id is not None:
             manifest.save_run_errors(run_id, errors)
+            outcome.errors_in = "run_errors"
     return outcome
 
 
@@ -535,7 +546,7 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
 
 def unseen_files(errors: pl.DataFrame) -> list[str]:
     """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
-    return errors.filter(pl.col("kind") == "unreadable")["srcfile"].to_list()
+    return errors.filter(pl.col("kind").is_in(("unreadable", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
 
 
 def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.DataFrame, pl.DataFrame]:

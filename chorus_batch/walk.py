@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from .processes import owned, pool_executor, stop_pool
 from .times import clamp_ns
 
+# what a folder that could not be listed means for its files, and what to do (the walk keeps no rows: commit.py does)
+_DIR_KEPT = ("what was recorded below it is kept: give this user read and search (x) permission on it, or check the "
+             "file system, and run again")
+NON_UTF8_FOLDER = "folder name is not valid UTF-8; rename it to track its files"
 BATCH_ROWS = 65_536  # rows per listing batch (every source's)
 Error = tuple[str, str, str]  # (srcfile, kind, message): a problem met while listing
 
@@ -76,7 +80,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
 
     def push_dir(rel: str, real: str) -> None:
         if collect_dirs:
-            out.subdirs.append(rel)
+            out.subdirs.append(rel)  # (folders_to_walk says those whose name is not UTF-8)
+        elif (bad := name_error(rel)) is not None:  # said once, of the folder: its files' own names may be fine
+            add_error((bad + "/", "non_utf8_name", NON_UTF8_FOLDER))
         else:
             stack.append((rel, real))
 
@@ -87,18 +93,20 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
         except FileNotFoundError:
-            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed"))
+            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed; what was recorded "
+                       "below it is kept until a run lists it again"))
             continue
         except OSError as exc:
             # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
-            add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir", f"cannot list directory: {exc.strerror or exc}"))
+            add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
+                       f"cannot list directory: {exc.strerror or exc}; {_DIR_KEPT}"))
             continue
         with it:
             try:
                 entries = list(it)  # a folder can fail while read (EIO, ESTALE, EACCES): then nothing below it is seen
             except OSError as exc:
                 add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
-                           f"cannot list directory (failed while reading it): {exc.strerror or exc}"))
+                           f"cannot list directory (failed while reading it): {exc.strerror or exc}; {_DIR_KEPT}"))
                 entries = []
             for entry in entries:
                 rel = prefix + entry.name
@@ -110,7 +118,8 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         st = entry.stat(follow_symlinks=False)
                     elif entry.is_symlink():
                         if not follow_symlinks:
-                            add_error((printable(rel), "symlink", "symbolic link not followed (set follow_symlinks = true to follow)"))
+                            add_error((printable(rel), "symlink", "symbolic link not followed (--follow-symlinks, or "
+                                                                  "follow_symlinks = true in [run] of chorus.toml, follows it)"))
                             continue
                         try:
                             st = entry.stat(follow_symlinks=True)
@@ -143,7 +152,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     add_error((printable(rel), "vanished", "file disappeared while the tree was listed"))
                     continue
                 except OSError as exc:
-                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}"))
+                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; what was recorded of it "
+                                                             "is kept: give this user search (x) permission on its folder, "
+                                                             "or check the file system"))
                     continue
                 bad = name_error(rel)
                 if bad is not None:
@@ -191,10 +202,14 @@ def broken_link(path: str, exc: OSError) -> tuple[str, str]:
     except OSError:
         target = "?"
     if isinstance(exc, FileNotFoundError):
-        return "broken_symlink", f"symbolic link to {target}, which does not exist; skipped"
+        # (a file system not mounted now, on a cluster: what was recorded under it is kept, commit.py)
+        return "broken_symlink", (f"symbolic link to {target}, which does not exist (a file system not mounted?); what "
+                                  "was recorded under it is kept: mount it, or remove the link to record its files as removed")
     if exc.errno == errno.ELOOP:
         return "symlink_loop", f"symbolic link to {target}: a loop of links that never reaches a file; skipped"
-    return "unreadable", f"cannot stat the target of the link ({target}): {exc.strerror or exc}"
+    # Not said to be gone (EACCES, ESTALE, EIO): what was recorded at or below the link is kept (commit.py)
+    return "unreadable_link", (f"cannot reach the target of the link ({target}): {exc.strerror or exc}; what was "
+                               "recorded under it is kept: check that this user may read it and its file system is mounted")
 
 
 def printable(rel: str) -> str:
@@ -208,7 +223,7 @@ def folders_to_walk(subdirs: list[str], tops: Callable[[str], bool] | None = Non
     for name in sorted(subdirs):
         bad = name_error(name)
         if bad is not None:
-            problems.append((bad + "/", "non_utf8_name", "folder name is not valid UTF-8; rename it to track its files"))
+            problems.append((bad + "/", "non_utf8_name", NON_UTF8_FOLDER))
         elif tops is None or tops(name):
             folders.append(name)
     return folders, problems

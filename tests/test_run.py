@@ -171,6 +171,9 @@ def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
     result = run_site(site, db)
     assert list(current_rows(db)) == ["OMOP/real.csv"]
     assert dict(result.errors.select("srcfile", "kind").iter_rows()) == {"OMOP/link.csv": "symlink", "OMOP/pipe": "special_file"}
+    # how to follow it: the flag and the setting, where it goes
+    said = dict(result.errors.select("srcfile", "message").iter_rows())["OMOP/link.csv"]
+    assert "--follow-symlinks" in said and "[run]" in said
     # Followed, a link to a file of the site is said once, not listed twice (as a link to a folder of it); one
     # to a file outside the site is read as that file, under the link's path.
     outside = write(site.parent / "outside", "ext.csv", b"e")
@@ -221,7 +224,10 @@ def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site,
     finally:
         stop.set()
         writer.join()
-    assert result.errors.filter(pl.col("kind") == "changed_while_hashing")["srcfile"].to_list() == ["OMOP/big.csv"]
+    changed = result.errors.filter(pl.col("kind") == "changed_while_hashing")
+    assert changed["srcfile"].to_list() == ["OMOP/big.csv"]
+    # what it means and what to do (the path is the error's own column, not repeated)
+    assert "kept" in changed["message"][0] and "run again" in changed["message"][0] and "big.csv" not in changed["message"][0]
     # nothing already recorded is lost: the old row stays current
     assert current_rows(db) == {"OMOP/big.csv": __import__("hashlib").md5(b"a" * 1_000).hexdigest()}
 
@@ -373,11 +379,73 @@ def test_unreadable_directory_and_file_keep_their_rows(site, db):
     assert summary["errors"]["by_kind"] == {"unreadable": 1, "unreadable_dir": 1}
     said = {e["srcfile"]: e["message"] for e in summary["errors"]["examples"]}
     assert said["OMOP/secret.csv"] == "permission denied: this user may not read the file (give it read permission)"
+    # a folder it cannot list: what that means for its recorded files and what to do
+    assert said["000002/"].startswith("cannot list directory: Permission denied") and "kept" in said["000002/"]
+    assert "permission" in said["000002/"].split("Permission denied", 1)[1]
     assert set(current_rows(db)) == {
         "000001/Waveforms/000001_20200101_101010_60.dat", "000002/Waveforms/000002_20200101_101010_60.dat", "OMOP/secret.csv"}
     # readable again: the change is picked up
     third = run_without_override(args)
     assert json.loads(third.stdout)["counts"]["replaced"] == 1
+
+
+def test_followed_link_whose_target_cannot_be_reached_keeps_the_files_under_it(site, db, tmp_path):
+    """A followed link to a folder outside the site (data on another disk) whose target this user can no longer
+    reach (EACCES; on a cluster also ESTALE, EIO) was not looked into: its files were recorded as removed, where
+    a folder of the site that cannot be listed keeps them."""
+    import json
+
+    outside = tmp_path / "archive"
+    write(outside, "store/000001_20200101_101010_60.dat", b"a")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "000001").mkdir()
+    os.symlink(outside / "store", site / "000001" / "Waveforms")
+    args = ["run", "--no-validate", "--follow-symlinks", "--site", str(site), "--db", str(db), "--json", "-q"]
+    first = run_without_override(args)
+    assert first.returncode == 0, first.stdout
+    assert "000001/Waveforms/000001_20200101_101010_60.dat" in current_rows(db)
+    os.chmod(outside, 0o000)
+    try:
+        second = run_without_override(args)
+    finally:
+        os.chmod(outside, 0o755)
+    assert second.returncode == ExitCode.FINDINGS, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["counts"]["removed"] == 0
+    assert summary["errors"]["by_kind"] == {"unreadable_link": 1}
+    said = {e["srcfile"]: e["message"] for e in summary["errors"]["examples"]}
+    assert "Permission denied" in said["000001/Waveforms"] and "kept" in said["000001/Waveforms"]
+    assert "000001/Waveforms/000001_20200101_101010_60.dat" in current_rows(db)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_followed_link_whose_target_is_gone_keeps_its_files_until_the_link_is_removed(site, db, tmp_path):
+    """A followed link into another file system that is not mounted now (its target missing) had every file recorded
+    under it removed, then added again, with a new history and a new upload, once it was mounted again. Its files
+    are kept, as those of a folder that cannot be listed, until the link itself is removed."""
+    disk = tmp_path / "disk"
+    write(disk, "store/000001_20200101_101010_60.dat", b"a")
+    write(disk, "one.csv", b"o")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "000001").mkdir()
+    os.symlink(disk / "store", site / "000001" / "Waveforms")
+    os.symlink(disk / "one.csv", site / "OMOP" / "linked.csv")
+    first = run_site(site, db, validate_site=False, follow_symlinks=True)
+    recorded = current_rows(db)
+    assert "000001/Waveforms/000001_20200101_101010_60.dat" in recorded and "OMOP/linked.csv" in recorded
+    disk.rename(tmp_path / "unmounted")
+    second = run_site(site, db, validate_site=False, follow_symlinks=True)
+    assert second.counts["removed"] == 0 and current_rows(db) == recorded
+    said = dict(second.errors.filter(pl.col("kind") == "broken_symlink").select("srcfile", "message").iter_rows())
+    assert set(said) == {"000001/Waveforms", "OMOP/linked.csv"}
+    assert "kept" in said["000001/Waveforms"] and "remove the link" in said["000001/Waveforms"]
+    (tmp_path / "unmounted").rename(disk)  # mounted again: the same files, nothing added
+    third = run_site(site, db, validate_site=False, follow_symlinks=True)
+    assert third.counts["added"] == 0 and third.label is None and first.label is not None
+    disk.rename(tmp_path / "unmounted")
+    (site / "000001" / "Waveforms").unlink()  # the link removed: its files are removed
+    fourth = run_site(site, db, validate_site=False, follow_symlinks=True)
+    assert fourth.counts["removed"] == 1 and "OMOP/linked.csv" in current_rows(db)
 
 
 def run_without_override(args: list[str]):
@@ -428,3 +496,25 @@ def test_a_committed_runs_change_set_is_read_from_the_manifest_when_asked(site, 
     assert second.change_set["md5"].to_list()[1] == tree_md5(site)[WAVE]
     assert dry._change_set is not None  # nothing committed: held, as it would be written
     assert dry.change_set.select("change", "srcfile").rows() == second.change_set.select("change", "srcfile").rows()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_the_summary_says_where_a_runs_problems_were_recorded(site, db):
+    """"errors: N (recorded in scan_errors)" was printed whatever was written: a run that committed no version
+    keeps problems the latest version does not have in run_errors (scan_errors held none of them), and a dry run
+    writes nothing."""
+    from chorus_batch.report.summary import summary_text
+
+    write(site, "OMOP/real.csv", b"r")
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/link.csv")
+    first = run_site(site, db, validate_site=False)
+    assert "errors: 1 (recorded in scan_errors with version " + first.label in summary_text(first)
+    same = run_site(site, db, validate_site=False)  # nothing changed, the same problem: the latest version holds it
+    assert same.label is None and f"the same as version {first.label}'s, recorded with it in scan_errors" in summary_text(same)
+    os.symlink(site / "OMOP/real.csv", site / "OMOP/link2.csv")  # a new problem, no file changed: no version
+    other = run_site(site, db, validate_site=False)
+    assert other.label is None and "no version was committed: recorded with this run in run_errors" in summary_text(other)
+    assert query(db, "SELECT count(*) FROM run_errors")[0][0] == 2
+    dry = run_site(site, db, validate_site=False, dry_run=True)
+    text = summary_text(dry)
+    assert "nothing was written" in text and "recorded in" not in text

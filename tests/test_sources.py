@@ -179,3 +179,22 @@ def test_one_person_in_two_folders_spelled_with_other_leading_zeros_is_named(tmp
         assert split.keys() == {"000001/", "0001/"}, (without_person_csv, found)
         assert split["0001/"].startswith("person folder 0001 names the same person_id as 000001/"), split
         assert out.returncode == 1
+
+
+def test_a_folder_whose_name_is_not_utf8_is_said_once_as_a_folder(site):
+    """Below the top level, each file of a folder whose name is not UTF-8 was an error saying "file name is not valid
+    UTF-8" though the file's own name was fine (a series of 10,000 slices: 10,000 such errors); the folder is now
+    said once, as the top-level folders are, in one process or in worker processes."""
+    import os
+
+    write(site, "000001/Waveforms/ok.dat")
+    bad = os.path.join(os.fsencode(site), b"000001", b"Waveforms", b"s\xffries")
+    os.makedirs(os.path.join(bad, b"sub"))
+    for name in (b"a.dat", b"b.dat", b"sub/c.dat"):
+        with open(os.path.join(bad, name), "wb") as f:
+            f.write(b"x")
+    for source in (LocalSource(site, workers=1), LocalSource(site, workers=2, inprocess_budget_s=0)):
+        frame, errors = listing(source)
+        assert frame["srcfile"].to_list() == ["000001/Waveforms/ok.dat"]
+        assert errors == [("000001/Waveforms/s\\xffries/", "non_utf8_name",
+                           "folder name is not valid UTF-8; rename it to track its files")]

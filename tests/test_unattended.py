@@ -842,7 +842,9 @@ def test_followed_links_are_walked_once_and_loops_and_broken_links_are_said_once
         "EXT/back": f"symlink_loop: link to a folder that contains the link ({outside}): a loop, not followed",
         "000002/alias": "symlink_inside: link to 000001/Metadata/, a folder of the site: not followed (its files are "
                         "listed under their own path)",
-        "000002/dangling": "broken_symlink: symbolic link to nowhere, which does not exist; skipped",
+        "000002/dangling": "broken_symlink: symbolic link to nowhere, which does not exist (a file system not mounted?); "
+                           "what was recorded under it is kept: mount it, or remove the link to record its files as "
+                           "removed",
         "000002/self": "symlink_loop: symbolic link to self: a loop of links that never reaches a file; skipped",
     }, said
 

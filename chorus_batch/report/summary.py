@@ -163,13 +163,21 @@ def summary_text(result: RunResult) -> str:
     ]
     lines += excluded_text(result.excluded)
     if result.errors.height:
-        lines += ["", f"errors: {result.errors.height} (recorded in scan_errors)"]
+        where, more = {  # where they were written (a dry run, or a version's or run's table)
+            "scan_errors": (f"recorded in scan_errors with version {result.label}",
+                            "chorus-batch changes --json, or query scan_errors"),
+            "previous": (f"the same as version {result.previous_label}'s, recorded with it in scan_errors",
+                         "chorus-batch changes --json, or query scan_errors"),
+            "run_errors": ("no version was committed: recorded with this run in run_errors", "query run_errors"),
+        }.get(result.errors_in or "", ("nothing was written: a run would record them",
+                                       "chorus-batch status --all lists them all"))
+        lines += ["", f"errors: {result.errors.height} ({where})"]
         for kind, n in d["errors"]["by_kind"].items():
             lines.append(f"  {kind}: {n}")
         for row in result.errors.head(10).iter_rows(named=True):
             lines.append(f"    {shown_name(row['srcfile'])}: {shown_text(row['message'])}")
         if result.errors.height > 10:
-            lines.append(f"    ... and {result.errors.height - 10} more: chorus-batch changes --json, or query scan_errors")
+            lines.append(f"    ... and {result.errors.height - 10} more: {more}")
     sources = result.md5_sources
     if sources and (result.cloud or sources.get("stored") or sources.get("unverifiable")):  # where MD5s came from
         lines.append(f"MD5s: {sources['computed']} read and hashed, {sources['stored']} as stored by the storage, "

@@ -187,4 +187,5 @@ class LocalSource:
                 os.close(fd)
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
                 return HashOutcome(digest.digest(), before.st_size, clamp_ns(before.st_mtime_ns), facts)
-        raise FileChangedWhileHashing(f"file changed while it was hashed (twice): {srcfile}")
+        raise FileChangedWhileHashing("file changed while it was hashed (twice: something is writing it); what was "
+                                      "recorded of it is kept: run again once it is written")
