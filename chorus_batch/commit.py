@@ -19,6 +19,7 @@ A version is written when anything changed, including only the recorded errors.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -132,12 +133,20 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
                              where="--version", fix="choose a later label, or omit --version to use the UTC start time")
         return requested
     label = started.strftime(LABEL_FORMAT)
-    if latest is not None and label <= latest:
-        try:
-            label = (datetime.strptime(latest, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT)
-        except ValueError:  # the latest label was chosen by hand
-            label = latest + "-1"
-    return label
+    if latest is None or label > latest:
+        return label
+    # After a label chosen by hand (which sorts after any time), "<that label>-<UTC start>": appending "-1" to the
+    # latest grew the label by two characters every run ("v6-1-1-1…"), past the 64 a label may have.
+    prefix, stamp = latest, None
+    if (tail := re.match(r"^(.+)-(\d{14})$", latest)) is not None:
+        prefix, stamp = tail.group(1), tail.group(2)
+    elif re.fullmatch(r"\d{14}", latest):
+        prefix, stamp = "", latest
+    if stamp is not None:
+        with contextlib.suppress(ValueError):  # (14 digits that are no time: taken as a hand label)
+            later = max(label, (datetime.strptime(stamp, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT))
+            return f"{prefix}-{later}" if prefix else later
+    return f"{latest}-{label}"
 
 
 def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | TreeParts, *, previous_label: str | None,
