@@ -556,14 +556,26 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.
         known.append(delete_list.join(parts.previous(part).select("srcfile"), on="srcfile", how="semi"))
     present_paths = pl.concat(present)
     unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
+    # A line naming a folder (a whole session to remove) is no file of the manifest either, but "not in the
+    # manifest" was untrue of it: how many recorded files lie under it, found by binary search of each part's
+    # sorted paths ('0' is the character after '/': [folder/, folder0) holds exactly the paths under it).
+    unknown = unknown.with_columns(n_under=pl.lit(0, pl.Int64))
+    if unknown.height:
+        folders = unknown["srcfile"]
+        for part in range(parts.count):
+            paths = parts.previous(part)["srcfile"].cast(pl.String).sort()
+            found = (paths.search_sorted(folders + "0") - paths.search_sorted(folders + "/")).cast(pl.Int64)
+            unknown = unknown.with_columns(n_under=pl.col("n_under") + found)
     # which line it was, and how it was written where that differs (./x, a\\b): what the user can find in the file
     line = fmt("line {}", pl.col("line")) + pl.when(pl.col("written") != pl.col("srcfile")).then(
         fmt(", written {}", pl.col("written"))).otherwise(pl.lit(""))
     errors = pl.concat([
         present_paths.select("srcfile", kind=pl.lit("delete_list"),
                              message=fmt("listed for deletion ({}) but still present in the tree; not removed", line)),
-        unknown.select("srcfile", kind=pl.lit("delete_list"),
-                       message=fmt("listed for deletion ({}) but not in the manifest; ignored", line)),
+        unknown.select("srcfile", kind=pl.lit("delete_list"), message=pl.when(pl.col("n_under") > 0).then(fmt(
+            "listed for deletion ({}) but a folder of {} recorded files, not a file; ignored: list its files instead "
+            "(chorus-batch files --path {})", line, pl.col("n_under"), pl.col("srcfile"))).otherwise(
+            fmt("listed for deletion ({}) but not in the manifest; ignored", line))),
     ])
     return delete_list.join(present_paths, on="srcfile", how="anti"), errors
 
