@@ -19,6 +19,7 @@ A version is written when anything changed, including only the recorded errors.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -138,12 +139,20 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
                              where="--version", fix="choose a later label, or omit --version to use the UTC start time")
         return requested
     label = started.strftime(LABEL_FORMAT)
-    if latest is not None and label <= latest:
-        try:
-            label = (datetime.strptime(latest, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT)
-        except ValueError:  # the latest label was chosen by hand
-            label = latest + "-1"
-    return label
+    if latest is None or label > latest:
+        return label
+    # After a label chosen by hand (which sorts after any time), "<that label>-<UTC start>": appending "-1" to the
+    # latest grew the label by two characters every run ("v6-1-1-1…"), past the 64 a label may have.
+    prefix, stamp = latest, None
+    if (tail := re.match(r"^(.+)-(\d{14})$", latest)) is not None:
+        prefix, stamp = tail.group(1), tail.group(2)
+    elif re.fullmatch(r"\d{14}", latest):
+        prefix, stamp = "", latest
+    if stamp is not None:
+        with contextlib.suppress(ValueError):  # (14 digits that are no time: taken as a hand label)
+            later = max(label, (datetime.strptime(stamp, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT))
+            return f"{prefix}-{later}" if prefix else later
+    return f"{latest}-{label}"
 
 
 def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | TreeParts, *, previous_label: str | None,
@@ -558,14 +567,26 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.
         known.append(delete_list.join(parts.previous(part).select("srcfile"), on="srcfile", how="semi"))
     present_paths = pl.concat(present)
     unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
+    # A line naming a folder (a whole session to remove) is no file of the manifest either, but "not in the
+    # manifest" was untrue of it: how many recorded files lie under it, found by binary search of each part's
+    # sorted paths ('0' is the character after '/': [folder/, folder0) holds exactly the paths under it).
+    unknown = unknown.with_columns(n_under=pl.lit(0, pl.Int64))
+    if unknown.height:
+        folders = unknown["srcfile"]
+        for part in range(parts.count):
+            paths = parts.previous(part)["srcfile"].cast(pl.String).sort()
+            found = (paths.search_sorted(folders + "0") - paths.search_sorted(folders + "/")).cast(pl.Int64)
+            unknown = unknown.with_columns(n_under=pl.col("n_under") + found)
     # which line it was, and how it was written where that differs (./x, a\\b): what the user can find in the file
     line = fmt("line {}", pl.col("line")) + pl.when(pl.col("written") != pl.col("srcfile")).then(
         fmt(", written {}", pl.col("written"))).otherwise(pl.lit(""))
     errors = pl.concat([
         present_paths.select("srcfile", kind=pl.lit("delete_list"),
                              message=fmt("listed for deletion ({}) but still present in the tree; not removed", line)),
-        unknown.select("srcfile", kind=pl.lit("delete_list"),
-                       message=fmt("listed for deletion ({}) but not in the manifest; ignored", line)),
+        unknown.select("srcfile", kind=pl.lit("delete_list"), message=pl.when(pl.col("n_under") > 0).then(fmt(
+            "listed for deletion ({}) but a folder of {} recorded files, not a file; ignored: list its files instead "
+            "(chorus-batch files --path {})", line, pl.col("n_under"), pl.col("srcfile"))).otherwise(
+            fmt("listed for deletion ({}) but not in the manifest; ignored", line))),
     ])
     return delete_list.join(present_paths, on="srcfile", how="anti"), errors
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -323,6 +324,25 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
     result = run_site(site, db, mode="append", delete_list=str(deletions))
     assert result.errors.filter(pl.col("kind") == "delete_list")["message"].to_list() == [
         "listed for deletion (line 2, written ./OMOP/a.csv) but not in the manifest; ignored"]
+
+
+def test_a_delete_list_line_naming_a_folder_says_so(site, db, tmp_path):
+    """A line naming a folder of recorded files (to remove a whole session) was answered "not in the manifest;
+    ignored", though the manifest held every file under it: the message now says it is a folder, of how many
+    files, and how to list them."""
+    for name in ("000001/Waveforms/Telemetry/1000/1000.hea", "000001/Waveforms/Telemetry/1000/1000.dat",
+                 "000001/Waveforms/Telemetry/10001/10001.hea", "OMOP/a.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    shutil.rmtree(site / "000001/Waveforms/Telemetry/1000")
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("000001/Waveforms/Telemetry/1000\nOMOP/missing.csv\n")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert result.counts["removed"] == 0 and len(current_rows(db)) == 4
+    assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").rows() == [
+        ("000001/Waveforms/Telemetry/1000", "listed for deletion (line 1) but a folder of 2 recorded files, not a file; "
+         "ignored: list its files instead (chorus-batch files --path 000001/Waveforms/Telemetry/1000)"),
+        ("OMOP/missing.csv", "listed for deletion (line 2) but not in the manifest; ignored")]
 
 
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):

@@ -331,3 +331,20 @@ def test_a_commit_that_lets_go_of_the_scan_writes_what_one_that_keeps_it_writes(
             assert (scanned.files.height == 0) is not keep_scan
         outcomes.append((committed.counts, committed.change_set.rows(), current_rows(db)))
     assert outcomes[0] == outcomes[1] and outcomes[0][0]["replaced"]
+
+
+@pytest.mark.parametrize("hand_label", ["v6", "release-2026.1", "batch-20250101000000", "v6-1-1"])
+def test_default_labels_after_a_hand_label_stay_short_and_increasing(hand_label):
+    """After `--version v6`, nightly runs with the default label got v6-1, v6-1-1, v6-1-1-1…: two characters
+    longer every run, past the 64 a label may have (its folder at the central container) within a month."""
+    from datetime import datetime, timedelta, timezone
+
+    from chorus_batch.commit import _LABEL_RE, next_label
+
+    latest, started = hand_label, datetime(2026, 12, 4, 20, 0, 0, tzinfo=timezone.utc)
+    for night in range(100):
+        # a clock that stands still (two runs in one second) as well as one that moves on
+        label = next_label(started + timedelta(days=night // 2), latest, None)
+        assert label > latest and _LABEL_RE.match(label), (night, latest, label)
+        assert len(label) <= len(hand_label) + 15
+        latest = label
