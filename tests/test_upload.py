@@ -167,6 +167,33 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
         [("20261101020000", 1), ("20261102020000", 1)]
 
 
+def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says_a_run_needs_rehash(central, tmp_path):
+    # Rewritten with the same size and modification time after its version was committed (a tool that keeps mtimes,
+    # damage on disk): its bytes are not the recorded MD5's, so nothing is sent. The upload said "the next run
+    # records the change", which a plain run does not (size and mtime are as recorded): the version waited for ever.
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    path = write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    stat = path.stat()
+    path.write_bytes(b"SIGNAL")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv"}
+    assert "the next run records the change" not in out.stdout, out.stdout
+    assert "--rehash" in out.stdout and "size and modification time are as recorded" in out.stdout, out.stdout
+    # What it says to do works: a run with --rehash records it as replaced; the first version then finishes
+    # (its file is superseded) and the second one sends the bytes as they are now.
+    out = cli("run", "--site", str(site), "--db", str(db), "--version", "20261102020000", "--workers", "2",
+              "--no-validate", "--rehash")
+    assert out.returncode in (0, 1), out.stderr
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert blobs(central)["20261102020000/000001/Waveforms/Telemetry/S1/S1.dat"][1] == hashlib.md5(b"SIGNAL").hexdigest()
+
+
 def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(central, azurite, tmp_path):
     db = committed_site(tmp_path, 4)
     assert up(central, db).returncode == 0

@@ -491,6 +491,14 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
                               "recorded is the one the storage holds for it (its Content-MD5), and that is wrong (set "
                               "by a client or copy tool); not sent; correct the object's Content-MD5 (or upload it "
                               "again with its MD5), or run with --rehash: the next run then records the MD5 of its bytes")
+        if source.parallel_local:
+            # Size and mtime were as recorded (checked above): a plain run sees no change either, and the version
+            # would wait for ever. Only reading the bytes again records them.
+            return "stale", (f"changed in place since the version recorded it: {exc}, though its size and modification "
+                             "time are as recorded (rewritten by a tool that keeps modification times, or damaged on "
+                             "disk): not sent; a plain run does not see this change: restore the file from a backup, "
+                             "or run `chorus-batch run --rehash` (it records its bytes as they are now, and this "
+                             "version's file as replaced)")
         return "stale", f"changed since the version recorded it: {exc}; not sent"
     except ReadFailed as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
