@@ -663,6 +663,29 @@ def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, t
     assert "nothing to upload" in up(central, db).stdout
 
 
+def test_damaged_files_sent_again_are_no_longer_counted_as_failed_verification_while_the_version_waits(central, tmp_path):
+    # A version that cannot finish yet (a file changed since) gets no listing check after an upload: `versions` kept
+    # saying "N failed verification" for files the upload had just sent again (their ledger rows were unverified).
+    db = committed_site(tmp_path, 4)
+    label = "20261101020000"
+    write(tmp_path / "site", "000003/Waveforms/Telemetry/S3/S3.dat", b"changed since")  # stale: the version waits
+    assert up(central, db).returncode == 1
+    names = sorted(name for name in blobs(central) if "/_manifest/" not in name)
+    central.client.delete_blob(names[0])
+    central.client.get_blob_client(names[1]).upload_blob(b"trunc", overwrite=True)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    assert "3/4 sent, 1 not sent, 2 failed verification" in cli("versions", "--db", str(db)).stdout
+    again = up(central, db)
+    assert again.returncode == 1 and "sent 2 files" in again.stdout, again.stdout + again.stderr
+    shown = cli("versions", "--db", str(db)).stdout
+    assert "failed verification" not in shown and "verified" not in shown and "3/4 sent, 1 not sent" in shown, shown
+    # One still damaged stays counted.
+    central.client.delete_blob(names[2])
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    assert "1 failed verification" in cli("versions", "--db", str(db)).stdout
+    assert query(db, "SELECT n_bad FROM submissions WHERE version = ?", (label,)) == [(1,)]
+
+
 def test_mark_uploaded_records_what_the_script_left_out_as_superseded_as_upload_would(central, tmp_path):
     # A version whose file a later version replaced before anything was sent: the script left it out without a
     # word, and mark-uploaded never marked that version (`versions` showed it as never uploaded).
