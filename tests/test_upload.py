@@ -334,7 +334,14 @@ def test_verify_finds_the_manifest_copy_gone_or_replaced_and_the_next_upload_put
     assert other.returncode == 1 and "was replaced by another manifest's" in other.stdout, other.stdout
     refused = up(central, db)  # never written over: said, with what to do
     assert refused.returncode == 5 and "manifest copy refused" in refused.stdout, refused.stdout + refused.stderr
+    # What is there is named for what it is: no manifest's copy (it was called "the copy of another manifest").
+    assert "copy of another manifest" not in refused.stdout and "14 bytes that is no manifest's copy" in refused.stdout
     assert central.client.get_blob_client(copy).download_blob().readall() == b"not a manifest"
+    central.client.delete_blob("20261101020000/000000/Waveforms/Telemetry/S0/S0.dat")  # a file to send again
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    held = up(central, db)  # nothing is added to a folder whose copy is not this manifest's, and it says what is there
+    assert held.returncode == 5, held.stdout + held.stderr
+    assert "another manifest's id" not in held.stdout and "is no manifest's" in held.stdout, held.stdout
 
 
 # ----------------------------------------------------------------------------- faults
