@@ -194,6 +194,23 @@ def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says
     assert blobs(central)["20261102020000/000001/Waveforms/Telemetry/S1/S1.dat"][1] == hashlib.md5(b"SIGNAL").hexdigest()
 
 
+def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_upload_would(central, tmp_path):
+    # A dry run said "would send 4 files", exit 0, of a version whose files were since deleted or changed in the site:
+    # the upload then sent 2 and exited 1. It now looks at each file (stat, no read) as the upload does first.
+    db = committed_site(tmp_path, 4)
+    (tmp_path / "site/000000/Waveforms/Telemetry/S0/S0.dat").unlink()
+    write(tmp_path / "site", "000001/Waveforms/Telemetry/S1/S1.dat", b"changed")
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "would send 2 files" in dry.stdout and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in dry.stdout, dry.stdout
+    assert "stale: 000001/Waveforms/Telemetry/S1/S1.dat" in dry.stdout and blobs(central) == {}
+    js = json.loads(up(central, db, "--dry-run", "--json").stdout)
+    assert js["exit_code"] == 1 and js["versions"][0]["sent"] == 2
+    assert sorted(n["state"] for n in js["versions"][0]["not_sent"]) == ["missing", "stale"]
+    real = up(central, db)
+    assert real.returncode == 1 and "sent 2 files" in real.stdout, real.stdout + real.stderr
+
+
 def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(central, azurite, tmp_path):
     db = committed_site(tmp_path, 4)
     assert up(central, db).returncode == 0
