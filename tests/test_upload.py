@@ -167,6 +167,50 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
         [("20261101020000", 1), ("20261102020000", 1)]
 
 
+def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says_a_run_needs_rehash(central, tmp_path):
+    # Rewritten with the same size and modification time after its version was committed (a tool that keeps mtimes,
+    # damage on disk): its bytes are not the recorded MD5's, so nothing is sent. The upload said "the next run
+    # records the change", which a plain run does not (size and mtime are as recorded): the version waited for ever.
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    path = write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    stat = path.stat()
+    path.write_bytes(b"SIGNAL")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv"}
+    assert "the next run records the change" not in out.stdout, out.stdout
+    assert "--rehash" in out.stdout and "size and modification time are as recorded" in out.stdout, out.stdout
+    # What it says to do works: a run with --rehash records it as replaced; the first version then finishes
+    # (its file is superseded) and the second one sends the bytes as they are now.
+    out = cli("run", "--site", str(site), "--db", str(db), "--version", "20261102020000", "--workers", "2",
+              "--no-validate", "--rehash")
+    assert out.returncode in (0, 1), out.stderr
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert blobs(central)["20261102020000/000001/Waveforms/Telemetry/S1/S1.dat"][1] == hashlib.md5(b"SIGNAL").hexdigest()
+
+
+def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_upload_would(central, tmp_path):
+    # A dry run said "would send 4 files", exit 0, of a version whose files were since deleted or changed in the site:
+    # the upload then sent 2 and exited 1. It now looks at each file (stat, no read) as the upload does first.
+    db = committed_site(tmp_path, 4)
+    (tmp_path / "site/000000/Waveforms/Telemetry/S0/S0.dat").unlink()
+    write(tmp_path / "site", "000001/Waveforms/Telemetry/S1/S1.dat", b"changed")
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "would send 2 files" in dry.stdout and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in dry.stdout, dry.stdout
+    assert "stale: 000001/Waveforms/Telemetry/S1/S1.dat" in dry.stdout and blobs(central) == {}
+    js = json.loads(up(central, db, "--dry-run", "--json").stdout)
+    assert js["exit_code"] == 1 and js["versions"][0]["sent"] == 2
+    assert sorted(n["state"] for n in js["versions"][0]["not_sent"]) == ["missing", "stale"]
+    real = up(central, db)
+    assert real.returncode == 1 and "sent 2 files" in real.stdout, real.stdout + real.stderr
+
+
 def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(central, azurite, tmp_path):
     db = committed_site(tmp_path, 4)
     assert up(central, db).returncode == 0
@@ -307,7 +351,14 @@ def test_verify_finds_the_manifest_copy_gone_or_replaced_and_the_next_upload_put
     assert other.returncode == 1 and "was replaced by another manifest's" in other.stdout, other.stdout
     refused = up(central, db)  # never written over: said, with what to do
     assert refused.returncode == 5 and "manifest copy refused" in refused.stdout, refused.stdout + refused.stderr
+    # What is there is named for what it is: no manifest's copy (it was called "the copy of another manifest").
+    assert "copy of another manifest" not in refused.stdout and "14 bytes that is no manifest's copy" in refused.stdout
     assert central.client.get_blob_client(copy).download_blob().readall() == b"not a manifest"
+    central.client.delete_blob("20261101020000/000000/Waveforms/Telemetry/S0/S0.dat")  # a file to send again
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    held = up(central, db)  # nothing is added to a folder whose copy is not this manifest's, and it says what is there
+    assert held.returncode == 5, held.stdout + held.stderr
+    assert "another manifest's id" not in held.stdout and "is no manifest's" in held.stdout, held.stdout
 
 
 # ----------------------------------------------------------------------------- faults
@@ -634,6 +685,29 @@ def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, t
     verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
     assert "nothing to upload" in up(central, db).stdout
+
+
+def test_damaged_files_sent_again_are_no_longer_counted_as_failed_verification_while_the_version_waits(central, tmp_path):
+    # A version that cannot finish yet (a file changed since) gets no listing check after an upload: `versions` kept
+    # saying "N failed verification" for files the upload had just sent again (their ledger rows were unverified).
+    db = committed_site(tmp_path, 4)
+    label = "20261101020000"
+    write(tmp_path / "site", "000003/Waveforms/Telemetry/S3/S3.dat", b"changed since")  # stale: the version waits
+    assert up(central, db).returncode == 1
+    names = sorted(name for name in blobs(central) if "/_manifest/" not in name)
+    central.client.delete_blob(names[0])
+    central.client.get_blob_client(names[1]).upload_blob(b"trunc", overwrite=True)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    assert "3/4 sent, 1 not sent, 2 failed verification" in cli("versions", "--db", str(db)).stdout
+    again = up(central, db)
+    assert again.returncode == 1 and "sent 2 files" in again.stdout, again.stdout + again.stderr
+    shown = cli("versions", "--db", str(db)).stdout
+    assert "failed verification" not in shown and "verified" not in shown and "3/4 sent, 1 not sent" in shown, shown
+    # One still damaged stays counted.
+    central.client.delete_blob(names[2])
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    assert "1 failed verification" in cli("versions", "--db", str(db)).stdout
+    assert query(db, "SELECT n_bad FROM submissions WHERE version = ?", (label,)) == [(1,)]
 
 
 def test_mark_uploaded_records_what_the_script_left_out_as_superseded_as_upload_would(central, tmp_path):

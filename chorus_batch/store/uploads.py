@@ -136,7 +136,8 @@ class UploadLedger:
 
     # ------------------------------------------------------------------ writes
 
-    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+    def _write(self, sql: str, rows: Iterable[tuple], *before: tuple[str, list[tuple]]) -> None:
+        """executemany(sql, rows) in one transaction, after the statements `before` ((sql, rows) each)."""
         rows = list(rows)
         wait_s = busy_wait_s()
         deadline = time.monotonic() + wait_s
@@ -146,6 +147,8 @@ class UploadLedger:
                 # each try waits up to its busy timeout, none past the deadline (at least a moment: a lock let go now)
                 con.execute(f"PRAGMA busy_timeout = {int(1000 * max(0.1, min(_TRY_S, deadline - time.monotonic())))}")
                 with con:
+                    for first_sql, first_rows in before:
+                        con.executemany(first_sql, first_rows)
                     con.executemany(sql, rows)
                 return
             except sqlite3.Error as exc:
@@ -181,8 +184,18 @@ class UploadLedger:
                f"ON CONFLICT (central, version, file_id) DO UPDATE SET {updates} "
                f"WHERE uploads.state NOT IN ({', '.join(repr(s) for s in CONFIRMED)}) OR excluded.state IN "
                f"({', '.join(repr(s) for s in CONFIRMED)})")
+        # A damaged file confirmed again no longer counts as failed verification in its submission (verify's n_bad):
+        # `versions` kept saying so of a version that cannot finish yet (no listing check sets it again). The
+        # version's verification is then void once no damaged file is left (its files are not all verified).
+        mended = ("UPDATE submissions SET n_bad = n_bad - 1, "
+                  "verified_at = CASE WHEN n_bad > 1 THEN verified_at END, "
+                  "verify_method = CASE WHEN n_bad > 1 THEN verify_method END "
+                  "WHERE central = ? AND version = ? AND n_bad > 0 AND EXISTS (SELECT 1 FROM uploads u WHERE "
+                  f"u.central = ? AND u.version = ? AND u.file_id = ? AND u.verify_state IN ({_in(DAMAGED)}))",
+                  [(self.central, row["version"], self.central, row["version"], row["file_id"], *DAMAGED)
+                   for row in rows if row.get("state") in CONFIRMED])
         self._write(sql, [tuple(self.central if c == "central" else row.get(c, 0 if c == "attempts" else None)
-                                for c in columns) for row in rows])
+                                for c in columns) for row in rows], mended)
 
     def add(self, rows: pl.DataFrame) -> None:
         """Add rows (a frame of `uploads` columns but `central`) for file versions the ledger holds nothing of yet,

@@ -75,6 +75,9 @@ class FolderOwner:
 
     def described(self) -> str:
         """What the folder is, for a message about a manifest that is not its owner."""
+        if self.by == "copy" and self.manifest_id is None:  # (written over by another tool, or damaged)
+            return (f"holds a manifest copy {self.blob} that is no manifest's (not a manifest, or one without its id), "
+                    "not this manifest's")
         if self.by == "copy":
             return f"holds another manifest's submission (its manifest copy {self.blob} carries another manifest's id)"
         return (f"holds another manifest's upload, started there and not finished (its marker {self.blob}, written before "
@@ -402,9 +405,13 @@ class Central:
         url = f"az://{self.container_name}/{name}"
         blob = self.container.get_blob_client(name)
         props = _look(blob)
-        if props is not None and _copy_owner(blob, props) != manifest_id:
-            raise Conflict(f"{url} is the copy of another manifest (its versions have the same labels): it was not "
-                           "replaced")
+        owner = _copy_owner(blob, props) if props is not None else None
+        if props is not None and owner != manifest_id:
+            # A blob there that is no manifest at all (written over, damaged) was called another manifest's copy.
+            what = ("the copy of another manifest (its versions have the same labels)" if owner is not None else
+                    f"a blob of {props.size} bytes that is no manifest's copy (not a manifest, or one without its id: "
+                    "written over by someone else, or damaged)")
+            raise Conflict(f"{url} is {what}: it was not replaced")
         if props is None:  # a folder another manifest is uploading into: its copy is that manifest's to write
             claim = self._claim_owner(version)
             if claim is not None and claim.manifest_id != manifest_id:

@@ -48,7 +48,7 @@ from .central import (Central, Conflict, FileChanged, FolderOwner, ReadFailed, S
 if TYPE_CHECKING:
     from ..config import CloudSettings
     from ..progress import Progress
-    from ..sources.base import Source
+    from ..sources.base import FileStat, Source
 
 log = logging.getLogger("chorus_batch")
 
@@ -304,7 +304,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         if sendable.height:
-            _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud)
+            readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud)
             # The look the upload takes before sending (a read): a dry run said "would send N" into a folder holding
             # another manifest's submission, where the upload adds nothing
             owner = central.folder_owner(label, "look at")
@@ -314,6 +314,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
                     f"{plural(sendable.height, 'file')} not sent yet would be confirmed where a blob holds the same "
                     f"content and recorded as conflict otherwise (exit 5); {CONFLICT_FIX}")
                 return outcome
+            left_out = _dry_look(readers, sendable, workers)
+            outcome.not_sent = pl.concat([outcome.not_sent, left_out])
+            sendable = sendable.filter(~pl.col("srcfile").is_in(left_out["srcfile"].implode()))
         outcome.n_sent = sendable.height
         outcome.bytes_sent = int(sendable["size"].sum() or 0)
         return outcome
@@ -458,9 +461,9 @@ class _Fatal(Exception):
         self.error = error
 
 
-def _send_one(central: Central, readers: dict[int | None, Source], label: str, row: dict,
-              foreign: FolderOwner | None = None) -> Sent | tuple[str, str]:
-    """Send one file version: a Sent, or (state, why) when it is not sent; _Fatal when the storage fails."""
+def _look_up(readers: dict[int | None, Source], row: dict) -> tuple[Source, FileStat] | tuple[str, str]:
+    """The file's root and stat when it is as its manifest row says (by size, and mtime on local roots); else
+    (state, why) it is not sent. _Fatal when the storage fails. (A dry run says the same, without reading.)"""
     srcfile = row["srcfile"]
     source = readers.get(row["root_id"]) or readers.get(None)
     if source is None:
@@ -477,6 +480,33 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
     if stat.size != row["size"] or (source.parallel_local and stat.mtime_ns != row["mtime_ns"]):
         return "stale", ("changed since the version recorded it (size or modification time differ): not sent; the next "
                          "run records the change")
+    return source, stat
+
+
+def _dry_look(readers: dict[int | None, Source], files: pl.DataFrame, workers: int) -> pl.DataFrame:
+    """NOT_SENT_SCHEMA rows of the files an upload would not send as they are now (missing, changed, unreadable):
+    a dry run said 'would send' them all, exit 0, where the upload then left them out, exit 1."""
+    def one(row: dict) -> tuple[str, str, str] | None:
+        looked = _look_up(readers, row)
+        return (row["srcfile"], *looked) if isinstance(looked[0], str) else None
+
+    try:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-dry-run") as pool:
+            rows = [r for chunk in files.iter_slices(10_000)  # (bounded: a plan may hold millions of rows)
+                    for r in pool.map(one, chunk.iter_rows(named=True)) if r is not None]
+    except _Fatal as fatal:
+        raise fatal.error from None
+    return pl.DataFrame(rows, schema=NOT_SENT_SCHEMA, orient="row")
+
+
+def _send_one(central: Central, readers: dict[int | None, Source], label: str, row: dict,
+              foreign: FolderOwner | None = None) -> Sent | tuple[str, str]:
+    """Send one file version: a Sent, or (state, why) when it is not sent; _Fatal when the storage fails."""
+    srcfile = row["srcfile"]
+    looked = _look_up(readers, row)
+    if isinstance(looked[0], str):  # (state, why): not sent
+        return looked  # type: ignore[return-value]
+    source, stat = looked
     try:
         if foreign is not None:
             return central.confirm(label, srcfile, row["size"], row["md5"], foreign)
@@ -491,6 +521,14 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
                               "recorded is the one the storage holds for it (its Content-MD5), and that is wrong (set "
                               "by a client or copy tool); not sent; correct the object's Content-MD5 (or upload it "
                               "again with its MD5), or run with --rehash: the next run then records the MD5 of its bytes")
+        if source.parallel_local:
+            # Size and mtime were as recorded (checked above): a plain run sees no change either, and the version
+            # would wait for ever. Only reading the bytes again records them.
+            return "stale", (f"changed in place since the version recorded it: {exc}, though its size and modification "
+                             "time are as recorded (rewritten by a tool that keeps modification times, or damaged on "
+                             "disk): not sent; a plain run does not see this change: restore the file from a backup, "
+                             "or run `chorus-batch run --rehash` (it records its bytes as they are now, and this "
+                             "version's file as replaced)")
         return "stale", f"changed since the version recorded it: {exc}; not sent"
     except ReadFailed as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
