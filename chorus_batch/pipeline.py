@@ -280,6 +280,14 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     if settings.version_label is not None:
         latest = manifest.latest_version() if manifest.path.exists() and not manifest.path.is_dir() else None
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
+        if not settings.version_label.isdigit() or len(settings.version_label) != 14:
+            # Data-Upload-Update...: "each submission will be placed in a top level folder named with a timestamp of
+            # the format YYYYMMDDhhmmss"; upload names the folder by the label
+            log.warning(f"version label {settings.version_label!r} is not a UTC timestamp (YYYYMMDDhhmmss): the CHoRUS "
+                        "upload procedure names each submission's top-level folder at the central container with such "
+                        f"a timestamp, and `upload` will name this version's folder '{settings.version_label}/' (the "
+                        f"versions after it are labelled '{settings.version_label}-<UTC start>'); omit --version to "
+                        "keep the procedure's names")
     for check, value, where, fix in (
         (parse_max_delete, settings.max_delete, "--max-delete / max_delete in [run]",
          "give a percentage (50%), a number of files (1000) or all"),

@@ -347,6 +347,18 @@ def test_custom_version_labels_must_increase(site, db):
     assert query(db, "SELECT label FROM versions") == [("v2",)]
 
 
+def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_it_names(site, db):
+    """The upload procedure names each submission's folder at the centre YYYYMMDDhhmmss; a hand label does not."""
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q")
+    assert out.returncode == 0, out.stderr
+    assert "version label 'v2' is not a UTC timestamp (YYYYMMDDhhmmss)" in out.stderr
+    assert "upload` will name this version's folder 'v2/'" in out.stderr
+    other = db.with_name("other.sqlite")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(other), "--version", "30000101000000", "-q")
+    assert out.returncode == 0 and "not a UTC timestamp" not in out.stderr, out.stderr
+
+
 def test_runs_are_logged_without_secrets(site, db, tmp_path):
     write(site, "OMOP/a.csv")
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(tmp_path / "s?sv=1&sig=abc"),
