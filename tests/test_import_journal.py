@@ -58,6 +58,17 @@ def import_journal(journal: Path, db: Path, *extra: str, env: dict | None = None
     return cli("import-journal", str(journal), "--db", str(db), *extra, env=env)
 
 
+def edited_journal(tmp_path: Path, schema: str, sql: str) -> Path:
+    """A copy of journal `schema` ("A", "B") in tmp_path with the statements `sql` run on it."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS[schema], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.executescript(sql)
+    con.close()
+    return journal
+
+
 def journal_marks(journal: Path) -> set[tuple[str, str, str]]:
     """(path, version, md5) of every upload mark, read from the journal with the fixture README's queries."""
     con = sqlite3.connect(journal)
@@ -344,12 +355,7 @@ def test_a_journal_none_of_whose_rows_can_be_imported_says_why(tmp_path):
     """Every row refused (absolute paths, as a journal edited by hand or written elsewhere holds them): it said "no
     upstream version holds any file ... there is no history to import", of a journal of 44 rows, and the reasons,
     findings of a manifest that is not written, were lost. It says how many rows were refused, and one reason."""
-    journal = tmp_path / "journal.db"
-    shutil.copy(JOURNALS["B"], journal)
-    con = sqlite3.connect(journal)
-    with con:
-        con.execute("UPDATE journal SET FILEPATH = '/data/site/' || FILEPATH")
-    con.close()
+    journal = edited_journal(tmp_path, "B", "UPDATE journal SET FILEPATH = '/data/site/' || FILEPATH")
     out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "no history to import" not in out.stderr, out.stderr
@@ -494,12 +500,7 @@ def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):
 def test_a_journal_without_its_command_history_cuts_versions_at_their_labels(tmp_path):
     """A journal converted by chorus-upload's `journal upgrade`, or whose history was cleared, has rows older than
     its first recorded update: each version then starts at its label's first row (and the import says so)."""
-    journal = tmp_path / "journal.db"
-    shutil.copy(JOURNALS["A"], journal)
-    con = sqlite3.connect(journal)
-    with con:
-        con.execute("DELETE FROM command_history_v2")
-    con.close()
+    journal = edited_journal(tmp_path, "A", "DELETE FROM command_history_v2")
     db = tmp_path / "m.sqlite"
     no_site = import_journal(journal, db, "--to", "az://central/")
     assert no_site.returncode == 2 and "does not record where the site was scanned" in no_site.stderr
@@ -580,12 +581,7 @@ SPOILT = [
 
 @pytest.mark.parametrize("schema, sql, rule, words", SPOILT, ids=[f"{s[0]}-{s[2]}-{i}" for i, s in enumerate(SPOILT)])
 def test_a_spoilt_row_is_a_finding_that_names_it_and_the_rest_imports(schema, sql, rule, words, tmp_path):
-    journal = tmp_path / "journal.db"
-    shutil.copy(JOURNALS[schema], journal)
-    con = sqlite3.connect(journal)
-    with con:
-        con.executescript(sql)
-    con.close()
+    journal = edited_journal(tmp_path, schema, sql)
     db = tmp_path / "m.sqlite"
     out = import_journal(journal, db, "--to", "az://central/", "--json", "--site", str(build_site(tmp_path)))
     assert out.returncode == 1, out.stderr
@@ -738,12 +734,7 @@ def test_a_history_time_that_cannot_be_read_is_a_finding_and_the_version_is_stil
     ("UPDATE versions SET VERSION = x'00ff' WHERE id = 5", "its version label VERSION is X'00FF'"),
 ])
 def test_a_value_of_the_wrong_type_in_a_lookup_or_history_table_is_said(sql, words, tmp_path):
-    journal = tmp_path / "journal.db"
-    shutil.copy(JOURNALS["A"], journal)
-    con = sqlite3.connect(journal)
-    with con:
-        con.execute(sql)
-    con.close()
+    journal = edited_journal(tmp_path, "A", sql)
     out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/", "--json")
     assert out.returncode == 1, out.stderr
     assert "internal error" not in out.stderr

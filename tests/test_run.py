@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -20,6 +21,19 @@ from conftest import current_rows, query, run_site, scan_and_commit, tree_md5, w
 
 WAVE = "000123/Waveforms/000123_20200101_101010_60.dat"
 IMAGE = "000123/Images/ST1/SE1/000123_20200101_101010_CT_SE1_0001.dcm"
+
+
+@contextlib.contextmanager
+def unreadable(*paths: Path):
+    """`paths` with no permission at all for the duration (their modes put back after)."""
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in paths]
+    for p in paths:
+        os.chmod(p, 0o000)
+    try:
+        yield
+    finally:
+        for p, mode in zip(paths, modes):
+            os.chmod(p, mode)
 
 
 def age(root: Path, seconds: float = 10) -> None:
@@ -385,14 +399,9 @@ def test_unreadable_directory_and_file_keep_their_rows(site, db):
     secret = write(site, "OMOP/secret.csv", b"s")
     args = ["run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q"]
     assert run_without_override(args).returncode == 0
-    os.chmod(site / "000002", 0o000)
     secret.write_bytes(b"changed")
-    os.chmod(secret, 0o000)
-    try:
+    with unreadable(site / "000002", secret):
         second = run_without_override(args)
-    finally:
-        os.chmod(site / "000002", 0o755)
-        os.chmod(secret, 0o644)
     assert second.returncode == ExitCode.FINDINGS, second.stderr
     summary = json.loads(second.stdout)
     assert summary["counts"]["removed"] == 0
@@ -424,11 +433,8 @@ def test_followed_link_whose_target_cannot_be_reached_keeps_the_files_under_it(s
     first = run_without_override(args)
     assert first.returncode == 0, first.stdout
     assert "000001/Waveforms/000001_20200101_101010_60.dat" in current_rows(db)
-    os.chmod(outside, 0o000)
-    try:
+    with unreadable(outside):
         second = run_without_override(args)
-    finally:
-        os.chmod(outside, 0o755)
     assert second.returncode == ExitCode.FINDINGS, second.stderr
     summary = json.loads(second.stdout)
     assert summary["counts"]["removed"] == 0
@@ -486,11 +492,8 @@ def test_unreadable_site_root_fails_without_touching_the_manifest(site, db):
     args = ["run", "--no-validate", "--site", str(site), "--db", str(db), "-q"]
     assert run_without_override(args).returncode == 0
     before = current_rows(db)
-    os.chmod(site, 0o000)
-    try:
+    with unreadable(site):
         out = run_without_override(args)
-    finally:
-        os.chmod(site, 0o755)
     assert out.returncode == ExitCode.FAILED, out.stderr
     assert "cannot list the site root" in out.stderr and "fix:" in out.stderr
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
