@@ -238,8 +238,12 @@ def _refuse_account_url(location: str, shown: str, what: str) -> None:
 
 def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None:
     """A manifest is a local file or an Azure blob (az://, store/remote.py); any other URL is refused before it could
-    be taken for a local path (s3://b/m.sqlite would make a folder named 's3:' here)."""
+    be taken for a local path (s3://b/m.sqlite would make a folder named 's3:' here). A local path ending in a
+    separator names a folder: `run --db dir/` made a manifest file named `dir` (the '/' is lost once it is a Path)."""
     if "://" not in db:
+        if db.endswith(("/", os.sep)) and db.strip("/" + os.sep):
+            raise UsageError(f"{what} {db} ends in a path separator, so it names a folder, not a manifest file",
+                             where=what, fix=f"give the manifest's file path, e.g. {db}chorus_manifest.sqlite")
         return
     protocol = protocol_of(db)
     if protocol not in AZURE_PROTOCOLS:

@@ -359,6 +359,17 @@ def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_
     assert out.returncode == 0 and "not a UTC timestamp" not in out.stderr, out.stderr
 
 
+def test_a_db_path_ending_in_a_separator_is_refused_not_made_a_file(site, tmp_path):
+    """`run --db dir/` made a manifest file named `dir` (the '/' is lost once the path is a Path)."""
+    write(site, "OMOP/a.csv", b"a")
+    folder = tmp_path / "manifests"
+    for command in (["run", "--no-validate", "--site", str(site)], ["versions"]):
+        out = cli(*command, "--db", f"{folder}/")
+        assert out.returncode == 2 and "ends in a path separator, so it names a folder" in out.stderr, out.stderr
+        assert f"{folder}/chorus_manifest.sqlite" in out.stderr
+    assert not folder.exists()
+
+
 def test_runs_are_logged_without_secrets(site, db, tmp_path):
     write(site, "OMOP/a.csv")
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(tmp_path / "s?sv=1&sig=abc"),
