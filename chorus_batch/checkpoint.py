@@ -39,7 +39,7 @@ import polars as pl
 import pyarrow as pa
 
 from .frames import packed_frame
-from .fsutil import restrict, write_private
+from .fsutil import other_owner, restrict, write_private
 from .progress import log
 
 FORMAT = 2  # 2: with the header facts parsed from the bytes hashed (a checkpoint of format 1 is removed unread)
@@ -85,10 +85,8 @@ class Checkpoint:
         if manifest_id is None or generation is None:
             return None
         identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
-        from .store.lock import _owner
-
         folder = folder_of(db)
-        owner = _owner(folder)
+        owner = other_owner(folder)
         if owner is not None:
             # Whoever owns it could hand this run any MD5 for any file: never trusted, never removed (not ours)
             log.warning(f"ignoring the hash checkpoint {folder}: it belongs to another user, {owner}, so the hashes "

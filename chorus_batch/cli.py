@@ -1282,8 +1282,9 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
         # called a folder of one file.
         bare = args.path.rstrip("/\\")
-        if bare and bare != args.path and reader.history_of(bare).height:
-            named = reader.history_of(bare)["srcfile"][-1]
+        of_bare = reader.history_of(bare) if bare and bare != args.path else None
+        if of_bare is not None and of_bare.height:
+            named = of_bare["srcfile"][-1]
             raise UsageError(f"{shown} ends with a separator, but {named!r} is a file, not a folder",
                              where=_db(args), fix=f"ask `chorus-batch history {shlex.quote(named)}`")
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0

@@ -130,11 +130,33 @@ def _link_new(tmp: Path, target: Path) -> None:
     tmp.unlink()
 
 
+def file_above(path: str | os.PathLike[str]) -> Path | None:
+    """The part of `path`'s folders that is a file, not a folder (mkdir says "File exists", open "Not a directory":
+    neither names it), or None."""
+    return next((folder for folder in Path(path).parents if folder.exists() and not folder.is_dir()), None)
+
+
+def other_owner(path: str | os.PathLike[str]) -> str | None:
+    """The user owning `path` when it is not this user (None otherwise, or where unknown)."""
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return None
+    if not hasattr(os, "getuid") or uid == os.getuid():
+        return None
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
 def missing_folder(path: str | os.PathLike[str]) -> tuple[str, str]:
     """Why the folder of `path` is not one, and what to do, as a message says them: a part of it that is a file
     (mkdir cannot make the folder: "create it" would be no fix), else that it does not exist."""
     path = Path(path)
-    a_file = next((folder for folder in path.parents if folder.exists() and not folder.is_dir()), None)
+    a_file = file_above(path)
     if a_file is not None:
         return f"{a_file} is a file, not a folder", "choose a path in a folder"
     return f"its folder {path.parent} does not exist", f"create it (mkdir -p {shlex.quote(str(path.parent))}), or choose another path"

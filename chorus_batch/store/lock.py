@@ -16,7 +16,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
-from ..fsutil import OWNER_ONLY
+from ..fsutil import OWNER_ONLY, file_above, other_owner
 from ..times import iso, utc_now
 
 
@@ -27,25 +27,9 @@ def user_name() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
-def _owner(path: Path) -> str | None:
-    """The user owning `path` when it is not this user (None otherwise, or where unknown)."""
-    try:
-        uid = path.stat().st_uid
-    except OSError:
-        return None
-    if not hasattr(os, "getuid") or uid == os.getuid():
-        return None
-    try:
-        import pwd
-
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
 def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
     """Why the lock file cannot be made or opened, and what to do: the real reason, not a guess."""
-    a_file = next((folder for folder in db.parents if folder.exists() and not folder.is_dir()), None)
+    a_file = file_above(db)
     if a_file is not None:  # (mkdir says "File exists", open "Not a directory": neither names the file)
         return UsageError(f"the manifest's folder cannot be made: {a_file} is a file, not a folder",
                           where=str(db), fix="pass --db with a path in a folder (or where one can be made)")
@@ -55,7 +39,7 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              fix="remove the link (the lock file is an ordinary empty file a run makes itself), then "
                                  "run again")
     reason = exc.strerror or str(exc)
-    owner = _owner(lock_path) if isinstance(exc, PermissionError) else None
+    owner = other_owner(lock_path) if isinstance(exc, PermissionError) else None
     if owner is not None:
         return ManifestError(f"the manifest's lock file belongs to another user, {owner}, and this user cannot open "
                              f"it: {reason}", where=str(lock_path),

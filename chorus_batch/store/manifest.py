@@ -32,7 +32,7 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import create_private, free_bytes, nearly_full, restrict, write_private
+from ..fsutil import create_private, file_above, free_bytes, nearly_full, restrict, write_private
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
@@ -404,7 +404,7 @@ class Manifest:
                                  fix="pass --db with the SQLite manifest the snapshots were written from")
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
-        a_file = next((folder for folder in self.path.parents if folder.exists() and not folder.is_dir()), None)
+        a_file = file_above(self.path)
         if a_file is not None:  # a shard took it (it reads no manifest there) and hashed the site for nothing
             raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
                              fix="pass --db with a path in a folder")

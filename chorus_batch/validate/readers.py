@@ -797,7 +797,8 @@ def _procedure_facts(f) -> dict[str, Any]:
     finally:
         gate.close()
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)
-    facts["image_runs"], facts["waveform_runs"] = (_runs(per_concept[code]) for code in LINKAGE_CONCEPTS)
+    imaging, monitoring = LINKAGE_CONCEPTS
+    facts["image_runs"], facts["waveform_runs"] = _runs(per_concept[imaging]), _runs(per_concept[monitoring])
     return facts
 
 
