@@ -23,7 +23,7 @@ import re
 import shlex
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,17 +113,64 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
     """Shards hold the staging folder's lock shared while they scan and write (they run side by side), a merge
     holds it alone while it reads and commits: a shard rerun during a merge unlinked the scan.json the merge had
     checked and replaced the files it was reading partition by partition (a version of two scans). Either one that
-    finds the other is refused at once (exit 4). An OS lock (flock): let go when its holder exits or is killed. A
-    file system without locks (some Lustre mounts): said, and the run goes on unlocked."""
+    finds the other is refused at once (exit 4)."""
+    from .errors import ManifestLocked
+
+    def busy(fd: int) -> Exception:
+        # Held shared (shards) or alone (another merge: a merge run twice at once, a requeued merge job): a merge
+        # told "shards are still being written" of another merge was sent to wait for shards that had ended.
+        import fcntl
+
+        path = Path(staging) / STAGING_LOCK
+        if merge and not _lockable(fd, fcntl.LOCK_SH):
+            return ManifestLocked(f"another merge is reading and committing the shards in {staging}: this one "
+                                  "cannot merge them too; nothing was committed by this one", where=str(path),
+                                  fix="wait for that merge to end (its output or its job's log says what it "
+                                      "committed); these shards are then merged")
+        return ManifestLocked(
+            (f"shards are still being written into {staging}: cannot merge it now" if merge else
+             f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
+            where=str(path),
+            fix=("wait for the shards to finish (`squeue`), then merge" if merge else
+                 "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
+                 "script again: a new staging folder)"))
+
+    with _flock(Path(staging) / STAGING_LOCK, exclusive=merge, busy=busy,
+                unlocked="do not rerun a shard while the merge runs"):
+        yield
+
+
+@contextlib.contextmanager
+def shard_lock(staging: str | Path, coverage: Coverage) -> Iterator[None]:
+    """One shard written by one process at a time: two runs of shard K at once (a rerun while its array task still
+    ran, a requeued task) wrote into one folder, and the merge could take one's files.parquet with the other's
+    facts. The second is refused at once (exit 4)."""
+    from .errors import ManifestLocked
+
+    path = Path(staging) / f".shard-{coverage.shard}-of-{coverage.shards}.lock"
+
+    def busy(_fd: int) -> Exception:
+        return ManifestLocked(f"{coverage} is being written into {staging} by another process (its Slurm task, or "
+                              "a rerun of it): this one was not run", where=str(path),
+                              fix="wait for it to end (`squeue`, or `ps` on its node), then merge; rerun the shard "
+                                  "only if the merge then says it is missing, incomplete or stale")
+
+    with _flock(path, exclusive=True, busy=busy, unlocked="do not run one shard twice at once"):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str) -> Iterator[None]:
+    """An OS lock (flock) on the file `path`, alone (`exclusive`) or shared, taken at once or refused with the
+    exception `busy(fd)` makes (fd: the file, still open). Let go when its holder exits or is killed. A file system
+    without locks (some Lustre mounts): said, with the advice `unlocked`, and the caller goes on unlocked."""
     try:
         import fcntl
     except ImportError:  # (not POSIX)
         yield
         return
-    from .errors import ManifestLocked
     from .fsutil import create_private
 
-    path = Path(staging) / STAGING_LOCK
     locked = False
     while True:
         try:
@@ -132,27 +179,14 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
             raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
                              fix="give a --staging folder this user can write") from None
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if merge else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True
         except BlockingIOError:
-            # Held shared (shards) or alone (another merge: a merge run twice at once, a requeued merge job): a merge
-            # told "shards are still being written" of another merge was sent to wait for shards that had ended.
-            other_merge = merge and not _lockable(fd, fcntl.LOCK_SH)
+            refusal = busy(fd)
             os.close(fd)
-            if other_merge:
-                raise ManifestLocked(f"another merge is reading and committing the shards in {staging}: this one "
-                                     "cannot merge them too; nothing was committed by this one", where=str(path),
-                                     fix="wait for that merge to end (its output or its job's log says what it "
-                                         "committed); these shards are then merged") from None
-            raise ManifestLocked(
-                (f"shards are still being written into {staging}: cannot merge it now" if merge else
-                 f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
-                where=str(path),
-                fix=("wait for the shards to finish (`squeue`), then merge" if merge else
-                     "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
-                     "script again: a new staging folder)")) from None
+            raise refusal from None
         except OSError as exc:  # no locks on this file system: the merge's checks of scan.json still stand
-            log.warning(f"cannot lock {path} ({exc.strerror or exc}): do not rerun a shard while the merge runs")
+            log.warning(f"cannot lock {path} ({exc.strerror or exc}): {unlocked}")
         if not locked or _same_file(fd, path):
             break
         os.close(fd)  # the last holder removed the file after this one opened it: a lock on it guards nothing
@@ -206,7 +240,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     previous = manifest.previous_state(write_cache=False) if exists else empty_state()  # no manifest yet: no rows
     folder = shard_folder(staging, coverage)
     empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
-    with staging_lock(staging, merge=False):
+    with staging_lock(staging, merge=False), shard_lock(staging, coverage):
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
         scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
                        racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,

@@ -311,6 +311,35 @@ def test_the_staging_lock_file_goes_with_its_last_holder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_one_shard_run_twice_at_once_is_refused_and_the_first_writes_it_whole(snapshots, tmp_path):
+    """Two runs of one shard at once (a rerun while its array task still ran, a requeued task) were not blocked:
+    both wrote into one shard folder. The second is refused (exit 4, saying who holds it), the first completes."""
+    import os
+    import subprocess
+    import sys
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--shard", f"0/{N}", "--staging", str(staging)],
+                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+8", "CHORUS_BATCH_PROGRESS_S": "0"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stderr is not None
+        while "test pause at hashing" not in (line := first.stderr.readline()):
+            assert line or first.poll() is None, "the shard never reached its hashing"
+        second = cli("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
+        other = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert second.returncode == 4, second.stderr
+    assert f"shard 0 of {N} is being written into {staging} by another process" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert other.returncode == 0, other.stderr  # another shard side by side: as before
+    assert first.returncode == 0, err
+    assert (staging / f"shard-0-of-{N}" / "scan.json").exists()
+    assert sorted(p.name for p in staging.iterdir() if p.name.startswith(".")) == []  # the locks went with them
+
+
 @pytest.mark.parametrize("url", ["az://container/staging", "s3://bucket/staging", "https://host/staging?sig=SECRET"])
 def test_a_staging_url_is_refused_up_front_naming_the_option(snapshots, tmp_path, url):
     """--staging az://c/x was taken as a folder 'az:/c/x' under the working directory: the shard "succeeded" where
