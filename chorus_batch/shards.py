@@ -51,6 +51,19 @@ def shard_folder(staging: str | Path, coverage: Coverage) -> Path:
     return Path(staging) / f"shard-{coverage.shard}-of-{coverage.shards}"
 
 
+def program_words() -> list[str]:
+    """How a shell runs this chorus-batch again: `chorus-batch` when that name on PATH is this environment's, else
+    this interpreter with -m. A Slurm job runs `<python> -m chorus_batch`; a merge's "rerun it with: chorus-batch
+    run ..." then failed on a login node without the venv on PATH (command not found), or ran another install."""
+    import shutil
+    import sys
+
+    found = shutil.which("chorus-batch")
+    if found and os.path.dirname(os.path.abspath(found)) == os.path.dirname(os.path.abspath(sys.executable)):
+        return ["chorus-batch"]
+    return [sys.executable, "-m", "chorus_batch"]
+
+
 def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path,
                   arguments: list[str] | None = None) -> str:
     """The command that reruns shard `coverage` into `staging`: with `arguments` (the flags a shard recorded in its
@@ -64,13 +77,13 @@ def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path
         arguments = ["--site", mask_url(settings.site), "--db", str(settings.db)]
         arguments += [word for p in dict.fromkeys(settings.exclude) for word in ("--exclude", p)]
         arguments += [] if settings.default_excludes else ["--no-default-excludes"]
-    return shlex.join(["chorus-batch", "run", *arguments, "--shard", f"{coverage.shard}/{coverage.shards}",
+    return shlex.join([*program_words(), "run", *arguments, "--shard", f"{coverage.shard}/{coverage.shards}",
                        "--staging", os.path.abspath(staging)])  # (a merge given a relative folder: run from anywhere)
 
 
 def merge_command(arguments: list[str] | None, staging: str | Path) -> str:
     """The command that merges the shards in `staging`, with a shard's recorded `arguments`."""
-    return shlex.join(["chorus-batch", "run", *(arguments or []), "--merge", os.path.abspath(staging)])
+    return shlex.join([*program_words(), "run", *(arguments or []), "--merge", os.path.abspath(staging)])
 
 
 def _written_ns(folder: Path) -> int:

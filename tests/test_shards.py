@@ -14,6 +14,7 @@ import pytest
 from chorus_batch.commit import current_tree, diff_changed
 from chorus_batch.diff import compute_diff, duckdb_session
 from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
+from chorus_batch.shards import program_words
 from chorus_batch.testdata import Spec, make_testdata
 from conftest import cli, fill, query
 
@@ -161,6 +162,31 @@ def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snaps
     assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
     assert "is stale" not in again.stderr and "nothing was committed" in again.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+@pytest.mark.parametrize("on_path", [False, True])
+def test_a_rerun_command_runs_from_a_shell_with_or_without_the_venv_on_path(snapshots, tmp_path, on_path):
+    """The merge's "rerun it with: chorus-batch run ..." failed with "command not found" on a login node without the
+    venv on PATH (a Slurm job runs `<python> -m chorus_batch`). It names `chorus-batch` only when that name on PATH
+    is this environment's, else this interpreter with -m; either way the command as told runs from a shell."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    venv_bin = os.path.dirname(os.path.abspath(sys.executable))
+    path = (venv_bin + os.pathsep if on_path else "") + "/usr/bin:/bin"
+    run_shards(site, db, staging, shards=(0, 2, 3))
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), env={"PATH": path})
+    assert out.returncode == 2, out.stderr
+    rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
+    words = shlex.split(rerun)
+    assert words[:2] == (["chorus-batch", "run"] if on_path else [sys.executable, "-m"]), rerun
+    told = subprocess.run(["/bin/sh", "-c", rerun], env={**os.environ, "PATH": path}, capture_output=True, text=True,
+                          timeout=120)
+    assert told.returncode == 0, told.stderr
+    assert (staging / f"shard-1-of-{N}" / "scan.json").exists()
 
 
 def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_path):
@@ -434,15 +460,15 @@ def test_a_missing_shard_of_a_site_run_from_a_config_file_is_rerun_with_that_con
         out = cli("run", "--shard", f"{k}/{N}", "--staging", "../staging", "--workers", "2", cwd=there)
         assert out.returncode == 0, out.stderr
         said = out.stdout.split("merge with ", 1)[1].strip()
-        assert shlex.split(said) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
+        assert shlex.split(said) == [*program_words(), "run", "--config", str(config), "--workers", "2",
                                      "--merge", str(staging)]
     out = cli("run", "--config", str(config), "--merge", "staging", cwd=tmp_path)  # a relative folder, here
     assert out.returncode == 2 and "shard 2/4 is missing" in out.stderr, out.stderr
     rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
-    assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--workers", "2",
+    assert shlex.split(rerun) == [*program_words(), "run", "--config", str(config), "--workers", "2",
                                   "--shard", "2/4", "--staging", str(staging)]
     # the command as told, from another folder: the shard lists the config's roots, the merge then commits
-    assert cli(*shlex.split(rerun)[2:], cwd=bedside).returncode == 0
+    assert cli(*shlex.split(rerun)[len(program_words()) + 1:], cwd=bedside).returncode == 0
     out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate", cwd=tmp_path)
     assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '000001/Waveforms/%'")[0][0] > 0
@@ -524,7 +550,7 @@ def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_ru
     assert out.returncode == 2 and f"the shards scanned {site}, {_bedside} ([site.roots] Waveforms), not this " \
                                    f"run's site {site}; nothing was committed" in out.stderr, out.stderr
     told = out.stderr.split("merge with the settings the shards ran with: ", 1)[1].split("; or rerun", 1)[0]
-    assert shlex.split(told) == ["chorus-batch", "run", "--config", str(config), "--merge", str(staging)]
+    assert shlex.split(told) == [*program_words(), "run", "--config", str(config), "--merge", str(staging)]
     # one shard rerun without the config: named, with its rerun as this merge is run
     assert cli("run", "--site", str(site), "--db", str(db), "--shard", "1/2", "--staging", str(staging)).returncode == 0
     out = cli("run", "--config", str(config), "--merge", str(staging))
@@ -532,10 +558,10 @@ def test_shards_listed_with_other_roots_than_the_merge_are_named_with_what_to_ru
         out.stderr
     assert "shard 0/2" not in out.stderr and "nothing was committed" in out.stderr
     rerun = out.stderr.split("rerun it with: ", 1)[1].split("\n", 1)[0]
-    assert shlex.split(rerun) == ["chorus-batch", "run", "--config", str(config), "--shard", "1/2", "--staging",
+    assert shlex.split(rerun) == [*program_words(), "run", "--config", str(config), "--shard", "1/2", "--staging",
                                   str(staging)]
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
-    assert cli(*shlex.split(rerun)[2:]).returncode == 0
+    assert cli(*shlex.split(rerun)[len(program_words()) + 1:]).returncode == 0
     out = cli("run", "--config", str(config), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1) and "committed" in out.stdout, out.stderr
 
@@ -546,6 +572,7 @@ def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, 
     and the message said neither that nor what to rerun. Now none of the shard's files stay, and it says so with
     the command that reruns it; nothing was committed."""
     import os
+    import shlex
 
     site = tmp_path / "site"
     make_testdata(site, Spec(persons=40, files_per_person=10, size=64))
@@ -565,7 +592,7 @@ def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, 
     assert list((staging / "shard-0-of-2").iterdir()) == []
     assert f"shard 0 of 2 was not written (none of its files were left in {staging / 'shard-0-of-2'}); nothing " \
            "was committed" in out.stderr
-    assert f"rerun it with: chorus-batch run --site {site / 'first'} --db {db} --shard 0/2 --staging {staging}" in out.stderr
+    assert f"rerun it with: {shlex.join(program_words())} run --site {site / 'first'} --db {db} --shard 0/2 --staging {staging}" in out.stderr
     filler.unlink()
     assert cli(*shard, str(staging)).returncode == 0 and (staging / "shard-0-of-2" / "scan.json").exists()
 
