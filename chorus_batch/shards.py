@@ -77,13 +77,24 @@ def rerun_command(settings: RunSettings, coverage: Coverage, staging: str | Path
         arguments = ["--site", mask_url(settings.site), "--db", str(settings.db)]
         arguments += [word for p in dict.fromkeys(settings.exclude) for word in ("--exclude", p)]
         arguments += [] if settings.default_excludes else ["--no-default-excludes"]
-    return shlex.join([*program_words(), "run", *arguments, "--shard", f"{coverage.shard}/{coverage.shards}",
-                       "--staging", os.path.abspath(staging)])  # (a merge given a relative folder: run from anywhere)
+    return _with_secrets_said(shlex.join([*program_words(), "run", *arguments, "--shard",
+                                          f"{coverage.shard}/{coverage.shards}", "--staging",
+                                          os.path.abspath(staging)]))  # (a merge given a relative folder: any folder)
 
 
 def merge_command(arguments: list[str] | None, staging: str | Path) -> str:
     """The command that merges the shards in `staging`, with a shard's recorded `arguments`."""
-    return shlex.join([*program_words(), "run", *(arguments or []), "--merge", os.path.abspath(staging)])
+    return _with_secrets_said(shlex.join([*program_words(), "run", *(arguments or []), "--merge",
+                                          os.path.abspath(staging)]))
+
+
+def _with_secrets_said(command: str) -> str:
+    """A command told to be run again, and, when it holds a secret masked as it was recorded (a SAS in --site's URL),
+    what to do: the rerun as told was refused by the storage ("***" is no token) with nothing saying why."""
+    if "***" not in command:
+        return command
+    return (command + " (put the secret shown as *** back: it is never recorded; or give the SAS token in "
+            "AZURE_STORAGE_SAS_TOKEN and the URL without it)")
 
 
 def _written_ns(folder: Path) -> int:

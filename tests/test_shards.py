@@ -658,3 +658,19 @@ def test_a_damaged_shard_is_named_with_its_rerun_beside_the_others(snapshots, tm
     run_shards(site, db, staging, shards=(1, 2))
     assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_rerun_command_with_a_masked_sas_says_to_put_the_secret_back(tmp_path):
+    """A shard of a site given as a URL with a SAS records its flags masked (never the token); the merge's "rerun it
+    with" then gave `?sig=***`, which the storage refused with nothing saying why. The command now says what to do."""
+    from chorus_batch.scan import Coverage
+    from chorus_batch.shards import merge_command, rerun_command
+    from chorus_batch.urls import redact
+
+    recorded = redact(["--site", "https://acct.blob.core.windows.net/c/site?sv=2024&sig=Zx9Kq", "--db", "/m.sqlite"])
+    for told in (rerun_command(None, Coverage(shard=1, shards=4), tmp_path, recorded),  # type: ignore[arg-type]
+                 merge_command(recorded, tmp_path)):
+        assert "Zx9Kq" not in told and "sig=***" in told
+        assert "put the secret shown as *** back" in told and "AZURE_STORAGE_SAS_TOKEN" in told
+    plain = rerun_command(None, Coverage(shard=1, shards=4), tmp_path, ["--site", "/data/site"])  # type: ignore[arg-type]
+    assert "secret" not in plain
