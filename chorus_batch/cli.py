@@ -590,7 +590,7 @@ def _slurm_flags(parser: argparse.ArgumentParser, *, run: bool = False) -> None:
                        help=f"tasks of the job array, each lists and hashes one shard (default {slurm.DEFAULT_SHARDS})")
     group.add_argument("--cpus-per-task", type=_positive_int, default=None,
                        help=f"CPUs of each job, also its --workers (default {slurm.DEFAULT_CPUS})")
-    group.add_argument("--mem", type=checked(slurm.check_mem), help="memory of each job, as sbatch --mem (e.g. 16G)")
+    group.add_argument("--mem", type=checked(slurm.check_mem), help="memory of each job, as sbatch --mem (e.g. 16G; 0: all of a node's memory, as Slurm reads it)")
     group.add_argument("--time", type=checked(slurm.check_time), help="time limit of each job, as sbatch --time (e.g. 04:00:00)")
     group.add_argument("--partition", type=checked(slurm.check_name), help="sbatch --partition")
     group.add_argument("--account", type=checked(slurm.check_name), help="sbatch --account")

@@ -66,6 +66,15 @@ def check_time(text: str) -> str:
     """Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED."""
     if not _TIME.match(text):
         raise ValueError(f"{text!r} is not a Slurm time limit (e.g. 90, 02:00:00, 1-12:00:00)")
+    # In range: 25:99:99 passed the form and was left to sbatch, which refused it at submission (or, from a
+    # printed script, tonight); the first field is open (minutes, or hours of HH:MM:SS), a day's hours below 24
+    days, _dash, clock = text.rpartition("-")
+    fields = [int(f) for f in clock.split(":")] if clock.replace(":", "").isdigit() else []
+    limits = ([24, 60, 60] if days else [None, 60, 60])[:len(fields)]
+    for value, limit in zip(fields, limits):
+        if limit is not None and value >= limit:
+            raise ValueError(f"{text!r} is not a Slurm time limit: {value} is out of range (minutes and seconds "
+                             "below 60, a day's hours below 24; e.g. 90, 02:00:00, 1-12:00:00)")
     return text
 
 

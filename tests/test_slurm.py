@@ -135,6 +135,21 @@ def test_script_quotes_paths_with_spaces_and_quotes(tmp_path):
     assert shlex.split(job.rerun_merge)[:1] == [str(python)]
 
 
+@pytest.mark.parametrize("limit", ["25:99:99", "10:60", "1-24", "1-12:60"])
+def test_a_time_limit_out_of_range_is_refused_before_a_script_is_made(tmp_path, limit):
+    """--time 25:99:99 had the form of HH:MM:SS and went into the script: sbatch refused it when submitted (tonight,
+    from a printed script). Minutes and seconds are below 60, a day's hours below 24 (90, 48:00:00 and 1-23:59 are
+    fine)."""
+    (tmp_path / "site").mkdir()
+    args = ("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--time")
+    bad = cli(*args, limit)
+    assert bad.returncode == 2 and f"{limit!r} is not a Slurm time limit" in bad.stderr and "out of range" in bad.stderr
+    assert bad.stdout == "" and "Traceback" not in bad.stderr
+    for fine in ("90", "48:00:00", "1-23:59", "99:59"):
+        out = cli(*args, fine)
+        assert out.returncode == 0 and f"--time={fine}" in out.stdout, out.stderr
+
+
 @pytest.mark.parametrize("flag", ["--site", "--db", "--staging", "--config"])
 def test_a_path_with_a_line_break_is_refused_not_written_into_the_script(tmp_path, flag):
     """A line break would end the script's comment or a job's here-document: the rest of the path a command."""
