@@ -324,6 +324,22 @@ def roots_text(roots: list) -> str:
                      for location, modality in roots)
 
 
+def same_roots(these: list, those: list) -> bool:
+    """Whether two lists of scanned roots ((location, modality), as ScanResult.roots) name the same folders: a local
+    root by the folder it is (a site spelled through a symlink, /data/site against /mnt/site, was refused as "other
+    roots" though every path in it is the same), a cloud root by its URL."""
+    from .urls import local_path
+
+    def folder(location: str) -> str:
+        with contextlib.suppress(UsageError):
+            path = local_path(location)
+            if path is not None:
+                return os.path.realpath(path)
+        return location
+
+    return [(folder(loc), modality) for loc, modality in these] == [(folder(loc), modality) for loc, modality in those]
+
+
 def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
                 previous_rows: int = 0, partitioned: bool = True,
                 roots: list | None = None) -> tuple[ScanResult, TreeParts]:
@@ -393,7 +409,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"latest is {latest_label or '(none)'}: rerun it with: "
                             f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
             continue
-        if roots is not None and [tuple(r) for r in part.roots] != [tuple(r) for r in roots]:
+        if roots is not None and not same_roots(part.roots, roots):
             # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
             # different roots", naming none of them)
             unlike.append(part)
@@ -429,7 +445,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)
         first = unlike[0]
         said = (f"the shards scanned {roots_text(first.roots)}, not this run's site {roots_text(roots)}"
-                if roots is not None and [tuple(r) for r in first.roots] != [tuple(r) for r in roots] else
+                if roots is not None and not same_roots(first.roots, roots) else
                 f"the shards were listed with other exclusion globs ({_patterns_text(first.exclude_patterns)}) than "
                 f"this merge's ({_patterns_text(expected_patterns)})")
         raise UsageError(f"cannot merge: {said}; nothing was committed", where=str(staging),

@@ -674,3 +674,18 @@ def test_a_rerun_command_with_a_masked_sas_says_to_put_the_secret_back(tmp_path)
         assert "put the secret shown as *** back" in told and "AZURE_STORAGE_SAS_TOKEN" in told
     plain = rerun_command(None, Coverage(shard=1, shards=4), tmp_path, ["--site", "/data/site"])  # type: ignore[arg-type]
     assert "secret" not in plain
+
+
+def test_a_site_spelled_through_a_symlink_is_the_same_site_to_the_merge(snapshots, tmp_path):
+    """Shards run with --site /data/site and the merge with --site /mnt/site (a symlink to it: another node's mount,
+    a user's shortcut) were refused as "the shards scanned /data/site, not this run's site"; every path in the two
+    is the same. A local root is compared by the folder it is; another folder is still refused."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    link = tmp_path / "link"
+    link.symlink_to(site, target_is_directory=True)
+    run_shards(site, db, staging)
+    other = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    assert other.returncode == 2 and "the shards scanned" in other.stderr, other.stderr
+    out = cli("run", "--site", str(link), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode == 0, out.stderr
+    assert query(db, "SELECT count(*) FROM source_files") == [(sum(p.is_file() for p in site.rglob("*")),)]
