@@ -33,7 +33,7 @@ from .classify import PathPattern, classify, fingerprint
 from .diff import Diff, compute_diff
 from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
-from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt
+from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt, under_folders
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
 from .progress import Progress
 from .scan import ScanResult
@@ -634,10 +634,7 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
                              pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
                              pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id")).alias("unchanged_id"))
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
-        under = pl.col("srcfile").is_in(unseen or [])
-        if unseen_dirs:
-            under = under | (pl.lit(True) if "" in unseen_dirs else
-                             pl.any_horizontal([pl.col("srcfile").str.starts_with(d) for d in unseen_dirs]))
+        under = pl.col("srcfile").is_in(unseen or []) | under_folders(previous["srcfile"], unseen_dirs)
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")
         current = pl.concat([current, kept.select(pl.lit(0, pl.Int64).alias("root_id"), "srcfile", "size", "mtime_ns", "md5",
                                                   "verified_ns", pl.lit(None, pl.String).alias("md5_source"), "etag",

@@ -262,3 +262,35 @@ def fmt(template: str, *args: pl.Expr | str) -> pl.Expr:
             arg = args[i]
             exprs.append(pl.col(arg) if isinstance(arg, str) else arg)
     return pl.concat_str(exprs) if exprs else pl.lit("")
+
+
+SORTED_FROM = 100  # folders: below, a starts_with each is cheaper than sorting the paths (see under_folders)
+
+
+def under_folders(paths: pl.Series, folders: list[str]) -> pl.Series:
+    """For each path, whether it lies under one of `folders` (relative folder paths ending in '/'; '' is the root,
+    under which everything lies). A `starts_with` per folder costs about 7 ms per folder per 1M paths: 1,000
+    unreadable folders over 1M rows took 6.7 s (a loaded machine). From SORTED_FROM folders on, by ranges in the
+    sorted paths instead (about 1 s per 1M paths, whatever the folders): everything under 'a/' sorts in
+    ['a/', 'a0'), as '0' follows '/'."""
+    import numpy as np
+
+    n = paths.len()
+    if "" in folders:
+        return pl.Series(paths.name, np.ones(n, dtype=bool))
+    if not folders or n == 0:
+        return pl.Series(paths.name, np.zeros(n, dtype=bool))
+    if len(folders) < SORTED_FROM:
+        return paths.to_frame("p").select(pl.any_horizontal(
+            [pl.col("p").str.starts_with(f) for f in folders]).alias(paths.name)).to_series()
+    order = paths.arg_sort().to_numpy()
+    ordered = paths.gather(order)
+    starts = ordered.search_sorted(pl.Series(folders, dtype=pl.String), side="left").to_numpy()
+    ends = ordered.search_sorted(pl.Series([f[:-1] + chr(ord(f[-1]) + 1) for f in folders], dtype=pl.String),
+                                 side="left").to_numpy()
+    inside = np.zeros(n + 1, dtype=np.int64)  # +1 where a range starts, -1 where it ends; covered while above 0
+    np.add.at(inside, starts, 1)
+    np.add.at(inside, ends, -1)
+    covered = np.empty(n, dtype=bool)
+    covered[order] = np.cumsum(inside[:n]) > 0
+    return pl.Series(paths.name, covered)

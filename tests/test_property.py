@@ -120,3 +120,29 @@ def test_manifest_follows_the_tree_and_change_sets_replay(history):
             reader.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+_SEGMENT = st.text(alphabet=st.sampled_from(list("ab0/.-_ é\u00ff\u4e2d\U0001f600")), min_size=1, max_size=4).filter(
+    lambda s: "/" not in s)
+
+
+@given(paths=st.lists(st.lists(_SEGMENT, min_size=1, max_size=4).map("/".join), max_size=40),
+       folders=st.lists(st.lists(_SEGMENT, min_size=1, max_size=3).map(lambda parts: "/".join(parts) + "/"),
+                        max_size=8),
+       sorted_from=st.sampled_from([1, 100]))
+@hyp_settings(max_examples=300, deadline=None)
+def test_under_folders_is_starts_with_any_folder(paths, folders, sorted_from):
+    """The rows kept under unreadable folders (frames.under_folders, by ranges in the sorted paths from SORTED_FROM
+    folders on) are exactly those a starts_with per folder finds: non-ASCII names, folders inside folders, a path
+    equal to a folder's name without its '/'."""
+    import polars as pl
+
+    from chorus_batch import frames
+
+    paths = paths + [f[:-1] for f in folders] + [f + "x" for f in folders[:2]]
+    saved, frames.SORTED_FROM = frames.SORTED_FROM, sorted_from
+    try:
+        got = frames.under_folders(pl.Series("srcfile", paths, dtype=pl.String), folders).to_list()
+    finally:
+        frames.SORTED_FROM = saved
+    assert got == [any(p.startswith(f) for f in folders) for p in paths]

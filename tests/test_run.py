@@ -418,6 +418,32 @@ def test_unreadable_directory_and_file_keep_their_rows(site, db):
     assert json.loads(third.stdout)["counts"]["replaced"] == 1
 
 
+def test_many_unreadable_folders_keep_their_rows_and_a_removed_one_is_removed(site, db):
+    """Each folder that could not be listed was a starts_with over every recorded row (1,000 of them over 1M rows:
+    6.7 s per partition); from frames.SORTED_FROM folders on they are ranges in the sorted paths. The rows kept are
+    the same: every file under the unreadable folders, none of a folder really removed."""
+    import json
+
+    from chorus_batch.frames import SORTED_FROM
+
+    persons = [f"{k:06d}" for k in range(1, SORTED_FROM + 12)]
+    for person in persons:
+        write(site, f"{person}/Waveforms/{person}_20200101_101010_60.dat", person.encode())
+        write(site, f"{person}/Waveforms/{person}_20200102_101010_60.dat", person.encode())
+    write(site, "OMOP/person.csv", b"person_id\n")
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db), "--json", "-q"]
+    assert run_without_override(args).returncode == 0
+    shutil.rmtree(site / persons[-1])
+    with unreadable(*(site / person for person in persons[:-1])):
+        second = run_without_override(args)
+    assert second.returncode == ExitCode.FINDINGS, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["errors"]["by_kind"] == {"unreadable_dir": len(persons) - 1}
+    assert summary["counts"]["removed"] == 2
+    assert set(current_rows(db)) == {"OMOP/person.csv"} | {
+        f"{p}/Waveforms/{p}_2020010{day}_101010_60.dat" for p in persons[:-1] for day in (1, 2)}
+
+
 def test_followed_link_whose_target_cannot_be_reached_keeps_the_files_under_it(site, db, tmp_path):
     """A followed link to a folder outside the site (data on another disk) whose target this user can no longer
     reach (EACCES; on a cluster also ESTALE, EIO) was not looked into: its files were recorded as removed, where
