@@ -36,6 +36,22 @@ def run_shards(site: Path, db: Path, staging: Path, shards: range = range(N), en
         assert "nothing committed" in out.stdout
 
 
+def shard_paused_at_hashing(site: Path, db: Path, staging: Path, *extra: str):
+    """Shard 0 started in the background, returned once it waits (8 s) at its hashing: its Popen."""
+    import os
+    import subprocess
+    import sys
+
+    shard = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
+                              "--shard", f"0/{N}", "--staging", str(staging), *extra],
+                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+8", "CHORUS_BATCH_PROGRESS_S": "0"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert shard.stderr is not None
+    while "test pause at hashing" not in (line := shard.stderr.readline()):
+        assert line or shard.poll() is None, "the shard never reached its hashing"
+    return shard
+
+
 def merge_paused_at_its_commit(site: Path, db: Path, staging: Path):
     """A merge started in the background, returned once it waits (8 s) at its commit: its Popen."""
     import os
@@ -281,9 +297,6 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
     """A shard rerun while the merge read the staging folder unlinked the scan.json the merge had checked and
     replaced the files it read partition by partition. The merge holds the folder's lock alone: the shard is refused
     (exit 4, saying why), the merge commits the shards it checked; a merge while a shard writes is refused too."""
-    import os
-    import subprocess
-    import sys
 
     site, db, staging = snapshots, tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
@@ -297,14 +310,8 @@ def test_a_shard_rerun_while_the_merge_runs_is_refused_and_the_merge_commits_wha
     assert (staging / f"shard-1-of-{N}" / "scan.json").exists()  # the shard the merge checked, untouched
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
-    shard = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
-                              "--shard", f"0/{N}", "--staging", str(staging), "--rehash"],  # (files to hash)
-                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+8", "CHORUS_BATCH_PROGRESS_S": "0"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shard = shard_paused_at_hashing(site, db, staging, "--rehash")  # (files to hash)
     try:
-        assert shard.stderr is not None
-        while "test pause at hashing" not in (line := shard.stderr.readline()):
-            assert line or shard.poll() is None, "the shard never reached its hashing"
         merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
     finally:
         shard.communicate(timeout=120)
@@ -340,19 +347,10 @@ def test_the_staging_lock_file_goes_with_its_last_holder(tmp_path):
 def test_one_shard_run_twice_at_once_is_refused_and_the_first_writes_it_whole(snapshots, tmp_path):
     """Two runs of one shard at once (a rerun while its array task still ran, a requeued task) were not blocked:
     both wrote into one shard folder. The second is refused (exit 4, saying who holds it), the first completes."""
-    import os
-    import subprocess
-    import sys
 
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
-    first = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
-                              "--shard", f"0/{N}", "--staging", str(staging)],
-                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+8", "CHORUS_BATCH_PROGRESS_S": "0"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = shard_paused_at_hashing(site, db, staging)
     try:
-        assert first.stderr is not None
-        while "test pause at hashing" not in (line := first.stderr.readline()):
-            assert line or first.poll() is None, "the shard never reached its hashing"
         second = cli("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging))
         other = cli("run", "--site", str(site), "--db", str(db), "--shard", f"1/{N}", "--staging", str(staging))
     finally:
