@@ -331,7 +331,10 @@ class ManifestReader:
     def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
         """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
         (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
-        folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates).rstrip("/")
+        folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates)
+        if folder.startswith("/"):  # absolute, under no recorded root (`/`: not the site's root, which matched all)
+            return pl.lit(False)
+        folder = folder.rstrip("/")
         if not folder:
             return pl.lit(True)
         return pl.any_horizontal([(pl.col(c) == folder) | pl.col(c).str.starts_with(folder + "/") for c in columns])

@@ -279,6 +279,10 @@ def test_files_and_changes_take_paths_as_history_does(tmp_path):
     assert _kinds(old) == {("renamed", NEW_NAME, OLD_NAME)}
     everything = json.loads(cli("files", "--db", str(db), "--path", str(site), "--json").stdout)
     assert len(everything) == len(json.loads(cli("files", "--db", str(db), "--json").stdout))
+    # `/` (or a folder above the site) is no recorded root: it names none of the site's files, not all of them
+    for outside in ("/", str(site.parent)):
+        assert json.loads(cli("files", "--db", str(db), "--path", outside, "--json").stdout) == [], outside
+        assert json.loads(cli("changes", "--db", str(db), "--path", outside, "--json").stdout) == [], outside
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX paths")
