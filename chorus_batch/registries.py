@@ -334,6 +334,12 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="run `chorus-batch run` first, or pass --db with the manifest's path")
     manifest.require_file()  # an empty file is not made a manifest
+    stale = Path(out) / "procedure_occurrence.csv"
+    if not omop and os.path.lexists(stale):  # fresh registries beside an older version's procedures read as one release
+        raise UsageError(f"--out {out} holds a procedure_occurrence.csv (an earlier `registry --omop`?), which this "
+                         "command without --omop would leave as it is beside the new registries; nothing was written",
+                         where=str(stale), fix="add --omop to write it anew with them, or move it away, or give "
+                                               "another --out folder")
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}

@@ -165,6 +165,19 @@ def test_registry_needs_a_manifest(tmp_path):
     assert out.returncode == 2 and "no manifest" in out.stderr and "fix:" in out.stderr
 
 
+def test_without_omop_an_older_procedure_occurrence_in_out_is_not_left_beside_fresh_registries(released):
+    """`registry --out DIR` (no --omop) into the folder of an earlier `--omop` rewrote the two registries and left
+    the older procedure_occurrence.csv there, stale beside fresh: refused (exit 2), nothing written."""
+    _, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "waveform_registry.csv").write_text("older\n")
+    again = cli("registry", "--db", str(db), "--out", str(out))
+    assert again.returncode == 2 and "procedure_occurrence.csv" in again.stderr and "--omop" in again.stderr
+    assert (out / "waveform_registry.csv").read_text() == "older\n"  # nothing written
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_out_dash_is_not_taken_as_a_folder_named_dash(released, tmp_path):
     """`report --out -` and `review --out -` print to standard output; `registry --out -` made a folder named `-`
     in the current folder (awkward to remove: `rm -r -` is not it) and said it wrote its files there. The registry
