@@ -163,11 +163,14 @@ def summary_text(result: RunResult) -> str:
     ]
     lines += excluded_text(result.excluded)
     if result.errors.height:
+        def listed(label: str | None) -> str:  # (`changes --json`, named here before, lists changes, not errors)
+            return (f"`chorus-batch report` has them by kind, and `open_manifest({str(result.db)!r}).scan_errors({label!r})` "
+                    "(chorus_batch.review) lists them all")
+
         where, more = {  # where they were written (a dry run, or a version's or run's table)
-            "scan_errors": (f"recorded in scan_errors with version {result.label}",
-                            "chorus-batch changes --json, or query scan_errors"),
+            "scan_errors": (f"recorded in scan_errors with version {result.label}", listed(result.label)),
             "previous": (f"the same as version {result.previous_label}'s, recorded with it in scan_errors",
-                         "chorus-batch changes --json, or query scan_errors"),
+                         listed(result.previous_label)),
             "run_errors": ("no version was committed: recorded with this run in run_errors", "query run_errors"),
         }.get(result.errors_in or "", ("nothing was written: a run would record them",
                                        "chorus-batch status --all lists them all"))
