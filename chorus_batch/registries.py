@@ -354,6 +354,9 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                          "command without --omop would leave as it is beside the new registries; nothing was written",
                          where=str(stale), fix="add --omop to write it anew with them, or move it away, or give "
                                                "another --out folder")
+    from .review import SQLiteReader
+
+    version = SQLiteReader(manifest.path).resolve(version)  # an unknown version (exit 2) makes no --out folder
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}

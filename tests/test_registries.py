@@ -212,6 +212,14 @@ def test_a_manifest_the_user_may_only_read_gives_its_registries_when_there_is_no
     assert first.returncode == 3 and "lock" in first.stderr, first.stderr
 
 
+def test_an_unknown_version_makes_no_out_folder(released, tmp_path):
+    # exit 2 says nothing was done, but the --out folder had been made (empty) before the version was looked up
+    _, db, _ = released
+    out = cli("registry", "--db", str(db), "--out", str(tmp_path / "new"), "--version", "nope")
+    assert out.returncode == 2 and "no version 'nope'" in out.stderr, out.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_out_dash_is_not_taken_as_a_folder_named_dash(released, tmp_path):
     """`report --out -` and `review --out -` print to standard output; `registry --out -` made a folder named `-`
     in the current folder (awkward to remove: `rm -r -` is not it) and said it wrote its files there. The registry
