@@ -874,6 +874,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         if result.label:
             exc.committed = result.label  # type: ignore[union-attr]
         raise
+    _say_refused(result)
     return int(result.exit_code)
 
 
@@ -915,7 +916,15 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
                 print(line, file=sys.stderr)
         else:
             print(status_text(result, limit=None if args.all else args.limit))
+    _say_refused(result)
     return int(result.exit_code)
+
+
+def _say_refused(result) -> None:
+    """A dry run a run would refuse (--max-delete): its changes were printed (the files it would remove, to decide
+    on), then why, as main says an error (exit code 5)."""
+    if result.refused is not None:
+        _print_error(result.refused)
 
 
 @contextlib.contextmanager
@@ -1628,39 +1637,56 @@ def main(argv: list[str] | None = None) -> int:
     # What was recorded when a command stops early: its own word (`outcome`: an upload's ledger), else
     # a version committed before a signal, else what the command writes (NOT_COMMITTED).
     except ChorusError as exc:
-        print(shown(f"chorus-batch: error: {exc}", lines=True), file=sys.stderr)
-        if getattr(exc, "outcome", None):
-            print(f"  {exc.outcome}", file=sys.stderr)  # type: ignore[attr-defined]
-        elif args.command == "run" and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
-            print(f"  {NOTHING_COMMITTED}", file=sys.stderr)
+        outcome = getattr(exc, "outcome", None) or (
+            NOTHING_COMMITTED if args.command == "run" and exc.exit_code == ExitCode.FAILED
+            and getattr(exc, "committed", None) is None else None)
+        _print_error(exc, outcome)
+        _json_error(args, int(exc.exit_code), exc.what, where=exc.where, fix=exc.fix, outcome=outcome)
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)",
                int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
-        print(f"chorus-batch: {how.get(code, 'interrupted')}; "
-              + (getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
-                 else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))), file=sys.stderr)
+        outcome = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
+                                                     else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))
+        print(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}", file=sys.stderr)
+        _json_error(args, code, how.get(code, "interrupted"), outcome=outcome)
         return code
     except BrokenPipeError as exc:  # the reader left (`| head`): quietly, but with the command's own exit code
         return getattr(exc, "exit_code", code)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
         log.debug("unexpected error", exc_info=True)
         known = out_of_memory(exc)  # a limit of the machine's, not a fault of ours: said as one
+        outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
-            print(f"chorus-batch: error: {known}\n  "
-                  f"{getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)}", file=sys.stderr)
+            print(f"chorus-batch: error: {known}\n  {outcome}", file=sys.stderr)
+            _json_error(args, int(known.exit_code), known.what, where=known.where, fix=known.fix, outcome=outcome)
             return int(known.exit_code)
-        print(
-            f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n"
-            f"  {getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)}.\n"
-            "  fix:   rerun with -v for details, and report it with that output",
-            file=sys.stderr,
-        )
+        fix = "rerun with -v for details, and report it with that output"
+        print(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}", file=sys.stderr)
+        _json_error(args, int(ExitCode.FAILED), f"internal error: {type(exc).__name__}: {exc}", fix=fix, outcome=outcome)
         return int(ExitCode.FAILED)
     finally:
         sys.stdout = stdout
+
+
+def _print_error(exc: ChorusError, outcome: str | None = None) -> None:
+    """An expected error on stderr: what happened, where, what to do, then what stands."""
+    print(shown(f"chorus-batch: error: {exc}", lines=True), file=sys.stderr)
+    if outcome:
+        print(f"  {outcome}", file=sys.stderr)
+
+
+def _json_error(args: argparse.Namespace, code: int, error: str, **details: str | None) -> None:
+    """--json: a command that fails says so on stdout too, as one JSON object (`error`, `where`, `fix`, `outcome`,
+    `exit_code`), so that a script parsing stdout gets why instead of nothing. Not after output of the command's own
+    (a second object would make the first unreadable), nor when stdout itself failed."""
+    if not getattr(args, "json", False) or getattr(sys.stdout, "used", True):
+        return
+    with contextlib.suppress(Exception):  # (stdout gone too: stderr has said it)
+        print(json.dumps({"error": error, **{k: v for k, v in details.items() if v}, "exit_code": code}, indent=2))
+        sys.stdout.flush()
 
 
 class OutputError(ChorusError):
@@ -1675,6 +1701,7 @@ class _Output:
 
     def __init__(self, stream):
         self._stream = stream
+        self.used = False  # something was written (main's --json error object is then left out)
         # On a terminal, what a name holds is shown, not obeyed (escape sequences); a file or pipe gets the bytes.
         self._terminal = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
 
@@ -1691,6 +1718,7 @@ class _Output:
                               "or leave stdout to the terminal; `chorus-batch versions` shows what the manifest holds") from None
 
     def write(self, text: str) -> int:
+        self.used = self.used or bool(text)
         text = shown(text, lines=True) if self._terminal else text
         written = self._guarded(self._write_all, text) if self._stream is not None else None
         return len(text) if written is None else written
@@ -1731,6 +1759,7 @@ class _OutputBytes:
         self._output = output
 
     def write(self, data: bytes) -> int:
+        self._output.used = self._output.used or bool(data)
         stream = self._output._stream
         if stream is None:
             return len(data)

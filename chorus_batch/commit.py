@@ -76,6 +76,9 @@ class Committed:
     # where `errors` were written: "scan_errors" (this version's), "previous" (the latest version's scan_errors, the
     # same problems), "run_errors" (no version: kept with the run), None (nothing written: a dry run, no runs row)
     errors_in: str | None = None
+    # A dry run the --max-delete guard would refuse: why (a run raises it); its changes are still shown, so the
+    # user sees the files it would remove before choosing a larger --max-delete
+    refused: MassRemovalRefused | None = None
     # The change set when it is held (a dry run, or nothing committed); a committed version's is in its manifest
     _change_set: pl.DataFrame | None = field(default=None, repr=False)
     _changes_in: Path | None = field(default=None, repr=False)
@@ -204,7 +207,13 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     # older release recorded one folder twice (through a symlink), and the previous files may lie under the other.
     silent = mode == "full" and tree.n_previous and set(range(len(scanned.roots))) - tree.listed_roots
     same = manifest.same_root_ids(scanned.roots) if silent else {}
-    guard_removals(tree, scanned.roots, counts["removed"], root_ids, max_delete=max_delete, mode=mode, same_roots=same)
+    refused = None
+    try:
+        guard_removals(tree, scanned.roots, counts["removed"], root_ids, max_delete=max_delete, mode=mode, same_roots=same)
+    except MassRemovalRefused as exc:
+        if not dry_run:
+            raise
+        refused = exc
 
     new_rows = diff.change_set.filter(pl.col("change").is_in(["added", "replaced", "renamed"])).select("change", "srcfile").join(
         current_candidates.drop("unchanged_modality", "unchanged_id"), on="srcfile", how="left", maintain_order="left")
@@ -238,7 +247,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     outcome = Committed(label=None, counts=counts, by_modality=by_modality, errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
                         verification=verification(tree, scanned.scan_started_ns, kept_candidates, new_rows),
-                        md5_sources=tree.md5_sources)
+                        md5_sources=tree.md5_sources, refused=refused)
     if dry_run or diff.is_empty:  # nothing committed: the change set is the run's to show
         outcome._change_set = described(diff.change_set, new_rows, previous_candidates)
     del previous_candidates, kept_candidates

@@ -51,6 +51,8 @@ class RunResult(Committed):
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.refused is not None:  # a dry run that a run would refuse (--max-delete)
+            return ExitCode.REFUSED
         return ExitCode.FINDINGS if self.errors.height or has_errors(self.findings) else ExitCode.OK
 
 

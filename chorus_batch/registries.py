@@ -20,6 +20,7 @@ Contents are read only where the manifest has no facts of them yet (headers, by 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -86,8 +87,12 @@ def _header_time(facts: pl.DataFrame, kind: str) -> pl.DataFrame:
     return f.select("md5", when.alias("_when"))
 
 
+class _WouldWrite(Exception):
+    """build_registries(write=False) met something to record (headers never read, proc_ids to allocate)."""
+
+
 def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
-           workers: int, progress: Progress | None = None) -> pl.DataFrame:
+           workers: int, progress: Progress | None = None, *, write: bool = True) -> pl.DataFrame:
     """The facts of `kind` for these files (srcfile, md5, root_id): cached ones, and the rest read now."""
     from .validate.run import read_new_facts
 
@@ -101,6 +106,8 @@ def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[
         n = sum(todo.filter(pl.col("root_id").eq_missing(root_id)).height for root_id in missing)
         raise UsageError(f"{n} header(s) were never read and the manifest does not record where the "
                          "site is", where=str(manifest.path), fix="pass --site with the site root")
+    if todo.height and not write:
+        raise _WouldWrite
     if todo.height:
         new = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
         lasting = new.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
@@ -194,7 +201,7 @@ def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
 
 
 def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tuple[int, int]],
-              taken: pl.Series | None) -> tuple[pl.DataFrame, int]:
+              taken: pl.Series | None, *, write: bool = True) -> tuple[pl.DataFrame, int]:
     """record_id -> proc_id: kept where allocated before, new ones from each modality's range (one transaction)."""
     known = manifest.query_frame("SELECT record_id, modality, proc_id FROM registry WHERE proc_id IS NOT NULL",
                                  schema={"record_id": pl.Int64, "modality": pl.String, "proc_id": pl.Int64})
@@ -222,6 +229,8 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
                              fix="widen the range in chorus.toml (ids already given are kept)")
         allocated.append(mine.select("record_id", proc_id=pl.int_range(start, start + mine.height, dtype=pl.Int64)))
     new = pl.concat(allocated) if allocated else pl.DataFrame(schema={"record_id": pl.Int64, "proc_id": pl.Int64})
+    if new.height and not write:
+        raise _WouldWrite
     if new.height:
         with manifest.adbc() as con:
             with con.cursor() as cur:
@@ -234,8 +243,9 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
 
 def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *, version: str | None = None,
                      ranges: Mapping[str, tuple[int, int]], workers: int = 1,
-                     progress: Progress | None = None) -> Registries:
-    """The registries of a version (default: the latest). Call under the manifest's lock: it allocates proc_ids."""
+                     progress: Progress | None = None, write: bool = True) -> Registries:
+    """The registries of a version (default: the latest). Call under the manifest's lock: it allocates proc_ids
+    and records the headers it reads; `write=False` (no lock needed) raises _WouldWrite where it would."""
     from .review import SQLiteReader
 
     reader = SQLiteReader(manifest.path)
@@ -248,8 +258,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
     headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
-    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers, progress),
-                       _facts(manifest, headers, KIND_WFDB, sources, workers, progress)])
+    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
+                       _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write)])
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
     # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
     record_times = (
@@ -263,10 +273,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         linked.join(image_times, on="srcfile", how="left").join(record_times, on="record_id", how="left")
         .with_columns(_when=pl.coalesce("_when", "_record_when", path_time))
     )
+    if not write:  # proc_ids to allocate: said before the site's visits are read (read again under the lock)
+        _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     rows = _with_visits(rows, _visits(omop, sources))
     taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
     taken_ids = taken["procedure_occurrence_id"].cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None
-    proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids)
+    proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
     first_ids = manifest.query_frame(
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
         "WHERE version_valid <= ? AND (version_invalid IS NULL OR version_invalid > ?)) GROUP BY srcfile",
@@ -333,12 +345,27 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="run `chorus-batch run` first, or pass --db with the manifest's path")
-    manifest.require_file()  # an empty file is not made a manifest
+    # This release's schema: an older manifest is not upgraded here (an upgrade, then a refusal such as a --site
+    # needed, was exit 2 with the manifest changed): `chorus-batch upgrade` does it, as for the read-only commands
+    manifest.require()
+    stale = Path(out) / "procedure_occurrence.csv"
+    if not omop and os.path.lexists(stale):  # fresh registries beside an older version's procedures read as one release
+        raise UsageError(f"--out {out} holds a procedure_occurrence.csv (an earlier `registry --omop`?), which this "
+                         "command without --omop would leave as it is beside the new registries; nothing was written",
+                         where=str(stale), fix="add --omop to write it anew with them, or move it away, or give "
+                                               "another --out folder")
+    from .review import SQLiteReader
+
+    version = SQLiteReader(manifest.path).resolve(version)  # an unknown version (exit 2) makes no --out folder
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
-    with manifest.lock(argv):
-        manifest.ensure_schema()
-        registries = build_registries(manifest, site_sources(manifest, overrides, workers=workers, cloud=cloud), version=version,
-                                      ranges=ranges, workers=workers, progress=progress)
+    sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
+    build = functools.partial(build_registries, manifest, sources, version=version, ranges=ranges, workers=workers,
+                              progress=progress)
+    try:  # without the lock first: with every header read and proc_id given, there is nothing to write (a reviewer
+        registries = build(write=False)  # who may only read the manifest gets the registries; a run may go on)
+    except _WouldWrite:
+        with manifest.lock(argv):
+            registries = build()
     return registries, write_registries(registries, out, omop=omop)

@@ -194,6 +194,20 @@ class ManifestReader:
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 
+    def compared_with(self, label: str, compare_to: str | datetime | None = None) -> str | None:
+        """The version `label` is reviewed against: `compare_to`, else the one before it (None: `label` is the
+        first). A `compare_to` that is `label` itself is refused: there is nothing to compare, and the review
+        called the version the first one."""
+        if compare_to is None:
+            earlier = self.versions().filter(pl.col("label") < label)["label"]
+            return earlier[-1] if earlier.len() else None
+        base = self.resolve(compare_to)
+        if base == label:
+            raise UsageError(f"compare_to {compare_to} is the version reviewed ({label}): there is nothing to compare",
+                             where="--compare-to / compare_to", fix="give another version, or leave it out (None) to "
+                                                                    "compare with the version before (`chorus-batch versions` lists them)")
+        return base
+
     def files(self, as_of: str | datetime | None = None, *, modality: str | None = None,
               person: str | None = None) -> pl.DataFrame:
         """The file set as it was at a version (default: now), optionally one modality or person.
@@ -331,7 +345,10 @@ class ManifestReader:
     def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
         """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
         (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
-        folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates).rstrip("/")
+        folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates)
+        if folder.startswith("/"):  # absolute, under no recorded root (`/`: not the site's root, which matched all)
+            return pl.lit(False)
+        folder = folder.rstrip("/")
         if not folder:
             return pl.lit(True)
         return pl.any_horizontal([(pl.col(c) == folder) | pl.col(c).str.starts_with(folder + "/") for c in columns])

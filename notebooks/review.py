@@ -76,13 +76,7 @@ if get_ipython() is not None:
 # %%
 label = m.resolve(version)
 labels = m.versions()["label"].to_list()
-if compare_to is not None:
-    base = m.resolve(compare_to)
-else:
-    earlier = [v for v in labels if v < label]
-    base = earlier[-1] if earlier else None
-if base == label:
-    base = None
+base = m.compared_with(label, compare_to)  # the version before, else None (the first); compare_to == version is refused
 con = m.duckdb(label, compare_to=base)
 
 

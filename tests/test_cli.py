@@ -236,7 +236,8 @@ def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything
     write(site, "OMOP/a.csv", b"a")
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--json",
               env={variable: value})
-    assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stdout, out.stderr)
+    # no summary of a run that did not happen: only the error, as JSON (--json)
+    assert out.returncode == 2 and json.loads(out.stdout)["exit_code"] == 2, (out.returncode, out.stdout, out.stderr)
     assert f"environment variable {variable}={value!r}" in out.stderr and "fix:" in out.stderr, out.stderr
     assert not (tmp_path / "m.sqlite").exists()
 
@@ -277,7 +278,7 @@ def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_f
     assert sorted(p.name for p in elsewhere.iterdir()) == []  # nothing written where the command ran
 
 
-def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_stays_empty(site, db):
+def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_holds_only_the_error(site, db):
     # "...would remove 2 of the previous version's 3 files (66.7%), more than --max-delete 50% allows; nothing was
     # committed (the run would remove 2 of the previous version's 3 files (66.7%))": the count was said twice
     for name in ("OMOP/a.csv", "OMOP/b.csv", "OMOP/c.csv"):
@@ -286,7 +287,9 @@ def test_a_refused_mass_removal_says_how_many_once_and_json_stdout_stays_empty(s
     (site / "OMOP" / "a.csv").unlink()
     (site / "OMOP" / "b.csv").unlink()
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--json")
-    assert out.returncode == 5 and out.stdout == "", (out.returncode, out.stdout)
+    # stdout: no summary of a run that did not happen, only the error as one JSON object (as main says every error)
+    assert out.returncode == 5 and json.loads(out.stdout)["exit_code"] == 5, (out.returncode, out.stdout)
+    assert json.loads(out.stdout)["error"].count("2 of the previous version's 3 files") == 1
     error = next(line for line in out.stderr.splitlines() if line.startswith("chorus-batch: error:"))
     assert error.count("2 of the previous version's 3 files") == 1 and "nothing was committed" in error, error
 
@@ -408,6 +411,19 @@ def test_testdata_is_deterministic_for_a_seed(tmp_path):
         assert out.returncode == 0, out.stderr
     assert tree_md5(tmp_path / "a") == tree_md5(tmp_path / "b")
     assert tree_md5(tmp_path / "a" / "first") != tree_md5(tmp_path / "a" / "second")
+
+
+@pytest.mark.parametrize("command", [("files",), ("versions",), ("changes",), ("history", "OMOP/a.csv"),
+                                     ("diff", "--from", "1"), ("status", "--no-validate")])
+def test_a_failing_command_with_json_prints_its_error_as_json_on_stdout(site, tmp_path, command):
+    # A script parsing stdout got nothing: it now gets why, where, the fix and the exit code (stderr as before)
+    # status: a mistyped site; the others: a --db that names no manifest
+    site_args = ("--site", str(tmp_path / "no-such-site")) if command[0] == "status" else ()
+    out = cli(*command, "--db", str(tmp_path / "nothing-here.sqlite"), *site_args, "--json")
+    d = json.loads(out.stdout)
+    assert out.returncode == d["exit_code"] != 0, (out.returncode, out.stdout, out.stderr)
+    assert d["error"] and d["error"] in out.stderr and "fix" in d, d
+    assert cli("files", "--db", str(tmp_path / "nothing-here.sqlite")).stdout == ""  # without --json: stderr only
 
 
 def test_a_file_that_is_not_a_manifest_is_refused_untouched(site, tmp_path):

@@ -133,13 +133,14 @@ def test_the_next_run_after_the_upgrade_records_the_roots_and_commits_nothing_ne
     assert checked.returncode == 1 and "registry.absent" in checked.stdout, checked.stderr
 
 
-def test_a_command_that_upgrades_then_stops_says_the_upgrade_stays(old, tmp_path):
-    # `registry` upgraded the manifest, then needed --site (schema 2 records no roots) and said only that (exit 2,
-    # which reads as "nothing was done"): the upgrade is said when it is made, -q or not.
+def test_registry_on_an_old_manifest_says_how_to_upgrade_and_leaves_it_as_it_was(old, tmp_path):
+    # `registry` upgraded the manifest, then needed --site (schema 2 records no roots) and exited 2, which reads as
+    # "nothing was done": it asks for the upgrade as the read-only commands do, and changes nothing.
+    before = old.read_bytes()
     out = cli("registry", "--db", str(old), "--out", str(tmp_path / "r"), "-q")
-    assert out.returncode == 2 and "pass --site" in out.stderr, out.stderr
-    assert f"upgraded the manifest {old} from schema 2 to {schema_module.SCHEMA_VERSION}" in out.stderr
-    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(schema_module.SCHEMA_VERSION),)]
+    assert out.returncode == 3 and "schema version 2" in out.stderr, out.stderr
+    assert f"chorus-batch upgrade --db {old}" in out.stderr and "upgraded the manifest" not in out.stderr
+    assert old.read_bytes() == before and not (tmp_path / "r").exists()
 
 
 def test_new_patterns_reclassify_the_current_rows_in_place(tmp_path):

@@ -241,6 +241,17 @@ def test_review_compared_with_the_version_it_reviews_is_refused(manifests, tmp_p
         assert list(tmp_path.iterdir()) == []
 
 
+def test_the_notebook_run_by_hand_compared_with_the_version_it_reviews_is_refused(manifests, tmp_path):
+    """papermill (or Jupyter) with `compare_to` equal to `version` reviewed the version as "(first version)",
+    every comparison "no earlier version": the notebook refuses it as `review --compare-to` does."""
+    labels = open_manifest(manifests["two"]).versions()["label"].to_list()
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(manifests["two"], out, version=labels[-1], compare_to=labels[-1])
+    assert failed.value.ename == "UsageError" and "is the version reviewed" in failed.value.evalue
+    assert "first version" not in text(nbformat.read(out, as_version=4))
+
+
 def test_the_notebook_on_a_manifest_without_versions_says_so_without_a_traceback(tmp_path):
     """Run in Jupyter (or papermill) on a manifest with no version yet, the notebook's cell 5 showed a traceback
     through chorus_batch's internals around 'the manifest has no versions yet'. A chorus_batch error now renders

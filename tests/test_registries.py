@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -163,6 +164,60 @@ def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
 def test_registry_needs_a_manifest(tmp_path):
     out = cli("registry", "--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "no manifest" in out.stderr and "fix:" in out.stderr
+
+
+def test_without_omop_an_older_procedure_occurrence_in_out_is_not_left_beside_fresh_registries(released):
+    """`registry --out DIR` (no --omop) into the folder of an earlier `--omop` rewrote the two registries and left
+    the older procedure_occurrence.csv there, stale beside fresh: refused (exit 2), nothing written."""
+    _, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "waveform_registry.csv").write_text("older\n")
+    again = cli("registry", "--db", str(db), "--out", str(out))
+    assert again.returncode == 2 and "procedure_occurrence.csv" in again.stderr and "--omop" in again.stderr
+    assert (out / "waveform_registry.csv").read_text() == "older\n"  # nothing written
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_manifest_the_user_may_only_read_gives_its_registries_when_there_is_nothing_to_write(released, tmp_path):
+    """Every proc_id given and header read: nothing to write, so no lock to take. A reviewer with read access (file
+    0444 in a 0555 folder) got exit 3 "cannot create or open the manifest's lock file"; a first registry, which
+    allocates, still needs the lock (and says so)."""
+    import sqlite3
+
+    from test_review import without_override
+
+    _, db, out = released
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    copy = shared / "m.sqlite"
+    copy.write_bytes(db.read_bytes())
+    fresh = shared / "fresh.sqlite"  # no proc_id given yet
+    fresh.write_bytes(copy.read_bytes())
+    with sqlite3.connect(fresh) as con:
+        con.execute("UPDATE registry SET proc_id = NULL")
+    before = copy.read_bytes()
+    for f in (copy, fresh):
+        os.chmod(f, 0o444)
+    os.chmod(shared, 0o555)
+    try:
+        done = without_override("registry", "--db", str(copy), "--out", str(tmp_path / "again"), "--omop", "-q")
+        first = without_override("registry", "--db", str(fresh), "--out", str(tmp_path / "first"), "-q")
+    finally:
+        os.chmod(shared, 0o755)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "again" / "waveform_registry.csv").read_bytes() == (out / "waveform_registry.csv").read_bytes()
+    assert copy.read_bytes() == before
+    assert first.returncode == 3 and "lock" in first.stderr, first.stderr
+
+
+def test_an_unknown_version_makes_no_out_folder(released, tmp_path):
+    # exit 2 says nothing was done, but the --out folder had been made (empty) before the version was looked up
+    _, db, _ = released
+    out = cli("registry", "--db", str(db), "--out", str(tmp_path / "new"), "--version", "nope")
+    assert out.returncode == 2 and "no version 'nope'" in out.stderr, out.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_out_dash_is_not_taken_as_a_folder_named_dash(released, tmp_path):

@@ -699,3 +699,13 @@ def test_history_of_a_snapshot_folder_gives_the_rows_as_the_manifest_holds_them(
     sqlite, parquet = open_manifest(db), open_manifest(snaps)
     assert sqlite.history("OMOP/person.csv").equals(parquet.history("OMOP/person.csv"))
     assert sqlite.history("OMOP/person.csv")["mtime_ns"].to_list() == [person.stat().st_mtime_ns]
+
+
+def test_the_version_compared_with_is_the_one_before_or_the_one_asked_never_the_version_itself(history):
+    # The notebook, run by hand with compare_to equal to its version, called that version "(first version)"
+    m = open_manifest(history["db"])
+    labels = history["labels"]
+    assert m.compared_with(labels[0]) is None and m.compared_with(labels[2]) == labels[1]
+    assert m.compared_with(labels[2], labels[0]) == labels[0]
+    with pytest.raises(UsageError, match="is the version reviewed"):
+        m.compared_with(labels[1], labels[1])

@@ -548,6 +548,19 @@ def test_a_committed_runs_change_set_is_read_from_the_manifest_when_asked(site, 
 
 
 @pytest.mark.skipif(os.name == "nt", reason="symlinks")
+def test_the_summary_points_to_what_lists_every_problem_of_a_version(site, db):
+    # "... and 2 more: chorus-batch changes --json, or query scan_errors": `changes --json` lists the changes only
+    from chorus_batch.report.summary import summary_text
+    from chorus_batch.review import open_manifest
+
+    for i in range(12):
+        write(site, f"stray/{i:02d}.txt", b"x")  # fit no pattern: a problem each, more than the summary's 10
+    result = run_site(site, db, validate_site=False)
+    more = next(line for line in summary_text(result).splitlines() if "... and 2 more" in line)
+    assert "changes --json" not in more and f".scan_errors({result.label!r})" in more, more
+    assert open_manifest(db).scan_errors(result.label).height == 12
+
+
 def test_the_summary_says_where_a_runs_problems_were_recorded(site, db):
     """"errors: N (recorded in scan_errors)" was printed whatever was written: a run that committed no version
     keeps problems the latest version does not have in run_errors (scan_errors held none of them), and a dry run

@@ -165,6 +165,36 @@ def test_a_run_that_would_be_refused_is_refused_by_status_too(tmp_path):
     site, db = _first_version(tmp_path)
     out = cli("status", "--site", str(site), "--db", str(db), "--max-delete", "0", "-q")
     assert out.returncode == int(ExitCode.REFUSED) and "refused" in out.stderr
+    # the files it would remove are shown all the same: what the user needs to choose a larger --max-delete
+    assert any(line.split()[:2] == ["removed", GONE] for line in out.stdout.splitlines())
+    assert "would change: 1 added, 1 removed" in out.stdout
+    as_json = cli("status", "--site", str(site), "--db", str(db), "--max-delete", "0", "--json", "-q")
+    d = json.loads(as_json.stdout)
+    assert as_json.returncode == int(ExitCode.REFUSED) and d["exit_code"] == int(ExitCode.REFUSED)
+    assert _kinds(d["changes"]) == _expected() and "--max-delete" in d["refused"]["error"]
+    dry = cli("run", "--site", str(site), "--db", str(db), "--max-delete", "0", "--dry-run", "-q")
+    assert dry.returncode == int(ExitCode.REFUSED) and "refused" in dry.stderr
+    assert any(line.split()[:2] == ["removed", GONE] for line in dry.stdout.splitlines())
+    assert query(db, "SELECT count(*) FROM versions")[0][0] == 1
+    refused = cli("run", "--site", str(site), "--db", str(db), "--max-delete", "0", "-q")  # a real run still raises
+    assert refused.returncode == int(ExitCode.REFUSED) and query(db, "SELECT count(*) FROM versions")[0][0] == 1
+
+
+def test_status_names_the_latest_version_as_the_one_changes_are_counted_from(tmp_path):
+    site, db = _first_version(tmp_path)
+    latest = query(db, "SELECT label FROM versions")[0][0]
+    out = cli("status", "--site", str(site), "--db", str(db), "-q")
+    # not "(version X)", which read as the version a run would make
+    assert f"(changes since its latest version, {latest}); nothing was written" in out.stdout
+
+
+def test_status_json_lists_every_problem_the_run_would_record(tmp_path):
+    site, db = _first_version(tmp_path)
+    for i in range(25):  # fit no pattern: a problem each, more than the summary's 20 examples
+        write(site, f"stray/{i:02d}.txt", b"x")
+    d = json.loads(cli("status", "--site", str(site), "--db", str(db), "--json", "--no-validate", "-q").stdout)
+    strays = {e["srcfile"] for e in d["errors_list"] if e["srcfile"].startswith("stray/")}
+    assert len(strays) == 25 and d["errors"]["total"] == len(d["errors_list"])
 
 
 def test_status_help_has_an_example():
@@ -249,6 +279,10 @@ def test_files_and_changes_take_paths_as_history_does(tmp_path):
     assert _kinds(old) == {("renamed", NEW_NAME, OLD_NAME)}
     everything = json.loads(cli("files", "--db", str(db), "--path", str(site), "--json").stdout)
     assert len(everything) == len(json.loads(cli("files", "--db", str(db), "--json").stdout))
+    # `/` (or a folder above the site) is no recorded root: it names none of the site's files, not all of them
+    for outside in ("/", str(site.parent)):
+        assert json.loads(cli("files", "--db", str(db), "--path", outside, "--json").stdout) == [], outside
+        assert json.loads(cli("changes", "--db", str(db), "--path", outside, "--json").stdout) == [], outside
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX paths")

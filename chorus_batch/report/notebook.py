@@ -40,11 +40,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
 
     reader = open_manifest(manifest)  # a missing manifest, no version yet or an unknown version: exit 2 now,
     label = reader.resolve(version)   # not a failed cell (exit 3) after the kernel started
-    if compare_to is not None and reader.resolve(compare_to) == label:
-        # the notebook would compare nothing and call the version the first one ("no earlier version")
-        raise UsageError(f"--compare-to {compare_to} is the version reviewed ({label}): there is nothing to compare",
-                         where="--compare-to", fix="give another version, or leave --compare-to out to compare with "
-                                                   "the version before (`chorus-batch versions` lists them)")
+    reader.compared_with(label, compare_to)  # (the notebook asks it too: run by hand, it is refused alike)
 
     # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
     previous = os.umask(0o077)

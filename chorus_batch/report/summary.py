@@ -163,11 +163,14 @@ def summary_text(result: RunResult) -> str:
     ]
     lines += excluded_text(result.excluded)
     if result.errors.height:
+        def listed(label: str | None) -> str:  # (`changes --json`, named here before, lists changes, not errors)
+            return (f"`chorus-batch report` has them by kind, and `open_manifest({str(result.db)!r}).scan_errors({label!r})` "
+                    "(chorus_batch.review) lists them all")
+
         where, more = {  # where they were written (a dry run, or a version's or run's table)
-            "scan_errors": (f"recorded in scan_errors with version {result.label}",
-                            "chorus-batch changes --json, or query scan_errors"),
+            "scan_errors": (f"recorded in scan_errors with version {result.label}", listed(result.label)),
             "previous": (f"the same as version {result.previous_label}'s, recorded with it in scan_errors",
-                         "chorus-batch changes --json, or query scan_errors"),
+                         listed(result.previous_label)),
             "run_errors": ("no version was committed: recorded with this run in run_errors", "query run_errors"),
         }.get(result.errors_in or "", ("nothing was written: a run would record them",
                                        "chorus-batch status --all lists them all"))
@@ -220,7 +223,8 @@ def changes_text(result: RunResult, *, limit: int | None, more: str) -> str:
 def status_text(result: RunResult, *, limit: int | None) -> str:
     """`chorus-batch status`: where, the changes path by path, the run's problems and the findings validation
     would give (the first `limit` of each; None: all)."""
-    after = f"version {result.previous_label}" if result.previous_label else "no version yet"
+    # the version the changes are counted from, not the one a run would make (whose label is its start time)
+    after = f"changes since its latest version, {result.previous_label}" if result.previous_label else "no version yet"
     lines = [f"{result.site}: what a run would commit to {result.db} ({after}); nothing was written", "",
              changes_text(result, limit=limit, more="--limit N or --all shows more, --csv or --json lists them all")]
     lines += excluded_text(result.excluded)
@@ -239,8 +243,12 @@ def status_text(result: RunResult, *, limit: int | None) -> str:
 
 def status_dict(result: RunResult) -> dict[str, Any]:
     """The run summary (summary_dict) with every change a run would commit and every finding it would give."""
+    refused = result.refused
     return {**summary_dict(result), "changes": _changes(result).to_dicts(),
-            "findings_list": result.findings.to_dicts() if result.findings is not None else None}
+            "errors_list": result.errors.to_dicts(),  # every problem, as the table lists them (errors: 20 examples)
+            "findings_list": result.findings.to_dicts() if result.findings is not None else None,
+            # why a run would be refused (--max-delete; exit code 5), its changes listed all the same
+            "refused": None if refused is None else {"error": refused.what, "where": refused.where, "fix": refused.fix}}
 
 
 def status_csv(result: RunResult) -> pl.DataFrame:
