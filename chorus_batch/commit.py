@@ -500,11 +500,13 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and n_removed <= allowed:
         return
-    share = (f"{n_removed:,} of the previous version's {tree.n_previous:,} files "
+    def files(n: int) -> str:  # ("1 files" was said of a one-file limit)
+        return f"{n:,} file" + ("" if n == 1 else "s")
+
+    share = (f"{n_removed:,} of the previous version's {files(tree.n_previous)} "
              f"({100 * n_removed / tree.n_previous:.1f}%)")
     # what the limit counts, said: `max_delete = 50` is 50 files, not 50%
-    limit_text = (f"{int(limit):,} files" if kind == "count" else
-                  f"{limit:g}% of them, {int(allowed):,} files")
+    limit_text = (files(int(limit)) if kind == "count" else f"{limit:g}% of them, {files(int(allowed))}")
     why = (f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
            if empty else f"the run would remove {share}, more than --max-delete / max_delete {max_delete} allows "
                          f"({limit_text})")

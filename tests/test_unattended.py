@@ -82,6 +82,8 @@ def test_more_removals_than_allowed_are_refused(site, db):
     assert "max_delete 50% allows (50% of them, 5 files)" in out.stderr, out.stderr  # what the limit counts, said
     out = run(site, db, "--max-delete", "5")
     assert out.returncode == ExitCode.REFUSED and "max_delete 5 allows (5 files)" in out.stderr, out.stderr
+    out = run(site, db, "--max-delete", "1")  # (it said "1 files")
+    assert out.returncode == ExitCode.REFUSED and "max_delete 1 allows (1 file)" in out.stderr, out.stderr
     # a bare number in chorus.toml counts files (max_delete = 50 is not half): the refusal says so
     config = site.parent / "count.toml"
     config.write_text("[run]\nmax_delete = 5\n")
