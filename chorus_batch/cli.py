@@ -1248,6 +1248,12 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     frame = reader.files(args.as_of, modality=args.modality, person=args.person)
     if args.path is not None:
         frame = reader.rows_under(frame, args.path)
+        if frame.height == 0 and args.person is None and args.modality is None:
+            # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
+            similar = reader.similar_paths(args.path, folders=True) if reader.latest() else []
+            print(f"chorus-batch: no files under {args.path!r}"
+                  + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
+                     " (paths are site-relative, as `chorus-batch files` prints them)"), file=sys.stderr)
     if args.person is not None and frame.height == 0:
         maybe = reader.person_suggestions(args.person, args.as_of)
         print(f"chorus-batch: no files for person {args.person!r}; person ids are text, as the site writes them"

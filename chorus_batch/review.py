@@ -328,9 +328,10 @@ class ManifestReader:
                 return found
         return self.history(spellings[-1])
 
-    def similar_paths(self, path: str, limit: int = 5) -> list[str]:
+    def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False) -> list[str]:
         """Paths of the latest version that `path` may mean, when none is it: the same but for letter case,
-        Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`)."""
+        Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`); with `folders`, when
+        no file is such, the folders (ending in '/') that are."""
         if not self.latest():
             return []
 
@@ -340,7 +341,15 @@ class ManifestReader:
 
         files = self.files().select("srcfile")
         wanted = pl.DataFrame({"srcfile": self.spellings(path)}).select(key(pl.col("srcfile")))["srcfile"]
-        return files.filter(key(pl.col("srcfile")).is_in(wanted.implode()))["srcfile"].sort().head(limit).to_list()
+        found = files.filter(key(pl.col("srcfile")).is_in(wanted.implode()))["srcfile"].sort().head(limit).to_list()
+        if found or not folders:
+            return found
+        # A folder (`files --path 000001/waveforms` said "0 files"): the folders whose files' keys lie under its key,
+        # spelled as the manifest has them
+        keyed = files.with_columns(key=key(pl.col("srcfile")))
+        under = [(w.rstrip("/") + "/", w.rstrip("/").count("/") + 1) for w in wanted.unique().to_list() if w.strip("/")]
+        return sorted({"/".join(srcfile.split("/")[:depth]) + "/" for prefix, depth in under
+                       for srcfile in keyed.filter(pl.col("key").str.starts_with(prefix))["srcfile"].head(1000)})[:limit]
 
     def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
         """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it

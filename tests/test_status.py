@@ -285,6 +285,21 @@ def test_files_and_changes_take_paths_as_history_does(tmp_path):
         assert json.loads(cli("changes", "--db", str(db), "--path", outside, "--json").stdout) == [], outside
 
 
+def test_files_under_a_mistyped_path_says_so_and_what_it_may_mean(tmp_path):
+    """`files --path 000001/waveforms` (a folder in the wrong case) printed "0 files" and nothing else, where
+    `history` suggests what a path may mean. It says on stderr that nothing lies there and names the folders or files
+    it may mean (exit 0: an empty listing is an answer)."""
+    site, db = _first_version(tmp_path)
+    folder = f"{PERSON}/Waveforms/Telemetry/"
+    for typed, meant in ((folder.lower(), folder), (folder.upper().rstrip("/"), folder), (EDITED.upper(), EDITED)):
+        out = cli("files", "--db", str(db), "--path", typed, "--json")
+        assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
+        assert f"no files under {typed!r}; did you mean {meant!r}?" in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--path", "no/such/folder")
+    assert out.returncode == 0 and "no files under 'no/such/folder' (paths are site-relative" in out.stderr
+    assert "no files under" not in cli("files", "--db", str(db), "--path", folder).stderr
+
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX paths")
 def test_the_manifest_is_not_touched_by_a_dry_run_of_an_older_schema(tmp_path):
     """A dry run only reads: a manifest it cannot read without upgrading is refused, and left as it was."""
