@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -242,6 +243,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.unmapped_signal", f"{SINGLE}.hea"), ("wfdb.unmapped_signal", f"{MULTI}.hea")}),
     # its sampling_rate (Hz) and units are the channel's: the header's (frequency x samples per frame, units)
     ("mapping_rate", edit(f"{SINGLE}.hea", lambda t: t.replace(" 2 125 250", " 2 250 250", 1)),
+     {("wfdb.mapping_rate", f"{SINGLE}.hea")}),
+    # a record line without a frequency is read as wfdb reads it: 250 Hz (the mapping's 125 Hz disagrees)
+    ("mapping_rate_default", edit(f"{SINGLE}.hea", lambda t: re.sub(r"^(\S+ 2) 125 .*", r"\1", t, count=1, flags=re.M)),
      {("wfdb.mapping_rate", f"{SINGLE}.hea")}),
     ("mapping_units", edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/mV", 1)), {("wfdb.mapping_units", f"{EEG}.hea")}),
     ("submission_sections", edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Linking", "Linking")),
@@ -698,7 +702,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v2", "dicom.v3", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v3", "dicom.v3", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -711,7 +715,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v2"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v3"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -757,7 +761,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v2", "dicom.v3", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v3", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
                                  "mapping_csv.v4", "registry_csv.v6", "omop_procedures.v3"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -923,7 +927,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), ("records", "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v2", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v3", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts

@@ -127,6 +127,9 @@ def _wfdb_grammar() -> Any:
         return header
 
 
+WFDB_DEFAULT_FS = 250.0  # wfdb's read default of a record line without a frequency (WFDB_DEFFREQ)
+
+
 def parse_wfdb_header(text: str) -> dict[str, Any]:
     """The facts of a WFDB header's text, by the wfdb library's own header grammar (its record,
     signal and segment line expressions). wfdb's line parsers are not called: they look up
@@ -143,7 +146,8 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "record_name": rec["record_name"],
             "n_sig": n_sig,
             "sig_len": int(rec["sig_len"]) if rec["sig_len"] else None,
-            "fs": float(rec["fs"]) if rec["fs"] else None,
+            # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
+            "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
             "base_time": _iso_time(grammar, rec["base_time"]) if rec["base_time"] else None,
             "base_date": _iso_date(rec["base_date"]) if rec["base_date"] else None,
             "signals": [],

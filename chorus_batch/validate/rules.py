@@ -137,8 +137,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # Kinds of content a rule reads. A kind's name changes when its reader keeps more (dicom.v2 reads
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
 # wfdb_header.v2 keeps each signal's name and units (the rules against the site's signal mapping)
+# wfdb_header.v3 reads a record line without a frequency as wfdb does, 250 Hz (v2: none, its rates went unchecked)
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v2", "dicom.v3", "records"
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v3", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
