@@ -482,8 +482,9 @@ def _registry_facts(f) -> dict[str, Any]:
     trg = pl.col("trg_file").fill_null("").str.replace_all("\\\\", "/").str.strip_prefix("./").str.strip_chars_start("/")
     # Multimodal-Linkage: trg_file is the delivered file's "Name and path", and the release root may be "a dated
     # release directory" or any name: a path written from the machine's or the release's root is cut to the site's
-    # own, from the person folder before the first Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/)
-    trg = trg.str.replace(r"^(?:[^/]*/)*?([^/]+/(?i:waveforms|images)/)", "${1}")
+    # own, from the person folder before the last Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/;
+    # the last: the release's own path may hold such a folder, /mnt/Images/release/<person>/Images/..., a site's not)
+    trg = trg.str.replace(r"^(?:[^/]*/)*([^/]+/(?i:waveforms|images)/)", "${1}")
     frame = frame.with_columns(trg_file=trg)
     duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
     facts.update(

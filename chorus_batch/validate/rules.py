@@ -150,9 +150,10 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # mapping_csv.v3 (and registry_csv.v4) tell a column named twice in the site's words (v2: the frame library's error)
 # v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
 # v6 cuts a trg_file written from the machine's or the release's root (/data/release/<person>/...) to the site's path
+# v7 cuts it at the last Waveforms/ or Images/ folder (v6: the first, inside a release path such as /mnt/Images/...)
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v6"
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v7"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
