@@ -452,3 +452,13 @@ def test_no_message_of_the_package_is_built_with_pl_format():
     users = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
              if re.search(r"\bpl\.format\(|\.str\.format\(", p.read_text(encoding="utf-8").replace("pl.format's", ""))]
     assert users == [], users
+
+
+def test_validate_help_names_what_today_s_procedures_ask_for():
+    """`validate --help` said it checks "sessions vs waveform_visit_links.csv", the links table of Waveform File Format
+    v2.0 that the linkage registries replaced; it named neither the registries nor Metadata/."""
+    from chorus_batch.cli import _parser
+
+    description = _parser().commands["validate"].description
+    assert "waveform_visit_links" not in description
+    assert "registries" in description and "Metadata/" in description and "mappings" in description
