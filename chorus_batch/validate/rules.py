@@ -368,7 +368,8 @@ RULES: tuple[Rule, ...] = (
          "A file is compressed or an archive (.gz, .bz2, .xz, .zst, .zip, .7z, .tar, ...): the procedures ask for the "
          "files themselves, and no check reads inside it."),
     Rule("file.empty", "warning", "empty file",
-         "A file is empty (0 bytes), usually an interrupted copy."),
+         "A file is empty (0 bytes), usually an interrupted copy (a file a rule reads, such as an OMOP table or a WFDB "
+         "header, is told by that rule instead)."),
     Rule("file.duplicate", "warning", "same content under two persons",
          "Files with identical content (MD5) lie under more than one person folder."),
     Rule("file.name_clash", "error", "names a Windows or macOS disk cannot hold apart",
