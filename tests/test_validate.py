@@ -361,6 +361,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                             accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
                                             StudyDescription=None)),
      {("dicom.study_metadata", f"{SERIES1}/")}),
+    # and its series-level metadata, the same way
+    ("series_metadata", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                             accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
+                                             SeriesDescription=None)),
+     {("dicom.series_metadata", f"{SERIES1}/")}),
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
@@ -703,7 +708,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v3", "dicom.v3", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v3", "dicom.v4", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -765,7 +770,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v3", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
                                  "mapping_csv.v4", "registry_csv.v7", "omop_procedures.v3"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -773,7 +778,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v3"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v4"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1296,3 +1301,26 @@ def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, k
         error = parse_facts(kind, f)["error"]
     twice = header.split(",")[-1].lower()
     assert error == f"the header names column(s) {twice} more than once: keep one column of each name", error
+
+
+def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modality(clean):
+    """The Imaging SOP's "Series Level" metadata (SeriesDescription, SeriesNumber, SliceThickness, ViewPosition, ...) was
+    not checked: a de-identification that dropped them passed. Those every series has are asked of all; SliceThickness
+    of cross-sectional series (CT, MR), ViewPosition of projection radiographs (not of a CT)."""
+    uid = sitegen.series_uid(P0, DAY0, 1)
+    for instance, name in ((0, DCM), (1, f"{SERIES1}/001.dcm")):
+        add(name, dicom_bytes(person_id=P0, series=1, instance=instance, study_date=DAY0, study_time="081500",
+                              accession=ACCESSION, SeriesInstanceUID=uid, SliceThickness=None,
+                              **({"SeriesDescription": None} if instance else {})))(clean)
+    mr = f"{P1}/Images/MR/{int(sitegen.accession_of(1)) + 7}/{sitegen.series_uid(P1, DAY1, 9)}"
+    add(f"{mr}/000.dcm", dicom_bytes(person_id=P1, series=9, instance=0, modality="MR", study_date=DAY1,
+                                     study_time="081500", accession=str(int(sitegen.accession_of(1)) + 7),
+                                     SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 9), SliceThickness=None))(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.series_metadata")
+    assert dict(out.select("srcfile", "message").rows()) == {
+        f"{SERIES1}/": "2 DICOM file(s) of this series lack SeriesDescription, SliceThickness: the Imaging SOP keeps "
+                       "these series-level attributes for CHoRUS; keep them when de-identifying (or set them from the "
+                       "source series)",
+        f"{mr}/": "1 DICOM file(s) of this series lack SliceThickness: the Imaging SOP keeps these series-level "
+                  "attributes for CHoRUS; keep them when de-identifying (or set them from the source series)"}
+    assert out["severity"].unique().to_list() == ["warning"]

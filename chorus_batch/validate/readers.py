@@ -46,6 +46,8 @@ from .rules import (
     LINKAGE_CONCEPTS,
     MAPPING_COLUMNS,
     REGISTRY_COLUMNS,
+    SERIES_DICOM_TAGS,
+    SERIES_DICOM_TAGS_BY_MODALITY,
     STUDY_DICOM_TAGS,
     STUDY_DICOM_TAGS_MR,
 )
@@ -71,7 +73,8 @@ _DICOM_TAGS: dict[str, int] = {
     "accession_number": 0x00080050,
     "series_instance_uid": 0x0020000E,
     **IDENTIFYING_DICOM_TAGS,
-    **{key: tag for key, (_, tag) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR).items()},
+    **{key: tag for key, (_, tag) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR | SERIES_DICOM_TAGS).items()},
+    **{key: tag for key, (_, tag, _) in SERIES_DICOM_TAGS_BY_MODALITY.items()},
 }
 
 

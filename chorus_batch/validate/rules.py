@@ -124,6 +124,19 @@ STUDY_DICOM_TAGS: dict[str, tuple[str, int]] = {
     "body_part_examined": ("BodyPartExamined", 0x00180015),
 }
 STUDY_DICOM_TAGS_MR: dict[str, tuple[str, int]] = {"magnetic_field_strength": ("MagneticFieldStrength", 0x00180087)}
+# Its "Series Level" attributes: those every series has (SeriesInstanceUID is checked against its folder), and those
+# of some modalities (-> the modalities whose headers have them). Not asked: ImagesInAcquisition (optional in every
+# image module: a header cannot tell whether the scanner counts them), TransducerType and TransducerFrequency (an
+# ultrasound header keeps them inside its region sequence, not at the top).
+SERIES_DICOM_TAGS: dict[str, tuple[str, int]] = {
+    "series_description": ("SeriesDescription", 0x0008103E),
+    "series_number": ("SeriesNumber", 0x00200011),
+}
+SERIES_DICOM_TAGS_BY_MODALITY: dict[str, tuple[str, int, tuple[str, ...]]] = {
+    "slice_thickness": ("SliceThickness", 0x00180050, ("CT", "MR", "PT")),  # cross-sectional images
+    "view_position": ("ViewPosition", 0x00185101, ("CR", "DX", "MG")),  # projection radiographs
+    "image_laterality": ("ImageLaterality", 0x00200062, ("MG",)),  # a mammogram is of one breast
+}
 
 # WFDB signal formats: samples per group and bytes per group (a group is the smallest whole
 # number of bytes: 212 packs 2 samples in 3 bytes, 310/311 pack 3 samples in 4 bytes).
@@ -139,7 +152,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # wfdb_header.v2 keeps each signal's name and units (the rules against the site's signal mapping)
 # wfdb_header.v3 reads a record line without a frequency as wfdb does, 250 Hz (v2: none, its rates went unchecked)
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v3", "records"
+# dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
@@ -310,6 +324,11 @@ RULES: tuple[Rule, ...] = (
          "DICOM headers of a series folder lack study-level attributes the Imaging SOP selects for CHoRUS "
          f"({', '.join(k for k, _ in STUDY_DICOM_TAGS.values())}; MagneticFieldStrength in MR studies): keep them "
          "when de-identifying."),
+    Rule("dicom.series_metadata", "warning", "DICOM series metadata missing",
+         "DICOM headers of a series folder lack series-level attributes the Imaging SOP selects for CHoRUS "
+         f"({', '.join(k for k, _ in SERIES_DICOM_TAGS.values())}; "
+         + "; ".join(f"{k} in {'/'.join(m)} series" for k, _, m in SERIES_DICOM_TAGS_BY_MODALITY.values())
+         + "): keep them when de-identifying."),
     Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
