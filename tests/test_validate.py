@@ -1324,3 +1324,13 @@ def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modali
         f"{mr}/": "1 DICOM file(s) of this series lack SliceThickness: the Imaging SOP keeps these series-level "
                   "attributes for CHoRUS; keep them when de-identifying (or set them from the source series)"}
     assert out["severity"].unique().to_list() == ["warning"]
+
+
+def test_units_written_with_a_micro_sign_in_a_wfdb_header_are_quoted_as_written(clean):
+    """wfdb reads a header as ASCII: "µV" in it is read "V" (the converter would take volts), so the mapping's uV
+    disagrees; the finding said "V in the header", which the file does not hold. It now quotes the file and says why."""
+    edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/\u00b5V", 1))(clean)
+    out = validate(clean).filter(pl.col("rule") == "wfdb.mapping_units")
+    assert out["srcfile"].to_list() == [f"{EEG}.hea"]
+    assert "\u00b5V (which wfdb reads as V: a WFDB header is ASCII text, write uV for \u00b5V) in the header, uV in the " \
+           "mapping" in out["message"][0]

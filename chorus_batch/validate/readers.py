@@ -83,7 +83,10 @@ class BadContent(ValueError):
 
 
 def _read_text(f, encoding: str, errors: str = "strict") -> str:
-    data = _read_up_to(f, MAX_TEXT_BYTES + 1)
+    return _text(_read_up_to(f, MAX_TEXT_BYTES + 1), encoding, errors)
+
+
+def _text(data: bytes, encoding: str, errors: str = "strict") -> str:
     if not data:
         raise BadContent("the file is empty")
     if len(data) > MAX_TEXT_BYTES:
@@ -102,8 +105,18 @@ def _read_text(f, encoding: str, errors: str = "strict") -> str:
 def _wfdb_facts(f) -> dict[str, Any]:
     # as wfdb reads a header (ASCII, other bytes dropped): wfdb.wrsamp writes a comment such as "# Hôpital" in
     # UTF-8, and a header the converter reads is no error; binary data still holds control characters
-    text = _read_text(f, "ascii", errors="ignore")
-    return parse_wfdb_header(text)
+    data = _read_up_to(f, MAX_TEXT_BYTES + 1)
+    facts = parse_wfdb_header(_text(data, "ascii", errors="ignore"))
+    if not data.isascii():
+        # units written with other characters ("µV", which wfdb reads "V"): kept as written too, for a finding
+        # that quotes what the file holds (units_written)
+        with contextlib.suppress(BadContent):
+            written = parse_wfdb_header(data.decode("utf-8", "replace"))["signals"]
+            if len(written) == len(facts["signals"]):
+                for signal, as_written in zip(facts["signals"], written, strict=True):
+                    if as_written["units"] != signal["units"]:
+                        signal["units_written"] = as_written["units"]
+    return facts
 
 
 @functools.cache

@@ -150,7 +150,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # Kinds of content a rule reads. A kind's name changes when its reader keeps more (dicom.v2 reads
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
 # wfdb_header.v2 keeps each signal's name and units (the rules against the site's signal mapping)
-# wfdb_header.v3 reads a record line without a frequency as wfdb does, 250 Hz (v2: none, its rates went unchecked)
+# wfdb_header.v3 reads a record line without a frequency as wfdb does, 250 Hz (v2: none, its rates went unchecked),
+# and keeps the units as written where wfdb's reading dropped characters ("µV", read "V")
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
 # dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records"
@@ -283,7 +284,7 @@ RULES: tuple[Rule, ...] = (
          "header (frequency x samples per frame)."),
     Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
          "A mapped signal's units in the mapping file differ from its units in the WFDB header (uV, µV and μV are "
-         "one unit; case counts)."),
+         "one unit in the mapping; case counts; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",

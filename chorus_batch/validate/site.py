@@ -41,7 +41,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
         "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64, "fs": pl.Float64,
         "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
                                       "samps_per_frame": pl.Int64, "byte_offset": pl.Int64,
-                                      "sig_name": pl.String, "units": pl.String})),
+                                      "sig_name": pl.String, "units": pl.String, "units_written": pl.String})),
         "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64})),
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
