@@ -1263,6 +1263,16 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
     assert message.startswith("1 row(s) with an empty datetime (rows 2)") and "yyyy" not in message, message
 
 
+def test_a_registry_row_without_a_person_id_is_told_as_empty_not_as_an_unknown_person(clean):
+    """An empty person_id (Multimodal-Linkage: an integer, the procedure's person; the Imaging SOP: NOT NULL) was told
+    as "person_id(s) , ... are not in person.csv", a blank id in a list. It is now a value to fill in."""
+    registry("Waveforms", lambda rows: [[*r[:2], "" if i == 0 else r[2], *r[3:]] for i, r in enumerate(rows)])(clean)
+    out = validate(clean)
+    assert set(out["rule"]) == {"registry.values"}, out.to_dicts()
+    assert out["message"][0].startswith("1 row(s) with an empty person_id (rows 2): proc_id becomes "
+                                        "procedure_occurrence_id, person_id and datetime the procedure's person and time")
+
+
 def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_the_ehr_ids(clean, tmp_path):
     """The rows a site makes from its registries (concepts 4180938, 4141651) hold the registries' proc_ids: no clash.
     The EHR ids are kept as runs of consecutive integers (leading zeros and blanks as OMOP reads them)."""

@@ -83,14 +83,15 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
     faults = {"no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
-              "no_datetime": "{} row(s) with an empty datetime",
+              "no_person": "{} row(s) with an empty person_id", "no_datetime": "{} row(s) with an empty datetime",
               "bad_datetime": "{} row(s) with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
     out.append(_found(
         "registry.values", usable.filter(pl.any_horizontal(pl.col(key).fill_null(0) > 0 for key in faults)), "srcfile",
-        fmt("{} (rows {}): proc_id becomes procedure_occurrence_id, datetime the procedure's time (the Imaging SOP's "
-            "registry has both NOT NULL); fill in or fix the values", told, pl.col("bad_rows").list.join(", "))))
+        fmt("{} (rows {}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
+            "time (the Imaging SOP's registry has all three NOT NULL); fill in or fix the values", told,
+            pl.col("bad_rows").list.join(", "))))
     out.append(_found(
         "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",
         fmt("{} row(s) give a person_id other than the person folder their trg_file lies in (rows {}): the "

@@ -509,7 +509,7 @@ def _registry_facts(f) -> dict[str, Any]:
         n_duplicate_ids=int(frame.filter(pl.col("file_id").is_duplicated())["file_id"].n_unique()),
         no_src=frame.select((pl.col("src_file").fill_null("") == "").sum()).item(),
         no_trg=frame.select((pl.col("trg_file") == "").sum()).item(),
-        person_id=frame["person_id"].drop_nulls().unique().sort().to_list(),
+        person_id=frame.filter(pl.col("person_id").fill_null("") != "")["person_id"].unique().sort().to_list(),
         visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
         trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
         # the integer proc_ids, compared with procedure_occurrence.csv's (registry.proc_overlap)
@@ -524,13 +524,17 @@ def _registry_facts(f) -> dict[str, Any]:
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
     # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
+    # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
     proc, when = pl.col("proc_id").fill_null(""), pl.col("datetime").fill_null("")
+    person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
     stamp = when.str.replace("T", " ").str.replace(r"\.\d+$", "")
+    faults = ("no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
-        "row", no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_datetime=when == "",
+        "row", no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
+        no_datetime=when == "",
         bad_datetime=(when != "") & stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
-    ).filter(pl.any_horizontal("no_proc", "bad_proc", "no_datetime", "bad_datetime"))
-    facts.update({key: int(bad[key].sum()) for key in ("no_proc", "bad_proc", "no_datetime", "bad_datetime")},
+    ).filter(pl.any_horizontal(faults))
+    facts.update({key: int(bad[key].sum()) for key in faults},
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are

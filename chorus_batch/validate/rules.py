@@ -165,7 +165,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # mapping_csv.v3 (and registry_csv.v4) tell a column named twice in the site's words (v2: the frame library's error)
 # v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
 # v6 cuts a trg_file written from the machine's or the release's root (/data/release/<person>/...) to the site's path
-# v7 cuts it at the last Waveforms/ or Images/ folder (v6: the first, inside a release path such as /mnt/Images/...)
+# v7 cuts it at the last Waveforms/ or Images/ folder (v6: the first, inside a release path such as /mnt/Images/...),
+# and counts rows with an empty person_id (no_person), which v6 listed as a person "" not in person.csv
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v7"
@@ -343,8 +344,8 @@ RULES: tuple[Rule, ...] = (
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
          "row is split by tabs, semicolons or pipes instead of commas."),
     Rule("registry.values", "warning", "registry values of the wrong type",
-         "A registry row's proc_id is empty or not an integer, or its datetime is empty or not a date and time "
-         "(yyyy-MM-dd HH:mm:ss)."),
+         "A registry row's proc_id is empty or not an integer, its person_id is empty, or its datetime is empty or not "
+         "a date and time (yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),

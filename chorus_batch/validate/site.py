@@ -59,7 +59,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                                                            "units": pl.String}))}),
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
-                              "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64,
+                              "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
