@@ -378,13 +378,18 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_duplicate", registry("Images", lambda rows: rows + rows[:1]), {("registry.duplicate", "image_registry.csv")}),
     ("registry_person", registry("Images", lambda rows: [[*r[:2], "424242", *r[3:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),
-     {("registry.unknown_person", "image_registry.csv"), ("registry.person_folder", "image_registry.csv")}),
+     {("registry.unknown_person", "image_registry.csv"), ("registry.person_folder", "image_registry.csv"),
+      ("registry.visit_person", "image_registry.csv")}),  # (its visit is still the folder's person's)
     ("registry_person_folder", registry("Waveforms", lambda rows: [[*r[:2], P1, *r[3:]] if i == 0 else r
                                                                    for i, r in enumerate(rows)]),
-     {("registry.person_folder", "waveform_registry.csv")}),
+     {("registry.person_folder", "waveform_registry.csv"), ("registry.visit_person", "waveform_registry.csv")}),
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
      {("registry.unknown_visit", "waveform_registry.csv")}),
+    # Multimodal-Linkage: the visit "for the given patient": a visit of another person is no link
+    ("registry_visit_person", registry("Waveforms", lambda rows: [
+        [*r[:4], sitegen.visit_id(sitegen.person_ids(3).index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
+        for i, r in enumerate(rows)]), {("registry.visit_person", "waveform_registry.csv")}),
     ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
@@ -770,7 +775,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
                                  "mapping_csv.v4", "registry_csv.v7", "omop_procedures.v3"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1012,7 +1017,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_visits.v3", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v7", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
@@ -1344,3 +1349,18 @@ def test_units_written_with_a_micro_sign_in_a_wfdb_header_are_quoted_as_written(
     assert out["srcfile"].to_list() == [f"{EEG}.hea"]
     assert "\u00b5V (which wfdb reads as V: a WFDB header is ASCII text, write uV for \u00b5V) in the header, uV in the " \
            "mapping" in out["message"][0]
+
+
+def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names_its_person(clean):
+    """A registry row's visit_id was only looked up in visit_occurrence.csv: a visit of another person passed. It is
+    now told with both persons; a visit_occurrence.csv without a person_id column still gives its visit ids."""
+    persons = sitegen.person_ids(3)
+    registry("Waveforms", lambda rows: [[*r[:4], sitegen.visit_id(persons.index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
+                                        for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.visit_person")["message"]
+    assert message.startswith("1 visit_id(s) are given to rows of another person than visit_occurrence.csv's (e.g. "
+                              f"visit {sitegen.visit_id(1, 0)} of person {int(persons[1])}, given to person "
+                              f"{int(persons[0])})"), message
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace("person_id", "patient_id", 1))(clean)
+    assert found(clean) >= {("omop.required_columns", "OMOP/visit_occurrence.csv")}
+    assert not {rule for rule, _ in found(clean)} & {"registry.visit_person", "registry.unknown_visit"}

@@ -511,6 +511,10 @@ def _registry_facts(f) -> dict[str, Any]:
         no_trg=frame.select((pl.col("trg_file") == "").sum()).item(),
         person_id=frame.filter(pl.col("person_id").fill_null("") != "")["person_id"].unique().sort().to_list(),
         visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
+        # the persons given to each visit (registry.visit_person), as [visit_id, person_id] pairs
+        visit_persons=frame.filter((pl.col("visit_id").fill_null("") != "") & (pl.col("person_id").fill_null("") != ""))
+        .select(pl.concat_list(pl.col("visit_id").str.strip_chars(), pl.col("person_id").str.strip_chars().str.strip_chars('"')))
+        .unique().to_series().sort().to_list(),
         trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
         # the integer proc_ids, compared with procedure_occurrence.csv's (registry.proc_overlap)
         proc_ids=frame["proc_id"].str.strip_chars().str.extract(r"^([0-9]{1,18})$").cast(pl.Int64)
@@ -719,9 +723,10 @@ def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) ->
     return NUL_REASON if gate.nul else _arrow_reason(exc, block, names)
 
 
-def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
-    """The distinct (rows of the) wanted columns, stripped and non-empty, in order of first appearance;
-    None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
+def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...],
+                 required: int | None = None) -> dict[str, list[str]] | None:
+    """The distinct (rows of the) wanted columns, stripped and non-empty (the first `required` of them; the others
+    may be None), in order of first appearance; None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
     the file (no polars either: this runs in forked hashing workers)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -741,7 +746,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         )
         for batch in reader:
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
-            seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
+            seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row[:required])))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: "
                          f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None
@@ -759,13 +764,15 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
         if kind == KIND_LINKS and "session" not in facts["columns"] and "session_id" in facts["columns"]:
             facts["columns"][facts["columns"].index("session_id")] = "session"  # v2.0 named it session_id
         if wanted:
+            # visit_occurrence.csv: each visit's person too, where the column is (registry.visit_person)
+            read = (*wanted, "person_id") if kind == KIND_VISITS and "person_id" in facts["columns"] else wanted
             if facts["delimiter"] != ",":
                 values = None
             elif ended:  # only the header row, unterminated: no values (pyarrow would refuse the file)
-                values = {w: [] for w in wanted} if all(w in facts["columns"] for w in wanted) else None
+                values = {w: [] for w in read} if all(w in facts["columns"] for w in read) else None
             else:
-                values = _csv_columns(f, raw, facts["columns"], wanted)
-            for w in wanted:
+                values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
+            for w in read:
                 facts[w] = None if values is None else values[w]
         return facts
 

@@ -156,7 +156,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
+# omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -166,7 +167,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
 # v6 cuts a trg_file written from the machine's or the release's root (/data/release/<person>/...) to the site's path
 # v7 cuts it at the last Waveforms/ or Images/ folder (v6: the first, inside a release path such as /mnt/Images/...),
-# and counts rows with an empty person_id (no_person), which v6 listed as a person "" not in person.csv
+# and counts rows with an empty person_id (no_person), which v6 listed as a person "" not in person.csv, and keeps the
+# (visit_id, person_id) pairs (registry.visit_person)
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v7"
@@ -375,6 +377,9 @@ RULES: tuple[Rule, ...] = (
          "A registry row's person_id differs from the person folder its trg_file lies in."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
          "A registry row's visit_id is not in visit_occurrence.csv."),
+    Rule("registry.visit_person", "error", "registry visit of another person",
+         "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
+         "(the linkage procedure asks for the visit of the file's patient)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
          "registry's trg_file to the centre), or a trg_file is not on the site."),

@@ -48,7 +48,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
-    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String)}),
+    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "person_id": pl.List(pl.String)}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
                               "unchecked": pl.List(pl.String), "chars": pl.Int64}),
@@ -60,6 +60,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
                               "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
+                              "visit_persons": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
@@ -252,6 +253,13 @@ class _Site:
         self.visit_ids: pl.Series | None = (
             visits.select(_norm_id(pl.col("visit_occurrence_id").explode())).to_series().drop_nulls().unique()
             if visits.height else None)
+        # and each visit's person (norm ids), where visit_occurrence.csv has the column
+        with_person = visits.filter(pl.col("person_id").is_not_null())
+        self.visit_persons: pl.DataFrame | None = (
+            with_person.select(pl.col("visit_occurrence_id"), pl.col("person_id")).explode("visit_occurrence_id", "person_id")
+            .select(_visit=_norm_id(pl.col("visit_occurrence_id")), _visit_person=_norm_id(pl.col("person_id")))
+            .drop_nulls().unique()
+            if with_person.height else None)
         self.omop_dir = (self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min())
                          .collect().item())
 
