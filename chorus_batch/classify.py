@@ -64,6 +64,10 @@ DEFAULT_PATTERNS: tuple[PathPattern, ...] = (
     PathPattern("Metadata", r"^(?P<session>(?i:submission\.md))$", "SUBMISSION.md (v2.0: now in Metadata/)",
                 "metadata-v2.0"),
     PathPattern("Waveforms", r"^(?P<session>RECORDS)$", "RECORDS (v1.0)", "records-v1.0"),
+    # one in a session folder too: no edition asks for it there (v1.0 kept one at the root, v2.1 none); before
+    # today's <session_id>/<file>, which took it for a session file and said nothing
+    PathPattern("Waveforms", rf"^{_PERSON}/(?i:waveforms)/(?P<category>(?i:telemetry|eeg))/(?P<session>[^/]+)/RECORDS$",
+                "<person_id>/Waveforms/Telemetry|EEG/<session_id>/RECORDS", "records-v1.0"),
     PathPattern(
         "Waveforms",
         rf"^{_PERSON}/Waveforms/(?P<category>Telemetry|EEG)/(?P<session>[^/]+)/(?P<file>[^/]+)$",

@@ -268,8 +268,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = command(
         "validate", help="check a site (or the manifest's latest version) against the CHoRUS procedures",
-        description="Check a site against the CHoRUS procedures: layout, OMOP tables, persons vs person.csv, sessions "
-                    "vs waveform_visit_links.csv, WFDB headers, DICOM headers, empty and duplicate files.\n\n"
+        description="Check a site against the CHoRUS procedures: layout, Metadata/ (READINESS.md, SUBMISSION.md, the "
+                    "signal mappings), OMOP tables, persons vs person.csv, the waveform and image registries (linkage), "
+                    "WFDB headers against the mappings, DICOM headers, empty and duplicate files.\n\n"
                     "With a manifest: its latest version is checked, reading files from the roots the manifest "
                     "records (or --site); findings are stored per version and headers are read only for contents new "
                     "since they were last read. `run` does this after each commit unless --no-validate.\n"

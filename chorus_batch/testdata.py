@@ -856,13 +856,16 @@ _VR = {
     0x00200010: b"SH", 0x00200011: b"IS", 0x00200013: b"IS", 0x00204000: b"LT", 0x00280002: b"US",
     0x00280004: b"CS", 0x00280010: b"US", 0x00280011: b"US", 0x00280100: b"US", 0x00280101: b"US",
     0x00280102: b"US", 0x00280103: b"US",
-    0x00081030: b"LO", 0x00081090: b"LO", 0x00180015: b"CS", 0x00180087: b"DS",
+    0x00081030: b"LO", 0x00081090: b"LO", 0x00180015: b"CS", 0x00180087: b"DS", 0x0008103E: b"LO", 0x00180050: b"DS",
 }
-# The study-level attributes the Imaging SOP selects for CHoRUS that the template does not otherwise fill
-# (validate's dicom.study_metadata): fixed values per modality; MR adds its field strength (tesla).
+# The study- and series-level attributes the Imaging SOP selects for CHoRUS that the template does not otherwise fill
+# (validate's dicom.study_metadata, dicom.series_metadata): fixed values per modality; MR adds its field strength
+# (tesla); both their slice thickness (mm)
 _STUDY = {
-    "CT": [(0x00081030, b"CT CHEST"), (0x00081090, b"testdata-ct"), (0x00180015, b"CHEST")],
-    "MR": [(0x00081030, b"MR BRAIN"), (0x00081090, b"testdata-mr"), (0x00180015, b"HEAD"), (0x00180087, b"3")],
+    "CT": [(0x00081030, b"CT CHEST"), (0x00081090, b"testdata-ct"), (0x00180015, b"CHEST"), (0x0008103E, b"CT AXIAL"),
+           (0x00180050, b"1.25")],
+    "MR": [(0x00081030, b"MR BRAIN"), (0x00081090, b"testdata-mr"), (0x00180015, b"HEAD"), (0x00180087, b"3"),
+           (0x0008103E, b"MR T1"), (0x00180050, b"5")],
 }
 _PREFIX = {tag: struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr) for tag, vr in _VR.items()}
 

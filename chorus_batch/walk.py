@@ -50,6 +50,10 @@ class WalkResult:
     chunks: list[tuple[list[str], list[int], list[int]]] = field(default_factory=list)
     errors: list[tuple[str, str, str]] = field(default_factory=list)
     subdirs: list[str] = field(default_factory=list)  # only with collect_dirs
+    # With links followed: the files reached through a link to outside the site, as (path, size, mtime_ns, real
+    # path, the link). Two links to one outside folder reach its files twice: unique_linked keeps one path of each, once
+    # the whole walk is known (they may lie in folders other workers walk).
+    linked: list[tuple[str, int, int, str, str]] = field(default_factory=list)
 
 
 def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_dirs: bool = False) -> WalkResult:
@@ -76,19 +80,22 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
             paths, sizes, mtimes = [], [], []
             add_path, add_size, add_mtime = paths.append, sizes.append, mtimes.append
 
-    stack = [(rel, os.path.realpath(os.path.join(root, rel)) if follow_symlinks else "") for rel in reversed(rel_dirs)]
+    # each folder to walk: (path, real path, the followed link it is reached through, "" if none)
+    stack = [(rel, real, rel if follow_symlinks and not _within(real, real_root) else "")
+             for rel in reversed(rel_dirs) for real in [os.path.realpath(os.path.join(root, rel)) if follow_symlinks else ""]]
 
-    def push_dir(rel: str, real: str) -> None:
+    def push_dir(rel: str, real: str, link: str) -> None:
         if collect_dirs:
             out.subdirs.append(rel)  # (folders_to_walk says those whose name is not UTF-8)
         elif (bad := name_error(rel)) is not None:  # said once, of the folder: its files' own names may be fine
             add_error((bad + "/", "non_utf8_name", NON_UTF8_FOLDER))
         else:
-            stack.append((rel, real))
+            stack.append((rel, real, link))
 
     add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
+    add_linked = out.linked.append
     while stack:
-        rel_dir, real_dir = stack.pop()
+        rel_dir, real_dir, link_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
@@ -112,10 +119,13 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                 rel = prefix + entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        push_dir(rel, os.path.join(real_dir, entry.name) if follow_symlinks else "")
+                        push_dir(rel, os.path.join(real_dir, entry.name) if follow_symlinks else "", link_dir)
                         continue
+                    real, link = None, link_dir  # where a file reached through a link is, and that link
                     if entry.is_file(follow_symlinks=False):
                         st = entry.stat(follow_symlinks=False)
+                        if link_dir:
+                            real = os.path.join(real_dir, entry.name)
                     elif entry.is_symlink():
                         if not follow_symlinks:
                             add_error((printable(rel), "symlink", "symbolic link not followed (--follow-symlinks, or "
@@ -132,7 +142,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                             if problem is not None:
                                 add_error((printable(rel), *problem))
                             else:
-                                push_dir(rel, target)
+                                push_dir(rel, target, rel)
                             continue
                         if not stat.S_ISREG(st.st_mode):
                             add_error((printable(rel), "special_file", "link to a non-regular file; skipped"))
@@ -145,6 +155,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                                 f"link to {os.path.relpath(target, real_root).replace(os.sep, '/')}, a file of the "
                                 "site: not followed (it is listed under its own path)")))
                             continue
+                        real, link = target, rel
                     else:
                         add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
                         continue
@@ -166,6 +177,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                                f"modification time {mtime // 10**9} s since 1970 is outside 1678..2262; recorded as "
                                "the nearest representable time (fix the file's clock: touch it)"))
                     mtime = clamp_ns(mtime)
+                if real is not None:
+                    add_linked((rel, st.st_size, mtime, real, link))
+                    continue
                 add_path(rel)
                 add_size(st.st_size)
                 add_mtime(mtime)
@@ -173,6 +187,27 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     flush()
     flush()
     return out
+
+
+def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tuple[str, int, int]], list[Error]]:
+    """The files reached through links to outside the site (WalkResult.linked, of the whole walk), each outside file
+    once: under the first of its paths (in path order, the same whatever walked it); and an error for each link
+    whose files were listed under another path already, naming where."""
+    first: dict[str, str] = {}
+    kept: list[tuple[str, int, int]] = []
+    left: dict[str, tuple[str, str, int]] = {}  # link -> (where its files are listed, the outside folder, files)
+    for rel, size, mtime, real, link in sorted(rows):
+        if (other := first.setdefault(real, rel)) == rel:
+            kept.append((rel, size, mtime))
+            continue
+        # the same file under the other path: the link's folder there, and the place outside it leads to
+        below = len(rel) - len(link)  # "/<path below the link>" ("" for a link to a file)
+        where, folder, n = left.get(link, (other[:len(other) - below], real[:len(real) - below], 0))
+        left[link] = (where, folder, n + 1)
+    errors = [(printable(link), "symlink_duplicate", (
+        f"{n} file(s) here are also reached through {printable(where)} (links to one place outside the site, "
+        f"{folder}): listed once, there; remove one of the links")) for link, (where, folder, n) in sorted(left.items())]
+    return kept, errors
 
 
 def _within(path: str, folder: str) -> bool:

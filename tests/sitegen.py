@@ -167,6 +167,8 @@ def dicom_bytes(*, person_id: str, series: int, instance: int, modality: str = "
     ds.BodyPartExamined = "HEAD" if modality == "MR" else "CHEST"
     if modality == "MR":
         ds.MagneticFieldStrength = 3
+    # and the series-level ones (dicom.series_metadata): SeriesNumber below; SliceThickness of CT and MR images
+    ds.SeriesDescription, ds.SliceThickness = f"{modality} SERIES {series}", "1.25"
     for keyword, value in identifying.items():
         setattr(ds, keyword, value)
     ds.StudyDate, ds.StudyTime = study_date, study_time

@@ -84,6 +84,9 @@ def test_current_image_layout_records_the_accession():
     # a RECORDS beside the sessions is one, not a v1.0 session folder named Telemetry
     ("10001/Waveforms/Telemetry/RECORDS", "records-v1.0"),
     ("10001/waveforms/eeg/RECORDS", "records-v1.0"),
+    # one in a session folder: no edition places it there (it was taken for a session file, with no note)
+    ("10001/Waveforms/Telemetry/123/RECORDS", "records-v1.0"),
+    ("10001/waveforms/eeg/123/RECORDS", "records-v1.0"),
     ("SUBMISSION.md", "metadata-v2.0"),
     ("1000001/Waveforms/1000001_20230101_101530_3600.h5", "waveforms-flat"),
     ("1/Images/ST/SE/1_20230101_101530_CT_01_001.dcm", "images-study"),
@@ -180,3 +183,9 @@ def test_metadata_in_a_person_folder_is_no_legal_place(path):
     row = one(path)
     assert (row["modality"], row["person_id"], row["session_id"], row["layout"]) == ("Metadata", "000123", None, None)
     assert "belongs at the site root" in row["parse_error"] and "000123/" in row["parse_error"]
+
+
+def test_a_session_folder_s_records_file_stays_part_of_its_session():
+    records, header = one("10001/Waveforms/EEG/123/RECORDS"), one("10001/Waveforms/EEG/123/123.hea")
+    assert (records["session_id"], records["category"], records["record_key"]) == (
+        header["session_id"], header["category"], header["record_key"])

@@ -24,7 +24,7 @@ from chorus_batch.sources import FsspecSource, LocalSource
 from chorus_batch.store import Manifest
 from chorus_batch.testdata import Spec, write_snapshot
 
-from conftest import current_rows, scan_and_commit, tree_md5, write
+from conftest import current_rows, query, scan_and_commit, tree_md5, write
 
 SPEC = Spec(persons=12, files_per_person=6, size=32, seed=1)
 
@@ -348,3 +348,24 @@ def test_default_labels_after_a_hand_label_stay_short_and_increasing(hand_label)
         assert label > latest and _LABEL_RE.match(label), (night, latest, label)
         assert len(label) <= len(hand_label) + 15
         latest = label
+
+
+def test_a_record_starts_at_its_earliest_file_also_one_a_later_version_adds(tmp_path):
+    """A record (a session) starts at its earliest file; a later version that adds an earlier part of the recording
+    left the start the record was created with. It now moves earlier, never later."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    session = "000001/Waveforms/S1/000001_20230101_{}_3600.h5"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, session.format("101530"), b"a")
+
+    def start() -> tuple:
+        return query(db, "SELECT date, time FROM registry WHERE record_key = 'Waveforms|000001|S1'")[0]
+
+    scan_and_commit(db, [Root(LocalSource(site))])
+    assert start() == ("2023-01-01", "10:15:30")
+    write(site, session.format("081530"), b"b")
+    scan_and_commit(db, [Root(LocalSource(site))])
+    assert start() == ("2023-01-01", "08:15:30")
+    write(site, session.format("121530"), b"c")
+    scan_and_commit(db, [Root(LocalSource(site))])
+    assert start() == ("2023-01-01", "08:15:30")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
+import pytest
 
 from chorus_batch.sources import FsspecSource, LocalSource, open_source
 from chorus_batch.testdata import Spec, write_snapshot
@@ -198,3 +199,32 @@ def test_a_folder_whose_name_is_not_utf8_is_said_once_as_a_folder(site):
         assert frame["srcfile"].to_list() == ["000001/Waveforms/ok.dat"]
         assert errors == [("000001/Waveforms/s\\xffries/", "non_utf8_name",
                            "folder name is not valid UTF-8; rename it to track its files")]
+
+
+@pytest.mark.parametrize("workers, budget", [(1, 60.0), (2, 0.0)])  # walked here; by worker processes
+def test_links_to_one_outside_folder_list_its_files_once(tmp_path, workers, budget):
+    """With links followed, two links to one folder outside the site (or one to a folder inside another's) listed
+    its files once per link: two rows, two uploads, a duplicate under two persons. Each outside file is now listed
+    once, under its first path (in path order, whatever walks it), and the other link is named."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    write(outside, "ext/e.txt", b"e")
+    write(outside, "ext/sub/s.txt", b"s")
+    write(outside, "lone.txt", b"l")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "000001").mkdir()
+    (site / "000001/Waveforms").symlink_to(outside / "ext", target_is_directory=True)
+    (site / "000002").mkdir()
+    (site / "000002/Waveforms").symlink_to(outside / "ext", target_is_directory=True)
+    (site / "000003").mkdir()
+    (site / "000003/Waveforms").symlink_to(outside / "ext/sub", target_is_directory=True)
+    (site / "a.txt").symlink_to(outside / "lone.txt")
+    (site / "b.txt").symlink_to(outside / "lone.txt")
+    errors: list = []
+    source = LocalSource(site, follow_symlinks=True, workers=workers, inprocess_budget_s=budget)
+    listed = pl.from_arrow(pa.Table.from_batches(list(source.list_files(errors))))
+    assert sorted(listed["srcfile"]) == ["000001/Waveforms/e.txt", "000001/Waveforms/sub/s.txt", "OMOP/person.csv",
+                                         "a.txt"]
+    assert sorted((path, kind, message.split(" (")[0]) for path, kind, message in errors) == [
+        ("000002/Waveforms", "symlink_duplicate", "2 file(s) here are also reached through 000001/Waveforms"),
+        ("000003/Waveforms", "symlink_duplicate", "1 file(s) here are also reached through 000001/Waveforms/sub"),
+        ("b.txt", "symlink_duplicate", "1 file(s) here are also reached through a.txt")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -243,6 +244,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # its sampling_rate (Hz) and units are the channel's: the header's (frequency x samples per frame, units)
     ("mapping_rate", edit(f"{SINGLE}.hea", lambda t: t.replace(" 2 125 250", " 2 250 250", 1)),
      {("wfdb.mapping_rate", f"{SINGLE}.hea")}),
+    # a record line without a frequency is read as wfdb reads it: 250 Hz (the mapping's 125 Hz disagrees)
+    ("mapping_rate_default", edit(f"{SINGLE}.hea", lambda t: re.sub(r"^(\S+ 2) 125 .*", r"\1", t, count=1, flags=re.M)),
+     {("wfdb.mapping_rate", f"{SINGLE}.hea")}),
     ("mapping_units", edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/mV", 1)), {("wfdb.mapping_units", f"{EEG}.hea")}),
     ("submission_sections", edit("Metadata/SUBMISSION.md", lambda t: t.replace("## Linking", "Linking")),
      {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
@@ -320,9 +324,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("records.unlisted", f"{MULTI}.hea"), ("records.unlisted", f"{EEG}.hea"),
       ("layout.superseded", f"{P0}/Waveforms/RECORDS")}),
     ("records_absent", add(f"{TELEMETRY}/{S0['single']}/RECORDS", f"{S0['single']}\n{OTHER_SESSION}\n"),
-     {("records.absent", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
+     {("records.absent", f"{TELEMETRY}/{S0['single']}/RECORDS"), ("layout.superseded", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
     ("records_unreadable", add(f"{TELEMETRY}/{S0['single']}/RECORDS", b"\x00\x01\x02\xff"),
-     {("records.unreadable", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
+     {("records.unreadable", f"{TELEMETRY}/{S0['single']}/RECORDS"), ("layout.superseded", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
     ("dicom_unreadable", add(DCM, os.urandom(300)), {("dicom.unreadable", DCM)}),
     ("outside_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/000.dcm"),
      {("dicom.outside_series", f"{P0}/Images/CT/{ACCESSION}/000.dcm")}),
@@ -357,6 +361,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                             accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
                                             StudyDescription=None)),
      {("dicom.study_metadata", f"{SERIES1}/")}),
+    # and its series-level metadata, the same way
+    ("series_metadata", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                             accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
+                                             SeriesDescription=None)),
+     {("dicom.series_metadata", f"{SERIES1}/")}),
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
@@ -369,13 +378,18 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_duplicate", registry("Images", lambda rows: rows + rows[:1]), {("registry.duplicate", "image_registry.csv")}),
     ("registry_person", registry("Images", lambda rows: [[*r[:2], "424242", *r[3:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),
-     {("registry.unknown_person", "image_registry.csv"), ("registry.person_folder", "image_registry.csv")}),
+     {("registry.unknown_person", "image_registry.csv"), ("registry.person_folder", "image_registry.csv"),
+      ("registry.visit_person", "image_registry.csv")}),  # (its visit is still the folder's person's)
     ("registry_person_folder", registry("Waveforms", lambda rows: [[*r[:2], P1, *r[3:]] if i == 0 else r
                                                                    for i, r in enumerate(rows)]),
-     {("registry.person_folder", "waveform_registry.csv")}),
+     {("registry.person_folder", "waveform_registry.csv"), ("registry.visit_person", "waveform_registry.csv")}),
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
      {("registry.unknown_visit", "waveform_registry.csv")}),
+    # Multimodal-Linkage: the visit "for the given patient": a visit of another person is no link
+    ("registry_visit_person", registry("Waveforms", lambda rows: [
+        [*r[:4], sitegen.visit_id(sitegen.person_ids(3).index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
+        for i, r in enumerate(rows)]), {("registry.visit_person", "waveform_registry.csv")}),
     ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
@@ -427,8 +441,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
       ("wfdb.missing_dat", f"{SINGLE}.hea"), ("registry.missing_file", "waveform_registry.csv"),
       ("file.compressed", f"{SINGLE}.dat.gz"), ("file.compressed", "Metadata/EEG_mapping.csv.zip"),
       ("file.compressed", "image_registry.csv.bz2")}),
-    ("registry_unreadable", add("image_registry.csv", b""),
-     {("registry.unreadable", "image_registry.csv"), ("file.empty", "image_registry.csv")}),
+    # an empty file a rule reads is that rule's one finding (not file.empty too, with another remedy)
+    ("registry_unreadable", add("image_registry.csv", b""), {("registry.unreadable", "image_registry.csv")}),
     ("unparsed", add(f"{P0}/Waveforms/foo.txt"), {("path.unparsed", f"{P0}/Waveforms/foo.txt")}),
     # names without an extension (a null extension once hid them from path.unparsed)
     ("dicomdir", dicomdir(f"{P0}/Images/export", DCM),
@@ -606,7 +620,8 @@ def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     assert found(clean) == set()
 
 
-@pytest.mark.parametrize("prefix", ["/data/chorus/release/", "20241101/", "D:\\chorus\\release\\"])
+@pytest.mark.parametrize("prefix", ["/data/chorus/release/", "20241101/", "D:\\chorus\\release\\",
+                                    "/mnt/Images/release/", "/srv/waveforms/2024/"])  # a release path holding such a folder
 def test_a_registry_trg_file_may_carry_the_release_folder_it_was_written_in(clean, prefix):
     """Multimodal-Linkage: trg_file is the "Name and path of the renamed file to be delivered with your extract", and the
     release 'root' "can either be a dated release directory ... or a naming convention of your choice": a path from
@@ -698,20 +713,23 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v2", "dicom.v3", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v3", "dicom.v4", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
             ("omop.unreadable", "OMOP/observation.csv"), ("omop.unreadable", "OMOP/note.csv"),
-            ("file.empty", "OMOP/note.csv"), ("wfdb.bad_header", f"{MULTI}_0002.hea"),
-            ("file.empty", f"{MULTI}_0002.hea")} <= got
-    messages = dict(out.select("srcfile", "message").filter(pl.col("srcfile") == "OMOP/note.csv").rows())
-    assert "empty" in messages["OMOP/note.csv"]
+            ("wfdb.bad_header", f"{MULTI}_0002.hea")} <= got
+    # An empty file a rule reads was told twice (the reader's error, and file.empty with another remedy): now once,
+    # by the rule that reads it, with the likely cause and what to do.
+    empties = ("OMOP/note.csv", f"{MULTI}_0002.hea", f"{P1}/Images/CT/70001/1.2.3/009.dcm")
+    told = out.filter(pl.col("srcfile").is_in(empties))
+    assert sorted(told["srcfile"]) == sorted(empties) and "file.empty" not in told["rule"]
+    assert all("empty (0 bytes), likely an interrupted copy: copy it again" in m for m in told["message"])
 
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v2"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v3"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -757,15 +775,15 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v2", "dicom.v3", "omop_csv", "omop_person.v2", "omop_visits.v2", "metadata_md",
-                                 "mapping_csv.v4", "registry_csv.v6", "omop_procedures.v3"}
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
+                                 "mapping_csv.v4", "registry_csv.v7", "omop_procedures.v3"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v3"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v4"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -871,7 +889,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v6", "image_registry.csv",
+    ("registry_csv.v7", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -923,7 +941,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), ("records", "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v2", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v3", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts
@@ -946,7 +964,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v6", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v7", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -962,7 +980,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v6", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v7", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -977,7 +995,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v6", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v7", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -986,7 +1004,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v6": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v7": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -999,9 +1017,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v2", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_visits.v3", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v6", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v7", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1250,6 +1268,16 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
     assert message.startswith("1 row(s) with an empty datetime (rows 2)") and "yyyy" not in message, message
 
 
+def test_a_registry_row_without_a_person_id_is_told_as_empty_not_as_an_unknown_person(clean):
+    """An empty person_id (Multimodal-Linkage: an integer, the procedure's person; the Imaging SOP: NOT NULL) was told
+    as "person_id(s) , ... are not in person.csv", a blank id in a list. It is now a value to fill in."""
+    registry("Waveforms", lambda rows: [[*r[:2], "" if i == 0 else r[2], *r[3:]] for i, r in enumerate(rows)])(clean)
+    out = validate(clean)
+    assert set(out["rule"]) == {"registry.values"}, out.to_dicts()
+    assert out["message"][0].startswith("1 row(s) with an empty person_id (rows 2): proc_id becomes "
+                                        "procedure_occurrence_id, person_id and datetime the procedure's person and time")
+
+
 def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_the_ehr_ids(clean, tmp_path):
     """The rows a site makes from its registries (concepts 4180938, 4141651) hold the registries' proc_ids: no clash.
     The EHR ids are kept as runs of consecutive integers (leading zeros and blanks as OMOP reads them)."""
@@ -1276,7 +1304,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v6", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v7", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
@@ -1288,3 +1316,51 @@ def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, k
         error = parse_facts(kind, f)["error"]
     twice = header.split(",")[-1].lower()
     assert error == f"the header names column(s) {twice} more than once: keep one column of each name", error
+
+
+def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modality(clean):
+    """The Imaging SOP's "Series Level" metadata (SeriesDescription, SeriesNumber, SliceThickness, ViewPosition, ...) was
+    not checked: a de-identification that dropped them passed. Those every series has are asked of all; SliceThickness
+    of cross-sectional series (CT, MR), ViewPosition of projection radiographs (not of a CT)."""
+    uid = sitegen.series_uid(P0, DAY0, 1)
+    for instance, name in ((0, DCM), (1, f"{SERIES1}/001.dcm")):
+        add(name, dicom_bytes(person_id=P0, series=1, instance=instance, study_date=DAY0, study_time="081500",
+                              accession=ACCESSION, SeriesInstanceUID=uid, SliceThickness=None,
+                              **({"SeriesDescription": None} if instance else {})))(clean)
+    mr = f"{P1}/Images/MR/{int(sitegen.accession_of(1)) + 7}/{sitegen.series_uid(P1, DAY1, 9)}"
+    add(f"{mr}/000.dcm", dicom_bytes(person_id=P1, series=9, instance=0, modality="MR", study_date=DAY1,
+                                     study_time="081500", accession=str(int(sitegen.accession_of(1)) + 7),
+                                     SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 9), SliceThickness=None))(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.series_metadata")
+    assert dict(out.select("srcfile", "message").rows()) == {
+        f"{SERIES1}/": "2 DICOM file(s) of this series lack SeriesDescription, SliceThickness: the Imaging SOP keeps "
+                       "these series-level attributes for CHoRUS; keep them when de-identifying (or set them from the "
+                       "source series)",
+        f"{mr}/": "1 DICOM file(s) of this series lack SliceThickness: the Imaging SOP keeps these series-level "
+                  "attributes for CHoRUS; keep them when de-identifying (or set them from the source series)"}
+    assert out["severity"].unique().to_list() == ["warning"]
+
+
+def test_units_written_with_a_micro_sign_in_a_wfdb_header_are_quoted_as_written(clean):
+    """wfdb reads a header as ASCII: "µV" in it is read "V" (the converter would take volts), so the mapping's uV
+    disagrees; the finding said "V in the header", which the file does not hold. It now quotes the file and says why."""
+    edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/\u00b5V", 1))(clean)
+    out = validate(clean).filter(pl.col("rule") == "wfdb.mapping_units")
+    assert out["srcfile"].to_list() == [f"{EEG}.hea"]
+    assert "\u00b5V (which wfdb reads as V: a WFDB header is ASCII text, write uV for \u00b5V) in the header, uV in the " \
+           "mapping" in out["message"][0]
+
+
+def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names_its_person(clean):
+    """A registry row's visit_id was only looked up in visit_occurrence.csv: a visit of another person passed. It is
+    now told with both persons; a visit_occurrence.csv without a person_id column still gives its visit ids."""
+    persons = sitegen.person_ids(3)
+    registry("Waveforms", lambda rows: [[*r[:4], sitegen.visit_id(persons.index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
+                                        for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.visit_person")["message"]
+    assert message.startswith("1 visit_id(s) are given to rows of another person than visit_occurrence.csv's (e.g. "
+                              f"visit {sitegen.visit_id(1, 0)} of person {int(persons[1])}, given to person "
+                              f"{int(persons[0])})"), message
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace("person_id", "patient_id", 1))(clean)
+    assert found(clean) >= {("omop.required_columns", "OMOP/visit_occurrence.csv")}
+    assert not {rule for rule, _ in found(clean)} & {"registry.visit_person", "registry.unknown_visit"}

@@ -274,7 +274,7 @@ def test_headers_read_in_worker_processes_give_the_same_facts(clean, monkeypatch
     monkeypatch.setattr(readers, "_CHUNK_JOBS", 3)
     in_workers = validate_module.extract_facts(source, needed, workers=2)
     assert in_workers.sort("kind", "md5").equals(in_process.sort("kind", "md5"))
-    assert set(in_workers["kind"]) >= {"wfdb_header.v2", "dicom.v3", "metadata_md", "mapping_csv.v4", "omop_person.v2"}
+    assert set(in_workers["kind"]) >= {"wfdb_header.v3", "dicom.v4", "metadata_md", "mapping_csv.v4", "omop_person.v2"}
 
 
 def test_validate_a_folder_that_was_never_run_leaves_nothing_behind(clean, tmp_path):
@@ -348,7 +348,7 @@ def test_known_facts_are_found_alike_by_lookups_and_by_reading_all_keys(clean, d
     run_site(clean, db)
     cache = Manifest(db).validation
     wanted = pl.concat([facts_needed(cache.current_files()).select("kind", "md5"),
-                        pl.DataFrame({"kind": ["wfdb_header.v2"], "md5": ["0" * 32]})])  # a content never seen
+                        pl.DataFrame({"kind": ["wfdb_header.v3"], "md5": ["0" * 32]})])  # a content never seen
     looked_up = cache.known_keys(wanted)
     monkeypatch.setattr(store_validation, "_SCAN_FROM", 1)
     read_all = cache.known_keys(wanted)
@@ -452,3 +452,13 @@ def test_no_message_of_the_package_is_built_with_pl_format():
     users = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
              if re.search(r"\bpl\.format\(|\.str\.format\(", p.read_text(encoding="utf-8").replace("pl.format's", ""))]
     assert users == [], users
+
+
+def test_validate_help_names_what_today_s_procedures_ask_for():
+    """`validate --help` said it checks "sessions vs waveform_visit_links.csv", the links table of Waveform File Format
+    v2.0 that the linkage registries replaced; it named neither the registries nor Metadata/."""
+    from chorus_batch.cli import _parser
+
+    description = _parser().commands["validate"].description
+    assert "waveform_visit_links" not in description
+    assert "registries" in description and "Metadata/" in description and "mappings" in description

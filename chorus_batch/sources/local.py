@@ -22,7 +22,16 @@ import pyarrow as pa
 
 from ..errors import ConfigError, SourceError
 from ..processes import pool_executor
-from ..walk import WalkResult, folders_to_walk, take_early_listing, walk_groups, walk_local, walk_results
+from ..walk import (
+    BATCH_ROWS,
+    WalkResult,
+    folders_to_walk,
+    take_early_listing,
+    unique_linked,
+    walk_groups,
+    walk_local,
+    walk_results,
+)
 from ..times import clamp_ns
 from .base import (READ_SIZE, FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, hash_rest,
                    listing_batch, parse_through)
@@ -103,6 +112,17 @@ class LocalSource:
                    tops: Callable[[str], bool] | None = None) -> Iterator[pa.RecordBatch]:
         """`tops`: walk only the top-level folders it accepts (a shard's person folders: a shard of a 100k
         tree would otherwise walk all of it); files at the root are always listed."""
+        linked: list[tuple[str, int, int, str, str]] = []
+        yield from self._walk(errors, tops, linked)
+        # the files reached through links to outside the site, now that every link is known: each once
+        kept, duplicates = unique_linked(linked)
+        errors.extend(duplicates)
+        for start in range(0, len(kept), BATCH_ROWS):
+            part = kept[start:start + BATCH_ROWS]
+            yield listing_batch([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
+
+    def _walk(self, errors: list[tuple[str, str, str]], tops: Callable[[str], bool] | None,
+              linked: list[tuple[str, int, int, str, str]]) -> Iterator[pa.RecordBatch]:
         self.check()
         early = take_early_listing(self.root, self.follow_symlinks)
         top = early.top if early is not None else walk_local(self.root, [""], self.follow_symlinks, collect_dirs=True)
@@ -113,12 +133,13 @@ class LocalSource:
                 raise SourceError(f"cannot list the site root {self.root}: {message}", where=self.root,
                                   fix="check the path and that this user may read it")
         errors.extend(top.errors)
+        linked.extend(top.linked)
         yield from _batches(top)
         top_dirs, problems = folders_to_walk(top.subdirs, tops)
         errors.extend(problems)
         if early is not None:
             if early.folders == top_dirs:  # walked already (or being walked) while the command started
-                yield from self._walked(early.results(), errors)
+                yield from self._walked(early.results(), errors, linked)
                 return
             early.close()  # another choice of folders (a shard's): walked below
 
@@ -128,6 +149,7 @@ class LocalSource:
         while i < len(top_dirs) and (self.workers == 1 or time.perf_counter() - started < self.inprocess_budget_s):
             res = walk_local(self.root, [top_dirs[i]], self.follow_symlinks)
             errors.extend(res.errors)
+            linked.extend(res.linked)
             yield from _batches(res)
             i += 1
         remaining = top_dirs[i:]
@@ -135,12 +157,15 @@ class LocalSource:
             return
         executor = pool_executor(self.workers)
         yield from self._walked(walk_results(executor, [executor.submit(walk_local, self.root, group, self.follow_symlinks)
-                                                         for group in walk_groups(remaining, self.workers)]), errors)
+                                                         for group in walk_groups(remaining, self.workers)]), errors,
+                                linked)
 
     @staticmethod
-    def _walked(results: Iterator[WalkResult], errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
+    def _walked(results: Iterator[WalkResult], errors: list[tuple[str, str, str]],
+                linked: list[tuple[str, int, int, str, str]]) -> Iterator[pa.RecordBatch]:
         for res in results:
             errors.extend(res.errors)
+            linked.extend(res.linked)
             yield from _batches(res)
             del res
 

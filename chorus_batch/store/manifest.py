@@ -971,10 +971,23 @@ class Manifest:
             date=pl.col("_start").str.slice(0, 10), time=pl.col("_start").str.slice(11, 8),
         ).drop("_start")
         cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="replace", temporary=True)
-        cur.execute("SELECT r.record_key, r.record_id FROM temp._keys k JOIN registry r ON r.record_key = k.record_key")
+        cur.execute("SELECT r.record_key, r.record_id, r.date AS _date, r.time AS _time FROM temp._keys k "
+                    "JOIN registry r ON r.record_key = k.record_key")
         known = fetch_frame(cur)
-        known = known.cast({"record_key": pl.String, "record_id": pl.Int64}) if known.height else pl.DataFrame(
-            schema={"record_key": pl.String, "record_id": pl.Int64})
+        schema = {"record_key": pl.String, "record_id": pl.Int64, "_date": pl.String, "_time": pl.String}
+        known = known.cast(schema) if known.height else pl.DataFrame(schema=schema)
+        # A record's start is its earliest file's, also of files a later version adds (a recording's earlier part,
+        # delivered late): the start moves earlier, never later (a record is all it ever held).
+        earlier = records.join(known, on="record_key").filter(
+            pl.col("date").is_not_null() & (pl.col("_date").is_null() | (
+                pl.concat_str(["date", "time"], separator=" ") < pl.concat_str(["_date", "_time"], separator=" "))))
+        if earlier.height:
+            cur.adbc_ingest("_starts", earlier.select("record_id", "date", "time").to_arrow(), mode="replace",
+                            temporary=True)
+            cur.execute("UPDATE registry SET date = (SELECT s.date FROM temp._starts s WHERE s.record_id = registry.record_id), "
+                        "time = (SELECT s.time FROM temp._starts s WHERE s.record_id = registry.record_id) "
+                        "WHERE record_id IN (SELECT record_id FROM temp._starts)")
+        known = known.select("record_key", "record_id")
         fresh = records.join(known, on="record_key", how="anti").with_row_index("record_id", offset=max_record_id + 1)
         fresh = fresh.with_columns(pl.col("record_id").cast(pl.Int64), isactive=pl.lit(1, pl.Int64),
                                    uploaddir=pl.lit(None, pl.String), proc_id=pl.lit(None, pl.Int64))

@@ -8,7 +8,14 @@ import polars as pl
 
 from ..frames import fmt
 from .readers import OWN_REMEDY
-from .rules import IDENTIFYING_DICOM_TAGS, KIND_DICOM, STUDY_DICOM_TAGS, STUDY_DICOM_TAGS_MR
+from .rules import (
+    IDENTIFYING_DICOM_TAGS,
+    KIND_DICOM,
+    SERIES_DICOM_TAGS,
+    SERIES_DICOM_TAGS_BY_MODALITY,
+    STUDY_DICOM_TAGS,
+    STUDY_DICOM_TAGS_MR,
+)
 from .site import _Across, _found, _join_list, _norm_id, _Site
 
 _FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
@@ -44,7 +51,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d), _study_metadata(d),
+        *_current_paths(d), *_deidentified(d), _study_metadata(d), _series_metadata(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -197,18 +204,38 @@ def _study_metadata(d: pl.DataFrame) -> pl.LazyFrame:
     """The Imaging SOP's study-level attributes, once per series folder (a study's files share them: a finding per
     file would repeat one cause thousands of times): which are absent from any of its headers, in how many files."""
     absent = {key: pl.col(key).is_null() for key in STUDY_DICOM_TAGS}
-    absent |= {key: pl.col(key).is_null() & (pl.col("modality").str.strip_chars().str.to_uppercase() == "MR").fill_null(False)
-               for key in STUDY_DICOM_TAGS_MR}
+    absent |= {key: pl.col(key).is_null() & (_modality() == "MR").fill_null(False) for key in STUDY_DICOM_TAGS_MR}
     keywords = {key: keyword for key, (keyword, _) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR).items()}
+    return _lacking(d, "dicom.study_metadata", absent, keywords, "study")
+
+
+def _series_metadata(d: pl.DataFrame) -> pl.LazyFrame:
+    """The Imaging SOP's series-level attributes, once per series folder: those of every series, and those of the
+    series' modality."""
+    absent = {key: pl.col(key).is_null() for key in SERIES_DICOM_TAGS}
+    absent |= {key: pl.col(key).is_null() & _modality().is_in(list(modalities)).fill_null(False)
+               for key, (_, _, modalities) in SERIES_DICOM_TAGS_BY_MODALITY.items()}
+    keywords = {key: keyword for key, (keyword, *_) in (SERIES_DICOM_TAGS | SERIES_DICOM_TAGS_BY_MODALITY).items()}
+    return _lacking(d, "dicom.series_metadata", absent, keywords, "series")
+
+
+def _modality() -> pl.Expr:
+    return pl.col("modality").str.strip_chars().str.to_uppercase()
+
+
+def _lacking(d: pl.DataFrame, rule: str, absent: dict[str, pl.Expr], keywords: dict[str, str], level: str) -> pl.LazyFrame:
+    """One finding per series folder whose headers lack some of the `level` attributes (`absent`: a test per key):
+    which, in how many files."""
     lacking = (
         d.lazy().filter(pl.col("_ok") & pl.any_horizontal(absent.values()))
         .group_by("_dir").agg(_n=pl.len(), **{key: test.any() for key, test in absent.items()})
         .with_columns(_tags=pl.concat_list([pl.when(pl.col(key)).then(pl.lit(keywords[key])) for key in absent])
                       .list.drop_nulls().list.join(", "))
     )
-    return _found("dicom.study_metadata", lacking, pl.col("_dir") + "/", fmt(
-        "{} DICOM file(s) of this series lack {}: the Imaging SOP keeps these study-level attributes for CHoRUS; keep "
-        "them when de-identifying (or set them from the source study)", pl.col("_n").cast(pl.String), pl.col("_tags")))
+    return _found(rule, lacking, pl.col("_dir") + "/", fmt(
+        f"{{}} DICOM file(s) of this series lack {{}}: the Imaging SOP keeps these {level}-level attributes for CHoRUS; "
+        f"keep them when de-identifying (or set them from the source {level})", pl.col("_n").cast(pl.String),
+        pl.col("_tags")))
 
 
 def _keyword(key: str) -> str:

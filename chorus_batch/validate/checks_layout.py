@@ -108,7 +108,8 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
                          "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
         _found("path.unparsed", unparsed, "srcfile",
                fmt("{}: rename or move the file to fit the site layout", pl.col("parse_error"))),
-        _found("file.empty", f.filter(pl.col("size") == 0), "srcfile",
+        # (a file a rule reads gets that rule's finding instead: omop.unreadable, wfdb.bad_header, ...)
+        _found("file.empty", f.filter((pl.col("size") == 0) & pl.col("kind").is_null()), "srcfile",
                pl.lit("the file is empty (0 bytes), likely an interrupted copy: copy it again or remove it")),
     ]
 

@@ -83,14 +83,15 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
     faults = {"no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
-              "no_datetime": "{} row(s) with an empty datetime",
+              "no_person": "{} row(s) with an empty person_id", "no_datetime": "{} row(s) with an empty datetime",
               "bad_datetime": "{} row(s) with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
     out.append(_found(
         "registry.values", usable.filter(pl.any_horizontal(pl.col(key).fill_null(0) > 0 for key in faults)), "srcfile",
-        fmt("{} (rows {}): proc_id becomes procedure_occurrence_id, datetime the procedure's time (the Imaging SOP's "
-            "registry has both NOT NULL); fill in or fix the values", told, pl.col("bad_rows").list.join(", "))))
+        fmt("{} (rows {}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
+            "time (the Imaging SOP's registry has all three NOT NULL); fill in or fix the values", told,
+            pl.col("bad_rows").list.join(", "))))
     out.append(_found(
         "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",
         fmt("{} row(s) give a person_id other than the person folder their trg_file lies in (rows {}): the "
@@ -102,6 +103,20 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
                           fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons",
                                     pl.col("_p").list.head(5).list.join(", "))))
+    if site.visit_persons is not None:
+        # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
+        given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
+                 .select("srcfile", _visit=_norm_id(pl.col("visit_persons").list.get(0)),
+                         _person=_norm_id(pl.col("visit_persons").list.get(1))))
+        other = (given.join(site.visit_persons, on="_visit").filter(pl.col("_person") != pl.col("_visit_person"))
+                 .sort("_visit", "_person").group_by("srcfile", maintain_order=True)
+                 .agg(_told=fmt("visit {} of person {}, given to person {}", pl.col("_visit"), pl.col("_visit_person"),
+                                pl.col("_person")), _n=pl.len()))
+        out.append(_found("registry.visit_person", other, "srcfile", fmt(
+            "{} visit_id(s) are given to rows of another person than visit_occurrence.csv's (e.g. {}): the linkage "
+            "procedure asks for a visit of the row's person; fix visit_id, or leave it empty where none of theirs "
+            "overlaps",
+            pl.col("_n").cast(pl.String), pl.col("_told").list.head(3).list.join("; "))))
     if site.visit_ids is not None:
         visits = usable.select("srcfile", pl.col("visit_id").alias("_v")).explode("_v").filter(
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))

@@ -191,12 +191,16 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .with_columns(_hunits=_units_key(pl.col("units")))
         .group_by("_record", "_stem", "_map", "sig_name", pl.col("units").alias("_header_units"))
         .agg(_agree=(pl.col("_units") == pl.col("_hunits").first()).any(),
-             _mapped=pl.col("_units").unique().sort().str.join(" or "))
+             _mapped=pl.col("_units").unique().sort().str.join(" or "), _written=pl.col("units_written").first())
         .filter(~pl.col("_agree"))
         .sort("sig_name")
     )
+    # compared as wfdb reads the header ("µV" is read "V": the converter would take volts); told as the file has them
+    header_units = pl.when(pl.col("_written").is_null()).then(pl.col("_header_units")).otherwise(fmt(
+        "{} (which wfdb reads as {}: a WFDB header is ASCII text, write uV for µV)", pl.col("_written"),
+        pl.col("_header_units")))
     out.append(_mapping_disagrees("wfdb.mapping_units", units, "units", fmt(
-        "{} {} in the header, {} in the mapping", pl.col("sig_name"), pl.col("_header_units"), pl.col("_mapped")),
+        "{} {} in the header, {} in the mapping", pl.col("sig_name"), header_units, pl.col("_mapped")),
         "give each signal's units in the mapping as the data holds them, or fix the header"))
     return out
 

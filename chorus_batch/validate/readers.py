@@ -46,6 +46,8 @@ from .rules import (
     LINKAGE_CONCEPTS,
     MAPPING_COLUMNS,
     REGISTRY_COLUMNS,
+    SERIES_DICOM_TAGS,
+    SERIES_DICOM_TAGS_BY_MODALITY,
     STUDY_DICOM_TAGS,
     STUDY_DICOM_TAGS_MR,
 )
@@ -71,7 +73,8 @@ _DICOM_TAGS: dict[str, int] = {
     "accession_number": 0x00080050,
     "series_instance_uid": 0x0020000E,
     **IDENTIFYING_DICOM_TAGS,
-    **{key: tag for key, (_, tag) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR).items()},
+    **{key: tag for key, (_, tag) in (STUDY_DICOM_TAGS | STUDY_DICOM_TAGS_MR | SERIES_DICOM_TAGS).items()},
+    **{key: tag for key, (_, tag, _) in SERIES_DICOM_TAGS_BY_MODALITY.items()},
 }
 
 
@@ -80,7 +83,10 @@ class BadContent(ValueError):
 
 
 def _read_text(f, encoding: str, errors: str = "strict") -> str:
-    data = _read_up_to(f, MAX_TEXT_BYTES + 1)
+    return _text(_read_up_to(f, MAX_TEXT_BYTES + 1), encoding, errors)
+
+
+def _text(data: bytes, encoding: str, errors: str = "strict") -> str:
     if not data:
         raise BadContent("the file is empty")
     if len(data) > MAX_TEXT_BYTES:
@@ -99,8 +105,18 @@ def _read_text(f, encoding: str, errors: str = "strict") -> str:
 def _wfdb_facts(f) -> dict[str, Any]:
     # as wfdb reads a header (ASCII, other bytes dropped): wfdb.wrsamp writes a comment such as "# Hôpital" in
     # UTF-8, and a header the converter reads is no error; binary data still holds control characters
-    text = _read_text(f, "ascii", errors="ignore")
-    return parse_wfdb_header(text)
+    data = _read_up_to(f, MAX_TEXT_BYTES + 1)
+    facts = parse_wfdb_header(_text(data, "ascii", errors="ignore"))
+    if not data.isascii():
+        # units written with other characters ("µV", which wfdb reads "V"): kept as written too, for a finding
+        # that quotes what the file holds (units_written)
+        with contextlib.suppress(BadContent):
+            written = parse_wfdb_header(data.decode("utf-8", "replace"))["signals"]
+            if len(written) == len(facts["signals"]):
+                for signal, as_written in zip(facts["signals"], written, strict=True):
+                    if as_written["units"] != signal["units"]:
+                        signal["units_written"] = as_written["units"]
+    return facts
 
 
 @functools.cache
@@ -127,6 +143,9 @@ def _wfdb_grammar() -> Any:
         return header
 
 
+WFDB_DEFAULT_FS = 250.0  # wfdb's read default of a record line without a frequency (WFDB_DEFFREQ)
+
+
 def parse_wfdb_header(text: str) -> dict[str, Any]:
     """The facts of a WFDB header's text, by the wfdb library's own header grammar (its record,
     signal and segment line expressions). wfdb's line parsers are not called: they look up
@@ -143,7 +162,8 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "record_name": rec["record_name"],
             "n_sig": n_sig,
             "sig_len": int(rec["sig_len"]) if rec["sig_len"] else None,
-            "fs": float(rec["fs"]) if rec["fs"] else None,
+            # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
+            "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
             "base_time": _iso_time(grammar, rec["base_time"]) if rec["base_time"] else None,
             "base_date": _iso_date(rec["base_date"]) if rec["base_date"] else None,
             "signals": [],
@@ -478,8 +498,9 @@ def _registry_facts(f) -> dict[str, Any]:
     trg = pl.col("trg_file").fill_null("").str.replace_all("\\\\", "/").str.strip_prefix("./").str.strip_chars_start("/")
     # Multimodal-Linkage: trg_file is the delivered file's "Name and path", and the release root may be "a dated
     # release directory" or any name: a path written from the machine's or the release's root is cut to the site's
-    # own, from the person folder before the first Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/)
-    trg = trg.str.replace(r"^(?:[^/]*/)*?([^/]+/(?i:waveforms|images)/)", "${1}")
+    # own, from the person folder before the last Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/;
+    # the last: the release's own path may hold such a folder, /mnt/Images/release/<person>/Images/..., a site's not)
+    trg = trg.str.replace(r"^(?:[^/]*/)*([^/]+/(?i:waveforms|images)/)", "${1}")
     frame = frame.with_columns(trg_file=trg)
     duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
     facts.update(
@@ -488,8 +509,12 @@ def _registry_facts(f) -> dict[str, Any]:
         n_duplicate_ids=int(frame.filter(pl.col("file_id").is_duplicated())["file_id"].n_unique()),
         no_src=frame.select((pl.col("src_file").fill_null("") == "").sum()).item(),
         no_trg=frame.select((pl.col("trg_file") == "").sum()).item(),
-        person_id=frame["person_id"].drop_nulls().unique().sort().to_list(),
+        person_id=frame.filter(pl.col("person_id").fill_null("") != "")["person_id"].unique().sort().to_list(),
         visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
+        # the persons given to each visit (registry.visit_person), as [visit_id, person_id] pairs
+        visit_persons=frame.filter((pl.col("visit_id").fill_null("") != "") & (pl.col("person_id").fill_null("") != ""))
+        .select(pl.concat_list(pl.col("visit_id").str.strip_chars(), pl.col("person_id").str.strip_chars().str.strip_chars('"')))
+        .unique().to_series().sort().to_list(),
         trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
         # the integer proc_ids, compared with procedure_occurrence.csv's (registry.proc_overlap)
         proc_ids=frame["proc_id"].str.strip_chars().str.extract(r"^([0-9]{1,18})$").cast(pl.Int64)
@@ -503,13 +528,17 @@ def _registry_facts(f) -> dict[str, Any]:
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
     # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
+    # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
     proc, when = pl.col("proc_id").fill_null(""), pl.col("datetime").fill_null("")
+    person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
     stamp = when.str.replace("T", " ").str.replace(r"\.\d+$", "")
+    faults = ("no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
-        "row", no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_datetime=when == "",
+        "row", no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
+        no_datetime=when == "",
         bad_datetime=(when != "") & stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
-    ).filter(pl.any_horizontal("no_proc", "bad_proc", "no_datetime", "bad_datetime"))
-    facts.update({key: int(bad[key].sum()) for key in ("no_proc", "bad_proc", "no_datetime", "bad_datetime")},
+    ).filter(pl.any_horizontal(faults))
+    facts.update({key: int(bad[key].sum()) for key in faults},
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are
@@ -694,9 +723,10 @@ def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) ->
     return NUL_REASON if gate.nul else _arrow_reason(exc, block, names)
 
 
-def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, list[str]] | None:
-    """The distinct (rows of the) wanted columns, stripped and non-empty, in order of first appearance;
-    None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
+def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...],
+                 required: int | None = None) -> dict[str, list[str]] | None:
+    """The distinct (rows of the) wanted columns, stripped and non-empty (the first `required` of them; the others
+    may be None), in order of first appearance; None if one is absent. Streamed with pyarrow, batch by batch: only the distinct values are kept, never
     the file (no polars either: this runs in forked hashing workers)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -716,7 +746,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
         )
         for batch in reader:
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
-            seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row)))
+            seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row[:required])))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: "
                          f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None
@@ -734,13 +764,15 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
         if kind == KIND_LINKS and "session" not in facts["columns"] and "session_id" in facts["columns"]:
             facts["columns"][facts["columns"].index("session_id")] = "session"  # v2.0 named it session_id
         if wanted:
+            # visit_occurrence.csv: each visit's person too, where the column is (registry.visit_person)
+            read = (*wanted, "person_id") if kind == KIND_VISITS and "person_id" in facts["columns"] else wanted
             if facts["delimiter"] != ",":
                 values = None
             elif ended:  # only the header row, unterminated: no values (pyarrow would refuse the file)
-                values = {w: [] for w in wanted} if all(w in facts["columns"] for w in wanted) else None
+                values = {w: [] for w in read} if all(w in facts["columns"] for w in read) else None
             else:
-                values = _csv_columns(f, raw, facts["columns"], wanted)
-            for w in wanted:
+                values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
+            for w in read:
                 facts[w] = None if values is None else values[w]
         return facts
 

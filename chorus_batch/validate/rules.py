@@ -124,6 +124,19 @@ STUDY_DICOM_TAGS: dict[str, tuple[str, int]] = {
     "body_part_examined": ("BodyPartExamined", 0x00180015),
 }
 STUDY_DICOM_TAGS_MR: dict[str, tuple[str, int]] = {"magnetic_field_strength": ("MagneticFieldStrength", 0x00180087)}
+# Its "Series Level" attributes: those every series has (SeriesInstanceUID is checked against its folder), and those
+# of some modalities (-> the modalities whose headers have them). Not asked: ImagesInAcquisition (optional in every
+# image module: a header cannot tell whether the scanner counts them), TransducerType and TransducerFrequency (an
+# ultrasound header keeps them inside its region sequence, not at the top).
+SERIES_DICOM_TAGS: dict[str, tuple[str, int]] = {
+    "series_description": ("SeriesDescription", 0x0008103E),
+    "series_number": ("SeriesNumber", 0x00200011),
+}
+SERIES_DICOM_TAGS_BY_MODALITY: dict[str, tuple[str, int, tuple[str, ...]]] = {
+    "slice_thickness": ("SliceThickness", 0x00180050, ("CT", "MR", "PT")),  # cross-sectional images
+    "view_position": ("ViewPosition", 0x00185101, ("CR", "DX", "MG")),  # projection radiographs
+    "image_laterality": ("ImageLaterality", 0x00200062, ("MG",)),  # a mammogram is of one breast
+}
 
 # WFDB signal formats: samples per group and bytes per group (a group is the smallest whole
 # number of bytes: 212 packs 2 samples in 3 bytes, 310/311 pack 3 samples in 4 bytes).
@@ -137,10 +150,14 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # Kinds of content a rule reads. A kind's name changes when its reader keeps more (dicom.v2 reads
 # the accession, series UID and identifying tags): facts cached under the old name are read again.
 # wfdb_header.v2 keeps each signal's name and units (the rules against the site's signal mapping)
+# wfdb_header.v3 reads a record line without a frequency as wfdb does, 250 Hz (v2: none, its rates went unchecked),
+# and keeps the units as written where wfdb's reading dropped characters ("µV", read "V")
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v2", "dicom.v3", "records"
+# dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v2", "waveform_links.v2"
+# omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -149,9 +166,12 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # mapping_csv.v3 (and registry_csv.v4) tell a column named twice in the site's words (v2: the frame library's error)
 # v5 reads the image registry's image_registry_id (empty, not an integer, repeated, out of sequence)
 # v6 cuts a trg_file written from the machine's or the release's root (/data/release/<person>/...) to the site's path
+# v7 cuts it at the last Waveforms/ or Images/ folder (v6: the first, inside a release path such as /mnt/Images/...),
+# and counts rows with an empty person_id (no_person), which v6 listed as a person "" not in person.csv, and keeps the
+# (visit_id, person_id) pairs (registry.visit_person)
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v6"
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v7"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -267,7 +287,7 @@ RULES: tuple[Rule, ...] = (
          "header (frequency x samples per frame)."),
     Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
          "A mapped signal's units in the mapping file differ from its units in the WFDB header (uV, µV and μV are "
-         "one unit; case counts)."),
+         "one unit in the mapping; case counts; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
@@ -308,6 +328,11 @@ RULES: tuple[Rule, ...] = (
          "DICOM headers of a series folder lack study-level attributes the Imaging SOP selects for CHoRUS "
          f"({', '.join(k for k, _ in STUDY_DICOM_TAGS.values())}; MagneticFieldStrength in MR studies): keep them "
          "when de-identifying."),
+    Rule("dicom.series_metadata", "warning", "DICOM series metadata missing",
+         "DICOM headers of a series folder lack series-level attributes the Imaging SOP selects for CHoRUS "
+         f"({', '.join(k for k, _ in SERIES_DICOM_TAGS.values())}; "
+         + "; ".join(f"{k} in {'/'.join(m)} series" for k, _, m in SERIES_DICOM_TAGS_BY_MODALITY.values())
+         + "): keep them when de-identifying."),
     Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),
@@ -321,8 +346,8 @@ RULES: tuple[Rule, ...] = (
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
          "row is split by tabs, semicolons or pipes instead of commas."),
     Rule("registry.values", "warning", "registry values of the wrong type",
-         "A registry row's proc_id is empty or not an integer, or its datetime is empty or not a date and time "
-         "(yyyy-MM-dd HH:mm:ss)."),
+         "A registry row's proc_id is empty or not an integer, its person_id is empty, or its datetime is empty or not "
+         "a date and time (yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
@@ -352,6 +377,9 @@ RULES: tuple[Rule, ...] = (
          "A registry row's person_id differs from the person folder its trg_file lies in."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
          "A registry row's visit_id is not in visit_occurrence.csv."),
+    Rule("registry.visit_person", "error", "registry visit of another person",
+         "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
+         "(the linkage procedure asks for the visit of the file's patient)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
          "registry's trg_file to the centre), or a trg_file is not on the site."),
@@ -366,7 +394,8 @@ RULES: tuple[Rule, ...] = (
          "A file is compressed or an archive (.gz, .bz2, .xz, .zst, .zip, .7z, .tar, ...): the procedures ask for the "
          "files themselves, and no check reads inside it."),
     Rule("file.empty", "warning", "empty file",
-         "A file is empty (0 bytes), usually an interrupted copy."),
+         "A file is empty (0 bytes), usually an interrupted copy (a file a rule reads, such as an OMOP table or a WFDB "
+         "header, is told by that rule instead)."),
     Rule("file.duplicate", "warning", "same content under two persons",
          "Files with identical content (MD5) lie under more than one person folder."),
     Rule("file.name_clash", "error", "names a Windows or macOS disk cannot hold apart",

@@ -41,14 +41,14 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
         "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64, "fs": pl.Float64,
         "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
                                       "samps_per_frame": pl.Int64, "byte_offset": pl.Int64,
-                                      "sig_name": pl.String, "units": pl.String})),
+                                      "sig_name": pl.String, "units": pl.String, "units_written": pl.String})),
         "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64})),
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
-    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String)}),
+    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "person_id": pl.List(pl.String)}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
                               "unchecked": pl.List(pl.String), "chars": pl.Int64}),
@@ -59,7 +59,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                                                            "units": pl.String}))}),
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
-                              "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64,
+                              "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
+                              "visit_persons": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
@@ -82,6 +83,8 @@ COMPRESSED_NAME = r"(?i)\.(gz|gzip|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)$"
 _FILE_COLUMNS = ("srcfile", "md5", "size", "_n", "_top", "_second", "_third", "_dir", "_name", "_stem", "_table",
                  "kind", "_modality", "_category", "_session", "_segment", "_layout")
 
+
+EMPTY_READ = "the file is empty (0 bytes), likely an interrupted copy: copy it again"
 
 # Facts are decoded this many at a time, the slices side by side: all at once, the JSON parser holds a copy of
 # every text (150k WFDB headers: +230 MB at the peak, against +90 MB in slices; as fast, 0.24 s).
@@ -112,10 +115,12 @@ def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataF
     # A read that failed (not the content: see readers.read_facts) says nothing of the content: the kind's rules
     # see no facts, file.unread says what happened (a content rule would say "re-export it").
     unread = pl.col("retry").fill_null(False)
+    # An empty file is its kind's one finding (not file.empty too, with another remedy): said with the likely cause
+    empty = pl.when(pl.col("size") == 0).then(pl.lit(EMPTY_READ)).otherwise(pl.col("error"))
     return out.with_columns(
         _unread=pl.when(unread).then(pl.col("error")),
         _known=pl.col("_known") & ~unread,
-        error=pl.when(~unread).then(pl.col("error")),
+        error=pl.when(~unread).then(empty),
     ).with_columns(_ok=pl.col("_known") & pl.col("error").is_null()).drop("_h", "_md5", "retry")
 
 
@@ -248,6 +253,13 @@ class _Site:
         self.visit_ids: pl.Series | None = (
             visits.select(_norm_id(pl.col("visit_occurrence_id").explode())).to_series().drop_nulls().unique()
             if visits.height else None)
+        # and each visit's person (norm ids), where visit_occurrence.csv has the column
+        with_person = visits.filter(pl.col("person_id").is_not_null())
+        self.visit_persons: pl.DataFrame | None = (
+            with_person.select(pl.col("visit_occurrence_id"), pl.col("person_id")).explode("visit_occurrence_id", "person_id")
+            .select(_visit=_norm_id(pl.col("visit_occurrence_id")), _visit_person=_norm_id(pl.col("person_id")))
+            .drop_nulls().unique()
+            if with_person.height else None)
         self.omop_dir = (self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min())
                          .collect().item())
 
