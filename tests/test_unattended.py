@@ -1094,3 +1094,18 @@ def test_a_manifest_folder_that_is_not_there_is_refused_not_made(command, tmp_pa
     (mount / "chorus").mkdir()  # a new site: the folder made on purpose
     done = cli(*args, "--site", str(site), "--db", str(db), "-q")
     assert done.returncode in (ExitCode.OK, ExitCode.FINDINGS), done.stderr
+
+
+def test_a_killed_runs_row_is_finished_by_the_next_run(site, db):
+    """A run SIGKILLed (a Slurm time limit, the OOM killer) wrote no outcome: its `runs` row kept an empty exit code
+    forever, as if it were still going on. The next run, which holds the lock, finishes it as killed."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    proc, _ = paused_at_hashing(site, db)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id") == [(0,), (None,)]
+    assert run(site, db, "-q").returncode == 0
+    rows = query(db, "SELECT exit_code, version IS NULL, message FROM runs ORDER BY run_id")
+    assert [row[:2] for row in rows] == [(0, 0), (137, 1), (0, 0)], rows
+    assert "killed: it ended without recording its outcome" in rows[1][2]

@@ -97,6 +97,7 @@ def _update_cache(db_bytes: int) -> str:
     return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
 
 
+KILLED_EXIT = 137  # a run that died without recording its outcome, in `runs`: 128 + SIGKILL, as a shell or Slurm says it
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
@@ -694,7 +695,15 @@ class Manifest:
     # ------------------------------------------------------------------ runs
 
     def begin_run(self, argv: list[str], mode: str, site: str) -> int:
+        """A `runs` row for this run (under the lock). Rows left unfinished are of runs that died without a word
+        (SIGKILL, a Slurm time limit, the out-of-memory killer, a reboot): no run holds the lock but this one, so
+        they are finished here, with the version each committed if any, rather than left with no exit code."""
         with self._open() as con, con:
+            con.execute(
+                "UPDATE runs SET exit_code = ?, version = coalesce(version, (SELECT label FROM versions v "
+                "WHERE v.run_id = runs.run_id)), message = ? WHERE exit_code IS NULL",
+                (KILLED_EXIT, f"killed: it ended without recording its outcome (SIGKILL, a job time limit, the "
+                              f"out-of-memory killer, a reboot); found by the next run at {iso(utc_now())}"))
             cur = con.execute(
                 "INSERT INTO runs (started_at, host, user, pid, argv, mode, site, release) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (iso(utc_now()), socket.gethostname(), user_name(), os.getpid(), json.dumps(argv), mode, site, release()),
