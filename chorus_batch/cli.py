@@ -851,27 +851,29 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
     _refuse_flags_of_the_other_side(args, settings)
-    with _early_listing(settings):  # walking while the libraries load
-        if settings.shard is not None or settings.staging is not None:
-            return _run_shard(args, settings)
-        faults.pause("early-listing")
-        from .pipeline import run
-        from .progress import Progress
+    result = None
+    try:  # from the run's return on, a signal or failure names the version it committed
+        with _early_listing(settings):  # walking while the libraries load
+            if settings.shard is not None or settings.staging is not None:
+                return _run_shard(args, settings)
+            faults.pause("early-listing")
+            from .pipeline import run
+            from .progress import Progress
 
-        result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
-    try:
+            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+            faults.pause("run-returned")  # (tests: a signal as the early listing is shut down, the version committed)
         faults.pause("summary")  # (tests: a signal after the run, while its summary is printed)
         with _kept_exit_code(int(result.exit_code)):  # (flushed: a failure of its last bytes still names the version)
             _print_run(args, result, settings, demo=target.demo)
     except BrokenPipeError:
         raise
     except Exception as exc:  # the summary is lost, not the version: the message says which stands
-        if result.label:
+        if result is not None and result.label:
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
                                                         "only this summary was not written (`chorus-batch changes` shows it)")
         raise
     except (KeyboardInterrupt, Stopped) as exc:  # (main says "nothing was committed" of a signal without it)
-        if result.label:
+        if result is not None and result.label:
             exc.committed = result.label  # type: ignore[union-attr]
         raise
     return int(result.exit_code)
