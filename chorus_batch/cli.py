@@ -1638,7 +1638,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)",
-               int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)"}
+               int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)",
+               int(ExitCode.USER_SIGNAL_2): "stopped by SIGUSR2 (Slurm sends it before a job's time limit with "
+                                            "--signal=USR2)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
         print(f"chorus-batch: {how.get(code, 'interrupted')}; "

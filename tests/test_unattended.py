@@ -153,7 +153,9 @@ def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[sub
     (signal.SIGINT, 130, "interrupted", False),
     # Slurm's --signal=USR1@60 (before a job's time limit) reaches every process of the step, workers too: it ended
     # the run with no message and an unfinished runs row, and the workers' deaths read as a crash
-    (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True)])
+    (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True),
+    # --signal=USR2@60: its default action ended the run with no message, an unfinished runs row, a stale lock note
+    (signal.SIGUSR2, 140, "stopped by SIGUSR2 (Slurm sends it", False), (signal.SIGUSR2, 140, "stopped by SIGUSR2", True)])
 def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers):
     proc, workers = paused_at_hashing(site, db)
     for pid in workers if to_workers else ():
