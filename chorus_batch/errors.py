@@ -176,6 +176,16 @@ def file_size_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
+def salvage_command(damaged: str) -> str:
+    """A shell command that copies what SQLite can still read of a damaged database into a new file beside it. Not
+    `sqlite3 DB .recover`: the sqlite3 3.40 of Debian bookworm lacks the page reader it needs and writes no table
+    ("SQL logic error"). `.dump` reads what it can and ends "ROLLBACK; -- due to errors", turned into COMMIT."""
+    import shlex
+
+    return (f"sqlite3 {shlex.quote(damaged)} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | "
+            f"sqlite3 {shlex.quote(damaged + '.salvaged')}")
+
+
 FILE_SIZE_FIX = ("raise or remove the limit (`ulimit -f unlimited` in the job's script, or ask the batch system's "
                  "administrators), then run again")
 

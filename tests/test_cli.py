@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -433,7 +434,27 @@ def test_a_damaged_manifest_is_said_to_be_damaged_and_not_to_be_started_anew(sit
         assert out.returncode == 3 and "Traceback" not in out.stderr, (command, out.stderr)
         assert "is damaged" in out.stderr and "backup" in out.stderr and "_manifest/manifest.sqlite" in out.stderr
         assert "move this one aside" not in out.stderr, out.stderr
+        # what it holds is damaged: not "the manifest holds what it held before" of it
+        assert "holds what it held before" not in out.stderr and "nothing was written to it" in out.stderr, out.stderr
     assert db.read_bytes() == cut
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 command-line shell")
+def test_the_salvage_a_damaged_manifest_is_told_works_with_the_sqlite3_shell(site, db):
+    """The advice for a damaged database was `sqlite3 DB .recover`, which writes no table with the sqlite3 3.40 of
+    Debian bookworm ("SQL logic error"): the command the message gives, run as given, copies out what is readable."""
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    (label,), = query(db, "SELECT label FROM versions")
+    with open(db, "r+b") as f:  # pages overwritten mid-file, as a bad disk leaves them
+        f.seek(4096 * 2)
+        f.write(b"\xff" * 8192)
+    out = cli("versions", "--db", str(db))
+    assert out.returncode == 3 and "is damaged" in out.stderr, out.stderr
+    command = out.stderr.split("copy out what is still readable (rows on damaged pages are lost): ")[1].splitlines()[0]
+    salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert salvaged.returncode == 0, salvaged.stderr
+    assert query(Path(f"{db}.salvaged"), "SELECT label FROM versions") == [(label,)]
 
 
 def test_a_manifest_from_a_newer_version_is_refused(site, db):

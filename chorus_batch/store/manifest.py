@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit
+from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import create_private, file_above, free_bytes, nearly_full, restrict, write_private
@@ -327,15 +327,23 @@ class Manifest:
                                  where=where, fix="free space on the manifest's file system and run again")
         if "malformed" in low:  # SQLite's own file, damaged: starting anew would lose every version and the ledger
             here = shlex.quote(where)
-            return ManifestError(f"the manifest is damaged: {text} (a copy cut short, a disk or file system that lost "
-                                 "writes)", where=where,
-                                 fix=f"restore it from a backup (in its place: cp BACKUP {here}), or from the copy "
-                                     "`upload` left beside the newest version it completed at the centre "
-                                     "(<version>/_manifest/manifest.sqlite); do not start a new manifest in its "
-                                     "place: its versions and uploads ledger would be lost")
+            damaged = ManifestError(f"the manifest is damaged: {text} (a copy cut short, a disk or file system that "
+                                    "lost writes)", where=where,
+                                    fix=f"restore it from a backup (in its place: cp BACKUP {here}), or from the copy "
+                                        "`upload` left beside the newest version it completed at the centre "
+                                        "(<version>/_manifest/manifest.sqlite); do not start a new manifest in its "
+                                        "place: its versions and uploads ledger would be lost. With neither, keep it "
+                                        "and copy out what is still readable (rows on damaged pages are lost): "
+                                        + salvage_command(where))
+            # (not "the manifest holds what it held before": what it holds is damaged)
+            damaged.outcome = ("nothing was written to it; what it held can be had back only from a backup or the "
+                               "upload's copy (or in part by the salvage above)")
+            return damaged
         if "not a database" in low or "file is encrypted" in low:
-            return ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
-                                 fix="pass --db with the right file, or move this one aside to start a new manifest")
+            other = ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
+                                  fix="pass --db with the right file, or move this one aside to start a new manifest")
+            other.outcome = "nothing was written to it: the file is as it was"  # (it holds no versions to speak of)
+            return other
         if "unable to open" in low or "cannot open" in low:
             return ManifestError(f"cannot open the manifest: {text}", where=where,
                                  fix="check that --db names a file (not a folder) in a folder this user can write")
