@@ -222,6 +222,13 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     if n_kept and manifest.classification() != classification:
         reclassified = _reclassify(manifest, invalidated, patterns)
         kept_candidates = _with_classification(kept_candidates, reclassified)
+    unchanged = tree.unchanged_by_modality()
+    if mode == "append" and kept_candidates.height:
+        # Files the tree did not list are carried over as they were: unchanged, or the summary's counts fall short
+        # of the version's files (unchanged 1 of a version of 4, 2 of them kept without being listed)
+        counts["unchanged"] += kept_candidates.height
+        unchanged = pl.concat([unchanged, kept_candidates.group_by(pl.col("modality").fill_null("Other")).len("n")],
+                              how="vertical_relaxed").group_by("modality").agg(pl.col("n").sum())
     kept_errors = tree.kept_parse_errors()
     if reclassified is not None:  # the kept rows' parse errors as they are classified now
         kept_errors = pl.concat([kept_errors.join(reclassified.select("file_id"), on="file_id", how="anti"),
@@ -234,7 +241,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
                         *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
     n_files = n_kept + new_rows.height
     total_bytes = tree.kept_bytes + int(kept_candidates["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
-    by_modality = _by_modality(diff.change_set, new_rows, previous_candidates, tree.unchanged_by_modality())
+    by_modality = _by_modality(diff.change_set, new_rows, previous_candidates, unchanged)
     outcome = Committed(label=None, counts=counts, by_modality=by_modality, errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
                         verification=verification(tree, scanned.scan_started_ns, kept_candidates, new_rows),

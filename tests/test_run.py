@@ -308,6 +308,10 @@ def test_append_mode_keeps_unlisted_files_and_applies_the_delete_list(site, db, 
     result = run_site(site, db, mode="append", delete_list=str(deletions))
     assert set(current_rows(db)) == {"OMOP/b.csv", "OMOP/c.csv"}
     assert result.counts["removed"] == 1 and result.counts["added"] == 1
+    # b.csv, not listed, is carried over unchanged: the counts add up to the version's files (unchanged was 0)
+    assert result.counts["unchanged"] == 1 and result.n_files == 2
+    assert result.by_modality.filter(pl.col("change") == "unchanged").select("modality", "n").rows() == [("OMOP", 1)]
+    assert query(db, "SELECT n_unchanged FROM versions ORDER BY label DESC LIMIT 1") == [(1,)]
     assert result.errors.filter(pl.col("kind") == "delete_list")["srcfile"].to_list() == ["OMOP/missing.csv"]
 
 
