@@ -35,7 +35,7 @@ from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
-from .progress import Progress
+from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
@@ -180,7 +180,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     started = started or utc_now()
     delete_errors = empty_errors()
     if delete_list is not None:
-        delete_list, delete_errors = _check_delete_list(delete_list, parts)
+        delete_list, delete_errors = _check_delete_list(delete_list, parts, manifest.removed_in)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
     # a followed link whose target could not be reached may lead to a folder: the rows below it are kept too
     unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_LINK_KINDS))["srcfile"].to_list()]
@@ -565,15 +565,25 @@ def unseen_files(errors: pl.DataFrame) -> list[str]:
     return errors.filter(pl.col("kind").is_in(("unreadable", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
 
 
-def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
+                       removed_in=None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Append mode: paths to remove. A listed path still in the tree, or unknown to
-    the manifest, is recorded and left alone."""
+    the manifest, is recorded and left alone. One an earlier version removed (`removed_in`: Manifest.removed_in)
+    is a note, not a finding: a list applied again each night would otherwise exit 1 every night."""
     present, known = [], []
     for part in range(parts.count):
         present.append(delete_list.join(parts.files(part).select("srcfile"), on="srcfile", how="semi"))
         known.append(delete_list.join(parts.previous(part).select("srcfile"), on="srcfile", how="semi"))
     present_paths = pl.concat(present)
     unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
+    if removed_in is not None and unknown.height:
+        done = unknown.join(removed_in(unknown["srcfile"]), on="srcfile")
+        if done.height:
+            unknown = unknown.join(done, on="srcfile", how="anti")
+            first = done.sort("line").row(0, named=True)
+            log.info(f"delete list: {done.height} line(s) name files an earlier version already removed (line "
+                     f"{first['line']}, {first['srcfile']}: removed in version {first['version']}); nothing to do for "
+                     "them")
     # A line naming a folder (a whole session to remove) is no file of the manifest either, but "not in the
     # manifest" was untrue of it: how many recorded files lie under it, found by binary search of each part's
     # sorted paths ('0' is the character after '/': [folder/, folder0) holds exactly the paths under it).

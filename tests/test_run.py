@@ -17,7 +17,7 @@ from chorus_batch.errors import UsageError
 from chorus_batch.sources import LocalSource
 from chorus_batch.testdata import Spec, write_snapshot
 
-from conftest import current_rows, query, run_site, scan_and_commit, tree_md5, write
+from conftest import cli, current_rows, query, run_site, scan_and_commit, tree_md5, write
 
 WAVE = "000123/Waveforms/000123_20200101_101010_60.dat"
 IMAGE = "000123/Images/ST1/SE1/000123_20200101_101010_CT_SE1_0001.dcm"
@@ -338,10 +338,30 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
     assert set(current_rows(db)) == {"OMOP/d.csv"} and result.counts["removed"] == 3
     assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").rows() == [
         ("OMOP/d.csv", "listed for deletion (line 4) but still present in the tree; not removed")]
-    deletions.write_text("# again\n./OMOP/a.csv\n")
+    deletions.write_text("# again\n./OMOP/a.csv\nOMOP/never.csv\n")
     result = run_site(site, db, mode="append", delete_list=str(deletions))
     assert result.errors.filter(pl.col("kind") == "delete_list")["message"].to_list() == [
-        "listed for deletion (line 2, written ./OMOP/a.csv) but not in the manifest; ignored"]
+        "listed for deletion (line 3) but not in the manifest; ignored"]
+
+
+def test_a_delete_list_applied_again_is_no_finding(site, db, tmp_path):
+    """A site's delete list re-applied each night: a line for a file an earlier version removed said "not in the
+    manifest; ignored", a finding, so every night exited 1. It is a note (naming the version that removed it)."""
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"b")
+    run_site(site, db)
+    (site / "OMOP/a.csv").unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("OMOP/a.csv\n")
+    nightly = ("run", "--no-validate", "--mode", "append", "--delete-list", str(deletions), "--site", str(site),
+               "--db", str(db))
+    first = cli(*nightly)
+    assert first.returncode == 0 and "removed  " in first.stdout, first.stdout + first.stderr
+    (label,), = query(db, "SELECT label FROM versions ORDER BY label DESC LIMIT 1")
+    again = cli(*nightly)
+    assert again.returncode == 0 and "not in the manifest" not in again.stdout + again.stderr, again.stdout
+    assert f"line 1, OMOP/a.csv: removed in version {label}); nothing to do" in again.stderr, again.stderr
+
 
 
 def test_a_delete_list_line_naming_a_folder_says_so(site, db, tmp_path):

@@ -515,6 +515,17 @@ class Manifest:
         with self._open() as con:
             return con.execute(sql, params).fetchone()
 
+    def removed_in(self, paths: pl.Series) -> pl.DataFrame:
+        """srcfile, version: the version that ended each of `paths` (its latest row, if no row of it is current)."""
+        rows = []
+        if paths.len():
+            with self._open() as con:
+                rows = con.execute(
+                    "SELECT srcfile, max(version_invalid) FROM source_files WHERE srcfile IN (SELECT value FROM "
+                    "json_each(?)) GROUP BY srcfile HAVING count(*) = count(version_invalid)",
+                    (json.dumps(paths.to_list()),)).fetchall()
+        return pl.DataFrame(rows, schema={"srcfile": pl.String, "version": pl.String}, orient="row")
+
     def latest_version(self) -> dict | None:
         if not self.path.exists():
             return None
