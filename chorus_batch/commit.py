@@ -43,6 +43,10 @@ from .times import iso, utc_now
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
+LABEL_MAX = 64
+# A hand label leaves room for the "-<UTC start>" the versions after it add (next_label): a 50-character one made the
+# next night's label 65 characters, past what a label may have (mark-uploaded refused to name it)
+HAND_LABEL_MAX = LABEL_MAX - len("-YYYYMMDDhhmmss")
 # Errors under these kinds mean "could not look", not "gone": earlier rows below them are kept.
 _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
 # A followed link whose target cannot be reached, or is missing (a file system not mounted now): what was recorded at
@@ -134,6 +138,11 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
                              fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "
                                  "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")
+        if len(requested) > HAND_LABEL_MAX:
+            raise UsageError(f"version label {requested!r} has {len(requested)} characters: the versions after it are "
+                             f"labelled '{requested}-<UTC start>', {LABEL_MAX - HAND_LABEL_MAX} more, past the "
+                             f"{LABEL_MAX} a label may have", where="--version",
+                             fix=f"use at most {HAND_LABEL_MAX} characters, or omit --version to use the UTC start time")
         if latest is not None and requested <= latest:
             raise UsageError(f"version label {requested!r} does not sort after the latest version {latest!r}",
                              where="--version", fix="choose a later label, or omit --version to use the UTC start time")
@@ -152,6 +161,11 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
         with contextlib.suppress(ValueError):  # (14 digits that are no time: taken as a hand label)
             later = max(label, (datetime.strptime(stamp, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT))
             return f"{prefix}-{later}" if prefix else later
+    if len(latest) > HAND_LABEL_MAX:  # (a label given before hand labels were kept short, or imported)
+        raise UsageError(f"the latest version's label {latest!r} has {len(latest)} characters: the next one, "
+                         f"'{latest}-<UTC start>', would be past the {LABEL_MAX} a label may have", where="--version",
+                         fix=f"give this run a label that sorts after {latest!r} with --version (at most "
+                             f"{HAND_LABEL_MAX} characters): the versions after that one follow its label")
     return f"{latest}-{label}"
 
 

@@ -387,6 +387,28 @@ def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     assert not db.exists()
 
 
+def test_a_hand_label_too_long_to_be_followed_is_refused_before_any_work(site, db):
+    """`run --version` with 50 to 64 characters was taken; the next night's default label, '<label>-<UTC start>', then
+    had 65 or more, past what a label may have (mark-uploaded refused to name it). Refused up front; a manifest whose
+    latest label is already that long is told, before the listing, to give the next run a label."""
+    write(site, "OMOP/a.csv")
+    long = "v" + "x" * 49
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long)
+    assert out.returncode == 2 and "has 50 characters" in out.stderr and "at most 49" in out.stderr, out.stderr
+    assert "listing" not in out.stderr and not db.exists()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long[:49]).returncode == 0
+    import sqlite3
+
+    with sqlite3.connect(db) as con:  # as an older release let it be given
+        con.execute("UPDATE versions SET label = ?", (long,))
+    con.close()
+    write(site, "OMOP/b.csv")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert out.returncode == 2 and f"the latest version's label '{long}' has 50 characters" in out.stderr, out.stderr
+    assert "listing" not in out.stderr and "--version" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
 def test_findings_exit_1_and_json_summary(site, db):
     write(site, "stray.txt")
     out = cli("run", "--site", str(site), "--db", str(db), "--json", "-q")
