@@ -123,6 +123,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[site.roots]\nImages = ""\n', "setting 'site.roots.Images' is empty"),
         # `name = ""` was taken as no name while `root = ""` was refused: every text setting written empty is refused
         ('[site]\nroot = "x"\nname = ""\n', "setting 'site.name' is empty"),
+        # recorded with each version and printed: an escape rewrote the terminal, a line break split the cron log
+        ('[site]\nroot = "x"\nname = "site-a\\u001b[2J\\nX"\n', "invalid setting 'site.name': 'site-a\\x1b[2J\\nX' holds a "
+         "control character"),
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
