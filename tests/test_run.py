@@ -215,6 +215,22 @@ def test_vanished_file_between_listing_and_hashing(site, db):
     result = scan_and_commit(db, [Root(VanishingSource(site))])
     assert list(current_rows(db)) == ["OMOP/keep.csv"]
     assert result.errors.filter(pl.col("kind") == "vanished")["srcfile"].to_list() == ["OMOP/gone.csv"]
+    # a recorded file that changed, then vanished as it was to be hashed: its row stays, and the message says so and
+    # what comes next ("disappeared" alone gave no next step)
+    write(site, "OMOP/keep.csv", b"changed")
+    (site / "OMOP/gone.csv").write_bytes(b"g")
+
+    class VanishingKeep(LocalSource):
+        def list_files(self, errors):
+            batches = list(super().list_files(errors))
+            (site / "OMOP/keep.csv").unlink()
+            yield from batches
+
+    result = scan_and_commit(db, [Root(VanishingKeep(site))])
+    assert sorted(current_rows(db)) == ["OMOP/gone.csv", "OMOP/keep.csv"]
+    message, = result.errors.filter(pl.col("kind") == "vanished")["message"].to_list()
+    assert "what was recorded of it stays in this version; the next run records it as removed" in message, message
+    assert "nothing to do unless it recurs" in message
 
 
 def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site, db):
