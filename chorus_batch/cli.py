@@ -1604,7 +1604,17 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                  "import-config": "no chorus.toml was written (--out is written whole or not at all)",
                  "status": "nothing was written (status only reads)",
                  "report": "no report was written (report only reads)",
-                 "review": "no notebook was written (review only reads)"}
+                 "review": "no notebook was written (review only reads)",
+                 # (each said what it did, as run does: "nothing was committed" is a run's word, not theirs)
+                 "validate": "no findings of this check were recorded (they are stored in one transaction at its "
+                             "end); the manifest's versions are as they were; run the same command again",
+                 "registry": "the proc_ids given so far stay recorded in the manifest (the same records keep "
+                             "them); each registry file in --out is written whole or not at all: run the same command "
+                             "again to write them all",
+                 "upgrade": "the manifest was not upgraded (the upgrade is one transaction, undone when cut short); "
+                            "run the same command again",
+                 **{command: f"nothing was written ({command} only reads)"
+                    for command in ("versions", "changes", "files", "diff", "history", "slurm-script")}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -783,6 +783,29 @@ def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_no
     assert "stays" not in err and list(here.iterdir()) == []
 
 
+def test_a_signal_to_validate_of_a_manifest_says_what_validate_did(site, db):
+    """Commands other than run fell back to run's words on a signal ("nothing was committed; the manifest holds what
+    it held before"): validate says its findings were not recorded, and every command has its own words."""
+    from chorus_batch.cli import COMMANDS, NOT_COMMITTED
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "validate", "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "validate"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at validate" not in (line := proc.stderr.readline()):
+        assert line, "validate ended before its pause"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "no findings of this check were recorded" in err and "nothing was committed" not in err, err
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]
+    # run's own words are run's (pipeline.nothing_committed); testdata and unlock say theirs (testdata._left_behind;
+    # unlock changes no manifest content, which the fallback says truly)
+    assert set(COMMANDS) - set(NOT_COMMITTED) == {"run", "testdata", "unlock"}
+
+
 def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(site, small_disk):
     """SQLite says "disk I/O error" when its -shm cannot grow on a full file system: the message says the disk is
     full (not "check dmesg"), that nothing was committed, and the version before is whole once space is freed."""
