@@ -277,9 +277,10 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     manifest.check_path()
     check_roots(settings)
     ensure_open_files(settings.workers)
-    latest = manifest.latest_version() if manifest.schema_on_disk() is not None else None  # (none yet: no file, 0 bytes)
-    # a label refused (or one the latest version's cannot be followed by) is said before the listing, not at the commit
-    next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
+    if settings.shard is None and settings.staging is None:  # (a shard commits nothing: its merge is told)
+        latest = manifest.latest_version() if manifest.schema_on_disk() is not None else None  # (none yet: no file)
+        # a label refused (or one the latest version's cannot be followed by) is said before the listing
+        next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
     if settings.version_label is not None:
         if not settings.version_label.isdigit() or len(settings.version_label) != 14:
             # Data-Upload-Update...: "each submission will be placed in a top level folder named with a timestamp of
