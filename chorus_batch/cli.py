@@ -1649,7 +1649,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, Stopped) as exc:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)",
                int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)",
-               int(ExitCode.USER_SIGNAL_2): "stopped by SIGUSR2 (Slurm sends it before a job's time limit with "
+               int(ExitCode.SECOND_USER_SIGNAL): "stopped by SIGUSR2 (Slurm sends it before a job's time limit with "
                                             "--signal=USR2)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)

@@ -24,7 +24,7 @@ class ExitCode(IntEnum):
     # upload: a central blob holds other content (another manifest's) and was not replaced
     HANGUP = 129  # SIGHUP; nothing was committed
     USER_SIGNAL = 138  # SIGUSR1 (Slurm's --signal=USR1@... before a job's time limit); nothing was committed
-    USER_SIGNAL_2 = 140  # SIGUSR2 (Slurm's --signal=USR2@..., a site's own scripts); nothing was committed
+    SECOND_USER_SIGNAL = 140  # SIGUSR2 (Slurm's --signal=USR2@..., a site's own scripts); nothing was committed
     INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
     TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
 
@@ -44,9 +44,9 @@ exit codes:
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty
        (nothing was committed; the message says how many files and how to allow it); upload: a blob
        at the centre (or the manifest's copy) holds another manifest's content and was not replaced
-  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 138/140 stopped by SIGUSR1/SIGUSR2 (Slurm's --signal
-       before a job's time limit); 143 terminated (SIGTERM): nothing was committed, unless a line above says a
-       version was committed before the signal arrived"""
+  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 138 stopped by SIGUSR1; 140 stopped by SIGUSR2 (Slurm's
+       --signal before a job's time limit); 143 terminated (SIGTERM): nothing was committed, unless a line above
+       says a version was committed before the signal arrived"""
 
 # The signals that stop a command as Ctrl-C does (cli installs their handlers; processes holds them while a native
 # library loads; slurm passes them on to the jobs it submitted). SIGUSR1: what Slurm's `--signal=USR1@60` (a common
