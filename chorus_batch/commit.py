@@ -20,6 +20,7 @@ A version is written when anything changed, including only the recorded errors.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -106,9 +107,12 @@ def read_delete_list(path: str) -> pl.DataFrame:
     recorded. A leading './' and '\\' separators (find's and Windows' forms) are unambiguous: read as the path,
     and the messages name the line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
+        # A list written on Windows: with a byte-order mark (Notepad, Excel's "CSV UTF-8"), whose U+FEFF was read as
+        # part of the first path (never matched: that file was not removed), or as UTF-16 ("Unicode"): both unambiguous
+        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the delete list: {exc}", where=path,
+        raise UsageError(f"cannot read the delete list: {exc}", where=os.path.abspath(path),
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
     stripped = pl.col("written").str.strip_chars()
     lines = pl.DataFrame({"written": text.split("\n")}, schema={"written": pl.String}).with_row_index("line", 1).filter(

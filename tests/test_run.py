@@ -360,6 +360,21 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
         "listed for deletion (line 3) but not in the manifest; ignored"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_delete_list_saved_on_windows_is_read(site, db, tmp_path, encoding):
+    """A delete list with a byte-order mark (Notepad, Excel's "CSV UTF-8") had U+FEFF read into its first path, which
+    was then "not in the manifest" and not removed; one saved as UTF-16 ("Unicode") could not be read at all."""
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"b")
+    run_site(site, db)
+    (site / "OMOP/a.csv").unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_bytes("OMOP/a.csv\r\n".encode(encoding))
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert result.counts["removed"] == 1 and set(current_rows(db)) == {"OMOP/b.csv"}, result.errors
+    assert result.errors.filter(pl.col("kind") == "delete_list").height == 0
+
+
 def test_a_delete_list_applied_again_is_no_finding(site, db, tmp_path):
     """A site's delete list re-applied each night: a line for a file an earlier version removed said "not in the
     manifest; ignored", a finding, so every night exited 1. It is a note (naming the version that removed it)."""
