@@ -361,6 +361,12 @@ def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_
     other = db.with_name("other.sqlite")
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(other), "--version", "30000101000000", "-q")
     assert out.returncode == 0 and "not a UTC timestamp" not in out.stderr, out.stderr
+    # A time ahead of the clock (a mistyped year) labelled every version after it one second after it, not by its UTC
+    # start, unsaid; 14 digits that are no time (month 13) were taken as a timestamp
+    assert "is a UTC time in the future (3000-01-01 00:00:00 UTC)" in out.stderr, out.stderr
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db.with_name("third.sqlite")), "--version",
+              "20261301000000", "-q")
+    assert out.returncode == 0 and "version label '20261301000000' is not a UTC timestamp" in out.stderr, out.stderr
 
 
 def test_a_db_path_ending_in_a_separator_is_refused_not_made_a_file(site, tmp_path):
