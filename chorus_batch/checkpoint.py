@@ -241,7 +241,7 @@ def _read(path: Path) -> pl.DataFrame:
 
 def remove(folder: Path) -> None:
     """Remove a checkpoint folder (best effort: a leftover is ignored or removed by the next run)."""
-    if folder.is_symlink():
+    if folder.is_symlink() or folder.exists() and not folder.is_dir():  # (rmtree leaves a file: no checkpoint again)
         with contextlib.suppress(OSError):
             folder.unlink()
         return

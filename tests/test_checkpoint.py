@@ -243,6 +243,18 @@ def test_a_checkpoint_made_readable_by_others_is_made_owner_only_again_by_the_ru
     assert modes(folder)[folder.name] == 0o755
 
 
+def test_a_file_where_the_checkpoint_folder_belongs_is_replaced_by_one(site, db):
+    """A file at <manifest>.checkpoint (a stray copy, a restore) was said to be "ignored" but stayed: rmtree leaves a
+    file, so no run of this manifest could checkpoint again ("cannot write the hash checkpoint ... File exists")."""
+    make_site(site, 10)
+    run_site(site, db, validate_site=False)
+    folder_of(db).write_text("not a checkpoint")
+    found = Checkpoint.open(db, *Manifest(db).state_identity(), writable=True)
+    assert found is not None and not folder_of(db).exists()
+    found._prepare()  # (what a run's first flush does)
+    assert folder_of(db).is_dir()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "missing"])
 def test_a_checkpoint_whose_meta_is_damaged_is_said_to_be_ignored(site, db, damage):
     """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything."""
