@@ -86,6 +86,8 @@ class Checkpoint:
             return None
         identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
         folder = folder_of(db)
+        if writable:
+            _adopt_renamed(folder, str(manifest_id))
         owner = other_owner(folder)
         if owner is not None:
             # Whoever owns it could hand this run any MD5 for any file: never trusted, never removed (not ours)
@@ -193,6 +195,37 @@ class Checkpoint:
             remove(self.folder)
 
 
+def _adopt_renamed(folder: Path, manifest_id: str) -> None:
+    """A manifest renamed (or moved within its folder) after a killed run left `<old name>.checkpoint/` beside it,
+    never read nor removed again (person ids and MD5s kept for good). Such a folder of this manifest (its meta.json
+    names this manifest_id) whose own manifest file is gone becomes this manifest's checkpoint (open then checks its
+    state as for any other); a second one is removed. One whose manifest is there (a copy) is that one's: left."""
+    try:
+        siblings = [p for p in folder.parent.iterdir() if p.name.endswith(".checkpoint") and p != folder]
+    except OSError:
+        return
+    for old in siblings:
+        manifest = Path(str(old)[: -len(".checkpoint")])
+        if old.is_symlink() or not old.is_dir() or manifest.exists() or Path(f"{manifest}-wal").exists() \
+                or other_owner(old) is not None:
+            continue
+        try:
+            if json.loads((old / "meta.json").read_text(encoding="utf-8")).get("manifest_id") != manifest_id:
+                continue
+        except (OSError, ValueError, AttributeError):
+            continue
+        if folder.exists() or folder.is_symlink():
+            log.info(f"removing {old}: the hash checkpoint of this manifest under its former name {manifest.name}")
+            remove(old)
+            continue
+        try:
+            old.rename(folder)
+            log.info(f"the hash checkpoint {old}, of this manifest under its former name {manifest.name}, is now "
+                     f"{folder}")
+        except OSError:
+            remove(old)
+
+
 def _size(paths: list[Path]) -> int:
     total = 0
     for path in paths:
@@ -208,7 +241,7 @@ def _read(path: Path) -> pl.DataFrame:
 
 def remove(folder: Path) -> None:
     """Remove a checkpoint folder (best effort: a leftover is ignored or removed by the next run)."""
-    if folder.is_symlink():
+    if folder.is_symlink() or folder.exists() and not folder.is_dir():  # (rmtree leaves a file: no checkpoint again)
         with contextlib.suppress(OSError):
             folder.unlink()
         return

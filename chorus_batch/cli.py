@@ -852,27 +852,29 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     settings = _run_settings(args, target)
     _refuse_flags_of_the_other_side(args, settings)
-    with _early_listing(settings):  # walking while the libraries load
-        if settings.shard is not None or settings.staging is not None:
-            return _run_shard(args, settings)
-        faults.pause("early-listing")
-        from .pipeline import run
-        from .progress import Progress
+    result = None
+    try:  # from the run's return on, a signal or failure names the version it committed
+        with _early_listing(settings):  # walking while the libraries load
+            if settings.shard is not None or settings.staging is not None:
+                return _run_shard(args, settings)
+            faults.pause("early-listing")
+            from .pipeline import run
+            from .progress import Progress
 
-        result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
-    try:
+            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+            faults.pause("run-returned")  # (tests: a signal as the early listing is shut down, the version committed)
         faults.pause("summary")  # (tests: a signal after the run, while its summary is printed)
         with _kept_exit_code(int(result.exit_code)):  # (flushed: a failure of its last bytes still names the version)
             _print_run(args, result, settings, demo=target.demo)
     except BrokenPipeError:
         raise
     except Exception as exc:  # the summary is lost, not the version: the message says which stands
-        if result.label:
+        if result is not None and result.label:
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
                                                         "only this summary was not written (`chorus-batch changes` shows it)")
         raise
     except (KeyboardInterrupt, Stopped) as exc:  # (main says "nothing was committed" of a signal without it)
-        if result.label:
+        if result is not None and result.label:
             exc.committed = result.label  # type: ignore[union-attr]
         raise
     _say_refused(result)
@@ -1618,7 +1620,17 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                  "import-config": "no chorus.toml was written (--out is written whole or not at all)",
                  "status": "nothing was written (status only reads)",
                  "report": "no report was written (report only reads)",
-                 "review": "no notebook was written (review only reads)"}
+                 "review": "no notebook was written (review only reads)",
+                 # (each said what it did, as run does: "nothing was committed" is a run's word, not theirs)
+                 "validate": "no findings of this check were recorded (they are stored in one transaction at its "
+                             "end); the manifest's versions are as they were; run the same command again",
+                 "registry": "the proc_ids given so far stay recorded in the manifest (the same records keep "
+                             "them); each registry file in --out is written whole or not at all: run the same command "
+                             "again to write them all",
+                 "upgrade": "the manifest was not upgraded (the upgrade is one transaction, undone when cut short); "
+                            "run the same command again",
+                 **{command: f"nothing was written ({command} only reads)"
+                    for command in ("versions", "changes", "files", "diff", "history", "slurm-script")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1652,7 +1664,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code)
     except (KeyboardInterrupt, Stopped) as exc:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)",
-               int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)"}
+               int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)",
+               int(ExitCode.SECOND_USER_SIGNAL): "stopped by SIGUSR2 (Slurm sends it before a job's time limit with "
+                                            "--signal=USR2)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
         outcome = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed

@@ -20,6 +20,7 @@ A version is written when anything changed, including only the recorded errors.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from .config import parse_max_delete
 from .errors import MassRemovalRefused, UsageError
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt, under_folders
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
-from .progress import Progress
+from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
@@ -43,6 +44,10 @@ from .times import iso, utc_now
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
 _LABEL_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9_-])?$")
+LABEL_MAX = 64
+# A hand label leaves room for the "-<UTC start>" the versions after it add (next_label): a 50-character one made the
+# next night's label 65 characters, past what a label may have (mark-uploaded refused to name it)
+HAND_LABEL_MAX = LABEL_MAX - len("-YYYYMMDDhhmmss")
 # Errors under these kinds mean "could not look", not "gone": earlier rows below them are kept.
 _UNSEEN_DIR_KINDS = ("unreadable_dir", "vanished_dir")
 # A followed link whose target cannot be reached, or is missing (a file system not mounted now): what was recorded at
@@ -105,9 +110,12 @@ def read_delete_list(path: str) -> pl.DataFrame:
     recorded. A leading './' and '\\' separators (find's and Windows' forms) are unambiguous: read as the path,
     and the messages name the line."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
+        # A list written on Windows: with a byte-order mark (Notepad, Excel's "CSV UTF-8"), whose U+FEFF was read as
+        # part of the first path (never matched: that file was not removed), or as UTF-16 ("Unicode"): both unambiguous
+        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the delete list: {exc}", where=path,
+        raise UsageError(f"cannot read the delete list: {exc}", where=os.path.abspath(path),
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
     stripped = pl.col("written").str.strip_chars()
     lines = pl.DataFrame({"written": text.split("\n")}, schema={"written": pl.String}).with_row_index("line", 1).filter(
@@ -137,6 +145,11 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
                              fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "
                                  "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")
+        if len(requested) > HAND_LABEL_MAX:
+            raise UsageError(f"version label {requested!r} has {len(requested)} characters: the versions after it are "
+                             f"labelled '{requested}-<UTC start>', {LABEL_MAX - HAND_LABEL_MAX} more, past the "
+                             f"{LABEL_MAX} a label may have", where="--version",
+                             fix=f"use at most {HAND_LABEL_MAX} characters, or omit --version to use the UTC start time")
         if latest is not None and requested <= latest:
             raise UsageError(f"version label {requested!r} does not sort after the latest version {latest!r}",
                              where="--version", fix="choose a later label, or omit --version to use the UTC start time")
@@ -155,6 +168,11 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
         with contextlib.suppress(ValueError):  # (14 digits that are no time: taken as a hand label)
             later = max(label, (datetime.strptime(stamp, LABEL_FORMAT) + timedelta(seconds=1)).strftime(LABEL_FORMAT))
             return f"{prefix}-{later}" if prefix else later
+    if len(latest) > HAND_LABEL_MAX:  # (a label given before hand labels were kept short, or imported)
+        raise UsageError(f"the latest version's label {latest!r} has {len(latest)} characters: the next one, "
+                         f"'{latest}-<UTC start>', would be past the {LABEL_MAX} a label may have", where="--version",
+                         fix=f"give this run a label that sorts after {latest!r} with --version (at most "
+                             f"{HAND_LABEL_MAX} characters): the versions after that one follow its label")
     return f"{latest}-{label}"
 
 
@@ -183,7 +201,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     started = started or utc_now()
     delete_errors = empty_errors()
     if delete_list is not None:
-        delete_list, delete_errors = _check_delete_list(delete_list, parts)
+        delete_list, delete_errors = _check_delete_list(delete_list, parts, manifest.removed_in)
     unseen_dirs = scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_DIR_KINDS))["srcfile"].to_list()
     # a followed link whose target could not be reached may lead to a folder: the rows below it are kept too
     unseen_dirs += [p + "/" for p in scanned.errors.filter(pl.col("kind").is_in(_UNSEEN_LINK_KINDS))["srcfile"].to_list()]
@@ -231,6 +249,13 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     if n_kept and manifest.classification() != classification:
         reclassified = _reclassify(manifest, invalidated, patterns)
         kept_candidates = _with_classification(kept_candidates, reclassified)
+    unchanged = tree.unchanged_by_modality()
+    if mode == "append" and kept_candidates.height:
+        # Files the tree did not list are carried over as they were: unchanged, or the summary's counts fall short
+        # of the version's files (unchanged 1 of a version of 4, 2 of them kept without being listed)
+        counts["unchanged"] += kept_candidates.height
+        unchanged = pl.concat([unchanged, kept_candidates.group_by(pl.col("modality").fill_null("Other")).len("n")],
+                              how="vertical_relaxed").group_by("modality").agg(pl.col("n").sum())
     kept_errors = tree.kept_parse_errors()
     if reclassified is not None:  # the kept rows' parse errors as they are classified now
         kept_errors = pl.concat([kept_errors.join(reclassified.select("file_id"), on="file_id", how="anti"),
@@ -243,7 +268,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
                         *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
     n_files = n_kept + new_rows.height
     total_bytes = tree.kept_bytes + int(kept_candidates["size"].sum() or 0) + int(new_rows["size"].sum() or 0)
-    by_modality = _by_modality(diff.change_set, new_rows, previous_candidates, tree.unchanged_by_modality())
+    by_modality = _by_modality(diff.change_set, new_rows, previous_candidates, unchanged)
     outcome = Committed(label=None, counts=counts, by_modality=by_modality, errors=errors,
                         n_files=n_files, total_bytes=total_bytes,
                         verification=verification(tree, scanned.scan_started_ns, kept_candidates, new_rows),
@@ -569,15 +594,25 @@ def unseen_files(errors: pl.DataFrame) -> list[str]:
     return errors.filter(pl.col("kind").is_in(("unreadable", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
 
 
-def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
+                       removed_in=None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Append mode: paths to remove. A listed path still in the tree, or unknown to
-    the manifest, is recorded and left alone."""
+    the manifest, is recorded and left alone. One an earlier version removed (`removed_in`: Manifest.removed_in)
+    is a note, not a finding: a list applied again each night would otherwise exit 1 every night."""
     present, known = [], []
     for part in range(parts.count):
         present.append(delete_list.join(parts.files(part).select("srcfile"), on="srcfile", how="semi"))
         known.append(delete_list.join(parts.previous(part).select("srcfile"), on="srcfile", how="semi"))
     present_paths = pl.concat(present)
     unknown = delete_list.join(pl.concat(known), on="srcfile", how="anti")
+    if removed_in is not None and unknown.height:
+        done = unknown.join(removed_in(unknown["srcfile"]), on="srcfile")
+        if done.height:
+            unknown = unknown.join(done, on="srcfile", how="anti")
+            first = done.sort("line").row(0, named=True)
+            log.info(f"delete list: {done.height} line(s) name files an earlier version already removed (line "
+                     f"{first['line']}, {first['srcfile']}: removed in version {first['version']}); nothing to do for "
+                     "them")
     # A line naming a folder (a whole session to remove) is no file of the manifest either, but "not in the
     # manifest" was untrue of it: how many recorded files lie under it, found by binary search of each part's
     # sorted paths ('0' is the character after '/': [folder/, folder0) holds exactly the paths under it).

@@ -109,10 +109,24 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
                      "(e.g. 1000) or all")
 
 
+def printable_name(value: str | None) -> str | None:
+    """The site's name, recorded with each version and printed in summaries, logs and the report: one with a control
+    character was taken as it was (an escape sequence rewrote the terminal, a line break split the cron log's lines)."""
+    if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} holds a control character (a line break, a tab, an escape); write the name "
+                         "without it")
+    return value
+
+
 class SiteSection(_Strict):
     root: str | None = None
     name: str | None = None
     roots: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str | None) -> str | None:
+        return printable_name(value)
 
     @field_validator("roots")
     @classmethod
@@ -337,6 +351,11 @@ class RunSettings(BaseModel):
     # the `run` flags given that shape a listing (cli._listing_arguments: --config, --site, --db, --exclude, ...):
     # recorded by a shard, and how a merge's message reruns a shard (None: not known, e.g. the library)
     arguments: list[str] | None = None
+
+    @field_validator("site_name")
+    @classmethod
+    def _printable_site_name(cls, value: str | None) -> str | None:
+        return printable_name(value)
 
     @field_validator("staging", "merge")
     @classmethod

@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     # upload: a central blob holds other content (another manifest's) and was not replaced
     HANGUP = 129  # SIGHUP; nothing was committed
     USER_SIGNAL = 138  # SIGUSR1 (Slurm's --signal=USR1@... before a job's time limit); nothing was committed
+    SECOND_USER_SIGNAL = 140  # SIGUSR2 (Slurm's --signal=USR2@..., a site's own scripts); nothing was committed
     INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
     TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
 
@@ -43,14 +44,15 @@ exit codes:
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty
        (nothing was committed; the message says how many files and how to allow it); upload: a blob
        at the centre (or the manifest's copy) holds another manifest's content and was not replaced
-  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 138 stopped by SIGUSR1 (Slurm's --signal before a job's
-       time limit); 143 terminated (SIGTERM): nothing was committed, unless a line above says a version was
-       committed before the signal arrived"""
+  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 138 stopped by SIGUSR1; 140 stopped by SIGUSR2 (Slurm's
+       --signal before a job's time limit); 143 terminated (SIGTERM): nothing was committed, unless a line above
+       says a version was committed before the signal arrived"""
 
 # The signals that stop a command as Ctrl-C does (cli installs their handlers; processes holds them while a native
 # library loads; slurm passes them on to the jobs it submitted). SIGUSR1: what Slurm's `--signal=USR1@60` (a common
-# template line) sends before a job's time limit; its default action ended a run with no message.
-STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1")
+# template line) sends before a job's time limit; its default action ended a run with no message. SIGUSR2: the same
+# (`--signal=USR2@60`), which ended a run with no message, an unfinished `runs` row and a stale lock note.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
 
 
 def interrupted_at_start() -> None:
@@ -172,6 +174,16 @@ def file_size_limit() -> int | None:
     except (ImportError, AttributeError, OSError, ValueError):
         return None
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+def salvage_command(damaged: str) -> str:
+    """A shell command that copies what SQLite can still read of a damaged database into a new file beside it. Not
+    `sqlite3 DB .recover`: the sqlite3 3.40 of Debian bookworm lacks the page reader it needs and writes no table
+    ("SQL logic error"). `.dump` reads what it can and ends "ROLLBACK; -- due to errors", turned into COMMIT."""
+    import shlex
+
+    return (f"sqlite3 {shlex.quote(damaged)} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | "
+            f"sqlite3 {shlex.quote(damaged + '.salvaged')}")
 
 
 FILE_SIZE_FIX = ("raise or remove the limit (`ulimit -f unlimited` in the job's script, or ask the batch system's "

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -279,10 +280,26 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     manifest.check_path()
     check_roots(settings)
     ensure_open_files(settings.workers)
-    if settings.version_label is not None:
-        latest = manifest.latest_version() if manifest.path.exists() and not manifest.path.is_dir() else None
+    if settings.shard is None and settings.staging is None:  # (a shard commits nothing: its merge is told)
+        latest = manifest.latest_version() if manifest.schema_on_disk() is not None else None  # (none yet: no file)
+        # a label refused (or one the latest version's cannot be followed by) is said before the listing
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
-        if not settings.version_label.isdigit() or len(settings.version_label) != 14:
+    if settings.version_label is not None:
+        from datetime import timezone
+
+        from .commit import LABEL_FORMAT
+
+        try:  # (14 digits that are no time, 20261301000000, are no timestamp either)
+            when = datetime.strptime(settings.version_label, LABEL_FORMAT).replace(tzinfo=timezone.utc)
+        except ValueError:
+            when = None
+        if when is not None and when > utc_now() + timedelta(minutes=1):
+            # The versions after a timestamp label are labelled one second after the latest while it is ahead of the
+            # clock: a mistyped year labelled every night of the next year with a made-up time, each a folder at the centre
+            log.warning(f"version label {settings.version_label!r} is a UTC time in the future ({when:%Y-%m-%d %H:%M:%S}"
+                        " UTC): until then, the versions after it are labelled one second after the latest, not by "
+                        "their UTC start; omit --version to label this version by its UTC start")
+        if not settings.version_label.isdigit() or len(settings.version_label) != 14 or when is None:
             # Data-Upload-Update...: "each submission will be placed in a top level folder named with a timestamp of
             # the format YYYYMMDDhhmmss"; upload names the folder by the label
             log.warning(f"version label {settings.version_label!r} is not a UTC timestamp (YYYYMMDDhhmmss): the CHoRUS "

@@ -110,8 +110,9 @@ def _worker_init() -> None:
 
     pause("worker-start")  # (the tests signal a worker here, before it has its own dispositions)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
-    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is not signal.SIG_IGN:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # so does Slurm's --signal (every process of the step)
+    for name in ("SIGUSR1", "SIGUSR2"):  # so does Slurm's --signal (every process of the step)
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # (nohup's stays: cli)
             signal.signal(signum, signal.SIG_DFL)

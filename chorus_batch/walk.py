@@ -160,7 +160,10 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
                         continue
                 except FileNotFoundError:
-                    add_error((printable(rel), "vanished", "file disappeared while the tree was listed"))
+                    add_error((printable(rel), "vanished", "file disappeared while the tree was listed (deleted or moved "
+                                                          "meanwhile): this run did not list it; nothing to do unless it "
+                                                          "recurs (then run when nothing is deleting or moving files "
+                                                          "under the site)"))
                     continue
                 except OSError as exc:
                     add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; what was recorded of it "

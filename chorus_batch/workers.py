@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from .sources.base import Parse, Source
 
 
+# What became of it and what to do: "disappeared" alone left the user asking whether something was lost
+VANISHED = ("file disappeared before it could be hashed (deleted or moved while this run went on): what was recorded "
+            "of it stays in this version; the next run records it as removed, or at its new path; nothing to do unless "
+            "it recurs (then run when nothing is deleting or moving files under the site)")
+
+
 def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | None" = None) -> HashOutcome | tuple[str, str]:
     """The outcome for one file, or (error kind, message); never raises OSError."""
     try:
@@ -21,7 +27,7 @@ def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | Non
     except FileChangedWhileHashing as exc:
         return "changed_while_hashing", str(exc)
     except FileNotFoundError:
-        return "vanished", "file disappeared before it could be hashed"
+        return "vanished", VANISHED
     except PermissionError as exc:
         if exc.strerror is None and exc.args:  # a cloud source's own words: the sign-in and the permission to ask for
             return "unreadable", str(exc)

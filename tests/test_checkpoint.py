@@ -209,6 +209,23 @@ def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_remov
     assert not folder_of(db).exists()
 
 
+def test_the_checkpoint_of_a_renamed_manifest_is_taken_along_not_left_behind(site, db, tmp_path):
+    """A manifest renamed after a killed run (mv m.sqlite site-a.sqlite) left m.sqlite.checkpoint/ beside it for good
+    (person ids, MD5s), and the run hashed everything again. The run of the renamed manifest takes it as its own; a
+    copy's run leaves the checkpoint of the manifest still there alone."""
+    make_site(site, 20)
+    interrupted_scan(site, db)
+    old = folder_of(db)
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(db, copy)  # a copy: db is still there, its checkpoint is db's
+    assert run_site(site, copy, validate_site=False).n_hashed == 20 and old.is_dir()
+    os.remove(copy)
+    renamed = tmp_path / "site-a.sqlite"
+    db.rename(renamed)
+    assert run_site(site, renamed, validate_site=False).n_hashed == 0  # resumed from the killed run's hashes
+    assert not old.exists() and not folder_of(renamed).exists()  # taken along, then removed after the commit
+
+
 def test_a_checkpoint_made_readable_by_others_is_made_owner_only_again_by_the_run_that_keeps_it(site, db):
     """A checkpoint copied or restored under umask 022 (0755 folder, 0644 segments: person ids and MD5s) is made
     owner-only, as the manifest's own files are, by the next run that goes on writing into it."""
@@ -224,6 +241,18 @@ def test_a_checkpoint_made_readable_by_others_is_made_owner_only_again_by_the_ru
     folder.chmod(0o755)
     assert Checkpoint.open(db, *Manifest(db).state_identity(), writable=False) is not None  # a dry run: read only
     assert modes(folder)[folder.name] == 0o755
+
+
+def test_a_file_where_the_checkpoint_folder_belongs_is_replaced_by_one(site, db):
+    """A file at <manifest>.checkpoint (a stray copy, a restore) was said to be "ignored" but stayed: rmtree leaves a
+    file, so no run of this manifest could checkpoint again ("cannot write the hash checkpoint ... File exists")."""
+    make_site(site, 10)
+    run_site(site, db, validate_site=False)
+    folder_of(db).write_text("not a checkpoint")
+    found = Checkpoint.open(db, *Manifest(db).state_identity(), writable=True)
+    assert found is not None and not folder_of(db).exists()
+    found._prepare()  # (what a run's first flush does)
+    assert folder_of(db).is_dir()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -122,6 +123,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[site.roots]\nImages = ""\n', "setting 'site.roots.Images' is empty"),
         # `name = ""` was taken as no name while `root = ""` was refused: every text setting written empty is refused
         ('[site]\nroot = "x"\nname = ""\n', "setting 'site.name' is empty"),
+        # recorded with each version and printed: an escape rewrote the terminal, a line break split the cron log
+        ('[site]\nroot = "x"\nname = "site-a\\u001b[2J\\nX"\n', "invalid setting 'site.name': 'site-a\\x1b[2J\\nX' holds a "
+         "control character"),
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
@@ -360,6 +364,12 @@ def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_
     other = db.with_name("other.sqlite")
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(other), "--version", "30000101000000", "-q")
     assert out.returncode == 0 and "not a UTC timestamp" not in out.stderr, out.stderr
+    # A time ahead of the clock (a mistyped year) labelled every version after it one second after it, not by its UTC
+    # start, unsaid; 14 digits that are no time (month 13) were taken as a timestamp
+    assert "is a UTC time in the future (3000-01-01 00:00:00 UTC)" in out.stderr, out.stderr
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db.with_name("third.sqlite")), "--version",
+              "20261301000000", "-q")
+    assert out.returncode == 0 and "version label '20261301000000' is not a UTC timestamp" in out.stderr, out.stderr
 
 
 def test_a_db_path_ending_in_a_separator_is_refused_not_made_a_file(site, tmp_path):
@@ -387,6 +397,28 @@ def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc")
     assert out.returncode == 2 and "invalid version label" in out.stderr and "listing" not in out.stderr
     assert not db.exists()
+
+
+def test_a_hand_label_too_long_to_be_followed_is_refused_before_any_work(site, db):
+    """`run --version` with 50 to 64 characters was taken; the next night's default label, '<label>-<UTC start>', then
+    had 65 or more, past what a label may have (mark-uploaded refused to name it). Refused up front; a manifest whose
+    latest label is already that long is told, before the listing, to give the next run a label."""
+    write(site, "OMOP/a.csv")
+    long = "v" + "x" * 49
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long)
+    assert out.returncode == 2 and "has 50 characters" in out.stderr and "at most 49" in out.stderr, out.stderr
+    assert "listing" not in out.stderr and not db.exists()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", long[:49]).returncode == 0
+    import sqlite3
+
+    with sqlite3.connect(db) as con:  # as an older release let it be given
+        con.execute("UPDATE versions SET label = ?", (long,))
+    con.close()
+    write(site, "OMOP/b.csv")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert out.returncode == 2 and f"the latest version's label '{long}' has 50 characters" in out.stderr, out.stderr
+    assert "listing" not in out.stderr and "--version" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 def test_findings_exit_1_and_json_summary(site, db):
@@ -449,7 +481,27 @@ def test_a_damaged_manifest_is_said_to_be_damaged_and_not_to_be_started_anew(sit
         assert out.returncode == 3 and "Traceback" not in out.stderr, (command, out.stderr)
         assert "is damaged" in out.stderr and "backup" in out.stderr and "_manifest/manifest.sqlite" in out.stderr
         assert "move this one aside" not in out.stderr, out.stderr
+        # what it holds is damaged: not "the manifest holds what it held before" of it
+        assert "holds what it held before" not in out.stderr and "nothing was written to it" in out.stderr, out.stderr
     assert db.read_bytes() == cut
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 command-line shell")
+def test_the_salvage_a_damaged_manifest_is_told_works_with_the_sqlite3_shell(site, db):
+    """The advice for a damaged database was `sqlite3 DB .recover`, which writes no table with the sqlite3 3.40 of
+    Debian bookworm ("SQL logic error"): the command the message gives, run as given, copies out what is readable."""
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    (label,), = query(db, "SELECT label FROM versions")
+    with open(db, "r+b") as f:  # pages overwritten mid-file, as a bad disk leaves them
+        f.seek(4096 * 2)
+        f.write(b"\xff" * 8192)
+    out = cli("versions", "--db", str(db))
+    assert out.returncode == 3 and "is damaged" in out.stderr, out.stderr
+    command = out.stderr.split("copy out what is still readable (rows on damaged pages are lost): ")[1].splitlines()[0]
+    salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert salvaged.returncode == 0, salvaged.stderr
+    assert query(Path(f"{db}.salvaged"), "SELECT label FROM versions") == [(label,)]
 
 
 def test_a_manifest_from_a_newer_version_is_refused(site, db):

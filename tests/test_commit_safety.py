@@ -242,11 +242,12 @@ def test_a_signal_just_after_the_commit_names_the_committed_version(site, db, si
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
-@pytest.mark.parametrize("point", ["run-finished", "summary"])
+@pytest.mark.parametrize("point", ["run-finished", "run-returned", "summary"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_after_the_run_ended_names_the_committed_version(site, db, point, signum):
     """Committed and checked; the run then records its end in `runs` (run-finished) or prints its summary. A signal
-    there said "nothing was committed; the manifest holds what it held before" of the new version (found by
+    there, or as the early listing is shut down after the run (run-returned), said "nothing was committed; the
+    manifest holds what it held before" of the new version (found by
     SIGTERM at random times): it names the version, and `runs` records the signal and the version."""
     write(site, "OMOP/a.csv", b"a")
     proc = start_paused_run(site, db, point)

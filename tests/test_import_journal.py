@@ -657,8 +657,12 @@ def test_a_damaged_journal_is_said_to_be_damaged(tmp_path):
         f.write(b"\xff" * 8000)
     out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
     assert out.returncode == 2, out.stderr
-    assert "is damaged" in out.stderr and ".recover" in out.stderr and "Traceback" not in out.stderr
+    assert "is damaged" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.sqlite").exists()
+    if shutil.which("sqlite3"):  # the salvage told, run as given (`.recover` wrote no table with Debian's sqlite3 3.40)
+        command = out.stderr.split("copy out what is still readable and import that: ")[1].splitlines()[0]
+        salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+        assert salvaged.returncode == 0 and Path(f"{journal}.salvaged").stat().st_size > 0, salvaged.stderr
 
 
 def test_a_journal_a_stopped_chorus_upload_left_mid_write_says_how_to_roll_it_back(tmp_path):

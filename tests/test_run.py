@@ -17,7 +17,7 @@ from chorus_batch.errors import UsageError
 from chorus_batch.sources import LocalSource
 from chorus_batch.testdata import Spec, write_snapshot
 
-from conftest import current_rows, query, run_site, scan_and_commit, tree_md5, write
+from conftest import cli, current_rows, query, run_site, scan_and_commit, tree_md5, write
 
 WAVE = "000123/Waveforms/000123_20200101_101010_60.dat"
 IMAGE = "000123/Images/ST1/SE1/000123_20200101_101010_CT_SE1_0001.dcm"
@@ -215,6 +215,22 @@ def test_vanished_file_between_listing_and_hashing(site, db):
     result = scan_and_commit(db, [Root(VanishingSource(site))])
     assert list(current_rows(db)) == ["OMOP/keep.csv"]
     assert result.errors.filter(pl.col("kind") == "vanished")["srcfile"].to_list() == ["OMOP/gone.csv"]
+    # a recorded file that changed, then vanished as it was to be hashed: its row stays, and the message says so and
+    # what comes next ("disappeared" alone gave no next step)
+    write(site, "OMOP/keep.csv", b"changed")
+    (site / "OMOP/gone.csv").write_bytes(b"g")
+
+    class VanishingKeep(LocalSource):
+        def list_files(self, errors):
+            batches = list(super().list_files(errors))
+            (site / "OMOP/keep.csv").unlink()
+            yield from batches
+
+    result = scan_and_commit(db, [Root(VanishingKeep(site))])
+    assert sorted(current_rows(db)) == ["OMOP/gone.csv", "OMOP/keep.csv"]
+    message, = result.errors.filter(pl.col("kind") == "vanished")["message"].to_list()
+    assert "what was recorded of it stays in this version; the next run records it as removed" in message, message
+    assert "nothing to do unless it recurs" in message
 
 
 def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site, db):
@@ -308,6 +324,10 @@ def test_append_mode_keeps_unlisted_files_and_applies_the_delete_list(site, db, 
     result = run_site(site, db, mode="append", delete_list=str(deletions))
     assert set(current_rows(db)) == {"OMOP/b.csv", "OMOP/c.csv"}
     assert result.counts["removed"] == 1 and result.counts["added"] == 1
+    # b.csv, not listed, is carried over unchanged: the counts add up to the version's files (unchanged was 0)
+    assert result.counts["unchanged"] == 1 and result.n_files == 2
+    assert result.by_modality.filter(pl.col("change") == "unchanged").select("modality", "n").rows() == [("OMOP", 1)]
+    assert query(db, "SELECT n_unchanged FROM versions ORDER BY label DESC LIMIT 1") == [(1,)]
     assert result.errors.filter(pl.col("kind") == "delete_list")["srcfile"].to_list() == ["OMOP/missing.csv"]
 
 
@@ -334,10 +354,45 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
     assert set(current_rows(db)) == {"OMOP/d.csv"} and result.counts["removed"] == 3
     assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").rows() == [
         ("OMOP/d.csv", "listed for deletion (line 4) but still present in the tree; not removed")]
-    deletions.write_text("# again\n./OMOP/a.csv\n")
+    deletions.write_text("# again\n./OMOP/a.csv\nOMOP/never.csv\n")
     result = run_site(site, db, mode="append", delete_list=str(deletions))
     assert result.errors.filter(pl.col("kind") == "delete_list")["message"].to_list() == [
-        "listed for deletion (line 2, written ./OMOP/a.csv) but not in the manifest; ignored"]
+        "listed for deletion (line 3) but not in the manifest; ignored"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_a_delete_list_saved_on_windows_is_read(site, db, tmp_path, encoding):
+    """A delete list with a byte-order mark (Notepad, Excel's "CSV UTF-8") had U+FEFF read into its first path, which
+    was then "not in the manifest" and not removed; one saved as UTF-16 ("Unicode") could not be read at all."""
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"b")
+    run_site(site, db)
+    (site / "OMOP/a.csv").unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_bytes("OMOP/a.csv\r\n".encode(encoding))
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert result.counts["removed"] == 1 and set(current_rows(db)) == {"OMOP/b.csv"}, result.errors
+    assert result.errors.filter(pl.col("kind") == "delete_list").height == 0
+
+
+def test_a_delete_list_applied_again_is_no_finding(site, db, tmp_path):
+    """A site's delete list re-applied each night: a line for a file an earlier version removed said "not in the
+    manifest; ignored", a finding, so every night exited 1. It is a note (naming the version that removed it)."""
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"b")
+    run_site(site, db)
+    (site / "OMOP/a.csv").unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("OMOP/a.csv\n")
+    nightly = ("run", "--no-validate", "--mode", "append", "--delete-list", str(deletions), "--site", str(site),
+               "--db", str(db))
+    first = cli(*nightly)
+    assert first.returncode == 0 and "removed  " in first.stdout, first.stdout + first.stderr
+    (label,), = query(db, "SELECT label FROM versions ORDER BY label DESC LIMIT 1")
+    again = cli(*nightly)
+    assert again.returncode == 0 and "not in the manifest" not in again.stdout + again.stderr, again.stdout
+    assert f"line 1, OMOP/a.csv: removed in version {label}); nothing to do" in again.stderr, again.stderr
+
 
 
 def test_a_delete_list_line_naming_a_folder_says_so(site, db, tmp_path):

@@ -333,7 +333,7 @@ def test_a_commit_that_lets_go_of_the_scan_writes_what_one_that_keeps_it_writes(
     assert outcomes[0] == outcomes[1] and outcomes[0][0]["replaced"]
 
 
-@pytest.mark.parametrize("hand_label", ["v6", "release-2026.1", "batch-20250101000000", "v6-1-1"])
+@pytest.mark.parametrize("hand_label", ["v6", "release-2026.1", "batch-20250101000000", "v6-1-1", "v" + "x" * 48])
 def test_default_labels_after_a_hand_label_stay_short_and_increasing(hand_label):
     """After `--version v6`, nightly runs with the default label got v6-1, v6-1-1, v6-1-1-1…: two characters
     longer every run, past the 64 a label may have (its folder at the central container) within a month."""

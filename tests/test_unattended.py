@@ -155,7 +155,9 @@ def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[sub
     (signal.SIGINT, 130, "interrupted", False),
     # Slurm's --signal=USR1@60 (before a job's time limit) reaches every process of the step, workers too: it ended
     # the run with no message and an unfinished runs row, and the workers' deaths read as a crash
-    (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True)])
+    (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True),
+    # --signal=USR2@60: its default action ended the run with no message, an unfinished runs row, a stale lock note
+    (signal.SIGUSR2, 140, "stopped by SIGUSR2 (Slurm sends it", False), (signal.SIGUSR2, 140, "stopped by SIGUSR2", True)])
 def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers):
     proc, workers = paused_at_hashing(site, db)
     for pid in workers if to_workers else ():
@@ -783,6 +785,29 @@ def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_no
     assert "stays" not in err and list(here.iterdir()) == []
 
 
+def test_a_signal_to_validate_of_a_manifest_says_what_validate_did(site, db):
+    """Commands other than run fell back to run's words on a signal ("nothing was committed; the manifest holds what
+    it held before"): validate says its findings were not recorded, and every command has its own words."""
+    from chorus_batch.cli import COMMANDS, NOT_COMMITTED
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "validate", "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "validate"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at validate" not in (line := proc.stderr.readline()):
+        assert line, "validate ended before its pause"
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "no findings of this check were recorded" in err and "nothing was committed" not in err, err
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]
+    # run's own words are run's (pipeline.nothing_committed); testdata and unlock say theirs (testdata._left_behind;
+    # unlock changes no manifest content, which the fallback says truly)
+    assert set(COMMANDS) - set(NOT_COMMITTED) == {"run", "testdata", "unlock"}
+
+
 def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(site, small_disk):
     """SQLite says "disk I/O error" when its -shm cannot grow on a full file system: the message says the disk is
     full (not "check dmesg"), that nothing was committed, and the version before is whole once space is freed."""
@@ -1099,3 +1124,18 @@ def test_a_manifest_folder_that_is_not_there_is_refused_not_made(command, tmp_pa
     (mount / "chorus").mkdir()  # a new site: the folder made on purpose
     done = cli(*args, "--site", str(site), "--db", str(db), "-q")
     assert done.returncode in (ExitCode.OK, ExitCode.FINDINGS), done.stderr
+
+
+def test_a_killed_runs_row_is_finished_by_the_next_run(site, db):
+    """A run SIGKILLed (a Slurm time limit, the OOM killer) wrote no outcome: its `runs` row kept an empty exit code
+    forever, as if it were still going on. The next run, which holds the lock, finishes it as killed."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    proc, _ = paused_at_hashing(site, db)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id") == [(0,), (None,)]
+    assert run(site, db, "-q").returncode == 0
+    rows = query(db, "SELECT exit_code, version IS NULL, message FROM runs ORDER BY run_id")
+    assert [row[:2] for row in rows] == [(0, 0), (137, 1), (0, 0)], rows
+    assert "killed: it ended without recording its outcome" in rows[1][2]

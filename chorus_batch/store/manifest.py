@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit
+from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import create_private, file_above, free_bytes, nearly_full, restrict, write_private
@@ -97,6 +97,7 @@ def _update_cache(db_bytes: int) -> str:
     return f"PRAGMA cache_size = -{min(max(db_bytes // 16, 32 << 20), 512 << 20) >> 10}"
 
 
+KILLED_EXIT = 137  # a run that died without recording its outcome, in `runs`: 128 + SIGKILL, as a shell or Slurm says it
 _CACHE_LAYOUT = "2"  # the state cache's layout: 2 = sorted by bucket, with the bucket column (partitions.py)
 # Dictionaries for the few-valued columns only, statistics for the bucket only (what a partition's read uses):
 # a 2M-row cache is written in 0.74 s instead of 1.19 s, and is 75 MiB instead of 85.
@@ -326,15 +327,23 @@ class Manifest:
                                  where=where, fix="free space on the manifest's file system and run again")
         if "malformed" in low:  # SQLite's own file, damaged: starting anew would lose every version and the ledger
             here = shlex.quote(where)
-            return ManifestError(f"the manifest is damaged: {text} (a copy cut short, a disk or file system that lost "
-                                 "writes)", where=where,
-                                 fix=f"restore it from a backup (in its place: cp BACKUP {here}), or from the copy "
-                                     "`upload` left beside the newest version it completed at the centre "
-                                     "(<version>/_manifest/manifest.sqlite); do not start a new manifest in its "
-                                     "place: its versions and uploads ledger would be lost")
+            damaged = ManifestError(f"the manifest is damaged: {text} (a copy cut short, a disk or file system that "
+                                    "lost writes)", where=where,
+                                    fix=f"restore it from a backup (in its place: cp BACKUP {here}), or from the copy "
+                                        "`upload` left beside the newest version it completed at the centre "
+                                        "(<version>/_manifest/manifest.sqlite); do not start a new manifest in its "
+                                        "place: its versions and uploads ledger would be lost. With neither, keep it "
+                                        "and copy out what is still readable (rows on damaged pages are lost): "
+                                        + salvage_command(where))
+            # (not "the manifest holds what it held before": what it holds is damaged)
+            damaged.outcome = ("nothing was written to it; what it held can be had back only from a backup or the "
+                               "upload's copy (or in part by the salvage above)")
+            return damaged
         if "not a database" in low or "file is encrypted" in low:
-            return ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
-                                 fix="pass --db with the right file, or move this one aside to start a new manifest")
+            other = ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
+                                  fix="pass --db with the right file, or move this one aside to start a new manifest")
+            other.outcome = "nothing was written to it: the file is as it was"  # (it holds no versions to speak of)
+            return other
         if "unable to open" in low or "cannot open" in low:
             return ManifestError(f"cannot open the manifest: {text}", where=where,
                                  fix="check that --db names a file (not a folder) in a folder this user can write")
@@ -505,6 +514,17 @@ class Manifest:
             return None
         with self._open() as con:
             return con.execute(sql, params).fetchone()
+
+    def removed_in(self, paths: pl.Series) -> pl.DataFrame:
+        """srcfile, version: the version that ended each of `paths` (its latest row, if no row of it is current)."""
+        rows = []
+        if paths.len():
+            with self._open() as con:
+                rows = con.execute(
+                    "SELECT srcfile, max(version_invalid) FROM source_files WHERE srcfile IN (SELECT value FROM "
+                    "json_each(?)) GROUP BY srcfile HAVING count(*) = count(version_invalid)",
+                    (json.dumps(paths.to_list()),)).fetchall()
+        return pl.DataFrame(rows, schema={"srcfile": pl.String, "version": pl.String}, orient="row")
 
     def latest_version(self) -> dict | None:
         if not self.path.exists():
@@ -694,7 +714,15 @@ class Manifest:
     # ------------------------------------------------------------------ runs
 
     def begin_run(self, argv: list[str], mode: str, site: str) -> int:
+        """A `runs` row for this run (under the lock). Rows left unfinished are of runs that died without a word
+        (SIGKILL, a Slurm time limit, the out-of-memory killer, a reboot): no run holds the lock but this one, so
+        they are finished here, with the version each committed if any, rather than left with no exit code."""
         with self._open() as con, con:
+            con.execute(
+                "UPDATE runs SET exit_code = ?, version = coalesce(version, (SELECT label FROM versions v "
+                "WHERE v.run_id = runs.run_id)), message = ? WHERE exit_code IS NULL",
+                (KILLED_EXIT, f"killed: it ended without recording its outcome (SIGKILL, a job time limit, the "
+                              f"out-of-memory killer, a reboot); found by the next run at {iso(utc_now())}"))
             cur = con.execute(
                 "INSERT INTO runs (started_at, host, user, pid, argv, mode, site, release) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (iso(utc_now()), socket.gethostname(), user_name(), os.getpid(), json.dumps(argv), mode, site, release()),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ..errors import UsageError
+from ..errors import UsageError, salvage_command
 from ..frames import UNSAFE_PATH, fmt
 from ..sources.remote import mask_url
 from ..times import parse_time
@@ -173,7 +173,7 @@ def _unreadable(path: str, exc: Exception, file: str | None = None) -> UsageErro
     if "malformed" in str(exc) or "corrupt" in str(exc):
         return UsageError(f"the journal {path} is damaged ({exc})", where=path,
                           fix="import a good copy (a backup, or the copy chorus-upload keeps in its [journal.source]); "
-                              "`sqlite3 JOURNAL .recover` may save what is left")
+                              f"with none, copy out what is still readable and import that: {salvage_command(str(path))}")
     return UsageError(f"cannot read the journal {path} ({exc})", where=path,
                       fix="check that it is readable by you and that no chorus-upload command is writing it, then "
                           "run again (the journal is only read)")
