@@ -425,6 +425,28 @@ def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(cent
     assert query(db, "SELECT max(attempts) FROM uploads") == [(1,)]
 
 
+def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_exits_1(central, tmp_path):
+    # An upload killed after its first batch: verify said "all as recorded", exit 0, of a version the centre holds
+    # a part of (it checks the files recorded as uploaded, and those were as recorded).
+    db = committed_site(tmp_path, 20)
+    proc = upload_process(central, db, "upload")
+    wait_for(proc, "test pause at upload")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_recorded = len(ledger_names(db))
+    assert 0 < n_recorded < 20
+    out = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "all as recorded" not in out.stdout
+    assert f"version 20261101020000: {20 - n_recorded} of its 20 files not uploaded yet" in out.stdout
+    assert "run `chorus-batch upload`" in out.stdout
+    as_json = json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env).stdout)
+    assert as_json["not_uploaded_yet"] == [{"version": "20261101020000", "not_uploaded": 20 - n_recorded, "files": 20}]
+    assert up(central, db).returncode == 0
+    done = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert done.returncode == 0 and "all as recorded" in done.stdout, done.stdout + done.stderr
+
+
 def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monkeypatch, tmp_path):
     service = Azurite(tmp_path / "own-azurite")
     service.start()

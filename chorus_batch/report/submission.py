@@ -124,10 +124,18 @@ def verify_text(result: VerifyResult) -> str:
                          "files again")
         if result.problems.filter(pl.col("verify_state") == "no_md5").height:
             lines.append("  fix:   `chorus-batch verify --download` checks the bytes of blobs without a Content-MD5")
-    elif not result.unlisted.height:
+    elif not result.unlisted.height and not result.waiting.height:
         lines.append("  all as recorded")
+    elif not result.unlisted.height:
+        lines.append("  the files uploaded are as recorded")
     if result.unlisted.height:
         lines.extend(_unlisted_lines(result.unlisted, "verify"))
+    if result.waiting.height:  # (verify checks what was uploaded: the rest is no part of "as recorded")
+        lines.append("  not uploaded yet (verify checks only the files recorded as uploaded):")
+        for version, n, files in result.waiting.iter_rows():
+            lines.append(f"  version {version}: {n} of its {plural(files, 'file')} not uploaded yet")
+        lines.append("  fix:   run `chorus-batch upload` (same --db and --to): it sends them, or says why it cannot; "
+                     "then verify again")
     return "\n".join(lines)
 
 
@@ -148,4 +156,5 @@ def verify_dict(result: VerifyResult) -> dict[str, Any]:
     return {"central": result.central, "method": result.method, "versions": result.versions,
             "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts(),
             "unlisted": result.unlisted.to_dicts(), "not_uploaded": result.not_uploaded,
+            "not_uploaded_yet": result.waiting.to_dicts(),
             "uploaded_elsewhere": result.elsewhere}

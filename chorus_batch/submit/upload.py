@@ -355,7 +355,7 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     if outcome.complete:
         from .verify import check_version
 
-        _, problems, unlisted = check_version(ledger, central, label, download=False)
+        _, problems, unlisted, _ = check_version(ledger, central, label, download=False)
         outcome.verify_problems, outcome.unlisted = problems, unlisted
         if problems.height == 0:
             try:
