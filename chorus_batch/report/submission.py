@@ -30,6 +30,10 @@ def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
 
 
 def upload_text(result: UploadResult) -> str:
+    if not result.versions and result.complete:
+        return (f"nothing to upload: version {result.complete} is completely uploaded to {result.central}; its manifest "
+                f"copy there is left as it is (`chorus-batch verify --version {result.complete}` checks it)"
+                + ("\n" + _dry_run_line(result) if result.dry_run else ""))
     if not result.versions:
         return (f"nothing to upload: every version is completely uploaded to {result.central}"
                 + ("\n" + _dry_run_line(result) if result.dry_run else ""))
@@ -88,7 +92,7 @@ def _dry_run_line(result: UploadResult) -> str:
 def upload_dict(result: UploadResult) -> dict[str, Any]:
     return {
         "central": result.central, "dry_run": result.dry_run, "signed_in_as": result.listed_as, "elapsed_s": round(result.elapsed_s, 3),
-        "exit_code": int(result.exit_code),
+        "exit_code": int(result.exit_code), "complete_already": result.complete,
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,

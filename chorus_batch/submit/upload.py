@@ -89,6 +89,9 @@ class UploadResult:
     dry_run: bool
     elapsed_s: float = 0.0
     listed_as: str | None = None  # the sign-in the container was listed with (None: not signed in, nothing to do)
+    # The --version asked for, completely uploaded already: nothing is sent, and its manifest copy stays (a copy of the
+    # manifest as it is now replaced the one the centre had read as that submission's).
+    complete: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -169,8 +172,9 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             check_apart(to, [*manifest.roots()["location"].to_list(), *(overrides or {}).values()])
             if version is not None:
                 require_version(manifest, version)
-            labels = [version] if version is not None else ledger.versions_not_finished()
-            result = UploadResult(url, [], dry_run)
+            waiting = ledger.versions_not_finished()
+            labels = waiting if version is None else [version] if version in waiting else []
+            result = UploadResult(url, [], dry_run, complete=version if version is not None and not labels else None)
             try:
                 central.check(write=not dry_run)
             except ChorusError as exc:
