@@ -143,20 +143,28 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
             .drop("read_state"))
 
 
-def _check_copy(ledger: UploadLedger, central: Central, label: str, manifest, n_bad: int) -> pl.DataFrame:
+def _check_copy(ledger: UploadLedger, central: Central, label: str, manifest, n_bad: int, *,
+                download: bool = False) -> pl.DataFrame:
     """The manifest's copy that upload put next to a finished version, still there and still this manifest's (the
-    reviewers at the centre read it): a problem row (PROBLEMS_SCHEMA) when not, and the version is no longer
-    finished, so the next upload puts the copy there again (or says whose copy is there instead)."""
+    reviewers at the centre read it), and with --download its bytes read back: a problem row (PROBLEMS_SCHEMA) when
+    not, and the version is no longer finished, so the next upload puts the copy there again (or says whose copy is
+    there instead)."""
     there, owner = central.manifest_copy_owner(label)
-    if there and owner == manifest.state_identity()[0]:
+    mine = there and owner == manifest.state_identity()[0]
+    # (--download: "the only check of the bytes the centre holds" read every file but the copy the reviewers open)
+    damage = central.copy_damage(label) if mine and download else None
+    if mine and damage is None:
         return pl.DataFrame(schema=PROBLEMS_SCHEMA)
     ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
-    return pl.DataFrame([{
-        "version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": "missing" if not there else "other",
-        "message": ("the manifest's copy upload put here is gone" if not there else
+    if damage is not None:
+        state, message = "content", f"the manifest's copy upload put here: {damage}: the next upload puts it there again"
+    else:
+        state = "missing" if not there else "other"
+        message = (("the manifest's copy upload put here is gone" if not there else
                     "the manifest's copy upload put here was replaced by another manifest's (or another file)")
-        + ": the next upload puts it there again" + ("" if not there else " if that blob is removed")}],
-        schema=PROBLEMS_SCHEMA)
+                   + ": the next upload puts it there again" + ("" if not there else " if that blob is removed"))
+    return pl.DataFrame([{"version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": state,
+                          "message": message}], schema=PROBLEMS_SCHEMA)
 
 
 def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None, every: bool = False,
@@ -188,7 +196,8 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 checked, found, foreign, left = check_version(ledger, central, label, download=download, workers=workers,
                                                         progress=progress)
                 if label in copied:
-                    found = pl.concat([found, _check_copy(ledger, central, label, manifest, found.height)])
+                    found = pl.concat([found, _check_copy(ledger, central, label, manifest, found.height,
+                                                              download=download)])
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
