@@ -169,6 +169,30 @@ def test_cli_unreachable_endpoint_exits_3_with_what_where_fix(clean_env, tmp_pat
     assert time.monotonic() - started < 60
 
 
+def test_every_cannot_be_reached_hint_names_the_host(clean_env, tmp_path):
+    # The sync Azure client (upload, verify, mark-uploaded, a manifest in Azure) says "HTTPConnection(host='…', port=…)", which
+    # the hint did not read: "check that the storage endpoint is reachable", naming no host; nor did "does not resolve".
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", str(tmp_path / "site"), "--db", str(db), "--no-validate").returncode in (0, 1)
+    env = {"CHORUS_BATCH_RETRY_BASE_S": "0.01", "CHORUS_BATCH_RETRY_DEADLINE_S": "1",
+           "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                                              f"AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"}
+    for args in (("upload", "--db", str(db), "--to", "az://central/"),
+                 ("run", "--site", str(tmp_path / "site"), "--db", "az://c/m.sqlite", "--no-validate")):
+        out = cli(*args, env=env, timeout=120)
+        assert out.returncode == 3, out.stderr
+        fix = next(line for line in out.stderr.splitlines() if line.strip().startswith("fix:"))
+        assert f"check that 127.0.0.1:{port} is reachable" in fix, (args, out.stderr)
+    dns = {**env, "AZURE_STORAGE_CONNECTION_STRING": env["AZURE_STORAGE_CONNECTION_STRING"].replace(
+        f"127.0.0.1:{port}", "no-such-host.invalid:10000")}
+    out = cli("upload", "--db", str(db), "--to", "az://central/", env=dns, timeout=120)
+    assert out.returncode == 3 and "the storage host no-such-host.invalid:10000 does not resolve" in out.stderr, out.stderr
+
+
 # ----------------------------------------------------------------------------- S3 options
 
 

@@ -654,11 +654,16 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _endpoint(exc: BaseException) -> str | None:
-    """The host:port a connection failed to, as the exception names it."""
+    """The host:port a connection failed to, as the exception names it (aiohttp's "connect to host", botocore's
+    "endpoint URL", and urllib3's "host='…', port=…", which the sync Azure client of upload, verify and a manifest
+    in Azure raises: their hints said "check that the storage endpoint is reachable", naming no host)."""
     for e in _chain(exc):
         match = re.search(r"(?i)(?:connect to host|endpoint URL:?)\s*\"?([^\s\"]+)", str(e))
         if match:
             return scrub(match.group(1).rstrip(".:,"))
+        match = re.search(r"host='([^']+)', port=(\d+)", str(e))
+        if match:
+            return scrub(f"{match.group(1)}:{match.group(2)}")
     return None
 
 
@@ -735,7 +740,9 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
     tried = f" [signed in with {how}]"
     reason = _reason(exc)
     if kind == "dns":
-        what = f"cannot {action} {where}: the storage host does not resolve (unknown account or endpoint){tried}"
+        host = _endpoint(exc)
+        what = (f"cannot {action} {where}: the storage host {host + ' ' if host else ''}does not resolve (unknown account "
+                f"or endpoint){tried}")
         fix = ("check the endpoint ([s3] endpoint_url / AWS_ENDPOINT_URL) and region" if aws else
                "check the account name ([azure] account_url or account_name, AZURE_STORAGE_ACCOUNT, or the connection "
                "string's AccountName/BlobEndpoint)") + "; if it is right, check DNS, the proxy or the private endpoint"
