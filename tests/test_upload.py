@@ -383,6 +383,29 @@ def test_verify_download_reads_back_the_manifest_copy_and_the_next_upload_puts_i
     assert again.returncode == 0 and "all as recorded" in again.stdout, again.stdout + again.stderr
 
 
+def test_a_deleted_central_container_says_the_files_recorded_there_are_gone_and_how_to_send_them_again(
+        central, azurite, tmp_path):
+    # verify and upload said "check the container name ... or create it": created empty, `upload` then said
+    # "nothing to upload" of files the centre no longer held.
+    db = committed_site(tmp_path, 3)
+    assert up(central, db).returncode == 0
+    service = azurite.service_client()
+    service.delete_container(central.container)
+    for out in (cli("verify", "--db", str(db), "--to", central.url, env=central.env), up(central, db)):
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"records 3 files of 1 version as uploaded to {central.url.rstrip('/')}" in out.stderr, out.stderr
+        assert "they are gone from the centre" in out.stderr and "`chorus-batch verify --all`" in out.stderr
+    for _ in range(60):  # (Azure and Azurite refuse the name for a moment while the old one is deleted)
+        try:
+            service.create_container(central.container)
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.5)
+    assert cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env).returncode == 1
+    assert up(central, db).returncode == 0  # what the fix said: sent again
+    assert len([n for n in blobs(central) if "/_manifest/" not in n]) == 3
+
+
 # ----------------------------------------------------------------------------- faults
 
 

@@ -121,6 +121,20 @@ def _waiting(url: str, labels: list[str]) -> str:
             "same command again once this is fixed")
 
 
+def container_gone(error: BaseException, ledger: UploadLedger) -> None:
+    """A container that does not exist, where the ledger holds files as uploaded: its fix says they are gone from the
+    centre and how to send them again (it said "check the name or create it": created empty, `upload` said "nothing to
+    upload" and `verify` found them all missing only when asked)."""
+    if getattr(error, "kind", None) != "missing" or not isinstance(error, ChorusError):
+        return
+    files, versions = ledger.n_confirmed()
+    if files:
+        error.fix = (f"{error.fix}. The uploads ledger records {plural(files, 'file')} of {plural(versions, 'version')} "
+                     f"as uploaded to {ledger.central}: if the container was deleted, they are gone from the centre; "
+                     "create it again, run `chorus-batch verify --all` (same --db and --to: it records them as missing), "
+                     "then `chorus-batch upload`: it sends them again")
+
+
 @contextlib.contextmanager
 def _working_manifest(db: str, cloud: CloudSettings, argv: Sequence[str], *, read_only: bool) -> Iterator[Manifest]:
     """The manifest to plan from and record into: a local file under the upload lock, or a manifest in
@@ -181,6 +195,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 # Signed in and looked even with nothing waiting: "nothing to upload" says the centre holds every
                 # version, and a manifest older than the centre's (_refuse_behind) shows only there. What waits is said.
                 exc.outcome = _waiting(url, labels)  # type: ignore[attr-defined]
+                container_gone(exc, ledger)
                 raise
             result.listed_as = central.how
             _refuse_behind(manifest, central)

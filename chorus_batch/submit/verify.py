@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..errors import ExitCode
+from ..errors import ChorusError, ExitCode
 from ..frames import fmt
 from ..sources import cloud as cloud_access
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
@@ -172,7 +172,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
            argv: Sequence[str] = ()) -> VerifyResult:
     """Verify `version` (default: the latest version with uploaded files; every: all of them) at `to`;
     the results go to the ledger."""
-    from .upload import _working_manifest
+    from .upload import _working_manifest, container_gone
 
     started = time.monotonic()
     central = Central(to, cloud, connections=workers + 2)
@@ -187,7 +187,11 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
             if labels:
-                central.check(write=False)
+                try:
+                    central.check(write=False)
+                except ChorusError as exc:
+                    container_gone(exc, ledger)
+                    raise
             elif not uploaded:
                 result.elsewhere = ledger.other_centrals()
             problems, unlisted, waiting = [], [], []
