@@ -21,7 +21,7 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError
 
 from chorus_batch.config import AzureSection, CloudSettings, S3Section, load_config
-from chorus_batch.errors import ConfigError, SourceError
+from chorus_batch.errors import ChorusError, ConfigError, SourceError
 from chorus_batch.sources import FsspecSource, open_source
 from chorus_batch.sources.cloud import (
     azure_sign_in,
@@ -627,6 +627,56 @@ def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3,
     assert set(current_rows(tmp_path / "mixed.sqlite")) == {"OMOP/person.csv", "2/Images/2024/b.dcm",
                                                             "2/Waveforms/s2/r.dat"}
     assert mixed.label
+
+
+@pytest.mark.parametrize("store", ["azure", "s3"])
+def test_a_cloud_root_whose_files_are_all_gone_is_refused_as_an_empty_root(clean_env, azurite, moto_s3, tmp_path, store):
+    # An object store has no empty folder: a prefix whose objects were all deleted was "site root not found", exit 3,
+    # where README says a root that lists no files though the previous version had files there is refused, exit 5
+    # (and --max-delete all passes it). A prefix that never held files stays "not found".
+    from conftest import current_rows, settings
+    from services import upload_tree, upload_tree_s3
+
+    from chorus_batch import run
+    from chorus_batch.errors import ExitCode
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    tree = _tree(tmp_path / "up", SITE_FILES)
+    if store == "azure":
+        top = azurite.new_container("gone")
+        with azurite.service_client() as client:
+            upload_tree(client, top, tree, prefix="export")
+        url = f"az://{top}/export"
+
+        def empty() -> None:
+            with azurite.service_client() as client:
+                box = client.get_container_client(top)
+                for blob in list(box.list_blobs()):
+                    box.delete_blob(blob.name)
+    else:
+        top = moto_s3.new_bucket("gone")
+        upload_tree_s3(moto_s3.client(), top, tree, prefix="export")
+        url = f"s3://{top}/export"
+
+        def empty() -> None:
+            client = moto_s3.client()
+            for item in client.list_objects_v2(Bucket=top).get("Contents", []):
+                client.delete_object(Bucket=top, Key=item["Key"])
+    db = tmp_path / "m.sqlite"
+    assert run(settings(url, db, validate_site=False, cloud=s3_cloud)).label
+    empty()
+    with pytest.raises(ChorusError) as caught:
+        run(settings(url, db, validate_site=False, cloud=s3_cloud))
+    assert caught.value.exit_code == ExitCode.REFUSED, caught.value
+    assert "list no files at all, though the previous version had files there" in str(caught.value)
+    assert run(settings(url, db, validate_site=False, cloud=s3_cloud, max_delete="all")).label
+    assert current_rows(db) == {}
+    with pytest.raises(SourceError) as never:  # a prefix that never held files: a mistyped one
+        run(settings(url + "x", tmp_path / "new.sqlite", validate_site=False, cloud=s3_cloud))
+    assert "not found" in str(never.value)
 
 
 def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_path):

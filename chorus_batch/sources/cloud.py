@@ -837,7 +837,9 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
         return error
     error = SourceError(f"{subject} not found: {where}", where=where,
                         fix=f"point {what} at the container/prefix that holds {holds}")
-    error.kind = "missing_root"  # type: ignore[attr-defined]
+    # No object under the prefix: an object store has no empty folder, so this is also a root whose files are all gone
+    # (a run whose previous version had files there takes it as a root that lists none: RemoteSource.empty_ok)
+    error.kind = "empty_prefix"  # type: ignore[attr-defined]
     return error
 
 

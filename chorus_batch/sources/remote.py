@@ -90,6 +90,9 @@ class FsspecSource:
         was given, named by its messages."""
         self.url = url
         self.what = what
+        # A prefix with no object under it lists no files instead of failing: set by a run whose previous version had
+        # files there, so that it is refused as a root that lists none (exit 5), as an emptied local folder is
+        self.empty_ok = False
         self.description = self.location = mask_url(url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         if storage_options is not None:
@@ -122,8 +125,10 @@ class FsspecSource:
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
         if ok is not True:
-            raise cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
-                                            known_top_missing=ok == "no_container", what=self.what)
+            error = cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
+                                              known_top_missing=ok == "no_container", what=self.what)
+            if not (self.empty_ok and getattr(error, "kind", None) == "empty_prefix"):
+                raise error
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
