@@ -679,6 +679,35 @@ def test_a_cloud_root_whose_files_are_all_gone_is_refused_as_an_empty_root(clean
     assert "not found" in str(never.value)
 
 
+def test_object_names_with_an_empty_dot_or_dotdot_part_are_not_tracked_and_are_said(clean_env, azurite, moto_s3, tmp_path):
+    # 'site//OMOP/x.csv' was tracked as '/OMOP/x.csv', 'a/../b' as it is: names no copy of the site can hold (a
+    # local one has another file there, or none), which upload then refused for ever as bad_name.
+    from conftest import current_rows, settings
+
+    from chorus_batch import run
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    odd = ["/OMOP/x.csv", "1/Images//a.dcm", "1/Images/./b.dcm", "1/Images/../c.dcm"]
+    bucket = moto_s3.new_bucket("odd")
+    client = moto_s3.client()
+    for key in ["OMOP/person.csv", *odd]:
+        client.put_object(Bucket=bucket, Key=f"site/{key}", Body=b"abc")
+    container = azurite.new_container("odd")
+    with azurite.service_client() as service:
+        box = service.get_container_client(container)
+        for name in ["OMOP/person.csv", "/OMOP/x.csv", "1/Images//a.dcm"]:
+            box.upload_blob(f"site/{name}", b"abc")
+    for url, names in ((f"s3://{bucket}/site", odd), (f"az://{container}/site", odd[:2])):
+        db = tmp_path / f"{url[:2]}.sqlite"
+        result = run(settings(url, db, validate_site=False, cloud=s3_cloud))
+        assert set(current_rows(db)) == {"OMOP/person.csv"}, url
+        said = {row["srcfile"]: row["message"] for row in result.errors.to_dicts() if row["kind"] == "special_file"}
+        assert set(said) == set(names) and all("empty part ('//')" in m for m in said.values()), said
+
+
 def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_path):
     """Zero-byte keys ending in '/' (S3 console "Create folder", Azure Storage Explorer) are folder
     markers: neither listed as files nor recorded, on S3 as on Azure."""

@@ -139,6 +139,7 @@ class FsspecSource:
         errors.extend((name, "special_file", f"a folder marker (an object named like a folder) that holds {size} "
                        "bytes: no file can have this name, so it is not tracked; move its bytes to a file name")
                       for name, size in markers if size)
+        found = _pathless_left_out(found, errors)
         if not found[0]:
             self.check()  # a root that vanished since check() is an error, never an empty site
         for start in range(0, len(found[0]), BATCH_ROWS):
@@ -313,3 +314,22 @@ class FsspecSource:
             if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
                 raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
         return HashOutcome(digest.digest(), total, _mtime_ns(info), facts)
+
+
+# An empty part ('a//b', a leading '/'), or a part '.' or '..': a name no file system keeps (a copy of the site holds
+# it under another file's name, or not at all), which was tracked as given and never sent ("bad_name" at upload).
+_NO_PATH = r"(^|/)\.{0,2}(/|$)"
+
+
+def _pathless_left_out(found: tuple[list, ...], errors: list[tuple[str, str, str]]) -> tuple[list, ...]:
+    """The listing's columns less the objects whose name is no path (_NO_PATH), each recorded in `errors`."""
+    import polars as pl
+
+    bad = pl.Series(found[0], dtype=pl.String).str.contains(_NO_PATH)
+    if not bad.any():
+        return found
+    errors.extend((name, "special_file", "an object whose name has an empty part ('//'), or a part '.' or '..', which "
+                   "no file system keeps (a copy of the site would hold it under another name, or not at all): not "
+                   "tracked; rename the object") for name in pl.Series(found[0]).filter(bad).to_list())
+    keep = (~bad).to_list()
+    return tuple([value for value, kept in zip(column, keep) if kept] for column in found)
