@@ -1302,11 +1302,84 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert set(blobs(central)) == sent
     for name in sent:
         assert central.client.download_blob(name).readall() == names[name.split("/", 1)[1]]
+    # The claim `upload` writes before a version's first file: the script wrote none, so another manifest's upload
+    # could add to this folder while the script's was under way (and the script to another's).
+    assert claim_of(central, "20261101020000") == query(db, "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
     assert marked.returncode == 0 and "recorded 6 uploads" in marked.stdout, marked.stdout + marked.stderr
     rest = up(central, db)  # the one left out goes with the tool's own upload
     assert rest.returncode == 0 and "sent 1 file (4 B); 6 sent before" in rest.stdout, rest.stdout + rest.stderr
     assert central.client.download_blob("20261101020000/OMOP/st*r.csv").readall() == b"star"
+
+
+FAKE_AZ = """#!{python}
+# What the upload script asks of the Azure CLI (`storage blob upload`, `storage blob metadata show`), done with the SDK.
+import base64, os, sys
+from azure.storage.blob import BlobServiceClient, ContentSettings
+args = sys.argv[1:]
+def opt(name):
+    for i, arg in enumerate(args):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return args[i + 1]
+blob = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"]).get_blob_client(
+    opt("--container-name"), opt("--name"))
+try:
+    if args[:3] == ["storage", "blob", "upload"]:
+        md5, meta = opt("--content-md5"), opt("--metadata")
+        with open(opt("--file"), "rb") as f:
+            blob.upload_blob(f.read(), overwrite=opt("--overwrite") == "true", metadata=dict([meta.split("=", 1)]) if meta else None,
+                             content_settings=ContentSettings(content_md5=bytearray(base64.b64decode(md5))) if md5 else None)
+    elif args[:4] == ["storage", "blob", "metadata", "show"]:
+        print((blob.get_blob_properties().metadata or {{}}).get(opt("--query"), ""))
+except Exception as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_a_bash_script_claims_its_folder_and_adds_nothing_to_another_manifests_nor_does_mark_uploaded_record_it(
+        central, tmp_path):
+    # `upload --script` wrote no claim and looked at none: a script sent its files into another manifest's upload
+    # under way (same label), and mark-uploaded recorded them as this manifest's.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "az").write_text(FAKE_AZ.format(python=sys.executable))
+    (tools / "az").chmod(0o700)
+    env = {**os.environ, **central.env, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+           "CHORUS_UPLOAD_LOG": str(tmp_path / "upload.log")}
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    mine = query(db, "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
+    central.client.upload_blob("20261101020000/_manifest/owner", b"", metadata={"chorus_manifest_id": "another"})
+    script = tmp_path / "up.sh"
+    script.write_text(cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env).stdout)
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1 and "another manifest's submission or upload" in ran.stderr, ran.stdout + ran.stderr
+    assert blobs(central) == {} and not (tmp_path / "upload.log").exists()
+    # What a script of an older release did all the same: the blob sent, and logged
+    from azure.storage.blob import ContentSettings
+
+    md5 = submitted(db, "20261101020000")["OMOP/person.csv"][1]
+    central.client.upload_blob("20261101020000/OMOP/person.csv", b"person_id\n1\n",
+                               content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    (tmp_path / "upload.log").write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
+                 env=central.env)
+    assert marked.returncode == 5, marked.stdout + marked.stderr
+    assert "not recorded as this manifest's" in marked.stdout and "recorded 0 uploads" in marked.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(0,)]
+    # A folder nobody holds: the script claims it for this manifest, and sends
+    central.client.delete_blob("20261101020000/_manifest/owner")
+    central.client.delete_blob("20261101020000/OMOP/person.csv")
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert claim_of(central, "20261101020000") == mine and "20261101020000/OMOP/person.csv" in blobs(central)
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
+                 env=central.env)
+    assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr
 
 
 @pytest.mark.parametrize("kind", ["bash", "azcopy"])
