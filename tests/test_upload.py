@@ -492,23 +492,25 @@ def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_e
     assert done.returncode == 0 and "all as recorded" in done.stdout, done.stdout + done.stderr
 
 
-def test_upload_of_a_named_version_that_is_complete_leaves_its_manifest_copy_and_says_so(central, tmp_path):
+def test_upload_of_a_named_version_that_is_complete_checks_it_and_leaves_its_manifest_copy(central, tmp_path):
     # `upload --version X` of a version completely uploaded sent nothing, yet put a copy of the manifest as it is now
-    # over the one the centre had read as that submission's (and checked the container again).
+    # (with later versions and another ledger) over the one the centre had read as that submission's.
     db = committed_site(tmp_path, 3)
     assert up(central, db).returncode == 0
     copy = "20261101020000/_manifest/manifest.sqlite"
     before = blobs(central)[copy]
-    again = up(central, db, "--version", "20261101020000")
+    many_files(tmp_path / "site", 4)
+    commit(tmp_path / "site", db, "20261102020000")  # the manifest moved on
+    again = up(central, db, "--version", "20261101020000", "--json")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "version 20261101020000 is completely uploaded" in again.stdout and "left as it is" in again.stdout
+    [version] = json.loads(again.stdout)["versions"]
+    assert version["manifest_copy"] is None and version["manifest_copy_kept"] == f"{central.url}{copy}"
     assert blobs(central)[copy] == before
-    dry = up(central, db, "--version", "20261101020000", "--dry-run", "--json")
-    assert dry.returncode == 0 and json.loads(dry.stdout)["complete_already"] == "20261101020000"
-    # A copy verify found gone is not complete: the same command puts it there again.
+    assert "left as it is" in up(central, db, "--version", "20261101020000").stdout
+    # A copy gone is put there again by the same command.
     central.client.delete_blob(copy)
-    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
-    assert up(central, db, "--version", "20261101020000").returncode == 0 and copy in blobs(central)
+    back = up(central, db, "--version", "20261101020000")
+    assert back.returncode == 0 and f"manifest copy: {central.url}{copy}\n" in back.stdout, back.stdout + back.stderr
 
 
 def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monkeypatch, tmp_path):

@@ -30,10 +30,6 @@ def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
 
 
 def upload_text(result: UploadResult) -> str:
-    if not result.versions and result.complete:
-        return (f"nothing to upload: version {result.complete} is completely uploaded to {result.central}; its manifest "
-                f"copy there is left as it is (`chorus-batch verify --version {result.complete}` checks it)"
-                + ("\n" + _dry_run_line(result) if result.dry_run else ""))
     if not result.versions:
         return (f"nothing to upload: every version is completely uploaded to {result.central}"
                 + ("\n" + _dry_run_line(result) if result.dry_run else ""))
@@ -70,6 +66,8 @@ def upload_text(result: UploadResult) -> str:
             lines.extend(_unlisted_lines(v.unlisted, "upload"))
         if v.manifest_copy:
             lines.append(f"  manifest copy: {v.manifest_copy}")
+        if v.copy_kept:
+            lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, left as it is")
         if v.copy_refused:
             lines.append(f"  {'would add nothing' if result.dry_run else 'manifest copy refused'}: {v.copy_refused}")
     if result.dry_run:
@@ -92,11 +90,11 @@ def _dry_run_line(result: UploadResult) -> str:
 def upload_dict(result: UploadResult) -> dict[str, Any]:
     return {
         "central": result.central, "dry_run": result.dry_run, "signed_in_as": result.listed_as, "elapsed_s": round(result.elapsed_s, 3),
-        "exit_code": int(result.exit_code), "complete_already": result.complete,
+        "exit_code": int(result.exit_code),
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,
-            "manifest_copy_refused": v.copy_refused,
+            "manifest_copy_refused": v.copy_refused, "manifest_copy_kept": v.copy_kept,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
             "unlisted": None if v.unlisted is None else v.unlisted.to_dicts(),

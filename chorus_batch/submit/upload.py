@@ -42,8 +42,8 @@ from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural
-from .central import (Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent, check_apart, check_names,
-                      parse_central)
+from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
+                      check_apart, check_names, parse_central)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -73,6 +73,7 @@ class VersionUpload:
     verify_problems: pl.DataFrame | None = None  # after a complete upload: the listing check
     manifest_copy: str | None = None  # where the manifest's copy went
     copy_refused: str | None = None  # why the manifest's copy was not put there (another manifest's is)
+    copy_kept: str | None = None  # the copy an earlier upload put there, left as it is (the version was complete)
     # Blobs under <version>/ that are no file of its change set (another tool's, an abandoned submission's): a
     # reviewer at the centre takes them for part of it. Only verify said so; upload called the version complete.
     unlisted: pl.DataFrame | None = None
@@ -89,9 +90,6 @@ class UploadResult:
     dry_run: bool
     elapsed_s: float = 0.0
     listed_as: str | None = None  # the sign-in the container was listed with (None: not signed in, nothing to do)
-    # The --version asked for, completely uploaded already: nothing is sent, and its manifest copy stays (a copy of the
-    # manifest as it is now replaced the one the centre had read as that submission's).
-    complete: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -187,8 +185,8 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             if version is not None:
                 require_version(manifest, version)
             waiting = ledger.versions_not_finished()
-            labels = waiting if version is None else [version] if version in waiting else []
-            result = UploadResult(url, [], dry_run, complete=version if version is not None and not labels else None)
+            labels = [version] if version is not None else waiting
+            result = UploadResult(url, [], dry_run)
             try:
                 central.check(write=not dry_run)
             except ChorusError as exc:
@@ -205,7 +203,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 try:
                     result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities,
                                                            workers, sources, overrides, cloud, progress,
-                                                           dry_run=dry_run))
+                                                           dry_run=dry_run, finished=label not in waiting))
                 except BaseException as exc:
                     # What the ledger holds, over every version this command sent (what cli.main says of it).
                     n = sum(v.n_sent for v in result.versions) + getattr(exc, "n_confirmed", 0)
@@ -317,7 +315,9 @@ def record_unsendable(ledger: UploadLedger, central: Central, label: str, immedi
 def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, prefix: str, label: str,
                     modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
                     overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress, *,
-                    dry_run: bool = False) -> VersionUpload:
+                    dry_run: bool = False, finished: bool = False) -> VersionUpload:
+    """finished: the version is recorded as completely uploaded (`upload --version` of it: its listing is checked
+    again, and the manifest's copy is left as it is)."""
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
     outcome = VersionUpload(label, plan.height, done.height)
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
@@ -357,7 +357,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress, foreign=foreign)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
     try:
-        _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate)
+        _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate, finished=finished)
     except BaseException as exc:  # (the listing check or the manifest's copy failed: what was sent is recorded)
         with contextlib.suppress(AttributeError):
             exc.n_confirmed = outcome.n_sent  # type: ignore[union-attr]
@@ -366,8 +366,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
 
 def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, label: str, outcome: VersionUpload,
-                    not_sent: pl.DataFrame, immediate: pl.DataFrame) -> None:
-    """Check a version whose files are all confirmed against the listing, then copy the manifest next to it."""
+                    not_sent: pl.DataFrame, immediate: pl.DataFrame, *, finished: bool = False) -> None:
+    """Check a version whose files are all confirmed against the listing, then copy the manifest next to it (unless
+    it was `finished` before and this manifest's copy is there: it stays)."""
     outcome.not_sent = pl.concat([immediate.select(list(NOT_SENT_SCHEMA)), not_sent])
     # Complete: nothing is left that could still be sent (superseded files never can).
     outcome.complete = outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
@@ -377,6 +378,11 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
         _, problems, unlisted, _ = check_version(ledger, central, label, download=False)
         outcome.verify_problems, outcome.unlisted = problems, unlisted
         if problems.height == 0:
+            # The copy the centre read as this submission's stays: `upload --version` of a complete version put the
+            # manifest as it is now (later versions, another ledger) over it, with nothing sent.
+            if finished and central.manifest_copy_owner(label, "look at") == (True, str(manifest.state_identity()[0])):
+                outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
+                return
             try:
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
             except Conflict as exc:  # not finished: the next upload says so again
