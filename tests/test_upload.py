@@ -391,7 +391,10 @@ def test_a_deleted_central_container_says_the_files_recorded_there_are_gone_and_
     assert up(central, db).returncode == 0
     service = azurite.service_client()
     service.delete_container(central.container)
-    for out in (cli("verify", "--db", str(db), "--to", central.url, env=central.env), up(central, db)):
+    log = tmp_path / "upload.log"
+    log.write_text("uploaded\t20261101020000/000000/Waveforms/Telemetry/S0/S0.dat\n")
+    for out in (cli("verify", "--db", str(db), "--to", central.url, env=central.env), up(central, db),
+                cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)):
         assert out.returncode == 3, out.stdout + out.stderr
         assert f"records 3 files of 1 version as uploaded to {central.url.rstrip('/')}" in out.stderr, out.stderr
         assert "they are gone from the centre" in out.stderr and "`chorus-batch verify --all`" in out.stderr
@@ -1409,7 +1412,9 @@ def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central
     commit(site, db, "20261101020000")
     out = cli("upload", "--db", str(db), "--to", central.url + "-x/", "--script", "bash", env=central.env)
     assert out.returncode == 0, out.stderr
-    command = out.stdout.split("az storage blob upload", 1)[1].split("; then", 1)[0]
+    command = out.stdout.rsplit("az storage blob upload", 1)[1].split("; then", 1)[0]  # (send's; the first: the claim's)
+    claim = out.stdout.split("az storage blob upload", 1)[1].split("\n  for", 1)[0]
+    assert '--container-name="$CONTAINER"' in claim and '--name="$1/_manifest/owner"' in claim, claim
     for option, value in (("--container-name", "$CONTAINER"), ("--name", "$1"), ("--file", "$2"),
                           ("--content-md5", "$4")):
         assert f'{option}="{value}"' in command, command

@@ -310,12 +310,13 @@ class Marked:
 
 def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv: Sequence[str] = ()) -> Marked:
     """Record the blobs a script's log names, each once the container shows its size and Content-MD5."""
-    from .upload import _working_manifest, record_unsendable, sort_plan
+    from .upload import _working_manifest, container_gone, record_unsendable, sort_plan
     from .uploadlog import read_log
 
     log = read_log(log_path, parse_central(to)[1], central_url(to))
     central = Central(to, cloud)
     marked = Marked(central.url, rejected=log.invalid, not_understood=log.not_understood, example=log.example)
+    ledger = None
     try:
         with _working_manifest(db, cloud, argv, read_only=False) as manifest:
             ledger = UploadLedger(manifest, central.url)
@@ -369,6 +370,8 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                     record_unsendable(ledger, central, label, immediate)
                     marked.n_superseded += immediate.filter(pl.col("state") == "superseded").height
     except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
+        if ledger is not None:
+            container_gone(exc, ledger)
         exc.outcome = (f"{marked.n_recorded} logged uploads were recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
                        "this; run the same command again once this is fixed (what was recorded is left as it is)")
         raise
