@@ -118,8 +118,18 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     preflight(settings, manifest)
-    for root in roots:  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
-        root.source.check()
+    for position, root in enumerate(roots):  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
+        try:
+            root.source.check()
+        except ChorusError as exc:
+            # A cloud prefix whose objects are all gone (an object store has no empty folder) where the previous
+            # version had files: a root that lists none, refused at the commit (exit 5, README) as an emptied local
+            # folder is; it was "not found", exit 3, and --max-delete all could not pass it.
+            if getattr(exc, "kind", None) != "empty_prefix" or not manifest.holds_files_under(
+                    manifest.same_root_ids([(root.source.location, root.modality)]).get(0, set()),
+                    unrooted=position == 0):
+                raise
+            root.source.empty_ok = True
     site = site_location(settings.site)
     if settings.dry_run:
         if manifest.path.exists():

@@ -21,7 +21,7 @@ from azure.core.exceptions import (
 from azure.identity import CredentialUnavailableError
 
 from chorus_batch.config import AzureSection, CloudSettings, S3Section, load_config
-from chorus_batch.errors import ConfigError, SourceError
+from chorus_batch.errors import ChorusError, ConfigError, SourceError
 from chorus_batch.sources import FsspecSource, open_source
 from chorus_batch.sources.cloud import (
     azure_sign_in,
@@ -167,6 +167,30 @@ def test_cli_unreachable_endpoint_exits_3_with_what_where_fix(clean_env, tmp_pat
     assert "Traceback" not in result.stderr
     no_secret(result.stderr + result.stdout)
     assert time.monotonic() - started < 60
+
+
+def test_every_cannot_be_reached_hint_names_the_host(clean_env, tmp_path):
+    # The sync Azure client (upload, verify, mark-uploaded, a manifest in Azure) says "HTTPConnection(host='…', port=…)", which
+    # the hint did not read: "check that the storage endpoint is reachable", naming no host; nor did "does not resolve".
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", str(tmp_path / "site"), "--db", str(db), "--no-validate").returncode in (0, 1)
+    env = {"CHORUS_BATCH_RETRY_BASE_S": "0.01", "CHORUS_BATCH_RETRY_DEADLINE_S": "1",
+           "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                                              f"AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"}
+    for args in (("upload", "--db", str(db), "--to", "az://central/"),
+                 ("run", "--site", str(tmp_path / "site"), "--db", "az://c/m.sqlite", "--no-validate")):
+        out = cli(*args, env=env, timeout=120)
+        assert out.returncode == 3, out.stderr
+        fix = next(line for line in out.stderr.splitlines() if line.strip().startswith("fix:"))
+        assert f"check that 127.0.0.1:{port} is reachable" in fix, (args, out.stderr)
+    dns = {**env, "AZURE_STORAGE_CONNECTION_STRING": env["AZURE_STORAGE_CONNECTION_STRING"].replace(
+        f"127.0.0.1:{port}", "no-such-host.invalid:10000")}
+    out = cli("upload", "--db", str(db), "--to", "az://central/", env=dns, timeout=120)
+    assert out.returncode == 3 and "the storage host no-such-host.invalid:10000 does not resolve" in out.stderr, out.stderr
 
 
 # ----------------------------------------------------------------------------- S3 options
@@ -603,6 +627,85 @@ def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3,
     assert set(current_rows(tmp_path / "mixed.sqlite")) == {"OMOP/person.csv", "2/Images/2024/b.dcm",
                                                             "2/Waveforms/s2/r.dat"}
     assert mixed.label
+
+
+@pytest.mark.parametrize("store", ["azure", "s3"])
+def test_a_cloud_root_whose_files_are_all_gone_is_refused_as_an_empty_root(clean_env, azurite, moto_s3, tmp_path, store):
+    # An object store has no empty folder: a prefix whose objects were all deleted was "site root not found", exit 3,
+    # where README says a root that lists no files though the previous version had files there is refused, exit 5
+    # (and --max-delete all passes it). A prefix that never held files stays "not found".
+    from conftest import current_rows, settings
+    from services import upload_tree, upload_tree_s3
+
+    from chorus_batch import run
+    from chorus_batch.errors import ExitCode
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    tree = _tree(tmp_path / "up", SITE_FILES)
+    if store == "azure":
+        top = azurite.new_container("gone")
+        with azurite.service_client() as client:
+            upload_tree(client, top, tree, prefix="export")
+        url = f"az://{top}/export"
+
+        def empty() -> None:
+            with azurite.service_client() as client:
+                box = client.get_container_client(top)
+                for blob in list(box.list_blobs()):
+                    box.delete_blob(blob.name)
+    else:
+        top = moto_s3.new_bucket("gone")
+        upload_tree_s3(moto_s3.client(), top, tree, prefix="export")
+        url = f"s3://{top}/export"
+
+        def empty() -> None:
+            client = moto_s3.client()
+            for item in client.list_objects_v2(Bucket=top).get("Contents", []):
+                client.delete_object(Bucket=top, Key=item["Key"])
+    db = tmp_path / "m.sqlite"
+    assert run(settings(url, db, validate_site=False, cloud=s3_cloud)).label
+    empty()
+    with pytest.raises(ChorusError) as caught:
+        run(settings(url, db, validate_site=False, cloud=s3_cloud))
+    assert caught.value.exit_code == ExitCode.REFUSED, caught.value
+    assert "list no files at all, though the previous version had files there" in str(caught.value)
+    assert run(settings(url, db, validate_site=False, cloud=s3_cloud, max_delete="all")).label
+    assert current_rows(db) == {}
+    with pytest.raises(SourceError) as never:  # a prefix that never held files: a mistyped one
+        run(settings(url + "x", tmp_path / "new.sqlite", validate_site=False, cloud=s3_cloud))
+    assert "not found" in str(never.value)
+
+
+def test_object_names_with_an_empty_dot_or_dotdot_part_are_not_tracked_and_are_said(clean_env, azurite, moto_s3, tmp_path):
+    # 'site//OMOP/x.csv' was tracked as '/OMOP/x.csv', 'a/../b' as it is: names no copy of the site can hold (a
+    # local one has another file there, or none), which upload then refused for ever as bad_name.
+    from conftest import current_rows, settings
+
+    from chorus_batch import run
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    odd = ["/OMOP/x.csv", "1/Images//a.dcm", "1/Images/./b.dcm", "1/Images/../c.dcm"]
+    bucket = moto_s3.new_bucket("odd")
+    client = moto_s3.client()
+    for key in ["OMOP/person.csv", *odd]:
+        client.put_object(Bucket=bucket, Key=f"site/{key}", Body=b"abc")
+    container = azurite.new_container("odd")
+    with azurite.service_client() as service:
+        box = service.get_container_client(container)
+        for name in ["OMOP/person.csv", "/OMOP/x.csv", "1/Images//a.dcm"]:
+            box.upload_blob(f"site/{name}", b"abc")
+    for url, names in ((f"s3://{bucket}/site", odd), (f"az://{container}/site", odd[:2])):
+        db = tmp_path / f"{url[:2]}.sqlite"
+        result = run(settings(url, db, validate_site=False, cloud=s3_cloud))
+        assert set(current_rows(db)) == {"OMOP/person.csv"}, url
+        said = {row["srcfile"]: row["message"] for row in result.errors.to_dicts() if row["kind"] == "special_file"}
+        assert set(said) == set(names) and all("empty part ('//')" in m for m in said.values()), said
 
 
 def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_path):

@@ -324,11 +324,14 @@ def test_a_blob_that_is_not_a_manifest_is_named_by_its_url_not_by_the_working_co
     for content in (b"person_id\n1\n", other.read_bytes()):
         az.blob.upload_blob(content, overwrite=True)
         etag = az.blob.get_blob_properties().etag
-        for out in (run(az, site), cli("versions", "--db", az.url, env=az.env)):
+        for out in (run(az, site), cli("versions", "--db", az.url, env=az.env),
+                    cli("upload", "--db", az.url, "--to", f"az://{az.container}-central/", env=az.env)):
             assert out.returncode == 3, (out.returncode, out.stderr)
             assert f"where: {az.url} (its working copy: " in out.stderr, out.stderr
             assert "check the URL" in out.stderr and "move this one aside" not in out.stderr, out.stderr
         assert az.blob.get_blob_properties().etag == etag and az.blob.download_blob().readall() == content
+        # Left as it is, and so is its folder: the lock blob the run made beside it was left there for good
+        assert not az.lock.exists(), "a lock blob was left beside a blob that is no manifest"
 
 
 def test_a_db_url_that_names_a_folder_is_refused_not_made_a_blob(az, tmp_path):

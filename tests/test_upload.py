@@ -361,6 +361,54 @@ def test_verify_finds_the_manifest_copy_gone_or_replaced_and_the_next_upload_put
     assert "another manifest's id" not in held.stdout and "is no manifest's" in held.stdout, held.stdout
 
 
+def test_verify_download_reads_back_the_manifest_copy_and_the_next_upload_puts_it_again(central, azurite, tmp_path):
+    # --download, "the only check of the bytes the centre holds", read back every file but the manifest's copy the
+    # reviewers open: a copy damaged at the centre (metadata and Content-MD5 kept) was "all as recorded".
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    name = "20261101020000/_manifest/manifest.sqlite"
+    copy = central.client.get_blob_client(name)
+    props = copy.get_blob_properties()
+    data = bytearray(copy.download_blob().readall())
+    data[100:4000] = b"\xff" * 3900
+    copy.upload_blob(bytes(data), overwrite=True, metadata=props.metadata)
+    set_content_md5(azurite.service_client(), central.container, name, props.content_settings.content_md5)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0  # (the listing cannot see it)
+    out = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "content: _manifest/manifest.sqlite: the manifest's copy upload put here: its bytes, read back" in out.stdout
+    back = up(central, db)
+    assert back.returncode == 0 and "manifest copy:" in back.stdout, back.stdout + back.stderr
+    again = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert again.returncode == 0 and "all as recorded" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_deleted_central_container_says_the_files_recorded_there_are_gone_and_how_to_send_them_again(
+        central, azurite, tmp_path):
+    # verify and upload said "check the container name ... or create it": created empty, `upload` then said
+    # "nothing to upload" of files the centre no longer held.
+    db = committed_site(tmp_path, 3)
+    assert up(central, db).returncode == 0
+    service = azurite.service_client()
+    service.delete_container(central.container)
+    log = tmp_path / "upload.log"
+    log.write_text("uploaded\t20261101020000/000000/Waveforms/Telemetry/S0/S0.dat\n")
+    for out in (cli("verify", "--db", str(db), "--to", central.url, env=central.env), up(central, db),
+                cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)):
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"records 3 files of 1 version as uploaded to {central.url.rstrip('/')}" in out.stderr, out.stderr
+        assert "they are gone from the centre" in out.stderr and "`chorus-batch verify --all`" in out.stderr
+    for _ in range(60):  # (Azure and Azurite refuse the name for a moment while the old one is deleted)
+        try:
+            service.create_container(central.container)
+            break
+        except Exception:  # noqa: BLE001
+            time.sleep(0.5)
+    assert cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env).returncode == 1
+    assert up(central, db).returncode == 0  # what the fix said: sent again
+    assert len([n for n in blobs(central) if "/_manifest/" not in n]) == 3
+
+
 # ----------------------------------------------------------------------------- faults
 
 
@@ -423,6 +471,49 @@ def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(cent
     assert set(after) == {f"20261101020000/{path}" for path in submitted(db, "20261101020000")}
     assert ledger_names(db) == set(after)  # the ledger equals the container
     assert query(db, "SELECT max(attempts) FROM uploads") == [(1,)]
+
+
+def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_exits_1(central, tmp_path):
+    # An upload killed after its first batch: verify said "all as recorded", exit 0, of a version the centre holds
+    # a part of (it checks the files recorded as uploaded, and those were as recorded).
+    db = committed_site(tmp_path, 20)
+    proc = upload_process(central, db, "upload")
+    wait_for(proc, "test pause at upload")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_recorded = len(ledger_names(db))
+    assert 0 < n_recorded < 20
+    out = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "all as recorded" not in out.stdout
+    assert f"version 20261101020000: {20 - n_recorded} of its 20 files not uploaded yet" in out.stdout
+    assert "run `chorus-batch upload`" in out.stdout
+    as_json = json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env).stdout)
+    assert as_json["not_uploaded_yet"] == [{"version": "20261101020000", "not_uploaded": 20 - n_recorded, "files": 20}]
+    assert up(central, db).returncode == 0
+    done = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert done.returncode == 0 and "all as recorded" in done.stdout, done.stdout + done.stderr
+
+
+def test_upload_of_a_named_version_that_is_complete_checks_it_and_leaves_its_manifest_copy(central, tmp_path):
+    # `upload --version X` of a version completely uploaded sent nothing, yet put a copy of the manifest as it is now
+    # (with later versions and another ledger) over the one the centre had read as that submission's.
+    db = committed_site(tmp_path, 3)
+    assert up(central, db).returncode == 0
+    copy = "20261101020000/_manifest/manifest.sqlite"
+    before = blobs(central)[copy]
+    many_files(tmp_path / "site", 4)
+    commit(tmp_path / "site", db, "20261102020000")  # the manifest moved on
+    again = up(central, db, "--version", "20261101020000", "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    [version] = json.loads(again.stdout)["versions"]
+    assert version["manifest_copy"] is None and version["manifest_copy_kept"] == f"{central.url}{copy}"
+    assert blobs(central)[copy] == before
+    assert "left as it is" in up(central, db, "--version", "20261101020000").stdout
+    # A copy gone is put there again by the same command.
+    central.client.delete_blob(copy)
+    back = up(central, db, "--version", "20261101020000")
+    assert back.returncode == 0 and f"manifest copy: {central.url}{copy}\n" in back.stdout, back.stdout + back.stderr
 
 
 def test_storage_stopped_mid_upload_fails_clearly_and_resumes_after_restart(monkeypatch, tmp_path):
@@ -1216,11 +1307,84 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert set(blobs(central)) == sent
     for name in sent:
         assert central.client.download_blob(name).readall() == names[name.split("/", 1)[1]]
+    # The claim `upload` writes before a version's first file: the script wrote none, so another manifest's upload
+    # could add to this folder while the script's was under way (and the script to another's).
+    assert claim_of(central, "20261101020000") == query(db, "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
     assert marked.returncode == 0 and "recorded 6 uploads" in marked.stdout, marked.stdout + marked.stderr
     rest = up(central, db)  # the one left out goes with the tool's own upload
     assert rest.returncode == 0 and "sent 1 file (4 B); 6 sent before" in rest.stdout, rest.stdout + rest.stderr
     assert central.client.download_blob("20261101020000/OMOP/st*r.csv").readall() == b"star"
+
+
+FAKE_AZ = """#!{python}
+# What the upload script asks of the Azure CLI (`storage blob upload`, `storage blob metadata show`), done with the SDK.
+import base64, os, sys
+from azure.storage.blob import BlobServiceClient, ContentSettings
+args = sys.argv[1:]
+def opt(name):
+    for i, arg in enumerate(args):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name:
+            return args[i + 1]
+blob = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"]).get_blob_client(
+    opt("--container-name"), opt("--name"))
+try:
+    if args[:3] == ["storage", "blob", "upload"]:
+        md5, meta = opt("--content-md5"), opt("--metadata")
+        with open(opt("--file"), "rb") as f:
+            blob.upload_blob(f.read(), overwrite=opt("--overwrite") == "true", metadata=dict([meta.split("=", 1)]) if meta else None,
+                             content_settings=ContentSettings(content_md5=bytearray(base64.b64decode(md5))) if md5 else None)
+    elif args[:4] == ["storage", "blob", "metadata", "show"]:
+        print((blob.get_blob_properties().metadata or {{}}).get(opt("--query"), ""))
+except Exception as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_a_bash_script_claims_its_folder_and_adds_nothing_to_another_manifests_nor_does_mark_uploaded_record_it(
+        central, tmp_path):
+    # `upload --script` wrote no claim and looked at none: a script sent its files into another manifest's upload
+    # under way (same label), and mark-uploaded recorded them as this manifest's.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "az").write_text(FAKE_AZ.format(python=sys.executable))
+    (tools / "az").chmod(0o700)
+    env = {**os.environ, **central.env, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+           "CHORUS_UPLOAD_LOG": str(tmp_path / "upload.log")}
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    mine = query(db, "SELECT value FROM meta WHERE key = 'manifest_id'")[0][0]
+    central.client.upload_blob("20261101020000/_manifest/owner", b"", metadata={"chorus_manifest_id": "another"})
+    script = tmp_path / "up.sh"
+    script.write_text(cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env).stdout)
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1 and "another manifest's submission or upload" in ran.stderr, ran.stdout + ran.stderr
+    assert blobs(central) == {} and not (tmp_path / "upload.log").exists()
+    # What a script of an older release did all the same: the blob sent, and logged
+    from azure.storage.blob import ContentSettings
+
+    md5 = submitted(db, "20261101020000")["OMOP/person.csv"][1]
+    central.client.upload_blob("20261101020000/OMOP/person.csv", b"person_id\n1\n",
+                               content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    (tmp_path / "upload.log").write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
+                 env=central.env)
+    assert marked.returncode == 5, marked.stdout + marked.stderr
+    assert "not recorded as this manifest's" in marked.stdout and "recorded 0 uploads" in marked.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(0,)]
+    # A folder nobody holds: the script claims it for this manifest, and sends
+    central.client.delete_blob("20261101020000/_manifest/owner")
+    central.client.delete_blob("20261101020000/OMOP/person.csv")
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert claim_of(central, "20261101020000") == mine and "20261101020000/OMOP/person.csv" in blobs(central)
+    marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
+                 env=central.env)
+    assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr
 
 
 @pytest.mark.parametrize("kind", ["bash", "azcopy"])
@@ -1248,7 +1412,9 @@ def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central
     commit(site, db, "20261101020000")
     out = cli("upload", "--db", str(db), "--to", central.url + "-x/", "--script", "bash", env=central.env)
     assert out.returncode == 0, out.stderr
-    command = out.stdout.split("az storage blob upload", 1)[1].split("; then", 1)[0]
+    command = out.stdout.rsplit("az storage blob upload", 1)[1].split("; then", 1)[0]  # (send's; the first: the claim's)
+    claim = out.stdout.split("az storage blob upload", 1)[1].split("\n  for", 1)[0]
+    assert '--container-name="$CONTAINER"' in claim and '--name="$1/_manifest/owner"' in claim, claim
     for option, value in (("--container-name", "$CONTAINER"), ("--name", "$1"), ("--file", "$2"),
                           ("--content-md5", "$4")):
         assert f'{option}="{value}"' in command, command
@@ -1330,7 +1496,7 @@ def test_verify_json_fields_are_the_ones_the_readme_names(central, tmp_path):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     said = readme[readme.index("`verify --json` holds"):][:700]
     assert fields and all(f"`{name}`" in said for name in fields), (fields, said)
-    assert "`verify_state` `missing` or `other`" in said
+    assert "`verify_state` `missing`, `other` or `content`" in said
 
 
 def test_upload_checks_its_site_url_up_front_also_when_nothing_is_left_to_send(central, tmp_path):

@@ -66,6 +66,8 @@ def upload_text(result: UploadResult) -> str:
             lines.extend(_unlisted_lines(v.unlisted, "upload"))
         if v.manifest_copy:
             lines.append(f"  manifest copy: {v.manifest_copy}")
+        if v.copy_kept:
+            lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, left as it is")
         if v.copy_refused:
             lines.append(f"  {'would add nothing' if result.dry_run else 'manifest copy refused'}: {v.copy_refused}")
     if result.dry_run:
@@ -92,7 +94,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,
-            "manifest_copy_refused": v.copy_refused,
+            "manifest_copy_refused": v.copy_refused, "manifest_copy_kept": v.copy_kept,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
             "unlisted": None if v.unlisted is None else v.unlisted.to_dicts(),
@@ -124,10 +126,18 @@ def verify_text(result: VerifyResult) -> str:
                          "files again")
         if result.problems.filter(pl.col("verify_state") == "no_md5").height:
             lines.append("  fix:   `chorus-batch verify --download` checks the bytes of blobs without a Content-MD5")
-    elif not result.unlisted.height:
+    elif not result.unlisted.height and not result.waiting.height:
         lines.append("  all as recorded")
+    elif not result.unlisted.height:
+        lines.append("  the files uploaded are as recorded")
     if result.unlisted.height:
         lines.extend(_unlisted_lines(result.unlisted, "verify"))
+    if result.waiting.height:  # (verify checks what was uploaded: the rest is no part of "as recorded")
+        lines.append("  not uploaded yet (verify checks only the files recorded as uploaded):")
+        for version, n, files in result.waiting.iter_rows():
+            lines.append(f"  version {version}: {n} of its {plural(files, 'file')} not uploaded yet")
+        lines.append("  fix:   run `chorus-batch upload` (same --db and --to): it sends them, or says why it cannot; "
+                     "then verify again")
     return "\n".join(lines)
 
 
@@ -148,4 +158,5 @@ def verify_dict(result: VerifyResult) -> dict[str, Any]:
     return {"central": result.central, "method": result.method, "versions": result.versions,
             "files": result.n_checked, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts(),
             "unlisted": result.unlisted.to_dicts(), "not_uploaded": result.not_uploaded,
+            "not_uploaded_yet": result.waiting.to_dicts(),
             "uploaded_elsewhere": result.elsewhere}

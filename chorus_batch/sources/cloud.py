@@ -654,11 +654,16 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _endpoint(exc: BaseException) -> str | None:
-    """The host:port a connection failed to, as the exception names it."""
+    """The host:port a connection failed to, as the exception names it (aiohttp's "connect to host", botocore's
+    "endpoint URL", and urllib3's "host='…', port=…", which the sync Azure client of upload, verify and a manifest
+    in Azure raises: their hints said "check that the storage endpoint is reachable", naming no host)."""
     for e in _chain(exc):
         match = re.search(r"(?i)(?:connect to host|endpoint URL:?)\s*\"?([^\s\"]+)", str(e))
         if match:
             return scrub(match.group(1).rstrip(".:,"))
+        match = re.search(r"host='([^']+)', port=(\d+)", str(e))
+        if match:
+            return scrub(f"{match.group(1)}:{match.group(2)}")
     return None
 
 
@@ -735,7 +740,9 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
     tried = f" [signed in with {how}]"
     reason = _reason(exc)
     if kind == "dns":
-        what = f"cannot {action} {where}: the storage host does not resolve (unknown account or endpoint){tried}"
+        host = _endpoint(exc)
+        what = (f"cannot {action} {where}: the storage host {host + ' ' if host else ''}does not resolve (unknown account "
+                f"or endpoint){tried}")
         fix = ("check the endpoint ([s3] endpoint_url / AWS_ENDPOINT_URL) and region" if aws else
                "check the account name ([azure] account_url or account_name, AZURE_STORAGE_ACCOUNT, or the connection "
                "string's AccountName/BlobEndpoint)") + "; if it is right, check DNS, the proxy or the private endpoint"
@@ -830,7 +837,9 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
         return error
     error = SourceError(f"{subject} not found: {where}", where=where,
                         fix=f"point {what} at the container/prefix that holds {holds}")
-    error.kind = "missing_root"  # type: ignore[attr-defined]
+    # No object under the prefix: an object store has no empty folder, so this is also a root whose files are all gone
+    # (a run whose previous version had files there takes it as a root that lists none: RemoteSource.empty_ok)
+    error.kind = "empty_prefix"  # type: ignore[attr-defined]
     return error
 
 

@@ -90,6 +90,9 @@ class FsspecSource:
         was given, named by its messages."""
         self.url = url
         self.what = what
+        # A prefix with no object under it lists no files instead of failing: set by a run whose previous version had
+        # files there, so that it is refused as a root that lists none (exit 5), as an emptied local folder is
+        self.empty_ok = False
         self.description = self.location = mask_url(url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         if storage_options is not None:
@@ -122,8 +125,10 @@ class FsspecSource:
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
         if ok is not True:
-            raise cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
-                                            known_top_missing=ok == "no_container", what=self.what)
+            error = cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
+                                              known_top_missing=ok == "no_container", what=self.what)
+            if not (self.empty_ok and getattr(error, "kind", None) == "empty_prefix"):
+                raise error
 
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
@@ -134,6 +139,7 @@ class FsspecSource:
         errors.extend((name, "special_file", f"a folder marker (an object named like a folder) that holds {size} "
                        "bytes: no file can have this name, so it is not tracked; move its bytes to a file name")
                       for name, size in markers if size)
+        found = _pathless_left_out(found, errors)
         if not found[0]:
             self.check()  # a root that vanished since check() is an error, never an empty site
         for start in range(0, len(found[0]), BATCH_ROWS):
@@ -308,3 +314,22 @@ class FsspecSource:
             if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
                 raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
         return HashOutcome(digest.digest(), total, _mtime_ns(info), facts)
+
+
+# An empty part ('a//b', a leading '/'), or a part '.' or '..': a name no file system keeps (a copy of the site holds
+# it under another file's name, or not at all), which was tracked as given and never sent ("bad_name" at upload).
+_NO_PATH = r"(^|/)\.{0,2}(/|$)"
+
+
+def _pathless_left_out(found: tuple[list, ...], errors: list[tuple[str, str, str]]) -> tuple[list, ...]:
+    """The listing's columns less the objects whose name is no path (_NO_PATH), each recorded in `errors`."""
+    import polars as pl
+
+    bad = pl.Series(found[0], dtype=pl.String).str.contains(_NO_PATH)
+    if not bad.any():
+        return found
+    errors.extend((name, "special_file", "an object whose name has an empty part ('//'), or a part '.' or '..', which "
+                   "no file system keeps (a copy of the site would hold it under another name, or not at all): not "
+                   "tracked; rename the object") for name in pl.Series(found[0]).filter(bad).to_list())
+    keep = (~bad).to_list()
+    return tuple([value for value, kept in zip(column, keep) if kept] for column in found)

@@ -584,6 +584,15 @@ class Manifest:
             return {}
         return _same_roots(list(self.roots().select("root_id", "location", "modality").iter_rows()), roots)
 
+    def holds_files_under(self, root_ids: set[int], *, unrooted: bool = False) -> bool:
+        """The latest version has files under one of these roots (`unrooted`: or under none recorded)."""
+        if not self.path.exists() or not (root_ids or unrooted):
+            return False
+        where = " OR ".join(([f"root_id IN ({', '.join('?' * len(root_ids))})"] if root_ids else [])
+                            + (["root_id IS NULL"] if unrooted else []))
+        return bool(self._one(f"SELECT EXISTS (SELECT 1 FROM source_files WHERE time_invalid IS NULL AND ({where}))",
+                              tuple(root_ids))[0])
+
     def roots(self) -> pl.DataFrame:
         """The recorded roots (root_id, location, modality, first_version); the site root has modality NULL."""
         schema = schema_of("roots")

@@ -194,6 +194,7 @@ class RemoteManifest:
         self.lease_s = lease_seconds()
         self._client: Any = None
         self._lock_client: Any = None
+        self._made_lock = False  # this command created the lock blob (it found none)
         self._service: Any = None
 
     # ------------------------------------------------------------------ storage calls
@@ -286,10 +287,12 @@ class RemoteManifest:
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
         blob = self.lock_blob()
+        self._made_lock = False
         if self.properties(blob) is None:  # something to lease: an empty lock blob, unless another run made one
             def create() -> None:
                 with contextlib.suppress(ResourceExistsError):  # If-None-Match: *, never over another's blob
                     blob.upload_blob(b"", overwrite=False)
+                    self._made_lock = True
 
             self._call("create the lock blob beside", create, writes=True)
 
@@ -327,7 +330,16 @@ class RemoteManifest:
             self._call("lock (lease)", lambda: self.lock_blob().set_blob_metadata(metadata, lease=lease), writes=True)
             props = self.properties()
             self._refresh(self.local, props)
-            self._check_copy(self.local)
+            try:
+                self._check_copy(self.local)
+            except ManifestError:
+                # A blob that is no manifest (a CSV, another program's database) "was left as it is": so is the
+                # folder it is in, without the lock blob this command made beside it (never one another run made)
+                if self._made_lock:
+                    with contextlib.suppress(Exception):
+                        self.lock_blob().delete_blob(lease=lease)
+                        lease = None  # (gone with its blob: nothing to release)
+                raise
             self._mark_dirty(self.local)  # the run changes the copy: trusted again only after the upload
             etag = props.etag if props is not None else None
             try:
@@ -346,7 +358,8 @@ class RemoteManifest:
         finally:
             renewer.stop()
             try:
-                lease.release()
+                if lease is not None:
+                    lease.release()
             except Exception as exc:  # noqa: BLE001 - it then expires by itself
                 log.warning(f"could not release the lease on {self.where} ({type(exc).__name__}); "
                             f"it expires within {self.lease_s} s")

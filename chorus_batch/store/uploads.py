@@ -120,6 +120,13 @@ class UploadLedger:
             (self.central, *CONFIRMED), schema={"version": pl.String})
         return frame["version"].to_list()
 
+    def n_confirmed(self) -> tuple[int, int]:
+        """(file versions, versions) the ledger holds as confirmed at this container."""
+        frame = self.manifest.query_frame(
+            f"SELECT count(*) AS n, count(DISTINCT version) AS v FROM uploads WHERE central = ? AND state IN ({_in(CONFIRMED)})",
+            (self.central, *CONFIRMED), schema={"n": pl.Int64, "v": pl.Int64})
+        return int(frame["n"][0]), int(frame["v"][0])
+
     def versions_copied(self) -> list[str]:
         """Versions whose manifest copy upload put next to them at this container."""
         frame = self.manifest.query_frame(

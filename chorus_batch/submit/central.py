@@ -438,6 +438,44 @@ class Central:
         except cloud_access.storage_errors() as exc:
             raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
 
+    def copy_damage(self, version: str) -> str | None:
+        """<version>/_manifest/manifest.sqlite read back (verify --download): why its bytes are not the copy upload put
+        there (not its Content-MD5, no readable manifest), or None when they are (or it is gone: said elsewhere)."""
+        from ..fsutil import scratch_folder
+
+        blob = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
+        try:
+            props = cloud_access.retrying(lambda: _look(blob))
+            if props is None:
+                return None
+            with scratch_folder("chorus-copy-check-") as folder:  # (a manifest holds person ids: removed after a kill too)
+                copy = folder / MANIFEST_NAME
+                digest = hashlib.md5(usedforsecurity=False)
+
+                def read() -> None:
+                    digest.__init__(usedforsecurity=False)
+                    with open(copy, "wb") as f:
+                        for chunk in blob.download_blob(max_concurrency=2).chunks():
+                            digest.update(chunk)
+                            f.write(chunk)
+
+                cloud_access.retrying(read)
+                held = _hex(props.content_settings.content_md5)
+                if held is not None and digest.hexdigest() != held:
+                    return f"its bytes, read back, have MD5 {digest.hexdigest()}, not its Content-MD5 {held} (damaged at the centre)"
+                try:
+                    con = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+                    try:
+                        check = con.execute("PRAGMA quick_check").fetchone()[0]
+                        con.execute("SELECT value FROM meta WHERE key = 'manifest_id'").fetchone()
+                    finally:
+                        con.close()
+                except sqlite3.Error as exc:
+                    return f"read back, it is no readable manifest ({exc})"
+                return None if check == "ok" else f"read back, it is a damaged SQLite database ({check})"
+        except cloud_access.storage_errors() as exc:
+            raise self.explain(exc, "read", f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+
     def _claim_owner(self, version: str, claim_as: str | None = None) -> FolderOwner | None:
         """The claim of <version>/ (None: nobody's); claim_as: claim a folder nobody claimed for this manifest first
         (conditional: of two uploads starting at once, one claims it and the other reads whose it is)."""

@@ -34,7 +34,7 @@ import polars as pl
 
 from .. import release
 from ..errors import ChorusError, ExitCode, UsageError
-from ..store.uploads import CONFIRMED, PLAN_SCHEMA, UploadLedger, require_version
+from ..store.uploads import CONFIRMED, CONFLICT_FIX, PLAN_SCHEMA, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
 from ..urls import local_path
@@ -134,16 +134,58 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         f"ACCOUNT_URL={shlex.quote(account_url)}",
         f"ACCOUNT={shlex.quote(sign_in.account_name or '')}",
         "failed=0",
+        # The claim `upload` writes in a version folder before its first file (central.py, CLAIM_NAME): without it a
+        # script mixed its files into another manifest's upload under way there, and another upload into this one's.
+        'EMPTY=$(mktemp) || exit 1',
+        "trap 'rm -f \"$EMPTY\"' EXIT",
+        "OTHER=''  # the version folder being sent to is another manifest's: nothing is added to it",
+    ]
+    if kind == "bash":
+        lines += [
+            "signin() {  # the account by name, unless a connection string names it",
+            "  how=()",
+            '  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -n "$ACCOUNT" ]; then how+=(--account-name "$ACCOUNT"); fi',
+            '  if [ -n "${AZ_AUTH_MODE:-}" ]; then how+=(--auth-mode "$AZ_AUTH_MODE"); fi',
+            "}",
+            "folder() {  # folder-name url-quoted-folder manifest-id: claim it (where nobody has), then whose it is",
+            "  OTHER=''",
+            "  local how who='' marker",
+            "  signin",
+            '  az storage blob upload --only-show-errors --overwrite false ${how[@]+"${how[@]}"} --container-name="$CONTAINER" \\',
+            '      --name="$1/_manifest/owner" --file="$EMPTY" --metadata "chorus_manifest_id=$3" > /dev/null 2>&1',
+            "  for marker in manifest.sqlite owner; do  # the finished submission's copy first, then the claim",
+            '    if who=$(az storage blob metadata show --only-show-errors ${how[@]+"${how[@]}"} --container-name="$CONTAINER" \\',
+            '        --name="$1/_manifest/$marker" --query chorus_manifest_id -o tsv 2> /dev/null); then break; fi',
+            "  done",
+            '  if [ -n "$who" ] && [ "$who" != "$3" ]; then',
+            '    OTHER="$1/"',
+            '    echo "not sent: $1/ at the centre is another manifest\'s submission or upload (its _manifest/$marker names' +
+            ' manifest $who): nothing is added to it; give this site its own place (--to az://<container>/<prefix>/)" >&2',
+            "    failed=1",
+            "  fi",
+            "}",
+        ]
+    else:
+        lines += [
+            "folder() {  # folder-name url-quoted-folder manifest-id: claim it where nobody has (AzCopy cannot read a",
+            "  # blob's metadata back: mark-uploaded says whose folder it is, and records nothing in another's)",
+            "  OTHER=''",
+            '  azcopy copy "$EMPTY" "$ACCOUNT_URL/$CONTAINER/$2/_manifest/owner${CHORUS_SAS:+?$CHORUS_SAS}" --from-to LocalBlob \\',
+            '      --overwrite false --metadata "chorus_manifest_id=$3" --log-level ERROR > /dev/null 2>&1',
+            "  return 0",
+            "}",
+        ]
+    lines += [
         "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name [etag of a damaged blob to replace]",
+        '  if [ -n "$OTHER" ]; then echo "not sent (its folder $OTHER is another manifest\'s): $2" >&2; failed=1; return; fi',
         '  if [ "$(md5sum < "$2" | cut -c1-32)" != "$3" ]; then',
         '    echo "not sent (changed since its version was recorded, or unreadable): $2" >&2; failed=1; return',
         "  fi",
     ]
     if kind == "bash":
         lines += [
-            "  local how=()  # the account by name, unless a connection string names it",
-            '  if [ -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ] && [ -n "$ACCOUNT" ]; then how+=(--account-name "$ACCOUNT"); fi',
-            '  if [ -n "${AZ_AUTH_MODE:-}" ]; then how+=(--auth-mode "$AZ_AUTH_MODE"); fi',
+            "  local how",
+            "  signin",
             "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
             '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
             '  if az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
@@ -194,8 +236,14 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         ]
     wildcards: list[str] = []
     bad_escapes: list[str] = []
+    manifest_id = manifest.state_identity()[0]
+    folder = None
     for label, srcfile, md5, root_id, etag in todo.select("version", "srcfile", "md5", "root_id",
                                                           "replace_etag").iter_rows():
+        if label != folder and manifest_id:  # before the version's first file, as `upload` claims it
+            folder = label
+            where = "/".join(p for p in (prefix, label) if p)
+            lines.append(f"folder {shlex.quote(where)} {shlex.quote(quote(where))} {shlex.quote(str(manifest_id))}")
         name = "/".join(p for p in (prefix, label, srcfile) if p)
         local = str(PurePosixPath(roots[root_id]) / srcfile)
         if kind == "azcopy" and "*" in local:
@@ -225,9 +273,14 @@ class Marked:
     # logged blobs the ledger held as confirmed already (the script's log is appended to by every run): left as they
     # were; recording them again reset their verification and said they were recorded now
     n_before: int = 0
+    # versions whose folder at the centre is another manifest's (its copy or claim says so): what the script sent
+    # there was mixed into that manifest's submission, and is not recorded as this one's
+    foreign: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.foreign:  # as upload: another manifest's folder is refused, not a finding to run again for
+            return ExitCode.REFUSED
         # nothing recorded is a finding too: a wrong or empty log must not look like a success
         return (ExitCode.FINDINGS if self.rejected or self.not_understood or not (self.n_recorded or self.n_before)
                 else ExitCode.OK)
@@ -257,15 +310,17 @@ class Marked:
 
 def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv: Sequence[str] = ()) -> Marked:
     """Record the blobs a script's log names, each once the container shows its size and Content-MD5."""
-    from .upload import _working_manifest, record_unsendable, sort_plan
+    from .upload import _working_manifest, container_gone, record_unsendable, sort_plan
     from .uploadlog import read_log
 
     log = read_log(log_path, parse_central(to)[1], central_url(to))
     central = Central(to, cloud)
     marked = Marked(central.url, rejected=log.invalid, not_understood=log.not_understood, example=log.example)
+    ledger = None
     try:
         with _working_manifest(db, cloud, argv, read_only=False) as manifest:
             ledger = UploadLedger(manifest, central.url)
+            mine = str(manifest.state_identity()[0])
             by_version = {label: group["srcfile"].to_list()
                           for (label,), group in log.names.group_by("label", maintain_order=True)}
             if by_version:
@@ -273,6 +328,16 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
             for label, srcfiles in by_version.items():
                 if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
                     marked.rejected += [(f"{label}/{s}", f"the manifest has no version {label}") for s in srcfiles]
+                    continue
+                # Whose folder it is, as upload asks before its first file (and claimed for this manifest if nobody's):
+                # a script sent into another manifest's submission or upload under way, and mark-uploaded recorded
+                # those blobs as this manifest's, whose copy then listed files of two sites.
+                owner = central.folder_owner(label, "look at", claim_as=mine)
+                if owner is not None and owner.manifest_id != mine:
+                    marked.foreign.append(label)
+                    marked.rejected += [(f"{label}/{s}", f"{label}/ at the centre {owner.described()}: not recorded as "
+                                         f"this manifest's (the script's blob is mixed into that submission); "
+                                         f"{CONFLICT_FIX}") for s in srcfiles]
                     continue
                 plan = ledger.plan(label).filter(pl.col("srcfile").is_in(srcfiles))
                 unknown = set(srcfiles) - set(plan["srcfile"].to_list())
@@ -305,6 +370,8 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                     record_unsendable(ledger, central, label, immediate)
                     marked.n_superseded += immediate.filter(pl.col("state") == "superseded").height
     except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
+        if ledger is not None:
+            container_gone(exc, ledger)
         exc.outcome = (f"{marked.n_recorded} logged uploads were recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
                        "this; run the same command again once this is fixed (what was recorded is left as it is)")
         raise

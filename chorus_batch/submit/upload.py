@@ -42,8 +42,8 @@ from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural
-from .central import (Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent, check_apart, check_names,
-                      parse_central)
+from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
+                      check_apart, check_names, parse_central)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -73,6 +73,7 @@ class VersionUpload:
     verify_problems: pl.DataFrame | None = None  # after a complete upload: the listing check
     manifest_copy: str | None = None  # where the manifest's copy went
     copy_refused: str | None = None  # why the manifest's copy was not put there (another manifest's is)
+    copy_kept: str | None = None  # the copy an earlier upload put there, left as it is (the version was complete)
     # Blobs under <version>/ that are no file of its change set (another tool's, an abandoned submission's): a
     # reviewer at the centre takes them for part of it. Only verify said so; upload called the version complete.
     unlisted: pl.DataFrame | None = None
@@ -116,6 +117,20 @@ def _waiting(url: str, labels: list[str]) -> str:
     shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
     return (f"nothing was sent or recorded; {plural(len(labels), 'version')} {'waits' if len(labels) == 1 else 'wait'} to be sent to {url} ({shown}): run the "
             "same command again once this is fixed")
+
+
+def container_gone(error: BaseException, ledger: UploadLedger) -> None:
+    """A container that does not exist, where the ledger holds files as uploaded: its fix says they are gone from the
+    centre and how to send them again (it said "check the name or create it": created empty, `upload` said "nothing to
+    upload" and `verify` found them all missing only when asked)."""
+    if getattr(error, "kind", None) != "missing" or not isinstance(error, ChorusError):
+        return
+    files, versions = ledger.n_confirmed()
+    if files:
+        error.fix = (f"{error.fix}. The uploads ledger records {plural(files, 'file')} of {plural(versions, 'version')} "
+                     f"as uploaded to {ledger.central}: if the container was deleted, they are gone from the centre; "
+                     "create it again, run `chorus-batch verify --all` (same --db and --to: it records them as missing), "
+                     "then `chorus-batch upload`: it sends them again")
 
 
 @contextlib.contextmanager
@@ -169,7 +184,8 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             check_apart(to, [*manifest.roots()["location"].to_list(), *(overrides or {}).values()])
             if version is not None:
                 require_version(manifest, version)
-            labels = [version] if version is not None else ledger.versions_not_finished()
+            waiting = ledger.versions_not_finished()
+            labels = [version] if version is not None else waiting
             result = UploadResult(url, [], dry_run)
             try:
                 central.check(write=not dry_run)
@@ -177,6 +193,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 # Signed in and looked even with nothing waiting: "nothing to upload" says the centre holds every
                 # version, and a manifest older than the centre's (_refuse_behind) shows only there. What waits is said.
                 exc.outcome = _waiting(url, labels)  # type: ignore[attr-defined]
+                container_gone(exc, ledger)
                 raise
             result.listed_as = central.how
             _refuse_behind(manifest, central)
@@ -186,7 +203,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 try:
                     result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities,
                                                            workers, sources, overrides, cloud, progress,
-                                                           dry_run=dry_run))
+                                                           dry_run=dry_run, finished=label not in waiting))
                 except BaseException as exc:
                     # What the ledger holds, over every version this command sent (what cli.main says of it).
                     n = sum(v.n_sent for v in result.versions) + getattr(exc, "n_confirmed", 0)
@@ -298,7 +315,9 @@ def record_unsendable(ledger: UploadLedger, central: Central, label: str, immedi
 def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, prefix: str, label: str,
                     modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
                     overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress, *,
-                    dry_run: bool = False) -> VersionUpload:
+                    dry_run: bool = False, finished: bool = False) -> VersionUpload:
+    """finished: the version is recorded as completely uploaded (`upload --version` of it: its listing is checked
+    again, and the manifest's copy is left as it is)."""
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
     outcome = VersionUpload(label, plan.height, done.height)
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
@@ -338,7 +357,7 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     sent, not_sent = _send(ledger, central, label, sendable, readers, workers, progress, foreign=foreign)
     outcome.n_sent, outcome.bytes_sent, outcome.n_found = sent
     try:
-        _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate)
+        _finish_version(manifest, ledger, central, label, outcome, not_sent, immediate, finished=finished)
     except BaseException as exc:  # (the listing check or the manifest's copy failed: what was sent is recorded)
         with contextlib.suppress(AttributeError):
             exc.n_confirmed = outcome.n_sent  # type: ignore[union-attr]
@@ -347,17 +366,23 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
 
 def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, label: str, outcome: VersionUpload,
-                    not_sent: pl.DataFrame, immediate: pl.DataFrame) -> None:
-    """Check a version whose files are all confirmed against the listing, then copy the manifest next to it."""
+                    not_sent: pl.DataFrame, immediate: pl.DataFrame, *, finished: bool = False) -> None:
+    """Check a version whose files are all confirmed against the listing, then copy the manifest next to it (unless
+    it was `finished` before and this manifest's copy is there: it stays)."""
     outcome.not_sent = pl.concat([immediate.select(list(NOT_SENT_SCHEMA)), not_sent])
     # Complete: nothing is left that could still be sent (superseded files never can).
     outcome.complete = outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
     if outcome.complete:
         from .verify import check_version
 
-        _, problems, unlisted = check_version(ledger, central, label, download=False)
+        _, problems, unlisted, _ = check_version(ledger, central, label, download=False)
         outcome.verify_problems, outcome.unlisted = problems, unlisted
         if problems.height == 0:
+            # The copy the centre read as this submission's stays: `upload --version` of a complete version put the
+            # manifest as it is now (later versions, another ledger) over it, with nothing sent.
+            if finished and central.manifest_copy_owner(label, "look at") == (True, str(manifest.state_identity()[0])):
+                outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
+                return
             try:
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
             except Conflict as exc:  # not finished: the next upload says so again

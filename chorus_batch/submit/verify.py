@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..errors import ExitCode
+from ..errors import ChorusError, ExitCode
 from ..frames import fmt
 from ..sources import cloud as cloud_access
-from ..store.uploads import UploadLedger, require_version
+from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from .central import MANIFEST_FOLDER, MANIFEST_NAME, Central
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 PROBLEMS_SCHEMA = {"version": pl.String, "srcfile": pl.String, "verify_state": pl.String, "message": pl.String}
 UNLISTED_SCHEMA = {"version": pl.String, "name": pl.String, "size": pl.Int64}
+WAITING_SCHEMA = {"version": pl.String, "not_uploaded": pl.Int64, "files": pl.Int64}
 
 
 @dataclass
@@ -45,12 +46,15 @@ class VerifyResult:
     # Nothing recorded as uploaded here, but at these containers: a mistyped --to (a nightly verify said
     # "nothing to verify" with exit 0 for ever).
     elsewhere: list[str] = field(default_factory=list)
+    # Versions verified of which files are not uploaded yet (an interrupted upload, files not sent): their uploaded
+    # files were as recorded, and verify said "all as recorded", exit 0, of a submission the centre holds a part of.
+    waiting: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=WAITING_SCHEMA))
 
     @property
     def exit_code(self) -> ExitCode:
         # A version asked for by name and never uploaded was not verified: that must not look like a success.
         return (ExitCode.FINDINGS if self.problems.height or self.unlisted.height or self.not_uploaded or self.elsewhere
-                else ExitCode.OK)
+                or self.waiting.height else ExitCode.OK)
 
 
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
@@ -78,10 +82,11 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
 
 
 def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
-                  workers: int = 8, progress: Progress | None = None) -> tuple[int, pl.DataFrame, pl.DataFrame]:
+                  workers: int = 8, progress: Progress | None = None) -> tuple[int, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Verify one version's confirmed file versions, record the results in the ledger, and return how
-    many were checked, the problems (PROBLEMS_SCHEMA: missing, size, md5, content) and the blobs under
-    <version>/ that are no file of the version's change set (UNLISTED_SCHEMA)."""
+    many were checked, the problems (PROBLEMS_SCHEMA: missing, size, md5, content), the blobs under
+    <version>/ that are no file of the version's change set (UNLISTED_SCHEMA) and how many of its files are not
+    uploaded yet (WAITING_SCHEMA: no row when none is; superseded files can never be, and do not count)."""
     expected = ledger.confirmed(version)
     listing = central.listing(version)
     results = _compare(expected, listing)
@@ -90,10 +95,13 @@ def check_version(ledger: UploadLedger, central: Central, version: str, *, downl
     ledger.record_verification(version, results, "download" if download else "listing")
     # Against the whole change set, not the confirmed files: a blob an interrupted upload sent unrecorded, or
     # another manifest's blob of the same name (upload's `conflict`), is a file of this version, said elsewhere.
-    unlisted = (listing.join(ledger.plan(version).select(pl.col("srcfile").alias("name")), on="name", how="anti")
+    plan = ledger.plan(version)
+    unlisted = (listing.join(plan.select(pl.col("srcfile").alias("name")), on="name", how="anti")
                 .sort("name").select(pl.lit(version).alias("version"), "name", "size"))
+    n_waiting = plan.filter(~pl.col("superseded") & ~pl.col("state").is_in(CONFIRMED).fill_null(False)).height
+    waiting = pl.DataFrame([(version, n_waiting, plan.height)] if n_waiting else [], schema=WAITING_SCHEMA, orient="row")
     return expected.height, (results.filter(pl.col("verify_state") != "ok")
-                             .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message")), unlisted
+                             .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message")), unlisted, waiting
 
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
@@ -135,20 +143,28 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
             .drop("read_state"))
 
 
-def _check_copy(ledger: UploadLedger, central: Central, label: str, manifest, n_bad: int) -> pl.DataFrame:
+def _check_copy(ledger: UploadLedger, central: Central, label: str, manifest, n_bad: int, *,
+                download: bool = False) -> pl.DataFrame:
     """The manifest's copy that upload put next to a finished version, still there and still this manifest's (the
-    reviewers at the centre read it): a problem row (PROBLEMS_SCHEMA) when not, and the version is no longer
-    finished, so the next upload puts the copy there again (or says whose copy is there instead)."""
+    reviewers at the centre read it), and with --download its bytes read back: a problem row (PROBLEMS_SCHEMA) when
+    not, and the version is no longer finished, so the next upload puts the copy there again (or says whose copy is
+    there instead)."""
     there, owner = central.manifest_copy_owner(label)
-    if there and owner == manifest.state_identity()[0]:
+    mine = there and owner == manifest.state_identity()[0]
+    # (--download: "the only check of the bytes the centre holds" read every file but the copy the reviewers open)
+    damage = central.copy_damage(label) if mine and download else None
+    if mine and damage is None:
         return pl.DataFrame(schema=PROBLEMS_SCHEMA)
     ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
-    return pl.DataFrame([{
-        "version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": "missing" if not there else "other",
-        "message": ("the manifest's copy upload put here is gone" if not there else
+    if damage is not None:
+        state, message = "content", f"the manifest's copy upload put here: {damage}: the next upload puts it there again"
+    else:
+        state = "missing" if not there else "other"
+        message = (("the manifest's copy upload put here is gone" if not there else
                     "the manifest's copy upload put here was replaced by another manifest's (or another file)")
-        + ": the next upload puts it there again" + ("" if not there else " if that blob is removed")}],
-        schema=PROBLEMS_SCHEMA)
+                   + ": the next upload puts it there again" + ("" if not there else " if that blob is removed"))
+    return pl.DataFrame([{"version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": state,
+                          "message": message}], schema=PROBLEMS_SCHEMA)
 
 
 def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None, every: bool = False,
@@ -156,7 +172,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
            argv: Sequence[str] = ()) -> VerifyResult:
     """Verify `version` (default: the latest version with uploaded files; every: all of them) at `to`;
     the results go to the ledger."""
-    from .upload import _working_manifest
+    from .upload import _working_manifest, container_gone
 
     started = time.monotonic()
     central = Central(to, cloud, connections=workers + 2)
@@ -171,22 +187,29 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
             if labels:
-                central.check(write=False)
+                try:
+                    central.check(write=False)
+                except ChorusError as exc:
+                    container_gone(exc, ledger)
+                    raise
             elif not uploaded:
                 result.elsewhere = ledger.other_centrals()
-            problems, unlisted = [], []
+            problems, unlisted, waiting = [], [], []
             copied = set(ledger.versions_copied())
             for label in labels:
-                checked, found, foreign = check_version(ledger, central, label, download=download, workers=workers,
+                checked, found, foreign, left = check_version(ledger, central, label, download=download, workers=workers,
                                                         progress=progress)
                 if label in copied:
-                    found = pl.concat([found, _check_copy(ledger, central, label, manifest, found.height)])
+                    found = pl.concat([found, _check_copy(ledger, central, label, manifest, found.height,
+                                                              download=download)])
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
+                waiting.append(left)
             if problems:
                 result.problems = pl.concat(problems)
                 result.unlisted = pl.concat(unlisted)
+                result.waiting = pl.concat(waiting)
             result.elapsed_s = time.monotonic() - started
             return result
     finally:
