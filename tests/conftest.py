@@ -93,6 +93,19 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
     )
 
 
+def paused(*args: str, at: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """The real command line started in the background, returned once it waits at its fault-injection point `at`
+    (CHORUS_BATCH_TEST_PAUSE; `at` may end with '+SECONDS'): its Popen, stdout and stderr piped as text."""
+    point = at.partition("+")[0]
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", *args], cwd=cwd,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": at, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while f"test pause at {point}" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None, f"the command ended before its pause at {point}"
+    return proc
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     root = tmp_path / "site"

@@ -16,7 +16,7 @@ from chorus_batch.diff import compute_diff, duckdb_session
 from chorus_batch.frames import SCANNED_SCHEMA, STATE_SCHEMA
 from chorus_batch.shards import program_words
 from chorus_batch.testdata import Spec, make_testdata
-from conftest import cli, fill, query
+from conftest import cli, fill, paused, query
 
 N = 4
 
@@ -38,18 +38,8 @@ def run_shards(site: Path, db: Path, staging: Path, shards: range = range(N), en
 
 def shard_paused_at_hashing(site: Path, db: Path, staging: Path, *extra: str):
     """Shard 0 started in the background, returned once it waits (8 s) at its hashing: its Popen."""
-    import os
-    import subprocess
-    import sys
-
-    shard = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db", str(db),
-                              "--shard", f"0/{N}", "--staging", str(staging), *extra],
-                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+8", "CHORUS_BATCH_PROGRESS_S": "0"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert shard.stderr is not None
-    while "test pause at hashing" not in (line := shard.stderr.readline()):
-        assert line or shard.poll() is None, "the shard never reached its hashing"
-    return shard
+    return paused("run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}", "--staging", str(staging), *extra,
+                  at="hashing+8", env={"CHORUS_BATCH_PROGRESS_S": "0"})
 
 
 def merge_paused_at_its_commit(site: Path, db: Path, staging: Path):

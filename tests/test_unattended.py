@@ -17,7 +17,7 @@ import pytest
 
 from chorus_batch import ExitCode
 
-from conftest import cli, current_rows, fill, query, tree_md5, write
+from conftest import cli, current_rows, fill, paused, query, tree_md5, write
 from test_run import run_without_override
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals and permissions")
@@ -772,12 +772,7 @@ def test_a_signal_while_validate_checks_a_folder_in_a_temporary_manifest_says_no
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     here = tmp_path / "here"
     here.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "validate", "--site", str(site)], cwd=here,
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "validate"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    while "test pause at validate" not in (line := proc.stderr.readline()):
-        assert line, "the run ended before its pause"
+    proc = paused("validate", "--site", str(site), at="validate", cwd=here)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
@@ -792,12 +787,7 @@ def test_a_signal_to_validate_of_a_manifest_says_what_validate_did(site, db):
 
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     assert run(site, db, "-q").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "validate", "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "validate"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    while "test pause at validate" not in (line := proc.stderr.readline()):
-        assert line, "validate ended before its pause"
+    proc = paused("validate", "--db", str(db), at="validate")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err

@@ -211,16 +211,20 @@ def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_
     assert real.returncode == 1 and "sent 2 files" in real.stdout, real.stdout + real.stderr
 
 
+def damage_keeping_content_md5(central, azurite, name: str, change) -> None:
+    """Blob `name` at the centre rewritten as change(its bytes), its metadata and Content-MD5 kept, as a bad copy
+    at the centre might be: only a read back of its bytes can tell."""
+    blob = central.client.get_blob_client(name)
+    props = blob.get_blob_properties()
+    blob.upload_blob(change(blob.download_blob().readall()), overwrite=True, metadata=props.metadata)
+    set_content_md5(azurite.service_client(), central.container, name, bytes(props.content_settings.content_md5))
+
+
 def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(central, azurite, tmp_path):
     db = committed_site(tmp_path, 4)
     assert up(central, db).returncode == 0
     name = "20261101020000/000002/Waveforms/Telemetry/S2/S2.dat"
-    blob = central.client.get_blob_client(name)
-    props = blob.get_blob_properties()
-    original = blob.download_blob().readall()
-    corrupt = bytes([original[0] ^ 1]) + original[1:]
-    blob.upload_blob(corrupt, overwrite=True)  # then its Content-MD5 set back to the original's, as a bad copy might
-    set_content_md5(azurite.service_client(), central.container, name, bytes(props.content_settings.content_md5))
+    damage_keeping_content_md5(central, azurite, name, lambda data: bytes([data[0] ^ 1]) + data[1:])
     listing = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert listing.returncode == 0, listing.stdout + listing.stderr  # size and Content-MD5 are as recorded
     download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
@@ -367,12 +371,7 @@ def test_verify_download_reads_back_the_manifest_copy_and_the_next_upload_puts_i
     db = committed_site(tmp_path, 2)
     assert up(central, db).returncode == 0
     name = "20261101020000/_manifest/manifest.sqlite"
-    copy = central.client.get_blob_client(name)
-    props = copy.get_blob_properties()
-    data = bytearray(copy.download_blob().readall())
-    data[100:4000] = b"\xff" * 3900
-    copy.upload_blob(bytes(data), overwrite=True, metadata=props.metadata)
-    set_content_md5(azurite.service_client(), central.container, name, props.content_settings.content_md5)
+    damage_keeping_content_md5(central, azurite, name, lambda data: data[:100] + b"\xff" * 3900 + data[4000:])
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0  # (the listing cannot see it)
     out = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
     assert out.returncode == 1, out.stdout + out.stderr

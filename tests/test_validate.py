@@ -1135,19 +1135,27 @@ def test_a_header_without_an_integer_accession_is_told_once_with_the_id_its_fold
     assert found(clean) == {("dicom.path_mismatch", DCM)}
 
 
+def two_series_lacking(clean, *, both: dict, second: dict, mr: dict) -> str:
+    """Headers without some attributes (a value None leaves its tag out): the two files of the clean site's first
+    series lack `both`, its second file also `second`; a new MR series of person P1 lacks `mr`. Its folder."""
+    uid = sitegen.series_uid(P0, DAY0, 1)
+    for instance, name in ((0, DCM), (1, f"{SERIES1}/001.dcm")):
+        add(name, dicom_bytes(person_id=P0, series=1, instance=instance, study_date=DAY0, study_time="081500",
+                              accession=ACCESSION, SeriesInstanceUID=uid, **both, **(second if instance else {})))(clean)
+    accession = str(int(sitegen.accession_of(1)) + 7)
+    folder = f"{P1}/Images/MR/{accession}/{sitegen.series_uid(P1, DAY1, 9)}"
+    add(f"{folder}/000.dcm", dicom_bytes(person_id=P1, series=9, instance=0, modality="MR", study_date=DAY1,
+                                         study_time="081500", accession=accession,
+                                         SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 9), **mr))(clean)
+    return folder
+
+
 def test_study_level_attributes_the_imaging_sop_selects_are_asked_for_once_per_series(clean):
     """The Imaging SOP selects study-level metadata for CHoRUS (StudyInstanceUID, StudyDescription, StudyDate, ...,
     MagneticFieldStrength of an MR study); a de-identification that dropped them passed without a word. A series
     folder whose headers lack some is told once, with how many files and which attributes."""
-    uid = sitegen.series_uid(P0, DAY0, 1)
-    for instance, name in ((0, DCM), (1, f"{SERIES1}/001.dcm")):
-        add(name, dicom_bytes(person_id=P0, series=1, instance=instance, study_date=DAY0, study_time="081500",
-                              accession=ACCESSION, SeriesInstanceUID=uid, StudyDescription=None,
-                              **({"BodyPartExamined": None} if instance else {})))(clean)
-    mr = f"{P1}/Images/MR/{int(sitegen.accession_of(1)) + 7}/{sitegen.series_uid(P1, DAY1, 9)}"
-    add(f"{mr}/000.dcm", dicom_bytes(person_id=P1, series=9, instance=0, modality="MR", study_date=DAY1,
-                                     study_time="081500", accession=str(int(sitegen.accession_of(1)) + 7),
-                                     SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 9), MagneticFieldStrength=None))(clean)
+    mr = two_series_lacking(clean, both={"StudyDescription": None}, second={"BodyPartExamined": None},
+                            mr={"MagneticFieldStrength": None})
     out = validate(clean).filter(pl.col("rule") == "dicom.study_metadata")
     assert dict(out.select("srcfile", "message").rows()) == {
         f"{SERIES1}/": "2 DICOM file(s) of this series lack StudyDescription, BodyPartExamined: the Imaging SOP keeps "
@@ -1322,15 +1330,8 @@ def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modali
     """The Imaging SOP's "Series Level" metadata (SeriesDescription, SeriesNumber, SliceThickness, ViewPosition, ...) was
     not checked: a de-identification that dropped them passed. Those every series has are asked of all; SliceThickness
     of cross-sectional series (CT, MR), ViewPosition of projection radiographs (not of a CT)."""
-    uid = sitegen.series_uid(P0, DAY0, 1)
-    for instance, name in ((0, DCM), (1, f"{SERIES1}/001.dcm")):
-        add(name, dicom_bytes(person_id=P0, series=1, instance=instance, study_date=DAY0, study_time="081500",
-                              accession=ACCESSION, SeriesInstanceUID=uid, SliceThickness=None,
-                              **({"SeriesDescription": None} if instance else {})))(clean)
-    mr = f"{P1}/Images/MR/{int(sitegen.accession_of(1)) + 7}/{sitegen.series_uid(P1, DAY1, 9)}"
-    add(f"{mr}/000.dcm", dicom_bytes(person_id=P1, series=9, instance=0, modality="MR", study_date=DAY1,
-                                     study_time="081500", accession=str(int(sitegen.accession_of(1)) + 7),
-                                     SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 9), SliceThickness=None))(clean)
+    mr = two_series_lacking(clean, both={"SliceThickness": None}, second={"SeriesDescription": None},
+                            mr={"SliceThickness": None})
     out = validate(clean).filter(pl.col("rule") == "dicom.series_metadata")
     assert dict(out.select("srcfile", "message").rows()) == {
         f"{SERIES1}/": "2 DICOM file(s) of this series lack SeriesDescription, SliceThickness: the Imaging SOP keeps "
