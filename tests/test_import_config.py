@@ -159,6 +159,35 @@ def test_secrets_are_never_copied_nor_shown(tmp_path):
     assert "wrote" in wrote.stderr and str(written) in wrote.stderr
 
 
+
+def test_chorus_upload_templates_placeholders_are_not_taken_for_a_shown_secret(tmp_path):
+    """chorus-upload's config.toml.template, left with its placeholder credentials: each placeholder is inside the
+    name of the key that held it (aws_access_key_id = "access_key_id"), which the warning gives; that was taken for
+    a secret shown, an internal error (exit 3) and nothing written. A secret of its own is still never shown."""
+    source = _config(tmp_path, """
+[configuration]
+supported_modalities = "OMOP,Images,Waveforms"
+journaling_mode = "snapshot"
+[central_path]
+path = "az://test/"
+azure_sas_token = "sastoken"
+azure_connection_string = "connection_string"
+[site_path.default]
+path = "/mnt/data/site"
+[site_path.Images]
+path = "s3://container/path"
+aws_access_key_id = "access_key_id"
+aws_secret_access_key = "secret_access"
+aws_session_token = "session_token"
+""")
+    done = cli("import-config", str(source))
+    assert done.returncode == 1, done.stderr
+    assert "internal error" not in done.stderr
+    assert "site_path.Images.aws_access_key_id = **** (13 characters, not shown)" in done.stderr
+    for placeholder in ("access_key_id", "secret_access", "session_token", "connection_string"):
+        assert f'"{placeholder}"' not in done.stdout + done.stderr  # (never as a value)
+    load_config(_converted(tmp_path, done))
+
 def test_a_clean_config_converts_without_warnings(tmp_path):
     source = _config(tmp_path, """
 [configuration]

@@ -741,12 +741,21 @@ class _Converter:
         from pydantic import ValidationError
 
         shown = text + "\n".join(self.warnings)
-        if any(len(value) >= 10 and value in shown for value in self.secret_values):
+        if any(len(value) >= 10 and _shown_in(value, shown) for value in self.secret_values):
             raise RuntimeError("import-config would have shown a secret; nothing was written")
         try:
             ConfigFile.model_validate(tomllib.loads(text))
         except (tomllib.TOMLDecodeError, ValidationError) as exc:
             raise RuntimeError(f"import-config wrote a chorus.toml chorus-batch refuses: {exc}") from None
+
+
+def _shown_in(secret: str, shown: str) -> bool:
+    """The secret is in the text as a word of its own. Inside a longer word it is not the secret but a key's name:
+    chorus-upload's own template has `aws_access_key_id = "access_key_id"`, which the warning's key name
+    (site_path.Images.aws_access_key_id) holds; that was an internal error, exit 3, for a config left as shipped."""
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return re.search(before + re.escape(secret) + after, shown) is not None
 
 
 def _refuse_special(out: Path, where: str) -> None:
