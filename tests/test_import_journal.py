@@ -351,6 +351,21 @@ def test_an_existing_manifest_is_never_written_over(tmp_path):
     assert db.read_bytes() == b"precious"
 
 
+
+def test_the_db_and_the_central_container_come_from_the_chorus_toml_here(tmp_path):
+    """As README says (and `import-config --out chorus.toml` may come first): with no --db and no --to, ./chorus.toml's
+    [manifest] db and [central] to are used, without --config; with no [central] to, the fix said "set [central] to
+    in chorus.toml and pass --config", as if the ./chorus.toml were not read."""
+    (tmp_path / "chorus.toml").write_text('[manifest]\ndb = "from_config.sqlite"\n', encoding="utf-8")
+    asked = cli("import-journal", str(JOURNALS["A"]), cwd=tmp_path)
+    assert asked.returncode == 2 and "pass --to az://" in asked.stderr, asked.stderr
+    assert "pass --config" not in asked.stderr and "./chorus.toml" in asked.stderr, asked.stderr
+    (tmp_path / "chorus.toml").write_text('[manifest]\ndb = "from_config.sqlite"\n[central]\nto = "az://mgh/"\n',
+                                          encoding="utf-8")
+    out = cli("import-journal", str(JOURNALS["A"]), cwd=tmp_path)
+    assert out.returncode == 1 and "for az://mgh as imported" in out.stdout, out.stderr
+    assert query(tmp_path / "from_config.sqlite", "SELECT DISTINCT central FROM uploads") == [("az://mgh",)]
+
 def test_a_journal_none_of_whose_rows_can_be_imported_says_why(tmp_path):
     """Every row refused (absolute paths, as a journal edited by hand or written elsewhere holds them): it said "no
     upstream version holds any file ... there is no history to import", of a journal of 44 rows, and the reasons,

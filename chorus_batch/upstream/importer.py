@@ -226,7 +226,7 @@ def _central(central: str | None, journal: Journal, n_marks: int, where: str) ->
             f"the journal holds {n_marks} upload marks, and the central container they are for is not an Azure "
             f"container chorus-batch can name (upstream sent to {journal.central or 'an unrecorded place'})",
             where=where, fix="pass --to az://<container>/ (the site's central container, as `upload` will use it), "
-                             "or set [central] to in chorus.toml and pass --config")
+                             "or set [central] to in ./chorus.toml (or in the file --config names)")
     return None
 
 
