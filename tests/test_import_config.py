@@ -315,6 +315,26 @@ note = "x"
     assert any('site_path.default.path = "data/site" is relative' in w for w in converted.warnings)
 
 
+
+def test_a_misspelt_key_is_named_with_the_key_probably_meant(tmp_path):
+    """journaling_mod = "full" was named "not understood" alone, next to a warning that journaling_mode is missing
+    (so [run] mode = "append"): the key meant is said, as chorus.toml's own unknown settings are."""
+    converted = convert_config(_config(tmp_path, """
+[configuration]
+journaling_mod = "full"
+upload_methd = "azcli"
+[central_path]
+path = "az://mgh/"
+azure_acount_key = "FAKEmisspeltACCOUNTkey0123456789=="
+[site_path.default]
+path = "/data/site"
+"""))
+    (unknown,) = [w for w in converted.warnings if "not understood" in w]
+    assert "configuration.journaling_mod (did you mean configuration.journaling_mode?)" in unknown
+    assert "configuration.upload_methd (did you mean configuration.upload_method?)" in unknown
+    assert "central_path.azure_acount_key (did you mean central_path.azure_account_key?)" in unknown
+    assert "FAKEmisspelt" not in converted.text + "".join(converted.warnings)
+
 @pytest.mark.parametrize("content,message", [
     (None, "chorus-upload config not found"),
     ("[central_path\npath = 1", "is not valid TOML"),

@@ -35,6 +35,7 @@ import re
 import textwrap
 import tomllib
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -363,8 +364,9 @@ class _Converter:
         for key, value in table.items():
             dotted = f"{prefix}{key}"
             known = schema.get(key, schema.get("*", KeyError))
-            if known is KeyError:
-                unknown.append(dotted)
+            if known is KeyError:  # (a typo of a key that matters, journaling_mod, left chorus-upload's default)
+                meant = get_close_matches(key, [k for k in schema if k != "*"], n=1)
+                unknown.append(f"{dotted} (did you mean {prefix}{meant[0]}?)" if meant else dotted)
             elif isinstance(value, _Secret):
                 continue  # named by its key as a secret already, whatever it was
             elif isinstance(known, dict):
