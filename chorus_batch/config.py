@@ -437,6 +437,16 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             meant = _close(str(first["loc"][-1]), known)
             prefix = ".".join(str(p) for p in first["loc"][:-1])
             meant = f"{prefix}.{meant}" if prefix and meant else meant
+            key = str(first["loc"][-1])
+            homes = [] if prefix else [f"{s}.{key}" for s in known if key in _known_settings((s,))]
+            if homes:  # a setting written above every [section] (workers = 8 before [run]) is at the top level
+                sections = " or ".join(f"[{home.split('.')[0]}]" for home in homes)
+                raise ConfigError(
+                    f"unknown setting {key!r} at the top of the file, before any [section]; did you mean "
+                    + " or ".join(repr(home) for home in homes) + "?",
+                    where=f"{path}, top level (above the first [section])",
+                    fix=f"move it under {sections} (a setting belongs to the [section] above it; {CONFIG_HELP})",
+                ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",

@@ -220,6 +220,11 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
         ('[sit]\nroot = "x"\n', "unknown setting 'sit'; did you mean 'site'?"),
         ('[azure]\nacount_url = "https://a.blob.core.windows.net"\n',
          "unknown setting 'azure.acount_url'; did you mean 'azure.account_url'?"),
+        # written above its [section]: it said "unknown setting 'workers'", where "[workers]", and "remove it"
+        ("workers = 8\n[run]\nmode = 'full'\n", "unknown setting 'workers' at the top of the file, before any "
+                                                 "[section]; did you mean 'run.workers' or 'central.workers'?"),
+        ('root = "x"\n', "did you mean 'site.root'?\n  where: chorus.toml, top level (above the first [section])\n"
+                          "  fix:   move it under [site]"),
     ],
 )
 def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(tmp_path, toml, message):
