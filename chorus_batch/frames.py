@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import polars as pl
 
-# A site-relative path (srcfile) is none of: a leading '/', a '.' or '..' segment, an empty segment, a control character.
-UNSAFE_PATH = r"^/|(^|/)\.{1,2}(/|$)|//|[\x00-\x1f]"
+# A site-relative path (srcfile) is none of: a leading '/', a '.' or '..' segment, an empty segment (OUTSIDE_PATH),
+# a control character (a file's name may hold one but for NUL: `run` records such a file, with a scan error).
+OUTSIDE_PATH = r"^/|(^|/)\.{1,2}(/|$)|//"
+UNSAFE_PATH = OUTSIDE_PATH + r"|[\x00-\x1f]"
 
 # One row per file found by a source. srcfile is the site-relative POSIX path; stored_md5 is
 # the MD5 the storage itself holds (sources with the server_md5 capability), else NULL; etag is

@@ -577,6 +577,14 @@ SPOILT = [
           "journal WHERE UPLOAD_DTSTR IS NOT NULL)", "import.unmapped-mark", "its name holds a backslash"),
     ("B", "UPDATE journal SET FILEPATH = 'OMOP/a' || char(127) || '.csv' WHERE FILE_ID = (SELECT min(FILE_ID) FROM "
           "journal WHERE UPLOAD_DTSTR IS NOT NULL)", "import.unmapped-mark", "holds a control character"),
+    # A line break or a tab in a name (which `run` records, with a scan error): the row was refused as "not a
+    # site-relative path (it would lead outside the site)", and the next run hashed the file again; only its mark is.
+    ("A", "UPDATE journal_v2 SET FILENAME = 'a' || char(10) || 'b.csv' WHERE FILE_ID = (SELECT min(FILE_ID) FROM "
+          "journal_v2 WHERE UPLOAD_DT_ID IS NOT NULL)", "import.unmapped-mark", "holds a control character"),
+    ("B", "UPDATE journal SET FILEPATH = 'OMOP/a' || char(9) || 'b.csv' WHERE FILE_ID = (SELECT min(FILE_ID) FROM "
+          "journal WHERE UPLOAD_DTSTR IS NOT NULL)", "import.unmapped-mark", "holds a control character"),
+    ("A", "UPDATE journal_v2 SET FILENAME = 'a' || char(0) || 'b.csv' WHERE FILE_ID = 1", "import.unusable-row",
+     "holds a NUL character, which no file's name can; not imported"),
     ("A", "UPDATE journal_v2 SET FILENAME = replace(hex(zeroblob(550)), '0', 'x') || '.csv' WHERE FILE_ID = (SELECT "
           "min(FILE_ID) FROM journal_v2 WHERE UPLOAD_DT_ID IS NOT NULL)", "import.unmapped-mark",
      "its blob name is longer than 1024 characters"),

@@ -31,7 +31,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import UsageError, salvage_command
-from ..frames import UNSAFE_PATH, fmt
+from ..frames import OUTSIDE_PATH, fmt
 from ..sources.remote import mask_url
 from ..times import parse_time
 from .config import url_secrets
@@ -400,8 +400,11 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         # (an empty FILENAME under its SRC_PATH: a folder's name, no file's; its upload mark would name no blob)
         .when(pl.col("srcfile").str.ends_with("/")).then(fmt("its path {} names no file (an empty file name); ",
                                                              "srcfile"))
-        .when(pl.col("srcfile").str.contains(UNSAFE_PATH)).then(fmt(
-            "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile")),
+        # (a tab or a line break is not: `run` records such a file, so the import keeps it; only its mark is refused)
+        .when(pl.col("srcfile").str.contains(OUTSIDE_PATH)).then(fmt(
+            "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile"))
+        .when(pl.col("srcfile").str.contains("\x00", literal=True)).then(fmt(
+            "its path {} holds a NUL character, which no file's name can; ", "srcfile")),
         pl.when(pl.col("size") < 0).then(fmt("its SIZE {} is negative; ", "size")),
         pl.when(pl.col("md5").is_not_null() & ~pl.col("md5").str.contains(_MD5.pattern)).then(
             fmt("its MD5 {} is not 32 hex digits; ", pl.col("md5").str.slice(0, 40))),
