@@ -414,6 +414,13 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                           where="load_config(path)", fix='give the file\'s path, such as load_config("chorus.toml")')
     path = Path(path)
     data = read_toml(path)
+    if not data:  # (left empty by `import-config CONFIG > chorus.toml` that failed: the shell empties it first)
+        import logging
+
+        logging.getLogger("chorus_batch").warning(
+            f"the config file {path} holds no settings (it is empty, or holds only comments): every setting is its "
+            "default; write its settings in it (every setting: the README's section \"Configuration: chorus.toml\"), "
+            "or remove it")
     upstream = {"configuration", "journal", "central_path", "site_path"} & set(data)
     if upstream and not {"site", "manifest", "run", "central"} & set(data):
         raise ConfigError(f"{path} is a chorus-upload config.toml (it has [{'], ['.join(sorted(upstream))}]), not a "

@@ -675,3 +675,16 @@ def test_the_readmes_exit_code_table_and_the_codes_the_command_line_uses_agree_b
     in_help = {int(code) for code in re.findall(r"^\s+(\d+)\s", EXIT_CODES_HELP.split("\n", 1)[1], re.M)}
     in_help |= {int(code) for code in re.findall(r"; (\d+) \w", EXIT_CODES_HELP)}
     assert in_help == documented, (sorted(in_help), sorted(documented))
+
+
+def test_an_empty_config_file_is_warned_of(tmp_path):
+    """`import-config CONFIG > chorus.toml` that fails leaves ./chorus.toml empty (the shell empties it first): the
+    next run took every default without a word (another manifest, another max_delete)."""
+    (tmp_path / "site").mkdir()
+    for text in ("", "# converted by hand\n\n"):
+        (tmp_path / "chorus.toml").write_text(text, encoding="utf-8")
+        out = cli("status", "--site", "site", "--no-validate", cwd=tmp_path)
+        assert "the config file chorus.toml holds no settings (it is empty, or holds only comments)" in out.stderr, (
+            text, out.stderr)
+    (tmp_path / "chorus.toml").write_text("[run]\nworkers = 2\n", encoding="utf-8")
+    assert "holds no settings" not in cli("status", "--site", "site", "--no-validate", cwd=tmp_path).stderr
