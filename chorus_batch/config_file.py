@@ -48,9 +48,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                                   f" (or rename the folder ./{CONFIG_NAME}: a run reads that name when it is given "
                                   "no --config)" if str(path) == CONFIG_NAME else "")) from None
     except UnicodeDecodeError as exc:  # (said "in position 16": a byte count, of no use in an editor)
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"config file {path} is not UTF-8: byte 0x{exc.object[exc.start]:02x} on line {line} (a "
-                          "Latin-1 or Windows-1252 letter, such as one with an accent)", where=f"{path}, line {line}",
+        said, where = not_utf8(path, exc)
+        raise ConfigError(f"config file {said}", where=where,
                           fix="save the file as UTF-8 (the TOML standard) and run again") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc}", where=str(path),
@@ -60,6 +59,13 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
                           fix="keep one of the two and remove the other" if said else
                               "fix the TOML syntax at the position given") from None
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> tuple[str, str]:
+    """A TOML file that is not UTF-8, as an editor shows it: (what it is, where), the byte and its line."""
+    line = exc.object[:exc.start].count(b"\n") + 1
+    return (f"{path} is not UTF-8: byte 0x{exc.object[exc.start]:02x} on line {line} (a Latin-1 or Windows-1252 "
+            "letter, such as one with an accent)", f"{path}, line {line}")
 
 
 def _warn_if_anyone_may_write(path: Path) -> None:

@@ -655,3 +655,17 @@ def test_a_stopped_import_config_says_what_it_wrote_not_a_manifest(tmp_path):
     assert proc.returncode == 143, err
     assert "manifest" not in err and "versions" not in err and "no chorus.toml was written" in err, err
     assert not (tmp_path / "chorus.toml").exists()
+
+
+def test_a_config_saved_as_windows_1252_is_named_as_such_and_a_binary_as_no_text(tmp_path):
+    """A Windows site's config.toml with an accented path, saved in Windows-1252: it said "is not a text file (not
+    UTF-8 at byte 35)" with the fix "pass the path of chorus-upload's config.toml", which it was."""
+    source = tmp_path / "config.toml"
+    source.write_bytes('[journal]\njournaling_mode = "full"\n[site_path.default]\npath = "D:/Données/site"\n'
+                       .encode("cp1252"))
+    out = cli("import-config", str(source))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{source} is not UTF-8: byte 0xe9 on line 4 (a Latin-1 or Windows-1252 letter" in out.stderr, out.stderr
+    assert f"where: {source}, line 4" in out.stderr and "fix:   save the file as UTF-8" in out.stderr, out.stderr
+    journal = cli("import-config", str(FIXTURES / "journal_A.db"))
+    assert journal.returncode == 2 and "is not a text file" in journal.stderr, journal.stderr

@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
+from ..config_file import not_utf8
 from ..errors import UsageError, WriteError
 from ..fsutil import missing_folder, write_private
 
@@ -136,7 +137,13 @@ def _read(path: Path) -> dict:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not a text file (not UTF-8 at byte {exc.start})", where=str(path), fix=fix) from None
+        if b"\0" in raw[:8192]:  # (a journal.db, a binary: not a config at all)
+            raise UsageError(f"{path} is not a text file (not UTF-8 at byte {exc.start})", where=str(path),
+                             fix=fix) from None
+        # A config saved in Windows-1252 (an accented site path): it said "not a text file", and to pass the config
+        said, where = not_utf8(path, exc)
+        raise UsageError(said, where=where, fix="save the file as UTF-8 (the TOML standard; chorus-upload could not "
+                                                "have read it either) and run again") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
