@@ -1482,8 +1482,10 @@ def cmd_import_config(args: argparse.Namespace, argv: list[str]) -> int:
     if out is None:
         sys.stdout.write(converted.text)
     else:
-        print(f"chorus-batch: wrote {out}" + (f" ({len(converted.warnings)} warnings)" if converted.warnings else ""),
-              file=sys.stderr)
+        from .units import plural
+
+        print(f"chorus-batch: wrote {out}" + (f" ({plural(len(converted.warnings), 'warning')})"
+                                              if converted.warnings else ""), file=sys.stderr)
     return int(ExitCode.FINDINGS) if converted.warnings else int(ExitCode.OK)
 
 

@@ -669,3 +669,28 @@ def test_a_config_saved_as_windows_1252_is_named_as_such_and_a_binary_as_no_text
     assert f"where: {source}, line 4" in out.stderr and "fix:   save the file as UTF-8" in out.stderr, out.stderr
     journal = cli("import-config", str(FIXTURES / "journal_A.db"))
     assert journal.returncode == 2 and "is not a text file" in journal.stderr, journal.stderr
+
+
+def test_a_config_without_a_default_site_path_is_warned_of_whatever_its_modality_roots(tmp_path):
+    """Each modality listed with its own path and no site_path.default: converted without a word (exit 0), into a
+    chorus.toml that `run` stops on ("no site given"); and --out said "(1 warnings)"."""
+    source = _config(tmp_path, """
+[configuration]
+supported_modalities = "OMOP,Images,Waveforms"
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[site_path.OMOP]
+path = "/data/omop"
+[site_path.Images]
+path = "/data/images"
+[site_path.Waveforms]
+path = "/data/waves"
+""")
+    out = cli("import-config", str(source), "--out", str(tmp_path / "chorus.toml"))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert "no site_path.default.path: [site] root not set" in warning and "`run` stops without it" in warning
+    assert "and Metadata has no root until it is set" in warning  # (chorus-upload tracks Metadata always)
+    assert out.stderr.endswith("(1 warning)\n"), out.stderr

@@ -545,13 +545,18 @@ class _Converter:
                 continue
             roots[name] = value
         if default is None:
-            missing = [m for m in MODALITIES if m not in roots and (supported is None or m in supported)]
+            # (chorus-upload tracks Metadata whether it is listed or not, as in excludes)
+            missing = [m for m in MODALITIES if m not in roots and (supported is None or m in supported
+                                                                     or m == "Metadata")]
             if not roots:
                 self.warn("no site path (site_path.default.path): [site] root not set; give it in chorus.toml or "
                           "with --site")
-            elif missing:
-                self.warn(f"no site_path.default.path: [site] root not set, so {', '.join(missing)} have no root "
-                          "until [site] root or --site gives one")
+            else:  # (every modality rooted elsewhere still needs it: `run` says "no site given" without it)
+                self.warn("no site_path.default.path: [site] root not set, which chorus-batch needs whatever "
+                          "[site.roots] holds (`run` stops without it)" + (
+                              f", and {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no root until it is set"
+                              if missing else "")
+                          + "; give it in chorus.toml or with --site")
         return default, roots
 
     def excludes(self, supported: list[str] | None) -> list[str]:
