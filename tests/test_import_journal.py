@@ -799,3 +799,19 @@ def test_a_journal_url_is_checked_as_every_other_url_before_it_is_read(url, said
     assert out.returncode == 2, out.stderr
     assert said in out.stderr and "JOURNAL" in out.stderr and "SECRETSIG" not in out.stderr + out.stdout
     assert not (tmp_path / "m.sqlite").exists()
+
+
+@pytest.mark.parametrize("schema, table", [("A", "journal_v2"), ("B", "journal")])
+def test_columns_of_a_newer_chorus_upload_are_a_note_not_passed_over(schema, table, tmp_path):
+    """A journal whose table has columns chorus-upload's known releases do not write (a newer release's): imported
+    as before, and a note names them (what they hold is not imported); it said nothing. The fixtures: no note."""
+    plain = import_journal(JOURNALS[schema], tmp_path / "plain.sqlite", "--to", "az://central/", "--json")
+    assert not [f for f in json.loads(plain.stdout)["findings"] if f["rule"] == "import.unread-columns"]
+    journal = edited_journal(tmp_path, schema, f"ALTER TABLE {table} ADD COLUMN SHA256 TEXT; "
+                                               f"ALTER TABLE {table} ADD COLUMN deleted INTEGER DEFAULT 0")
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/", "--json")
+    assert out.returncode == plain.returncode, out.stderr
+    (note,) = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unread-columns"]
+    assert note["severity"] == "info" and f"the journal's {table} table has columns" in note["message"], note
+    assert "SHA256, deleted; what they hold is not imported" in note["message"], note
+    assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(2,)]

@@ -37,7 +37,7 @@ from ..store.lock import manifest_lock
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
-_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info"}  # others: warning
+_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info"}  # others: warning
 
 
 @dataclass
@@ -318,6 +318,12 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     notes = [{"rule": "import.merged-updates", "srcfile": None,
               "message": f"version {t.label} was written by {len(t.updates)} `journal update` runs with the same "
                          "--version: imported as one version (the tree after the last of them)"} for t in merged]
+    if journal.unread_columns:  # (a newer chorus-upload's: what they hold is not imported, so said, not passed over)
+        table = "journal_v2" if journal.schema == 2 else "journal"
+        notes.append({"rule": "import.unread-columns", "srcfile": None,
+                      "message": f"the journal's {table} table has columns chorus-batch does not read (a newer "
+                                 f"chorus-upload's?): {', '.join(journal.unread_columns)}; what they hold is not "
+                                 "imported"})
     unmapped, result.n_marks = _record_marks(manifest, marks, central)
     unparseable = manifest.query_frame(
         "SELECT DISTINCT srcfile, message FROM scan_errors WHERE kind = 'unparseable' ORDER BY srcfile",

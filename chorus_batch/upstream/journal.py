@@ -104,6 +104,14 @@ SELECT FILE_ID, {_typed("FILEPATH", "text")}, MODALITY, {_typed("SIZE", "integer
        {_wrong("VERSION", "VERSION", ("text", "null"))} || {_wrong("UPLOAD_DTSTR", "UPLOAD_DTSTR", ("text", "null"))}
 FROM journal ORDER BY FILE_ID
 """
+# The columns of each schema's journal table that chorus-upload writes (upper case: SQLite's names ignore case).
+_KNOWN_COLUMNS = {
+    "journal_v2": {"FILE_ID", "PERSON_ID", "SRC_PATH_ID", "FILENAME", "MODALITY_ID", "SRC_MODTIME_US", "SIZE", "MD5",
+                   "TIME_VALID_US", "TIME_INVALID_US", "UPLOAD_DT_ID", "VERSION_ID"},
+    "journal": {"FILE_ID", "PERSON_ID", "FILEPATH", "MODALITY", "SRC_MODTIME_US", "SIZE", "MD5", "TIME_VALID_US",
+                "TIME_INVALID_US", "UPLOAD_DTSTR", "VERSION", "STATE", "MD5_DURATION", "UPLOAD_DURATION",
+                "VERIFY_DURATION"},
+}
 _FETCH_ROWS = 200_000  # rows turned into a frame at a time: a journal of millions of rows is never a list of tuples
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -130,6 +138,8 @@ class Journal:
     times: dict[int, int] = field(default_factory=dict)  # every command's readable DATETIME (µs), by COMMAND_ID
     # credentials found in the command history, not kept: (where, the location with them masked)
     secrets: list[tuple[str, str]] = field(default_factory=list)
+    # columns of its journal table chorus-upload's releases known here do not write (a newer release's): not read
+    unread_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -229,6 +239,9 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             times: dict[int, int] = {}
             con.text_factory = _lenient  # (a few rows: a value that is not UTF-8 is read as text, escaped)
             updates, central = _history(con, history, secrets, times) if history in tables else ([], None)
+            table = "journal_v2" if schema == 2 else "journal"
+            unread = [name for (name,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')")
+                      if name.upper() not in _KNOWN_COLUMNS[table]]
         except sqlite3.OperationalError as exc:
             if "no such column" not in str(exc):
                 raise _unreadable(shown, exc, path) from None
@@ -242,7 +255,7 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
     finally:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
-                   history=history, times=times)
+                   history=history, times=times, unread_columns=unread)
 
 
 def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
