@@ -157,7 +157,9 @@ def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[sub
     # the run with no message and an unfinished runs row, and the workers' deaths read as a crash
     (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True),
     # --signal=USR2@60: its default action ended the run with no message, an unfinished runs row, a stale lock note
-    (signal.SIGUSR2, 140, "stopped by SIGUSR2 (Slurm sends it", False), (signal.SIGUSR2, 140, "stopped by SIGUSR2", True)])
+    (signal.SIGUSR2, 140, "stopped by SIGUSR2 (Slurm sends it", False), (signal.SIGUSR2, 140, "stopped by SIGUSR2", True),
+    # the soft CPU-time limit (`ulimit -St`, a batch system's CPU limit) and Ctrl-\ dumped core: no message, no outcome
+    (signal.SIGXCPU, 152, "CPU-time limit was reached", False), (signal.SIGQUIT, 131, "quit (Ctrl-\\, SIGQUIT)", True)])
 def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers):
     proc, workers = paused_at_hashing(site, db)
     for pid in workers if to_workers else ():
