@@ -444,6 +444,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         # part of a version: kept if the commit then fails, and a rerun need not parse them again.
         manifest.validation.save_facts(facts, replace=False, read_back=False)
 
+    if not settings.dry_run:  # what a former name of this manifest left beside it
+        manifest.adopt_renamed()
     if settings.merge is not None:  # the shards' scans, checked, read partition by partition (shards.py)
         from .shards import read_shards
 

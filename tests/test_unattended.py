@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 import signal
 import sqlite3
@@ -1131,3 +1132,28 @@ def test_a_killed_runs_row_is_finished_by_the_next_run(site, db):
     rows = query(db, "SELECT exit_code, version IS NULL, message FROM runs ORDER BY run_id")
     assert [row[:2] for row in rows] == [(0, 0), (137, 1), (0, 0)], rows
     assert "killed: it ended without recording its outcome" in rows[1][2]
+
+
+def test_a_renamed_manifest_takes_along_what_its_former_name_left_beside_it(site, db, tmp_path):
+    """`mv m.sqlite site-a.sqlite` (the cron line changed with it) left m.sqlite.state.parquet (every file's MD5 and
+    person id) for good, the runs turned away under the old name were never added to `runs`, and a killed run's lock
+    note stayed. The renamed manifest's run removes the cache and the note, adds those runs, and names the empty lock
+    file to remove; a copy's run leaves the files of the manifest still there alone."""
+    write(site, "OMOP/person.csv", b"1")
+    assert run(site, db, "-q").returncode == 0
+    old = {suffix: Path(f"{db}{suffix}") for suffix in (".state.parquet", ".lock", ".lock.json", ".runs-pending.jsonl")}
+    old[".lock.json"].write_text('{"pid": 1}')  # a killed run's
+    turned_away = {"started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:00+00:00", "host": "h",
+                   "user": "u", "pid": 1, "argv": "[]", "mode": "full", "site": str(site), "exit_code": 4,
+                   "message": "the manifest is locked by another run", "release": "x"}
+    old[".runs-pending.jsonl"].write_text(json.dumps(turned_away) + "\n")
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(db, copy)
+    assert run(site, copy, "-q").returncode == 0
+    assert all(path.exists() for path in old.values())  # db is still there: they are db's
+    db.rename(renamed := tmp_path / "site-a.sqlite")
+    done = run(site, renamed, "-q")
+    assert done.returncode == 0, done.stderr
+    assert [path.name for path in old.values() if path.exists()] == [f"{db.name}.lock"]
+    assert f"{db}.lock is the (empty) lock file of this manifest under its former name" in done.stderr
+    assert sorted(query(renamed, "SELECT exit_code FROM runs")) == [(0,), (0,), (4,)]  # the turned-away run added
