@@ -481,6 +481,26 @@ def test_a_lock_file_that_cannot_be_made_is_not_called_locked(site):
     assert "locked" not in out.stderr and "fix:" in out.stderr
 
 
+def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db, monkeypatch):
+    """flock on an NFS mount whose lock service (lockd, rpc.statd) is not reachable fails with ENOLCK: the run said
+    "cannot create or open the manifest's lock file" of a file it had made, and "an ordinary file system"."""
+    import errno
+    import fcntl
+
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.store.lock import manifest_lock
+
+    def no_locks(*_args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(ManifestError) as said, manifest_lock(db, ["run"]):
+        pass
+    assert "cannot lock files (No locks available)" in str(said.value) and "NFS" in str(said.value)
+    assert "rpc.statd" in said.value.fix and "cannot create or open" not in str(said.value)
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the lock file to another user")
 def test_a_lock_file_of_another_user_is_said_to_be_theirs(db):
     from chorus_batch.store.lock import _cannot_lock
