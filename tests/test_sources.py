@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -242,3 +244,21 @@ def test_a_site_folder_named_with_a_control_character_is_recorded_as_it_is_and_s
     assert query(db, "SELECT DISTINCT site FROM runs") == [(str(site),)]
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]  # the same root: no changes
+
+
+def test_a_folder_deeper_than_path_max_is_said_to_be_too_long_not_unreadable(site, tmp_path):
+    """A folder whose path exceeds PATH_MAX cannot be listed (ENAMETOOLONG): the run told the user to give read and
+    search permission on it, which changes nothing."""
+    write(site, "OMOP/person.csv", b"1")
+    here = os.getcwd()
+    try:
+        os.chdir(site / "OMOP")
+        for _ in range(25):  # 25 x 201 bytes: past 4096
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+    finally:
+        os.chdir(here)
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 1
+    (message,) = [m for (m,) in query(db, "SELECT message FROM scan_errors WHERE kind = 'unreadable_dir'")]
+    assert "longer than the system allows" in message and "permission" not in message, message
