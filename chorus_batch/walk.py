@@ -30,11 +30,14 @@ _DIR_KEPT = ("what was recorded below it is kept: give this user read and search
              "file system, and run again")
 
 
+# a path past PATH_MAX (ENAMETOOLONG): permissions were not the cause, and granting them changes nothing
+_TOO_LONG = "its path is longer than the system allows (PATH_MAX, 4096 bytes on Linux), so it cannot be opened"
+
+
 def _dir_kept(exc: OSError) -> str:
     """What a folder that could not be listed means, and what to do for this reason."""
-    if exc.errno == errno.ENAMETOOLONG:  # (permissions were not the cause: a folder deeper than PATH_MAX)
-        return ("its path is longer than the system allows (PATH_MAX, 4096 bytes on Linux), so no file below it can be "
-                "opened; what was recorded below it is kept: shorten the names of the folders above it, and run again")
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{_TOO_LONG}; what was recorded below it is kept: shorten the names of the folders above it, and run again"
     return _DIR_KEPT
 
 
@@ -177,9 +180,11 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                                                           "under the site)"))
                     continue
                 except OSError as exc:
-                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; what was recorded of it "
-                                                             "is kept: give this user search (x) permission on its folder, "
-                                                             "or check the file system"))
+                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; " + (
+                        f"{_TOO_LONG}; what was recorded of it is kept: shorten its name or those of the folders above "
+                        "it, and run again" if exc.errno == errno.ENAMETOOLONG else
+                        "what was recorded of it is kept: give this user search (x) permission on its folder, or check "
+                        "the file system")))
                     continue
                 bad = name_error(rel)
                 if bad is not None:

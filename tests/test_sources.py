@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -253,12 +254,18 @@ def test_a_folder_deeper_than_path_max_is_said_to_be_too_long_not_unreadable(sit
     here = os.getcwd()
     try:
         os.chdir(site / "OMOP")
-        for _ in range(25):  # 25 x 201 bytes: past 4096
+        for _ in range(19):
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+        os.mkdir("e" * 100)  # a folder that can be listed, holding a file whose path is past 4096 bytes
+        (Path("e" * 100) / ("f" * 200 + ".csv")).write_bytes(b"x")
+        for _ in range(6):  # and folders past it
             os.mkdir("d" * 200)
             os.chdir("d" * 200)
     finally:
         os.chdir(here)
     db = tmp_path / "m.sqlite"
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 1
-    (message,) = [m for (m,) in query(db, "SELECT message FROM scan_errors WHERE kind = 'unreadable_dir'")]
-    assert "longer than the system allows" in message and "permission" not in message, message
+    said = query(db, "SELECT kind, message FROM scan_errors")
+    assert sorted(kind for kind, _ in said) == ["unreadable", "unreadable_dir"]
+    assert all("longer than the system allows" in m and "permission" not in m for _, m in said), said
