@@ -125,13 +125,16 @@ def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
     if uploaded is None or not label:
         return
     where = getattr(exc, "remote_where", "the manifest in Azure")
-    if uploaded:
+    if uploaded == "done":
         exc.committed = label  # type: ignore[attr-defined]
         exc.outcome = f"version {label} was committed and uploaded to {where} before the signal; it stays"  # type: ignore[attr-defined]
-    else:
+    elif uploaded == "during":
         exc.outcome = (f"version {label} was committed to the local working copy, but the signal came while it was "  # type: ignore[attr-defined]
                        f"uploaded to {where}: the manifest there may or may not have it (`chorus-batch versions --db "
                        f"{where}` shows which); if not, the next run commits these changes again")
+    else:
+        exc.outcome = (f"version {label} was committed to the local working copy only, and the signal came before it "  # type: ignore[attr-defined]
+                       f"was uploaded: nothing was committed to {where}; the next run commits these changes again")
 
 
 def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,

@@ -366,17 +366,17 @@ class RemoteManifest:
                             f"it expires within {self.lease_s} s")
 
     def _upload_back(self, lease: Any, renewer: _Renewer, etag: str | None) -> None:
-        """_upload of a committed working copy; a signal meanwhile is marked `uploaded` (True: the blob was replaced,
-        before it was recorded; False: it may or may not have been), for the caller to say what the manifest in Azure
-        holds: it said "nothing was committed" of a version the blob already had."""
-        self._uploaded = False
+        """_upload of a committed working copy; a signal meanwhile is marked `uploaded` ("done": the blob was
+        replaced, before it was recorded; "during": it may or may not have been; "before": it was not), for the caller
+        to say what the manifest in Azure holds: it said "nothing was committed" of a version the blob already had."""
+        self._uploaded = "before"
         try:
             self._upload(lease, renewer, etag)
         except (KeyboardInterrupt, Stopped) as exc:
             exc.uploaded, exc.remote_where = self._uploaded, self.where  # type: ignore[union-attr]
             raise
 
-    _uploaded = False  # _upload replaced the blob
+    _uploaded = "before"  # how far _upload got: "before", "during" or "done" the blob's replacement
 
     def _upload(self, lease: Any, renewer: _Renewer, etag: str | None) -> None:
         from azure.core import MatchConditions
@@ -407,6 +407,7 @@ class RemoteManifest:
                     content_settings=ContentSettings(content_type="application/vnd.sqlite3", content_md5=md5))
 
         try:
+            self._uploaded = "during"
             response = retrying(upload)
         except HttpResponseError as exc:
             code = str(getattr(exc, "error_code", "") or "")
@@ -415,7 +416,7 @@ class RemoteManifest:
             raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
         except storage_errors() as exc:
             raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
-        self._uploaded = True
+        self._uploaded = "done"
         pause("manifest-uploaded")  # (tests: a signal between the upload and its record)
         self._record(self.local, str(response["etag"]))
 
