@@ -1668,7 +1668,10 @@ def main(argv: list[str] | None = None) -> int:
         how = {int(ExitCode.HANGUP): "hung up (SIGHUP)", int(ExitCode.TERMINATED): "terminated (SIGTERM)",
                int(ExitCode.USER_SIGNAL): "stopped by SIGUSR1 (Slurm sends it before a job's time limit with --signal)",
                int(ExitCode.SECOND_USER_SIGNAL): "stopped by SIGUSR2 (Slurm sends it before a job's time limit with "
-                                            "--signal=USR2)"}
+                                            "--signal=USR2)",
+               int(ExitCode.QUIT): "quit (Ctrl-\\, SIGQUIT)",
+               int(ExitCode.CPU_LIMIT): "stopped by SIGXCPU: the CPU-time limit was reached (`ulimit -t`, the batch "
+                                        "system's CPU limit; raise it for this job)"}
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
         outcome = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed

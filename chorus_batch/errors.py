@@ -26,6 +26,8 @@ class ExitCode(IntEnum):
     USER_SIGNAL = 138  # SIGUSR1 (Slurm's --signal=USR1@... before a job's time limit); nothing was committed
     SECOND_USER_SIGNAL = 140  # SIGUSR2 (Slurm's --signal=USR2@..., a site's own scripts); nothing was committed
     INTERRUPTED = 130  # Ctrl-C / SIGINT; nothing was committed
+    QUIT = 131  # Ctrl-\ / SIGQUIT; nothing was committed
+    CPU_LIMIT = 152  # SIGXCPU (the CPU-time limit, `ulimit -t`, a batch system's); nothing was committed
     TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
 
 
@@ -44,15 +46,18 @@ exit codes:
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty
        (nothing was committed; the message says how many files and how to allow it); upload: a blob
        at the centre (or the manifest's copy) holds another manifest's content and was not replaced
-  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 138 stopped by SIGUSR1; 140 stopped by SIGUSR2 (Slurm's
-       --signal before a job's time limit); 143 terminated (SIGTERM): nothing was committed, unless a line above
-       says a version was committed before the signal arrived"""
+  129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 131 quit (Ctrl-\\, SIGQUIT); 138 stopped by SIGUSR1; 140 stopped
+       by SIGUSR2 (Slurm's --signal before a job's time limit); 143 terminated (SIGTERM); 152 CPU-time limit reached
+       (SIGXCPU, `ulimit -t`): nothing was committed, unless a line above says a version was committed before the
+       signal arrived"""
 
 # The signals that stop a command as Ctrl-C does (cli installs their handlers; processes holds them while a native
 # library loads; slurm passes them on to the jobs it submitted). SIGUSR1: what Slurm's `--signal=USR1@60` (a common
 # template line) sends before a job's time limit; its default action ended a run with no message. SIGUSR2: the same
 # (`--signal=USR2@60`), which ended a run with no message, an unfinished `runs` row and a stale lock note.
-STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+# SIGQUIT (Ctrl-\) and SIGXCPU (the soft CPU-time limit: `ulimit -St`, a batch system's CPU limit; the hard one
+# kills) dumped core by default: no message, no `runs` outcome, a stale lock note.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGXCPU")
 
 
 def interrupted_at_start() -> None:

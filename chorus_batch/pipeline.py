@@ -93,9 +93,14 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         check_outside_roots([(location, what) for location, what, _ in named_roots(settings.site, settings.roots)],
                             [(settings.db, "--db / [manifest] db", "the manifest")])
 
-        with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
-            result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
-            result.change_set  # noqa: B018  read from the working copy while it exists
+        result = None
+        try:
+            with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
+                result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
+                result.change_set  # noqa: B018  read from the working copy while it exists
+        except (KeyboardInterrupt, Stopped) as exc:
+            _say_stopped_upload(exc, result)
+            raise
         result.db = mask_url(settings.db)
         return result
     if settings.delete_list and settings.mode != "append":
@@ -110,6 +115,26 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
             return _run_logged(settings, argv, progress, delete_list)
     return _run_logged(settings, argv, progress, delete_list)
+
+
+def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
+    """A signal while a committed working copy was uploaded back (store.remote marks it `uploaded`): what the
+    manifest in Azure holds, not "nothing was committed"."""
+    uploaded = getattr(exc, "uploaded", None)
+    label = result.label if result is not None else getattr(exc.__context__, "committed", None)  # (AfterCommitError)
+    if uploaded is None or not label:
+        return
+    where = getattr(exc, "remote_where", "the manifest in Azure")
+    if uploaded == "done":
+        exc.committed = label  # type: ignore[attr-defined]
+        exc.outcome = f"version {label} was committed and uploaded to {where} before the signal; it stays"  # type: ignore[attr-defined]
+    elif uploaded == "during":
+        exc.outcome = (f"version {label} was committed to the local working copy, but the signal came while it was "  # type: ignore[attr-defined]
+                       f"uploaded to {where}: the manifest there may or may not have it (`chorus-batch versions --db "
+                       f"{where}` shows which); if not, the next run commits these changes again")
+    else:
+        exc.outcome = (f"version {label} was committed to the local working copy only, and the signal came before it "  # type: ignore[attr-defined]
+                       f"was uploaded: nothing was committed to {where}; the next run commits these changes again")
 
 
 def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
@@ -422,6 +447,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         # part of a version: kept if the commit then fails, and a rerun need not parse them again.
         manifest.validation.save_facts(facts, replace=False, read_back=False)
 
+    if not settings.dry_run:  # what a former name of this manifest left beside it
+        manifest.adopt_renamed()
     if settings.merge is not None:  # the shards' scans, checked, read partition by partition (shards.py)
         from .shards import read_shards
 

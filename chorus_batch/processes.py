@@ -110,6 +110,10 @@ def _worker_init() -> None:
 
     pause("worker-start")  # (the tests signal a worker here, before it has its own dispositions)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    if hasattr(signal, "SIGQUIT"):  # so does Ctrl-\
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+    if hasattr(signal, "SIGXCPU"):  # a worker's own CPU limit: it dies, and the parent says how (WorkerDied)
+        signal.signal(signal.SIGXCPU, signal.SIG_DFL)
     for name in ("SIGUSR1", "SIGUSR2"):  # so does Slurm's --signal (every process of the step)
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), signal.SIG_IGN)

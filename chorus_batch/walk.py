@@ -13,6 +13,7 @@ more than the standard library, or the early listing would wait for the librarie
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -27,6 +28,19 @@ from .times import clamp_ns
 # what a folder that could not be listed means for its files, and what to do (the walk keeps no rows: commit.py does)
 _DIR_KEPT = ("what was recorded below it is kept: give this user read and search (x) permission on it, or check the "
              "file system, and run again")
+
+
+# a path past PATH_MAX (ENAMETOOLONG): permissions were not the cause, and granting them changes nothing
+_TOO_LONG = "its path is longer than the system allows (PATH_MAX, 4096 bytes on Linux), so it cannot be opened"
+
+
+def _dir_kept(exc: OSError) -> str:
+    """What a folder that could not be listed means, and what to do for this reason."""
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{_TOO_LONG}; what was recorded below it is kept: shorten the names of the folders above it, and run again"
+    return _DIR_KEPT
+
+
 NON_UTF8_FOLDER = "folder name is not valid UTF-8; rename it to track its files"
 BATCH_ROWS = 65_536  # rows per listing batch (every source's)
 Error = tuple[str, str, str]  # (srcfile, kind, message): a problem met while listing
@@ -106,14 +120,14 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
         except OSError as exc:
             # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
             add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
-                       f"cannot list directory: {exc.strerror or exc}; {_DIR_KEPT}"))
+                       f"cannot list directory: {exc.strerror or exc}; {_dir_kept(exc)}"))
             continue
         with it:
             try:
                 entries = list(it)  # a folder can fail while read (EIO, ESTALE, EACCES): then nothing below it is seen
             except OSError as exc:
                 add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
-                           f"cannot list directory (failed while reading it): {exc.strerror or exc}; {_DIR_KEPT}"))
+                           f"cannot list directory (failed while reading it): {exc.strerror or exc}; {_dir_kept(exc)}"))
                 entries = []
             for entry in entries:
                 rel = prefix + entry.name
@@ -166,9 +180,11 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                                                           "under the site)"))
                     continue
                 except OSError as exc:
-                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; what was recorded of it "
-                                                             "is kept: give this user search (x) permission on its folder, "
-                                                             "or check the file system"))
+                    add_error((printable(rel), "unreadable", f"cannot stat: {exc.strerror or exc}; " + (
+                        f"{_TOO_LONG}; what was recorded of it is kept: shorten its name or those of the folders above "
+                        "it, and run again" if exc.errno == errno.ENAMETOOLONG else
+                        "what was recorded of it is kept: give this user search (x) permission on its folder, or check "
+                        "the file system")))
                     continue
                 bad = name_error(rel)
                 if bad is not None:

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import cli, query, write
+from conftest import cli, paused, query, write
 from services import ACCOUNT_KEY
 
 BLOB = "m/manifest.sqlite"
@@ -374,3 +374,18 @@ def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_ma
         assert out.returncode == 3, (out.returncode, out.stderr)
         assert "not allowed to write" in out.stderr and "racwl" in out.stderr, out.stderr
         assert "'Storage Blob Data Reader'" not in out.stderr and "sig=" not in out.stderr, out.stderr
+
+
+def test_a_signal_after_the_manifest_was_uploaded_back_says_the_version_is_there(az, tmp_path):
+    """SIGTERM between the upload of the committed working copy and its record said "nothing was committed" of a
+    version the manifest in Azure already held."""
+    site = small_site(tmp_path / "site")
+    proc = paused("run", "--site", str(site), "--db", az.url, "--workers", "2", "--no-validate",
+                  at="manifest-uploaded", env=az.env)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "nothing was committed" not in err and "was committed and uploaded to az://" in err, err
+    assert len(query(download(az, tmp_path / "check.sqlite"), "SELECT label FROM versions")) == 1
+    again = run(az, site)  # the lease released; the copy, not recorded, is read from Azure again
+    assert again.returncode == 0 and "no changes" in again.stdout.lower(), again.stdout + again.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -9,7 +12,7 @@ import pytest
 from chorus_batch.sources import FsspecSource, LocalSource, open_source
 from chorus_batch.testdata import Spec, write_snapshot
 
-from conftest import current_rows, settings, tree_md5, write
+from conftest import cli, current_rows, query, settings, tree_md5, write
 
 
 def listing(source) -> tuple[pl.DataFrame, list]:
@@ -228,3 +231,41 @@ def test_links_to_one_outside_folder_list_its_files_once(tmp_path, workers, budg
         ("000002/Waveforms", "symlink_duplicate", "2 file(s) here are also reached through 000001/Waveforms"),
         ("000003/Waveforms", "symlink_duplicate", "1 file(s) here are also reached through 000001/Waveforms/sub"),
         ("b.txt", "symlink_duplicate", "1 file(s) here are also reached through a.txt")]
+
+
+def test_a_site_folder_named_with_a_control_character_is_recorded_as_it_is_and_shown_escaped(tmp_path):
+    """`--site` of a folder whose name holds a line break: the manifest records the real path (the next run finds the
+    folder again), but the progress line printed it raw, splitting a cron log's line (the summary escapes it)."""
+    site = tmp_path / "si\nte"
+    write(site, "OMOP/person.csv", b"1")
+    db = tmp_path / "m.sqlite"
+    done = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    assert "listing " + repr(str(site)) in done.stderr and "si\nte" not in done.stderr, done.stderr
+    assert query(db, "SELECT DISTINCT site FROM runs") == [(str(site),)]
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]  # the same root: no changes
+
+
+def test_a_folder_deeper_than_path_max_is_said_to_be_too_long_not_unreadable(site, tmp_path):
+    """A folder whose path exceeds PATH_MAX cannot be listed (ENAMETOOLONG): the run told the user to give read and
+    search permission on it, which changes nothing."""
+    write(site, "OMOP/person.csv", b"1")
+    here = os.getcwd()
+    try:
+        os.chdir(site / "OMOP")
+        for _ in range(19):
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+        os.mkdir("e" * 100)  # a folder that can be listed, holding a file whose path is past 4096 bytes
+        (Path("e" * 100) / ("f" * 200 + ".csv")).write_bytes(b"x")
+        for _ in range(6):  # and folders past it
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+    finally:
+        os.chdir(here)
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 1
+    said = query(db, "SELECT kind, message FROM scan_errors")
+    assert sorted(kind for kind, _ in said) == ["unreadable", "unreadable_dir"]
+    assert all("longer than the system allows" in m and "permission" not in m for _, m in said), said

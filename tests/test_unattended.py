@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 import signal
 import sqlite3
@@ -157,7 +158,9 @@ def paused_at_hashing(site: Path, db: Path, pause: str = "hashing") -> tuple[sub
     # the run with no message and an unfinished runs row, and the workers' deaths read as a crash
     (signal.SIGUSR1, 138, "stopped by SIGUSR1 (Slurm sends it", False), (signal.SIGUSR1, 138, "stopped by SIGUSR1", True),
     # --signal=USR2@60: its default action ended the run with no message, an unfinished runs row, a stale lock note
-    (signal.SIGUSR2, 140, "stopped by SIGUSR2 (Slurm sends it", False), (signal.SIGUSR2, 140, "stopped by SIGUSR2", True)])
+    (signal.SIGUSR2, 140, "stopped by SIGUSR2 (Slurm sends it", False), (signal.SIGUSR2, 140, "stopped by SIGUSR2", True),
+    # the soft CPU-time limit (`ulimit -St`, a batch system's CPU limit) and Ctrl-\ dumped core: no message, no outcome
+    (signal.SIGXCPU, 152, "CPU-time limit was reached", False), (signal.SIGQUIT, 131, "quit (Ctrl-\\, SIGQUIT)", True)])
 def test_a_signal_stops_the_run_cleanly(site, db, signum, code, word, to_workers):
     proc, workers = paused_at_hashing(site, db)
     for pid in workers if to_workers else ():
@@ -476,6 +479,26 @@ def test_a_lock_file_that_cannot_be_made_is_not_called_locked(site):
     out = run(site, Path("/proc/chorus-test.sqlite"))
     assert out.returncode == 3 and "cannot create or open the manifest's lock file" in out.stderr, out.stderr
     assert "locked" not in out.stderr and "fix:" in out.stderr
+
+
+def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db, monkeypatch):
+    """flock on an NFS mount whose lock service (lockd, rpc.statd) is not reachable fails with ENOLCK: the run said
+    "cannot create or open the manifest's lock file" of a file it had made, and "an ordinary file system"."""
+    import errno
+    import fcntl
+
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.store.lock import manifest_lock
+
+    def no_locks(*_args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(ManifestError) as said, manifest_lock(db, ["run"]):
+        pass
+    assert "cannot lock files (No locks available)" in str(said.value) and "NFS" in str(said.value)
+    assert "rpc.statd" in said.value.fix and "cannot create or open" not in str(said.value)
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the lock file to another user")
@@ -1129,3 +1152,28 @@ def test_a_killed_runs_row_is_finished_by_the_next_run(site, db):
     rows = query(db, "SELECT exit_code, version IS NULL, message FROM runs ORDER BY run_id")
     assert [row[:2] for row in rows] == [(0, 0), (137, 1), (0, 0)], rows
     assert "killed: it ended without recording its outcome" in rows[1][2]
+
+
+def test_a_renamed_manifest_takes_along_what_its_former_name_left_beside_it(site, db, tmp_path):
+    """`mv m.sqlite site-a.sqlite` (the cron line changed with it) left m.sqlite.state.parquet (every file's MD5 and
+    person id) for good, the runs turned away under the old name were never added to `runs`, and a killed run's lock
+    note stayed. The renamed manifest's run removes the cache and the note, adds those runs, and names the empty lock
+    file to remove; a copy's run leaves the files of the manifest still there alone."""
+    write(site, "OMOP/person.csv", b"1")
+    assert run(site, db, "-q").returncode == 0
+    old = {suffix: Path(f"{db}{suffix}") for suffix in (".state.parquet", ".lock", ".lock.json", ".runs-pending.jsonl")}
+    old[".lock.json"].write_text('{"pid": 1}')  # a killed run's
+    turned_away = {"started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:00+00:00", "host": "h",
+                   "user": "u", "pid": 1, "argv": "[]", "mode": "full", "site": str(site), "exit_code": 4,
+                   "message": "the manifest is locked by another run", "release": "x"}
+    old[".runs-pending.jsonl"].write_text(json.dumps(turned_away) + "\n")
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(db, copy)
+    assert run(site, copy, "-q").returncode == 0
+    assert all(path.exists() for path in old.values())  # db is still there: they are db's
+    db.rename(renamed := tmp_path / "site-a.sqlite")
+    done = run(site, renamed, "-q")
+    assert done.returncode == 0, done.stderr
+    assert [path.name for path in old.values() if path.exists()] == [f"{db.name}.lock"]
+    assert f"{db}.lock is the (empty) lock file of this manifest under its former name" in done.stderr
+    assert sorted(query(renamed, "SELECT exit_code FROM runs")) == [(0,), (0,), (4,)]  # the turned-away run added

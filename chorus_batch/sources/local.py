@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, SourceError
 from ..processes import pool_executor
+from ..units import shown_name
 from ..walk import (
     BATCH_ROWS,
     WalkResult,
@@ -93,7 +94,9 @@ class LocalSource:
                  inprocess_budget_s: float = INPROCESS_BUDGET_S, what: str = "--site / [site] root"):
         self.root = os.path.abspath(os.fspath(root))
         self.what = what  # where the root was given: its messages name it
-        self.description = self.root
+        # (messages: a control character in the folder's name escaped; `location`, recorded, is the real path: the
+        # next run and `upload` must find the folder again, and two folders must never record alike)
+        self.description = shown_name(self.root)
         self.location = self.root.replace(os.sep, "/")
         self.follow_symlinks = follow_symlinks
         self.workers = max(1, workers)

@@ -49,6 +49,12 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
         fix = "run with --db in a folder this user can write (the lock and the manifest's -wal file live beside it)"
     elif exc.errno == errno.EROFS:
         fix = "pass --db with a path on a writable file system"
+    elif exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # (the file was made; its lock is what failed)
+        return ManifestError(f"the file system holding the manifest cannot lock files ({reason}): an NFS mount whose "
+                             "lock service is not reachable, or a FUSE file system; unlocked, two runs could both "
+                             "write the manifest, so this one did nothing", where=str(lock_path),
+                             fix="start the NFS lock service (rpc.statd, lockd on the server) and run again, or keep "
+                                 "the manifest on a local file system (move it with the files beside it, pass that --db)")
     else:
         fix = ("pass --db with a path on an ordinary file system this user can write (the lock, the state cache and "
                "the manifest's -wal file are made beside it)")

@@ -33,6 +33,7 @@ from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, 
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import create_private, file_above, free_bytes, nearly_full, restrict, write_private
+from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from .lock import manifest_lock, user_name
@@ -601,6 +602,56 @@ class Manifest:
         with self._open() as con:  # few rows: plain sqlite3, no ADBC start-up on a no-change run
             rows = con.execute(f"SELECT {', '.join(schema)} FROM roots ORDER BY root_id").fetchall()
         return pl.DataFrame(rows, schema=schema, orient="row")
+
+    def adopt_renamed(self) -> None:
+        """A manifest renamed (or moved within its folder) left `<old name>.state.parquet` beside it (every file's MD5
+        and person id, kept for good), `<old name>.runs-pending.jsonl` (runs turned away while it was held, never added
+        to `runs`), `<old name>.lock` and, after a killed run, `<old name>.lock.json`. Those of a former name whose
+        state cache names this manifest and whose manifest file is gone: the cache is removed, the turned-away runs are
+        added to this one's, a lock note no process holds is removed (as checkpoint.py does with the checkpoint). The
+        empty `<old name>.lock` is left and named: removed, a run starting a new manifest under the old name that
+        moment could hold a lock that the next one, making the file anew, would not see."""
+        from filelock import FileLock, Timeout
+
+        manifest_id = self.state_identity()[0]
+        try:
+            caches = [p for p in self.path.parent.iterdir() if p.name.endswith(".state.parquet") and p != self.cache_path]
+        except OSError:
+            return
+        for cache in caches:
+            old = Path(str(cache)[: -len(".state.parquet")])
+            if manifest_id is None or cache.is_symlink() or old.exists() or Path(f"{old}-wal").exists():
+                continue
+            try:
+                if pl.read_parquet_metadata(cache).get("manifest_id") != str(manifest_id):
+                    continue
+            except Exception:  # noqa: BLE001 - not a state cache this release reads: not known to be ours
+                continue
+            lock = Path(f"{old}.lock")
+            held = FileLock(lock, timeout=0)
+            try:
+                if lock.exists():  # (never made here)
+                    held.acquire()
+            except (Timeout, OSError):
+                continue  # a run under the old name (a copy put back?): its files are left
+            try:
+                pending = Path(f"{old}.runs-pending.jsonl")
+                with contextlib.suppress(OSError):
+                    lines = pending.read_text(encoding="utf-8")
+                    fd = create_private(self.pending_runs, truncate=False)
+                    with os.fdopen(fd, "a", encoding="utf-8") as f:
+                        f.write(lines if lines.endswith("\n") or not lines else lines + "\n")
+                    pending.unlink()
+                for path in (Path(f"{old}.lock.json"), cache):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            finally:
+                if held.is_locked:
+                    held.release()
+            log.info(f"removed {cache}: the state cache of this manifest under its former name {old.name}")
+            if lock.exists():
+                log.warning(f"{lock} is the (empty) lock file of this manifest under its former name {old.name}; "
+                            f"remove it (rm {shlex.quote(str(lock))}) once no run uses that name")
 
     def previous_state(self, *, write_cache: bool = True, buckets: bool = False) -> pl.DataFrame:
         """Current rows of the latest version (STATE_SCHEMA), from the cache when it is fresh (a reader

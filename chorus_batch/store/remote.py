@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+from ..faults import pause
 from ..errors import AfterCommitError, ChorusError, ManifestError, ManifestLocked, Stopped, UsageError
 from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sync_blob_service_client
 from ..urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
@@ -345,7 +346,7 @@ class RemoteManifest:
             try:
                 yield self.local
             except AfterCommitError:  # the version is committed locally: it belongs in the remote manifest too
-                self._upload(lease, renewer, etag)
+                self._upload_back(lease, renewer, etag)
                 raise
             except (ChorusError, KeyboardInterrupt, Stopped) as exc:
                 if isinstance(exc, KeyboardInterrupt | Stopped):
@@ -354,7 +355,7 @@ class RemoteManifest:
                 if keep_partial:
                     self._upload_partial(exc, lease, renewer, etag)
                 raise
-            self._upload(lease, renewer, etag)
+            self._upload_back(lease, renewer, etag)
         finally:
             renewer.stop()
             try:
@@ -363,6 +364,19 @@ class RemoteManifest:
             except Exception as exc:  # noqa: BLE001 - it then expires by itself
                 log.warning(f"could not release the lease on {self.where} ({type(exc).__name__}); "
                             f"it expires within {self.lease_s} s")
+
+    def _upload_back(self, lease: Any, renewer: _Renewer, etag: str | None) -> None:
+        """_upload of a committed working copy; a signal meanwhile is marked `uploaded` ("done": the blob was
+        replaced, before it was recorded; "during": it may or may not have been; "before": it was not), for the caller
+        to say what the manifest in Azure holds: it said "nothing was committed" of a version the blob already had."""
+        self._uploaded = "before"
+        try:
+            self._upload(lease, renewer, etag)
+        except (KeyboardInterrupt, Stopped) as exc:
+            exc.uploaded, exc.remote_where = self._uploaded, self.where  # type: ignore[union-attr]
+            raise
+
+    _uploaded = "before"  # how far _upload got: "before", "during" or "done" the blob's replacement
 
     def _upload(self, lease: Any, renewer: _Renewer, etag: str | None) -> None:
         from azure.core import MatchConditions
@@ -393,6 +407,7 @@ class RemoteManifest:
                     content_settings=ContentSettings(content_type="application/vnd.sqlite3", content_md5=md5))
 
         try:
+            self._uploaded = "during"
             response = retrying(upload)
         except HttpResponseError as exc:
             code = str(getattr(exc, "error_code", "") or "")
@@ -401,6 +416,8 @@ class RemoteManifest:
             raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
         except storage_errors() as exc:
             raise explain(exc, where=self.where, how=self.sign_in.how, action="upload the manifest to") from None
+        self._uploaded = "done"
+        pause("manifest-uploaded")  # (tests: a signal between the upload and its record)
         self._record(self.local, str(response["etag"]))
 
     def _upload_partial(self, exc: BaseException, lease: Any, renewer: _Renewer, etag: str | None) -> None:
