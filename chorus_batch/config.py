@@ -454,6 +454,19 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                     where=f"{path}, top level (above the first [section])",
                     fix=f"move it under {sections} (a setting belongs to the [section] above it; {CONFIG_HELP})",
                 ) from None
+            if not prefix and not meant:  # (`wrkers = 8` above every section was placed in a section [wrkers])
+                nested = {f"{s}.{k}": k for s in known for k in _known_settings((s,))}
+                close = _close(key, list(dict.fromkeys(nested.values())))
+                homes = [home for home, k in nested.items() if k == close]
+                raise ConfigError(
+                    f"unknown setting {key!r} at the top of the file, before any [section]"
+                    + ("; did you mean " + " or ".join(repr(home) for home in homes) + "?" if homes else ""),
+                    where=f"{path}, top level (above the first [section])",
+                    fix=("rename it and move it under " + " or ".join(f"[{home.split('.')[0]}]" for home in homes)
+                         if homes else "remove it")
+                        + f" (a setting belongs to the [section] above it; {CONFIG_HELP}; sections: "
+                        + ", ".join(known) + ")",
+                ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",

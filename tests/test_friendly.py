@@ -225,6 +225,12 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
                                                  "[section]; did you mean 'run.workers' or 'central.workers'?"),
         ('root = "x"\n', "did you mean 'site.root'?\n  where: chorus.toml, top level (above the first [section])\n"
                           "  fix:   move it under [site]"),
+        # misspelt too, and above every section: it was placed in a section "[wrkers]" of its own
+        ("wrkers = 8\n", "unknown setting 'wrkers' at the top of the file, before any [section]; did you mean "
+                          "'run.workers' or 'central.workers'?\n  where: chorus.toml, top level (above the first "
+                          "[section])\n  fix:   rename it and move it under [run] or [central]"),
+        ("zzzqq = 1\n", "unknown setting 'zzzqq' at the top of the file, before any [section]\n"
+                         "  where: chorus.toml, top level (above the first [section])\n  fix:   remove it"),
     ],
 )
 def test_a_misspelt_setting_suggests_the_setting_and_points_at_help_that_exists(tmp_path, toml, message):
