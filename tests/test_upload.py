@@ -1824,3 +1824,18 @@ def test_verify_with_a_list_only_sas_records_nothing_and_says_it_needs_read(cent
     assert out.returncode == 3, out.stdout + out.stderr
     assert "(r) and list (l)" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert query(db, ledger) == before
+
+
+def test_verify_with_nothing_uploaded_still_signs_in_and_lists_what_to_points_at(central, azurite, tmp_path):
+    # With nothing recorded for --to, verify never contacted the container: a wrong key or a mistyped account or
+    # container said "nothing to verify", exit 0, every night.
+    db = committed_site(tmp_path, 2)
+    gone = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    assert gone.returncode == 3 and "no-such-container" in gone.stderr, gone.stdout + gone.stderr
+    wrong_key = central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(azurite.account_key, base64.b64encode(b"x" * 64).decode())
+    denied = cli("verify", "--db", str(db), "--to", central.url,
+                 env={**central.env, "AZURE_STORAGE_CONNECTION_STRING": wrong_key})
+    assert denied.returncode == 3 and "Traceback" not in denied.stderr, denied.stdout + denied.stderr
+    fine = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert fine.returncode == 0 and "nothing to verify" in fine.stdout, fine.stdout + fine.stderr
+    assert "can be listed" in fine.stdout

@@ -192,14 +192,16 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             labels = ([version] if version in uploaded else []) if version is not None else uploaded if every else uploaded[-1:]
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
-            if labels:
+            if not uploaded:
+                result.elsewhere = ledger.other_centrals()
+            # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
+            # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
+            if not result.elsewhere:
                 try:
                     central.check(write=False)
                 except ChorusError as exc:
                     container_gone(exc, ledger)
                     raise
-            elif not uploaded:
-                result.elsewhere = ledger.other_centrals()
             problems, unlisted, waiting = [], [], []
             copied = set(ledger.versions_copied())
             for label in labels:
