@@ -225,9 +225,16 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     # older release recorded one folder twice (through a symlink), and the previous files may lie under the other.
     silent = mode == "full" and tree.n_previous and set(range(len(scanned.roots))) - tree.listed_roots
     same = manifest.same_root_ids(scanned.roots) if silent else {}
+    # Listed, but no file that is tracked (an object named with '//', '.' or '..' an earlier release tracked; a file
+    # now a FIFO): removed by a rule, not gone from the site, so not what --max-delete guards against (an unmounted
+    # site), and said so on its scan error (it said only "not tracked", and the refusal "check the site is mounted").
+    left_out = (diff.change_set.filter(pl.col("change") == "removed")
+                .join(scanned.errors.filter(pl.col("kind") == "special_file").select("srcfile"), on="srcfile", how="semi")
+                ["srcfile"].unique())
     refused = None
     try:
-        guard_removals(tree, scanned.roots, counts["removed"], root_ids, max_delete=max_delete, mode=mode, same_roots=same)
+        guard_removals(tree, scanned.roots, counts["removed"] - left_out.len(), root_ids, max_delete=max_delete,
+                       mode=mode, same_roots=same)
     except MassRemovalRefused as exc:
         if not dry_run:
             raise
@@ -264,7 +271,11 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         rows.filter(pl.col("parse_error").is_not_null()).select("srcfile", kind=pl.lit("unparseable"), message=pl.col("parse_error"))
         for rows in (kept_errors, kept_candidates, new_rows)
     ]
-    errors = pl.concat([scanned.errors, delete_errors, *parse_errors, *tree.silent_changes,
+    was_tracked = (pl.col("kind") == "special_file") & pl.col("srcfile").is_in(left_out.implode())
+    said = scanned.errors.with_columns(pl.when(was_tracked).then(pl.col("message") + pl.lit(
+        "; the previous version tracked it: recorded as removed in this version (not counted against --max-delete); "
+        "renamed, it is tracked again under its new name")).otherwise(pl.col("message")).alias("message"))
+    errors = pl.concat([said, delete_errors, *parse_errors, *tree.silent_changes,
                         *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
     n_files = n_kept + new_rows.height
     total_bytes = tree.kept_bytes + int(kept_candidates["size"].sum() or 0) + int(new_rows["size"].sum() or 0)

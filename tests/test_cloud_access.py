@@ -708,6 +708,45 @@ def test_object_names_with_an_empty_dot_or_dotdot_part_are_not_tracked_and_are_s
         assert set(said) == set(names) and all("empty part ('//')" in m for m in said.values()), said
 
 
+
+def test_odd_names_an_earlier_release_tracked_are_removed_saying_why_and_not_counted_against_max_delete(
+        clean_env, moto_s3, monkeypatch, tmp_path):
+    # A manifest an earlier release wrote tracked 'a/./b' and 'a//b': the next run left them out and recorded them as
+    # removed, said only "not tracked; rename the object"; and where they were many, --max-delete refused the run
+    # with "check that the site is mounted", which it is.
+    from conftest import current_rows, query, settings
+
+    from chorus_batch import run
+    from chorus_batch.errors import MassRemovalRefused
+    from chorus_batch.sources import remote
+
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    odd = ["1/Images//a.dcm", "1/Images/./b.dcm", "1/Images/../c.dcm"]
+    bucket = moto_s3.new_bucket("was")
+    client = moto_s3.client()
+    for key in ["OMOP/person.csv", *odd]:
+        client.put_object(Bucket=bucket, Key=f"site/{key}", Body=key.encode())
+    db = tmp_path / "m.sqlite"
+    with monkeypatch.context() as earlier:  # (the release before: names taken as they were)
+        earlier.setattr(remote, "_pathless_left_out", lambda found, errors: found)
+        run(settings(f"s3://{bucket}/site", db, validate_site=False, cloud=cloud, version_label="20261101020000"))
+    assert set(current_rows(db)) == {"OMOP/person.csv", *odd}
+    result = run(settings(f"s3://{bucket}/site", db, validate_site=False, cloud=cloud, max_delete="1",
+                          version_label="20261102020000"))  # 3 of 4 files removed: 75%, past any limit but `all`
+    assert set(current_rows(db)) == {"OMOP/person.csv"}
+    said = {row["srcfile"]: row["message"] for row in result.errors.to_dicts() if row["kind"] == "special_file"}
+    assert set(said) == set(odd), said
+    assert all("recorded as removed" in m and "--max-delete" in m for m in said.values()), said
+    assert query(db, "SELECT count(*) FROM changes WHERE version = '20261102020000' AND change = 'removed'") == [(3,)]
+    # a file really gone still counts
+    client.delete_object(Bucket=bucket, Key="site/OMOP/person.csv")
+    client.put_object(Bucket=bucket, Key="site/OMOP/other.csv", Body=b"x")
+    with pytest.raises(MassRemovalRefused):
+        run(settings(f"s3://{bucket}/site", db, validate_site=False, cloud=cloud, max_delete="0"))
+
+
 def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_path):
     """Zero-byte keys ending in '/' (S3 console "Create folder", Azure Storage Explorer) are folder
     markers: neither listed as files nor recorded, on S3 as on Azure."""

@@ -327,8 +327,12 @@ def test_a_blob_that_is_not_a_manifest_is_named_by_its_url_not_by_the_working_co
         for out in (run(az, site), cli("versions", "--db", az.url, env=az.env),
                     cli("upload", "--db", az.url, "--to", f"az://{az.container}-central/", env=az.env)):
             assert out.returncode == 3, (out.returncode, out.stderr)
-            assert f"where: {az.url} (its working copy: " in out.stderr, out.stderr
+            assert f"where: {az.url}\n" in out.stderr, out.stderr
             assert "check the URL" in out.stderr and "move this one aside" not in out.stderr, out.stderr
+            # (it is no manifest: "the manifest holds what it held before" was untrue; and its bytes, a CSV of
+            # person ids perhaps, stayed in the cache)
+            assert "the manifest holds what it held before" not in out.stderr, out.stderr
+            assert not [p for p in az.cache.rglob("*") if p.is_file() and p.name != "url.txt"], out.stderr
         assert az.blob.get_blob_properties().etag == etag and az.blob.download_blob().readall() == content
         # Left as it is, and so is its folder: the lock blob the run made beside it was left there for good
         assert not az.lock.exists(), "a lock blob was left beside a blob that is no manifest"

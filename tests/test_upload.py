@@ -1806,3 +1806,36 @@ def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(ce
     assert "the container does not exist" in out.stderr
     assert "0 logged uploads were recorded in the manifest's uploads ledger before this" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+
+def test_verify_with_a_list_only_sas_records_nothing_and_says_it_needs_read(central, azurite, tmp_path):
+    # The file results were recorded as verified now, then reading the manifest's copy failed (exit 3): `versions`
+    # said "verified (listing)" at this verify's time, of a version whose copy it never checked.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    ledger = "SELECT verified_at, verify_method, verify_state FROM uploads UNION ALL " \
+             "SELECT verified_at, verify_method, n_bad FROM submissions"
+    before = query(db, ledger)
+    (tmp_path / "chorus.toml").write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    env = {k: v for k, v in central.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    time.sleep(1.1)  # (a verify recorded would have a later verified_at)
+    out = cli("verify", "--db", str(db), "--to", central.url, cwd=tmp_path,
+              env={**env, "AZURE_STORAGE_SAS_TOKEN": sas_for(azurite, central.container, list=True)})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "(r) and list (l)" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert query(db, ledger) == before
+
+
+def test_verify_with_nothing_uploaded_still_signs_in_and_lists_what_to_points_at(central, azurite, tmp_path):
+    # With nothing recorded for --to, verify never contacted the container: a wrong key or a mistyped account or
+    # container said "nothing to verify", exit 0, every night.
+    db = committed_site(tmp_path, 2)
+    gone = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    assert gone.returncode == 3 and "no-such-container" in gone.stderr, gone.stdout + gone.stderr
+    wrong_key = central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(azurite.account_key, base64.b64encode(b"x" * 64).decode())
+    denied = cli("verify", "--db", str(db), "--to", central.url,
+                 env={**central.env, "AZURE_STORAGE_CONNECTION_STRING": wrong_key})
+    assert denied.returncode == 3 and "Traceback" not in denied.stderr, denied.stdout + denied.stderr
+    fine = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert fine.returncode == 0 and "nothing to verify" in fine.stdout, fine.stdout + fine.stderr
+    assert "can be listed" in fine.stdout

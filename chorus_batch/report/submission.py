@@ -111,7 +111,8 @@ def verify_text(result: VerifyResult) -> str:
                 f"uploaded to {', '.join(result.elsewhere)}\n"
                 f"  fix:   check --to (or [central] to): verify checks the container the files were uploaded to")
     if not result.versions:
-        return f"nothing to verify: no file is recorded as uploaded to {result.central}"
+        return (f"nothing to verify: no file is recorded as uploaded to {result.central} (the container is there and "
+                "can be listed with this sign-in)")
     how = ("read back and hashed" if result.method == "download"
            else "listing: there, size and Content-MD5 (--download reads the bytes)")
     lines = [f"verified {plural(result.n_checked, 'file')} of {plural(len(result.versions), 'version')} at "

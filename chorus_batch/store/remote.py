@@ -532,6 +532,11 @@ class RemoteManifest:
                 exc.fix = ("check the URL: --db names the manifest blob (az://CONTAINER/path/manifest.sqlite); "
                            "this blob holds another file and was left as it is; to start a new manifest, give a "
                            "URL where there is no blob yet")
+                # Another file's bytes (a CSV of person ids, say) are no working copy: not kept in the cache
+                for path in (copy, self._etag_file(copy), *_sidecars(copy)):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                exc.where = self.where
             raise
 
     # ------------------------------------------------------------------ unlock

@@ -181,9 +181,12 @@ def schema_version(con: sqlite3.Connection, where: str) -> int | None:
     except sqlite3.OperationalError:  # a meta table of another shape: another program's
         row = None
     if row is None and not {"meta", "source_files", "versions"} <= tables:
-        raise ManifestError("this SQLite database is not a chorus-batch manifest (it has no meta.schema_version); "
-                            "nothing was changed", where=where,
-                            fix="pass --db with the manifest's path, or a new file name to start one")
+        other = ManifestError("this SQLite database is not a chorus-batch manifest (it has no meta.schema_version); "
+                              "nothing was changed", where=where,
+                              fix="pass --db with the manifest's path, or a new file name to start one")
+        # (as for a file that is no SQLite database: "the manifest holds what it held before" of no manifest is untrue)
+        other.outcome = "nothing was written to it: the file is as it was"
+        raise other
     if row is None:  # every release wrote it: the row was deleted
         raise ManifestError("the manifest has no schema version (its meta table lacks the schema_version row): it "
                             "was edited or damaged; nothing was changed", where=where,

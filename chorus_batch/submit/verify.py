@@ -143,16 +143,22 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
             .drop("read_state"))
 
 
-def _check_copy(ledger: UploadLedger, central: Central, label: str, manifest, n_bad: int, *,
-                download: bool = False) -> pl.DataFrame:
-    """The manifest's copy that upload put next to a finished version, still there and still this manifest's (the
-    reviewers at the centre read it), and with --download its bytes read back: a problem row (PROBLEMS_SCHEMA) when
-    not, and the version is no longer finished, so the next upload puts the copy there again (or says whose copy is
-    there instead)."""
+def _look_at_copy(central: Central, label: str, manifest, *, download: bool = False) -> tuple[bool, bool, str | None]:
+    """(there, this manifest's, why its bytes are not the copy upload put there) of the manifest's copy next to a
+    finished version: read before any result of the version is recorded, so that a sign-in that may list but not
+    read (a list-only SAS) fails verify with nothing recorded, not with the files called verified and the copy not."""
     there, owner = central.manifest_copy_owner(label)
     mine = there and owner == manifest.state_identity()[0]
     # (--download: "the only check of the bytes the centre holds" read every file but the copy the reviewers open)
-    damage = central.copy_damage(label) if mine and download else None
+    return there, mine, central.copy_damage(label) if mine and download else None
+
+
+def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str | None], n_bad: int) -> pl.DataFrame:
+    """The manifest's copy that upload put next to a finished version (`looked`: _look_at_copy), still there and still
+    this manifest's (the reviewers at the centre read it), and with --download its bytes read back: a problem row
+    (PROBLEMS_SCHEMA) when not, and the version is no longer finished, so the next upload puts the copy there again (or
+    says whose copy is there instead)."""
+    there, mine, damage = looked
     if mine and damage is None:
         return pl.DataFrame(schema=PROBLEMS_SCHEMA)
     ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
@@ -186,22 +192,24 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             labels = ([version] if version in uploaded else []) if version is not None else uploaded if every else uploaded[-1:]
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
-            if labels:
+            if not uploaded:
+                result.elsewhere = ledger.other_centrals()
+            # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
+            # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
+            if not result.elsewhere:
                 try:
                     central.check(write=False)
                 except ChorusError as exc:
                     container_gone(exc, ledger)
                     raise
-            elif not uploaded:
-                result.elsewhere = ledger.other_centrals()
             problems, unlisted, waiting = [], [], []
             copied = set(ledger.versions_copied())
             for label in labels:
+                looked = _look_at_copy(central, label, manifest, download=download) if label in copied else None
                 checked, found, foreign, left = check_version(ledger, central, label, download=download, workers=workers,
                                                         progress=progress)
-                if label in copied:
-                    found = pl.concat([found, _check_copy(ledger, central, label, manifest, found.height,
-                                                              download=download)])
+                if looked is not None:
+                    found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
