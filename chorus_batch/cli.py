@@ -523,7 +523,7 @@ def _parser() -> argparse.ArgumentParser:
                     "found (masked) so that it can be rotated. What cannot be translated (path patterns, versioned "
                     "folders, a local central path, unknown keys) is a warning on stderr and a comment in the text. "
                     "The journal itself is imported with `chorus-batch import-journal`.",
-        epilog="examples:\n  chorus-batch import-config /opt/chorus-upload/config.toml > chorus.toml\n"
+        epilog="examples:\n  chorus-batch import-config /opt/chorus-upload/config.toml     # prints it: read it first\n"
                "  chorus-batch import-config config.toml --out chorus.toml     # written readable by its owner only\n\n"
                "here exit code 1 means: converted, with warnings (secrets not copied, settings not translated)\n\n"
                + EXIT_CODES_HELP,
