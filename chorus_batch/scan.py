@@ -344,7 +344,9 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
             timings["cache_facts"] = round(time.perf_counter() - started, 4)
         parsed = hasher.parsed = None
     hash_s = hasher.seconds
-    n_hashed, bytes_hashed = hasher.rows, int(hashed["hashed_size"].sum() or 0)
+    # read and hashed: not those that vanished or could not be read ("hashed: 31 files" when 30 had vanished)
+    n_hashed = hasher.rows - int(hashed["error_kind"].is_not_null().sum())
+    bytes_hashed = int(hashed["hashed_size"].sum() or 0)
     # (in path order, as when every file was hashed after the listing)
     hash_errors = hashed.filter(pl.col("error_kind").is_not_null()).sort("srcfile").select(
         "srcfile", pl.col("error_kind").alias("kind"), pl.col("error_message").alias("message"))

@@ -233,6 +233,27 @@ def test_vanished_file_between_listing_and_hashing(site, db):
     assert "nothing to do unless it recurs" in message
 
 
+def test_files_that_vanished_before_hashing_are_not_counted_as_hashed(site):
+    """The summary said "hashed: 31 files, 2 B" when 30 of them had vanished before they could be read."""
+    from chorus_batch.frames import empty_state
+    from chorus_batch.scan import Root, scan
+
+    write(site, "OMOP/keep.csv", b"k")
+    for k in range(3):
+        write(site, f"OMOP/gone{k}.csv", b"g")
+
+    class VanishingSource(LocalSource):
+        def list_files(self, errors):
+            batches = list(super().list_files(errors))
+            for k in range(3):
+                (site / f"OMOP/gone{k}.csv").unlink()
+            yield from batches
+
+    scanned = scan([Root(VanishingSource(site))], empty_state(), based_on=None, workers=2)
+    assert scanned.errors.filter(pl.col("kind") == "vanished").height == 3
+    assert (scanned.n_hashed, scanned.bytes_hashed) == (1, 1)
+
+
 def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site, db):
     import threading
 
