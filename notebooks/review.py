@@ -397,13 +397,17 @@ else:
 #
 # **What to look for:** what `validate` found in the files' contents (for example a header that does not match
 # its data, or DICOM tags that disagree with the path). Errors block the merge, warnings need a look.
-# Nothing is shown if this version was not validated.
+# A version that was not validated (`run --no-validate`) has no findings either: the checklist says CHECK.
 
 # %%
 findings = m.findings(label)
-if findings.height == 0:
-    print(f"no validation findings recorded for {label} (not validated, or nothing found)")
-    check("validation findings", True, "none recorded")
+validated = m.validated(label)  # None: a snapshot folder does not record it
+if findings.height == 0 and validated is False:
+    print(f"{label} was not validated: its findings are unknown (`chorus-batch validate` checks the latest version)")
+    check("validation findings", False, "not validated")
+elif findings.height == 0:
+    print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else ""))
+    check("validation findings", True, "none found" if validated else "none recorded")
 else:
     by_rule = (findings.group_by("severity", "rule").agg(n=pl.len(), example=pl.col("srcfile").min())
                .sort("n", "rule", descending=[True, False]))

@@ -225,6 +225,24 @@ def test_empty_version(tmp_path):
     assert_renders(info.path, info)
 
 
+def test_a_version_not_validated_is_flagged_not_shown_as_clean(tmp_path):
+    """`run --no-validate` stores no findings: the page said "No findings" and "Nothing flagged", as for a
+    version validation found clean; it says the version was not validated, and how to check it."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    run_site(site, db, validate_site=False)
+    info = write_report(db, tmp_path / "r.html")
+    text = html.unescape(info.path.read_text(encoding="utf-8"))
+    flag = f"Version {info.version} was not validated: its findings are unknown (chorus-batch validate --db {db} checks it)."
+    assert flag in info.flags and flag in text and "Nothing flagged" not in text
+
+    assert cli("validate", "--db", str(db)).returncode in (0, 1)
+    info = write_report(db, tmp_path / "r.html")
+    assert not any("not validated" in f for f in info.flags)
+    assert "not validated" not in info.path.read_text(encoding="utf-8")
+
+
 def test_bad_output_path(two_versions, tmp_path):
     db, _parquet = two_versions
     for out in (tmp_path, tmp_path / "missing" / "r.html"):
