@@ -243,6 +243,17 @@ def test_a_version_not_validated_is_flagged_not_shown_as_clean(tmp_path):
     assert "not validated" not in info.path.read_text(encoding="utf-8")
 
 
+def test_one_file_removed_is_said_in_the_singular(tmp_path):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    run_site(site, db)
+    (site / "Metadata" / "site.json").unlink()
+    run_site(site, db, max_delete="all")
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text())).split())
+    assert "(2 files): 1 file removed or replaced (50.0%)" in text
+
+
 def test_bad_output_path(two_versions, tmp_path):
     db, _parquet = two_versions
     for out in (tmp_path, tmp_path / "missing" / "r.html"):
