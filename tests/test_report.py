@@ -276,6 +276,15 @@ def test_out_dash_writes_the_page_to_standard_output(two_versions, tmp_path):
     assert "wrote the report to standard output" in out.stderr and not (tmp_path / "-").exists()
 
 
+def test_an_out_name_with_a_line_break_is_said_on_one_line(two_versions, tmp_path):
+    # "wrote /tmp/x/new" and "line.html (version …)" on two lines: a log reader took them for two messages
+    db, _parquet = two_versions
+    out = cli("report", "--db", str(db), "--out", "new\nline.html", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(f"wrote '{tmp_path}/new\\nline.html' (version ")
+    assert (tmp_path / "new\nline.html").is_file()
+
+
 def test_size_flags_rule():
     import polars as pl
 
