@@ -99,6 +99,10 @@ def test_two_versions(manifests, tmp_path, which):
                  "OK     waveform sessions: plausible", findings):
         assert line in out
     assert "⚠ LARGE CHANGE" in out
+    # counts of one in the singular ("1 contents at more than one path: 1 extra copies" before)
+    for line in ("1 empty file, ", "1 content at more than one path: 1 extra copy, ", "1 scan error recorded with ",
+                 "; 1 current unparseable path\n"):
+        assert line in out, line
     assert "history of " in out
 
 
