@@ -1327,7 +1327,8 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
     info = write_report(_db(args), args.out, version=args.version_label)
     said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
-    where = "the report to standard output" if args.out == "-" else Path(info.path).resolve()
+    # quoted with escapes as other messages show names: a line break in --out split this line in two
+    where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))
     print(f"wrote {where} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)", file=said)
     for flag in info.flags:
         print(f"  needs a look: {flag}", file=said)
@@ -1339,7 +1340,7 @@ def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
 
     seconds = run_review(_db(args), args.out, version=args.version_label, compare_to=args.compare_to)
     to_stdout = args.out == "-"  # (standard output holds the notebook)
-    print(f"wrote {'the executed notebook to standard output' if to_stdout else Path(args.out).resolve()} "
+    print(f"wrote {'the executed notebook to standard output' if to_stdout else shown_name(str(Path(args.out).resolve()))} "
           f"({seconds:.1f} s)", file=sys.stderr if to_stdout else sys.stdout)
     return 0
 

@@ -121,6 +121,11 @@ class ManifestReader:
         """The `validate` findings of a version (FINDINGS_SCHEMA); empty if it was not validated."""
         raise NotImplementedError
 
+    def validated(self, version: str | None = None) -> bool | None:
+        """Whether `validate` checked the version (by any release's rules): an empty `findings` is then a clean
+        version, else an unchecked one; None where the storage does not record it (a snapshot folder)."""
+        return None
+
     # -- shared
 
     def latest(self) -> str | None:
@@ -617,6 +622,10 @@ class SQLiteReader(ManifestReader):
 
     def findings(self, version: str | None = None) -> pl.DataFrame:
         return self._manifest.validation.findings(self.resolve(version))
+
+    def validated(self, version: str | None = None) -> bool | None:
+        label, checks = self.resolve(version), self._manifest.validation
+        return checks.is_validated(label) or checks.checked_by_other_rules(label)
 
 
 # The change kinds whose rows have content in the newer version (what a checksum list of a change set lists).

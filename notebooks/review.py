@@ -306,7 +306,7 @@ display(sql("""
 size_stats, flagged = size_flags(con)  # the HTML report's rule, from the library (in DuckDB)
 n_empty = int(size_stats["empty"].sum())
 outliers = flagged.filter(pl.col("flag") != "empty").select("modality", "srcfile", "size", "flag", "modality_median")
-print(f"{n_empty} empty files, {outliers.height} size outliers")
+print(f"{plural(n_empty, 'empty file')}, {plural(outliers.height, 'size outlier')}")
 if n_empty:
     display(sql("SELECT modality, srcfile, person_id, version_valid FROM files WHERE size = 0 ORDER BY srcfile LIMIT 20"))
 if outliers.height:
@@ -345,8 +345,8 @@ twins = """WITH d AS (SELECT md5, count(*) AS paths, first(size) AS size, count(
                     FROM files WHERE size > 0 AND md5 IS NOT NULL GROUP BY md5 HAVING count(*) > 1)"""
 n_dups, extra, wasted, n_cross = con.execute(twins + """ SELECT count(*), coalesce(sum(paths - 1), 0)::BIGINT,
     coalesce(sum((paths - 1) * size), 0)::BIGINT, count(*) FILTER (WHERE persons > 1) FROM d""").fetchall()[0]
-print(f"{n_dups} contents at more than one path: {extra} extra copies, {wasted:,} bytes; "
-      f"{n_cross} shared between persons")
+print(f"{plural(n_dups, 'content')} at more than one path: {plural(extra, 'extra copy', 'extra copies')}, "
+      f"{wasted:,} bytes; {n_cross} shared between persons")
 display(sql(twins + """ SELECT d.*, (SELECT list(srcfile ORDER BY srcfile) FROM files f WHERE f.md5 = d.md5 AND f.size > 0) AS srcfiles
     FROM d ORDER BY paths DESC, md5 LIMIT 20"""))
 display(sql("""
@@ -370,7 +370,8 @@ by_reason = sql("""
     SELECT modality, split_part(parse_error, ':', 1) AS reason, count(*) AS n, min(srcfile) AS example
     FROM files WHERE parse_error IS NOT NULL GROUP BY ALL ORDER BY n DESC, modality""")
 n_unparseable = int(by_reason["n"].sum())
-print(f"{errors_by_kind['n'].sum()} scan errors recorded with {label}; {n_unparseable} current unparseable paths")
+print(f"{plural(int(errors_by_kind['n'].sum()), 'scan error')} recorded with {label}; "
+      f"{plural(n_unparseable, 'current unparseable path')}")
 display(errors_by_kind)
 display(by_reason.head(20))
 display(m.scan_errors(label).head(20))
@@ -397,13 +398,17 @@ else:
 #
 # **What to look for:** what `validate` found in the files' contents (for example a header that does not match
 # its data, or DICOM tags that disagree with the path). Errors block the merge, warnings need a look.
-# Nothing is shown if this version was not validated.
+# A version that was not validated (`run --no-validate`) has no findings either: the checklist says CHECK.
 
 # %%
 findings = m.findings(label)
-if findings.height == 0:
-    print(f"no validation findings recorded for {label} (not validated, or nothing found)")
-    check("validation findings", True, "none recorded")
+validated = m.validated(label)  # None: a snapshot folder does not record it
+if findings.height == 0 and validated is False:
+    print(f"{label} was not validated: its findings are unknown (`chorus-batch validate` checks the latest version)")
+    check("validation findings", False, "not validated")
+elif findings.height == 0:
+    print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else ""))
+    check("validation findings", True, "none found" if validated else "none recorded")
 else:
     by_rule = (findings.group_by("severity", "rule").agg(n=pl.len(), example=pl.col("srcfile").min())
                .sort("n", "rule", descending=[True, False]))

@@ -225,6 +225,35 @@ def test_empty_version(tmp_path):
     assert_renders(info.path, info)
 
 
+def test_a_version_not_validated_is_flagged_not_shown_as_clean(tmp_path):
+    """`run --no-validate` stores no findings: the page said "No findings" and "Nothing flagged", as for a
+    version validation found clean; it says the version was not validated, and how to check it."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    run_site(site, db, validate_site=False)
+    info = write_report(db, tmp_path / "r.html")
+    text = html.unescape(info.path.read_text(encoding="utf-8"))
+    flag = f"Version {info.version} was not validated: its findings are unknown (chorus-batch validate --db {db} checks it)."
+    assert flag in info.flags and flag in text and "Nothing flagged" not in text
+
+    assert cli("validate", "--db", str(db)).returncode in (0, 1)
+    info = write_report(db, tmp_path / "r.html")
+    assert not any("not validated" in f for f in info.flags)
+    assert "not validated" not in info.path.read_text(encoding="utf-8")
+
+
+def test_one_file_removed_is_said_in_the_singular(tmp_path):
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "Metadata/site.json", b"{}")
+    run_site(site, db)
+    (site / "Metadata" / "site.json").unlink()
+    run_site(site, db, max_delete="all")
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", write_report(db, tmp_path / "r.html").path.read_text())).split())
+    assert "(2 files): 1 file removed or replaced (50.0%)" in text
+
+
 def test_bad_output_path(two_versions, tmp_path):
     db, _parquet = two_versions
     for out in (tmp_path, tmp_path / "missing" / "r.html"):
@@ -245,6 +274,15 @@ def test_out_dash_writes_the_page_to_standard_output(two_versions, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("<!DOCTYPE html>") and out.stdout.rstrip().endswith("</html>")
     assert "wrote the report to standard output" in out.stderr and not (tmp_path / "-").exists()
+
+
+def test_an_out_name_with_a_line_break_is_said_on_one_line(two_versions, tmp_path):
+    # "wrote /tmp/x/new" and "line.html (version …)" on two lines: a log reader took them for two messages
+    db, _parquet = two_versions
+    out = cli("report", "--db", str(db), "--out", "new\nline.html", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(f"wrote '{tmp_path}/new\\nline.html' (version ")
+    assert (tmp_path / "new\nline.html").is_file()
 
 
 def test_size_flags_rule():

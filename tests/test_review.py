@@ -240,6 +240,19 @@ def test_diff_between_any_two_versions_equals_comparing_the_trees(reader, histor
     check_diff(frame, history["trees"][a], history["trees"][b])
 
 
+def test_validated_tells_a_clean_version_from_an_unchecked_one(history, tmp_path):
+    """An empty `findings` is either; `validated` says which (a snapshot folder does not record it: None)."""
+    assert open_manifest(history["db"]).validated("v1") is True  # run validates
+    assert open_manifest(history["snaps"]).validated("v1") is None
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    m = open_manifest(db)
+    assert m.findings().height == 0 and m.validated() is False
+    with pytest.raises(UsageError, match="no version 'nope'"):
+        m.validated("nope")
+
+
 def test_diff_of_a_version_with_itself_is_empty(reader):
     assert reader.diff("v2", "v2").height == 0
 

@@ -424,7 +424,17 @@ class _Report:
     def findings(self) -> dict | None:
         findings = self.reader.findings(self.label)
         if findings.height == 0:
-            return None
+            validated = self.reader.validated(self.label)
+            if validated:
+                return None
+            if validated is None:  # a snapshot folder does not record which versions were checked
+                return {"unchecked": None}
+            # no findings because nothing was checked (`run --no-validate`): not a clean version
+            latest = self.label == self.reader.latest()
+            return {"unchecked": self.flag(
+                f"Version {self.label} was not validated: its findings are unknown"
+                + (f" ({self.cli('validate', '--db', self.db)} checks it)." if latest
+                   else " (chorus-batch validate checks only the latest version)."))}
         grouped = (findings.with_columns(severity=pl.col("severity").fill_null("unknown"), rule=pl.col("rule").fill_null(""))
                    .group_by("severity", "rule").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
                                                      msg=pl.col("message").head(EXAMPLES))
