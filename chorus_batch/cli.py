@@ -1030,10 +1030,8 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     _local_db(target, "registry")
     registry = target.config.registry
     overrides = {None: target.site, **target.config.site.roots} if target.site else {}
-    from .urls import expand_home
-
-    registries, paths = make_registries(  # --out "~/release" quoted: the home folder, not a folder '~' made here
-        target.db, expand_home(args.out, "--out"), argv=argv, version=args.version_label, overrides=overrides,
+    registries, paths = make_registries(  # (--out "~/release" quoted: the home folder, as _resolve reads it)
+        target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
         ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
         workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud,
         progress=Progress(quiet=args.quiet))
@@ -1636,6 +1634,17 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                     for command in ("versions", "changes", "files", "diff", "history", "slurm-script")}}
 
 
+def _expand_out(args: argparse.Namespace) -> None:
+    """A quoted '~' in an output path (a cron line, a unit file: no shell to expand it) is the home folder, in every
+    command, as --db and --site read it: report/review --out "~/x.html" said "its folder ~ does not exist", and
+    import-config --out and testdata OUT made a folder named '~' in the working folder."""
+    out = getattr(args, "out", None)
+    if isinstance(out, str) and out.startswith("~"):
+        from .urls import expand_home
+
+        args.out = expand_home(out, "OUT" if args.command == "testdata" else "--out")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -1653,6 +1662,7 @@ def main(argv: list[str] | None = None) -> int:
 
             check_working_folder()
             check_environment()
+            _expand_out(args)
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code

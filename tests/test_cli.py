@@ -688,3 +688,23 @@ def test_an_empty_config_file_is_warned_of(tmp_path):
             text, out.stderr)
     (tmp_path / "chorus.toml").write_text("[run]\nworkers = 2\n", encoding="utf-8")
     assert "holds no settings" not in cli("status", "--site", "site", "--no-validate", cwd=tmp_path).stderr
+
+
+def test_a_quoted_tilde_in_any_output_path_is_the_home_folder(tmp_path):
+    """A cron line or unit file passes '~' unexpanded. --db and registry --out read it as the home folder; report and
+    review --out said "its folder ~ does not exist", and import-config --out and testdata OUT made a folder named
+    '~' in the working folder."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    env = {"HOME": str(home)}
+    assert cli("testdata", "-q", "--persons", "1", "~/td", cwd=here, env=env).returncode == 0
+    site, db = home / "td" / "first", "~/m.sqlite"
+    assert cli("run", "-q", "--site", str(site), "--db", db, "--no-validate", cwd=here, env=env).returncode == 0
+    (tmp_path / "up.toml").write_text('[site_path]\ndefault = "/data/site"\n', encoding="utf-8")
+    for args in (("report", "--db", db, "--out", "~/r.html"), ("registry", "--db", db, "--out", "~/reg"),
+                 ("import-config", str(tmp_path / "up.toml"), "--out", "~/c.toml")):
+        out = cli(*args, cwd=here, env=env)
+        assert out.returncode in (0, 1), out.stderr
+    assert {"c.toml", "m.sqlite", "r.html", "reg", "td"} <= {p.name for p in home.iterdir()}
+    assert list(here.iterdir()) == []  # no folder named '~'
