@@ -316,7 +316,11 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     check_roots(settings)
     ensure_open_files(settings.workers)
     if settings.shard is None and settings.staging is None:  # (a shard commits nothing: its merge is told)
-        latest = manifest.latest_version() if manifest.schema_on_disk() is not None else None  # (none yet: no file)
+        # (none yet: no file; an older schema: the label is checked at the commit, after the upgrade a run makes, and a
+        # dry run refuses the manifest anyway; reading it here said "SQLite failed: no such table: versions")
+        from .store.schema import SCHEMA_VERSION
+
+        latest = manifest.latest_version() if manifest.schema_on_disk() == SCHEMA_VERSION else None
         # a label refused (or one the latest version's cannot be followed by) is said before the listing
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
     if settings.version_label is not None:
