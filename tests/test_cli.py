@@ -613,7 +613,7 @@ def test_every_spelling_of_a_local_root_records_the_same_rows(tmp_path):
 
 @pytest.mark.parametrize("argv", [["status", "--site", "SITE"], ["files"], ["versions"], ["changes"], ["history", "a.csv"],
                                   ["report", "--out", "r.html"], ["validate"], ["registry", "--out", "reg"],
-                                  ["verify", "--to", "az://c/"], ["upload", "--to", "az://c/"]])
+                                  ["verify", "--to", "az://cnt/"], ["upload", "--to", "az://cnt/"]])
 def test_an_empty_db_file_is_said_to_be_no_manifest_and_left_empty_by_every_reading_command(tmp_path, argv):
     """`validate` and `registry` took the lock and wrote a whole manifest's tables into the user's 0-byte file (then
     said 'no versions yet'); the others called it 'the manifest ... is empty'. Now: exit 2, the file left at 0 bytes."""
