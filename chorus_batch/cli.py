@@ -82,6 +82,12 @@ class _Parser(argparse.ArgumentParser):
             value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
                      else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
             message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+        words = _Parser.words[:_Parser.words.index("--")] if "--" in _Parser.words else _Parser.words
+        if "--json" in words:  # a script parsing stdout gets why, as from any other failing command (main._json_error)
+            with contextlib.suppress(Exception):
+                print(json.dumps({"error": message, "where": self.prog, "fix": f"see `{self.prog} --help` for its "
+                                  "options and examples", "exit_code": int(ExitCode.USAGE)}, indent=2))
+                sys.stdout.flush()
         super().error(message)
 
 
