@@ -1249,10 +1249,17 @@ def _print_csv(frame) -> None:
 
 
 def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
-    from .review import open_manifest
+    import warnings
+
+    from .review import NoSuchPerson, open_manifest
 
     reader = open_manifest(_db(args))
-    frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", NoSuchPerson)
+        frame = reader.files(args.as_of, modality=args.modality, person=args.person)
+    for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
+        if issubclass(warning.category, NoSuchPerson):
+            print(f"chorus-batch: {warning.message}", file=sys.stderr)
     if args.path is not None:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:
@@ -1261,10 +1268,6 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"chorus-batch: no files under {args.path!r}"
                   + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
                      " (paths are site-relative, as `chorus-batch files` prints them)"), file=sys.stderr)
-    if args.person is not None and frame.height == 0:
-        maybe = reader.person_suggestions(args.person, args.as_of)
-        print(f"chorus-batch: no files for person {args.person!r}; person ids are text, as the site writes them"
-              + (f": did you mean {', '.join(maybe)}?" if maybe else " (chorus-batch files lists them)"), file=sys.stderr)
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
