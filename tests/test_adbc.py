@@ -82,6 +82,45 @@ def test_fetch_arrow_table_of_an_empty_result_has_its_columns_and_query_frame_it
     assert frame.height == 0 and frame.schema == pl.Schema({"label": pl.String, "n_files": pl.Int64})
 
 
+def test_a_read_reserves_memory_for_its_rows_not_a_billion_and_the_process_can_fork_after_it(path):
+    """Reads took the whole result as one batch of 1 << 30 rows, whose buffers the driver reserves up front: ~200 GB
+    of address space, kept while the frame lived. A fork then (validation's header readers on a 1M-file run, or
+    after an upgrade that reads every header again) was refused with ENOMEM on a 24 GiB machine: 'out of memory'
+    after the commit. Now a read reserves a batch of QUERY_BATCH_ROWS, and the process forks after it."""
+    manifest = Manifest(path)
+    manifest.ensure_schema()
+
+    def address_space() -> int:
+        with open(f"/proc/{os.getpid()}/status") as status:
+            return next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize:"))
+
+    before = address_space()
+    frame = manifest.validation.current_files()
+    assert address_space() - before < 8 << 30, (before, address_space())
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    del frame
+
+
+def test_a_column_null_throughout_the_first_batch_is_read_with_its_type(path, monkeypatch):
+    """The driver infers a column's type from its first batch: NULL throughout it and text later was 'Type
+    mismatch ... expected INT64 but got STRING'. Such a result is read again as one batch of its own size."""
+    from chorus_batch.store import manifest as manifest_module
+
+    manifest = Manifest(path)
+    manifest.ensure_schema()
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE t (k INTEGER, note TEXT)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", [(i, None) for i in range(9)] + [(9, "late")])
+    monkeypatch.setattr(manifest_module, "QUERY_BATCH_ROWS", 4)
+    frame = manifest.query_frame("SELECT k, note FROM t ORDER BY k")
+    assert frame["note"].to_list() == [None] * 9 + ["late"] and frame["k"].to_list() == list(range(10))
+    with pytest.raises(ManifestError):  # any other failure is not read again
+        manifest.query_frame("SELECT nope FROM t")
+
+
 def test_ingest_create_append_replace_and_temporary(path):
     schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
     with adbc.connect(path) as con, con.cursor() as cur:

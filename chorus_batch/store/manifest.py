@@ -757,19 +757,27 @@ class Manifest:
 
     def query_frame(self, sql: str, params: tuple = (), *, schema: dict | None = None) -> pl.DataFrame:
         """Run a read query through ADBC and return a polars frame."""
-        with self.adbc() as con, con.cursor() as cur:
-            # One batch for the whole result (it is read whole anyway): the driver infers a column's type from
-            # its first batch, and a column NULL in the first 131072 rows (a late path's parse_error) was then
-            # "Type mismatch ... expected INT64 but got STRING" (`files` exit 3 on a 400k-file manifest). Same time
-            # and peak as 131072-row batches (400k current rows: 6.5 s, 212 MiB); the default 1024 costs 40% more.
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(1 << 30)})
-            cur.execute(sql, params or None)
-            frame = fetch_frame(cur)
+        try:
+            frame = self._fetch_frame(sql, params, QUERY_BATCH_ROWS)
+        except (ManifestError, OSError) as exc:  # (the driver's stream says it as pyarrow's OSError)
+            if "type mismatch" not in str(exc).lower():
+                raise
+            # The driver infers a column's type from its first batch: a column NULL in all of it (a late path's
+            # parse_error) then met "Type mismatch ... expected INT64 but got STRING" (`files` exit 3 on a 400k-file
+            # manifest). Read again as one batch of the result's size: its buffers are reserved for that many rows.
+            rows = self._one(f"SELECT count(*) FROM ({sql})", params)[0]
+            frame = self._fetch_frame(sql, params, max(int(rows), 1))
         if schema is not None:
             if frame.width == 0 or frame.height == 0:
                 return pl.DataFrame(schema=schema)
             frame = frame.cast(schema)  # type: ignore[arg-type]
         return frame
+
+    def _fetch_frame(self, sql: str, params: tuple, batch_rows: int) -> pl.DataFrame:
+        with self.adbc() as con, con.cursor() as cur:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+            cur.execute(sql, params or None)
+            return fetch_frame(cur)
 
     # ------------------------------------------------------------------ runs
 
@@ -1135,6 +1143,13 @@ class Manifest:
             params,
             schema=CHANGES_SCHEMA,
         )
+
+
+# Rows of a manifest read's batches. The driver reserves each batch's buffers for this many rows up front: 1 << 30
+# reserved ~200 GB of address space, after which a fork (validation's header readers) was refused with ENOMEM on a
+# 24 GiB machine, and a node with strict overcommit refuses the reservation itself. 131072: as fast as one batch
+# (400k current rows: 6.5 s, 212 MiB); the driver's default, 1024, costs 40% more.
+QUERY_BATCH_ROWS = 131_072
 
 
 def fetch_frame(cur) -> pl.DataFrame:
