@@ -203,7 +203,11 @@ def to_read(planned: pl.DataFrame) -> pl.DataFrame:
     verify = pl.col("verify") if "verify" in planned.columns else pl.lit(False)
     likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~verify
     return planned.filter(pl.col("needs_read")).select(
-        "root_id", "srcfile", "size", "mtime_ns", verify.alias("verify"), "etag", parse=likely_new).sort("srcfile")
+        "root_id", "srcfile", "size", "mtime_ns", verify.alias("verify"), "etag", parse=likely_new,
+        # the others but re-verified ones (a night's sample, nearly always unchanged: no parser imported for them)
+        # are parsed only if their MD5 is not the recorded one (rewritten at the same size): a 5%-mutated run of
+        # 1M 64-byte files read ~8,000 headers twice
+        parse_unless=pl.when(~likely_new & ~verify).then(pl.col("prev_md5"))).sort("srcfile")
 
 
 @dataclass
@@ -312,8 +316,11 @@ class _Task:
 
     def arguments(self, sources: Sequence[Source]) -> tuple:
         """hash_chunk's arguments; the paths become Python strings only now, shortly before they are hashed."""
-        mask = _mask(self.rows, self.start, self.length) if self.kinds[0] or self.kinds[1] else None
-        return (sources[self.root_id], self.rows["srcfile"].slice(self.start, self.length).to_list(), *self.kinds, mask)
+        parsing = bool(self.kinds[0] or self.kinds[1])
+        mask = _mask(self.rows, self.start, self.length) if parsing else None
+        unless = _unless(self.rows, self.start, self.length) if parsing else None
+        return (sources[self.root_id], self.rows["srcfile"].slice(self.start, self.length).to_list(), *self.kinds, mask,
+                unless)
 
 
 class _Queue:
@@ -571,7 +578,18 @@ def _shared_counter():
 
 
 def _to_parse(todo: pl.DataFrame) -> pl.DataFrame:
-    return todo.filter("parse") if "parse" in todo.columns else todo
+    """The rows that may be parsed: likely new, or parsed if their content turns out not to be the recorded one."""
+    if "parse" not in todo.columns:
+        return todo
+    return todo.filter(pl.col("parse") | pl.col("parse_unless").is_not_null()) if "parse_unless" in todo.columns \
+        else todo.filter("parse")
+
+
+def _unless(todo: pl.DataFrame, start: int, length: int) -> list[bytes | None] | None:
+    """The recorded MD5 (16 bytes) of each file of a chunk to parse only if its content is not that one."""
+    if "parse_unless" not in todo.columns:
+        return None
+    return todo["parse_unless"].slice(start, length).str.decode("hex", strict=False).to_list()
 
 
 def _mask(todo: pl.DataFrame, start: int, length: int) -> list[bool] | None:

@@ -4,6 +4,7 @@ themselves: processes.py)."""
 from __future__ import annotations
 
 import inspect
+import io
 from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -55,12 +56,15 @@ _NO_DIGEST = bytes(16)
 
 
 def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] = frozenset(),
-               raw_kinds: frozenset[str] = frozenset(), mask: list[bool] | None = None) -> HashedChunk:
+               raw_kinds: frozenset[str] = frozenset(), mask: list[bool] | None = None,
+               unless: list[bytes | None] | None = None) -> HashedChunk:
     """Hash files one after another (in a worker process: one GIL per core). A file whose kind (from its
     path: validate.kinds) is in `facts_kinds` is parsed from the bytes hashed, so validation need not read
     it again (one read per file); one in `raw_kinds` (small files whose parser may not run here) comes
     back whole, up to MAX_RAW_BYTES, for the caller to parse. `mask`: parse only the files whose flag is
-    true (None: every file of those kinds)."""
+    true (None: every file of those kinds); `unless`: a file whose flag is false but that has an MD5 here (the
+    recorded one) is parsed only if its content turns out to be another (its bytes, up to MAX_RAW_BYTES, are
+    kept while it is hashed: most such files were only touched, and their facts are cached)."""
     buffer = bytearray(READ_SIZE)
     meter_taken()  # (what an earlier chunk failed with left said)
     digests = bytearray()
@@ -76,13 +80,21 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
         parsers = {kind: parser(kind) for kind in facts_kinds}
         parsers.update((kind, _whole) for kind in raw_kinds)
     for k, path in enumerate(paths):
-        kind = kind_of(path) if parsers and (mask is None or mask[k]) else None
-        out = hash_one(source, path, buffer, parsers.get(kind) if kind else None)
+        recorded = unless[k] if unless is not None and mask is not None and not mask[k] else None
+        kind = kind_of(path) if parsers and (mask is None or mask[k] or recorded is not None) else None
+        parse = parsers.get(kind) if kind else None
+        out = hash_one(source, path, buffer, _whole if parse is not None and recorded is not None else parse)
         if isinstance(out, HashOutcome):
             digests += out.digest
             sizes.append(out.size)
             mtimes.append(out.mtime_ns)
-            if isinstance(out.facts, bytes):
+            if recorded is not None and parse is not None:
+                if out.digest != recorded and isinstance(out.facts, bytes):  # changed: parsed from the bytes read
+                    if kind in raw_kinds:
+                        contents.append((k, kind, out.facts))  # type: ignore[arg-type]
+                    else:
+                        facts.append((k, kind, parse(io.BytesIO(out.facts))))  # type: ignore[arg-type]
+            elif isinstance(out.facts, bytes):
                 contents.append((k, kind, out.facts))  # type: ignore[arg-type]
             elif out.facts is not None:
                 facts.append((k, kind, out.facts))  # type: ignore[arg-type]

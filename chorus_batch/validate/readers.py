@@ -196,8 +196,9 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
 # The usual forms of a header's base time and date, read without strptime (~5-7 us each: a third of a header's
 # parse, measured 2026-12-04); any other form, or a value out of range, goes to strptime as before (same result,
 # same error).
-_HH_MM_SS = re.compile(r"(\d\d):(\d\d):(\d\d)")
-_DD_MM_YYYY = re.compile(r"(\d\d)/(\d\d)/(\d\d\d\d)")
+# ([0-9], not \d: \d takes any script's digits, "00:00:٠0", which wfdb's strptime refuses; found by hypothesis)
+_HH_MM_SS = re.compile(r"([0-9]{2}):([0-9]{2}):([0-9]{2})")
+_DD_MM_YYYY = re.compile(r"([0-9]{2})/([0-9]{2})/([0-9]{4})")
 
 
 def _iso_time(grammar: Any, text: str) -> str:
