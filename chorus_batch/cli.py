@@ -384,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
 
     review = command(
         "review", help="run the reviewer's notebook headless; the executed notebook is readable by its owner only",
-        description="Executes notebooks/review.ipynb (a checkout's; needs papermill: pip install \".[notebook]\") on a "
+        description="Executes notebooks/review.ipynb (the wheel ships it; needs papermill: pip install \".[notebook]\") on a "
                     "version and writes the executed notebook, owner-only; what its cells write is owner-only too.",
         epilog="example:\n  chorus-batch review --db site_manifest.sqlite --out review.ipynb\n\n" + EXIT_CODES_HELP,
     )

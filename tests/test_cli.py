@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_wheel_ships_the_demo_site(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     demo = [n for n in names if n.startswith("chorus_batch/demo_site/")]
     assert len(demo) == len(tree_md5(ROOT / "data" / "demo_site"))
+    # `chorus-batch review` after `pip install ".[notebook]"` said "the review notebook is not at
+    # .../site-packages/notebooks/review.ipynb": the wheel ships it, and the installed package finds it
+    assert zipfile.ZipFile(wheel).read("chorus_batch/notebooks/review.ipynb") == (ROOT / "notebooks" / "review.ipynb").read_bytes()
+    target = tmp_path / "installed"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    found = subprocess.run([sys.executable, "-c", "from chorus_batch.report.notebook import NOTEBOOK; print(NOTEBOOK)"],
+                           capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == (target / "chorus_batch" / "notebooks" / "review.ipynb").resolve()
 
 
 def test_versions_and_changes_as_json_and_csv(site, db):
