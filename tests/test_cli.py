@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,11 +16,74 @@ import pytest
 from conftest import ROOT, cli, query, tree_md5, write
 
 
-@pytest.mark.parametrize("command", ["run", "testdata", "versions", "changes"])
-def test_every_command_has_help_with_an_example(command):
-    out = cli(command, "--help")
-    assert out.returncode == 0
-    assert "example" in out.stdout
+def _invocations(text: str) -> list[list[str]]:
+    """The `chorus-batch ...` command lines of a shell text (examples in --help, the README's code): each pipeline,
+    `&&`/`;` list member and redirection split off, comments dropped; the words after `chorus-batch`."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        line = re.sub(r"<[^<>]*>", "PLACEHOLDER", line.strip().removeprefix("$ "))  # az://<container>/, <version folder>
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        words, skip = [], False
+        for word in [*lexer, ";"]:
+            if word in (">", ">>", "<", "2>"):
+                skip = True  # the redirection's file
+            elif skip:
+                skip = False
+            elif set(word) <= set("&|;()"):
+                if words[:1] == ["chorus-batch"]:
+                    found.append(words[1:])
+                words = []
+            else:
+                words.append(word)
+    return found
+
+
+def _parses(words: list[str]) -> str | None:
+    """None when the real parser takes `words`, else what it said."""
+    import contextlib
+    import io
+
+    from chorus_batch.cli import _parser
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            _parser().parse_args(words)
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def test_every_command_has_help_with_an_example():
+    """Every command's --help has examples that use it, and each example's command lines parse with the real
+    parser: command names and flags are the real ones (not only "example" somewhere in the text)."""
+    from chorus_batch.cli import _parser
+
+    parser = _parser()
+    examples = {"chorus-batch": parser.epilog} | {name: command.epilog for name, command in parser.commands.items()}
+    for name, epilog in examples.items():
+        shown = epilog.split("\n\n", 1)[0]
+        assert shown.startswith(("example:\n", "examples:\n")), name
+        invocations = _invocations(shown.split("\n", 1)[1])
+        assert name == "chorus-batch" or any(words[:1] == [name] for words in invocations), (name, invocations)
+        for words in invocations:
+            assert _parses(words) is None, (name, words, _parses(words))
+
+
+def test_the_readmes_command_lines_parse():
+    """Every `chorus-batch ...` line of the README's code (indented blocks and fenced ones) names a real command
+    with real flags, as the real parser reads it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    fenced = [text for language, text in re.findall(r"^```(\w*)\n(.*?)^```$", readme, re.S | re.M)
+              if language in ("", "sh", "bash")]
+    indented = [line for line in readme.splitlines() if line.startswith("    ") and "chorus-batch" in line]
+    invocations = [words for text in [*fenced, *indented] for words in _invocations(text)]
+    assert len(invocations) > 20
+    wrong = [(words, said) for words in invocations if (said := _parses(words)) is not None]
+    assert not wrong
 
 
 def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
