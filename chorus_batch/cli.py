@@ -472,7 +472,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every version with uploaded files")
     ver.add_argument("--download", action="store_true", help="read every blob back and hash it (the bytes, not only "
                      "the recorded Content-MD5)")
-    ver.add_argument("--workers", type=_workers, help="blobs read at once with --download (default 8)")
+    ver.add_argument("--workers", type=_workers, help="blobs read at once with --download (default: [central] workers, 8)")
     ver.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     mark = command(
