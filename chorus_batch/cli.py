@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
     _site_flags(run)
     run.add_argument("--demo", action="store_true",
                      help=f"run on the demo site that comes with chorus-batch (manifest: ./{DEMO_DB}, or --db)")
-    run.add_argument("--parquet", metavar="DIR", help="also write DIR/version=<label>/{manifest,changes}.parquet")
+    run.add_argument("--parquet", metavar="DIR", help="also write a Parquet snapshot of each version: "
+                     "DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet")
     run.add_argument("--rehash", action="store_true", help="hash every file, not only new or changed ones")
     run.add_argument("--dry-run", action="store_true", help="report what would change (the summary, the first "
                      f"{DRY_RUN_LIMIT} changed paths, what validation would find); write nothing. `status` lists every path")
@@ -236,12 +237,13 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--files-per-person", type=int, default=12,
                     help="files under each person's folder P/ in the first snapshot (default 12)")
     td.add_argument("--size", type=_byte_count, default=1024, metavar="BYTES",
-                    help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M")
+                    help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M "
+                         "(default 1024)")
     td.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same site (default 0)")
-    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
+    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
     td.add_argument("--workers", type=_workers, help="processes writing files (default: CPU count, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
-                    help="the procedures' edition the site follows: v2.1 (today), v2.0, v1.0 or flat (the initial SOP)")
+                    help="the procedures' edition the site follows: v2.1 (today's, the default), v2.0, v1.0 or flat (the initial SOP)")
 
     versions = command(
         "versions", help="list the versions in a manifest",
@@ -344,7 +346,7 @@ def _parser() -> argparse.ArgumentParser:
                "  cd <version folder> && md5sum -c --quiet checksums.md5\n\n" + EXIT_CODES_HELP,
     )
     files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
-    files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images)")
+    files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images, Other)")
     files.add_argument("--person", help="only this person id")
     files.add_argument("--path", help=PATH_HELP)
     output_flags(files, "")

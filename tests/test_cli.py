@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -97,6 +98,10 @@ def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
         assert EXIT_CODES_HELP in (command.epilog or ""), name
         unexplained = [action.option_strings or action.dest for action in command._actions if not action.help]
         assert not unexplained, (name, unexplained)
+        # an option that has a value when not given says which (testdata's --size and --change-fraction did not)
+        unsaid = [action.option_strings for action in command._actions
+                  if action.default not in (None, False, True, argparse.SUPPRESS) and "default" not in action.help]
+        assert not unsaid, (name, unsaid)
 
 
 def test_help_documents_the_exit_codes():
