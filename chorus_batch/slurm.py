@@ -48,6 +48,10 @@ MERGE_EXIT = "merge.exit"
 MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
 # What the script says when sbatch refuses a job (submit() recognises them: exit 2 with sbatch's own message)
 REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
+# What sbatch says when this machine has no cluster to submit to: no slurm.conf (nor a DNS SRV record naming the
+# controller), a configuration it cannot read, a controller it cannot resolve or reach.
+NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
+              "unable to establish control machine address", "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
 
 _MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
@@ -545,6 +549,11 @@ def _refused(stderr: str) -> UsageError:
     array = ours.startswith(REFUSED_ARRAY)
     tasks = re.search(r"\((\d+) tasks", ours)
     low = sbatch.lower()
+    if array and any(said in low for said in NO_CLUSTER):  # sbatch found no cluster: nothing about the jobs to change
+        return UsageError(f"sbatch reaches no Slurm cluster from this machine: {sbatch}; nothing was submitted and "
+                          "nothing was committed", where=f"sbatch on {os.uname().nodename}",
+                          fix="run on a login node of the cluster (where `sinfo` answers), or have the cluster's "
+                              "administrators set up its slurm.conf here (SLURM_CONF names another)")
     if array and ("array" in low or "maxarraysize" in low or "maxsubmit" in low or "job limit" in low):
         fix = (f"give fewer --shards than {tasks.group(1) if tasks else 'these'} (a cluster's MaxArraySize caps an "
                "array at MaxArraySize - 1 tasks; `scontrol show config | grep -i MaxArraySize` shows it, and a QOS "
