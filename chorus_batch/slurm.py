@@ -199,9 +199,11 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
+        discard = 'rmdir -- "$staging/logs" "$staging" 2>/dev/null || true; '  # this submission's, left empty: gone
     else:
         staging_line = f"staging={shlex.quote(_absolute(staging))}"
         make_staging = 'mkdir -p -- "$staging"'
+        discard = ""  # the user's folder: kept
     logs_line = f"logs={shlex.quote(_absolute(log_dir))}" if log_dir else 'logs="$staging/logs"'
     header = [f"#SBATCH --job-name={SUBMIT_JOB}", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1",
               "#SBATCH --time=00:10:00", *(f"#SBATCH {p}" for p in placement)]
@@ -261,7 +263,7 @@ shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
 set -euo pipefail
 exec {shard_cmd}
 CHORUS_SHARD
-) || {{ code=$?; echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
+) || {{ code=$?; {discard}echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
 shards_job=${{shards_job%%;*}}
 # Stopped now (Ctrl-C, SIGTERM), the shards' array would stay queued with no merge after it: cancelled instead.
 trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submitting; cancelled the job array $shards_job of the shards: nothing will be merged" >&2; exit 130' INT TERM HUP
