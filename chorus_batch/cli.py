@@ -289,7 +289,8 @@ def _parser() -> argparse.ArgumentParser:
                           f"without --site, else ./{DEMO_DB} as `run --demo` writes it, and it says so)")
     validate.add_argument("--workers", type=_workers, help="processes reading headers (default: CPU count, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
-    validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
+    validate.add_argument("--json", action="store_true", help="print {version, manifest, total, by_severity, by_rule, examples, findings: [...]} as JSON "
+                          "(with --site and no manifest also not_checked: the files its scan could not take)")
 
     reg = command(
         "registry", help="write the linkage registries (waveforms, images) of a version",
