@@ -256,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
     changes = command(
         "changes", help="show the change set of a version (default: the latest)",
         epilog="examples:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv\n"
-               "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums\n\n"
+               "  chorus-batch changes --version 20261127013000 --md5sum > checksums.md5   # ship it with the version; centrally:\n"
+               "  cd <version folder> && md5sum -c --quiet checksums.md5   # the folder holds the version's changes\n\n"
                + EXIT_CODES_HELP,
     )
     changes.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
@@ -343,8 +344,8 @@ def _parser() -> argparse.ArgumentParser:
                     "AS_OF is a version label or an ISO date-time (the latest version committed at or before it).",
         epilog="examples:\n  chorus-batch files --as-of 20261101020000 --modality Waveforms --csv > waveforms.csv\n"
                "  chorus-batch files --as-of 2026-11-01T00:00:00Z --person 000123 --json\n"
-               "  chorus-batch files --as-of 20261101020000 --md5sum > checksums.md5   # ship it with the version; centrally:\n"
-               "  cd <version folder> && md5sum -c --quiet checksums.md5\n\n" + EXIT_CODES_HELP,
+               "  chorus-batch files --as-of 20261101020000 --md5sum > site.md5   # every file: checks a whole copy of the site\n"
+               "  cd <copy of the site> && md5sum -c --quiet site.md5\n\n" + EXIT_CODES_HELP,
     )
     files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
     files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images, Other)")
