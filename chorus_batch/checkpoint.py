@@ -55,6 +55,18 @@ SEGMENT_SCHEMA = {"srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, 
 _CHUNK_FACTS = {"_k": pl.UInt32, "kind": pl.String, "facts": pl.String}
 
 
+def _why_stale(found: dict, identity: dict[str, str]) -> str:
+    """Why a checkpoint's meta.json does not fit this manifest state, in words that say whether anything is lost
+    (a run killed after its commit left one with its hashes already in the manifest: nothing is)."""
+    if str(found.get("format")) != identity["format"]:
+        return "an older release wrote it, in a form this one does not read; the files it holds are hashed again"
+    if str(found.get("manifest_id")) != identity["manifest_id"]:
+        return ("it was written for another manifest (one this file replaced, or a copy); the files it holds are hashed "
+                "again")
+    return ("a run updated the manifest since it was written (one stopped after its commit, before removing it): the "
+            "hashes it holds were taken into the manifest then; nothing to do")
+
+
 def folder_of(db: str | os.PathLike[str]) -> Path:
     return Path(f"{db}.checkpoint")
 
@@ -101,7 +113,7 @@ class Checkpoint:
             found = None
         if found is not None and found != identity or found is None and folder.exists():
             if found is not None:
-                log.info(f"ignoring the hash checkpoint {folder}: it was written for another manifest or state")
+                log.info(f"removing the hash checkpoint {folder}: " + _why_stale(found, identity))
             elif folder.is_dir():  # (a run killed as it made the folder, or a damaged or removed meta.json)
                 log.info(f"ignoring the hash checkpoint {folder}: its meta.json, which says which manifest it is "
                          "of, is missing or cannot be read; the files it holds are hashed again")

@@ -112,6 +112,12 @@ class WriteError(UsageError, OSError):
     def __init__(self, what: str, *, where: str | None = None, fix: str | None = None, cause: OSError | None = None):
         super().__init__(what, where=where, fix=fix)
         self.errno, self.strerror = (cause.errno, cause.strerror) if cause is not None else (None, what)
+        if self.errno in _FAILED_WRITES:  # not the command line's fault: a failure, as the manifest's full disk is
+            self.exit_code = ExitCode.FAILED
+
+
+# A write that failed for the machine's reasons (a full disk, a quota, the device): exit 3, not 2 (bad usage).
+_FAILED_WRITES = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EIO", "EFBIG") if hasattr(errno, name))
 
 
 class ConfigError(UsageError):

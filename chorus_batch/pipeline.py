@@ -21,7 +21,8 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
-from .errors import AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, signals_unwrapped
+from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, out_of_memory,
+                     signals_unwrapped)
 from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
 from .scan import Root, scan
@@ -199,10 +200,11 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                 if committed is None:
                     raise
                 # Never let the generic message say "nothing was committed" when a version was.
+                known = out_of_memory(exc)  # (the machine's limit, with its own fix)
                 failed = AfterCommitError(
                     f"version {committed} was committed to {manifest.path}, but the run then failed: "
-                    f"{type(exc).__name__}: {exc}", where=str(manifest.path),
-                    fix="rerun with -v for details; the version stays committed")
+                    + (known.what if known else f"{type(exc).__name__}: {exc}"), where=known.where if known else str(manifest.path),
+                    fix=(known.fix if known else "rerun with -v for details") + "; the version stays committed")
                 failed.committed = committed
                 raise failed from exc
             if (gone := manifest.vanished()) is not None:  # the version went with the file: not "committed to" it
@@ -523,6 +525,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         except Exception as exc:
             if label is None:
                 raise
+            exc = out_of_memory(exc) or exc  # (said as the machine's limit, with its fix, as before the commit)
             what = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
             failed = AfterCommitError(
                 f"version {label} was committed to {manifest.path}, but what follows the commit failed: {what}",

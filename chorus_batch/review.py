@@ -21,6 +21,7 @@ import numbers
 import os
 import re
 import unicodedata
+import warnings
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -51,6 +52,10 @@ PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is 
 OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
 OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
+
+
+class NoSuchPerson(UserWarning):
+    """`files(person=...)` of a person the version has no file of (the command line prints it as its own note)."""
 
 
 def text_argument(value: object, what: str, where: str, example: str) -> str:
@@ -226,14 +231,30 @@ class ManifestReader:
         cached = getattr(self, "_file_set", None)
         if cached is None or cached[0] != label:
             if modality is not None or person is not None:  # a narrow question: let the storage filter
-                return self._files_at(label, modality, person).select(FILE_COLUMNS)
+                frame = self._files_at(label, modality, person).select(FILE_COLUMNS)
+                self._said_unknown_person(person, label, frame)
+                return frame
             cached = self._file_set = (label, self._files_at(label, None, None).select(FILE_COLUMNS))
         frame = cached[1]
         if modality is not None:
             frame = frame.filter(pl.col("modality") == modality)
         if person is not None:
             frame = frame.filter(pl.col("person_id") == person)
+            self._said_unknown_person(person, label, frame)
         return frame
+
+    def _said_unknown_person(self, person: str | None, label: str, frame: pl.DataFrame) -> None:
+        """A person the version has no file of is said (a NoSuchPerson warning: Jupyter shows it, the command line
+        prints it): an empty frame alone read as "this person has no files", where '12' meant '000012'."""
+        if person is None or frame.height:
+            return
+        if self._files_at(label, None, person).height:  # the person is there, just not in that modality
+            return
+        maybe = self.person_suggestions(person, label)
+        warnings.warn(NoSuchPerson(
+            f"no files for person {person!r} in version {label}; person ids are text, as the site writes them"
+            + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")),
+            stacklevel=3)
 
     def modality_name(self, modality: str) -> str:
         """A modality as the manifest spells it (`waveforms` is Waveforms); one it never records is a

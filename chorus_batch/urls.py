@@ -131,9 +131,10 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     return path
 
 
-# Azure's rules for a container name (and its two special containers); S3's for any bucket, old ones included.
-# (Lengths are left to the service: a name of the right characters gets its own answer.)
-_AZURE_CONTAINER = re.compile(r"^(?:[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){0,62}|\$root|\$web)$")
+# Azure's rules for a container name, its length included (3-63: a shorter one was first refused by the storage after
+# the retries, or not at all where the endpoint could not be reached: exit 3 for a typo), and its two special
+# containers; S3's for any bucket, old ones included (S3-compatible stores differ: lengths are left to them).
+_AZURE_CONTAINER = re.compile(r"^(?:[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}|\$root|\$web)$")
 _S3_BUCKET = re.compile(r"^[A-Za-z0-9._-]{1,255}$")
 
 

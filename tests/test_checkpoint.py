@@ -185,7 +185,8 @@ def test_a_file_modified_within_the_racy_window_of_the_checkpoint_is_hashed_agai
     assert fresh.exists()
 
 
-def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_removed(site, db, tmp_path):
+def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_removed(site, db, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="chorus_batch")
     make_site(site, 20)
     interrupted_scan(site, db)
     saved = tmp_path / "saved"
@@ -196,6 +197,7 @@ def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_remov
     result = run_site(site, other, validate_site=False)
     assert result.n_hashed == 20
     assert not folder_of(other).exists()
+    assert "it was written for another manifest" in caplog.text and "hashed again" in caplog.text
 
     # The first manifest commits (the checkpoint is used, then removed); an old copy put back is stale.
     assert run_site(site, db, validate_site=False).n_hashed == 0
@@ -204,9 +206,13 @@ def test_a_checkpoint_of_another_manifest_or_an_older_state_is_ignored_and_remov
     manifest = Manifest(db)
     assert Checkpoint.open(db, *manifest.state_identity(), writable=False) is None  # a dry run ignores it
     assert folder_of(db).exists()
+    caplog.clear()
     stale = Checkpoint.open(db, *manifest.state_identity(), writable=True)
     assert stale is not None and stale.known().height == 0
     assert not folder_of(db).exists()
+    # (a run stopped after its commit leaves one so: "ignoring ... another manifest or state" read as hashes lost)
+    assert "a run updated the manifest since it was written" in caplog.text and "nothing to do" in caplog.text
+    assert "another manifest" not in caplog.text
 
 
 def test_the_checkpoint_of_a_renamed_manifest_is_taken_along_not_left_behind(site, db, tmp_path):

@@ -539,6 +539,20 @@ def test_a_failing_command_with_json_prints_its_error_as_json_on_stdout(site, tm
     assert cli("files", "--db", str(tmp_path / "nothing-here.sqlite")).stdout == ""  # without --json: stderr only
 
 
+@pytest.mark.parametrize("argv", [("versions", "--json", "--bogus"), ("files", "--json", "--as-of"),
+                                  ("diff", "--json"), ("versoins", "--json")])
+def test_a_usage_error_with_json_prints_it_as_json_on_stdout(tmp_path, argv):
+    # argparse's refusals (an unknown flag, a missing value or argument, a mistyped command) printed nothing on
+    # stdout under --json, while every other failing command prints its error there as one JSON object
+    out = cli(*argv, cwd=tmp_path)
+    d = json.loads(out.stdout)
+    assert out.returncode == d["exit_code"] == 2, (out.returncode, out.stdout, out.stderr)
+    assert d["error"] and d["error"] in out.stderr and "--help" in d["fix"], d
+    assert "usage:" in out.stderr and "Traceback" not in out.stderr
+    assert cli(*[word for word in argv if word != "--json"], cwd=tmp_path).stdout == ""  # without --json: stderr only
+    assert cli("history", "--", "--json", cwd=tmp_path).stdout == ""  # a name after '--' is no flag
+
+
 def test_a_file_that_is_not_a_manifest_is_refused_untouched(site, tmp_path):
     write(site, "OMOP/a.csv")
     bogus = tmp_path / "notes.sqlite"
@@ -694,7 +708,7 @@ def test_every_spelling_of_a_local_root_records_the_same_rows(tmp_path):
 
 @pytest.mark.parametrize("argv", [["status", "--site", "SITE"], ["files"], ["versions"], ["changes"], ["history", "a.csv"],
                                   ["report", "--out", "r.html"], ["validate"], ["registry", "--out", "reg"],
-                                  ["verify", "--to", "az://c/"], ["upload", "--to", "az://c/"]])
+                                  ["verify", "--to", "az://cnt/"], ["upload", "--to", "az://cnt/"]])
 def test_an_empty_db_file_is_said_to_be_no_manifest_and_left_empty_by_every_reading_command(tmp_path, argv):
     """`validate` and `registry` took the lock and wrote a whole manifest's tables into the user's 0-byte file (then
     said 'no versions yet'); the others called it 'the manifest ... is empty'. Now: exit 2, the file left at 0 bytes."""

@@ -182,7 +182,7 @@ def test_every_cannot_be_reached_hint_names_the_host(clean_env, tmp_path):
            "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
                                               f"AccountKey={KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"}
     for args in (("upload", "--db", str(db), "--to", "az://central/"),
-                 ("run", "--site", str(tmp_path / "site"), "--db", "az://c/m.sqlite", "--no-validate")):
+                 ("run", "--site", str(tmp_path / "site"), "--db", "az://cnt/m.sqlite", "--no-validate")):
         out = cli(*args, env=env, timeout=120)
         assert out.returncode == 3, out.stderr
         fix = next(line for line in out.stderr.splitlines() if line.strip().startswith("fix:"))
@@ -223,7 +223,7 @@ def test_other_protocols_are_plain_fsspec():
 
 def test_each_root_gets_its_own_file_system(clean_env):
     clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN)
-    a, b = (FsspecSource("az://c/site") for _ in range(2))
+    a, b = (FsspecSource("az://cnt/site") for _ in range(2))
     assert a.fs is not b.fs and a.fs.service_client is not b.fs.service_client
     assert a.server_md5 and a.root == "c/site"
     assert KEY not in a.how and KEY not in a.location
@@ -287,12 +287,12 @@ HOW_AWS = "AWS profile chorus ([s3] profile)"
     (_wrapped(_botocore("SlowDown", 503), PermissionError, "throttled"), HOW_AWS, "busy", "kept failing"),
 ])
 def test_explain_classifies_and_says_what_to_do(exc, how, kind, says):
-    error = explain(exc, where="az://c/site", how=how, action="list")
+    error = explain(exc, where="az://cnt/site", how=how, action="list")
     assert isinstance(error, SourceError)
     assert error.kind == kind  # type: ignore[attr-defined]
     text = str(error)
     assert says in error.what and how in error.what
-    assert error.where == "az://c/site" and error.fix and "fix:" in text
+    assert error.where == "az://cnt/site" and error.fix and "fix:" in text
     no_secret(text)
 
 
@@ -421,7 +421,7 @@ def test_unknown_cloud_setting_is_refused(tmp_path):
 
 def test_open_source_passes_cloud_settings(clean_env):
     clean_env.setenv("AZURE_STORAGE_KEY", KEY)
-    source = open_source("az://c/site", cloud=cloud(account_url="http://127.0.0.1:1/devstoreaccount1"))
+    source = open_source("az://cnt/site", cloud=cloud(account_url="http://127.0.0.1:1/devstoreaccount1"))
     assert isinstance(source, FsspecSource)
     assert source.how == "account key from AZURE_STORAGE_KEY for account devstoreaccount1 ([azure] account_url)"
     assert str(source.fs.service_client.url).startswith("http://127.0.0.1:1/devstoreaccount1")
@@ -845,7 +845,7 @@ from chorus_batch.urls import mask_url  # noqa: E402
 @pytest.mark.parametrize(("url", "hidden"), [
     ("s3://b1/?X-Amz-Credential=AKIAEXAMPLE%2F20261203&X-Amz-Signature=fe5f80f7&X-Amz-Security-Token=FQoGZX",
      ("AKIAEXAMPLE", "fe5f80f7", "FQoGZX")),
-    ("az://c/site?sv=2024&sig=SASSIG&newparam=NEWSECRET", ("SASSIG", "NEWSECRET")),
+    ("az://cnt/site?sv=2024&sig=SASSIG&newparam=NEWSECRET", ("SASSIG", "NEWSECRET")),
     ("https://user:pw@host/x?token=T0KEN", ("pw", "T0KEN")),
 ])
 def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
@@ -864,6 +864,9 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     (["--site", "az:///site"], "names no container"),
     (["--site", "s3://"], "names no bucket"),
     (["--site", "az://Bad_Name/site"], "not a valid Azure container name"),
+    # 2 letters: Azure's minimum is 3; with the storage unreachable this was 'cannot reach', exit 3, for a typo
+    (["--site", "az://ab/site"], "'ab' is not a valid Azure container name"),
+    (["--db", "az://m/m.sqlite"], "'m' is not a valid Azure container name"),
     (["--site", "az://site1/x?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
     (["--site", "s3://b1/?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"], "credentials in the URL"),
     (["--site", "s3://AKIAEXAMPLE:SECRETSIG@b1/site"], "credentials in the URL"),

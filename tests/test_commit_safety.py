@@ -177,6 +177,36 @@ def test_a_failure_writing_the_state_cache_beside_the_commit_says_the_version_wa
     assert current_rows(db) == {"000001/Waveforms/Telemetry/S1/S1.dat": tree_md5(site)["000001/Waveforms/Telemetry/S1/S1.dat"]}
 
 
+@pytest.mark.parametrize("stage", ["save_state", "validate"])
+def test_memory_refused_after_the_commit_is_said_as_out_of_memory(site, db, monkeypatch, stage):
+    """A 1M-file run's validation met ENOMEM (a worker's fork refused): 'what follows the commit failed: OSError:
+    [Errno 12] Cannot allocate memory; rerun with -v for details', where before the commit the same failure says
+    out of memory and what to give the job. Now after the commit too, with the version said to stay."""
+    import errno
+
+    from chorus_batch.errors import AfterCommitError
+    from chorus_batch.store import Manifest
+    from chorus_batch.validate import run as validate_run
+    from conftest import run_site
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    if stage == "save_state":
+        monkeypatch.setattr(Manifest, "save_state", refused)
+    else:
+        monkeypatch.setattr(validate_run, "validate_version", refused)
+    with pytest.raises(AfterCommitError) as failed:
+        run_site(site, db, validate_site=stage == "validate")
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    said = str(failed.value)
+    assert failed.value.committed == label and f"version {label} was committed" in said, said
+    assert "out of memory: OSError" in said and "give the job more memory" in said, said
+    assert "the version stays committed" in said and "rerun with -v" not in said, said
+
+
 def test_a_run_through_a_symbolic_link_is_refused_while_one_holds_the_manifest(site, db, tmp_path):
     write(site, "OMOP/a.csv", b"a")
     assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0

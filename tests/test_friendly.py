@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -305,6 +306,20 @@ def test_a_person_filter_that_finds_nothing_suggests_the_ids_it_may_mean(tmp_pat
     assert "person ids are text" in out.stderr and "did you mean 000002?" in out.stderr
     found = cli("files", "--db", str(db), "--person", "000002")
     assert found.returncode == 0 and "person ids are text" not in found.stderr
+    # a person who is there, only not in that modality: no "did you mean" (it was said for any empty result)
+    assert "person ids are text" not in cli("files", "--db", str(db), "--person", "000002", "--modality", "OMOP").stderr
+    # A notebook's files(person=2-as-text) was an empty frame and nothing else: the library says it, as a warning
+    from chorus_batch.review import NoSuchPerson, open_manifest
+
+    reader = open_manifest(db)
+    for warm in (False, True):  # the narrow query, and the filter over a version already read whole
+        if warm:
+            reader.files()
+        with pytest.warns(NoSuchPerson, match="did you mean 000002"):
+            assert reader.files(person="2").height == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reader.files(person="000002").height and reader.files(person="000002", modality="OMOP").height == 0
 
 
 def test_history_takes_a_path_as_people_type_it(tmp_path):

@@ -309,3 +309,23 @@ def test_an_output_to_a_full_disk_is_said_as_such(manifest, command):
     assert out.returncode == 3, out.stderr
     assert "could not write the output to standard output (No space left on device)" in out.stderr, out.stderr
     assert "internal error" not in out.stderr and "fix:" in out.stderr
+
+
+@pytest.mark.parametrize("command", [["report", "--out", "OUT/r.html"], ["registry", "--out", "OUT/reg"]])
+def test_an_output_file_on_a_full_disk_is_a_failure_not_bad_usage(manifest, small_disk, command):
+    """`report --out` (any --out) on a full disk exited 2, 'bad usage or configuration', while a full disk under the
+    manifest or standard output is exit 3: the command line was right, the machine failed. Now exit 3 everywhere,
+    with the OS's reason, the file and the fix; nothing half-written is left."""
+    from conftest import fill
+
+    filler = fill(small_disk)
+    try:
+        args = [word.replace("OUT", str(small_disk)) for word in command]
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *args, "--db", str(manifest)],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        filler.unlink()
+    assert out.returncode == 3, out.stderr
+    assert "No space left on device" in out.stderr and "free some space" in out.stderr, out.stderr
+    assert "internal error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) in ([], ["reg"]), list(small_disk.iterdir())
