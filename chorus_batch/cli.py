@@ -187,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     _site_flags(run)
     run.add_argument("--demo", action="store_true",
                      help=f"run on the demo site that comes with chorus-batch (manifest: ./{DEMO_DB}, or --db)")
-    run.add_argument("--parquet", metavar="DIR", help="also write DIR/version=<label>/{manifest,changes}.parquet")
+    run.add_argument("--parquet", metavar="DIR", help="also write a Parquet snapshot of each version: "
+                     "DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet")
     run.add_argument("--rehash", action="store_true", help="hash every file, not only new or changed ones")
     run.add_argument("--dry-run", action="store_true", help="report what would change (the summary, the first "
                      f"{DRY_RUN_LIMIT} changed paths, what validation would find); write nothing. `status` lists every path")
@@ -242,12 +243,13 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--files-per-person", type=int, default=12,
                     help="files under each person's folder P/ in the first snapshot (default 12)")
     td.add_argument("--size", type=_byte_count, default=1024, metavar="BYTES",
-                    help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M")
+                    help="bytes per bulk file (signal .dat, flat waveform, DICOM padded to about this); 4096, 64KiB, 1M "
+                         "(default 1024)")
     td.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same site (default 0)")
-    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot")
+    td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
     td.add_argument("--workers", type=_workers, help="processes writing files (default: CPU count, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
-                    help="the procedures' edition the site follows: v2.1 (today), v2.0, v1.0 or flat (the initial SOP)")
+                    help="the procedures' edition the site follows: v2.1 (today's, the default), v2.0, v1.0 or flat (the initial SOP)")
 
     versions = command(
         "versions", help="list the versions in a manifest",
@@ -260,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     changes = command(
         "changes", help="show the change set of a version (default: the latest)",
         epilog="examples:\n  chorus-batch changes --db site_manifest.sqlite --version 20261127013000 --csv > changes.csv\n"
-               "  chorus-batch changes --version 20261127013000 --md5sum > new.md5   # the new contents' checksums\n\n"
+               "  chorus-batch changes --version 20261127013000 --md5sum > checksums.md5   # ship it with the version; centrally:\n"
+               "  cd <version folder> && md5sum -c --quiet checksums.md5   # the folder holds the version's changes\n\n"
                + EXIT_CODES_HELP,
     )
     changes.add_argument("--db", help="manifest file, or a --parquet snapshot folder " + READ_DB_DEFAULT)
@@ -293,7 +296,8 @@ def _parser() -> argparse.ArgumentParser:
                           f"without --site, else ./{DEMO_DB} as `run --demo` writes it, and it says so)")
     validate.add_argument("--workers", type=_workers, help="processes reading headers (default: CPU count, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
-    validate.add_argument("--json", action="store_true", help="print {version, counts, findings: [...]} as JSON")
+    validate.add_argument("--json", action="store_true", help="print {version, manifest, total, by_severity, by_rule, examples, findings: [...]} as JSON "
+                          "(with --site and no manifest also not_checked: the files its scan could not take)")
 
     reg = command(
         "registry", help="write the linkage registries (waveforms, images) of a version",
@@ -346,11 +350,11 @@ def _parser() -> argparse.ArgumentParser:
                     "AS_OF is a version label or an ISO date-time (the latest version committed at or before it).",
         epilog="examples:\n  chorus-batch files --as-of 20261101020000 --modality Waveforms --csv > waveforms.csv\n"
                "  chorus-batch files --as-of 2026-11-01T00:00:00Z --person 000123 --json\n"
-               "  chorus-batch files --as-of 20261101020000 --md5sum > checksums.md5   # ship it with the version; centrally:\n"
-               "  cd <version folder> && md5sum -c --quiet checksums.md5\n\n" + EXIT_CODES_HELP,
+               "  chorus-batch files --as-of 20261101020000 --md5sum > site.md5   # every file: checks a whole copy of the site\n"
+               "  cd <copy of the site> && md5sum -c --quiet site.md5\n\n" + EXIT_CODES_HELP,
     )
     files.add_argument("--as-of", metavar="LABEL|ISO-TIME", help="version label or ISO date-time (default: the latest version)")
-    files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images)")
+    files.add_argument("--modality", help="only this modality (OMOP, Metadata, Waveforms, Images, Other)")
     files.add_argument("--person", help="only this person id")
     files.add_argument("--path", help=PATH_HELP)
     output_flags(files, "")
@@ -390,7 +394,7 @@ def _parser() -> argparse.ArgumentParser:
 
     review = command(
         "review", help="run the reviewer's notebook headless; the executed notebook is readable by its owner only",
-        description="Executes notebooks/review.ipynb (a checkout's; needs papermill: pip install \".[notebook]\") on a "
+        description="Executes notebooks/review.ipynb (the wheel ships it; needs papermill: pip install \".[notebook]\") on a "
                     "version and writes the executed notebook, owner-only; what its cells write is owner-only too.",
         epilog="example:\n  chorus-batch review --db site_manifest.sqlite --out review.ipynb\n\n" + EXIT_CODES_HELP,
     )
@@ -478,7 +482,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every version with uploaded files")
     ver.add_argument("--download", action="store_true", help="read every blob back and hash it (the bytes, not only "
                      "the recorded Content-MD5)")
-    ver.add_argument("--workers", type=_workers, help="blobs read at once with --download (default 8)")
+    ver.add_argument("--workers", type=_workers, help="blobs read at once with --download (default: [central] workers, 8)")
     ver.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     mark = command(

@@ -154,6 +154,8 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
             if getattr(exc, "kind", None) != "empty_prefix" or not manifest.holds_files_under(
                     manifest.same_root_ids([(root.source.location, root.modality)]).get(0, set()),
                     unrooted=position == 0):
+                if not manifest.path.exists() and getattr(exc, "outcome", None) is None:  # (not "the manifest holds
+                    exc.outcome = f"nothing was committed; no manifest was made at {manifest.path}"  # what it held")
                 raise
             root.source.empty_ok = True
     site = site_location(settings.site)

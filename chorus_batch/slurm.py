@@ -48,6 +48,10 @@ MERGE_EXIT = "merge.exit"
 MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
 # What the script says when sbatch refuses a job (submit() recognises them: exit 2 with sbatch's own message)
 REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
+# What sbatch says when this machine has no cluster to submit to: no slurm.conf (nor a DNS SRV record naming the
+# controller), a configuration it cannot read, a controller it cannot resolve or reach.
+NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
+              "unable to establish control machine address", "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
 
 _MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
@@ -195,9 +199,11 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
+        discard = 'rmdir -- "$staging/logs" "$staging" 2>/dev/null || true; '  # this submission's, left empty: gone
     else:
         staging_line = f"staging={shlex.quote(_absolute(staging))}"
         make_staging = 'mkdir -p -- "$staging"'
+        discard = ""  # the user's folder: kept
     logs_line = f"logs={shlex.quote(_absolute(log_dir))}" if log_dir else 'logs="$staging/logs"'
     header = [f"#SBATCH --job-name={SUBMIT_JOB}", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1",
               "#SBATCH --time=00:10:00", *(f"#SBATCH {p}" for p in placement)]
@@ -257,7 +263,7 @@ shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
 set -euo pipefail
 exec {shard_cmd}
 CHORUS_SHARD
-) || {{ code=$?; echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
+) || {{ code=$?; {discard}echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
 shards_job=${{shards_job%%;*}}
 # Stopped now (Ctrl-C, SIGTERM), the shards' array would stay queued with no merge after it: cancelled instead.
 trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submitting; cancelled the job array $shards_job of the shards: nothing will be merged" >&2; exit 130' INT TERM HUP
@@ -545,6 +551,11 @@ def _refused(stderr: str) -> UsageError:
     array = ours.startswith(REFUSED_ARRAY)
     tasks = re.search(r"\((\d+) tasks", ours)
     low = sbatch.lower()
+    if array and any(said in low for said in NO_CLUSTER):  # sbatch found no cluster: nothing about the jobs to change
+        return UsageError(f"sbatch reaches no Slurm cluster from this machine: {sbatch}; nothing was submitted and "
+                          "nothing was committed", where=f"sbatch on {os.uname().nodename}",
+                          fix="run on a login node of the cluster (where `sinfo` answers), or have the cluster's "
+                              "administrators set up its slurm.conf here (SLURM_CONF names another)")
     if array and ("array" in low or "maxarraysize" in low or "maxsubmit" in low or "job limit" in low):
         fix = (f"give fewer --shards than {tasks.group(1) if tasks else 'these'} (a cluster's MaxArraySize caps an "
                "array at MaxArraySize - 1 tasks; `scontrol show config | grep -i MaxArraySize` shows it, and a QOS "

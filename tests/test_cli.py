@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +17,74 @@ import pytest
 from conftest import ROOT, cli, query, tree_md5, write
 
 
-@pytest.mark.parametrize("command", ["run", "testdata", "versions", "changes"])
-def test_every_command_has_help_with_an_example(command):
-    out = cli(command, "--help")
-    assert out.returncode == 0
-    assert "example" in out.stdout
+def _invocations(text: str) -> list[list[str]]:
+    """The `chorus-batch ...` command lines of a shell text (examples in --help, the README's code): each pipeline,
+    `&&`/`;` list member and redirection split off, comments dropped; the words after `chorus-batch`."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        line = re.sub(r"<[^<>]*>", "PLACEHOLDER", line.strip().removeprefix("$ "))  # az://<container>/, <version folder>
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        words, skip = [], False
+        for word in [*lexer, ";"]:
+            if word in (">", ">>", "<", "2>"):
+                skip = True  # the redirection's file
+            elif skip:
+                skip = False
+            elif set(word) <= set("&|;()"):
+                if words[:1] == ["chorus-batch"]:
+                    found.append(words[1:])
+                words = []
+            else:
+                words.append(word)
+    return found
+
+
+def _parses(words: list[str]) -> str | None:
+    """None when the real parser takes `words`, else what it said."""
+    import contextlib
+    import io
+
+    from chorus_batch.cli import _parser
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            _parser().parse_args(words)
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def test_every_command_has_help_with_an_example():
+    """Every command's --help has examples that use it, and each example's command lines parse with the real
+    parser: command names and flags are the real ones (not only "example" somewhere in the text)."""
+    from chorus_batch.cli import _parser
+
+    parser = _parser()
+    examples = {"chorus-batch": parser.epilog} | {name: command.epilog for name, command in parser.commands.items()}
+    for name, epilog in examples.items():
+        shown = epilog.split("\n\n", 1)[0]
+        assert shown.startswith(("example:\n", "examples:\n")), name
+        invocations = _invocations(shown.split("\n", 1)[1])
+        assert name == "chorus-batch" or any(words[:1] == [name] for words in invocations), (name, invocations)
+        for words in invocations:
+            assert _parses(words) is None, (name, words, _parses(words))
+
+
+def test_the_readmes_command_lines_parse():
+    """Every `chorus-batch ...` line of the README's code (indented blocks and fenced ones) names a real command
+    with real flags, as the real parser reads it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    fenced = [text for language, text in re.findall(r"^```(\w*)\n(.*?)^```$", readme, re.S | re.M)
+              if language in ("", "sh", "bash")]
+    indented = [line for line in readme.splitlines() if line.startswith("    ") and "chorus-batch" in line]
+    invocations = [words for text in [*fenced, *indented] for words in _invocations(text)]
+    assert len(invocations) > 20
+    wrong = [(words, said) for words in invocations if (said := _parses(words)) is not None]
+    assert not wrong
 
 
 def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
@@ -32,6 +98,10 @@ def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
         assert EXIT_CODES_HELP in (command.epilog or ""), name
         unexplained = [action.option_strings or action.dest for action in command._actions if not action.help]
         assert not unexplained, (name, unexplained)
+        # an option that has a value when not given says which (testdata's --size and --change-fraction did not)
+        unsaid = [action.option_strings for action in command._actions
+                  if action.default not in (None, False, True, argparse.SUPPRESS) and "default" not in action.help]
+        assert not unsaid, (name, unsaid)
 
 
 def test_help_documents_the_exit_codes():
@@ -67,6 +137,17 @@ def test_wheel_ships_the_demo_site(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     demo = [n for n in names if n.startswith("chorus_batch/demo_site/")]
     assert len(demo) == len(tree_md5(ROOT / "data" / "demo_site"))
+    # `chorus-batch review` after `pip install ".[notebook]"` said "the review notebook is not at
+    # .../site-packages/notebooks/review.ipynb": the wheel ships it, and the installed package finds it
+    assert zipfile.ZipFile(wheel).read("chorus_batch/notebooks/review.ipynb") == (ROOT / "notebooks" / "review.ipynb").read_bytes()
+    target = tmp_path / "installed"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    found = subprocess.run([sys.executable, "-c", "from chorus_batch.report.notebook import NOTEBOOK; print(NOTEBOOK)"],
+                           capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == (target / "chorus_batch" / "notebooks" / "review.ipynb").resolve()
 
 
 def test_versions_and_changes_as_json_and_csv(site, db):

@@ -542,6 +542,9 @@ def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clea
         assert out.returncode == 3, out.stderr
         assert "root of [site.roots] Waveforms not found" in out.stderr and "OMOP/" not in out.stderr, out.stderr
         assert "--site" not in out.stderr and "[site] root" not in out.stderr, out.stderr
+        # a first run: there is no manifest whose versions `chorus-batch versions` would list (it said so)
+        assert f"nothing was committed; no manifest was made at {tmp_path / 'm.sqlite'}" in out.stderr, out.stderr
+        assert "chorus-batch versions" not in out.stderr and not (tmp_path / "m.sqlite").exists()
 
 
 def test_azurite_missing_container_and_bad_key(clean_env, azurite, az_site):

@@ -412,3 +412,20 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(tmp_path, 
     assert err.strip().splitlines() == [
         "chorus-batch: interrupted (Ctrl-C) while starting, before the command began; nothing was done"], err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_readme_section_a_message_names_is_there():
+    """A message that sends the user to the README names a section it has: a failed S3 access said
+    "see README: cloud roots", which no section is called."""
+    import ast
+
+    headings = {line.lstrip("#").strip().replace("`", "") for line in (ROOT / "README.md").read_text(encoding="utf-8")
+                .splitlines() if line.startswith("#")}
+    named = []
+    for source in (ROOT / "chorus_batch").rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):  # the texts as Python joins them
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            named += [(source.name, name) for name in re.findall(r"README's (?:section )?\"([^\"]+)\"", text)]
+            named += [(source.name, name) for name in re.findall(r"README: ([\w ]+)", text)]
+    assert len(named) >= 4
+    assert [(where, name) for where, name in named if name not in headings] == []

@@ -151,6 +151,8 @@ def test_notebook_is_the_twin_of_the_script():
     assert cells(script) == cells(notebook), "run `jupytext --sync notebooks/review.py` (or --to ipynb)"
     params = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and params[0].source.startswith('manifest = "chorus_manifest.sqlite"')
+    # where the README says to set `manifest`: the first code cell
+    assert params[0] is next(c for c in notebook.cells if c.cell_type == "code")
     assert notebook.metadata["kernelspec"]["name"] == "python3"
 
     stored = nbformat.read(NOTEBOOK, as_version=4)  # committed without outputs

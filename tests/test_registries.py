@@ -353,3 +353,27 @@ def test_a_site_moved_since_the_run_is_said_with_how_to_point_at_it(tmp_path):
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     again = cli("registry", "--db", str(db), "--out", str(tmp_path / "r"), "--site", str(moved))
     assert again.returncode == 0, again.stderr
+
+
+def test_the_readmes_demo_registry_command_and_rows_are_what_the_demo_gives(tmp_path):
+    """The README's "Linkage registries" shows a command and the demo site's first rows: `chorus-batch run &&
+    chorus-batch registry --out release --omop` stopped at once (no site given; exit 2). Its command, run as written,
+    writes those rows (with the demo site's folder for /data/site)."""
+    import shlex
+
+    from conftest import ROOT
+    from chorus_batch.cli import demo_site
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = readme.split("The demo site's first rows", 1)[1].split("\n## ", 1)[0]
+    blocks = [block for block in shown.split("\n\n") if block.startswith("    ")]
+    command, files = blocks[0].strip(), blocks[1:]
+    for step in command.split("&&"):
+        words = shlex.split(step)
+        assert words[0] == "chorus-batch", command
+        out = cli(*words[1:], cwd=tmp_path)
+        assert out.returncode == 0, (step, out.stderr)
+    for block in files:
+        name, *rows = [line.strip() for line in block.splitlines()]
+        written = (tmp_path / "release" / name.removeprefix("# ")).read_text(encoding="utf-8").splitlines()
+        assert written[:len(rows)] == [row.replace("/data/site/", f"{demo_site().resolve()}/") for row in rows], name

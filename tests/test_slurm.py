@@ -279,6 +279,25 @@ def test_run_slurm_without_sbatch_says_so(tmp_path):
     assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus.toml" in proc.stderr
 
 
+def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
+    """The real sbatch on a machine whose slurm.conf names a controller that is not there (or that has none): it
+    said "sbatch refused the shards' job array" and sent the user to change --partition, --account, --mem, ...;
+    nothing about the jobs is wrong: it says that this machine reaches no Slurm cluster, and where to run instead."""
+    assert shutil.which("sbatch"), "Slurm's sbatch is not installed: run scripts/test (it installs slurm-wlm)"
+    site = tmp_path / "site"
+    site.mkdir()
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=nowhere\nSlurmctldHost=nohost.invalid\n")
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "2",
+               env={"SLURM_CONF": str(conf)}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "sbatch reaches no Slurm cluster from this machine: sbatch: error:" in proc.stderr, proc.stderr
+    assert "run on a login node of the cluster" in proc.stderr and "--partition" not in proc.stderr
+    assert "nothing was submitted and nothing was committed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+    assert list((tmp_path / "m.sqlite.staging").iterdir()) == []  # the submission's staging folder, left empty, went
+
+
 # ----------------------------------------------------------------------------- the real cluster
 def test_cluster_runs_a_job(slurm, tmp_path):
     out = tmp_path / "hi.out"

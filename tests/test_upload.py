@@ -1839,3 +1839,36 @@ def test_verify_with_nothing_uploaded_still_signs_in_and_lists_what_to_points_at
     fine = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert fine.returncode == 0 and "nothing to verify" in fine.stdout, fine.stdout + fine.stderr
     assert "can be listed" in fine.stdout
+
+
+def test_the_readmes_checksums_for_a_version_folder_check_what_upload_put_there(central, tmp_path):
+    """The README (and `files --help`) said to ship `files --as-of V --md5sum` with a version and run `md5sum -c` in
+    its central folder: a version folder holds that version's changes only, so every file of an earlier version
+    failed ("FAILED open or read", exit 1). The README's command, run as written for the second version, lists what
+    its folder holds, and the real md5sum checks it there."""
+    import shlex
+
+    from conftest import ROOT
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for name in ("OMOP/person.csv", "OMOP/visit_occurrence.csv", "000001/Waveforms/Telemetry/1/1.hea"):
+        write(site, name, name.encode())
+    commit(site, db, "20261001020000")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000002/Waveforms/Telemetry/2/2.hea", b"new")
+    commit(site, db, "20261101020000")
+    assert up(central, db).returncode == 0
+    folder = tmp_path / "central"
+    for name in blobs(central, "20261101020000/"):
+        if "/_manifest/" not in name:
+            write(folder, name, central.client.download_blob(name).readall())
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("**Checksums for the central side.**", 1)[1]
+    shown = next(line for line in readme.splitlines() if line.startswith("    chorus-batch "))
+    words = shlex.split(shown.split(">", 1)[0])
+    assert "20261101020000" in words, shown
+    listed = cli(*words[1:], "--db", str(db))
+    assert listed.returncode == 0, listed.stderr
+    (folder / "checksums.md5").write_text(listed.stdout)
+    check = subprocess.run(["md5sum", "-c", "../checksums.md5"], cwd=folder / "20261101020000", capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count(": OK\n") == 2

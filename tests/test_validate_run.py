@@ -405,6 +405,14 @@ def test_validate_a_folder_names_the_files_its_scan_could_not_take(clean, tmp_pa
     assert "linked: symbolic link not followed" in text.stdout
     report = json.loads(cli("validate", "--site", str(clean), "--json", cwd=tmp_path).stdout)
     assert [(f["srcfile"], f["kind"]) for f in report["not_checked"]] == [("linked", "symlink")]
+    # the keys `validate --help` names for --json are the ones printed (it named a `counts` there was none of)
+    import re
+
+    from chorus_batch.cli import _parser
+
+    said = next(action.help for action in _parser().commands["validate"]._actions if "--json" in action.option_strings)
+    named = {key.split(":")[0].strip() for key in re.search(r"\{(.*?)\}", said).group(1).split(",")} | {"not_checked"}
+    assert named == set(report), (named, set(report))
 
 
 def test_validate_a_manifest_from_a_site_that_is_not_there_is_a_usage_error(clean, db, tmp_path):

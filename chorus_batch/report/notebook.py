@@ -14,7 +14,16 @@ from pathlib import Path
 from ..errors import ChorusError, UsageError
 from ..fsutil import check_not_manifest, check_target, write_private
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "review.ipynb"
+
+def review_notebook() -> Path:
+    """The reviewer's notebook: inside the installed package (the wheel ships it), or notebooks/ of a checkout."""
+    packaged = Path(__file__).resolve().parents[1] / "notebooks" / "review.ipynb"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "notebooks" / "review.ipynb"
+
+
+NOTEBOOK = review_notebook()
 
 
 def run_review(manifest: str, out: str | Path, *, version: str | None = None, compare_to: str | None = None,
@@ -28,7 +37,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
         check_not_manifest(out, manifest)  # the manifest itself, its lock, cache or side files
     if not notebook.is_file():
         raise UsageError(f"the review notebook is not at {notebook}", where="chorus-batch review",
-                         fix="run it from a checkout of chorus-batch (the notebook is not part of the wheel)")
+                         fix="reinstall chorus-batch (pip install \".[notebook]\" from its checkout): the wheel ships the notebook")
     try:
         import papermill
     except ImportError:

@@ -783,7 +783,8 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         fix = "try again later; if it persists, check the service's health and the account's request limits"
     else:
         what = f"cannot {action} {where}: {reason}{tried}"
-        fix = "check the URL and that the credentials for it are in the environment (see README: cloud roots)"
+        fix = ("check the URL and that the credentials for it are in the environment (see the README's \"Cloud sites: "
+               "Azure Blob and S3\")")
     unconfigured = any(type(e).__name__ == "NoCredentialsError" for e in _chain(exc))
     if unconfigured:  # nothing to sign in with at all: a configuration to make, as for Azure (exit 2)
         what = f"cannot {action} {where}: no AWS credentials are configured{tried}"
