@@ -1247,6 +1247,18 @@ def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
     assert message.startswith("identifying attribute(s) PatientName, PatientBirthDate still filled"), message
 
 
+@pytest.mark.parametrize("name", [f"{P0}^", f"{P0}^^^^", f"{P0}^^^^=="])
+def test_a_person_name_that_is_the_person_id_with_empty_components_is_no_identifying_tag(clean, name):
+    """PatientName 000001^ (the person id as family name, the given name empty, as de-identification tools write a
+    pseudonym) was 'identifying attribute(s) PatientName still filled', an error the site could not clear."""
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, PatientName=name))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.identifying_tag").height == 0
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, PatientName=f"{P0}^Jane"))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.identifying_tag").height == 1
+
+
 def test_a_wfdb_header_with_a_utf8_comment_is_read_as_wfdb_reads_it(clean, tmp_path):
     """wfdb.wrsamp writes a comment such as "# Hôpital" in UTF-8 and wfdb reads that header (dropping what is not
     ASCII); the validator called it "not ASCII text ... write it with a WFDB writer", an error."""
