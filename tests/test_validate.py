@@ -1233,6 +1233,16 @@ def test_a_table_in_a_subfolder_of_omop_is_told_where_tables_belong(clean):
     assert message.startswith("in a subfolder of OMOP/, where no table is read"), message
 
 
+def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
+    """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
+    registry.absent: the site was told to remove the registry it ships, not where it belongs."""
+    (clean / "OMOP").mkdir(exist_ok=True)
+    write(clean, "OMOP/waveform_registry.csv", b"file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n")
+    message = validate(clean).filter(pl.col("srcfile") == "OMOP/waveform_registry.csv")["message"].item()
+    assert message.startswith("a linkage registry in OMOP/, where none is read"), message
+    assert "at the site root" in message and "remove" not in message
+
+
 def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
     """The finding listed the reader's keys ("patient_name, patient_birth_date"), which no DICOM tool shows."""
     from pydicom.datadict import keyword_for_tag
