@@ -119,6 +119,23 @@ def test_a_proc_id_per_session_or_accession_in_its_range(released):
                for r in procedures)
 
 
+def test_a_procedures_source_value_names_its_session_or_accession_folder(released):
+    """An accession of two series gave procedure_source_value 'path: <the first series folder>': the procedure's
+    files were not all under the path it named. The path is now the session's or accession's folder."""
+    site, _db, out = released
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    folders: dict[str, set[str]] = {}
+    for r in rows:
+        folders.setdefault(r["proc_id"], set()).add(delivered(site, r).rsplit("/", 1)[0])
+    assert any(len(f) > 1 for f in folders.values())  # an accession with more than one series folder
+    for row in read_csv(out / "procedure_occurrence.csv"):
+        group = next(r["group_id"] for r in rows if r["proc_id"] == row["procedure_occurrence_id"])
+        parts = min(folders[row["procedure_occurrence_id"]]).split("/")
+        folder = "/".join(parts[:parts.index(group, 1) + 1])
+        assert all(f == folder or f.startswith(folder + "/") for f in folders[row["procedure_occurrence_id"]])
+        assert row["procedure_source_value"] == f"path: {folder}, group: {group}", row
+
+
 def test_ids_are_stable_across_versions(released, tmp_path):
     site, db, out = released
     before = {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(out / "waveform_registry.csv")}
