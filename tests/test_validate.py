@@ -650,6 +650,16 @@ def test_a_registry_is_known_by_the_modality_its_name_gives(clean, image, wavefo
     assert found(clean) == set()
 
 
+def test_ids_written_as_decimals_are_told_so(clean):
+    """A registry written by pandas, whose visit_id column has empty cells, holds visit 1 as 1.0: the finding said
+    'visit_id(s) 1.0 are not in visit_occurrence.csv', and the site looked for a visit that is there."""
+    registry("Waveforms", lambda rows: [[*r[:4], f"{r[4]}.0" if r[4] != "" else "", *r[5:]] for r in rows])(clean)
+    message = validate(clean).filter(pl.col("rule") == "registry.unknown_visit")["message"].item()
+    visit = message.split("visit_id(s) ")[1].split(",")[0].split(" ")[0]
+    assert visit.endswith(".0") and f"({visit} is an integer written as a decimal" in message, message
+    assert message.endswith(f"write {visit[:-2]})"), message
+
+
 def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
     """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
     a site that copied it got registry.columns, and no other rule looked at its registry."""

@@ -101,8 +101,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
         out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
-                          fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons",
-                                    pl.col("_p").list.head(5).list.join(", "))))
+                          fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons{}",
+                                    pl.col("_p").list.head(5).list.join(", "), _decimals("_p"))))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
         given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
@@ -122,7 +122,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
         out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
                           fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
-                                    "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
+                                    "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
+                              _decimals("_v"))))
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
@@ -142,6 +143,17 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _decimals(ids: str) -> pl.Expr:
+    """What to add where ids are integers written as decimals (1.0, as pandas writes an integer column that has empty
+    cells): the linkage procedure's ids are integers (bigint), and 1.0 matches no id."""
+    decimal = pl.col(ids).list.eval(pl.element().filter(pl.element().str.contains(r"^[0-9]+\.0*$")))
+    return (pl.when(decimal.list.len() > 0)
+            .then(fmt(" ({} is an integer written as a decimal, as pandas writes an integer column with empty cells: "
+                      "the linkage procedure's ids are integers; write {})", decimal.list.first(),
+                      decimal.list.first().str.replace(r"\.0*$", "")))
+            .otherwise(pl.lit("")))
 
 
 def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
