@@ -127,6 +127,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
+    out += _procedure_person(site, usable)
     out += _conflicts(usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
@@ -241,6 +242,31 @@ def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
             f"the linkage procedure gives the procedures of {modality.lower()[:-1]} files {own}; set it in those rows",
             pl.col("_k"), pl.col("_id").list.head(3).list.join(", "))))
     return out
+
+
+def _procedure_person(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage: the registries "create rows in your OMOP PROCEDURE_OCCURRENCE table", the rows' person_id
+    the registry's (the patient whose files they are). A proc_id whose row in procedure_occurrence.csv (of concept
+    4180938 or 4141651) is another person's links the files to that person's procedure."""
+    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("linkage_persons").is_not_null())
+    if procedures.height == 0 or usable.height == 0:
+        return []
+    theirs = (procedures.select(pl.col("linkage_persons").explode()).drop_nulls()
+              .select(_id=pl.col("linkage_persons").list.get(0), _omop=pl.col("linkage_persons").list.get(1)))
+    mine = (usable.select("srcfile", "proc_person_pairs").explode("proc_person_pairs").drop_nulls("proc_person_pairs")
+            .select("srcfile", _id=pl.col("proc_person_pairs").list.get(0),
+                    _person=pl.col("proc_person_pairs").list.get(1)))
+    # an id of a registry and a row of the table with persons that differ (leading zeros aside, as OMOP stores ids);
+    # a proc_id of several persons in the registry is registry.proc_conflict's, a row of several persons the table's
+    mine = mine.filter(_norm_id(pl.col("_person")).n_unique().over("srcfile", "_id") == 1)
+    other = (mine.join(theirs, on="_id").filter(_norm_id(pl.col("_person")) != _norm_id(pl.col("_omop")))
+             .sort("_id", "_person", "_omop").group_by("srcfile", maintain_order=True)
+             .agg(_told=fmt("{} of person {} in the registry, {} in procedure_occurrence.csv", pl.col("_id"),
+                            pl.col("_person"), pl.col("_omop")), _n=pl.col("_id").n_unique()))
+    return [_found("registry.procedure_person", other, "srcfile", fmt(
+        "{} proc_id(s) are procedures of another person in procedure_occurrence.csv (e.g. {}): the linkage procedure "
+        "makes each proc_id the PROCEDURE_OCCURRENCE row of the files' person; fix person_id in those rows (or the "
+        "registry's proc_id or person_id)", pl.col("_n").cast(pl.String), pl.col("_told").list.head(3).list.join("; ")))]
 
 
 def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:
