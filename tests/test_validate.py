@@ -1282,6 +1282,8 @@ def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
                          accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101"))(clean)
     message = validate(clean).filter(pl.col("rule") == "dicom.identifying_tag")["message"].item()
     assert message.startswith("identifying attribute(s) PatientName, PatientBirthDate still filled"), message
+    # the fix, and no claim that the de-identification profile empties them (PS3.15 allows dummy values for both)
+    assert message.endswith("(empty them; PatientName may hold the person id)") and "profile" not in message, message
 
 
 @pytest.mark.parametrize("name", [f"{P0}^", f"{P0}^^^^", f"{P0}^^^^=="])

@@ -276,6 +276,8 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             ])),
         _found(
             "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
-            fmt("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
-                      "de-identification profile does)", pl.col("_filled").list.join(", "))),
+            # (not "as the de-identification profile does": PS3.15's basic profile also lets PatientName and
+            # PatientBirthDate hold a dummy value, which a header cannot tell from a real one)
+            fmt("identifying attribute(s) {} still filled: de-identify the file (empty them; PatientName may hold "
+                "the person id)", pl.col("_filled").list.join(", "))),
     ]
