@@ -304,7 +304,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     procedures = (
         out.group_by("proc_id").agg(
             pl.col("person_id").first(), pl.col("modality").first(), pl.col("group_id").first(),
-            pl.col("_when").min(), pl.col("visit_id").drop_nulls().first(),
+            # the visit of the earliest capture that has one (the files' order by path is not their order in time)
+            pl.col("_when").min(), pl.col("visit_id").sort_by("_when", nulls_last=True).drop_nulls().first(),
             folder.min().alias("_first"), folder.max().alias("_last"))
         .pipe(lambda frame: frame.with_columns(_folder=_group_folder(frame)))
         .sort("proc_id")
