@@ -1260,6 +1260,16 @@ def test_a_table_in_a_subfolder_of_omop_is_told_where_tables_belong(clean):
     assert message.startswith("in a subfolder of OMOP/, where no table is read"), message
 
 
+@pytest.mark.parametrize("folder", ["Waveforms", "images"])
+def test_a_data_folder_at_the_root_is_told_it_belongs_in_a_person_folder(clean, folder):
+    """Waveforms/ at the site root (a site that left out the person folders) was 'top-level folder is not OMOP/, ...:
+    move or remove it': the site was told to remove its waveforms, not where they belong."""
+    write(clean, f"{folder}/Telemetry/5000/5000.h5", b"x")
+    message = validate(clean).filter(pl.col("rule") == "layout.unexpected_folder")["message"].item()
+    assert message.startswith(f"{folder}/ lies at the site root") and f"<person_id>/{folder}/" in message, message
+    assert "remove" not in message
+
+
 def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
     """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
     registry.absent: the site was told to remove the registry it ships, not where it belongs."""
