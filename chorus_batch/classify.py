@@ -136,7 +136,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 2
+CLASSIFY_LOGIC = 3
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
@@ -192,11 +192,20 @@ def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
     session, file = g.struct.field("session"), g.struct.field("file")
     date, time = g.struct.field("date"), g.struct.field("time")
     stamp_ok = pl.concat_str([date, time]).str.strptime(pl.Datetime, "%Y%m%d%H%M%S", strict=False).is_not_null()
+    # A name starts with its session id only where the id ends there: 10001.h5 is named by session 10001, not 1000
+    # (the procedures name a session's files <session_id>.<ext>, <session_id>n.csv, <session_id>_0001.dat, ...).
+    def named_by(prefix: pl.Expr) -> pl.Expr:
+        return file.str.starts_with(prefix) & ~(
+            prefix.str.contains(r"[0-9]$") & file.str.slice(prefix.str.len_chars(), 1).str.contains(r"^[0-9]$"))
     return (
         pl.when(name_person.is_not_null() & (name_person != person))
         .then(fmt("person id in the file name ({}) differs from the person folder ({})", name_person, person))
-        .when(file.is_not_null() & session.is_not_null() & ~file.str.starts_with(session)
-              & ~file.str.starts_with(pl.concat_str([person, session], separator="_")) & (file != "RECORDS"))
+        # v1.0's <session>/<file> also fits a file lying directly in Waveforms/Telemetry/ or EEG/: not a session
+        .when(pl.lit(pattern.layout == "waveforms-v1.0") & session.str.contains(r"^(?i:telemetry|eeg)$"))
+        .then(fmt("file {} lies directly in Waveforms/{}/, not in a session folder "
+                  "(Waveforms/{}/<session_id>/<session_id>[...].<ext>)", file, session, session))
+        .when(file.is_not_null() & session.is_not_null() & ~named_by(session)
+              & ~named_by(pl.concat_str([person, session], separator="_")) & (file != "RECORDS"))
         .then(fmt("file name {} does not start with its session id {}", file, session))
         .when(date.is_not_null() & ~stamp_ok)
         .then(fmt("invalid date/time {}_{} in the file name", date, time))

@@ -300,11 +300,14 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
         REGISTRY_COLUMNS).with_row_index("image_registry_id", offset=1)
+    folder = pl.col("srcfile").str.extract(r"^(.*)/[^/]+$")
     procedures = (
         out.group_by("proc_id").agg(
             pl.col("person_id").first(), pl.col("modality").first(), pl.col("group_id").first(),
-            pl.col("_when").min(), pl.col("visit_id").drop_nulls().first(),
-            pl.col("srcfile").str.extract(r"^(.*)/[^/]+$").min().alias("_folder"))
+            # the visit of the earliest capture that has one (the files' order by path is not their order in time)
+            pl.col("_when").min(), pl.col("visit_id").sort_by("_when", nulls_last=True).drop_nulls().first(),
+            folder.min().alias("_first"), folder.max().alias("_last"))
+        .pipe(lambda frame: frame.with_columns(_folder=_group_folder(frame)))
         .sort("proc_id")
         .select(
             procedure_occurrence_id="proc_id", person_id="person_id",
@@ -315,6 +318,26 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     )
     log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
     return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new)
+
+
+def _group_folder(frame: pl.DataFrame) -> pl.Expr:
+    """A procedure's folder: that of its session or accession (group_id), where a folder of its files' paths is
+    named so (an accession's, not the first of its series folders); else the folder that holds all its files."""
+    at = (pl.col("_first") + "/").str.find("/" + pl.col("group_id") + "/", literal=True)  # (never the person folder)
+    return pl.when(at.is_not_null()).then(pl.col("_first").str.slice(0, at + 1 + pl.col("group_id").str.len_chars())
+                                          ).otherwise(_common_folder(frame, "_first", "_last"))
+
+
+def _common_folder(frame: pl.DataFrame, first: str, last: str) -> pl.Expr:
+    """The folder holding all the files, from the first and last of their folders in sorted order (any part they
+    share, every folder between shares)."""
+    a, b = pl.col(first).str.split("/"), pl.col(last).str.split("/")
+    depth = int(frame[first].str.count_matches("/").max() or 0) + 1  # the parts of the deepest folder
+    shared, run = pl.lit(0, pl.Int32), pl.lit(True)
+    for k in range(depth):
+        run = run & (a.list.get(k, null_on_oob=True) == b.list.get(k, null_on_oob=True)).fill_null(False)
+        shared = shared + run.cast(pl.Int32)
+    return a.list.head(shared).list.join("/")
 
 
 def write_registries(registries: Registries, out: str | Path, *, omop: bool = False) -> list[Path]:

@@ -66,6 +66,13 @@ def test_current_waveform_layout_records_the_session_under_its_category(category
     assert row["record_key"] == f"Waveforms|10001001|{row['category']}/901234"  # telemetry and EEG: two records
 
 
+@pytest.mark.parametrize("name", ["901234.hea", "901234n.csv", "901234_0001.dat", "901234_layout.hea", "901234.edf",
+                                  "901234-ecg.h5", "901234"])
+def test_a_session_file_is_named_by_its_session_id_then_any_non_digit(name):
+    row = one(f"10001001/Waveforms/Telemetry/901234/{name}")
+    assert row["parse_error"] is None and row["session_id"] == "901234"
+
+
 def test_current_image_layout_records_the_accession():
     row = one("10001001/Images/CT/1234/5678/000.dcm")
     assert row["parse_error"] is None and row["layout"] == "current"
@@ -125,6 +132,12 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         ("000123/Waveforms/000123_20201301_101010_60.dat", "invalid date/time"),
         ("000123/Waveforms/S1/other.hea", "does not start with its session id S1"),
         ("000123/Waveforms/Telemetry/901/902.hea", "does not start with its session id 901"),
+        # named by session 9011, not 901 (it was taken for a file of session 901, with no word)
+        ("000123/Waveforms/Telemetry/901/9011.hea", "does not start with its session id 901"),
+        ("000123/Waveforms/S1/000123_S12.h5", "does not start with its session id S1"),
+        # no session folder (it was "does not start with its session id Telemetry", a folder the site has right)
+        ("000123/Waveforms/Telemetry/901.hea", "lies directly in Waveforms/Telemetry/, not in a session folder"),
+        ("000123/Waveforms/EEG/EEG_1.edf", "lies directly in Waveforms/EEG/, not in a session folder"),
         ("000123/Images/x.dcm", "fits no Images layout"),
         ("000123/Notes/n.txt", "folder 000123/"),
         # a line break in the name, not the folder (it was "folder OMOP/ is not OMOP/, ...")

@@ -119,6 +119,48 @@ def test_a_proc_id_per_session_or_accession_in_its_range(released):
                for r in procedures)
 
 
+def test_a_procedures_source_value_names_its_session_or_accession_folder(released):
+    """An accession of two series gave procedure_source_value 'path: <the first series folder>': the procedure's
+    files were not all under the path it named. The path is now the session's or accession's folder."""
+    site, _db, out = released
+    rows = read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")
+    folders: dict[str, set[str]] = {}
+    for r in rows:
+        folders.setdefault(r["proc_id"], set()).add(delivered(site, r).rsplit("/", 1)[0])
+    assert any(len(f) > 1 for f in folders.values())  # an accession with more than one series folder
+    for row in read_csv(out / "procedure_occurrence.csv"):
+        group = next(r["group_id"] for r in rows if r["proc_id"] == row["procedure_occurrence_id"])
+        parts = min(folders[row["procedure_occurrence_id"]]).split("/")
+        folder = "/".join(parts[:parts.index(group, 1) + 1])
+        assert all(f == folder or f.startswith(folder + "/") for f in folders[row["procedure_occurrence_id"]])
+        assert row["procedure_source_value"] == f"path: {folder}, group: {group}", row
+
+
+def test_a_procedures_visit_is_that_of_its_earliest_capture(tmp_path):
+    """An accession whose series fall in two visits got the visit of its first file by path (a later series, its
+    folder's UID sorting first), not that of its earliest capture, as the procedure's date and time are."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    assert cli("registry", "--db", str(db), "--out", str(out)).returncode == 0
+    rows = read_csv(out / "image_registry.csv")
+    # an accession whose first file by path was captured after another of its files
+    first = next(r for r in rows if min(x["datetime"] for x in rows if x["proc_id"] == r["proc_id"]) < r["datetime"]
+                 and r is next(x for x in rows if x["proc_id"] == r["proc_id"]))
+    later = datetime.strptime(first["datetime"], "%Y-%m-%d %H:%M:%S")
+    # a visit of that person from just before the later capture: the later files' visit (the latest-starting one)
+    with (site / "OMOP" / "visit_occurrence.csv").open("a") as f:
+        f.write(f"999999,{first['person_id']},9201,{later:%Y-%m-%d},{later.replace(second=0, minute=later.minute - 1)},"
+                f"{later:%Y-%m-%d},{later.replace(minute=later.minute + 5)},32817\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    assert cli("registry", "--db", str(db), "--out", str(out), "--omop").returncode == 0
+    rows = [r for r in read_csv(out / "image_registry.csv") if r["proc_id"] == first["proc_id"]]
+    assert {r["visit_id"] for r in rows} == {"999999", min(rows, key=lambda r: r["datetime"])["visit_id"]} != {"999999"}
+    procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == first["proc_id"])
+    earliest = min(rows, key=lambda r: r["datetime"])
+    assert (procedure["procedure_datetime"], procedure["visit_occurrence_id"]) == (earliest["datetime"], earliest["visit_id"])
+
+
 def test_ids_are_stable_across_versions(released, tmp_path):
     site, db, out = released
     before = {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(out / "waveform_registry.csv")}

@@ -379,10 +379,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_person", registry("Images", lambda rows: [[*r[:2], "424242", *r[3:]] if i == 0 else r
                                                          for i, r in enumerate(rows)]),
      {("registry.unknown_person", "image_registry.csv"), ("registry.person_folder", "image_registry.csv"),
-      ("registry.visit_person", "image_registry.csv")}),  # (its visit is still the folder's person's)
+      ("registry.visit_person", "image_registry.csv"),  # (its visit is still the folder's person's)
+      ("registry.procedure_person", "image_registry.csv")}),  # (and so is its procedure)
     ("registry_person_folder", registry("Waveforms", lambda rows: [[*r[:2], P1, *r[3:]] if i == 0 else r
                                                                    for i, r in enumerate(rows)]),
-     {("registry.person_folder", "waveform_registry.csv"), ("registry.visit_person", "waveform_registry.csv")}),
+     {("registry.person_folder", "waveform_registry.csv"), ("registry.visit_person", "waveform_registry.csv"),
+      ("registry.procedure_person", "waveform_registry.csv")}),
     ("registry_visit", registry("Waveforms", lambda rows: [[*r[:4], 1234, *r[5:]] if i == 0 else r
                                                            for i, r in enumerate(rows)]),
      {("registry.unknown_visit", "waveform_registry.csv")}),
@@ -405,6 +407,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     # Multimodal-Linkage: 4141651 (Monitoring Procedure) for waveform files' procedures, 4180938 (Imaging) for images'
     ("registry_procedure_concept", edit("OMOP/procedure_occurrence.csv", lambda t: t.replace(",4141651,", ",4180938,")),
      {("registry.procedure_concept", "waveform_registry.csv")}),
+    # Multimodal-Linkage: a proc_id's PROCEDURE_OCCURRENCE row is that of the files' person
+    ("registry_procedure_person", edit("OMOP/procedure_occurrence.csv",
+                                       lambda t: t.replace("1000000000,000101,4180938", "1000000000,000102,4180938")),
+     {("registry.procedure_person", "image_registry.csv")}),
     ("registry_proc_overlap", registry("Images", lambda rows: [[r[0], 9001, *r[2:]] if i == 0 else r
                                                                for i, r in enumerate(rows)]),
      {("registry.proc_overlap", "image_registry.csv")}),
@@ -650,6 +656,27 @@ def test_a_registry_is_known_by_the_modality_its_name_gives(clean, image, wavefo
     assert found(clean) == set()
 
 
+def test_a_proc_id_whose_procedure_is_another_persons_is_told(clean):
+    """A registry's proc_id whose PROCEDURE_OCCURRENCE row (concept 4180938) was another person's passed without a
+    word: the files were linked to that person's procedure. Leading zeros do not make another person."""
+    edit("OMOP/procedure_occurrence.csv", lambda t: t.replace("1000000000,000101,4180938", "1000000000,101,4180938"))(clean)
+    assert "registry.procedure_person" not in set(validate(clean)["rule"])
+    edit("OMOP/procedure_occurrence.csv", lambda t: t.replace("1000000000,101,4180938", "1000000000,000102,4180938"))(clean)
+    message = validate(clean).filter(pl.col("rule") == "registry.procedure_person")["message"].item()
+    assert message.startswith("1 proc_id(s) are procedures of another person in procedure_occurrence.csv (e.g. "
+                              "1000000000 of person 000101 in the registry, 000102 in procedure_occurrence.csv)"), message
+
+
+def test_ids_written_as_decimals_are_told_so(clean):
+    """A registry written by pandas, whose visit_id column has empty cells, holds visit 1 as 1.0: the finding said
+    'visit_id(s) 1.0 are not in visit_occurrence.csv', and the site looked for a visit that is there."""
+    registry("Waveforms", lambda rows: [[*r[:4], f"{r[4]}.0" if r[4] != "" else "", *r[5:]] for r in rows])(clean)
+    message = validate(clean).filter(pl.col("rule") == "registry.unknown_visit")["message"].item()
+    visit = message.split("visit_id(s) ")[1].split(",")[0].split(" ")[0]
+    assert visit.endswith(".0") and f"({visit} is an integer written as a decimal" in message, message
+    assert message.endswith(f"write {visit[:-2]})"), message
+
+
 def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
     """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
     a site that copied it got registry.columns, and no other rule looked at its registry."""
@@ -776,7 +803,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
-                                 "mapping_csv.v4", "registry_csv.v7", "omop_procedures.v3"}
+                                 "mapping_csv.v4", "registry_csv.v8", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -885,11 +912,11 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
     ("omop_person.v2", "OMOP/person.csv", "person_id,note\n000001,a\n"),
-    ("omop_procedures.v3", "OMOP/procedure_occurrence.csv",
+    ("omop_procedures.v4", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v7", "image_registry.csv",
+    ("registry_csv.v8", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -964,7 +991,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v7", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v8", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -980,7 +1007,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v7", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v8", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -995,7 +1022,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v7", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v8", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1004,7 +1031,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v7": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v8": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1019,7 +1046,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v3", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v7", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v8", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1233,6 +1260,26 @@ def test_a_table_in_a_subfolder_of_omop_is_told_where_tables_belong(clean):
     assert message.startswith("in a subfolder of OMOP/, where no table is read"), message
 
 
+@pytest.mark.parametrize("folder", ["Waveforms", "images"])
+def test_a_data_folder_at_the_root_is_told_it_belongs_in_a_person_folder(clean, folder):
+    """Waveforms/ at the site root (a site that left out the person folders) was 'top-level folder is not OMOP/, ...:
+    move or remove it': the site was told to remove its waveforms, not where they belong."""
+    write(clean, f"{folder}/Telemetry/5000/5000.h5", b"x")
+    message = validate(clean).filter(pl.col("rule") == "layout.unexpected_folder")["message"].item()
+    assert message.startswith(f"{folder}/ lies at the site root") and f"<person_id>/{folder}/" in message, message
+    assert "remove" not in message
+
+
+def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
+    """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
+    registry.absent: the site was told to remove the registry it ships, not where it belongs."""
+    (clean / "OMOP").mkdir(exist_ok=True)
+    write(clean, "OMOP/waveform_registry.csv", b"file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n")
+    message = validate(clean).filter(pl.col("srcfile") == "OMOP/waveform_registry.csv")["message"].item()
+    assert message.startswith("a linkage registry in OMOP/, where none is read"), message
+    assert "at the site root" in message and "remove" not in message
+
+
 def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
     """The finding listed the reader's keys ("patient_name, patient_birth_date"), which no DICOM tool shows."""
     from pydicom.datadict import keyword_for_tag
@@ -1245,6 +1292,20 @@ def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
                          accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101"))(clean)
     message = validate(clean).filter(pl.col("rule") == "dicom.identifying_tag")["message"].item()
     assert message.startswith("identifying attribute(s) PatientName, PatientBirthDate still filled"), message
+    # the fix, and no claim that the de-identification profile empties them (PS3.15 allows dummy values for both)
+    assert message.endswith("(empty them; PatientName may hold the person id)") and "profile" not in message, message
+
+
+@pytest.mark.parametrize("name", [f"{P0}^", f"{P0}^^^^", f"{P0}^^^^=="])
+def test_a_person_name_that_is_the_person_id_with_empty_components_is_no_identifying_tag(clean, name):
+    """PatientName 000001^ (the person id as family name, the given name empty, as de-identification tools write a
+    pseudonym) was 'identifying attribute(s) PatientName still filled', an error the site could not clear."""
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, PatientName=name))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.identifying_tag").height == 0
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, PatientName=f"{P0}^Jane"))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.identifying_tag").height == 1
 
 
 def test_a_wfdb_header_with_a_utf8_comment_is_read_as_wfdb_reads_it(clean, tmp_path):
@@ -1292,10 +1353,10 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
     from chorus_batch.validate.readers import parse_facts
 
     body = ("procedure_occurrence_id,person_id,procedure_concept_id\n0009000,1,4000\n9001 ,1,\n9003,1,4000\n"
-            "x9,1,4000\n2001000000,1,4141651\n2000000001,1,4180938\n")
+            f"x9,1,4000\n2001000000,{P0},4141651\n2000000001,1,4180938\n")  # (2001000000: the registry's first row, P0's)
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_procedures.v3", f)
+        facts = parse_facts("omop_procedures.v4", f)
     assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
@@ -1312,7 +1373,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v7", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v8", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):

@@ -247,7 +247,8 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
     """PatientID is the person folder, AccessionNumber an integer id; no attribute that identifies the patient is left filled."""
     ok = d.lazy().filter(pl.col("_ok"))
     person = _norm_id(pl.col("_top"))
-    name = _norm_id(pl.col("patient_name"))
+    # A person name's empty trailing components may be written or left out (PS3.5 6.2): 000001^ and 000001^^^^ are 000001
+    name = _norm_id(pl.col("patient_name").str.strip_chars_end("^= "))
     pseudonym = pl.col("patient_name").is_null() | (name == person) | (name == _norm_id(pl.col("patient_id")))
     is_filled = {key: pl.col(key).is_not_null() & ~pseudonym if key == "patient_name" else pl.col(key).is_not_null()
                  for key in IDENTIFYING_DICOM_TAGS}
@@ -275,6 +276,8 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             ])),
         _found(
             "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
-            fmt("identifying attribute(s) {} still filled: de-identify the file (empty them, as the "
-                      "de-identification profile does)", pl.col("_filled").list.join(", "))),
+            # (not "as the de-identification profile does": PS3.15's basic profile also lets PatientName and
+            # PatientBirthDate hold a dummy value, which a header cannot tell from a real one)
+            fmt("identifying attribute(s) {} still filled: de-identify the file (empty them; PatientName may hold "
+                "the person id)", pl.col("_filled").list.join(", "))),
     ]

@@ -26,8 +26,13 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                pl.lit("file in the site root: move it into OMOP/, Metadata/ or its person folder (only the linkage "
                       "registries belong at the root)")),
         _found("layout.unexpected_folder", folders.filter(~pl.col("_is_person")), pl.col("_top") + "/",
-               pl.lit("top-level folder is not OMOP/, Metadata/ or a person folder (no Images/, Waveforms/ or "
-                      "Metadata/ inside, and not a person_id in person.csv): move or remove it")),
+               # a person's data folder put at the root: told where it belongs, not to be removed
+               pl.when(pl.col("_top").str.to_lowercase().is_in(["waveforms", "images"])).then(fmt(
+                   "{}/ lies at the site root: the procedures keep each person's {} in that person's folder "
+                   "(<person_id>/{}/...); move its files into the person folders", pl.col("_top"),
+                   pl.col("_top").str.to_lowercase(), pl.col("_top")))
+               .otherwise(pl.lit("top-level folder is not OMOP/, Metadata/ or a person folder (no Images/, "
+                                 "Waveforms/ or Metadata/ inside, and not a person_id in person.csv): move or remove it"))),
         _found("layout.person_no_data", folders.filter(pl.col("_is_person") & ~pl.col("_has_data")),
                pl.col("_top") + "/",
                pl.lit("person folder has neither Images/ nor Waveforms/: add the person's data or remove the folder")),

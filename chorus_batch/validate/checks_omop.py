@@ -53,6 +53,10 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         pl.when(~in_folder).then(pl.lit(
             "in a subfolder of OMOP/, where no table is read: the tables lie directly in OMOP/ (one snapshot of "
             "each); move it there or remove it (keep earlier versions outside the site)"))
+        # (the registries are read where the linkage procedure delivers them: at the root of the release)
+        .when(pl.col("_name").str.to_lowercase().str.contains(r"registry.*\.csv$")).then(pl.lit(
+            "a linkage registry in OMOP/, where none is read: the linkage procedure delivers the registries with the "
+            "extract, at the site root (or in Metadata/); move it there"))
         .otherwise(pl.lit("not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the CDM 5.4 clinical tables "
                           "and waveform_visit_links.csv only; rename or remove it"))))
 

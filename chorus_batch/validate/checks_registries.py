@@ -101,8 +101,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
         out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
-                          fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons",
-                                    pl.col("_p").list.head(5).list.join(", "))))
+                          fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons{}",
+                                    pl.col("_p").list.head(5).list.join(", "), _decimals("_p"))))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
         given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
@@ -122,10 +122,12 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
         out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
                           fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
-                                    "empty where no visit overlaps", pl.col("_v").list.head(5).list.join(", "))))
+                                    "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
+                              _decimals("_v"))))
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
+    out += _procedure_person(site, usable)
     out += _conflicts(usable)
     listed = _listed(usable)
     for modality in ("Waveforms", "Images"):
@@ -142,6 +144,17 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _decimals(ids: str) -> pl.Expr:
+    """What to add where ids are integers written as decimals (1.0, as pandas writes an integer column that has empty
+    cells): the linkage procedure's ids are integers (bigint), and 1.0 matches no id."""
+    decimal = pl.col(ids).list.eval(pl.element().filter(pl.element().str.contains(r"^[0-9]+\.0*$")))
+    return (pl.when(decimal.list.len() > 0)
+            .then(fmt(" ({} is an integer written as a decimal, as pandas writes an integer column with empty cells: "
+                      "the linkage procedure's ids are integers; write {})", decimal.list.first(),
+                      decimal.list.first().str.replace(r"\.0*$", "")))
+            .otherwise(pl.lit("")))
 
 
 def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -229,6 +242,31 @@ def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
             f"the linkage procedure gives the procedures of {modality.lower()[:-1]} files {own}; set it in those rows",
             pl.col("_k"), pl.col("_id").list.head(3).list.join(", "))))
     return out
+
+
+def _procedure_person(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """Multimodal-Linkage: the registries "create rows in your OMOP PROCEDURE_OCCURRENCE table", the rows' person_id
+    the registry's (the patient whose files they are). A proc_id whose row in procedure_occurrence.csv (of concept
+    4180938 or 4141651) is another person's links the files to that person's procedure."""
+    procedures = site.of_kind(KIND_PROCEDURES).filter(pl.col("_ok") & pl.col("linkage_persons").is_not_null())
+    if procedures.height == 0 or usable.height == 0:
+        return []
+    theirs = (procedures.select(pl.col("linkage_persons").explode()).drop_nulls()
+              .select(_id=pl.col("linkage_persons").list.get(0), _omop=pl.col("linkage_persons").list.get(1)))
+    mine = (usable.select("srcfile", "proc_person_pairs").explode("proc_person_pairs").drop_nulls("proc_person_pairs")
+            .select("srcfile", _id=pl.col("proc_person_pairs").list.get(0),
+                    _person=pl.col("proc_person_pairs").list.get(1)))
+    # an id of a registry and a row of the table with persons that differ (leading zeros aside, as OMOP stores ids);
+    # a proc_id of several persons in the registry is registry.proc_conflict's, a row of several persons the table's
+    mine = mine.filter(_norm_id(pl.col("_person")).n_unique().over("srcfile", "_id") == 1)
+    other = (mine.join(theirs, on="_id").filter(_norm_id(pl.col("_person")) != _norm_id(pl.col("_omop")))
+             .sort("_id", "_person", "_omop").group_by("srcfile", maintain_order=True)
+             .agg(_told=fmt("{} of person {} in the registry, {} in procedure_occurrence.csv", pl.col("_id"),
+                            pl.col("_person"), pl.col("_omop")), _n=pl.col("_id").n_unique()))
+    return [_found("registry.procedure_person", other, "srcfile", fmt(
+        "{} proc_id(s) are procedures of another person in procedure_occurrence.csv (e.g. {}): the linkage procedure "
+        "makes each proc_id the PROCEDURE_OCCURRENCE row of the files' person; fix person_id in those rows (or the "
+        "registry's proc_id or person_id)", pl.col("_n").cast(pl.String), pl.col("_told").list.head(3).list.join("; ")))]
 
 
 def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:

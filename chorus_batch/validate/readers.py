@@ -526,6 +526,11 @@ def _registry_facts(f) -> dict[str, Any]:
     split = (frame.filter((pl.col("proc_id").fill_null("") != "") & (people != ""))
              .group_by("proc_id").agg(_n=people.str.replace(r"^0+(\d)", "${1}").n_unique()).filter(pl.col("_n") > 1))
     facts.update(n_proc_persons=split.height, proc_persons=split["proc_id"].sort().head(5).to_list())
+    # each integer proc_id's person(s), as [proc_id, person_id] pairs (registry.procedure_person)
+    facts.update(proc_person_pairs=frame.select(
+        _proc=pl.col("proc_id").fill_null("").str.strip_chars(), _person=people.str.strip_chars())
+        .filter(pl.col("_proc").str.contains(r"^[0-9]{1,18}$") & (pl.col("_person") != "")).unique()
+        .sort("_proc", "_person").select(pl.concat_list("_proc", "_person")).to_series().to_list())
     # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
     # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
@@ -792,13 +797,17 @@ def _procedure_facts(f) -> dict[str, Any]:
 
     facts, raw, ended = _csv_header(f)
     wanted = ("procedure_occurrence_id", "procedure_concept_id")
-    facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = None
+    facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = facts["linkage_persons"] = None
     if facts["delimiter"] != "," or any(w not in facts["columns"] for w in wanted):
         return facts
+    # the [id, person_id] of the rows of a linkage concept (registry.procedure_person), where the table has person_id
+    person_name = raw[facts["columns"].index("person_id")] if "person_id" in facts["columns"] else None
     if ended:  # only the header row
         facts["ehr_runs"] = facts["runs"] = facts["image_runs"] = facts["waveform_runs"] = []
+        facts["linkage_persons"] = [] if person_name is not None else None
         return facts
     ids_name, concept_name = (raw[facts["columns"].index(w)] for w in wanted)
+    linked: list[list[str]] = []
     f.seek(0)
     chunks: list[Any] = []
     every: list[Any] = []  # all integer ids, of any concept (registry.no_procedure)
@@ -809,8 +818,9 @@ def _procedure_facts(f) -> dict[str, Any]:
         reader = pacsv.open_csv(
             gate, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(include_columns=[ids_name, concept_name],
-                                                 column_types={ids_name: pa.string(), concept_name: pa.string()}))
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[ids_name, concept_name, *([person_name] if person_name is not None else [])],
+                column_types={name: pa.string() for name in (ids_name, concept_name, person_name) if name is not None}))
         # No Python value reaches pyarrow (pa.array, pa.scalar, fill_null(x, False)): it would ask pandas whether it
         # can take it, importing pandas (0.3-0.5 s) into the run; the patterns are options, not values. The string
         # columns hold no nulls (ConvertOptions' strings_can_be_null is False): an empty cell is "".
@@ -825,6 +835,11 @@ def _procedure_facts(f) -> dict[str, Any]:
             for code, kept in per_concept.items():
                 kept.append(_int64s(pc.cast(pc.filter(ids, pc.and_(integer, pc.match_substring_regex(
                     concept, f"^{code}$"))), pa.int64())))
+            if person_name is not None:
+                of_linkage = pc.and_(integer, pc.match_substring_regex(concept, linkage))
+                people = pc.utf8_trim(pc.utf8_trim_whitespace(batch.column(person_name)), characters='"')
+                linked += [[i, p] for i, p in zip(pc.filter(ids, of_linkage).to_pylist(),
+                                                  pc.filter(people, of_linkage).to_pylist()) if p]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
@@ -832,6 +847,7 @@ def _procedure_facts(f) -> dict[str, Any]:
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)
     imaging, monitoring = LINKAGE_CONCEPTS
     facts["image_runs"], facts["waveform_runs"] = _runs(per_concept[imaging]), _runs(per_concept[monitoring])
+    facts["linkage_persons"] = sorted(map(list, {tuple(pair) for pair in linked})) if person_name is not None else None
     return facts
 
 

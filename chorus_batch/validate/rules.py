@@ -171,11 +171,13 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # (visit_id, person_id) pairs (registry.visit_person)
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v7"
+# registry_csv.v8 also keeps each integer proc_id's person(s) (registry.procedure_person)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v8"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
-KIND_PROCEDURES = "omop_procedures.v3"
+# v4 also keeps the person_id of each row of a linkage concept (registry.procedure_person)
+KIND_PROCEDURES = "omop_procedures.v4"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
@@ -358,6 +360,10 @@ RULES: tuple[Rule, ...] = (
          "A waveform registry's proc_id is a procedure_occurrence.csv row of concept 4180938 (Imaging Procedure), or "
          "an image registry's one of 4141651 (Monitoring Procedure): the linkage procedure gives waveform files "
          "4141651 and images 4180938."),
+    Rule("registry.procedure_person", "error", "registry proc_id is another person's procedure",
+         "A registry's proc_id is, in procedure_occurrence.csv, a procedure (of concept 4180938 or 4141651) of a person "
+         "other than the registry row's person_id (the linkage procedure makes each proc_id the PROCEDURE_OCCURRENCE "
+         "row of the files' person)."),
     Rule("registry.proc_conflict", "error", "one proc_id for two procedures",
          "A proc_id has rows of more than one person, or is used by both the image and the waveform registry (each "
          "proc_id becomes one PROCEDURE_OCCURRENCE row, of one person and one procedure concept)."),

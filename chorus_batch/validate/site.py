@@ -67,12 +67,14 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
                               "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
                               "n_proc_persons": pl.Int64, "proc_persons": pl.List(pl.String),
+                              "proc_person_pairs": pl.List(pl.List(pl.String)),
                               "no_registry_id": pl.Int64, "bad_registry_id": pl.Int64, "dup_registry_id": pl.Int64,
                               "registry_id_rows": pl.List(pl.String), "unordered_registry_id": pl.Int64,
                               "unordered_registry_rows": pl.List(pl.String)}),
     KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64)), "runs": pl.List(pl.List(pl.Int64)),
                                 "image_runs": pl.List(pl.List(pl.Int64)),
-                                "waveform_runs": pl.List(pl.List(pl.Int64))}),
+                                "waveform_runs": pl.List(pl.List(pl.Int64)),
+                                "linkage_persons": pl.List(pl.List(pl.String))}),
 }
 # Every kind's facts may instead say that the file could not be read ({"error", "retry": true}; never cached).
 _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for kind, dtype in _FACT_DTYPES_OF.items()}
