@@ -100,7 +100,7 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _worker_init() -> None:
+def _worker_init(forked: bool = True) -> None:
     """In each worker: die with the parent (never an orphan holding the caller's output open), leave
     signals to the parent (it stops the pool), and write nothing to the caller's stdout or stderr."""
     import os
@@ -121,7 +121,11 @@ def _worker_init() -> None:
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # (nohup's stays: cli)
             signal.signal(signum, signal.SIG_DFL)
     _forking.unblock()  # what came while it started now meets these dispositions
-    if sys.platform == "linux":
+    # PR_SET_PDEATHSIG fires when the *thread* that started the worker ends. A fork pool starts all its workers in
+    # its first submit (Hasher._start, the main thread); a spawn pool starts each when a submit finds none idle,
+    # from whichever thread submits (the hash feeder): killed when that thread ended, a worker waiting for work
+    # took the call queue's lock with it and the others waited for it forever (the run hung at its end).
+    if forked and sys.platform == "linux":
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
@@ -218,7 +222,9 @@ class _Pool(ProcessPoolExecutor):
 def pool_executor(workers: int) -> ProcessPoolExecutor:
     """Worker processes that die with the caller and leave signals to it; the caller stops them (pool)."""
     ensure_open_files(workers)
-    return _Pool(workers, mp_context=_pool_context(), initializer=_worker_init)
+    context = _pool_context()
+    return _Pool(workers, mp_context=context, initializer=_worker_init,
+                 initargs=(context.get_start_method() == "fork",))
 
 
 def stop_pool(executor: ProcessPoolExecutor) -> None:
