@@ -204,6 +204,21 @@ def test_a_config_every_user_may_change_is_warned_of(tmp_path):
     assert out.returncode == 0 and "every user" not in out.stderr, out.stderr
 
 
+def test_a_writable_config_is_not_warned_of_on_windows(tmp_path):
+    """Windows reports every writable file as mode rw-rw-rw- (its mode bits hold only the read-only flag; an ACL says
+    who may write): each run there warned that every user may change chorus.toml, and said to `chmod o-w` it."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\nvalidate = false\n')
+    config.chmod(0o666)  # what os.stat says of any writable file on Windows
+    windows = "import os, runpy, sys\ndel os.getuid\nsys.argv[0] = 'chorus-batch'\n" \
+              "runpy.run_module('chorus_batch', run_name='__main__', alter_sys=True)\n"
+    out = subprocess.run([sys.executable, "-c", windows, "run", "-q", "--config", str(config), "--site",
+                          str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "every user" not in out.stderr and "chmod" not in out.stderr, out.stderr
+
+
 def test_a_config_not_in_utf8_names_the_line(tmp_path):
     """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
     (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
