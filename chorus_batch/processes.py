@@ -94,6 +94,31 @@ def ensure_open_files(workers: int) -> None:
             + (f", or pass --workers {fewer} (workers in [run])" if fewer else ""))
 
 
+# The exit status of a worker that was still starting when chorus_batch was called in it (refuse_while_starting).
+REENTERED_EXIT = 86
+
+
+def refuse_while_starting() -> None:
+    """Where chorus_batch begins work (a run, a pool of workers): a worker started by spawn (the only way on
+    Windows, macOS's default) first imports the caller's main script, and one that calls chorus_batch.run at its
+    top level, not under `if __name__ == "__main__":`, ran the run again in each worker ("the manifest is locked by
+    another run: pid <its own caller>", then "a worker ended abruptly ... out-of-memory killer"). Such a worker
+    exits at once with REENTERED_EXIT, which the caller says as what it is (owned)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # (multiprocessing's own test of it)
+        raise SystemExit(REENTERED_EXIT)
+
+
+def _reentered() -> UsageError:
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the script that called chorus_batch"
+    return UsageError(
+        f"the worker processes could not start: they are started by spawn (as on Windows and macOS), which imports "
+        f"{main} in each of them first, and that script calls chorus_batch when it is imported: each worker began "
+        "the run again; nothing was done in them",
+        where=main,
+        fix='put the script\'s work under `if __name__ == "__main__":` (Python\'s multiprocessing guide, "safe '
+            'importing of main module"), or pass workers=1')
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     if sys.platform == "linux":
         return multiprocessing.get_context("fork")
@@ -159,6 +184,8 @@ def owned(executor: ProcessPoolExecutor) -> Iterator[None]:
     except BrokenProcessPool as exc:  # a worker died (the OOM killer's SIGKILL): said as such, not "internal error"
         processes += [p for p in (getattr(executor, "_processes", None) or {}).values() if p not in processes]
         stop_pool(executor)
+        if any(process.exitcode == REENTERED_EXIT for process in processes):
+            raise _reentered() from exc
         raise WorkerDied(_deaths(processes)) from exc
     except BaseException:
         stop_pool(executor)
@@ -221,6 +248,7 @@ class _Pool(ProcessPoolExecutor):
 
 def pool_executor(workers: int) -> ProcessPoolExecutor:
     """Worker processes that die with the caller and leave signals to it; the caller stops them (pool)."""
+    refuse_while_starting()
     ensure_open_files(workers)
     context = _pool_context()
     return _Pool(workers, mp_context=context, initializer=_worker_init,

@@ -324,3 +324,31 @@ def test_a_spawned_worker_outlives_the_thread_that_started_it(monkeypatch):
         assert sorted(executor.map(abs, [-1, -2, -3], timeout=60)) == [1, 2, 3]
     finally:
         processes.stop_pool(executor)
+
+
+def test_a_script_that_runs_at_import_is_told_to_guard_it_where_workers_are_spawned(tmp_path):
+    """The package's own example, `run(RunSettings(...))` at a script's top level, on Windows: each spawned worker
+    imports the script and ran the run again; the caller said "the manifest is locked by another run: pid <its own
+    pid>", then "a worker process ended abruptly ... the kernel's out-of-memory killer". The workers now stop at
+    once and the caller says what is wrong and where: the script, and its missing `if __name__ == "__main__":`."""
+    import subprocess
+    import sys
+
+    from chorus_batch.hashing import PROCESS_MIN_FILES
+
+    write_snapshot(tmp_path / "site", Spec(persons=30, files_per_person=PROCESS_MIN_FILES // 25, size=64, seed=4))
+    script = tmp_path / "nightly.py"
+    body = ("import multiprocessing\nimport chorus_batch.processes as p\n"
+            "p._pool_context = lambda: multiprocessing.get_context('spawn')  # as on Windows\n"
+            "from chorus_batch import RunSettings, run\n")
+    call = f"result = run(RunSettings(site={str(tmp_path / 'site')!r}, db='m.sqlite', workers=2, validate=False))\n"
+    script.write_text(body + call)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1 and "UsageError: the worker processes could not start" in done.stderr, done.stderr
+    assert f"which imports {script} in each of them" in done.stderr and '__name__ == "__main__"' in done.stderr
+    assert "locked" not in done.stderr and "out-of-memory" not in done.stderr, done.stderr
+    assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(0,)]
+    script.write_text(body + "if __name__ == '__main__':\n    " + call)  # guarded: the same script runs
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(current_rows(tmp_path / "m.sqlite")) >= PROCESS_MIN_FILES
