@@ -125,9 +125,10 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-def _worker_init(forked: bool = True) -> None:
+def _worker_init(forked: bool = True, setup: tuple | None = None) -> None:
     """In each worker: die with the parent (never an orphan holding the caller's output open), leave
-    signals to the parent (it stops the pool), and write nothing to the caller's stdout or stderr."""
+    signals to the parent (it stops the pool), and write nothing to the caller's stdout or stderr; then
+    `setup` (function, argument), if given: what a spawned worker cannot inherit (pool_executor)."""
     import os
     import signal
 
@@ -163,12 +164,14 @@ def _worker_init(forked: bool = True) -> None:
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
+    if setup is not None:
+        setup[0](setup[1])
 
 
 @contextlib.contextmanager
-def pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+def pool(workers: int, setup: tuple | None = None) -> Iterator[ProcessPoolExecutor]:
     """Worker processes for the block (owned: leaving it waits for them, or stops them)."""
-    executor = pool_executor(workers)
+    executor = pool_executor(workers, setup)
     with owned(executor):
         yield executor
 
@@ -246,13 +249,15 @@ class _Pool(ProcessPoolExecutor):
             _forking.active = False
 
 
-def pool_executor(workers: int) -> ProcessPoolExecutor:
-    """Worker processes that die with the caller and leave signals to it; the caller stops them (pool)."""
+def pool_executor(workers: int, setup: tuple | None = None) -> ProcessPoolExecutor:
+    """Worker processes that die with the caller and leave signals to it; the caller stops them (pool). `setup`:
+    (function, argument) each worker calls as it starts, e.g. to take a shared counter: a module global the caller
+    set is inherited by forked workers only (spawned ones, on Windows and macOS, import the module afresh)."""
     refuse_while_starting()
     ensure_open_files(workers)
     context = _pool_context()
     return _Pool(workers, mp_context=context, initializer=_worker_init,
-                 initargs=(context.get_start_method() == "fork",))
+                 initargs=(context.get_start_method() == "fork", setup))
 
 
 def stop_pool(executor: ProcessPoolExecutor) -> None:

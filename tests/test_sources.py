@@ -352,3 +352,22 @@ def test_a_script_that_runs_at_import_is_told_to_guard_it_where_workers_are_spaw
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert len(current_rows(tmp_path / "m.sqlite")) >= PROCESS_MIN_FILES
+
+
+def test_spawned_workers_say_the_bytes_read_within_a_large_file(site, monkeypatch):
+    """The progress line moves within a large file through a shared counter the hashing workers add to every 16 MiB
+    read; forked workers inherited it, spawned ones (Windows) never had it: the line stood still while a 200 GB file
+    was read. The pool gives it to each worker."""
+    import multiprocessing
+
+    from chorus_batch import processes
+    from chorus_batch.hashing import _shared_counter
+    from chorus_batch.sources.base import METER_STEP, set_meter
+    from chorus_batch.workers import hash_chunk
+
+    monkeypatch.setattr(processes, "_pool_context", lambda: multiprocessing.get_context("spawn"))
+    write(site, "000001/Waveforms/big.dat", b"\1" * (2 * METER_STEP + 5))
+    counter = _shared_counter()
+    with processes.pool(1, (set_meter, counter)) as executor:
+        chunk = executor.submit(hash_chunk, LocalSource(site), ["000001/Waveforms/big.dat"]).result(timeout=60)
+    assert chunk.metered == counter.value >= METER_STEP  # said in the worker, seen here
