@@ -789,8 +789,16 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     return script
 
 
+def _write_script(text: str) -> None:
+    """A shell script on standard output with '\n' line ends whatever the system: Windows' standard output writes
+    each as '\r\n', and bash (Git Bash, WSL) reads the '\r' as part of every line ($'\r': command not found)."""
+    with contextlib.suppress(AttributeError, ValueError):  # (a caller's own stream: left as it is)
+        sys.stdout.reconfigure(newline="\n")
+    sys.stdout.write(text)
+
+
 def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
-    sys.stdout.write(_slurm_script(args, "slurm-script"))
+    _write_script(_slurm_script(args, "slurm-script"))
     return 0
 
 
@@ -1370,7 +1378,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
 
         script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
                               modalities=_modalities(args.modalities), site=args.site)
-        sys.stdout.write(script.text)
+        _write_script(script.text)
         # A command to paste: quoted for the shell, and with the manifest this script was written from.
         mark = shlex.join(["chorus-batch", "mark-uploaded", "--db", target.db, "--to", to, "--from-log", script.log])
         from .units import plural
