@@ -769,3 +769,19 @@ def test_every_command_runs_without_the_posix_only_modules_and_signals(tmp_path)
         done = command(*args)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stdout + done.stderr)
     assert command("files", "--db", db, "--md5sum").stdout == cli("files", "--db", db, "--md5sum").stdout
+
+
+def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch):
+    """Windows' Path.as_uri() is file:///C:/data/my%20site (RFC 8089): its path was taken as /C:/data/my site, which
+    Windows reads as C:\\C:\\data\\my site ("not a readable directory"). With Windows' own drive rules (ntpath), the
+    URL names C:/data/my site; elsewhere a folder named 'C:' under / is what it names, as before."""
+    import ntpath
+    import os
+
+    from chorus_batch.urls import local_path
+
+    assert local_path("file:///C:/data/my%20site") == "/C:/data/my site"  # (POSIX: a folder named 'C:')
+    monkeypatch.setattr(os.path, "splitdrive", ntpath.splitdrive)
+    assert local_path("file:///C:/data/my%20site") == "C:/data/my site"
+    assert local_path("file:///c:/") == "c:/"
+    assert local_path("file:///data/site") == "/data/site"
