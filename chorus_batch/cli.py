@@ -1244,7 +1244,16 @@ def _print_csv(frame) -> None:
     from .report.spreadsheet import csv_text, protected_note
 
     text, quoted = csv_text(frame)
-    sys.stdout.write(text)
+    out = sys.stdout
+    if hasattr(out, "buffer") and not getattr(out, "isatty", lambda: True)():  # (stdout closed: no isatty)
+        # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding: Windows' redirected
+        # output is in the ANSI code page, and a name outside it was written with escapes (note_\u4e2d.csv), a path
+        # the site does not hold. (On a terminal: text, its control characters shown as escapes.)
+        out.flush()
+        out.buffer.write(text.encode("utf-8", "surrogateescape"))
+        out.flush()
+    else:
+        out.write(text)
     if quoted:
         sys.stdout.flush()
         print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
