@@ -799,8 +799,16 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     return script
 
 
+def _write_script(text: str) -> None:
+    """A shell script on standard output with '\n' line ends whatever the system: Windows' standard output writes
+    each as '\r\n', and bash (Git Bash, WSL) reads the '\r' as part of every line ($'\r': command not found)."""
+    with contextlib.suppress(AttributeError, ValueError):  # (a caller's own stream: left as it is)
+        sys.stdout.reconfigure(newline="\n")
+    sys.stdout.write(text)
+
+
 def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
-    sys.stdout.write(_slurm_script(args, "slurm-script"))
+    _write_script(_slurm_script(args, "slurm-script"))
     return 0
 
 
@@ -1246,7 +1254,16 @@ def _print_csv(frame) -> None:
     from .report.spreadsheet import csv_text, protected_note
 
     text, quoted = csv_text(frame)
-    sys.stdout.write(text)
+    out = sys.stdout
+    if hasattr(out, "buffer") and not getattr(out, "isatty", lambda: True)():  # (stdout closed: no isatty)
+        # A data file, in UTF-8 as `registry --out` writes one, whatever the stream's encoding: Windows' redirected
+        # output is in the ANSI code page, and a name outside it was written with escapes (note_\u4e2d.csv), a path
+        # the site does not hold. (On a terminal: text, its control characters shown as escapes.)
+        out.flush()
+        out.buffer.write(text.encode("utf-8", "surrogateescape"))
+        out.flush()
+    else:
+        out.write(text)
     if quoted:
         sys.stdout.flush()
         print(f"chorus-batch: {protected_note(quoted)}", file=sys.stderr)
@@ -1383,7 +1400,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
 
         script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
                               modalities=_modalities(args.modalities), site=args.site)
-        sys.stdout.write(script.text)
+        _write_script(script.text)
         # A command to paste: quoted for the shell, and with the manifest this script was written from.
         mark = shlex.join(["chorus-batch", "mark-uploaded", "--db", target.db, "--to", to, "--from-log", script.log])
         from .units import plural

@@ -70,9 +70,13 @@ def not_utf8(path: Path, exc: UnicodeDecodeError) -> tuple[str, str]:
 
 def _warn_if_anyone_may_write(path: Path) -> None:
     """A config every user may change (written under umask 000, chmod 666) says where a run reads and writes, as
-    whoever runs it (root under cron): warned of, never refused (a group's shared config is left alone)."""
+    whoever runs it (root under cron): warned of, never refused (a group's shared config is left alone). Not on
+    Windows (no os.getuid): there a file's mode says only whether it is read-only, every writable file reads as
+    rw-rw-rw-, and its ACL says who may change it (every run warned, with a chmod Windows does not have)."""
     import stat
 
+    if not hasattr(os, "getuid"):
+        return
     try:
         mode = path.stat().st_mode
     except OSError:  # (said as the file is read)

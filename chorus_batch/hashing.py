@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 import threading
 import time
 from array import array
@@ -468,7 +467,9 @@ class Hasher:
                 from .validate.readers import prepare
 
                 prepare(frozenset().union(*(self._kinds_in(rows) for _, rows in self._pending)))
-            executor = self._stack.enter_context(pool(self.workers))
+            # (given to each worker too: spawned ones, on Windows, do not inherit it, and the progress line stood
+            # still while a large file was read)
+            executor = self._stack.enter_context(pool(self.workers, (set_meter, self._reading)))
             executor.submit(int)  # forked now (all of them: fork-context pools start every worker at once)
             feeders = [threading.Thread(target=self._feed, args=(executor,), name="chorus-hash-feed", daemon=True)]
         else:
@@ -567,12 +568,13 @@ class Hasher:
 
 
 def _shared_counter():
-    """An int64 in shared memory with its lock (forked workers inherit it; threads share it); None where the
-    system has no shared memory or semaphores for it (no /dev/shm): progress then moves chunk by chunk only."""
-    import multiprocessing
+    """An int64 in shared memory with its lock (the workers are given it, of the pool's own start method; threads
+    share it); None where the system has no shared memory or semaphores for it (no /dev/shm): progress then moves
+    chunk by chunk only."""
+    from . import processes
 
     try:
-        return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Value("q", 0)
+        return processes._pool_context().Value("q", 0)
     except (OSError, ImportError):
         return None
 

@@ -25,6 +25,7 @@ from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestLocked, St
                      signals_unwrapped)
 from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
+from .processes import refuse_while_starting
 from .scan import Root, scan
 from .sources import open_source
 from .urls import is_remote, local_path, mask_url, protocol_of, redact
@@ -81,6 +82,7 @@ def open_roots(settings: RunSettings) -> list[Root]:
 
 def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
     """Run the pipeline once and (unless dry_run) commit a new version if anything changed."""
+    refuse_while_starting()  # (a worker importing a caller's unguarded script: before the manifest is locked)
     if not isinstance(settings, RunSettings):  # a library caller's dict or path: said, not an AttributeError
         raise UsageError(f"run() takes a RunSettings, not {type(settings).__name__} {settings!r}",
                          where="chorus_batch.run(settings)",

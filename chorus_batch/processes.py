@@ -94,15 +94,41 @@ def ensure_open_files(workers: int) -> None:
             + (f", or pass --workers {fewer} (workers in [run])" if fewer else ""))
 
 
+# The exit status of a worker that was still starting when chorus_batch was called in it (refuse_while_starting).
+REENTERED_EXIT = 86
+
+
+def refuse_while_starting() -> None:
+    """Where chorus_batch begins work (a run, a pool of workers): a worker started by spawn (the only way on
+    Windows, macOS's default) first imports the caller's main script, and one that calls chorus_batch.run at its
+    top level, not under `if __name__ == "__main__":`, ran the run again in each worker ("the manifest is locked by
+    another run: pid <its own caller>", then "a worker ended abruptly ... out-of-memory killer"). Such a worker
+    exits at once with REENTERED_EXIT, which the caller says as what it is (owned)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # (multiprocessing's own test of it)
+        raise SystemExit(REENTERED_EXIT)
+
+
+def _reentered() -> UsageError:
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the script that called chorus_batch"
+    return UsageError(
+        f"the worker processes could not start: they are started by spawn (as on Windows and macOS), which imports "
+        f"{main} in each of them first, and that script calls chorus_batch when it is imported: each worker began "
+        "the run again; nothing was done in them",
+        where=main,
+        fix='put the script\'s work under `if __name__ == "__main__":` (Python\'s multiprocessing guide, "safe '
+            'importing of main module"), or pass workers=1')
+
+
 def _pool_context() -> multiprocessing.context.BaseContext:
     if sys.platform == "linux":
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
 
-def _worker_init() -> None:
+def _worker_init(forked: bool = True, setup: tuple | None = None) -> None:
     """In each worker: die with the parent (never an orphan holding the caller's output open), leave
-    signals to the parent (it stops the pool), and write nothing to the caller's stdout or stderr."""
+    signals to the parent (it stops the pool), and write nothing to the caller's stdout or stderr; then
+    `setup` (function, argument), if given: what a spawned worker cannot inherit (pool_executor)."""
     import os
     import signal
 
@@ -121,7 +147,11 @@ def _worker_init() -> None:
         if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # (nohup's stays: cli)
             signal.signal(signum, signal.SIG_DFL)
     _forking.unblock()  # what came while it started now meets these dispositions
-    if sys.platform == "linux":
+    # PR_SET_PDEATHSIG fires when the *thread* that started the worker ends. A fork pool starts all its workers in
+    # its first submit (Hasher._start, the main thread); a spawn pool starts each when a submit finds none idle,
+    # from whichever thread submits (the hash feeder): killed when that thread ended, a worker waiting for work
+    # took the call queue's lock with it and the others waited for it forever (the run hung at its end).
+    if forked and sys.platform == "linux":
         import ctypes
 
         with contextlib.suppress(OSError, AttributeError):
@@ -134,12 +164,14 @@ def _worker_init() -> None:
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
+    if setup is not None:
+        setup[0](setup[1])
 
 
 @contextlib.contextmanager
-def pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+def pool(workers: int, setup: tuple | None = None) -> Iterator[ProcessPoolExecutor]:
     """Worker processes for the block (owned: leaving it waits for them, or stops them)."""
-    executor = pool_executor(workers)
+    executor = pool_executor(workers, setup)
     with owned(executor):
         yield executor
 
@@ -155,6 +187,8 @@ def owned(executor: ProcessPoolExecutor) -> Iterator[None]:
     except BrokenProcessPool as exc:  # a worker died (the OOM killer's SIGKILL): said as such, not "internal error"
         processes += [p for p in (getattr(executor, "_processes", None) or {}).values() if p not in processes]
         stop_pool(executor)
+        if any(process.exitcode == REENTERED_EXIT for process in processes):
+            raise _reentered() from exc
         raise WorkerDied(_deaths(processes)) from exc
     except BaseException:
         stop_pool(executor)
@@ -215,10 +249,15 @@ class _Pool(ProcessPoolExecutor):
             _forking.active = False
 
 
-def pool_executor(workers: int) -> ProcessPoolExecutor:
-    """Worker processes that die with the caller and leave signals to it; the caller stops them (pool)."""
+def pool_executor(workers: int, setup: tuple | None = None) -> ProcessPoolExecutor:
+    """Worker processes that die with the caller and leave signals to it; the caller stops them (pool). `setup`:
+    (function, argument) each worker calls as it starts, e.g. to take a shared counter: a module global the caller
+    set is inherited by forked workers only (spawned ones, on Windows and macOS, import the module afresh)."""
+    refuse_while_starting()
     ensure_open_files(workers)
-    return _Pool(workers, mp_context=_pool_context(), initializer=_worker_init)
+    context = _pool_context()
+    return _Pool(workers, mp_context=context, initializer=_worker_init,
+                 initargs=(context.get_start_method() == "fork", setup))
 
 
 def stop_pool(executor: ProcessPoolExecutor) -> None:

@@ -124,6 +124,8 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     except UnicodeDecodeError:
         raise UsageError(f"{what} {location}: its %-escapes are not UTF-8 text", where=what,
                          fix="give the folder as a plain path, or write its name's bytes as UTF-8 %-escapes") from None
+    if os.path.splitdrive(path[1:])[0][1:2] == ":":  # file:///C:/data/site (Windows' Path.as_uri()): C:/data/site,
+        path, raw = path[1:], raw[1:]  # not /C:/data/site (read on Windows as C:\C:\data\site)
     if path != raw and not os.path.exists(path) and os.path.exists(raw):
         raise UsageError(f"{what} {location}: as a URL it names {path} (its %-escapes decoded), which does not exist, "
                          f"but the folder {raw} does", where=what,

@@ -285,6 +285,21 @@ def test_a_config_every_user_may_change_is_warned_of(tmp_path):
     assert out.returncode == 0 and "every user" not in out.stderr, out.stderr
 
 
+def test_a_writable_config_is_not_warned_of_on_windows(tmp_path):
+    """Windows reports every writable file as mode rw-rw-rw- (its mode bits hold only the read-only flag; an ACL says
+    who may write): each run there warned that every user may change chorus.toml, and said to `chmod o-w` it."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\nvalidate = false\n')
+    config.chmod(0o666)  # what os.stat says of any writable file on Windows
+    windows = "import os, runpy, sys\ndel os.getuid\nsys.argv[0] = 'chorus-batch'\n" \
+              "runpy.run_module('chorus_batch', run_name='__main__', alter_sys=True)\n"
+    out = subprocess.run([sys.executable, "-c", windows, "run", "-q", "--config", str(config), "--site",
+                          str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "every user" not in out.stderr and "chmod" not in out.stderr, out.stderr
+
+
 def test_a_config_not_in_utf8_names_the_line(tmp_path):
     """It said "'utf-8' codec can't decode byte 0xf4 in position 16": a byte count, and "check the permissions"."""
     (tmp_path / "c.toml").write_bytes(b'[site]\nname = "h\xf4pital"\n')
@@ -803,3 +818,65 @@ def test_a_quoted_tilde_in_any_output_path_is_the_home_folder(tmp_path):
         assert out.returncode in (0, 1), out.stderr
     assert {"c.toml", "m.sqlite", "r.html", "reg", "td"} <= {p.name for p in home.iterdir()}
     assert list(here.iterdir()) == []  # no folder named '~'
+
+
+# Python on Windows has none of these modules and none of these signals: the command line is started with them
+# taken away (the lock library, imported first, keeps what it needs: on Windows it locks with LockFileEx).
+_WITHOUT_POSIX = """\
+import importlib.abc, runpy, signal, sys
+import filelock
+POSIX_ONLY = {"fcntl", "resource", "pwd", "grp", "termios"}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in POSIX_ONLY:
+            raise ImportError(f"No module named {name!r}")
+for name in POSIX_ONLY:
+    sys.modules.pop(name, None)
+sys.meta_path.insert(0, Refuse())
+for name in ("SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGXCPU", "SIGXFSZ", "SIGKILL", "SIGALRM", "SIGCHLD",
+             "SIGPIPE", "SIGSTOP", "SIGTSTP", "SIGCONT", "pthread_sigmask", "SIG_BLOCK", "SIG_SETMASK", "alarm",
+             "setitimer", "siginterrupt", "pthread_kill", "sigwait", "pause"):
+    if hasattr(signal, name):
+        delattr(signal, name)
+sys.argv[0] = "chorus-batch"
+runpy.run_module("chorus_batch", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_every_command_runs_without_the_posix_only_modules_and_signals(tmp_path):
+    """Two sites run chorus-batch on Windows: no fcntl, resource, pwd, grp or termios, no SIGHUP, SIGQUIT, SIGUSR1/2,
+    SIGXCPU or SIGKILL. Each is imported or named only where it exists; a run, a second run, and the commands that
+    read the manifest work without them."""
+    from chorus_batch.testdata import Spec, write_snapshot
+
+    write_snapshot(tmp_path / "first", Spec(persons=3, files_per_person=6, seed=2))
+    db = str(tmp_path / "m.sqlite")
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _WITHOUT_POSIX, *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    assert command("--help").returncode == 0
+    for args in (("run", "--site", str(tmp_path / "first"), "--db", db, "--workers", "2"),
+                 ("run", "--site", str(tmp_path / "first"), "--db", db, "--rehash"),
+                 ("versions", "--db", db), ("files", "--db", db, "--md5sum"), ("validate", "--db", db),
+                 ("report", "--db", db, "--out", str(tmp_path / "r.html"))):
+        done = command(*args)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stdout + done.stderr)
+    assert command("files", "--db", db, "--md5sum").stdout == cli("files", "--db", db, "--md5sum").stdout
+
+
+def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch):
+    """Windows' Path.as_uri() is file:///C:/data/my%20site (RFC 8089): its path was taken as /C:/data/my site, which
+    Windows reads as C:\\C:\\data\\my site ("not a readable directory"). With Windows' own drive rules (ntpath), the
+    URL names C:/data/my site; elsewhere a folder named 'C:' under / is what it names, as before."""
+    import ntpath
+    import os
+
+    from chorus_batch.urls import local_path
+
+    assert local_path("file:///C:/data/my%20site") == "/C:/data/my site"  # (POSIX: a folder named 'C:')
+    monkeypatch.setattr(os.path, "splitdrive", ntpath.splitdrive)
+    assert local_path("file:///C:/data/my%20site") == "C:/data/my site"
+    assert local_path("file:///c:/") == "c:/"
+    assert local_path("file:///data/site") == "/data/site"

@@ -235,6 +235,26 @@ def test_a_name_copied_as_the_tables_show_it_is_found(tmp_path):
 FORMULA_NAMES = ['=HYPERLINK("http:__x","y")', "+cmd", "-1+1", "@SUM(1,2)", "'=already", "OMOP/=mid.csv"]
 
 
+def test_csv_on_standard_output_is_utf8_whatever_its_encoding(tmp_path):
+    """On Windows, Python writes redirected standard output in the ANSI code page (cp1252): `files --csv > files.csv`
+    wrote a name outside it with escapes (OMOP/note_\\u4e2d.csv), a path the site does not hold. CSV is data, in UTF-8
+    as `registry --out` writes it; the table for people keeps the stream's escapes."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    (site / "OMOP").mkdir(parents=True)
+    (site / "OMOP" / "note_\u4e2d\u6587_\u00e9.csv").write_bytes(b"x\n")
+    assert run_site(site, db).n_files == 1
+    windows = {**os.environ, "PYTHONIOENCODING": "cp1252"}  # what a redirect gives on Windows
+    for command in (["files", "--csv"], ["changes", "--csv"], ["status", "--site", str(site), "--csv"]):
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", *command, "--db", str(db)], capture_output=True,
+                             env=windows, timeout=120)
+        assert out.returncode in (0, 1) and b"Traceback" not in out.stderr, out.stderr.decode()  # (1: findings)
+        if command[0] != "status":  # (nothing would change: its CSV is the header)
+            assert "OMOP/note_\u4e2d\u6587_\u00e9.csv".encode() in out.stdout and b"\\u4e2d" not in out.stdout, command
+    table = subprocess.run([sys.executable, "-m", "chorus_batch", "files", "--db", str(db)], capture_output=True,
+                           env=windows, timeout=120)
+    assert b"note_\\u4e2d\\u6587_\xe9.csv" in table.stdout  # (cp1252 holds the e-acute)
+
+
 def test_csv_outputs_do_not_hand_a_spreadsheet_a_formula(tmp_path):
     """`files --csv > files.csv` wrote a file named `=HYPERLINK(...)`, `+cmd`, `-1+1` or `@SUM(..)` as it is: opened
     in a spreadsheet, the reviewer's cell was a formula (a link that sends data away, a command). Every --csv

@@ -269,3 +269,105 @@ def test_a_folder_deeper_than_path_max_is_said_to_be_too_long_not_unreadable(sit
     said = query(db, "SELECT kind, message FROM scan_errors")
     assert sorted(kind for kind, _ in said) == ["unreadable", "unreadable_dir"]
     assert all("longer than the system allows" in m and "permission" not in m for _, m in said), said
+
+
+# The command line with its worker processes started as Windows starts them (spawn: a fresh interpreter that imports
+# the work functions; nothing inherited from the caller), however this system would start them.
+_SPAWNED = ("import multiprocessing, sys\nimport chorus_batch.processes as p\n"
+            "p._pool_context = lambda: multiprocessing.get_context('spawn')\n"
+            "from chorus_batch.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
+def test_a_run_with_spawned_workers_commits_what_a_forked_run_commits(tmp_path):
+    """Windows has only spawn: workers import the work functions afresh and inherit nothing. A run so started
+    commits what a forked run commits, file by file (it could hang at the end of its hashing: see the test below)."""
+    import subprocess
+    import sys
+
+    from chorus_batch.hashing import PROCESS_MIN_FILES
+
+    write_snapshot(tmp_path / "site", Spec(persons=30, files_per_person=PROCESS_MIN_FILES // 25, size=64, seed=3))
+    site = str(tmp_path / "site")
+    md5sums = {}
+    for how in ("spawn", "fork"):
+        db = str(tmp_path / f"{how}.sqlite")
+        start = [sys.executable, "-c", _SPAWNED] if how == "spawn" else [sys.executable, "-m", "chorus_batch"]
+        done = subprocess.run([*start, "run", "--site", site, "--db", db, "--workers", "2", "-q"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        md5sums[how] = cli("files", "--db", db, "--md5sum").stdout
+    assert md5sums["spawn"] == md5sums["fork"] and md5sums["spawn"].count("\n") >= PROCESS_MIN_FILES
+
+
+def test_a_spawned_worker_outlives_the_thread_that_started_it(monkeypatch):
+    """A spawn pool (Windows) starts a worker from whichever thread submits when none is idle: the Hasher's feeder
+    thread. Such a worker was killed when that thread ended (the parent-death signal is the starting thread's),
+    and one killed while waiting for work left the others waiting on the queue's lock: the run hung."""
+    import multiprocessing
+    import threading
+    import time
+
+    from chorus_batch import processes
+
+    monkeypatch.setattr(processes, "_pool_context", lambda: multiprocessing.get_context("spawn"))
+    executor = processes.pool_executor(2)
+    try:
+        executor.submit(int).result(timeout=60)  # the first worker, started by this thread
+        feeder = threading.Thread(target=lambda: [f.result(timeout=60) for f in
+                                                  [executor.submit(time.sleep, 0.3) for _ in range(2)]])
+        feeder.start()  # its second submit finds no worker idle: the second worker is started by the feeder
+        feeder.join()
+        started = list(executor._processes.values())
+        assert len(started) == 2
+        time.sleep(1)
+        assert [p.exitcode for p in started] == [None, None]
+        assert sorted(executor.map(abs, [-1, -2, -3], timeout=60)) == [1, 2, 3]
+    finally:
+        processes.stop_pool(executor)
+
+
+def test_a_script_that_runs_at_import_is_told_to_guard_it_where_workers_are_spawned(tmp_path):
+    """The package's own example, `run(RunSettings(...))` at a script's top level, on Windows: each spawned worker
+    imports the script and ran the run again; the caller said "the manifest is locked by another run: pid <its own
+    pid>", then "a worker process ended abruptly ... the kernel's out-of-memory killer". The workers now stop at
+    once and the caller says what is wrong and where: the script, and its missing `if __name__ == "__main__":`."""
+    import subprocess
+    import sys
+
+    from chorus_batch.hashing import PROCESS_MIN_FILES
+
+    write_snapshot(tmp_path / "site", Spec(persons=30, files_per_person=PROCESS_MIN_FILES // 25, size=64, seed=4))
+    script = tmp_path / "nightly.py"
+    body = ("import multiprocessing\nimport chorus_batch.processes as p\n"
+            "p._pool_context = lambda: multiprocessing.get_context('spawn')  # as on Windows\n"
+            "from chorus_batch import RunSettings, run\n")
+    call = f"result = run(RunSettings(site={str(tmp_path / 'site')!r}, db='m.sqlite', workers=2, validate=False))\n"
+    script.write_text(body + call)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1 and "UsageError: the worker processes could not start" in done.stderr, done.stderr
+    assert f"which imports {script} in each of them" in done.stderr and '__name__ == "__main__"' in done.stderr
+    assert "locked" not in done.stderr and "out-of-memory" not in done.stderr, done.stderr
+    assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(0,)]
+    script.write_text(body + "if __name__ == '__main__':\n    " + call)  # guarded: the same script runs
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(current_rows(tmp_path / "m.sqlite")) >= PROCESS_MIN_FILES
+
+
+def test_spawned_workers_say_the_bytes_read_within_a_large_file(site, monkeypatch):
+    """The progress line moves within a large file through a shared counter the hashing workers add to every 16 MiB
+    read; forked workers inherited it, spawned ones (Windows) never had it: the line stood still while a 200 GB file
+    was read. The pool gives it to each worker."""
+    import multiprocessing
+
+    from chorus_batch import processes
+    from chorus_batch.hashing import _shared_counter
+    from chorus_batch.sources.base import METER_STEP, set_meter
+    from chorus_batch.workers import hash_chunk
+
+    monkeypatch.setattr(processes, "_pool_context", lambda: multiprocessing.get_context("spawn"))
+    write(site, "000001/Waveforms/big.dat", b"\1" * (2 * METER_STEP + 5))
+    counter = _shared_counter()
+    with processes.pool(1, (set_meter, counter)) as executor:
+        chunk = executor.submit(hash_chunk, LocalSource(site), ["000001/Waveforms/big.dat"]).result(timeout=60)
+    assert chunk.metered == counter.value >= METER_STEP  # said in the worker, seen here

@@ -847,6 +847,25 @@ def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_p
         assert key not in out.stdout + out.stderr and "AccountKey" not in out.stdout
 
 
+def test_a_script_written_where_standard_output_ends_lines_with_crlf_has_lf_line_ends(tmp_path):
+    """On Windows, Python's standard output writes each '\\n' as '\\r\\n': `upload --script bash > upload.sh` there
+    gave a script bash (Git Bash, WSL) cannot run ($'\\r': command not found on every line). Standard output is
+    made here as Windows makes it; the scripts keep '\\n' line ends (the messages on stderr are the system's)."""
+    db = committed_site(tmp_path, 1)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, **{name: "" for name in AZURE_VARS},
+           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    windows = ("import io, runpy, sys\n"
+               "sys.stdout = io.TextIOWrapper(sys.stdout.buffer, encoding='utf-8', newline='\\r\\n')\n"
+               "sys.argv[0] = 'chorus-batch'\nrunpy.run_module('chorus_batch', run_name='__main__', alter_sys=True)\n")
+    for args in (["upload", "--db", str(db), "--to", "az://central/", "--script", "bash"],
+                 ["upload", "--db", str(db), "--to", "az://central/", "--script", "azcopy"],
+                 ["slurm-script", "--site", str(tmp_path / "site"), "--db", str(db)]):
+        out = subprocess.run([sys.executable, "-c", windows, *args], capture_output=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr.decode()
+        assert out.stdout.startswith(b"#!/") and out.stdout.count(b"\n") > 10 and b"\r" not in out.stdout, args
+
+
 def committed_in_azure(central, azurite, tmp_path, files: int) -> tuple[str, str]:
     """A site of `files` files committed (one version) to a new manifest in Azure: its URL, and its container."""
     many_files(tmp_path / "site", files)
