@@ -24,7 +24,9 @@ PROTOCOLS = ("file", *AZURE_PROTOCOLS, *S3_PROTOCOLS, "memory")
 # in other text only the SAS parameters that may follow a '?' or '&'.
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
 _URL_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/@]*)@", re.IGNORECASE)
+# A URL's userinfo: user:password@ up to the last '@' (a password may hold '@' or '/', as AWS secret keys do:
+# https://user:p@ss@host/ showed 'ss', s3://KEY:a/b@bucket/ all of it), or a user (a token) before the first '/'.
+_USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/?#@:\s]+:\S*|[^/?#\s]*)@", re.IGNORECASE)
 
 
 def _userinfo(found: re.Match) -> str:
@@ -114,6 +116,10 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
                              fix=f"give it as ./{location}, or as its full path")
         return home
     host, raw = url.group(1) or "", url.group(2) or url.group(3)
+    if "@" in host:  # a user:password@ is masked, never shown (it was quoted in the message)
+        raise UsageError(f"{what} {mask_url(location)}: a file URL with a user or password is not read (credentials "
+                         "are not taken from a URL)", where=what,
+                         fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
     if host.lower() not in ("", "localhost"):
         raise UsageError(f"{what} {location}: a file URL naming the computer {host!r} is not read", where=what,
                          fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")

@@ -844,6 +844,10 @@ from chorus_batch.urls import mask_url  # noqa: E402
      ("AKIAEXAMPLE", "fe5f80f7", "FQoGZX")),
     ("az://c/site?sv=2024&sig=SASSIG&newparam=NEWSECRET", ("SASSIG", "NEWSECRET")),
     ("https://user:pw@host/x?token=T0KEN", ("pw", "T0KEN")),
+    # a password holding '@' showed what followed it; one holding '/' (AWS secret keys do) was not masked at all
+    ("https://user:PA55@W0RD@host/x", ("PA55", "W0RD")),
+    ("s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/site", ("AKIAEXAMPLE", "wJalrXUtnFEMI", "K7MDENG")),
+    ("https://ghp_T0KEN@host/x", ("ghp_T0KEN",)),
 ])
 def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     masked = mask_url(url)
@@ -864,6 +868,10 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     (["--site", "az://site1/x?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
     (["--site", "s3://b1/?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"], "credentials in the URL"),
     (["--site", "s3://AKIAEXAMPLE:SECRETSIG@b1/site"], "credentials in the URL"),
+    # a secret key with '/' was not seen as one: "'AKIAEXAMPLE:SECRETSIG' is not a valid S3 bucket name"
+    (["--site", "s3://AKIAEXAMPLE:SECRETSIG/x@b1/site"], "credentials in the URL"),
+    (["--site", "https://user:SECRETSIG@x@acct.blob.core.windows.net/site1/x"], "not as an http(s):// URL"),
+    (["--site", "file://AKIAEXAMPLE:SECRETSIG@localhost/tmp"], "a file URL with a user or password is not read"),
     # A '?' in a folder's name was told as credentials in the URL; '//', '.' and '..' were accepted and read oddly;
     # an https:// account URL (with or without a SAS) got no hint of the az:// root and setting that say the same.
     (["--site", "az://site1/site?x/"], "'?' starts a query in a URL, and a root URL takes none"),
