@@ -27,6 +27,22 @@ _URL_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
 # A URL's userinfo: user:password@ up to the last '@' (a password may hold '@' or '/', as AWS secret keys do:
 # https://user:p@ss@host/ showed 'ss', s3://KEY:a/b@bucket/ all of it), or a user (a token) before the first '/'.
 _USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/?#@:\s]+:\S*|[^/?#\s]*)@", re.IGNORECASE)
+# A URL in free text (a message, a log line, an argument), to the next space or quote.
+_TEXT_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
+# Secrets in free text outside a URL (an SDK's message, a connection string, a header)
+_SCRUB = [
+    # SAS query parameters (sig is the secret; the rest say what it allows and until when)
+    (re.compile(r"(?i)([?&;\s\"']sig=)[^&\s\"';,]+"), r"\1***"),
+    (re.compile(r"(?i)\b(sig%3D)[^&\s\"';,]+"), r"\1***"),
+    # connection-string fields
+    (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
+    (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
+    # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
+    (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
+    (re.compile(r"(?i)\b((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
+                r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
+                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&;,]+"), r"\1***"),
+]
 
 
 def _userinfo(found: re.Match) -> str:
@@ -44,11 +60,24 @@ def mask_url(url: str) -> str:
     return head + _URL_QUERY_VALUE.sub(r"\1***", "?" + query)
 
 
+def scrub(text: str) -> str:
+    """Free text as it may be shown, logged or kept (an error message, a log line with its traceback, an SDK's
+    message): each URL in it as mask_url shows it; SAS signatures, account keys, bearer tokens, passwords and AWS
+    secrets outside a URL become ***. Messages quote what they were given (`no version 'az://c/x?sig=...'`,
+    argparse's `unrecognized arguments: ...`): a secret given in the wrong place was printed back, and so kept in
+    cron mails and job logs."""
+    text = _TEXT_URL.sub(lambda found: mask_url(found.group(0)), text)
+    for pattern, replacement in _SCRUB:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def redact(argv: list[str]) -> list[str]:
-    """Arguments as recorded (`runs`, a shard's scan.json): URLs with their secrets masked, anything else that looks
-    like a secret masked whole. Here, not in pipeline: a shard records its arguments before polars loads."""
+    """Arguments as recorded (`runs`, a shard's scan.json): URLs with their secrets masked (also one inside an
+    argument, --site=https://user:pw@host), anything else that looks like a secret masked whole. Here, not in
+    pipeline: a shard records its arguments before polars loads."""
     secret = re.compile(r"(AccountKey=|SharedAccessSignature=|password|token|secret)", re.IGNORECASE)
-    return ["***" if secret.search(a) else mask_url(a) for a in argv]
+    return ["***" if secret.search(a) else scrub(mask_url(a)) for a in argv]
 
 
 def protocol_of(url: str) -> str:

@@ -36,6 +36,7 @@ from ..fsutil import create_private, file_above, free_bytes, nearly_full, restri
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
+from ..urls import scrub
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
@@ -798,7 +799,7 @@ class Manifest:
         moves into `runs` when it finishes."""
         now = iso(utc_now())
         row = dict(zip(self._RUN_COLUMNS, (now, now, socket.gethostname(), user_name(), os.getpid(), json.dumps(argv),
-                                           mode, site, exit_code, message, release())))
+                                           mode, site, exit_code, scrub(message), release())))
         with contextlib.suppress(OSError):
             fd = create_private(self.pending_runs, truncate=False)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
@@ -846,7 +847,8 @@ class Manifest:
             con.execute(
                 "UPDATE runs SET finished_at=?, exit_code=?, version=?, n_files=?, n_hashed=?, bytes_hashed=?, "
                 "n_errors=?, scan_started_ns=?, message=? WHERE run_id=?",
-                (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns, message, run_id),
+                (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns,
+                 None if message is None else scrub(message), run_id),  # (an error quotes what it was given)
             )
             self._take_pending_runs(con)
 
