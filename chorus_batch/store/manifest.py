@@ -1098,8 +1098,9 @@ class Manifest:
         return frame.cast({"record_id": pl.Int64}) if frame.height else pl.DataFrame(schema={"record_id": pl.Int64})
 
     def after_commit(self) -> None:
-        """Keep the files beside the manifest private."""
-        for suffix in ("", "-wal", "-shm"):
+        """Keep the files beside the manifest private: also those a copy or a restore left readable (`cp` under umask
+        022 makes a 0644 state cache, every current path with its MD5), which a run that rewrites nothing kept so."""
+        for suffix in ("", "-wal", "-shm", ".state.parquet", ".runs-pending.jsonl"):
             if Path(f"{self.path}{suffix}").exists():
                 restrict(f"{self.path}{suffix}")
 
