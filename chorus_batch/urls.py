@@ -72,6 +72,12 @@ def scrub(text: str) -> str:
     return text
 
 
+def holds_userinfo(url: str) -> bool:
+    """A user or a user:password before the URL's host (abfs://CONTAINER@ACCOUNT... names a container: not one)."""
+    head = url.split("?", 1)[0]
+    return mask_url(head) != head
+
+
 def redact(argv: list[str]) -> list[str]:
     """Arguments as recorded (`runs`, a shard's scan.json): URLs with their secrets masked (also one inside an
     argument, --site=https://user:pw@host), anything else that looks like a secret masked whole. Here, not in
@@ -217,7 +223,7 @@ _CREDENTIAL_QUERY = re.compile(r"(?i)(?:^|&)(?:sig|sv|se|sp|spr|srt|ss|st|skoid|
 def _check_url_parts(location: str, protocol: str, rest: str, shown: str, what: str) -> None:
     """A cloud root's URL: no credentials, no query or fragment."""
     head, _, query = rest.partition("?")
-    if _CREDENTIAL_QUERY.search(query) or mask_url(location.split("?")[0]) != location.split("?")[0]:
+    if _CREDENTIAL_QUERY.search(query) or holds_userinfo(location):
         raise UsageError(f"{what} {shown} holds credentials in the URL; they are not used from there", where=what,
                          fix="remove them from the URL and " + (
                              "set AZURE_STORAGE_SAS_TOKEN (or a connection string or an account key), or sign in with "

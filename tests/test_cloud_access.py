@@ -396,6 +396,10 @@ def test_config_reads_azure_and_s3_into_run_settings(tmp_path):
     ("azure", f'connection_string = "{CONN}"'),
     ("azure", f'connection_string_env = "{CONN}"'),
     ("azure", f'account_url = "https://myacct.blob.core.windows.net/?{SAS}"'),
+    # a password in the endpoint's URL was taken, and sent to the storage
+    ("azure", f'account_url = "https://user:{KEY}@myacct.blob.core.windows.net"'),
+    ("azure", f'account_url = "http://user:{SIG}@127.0.0.1:10000/devstoreaccount1"'),
+    ("s3", f'endpoint_url = "https://AKIAEXAMPLE:{KEY}@s3.example.org"'),
     ("s3", f'aws_secret_access_key = "{KEY}"'),
     ("s3", f'secret = "{KEY}"'),
 ])
