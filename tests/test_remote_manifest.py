@@ -123,6 +123,10 @@ def test_the_working_copy_cache_is_owner_only_whatever_the_umask(az, tmp_path, u
     site = small_site(tmp_path / "site")
     cache = tmp_path / "home" / ".cache" / "chorus-batch"  # none of it there yet
     env = {**os.environ, **az.env, "CHORUS_BATCH_CACHE_DIR": str(cache)}
+    if umask == 0o022:  # as an earlier release left it under umask 000: `manifests/` 0777 is made owner-only
+        (cache / "manifests").mkdir(parents=True)
+        for folder in (cache / "manifests", cache, cache.parent, cache.parent.parent):
+            folder.chmod(0o700 if folder != cache / "manifests" else 0o777)
     for args in (["run", "--site", str(site), "--db", az.url, "--workers", "2", "--no-validate"],
                  ["versions", "--db", az.url]):
         done = subprocess.run([sys.executable, "-m", "chorus_batch", *args], env=env, capture_output=True, text=True,

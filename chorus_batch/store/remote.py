@@ -478,6 +478,7 @@ class RemoteManifest:
 
         _private_dir(copy.parent)
         _private_dir(self.folder)
+        _private_dir(self.folder.parent)  # `manifests/`, left 0777 under umask 000 by earlier releases: every copy under it
         with contextlib.suppress(OSError):
             marker = self.folder / "url.txt"
             if not marker.exists():
