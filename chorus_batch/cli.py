@@ -82,6 +82,9 @@ class _Parser(argparse.ArgumentParser):
             value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
                      else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
             message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+        from .urls import scrub
+
+        message = scrub(message)  # (it quotes what was given: a SAS in the wrong place, say)
         words = _Parser.words[:_Parser.words.index("--")] if "--" in _Parser.words else _Parser.words
         if "--json" in words:  # a script parsing stdout gets why, as from any other failing command (main._json_error)
             with contextlib.suppress(Exception):
@@ -1724,14 +1727,17 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", code)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
         log.debug("unexpected error", exc_info=True)
+        from .urls import scrub
+
         known = out_of_memory(exc)  # a limit of the machine's, not a fault of ours: said as one
         outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
-            print(f"chorus-batch: error: {known}\n  {outcome}", file=sys.stderr)
+            print(scrub(f"chorus-batch: error: {known}\n  {outcome}"), file=sys.stderr)
             _json_error(args, int(known.exit_code), known.what, where=known.where, fix=known.fix, outcome=outcome)
             return int(known.exit_code)
         fix = "rerun with -v for details, and report it with that output"
-        print(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}", file=sys.stderr)
+        print(scrub(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}"),
+              file=sys.stderr)
         _json_error(args, int(ExitCode.FAILED), f"internal error: {type(exc).__name__}: {exc}", fix=fix, outcome=outcome)
         return int(ExitCode.FAILED)
     finally:
@@ -1739,8 +1745,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(exc: ChorusError, outcome: str | None = None) -> None:
-    """An expected error on stderr: what happened, where, what to do, then what stands."""
-    print(shown(f"chorus-batch: error: {exc}", lines=True), file=sys.stderr)
+    """An expected error on stderr: what happened, where, what to do, then what stands; secrets in what it
+    quotes masked (a SAS given where a version label or a file goes)."""
+    from .urls import scrub
+
+    print(shown(scrub(f"chorus-batch: error: {exc}"), lines=True), file=sys.stderr)
     if outcome:
         print(f"  {outcome}", file=sys.stderr)
 
@@ -1751,8 +1760,11 @@ def _json_error(args: argparse.Namespace, code: int, error: str, **details: str 
     (a second object would make the first unreadable), nor when stdout itself failed."""
     if not getattr(args, "json", False) or getattr(sys.stdout, "used", True):
         return
+    from .urls import scrub
+
     with contextlib.suppress(Exception):  # (stdout gone too: stderr has said it)
-        print(json.dumps({"error": error, **{k: v for k, v in details.items() if v}, "exit_code": code}, indent=2))
+        print(json.dumps({"error": scrub(error), **{k: scrub(v) for k, v in details.items() if v},
+                          "exit_code": code}, indent=2))
         sys.stdout.flush()
 
 
