@@ -371,8 +371,10 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
              ("changes", "--version", latest, "--md5sum"), ("diff", "--from", first, "--to", latest, "--md5sum")]
     seen = [cli(*look, "--db", str(db)).stdout for look in looks]
 
-    out = cli("run", "--site", str(site), "--db", str(db), "--json", "-q", "--verify-sample", "0")
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
     assert out.returncode == 1, out.stderr  # today's rule registry.procedure_person: an error
+    # Said: why an unchanged file is unparseable now, and that nothing but its classification changed.
+    assert "1 unchanged file(s) are classified otherwise now, updated in place" in out.stderr, out.stderr
     result = json.loads(out.stdout)
     assert result["version"] is None and query(db, "SELECT count(*) FROM versions") == [(2,)]  # no content changed
     for name, sql in kept.items():
@@ -398,8 +400,9 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     # The next run: nothing classified, read or checked again; the manifest's state stays as it is.
     state = query(db, "SELECT key, value FROM meta ORDER BY key")
     facts, findings = query(db, "SELECT count(*) FROM file_facts"), sorted(query(db, "SELECT * FROM findings"))
-    again = cli("run", "--site", str(site), "--db", str(db), "--json", "-q", "--verify-sample", "0")
+    again = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
     assert again.returncode == 1 and json.loads(again.stdout)["version"] is None, again.stderr
+    assert "classified otherwise" not in again.stderr and "other rules" not in again.stderr
     assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
     assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
     assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(2,)]
