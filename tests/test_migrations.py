@@ -406,3 +406,22 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
     assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
     assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(2,)]
+
+
+def test_a_version_checked_by_a_later_release_is_not_said_to_be_an_earlier_ones(tmp_path):
+    """A site that rolled back (a later release of the same schema ran, then this one): the latest version's
+    rules are that release's; the run says which rules checked it, not 'an earlier release's'."""
+    db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
+    shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
+    shutil.copytree(RELEASE_D460234 / "site", site)
+    later = "0.2.0+0123456789ab"
+    con = sqlite3.connect(db)
+    con.execute("UPDATE validations SET rules = ? WHERE version = '20261204020000'", (later,))
+    con.commit()
+    con.close()
+    out = cli("validate", "--db", str(db), "--site", str(site))
+    from chorus_batch.validate.rules import edition
+
+    assert f"version 20261204020000 was checked by other rules ({later}; this release's: {edition()})" in out.stderr, \
+        out.stderr
+    assert "earlier release" not in out.stderr

@@ -203,8 +203,12 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
     if not force and cache.is_validated(label):
         return cache.findings(label)
     if not force and cache.checked_by_other_rules(label):
-        log.info(f"version {label} was checked by other rules (an earlier release's): checking it again with "
-                 "this release's, from the facts already read")
+        from .rules import edition
+
+        # (not "an earlier release's": a site that rolled back from a later release has its rules here too)
+        were = cache.rules_of(label) or "not recorded: a release before schema 9"
+        log.info(f"version {label} was checked by other rules ({were}; this release's: {edition()}): checking it "
+                 "again with this release's, from the facts already read")
     known = KnownFacts.cached(manifest)
     checked = check_files(cache.current_files(), known, sources, errors=manifest.version_errors(label),
                           what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress)
