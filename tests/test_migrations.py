@@ -370,6 +370,10 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     looks = [("files", "--as-of", first, "--md5sum"), ("files", "--as-of", latest, "--md5sum"),
              ("changes", "--version", latest, "--md5sum"), ("diff", "--from", first, "--to", latest, "--md5sum")]
     seen = [cli(*look, "--db", str(db)).stdout for look in looks]
+    # `upgrade` (what a site runs after installing): no schema step, but it says what the next run will do
+    said = cli("upgrade", "--db", str(db))
+    assert said.returncode == 0 and "already at schema 9; the next run classifies the current rows again" in said.stdout
+    assert f"checks version {latest} again by this release's rules" in said.stdout, said.stdout
 
     out = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
     assert out.returncode == 1, out.stderr  # today's rule registry.procedure_person: an error
@@ -406,6 +410,7 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
     assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
     assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(2,)]
+    assert cli("upgrade", "--db", str(db)).stdout.endswith("already at schema 9; nothing to do\n")
 
 
 def test_a_version_checked_by_a_later_release_is_not_said_to_be_an_earlier_ones(tmp_path):
