@@ -1080,6 +1080,7 @@ def _after_upgrade(manifest, patterns: dict[str, list[str]]) -> str:
     """What the next run does that the schema upgrade did not (a release of the same schema classifies or checks
     otherwise): '' when nothing, else '; the next run ...'."""
     from .classify import build_patterns, fingerprint
+    from .validate.run import FROM_CACHED_FACTS
 
     latest = manifest.latest_version()
     if latest is None:
@@ -1089,8 +1090,7 @@ def _after_upgrade(manifest, patterns: dict[str, list[str]]) -> str:
         todo.append("classifies the current rows again, in place (another release, or other [patterns], "
                     "classified them; no version is made of it)")
     if manifest.validation.checked_by_other_rules(latest["label"]):
-        todo.append(f"checks version {latest['label']} again by this release's rules, from the facts already read "
-                    "(files of kinds this release reads otherwise are read again)")
+        todo.append(f"checks version {latest['label']} again by this release's rules, {FROM_CACHED_FACTS}")
     return "; the next run " + " and ".join(todo) if todo else ""
 
 
