@@ -325,7 +325,8 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
         description="Migrate the manifest in place, one numbered step at a time, each one transaction: every version, "
                     "file row, record and finding is kept. `run` and `validate` do this too; read-only commands ask "
-                    "for it.",
+                    "for it. Also says what the next run does that no schema step does (a release of the same schema "
+                    "too): classify the current rows again, check the latest version again by this release's rules.",
         epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite\n\n" + EXIT_CODES_HELP,
     )
     upgrade.add_argument("--db", help=READ_DB_HELP)
@@ -1072,9 +1073,28 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     with manifest.lock(argv):
         before, after = manifest.ensure_schema(create=False)
-    print(f"{manifest.path.resolve()}: schema {before} -> {after}" if before != after
-          else f"{manifest.path.resolve()}: already at schema {after}; nothing to do")
+    pending = _after_upgrade(manifest, target.config.patterns)
+    print(f"{manifest.path.resolve()}: schema {before} -> {after}{pending}" if before != after
+          else f"{manifest.path.resolve()}: already at schema {after}; " + (pending.lstrip("; ") or "nothing to do"))
     return 0
+
+
+def _after_upgrade(manifest, patterns: dict[str, list[str]]) -> str:
+    """What the next run does that the schema upgrade did not (a release of the same schema classifies or checks
+    otherwise): '' when nothing, else '; the next run ...'."""
+    from .classify import build_patterns, fingerprint
+    from .validate.run import FROM_CACHED_FACTS
+
+    latest = manifest.latest_version()
+    if latest is None:
+        return ""
+    todo = []
+    if manifest.classification() != fingerprint(build_patterns(patterns)):
+        todo.append("classifies the current rows again, in place (another release, or other [patterns], "
+                    "classified them; no version is made of it)")
+    if manifest.validation.checked_by_other_rules(latest["label"]):
+        todo.append(f"checks version {latest['label']} again by this release's rules, {FROM_CACHED_FACTS}")
+    return "; the next run " + " and ".join(todo) if todo else ""
 
 
 def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
