@@ -49,7 +49,7 @@ def dump(db: Path) -> dict[str, list[tuple]]:
         for table, columns in SCHEMA2_COLUMNS.items():
             rows = con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}, {columns[1]}").fetchall()
             if table == "meta":
-                rows = [r for r in rows if r[0] != "schema_version"]
+                rows = [r for r in rows if r[0] not in ("schema_version", "min_release")]
             if table == "file_facts":
                 rows = [r for r in rows if r[0] not in ("dicom", "omop_visits")]
             out[table] = rows
@@ -224,7 +224,8 @@ def upgrades_keeping_every_row(fixture: Path, db: Path, schema: int, *, grown: t
         if table in grown:
             assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}, table
         elif table == "meta":
-            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
+            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION),
+                                   "min_release": schema_module.MIN_RELEASE}
         else:
             assert after == before[table], table
 
@@ -369,11 +370,12 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     before = {name: sorted(query(db, sql)) for name, sql in kept.items()}
     looks = [("files", "--as-of", first, "--md5sum"), ("files", "--as-of", latest, "--md5sum"),
              ("changes", "--version", latest, "--md5sum"), ("diff", "--from", first, "--to", latest, "--md5sum")]
-    seen = [cli(*look, "--db", str(db)).stdout for look in looks]
-    # `upgrade` (what a site runs after installing): no schema step, but it says what the next run will do
+    # `upgrade` (what a site runs after installing): schema 10 (min_release), and what the next run will do
     said = cli("upgrade", "--db", str(db))
-    assert said.returncode == 0 and "already at schema 9; the next run classifies the current rows again" in said.stdout
+    assert said.returncode == 0 and "schema 9 -> 10; the next run classifies the current rows again" in said.stdout
     assert f"checks version {latest} again by this release's rules" in said.stdout, said.stdout
+    seen = [cli(*look, "--db", str(db)).stdout for look in looks]  # (what schema 9 showed: the step adds one meta row)
+    assert all(seen), seen
 
     out = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
     assert out.returncode == 1, out.stderr  # today's rule registry.procedure_person: an error
@@ -410,7 +412,7 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
     assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
     assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(2,)]
-    assert cli("upgrade", "--db", str(db)).stdout.endswith("already at schema 9; nothing to do\n")
+    assert cli("upgrade", "--db", str(db)).stdout.endswith(f"already at schema {schema_module.SCHEMA_VERSION}; nothing to do\n")
 
 
 def test_a_version_checked_by_a_later_release_is_not_said_to_be_an_earlier_ones(tmp_path):
@@ -432,3 +434,24 @@ def test_a_version_checked_by_a_later_release_is_not_said_to_be_an_earlier_ones(
            "again)" in out.stderr, \
         out.stderr
     assert "earlier release" not in out.stderr
+
+
+def test_a_manifest_a_later_release_marked_is_read_but_not_written_by_this_one(tmp_path):
+    """A site that rolled back: the previous release (schema 9) ran on a manifest this one had classified and
+    checked, and undid both without a word. Schema 10 keeps meta.min_release: a release older than it refuses to
+    write (run, validate, upgrade: exit 3, nothing changed, the release to install named), and still reads."""
+    db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
+    shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
+    shutil.copytree(RELEASE_D460234 / "site", site)
+    assert cli("upgrade", "--db", str(db)).returncode == 0
+    assert query(db, "SELECT value FROM meta WHERE key = 'min_release'") == [(schema_module.MIN_RELEASE,)]
+    with sqlite3.connect(db) as con:  # as a later release leaves it
+        con.execute("UPDATE meta SET value = '9.1.0' WHERE key = 'min_release'")
+    before = {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("meta", "versions", "source_files", "findings")}
+    for argv in (("run", "--site", str(site)), ("validate",), ("upgrade",)):
+        out = cli(*argv, "--db", str(db))
+        assert out.returncode == 3, (argv, out.stderr)
+        assert "written by chorus-batch 9.1.0 or later" in out.stderr and "install chorus-batch 9.1.0 or later" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in before} == before
+    assert cli("versions", "--db", str(db)).returncode == 0  # reading it works
