@@ -251,20 +251,29 @@ def _dicom_facts(f) -> dict[str, Any]:
     head = _read_up_to(f, DICOM_HEAD_BYTES)
     if not head:
         raise BadContent("the file is empty")
-    complete = len(head) < DICOM_HEAD_BYTES
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
     truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
-    if complete and head[128:132] == b"DICM" and (
-            len(head) < 144  # not even the File Meta group's length
-            or head[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
-            and len(head) < 152 + int.from_bytes(head[140:144], "little")):  # that group cut, or no element after it
-        raise truncated
-    try:
-        elements = _dicom_elements_plain(head, complete=complete)
-        if elements is None and complete:  # dcmread reads it: cut short, it would give what is there
-            _walk_plain(head, complete=True)
-    except _Truncated:
-        raise truncated from None
+    wanted = DICOM_HEAD_BYTES
+    while True:
+        complete = len(head) < wanted
+        if complete and head[128:132] == b"DICM" and (
+                len(head) < 144  # not even the File Meta group's length
+                or head[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+                and len(head) < 152 + int.from_bytes(head[140:144], "little")):  # that group cut, or no element after it
+            raise truncated
+        try:
+            elements = _dicom_elements_plain(head, complete=complete)
+            if elements is None and complete:  # dcmread reads it: cut short, it would give what is there
+                _walk_plain(head, complete=True)
+        except _Truncated:
+            raise truncated from None
+        # A header running past the bytes read (a large private or multi-frame header, an encapsulated document):
+        # read on, doubling, up to DICOM_HEAD_MAX_BYTES, so that one cut short is found as a short one is. Given to
+        # dcmread at once, such a file cut inside its header (an interrupted copy) gave no facts and no error.
+        if elements is not None or complete or wanted >= DICOM_HEAD_MAX_BYTES or head[128:132] != b"DICM":
+            break
+        head += _read_up_to(f, wanted)
+        wanted *= 2
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -302,8 +311,9 @@ def _read_up_to(f, n: int) -> bytes:
 
 
 # The first bytes of a DICOM file read for its header: what lies before the pixel data is rarely over a
-# few KiB (vendors' private headers: tens of KiB); a header longer than this is read by dcmread.
+# few KiB (vendors' private headers: tens of KiB); a header longer than this is read on (a file not plain: by dcmread).
 DICOM_HEAD_BYTES = 256 * 1024
+DICOM_HEAD_MAX_BYTES = 16 << 20  # ... read on up to this, doubling, while its header runs past what was read
 
 
 def _dicom_elements_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
