@@ -99,6 +99,21 @@ def test_a_header_longer_than_the_first_bytes_read_still_gives_its_facts():
     assert got["patient_id"] == "000177" and "error" not in got
 
 
+@pytest.mark.parametrize("private", [100, 1500, 5000])
+def test_a_header_longer_than_the_first_bytes_read_cut_short_is_told_as_a_short_one_is(private, monkeypatch):
+    """A file whose header runs past the first DICOM_HEAD_BYTES (a large private or multi-frame header), cut inside
+    it by an interrupted copy, went to dcmread, which read what was there without a word: no facts, no error (a
+    short header cut alike: 'the file ends inside its DICOM header'). It is read on, doubling, and told alike; whole,
+    it gives the facts dcmread gives. (The first bytes read pinned at 1 KiB.)"""
+    monkeypatch.setattr(readers, "DICOM_HEAD_BYTES", 1024)
+    whole = dicom(private_bytes=private)
+    cut = whole[: whole.index(b"\x01" * 50) + private // 2]  # inside the private element's value
+    assert len(cut) > 100
+    with pytest.raises(readers.BadContent, match="ends inside its DICOM header"):
+        readers._dicom_facts(io.BytesIO(cut))
+    assert facts(whole) == by_dcmread(whole, monkeypatch) and facts(whole)["patient_id"] == "000177"
+
+
 def test_pixels_cut_short_are_not_read(monkeypatch):
     data = dicom(pixels=4096)[:-2048]
     assert readers._dicom_elements_plain(data, complete=True) is not None

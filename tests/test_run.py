@@ -126,6 +126,32 @@ def test_registry_goes_inactive_when_its_last_file_is_removed(site, db):
     assert sorted(query(db, "SELECT modality, isactive FROM registry")) == [("Images", 1), ("Waveforms", 1)]
 
 
+def test_records_without_a_date_before_dated_ones_in_key_order_are_read_back_in_batches(site, db, monkeypatch):
+    """A site whose first 1024 records in key order had no start date (Images|..., sessions without a stamp) and a
+    later one a date (a flat Waveforms file): every run that added files to recorded records stopped with 'internal
+    error: Type mismatch in column 2: expected INT64 but got STRING' (exit 3): the records were read back in the
+    driver's batches of 1024 rows, whose first one typed the all-NULL date as an integer. Reads on a cursor now take
+    the manifest's batches and read a result typed only after its first batch again (pinned low: 4 rows)."""
+    from chorus_batch.store import manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "QUERY_BATCH_ROWS", 4)
+    sessions = 1030  # more than the driver's own batch, 1024
+    for i in range(sessions):
+        write(site, f"000123/Images/CT/A{i:05d}/1.2.3/1.dcm", b"i%d" % i)
+    write(site, WAVE, b"w")
+    run_site(site, db, validate_site=False)
+    for i in range(sessions):
+        write(site, f"000123/Images/CT/A{i:05d}/1.2.3/2.dcm", b"j%d" % i)
+    write(site, WAVE.replace(".dat", ".hea"), b"h")
+    result = run_site(site, db, validate_site=False)
+    assert result.counts["added"] == sessions + 1
+    assert query(db, "SELECT count(*), count(date), count(DISTINCT record_id) FROM registry") == [(sessions + 1, 1, sessions + 1)]
+    assert query(db, "SELECT date, time FROM registry WHERE modality = 'Waveforms'") == [("2020-01-01", "10:10:10")]
+    # each file joined its session's record: two files a record
+    assert query(db, "SELECT count(*) FROM (SELECT record_id FROM source_files WHERE time_invalid IS NULL "
+                     "GROUP BY record_id HAVING count(*) = 2)") == [(sessions + 1,)]
+
+
 def test_rename_is_one_change_with_both_paths(site, db):
     write(site, WAVE, b"same bytes")
     run_site(site, db)

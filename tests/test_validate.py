@@ -543,6 +543,28 @@ def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_
                     "is not on the site: add the record or remove the line")]
 
 
+def test_a_root_records_file_larger_than_a_header_is_read_and_one_too_large_says_what_to_do(tmp_path, monkeypatch):
+    """v1.0's RECORDS at the root names every record of the site: 18 MB for 450k records, over the 16 MiB a WFDB
+    header may have, was 'cannot read this RECORDS file: the file is larger than 16 MiB; write one record name per
+    line as UTF-8 text', of a file that was just that. RECORDS files are read up to MAX_RECORDS_BYTES; a larger one
+    is told to be split by person. (Both limits pinned low: a RECORDS file of ~1 KiB.)"""
+    from chorus_batch.validate import readers
+
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    size = (root / "RECORDS").stat().st_size
+    monkeypatch.setattr(readers, "MAX_TEXT_BYTES", size // 2)  # a header's limit: below the RECORDS file
+    monkeypatch.setattr(readers, "MAX_RECORDS_BYTES", size)  # exactly its size: read
+    out = validate(root)
+    assert out.filter(pl.col("srcfile") == "RECORDS")["rule"].to_list() == ["layout.superseded"], out.to_dicts()
+
+    monkeypatch.setattr(readers, "MAX_RECORDS_BYTES", size - 1)  # one byte over: told, with what to do instead
+    out = validate(root).filter(pl.col("rule") == "records.unreadable")
+    assert out.select("srcfile", "message").rows() == [
+        ("RECORDS", "cannot read this RECORDS file: the file is larger than 0 MiB, the most a RECORDS file is read to: "
+                    "keep a RECORDS file in each person's folder (<person_id>/Waveforms/RECORDS) instead")]
+
+
 def test_a_name_over_255_bytes_is_found_where_a_container_holds_it(clean):
     """No local disk holds such a name (ext4 refuses it), a container does: its listing is checked as any other."""
     current = scan_current(clean)
@@ -967,7 +989,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), ("records", "1000\n1001\n", "not UTF-8"),
+    ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), ("records.v2", "1000\n1001\n", "not UTF-8"),
     ("wfdb_header.v3", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""

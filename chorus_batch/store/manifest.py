@@ -758,27 +758,13 @@ class Manifest:
 
     def query_frame(self, sql: str, params: tuple = (), *, schema: dict | None = None) -> pl.DataFrame:
         """Run a read query through ADBC and return a polars frame."""
-        try:
-            frame = self._fetch_frame(sql, params, QUERY_BATCH_ROWS)
-        except (ManifestError, OSError) as exc:  # (the driver's stream says it as pyarrow's OSError)
-            if "type mismatch" not in str(exc).lower():
-                raise
-            # The driver infers a column's type from its first batch: a column NULL in all of it (a late path's
-            # parse_error) then met "Type mismatch ... expected INT64 but got STRING" (`files` exit 3 on a 400k-file
-            # manifest). Read again as one batch of the result's size: its buffers are reserved for that many rows.
-            rows = self._one(f"SELECT count(*) FROM ({sql})", params)[0]
-            frame = self._fetch_frame(sql, params, max(int(rows), 1))
+        with self.adbc() as con, con.cursor() as cur:
+            frame = read_frame(cur, sql, params)
         if schema is not None:
             if frame.width == 0 or frame.height == 0:
                 return pl.DataFrame(schema=schema)
             frame = frame.cast(schema)  # type: ignore[arg-type]
         return frame
-
-    def _fetch_frame(self, sql: str, params: tuple, batch_rows: int) -> pl.DataFrame:
-        with self.adbc() as con, con.cursor() as cur:
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-            cur.execute(sql, params or None)
-            return fetch_frame(cur)
 
     # ------------------------------------------------------------------ runs
 
@@ -1069,9 +1055,8 @@ class Manifest:
             date=pl.col("_start").str.slice(0, 10), time=pl.col("_start").str.slice(11, 8),
         ).drop("_start")
         cur.adbc_ingest("_keys", records.select("record_key").to_arrow(), mode="replace", temporary=True)
-        cur.execute("SELECT r.record_key, r.record_id, r.date AS _date, r.time AS _time FROM temp._keys k "
-                    "JOIN registry r ON r.record_key = k.record_key")
-        known = fetch_frame(cur)
+        known = read_frame(cur, "SELECT r.record_key, r.record_id, r.date AS _date, r.time AS _time FROM temp._keys k "
+                                "JOIN registry r ON r.record_key = k.record_key")
         schema = {"record_key": pl.String, "record_id": pl.Int64, "_date": pl.String, "_time": pl.String}
         known = known.cast(schema) if known.height else pl.DataFrame(schema=schema)
         # A record's start is its earliest file's, also of files a later version adds (a recording's earlier part,
@@ -1101,8 +1086,8 @@ class Manifest:
     def _records_of(cur, file_ids: pl.Series) -> pl.DataFrame:
         if not file_ids.len():
             return pl.DataFrame(schema={"record_id": pl.Int64})
-        cur.execute("SELECT DISTINCT s.record_id FROM source_files s JOIN temp._old o ON o.file_id = s.file_id WHERE s.record_id IS NOT NULL")
-        frame = fetch_frame(cur)
+        frame = read_frame(cur, "SELECT DISTINCT s.record_id FROM source_files s JOIN temp._old o ON o.file_id = s.file_id "
+                                "WHERE s.record_id IS NOT NULL")
         return frame.cast({"record_id": pl.Int64}) if frame.height else pl.DataFrame(schema={"record_id": pl.Int64})
 
     def after_commit(self) -> None:
@@ -1162,6 +1147,29 @@ def fetch_frame(cur) -> pl.DataFrame:
     frame = pl.from_arrow(cur.fetch_arrow_table())
     assert isinstance(frame, pl.DataFrame)
     return frame
+
+
+def read_frame(cur, sql: str, params: tuple = ()) -> pl.DataFrame:
+    """The result of `sql` on an ADBC cursor (of `Manifest.adbc()`: its temporary tables too) as a polars frame, read
+    in batches of QUERY_BATCH_ROWS rows. The driver infers a column's type from its first batch: a column NULL in all
+    of it and typed later (a late path's parse_error; the registry's date where the first records in key order have
+    none) met "Type mismatch ... expected INT64 but got STRING" (`files` exit 3 on a 400k-file manifest; every commit
+    that touched the records of a site with more than 1024). Such a result is read again as one batch of its own
+    size: its buffers are reserved for that many rows."""
+    import adbc_driver_manager
+
+    def fetch(batch_rows: int) -> pl.DataFrame:
+        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+        cur.execute(sql, params or None)
+        return fetch_frame(cur)
+
+    try:
+        return fetch(QUERY_BATCH_ROWS)
+    except (adbc_driver_manager.Error, OSError) as exc:  # (the driver's stream says it as pyarrow's OSError)
+        if "type mismatch" not in str(exc).lower():
+            raise
+    cur.execute(f"SELECT count(*) FROM ({sql})", params or None)
+    return fetch(max(int(cur.fetchone()[0]), 1))
 
 
 def _arrow_stream(frame: pl.DataFrame, constants: dict[str, str | None] | None = None, rows: int = 100_000, *,

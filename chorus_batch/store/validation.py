@@ -80,16 +80,15 @@ class ValidationCache:
     def _known(self, wanted: pl.DataFrame, schema: dict) -> pl.DataFrame:
         if wanted.height == 0:
             return pl.DataFrame(schema=schema)
-        from .manifest import fetch_frame
+        from .manifest import read_frame
 
         with self.manifest.adbc() as con, con.cursor() as cur:
             # In key order: each lookup then finds its page where the last one was (1M files' facts: 3.0 s in
             # random order, 0.5 s in key order; sqlite3, page cache warm)
             wanted = wanted.select("kind", "md5").unique().sort("kind", "md5")
             cur.adbc_ingest("_want", wanted.to_arrow(), mode="create", temporary=True)
-            cur.execute(f"SELECT {', '.join('f.' + c for c in schema)} FROM temp._want w "
-                        "JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
-            frame = fetch_frame(cur)
+            frame = read_frame(cur, f"SELECT {', '.join('f.' + c for c in schema)} FROM temp._want w "
+                                    "JOIN file_facts f ON f.kind = w.kind AND f.md5 = w.md5")
         return frame.cast(schema) if frame.height else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
 
     def save_facts(self, new_facts: pl.DataFrame, *, replace: bool = True, read_back: bool = True) -> pl.DataFrame | None:
@@ -100,7 +99,7 @@ class ValidationCache:
         if new_facts.height == 0:
             return pl.DataFrame(schema=FACTS_SCHEMA) if read_back else None
         cached = pl.DataFrame(schema=FACTS_SCHEMA)
-        from .manifest import _arrow_stream, fetch_frame
+        from .manifest import _arrow_stream, read_frame
 
         ordered = _in_key_order(new_facts)  # at most one copy of the facts (1M files: ~180 MB of JSON)
         with self.manifest.adbc() as con:
@@ -108,9 +107,8 @@ class ValidationCache:
                 # (converted to Arrow slice by slice: all at once, a copy of every string)
                 cur.adbc_ingest("_facts", _arrow_stream(ordered), mode="create", temporary=True)
                 if not replace and read_back:
-                    cur.execute("SELECT f.kind, f.md5, f.facts FROM file_facts f JOIN temp._facts t "
-                                "ON t.kind = f.kind AND t.md5 = f.md5")
-                    found = fetch_frame(cur)
+                    found = read_frame(cur, "SELECT f.kind, f.md5, f.facts FROM file_facts f JOIN temp._facts t "
+                                            "ON t.kind = f.kind AND t.md5 = f.md5")
                     if found.height:
                         cached = found.cast(FACTS_SCHEMA).unique(["kind", "md5"])  # type: ignore[arg-type]
                 cur.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO file_facts "

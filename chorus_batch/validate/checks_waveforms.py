@@ -7,7 +7,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
-from .site import _Across, _found, _join_list, _norm_id, _Site
+from .site import _Across, _found, _join_list, _norm_id, _Site, _unreadable
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -268,8 +268,7 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
     records of every part: the ones found go to `across`, and _records_absent names the rest."""
     records = site.of_kind(KIND_RECORDS)
     out = [_found("records.unreadable", records.filter(pl.col("error").is_not_null()), "srcfile",
-                  fmt("cannot read this RECORDS file: {}; write one record name per line as UTF-8 text",
-                            pl.col("error")))]
+                  _unreadable("RECORDS file", "write one record name per line as UTF-8 text"))]
     readable = records.filter(pl.col("_ok"))
     if readable.height == 0:
         return out

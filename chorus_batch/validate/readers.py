@@ -53,7 +53,13 @@ from .rules import (
 )
 
 
-MAX_TEXT_BYTES = 16 * 1024 * 1024  # a WFDB header or RECORDS file larger than this is not one
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # a WFDB header (or a Markdown file) larger than this is not one
+# A RECORDS file holds a record name a line (~40 bytes), and the site root's (v1.0) names every record of the site:
+# 18 MB for 450k records, which MAX_TEXT_BYTES refused ('the file is larger than 16 MiB; write one record name per
+# line as UTF-8 text', of a file that was). This holds about 6M records (read whole: ~1 GB at the most).
+MAX_RECORDS_BYTES = 256 * 1024 * 1024
+RECORDS_TOO_LARGE = ("the file is larger than {} MiB, the most a RECORDS file is read to: keep a RECORDS file in each "
+                     "person's folder (<person_id>/Waveforms/RECORDS) instead")
 MAX_CSV_HEADER_BYTES = 1024 * 1024
 _BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -82,15 +88,21 @@ class BadContent(ValueError):
     """The file's content is not what its name says it is (the message says how)."""
 
 
-def _read_text(f, encoding: str, errors: str = "strict") -> str:
-    return _text(_read_up_to(f, MAX_TEXT_BYTES + 1), encoding, errors)
+def _read_text(f, encoding: str, errors: str = "strict", *, limit: int | None = None,
+               too_large: str = "the file is larger than {} MiB") -> str:
+    limit = MAX_TEXT_BYTES if limit is None else limit
+    return _text(_read_up_to(f, limit + 1), encoding, errors, limit=limit, too_large=too_large)
 
 
-def _text(data: bytes, encoding: str, errors: str = "strict") -> str:
+def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | None = None,
+          too_large: str = "the file is larger than {} MiB") -> str:
+    """`data` decoded, or BadContent saying why it is no text file: empty, over `limit` bytes (MAX_TEXT_BYTES unless
+    given; `too_large` is the reason then, with the limit in MiB), UTF-16, not `encoding`, or with control bytes."""
+    limit = MAX_TEXT_BYTES if limit is None else limit
     if not data:
         raise BadContent("the file is empty")
-    if len(data) > MAX_TEXT_BYTES:
-        raise BadContent(f"the file is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+    if len(data) > limit:
+        raise BadContent(too_large.format(limit // (1024 * 1024)))
     if _utf16(data):  # (an editor's "Unicode" encoding: neither binary data nor another 8-bit text)
         raise BadContent(f"the file is UTF-16 text, not {encoding.upper().removesuffix('-SIG')}")
     try:
@@ -239,20 +251,29 @@ def _dicom_facts(f) -> dict[str, Any]:
     head = _read_up_to(f, DICOM_HEAD_BYTES)
     if not head:
         raise BadContent("the file is empty")
-    complete = len(head) < DICOM_HEAD_BYTES
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
     truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
-    if complete and head[128:132] == b"DICM" and (
-            len(head) < 144  # not even the File Meta group's length
-            or head[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
-            and len(head) < 152 + int.from_bytes(head[140:144], "little")):  # that group cut, or no element after it
-        raise truncated
-    try:
-        elements = _dicom_elements_plain(head, complete=complete)
-        if elements is None and complete:  # dcmread reads it: cut short, it would give what is there
-            _walk_plain(head, complete=True)
-    except _Truncated:
-        raise truncated from None
+    wanted = DICOM_HEAD_BYTES
+    while True:
+        complete = len(head) < wanted
+        if complete and head[128:132] == b"DICM" and (
+                len(head) < 144  # not even the File Meta group's length
+                or head[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+                and len(head) < 152 + int.from_bytes(head[140:144], "little")):  # that group cut, or no element after it
+            raise truncated
+        try:
+            elements = _dicom_elements_plain(head, complete=complete)
+            if elements is None and complete:  # dcmread reads it: cut short, it would give what is there
+                _walk_plain(head, complete=True)
+        except _Truncated:
+            raise truncated from None
+        # A header running past the bytes read (a large private or multi-frame header, an encapsulated document):
+        # read on, doubling, up to DICOM_HEAD_MAX_BYTES, so that one cut short is found as a short one is. Given to
+        # dcmread at once, such a file cut inside its header (an interrupted copy) gave no facts and no error.
+        if elements is not None or complete or wanted >= DICOM_HEAD_MAX_BYTES or head[128:132] != b"DICM":
+            break
+        head += _read_up_to(f, wanted)
+        wanted *= 2
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -281,18 +302,18 @@ class _Truncated(Exception):
 
 def _read_up_to(f, n: int) -> bytes:
     """`n` bytes of `f`, fewer only at its end (a raw or network stream may return less than asked)."""
-    data = f.read(n)
-    while data and len(data) < n:
-        more = f.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
+    pieces = [f.read(n)]
+    got = len(pieces[0])
+    while pieces[-1] and got < n:  # (pieces joined once: `data += more` copied all read so far at each short read)
+        pieces.append(f.read(n - got))
+        got += len(pieces[-1])
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 # The first bytes of a DICOM file read for its header: what lies before the pixel data is rarely over a
-# few KiB (vendors' private headers: tens of KiB); a header longer than this is read by dcmread.
+# few KiB (vendors' private headers: tens of KiB); a header longer than this is read on (a file not plain: by dcmread).
 DICOM_HEAD_BYTES = 256 * 1024
+DICOM_HEAD_MAX_BYTES = 16 << 20  # ... read on up to this, doubling, while its header runs past what was read
 
 
 def _dicom_elements_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
@@ -580,7 +601,7 @@ def _registry_id_facts(frame: pl.DataFrame) -> dict[str, Any]:
 
 
 def _records_facts(f) -> dict[str, Any]:
-    text = _read_text(f, "utf-8")
+    text = _read_text(f, "utf-8", limit=MAX_RECORDS_BYTES, too_large=RECORDS_TOO_LARGE)
     lines = [line.strip() for line in text.splitlines()]
     return {"records": [line for line in lines if line and not line.startswith("#")]}
 
@@ -720,7 +741,7 @@ NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data,
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
 # copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|export it again as CSV UTF-8)$")
+              r"again|copy the file again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead)$")
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:

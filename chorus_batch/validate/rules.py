@@ -154,7 +154,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # and keeps the units as written where wfdb's reading dropped characters ("µV", read "V")
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
 # dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records"
+# records.v2 reads a RECORDS file of up to 256 MiB (v1: 16 MiB, a site root's of 450k records was unreadable)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records.v2"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
@@ -299,7 +300,8 @@ RULES: tuple[Rule, ...] = (
     Rule("records.absent", "error", "RECORDS lists an absent record",
          "A RECORDS file lists a record whose header is not on the site."),
     Rule("records.unreadable", "error", "RECORDS unreadable",
-         "A RECORDS file is empty or not UTF-8 text."),
+         "A RECORDS file is empty or not UTF-8 text, or larger than 256 MiB (about 6M records: keep one per person "
+         "folder instead)."),
     # -- images
     Rule("dicom.unreadable", "error", "DICOM header unreadable",
          "A .dcm file under Images/ has no readable DICOM header."),
