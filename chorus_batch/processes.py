@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -53,10 +53,25 @@ def signals_deferred() -> Iterator[None]:
                 os.kill(os.getpid(), held[0])
 
 
+def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
+    """The CPUs this process may run on: its affinity (`taskset`, a Slurm or cgroup cpuset), at most the
+    job's `SLURM_CPUS_PER_TASK` (a Slurm job whose CPUs are not bound still has only those). os.cpu_count() is
+    the machine's: a `--cpus-per-task=1` job on a 64-core node started 16 workers on its one CPU."""
+    environ = os.environ if environ is None else environ
+    try:
+        cpus = len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # (not Linux)
+        cpus = os.cpu_count() or 1
+    slurm = (environ.get("SLURM_CPUS_PER_TASK") or "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        cpus = min(cpus, int(slurm))
+    return cpus
+
+
 def default_workers() -> int:
-    """Hashing threads / listing and header-reading processes: the CPU count, at most 16
-    (past that a shared file system, not the CPU, is the limit)."""
-    return min(os.cpu_count() or 1, 16)
+    """Hashing threads / listing and header-reading processes: the CPUs this process may use (usable_cpus),
+    at most 16 (past that a shared file system, not the CPU, is the limit)."""
+    return min(usable_cpus(), 16)
 
 
 # Descriptors a run holds open (measured at 20 + 2 per worker process: its pipes and sentinel), with room to spare;

@@ -301,6 +301,23 @@ def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
     assert query(db, "SELECT exit_code FROM runs") == [(0,)] and len(current_rows(db)) == 2100
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two usable CPUs")
+@pytest.mark.parametrize("how", ["taskset", "slurm"])
+def test_the_default_workers_follow_the_cpus_the_run_may_use(how):
+    """`taskset -c 0` or a Slurm job's `--cpus-per-task=1` on a machine of more CPUs: the default --workers was the
+    machine's CPU count (os.cpu_count), so a one-CPU job started a worker per CPU of the node on its one CPU. Now it
+    is the CPUs the process may run on: its affinity, at most SLURM_CPUS_PER_TASK."""
+    first = min(os.sched_getaffinity(0))
+    env = {**os.environ, "SLURM_CPUS_PER_TASK": "1"} if how == "slurm" else {
+        k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
+    code = "from chorus_batch.config import RunSection; print(RunSection().workers)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, {first})) if how == "taskset" else None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+
+
 @pytest.mark.parametrize("hard, code", [(40, ExitCode.USAGE), (4096, 0)])
 def test_a_low_open_file_limit_is_raised_or_refused_before_any_work(site, db, hard, code):
     """`ulimit -n 40` and 16 workers: the pool could not start its workers mid-run (EMFILE), and the run said
