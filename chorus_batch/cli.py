@@ -966,8 +966,10 @@ def _early_listing(settings):
     instead, from chorus.toml as written, it gained nothing measurable: on 2 cores the walkers and the imports
     share the CPUs either way; 100k no-change runs, 20 alternations, 2026-12-03.)"""
     from .coverage import parse_shard, shard_from_environment, top_in_shard
+    from .processes import ensure_address_space
     from .walk import early_listing
 
+    ensure_address_space()  # before the libraries load: under too low a limit they abort, without a word
     coverage = None
     if settings.shard is not None or settings.staging is not None:
         try:

@@ -316,11 +316,12 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
     from .config import CONFIG_HELP, check_roots, parse_bytes, parse_max_delete
-    from .processes import ensure_open_files
+    from .processes import ensure_address_space, ensure_open_files
 
     manifest.check_path()
     check_roots(settings)
     ensure_open_files(settings.workers)
+    ensure_address_space()
     if settings.shard is None and settings.staging is None:  # (a shard commits nothing: its merge is told)
         # (none yet: no file; an older schema: the label is checked at the commit, after the upgrade a run makes, and a
         # dry run refuses the manifest anyway; reading it here said "SQLite failed: no such table: versions")
