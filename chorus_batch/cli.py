@@ -21,7 +21,7 @@ from typing import Any
 
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start,
-                     note_signal, out_of_memory, signals_unwrapped)
+                     note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
 from .units import shown, shown_name, shown_text
 
@@ -1726,7 +1726,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", code)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
         log.debug("unexpected error", exc_info=True)
-        known = out_of_memory(exc)  # a limit of the machine's, not a fault of ours: said as one
+        known = machine_limit(exc)  # a limit of the machine's, not a fault of ours: said as one
         outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
             print(f"chorus-batch: error: {known}\n  {outcome}", file=sys.stderr)

@@ -175,6 +175,40 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
                            "--workers; then run again")
 
 
+class ProcessLimit(ChorusError):
+    """A process or thread could not be started: the user's process limit (`ulimit -u`, RLIMIT_NPROC, which counts
+    threads too) or a cgroup's pids limit (a container's, a batch system's) reached, not a fault of chorus-batch."""
+
+
+def process_limit(exc: BaseException) -> ProcessLimit | None:
+    """`exc` as a ProcessLimit with what/where/fix, if it is a fork or thread start the system refused (EAGAIN;
+    Python's "can't start new thread"), else None. It said "internal error: BlockingIOError: [Errno 11] Resource
+    temporarily unavailable ... report it"."""
+    refused = isinstance(exc, OSError) and exc.errno == errno.EAGAIN
+    if not (refused or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc))):
+        return None
+    limit = ""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit = f" (this user's process limit, `ulimit -u`, is {soft}; its threads count too)"
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    return ProcessLimit(f"the system would not start another process or thread: {type(exc).__name__}: {exc}{limit}",
+                        where="the processes and threads of this user (`ulimit -u`, a cgroup's or container's pids "
+                              "limit, a Slurm job's)",
+                        fix="raise the limit (`ulimit -u` in the job's script, or ask the administrators), stop other "
+                            "processes of this user, or pass fewer --workers (--workers 1 starts no worker "
+                            "processes); then run again")
+
+
+def machine_limit(exc: BaseException) -> ChorusError | None:
+    """`exc` as the machine's limit it hit (memory, processes) with what/where/fix, else None."""
+    return out_of_memory(exc) or process_limit(exc)
+
+
 def file_size_limit() -> int | None:
     """This process's file-size limit in bytes (`ulimit -f`, a batch system's RLIMIT_FSIZE), None when it has none. A
     write past it fails with EFBIG, which SQLite says as "disk I/O error" (Python ignores the SIGXFSZ)."""

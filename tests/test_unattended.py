@@ -389,6 +389,29 @@ def test_a_worker_process_the_system_has_no_memory_for_is_said_as_out_of_memory(
     assert current_rows(db) == before
 
 
+_FORK_LIMITED = _FORK_REFUSED.replace("raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))",
+                                      "raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))")
+
+
+def test_a_process_limit_that_refuses_a_worker_is_said_as_that_limit(site, db):
+    """`ulimit -u` (RLIMIT_NPROC, a login node's or a batch job's; a cgroup's pids.max alike) reached: the fork of a
+    worker failed with EAGAIN and the run said "internal error: BlockingIOError: [Errno 11] Resource temporarily
+    unavailable ... report it". Now exit 3 naming the limit and what to do; the previous version stays."""
+    assert _FORK_LIMITED != _FORK_REFUSED
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    many(site, 2100)  # enough files for worker processes (hashing.PROCESS_MIN_FILES)
+    done = subprocess.run([sys.executable, "-c", _FORK_LIMITED, str(site), str(db)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "error: the system would not start another process or thread: BlockingIOError" in done.stderr, done.stderr
+    assert "`ulimit -u`" in done.stderr and "--workers 1" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr and "nothing was committed" in done.stderr, done.stderr
+    assert current_rows(db) == before
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.FAILED,)]
+
+
 def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previous_version(site, db):
     """`ulimit -f` (a batch system's or a login's file-size limit) stopped SQLite's write with EFBIG, which SQLite
     says as "disk I/O error": the run said the manifest's file system failed and to check dmesg, on a healthy disk.
