@@ -67,6 +67,16 @@ def nearly_full(folder: str | os.PathLike[str]) -> bool:
     return 0 <= free_bytes(folder) < NEARLY_FULL_BYTES
 
 
+def sqlite_temp_folder() -> str:
+    """The folder SQLite writes its temporary files in (sorts, index builds, a large transaction's statement journal)
+    on Unix: the first of $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp that is a folder this user may write and
+    search (SQLite's unixTempFileDir), else the current folder."""
+    for folder in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"):
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return "."
+
+
 def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Path], None], *,
                   new_only: bool = False) -> Path:
     """Write `target` atomically and owner-only. `content` is the bytes, or a function that

@@ -883,6 +883,29 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def test_a_full_temporary_folder_is_said_as_that_folder_not_the_manifests_disk(site, db, small_disk, monkeypatch):
+    """SQLite writes its sorts and index builds in $TMPDIR; a full one (a small tmpfs /tmp on a compute node) failed
+    every run with "the disk is full ... free space on the manifest's file system", whose disk had gigabytes free.
+    Now the message names SQLite's temporary folder, its free space and SQLITE_TMPDIR; the previous version stays."""
+    for i in range(3000):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i}".encode())
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    for i in range(3000):  # a version of many changes: SQLite sorts them (a site's nightly churn)
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i} changed".encode())
+    write(site, "Metadata/new.txt", b"new")
+    fill(small_disk)
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    env = {"TMPDIR": str(small_disk)}
+    out = run(site, db, "-q", env=env)
+    assert out.returncode == ExitCode.FAILED, out.stderr
+    assert "the disk is full" in out.stderr and f"SQLite's temporary folder {small_disk}" in out.stderr, out.stderr
+    assert "free space on the manifest's file system" not in out.stderr and "SQLITE_TMPDIR=" in out.stderr, out.stderr
+    assert current_rows(db) == before
+    env["SQLITE_TMPDIR"] = str(db.parent)  # what the message says to do
+    assert run(site, db, "-q", env=env).returncode == 0 and len(current_rows(db)) == 3001
+
+
 def test_a_first_version_too_big_for_its_disk_says_so_in_sqlites_words(site, small_disk):
     """A first version of 6000 files on a 2 MiB file system failed in the bulk (ADBC) write, and the message was
     'the disk is full: INTERNAL: failed to execute: database or disk is full' with a 'query was: INSERT ...' line:
