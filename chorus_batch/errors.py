@@ -289,10 +289,16 @@ def signal_behind(exc: BaseException) -> BaseException | None:
     return stop
 
 
+class LibraryPanic(RuntimeError):
+    """A panic in a library's Rust code (polars): pyo3 raises it as PanicException, a BaseException, which passed
+    every `except Exception`: a traceback, exit code 1 ("findings") and the run's `runs` row left unfinished."""
+
+
 @contextmanager
 def signals_unwrapped() -> Iterator[None]:
     """Inside, an error a library raised in place of a stop signal (DuckDB wraps what our handler raises while it
-    calls back into Python) is raised as that signal (signal_behind)."""
+    calls back into Python) is raised as that signal (signal_behind), and a Rust panic as a LibraryPanic (an
+    Exception: failed as any other error is)."""
     try:
         yield
     except Exception as exc:
@@ -300,3 +306,7 @@ def signals_unwrapped() -> Iterator[None]:
         if stop is None:
             raise
         raise stop from exc
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":  # (pyo3_runtime's: not importable by name)
+            raise
+        raise LibraryPanic(f"a library panicked: {exc}") from exc

@@ -412,6 +412,34 @@ def test_a_process_limit_that_refuses_a_worker_is_said_as_that_limit(site, db):
     assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.FAILED,)]
 
 
+_PANICKING = """
+import os, sys
+os.environ["POLARS_MAX_THREADS"] = "0"  # read by polars at its first query, where it panics (Rust)
+from chorus_batch import RunSettings, run
+try:
+    run(RunSettings(site=sys.argv[1], db=sys.argv[2], validate=False))
+except Exception as exc:
+    print("raised", type(exc).__name__)
+"""
+
+
+def test_a_panic_in_a_librarys_rust_code_fails_the_run_as_an_error(site, db):
+    """pyo3 raises a Rust panic (polars') as PanicException, a BaseException: it passed every `except Exception`, so
+    the command line ended with a traceback and exit code 1 ("findings"), and the `runs` row stayed unfinished (the
+    next run called it killed). Now it is an Exception (LibraryPanic): the run is recorded as failed (3), the previous
+    version stays, and a library caller can catch it."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    many(site, 8)
+    done = subprocess.run([sys.executable, "-c", _PANICKING, str(site), str(db)], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"})
+    assert done.returncode == 0 and done.stdout.strip() == "raised LibraryPanic", (done.stdout, done.stderr)
+    assert query(db, "SELECT exit_code, message FROM runs ORDER BY run_id DESC LIMIT 1") == [
+        (ExitCode.FAILED, "LibraryPanic: a library panicked: Worker threads cannot be set to 0")]
+    assert current_rows(db) == before
+
+
 def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previous_version(site, db):
     """`ulimit -f` (a batch system's or a login's file-size limit) stopped SQLite's write with EFBIG, which SQLite
     says as "disk I/O error": the run said the manifest's file system failed and to check dmesg, on a healthy disk.
