@@ -462,6 +462,25 @@ def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previou
     assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 3000
 
 
+def test_a_file_size_limit_that_stops_a_shards_parquet_names_the_limit(site, db, tmp_path):
+    """A Slurm array task under `ulimit -f`: polars says the write's EFBIG in its own error ("ComputeError: parquet:
+    ... underlying IO error: File too large (os error 27)"), which the run said as an internal error to report (and
+    an errno-less OSError got "choose a path on an ordinary file system with room"). Now exit 3, the file, and the
+    limit to raise; the shard's folder is left empty."""
+    import resource
+
+    many(site, 3000)
+    staging = tmp_path / "staging"
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
+                           str(db), "--shard", "0/1", "--staging", str(staging)], capture_output=True, text=True,
+                          timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY)))
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "cannot write" in done.stderr and "files.parquet: File too large" in done.stderr, done.stderr
+    assert "`ulimit -f unlimited`" in done.stderr and "internal error" not in done.stderr, done.stderr
+    assert not any((staging / "shard-0-of-1").iterdir())
+
+
 # ----------------------------------------------------------------------------- truthful errors
 
 
