@@ -158,15 +158,8 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     refused = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
     if not (mapped or refused or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
         return None
-    limit = ""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if soft != resource.RLIM_INFINITY:
-            limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)"
-    except (ImportError, OSError, ValueError):
-        pass
+    soft = soft_limit("RLIMIT_AS")
+    limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)" if soft is not None else ""
     detail = str(exc).strip()
     return OutOfMemory(f"out of memory: {type(exc).__name__}{': ' + detail if detail else ''}{limit}",
                        where="the memory of this process (`ulimit -v`, a Slurm --mem, a cgroup memory limit)",
@@ -187,15 +180,8 @@ def process_limit(exc: BaseException) -> ProcessLimit | None:
     refused = isinstance(exc, OSError) and exc.errno == errno.EAGAIN
     if not (refused or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc))):
         return None
-    limit = ""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
-        if soft != resource.RLIM_INFINITY:
-            limit = f" (this user's process limit, `ulimit -u`, is {soft}; its threads count too)"
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass
+    soft = soft_limit("RLIMIT_NPROC")
+    limit = f" (this user's process limit, `ulimit -u`, is {soft}; its threads count too)" if soft is not None else ""
     return ProcessLimit(f"the system would not start another process or thread: {type(exc).__name__}: {exc}{limit}",
                         where="the processes and threads of this user (`ulimit -u`, a cgroup's or container's pids "
                               "limit, a Slurm job's)",
@@ -212,10 +198,16 @@ def machine_limit(exc: BaseException) -> ChorusError | None:
 def file_size_limit() -> int | None:
     """This process's file-size limit in bytes (`ulimit -f`, a batch system's RLIMIT_FSIZE), None when it has none. A
     write past it fails with EFBIG, which SQLite says as "disk I/O error" (Python ignores the SIGXFSZ)."""
+    return soft_limit("RLIMIT_FSIZE")
+
+
+def soft_limit(name: str) -> int | None:
+    """This process's soft limit `name` (resource.RLIMIT_AS, _NPROC, _FSIZE...), None when it has none or the
+    system has no such limit."""
     try:
         import resource
 
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        soft = resource.getrlimit(getattr(resource, name))[0]
     except (ImportError, AttributeError, OSError, ValueError):
         return None
     return None if soft == resource.RLIM_INFINITY else soft

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import STOP_SIGNALS, UsageError, WorkerDied
+from .errors import STOP_SIGNALS, UsageError, WorkerDied, soft_limit
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
@@ -119,12 +119,8 @@ def ensure_address_space() -> None:
     """An address-space limit (`ulimit -v`, RLIMIT_AS; Slurm passes on the submitting shell's) below what a run maps
     is a usage error before any work. Under it an allocation in polars' (Rust) code failed, which aborts the process:
     exit 134, "memory allocation of 8388608 bytes failed" and a Rust backtrace, the `runs` row left unfinished."""
-    try:
-        import resource
-    except ImportError:  # (not POSIX)
-        return
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft == resource.RLIM_INFINITY or soft >= ADDRESS_SPACE_NEEDED:
+    soft = soft_limit("RLIMIT_AS")
+    if soft is None or soft >= ADDRESS_SPACE_NEEDED:
         return
     raise UsageError(
         f"the address-space limit (`ulimit -v`) is {soft // 2**20} MiB: a run maps about 3 GiB of address space (the "

@@ -365,48 +365,34 @@ _FORK_REFUSED = """
 import errno, os, sys
 from chorus_batch import cli
 
-def fork():  # what the kernel says when it will not give a worker process memory (overcommit, a cgroup's limit)
-    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+def fork():  # what the kernel says when it will not start a worker process (see the test's parameters)
+    raise OSError(errno.{name}, os.strerror(errno.{name}))
 
 os.fork = fork
 sys.exit(cli.main(["run", "--no-validate", "--workers", "2", "--site", sys.argv[1], "--db", sys.argv[2]]))
 """
 
 
-def test_a_worker_process_the_system_has_no_memory_for_is_said_as_out_of_memory(site, db):
-    """A machine short of memory refused the fork of a hashing worker: "internal error: OSError: [Errno 12] Cannot
-    allocate memory ... report it" (seen when several runs shared one node). It is the machine's limit: exit 3 with
-    what to do, and the previous version stays."""
+@pytest.mark.parametrize("name, words", [
+    # no memory for it (overcommit, a cgroup's limit): "internal error: OSError: [Errno 12] Cannot allocate memory
+    # ... report it" (seen when several runs shared one node)
+    ("ENOMEM", ["error: out of memory: OSError", "give the job more memory"]),
+    # `ulimit -u` (RLIMIT_NPROC, a login node's or a batch job's; a cgroup's pids.max alike) reached: "internal
+    # error: BlockingIOError: [Errno 11] Resource temporarily unavailable ... report it"
+    ("EAGAIN", ["error: the system would not start another process or thread: BlockingIOError", "`ulimit -u`",
+                "--workers 1"]),
+])
+def test_a_worker_process_the_system_refuses_is_said_as_the_limit_reached(site, db, name, words):
+    """The fork of a hashing worker refused by the system is the machine's limit, not ours to report: exit 3 with
+    which limit and what to do, and the previous version stays."""
     many(site, 5)
     assert run(site, db, "-q").returncode == 0
     before = current_rows(db)
     many(site, 2100)  # enough files for worker processes (hashing.PROCESS_MIN_FILES)
-    done = subprocess.run([sys.executable, "-c", _FORK_REFUSED, str(site), str(db)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", _FORK_REFUSED.replace("{name}", name), str(site), str(db)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == ExitCode.FAILED, done.stderr
-    assert "error: out of memory: OSError" in done.stderr and "give the job more memory" in done.stderr, done.stderr
-    assert "internal error" not in done.stderr and "nothing was committed" in done.stderr, done.stderr
-    assert current_rows(db) == before
-
-
-_FORK_LIMITED = _FORK_REFUSED.replace("raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))",
-                                      "raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))")
-
-
-def test_a_process_limit_that_refuses_a_worker_is_said_as_that_limit(site, db):
-    """`ulimit -u` (RLIMIT_NPROC, a login node's or a batch job's; a cgroup's pids.max alike) reached: the fork of a
-    worker failed with EAGAIN and the run said "internal error: BlockingIOError: [Errno 11] Resource temporarily
-    unavailable ... report it". Now exit 3 naming the limit and what to do; the previous version stays."""
-    assert _FORK_LIMITED != _FORK_REFUSED
-    many(site, 5)
-    assert run(site, db, "-q").returncode == 0
-    before = current_rows(db)
-    many(site, 2100)  # enough files for worker processes (hashing.PROCESS_MIN_FILES)
-    done = subprocess.run([sys.executable, "-c", _FORK_LIMITED, str(site), str(db)], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == ExitCode.FAILED, done.stderr
-    assert "error: the system would not start another process or thread: BlockingIOError" in done.stderr, done.stderr
-    assert "`ulimit -u`" in done.stderr and "--workers 1" in done.stderr, done.stderr
+    assert all(word in done.stderr for word in words), done.stderr
     assert "internal error" not in done.stderr and "nothing was committed" in done.stderr, done.stderr
     assert current_rows(db) == before
     assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.FAILED,)]
