@@ -141,9 +141,12 @@ class WorkerDied(ChorusError):
             f"a worker process of this run ended abruptly ({how or 'killed or crashed'}) while it listed, hashed or "
             "read files; the work it had is lost",
             where="the worker processes (--workers / workers in [run])",
-            fix="if the kernel's out-of-memory killer or a memory limit ended it (`dmesg | grep -i oom`, a Slurm "
-                "job in state OUT_OF_MEMORY), give the job more memory (--mem) or pass fewer --workers; then run "
-                "again (what the checkpoint holds is not hashed again)")
+            # (a worker has the CPU-time limit of its own: SIGXCPU was told to go to the memory it never lacked)
+            fix=("its CPU-time limit (`ulimit -t`, a batch system's CPU limit; each worker process has its own) was "
+                 "reached: raise it for this job" if "SIGXCPU" in how else
+                 "if the kernel's out-of-memory killer or a memory limit ended it (`dmesg | grep -i oom`, a Slurm "
+                 "job in state OUT_OF_MEMORY), give the job more memory (--mem) or pass fewer --workers")
+                + "; then run again (what the checkpoint holds is not hashed again)")
 
 
 class OutOfMemory(ChorusError):

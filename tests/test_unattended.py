@@ -270,7 +270,12 @@ def test_workers_die_with_a_killed_parent(site, db):
     assert not any(alive(p) for p in workers)
 
 
-def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db):
+@pytest.mark.parametrize("signum, fix", [
+    (signal.SIGKILL, "out-of-memory killer"),
+    # a worker's own CPU-time limit (each process has its own `ulimit -t`): it was told to look for the OOM killer
+    (signal.SIGXCPU, "its CPU-time limit (`ulimit -t`"),
+])
+def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db, signum, fix):
     """The OOM killer SIGKILLs one worker: exit 3 saying so (not "internal error: BrokenProcessPool"), the
     `runs` row finished, nothing committed, no process left, and the next run commits."""
     many(site, 5)
@@ -278,11 +283,12 @@ def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db)
     before = current_rows(db)
     proc, workers = paused_at_hashing(site, db, "hashing+3")
     workers = {p for p in workers if alive(p)}
-    os.kill(min(workers), signal.SIGKILL)  # while the parent waits: its next chunk finds the pool broken
+    os.kill(min(workers), signum)  # while the parent waits: its next chunk finds the pool broken
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FAILED, err
-    assert "worker process of this run ended abruptly (killed by SIGKILL)" in err and "internal error" not in err
-    assert "out-of-memory" in err and "nothing was committed" in err and "Traceback" not in err
+    assert f"worker process of this run ended abruptly (killed by {signum.name})" in err and "internal error" not in err
+    assert fix in err and "nothing was committed" in err and "Traceback" not in err
+    assert ("out-of-memory" in err) == (signum == signal.SIGKILL), err
     assert not any(alive(p) for p in workers)
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
     assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs ORDER BY run_id DESC LIMIT 1") == [(3, 1)]
