@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ChorusError, ExitCode
 
-__version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here: dynamic)
+__version__ = "0.2.0"  # the distribution's version too (pyproject.toml reads it from here: dynamic)
 
 
 def release() -> str:

@@ -82,6 +82,9 @@ class _Parser(argparse.ArgumentParser):
             value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
                      else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
             message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+        from .urls import scrub
+
+        message = scrub(message)  # (it quotes what was given: a SAS in the wrong place, say)
         words = _Parser.words[:_Parser.words.index("--")] if "--" in _Parser.words else _Parser.words
         if "--json" in words:  # a script parsing stdout gets why, as from any other failing command (main._json_error)
             with contextlib.suppress(Exception):
@@ -322,7 +325,8 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
         description="Migrate the manifest in place, one numbered step at a time, each one transaction: every version, "
                     "file row, record and finding is kept. `run` and `validate` do this too; read-only commands ask "
-                    "for it.",
+                    "for it. Also says what the next run does that no schema step does (a release of the same schema "
+                    "too): classify the current rows again, check the latest version again by this release's rules.",
         epilog="example:\n  chorus-batch upgrade --db site_manifest.sqlite\n\n" + EXIT_CODES_HELP,
     )
     upgrade.add_argument("--db", help=READ_DB_HELP)
@@ -1071,9 +1075,28 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     with manifest.lock(argv):
         before, after = manifest.ensure_schema(create=False)
-    print(f"{manifest.path.resolve()}: schema {before} -> {after}" if before != after
-          else f"{manifest.path.resolve()}: already at schema {after}; nothing to do")
+    pending = _after_upgrade(manifest, target.config.patterns)
+    print(f"{manifest.path.resolve()}: schema {before} -> {after}{pending}" if before != after
+          else f"{manifest.path.resolve()}: already at schema {after}; " + (pending.lstrip("; ") or "nothing to do"))
     return 0
+
+
+def _after_upgrade(manifest, patterns: dict[str, list[str]]) -> str:
+    """What the next run does that the schema upgrade did not (a release of the same schema classifies or checks
+    otherwise): '' when nothing, else '; the next run ...'."""
+    from .classify import build_patterns, fingerprint
+    from .validate.run import FROM_CACHED_FACTS
+
+    latest = manifest.latest_version()
+    if latest is None:
+        return ""
+    todo = []
+    if manifest.classification() != fingerprint(build_patterns(patterns)):
+        todo.append("classifies the current rows again, in place (another release, or other [patterns], "
+                    "classified them; no version is made of it)")
+    if manifest.validation.checked_by_other_rules(latest["label"]):
+        todo.append(f"checks version {latest['label']} again by this release's rules, {FROM_CACHED_FACTS}")
+    return "; the next run " + " and ".join(todo) if todo else ""
 
 
 def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1726,14 +1749,17 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", code)
     except Exception as exc:  # an unexpected failure: a message, the details in the log at debug level
         log.debug("unexpected error", exc_info=True)
+        from .urls import scrub
+
         known = machine_limit(exc)  # a limit of the machine's, not a fault of ours: said as one
         outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
-            print(f"chorus-batch: error: {known}\n  {outcome}", file=sys.stderr)
+            print(scrub(f"chorus-batch: error: {known}\n  {outcome}"), file=sys.stderr)
             _json_error(args, int(known.exit_code), known.what, where=known.where, fix=known.fix, outcome=outcome)
             return int(known.exit_code)
         fix = "rerun with -v for details, and report it with that output"
-        print(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}", file=sys.stderr)
+        print(scrub(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}"),
+              file=sys.stderr)
         _json_error(args, int(ExitCode.FAILED), f"internal error: {type(exc).__name__}: {exc}", fix=fix, outcome=outcome)
         return int(ExitCode.FAILED)
     finally:
@@ -1741,8 +1767,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(exc: ChorusError, outcome: str | None = None) -> None:
-    """An expected error on stderr: what happened, where, what to do, then what stands."""
-    print(shown(f"chorus-batch: error: {exc}", lines=True), file=sys.stderr)
+    """An expected error on stderr: what happened, where, what to do, then what stands; secrets in what it
+    quotes masked (a SAS given where a version label or a file goes)."""
+    from .urls import scrub
+
+    print(shown(scrub(f"chorus-batch: error: {exc}"), lines=True), file=sys.stderr)
     if outcome:
         print(f"  {outcome}", file=sys.stderr)
 
@@ -1753,8 +1782,11 @@ def _json_error(args: argparse.Namespace, code: int, error: str, **details: str 
     (a second object would make the first unreadable), nor when stdout itself failed."""
     if not getattr(args, "json", False) or getattr(sys.stdout, "used", True):
         return
+    from .urls import scrub
+
     with contextlib.suppress(Exception):  # (stdout gone too: stderr has said it)
-        print(json.dumps({"error": error, **{k: v for k, v in details.items() if v}, "exit_code": code}, indent=2))
+        print(json.dumps({"error": scrub(error), **{k: scrub(v) for k, v in details.items() if v},
+                          "exit_code": code}, indent=2))
         sys.stdout.flush()
 
 

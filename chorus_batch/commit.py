@@ -256,6 +256,11 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     if n_kept and manifest.classification() != classification:
         reclassified = _reclassify(manifest, invalidated, patterns)
         kept_candidates = _with_classification(kept_candidates, reclassified)
+        if reclassified.height:  # (an upgrade's new unparseable paths of unchanged files are otherwise unexplained)
+            log.info(f"the classification changed since the manifest's current rows were classified (another "
+                     f"release, or [patterns] of chorus.toml): {reclassified.height} unchanged file(s) are classified "
+                     "otherwise now, " + ("which a run updates in place" if dry_run else
+                                          "updated in place (their contents and the versions stay as recorded)"))
     unchanged = tree.unchanged_by_modality()
     if mode == "append" and kept_candidates.height:
         # Files the tree did not list are carried over as they were: unchanged, or the summary's counts fall short

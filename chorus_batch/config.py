@@ -58,6 +58,7 @@ from pydantic_core import PydanticCustomError
 from .config_file import read_toml, resolve_path
 from .errors import ConfigError
 from .processes import default_workers
+from .urls import holds_userinfo
 
 # Where a person finds every setting with an example (a config error's fix points there).
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
@@ -233,7 +234,8 @@ class _CloudSection(_Strict):
             for key, value in data.items():
                 if key.lower() in _SECRET_SETTINGS:
                     raise _secret_error(cls._section.default, key)  # type: ignore[attr-defined]
-                if isinstance(value, str) and _SECRET_TEXT.search(value):
+                # (a user:password@ in a URL too: account_url = "https://user:pw@acct.blob..." was signed in with)
+                if isinstance(value, str) and (_SECRET_TEXT.search(value) or holds_userinfo(value)):
                     raise _secret_error(cls._section.default, key)  # type: ignore[attr-defined]
         return data
 

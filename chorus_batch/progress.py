@@ -120,10 +120,20 @@ def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int
     return f"{label}: {counted}{sized}{rate}{eta}, {tqdm.format_interval(elapsed_s)} elapsed"
 
 
+class _MaskingFormatter(logging.Formatter):
+    """Log lines, a traceback's (-v) included, with the secrets they quote masked: an exception's text may hold the
+    URL or connection string it was given."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .urls import scrub
+
+        return scrub(super().format(record))
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     # each line with its UTC offset: version labels are UTC, and a node's zone (or a DST change) is not the reader's
-    handler.setFormatter(logging.Formatter("%(asctime)s chorus-batch: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    handler.setFormatter(_MaskingFormatter("%(asctime)s chorus-batch: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger("chorus_batch")
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)

@@ -24,7 +24,25 @@ PROTOCOLS = ("file", *AZURE_PROTOCOLS, *S3_PROTOCOLS, "memory")
 # in other text only the SAS parameters that may follow a '?' or '&'.
 _SECRET_QUERY = re.compile(r"(?i)([?&](?:sig|sv|se|sp|spr|srt|ss|st|skoid|sktid|skt|ske|sks|skv)=)[^&]*")
 _URL_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/@]*)@", re.IGNORECASE)
+# A URL's userinfo: user:password@ up to the last '@' (a password may hold '@' or '/', as AWS secret keys do:
+# https://user:p@ss@host/ showed 'ss', s3://KEY:a/b@bucket/ all of it), or a user (a token) before the first '/'.
+_USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/?#@:\s]+:\S*|[^/?#\s]*)@", re.IGNORECASE)
+# A URL in free text (a message, a log line, an argument), to the next space or quote.
+_TEXT_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
+# Secrets in free text outside a URL (an SDK's message, a connection string, a header)
+_SCRUB = [
+    # SAS query parameters (sig is the secret; the rest say what it allows and until when)
+    (re.compile(r"(?i)([?&;\s\"']sig=)[^&\s\"';,]+"), r"\1***"),
+    (re.compile(r"(?i)\b(sig%3D)[^&\s\"';,]+"), r"\1***"),
+    # connection-string fields
+    (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
+    (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
+    # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
+    (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
+    (re.compile(r"(?i)\b((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
+                r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
+                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&;,]+"), r"\1***"),
+]
 
 
 def _userinfo(found: re.Match) -> str:
@@ -42,11 +60,30 @@ def mask_url(url: str) -> str:
     return head + _URL_QUERY_VALUE.sub(r"\1***", "?" + query)
 
 
+def scrub(text: str) -> str:
+    """Free text as it may be shown, logged or kept (an error message, a log line with its traceback, an SDK's
+    message): each URL in it as mask_url shows it; SAS signatures, account keys, bearer tokens, passwords and AWS
+    secrets outside a URL become ***. Messages quote what they were given (`no version 'az://c/x?sig=...'`,
+    argparse's `unrecognized arguments: ...`): a secret given in the wrong place was printed back, and so kept in
+    cron mails and job logs."""
+    text = _TEXT_URL.sub(lambda found: mask_url(found.group(0)), text)
+    for pattern, replacement in _SCRUB:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def holds_userinfo(url: str) -> bool:
+    """A user or a user:password before the URL's host (abfs://CONTAINER@ACCOUNT... names a container: not one)."""
+    head = url.split("?", 1)[0]
+    return mask_url(head) != head
+
+
 def redact(argv: list[str]) -> list[str]:
-    """Arguments as recorded (`runs`, a shard's scan.json): URLs with their secrets masked, anything else that looks
-    like a secret masked whole. Here, not in pipeline: a shard records its arguments before polars loads."""
+    """Arguments as recorded (`runs`, a shard's scan.json): URLs with their secrets masked (also one inside an
+    argument, --site=https://user:pw@host), anything else that looks like a secret masked whole. Here, not in
+    pipeline: a shard records its arguments before polars loads."""
     secret = re.compile(r"(AccountKey=|SharedAccessSignature=|password|token|secret)", re.IGNORECASE)
-    return ["***" if secret.search(a) else mask_url(a) for a in argv]
+    return ["***" if secret.search(a) else scrub(mask_url(a)) for a in argv]
 
 
 def protocol_of(url: str) -> str:
@@ -114,6 +151,10 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
                              fix=f"give it as ./{location}, or as its full path")
         return home
     host, raw = url.group(1) or "", url.group(2) or url.group(3)
+    if "@" in host:  # a user:password@ is masked, never shown (it was quoted in the message)
+        raise UsageError(f"{what} {mask_url(location)}: a file URL with a user or password is not read (credentials "
+                         "are not taken from a URL)", where=what,
+                         fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
     if host.lower() not in ("", "localhost"):
         raise UsageError(f"{what} {location}: a file URL naming the computer {host!r} is not read", where=what,
                          fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
@@ -185,7 +226,7 @@ _CREDENTIAL_QUERY = re.compile(r"(?i)(?:^|&)(?:sig|sv|se|sp|spr|srt|ss|st|skoid|
 def _check_url_parts(location: str, protocol: str, rest: str, shown: str, what: str) -> None:
     """A cloud root's URL: no credentials, no query or fragment."""
     head, _, query = rest.partition("?")
-    if _CREDENTIAL_QUERY.search(query) or mask_url(location.split("?")[0]) != location.split("?")[0]:
+    if _CREDENTIAL_QUERY.search(query) or holds_userinfo(location):
         raise UsageError(f"{what} {shown} holds credentials in the URL; they are not used from there", where=what,
                          fix="remove them from the URL and " + (
                              "set AZURE_STORAGE_SAS_TOKEN (or a connection string or an account key), or sign in with "

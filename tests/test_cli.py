@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, query, tree_md5, write
+from conftest import ROOT, cli, paused, query, tree_md5, write
 
 
 def _invocations(text: str) -> list[list[str]]:
@@ -490,6 +490,48 @@ def test_runs_are_logged_without_secrets(site, db, tmp_path):
     assert out.returncode == 0, out.stderr
     (argv,) = query(db, "SELECT argv FROM runs")[0]
     assert "sig=abc" not in argv
+
+
+def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in_runs(site, db, tmp_path, capfd):
+    """Messages quote what they were given, and a SAS, an account key or a password given in the wrong place (a
+    version label, the delete list's path, --config, a word argparse does not know) was printed back whole: on stderr,
+    in --json's error object, in the `runs` row of a run that failed after its commit, in a log line."""
+    secret = "SECRETSIG"
+    write(site, "OMOP/a.csv")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    sas = f"az://c/x?sv=2024&sig={secret}"
+    for args in (["run", "--db", str(db), sas], ["--site", sas, "versions"], ["run", "--config", sas, "--json"],
+                 ["changes", "--db", str(db), "--version", sas, "--json"], ["run", "--mode", sas],
+                 ["upload", "--db", str(db), f"--to=az://user:{secret}@c/"],
+                 ["run", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", sas, "--json"]):
+        out = cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert secret not in out.stdout + out.stderr and "***" in out.stdout + out.stderr, (args, out.stdout, out.stderr)
+
+    # A failure after the commit quotes the --parquet path it could not write: in the message and in `runs`.
+    snapshots = tmp_path / f"snap?sv=2024&sig={secret}"
+    write(site, "OMOP/b.csv")
+    run = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snapshots), "--json",
+                 at="committed+2")
+    shutil.rmtree(snapshots, ignore_errors=True)
+    snapshots.write_bytes(b"a file where the snapshot folder was")
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 3 and "was committed" in stderr, stderr
+    assert secret not in stdout + stderr, stderr
+    messages = " ".join(str(message) for (message,) in query(db, "SELECT message FROM runs"))
+    assert "sig=***" in messages and secret not in messages, messages
+
+    # A log line (a warning quoting an SDK's message, a traceback under -v) is masked as it is written.
+    from chorus_batch.progress import log, setup_logging
+
+    handlers, level = log.handlers[:], log.level
+    try:
+        setup_logging()
+        log.warning(f"could not reach https://user:{secret}@host/c?sig={secret}; AccountKey={secret};")
+        logged = capfd.readouterr().err
+    finally:
+        log.handlers[:], log.level = handlers, level
+    assert "could not reach https://***@host/c?sig=***" in logged and secret not in logged, logged
 
 
 def test_an_invalid_version_label_is_refused_before_any_work(site, db):

@@ -396,6 +396,10 @@ def test_config_reads_azure_and_s3_into_run_settings(tmp_path):
     ("azure", f'connection_string = "{CONN}"'),
     ("azure", f'connection_string_env = "{CONN}"'),
     ("azure", f'account_url = "https://myacct.blob.core.windows.net/?{SAS}"'),
+    # a password in the endpoint's URL was taken, and sent to the storage
+    ("azure", f'account_url = "https://user:{KEY}@myacct.blob.core.windows.net"'),
+    ("azure", f'account_url = "http://user:{SIG}@127.0.0.1:10000/devstoreaccount1"'),
+    ("s3", f'endpoint_url = "https://AKIAEXAMPLE:{KEY}@s3.example.org"'),
     ("s3", f'aws_secret_access_key = "{KEY}"'),
     ("s3", f'secret = "{KEY}"'),
 ])
@@ -847,6 +851,10 @@ from chorus_batch.urls import mask_url  # noqa: E402
      ("AKIAEXAMPLE", "fe5f80f7", "FQoGZX")),
     ("az://cnt/site?sv=2024&sig=SASSIG&newparam=NEWSECRET", ("SASSIG", "NEWSECRET")),
     ("https://user:pw@host/x?token=T0KEN", ("pw", "T0KEN")),
+    # a password holding '@' showed what followed it; one holding '/' (AWS secret keys do) was not masked at all
+    ("https://user:PA55@W0RD@host/x", ("PA55", "W0RD")),
+    ("s3://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG@bucket/site", ("AKIAEXAMPLE", "wJalrXUtnFEMI", "K7MDENG")),
+    ("https://ghp_T0KEN@host/x", ("ghp_T0KEN",)),
 ])
 def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     masked = mask_url(url)
@@ -870,6 +878,10 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     (["--site", "az://site1/x?sv=2024&sig=SECRETSIG"], "credentials in the URL"),
     (["--site", "s3://b1/?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"], "credentials in the URL"),
     (["--site", "s3://AKIAEXAMPLE:SECRETSIG@b1/site"], "credentials in the URL"),
+    # a secret key with '/' was not seen as one: "'AKIAEXAMPLE:SECRETSIG' is not a valid S3 bucket name"
+    (["--site", "s3://AKIAEXAMPLE:SECRETSIG/x@b1/site"], "credentials in the URL"),
+    (["--site", "https://user:SECRETSIG@x@acct.blob.core.windows.net/site1/x"], "not as an http(s):// URL"),
+    (["--site", "file://AKIAEXAMPLE:SECRETSIG@localhost/tmp"], "a file URL with a user or password is not read"),
     # A '?' in a folder's name was told as credentials in the URL; '//', '.' and '..' were accepted and read oddly;
     # an https:// account URL (with or without a SAS) got no hint of the az:// root and setting that say the same.
     (["--site", "az://site1/site?x/"], "'?' starts a query in a URL, and a root URL takes none"),

@@ -49,7 +49,7 @@ def dump(db: Path) -> dict[str, list[tuple]]:
         for table, columns in SCHEMA2_COLUMNS.items():
             rows = con.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {columns[0]}, {columns[1]}").fetchall()
             if table == "meta":
-                rows = [r for r in rows if r[0] != "schema_version"]
+                rows = [r for r in rows if r[0] not in ("schema_version", "min_release")]
             if table == "file_facts":
                 rows = [r for r in rows if r[0] not in ("dicom", "omop_visits")]
             out[table] = rows
@@ -224,7 +224,8 @@ def upgrades_keeping_every_row(fixture: Path, db: Path, schema: int, *, grown: t
         if table in grown:
             assert [row[:-1] for row in after] == before[table] and {row[-1] for row in after} == {None}, table
         elif table == "meta":
-            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION)}
+            assert dict(after) == {**dict(before[table]), "schema_version": str(schema_module.SCHEMA_VERSION),
+                                   "min_release": schema_module.MIN_RELEASE}
         else:
             assert after == before[table], table
 
@@ -345,3 +346,112 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     assert "other rules" not in again.stderr
     # The first version was not asked about: it keeps the old release's findings, marked as such.
     assert query(db, "SELECT rules FROM validations WHERE version = '20261202020000'") == [(None,)]
+
+
+# ----------------------------------------------------------------------------- the previous release (d460234, schema 9)
+
+RELEASE_D460234 = Path(__file__).resolve().parent / "fixtures" / "release-d460234"
+
+
+def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_keeps_every_row(tmp_path):
+    """Same schema, other classification logic and fact kinds (README there): today's first run classifies the
+    current rows again in place, reads the two newer kinds once, checks the latest version by today's rules,
+    and keeps what that release recorded; the next run does nothing again."""
+    db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
+    shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
+    shutil.copytree(RELEASE_D460234 / "site", site)
+    first, latest = "20261203020000", "20261204020000"
+    kept = {"versions": "SELECT * FROM versions", "changes": "SELECT * FROM changes",
+            "registry": "SELECT * FROM registry", "scan_errors": "SELECT * FROM scan_errors",
+            "first findings": f"SELECT * FROM findings WHERE version = '{first}'",
+            "first validation": f"SELECT * FROM validations WHERE version = '{first}'",
+            "files": "SELECT file_id, srcfile, md5, size, time_valid, time_invalid, version_valid, version_invalid "
+                     "FROM source_files", "facts": "SELECT * FROM file_facts"}
+    before = {name: sorted(query(db, sql)) for name, sql in kept.items()}
+    looks = [("files", "--as-of", first, "--md5sum"), ("files", "--as-of", latest, "--md5sum"),
+             ("changes", "--version", latest, "--md5sum"), ("diff", "--from", first, "--to", latest, "--md5sum")]
+    # `upgrade` (what a site runs after installing): schema 10 (min_release), and what the next run will do
+    said = cli("upgrade", "--db", str(db))
+    assert said.returncode == 0 and "schema 9 -> 10; the next run classifies the current rows again" in said.stdout
+    assert f"checks version {latest} again by this release's rules" in said.stdout, said.stdout
+    seen = [cli(*look, "--db", str(db)).stdout for look in looks]  # (what schema 9 showed: the step adds one meta row)
+    assert all(seen), seen
+
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
+    assert out.returncode == 1, out.stderr  # today's rule registry.procedure_person: an error
+    # Said: why an unchanged file is unparseable now, and that nothing but its classification changed.
+    assert "1 unchanged file(s) are classified otherwise now, updated in place" in out.stderr, out.stderr
+    result = json.loads(out.stdout)
+    assert result["version"] is None and query(db, "SELECT count(*) FROM versions") == [(2,)]  # no content changed
+    for name, sql in kept.items():
+        after = sorted(query(db, sql))
+        assert after == before[name] or name == "facts" and set(before[name]) < set(after), name
+    assert [cli(*look, "--db", str(db)).stdout for look in looks] == seen  # time travel shows what it showed
+
+    # Classified again in place: 10001.h5 is not a file of session 1000 any more; its record stays (1000.*).
+    assert query(db, "SELECT parse_error IS NOT NULL, record_id, category FROM source_files "
+                     "WHERE srcfile LIKE '%/10001.h5' AND time_invalid IS NULL") == [(1, None, None)]
+    from chorus_batch.classify import CLASSIFY_LOGIC
+
+    assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
+    # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv), and today's rules applied.
+    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v8') "
+                     "GROUP BY kind ORDER BY kind") == [("omop_procedures.v4", 1), ("registry_csv.v8", 1)]
+    from chorus_batch.validate.rules import edition
+
+    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 2)]
+    rules = {rule for (rule,) in query(db, "SELECT rule FROM findings WHERE version = ?", (latest,))}
+    assert {"registry.procedure_person", "path.unparsed"} <= rules
+
+    # The next run: nothing classified, read or checked again; the manifest's state stays as it is.
+    state = query(db, "SELECT key, value FROM meta ORDER BY key")
+    facts, findings = query(db, "SELECT count(*) FROM file_facts"), sorted(query(db, "SELECT * FROM findings"))
+    again = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
+    assert again.returncode == 1 and json.loads(again.stdout)["version"] is None, again.stderr
+    assert "classified otherwise" not in again.stderr and "other rules" not in again.stderr
+    assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
+    assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
+    assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(2,)]
+    assert cli("upgrade", "--db", str(db)).stdout.endswith(f"already at schema {schema_module.SCHEMA_VERSION}; nothing to do\n")
+
+
+def test_a_version_checked_by_a_later_release_is_not_said_to_be_an_earlier_ones(tmp_path):
+    """A site that rolled back (a later release of the same schema ran, then this one): the latest version's
+    rules are that release's; the run says which rules checked it, not 'an earlier release's'."""
+    db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
+    shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
+    shutil.copytree(RELEASE_D460234 / "site", site)
+    later = "0.2.0+0123456789ab"
+    con = sqlite3.connect(db)
+    con.execute("UPDATE validations SET rules = ? WHERE version = '20261204020000'", (later,))
+    con.commit()
+    con.close()
+    out = cli("validate", "--db", str(db), "--site", str(site))
+    from chorus_batch.validate.rules import edition
+
+    assert f"version 20261204020000 was checked by other rules ({later}; this release's: {edition()}): checking it again " \
+           "with this release's, from the facts already read (files of kinds this release reads otherwise are read " \
+           "again)" in out.stderr, \
+        out.stderr
+    assert "earlier release" not in out.stderr
+
+
+def test_a_manifest_a_later_release_marked_is_read_but_not_written_by_this_one(tmp_path):
+    """A site that rolled back: the previous release (schema 9) ran on a manifest this one had classified and
+    checked, and undid both without a word. Schema 10 keeps meta.min_release: a release older than it refuses to
+    write (run, validate, upgrade: exit 3, nothing changed, the release to install named), and still reads."""
+    db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
+    shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
+    shutil.copytree(RELEASE_D460234 / "site", site)
+    assert cli("upgrade", "--db", str(db)).returncode == 0
+    assert query(db, "SELECT value FROM meta WHERE key = 'min_release'") == [(schema_module.MIN_RELEASE,)]
+    with sqlite3.connect(db) as con:  # as a later release leaves it
+        con.execute("UPDATE meta SET value = '9.1.0' WHERE key = 'min_release'")
+    before = {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("meta", "versions", "source_files", "findings")}
+    for argv in (("run", "--site", str(site)), ("validate",), ("upgrade",)):
+        out = cli(*argv, "--db", str(db))
+        assert out.returncode == 3, (argv, out.stderr)
+        assert "written by chorus-batch 9.1.0 or later" in out.stderr and "install chorus-batch 9.1.0 or later" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in before} == before
+    assert cli("versions", "--db", str(db)).returncode == 0  # reading it works

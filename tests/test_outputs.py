@@ -214,6 +214,22 @@ def test_every_file_is_0600_and_every_folder_made_0700_under_umask_000(manifest,
     assert not wrong
 
 
+@posix_only
+def test_a_manifest_restored_readable_is_made_owner_only_with_its_state_cache_by_a_run(manifest, tmp_path, capsys):
+    """A manifest and its state cache copied back from a backup under umask 022 (0644): a run made the manifest 0600
+    but, committing nothing, left the state cache (every current path with its MD5) readable by every user."""
+    site = manifest.parent / "td" / "first"
+    db = tmp_path / "m.sqlite"
+    assert main(["run", "--site", str(site), "--db", str(db), "--no-validate", "-q"]) == ExitCode.OK
+    kept = [db, Path(f"{db}.state.parquet")]
+    for path in kept:
+        assert path.exists()
+        path.chmod(0o644)
+    assert main(["run", "--site", str(site), "--db", str(db), "--no-validate", "-q"]) == ExitCode.OK  # no change
+    capsys.readouterr()
+    assert {path.name: oct(mode(path)) for path in kept} == {path.name: "0o600" for path in kept}
+
+
 def test_what_a_run_writes_may_not_lie_inside_a_site_root(tmp_path, capsys):
     """A manifest inside the site was listed by every run as a site file that each commit changes (a new version
     every night, with its lock and state files) and would be sent to the centre by `upload`: refused up front."""

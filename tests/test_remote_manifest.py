@@ -115,6 +115,30 @@ def test_a_run_creates_and_uploads_the_manifest_and_the_next_run_uses_it(az, tmp
     assert (work / "manifest.sqlite").exists()
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_the_working_copy_cache_is_owner_only_whatever_the_umask(az, tmp_path, umask):
+    """Under umask 000 a run against az:// made the cache's folders above the working copy (`chorus-batch/`,
+    `manifests/`) 0777 and its url.txt 0666: mkdir(parents=True, mode=0o700) gave only the last folder that mode.
+    Every folder the cache makes is 0700 and every file 0600, for the run and for the read-only commands' copy."""
+    site = small_site(tmp_path / "site")
+    cache = tmp_path / "home" / ".cache" / "chorus-batch"  # none of it there yet
+    env = {**os.environ, **az.env, "CHORUS_BATCH_CACHE_DIR": str(cache)}
+    if umask == 0o022:  # as an earlier release left it under umask 000: `manifests/` 0777 is made owner-only
+        (cache / "manifests").mkdir(parents=True)
+        for folder in (cache / "manifests", cache, cache.parent, cache.parent.parent):
+            folder.chmod(0o700 if folder != cache / "manifests" else 0o777)
+    for args in (["run", "--site", str(site), "--db", az.url, "--workers", "2", "--no-validate"],
+                 ["versions", "--db", az.url]):
+        done = subprocess.run([sys.executable, "-m", "chorus_batch", *args], env=env, capture_output=True, text=True,
+                              timeout=120, preexec_fn=lambda: os.umask(umask), check=False)
+        assert done.returncode == 0, done.stderr
+    made = [cache.parent.parent, *cache.parent.parent.rglob("*")]
+    assert any(path.name == "url.txt" for path in made) and any(path.name == "read" for path in made)
+    loose = [f"{oct(path.stat().st_mode & 0o777)} {path}" for path in made
+             if path.stat().st_mode & 0o777 != (0o700 if path.is_dir() else 0o600)]
+    assert not loose, loose
+
+
 def test_a_run_is_refused_while_another_holds_the_lease_and_unlock_breaks_it(az, tmp_path):
     site = small_site(tmp_path / "site")
     assert run(az, site).returncode == 0

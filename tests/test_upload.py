@@ -1335,6 +1335,33 @@ def test_an_azcopy_script_sends_odd_names_and_leaves_out_what_azcopy_reads_as_a_
     assert central.client.download_blob("20261101020000/OMOP/st*r.csv").readall() == b"star"
 
 
+def test_an_upload_scripts_log_is_owner_only_whatever_the_umask(central, azurite, tmp_path):
+    """upload.log names every file sent (person ids in the paths); the script appended to it with the caller's umask:
+    0644 under umask 022, 0666 under 000. The script sets umask 077: the log is 0600. Run for real with AzCopy."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 0, out.stderr
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                                                    list=True),
+                                 expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
+           "PATH": f"{azcopy_tools(tmp_path)}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: os.umask(0), check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "000001/Waveforms/Telemetry/S1/S1.dat" in log.read_text()
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
 FAKE_AZ = """#!{python}
 # What the upload script asks of the Azure CLI (`storage blob upload`, `storage blob metadata show`), done with the SDK.
 import base64, os, sys

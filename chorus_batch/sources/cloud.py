@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ExitCode, SourceError, UsageError
-from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of
+from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of, scrub
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -84,31 +84,7 @@ def retry_deadline_s() -> float:
 
 
 # ----------------------------------------------------------------------------- secrets
-
-_SCRUB = [
-    # SAS query parameters (sig is the secret; the rest say what it allows and until when)
-    (re.compile(r"(?i)([?&;\s\"']sig=)[^&\s\"';,]+"), r"\1***"),
-    (re.compile(r"(?i)\b(sig%3D)[^&\s\"';,]+"), r"\1***"),
-    # connection-string fields
-    (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
-    (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
-    # header and key=value forms: Authorization: Bearer / SharedKey, tokens, passwords, AWS keys
-    (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
-    (re.compile(r"(?i)\b((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
-                r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
-                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&;,]+"), r"\1***"),
-    # user:password@ in URLs
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^@\s]+@"), r"\1***@"),
-]
-
-
-def scrub(text: str) -> str:
-    """`text` (an exception's message, a URL, a log line) without secrets: SAS signatures, account keys,
-    bearer tokens, passwords and AWS secrets become ***."""
-    for pattern, replacement in _SCRUB:
-        text = pattern.sub(replacement, text)
-    return text
-
+# scrub(text): in urls.py (standard library only), as every message, log line and `runs` row goes through it.
 
 def _env(env: Mapping[str, str], *names: str) -> tuple[str | None, str | None]:
     """The first of the variables that is set (not empty): (value, name)."""

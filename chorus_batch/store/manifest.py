@@ -37,6 +37,7 @@ from ..fsutil import (create_private, file_above, free_bytes, nearly_full, restr
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
+from ..urls import scrub
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
@@ -819,7 +820,7 @@ class Manifest:
         moves into `runs` when it finishes."""
         now = iso(utc_now())
         row = dict(zip(self._RUN_COLUMNS, (now, now, socket.gethostname(), user_name(), os.getpid(), json.dumps(argv),
-                                           mode, site, exit_code, message, release())))
+                                           mode, site, exit_code, scrub(message), release())))
         with contextlib.suppress(OSError):
             fd = create_private(self.pending_runs, truncate=False)
             with os.fdopen(fd, "a", encoding="utf-8") as f:
@@ -867,7 +868,8 @@ class Manifest:
             con.execute(
                 "UPDATE runs SET finished_at=?, exit_code=?, version=?, n_files=?, n_hashed=?, bytes_hashed=?, "
                 "n_errors=?, scan_started_ns=?, message=? WHERE run_id=?",
-                (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns, message, run_id),
+                (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns,
+                 None if message is None else scrub(message), run_id),  # (an error quotes what it was given)
             )
             self._take_pending_runs(con)
 
@@ -1117,8 +1119,9 @@ class Manifest:
         return frame.cast({"record_id": pl.Int64}) if frame.height else pl.DataFrame(schema={"record_id": pl.Int64})
 
     def after_commit(self) -> None:
-        """Keep the files beside the manifest private."""
-        for suffix in ("", "-wal", "-shm"):
+        """Keep the files beside the manifest private: also those a copy or a restore left readable (`cp` under umask
+        022 makes a 0644 state cache, every current path with its MD5), which a run that rewrites nothing kept so."""
+        for suffix in ("", "-wal", "-shm", ".state.parquet", ".runs-pending.jsonl"):
             if Path(f"{self.path}{suffix}").exists():
                 restrict(f"{self.path}{suffix}")
 

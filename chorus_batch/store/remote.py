@@ -102,7 +102,12 @@ def cache_base() -> Path:
 
 
 def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The folder, and each one above it made here (the cache's `chorus-batch/manifests`), owner-only whatever the umask:
+    mkdir(parents=True, mode=0o700) gave only the last folder that mode, the ones above it the umask's (0777 under umask
+    000). The working copy's own folder is made owner-only even when it was there."""
+    from ..fsutil import private_folder
+
+    private_folder(path)
     with contextlib.suppress(OSError):
         os.chmod(path, 0o700)
     return path
@@ -469,14 +474,15 @@ class RemoteManifest:
         """Make `copy` the blob's content (no blob, or an empty one: no manifest yet), unless it already is."""
         from azure.core import MatchConditions
 
-        from ..fsutil import create_private
+        from ..fsutil import create_private, write_private
 
         _private_dir(copy.parent)
         _private_dir(self.folder)
+        _private_dir(self.folder.parent)  # `manifests/`, left 0777 under umask 000 by earlier releases: every copy under it
         with contextlib.suppress(OSError):
             marker = self.folder / "url.txt"
             if not marker.exists():
-                marker.write_text(self.where + "\n", encoding="utf-8")
+                write_private(marker, (self.where + "\n").encode("utf-8"))
         if props is not None and props.size and copy.exists() and self._recorded(copy) == props.etag:
             log.debug(f"working copy {copy} is up to date (etag {props.etag})")
             return

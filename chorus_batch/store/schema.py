@@ -22,7 +22,12 @@ import uuid
 from ..errors import ManifestError
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
+# The oldest release that may write a manifest of this schema (meta.min_release). A release that classifies or checks
+# a manifest otherwise raises it (a step that sets the new value, no other change): an older release run on it would
+# classify its rows back and check its versions by rules that leave findings out, with no word (schema 9's releases
+# did so to each other), so it refuses it, and says which release to install.
+MIN_RELEASE = "0.2.0"
 
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS findings_version ON findings(version)",
@@ -52,7 +57,8 @@ def _create_latest(con: sqlite3.Connection) -> None:
     for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
         con.execute(ddl)
     con.executemany("INSERT INTO meta VALUES (?, ?)", [
-        ("schema_version", str(SCHEMA_VERSION)), ("manifest_id", uuid.uuid4().hex), ("state_generation", "0")])
+        ("schema_version", str(SCHEMA_VERSION)), ("manifest_id", uuid.uuid4().hex), ("state_generation", "0"),
+        ("min_release", MIN_RELEASE)])
 
 
 # ----------------------------------------------------------------------------- migrations
@@ -165,8 +171,16 @@ def _to_9(con: sqlite3.Connection) -> None:
     con.execute("ALTER TABLE validations ADD COLUMN rules TEXT")
 
 
+def _to_10(con: sqlite3.Connection) -> None:
+    """The oldest release that may write the manifest (MIN_RELEASE). Releases of schema 9 refuse it (a newer schema):
+    each classified the current rows and checked the latest version by its own rules, undoing a later release's
+    without a word when a site rolled back."""
+    con.execute("DELETE FROM meta WHERE key = 'min_release'")
+    con.execute("INSERT INTO meta VALUES ('min_release', ?)", (MIN_RELEASE,))
+
+
 # schema version reached -> the step that reaches it from the one before
-MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8, 9: _to_9}
+MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to_8, 9: _to_9, 10: _to_10}
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -205,8 +219,26 @@ def too_new(version: int, where: str) -> ManifestError:
         where=where, fix="upgrade chorus-batch (pip install -U chorus-batch)")
 
 
+def _release_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"[0-9]+", text)[:3])
+
+
+def check_release(con: sqlite3.Connection, where: str) -> None:
+    """Refuse to write a manifest a later release marked as not to be written by this one (meta.min_release)."""
+    from .. import release
+
+    row = con.execute("SELECT value FROM meta WHERE key = 'min_release'").fetchone()
+    if row is not None and _release_key(str(row[0])) > _release_key(release()):
+        raise ManifestError(
+            f"the manifest was written by chorus-batch {row[0]} or later, which classifies and checks it by rules this "
+            f"release ({release()}) does not have: writing it with this one would undo them; nothing was changed",
+            where=where, fix=f"install chorus-batch {row[0]} or later (pip install -U chorus-batch); reading it "
+                             "(versions, files, diff, history, report) works with this release")
+
+
 def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
-    """Create the schema, or migrate it; returns (version before, version now)."""
+    """Create the schema, or migrate it; returns (version before, version now). A manifest a later release marked
+    as not to be written by this one is refused (check_release)."""
     before = schema_version(con, where)
     if before is None:
         with con:
@@ -215,6 +247,7 @@ def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
     if before > SCHEMA_VERSION:
         raise too_new(before, where)
     if before == SCHEMA_VERSION:
+        check_release(con, where)
         return before, before
     target = before
     try:

@@ -34,11 +34,17 @@ class ValidationCache:
                                   (label, edition())) is not None
 
     def checked_by_other_rules(self, label: str) -> bool:
-        """Checked, but by other rules than this release's (an earlier release, before an upgrade)."""
+        """Checked, but by other rules than this release's (an earlier release before an upgrade, or a later one that a
+        site rolled back from)."""
         from ..validate.rules import edition
 
         return self.manifest._one("SELECT 1 FROM validations WHERE version = ? AND rules IS NOT ?",
                                   (label, edition())) is not None
+
+    def rules_of(self, label: str) -> str | None:
+        """The rules that checked the version, as recorded (validations.rules; None: not recorded or not checked)."""
+        row = self.manifest._one("SELECT rules FROM validations WHERE version = ?", (label,))
+        return row[0] if row else None
 
     def findings(self, label: str) -> pl.DataFrame:
         if not self.manifest.path.exists():

@@ -129,6 +129,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
          "# Sign-in: `azcopy login`, AzCopy's AZCOPY_* variables, or a SAS token (without '?') in CHORUS_SAS, which"
          "\n# AzCopy takes only in its URLs: other users of the machine can read it in the process list (ps)."),
         "set -u",
+        "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
         f"CONTAINER={shlex.quote(container)}",
         f"ACCOUNT_URL={shlex.quote(account_url)}",

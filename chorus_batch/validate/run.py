@@ -193,6 +193,11 @@ def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, 
     return pl.concat(parts) if parts else pl.DataFrame(schema=FACTS_SCHEMA)
 
 
+# How a version checked by other rules is checked again (said by the run and by `upgrade`): a fact kind whose reader
+# changed since (a new version of the kind, omop_procedures.v4) is not in the cache, so those files are read again.
+FROM_CACHED_FACTS = "from the facts already read (files of kinds this release reads otherwise are read again)"
+
+
 def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None, Source], *, workers: int = 1,
                      force: bool = False, progress: Progress | None = None) -> pl.DataFrame:
     """Check a version against the procedures; findings are stored with it. Headers are read only for
@@ -203,8 +208,12 @@ def validate_version(manifest: Manifest, label: str, sources: Mapping[int | None
     if not force and cache.is_validated(label):
         return cache.findings(label)
     if not force and cache.checked_by_other_rules(label):
-        log.info(f"version {label} was checked by other rules (an earlier release's): checking it again with "
-                 "this release's, from the facts already read")
+        from .rules import edition
+
+        # (not "an earlier release's": a site that rolled back from a later release has its rules here too)
+        were = cache.rules_of(label) or "not recorded: a release before schema 9"
+        log.info(f"version {label} was checked by other rules ({were}; this release's: {edition()}): checking it "
+                 f"again with this release's, {FROM_CACHED_FACTS}")
     known = KnownFacts.cached(manifest)
     checked = check_files(cache.current_files(), known, sources, errors=manifest.version_errors(label),
                           what=f"version {label}", where=str(manifest.path), workers=workers, progress=progress)
