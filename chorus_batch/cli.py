@@ -21,7 +21,7 @@ from typing import Any
 
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start,
-                     note_signal, out_of_memory, signals_unwrapped)
+                     note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
 from .units import shown, shown_name, shown_text
 
@@ -250,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(default 1024)")
     td.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same site (default 0)")
     td.add_argument("--change-fraction", type=float, default=0.2, help="share of files that differ in the second snapshot, 0 to 1 (default 0.2)")
-    td.add_argument("--workers", type=_workers, help="processes writing files (default: CPU count, at most 16)")
+    td.add_argument("--workers", type=_workers, help="processes writing files (default: the CPUs this process may use, at most 16)")
     td.add_argument("--layout", choices=("v2.1", "v2.0", "v1.0", "flat"), default="v2.1",
                     help="the procedures' edition the site follows: v2.1 (today's, the default), v2.0, v1.0 or flat (the initial SOP)")
 
@@ -297,7 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--site", help="site root folder (default: from the config, else the roots the manifest records)")
     validate.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB} if it exists; "
                           f"without --site, else ./{DEMO_DB} as `run --demo` writes it, and it says so)")
-    validate.add_argument("--workers", type=_workers, help="processes reading headers (default: CPU count, at most 16)")
+    validate.add_argument("--workers", type=_workers, help="processes reading headers (default: the CPUs this process may use, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
     validate.add_argument("--json", action="store_true", help="print {version, manifest, total, by_severity, by_rule, examples, findings: [...]} as JSON "
                           "(with --site and no manifest also not_checked: the files its scan could not take)")
@@ -319,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--version", dest="version_label", metavar="LABEL|ISO-TIME", help="default: the latest version")
     reg.add_argument("--out", required=True, help="folder for waveform_registry.csv and image_registry.csv")
     reg.add_argument("--omop", action="store_true", help="also write the PROCEDURE_OCCURRENCE rows (procedure_occurrence.csv)")
-    reg.add_argument("--workers", type=_workers, help="processes reading headers (default: CPU count, at most 16)")
+    reg.add_argument("--workers", type=_workers, help="processes reading headers (default: the CPUs this process may use, at most 16)")
 
     upgrade = command(
         "upgrade", help="bring a manifest written by an older chorus-batch up to this release's schema",
@@ -562,7 +562,7 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
                         "append: only add/replace, remove only paths in --delete-list")
     parser.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
-    parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: CPU count, at most 16)")
+    parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: the CPUs this process may use, at most 16)")
     parser.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
                         help="refuse a version that removes more of the previous version's files than this: a "
@@ -970,8 +970,10 @@ def _early_listing(settings):
     instead, from chorus.toml as written, it gained nothing measurable: on 2 cores the walkers and the imports
     share the CPUs either way; 100k no-change runs, 20 alternations, 2026-12-03.)"""
     from .coverage import parse_shard, shard_from_environment, top_in_shard
+    from .processes import ensure_address_space
     from .walk import early_listing
 
+    ensure_address_space()  # before the libraries load: under too low a limit they abort, without a word
     coverage = None
     if settings.shard is not None or settings.staging is not None:
         try:
@@ -1749,7 +1751,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("unexpected error", exc_info=True)
         from .urls import scrub
 
-        known = out_of_memory(exc)  # a limit of the machine's, not a fault of ours: said as one
+        known = machine_limit(exc)  # a limit of the machine's, not a fault of ours: said as one
         outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
             print(scrub(f"chorus-batch: error: {known}\n  {outcome}"), file=sys.stderr)

@@ -128,6 +128,14 @@ NUMERIC_ENVIRONMENT = {
 }
 
 
+# Libraries' variables a site sets for a batch job, checked as those above: polars panics at its first query on
+# POLARS_MAX_THREADS=0 (a script's `$((SLURM_CPUS_PER_TASK - 1))` on one CPU), a run then ended in a Rust backtrace
+# with exit code 1 ("findings") and its `runs` row unfinished; one it cannot read it ignores with a warning.
+LIBRARY_ENVIRONMENT = {
+    "POLARS_MAX_THREADS": (int, 1, "4", "threads of polars, the data-frame library; unset: the CPUs this process may "
+                                        "use"),
+}
+
 # Every CHORUS_BATCH_* variable some part of chorus-batch reads (the numeric ones above, and these).
 OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE")
 
@@ -149,7 +157,7 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
         logging.getLogger("chorus_batch").warning(
             f"environment variable {name} is not one chorus-batch reads; it is ignored "
             + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(k for k in known if k != 'CHORUS_BATCH_TEST_PAUSE'))})"))
-    for name, (kind, least, example, what) in NUMERIC_ENVIRONMENT.items():
+    for name, (kind, least, example, what) in (NUMERIC_ENVIRONMENT | LIBRARY_ENVIRONMENT).items():
         raw = environ.get(name, "").strip()
         if not raw:
             continue

@@ -141,9 +141,12 @@ class WorkerDied(ChorusError):
             f"a worker process of this run ended abruptly ({how or 'killed or crashed'}) while it listed, hashed or "
             "read files; the work it had is lost",
             where="the worker processes (--workers / workers in [run])",
-            fix="if the kernel's out-of-memory killer or a memory limit ended it (`dmesg | grep -i oom`, a Slurm "
-                "job in state OUT_OF_MEMORY), give the job more memory (--mem) or pass fewer --workers; then run "
-                "again (what the checkpoint holds is not hashed again)")
+            # (a worker has the CPU-time limit of its own: SIGXCPU was told to go to the memory it never lacked)
+            fix=("its CPU-time limit (`ulimit -t`, a batch system's CPU limit; each worker process has its own) was "
+                 "reached: raise it for this job" if "SIGXCPU" in how else
+                 "if the kernel's out-of-memory killer or a memory limit ended it (`dmesg | grep -i oom`, a Slurm "
+                 "job in state OUT_OF_MEMORY), give the job more memory (--mem) or pass fewer --workers")
+                + "; then run again (what the checkpoint holds is not hashed again)")
 
 
 class OutOfMemory(ChorusError):
@@ -158,15 +161,8 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     refused = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
     if not (mapped or refused or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
         return None
-    limit = ""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if soft != resource.RLIM_INFINITY:
-            limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)"
-    except (ImportError, OSError, ValueError):
-        pass
+    soft = soft_limit("RLIMIT_AS")
+    limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)" if soft is not None else ""
     detail = str(exc).strip()
     return OutOfMemory(f"out of memory: {type(exc).__name__}{': ' + detail if detail else ''}{limit}",
                        where="the memory of this process (`ulimit -v`, a Slurm --mem, a cgroup memory limit)",
@@ -175,13 +171,46 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
                            "--workers; then run again")
 
 
+class ProcessLimit(ChorusError):
+    """A process or thread could not be started: the user's process limit (`ulimit -u`, RLIMIT_NPROC, which counts
+    threads too) or a cgroup's pids limit (a container's, a batch system's) reached, not a fault of chorus-batch."""
+
+
+def process_limit(exc: BaseException) -> ProcessLimit | None:
+    """`exc` as a ProcessLimit with what/where/fix, if it is a fork or thread start the system refused (EAGAIN;
+    Python's "can't start new thread"), else None. It said "internal error: BlockingIOError: [Errno 11] Resource
+    temporarily unavailable ... report it"."""
+    refused = isinstance(exc, OSError) and exc.errno == errno.EAGAIN
+    if not (refused or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc))):
+        return None
+    soft = soft_limit("RLIMIT_NPROC")
+    limit = f" (this user's process limit, `ulimit -u`, is {soft}; its threads count too)" if soft is not None else ""
+    return ProcessLimit(f"the system would not start another process or thread: {type(exc).__name__}: {exc}{limit}",
+                        where="the processes and threads of this user (`ulimit -u`, a cgroup's or container's pids "
+                              "limit, a Slurm job's)",
+                        fix="raise the limit (`ulimit -u` in the job's script, or ask the administrators), stop other "
+                            "processes of this user, or pass fewer --workers (--workers 1 starts no worker "
+                            "processes); then run again")
+
+
+def machine_limit(exc: BaseException) -> ChorusError | None:
+    """`exc` as the machine's limit it hit (memory, processes) with what/where/fix, else None."""
+    return out_of_memory(exc) or process_limit(exc)
+
+
 def file_size_limit() -> int | None:
     """This process's file-size limit in bytes (`ulimit -f`, a batch system's RLIMIT_FSIZE), None when it has none. A
     write past it fails with EFBIG, which SQLite says as "disk I/O error" (Python ignores the SIGXFSZ)."""
+    return soft_limit("RLIMIT_FSIZE")
+
+
+def soft_limit(name: str) -> int | None:
+    """This process's soft limit `name` (resource.RLIMIT_AS, _NPROC, _FSIZE...), None when it has none or the
+    system has no such limit."""
     try:
         import resource
 
-        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        soft = resource.getrlimit(getattr(resource, name))[0]
     except (ImportError, AttributeError, OSError, ValueError):
         return None
     return None if soft == resource.RLIM_INFINITY else soft
@@ -255,10 +284,16 @@ def signal_behind(exc: BaseException) -> BaseException | None:
     return stop
 
 
+class LibraryPanic(RuntimeError):
+    """A panic in a library's Rust code (polars): pyo3 raises it as PanicException, a BaseException, which passed
+    every `except Exception`: a traceback, exit code 1 ("findings") and the run's `runs` row left unfinished."""
+
+
 @contextmanager
 def signals_unwrapped() -> Iterator[None]:
     """Inside, an error a library raised in place of a stop signal (DuckDB wraps what our handler raises while it
-    calls back into Python) is raised as that signal (signal_behind)."""
+    calls back into Python) is raised as that signal (signal_behind), and a Rust panic as a LibraryPanic (an
+    Exception: failed as any other error is)."""
     try:
         yield
     except Exception as exc:
@@ -266,3 +301,7 @@ def signals_unwrapped() -> Iterator[None]:
         if stop is None:
             raise
         raise stop from exc
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":  # (pyo3_runtime's: not importable by name)
+            raise
+        raise LibraryPanic(f"a library panicked: {exc}") from exc

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import WriteError
+from .errors import FILE_SIZE_FIX, WriteError
 
 OWNER_ONLY = 0o600
 PRIVATE_FOLDER = 0o700
@@ -67,6 +67,16 @@ def nearly_full(folder: str | os.PathLike[str]) -> bool:
     return 0 <= free_bytes(folder) < NEARLY_FULL_BYTES
 
 
+def sqlite_temp_folder() -> str:
+    """The folder SQLite writes its temporary files in (sorts, index builds, a large transaction's statement journal)
+    on Unix: the first of $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp that is a folder this user may write and
+    search (SQLite's unixTempFileDir), else the current folder."""
+    for folder in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp", "/tmp"):
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return "."
+
+
 def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Path], None], *,
                   new_only: bool = False) -> Path:
     """Write `target` atomically and owner-only. `content` is the bytes, or a function that
@@ -91,10 +101,15 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
             try:
                 content(tmp)
             except Exception as exc:
-                if isinstance(exc, OSError) or not nearly_full(tmp.parent):
+                if isinstance(exc, OSError):
                     raise
-                # polars reports a full disk as its own error ("parquet: ... Invalid thrift: transport error")
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+                # polars says the OS's error in its own (a shard's Parquet over `ulimit -f`: "ComputeError: parquet:
+                # ... underlying IO error: File too large (os error 27)", an internal error), and a full disk at
+                # times without it ("parquet: ... Invalid thrift: transport error")
+                number = os_errno(exc) or (errno.ENOSPC if nearly_full(tmp.parent) else None)
+                if number is None:
+                    raise
+                raise OSError(number, os.strerror(number)) from exc
             _fsync(tmp)
         os.chmod(tmp, OWNER_ONLY)  # whatever the umask, or a writer that replaced the file, made it
         check_target(target)  # again: the narrowest window before the rename
@@ -225,12 +240,24 @@ _FIXES = {"EACCES": "choose a folder this user can write", "EPERM": "choose a fo
           "ENOSPC": "free some space, or choose a path on a file system with room",
           "EDQUOT": "free some space (the quota is reached), or choose another file system",
           "ENOENT": "create the folder first, or choose a path in an existing folder",
-          "ENOTDIR": "a part of the path is a file, not a folder: choose another path"}
+          "ENOTDIR": "a part of the path is a file, not a folder: choose another path",
+          "EFBIG": "the file outgrew this process's file-size limit (`ulimit -f`): " + FILE_SIZE_FIX}
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The OS's error number of `exc`: its errno, or the one in Rust's words that polars' errors carry instead
+    ("File too large (os error 27)": an OSError without errno, or a ComputeError)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    found = _OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
 
 
 def cannot_write(path: str | os.PathLike[str], exc: OSError) -> WriteError:
     """The WriteError for an OSError met writing `path`: the OS's reason, and what to do about it."""
-    name = errno.errorcode.get(exc.errno or 0, "")
+    name = errno.errorcode.get(os_errno(exc) or 0, "")
     if name == "ENOENT" and Path(path).parent.is_dir():  # the folder is there, but takes no new file (/proc)
         name = ""
     return WriteError(f"cannot write {path}: {exc.strerror or exc}", where=str(Path(path).absolute()),

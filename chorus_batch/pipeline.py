@@ -21,7 +21,7 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
-from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, out_of_memory,
+from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, machine_limit,
                      signals_unwrapped)
 from .fsutil import check_outside_roots, private_folder
 from .progress import Progress, log
@@ -202,7 +202,7 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                 if committed is None:
                     raise
                 # Never let the generic message say "nothing was committed" when a version was.
-                known = out_of_memory(exc)  # (the machine's limit, with its own fix)
+                known = machine_limit(exc)  # (the machine's limit, with its own fix)
                 failed = AfterCommitError(
                     f"version {committed} was committed to {manifest.path}, but the run then failed: "
                     + (known.what if known else f"{type(exc).__name__}: {exc}"), where=known.where if known else str(manifest.path),
@@ -316,11 +316,12 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
     from .commit import next_label
     from .config import CONFIG_HELP, check_roots, parse_bytes, parse_max_delete
-    from .processes import ensure_open_files
+    from .processes import ensure_address_space, ensure_open_files
 
     manifest.check_path()
     check_roots(settings)
     ensure_open_files(settings.workers)
+    ensure_address_space()
     if settings.shard is None and settings.staging is None:  # (a shard commits nothing: its merge is told)
         # (none yet: no file; an older schema: the label is checked at the commit, after the upgrade a run makes, and a
         # dry run refuses the manifest anyway; reading it here said "SQLite failed: no such table: versions")
@@ -527,7 +528,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         except Exception as exc:
             if label is None:
                 raise
-            exc = out_of_memory(exc) or exc  # (said as the machine's limit, with its fix, as before the commit)
+            exc = machine_limit(exc) or exc  # (said as the machine's limit, with its fix, as before the commit)
             what = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
             failed = AfterCommitError(
                 f"version {label} was committed to {manifest.path}, but what follows the commit failed: {what}",

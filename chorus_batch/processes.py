@@ -16,11 +16,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import STOP_SIGNALS, UsageError, WorkerDied
+from .errors import STOP_SIGNALS, UsageError, WorkerDied, soft_limit
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
@@ -53,10 +53,25 @@ def signals_deferred() -> Iterator[None]:
                 os.kill(os.getpid(), held[0])
 
 
+def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
+    """The CPUs this process may run on: its affinity (`taskset`, a Slurm or cgroup cpuset), at most the
+    job's `SLURM_CPUS_PER_TASK` (a Slurm job whose CPUs are not bound still has only those). os.cpu_count() is
+    the machine's: a `--cpus-per-task=1` job on a 64-core node started 16 workers on its one CPU."""
+    environ = os.environ if environ is None else environ
+    try:
+        cpus = len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # (not Linux)
+        cpus = os.cpu_count() or 1
+    slurm = (environ.get("SLURM_CPUS_PER_TASK") or "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        cpus = min(cpus, int(slurm))
+    return cpus
+
+
 def default_workers() -> int:
-    """Hashing threads / listing and header-reading processes: the CPU count, at most 16
-    (past that a shared file system, not the CPU, is the limit)."""
-    return min(os.cpu_count() or 1, 16)
+    """Hashing threads / listing and header-reading processes: the CPUs this process may use (usable_cpus),
+    at most 16 (past that a shared file system, not the CPU, is the limit)."""
+    return min(usable_cpus(), 16)
 
 
 # Descriptors a run holds open (measured at 20 + 2 per worker process: its pipes and sentinel), with room to spare;
@@ -92,6 +107,30 @@ def ensure_open_files(workers: int) -> None:
         where="the open-file limit (`ulimit -n`) of the shell, cron or Slurm job that started this command",
         fix=f"raise it to 1024 or more (`ulimit -n 1024` before the command; its hard limit, `ulimit -Hn`, is {hard})"
             + (f", or pass --workers {fewer} (workers in [run])" if fewer else ""))
+
+
+# The address space a run maps (VmPeak, measured at 3.1 GiB for 1 to 16 workers and a site of 100,000 files on the
+# 2-core development machine, while it resides in about 430 MiB): polars', pyarrow's and DuckDB's code, and what their
+# threads and allocators reserve (pyarrow's mimalloc alone 1 GiB), with room to spare.
+ADDRESS_SPACE_NEEDED = 4 << 30
+
+
+def ensure_address_space() -> None:
+    """An address-space limit (`ulimit -v`, RLIMIT_AS; Slurm passes on the submitting shell's) below what a run maps
+    is a usage error before any work. Under it an allocation in polars' (Rust) code failed, which aborts the process:
+    exit 134, "memory allocation of 8388608 bytes failed" and a Rust backtrace, the `runs` row left unfinished."""
+    soft = soft_limit("RLIMIT_AS")
+    if soft is None or soft >= ADDRESS_SPACE_NEEDED:
+        return
+    raise UsageError(
+        f"the address-space limit (`ulimit -v`) is {soft // 2**20} MiB: a run maps about 3 GiB of address space (the "
+        "libraries' code and what their threads and allocators reserve, most of it never used: a run of 100,000 files "
+        "resides in about 430 MiB), and a native library that runs out of it aborts the process without a word",
+        where="the address-space limit of the shell, cron or Slurm job that started this command (a Slurm job has "
+              "the limits of the shell that submitted it)",
+        fix=f"remove it (`ulimit -v unlimited` before the command or in the job's script) or raise it to "
+            f"{ADDRESS_SPACE_NEEDED // 2**20} MiB or more; to bound memory, use Slurm --mem or a cgroup limit, which "
+            "count the memory used, not the address space reserved")
 
 
 # The exit status of a worker that was still starting when chorus_batch was called in it (refuse_while_starting).

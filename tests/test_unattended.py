@@ -270,7 +270,12 @@ def test_workers_die_with_a_killed_parent(site, db):
     assert not any(alive(p) for p in workers)
 
 
-def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db):
+@pytest.mark.parametrize("signum, fix", [
+    (signal.SIGKILL, "out-of-memory killer"),
+    # a worker's own CPU-time limit (each process has its own `ulimit -t`): it was told to look for the OOM killer
+    (signal.SIGXCPU, "its CPU-time limit (`ulimit -t`"),
+])
+def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db, signum, fix):
     """The OOM killer SIGKILLs one worker: exit 3 saying so (not "internal error: BrokenProcessPool"), the
     `runs` row finished, nothing committed, no process left, and the next run commits."""
     many(site, 5)
@@ -278,11 +283,12 @@ def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db)
     before = current_rows(db)
     proc, workers = paused_at_hashing(site, db, "hashing+3")
     workers = {p for p in workers if alive(p)}
-    os.kill(min(workers), signal.SIGKILL)  # while the parent waits: its next chunk finds the pool broken
+    os.kill(min(workers), signum)  # while the parent waits: its next chunk finds the pool broken
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.FAILED, err
-    assert "worker process of this run ended abruptly (killed by SIGKILL)" in err and "internal error" not in err
-    assert "out-of-memory" in err and "nothing was committed" in err and "Traceback" not in err
+    assert f"worker process of this run ended abruptly (killed by {signum.name})" in err and "internal error" not in err
+    assert fix in err and "nothing was committed" in err and "Traceback" not in err
+    assert ("out-of-memory" in err) == (signum == signal.SIGKILL), err
     assert not any(alive(p) for p in workers)
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
     assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs ORDER BY run_id DESC LIMIT 1") == [(3, 1)]
@@ -299,6 +305,23 @@ def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
     done = subprocess.run(["sh", "-c", f"{command} <&- >&- 2>&-"], timeout=120)
     assert done.returncode == 0
     assert query(db, "SELECT exit_code FROM runs") == [(0,)] and len(current_rows(db)) == 2100
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two usable CPUs")
+@pytest.mark.parametrize("how", ["taskset", "slurm"])
+def test_the_default_workers_follow_the_cpus_the_run_may_use(how):
+    """`taskset -c 0` or a Slurm job's `--cpus-per-task=1` on a machine of more CPUs: the default --workers was the
+    machine's CPU count (os.cpu_count), so a one-CPU job started a worker per CPU of the node on its one CPU. Now it
+    is the CPUs the process may run on: its affinity, at most SLURM_CPUS_PER_TASK."""
+    first = min(os.sched_getaffinity(0))
+    env = {**os.environ, "SLURM_CPUS_PER_TASK": "1"} if how == "slurm" else {
+        k: v for k, v in os.environ.items() if k != "SLURM_CPUS_PER_TASK"}
+    code = "from chorus_batch.config import RunSection; print(RunSection().workers)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, {first})) if how == "taskset" else None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 @pytest.mark.parametrize("hard, code", [(40, ExitCode.USAGE), (4096, 0)])
@@ -321,51 +344,91 @@ def test_a_low_open_file_limit_is_raised_or_refused_before_any_work(site, db, ha
         assert len(current_rows(db)) == 2100
 
 
-def test_a_run_out_of_memory_says_so_and_keeps_the_previous_version(site, db):
-    """`ulimit -v` too low for the libraries (here: to map pyarrow's; lower limits end in native aborts no
-    program can catch): "internal error: ImportError ... failed to map segment" (MemoryError, ArrowMemoryError alike)
-    said it was ours to report; now exit 3 naming the limit and what to do."""
+@pytest.mark.parametrize("mib", [100, 2000])
+def test_an_address_space_limit_below_what_a_run_maps_is_refused_before_any_work(site, db, mib):
+    """`ulimit -v` (or a Slurm job's, passed on from the shell that submitted it) below the ~3 GiB of address space a
+    run maps, though it resides in far less: at 100 MiB "internal error: ImportError ... failed to map segment"; at
+    2000 MiB an allocation in polars' Rust code aborted the process (exit 134, "memory allocation of 8388608 bytes
+    failed", a Rust backtrace, the `runs` row unfinished). Now exit 2 before any work, naming the limit and what to
+    use instead; the previous version stays and no `runs` row is added."""
     import resource
 
     many(site, 5)
     assert run(site, db, "-q").returncode == 0
-    before = current_rows(db)
-    many(site, 8)
+    before, runs = current_rows(db), query(db, "SELECT run_id, exit_code FROM runs")
+    many(site, 2100)  # enough for worker processes and a previous state read by polars
     done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
                            str(db)], capture_output=True, text=True, timeout=120,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (100 * 2**20, resource.RLIM_INFINITY)))
-    assert done.returncode == ExitCode.FAILED, done.stderr
-    assert "error: out of memory" in done.stderr and "`ulimit -v`, is 100 MiB" in done.stderr, done.stderr
-    assert "internal error" not in done.stderr and "nothing was committed" in done.stderr
-    assert current_rows(db) == before
-    assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 8
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (mib * 2**20, resource.RLIM_INFINITY)))
+    assert done.returncode == ExitCode.USAGE, done.stderr
+    assert f"the address-space limit (`ulimit -v`) is {mib} MiB" in done.stderr, done.stderr
+    assert "ulimit -v unlimited" in done.stderr and "Slurm --mem" in done.stderr and "Traceback" not in done.stderr
+    assert current_rows(db) == before and query(db, "SELECT run_id, exit_code FROM runs") == runs
+    assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 2100
 
 
 _FORK_REFUSED = """
 import errno, os, sys
 from chorus_batch import cli
 
-def fork():  # what the kernel says when it will not give a worker process memory (overcommit, a cgroup's limit)
-    raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+def fork():  # what the kernel says when it will not start a worker process (see the test's parameters)
+    raise OSError(errno.{name}, os.strerror(errno.{name}))
 
 os.fork = fork
 sys.exit(cli.main(["run", "--no-validate", "--workers", "2", "--site", sys.argv[1], "--db", sys.argv[2]]))
 """
 
 
-def test_a_worker_process_the_system_has_no_memory_for_is_said_as_out_of_memory(site, db):
-    """A machine short of memory refused the fork of a hashing worker: "internal error: OSError: [Errno 12] Cannot
-    allocate memory ... report it" (seen when several runs shared one node). It is the machine's limit: exit 3 with
-    what to do, and the previous version stays."""
+@pytest.mark.parametrize("name, words", [
+    # no memory for it (overcommit, a cgroup's limit): "internal error: OSError: [Errno 12] Cannot allocate memory
+    # ... report it" (seen when several runs shared one node)
+    ("ENOMEM", ["error: out of memory: OSError", "give the job more memory"]),
+    # `ulimit -u` (RLIMIT_NPROC, a login node's or a batch job's; a cgroup's pids.max alike) reached: "internal
+    # error: BlockingIOError: [Errno 11] Resource temporarily unavailable ... report it"
+    ("EAGAIN", ["error: the system would not start another process or thread: BlockingIOError", "`ulimit -u`",
+                "--workers 1"]),
+])
+def test_a_worker_process_the_system_refuses_is_said_as_the_limit_reached(site, db, name, words):
+    """The fork of a hashing worker refused by the system is the machine's limit, not ours to report: exit 3 with
+    which limit and what to do, and the previous version stays."""
     many(site, 5)
     assert run(site, db, "-q").returncode == 0
     before = current_rows(db)
     many(site, 2100)  # enough files for worker processes (hashing.PROCESS_MIN_FILES)
-    done = subprocess.run([sys.executable, "-c", _FORK_REFUSED, str(site), str(db)], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", _FORK_REFUSED.replace("{name}", name), str(site), str(db)],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == ExitCode.FAILED, done.stderr
-    assert "error: out of memory: OSError" in done.stderr and "give the job more memory" in done.stderr, done.stderr
+    assert all(word in done.stderr for word in words), done.stderr
     assert "internal error" not in done.stderr and "nothing was committed" in done.stderr, done.stderr
+    assert current_rows(db) == before
+    assert query(db, "SELECT exit_code FROM runs ORDER BY run_id DESC LIMIT 1") == [(ExitCode.FAILED,)]
+
+
+_PANICKING = """
+import os, sys
+os.environ["POLARS_MAX_THREADS"] = "0"  # read by polars at its first query, where it panics (Rust)
+from chorus_batch import RunSettings, run
+try:
+    run(RunSettings(site=sys.argv[1], db=sys.argv[2], validate=False))
+except Exception as exc:
+    print("raised", type(exc).__name__)
+"""
+
+
+def test_a_panic_in_a_librarys_rust_code_fails_the_run_as_an_error(site, db):
+    """pyo3 raises a Rust panic (polars') as PanicException, a BaseException: it passed every `except Exception`, so
+    the command line ended with a traceback and exit code 1 ("findings"), and the `runs` row stayed unfinished (the
+    next run called it killed). Now it is an Exception (LibraryPanic): the run is recorded as failed (3), the previous
+    version stays, and a library caller can catch it."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    many(site, 8)
+    done = subprocess.run([sys.executable, "-c", _PANICKING, str(site), str(db)], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"})
+    assert done.returncode == 0 and done.stdout.strip() == "raised LibraryPanic", (done.stdout, done.stderr)
+    assert query(db, "SELECT exit_code, message FROM runs ORDER BY run_id DESC LIMIT 1") == [
+        (ExitCode.FAILED, "LibraryPanic: a library panicked: Worker threads cannot be set to 0")]
     assert current_rows(db) == before
 
 
@@ -389,6 +452,25 @@ def test_a_file_size_limit_that_stops_the_manifest_says_so_and_keeps_the_previou
     assert "nothing was committed" in done.stderr
     assert current_rows(db) == before
     assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 3000
+
+
+def test_a_file_size_limit_that_stops_a_shards_parquet_names_the_limit(site, db, tmp_path):
+    """A Slurm array task under `ulimit -f`: polars says the write's EFBIG in its own error ("ComputeError: parquet:
+    ... underlying IO error: File too large (os error 27)"), which the run said as an internal error to report (and
+    an errno-less OSError got "choose a path on an ordinary file system with room"). Now exit 3, the file, and the
+    limit to raise; the shard's folder is left empty."""
+    import resource
+
+    many(site, 3000)
+    staging = tmp_path / "staging"
+    done = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
+                           str(db), "--shard", "0/1", "--staging", str(staging)], capture_output=True, text=True,
+                          timeout=120,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY)))
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert "cannot write" in done.stderr and "files.parquet: File too large" in done.stderr, done.stderr
+    assert "`ulimit -f unlimited`" in done.stderr and "internal error" not in done.stderr, done.stderr
+    assert not any((staging / "shard-0-of-1").iterdir())
 
 
 # ----------------------------------------------------------------------------- truthful errors
@@ -838,6 +920,29 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_a_full_temporary_folder_is_said_as_that_folder_not_the_manifests_disk(site, db, small_disk, monkeypatch):
+    """SQLite writes its sorts and index builds in $TMPDIR; a full one (a small tmpfs /tmp on a compute node) failed
+    every run with "the disk is full ... free space on the manifest's file system", whose disk had gigabytes free.
+    Now the message names SQLite's temporary folder, its free space and SQLITE_TMPDIR; the previous version stays."""
+    for i in range(3000):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i}".encode())
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    for i in range(3000):  # a version of many changes: SQLite sorts them (a site's nightly churn)
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i} changed".encode())
+    write(site, "Metadata/new.txt", b"new")
+    fill(small_disk)
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    env = {"TMPDIR": str(small_disk)}
+    out = run(site, db, "-q", env=env)
+    assert out.returncode == ExitCode.FAILED, out.stderr
+    assert "the disk is full" in out.stderr and f"SQLite's temporary folder {small_disk}" in out.stderr, out.stderr
+    assert "free space on the manifest's file system" not in out.stderr and "SQLITE_TMPDIR=" in out.stderr, out.stderr
+    assert current_rows(db) == before
+    env["SQLITE_TMPDIR"] = str(db.parent)  # what the message says to do
+    assert run(site, db, "-q", env=env).returncode == 0 and len(current_rows(db)) == 3001
 
 
 def test_a_first_version_too_big_for_its_disk_says_so_in_sqlites_words(site, small_disk):

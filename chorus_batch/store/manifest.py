@@ -32,7 +32,8 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import create_private, file_above, free_bytes, nearly_full, restrict, write_private
+from ..fsutil import (create_private, file_above, free_bytes, nearly_full, restrict, sqlite_temp_folder,
+                      write_private)
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
@@ -325,6 +326,18 @@ class Manifest:
                                  fix="make the manifest and its folder writable by this user (SQLite writes its "
                                      "-wal and -shm files beside it), or pass --db with another path")
         if "full" in low and ("disk" in low or "database" in low):
+            if os.name != "nt" and not nearly_full(self.path.parent):
+                # SQLite says the same of its temporary files ($TMPDIR: a small tmpfs, a node's full /tmp): "free
+                # space on the manifest's file system" sent the user to a disk with gigabytes free
+                temp, room = sqlite_temp_folder(), free_bytes(self.path.parent)
+                return ManifestError(
+                    f"the disk is full: {text} (the manifest's file system has {room // 2**20} MiB free; SQLite's "
+                    f"temporary folder {temp}, where it sorts and builds indexes, has {free_bytes(temp) // 2**20} MiB "
+                    "free)", where=f"{temp} (SQLite's temporary folder: $SQLITE_TMPDIR, else $TMPDIR, else /var/tmp "
+                                   "or /tmp)",
+                    fix=f"free space in {temp}, or point SQLITE_TMPDIR at a folder with room (such as the manifest's: "
+                        f"SQLITE_TMPDIR={shlex.quote(str(self.path.parent.resolve()))}), and run again (if both have "
+                        "room, a disk quota may be reached: `quota -s`)")
             return ManifestError(f"the disk is full: {text}",  # (what was committed: said by the command, cli.main)
                                  where=where, fix="free space on the manifest's file system and run again")
         if "malformed" in low:  # SQLite's own file, damaged: starting anew would lose every version and the ledger
