@@ -487,8 +487,10 @@ class ManifestReader:
         try:
             folder = stack.enter_context(scratch_folder("chorus-duckdb-", None))
             # A database file, not an in-memory one: its tables' blocks leave memory for the file beyond the cap.
+            # One thread: the sessions' grouping of a 1M-file version (335k records) needed more than the cap on two
+            # (each thread's share), and failed; on one it spills (1M records: 1.4 s).
             con = duckdb.connect(str(folder / "review.duckdb"), config={
-                "threads": 2, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder), "preserve_insertion_order": False})
+                "threads": 1, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder), "preserve_insertion_order": False})
             stack.callback(con.close)
             for name, slices in tables.items():
                 for i, part in enumerate(slices):
@@ -690,22 +692,36 @@ def size_flags(files: pl.DataFrame | duckdb.DuckDBPyConnection) -> tuple[pl.Data
             con.register("files", files.select("srcfile", "modality", "person_id", "size").to_arrow())
             return size_flags(con)
     con = files
-    # One pass of the rule in SQL; quantile_cont is polars' quantile(q, "linear").
+    # One pass of the rule in SQL. The quartiles of log10(size) are polars' quantile(q, "linear") (quantile_cont),
+    # computed from the count of each distinct size: quantile_cont holds every value of a modality in memory, which
+    # at 3M files passed the review database's cap (the report failed: "Out of Memory Error"); the counts are a
+    # grouping DuckDB can spill, and a site has far fewer distinct sizes than files.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _size_stats AS
         WITH f AS (SELECT coalesce(modality, 'Other') AS modality, size FROM files),
         s AS (SELECT modality, count(*) AS files, count(*) FILTER (WHERE size = 0) AS empty,
                      count(*) FILTER (WHERE size > 0) AS nonempty,
                      min(size) FILTER (WHERE size > 0) AS min, max(size) FILTER (WHERE size > 0) AS max,
-                     coalesce(sum(size) FILTER (WHERE size > 0), 0)::BIGINT AS bytes,
-                     quantile_cont(log10(size), 0.25) FILTER (WHERE size > 0) AS q1,
-                     quantile_cont(log10(size), 0.5) FILTER (WHERE size > 0) AS median,
-                     quantile_cont(log10(size), 0.75) FILTER (WHERE size > 0) AS q3
-              FROM f GROUP BY modality)
-        SELECT *, nonempty >= {OUTLIER_MIN_FILES} AS checked,
+                     coalesce(sum(size) FILTER (WHERE size > 0), 0)::BIGINT AS bytes
+              FROM f GROUP BY modality),
+        c AS (SELECT modality, size, count(*) AS n FROM f WHERE size > 0 GROUP BY modality, size),
+        r AS (SELECT modality, log10(size) AS v, sum(n) OVER w - n AS first, sum(n) OVER w - 1 AS last,
+                     sum(n) OVER (PARTITION BY modality) AS total
+              FROM c WINDOW w AS (PARTITION BY modality ORDER BY size ROWS UNBOUNDED PRECEDING)),
+        h AS (SELECT modality, q, (total - 1) * q AS pos FROM (SELECT DISTINCT modality, total FROM r),
+              (VALUES (0.25), (0.5), (0.75)) AS qs(q)),
+        k AS (SELECT h.modality, h.q, h.pos,
+                     (SELECT v FROM r WHERE r.modality = h.modality AND floor(h.pos) BETWEEN r.first AND r.last) AS v_lo,
+                     (SELECT v FROM r WHERE r.modality = h.modality AND ceil(h.pos) BETWEEN r.first AND r.last) AS v_hi
+              FROM h),
+        qn AS (SELECT modality, max(v_lo + (pos - floor(pos)) * (v_hi - v_lo)) FILTER (WHERE q = 0.25) AS q1,
+                      max(v_lo + (pos - floor(pos)) * (v_hi - v_lo)) FILTER (WHERE q = 0.5) AS median,
+                      max(v_lo + (pos - floor(pos)) * (v_hi - v_lo)) FILTER (WHERE q = 0.75) AS q3
+               FROM k GROUP BY modality)
+        SELECT s.*, qn.q1, qn.median, qn.q3, nonempty >= {OUTLIER_MIN_FILES} AS checked,
                q1 - greatest({OUTLIER_IQR} * (q3 - q1), {OUTLIER_MIN_DECADES}) AS lo,
                q3 + greatest({OUTLIER_IQR} * (q3 - q1), {OUTLIER_MIN_DECADES}) AS hi
-        FROM s""")
+        FROM s LEFT JOIN qn USING (modality)""")
     flagged = con.sql("""
         WITH f AS (SELECT srcfile, coalesce(modality, 'Other') AS modality, person_id, size,
                           CASE WHEN size > 0 THEN log10(size) END AS _log FROM files)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, run_site, write
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from markupsafe import escape
 
 from chorus_batch.errors import UsageError
@@ -458,3 +460,68 @@ def test_files_without_an_md5_are_not_duplicates_of_each_other(tmp_path):
     info = write_report(db, tmp_path / "r.html")
     assert not any("more than one path" in flag for flag in info.flags), info.flags
     assert "No content is stored at more than one path" in info.path.read_text(encoding="utf-8")
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Waveforms", "Images", None]),
+                          st.one_of(st.just(0), st.integers(1, 10), st.integers(1, 10**9))), max_size=60))
+@settings(max_examples=150, deadline=None)
+def test_size_quartiles_are_polars_linear_quantiles_of_log10_size(rows):
+    """The quartiles now come from the count of each distinct size (quantile_cont held every value of a modality:
+    a report of 3M files passed the review database's cap). They must stay polars' quantile(q, "linear")."""
+    import polars as pl
+
+    files = pl.DataFrame({"srcfile": [f"f{i}" for i in range(len(rows))], "modality": [m for m, _ in rows],
+                          "person_id": ["p"] * len(rows), "size": [s for _, s in rows]},
+                         schema={"srcfile": pl.String, "modality": pl.String, "person_id": pl.String, "size": pl.Int64})
+    stats, _ = size_flags(files)
+    log = pl.col("size").log10()
+    expected = (files.with_columns(pl.col("modality").fill_null("Other")).filter(pl.col("size") > 0).group_by("modality")
+                .agg(q1=log.quantile(0.25, "linear"), median=log.quantile(0.5, "linear"), q3=log.quantile(0.75, "linear")))
+    got = stats.select("modality", "q1", "median", "q3")
+    assert set(expected["modality"]) <= set(got["modality"])
+    for row in expected.iter_rows(named=True):
+        mine = got.filter(pl.col("modality") == row["modality"]).row(0, named=True)
+        assert all(abs(mine[c] - row[c]) < 1e-9 for c in ("q1", "median", "q3")), (row, mine)
+    assert got.filter(~pl.col("modality").is_in(expected["modality"].implode()))["q1"].is_null().all()
+
+
+def test_size_statistics_of_millions_of_files_fit_the_review_databases_cap(tmp_path):
+    """`report` of a 3M-file manifest failed: 'Out of Memory Error' (said as the machine's memory) in the size
+    statistics, whose quantiles held every size of a modality within the cap. The cap now holds 3M files of
+    distinct sizes."""
+    import duckdb
+
+    from chorus_batch.review import REVIEW_MEMORY
+
+    con = duckdb.connect(str(tmp_path / "x.duckdb"), config={"threads": 1, "memory_limit": REVIEW_MEMORY,
+                                                            "temp_directory": str(tmp_path)})
+    con.execute("CREATE TABLE files AS SELECT 'p/' || i AS srcfile, 'Waveforms' AS modality, 'p' AS person_id, "
+                "(hash(i) % 100000000)::BIGINT + 1 AS size FROM range(3000000) t(i)")
+    stats, _ = size_flags(con)
+    assert stats["nonempty"].to_list() == [3_000_000] and 7.3 < stats["median"][0] < 7.8
+
+
+def test_the_sessions_of_a_million_files_fit_the_review_databases_cap(tmp_path):
+    """`report` of a 1M-file manifest (335k sessions of 3 files) failed: the sessions' grouping by record in the
+    review database, on 2 threads, needed more than the 64 MB cap ('Out of Memory Error', said as the machine's
+    memory). The database runs on one thread, whose share of the cap spills the grouping."""
+    import polars as pl
+
+    from chorus_batch.review import FILE_SCHEMA
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    n = 1_005_000
+    i = pl.col("i")
+    files = pl.DataFrame({"i": pl.int_range(0, n, eager=True)}).select(
+        record_id=i // 3, srcfile=pl.format("{}/Waveforms/Telemetry/{}/{}.dat", i // 30, i // 3, i),
+        person_id=(i // 30).cast(pl.String), session_id=(i // 3).cast(pl.String), size=i,
+        md5=i.cast(pl.String).str.zfill(32), modality=pl.lit("Waveforms"), category=pl.lit("Telemetry"))
+    frame = pl.DataFrame(schema=FILE_SCHEMA).vstack(files.select(
+        pl.col(c).cast(FILE_SCHEMA[c]) if c in files.columns else pl.lit(None, FILE_SCHEMA[c]).alias(c) for c in FILE_SCHEMA))
+    con, closing = reader.review_database({"files": iter([frame])})
+    with closing:
+        sessions = reader.sessions(reader.latest(), con=con)
+    assert sessions.height == n // 3 and sessions["files"].sum() == n
