@@ -161,9 +161,20 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     refused = isinstance(exc, OSError) and exc.errno == errno.ENOMEM
     if not (mapped or refused or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
         return None
+    detail = str(exc).strip()
+    import re
+
+    capped = re.search(r"\(([0-9.]+ [KMG]iB)/([0-9.]+ [KMG]iB) used\)", detail)
+    if type(exc).__name__ == "OutOfMemoryException" and capped:
+        # DuckDB's own cap, which chorus-batch sets (a review database: 64 MB), not the machine's memory: "give the
+        # job more memory" would not help (a 1M-file report said so)
+        first_line = detail.splitlines()[0]
+        return OutOfMemory(f"a query needed more than the {capped.group(2)} of working memory chorus-batch gives DuckDB "
+                           f"({first_line})", where="chorus-batch's DuckDB memory cap",
+                           fix="this is a limit of chorus-batch's, not of the machine: report it with this message "
+                               "and the manifest's size (chorus-batch versions)")
     soft = soft_limit("RLIMIT_AS")
     limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)" if soft is not None else ""
-    detail = str(exc).strip()
     return OutOfMemory(f"out of memory: {type(exc).__name__}{': ' + detail if detail else ''}{limit}",
                        where="the memory of this process (`ulimit -v`, a Slurm --mem, a cgroup memory limit)",
                        fix="give the job more memory (or remove `ulimit -v`: the libraries' threads reserve address "

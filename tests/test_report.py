@@ -525,3 +525,19 @@ def test_the_sessions_of_a_million_files_fit_the_review_databases_cap(tmp_path):
     with closing:
         sessions = reader.sessions(reader.latest(), con=con)
     assert sessions.height == n // 3 and sessions["files"].sum() == n
+
+
+def test_duckdbs_own_cap_reached_is_not_said_as_the_machines_memory():
+    """DuckDB's 'Out of Memory Error' at the cap chorus-batch sets (a review database's 64 MB) was said as 'out of
+    memory ... give the job more memory', which cannot help: it says whose limit it is."""
+    import duckdb
+
+    from chorus_batch.errors import out_of_memory
+
+    with duckdb.connect(config={"memory_limit": "2MB", "threads": 1}) as con:
+        with pytest.raises(duckdb.OutOfMemoryException) as raised:
+            con.execute("SELECT string_agg(i::VARCHAR, ',') FROM range(3000000) t(i)").fetchall()
+    said = out_of_memory(raised.value)
+    assert said is not None and "working memory chorus-batch gives DuckDB" in said.what, said
+    assert "not of the machine" in said.fix and "give the job more memory" not in said.fix
+    assert "give the job more memory" in out_of_memory(MemoryError()).fix  # the machine's memory: as before
