@@ -225,7 +225,7 @@ def test_each_root_gets_its_own_file_system(clean_env):
     clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", CONN)
     a, b = (FsspecSource("az://cnt/site") for _ in range(2))
     assert a.fs is not b.fs and a.fs.service_client is not b.fs.service_client
-    assert a.server_md5 and a.root == "c/site"
+    assert a.server_md5 and a.root == "cnt/site"
     assert KEY not in a.how and KEY not in a.location
 
 
