@@ -86,11 +86,9 @@ class _Parser(argparse.ArgumentParser):
 
         message = scrub(message)  # (it quotes what was given: a SAS in the wrong place, say)
         words = _Parser.words[:_Parser.words.index("--")] if "--" in _Parser.words else _Parser.words
-        if "--json" in words:  # a script parsing stdout gets why, as from any other failing command (main._json_error)
-            with contextlib.suppress(Exception):
-                print(json.dumps({"error": message, "where": self.prog, "fix": f"see `{self.prog} --help` for its "
-                                  "options and examples", "exit_code": int(ExitCode.USAGE)}, indent=2))
-                sys.stdout.flush()
+        if "--json" in words:  # a script parsing stdout gets why, as from any other failing command
+            _print_json_error(int(ExitCode.USAGE), message, where=self.prog,
+                              fix=f"see `{self.prog} --help` for its options and examples")
         super().error(message)
 
 
@@ -1782,6 +1780,11 @@ def _json_error(args: argparse.Namespace, code: int, error: str, **details: str 
     (a second object would make the first unreadable), nor when stdout itself failed."""
     if not getattr(args, "json", False) or getattr(sys.stdout, "used", True):
         return
+    _print_json_error(code, error, **details)
+
+
+def _print_json_error(code: int, error: str, **details: str | None) -> None:
+    """The error object of a failing command (also argparse's refusals, before a command is known), secrets masked."""
     from .urls import scrub
 
     with contextlib.suppress(Exception):  # (stdout gone too: stderr has said it)

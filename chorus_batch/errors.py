@@ -7,6 +7,7 @@ exit codes. Every error carries what happened, where, and what to do.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -162,8 +163,6 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
     if not (mapped or refused or isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryException"):
         return None
     detail = str(exc).strip()
-    import re
-
     capped = re.search(r"\(([0-9.]+ [KMG]iB)/([0-9.]+ [KMG]iB) used\)", detail)
     if type(exc).__name__ == "OutOfMemoryException" and capped:
         # DuckDB's own cap, which chorus-batch sets (a review database: 64 MB), not the machine's memory: "give the

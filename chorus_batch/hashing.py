@@ -583,8 +583,7 @@ def _to_parse(todo: pl.DataFrame) -> pl.DataFrame:
     """The rows that may be parsed: likely new, or parsed if their content turns out not to be the recorded one."""
     if "parse" not in todo.columns:
         return todo
-    return todo.filter(pl.col("parse") | pl.col("parse_unless").is_not_null()) if "parse_unless" in todo.columns \
-        else todo.filter("parse")
+    return todo.filter(pl.col("parse") | pl.col("parse_unless").is_not_null())  # (to_read gives both)
 
 
 def _unless(todo: pl.DataFrame, start: int, length: int) -> list[bytes | None] | None:
