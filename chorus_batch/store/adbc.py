@@ -11,8 +11,8 @@ This is the part of DB-API the manifest uses, with the same behaviour as the dba
 (whose code it follows): autocommit off, explicit `commit()` / `rollback()`, and an uncommitted
 transaction rolled back when the connection closes (SQLite does that on close); `execute(sql,
 params)` with positional `?` parameters (bound as a one-row Arrow batch), `fetchone` / `fetchall`
-as tuples, `fetch_arrow_table()`, and `adbc_ingest()` of a pyarrow Table, RecordBatch or
-RecordBatchReader. The driver's errors are `adbc_driver_manager.Error`, also while a result is read.
+as tuples, `fetch_batches()` (the result's Arrow batches, one at a time), and `adbc_ingest()` of a
+pyarrow Table, RecordBatch or RecordBatchReader. The driver's errors are `adbc_driver_manager.Error`, also while a result is read.
 Unlike the dbapi module, calls are not run under its SIGINT handler (which asks the SQLite driver to
 cancel, which it cannot: the interrupt surfaced as a NOT_IMPLEMENTED error); Ctrl-C is a
 KeyboardInterrupt once the call returns.
@@ -21,7 +21,7 @@ KeyboardInterrupt once the call returns.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import adbc_driver_manager as _lib
@@ -150,12 +150,12 @@ class Cursor:
             rows.append(row)
         return rows
 
-    def fetch_arrow_table(self) -> pa.Table:
-        """The rest of the result as one Table (with the result's schema when it has no rows)."""
+    def fetch_batches(self) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The rest of the result batch by batch (each let go once the caller drops it), and its schema."""
         if self._reader is None:
-            raise _lib.ProgrammingError("fetch_arrow_table() without a result: call execute() first",
+            raise _lib.ProgrammingError("fetch_batches() without a result: call execute() first",
                                         status_code=_lib.AdbcStatusCode.INVALID_STATE)
-        return self._reader.read_all()
+        return self._reader.schema, iter(self._reader)
 
     def adbc_ingest(self, table_name: str, data: pa.Table | pa.RecordBatch | pa.RecordBatchReader,
                     mode: str = "create", *, temporary: bool = False) -> int:
