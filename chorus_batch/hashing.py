@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 
 from .faults import pause
-from .frames import packed_frame
+from .frames import FACTS_SCHEMA, packed_frame
 from .processes import pool
 from .sources import Source
 from .sources.base import set_meter
@@ -58,7 +58,9 @@ HASHED_SCHEMA = {
     "error_kind": pl.String,
     "error_message": pl.String,
 }
-_FACTS_PART = {"_i": pl.UInt32, "kind": pl.String, "facts": pl.String}
+# Facts parsed while hashing are handed to the caller (a run caches them in the manifest) every this many, not
+# held to the end: a 1M-file first run (small1m, 333k DICOM headers) held ~300 MB of them when its hashing ended.
+FACTS_HANDED_EVERY = 65_536
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,8 @@ class _Results:
         self.sizes = array("q")
         self.mtimes = array("q")
         self.errors: list[tuple[int, str, str]] = []
-        self.facts: list[pl.DataFrame] = []  # per chunk, as Arrow strings (compact: no Python object per file)
+        self.facts: list[pl.DataFrame] = []  # FACTS_SCHEMA per chunk, as Arrow strings (no Python object per file)
+        self.n_facts = 0  # rows in `facts`
 
     def reserve(self, n: int) -> None:
         self.digests += bytes(16 * n)
@@ -252,13 +255,20 @@ class _Results:
         self.sizes[start: start + n] = chunk.sizes
         self.mtimes[start: start + n] = chunk.mtimes
         self.errors.extend((start + k, kind, message) for k, kind, message in chunk.errors)
-        rows = [(start + k, kind, facts) for k, kind, facts in chunk.facts]
+        failed = {k for k, _, _ in chunk.errors}  # (no content, so no facts of one)
+
+        def md5(k: int) -> str:
+            return chunk.digests[16 * k: 16 * (k + 1)].hex()
+
+        rows = [(kind, md5(k), facts) for k, kind, facts in chunk.facts if k not in failed]
         if chunk.contents:  # small files a worker could not parse: parsed here, from the bytes it read
             from .validate.readers import parser
 
-            rows += [(start + k, kind, parser(kind)(io.BytesIO(data))) for k, kind, data in chunk.contents]
+            rows += [(kind, md5(k), parser(kind)(io.BytesIO(data))) for k, kind, data in chunk.contents
+                     if k not in failed]
         if rows:
-            self.facts.append(pl.DataFrame(rows, schema=_FACTS_PART, orient="row"))
+            self.facts.append(pl.DataFrame(rows, schema=FACTS_SCHEMA, orient="row"))
+            self.n_facts += len(rows)
 
     def frame(self, srcfile: pl.Series) -> pl.DataFrame:
         n = srcfile.len()
@@ -274,11 +284,12 @@ class _Results:
             [pl.when(failed).then(None).otherwise(pl.col(c)).alias(c) for c in ("md5", "hashed_size", "hashed_mtime_ns")]
         ).cast(HASHED_SCHEMA)  # type: ignore[arg-type]
 
-    def parsed(self, md5: pl.Series) -> pl.DataFrame:
-        """The facts parsed (FACTS_SCHEMA), in key order, each with the MD5 of its file (`md5`: frame()'s column).
-        Kept apart from frame(): a join of them onto every row copied both (1M files: ~250 MB at the scan's peak)."""
-        facts = pl.concat(self.facts) if self.facts else pl.DataFrame(schema=_FACTS_PART)
-        return facts.select("kind", md5.gather(facts["_i"]).alias("md5"), "facts").sort("kind", "md5")
+    def take_facts(self) -> pl.DataFrame:
+        """The facts parsed since the last take (FACTS_SCHEMA, each with the MD5 of its file), in key order; kept
+        apart from frame(): a join of them onto every row copied both (1M files: ~250 MB at the scan's peak)."""
+        facts = pl.concat(self.facts) if self.facts else pl.DataFrame(schema=FACTS_SCHEMA)
+        self.facts, self.n_facts = [], 0
+        return facts.sort("kind", "md5")
 
 
 def hash_files(
@@ -366,11 +377,14 @@ class Hasher:
     it by an exception stops the work at once (workers.pool)."""
 
     def __init__(self, sources: Sequence[Source], *, workers: int, progress: HashProgress | None = None,
-                 facts: bool = False):
+                 facts: bool = False, on_facts: Callable[[pl.DataFrame], None] | None = None):
         self.sources = list(sources)
         self.workers = workers
         self.progress = progress or HashProgress()
         self.facts = facts
+        self.on_facts = on_facts  # given the facts parsed, FACTS_HANDED_EVERY at a time, in the caller's thread
+        self.facts_seconds = 0.0  # in on_facts
+        self._facts_ready = threading.Event()  # FACTS_HANDED_EVERY of them parsed, or a hashing thread ended
         local = all(s.parallel_local for s in self.sources)
         # (processes, or threads; None: undecided until enough rows came)
         self.mode: str | None = None if (workers > 1 and local) else "threads"
@@ -390,7 +404,7 @@ class Hasher:
         self._started: float | None = None
         self._reading = _shared_counter()
         self.progress.reading = self._reading
-        self.parsed: pl.DataFrame | None = None  # with `facts`, after finish(): the facts parsed (FACTS_SCHEMA)
+        self.parsed: pl.DataFrame | None = None  # with `facts` and no on_facts, after finish(): the facts parsed
 
     def __enter__(self) -> "Hasher":
         return self
@@ -423,6 +437,7 @@ class Hasher:
             self.mode = "processes"
         if self.mode is not None:
             self._submit_pending()
+        self._hand_facts(FACTS_HANDED_EVERY)
 
     def finish(self) -> pl.DataFrame:
         """Wait for every row given; their results (HASHED_SCHEMA) in the order given."""
@@ -433,10 +448,13 @@ class Hasher:
             self._submit_pending()
         self._queue.close()
         for t in self._threads:
-            while t.is_alive():  # a timed join keeps Ctrl-C responsive
-                t.join(0.2)
+            while t.is_alive():  # a timed wait keeps Ctrl-C responsive
+                if self._facts_ready.wait(0.2):
+                    self._facts_ready.clear()
+                    self._hand_facts(FACTS_HANDED_EVERY)
         self._raise_failure()
         self._stack.close()  # the worker processes, if any: they exit
+        self._hand_facts(1)
         if self._started is not None:
             self.seconds = time.perf_counter() - self._started
         srcfile = (pl.concat([rows["srcfile"] for rows in self._blocks]) if self._blocks
@@ -444,9 +462,21 @@ class Hasher:
         # Let go of the rows given and the packed results once their frames are built: held until the scan
         # returned, they were ~300 MB of a 1M-file first run's peak
         results, self._results, self._blocks = self._results, _Results(), []
-        hashed = results.frame(srcfile)
-        self.parsed = results.parsed(hashed["md5"]) if self.facts else None
-        return hashed
+        self.parsed = results.take_facts() if self.facts and self.on_facts is None else None
+        return results.frame(srcfile)
+
+    def _hand_facts(self, at_least: int) -> None:
+        """Give on_facts the facts parsed so far, if there are `at_least` of them (from the caller's thread, as it
+        lists or waits: its writes never race the hashing threads')."""
+        if self.on_facts is None:
+            return
+        with self._lock:
+            if self._results.n_facts < at_least:
+                return
+            facts = self._results.take_facts()
+        started = time.perf_counter()
+        self.on_facts(facts)
+        self.facts_seconds += time.perf_counter() - started
 
     # ------------------------------------------------------------------ inside
 
@@ -513,6 +543,8 @@ class Hasher:
     def _record(self, task: _Task, chunk: HashedChunk) -> None:
         with self._lock:
             self._results.put(task.offset, chunk)
+            if self.on_facts is not None and self._results.n_facts >= FACTS_HANDED_EVERY:
+                self._facts_ready.set()
             if self.progress.on_chunk is not None:
                 self.progress.on_chunk(task.offset, chunk)
             self.progress.files_done += task.length
@@ -541,6 +573,8 @@ class Hasher:
                     self._record(task, hash_chunk(*task.arguments(self.sources)))
         except BaseException as exc:
             self._fail(exc)
+        finally:
+            self._facts_ready.set()  # finish() waits on it: a thread ended
 
     def _feed(self, executor) -> None:
         """Keep the worker processes busy: a bounded number of chunks in flight, refilled as they finish."""
@@ -565,6 +599,8 @@ class Hasher:
                     self._record(in_flight.pop(future), future.result())
         except BaseException as exc:
             self._fail(exc)
+        finally:
+            self._facts_ready.set()  # finish() waits on it: a thread ended
 
 
 def _shared_counter():

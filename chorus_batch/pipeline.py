@@ -453,9 +453,10 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     previous: pl.DataFrame | TreeParts
 
     def cache_facts(facts: pl.DataFrame) -> None:
-        # Parsed while hashing: cached by content before the commit, so that validation finds them (one read per
-        # file) and neither the commit nor validation holds them (1M files: ~200 MB each). A cache by content, not
-        # part of a version: kept if the commit then fails, and a rerun need not parse them again.
+        # Parsed while hashing: cached by content as they come (hashing.FACTS_HANDED_EVERY), before the commit, so
+        # that validation finds them (one read per file) and neither the scan, the commit nor validation holds them
+        # (1M files: ~200-300 MB). A cache by content, not part of a version: kept if the commit then fails, and a
+        # rerun need not parse them again.
         manifest.validation.save_facts(facts, replace=False, read_back=False)
 
     if not settings.dry_run:  # what a former name of this manifest left beside it

@@ -256,7 +256,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     `checkpoint`: hashes an interrupted run left (reused where the file is unchanged), and where this
     scan's hashes are checkpointed as they come (checkpoint.py). With `facts`, the files validation looks
     inside are parsed as they are hashed (ScanResult.facts); with `on_facts` too, those facts are handed to it
-    as soon as the hashing ends (a run caches them) and the ScanResult does not hold them.
+    while the hashing goes on, hashing.FACTS_HANDED_EVERY at a time (a run caches them), and the ScanResult
+    does not hold them.
 
     Hashing overlaps the listing: each block of the first root's listing is planned as it comes (shard,
     exclusions, hashing.due, the checkpoint), and the files it must read are hashed while the listing goes
@@ -291,7 +292,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     # (the checkpoint's context exits last: a signal or a failure stops the workers first, then what they hashed
     # is checkpointed)
     with _checkpointed_when_stopped(writer), \
-            hashing.Hasher([r.source for r in roots], workers=workers, progress=counters, facts=facts) as hasher:
+            hashing.Hasher([r.source for r in roots], workers=workers, progress=counters, facts=facts,
+                           on_facts=on_facts) as hasher:
         def plan_block(listed: pl.DataFrame) -> None:
             """Everything decided file by file, and the reading of those files that must be read."""
             if not coverage.whole:
@@ -333,16 +335,18 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
             hashed = hasher.finish()
     if writer is not None:
         writer.close()  # all of them: a kill during the commit loses no hash
-    parsed = hasher.parsed
-    if parsed is not None and resumed_facts is not None and resumed_facts.height:
-        parsed = pl.concat([parsed, resumed_facts]).unique(["kind", "md5"]).sort("kind", "md5")
-    if on_facts is not None and parsed is not None:
-        # Before the files are joined to their hashes: not held beside them (1M files: ~250 MB at the scan's peak)
-        if parsed.height:
+    parsed = hasher.parsed  # (None with on_facts: handed to it as they were parsed)
+    if resumed_facts is not None and resumed_facts.height:  # what an interrupted run parsed
+        parsed = resumed_facts if parsed is None else pl.concat([parsed, resumed_facts])
+        parsed = parsed.unique(["kind", "md5"]).sort("kind", "md5")
+    if on_facts is not None:
+        if parsed is not None:
             started = time.perf_counter()
             on_facts(parsed)
-            timings["cache_facts"] = round(time.perf_counter() - started, 4)
-        parsed = hasher.parsed = None
+            hasher.facts_seconds += time.perf_counter() - started
+            parsed = None
+        if hasher.facts_seconds:
+            timings["cache_facts"] = round(hasher.facts_seconds, 4)
     hash_s = hasher.seconds
     # read and hashed: not those that vanished or could not be read ("hashed: 31 files" when 30 had vanished)
     n_hashed = hasher.rows - int(hashed["error_kind"].is_not_null().sum())

@@ -144,6 +144,45 @@ def test_findings_equal_those_of_a_separate_validation_pass(tmp_path, monkeypatc
     assert query(one, "SELECT headers_read FROM validations") == [(0,)]
 
 
+def _slow_hash_chunk(*args, **kwargs):
+    """workers.hash_chunk, taking its time (at module level: a forked worker finds it by name)."""
+    import time
+
+    time.sleep(0.05)
+    return workers.hash_chunk(*args, **kwargs)
+
+
+@pytest.mark.parametrize("workers,process_min", [(1, hashing.PROCESS_MIN_FILES), (2, 1)],
+                         ids=["threads", "forked-workers"])
+def test_facts_are_cached_in_pieces_as_they_are_parsed_not_held_to_the_end(tmp_path, monkeypatch, workers, process_min):
+    """A first run held every fact it parsed until its hashing ended (1M files: ~300 MB at its peak); now they are
+    cached every FACTS_HANDED_EVERY, while the hashing goes on, and the cache and the findings are the same."""
+    from chorus_batch.store.validation import ValidationCache
+
+    monkeypatch.setattr(hashing, "PROCESS_MIN_FILES", process_min)
+    site = broken_site(tmp_path / "site")
+    whole, pieces = tmp_path / "whole.sqlite", tmp_path / "pieces.sqlite"
+    one_go = run_site(site, whole, workers=workers)
+    saved: list[int] = []
+    save_facts = ValidationCache.save_facts
+
+    def counted(self, new_facts, **kwargs):
+        saved.append(new_facts.height)
+        return save_facts(self, new_facts, **kwargs)
+
+    monkeypatch.setattr(ValidationCache, "save_facts", counted)
+    monkeypatch.setattr(hashing, "FACTS_HANDED_EVERY", 4, raising=False)
+    monkeypatch.setattr(hashing, "CHUNK_FILES", 8)
+    monkeypatch.setattr(hashing, "hash_chunk", _slow_hash_chunk)  # the run's thread has time to take each piece
+    in_pieces = run_site(site, pieces, workers=workers)
+    assert len(saved) > 2 and sum(saved) == query(pieces, "SELECT count(*) FROM file_facts")[0][0], saved
+    assert (_table(whole, "SELECT kind, md5, facts FROM file_facts")
+            == _table(pieces, "SELECT kind, md5, facts FROM file_facts"))
+    assert in_pieces.findings is not None and one_go.findings is not None
+    assert in_pieces.findings.equals(one_go.findings)
+    assert query(pieces, "SELECT headers_read FROM validations") == [(0,)]
+
+
 def test_cached_facts_stay_as_they_are(tmp_path):
     """Facts already cached for a content are not replaced by the ones parsed while hashing."""
     from chorus_batch.store import Manifest
