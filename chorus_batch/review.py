@@ -624,7 +624,9 @@ class SQLiteReader(ManifestReader):
             schema={"version": pl.String, "modality": pl.String, "change": pl.String, "n": pl.Int64})
 
     def registry(self) -> pl.DataFrame:
-        return self._query("SELECT * FROM registry ORDER BY record_id")
+        # Typed as the table is: a column null throughout (`date`, `time` of a site whose session names carry no
+        # stamp, today's layout) came back Int64, and comparing it with a date string was a polars error.
+        return self._query("SELECT * FROM registry ORDER BY record_id", schema=schema_of("registry"))
 
     def _header_starts(self, headers: pl.DataFrame) -> pl.DataFrame:
         from .validate.rules import KIND_WFDB

@@ -722,3 +722,18 @@ def test_the_version_compared_with_is_the_one_before_or_the_one_asked_never_the_
     assert m.compared_with(labels[2], labels[0]) == labels[0]
     with pytest.raises(UsageError, match="is the version reviewed"):
         m.compared_with(labels[1], labels[1])
+
+
+def test_the_registry_has_the_tables_types_when_a_column_is_null_throughout(tmp_path):
+    # A site whose session names carry no stamp (today's layout) has no registry date or time: the SQLite reader
+    # typed them Int64 (the Parquet one String), and `m.registry().filter(pl.col("date") >= "2024-01-01")` failed
+    from chorus_batch.frames import schema_of
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, parquet=str(tmp_path / "snap"))
+    for reader in (open_manifest(db), open_manifest(tmp_path / "snap")):
+        registry = reader.registry()
+        assert registry["date"].null_count() == registry.height > 0
+        assert registry.schema == schema_of("registry")
+        assert registry.filter(pl.col("date") >= "2024-01-01").height == 0
