@@ -204,10 +204,11 @@ class ManifestReader:
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 
-    def compared_with(self, label: str, compare_to: str | datetime | None = None) -> str | None:
+    def compared_with(self, label: str | datetime | None, compare_to: str | datetime | None = None) -> str | None:
         """The version `label` is reviewed against: `compare_to`, else the one before it (None: `label` is the
         first). A `compare_to` that is `label` itself is refused: there is nothing to compare, and the review
         called the version the first one."""
+        label = self.resolve(label)  # a label as a number (papermill's), a date-time: compared as the label it names
         if compare_to is None:
             earlier = self.versions().filter(pl.col("label") < label)["label"]
             return earlier[-1] if earlier.len() else None

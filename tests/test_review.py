@@ -724,6 +724,18 @@ def test_the_version_compared_with_is_the_one_before_or_the_one_asked_never_the_
         m.compared_with(labels[1], labels[1])
 
 
+def test_the_version_compared_with_is_resolved_as_every_version_argument_is(history):
+    # compared_with compared its `label` as text with the labels: a time (or papermill's number) named no label, and the
+    # version "had none before it" (the notebook skipped every comparison as for a first version), or polars failed
+    m = open_manifest(history["db"])
+    labels, committed = history["labels"], m.versions()["finished_at"].to_list()
+    assert m.compared_with(committed[2]) == labels[1]
+    assert m.compared_with(datetime.fromisoformat(committed[1].replace("Z", "+00:00"))) == labels[0]
+    assert m.compared_with(None) == labels[1]  # the latest, as everywhere else
+    with pytest.raises(UsageError, match="is the version reviewed"):
+        m.compared_with(committed[1], labels[1])
+
+
 def test_the_registry_has_the_tables_types_when_a_column_is_null_throughout(tmp_path):
     # A site whose session names carry no stamp (today's layout) has no registry date or time: the SQLite reader
     # typed them Int64 (the Parquet one String), and `m.registry().filter(pl.col("date") >= "2024-01-01")` failed
