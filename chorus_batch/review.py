@@ -160,6 +160,13 @@ class ManifestReader:
         if isinstance(version, str) and version in set(versions["label"].to_list()):
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
+        if moment is None and self._committed_since_open(version.strip()):
+            labels = versions["label"].to_list()
+            # A reader keeps the versions it found when opened (one state of the manifest for a whole review): a version
+            # a run committed since was said to be "not in the manifest", which `chorus-batch versions` listed.
+            raise UsageError(f"version {version.strip()} was committed after this reader read the manifest's versions "
+                             f"(it knows {len(labels)}, {labels[0]} .. {labels[-1]})", where=str(self.path),
+                             fix=f"open the manifest again to read it: open_manifest({str(self.path)!r})")
         if moment is None:
             from difflib import get_close_matches
 
@@ -312,6 +319,10 @@ class ManifestReader:
             frames.append(pending)
         # file ids are handed out in commit order: sorted by them, the rows are the file's life in order
         return pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA))
+
+    def _committed_since_open(self, label: str) -> bool:
+        """Whether the storage now holds a version `label` this reader, opened before, does not know."""
+        return False
 
     def root_locations(self) -> list[str]:
         """Where the site's files were found (the manifest's `roots`); none known to this reader."""
@@ -533,6 +544,9 @@ class SQLiteReader(ManifestReader):
 
     def root_locations(self) -> list[str]:
         return [loc for loc in self._manifest.roots()["location"].to_list() if "://" not in loc]
+
+    def _committed_since_open(self, label: str) -> bool:
+        return self._query("SELECT count(*) AS n FROM versions WHERE label = ?", (label,))["n"][0] > 0
 
     def versions(self) -> pl.DataFrame:
         if self._versions is None:  # with each version's upload state (store/uploads.py)

@@ -749,3 +749,26 @@ def test_the_registry_has_the_tables_types_when_a_column_is_null_throughout(tmp_
         assert registry["date"].null_count() == registry.height > 0
         assert registry.schema == schema_of("registry")
         assert registry.filter(pl.col("date") >= "2024-01-01").height == 0
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "parquet"])
+def test_a_version_committed_after_the_reader_read_the_versions_is_not_said_to_be_missing(tmp_path, storage):
+    # A notebook left open over a nightly run, asked for the label `chorus-batch versions` now lists, was told "no version
+    # ... in the manifest"; it is told that the version came after the reader read the versions, and how to read it
+    site, db, snaps = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "snap"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    first = run_site(site, db, parquet=str(snaps), version_label="v1").label
+    m = open_manifest(db if storage == "sqlite" else snaps)
+    assert m.files().height == 1 and m.latest() == first
+    write(site, "OMOP/death.csv", b"person_id\n")
+    second = run_site(site, db, parquet=str(snaps), version_label="v2").label
+    with pytest.raises(UsageError, match=f"version {second} was committed after this reader read the manifest's "
+                                         f"versions \\(it knows 1, {first} .. {first}\\)") as raised:
+        m.files(second)
+    assert "open the manifest again" in raised.value.fix and "no version" not in str(raised.value)
+    assert m.files().height == 1  # the reader still reads the state it opened
+    assert open_manifest(db if storage == "sqlite" else snaps).files(second).height == 2
+    with pytest.raises(UsageError, match="no version 'v9' in the manifest"):  # a label no storage holds: as before
+        m.files("v9")
+    with pytest.raises(UsageError, match="no version '../m' in the manifest"):
+        m.files("../m")
