@@ -772,3 +772,26 @@ def test_a_version_committed_after_the_reader_read_the_versions_is_not_said_to_b
         m.files("v9")
     with pytest.raises(UsageError, match="no version '../m' in the manifest"):
         m.files("../m")
+
+
+def test_run_settings_refuse_a_setting_they_do_not_take_and_take_paths_and_the_config_files_names(tmp_path):
+    # RunSettings ignored a keyword it does not take: `validate=False` (chorus.toml's name) validated anyway and
+    # `version="nightly"` (for version_label) committed an unlabelled version; a pathlib path was refused as "not a
+    # valid string"; verify_sample=500 (a percentage) was taken
+    from pydantic import ValidationError
+
+    from chorus_batch import RunSettings, run
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(tmp_path / "images", "000001/Images/CT/1/x.dcm", b"dicm")
+    for wrong in ({"version": "nightly"}, {"validate_sites": False}, {"verify_sample": 500}, {"racy_window_s": -1}):
+        with pytest.raises(ValidationError, match=next(iter(wrong))):
+            RunSettings(site=str(site), db=str(db), **wrong)
+    assert not db.exists()
+    result = run(RunSettings(site=site, db=db, roots={"Images": tmp_path / "images"}, workers=1, validate=False,
+                             version_label="nightly"))
+    assert result.label == "nightly"
+    assert open_manifest(db).validated("nightly") is False  # validate=False was heard
+    assert RunSettings(site="s", db="m", validate_site=False).validate_site is False
+    assert RunSettings(site="s", db="m").validate_site is True
