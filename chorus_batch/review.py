@@ -160,8 +160,8 @@ class ManifestReader:
         if isinstance(version, str) and version in set(versions["label"].to_list()):
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
-        if moment is None and self._committed_since_open(version.strip()):
-            labels = versions["label"].to_list()
+        labels = versions["label"].to_list()
+        if moment is None and version.strip() not in labels and self._committed_since_open(version.strip()):
             # A reader keeps the versions it found when opened (one state of the manifest for a whole review): a version
             # a run committed since was said to be "not in the manifest", which `chorus-batch versions` listed.
             raise UsageError(f"version {version.strip()} was committed after this reader read the manifest's versions "
@@ -171,7 +171,6 @@ class ManifestReader:
             from difflib import get_close_matches
 
             dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
-            labels = versions["label"].to_list()
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
             close = ([version.strip()] if version.strip() in labels
                      else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))

@@ -768,6 +768,8 @@ def test_a_version_committed_after_the_reader_read_the_versions_is_not_said_to_b
     assert "open the manifest again" in raised.value.fix and "no version" not in str(raised.value)
     assert m.files().height == 1  # the reader still reads the state it opened
     assert open_manifest(db if storage == "sqlite" else snaps).files(second).height == 2
+    with pytest.raises(UsageError, match="no version 'v1 ' in the manifest; did you mean v1"):  # a known one: as before
+        m.files("v1 ")
     with pytest.raises(UsageError, match="no version 'v9' in the manifest"):  # a label no storage holds: as before
         m.files("v9")
     with pytest.raises(UsageError, match="no version '../m' in the manifest"):
