@@ -69,6 +69,21 @@ def text_argument(value: object, what: str, where: str, example: str) -> str:
     return value
 
 
+def share_argument(value: object, name: str) -> float:
+    """A share a notebook parameter gives (papermill passes `-p large_change_share 5%` as text, `5` as a number): a
+    number from 0 to 1, or a percentage as text ("5%"); anything else is a UsageError that says what to give (5 read
+    as 500% flagged nothing, and "5%" failed in a format string two sections later)."""
+    text = value.strip() if isinstance(value, str) else None
+    try:
+        share = float(text[:-1]) / 100 if text and text.endswith("%") else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        share = None
+    if isinstance(value, bool) or share is None or not 0 <= share <= 1:  # (NaN too)
+        raise UsageError(f"{name} is a share of the files from 0 to 1, not {value!r}", where=name,
+                         fix='give a number such as 0.05, or a percentage as text such as "5%", to flag more than 5%')
+    return share
+
+
 def open_manifest(path: str | Path) -> "ManifestReader":
     """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
     path = text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"')
