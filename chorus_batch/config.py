@@ -52,7 +52,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .config_file import read_toml, resolve_path
@@ -323,6 +323,10 @@ class ConfigFile(_Strict):
 class RunSettings(BaseModel):
     """Everything one `run` needs, after merging the file and the command line."""
 
+    # A setting this class does not take is refused, not ignored: `validate=False` (chorus.toml's name for
+    # validate_site, now taken too) or `version="nightly"` (version_label) ran as if never given.
+    model_config = ConfigDict(extra="forbid")
+
     site: str
     site_name: str | None = None
     roots: dict[str, str] = Field(default_factory=dict)
@@ -334,12 +338,13 @@ class RunSettings(BaseModel):
     rehash: bool = False
     dry_run: bool = False
     follow_symlinks: bool = False
-    racy_window_s: float = 2.0
+    racy_window_s: float = Field(default=2.0, ge=0, le=3600)  # as [run] racy_window_s is checked
     patterns: dict[str, list[str]] = Field(default_factory=dict)
     version_label: str | None = None
-    validate_site: bool = True  # run `validate` on the new (or unvalidated) version
+    # run `validate` on the new (or unvalidated) version; also given as `validate`, its name in chorus.toml
+    validate_site: bool = Field(default=True, validation_alias=AliasChoices("validate_site", "validate"))
     max_delete: str | int = "50%"  # see parse_max_delete
-    verify_sample: float = 1.0  # rolling re-verification: % of the files re-read each run
+    verify_sample: float = Field(default=1.0, ge=0, le=100)  # rolling re-verification: % of the files re-read each run
     verify_max_bytes: str | int = "10GiB"  # ... at most this many bytes a run (see parse_bytes)
     # where a cloud file's MD5 comes from (frames.CLOUD_MD5_POLICIES): the storage's, else a download
     cloud_md5: Literal["stored-or-download", "download", "stored-only"] = "stored-or-download"
@@ -353,6 +358,18 @@ class RunSettings(BaseModel):
     # the `run` flags given that shape a listing (cli._listing_arguments: --config, --site, --db, --exclude, ...):
     # recorded by a shard, and how a merge's message reruns a shard (None: not known, e.g. the library)
     arguments: list[str] | None = None
+
+    @field_validator("site", "db", "delete_list", "parquet", "staging", "merge", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value  # a pathlib path, as open_manifest takes
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _root_paths_as_text(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in value.items()}
+        return value
 
     @field_validator("site_name")
     @classmethod

@@ -69,6 +69,21 @@ def text_argument(value: object, what: str, where: str, example: str) -> str:
     return value
 
 
+def share_argument(value: object, name: str) -> float:
+    """A share a notebook parameter gives (papermill passes `-p large_change_share 5%` as text, `5` as a number): a
+    number from 0 to 1, or a percentage as text ("5%"); anything else is a UsageError that says what to give (5 read
+    as 500% flagged nothing, and "5%" failed in a format string two sections later)."""
+    text = value.strip() if isinstance(value, str) else None
+    try:
+        share = float(text[:-1]) / 100 if text and text.endswith("%") else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        share = None
+    if isinstance(value, bool) or share is None or not 0 <= share <= 1:  # (NaN too)
+        raise UsageError(f"{name} is a share of the files from 0 to 1, not {value!r}", where=name,
+                         fix='give a number such as 0.05, or a percentage as text such as "5%", to flag more than 5%')
+    return share
+
+
 def open_manifest(path: str | Path) -> "ManifestReader":
     """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
     path = text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"')
@@ -160,11 +175,17 @@ class ManifestReader:
         if isinstance(version, str) and version in set(versions["label"].to_list()):
             return version
         moment = version if isinstance(version, datetime) else parse_time(version)
+        labels = versions["label"].to_list()
+        if moment is None and version.strip() not in labels and self._committed_since_open(version.strip()):
+            # A reader keeps the versions it found when opened (one state of the manifest for a whole review): a version
+            # a run committed since was said to be "not in the manifest", which `chorus-batch versions` listed.
+            raise UsageError(f"version {version.strip()} was committed after this reader read the manifest's versions "
+                             f"(it knows {len(labels)}, {labels[0]} .. {labels[-1]})", where=str(self.path),
+                             fix=f"open the manifest again to read it: open_manifest({str(self.path)!r})")
         if moment is None:
             from difflib import get_close_matches
 
             dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
-            labels = versions["label"].to_list()
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
             close = ([version.strip()] if version.strip() in labels
                      else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
@@ -204,10 +225,11 @@ class ManifestReader:
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 
-    def compared_with(self, label: str, compare_to: str | datetime | None = None) -> str | None:
+    def compared_with(self, label: str | datetime | None, compare_to: str | datetime | None = None) -> str | None:
         """The version `label` is reviewed against: `compare_to`, else the one before it (None: `label` is the
         first). A `compare_to` that is `label` itself is refused: there is nothing to compare, and the review
         called the version the first one."""
+        label = self.resolve(label)  # a label as a number (papermill's), a date-time: compared as the label it names
         if compare_to is None:
             earlier = self.versions().filter(pl.col("label") < label)["label"]
             return earlier[-1] if earlier.len() else None
@@ -311,6 +333,10 @@ class ManifestReader:
             frames.append(pending)
         # file ids are handed out in commit order: sorted by them, the rows are the file's life in order
         return pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA))
+
+    def _committed_since_open(self, label: str) -> bool:
+        """Whether the storage now holds a version `label` this reader, opened before, does not know."""
+        return False
 
     def root_locations(self) -> list[str]:
         """Where the site's files were found (the manifest's `roots`); none known to this reader."""
@@ -533,6 +559,9 @@ class SQLiteReader(ManifestReader):
     def root_locations(self) -> list[str]:
         return [loc for loc in self._manifest.roots()["location"].to_list() if "://" not in loc]
 
+    def _committed_since_open(self, label: str) -> bool:
+        return self._query("SELECT count(*) AS n FROM versions WHERE label = ?", (label,))["n"][0] > 0
+
     def versions(self) -> pl.DataFrame:
         if self._versions is None:  # with each version's upload state (store/uploads.py)
             from .store.uploads import versions_with_upload_state
@@ -624,7 +653,9 @@ class SQLiteReader(ManifestReader):
             schema={"version": pl.String, "modality": pl.String, "change": pl.String, "n": pl.Int64})
 
     def registry(self) -> pl.DataFrame:
-        return self._query("SELECT * FROM registry ORDER BY record_id")
+        # Typed as the table is: a column null throughout (`date`, `time` of a site whose session names carry no
+        # stamp, today's layout) came back Int64, and comparing it with a date string was a polars error.
+        return self._query("SELECT * FROM registry ORDER BY record_id", schema=schema_of("registry"))
 
     def _header_starts(self, headers: pl.DataFrame) -> pl.DataFrame:
         from .validate.rules import KIND_WFDB

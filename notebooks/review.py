@@ -42,6 +42,8 @@ import matplotlib.pyplot as plt
 import polars as pl
 from IPython.display import Markdown, display
 
+from chorus_batch.review import share_argument
+
 pl.Config.set_tbl_rows(20)
 pl.Config.set_fmt_str_lengths(60)
 pl.Config.set_tbl_width_chars(140)
@@ -49,6 +51,7 @@ plt.rcParams.update({"figure.figsize": (11, 3.5), "figure.dpi": 80, "axes.grid":
 print(f"kernel: python {sys.version.split()[0]}, prefix {sys.prefix}")
 # `papermill -p version 20261127034021` passes a label as a number: labels are text.
 version, compare_to = (None if v is None else str(v) for v in (version, compare_to))
+large_change_share = share_argument(large_change_share, "large_change_share")  # 0.05, or "5%" as text
 
 # %% [markdown]
 # ## Open the manifest

@@ -17,6 +17,7 @@ import papermill
 import pytest
 from conftest import ROOT, run_site, write
 
+from chorus_batch.errors import UsageError
 from chorus_batch.review import open_manifest
 from chorus_batch.testdata import Spec, make_testdata
 
@@ -320,3 +321,21 @@ def test_a_kernel_that_cannot_start_is_said_with_what_it_said(manifests, tmp_pat
     assert done.stderr.startswith("chorus-batch: error: the review notebook's kernel failed: "), done.stderr
     assert "the kernel said:\n    boom: no kernel here\n" in done.stderr and "fix:" in done.stderr, done.stderr
     assert not (tmp_path / "r.ipynb").exists() and "Traceback" not in done.stderr
+
+
+def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_before_the_review(manifests, tmp_path):
+    """`papermill -p large_change_share 5%` passes text: the notebook failed two sections later in a format string
+    (ValueError: Unknown format code '%'); `-p large_change_share 5` (meant as 5%) read as 500% and flagged nothing.
+    Text "5%" is now the share 0.05; a number outside 0..1 is refused in the first cell, saying what to give."""
+    from chorus_batch.review import share_argument
+
+    assert share_argument("5%", "s") == 0.05 and share_argument(0.05, "s") == 0.05 and share_argument("0.1", "s") == 0.1
+    for wrong in (5, "lots", None, True, float("nan"), "-1%"):
+        with pytest.raises(UsageError, match="is a share of the files from 0 to 1"):
+            share_argument(wrong, "large_change_share")
+    out = check_run(execute(manifests["two"], tmp_path / "pct.ipynb", large_change_share="5%"), PLOTS + 2)
+    assert "CHECK  removed + replaced <= 5%" in out
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(manifests["two"], tmp_path / "five.ipynb", large_change_share=5)
+    assert failed.value.ename == "UsageError" and "is a share of the files from 0 to 1, not 5" in failed.value.evalue
+    assert "import sys" in failed.value.source  # the first code cell after the parameters: before any section ran

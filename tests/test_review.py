@@ -722,3 +722,78 @@ def test_the_version_compared_with_is_the_one_before_or_the_one_asked_never_the_
     assert m.compared_with(labels[2], labels[0]) == labels[0]
     with pytest.raises(UsageError, match="is the version reviewed"):
         m.compared_with(labels[1], labels[1])
+
+
+def test_the_version_compared_with_is_resolved_as_every_version_argument_is(history):
+    # compared_with compared its `label` as text with the labels: a time (or papermill's number) named no label, and the
+    # version "had none before it" (the notebook skipped every comparison as for a first version), or polars failed
+    m = open_manifest(history["db"])
+    labels, committed = history["labels"], m.versions()["finished_at"].to_list()
+    assert m.compared_with(committed[2]) == labels[1]
+    assert m.compared_with(datetime.fromisoformat(committed[1].replace("Z", "+00:00"))) == labels[0]
+    assert m.compared_with(None) == labels[1]  # the latest, as everywhere else
+    with pytest.raises(UsageError, match="is the version reviewed"):
+        m.compared_with(committed[1], labels[1])
+
+
+def test_the_registry_has_the_tables_types_when_a_column_is_null_throughout(tmp_path):
+    # A site whose session names carry no stamp (today's layout) has no registry date or time: the SQLite reader
+    # typed them Int64 (the Parquet one String), and `m.registry().filter(pl.col("date") >= "2024-01-01")` failed
+    from chorus_batch.frames import schema_of
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, parquet=str(tmp_path / "snap"))
+    for reader in (open_manifest(db), open_manifest(tmp_path / "snap")):
+        registry = reader.registry()
+        assert registry["date"].null_count() == registry.height > 0
+        assert registry.schema == schema_of("registry")
+        assert registry.filter(pl.col("date") >= "2024-01-01").height == 0
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "parquet"])
+def test_a_version_committed_after_the_reader_read_the_versions_is_not_said_to_be_missing(tmp_path, storage):
+    # A notebook left open over a nightly run, asked for the label `chorus-batch versions` now lists, was told "no version
+    # ... in the manifest"; it is told that the version came after the reader read the versions, and how to read it
+    site, db, snaps = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "snap"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    first = run_site(site, db, parquet=str(snaps), version_label="v1").label
+    m = open_manifest(db if storage == "sqlite" else snaps)
+    assert m.files().height == 1 and m.latest() == first
+    write(site, "OMOP/death.csv", b"person_id\n")
+    second = run_site(site, db, parquet=str(snaps), version_label="v2").label
+    with pytest.raises(UsageError, match=f"version {second} was committed after this reader read the manifest's "
+                                         f"versions \\(it knows 1, {first} .. {first}\\)") as raised:
+        m.files(second)
+    assert "open the manifest again" in raised.value.fix and "no version" not in str(raised.value)
+    assert m.files().height == 1  # the reader still reads the state it opened
+    assert open_manifest(db if storage == "sqlite" else snaps).files(second).height == 2
+    with pytest.raises(UsageError, match="no version 'v1 ' in the manifest; did you mean v1"):  # a known one: as before
+        m.files("v1 ")
+    with pytest.raises(UsageError, match="no version 'v9' in the manifest"):  # a label no storage holds: as before
+        m.files("v9")
+    with pytest.raises(UsageError, match="no version '../m' in the manifest"):
+        m.files("../m")
+
+
+def test_run_settings_refuse_a_setting_they_do_not_take_and_take_paths_and_the_config_files_names(tmp_path):
+    # RunSettings ignored a keyword it does not take: `validate=False` (chorus.toml's name) validated anyway and
+    # `version="nightly"` (for version_label) committed an unlabelled version; a pathlib path was refused as "not a
+    # valid string"; verify_sample=500 (a percentage) was taken
+    from pydantic import ValidationError
+
+    from chorus_batch import RunSettings, run
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(tmp_path / "images", "000001/Images/CT/1/x.dcm", b"dicm")
+    for wrong in ({"version": "nightly"}, {"validate_sites": False}, {"verify_sample": 500}, {"racy_window_s": -1}):
+        with pytest.raises(ValidationError, match=next(iter(wrong))):
+            RunSettings(site=str(site), db=str(db), **wrong)
+    assert not db.exists()
+    result = run(RunSettings(site=site, db=db, roots={"Images": tmp_path / "images"}, workers=1, validate=False,
+                             version_label="nightly"))
+    assert result.label == "nightly"
+    assert open_manifest(db).validated("nightly") is False  # validate=False was heard
+    assert RunSettings(site="s", db="m", validate_site=False).validate_site is False
+    assert RunSettings(site="s", db="m").validate_site is True

@@ -174,6 +174,15 @@ class ParquetReader(ManifestReader):
             raise UsageError(f"no Parquet snapshots in {self.path}", where=str(self.path),  # a --db naming no manifest: 2
                              fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
 
+    def _committed_since_open(self, label: str) -> bool:
+        # a snapshot whose manifest.parquet is there (written last), named by a label, not a path
+        if not label or {"/", "\\", "\0"} & set(label) or label in (".", ".."):
+            return False
+        try:
+            return (self.path / f"version={label}" / "manifest.parquet").is_file()
+        except OSError:  # a name too long, for one: no such version
+            return False
+
     def _part(self, label: str, name: str) -> Path:
         return self.path / f"version={label}" / f"{name}.parquet"
 
