@@ -381,7 +381,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None
     for k in range(shards):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # (a damaged one is said below)
             record = json.loads((shard_folder(staging, Coverage(shard=k, shards=shards)) / "scan.json").read_text("utf-8"))
             siblings = siblings or recorded_words(record.get("arguments"))
     problems: list[str] = []
@@ -402,6 +402,11 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         except UsageError as exc:  # (a scan.json cut short, a files.parquet removed): named with its rerun as the others
             problems.append(f"shard {k}/{shards} is damaged ({exc.what}): rerun it with: "
                             f"{rerun_command(settings, coverage, staging, siblings)}")
+            continue
+        if part.coverage != coverage:  # (a folder renamed, or copied in from another split or staging folder)
+            problems.append(f"shard {k}/{shards} is damaged (its scan.json is of {part.coverage}, not of {coverage}, "
+                            f"which its folder {folder.name} names: a folder renamed or copied in): rerun it "
+                            f"with: {rerun_command(settings, coverage, staging, siblings)}")
             continue
         if part.based_on != latest_label:
             stale_started.append(part.scan_started_ns)
@@ -436,7 +441,9 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                                 f"{rerun_command(settings, Coverage(shard=k, shards=shards), staging, part.arguments)}")
     merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
-        raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into}, the latest; "
+        # (the latest only while no run committed after that merge: said as it is)
+        now = "the latest" if merged_into == latest_label else f"the latest is now {latest_label}"
+        raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into} ({now}); "
                          "nothing was committed", where=str(staging),
                          fix="nothing to do for these shards; to record the site as it is now, run the shards again "
                              "(or submit the Slurm script again), then merge")

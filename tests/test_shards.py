@@ -208,6 +208,64 @@ def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_p
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def _edit_record(change):
+    def edit(folder: Path) -> None:
+        import json
+
+        record = json.loads((folder / "scan.json").read_text("utf-8"))
+        record = change(record)
+        (folder / "scan.json").write_text(json.dumps(record), "utf-8")
+    return edit
+
+
+def _without_md5_column(folder: Path) -> None:
+    files = pl.read_parquet(folder / "files.parquet")
+    files.rename({"md5": "md5_hex"}).write_parquet(folder / "files.parquet")
+
+
+@pytest.mark.parametrize("edit, said", [
+    (_edit_record(lambda r: {**{k: v for k, v in r.items() if k != "based_on"}, "release": "9.1"}),
+     "(written by chorus-batch 9.1): its scan.json does not hold what it should (no 'based_on')"),
+    (_edit_record(lambda r: {k: v for k, v in r.items() if k != "n_files"}), "(no 'n_files')"),
+    (_edit_record(lambda r: {**r, "coverage": {**r["coverage"], "part": 1}}), "unexpected keyword argument 'part'"),
+    (_edit_record(lambda r: [r]), "its scan.json holds no record"),
+    (_edit_record(lambda r: {**r, "roots": [["/x"]]}), "a root is ['/x']"),
+    (_edit_record(lambda r: {**r, "scan_started_ns": None}), "scan_started_ns is None"),
+    (_edit_record(lambda r: {**r, "coverage": {"shard": 2, "shards": 4}}),
+     "its scan.json is of shard 2 of 4, not of shard 0 of 4, which its folder shard-0-of-4 names"),
+    (_without_md5_column, "its files.parquet has no column md5"),
+], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet"])
+def test_a_shard_this_release_cannot_read_is_named_with_its_rerun_not_an_internal_error(snapshots, tmp_path, edit,
+                                                                                         said):
+    """A shard of another release (or one edited, or a folder copied in under another shard's name) was an
+    "internal error" (KeyError 'based_on', a TypeError from Coverage, Polars' ColumnNotFoundError in the middle of the
+    commit), exit 3, or merged under the wrong name. It is a damaged shard: named, with the command that reruns it,
+    exit 2, nothing committed."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    edit(staging / f"shard-0-of-{N}")
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "internal error" not in out.stderr and f"shard 0/{N} is damaged" in out.stderr, out.stderr
+    assert said in out.stderr and f"--shard 0/{N} --staging {staging}" in out.stderr, out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_shards_merged_already_do_not_call_their_version_the_latest_once_another_run_committed(snapshots, tmp_path):
+    """A merge run again after another run had committed said "they are version L1, the latest": untrue."""
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    run_shards(site, db, staging)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--merge", str(staging)).returncode in (0, 1)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    first, latest = (label for (label,) in query(db, "SELECT label FROM versions ORDER BY label"))
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert f"merged already: they are version {first} (the latest is now {latest})" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
