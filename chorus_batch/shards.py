@@ -159,8 +159,11 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
                  "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
                  "script again: a new staging folder)"))
 
+    # (a merge given a folder it cannot write was told "give a --staging folder", an option a merge does not take)
+    cannot = ("make that folder writable by this user (the merge locks it and spills beside the shards), or merge as "
+              "the user who ran the shards" if merge else None)
     with _flock(Path(staging) / STAGING_LOCK, exclusive=merge, busy=busy,
-                unlocked="do not rerun a shard while the merge runs"):
+                unlocked="do not rerun a shard while the merge runs", cannot=cannot):
         yield
 
 
@@ -184,7 +187,8 @@ def shard_lock(staging: str | Path, coverage: Coverage) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str) -> Iterator[None]:
+def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str,
+           cannot: str | None = None) -> Iterator[None]:
     """An OS lock (flock) on the file `path`, alone (`exclusive`) or shared, taken at once or refused with the
     exception `busy(fd)` makes (fd: the file, still open). Let go when its holder exits or is killed. A file system
     without locks (some Lustre mounts): said, with the advice `unlocked`, and the caller goes on unlocked."""
@@ -201,7 +205,7 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
             fd = create_private(path, truncate=False)
         except OSError as exc:
             raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
-                             fix="give a --staging folder this user can write") from None
+                             fix=cannot or "give a --staging folder this user can write") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True

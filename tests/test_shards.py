@@ -266,6 +266,25 @@ def test_shards_merged_already_do_not_call_their_version_the_latest_once_another
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def test_a_merge_of_a_folder_it_cannot_write_says_what_to_do_for_a_merge(snapshots, tmp_path):
+    """A merge run by a user who cannot write the shards' folder was told "give a --staging folder this user can
+    write", an option a merge does not take: it is told to make that folder writable or merge as the shards' user;
+    exit 2, nothing committed."""
+    from test_run import run_without_override
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    staging.chmod(0o555)
+    try:
+        out = run_without_override(["run", "--site", str(site), "--db", str(db), "--merge", str(staging)])
+    finally:
+        staging.chmod(0o700)
+    assert out.returncode == 2, out.stderr
+    assert "cannot create the staging folder's lock: Permission denied" in out.stderr, out.stderr
+    assert "make that folder writable by this user" in out.stderr and "--staging" not in out.stderr, out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
