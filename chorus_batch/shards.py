@@ -97,6 +97,20 @@ def _with_secrets_said(command: str) -> str:
             "AZURE_STORAGE_SAS_TOKEN and the URL without it)")
 
 
+def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
+    """The manifest a shard's recorded flags name (`--db`) when it is not `db` (by the file it is), else None (the
+    same, or not said: a --db given in chorus.toml)."""
+    recorded = None
+    for position, word in enumerate(arguments or []):
+        if word == "--db" and position + 1 < len(arguments or []):
+            recorded = (arguments or [])[position + 1]
+        elif word.startswith("--db="):
+            recorded = word.split("=", 1)[1]
+    if recorded is None or "://" in recorded:
+        return None
+    return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
+
+
 def _written_ns(folder: Path) -> int:
     """When a shard folder was last written (its scan.json, else the folder): which split in a staging folder is the
     latest."""
@@ -412,12 +426,6 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"which its folder {folder.name} names: a folder renamed or copied in): rerun it "
                             f"with: {rerun_command(settings, coverage, staging, siblings)}")
             continue
-        if part.based_on != latest_label:
-            stale_started.append(part.scan_started_ns)
-            problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
-                            f"latest is {latest_label or '(none)'}: rerun it with: "
-                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
-            continue
         if roots is not None and not same_roots(part.roots, roots):
             # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
             # different roots", naming none of them)
@@ -430,6 +438,22 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
                             f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
+            continue
+        # (after the roots and globs: shards of another site's staging folder were "stale", to be rerun as they had
+        # been run, for that site and its manifest, which left them as stale for this one)
+        if part.based_on != latest_label:
+            stale_started.append(part.scan_started_ns)
+            other_db = _other_manifest(part.arguments, settings.db)
+            if other_db is not None:  # (rerun as it had been run, it was written for that manifest again: stale again)
+                problems.append(f"shard {k}/{shards} was written for another manifest, {other_db} (its --db), not this "
+                                f"merge's {os.path.abspath(settings.db)}: it reused that one's version "
+                                f"{part.based_on or '(none)'}, this one's latest is {latest_label or '(none)'}; merge "
+                                f"the shards into that one: {merge_command(part.arguments, staging)}, or rerun it for "
+                                f"this one: {rerun_command(settings, coverage, staging)}")
+                continue
+            problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
+                            f"latest is {latest_label or '(none)'}: rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
             continue
         parts.append(part)
         numbered.append((k, part))

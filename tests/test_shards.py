@@ -285,6 +285,41 @@ def test_a_merge_of_a_folder_it_cannot_write_says_what_to_do_for_a_merge(snapsho
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
 
 
+@pytest.mark.parametrize("extra, given", [(("--shard", "0/4"), "--shard"), (("--staging", "X"), "--staging")])
+def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp_path, extra, given):
+    """`run --merge DIR --shard 0/4` was told "--shard needs --staging", and `--merge DIR --staging DIR2` "--staging
+    without a shard: add --shard K/N": neither what was wrong. Exit 2, nothing written."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging, shards=range(1))
+    extra = tuple(str(tmp_path / "other") if word == "X" else word for word in extra)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *extra)
+    assert out.returncode == 2, out.stderr
+    assert f"--merge does not go with {given}" in out.stderr and f"to merge, drop {given}" in out.stderr, out.stderr
+    assert "needs --staging" not in out.stderr and "without a shard" not in out.stderr
+    assert not db.exists() and not (tmp_path / "other").exists()
+
+
+def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as_they_were(snapshots, tmp_path):
+    """Shards written for another site and manifest were "stale", with the command that reran them for that site and
+    manifest, after which they were stale again. Another site: the command that merges them where they belong; the
+    same site's shards written for another manifest: that manifest named, and the rerun for this one."""
+    site, other_site = snapshots / "first", snapshots / "second"
+    staging, theirs, ours = tmp_path / "staging", tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
+    run_shards(other_site, theirs, staging)
+    out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
+    assert out.returncode == 2 and "is stale" not in out.stderr, out.stderr
+    assert f"the shards scanned {other_site}, not this run's site {site}" in out.stderr, out.stderr
+    assert f"--site {other_site} --db {theirs} --merge {staging}" in out.stderr, out.stderr
+    shutil.rmtree(staging)
+    run_shards(site, theirs, staging)
+    out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
+    assert out.returncode == 2 and "is stale" not in out.stderr, out.stderr
+    assert f"shard 0/{N} was written for another manifest, {theirs} (its --db), not this merge's {ours}" in out.stderr
+    assert f"--site {site} --db {ours} --shard 0/{N} --staging {staging}" in out.stderr, out.stderr
+    assert query(ours, "SELECT count(*) FROM versions") == [(1,)]
+
+
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
