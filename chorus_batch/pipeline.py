@@ -274,6 +274,13 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     from .coverage import parse_shard, shard_from_environment
     from .shards import run_shard
 
+    if settings.merge is not None:  # (first: "--shard needs --staging" or "--staging without a shard" was said)
+        given = " and ".join(option for option, value in (("--shard", settings.shard), ("--staging", settings.staging))
+                             if value is not None)
+        raise UsageError(f"--merge does not go with {given}: a merge commits the shards a staging folder holds, a "
+                         "shard is written into one; nothing was listed or written", where=f"--merge, {given}",
+                         fix=f"to merge, drop {given} (--merge DIR names the shards' staging folder); to write a "
+                             "shard, drop --merge")
     if settings.staging is None:
         raise UsageError("--shard needs --staging", where="--staging", fix="add --staging DIR (shared by all shards)")
     try:

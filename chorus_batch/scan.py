@@ -27,8 +27,9 @@ from .checkpoint import Checkpoint, Writer, announce, resume
 from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
+from . import release
 from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
-from .partitions import in_range, part_of, with_buckets
+from .partitions import BUCKET, in_range, part_of, with_buckets
 from .fsutil import private_folder, write_private
 from .progress import Progress
 from .sources import Source
@@ -98,7 +99,8 @@ class ScanResult:
                   "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
                   "excluded": self.excluded, "facts": self.facts is not None,
                   "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns],
-                  "arguments": self.arguments, "empty_roots": self.empty_roots, "host": self.host}
+                  "arguments": self.arguments, "empty_roots": self.empty_roots, "host": self.host,
+                  "release": release()}  # (which release wrote it: said when another cannot read it)
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
 
@@ -109,6 +111,9 @@ class ScanResult:
         folder = Path(folder)
         try:
             record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("its scan.json holds no record")
+            files_columns = pl.scan_parquet(folder / "files.parquet").collect_schema()
             n_files = pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item()
             listed = (cls.read_files(folder) if files else pl.DataFrame(schema=SCANNED_SCHEMA))
             errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
@@ -117,9 +122,44 @@ class ScanResult:
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
                              fix="run the scan (or shard) again; it writes scan.json when it completes") from None
-        if n_files != record["n_files"]:
-            raise UsageError(f"scan result is damaged: {n_files} files, its record says {record['n_files']}",
-                             where=str(folder), fix="run the scan (or shard) again")
+        # A record or files.parquet of another shape (another release's shard, one edited or cut short where JSON
+        # still parses) was an "internal error" (KeyError, a TypeError in Coverage) here, or in the commit's
+        # partition reads (a column missing): said as one this release cannot read, to be written again.
+        written_by = record.get("release")
+        by = f" (written by chorus-batch {written_by})" if isinstance(written_by, str) and written_by != release() else ""
+        missing = [name for name in (*SCANNED_SCHEMA, BUCKET) if name not in files_columns]
+        if missing:
+            raise UsageError(f"not a scan result this release ({release()}) reads{by}: its files.parquet has no "
+                             f"column {', '.join(missing)}", where=str(folder),
+                             fix="run the scan (or shard) again with this release")
+        try:
+            if n_files != record["n_files"]:
+                raise UsageError(f"scan result is damaged: {n_files} files, its record says {record['n_files']}",
+                                 where=str(folder), fix="run the scan (or shard) again")
+            return cls._from_record(record, listed=listed, errors=errors, facts=facts)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise UsageError(f"not a scan result this release ({release()}) reads{by}: its scan.json does not hold "
+                             f"what it should ({what})", where=str(folder / "scan.json"),
+                             fix="run the scan (or shard) again with this release") from None
+
+    @classmethod
+    def _from_record(cls, record: dict, *, listed: pl.DataFrame, errors: pl.DataFrame,
+                     facts: pl.DataFrame | None) -> "ScanResult":
+        def expect(key: str, kind: type | tuple[type, ...]) -> None:
+            if not isinstance(record[key], kind) or isinstance(record[key], bool):
+                raise TypeError(f"{key} is {record[key]!r}")
+
+        for key in ("scan_started_ns", "n_hashed", "bytes_hashed"):
+            expect(key, int)
+        expect("hash_s", (int, float))
+        expect("based_on", (str, type(None)))
+        expect("coverage", dict)
+        expect("roots", list)
+        for root in record["roots"]:
+            if not (isinstance(root, list) and len(root) == 2 and isinstance(root[0], str)
+                    and isinstance(root[1], (str, type(None)))):
+                raise TypeError(f"a root is {root!r}")
         return cls(files=listed, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
                    scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],

@@ -97,6 +97,20 @@ def _with_secrets_said(command: str) -> str:
             "AZURE_STORAGE_SAS_TOKEN and the URL without it)")
 
 
+def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
+    """The manifest a shard's recorded flags name (`--db`) when it is not `db` (by the file it is), else None (the
+    same, or not said: a --db given in chorus.toml)."""
+    recorded = None
+    for position, word in enumerate(arguments or []):
+        if word == "--db" and position + 1 < len(arguments or []):
+            recorded = (arguments or [])[position + 1]
+        elif word.startswith("--db="):
+            recorded = word.split("=", 1)[1]
+    if recorded is None or "://" in recorded:
+        return None
+    return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
+
+
 def _written_ns(folder: Path) -> int:
     """When a shard folder was last written (its scan.json, else the folder): which split in a staging folder is the
     latest."""
@@ -159,8 +173,11 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
                  "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
                  "script again: a new staging folder)"))
 
+    # (a merge given a folder it cannot write was told "give a --staging folder", an option a merge does not take)
+    cannot = ("make that folder writable by this user (the merge locks it and spills beside the shards), or merge as "
+              "the user who ran the shards" if merge else None)
     with _flock(Path(staging) / STAGING_LOCK, exclusive=merge, busy=busy,
-                unlocked="do not rerun a shard while the merge runs"):
+                unlocked="do not rerun a shard while the merge runs", cannot=cannot):
         yield
 
 
@@ -184,7 +201,8 @@ def shard_lock(staging: str | Path, coverage: Coverage) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str) -> Iterator[None]:
+def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str,
+           cannot: str | None = None) -> Iterator[None]:
     """An OS lock (flock) on the file `path`, alone (`exclusive`) or shared, taken at once or refused with the
     exception `busy(fd)` makes (fd: the file, still open). Let go when its holder exits or is killed. A file system
     without locks (some Lustre mounts): said, with the advice `unlocked`, and the caller goes on unlocked."""
@@ -201,7 +219,7 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
             fd = create_private(path, truncate=False)
         except OSError as exc:
             raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
-                             fix="give a --staging folder this user can write") from None
+                             fix=cannot or "give a --staging folder this user can write") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True
@@ -381,7 +399,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None
     for k in range(shards):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):  # (a damaged one is said below)
             record = json.loads((shard_folder(staging, Coverage(shard=k, shards=shards)) / "scan.json").read_text("utf-8"))
             siblings = siblings or recorded_words(record.get("arguments"))
     problems: list[str] = []
@@ -403,11 +421,10 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             problems.append(f"shard {k}/{shards} is damaged ({exc.what}): rerun it with: "
                             f"{rerun_command(settings, coverage, staging, siblings)}")
             continue
-        if part.based_on != latest_label:
-            stale_started.append(part.scan_started_ns)
-            problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
-                            f"latest is {latest_label or '(none)'}: rerun it with: "
-                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
+        if part.coverage != coverage:  # (a folder renamed, or copied in from another split or staging folder)
+            problems.append(f"shard {k}/{shards} is damaged (its scan.json is of {part.coverage}, not of {coverage}, "
+                            f"which its folder {folder.name} names: a folder renamed or copied in): rerun it "
+                            f"with: {rerun_command(settings, coverage, staging, siblings)}")
             continue
         if roots is not None and not same_roots(part.roots, roots):
             # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
@@ -421,6 +438,22 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
                             f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
+            continue
+        # (after the roots and globs: shards of another site's staging folder were "stale", to be rerun as they had
+        # been run, for that site and its manifest, which left them as stale for this one)
+        if part.based_on != latest_label:
+            stale_started.append(part.scan_started_ns)
+            other_db = _other_manifest(part.arguments, settings.db)
+            if other_db is not None:  # (rerun as it had been run, it was written for that manifest again: stale again)
+                problems.append(f"shard {k}/{shards} was written for another manifest, {other_db} (its --db), not this "
+                                f"merge's {os.path.abspath(settings.db)}: it reused that one's version "
+                                f"{part.based_on or '(none)'}, this one's latest is {latest_label or '(none)'}; merge "
+                                f"the shards into that one: {merge_command(part.arguments, staging)}, or rerun it for "
+                                f"this one: {rerun_command(settings, coverage, staging)}")
+                continue
+            problems.append(f"shard {k}/{shards} is stale: it reused version {part.based_on or '(none)'}, but the "
+                            f"latest is {latest_label or '(none)'}: rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
             continue
         parts.append(part)
         numbered.append((k, part))
@@ -436,7 +469,9 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                                 f"{rerun_command(settings, Coverage(shard=k, shards=shards), staging, part.arguments)}")
     merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
-        raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into}, the latest; "
+        # (the latest only while no run committed after that merge: said as it is)
+        now = "the latest" if merged_into == latest_label else f"the latest is now {latest_label}"
+        raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into} ({now}); "
                          "nothing was committed", where=str(staging),
                          fix="nothing to do for these shards; to record the site as it is now, run the shards again "
                              "(or submit the Slurm script again), then merge")

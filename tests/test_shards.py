@@ -208,6 +208,118 @@ def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_p
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def _edit_record(change):
+    def edit(folder: Path) -> None:
+        import json
+
+        record = json.loads((folder / "scan.json").read_text("utf-8"))
+        record = change(record)
+        (folder / "scan.json").write_text(json.dumps(record), "utf-8")
+    return edit
+
+
+def _without_md5_column(folder: Path) -> None:
+    files = pl.read_parquet(folder / "files.parquet")
+    files.rename({"md5": "md5_hex"}).write_parquet(folder / "files.parquet")
+
+
+@pytest.mark.parametrize("edit, said", [
+    (_edit_record(lambda r: {**{k: v for k, v in r.items() if k != "based_on"}, "release": "9.1"}),
+     "(written by chorus-batch 9.1): its scan.json does not hold what it should (no 'based_on')"),
+    (_edit_record(lambda r: {k: v for k, v in r.items() if k != "n_files"}), "(no 'n_files')"),
+    (_edit_record(lambda r: {**r, "coverage": {**r["coverage"], "part": 1}}), "unexpected keyword argument 'part'"),
+    (_edit_record(lambda r: [r]), "its scan.json holds no record"),
+    (_edit_record(lambda r: {**r, "roots": [["/x"]]}), "a root is ['/x']"),
+    (_edit_record(lambda r: {**r, "scan_started_ns": None}), "scan_started_ns is None"),
+    (_edit_record(lambda r: {**r, "coverage": {"shard": 2, "shards": 4}}),
+     "its scan.json is of shard 2 of 4, not of shard 0 of 4, which its folder shard-0-of-4 names"),
+    (_without_md5_column, "its files.parquet has no column md5"),
+], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet"])
+def test_a_shard_this_release_cannot_read_is_named_with_its_rerun_not_an_internal_error(snapshots, tmp_path, edit,
+                                                                                         said):
+    """A shard of another release (or one edited, or a folder copied in under another shard's name) was an
+    "internal error" (KeyError 'based_on', a TypeError from Coverage, Polars' ColumnNotFoundError in the middle of the
+    commit), exit 3, or merged under the wrong name. It is a damaged shard: named, with the command that reruns it,
+    exit 2, nothing committed."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    edit(staging / f"shard-0-of-{N}")
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "internal error" not in out.stderr and f"shard 0/{N} is damaged" in out.stderr, out.stderr
+    assert said in out.stderr and f"--shard 0/{N} --staging {staging}" in out.stderr, out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_shards_merged_already_do_not_call_their_version_the_latest_once_another_run_committed(snapshots, tmp_path):
+    """A merge run again after another run had committed said "they are version L1, the latest": untrue."""
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    run_shards(site, db, staging)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--merge", str(staging)).returncode in (0, 1)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    first, latest = (label for (label,) in query(db, "SELECT label FROM versions ORDER BY label"))
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert f"merged already: they are version {first} (the latest is now {latest})" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+
+
+def test_a_merge_of_a_folder_it_cannot_write_says_what_to_do_for_a_merge(snapshots, tmp_path):
+    """A merge run by a user who cannot write the shards' folder was told "give a --staging folder this user can
+    write", an option a merge does not take: it is told to make that folder writable or merge as the shards' user;
+    exit 2, nothing committed."""
+    from test_run import run_without_override
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    staging.chmod(0o555)
+    try:
+        out = run_without_override(["run", "--site", str(site), "--db", str(db), "--merge", str(staging)])
+    finally:
+        staging.chmod(0o700)
+    assert out.returncode == 2, out.stderr
+    assert "cannot create the staging folder's lock: Permission denied" in out.stderr, out.stderr
+    assert "make that folder writable by this user" in out.stderr and "--staging" not in out.stderr, out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+@pytest.mark.parametrize("extra, given", [(("--shard", "0/4"), "--shard"), (("--staging", "X"), "--staging")])
+def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp_path, extra, given):
+    """`run --merge DIR --shard 0/4` was told "--shard needs --staging", and `--merge DIR --staging DIR2` "--staging
+    without a shard: add --shard K/N": neither what was wrong. Exit 2, nothing written."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging, shards=range(1))
+    extra = tuple(str(tmp_path / "other") if word == "X" else word for word in extra)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *extra)
+    assert out.returncode == 2, out.stderr
+    assert f"--merge does not go with {given}" in out.stderr and f"to merge, drop {given}" in out.stderr, out.stderr
+    assert "needs --staging" not in out.stderr and "without a shard" not in out.stderr
+    assert not db.exists() and not (tmp_path / "other").exists()
+
+
+def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as_they_were(snapshots, tmp_path):
+    """Shards written for another site and manifest were "stale", with the command that reran them for that site and
+    manifest, after which they were stale again. Another site: the command that merges them where they belong; the
+    same site's shards written for another manifest: that manifest named, and the rerun for this one."""
+    site, other_site = snapshots / "first", snapshots / "second"
+    staging, theirs, ours = tmp_path / "staging", tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
+    run_shards(other_site, theirs, staging)
+    out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
+    assert out.returncode == 2 and "is stale" not in out.stderr, out.stderr
+    assert f"the shards scanned {other_site}, not this run's site {site}" in out.stderr, out.stderr
+    assert f"--site {other_site} --db {theirs} --merge {staging}" in out.stderr, out.stderr
+    shutil.rmtree(staging)
+    run_shards(site, theirs, staging)
+    out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging))
+    assert out.returncode == 2 and "is stale" not in out.stderr, out.stderr
+    assert f"shard 0/{N} was written for another manifest, {theirs} (its --db), not this merge's {ours}" in out.stderr
+    assert f"--site {site} --db {ours} --shard 0/{N} --staging {staging}" in out.stderr, out.stderr
+    assert query(ours, "SELECT count(*) FROM versions") == [(1,)]
+
+
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",

@@ -583,6 +583,22 @@ def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db
     assert "rpc.statd" in said.value.fix and "cannot create or open" not in str(said.value)
 
 
+@pytest.mark.parametrize("command", [("upgrade",), ("validate", "--force", "--site"), ("run", "--site")])
+def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command):
+    """`upgrade` (or `validate --force`, `registry`) refused by a run's lock was told "this run did nothing": it is
+    named as the command it is (a plain run still "this run"); exit 4, naming the holder."""
+    from chorus_batch.store.lock import manifest_lock
+
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with manifest_lock(db, ["run", "--site", str(site)]):
+        out = cli(*command, *([str(site)] if "--site" in command else []), "--db", str(db))
+    assert out.returncode == 4, out.stderr
+    assert f"pid {os.getpid()} " in out.stderr and "`chorus-batch run`" in out.stderr, out.stderr
+    this = "this run" if command[0] == "run" else f"this `chorus-batch {command[0]}`"
+    assert f"fix:   {this} did nothing; run it again once that run has finished" in out.stderr, out.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="gives the lock file to another user")
 def test_a_lock_file_of_another_user_is_said_to_be_theirs(db):
     from chorus_batch.store.lock import _cannot_lock

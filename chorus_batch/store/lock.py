@@ -98,11 +98,15 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
             command = info.get("command")
             if command in _command_names():  # which command holds it (its name only; see command_of)
                 holder += f", `chorus-batch {command}`"
+        # The command turned away, by name when it is not `kind` itself: `upgrade`, `validate --force`, `registry`
+        # or `import-journal` were told "this run did nothing".
+        own = command_of(argv)
+        this = f"this `chorus-batch {own}`" if own is not None and own != kind else f"this {kind}"
         raise ManifestLocked(
             f"the manifest is locked by another {kind}: {holder}",
             where=str(lock_path),
             # (said: a cron log shows this line alone, and exit 4 is not in everyone's head)
-            fix=f"this {kind} did nothing; run it again once that {kind} has finished (if that process is gone, its "
+            fix=f"{this} did nothing; run it again once that {kind} has finished (if that process is gone, its "
                 "lock went with it)",
         ) from None
     except OSError as exc:
