@@ -37,7 +37,8 @@ from ..store.lock import manifest_lock
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
-_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info"}  # others: warning
+_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info",
+             "import.unsent-mark": "info"}  # others: warning
 
 
 @dataclass
@@ -119,7 +120,8 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     _check_labels(trees, journal.path)
-    marks = upload_marks(rows)
+    marks, unsent = upload_marks(rows)
+    tree_problems = pl.concat([tree_problems, unsent])
     central_url = _central(central, journal, marks.height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False)

@@ -556,8 +556,24 @@ def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
     return labels[-1] if labels else None
 
 
-def upload_marks(rows: pl.DataFrame) -> pl.DataFrame:
-    """The upload marks, one per (path, label, MD5, mark): a touched file's new row repeats its old row's."""
-    return (rows.filter(pl.col("mark").is_not_null())
-            .group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first())
-            .sort("srcfile", "label", "mark"))
+def upload_marks(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The upload marks, one per (path, label, MD5, mark): a touched file's new row repeats its old row's. Also the
+    marks that record no upload (PROBLEM_SCHEMA): chorus-upload's `file upload` sends the current rows and then marks
+    the rows replaced or removed before it ran with its own clock time (YYYYMMDDHHMMSS, UTC) as well, though it never
+    sent them (their bytes were gone). Such a mark is at or after its row's end (a real one is before it: a row is
+    sent while it is current). A mark that is a version label (`mark_as_uploaded_* --upload-datetime LABEL`, which
+    marks current rows only) or no clock time is taken as it is."""
+    marked = rows.filter(pl.col("mark").is_not_null())
+    when = pl.col("mark").str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False).dt.epoch("us")
+    unsent = (pl.col("invalid_us").is_not_null() & (when >= pl.col("invalid_us"))
+              & ~pl.col("mark").is_in(rows["label"].drop_nulls().unique().implode())).fill_null(False)
+    sent = marked.filter(~unsent)
+    # (a file version another, real mark covers is in the ledger anyway: nothing to say of it)
+    notes = marked.filter(unsent).join(sent, on=["srcfile", "label", "md5"], how="anti").sort("row_id").select(
+        rule=pl.lit("import.unsent-mark"), srcfile="srcfile", message=fmt(
+            "upload mark {} of version {} (MD5 {}) was set after this file version had been replaced or removed "
+            "(journal row FILE_ID {}, TIME_INVALID_us {}): chorus-upload's `file upload` marks such rows as done "
+            "without sending them; not recorded in the uploads ledger", "mark", pl.col("label").fill_null("NULL"),
+            "md5", pl.col("row_id").cast(pl.String), pl.col("invalid_us").cast(pl.String)))
+    return (sent.group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first())
+            .sort("srcfile", "label", "mark")), notes.cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
