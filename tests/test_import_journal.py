@@ -373,6 +373,22 @@ def test_a_file_that_is_not_a_journal_is_refused_clearly(content, words, tmp_pat
     assert not db.exists() and not list(tmp_path.glob(".m.sqlite*"))
 
 
+# A journal whose column another tool renamed was refused with SQLite's "no such column: j.FILENAME", of a query the
+# user never saw: the table, the missing column and the columns it has are named, for every table the import reads.
+@pytest.mark.parametrize("schema, table, column", [
+    ("A", "journal_v2", "FILENAME"), ("A", "uploads", "UPLOAD_DT"), ("A", "command_history_v2", "DATETIME"),
+    ("B", "journal", "UPLOAD_DTSTR"), ("B", "command_history", "SRC_PATHS")])
+def test_a_journal_table_without_a_column_names_the_table_and_its_columns(schema, table, column, tmp_path):
+    journal = edited_journal(tmp_path, schema, f"ALTER TABLE {table} RENAME COLUMN {column} TO renamed_{column}")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"its {table} table has no {column} column" in out.stderr, out.stderr
+    assert f"renamed_{column}" in out.stderr and "no such column" not in out.stderr
+    assert f"ALTER TABLE {table} RENAME COLUMN <its name> TO {column}" in out.stderr
+    assert not db.exists()
+
+
 def test_an_existing_manifest_is_never_written_over(tmp_path):
     db = tmp_path / "m.sqlite"
     db.write_bytes(b"precious")

@@ -112,6 +112,18 @@ _KNOWN_COLUMNS = {
                 "TIME_INVALID_US", "UPLOAD_DTSTR", "VERSION", "STATE", "MD5_DURATION", "UPLOAD_DURATION",
                 "VERIFY_DURATION"},
 }
+# The columns each table must have to be read (those the queries above and _history name): a table without one is
+# said with its own columns up front, not as SQLite's "no such column: j.FILENAME" of a query the user never saw.
+_READ_COLUMNS = {
+    "journal_v2": ("FILE_ID", "SRC_PATH_ID", "FILENAME", "MODALITY_ID", "SRC_MODTIME_us", "SIZE", "MD5",
+                   "TIME_VALID_us", "TIME_INVALID_us", "UPLOAD_DT_ID", "VERSION_ID"),
+    "srcpaths": ("id", "SRC_PATH"), "modalities": ("id", "MODALITY"), "versions": ("id", "VERSION"),
+    "uploads": ("id", "UPLOAD_DT"),
+    "journal": ("FILE_ID", "FILEPATH", "MODALITY", "SRC_MODTIME_us", "SIZE", "MD5", "TIME_VALID_us", "TIME_INVALID_us",
+                "UPLOAD_DTSTR", "VERSION"),
+    "command_history_v2": ("COMMAND_ID", "DATETIME", "COMMAND", "PARAMS", "SRC_PATHS", "DEST_PATH"),
+    "command_history": ("COMMAND_ID", "DATETIME", "COMMAND", "PARAMS", "SRC_PATHS", "DEST_PATH"),
+}
 _FETCH_ROWS = 200_000  # rows turned into a frame at a time: a journal of millions of rows is never a list of tuples
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -226,6 +238,8 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             listed = ", ".join(sorted(tables)[:8]) or "none"
             raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {listed})")
         try:
+            _check_columns(con, shown, [*((["journal_v2", "srcpaths", "modalities", "versions", "uploads"]
+                                           if schema == 2 else ["journal"])), *([history] if history in tables else [])])
             try:
                 rows = _rows(con, sql)
             except sqlite3.OperationalError as exc:
@@ -256,6 +270,21 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
                    history=history, times=times, unread_columns=unread)
+
+
+def _check_columns(con: sqlite3.Connection, shown: str, tables: list[str]) -> None:
+    """A UsageError naming the first table that lacks a column chorus-upload writes and import-journal reads (renamed
+    or dropped by another tool or by hand), with the columns it has."""
+    for table in tables:
+        present = [name for (name,) in con.execute("SELECT name FROM pragma_table_info(?)", (table,))]
+        missing = [c for c in _READ_COLUMNS[table] if c.upper() not in {p.upper() for p in present}]
+        if missing:
+            raise _not_a_journal(
+                shown, f"its {table} table has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}, which "
+                       f"chorus-upload writes (its columns: {', '.join(present) or 'none'})",
+                fix="import the journal as chorus-upload wrote it (its [journal.source] copy, or a backup); a column "
+                    "renamed by another tool can be renamed back in a copy (sqlite3 COPY.db 'ALTER TABLE "
+                    f"{table} RENAME COLUMN <its name> TO {missing[0]}') and the copy imported")
 
 
 def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
