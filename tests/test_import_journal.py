@@ -200,6 +200,16 @@ def test_site_check_says_what_the_next_run_will_commit(tmp_path):
     assert [c["srcfile"] for c in check["changes"]] == ["OMOP/specimen.csv"]
 
 
+def test_site_check_does_not_blame_a_no_validate_nobody_gave(tmp_path):
+    # The check ends as `status` does; it said "validation: not checked (--no-validate)" of a command line without it.
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    assert "--no-validate" not in out.stdout
+    assert f"validation: not part of this check (`chorus-batch validate --db {db} --site {site}`" in out.stdout
+
+
 # ----------------------------------------------------------------------------- upload and verify
 
 
