@@ -434,8 +434,10 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         return pl.col(name).cast(pl.String).fill_null("NULL")
 
     row = fmt("journal row FILE_ID {}", text("row_id"))
-    # A leading './' is the same path (a site-relative path written as such): not a different file.
-    rows = rows.with_columns(pl.col("srcfile").str.replace(r"^(\./)+", ""))
+    # A leading './', a '/./' or a '//' inside is the same path written another way (as `run` lists it: './OMOP',
+    # 'OMOP//x' from a tool that joined 'OMOP/' and '/x'): not a different file, and nothing leading outside the site.
+    rows = rows.with_columns(pl.col("srcfile").str.replace_all(r"(?:^|/)/+", "/").str.replace_all(r"/(?:\./)+", "/")
+                             .str.replace(r"^(\./)+", ""))
     reasons = pl.concat_str([
         pl.col("unusable"),
         pl.when(pl.col("srcfile").is_null() | (pl.col("srcfile") == "")).then(pl.lit("it has no path; "))
@@ -444,7 +446,8 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
                                                              "srcfile"))
         # (a tab or a line break is not: `run` records such a file, so the import keeps it; only its mark is refused)
         .when(pl.col("srcfile").str.contains(OUTSIDE_PATH)).then(fmt(
-            "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile"))
+            "its path {} is not a site-relative path (it starts with '/', or has a '..' or a final '.' part); ",
+            "srcfile"))
         .when(pl.col("srcfile").str.contains("\x00", literal=True)).then(fmt(
             "its path {} holds a NUL character, which no file's name can; ", "srcfile")),
         pl.when(pl.col("size") < 0).then(fmt("its SIZE {} is negative; ", "size")),
