@@ -578,6 +578,22 @@ def test_a_terminated_import_says_nothing_was_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_written(tmp_path):
+    # The check against --site reads the site after the manifest has its name (on a large site, long enough for a
+    # job's time limit): a SIGTERM there said "no manifest was written" of a complete manifest, which stays.
+    site = build_site(tmp_path)
+    (site / "OMOP" / "specimen.csv").write_text("specimen_id\n1\n")  # (new: the check hashes it)
+    db = tmp_path / "m.sqlite"
+    proc = _start(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/", pause="hashing")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "no manifest was written" not in err
+    assert f"the journal was imported: {db} holds its 2 versions and stays" in err, err
+    assert f"chorus-batch status --db {db} --site {site}" in err
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+
+
 def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):
     central.client.upload_blob("chorus-upload/journal.db", JOURNALS["A"].read_bytes())
     db = tmp_path / "m.sqlite"

@@ -34,6 +34,7 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
+from ..units import plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
@@ -154,7 +155,15 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                 with contextlib.suppress(OSError):
                     Path(f"{target}.lock").unlink()
     if site is not None:
-        result.status = _check_site(settings, argv, progress)
+        try:
+            result.status = _check_site(settings, argv, progress)
+        except BaseException as exc:  # (a signal too: the check reads the whole site, a job's time limit may end it)
+            # The manifest is complete and stays: "no manifest was written", the command's word for a stopped
+            # import, was said of it, and the same import run again is refused (the manifest exists).
+            exc.outcome = (f"the journal was imported: {db} holds its {plural(len(result.versions), 'version')} and "  # type: ignore[attr-defined]
+                           f"stays; only the check against the site did not finish (`chorus-batch status --db {db} "
+                           f"--site {site}` does it)")
+            raise
     result.elapsed_s = time.monotonic() - started
     return result
 
