@@ -272,22 +272,32 @@ def test_upload_after_the_import_sends_only_what_upstream_had_not_and_verify_che
 # chorus-upload's `file upload` sends the current rows, then marks with its clock time also the rows replaced or removed
 # before it ran, which it never sent (their bytes were gone). Those marks were imported as uploads: the ledger said
 # Metadata/legacy_notes.txt (removed in V2, never sent) was at the centre, and `verify --all` said it missing, for good.
-def test_marks_chorus_upload_sets_on_rows_that_had_ended_are_no_uploads(central, tmp_path):
-    sent_at = "20261201143845"  # after the V2 update (2026-12-01 14:38:39 UTC): the clock time of `file upload`
-    journal = edited_journal(tmp_path, "A", f"""
+# (journal B: its release wrote them in `file upload` itself; A: a release whose code ran, as it is at HEAD).
+# Each: the schema, the edit that makes one ended row unmarked before the upload, that row (its path, FILE_ID).
+UNSENT = {"A": ("", "Metadata/legacy_notes.txt", 38),  # (removed in V2, never marked: as the fixture is)
+          "B": ("UPDATE journal SET UPLOAD_DTSTR = NULL WHERE FILE_ID = 19;",
+                "550001/Images/XR_20240120/view_1/IMG0001.dcm", 19)}  # (renamed away in V2, its mark taken off)
+
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_marks_chorus_upload_sets_on_rows_that_had_ended_are_no_uploads(schema, central, tmp_path):
+    sent_at = "20261201143900"  # after the V2 update (2026-12-01 14:38:39 UTC; B: :48): the time of `file upload`
+    unmark, gone, file_id = UNSENT[schema]
+    journal = edited_journal(tmp_path, schema, unmark + (f"""
         INSERT INTO uploads (UPLOAD_DT) VALUES ('{sent_at}');
         UPDATE journal_v2 SET UPLOAD_DT_ID = (SELECT id FROM uploads WHERE UPLOAD_DT = '{sent_at}')
-            WHERE UPLOAD_DT_ID IS NULL;""")
+            WHERE UPLOAD_DT_ID IS NULL;""" if schema == "A" else
+        f"UPDATE journal SET UPLOAD_DTSTR = '{sent_at}' WHERE UPLOAD_DTSTR IS NULL;"))
     db = tmp_path / "m.sqlite"
     out = import_journal(journal, db, "--to", central.url, "--json", env=central.env)
     assert out.returncode == 1, out.stderr  # (the fixture's Images paths fit none of today's layouts)
     ledger = {(p, v) for p, v in query(db, "SELECT f.srcfile, u.version FROM uploads u JOIN source_files f USING (file_id)")}
-    assert ("Metadata/legacy_notes.txt", V1) not in ledger
-    assert ("OMOP/device_exposure.csv", V2) in ledger  # added in V2 and sent by that upload: a real mark
+    assert (gone, V1) not in ledger
+    assert ("000123/Waveforms/20240315/000123_20240315_101500.hea", V2) in ledger  # added in V2, sent: a real mark
     assert len(ledger) == len(journal_marks(journal)) - 1
     notes = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unsent-mark"]
-    assert [(f["severity"], f["srcfile"]) for f in notes] == [("info", "Metadata/legacy_notes.txt")]
-    assert sent_at in notes[0]["message"] and "FILE_ID 38" in notes[0]["message"]
+    assert [(f["severity"], f["srcfile"]) for f in notes] == [("info", gone)]
+    assert sent_at in notes[0]["message"] and f"FILE_ID {file_id}" in notes[0]["message"]
 
     # The centre holds what upstream sent; `verify` finds every recorded mark there and nothing missing.
     by_md5 = {hashlib.md5(data).hexdigest(): data
