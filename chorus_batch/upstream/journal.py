@@ -238,8 +238,8 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             listed = ", ".join(sorted(tables)[:8]) or "none"
             raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {listed})")
         try:
-            _check_columns(con, shown, [*((["journal_v2", "srcpaths", "modalities", "versions", "uploads"]
-                                           if schema == 2 else ["journal"])), *([history] if history in tables else [])])
+            _check_columns(con, shown, [*(["journal_v2", "srcpaths", "modalities", "versions", "uploads"]
+                                          if schema == 2 else ["journal"]), *([history] if history in tables else [])])
             try:
                 rows = _rows(con, sql)
             except sqlite3.OperationalError as exc:
