@@ -366,6 +366,31 @@ def test_impossible_rows_are_imported_as_findings_that_name_them(tmp_path):
     assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (V1,)) == [(0,)]
 
 
+# Two rows of one path from the same instant (a journal update run twice at once, a copy merged in): the earlier
+# is taken as ended as it began, and its upload mark went with it, unsaid: `upload` would send the file again. The
+# mark of an identical twin is the twin's; one of another content is said as a mark no file version has.
+@pytest.mark.parametrize("twin_md5, recorded", [(None, True), ("0123456789abcdef0123456789abcdef", False)])
+def test_the_mark_of_a_row_its_twin_replaces_at_once_is_not_lost(twin_md5, recorded, tmp_path):
+    md5 = f"'{twin_md5}'" if twin_md5 else "MD5"
+    journal = edited_journal(tmp_path, "A", (
+        "INSERT INTO journal_v2 (PERSON_ID, SRC_PATH_ID, FILENAME, MODALITY_ID, SRC_MODTIME_us, SIZE, MD5, "
+        "TIME_VALID_us, TIME_INVALID_us, UPLOAD_DT_ID, VERSION_ID) SELECT PERSON_ID, SRC_PATH_ID, FILENAME, MODALITY_ID, "
+        f"SRC_MODTIME_us, SIZE, {md5}, TIME_VALID_us, TIME_INVALID_us, NULL, VERSION_ID FROM journal_v2 "
+        "WHERE FILENAME = 'drug_exposure.csv'"))
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    findings = json.loads(out.stdout)["findings"]
+    assert [f["srcfile"] for f in findings if f["rule"] == "import.overlapping-rows"] == ["OMOP/drug_exposure.csv"]
+    ledger = query(db, "SELECT u.version FROM uploads u JOIN source_files f USING (file_id) "
+                       "WHERE f.srcfile = 'OMOP/drug_exposure.csv'")
+    unmapped = [f for f in findings if f["rule"] == "import.unmapped-mark" and f["srcfile"] == "OMOP/drug_exposure.csv"]
+    if recorded:
+        assert ledger == [(V1,)] and not unmapped
+    else:
+        assert ledger == [] and len(unmapped) == 1 and "matches no file version" in unmapped[0]["message"]
+
+
 @pytest.mark.parametrize("content, words", [
     (b"this is not a database, just text\n" * 20, "not an SQLite database"),
     (None, "no journal_v2 or journal table"),

@@ -104,7 +104,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
-    rows, problems = checked_rows(journal.rows)
+    rows, problems, ended_marks = checked_rows(journal.rows)
     n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
     trees, tree_problems, rows = version_trees(journal, rows)
     if journal.secrets:  # said (once per location), never kept: the locations are recorded without them
@@ -121,7 +121,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     _check_labels(trees, journal.path)
-    marks, unsent = upload_marks(rows)
+    marks, unsent = upload_marks(pl.concat([rows, ended_marks.select(rows.columns)]))
     tree_problems = pl.concat([tree_problems, unsent])
     central_url = _central(central, journal, marks.height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},

@@ -421,8 +421,9 @@ _LAST_TIME_US = 253_402_300_800_000_000
 _MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
 
 
-def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The rows an import can use, and the problems of the others (PROBLEM_SCHEMA). Left out, each named: rows with
+def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The rows an import can use, the problems of the others (PROBLEM_SCHEMA), and the marked rows that hold no state
+    (ended as they began: for upload_marks, with their own TIME_INVALID_us). Left out, each named: rows with
     a value of the wrong type or out of range (a path that is not site-relative, a negative size, an MD5 that is not
     32 hex digits, an impossible time), a broken link to a lookup table, and rows that end before they start. Kept,
     with a finding: a row whose version or upload mark link is broken. Two rows of one path valid at once (two current
@@ -489,11 +490,14 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .otherwise(fmt("{} is still valid when FILE_ID {} of the same path begins (TIME_VALID_us {}): it is "
                              "taken as replaced then", row, text("_next_row"), text("_next_valid")))))
     ordered = ordered.with_columns(
-        invalid_us=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
+        _end=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
     ).drop("_next_valid", "_next_row")
-    # Rows ended where they began (a later row of the path starts at the same instant) hold no state.
-    ordered = ordered.filter(pl.col("invalid_us").is_null() | (pl.col("invalid_us") > pl.col("valid_us")))
-    return ordered.sort("row_id"), pl.concat(problems).cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
+    # Rows ended where they began (a later row of the path starts at the same instant) hold no state. Their upload
+    # marks are still upstream's word (a duplicate row's mark is its twin's): kept aside, as the journal ends them.
+    kept = pl.col("_end").is_null() | (pl.col("_end") > pl.col("valid_us"))
+    ended_marks = ordered.filter(~kept & pl.col("mark").is_not_null()).drop("_end").sort("row_id")
+    ordered = ordered.filter(kept).with_columns(invalid_us=pl.col("_end")).drop("_end")
+    return ordered.sort("row_id"), pl.concat(problems).cast(PROBLEM_SCHEMA), ended_marks  # type: ignore[arg-type]
 
 
 def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTree], pl.DataFrame, pl.DataFrame]:
