@@ -200,6 +200,16 @@ def test_site_check_says_what_the_next_run_will_commit(tmp_path):
     assert [c["srcfile"] for c in check["changes"]] == ["OMOP/specimen.csv"]
 
 
+def test_site_check_does_not_blame_a_no_validate_nobody_gave(tmp_path):
+    # The check ends as `status` does; it said "validation: not checked (--no-validate)" of a command line without it.
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    assert "--no-validate" not in out.stdout
+    assert f"validation: not part of this check (`chorus-batch validate --db {db} --site {site}`" in out.stdout
+
+
 # ----------------------------------------------------------------------------- upload and verify
 
 
@@ -259,6 +269,46 @@ def test_upload_after_the_import_sends_only_what_upstream_had_not_and_verify_che
     assert "not verified" not in cli("versions", "--db", str(db), "--json").stdout
 
 
+# chorus-upload's `file upload` sends the current rows, then marks with its clock time also the rows replaced or removed
+# before it ran, which it never sent (their bytes were gone). Those marks were imported as uploads: the ledger said
+# Metadata/legacy_notes.txt (removed in V2, never sent) was at the centre, and `verify --all` said it missing, for good.
+# (journal B: its release wrote them in `file upload` itself; A: a release whose code ran, as it is at HEAD).
+# Each: the schema, the edit that makes one ended row unmarked before the upload, that row (its path, FILE_ID).
+UNSENT = {"A": ("", "Metadata/legacy_notes.txt", 38),  # (removed in V2, never marked: as the fixture is)
+          "B": ("UPDATE journal SET UPLOAD_DTSTR = NULL WHERE FILE_ID = 19;",
+                "550001/Images/XR_20240120/view_1/IMG0001.dcm", 19)}  # (renamed away in V2, its mark taken off)
+
+
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_marks_chorus_upload_sets_on_rows_that_had_ended_are_no_uploads(schema, central, tmp_path):
+    sent_at = "20261201143900"  # after the V2 update (2026-12-01 14:38:39 UTC; B: :48): the time of `file upload`
+    unmark, gone, file_id = UNSENT[schema]
+    journal = edited_journal(tmp_path, schema, unmark + (f"""
+        INSERT INTO uploads (UPLOAD_DT) VALUES ('{sent_at}');
+        UPDATE journal_v2 SET UPLOAD_DT_ID = (SELECT id FROM uploads WHERE UPLOAD_DT = '{sent_at}')
+            WHERE UPLOAD_DT_ID IS NULL;""" if schema == "A" else
+        f"UPDATE journal SET UPLOAD_DTSTR = '{sent_at}' WHERE UPLOAD_DTSTR IS NULL;"))
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", central.url, "--json", env=central.env)
+    assert out.returncode == 1, out.stderr  # (the fixture's Images paths fit none of today's layouts)
+    ledger = {(p, v) for p, v in query(db, "SELECT f.srcfile, u.version FROM uploads u JOIN source_files f USING (file_id)")}
+    assert (gone, V1) not in ledger
+    assert ("000123/Waveforms/20240315/000123_20240315_101500.hea", V2) in ledger  # added in V2, sent: a real mark
+    assert len(ledger) == len(journal_marks(journal)) - 1
+    notes = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unsent-mark"]
+    assert [(f["severity"], f["srcfile"]) for f in notes] == [("info", gone)]
+    assert sent_at in notes[0]["message"] and f"FILE_ID {file_id}" in notes[0]["message"]
+
+    # The centre holds what upstream sent; `verify` finds every recorded mark there and nothing missing.
+    by_md5 = {hashlib.md5(data).hexdigest(): data
+              for state in (make_site().state_v1(), make_site().state_v2()) for data, _ in state.values()}
+    for path, version, md5 in query(db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)"):
+        central.client.upload_blob(f"{version}/{path}", by_md5[md5], overwrite=True)
+    verify = cli("verify", "--db", str(db), "--to", central.url, "--all", "--json", env=central.env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "legacy_notes" not in verify.stdout
+
+
 # ----------------------------------------------------------------------------- what cannot be mapped
 
 
@@ -316,6 +366,31 @@ def test_impossible_rows_are_imported_as_findings_that_name_them(tmp_path):
     assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (V1,)) == [(0,)]
 
 
+# Two rows of one path from the same instant (a journal update run twice at once, a copy merged in): the earlier
+# is taken as ended as it began, and its upload mark went with it, unsaid: `upload` would send the file again. The
+# mark of an identical twin is the twin's; one of another content is said as a mark no file version has.
+@pytest.mark.parametrize("twin_md5, recorded", [(None, True), ("0123456789abcdef0123456789abcdef", False)])
+def test_the_mark_of_a_row_its_twin_replaces_at_once_is_not_lost(twin_md5, recorded, tmp_path):
+    md5 = f"'{twin_md5}'" if twin_md5 else "MD5"
+    journal = edited_journal(tmp_path, "A", (
+        "INSERT INTO journal_v2 (PERSON_ID, SRC_PATH_ID, FILENAME, MODALITY_ID, SRC_MODTIME_us, SIZE, MD5, "
+        "TIME_VALID_us, TIME_INVALID_us, UPLOAD_DT_ID, VERSION_ID) SELECT PERSON_ID, SRC_PATH_ID, FILENAME, MODALITY_ID, "
+        f"SRC_MODTIME_us, SIZE, {md5}, TIME_VALID_us, TIME_INVALID_us, NULL, VERSION_ID FROM journal_v2 "
+        "WHERE FILENAME = 'drug_exposure.csv'"))
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    findings = json.loads(out.stdout)["findings"]
+    assert [f["srcfile"] for f in findings if f["rule"] == "import.overlapping-rows"] == ["OMOP/drug_exposure.csv"]
+    ledger = query(db, "SELECT u.version FROM uploads u JOIN source_files f USING (file_id) "
+                       "WHERE f.srcfile = 'OMOP/drug_exposure.csv'")
+    unmapped = [f for f in findings if f["rule"] == "import.unmapped-mark" and f["srcfile"] == "OMOP/drug_exposure.csv"]
+    if recorded:
+        assert ledger == [(V1,)] and not unmapped
+    else:
+        assert ledger == [] and len(unmapped) == 1 and "matches no file version" in unmapped[0]["message"]
+
+
 @pytest.mark.parametrize("content, words", [
     (b"this is not a database, just text\n" * 20, "not an SQLite database"),
     (None, "no journal_v2 or journal table"),
@@ -341,6 +416,45 @@ def test_a_file_that_is_not_a_journal_is_refused_clearly(content, words, tmp_pat
     assert f"{bad} is not a chorus-upload journal" in out.stderr and f"where: {bad}" in out.stderr, out.stderr
     assert "no manifest was written" not in out.stderr or not db.exists()
     assert not db.exists() and not list(tmp_path.glob(".m.sqlite*"))
+
+
+# A journal whose column another tool renamed was refused with SQLite's "no such column: j.FILENAME", of a query the
+# user never saw: the table, the missing column and the columns it has are named, for every table the import reads.
+@pytest.mark.parametrize("schema, table, column", [
+    ("A", "journal_v2", "FILENAME"), ("A", "uploads", "UPLOAD_DT"), ("A", "command_history_v2", "DATETIME"),
+    ("B", "journal", "UPLOAD_DTSTR"), ("B", "command_history", "SRC_PATHS")])
+def test_a_journal_table_without_a_column_names_the_table_and_its_columns(schema, table, column, tmp_path):
+    journal = edited_journal(tmp_path, schema, f"ALTER TABLE {table} RENAME COLUMN {column} TO renamed_{column}")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"its {table} table has no {column} column" in out.stderr, out.stderr
+    assert f"renamed_{column}" in out.stderr and "no such column" not in out.stderr
+    assert f"ALTER TABLE {table} RENAME COLUMN <its name> TO {column}" in out.stderr
+    assert not db.exists()
+
+
+# A path written with a '//' or a '/./' inside (a tool that joined 'OMOP/' and '/x') was refused as "not a
+# site-relative path (it would lead outside the site)": the file, its history and its upload mark were lost, and the
+# next run hashed it again. It is the same path, as a leading './' is; only a '..' part (or '/' first) is refused.
+@pytest.mark.parametrize("written", ["OMOP//person.csv", "OMOP/./person.csv", "./OMOP//./person.csv"])
+def test_a_path_written_with_a_double_slash_or_a_dot_part_is_that_path(written, tmp_path):
+    journal = edited_journal(tmp_path, "B", f"UPDATE journal SET FILEPATH = '{written}' WHERE FILEPATH = 'OMOP/person.csv'")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr  # (the fixture's Images paths fit none of today's layouts)
+    findings = json.loads(out.stdout)["findings"]
+    assert not [f for f in findings if f["rule"] == "import.unusable-row"], findings
+    assert files_as_of(db, V1) == tree("v1", schema="B") and files_as_of(db, V2) == tree("v2", schema="B")
+    assert {(p, v, m) for p, v, m in query(
+        db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)")} == journal_marks(
+        JOURNALS["B"])
+    (tmp_path / "dotdot").mkdir()
+    dotdot = edited_journal(tmp_path / "dotdot", "B", "UPDATE journal SET FILEPATH = 'OMOP/x/../person.csv' "
+                                                      "WHERE FILEPATH = 'OMOP/person.csv'")
+    out = import_journal(dotdot, tmp_path / "dotdot.sqlite", "--to", "az://central/", "--json")
+    said = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unusable-row"]
+    assert said and all("has a '..' or a final '.' part" in m and "outside the site" not in m for m in said), said
 
 
 def test_an_existing_manifest_is_never_written_over(tmp_path):
@@ -497,6 +611,22 @@ def test_a_terminated_import_says_nothing_was_written(tmp_path):
     assert proc.returncode == 143
     assert "no manifest was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_written(tmp_path):
+    # The check against --site reads the site after the manifest has its name (on a large site, long enough for a
+    # job's time limit): a SIGTERM there said "no manifest was written" of a complete manifest, which stays.
+    site = build_site(tmp_path)
+    (site / "OMOP" / "specimen.csv").write_text("specimen_id\n1\n")  # (new: the check hashes it)
+    db = tmp_path / "m.sqlite"
+    proc = _start(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/", pause="hashing")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "no manifest was written" not in err
+    assert f"the journal was imported: {db} holds its 2 versions and stays" in err, err
+    assert f"chorus-batch status --db {db} --site {site}" in err
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
 
 
 def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):

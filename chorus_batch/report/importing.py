@@ -36,7 +36,11 @@ def import_text(result: ImportResult) -> str:
     else:
         lines.append("everything in the journal was mapped")
     if result.status is not None:
-        lines += ["", "checked against the site as it is now:", status_text(result.status, limit=20)]  # type: ignore[arg-type]
+        # (the check does not validate: no --no-validate was given, so none is named)
+        unvalidated = (f"validation: not part of this check (`chorus-batch validate --db {result.db} --site "
+                       f"{result.status.site}` checks the latest version; the next run validates what it commits)")  # type: ignore[attr-defined]
+        lines += ["", "checked against the site as it is now:",
+                  status_text(result.status, limit=20, unvalidated=unvalidated)]  # type: ignore[arg-type]
     elif not result.dry_run:
         lines.append("next: chorus-batch status --db " + result.db + " --site <site> (what the next run will commit)")
     return "\n".join(lines)

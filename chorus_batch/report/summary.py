@@ -220,9 +220,11 @@ def changes_text(result: RunResult, *, limit: int | None, more: str) -> str:
     return "\n".join([f"would change: {counts}", *head_text(_changes(result), limit, more)])
 
 
-def status_text(result: RunResult, *, limit: int | None) -> str:
+def status_text(result: RunResult, *, limit: int | None,
+                unvalidated: str = "validation: not checked (--no-validate)") -> str:
     """`chorus-batch status`: where, the changes path by path, the run's problems and the findings validation
-    would give (the first `limit` of each; None: all)."""
+    would give (the first `limit` of each; None: all). `unvalidated`: what is said when validation was not run (the
+    caller says why: `status --no-validate`, or a caller that never validates)."""
     # the version the changes are counted from, not the one a run would make (whose label is its start time)
     after = f"changes since its latest version, {result.previous_label}" if result.previous_label else "no version yet"
     lines = [f"{result.site}: what a run would commit to {result.db} ({after}); nothing was written", "",
@@ -237,7 +239,7 @@ def status_text(result: RunResult, *, limit: int | None) -> str:
     if result.findings is not None:
         lines += ["", *findings_text(result.findings, examples=limit, more="--all or --json lists them all")]
     else:
-        lines += ["", "validation: not checked (--no-validate)"]
+        lines += ["", unvalidated]
     return "\n".join(lines)
 
 

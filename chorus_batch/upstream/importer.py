@@ -34,10 +34,12 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
+from ..units import plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
-_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info"}  # others: warning
+_SEVERITY = {"import.no-history": "info", "import.merged-updates": "info", "import.unread-columns": "info",
+             "import.unsent-mark": "info"}  # others: warning
 
 
 @dataclass
@@ -102,7 +104,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
-    rows, problems = checked_rows(journal.rows)
+    rows, problems, ended_marks = checked_rows(journal.rows)
     n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
     trees, tree_problems, rows = version_trees(journal, rows)
     if journal.secrets:  # said (once per location), never kept: the locations are recorded without them
@@ -119,7 +121,8 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
         raise UsageError(f"the journal {journal.path} records no version (no file rows)", where=journal.path,
                          fix="run chorus-batch on the site directly: there is no history to import")
     _check_labels(trees, journal.path)
-    marks = upload_marks(rows)
+    marks, unsent = upload_marks(pl.concat([rows, ended_marks.select(rows.columns)]))
+    tree_problems = pl.concat([tree_problems, unsent])
     central_url = _central(central, journal, marks.height, journal.path)
     settings = RunSettings(site=site or ".", db=db, roots=site_roots or {}, patterns=patterns or {},
                            cloud=cloud or CloudSettings(), validate_site=False)
@@ -152,7 +155,15 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                 with contextlib.suppress(OSError):
                     Path(f"{target}.lock").unlink()
     if site is not None:
-        result.status = _check_site(settings, argv, progress)
+        try:
+            result.status = _check_site(settings, argv, progress)
+        except BaseException as exc:  # (a signal too: the check reads the whole site, a job's time limit may end it)
+            # The manifest is complete and stays: "no manifest was written", the command's word for a stopped
+            # import, was said of it, and the same import run again is refused (the manifest exists).
+            exc.outcome = (f"the journal was imported: {db} holds its {plural(len(result.versions), 'version')} and "  # type: ignore[attr-defined]
+                           f"stays; only the check against the site did not finish (`chorus-batch status --db {db} "
+                           f"--site {site}` does it)")
+            raise
     result.elapsed_s = time.monotonic() - started
     return result
 

@@ -112,6 +112,18 @@ _KNOWN_COLUMNS = {
                 "TIME_INVALID_US", "UPLOAD_DTSTR", "VERSION", "STATE", "MD5_DURATION", "UPLOAD_DURATION",
                 "VERIFY_DURATION"},
 }
+# The columns each table must have to be read (those the queries above and _history name): a table without one is
+# said with its own columns up front, not as SQLite's "no such column: j.FILENAME" of a query the user never saw.
+_READ_COLUMNS = {
+    "journal_v2": ("FILE_ID", "SRC_PATH_ID", "FILENAME", "MODALITY_ID", "SRC_MODTIME_us", "SIZE", "MD5",
+                   "TIME_VALID_us", "TIME_INVALID_us", "UPLOAD_DT_ID", "VERSION_ID"),
+    "srcpaths": ("id", "SRC_PATH"), "modalities": ("id", "MODALITY"), "versions": ("id", "VERSION"),
+    "uploads": ("id", "UPLOAD_DT"),
+    "journal": ("FILE_ID", "FILEPATH", "MODALITY", "SRC_MODTIME_us", "SIZE", "MD5", "TIME_VALID_us", "TIME_INVALID_us",
+                "UPLOAD_DTSTR", "VERSION"),
+    "command_history_v2": ("COMMAND_ID", "DATETIME", "COMMAND", "PARAMS", "SRC_PATHS", "DEST_PATH"),
+    "command_history": ("COMMAND_ID", "DATETIME", "COMMAND", "PARAMS", "SRC_PATHS", "DEST_PATH"),
+}
 _FETCH_ROWS = 200_000  # rows turned into a frame at a time: a journal of millions of rows is never a list of tuples
 _MD5 = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -226,6 +238,8 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             listed = ", ".join(sorted(tables)[:8]) or "none"
             raise _not_a_journal(shown, f"it has no journal_v2 or journal table (its tables: {listed})")
         try:
+            _check_columns(con, shown, [*(["journal_v2", "srcpaths", "modalities", "versions", "uploads"]
+                                          if schema == 2 else ["journal"]), *([history] if history in tables else [])])
             try:
                 rows = _rows(con, sql)
             except sqlite3.OperationalError as exc:
@@ -256,6 +270,21 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
         con.close()
     return Journal(path=path, schema=schema, rows=rows, updates=updates, central=central, secrets=secrets,
                    history=history, times=times, unread_columns=unread)
+
+
+def _check_columns(con: sqlite3.Connection, shown: str, tables: list[str]) -> None:
+    """A UsageError naming the first table that lacks a column chorus-upload writes and import-journal reads (renamed
+    or dropped by another tool or by hand), with the columns it has."""
+    for table in tables:
+        present = [name for (name,) in con.execute("SELECT name FROM pragma_table_info(?)", (table,))]
+        missing = [c for c in _READ_COLUMNS[table] if c.upper() not in {p.upper() for p in present}]
+        if missing:
+            raise _not_a_journal(
+                shown, f"its {table} table has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}, which "
+                       f"chorus-upload writes (its columns: {', '.join(present) or 'none'})",
+                fix="import the journal as chorus-upload wrote it (its [journal.source] copy, or a backup); a column "
+                    "renamed by another tool can be renamed back in a copy (sqlite3 COPY.db 'ALTER TABLE "
+                    f"{table} RENAME COLUMN <its name> TO {missing[0]}') and the copy imported")
 
 
 def _rows(con: sqlite3.Connection, sql: str) -> pl.DataFrame:
@@ -392,8 +421,9 @@ _LAST_TIME_US = 253_402_300_800_000_000
 _MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
 
 
-def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The rows an import can use, and the problems of the others (PROBLEM_SCHEMA). Left out, each named: rows with
+def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The rows an import can use, the problems of the others (PROBLEM_SCHEMA), and the marked rows that hold no state
+    (ended as they began: for upload_marks, with their own TIME_INVALID_us). Left out, each named: rows with
     a value of the wrong type or out of range (a path that is not site-relative, a negative size, an MD5 that is not
     32 hex digits, an impossible time), a broken link to a lookup table, and rows that end before they start. Kept,
     with a finding: a row whose version or upload mark link is broken. Two rows of one path valid at once (two current
@@ -405,8 +435,10 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         return pl.col(name).cast(pl.String).fill_null("NULL")
 
     row = fmt("journal row FILE_ID {}", text("row_id"))
-    # A leading './' is the same path (a site-relative path written as such): not a different file.
-    rows = rows.with_columns(pl.col("srcfile").str.replace(r"^(\./)+", ""))
+    # A leading './', a '/./' or a '//' inside is the same path written another way (as `run` lists it: './OMOP',
+    # 'OMOP//x' from a tool that joined 'OMOP/' and '/x'): not a different file, and nothing leading outside the site.
+    rows = rows.with_columns(pl.col("srcfile").str.replace_all(r"(?:^|/)/+", "/").str.replace_all(r"/(?:\./)+", "/")
+                             .str.replace(r"^(\./)+", ""))
     reasons = pl.concat_str([
         pl.col("unusable"),
         pl.when(pl.col("srcfile").is_null() | (pl.col("srcfile") == "")).then(pl.lit("it has no path; "))
@@ -415,7 +447,8 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
                                                              "srcfile"))
         # (a tab or a line break is not: `run` records such a file, so the import keeps it; only its mark is refused)
         .when(pl.col("srcfile").str.contains(OUTSIDE_PATH)).then(fmt(
-            "its path {} is not a site-relative path (it would lead outside the site); ", "srcfile"))
+            "its path {} is not a site-relative path (it starts with '/', or has a '..' or a final '.' part); ",
+            "srcfile"))
         .when(pl.col("srcfile").str.contains("\x00", literal=True)).then(fmt(
             "its path {} holds a NUL character, which no file's name can; ", "srcfile")),
         pl.when(pl.col("size") < 0).then(fmt("its SIZE {} is negative; ", "size")),
@@ -457,11 +490,14 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .otherwise(fmt("{} is still valid when FILE_ID {} of the same path begins (TIME_VALID_us {}): it is "
                              "taken as replaced then", row, text("_next_row"), text("_next_valid")))))
     ordered = ordered.with_columns(
-        invalid_us=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
+        _end=pl.when(overlapping).then(pl.col("_next_valid")).otherwise(pl.col("invalid_us"))
     ).drop("_next_valid", "_next_row")
-    # Rows ended where they began (a later row of the path starts at the same instant) hold no state.
-    ordered = ordered.filter(pl.col("invalid_us").is_null() | (pl.col("invalid_us") > pl.col("valid_us")))
-    return ordered.sort("row_id"), pl.concat(problems).cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
+    # Rows ended where they began (a later row of the path starts at the same instant) hold no state. Their upload
+    # marks are still upstream's word (a duplicate row's mark is its twin's): kept aside, as the journal ends them.
+    kept = pl.col("_end").is_null() | (pl.col("_end") > pl.col("valid_us"))
+    ended_marks = ordered.filter(~kept & pl.col("mark").is_not_null()).drop("_end").sort("row_id")
+    ordered = ordered.filter(kept).with_columns(invalid_us=pl.col("_end")).drop("_end")
+    return ordered.sort("row_id"), pl.concat(problems).cast(PROBLEM_SCHEMA), ended_marks  # type: ignore[arg-type]
 
 
 def version_trees(journal: Journal, rows: pl.DataFrame) -> tuple[list[VersionTree], pl.DataFrame, pl.DataFrame]:
@@ -556,8 +592,24 @@ def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
     return labels[-1] if labels else None
 
 
-def upload_marks(rows: pl.DataFrame) -> pl.DataFrame:
-    """The upload marks, one per (path, label, MD5, mark): a touched file's new row repeats its old row's."""
-    return (rows.filter(pl.col("mark").is_not_null())
-            .group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first())
-            .sort("srcfile", "label", "mark"))
+def upload_marks(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The upload marks, one per (path, label, MD5, mark): a touched file's new row repeats its old row's. Also the
+    marks that record no upload (PROBLEM_SCHEMA): chorus-upload's `file upload` sends the current rows and then marks
+    the rows replaced or removed before it ran with its own clock time (YYYYMMDDHHMMSS, UTC) as well, though it never
+    sent them (their bytes were gone). Such a mark is at or after its row's end (a real one is before it: a row is
+    sent while it is current). A mark that is a version label (`mark_as_uploaded_* --upload-datetime LABEL`, which
+    marks current rows only) or no clock time is taken as it is."""
+    marked = rows.filter(pl.col("mark").is_not_null())
+    when = pl.col("mark").str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False).dt.epoch("us")
+    unsent = (pl.col("invalid_us").is_not_null() & (when >= pl.col("invalid_us"))
+              & ~pl.col("mark").is_in(rows["label"].drop_nulls().unique().implode())).fill_null(False)
+    sent = marked.filter(~unsent)
+    # (a file version another, real mark covers is in the ledger anyway: nothing to say of it)
+    notes = marked.filter(unsent).join(sent, on=["srcfile", "label", "md5"], how="anti").sort("row_id").select(
+        rule=pl.lit("import.unsent-mark"), srcfile="srcfile", message=fmt(
+            "upload mark {} of version {} (MD5 {}) was set after this file version had been replaced or removed "
+            "(journal row FILE_ID {}, TIME_INVALID_us {}): chorus-upload's `file upload` marks such rows as done "
+            "without sending them; not recorded in the uploads ledger", "mark", pl.col("label").fill_null("NULL"),
+            "md5", pl.col("row_id").cast(pl.String), pl.col("invalid_us").cast(pl.String)))
+    return (sent.group_by("srcfile", "label", "md5", "mark").agg(pl.col("size").first())
+            .sort("srcfile", "label", "mark")), notes.cast(PROBLEM_SCHEMA)  # type: ignore[arg-type]
