@@ -136,6 +136,43 @@ def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db
     assert query(db, "SELECT count(*) FROM validations") == [(1,)]
 
 
+def _as_a_user(*args: str) -> subprocess.CompletedProcess:
+    """The command line as a user bound by file permissions: root, as CI runs, without the capabilities that
+    override them."""
+    import shutil
+
+    command = [sys.executable, "-m", "chorus_batch", *args]
+    if os.geteuid() == 0:
+        assert shutil.which("setpriv"), "util-linux's setpriv drops root's capabilities for this test"
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                   "-dac_override,-dac_read_search", "--", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_a_file_unread_says_what_to_do_as_is_true_of_why(clean, db):
+    # file.unread said "the next run records a change and reads it again" of every failed read. A file this user may
+    # not read (a chmod keeps its size and mtime) is no change: the next run did not read it, and the finding stayed
+    # night after night. Now each cause says its own remedy; a file gone is the one the next run records.
+    run_site(clean, db, validate_site=False)
+    person = person_ids(3)[1]
+    session = sessions_of(person, 1)["single"]
+    header = clean / person / "Waveforms" / "Telemetry" / session / f"{session}.hea"
+    person_csv = clean / "OMOP" / "person.csv"
+    header.chmod(0)
+    person_csv.unlink()
+    out = _as_a_user("validate", "--db", str(db), "--json")
+    assert out.returncode == 1, out.stderr
+    said = {f["srcfile"]: f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "file.unread"}
+    denied, gone = said[header.relative_to(clean).as_posix()], said["OMOP/person.csv"]
+    assert "Permission denied" in denied and "give this user read permission on it" in denied, denied
+    assert "the next run records" not in denied and "the next run sees no change" in denied, denied
+    assert "No such file" in gone and "the next run records that" in gone, gone
+    header.chmod(0o644)  # readable again: the next check reads it, and the finding is gone
+    again = _as_a_user("validate", "--db", str(db), "--json")
+    assert not any(f["rule"] == "file.unread" and f["srcfile"].endswith(header.name)
+                   for f in json.loads(again.stdout)["findings"]), again.stdout
+
+
 def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean, db):
     # Facts are cached under the MD5 the run recorded. A header rewritten between the run and a later check (here:
     # `run --no-validate`, then `validate`) put the new content's facts there, for every file with that MD5, for

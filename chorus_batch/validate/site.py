@@ -267,9 +267,9 @@ class _Site:
 
     def unread(self) -> pl.LazyFrame:
         """file.unread: the files of every kind decoded so far whose read failed (after the other rules asked)."""
-        message = fmt("could not be read as recorded when it was checked: {}; no rule looked at its contents and "
-                      "nothing of this read was kept: the next run records a change and reads it again",
-                      pl.col("_unread"))
+        # the read's error says what to do: true of its cause (a file gone, one this user may not read, a write)
+        message = fmt("could not be read as recorded when it was checked, so no rule looked at its contents and "
+                      "nothing of this read was kept: {}", pl.col("_unread"))
         found = [_found("file.unread", frame.filter(pl.col("_unread").is_not_null()), "srcfile", message)
                  for frame in [*self._of_kind.values(), *self._shared.values()]]
         return pl.concat(found) if found else pl.LazyFrame(schema=_FINDING_COLUMNS)
