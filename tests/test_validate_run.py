@@ -146,7 +146,7 @@ def _as_a_user(*args: str) -> subprocess.CompletedProcess:
         assert shutil.which("setpriv"), "util-linux's setpriv drops root's capabilities for this test"
         command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
                    "-dac_override,-dac_read_search", "--", *command]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_a_file_unread_says_what_to_do_as_is_true_of_why(clean, db):
@@ -171,6 +171,33 @@ def test_a_file_unread_says_what_to_do_as_is_true_of_why(clean, db):
     again = _as_a_user("validate", "--db", str(db), "--json")
     assert not any(f["rule"] == "file.unread" and f["srcfile"].endswith(header.name)
                    for f in json.loads(again.stdout)["findings"]), again.stdout
+
+
+def test_a_file_there_that_the_scan_could_not_take_is_not_called_missing(clean, db):
+    # A signal file this user may not read is a scan error (unreadable) and in no version. Validation looked for it
+    # among the version's files only and told the site it "is not in its folder: add it", and the registry that its
+    # row is "not on the site": untrue of a file that is there, whose fix is a permission.
+    person = person_ids(3)[1]
+    session = sessions_of(person, 1)["single"]
+    folder = clean / person / "Waveforms" / "Telemetry" / session
+    dat = next(folder.glob("*.dat"))
+    dat.chmod(0)
+    out = _as_a_user("run", "--site", str(clean), "--db", str(db), "--json")
+    assert out.returncode == 1, out.stderr
+    errors = json.loads(out.stdout)["errors"]["examples"]
+    rel = dat.relative_to(clean).as_posix()
+    assert [e["kind"] for e in errors if e["srcfile"] == rel] == ["unreadable"], errors
+    findings = json.loads(_as_a_user("validate", "--db", str(db), "--json").stdout)["findings"]
+    said = [(f["rule"], f["message"]) for f in findings if dat.name in f["message"]]
+    assert said and all("not in its folder" not in m and "not on the site" not in m for _, m in said), said
+    there = (f"signal file {dat.name} named in this header is there but the scan could not take it (permission "
+             "denied: this user may not read the file (give it read permission)), so it is in no version and no rule "
+             "read it: fix that and run again")
+    assert ("wfdb.missing_dat", there) in said, said
+    dat.chmod(0o644)  # readable: the next run takes it, and nothing is said of it
+    assert _as_a_user("run", "--site", str(clean), "--db", str(db)).returncode == 0
+    again = _as_a_user("validate", "--db", str(db), "--json")
+    assert not [f for f in json.loads(again.stdout)["findings"] if dat.name in f["message"]], again.stdout
 
 
 def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean, db):

@@ -133,6 +133,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     files in messages ("version X")."""
     from ..partitions import part_of
     from .checks import check  # here: a run whose findings are cached checks nothing (validate/__init__.py)
+    from .site import untaken
     from .kinds import facts_needed
 
     progress = progress or Progress(quiet=True)
@@ -165,7 +166,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     parts = part_of(current["srcfile"], count) if count > 1 else None
     checked = _Count()
     with progress.counter("checking", "file", lambda: (checked.n, 0), total=(current.height, 0)):
-        in_parts = check(current, facts_of, parts=parts, done=checked.add)
+        in_parts = check(current, facts_of, parts=parts, done=checked.add, untaken=untaken(errors))
     findings = pl.concat([in_parts, run_findings(errors)]).sort("srcfile", "rule", "message")
     if errors.height:  # a table the scan could not take is there: "add it" would not be true
         why = errors.select("srcfile", pl.col("message").alias("_why")).unique("srcfile", keep="first")

@@ -186,6 +186,26 @@ class _Across:
 
 FactsOf = Callable[[pl.DataFrame], pl.DataFrame]  # (kind, md5) rows wanted -> their FACTS_SCHEMA rows
 
+# The kinds of a run's recorded problems whose path is there on the site though the run took no file of it (a file
+# this user may not read, one written while hashed, a link not followed, a FIFO): a rule that looks for that path
+# among the version's files says so, never "add it" (a vanished file is gone: not among them).
+UNTAKEN_KINDS = ("unreadable", "changed_while_hashing", "special_file", "symlink", "symlink_inside", "broken_symlink",
+                 "unreadable_link")
+_UNTAKEN_COLUMNS = {"_path": pl.String, "_why": pl.String}
+
+
+def untaken(errors: pl.DataFrame) -> pl.DataFrame:
+    """The paths of a run's recorded problems (srcfile, kind, message) that are there but in no version: _path, _why."""
+    return (errors.filter(pl.col("kind").is_in(UNTAKEN_KINDS) & ~pl.col("srcfile").str.ends_with("/"))
+            .unique("srcfile", keep="first", maintain_order=True)
+            .select(pl.col("srcfile").alias("_path"), pl.col("message").alias("_why")).cast(_UNTAKEN_COLUMNS))
+
+
+def _there_untaken(what: pl.Expr) -> pl.Expr:
+    """The message of a file a rule looked for that the scan saw but could not take (`_why`)."""
+    return fmt("{} is there but the scan could not take it ({}), so it is in no version and no rule read it: fix "
+               "that and run again", what, pl.col("_why"))
+
 
 class _Site:
     """The current files of one part of a check with path helper columns, person-folder facts and decoded
@@ -193,7 +213,9 @@ class _Site:
     `shared`: the decoded SHARED_KINDS of another part (the same files in every part), filled as they are decoded."""
 
     def __init__(self, current: pl.DataFrame, facts_of: FactsOf | pl.DataFrame,
-                 shared: dict[str, pl.DataFrame] | None = None):
+                 shared: dict[str, pl.DataFrame] | None = None, untaken: pl.DataFrame | None = None):
+        # paths the run saw but took no file of (site.untaken: _path, _why), which rules do not call missing
+        self.untaken = pl.DataFrame(schema=_UNTAKEN_COLUMNS) if untaken is None else untaken
         files = _path_columns(current).with_columns(
             _kind_expr(),
             # the classification, under names no decoded fact uses (DICOM facts have a `modality`)
