@@ -200,6 +200,24 @@ def test_a_file_there_that_the_scan_could_not_take_is_not_called_missing(clean, 
     assert not [f for f in json.loads(again.stdout)["findings"] if dat.name in f["message"]], again.stdout
 
 
+def test_files_in_a_folder_the_scan_could_not_list_are_not_called_missing(clean, db):
+    # Metadata/ this user may not list: validation said "the site has waveforms but no Metadata/READINESS.md: add it".
+    (clean / "Metadata").chmod(0)
+    try:
+        out = _as_a_user("run", "--site", str(clean), "--db", str(db), "--json")
+        assert out.returncode == 1, out.stderr
+        assert json.loads(out.stdout)["errors"]["by_kind"] == {"unreadable_dir": 1}, out.stdout
+        findings = json.loads(_as_a_user("validate", "--db", str(db), "--json").stdout)["findings"]
+    finally:
+        (clean / "Metadata").chmod(0o755)
+    said = {f["srcfile"]: f["message"] for f in findings if f["srcfile"].startswith("Metadata/")}
+    assert "Metadata/READINESS.md" in said, findings
+    for path, message in said.items():
+        assert "add it" not in message and message.startswith(
+            f"{path} may be there: the scan could not list or follow Metadata/ (cannot list directory: Permission "
+            "denied;"), message
+
+
 def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean, db):
     # Facts are cached under the MD5 the run recorded. A header rewritten between the run and a later check (here:
     # `run --no-validate`, then `validate`) put the new content's facts there, for every file with that MD5, for

@@ -32,7 +32,7 @@ from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
-          done: Callable[[int], None] | None = None, untaken: pl.DataFrame | None = None) -> pl.DataFrame:
+          done: Callable[[int], None] | None = None, untaken: dict[str, str] | None = None) -> pl.DataFrame:
     """All rules over the current files and their facts; FINDINGS_SCHEMA sorted by srcfile, rule.
 
     `facts`: the facts of the files (FACTS_SCHEMA), or a function giving those of the (kind, md5) rows it is

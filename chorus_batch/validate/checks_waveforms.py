@@ -37,8 +37,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
-    missing = data.unique(["_header", "_path"]).join(present, on="_path", how="anti").join(
-        site.untaken, on="_path", how="left")
+    missing = site.with_untaken(data.unique(["_header", "_path"]).join(present, on="_path", how="anti"))
     out.append(_found(
         "wfdb.missing_dat", missing, "_header",
         pl.when(pl.col("_why").is_null()).then(
@@ -88,7 +87,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     real = segments.filter(pl.col("name").is_not_null() & (pl.col("name") != "~")).with_columns(
         _path=pl.col("_dir") + "/" + pl.col("name") + ".hea")
     out.append(_found(
-        "wfdb.missing_segment", real.join(present, on="_path", how="anti").join(site.untaken, on="_path", how="left"),
+        "wfdb.missing_segment", site.with_untaken(real.join(present, on="_path", how="anti")),
         "_master",
         pl.when(pl.col("_why").is_null()).then(
             fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
