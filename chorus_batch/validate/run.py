@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ManifestError, UsageError
-from ..frames import FACTS_SCHEMA, fmt
+from ..frames import FACTS_SCHEMA
 from ..fsutil import scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
