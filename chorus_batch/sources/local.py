@@ -41,10 +41,22 @@ _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
-def _open_regular(path: str) -> int:
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_regular(path: str, *, nofollow: bool = False) -> int:
     """A read descriptor of the regular file at `path`. Opened without blocking, then checked: a file replaced by a
-    FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed)."""
-    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK)
+    FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed). `nofollow`:
+    a symbolic link there is refused, not read through (a run that does not follow links listed a regular file: one
+    replaced by a link since was hashed as the link's target, a file outside the site, and recorded as this one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK | (_O_NOFOLLOW if nofollow else 0))
+    except OSError as exc:
+        if nofollow and exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise OSError(errno.ELOOP, "no longer a regular file (replaced by a symbolic link since it was listed, "
+                                       "which this run does not follow: --follow-symlinks, or follow_symlinks = true "
+                                       "in [run] of chorus.toml, follows links)", path) from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file (replaced by a FIFO, socket, device or folder "
@@ -188,7 +200,7 @@ class LocalSource:
         """hash_file of the Source protocol: one open, one pass (sources/base.py)."""
         path = self.absolute(srcfile)
         for _attempt in (1, 2):
-            fd = _open_regular(path)
+            fd = _open_regular(path, nofollow=not self.follow_symlinks)  # the listing took no link: none is read
             facts = None
             try:
                 before = os.fstat(fd)
