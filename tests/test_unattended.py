@@ -1227,8 +1227,8 @@ def test_a_file_replaced_by_a_link_after_the_listing_is_not_read_through_it(site
     and recorded as that file, exit 0, and `upload` would send the outside file as it. It is now refused as no
     longer a regular file, as the next run's listing records the link (not followed); the rest is committed."""
     write(site, "OMOP/a.csv", b"a")
-    swapped = write(site, "OMOP/b.csv", b"b")
-    outside = write(tmp_path / "elsewhere", "secret.txt", b"not the site's")
+    swapped = write(site, "OMOP/person.csv", b"person_id\n1\n")
+    outside = write(tmp_path / "elsewhere", "person.csv", b"person_id\n2\n")
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "1", "--json",
                              "-q", "--site", str(site), "--db", str(db)],
                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
@@ -1247,11 +1247,14 @@ def test_a_file_replaced_by_a_link_after_the_listing_is_not_read_through_it(site
     assert list(current_rows(db)) == ["OMOP/a.csv"]
     refused = ("cannot read: no longer a regular file (replaced by a symbolic link since it was listed, which this "
                "run does not follow: --follow-symlinks, or follow_symlinks = true in [run] of chorus.toml, follows links)")
-    assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [("OMOP/b.csv", "unreadable", refused)]
-    # following links, the same swap is read through the link, as the listing would have taken it
+    assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [("OMOP/person.csv", "unreadable", refused)]
+    # following links, the link is read through, as the listing takes it; and so do `validate` and `upload`, which
+    # reopen the recorded root without the run's settings: a file recorded through a link is read through it
     again = cli("run", "--no-validate", "--follow-symlinks", "--json", "-q", "--site", str(site), "--db", str(db))
     assert again.returncode == ExitCode.OK, again.stderr
-    assert current_rows(db)["OMOP/b.csv"] == hashlib.md5(b"not the site's").hexdigest()
+    assert current_rows(db)["OMOP/person.csv"] == hashlib.md5(b"person_id\n2\n").hexdigest()
+    checked = cli("validate", "--db", str(db), "--json")
+    assert not [f for f in json.loads(checked.stdout)["findings"] if f["rule"] == "file.unread"], checked.stdout
 
 
 @pytest.mark.parametrize("command", [["run"], ["run", "--shard", "0/2", "--staging", "STAGING"], ["status"]])
