@@ -74,7 +74,7 @@ def open_roots(settings: RunSettings) -> list[Root]:
     """The site root, then one root per modality (if configured)."""
     def source(location: str, what: str):
         return open_source(location, follow_symlinks=settings.follow_symlinks, workers=settings.workers,
-                           cloud=settings.cloud, what=what)
+                           cloud=settings.cloud, what=what, refuse_links=True)
 
     return [Root(source(location, what), modality)
             for location, what, modality in named_roots(settings.site, settings.roots)]

@@ -1237,6 +1237,42 @@ def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_e
     assert opened.stdout.startswith("no longer a regular file"), opened
 
 
+def test_a_file_replaced_by_a_link_after_the_listing_is_not_read_through_it(site, db, tmp_path):
+    """A run that does not follow symbolic links listed a regular file; replaced by a link to a file outside the site
+    before it was hashed (a tidy-up that moves data to another disk and leaves links), the link's target was hashed
+    and recorded as that file, exit 0, and `upload` would send the outside file as it. It is now refused as no
+    longer a regular file, as the next run's listing records the link (not followed); the rest is committed."""
+    write(site, "OMOP/a.csv", b"a")
+    swapped = write(site, "OMOP/person.csv", b"person_id\n1\n")
+    outside = write(tmp_path / "elsewhere", "person.csv", b"person_id\n2\n")
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "1", "--json",
+                             "-q", "--site", str(site), "--db", str(db)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        while "test pause at hashing" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, "the run never reached its hashing"
+        swapped.unlink()
+        swapped.symlink_to(outside)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.FINDINGS, err
+    assert list(current_rows(db)) == ["OMOP/a.csv"]
+    refused = ("cannot read: no longer a regular file (replaced by a symbolic link since it was listed, which this "
+               "run does not follow: --follow-symlinks, or follow_symlinks = true in [run] of chorus.toml, follows links)")
+    assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [("OMOP/person.csv", "unreadable", refused)]
+    # following links, the link is read through, as the listing takes it; and so do `validate` and `upload`, which
+    # reopen the recorded root without the run's settings: a file recorded through a link is read through it
+    again = cli("run", "--no-validate", "--follow-symlinks", "--json", "-q", "--site", str(site), "--db", str(db))
+    assert again.returncode == ExitCode.OK, again.stderr
+    assert current_rows(db)["OMOP/person.csv"] == hashlib.md5(b"person_id\n2\n").hexdigest()
+    checked = cli("validate", "--db", str(db), "--json")
+    assert not [f for f in json.loads(checked.stdout)["findings"] if f["rule"] == "file.unread"], checked.stdout
+
+
 @pytest.mark.parametrize("command", [["run"], ["run", "--shard", "0/2", "--staging", "STAGING"], ["status"]])
 def test_a_manifest_folder_that_is_not_there_is_refused_not_made(command, tmp_path):
     """A nightly run whose manifest lay on a disk not mounted that night (or a mistyped --db) made the folders and a

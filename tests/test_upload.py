@@ -211,6 +211,23 @@ def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_
     assert real.returncode == 1 and "sent 2 files" in real.stdout, real.stdout + real.stderr
 
 
+def test_a_file_a_run_recorded_through_a_link_is_uploaded_through_it(central, tmp_path):
+    # A run with --follow-symlinks records a link to a file on another disk as that file. The upload reopens the
+    # recorded root on its own, where a link counted as "not a regular file": the file was never sent ("failed:
+    # cannot read it ... not a regular file"), exit 1 night after night. It is read as the run read it.
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    write(site, "000001/Waveforms/Telemetry/S1/S1.hea", b"S1 1 250 10\nS1.dat 16 200 16 0 0 0 0 ECG\n")
+    data = write(elsewhere, "S1.dat", os.urandom(20))
+    (site / "000001/Waveforms/Telemetry/S1/S1.dat").symlink_to(data)
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--site", str(site), "--db", str(db), "--version", "20261101020000", "--follow-symlinks",
+              "--no-validate")
+    assert out.returncode == 0, out.stderr
+    sent = up(central, db)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert blobs(central)["20261101020000/000001/Waveforms/Telemetry/S1/S1.dat"][0] == 20
+
+
 def damage_keeping_content_md5(central, azurite, name: str, change) -> None:
     """Blob `name` at the centre rewritten as change(its bytes), its metadata and Content-MD5 kept, as a bad copy
     at the centre might be: only a read back of its bytes can tell."""

@@ -136,6 +136,88 @@ def test_unreadable_files_are_reported_not_cached_and_read_again_later(clean, db
     assert query(db, "SELECT count(*) FROM validations") == [(1,)]
 
 
+def _as_a_user(*args: str) -> subprocess.CompletedProcess:
+    """The command line as a user bound by file permissions: root, as CI runs, without the capabilities that
+    override them."""
+    import shutil
+
+    command = [sys.executable, "-m", "chorus_batch", *args]
+    if os.geteuid() == 0:
+        assert shutil.which("setpriv"), "util-linux's setpriv drops root's capabilities for this test"
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                   "-dac_override,-dac_read_search", "--", *command]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_file_unread_says_what_to_do_as_is_true_of_why(clean, db):
+    # file.unread said "the next run records a change and reads it again" of every failed read. A file this user may
+    # not read (a chmod keeps its size and mtime) is no change: the next run did not read it, and the finding stayed
+    # night after night. Now each cause says its own remedy; a file gone is the one the next run records.
+    run_site(clean, db, validate_site=False)
+    person = person_ids(3)[1]
+    session = sessions_of(person, 1)["single"]
+    header = clean / person / "Waveforms" / "Telemetry" / session / f"{session}.hea"
+    person_csv = clean / "OMOP" / "person.csv"
+    header.chmod(0)
+    person_csv.unlink()
+    out = _as_a_user("validate", "--db", str(db), "--json")
+    assert out.returncode == 1, out.stderr
+    said = {f["srcfile"]: f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "file.unread"}
+    denied, gone = said[header.relative_to(clean).as_posix()], said["OMOP/person.csv"]
+    assert "Permission denied" in denied and "give this user read permission on it" in denied, denied
+    assert "the next run records" not in denied and "the next run sees no change" in denied, denied
+    assert "No such file" in gone and "the next run records that" in gone, gone
+    header.chmod(0o644)  # readable again: the next check reads it, and the finding is gone
+    again = _as_a_user("validate", "--db", str(db), "--json")
+    assert not any(f["rule"] == "file.unread" and f["srcfile"].endswith(header.name)
+                   for f in json.loads(again.stdout)["findings"]), again.stdout
+
+
+def test_a_file_there_that_the_scan_could_not_take_is_not_called_missing(clean, db):
+    # A signal file this user may not read is a scan error (unreadable) and in no version. Validation looked for it
+    # among the version's files only and told the site it "is not in its folder: add it", and the registry that its
+    # row is "not on the site": untrue of a file that is there, whose fix is a permission.
+    person = person_ids(3)[1]
+    session = sessions_of(person, 1)["single"]
+    folder = clean / person / "Waveforms" / "Telemetry" / session
+    dat = next(folder.glob("*.dat"))
+    dat.chmod(0)
+    out = _as_a_user("run", "--site", str(clean), "--db", str(db), "--json")
+    assert out.returncode == 1, out.stderr
+    errors = json.loads(out.stdout)["errors"]["examples"]
+    rel = dat.relative_to(clean).as_posix()
+    assert [e["kind"] for e in errors if e["srcfile"] == rel] == ["unreadable"], errors
+    findings = json.loads(_as_a_user("validate", "--db", str(db), "--json").stdout)["findings"]
+    said = [(f["rule"], f["message"]) for f in findings if dat.name in f["message"]]
+    assert said and all("not in its folder" not in m and "not on the site" not in m for _, m in said), said
+    there = (f"signal file {dat.name} named in this header is there but the scan could not take it (permission "
+             "denied: this user may not read the file (give it read permission)), so it is in no version and no rule "
+             "read it: fix that and run again")
+    assert ("wfdb.missing_dat", there) in said, said
+    dat.chmod(0o644)  # readable: the next run takes it, and nothing is said of it
+    assert _as_a_user("run", "--site", str(clean), "--db", str(db)).returncode == 0
+    again = _as_a_user("validate", "--db", str(db), "--json")
+    assert not [f for f in json.loads(again.stdout)["findings"] if dat.name in f["message"]], again.stdout
+
+
+def test_files_in_a_folder_the_scan_could_not_list_are_not_called_missing(clean, db):
+    # Metadata/ this user may not list: validation said "the site has waveforms but no Metadata/READINESS.md: add it".
+    (clean / "Metadata").chmod(0)
+    try:
+        out = _as_a_user("run", "--site", str(clean), "--db", str(db), "--json")
+        assert out.returncode == 1, out.stderr
+        assert json.loads(out.stdout)["errors"]["by_kind"] == {"unreadable_dir": 1}, out.stdout
+        findings = json.loads(_as_a_user("validate", "--db", str(db), "--json").stdout)["findings"]
+    finally:
+        (clean / "Metadata").chmod(0o755)
+    said = {f["srcfile"]: f["message"] for f in findings if f["srcfile"].startswith("Metadata/")}
+    assert "Metadata/READINESS.md" in said, findings
+    for path, message in said.items():
+        assert "add it" not in message and message.startswith(
+            f"{path} may be there: the scan could not list or follow Metadata/ (cannot list directory: Permission "
+            "denied;"), message
+
+
 def test_a_header_written_after_the_run_gives_no_facts_to_its_recorded_md5(clean, db):
     # Facts are cached under the MD5 the run recorded. A header rewritten between the run and a later check (here:
     # `run --no-validate`, then `validate`) put the new content's facts there, for every file with that MD5, for

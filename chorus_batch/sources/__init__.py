@@ -27,14 +27,16 @@ def __getattr__(name: str) -> Any:
 
 
 def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 1,
-                cloud: CloudSettings | None = None, what: str = "--site / [site] root") -> Source:
+                cloud: CloudSettings | None = None, what: str = "--site / [site] root",
+                refuse_links: bool = False) -> Source:
     """A local path (or file:// URL) gets the fast path; other URLs go through fsspec, az:// and s3://
     signed in as `cloud` ([azure], [s3] of chorus.toml) and the environment say (sources/cloud.py).
-    A URL that cannot be a root is refused first (urls.check_location), `what` naming where it was given."""
+    A URL that cannot be a root is refused first (urls.check_location), `what` naming where it was given.
+    `refuse_links`: a run's own root, listed without following links, hashes no file through one (LocalSource)."""
     check_location(location, what)
     path = local_path(location, what)
     if path is None:
         from .remote import FsspecSource
 
         return FsspecSource(location, cloud=cloud, what=what)
-    return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what)
+    return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what, refuse_links=refuse_links)

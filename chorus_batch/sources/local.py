@@ -41,10 +41,22 @@ _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
-def _open_regular(path: str) -> int:
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_regular(path: str, *, nofollow: bool = False) -> int:
     """A read descriptor of the regular file at `path`. Opened without blocking, then checked: a file replaced by a
-    FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed)."""
-    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK)
+    FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed). `nofollow`:
+    a symbolic link there is refused, not read through (a run that does not follow links listed a regular file: one
+    replaced by a link since was hashed as the link's target, a file outside the site, and recorded as this one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK | (_O_NOFOLLOW if nofollow else 0))
+    except OSError as exc:
+        if nofollow and exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise OSError(errno.ELOOP, "no longer a regular file (replaced by a symbolic link since it was listed, "
+                                       "which this run does not follow: --follow-symlinks, or follow_symlinks = true "
+                                       "in [run] of chorus.toml, follows links)", path) from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file (replaced by a FIFO, socket, device or folder "
@@ -91,7 +103,8 @@ class LocalSource:
     server_md5 = False
 
     def __init__(self, root: str | os.PathLike[str], *, follow_symlinks: bool = False, workers: int = 1,
-                 inprocess_budget_s: float = INPROCESS_BUDGET_S, what: str = "--site / [site] root"):
+                 inprocess_budget_s: float = INPROCESS_BUDGET_S, what: str = "--site / [site] root",
+                 refuse_links: bool = False):
         self.root = os.path.abspath(os.fspath(root))
         self.what = what  # where the root was given: its messages name it
         # (messages: a control character in the folder's name escaped; `location`, recorded, is the real path: the
@@ -99,6 +112,10 @@ class LocalSource:
         self.description = shown_name(self.root)
         self.location = self.root.replace(os.sep, "/")
         self.follow_symlinks = follow_symlinks
+        # A run that lists without following links hashes (and stats) no file through one (a file replaced by a link
+        # since it was listed is refused). Not so a source reopened from the manifest (validate, upload): its files may
+        # have been recorded through links by a run that followed them.
+        self.refuse_links = refuse_links and not follow_symlinks
         self.workers = max(1, workers)
         self.inprocess_budget_s = inprocess_budget_s
 
@@ -179,7 +196,8 @@ class LocalSource:
         return open(_open_regular(self.absolute(srcfile)), "rb")
 
     def stat(self, srcfile: str) -> FileStat:
-        st = os.stat(self.absolute(srcfile), follow_symlinks=self.follow_symlinks)
+        # (a reopened root follows a link: its file may be recorded through one; upload and validation check the MD5)
+        st = os.stat(self.absolute(srcfile), follow_symlinks=not self.refuse_links)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(f"not a regular file: {srcfile}")
         return FileStat(st.st_size, clamp_ns(st.st_mtime_ns))
@@ -188,7 +206,7 @@ class LocalSource:
         """hash_file of the Source protocol: one open, one pass (sources/base.py)."""
         path = self.absolute(srcfile)
         for _attempt in (1, 2):
-            fd = _open_regular(path)
+            fd = _open_regular(path, nofollow=self.refuse_links)
             facts = None
             try:
                 before = os.fstat(fd)

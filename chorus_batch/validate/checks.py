@@ -32,18 +32,19 @@ from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
 
 
 def check(current: pl.DataFrame, facts: pl.DataFrame | FactsOf, *, parts: pl.Series | None = None,
-          done: Callable[[int], None] | None = None) -> pl.DataFrame:
+          done: Callable[[int], None] | None = None, untaken: dict[str, str] | None = None) -> pl.DataFrame:
     """All rules over the current files and their facts; FINDINGS_SCHEMA sorted by srcfile, rule.
 
     `facts`: the facts of the files (FACTS_SCHEMA), or a function giving those of the (kind, md5) rows it is
     asked for. `parts`: the part each file is checked in, by row (None: all in one); the findings are the
     same however the files are split, as long as a person folder lies in one part. `done(n)`: n more files
-    checked, after each part (for a progress counter)."""
+    checked, after each part (for a progress counter). `untaken`: the paths the run saw but took no file of
+    (site.untaken of its recorded problems), which no rule calls missing."""
     across, decoded_shared = _Across(), {}  # type: ignore[var-annotated]
     found, site = [], None
     for rows, new in _parts(current, parts):
         site = None  # one part's frames at a time
-        site = _Site(rows, facts, decoded_shared)
+        site = _Site(rows, facts, decoded_shared, untaken)
         found.append(_in_part(site, across))
         if done is not None:
             done(new)

@@ -8,7 +8,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import _found, _norm_id, _one, _Site, _unreadable
+from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -311,8 +311,15 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     if usable.height == 0:
         return []
     on_site = current.lazy().select(pl.col("srcfile").alias("_path"))
-    return [_found(
-        "registry.missing_file", _listed(usable).lazy().join(on_site, on="_path", how="anti").group_by("srcfile").agg(
+    not_in = site.with_untaken(_listed(usable).lazy().join(on_site, on="_path", how="anti")).lazy()
+    return [
+        _found("registry.missing_file", not_in.filter(pl.col("_why").is_null()).group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
-        fmt("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
-                  pl.col("_k"), pl.col("_path").list.head(3).list.join(", ")))]
+            fmt("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
+                pl.col("_k"), pl.col("_path").list.head(3).list.join(", "))),
+        # one the scan saw but could not take is there: "not on the site" would not be true
+        _found("registry.missing_file", not_in.filter(pl.col("_why").is_not_null()).group_by("srcfile", "_why").agg(
+            pl.col("_path").min(), pl.len().alias("_k")), "srcfile",
+            _there_untaken(fmt("trg_file {}{}", pl.col("_path"), pl.when(pl.col("_k") > 1).then(
+                fmt(" (and {} more)", pl.col("_k") - 1)).otherwise(pl.lit(""))))),
+    ]

@@ -7,7 +7,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
-from .site import _Across, _found, _join_list, _norm_id, _Site, _unreadable
+from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -37,10 +37,13 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
     present = f.filter(pl.col("_waveforms")).select(pl.col("srcfile").alias("_path"), pl.col("size").alias("_size")
                                                     ).collect()
+    missing = site.with_untaken(data.unique(["_header", "_path"]).join(present, on="_path", how="anti"))
     out.append(_found(
-        "wfdb.missing_dat", data.unique(["_header", "_path"]).join(present, on="_path", how="anti"), "_header",
-        fmt("signal file {} named in this header is not in its folder: add it or fix the header",
-                  pl.col("file_name"))))
+        "wfdb.missing_dat", missing, "_header",
+        pl.when(pl.col("_why").is_null()).then(
+            fmt("signal file {} named in this header is not in its folder: add it or fix the header",
+                pl.col("file_name"))).otherwise(_there_untaken(fmt("signal file {} named in this header",
+                                                                   pl.col("file_name"))))))
     sizes = pl.DataFrame(
         {"fmt": list(WFDB_FORMAT_SIZES), "_spg": [v[0] for v in WFDB_FORMAT_SIZES.values()],
          "_bpg": [v[1] for v in WFDB_FORMAT_SIZES.values()]},
@@ -84,9 +87,12 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     real = segments.filter(pl.col("name").is_not_null() & (pl.col("name") != "~")).with_columns(
         _path=pl.col("_dir") + "/" + pl.col("name") + ".hea")
     out.append(_found(
-        "wfdb.missing_segment", real.join(present, on="_path", how="anti"), "_master",
-        fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
-                  "or fix the list", pl.col("name"), pl.col("name"))))
+        "wfdb.missing_segment", site.with_untaken(real.join(present, on="_path", how="anti")),
+        "_master",
+        pl.when(pl.col("_why").is_null()).then(
+            fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
+                "or fix the list", pl.col("name"), pl.col("name"))).otherwise(
+            _there_untaken(fmt("segment {} is listed: {}.hea", pl.col("name"), pl.col("name"))))))
     seg_len = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("sig_len").alias("_seg_len")), on="_path")
     out.append(_found(
         "wfdb.segment_length",

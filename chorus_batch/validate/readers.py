@@ -964,7 +964,21 @@ def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
         with source.open(srcfile) as f:
             return parse_facts(kind, f)
     except OSError as exc:
-        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+        return read_failed(exc)
+
+
+def read_failed(exc: OSError) -> dict[str, Any]:
+    """The facts of a read that failed (not the content): what happened, and what to do as it is true of that
+    cause. The file is as the run recorded it (size, mtime) unless it is gone, so only a removal is a change the
+    next run sees: a file this user may not read, or a storage failure, is read again by the next check only."""
+    if isinstance(exc, FileNotFoundError):
+        fix = "it is gone (removed or moved since the run recorded it): the next run records that"
+    elif isinstance(exc, PermissionError):
+        fix = ("give this user read permission on it, then check again (chorus-batch validate): the next run sees "
+               "no change in it (its size and modification time are as recorded) and does not read it")
+    else:
+        fix = "check the storage (a disk or network error), then check again (chorus-batch validate)"
+    return {"error": f"cannot read the file: {exc.strerror or exc}; {fix}", "retry": True}
 
 
 def _written_since(source, srcfile: str, size: int | None, mtime_ns: int | None, etag: str | None) -> dict[str, Any] | None:
@@ -977,7 +991,7 @@ def _written_since(source, srcfile: str, size: int | None, mtime_ns: int | None,
     try:
         now = source.stat(srcfile)
     except OSError as exc:
-        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+        return read_failed(exc)
     if etag is not None:
         if now.etag is None or now.etag == etag:
             return None
@@ -986,7 +1000,8 @@ def _written_since(source, srcfile: str, size: int | None, mtime_ns: int | None,
         return None
     else:
         moved = "its size or modification time moved"
-    return {"error": f"it was written since it was listed ({moved})", "retry": True}
+    return {"error": f"it was written since it was listed ({moved}): the next run records the change and reads it",
+            "retry": True}
 
 
 def extract_facts(source, todo: pl.DataFrame, *, workers: int = 1,
@@ -1068,7 +1083,8 @@ def _as_recorded(source, kind: str, md5: str, srcfile: str, size: int | None, mt
     try:
         now = source.hash_file(srcfile, bytearray(READ_SIZE), parser(kind))
     except OSError as exc:
-        return {"error": f"cannot read the file: {exc.strerror or exc}", "retry": True}
+        return read_failed(exc)
     if now.md5 != md5:
-        return {"error": "it was written since it was recorded (its MD5 is no longer the recorded one)", "retry": True}
+        return {"error": "it was written since it was recorded (its MD5 is no longer the recorded one): the next run "
+                         "records the change and reads it", "retry": True}
     return moved if now.facts is None else json.loads(now.facts)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ManifestError, UsageError
-from ..frames import FACTS_SCHEMA, fmt
+from ..frames import FACTS_SCHEMA
 from ..fsutil import scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
@@ -133,6 +133,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     files in messages ("version X")."""
     from ..partitions import part_of
     from .checks import check  # here: a run whose findings are cached checks nothing (validate/__init__.py)
+    from .site import _there_untaken, untaken, why_untaken
     from .kinds import facts_needed
 
     progress = progress or Progress(quiet=True)
@@ -163,20 +164,25 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
 
     count = -(-current.height // PART_FILES)
     parts = part_of(current["srcfile"], count) if count > 1 else None
-    checked = _Count()
+    checked, seen = _Count(), untaken(errors)
     with progress.counter("checking", "file", lambda: (checked.n, 0), total=(current.height, 0)):
-        in_parts = check(current, facts_of, parts=parts, done=checked.add)
+        in_parts = check(current, facts_of, parts=parts, done=checked.add, untaken=seen)
     findings = pl.concat([in_parts, run_findings(errors)]).sort("srcfile", "rule", "message")
-    if errors.height:  # a table the scan could not take is there: "add it" would not be true
-        why = errors.select("srcfile", pl.col("message").alias("_why")).unique("srcfile", keep="first")
-        findings = findings.join(why, on="srcfile", how="left", maintain_order="left").with_columns(
-            message=pl.when((pl.col("rule") == "omop.missing_table") & pl.col("_why").is_not_null()).then(fmt(
-                "{} is there but the scan could not take it ({}), so it is in no version and no rule read it: "
-                "fix that and run again", pl.col("srcfile"), pl.col("_why"))).otherwise(pl.col("message"))
+    if seen:  # a file the scan could not take (or in a folder it could not list) may be there: "add it" is not true
+        whys = [why_untaken(seen, path) if rule in _MISSING_RULES else None
+                for rule, path in findings.select("rule", "srcfile").rows()]
+        findings = findings.with_columns(_why=pl.Series(whys, dtype=pl.String)).with_columns(
+            message=pl.when(pl.col("_why").is_not_null()).then(_there_untaken(pl.col("srcfile")))
+            .otherwise(pl.col("message"))
         ).drop("_why")
     log.debug(f"validate: {todo.height} headers read, {known_keys.height} known, {findings.height} findings, "
               f"{count} part(s)")
     return Checked(findings, new_facts)
+
+
+# The rules whose finding's srcfile is a file they looked for and did not find: one the run could not take is no
+# missing file (the rules that name such a file in their message ask site.with_untaken themselves).
+_MISSING_RULES = frozenset({"omop.missing_table", "metadata.missing", "metadata.mapping_missing"})
 
 
 def read_new_facts(todo: pl.DataFrame, readers: Mapping[int | None, Source], *, workers: int = 1,

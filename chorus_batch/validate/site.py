@@ -186,6 +186,41 @@ class _Across:
 
 FactsOf = Callable[[pl.DataFrame], pl.DataFrame]  # (kind, md5) rows wanted -> their FACTS_SCHEMA rows
 
+# The kinds of a run's recorded problems whose path is there on the site though the run took no file of it (a file
+# this user may not read, one written while hashed, a link not followed, a FIFO, a folder it could not list): a rule
+# that looks for that path (or one below it) among the version's files says so, never "add it" (a vanished file is
+# gone: not among them).
+UNTAKEN_KINDS = ("unreadable", "changed_while_hashing", "special_file", "symlink", "symlink_inside", "broken_symlink",
+                 "unreadable_link", "unreadable_dir")
+
+
+def untaken(errors: pl.DataFrame) -> dict[str, str]:
+    """The paths of a run's recorded problems (srcfile, kind, message) that are there but in no version, by path
+    (a folder's without its trailing /; the site root's is ''): the message."""
+    seen = errors.filter(pl.col("kind").is_in(UNTAKEN_KINDS))
+    return {path.rstrip("/"): why for path, why in reversed(seen.select("srcfile", "message").rows())}
+
+
+def why_untaken(untaken: dict[str, str], path: str) -> str | None:
+    """Why a path a rule looked for and did not find among the version's files may be there all the same (the
+    clause after the path), or None: not seen by the run."""
+    if not untaken:
+        return None
+    if path in untaken:
+        return f"is there but the scan could not take it ({untaken[path]})"
+    parts = path.split("/")
+    for k in range(len(parts) - 1, 0, -1):
+        folder = "/".join(parts[:k])
+        if folder in untaken:
+            return f"may be there: the scan could not list or follow {folder}/ ({untaken[folder]})"
+    return None
+
+
+def _there_untaken(what: pl.Expr) -> pl.Expr:
+    """The message of a file a rule looked for that the run saw, or may not have seen, but took no file of (`_why`,
+    _Site.with_untaken)."""
+    return fmt("{} {}, so it is in no version and no rule read it: fix that and run again", what, pl.col("_why"))
+
 
 class _Site:
     """The current files of one part of a check with path helper columns, person-folder facts and decoded
@@ -193,7 +228,9 @@ class _Site:
     `shared`: the decoded SHARED_KINDS of another part (the same files in every part), filled as they are decoded."""
 
     def __init__(self, current: pl.DataFrame, facts_of: FactsOf | pl.DataFrame,
-                 shared: dict[str, pl.DataFrame] | None = None):
+                 shared: dict[str, pl.DataFrame] | None = None, untaken: dict[str, str] | None = None):
+        # paths the run saw but took no file of (site.untaken), which rules do not call missing
+        self.untaken = untaken or {}
         files = _path_columns(current).with_columns(
             _kind_expr(),
             # the classification, under names no decoded fact uses (DICOM facts have a `modality`)
@@ -265,11 +302,17 @@ class _Site:
         self.omop_dir = (self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min())
                          .collect().item())
 
+    def with_untaken(self, missing: pl.DataFrame | pl.LazyFrame, path: str = "_path") -> pl.DataFrame:
+        """`missing` (paths a rule did not find among the version's files, a few) with `_why`: why_untaken."""
+        missing = missing.collect() if isinstance(missing, pl.LazyFrame) else missing
+        return missing.with_columns(_why=pl.Series([why_untaken(self.untaken, p) for p in missing[path].to_list()],
+                                                   dtype=pl.String))
+
     def unread(self) -> pl.LazyFrame:
         """file.unread: the files of every kind decoded so far whose read failed (after the other rules asked)."""
-        message = fmt("could not be read as recorded when it was checked: {}; no rule looked at its contents and "
-                      "nothing of this read was kept: the next run records a change and reads it again",
-                      pl.col("_unread"))
+        # the read's error says what to do: true of its cause (a file gone, one this user may not read, a write)
+        message = fmt("could not be read as recorded when it was checked, so no rule looked at its contents and "
+                      "nothing of this read was kept: {}", pl.col("_unread"))
         found = [_found("file.unread", frame.filter(pl.col("_unread").is_not_null()), "srcfile", message)
                  for frame in [*self._of_kind.values(), *self._shared.values()]]
         return pl.concat(found) if found else pl.LazyFrame(schema=_FINDING_COLUMNS)
