@@ -193,6 +193,23 @@ def test_every_cannot_be_reached_hint_names_the_host(clean_env, tmp_path):
     assert out.returncode == 3 and "the storage host no-such-host.invalid:10000 does not resolve" in out.stderr, out.stderr
 
 
+def test_an_s3_endpoint_that_cannot_be_reached_is_named_by_its_host_not_by_a_request(clean_env, tmp_path):
+    """botocore names the request's URL: the hint said "check that http://127.0.0.1:1/site1?list-type=***&prefix=***&…
+    is reachable" (a query masked as if it held secrets), and "the storage host http://…/site1?… does not resolve"."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"CHORUS_BATCH_RETRY_DEADLINE_S": "1", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 40,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for endpoint, says in ((f"http://127.0.0.1:{port}", f"fix:   check that 127.0.0.1:{port} is reachable from"),
+                           ("http://no-such-host.invalid:9000", "the storage host no-such-host.invalid:9000 does not resolve")):
+        out = cli("run", "--site", "s3://site1/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+                  env={**env, "AWS_ENDPOINT_URL": endpoint}, timeout=120)
+        assert out.returncode == 3 and says in out.stderr, out.stderr
+        hint = next(line for line in out.stderr.splitlines() if says in line)
+        assert "list-type" not in hint.partition(says)[2] and "/site1" not in hint.partition(says)[2], out.stderr
+
+
 # ----------------------------------------------------------------------------- S3 options
 
 

@@ -636,7 +636,14 @@ def _endpoint(exc: BaseException) -> str | None:
     for e in _chain(exc):
         match = re.search(r"(?i)(?:connect to host|endpoint URL:?)\s*\"?([^\s\"]+)", str(e))
         if match:
-            return scrub(match.group(1).rstrip(".:,"))
+            named = match.group(1).rstrip(".:,")
+            # botocore names the request's whole URL ("http://host:9000/bucket?list-type=2&prefix=…"), which the
+            # hint gave as the thing to reach, its query masked as if it held secrets: the host and port are that
+            try:
+                named = urlsplit(named).netloc.rpartition("@")[2] or named if "://" in named else named
+            except ValueError:
+                pass
+            return scrub(named)
         match = re.search(r"host='([^']+)', port=(\d+)", str(e))
         if match:
             return scrub(f"{match.group(1)}:{match.group(2)}")
