@@ -225,6 +225,25 @@ def test_s3_options_endpoint_profile_region(clean_env):
     assert how == "access key from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY at http://minio:9000 (AWS_ENDPOINT_URL)"
 
 
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:9000", "http://127.0.0.1:9000/sub", "http://127.0.0.1:9000?X-Amz-Signature=SECRETSIG",
+                                      "http://AKIAEXAMPLE:SECRETSIG@127.0.0.1:9000", "ftp://127.0.0.1:9000"])
+def test_an_s3_endpoint_from_the_environment_is_held_to_the_form_of_the_setting(clean_env, tmp_path, variable, endpoint):
+    """[s3] endpoint_url = <these> is refused up front (exit 2); the same in AWS_ENDPOINT_URL was used as it was and the
+    run failed at its first request, exit 3: "ValueError: Invalid endpoint", "the bucket site1 does not exist" (a path),
+    "the storage endpoint cannot be reached" (credentials in it), all to be fixed in the environment."""
+    out = cli("run", "--site", "s3://site1/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+              env={variable: endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 40,
+                   "CHORUS_BATCH_RETRY_DEADLINE_S": "1"})
+    assert out.returncode == 2, out.stderr
+    assert f"{variable} is not an S3 endpoint" in out.stderr and f"where: {variable}" in out.stderr, out.stderr
+    assert "fix:" in out.stderr and "Traceback" not in out.stderr and "SECRETSIG" not in out.stdout + out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+    # what the setting accepts, the variable accepts too
+    options, how = s3_options(CloudSettings(), {variable: "https://minio.example.org:9000/"})
+    assert options["endpoint_url"] == "https://minio.example.org:9000/" and f"({variable})" in how
+
+
 def test_s3_without_s3fs_says_what_to_install(clean_env, monkeypatch):
     import sys
 

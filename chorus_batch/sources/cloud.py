@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ExitCode, SourceError, UsageError
-from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of, scrub
+from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, holds_userinfo, mask_url, protocol_of, scrub
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -440,6 +440,8 @@ def s3_options(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> tu
     env = os.environ if env is None else env
     s3 = cloud.s3
     endpoint, endpoint_from = (s3.endpoint_url, "[s3] endpoint_url") if s3.endpoint_url else _env(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if endpoint and endpoint_from != "[s3] endpoint_url":
+        _check_s3_endpoint(endpoint, endpoint_from)
     options: dict[str, Any] = {
         "use_listings_cache": False, "skip_instance_cache": True,
         "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
@@ -466,6 +468,23 @@ def s3_options(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> tu
     where = f" at {endpoint} ({endpoint_from})" if endpoint else ""
     region = f", region {s3.region}" if s3.region else ""
     return options, f"{source}{where}{region}"
+
+
+def _check_s3_endpoint(endpoint: str, variable: str) -> None:
+    """The endpoint of the environment, held to [s3] endpoint_url's form (config.S3_ENDPOINT): one without a scheme,
+    with a path, a query or a user:password@ was taken as it was, and the run failed at its first request with exit 3
+    ("cannot reach …: ValueError: Invalid endpoint", "the bucket does not exist", "the storage endpoint cannot be
+    reached" for credentials in it), where the same value in chorus.toml is refused up front."""
+    from ..config import S3_ENDPOINT
+
+    if S3_ENDPOINT.match(endpoint):
+        return
+    secret = holds_userinfo(endpoint) or "?" in endpoint
+    raise ConfigError(
+        f"{variable} is not an S3 endpoint: {mask_url(endpoint)!r} is not http(s)://host[:port]"
+        + (" (credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never in a URL)" if secret else ""),
+        where=variable, fix=f"set {variable} to the store's address alone, e.g. https://minio.example.org or "
+                            "http://127.0.0.1:9000 (or [s3] endpoint_url in chorus.toml); unset it for AWS itself")
 
 
 _S3_FS: type | None = None
