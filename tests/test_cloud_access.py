@@ -982,6 +982,25 @@ def test_s3_with_no_credentials_at_all_is_a_configuration_to_make(clean_env, tmp
     assert out.returncode == 2 and "no AWS credentials are configured" in out.stderr and "fix:" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("given, says, fix", [
+    # a profile in no file ([s3] profile or AWS_PROFILE mistyped, or the credentials file not where the job looks)
+    ({"AWS_PROFILE": "chorsu"}, "the AWS profile 'chorsu' is in no AWS config or credentials file",
+     "add the profile 'chorsu' to ~/.aws/config"),
+    # a key id without its secret key (an env file with one line lost)
+    ({"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"}, "the AWS credentials are incomplete: AWS_SECRET_ACCESS_KEY is missing",
+     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY together"),
+])
+def test_an_s3_sign_in_botocore_cannot_use_is_a_configuration_to_fix(clean_env, tmp_path, given, says, fix):
+    """Both were exit 3 ("sign-in failed (ProfileNotFound: …)"), as if a service had refused them: nothing was asked
+    of any service, the configuration is what to fix (exit 2, as for no credentials at all and for Azure's)."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true", "AWS_SECRET_ACCESS_KEY": "",
+           "AWS_SESSION_TOKEN": "", "AWS_DEFAULT_REGION": "us-east-1", "CHORUS_BATCH_RETRY_DEADLINE_S": "1", **given}
+    out = cli("run", "--site", "s3://bucket1/site", "--db", str(tmp_path / "m.sqlite"), env=env)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert f"fix:   {fix}" in out.stderr and "Traceback" not in out.stderr and not (tmp_path / "m.sqlite").exists()
+
+
 @pytest.mark.parametrize("conn, said", [
     ("garbage;;=x", "is not a connection string"),
     ("AccountName=acct;AccountKey=not*base64!SECRETKEY", "AccountKey of the connection string in AZURE_STORAGE_CONNECTION_STRING "

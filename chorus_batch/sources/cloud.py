@@ -787,14 +787,38 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         what = f"cannot {action} {where}: {reason}{tried}"
         fix = ("check the URL and that the credentials for it are in the environment (see the README's \"Cloud sites: "
                "Azure Blob and S3\")")
-    unconfigured = any(type(e).__name__ == "NoCredentialsError" for e in _chain(exc))
-    if unconfigured:  # nothing to sign in with at all: a configuration to make, as for Azure (exit 2)
-        what = f"cannot {action} {where}: no AWS credentials are configured{tried}"
+    # Nothing to sign in with, or a configuration botocore cannot use before any request (a profile that is in no file,
+    # a key id without its secret key): a configuration to make, as for Azure (exit 2), not a failed sign-in (3)
+    unconfigured = next((e for e in _chain(exc) if type(e).__name__ in _UNCONFIGURED), None)
+    if unconfigured is not None:
+        what, fix = _unconfigured(unconfigured, f"cannot {action} {where}", tried, fix)
     error = SourceError(scrub(what), where=scrub(where), fix=fix)
     error.kind = kind  # type: ignore[attr-defined]
     if unconfigured:
         error.exit_code = ExitCode.USAGE  # type: ignore[misc]
     return error
+
+
+_UNCONFIGURED = ("NoCredentialsError", "ProfileNotFound", "PartialCredentialsError")
+
+
+def _unconfigured(exc: BaseException, cannot: str, tried: str, fix: str) -> tuple[str, str]:
+    """(what, fix) for botocore's configuration errors (_UNCONFIGURED), which it raises before any request."""
+    kwargs = getattr(exc, "kwargs", None) or {}
+    if type(exc).__name__ == "ProfileNotFound":
+        profile = kwargs.get("profile") or "?"
+        return (f"{cannot}: the AWS profile {profile!r} is in no AWS config or credentials file{tried}",
+                f"add the profile {profile!r} to ~/.aws/config or ~/.aws/credentials (AWS_CONFIG_FILE and "
+                "AWS_SHARED_CREDENTIALS_FILE name other files), or name a profile that is there in [s3] profile or "
+                "AWS_PROFILE (`aws configure list-profiles` lists them); `aws sso login --profile NAME` for SSO")
+    if type(exc).__name__ == "PartialCredentialsError":
+        missing, provider = kwargs.get("cred_var") or "a part of them", kwargs.get("provider")
+        found = "the environment" if provider in (None, "env") else f"botocore's {provider} provider"
+        return (f"{cannot}: the AWS credentials are incomplete: {missing} is missing (the others are set, in {found})"
+                f"{tried}",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY together (and AWS_SESSION_TOKEN for temporary "
+                "credentials), or unset them to sign in with a profile or the instance role")
+    return f"{cannot}: no AWS credentials are configured{tried}", fix
 
 
 def root_exists(fs: Any, root: str) -> bool | str:
