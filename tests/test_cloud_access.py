@@ -877,6 +877,44 @@ def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
     assert f"at {moto_s3.endpoint_url} ([s3] endpoint_url)" in caught.value.what
 
 
+@pytest.mark.parametrize("page", [None, b"<html><body>MinIO Console</body></html>"])
+def test_an_endpoint_that_is_no_s3_service_is_said_to_be_one_not_a_missing_bucket(clean_env, moto_s3, tmp_path, page):
+    """AWS_ENDPOINT_URL at a web server (MinIO's console port, a proxy's page): a 404 was "the bucket site1 does not
+    exist", a page answered with 200 an empty bucket ("site root not found", or, after a version, a root whose files are
+    all gone: refused, exit 5). Now exit 3 saying the endpoint is no S3 service; the real service still says what it
+    said (a missing bucket, a missing prefix, an empty bucket)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    if page is not None:
+        (served / "site1").write_bytes(page)  # GET /site1?list-type=2&… answers 200 with the page
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            out = cli("run", "--site", "s3://site1/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+                      env={**moto_s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{web.server_address[1]}",
+                           "CHORUS_BATCH_RETRY_DEADLINE_S": "2"})
+        finally:
+            web.shutdown()
+    assert out.returncode == 3, out.stderr
+    assert "the endpoint does not answer as an S3 service" in out.stderr and "fix:   check [s3] endpoint_url" in out.stderr
+    assert "does not exist" not in out.stderr and "not found" not in out.stderr and not (tmp_path / "m.sqlite").exists()
+    # the real service: a missing bucket, a missing prefix and an empty bucket are what they were
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    empty = moto_s3.new_bucket("empty")
+    for url, kind in (("s3://no-such-bucket/site", "missing"), (f"s3://{empty}/site", "empty_prefix")):
+        with pytest.raises(SourceError) as caught:
+            open_source(url, cloud=s3_cloud).check()
+        assert caught.value.kind == kind, caught.value  # type: ignore[attr-defined]
+    open_source(f"s3://{empty}", cloud=s3_cloud).check()  # a bucket that is there, empty: listed (no files)
+
+
 # ----------------------------------------------------------------------------- locations checked before anything opens
 
 from chorus_batch.urls import mask_url  # noqa: E402

@@ -823,11 +823,46 @@ def _unconfigured(exc: BaseException, cannot: str, tried: str, fix: str) -> tupl
 
 def root_exists(fs: Any, root: str) -> bool | str:
     """True when `root` can be listed; False when it is not there, or "no_container" (Azure) when its
-    container is missing. Azure is asked with a listing of one blob (the permission a run needs)."""
+    container is missing. Azure is asked with a listing of one blob (the permission a run needs); S3 too, and
+    "not_s3: <what came back>" when the endpoint answered, but not as an S3 service (_s3_root_state)."""
     if hasattr(fs, "root_state"):
         state = fs.root_state(root)
         return True if state == "ok" else ("no_container" if state == "no_container" else False)
+    if hasattr(fs, "call_s3"):
+        return _s3_root_state(fs, root)
     return bool(fs.isdir(root))
+
+
+def _s3_root_state(fs: Any, root: str) -> bool | str:
+    """root_exists of an S3 root, from a listing of one key. s3fs's isdir takes any answer for one: an endpoint that is
+    no S3 API (a web server, a proxy, MinIO's console port instead of its API's) answering 404 was "the bucket does
+    not exist", and answering 200 with a page was an empty bucket ("site root not found: point --site at …"; with a
+    previous version, a root whose files are all gone). S3 says NoSuchBucket of a missing bucket, and its listing
+    always holds IsTruncated."""
+    bucket, _, prefix = root.strip("/").partition("/")
+    try:
+        out = fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1, **({"Prefix": prefix + "/"} if prefix else {}))
+    except FileNotFoundError as exc:
+        codes = {_code(e) for e in _chain(exc)} - {""}
+        if codes & _MISSING_CODES:
+            return "no_container"
+        if codes <= {"404", "NotFound"}:  # an HTTP 404 with no S3 error in it
+            return "not_s3: HTTP 404 without an S3 error code"
+        raise
+    if not isinstance(out, dict) or "IsTruncated" not in out:
+        return "not_s3: a response that is not an S3 listing"
+    return True if not prefix or out.get("KeyCount") or out.get("Contents") else False
+
+
+def not_an_s3_service(state: str, *, where: str, how: str) -> SourceError:
+    """The SourceError for an endpoint that answered a listing, but not as S3 (_s3_root_state's "not_s3: …")."""
+    error = SourceError(
+        f"cannot reach {where}: the endpoint does not answer as an S3 service (a listing of the bucket got "
+        f"{state.partition(': ')[2]}) [signed in with {how}]", where=where,
+        fix="check [s3] endpoint_url / AWS_ENDPOINT_URL: it must be the address of the S3 API itself (MinIO: its API "
+            "port, 9000 by default, not the console's 9001; AWS: leave it unset, or https://s3.<region>.amazonaws.com)")
+    error.kind = "not_s3"  # type: ignore[attr-defined]
+    return error
 
 
 def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing: bool = False,

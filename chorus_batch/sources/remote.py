@@ -125,6 +125,8 @@ class FsspecSource:
             ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
+        if isinstance(ok, str) and ok.startswith("not_s3"):
+            raise cloud_access.not_an_s3_service(ok, where=self.description, how=self.how)
         if ok is not True:
             error = cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
                                               known_top_missing=ok == "no_container", what=self.what)
