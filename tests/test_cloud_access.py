@@ -877,6 +877,30 @@ def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
     assert f"at {moto_s3.endpoint_url} ([s3] endpoint_url)" in caught.value.what
 
 
+def test_a_root_given_with_percent_escapes_names_the_prefix_that_is_there(clean_env, moto_s3, azurite, tmp_path):
+    """Every character of an s3:// or az:// URL is part of the name (README), so s3://b/my%20site is not 'my site':
+    it was "site root not found … point --site at the prefix that holds OMOP/", though 'my site' was right there."""
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    bucket, container = moto_s3.new_bucket("esc"), azurite.new_container("esc")
+    moto_s3.client().put_object(Bucket=bucket, Key="my site/OMOP/person.csv", Body=b"person_id\n1\n")
+    with azurite.service_client() as client:
+        client.get_blob_client(container, "my site/OMOP/person.csv").upload_blob(b"person_id\n1\n")
+    for given in (f"s3://{bucket}/my%20site", f"az://{container}/my%20site"):
+        out = cli("run", "--site", given, "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+        assert out.returncode == 3 and f"site root not found: {given}" in out.stderr, out.stderr
+        decoded = given.replace("%20", " ")
+        assert f"{decoded}, the prefix with its %-escapes decoded, is there" in out.stderr, out.stderr
+        assert f"in {given.split(':')[0]}:// URLs every character is part of the name" in out.stderr, out.stderr
+        assert cli("run", "--site", decoded, "--db", str(tmp_path / "m.sqlite"), "--no-validate").returncode == 0
+        (tmp_path / "m.sqlite").unlink()
+    # an escape that names nothing either way is "not found", as before
+    out = cli("run", "--site", f"s3://{bucket}/no%20such", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+    assert out.returncode == 3 and "decoded" not in out.stderr and "point --site" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("page", [None, b"<html><body>MinIO Console</body></html>"])
 def test_an_endpoint_that_is_no_s3_service_is_said_to_be_one_not_a_missing_bucket(clean_env, moto_s3, tmp_path, page):
     """AWS_ENDPOINT_URL at a web server (MinIO's console port, a proxy's page): a 404 was "the bucket site1 does not

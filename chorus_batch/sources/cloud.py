@@ -897,12 +897,28 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
                             fix=f"point {what} at the container/prefix that holds {holds}, not at a file in it")
         error.kind = "missing_root"  # type: ignore[attr-defined]
         return error
-    error = SourceError(f"{subject} not found: {where}", where=where,
-                        fix=f"point {what} at the container/prefix that holds {holds}")
+    fix = f"point {what} at the container/prefix that holds {holds}"
+    decoded = _decoded_root(fs, root, where)
+    if decoded:  # my%20site given, 'my site' there (a URL copied from a console or browser, which escape names)
+        fix = (f"in {where.split('://')[0]}:// URLs every character is part of the name, '%' too (nothing is decoded): "
+               f"{decoded}, the prefix with its %-escapes decoded, is there; give that (quoted for the shell)")
+    error = SourceError(f"{subject} not found: {where}", where=where, fix=fix)
     # No object under the prefix: an object store has no empty folder, so this is also a root whose files are all gone
     # (a run whose previous version had files there takes it as a root that lists none: RemoteSource.empty_ok)
     error.kind = "empty_prefix"  # type: ignore[attr-defined]
     return error
+
+
+def _decoded_root(fs: Any, root: str, where: str) -> str | None:
+    """`where` with its %-escapes decoded, when the root they name is there (and the root as given is not)."""
+    from urllib.parse import unquote
+
+    if "%" not in root or unquote(root) == root:
+        return None
+    try:
+        return unquote(where) if root_exists(fs, unquote(root)) is True else None
+    except Exception:  # noqa: BLE001 - only refines the message; the root as given is missing either way
+        return None
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:
