@@ -208,6 +208,7 @@ def test_an_s3_endpoint_that_cannot_be_reached_is_named_by_its_host_not_by_a_req
         assert out.returncode == 3 and says in out.stderr, out.stderr
         hint = next(line for line in out.stderr.splitlines() if says in line)
         assert "list-type" not in hint.partition(says)[2] and "/site1" not in hint.partition(says)[2], out.stderr
+        assert "list-type" not in out.stderr and "***" not in out.stderr, out.stderr  # (nor in the reason)
 
 
 # ----------------------------------------------------------------------------- S3 options

@@ -728,6 +728,9 @@ def _reason(exc: BaseException) -> str:
 
 def _tidy(text: str) -> str:
     text = re.sub(r" ssl:(?:<[^>]*>|default|None|True|False)", "", text)  # aiohttp's repr of its SSL context
+    # botocore's 'endpoint URL: "http://host:9000/bucket?list-type=2&prefix=…"': the request's query, masked, read
+    # as secrets left out ('list-type=***&prefix=***'); the endpoint is what was not reached
+    text = re.sub(r'(?i)(endpoint URL:?\s*)"(https?://[^/"?#]+)[^"]*"', r'\1"\2"', text)
     return scrub(text)[:300]
 
 
