@@ -289,7 +289,7 @@ class FsspecSource:
         if total != int(props.size or 0):
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
         mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
-        return HashOutcome(digest.digest(), total, mtime, facts)
+        return HashOutcome(digest.digest(), total, mtime, facts, str(props.etag).strip('"') if props.etag else None)
 
     def _hash(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         if self._azure_sign_in is not None:
@@ -317,7 +317,7 @@ class FsspecSource:
             after = self.fs.info(path)
             if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
                 raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
-        return HashOutcome(digest.digest(), total, _mtime_ns(info), facts)
+        return HashOutcome(digest.digest(), total, _mtime_ns(info), facts, etag_of(info) if self.server_md5 else None)
 
 
 def _gone(srcfile: str) -> FileNotFoundError:
