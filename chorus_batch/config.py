@@ -273,6 +273,10 @@ class AzureSection(_CloudSection):
         return value
 
 
+# An S3 endpoint as [s3] endpoint_url and AWS_ENDPOINT_URL(_S3) must give it: no user, password, path or query.
+S3_ENDPOINT = re.compile(r"^https?://[^/?#@]+/?$")
+
+
 class S3Section(_CloudSection):
     """[s3]: the standard AWS chain (environment, profile, instance role) with an optional endpoint and region."""
 
@@ -284,7 +288,7 @@ class S3Section(_CloudSection):
     @field_validator("endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/?#@]+/?$", value):
+        if value is not None and not S3_ENDPOINT.match(value):
             raise ValueError("give the endpoint as http(s)://host[:port]")
         return value
 

@@ -55,6 +55,7 @@ HASHED_SCHEMA = {
     "md5": pl.String,
     "hashed_size": pl.Int64,
     "hashed_mtime_ns": pl.Int64,
+    "hashed_etag": pl.String,
     "error_kind": pl.String,
     "error_message": pl.String,
 }
@@ -241,6 +242,7 @@ class _Results:
         self.sizes = array("q")
         self.mtimes = array("q")
         self.errors: list[tuple[int, str, str]] = []
+        self.etags: list[tuple[int, str]] = []  # (row, etag as read): cloud objects only
         self.facts: list[pl.DataFrame] = []  # FACTS_SCHEMA per chunk, as Arrow strings (no Python object per file)
         self.n_facts = 0  # rows in `facts`
 
@@ -255,6 +257,7 @@ class _Results:
         self.sizes[start: start + n] = chunk.sizes
         self.mtimes[start: start + n] = chunk.mtimes
         self.errors.extend((start + k, kind, message) for k, kind, message in chunk.errors)
+        self.etags.extend((start + k, etag) for k, etag in chunk.etags)
         failed = {k for k, _, _ in chunk.errors}  # (no content, so no facts of one)
 
         def md5(k: int) -> str:
@@ -274,14 +277,16 @@ class _Results:
         n = srcfile.len()
         errors = pl.DataFrame(self.errors, schema={"_i": pl.UInt32, "error_kind": pl.String, "error_message": pl.String},
                               orient="row")
+        etags = pl.DataFrame(self.etags, schema={"_i": pl.UInt32, "hashed_etag": pl.String}, orient="row")
         packed = packed_frame(n, {"_md5": (pa.binary(16), self.digests), "hashed_size": (pa.int64(), self.sizes),
                                   "hashed_mtime_ns": (pa.int64(), self.mtimes)})
         frame = pl.DataFrame({"srcfile": srcfile}).hstack(packed).select(
             "srcfile", md5=pl.col("_md5").bin.encode("hex"), hashed_size="hashed_size", hashed_mtime_ns="hashed_mtime_ns",
-        ).with_row_index("_i").join(errors, on="_i", how="left").drop("_i")
+        ).with_row_index("_i").join(etags, on="_i", how="left").join(errors, on="_i", how="left").drop("_i")
         failed = pl.col("error_kind").is_not_null()
         return frame.with_columns(
-            [pl.when(failed).then(None).otherwise(pl.col(c)).alias(c) for c in ("md5", "hashed_size", "hashed_mtime_ns")]
+            [pl.when(failed).then(None).otherwise(pl.col(c)).alias(c)
+             for c in ("md5", "hashed_size", "hashed_mtime_ns", "hashed_etag")]
         ).cast(HASHED_SCHEMA)  # type: ignore[arg-type]
 
     def take_facts(self) -> pl.DataFrame:

@@ -394,7 +394,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     # (in path order, as when every file was hashed after the listing)
     hash_errors = hashed.filter(pl.col("error_kind").is_not_null()).sort("srcfile").select(
         "srcfile", pl.col("error_kind").alias("kind"), pl.col("error_message").alias("message"))
-    files = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns"), on="srcfile", how="left").select(
+    files = planned.join(hashed.select("srcfile", "md5", "hashed_size", "hashed_mtime_ns", "hashed_etag"), on="srcfile",
+                         how="left").select(
         "root_id", "srcfile",
         size=pl.coalesce("hashed_size", "size"),
         mtime_ns=pl.coalesce("hashed_mtime_ns", "mtime_ns"),
@@ -410,7 +411,8 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         .when(pl.col("needs_md5")).then(pl.when(pl.col("stored_md5").is_not_null()).then(pl.lit("stored"))
                                         .otherwise(pl.lit("unverifiable")))
         .otherwise(pl.lit("reused")),
-        etag="etag",
+        # as read, with the size and mtime of the read: an object written since its listing has another etag
+        etag=pl.coalesce("hashed_etag", "etag"),
     )
     timings["hash"] = round(time.perf_counter() - t, 4)
     return ScanResult(

@@ -50,6 +50,7 @@ class HashedChunk:
     facts: list[tuple[int, str, str]] = field(default_factory=list)  # (offset in chunk, kind, facts as JSON)
     contents: list[tuple[int, str, bytes]] = field(default_factory=list)  # (offset, kind, the bytes): raw_kinds
     metered: int = 0  # bytes of its files said while they were read (sources.base.metered), for the progress line
+    etags: list[tuple[int, str]] = field(default_factory=list)  # (offset in chunk, a cloud object's etag as read)
 
 
 _NO_DIGEST = bytes(16)
@@ -72,6 +73,7 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
     errors: list[tuple[int, str, str]] = []
     facts: list[tuple[int, str, str]] = []
     contents: list[tuple[int, str, bytes]] = []
+    etags: list[tuple[int, str]] = []
     parsers: dict[str, "Parse"] = {}
     if (facts_kinds or raw_kinds) and "parse" in inspect.signature(source.hash_file).parameters:
         from .validate.kinds import kind_of
@@ -88,6 +90,8 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
             digests += out.digest
             sizes.append(out.size)
             mtimes.append(out.mtime_ns)
+            if out.etag is not None:
+                etags.append((k, out.etag))
             if recorded is not None and parse is not None:
                 if out.digest != recorded and isinstance(out.facts, bytes):  # changed: parsed from the bytes read
                     if kind in raw_kinds:
@@ -103,7 +107,7 @@ def hash_chunk(source: "Source", paths: list[str], facts_kinds: frozenset[str] =
             sizes.append(0)
             mtimes.append(0)
             errors.append((k, *out))
-    return HashedChunk(bytes(digests), sizes, mtimes, errors, facts, contents, meter_taken())
+    return HashedChunk(bytes(digests), sizes, mtimes, errors, facts, contents, meter_taken(), etags)
 
 
 MAX_RAW_BYTES = 4 << 20

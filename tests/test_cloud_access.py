@@ -193,6 +193,24 @@ def test_every_cannot_be_reached_hint_names_the_host(clean_env, tmp_path):
     assert out.returncode == 3 and "the storage host no-such-host.invalid:10000 does not resolve" in out.stderr, out.stderr
 
 
+def test_an_s3_endpoint_that_cannot_be_reached_is_named_by_its_host_not_by_a_request(clean_env, tmp_path):
+    """botocore names the request's URL: the hint said "check that http://127.0.0.1:1/site1?list-type=***&prefix=***&…
+    is reachable" (a query masked as if it held secrets), and "the storage host http://…/site1?… does not resolve"."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"CHORUS_BATCH_RETRY_DEADLINE_S": "1", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 40,
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    for endpoint, says in ((f"http://127.0.0.1:{port}", f"fix:   check that 127.0.0.1:{port} is reachable from"),
+                           ("http://no-such-host.invalid:9000", "the storage host no-such-host.invalid:9000 does not resolve")):
+        out = cli("run", "--site", "s3://site1/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+                  env={**env, "AWS_ENDPOINT_URL": endpoint}, timeout=120)
+        assert out.returncode == 3 and says in out.stderr, out.stderr
+        hint = next(line for line in out.stderr.splitlines() if says in line)
+        assert "list-type" not in hint.partition(says)[2] and "/site1" not in hint.partition(says)[2], out.stderr
+        assert "list-type" not in out.stderr and "***" not in out.stderr, out.stderr  # (nor in the reason)
+
+
 # ----------------------------------------------------------------------------- S3 options
 
 
@@ -206,6 +224,25 @@ def test_s3_options_endpoint_profile_region(clean_env):
     options, how = s3_options(CloudSettings(), {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ACCESS_KEY_ID": "AKIA"})
     assert options["endpoint_url"] == "http://minio:9000" and "profile" not in options
     assert how == "access key from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY at http://minio:9000 (AWS_ENDPOINT_URL)"
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:9000", "http://127.0.0.1:9000/sub", "http://127.0.0.1:9000?X-Amz-Signature=SECRETSIG",
+                                      "http://AKIAEXAMPLE:SECRETSIG@127.0.0.1:9000", "ftp://127.0.0.1:9000"])
+def test_an_s3_endpoint_from_the_environment_is_held_to_the_form_of_the_setting(clean_env, tmp_path, variable, endpoint):
+    """[s3] endpoint_url = <these> is refused up front (exit 2); the same in AWS_ENDPOINT_URL was used as it was and the
+    run failed at its first request, exit 3: "ValueError: Invalid endpoint", "the bucket site1 does not exist" (a path),
+    "the storage endpoint cannot be reached" (credentials in it), all to be fixed in the environment."""
+    out = cli("run", "--site", "s3://site1/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+              env={variable: endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 40,
+                   "CHORUS_BATCH_RETRY_DEADLINE_S": "1"})
+    assert out.returncode == 2, out.stderr
+    assert f"{variable} is not an S3 endpoint" in out.stderr and f"where: {variable}" in out.stderr, out.stderr
+    assert "fix:" in out.stderr and "Traceback" not in out.stderr and "SECRETSIG" not in out.stdout + out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+    # what the setting accepts, the variable accepts too
+    options, how = s3_options(CloudSettings(), {variable: "https://minio.example.org:9000/"})
+    assert options["endpoint_url"] == "https://minio.example.org:9000/" and f"({variable})" in how
 
 
 def test_s3_without_s3fs_says_what_to_install(clean_env, monkeypatch):
@@ -841,6 +878,68 @@ def test_s3_missing_bucket_and_bad_credentials(clean_env, moto_s3):
     assert f"at {moto_s3.endpoint_url} ([s3] endpoint_url)" in caught.value.what
 
 
+def test_a_root_given_with_percent_escapes_names_the_prefix_that_is_there(clean_env, moto_s3, azurite, tmp_path):
+    """Every character of an s3:// or az:// URL is part of the name (README), so s3://b/my%20site is not 'my site':
+    it was "site root not found … point --site at the prefix that holds OMOP/", though 'my site' was right there."""
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    bucket, container = moto_s3.new_bucket("esc"), azurite.new_container("esc")
+    moto_s3.client().put_object(Bucket=bucket, Key="my site/OMOP/person.csv", Body=b"person_id\n1\n")
+    with azurite.service_client() as client:
+        client.get_blob_client(container, "my site/OMOP/person.csv").upload_blob(b"person_id\n1\n")
+    for given in (f"s3://{bucket}/my%20site", f"az://{container}/my%20site"):
+        out = cli("run", "--site", given, "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+        assert out.returncode == 3 and f"site root not found: {given}" in out.stderr, out.stderr
+        decoded = given.replace("%20", " ")
+        assert f"{decoded}, the prefix with its %-escapes decoded, is there" in out.stderr, out.stderr
+        assert f"in {given.split(':')[0]}:// URLs every character is part of the name" in out.stderr, out.stderr
+        assert cli("run", "--site", decoded, "--db", str(tmp_path / "m.sqlite"), "--no-validate").returncode == 0
+        (tmp_path / "m.sqlite").unlink()
+    # an escape that names nothing either way is "not found", as before
+    out = cli("run", "--site", f"s3://{bucket}/no%20such", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+    assert out.returncode == 3 and "decoded" not in out.stderr and "point --site" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("page", [None, b"<html><body>MinIO Console</body></html>"])
+def test_an_endpoint_that_is_no_s3_service_is_said_to_be_one_not_a_missing_bucket(clean_env, moto_s3, tmp_path, page):
+    """AWS_ENDPOINT_URL at a web server (MinIO's console port, a proxy's page): a 404 was "the bucket site1 does not
+    exist", a page answered with 200 an empty bucket ("site root not found", or, after a version, a root whose files are
+    all gone: refused, exit 5). Now exit 3 saying the endpoint is no S3 service; the real service still says what it
+    said (a missing bucket, a missing prefix, an empty bucket)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    if page is not None:
+        (served / "site1").write_bytes(page)  # GET /site1?list-type=2&… answers 200 with the page
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            out = cli("run", "--site", "s3://site1/export", "--db", str(tmp_path / "m.sqlite"), "--no-validate",
+                      env={**moto_s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{web.server_address[1]}",
+                           "CHORUS_BATCH_RETRY_DEADLINE_S": "2"})
+        finally:
+            web.shutdown()
+    assert out.returncode == 3, out.stderr
+    assert "the endpoint does not answer as an S3 service" in out.stderr and "fix:   check [s3] endpoint_url" in out.stderr
+    assert "does not exist" not in out.stderr and "not found" not in out.stderr and not (tmp_path / "m.sqlite").exists()
+    # the real service: a missing bucket, a missing prefix and an empty bucket are what they were
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    empty = moto_s3.new_bucket("empty")
+    for url, kind in (("s3://no-such-bucket/site", "missing"), (f"s3://{empty}/site", "empty_prefix")):
+        with pytest.raises(SourceError) as caught:
+            open_source(url, cloud=s3_cloud).check()
+        assert caught.value.kind == kind, caught.value  # type: ignore[attr-defined]
+    open_source(f"s3://{empty}", cloud=s3_cloud).check()  # a bucket that is there, empty: listed (no files)
+
+
 # ----------------------------------------------------------------------------- locations checked before anything opens
 
 from chorus_batch.urls import mask_url  # noqa: E402
@@ -944,6 +1043,25 @@ def test_s3_with_no_credentials_at_all_is_a_configuration_to_make(clean_env, tmp
            "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_DEFAULT_REGION": "us-east-1"}
     out = cli("run", "--site", "s3://bucket1/site", "--db", str(tmp_path / "m.sqlite"), env=env)
     assert out.returncode == 2 and "no AWS credentials are configured" in out.stderr and "fix:" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("given, says, fix", [
+    # a profile in no file ([s3] profile or AWS_PROFILE mistyped, or the credentials file not where the job looks)
+    ({"AWS_PROFILE": "chorsu"}, "the AWS profile 'chorsu' is in no AWS config or credentials file",
+     "add the profile 'chorsu' to ~/.aws/config"),
+    # a key id without its secret key (an env file with one line lost)
+    ({"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"}, "the AWS credentials are incomplete: AWS_SECRET_ACCESS_KEY is missing",
+     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY together"),
+])
+def test_an_s3_sign_in_botocore_cannot_use_is_a_configuration_to_fix(clean_env, tmp_path, given, says, fix):
+    """Both were exit 3 ("sign-in failed (ProfileNotFound: …)"), as if a service had refused them: nothing was asked
+    of any service, the configuration is what to fix (exit 2, as for no credentials at all and for Azure's)."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true", "AWS_SECRET_ACCESS_KEY": "",
+           "AWS_SESSION_TOKEN": "", "AWS_DEFAULT_REGION": "us-east-1", "CHORUS_BATCH_RETRY_DEADLINE_S": "1", **given}
+    out = cli("run", "--site", "s3://bucket1/site", "--db", str(tmp_path / "m.sqlite"), env=env)
+    assert out.returncode == 2 and says in out.stderr, out.stderr
+    assert f"fix:   {fix}" in out.stderr and "Traceback" not in out.stderr and not (tmp_path / "m.sqlite").exists()
 
 
 @pytest.mark.parametrize("conn, said", [

@@ -14,7 +14,7 @@ import pytest
 
 from chorus_batch.sources.base import FileChangedWhileHashing
 from chorus_batch.testdata import Spec, make_testdata
-from conftest import cli, query, run_site, tree_md5, write
+from conftest import cli, paused, query, run_site, tree_md5, write
 from services import set_content_md5, upload_tree, upload_tree_s3
 
 WRONG_MD5 = bytes.fromhex("0123456789abcdef0123456789abcdef")  # set by hand: only a run that trusts it reports it
@@ -416,3 +416,28 @@ def test_a_blob_written_after_it_was_listed_gives_no_facts_to_its_listed_md5(az_
     new_md5 = rows(db)["000001/Waveforms/S1/S1.hea"][0]
     assert new_md5 != listed and query(db, "SELECT count(*) FROM file_facts WHERE md5 = ?", (new_md5,)) == [(1,)]
     assert query(db, "SELECT facts FROM file_facts WHERE md5 = ?", (listed,)) == []
+
+
+def test_an_object_written_between_its_listing_and_its_read_is_recorded_with_the_etag_of_the_bytes_read(s3_env, tmp_path):
+    """A row read for its MD5 keeps the size and last-modified of the read (as a local file keeps the stat of its
+    hash), but took the etag of the listing: an S3 object written in between was recorded with the MD5 of the new
+    bytes and the etag (an S3 single-part etag is the MD5) of the old ones, a version row that contradicts itself."""
+    bucket = s3_env.new_bucket("between")
+    client = s3_env.client()
+    client.put_object(Bucket=bucket, Key="site/OMOP/person.csv", Body=b"person_id\n1\n")
+    client.put_object(Bucket=bucket, Key="site/OMOP/death.csv", Body=b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--site", f"s3://{bucket}/site", "--db", str(db), "--no-validate").returncode == 0
+    client.put_object(Bucket=bucket, Key="site/OMOP/death.csv", Body=b"person_id\n2\n")  # listed as this ...
+    proc = paused("run", "--site", f"s3://{bucket}/site", "--db", str(db), "--no-validate", "--cloud-md5", "download",
+                  "--verify-sample", "0", at="hashing+2")
+    written = b"person_id\n3\n"  # ... read as this (same size)
+    client.put_object(Bucket=bucket, Key="site/OMOP/death.csv", Body=written)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    md5, source, etag, size = rows(db)["OMOP/death.csv"]
+    assert (md5, source, size) == (hashlib.md5(written).hexdigest(), "computed", len(written))
+    assert etag == md5, (etag, md5)
+    # the next run finds the object as recorded: nothing read, nothing changed
+    again = cli("run", "--site", f"s3://{bucket}/site", "--db", str(db), "--no-validate", "--json", "--verify-sample", "0")
+    assert again.returncode == 0 and '"files_hashed": 0' in again.stdout and '"unchanged": 2' in again.stdout, again.stdout

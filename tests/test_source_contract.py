@@ -371,6 +371,20 @@ def test_hash_is_the_md5_and_size(built, rel):
     assert out.mtime_ns == built.source.stat(rel).mtime_ns
 
 
+def test_a_missing_file_is_said_to_be_missing_where_a_read_is_reported(built):
+    """validate's file.unread quotes the read's error: a vanished S3 object said "cannot read the file:
+    bucket/site/OMOP/x.csv" (s3fs's bare path), a vanished blob "cannot read the file: gone: OMOP/x.csv"; a local
+    file says "No such file or directory". Every source's FileNotFoundError carries its reason."""
+    from chorus_batch.validate.readers import read_facts
+
+    for call in (built.source.stat, built.source.open):
+        with pytest.raises(FileNotFoundError) as caught:
+            call("OMOP/no_such_file.csv")
+        assert caught.value.strerror and "no such" in caught.value.strerror.lower(), repr(caught.value)
+    said = read_facts(built.source, "OMOP/no_such_file.csv", "omop_csv")
+    assert said["retry"] is True and "no such" in said["error"].lower(), said
+
+
 def test_hash_one_reports_a_missing_file_as_vanished(built):
     out = hash_one(built.source, "OMOP/no_such_file.csv", bytearray(BUFFER))
     assert isinstance(out, tuple) and out[0] == "vanished"

@@ -86,6 +86,7 @@ class HashOutcome:
     size: int
     mtime_ns: int
     facts: str | None = None  # what `parse` made of the same bytes (hash_file's parse=), if it was given one
+    etag: str | None = None  # a cloud object's etag as read (the listing's is another if it was written since)
 
     @property
     def md5(self) -> str:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ExitCode, SourceError, UsageError
-from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, mask_url, protocol_of, scrub
+from ..urls import AZURE_PROTOCOLS, S3_PROTOCOLS, holds_userinfo, mask_url, protocol_of, scrub
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -440,6 +440,8 @@ def s3_options(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> tu
     env = os.environ if env is None else env
     s3 = cloud.s3
     endpoint, endpoint_from = (s3.endpoint_url, "[s3] endpoint_url") if s3.endpoint_url else _env(env, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    if endpoint and endpoint_from != "[s3] endpoint_url":
+        _check_s3_endpoint(endpoint, endpoint_from)
     options: dict[str, Any] = {
         "use_listings_cache": False, "skip_instance_cache": True,
         "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
@@ -466,6 +468,23 @@ def s3_options(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> tu
     where = f" at {endpoint} ({endpoint_from})" if endpoint else ""
     region = f", region {s3.region}" if s3.region else ""
     return options, f"{source}{where}{region}"
+
+
+def _check_s3_endpoint(endpoint: str, variable: str) -> None:
+    """The endpoint of the environment, held to [s3] endpoint_url's form (config.S3_ENDPOINT): one without a scheme,
+    with a path, a query or a user:password@ was taken as it was, and the run failed at its first request with exit 3
+    ("cannot reach …: ValueError: Invalid endpoint", "the bucket does not exist", "the storage endpoint cannot be
+    reached" for credentials in it), where the same value in chorus.toml is refused up front."""
+    from ..config import S3_ENDPOINT
+
+    if S3_ENDPOINT.match(endpoint):
+        return
+    secret = holds_userinfo(endpoint) or "?" in endpoint
+    raise ConfigError(
+        f"{variable} is not an S3 endpoint: {mask_url(endpoint)!r} is not http(s)://host[:port]"
+        + (" (credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile, never in a URL)" if secret else ""),
+        where=variable, fix=f"set {variable} to the store's address alone, e.g. https://minio.example.org or "
+                            "http://127.0.0.1:9000 (or [s3] endpoint_url in chorus.toml); unset it for AWS itself")
 
 
 _S3_FS: type | None = None
@@ -636,7 +655,14 @@ def _endpoint(exc: BaseException) -> str | None:
     for e in _chain(exc):
         match = re.search(r"(?i)(?:connect to host|endpoint URL:?)\s*\"?([^\s\"]+)", str(e))
         if match:
-            return scrub(match.group(1).rstrip(".:,"))
+            named = match.group(1).rstrip(".:,")
+            # botocore names the request's whole URL ("http://host:9000/bucket?list-type=2&prefix=…"), which the
+            # hint gave as the thing to reach, its query masked as if it held secrets: the host and port are that
+            try:
+                named = urlsplit(named).netloc.rpartition("@")[2] or named if "://" in named else named
+            except ValueError:
+                pass
+            return scrub(named)
         match = re.search(r"host='([^']+)', port=(\d+)", str(e))
         if match:
             return scrub(f"{match.group(1)}:{match.group(2)}")
@@ -702,6 +728,9 @@ def _reason(exc: BaseException) -> str:
 
 def _tidy(text: str) -> str:
     text = re.sub(r" ssl:(?:<[^>]*>|default|None|True|False)", "", text)  # aiohttp's repr of its SSL context
+    # botocore's 'endpoint URL: "http://host:9000/bucket?list-type=2&prefix=…"': the request's query, masked, read
+    # as secrets left out ('list-type=***&prefix=***'); the endpoint is what was not reached
+    text = re.sub(r'(?i)(endpoint URL:?\s*)"(https?://[^/"?#]+)[^"]*"', r'\1"\2"', text)
     return scrub(text)[:300]
 
 
@@ -761,9 +790,11 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         what = f"cannot {action} {where}: {reason}{tried}"
         fix = ("check the URL and that the credentials for it are in the environment (see the README's \"Cloud sites: "
                "Azure Blob and S3\")")
-    unconfigured = any(type(e).__name__ == "NoCredentialsError" for e in _chain(exc))
-    if unconfigured:  # nothing to sign in with at all: a configuration to make, as for Azure (exit 2)
-        what = f"cannot {action} {where}: no AWS credentials are configured{tried}"
+    # Nothing to sign in with, or a configuration botocore cannot use before any request (a profile that is in no file,
+    # a key id without its secret key): a configuration to make, as for Azure (exit 2), not a failed sign-in (3)
+    unconfigured = next((e for e in _chain(exc) if type(e).__name__ in _UNCONFIGURED), None)
+    if unconfigured is not None:
+        what, fix = _unconfigured(unconfigured, f"cannot {action} {where}", tried, fix)
     error = SourceError(scrub(what), where=scrub(where), fix=fix)
     error.kind = kind  # type: ignore[attr-defined]
     if unconfigured:
@@ -771,13 +802,70 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
     return error
 
 
+_UNCONFIGURED = ("NoCredentialsError", "ProfileNotFound", "PartialCredentialsError")
+
+
+def _unconfigured(exc: BaseException, cannot: str, tried: str, fix: str) -> tuple[str, str]:
+    """(what, fix) for botocore's configuration errors (_UNCONFIGURED), which it raises before any request."""
+    kwargs = getattr(exc, "kwargs", None) or {}
+    if type(exc).__name__ == "ProfileNotFound":
+        profile = kwargs.get("profile") or "?"
+        return (f"{cannot}: the AWS profile {profile!r} is in no AWS config or credentials file{tried}",
+                f"add the profile {profile!r} to ~/.aws/config or ~/.aws/credentials (AWS_CONFIG_FILE and "
+                "AWS_SHARED_CREDENTIALS_FILE name other files), or name a profile that is there in [s3] profile or "
+                "AWS_PROFILE (`aws configure list-profiles` lists them); `aws sso login --profile NAME` for SSO")
+    if type(exc).__name__ == "PartialCredentialsError":
+        missing, provider = kwargs.get("cred_var") or "a part of them", kwargs.get("provider")
+        found = "the environment" if provider in (None, "env") else f"botocore's {provider} provider"
+        return (f"{cannot}: the AWS credentials are incomplete: {missing} is missing (the others are set, in {found})"
+                f"{tried}",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY together (and AWS_SESSION_TOKEN for temporary "
+                "credentials), or unset them to sign in with a profile or the instance role")
+    return f"{cannot}: no AWS credentials are configured{tried}", fix
+
+
 def root_exists(fs: Any, root: str) -> bool | str:
     """True when `root` can be listed; False when it is not there, or "no_container" (Azure) when its
-    container is missing. Azure is asked with a listing of one blob (the permission a run needs)."""
+    container is missing. Azure is asked with a listing of one blob (the permission a run needs); S3 too, and
+    "not_s3: <what came back>" when the endpoint answered, but not as an S3 service (_s3_root_state)."""
     if hasattr(fs, "root_state"):
         state = fs.root_state(root)
         return True if state == "ok" else ("no_container" if state == "no_container" else False)
+    if hasattr(fs, "call_s3"):
+        return _s3_root_state(fs, root)
     return bool(fs.isdir(root))
+
+
+def _s3_root_state(fs: Any, root: str) -> bool | str:
+    """root_exists of an S3 root, from a listing of one key. s3fs's isdir takes any answer for one: an endpoint that is
+    no S3 API (a web server, a proxy, MinIO's console port instead of its API's) answering 404 was "the bucket does
+    not exist", and answering 200 with a page was an empty bucket ("site root not found: point --site at …"; with a
+    previous version, a root whose files are all gone). S3 says NoSuchBucket of a missing bucket, and its listing
+    always holds IsTruncated."""
+    bucket, _, prefix = root.strip("/").partition("/")
+    try:
+        out = fs.call_s3("list_objects_v2", Bucket=bucket, MaxKeys=1, **({"Prefix": prefix + "/"} if prefix else {}))
+    except FileNotFoundError as exc:
+        codes = {_code(e) for e in _chain(exc)} - {""}
+        if codes & _MISSING_CODES:
+            return "no_container"
+        if codes <= {"404", "NotFound"}:  # an HTTP 404 with no S3 error in it
+            return "not_s3: HTTP 404 without an S3 error code"
+        raise
+    if not isinstance(out, dict) or "IsTruncated" not in out:
+        return "not_s3: a response that is not an S3 listing"
+    return True if not prefix or out.get("KeyCount") or out.get("Contents") else False
+
+
+def not_an_s3_service(state: str, *, where: str, how: str) -> SourceError:
+    """The SourceError for an endpoint that answered a listing, but not as S3 (_s3_root_state's "not_s3: …")."""
+    error = SourceError(
+        f"cannot reach {where}: the endpoint does not answer as an S3 service (a listing of the bucket got "
+        f"{state.partition(': ')[2]}) [signed in with {how}]", where=where,
+        fix="check [s3] endpoint_url / AWS_ENDPOINT_URL: it must be the address of the S3 API itself (MinIO: its API "
+            "port, 9000 by default, not the console's 9001; AWS: leave it unset, or https://s3.<region>.amazonaws.com)")
+    error.kind = "not_s3"  # type: ignore[attr-defined]
+    return error
 
 
 def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing: bool = False,
@@ -812,12 +900,28 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
                             fix=f"point {what} at the container/prefix that holds {holds}, not at a file in it")
         error.kind = "missing_root"  # type: ignore[attr-defined]
         return error
-    error = SourceError(f"{subject} not found: {where}", where=where,
-                        fix=f"point {what} at the container/prefix that holds {holds}")
+    fix = f"point {what} at the container/prefix that holds {holds}"
+    decoded = _decoded_root(fs, root, where)
+    if decoded:  # my%20site given, 'my site' there (a URL copied from a console or browser, which escape names)
+        fix = (f"in {where.split('://')[0]}:// URLs every character is part of the name, '%' too (nothing is decoded): "
+               f"{decoded}, the prefix with its %-escapes decoded, is there; give that (quoted for the shell)")
+    error = SourceError(f"{subject} not found: {where}", where=where, fix=fix)
     # No object under the prefix: an object store has no empty folder, so this is also a root whose files are all gone
     # (a run whose previous version had files there takes it as a root that lists none: RemoteSource.empty_ok)
     error.kind = "empty_prefix"  # type: ignore[attr-defined]
     return error
+
+
+def _decoded_root(fs: Any, root: str, where: str) -> str | None:
+    """`where` with its %-escapes decoded, when the root they name is there (and the root as given is not)."""
+    from urllib.parse import unquote
+
+    if "%" not in root or unquote(root) == root:
+        return None
+    try:
+        return unquote(where) if root_exists(fs, unquote(root)) is True else None
+    except Exception:  # noqa: BLE001 - only refines the message; the root as given is missing either way
+        return None
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:

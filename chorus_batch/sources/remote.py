@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import re
 from collections.abc import Iterator
@@ -124,6 +125,8 @@ class FsspecSource:
             ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
+        if isinstance(ok, str) and ok.startswith("not_s3"):
+            raise cloud_access.not_an_s3_service(ok, where=self.description, how=self.how)
         if ok is not True:
             error = cloud_access.missing_root(self.fs, self.root, where=self.description, how=self.how,
                                               known_top_missing=ok == "no_container", what=self.what)
@@ -201,8 +204,9 @@ class FsspecSource:
         kind = cloud_access.classify(exc)
         # The service saying the container or bucket itself is gone fails the run: every file would otherwise be
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
-        if kind == "missing" and not cloud_access.store_gone(exc):
-            return FileNotFoundError(f"gone: {srcfile}")
+        gone = kind == "other" and isinstance(exc, FileNotFoundError)  # (s3fs's, of a key: its bare path)
+        if gone or (kind == "missing" and not cloud_access.store_gone(exc)):
+            return _gone(srcfile)
         if kind == "permission":  # (with what to ask for: a hash records it as the file's error, as it is)
             fix = cloud_access.explain(exc, where=self.description, how=self.how, action="read").fix
             return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]: {fix}")
@@ -223,7 +227,7 @@ class FsspecSource:
                 props = self._blob(srcfile).get_blob_properties()
             except cloud_access.storage_errors() as exc:
                 if type(exc).__name__ == "ResourceNotFoundError" and not cloud_access.store_gone(exc):
-                    raise FileNotFoundError(f"gone: {srcfile}") from None  # BlobNotFound: that file is gone, as a local one
+                    raise _gone(srcfile) from None  # BlobNotFound: that file is gone, as a local one
                 raise self._storage_failure(exc, srcfile) from None
             mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
             return FileStat(int(props.size or 0), mtime, str(props.etag).strip('"') if props.etag else None)
@@ -280,12 +284,12 @@ class FsspecSource:
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise
-            raise FileNotFoundError(f"gone: {srcfile}") from None
+            raise _gone(srcfile) from None
         props = stream.properties
         if total != int(props.size or 0):
             raise FileChangedWhileHashing(f"size changed while hashing: {srcfile}")
         mtime = clamp_ns(int(props.last_modified.timestamp() * 1_000_000_000)) if props.last_modified else 0
-        return HashOutcome(digest.digest(), total, mtime, facts)
+        return HashOutcome(digest.digest(), total, mtime, facts, str(props.etag).strip('"') if props.etag else None)
 
     def _hash(self, srcfile: str, buffer: bytearray, parse: Parse | None = None) -> HashOutcome:
         if self._azure_sign_in is not None:
@@ -313,7 +317,13 @@ class FsspecSource:
             after = self.fs.info(path)
             if etag_of(after) != etag_of(info) or int(after.get("size") or 0) != total:
                 raise FileChangedWhileHashing(f"changed while hashing (its etag moved): {srcfile}")
-        return HashOutcome(digest.digest(), total, _mtime_ns(info), facts)
+        return HashOutcome(digest.digest(), total, _mtime_ns(info), facts, etag_of(info) if self.server_md5 else None)
+
+
+def _gone(srcfile: str) -> FileNotFoundError:
+    """An object that is not there (any more), with the reason a local file's error gives in its strerror: what a
+    failed read says (validation's file.unread) was s3fs's bare "bucket/prefix/path", or "gone: path", no reason."""
+    return FileNotFoundError(errno.ENOENT, "no such object (deleted or renamed since it was listed)", srcfile)
 
 
 # An empty part ('a//b', a leading '/'), or a part '.' or '..': a name no file system keeps (a copy of the site holds
