@@ -167,6 +167,34 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
         [("20261101020000", 1), ("20261102020000", 1)]
 
 
+def test_an_upload_of_some_modalities_leaves_the_version_incomplete_and_the_next_upload_sends_the_rest(central, tmp_path):
+    # `upload --modalities OMOP` sent the OMOP files, called the version complete ("13 in its change set"), put the
+    # manifest's copy next to it and recorded it as finished: the next plain upload said "nothing to upload" and the
+    # files of the other modalities were never sent (verify said "upload sends them"; it did not).
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/death.csv", b"person_id\n")
+    write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    some = up(central, db, "--modalities", "OMOP")
+    assert some.returncode == 0, some.stdout + some.stderr
+    assert "2 of --modalities in its change set of 3" in some.stdout, some.stdout
+    assert "1 file of other modalities than --modalities not uploaded yet" in some.stdout, some.stdout
+    assert "complete;" not in some.stdout and "manifest copy" not in some.stdout, some.stdout
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/death.csv"}
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    as_json = json.loads(up(central, db, "--modalities", "OMOP", "--json").stdout)["versions"][0]
+    assert (as_json["complete"], as_json["other_modalities_waiting"]) == (False, 1)
+    rest = up(central, db)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert "sent 1 file" in rest.stdout and "complete; checked" in rest.stdout, rest.stdout
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/death.csv",
+                                   "20261101020000/000001/Waveforms/Telemetry/S1/S1.dat",
+                                   "20261101020000/_manifest/manifest.sqlite"}
+    assert query(db, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
+
+
 def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says_a_run_needs_rehash(central, tmp_path):
     # Rewritten with the same size and modification time after its version was committed (a tool that keeps mtimes,
     # damage on disk): its bytes are not the recorded MD5's, so nothing is sent. The upload said "the next run

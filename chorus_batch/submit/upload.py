@@ -65,6 +65,11 @@ class VersionUpload:
     version: str
     n_files: int  # the files this version submits (of --modalities, when given)
     n_before: int  # confirmed by an earlier upload: not sent again
+    # --modalities: the files of its change set of the other modalities, and of them those not uploaded yet (nor
+    # superseded): while any waits, the version is not complete (an upload of some modalities finished it, and the
+    # next upload said "nothing to upload" of the files it had left out)
+    n_other: int = 0
+    n_other_waiting: int = 0
     n_sent: int = 0  # confirmed by this upload
     bytes_sent: int = 0
     n_found: int = 0  # of n_sent: already at the centre with this content (an interrupted upload's), not sent again
@@ -320,6 +325,11 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     again, and the manifest's copy is left as it is)."""
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
     outcome = VersionUpload(label, plan.height, done.height)
+    if modalities:
+        other = ledger.plan(label).join(plan, on="file_id", how="anti")
+        outcome.n_other = other.height
+        outcome.n_other_waiting = other.filter(
+            ~pl.col("superseded") & ~(pl.col("state").is_in(CONFIRMED).fill_null(False) & ~pl.col("damaged"))).height
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         if sendable.height:
@@ -370,8 +380,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     """Check a version whose files are all confirmed against the listing, then copy the manifest next to it (unless
     it was `finished` before and this manifest's copy is there: it stays)."""
     outcome.not_sent = pl.concat([immediate.select(list(NOT_SENT_SCHEMA)), not_sent])
-    # Complete: nothing is left that could still be sent (superseded files never can).
-    outcome.complete = outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
+    # Complete: nothing is left that could still be sent (superseded files never can), of --modalities or not.
+    outcome.complete = (outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
+                        and outcome.n_other_waiting == 0)
     if outcome.complete:
         from .verify import check_version
 
