@@ -805,6 +805,32 @@ def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, t
     assert "nothing to upload" in up(central, db).stdout
 
 
+def test_a_version_sent_on_after_verify_with_blobs_of_others_in_its_folder_stays_unfinished_until_they_go(central,
+                                                                                                         tmp_path):
+    # A finished version, a blob verify found gone, and a blob another tool put in the folder: the upload sent the
+    # file again and said the folder holds blobs the manifest does not list (exit 1, "then upload again"), but the
+    # version stayed recorded as finished from before: the next upload said "nothing to upload", exit 0.
+    db = committed_site(tmp_path, 3)
+    label = "20261101020000"
+    assert up(central, db).returncode == 0
+    names = sorted(name for name in blobs(central) if "/_manifest/" not in name)
+    central.client.delete_blob(names[0])
+    central.client.upload_blob(f"{label}/000009/OMOP/other.csv", b"person_id\n9\n")
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    again = up(central, db)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "sent 1 file" in again.stdout and "000009/OMOP/other.csv" in again.stdout, again.stdout
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    still = up(central, db)
+    assert still.returncode == 1 and "nothing to upload" not in still.stdout, still.stdout + still.stderr
+    assert "000009/OMOP/other.csv" in still.stdout, still.stdout
+    central.client.delete_blob(f"{label}/000009/OMOP/other.csv")
+    done = up(central, db)
+    assert done.returncode == 0 and "complete; checked" in done.stdout, done.stdout + done.stderr
+    assert query(db, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
+    assert "nothing to upload" in up(central, db).stdout
+
+
 def test_damaged_files_sent_again_are_no_longer_counted_as_failed_verification_while_the_version_waits(central, tmp_path):
     # A version that cannot finish yet (a file changed since) gets no listing check after an upload: `versions` kept
     # saying "N failed verification" for files the upload had just sent again (their ledger rows were unverified).

@@ -402,7 +402,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             now = iso(utc_now())
             # The copy tells the centre which blobs are the submission; with blobs of others beside it the version
             # is not finished: each upload lists its folder again and says so until they are gone (never deleted here).
-            ledger.submission(label, manifest_copied_at=now, **({} if unlisted.height else {"finished_at": now}))
+            # (finished_at is cleared too: a version finished before and sent on after verify found a blob damaged
+            # stayed "completely uploaded", and the next upload said "nothing to upload" with the others' blobs there)
+            ledger.submission(label, manifest_copied_at=now, finished_at=None if unlisted.height else now)
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
