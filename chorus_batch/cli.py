@@ -1417,6 +1417,12 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
     from .progress import Progress
     from .report import upload_dict, upload_text
 
+    if args.script and (args.json or args.dry_run):
+        # (both were ignored: --json printed a bash script where a caller parsed JSON, --dry-run wrote the script)
+        flags = " and ".join(flag for flag, given in (("--json", args.json), ("--dry-run", args.dry_run)) if given)
+        raise UsageError(f"upload --script prints a bash script and sends nothing itself; it does not go with {flags}",
+                         where="upload --script", fix=f"leave out {flags}: the script lists what it would send; "
+                                                     "`chorus-batch upload --dry-run [--json]` says it without a script")
     target, to = _central(args)
     if args.script:
         from .submit.script import write_script

@@ -1836,6 +1836,24 @@ def test_a_version_label_or_central_prefix_ending_in_a_dot_is_refused_as_azure_w
     assert out.returncode == 2 and "has a folder name ending in '.' ('pre.')" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("flags", [["--json"], ["--dry-run"], ["--dry-run", "--json"]])
+def test_an_upload_script_with_json_or_dry_run_is_refused_not_the_flag_ignored(central, tmp_path, flags):
+    # `upload --script bash --json` printed the bash script where a caller parsed JSON (exit 0), and `--dry-run` was
+    # ignored: the script was written as without it.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", *flags, env=central.env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "#!/usr/bin/env bash" not in out.stdout and "does not go with" in out.stderr, out.stdout + out.stderr
+    for flag in flags:
+        assert flag in out.stderr.split("\n")[0], out.stderr
+    if "--json" in flags:
+        assert json.loads(out.stdout)["exit_code"] == 2
+    else:
+        assert out.stdout == ""
+
+
 @pytest.mark.parametrize("kind", ["bash", "azcopy"])
 def test_a_script_for_a_manifest_with_nothing_left_to_send_says_so(central, tmp_path, kind):
     # Once every version was uploaded, the nightly `upload --script` failed with "internal error: ValueError: cannot
