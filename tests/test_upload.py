@@ -222,6 +222,27 @@ def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says
     assert blobs(central)["20261102020000/000001/Waveforms/Telemetry/S1/S1.dat"][1] == hashlib.md5(b"SIGNAL").hexdigest()
 
 
+def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_called_removed(central, tmp_path):
+    # The site's file system not mounted (its mount point an empty folder): upload called every file "missing: not
+    # found ...: the next run records it as removed" (a run refuses that, exit 5), recorded them so, and exited 1;
+    # the dry run and the script said the same of each file.
+    db = committed_site(tmp_path, 3)
+    site = tmp_path / "site"
+    site.rename(tmp_path / "away")
+    site.mkdir()
+    for extra in ([], ["--dry-run"], ["--script", "bash"]):
+        out = up(central, db, *extra)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"the site root {site} is empty" in out.stderr and "unmounted" in out.stderr, out.stderr
+        assert "the next run records it as removed" not in out.stdout + out.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    assert set(blobs(central)) == set()
+    site.rmdir()
+    (tmp_path / "away").rename(site)
+    out = up(central, db)
+    assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
+
+
 def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_upload_would(central, tmp_path):
     # A dry run said "would send 4 files", exit 0, of a version whose files were since deleted or changed in the site:
     # the upload then sent 2 and exited 1. It now looks at each file (stat, no read) as the upload does first.

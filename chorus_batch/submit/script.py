@@ -80,6 +80,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     from ..sources.cloud import azure_sign_in, blob_endpoint
     from ..store import Manifest
     from ..store.remote import is_remote, read_copy
+    from .upload import refuse_empty_root
 
     container, prefix = parse_central(to)
     url = central_url(to)
@@ -116,6 +117,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             raise UsageError(f"the folder the files are read from is not there (moved, or not mounted?): {roots[root_id]}",
                              where="--site" if site else "the manifest's roots",
                              fix="mount it, or give the site's folder as it is now with --site DIR")
+        refuse_empty_root(roots[root_id], "--site" if site else "the manifest's roots", db)
     sign_in = azure_sign_in(cloud, url=to, what="--to / [central] to")
     account_url = blob_endpoint(sign_in)
     lines = [

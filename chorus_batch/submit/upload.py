@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..errors import ChorusError, ExitCode, SourceError, UsageError
+from ..errors import ChorusError, ConfigError, ExitCode, SourceError, UsageError
 from ..frames import fmt
 from ..fsutil import scratch_folder
 from ..faults import pause
@@ -41,7 +42,7 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
-from ..units import plural
+from ..units import plural, shown_name
 from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
                       check_apart, check_names, parse_central)
 
@@ -267,7 +268,30 @@ def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[i
                              f"{len(sources)} roots", where=str(manifest.path),
                              fix="run `chorus-batch run` once (it records the roots), then upload")
         out[None] = next(iter(sources.values()))
+    for root_id in set(root_ids):
+        source = out.get(root_id)
+        if source is not None and source.parallel_local and isinstance(getattr(source, "root", None), str):
+            refuse_empty_root(source.root, getattr(source, "what", "--site / [site] root"), manifest.path)
     return out
+
+
+def refuse_empty_root(root: str, where: str, db: object) -> None:
+    """A local root with nothing in it, where files are to be sent from (`upload` and its scripts): an unmounted file
+    system (its empty mount point) or a wrong --site. Each file was called missing, "the next run records it as
+    removed" (a run refuses that: exit 5), and the upload went on as if the site had removed them."""
+    try:
+        with os.scandir(root) as entries:
+            if next(entries, None) is not None:
+                return
+    except OSError:
+        return  # (said of the root, or of each file, where it is read)
+    raise ConfigError(f"the site root {shown_name(root)} is empty, though the manifest records files there that are "
+                      "to be sent: an unmounted file system (its empty mount point), or a --site that is not the site; "
+                      "nothing of it was sent", where=where,
+                      fix=f"mount the file system (or give --site the folder the site is in now) and upload again; if "
+                          f"the site really removed all its files, `chorus-batch run --db {shlex.quote(str(db))}` records "
+                          "that first "
+                          "(with --max-delete all)")
 
 
 def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None,
