@@ -309,6 +309,29 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
 
 
+def test_folder_entries_of_a_hierarchical_namespace_centre_are_no_blobs_the_manifest_does_not_list(central, tmp_path):
+    # At a centre with a hierarchical namespace (ADLS Gen2) every folder is an entry of its own, listed as an empty
+    # blob with hdi_isfolder=true (Storage Explorer and azcopy make such markers too): upload called each one a blob
+    # the manifest does not list, the version never finished, and verify exited 1 for the folders of its own files.
+    db = committed_site(tmp_path, 2)
+    label = "20261101020000"
+    folders = {f"{label}/{'/'.join(srcfile.split('/')[:depth])}" for srcfile in submitted(db, label)
+               for depth in range(1, srcfile.count("/") + 1)} | {f"{label}/_manifest"}
+    for folder in folders:  # (Azurite has no hierarchical namespace: the entries it would list, made by hand)
+        central.client.upload_blob(folder, b"", metadata={"hdi_isfolder": "true"})
+    central.client.upload_blob(f"{label}/000000/", b"")  # a marker named with its '/' (some tools make these)
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "complete; checked" in out.stdout and "does not list" not in out.stdout, out.stdout
+    assert query(db, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
+    verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    # A folder entry that holds bytes is no folder: it is named as any blob the manifest does not list.
+    central.client.upload_blob(f"{label}/000001", b"bytes", metadata={"hdi_isfolder": "true"}, overwrite=True)
+    verified = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert verified.returncode == 1 and f"{label}/000001" in verified.stdout, verified.stdout + verified.stderr
+
+
 def test_upload_says_when_the_version_folder_holds_blobs_it_did_not_write_and_keeps_saying_so(central, tmp_path):
     # An abandoned submission's (or another tool's) blob already under <version>/: upload called the version
     # complete with exit 0 and never looked again; only a verify someone remembered to run said so.
