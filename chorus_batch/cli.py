@@ -1462,8 +1462,9 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
                   f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
                   "records the new names), then upload again", file=sys.stderr)
         if script.n_superseded:  # (as `upload` says of them; mark-uploaded records them)
-            print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced or removed "
-                  "before they were sent (their bytes are no longer in the site); mark-uploaded records them as "
+            print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced, renamed or "
+                  "removed before they were sent (their bytes are no longer at that path in the site; a file that "
+                  "replaced one, or its new name, goes with that later version); mark-uploaded records them as "
                   "superseded", file=sys.stderr)
         return 1 if script.n_not_replaceable or script.wildcards or script.bad_escapes or script.bad_names else 0
     from .submit.upload import upload

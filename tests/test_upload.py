@@ -243,6 +243,22 @@ def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_c
     assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
 
 
+def test_a_file_renamed_before_its_version_was_sent_is_not_said_to_be_gone_from_the_site(central, tmp_path):
+    # A file a later version renamed before the first was sent: "its bytes are no longer in the site", though they
+    # are, under the new name, and go with the later version.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/note.csv", b"note_id\n1\n")
+    commit(site, db, "20261101020000")
+    (site / "OMOP/note.csv").rename(site / "OMOP/note_nlp.csv")
+    commit(site, db, "20261102020000")
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "superseded: OMOP/note.csv" in out.stdout and "renamed" in out.stdout, out.stdout
+    assert "no longer in the site" not in out.stdout, out.stdout
+    assert "20261102020000/OMOP/note_nlp.csv" in blobs(central)
+
+
 def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_upload_would(central, tmp_path):
     # A dry run said "would send 4 files", exit 0, of a version whose files were since deleted or changed in the site:
     # the upload then sent 2 and exited 1. It now looks at each file (stat, no read) as the upload does first.

@@ -304,8 +304,9 @@ class Marked:
             if len(self.rejected) > 20:
                 lines.append(f"  ... {len(self.rejected) - 20} more")
         if self.n_superseded:
-            lines.append(f"recorded {self.n_superseded} files as superseded: a later version replaced or removed them "
-                         "before they were sent (their bytes are no longer in the site; nobody can send them)")
+            lines.append(f"recorded {self.n_superseded} files as superseded: a later version replaced, renamed or "
+                         "removed them before they were sent (their bytes are no longer at that path in the site; a "
+                         "file that replaced one, or its new name, goes with that later version)")
         lines.append("`chorus-batch upload` then finds nothing left to send for a complete version: it checks it and "
                      "puts the manifest's copy next to it")
         return "\n".join(lines)

@@ -317,8 +317,9 @@ def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None
                           .then(pl.lit("verify found its central blob missing or damaged, and a later version replaced "
                                        "or removed it before it was sent again: its bytes are no longer in the site, so "
                                        "the central blob stays as verify found it (tell the centre)"))
-                          .otherwise(pl.lit("replaced or removed by a later version before it was sent: its bytes are "
-                                            "no longer in the site")).alias("message"), "damaged"),
+                          .otherwise(pl.lit("replaced, renamed or removed by a later version before it was sent: these "
+                                            "bytes are no longer at this path in the site (a file that replaced it, or "
+                                            "its new name, goes with that later version)")).alias("message"), "damaged"),
         no_md5.select("file_id", "srcfile", pl.lit("no_md5").alias("state"),
                       pl.lit("the manifest has no MD5 for it (unverifiable cloud file): run with --cloud-md5 download "
                              "to record one").alias("message"), "damaged"),
