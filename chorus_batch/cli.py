@@ -1417,6 +1417,12 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
     from .progress import Progress
     from .report import upload_dict, upload_text
 
+    if args.script and (args.json or args.dry_run):
+        # (both were ignored: --json printed a bash script where a caller parsed JSON, --dry-run wrote the script)
+        flags = " and ".join(flag for flag, given in (("--json", args.json), ("--dry-run", args.dry_run)) if given)
+        raise UsageError(f"upload --script prints a bash script and sends nothing itself; it does not go with {flags}",
+                         where="upload --script", fix=f"leave out {flags}: the script lists what it would send; "
+                                                     "`chorus-batch upload --dry-run [--json]` says it without a script")
     target, to = _central(args)
     if args.script:
         from .submit.script import write_script
@@ -1456,8 +1462,9 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
                   f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
                   "records the new names), then upload again", file=sys.stderr)
         if script.n_superseded:  # (as `upload` says of them; mark-uploaded records them)
-            print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced or removed "
-                  "before they were sent (their bytes are no longer in the site); mark-uploaded records them as "
+            print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced, renamed or "
+                  "removed before they were sent (their bytes are no longer at that path in the site; a file that "
+                  "replaced one, or its new name, goes with that later version); mark-uploaded records them as "
                   "superseded", file=sys.stderr)
         return 1 if script.n_not_replaceable or script.wildcards or script.bad_escapes or script.bad_names else 0
     from .submit.upload import upload

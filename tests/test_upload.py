@@ -167,6 +167,34 @@ def test_a_file_changed_since_its_version_is_not_sent_and_the_version_stays_inco
         [("20261101020000", 1), ("20261102020000", 1)]
 
 
+def test_an_upload_of_some_modalities_leaves_the_version_incomplete_and_the_next_upload_sends_the_rest(central, tmp_path):
+    # `upload --modalities OMOP` sent the OMOP files, called the version complete ("13 in its change set"), put the
+    # manifest's copy next to it and recorded it as finished: the next plain upload said "nothing to upload" and the
+    # files of the other modalities were never sent (verify said "upload sends them"; it did not).
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/death.csv", b"person_id\n")
+    write(site, "000001/Waveforms/Telemetry/S1/S1.dat", b"signal")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    some = up(central, db, "--modalities", "OMOP")
+    assert some.returncode == 0, some.stdout + some.stderr
+    assert "2 of --modalities in its change set of 3" in some.stdout, some.stdout
+    assert "1 file of other modalities than --modalities not uploaded yet" in some.stdout, some.stdout
+    assert "complete;" not in some.stdout and "manifest copy" not in some.stdout, some.stdout
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/death.csv"}
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    as_json = json.loads(up(central, db, "--modalities", "OMOP", "--json").stdout)["versions"][0]
+    assert (as_json["complete"], as_json["other_modalities_waiting"]) == (False, 1)
+    rest = up(central, db)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert "sent 1 file" in rest.stdout and "complete; checked" in rest.stdout, rest.stdout
+    assert set(blobs(central)) == {"20261101020000/OMOP/person.csv", "20261101020000/OMOP/death.csv",
+                                   "20261101020000/000001/Waveforms/Telemetry/S1/S1.dat",
+                                   "20261101020000/_manifest/manifest.sqlite"}
+    assert query(db, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
+
+
 def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says_a_run_needs_rehash(central, tmp_path):
     # Rewritten with the same size and modification time after its version was committed (a tool that keeps mtimes,
     # damage on disk): its bytes are not the recorded MD5's, so nothing is sent. The upload said "the next run
@@ -192,6 +220,43 @@ def test_a_file_changed_in_place_with_its_mtime_kept_is_not_sent_and_upload_says
     out = up(central, db)
     assert out.returncode == 0, out.stdout + out.stderr
     assert blobs(central)["20261102020000/000001/Waveforms/Telemetry/S1/S1.dat"][1] == hashlib.md5(b"SIGNAL").hexdigest()
+
+
+def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_called_removed(central, tmp_path):
+    # The site's file system not mounted (its mount point an empty folder): upload called every file "missing: not
+    # found ...: the next run records it as removed" (a run refuses that, exit 5), recorded them so, and exited 1;
+    # the dry run and the script said the same of each file.
+    db = committed_site(tmp_path, 3)
+    site = tmp_path / "site"
+    site.rename(tmp_path / "away")
+    site.mkdir()
+    for extra in ([], ["--dry-run"], ["--script", "bash"]):
+        out = up(central, db, *extra)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"the site root {site} is empty" in out.stderr and "unmounted" in out.stderr, out.stderr
+        assert "the next run records it as removed" not in out.stdout + out.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    assert set(blobs(central)) == set()
+    site.rmdir()
+    (tmp_path / "away").rename(site)
+    out = up(central, db)
+    assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_file_renamed_before_its_version_was_sent_is_not_said_to_be_gone_from_the_site(central, tmp_path):
+    # A file a later version renamed before the first was sent: "its bytes are no longer in the site", though they
+    # are, under the new name, and go with the later version.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/note.csv", b"note_id\n1\n")
+    commit(site, db, "20261101020000")
+    (site / "OMOP/note.csv").rename(site / "OMOP/note_nlp.csv")
+    commit(site, db, "20261102020000")
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "superseded: OMOP/note.csv" in out.stdout and "renamed" in out.stdout, out.stdout
+    assert "no longer in the site" not in out.stdout, out.stdout
+    assert "20261102020000/OMOP/note_nlp.csv" in blobs(central)
 
 
 def test_a_dry_run_says_which_files_the_upload_would_leave_out_and_exits_as_the_upload_would(central, tmp_path):
@@ -275,6 +340,29 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     for i in range(12):
         central.client.delete_blob(f"20261101020000/000009/OMOP/stale_{i:02}.csv")
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+
+
+def test_folder_entries_of_a_hierarchical_namespace_centre_are_no_blobs_the_manifest_does_not_list(central, tmp_path):
+    # At a centre with a hierarchical namespace (ADLS Gen2) every folder is an entry of its own, listed as an empty
+    # blob with hdi_isfolder=true (Storage Explorer and azcopy make such markers too): upload called each one a blob
+    # the manifest does not list, the version never finished, and verify exited 1 for the folders of its own files.
+    db = committed_site(tmp_path, 2)
+    label = "20261101020000"
+    folders = {f"{label}/{'/'.join(srcfile.split('/')[:depth])}" for srcfile in submitted(db, label)
+               for depth in range(1, srcfile.count("/") + 1)} | {f"{label}/_manifest"}
+    for folder in folders:  # (Azurite has no hierarchical namespace: the entries it would list, made by hand)
+        central.client.upload_blob(folder, b"", metadata={"hdi_isfolder": "true"})
+    central.client.upload_blob(f"{label}/000000/", b"")  # a marker named with its '/' (some tools make these)
+    out = up(central, db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "complete; checked" in out.stdout and "does not list" not in out.stdout, out.stdout
+    assert query(db, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
+    verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
+    assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    # A folder entry that holds bytes is no folder: it is named as any blob the manifest does not list.
+    central.client.upload_blob(f"{label}/000001", b"bytes", metadata={"hdi_isfolder": "true"}, overwrite=True)
+    verified = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert verified.returncode == 1 and f"{label}/000001" in verified.stdout, verified.stdout + verified.stderr
 
 
 def test_upload_says_when_the_version_folder_holds_blobs_it_did_not_write_and_keeps_saying_so(central, tmp_path):
@@ -791,6 +879,32 @@ def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, t
     assert held[f"{label}/_manifest/manifest.sqlite"][2] != copy_etag  # this manifest's own copy: replaced
     verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
+    assert "nothing to upload" in up(central, db).stdout
+
+
+def test_a_version_sent_on_after_verify_with_blobs_of_others_in_its_folder_stays_unfinished_until_they_go(central,
+                                                                                                         tmp_path):
+    # A finished version, a blob verify found gone, and a blob another tool put in the folder: the upload sent the
+    # file again and said the folder holds blobs the manifest does not list (exit 1, "then upload again"), but the
+    # version stayed recorded as finished from before: the next upload said "nothing to upload", exit 0.
+    db = committed_site(tmp_path, 3)
+    label = "20261101020000"
+    assert up(central, db).returncode == 0
+    names = sorted(name for name in blobs(central) if "/_manifest/" not in name)
+    central.client.delete_blob(names[0])
+    central.client.upload_blob(f"{label}/000009/OMOP/other.csv", b"person_id\n9\n")
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    again = up(central, db)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "sent 1 file" in again.stdout and "000009/OMOP/other.csv" in again.stdout, again.stdout
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    still = up(central, db)
+    assert still.returncode == 1 and "nothing to upload" not in still.stdout, still.stdout + still.stderr
+    assert "000009/OMOP/other.csv" in still.stdout, still.stdout
+    central.client.delete_blob(f"{label}/000009/OMOP/other.csv")
+    done = up(central, db)
+    assert done.returncode == 0 and "complete; checked" in done.stdout, done.stdout + done.stderr
+    assert query(db, "SELECT finished_at IS NOT NULL FROM submissions") == [(1,)]
     assert "nothing to upload" in up(central, db).stdout
 
 
@@ -1797,6 +1911,24 @@ def test_a_version_label_or_central_prefix_ending_in_a_dot_is_refused_as_azure_w
     # so is a central prefix with such a part (az://c/pre./): check_names checked the files' names only
     out = cli("upload", "--db", str(tmp_path / "a.sqlite"), "--to", "az://central/pre./", "--dry-run")
     assert out.returncode == 2 and "has a folder name ending in '.' ('pre.')" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("flags", [["--json"], ["--dry-run"], ["--dry-run", "--json"]])
+def test_an_upload_script_with_json_or_dry_run_is_refused_not_the_flag_ignored(central, tmp_path, flags):
+    # `upload --script bash --json` printed the bash script where a caller parsed JSON (exit 0), and `--dry-run` was
+    # ignored: the script was written as without it.
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", *flags, env=central.env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "#!/usr/bin/env bash" not in out.stdout and "does not go with" in out.stderr, out.stdout + out.stderr
+    for flag in flags:
+        assert flag in out.stderr.split("\n")[0], out.stderr
+    if "--json" in flags:
+        assert json.loads(out.stdout)["exit_code"] == 2
+    else:
+        assert out.stdout == ""
 
 
 @pytest.mark.parametrize("kind", ["bash", "azcopy"])

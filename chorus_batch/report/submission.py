@@ -42,7 +42,8 @@ def upload_text(result: UploadResult) -> str:
             head += f"; {v.n_found} found at the centre already with the manifest's MD5 (confirmed, not sent again)"
         if v.n_before:
             head += f"; {v.n_before} sent before"
-        lines.append(head + f"; {v.n_files} in its change set")
+        lines.append(head + (f"; {v.n_files} in its change set" if not v.n_other else
+                             f"; {v.n_files} of --modalities in its change set of {v.n_files + v.n_other}"))
         if v.n_not_sent:
             lines.append(f"  not sent: {plural(v.n_not_sent, 'file')}")
             lines.extend(_problem_lines(v.not_sent, "state"))
@@ -60,8 +61,12 @@ def upload_text(result: UploadResult) -> str:
             if conflicts:  # not mended by running again: "run upload again" sent people round in circles
                 lines.append(f"  incomplete: {plural(conflicts, 'file')} in conflict with what the centre holds under "
                              f"{v.version}/: {CONFLICT_FIX}")
-            if v.n_not_sent > conflicts or not conflicts:
+            if v.n_not_sent > conflicts or (not conflicts and not v.n_other_waiting):
                 lines.append("  incomplete: run upload again once the files above are in place (or after the next run)")
+            if v.n_other_waiting:  # (left out on purpose: the version waits for them)
+                lines.append(f"  incomplete: {plural(v.n_other_waiting, 'file')} of other modalities than --modalities "
+                             "not uploaded yet: upload without --modalities (or with theirs) sends them and completes "
+                             "the version")
         if v.unlisted is not None and v.unlisted.height:  # (the version stays unfinished: the next upload looks again)
             lines.extend(_unlisted_lines(v.unlisted, "upload"))
         if v.manifest_copy:
@@ -93,7 +98,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
         "exit_code": int(result.exit_code),
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
-            "bytes_sent": v.bytes_sent, "complete": v.complete, "manifest_copy": v.manifest_copy,
+            "bytes_sent": v.bytes_sent, "complete": v.complete, "other_modalities_waiting": v.n_other_waiting, "manifest_copy": v.manifest_copy,
             "manifest_copy_refused": v.copy_refused, "manifest_copy_kept": v.copy_kept,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),

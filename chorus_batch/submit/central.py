@@ -45,7 +45,7 @@ import polars as pl
 
 from ..errors import UsageError
 from ..sources import cloud as cloud_access
-from ..sources.remote import mask_url
+from ..sources.remote import is_folder_blob, mask_url
 from ..urls import check_location
 
 if TYPE_CHECKING:
@@ -539,9 +539,15 @@ class Central:
         def collect() -> None:
             for key in rows:
                 rows[key].clear()
-            for item in self.container.list_blobs(name_starts_with=folder):
+            # With metadata: on an account with a hierarchical namespace (ADLS Gen2) each folder is an entry of its own,
+            # listed as an empty blob carrying hdi_isfolder=true (Storage Explorer and azcopy make such markers
+            # elsewhere too). They are no files: taken for blobs the manifest does not list, every version at such a
+            # centre stayed unfinished, and verify exited 1, for the folders upload's own blobs made.
+            for item in self.container.list_blobs(name_starts_with=folder, include=["metadata"]):
                 name = item.name[len(folder):]
-                if name.startswith(MANIFEST_FOLDER + "/"):
+                if name.startswith(MANIFEST_FOLDER + "/") or name == MANIFEST_FOLDER:
+                    continue
+                if not item.size and (name.endswith("/") or is_folder_blob(item.metadata)):
                     continue
                 rows["name"].append(name)
                 rows["size"].append(int(item.size or 0))

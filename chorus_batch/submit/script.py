@@ -80,6 +80,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     from ..sources.cloud import azure_sign_in, blob_endpoint
     from ..store import Manifest
     from ..store.remote import is_remote, read_copy
+    from .upload import refuse_empty_root
 
     container, prefix = parse_central(to)
     url = central_url(to)
@@ -116,6 +117,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             raise UsageError(f"the folder the files are read from is not there (moved, or not mounted?): {roots[root_id]}",
                              where="--site" if site else "the manifest's roots",
                              fix="mount it, or give the site's folder as it is now with --site DIR")
+        refuse_empty_root(roots[root_id], "--site" if site else "the manifest's roots", db)
     sign_in = azure_sign_in(cloud, url=to, what="--to / [central] to")
     account_url = blob_endpoint(sign_in)
     lines = [
@@ -302,8 +304,9 @@ class Marked:
             if len(self.rejected) > 20:
                 lines.append(f"  ... {len(self.rejected) - 20} more")
         if self.n_superseded:
-            lines.append(f"recorded {self.n_superseded} files as superseded: a later version replaced or removed them "
-                         "before they were sent (their bytes are no longer in the site; nobody can send them)")
+            lines.append(f"recorded {self.n_superseded} files as superseded: a later version replaced, renamed or "
+                         "removed them before they were sent (their bytes are no longer at that path in the site; a "
+                         "file that replaced one, or its new name, goes with that later version)")
         lines.append("`chorus-batch upload` then finds nothing left to send for a complete version: it checks it and "
                      "puts the manifest's copy next to it")
         return "\n".join(lines)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from ..errors import ChorusError, ExitCode, SourceError, UsageError
+from ..errors import ChorusError, ConfigError, ExitCode, SourceError, UsageError
 from ..frames import fmt
 from ..fsutil import scratch_folder
 from ..faults import pause
@@ -41,7 +42,7 @@ from ..store import Manifest
 from ..store.remote import is_remote, remote_manifest
 from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_version
 from ..times import iso, utc_now
-from ..units import plural
+from ..units import plural, shown_name
 from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
                       check_apart, check_names, parse_central)
 
@@ -65,6 +66,11 @@ class VersionUpload:
     version: str
     n_files: int  # the files this version submits (of --modalities, when given)
     n_before: int  # confirmed by an earlier upload: not sent again
+    # --modalities: the files of its change set of the other modalities, and of them those not uploaded yet (nor
+    # superseded): while any waits, the version is not complete (an upload of some modalities finished it, and the
+    # next upload said "nothing to upload" of the files it had left out)
+    n_other: int = 0
+    n_other_waiting: int = 0
     n_sent: int = 0  # confirmed by this upload
     bytes_sent: int = 0
     n_found: int = 0  # of n_sent: already at the centre with this content (an interrupted upload's), not sent again
@@ -262,7 +268,30 @@ def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[i
                              f"{len(sources)} roots", where=str(manifest.path),
                              fix="run `chorus-batch run` once (it records the roots), then upload")
         out[None] = next(iter(sources.values()))
+    for root_id in set(root_ids):
+        source = out.get(root_id)
+        if source is not None and source.parallel_local and isinstance(getattr(source, "root", None), str):
+            refuse_empty_root(source.root, getattr(source, "what", "--site / [site] root"), manifest.path)
     return out
+
+
+def refuse_empty_root(root: str, where: str, db: object) -> None:
+    """A local root with nothing in it, where files are to be sent from (`upload` and its scripts): an unmounted file
+    system (its empty mount point) or a wrong --site. Each file was called missing, "the next run records it as
+    removed" (a run refuses that: exit 5), and the upload went on as if the site had removed them."""
+    try:
+        with os.scandir(root) as entries:
+            if next(entries, None) is not None:
+                return
+    except OSError:
+        return  # (said of the root, or of each file, where it is read)
+    raise ConfigError(f"the site root {shown_name(root)} is empty, though the manifest records files there that are "
+                      "to be sent: an unmounted file system (its empty mount point), or a --site that is not the site; "
+                      "nothing of it was sent", where=where,
+                      fix=f"mount the file system (or give --site the folder the site is in now) and upload again; if "
+                          f"the site really removed all its files, `chorus-batch run --db {shlex.quote(str(db))}` records "
+                          "that first "
+                          "(with --max-delete all)")
 
 
 def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None,
@@ -288,8 +317,9 @@ def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None
                           .then(pl.lit("verify found its central blob missing or damaged, and a later version replaced "
                                        "or removed it before it was sent again: its bytes are no longer in the site, so "
                                        "the central blob stays as verify found it (tell the centre)"))
-                          .otherwise(pl.lit("replaced or removed by a later version before it was sent: its bytes are "
-                                            "no longer in the site")).alias("message"), "damaged"),
+                          .otherwise(pl.lit("replaced, renamed or removed by a later version before it was sent: these "
+                                            "bytes are no longer at this path in the site (a file that replaced it, or "
+                                            "its new name, goes with that later version)")).alias("message"), "damaged"),
         no_md5.select("file_id", "srcfile", pl.lit("no_md5").alias("state"),
                       pl.lit("the manifest has no MD5 for it (unverifiable cloud file): run with --cloud-md5 download "
                              "to record one").alias("message"), "damaged"),
@@ -320,6 +350,11 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     again, and the manifest's copy is left as it is)."""
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
     outcome = VersionUpload(label, plan.height, done.height)
+    if modalities:
+        other = ledger.plan(label).join(plan, on="file_id", how="anti")
+        outcome.n_other = other.height
+        outcome.n_other_waiting = other.filter(
+            ~pl.col("superseded") & ~(pl.col("state").is_in(CONFIRMED).fill_null(False) & ~pl.col("damaged"))).height
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         if sendable.height:
@@ -370,8 +405,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     """Check a version whose files are all confirmed against the listing, then copy the manifest next to it (unless
     it was `finished` before and this manifest's copy is there: it stays)."""
     outcome.not_sent = pl.concat([immediate.select(list(NOT_SENT_SCHEMA)), not_sent])
-    # Complete: nothing is left that could still be sent (superseded files never can).
-    outcome.complete = outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
+    # Complete: nothing is left that could still be sent (superseded files never can), of --modalities or not.
+    outcome.complete = (outcome.not_sent.filter(pl.col("state") != "superseded").height == 0
+                        and outcome.n_other_waiting == 0)
     if outcome.complete:
         from .verify import check_version
 
@@ -391,7 +427,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             now = iso(utc_now())
             # The copy tells the centre which blobs are the submission; with blobs of others beside it the version
             # is not finished: each upload lists its folder again and says so until they are gone (never deleted here).
-            ledger.submission(label, manifest_copied_at=now, **({} if unlisted.height else {"finished_at": now}))
+            # (finished_at is cleared too: a version finished before and sent on after verify found a blob damaged
+            # stayed "completely uploaded", and the next upload said "nothing to upload" with the others' blobs there)
+            ledger.submission(label, manifest_copied_at=now, finished_at=None if unlisted.height else now)
 
 
 def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFrame, readers: dict[int | None, Source],
