@@ -1740,6 +1740,10 @@ def main(argv: list[str] | None = None) -> int:
         committed = getattr(exc, "committed", None)
         outcome = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
                                                      else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))
+        upgraded = getattr(exc, "upgraded", None)  # the schema upgrade's commit had ended when the signal was raised
+        if upgraded:
+            done = f"the upgrade of the manifest from schema {upgraded[0]} to {upgraded[1]} had been committed and stays"
+            outcome = f"{done} (nothing else was done)" if args.command == "upgrade" else f"{outcome}; {done}"
         print(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}", file=sys.stderr)
         _json_error(args, code, how.get(code, "interrupted"), outcome=outcome)
         return code
