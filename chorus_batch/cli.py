@@ -1744,6 +1744,9 @@ def main(argv: list[str] | None = None) -> int:
         if upgraded:
             done = f"the upgrade of the manifest from schema {upgraded[0]} to {upgraded[1]} had been committed and stays"
             outcome = f"{done} (nothing else was done)" if args.command == "upgrade" else f"{outcome}; {done}"
+        if getattr(exc, "validated", None) and args.command == "validate":  # its one transaction had been committed
+            outcome = (f"the findings of this check of version {exc.validated} had been recorded before the signal "
+                       "came; they stay (`chorus-batch validate` shows them)")
         print(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}", file=sys.stderr)
         _json_error(args, code, how.get(code, "interrupted"), outcome=outcome)
         return code
