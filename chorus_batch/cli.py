@@ -21,7 +21,7 @@ from typing import Any
 
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start,
-                     note_signal, machine_limit, signals_unwrapped)
+                     holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
 from .units import shown, shown_name, shown_text
 
@@ -1052,11 +1052,17 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
     _local_db(target, "registry")
     registry = target.config.registry
     overrides = {None: target.site, **target.config.site.roots} if target.site else {}
-    registries, paths = make_registries(  # (--out "~/release" quoted: the home folder, as _resolve reads it)
-        target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
-        ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
-        workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud,
-        progress=Progress(quiet=args.quiet))
+    try:
+        registries, paths = make_registries(  # (--out "~/release" quoted: the home folder, as _resolve reads it)
+            target.db, args.out, argv=argv, version=args.version_label, overrides=overrides,
+            ranges={"Images": registry.image_proc_ids, "Waveforms": registry.waveform_proc_ids},
+            workers=args.workers or target.config.run.workers, omop=args.omop, cloud=target.config.cloud,
+            progress=Progress(quiet=args.quiet))
+    except (KeyboardInterrupt, Stopped) as exc:
+        if getattr(exc, "written", None):  # the signal was held while they were put in place: all of them are
+            exc.outcome = ("the proc_ids given stay recorded in the manifest; every registry file had been written "  # type: ignore[union-attr]
+                           f"to --out before the signal came: {', '.join(str(p.resolve()) for p in exc.written)}")  # type: ignore[union-attr]
+        raise
     print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
           f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
     for path in paths:
@@ -1566,10 +1572,14 @@ def _stop_on_signals() -> None:
         return
 
     def stop(signum: int, _frame) -> None:
+        if holding_signal(signum):  # (raised when the renames of a set of files are done)
+            return
         note_signal(signum)
         raise Stopped(signum)
 
     def interrupt(signum: int, _frame) -> None:  # Python's own SIGINT handler, remembered as the others
+        if holding_signal(signum):
+            return
         note_signal(signum)
         raise KeyboardInterrupt
 
@@ -1686,8 +1696,8 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                  "validate": "no findings of this check were recorded (they are stored in one transaction at its "
                              "end); the manifest's versions are as they were; run the same command again",
                  "registry": "the proc_ids given so far stay recorded in the manifest (the same records keep "
-                             "them); each registry file in --out is written whole or not at all: run the same command "
-                             "again to write them all",
+                             "them); the registry files in --out are as they were (they are put in place together, "
+                             "once all are written): run the same command again to write them",
                  "upgrade": "the manifest was not upgraded (the upgrade is one transaction, undone when cut short); "
                             "run the same command again",
                  **{command: f"nothing was written ({command} only reads)"
@@ -1747,6 +1757,13 @@ def main(argv: list[str] | None = None) -> int:
         committed = getattr(exc, "committed", None)
         outcome = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
                                                      else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))
+        upgraded = getattr(exc, "upgraded", None)  # the schema upgrade's commit had ended when the signal was raised
+        if upgraded:
+            done = f"the upgrade of the manifest from schema {upgraded[0]} to {upgraded[1]} had been committed and stays"
+            outcome = f"{done} (nothing else was done)" if args.command == "upgrade" else f"{outcome}; {done}"
+        if getattr(exc, "validated", None) and args.command == "validate":  # its one transaction had been committed
+            outcome = (f"the findings of this check of version {exc.validated} had been recorded before the signal "
+                       "came; they stay (`chorus-batch validate` shows them)")
         print(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}", file=sys.stderr)
         _json_error(args, code, how.get(code, "interrupted"), outcome=outcome)
         return code

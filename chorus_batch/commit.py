@@ -305,7 +305,8 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
             progress.stage(f"committing version {label}")
         record = VersionRecord(
             label=label, started_at=iso(started), finished_at=iso(finished or utc_now()), mode=mode, site=site, counts=counts,
-            n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id)
+            n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id,
+            scan_started_ns=scanned.scan_started_ns)
         rows_written = [0]  # source_files rows streamed into SQLite so far (the commit's bulk of work)
         with (progress or Progress(quiet=True)).counter(f"committing version {label}", "row",
                                                          lambda: (rows_written[0], 0), total=(new_rows.height, 0)):

@@ -278,6 +278,35 @@ def note_signal(signum: int) -> None:
     _received.append(signum)
 
 
+# Stop signals held off while a few renames put a set of files in place (held_signals): raised at its end.
+_held: list[int] | None = None
+
+
+def holding_signal(signum: int) -> bool:
+    """The stop signal `signum` came inside held_signals: kept, to be raised at its end (cli's handlers ask)."""
+    if _held is None:
+        return False
+    _held.append(signum)
+    return True
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """A stop signal (SIGTERM, Ctrl-C, ...) that comes inside is raised when the block ends, not in it (a block
+    of a few renames that must all be done, or none). SIGKILL cannot be held: keep the block short."""
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+    finally:
+        held, _held = _held, outer
+        if held:
+            import signal
+
+            note_signal(held[-1])
+            raise KeyboardInterrupt if held[-1] == signal.SIGINT else Stopped(held[-1])
+
+
 def signal_behind(exc: BaseException) -> BaseException | None:
     """The Stopped or KeyboardInterrupt `exc` is, or stands for (an error raised after a stop signal arrived);
     None when no stop signal arrived."""

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import FILE_SIZE_FIX, WriteError
+from .errors import FILE_SIZE_FIX, Stopped, WriteError
 
 OWNER_ONLY = 0o600
 PRIVATE_FOLDER = 0o700
@@ -83,6 +83,61 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
     writes the file at the path it is given (e.g. `frame.write_parquet`). new_only: a file already
     at `target` (made meanwhile too) is never replaced: FileExistsError, and nothing is written."""
     target = Path(target)
+    tmp = _written_aside(target, content)
+    try:
+        check_target(target)  # again: the narrowest window before the rename
+        if new_only:
+            _link_new(tmp, target)
+        else:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, FileExistsError) and new_only:
+            raise
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise cannot_write(target, exc) from None
+        raise
+    return target
+
+
+def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]]) -> list[Path]:
+    """Write several files that are read as one set (the registries of a version) as write_private does, and put
+    them in place together: each is written whole beside its target first, then all are renamed, with the stop
+    signals held off meanwhile. A kill, a signal or a full disk while they are written leaves the earlier set as it
+    was: never some files of the new set beside others of the old one, which read as one release."""
+    from .errors import held_signals
+    from .faults import pause
+
+    aside: dict[Path, Path] = {}
+    try:
+        for target, content in contents.items():
+            aside[Path(target)] = _written_aside(Path(target), content)
+        pause("written-aside")  # (tests: a signal once every file is written, before any is put in place)
+        try:
+            with held_signals():
+                for target, tmp in aside.items():
+                    try:
+                        check_target(target)
+                        os.replace(tmp, target)
+                    except OSError as exc:
+                        if isinstance(exc, WriteError):
+                            raise
+                        raise cannot_write(target, exc) from None
+                    pause("put-in-place")  # (tests: a signal between two renames, held to their end)
+        except (KeyboardInterrupt, Stopped) as exc:  # held to the end of the renames: every file is in place
+            exc.written = list(aside)  # type: ignore[union-attr]
+            raise
+    finally:
+        for tmp in aside.values():  # (those renamed are gone already)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    return list(aside)
+
+
+def _written_aside(target: Path, content: bytes | Callable[[Path], None]) -> Path:
+    """`content` written whole, fsynced and owner-only to a temporary file beside `target` (its path returned); on
+    any failure that file is removed and the error names `target` (a WriteError)."""
     check_target(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     remove_abandoned(target.parent, f".{target.name}.*.tmp")
@@ -112,20 +167,13 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
                 raise OSError(number, os.strerror(number)) from exc
             _fsync(tmp)
         os.chmod(tmp, OWNER_ONLY)  # whatever the umask, or a writer that replaced the file, made it
-        check_target(target)  # again: the narrowest window before the rename
-        if new_only:
-            _link_new(tmp, target)
-        else:
-            os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, FileExistsError) and new_only:
-            raise
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise cannot_write(target, exc) from None
         raise
-    return target
+    return tmp
 
 
 def _link_new(tmp: Path, target: Path) -> None:

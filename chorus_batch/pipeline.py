@@ -427,7 +427,13 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
             from .store.snapshots import write_missing_snapshots
 
         # the new version's, and any a killed run left incomplete or that predate --parquet (backfilled)
-        write_missing_snapshots(manifest, settings.parquet, label)
+        earlier = [done for done in write_missing_snapshots(manifest, settings.parquet, label) if done != label]
+        if earlier:  # said: a run that committed nothing wrote them (the summary says "nothing committed")
+            from .progress import log
+
+            log.warning("wrote the Parquet snapshot of %s in %s: it was missing or incomplete (a run stopped after "
+                        "its commit, or --parquet given since)", f"version {earlier[0]}" if len(earlier) == 1 else
+                        f"{len(earlier)} versions ({earlier[0]} to {earlier[-1]})", settings.parquet)
     return findings, t
 
 

@@ -31,7 +31,7 @@ import polars as pl
 
 from .errors import UsageError
 from .frames import fmt
-from .fsutil import private_folder, write_private
+from .fsutil import private_folder, write_private_together
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
@@ -346,7 +346,9 @@ def write_registries(registries: Registries, out: str | Path, *, omop: bool = Fa
     parts = {"waveform_registry.csv": registries.waveforms, "image_registry.csv": registries.images}
     if omop:
         parts["procedure_occurrence.csv"] = registries.procedures
-    return [write_private(folder / name, frame.write_csv().encode("utf-8")) for name, frame in parts.items()]
+    # together: a run killed (or a disk filled) between two files left one version's waveform registry beside another
+    # version's image registry and procedures, with nothing to tell them apart
+    return write_private_together({folder / name: frame.write_csv().encode("utf-8") for name, frame in parts.items()})
 
 
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,

@@ -46,6 +46,7 @@ MERGE_JOB = "chorus-merge"
 SUBMIT_JOB = "chorus-submit"
 MERGE_EXIT = "merge.exit"
 MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
+END_LINE = "# end of the chorus-batch Slurm script"  # its last line: a script without it was cut short, and runs nothing
 # What the script says when sbatch refuses a job (submit() recognises them: exit 2 with sbatch's own message)
 REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
 # What sbatch says when this machine has no cluster to submit to: no slurm.conf (nor a DNS SRV record naming the
@@ -226,6 +227,11 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
 # The run command (the interpreter that generated this script):
 #   {shown}
 set -euo pipefail
+# Cut short while it was written (`slurm-script > nightly.sbatch` on a full disk), it queued the shards and no merge
+if [ -f "$0" ] && [ "$(tail -n 1 -- "$0")" != {shlex.quote(END_LINE)} ]; then
+    echo "chorus-batch: $0 is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was written); nothing was submitted: write it again with chorus-batch slurm-script" >&2
+    exit 2
+fi
 
 python={shlex.quote(python)}
 if [ ! -x "$python" ]; then
@@ -288,6 +294,7 @@ printf 'shards: job array %s (%s tasks)\\n' "$shards_job" {shards}
 printf 'merge: job %s, after every shard succeeded; its exit code goes to %s\\n' "$merge_job" "$staging/{MERGE_EXIT}"
 printf 'rerun a shard: %s --shard K/%s --staging %q\\n' {shlex.quote(shown)} {shards} "$staging"
 printf 'rerun the merge: %s --merge %q\\n' {shlex.quote(shown)} "$staging"
+{END_LINE}
 """
 
 

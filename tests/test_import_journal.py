@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, query
+from conftest import cli, paused, query
 from services import set_content_md5
 from test_upload import blobs, central_for
 
@@ -613,22 +613,6 @@ def test_a_terminated_import_says_nothing_was_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_written(tmp_path):
-    # The check against --site reads the site after the manifest has its name (on a large site, long enough for a
-    # job's time limit): a SIGTERM there said "no manifest was written" of a complete manifest, which stays.
-    site = build_site(tmp_path)
-    (site / "OMOP" / "specimen.csv").write_text("specimen_id\n1\n")  # (new: the check hashes it)
-    db = tmp_path / "m.sqlite"
-    proc = _start(JOURNALS["A"], db, "--site", str(site), "--to", "az://central/", pause="hashing")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "no manifest was written" not in err
-    assert f"the journal was imported: {db} holds its 2 versions and stays" in err, err
-    assert f"chorus-batch status --db {db} --site {site}" in err
-    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
-
-
 def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):
     central.client.upload_blob("chorus-upload/journal.db", JOURNALS["A"].read_bytes())
     db = tmp_path / "m.sqlite"
@@ -945,3 +929,21 @@ def test_columns_of_a_newer_chorus_upload_are_a_note_not_passed_over(schema, tab
     assert note["severity"] == "info" and f"the journal's {table} table has columns" in note["message"], note
     assert "SHA256, deleted; what they hold is not imported" in note["message"], note
     assert query(tmp_path / "m.sqlite", "SELECT count(*) FROM versions") == [(2,)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_written(tmp_path, signum):
+    """With --site the import checks the site against the manifest after writing it (a listing, hashing: hours on a
+    big site); a SIGTERM then said "no manifest was written" of a manifest holding every version of the journal."""
+    db = tmp_path / "m.sqlite"
+    proc = paused("import-journal", str(JOURNALS["A"]), "--db", str(db), "--site", str(build_site(tmp_path)),
+                  "--to", "az://central/", at="hashing")
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (143 if signum == signal.SIGTERM else 130), err
+    n = query(db, "SELECT count(*) FROM versions")[0][0]
+    assert n >= 1
+    assert "no manifest was written" not in err, err
+    assert f"the manifest was written to {db}, with the journal's {n} versions" in err, err
+    assert "only the check of the site against it was cut short" in err and "chorus-batch status --site" in err, err
+    assert cli("versions", "--db", str(db)).returncode == 0

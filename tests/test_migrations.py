@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from chorus_batch.errors import ManifestError
 from chorus_batch.store import Manifest
 from chorus_batch.store import schema as schema_module
 
-from conftest import cli, query
+from conftest import cli, paused, query
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2"
 # Every table of schema 2 and the columns it had: all of it must read back unchanged.
@@ -455,3 +457,38 @@ def test_a_manifest_a_later_release_marked_is_read_but_not_written_by_this_one(t
         assert "Traceback" not in out.stderr
     assert {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in before} == before
     assert cli("versions", "--db", str(db)).returncode == 0  # reading it works
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_signal_in_the_upgrades_transaction_leaves_schema_2_and_the_next_upgrade_succeeds(old, signum):
+    proc = paused("upgrade", "--db", str(old), at="upgrade")
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err
+    if signum != signal.SIGKILL:
+        assert "the manifest was not upgraded" in err and "had been committed" not in err, err
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(old, "PRAGMA integrity_check") == [("ok",)]
+    again = cli("upgrade", "--db", str(old))
+    assert again.returncode == 0 and "schema 2 -> " in again.stdout, again.stderr
+    assert cli("versions", "--db", str(old)).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["upgrade", "run"])
+def test_a_signal_raised_once_the_upgrade_committed_says_it_was_upgraded(old, command, tmp_path):
+    """SQLite commits in C: a SIGTERM that came while the commit wrote is raised after it. The message said "the
+    manifest was not upgraded (... undone when cut short)" of a manifest at the new schema."""
+    args = ["--site", str(FIXTURE / "site"), "--no-validate"] if command == "run" else []
+    proc = paused(command, "--db", str(old), *args, at="upgraded", cwd=tmp_path)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(schema_module.SCHEMA_VERSION),)]
+    assert "not upgraded" not in err, err
+    assert f"the upgrade of the manifest from schema 2 to {schema_module.SCHEMA_VERSION} had been committed" in err, err
+    if command == "run":
+        assert "nothing was committed" in err, err  # no version: the run stopped before its work
+    assert query(old, "SELECT count(*) FROM versions") == [(2,)]
+    assert cli("versions", "--db", str(old)).returncode == 0
+    again = cli("upgrade", "--db", str(old))
+    assert again.returncode == 0 and "already at schema" in again.stdout, again.stderr

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 import sitegen
-from conftest import cli, query
+from conftest import cli, paused, query
 from sitegen import write
 
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
@@ -419,3 +420,45 @@ def test_the_readmes_demo_registry_command_and_rows_are_what_the_demo_gives(tmp_
         name, *rows = [line.strip() for line in block.splitlines()]
         written = (tmp_path / "release" / name.removeprefix("# ")).read_text(encoding="utf-8").splitlines()
         assert written[:len(rows)] == [row.replace("/data/site/", f"{demo_site().resolve()}/") for row in rows], name
+
+
+def _second_version(site: Path, db: Path) -> None:
+    p0 = sitegen.person_ids(1)[0]
+    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", b"0       new session")
+    write(site, f"{p0}/Images/CT/900778/1.2.3.4/000.dcm", b"\0" * 132)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_registry_stopped_while_writing_leaves_the_earlier_set_whole(released, signum):
+    """The registry files were written one after the other: a SIGTERM (or a full disk) between two left the new
+    version's waveform registry beside the old version's image registry and procedures, read as one release."""
+    site, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _second_version(site, db)
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="written-aside")
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[signum], err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    if signum != signal.SIGKILL:
+        assert "the registry files in --out are as they were" in err, err
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing of its own left
+    again = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert again.returncode == 0, again.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in after)
+
+
+def test_a_signal_while_the_registries_are_put_in_place_waits_for_all_of_them(released):
+    site, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _second_version(site, db)
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # after the first
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in after)  # all new
+    assert "every registry file had been written to --out before the signal came" in err, err
+    assert "as they were" not in err, err

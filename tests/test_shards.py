@@ -4,7 +4,9 @@ end-to-end test is tests/test_slurm.py)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
 import stat
 from pathlib import Path
 
@@ -168,6 +170,27 @@ def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snaps
     assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
     assert "is stale" not in again.stderr and "nothing was committed" in again.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_merge_killed_after_its_commit_is_said_merged_already_when_requeued(snapshots, tmp_path, signum):
+    """A merge killed after its commit (Slurm's time limit: SIGTERM, then SIGKILL) left its run without the scan's
+    start, which only the run's end recorded: the requeued merge job said the shards were stale and to rerun them all
+    (hours of hashing) instead of "merged already"."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging, shards=range(N))
+    merge = paused("run", "--site", str(site), "--db", str(db), "--merge", str(staging), at="committed")
+    os.kill(merge.pid, signum)
+    _, err = merge.communicate(timeout=60)
+    assert merge.returncode == (-9 if signum == signal.SIGKILL else 143), err
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    if signum == signal.SIGTERM:
+        assert f"version {label} had been committed before; it stays" in err, err
+    again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
+    assert "is stale" not in again.stderr and "nothing was committed" in again.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    assert cli("files", "--db", str(db)).returncode == 0
 
 
 @pytest.mark.parametrize("on_path", [False, True])

@@ -719,3 +719,38 @@ def test_a_staging_folder_that_is_a_file_is_refused_before_a_script_is_made(tmp_
     assert out.returncode == 2 and f"{db}.staging is a file, not a folder" in out.stderr, out.stderr
     assert cli("slurm-script", "--site", str(site), "--db", str(db), "--staging",
                str(tmp_path / "new" / "st")).returncode == 0  # a folder that is not there yet: made by the script
+
+
+def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
+    """`slurm-script > nightly.sbatch` cut short as the merge job's lines were written (a full disk, a quota; here
+    the file-size limit, which cuts at a byte): chorus-batch exits 3, but the part written, submitted, queued the
+    shards' job array and no merge (a night's hashing for nothing, and no message). The script checks its own last
+    line first: cut short, it submits nothing (exit 2)."""
+    import resource
+
+    (tmp_path / "site").mkdir()
+    args = ["slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")]
+    whole = cli(*args)
+    assert whole.returncode == 0, whole.stderr
+    room = whole.stdout.encode().index(b"merge_job=$(")  # the shards' submission written, the merge's not
+    script = tmp_path / "nightly.sbatch"
+    with open(script, "wb") as out:  # as the shell's `>` opens it
+        written = subprocess.run([sys.executable, "-m", "chorus_batch", *args], stdout=out, stderr=subprocess.PIPE,
+                                 text=True, timeout=120,
+                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (room, room)))
+    assert written.returncode == 3, written.stderr  # a file past the file-size limit (README)
+    assert 0 < script.stat().st_size < len(whole.stdout.encode())
+    tools, calls = tmp_path / "bin", tmp_path / "calls"  # sbatch and scancel that record being called
+    tools.mkdir()
+    for tool in ("sbatch", "scancel"):
+        (tools / tool).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {calls}\necho 4242\n")
+        (tools / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+    cut = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert cut.returncode == 2 and "is incomplete" in cut.stderr and "nothing was submitted" in cut.stderr, cut.stderr
+    assert not calls.exists()
+    (tmp_path / "whole.sbatch").write_text(whole.stdout)
+    ran = subprocess.run(["bash", str(tmp_path / "whole.sbatch")], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == [str(tools / "sbatch")] * 2

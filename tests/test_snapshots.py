@@ -14,7 +14,7 @@ from chorus_batch.frames import schema_of
 from chorus_batch.review import open_manifest
 from chorus_batch.store import Manifest
 from chorus_batch.store.snapshots import has_snapshot, part_schemas
-from conftest import cli, run_site, write
+from conftest import cli, paused, run_site, write
 
 
 def three_versions(site: Path, db: Path, snaps: Path | None) -> list[str]:
@@ -225,3 +225,24 @@ def test_a_marked_snapshot_is_known_whole_without_reading_its_parts(site, tmp_pa
     assert has_snapshot("v1", str(snaps), versions["v1"]) and len(read) == len(snapshots.SNAPSHOT_PARTS)
     assert (snaps / "version=v1" / snapshots.SNAPSHOT_MARK).is_file()  # marked now: not read again
     assert has_snapshot("v1", str(snaps), versions["v1"]) and len(read) == len(snapshots.SNAPSHOT_PARTS)
+
+
+def test_the_run_after_one_killed_in_its_snapshot_says_it_wrote_that_snapshot(site, tmp_path):
+    """The next run wrote the snapshot a killed run left incomplete and said only "no changes since version ...;
+    nothing committed": a Parquet folder that changed with nothing said."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
+    write(site, "OMOP/b.csv", b"b")
+    proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps), at="snapshot")
+    proc.kill()
+    proc.wait(timeout=30)
+    (label,) = [row["label"] for row in Manifest(db).versions().iter_rows(named=True)][-1:]
+    assert not has_snapshot(label, str(snaps))
+    again = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
+    assert again.returncode == 0, again.stderr
+    assert "nothing committed" in again.stdout
+    assert f"wrote the Parquet snapshot of version {label} in {snaps}: it was missing or incomplete" in again.stderr
+    assert has_snapshot(label, str(snaps))
+    quiet = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
+    assert "wrote the Parquet snapshot" not in quiet.stderr  # said once, when written

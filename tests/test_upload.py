@@ -2067,3 +2067,40 @@ def test_the_readmes_checksums_for_a_version_folder_check_what_upload_put_there(
     check = subprocess.run(["md5sum", "-c", "../checksums.md5"], cwd=folder / "20261101020000", capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count(": OK\n") == 2
+
+
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_an_upload_script_cut_short_by_a_full_disk_runs_nothing(tmp_path, small_disk, kind):
+    """`upload --script bash > upload.sh` on a disk that fills while the script is written: chorus-batch exits 3, but
+    the part written was a script that ran its first `send` lines, sent part of the files and exited 0. It now checks
+    its own last line first: cut short, it sends nothing and exits 2 saying so; whole, it runs."""
+    db = committed_site(tmp_path, 300)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {**{name: "" for name in AZURE_VARS},
+           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", kind, env=env)
+    assert whole.returncode == 0, whole.stderr
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - len(whole.stdout) // 2))  # room for half of it
+    script = small_disk / "upload.sh"
+    with open(script, "wb") as out:  # as the shell's `>` opens it
+        written = subprocess.run([sys.executable, "-m", "chorus_batch", "upload", "--db", str(db), "--to",
+                                  "az://central/", "--script", kind], stdout=out, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, **env}, timeout=120)
+    assert written.returncode == 3, written.stderr  # a full disk writing standard output (README)
+    assert 0 < script.stat().st_size < len(whole.stdout)
+    tools = tmp_path / "bin"  # az / azcopy that record being called
+    tools.mkdir()
+    calls = tmp_path / "calls"
+    for tool in ("az", "azcopy"):
+        (tools / tool).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {calls}\nexit 0\n")
+        (tools / tool).chmod(0o755)
+    path_env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "CHORUS_UPLOAD_LOG": str(tmp_path / "log")}
+    cut = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=path_env, cwd=tmp_path, timeout=60)
+    assert cut.returncode == 2 and "is incomplete" in cut.stderr and "nothing was sent" in cut.stderr, cut.stderr
+    assert not calls.exists() and not (tmp_path / "log").exists()
+    filler.unlink()
+    (tmp_path / "whole.sh").write_text(whole.stdout)
+    ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env, cwd=tmp_path,
+                         timeout=120)
+    assert "is incomplete" not in ran.stderr and calls.exists(), ran.stderr

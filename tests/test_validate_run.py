@@ -19,7 +19,7 @@ import chorus_batch.validate as validate_module
 from chorus_batch.review import open_manifest
 from chorus_batch.store.schema import SCHEMA_VERSION
 from chorus_batch.validate import readers
-from conftest import cli, query, run_site
+from conftest import cli, paused, query, run_site
 from sitegen import build_clean_site, person_ids, sessions_of, write
 
 
@@ -552,3 +552,23 @@ def test_validate_help_names_what_today_s_procedures_ask_for():
     description = _parser().commands["validate"].description
     assert "waveform_visit_links" not in description
     assert "registries" in description and "Metadata/" in description and "mappings" in description
+
+
+@pytest.mark.parametrize("point", ["validate", "validated"])
+def test_a_signal_at_the_end_of_validate_says_truly_whether_its_findings_were_recorded(clean, db, point):
+    """SQLite commits in C: a SIGTERM that came while validate's one transaction was committed is raised after it.
+    The message said "no findings of this check were recorded" of findings the manifest then held."""
+    assert cli("run", "--site", str(clean), "--db", str(db), "--no-validate").returncode == 0
+    assert query(db, "SELECT count(*) FROM validations") == [(0,)]
+    proc = paused("validate", "--db", str(db), at=point)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    recorded = query(db, "SELECT count(*) FROM validations") == [(1,)]
+    assert recorded == (point == "validated")
+    if recorded:
+        assert "had been recorded before the signal came; they stay" in err and "no findings" not in err, err
+    else:
+        assert "no findings of this check were recorded" in err, err
+    shown = cli("validate", "--db", str(db))
+    assert shown.returncode == 0 and "validation: 0 errors" in shown.stdout, shown.stderr

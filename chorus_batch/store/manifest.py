@@ -130,6 +130,7 @@ class VersionRecord:
     n_files: int
     total_bytes: int
     run_id: int | None
+    scan_started_ns: int | None = None  # recorded in the run's `runs` row by the commit itself (version_of_scan)
 
 
 @dataclass
@@ -854,7 +855,7 @@ class Manifest:
         with self._open() as con, con:
             con.execute(
                 "UPDATE runs SET finished_at=?, exit_code=?, version=?, n_files=?, n_hashed=?, bytes_hashed=?, "
-                "n_errors=?, scan_started_ns=?, message=? WHERE run_id=?",
+                "n_errors=?, scan_started_ns=coalesce(?, scan_started_ns), message=? WHERE run_id=?",
                 (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns,
                  None if message is None else scrub(message), run_id),  # (an error quotes what it was given)
             )
@@ -1037,6 +1038,11 @@ class Manifest:
                 }
                 cur.execute(f"INSERT INTO versions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                             tuple(row.values()))
+                if version.run_id is not None and version.scan_started_ns is not None:
+                    # With the version, not at the run's end: a merge killed after its commit (SIGKILL, a Slurm time
+                    # limit) left no scan start, and its requeued job told to rerun the shards it had merged
+                    cur.execute("UPDATE runs SET scan_started_ns = ? WHERE run_id = ?",
+                                (version.scan_started_ns, version.run_id))
                 generation = self._bump_generation(cur)
                 pause("commit")
             written = CommitResult(new_rows=new_rows, generation=generation, root_ids=root_ids)

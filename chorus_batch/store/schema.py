@@ -20,6 +20,7 @@ import sqlite3
 import uuid
 
 from ..errors import ManifestError
+from ..faults import pause
 from ..frames import MANIFEST_TABLES, TABLE_SUFFIX
 
 SCHEMA_VERSION = 10
@@ -258,6 +259,8 @@ def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
             for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
                 con.execute(ddl)
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            pause("upgrade")  # (tests: a signal in the upgrade's transaction)
+        pause("upgraded")  # (tests: a signal raised once the upgrade's commit returned, as one during it is)
     except sqlite3.Error as exc:
         text = str(exc).lower()
         damaged = any(w in text for w in ("no such", "duplicate column", "already exists", "constraint"))
@@ -267,4 +270,15 @@ def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
             fix=f"its tables are not those of schema {before} (edited or damaged): restore it from a backup, or report "
                 "it with this message" if damaged else
                 "check the free space and permissions of the manifest's folder, then run again") from None
+    except BaseException as exc:  # a signal (KeyboardInterrupt, Stopped)
+        # SQLite commits in C and Python's handler runs after it returns: a signal that came while the commit wrote
+        # is raised once the upgrade is committed, and "the manifest was not upgraded" was said of an upgraded one
+        if not isinstance(exc, Exception) and not con.in_transaction:
+            try:
+                done = schema_version(con, where) == SCHEMA_VERSION
+            except (sqlite3.Error, ManifestError):
+                done = False
+            if done:
+                exc.upgraded = (before, SCHEMA_VERSION)  # type: ignore[attr-defined]
+        raise
     return before, SCHEMA_VERSION

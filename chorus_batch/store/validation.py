@@ -129,27 +129,49 @@ class ValidationCache:
         from .manifest import _arrow_stream
 
         counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
-        with self.manifest.adbc() as con:
-            with con.cursor() as cur:
-                if new_facts.height:
-                    cur.adbc_ingest("_facts", _arrow_stream(_in_key_order(new_facts)), mode="create", temporary=True)
-                    cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
-                # (an import's findings about the journal it read are not the check's: they stay)
-                cur.execute("DELETE FROM findings WHERE version = ? AND rule NOT LIKE 'import.%'", (label,))
-                if findings.height:
-                    cur.adbc_ingest("findings", _arrow_stream(findings.select(
-                        pl.lit(label).alias("version"), "severity", "rule", "srcfile", "message")), mode="append")
-                pause("validate")
-                cur.execute("DELETE FROM validations WHERE version = ?", (label,))
-                if complete:
-                    cur.execute(
-                        "INSERT INTO validations (version, validated_at, n_error, n_warning, n_info, headers_read, "
-                        "rules) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (label, iso(utc_now()), counts.get("error", 0), counts.get("warning", 0), counts.get("info", 0),
-                         new_facts.height, edition()),
-                    )
-            con.commit()
+        stamp = iso(utc_now())
+        try:
+            with self.manifest.adbc() as con:
+                with con.cursor() as cur:
+                    if new_facts.height:
+                        cur.adbc_ingest("_facts", _arrow_stream(_in_key_order(new_facts)), mode="create", temporary=True)
+                        cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
+                    # (an import's findings about the journal it read are not the check's: they stay)
+                    cur.execute("DELETE FROM findings WHERE version = ? AND rule NOT LIKE 'import.%'", (label,))
+                    if findings.height:
+                        cur.adbc_ingest("findings", _arrow_stream(findings.select(
+                            pl.lit(label).alias("version"), "severity", "rule", "srcfile", "message")), mode="append")
+                    pause("validate")
+                    cur.execute("DELETE FROM validations WHERE version = ?", (label,))
+                    if complete:
+                        cur.execute(
+                            "INSERT INTO validations (version, validated_at, n_error, n_warning, n_info, headers_read, "
+                            "rules) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (label, stamp, counts.get("error", 0), counts.get("warning", 0), counts.get("info", 0),
+                             new_facts.height, edition()),
+                        )
+                con.commit()
+                pause("validated")  # (tests: a signal raised once the commit returned, as one during it is)
+        except BaseException as exc:
+            # SQLite commits in C and Python's handler runs after it returns: a signal that came while the commit
+            # wrote is raised once the findings are recorded ("no findings of this check were recorded" was said)
+            if not isinstance(exc, Exception) and complete and self._recorded(label, stamp):
+                exc.validated = label  # type: ignore[attr-defined]
+            raise
         self.manifest.after_commit()
+
+    def _recorded(self, label: str, stamp: str) -> bool:
+        """The check of `label` stamped `stamp` is in the manifest (its transaction was committed)."""
+        import sqlite3
+
+        from ..errors import ManifestError
+
+        try:
+            with self.manifest._open() as con:
+                return con.execute("SELECT 1 FROM validations WHERE version = ? AND validated_at = ?",
+                                   (label, stamp)).fetchone() is not None
+        except (ManifestError, sqlite3.Error):
+            return False
 
 
 def _in_key_order(facts: pl.DataFrame) -> pl.DataFrame:

@@ -62,6 +62,9 @@ class Script:
     bad_escapes: list[str] = field(default_factory=list)
 
 
+END_LINE = "# end of the chorus-batch upload script"  # the script's last line: a script without it was cut short
+
+
 def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int, str]:
     roots = {}
     for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows():
@@ -131,6 +134,13 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
          "# Sign-in: `azcopy login`, AzCopy's AZCOPY_* variables, or a SAS token (without '?') in CHORUS_SAS, which"
          "\n# AzCopy takes only in its URLs: other users of the machine can read it in the process list (ps)."),
         "set -u",
+        # A script cut short while it was written (`> upload.sh` on a full disk, chorus-batch stopped) ran its first
+        # lines and exited 0: part of the files sent, nothing said. Its last line is END_LINE: without it, nothing runs.
+        f'if [ -f "$0" ] && [ "$(tail -n 1 -- "$0")" != {shlex.quote(END_LINE)} ]; then',
+        '  echo "$0 is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was '
+        'written); nothing was sent: write it again with chorus-batch upload --script" >&2',
+        "  exit 2",
+        "fi",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
         f"CONTAINER={shlex.quote(container)}",
@@ -260,7 +270,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
-    lines += ['exit "$failed"', ""]
+    lines += ['exit "$failed"', END_LINE, ""]
     return Script("\n".join(lines), todo.height - len(wildcards) - len(bad_escapes), len(labels), LOG_NAME,
                   not_replaceable, wildcards, bad_names, n_superseded, bad_escapes)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 
 import polars as pl
 
-from ..errors import ChorusError, ExitCode, UsageError
+from ..errors import ChorusError, ExitCode, Stopped, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
@@ -131,6 +132,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=n_rows)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
+    written = f"the manifest was written to {db}, with the journal's {len(trees)} versions"  # (what a stop after it says)
     # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
     # run writes only its own temporary file, and takes none.
     with contextlib.nullcontext() if dry_run else manifest_lock(target, list(argv or [])):
@@ -149,6 +151,10 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
             exc.where = db if exc.where and building.name in exc.where else exc.where
             exc.outcome = "no manifest was written (the import builds it in a temporary file it removes)"  # type: ignore[attr-defined]
             raise
+        except (KeyboardInterrupt, Stopped) as exc:  # raised once _publish had linked it in place: it is there
+            if target.exists():
+                exc.outcome = written  # type: ignore[union-attr]
+            raise
         finally:
             _remove(building)
             if not dry_run and not target.exists():  # nothing imported: no lock file of a manifest that is not there
@@ -157,12 +163,11 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if site is not None:
         try:
             result.status = _check_site(settings, argv, progress)
-        except BaseException as exc:  # (a signal too: the check reads the whole site, a job's time limit may end it)
-            # The manifest is complete and stays: "no manifest was written", the command's word for a stopped
-            # import, was said of it, and the same import run again is refused (the manifest exists).
-            exc.outcome = (f"the journal was imported: {db} holds its {plural(len(result.versions), 'version')} and "  # type: ignore[attr-defined]
-                           f"stays; only the check against the site did not finish (`chorus-batch status --db {db} "
-                           f"--site {site}` does it)")
+        except BaseException as exc:  # the manifest is written: "no manifest was written" was said of it
+            if getattr(exc, "outcome", None) is None:
+                with contextlib.suppress(AttributeError, TypeError):
+                    exc.outcome = (f"{written}; only the check of the site against it was cut short: `chorus-batch "  # type: ignore[union-attr]
+                                   f"status --site {shlex.quote(mask_url(site))} --db {shlex.quote(db)}` does it")
             raise
     result.elapsed_s = time.monotonic() - started
     return result
