@@ -35,7 +35,6 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
-from ..units import plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
