@@ -1204,12 +1204,8 @@ def test_a_site_given_through_a_symlink_is_the_same_root_and_its_files_are_not_h
     assert query(db, "SELECT root_id, location FROM roots") == [(1, str(site)), (2, str(link))]
 
 
-def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_ever(site, db):
-    """A file replaced by a FIFO between the listing and the hashing (or validation's read) blocked its open for
-    ever: the nightly run hung, saying nothing, until cron's timeout killed it and nothing was committed. It is now
-    opened without blocking and refused as no longer a regular file; the rest is committed."""
-    write(site, "OMOP/a.csv", b"a")
-    fifo = write(site, "OMOP/b.csv", b"b")
+def _swapped_while_hashing(site, db, swap) -> tuple[int, str]:
+    """A run (no validation, one worker) paused at its hashing, `swap()` done then; its exit code and stderr."""
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "1", "--json",
                              "-q", "--site", str(site), "--db", str(db)],
                             env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
@@ -1218,13 +1214,26 @@ def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_e
         assert proc.stderr is not None
         while "test pause at hashing" not in (line := proc.stderr.readline()):
             assert line or proc.poll() is None, "the run never reached its hashing"
-        fifo.unlink()
-        os.mkfifo(fifo)
-        out, err = proc.communicate(timeout=60)
+        swap()
+        _out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == ExitCode.FINDINGS, err
+    return proc.returncode, err
+
+
+def test_a_file_replaced_by_a_fifo_after_the_listing_is_said_not_waited_on_for_ever(site, db):
+    """A file replaced by a FIFO between the listing and the hashing (or validation's read) blocked its open for
+    ever: the nightly run hung, saying nothing, until cron's timeout killed it and nothing was committed. It is now
+    opened without blocking and refused as no longer a regular file; the rest is committed."""
+    write(site, "OMOP/a.csv", b"a")
+    fifo = write(site, "OMOP/b.csv", b"b")
+    def to_fifo() -> None:
+        fifo.unlink()
+        os.mkfifo(fifo)
+
+    returncode, err = _swapped_while_hashing(site, db, to_fifo)
+    assert returncode == ExitCode.FINDINGS, err
     assert list(current_rows(db)) == ["OMOP/a.csv"]
     assert query(db, "SELECT srcfile, kind, message FROM scan_errors") == [
         ("OMOP/b.csv", "unreadable", "cannot read: no longer a regular file (replaced by a FIFO, socket, device or "
@@ -1245,21 +1254,12 @@ def test_a_file_replaced_by_a_link_after_the_listing_is_not_read_through_it(site
     write(site, "OMOP/a.csv", b"a")
     swapped = write(site, "OMOP/person.csv", b"person_id\n1\n")
     outside = write(tmp_path / "elsewhere", "person.csv", b"person_id\n2\n")
-    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--workers", "1", "--json",
-                             "-q", "--site", str(site), "--db", str(db)],
-                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "hashing+3"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stderr is not None
-        while "test pause at hashing" not in (line := proc.stderr.readline()):
-            assert line or proc.poll() is None, "the run never reached its hashing"
+    def to_link() -> None:
         swapped.unlink()
         swapped.symlink_to(outside)
-        _out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == ExitCode.FINDINGS, err
+
+    returncode, err = _swapped_while_hashing(site, db, to_link)
+    assert returncode == ExitCode.FINDINGS, err
     assert list(current_rows(db)) == ["OMOP/a.csv"]
     refused = ("cannot read: no longer a regular file (replaced by a symbolic link since it was listed, which this "
                "run does not follow: --follow-symlinks, or follow_symlinks = true in [run] of chorus.toml, follows links)")
