@@ -23,11 +23,11 @@ import pyarrow as pa
 
 from . import exclude as _exclude
 from . import hashing
+from . import release
 from .checkpoint import Checkpoint, Writer, announce, resume
 from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
-from . import release
 from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
 from .partitions import BUCKET, in_range, part_of, with_buckets
 from .fsutil import private_folder, write_private
@@ -113,8 +113,9 @@ class ScanResult:
             record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
             if not isinstance(record, dict):
                 raise ValueError("its scan.json holds no record")
-            files_columns = pl.scan_parquet(folder / "files.parquet").collect_schema()
-            n_files = pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item()
+            files_parquet = pl.scan_parquet(folder / "files.parquet")
+            files_columns = files_parquet.collect_schema()
+            n_files = files_parquet.select(pl.len()).collect().item()
             listed = (cls.read_files(folder) if files else pl.DataFrame(schema=SCANNED_SCHEMA))
             errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
             facts = (pl.read_parquet(folder / "facts.parquet").select(list(FACTS_SCHEMA)).cast(FACTS_SCHEMA)  # type: ignore[arg-type]

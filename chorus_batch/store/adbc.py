@@ -12,7 +12,8 @@ This is the part of DB-API the manifest uses, with the same behaviour as the dba
 transaction rolled back when the connection closes (SQLite does that on close); `execute(sql,
 params)` with positional `?` parameters (bound as a one-row Arrow batch), `fetchone` / `fetchall`
 as tuples, `fetch_batches()` (the result's Arrow batches, one at a time), and `adbc_ingest()` of a
-pyarrow Table, RecordBatch or RecordBatchReader. The driver's errors are `adbc_driver_manager.Error`, also while a result is read.
+pyarrow Table, RecordBatch or RecordBatchReader. The driver's errors are `adbc_driver_manager.Error`,
+also while a result is read.
 Unlike the dbapi module, calls are not run under its SIGINT handler (which asks the SQLite driver to
 cancel, which it cannot: the interrupt surfaced as a NOT_IMPLEMENTED error); Ctrl-C is a
 KeyboardInterrupt once the call returns.
