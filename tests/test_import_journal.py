@@ -550,6 +550,42 @@ def test_a_dry_run_reports_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site_v2"]
 
 
+def test_a_dry_run_holds_the_lock_so_an_import_into_the_same_db_waits_its_turn(tmp_path):
+    """A dry run builds its temporary manifest beside --db, as an import does; it took no lock, so an import into the
+    same --db meanwhile removed that file as a killed import's leftover, under the dry run's feet."""
+    db = tmp_path / "m.sqlite"
+    dry = paused("import-journal", str(JOURNALS["A"]), "--db", str(db), "--to", "az://central/", "--dry-run",
+                 at="commit")
+    try:
+        building = list(tmp_path.glob(".m.sqlite.importing-*"))
+        assert building
+        out = import_journal(JOURNALS["A"], db, "--to", "az://central/")
+        assert out.returncode == 4, out.stderr
+        assert "locked by another run" in out.stderr and "`chorus-batch import-journal`" in out.stderr, out.stderr
+        assert all(path.exists() for path in building) and not db.exists()
+    finally:
+        dry.send_signal(signal.SIGTERM)
+        dry.communicate(timeout=60)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failure_once_the_manifest_has_its_name_says_it_was_written(tmp_path, monkeypatch):
+    """Once the manifest was linked to its name, a failure (a full disk as SQLite goes back to WAL) said "no manifest
+    was written" of a complete manifest."""
+    from chorus_batch.errors import WriteError
+    from chorus_batch.upstream import importer
+
+    def full_disk(target):
+        raise WriteError("database or disk is full", where=str(target), fix="free space")
+
+    monkeypatch.setattr(importer, "_keep_wal", full_disk)
+    db = tmp_path / "m.sqlite"
+    with pytest.raises(WriteError) as raised:
+        importer.import_journal(str(JOURNALS["A"]), str(db), central="az://central/")
+    assert raised.value.outcome.startswith(f"the manifest was written to {db}, with the journal's ")
+    assert query(db, "SELECT count(*) FROM versions")[0][0] >= 1
+
+
 def test_the_journal_is_only_read(tmp_path):
     journal = tmp_path / "journal.db"
     shutil.copy(JOURNALS["A"], journal)

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import polars as pl
 
-from ..errors import ChorusError, ExitCode, Stopped, UsageError
+from ..errors import ChorusError, ExitCode, UsageError
 from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
@@ -133,10 +133,11 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
     written = f"the manifest was written to {db}, with the journal's {len(trees)} versions"  # (what a stop after it says)
     # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
-    # run writes only its own temporary file, and takes none.
-    with contextlib.nullcontext() if dry_run else manifest_lock(target, list(argv or [])):
-        if not dry_run:
-            _remove_stale(target)
+    # run takes it too: it builds the same temporary file beside --db, which a real import removes as a killed
+    # import's leftover (it holds the site's paths).
+    published = False
+    with manifest_lock(target, list(argv or [])):
+        _remove_stale(target)
         try:
             findings = _build(building, journal, trees, rows, marks, roots, settings, central_url, argv or [], result,
                               progress, pl.concat([problems, tree_problems]))
@@ -146,17 +147,19 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
                     result.status = _check_site(settings.model_copy(update={"db": str(building)}), argv, progress)
                 return result
             _publish(building, target)
-        except ChorusError as exc:  # said about the temporary file, which is gone: say it of the manifest
-            exc.where = db if exc.where and building.name in exc.where else exc.where
-            exc.outcome = "no manifest was written (the import builds it in a temporary file it removes)"  # type: ignore[attr-defined]
-            raise
-        except (KeyboardInterrupt, Stopped) as exc:  # raised once _publish had linked it in place: it is there
-            if target.exists():
-                exc.outcome = written  # type: ignore[union-attr]
+            published = True
+            _keep_wal(target)
+        except BaseException as exc:
+            if published:  # the manifest has its name: whatever stopped the import after that, it is there
+                with contextlib.suppress(AttributeError, TypeError):
+                    exc.outcome = written  # type: ignore[union-attr]
+            elif isinstance(exc, ChorusError):  # said about the temporary file, which is gone: say it of the manifest
+                exc.where = db if exc.where and building.name in exc.where else exc.where
+                exc.outcome = "no manifest was written (the import builds it in a temporary file it removes)"  # type: ignore[attr-defined]
             raise
         finally:
             _remove(building)
-            if not dry_run and not target.exists():  # nothing imported: no lock file of a manifest that is not there
+            if not target.exists():  # nothing imported: no lock file of a manifest that is not there
                 with contextlib.suppress(OSError):
                     Path(f"{target}.lock").unlink()
     if site is not None:
@@ -421,14 +424,23 @@ def _publish(building: Path, target: Path) -> None:
             raise UsageError(f"{target} appeared while the journal was imported", where=str(target),
                              fix="pass --db with a new file name") from None
         os.replace(building, target)
+
+
+def _keep_wal(target: Path) -> None:
+    """The published manifest back in WAL mode, as every run keeps it."""
+    import sqlite3
+
     with contextlib.closing(sqlite3.connect(target)) as con:
         con.execute("PRAGMA journal_mode = WAL")
 
 
 def _remove(building: Path) -> None:
+    """The temporary manifest and SQLite's files beside it (not another process's: `importing-12` is no
+    file of `importing-1`)."""
     for leftover in building.parent.glob(building.name + "*"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
+        if not leftover.name[len(building.name):][:1].isdigit():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 def _check_site(settings, argv, progress):
