@@ -188,6 +188,16 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "  return 0",
             "}",
         ]
+    if kind == "bash":
+        # A run of this script killed between a file's upload and its log line left a blob that `--overwrite false`
+        # refuses on every later run ("The specified blob already exists"), and that no log names: the file failed for
+        # ever. A blob already there with the manifest's Content-MD5 is that file (mark-uploaded checks it again).
+        lines += [
+            "sent() {  # the arguments of send: the blob is there, sent by an earlier run of this script",
+            '  [ -z "${6:-}" ] && [ "$(az storage blob show --only-show-errors ${how[@]+"${how[@]}"} --container-name="$CONTAINER" \\',
+            '      --name="$1" --query properties.contentSettings.contentMd5 -o tsv 2> /dev/null)" = "$4" ]',
+            "}",
+        ]
     lines += [
         "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name [etag of a damaged blob to replace]",
         '  if [ -n "$OTHER" ]; then echo "not sent (its folder $OTHER is another manifest\'s): $2" >&2; failed=1; return; fi',
@@ -197,14 +207,14 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     ]
     if kind == "bash":
         lines += [
-            "  local how",
+            "  local how err",
             "  signin",
             "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
             '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
-            '  if az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
+            '  if err=$(az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
             # --opt=VALUE: the Azure CLI (argparse) takes a VALUE starting with '-' (a blob under a prefix
             # "-x/") for an option of its own and fails the file ("expected one argument").
-            '      --container-name="$CONTAINER" --name="$1" --file="$2" --content-md5="$4" > /dev/null; then',
+            '      --container-name="$CONTAINER" --name="$1" --file="$2" --content-md5="$4" 2>&1 > /dev/null) || sent "$@"; then',
         ]
     else:
         lines += [
@@ -219,8 +229,8 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "    printf 'uploaded\\t%s\\n' \"$1\" >> \"$LOG\"",
         "  else",
     ]
-    if kind == "bash":  # (the Azure CLI said why on stderr)
-        lines.append('    echo "failed: $2" >&2; failed=1')
+    if kind == "bash":  # (what the Azure CLI said, then the file)
+        lines.append('    printf \'%s\\n\' "$err" >&2; echo "failed: $2" >&2; failed=1')
     else:
         # AzCopy says why only in its log (its output went nowhere: "failed: FILE" alone left no reason, for every
         # file): the log's first error (AzCopy writes the SAS there as sig=-REDACTED-), and where the log is.
