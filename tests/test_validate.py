@@ -328,6 +328,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("records_unreadable", add(f"{TELEMETRY}/{S0['single']}/RECORDS", b"\x00\x01\x02\xff"),
      {("records.unreadable", f"{TELEMETRY}/{S0['single']}/RECORDS"), ("layout.superseded", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
     ("dicom_unreadable", add(DCM, os.urandom(300)), {("dicom.unreadable", DCM)}),
+    ("dicom_pixels_cut", truncate(DCM, 10), {("dicom.unreadable", DCM)}),
     ("outside_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/000.dcm"),
      {("dicom.outside_series", f"{P0}/Images/CT/{ACCESSION}/000.dcm")}),
     ("path_instance", NEW_DCM(f"{SERIES1}/005.dcm"), {("dicom.path_mismatch", f"{SERIES1}/005.dcm")}),
@@ -762,7 +763,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v3", "dicom.v4", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v3", "dicom.v5", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -799,11 +800,15 @@ def test_a_file_gone_after_its_listing_is_unread_not_bad_content(clean, gone):
 
 def test_dicom_is_read_without_its_pixel_data(clean):
     data = dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500", size=64)
-    write(clean, DCM, data[: len(data) - 64 * 64])  # half the pixels are gone
+    write(clean, DCM, data)
     current = scan_current(clean)
     todo = facts_needed(current).filter(pl.col("srcfile") == DCM)
     facts = extract_facts(LocalSource(clean), todo)
     assert facts.height == 1 and '"series_number":"1"' in facts["facts"][0] and "error" not in facts["facts"][0]
+    # half the pixels gone (an interrupted copy): the header reads well, the image does not; told by its size alone
+    write(clean, DCM, data[: len(data) - 64 * 64])
+    facts = extract_facts(LocalSource(clean), facts_needed(scan_current(clean)).filter(pl.col("srcfile") == DCM))
+    assert "the file ends inside its pixel data" in facts["facts"][0]
 
 
 class Recording(LocalSource):
@@ -824,7 +829,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v5", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
                                  "mapping_csv.v4", "registry_csv.v8", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -832,7 +837,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v4"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v5"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .readers import OWN_REMEDY
+from .readers import OWN_REMEDY, PIXELS_CUT
 from .rules import (
     IDENTIFYING_DICOM_TAGS,
     KIND_DICOM,
@@ -45,7 +45,8 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     out = [
         # one remedy: the reason's own (a cut copy is copied again), else a re-export
         _found("dicom.unreadable", d.filter(pl.col("error").is_not_null()), "srcfile",
-               pl.when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("no readable DICOM header: {}", pl.col("error")))
+               pl.when(pl.col("error").str.starts_with(PIXELS_CUT)).then(fmt("the image cannot be read: {}", pl.col("error")))
+               .when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("no readable DICOM header: {}", pl.col("error")))
                .otherwise(fmt("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error")))),
         _found("dicom.outside_series", files.filter(pl.col("_outside_series")).join(
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",

@@ -154,8 +154,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # and keeps the units as written where wfdb's reading dropped characters ("µV", read "V")
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
 # dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
+# dicom.v5 also tells a file cut inside its pixel data (the header reads well; the image does not)
 # records.v2 reads a RECORDS file of up to 256 MiB (v1: 16 MiB, a site root's of 450k records was unreadable)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records.v2"
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v5", "records.v2"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
@@ -303,8 +304,9 @@ RULES: tuple[Rule, ...] = (
          "A RECORDS file is empty or not UTF-8 text, or larger than 256 MiB (about 6M records: keep one per person "
          "folder instead)."),
     # -- images
-    Rule("dicom.unreadable", "error", "DICOM header unreadable",
-         "A .dcm file under Images/ has no readable DICOM header."),
+    Rule("dicom.unreadable", "error", "DICOM file unreadable",
+         "A .dcm file under Images/ has no readable DICOM header, or ends inside the pixel data its header declares "
+         "(an interrupted copy)."),
     Rule("dicom.outside_series", "error", "DICOM file outside the image folders",
          "A .dcm file does not lie in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/ (nor in the "
          "study/series folders of earlier editions)."),
