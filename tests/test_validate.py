@@ -222,6 +222,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("layout.unexpected_folder", "scratch/")}),
     ("person_no_data", both(add("000104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "000104"])),
      {("layout.person_no_data", "000104/"), ("layout.person_subfolder", "000104/Metadata/")}),
+    # Multimodal-Linkage: a person folder is named by its person_id, "DATATYPE: integer or bigint"
+    ("person_id_format", both(add("P104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "P104"])),
+     {("person.id_format", "P104/"), ("layout.person_no_data", "P104/"), ("layout.person_subfolder", "P104/Metadata/")}),
     ("person_file", add(f"{P0}/readme.txt"), {("layout.person_file", f"{P0}/readme.txt")}),
     ("person_subfolder", both(add(f"{P0}/Labs/a.csv", "a"), add(f"{P0}/Labs/b.csv", "b")),
      {("layout.person_subfolder", f"{P0}/Labs/")}),

@@ -258,6 +258,9 @@ RULES: tuple[Rule, ...] = (
          "A person folder's id is not a person_id in OMOP/person.csv."),
     Rule("person.no_folder", "info", "persons without a folder",
          "Some person_ids in OMOP/person.csv have no person folder (normal for persons without waveforms or images)."),
+    Rule("person.id_format", "warning", "person id not an integer",
+         "A person folder's name is not an integer (digits 0-9): it names the person_id, an integer in OMOP and in "
+         "the linkage registries."),
     Rule("person.split_folders", "error", "one person in two folders",
          "Person folders name the same person_id in other spellings (0001/ and 000001/: ids are compared without "
          "leading zeros, as OMOP stores them): the person's files lie in more than one folder."),
