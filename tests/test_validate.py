@@ -1263,6 +1263,28 @@ def test_a_header_lacking_what_its_folders_name_is_told_to_set_it_not_to_rename_
         "values (or fix the header)"]
 
 
+def test_a_header_without_patient_id_is_told_to_set_it_not_that_none_differs(clean):
+    """A header without PatientID was told "PatientID (none) in the header is not the person folder ...", as if it held
+    a value "(none)". It now says the header has none and what to set it to; one that differs is told as before."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0,
+                                                study_time="081500", accession=ACCESSION)))
+    del ds.PatientID
+    out_bytes = io.BytesIO()
+    ds.save_as(out_bytes)
+    add(DCM, out_bytes.getvalue())(clean)
+    add(f"{SERIES1}/001.dcm", dicom_bytes(person_id="999", series=1, instance=1, study_date=DAY0,
+                                          study_time="081500", accession=ACCESSION))(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.patient_id").sort("srcfile")
+    assert out.select("srcfile", "message").rows() == [
+        (DCM, f"the header has no PatientID: set it to the person_id (the person folder says {P0}) when de-identifying"),
+        (f"{SERIES1}/001.dcm", f"PatientID 999 in the header is not the person folder {P0}: set PatientID to the "
+                               "person_id when de-identifying")]
+
+
 def test_a_table_under_another_extension_is_told_once_as_the_file_to_rename(clean):
     """OMOP/death.txt gave two findings for one cause: death.csv missing ("add it") and death.txt unknown ("rename or
     remove it"). The missing table's finding now names the file to rename; another unknown file is still told."""

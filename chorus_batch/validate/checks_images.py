@@ -260,8 +260,11 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
         _found(
             "dicom.patient_id",
             ok.filter(pl.col("patient_id").is_null() | (_norm_id(pl.col("patient_id")) != person)), "srcfile",
-            fmt("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
-                      "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
+            pl.when(pl.col("patient_id").is_null()).then(fmt(
+                "the header has no PatientID: set it to the person_id (the person folder says {}) when de-identifying",
+                pl.col("_top"))).otherwise(fmt(
+                "PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
+                "de-identifying", pl.col("patient_id"), pl.col("_top")))),
         # The Imaging SOP: "PatientID and AccessionNumber in the DICOM metadata are replaced by person_id and
         # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id.
         # In today's layout the accession folder names the id the header should hold: the finding says which.
