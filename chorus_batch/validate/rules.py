@@ -286,6 +286,9 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
+    Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
+         "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
+         "its frequency)."),
     Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
          "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
          "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
