@@ -114,10 +114,36 @@ def test_a_header_longer_than_the_first_bytes_read_cut_short_is_told_as_a_short_
     assert facts(whole) == by_dcmread(whole, monkeypatch) and facts(whole)["patient_id"] == "000177"
 
 
-def test_pixels_cut_short_are_not_read(monkeypatch):
-    data = dicom(pixels=4096)[:-2048]
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_pixels_cut_short_are_told_by_the_files_size_not_read(syntax, monkeypatch):
+    """A file cut inside its pixel data (an interrupted copy: most of an image's bytes are pixels) gave its header's
+    facts and no error: the site was told nothing of an image no viewer opens. The pixel data's declared end is
+    compared with the file's size; the pixels are still not read, and either path that reads the header tells it."""
+    whole = dicom(syntax, pixels=4096)
+    data = whole[:-2048]
     assert readers._dicom_elements_plain(data, complete=True) is not None
-    assert facts(data) == by_dcmread(data, monkeypatch) == facts(dicom(pixels=4096))
+    got = facts(data)
+    assert got == by_dcmread(data, monkeypatch)
+    assert got["error"].startswith(readers.PIXELS_CUT) and f"{len(data):,} bytes" in got["error"], got
+    assert got["error"].endswith("copy the file again")
+    assert "error" not in facts(whole) and facts(whole + b"\x00" * 8).get("patient_id") == "000177"
+
+
+def test_pixels_cut_short_in_a_large_file_are_told_without_reading_them():
+    """A file larger than the bytes read for its header, as a hashing worker parses it (through the reader that
+    hashes what it reads): the size is asked of the reader, the pixels are not read for it."""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader
+
+    whole = dicom(pixels=8 << 20)
+    for data, cut in ((whole, False), (whole[: len(whole) // 2], True)):
+        stream = io.BytesIO(data)
+        reader = HashingReader(stream.read, hashlib.md5(), len(data))
+        got = readers.parse_facts(KIND_DICOM, reader)
+        assert got.get("error", "").startswith(readers.PIXELS_CUT) is cut, got
+        assert reader.done <= 2 * readers.DICOM_HEAD_BYTES  # the header's bytes, not the pixels'
+        assert got == facts(data)
 
 
 def test_a_transfer_syntax_that_disagrees_with_the_dataset_goes_to_dcmread(monkeypatch):

@@ -222,6 +222,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("layout.unexpected_folder", "scratch/")}),
     ("person_no_data", both(add("000104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "000104"])),
      {("layout.person_no_data", "000104/"), ("layout.person_subfolder", "000104/Metadata/")}),
+    # Multimodal-Linkage: a person folder is named by its person_id, "DATATYPE: integer or bigint"
+    ("person_id_format", both(add("P104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "P104"])),
+     {("person.id_format", "P104/"), ("layout.person_no_data", "P104/"), ("layout.person_subfolder", "P104/Metadata/")}),
     ("person_file", add(f"{P0}/readme.txt"), {("layout.person_file", f"{P0}/readme.txt")}),
     ("person_subfolder", both(add(f"{P0}/Labs/a.csv", "a"), add(f"{P0}/Labs/b.csv", "b")),
      {("layout.person_subfolder", f"{P0}/Labs/")}),
@@ -316,6 +319,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
+     {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
     ("session_record", remove(f"{MULTI}.hea"),
      {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/"), GONE_FROM_REGISTRY}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
@@ -328,6 +333,7 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("records_unreadable", add(f"{TELEMETRY}/{S0['single']}/RECORDS", b"\x00\x01\x02\xff"),
      {("records.unreadable", f"{TELEMETRY}/{S0['single']}/RECORDS"), ("layout.superseded", f"{TELEMETRY}/{S0['single']}/RECORDS")}),
     ("dicom_unreadable", add(DCM, os.urandom(300)), {("dicom.unreadable", DCM)}),
+    ("dicom_pixels_cut", truncate(DCM, 10), {("dicom.unreadable", DCM)}),
     ("outside_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/000.dcm"),
      {("dicom.outside_series", f"{P0}/Images/CT/{ACCESSION}/000.dcm")}),
     ("path_instance", NEW_DCM(f"{SERIES1}/005.dcm"), {("dicom.path_mismatch", f"{SERIES1}/005.dcm")}),
@@ -762,7 +768,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v3", "dicom.v4", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v3", "dicom.v5", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -799,11 +805,15 @@ def test_a_file_gone_after_its_listing_is_unread_not_bad_content(clean, gone):
 
 def test_dicom_is_read_without_its_pixel_data(clean):
     data = dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500", size=64)
-    write(clean, DCM, data[: len(data) - 64 * 64])  # half the pixels are gone
+    write(clean, DCM, data)
     current = scan_current(clean)
     todo = facts_needed(current).filter(pl.col("srcfile") == DCM)
     facts = extract_facts(LocalSource(clean), todo)
     assert facts.height == 1 and '"series_number":"1"' in facts["facts"][0] and "error" not in facts["facts"][0]
+    # half the pixels gone (an interrupted copy): the header reads well, the image does not; told by its size alone
+    write(clean, DCM, data[: len(data) - 64 * 64])
+    facts = extract_facts(LocalSource(clean), facts_needed(scan_current(clean)).filter(pl.col("srcfile") == DCM))
+    assert "the file ends inside its pixel data" in facts["facts"][0]
 
 
 class Recording(LocalSource):
@@ -824,7 +834,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v4", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v5", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
                                  "mapping_csv.v4", "registry_csv.v8", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -832,7 +842,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v4"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v5"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1253,6 +1263,28 @@ def test_a_header_lacking_what_its_folders_name_is_told_to_set_it_not_to_rename_
         f"the header has no SeriesInstanceUID (the series folder says {uid}): set it to what the folders and the file "
         "name say; modality folder CT but Modality MR in the header: name the folders and the file after the header's "
         "values (or fix the header)"]
+
+
+def test_a_header_without_patient_id_is_told_to_set_it_not_that_none_differs(clean):
+    """A header without PatientID was told "PatientID (none) in the header is not the person folder ...", as if it held
+    a value "(none)". It now says the header has none and what to set it to; one that differs is told as before."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0,
+                                                study_time="081500", accession=ACCESSION)))
+    del ds.PatientID
+    out_bytes = io.BytesIO()
+    ds.save_as(out_bytes)
+    add(DCM, out_bytes.getvalue())(clean)
+    add(f"{SERIES1}/001.dcm", dicom_bytes(person_id="999", series=1, instance=1, study_date=DAY0,
+                                          study_time="081500", accession=ACCESSION))(clean)
+    out = validate(clean).filter(pl.col("rule") == "dicom.patient_id").sort("srcfile")
+    assert out.select("srcfile", "message").rows() == [
+        (DCM, f"the header has no PatientID: set it to the person_id (the person folder says {P0}) when de-identifying"),
+        (f"{SERIES1}/001.dcm", f"PatientID 999 in the header is not the person folder {P0}: set PatientID to the "
+                               "person_id when de-identifying")]
 
 
 def test_a_table_under_another_extension_is_told_once_as_the_file_to_rename(clean):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .readers import OWN_REMEDY
+from .readers import OWN_REMEDY, PIXELS_CUT
 from .rules import (
     IDENTIFYING_DICOM_TAGS,
     KIND_DICOM,
@@ -45,7 +45,8 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     out = [
         # one remedy: the reason's own (a cut copy is copied again), else a re-export
         _found("dicom.unreadable", d.filter(pl.col("error").is_not_null()), "srcfile",
-               pl.when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("no readable DICOM header: {}", pl.col("error")))
+               pl.when(pl.col("error").str.starts_with(PIXELS_CUT)).then(fmt("the image cannot be read: {}", pl.col("error")))
+               .when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("no readable DICOM header: {}", pl.col("error")))
                .otherwise(fmt("no readable DICOM header: {}; re-export the image as DICOM Part 10 (.dcm)", pl.col("error")))),
         _found("dicom.outside_series", files.filter(pl.col("_outside_series")).join(
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
@@ -259,8 +260,11 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
         _found(
             "dicom.patient_id",
             ok.filter(pl.col("patient_id").is_null() | (_norm_id(pl.col("patient_id")) != person)), "srcfile",
-            fmt("PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
-                      "de-identifying", pl.col("patient_id").fill_null("(none)"), pl.col("_top"))),
+            pl.when(pl.col("patient_id").is_null()).then(fmt(
+                "the header has no PatientID: set it to the person_id (the person folder says {}) when de-identifying",
+                pl.col("_top"))).otherwise(fmt(
+                "PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
+                "de-identifying", pl.col("patient_id"), pl.col("_top")))),
         # The Imaging SOP: "PatientID and AccessionNumber in the DICOM metadata are replaced by person_id and
         # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id.
         # In today's layout the accession folder names the id the header should hold: the finding says which.

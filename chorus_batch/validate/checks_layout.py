@@ -68,9 +68,18 @@ def _superseded(current: pl.DataFrame) -> list[pl.LazyFrame]:
 
 def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     across.folders.append(site.folders)
+    # The folder is named by the person_id (Multimodal-Linkage: "This id should also match the name of that files
+    # parent directory"), which OMOP and the registries hold as an integer ("DATATYPE: integer or bigint");
+    # [0-9], not \d: another script's digits are no OMOP integer
+    ids = [_found(
+        "person.id_format", site.folders.filter(pl.col("_is_person") & ~pl.col("_top").str.contains(r"^[0-9]+$")),
+        pl.col("_top") + "/",
+        fmt("person folder {} is not an integer id: it names the person_id, which OMOP and the linkage registries "
+            "hold as an integer; give the person an integer person_id and use it for the folder, in person.csv, "
+            "the registries and the DICOM PatientID", pl.col("_top")))]
     if site.person_ids is None:
-        return []  # no readable person.csv: omop.* says why
-    return [_found(
+        return ids  # no readable person.csv: omop.* says why
+    return [*ids, _found(
         "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
         fmt("person folder {} has no row in person.csv{}: add the person to OMOP/person.csv or fix the folder name",
             pl.col("_top"),

@@ -80,7 +80,8 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     # Multi-segment records.
     segments = (
         ok.filter(pl.col("segments").is_not_null())
-        .select(pl.col("srcfile").alias("_master"), "_dir", pl.col("sig_len").alias("_master_len"), "segments")
+        .select(pl.col("srcfile").alias("_master"), "_dir", pl.col("sig_len").alias("_master_len"),
+                pl.col("fs").alias("_master_fs"), "segments")
         .explode("segments")
         .unnest("segments")
     )
@@ -101,6 +102,17 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "_path",
         fmt("this segment has {} samples but its multi-segment header gives {}: make them agree",
                   pl.col("_seg_len"), pl.col("length"))))
+    # WFDB: a multi-segment record's segments are sampled at its frequency (wfdb joins them as if they were, without
+    # a word: the time of every sample after such a segment is wrong)
+    seg_fs = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("fs").alias("_seg_fs")), on="_path")
+    out.append(_found(
+        "wfdb.segment_rate",
+        seg_fs.filter(pl.col("_seg_fs").is_not_null() & pl.col("_master_fs").is_not_null()
+                      & ((pl.col("_seg_fs") - pl.col("_master_fs")).abs() > 1e-9 * pl.col("_master_fs").abs())),
+        "_path",
+        fmt("this segment is sampled at {} Hz but its multi-segment header {} gives {} Hz: a record's segments share "
+            "its sampling frequency; re-export the record (or make the segment a record of its own)",
+            pl.col("_seg_fs"), pl.col("_master").str.split("/").list.last(), pl.col("_master_fs"))))
     totals = segments.group_by("_master", "_master_len").agg(pl.col("length").sum().alias("_total"))
     out.append(_found(
         "wfdb.segment_length",

@@ -143,7 +143,21 @@ def plain_elements(head: bytes, wanted: frozenset[int], *, complete: bool) -> di
         return None
 
 
-def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool) -> dict[int, bytes] | None:
+def pixel_data_extent(head: bytes) -> tuple[int, int] | None:
+    """(where the pixel data's value starts, its declared length) in a plain DICOM Part 10 file whose first bytes
+    are `head`, when the walk reaches a Pixel Data element of defined length within them; else None (a file the
+    walk does not decide, no pixel data, or encapsulated pixel data, of undefined length). A file shorter than
+    their sum is cut inside its pixel data: pydicom reads its header without a word (stop_before_pixels)."""
+    at: list[tuple[int, int]] = []
+    try:
+        _plain_elements(head, frozenset(), False, at)
+    except _Odd:
+        pass  # (an odd character set, met before the pixel data, leaves the structure as walked)
+    return at[0] if at and at[0][1] != _UNDEFINED else None
+
+
+def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool,
+                    pixels_at: list[tuple[int, int]] | None = None) -> dict[int, bytes] | None:
     if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
         return None
     pos, syntax = 132, None
@@ -180,6 +194,8 @@ def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool) -> dict
         else:
             tag, vr, length, value = _header(head, pos, implicit)
         if tag in PIXEL_TAGS:
+            if pixels_at is not None:
+                pixels_at.append((value, length))
             return _checked(found)
         if tag >> 16 == 0xFFFE or tag >> 16 == 0x0002:
             raise _Odd

@@ -154,8 +154,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # and keeps the units as written where wfdb's reading dropped characters ("µV", read "V")
 # dicom.v3 also keeps the study-level attributes of the Imaging SOP (STUDY_DICOM_TAGS: dicom.study_metadata)
 # dicom.v4 also keeps its series-level attributes (SERIES_DICOM_TAGS...: dicom.series_metadata)
+# dicom.v5 also tells a file cut inside its pixel data (the header reads well; the image does not)
 # records.v2 reads a RECORDS file of up to 256 MiB (v1: 16 MiB, a site root's of 450k records was unreadable)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v4", "records.v2"
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v5", "records.v2"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
@@ -257,6 +258,9 @@ RULES: tuple[Rule, ...] = (
          "A person folder's id is not a person_id in OMOP/person.csv."),
     Rule("person.no_folder", "info", "persons without a folder",
          "Some person_ids in OMOP/person.csv have no person folder (normal for persons without waveforms or images)."),
+    Rule("person.id_format", "warning", "person id not an integer",
+         "A person folder's name is not an integer (digits 0-9): it names the person_id, an integer in OMOP and in "
+         "the linkage registries."),
     Rule("person.split_folders", "error", "one person in two folders",
          "Person folders name the same person_id in other spellings (0001/ and 000001/: ids are compared without "
          "leading zeros, as OMOP stores them): the person's files lie in more than one folder."),
@@ -282,6 +286,9 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
+    Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
+         "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
+         "its frequency)."),
     Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
          "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
          "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
@@ -303,8 +310,9 @@ RULES: tuple[Rule, ...] = (
          "A RECORDS file is empty or not UTF-8 text, or larger than 256 MiB (about 6M records: keep one per person "
          "folder instead)."),
     # -- images
-    Rule("dicom.unreadable", "error", "DICOM header unreadable",
-         "A .dcm file under Images/ has no readable DICOM header."),
+    Rule("dicom.unreadable", "error", "DICOM file unreadable",
+         "A .dcm file under Images/ has no readable DICOM header, or ends inside the pixel data its header declares "
+         "(an interrupted copy)."),
     Rule("dicom.outside_series", "error", "DICOM file outside the image folders",
          "A .dcm file does not lie in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/ (nor in the "
          "study/series folders of earlier editions)."),
