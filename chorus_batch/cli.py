@@ -1114,9 +1114,9 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _db(args: argparse.Namespace) -> str:
+def _db(args: argparse.Namespace, target: _Target | None = None) -> str:
     """The manifest file a read-only command reads: --db, or a fresh local copy of a manifest in Azure."""
-    target = _resolve(args)
+    target = target or _resolve(args)
     from .store.remote import is_remote, read_copy
 
     return str(read_copy(target.db, target.config.cloud)) if is_remote(target.db) else target.db
@@ -1381,8 +1381,14 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     from .report.html import write_report
+    from .store.remote import is_remote
+    from .urls import mask_url
 
-    info = write_report(_db(args), args.out, version=args.version_label)
+    target = _resolve(args)
+    # A manifest in Azure is read from a local copy in the cache; the page names it, and the commands it suggests
+    # take it, by its URL: the copy's path sent `chorus-batch validate` to record findings in that throwaway copy.
+    info = write_report(_db(args, target), args.out, version=args.version_label,
+                        named=mask_url(target.db) if is_remote(target.db) else None)
     said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
     # quoted with escapes as other messages show names: a line break in --out split this line in two
     where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))

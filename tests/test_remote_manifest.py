@@ -289,6 +289,27 @@ def test_status_reads_the_manifest_without_its_lease_and_writes_nothing_back(az,
     no_secret(out.stdout, out.stderr)
 
 
+def test_a_report_names_a_manifest_in_azure_by_its_url_not_by_the_cache_copy_it_read(az, tmp_path):
+    """The page named the read copy in the cache as "the manifest", and told to run `chorus-batch validate --db
+    <that copy>`: findings recorded in a throwaway copy, never in the manifest in Azure."""
+    import html
+    import re
+
+    assert run(az, small_site(tmp_path / "site")).returncode == 0  # (--no-validate: the page says how to check it)
+    out = tmp_path / "report.html"
+    done = cli("report", "--db", az.url, "--out", str(out), env=az.env)
+    assert done.returncode == 0, done.stderr
+    page = html.unescape(out.read_text(encoding="utf-8"))
+    assert re.search(r"<dt>manifest</dt><dd>(.*?)</dd>", page).group(1) == az.url
+    unchecked = next(line for line in done.stdout.splitlines() if "was not validated" in line)
+    assert f"chorus-batch run --db {az.url}" in unchecked and "validate --db" not in unchecked, unchecked
+    assert unchecked.split("needs a look: ")[1] in page
+    # the copy is named only where a local file is needed: open_manifest in the `python -c` commands
+    cache = str(az.cache.resolve())
+    assert all(line.lstrip().startswith("python -c") for line in re.findall(r"<code>(.*?)</code>", page) if cache in line)
+    assert cache not in re.sub(r"<code>python -c.*?</code>", "", page, flags=re.DOTALL)
+
+
 def test_a_percent_in_a_db_url_is_a_character_of_the_name_as_in_site_and_to(az, tmp_path):
     # --db decoded %-escapes (az://c/m/my%20m.sqlite was the blob 'm/my m.sqlite') while --site and --to take
     # az:// URLs as written: one URL named two blobs depending on the flag. Now '%' is a character everywhere.

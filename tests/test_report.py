@@ -227,6 +227,22 @@ def test_empty_version(tmp_path):
     assert_renders(info.path, info)
 
 
+def test_a_manifest_in_a_folder_whose_name_is_not_utf8_is_reported(tmp_path):
+    """A folder named in Latin-1 (`caf\xe9`): the manifest's path went to ADBC as text, which it takes as UTF-8 only,
+    and `report` (every reading command) was an internal error (UnicodeEncodeError)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db)
+    folder = tmp_path / os.fsdecode(b"caf\xe9")
+    folder.mkdir()
+    shutil.copy(db, folder / "m.sqlite")
+    done = cli("report", "--db", str(folder / "m.sqlite"), "--out", str(folder / "r.html"))
+    assert done.returncode == 0, done.stderr
+    assert (folder / "r.html").stat().st_size > 0
+    info = write_report(folder / "m.sqlite", folder / "r2.html")
+    assert info.version == open_manifest(db).latest()
+
+
 def test_a_version_not_validated_is_flagged_not_shown_as_clean(tmp_path):
     """`run --no-validate` stores no findings: the page said "No findings" and "Nothing flagged", as for a
     version validation found clean; it says the version was not validated, and how to check it."""

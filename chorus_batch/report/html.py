@@ -75,9 +75,12 @@ class ReportInfo:
     elapsed_s: float = 0.0
 
 
-def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, version: str | None = None) -> ReportInfo:
+def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, version: str | None = None,
+                 named: str | None = None) -> ReportInfo:
     """Write the report of `version` (label or ISO time; default: the latest) to `out`, atomically and
-    readable by its owner only. `manifest` is a SQLite manifest, a Parquet snapshot folder or an open reader."""
+    readable by its owner only. `manifest` is a SQLite manifest, a Parquet snapshot folder or an open reader.
+    `named`: the manifest as the page names it and the `chorus-batch` commands it suggests take it, where
+    `manifest` is a local copy of it (a manifest in Azure: its az:// URL); default: `manifest`'s absolute path."""
     started = time.perf_counter()
     to_stdout = str(out) == "-"  # `report --out - | ssh …`: the page on standard output, as tools take "-"
     if not to_stdout:
@@ -85,7 +88,7 @@ def write_report(manifest: str | Path | ManifestReader, out: str | Path, *, vers
         check_not_manifest(out, manifest.path if isinstance(manifest, ManifestReader) else manifest)
     out = Path(out)  # (after: Path("") is ".", and Path("x/") drops the slash that says a folder is meant)
     reader = manifest if isinstance(manifest, ManifestReader) else open_manifest(manifest)
-    with _Report(reader, reader.resolve(version)) as report:
+    with _Report(reader, reader.resolve(version), named) as report:
         if to_stdout:
             sys.stdout.write(report.render())
             sys.stdout.flush()
@@ -170,7 +173,7 @@ def _environment() -> Environment:
 class _Report:
     """Each section's values for the template: a dict, or None where the section has nothing to show."""
 
-    def __init__(self, reader: ManifestReader, label: str):
+    def __init__(self, reader: ManifestReader, label: str, named: str | None = None):
         self.reader = reader  # it keeps the version's file set after the first read
         self.label = label
         self.images = 0
@@ -180,7 +183,11 @@ class _Report:
         labels = self.versions["label"].to_list()
         self.previous = labels[-2] if len(labels) > 1 else None
         self.row = self.versions.row(len(labels) - 1, named=True)
-        self.db = str(Path(reader.path).absolute())  # also in the commands the page suggests
+        # The manifest the `python -c` commands open (open_manifest reads a local file or folder), and the one the
+        # page names and its `chorus-batch` commands take: the same, unless the file read is a copy (of az://...)
+        self.local = str(Path(reader.path).absolute())
+        self.remote = named is not None
+        self.db = named or self.local
         # The version's files in DuckDB, not a polars frame: a frame of every file grew with the manifest.
         # Queries run one after the other: concurrent ADBC connections can meet SQLITE_BUSY while
         # one of them recovers the WAL index, and the gain on two cores was small.
@@ -210,7 +217,7 @@ class _Report:
         # write_csv: owner-only, and a name that a spreadsheet would run as a formula is quoted (report.spreadsheet)
         code = (f"from chorus_batch.review import open_manifest{', ' + also if also else ''}; "
                 "from chorus_batch.report.spreadsheet import write_csv; "
-                f"m = open_manifest({json.dumps(self.db)}); write_csv({expression}, {json.dumps(out_csv)})")
+                f"m = open_manifest({json.dumps(self.local)}); write_csv({expression}, {json.dumps(out_csv)})")
         return shlex.join(["python", "-c", code])
 
     def flag(self, text: str) -> str:
@@ -431,10 +438,14 @@ class _Report:
                 return {"unchecked": None}
             # no findings because nothing was checked (`run --no-validate`): not a clean version
             latest = self.label == self.reader.latest()
-            return {"unchecked": self.flag(
-                f"Version {self.label} was not validated: its findings are unknown"
-                + (f" ({self.cli('validate', '--db', self.db)} checks it)." if latest
-                   else " (chorus-batch validate checks only the latest version)."))}
+            if not latest:
+                how = " (chorus-batch validate checks only the latest version)."
+            elif self.remote:  # `validate` works on a local manifest only; a run checks the latest version
+                how = (f" (a manifest in Azure is checked by its runs: {self.cli('run', '--db', self.db)} without "
+                       "--no-validate checks its latest version; chorus-batch validate works on a local manifest only).")
+            else:
+                how = f" ({self.cli('validate', '--db', self.db)} checks it)."
+            return {"unchecked": self.flag(f"Version {self.label} was not validated: its findings are unknown{how}")}
         grouped = (findings.with_columns(severity=pl.col("severity").fill_null("unknown"), rule=pl.col("rule").fill_null(""))
                    .group_by("severity", "rule").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
                                                      msg=pl.col("message").head(EXAMPLES))

@@ -115,6 +115,15 @@ CHANGES_SCHEMA = {
 }
 # Columns written for a new file version (all but the validity columns, which a version sets).
 _VALIDITY = ("time_valid", "time_invalid", "version_valid", "version_invalid")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a path holding a byte of a name that is not UTF-8 (Python decodes it as a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 NEW_ROW_COLUMNS = tuple(c for c in columns_of("source_files") if c not in _VALIDITY)
 
 
@@ -246,10 +255,13 @@ class Manifest:
             if self._source.endswith("immutable=1"):
                 self._check_no_wal()  # again at each open: a reader (a notebook) outlives runs committing meanwhile
             return self._source
+        uri = "file:" + urllib.parse.quote(os.fsencode(self.path))  # (bytes: a name that is not UTF-8 is kept)
+        # A path with a name that is not UTF-8 (a folder named in Latin-1) as that URI: ADBC takes a path as UTF-8
+        # text only, and every command failed with an internal error (UnicodeEncodeError) on such a manifest.
+        plain = str(self.path) if str(self.path).isascii() or _is_utf8(str(self.path)) else uri
         if not self.path.is_file():
-            return str(self.path)  # nothing to probe (yet): opening it is the writer's business
-        uri = "file:" + urllib.parse.quote(str(self.path))
-        sources = [str(self.path), f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"]
+            return plain  # nothing to probe (yet): opening it is the writer's business
+        sources = [plain, f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"]
         if not os.access(self.path, os.W_OK):
             # A reader who may not write the manifest: in a folder it may write (a shared, sticky one) SQLite
             # would leave a -shm and -wal of this user's beside it, which the owner's runs cannot then use or
@@ -270,7 +282,7 @@ class Manifest:
                 con.close()
             self._source = source
             return source
-        return str(self.path)
+        return plain
 
     def _check_no_wal(self) -> None:
         """An immutable read sees the file only: refused while a -wal holds commits not yet in it."""
