@@ -31,8 +31,7 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     _warn_if_anyone_may_write(path)
     try:
-        # utf-8-sig: a byte-order mark (Notepad writes one) was "Invalid statement (at line 1, column 1)"
-        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        return tomllib.loads(_text(path))
     except FileNotFoundError:
         if path.is_symlink():  # (the link is there, what it leads to is not)
             raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
@@ -59,6 +58,28 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
                           fix="keep one of the two and remove the other" if said else
                               "fix the TOML syntax at the position given") from None
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark (Notepad writes one: it was "Invalid statement (at
+    line 1, column 1)"), or UTF-16 with one, as Windows PowerShell 5's `>` and Notepad's "Unicode" save it (`chorus-batch
+    import-config config.toml > chorus.toml` there: it was "byte 0xff on line 1 (a Latin-1 or Windows-1252 letter)",
+    and "save as UTF-8" of a file its editor showed as plain text). UTF-16 without a byte-order mark (NUL in every
+    other byte of its first characters) is said as such, not read as TOML ("Invalid statement") nor as one letter."""
+    raw = path.read_bytes()
+    fix = "save the file as UTF-8 (the TOML standard; in PowerShell: Out-File -Encoding utf8) and run again"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is UTF-16 text cut short (it ends within a character)",
+                              where=str(path), fix=fix) from None
+    head = raw[:64][: len(raw[:64]) // 2 * 2]
+    if len(head) >= 4 and ((0 not in head[0::2] and head[1::2].count(0) == len(head) // 2)
+                           or (0 not in head[1::2] and head[0::2].count(0) == len(head) // 2)):
+        raise ConfigError(f"config file {path} is UTF-16 text without a byte-order mark, not UTF-8", where=str(path),
+                          fix=fix)
+    return raw.decode("utf-8-sig")
 
 
 def not_utf8(path: Path, exc: UnicodeDecodeError) -> tuple[str, str]:

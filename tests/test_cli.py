@@ -318,6 +318,34 @@ def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
     assert query(db, "SELECT site FROM versions") == [("site-bom",)]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom"])
+def test_a_config_saved_as_utf16_with_a_byte_order_mark_is_read(tmp_path, encoding):
+    """Windows PowerShell 5's `>` (`chorus-batch import-config config.toml > chorus.toml`) and Notepad's "Unicode" save
+    UTF-16 with a byte-order mark: it was "not UTF-8: byte 0xff on line 1 (a Latin-1 or Windows-1252 letter)"."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    text = '[site]\r\nname = "site-sixteen"\r\n[run]\r\nvalidate = false\r\n'
+    data = text.encode("utf-16") if encoding == "utf-16" else b"\xfe\xff" + text.encode("utf-16-be")
+    (tmp_path / "c.toml").write_bytes(data)
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
+    assert out.returncode == 0, out.stderr
+    assert query(db, "SELECT site FROM versions") == [("site-sixteen",)]
+
+
+@pytest.mark.parametrize(("data", "said"), [
+    ('[site]\nname = "x"\n'.encode("utf-16-le"), "is UTF-16 text without a byte-order mark, not UTF-8"),
+    ('[site]\nname = "x"\n'.encode("utf-16-be"), "is UTF-16 text without a byte-order mark, not UTF-8"),
+    (b"\xff\xfe[\x00s", "is UTF-16 text cut short"),
+])
+def test_a_config_in_utf16_it_cannot_read_says_so(tmp_path, data, said):
+    """Without a byte-order mark it was "Invalid statement (at line 1, column 1)" (big-endian) or "byte 0x00"."""
+    (tmp_path / "c.toml").write_bytes(data)
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert said in out.stderr and "save the file as UTF-8" in out.stderr and "Latin-1" not in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+
+
 def test_missing_site_is_a_usage_error(tmp_path):
     out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "not a readable directory" in out.stderr
