@@ -270,6 +270,34 @@ def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_fol
     assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
 
 
+@pytest.mark.parametrize(("setting", "value", "variable"), [
+    ("[site]\nroot", "$DATA/site", "$DATA"), ("[site]\nroot", "${DATA}", "${DATA}"),
+    ("[site]\nroot", "%DATA%\\\\site", "%DATA%"), ("[site.roots]\nImages", "~/$IMAGES/x", "$IMAGES"),
+    ("[manifest]\ndb", "$OUT/m.sqlite", "$OUT"), ("[manifest]\nparquet", "snaps/${WHEN}", "${WHEN}"),
+])
+def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, value, variable):
+    """chorus.toml expands no environment variables: `root = "$DATA/site"` was "site root is not a readable directory:
+    <config folder>/$DATA/site", and `db = "$OUT/m.sqlite"` a manifest made in a new folder named `$OUT`."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_text(f'{setting} = "{value}"\n')
+    args = [] if setting.endswith("root") else ["--site", str(tmp_path / "site")]
+    out = cli("run", "--config", str(tmp_path / "c.toml"), *args, env={**os.environ, "DATA": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"names the environment variable {variable}, but chorus.toml expands no environment variables" in out.stderr
+    assert "envsubst < chorus.toml.in > chorus.toml" in out.stderr, out.stderr
+    assert "c.toml " + setting.replace("\n", " ") in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
+
+
+def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
+    write(tmp_path / "a$DIR" / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_text('[site]\nroot = "a$DIR/site"\n[manifest]\ndb = "a$DIR/m$1.sqlite"\n'
+                                     '[run]\nvalidate = false\n')
+    out = cli("run", "-q", "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "a$DIR" / "m$1.sqlite", "SELECT n_files FROM versions") == [(1,)]
+
+
 def test_a_config_every_user_may_change_is_warned_of(tmp_path):
     """Saved under umask 000 (mode 666), a root cron job's chorus.toml let any user choose its site and manifest."""
     write(tmp_path / "site", "OMOP/a.csv")
