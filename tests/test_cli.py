@@ -420,6 +420,34 @@ def test_a_misspelt_variable_is_warned_of_not_taken_silently(site, tmp_path):
     assert "CHORUS_BATCH_CHECKPOINT_S is not" not in out.stderr
 
 
+def test_on_off_flags_override_chorus_toml_in_both_senses(tmp_path):
+    """README: "command-line options override it". `validate = false`, `follow_symlinks = true` and
+    `default_excludes = false` in [run] could not be overridden for one run: there was only --no-validate,
+    --follow-symlinks and --no-default-excludes (`--validate` was "unrecognized argument")."""
+    site = tmp_path / "site"
+    write(site, "OMOP/a.csv", b"a")
+    write(site, ".DS_Store", b"junk")
+    (site / "OMOP" / "link.csv").symlink_to(tmp_path / "outside.csv")
+    (tmp_path / "outside.csv").write_text("x")
+    (tmp_path / "c.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n[run]\nvalidate = false\n'
+                                     'follow_symlinks = true\ndefault_excludes = false\n')
+
+    def status(*flags: str) -> dict:
+        out = cli("status", "--json", "--config", str(tmp_path / "c.toml"), *flags)
+        assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
+        return json.loads(out.stdout)
+
+    as_set = status()  # the file's settings: the link followed, the junk tracked, nothing checked
+    assert {c["srcfile"] for c in as_set["changes"]} == {"OMOP/a.csv", "OMOP/link.csv", ".DS_Store"}, as_set["changes"]
+    assert as_set["findings"] is None
+    flags = status("--validate", "--no-follow-symlinks", "--default-excludes")
+    assert {c["srcfile"] for c in flags["changes"]} == {"OMOP/a.csv"}, flags["changes"]
+    assert flags["excluded"]["default"] == 1 and flags["errors"]["by_kind"] == {"symlink": 1}, flags
+    assert flags["findings"] is not None and flags["findings"]["total"] >= 0, flags
+    out = cli("run", "--slurm", "--no-follow-symlinks", "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 2 and "run --slurm does not pass on --no-follow-symlinks" in out.stderr, out.stderr
+
+
 def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_folder(site, tmp_path):
     # `versions --config FILE` was "unrecognized argument --config": only ./chorus.toml was read
     write(site, "OMOP/person.csv", b"person_id\n1\n")
