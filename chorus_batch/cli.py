@@ -53,6 +53,12 @@ def demo_site() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "demo_site"
 
 
+# The options whose value is a path (a word starting with '-' is then also written ./-x); the others take a label, a
+# time, a URL or a list, written --option=-x only
+_PATH_DESTS = frozenset({"config", "site", "db", "delete_list", "parquet", "out", "staging", "merge", "path", "from_log",
+                         "exclude"})
+
+
 class _Parser(argparse.ArgumentParser):
     """Every command's parser. `validate --help` lists the rules: the rules module (and polars)
     is imported only when that help is shown, so other help stays instant."""
@@ -79,9 +85,15 @@ class _Parser(argparse.ArgumentParser):
         if dashed:
             word, flag = dashed[0], missing.group(1) if missing else None
             q = shlex.quote
-            value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
-                     else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
-            message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+            action = self._option_string_actions.get(flag.split("/")[0]) if flag else None
+            if flag and flag.startswith("--") and action is not None and action.dest not in _PATH_DESTS:
+                # a label, a time, a URL, a list: './-x' is no way to write it (`--version -x` was told --version ./-x)
+                value, what = q(f"{flag}={word}"), "a value"
+            elif flag and flag.startswith("--"):
+                value, what = f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}", "a name"
+            else:
+                value, what = f"{q('./' + word)}, or -- {q(word)} at the end of the command line", "a name"
+            message += f"; {word!r} starts with '-', so it was read as a flag, not as {what}: write {value}"
         from .urls import scrub
 
         message = scrub(message)  # (it quotes what was given: a SAS in the wrong place, say)

@@ -448,6 +448,19 @@ def test_on_off_flags_override_chorus_toml_in_both_senses(tmp_path):
     assert out.returncode == 2 and "run --slurm does not pass on --no-follow-symlinks" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize(("args", "told"), [
+    (["run", "--version", "-x"], "not as a value: write --version=-x\n"),
+    (["diff", "--from", "-x"], "not as a value: write --from=-x\n"),
+    (["upload", "--to", "-x"], "not as a value: write --to=-x\n"),
+    (["run", "--site", "-data"], "not as a name: write --site=-data or --site ./-data\n"),
+])
+def test_a_value_starting_with_a_dash_is_told_how_to_be_typed_as_that_option_takes_it(tmp_path, args, told):
+    """`run --version -x` was told "write --version=-x or --version ./-x": './-x' is a path's way, no label's (nor a
+    time's, a container URL's); only an option that takes a path is told it."""
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2 and told in out.stderr, out.stderr
+
+
 def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_folder(site, tmp_path):
     # `versions --config FILE` was "unrecognized argument --config": only ./chorus.toml was read
     write(site, "OMOP/person.csv", b"person_id\n1\n")
