@@ -220,6 +220,12 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
         ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
+        # TOML's nan was "should be less than or equal to 3600, not NaN", and JSON's spelling of inf (Infinity)
+        ("[run]\nracy_window_s = nan\n", "invalid setting 'run.racy_window_s': should be a number, not nan"),
+        ("[run]\nverify_sample = inf\n", "invalid setting 'run.verify_sample': should be less than or equal to 100, not inf"),
+        # a float max_delete out of 0-100 was told to write "nan%" or "150%", no share either
+        ("[run]\nmax_delete = nan\n", "invalid setting 'run.max_delete': nan is not a percentage"),
+        ("[run]\nmax_delete = 150.0\n", "invalid setting 'run.max_delete': 150.0 is not a percentage"),
     ],
 )
 def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
