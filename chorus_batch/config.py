@@ -477,6 +477,12 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             meant = f"{prefix}.{meant}" if prefix and meant else meant
             key = str(first["loc"][-1])
             homes = [] if prefix else [f"{s}.{key}" for s in known if key in _known_settings((s,))]
+            if not prefix and isinstance(data.get(key), dict):  # a [section] (`[runn]`, `[Run]`): said as one
+                raise ConfigError(
+                    f"unknown section [{key}]" + (f"; did you mean [{meant}]?" if meant else ""), where=f"{path} [{key}]",
+                    fix=(f"rename it to [{meant}]" if meant else "remove it") + f" ({CONFIG_HELP}; sections: "
+                        + ", ".join(known) + ")",
+                ) from None
             if homes:  # a setting written above every [section] (workers = 8 before [run]) is at the top level
                 sections = " or ".join(f"[{home.split('.')[0]}]" for home in homes)
                 raise ConfigError(
@@ -498,11 +504,13 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP}; sections: "
                         + ", ".join(known) + ")",
                 ) from None
+            bare = _close(key, known)  # as it is written in its [section]
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",
-                fix=(f"rename it to {meant!r}" if meant else "remove it") + f" ({CONFIG_HELP}; known here: "
-                    + ", ".join(known) + ")",
+                # `workers` under [run], not `run.workers` there (that would be [run] run.workers: run.run.workers)
+                fix=(f"rename it to {bare!r}" + (f" (in [{prefix}])" if prefix else "") if bare else "remove it")
+                    + f" ({CONFIG_HELP}; known here: " + ", ".join(known) + ")",
             ) from None
         message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
         branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
