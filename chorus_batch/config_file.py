@@ -1,6 +1,5 @@
 """chorus.toml as written, with the standard library only: where it is, its TOML, its paths made absolute.
-config.py validates what it holds (pydantic); the command line also reads it before pydantic and the data
-libraries load, to start walking the site at once (cli._walk_plan)."""
+config.py validates what it holds (pydantic)."""
 
 from __future__ import annotations
 
