@@ -53,6 +53,12 @@ def demo_site() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "demo_site"
 
 
+# The options whose value is a path (a word starting with '-' is then also written ./-x); the others take a label, a
+# time, a URL or a list, written --option=-x only
+_PATH_DESTS = frozenset({"config", "site", "db", "delete_list", "parquet", "out", "staging", "merge", "path", "from_log",
+                         "exclude"})
+
+
 class _Parser(argparse.ArgumentParser):
     """Every command's parser. `validate --help` lists the rules: the rules module (and polars)
     is imported only when that help is shown, so other help stays instant."""
@@ -79,9 +85,15 @@ class _Parser(argparse.ArgumentParser):
         if dashed:
             word, flag = dashed[0], missing.group(1) if missing else None
             q = shlex.quote
-            value = (f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}" if flag and flag.startswith("--")
-                     else f"{q('./' + word)}, or -- {q(word)} at the end of the command line")
-            message += f"; {word!r} starts with '-', so it was read as a flag, not as a name: write {value}"
+            action = self._option_string_actions.get(flag.split("/")[0]) if flag else None
+            if flag and flag.startswith("--") and action is not None and action.dest not in _PATH_DESTS:
+                # a label, a time, a URL, a list: './-x' is no way to write it (`--version -x` was told --version ./-x)
+                value, what = q(f"{flag}={word}"), "a value"
+            elif flag and flag.startswith("--"):
+                value, what = f"{q(f'{flag}={word}')} or {flag} {q('./' + word)}", "a name"
+            else:
+                value, what = f"{q('./' + word)}, or -- {q(word)} at the end of the command line", "a name"
+            message += f"; {word!r} starts with '-', so it was read as a flag, not as {what}: write {value}"
         from .urls import scrub
 
         message = scrub(message)  # (it quotes what was given: a SAS in the wrong place, say)
@@ -561,7 +573,9 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                         "append: only add/replace, remove only paths in --delete-list")
     parser.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
     parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: the CPUs this process may use, at most 16)")
-    parser.add_argument("--follow-symlinks", action="store_true", default=None, help="follow symbolic links (default: record and skip)")
+    # on/off flags in both senses (--follow-symlinks / --no-follow-symlinks): a flag overrides chorus.toml either way
+    parser.add_argument("--follow-symlinks", action=argparse.BooleanOptionalAction, default=None,
+                        help="follow symbolic links (default: follow_symlinks in [run], else record and skip them)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
                         help="refuse a version that removes more of the previous version's files than this: a "
                              "share of them (50%%, the default), a number of files (1000), or all (no limit); a root "
@@ -575,11 +589,13 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                         help="leave out files matching GLOB: neither hashed nor recorded, only counted (repeatable; "
                              "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
                              "site-relative path (scratch/*); a file recorded before is removed in the next version")
-    parser.add_argument("--no-default-excludes", dest="default_excludes", action="store_false", default=None,
-                        help="also track the OS junk that is excluded by default (.DS_Store, Thumbs.db, desktop.ini, "
-                             "._*, ~$*, .~lock.*#)")
-    parser.add_argument("--no-validate", dest="validate", action="store_false", default=None,
-                        help="skip the checks against the CHoRUS procedures (see `chorus-batch validate --help`)")
+    parser.add_argument("--default-excludes", action=argparse.BooleanOptionalAction, default=None,
+                        help="--no-default-excludes: also track the OS junk that is excluded by default (.DS_Store, "
+                             "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#) (default: default_excludes in [run], else "
+                             "excluded)")
+    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
+                        help="--no-validate: skip the checks against the CHoRUS procedures (see `chorus-batch validate "
+                             "--help`) (default: validate in [run], else checked)")
 
 
 def _slurm_flags(parser: argparse.ArgumentParser, *, run: bool = False) -> None:
@@ -743,7 +759,9 @@ def _listing_arguments(args: argparse.Namespace) -> list[str]:
                 or value == action.default):
             continue
         option = max(action.option_strings, key=len)
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if isinstance(action, argparse.BooleanOptionalAction):  # (--x, or --no-x: the one given)
+            words.append(action.option_strings[0 if value else 1])
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             words.append(option)
         elif isinstance(action, argparse._AppendAction):
             words += [word for item in value for word in (option, str(item))]
@@ -824,13 +842,12 @@ _SLURM_ONLY = ("shards", "cpus_per_task", "mem", "time", "partition", "account")
 def cmd_run_slurm(args: argparse.Namespace, argv: list[str]) -> int:
     from .slurm import submit_and_follow
 
+    on_off = ("follow_symlinks", "validate", "default_excludes")  # (--x / --no-x: either is given)
     given = [name for name in _NOT_WITH_SLURM
-             if getattr(args, name, None) not in (None, False)
-             or (name in ("validate", "default_excludes") and getattr(args, name, None) is False)]
+             if getattr(args, name, None) not in (None, False) or (name in on_off and getattr(args, name, None) is False)]
     if given:
-        flags = ", ".join({"validate": "--no-validate", "version_label": "--version",
-                           "default_excludes": "--no-default-excludes"}.get(name, "--" + name.replace("_", "-"))
-                          for name in given)
+        flags = ", ".join("--" + ("no-" if name in on_off and getattr(args, name) is False else "")
+                          + {"version_label": "version"}.get(name, name).replace("_", "-") for name in given)
         raise UsageError(f"run --slurm does not pass on {flags}", where="run --slurm",
                          fix="set them in chorus.toml and pass --config: every job reads it")
     script = _slurm_script(args, "run --slurm")

@@ -102,7 +102,8 @@ def parse_max_delete(value: str | int | float) -> tuple[str, float]:
             return "count", float(int(text))  # max_delete = -5 (an int in TOML) refused every later run
     except ValueError:
         pass
-    if isinstance(value, float) and not isinstance(value, bool):  # max_delete = 0.5 or 50.0: a share meant as a number
+    if isinstance(value, float) and 0 <= value <= 100:  # max_delete = 0.5 or 50.0: a share meant as a number
+        # (max_delete = nan or inf was told to write "nan%" / "inf%": no share of 0-100, said as any other value)
         raise ValueError(f"{value!r} is neither a number of files (a whole number such as 1000) nor a percentage, "
                          f"which is written as text with % (max_delete = \"{value * 100 if value <= 1 else value:g}%\" "
                          "in chorus.toml)")
@@ -415,6 +416,13 @@ _KINDS = {"int_type": "a whole number", "int_from_float": "a whole number", "flo
           "dict_type": "a table of settings", "model_type": "a table of settings ([section])"}
 
 
+def _as_toml(value: object) -> str:
+    """A value as TOML writes it, for a message (json's NaN and Infinity are no TOML: nan, inf, -inf)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    return json.dumps(value, default=str)
+
+
 def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
     """The settings of a TOML table (dotted, as written) whose text is empty or blank (False), or that list such
     a text (True)."""
@@ -469,6 +477,12 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             meant = f"{prefix}.{meant}" if prefix and meant else meant
             key = str(first["loc"][-1])
             homes = [] if prefix else [f"{s}.{key}" for s in known if key in _known_settings((s,))]
+            if not prefix and isinstance(data.get(key), dict):  # a [section] (`[runn]`, `[Run]`): said as one
+                raise ConfigError(
+                    f"unknown section [{key}]" + (f"; did you mean [{meant}]?" if meant else ""), where=f"{path} [{key}]",
+                    fix=(f"rename it to [{meant}]" if meant else "remove it") + f" ({CONFIG_HELP}; sections: "
+                        + ", ".join(known) + ")",
+                ) from None
             if homes:  # a setting written above every [section] (workers = 8 before [run]) is at the top level
                 sections = " or ".join(f"[{home.split('.')[0]}]" for home in homes)
                 raise ConfigError(
@@ -490,11 +504,13 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP}; sections: "
                         + ", ".join(known) + ")",
                 ) from None
+            bare = _close(key, known)  # as it is written in its [section]
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",
-                fix=(f"rename it to {meant!r}" if meant else "remove it") + f" ({CONFIG_HELP}; known here: "
-                    + ", ".join(known) + ")",
+                # `workers` under [run], not `run.workers` there (that would be [run] run.workers: run.run.workers)
+                fix=(f"rename it to {bare!r}" + (f" (in [{prefix}])" if prefix else "") if bare else "remove it")
+                    + f" ({CONFIG_HELP}; known here: " + ", ".join(known) + ")",
             ) from None
         message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
         branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
@@ -502,12 +518,16 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
             said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
             setting = ".".join(str(p) for p in loc[:-1])
-            message = f"should be {' or '.join(said)}, not {json.dumps(first['input'], default=str)}"  # as TOML spells it
+            message = f"should be {' or '.join(said)}, not {_as_toml(first['input'])}"  # as TOML spells it
             loc = loc[:-1]
         elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
-            message = f"should be {_KINDS[first['type']]}, not {json.dumps(first['input'], default=str)}"
+            message = f"should be {_KINDS[first['type']]}, not {_as_toml(first['input'])}"
+        elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
+            # TOML's nan is in no range
+            # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
+            message = f"should be a number, not {_as_toml(first['input'])}"
         elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
-            message = f"{message.removeprefix('Input ')}, not {json.dumps(first['input'], default=str)}"
+            message = f"{message.removeprefix('Input ')}, not {_as_toml(first['input'])}"
         if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
             message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
             setting = ".".join(str(p) for p in loc)

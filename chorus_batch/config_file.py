@@ -1,10 +1,10 @@
 """chorus.toml as written, with the standard library only: where it is, its TOML, its paths made absolute.
-config.py validates what it holds (pydantic); the command line also reads it before pydantic and the data
-libraries load, to start walking the site at once (cli._walk_plan)."""
+config.py validates what it holds (pydantic)."""
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,7 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     _warn_if_anyone_may_write(path)
     try:
-        # utf-8-sig: a byte-order mark (Notepad writes one) was "Invalid statement (at line 1, column 1)"
-        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        return tomllib.loads(_text(path))
     except FileNotFoundError:
         if path.is_symlink():  # (the link is there, what it leads to is not)
             raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
@@ -59,6 +58,28 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
                           fix="keep one of the two and remove the other" if said else
                               "fix the TOML syntax at the position given") from None
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8, with or without a byte-order mark (Notepad writes one: it was "Invalid statement (at
+    line 1, column 1)"), or UTF-16 with one, as Windows PowerShell 5's `>` and Notepad's "Unicode" save it (`chorus-batch
+    import-config config.toml > chorus.toml` there: it was "byte 0xff on line 1 (a Latin-1 or Windows-1252 letter)",
+    and "save as UTF-8" of a file its editor showed as plain text). UTF-16 without a byte-order mark (NUL in every
+    other byte of its first characters) is said as such, not read as TOML ("Invalid statement") nor as one letter."""
+    raw = path.read_bytes()
+    fix = "save the file as UTF-8 (the TOML standard; in PowerShell: Out-File -Encoding utf8) and run again"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is UTF-16 text cut short (it ends within a character)",
+                              where=str(path), fix=fix) from None
+    head = raw[:64][: len(raw[:64]) // 2 * 2]
+    if len(head) >= 4 and ((0 not in head[0::2] and head[1::2].count(0) == len(head) // 2)
+                           or (0 not in head[1::2] and head[0::2].count(0) == len(head) // 2)):
+        raise ConfigError(f"config file {path} is UTF-16 text without a byte-order mark, not UTF-8", where=str(path),
+                          fix=fix)
+    return raw.decode("utf-8-sig")
 
 
 def not_utf8(path: Path, exc: UnicodeDecodeError) -> tuple[str, str]:
@@ -97,7 +118,34 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     if value is None or "://" in value:
         return value
     path = Path(expand_home(value, what))
-    return str(path if path.is_absolute() else (base / path))
+    path = path if path.is_absolute() else (base / path)
+    _no_variable(value, path, what)
+    return str(path)
+
+
+# An environment variable as a shell ($NAME, ${NAME}) or Windows (%NAME%) writes it in a path
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|%([A-Za-z_][A-Za-z0-9_]*)%")
+
+
+def _no_variable(value: str, path: Path, what: str) -> None:
+    """A path setting that names an environment variable (`root = "$DATA/site"`) is refused: chorus.toml expands
+    none, and it was "site root is not a readable directory: /etc/chorus/$DATA/site", a manifest made in a new folder
+    named `$DATA`. A folder that is there under that very name is taken as written."""
+    found = _VARIABLE.search(value)
+    if found is None:
+        return
+    # the path as the run reads it, up to the name holding the variable (the names after it dropped)
+    after = re.split(f"[{re.escape(os.sep + (os.altsep or ''))}]", value[found.end():], maxsplit=1)[1:]
+    upto = path
+    for _ in Path(after[0]).parts if after else ():
+        upto = upto.parent
+    if os.path.lexists(upto):
+        return
+    raise ConfigError(f"{what} {value!r} names the environment variable {found.group(0)}, but chorus.toml expands no "
+                      "environment variables (only a leading ~, the home folder)", where=what,
+                      fix="write the path out, or fill the variables in before the run: envsubst < chorus.toml.in > "
+                          "chorus.toml (or --config <(envsubst < chorus.toml.in)); relative paths are from the file's "
+                          "folder")
 
 
 def check_working_folder() -> None:

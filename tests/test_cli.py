@@ -220,6 +220,12 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
         ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
+        # TOML's nan was "should be less than or equal to 3600, not NaN", and JSON's spelling of inf (Infinity)
+        ("[run]\nracy_window_s = nan\n", "invalid setting 'run.racy_window_s': should be a number, not nan"),
+        ("[run]\nverify_sample = inf\n", "invalid setting 'run.verify_sample': should be less than or equal to 100, not inf"),
+        # a float max_delete out of 0-100 was told to write "nan%" or "150%", no share either
+        ("[run]\nmax_delete = nan\n", "invalid setting 'run.max_delete': nan is not a percentage"),
+        ("[run]\nmax_delete = 150.0\n", "invalid setting 'run.max_delete': 150.0 is not a percentage"),
     ],
 )
 def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
@@ -270,6 +276,34 @@ def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_fol
     assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
 
 
+@pytest.mark.parametrize(("setting", "value", "variable"), [
+    ("[site]\nroot", "$DATA/site", "$DATA"), ("[site]\nroot", "${DATA}", "${DATA}"),
+    ("[site]\nroot", "%DATA%\\\\site", "%DATA%"), ("[site.roots]\nImages", "~/$IMAGES/x", "$IMAGES"),
+    ("[manifest]\ndb", "$OUT/m.sqlite", "$OUT"), ("[manifest]\nparquet", "snaps/${WHEN}", "${WHEN}"),
+])
+def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, value, variable):
+    """chorus.toml expands no environment variables: `root = "$DATA/site"` was "site root is not a readable directory:
+    <config folder>/$DATA/site", and `db = "$OUT/m.sqlite"` a manifest made in a new folder named `$OUT`."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_text(f'{setting} = "{value}"\n')
+    args = [] if setting.endswith("root") else ["--site", str(tmp_path / "site")]
+    out = cli("run", "--config", str(tmp_path / "c.toml"), *args, env={**os.environ, "DATA": str(tmp_path)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"names the environment variable {variable}, but chorus.toml expands no environment variables" in out.stderr
+    assert "envsubst < chorus.toml.in > chorus.toml" in out.stderr, out.stderr
+    assert "c.toml " + setting.replace("\n", " ") in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
+
+
+def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
+    write(tmp_path / "a$DIR" / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_text('[site]\nroot = "a$DIR/site"\n[manifest]\ndb = "a$DIR/m$1.sqlite"\n'
+                                     '[run]\nvalidate = false\n')
+    out = cli("run", "-q", "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 0, out.stderr
+    assert query(tmp_path / "a$DIR" / "m$1.sqlite", "SELECT n_files FROM versions") == [(1,)]
+
+
 def test_a_config_every_user_may_change_is_warned_of(tmp_path):
     """Saved under umask 000 (mode 666), a root cron job's chorus.toml let any user choose its site and manifest."""
     write(tmp_path / "site", "OMOP/a.csv")
@@ -318,6 +352,34 @@ def test_a_config_written_with_a_byte_order_mark_is_read(tmp_path):
     assert query(db, "SELECT site FROM versions") == [("site-bom",)]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be-bom"])
+def test_a_config_saved_as_utf16_with_a_byte_order_mark_is_read(tmp_path, encoding):
+    """Windows PowerShell 5's `>` (`chorus-batch import-config config.toml > chorus.toml`) and Notepad's "Unicode" save
+    UTF-16 with a byte-order mark: it was "not UTF-8: byte 0xff on line 1 (a Latin-1 or Windows-1252 letter)"."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    text = '[site]\r\nname = "site-sixteen"\r\n[run]\r\nvalidate = false\r\n'
+    data = text.encode("utf-16") if encoding == "utf-16" else b"\xfe\xff" + text.encode("utf-16-be")
+    (tmp_path / "c.toml").write_bytes(data)
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path / "site"), "--db", str(db), "-q")
+    assert out.returncode == 0, out.stderr
+    assert query(db, "SELECT site FROM versions") == [("site-sixteen",)]
+
+
+@pytest.mark.parametrize(("data", "said"), [
+    ('[site]\nname = "x"\n'.encode("utf-16-le"), "is UTF-16 text without a byte-order mark, not UTF-8"),
+    ('[site]\nname = "x"\n'.encode("utf-16-be"), "is UTF-16 text without a byte-order mark, not UTF-8"),
+    (b"\xff\xfe[\x00s", "is UTF-16 text cut short"),
+])
+def test_a_config_in_utf16_it_cannot_read_says_so(tmp_path, data, said):
+    """Without a byte-order mark it was "Invalid statement (at line 1, column 1)" (big-endian) or "byte 0x00"."""
+    (tmp_path / "c.toml").write_bytes(data)
+    out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert said in out.stderr and "save the file as UTF-8" in out.stderr and "Latin-1" not in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+
+
 def test_missing_site_is_a_usage_error(tmp_path):
     out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "not a readable directory" in out.stderr
@@ -362,6 +424,47 @@ def test_a_misspelt_variable_is_warned_of_not_taken_silently(site, tmp_path):
     assert ("environment variable CHORUS_BATCH_PROGRES_S is not one chorus-batch reads; it is ignored (did you mean "
             "CHORUS_BATCH_PROGRESS_S?)") in out.stderr, out.stderr
     assert "CHORUS_BATCH_CHECKPOINT_S is not" not in out.stderr
+
+
+def test_on_off_flags_override_chorus_toml_in_both_senses(tmp_path):
+    """README: "command-line options override it". `validate = false`, `follow_symlinks = true` and
+    `default_excludes = false` in [run] could not be overridden for one run: there was only --no-validate,
+    --follow-symlinks and --no-default-excludes (`--validate` was "unrecognized argument")."""
+    site = tmp_path / "site"
+    write(site, "OMOP/a.csv", b"a")
+    write(site, ".DS_Store", b"junk")
+    (site / "OMOP" / "link.csv").symlink_to(tmp_path / "outside.csv")
+    (tmp_path / "outside.csv").write_text("x")
+    (tmp_path / "c.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n[run]\nvalidate = false\n'
+                                     'follow_symlinks = true\ndefault_excludes = false\n')
+
+    def status(*flags: str) -> dict:
+        out = cli("status", "--json", "--config", str(tmp_path / "c.toml"), *flags)
+        assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
+        return json.loads(out.stdout)
+
+    as_set = status()  # the file's settings: the link followed, the junk tracked, nothing checked
+    assert {c["srcfile"] for c in as_set["changes"]} == {"OMOP/a.csv", "OMOP/link.csv", ".DS_Store"}, as_set["changes"]
+    assert as_set["findings"] is None
+    flags = status("--validate", "--no-follow-symlinks", "--default-excludes")
+    assert {c["srcfile"] for c in flags["changes"]} == {"OMOP/a.csv"}, flags["changes"]
+    assert flags["excluded"]["default"] == 1 and flags["errors"]["by_kind"] == {"symlink": 1}, flags
+    assert flags["findings"] is not None and flags["findings"]["total"] >= 0, flags
+    out = cli("run", "--slurm", "--no-follow-symlinks", "--config", str(tmp_path / "c.toml"))
+    assert out.returncode == 2 and "run --slurm does not pass on --no-follow-symlinks" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("args", "told"), [
+    (["run", "--version", "-x"], "not as a value: write --version=-x\n"),
+    (["diff", "--from", "-x"], "not as a value: write --from=-x\n"),
+    (["upload", "--to", "-x"], "not as a value: write --to=-x\n"),
+    (["run", "--site", "-data"], "not as a name: write --site=-data or --site ./-data\n"),
+])
+def test_a_value_starting_with_a_dash_is_told_how_to_be_typed_as_that_option_takes_it(tmp_path, args, told):
+    """`run --version -x` was told "write --version=-x or --version ./-x": './-x' is a path's way, no label's (nor a
+    time's, a container URL's); only an option that takes a path is told it."""
+    out = cli(*args, cwd=tmp_path)
+    assert out.returncode == 2 and told in out.stderr, out.stderr
 
 
 def test_read_commands_take_the_manifest_of_a_config_elsewhere_relative_to_its_folder(site, tmp_path):
