@@ -261,6 +261,10 @@ umask 077
 mkdir -p -- "$logs"
 # (sbatch reads % in --output as a pattern, %j the job id, even in the folder's name: a literal % is written %%)
 rm -f -- "$staging/{MERGE_EXIT}"
+# A --staging used before holds that submission's complete shards: a task of this one that fails before it starts its
+# shard (a node without the interpreter, a site not mounted there) left the old one looking done, and a merge run by
+# hand took it. Their completion records go (the shards write them again; other splits are the merge's to leave out).
+rm -f -- "$staging"/shard-*-of-{shards}/scan.json
 export CHORUS_STAGING="$staging"
 
 shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
@@ -400,6 +404,17 @@ def _read_exit(path: Path, wait_s: float) -> int | None:
         time.sleep(0.5)
 
 
+def _shard_progress(job: Submitted, states: dict[str, tuple[str, str]], k: int) -> str:
+    """"done", "failed", "running" or "pending": shard k's task by its state, or, once Slurm forgot it, by its
+    shard's scan.json (the script removes those of an earlier submission into the same staging folder)."""
+    state = states.get(f"{job.array_job}_{k}", ("", ""))[0]
+    if state == "COMPLETED" or (not state and job.shard_done(k)):
+        return "done"
+    if state in _TERMINAL:
+        return "failed"
+    return "running" if state in _RUNNING else "pending"
+
+
 def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = print,
            exit_wait_s: float = 30) -> int:
     """Poll squeue until the merge job leaves; print progress lines; return the merge's exit code.
@@ -418,15 +433,7 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         unknown_since = None
         counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
         for k in range(job.shards):
-            state = states.get(f"{job.array_job}_{k}", ("", ""))[0]
-            if state == "COMPLETED" or (not state and job.shard_done(k)):
-                counts["done"] += 1
-            elif state in _TERMINAL:
-                counts["failed"] += 1
-            elif state in _RUNNING:
-                counts["running"] += 1
-            else:
-                counts["pending"] += 1
+            counts[_shard_progress(job, states, k)] += 1
         merge_state, reason = states.get(job.merge_job, ("", ""))
         if merge_state in _RUNNING or (merge_state in _TERMINAL and merge_state != "CANCELLED"):
             job.merge_started = True
@@ -447,7 +454,8 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
     state, code = scontrol_exit(job.merge_job)
     state = state or merge_state
     if (state == "CANCELLED" and reason.startswith("Dependency")) or (not state and counts["done"] < job.shards):
-        missing = [k for k in range(job.shards) if not job.shard_done(k)]
+        # (by the tasks' states, as counted above: a scan.json alone is no proof, a task may have failed after it)
+        missing = [k for k in range(job.shards) if _shard_progress(job, states, k) != "done"]
         out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish; "
             "nothing was committed")
         for k in missing:

@@ -399,6 +399,48 @@ def test_a_failed_shard_cancels_the_merge_and_is_named(slurm, stand_in, tmp_path
     slurm.wait_idle()
 
 
+def test_a_staging_folder_used_before_does_not_pass_off_its_old_shards_as_done(slurm, stand_in, tmp_path,
+                                                                                 monkeypatch):
+    """A --staging used by an earlier submission kept its complete shards: a task of the next one that failed before
+    it began its shard (here the stand-in's exit 3; a node without the interpreter) left last night's shard looking
+    done, so the follower said "0 of 3 shards did not finish", named none, and sent the user to a merge that took the
+    old shard. The script removes the old shards' completion records; the follower goes by the tasks' states."""
+    python, _log = stand_in
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=3, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    assert submit_and_follow(script, poll_s=0.3, out=lambda line: None) == 0
+    monkeypatch.setenv("STAND_IN_FAIL", "1")
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 2
+    text = "\n".join(lines)
+    assert "did not run: 1 of 3 shards did not finish" in text and "shard 1 of 3: failed" in text, text
+    assert not (tmp_path / "st" / "shard-1-of-3" / "scan.json").exists()
+    merge = next(line for line in lines if "then merge:" in line).split("then merge: ", 1)[1]
+    merged = subprocess.run(["bash", "-c", merge], capture_output=True, text=True)
+    assert merged.returncode == 2 and "shard 1 of 3 is missing" in merged.stderr, merged.stdout + merged.stderr
+    slurm.wait_idle()
+
+
+def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monkeypatch):
+    """A task can fail after its shard's scan.json is written (killed at its time limit while it printed its
+    summary): the merge is cancelled all the same, and the follower named no shard ("0 of 2 did not finish")."""
+    import chorus_batch.slurm as slurm_module
+
+    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n".format(tmp_path))
+    for k in range(2):
+        (tmp_path / f"shard-{k}-of-2").mkdir()
+        (tmp_path / f"shard-{k}-of-2" / "scan.json").write_text("{}")
+    states = {"7_0": ("COMPLETED", "None"), "7_1": ("TIMEOUT", "TimeLimit"), "8": ("CANCELLED", "DependencyNeverSatisfied")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
+    lines: list[str] = []
+    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert "1 done, 1 failed of 2" in text and "did not run: 1 of 2 shards did not finish" in text, text
+    assert "shard 1 of 2: timeout" in text and "--shard 1/2 " in text, text
+
+
 def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     python, _log = stand_in
     monkeypatch.setenv("STAND_IN_HANG", "1")
