@@ -283,6 +283,9 @@ merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
     --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%j.out" <<'CHORUS_MERGE'
 #!/bin/bash
 set -uo pipefail
+# Slurm stops a job (its time limit, scancel) with SIGTERM to each of its processes: the run stops, says what became of
+# its version and exits 143; this shell, which died of it at once, waits for that and writes the code as any other
+trap : TERM
 {merge_cmd}
 code=$?
 printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"

@@ -679,6 +679,30 @@ def test_ctrl_c_after_the_merge_committed_says_the_version_stays(slurm, small_si
     slurm.wait_idle()
 
 
+def test_a_merge_stopped_by_slurm_still_writes_its_exit_code(slurm, small_site, tmp_path, monkeypatch):
+    """Slurm stops a job at its time limit (or scancel) with SIGTERM to each of its processes: the merge's run stopped
+    and exited 143, but the job's shell died of the same signal before it wrote merge.exit, which README promises
+    holds the merge's exit code (`sbatch nightly.sbatch` users read it; the follower fell back on the job's state)."""
+    import time
+
+    first, _second = small_site
+    db, staging = tmp_path / "m.sqlite", tmp_path / "st"
+    for key, value in {**slurm.env, "CHORUS_BATCH_TEST_PAUSE": "commit"}.items():
+        monkeypatch.setenv(key, value)
+    job = submit(slurm_script(site=str(first), db=str(db), shards=2, cpus_per_task=1, staging=str(staging)))
+    deadline = time.monotonic() + 300
+    while not (job.merge_log().exists() and "test pause at commit" in job.merge_log().read_text(errors="replace")):
+        assert time.monotonic() < deadline, _logs(job)
+        time.sleep(0.5)
+    assert slurm.run(["scancel", job.merge_job]).returncode == 0
+    lines: list[str] = []
+    assert follow(job, poll_s=0.5, out=lines.append) == 143, "\n".join(lines) + _logs(job)
+    assert (staging / "merge.exit").read_text() == "143\n", _logs(job)
+    assert f"merge job {job.merge_job} exited with code 143" in "\n".join(lines)
+    assert "terminated (SIGTERM); nothing was committed" in job.merge_log().read_text()
+    slurm.wait_idle()
+
+
 def test_run_slurm_piped_to_head_follows_to_the_end_and_exits_with_the_merges_code(slurm, small_site, tmp_path):
     """`run --slurm | head -1`: the reader left at the first line, and the command ended quietly with exit 0 while
     the jobs were still pending (a success cron was told before the merge ran). It follows them to the end,
