@@ -189,6 +189,14 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     run += ["--db", db, "--workers", str(min(cpus_per_task, MAX_WORKERS))]
     shard_cmd = _q(run) + f' --shard "$SLURM_ARRAY_TASK_ID/{shards}" --staging "$CHORUS_STAGING"'
     merge_cmd = _q(run) + ' --merge "$CHORUS_STAGING"'
+    # A node without the interpreter (a venv on a login node's local disk): bash's "line 3: ...: No such file or
+    # directory" was all the job's log said. Each job checks it first and says what to do (exit 2: nothing was done).
+    no_python = ("printf 'chorus-batch: the interpreter %s is not on %s, the node this Slurm job ran on: the jobs run "
+                 "the interpreter that made the script, so it must be at the same path on every node; install "
+                 "chorus-batch on a file system every node reaches (or at that path on each node), make the script "
+                 "with that interpreter, and submit it again; nothing was done here\\n' "
+                 f'{shlex.quote(python)} "$(hostname)" >&2')
+    has_python = f"[ -x {shlex.quote(python)} ]"
 
     limits = [f"--cpus-per-task={cpus_per_task}"]
     limits += [f"--mem={mem}"] if mem else []
@@ -271,6 +279,7 @@ shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
     --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%A_%a.out" <<'CHORUS_SHARD'
 #!/bin/bash
 set -euo pipefail
+{has_python} || {{ {no_python}; exit 2; }}
 exec {shard_cmd}
 CHORUS_SHARD
 ) || {{ code=$?; {discard}echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
@@ -286,7 +295,11 @@ set -uo pipefail
 # Slurm stops a job (its time limit, scancel) with SIGTERM to each of its processes: the run stops, says what became of
 # its version and exits 143; this shell, which died of it at once, waits for that and writes the code as any other
 trap : TERM
-{merge_cmd}
+if {has_python}; then
+    {merge_cmd}
+else
+    {no_python}; (exit 2)
+fi
 code=$?
 printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"
 exit "$code"

@@ -441,6 +441,30 @@ def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monke
     assert "shard 1 of 2: timeout" in text and "--shard 1/2 " in text, text
 
 
+def test_a_node_without_the_interpreter_says_so_in_the_jobs_log(slurm, stand_in, tmp_path):
+    """The jobs run the interpreter that made the script; on a node without it (a venv on the login node's own disk)
+    the shard's log said only bash's "line 3: ...: No such file or directory". Each job checks it first and says
+    what it is and what to do. (Here the interpreter goes after the submission, while the blocked shards wait.)"""
+    python, _log = stand_in
+    link = tmp_path / "venv" / "bin" / "python"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(python)
+    blocker = slurm.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}", "--output=/dev/null", "--wrap",
+                         "sleep 120"], check=True).stdout.strip().split(";")[0]
+    try:
+        job = submit(slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2,
+                                  cpus_per_task=1, python=str(link), staging=str(tmp_path / "st")))
+        link.unlink()
+    finally:
+        slurm.run(["scancel", blocker])
+    lines: list[str] = []
+    assert follow(job, poll_s=0.3, out=lines.append) == 2
+    assert "shard 0 of 2: failed" in "\n".join(lines), lines
+    said = job.shard_log(0).read_text()
+    assert f"the interpreter {link} is not on {slurm.hostname}" in said and "every node reaches" in said, said
+    slurm.wait_idle()
+
+
 def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     python, _log = stand_in
     monkeypatch.setenv("STAND_IN_HANG", "1")
