@@ -83,6 +83,31 @@ def check_time(text: str) -> str:
     return text
 
 
+SUBMIT_TIME_S = 600  # the submitting job's own limit (it upgrades the manifest, then calls sbatch twice)
+
+
+def time_seconds(text: str) -> int | None:
+    """A Slurm time limit (check_time's forms) in seconds; None for no limit (0, UNLIMITED, INFINITE)."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, dash, clock = text.rpartition("-")
+    fields = [int(f) for f in clock.split(":")]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        seconds = int(days) * 86400 + sum(value * unit for value, unit in zip(fields, (3600, 60, 1)))
+    else:  # MM, MM:SS, HH:MM:SS
+        seconds = sum(value * unit for value, unit in zip(fields, {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(fields)]))
+    return seconds or None
+
+
+def submit_time(time: str | None) -> str:
+    """The submitting job's --time: 10 minutes, or the jobs' own --time when shorter. A partition whose MaxTime is
+    below 10 minutes (the user's --time fits it) kept `sbatch nightly.sbatch` pending for ever (PartitionTimeLimit)."""
+    seconds = time_seconds(time) if time else None
+    if seconds is not None and seconds < SUBMIT_TIME_S:
+        return time
+    return f"{SUBMIT_TIME_S // 3600:02d}:{SUBMIT_TIME_S // 60 % 60:02d}:{SUBMIT_TIME_S % 60:02d}"
+
+
 def check_name(text: str) -> str:
     """A partition or account name (letters, digits, _.+- ; partitions may be a comma list)."""
     if not _NAME.match(text):
@@ -215,7 +240,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
         discard = ""  # the user's folder: kept
     logs_line = f"logs={shlex.quote(_absolute(log_dir))}" if log_dir else 'logs="$staging/logs"'
     header = [f"#SBATCH --job-name={SUBMIT_JOB}", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1",
-              "#SBATCH --time=00:10:00", *(f"#SBATCH {p}" for p in placement)]
+              f"#SBATCH --time={submit_time(time)}", *(f"#SBATCH {p}" for p in placement)]
     shown = _q(run)
     from . import __version__
 

@@ -465,6 +465,37 @@ def test_a_node_without_the_interpreter_says_so_in_the_jobs_log(slurm, stand_in,
     slurm.wait_idle()
 
 
+@pytest.mark.parametrize("limit, header", [("5", "5"), ("0:9:30", "0:9:30"), ("0-0:05", "0-0:05"),
+                                           ("04:00:00", "00:10:00"), ("0", "00:10:00"), ("UNLIMITED", "00:10:00")])
+def test_the_submitting_job_asks_no_more_time_than_the_jobs(tmp_path, limit, header):
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), time=limit)
+    assert re.findall(r"^#SBATCH --time=(.*)$", script, re.MULTILINE) == [header]
+
+
+def test_sbatch_the_script_on_a_partition_with_a_short_time_limit(slurm, stand_in, tmp_path):
+    """The submitting job asked for 10 minutes whatever --time said: on a partition whose MaxTime is shorter (the
+    jobs' --time fitting it) `sbatch nightly.sbatch` stayed pending for ever (PartitionTimeLimit), submitting nothing.
+    It asks for the jobs' --time when that is shorter."""
+    python, _log = stand_in
+    assert slurm.run(["scontrol", "create", "PartitionName=short", "Nodes=ALL", "MaxTime=5", "State=UP"]).returncode == 0
+    try:
+        script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                              python=str(python), staging=str(tmp_path / "st"), partition="short", time="5")
+        (tmp_path / "nightly.sbatch").write_text(script)
+        launcher = slurm.run(["sbatch", "--parsable", "nightly.sbatch"], cwd=tmp_path,
+                             check=True).stdout.strip().split(";")[0]
+        try:
+            assert slurm.wait_job(launcher, timeout=60) == "COMPLETED"
+        finally:
+            slurm.run(["scancel", launcher])
+        job = parse_submitted((tmp_path / f"slurm-{launcher}.out").read_text())
+        assert slurm.wait_job(job.merge_job, timeout=120) == "COMPLETED"
+        assert (tmp_path / "st" / "merge.exit").read_text() == "0\n"
+    finally:
+        slurm.wait_idle()
+        slurm.run(["scontrol", "delete", "PartitionName=short"])
+
+
 def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
     python, _log = stand_in
     monkeypatch.setenv("STAND_IN_HANG", "1")
