@@ -217,6 +217,38 @@ def test_what_every_shard_would_refuse_is_refused_before_a_script_is_made(tmp_pa
 
 
 @pytest.mark.parametrize("command", ["slurm-script", "run --slurm"])
+def test_a_config_in_append_mode_is_refused_before_a_script_is_made(tmp_path, command):
+    """[run] mode = "append" in the jobs' chorus.toml: the script was made and every shard refused append mode
+    tonight ("drop those options", of an option never given). Refused now, with what to do."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (tmp_path / "chorus.toml").write_text(f"[site]\nroot = '{site}'\n[run]\nmode = 'append'\n")
+    proc = cli(*command.split(), "--config", str(tmp_path / "chorus.toml"), "--db", str(tmp_path / "m.sqlite"),
+               cwd=tmp_path, env={"PATH": str(tmp_path / "nothing")})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert '[run] mode = "append"' in proc.stderr and "every shard would refuse append mode" in proc.stderr
+    assert "run append deliveries on one node" in proc.stderr and not (tmp_path / "m.sqlite.staging").exists()
+
+
+def test_run_slurm_says_where_each_flag_it_does_not_pass_on_goes(tmp_path):
+    """`run --slurm --dry-run` (or --version, --workers) was told "set them in chorus.toml", which has no such
+    setting (and the jobs' --workers is --cpus-per-task): each flag is now told where it goes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    base = ["run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite")]
+    for flags, said, unsaid in (
+        (["--dry-run"], "--dry-run: `chorus-batch status`", "chorus.toml"),
+        (["--version", "X", "--rehash"], "--version: the merge's alone", "chorus.toml"),
+        (["--workers", "2"], "--workers: --cpus-per-task C is each job's --workers", "chorus.toml"),
+        (["--mode", "append"], "--mode: a Slurm run is a full run", "chorus.toml"),
+        (["--exclude", "*.tmp", "--no-validate"], "set --no-validate, --exclude in chorus.toml as [run] validate = "
+                                                  "false, [run] exclude and pass --config", "alone"),
+    ):
+        proc = cli(*base, *flags, cwd=tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr and unsaid not in proc.stderr, (flags, proc.stderr)
+
+
+@pytest.mark.parametrize("command", ["slurm-script", "run --slurm"])
 def test_a_config_read_from_a_pipe_is_refused_before_a_script_is_made(tmp_path, command):
     """`--config <(envsubst < chorus.toml.in)` put /dev/fd/63 into the script: every job, started later on another
     node, failed on a config that was not there. Refused at once (exit 2), no script, nothing submitted; the same
