@@ -497,12 +497,20 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
     if (state == "CANCELLED" and reason.startswith("Dependency")) or (not state and counts["done"] < job.shards):
         # (by the tasks' states, as counted above: a scan.json alone is no proof, a task may have failed after it)
         missing = [k for k in range(job.shards) if _shard_progress(job, states, k) != "done"]
-        out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish; "
-            "nothing was committed")
+        # Tasks still queued or running (the merge cancelled by hand, or other tasks than the failed one not done yet)
+        # were told "rerun it": a rerun beside its own task is refused (its shard's lock), or hashes the shard twice
+        going = [k for k in missing if _shard_progress(job, states, k) in ("running", "pending")
+                 and states.get(f"{job.array_job}_{k}", ("", ""))[0]]
+        out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish"
+            + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
         for k in missing:
             shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]
                            or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
                            or "no longer known to Slurm")
+            if k in going:
+                out(f"  shard {k} of {job.shards}: {shard_state.lower()} (task {job.array_job}_{k}, still in Slurm's "
+                    f"queue: let it finish, or `scancel {job.array_job}_{k}`); log {job.shard_log(k)}")
+                continue
             out(f"  shard {k} of {job.shards}: {shard_state.lower()}; log {job.shard_log(k)}")
             if job.rerun_shard:
                 out(f"    rerun it: {job.shard_command(k)}")

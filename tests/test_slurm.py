@@ -473,6 +473,25 @@ def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monke
     assert "shard 1 of 2: timeout" in text and "--shard 1/2 " in text, text
 
 
+def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, monkeypatch):
+    """Shard 0 failed, so the merge was cancelled, while shard 1's task still ran: the follower said "rerun it" of
+    shard 1 too, a rerun its own running task's lock refuses (or that hashes the shard twice)."""
+    import chorus_batch.slurm as slurm_module
+
+    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n".format(tmp_path))
+    states = {"7_0": ("FAILED", "NonZeroExitCode"), "7_1": ("RUNNING", "None"),
+              "8": ("CANCELLED", "DependencyNeverSatisfied")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
+    lines: list[str] = []
+    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert "2 of 2 shards did not finish (1 still queued or running)" in text, text
+    assert "shard 1 of 2: running (task 7_1, still in Slurm's queue" in text and "--shard 1/2 " not in text, text
+    assert "shard 0 of 2: failed" in text and "--shard 0/2 " in text, text
+
+
 def test_a_node_without_the_interpreter_says_so_in_the_jobs_log(slurm, stand_in, tmp_path):
     """The jobs run the interpreter that made the script; on a node without it (a venv on the login node's own disk)
     the shard's log said only bash's "line 3: ...: No such file or directory". Each job checks it first and says
