@@ -308,7 +308,7 @@ def test_run_slurm_without_sbatch_says_so(tmp_path):
     proc = cli("run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "4")
     assert proc.returncode == 2 and "--shards only go with --slurm" in proc.stderr
     proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--dry-run")
-    assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus.toml" in proc.stderr
+    assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus-batch status" in proc.stderr
 
 
 def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
