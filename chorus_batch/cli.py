@@ -795,6 +795,12 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
         raise UsageError(f"`{command}` needs the site root{extra}; no script was made and nothing was submitted",
                          where="--site / [site] root",
                          fix="pass --site DIR (and --db MANIFEST), or --config chorus.toml with [site] root")
+    if target.config.run.mode != "full":  # every shard refused it tonight ("--mode append do not go with --shard")
+        raise UsageError(f"[run] mode = \"{target.config.run.mode}\" in {config}: a Slurm run lists the whole site in "
+                         "shards (full mode), and every shard would refuse append mode; no script was made and nothing "
+                         "was submitted", where="[run] mode",
+                         fix=f"run append deliveries on one node (chorus-batch run --config {shlex.quote(str(config))}, "
+                             "without Slurm), or give the Slurm run a chorus.toml with mode = \"full\" (the default)")
     if "://" not in target.db:  # what every shard would refuse tonight (a folder, another program's database, a
         # newer release's manifest), refused now; an older schema is upgraded by the script before it submits
         from .store import Manifest
@@ -836,6 +842,19 @@ def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
 _NOT_WITH_SLURM = ("mode", "delete_list", "parquet", "workers", "rehash", "dry_run", "json", "version_label",
                    "follow_symlinks", "max_delete", "verify_sample", "verify_max_bytes", "cloud_md5", "validate",
                    "shard", "merge", "exclude", "default_excludes")
+# ... and those chorus.toml has no setting for: what to do instead
+_BY_HAND = "run the shards and the merge yourself (`chorus-batch run --shard K/N --staging DIR` each, then `chorus-batch run --merge DIR`)"
+_NO_CONFIG_SETTING = {
+    "workers": "--cpus-per-task C is each job's --workers",
+    "mode": "a Slurm run is a full run of the whole site; run append deliveries on one node (without --slurm)",
+    "dry_run": "`chorus-batch status` (on one node) shows what a run would commit and writes nothing",
+    "json": "the merge's summary is in its log; `chorus-batch versions --json` and `changes --json` read the version",
+    "version_label": f"the merge's alone: {_BY_HAND} with it",
+    "delete_list": f"the merge's alone: {_BY_HAND} with it",
+    "rehash": f"the shards' alone: {_BY_HAND} with it",
+    "shard": f"the jobs run --shard and --merge themselves; without --slurm, {_BY_HAND}",
+    "merge": f"the jobs run --shard and --merge themselves; without --slurm, {_BY_HAND}",
+}
 _SLURM_ONLY = ("shards", "cpus_per_task", "mem", "time", "partition", "account")
 
 
@@ -846,10 +865,24 @@ def cmd_run_slurm(args: argparse.Namespace, argv: list[str]) -> int:
     given = [name for name in _NOT_WITH_SLURM
              if getattr(args, name, None) not in (None, False) or (name in on_off and getattr(args, name, None) is False)]
     if given:
-        flags = ", ".join("--" + ("no-" if name in on_off and getattr(args, name) is False else "")
-                          + {"version_label": "version"}.get(name, name).replace("_", "-") for name in given)
-        raise UsageError(f"run --slurm does not pass on {flags}", where="run --slurm",
-                         fix="set them in chorus.toml and pass --config: every job reads it")
+        def flag(name: str) -> str:
+            off = name in on_off and getattr(args, name) is False
+            return "--" + ("no-" if off else "") + {"version_label": "version"}.get(name, name).replace("_", "-")
+
+        def flags(names: list[str]) -> str:
+            return ", ".join(flag(name) for name in names)
+
+        def setting(name: str) -> str:
+            if name in on_off:
+                return f"[run] {name} = {'false' if getattr(args, name) is False else 'true'}"
+            return {"parquet": "[manifest] parquet"}.get(name, f"[run] {name}")
+
+        # "set them in chorus.toml" was said of all of them, also of those it has no setting for (--dry-run, --version)
+        in_config = [name for name in given if name not in _NO_CONFIG_SETTING]
+        fixes = ([f"set {flags(in_config)} in chorus.toml as " + ", ".join(setting(name) for name in in_config)
+                  + " and pass --config: every job reads it"] if in_config else [])
+        fixes += [f"{flag(name)}: {_NO_CONFIG_SETTING[name]}" for name in given if name in _NO_CONFIG_SETTING]
+        raise UsageError(f"run --slurm does not pass on {flags(given)}", where="run --slurm", fix="; ".join(fixes))
     script = _slurm_script(args, "run --slurm")
     return submit_and_follow(script, out=lambda line: print(line, flush=True))
 

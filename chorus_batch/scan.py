@@ -80,6 +80,9 @@ class ScanResult:
     # node on which the site is not mounted (an empty mount point) lists none of its shard's files; None: not recorded
     empty_roots: list[int] | None = None
     host: str | None = None
+    # whether the listing followed symbolic links (--follow-symlinks): a merge refuses shards listed otherwise than
+    # itself (one shard's files behind links would be in the version, another's not); None: not recorded
+    follow_symlinks: bool | None = None
 
     @property
     def n_excluded(self) -> int:
@@ -100,6 +103,7 @@ class ScanResult:
                   "excluded": self.excluded, "facts": self.facts is not None,
                   "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns],
                   "arguments": self.arguments, "empty_roots": self.empty_roots, "host": self.host,
+                  "follow_symlinks": self.follow_symlinks,
                   "release": release()}  # (which release wrote it: said when another cannot read it)
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
@@ -169,7 +173,9 @@ class ScanResult:
                                      else [tuple(p) for p in record["exclude_patterns"]]),
                    arguments=recorded_words(record.get("arguments")),
                    empty_roots=(record["empty_roots"] if isinstance(record.get("empty_roots"), list) else None),
-                   host=record.get("host") if isinstance(record.get("host"), str) else None)
+                   host=record.get("host") if isinstance(record.get("host"), str) else None,
+                   follow_symlinks=(record["follow_symlinks"] if isinstance(record.get("follow_symlinks"), bool)
+                                    else None))
 
     @staticmethod
     def read_files(folder: str | Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
@@ -201,6 +207,9 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
     if any(p.exclude_patterns != first.exclude_patterns for p in parts):
         raise UsageError("the shards were listed with different exclusion globs", where="merge",
                          fix="rerun every shard with the same --exclude / [run] exclude")
+    if len({p.follow_symlinks for p in parts} - {None}) > 1:
+        raise UsageError("the shards were listed with and without --follow-symlinks", where="merge",
+                         fix="rerun every shard with the same --follow-symlinks / [run] follow_symlinks")
     stale = [p.coverage.shard for p in parts if p.based_on != first.based_on]
     if stale:
         raise UsageError(f"shards {stale} are based on another version than shard {first.coverage.shard}",
@@ -210,7 +219,7 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
         scan_started_ns=min(p.scan_started_ns for p in parts), coverage=WHOLE_SITE, based_on=first.based_on,
         n_hashed=sum(p.n_hashed for p in parts), bytes_hashed=sum(p.bytes_hashed for p in parts),
         hash_s=max(p.hash_s for p in parts), excluded=_exclude.merge_counts([p.excluded for p in parts]),
-        exclude_patterns=first.exclude_patterns,
+        exclude_patterns=first.exclude_patterns, follow_symlinks=first.follow_symlinks,
         # the shards' facts, if every shard parsed them (else validation reads what it lacks itself)
         facts=pl.concat([p.facts for p in parts]) if all(p.facts is not None for p in parts) else None)  # type: ignore[misc]
 

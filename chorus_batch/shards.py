@@ -121,6 +121,10 @@ def _written_ns(folder: Path) -> int:
     return max(times, default=0)
 
 
+def _symlinks_text(follow: bool | None) -> str:
+    return "following symbolic links (--follow-symlinks)" if follow else "without following symbolic links"
+
+
 def _patterns_text(patterns: list[tuple[str, str]] | None) -> str:
     if patterns is None:
         return "(not recorded: a shard of an older release)"
@@ -294,6 +298,7 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
                        facts=settings.validate_site and not settings.dry_run)
         scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
         scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
+        scanned.follow_symlinks = settings.follow_symlinks
         try:
             scanned.write(folder)
         except BaseException as exc:
@@ -439,6 +444,13 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
                             f"kept) unlike the other shards'; rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
+        if part.follow_symlinks is not None and part.follow_symlinks != settings.follow_symlinks:
+            unlike.append(part)
+            problems.append(f"shard {k}/{shards} was listed {_symlinks_text(part.follow_symlinks)}, this merge "
+                            f"{_symlinks_text(settings.follow_symlinks)}: the files behind links in its folders would "
+                            f"be in the version unlike the other shards' (or left out); rerun it with: "
+                            f"{rerun_command(settings, coverage, staging)}")
+            continue
         # (after the roots and globs: shards of another site's staging folder were "stale", to be rerun as they had
         # been run, for that site and its manifest, which left them as stale for this one)
         if part.based_on != latest_label:
@@ -475,14 +487,18 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                          "nothing was committed", where=str(staging),
                          fix="nothing to do for these shards; to record the site as it is now, run the shards again "
                              "(or submit the Slurm script again), then merge")
-    if len(unlike) == shards and all((p.roots, p.exclude_patterns) == (unlike[0].roots, unlike[0].exclude_patterns)
+    if len(unlike) == shards and all((p.roots, p.exclude_patterns, p.follow_symlinks) ==
+                                     (unlike[0].roots, unlike[0].exclude_patterns, unlike[0].follow_symlinks)
                                      for p in unlike):
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)
         first = unlike[0]
         said = (f"the shards scanned {roots_text(first.roots)}, not this run's site {roots_text(roots)}"
                 if roots is not None and not same_roots(first.roots, roots) else
                 f"the shards were listed with other exclusion globs ({_patterns_text(first.exclude_patterns)}) than "
-                f"this merge's ({_patterns_text(expected_patterns)})")
+                f"this merge's ({_patterns_text(expected_patterns)})"
+                if first.exclude_patterns != expected_patterns else
+                f"the shards were listed {_symlinks_text(first.follow_symlinks)}, this merge "
+                f"{_symlinks_text(settings.follow_symlinks)}")
         raise UsageError(f"cannot merge: {said}; nothing was committed", where=str(staging),
                          fix=("merge with the settings the shards ran with: " + merge_command(first.arguments, staging)
                               if first.arguments is not None else

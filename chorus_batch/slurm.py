@@ -83,6 +83,31 @@ def check_time(text: str) -> str:
     return text
 
 
+SUBMIT_TIME_S = 600  # the submitting job's own limit (it upgrades the manifest, then calls sbatch twice)
+
+
+def time_seconds(text: str) -> int | None:
+    """A Slurm time limit (check_time's forms) in seconds; None for no limit (0, UNLIMITED, INFINITE)."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, dash, clock = text.rpartition("-")
+    fields = [int(f) for f in clock.split(":")]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        seconds = int(days) * 86400 + sum(value * unit for value, unit in zip(fields, (3600, 60, 1)))
+    else:  # MM, MM:SS, HH:MM:SS
+        seconds = sum(value * unit for value, unit in zip(fields, {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(fields)]))
+    return seconds or None
+
+
+def submit_time(time: str | None) -> str:
+    """The submitting job's --time: 10 minutes, or the jobs' own --time when shorter. A partition whose MaxTime is
+    below 10 minutes (the user's --time fits it) kept `sbatch nightly.sbatch` pending for ever (PartitionTimeLimit)."""
+    seconds = time_seconds(time) if time else None
+    if seconds is not None and seconds < SUBMIT_TIME_S:
+        return time
+    return f"{SUBMIT_TIME_S // 3600:02d}:{SUBMIT_TIME_S // 60 % 60:02d}:{SUBMIT_TIME_S % 60:02d}"
+
+
 def check_name(text: str) -> str:
     """A partition or account name (letters, digits, _.+- ; partitions may be a comma list)."""
     if not _NAME.match(text):
@@ -189,6 +214,14 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     run += ["--db", db, "--workers", str(min(cpus_per_task, MAX_WORKERS))]
     shard_cmd = _q(run) + f' --shard "$SLURM_ARRAY_TASK_ID/{shards}" --staging "$CHORUS_STAGING"'
     merge_cmd = _q(run) + ' --merge "$CHORUS_STAGING"'
+    # A node without the interpreter (a venv on a login node's local disk): bash's "line 3: ...: No such file or
+    # directory" was all the job's log said. Each job checks it first and says what to do (exit 2: nothing was done).
+    no_python = ("printf 'chorus-batch: the interpreter %s is not on %s, the node this Slurm job ran on: the jobs run "
+                 "the interpreter that made the script, so it must be at the same path on every node; install "
+                 "chorus-batch on a file system every node reaches (or at that path on each node), make the script "
+                 "with that interpreter, and submit it again; nothing was done here\\n' "
+                 f'{shlex.quote(python)} "$(hostname)" >&2')
+    has_python = f"[ -x {shlex.quote(python)} ]"
 
     limits = [f"--cpus-per-task={cpus_per_task}"]
     limits += [f"--mem={mem}"] if mem else []
@@ -207,7 +240,7 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
         discard = ""  # the user's folder: kept
     logs_line = f"logs={shlex.quote(_absolute(log_dir))}" if log_dir else 'logs="$staging/logs"'
     header = [f"#SBATCH --job-name={SUBMIT_JOB}", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1",
-              "#SBATCH --time=00:10:00", *(f"#SBATCH {p}" for p in placement)]
+              f"#SBATCH --time={submit_time(time)}", *(f"#SBATCH {p}" for p in placement)]
     shown = _q(run)
     from . import __version__
 
@@ -261,12 +294,17 @@ umask 077
 mkdir -p -- "$logs"
 # (sbatch reads % in --output as a pattern, %j the job id, even in the folder's name: a literal % is written %%)
 rm -f -- "$staging/{MERGE_EXIT}"
+# A --staging used before holds that submission's complete shards: a task of this one that fails before it starts its
+# shard (a node without the interpreter, a site not mounted there) left the old one looking done, and a merge run by
+# hand took it. Their completion records go (the shards write them again; other splits are the merge's to leave out).
+rm -f -- "$staging"/shard-*-of-{shards}/scan.json
 export CHORUS_STAGING="$staging"
 
 shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
     --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%A_%a.out" <<'CHORUS_SHARD'
 #!/bin/bash
 set -euo pipefail
+{has_python} || {{ {no_python}; exit 2; }}
 exec {shard_cmd}
 CHORUS_SHARD
 ) || {{ code=$?; {discard}echo "{REFUSED_ARRAY} ({shards} tasks, --array=0-{shards - 1}; sbatch exit code $code): nothing was submitted" >&2; exit 2; }}
@@ -279,7 +317,14 @@ merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
     --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%j.out" <<'CHORUS_MERGE'
 #!/bin/bash
 set -uo pipefail
-{merge_cmd}
+# Slurm stops a job (its time limit, scancel) with SIGTERM to each of its processes: the run stops, says what became of
+# its version and exits 143; this shell, which died of it at once, waits for that and writes the code as any other
+trap : TERM
+if {has_python}; then
+    {merge_cmd}
+else
+    {no_python}; (exit 2)
+fi
 code=$?
 printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"
 exit "$code"
@@ -400,6 +445,17 @@ def _read_exit(path: Path, wait_s: float) -> int | None:
         time.sleep(0.5)
 
 
+def _shard_progress(job: Submitted, states: dict[str, tuple[str, str]], k: int) -> str:
+    """"done", "failed", "running" or "pending": shard k's task by its state, or, once Slurm forgot it, by its
+    shard's scan.json (the script removes those of an earlier submission into the same staging folder)."""
+    state = states.get(f"{job.array_job}_{k}", ("", ""))[0]
+    if state == "COMPLETED" or (not state and job.shard_done(k)):
+        return "done"
+    if state in _TERMINAL:
+        return "failed"
+    return "running" if state in _RUNNING else "pending"
+
+
 def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = print,
            exit_wait_s: float = 30) -> int:
     """Poll squeue until the merge job leaves; print progress lines; return the merge's exit code.
@@ -418,15 +474,7 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         unknown_since = None
         counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
         for k in range(job.shards):
-            state = states.get(f"{job.array_job}_{k}", ("", ""))[0]
-            if state == "COMPLETED" or (not state and job.shard_done(k)):
-                counts["done"] += 1
-            elif state in _TERMINAL:
-                counts["failed"] += 1
-            elif state in _RUNNING:
-                counts["running"] += 1
-            else:
-                counts["pending"] += 1
+            counts[_shard_progress(job, states, k)] += 1
         merge_state, reason = states.get(job.merge_job, ("", ""))
         if merge_state in _RUNNING or (merge_state in _TERMINAL and merge_state != "CANCELLED"):
             job.merge_started = True
@@ -447,13 +495,22 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
     state, code = scontrol_exit(job.merge_job)
     state = state or merge_state
     if (state == "CANCELLED" and reason.startswith("Dependency")) or (not state and counts["done"] < job.shards):
-        missing = [k for k in range(job.shards) if not job.shard_done(k)]
-        out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish; "
-            "nothing was committed")
+        # (by the tasks' states, as counted above: a scan.json alone is no proof, a task may have failed after it)
+        missing = [k for k in range(job.shards) if _shard_progress(job, states, k) != "done"]
+        # Tasks still queued or running (the merge cancelled by hand, or other tasks than the failed one not done yet)
+        # were told "rerun it": a rerun beside its own task is refused (its shard's lock), or hashes the shard twice
+        going = [k for k in missing if _shard_progress(job, states, k) in ("running", "pending")
+                 and states.get(f"{job.array_job}_{k}", ("", ""))[0]]
+        out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish"
+            + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
         for k in missing:
             shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]
                            or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
                            or "no longer known to Slurm")
+            if k in going:
+                out(f"  shard {k} of {job.shards}: {shard_state.lower()} (task {job.array_job}_{k}, still in Slurm's "
+                    f"queue: let it finish, or `scancel {job.array_job}_{k}`); log {job.shard_log(k)}")
+                continue
             out(f"  shard {k} of {job.shards}: {shard_state.lower()}; log {job.shard_log(k)}")
             if job.rerun_shard:
                 out(f"    rerun it: {job.shard_command(k)}")

@@ -558,6 +558,36 @@ def test_a_shard_listed_with_other_exclusion_globs_is_refused_naming_it_and_its_
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
+def test_a_shard_listed_with_other_symlink_following_is_refused_naming_it_and_its_rerun(snapshots, tmp_path):
+    """One shard listed with --follow-symlinks, the others and the merge without: the files behind links in that
+    shard's person folders went into the version and no other's (removed on the next run). scan.json records the
+    setting; the merge names the shard and its rerun, or, every shard alike, the merge that matches them."""
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("kept elsewhere\n")
+    for person in sorted(p for p in site.iterdir() if p.name.isdigit()):
+        (person / "extra").symlink_to(tmp_path / "elsewhere")
+    run_shards(site, db, staging, shards=(1, 2, 3))
+    out = cli("run", "--site", str(site), "--db", str(db), "--shard", "0/4", "--staging", str(staging),
+              "--follow-symlinks")
+    assert out.returncode == 0, out.stderr
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode == 2, out.stderr
+    assert "shard 0/4 was listed following symbolic links (--follow-symlinks), this merge without" in out.stderr
+    assert f"--shard 0/4 --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    for k in (1, 2, 3):
+        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/4", "--staging", str(staging),
+                   "--follow-symlinks").returncode == 0
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode == 2 and "merge with the settings the shards ran with" in out.stderr, out.stderr
+    assert "--follow-symlinks --merge" in out.stderr
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate",
+               "--follow-symlinks").returncode in (0, 1)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
 def config_site(snapshots: Path, tmp_path: Path) -> tuple[Path, Path, Path, Path, Path, Path]:
     """A site with a [site.roots] root (one person's waveforms elsewhere) in cfg/chorus.toml, which names the manifest:
     site, bedside, db, staging, cfg, the config."""

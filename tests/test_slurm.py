@@ -217,6 +217,38 @@ def test_what_every_shard_would_refuse_is_refused_before_a_script_is_made(tmp_pa
 
 
 @pytest.mark.parametrize("command", ["slurm-script", "run --slurm"])
+def test_a_config_in_append_mode_is_refused_before_a_script_is_made(tmp_path, command):
+    """[run] mode = "append" in the jobs' chorus.toml: the script was made and every shard refused append mode
+    tonight ("drop those options", of an option never given). Refused now, with what to do."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (tmp_path / "chorus.toml").write_text(f"[site]\nroot = '{site}'\n[run]\nmode = 'append'\n")
+    proc = cli(*command.split(), "--config", str(tmp_path / "chorus.toml"), "--db", str(tmp_path / "m.sqlite"),
+               cwd=tmp_path, env={"PATH": str(tmp_path / "nothing")})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert '[run] mode = "append"' in proc.stderr and "every shard would refuse append mode" in proc.stderr
+    assert "run append deliveries on one node" in proc.stderr and not (tmp_path / "m.sqlite.staging").exists()
+
+
+def test_run_slurm_says_where_each_flag_it_does_not_pass_on_goes(tmp_path):
+    """`run --slurm --dry-run` (or --version, --workers) was told "set them in chorus.toml", which has no such
+    setting (and the jobs' --workers is --cpus-per-task): each flag is now told where it goes."""
+    site = tmp_path / "site"
+    site.mkdir()
+    base = ["run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite")]
+    for flags, said, unsaid in (
+        (["--dry-run"], "--dry-run: `chorus-batch status`", "chorus.toml"),
+        (["--version", "X", "--rehash"], "--version: the merge's alone", "chorus.toml"),
+        (["--workers", "2"], "--workers: --cpus-per-task C is each job's --workers", "chorus.toml"),
+        (["--mode", "append"], "--mode: a Slurm run is a full run", "chorus.toml"),
+        (["--exclude", "*.tmp", "--no-validate"], "set --no-validate, --exclude in chorus.toml as [run] validate = "
+                                                  "false, [run] exclude and pass --config", "alone"),
+    ):
+        proc = cli(*base, *flags, cwd=tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr and unsaid not in proc.stderr, (flags, proc.stderr)
+
+
+@pytest.mark.parametrize("command", ["slurm-script", "run --slurm"])
 def test_a_config_read_from_a_pipe_is_refused_before_a_script_is_made(tmp_path, command):
     """`--config <(envsubst < chorus.toml.in)` put /dev/fd/63 into the script: every job, started later on another
     node, failed on a config that was not there. Refused at once (exit 2), no script, nothing submitted; the same
@@ -276,7 +308,7 @@ def test_run_slurm_without_sbatch_says_so(tmp_path):
     proc = cli("run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "4")
     assert proc.returncode == 2 and "--shards only go with --slurm" in proc.stderr
     proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--dry-run")
-    assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus.toml" in proc.stderr
+    assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus-batch status" in proc.stderr
 
 
 def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
@@ -397,6 +429,122 @@ def test_a_failed_shard_cancels_the_merge_and_is_named(slurm, stand_in, tmp_path
     merge = next(line for line in lines if "then merge:" in line).split("then merge: ", 1)[1]
     assert subprocess.run(["bash", "-c", merge], capture_output=True, text=True).stdout == "merged 3 shards\n"
     slurm.wait_idle()
+
+
+def test_a_staging_folder_used_before_does_not_pass_off_its_old_shards_as_done(slurm, stand_in, tmp_path,
+                                                                                 monkeypatch):
+    """A --staging used by an earlier submission kept its complete shards: a task of the next one that failed before
+    it began its shard (here the stand-in's exit 3; a node without the interpreter) left last night's shard looking
+    done, so the follower said "0 of 3 shards did not finish", named none, and sent the user to a merge that took the
+    old shard. The script removes the old shards' completion records; the follower goes by the tasks' states."""
+    python, _log = stand_in
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=3, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    assert submit_and_follow(script, poll_s=0.3, out=lambda line: None) == 0
+    monkeypatch.setenv("STAND_IN_FAIL", "1")
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 2
+    text = "\n".join(lines)
+    assert "did not run: 1 of 3 shards did not finish" in text and "shard 1 of 3: failed" in text, text
+    assert not (tmp_path / "st" / "shard-1-of-3" / "scan.json").exists()
+    merge = next(line for line in lines if "then merge:" in line).split("then merge: ", 1)[1]
+    merged = subprocess.run(["bash", "-c", merge], capture_output=True, text=True)
+    assert merged.returncode == 2 and "shard 1 of 3 is missing" in merged.stderr, merged.stdout + merged.stderr
+    slurm.wait_idle()
+
+
+def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monkeypatch):
+    """A task can fail after its shard's scan.json is written (killed at its time limit while it printed its
+    summary): the merge is cancelled all the same, and the follower named no shard ("0 of 2 did not finish")."""
+    import chorus_batch.slurm as slurm_module
+
+    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n".format(tmp_path))
+    for k in range(2):
+        (tmp_path / f"shard-{k}-of-2").mkdir()
+        (tmp_path / f"shard-{k}-of-2" / "scan.json").write_text("{}")
+    states = {"7_0": ("COMPLETED", "None"), "7_1": ("TIMEOUT", "TimeLimit"), "8": ("CANCELLED", "DependencyNeverSatisfied")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
+    lines: list[str] = []
+    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert "1 done, 1 failed of 2" in text and "did not run: 1 of 2 shards did not finish" in text, text
+    assert "shard 1 of 2: timeout" in text and "--shard 1/2 " in text, text
+
+
+def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, monkeypatch):
+    """Shard 0 failed, so the merge was cancelled, while shard 1's task still ran: the follower said "rerun it" of
+    shard 1 too, a rerun its own running task's lock refuses (or that hashes the shard twice)."""
+    import chorus_batch.slurm as slurm_module
+
+    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n".format(tmp_path))
+    states = {"7_0": ("FAILED", "NonZeroExitCode"), "7_1": ("RUNNING", "None"),
+              "8": ("CANCELLED", "DependencyNeverSatisfied")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
+    lines: list[str] = []
+    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert "2 of 2 shards did not finish (1 still queued or running)" in text, text
+    assert "shard 1 of 2: running (task 7_1, still in Slurm's queue" in text and "--shard 1/2 " not in text, text
+    assert "shard 0 of 2: failed" in text and "--shard 0/2 " in text, text
+
+
+def test_a_node_without_the_interpreter_says_so_in_the_jobs_log(slurm, stand_in, tmp_path):
+    """The jobs run the interpreter that made the script; on a node without it (a venv on the login node's own disk)
+    the shard's log said only bash's "line 3: ...: No such file or directory". Each job checks it first and says
+    what it is and what to do. (Here the interpreter goes after the submission, while the blocked shards wait.)"""
+    python, _log = stand_in
+    link = tmp_path / "venv" / "bin" / "python"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(python)
+    blocker = slurm.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}", "--output=/dev/null", "--wrap",
+                         "sleep 120"], check=True).stdout.strip().split(";")[0]
+    try:
+        job = submit(slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2,
+                                  cpus_per_task=1, python=str(link), staging=str(tmp_path / "st")))
+        link.unlink()
+    finally:
+        slurm.run(["scancel", blocker])
+    lines: list[str] = []
+    assert follow(job, poll_s=0.3, out=lines.append) == 2
+    assert "shard 0 of 2: failed" in "\n".join(lines), lines
+    said = job.shard_log(0).read_text()
+    assert f"the interpreter {link} is not on {slurm.hostname}" in said and "every node reaches" in said, said
+    slurm.wait_idle()
+
+
+@pytest.mark.parametrize("limit, header", [("5", "5"), ("0:9:30", "0:9:30"), ("0-0:05", "0-0:05"),
+                                           ("04:00:00", "00:10:00"), ("0", "00:10:00"), ("UNLIMITED", "00:10:00")])
+def test_the_submitting_job_asks_no_more_time_than_the_jobs(tmp_path, limit, header):
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), time=limit)
+    assert re.findall(r"^#SBATCH --time=(.*)$", script, re.MULTILINE) == [header]
+
+
+def test_sbatch_the_script_on_a_partition_with_a_short_time_limit(slurm, stand_in, tmp_path):
+    """The submitting job asked for 10 minutes whatever --time said: on a partition whose MaxTime is shorter (the
+    jobs' --time fitting it) `sbatch nightly.sbatch` stayed pending for ever (PartitionTimeLimit), submitting nothing.
+    It asks for the jobs' --time when that is shorter."""
+    python, _log = stand_in
+    assert slurm.run(["scontrol", "create", "PartitionName=short", "Nodes=ALL", "MaxTime=5", "State=UP"]).returncode == 0
+    try:
+        script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                              python=str(python), staging=str(tmp_path / "st"), partition="short", time="5")
+        (tmp_path / "nightly.sbatch").write_text(script)
+        launcher = slurm.run(["sbatch", "--parsable", "nightly.sbatch"], cwd=tmp_path,
+                             check=True).stdout.strip().split(";")[0]
+        try:
+            assert slurm.wait_job(launcher, timeout=60) == "COMPLETED"
+        finally:
+            slurm.run(["scancel", launcher])
+        job = parse_submitted((tmp_path / f"slurm-{launcher}.out").read_text())
+        assert slurm.wait_job(job.merge_job, timeout=120) == "COMPLETED"
+        assert (tmp_path / "st" / "merge.exit").read_text() == "0\n"
+    finally:
+        slurm.wait_idle()
+        slurm.run(["scontrol", "delete", "PartitionName=short"])
 
 
 def test_ctrl_c_cancels_the_jobs(slurm, stand_in, tmp_path, monkeypatch):
@@ -634,6 +782,30 @@ def test_ctrl_c_after_the_merge_committed_says_the_version_stays(slurm, small_si
     job = parse_submitted(out)
     assert slurm.wait_job(job.merge_job, timeout=60) == "CANCELLED"
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    slurm.wait_idle()
+
+
+def test_a_merge_stopped_by_slurm_still_writes_its_exit_code(slurm, small_site, tmp_path, monkeypatch):
+    """Slurm stops a job at its time limit (or scancel) with SIGTERM to each of its processes: the merge's run stopped
+    and exited 143, but the job's shell died of the same signal before it wrote merge.exit, which README promises
+    holds the merge's exit code (`sbatch nightly.sbatch` users read it; the follower fell back on the job's state)."""
+    import time
+
+    first, _second = small_site
+    db, staging = tmp_path / "m.sqlite", tmp_path / "st"
+    for key, value in {**slurm.env, "CHORUS_BATCH_TEST_PAUSE": "commit"}.items():
+        monkeypatch.setenv(key, value)
+    job = submit(slurm_script(site=str(first), db=str(db), shards=2, cpus_per_task=1, staging=str(staging)))
+    deadline = time.monotonic() + 300
+    while not (job.merge_log().exists() and "test pause at commit" in job.merge_log().read_text(errors="replace")):
+        assert time.monotonic() < deadline, _logs(job)
+        time.sleep(0.5)
+    assert slurm.run(["scancel", job.merge_job]).returncode == 0
+    lines: list[str] = []
+    assert follow(job, poll_s=0.5, out=lines.append) == 143, "\n".join(lines) + _logs(job)
+    assert (staging / "merge.exit").read_text() == "143\n", _logs(job)
+    assert f"merge job {job.merge_job} exited with code 143" in "\n".join(lines)
+    assert "terminated (SIGTERM); nothing was committed" in job.merge_log().read_text()
     slurm.wait_idle()
 
 
