@@ -177,6 +177,31 @@ def require_folder(path: Path) -> None:
                 f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
 
 
+# What the longest name a command writes beside the manifest adds to its name: the state cache's temporary file,
+# .<name>.state.parquet.<pid>.tmp (fsutil.write_private; a pid has at most 7 digits on Linux, pid_max 4194304);
+# the lock's .upload.lock.json, SQLite's -journal and the .checkpoint folder add less.
+SIDE_NAME_EXTRA = len("." + ".state.parquet" + "." + "4194304" + ".tmp")
+# Windows (NTFS) counts a name's length in UTF-16 code units, POSIX file systems in bytes (ext4, XFS, APFS: 255).
+NAME_UNITS = "characters" if os.name == "nt" else "bytes"
+
+
+def name_length(name: str) -> int:
+    """A file name's length as this system's file systems limit it (NAME_UNITS)."""
+    if os.name == "nt":
+        return len(name.encode("utf-16-le", "surrogatepass")) // 2
+    return len(os.fsencode(name))
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name the file system of `folder` (or of the nearest folder above it that exists) holds."""
+    for place in (folder, *folder.parents):
+        try:
+            return os.pathconf(place, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # not there yet; no pathconf (Windows); no such limit
+            continue
+    return 255
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -435,6 +460,22 @@ class Manifest:
             raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
                              fix="pass --db with a path in a folder")
 
+    def check_name_length(self) -> None:
+        """The manifest's file name leaves room for the longest name a command writes beside it (every command that
+        writes takes the lock first, so this is checked then): a name that fit while the files named after it did
+        not ended a run after its listing and hashing with 'internal error: File name too long', at the state cache,
+        nothing committed."""
+        name = self.path.name
+        limit = name_max(self.path.parent)
+        if name_length(name) + SIDE_NAME_EXTRA <= limit:
+            return
+        raise UsageError(
+            f"the manifest's file name is {name_length(name)} {NAME_UNITS} long, and the files a manifest keeps beside "
+            f"it are named after it with up to {SIDE_NAME_EXTRA} more (its state cache is written as .<name>.state.parquet.<pid>.tmp), over "
+            f"the {limit} {NAME_UNITS} this file system holds in a name; nothing was done", where=str(self.path),
+            fix=f"give --db a file name of at most {limit - SIDE_NAME_EXTRA} {NAME_UNITS} (e.g. chorus_manifest.sqlite "
+                "in the same folder)")
+
     def schema_on_disk(self) -> int | None:
         """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
         or a merge starts the manifest in it). A folder, a path under a file, another program's database and a
@@ -500,6 +541,7 @@ class Manifest:
 
     def lock(self, argv: list[str], *, kind: str = "run"):
         self.check_path()
+        self.check_name_length()
         try:
             links = self.path.stat().st_nlink if self.path.is_file() else 1
         except OSError:  # not made yet
