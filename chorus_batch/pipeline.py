@@ -28,7 +28,7 @@ from .progress import Progress, log
 from .processes import refuse_while_starting
 from .scan import Root, scan
 from .sources import open_source
-from .urls import is_remote, local_path, mask_url, protocol_of, redact
+from .urls import is_remote, local_path, mask_url, protocol_of, redact, storable
 from .store import Manifest
 from .times import utc_now
 
@@ -265,7 +265,7 @@ def site_location(site: str) -> str:
     path = local_path(site)
     if path is None:
         return mask_url(site)
-    return Path(path).resolve().as_posix()
+    return storable(Path(path).resolve().as_posix())  # (a folder reached through a link may not be UTF-8)
 
 
 def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
@@ -375,13 +375,20 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     for pattern in settings.exclude:
         problem = glob_problem(pattern)
         if problem:
-            raise UsageError(f"invalid exclusion glob {pattern!r}: {problem}", where="--exclude / exclude in [run]",
+            shown = repr(pattern) if storable(pattern) == pattern else f"'{storable(pattern)}'"
+            raise UsageError(f"invalid exclusion glob {shown}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
     _check_outside_roots(settings, manifest.path)
     if settings.parquet and "://" in settings.parquet:
         raise UsageError(f"--parquet {mask_url(settings.parquet)}: Parquet snapshots are written to a local folder",
                          where="--parquet / [manifest] parquet", fix="give a local folder (it is created)")
+    if settings.parquet and storable(settings.parquet) != settings.parquet:  # (polars takes UTF-8 paths only: the
+        # version was committed, then the snapshot failed with "TypeError: Object does not have a .write() method")
+        raise UsageError(f"--parquet {storable(settings.parquet)}: the folder's path is not valid UTF-8 (shown as \\x.. "
+                         "escapes), and Parquet snapshots are written by UTF-8 paths only; nothing was done",
+                         where="--parquet / [manifest] parquet",
+                         fix="give a folder whose path is UTF-8 (rename the folder, or choose another)")
     if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

@@ -38,7 +38,7 @@ from ..fsutil import (create_private, file_above, free_bytes, nearly_full, restr
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..urls import scrub
+from ..urls import scrub, storable
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
@@ -212,6 +212,11 @@ class Manifest:
         # The real file, symbolic links resolved: every file beside it (lock, state cache, checkpoint, SQLite's
         # -wal) is named after it, so two spellings of one manifest share one lock.
         self.path = Path(os.path.realpath(path))
+        if (bad := storable(str(self.path))) != str(self.path):  # SQLite (and ADBC) open it by a UTF-8 name
+            raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes), so SQLite cannot "
+                             "open it; nothing was done", where=bad,
+                             fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
+                                 "another)")
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self._manifest_id: str | None = None
