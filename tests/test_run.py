@@ -502,6 +502,28 @@ def test_a_delete_list_line_naming_a_folder_says_so(site, db, tmp_path):
         ("OMOP/missing.csv", "listed for deletion (line 2) but not in the manifest; ignored")]
 
 
+def test_a_delete_list_line_in_other_case_or_unicode_form_names_the_recorded_path(site, db, tmp_path):
+    """A delete list written on macOS (its names decomposed, NFD: 'cafe\u0301') or typed with other letter case on
+    Windows was answered "not in the manifest; ignored", beside a recorded path that looks the same: the message
+    now names the recorded spelling and how the two differ. Nothing is removed by such a line."""
+    for name in ("Metadata/caf\u00e9.md", "Metadata/Notes.md", "OMOP/a.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("Metadata/caf\u00e9.md", "Metadata/Notes.md"):
+        (site / name).unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("Metadata/cafe\u0301.md\nMetadata/notes.md\nOMOP/missing.csv\n", encoding="utf-8")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert result.counts["removed"] == 0 and len(current_rows(db)) == 3
+    assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").sort("srcfile").rows() == [
+        ("Metadata/cafe\u0301.md", "listed for deletion (line 1) but not in the manifest, which records "
+         "Metadata/caf\u00e9.md: the same path but for Unicode form (\u00e9 as one character or as e + accent, as macOS "
+         "writes names); ignored: write the line as the manifest records it"),
+        ("Metadata/notes.md", "listed for deletion (line 2) but not in the manifest, which records Metadata/Notes.md: "
+         "the same path but for letter case; ignored: write the line as the manifest records it"),
+        ("OMOP/missing.csv", "listed for deletion (line 3) but not in the manifest; ignored")]
+
+
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):
     with pytest.raises(UsageError, match="append mode"):
         run_site(site, db, delete_list=str(tmp_path / "x"))
