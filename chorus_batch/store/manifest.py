@@ -177,10 +177,10 @@ def require_folder(path: Path) -> None:
                 f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
 
 
-# What the longest name a command writes beside the manifest adds to its name: the state cache's temporary file,
-# .<name>.state.parquet.<pid>.tmp (fsutil.write_private; a pid has at most 7 digits on Linux, pid_max 4194304);
-# the lock's .upload.lock.json, SQLite's -journal and the .checkpoint folder add less.
-SIDE_NAME_EXTRA = len("." + ".state.parquet" + "." + "4194304" + ".tmp")
+# What the longest name a command writes beside the manifest adds to its name: the runs turned away by the lock,
+# <name>.runs-pending.jsonl; the state cache (.state.parquet), the lock's .upload.lock.json, SQLite's -journal and
+# the .checkpoint folder add less (temporary files are cut to fit: fsutil.aside_stem).
+SIDE_NAME_EXTRA = len(".runs-pending.jsonl")
 # Windows (NTFS) counts a name's length in UTF-16 code units, POSIX file systems in bytes (ext4, XFS, APFS: 255).
 NAME_UNITS = "characters" if os.name == "nt" else "bytes"
 
@@ -476,7 +476,7 @@ class Manifest:
             return
         raise UsageError(
             f"the manifest's file name is {name_length(name)} {NAME_UNITS} long, and the files a manifest keeps beside "
-            f"it are named after it with up to {SIDE_NAME_EXTRA} more (its state cache is written as .<name>.state.parquet.<pid>.tmp), over "
+            f"it are named after it with up to {SIDE_NAME_EXTRA} more (<name>.runs-pending.jsonl, <name>.state.parquet), over "
             f"the {limit} {NAME_UNITS} this file system holds in a name; nothing was done", where=str(self.path),
             fix=f"give --db a file name of at most {limit - SIDE_NAME_EXTRA} {NAME_UNITS} (e.g. chorus_manifest.sqlite "
                 "in the same folder)")
