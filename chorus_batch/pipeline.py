@@ -337,6 +337,17 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
         latest = manifest.latest_version() if manifest.schema_on_disk() == SCHEMA_VERSION else None
         # a label refused (or one the latest version's cannot be followed by) is said before the listing
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
+        if latest is not None and settings.version_label is not None:
+            # v1 after V1 sorts after it, but is V1's folder on a disk that ignores case (Windows, macOS: the Parquet
+            # snapshots' version=v1/, a reviewer's download of the central container): the two versions would mix
+            twin = manifest._one("SELECT label FROM versions WHERE lower(label) = lower(?) LIMIT 1",
+                                 (settings.version_label,))
+            if twin is not None:
+                raise UsageError(f"version label {settings.version_label!r} differs from the label of version "
+                                 f"{twin[0]!r} only in letter case: their folders (at the central container, in "
+                                 "Parquet snapshots) are one folder on a disk that ignores case (Windows, macOS)",
+                                 where="--version", fix="choose another label, or omit --version to use the UTC start "
+                                                        "time")
     if settings.version_label is not None:
         from datetime import timezone
 

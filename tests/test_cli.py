@@ -454,6 +454,22 @@ def test_custom_version_labels_must_increase(site, db):
     assert query(db, "SELECT label FROM versions") == [("v2",)]
 
 
+def test_a_version_label_differing_from_another_only_in_case_is_refused(site, db, tmp_path):
+    """--version v1 after V1 sorts after it and was taken: two versions whose folders (version=V1/ and version=v1/ of
+    the Parquet snapshots, V1/ and v1/ at the centre when a reviewer downloads them) are one folder on Windows and
+    macOS, their files mixed. Refused before the listing; another label is taken."""
+    write(site, "OMOP/a.csv", b"a")
+    snaps = tmp_path / "snaps"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "V1", "--parquet",
+               str(snaps), "-q").returncode == 0
+    write(site, "OMOP/a.csv", b"b")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1", "--parquet", str(snaps))
+    assert out.returncode == 2 and "differs from the label of version 'V1' only in letter case" in out.stderr, out.stderr
+    assert "listing" not in out.stderr
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
+    assert query(db, "SELECT label FROM versions ORDER BY label") == [("V1",), ("v2",)]
+
+
 def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_it_names(site, db):
     """The upload procedure names each submission's folder at the centre YYYYMMDDhhmmss; a hand label does not."""
     write(site, "OMOP/a.csv", b"a")
