@@ -981,7 +981,7 @@ def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_p
 def test_a_script_for_a_site_given_by_a_relative_path_reads_its_files_by_their_full_path(tmp_path):
     """`upload --script bash --site ./site/` wrote the files' paths as given (site/OMOP/...): the script, run later
     from another folder (cron, `bash /path/upload.sh`), found none of them. Paths in the script are absolute."""
-    db = committed_site(tmp_path, 2)
+    committed_site(tmp_path, 2)  # (m.sqlite, given by its relative name below)
     key = base64.b64encode(b"not a real key").decode()
     env = {name: "" for name in AZURE_VARS} | {
         "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
