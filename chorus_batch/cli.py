@@ -1717,7 +1717,31 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
         command.error("\n".join(lines))
     _refuse_empty_values(commands[args.command], args)
+    _refuse_non_utf8_names(commands[args.command], args)
     return args
+
+
+# Arguments that are names the manifest records (paths, person ids, version labels, modalities): UTF-8 text there.
+_NAME_DESTS = {"path", "person", "version_label", "from_version", "to_version", "as_of", "compare_to", "modality",
+               "modalities"}
+
+
+def _refuse_non_utf8_names(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A name given in bytes that are not UTF-8 (typed in a Latin-1 terminal, `history $'caf\xe9.csv'`), which Python
+    hands over with surrogates, was an 'internal error' (SQLite and polars take UTF-8 only): exit 2 naming it. The
+    manifest holds no such name (a file named so is recorded as non_utf8_name, not tracked)."""
+    from .urls import storable
+
+    for action in command._actions:
+        if action.dest not in _NAME_DESTS:
+            continue
+        value = getattr(args, action.dest, None)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and storable(v) != v:
+                name = max(action.option_strings, key=len) if action.option_strings else (action.metavar or action.dest.upper())
+                command.error(f"{name} {storable(v)} is not valid UTF-8 text (shown as \\x.. escapes): the manifest "
+                              "records names as UTF-8 (a file whose name is not is recorded as non_utf8_name, not "
+                              "tracked); give the name in UTF-8 (the terminal's encoding may be another: LANG)")
 
 
 def _refuse_empty_values(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:

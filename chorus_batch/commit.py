@@ -640,6 +640,24 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
             paths = parts.previous(part)["srcfile"].cast(pl.String).sort()
             found = (paths.search_sorted(folders + "0") - paths.search_sorted(folders + "/")).cast(pl.Int64)
             unknown = unknown.with_columns(n_under=pl.col("n_under") + found)
+    # A line that names a recorded file in other letter case or Unicode form (a list written on macOS, whose names
+    # are decomposed, NFD; or typed on Windows, where case does not matter): "not in the manifest" left the user
+    # looking at a path that seemed the same. The recorded spelling is named; only for the few unknown lines.
+    unknown = unknown.with_columns(_twin=pl.lit(None, pl.String), _how=pl.lit(None, pl.String))
+    if unknown.filter(pl.col("n_under") == 0).height:
+        def key(path: pl.Expr) -> pl.Expr:
+            return path.str.normalize("NFC").str.to_lowercase()
+
+        asked = unknown.filter(pl.col("n_under") == 0).select("srcfile", _key=key(pl.col("srcfile")))
+        twins = pl.concat([parts.previous(part).select(_twin=pl.col("srcfile").cast(pl.String))
+                           .with_columns(_key=key(pl.col("_twin"))).join(asked, on="_key", how="semi")
+                           for part in range(parts.count)])
+        found = (asked.join(twins, on="_key")
+                 .group_by("srcfile").agg(pl.col("_twin").sort().first())
+                 .with_columns(_how=pl.when(pl.col("srcfile").str.to_lowercase() == pl.col("_twin").str.to_lowercase())
+                               .then(pl.lit("letter case")).otherwise(pl.lit("Unicode form (é as one character or as "
+                                                                             "e + accent, as macOS writes names)"))))
+        unknown = unknown.drop("_twin", "_how").join(found, on="srcfile", how="left")
     # which line it was, and how it was written where that differs (./x, a\\b): what the user can find in the file
     line = fmt("line {}", pl.col("line")) + pl.when(pl.col("written") != pl.col("srcfile")).then(
         fmt(", written {}", pl.col("written"))).otherwise(pl.lit(""))
@@ -648,7 +666,10 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
                              message=fmt("listed for deletion ({}) but still present in the tree; not removed", line)),
         unknown.select("srcfile", kind=pl.lit("delete_list"), message=pl.when(pl.col("n_under") > 0).then(fmt(
             "listed for deletion ({}) but a folder of {} recorded files, not a file; ignored: list its files instead "
-            "(chorus-batch files --path {})", line, pl.col("n_under"), pl.col("srcfile"))).otherwise(
+            "(chorus-batch files --path {})", line, pl.col("n_under"), pl.col("srcfile"))).when(
+            pl.col("_twin").is_not_null()).then(fmt(
+            "listed for deletion ({}) but not in the manifest, which records {}: the same path but for {}; ignored: "
+            "write the line as the manifest records it", line, pl.col("_twin"), pl.col("_how"))).otherwise(
             fmt("listed for deletion ({}) but not in the manifest; ignored", line))),
     ])
     return delete_list.join(present_paths, on="srcfile", how="anti"), errors

@@ -51,6 +51,11 @@ def glob_problem(pattern: object) -> str | None:
         return f"{pattern!r} is not a text glob"
     if not pattern.strip():
         return "an empty pattern matches nothing (or, by mistake, everything)"
+    from .urls import storable
+
+    if storable(pattern) != pattern:  # (bytes of a Latin-1 shell, decoded with surrogates: '\udce9' in messages and --json)
+        return ("it is not valid UTF-8 text (shown as \\x.. escapes): a name that is not UTF-8 is never "
+                "listed as a file (it is recorded as non_utf8_name), so it would match nothing; write the glob in UTF-8")
     if pattern != pattern.strip():
         return f"{pattern!r} has leading or trailing spaces"
     if _from_root(pattern).strip("/*") == "":

@@ -135,12 +135,29 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
     return list(aside)
 
 
+# The most a pid adds to a temporary file's name (".<pid>.tmp"; pid_max is 4194304 on Linux) and the longest name
+# common file systems hold (ext4, XFS, APFS: 255 bytes; NTFS: 255 UTF-16 units, never more bytes than UTF-8 has).
+_PID_TMP = len(".4194304.tmp")
+NAME_MAX_BYTES = 255
+
+
+def aside_stem(name: str) -> str:
+    """What a temporary file written beside `name` is named before its ".<pid>.tmp": ".<name>", cut (by whole
+    characters) where the whole would be longer than a name may be: a target whose own name fits (a 245-byte
+    report.html) failed with "File name too long", of a file it never named."""
+    stem = "." + name
+    while len(os.fsencode(stem)) + _PID_TMP > NAME_MAX_BYTES:
+        stem = stem[:-1]
+    return stem
+
+
 def _written_aside(target: Path, content: bytes | Callable[[Path], None]) -> Path:
     """`content` written whole, fsynced and owner-only to a temporary file beside `target` (its path returned); on
     any failure that file is removed and the error names `target` (a WriteError)."""
     check_target(target)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    remove_abandoned(target.parent, f".{target.name}.*.tmp")
+    stem = aside_stem(target.name)
+    tmp = target.with_name(f"{stem}.{os.getpid()}.tmp")
+    remove_abandoned(target.parent, f"{stem}.*.tmp")
     try:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # a dead process of the same pid's; O_EXCL below: never open what is planted there

@@ -28,7 +28,7 @@ from .progress import Progress, log
 from .processes import refuse_while_starting
 from .scan import Root, scan
 from .sources import open_source
-from .urls import is_remote, local_path, mask_url, protocol_of, redact
+from .urls import is_remote, local_path, mask_url, protocol_of, redact, storable
 from .store import Manifest
 from .times import utc_now
 
@@ -265,7 +265,7 @@ def site_location(site: str) -> str:
     path = local_path(site)
     if path is None:
         return mask_url(site)
-    return Path(path).resolve().as_posix()
+    return storable(Path(path).resolve().as_posix())  # (a folder reached through a link may not be UTF-8)
 
 
 def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
@@ -337,6 +337,17 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
         latest = manifest.latest_version() if manifest.schema_on_disk() == SCHEMA_VERSION else None
         # a label refused (or one the latest version's cannot be followed by) is said before the listing
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
+        if latest is not None and settings.version_label is not None:
+            # v1 after V1 sorts after it, but is V1's folder on a disk that ignores case (Windows, macOS: the Parquet
+            # snapshots' version=v1/, a reviewer's download of the central container): the two versions would mix
+            twin = manifest._one("SELECT label FROM versions WHERE lower(label) = lower(?) LIMIT 1",
+                                 (settings.version_label,))
+            if twin is not None:
+                raise UsageError(f"version label {settings.version_label!r} differs from the label of version "
+                                 f"{twin[0]!r} only in letter case: their folders (at the central container, in "
+                                 "Parquet snapshots) are one folder on a disk that ignores case (Windows, macOS)",
+                                 where="--version", fix="choose another label, or omit --version to use the UTC start "
+                                                        "time")
     if settings.version_label is not None:
         from datetime import timezone
 
@@ -375,13 +386,20 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
     for pattern in settings.exclude:
         problem = glob_problem(pattern)
         if problem:
-            raise UsageError(f"invalid exclusion glob {pattern!r}: {problem}", where="--exclude / exclude in [run]",
+            shown = repr(pattern) if storable(pattern) == pattern else f"'{storable(pattern)}'"
+            raise UsageError(f"invalid exclusion glob {shown}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
     _check_outside_roots(settings, manifest.path)
     if settings.parquet and "://" in settings.parquet:
         raise UsageError(f"--parquet {mask_url(settings.parquet)}: Parquet snapshots are written to a local folder",
                          where="--parquet / [manifest] parquet", fix="give a local folder (it is created)")
+    if settings.parquet and storable(settings.parquet) != settings.parquet:  # (polars takes UTF-8 paths only: the
+        # version was committed, then the snapshot failed with "TypeError: Object does not have a .write() method")
+        raise UsageError(f"--parquet {storable(settings.parquet)}: the folder's path is not valid UTF-8 (shown as \\x.. "
+                         "escapes), and Parquet snapshots are written by UTF-8 paths only; nothing was done",
+                         where="--parquet / [manifest] parquet",
+                         fix="give a folder whose path is UTF-8 (rename the folder, or choose another)")
     if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

@@ -34,6 +34,7 @@ from .fsutil import private_folder, write_private
 from .progress import Progress
 from .sources import Source
 from .units import human_bytes, plural
+from .urls import storable
 from .walk import early_listing_since_ns
 
 
@@ -270,7 +271,10 @@ def list_roots(roots: list[Root], progress: Progress, coverage: Coverage | None 
                 hand(batches)
             else:
                 frames.append(_frame(batches, root_id))
-    errors = pl.DataFrame(raw_errors, schema=ERRORS_SCHEMA, orient="row") if raw_errors else empty_errors()
+    # (a message names a link's target or another path outside the site as the OS gave it: one that is not UTF-8
+    # is kept with \x.. escapes, or the whole listing ended in an 'internal error' here)
+    errors = (pl.DataFrame([(storable(path), kind, storable(message)) for path, kind, message in raw_errors],
+                           schema=ERRORS_SCHEMA, orient="row") if raw_errors else empty_errors())
     listing = pl.concat(frames) if frames else _frame([], 0).clear()
     if len(roots) > 1:
         # In listing order: the first root's paths (what `each` was given) before the other roots' rows.

@@ -83,7 +83,23 @@ def redact(argv: list[str]) -> list[str]:
     argument, --site=https://user:pw@host), anything else that looks like a secret masked whole. Here, not in
     pipeline: a shard records its arguments before polars loads."""
     secret = re.compile(r"(AccountKey=|SharedAccessSignature=|password|token|secret)", re.IGNORECASE)
-    return ["***" if secret.search(a) else scrub(mask_url(a)) for a in argv]
+    # An argument that is not UTF-8 (a path's bytes in Latin-1, decoded by Python with surrogates) is kept with its
+    # odd bytes as \x.. escapes: recorded as it was, it could not be stored as text ('internal error').
+    return ["***" if secret.search(a) else scrub(mask_url(storable(a))) for a in argv]
+
+
+def storable(text: str) -> str:
+    """`text` as UTF-8 can hold it: bytes Python decoded with surrogates (a name that is not UTF-8) as \\x..
+    escapes, any other lone surrogate as \\udxxx; text that is UTF-8 as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def protocol_of(url: str) -> str:

@@ -557,6 +557,39 @@ def test_custom_version_labels_must_increase(site, db):
     assert query(db, "SELECT label FROM versions") == [("v2",)]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX arguments can hold undecodable bytes")
+def test_a_name_given_in_bytes_that_are_not_utf8_is_a_usage_error(site, db):
+    """history, files --path/--person, changes --version, diff --from typed in a Latin-1 terminal ('\xe9' as one byte,
+    handed over by Python with surrogates) were 'internal error: UnicodeEncodeError' (SQLite and polars take UTF-8
+    only); now exit 2 naming the argument with its odd byte escaped."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for args, name in ((["history", "OMOP/\udce9.csv"], "PATH OMOP/\\xe9.csv"),
+                       (["files", "--path", "OMOP/\udce9"], "--path OMOP/\\xe9"),
+                       (["files", "--person", "\udce9"], "--person \\xe9"),
+                       (["changes", "--version", "v\udce9"], "--version v\\xe9"),
+                       (["diff", "--from", "v\udce9"], "--from v\\xe9")):
+        out = cli(*args, "--db", str(db))
+        assert out.returncode == 2 and f"{name} is not valid UTF-8 text" in out.stderr, (args, out.stderr)
+        assert "internal error" not in out.stderr
+
+
+def test_a_version_label_differing_from_another_only_in_case_is_refused(site, db, tmp_path):
+    """--version v1 after V1 sorts after it and was taken: two versions whose folders (version=V1/ and version=v1/ of
+    the Parquet snapshots, V1/ and v1/ at the centre when a reviewer downloads them) are one folder on Windows and
+    macOS, their files mixed. Refused before the listing; another label is taken."""
+    write(site, "OMOP/a.csv", b"a")
+    snaps = tmp_path / "snaps"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "V1", "--parquet",
+               str(snaps), "-q").returncode == 0
+    write(site, "OMOP/a.csv", b"b")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1", "--parquet", str(snaps))
+    assert out.returncode == 2 and "differs from the label of version 'V1' only in letter case" in out.stderr, out.stderr
+    assert "listing" not in out.stderr
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q").returncode == 0
+    assert query(db, "SELECT label FROM versions ORDER BY label") == [("V1",), ("v2",)]
+
+
 def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_it_names(site, db):
     """The upload procedure names each submission's folder at the centre YYYYMMDDhhmmss; a hand label does not."""
     write(site, "OMOP/a.csv", b"a")

@@ -673,6 +673,28 @@ def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3,
     assert mixed.label
 
 
+def test_a_cloud_root_given_with_an_uppercase_scheme_is_the_same_root(clean_env, moto_s3, tmp_path):
+    """S3://bucket/site (a scheme is case-insensitive, and the root's checks took it) failed with 'cannot reach
+    S3://...: ParamValidationError' (fsspec read the bucket as 'S3:'): it is the root s3://bucket/site, its files
+    unchanged."""
+    from conftest import query, settings
+    from services import upload_tree_s3
+
+    from chorus_batch import run
+
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    bucket = moto_s3.new_bucket("case")
+    upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "up", SITE_FILES), prefix="export")
+    db = tmp_path / "s3.sqlite"
+    first = run(settings(f"s3://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    assert first.label and first.counts["added"] == len(SITE_FILES)
+    again = run(settings(f"S3://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    assert again.label is None and again.counts["unchanged"] == len(SITE_FILES)
+    assert query(db, "SELECT location FROM roots") == [(f"s3://{bucket}/export",)]
+
+
 @pytest.mark.parametrize("store", ["azure", "s3"])
 def test_a_cloud_root_whose_files_are_all_gone_is_refused_as_an_empty_root(clean_env, azurite, moto_s3, tmp_path, store):
     # An object store has no empty folder: a prefix whose objects were all deleted was "site root not found", exit 3,

@@ -241,6 +241,28 @@ def test_a_hard_linked_manifest_is_refused_and_left_as_it_was(site, db, tmp_path
     assert "Traceback" not in out.stderr and db.read_bytes() == before
 
 
+def test_a_manifest_name_too_long_for_the_files_beside_it_is_refused_before_the_listing(site, tmp_path):
+    """A manifest file name that fits (243 bytes) while the files named after it do not: the run listed and hashed
+    the site, then ended with 'internal error: File name too long' at its state cache's temporary file
+    (.<name>.state.parquet.<pid>.tmp), nothing committed. Refused before anything is written, naming the longest
+    name that fits (255 - len('.runs-pending.jsonl')); that longest name itself runs, its temporary files cut to fit.
+    An output of a long name that fits (report --out) is written, not refused as 'File name too long'."""
+    write(site, "OMOP/a.csv", b"a")
+    long_db = tmp_path / ("m" * 236 + ".sqlite")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(long_db))
+    assert out.returncode == ExitCode.USAGE, out.stderr
+    assert "internal error" not in out.stderr and "at most 236 bytes" in out.stderr, out.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("mmm")]  # nothing made, not even the lock
+    fits = tmp_path / ("m" * 229 + ".sqlite")
+    ok = cli("run", "--no-validate", "--site", str(site), "--db", str(fits), "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / f"{fits.name}.state.parquet").exists()
+    report = tmp_path / ("r" * 245 + ".html")
+    out = cli("report", "--db", str(fits), "--out", str(report))
+    assert out.returncode in (0, 1) and report.stat().st_size > 0, out.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_a_write_that_breaks_a_constraint_is_not_blamed_on_the_file_system(db):
     from chorus_batch.errors import ManifestError
     from chorus_batch.store import Manifest

@@ -190,6 +190,47 @@ def test_non_utf8_names_are_recorded_not_tracked(site, db):
     assert query(db, "SELECT srcfile, kind FROM scan_errors") == [("OMOP/bad\\xff.csv", "non_utf8_name")]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX paths can hold undecodable bytes")
+def test_paths_around_the_site_that_are_not_utf8_are_refused_or_escaped_never_an_internal_error(tmp_path, db):
+    """A site under a Latin-1 folder (/data/caf\xe9/site), reached as it is or through a link, a --db or --parquet
+    there, an --exclude glob typed in a Latin-1 shell, a followed link into such a folder: each was 'internal error:
+    UnicodeEncodeError ... surrogates not allowed' (the runs row, the roots, the scan errors), or for --parquet a
+    committed version and 'TypeError: Object does not have a .write() method'."""
+    latin = Path(os.fsdecode(os.fsencode(tmp_path) + b"/lat\xe9"))
+    site = latin / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+
+    def refused(*args: str, says: str) -> None:
+        out = cli("run", "--no-validate", *args)
+        assert out.returncode == ExitCode.USAGE and says in out.stderr, out.stderr
+        assert "internal error" not in out.stderr and "\\udc" not in out.stderr, out.stderr
+
+    refused("--site", str(site), "--db", str(db), says="site root " + str(tmp_path) + "/lat\\xe9/site has a folder name")
+    refused("--site", str(tmp_path), "--db", str(latin / "m.sqlite"), says="is not valid UTF-8")
+    refused("--site", str(tmp_path / "nowhere"), "--db", str(db), "--parquet", str(latin / "snaps"),
+            says="--parquet " + str(tmp_path) + "/lat\\xe9/snaps: the folder's path is not valid UTF-8")
+    refused("--site", str(tmp_path / "nowhere"), "--db", str(db), "--exclude", "*\udce9*",
+            says="invalid exclusion glob '*\\xe9*': it is not valid UTF-8 text")
+    assert not db.exists() and not (latin / "snaps").exists()
+
+    # through a link whose own path is UTF-8 (as the refusal says to): the site is recorded, its runs row escaped
+    (tmp_path / "link").symlink_to(site, target_is_directory=True)
+    out = cli("run", "--no-validate", "-q", "--site", str(tmp_path / "link"), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert query(db, "SELECT site FROM versions") == [(str(tmp_path) + "/lat\\xe9/site",)]
+    # a followed link into such a folder: its file is tracked, the link's problems named with escapes
+    write(latin, "outside/extra.csv", b"e")
+    (tmp_path / "link" / "Metadata").mkdir()
+    (tmp_path / "link" / "Metadata" / "a").symlink_to(latin / "outside", target_is_directory=True)
+    (tmp_path / "link" / "Metadata" / "b").symlink_to(latin / "outside", target_is_directory=True)
+    (tmp_path / "link" / "Metadata" / "gone").symlink_to(latin / "gone")
+    out = cli("run", "--no-validate", "-q", "--follow-symlinks", "--site", str(tmp_path / "link"), "--db", str(db))
+    assert out.returncode == ExitCode.FINDINGS and "internal error" not in out.stderr, out.stderr
+    assert "Metadata/a/extra.csv" in current_rows(db)
+    messages = dict(query(db, "SELECT srcfile, message FROM scan_errors"))
+    assert "lat\\xe9/gone" in messages["Metadata/gone"] and "lat\\xe9/outside" in messages["Metadata/b"], messages
+
+
 def test_unparseable_files_are_tracked_and_recorded(site, db):
     write(site, "notes.txt", b"n")
     write(site, "000123/Waveforms/garbage.bin", b"g")
@@ -459,6 +500,28 @@ def test_a_delete_list_line_naming_a_folder_says_so(site, db, tmp_path):
         ("000001/Waveforms/Telemetry/1000", "listed for deletion (line 1) but a folder of 2 recorded files, not a file; "
          "ignored: list its files instead (chorus-batch files --path 000001/Waveforms/Telemetry/1000)"),
         ("OMOP/missing.csv", "listed for deletion (line 2) but not in the manifest; ignored")]
+
+
+def test_a_delete_list_line_in_other_case_or_unicode_form_names_the_recorded_path(site, db, tmp_path):
+    """A delete list written on macOS (its names decomposed, NFD: 'cafe\u0301') or typed with other letter case on
+    Windows was answered "not in the manifest; ignored", beside a recorded path that looks the same: the message
+    now names the recorded spelling and how the two differ. Nothing is removed by such a line."""
+    for name in ("Metadata/caf\u00e9.md", "Metadata/Notes.md", "OMOP/a.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("Metadata/caf\u00e9.md", "Metadata/Notes.md"):
+        (site / name).unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("Metadata/cafe\u0301.md\nMetadata/notes.md\nOMOP/missing.csv\n", encoding="utf-8")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert result.counts["removed"] == 0 and len(current_rows(db)) == 3
+    assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").sort("srcfile").rows() == [
+        ("Metadata/cafe\u0301.md", "listed for deletion (line 1) but not in the manifest, which records "
+         "Metadata/caf\u00e9.md: the same path but for Unicode form (\u00e9 as one character or as e + accent, as macOS "
+         "writes names); ignored: write the line as the manifest records it"),
+        ("Metadata/notes.md", "listed for deletion (line 2) but not in the manifest, which records Metadata/Notes.md: "
+         "the same path but for letter case; ignored: write the line as the manifest records it"),
+        ("OMOP/missing.csv", "listed for deletion (line 3) but not in the manifest; ignored")]
 
 
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):

@@ -978,6 +978,22 @@ def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_p
         assert key not in out.stdout + out.stderr and "AccountKey" not in out.stdout
 
 
+def test_a_script_for_a_site_given_by_a_relative_path_reads_its_files_by_their_full_path(tmp_path):
+    """`upload --script bash --site ./site/` wrote the files' paths as given (site/OMOP/...): the script, run later
+    from another folder (cron, `bash /path/upload.sh`), found none of them. Paths in the script are absolute."""
+    committed_site(tmp_path, 2)  # (m.sqlite, given by its relative name below)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {name: "" for name in AZURE_VARS} | {
+        "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    for kind in ("bash", "azcopy"):
+        out = cli("upload", "--db", "m.sqlite", "--to", "az://central/", "--script", kind, "--site", "./site/",
+                  cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr
+        sent = [line for line in out.stdout.splitlines() if "site/" in line and not line.startswith("#")]
+        assert sent and all(str(tmp_path / "site") + "/" in line for line in sent), sent
+        assert " site/" not in out.stdout and "./site" not in out.stdout
+
+
 def test_a_script_written_where_standard_output_ends_lines_with_crlf_has_lf_line_ends(tmp_path):
     """On Windows, Python's standard output writes each '\\n' as '\\r\\n': `upload --script bash > upload.sh` there
     gave a script bash (Git Bash, WSL) cannot run ($'\\r': command not found on every line). Standard output is

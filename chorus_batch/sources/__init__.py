@@ -38,5 +38,9 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
     if path is None:
         from .remote import FsspecSource
 
-        return FsspecSource(location, cloud=cloud, what=what)
+        # A scheme is case-insensitive (RFC 3986), and check_location took S3:// or AZ:// as such; fsspec did not:
+        # 'cannot reach S3://b/site: ParamValidationError' (its bucket read as 'S3:'). Lowercased, it is also the
+        # root recorded under s3:// on the runs that spell it so.
+        scheme, rest = location.split("://", 1)
+        return FsspecSource(f"{scheme.lower()}://{rest}", cloud=cloud, what=what)
     return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what, refuse_links=refuse_links)

@@ -27,6 +27,7 @@ from ..walk import (
     BATCH_ROWS,
     WalkResult,
     folders_to_walk,
+    name_error,
     take_early_listing,
     unique_linked,
     walk_groups,
@@ -120,6 +121,13 @@ class LocalSource:
         self.inprocess_budget_s = inprocess_budget_s
 
     def check(self) -> None:
+        if (bad := name_error(self.root)) is not None:  # (the manifest records it as text: an 'internal error')
+            raise ConfigError(
+                f"{'site root' if self.what.startswith('--site') else 'root'} {bad} has a folder name that is not "
+                "valid UTF-8 (shown as \\x.. escapes), so the manifest cannot record where its files are; nothing "
+                "was done", where=self.what,
+                fix="rename that folder to a UTF-8 name (convmv -f latin1 -t utf8 converts Latin-1 names), or give "
+                    f"{self.what} through a symbolic link whose own path is UTF-8")
         if not os.path.isdir(self.root):
             raise ConfigError(
                 f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {self.root}",

@@ -38,7 +38,7 @@ from ..fsutil import (create_private, file_above, free_bytes, nearly_full, restr
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..urls import scrub
+from ..urls import scrub, storable
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
@@ -186,6 +186,31 @@ def require_folder(path: Path) -> None:
                 f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
 
 
+# What the longest name a command writes beside the manifest adds to its name: the runs turned away by the lock,
+# <name>.runs-pending.jsonl; the state cache (.state.parquet), the lock's .upload.lock.json, SQLite's -journal and
+# the .checkpoint folder add less (temporary files are cut to fit: fsutil.aside_stem).
+SIDE_NAME_EXTRA = len(".runs-pending.jsonl")
+# Windows (NTFS) counts a name's length in UTF-16 code units, POSIX file systems in bytes (ext4, XFS, APFS: 255).
+NAME_UNITS = "characters" if os.name == "nt" else "bytes"
+
+
+def name_length(name: str) -> int:
+    """A file name's length as this system's file systems limit it (NAME_UNITS)."""
+    if os.name == "nt":
+        return len(name.encode("utf-16-le", "surrogatepass")) // 2
+    return len(os.fsencode(name))
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name the file system of `folder` (or of the nearest folder above it that exists) holds."""
+    for place in (folder, *folder.parents):
+        try:
+            return os.pathconf(place, "PC_NAME_MAX")
+        except (OSError, ValueError, AttributeError):  # not there yet; no pathconf (Windows); no such limit
+            continue
+    return 255
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -196,6 +221,11 @@ class Manifest:
         # The real file, symbolic links resolved: every file beside it (lock, state cache, checkpoint, SQLite's
         # -wal) is named after it, so two spellings of one manifest share one lock.
         self.path = Path(os.path.realpath(path))
+        if (bad := storable(str(self.path))) != str(self.path):  # SQLite (and ADBC) open it by a UTF-8 name
+            raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes), so SQLite cannot "
+                             "open it; nothing was done", where=bad,
+                             fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
+                                 "another)")
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self._manifest_id: str | None = None
@@ -447,6 +477,22 @@ class Manifest:
             raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
                              fix="pass --db with a path in a folder")
 
+    def check_name_length(self) -> None:
+        """The manifest's file name leaves room for the longest name a command writes beside it (every command that
+        writes takes the lock first, so this is checked then): a name that fit while the files named after it did
+        not ended a run after its listing and hashing with 'internal error: File name too long', at the state cache,
+        nothing committed."""
+        name = self.path.name
+        limit = name_max(self.path.parent)
+        if name_length(name) + SIDE_NAME_EXTRA <= limit:
+            return
+        raise UsageError(
+            f"the manifest's file name is {name_length(name)} {NAME_UNITS} long, and the files a manifest keeps beside "
+            f"it are named after it with up to {SIDE_NAME_EXTRA} more (<name>.runs-pending.jsonl, <name>.state.parquet), over "
+            f"the {limit} {NAME_UNITS} this file system holds in a name; nothing was done", where=str(self.path),
+            fix=f"give --db a file name of at most {limit - SIDE_NAME_EXTRA} {NAME_UNITS} (e.g. chorus_manifest.sqlite "
+                "in the same folder)")
+
     def schema_on_disk(self) -> int | None:
         """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
         or a merge starts the manifest in it). A folder, a path under a file, another program's database and a
@@ -512,6 +558,7 @@ class Manifest:
 
     def lock(self, argv: list[str], *, kind: str = "run"):
         self.check_path()
+        self.check_name_length()
         try:
             links = self.path.stat().st_nlink if self.path.is_file() else 1
         except OSError:  # not made yet

@@ -73,7 +73,9 @@ def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int,
         if path is None:
             raise UsageError(f"`upload --script` reads files from local folders; this root is {location}",
                              where="the manifest's roots", fix="upload from cloud roots with `chorus-batch upload` itself")
-        roots[root_id] = path
+        # The script is run later, maybe from another folder (cron, `bash /path/upload.sh`): a relative --site
+        # (./site/) wrote relative paths into it, every file 'missing' wherever else it was run.
+        roots[root_id] = os.path.abspath(path)
     return roots
 
 
