@@ -54,6 +54,18 @@ OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
 
 
+def _clock_behind(timed: pl.DataFrame, at: datetime) -> str:
+    """What to add to "no version was committed at or before `at`" where a version's recorded commit time is at or
+    before `at` but an earlier version's is not (its run's clock was behind): why that version is not the answer."""
+    behind = timed.filter((pl.col("_recorded") <= at) & (pl.col("_recorded") < pl.col("_at")))
+    if behind.is_empty():
+        return ""
+    label, recorded, since = behind.select("label", "finished_at", "_at").row(0)
+    before = timed.filter((pl.col("label") < label) & (pl.col("_recorded") == since)).row(0, named=True)
+    return (f"; version {label} records {recorded}, but it was committed after version {before['label']} "
+            f"(committed {before['finished_at']}) by a run whose clock was behind: it counts from then")
+
+
 class NoSuchPerson(UserWarning):
     """`files(person=...)` of a person the version has no file of (the command line prints it as its own note)."""
 
@@ -203,7 +215,11 @@ class ManifestReader:
             at, beyond = moment.astimezone(timezone.utc), False
         except OverflowError:
             at, beyond = (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=timezone.utc), True
-        timed = versions.with_columns(_at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False))
+        # A version exists only after every version before it: one whose run's clock was behind (a skewed node, a
+        # clock set back) recorded a commit time before its predecessor's, and a time between the two selected it
+        # ahead of the version it was built on (whose files it holds). Times are taken as never going back.
+        timed = versions.with_columns(_at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False)
+                                      ).with_columns(_recorded=pl.col("_at"), _at=pl.col("_at").cum_max())
         if timed["_at"].null_count() == timed.height:
             # Snapshots without versions.parquet (an older release's, or version folders copied alone): no version
             # is known to have been committed before any time; saying so of v1 "committed None" was untrue.
@@ -221,7 +237,8 @@ class ManifestReader:
             asked = moment.isoformat() + ("" if beyond or moment.utcoffset() == timedelta(0) else f" ({iso(at)})")
             if isinstance(version, str) and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", version):
                 asked += f" (a date alone is its start; {version.strip()}T23:59:59Z is its end)"
-            raise UsageError(f"no version was committed at or before {asked}", where=str(self.path),
+            raise UsageError(f"no version was committed at or before {asked}" + _clock_behind(timed, at),
+                             where=str(self.path),
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 

@@ -571,6 +571,35 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
+def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that_commit(site, db, monkeypatch):
+    """A run on a node whose clock was an hour behind (labelled one second after the latest, as next_label does)
+    recorded a commit time before the previous version's: `files --as-of` a time between the two selected it, the
+    second version's files, at a time when the version it was built on did not exist yet by the record. Commit
+    times are now taken as never going back, and the refusal of an earlier time says why that version is no answer."""
+    import chorus_batch.commit
+    import chorus_batch.pipeline
+    from chorus_batch.times import utc_now
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    first = open_manifest(db).versions().row(0, named=True)
+    behind = lambda: utc_now() - timedelta(hours=1)  # noqa: E731
+    monkeypatch.setattr(chorus_batch.pipeline, "utc_now", behind)
+    monkeypatch.setattr(chorus_batch.commit, "utc_now", behind)
+    write(site, "OMOP/person.csv", b"person_id\n2\n")
+    run_site(site, db, validate_site=False)
+    m = open_manifest(db)
+    second = m.versions().row(1, named=True)
+    assert second["label"] > first["label"] and second["finished_at"] < first["finished_at"]
+    between = iso(datetime.fromisoformat(second["finished_at"].replace("Z", "+00:00")) + timedelta(minutes=1))
+    with pytest.raises(UsageError, match=f"records {second['finished_at']}, but it was committed after version "
+                                         f"{first['label']}"):
+        m.resolve(between)
+    assert m.resolve(first["finished_at"]) == second["label"]  # both exist by then: the later one
+    out = cli("files", "--db", str(db), "--as-of", between)
+    assert out.returncode == 2 and "clock was behind" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_a_snapshot_folder_without_commit_times_says_so_when_asked_for_a_time(history, tmp_path):
     """Snapshots without versions.parquet (an older release's, or version folders copied alone) record no commit
     times: `files --as-of 2030-01-01` said "no version was committed at or before 2030-01-01 ... the first version is
