@@ -630,7 +630,18 @@ class _Target:
 
 
 def _resolve(args: argparse.Namespace) -> _Target:
-    """The one place that decides the manifest, the site and the demo defaults for every command."""
+    """The one place that decides the manifest, the site and the demo defaults for every command; a local manifest
+    this user cannot reach (a folder on its way it may not enter, a file it may not read) is said here, for every
+    command, not as a PermissionError from the first `exists()` of whichever command it was."""
+    target = _resolve_target(args)
+    if "://" not in target.db:
+        from .store.manifest import require_reachable
+
+        require_reachable(target.db)
+    return target
+
+
+def _resolve_target(args: argparse.Namespace) -> _Target:
     from .config import ConfigFile, load_config
     from .config_file import config_path
     from .urls import check_manifest_location

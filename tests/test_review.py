@@ -504,6 +504,43 @@ def test_a_manifest_without_versions_is_one_usage_error_in_every_reading_command
         open_manifest(db).files()
 
 
+def test_a_manifest_this_user_cannot_reach_or_read_is_said_as_such(history, tmp_path):
+    """A manifest in a folder the user may not enter (mode 0700 of another user) was an "internal error:
+    PermissionError" in every command (pathlib's is_dir/exists raise it on Python 3.11); one the user may not read
+    (mode 0000) was "unable to open database file" with the advice to check that the folder is writable. Both are now
+    said with the folder or the file and its mode, exit 3, in every command and in the library."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    db = shared / "m.sqlite"
+    shutil.copyfile(history["db"], db)
+    site = str(history["site"])
+    commands = [["versions"], ["files", "--as-of", "v1"], ["changes", "--csv"], ["diff", "--from", "v1"], ["history", "x"],
+                ["status", "--site", site], ["run", "--site", site], ["validate"], ["upgrade"],
+                ["registry", "--out", str(tmp_path / "reg")]]
+    os.chmod(shared, 0o000)
+    try:
+        for command in commands:
+            out = without_override(*command, "--db", str(db))
+            assert out.returncode == 3 and "internal error" not in out.stderr, (command, out.stderr)
+            assert f"this user may not enter the folder {shared} (permission denied)" in out.stderr, (command, out.stderr)
+        script = (f"from chorus_batch.review import open_manifest\nopen_manifest({str(db)!r})")
+        out = subprocess.run(["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                              "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", script]
+                             if os.geteuid() == 0 else [sys.executable, "-c", script], capture_output=True, text=True)
+        assert "ManifestError" in out.stderr and "may not enter the folder" in out.stderr, out.stderr
+    finally:
+        os.chmod(shared, 0o755)
+    os.chmod(db, 0o000)
+    try:
+        for command in commands[:3]:
+            out = without_override(*command, "--db", str(db))
+            assert out.returncode == 3 and "cannot be read by this user (permission denied: mode 0000)" in out.stderr, (
+                command, out.stderr)
+            assert "writable" not in out.stderr
+    finally:
+        os.chmod(db, 0o600)
+
+
 def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     """A reviewer with read access to a schema-2 manifest was told only to upgrade it in place, which they
     may not: the message also says how to read an upgraded copy; the file is not changed."""
