@@ -112,11 +112,11 @@ def open_manifest(path: str | Path) -> "ManifestReader":
     if path.is_dir():
         from .store.snapshots import ParquetReader
 
-        return ParquetReader(path)
+        return ParquetReader(path.absolute())
     if not path.exists():  # said absolute, as `versions` says it: the current folder of a cron job is not the shell's
         raise UsageError(f"no manifest at {path.absolute()}", where=str(path.absolute()),  # a --db naming nothing
                          fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
-    return SQLiteReader(path)
+    return SQLiteReader(path.absolute())
 
 
 class ManifestReader:

@@ -651,6 +651,18 @@ def test_a_snapshot_folder_without_commit_times_says_so_when_asked_for_a_time(hi
         assert "commit times" in out.stderr and "v1 .. v3" in out.stderr and "fix:" in out.stderr, out.stderr
 
 
+def test_a_relative_db_is_named_absolute_in_every_read_commands_error(history, tmp_path):
+    """`changes --db m.sqlite --version nope` said `where: /abs/m.sqlite`, but files, diff and history (read through
+    open_manifest) said `where: m.sqlite`: the folder a cron job ran in is not the shell's. Every one now says it
+    absolute, as versions and changes do."""
+    shutil.copyfile(history["db"], tmp_path / "m.sqlite")
+    expected = f"where: {tmp_path / 'm.sqlite'}"
+    for command in (["files", "--as-of", "nope"], ["diff", "--from", "nope"], ["changes", "--version", "nope"],
+                    ["report", "--out", "r.html", "--version", "nope"]):
+        out = cli(*command, "--db", "m.sqlite", cwd=tmp_path)
+        assert out.returncode == 2 and expected in out.stderr, (command, out.stderr)
+
+
 def test_a_label_copied_with_a_space_or_mistyped_is_answered_with_the_label_meant(history):
     """`--version "v2 "` (copied with a space) and `--as-of v22` said only "no version ... give a label from
     `chorus-batch versions`": the answer now names the label probably meant, and the range of the manifest's."""
