@@ -34,7 +34,7 @@ from .diff import compute_diff
 from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
-from .times import iso, parse_time
+from .times import ISO_LIKE, iso, parse_time
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -200,7 +200,7 @@ class ManifestReader:
         if moment is None:
             from difflib import get_close_matches
 
-            dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
+            dated = ISO_LIKE.match(version.strip()) is not None  # meant as a time: say what is wrong with it
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
             close = ([version.strip()] if version.strip() in labels
                      else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))

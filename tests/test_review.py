@@ -310,6 +310,20 @@ def test_cli_json_and_csv_have_the_documented_fields(history):
     assert table.returncode == 0 and table.stdout.startswith("v3 -> v1:")
 
 
+def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
+    """`--as-of 20261127T030000Z` (ISO 8601's basic form, what `date -u +%Y%m%dT%H%M%SZ` prints) was taken as a
+    mistyped label ("did you mean" two labels, either a wrong answer); it is the time it spells. Digits alone stay
+    labels, and a basic form that is no time is said to be no valid ISO date-time."""
+    second = reader.versions().row(1, named=True)
+    at = datetime.fromisoformat(second["finished_at"].replace("Z", "+00:00")) + timedelta(seconds=1)
+    assert reader.resolve(at.strftime("%Y%m%dT%H%M%SZ")) == reader.resolve(iso(at)) == second["label"]
+    assert reader.resolve(at.strftime("%Y%m%dT%H%M%S+0000")) == second["label"]
+    with pytest.raises(UsageError, match="it is not a valid ISO date-time"):
+        reader.resolve(at.strftime("%Y%m%dT99"))
+    with pytest.raises(UsageError, match=r"no version '\d{8}' in the manifest\n"):
+        reader.resolve(at.strftime("%Y%m%d"))
+
+
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     missing = cli("files", "--db", str(tmp_path / "nope.sqlite"))
     assert missing.returncode == 2 and "no manifest" in missing.stderr and "fix:" in missing.stderr
