@@ -555,6 +555,41 @@ def test_a_manifest_this_user_cannot_reach_or_read_is_said_as_such(history, tmp_
         os.chmod(db, 0o600)
 
 
+def test_a_manifest_with_commits_in_its_wal_on_a_read_only_mount_says_to_copy_both(history, tmp_path):
+    """A manifest copied with a -wal still holding commits, on a file system mounted read-only (a backup, a snapshot):
+    the refusal said to read it again "once the run has ended", which no run on that mount ever does. It now says the
+    file system is read-only and to copy the manifest with its -wal to a writable folder, which then reads whole."""
+    import sqlite3
+
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    shutil.copyfile(history["db"], source / "m.sqlite")
+    con = sqlite3.connect(source / "m.sqlite")  # held open: the -wal keeps the commit (no checkpoint at close yet)
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute("INSERT INTO meta (key, value) VALUES ('test_note', 'in the wal only')")
+    con.commit()
+    shutil.copyfile(source / "m.sqlite", tmp_path / "m.sqlite")
+    shutil.copyfile(source / "m.sqlite-wal", tmp_path / "m.sqlite-wal")
+    con.close()
+    for name in ("m.sqlite", "m.sqlite-wal"):
+        shutil.copyfile(tmp_path / name, source / name)
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(source), str(mounted)]).returncode:
+        pytest.skip("needs root to mount a folder read-only")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+        out = cli("files", "--db", str(mounted / "m.sqlite"))
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert out.returncode == 3 and "it lies on a read-only file system" in out.stderr, out.stderr
+    assert "once the run has ended" not in out.stderr and "copy the manifest with its -wal file" in out.stderr
+    copied = tmp_path / "copy"
+    copied.mkdir()
+    for name in ("m.sqlite", "m.sqlite-wal"):
+        shutil.copyfile(source / name, copied / name)
+    assert cli("versions", "--db", str(copied / "m.sqlite")).returncode == 0
+
+
 def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     """A reviewer with read access to a schema-2 manifest was told only to upgrade it in place, which they
     may not: the message also says how to read an upgraded copy; the file is not changed."""

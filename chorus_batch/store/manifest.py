@@ -178,6 +178,13 @@ def require_folder(path: Path) -> None:
                 f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
 
 
+def _read_only_file_system(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+
+
 def require_reachable(path: str | os.PathLike[str]) -> None:
     """Refuse a manifest path this user cannot reach: a folder on its way it may not enter (pathlib's stat raised a
     PermissionError there, an "internal error" in every command), or a file it may not read (SQLite said "unable to
@@ -304,6 +311,14 @@ class Manifest:
     def _check_no_wal(self) -> None:
         """An immutable read sees the file only: refused while a -wal holds commits not yet in it."""
         wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0 and _read_only_file_system(self.path.parent):
+            # (a backup, a snapshot, a share mounted read-only: no run will ever move the -wal into the file there)
+            raise ManifestError(
+                "cannot read the manifest: it lies on a read-only file system, where SQLite cannot make its -shm file, "
+                "and its -wal file holds commits not yet written into it", where=str(self.path),
+                fix=f"copy the manifest with its -wal file to a folder you can write (cp {shlex.quote(str(self.path))} "
+                    f"{shlex.quote(str(wal))} DIR/) and pass --db DIR/{self.path.name}: SQLite reads the commits from "
+                    "the -wal beside it")
         if wal.exists() and wal.stat().st_size > 0:
             raise ManifestError(
                 "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
