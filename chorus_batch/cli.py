@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -646,7 +647,18 @@ class _Target:
 
 
 def _resolve(args: argparse.Namespace) -> _Target:
-    """The one place that decides the manifest, the site and the demo defaults for every command."""
+    """The one place that decides the manifest, the site and the demo defaults for every command; a local manifest
+    this user cannot reach (a folder on its way it may not enter, a file it may not read) is said here, for every
+    command, not as a PermissionError from the first `exists()` of whichever command it was."""
+    target = _resolve_target(args)
+    if "://" not in target.db:
+        from .store.manifest import require_reachable
+
+        require_reachable(target.db)
+    return target
+
+
+def _resolve_target(args: argparse.Namespace) -> _Target:
     from .config import ConfigFile, load_config
     from .config_file import config_path
     from .urls import check_manifest_location
@@ -1264,7 +1276,11 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         version = args.version_label if reader is None else reader.resolve(args.version_label)
         label, frame = Manifest(db).changes(version)
     if args.path is not None:
-        frame = (reader or open_manifest(db)).rows_under(frame, args.path, ("srcfile", "old_srcfile"))
+        reader = reader or open_manifest(db)
+        frame = reader.rows_under(frame, args.path, ("srcfile", "old_srcfile"))
+        if frame.height == 0 and reader.rows_under(reader.files(label), args.path).height == 0:
+            # (nothing under it changed, and nothing lies there either: a mistyped path or a pattern said "0 changes")
+            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}")
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -1364,10 +1380,7 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
-            similar = reader.similar_paths(args.path, folders=True) if reader.latest() else []
-            print(f"chorus-batch: no files under {args.path!r}"
-                  + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
-                     " (paths are site-relative, as `chorus-batch files` prints them)"), file=sys.stderr)
+            _say_nothing_under(reader, args.path, "no files")
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
@@ -1376,6 +1389,18 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"version {reader.resolve(args.as_of)}: {plural(frame.height, 'file')}")
     _print_frame(args, frame, ["srcfile", "modality", "person_id", "size", "md5", "version_valid"])
     return 0
+
+
+def _say_nothing_under(reader, path: str, what: str) -> None:
+    """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
+    a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0)."""
+    similar = reader.similar_paths(path, folders=True) if reader.latest() else []
+    pattern = re.search(r"[*?\[]", path) is not None
+    print(f"chorus-batch: {what} under {path!r}"
+          + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
+             "; --path takes a file or a folder as `chorus-batch files` prints it, not a pattern: * ? [ are read as "
+             "part of a name (give the folder, or filter the --csv output)" if pattern else
+             " (paths are site-relative, as `chorus-batch files` prints them)"), file=sys.stderr)
 
 
 def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:

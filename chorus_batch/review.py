@@ -34,7 +34,7 @@ from .diff import compute_diff
 from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
-from .times import iso, parse_time
+from .times import ISO_LIKE, iso, parse_time
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -52,6 +52,18 @@ PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is 
 OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
 OUTLIER_MIN_DECADES = 1.0  # ... and at least 10x beyond the quartile
 OUTLIER_MIN_FILES = 10  # non-empty files a modality needs before outliers are flagged
+
+
+def _clock_behind(timed: pl.DataFrame, at: datetime) -> str:
+    """What to add to "no version was committed at or before `at`" where a version's recorded commit time is at or
+    before `at` but an earlier version's is not (its run's clock was behind): why that version is not the answer."""
+    behind = timed.filter((pl.col("_recorded") <= at) & (pl.col("_recorded") < pl.col("_at")))
+    if behind.is_empty():
+        return ""
+    label, recorded, since = behind.select("label", "finished_at", "_at").row(0)
+    before = timed.filter((pl.col("label") < label) & (pl.col("_recorded") == since)).row(0, named=True)
+    return (f"; version {label} records {recorded}, but it was committed after version {before['label']} "
+            f"(committed {before['finished_at']}) by a run whose clock was behind: it counts from then")
 
 
 class NoSuchPerson(UserWarning):
@@ -94,14 +106,17 @@ def open_manifest(path: str | Path) -> "ManifestReader":
     from .urls import expand_home
 
     path = Path(expand_home(path, "open_manifest(path)"))  # "~/m.sqlite" as --db reads it, not a folder '~' here
+    from .store.manifest import require_reachable
+
+    require_reachable(path)  # a folder on the way this user may not enter: said, not a PermissionError from is_dir
     if path.is_dir():
         from .store.snapshots import ParquetReader
 
-        return ParquetReader(path)
+        return ParquetReader(path.absolute())
     if not path.exists():  # said absolute, as `versions` says it: the current folder of a cron job is not the shell's
         raise UsageError(f"no manifest at {path.absolute()}", where=str(path.absolute()),  # a --db naming nothing
                          fix="pass the manifest file written by `chorus-batch run` (--db), or its --parquet folder")
-    return SQLiteReader(path)
+    return SQLiteReader(path.absolute())
 
 
 class ManifestReader:
@@ -185,7 +200,7 @@ class ManifestReader:
         if moment is None:
             from difflib import get_close_matches
 
-            dated = re.match(r"\d{4}-\d{2}-\d{2}", version) is not None  # meant as a time: say what is wrong with it
+            dated = ISO_LIKE.match(version.strip()) is not None  # meant as a time: say what is wrong with it
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
             close = ([version.strip()] if version.strip() in labels
                      else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
@@ -203,7 +218,11 @@ class ManifestReader:
             at, beyond = moment.astimezone(timezone.utc), False
         except OverflowError:
             at, beyond = (datetime.min if moment.year == 1 else datetime.max).replace(tzinfo=timezone.utc), True
-        timed = versions.with_columns(_at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False))
+        # A version exists only after every version before it: one whose run's clock was behind (a skewed node, a
+        # clock set back) recorded a commit time before its predecessor's, and a time between the two selected it
+        # ahead of the version it was built on (whose files it holds). Times are taken as never going back.
+        timed = versions.with_columns(_at=pl.col("finished_at").str.to_datetime(time_zone="UTC", strict=False)
+                                      ).with_columns(_recorded=pl.col("_at"), _at=pl.col("_at").cum_max())
         if timed["_at"].null_count() == timed.height:
             # Snapshots without versions.parquet (an older release's, or version folders copied alone): no version
             # is known to have been committed before any time; saying so of v1 "committed None" was untrue.
@@ -221,7 +240,8 @@ class ManifestReader:
             asked = moment.isoformat() + ("" if beyond or moment.utcoffset() == timedelta(0) else f" ({iso(at)})")
             if isinstance(version, str) and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", version):
                 asked += f" (a date alone is its start; {version.strip()}T23:59:59Z is its end)"
-            raise UsageError(f"no version was committed at or before {asked}", where=str(self.path),
+            raise UsageError(f"no version was committed at or before {asked}" + _clock_behind(timed, at),
+                             where=str(self.path),
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
 

@@ -14,7 +14,9 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-_ISO_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+# Extended (2026-11-27T03:00:00Z) or basic form (20261127T030000Z, which `date -u +%Y%m%dT%H%M%SZ` prints); a date
+# alone in the basic form (20261127) is not taken: digits alone are version labels (20261127030000).
+ISO_LIKE = re.compile(r"^(\d{4}-\d{2}-\d{2}|\d{8}T\d{2})", re.IGNORECASE)
 
 
 _ZONE_WORD = re.compile(r"\s*(UTC|GMT|Z)$", re.IGNORECASE)
@@ -22,10 +24,10 @@ _SPACED_OFFSET = re.compile(r"\s+(?=[+-]\d\d:?\d\d$)")
 
 
 def parse_time(text: str) -> datetime | None:
-    """An ISO date or date-time (naive means UTC), its zone also spelled z, UTC, GMT or ' +01:00' (as people
-    type it); None if `text` is not one."""
+    """An ISO date or date-time (naive means UTC; the basic form 20261127T030000Z too), its zone also spelled z, UTC,
+    GMT or ' +01:00' (as people type it); None if `text` is not one."""
     text = text.strip()
-    if not _ISO_LIKE.match(text):
+    if not ISO_LIKE.match(text):
         return None
     try:
         moment = datetime.fromisoformat(_SPACED_OFFSET.sub("", _ZONE_WORD.sub("+00:00", text)))

@@ -310,6 +310,20 @@ def test_cli_json_and_csv_have_the_documented_fields(history):
     assert table.returncode == 0 and table.stdout.startswith("v3 -> v1:")
 
 
+def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
+    """`--as-of 20261127T030000Z` (ISO 8601's basic form, what `date -u +%Y%m%dT%H%M%SZ` prints) was taken as a
+    mistyped label ("did you mean" two labels, either a wrong answer); it is the time it spells. Digits alone stay
+    labels, and a basic form that is no time is said to be no valid ISO date-time."""
+    second = reader.versions().row(1, named=True)
+    at = datetime.fromisoformat(second["finished_at"].replace("Z", "+00:00")) + timedelta(seconds=1)
+    assert reader.resolve(at.strftime("%Y%m%dT%H%M%SZ")) == reader.resolve(iso(at)) == second["label"]
+    assert reader.resolve(at.strftime("%Y%m%dT%H%M%S+0000")) == second["label"]
+    with pytest.raises(UsageError, match="it is not a valid ISO date-time"):
+        reader.resolve(at.strftime("%Y%m%dT99"))
+    with pytest.raises(UsageError, match=r"no version '\d{8}' in the manifest\n"):
+        reader.resolve(at.strftime("%Y%m%d"))
+
+
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     missing = cli("files", "--db", str(tmp_path / "nope.sqlite"))
     assert missing.returncode == 2 and "no manifest" in missing.stderr and "fix:" in missing.stderr
@@ -504,6 +518,78 @@ def test_a_manifest_without_versions_is_one_usage_error_in_every_reading_command
         open_manifest(db).files()
 
 
+def test_a_manifest_this_user_cannot_reach_or_read_is_said_as_such(history, tmp_path):
+    """A manifest in a folder the user may not enter (mode 0700 of another user) was an "internal error:
+    PermissionError" in every command (pathlib's is_dir/exists raise it on Python 3.11); one the user may not read
+    (mode 0000) was "unable to open database file" with the advice to check that the folder is writable. Both are now
+    said with the folder or the file and its mode, exit 3, in every command and in the library."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    db = shared / "m.sqlite"
+    shutil.copyfile(history["db"], db)
+    site = str(history["site"])
+    commands = [["versions"], ["files", "--as-of", "v1"], ["changes", "--csv"], ["diff", "--from", "v1"], ["history", "x"],
+                ["status", "--site", site], ["run", "--site", site], ["validate"], ["upgrade"],
+                ["registry", "--out", str(tmp_path / "reg")]]
+    os.chmod(shared, 0o000)
+    try:
+        for command in commands:
+            out = without_override(*command, "--db", str(db))
+            assert out.returncode == 3 and "internal error" not in out.stderr, (command, out.stderr)
+            assert f"this user may not enter the folder {shared} (permission denied)" in out.stderr, (command, out.stderr)
+        script = (f"from chorus_batch.review import open_manifest\nopen_manifest({str(db)!r})")
+        out = subprocess.run(["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                              "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", script]
+                             if os.geteuid() == 0 else [sys.executable, "-c", script], capture_output=True, text=True)
+        assert "ManifestError" in out.stderr and "may not enter the folder" in out.stderr, out.stderr
+    finally:
+        os.chmod(shared, 0o755)
+    os.chmod(db, 0o000)
+    try:
+        for command in commands[:3]:
+            out = without_override(*command, "--db", str(db))
+            assert out.returncode == 3 and "cannot be read by this user (permission denied: mode 0000)" in out.stderr, (
+                command, out.stderr)
+            assert "writable" not in out.stderr
+    finally:
+        os.chmod(db, 0o600)
+
+
+def test_a_manifest_with_commits_in_its_wal_on_a_read_only_mount_says_to_copy_both(history, tmp_path):
+    """A manifest copied with a -wal still holding commits, on a file system mounted read-only (a backup, a snapshot):
+    the refusal said to read it again "once the run has ended", which no run on that mount ever does. It now says the
+    file system is read-only and to copy the manifest with its -wal to a writable folder, which then reads whole."""
+    import sqlite3
+
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    shutil.copyfile(history["db"], source / "m.sqlite")
+    con = sqlite3.connect(source / "m.sqlite")  # held open: the -wal keeps the commit (no checkpoint at close yet)
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute("INSERT INTO meta (key, value) VALUES ('test_note', 'in the wal only')")
+    con.commit()
+    shutil.copyfile(source / "m.sqlite", tmp_path / "m.sqlite")
+    shutil.copyfile(source / "m.sqlite-wal", tmp_path / "m.sqlite-wal")
+    con.close()
+    for name in ("m.sqlite", "m.sqlite-wal"):
+        shutil.copyfile(tmp_path / name, source / name)
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(source), str(mounted)]).returncode:
+        pytest.skip("needs root to mount a folder read-only")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+        out = cli("files", "--db", str(mounted / "m.sqlite"))
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert out.returncode == 3 and "it lies on a read-only file system" in out.stderr, out.stderr
+    assert "once the run has ended" not in out.stderr and "copy the manifest with its -wal file" in out.stderr
+    copied = tmp_path / "copy"
+    copied.mkdir()
+    for name in ("m.sqlite", "m.sqlite-wal"):
+        shutil.copyfile(source / name, copied / name)
+    assert cli("versions", "--db", str(copied / "m.sqlite")).returncode == 0
+
+
 def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     """A reviewer with read access to a schema-2 manifest was told only to upgrade it in place, which they
     may not: the message also says how to read an upgraded copy; the file is not changed."""
@@ -571,6 +657,35 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
+def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that_commit(site, db, monkeypatch):
+    """A run on a node whose clock was an hour behind (labelled one second after the latest, as next_label does)
+    recorded a commit time before the previous version's: `files --as-of` a time between the two selected it, the
+    second version's files, at a time when the version it was built on did not exist yet by the record. Commit
+    times are now taken as never going back, and the refusal of an earlier time says why that version is no answer."""
+    import chorus_batch.commit
+    import chorus_batch.pipeline
+    from chorus_batch.times import utc_now
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False)
+    first = open_manifest(db).versions().row(0, named=True)
+    behind = lambda: utc_now() - timedelta(hours=1)  # noqa: E731
+    monkeypatch.setattr(chorus_batch.pipeline, "utc_now", behind)
+    monkeypatch.setattr(chorus_batch.commit, "utc_now", behind)
+    write(site, "OMOP/person.csv", b"person_id\n2\n")
+    run_site(site, db, validate_site=False)
+    m = open_manifest(db)
+    second = m.versions().row(1, named=True)
+    assert second["label"] > first["label"] and second["finished_at"] < first["finished_at"]
+    between = iso(datetime.fromisoformat(second["finished_at"].replace("Z", "+00:00")) + timedelta(minutes=1))
+    with pytest.raises(UsageError, match=f"records {second['finished_at']}, but it was committed after version "
+                                         f"{first['label']}"):
+        m.resolve(between)
+    assert m.resolve(first["finished_at"]) == second["label"]  # both exist by then: the later one
+    out = cli("files", "--db", str(db), "--as-of", between)
+    assert out.returncode == 2 and "clock was behind" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_a_snapshot_folder_without_commit_times_says_so_when_asked_for_a_time(history, tmp_path):
     """Snapshots without versions.parquet (an older release's, or version folders copied alone) record no commit
     times: `files --as-of 2030-01-01` said "no version was committed at or before 2030-01-01 ... the first version is
@@ -583,6 +698,18 @@ def test_a_snapshot_folder_without_commit_times_says_so_when_asked_for_a_time(hi
         out = cli(*args, "--db", str(snaps))
         assert out.returncode == 2 and "None" not in out.stderr and "no version was committed" not in out.stderr, out.stderr
         assert "commit times" in out.stderr and "v1 .. v3" in out.stderr and "fix:" in out.stderr, out.stderr
+
+
+def test_a_relative_db_is_named_absolute_in_every_read_commands_error(history, tmp_path):
+    """`changes --db m.sqlite --version nope` said `where: /abs/m.sqlite`, but files, diff and history (read through
+    open_manifest) said `where: m.sqlite`: the folder a cron job ran in is not the shell's. Every one now says it
+    absolute, as versions and changes do."""
+    shutil.copyfile(history["db"], tmp_path / "m.sqlite")
+    expected = f"where: {tmp_path / 'm.sqlite'}"
+    for command in (["files", "--as-of", "nope"], ["diff", "--from", "nope"], ["changes", "--version", "nope"],
+                    ["report", "--out", "r.html", "--version", "nope"]):
+        out = cli(*command, "--db", "m.sqlite", cwd=tmp_path)
+        assert out.returncode == 2 and expected in out.stderr, (command, out.stderr)
 
 
 def test_a_label_copied_with_a_space_or_mistyped_is_answered_with_the_label_meant(history):

@@ -300,6 +300,23 @@ def test_files_under_a_mistyped_path_says_so_and_what_it_may_mean(tmp_path):
     assert "no files under" not in cli("files", "--db", str(db), "--path", folder).stderr
 
 
+def test_changes_under_a_mistyped_path_or_a_pattern_says_so(tmp_path):
+    """`changes --path 000001/waveforms` and `files`/`changes --path 'OMOP/*.csv'` (a pattern, taken as a name) printed
+    "0 changes" / nothing, exit 0, as if nothing there had changed. Both say on stderr that the path names nothing,
+    with the path it may mean, or that --path takes no pattern; a folder of unchanged files stays quiet."""
+    site, db = _first_version(tmp_path)
+    folder = f"{PERSON}/Waveforms/Telemetry/"
+    out = cli("changes", "--db", str(db), "--path", folder.lower(), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == [], out.stderr
+    assert f"under {folder.lower()!r}; did you mean {folder!r}?" in out.stderr, out.stderr
+    for command in ("files", "changes"):
+        out = cli(command, "--db", str(db), "--path", f"{PERSON}/*", "--csv")
+        assert out.returncode == 0 and "not a pattern: * ? [ are read as part of a name" in out.stderr, out.stderr
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode in (0, 1)
+    out = cli("changes", "--db", str(db), "--path", "Metadata", "--json")  # there, and unchanged in this version
+    assert out.returncode == 0 and json.loads(out.stdout) == [] and out.stderr == "", out.stderr
+
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX paths")
 def test_the_manifest_is_not_touched_by_a_dry_run_of_an_older_schema(tmp_path):
     """A dry run only reads: a manifest it cannot read without upgrading is refused, and left as it was."""

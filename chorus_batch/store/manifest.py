@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import socket
+import stat
 import sqlite3
 import threading
 import urllib.parse
@@ -211,6 +212,41 @@ def name_max(folder: Path) -> int:
     return 255
 
 
+def _read_only_file_system(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+
+
+def require_reachable(path: str | os.PathLike[str]) -> None:
+    """Refuse a manifest path this user cannot reach: a folder on its way it may not enter (pathlib's stat raised a
+    PermissionError there, an "internal error" in every command), or a file it may not read (SQLite said "unable to
+    open database file", and to check that the folder is writable). Nothing there, or a folder, is the caller's to
+    judge."""
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        absolute = Path(os.path.abspath(path))
+        blocked = next((folder for folder in reversed(absolute.parents) if not os.access(folder, os.X_OK)),
+                       absolute.parent)
+        raise ManifestError(f"cannot reach the manifest {absolute}: this user may not enter the folder {blocked} "
+                            "(permission denied)", where=str(absolute),
+                            fix=f"ask the owner of {blocked} for access to it, or for a copy of the manifest "
+                                "(`sqlite3 <manifest> '.backup copy.sqlite'`) to pass with --db") from None
+    except OSError:  # (nothing there, a path under a file, a loop of links: said where they are checked)
+        return
+    if stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
+        from ..fsutil import other_owner
+
+        owner = other_owner(path)
+        raise ManifestError(f"the manifest {os.path.abspath(path)} cannot be read by this user (permission denied: "
+                            f"mode {stat.S_IMODE(info.st_mode):04o}{f', owned by {owner}' if owner else ''})",
+                            where=str(os.path.abspath(path)),
+                            fix="ask its owner for read access, or for a copy (`sqlite3 <manifest> '.backup "
+                                "copy.sqlite'`) to pass with --db")
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -317,6 +353,14 @@ class Manifest:
     def _check_no_wal(self) -> None:
         """An immutable read sees the file only: refused while a -wal holds commits not yet in it."""
         wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0 and _read_only_file_system(self.path.parent):
+            # (a backup, a snapshot, a share mounted read-only: no run will ever move the -wal into the file there)
+            raise ManifestError(
+                "cannot read the manifest: it lies on a read-only file system, where SQLite cannot make its -shm file, "
+                "and its -wal file holds commits not yet written into it", where=str(self.path),
+                fix=f"copy the manifest with its -wal file to a folder you can write (cp {shlex.quote(str(self.path))} "
+                    f"{shlex.quote(str(wal))} DIR/) and pass --db DIR/{self.path.name}: SQLite reads the commits from "
+                    "the -wal beside it")
         if wal.exists() and wal.stat().st_size > 0:
             raise ManifestError(
                 "cannot read the manifest: this user cannot write its folder (SQLite's -shm file), and its "
@@ -464,7 +508,8 @@ class Manifest:
         return versions
 
     def check_path(self) -> None:
-        """--db names a file (or nothing yet), not a folder."""
+        """--db names a file (or nothing yet), not a folder, that this user can reach."""
+        require_reachable(self.path)
         if self.path.is_dir():
             if (self.path / "versions.parquet").is_file():  # read-only commands take it; this one writes or checks
                 raise UsageError(f"--db names a --parquet snapshot folder, which only `versions`, `changes`, `files`, "

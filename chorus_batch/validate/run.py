@@ -269,6 +269,7 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
     """`validate` on a manifest: check its latest version (cached unless `force`), reading new headers
     from the recorded roots, or from the locations in `overrides` (by modality; None: the site root)."""
     manifest = Manifest(db)
+    manifest.check_path()  # (a folder it may not enter: said, not a PermissionError from exists)
     if not manifest.path.exists():
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="pass --site DIR to check a folder that has no manifest yet, or --db with the manifest")
