@@ -206,7 +206,8 @@ def test_paths_around_the_site_that_are_not_utf8_are_refused_or_escaped_never_an
         assert "internal error" not in out.stderr and "\\udc" not in out.stderr, out.stderr
 
     refused("--site", str(site), "--db", str(db), says="site root " + str(tmp_path) + "/lat\\xe9/site has a folder name")
-    refused("--site", str(tmp_path), "--db", str(latin / "m.sqlite"), says="is not valid UTF-8")
+    write(tmp_path / "other", "OMOP/person.csv", b"person_id\n1\n")
+    refused("--site", str(tmp_path / "other"), "--db", str(latin / "m.sqlite"), says="is not valid UTF-8")
     refused("--site", str(tmp_path / "nowhere"), "--db", str(db), "--parquet", str(latin / "snaps"),
             says="--parquet " + str(tmp_path) + "/lat\\xe9/snaps: the folder's path is not valid UTF-8")
     refused("--site", str(tmp_path / "nowhere"), "--db", str(db), "--exclude", "*\udce9*",

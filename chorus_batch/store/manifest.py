@@ -257,11 +257,6 @@ class Manifest:
         # The real file, symbolic links resolved: every file beside it (lock, state cache, checkpoint, SQLite's
         # -wal) is named after it, so two spellings of one manifest share one lock.
         self.path = Path(os.path.realpath(path))
-        if (bad := storable(str(self.path))) != str(self.path):  # SQLite (and ADBC) open it by a UTF-8 name
-            raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes), so SQLite cannot "
-                             "open it; nothing was done", where=bad,
-                             fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
-                                 "another)")
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
         self._manifest_id: str | None = None
@@ -604,6 +599,14 @@ class Manifest:
     def lock(self, argv: list[str], *, kind: str = "run"):
         self.check_path()
         self.check_name_length()
+        # A manifest in a folder whose name is not UTF-8 is read (by the bytes of its path: _sqlite_source), but not
+        # written: a run's side files (the state cache, snapshots, checkpoints) are written by libraries that take a
+        # path as UTF-8 text only, and a run committed its version, then failed on them
+        if (bad := storable(str(self.path))) != str(self.path):
+            raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes): chorus-batch "
+                             "reads such a manifest but does not write one; nothing was done", where=bad,
+                             fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
+                                 "another)")
         try:
             links = self.path.stat().st_nlink if self.path.is_file() else 1
         except OSError:  # not made yet
