@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,7 @@ class Registries:
     images: pl.DataFrame  # image_registry_id + REGISTRY_COLUMNS
     procedures: pl.DataFrame  # PROCEDURE_COLUMNS
     new_proc_ids: int  # allocated by this call
+    warnings: list[str] = field(default_factory=list)  # what the rows could not take from the version's content
 
 
 def _norm(expr: pl.Expr) -> pl.Expr:
@@ -92,12 +93,16 @@ class _WouldWrite(Exception):
 
 
 def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
-           workers: int, progress: Progress | None = None, *, write: bool = True) -> pl.DataFrame:
-    """The facts of `kind` for these files (srcfile, md5, root_id): cached ones, and the rest read now."""
+           workers: int, progress: Progress | None = None, *, write: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The facts of `kind` for these files (srcfile, md5, root_id, size, mtime_ns, etag): cached ones, and the rest
+    read now; and the files (srcfile) whose header could not be read as recorded (written since, gone, unreadable)."""
     from .validate.run import read_new_facts
 
     cache = manifest.validation
-    wanted = files.select("srcfile", "md5", "root_id", kind=pl.lit(kind))
+    # With the size, mtime and etag the MD5 was recorded with: a file written since gives no facts (a "retry"), never
+    # the new content's facts cached under the recorded MD5 (the registry of that version, and validate, would take
+    # them for good)
+    wanted = files.select("srcfile", "md5", "root_id", "size", "mtime_ns", "etag", kind=pl.lit(kind))
     known = cache.known_facts(wanted)
     todo = wanted.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
@@ -108,12 +113,14 @@ def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[
                          "site is", where=str(manifest.path), fix="pass --site with the site root")
     if todo.height and not write:
         raise _WouldWrite
+    unread = pl.DataFrame(schema={"srcfile": pl.String})
     if todo.height:
         new = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
-        lasting = new.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
-        cache.save_facts(lasting)
-        known = pl.concat([known, new.select(known.columns)])
-    return known
+        retry = pl.col("facts").str.contains('"retry":true', literal=True)
+        cache.save_facts(new.filter(~retry))
+        known = pl.concat([known, new.filter(~retry).select(known.columns)])
+        unread = files.join(new.filter(retry).select("md5"), on="md5", how="semi").select("srcfile")
+    return known, unread
 
 
 def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Mapping[int | None, Source]) -> pl.DataFrame | None:
@@ -258,8 +265,11 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
     headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
-    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
-                       _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write)])
+    (image_facts, image_unread), (wfdb_facts, wfdb_unread) = (
+        _facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
+        _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write))
+    facts = pl.concat([image_facts, wfdb_facts])
+    warnings = _unread_warning(pl.concat([image_unread, wfdb_unread]), label)
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
     # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
     record_times = (
@@ -317,7 +327,20 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             procedure_source_value=fmt("path: {}, group: {}", pl.col("_folder"), pl.col("group_id")))
     )
     log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
-    return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new)
+    return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new,
+                      warnings=warnings)
+
+
+def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of headers that could not be read as the version recorded them."""
+    if unread.height == 0:
+        return []
+    paths = unread["srcfile"].unique().sort()
+    return [f"{paths.len()} header file(s) of version {label} are no longer as it recorded them (written since, gone "
+            f"or unreadable; e.g. {', '.join(paths.head(3).to_list())}): their capture time was not read, so their rows' "
+            "datetime (and visit_id) come from the path's stamp, else stay empty. For the latest version, run "
+            "`chorus-batch run` (it records the change) and write the registries again; an earlier version's content "
+            "is no longer on the site"]
 
 
 def _group_folder(frame: pl.DataFrame) -> pl.Expr:

@@ -184,6 +184,41 @@ def test_ids_are_stable_across_versions(released, tmp_path):
     assert {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(old / "waveform_registry.csv")} == before
 
 
+def test_a_header_written_since_its_version_is_not_read_as_that_versions(tmp_path):
+    """The registries read headers the manifest had no facts of (a run with --no-validate) without the size and mtime
+    the version recorded: a DICOM written since gave that version's row the new content's capture time (and visit),
+    cached under the recorded MD5 for good, so the registry of that version said so ever after. Now such a file's
+    header is not read: its datetime comes from the path (none here: empty), the command says so and exits 1."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    dicoms = sorted(site.rglob("*.dcm"))
+    first = next(p for p in dicoms if expected_time(site, p.relative_to(site).as_posix()) is not None)
+    other = next(p for p in dicoms if expected_time(site, p.relative_to(site).as_posix())
+                 not in (None, expected_time(site, first.relative_to(site).as_posix())))
+    rel = first.relative_to(site).as_posix()
+    recorded = expected_time(site, rel)
+    first.write_bytes(other.read_bytes())  # written after the version: another capture time
+    later = expected_time(site, rel)
+    assert later != recorded
+
+    def row(out: Path) -> dict[str, str]:
+        return next(r for r in read_csv(out / "image_registry.csv") if delivered(site, r) == rel)
+
+    done = cli("registry", "--db", str(db), "--out", str(tmp_path / "now"))
+    assert done.returncode == 1, done.stderr
+    assert "no longer as it recorded them" in done.stderr and rel in done.stderr and "chorus-batch run" in done.stderr
+    assert row(tmp_path / "now")["datetime"] != f"{later:%Y-%m-%d %H:%M:%S}"
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = cli("registry", "--db", str(db), "--out", str(tmp_path / "old"), "--version", labels[0])
+    assert old.returncode == 1 and rel in old.stderr
+    assert row(tmp_path / "old")["datetime"] != f"{later:%Y-%m-%d %H:%M:%S}"
+    latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "latest"))
+    assert latest.returncode == 0, latest.stderr
+    assert row(tmp_path / "latest")["datetime"] == f"{later:%Y-%m-%d %H:%M:%S}"
+
+
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     sitegen.build_clean_site(site)
