@@ -177,6 +177,28 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     return frame.with_columns([pl.lit(None, pl.String).alias(c) for c in columns if c not in frame.columns]).select(columns)
 
 
+def _not_as_recorded(files: pl.DataFrame, table: str, sources: Mapping[int | None, Source]) -> str | None:
+    """OMOP/<table>.csv's path where the file on the site is no longer the content the version recorded (its size and
+    mtime moved and its MD5 with them, or its etag): what is read of it now is not that version's table."""
+    from .sources.base import READ_SIZE
+    from .validate.readers import _written_since
+
+    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    if rows.height == 0:
+        return None
+    srcfile, root_id, size, mtime_ns, etag, md5 = rows.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5").row(0)
+    source = sources.get(root_id) or sources.get(None)
+    if source is None or _written_since(source, srcfile, size, mtime_ns, etag) is None:
+        return None
+    if etag is None and hasattr(source, "hash_file"):  # a copy that kept the content but not the mtime is as recorded
+        try:
+            if source.hash_file(srcfile, bytearray(READ_SIZE)).md5 == md5:
+                return None
+        except OSError:
+            return None  # (gone or unreadable: reading it says so, with what to do)
+    return srcfile
+
+
 def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> pl.DataFrame:
     """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
@@ -261,7 +283,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     linked = files.filter(pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
                           & pl.col("parse_error").is_null() & pl.col("record_id").is_not_null()
                           & ~pl.col("srcfile").str.ends_with("/RECORDS"))
-    omop = files.select("srcfile", "root_id")
+    omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
     headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
@@ -286,6 +308,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     if not write:  # proc_ids to allocate: said before the site's visits are read (read again under the lock)
         _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
     rows = _with_visits(rows, _visits(omop, sources))
+    changed = _not_as_recorded(omop, "visit_occurrence", sources)
+    if changed is not None and rows.height:
+        warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "
+                        "procedures' visit_occurrence_id, come from the table as it is now. For the latest version, run "
+                        "`chorus-batch run` (it records the change) and write the registries again; an earlier "
+                        "version's table is no longer on the site")
     taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
     taken_ids = taken["procedure_occurrence_id"].cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)

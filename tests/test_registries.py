@@ -219,6 +219,28 @@ def test_a_header_written_since_its_version_is_not_read_as_that_versions(tmp_pat
     assert row(tmp_path / "latest")["datetime"] == f"{later:%Y-%m-%d %H:%M:%S}"
 
 
+def test_an_older_versions_registry_says_the_visit_table_is_no_longer_that_versions(tmp_path):
+    """The registry of an earlier version took its visits from OMOP/visit_occurrence.csv as it is now, without a word:
+    a visit removed since left that version's rows without it. The table is still read as it is (the version's content
+    is no longer on the site), but the command says so and exits 1; a table only touched since is read as recorded."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    text = visits.read_text()
+    os.utime(visits, ns=(1, 1))  # a copy that kept the content, not the mtime
+    first = cli("registry", "--db", str(db), "--out", str(tmp_path / "same"))
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    visits.write_text("".join(text.splitlines(keepends=True)[:2]))  # the other visits removed
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = cli("registry", "--db", str(db), "--out", str(tmp_path / "old"), "--version", labels[0])
+    assert old.returncode == 1, old.stderr
+    assert "OMOP/visit_occurrence.csv is no longer as version " + labels[0] in old.stderr
+    latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "latest"))
+    assert latest.returncode == 0 and "warning" not in latest.stderr, latest.stderr
+
+
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     sitegen.build_clean_site(site)
