@@ -283,6 +283,11 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     linked = files.filter(pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
                           & pl.col("parse_error").is_null() & pl.col("record_id").is_not_null()
                           & ~pl.col("srcfile").str.ends_with("/RECORDS"))
+    # Multimodal-Linkage: a row per file of the Images and Waveforms folders; one that fits no layout has no session or
+    # accession (no group_id, no proc_id) and no row: told, never left out without a word
+    left_out = (files.filter(pl.col("modality").is_in(["Waveforms", "Images"])
+                             & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$"))
+                .join(linked, on="srcfile", how="anti")["srcfile"].sort())
     omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
@@ -292,6 +297,14 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write))
     facts = pl.concat([image_facts, wfdb_facts])
     warnings = _unread_warning(pl.concat([image_unread, wfdb_unread]), label)
+    if left_out.len():
+        warnings.append(
+            f"{left_out.len()} waveform or image file(s) of version {label} have no row in the registries, which the "
+            f"linkage procedure asks to list every file: they fit no layout of the procedures, so they have no session or "
+            f"accession to group them (e.g. "
+            f"{', '.join(left_out.head(3).to_list())}; `chorus-batch validate` says why for each). Move or rename them "
+            "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
+            "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
     # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
     record_times = (

@@ -241,6 +241,26 @@ def test_an_older_versions_registry_says_the_visit_table_is_no_longer_that_versi
     assert latest.returncode == 0 and "warning" not in latest.stderr, latest.stderr
 
 
+def test_files_of_the_image_and_waveform_folders_that_fit_no_layout_are_told_not_left_out_silently(released, tmp_path):
+    """The linkage procedure asks for a row per file; a DICOM outside its series folder or a signal file named by no
+    session has no accession or session (no group_id, no proc_id) and got no row, while registry exited 0 as though the
+    registries listed every file. They are still left out, but the command names them and exits 1."""
+    site, db, _out = released
+    p0 = sitegen.person_ids(1)[0]
+    single = sitegen.sessions_of(p0, 0)["single"]
+    dicom = next((site / p0 / "Images").rglob("*.dcm"))
+    loose = dicom.parent.parent / "loose.dcm"  # in the accession folder, not in a series folder
+    loose.write_bytes(dicom.read_bytes())
+    write(site, f"{p0}/Waveforms/Telemetry/{single}/other.dat", b"\0" * 16)  # named by no session
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"))
+    assert done.returncode == 1, done.stderr
+    assert "2 waveform or image file(s)" in done.stderr and "no row in the registries" in done.stderr
+    assert loose.relative_to(site).as_posix() in done.stderr and f"Telemetry/{single}/other.dat" in done.stderr
+    listed = {delivered(site, r) for r in read_csv(tmp_path / "again" / "image_registry.csv")}
+    assert dicom.relative_to(site).as_posix() in listed and loose.relative_to(site).as_posix() not in listed
+
+
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     sitegen.build_clean_site(site)
