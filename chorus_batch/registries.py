@@ -296,7 +296,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         _facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
         _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write))
     facts = pl.concat([image_facts, wfdb_facts])
-    warnings = _unread_warning(pl.concat([image_unread, wfdb_unread]), label)
+    unread = pl.concat([image_unread, wfdb_unread])
+    warnings = _unread_warning(unread, label)
     if left_out.len():
         warnings.append(
             f"{left_out.len()} waveform or image file(s) of version {label} have no row in the registries, which the "
@@ -347,6 +348,21 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         )
         .sort("srcfile")
     )
+    # Multimodal-Linkage: datetime, the capture time, is what the visit is inferred from; the Imaging SOP's registry has
+    # it NOT NULL, and OMOP's procedure_date is required. Rows without one are told (those of headers not read as the
+    # version recorded them are told above). DICOM files only: the Imaging SOP keeps the study date and time in every
+    # header; a WFDB header's base date and time are optional (a multi-segment record may have none), and other
+    # waveform formats (EDF, CSV) are not read by this tool
+    undated = (out.filter(pl.col("_when").is_null() & pl.col("srcfile").is_in(dicom["srcfile"].implode()))
+               .join(unread, on="srcfile", how="anti")["srcfile"])
+    if undated.len():
+        warnings.append(
+            f"{undated.len()} image registry row(s) of version {label} have no capture time (e.g. "
+            f"{', '.join(undated.head(3).to_list())}): their DICOM header gives no acquisition, content, series or study "
+            "date (or cannot be read as DICOM: `chorus-batch validate` says so). Their datetime and visit_id are empty, and so is the procedure_date of an accession none of whose "
+            "files has one (--omop), though the procedures want them (the Imaging SOP's datetime is NOT NULL, OMOP's "
+            "procedure_date is required): keep those dates and times when de-identifying, run, and write the "
+            "registries again")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(

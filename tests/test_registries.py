@@ -261,6 +261,36 @@ def test_files_of_the_image_and_waveform_folders_that_fit_no_layout_are_told_not
     assert dicom.relative_to(site).as_posix() in listed and loose.relative_to(site).as_posix() not in listed
 
 
+def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
+    """A DICOM without acquisition, content, series or study dates (a de-identification that dropped them) gave a row
+    with an empty datetime and visit_id, and with --omop a procedure without procedure_date (OMOP requires it), while
+    registry exited 0. Now a warning names such rows and registry exits 1."""
+    import pydicom
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0 = sitegen.person_ids(1)[0]
+    accession = sorted((site / p0 / "Images").glob("*/*"))[0]
+    dicoms = sorted(accession.rglob("*.dcm"))
+    for path in dicoms:
+        ds = pydicom.dcmread(path)
+        for kind in ("Acquisition", "Content", "Series", "Study"):
+            for part in ("Date", "Time", "DateTime"):
+                if kind + part in ds:
+                    delattr(ds, kind + part)
+        ds.save_as(path)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    assert f"{len(dicoms)} image registry row(s)" in done.stderr and "no capture time" in done.stderr
+    assert dicoms[0].relative_to(site).as_posix() in done.stderr
+    rows = [r for r in read_csv(out / "image_registry.csv") if delivered(site, r) in
+            {p.relative_to(site).as_posix() for p in dicoms}]
+    assert len(rows) == len(dicoms) and {r["datetime"] for r in rows} == {""}
+    procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == rows[0]["proc_id"])
+    assert procedure["procedure_date"] == ""
+
+
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     sitegen.build_clean_site(site)
@@ -522,7 +552,8 @@ def test_a_registry_stopped_while_writing_leaves_the_earlier_set_whole(released,
         assert "the registry files in --out are as they were" in err, err
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing of its own left
     again = cli("registry", "--db", str(db), "--out", str(out), "--omop")
-    assert again.returncode == 0, again.stderr
+    # (exit 1: the second version's DICOM is no DICOM, its row has no capture time, which is warned of)
+    assert again.returncode == 1 and "no capture time" in again.stderr, again.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in after)
 
