@@ -301,9 +301,9 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     if left_out.len():
         warnings.append(
             f"{left_out.len()} waveform or image file(s) of version {label} have no row in the registries, which the "
-            f"linkage procedure asks to list every file: they fit no layout of the procedures, so they have no session or "
-            f"accession to group them (e.g. "
-            f"{', '.join(left_out.head(3).to_list())}; `chorus-batch validate` says why for each). Move or rename them "
+            "linkage procedure asks to list every file: they fit no layout of the procedures, so they have no session or "
+            f"accession to group them (e.g. {', '.join(left_out.head(3).to_list())}; `chorus-batch validate` says why for "
+            "each). Move or rename them "
             "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
             "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
@@ -359,10 +359,10 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(
             f"{undated.len()} image registry row(s) of version {label} have no capture time (e.g. "
             f"{', '.join(undated.head(3).to_list())}): their DICOM header gives no acquisition, content, series or study "
-            "date (or cannot be read as DICOM: `chorus-batch validate` says so). Their datetime and visit_id are empty, and so is the procedure_date of an accession none of whose "
-            "files has one (--omop), though the procedures want them (the Imaging SOP's datetime is NOT NULL, OMOP's "
-            "procedure_date is required): keep those dates and times when de-identifying, run, and write the "
-            "registries again")
+            "date (or cannot be read as DICOM: `chorus-batch validate` says so). Their datetime and visit_id are empty, "
+            "and so is the procedure_date of an accession none of whose files has one (--omop), though the procedures "
+            "want them (the Imaging SOP's datetime is NOT NULL, OMOP's procedure_date is required): keep those dates "
+            "and times when de-identifying, run, and write the registries again")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
