@@ -199,6 +199,17 @@ def _not_as_recorded(files: pl.DataFrame, table: str, sources: Mapping[int | Non
     return srcfile
 
 
+def _removed_since(manifest: Manifest, files: pl.DataFrame, table: str) -> str | None:
+    """OMOP/<table>.csv's path where the version has it and the latest version no longer does (removed since)."""
+    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    if rows.height == 0:
+        return None
+    srcfile = rows["srcfile"][0]
+    current = manifest.query_frame("SELECT srcfile FROM source_files WHERE srcfile = ? AND version_invalid IS NULL",
+                                   (srcfile,), schema={"srcfile": pl.String})
+    return None if current.height else srcfile
+
+
 def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> pl.DataFrame:
     """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
@@ -321,7 +332,15 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     )
     if not write:  # proc_ids to allocate: said before the site's visits are read (read again under the lock)
         _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
+    # An earlier version's OMOP table that a later version removed is not on the site: read, it stopped the registry
+    # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
+    removed = {table: _removed_since(manifest, omop, table) for table in ("visit_occurrence", "procedure_occurrence")}
+    omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
     rows = _with_visits(rows, _visits(omop, sources))
+    if removed["visit_occurrence"] is not None and rows.height:
+        warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "
+                        "removed it): its visits cannot be read, so every visit_id, and the procedures' "
+                        "visit_occurrence_id, is empty (the manifest keeps a table's checksum, not its content)")
     changed = _not_as_recorded(omop, "visit_occurrence", sources)
     if changed is not None and rows.height:
         warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "

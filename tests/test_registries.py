@@ -291,6 +291,25 @@ def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
     assert procedure["procedure_date"] == ""
 
 
+def test_an_older_versions_registry_is_written_after_a_later_version_removed_its_omop_tables(tmp_path):
+    """Once a later version removed OMOP/visit_occurrence.csv (and procedure_occurrence.csv), the registry of an
+    earlier version stopped for good (exit 2, 'if the site moved since the run that recorded it, pass --site'): the
+    tables are not on the site. It is now written, without visits, and a warning says why (exit 1)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    (site / "OMOP" / "visit_occurrence.csv").unlink()
+    (site / "OMOP" / "procedure_occurrence.csv").unlink()
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = cli("registry", "--db", str(db), "--out", str(tmp_path / "old"), "--version", labels[0], "--omop")
+    assert old.returncode == 1, old.stderr
+    assert f"OMOP/visit_occurrence.csv of version {labels[0]} is no longer on the site" in old.stderr
+    assert "pass --site" not in old.stderr
+    rows = read_csv(tmp_path / "old" / "waveform_registry.csv")
+    assert rows and {r["visit_id"] for r in rows} == {""}
+
+
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     sitegen.build_clean_site(site)
