@@ -1129,7 +1129,9 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
           f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
     for path in paths:
         print(f"wrote {path.resolve()}")
-    return 0
+    for warning in registries.warnings:
+        print(f"chorus-batch: warning: {warning}", file=sys.stderr)
+    return int(ExitCode.FINDINGS) if registries.warnings else int(ExitCode.OK)
 
 
 def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:

@@ -38,7 +38,8 @@ exit codes:
   1    success with findings (scan errors, unparseable paths, unverifiable cloud files or validation
        errors were recorded; upload: files not sent; verify: blobs missing or not matching;
        mark-uploaded: blobs not recorded, log lines not understood, or nothing recorded;
-       import-journal: parts of the journal could not be mapped; import-config: warnings)
+       import-journal: parts of the journal could not be mapped; import-config: warnings;
+       registry: written, with warnings: files without a row, a capture time or a table not as recorded)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed: the latest version stays, or a first run wrote none; upload: what was confirmed
        is recorded, the same command resumes; import-journal: no manifest was written)

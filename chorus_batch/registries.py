@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,7 @@ class Registries:
     images: pl.DataFrame  # image_registry_id + REGISTRY_COLUMNS
     procedures: pl.DataFrame  # PROCEDURE_COLUMNS
     new_proc_ids: int  # allocated by this call
+    warnings: list[str] = field(default_factory=list)  # what the rows could not take from the version's content
 
 
 def _norm(expr: pl.Expr) -> pl.Expr:
@@ -92,12 +93,16 @@ class _WouldWrite(Exception):
 
 
 def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[int | None, Source],
-           workers: int, progress: Progress | None = None, *, write: bool = True) -> pl.DataFrame:
-    """The facts of `kind` for these files (srcfile, md5, root_id): cached ones, and the rest read now."""
+           workers: int, progress: Progress | None = None, *, write: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The facts of `kind` for these files (srcfile, md5, root_id, size, mtime_ns, etag): cached ones, and the rest
+    read now; and the files (srcfile) whose header could not be read as recorded (written since, gone, unreadable)."""
     from .validate.run import read_new_facts
 
     cache = manifest.validation
-    wanted = files.select("srcfile", "md5", "root_id", kind=pl.lit(kind))
+    # With the size, mtime and etag the MD5 was recorded with: a file written since gives no facts (a "retry"), never
+    # the new content's facts cached under the recorded MD5 (the registry of that version, and validate, would take
+    # them for good)
+    wanted = files.select("srcfile", "md5", "root_id", "size", "mtime_ns", "etag", kind=pl.lit(kind))
     known = cache.known_facts(wanted)
     todo = wanted.join(known, on=["kind", "md5"], how="anti").unique(["kind", "md5"], keep="first")
     readers = {root_id: sources.get(root_id) or sources.get(None) for root_id in todo["root_id"].unique().to_list()}
@@ -108,12 +113,14 @@ def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[
                          "site is", where=str(manifest.path), fix="pass --site with the site root")
     if todo.height and not write:
         raise _WouldWrite
+    unread = pl.DataFrame(schema={"srcfile": pl.String})
     if todo.height:
         new = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
-        lasting = new.filter(~pl.col("facts").str.contains('"retry":true', literal=True))
-        cache.save_facts(lasting)
-        known = pl.concat([known, new.select(known.columns)])
-    return known
+        retry = pl.col("facts").str.contains('"retry":true', literal=True)
+        cache.save_facts(new.filter(~retry))
+        known = pl.concat([known, new.filter(~retry).select(known.columns)])
+        unread = files.join(new.filter(retry).select("md5"), on="md5", how="semi").select("srcfile")
+    return known, unread
 
 
 def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Mapping[int | None, Source]) -> pl.DataFrame | None:
@@ -168,6 +175,39 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     assert isinstance(frame, pl.DataFrame)
     frame.columns = [c.strip().lower() for c in frame.columns]
     return frame.with_columns([pl.lit(None, pl.String).alias(c) for c in columns if c not in frame.columns]).select(columns)
+
+
+def _not_as_recorded(files: pl.DataFrame, table: str, sources: Mapping[int | None, Source]) -> str | None:
+    """OMOP/<table>.csv's path where the file on the site is no longer the content the version recorded (its size and
+    mtime moved and its MD5 with them, or its etag): what is read of it now is not that version's table."""
+    from .sources.base import READ_SIZE
+    from .validate.readers import _written_since
+
+    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    if rows.height == 0:
+        return None
+    srcfile, root_id, size, mtime_ns, etag, md5 = rows.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5").row(0)
+    source = sources.get(root_id) or sources.get(None)
+    if source is None or _written_since(source, srcfile, size, mtime_ns, etag) is None:
+        return None
+    if etag is None and hasattr(source, "hash_file"):  # a copy that kept the content but not the mtime is as recorded
+        try:
+            if source.hash_file(srcfile, bytearray(READ_SIZE)).md5 == md5:
+                return None
+        except OSError:
+            return None  # (gone or unreadable: reading it says so, with what to do)
+    return srcfile
+
+
+def _removed_since(manifest: Manifest, files: pl.DataFrame, table: str) -> str | None:
+    """OMOP/<table>.csv's path where the version has it and the latest version no longer does (removed since)."""
+    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    if rows.height == 0:
+        return None
+    srcfile = rows["srcfile"][0]
+    current = manifest.query_frame("SELECT srcfile FROM source_files WHERE srcfile = ? AND version_invalid IS NULL",
+                                   (srcfile,), schema={"srcfile": pl.String})
+    return None if current.height else srcfile
 
 
 def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> pl.DataFrame:
@@ -254,12 +294,29 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     linked = files.filter(pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
                           & pl.col("parse_error").is_null() & pl.col("record_id").is_not_null()
                           & ~pl.col("srcfile").str.ends_with("/RECORDS"))
-    omop = files.select("srcfile", "root_id")
+    # Multimodal-Linkage: a row per file of the Images and Waveforms folders; one that fits no layout has no session or
+    # accession (no group_id, no proc_id) and no row: told, never left out without a word
+    left_out = (files.filter(pl.col("modality").is_in(["Waveforms", "Images"])
+                             & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$"))
+                .join(linked, on="srcfile", how="anti")["srcfile"].sort())
+    omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
     headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
-    facts = pl.concat([_facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
-                       _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write)])
+    (image_facts, image_unread), (wfdb_facts, wfdb_unread) = (
+        _facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
+        _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write))
+    facts = pl.concat([image_facts, wfdb_facts])
+    unread = pl.concat([image_unread, wfdb_unread])
+    warnings = _unread_warning(unread, label)
+    if left_out.len():
+        warnings.append(
+            f"{left_out.len()} waveform or image file(s) of version {label} have no row in the registries, which the "
+            "linkage procedure asks to list every file: they fit no layout of the procedures, so they have no session or "
+            f"accession to group them (e.g. {', '.join(left_out.head(3).to_list())}; `chorus-batch validate` says why for "
+            "each). Move or rename them "
+            "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
+            "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
     # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
     record_times = (
@@ -275,7 +332,21 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     )
     if not write:  # proc_ids to allocate: said before the site's visits are read (read again under the lock)
         _allocate(manifest, linked.select("record_id", "modality").unique(), ranges, None, write=False)
+    # An earlier version's OMOP table that a later version removed is not on the site: read, it stopped the registry
+    # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
+    removed = {table: _removed_since(manifest, omop, table) for table in ("visit_occurrence", "procedure_occurrence")}
+    omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
     rows = _with_visits(rows, _visits(omop, sources))
+    if removed["visit_occurrence"] is not None and rows.height:
+        warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "
+                        "removed it): its visits cannot be read, so every visit_id, and the procedures' "
+                        "visit_occurrence_id, is empty (the manifest keeps a table's checksum, not its content)")
+    changed = _not_as_recorded(omop, "visit_occurrence", sources)
+    if changed is not None and rows.height:
+        warnings.append(f"{changed} is no longer as version {label} recorded it (written since): visit_id, and the "
+                        "procedures' visit_occurrence_id, come from the table as it is now. For the latest version, run "
+                        "`chorus-batch run` (it records the change) and write the registries again; an earlier "
+                        "version's table is no longer on the site")
     taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
     taken_ids = taken["procedure_occurrence_id"].cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
@@ -296,6 +367,21 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         )
         .sort("srcfile")
     )
+    # Multimodal-Linkage: datetime, the capture time, is what the visit is inferred from; the Imaging SOP's registry has
+    # it NOT NULL, and OMOP's procedure_date is required. Rows without one are told (those of headers not read as the
+    # version recorded them are told above). DICOM files only: the Imaging SOP keeps the study date and time in every
+    # header; a WFDB header's base date and time are optional (a multi-segment record may have none), and other
+    # waveform formats (EDF, CSV) are not read by this tool
+    undated = (out.filter(pl.col("_when").is_null() & pl.col("srcfile").is_in(dicom["srcfile"].implode()))
+               .join(unread, on="srcfile", how="anti")["srcfile"])
+    if undated.len():
+        warnings.append(
+            f"{undated.len()} image registry row(s) of version {label} have no capture time (e.g. "
+            f"{', '.join(undated.head(3).to_list())}): their DICOM header gives no acquisition, content, series or study "
+            "date (or cannot be read as DICOM: `chorus-batch validate` says so). Their datetime and visit_id are empty, "
+            "and so is the procedure_date of an accession none of whose files has one (--omop), though the procedures "
+            "want them (the Imaging SOP's datetime is NOT NULL, OMOP's procedure_date is required): keep those dates "
+            "and times when de-identifying, run, and write the registries again")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
@@ -317,7 +403,20 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             procedure_source_value=fmt("path: {}, group: {}", pl.col("_folder"), pl.col("group_id")))
     )
     log.debug(f"registries: {waveforms.height} waveform and {images.height} image rows, {n_new} new proc_ids")
-    return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new)
+    return Registries(version=label, waveforms=waveforms, images=images, procedures=procedures, new_proc_ids=n_new,
+                      warnings=warnings)
+
+
+def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:
+    """What the registries of `label` say of headers that could not be read as the version recorded them."""
+    if unread.height == 0:
+        return []
+    paths = unread["srcfile"].unique().sort()
+    return [f"{paths.len()} header file(s) of version {label} are no longer as it recorded them (written since, gone "
+            f"or unreadable; e.g. {', '.join(paths.head(3).to_list())}): their capture time was not read, so their rows' "
+            "datetime (and visit_id) come from the path's stamp, else stay empty. For the latest version, run "
+            "`chorus-batch run` (it records the change) and write the registries again; an earlier version's content "
+            "is no longer on the site"]
 
 
 def _group_folder(frame: pl.DataFrame) -> pl.Expr:

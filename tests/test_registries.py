@@ -184,6 +184,132 @@ def test_ids_are_stable_across_versions(released, tmp_path):
     assert {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(old / "waveform_registry.csv")} == before
 
 
+def test_a_header_written_since_its_version_is_not_read_as_that_versions(tmp_path):
+    """The registries read headers the manifest had no facts of (a run with --no-validate) without the size and mtime
+    the version recorded: a DICOM written since gave that version's row the new content's capture time (and visit),
+    cached under the recorded MD5 for good, so the registry of that version said so ever after. Now such a file's
+    header is not read: its datetime comes from the path (none here: empty), the command says so and exits 1."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    dicoms = sorted(site.rglob("*.dcm"))
+    first = next(p for p in dicoms if expected_time(site, p.relative_to(site).as_posix()) is not None)
+    other = next(p for p in dicoms if expected_time(site, p.relative_to(site).as_posix())
+                 not in (None, expected_time(site, first.relative_to(site).as_posix())))
+    rel = first.relative_to(site).as_posix()
+    recorded = expected_time(site, rel)
+    first.write_bytes(other.read_bytes())  # written after the version: another capture time
+    later = expected_time(site, rel)
+    assert later != recorded
+
+    def row(out: Path) -> dict[str, str]:
+        return next(r for r in read_csv(out / "image_registry.csv") if delivered(site, r) == rel)
+
+    done = cli("registry", "--db", str(db), "--out", str(tmp_path / "now"))
+    assert done.returncode == 1, done.stderr
+    assert "no longer as it recorded them" in done.stderr and rel in done.stderr and "chorus-batch run" in done.stderr
+    assert row(tmp_path / "now")["datetime"] != f"{later:%Y-%m-%d %H:%M:%S}"
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = cli("registry", "--db", str(db), "--out", str(tmp_path / "old"), "--version", labels[0])
+    assert old.returncode == 1 and rel in old.stderr
+    assert row(tmp_path / "old")["datetime"] != f"{later:%Y-%m-%d %H:%M:%S}"
+    latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "latest"))
+    assert latest.returncode == 0, latest.stderr
+    assert row(tmp_path / "latest")["datetime"] == f"{later:%Y-%m-%d %H:%M:%S}"
+
+
+def test_an_older_versions_registry_says_the_visit_table_is_no_longer_that_versions(tmp_path):
+    """The registry of an earlier version took its visits from OMOP/visit_occurrence.csv as it is now, without a word:
+    a visit removed since left that version's rows without it. The table is still read as it is (the version's content
+    is no longer on the site), but the command says so and exits 1; a table only touched since is read as recorded."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    text = visits.read_text()
+    os.utime(visits, ns=(1, 1))  # a copy that kept the content, not the mtime
+    first = cli("registry", "--db", str(db), "--out", str(tmp_path / "same"))
+    assert first.returncode == 0 and "warning" not in first.stderr, first.stderr
+    visits.write_text("".join(text.splitlines(keepends=True)[:2]))  # the other visits removed
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = cli("registry", "--db", str(db), "--out", str(tmp_path / "old"), "--version", labels[0])
+    assert old.returncode == 1, old.stderr
+    assert "OMOP/visit_occurrence.csv is no longer as version " + labels[0] in old.stderr
+    latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "latest"))
+    assert latest.returncode == 0 and "warning" not in latest.stderr, latest.stderr
+
+
+def test_files_of_the_image_and_waveform_folders_that_fit_no_layout_are_told_not_left_out_silently(released, tmp_path):
+    """The linkage procedure asks for a row per file; a DICOM outside its series folder or a signal file named by no
+    session has no accession or session (no group_id, no proc_id) and got no row, while registry exited 0 as though the
+    registries listed every file. They are still left out, but the command names them and exits 1."""
+    site, db, _out = released
+    p0 = sitegen.person_ids(1)[0]
+    single = sitegen.sessions_of(p0, 0)["single"]
+    dicom = next((site / p0 / "Images").rglob("*.dcm"))
+    loose = dicom.parent.parent / "loose.dcm"  # in the accession folder, not in a series folder
+    loose.write_bytes(dicom.read_bytes())
+    write(site, f"{p0}/Waveforms/Telemetry/{single}/other.dat", b"\0" * 16)  # named by no session
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"))
+    assert done.returncode == 1, done.stderr
+    assert "2 waveform or image file(s)" in done.stderr and "no row in the registries" in done.stderr
+    assert loose.relative_to(site).as_posix() in done.stderr and f"Telemetry/{single}/other.dat" in done.stderr
+    listed = {delivered(site, r) for r in read_csv(tmp_path / "again" / "image_registry.csv")}
+    assert dicom.relative_to(site).as_posix() in listed and loose.relative_to(site).as_posix() not in listed
+
+
+def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
+    """A DICOM without acquisition, content, series or study dates (a de-identification that dropped them) gave a row
+    with an empty datetime and visit_id, and with --omop a procedure without procedure_date (OMOP requires it), while
+    registry exited 0. Now a warning names such rows and registry exits 1."""
+    import pydicom
+
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p0 = sitegen.person_ids(1)[0]
+    accession = sorted((site / p0 / "Images").glob("*/*"))[0]
+    dicoms = sorted(accession.rglob("*.dcm"))
+    for path in dicoms:
+        ds = pydicom.dcmread(path)
+        for kind in ("Acquisition", "Content", "Series", "Study"):
+            for part in ("Date", "Time", "DateTime"):
+                if kind + part in ds:
+                    delattr(ds, kind + part)
+        ds.save_as(path)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 1, done.stderr
+    assert f"{len(dicoms)} image registry row(s)" in done.stderr and "no capture time" in done.stderr
+    assert dicoms[0].relative_to(site).as_posix() in done.stderr
+    rows = [r for r in read_csv(out / "image_registry.csv") if delivered(site, r) in
+            {p.relative_to(site).as_posix() for p in dicoms}]
+    assert len(rows) == len(dicoms) and {r["datetime"] for r in rows} == {""}
+    procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == rows[0]["proc_id"])
+    assert procedure["procedure_date"] == ""
+
+
+def test_an_older_versions_registry_is_written_after_a_later_version_removed_its_omop_tables(tmp_path):
+    """Once a later version removed OMOP/visit_occurrence.csv (and procedure_occurrence.csv), the registry of an
+    earlier version stopped for good (exit 2, 'if the site moved since the run that recorded it, pass --site'): the
+    tables are not on the site. It is now written, without visits, and a warning says why (exit 1)."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    (site / "OMOP" / "visit_occurrence.csv").unlink()
+    (site / "OMOP" / "procedure_occurrence.csv").unlink()
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    labels = [r[0] for r in query(db, "SELECT label FROM versions ORDER BY label")]
+    old = cli("registry", "--db", str(db), "--out", str(tmp_path / "old"), "--version", labels[0], "--omop")
+    assert old.returncode == 1, old.stderr
+    assert f"OMOP/visit_occurrence.csv of version {labels[0]} is no longer on the site" in old.stderr
+    assert "pass --site" not in old.stderr
+    rows = read_csv(tmp_path / "old" / "waveform_registry.csv")
+    assert rows and {r["visit_id"] for r in rows} == {""}
+
+
 def test_a_range_the_sites_procedures_use_is_refused(tmp_path):
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     sitegen.build_clean_site(site)
@@ -445,7 +571,8 @@ def test_a_registry_stopped_while_writing_leaves_the_earlier_set_whole(released,
         assert "the registry files in --out are as they were" in err, err
         assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing of its own left
     again = cli("registry", "--db", str(db), "--out", str(out), "--omop")
-    assert again.returncode == 0, again.stderr
+    # (exit 1: the second version's DICOM is no DICOM, its row has no capture time, which is warned of)
+    assert again.returncode == 1 and "no capture time" in again.stderr, again.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in after)
 
