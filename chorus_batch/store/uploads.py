@@ -182,13 +182,16 @@ class UploadLedger:
         transaction. A file confirmed before keeps its row: a later failure never unconfirms it."""
         if not rows:
             return
-        columns = [c for c in columns_of("uploads") if c not in ("verified_at", "verify_state", "verify_method")]
+        verify_columns = ("verified_at", "verify_state", "verify_method")
+        columns = [c for c in columns_of("uploads") if c not in verify_columns]
         updates = ", ".join(
             f"{c} = uploads.attempts + excluded.attempts" if c == "attempts" else f"{c} = excluded.{c}"
             for c in columns if c not in ("central", "version", "file_id"))
-        # A file sent again (verify found it damaged) is unverified until verify looks at it again.
+        # A file sent again (verify found it damaged) is unverified until verify looks at it again (unless the upload
+        # read back the bytes of a blob it found there without a Content-MD5: its row says so, as verify --download's).
         updates += (", " + ", ".join(f"{c} = CASE WHEN excluded.state IN ({', '.join(repr(s) for s in CONFIRMED)}) "
-                                      f"THEN NULL ELSE uploads.{c} END" for c in ("verify_state", "verified_at", "verify_method")))
+                                      f"THEN excluded.{c} ELSE uploads.{c} END" for c in verify_columns))
+        columns += verify_columns
         sql = (f"INSERT INTO uploads ({', '.join(columns)}) VALUES ({_in(columns)}) "
                f"ON CONFLICT (central, version, file_id) DO UPDATE SET {updates} "
                f"WHERE uploads.state NOT IN ({', '.join(repr(s) for s in CONFIRMED)}) OR excluded.state IN "

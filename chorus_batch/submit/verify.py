@@ -62,7 +62,8 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
     vouched: a blob without a Content-MD5 that an earlier --download read back and found right, not written since."""
     joined = expected.join(listing.rename({"name": "srcfile", "size": "blob_size"}), on="srcfile", how="left")
     # (the etag changes with every write of the blob, its bytes or its properties: the same etag is the blob read back)
-    vouched = (pl.col("content_md5").is_null() & (pl.col("read_etag") == pl.col("etag"))).fill_null(False)
+    vouched = (pl.col("content_md5").is_null()
+               & (pl.col("read_etag").str.strip_chars('"') == pl.col("etag").str.strip_chars('"'))).fill_null(False)
     state = (pl.when(pl.col("blob_size").is_null()).then(pl.lit("missing"))
              .when(pl.col("blob_size") != pl.col("size")).then(pl.lit("size"))
              # sent by another tool (chorus-upload, AzCopy of large files): nothing vouches for it but its bytes, read
