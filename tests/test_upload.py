@@ -320,6 +320,62 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
 
 
+def test_a_blob_without_content_md5_read_back_by_verify_download_stays_verified_until_it_changes(central, azurite,
+                                                                                                 tmp_path):
+    # A blob at the centre without a Content-MD5 (another tool wrote it, or its properties): the listing cannot vouch
+    # for it. verify --download read its bytes and found them right, and still every later verify (and every upload's
+    # listing check) said `no_md5`, exit 1, for ever: nothing any command did cleared it.
+    db = committed_site(tmp_path, 3)
+    label = "20261101020000"
+    name = f"{label}/000001/Waveforms/Telemetry/S1/S1.dat"
+    assert up(central, db).returncode == 0
+    set_content_md5(azurite.service_client(), central.container, name, None)
+
+    def verify(*extra):
+        return cli("verify", "--db", str(db), "--to", central.url, "--json", *extra, env=central.env)
+
+    assert [p["verify_state"] for p in json.loads(verify().stdout)["problems"]] == ["no_md5"]
+    checked = verify("--download")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    again = verify()
+    assert again.returncode == 0, again.stdout + again.stderr  # the bytes read back vouch for the blob as it is
+    assert json.loads(again.stdout)["problems"] == []
+    assert query(db, "SELECT verify_state, verify_method FROM uploads u JOIN source_files f USING (file_id) "
+                     "WHERE f.srcfile = '000001/Waveforms/Telemetry/S1/S1.dat'") == [("ok", "download")]
+    assert up(central, db, "--version", label).returncode == 0  # (its listing check too)
+    # The blob written again (other bytes of that size, still no Content-MD5): what was read back no longer vouches.
+    size = central.client.get_blob_client(name).get_blob_properties().size
+    central.client.upload_blob(name, bytes(size), overwrite=True)
+    set_content_md5(azurite.service_client(), central.container, name, None)
+    changed = verify()
+    assert changed.returncode == 1, changed.stdout + changed.stderr
+    assert [p["verify_state"] for p in json.loads(changed.stdout)["problems"]] == ["no_md5"]
+
+
+def test_an_upload_that_finds_a_blob_without_content_md5_and_reads_it_right_finishes_the_version(central, tmp_path):
+    # Another tool sent a file in blocks before this upload (chorus-upload, AzCopy): no Content-MD5. The upload read
+    # its bytes, found them right and confirmed it, then its own listing check called it `no_md5`: exit 1, the version
+    # unfinished (no manifest copy) until someone ran verify --download to read the same bytes again.
+    from azure.storage.blob import BlobBlock
+
+    db = committed_site(tmp_path, 3)
+    label = "20261101020000"
+    name = f"{label}/000001/Waveforms/Telemetry/S1/S1.dat"
+    data = (tmp_path / "site" / "000001/Waveforms/Telemetry/S1/S1.dat").read_bytes()
+    blob = central.client.get_blob_client(name)
+    blob.stage_block("b1", data[:100])
+    blob.stage_block("b2", data[100:])
+    blob.commit_block_list([BlobBlock("b1"), BlobBlock("b2")])
+    assert blobs(central)[name][1] is None
+    first = up(central, db)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"{label}/_manifest/manifest.sqlite" in blobs(central)
+    assert query(db, "SELECT confirmed_by, verify_state, verify_method FROM uploads u JOIN source_files f USING "
+                     "(file_id) WHERE f.srcfile = '000001/Waveforms/Telemetry/S1/S1.dat'") == [("found", "ok", "download")]
+    listing = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+
+
 def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(central, tmp_path):
     # A blob another tool (or an older, abandoned submission) left under <version>/ passed verify silently: a
     # reviewer at the centre reads every blob there as part of the site's submission.

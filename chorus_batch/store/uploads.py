@@ -104,14 +104,16 @@ class UploadLedger:
             tuple(params), schema=PLAN_SCHEMA)
 
     def confirmed(self, version: str) -> pl.DataFrame:
-        """The file versions the ledger says this container holds for `version`, with the manifest's size and MD5."""
+        """The file versions the ledger says this container holds for `version`, with the manifest's size and MD5, and
+        read_etag: the etag of the blob whose bytes the last `verify --download` read back and found right (else null)."""
         return self.manifest.query_frame(
-            "SELECT u.file_id, f.srcfile, f.size, f.md5, u.md5 AS confirmed_md5, u.state "
+            "SELECT u.file_id, f.srcfile, f.size, f.md5, u.md5 AS confirmed_md5, u.state, "
+            "CASE WHEN u.verify_state = 'ok' AND u.verify_method = 'download' THEN u.etag END AS read_etag "
             "FROM uploads u JOIN source_files f ON f.file_id = u.file_id "
             f"WHERE u.central = ? AND u.version = ? AND u.state IN ({_in(CONFIRMED)}) ORDER BY f.srcfile",
             (self.central, version, *CONFIRMED),
             schema={"file_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "md5": pl.String,
-                    "confirmed_md5": pl.String, "state": pl.String})
+                    "confirmed_md5": pl.String, "state": pl.String, "read_etag": pl.String})
 
     def versions_uploaded(self) -> list[str]:
         """Versions with at least one file version confirmed at this container, oldest first."""
@@ -180,13 +182,16 @@ class UploadLedger:
         transaction. A file confirmed before keeps its row: a later failure never unconfirms it."""
         if not rows:
             return
-        columns = [c for c in columns_of("uploads") if c not in ("verified_at", "verify_state", "verify_method")]
+        verify_columns = ("verified_at", "verify_state", "verify_method")
+        columns = [c for c in columns_of("uploads") if c not in verify_columns]
         updates = ", ".join(
             f"{c} = uploads.attempts + excluded.attempts" if c == "attempts" else f"{c} = excluded.{c}"
             for c in columns if c not in ("central", "version", "file_id"))
-        # A file sent again (verify found it damaged) is unverified until verify looks at it again.
+        # A file sent again (verify found it damaged) is unverified until verify looks at it again (unless the upload
+        # read back the bytes of a blob it found there without a Content-MD5: its row says so, as verify --download's).
         updates += (", " + ", ".join(f"{c} = CASE WHEN excluded.state IN ({', '.join(repr(s) for s in CONFIRMED)}) "
-                                      f"THEN NULL ELSE uploads.{c} END" for c in ("verify_state", "verified_at", "verify_method")))
+                                      f"THEN excluded.{c} ELSE uploads.{c} END" for c in verify_columns))
+        columns += verify_columns
         sql = (f"INSERT INTO uploads ({', '.join(columns)}) VALUES ({_in(columns)}) "
                f"ON CONFLICT (central, version, file_id) DO UPDATE SET {updates} "
                f"WHERE uploads.state NOT IN ({', '.join(repr(s) for s in CONFIRMED)}) OR excluded.state IN "
@@ -245,13 +250,16 @@ class UploadLedger:
 
     def record_verification(self, version: str, results: pl.DataFrame, method: str) -> None:
         """results: file_id, verify_state (ok | missing | size | md5 | content) and the blob's etag (null: none)
-        of each confirmed file version. A damaged blob's etag is kept: the next upload may replace that blob."""
+        of each confirmed file version, and `vouched`: a blob without a Content-MD5 whose bytes an earlier --download
+        read back as it is (its row keeps that check). A damaged blob's etag is kept: the next upload may replace that
+        blob; so is the etag of a blob whose bytes a download found right: while it is the same blob, they vouch for it."""
         now = iso(utc_now())
+        rows = results.filter(~pl.col("vouched")) if "vouched" in results.columns else results
         self._write("UPDATE uploads SET verify_state = ?, verified_at = ?, verify_method = ?, "
-                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) THEN ? ELSE etag END "
+                    f"etag = CASE WHEN ? IN ({_in(DAMAGED)}) OR (? = 'ok' AND ? = 'download') THEN ? ELSE etag END "
                     "WHERE central = ? AND version = ? AND file_id = ?",
-                    [(state, now, method, state, *DAMAGED, etag, self.central, version, file_id)
-                     for file_id, state, etag in results.select("file_id", "verify_state", "etag").iter_rows()])
+                    [(state, now, method, state, *DAMAGED, state, method, etag, self.central, version, file_id)
+                     for file_id, state, etag in rows.select("file_id", "verify_state", "etag").iter_rows()])
         n_bad = results.filter(pl.col("verify_state") != "ok").height
         self.submission(version, verified_at=now, verify_method=method, n_bad=n_bad)
 

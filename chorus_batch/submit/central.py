@@ -110,6 +110,7 @@ class Sent:
     md5: str | None  # the MD5 the service reports for the committed blob (hex)
     etag: str | None
     confirmed_by: str  # 'service' | 'blocks' | 'found' (already there with this size and MD5)
+    read_back: bool = False  # found without a Content-MD5: its bytes were read back and hashed (as verify --download does)
 
 
 def parse_central(url: str) -> tuple[str, str]:
@@ -347,10 +348,11 @@ class Central:
     def _same(self, blob: Any, props: Any, size: int, md5_hex: str) -> Sent:
         """The blob already there: confirmed when it holds this very content, else a Conflict."""
         held = _hex(props.content_settings.content_md5)
-        if held is None and props.size == size:  # sent by a tool that set no Content-MD5: its bytes decide
+        read_back = held is None and props.size == size
+        if read_back:  # sent by a tool that set no Content-MD5: its bytes decide
             held = _md5_of(blob)[0]
         if props.size == size and held == md5_hex:
-            return Sent(size, md5_hex, props.etag, "found")
+            return Sent(size, md5_hex, props.etag, "found", read_back)
         raise Conflict(f"az://{self.container_name}/{blob.blob_name} already holds other content ({props.size} bytes, "
                        f"MD5 {held or 'unknown'}; this manifest's file: {size} bytes, MD5 {md5_hex}): it was not "
                        "replaced")

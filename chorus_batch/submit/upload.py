@@ -466,6 +466,9 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         if isinstance(result, Sent):
             entry.update(state="uploaded", bytes=result.bytes, md5=result.md5, etag=result.etag,
                          confirmed_by=result.confirmed_by, last_error=None)
+            if result.read_back:  # a blob without a Content-MD5, its bytes read and found right: what verify --download
+                # records (else the listing check called it no_md5 and the version never finished without a download)
+                entry.update(verify_state="ok", verify_method="download", verified_at=entry["uploaded_at"])
             with lock:
                 counts[0] += 1
                 if result.confirmed_by == "found":  # (its bytes were not sent: the blob was there)

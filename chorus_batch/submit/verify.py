@@ -58,12 +58,17 @@ class VerifyResult:
 
 
 def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
-    """file_id, srcfile, verify_state, message and the blob's etag of each expected file version against the listing."""
+    """file_id, srcfile, verify_state, message and the blob's etag of each expected file version against the listing;
+    vouched: a blob without a Content-MD5 that an earlier --download read back and found right, not written since."""
     joined = expected.join(listing.rename({"name": "srcfile", "size": "blob_size"}), on="srcfile", how="left")
+    # (the etag changes with every write of the blob, its bytes or its properties: the same etag is the blob read back)
+    vouched = (pl.col("content_md5").is_null()
+               & (pl.col("read_etag").str.strip_chars('"') == pl.col("etag").str.strip_chars('"'))).fill_null(False)
     state = (pl.when(pl.col("blob_size").is_null()).then(pl.lit("missing"))
              .when(pl.col("blob_size") != pl.col("size")).then(pl.lit("size"))
-             # sent by another tool (chorus-upload, AzCopy of large files): nothing vouches for it but its bytes
-             .when(pl.col("content_md5").is_null()).then(pl.lit("no_md5"))
+             # sent by another tool (chorus-upload, AzCopy of large files): nothing vouches for it but its bytes, read
+             # back by a --download (which found them right, and the blob has not been written since: ok)
+             .when(pl.col("content_md5").is_null() & ~vouched).then(pl.lit("no_md5"))
              .when(pl.col("content_md5") != pl.col("md5")).then(pl.lit("md5"))
              .otherwise(pl.lit("ok")))
     message = (pl.when(pl.col("verify_state") == "missing").then(pl.lit("not in the central container"))
@@ -71,14 +76,15 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
                    fmt("the central blob has {} bytes, the manifest {}", "blob_size", "size"))
                .when(pl.col("verify_state") == "no_md5").then(pl.lit(
                    "the central blob has the manifest's size but no Content-MD5 (it was sent by another tool): "
-                   "only `chorus-batch verify --download` can check its bytes"))
+                   "only `chorus-batch verify --download` can check its bytes (bytes it finds right count as verified "
+                   "until the blob is written again)"))
                .when(pl.col("verify_state") == "md5").then(
                    fmt("the central blob's Content-MD5 is {}, the manifest's MD5 {}",
                              pl.col("content_md5").fill_null("(none)"), "md5"))
                .otherwise(pl.lit(None)))
-    return (joined.with_columns(state.alias("verify_state"))
+    return (joined.with_columns(state.alias("verify_state"), vouched.alias("vouched"))
             .with_columns(message.alias("message"))
-            .select("file_id", "srcfile", "verify_state", "message", "etag"))
+            .select("file_id", "srcfile", "verify_state", "message", "etag", "vouched"))
 
 
 def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
@@ -90,8 +96,9 @@ def check_version(ledger: UploadLedger, central: Central, version: str, *, downl
     expected = ledger.confirmed(version)
     listing = central.listing(version)
     results = _compare(expected, listing)
-    if download:
-        results = _download_check(central, version, expected, results, workers, progress)
+    if download:  # (every blob is read back: what an earlier download found vouches for nothing now)
+        results = _download_check(central, version, expected, results.with_columns(vouched=pl.lit(False)), workers,
+                                  progress)
     ledger.record_verification(version, results, "download" if download else "listing")
     # Against the whole change set, not the confirmed files: a blob an interrupted upload sent unrecorded, or
     # another manifest's blob of the same name (upload's `conflict`), is a file of this version, said elsewhere.
