@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ..config import SITE_ROOT
 from ..errors import ManifestError, UsageError
 from ..frames import FACTS_SCHEMA
 from ..fsutil import scratch_folder
@@ -61,8 +62,9 @@ def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | No
     overrides = overrides or {}
     sources: dict[int, Source] = {}
     for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows():
+        # (its messages name the root as given: a modality's root is no "site root")
         sources[root_id] = open_source(overrides.get(modality, location), follow_symlinks=follow_symlinks, workers=workers,
-                                       cloud=cloud)
+                                       cloud=cloud, what=SITE_ROOT if modality is None else f"[site.roots] {modality}")
     return sources
 
 
