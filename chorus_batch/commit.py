@@ -539,6 +539,9 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
              if position not in tree.listed_roots and mode == "full"
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
+    # (where each was given: a mount point of [site.roots] names the setting that points at it)
+    empty_where = [location if modality is None else f"{location} ([site.roots] {modality})"
+                   for location, modality in roots if location in empty]
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and n_removed <= allowed:
         return
@@ -554,9 +557,12 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
                          f"({limit_text})")
     raise MassRemovalRefused(
         f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty else ""),  # said once
-        where=", ".join(empty) if empty else "--max-delete / max_delete in [run]",
-        fix="check that the site is mounted and complete; if the removals are real, run again with "
-            "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)")
+        where=", ".join(empty_where) if empty else "--max-delete / max_delete in [run]",
+        # a root that lists nothing passes only `all` (a larger share or count still refused it: the fix said otherwise)
+        fix=("check that each root named is mounted and complete; if all of its files were really removed, run again "
+             "with --max-delete all (a larger percentage or number of files does not pass a root that lists nothing)")
+            if empty else "check that the site is mounted and complete; if the removals are real, run again with "
+                          "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)")
 
 
 def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:

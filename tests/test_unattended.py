@@ -52,6 +52,29 @@ def test_an_emptied_site_root_is_refused_and_nothing_is_committed(site, db):
     assert allowed.returncode == 0 and current_rows(db) == {}
 
 
+def test_an_unmounted_modality_root_is_refused_whatever_share_is_allowed_and_the_fix_says_so(site, db, tmp_path):
+    """[site.roots] Waveforms on a disk not mounted (its mount point empty): refused (exit 5), naming the setting;
+    the fix offered "a larger percentage such as 80%", which refused it again: only `all` passes a root that lists
+    nothing."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    wave = tmp_path / "wave"
+    many(wave, 4)
+    config = tmp_path / "roots.toml"
+    config.write_text(f'[site.roots]\nWaveforms = "{wave}"\n')
+    assert run(site, db, "--config", str(config), "-q").returncode == 0
+    before = current_rows(db)
+    for path in list(wave.iterdir()):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    for limit in ([], ["--max-delete", "90%"], ["--max-delete", "1000"]):
+        out = run(site, db, "--config", str(config), *limit)
+        assert out.returncode == ExitCode.REFUSED, out.stderr
+        assert f"where: {wave} ([site.roots] Waveforms)" in out.stderr, out.stderr
+        assert "larger percentage such as" not in out.stderr and "--max-delete all" in out.stderr, out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    out = run(site, db, "--config", str(config), "--max-delete", "all", "-q")
+    assert out.returncode == 0 and set(current_rows(db)) == {"OMOP/person.csv"}, out.stderr
+
+
 def test_an_emptied_site_recorded_twice_through_a_symlink_is_still_refused(site, db, tmp_path):
     """A manifest of an older release holds two `roots` rows for one site (given once by its path, once through a
     symlink) and the previous files lie under the symlink's. The "root lists no files" guard compared root_ids, so
