@@ -28,7 +28,7 @@ from .checkpoint import Checkpoint, Writer, announce, resume
 from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
-from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
+from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors, fmt
 from .partitions import BUCKET, in_range, part_of, with_buckets
 from .fsutil import private_folder, write_private
 from .progress import Progress
@@ -288,7 +288,7 @@ def list_roots(roots: list[Root], progress: Progress, coverage: Coverage | None 
             first = whole.unique("srcfile", keep="first").select("srcfile", _first="root_id")
             errors = pl.concat([errors, duplicated.join(first, on="srcfile", how="left").select(
                 "srcfile", kind=pl.lit("duplicate_path"),
-                message=pl.format(
+                message=fmt(
                     "the same site-relative path exists under two roots: the file under {} is tracked, the one under "
                     "{} is not; remove one of the two copies", pl.col("_first").replace_strict(names, return_dtype=pl.String),
                     pl.col("root_id").replace_strict(names, return_dtype=pl.String)))])
