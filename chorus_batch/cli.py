@@ -1517,7 +1517,8 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         from .submit.script import write_script
 
         script = write_script(target.db, to, kind=args.script, cloud=target.config.cloud, version=args.version_label,
-                              modalities=_modalities(args.modalities), site=args.site)
+                              modalities=_modalities(args.modalities), site=args.site,
+                              site_roots=target.config.site.roots)
         _write_script(script.text)
         # A command to paste: quoted for the shell, and with the manifest this script was written from.
         mark = shlex.join(["chorus-batch", "mark-uploaded", "--db", target.db, "--to", to, "--from-log", script.log])

@@ -231,10 +231,12 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     left_out = (diff.change_set.filter(pl.col("change") == "removed")
                 .join(scanned.errors.filter(pl.col("kind") == "special_file").select("srcfile"), on="srcfile", how="semi")
                 ["srcfile"].unique())
+    dropped = _dropped_roots(manifest, tree, scanned.roots, root_ids, diff.change_set, previous_candidates) \
+        if mode == "full" and counts["removed"] else []
     refused = None
     try:
         guard_removals(tree, scanned.roots, counts["removed"] - left_out.len(), root_ids, max_delete=max_delete,
-                       mode=mode, same_roots=same)
+                       mode=mode, same_roots=same, dropped=dropped)
     except MassRemovalRefused as exc:
         if not dry_run:
             raise
@@ -344,6 +346,7 @@ class Tally:
     n_unchanged: int = 0
     kept_bytes: int = 0  # the size of the previous rows found unchanged (kept, whatever the diff says)
     held_roots: set = field(default_factory=set)  # root_ids the previous rows are under
+    held_by_root: dict = field(default_factory=dict)  # root_id -> how many previous rows are under it
     unrooted: bool = False  # some previous rows have no root recorded (written by an older release)
     listed_roots: set = field(default_factory=set)  # scan positions of the roots that listed files
     unchanged: list[pl.DataFrame] = field(default_factory=list)  # modality, n
@@ -364,6 +367,8 @@ class Tally:
         self.n_unchanged += other.n_unchanged
         self.kept_bytes += other.kept_bytes
         self.held_roots |= other.held_roots
+        for root_id, n in other.held_by_root.items():
+            self.held_by_root[root_id] = self.held_by_root.get(root_id, 0) + n
         self.listed_roots |= other.listed_roots
         self.unrooted = self.unrooted or other.unrooted
         for name, n in other.md5_sources.items():
@@ -418,6 +423,7 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
         touched=[held(touched)], n_previous=previous.height, n_unchanged=n_unchanged,
         kept_bytes=int(kept["size"].sum() or 0),
         held_roots=set(previous["root_id"].drop_nulls().unique().to_list()),
+        held_by_root=dict(previous["root_id"].drop_nulls().value_counts().iter_rows()),
         unrooted=previous["root_id"].null_count() > 0,
         listed_roots=set(files["root_id"].unique().to_list()),
         unchanged=[current.group_by(modality="unchanged_modality").len("n").drop_nulls("modality")],
@@ -527,10 +533,30 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
     ).drop("_mtime", "_root", "_verified", "_etag", "_hit")
 
 
+def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], root_ids: dict[int, int],
+                   change_set: pl.DataFrame, previous_candidates: pl.DataFrame) -> list[tuple[str, str | None, int]]:
+    """(location, modality, n) of each recorded root this run was not given (a [site.roots] line gone from the
+    config, a run with another --config, or none) every one of whose previous files would be removed: its files were
+    not looked for, so they are not known to be gone. A root that moved (its files found under the new one), or one
+    whose files were partly found elsewhere, is no such root."""
+    removed = (change_set.filter(pl.col("change") == "removed").select("srcfile")
+               .join(previous_candidates.select("srcfile", "root_id"), on="srcfile")
+               .filter(pl.col("root_id").is_not_null() & ~pl.col("root_id").is_in(list(root_ids.values()))))
+    if removed.height == 0:
+        return []
+    given = set(root_ids.values()).union(*manifest.same_root_ids(roots).values())
+    recorded = {root_id: (location, modality)
+                for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows()}
+    return [(*recorded[root_id], n) for root_id, n in sorted(removed.group_by("root_id").len("n").iter_rows())
+            if root_id not in given and root_id in recorded and n == tree.held_by_root.get(root_id)]
+
+
 def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
-                   max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None) -> None:
+                   max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None,
+                   dropped: list[tuple[str, str | None, int]] | None = None) -> None:
     """Refuse a version that removes more of the previous version's files than `max_delete` allows, or
-    (full mode) one where a root that held files lists none: an unmounted file system, not a deletion.
+    (full mode) one where a root that held files lists none: an unmounted file system, not a deletion; or one that
+    removes every file of a root it was not given (`dropped`: _dropped_roots).
     `same_roots`: every recorded root_id of each root's folder (Manifest.same_root_ids), beside `root_ids`."""
     kind, limit = parse_max_delete(max_delete)
     if kind == "all" or tree.n_previous == 0:
@@ -539,8 +565,11 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
              if position not in tree.listed_roots and mode == "full"
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
+    # (where each was given: a mount point of [site.roots] names the setting that points at it)
+    empty_where = [location if modality is None else f"{location} ([site.roots] {modality})"
+                   for location, modality in roots if location in empty]
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
-    if not empty and n_removed <= allowed:
+    if not empty and not dropped and n_removed <= allowed:
         return
     def files(n: int) -> str:  # ("1 files" was said of a one-file limit)
         return f"{n:,} file" + ("" if n == 1 else "s")
@@ -549,14 +578,30 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
              f"({100 * n_removed / tree.n_previous:.1f}%)")
     # what the limit counts, said: `max_delete = 50` is 50 files, not 50%
     limit_text = (files(int(limit)) if kind == "count" else f"{limit:g}% of them, {files(int(allowed))}")
-    why = (f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
-           if empty else f"the run would remove {share}, more than --max-delete / max_delete {max_delete} allows "
-                         f"({limit_text})")
+    dropped = [] if empty else (dropped or [])
+    dropped_where = [location if modality is None else f"{location} ([site.roots] {modality})"
+                     for location, modality, _n in dropped]
+    if empty:
+        why = f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
+    elif dropped:
+        why = ("root(s) the manifest records are not among this run's roots, and every file the previous version had "
+               "there would be removed: " + ", ".join(f"{where} ({files(n)})"
+                                                      for where, (_l, _m, n) in zip(dropped_where, dropped)))
+    else:
+        why = (f"the run would remove {share}, more than --max-delete / max_delete {max_delete} allows "
+               f"({limit_text})")
     raise MassRemovalRefused(
-        f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty else ""),  # said once
-        where=", ".join(empty) if empty else "--max-delete / max_delete in [run]",
-        fix="check that the site is mounted and complete; if the removals are real, run again with "
-            "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)")
+        f"refused: {why}; nothing was committed" + (f" (the run would remove {share})" if empty or dropped else ""),
+        where=", ".join(empty_where or dropped_where) if empty or dropped else "--max-delete / max_delete in [run]",
+        # a root that lists nothing passes only `all` (a larger share or count still refused it: the fix said otherwise)
+        fix=("check that each root named is mounted and complete; if all of its files were really removed, run again "
+             "with --max-delete all (a larger percentage or number of files does not pass a root that lists nothing)")
+            if empty else
+            ("give the run that root again (its [site.roots] line in the chorus.toml the run reads, --config with the "
+             "file that has it, or --site); if its files were really all removed, or the root given up, run again "
+             "with --max-delete all")
+            if dropped else "check that the site is mounted and complete; if the removals are real, run again with "
+                          "--max-delete all (or a larger percentage such as 80%, or number of files such as 1000)")
 
 
 def silent_changes(files: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:

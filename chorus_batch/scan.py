@@ -28,7 +28,7 @@ from .checkpoint import Checkpoint, Writer, announce, resume
 from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
-from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors
+from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors, fmt
 from .partitions import BUCKET, in_range, part_of, with_buckets
 from .fsutil import private_folder, write_private
 from .progress import Progress
@@ -281,9 +281,17 @@ def list_roots(roots: list[Root], progress: Progress, coverage: Coverage | None 
         whole = pl.concat([*first_paths, listing], how="diagonal_relaxed") if first_paths else listing
         duplicated = whole.filter(pl.col("srcfile").is_duplicated() & (pl.int_range(pl.len()).over("srcfile") > 0))
         if duplicated.height:
-            errors = pl.concat([errors, duplicated.select(
+            # which two roots, and what to do (it said "under two roots; the first root's file is tracked": which?)
+            names = {position: getattr(root.source, "description", root.source.location)
+                     + (f" ([site.roots] {root.modality})" if root.modality else " (the site root)")
+                     for position, root in enumerate(roots)}
+            first = whole.unique("srcfile", keep="first").select("srcfile", _first="root_id")
+            errors = pl.concat([errors, duplicated.join(first, on="srcfile", how="left").select(
                 "srcfile", kind=pl.lit("duplicate_path"),
-                message=pl.lit("the same site-relative path exists under two roots; the first root's file is tracked"))])
+                message=fmt(
+                    "the same site-relative path exists under two roots: the file under {} is tracked, the one under "
+                    "{} is not; remove one of the two copies", pl.col("_first").replace_strict(names, return_dtype=pl.String),
+                    pl.col("root_id").replace_strict(names, return_dtype=pl.String)))])
             whole = whole.unique("srcfile", keep="first", maintain_order=True)
             listing = whole.filter(pl.col("root_id") > 0) if first_paths else whole
             listing = listing.select(_frame([], 0).columns)

@@ -188,3 +188,16 @@ def test_two_roots_the_paths_they_share_are_decided_after_the_listing(tmp_path, 
     assert duplicates == [f"{100000 + i}/Images/a.dcm" for i in range(15, 20)]
     assert result.n_excluded == 1  # the junk both roots hold: excluded once (the second is a duplicate)
     same(result, reference(monkeypatch, roots, empty_state(), based_on=None, workers=2))
+
+
+def test_a_path_two_roots_share_is_said_with_both_roots_and_which_one_is_tracked(tmp_path):
+    """duplicate_path said "under two roots; the first root's file is tracked", naming neither root: with a site
+    root and [site.roots] folders, which copy to remove was left to guess."""
+    site, images = tmp_path / "site", tmp_path / "images"
+    write(site, "100000/Images/a.dcm", b"site")
+    write(images, "100000/Images/a.dcm", b"images")
+    roots = [Root(LocalSource(site)), Root(LocalSource(images), "Images")]
+    result = scan(roots, empty_state(), based_on=None, workers=1)
+    message = result.errors.filter(pl.col("kind") == "duplicate_path")["message"].to_list()
+    assert message == [f"the same site-relative path exists under two roots: the file under {site} (the site root) is "
+                       f"tracked, the one under {images} ([site.roots] Images) is not; remove one of the two copies"]

@@ -52,6 +52,58 @@ def test_an_emptied_site_root_is_refused_and_nothing_is_committed(site, db):
     assert allowed.returncode == 0 and current_rows(db) == {}
 
 
+def test_an_unmounted_modality_root_is_refused_whatever_share_is_allowed_and_the_fix_says_so(site, db, tmp_path):
+    """[site.roots] Waveforms on a disk not mounted (its mount point empty): refused (exit 5), naming the setting;
+    the fix offered "a larger percentage such as 80%", which refused it again: only `all` passes a root that lists
+    nothing."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    wave = tmp_path / "wave"
+    many(wave, 4)
+    config = tmp_path / "roots.toml"
+    config.write_text(f'[site.roots]\nWaveforms = "{wave}"\n')
+    assert run(site, db, "--config", str(config), "-q").returncode == 0
+    before = current_rows(db)
+    for path in list(wave.iterdir()):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+    for limit in ([], ["--max-delete", "90%"], ["--max-delete", "1000"]):
+        out = run(site, db, "--config", str(config), *limit)
+        assert out.returncode == ExitCode.REFUSED, out.stderr
+        assert f"where: {wave} ([site.roots] Waveforms)" in out.stderr, out.stderr
+        assert "larger percentage such as" not in out.stderr and "--max-delete all" in out.stderr, out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    out = run(site, db, "--config", str(config), "--max-delete", "all", "-q")
+    assert out.returncode == 0 and set(current_rows(db)) == {"OMOP/person.csv"}, out.stderr
+
+
+def test_a_modality_root_left_out_of_the_run_is_refused_not_its_files_recorded_as_removed(site, db, tmp_path):
+    """A run without the [site.roots] line (another --config, a chorus.toml edited, `run --site` elsewhere) did not
+    look at that root, and recorded every file of it as removed: under --max-delete's share, one whole modality gone
+    with exit 0. Refused (exit 5), naming the root; its files moved into the site root, or a moved root, pass."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    many(site, 10)
+    wave = tmp_path / "img"
+    for i in range(3):
+        write(wave, f"{i:06d}/Images/CT/1/{i}.dcm", f"image {i}".encode())
+    config = tmp_path / "roots.toml"
+    config.write_text(f'[site.roots]\nImages = "{wave}"\n')
+    assert run(site, db, "--config", str(config), "-q").returncode in (0, 1)
+    before = current_rows(db)
+    for extra in ([], ["--dry-run"]):
+        out = run(site, db, *extra)  # no [site.roots]: the Images root is not looked at
+        assert out.returncode == ExitCode.REFUSED, out.stdout + out.stderr
+        assert f"{wave} ([site.roots] Images) (3 files)" in out.stderr and "--max-delete all" in out.stderr, out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    # the root moved: its files are found under the new one, nothing is removed
+    wave.rename(tmp_path / "img2")
+    config.write_text(f'[site.roots]\nImages = "{tmp_path / "img2"}"\n')
+    out = run(site, db, "--config", str(config), "-q")
+    assert out.returncode in (0, 1) and current_rows(db) == before, out.stderr
+    # its files moved into the site root and the line given up: nothing removed either
+    shutil.copytree(tmp_path / "img2", site, dirs_exist_ok=True)
+    out = run(site, db, "-q")
+    assert out.returncode in (0, 1) and current_rows(db) == before, out.stderr
+
+
 def test_an_emptied_site_recorded_twice_through_a_symlink_is_still_refused(site, db, tmp_path):
     """A manifest of an older release holds two `roots` rows for one site (given once by its path, once through a
     symlink) and the previous files lie under the symlink's. The "root lists no files" guard compared root_ids, so

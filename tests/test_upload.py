@@ -243,6 +243,60 @@ def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_c
     assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
 
 
+def test_a_modality_root_that_moved_is_read_from_its_new_folder_and_one_missing_is_named_as_that_root(central, tmp_path):
+    # [site.roots] Waveforms moved to a new folder: the next run records the files under the new root, but upload
+    # checked every root the manifest ever recorded, and refused the whole upload (exit 2) because the old folder was
+    # gone, calling it "site root is not a readable directory" at "--site / [site] root".
+    site, wave = tmp_path / "site", tmp_path / "wave"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(wave, "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
+    assert out.returncode in (0, 1), out.stderr
+    wave.rename(tmp_path / "wave2")
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{tmp_path / "wave2"}"\n')
+    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
+    assert out.returncode in (0, 1), out.stderr
+    for extra in (["--dry-run"], []):
+        out = up(central, db, *extra)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert set(blobs(central)) == {f"{v}/{p}" for v, in query(db, "SELECT label FROM versions")
+                                   for p in ("OMOP/person.csv", "000001/Waveforms/Telemetry/1/1.hea")} | {
+        f"{v}/_manifest/manifest.sqlite" for v, in query(db, "SELECT label FROM versions")}
+    # a root files are to be read from, missing: named as the modality's root, not as the site root
+    write(wave.parent / "wave2", "000001/Waveforms/Telemetry/1/2.hea", b"1 1 250 10\n")
+    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
+    assert out.returncode in (0, 1), out.stderr
+    (tmp_path / "wave2").rename(tmp_path / "away")
+    out = up(central, db, "--dry-run")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"root is not a readable directory: {tmp_path / 'wave2'}" in out.stderr and "site root" not in out.stderr
+    assert "where: [site.roots] Waveforms" in out.stderr, out.stderr
+
+
+def test_an_upload_script_reads_a_moved_modality_root_from_site_roots_as_upload_does(central, tmp_path):
+    # `upload --site DIR` reads [site.roots] of the config too; `upload --script` took --site alone: a Waveforms
+    # root that moved was "not there" whatever was given, and the fix offered (--site) could not move it.
+    site, wave = tmp_path / "site", tmp_path / "wave"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(wave, "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
+    assert out.returncode in (0, 1), out.stderr
+    wave.rename(tmp_path / "moved")
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{tmp_path / "moved"}"\n')
+    out = up(central, db, "--config", str(config), "--script", "bash")
+    assert out.returncode == 2 and f"not there (moved, or not mounted?): {wave}" in out.stderr, out.stderr
+    assert "where: [site.roots] Waveforms" in out.stderr, out.stderr
+    out = up(central, db, "--config", str(config), "--script", "bash", "--site", str(site))
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path / "moved" / "000001") in out.stdout and f"{wave}/" not in out.stdout
+
+
 def test_a_file_renamed_before_its_version_was_sent_is_not_said_to_be_gone_from_the_site(central, tmp_path):
     # A file a later version renamed before the first was sent: "its bytes are no longer in the site", though they
     # are, under the new name, and go with the later version.

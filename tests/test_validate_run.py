@@ -506,6 +506,23 @@ def test_validate_a_manifest_from_a_site_that_is_not_there_is_a_usage_error(clea
     assert cli("validate", "--db", str(db), "--site", str(clean), cwd=tmp_path).returncode in (0, 1)
 
 
+def test_validate_names_a_missing_modality_root_as_that_root_not_as_the_site_root(tmp_path):
+    """A [site.roots] folder not mounted: `validate` (and `registry`) said "site root is not a readable directory"
+    at "--site / [site] root", and told to point --site at the folder that holds OMOP/."""
+    site, wave = tmp_path / "site", tmp_path / "wave"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(wave, "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n[manifest]\ndb = "m.sqlite"\n')
+    assert cli("run", "--no-validate", cwd=tmp_path).returncode in (0, 1)
+    wave.rename(tmp_path / "away")
+    for command in (["validate"], ["validate", "--force"], ["registry", "--out", str(tmp_path / "reg")]):
+        out = cli(*command, cwd=tmp_path)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"root is not a readable directory: {wave}" in out.stderr and "site root" not in out.stderr, out.stderr
+        assert "where: [site.roots] Waveforms" in out.stderr, out.stderr
+
+
 def test_a_table_the_scan_could_not_take_is_not_called_missing(clean, tmp_path):
     """OMOP/person.csv as a symbolic link (not followed) is in no version: omop.missing_table told the site to "add
     OMOP/person.csv", which is there. The finding now says why the table was not read."""

@@ -80,8 +80,10 @@ def _local_roots(manifest, overrides: dict[str | None, str] | None) -> dict[int,
 
 
 def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: str | None = None,
-                 modalities: Sequence[str] | None = None, site: str | None = None) -> Script:
-    """The bash script of `kind` ('bash': az storage blob upload; 'azcopy': azcopy copy)."""
+                 modalities: Sequence[str] | None = None, site: str | None = None,
+                 site_roots: dict[str, str] | None = None) -> Script:
+    """The bash script of `kind` ('bash': az storage blob upload; 'azcopy': azcopy copy). `site` (--site: the site
+    moved) with `site_roots` ([site.roots] of the config): the roots the files are read from, as `upload` takes them."""
     from ..sources.cloud import azure_sign_in, blob_endpoint
     from ..store import Manifest
     from ..store.remote import is_remote, read_copy
@@ -95,7 +97,10 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     if version is not None:
         require_version(manifest, version)
     labels = [version] if version is not None else ledger.versions_not_finished()
-    roots = _local_roots(manifest, {None: site} if site else None)
+    # (as `upload` reads them: with --site, [site.roots] too; it took --site alone, and a moved modality root was
+    # read from where it had been, "not there" whatever was given)
+    roots = _local_roots(manifest, {None: site, **(site_roots or {})} if site else None)
+    modality_of = dict(manifest.roots().select("root_id", "modality").iter_rows())
     # (none: every version is recorded as completely uploaded there; a script that sends nothing)
     plans = [ledger.plan(label, modalities) for label in labels] or [pl.DataFrame(schema=PLAN_SCHEMA)]
     # As `upload` would send them: not confirmed (or found damaged by verify), and with a name Azure keeps.
@@ -118,11 +123,17 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
                              fix="run `chorus-batch run` once (it records the roots), then write the script")
         todo = todo.with_columns(pl.col("root_id").fill_null(next(iter(roots))))
     for root_id in todo["root_id"].unique().to_list():  # up front, as upload checks them: not one failure a file
+        modality = modality_of.get(root_id)
+        # a modality's root is named as such: --site does not move it, [site.roots] (read with --site) does
+        where = (("--site" if site else "the manifest's roots") if modality is None
+                 else f"[site.roots] {modality}" + ("" if site else " (as the manifest records it)"))
         if not os.path.isdir(roots[root_id]):
             raise UsageError(f"the folder the files are read from is not there (moved, or not mounted?): {roots[root_id]}",
-                             where="--site" if site else "the manifest's roots",
-                             fix="mount it, or give the site's folder as it is now with --site DIR")
-        refuse_empty_root(roots[root_id], "--site" if site else "the manifest's roots", db)
+                             where=where,
+                             fix="mount it, or give the site's folder as it is now with --site DIR" if modality is None
+                             else f"mount it, or give --site DIR with [site.roots] {modality} in chorus.toml naming "
+                                  "the folder as it is now")
+        refuse_empty_root(roots[root_id], where, db)
     sign_in = azure_sign_in(cloud, url=to, what="--to / [central] to")
     account_url = blob_endpoint(sign_in)
     lines = [

@@ -253,14 +253,17 @@ def _refuse_behind(manifest: Manifest, central: Central) -> None:
 
 def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[int, Source],
                  overrides: dict[str | None, str] | None, cloud: CloudSettings) -> dict[int | None, Source]:
-    """The roots the files are read from (opened and checked once): as the manifest records them, or
+    """The roots the files are read from (opened once, those of the files checked): as the manifest records them, or
     moved (--site). Files committed before roots were recorded are read from the only root, if one."""
     from ..validate.run import reopen_roots
 
     if not sources:
         sources.update(reopen_roots(manifest, overrides=overrides, cloud=cloud))
-        for source in sources.values():
-            source.check()
+    # Only the roots this version's files are read from are checked (each version's, again: cheap): a root the manifest
+    # recorded once and no file to send is under (a [site.roots] folder that moved, one no longer configured) refused
+    # the whole upload, named as the site root.
+    for root_id in (sources if None in root_ids else set(root_ids) & set(sources)):
+        sources[root_id].check()
     out: dict[int | None, Source] = dict(sources)
     if None in root_ids:
         if len(sources) != 1:
@@ -285,7 +288,7 @@ def refuse_empty_root(root: str, where: str, db: object) -> None:
                 return
     except OSError:
         return  # (said of the root, or of each file, where it is read)
-    raise ConfigError(f"the site root {shown_name(root)} is empty, though the manifest records files there that are "
+    raise ConfigError(f"the {'root' if where.startswith('[site.roots]') else 'site root'} {shown_name(root)} is empty, though the manifest records files there that are "
                       "to be sent: an unmounted file system (its empty mount point), or a --site that is not the site; "
                       "nothing of it was sent", where=where,
                       fix=f"mount the file system (or give --site the folder the site is in now) and upload again; if "

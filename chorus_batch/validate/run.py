@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from ..config import SITE_ROOT
 from ..errors import ManifestError, UsageError
 from ..frames import FACTS_SCHEMA
 from ..fsutil import scratch_folder
@@ -54,6 +55,12 @@ class FirstFound:
         return getattr(self.sources[-1], method)(srcfile)
 
 
+def _given_as(modality: str | None) -> str:
+    """Where a root of `modality` (None: the site root) is given: what its messages name (a [site.roots] folder
+    missing was called "site root", at --site / [site] root)."""
+    return SITE_ROOT if modality is None else f"[site.roots] {modality}"
+
+
 def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | None = None,
                  follow_symlinks: bool = False, workers: int = 1, cloud: CloudSettings | None = None) -> dict[int, Source]:
     """Sources by the manifest's root_id: the recorded location, or the one given for that root's
@@ -62,7 +69,7 @@ def reopen_roots(manifest: Manifest, *, overrides: Mapping[str | None, str] | No
     sources: dict[int, Source] = {}
     for root_id, location, modality in manifest.roots().select("root_id", "location", "modality").iter_rows():
         sources[root_id] = open_source(overrides.get(modality, location), follow_symlinks=follow_symlinks, workers=workers,
-                                       cloud=cloud)
+                                       cloud=cloud, what=_given_as(modality))
     return sources
 
 
@@ -274,8 +281,8 @@ def validate_manifest(db: str, *, argv: list[str], overrides: Mapping[str | None
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path),
                          fix="pass --site DIR to check a folder that has no manifest yet, or --db with the manifest")
     manifest.require_file()  # an empty file is not made a manifest
-    for location in (overrides or {}).values():  # named on purpose (--site): a typo is refused, cached findings or not
-        open_source(location, workers=workers, cloud=cloud).check()
+    for modality, location in (overrides or {}).items():  # named on purpose (--site): a typo is refused, cached or not
+        open_source(location, workers=workers, cloud=cloud, what=_given_as(modality)).check()
     if not force:  # findings already stored are read without the lock (a reviewer with read access; during a run)
         stored = _stored_findings(manifest)
         if stored is not None:
@@ -309,7 +316,8 @@ def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None,
     """The site's sources by root_id (recorded, or as given by modality in `overrides`), and under None
     the first of them that has a file, for files whose root was not recorded."""
     sources: dict[int | None, Source] = dict(reopen_roots(manifest, overrides=overrides, workers=workers, cloud=cloud))
-    given = [open_source(location, workers=workers, cloud=cloud) for location in (overrides or {}).values()]
+    given = [open_source(location, workers=workers, cloud=cloud, what=_given_as(modality))
+             for modality, location in (overrides or {}).items()]
     for source in given:  # named on purpose (--site): a typo is refused, not taken for a site with nothing new to read
         source.check()
     if given or sources:
