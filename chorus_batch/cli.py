@@ -952,8 +952,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise
     except Exception as exc:  # the summary is lost, not the version: the message says which stands
         if result is not None and result.label:
+            shows = shlex.join(["chorus-batch", "changes", "--db", str(result.db), "--version", result.label])  # (anywhere)
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
-                                                        "only this summary was not written (`chorus-batch changes` shows it)")
+                                                        f"only this summary was not written (`{shows}` shows it)")
         raise
     except (KeyboardInterrupt, Stopped) as exc:  # (main says "nothing was committed" of a signal without it)
         if result is not None and result.label:

@@ -3,6 +3,7 @@ and any frame as a plain-text table."""
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -167,7 +168,8 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
     lines += excluded_text(result.excluded)
     if result.errors.height:
         def listed(label: str | None) -> str:  # (`changes --json`, named here before, lists changes, not errors)
-            return (f"`chorus-batch report` has them by kind, and `open_manifest({str(result.db)!r}).scan_errors({label!r})` "
+            report = shlex.join(["chorus-batch", "report", "--db", str(result.db), "--out", "report.html"])  # (anywhere)
+            return (f"`{report}` has them by kind, and `open_manifest({str(result.db)!r}).scan_errors({label!r})` "
                     "(chorus_batch.review) lists them all")
 
         where, more = {  # where they were written (a dry run, or a version's or run's table)
