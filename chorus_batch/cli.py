@@ -952,8 +952,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise
     except Exception as exc:  # the summary is lost, not the version: the message says which stands
         if result is not None and result.label:
+            shows = shlex.join(["chorus-batch", "changes", "--db", str(result.db), "--version", result.label])  # (anywhere)
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
-                                                        "only this summary was not written (`chorus-batch changes` shows it)")
+                                                        f"only this summary was not written (`{shows}` shows it)")
         raise
     except (KeyboardInterrupt, Stopped) as exc:  # (main says "nothing was committed" of a signal without it)
         if result is not None and result.label:
@@ -969,9 +970,9 @@ def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> Non
     if args.json:
         print(json.dumps(status_dict(result) if result.dry_run else summary_dict(result), indent=2))
     else:
-        print(summary_text(result))
-        if result.dry_run:
-            print("\n" + changes_text(result, limit=DRY_RUN_LIMIT, more="chorus-batch status --all lists them all"))
+        print(summary_text(result, findings_more=None if result.dry_run else _findings_command(args, result)))
+        if result.dry_run:  # (the same command with --json: a bare `status` lacks the run's --site, --config, --mode...)
+            print("\n" + changes_text(result, limit=DRY_RUN_LIMIT, more="--json lists them all"))
         if args.verbose:
             print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
         if demo:
@@ -981,6 +982,27 @@ def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> Non
                   f"chorus-batch status --demo{db}, chorus-batch report --demo{db} --out report.html\n"
                   "Point chorus-batch at a real site with: chorus-batch run --site /path/to/site --db /path/to/manifest.sqlite "
                   "(or a chorus.toml, see README).")
+
+
+def _findings_command(args: argparse.Namespace, result) -> str:
+    """What lists every finding of the version a run checked, as a command that works pasted in any folder (a cron
+    job's log read from the home folder): `validate --json` with the run's manifest, and its config file or site,
+    never a bare `chorus-batch validate --json`, which reads ./chorus.toml or ./chorus_manifest.sqlite of wherever
+    it is pasted."""
+    from .config_file import config_path
+
+    db = str(result.db)
+    if "://" in db:  # (validate works on a local manifest only; status reads this one as the run did)
+        return "`chorus-batch status --json`, with this run's options, lists them all"
+    words = ["chorus-batch", "validate"]
+    config = None if getattr(args, "demo", False) else config_path(getattr(args, "config", None))
+    if getattr(args, "demo", False):
+        words.append("--demo")
+    elif config is not None and Path(config).is_file():  # (not a `--config <(envsubst ...)` pipe, gone by now)
+        words += ["--config", str(Path(config).resolve())]
+    elif getattr(args, "site", None):
+        words += ["--site", str(result.site)]
+    return shlex.join([*words, "--db", str(Path(db).resolve()), "--json"]) + " lists them all"
 
 
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1096,7 +1118,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                           **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {})}, indent=2))
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
-        print("\n".join(findings_text(findings, examples=50)))
+        print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
             print(f"not checked: {not_taken.height} file(s) the scan could not take")
             print("\n".join(f"    {shown_name(path)}: {shown_text(message)}" for path, message in

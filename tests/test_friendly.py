@@ -131,6 +131,37 @@ def test_the_commands_run_demo_suggests_next_read_its_manifest(tmp_path, db):
     assert cli("status", "--demo", "--site", str(tmp_path), cwd=tmp_path).returncode == 2
 
 
+def test_the_command_a_run_names_for_its_findings_works_pasted_in_another_folder(tmp_path):
+    """A nightly run (`run --config /srv/chorus.toml` from cron, in the home folder) ended its summary with
+    "(chorus-batch validate --json lists them all)": pasted where the log is read, that found no manifest (exit 2).
+    And a dry run named it too, though `validate` lists the committed version's findings, not the dry run's."""
+    import json
+    import shlex
+
+    assert cli("testdata", str(tmp_path / "t"), "--persons", "2", "--files-per-person", "4").returncode == 0
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "t" / "first").rename(tmp_path / "srv" / "site")
+    (tmp_path / "srv" / "chorus.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n')
+    (tmp_path / "srv" / "site" / "OMOP" / "person.csv").write_text("x\n1\n")  # a finding: no person_id column
+    home = tmp_path / "home"
+    home.mkdir()
+    out = cli("run", "--config", str(tmp_path / "srv" / "chorus.toml"), cwd=home)
+    assert out.returncode == 1, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("validation: "))
+    command = line.split(" (", 1)[1].removesuffix(" lists them all)")
+    argv = shlex.split(command)
+    assert argv[:2] == ["chorus-batch", "validate"] and "--json" in argv, line
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = cli(*argv[1:], cwd=elsewhere)
+    assert listed.returncode == 1, listed.stderr
+    assert "omop.missing_key" in {f["rule"] for f in json.loads(listed.stdout)["findings"]}
+    (tmp_path / "srv" / "site" / "OMOP" / "person.csv").write_text("person_id\n1\n")  # fixed: the dry run's differ
+    dry = cli("run", "--config", str(tmp_path / "srv" / "chorus.toml"), "--dry-run", cwd=home)
+    said = next(line for line in dry.stdout.splitlines() if line.startswith("validation: "))
+    assert said.endswith("(--json lists them all)") and "chorus-batch validate" not in dry.stdout, dry.stdout
+
+
 # ----------------------------------------------------------------------------- --version
 
 

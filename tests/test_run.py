@@ -725,6 +725,15 @@ def test_the_summary_points_to_what_lists_every_problem_of_a_version(site, db):
     more = next(line for line in summary_text(result).splitlines() if "... and 2 more" in line)
     assert "changes --json" not in more and f".scan_errors({result.label!r})" in more, more
     assert open_manifest(db).scan_errors(result.label).height == 12
+    # the command named works pasted in another folder (it was a bare `chorus-batch report`: no manifest, no --out)
+    import shlex
+
+    report = shlex.split(more.split("`", 2)[1])
+    assert report[:2] == ["chorus-batch", "report"], more
+    elsewhere = site.parent / "elsewhere"
+    elsewhere.mkdir()
+    done = cli(*report[1:], cwd=elsewhere)
+    assert done.returncode == 0 and (elsewhere / "report.html").stat().st_size, done.stderr
 
 
 def test_the_summary_says_where_a_runs_problems_were_recorded(site, db):

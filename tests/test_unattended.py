@@ -904,6 +904,14 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     (label,) = query(db, "SELECT label FROM versions")[0]
     assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
     assert f"version {label} was committed" in out.stderr and "nothing was committed" not in out.stderr
+    # the command it names shows the version from wherever the log is read (it was a bare `chorus-batch changes`)
+    import shlex
+
+    shows = shlex.split(out.stderr.split("only this summary was not written (`", 1)[1].split("`", 1)[0])
+    assert shows[:2] == ["chorus-batch", "changes"], out.stderr
+    (tmp_path / "elsewhere").mkdir()
+    done = cli(*shows[1:], cwd=tmp_path / "elsewhere")
+    assert done.returncode == 0 and "OMOP/person.csv" in done.stdout, done.stderr
 
 
 @pytest.mark.parametrize("args, stdout_full, code", [

@@ -3,6 +3,7 @@ and any frame as a plain-text table."""
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -132,7 +133,10 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r).rstrip() for r in rows)]
 
 
-def summary_text(result: RunResult) -> str:
+def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
+    """The run's summary for a person. `findings_more`: what lists every finding (the CLI names the command with the
+    run's own manifest and config, to be pasted in any folder); by default `validate --json` of a committed version,
+    and, of a dry run (whose findings no version holds), the same command with --json."""
     d = summary_dict(result)
     lines: list[str] = []
     if result.dry_run:
@@ -164,7 +168,8 @@ def summary_text(result: RunResult) -> str:
     lines += excluded_text(result.excluded)
     if result.errors.height:
         def listed(label: str | None) -> str:  # (`changes --json`, named here before, lists changes, not errors)
-            return (f"`chorus-batch report` has them by kind, and `open_manifest({str(result.db)!r}).scan_errors({label!r})` "
+            report = shlex.join(["chorus-batch", "report", "--db", str(result.db), "--out", "report.html"])  # (anywhere)
+            return (f"`{report}` has them by kind, and `open_manifest({str(result.db)!r}).scan_errors({label!r})` "
                     "(chorus_batch.review) lists them all")
 
         where, more = {  # where they were written (a dry run, or a version's or run's table)
@@ -173,7 +178,7 @@ def summary_text(result: RunResult) -> str:
                          listed(result.previous_label)),
             "run_errors": ("no version was committed: recorded with this run in run_errors", "query run_errors"),
         }.get(result.errors_in or "", ("nothing was written: a run would record them",
-                                       "chorus-batch status --all lists them all"))
+                                       "--json lists them all"))  # (the same command: `status` needs its options)
         lines += ["", f"errors: {result.errors.height} ({where})"]
         for kind, n in d["errors"]["by_kind"].items():
             lines.append(f"  {kind}: {n}")
@@ -195,7 +200,8 @@ def summary_text(result: RunResult) -> str:
             + (f", {v['never_verified']} never read (their MD5 as the storage holds it, or recorded by an older "
                "release)" if v["never_verified"] else ""))
     if result.findings is not None:
-        lines += ["", *findings_text(result.findings)]
+        more = findings_more or ("--json lists them all" if result.dry_run else "chorus-batch validate --json lists them all")
+        lines += ["", *findings_text(result.findings, more=more)]
     return "\n".join(lines)
 
 
