@@ -33,6 +33,7 @@ manifest = "chorus_manifest.sqlite"  # a SQLite manifest, or the folder given to
 version = None  # the version to review (a label or an ISO date-time), or None for the latest
 compare_to = None  # the version to compare with, or None for the one before `version`
 large_change_share = 0.05  # flag a submission that removes or replaces more than this share of the files
+manifest_name = None  # how the commands this notebook suggests name the manifest; None: `manifest` (`chorus-batch review --db az://...` reads a local copy and sets the URL)
 
 # %%
 import sys
@@ -65,10 +66,13 @@ large_change_share = share_argument(large_change_share, "large_change_share")  #
 # %%
 from IPython import get_ipython
 
-from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, shown_frame, size_flags
+from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, shown_frame, size_flags, unvalidated_advice
 from chorus_batch.units import plural, shown_name
 
 m = open_manifest(manifest)
+# The manifest as `chorus-batch --db` takes it: the file read (absolute: the commands paste in any folder),
+# or the az:// URL of a manifest in Azure, whose local copy this reads.
+db = manifest_name or str(m.path)
 # Tables show names escaped, as `chorus-batch files` and the HTML report do: a line break, a right-to-left
 # override or a trailing space in a file name would show another name (the frames' values stay exact).
 if get_ipython() is not None:
@@ -90,7 +94,7 @@ def sql(query, **params):
 
 n_files, n_bytes, n_persons = con.execute("SELECT count(*), coalesce(sum(size), 0)::BIGINT, count(DISTINCT person_id) FROM files").fetchall()[0]
 n_base_files = con.execute("SELECT count(*) FROM base_files").fetchall()[0][0] if base else 0
-print(f"manifest   {manifest}")
+print(f"manifest   {db}")
 print(f"reviewing  {label}: {n_files:,} files, {n_bytes:,} bytes, {n_persons:,} persons")
 print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}")
 print(f"versions   {len(labels)} in the manifest, {labels[0]} .. {labels[-1]}")
@@ -252,10 +256,10 @@ print(f"{sessions.height:,} waveform sessions of {sessions['person_id'].n_unique
       f"{implausible.height} with an implausible start or duration, "
       f"{sessions['start'].null_count()} without a known start (no stamp in the names, no WFDB header)")
 display(implausible.head(20))
-display(sql("""
-    SELECT coalesce(strftime(date_trunc('month', TRY_CAST(start_date AS DATE)), '%Y-%m'), 'start unknown') AS month,
-           count(DISTINCT person_id || '/' || session_id) AS sessions, count(*) AS files, sum(size)::BIGINT AS bytes
-    FROM files WHERE modality = 'Waveforms' GROUP BY 1 ORDER BY month = 'start unknown', month DESC LIMIT 20"""))
+# By the sessions' starts (from their names, or their WFDB headers: today's integer session ids carry none).
+display(sessions.group_by(month=pl.col("start").dt.strftime("%Y-%m").fill_null("start unknown"))
+        .agg(sessions=pl.len(), files=pl.col("files").sum(), bytes=pl.col("bytes").sum())
+        .sort(pl.col("month") == "start unknown", "month", descending=[False, True]).head(20))
 check("waveform sessions: plausible starts and durations", implausible.height == 0,
       f"{implausible.height} of {sessions.height} sessions start outside {plausible_from:%Y}..{plausible_to:%Y-%m-%d} "
       f"or last outside 0..{max_duration_h} h")
@@ -315,7 +319,7 @@ if n_empty:
 if outliers.height:
     display(outliers.head(20))
 check("no empty files", n_empty == 0, f"{n_empty} empty")
-check("no size outliers", outliers.height == 0, f"{outliers.height} files far from their modality's sizes")
+check("no size outliers", outliers.height == 0, f"{plural(outliers.height, 'file')} far from their modality's sizes")
 
 boxes = {r["modality"]: r for r in size_stats.iter_rows(named=True) if r["nonempty"]}
 present = [x for x in MODALITIES if x in boxes]
@@ -407,7 +411,7 @@ else:
 findings = m.findings(label)
 validated = m.validated(label)  # None: a snapshot folder does not record it
 if findings.height == 0 and validated is False:
-    print(f"{label} was not validated: its findings are unknown (`chorus-batch validate` checks the latest version)")
+    print(unvalidated_advice(label, labels[-1], db, remote=manifest_name is not None))
     check("validation findings", False, "not validated")
 elif findings.height == 0:
     print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else ""))
@@ -509,7 +513,7 @@ else:
 # `CHECK` items need a look (or an explanation in the submission notes) before the merge.
 
 # %%
-print(f"review of {label}" + (f" against {base}" if base else " (first version)") + f" in {manifest}")
+print(f"review of {label}" + (f" against {base}" if base else " (first version)") + f" in {db}")
 for item, (state, detail) in checks.items():
     print(f"  {state:<5}  {item}: {detail}")
 n_check = sum(state == "CHECK" for state, _ in checks.values())

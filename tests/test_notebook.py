@@ -5,6 +5,8 @@ kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
+import polars as pl
 import pytest
 from conftest import ROOT, run_site, write
 
@@ -118,6 +121,23 @@ def test_single_version(manifests, tmp_path):
     assert "OK     no empty files" in out
     # the fixture ran with --no-validate: no findings is not a clean version
     assert "CHECK  validation findings: not validated" in out and "all checks passed" not in out
+    # said with the command that checks it, which pastes in any folder ("`chorus-batch validate`" before: with no
+    # --db it reads ./chorus_manifest.sqlite)
+    assert f"({shlex.join(['chorus-batch', 'validate', '--db', str(manifests['single'])])} checks it)" in out
+
+
+def test_the_sessions_by_month_count_the_starts_the_sessions_table_gives(manifests, tmp_path):
+    """The table of sessions by month read the start from the file names only: today's integer session ids
+    carry none, so every session was "start unknown" while the line above said "0 without a known start"
+    and the histogram showed their starts (from the WFDB headers). It groups the sessions' starts."""
+    nb = execute(manifests["two"], tmp_path / "two.ipynb")  # validated: the WFDB headers were read
+    check_run(nb, PLOTS)
+    tables = "".join(o["data"].get("text/plain", "") for o in outputs(nb) if "data" in o)
+    sessions = open_manifest(manifests["two"]).sessions()
+    assert sessions["start"].null_count() < sessions.height  # (the testdata headers give the starts)
+    months = sessions.group_by(pl.col("start").dt.strftime("%Y-%m").fill_null("start unknown")).len()
+    for month, n in months.iter_rows():
+        assert re.search(rf"│ {month}\s+┆ {n}\s+┆", tables), (month, n, tables)
 
 
 def test_names_in_the_notebooks_tables_are_shown_escaped(tmp_path):
