@@ -50,8 +50,6 @@ pl.Config.set_fmt_str_lengths(60)
 pl.Config.set_tbl_width_chars(140)
 plt.rcParams.update({"figure.figsize": (11, 3.5), "figure.dpi": 80, "axes.grid": True, "grid.alpha": 0.3})
 print(f"kernel: python {sys.version.split()[0]}, prefix {sys.prefix}")
-# `papermill -p version 20261127034021` passes a label as a number: labels are text.
-version, compare_to = (None if v is None else str(v) for v in (version, compare_to))
 large_change_share = share_argument(large_change_share, "large_change_share")  # 0.05, or "5%" as text
 
 # %% [markdown]
@@ -81,7 +79,7 @@ if get_ipython() is not None:
     formatters["text/plain"].for_type(pl.DataFrame, lambda frame, p, cycle: p.text(repr(shown_frame(frame))))
 
 # %%
-label = m.resolve(version)
+label = m.resolve(version)  # a label as `papermill -p version 20261127034021` passes it, a number, is read as its text
 labels = m.versions()["label"].to_list()
 base = m.compared_with(label, compare_to)  # the version before, else None (the first); compare_to == version is refused
 con = m.duckdb(label, compare_to=base)

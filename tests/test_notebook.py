@@ -359,3 +359,15 @@ def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_befo
         execute(manifests["two"], tmp_path / "five.ipynb", large_change_share=5)
     assert failed.value.ename == "UsageError" and "is a share of the files from 0 to 1, not 5" in failed.value.evalue
     assert "import sys" in failed.value.source  # the first code cell after the parameters: before any section ran
+
+
+@pytest.mark.parametrize("parameters", [{"version": [1]}, {"version": True}, {"compare_to": 2.5}])
+def test_a_version_parameter_of_a_wrong_type_is_said_as_such(manifests, tmp_path, parameters):
+    """The notebook turned every `version` and `compare_to` into text: `-p version '[1]'` (a list) or `true` was
+    "no version '[1]' in the manifest", `-p compare_to 2.5` "no version '2.5'", hiding what is wrong. They reach
+    the reader as given, which says the type and what to give; a number stays a label (test_single_version)."""
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(manifests["two"], tmp_path / "out.ipynb", **parameters)
+    (value,) = parameters.values()
+    assert failed.value.ename == "UsageError"
+    assert f"a version is a label or an ISO date-time, not {type(value).__name__} {value!r}" in failed.value.evalue
