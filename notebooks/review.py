@@ -26,7 +26,7 @@
 #   the executed notebook owner-only, which `papermill` run by hand does not (it takes the umask's mode).
 #
 # Each section says what to look for. The last cell prints a checklist: `OK`, `CHECK` (look at that
-# section), or `SKIP` (nothing to compare with).
+# section), or `SKIP` (nothing to compare with, or not known).
 
 # %% tags=["parameters"]
 manifest = "chorus_manifest.sqlite"  # a SQLite manifest, or the folder given to `chorus-batch run --parquet`
@@ -412,8 +412,10 @@ if findings.height == 0 and validated is False:
     print(unvalidated_advice(label, labels[-1], db, remote=manifest_name is not None))
     check("validation findings", False, "not validated")
 elif findings.height == 0:
-    print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else ""))
-    check("validation findings", True, "none found" if validated else "none recorded")
+    # None: a snapshot folder does not record whether `validate` checked the version (the manifest does)
+    print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else
+          " (a snapshot folder does not record whether it was validated: review the manifest to know)"))
+    check("validation findings", True if validated else None, "none found" if validated else "not known whether validated")
 else:
     by_rule = (findings.group_by("severity", "rule").agg(n=pl.len(), example=pl.col("srcfile").min())
                .sort("n", "rule", descending=[True, False]))

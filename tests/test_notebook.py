@@ -371,3 +371,13 @@ def test_a_version_parameter_of_a_wrong_type_is_said_as_such(manifests, tmp_path
     (value,) = parameters.values()
     assert failed.value.ename == "UsageError"
     assert f"a version is a label or an ISO date-time, not {type(value).__name__} {value!r}" in failed.value.evalue
+
+
+def test_a_snapshot_folder_of_a_version_not_validated_is_not_said_to_be_clean(tmp_path):
+    """A snapshot folder does not record whether `validate` checked a version: the checklist said
+    "OK     validation findings: none recorded" of a version `run --no-validate` committed. It says SKIP."""
+    make_testdata(tmp_path / "td", Spec(persons=2, files_per_person=3, size=64))
+    run_site(tmp_path / "td" / "first", tmp_path / "m.sqlite", parquet=str(tmp_path / "snap"), validate_site=False)
+    out = check_run(execute(tmp_path / "snap", tmp_path / "out.ipynb"), PLOTS)
+    assert "SKIP   validation findings: not known whether validated" in out
+    assert "a snapshot folder does not record whether it was validated" in out and "all checks passed" in out
