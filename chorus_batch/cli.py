@@ -1499,8 +1499,12 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
     from .report.notebook import run_review
+    from .store.remote import is_remote
+    from .urls import mask_url
 
-    seconds = run_review(_db(args), args.out, version=args.version_label, compare_to=args.compare_to)
+    target = _resolve(args)  # a manifest in Azure: the notebook reads a local copy, and names it by its URL
+    seconds = run_review(_db(args, target), args.out, version=args.version_label, compare_to=args.compare_to,
+                         named=mask_url(target.db) if is_remote(target.db) else None)
     to_stdout = args.out == "-"  # (standard output holds the notebook)
     print(f"wrote {'the executed notebook to standard output' if to_stdout else shown_name(str(Path(args.out).resolve()))} "
           f"({seconds:.1f} s)", file=sys.stderr if to_stdout else sys.stdout)

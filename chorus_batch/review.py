@@ -821,3 +821,22 @@ def shown_frame(frame: pl.DataFrame, edge: int = 50) -> pl.DataFrame:
              [frame.head(edge), frame.slice(edge, frame.height - 2 * edge), frame.tail(edge)])
     shown_parts = [part if i == 1 else part.with_columns(one(part[c]) for c in text) for i, part in enumerate(parts)]
     return pl.concat(shown_parts) if len(shown_parts) > 1 else shown_parts[0]
+
+
+def unvalidated_advice(label: str, latest: str | None, db: str, *, remote: bool = False) -> str:
+    """Why the findings of `label`, a version `run --no-validate` committed, are unknown and what checks them, as
+    the HTML report and the review notebook say it: `db` is the manifest as its commands take it (the az:// URL
+    of a manifest in Azure, masked, `remote`; not the local copy a reader reads)."""
+    import shlex
+
+    def cli(*args: str) -> str:
+        return shlex.join(["chorus-batch", *args])
+
+    if label != latest:
+        how = "chorus-batch validate checks only the latest version"
+    elif remote:  # `validate` works on a local manifest only; a run checks the latest version
+        how = (f"a manifest in Azure is checked by its runs: {cli('run', '--db', db)} without --no-validate checks "
+               "its latest version; chorus-batch validate works on a local manifest only")
+    else:
+        how = f"{cli('validate', '--db', db)} checks it"
+    return f"Version {label} was not validated: its findings are unknown ({how})."

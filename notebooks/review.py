@@ -26,13 +26,14 @@
 #   the executed notebook owner-only, which `papermill` run by hand does not (it takes the umask's mode).
 #
 # Each section says what to look for. The last cell prints a checklist: `OK`, `CHECK` (look at that
-# section), or `SKIP` (nothing to compare with).
+# section), or `SKIP` (nothing to compare with, or not known).
 
 # %% tags=["parameters"]
 manifest = "chorus_manifest.sqlite"  # a SQLite manifest, or the folder given to `chorus-batch run --parquet`
 version = None  # the version to review (a label or an ISO date-time), or None for the latest
 compare_to = None  # the version to compare with, or None for the one before `version`
 large_change_share = 0.05  # flag a submission that removes or replaces more than this share of the files
+manifest_name = None  # how the commands this notebook suggests name the manifest; None: `manifest` (`chorus-batch review --db az://...` reads a local copy and sets the URL)
 
 # %%
 import sys
@@ -49,8 +50,6 @@ pl.Config.set_fmt_str_lengths(60)
 pl.Config.set_tbl_width_chars(140)
 plt.rcParams.update({"figure.figsize": (11, 3.5), "figure.dpi": 80, "axes.grid": True, "grid.alpha": 0.3})
 print(f"kernel: python {sys.version.split()[0]}, prefix {sys.prefix}")
-# `papermill -p version 20261127034021` passes a label as a number: labels are text.
-version, compare_to = (None if v is None else str(v) for v in (version, compare_to))
 large_change_share = share_argument(large_change_share, "large_change_share")  # 0.05, or "5%" as text
 
 # %% [markdown]
@@ -65,10 +64,13 @@ large_change_share = share_argument(large_change_share, "large_change_share")  #
 # %%
 from IPython import get_ipython
 
-from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, shown_frame, size_flags
+from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, shown_frame, size_flags, unvalidated_advice
 from chorus_batch.units import plural, shown_name
 
 m = open_manifest(manifest)
+# The manifest as `chorus-batch --db` takes it: the file read (absolute: the commands paste in any folder),
+# or the az:// URL of a manifest in Azure, whose local copy this reads.
+db = manifest_name or str(m.path)
 # Tables show names escaped, as `chorus-batch files` and the HTML report do: a line break, a right-to-left
 # override or a trailing space in a file name would show another name (the frames' values stay exact).
 if get_ipython() is not None:
@@ -77,7 +79,7 @@ if get_ipython() is not None:
     formatters["text/plain"].for_type(pl.DataFrame, lambda frame, p, cycle: p.text(repr(shown_frame(frame))))
 
 # %%
-label = m.resolve(version)
+label = m.resolve(version)  # a label as `papermill -p version 20261127034021` passes it, a number, is read as its text
 labels = m.versions()["label"].to_list()
 base = m.compared_with(label, compare_to)  # the version before, else None (the first); compare_to == version is refused
 con = m.duckdb(label, compare_to=base)
@@ -90,7 +92,7 @@ def sql(query, **params):
 
 n_files, n_bytes, n_persons = con.execute("SELECT count(*), coalesce(sum(size), 0)::BIGINT, count(DISTINCT person_id) FROM files").fetchall()[0]
 n_base_files = con.execute("SELECT count(*) FROM base_files").fetchall()[0][0] if base else 0
-print(f"manifest   {manifest}")
+print(f"manifest   {db}")
 print(f"reviewing  {label}: {n_files:,} files, {n_bytes:,} bytes, {n_persons:,} persons")
 print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}")
 print(f"versions   {len(labels)} in the manifest, {labels[0]} .. {labels[-1]}")
@@ -252,10 +254,10 @@ print(f"{sessions.height:,} waveform sessions of {sessions['person_id'].n_unique
       f"{implausible.height} with an implausible start or duration, "
       f"{sessions['start'].null_count()} without a known start (no stamp in the names, no WFDB header)")
 display(implausible.head(20))
-display(sql("""
-    SELECT coalesce(strftime(date_trunc('month', TRY_CAST(start_date AS DATE)), '%Y-%m'), 'start unknown') AS month,
-           count(DISTINCT person_id || '/' || session_id) AS sessions, count(*) AS files, sum(size)::BIGINT AS bytes
-    FROM files WHERE modality = 'Waveforms' GROUP BY 1 ORDER BY month = 'start unknown', month DESC LIMIT 20"""))
+# By the sessions' starts (from their names, or their WFDB headers: today's integer session ids carry none).
+display(sessions.group_by(month=pl.col("start").dt.strftime("%Y-%m").fill_null("start unknown"))
+        .agg(sessions=pl.len(), files=pl.col("files").sum(), bytes=pl.col("bytes").sum())
+        .sort(pl.col("month") == "start unknown", "month", descending=[False, True]).head(20))
 check("waveform sessions: plausible starts and durations", implausible.height == 0,
       f"{implausible.height} of {sessions.height} sessions start outside {plausible_from:%Y}..{plausible_to:%Y-%m-%d} "
       f"or last outside 0..{max_duration_h} h")
@@ -315,7 +317,7 @@ if n_empty:
 if outliers.height:
     display(outliers.head(20))
 check("no empty files", n_empty == 0, f"{n_empty} empty")
-check("no size outliers", outliers.height == 0, f"{outliers.height} files far from their modality's sizes")
+check("no size outliers", outliers.height == 0, f"{plural(outliers.height, 'file')} far from their modality's sizes")
 
 boxes = {r["modality"]: r for r in size_stats.iter_rows(named=True) if r["nonempty"]}
 present = [x for x in MODALITIES if x in boxes]
@@ -407,11 +409,13 @@ else:
 findings = m.findings(label)
 validated = m.validated(label)  # None: a snapshot folder does not record it
 if findings.height == 0 and validated is False:
-    print(f"{label} was not validated: its findings are unknown (`chorus-batch validate` checks the latest version)")
+    print(unvalidated_advice(label, labels[-1], db, remote=manifest_name is not None))
     check("validation findings", False, "not validated")
 elif findings.height == 0:
-    print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else ""))
-    check("validation findings", True, "none found" if validated else "none recorded")
+    # None: a snapshot folder does not record whether `validate` checked the version (the manifest does)
+    print(f"no validation findings recorded for {label}" + (" (validated: nothing found)" if validated else
+          " (a snapshot folder does not record whether it was validated: review the manifest to know)"))
+    check("validation findings", True if validated else None, "none found" if validated else "not known whether validated")
 else:
     by_rule = (findings.group_by("severity", "rule").agg(n=pl.len(), example=pl.col("srcfile").min())
                .sort("n", "rule", descending=[True, False]))
@@ -509,7 +513,7 @@ else:
 # `CHECK` items need a look (or an explanation in the submission notes) before the merge.
 
 # %%
-print(f"review of {label}" + (f" against {base}" if base else " (first version)") + f" in {manifest}")
+print(f"review of {label}" + (f" against {base}" if base else " (first version)") + f" in {db}")
 for item, (state, detail) in checks.items():
     print(f"  {state:<5}  {item}: {detail}")
 n_check = sum(state == "CHECK" for state, _ in checks.values())

@@ -5,6 +5,8 @@ kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 import papermill
+import polars as pl
 import pytest
 from conftest import ROOT, run_site, write
 
@@ -118,6 +121,23 @@ def test_single_version(manifests, tmp_path):
     assert "OK     no empty files" in out
     # the fixture ran with --no-validate: no findings is not a clean version
     assert "CHECK  validation findings: not validated" in out and "all checks passed" not in out
+    # said with the command that checks it, which pastes in any folder ("`chorus-batch validate`" before: with no
+    # --db it reads ./chorus_manifest.sqlite)
+    assert f"({shlex.join(['chorus-batch', 'validate', '--db', str(manifests['single'])])} checks it)" in out
+
+
+def test_the_sessions_by_month_count_the_starts_the_sessions_table_gives(manifests, tmp_path):
+    """The table of sessions by month read the start from the file names only: today's integer session ids
+    carry none, so every session was "start unknown" while the line above said "0 without a known start"
+    and the histogram showed their starts (from the WFDB headers). It groups the sessions' starts."""
+    nb = execute(manifests["two"], tmp_path / "two.ipynb")  # validated: the WFDB headers were read
+    check_run(nb, PLOTS)
+    tables = "".join(o["data"].get("text/plain", "") for o in outputs(nb) if "data" in o)
+    sessions = open_manifest(manifests["two"]).sessions()
+    assert sessions["start"].null_count() < sessions.height  # (the testdata headers give the starts)
+    months = sessions.group_by(pl.col("start").dt.strftime("%Y-%m").fill_null("start unknown")).len()
+    for month, n in months.iter_rows():
+        assert re.search(rf"│ {month}\s+┆ {n}\s+┆", tables), (month, n, tables)
 
 
 def test_names_in_the_notebooks_tables_are_shown_escaped(tmp_path):
@@ -339,3 +359,25 @@ def test_a_large_change_share_given_as_a_percentage_or_out_of_range_is_said_befo
         execute(manifests["two"], tmp_path / "five.ipynb", large_change_share=5)
     assert failed.value.ename == "UsageError" and "is a share of the files from 0 to 1, not 5" in failed.value.evalue
     assert "import sys" in failed.value.source  # the first code cell after the parameters: before any section ran
+
+
+@pytest.mark.parametrize("parameters", [{"version": [1]}, {"version": True}, {"compare_to": 2.5}])
+def test_a_version_parameter_of_a_wrong_type_is_said_as_such(manifests, tmp_path, parameters):
+    """The notebook turned every `version` and `compare_to` into text: `-p version '[1]'` (a list) or `true` was
+    "no version '[1]' in the manifest", `-p compare_to 2.5` "no version '2.5'", hiding what is wrong. They reach
+    the reader as given, which says the type and what to give; a number stays a label (test_single_version)."""
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(manifests["two"], tmp_path / "out.ipynb", **parameters)
+    (value,) = parameters.values()
+    assert failed.value.ename == "UsageError"
+    assert f"a version is a label or an ISO date-time, not {type(value).__name__} {value!r}" in failed.value.evalue
+
+
+def test_a_snapshot_folder_of_a_version_not_validated_is_not_said_to_be_clean(tmp_path):
+    """A snapshot folder does not record whether `validate` checked a version: the checklist said
+    "OK     validation findings: none recorded" of a version `run --no-validate` committed. It says SKIP."""
+    make_testdata(tmp_path / "td", Spec(persons=2, files_per_person=3, size=64))
+    run_site(tmp_path / "td" / "first", tmp_path / "m.sqlite", parquet=str(tmp_path / "snap"), validate_site=False)
+    out = check_run(execute(tmp_path / "snap", tmp_path / "out.ipynb"), PLOTS)
+    assert "SKIP   validation findings: not known whether validated" in out
+    assert "a snapshot folder does not record whether it was validated" in out and "all checks passed" in out

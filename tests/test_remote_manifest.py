@@ -310,6 +310,25 @@ def test_a_report_names_a_manifest_in_azure_by_its_url_not_by_the_cache_copy_it_
     assert cache not in re.sub(r"<code>python -c.*?</code>", "", page, flags=re.DOTALL)
 
 
+def test_review_names_a_manifest_in_azure_by_its_url_not_by_the_cache_copy_it_read(az, tmp_path):
+    """`review --db az://...` ran the notebook on the read copy in the cache: it printed that copy as "manifest"
+    and said `chorus-batch validate` (with no --db: ./chorus_manifest.sqlite, or the copy) for a version not
+    validated. As the report, it names the URL, and says that the runs of a manifest in Azure validate it."""
+    import nbformat
+
+    assert run(az, small_site(tmp_path / "site")).returncode == 0  # --no-validate
+    out = tmp_path / "review.ipynb"
+    done = cli("review", "--db", az.url, "--out", str(out), env=az.env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = "".join(o["text"] for cell in nbformat.read(out, as_version=4).cells if cell.cell_type == "code"
+                   for o in cell.get("outputs", []) if o["output_type"] == "stream")
+    assert f"manifest   {az.url}\n" in said and f"(first version) in {az.url}\n" in said, said
+    assert f"(a manifest in Azure is checked by its runs: chorus-batch run --db {az.url} without --no-validate" in said
+    assert "validate --db" not in said and "`chorus-batch validate`" not in said
+    assert str(az.cache.resolve()) not in said
+    no_secret(said, done.stdout, done.stderr)
+
+
 def test_a_percent_in_a_db_url_is_a_character_of_the_name_as_in_site_and_to(az, tmp_path):
     # --db decoded %-escapes (az://c/m/my%20m.sqlite was the blob 'm/my m.sqlite') while --site and --to take
     # az:// URLs as written: one URL named two blobs depending on the flag. Now '%' is a character everywhere.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -595,7 +596,7 @@ def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     may not: the message also says how to read an upgraded copy; the file is not changed."""
     from pathlib import Path
 
-    shared = tmp_path / "shared"
+    shared = tmp_path / "shared folder"  # (a space: the commands said are quoted)
     shared.mkdir()
     db = shared / "m.sqlite"
     shutil.copyfile(Path(__file__).parent / "fixtures" / "schema2" / "manifest.sqlite", db)
@@ -607,7 +608,15 @@ def test_an_old_manifest_read_only_says_how_to_read_a_copy(tmp_path):
     finally:
         os.chmod(shared, 0o755)
     assert out.returncode == 3 and "schema version 2" in out.stderr and "Traceback" not in out.stderr
-    assert "upgrades a copy: `cp <manifest> copy.sqlite && chorus-batch upgrade --db copy.sqlite`" in out.stderr
+    # the commands paste ("cp <manifest> copy.sqlite" before: a shell reads `<manifest` as a redirection)
+    said = out.stderr.split("upgrades a copy: `")[1].split("`")[0]
+    assert said == f"cp {shlex.quote(str(db))} copy.sqlite && chorus-batch upgrade --db copy.sqlite", out.stderr
+    assert f"`chorus-batch upgrade --db {shlex.quote(str(db))}`" in out.stderr
+    this = f"{shlex.quote(sys.executable)} -m chorus_batch"  # (the chorus-batch of this checkout)
+    pasted = subprocess.run(["bash", "-c", said.replace("chorus-batch", this)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert pasted.returncode == 0, pasted.stderr
+    assert cli("versions", "--db", str(tmp_path / "copy.sqlite")).returncode == 0
     assert hashlib.md5(db.read_bytes()).hexdigest() == before and sorted(p.name for p in shared.iterdir()) == ["m.sqlite"]
 
 

@@ -38,7 +38,7 @@ from .. import __version__
 from ..frames import SEVERITY_ORDER
 from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
-                      open_manifest, size_flags)
+                      open_manifest, size_flags, unvalidated_advice)
 from ..times import iso, utc_now
 from ..units import human_bytes, shown_name, shown_text
 from . import plots
@@ -437,15 +437,8 @@ class _Report:
             if validated is None:  # a snapshot folder does not record which versions were checked
                 return {"unchecked": None}
             # no findings because nothing was checked (`run --no-validate`): not a clean version
-            latest = self.label == self.reader.latest()
-            if not latest:
-                how = " (chorus-batch validate checks only the latest version)."
-            elif self.remote:  # `validate` works on a local manifest only; a run checks the latest version
-                how = (f" (a manifest in Azure is checked by its runs: {self.cli('run', '--db', self.db)} without "
-                       "--no-validate checks its latest version; chorus-batch validate works on a local manifest only).")
-            else:
-                how = f" ({self.cli('validate', '--db', self.db)} checks it)."
-            return {"unchecked": self.flag(f"Version {self.label} was not validated: its findings are unknown{how}")}
+            return {"unchecked": self.flag(unvalidated_advice(self.label, self.reader.latest(), self.db,
+                                                              remote=self.remote))}
         grouped = (findings.with_columns(severity=pl.col("severity").fill_null("unknown"), rule=pl.col("rule").fill_null(""))
                    .group_by("severity", "rule").agg(n=pl.len(), ex=pl.col("srcfile").head(EXAMPLES),
                                                      msg=pl.col("message").head(EXAMPLES))

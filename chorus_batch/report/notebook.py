@@ -27,9 +27,10 @@ NOTEBOOK = review_notebook()
 
 
 def run_review(manifest: str, out: str | Path, *, version: str | None = None, compare_to: str | None = None,
-               notebook: Path = NOTEBOOK) -> float:
+               named: str | None = None, notebook: Path = NOTEBOOK) -> float:
     """Execute the notebook on `manifest` and write the executed notebook to `out` (atomically, 0600; "-":
-    standard output, as `report --out -`); returns the seconds it took."""
+    standard output, as `report --out -`); returns the seconds it took. `named`: the manifest as its commands
+    take it when `manifest` is a local copy (of az://..., masked), as the report's `named`."""
     started = time.perf_counter()
     to_stdout = str(out) == "-"  # it wrote a file named "-" in the current folder
     if not to_stdout:
@@ -61,7 +62,8 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     quiet = logging.getLogger("papermill")
     was_disabled, quiet.disabled = quiet.disabled, True
     try:
-        parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to}
+        parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to,
+                      "manifest_name": named}
         # No output path: papermill would write the copy with the umask's mode, once per cell.
         nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",
                                         cwd=str(Path.cwd() if to_stdout else Path(out).resolve().parent),

@@ -590,10 +590,11 @@ class Manifest:
                 f"the manifest has schema version {version}, written by an older chorus-batch; this one reads "
                 f"schema {SCHEMA_VERSION}",
                 where=str(self.path),
-                fix=f"upgrade it in place with `chorus-batch upgrade --db {self.path}` (the next `run` or `validate` "
-                    "also does; nothing recorded is lost, but older releases cannot write it afterwards); a reviewer "
-                    "who may not change it upgrades a copy: `cp <manifest> copy.sqlite && chorus-batch upgrade --db "
-                    "copy.sqlite`",
+                # commands that paste: the path quoted, the copy's command naming it (`cp <manifest> ...` before)
+                fix=f"upgrade it in place with `chorus-batch upgrade --db {shlex.quote(str(self.path))}` (the next "
+                    "`run` or `validate` also does; nothing recorded is lost, but older releases cannot write it "
+                    "afterwards); a reviewer who may not change it upgrades a copy: "
+                    f"`cp {shlex.quote(str(self.path))} copy.sqlite && chorus-batch upgrade --db copy.sqlite`",
             )
 
     def lock(self, argv: list[str], *, kind: str = "run"):
