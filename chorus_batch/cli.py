@@ -2086,6 +2086,9 @@ def entry() -> None:
         if sys.stderr is not None:
             sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]
         return_freed_memory()
+        from .processes import cap_library_threads
+
+        cap_library_threads()
         code = main()
     except KeyboardInterrupt:
         interrupted_at_start()
