@@ -333,12 +333,28 @@ def _empty_roots(roots: list) -> list[int]:
 
 
 def check_staging(staging: str | Path) -> Path:
-    """The --merge folder, or a UsageError if it is none (checked before the manifest is opened or created)."""
+    """The --merge folder, or a UsageError if it is none or holds no shard folder (checked before the manifest is
+    opened or created: a merge of an empty folder left a new manifest without a version behind)."""
     staging = Path(staging)
     if not staging.is_dir():
         raise UsageError(f"no shard results in {staging}: " + ("it is a file, not a folder" if staging.exists() else
                          "the folder does not exist"), where="--merge", fix="give the --staging folder the shards wrote to")
+    shard_folders(staging)
     return staging
+
+
+def shard_folders(staging: Path) -> dict[int, list[Path]]:
+    """The shard-K-of-N folders in `staging` by N, or a UsageError if there is none."""
+    found: dict[int, list[Path]] = {}
+    for entry in staging.iterdir():
+        match = _SHARD_DIR.match(entry.name)
+        # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
+        if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
+            found.setdefault(int(match.group(2)), []).append(entry)
+    if not found:
+        raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
+                         fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
+    return found
 
 
 def roots_text(roots: list) -> str:
@@ -371,16 +387,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     naming each missing, incomplete or stale shard, or one listed with other exclusion globs or other `roots` than
     this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
-    staging = check_staging(staging)
-    found: dict[int, list[Path]] = {}
-    for entry in staging.iterdir():
-        match = _SHARD_DIR.match(entry.name)
-        # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
-        if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
-            found.setdefault(int(match.group(2)), []).append(entry)
-    if not found:
-        raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
-                         fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
+    staging = Path(staging)
+    found = shard_folders(check_staging(staging))
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
     # the others are left out and said, never merged with it, never a reason to refuse it.
     shards = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))

@@ -308,6 +308,20 @@ def test_a_merge_of_a_folder_it_cannot_write_says_what_to_do_for_a_merge(snapsho
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
 
 
+@pytest.mark.parametrize("inside", [[], ["notes.txt", "shard-0-of-0"]])
+def test_a_merge_of_a_folder_without_shards_leaves_no_manifest_behind(snapshots, tmp_path, inside):
+    """A merge of the wrong folder (empty, or nothing a shard wrote) was refused once it had created the manifest: a
+    new manifest with no version was left behind, as no other usage error leaves one."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    staging.mkdir()
+    for name in inside:
+        (staging / name).mkdir() if name.startswith("shard") else (staging / name).write_text("x")
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "no shard results in" in out.stderr and "(no shard-K-of-N folders)" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
+
+
 @pytest.mark.parametrize("extra, given", [(("--shard", "0/4"), "--shard"), (("--staging", "X"), "--staging")])
 def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp_path, extra, given):
     """`run --merge DIR --shard 0/4` was told "--shard needs --staging", and `--merge DIR --staging DIR2` "--staging
