@@ -288,29 +288,37 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
     with staging_lock(staging, merge=False), shard_lock(staging, coverage):
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
-        scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
-                       racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
-                       progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
-                       verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
-                       excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
-                       mtime_unit_ns=mtime_unit_ns,
-                       # header facts from the bytes hashed, for the merge's validation: one read per file here too
-                       facts=settings.validate_site and not settings.dry_run)
-        scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
-        scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
-        scanned.follow_symlinks = settings.follow_symlinks
+        # Whatever stops a shard (a signal, Slurm's time limit, a full disk), it is said of the shard with its rerun, not
+        # in a run's words ("the manifest holds what it held before": a shard never writes the manifest)
+        not_written = f"{coverage} was not written to {folder.absolute()}"
         try:
-            scanned.write(folder)
+            scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
+                           racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
+                           progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
+                           verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
+                           excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
+                           mtime_unit_ns=mtime_unit_ns,
+                           # header facts from the bytes hashed, for the merge's validation: one read per file here too
+                           facts=settings.validate_site and not settings.dry_run)
+            scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
+            scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
+            scanned.follow_symlinks = settings.follow_symlinks
+            try:
+                scanned.write(folder)
+            except BaseException:
+                # Half a shard (files.parquet written, facts.parquet not: the disk filled) is of no use without its
+                # scan.json, and kept the staging disk full for the other shards: removed, and said so.
+                for name in SHARD_FILES:
+                    with contextlib.suppress(OSError):
+                        (folder / name).unlink()
+                not_written = f"{coverage} was not written (none of its files were left in {folder.absolute()})"
+                raise
         except BaseException as exc:
-            # Half a shard (files.parquet written, facts.parquet not: the disk filled) is of no use without its
-            # scan.json, and kept the staging disk full for the other shards: removed, and said so.
-            for name in SHARD_FILES:
-                with contextlib.suppress(OSError):
-                    (folder / name).unlink()
-            if isinstance(exc, ChorusError) and not getattr(exc, "outcome", None):
-                exc.outcome = (f"{coverage} was not written (none of its files were left in {folder.absolute()}); nothing "
-                               f"was committed; once that is mended, rerun it with: "
-                               f"{rerun_command(settings, coverage, staging)}")
+            if not getattr(exc, "outcome", None):
+                with contextlib.suppress(AttributeError, TypeError):
+                    mend = "once that is mended, " if isinstance(exc, ChorusError) else ""
+                    exc.outcome = (f"{not_written}; nothing was committed (a shard never writes the manifest); "  # type: ignore[attr-defined]
+                                   f"{mend}rerun it with: {rerun_command(settings, coverage, staging)}")
             raise
     return ShardReport(coverage=coverage, folder=folder.absolute(), based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,

@@ -764,6 +764,22 @@ def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, 
     assert cli(*shard, str(staging)).returncode == 0 and (staging / "shard-0-of-2" / "scan.json").exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_shard_stopped_while_it_hashes_says_so_with_its_rerun(snapshots, tmp_path, signum):
+    """A shard stopped by Slurm's time limit (SIGTERM) or Ctrl-C said a run's words, "nothing was committed; the
+    manifest holds what it held before (`chorus-batch versions` lists it)", of a manifest a shard never writes, and
+    gave no rerun command (a shard that failed writing its files did)."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    proc = paused("run", "--site", str(site), "--db", str(db), "--shard", "0/2", "--staging", str(staging), at="hashing")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (143 if signum == signal.SIGTERM else 130), err
+    assert f"shard 0 of 2 was not written to {staging / 'shard-0-of-2'}; nothing was committed (a shard never writes " \
+           "the manifest); rerun it with: " in err, err
+    assert f"--shard 0/2 --staging {staging}" in err and "holds what it held before" not in err, err
+    assert not (staging / "shard-0-of-2" / "scan.json").exists() and not db.exists()
+
+
 def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_path):
     """A merge run twice at once (a requeued merge job, a hand-run merge beside the job) was told "shards are still
     being written into ...: wait for the shards to finish (`squeue`)" of shards that had all ended: the holder of the
