@@ -572,3 +572,16 @@ def test_a_signal_at_the_end_of_validate_says_truly_whether_its_findings_were_re
         assert "no findings of this check were recorded" in err, err
     shown = cli("validate", "--db", str(db))
     assert shown.returncode == 0 and "validation: 0 errors" in shown.stdout, shown.stderr
+
+
+def test_an_empty_omop_folder_is_not_said_to_be_missing(clean):
+    """An OMOP/ folder whose tables were not copied yet was "the site has no OMOP/ folder" (a version records files,
+    not folders): the site engineer looked, saw the folder, and took the finding for a wrong one."""
+    import shutil
+
+    shutil.rmtree(clean / "OMOP")
+    (clean / "OMOP").mkdir()
+    out = cli("validate", "--site", str(clean), "--json")
+    found = {f["rule"]: f["message"] for f in json.loads(out.stdout)["findings"]}
+    assert out.returncode == 1 and found["layout.no_omop"].startswith(
+        "the site has no file in an OMOP/ folder (none, or an empty one): add OMOP/"), found
