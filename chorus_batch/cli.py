@@ -592,7 +592,7 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                              "site-relative path (scratch/*); a file recorded before is removed in the next version")
     parser.add_argument("--default-excludes", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-default-excludes: also track the OS junk that is excluded by default (.DS_Store, "
-                             "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#) (default: default_excludes in [run], else "
+                             "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, $RECYCLE.BIN/, ...) (default: default_excludes in [run], else "
                              "excluded)")
     parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-validate: skip the checks against the CHoRUS procedures (see `chorus-batch validate "
