@@ -592,7 +592,7 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                              "site-relative path (scratch/*); a file recorded before is removed in the next version")
     parser.add_argument("--default-excludes", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-default-excludes: also track the OS junk that is excluded by default (.DS_Store, "
-                             "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#) (default: default_excludes in [run], else "
+                             "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, $RECYCLE.BIN/, ...) (default: default_excludes in [run], else "
                              "excluded)")
     parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-validate: skip the checks against the CHoRUS procedures (see `chorus-batch validate "
@@ -1444,11 +1444,15 @@ def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     from .review import open_manifest
+    from .urls import mask_url
 
     if not args.path.strip():
         raise UsageError("history needs the path of a file; it was given an empty one", where="history PATH",
                          fix="give the site-relative path as `chorus-batch files` prints it")
-    reader = open_manifest(_db(args))
+    target = _resolve(args)
+    # (messages name the manifest as given, a URL masked: not its private read copy, downloaded again for each message)
+    where = mask_url(target.db)
+    reader = open_manifest(_db(args, target))
     reader.resolve(None)  # no version yet: exit 2 saying so (as files, changes, diff), not "no file PATH"
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
@@ -1460,11 +1464,11 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         if of_bare is not None and of_bare.height:
             named = of_bare["srcfile"][-1]
             raise UsageError(f"{shown} ends with a separator, but {named!r} is a file, not a folder",
-                             where=_db(args), fix=f"ask `chorus-batch history {shlex.quote(named)}`")
+                             where=where, fix=f"ask `chorus-batch history {shlex.quote(named)}`")
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
         if inside:  # a folder: history follows one file
             raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file",
-                             where=_db(args),
+                             where=where,
                              fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
@@ -1473,7 +1477,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"no file {shown} in the manifest" + (
             f"; did you mean {', '.join(ascii(p) if not p.isascii() else repr(p) for p in similar)}"
             + (f" (typed: {ascii(args.path)})" if not args.path.isascii() else "") + "?" if similar else ""),
-            where=_db(args), fix="give the site-relative path as `chorus-batch files` prints it")
+            where=where, fix="give the site-relative path as `chorus-batch files` prints it")
     _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "srcfile", "size", "md5"])
     return 0
 
@@ -2115,6 +2119,9 @@ def entry() -> None:
         if sys.stderr is not None:
             sys.stderr = _Messages(sys.stderr)  # type: ignore[assignment]
         return_freed_memory()
+        from .processes import cap_library_threads
+
+        cap_library_threads()
         code = main()
     except KeyboardInterrupt:
         interrupted_at_start()

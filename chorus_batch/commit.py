@@ -176,6 +176,26 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
     return f"{latest}-{label}"
 
 
+# A clock behind the latest version's by more than this is said (a few seconds are two nodes' usual difference)
+CLOCK_BEHIND_S = 60
+
+
+def _say_clock_behind(manifest: Manifest, started: datetime, label: str) -> None:
+    """Warn of a machine whose clock is behind the time the latest version was committed: the version is labelled
+    after it (next_label), but its recorded times are earlier, and a time between the two, asked of `files --as-of`,
+    finds the versions in commit order, not by the clock (review.resolve). Said so the clock gets mended."""
+    latest = manifest.latest_version()
+    if not latest or not latest.get("finished_at"):
+        return
+    with contextlib.suppress(ValueError):
+        before = datetime.fromisoformat(str(latest["finished_at"]).replace("Z", "+00:00"))
+        if (before - started).total_seconds() > CLOCK_BEHIND_S:
+            log.warning(f"this machine's clock ({iso(started)}) is behind the time version {latest['label']} was "
+                        f"committed ({latest['finished_at']}): version {label} is recorded with the earlier times, "
+                        "and times asked of --as-of between the two read in commit order; set the clock right (NTP: "
+                        "`timedatectl status`, `chronyc tracking`)")
+
+
 def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | TreeParts, *, previous_label: str | None,
            patterns: tuple[PathPattern, ...], mode: str = "full", delete_list: pl.DataFrame | None = None,
            started: datetime | None = None, finished: datetime | None = None, version_label: str | None = None, site: str = "",
@@ -303,6 +323,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
 
     if not diff.is_empty:
         label = next_label(started, previous_label, version_label)
+        _say_clock_behind(manifest, started, label)
         if progress is not None:
             progress.stage(f"committing version {label}")
         record = VersionRecord(

@@ -66,7 +66,12 @@ def _text(path: Path) -> str:
     import-config config.toml > chorus.toml` there: it was "byte 0xff on line 1 (a Latin-1 or Windows-1252 letter)",
     and "save as UTF-8" of a file its editor showed as plain text). UTF-16 without a byte-order mark (NUL in every
     other byte of its first characters) is said as such, not read as TOML ("Invalid statement") nor as one letter."""
-    raw = path.read_bytes()
+    return decode_toml(path.read_bytes(), path)
+
+
+def decode_toml(raw: bytes, path: Path) -> str:
+    """The text of a TOML file's bytes `raw` as _text reads it (also chorus-upload's config.toml, which sites on Windows
+    save alike); a UnicodeDecodeError for bytes that are not UTF-8."""
     fix = "save the file as UTF-8 (the TOML standard; in PowerShell: Out-File -Encoding utf8) and run again"
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:

@@ -29,6 +29,9 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "._*",  # AppleDouble (macOS resource forks on non-HFS volumes)
     "~$*",  # Microsoft Office lock files
     ".~lock.*#",  # LibreOffice lock files
+    "Icon\r",  # macOS custom folder icons
+    # the folders macOS and Windows keep at a volume's root: a site at the root of a disk it was copied to or shipped on
+    ".Spotlight-V100/", ".Trashes/", ".fseventsd/", ".TemporaryItems/", "$RECYCLE.BIN/", "System Volume Information/",
 )
 EXAMPLES_PER_PATTERN = 5
 _META = set("\\.+*?()|[]{}^$#&-~")  # escaped with a backslash: valid in both Rust's and Python's regex

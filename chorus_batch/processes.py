@@ -68,6 +68,23 @@ def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
     return cpus
 
 
+def cap_library_threads(environ: dict[str, str] | None = None) -> None:
+    """POLARS_MAX_THREADS from usable_cpus(), unless the site set it, where the job's SLURM_CPUS_PER_TASK allows fewer
+    CPUs than the process may run on (a cluster that does not bind a job's CPUs: TaskPlugin=task/none). Polars sizes its
+    pool by the affinity alone: a `--cpus-per-task=1` job on a 64-core node ran 64 polars threads on its one CPU, beside
+    the other jobs there. Called before the first query (the pool is made then); worker processes inherit it."""
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    if environ.get("POLARS_MAX_THREADS") is not None:
+        return
+    try:
+        affinity = len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # (not Linux)
+        affinity = os.cpu_count() or 1
+    cpus = usable_cpus(environ)
+    if cpus < affinity:
+        environ["POLARS_MAX_THREADS"] = str(cpus)
+
+
 def default_workers() -> int:
     """Hashing threads / listing and header-reading processes: the CPUs this process may use (usable_cpus),
     at most 16 (past that a shared file system, not the CPU, is the limit)."""

@@ -288,29 +288,37 @@ def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: s
     empty_roots = _empty_roots(roots)  # (before the listing: a folder emptied meanwhile is the merge's to see)
     with staging_lock(staging, merge=False), shard_lock(staging, coverage):
         (folder / "scan.json").unlink(missing_ok=True)  # a rerun: incomplete until it completes again
-        scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
-                       racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
-                       progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
-                       verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
-                       excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
-                       mtime_unit_ns=mtime_unit_ns,
-                       # header facts from the bytes hashed, for the merge's validation: one read per file here too
-                       facts=settings.validate_site and not settings.dry_run)
-        scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
-        scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
-        scanned.follow_symlinks = settings.follow_symlinks
+        # Whatever stops a shard (a signal, Slurm's time limit, a full disk), it is said of the shard with its rerun, not
+        # in a run's words ("the manifest holds what it held before": a shard never writes the manifest)
+        not_written = f"{coverage} was not written to {folder.absolute()}"
         try:
-            scanned.write(folder)
+            scanned = scan(roots, previous, based_on=based_on, last_scan_ns=last_scan_ns,
+                           racy_window_s=settings.racy_window_s, rehash=settings.rehash, workers=settings.workers,
+                           progress=progress, coverage=coverage, verify_percent=settings.verify_sample,
+                           verify_max_bytes=parse_bytes(settings.verify_max_bytes), cloud_md5=settings.cloud_md5,
+                           excludes=Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes),
+                           mtime_unit_ns=mtime_unit_ns,
+                           # header facts from the bytes hashed, for the merge's validation: one read per file here too
+                           facts=settings.validate_site and not settings.dry_run)
+            scanned.arguments = settings.arguments  # how to rerun it (or a sibling the merge finds missing)
+            scanned.empty_roots, scanned.host = empty_roots, socket.gethostname()
+            scanned.follow_symlinks = settings.follow_symlinks
+            try:
+                scanned.write(folder)
+            except BaseException:
+                # Half a shard (files.parquet written, facts.parquet not: the disk filled) is of no use without its
+                # scan.json, and kept the staging disk full for the other shards: removed, and said so.
+                for name in SHARD_FILES:
+                    with contextlib.suppress(OSError):
+                        (folder / name).unlink()
+                not_written = f"{coverage} was not written (none of its files were left in {folder.absolute()})"
+                raise
         except BaseException as exc:
-            # Half a shard (files.parquet written, facts.parquet not: the disk filled) is of no use without its
-            # scan.json, and kept the staging disk full for the other shards: removed, and said so.
-            for name in SHARD_FILES:
-                with contextlib.suppress(OSError):
-                    (folder / name).unlink()
-            if isinstance(exc, ChorusError) and not getattr(exc, "outcome", None):
-                exc.outcome = (f"{coverage} was not written (none of its files were left in {folder.absolute()}); nothing "
-                               f"was committed; once that is mended, rerun it with: "
-                               f"{rerun_command(settings, coverage, staging)}")
+            if not getattr(exc, "outcome", None):
+                with contextlib.suppress(AttributeError, TypeError):
+                    mend = "once that is mended, " if isinstance(exc, ChorusError) else ""
+                    exc.outcome = (f"{not_written}; nothing was committed (a shard never writes the manifest); "  # type: ignore[attr-defined]
+                                   f"{mend}rerun it with: {rerun_command(settings, coverage, staging)}")
             raise
     return ShardReport(coverage=coverage, folder=folder.absolute(), based_on=based_on, n_files=scanned.files.height,
                        n_hashed=scanned.n_hashed, bytes_hashed=scanned.bytes_hashed, n_errors=scanned.errors.height,
@@ -333,12 +341,28 @@ def _empty_roots(roots: list) -> list[int]:
 
 
 def check_staging(staging: str | Path) -> Path:
-    """The --merge folder, or a UsageError if it is none (checked before the manifest is opened or created)."""
+    """The --merge folder, or a UsageError if it is none or holds no shard folder (checked before the manifest is
+    opened or created: a merge of an empty folder left a new manifest without a version behind)."""
     staging = Path(staging)
     if not staging.is_dir():
         raise UsageError(f"no shard results in {staging}: " + ("it is a file, not a folder" if staging.exists() else
                          "the folder does not exist"), where="--merge", fix="give the --staging folder the shards wrote to")
+    shard_folders(staging)
     return staging
+
+
+def shard_folders(staging: Path) -> dict[int, list[Path]]:
+    """The shard-K-of-N folders in `staging` by N, or a UsageError if there is none."""
+    found: dict[int, list[Path]] = {}
+    for entry in staging.iterdir():
+        match = _SHARD_DIR.match(entry.name)
+        # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
+        if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
+            found.setdefault(int(match.group(2)), []).append(entry)
+    if not found:
+        raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
+                         fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
+    return found
 
 
 def roots_text(roots: list) -> str:
@@ -371,16 +395,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     naming each missing, incomplete or stale shard, or one listed with other exclusion globs or other `roots` than
     this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
-    staging = check_staging(staging)
-    found: dict[int, list[Path]] = {}
-    for entry in staging.iterdir():
-        match = _SHARD_DIR.match(entry.name)
-        # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
-        if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
-            found.setdefault(int(match.group(2)), []).append(entry)
-    if not found:
-        raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
-                         fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
+    staging = Path(staging)
+    found = shard_folders(check_staging(staging))
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
     # the others are left out and said, never merged with it, never a reason to refuse it.
     shards = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))

@@ -230,6 +230,11 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     placement += [f"--account={account}"] if account else []
     sbatch = ["sbatch", "--parsable", "--export=ALL", "--nodes=1", "--ntasks=1", *limits, *placement]
 
+    # The default staging folder, one per submission, held every night's shard lists (each file's path, person ids in
+    # them) beside the manifest for ever. Once the merge committed (exit 0, or 1: findings), its shards are of no more
+    # use (a rerun of that merge says "merged already"): they go; the logs and merge.exit stay. A --staging is the site's.
+    tidy = (f'if [ "$code" -le 1 ]; then rm -rf -- "$CHORUS_STAGING"/shard-*-of-{shards}; fi\n' if staging is None
+            else "")
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
@@ -327,7 +332,7 @@ else
 fi
 code=$?
 printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"
-exit "$code"
+{tidy}exit "$code"
 CHORUS_MERGE
 ) || {{ scancel "$shards_job" || true; echo "{REFUSED_MERGE}; cancelled the shards' job array $shards_job: nothing will be merged" >&2; exit 2; }}
 merge_job=${{merge_job%%;*}}

@@ -380,9 +380,21 @@ def test_a_config_in_utf16_it_cannot_read_says_so(tmp_path, data, said):
     assert not (tmp_path / "m.sqlite").exists()
 
 
+def test_a_site_that_is_a_file_or_lies_under_one_is_said_as_such(tmp_path):
+    """A file given as the site, or a path under one, was "not a readable directory" as a missing folder is: which of
+    the three it is tells the fix (a typo, a disk not mounted, the wrong path)."""
+    (tmp_path / "notes.txt").write_text("x")
+    for given, why in ((tmp_path / "notes.txt", "is a file, not a folder"),
+                       (tmp_path / "notes.txt" / "site", f"lies under {tmp_path / 'notes.txt'}, which is a file")):
+        out = cli("run", "--site", str(given), "--db", str(tmp_path / "m.sqlite"))
+        assert out.returncode == 2 and f"site root is not a readable directory: {given} {why}" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 def test_missing_site_is_a_usage_error(tmp_path):
     out = cli("run", "--site", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.sqlite"))
     assert out.returncode == 2 and "not a readable directory" in out.stderr
+    assert f"{tmp_path / 'nowhere'} does not exist (a typo, or a disk that is not mounted?)" in out.stderr, out.stderr
     # exit 2 is "nothing was done": no manifest (nor its lock) is created for a mistyped site
     assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
 

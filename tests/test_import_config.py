@@ -673,6 +673,21 @@ def test_a_config_saved_as_windows_1252_is_named_as_such_and_a_binary_as_no_text
     assert journal.returncode == 2 and "is not a text file" in journal.stderr, journal.stderr
 
 
+def test_a_config_saved_as_utf16_by_windows_converts_as_its_utf8_copy(tmp_path):
+    """chorus-upload's config.toml saved by Windows PowerShell 5 (`>`) or Notepad's "Unicode" is UTF-16 with a
+    byte-order mark: import-config said "not a text file (not UTF-8 at byte 0)", as of a binary; chorus.toml itself was
+    read (config_file.decode_toml). It converts as the UTF-8 file does; without the mark it is named as UTF-16."""
+    text = (FIXTURES / "config.toml").read_text(encoding="utf-8")
+    utf16 = tmp_path / "config.toml"
+    utf16.write_bytes(text.encode("utf-16"))  # (with its byte-order mark)
+    out, plain = cli("import-config", str(utf16)), cli("import-config", str(FIXTURES / "config.toml"))
+    assert out.returncode == plain.returncode and "not a text file" not in out.stderr, out.stderr
+    assert out.stdout == plain.stdout.replace(str(FIXTURES / "config.toml"), str(utf16))
+    utf16.write_bytes(text.encode("utf-16-le"))
+    bare = cli("import-config", str(utf16))
+    assert bare.returncode == 2 and "UTF-16 text without a byte-order mark" in bare.stderr, bare.stderr
+
+
 def test_a_config_without_a_default_site_path_is_warned_of_whatever_its_modality_roots(tmp_path):
     """Each modality listed with its own path and no site_path.default: converted without a word (exit 0), into a
     chorus.toml that `run` stops on ("no site given"); and --out said "(1 warnings)"."""

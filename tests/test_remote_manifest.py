@@ -329,6 +329,16 @@ def test_review_names_a_manifest_in_azure_by_its_url_not_by_the_cache_copy_it_re
     no_secret(said, done.stdout, done.stderr)
 
 
+def test_history_of_a_path_not_there_names_the_manifest_in_azure_not_its_read_copy(az, tmp_path):
+    """`history PATH --db az://...` of a path the manifest does not hold named the private read copy in the cache as
+    `where` (downloaded once more for the message)."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    out = cli("history", "OMOP/no_such.csv", "--db", az.url, env=az.env)
+    assert out.returncode == 2 and "no file 'OMOP/no_such.csv' in the manifest" in out.stderr, out.stderr
+    assert f"where: {az.url}" in out.stderr and str(az.cache.resolve()) not in out.stderr, out.stderr
+
+
 def test_a_percent_in_a_db_url_is_a_character_of_the_name_as_in_site_and_to(az, tmp_path):
     # --db decoded %-escapes (az://c/m/my%20m.sqlite was the blob 'm/my m.sqlite') while --site and --to take
     # az:// URLs as written: one URL named two blobs depending on the flag. Now '%' is a character everywhere.

@@ -666,7 +666,8 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
-def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that_commit(site, db, monkeypatch):
+def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that_commit(site, db, monkeypatch,
+                                                                                          caplog):
     """A run on a node whose clock was an hour behind (labelled one second after the latest, as next_label does)
     recorded a commit time before the previous version's: `files --as-of` a time between the two selected it, the
     second version's files, at a time when the version it was built on did not exist yet by the record. Commit
@@ -682,7 +683,10 @@ def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that
     monkeypatch.setattr(chorus_batch.pipeline, "utc_now", behind)
     monkeypatch.setattr(chorus_batch.commit, "utc_now", behind)
     write(site, "OMOP/person.csv", b"person_id\n2\n")
-    run_site(site, db, validate_site=False)
+    with caplog.at_level("WARNING"):
+        run_site(site, db, validate_site=False)
+    assert "this machine's clock" in caplog.text and f"is behind the time version {first['label']} was committed" \
+        in caplog.text and "set the clock right" in caplog.text, caplog.text
     m = open_manifest(db)
     second = m.versions().row(1, named=True)
     assert second["label"] > first["label"] and second["finished_at"] < first["finished_at"]

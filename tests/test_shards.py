@@ -308,6 +308,20 @@ def test_a_merge_of_a_folder_it_cannot_write_says_what_to_do_for_a_merge(snapsho
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
 
 
+@pytest.mark.parametrize("inside", [[], ["notes.txt", "shard-0-of-0"]])
+def test_a_merge_of_a_folder_without_shards_leaves_no_manifest_behind(snapshots, tmp_path, inside):
+    """A merge of the wrong folder (empty, or nothing a shard wrote) was refused once it had created the manifest: a
+    new manifest with no version was left behind, as no other usage error leaves one."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    staging.mkdir()
+    for name in inside:
+        (staging / name).mkdir() if name.startswith("shard") else (staging / name).write_text("x")
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "no shard results in" in out.stderr and "(no shard-K-of-N folders)" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
+
+
 @pytest.mark.parametrize("extra, given", [(("--shard", "0/4"), "--shard"), (("--staging", "X"), "--staging")])
 def test_merge_with_shard_or_staging_says_they_do_not_go_together(snapshots, tmp_path, extra, given):
     """`run --merge DIR --shard 0/4` was told "--shard needs --staging", and `--merge DIR --staging DIR2` "--staging
@@ -748,6 +762,22 @@ def test_a_disk_that_fills_while_a_shard_is_written_leaves_none_of_it(tmp_path, 
     assert f"rerun it with: {shlex.join(program_words())} run --site {site / 'first'} --db {db} --shard 0/2 --staging {staging}" in out.stderr
     filler.unlink()
     assert cli(*shard, str(staging)).returncode == 0 and (staging / "shard-0-of-2" / "scan.json").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_shard_stopped_while_it_hashes_says_so_with_its_rerun(snapshots, tmp_path, signum):
+    """A shard stopped by Slurm's time limit (SIGTERM) or Ctrl-C said a run's words, "nothing was committed; the
+    manifest holds what it held before (`chorus-batch versions` lists it)", of a manifest a shard never writes, and
+    gave no rerun command (a shard that failed writing its files did)."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    proc = paused("run", "--site", str(site), "--db", str(db), "--shard", "0/2", "--staging", str(staging), at="hashing")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == (143 if signum == signal.SIGTERM else 130), err
+    assert f"shard 0 of 2 was not written to {staging / 'shard-0-of-2'}; nothing was committed (a shard never writes " \
+           "the manifest); rerun it with: " in err, err
+    assert f"--shard 0/2 --staging {staging}" in err and "holds what it held before" not in err, err
+    assert not (staging / "shard-0-of-2" / "scan.json").exists() and not db.exists()
 
 
 def test_a_merge_while_another_merges_the_same_shards_is_told_so(snapshots, tmp_path):

@@ -376,6 +376,29 @@ def test_the_default_workers_follow_the_cpus_the_run_may_use(how):
     assert done.stdout.strip() == "1"
 
 
+def test_a_slurm_job_of_one_cpu_runs_one_polars_thread(site, db):
+    """On a cluster that does not bind a job's CPUs, a `--cpus-per-task=1` job may run on every CPU of the node:
+    polars sized its thread pool by that (64 threads on a 64-core node, beside the other jobs), as the workers were
+    before. Now the command line sets POLARS_MAX_THREADS from SLURM_CPUS_PER_TASK (unless the site set it)."""
+    import re
+
+    for i in range(50):
+        write(site, f"OMOP/part{i:03d}.csv", str(i).encode())
+
+    def polars_threads(env: dict) -> int:
+        proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), at="hashing", env=env)
+        try:
+            names = [Path(task, "comm").read_text().strip() for task in Path(f"/proc/{proc.pid}/task").iterdir()]
+        finally:
+            proc.kill()
+            proc.communicate(timeout=60)
+        return sum(bool(re.fullmatch(r"polars-\d+", name)) for name in names)
+
+    cpus = len(os.sched_getaffinity(0))
+    assert polars_threads({"SLURM_CPUS_PER_TASK": "1"}) == 1 < cpus
+    assert polars_threads({"SLURM_CPUS_PER_TASK": "1", "POLARS_MAX_THREADS": str(cpus)}) == cpus  # the site's own
+
+
 @pytest.mark.parametrize("hard, code", [(40, ExitCode.USAGE), (4096, 0)])
 def test_a_low_open_file_limit_is_raised_or_refused_before_any_work(site, db, hard, code):
     """`ulimit -n 40` and 16 workers: the pool could not start its workers mid-run (EMFILE), and the run said

@@ -589,3 +589,24 @@ def test_a_signal_at_the_end_of_validate_says_truly_whether_its_findings_were_re
         assert "no findings of this check were recorded" in err, err
     shown = cli("validate", "--db", str(db))
     assert shown.returncode == 0 and "validation: 0 errors" in shown.stdout, shown.stderr
+
+
+def test_an_empty_omop_folder_is_not_said_to_be_missing(clean):
+    """An OMOP/ folder whose tables were not copied yet was "the site has no OMOP/ folder" (a version records files,
+    not folders): the site engineer looked, saw the folder, and took the finding for a wrong one."""
+    import shutil
+
+    shutil.rmtree(clean / "OMOP")
+    (clean / "OMOP").mkdir()
+    out = cli("validate", "--site", str(clean), "--json")
+    found = {f["rule"]: f["message"] for f in json.loads(out.stdout)["findings"]}
+    assert out.returncode == 1 and found["layout.no_omop"].startswith(
+        "the site has no file in an OMOP/ folder (none, or an empty one): add OMOP/"), found
+
+
+def test_validate_of_a_folder_that_is_not_there_does_not_say_it_was_checked(tmp_path):
+    """`validate --site TYPO` (no --db) ended "nothing was written (the folder was checked in a temporary manifest,
+    now removed)": nothing was checked, the folder was refused before its listing."""
+    out = cli("validate", "--site", str(tmp_path / "no_such_site"), cwd=tmp_path)
+    assert out.returncode == 2 and "does not exist" in out.stderr, out.stderr
+    assert out.stderr.rstrip().endswith("nothing was written") and "checked in a temporary" not in out.stderr, out.stderr

@@ -94,6 +94,25 @@ def _read_upto(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _why_no_folder(path: str) -> str:
+    """Why `path`, which is not a folder this process can see, is none (the words after it in a message): a missing
+    path and a file were said alike ("not a readable directory"), and a missing one is often a disk not mounted."""
+    from ..fsutil import file_above
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        above = file_above(path)
+        if above is not None:
+            return f"lies under {shown_name(str(above))}, which is a file"
+        return "does not exist (a typo, or a disk that is not mounted?)"
+    except PermissionError:
+        return "cannot be reached by this user (permission denied on a folder above it)"
+    except OSError as exc:
+        return f"cannot be looked at ({exc.strerror})"
+    return "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
+
+
 class LocalSource:
     """A directory on a local or HPC file system."""
 
@@ -130,8 +149,8 @@ class LocalSource:
                     f"{self.what} through a symbolic link whose own path is UTF-8")
         if not os.path.isdir(self.root):
             raise ConfigError(
-                f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {self.root}",
-                where=self.what,
+                f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {self.root} "
+                f"{_why_no_folder(self.root)}", where=self.what,
                 fix=f"point {self.what} at the folder that holds " + (
                     "OMOP/ and the person folders" if self.what.startswith("--site") else "the person folders of that modality"),
             )

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
-from ..config_file import not_utf8
+from ..config_file import decode_toml, not_utf8
 from ..errors import UsageError, WriteError
 from ..fsutil import missing_folder, write_private
 
@@ -135,7 +135,7 @@ def _read(path: Path) -> dict:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}", where=str(path),
                          fix="check the file's permissions") from None
     try:
-        text = raw.decode("utf-8-sig")
+        text = decode_toml(raw, path)  # (UTF-16 with a byte-order mark too: PowerShell 5's `>`, Notepad's "Unicode")
     except UnicodeDecodeError as exc:
         if b"\0" in raw[:8192]:  # (a journal.db, a binary: not a config at all)
             raise UsageError(f"{path} is not a text file (not UTF-8 at byte {exc.start})", where=str(path),

@@ -49,8 +49,9 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                               "move its files or remove it", pl.col("_second")))),
     ]
     if site.omop_dir is None:
-        out.append(_one("layout.no_omop", "OMOP/", "the site has no OMOP/ folder: add OMOP/ with the CDM 5.4 "
-                                                     "tables as comma-delimited CSV files"))
+        # (a version records files, not folders: an OMOP/ folder left empty is no different here from none)
+        out.append(_one("layout.no_omop", "OMOP/", "the site has no file in an OMOP/ folder (none, or an empty one): "
+                                                     "add OMOP/ with the CDM 5.4 tables as comma-delimited CSV files"))
     return out
 
 

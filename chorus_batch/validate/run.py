@@ -350,11 +350,19 @@ def validate_folder(settings, *, keep: bool, argv: list[str],
     if keep:
         result = run(checked, argv=argv, progress=progress)
         return result.label, result.findings, not_taken(result)  # type: ignore[return-value]
+    made = False
     try:
         with scratch_folder("chorus-validate-") as scratch:
-            result = run(checked.model_copy(update={"db": str(scratch / "manifest.sqlite"), "parquet": None}),
-                         argv=argv, progress=progress)
+            temporary = scratch / "manifest.sqlite"
+            try:
+                result = run(checked.model_copy(update={"db": str(temporary), "parquet": None}), argv=argv,
+                             progress=progress)
+            finally:
+                made = temporary.exists()
             return None, result.findings, not_taken(result)  # type: ignore[return-value]
     except BaseException as exc:  # a version of the temporary manifest is gone with it: nothing was kept anywhere
-        exc.outcome = "nothing was written (the folder was checked in a temporary manifest, now removed)"  # type: ignore[attr-defined]
+        # (a folder refused before its listing, a missing one, was not checked: "checked in a temporary manifest" was
+        # said of it too)
+        exc.outcome = "nothing was written" + (" (the folder was checked in a temporary manifest, now removed)"  # type: ignore[attr-defined]
+                                               if made else "")
         raise
