@@ -652,7 +652,7 @@ def _resolve(args: argparse.Namespace) -> _Target:
     command, not as a PermissionError from the first `exists()` of whichever command it was."""
     target = _resolve_target(args)
     if "://" not in target.db:
-        from .store.manifest import require_reachable
+        from .fsutil import require_reachable
 
         require_reachable(target.db)
     return target

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import FILE_SIZE_FIX, Stopped, WriteError
+from .errors import FILE_SIZE_FIX, ManifestError, Stopped, WriteError
 
 OWNER_ONLY = 0o600
 PRIVATE_FOLDER = 0o700
@@ -477,3 +477,31 @@ def standard_streams_open() -> None:
             if null != fd:  # (the lowest free descriptor: it is fd, as the ones below it are open)
                 os.dup2(null, fd)
                 os.close(null)
+
+
+# (here, not in store.manifest: every command calls it before its work, and importing the store loads polars and
+# pyarrow, which an address-space limit too low for a run cannot map: that is said after it, by processes.py)
+def require_reachable(path: str | os.PathLike[str]) -> None:
+    """Refuse a manifest path this user cannot reach: a folder on its way it may not enter (pathlib's stat raised a
+    PermissionError there, an "internal error" in every command), or a file it may not read (SQLite said "unable to
+    open database file", and to check that the folder is writable). Nothing there, or a folder, is the caller's to
+    judge."""
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        absolute = Path(os.path.abspath(path))
+        blocked = next((folder for folder in reversed(absolute.parents) if not os.access(folder, os.X_OK)),
+                       absolute.parent)
+        raise ManifestError(f"cannot reach the manifest {absolute}: this user may not enter the folder {blocked} "
+                            "(permission denied)", where=str(absolute),
+                            fix=f"ask the owner of {blocked} for access to it, or for a copy of the manifest "
+                                "(`sqlite3 <manifest> '.backup copy.sqlite'`) to pass with --db") from None
+    except OSError:  # (nothing there, a path under a file, a loop of links: said where they are checked)
+        return
+    if stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
+        owner = other_owner(path)
+        raise ManifestError(f"the manifest {os.path.abspath(path)} cannot be read by this user (permission denied: "
+                            f"mode {stat.S_IMODE(info.st_mode):04o}{f', owned by {owner}' if owner else ''})",
+                            where=str(os.path.abspath(path)),
+                            fix="ask its owner for read access, or for a copy (`sqlite3 <manifest> '.backup "
+                                "copy.sqlite'`) to pass with --db")

@@ -106,7 +106,7 @@ def open_manifest(path: str | Path) -> "ManifestReader":
     from .urls import expand_home
 
     path = Path(expand_home(path, "open_manifest(path)"))  # "~/m.sqlite" as --db reads it, not a folder '~' here
-    from .store.manifest import require_reachable
+    from .fsutil import require_reachable
 
     require_reachable(path)  # a folder on the way this user may not enter: said, not a PermissionError from is_dir
     if path.is_dir():

@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import socket
-import stat
 import sqlite3
 import threading
 import urllib.parse
@@ -34,8 +33,8 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import (create_private, file_above, free_bytes, nearly_full, restrict, sqlite_temp_folder,
-                      write_private)
+from ..fsutil import (create_private, file_above, free_bytes, nearly_full, require_reachable, restrict,
+                      sqlite_temp_folder, write_private)
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
@@ -217,34 +216,6 @@ def _read_only_file_system(folder: Path) -> bool:
         return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):  # (no statvfs on Windows)
         return False
-
-
-def require_reachable(path: str | os.PathLike[str]) -> None:
-    """Refuse a manifest path this user cannot reach: a folder on its way it may not enter (pathlib's stat raised a
-    PermissionError there, an "internal error" in every command), or a file it may not read (SQLite said "unable to
-    open database file", and to check that the folder is writable). Nothing there, or a folder, is the caller's to
-    judge."""
-    try:
-        info = os.stat(path)
-    except PermissionError:
-        absolute = Path(os.path.abspath(path))
-        blocked = next((folder for folder in reversed(absolute.parents) if not os.access(folder, os.X_OK)),
-                       absolute.parent)
-        raise ManifestError(f"cannot reach the manifest {absolute}: this user may not enter the folder {blocked} "
-                            "(permission denied)", where=str(absolute),
-                            fix=f"ask the owner of {blocked} for access to it, or for a copy of the manifest "
-                                "(`sqlite3 <manifest> '.backup copy.sqlite'`) to pass with --db") from None
-    except OSError:  # (nothing there, a path under a file, a loop of links: said where they are checked)
-        return
-    if stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
-        from ..fsutil import other_owner
-
-        owner = other_owner(path)
-        raise ManifestError(f"the manifest {os.path.abspath(path)} cannot be read by this user (permission denied: "
-                            f"mode {stat.S_IMODE(info.st_mode):04o}{f', owned by {owner}' if owner else ''})",
-                            where=str(os.path.abspath(path)),
-                            fix="ask its owner for read access, or for a copy (`sqlite3 <manifest> '.backup "
-                                "copy.sqlite'`) to pass with --db")
 
 
 class Manifest:
