@@ -509,7 +509,7 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",
                 # `workers` under [run], not `run.workers` there (that would be [run] run.workers: run.run.workers)
-                fix=(f"rename it to {bare!r}" + (f" (in [{prefix}])" if prefix else "") if bare else "remove it")
+                fix=(f"rename it to {bare!r}" + (f" in [{prefix}]" if prefix else "") if bare else "remove it")
                     + f" ({CONFIG_HELP}; known here: " + ", ".join(known) + ")",
             ) from None
         message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)

@@ -610,3 +610,13 @@ def test_validate_of_a_folder_that_is_not_there_does_not_say_it_was_checked(tmp_
     out = cli("validate", "--site", str(tmp_path / "no_such_site"), cwd=tmp_path)
     assert out.returncode == 2 and "does not exist" in out.stderr, out.stderr
     assert out.stderr.rstrip().endswith("nothing was written") and "checked in a temporary" not in out.stderr, out.stderr
+
+
+def test_validate_of_a_folder_without_a_manifest_does_not_log_a_version_committed(clean, tmp_path):
+    """`validate --site DIR` (no --db) logged "committing version X" of the temporary manifest it then removed: no
+    version of any manifest that stays. It says what it does: records the files to check them."""
+    out = cli("validate", "--site", str(clean), cwd=tmp_path)
+    assert out.returncode in (0, 1), out.stderr
+    assert "committing version" not in out.stderr, out.stderr
+    assert "recording the folder's files in a temporary manifest, to check them" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == [clean]

@@ -325,6 +325,22 @@ def site_sources(manifest: Manifest, overrides: Mapping[str | None, str] | None,
     return sources
 
 
+class _InTemporary:
+    """A run's progress, said of a temporary manifest: "committing version X" (a version of no manifest that stays)
+    is said as what it is, the folder's files recorded to be checked."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+
+    def stage(self, message: str) -> None:
+        if message.startswith("committing version "):
+            message = "recording the folder's files in a temporary manifest, to check them"
+        self._progress.stage(message)
+
+    def __getattr__(self, name: str):
+        return getattr(self._progress, name)
+
+
 def validate_folder(settings, *, keep: bool, argv: list[str],
                     progress=None) -> tuple[str | None, pl.DataFrame, pl.DataFrame]:
     """Check a site folder that has no manifest: scan it into a new manifest and validate its first
@@ -356,7 +372,7 @@ def validate_folder(settings, *, keep: bool, argv: list[str],
             temporary = scratch / "manifest.sqlite"
             try:
                 result = run(checked.model_copy(update={"db": str(temporary), "parquet": None}), argv=argv,
-                             progress=progress)
+                             progress=_InTemporary(progress) if progress is not None else None)
             finally:
                 made = temporary.exists()
             return None, result.findings, not_taken(result)  # type: ignore[return-value]
