@@ -243,20 +243,30 @@ def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_c
     assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
 
 
+def _waveforms_root(config: Path, site: Path, wave: Path) -> None:
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
+
+
+def _site_with_a_waveforms_root(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """(site, its [site.roots] Waveforms folder, chorus.toml, manifest) after a first run: OMOP in one root, a
+    waveform header in the other."""
+    site, wave = tmp_path / "site", tmp_path / "wave"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(wave, "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
+    config, db = tmp_path / "chorus.toml", tmp_path / "m.sqlite"
+    _waveforms_root(config, site, wave)
+    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
+    assert out.returncode in (0, 1), out.stderr
+    return site, wave, config, db
+
+
 def test_a_modality_root_that_moved_is_read_from_its_new_folder_and_one_missing_is_named_as_that_root(central, tmp_path):
     # [site.roots] Waveforms moved to a new folder: the next run records the files under the new root, but upload
     # checked every root the manifest ever recorded, and refused the whole upload (exit 2) because the old folder was
     # gone, calling it "site root is not a readable directory" at "--site / [site] root".
-    site, wave = tmp_path / "site", tmp_path / "wave"
-    write(site, "OMOP/person.csv", b"person_id\n1\n")
-    write(wave, "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
-    config = tmp_path / "chorus.toml"
-    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
-    db = tmp_path / "m.sqlite"
-    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
-    assert out.returncode in (0, 1), out.stderr
+    site, wave, config, db = _site_with_a_waveforms_root(tmp_path)
     wave.rename(tmp_path / "wave2")
-    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{tmp_path / "wave2"}"\n')
+    _waveforms_root(config, site, tmp_path / "wave2")
     out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
     assert out.returncode in (0, 1), out.stderr
     for extra in (["--dry-run"], []):
@@ -279,16 +289,9 @@ def test_a_modality_root_that_moved_is_read_from_its_new_folder_and_one_missing_
 def test_an_upload_script_reads_a_moved_modality_root_from_site_roots_as_upload_does(central, tmp_path):
     # `upload --site DIR` reads [site.roots] of the config too; `upload --script` took --site alone: a Waveforms
     # root that moved was "not there" whatever was given, and the fix offered (--site) could not move it.
-    site, wave = tmp_path / "site", tmp_path / "wave"
-    write(site, "OMOP/person.csv", b"person_id\n1\n")
-    write(wave, "000001/Waveforms/Telemetry/1/1.hea", b"1 1 250 10\n")
-    config = tmp_path / "chorus.toml"
-    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
-    db = tmp_path / "m.sqlite"
-    out = cli("run", "--config", str(config), "--db", str(db), "--no-validate", "--workers", "1")
-    assert out.returncode in (0, 1), out.stderr
+    site, wave, config, db = _site_with_a_waveforms_root(tmp_path)
     wave.rename(tmp_path / "moved")
-    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{tmp_path / "moved"}"\n')
+    _waveforms_root(config, site, tmp_path / "moved")
     out = up(central, db, "--config", str(config), "--script", "bash")
     assert out.returncode == 2 and f"not there (moved, or not mounted?): {wave}" in out.stderr, out.stderr
     assert "where: [site.roots] Waveforms" in out.stderr, out.stderr
