@@ -53,15 +53,20 @@ def signals_deferred() -> Iterator[None]:
                 os.kill(os.getpid(), held[0])
 
 
+def _affinity() -> int:
+    """The CPUs this process may run on (its affinity; the machine's count where there is none: not Linux)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
     """The CPUs this process may run on: its affinity (`taskset`, a Slurm or cgroup cpuset), at most the
     job's `SLURM_CPUS_PER_TASK` (a Slurm job whose CPUs are not bound still has only those). os.cpu_count() is
     the machine's: a `--cpus-per-task=1` job on a 64-core node started 16 workers on its one CPU."""
     environ = os.environ if environ is None else environ
-    try:
-        cpus = len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # (not Linux)
-        cpus = os.cpu_count() or 1
+    cpus = _affinity()
     slurm = (environ.get("SLURM_CPUS_PER_TASK") or "").strip()
     if slurm.isdigit() and int(slurm) > 0:
         cpus = min(cpus, int(slurm))
@@ -76,12 +81,8 @@ def cap_library_threads(environ: dict[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
     if environ.get("POLARS_MAX_THREADS") is not None:
         return
-    try:
-        affinity = len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):  # (not Linux)
-        affinity = os.cpu_count() or 1
     cpus = usable_cpus(environ)
-    if cpus < affinity:
+    if cpus < _affinity():
         environ["POLARS_MAX_THREADS"] = str(cpus)
 
 

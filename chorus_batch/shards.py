@@ -340,15 +340,14 @@ def _empty_roots(roots: list) -> list[int]:
     return empty
 
 
-def check_staging(staging: str | Path) -> Path:
-    """The --merge folder, or a UsageError if it is none or holds no shard folder (checked before the manifest is
-    opened or created: a merge of an empty folder left a new manifest without a version behind)."""
+def check_staging(staging: str | Path) -> dict[int, list[Path]]:
+    """The --merge folder's shard folders (shard_folders), or a UsageError if it is no folder or holds none (checked
+    before the manifest is opened or created: a merge of an empty folder left a new manifest without a version)."""
     staging = Path(staging)
     if not staging.is_dir():
         raise UsageError(f"no shard results in {staging}: " + ("it is a file, not a folder" if staging.exists() else
                          "the folder does not exist"), where="--merge", fix="give the --staging folder the shards wrote to")
-    shard_folders(staging)
-    return staging
+    return shard_folders(staging)
 
 
 def shard_folders(staging: Path) -> dict[int, list[Path]]:
@@ -396,7 +395,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
     staging = Path(staging)
-    found = shard_folders(check_staging(staging))
+    found = check_staging(staging)
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
     # the others are left out and said, never merged with it, never a reason to refuse it.
     shards = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
