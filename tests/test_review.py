@@ -316,7 +316,10 @@ def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
     mistyped label ("did you mean" two labels, either a wrong answer); it is the time it spells. Digits alone stay
     labels, and a basic form that is no time is said to be no valid ISO date-time."""
     second = reader.versions().row(1, named=True)
-    at = datetime.fromisoformat(second["finished_at"].replace("Z", "+00:00")) + timedelta(seconds=1)
+    # The second version's own commit time (whole seconds): the third, committed more than a second after
+    # the second, is always later. One second more was the third's time when that run took under 0.9 s.
+    at = datetime.fromisoformat(second["finished_at"].replace("Z", "+00:00"))
+    assert at.microsecond == 0
     assert reader.resolve(at.strftime("%Y%m%dT%H%M%SZ")) == reader.resolve(iso(at)) == second["label"]
     assert reader.resolve(at.strftime("%Y%m%dT%H%M%S+0000")) == second["label"]
     with pytest.raises(UsageError, match="it is not a valid ISO date-time"):
