@@ -499,15 +499,25 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         return code
     state, code = scontrol_exit(job.merge_job)
     state = state or merge_state
-    if (state == "CANCELLED" and reason.startswith("Dependency")) or (not state and counts["done"] < job.shards):
+    never_ran = state == "CANCELLED" and not job.merge_started and not job.merge_log().exists()
+    if (state == "CANCELLED" and reason.startswith("Dependency")) or never_ran or (not state and counts["done"] < job.shards):
         # (by the tasks' states, as counted above: a scan.json alone is no proof, a task may have failed after it)
         missing = [k for k in range(job.shards) if _shard_progress(job, states, k) != "done"]
         # Tasks still queued or running (the merge cancelled by hand, or other tasks than the failed one not done yet)
         # were told "rerun it": a rerun beside its own task is refused (its shard's lock), or hashes the shard twice
         going = [k for k in missing if _shard_progress(job, states, k) in ("running", "pending")
                  and states.get(f"{job.array_job}_{k}", ("", ""))[0]]
-        out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish"
-            + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
+        if state == "CANCELLED" and counts["failed"] == 0 and reason != "DependencyNeverSatisfied":
+            # (no shard failed: the merge was cancelled by hand, `scancel <merge>`, while it waited for the shards.
+            # It was said "did not run: N shards did not finish", as if they had failed, and the array ran on unsaid)
+            out(f"the merge job {job.merge_job} was cancelled before it ran (by scancel or an administrator: no "
+                "shard failed); nothing was committed"
+                + (f"; the shards' job array {job.array_job} still has {len(going)} of {job.shards} tasks queued or "
+                   f"running: let them finish, then merge by hand (below), or `scancel {job.array_job}`" if going else
+                   ""))
+        else:
+            out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish"
+                + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
         for k in missing:
             shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]
                            or scontrol_exit(f"{job.array_job}_{k}")[0]  # a cancelled pending task leaves squeue at once
@@ -545,12 +555,32 @@ def _stops_ignored():
             signal.signal(signum, handler)
 
 
-def cancel(job: Submitted) -> None:
+# What scancel says of a job that is no longer there to cancel (it ended meanwhile): not a failure to cancel it
+_GONE = ("already completed", "already finished", "invalid job id")
+
+
+def cancel(job: Submitted) -> str | None:
     """scancel the jobs, whatever signal comes meanwhile: a second Ctrl-C (it reaches the terminal's whole process
     group) killed scancel with it and left the jobs running. In a session of its own, with this process's stop
-    signals held until it is done."""
+    signals held until it is done. None when they were cancelled (or had ended), else what scancel said: with the
+    controller down it fails (after some seconds), the jobs stay queued, and the follower had said "cancelled"."""
     with _stops_ignored():
-        subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True, start_new_session=True)
+        proc = subprocess.run(["scancel", job.array_job, job.merge_job], capture_output=True, text=True,
+                              start_new_session=True)
+    # (its exit code is no guide: a controller it cannot resolve fails every job with exit code 0)
+    errors = [line.strip().removeprefix("scancel: ") for line in (proc.stderr or "").splitlines()
+              if "error" in line.lower() and not any(gone in line.lower() for gone in _GONE)]
+    if not errors and proc.returncode == 0:
+        return None
+    said = list(dict.fromkeys(line for line in errors if "attempt number" not in line))  # (its retries: noise)
+    return "; ".join(said[-3:]) or f"exit code {proc.returncode}"
+
+
+def not_cancelled(job: Submitted, said: str) -> str:
+    """What to say when scancel failed: the jobs may still run, and how to cancel them once the cluster answers."""
+    return (f"could not cancel the shards' job array {job.array_job} and the merge job {job.merge_job} (scancel: "
+            f"{said}): they may still be queued or running, and the merge may still commit; once the cluster answers, "
+            f"`scancel {job.array_job} {job.merge_job}` cancels them (`squeue --me` shows them)")
 
 
 class _Lines:
@@ -666,7 +696,9 @@ def _withdraw(script: subprocess.Popen) -> str:
             job = parse_submitted(stdout)
         except ChorusError:  # it failed (a shards' array it had queued it cancelled itself) or queued nothing
             return "the submission ended without jobs to follow: nothing was committed"
-        cancel(job)
+        said = cancel(job)
+    if said is not None:
+        return f"the submission was let finish; then {not_cancelled(job, said)}"
     return (f"the submission was let finish, then its shards' job array {job.array_job} and merge job {job.merge_job} "
             "were cancelled before the merge ran: nothing was committed")
 
@@ -682,7 +714,10 @@ def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str
             out(line)
         return follow(job, poll_s=poll_s, out=out)
     except (KeyboardInterrupt, Stopped) as exc:
-        cancel(job)
+        said = cancel(job)
+        if said is not None:  # (the controller down: the jobs stay queued, and will run once it is back)
+            exc.outcome = not_cancelled(job, said)
+            raise
         cancelled = f"cancelled the shards' job array {job.array_job} and the merge job {job.merge_job}"
         if job.merge_started or job.merge_log().exists():  # (its log: it started after the last look)
             # The merge was stopped by scancel's SIGTERM: a version it committed before stays; its log says which.

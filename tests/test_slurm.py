@@ -492,6 +492,61 @@ def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, m
     assert "shard 0 of 2: failed" in text and "--shard 0/2 " in text, text
 
 
+def test_a_merge_cancelled_by_hand_while_the_shards_run_is_said_as_such(tmp_path, monkeypatch):
+    """`scancel <merge>` while the shards still ran (the merge pending on its dependency, squeue's reason "Dependency"):
+    the follower said "the merge job did not run: 2 of 2 shards did not finish", as if they had failed, and nothing of
+    the array left running. It says that the merge was cancelled with no shard failed, and the array's scancel. A merge
+    cancelled before it ran once every shard was done was sent to "its log", which it never wrote."""
+    import chorus_batch.slurm as slurm_module
+
+    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n"
+                          "rerun the merge: py -m chorus_batch run --merge st\n".format(tmp_path))
+    states = {"7_0": ("RUNNING", "None"), "7_1": ("PENDING", "Resources"), "8": ("CANCELLED", "Dependency")}
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
+    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
+    lines: list[str] = []
+    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert "merge job 8 was cancelled before it ran (by scancel or an administrator: no shard failed)" in text, text
+    assert "job array 7 still has 2 of 2 tasks queued or running" in text and "`scancel 7`" in text, text
+    assert "did not finish" not in text and "rerun it:" not in text and "then merge: py" in text, text
+
+    states.update({"7_0": ("COMPLETED", "None"), "7_1": ("COMPLETED", "None")})  # cancelled once all were done
+    lines.clear()
+    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    text = "\n".join(lines)
+    assert "was cancelled before it ran" in text and "still has" not in text and "see its log" not in text, text
+    assert "then merge: py -m chorus_batch run --merge st" in text, text
+
+
+def test_ctrl_c_with_the_cluster_down_does_not_say_the_jobs_were_cancelled(tmp_path, monkeypatch):
+    """Ctrl-C while the controller was down (restarting, a network cut): the real scancel failed (after its retries;
+    with a controller it cannot resolve, with exit code 0), and `run --slurm` said "cancelled the shards' job array
+    ... nothing was committed", while the jobs stayed queued and ran, merge and all, once the controller was back. It
+    says that they could not be cancelled, may still commit, and the scancel to run once the cluster answers."""
+    import chorus_batch.slurm as slurm_module
+
+    conf = tmp_path / "slurm.conf"  # a controller that refuses connections, with short timeouts (no 9 s of retries)
+    conf.write_text("ClusterName=down\nSlurmctldHost=localhost\nSlurmctldPort=1\nMessageTimeout=1\nTCPTimeout=1\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                          .format(tmp_path))
+    monkeypatch.setattr(slurm_module, "submit", lambda script: job)
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slurm_module, "follow", interrupted)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt) as caught:
+        submit_and_follow("", out=lines.append)
+    outcome = caught.value.outcome
+    assert outcome.startswith("could not cancel the shards' job array 7 and the merge job 8 (scancel: "), outcome
+    assert "Unable to contact slurm controller" in outcome and "`scancel 7 8`" in outcome, outcome
+    assert "nothing was committed" not in outcome and not any("cancelled the" in line for line in lines), lines
+
+
 def test_a_node_without_the_interpreter_says_so_in_the_jobs_log(slurm, stand_in, tmp_path):
     """The jobs run the interpreter that made the script; on a node without it (a venv on the login node's own disk)
     the shard's log said only bash's "line 3: ...: No such file or directory". Each job checks it first and says
