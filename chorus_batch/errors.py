@@ -175,6 +175,18 @@ def out_of_memory(exc: BaseException) -> OutOfMemory | None:
                                "and the manifest's size (chorus-batch versions)")
     soft = soft_limit("RLIMIT_AS")
     limit = f" (this process's address-space limit, `ulimit -v`, is {soft // 2**20} MiB)" if soft is not None else ""
+    slurm = slurm_address_space(soft) if soft is not None else None
+    if slurm is not None:  # (Slurm's VSizeFactor made --mem an address-space limit: "remove `ulimit -v`" cannot)
+        memory, percent = slurm
+        return OutOfMemory(f"out of memory: {type(exc).__name__}{': ' + detail if detail else ''} (this process's "
+                           f"address-space limit is {soft // 2**20} MiB, this Slurm job's {memory} MiB of memory "
+                           f"times {percent}%: what Slurm sets when the cluster has VSizeFactor={percent})",
+                           where="the memory of this Slurm job (--mem) and the cluster's VSizeFactor (`scontrol show "
+                                 "config | grep VSizeFactor`)",
+                           fix="give the job more memory (--mem; with VSizeFactor it also bounds the address space, "
+                               "which the libraries' threads reserve without using it, and `ulimit -v` cannot lift "
+                               "it; a `ulimit -v` of the job's script or of the shell that submitted it instead: "
+                               "remove it), or pass fewer --workers; then run again")
     return OutOfMemory(f"out of memory: {type(exc).__name__}{': ' + detail if detail else ''}{limit}",
                        where="the memory of this process (`ulimit -v`, a Slurm --mem, a cgroup memory limit)",
                        fix="give the job more memory (or remove `ulimit -v`: the libraries' threads reserve address "
@@ -213,6 +225,32 @@ def file_size_limit() -> int | None:
     """This process's file-size limit in bytes (`ulimit -f`, a batch system's RLIMIT_FSIZE), None when it has none. A
     write past it fails with EFBIG, which SQLite says as "disk I/O error" (Python ignores the SIGXFSZ)."""
     return soft_limit("RLIMIT_FSIZE")
+
+
+def slurm_address_space(soft: int, env=None) -> tuple[int, int] | None:
+    """(the job's memory in MiB, VSizeFactor in percent) when the address-space limit `soft` is the one Slurm sets on
+    a job under a cluster's VSizeFactor: the job's memory (--mem, --mem-per-cpu times its CPUs, or the cluster's
+    default) times that percentage, soft and hard alike, which `ulimit -v unlimited` in the job cannot lift; else
+    None. (Told "remove `ulimit -v`; bound memory with Slurm --mem instead", a site was sent to what had set it.)"""
+    import os
+
+    env = os.environ if env is None else env
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    per_node, per_cpu, cpus = (env.get(name, "") for name in ("SLURM_MEM_PER_NODE", "SLURM_MEM_PER_CPU",
+                                                               "SLURM_CPUS_ON_NODE"))
+    if per_node.isdigit():
+        memory = int(per_node)
+    elif per_cpu.isdigit() and cpus.isdigit():
+        memory = int(per_cpu) * int(cpus)
+    else:
+        return None
+    if memory <= 0:
+        return None
+    percent = round(soft * 100 / (memory << 20))  # (slurm.conf's VSizeFactor is a whole percentage)
+    if percent < 1 or abs((memory << 20) * percent / 100 - soft) > 1 << 20:
+        return None
+    return memory, percent
 
 
 def soft_limit(name: str) -> int | None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import STOP_SIGNALS, UsageError, WorkerDied, soft_limit
+from .errors import STOP_SIGNALS, UsageError, WorkerDied, slurm_address_space, soft_limit
 
 # The standard library only: the early listing (walk.py) starts a pool before the caller has loaded polars.
 
@@ -140,6 +140,21 @@ def ensure_address_space() -> None:
     soft = soft_limit("RLIMIT_AS")
     if soft is None or soft >= ADDRESS_SPACE_NEEDED:
         return
+    slurm = slurm_address_space(soft)
+    if slurm is not None:  # the job's --mem made it (VSizeFactor): "remove it, bound memory with --mem" sent it round
+        memory, percent = slurm
+        needed = -(-ADDRESS_SPACE_NEEDED * 100 // (percent << 20))  # MiB of --mem whose VSizeFactor share is enough
+        raise UsageError(
+            f"the address-space limit is {soft // 2**20} MiB, this Slurm job's {memory} MiB of memory times {percent}%: "
+            f"Slurm sets that when the cluster has VSizeFactor={percent}; a run maps about 3 GiB of address space (the libraries' code "
+            "and what their threads and allocators reserve, most of it never used), and a native library that runs "
+            "out of it aborts the process without a word; nothing was done",
+            where=f"Slurm job {os.environ.get('SLURM_JOB_ID')}: its memory (--mem) and the cluster's VSizeFactor "
+                  "(`scontrol show config | grep VSizeFactor`)",
+            fix=f"give the job --mem={needed}M or more (`chorus-batch slurm-script --mem {needed}M`, or `run --slurm "
+                f"--mem {needed}M`, for every shard and the merge): `ulimit -v unlimited` cannot lift a limit Slurm "
+                "set; or ask the cluster's administrators (if it is a `ulimit -v` of the job's script or of the shell "
+                "that submitted it instead, remove that)")
     raise UsageError(
         f"the address-space limit (`ulimit -v`) is {soft // 2**20} MiB: a run maps about 3 GiB of address space (the "
         "libraries' code and what their threads and allocators reserve, most of it never used: a run of 100,000 files "

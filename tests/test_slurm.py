@@ -949,6 +949,35 @@ def test_a_staging_folder_that_is_a_file_is_refused_before_a_script_is_made(tmp_
                str(tmp_path / "new" / "st")).returncode == 0  # a folder that is not there yet: made by the script
 
 
+def test_an_address_space_limit_slurm_set_from_mem_is_said_with_the_mem_that_lifts_it(tmp_path):
+    """A cluster with VSizeFactor=150 limits each job's address space (soft and hard) to its --mem times 150%: a job
+    with --mem=2000M got 3000 MiB, below what a run maps, and was told to remove it (`ulimit -v unlimited`, which a
+    job cannot do above its hard limit) and "to bound memory, use Slurm --mem", the very thing that had set it. It
+    is said as Slurm's, with the --mem that lifts it; a memory failure under it likewise."""
+    import resource
+
+    limit = 3000 * 2**20
+    env = {"SLURM_JOB_ID": "42", "SLURM_MEM_PER_NODE": "2000"}  # what slurmd sets in a job given --mem=2000M
+
+    def capped():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    site = tmp_path / "site"
+    site.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--site", str(site), "--db",
+                           str(tmp_path / "m.sqlite")], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60, preexec_fn=capped)
+    assert proc.returncode == 2, proc.stderr
+    assert "this Slurm job's 2000 MiB of memory times 150%" in proc.stderr and "VSizeFactor=150" in proc.stderr
+    assert "--mem=2731M or more" in proc.stderr and "slurm-script --mem 2731M" in proc.stderr, proc.stderr
+    assert "use Slurm --mem" not in proc.stderr and not (tmp_path / "m.sqlite").exists()
+    said = subprocess.run([sys.executable, "-c", "from chorus_batch.errors import out_of_memory\n"
+                           "e = out_of_memory(MemoryError()); print(e.what, e.where, e.fix, sep='\\n')"],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60, preexec_fn=capped)
+    assert "2000 MiB of memory times 150%" in said.stdout and "limit resident memory with Slurm --mem" not in said.stdout, \
+        said.stdout + said.stderr
+
+
 def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
     """`slurm-script > nightly.sbatch` cut short as the merge job's lines were written (a full disk, a quota; here
     the file-size limit, which cuts at a byte): chorus-batch exits 3, but the part written, submitted, queued the
