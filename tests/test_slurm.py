@@ -978,6 +978,34 @@ def test_an_address_space_limit_slurm_set_from_mem_is_said_with_the_mem_that_lif
         said.stdout + said.stderr
 
 
+def test_a_plain_run_in_every_task_of_a_job_array_is_told_how_to_split_the_site(tmp_path, monkeypatch):
+    """`sbatch --array=0-1 --wrap "chorus-batch run --site S --db M"`: a plain run takes no shard from the array
+    (only with --staging), so every task ran the whole site into one manifest; all but one were refused "locked by
+    another run ... run it again once that run has finished", the whole site again. Refused still (exit 4), but said
+    as a task of the same array, with how a site is split over an array. (A task of another array, or a lock an
+    upload holds, is said as before.)"""
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.store.lock import manifest_lock
+
+    db = tmp_path / "m.sqlite"
+    for key, value in {"SLURM_ARRAY_JOB_ID": "17", "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with manifest_lock(db, ["run", "--db", str(db)]):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+        with pytest.raises(ManifestLocked) as caught:
+            with manifest_lock(db, ["run", "--db", str(db)]):
+                pass
+        said = f"{caught.value.what}\n{caught.value.fix}"
+        assert "locked by task 17_0 of this Slurm job array" in said and "whole site" in said, said
+        assert "run --staging DIR" in said and "chorus-batch slurm-script" in said and "without --array" in said, said
+        assert "run it again once" not in said, said
+        monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "18")  # another array's task (another site's night): as before
+        with pytest.raises(ManifestLocked) as caught:
+            with manifest_lock(db, ["run", "--db", str(db)]):
+                pass
+        assert "locked by another run" in caught.value.what and "run it again once" in caught.value.fix
+
+
 def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
     """`slurm-script > nightly.sbatch` cut short as the merge job's lines were written (a full disk, a quota; here
     the file-size limit, which cuts at a byte): chorus-batch exits 3, but the part written, submitted, queued the

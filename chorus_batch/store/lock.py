@@ -74,6 +74,39 @@ def command_of(argv: list[str]) -> str | None:
     return first if first in _command_names() else None
 
 
+ARRAY_FIX = ("to split a site over a job array, each task writes its own shard (`chorus-batch run --staging DIR`: "
+             "the shard is its SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT) and one merge job after the array "
+             "commits them (`chorus-batch run --merge DIR`): `chorus-batch slurm-script` prints that script, `run "
+             "--slurm` submits and follows it; to run the whole site once, submit it as one job, without --array")
+
+
+def _slurm_task() -> str | None:
+    """This process's Slurm array task, `<array job>_<task>`, recorded with the lock's holder; None outside one."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else None
+
+
+def _same_array(holder_task: str | None) -> tuple[str, str] | None:
+    """(who, what happened) when this process is a task of a Slurm job array whose other task holds the lock (or one
+    whose holder is not said yet, every task starting at once): a plain `run` in an array runs the whole site in
+    every task (the shard is taken from the array only with --staging), and N-1 tasks were told "run it again once
+    that run has finished", the whole site again."""
+    own = _slurm_task()
+    count = os.environ.get("SLURM_ARRAY_TASK_COUNT", "")
+    if own is None or (count.isdigit() and int(count) < 2):
+        return None
+    array = own.rpartition("_")[0]
+    if holder_task is not None and holder_task.rpartition("_")[0] == array:
+        who = f"task {holder_task}"
+    elif holder_task is None:
+        who = "what is likely another task"
+    else:
+        return None
+    return who, (f"the tasks of job array {array} each run `chorus-batch run` into this manifest, and a plain run "
+                 "lists and commits the whole site (a task takes its shard from the array only with --staging): one "
+                 "at a time at most, the others refused or running the whole site again after it")
+
+
 @contextlib.contextmanager
 def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
@@ -92,6 +125,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         lock.acquire()
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"
+        info: dict = {}
         with contextlib.suppress(OSError, ValueError, KeyError):
             info = json.loads(holder_path.read_text(encoding="utf-8"))
             holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
@@ -102,6 +136,11 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         # or `import-journal` were told "this run did nothing".
         own = command_of(argv)
         this = f"this `chorus-batch {own}`" if own is not None and own != kind else f"this {kind}"
+        array = (_same_array(info.get("slurm_task") if isinstance(info, dict) else None)
+                 if kind == "run" and own == "run" else None)
+        if array is not None:
+            raise ManifestLocked(f"the manifest is locked by {array[0]} of this Slurm job array: {holder}; {array[1]}",
+                                 where=str(lock_path), fix=f"{this} did nothing; {ARRAY_FIX}") from None
         raise ManifestLocked(
             f"the manifest is locked by another {kind}: {holder}",
             where=str(lock_path),
@@ -120,7 +159,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
             fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                           "started_at": iso(utc_now()), "command": command_of(argv)}, f)
+                           "started_at": iso(utc_now()), "command": command_of(argv), "slurm_task": _slurm_task()}, f)
         yield
     finally:
         with contextlib.suppress(OSError):
