@@ -54,6 +54,7 @@ REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
 NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
               "unable to establish control machine address", "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
+STAGING_SAID = "staging folder: "  # (last on the script's line for a refused merge job: the folder that stays)
 
 _MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
 _TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]+){0,2}$|^(?:UNLIMITED|INFINITE)$", re.IGNORECASE)
@@ -334,7 +335,7 @@ code=$?
 printf '%s\\n' "$code" > "$CHORUS_STAGING/{MERGE_EXIT}.part" && mv -f -- "$CHORUS_STAGING/{MERGE_EXIT}.part" "$CHORUS_STAGING/{MERGE_EXIT}"
 {tidy}exit "$code"
 CHORUS_MERGE
-) || {{ scancel "$shards_job" || true; echo "{REFUSED_MERGE}; cancelled the shards' job array $shards_job: nothing will be merged" >&2; exit 2; }}
+) || {{ scancel "$shards_job" || true; echo "{REFUSED_MERGE}; cancelled the shards' job array $shards_job: nothing will be merged; {STAGING_SAID}$staging" >&2; exit 2; }}
 merge_job=${{merge_job%%;*}}
 trap - INT TERM HUP
 
@@ -664,8 +665,14 @@ def _refused(stderr: str) -> UsageError:
                "`sacctmgr show assoc user=$USER` show what this cluster takes), or ask the cluster's administrators")
     what = ("sbatch refused the shards' job array" if array else
             "sbatch refused the merge job (the shards' job array was cancelled)")
-    return UsageError(f"{what}: {sbatch}; " + ("nothing was submitted and " if array else "") + "nothing was committed",
-                      where="sbatch" + (f" --array=0-{int(tasks.group(1)) - 1}" if array and tasks else ""), fix=fix)
+    staging = ours.partition("; " + STAGING_SAID)[2] if not array else ""
+    # The staging folder the refused submission made (or reused) stays: it was not said where, nor what is in it
+    kept = (f"; the staging folder {staging} stays, with the cancelled tasks' logs (and what a task that had started "
+            "wrote): nothing in it is to be merged; remove it, or submit again (a new submission makes its own "
+            "folder; a --staging folder is reused)" if staging else "")
+    return UsageError(f"{what}: {sbatch}; " + ("nothing was submitted and " if array else "") + "nothing was committed"
+                      + kept, where="sbatch" + (f" --array=0-{int(tasks.group(1)) - 1}" if array and tasks else ""),
+                      fix=fix)
 
 
 def _withdraw(script: subprocess.Popen) -> str:

@@ -1006,6 +1006,24 @@ def test_a_plain_run_in_every_task_of_a_job_array_is_told_how_to_split_the_site(
         assert "locked by another run" in caught.value.what and "run it again once" in caught.value.fix
 
 
+def test_a_refused_merge_job_says_where_its_staging_folder_stays(tmp_path):
+    """sbatch took the shards' array but refused the merge job: the script cancels the array and `run --slurm` said
+    "nothing was committed", not that the submission's staging folder (the cancelled tasks' logs, and whatever a task
+    that had started wrote) stays, nor where. The script names it last on its line; the message names it."""
+    from chorus_batch.slurm import REFUSED_MERGE, _refused
+
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2, cpus_per_task=1,
+                          python=sys.executable)
+    assert f'{REFUSED_MERGE}; cancelled the shards\' job array $shards_job: nothing will be merged; staging folder: ' \
+           '$staging" >&2' in script
+    said = ("sbatch: error: Batch job submission failed: Job dependency problem\n"
+            f"{REFUSED_MERGE}; cancelled the shards' job array 5: nothing will be merged; staging folder: {tmp_path} st\n")
+    exc = _refused(said)
+    assert exc.what.startswith("sbatch refused the merge job (the shards' job array was cancelled): sbatch: error: "
+                               "Batch job submission failed: Job dependency problem; nothing was committed"), exc.what
+    assert f"the staging folder {tmp_path} st stays" in exc.what and "nothing in it is to be merged" in exc.what
+
+
 def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
     """`slurm-script > nightly.sbatch` cut short as the merge job's lines were written (a full disk, a quota; here
     the file-size limit, which cuts at a byte): chorus-batch exits 3, but the part written, submitted, queued the
