@@ -482,6 +482,17 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                             f"latest is {latest_label or '(none)'}: rerun it with: "
                             f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
             continue
+        other_db = _other_manifest(part.arguments, settings.db)
+        if other_db is not None and (latest_label is None or os.path.exists(other_db)):
+            # Based on the same version (none: shards written for a new manifest, merged into another new one) yet
+            # for another manifest: committed without a word into this one, and again into theirs by its own merge.
+            # (A manifest moved since, its old path gone, with the version they reused: merged.)
+            problems.append(f"shard {k}/{shards} was written for another manifest, {other_db} (its --db), not this "
+                            f"merge's {os.path.abspath(settings.db)}" + ("" if latest_label is None else
+                                                                          f" (both at version {latest_label})")
+                            + f": merge the shards into that one: {merge_command(part.arguments, staging)}, or rerun "
+                            f"it for this one: {rerun_command(settings, coverage, staging)}")
+            continue
         parts.append(part)
         numbered.append((k, part))
     # A root one shard found empty while another listed it: the site was not mounted where that shard ran (an empty

@@ -355,6 +355,14 @@ def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as
     assert f"shard 0/{N} was written for another manifest, {theirs} (its --db), not this merge's {ours}" in out.stderr
     assert f"--site {site} --db {ours} --shard 0/{N} --staging {staging}" in out.stderr, out.stderr
     assert query(ours, "SELECT count(*) FROM versions") == [(1,)]
+    # Shards of a new manifest (theirs: none yet) merged into another new one: based on the same (no) version, they
+    # were committed into it without a word, and again into theirs by their own merge
+    new = tmp_path / "new.sqlite"
+    out = cli("run", "--site", str(site), "--db", str(new), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 0/{N} was written for another manifest, {theirs} (its --db), not this merge's {new}" in out.stderr
+    assert f"--site {site} --db {theirs} --merge {staging}" in out.stderr, out.stderr
+    assert not new.exists() or query(new, "SELECT count(*) FROM versions") == [(0,)]
 
 
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
