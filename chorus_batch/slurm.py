@@ -54,6 +54,7 @@ REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
 NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
               "unable to establish control machine address", "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
+REFUSED_VSIZE = "chorus-batch: --mem is too little on this cluster"
 STAGING_SAID = "staging folder: "  # (last on the script's line for a refused merge job: the folder that stays)
 
 _MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
@@ -66,6 +67,12 @@ def check_mem(text: str) -> str:
     if not _MEM.match(text):
         raise ValueError(f"{text!r} is not a Slurm memory size (e.g. 16G, 500M)")
     return text
+
+
+def mem_mib(text: str) -> int:
+    """A checked --mem (check_mem) in MiB, rounded up (sbatch's default unit is M); 0 is "all of a node's memory"."""
+    number, unit = int(text.rstrip("KMGTkmgt")), (text[-1:].upper() if not text[-1:].isdigit() else "M")
+    return {"K": -(-number // 1024), "M": number, "G": number << 10, "T": number << 20}[unit]
 
 
 def check_time(text: str) -> str:
@@ -249,6 +256,19 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
               f"#SBATCH --time={submit_time(time)}", *(f"#SBATCH {p}" for p in placement)]
     shown = _q(run)
     from . import __version__
+    from .processes import ADDRESS_SPACE_NEEDED
+
+    # A cluster with VSizeFactor makes a job's memory times that percentage its address-space limit (`ulimit -v`, soft
+    # and hard): under what a run maps, every shard and the merge exited 2 in the night. Checked before anything is
+    # queued (a controller that does not answer within 15 s: left to sbatch).
+    needed = ADDRESS_SPACE_NEEDED >> 20
+    vsize_check = "" if not mem or not mem_mib(mem) else f"""# VSizeFactor: --mem={mem} times it is each job's address-space limit, and a run maps about {needed} MiB
+vsize=$(timeout 15 scontrol show config 2>/dev/null | sed -n 's/^VSizeFactor *= *\\([0-9][0-9]*\\).*/\\1/p' || true)
+if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ $(( {mem_mib(mem)} * vsize / 100 )) -lt {needed} ]; then
+    echo "{REFUSED_VSIZE}: its VSizeFactor=$vsize makes the jobs' address-space limit (ulimit -v) $(( {mem_mib(mem)} * vsize / 100 )) MiB, --mem={mem} times $vsize%, and a run maps about {needed} MiB (most of it reserved, never used), so every shard and the merge would stop at once; give --mem=$(( ({needed} * 100 + vsize - 1) / vsize ))M or more; nothing was submitted" >&2
+    exit 2
+fi
+"""
 
     return f"""#!/bin/bash
 {chr(10).join(header)}
@@ -282,7 +302,7 @@ if ! command -v sbatch >/dev/null 2>&1; then
     exit 2
 fi
 
-# The shards open the manifest read-only and cannot migrate one an older release wrote: upgraded here, once, before
+{vsize_check}# The shards open the manifest read-only and cannot migrate one an older release wrote: upgraded here, once, before
 # anything is submitted (a no-op when it is current; no manifest yet: the merge starts it).
 db={shlex.quote(db)}
 if [ -s "$db" ]; then
@@ -632,6 +652,11 @@ def submit(script_text: str) -> Submitted:
     proc = subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
     if proc.returncode != 0 and (REFUSED_ARRAY in proc.stderr or REFUSED_MERGE in proc.stderr):
         raise _refused(proc.stderr)
+    if proc.returncode != 0 and REFUSED_VSIZE in proc.stderr:
+        said = next(line for line in proc.stderr.splitlines() if REFUSED_VSIZE in line).removeprefix("chorus-batch: ")
+        raise UsageError(said.replace("; nothing was submitted", "") + "; nothing was submitted or committed",
+                         where="--mem and the cluster's VSizeFactor (`scontrol show config | grep VSizeFactor`)",
+                         fix="pass a larger --mem (the message says how much), or ask the cluster's administrators")
     if proc.returncode != 0:
         raise ChorusError(f"submitting the Slurm jobs failed (exit code {proc.returncode})",
                           where=(proc.stderr or proc.stdout).strip() or "no output",

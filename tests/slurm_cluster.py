@@ -20,6 +20,8 @@ Fixture (session-scoped; conftest.py imports it, so every test file can ask for 
        ``scontrol show job`` for ``MinJobAge`` = 300 s), ``SelectType=select/cons_tres`` with
        ``CR_Core``, one node named ``hostname -s`` at ``NodeAddr=127.0.0.1`` with CPUs=2 (at most
        the machine's) and RealMemory a bit under the machine's, one default partition ``debug``,
+       ``VSizeFactor=1000`` (a job's --mem times 10 would be its address-space limit; with memory not consumable
+       no job gets one, but `scontrol show config` says it, which the Slurm script checks --mem against),
        free ports for ``SlurmctldPort``/``SlurmdPort``, state, spool, pid and log files in the
        temporary folder. The node is idle within a second or two.
 
@@ -158,6 +160,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+VSizeFactor=1000
 SchedulerType=sched/backfill
 ReturnToService=2
 MinJobAge=300

@@ -884,6 +884,23 @@ def test_run_slurm_piped_to_head_follows_to_the_end_and_exits_with_the_merges_co
     slurm.wait_idle()
 
 
+def test_a_mem_the_clusters_vsizefactor_makes_too_small_is_refused_before_anything_is_queued(slurm, tmp_path):
+    """On a cluster with VSizeFactor (the test cluster's is 1000%), --mem times it is each job's address-space limit:
+    with --mem=300M every shard and the merge had 3000 MiB, below what a run maps, and each exited 2 in the night.
+    The script asks the cluster first and queues nothing, saying the --mem that is enough; the manifest is untouched."""
+    site = tmp_path / "site"
+    site.mkdir()
+    db = tmp_path / "m.sqlite"
+    before = {job["id"] for job in slurm.squeue()}
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", "--cpus-per-task", "1",
+               "--mem", "300M", env=slurm.env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "VSizeFactor=1000 makes the jobs' address-space limit (ulimit -v) 3000 MiB" in proc.stderr, proc.stderr
+    assert "give --mem=410M or more; nothing was submitted or committed" in proc.stderr, proc.stderr
+    assert {job["id"] for job in slurm.squeue()} == before and not db.exists()
+    assert not (tmp_path / "m.sqlite.staging").exists() or not any((tmp_path / "m.sqlite.staging").iterdir())
+
+
 def test_an_array_sbatch_refuses_is_said_with_sbatchs_message_and_what_to_do(slurm, tmp_path):
     """More shards than the cluster's MaxArraySize (1001 by default: at most tasks 0-1000): sbatch refuses the array.
     `run --slurm` said "submitting the Slurm jobs failed (exit code 1)", exit 3, and sent the user to `bash -x`; now
