@@ -453,22 +453,31 @@ def test_a_staging_folder_used_before_does_not_pass_off_its_old_shards_as_done(s
     slurm.wait_idle()
 
 
-def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monkeypatch):
-    """A task can fail after its shard's scan.json is written (killed at its time limit while it printed its
-    summary): the merge is cancelled all the same, and the follower named no shard ("0 of 2 did not finish")."""
+_FOLLOWED_JOB = ("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
+                 "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n"
+                 "rerun the merge: py -m chorus_batch run --merge st\n")
+
+
+def _followed(tmp_path: Path, monkeypatch, states: dict) -> str:
+    """What `follow` says of job array 7 (2 tasks) and merge job 8 whose squeue states are `states` (scontrol knows
+    neither); its exit code must be 2."""
     import chorus_batch.slurm as slurm_module
 
-    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
-                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n".format(tmp_path))
-    for k in range(2):
-        (tmp_path / f"shard-{k}-of-2").mkdir()
-        (tmp_path / f"shard-{k}-of-2" / "scan.json").write_text("{}")
-    states = {"7_0": ("COMPLETED", "None"), "7_1": ("TIMEOUT", "TimeLimit"), "8": ("CANCELLED", "DependencyNeverSatisfied")}
     monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
     monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
     lines: list[str] = []
-    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
-    text = "\n".join(lines)
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 2
+    return "\n".join(lines)
+
+
+def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monkeypatch):
+    """A task can fail after its shard's scan.json is written (killed at its time limit while it printed its
+    summary): the merge is cancelled all the same, and the follower named no shard ("0 of 2 did not finish")."""
+    for k in range(2):
+        (tmp_path / f"shard-{k}-of-2").mkdir()
+        (tmp_path / f"shard-{k}-of-2" / "scan.json").write_text("{}")
+    text = _followed(tmp_path, monkeypatch, {"7_0": ("COMPLETED", "None"), "7_1": ("TIMEOUT", "TimeLimit"),
+                                             "8": ("CANCELLED", "DependencyNeverSatisfied")})
     assert "1 done, 1 failed of 2" in text and "did not run: 1 of 2 shards did not finish" in text, text
     assert "shard 1 of 2: timeout" in text and "--shard 1/2 " in text, text
 
@@ -476,17 +485,8 @@ def test_follow_names_a_shard_whose_task_failed_after_writing_it(tmp_path, monke
 def test_follow_does_not_tell_to_rerun_a_shard_whose_task_still_runs(tmp_path, monkeypatch):
     """Shard 0 failed, so the merge was cancelled, while shard 1's task still ran: the follower said "rerun it" of
     shard 1 too, a rerun its own running task's lock refuses (or that hashes the shard twice)."""
-    import chorus_batch.slurm as slurm_module
-
-    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
-                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n".format(tmp_path))
-    states = {"7_0": ("FAILED", "NonZeroExitCode"), "7_1": ("RUNNING", "None"),
-              "8": ("CANCELLED", "DependencyNeverSatisfied")}
-    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
-    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
-    lines: list[str] = []
-    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
-    text = "\n".join(lines)
+    text = _followed(tmp_path, monkeypatch, {"7_0": ("FAILED", "NonZeroExitCode"), "7_1": ("RUNNING", "None"),
+                                             "8": ("CANCELLED", "DependencyNeverSatisfied")})
     assert "2 of 2 shards did not finish (1 still queued or running)" in text, text
     assert "shard 1 of 2: running (task 7_1, still in Slurm's queue" in text and "--shard 1/2 " not in text, text
     assert "shard 0 of 2: failed" in text and "--shard 0/2 " in text, text
@@ -497,25 +497,14 @@ def test_a_merge_cancelled_by_hand_while_the_shards_run_is_said_as_such(tmp_path
     the follower said "the merge job did not run: 2 of 2 shards did not finish", as if they had failed, and nothing of
     the array left running. It says that the merge was cancelled with no shard failed, and the array's scancel. A merge
     cancelled before it ran once every shard was done was sent to "its log", which it never wrote."""
-    import chorus_batch.slurm as slurm_module
-
-    job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
-                          "rerun a shard: py -m chorus_batch run --shard K/2 --staging st\n"
-                          "rerun the merge: py -m chorus_batch run --merge st\n".format(tmp_path))
     states = {"7_0": ("RUNNING", "None"), "7_1": ("PENDING", "Resources"), "8": ("CANCELLED", "Dependency")}
-    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: states)
-    monkeypatch.setattr(slurm_module, "scontrol_exit", lambda job_id: ("", None))
-    lines: list[str] = []
-    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
-    text = "\n".join(lines)
+    text = _followed(tmp_path, monkeypatch, states)
     assert "merge job 8 was cancelled before it ran (by scancel or an administrator: no shard failed)" in text, text
     assert "job array 7 still has 2 of 2 tasks queued or running" in text and "`scancel 7`" in text, text
     assert "did not finish" not in text and "rerun it:" not in text and "then merge: py" in text, text
 
     states.update({"7_0": ("COMPLETED", "None"), "7_1": ("COMPLETED", "None")})  # cancelled once all were done
-    lines.clear()
-    assert follow(job, poll_s=0, out=lines.append, exit_wait_s=0) == 2
-    text = "\n".join(lines)
+    text = _followed(tmp_path, monkeypatch, states)
     assert "was cancelled before it ran" in text and "still has" not in text and "see its log" not in text, text
     assert "then merge: py -m chorus_batch run --merge st" in text, text
 
