@@ -482,6 +482,9 @@ def _shard_progress(job: Submitted, states: dict[str, tuple[str, str]], k: int) 
     return "running" if state in _RUNNING else "pending"
 
 
+SQUEUE_DOWN_SAY_S = 600  # while squeue keeps failing, the follower says so this often
+
+
 def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = print,
            exit_wait_s: float = 30) -> int:
     """Poll squeue until the merge job leaves; print progress lines; return the merge's exit code.
@@ -492,11 +495,20 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
     while True:
         states = squeue_states([job.array_job, job.merge_job])
         if states is None:  # slurmctld busy or restarting: try again
+            now = time.monotonic()
             if unknown_since is None:
-                unknown_since = time.monotonic()
+                unknown_since = said_at = now
                 out("squeue failed; trying again")
+            elif now - said_at >= SQUEUE_DOWN_SAY_S:
+                # (the controller down for hours: one line, then silence, as if the follower hung)
+                said_at = now
+                out(f"squeue has failed for {int(now - unknown_since) // 60} min (the cluster's controller does not "
+                    "answer): still trying; the jobs are Slurm's and go on, or wait, without this follower; Ctrl-C "
+                    f"tries to cancel them (`scancel {job.array_job} {job.merge_job}` once it answers)")
             time.sleep(poll_s)
             continue
+        if unknown_since is not None:
+            out(f"squeue answers again after {int(time.monotonic() - unknown_since)} s")
         unknown_since = None
         counts = {"pending": 0, "running": 0, "done": 0, "failed": 0}
         for k in range(job.shards):

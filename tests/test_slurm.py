@@ -536,6 +536,24 @@ def test_ctrl_c_with_the_cluster_down_does_not_say_the_jobs_were_cancelled(tmp_p
     assert "nothing was committed" not in outcome and not any("cancelled the" in line for line in lines), lines
 
 
+def test_a_follower_whose_squeue_keeps_failing_says_so_while_it_waits(tmp_path, monkeypatch):
+    """The controller down mid-follow (a restart, a network cut): "squeue failed; trying again", then nothing for as
+    long as it stayed down, as if `run --slurm` had hung. It says so again at intervals, and when squeue answers."""
+    import chorus_batch.slurm as slurm_module
+
+    answers = iter([None, None, None, {"7_0": ("COMPLETED", "None"), "7_1": ("COMPLETED", "None"),
+                                       "8": ("COMPLETED", "None")}])
+    monkeypatch.setattr(slurm_module, "squeue_states", lambda ids: next(answers))
+    monkeypatch.setattr(slurm_module, "SQUEUE_DOWN_SAY_S", 0)
+    (tmp_path / "merge.exit").write_text("0\n")
+    lines: list[str] = []
+    assert follow(parse_submitted(_FOLLOWED_JOB.format(tmp_path)), poll_s=0, out=lines.append, exit_wait_s=0) == 0
+    assert lines[0] == "squeue failed; trying again", lines
+    assert lines[1].startswith("squeue has failed for 0 min (the cluster's controller does not answer): still "
+                               "trying") and "`scancel 7 8`" in lines[1], lines
+    assert lines[3].startswith("squeue answers again after") and "2 done" in lines[4], lines
+
+
 def test_a_node_without_the_interpreter_says_so_in_the_jobs_log(slurm, stand_in, tmp_path):
     """The jobs run the interpreter that made the script; on a node without it (a venv on the login node's own disk)
     the shard's log said only bash's "line 3: ...: No such file or directory". Each job checks it first and says
