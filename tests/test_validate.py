@@ -321,6 +321,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}.hea")}),
     ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
      {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
+    # a frequency of 0 Hz: no sample has a time (wfdb writes only positive frequencies); told once, not again as a
+    # rate that differs from the mapping's or the multi-segment header's
+    ("sampling_frequency", edit(f"{SINGLE}.hea", lambda t: t.replace(" 2 125 ", " 2 0 ", 1)),
+     {("wfdb.sampling_frequency", f"{SINGLE}.hea")}),
+    ("sampling_frequency_segment", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 0.0 ", 1)),
+     {("wfdb.sampling_frequency", f"{MULTI}_0002.hea")}),
     ("session_record", remove(f"{MULTI}.hea"),
      {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/"), GONE_FROM_REGISTRY}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),

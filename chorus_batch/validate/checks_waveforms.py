@@ -10,6 +10,9 @@ from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES,
 from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
 
+_POSITIVE_FS = pl.col("fs").is_null() | (pl.col("fs") > 0)
+
+
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     f = site.files.lazy()  # each use below takes a few columns of some files
     ok = headers.filter(pl.col("_ok"))
@@ -20,6 +23,13 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                fmt("the header's record name is {} but the file is {}.hea: make them equal",
                          pl.col("record_name"), pl.col("_stem"))),
     ]
+    # The Waveform File Format procedure asks for the exact sampling rate (a sample's time is its number / fs); wfdb,
+    # the converter's library, refuses fs <= 0 when it writes (Record.check_field). The grammar reads no sign: 0 is all
+    out.append(_found(
+        "wfdb.sampling_frequency", ok.filter(~_POSITIVE_FS), "srcfile",
+        fmt("the record line gives a sampling frequency of {} Hz: no sample has a time; write the record's frequency "
+            "in Hz (as exact as the device tells, e.g. 249.987; a multi-segment record's segments share it)",
+            pl.col("fs"))))
     signals = (
         ok.filter(pl.col("signals").list.len() > 0)
         .select(pl.col("srcfile").alias("_header"), "_dir", "_name", "sig_len", "signals")
@@ -104,7 +114,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                   pl.col("_seg_len"), pl.col("length"))))
     # WFDB: a multi-segment record's segments are sampled at its frequency (wfdb joins them as if they were, without
     # a word: the time of every sample after such a segment is wrong)
-    seg_fs = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("fs").alias("_seg_fs")), on="_path")
+    # (a frequency of 0 Hz, in either, is wfdb.sampling_frequency's: told once)
+    seg_fs = real.filter(pl.col("_master_fs") > 0).join(
+        ok.filter(_POSITIVE_FS).select(pl.col("srcfile").alias("_path"), pl.col("fs").alias("_seg_fs")), on="_path")
     out.append(_found(
         "wfdb.segment_rate",
         seg_fs.filter(pl.col("_seg_fs").is_not_null() & pl.col("_master_fs").is_not_null()
@@ -175,7 +187,9 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .unique("_header", keep="first")
     )
     signals = (
-        ok.filter(pl.col("_category").is_in(maps["_cat"].unique().implode()) & (pl.col("signals").list.len() > 0))
+        # (a frequency of 0 Hz is wfdb.sampling_frequency's, not a rate the mapping disagrees with)
+        ok.filter(pl.col("_category").is_in(maps["_cat"].unique().implode()) & (pl.col("signals").list.len() > 0)
+                  & _POSITIVE_FS)
         .select(pl.col("srcfile").alias("_header"), pl.col("_category").alias("_cat"), "fs", "signals")
         .explode("signals").unnest("signals")
         .filter(pl.col("sig_name").is_not_null())

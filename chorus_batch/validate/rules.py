@@ -289,6 +289,9 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
          "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
          "its frequency)."),
+    Rule("wfdb.sampling_frequency", "error", "WFDB sampling frequency not positive",
+         "A WFDB header's record line gives a sampling frequency of 0 Hz: no sample has a time, and wfdb (the "
+         "CHoRUS converter's library) writes only positive frequencies."),
     Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
          "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
          "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
