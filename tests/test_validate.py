@@ -132,6 +132,10 @@ def rename(rel: str, new: str) -> Callable[[Path], None]:
     return go
 
 
+def copy(rel: str, new: str) -> Callable[[Path], None]:
+    return lambda root: write(root, new, (root / rel).read_bytes()) and None
+
+
 def truncate(rel: str, by: int) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         path = root / rel
@@ -343,6 +347,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("outside_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/000.dcm"),
      {("dicom.outside_series", f"{P0}/Images/CT/{ACCESSION}/000.dcm")}),
     ("path_instance", NEW_DCM(f"{SERIES1}/005.dcm"), {("dicom.path_mismatch", f"{SERIES1}/005.dcm")}),
+    # the Imaging SOP names an image <InstanceNumber>.dcm in its series folder: two files of one number (a copy kept
+    # under another spelling, or a series numbered twice) cannot both be named so
+    ("instance_repeated", copy(DCM, f"{SERIES1}/0.dcm"),
+     {("dicom.instance_repeated", f"{SERIES1}/")}),
     ("path_modality", NEW_DCM(DCM.replace("/CT/", "/MR/")), {("dicom.path_mismatch", DCM.replace("/CT/", "/MR/"))}),
     ("path_accession", NEW_DCM(DCM.replace(f"/{ACCESSION}/", "/70999/")),
      {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", "/70999/"))}),

@@ -323,6 +323,9 @@ RULES: tuple[Rule, ...] = (
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
          "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
          "image_occurrence_id: 00123 and 123 agree)."),
+    Rule("dicom.instance_repeated", "warning", "one InstanceNumber for two images of a series",
+         "Two or more DICOM files of one series folder (and SeriesInstanceUID) have the same InstanceNumber: the "
+         "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice)."),
     Rule("dicom.accession_split", "warning", "one accession in two folders",
          "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
          "the study is split."),
