@@ -749,6 +749,16 @@ def test_a_note_table_without_note_text_lacks_no_required_column(clean):
     assert found(clean) == {("omop.required_columns", "OMOP/note.csv")}
 
 
+def test_a_dicom_file_without_its_extension_is_told_to_be_named_dcm(clean):
+    """A DICOM image in a series folder named without .dcm (001): the finding says why it was not read and how to name
+    it, not only that the path fits no layout."""
+    add(f"{SERIES1}/001", dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
+                                      accession=ACCESSION))(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "path.unparsed")["message"]
+    assert message.startswith("001 lies in a series folder") and "name it <InstanceNumber>.dcm" in message
+    assert "not read as DICOM" in message
+
+
 def test_every_rule_is_exercised_and_well_formed():
     ids = [r.id for r in RULES]
     assert len(ids) == len(set(ids))
