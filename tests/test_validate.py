@@ -513,6 +513,16 @@ FLAT_CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("path.person_mismatch", f"{FLAT_SERIES1}/{dicom_name(P1, DAY0, '081500', 'CT', 1, 1)}")}),
     ("records_absent", edit(f"{P0}/Waveforms/RECORDS", lambda t: t + "no_such_record\n"),
      {("records.absent", f"{P0}/Waveforms/RECORDS")}),
+    # the first upload SOP's name gives the recording's start and duration: <person>_<YYYYMMDD>_<HHMMSS>_<seconds>
+    ("flat_name_duration", edit(f"{P0}/Waveforms/{F0['flat_record']}.hea", lambda t: t.replace(" 1 4 240", " 1 2 240", 1)),
+     {("wfdb.name_mismatch", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
+    ("flat_name_start", edit(f"{P0}/Waveforms/{F0['flat_record']}.hea",
+                             lambda t: t.replace(" 1 4 240", f" 1 4 240 17:59:00 {DAY0[6:]}/{DAY0[4:6]}/{DAY0[:4]}", 1)),
+     {("wfdb.name_mismatch", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
+    # (as named: no finding; nor for a segment, <record>_0001, whose number reads as a duration)
+    ("flat_name_agrees", edit(f"{P0}/Waveforms/{F0['flat_record']}.hea",
+                              lambda t: t.replace(" 1 4 240", f" 1 4 242 18:00:00 {DAY0[6:]}/{DAY0[4:6]}/{DAY0[:4]}", 1)),
+     {("wfdb.dat_size", f"{P0}/Waveforms/{F0['flat_record']}.dat")}),
     ("records_unlisted", drop_line(f"{P0}/Waveforms/RECORDS", F0["flat_record"]),
      {("records.unlisted", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
     ("links_unknown_visit", edit(LINKS, lambda t: t + f"9999,{F0['flat_single']}\n"), {("links.unknown_visit", LINKS)}),

@@ -125,6 +125,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         fmt("this segment is sampled at {} Hz but its multi-segment header {} gives {} Hz: a record's segments share "
             "its sampling frequency; re-export the record (or make the segment a record of its own)",
             pl.col("_seg_fs"), pl.col("_master").str.split("/").list.last(), pl.col("_master_fs"))))
+    out.append(_flat_name(ok, real))
     totals = segments.group_by("_master", "_master_len").agg(pl.col("length").sum().alias("_total"))
     out.append(_found(
         "wfdb.segment_length",
@@ -150,6 +151,43 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         fmt("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
                   pl.col("session_id"))))
     return out
+
+
+# The first upload SOP's waveform names: <person>_<YYYYMMDD>_<HHMMSS>_<duration in seconds>.<ext>
+_FLAT_NAME = r"_(?P<date>[0-9]{8})_(?P<time>[0-9]{6})_(?P<duration>[0-9]+(?:\.[0-9]+)?)\.(?i:hea)$"
+# a whole number of seconds in the name stands for a length up to a second longer
+_DURATION_TOLERANCE_S = 1.0
+
+
+def _flat_name(ok: pl.DataFrame, segments: pl.DataFrame) -> pl.LazyFrame:
+    """The first upload SOP names a recording after its start (date and time) and its duration in seconds: a WFDB
+    header (not a segment: <record>_0001 reads as a duration of 1 s) whose base date or time, or length, differ.
+    A header without a base date or time is not compared on it; a frequency of 0 Hz is wfdb.sampling_frequency's."""
+    named = (
+        ok.lazy().filter(pl.col("_layout") == "waveforms-flat")
+        .join(segments.lazy().select(srcfile="_path"), on="srcfile", how="anti")
+        .with_columns(_g=pl.col("_name").str.extract_groups(_FLAT_NAME)).unnest("_g")
+        .filter(pl.col("duration").is_not_null())
+        .with_columns(
+            _header_date=pl.col("base_date").str.replace_all("-", ""),
+            _header_time=pl.col("base_time").str.head(8).str.replace_all(":", ""),
+            _seconds=pl.when(pl.col("fs") > 0).then(pl.col("sig_len") / pl.col("fs")),
+        )
+    )
+    start = (pl.col("_header_date") != pl.col("date")).fill_null(False) | (
+        pl.col("_header_time") != pl.col("time")).fill_null(False)
+    length = ((pl.col("_seconds") - pl.col("duration").cast(pl.Float64)).abs() > _DURATION_TOLERANCE_S).fill_null(False)
+    told = pl.concat_str([
+        pl.when(start).then(fmt("starts {} {}", pl.col("base_date").fill_null("(no date)"),
+                                pl.col("base_time").fill_null("(no time)"))),
+        pl.when(length).then(fmt("holds {} s ({} samples at {} Hz)", pl.col("_seconds").round(3).cast(pl.String),
+                                 pl.col("sig_len").cast(pl.String), pl.col("fs").cast(pl.String))),
+    ], separator=" and ", ignore_nulls=True)
+    return _found("wfdb.name_mismatch", named.filter(start | length), "srcfile", fmt(
+        "the name gives a recording started {}-{}-{} {}:{}:{} of {} s, but the header {}: name the record after its "
+        "start and duration (or fix the header)", pl.col("date").str.slice(0, 4), pl.col("date").str.slice(4, 2),
+        pl.col("date").str.slice(6, 2), pl.col("time").str.slice(0, 2), pl.col("time").str.slice(2, 2),
+        pl.col("time").str.slice(4, 2), pl.col("duration"), told))
 
 
 # A mapping's sampling_rate is "the nominal sampling rate for the channel ... as much precision as is known to you

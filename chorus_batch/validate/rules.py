@@ -292,6 +292,10 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.sampling_frequency", "error", "WFDB sampling frequency not positive",
          "A WFDB header's record line gives a sampling frequency of 0 Hz: no sample has a time, and wfdb (the "
          "CHoRUS converter's library) writes only positive frequencies."),
+    Rule("wfdb.name_mismatch", "warning", "WFDB name's start or duration disagrees with the header",
+         "In the first upload SOP's naming (<person>_<YYYYMMDD>_<HHMMSS>_<duration>.hea), the WFDB header's base date "
+         "or time differs from the name's start, or its length (samples / frequency) from the name's duration by more "
+         "than a second."),
     Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
          "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
          "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
