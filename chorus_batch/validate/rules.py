@@ -174,7 +174,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
 # registry_csv.v8 also keeps each integer proc_id's person(s) (registry.procedure_person)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v8"
+# registry_csv.v9 also counts the rows of each person that leave trg_file blank (an image registry: its files are
+# counted, registry.unlisted_file / registry.missing_file)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v9"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -408,9 +410,11 @@ RULES: tuple[Rule, ...] = (
          "(the linkage procedure asks for the visit of the file's patient)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
-         "registry's trg_file to the centre), or a trg_file is not on the site."),
+         "registry's trg_file to the centre), or a trg_file is not on the site; or an image registry that leaves "
+         "trg_file blank has more rows of a person than the person has image files."),
     Rule("registry.unlisted_file", "warning", "file not in the registry",
-         "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships."),
+         "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships (where "
+         "the image registry leaves trg_file blank, as the Imaging SOP allows: a person has more image files than rows)."),
     # -- any file
     Rule("path.person_mismatch", "error", "file name names another person",
          "A file name starts with a person id other than that of the person folder it lies in."),

@@ -69,6 +69,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
                               "n_proc_persons": pl.Int64, "proc_persons": pl.List(pl.String),
                               "proc_person_pairs": pl.List(pl.List(pl.String)),
+                              "blank_trg_persons": pl.List(pl.List(pl.String)),
                               "no_registry_id": pl.Int64, "bad_registry_id": pl.Int64, "dup_registry_id": pl.Int64,
                               "registry_id_rows": pl.List(pl.String), "unordered_registry_id": pl.Int64,
                               "unordered_registry_rows": pl.List(pl.String)}),
