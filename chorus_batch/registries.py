@@ -368,10 +368,10 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         .sort("srcfile")
     )
     # Multimodal-Linkage: datetime, the capture time, is what the visit is inferred from; the Imaging SOP's registry has
-    # it NOT NULL, and OMOP's procedure_date is required. Rows without one are told (those of headers not read as the
-    # version recorded them are told above). DICOM files only: the Imaging SOP keeps the study date and time in every
-    # header; a WFDB header's base date and time are optional (a multi-segment record may have none), and other
-    # waveform formats (EDF, CSV) are not read by this tool
+    # it NOT NULL, and OMOP's procedure_date is required (validate's registry.values warns of an empty one in either
+    # registry). Rows without one are told (those of headers not read as the version recorded them are told above):
+    # DICOM files by file; waveform files by session, whose record gives the time (a WFDB header's base date and time
+    # are optional in WFDB, and other formats' start times, EDF's or a CSV's, are not read by this tool)
     undated = (out.filter(pl.col("_when").is_null() & pl.col("srcfile").is_in(dicom["srcfile"].implode()))
                .join(unread, on="srcfile", how="anti")["srcfile"])
     if undated.len():
@@ -382,6 +382,21 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "and so is the procedure_date of an accession none of whose files has one (--omop), though the procedures "
             "want them (the Imaging SOP's datetime is NOT NULL, OMOP's procedure_date is required): keep those dates "
             "and times when de-identifying, run, and write the registries again")
+    session_folder = pl.col("srcfile").str.extract(r"^(.*)/[^/]+$")
+    undated_waves = (
+        out.filter(pl.col("_when").is_null() & (pl.col("modality") == "Waveforms")).with_columns(_folder=session_folder)
+        .join(unread.select(_folder=session_folder), on="_folder", how="anti")  # (a header unread is told above)
+    )
+    if undated_waves.height:
+        folders = undated_waves["_folder"].unique().sort()
+        warnings.append(
+            f"{undated_waves.height} waveform registry row(s) of {folders.len()} session(s) of version {label} have no "
+            f"capture time (e.g. {', '.join(f'{folder}/' for folder in folders.head(3).to_list())}): no WFDB header of the session gives a base "
+            "date and time, and the start time of other formats (EDF, CSV) is not read by this tool. Their datetime "
+            "and visit_id are empty, and so is their procedure's procedure_date (--omop), though the linkage procedure "
+            "infers the visit from that time and OMOP requires procedure_date: write the base date and time in the "
+            "record's WFDB header (shifted as the site's other dates), run, and write the registries again; or fill in "
+            "datetime and visit_id in waveform_registry.csv (and the procedure's date) before shipping it")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(

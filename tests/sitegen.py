@@ -109,15 +109,16 @@ def write_wfdb(folder: Path, record: str, *, n_sig: int = 2, sig_len: int = 250,
 
 
 def write_multisegment(folder: Path, record: str, segments: list[tuple[str, int, str]], *, n_sig: int = 2,
-                       fs: int = 125, seed: int = 0) -> None:
+                       fs: int = 125, seed: int = 0, start: datetime | None = None) -> None:
     """A multi-segment record: each (name, sig_len, fmt) segment with wrsamp, the master header with
-    wfdb.MultiRecord.wrheader."""
+    wfdb.MultiRecord.wrheader (with its base date and time when `start` is given)."""
     import wfdb
 
     for k, (name, length, fmt) in enumerate(segments):
         write_wfdb(folder, name, n_sig=n_sig, sig_len=length, fmt=fmt, fs=fs, seed=seed * 100 + k)
     master = wfdb.MultiRecord(record_name=record, n_sig=n_sig, fs=fs, sig_len=sum(s[1] for s in segments),
-                              seg_name=[s[0] for s in segments], seg_len=[s[1] for s in segments])
+                              seg_name=[s[0] for s in segments], seg_len=[s[1] for s in segments],
+                              **({"base_date": start.date(), "base_time": start.time()} if start else {}))
     master.n_seg = len(segments)  # wrheader needs it; the constructor sets it only from `segments`
     master.wrheader(write_dir=str(folder))
 
@@ -284,7 +285,10 @@ def write_person(root: Path, person: str, index: int, layout: str = "v2.1") -> l
     write_wfdb(tele / s["single"], s["single"], seed=2 * index, start=start_of(index, 8))
     write(tele / s["single"], f"{s['single']}n.csv", numerics_csv(s["single"]))
     write_multisegment(tele / s["multi"], s["multi"],
-                       [(f"{s['multi']}_0001", 101, "212"), (f"{s['multi']}_0002", 50, "16")], seed=index + 1)
+                       [(f"{s['multi']}_0001", 101, "212"), (f"{s['multi']}_0002", 50, "16")], seed=index + 1,
+                       # a capture time (the registries' datetime, NOT NULL), between the person's two visits: a
+                       # registry row with no visit (Multimodal-Linkage: "LEAVE THIS FIELD NULL")
+                       start=start_of(index, 12).replace(minute=30))
     # EEG in microvolts, as EEG_mapping.csv gives them
     write_wfdb(eeg / s["eeg"], s["eeg"], n_sig=2, sig_len=256, fs=256, seed=3 * index + 7, start=start_of(index, 14),
                units="uV")

@@ -397,8 +397,8 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
 
     assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
     # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv), and today's rules applied.
-    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v8') "
-                     "GROUP BY kind ORDER BY kind") == [("omop_procedures.v4", 1), ("registry_csv.v8", 1)]
+    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v9') "
+                     "GROUP BY kind ORDER BY kind") == [("omop_procedures.v4", 1), ("registry_csv.v9", 1)]
     from chorus_batch.validate.rules import edition
 
     assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 2)]

@@ -132,6 +132,10 @@ def rename(rel: str, new: str) -> Callable[[Path], None]:
     return go
 
 
+def copy(rel: str, new: str) -> Callable[[Path], None]:
+    return lambda root: write(root, new, (root / rel).read_bytes()) and None
+
+
 def truncate(rel: str, by: int) -> Callable[[Path], None]:
     def go(root: Path) -> None:
         path = root / rel
@@ -321,6 +325,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}.hea")}),
     ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
      {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
+    # a frequency of 0 Hz: no sample has a time (wfdb writes only positive frequencies); told once, not again as a
+    # rate that differs from the mapping's or the multi-segment header's
+    ("sampling_frequency", edit(f"{SINGLE}.hea", lambda t: t.replace(" 2 125 ", " 2 0 ", 1)),
+     {("wfdb.sampling_frequency", f"{SINGLE}.hea")}),
+    ("sampling_frequency_segment", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 0.0 ", 1)),
+     {("wfdb.sampling_frequency", f"{MULTI}_0002.hea")}),
     ("session_record", remove(f"{MULTI}.hea"),
      {("wfdb.session_record", f"{TELEMETRY}/{S0['multi']}/"), GONE_FROM_REGISTRY}),
     ("numerics_name", add(f"{SINGLE}_numerics.csv", "t,HR\n0,80\n"),
@@ -337,6 +347,17 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("outside_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/000.dcm"),
      {("dicom.outside_series", f"{P0}/Images/CT/{ACCESSION}/000.dcm")}),
     ("path_instance", NEW_DCM(f"{SERIES1}/005.dcm"), {("dicom.path_mismatch", f"{SERIES1}/005.dcm")}),
+    # the Imaging SOP names an image <InstanceNumber>.dcm in its series folder: two files of one number (a copy kept
+    # under another spelling, or a series numbered twice) cannot both be named so
+    ("instance_repeated", copy(DCM, f"{SERIES1}/0.dcm"),
+     {("dicom.instance_repeated", f"{SERIES1}/"), ("registry.unlisted_file", "image_registry.csv")}),
+    # the image registry leaves trg_file blank (the Imaging SOP: "populated centrally"): its rows are counted per
+    # person against the person's image files, one row per file (Multimodal-Linkage)
+    ("image_registry_row_missing", drop_line("image_registry.csv", f"/{SERIES1}/001.dcm"),
+     {("registry.unlisted_file", "image_registry.csv")}),
+    ("image_registry_file_missing", remove(f"{SERIES1}/001.dcm"), {("registry.missing_file", "image_registry.csv")}),
+    ("image_registry_person_without_files", remove(f"{P2}/Images"),
+     {("registry.missing_file", "image_registry.csv")}),
     ("path_modality", NEW_DCM(DCM.replace("/CT/", "/MR/")), {("dicom.path_mismatch", DCM.replace("/CT/", "/MR/"))}),
     ("path_accession", NEW_DCM(DCM.replace(f"/{ACCESSION}/", "/70999/")),
      {("dicom.path_mismatch", DCM.replace(f"/{ACCESSION}/", "/70999/"))}),
@@ -347,7 +368,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("accession_shared", add(f"{P1}/Images/CT/{ACCESSION}/{sitegen.series_uid(P1, DAY1, 1)}/000.dcm", dicom_bytes(
         person_id=P1, series=1, instance=0, study_date=DAY1, study_time="081500", accession=ACCESSION,
         SeriesInstanceUID=sitegen.series_uid(P1, DAY1, 1))),
-     {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/")}),
+     {("dicom.accession_shared", f"{P0}/Images/CT/{ACCESSION}/"), ("dicom.accession_shared", f"{P1}/Images/CT/{ACCESSION}/"),
+      ("registry.unlisted_file", "image_registry.csv")}),  # (an image added without its row)
     ("path_series", NEW_DCM(f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm"),
      {("dicom.path_mismatch", f"{P0}/Images/CT/{ACCESSION}/1.2.3/000.dcm")}),
     ("patient_id", add(DCM, dicom_bytes(person_id="999999", series=1, instance=0, study_date=DAY0,
@@ -499,6 +521,16 @@ FLAT_CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("path.person_mismatch", f"{FLAT_SERIES1}/{dicom_name(P1, DAY0, '081500', 'CT', 1, 1)}")}),
     ("records_absent", edit(f"{P0}/Waveforms/RECORDS", lambda t: t + "no_such_record\n"),
      {("records.absent", f"{P0}/Waveforms/RECORDS")}),
+    # the first upload SOP's name gives the recording's start and duration: <person>_<YYYYMMDD>_<HHMMSS>_<seconds>
+    ("flat_name_duration", edit(f"{P0}/Waveforms/{F0['flat_record']}.hea", lambda t: t.replace(" 1 4 240", " 1 2 240", 1)),
+     {("wfdb.name_mismatch", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
+    ("flat_name_start", edit(f"{P0}/Waveforms/{F0['flat_record']}.hea",
+                             lambda t: t.replace(" 1 4 240", f" 1 4 240 17:59:00 {DAY0[6:]}/{DAY0[4:6]}/{DAY0[:4]}", 1)),
+     {("wfdb.name_mismatch", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
+    # (as named: no finding; nor for a segment, <record>_0001, whose number reads as a duration)
+    ("flat_name_agrees", edit(f"{P0}/Waveforms/{F0['flat_record']}.hea",
+                              lambda t: t.replace(" 1 4 240", f" 1 4 242 18:00:00 {DAY0[6:]}/{DAY0[4:6]}/{DAY0[:4]}", 1)),
+     {("wfdb.dat_size", f"{P0}/Waveforms/{F0['flat_record']}.dat")}),
     ("records_unlisted", drop_line(f"{P0}/Waveforms/RECORDS", F0["flat_record"]),
      {("records.unlisted", f"{P0}/Waveforms/{F0['flat_record']}.hea")}),
     ("links_unknown_visit", edit(LINKS, lambda t: t + f"9999,{F0['flat_single']}\n"), {("links.unknown_visit", LINKS)}),
@@ -735,6 +767,16 @@ def test_a_note_table_without_note_text_lacks_no_required_column(clean):
     assert found(clean) == {("omop.required_columns", "OMOP/note.csv")}
 
 
+def test_a_dicom_file_without_its_extension_is_told_to_be_named_dcm(clean):
+    """A DICOM image in a series folder named without .dcm (001): the finding says why it was not read and how to name
+    it, not only that the path fits no layout."""
+    add(f"{SERIES1}/001", dicom_bytes(person_id=P0, series=1, instance=1, study_date=DAY0, study_time="081500",
+                                      accession=ACCESSION))(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "path.unparsed")["message"]
+    assert message.startswith("001 lies in a series folder") and "name it <InstanceNumber>.dcm" in message
+    assert "not read as DICOM" in message
+
+
 def test_every_rule_is_exercised_and_well_formed():
     ids = [r.id for r in RULES]
     assert len(ids) == len(set(ids))
@@ -835,7 +877,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v5", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
-                                 "mapping_csv.v4", "registry_csv.v8", "omop_procedures.v4"}
+                                 "mapping_csv.v4", "registry_csv.v9", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -948,7 +990,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v8", "image_registry.csv",
+    ("registry_csv.v9", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1023,7 +1065,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v8", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v9", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1039,7 +1081,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v8", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v9", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1054,7 +1096,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v8", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v9", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1063,7 +1105,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v8": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v9": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1078,7 +1120,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v3", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v8", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v9", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1427,7 +1469,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v8", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v9", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):

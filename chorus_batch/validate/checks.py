@@ -25,7 +25,7 @@ from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_fol
                             _superseded, _unportable_names)
 from .checks_metadata import _metadata
 from .checks_omop import _links, _omop, _unknown_sessions
-from .checks_registries import _not_on_site, _registries
+from .checks_registries import _counted, _not_on_site, _registries
 from .checks_waveforms import _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
 from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
@@ -110,6 +110,7 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
         *_unknown_sessions(site, across),
         *_records_absent(site, across),
         *_not_on_site(site, current),
+        *_counted(site, current),
     ]
     return pl.concat([f.cast(_FINDING_COLUMNS) for f in found]).collect()  # type: ignore[arg-type]
 

@@ -52,7 +52,7 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d), _study_metadata(d), _series_metadata(d),
+        *_current_paths(d), *_deidentified(d), _study_metadata(d), _series_metadata(d), _repeated_instances(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -166,6 +166,30 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
     checked = (current.with_columns(_differing=differing, _lacking=lacking)
                .filter((pl.col("_differing") != "") | (pl.col("_lacking") != "")))
     return [_found("dicom.path_mismatch", checked, "srcfile", message)]
+
+
+def _repeated_instances(d: pl.DataFrame) -> pl.LazyFrame:
+    """The Imaging SOP names each image of a series <InstanceNumber>.dcm ("the specific image number within a series"):
+    two files of one series folder and SeriesInstanceUID with the same number cannot both be named so (001.dcm and
+    1.dcm, a copy; or a series whose instances were numbered twice). Once per series folder, as the metadata rules
+    (a tool that blanks the numbers would make one finding per file); a header without InstanceNumber is
+    dicom.path_mismatch's."""
+    numbered = d.lazy().filter(pl.col("_ok")).with_columns(_number=_dicom_number(pl.col("instance_number"))).filter(
+        pl.col("_number").is_not_null())
+    repeated = (
+        numbered.filter(pl.len().over("_dir", "series_instance_uid", "_number") > 1)
+        .group_by("_dir", "series_instance_uid", "_number")
+        .agg(pl.col("_name").sort(), _n=pl.len())
+        .sort("_number")
+        .group_by("_dir")
+        .agg(_files=pl.col("_n").sum(), _numbers=pl.col("_number").cast(pl.String),
+             _example=pl.col("_name").first().list.join(" and "))
+    )
+    return _found("dicom.instance_repeated", repeated, pl.col("_dir") + "/", fmt(
+        "{} DICOM files of this series share InstanceNumber(s) {} (e.g. {}): the Imaging SOP names each image "
+        "<InstanceNumber>.dcm, one file per number; remove copies of one image, or give each image its own "
+        "InstanceNumber and name the file after it", pl.col("_files").cast(pl.String), _join_list(pl.col("_numbers"), 10),
+        pl.col("_example")))
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:

@@ -109,6 +109,11 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     return out
 
 
+# A file where today's layout keeps an image (<person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<name>)
+# that is no .dcm: most often a DICOM file exported without its extension (001, IM000001), which no rule reads
+_IN_SERIES_NOT_DCM = pl.col("_images") & (pl.col("_n") == 6) & ~pl.col("_ext_l").eq_missing("dcm")
+
+
 def _files(site: _Site) -> list[pl.LazyFrame]:
     f = site.files.lazy()
     covered = (
@@ -122,7 +127,12 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
                fmt("the name starts with person id {} but the file is in person folder {}: move it to its "
                          "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
         _found("path.unparsed", unparsed, "srcfile",
-               fmt("{}: rename or move the file to fit the site layout", pl.col("parse_error"))),
+               pl.when(_IN_SERIES_NOT_DCM).then(fmt(
+                   "{} lies in a series folder (Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/) but is not "
+                   "named <InstanceNumber>.dcm, as the Imaging SOP names each image: if it is a DICOM image, name it "
+                   "<InstanceNumber>.dcm (without .dcm it is not read as DICOM: no check looked at its header); "
+                   "else move it out of Images/", pl.col("_name")))
+               .otherwise(fmt("{}: rename or move the file to fit the site layout", pl.col("parse_error")))),
         # (a file a rule reads gets that rule's finding instead: omop.unreadable, wfdb.bad_header, ...)
         _found("file.empty", f.filter((pl.col("size") == 0) & pl.col("kind").is_null()), "srcfile",
                pl.lit("the file is empty (0 bytes), likely an interrupted copy: copy it again or remove it")),

@@ -8,7 +8,7 @@ import polars as pl
 
 from ..frames import fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable
+from .site import COMPRESSED_NAME, _found, _norm_id, _one, _Site, _there_untaken, _unreadable
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -134,16 +134,60 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         mine = usable.filter(pl.col("_of") == modality)
         if mine.height == 0 or (modality == "Images" and (mine["no_trg"] > 0).any()):
             continue  # an image registry leaving trg_file to the centre does not say which files its rows are
-        files = site.files.lazy().filter(pl.col("_is_person") & (pl.col("modality") == modality)
-                                         & pl.col("parse_error").is_null() & (pl.col("_name") != "RECORDS")
-                                         & ~pl.col("_compressed")  # (to decompress, not to list: file.compressed)
-                                         ).select("srcfile").collect()
+        files = site.files.lazy().filter(pl.col("_is_person") & _registered(modality)).select("srcfile").collect()
         unlisted = files.join(listed.filter(pl.col("_of") == modality).select(pl.col("_path").alias("srcfile")),
                               on="srcfile", how="anti")
         out.append(_found("registry.unlisted_file", unlisted, "srcfile",
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _registered(modality: str) -> pl.Expr:
+    """The files of `modality` a registry lists (of a person folder: the caller says how it knows)."""
+    return ((pl.col("modality") == modality) & pl.col("parse_error").is_null()
+            & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$")
+            & ~pl.col("srcfile").str.contains(COMPRESSED_NAME))  # (to decompress, not to list: file.compressed)
+
+
+def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
+    """An image registry whose rows leave trg_file blank (the Imaging SOP: "populated centrally") does not say which
+    file a row is; one row per file (Multimodal-Linkage) still gives each person as many rows as DICOM files (less
+    those its other rows name by trg_file). Counted over all the site's files (a person's rows with no file at all
+    are rows without their file too)."""
+    usable = _usable(_of_kind(site)).filter((pl.col("_of") == "Images") & (pl.col("no_trg") > 0))
+    if usable.height == 0:
+        return []
+    rows = (usable.select("srcfile", _pair=pl.col("blank_trg_persons")).explode("_pair").drop_nulls("_pair")
+            .select("srcfile", _person=_norm_id(pl.col("_pair").list.get(0)), _written=pl.col("_pair").list.get(0),
+                    _rows=pl.col("_pair").list.get(1).cast(pl.Int64))
+            .filter(pl.col("_person") != "")  # (an empty person_id is registry.values')
+            .group_by("srcfile", "_person").agg(pl.col("_rows").sum(), pl.col("_written").min()))
+    # (its DICOM files: one misplaced, or misnamed, has its row all the same; dicom.* and path.* tell what is wrong)
+    files = (current.lazy().filter(pl.col("person_id").is_not_null() & (pl.col("modality") == "Images")
+                                   & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
+             .join(_listed(usable).lazy().select(srcfile="_path"), on="srcfile", how="anti")
+             .group_by(_person=_norm_id(pl.col("person_id"))).agg(_files=pl.len(), _folder=pl.col("person_id").min())
+             .collect().join(usable.select("srcfile"), how="cross"))
+    counts = (rows.join(files, on=["srcfile", "_person"], how="full", coalesce=True)
+              .with_columns(pl.col("_rows", "_files").fill_null(0)).sort("_person"))
+
+    def told(which: pl.Expr, first: str, second: str) -> pl.LazyFrame:
+        return counts.lazy().filter(which).group_by("srcfile").agg(
+            _k=pl.len(), _e=fmt(f"person {{}}: {{}} {first[:-1]}(s), {{}} {second[:-1]}(s)",
+                                pl.coalesce("_written", "_folder"), pl.col(f"_{first}").cast(pl.String),
+                                pl.col(f"_{second}").cast(pl.String)))
+
+    return [
+        _found("registry.unlisted_file", told(pl.col("_files") > pl.col("_rows"), "files", "rows"), "srcfile", fmt(
+            "{} person(s) have more image files than rows in this registry (e.g. {}): its trg_file is left blank, so "
+            "its rows cannot be matched to files, but the linkage procedure asks for one row per file; add the rows "
+            "of the files it leaves out", pl.col("_k").cast(pl.String), pl.col("_e").list.head(3).list.join("; "))),
+        _found("registry.missing_file", told(pl.col("_rows") > pl.col("_files"), "rows", "files"), "srcfile", fmt(
+            "{} person(s) have more rows in this registry than image files on the site (e.g. {}): one row per file; "
+            "remove the rows of files not delivered (or of a file listed twice), or add the files",
+            pl.col("_k").cast(pl.String), pl.col("_e").list.head(3).list.join("; "))),
+    ]
 
 
 def _decimals(ids: str) -> pl.Expr:

@@ -10,6 +10,9 @@ from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES,
 from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
 
+_POSITIVE_FS = pl.col("fs").is_null() | (pl.col("fs") > 0)
+
+
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     f = site.files.lazy()  # each use below takes a few columns of some files
     ok = headers.filter(pl.col("_ok"))
@@ -20,6 +23,13 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                fmt("the header's record name is {} but the file is {}.hea: make them equal",
                          pl.col("record_name"), pl.col("_stem"))),
     ]
+    # The Waveform File Format procedure asks for the exact sampling rate (a sample's time is its number / fs); wfdb,
+    # the converter's library, refuses fs <= 0 when it writes (Record.check_field). The grammar reads no sign: 0 is all
+    out.append(_found(
+        "wfdb.sampling_frequency", ok.filter(~_POSITIVE_FS), "srcfile",
+        fmt("the record line gives a sampling frequency of {} Hz: no sample has a time; write the record's frequency "
+            "in Hz (as exact as the device tells, e.g. 249.987; a multi-segment record's segments share it)",
+            pl.col("fs"))))
     signals = (
         ok.filter(pl.col("signals").list.len() > 0)
         .select(pl.col("srcfile").alias("_header"), "_dir", "_name", "sig_len", "signals")
@@ -104,7 +114,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                   pl.col("_seg_len"), pl.col("length"))))
     # WFDB: a multi-segment record's segments are sampled at its frequency (wfdb joins them as if they were, without
     # a word: the time of every sample after such a segment is wrong)
-    seg_fs = real.join(ok.select(pl.col("srcfile").alias("_path"), pl.col("fs").alias("_seg_fs")), on="_path")
+    # (a frequency of 0 Hz, in either, is wfdb.sampling_frequency's: told once)
+    seg_fs = real.filter(pl.col("_master_fs") > 0).join(
+        ok.filter(_POSITIVE_FS).select(pl.col("srcfile").alias("_path"), pl.col("fs").alias("_seg_fs")), on="_path")
     out.append(_found(
         "wfdb.segment_rate",
         seg_fs.filter(pl.col("_seg_fs").is_not_null() & pl.col("_master_fs").is_not_null()
@@ -113,6 +125,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         fmt("this segment is sampled at {} Hz but its multi-segment header {} gives {} Hz: a record's segments share "
             "its sampling frequency; re-export the record (or make the segment a record of its own)",
             pl.col("_seg_fs"), pl.col("_master").str.split("/").list.last(), pl.col("_master_fs"))))
+    out.append(_flat_name(ok, real))
     totals = segments.group_by("_master", "_master_len").agg(pl.col("length").sum().alias("_total"))
     out.append(_found(
         "wfdb.segment_length",
@@ -138,6 +151,43 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         fmt("a CSV in WFDB session {} should be its numerics, named {}n.csv: rename it", pl.col("session_id"),
                   pl.col("session_id"))))
     return out
+
+
+# The first upload SOP's waveform names: <person>_<YYYYMMDD>_<HHMMSS>_<duration in seconds>.<ext>
+_FLAT_NAME = r"_(?P<date>[0-9]{8})_(?P<time>[0-9]{6})_(?P<duration>[0-9]+(?:\.[0-9]+)?)\.(?i:hea)$"
+# a whole number of seconds in the name stands for a length up to a second longer
+_DURATION_TOLERANCE_S = 1.0
+
+
+def _flat_name(ok: pl.DataFrame, segments: pl.DataFrame) -> pl.LazyFrame:
+    """The first upload SOP names a recording after its start (date and time) and its duration in seconds: a WFDB
+    header (not a segment: <record>_0001 reads as a duration of 1 s) whose base date or time, or length, differ.
+    A header without a base date or time is not compared on it; a frequency of 0 Hz is wfdb.sampling_frequency's."""
+    named = (
+        ok.lazy().filter(pl.col("_layout") == "waveforms-flat")
+        .join(segments.lazy().select(srcfile="_path"), on="srcfile", how="anti")
+        .with_columns(_g=pl.col("_name").str.extract_groups(_FLAT_NAME)).unnest("_g")
+        .filter(pl.col("duration").is_not_null())
+        .with_columns(
+            _header_date=pl.col("base_date").str.replace_all("-", ""),
+            _header_time=pl.col("base_time").str.head(8).str.replace_all(":", ""),
+            _seconds=pl.when(pl.col("fs") > 0).then(pl.col("sig_len") / pl.col("fs")),
+        )
+    )
+    start = (pl.col("_header_date") != pl.col("date")).fill_null(False) | (
+        pl.col("_header_time") != pl.col("time")).fill_null(False)
+    length = ((pl.col("_seconds") - pl.col("duration").cast(pl.Float64)).abs() > _DURATION_TOLERANCE_S).fill_null(False)
+    told = pl.concat_str([
+        pl.when(start).then(fmt("starts {} {}", pl.col("base_date").fill_null("(no date)"),
+                                pl.col("base_time").fill_null("(no time)"))),
+        pl.when(length).then(fmt("holds {} s ({} samples at {} Hz)", pl.col("_seconds").round(3).cast(pl.String),
+                                 pl.col("sig_len").cast(pl.String), pl.col("fs").cast(pl.String))),
+    ], separator=" and ", ignore_nulls=True)
+    return _found("wfdb.name_mismatch", named.filter(start | length), "srcfile", fmt(
+        "the name gives a recording started {}-{}-{} {}:{}:{} of {} s, but the header {}: name the record after its "
+        "start and duration (or fix the header)", pl.col("date").str.slice(0, 4), pl.col("date").str.slice(4, 2),
+        pl.col("date").str.slice(6, 2), pl.col("time").str.slice(0, 2), pl.col("time").str.slice(2, 2),
+        pl.col("time").str.slice(4, 2), pl.col("duration"), told))
 
 
 # A mapping's sampling_rate is "the nominal sampling rate for the channel ... as much precision as is known to you
@@ -175,7 +225,9 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .unique("_header", keep="first")
     )
     signals = (
-        ok.filter(pl.col("_category").is_in(maps["_cat"].unique().implode()) & (pl.col("signals").list.len() > 0))
+        # (a frequency of 0 Hz is wfdb.sampling_frequency's, not a rate the mapping disagrees with)
+        ok.filter(pl.col("_category").is_in(maps["_cat"].unique().implode()) & (pl.col("signals").list.len() > 0)
+                  & _POSITIVE_FS)
         .select(pl.col("srcfile").alias("_header"), pl.col("_category").alias("_cat"), "fs", "signals")
         .explode("signals").unnest("signals")
         .filter(pl.col("sig_name").is_not_null())

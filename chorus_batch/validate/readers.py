@@ -600,6 +600,11 @@ def _registry_facts(f) -> dict[str, Any]:
     other = frame.with_row_index("row", offset=2).filter(
         folder.is_not_null() & (person != "") & (norm(folder) != norm(person)))
     facts.update(n_other_person=other.height, other_person_rows=other["row"].head(5).cast(pl.String).to_list())
+    # rows that leave trg_file blank (the Imaging SOP's image registry: "populated centrally") say not which file they
+    # are: the rows of each person, as [person_id, count] pairs, are counted against the person's files
+    facts.update(blank_trg_persons=frame.filter(pl.col("trg_file") == "")
+                 .group_by(_person=person.str.strip_chars()).len().sort("_person")
+                 .select(pl.concat_list("_person", pl.col("len").cast(pl.String))).to_series().to_list())
     facts.update(_registry_id_facts(frame))
     return facts
 

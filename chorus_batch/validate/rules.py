@@ -174,7 +174,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # mapping_csv.v4 counts rows without units or without their time variable(s), and keeps the signals it maps
 # (signal_id, sampling_rate, units) for the rules against the WFDB headers
 # registry_csv.v8 also keeps each integer proc_id's person(s) (registry.procedure_person)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v8"
+# registry_csv.v9 also counts the rows of each person that leave trg_file blank (an image registry: its files are
+# counted, registry.unlisted_file / registry.missing_file)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v9"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -289,6 +291,13 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
          "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
          "its frequency)."),
+    Rule("wfdb.sampling_frequency", "error", "WFDB sampling frequency not positive",
+         "A WFDB header's record line gives a sampling frequency of 0 Hz: no sample has a time, and wfdb (the "
+         "CHoRUS converter's library) writes only positive frequencies."),
+    Rule("wfdb.name_mismatch", "warning", "WFDB name's start or duration disagrees with the header",
+         "In the first upload SOP's naming (<person>_<YYYYMMDD>_<HHMMSS>_<duration>.hea), the WFDB header's base date "
+         "or time differs from the name's start, or its length (samples / frequency) from the name's duration by more "
+         "than a second."),
     Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
          "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
          "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
@@ -320,6 +329,9 @@ RULES: tuple[Rule, ...] = (
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
          "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
          "image_occurrence_id: 00123 and 123 agree)."),
+    Rule("dicom.instance_repeated", "warning", "one InstanceNumber for two images of a series",
+         "Two or more DICOM files of one series folder (and SeriesInstanceUID) have the same InstanceNumber: the "
+         "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice)."),
     Rule("dicom.accession_split", "warning", "one accession in two folders",
          "Two accession folders of one person name the same accession in different spellings (070000 and 70000): "
          "the study is split."),
@@ -398,9 +410,11 @@ RULES: tuple[Rule, ...] = (
          "(the linkage procedure asks for the visit of the file's patient)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
-         "registry's trg_file to the centre), or a trg_file is not on the site."),
+         "registry's trg_file to the centre), or a trg_file is not on the site; or an image registry that leaves "
+         "trg_file blank has more rows of a person than the person has image files."),
     Rule("registry.unlisted_file", "warning", "file not in the registry",
-         "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships."),
+         "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships (where "
+         "the image registry leaves trg_file blank, as the Imaging SOP allows: a person has more image files than rows)."),
     # -- any file
     Rule("path.person_mismatch", "error", "file name names another person",
          "A file name starts with a person id other than that of the person folder it lies in."),

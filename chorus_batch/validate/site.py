@@ -39,6 +39,7 @@ _CSV_DTYPE = {"error": pl.String, "columns": pl.List(pl.String), "delimiter": pl
 _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_WFDB: pl.Struct({
         "error": pl.String, "record_name": pl.String, "n_sig": pl.Int64, "sig_len": pl.Int64, "fs": pl.Float64,
+        "base_date": pl.String, "base_time": pl.String,  # ISO; wfdb.name_mismatch (kept by every wfdb_header.v3)
         "signals": pl.List(pl.Struct({"file_name": pl.String, "fmt": pl.String,
                                       "samps_per_frame": pl.Int64, "byte_offset": pl.Int64,
                                       "sig_name": pl.String, "units": pl.String, "units_written": pl.String})),
@@ -68,6 +69,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
                               "n_proc_persons": pl.Int64, "proc_persons": pl.List(pl.String),
                               "proc_person_pairs": pl.List(pl.List(pl.String)),
+                              "blank_trg_persons": pl.List(pl.List(pl.String)),
                               "no_registry_id": pl.Int64, "bad_registry_id": pl.Int64, "dup_registry_id": pl.Int64,
                               "registry_id_rows": pl.List(pl.String), "unordered_registry_id": pl.Int64,
                               "unordered_registry_rows": pl.List(pl.String)}),
