@@ -196,14 +196,19 @@ def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
                 locked = time.time() - os.fstat(fd).st_mtime >= ABANDONED_AFTER_S
             if not locked or not _same_file(fd, marker):  # alive, or finished meanwhile
                 continue
+            pid = marker.name.split(".")[2]
             renames = json.loads(os.read(fd, 1 << 20) or b"{}")
+            # only its own files, named as _written_aside names them, in this folder (never a path elsewhere)
+            if not isinstance(renames, dict) or not all(
+                    isinstance(target, str) and Path(target).name == target and target not in ("", ".", "..")
+                    and tmp == f"{aside_stem(target)}.{pid}.tmp" for tmp, target in renames.items()):
+                raise ValueError("not a marker of a set")
             put = [target for tmp, target in renames.items() if _replaced(marker.parent / tmp, marker.parent / target)]
             marker.unlink()
         except (OSError, ValueError, AttributeError):
             continue  # another user's, a damaged marker: left as it is
         finally:
             os.close(fd)
-        pid = marker.name.split(".")[2]
         done.append(f"a process (pid {pid}) that wrote {', '.join(sorted(renames.values()))} in {folder} was killed "
                     f"while it put its files in place: "
                     + (f"the rest of its set, {', '.join(put)}, was put in place now, so that the folder holds one "
