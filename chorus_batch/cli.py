@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start,
-                     holding_signal, note_signal, machine_limit, signals_unwrapped)
+from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, ManifestError, Stopped, UsageError,
+                     interrupted_at_start, holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
 from .units import shown, shown_name, shown_text
 
@@ -1165,7 +1165,15 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     with manifest.lock(argv):
         before, after = manifest.ensure_schema(create=False)
-    pending = _after_upgrade(manifest, target.config.patterns)
+    try:
+        pending = _after_upgrade(manifest, target.config.patterns)
+    except BaseException as exc:  # (reading what is left to do) the upgrade is committed: not "not upgraded"
+        if before != after:
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.upgraded = (before, after)  # type: ignore[union-attr]  (a signal: said by main)
+                exc.outcome = (f"the upgrade of the manifest from schema {before} to {after} had been committed and "  # type: ignore[union-attr]
+                               "stays; only what the next run does beyond it could not be told")
+        raise
     print(f"{manifest.path.resolve()}: schema {before} -> {after}{pending}" if before != after
           else f"{manifest.path.resolve()}: already at schema {after}; " + (pending.lstrip("; ") or "nothing to do"))
     return 0
@@ -1880,6 +1888,11 @@ def main(argv: list[str] | None = None) -> int:
         outcome = getattr(exc, "outcome", None) or (
             NOTHING_COMMITTED if args.command == "run" and exc.exit_code == ExitCode.FAILED
             and getattr(exc, "committed", None) is None else None)
+        if outcome is None and isinstance(exc, ManifestError) and exc.exit_code == ExitCode.FAILED \
+                and getattr(exc, "committed", None) is None:
+            # the manifest failed under the command (a full disk, an I/O error): said without what stands, which
+            # is what the command's own words on a signal say (`upgrade` on a full disk: nothing of the upgrade)
+            outcome = NOT_COMMITTED.get(args.command)
         _print_error(exc, outcome)
         _json_error(args, int(exc.exit_code), exc.what, where=exc.where, fix=exc.fix, outcome=outcome)
         return int(exc.exit_code)

@@ -102,18 +102,22 @@ def write_private(target: str | os.PathLike[str], content: bytes | Callable[[Pat
 
 
 def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]]) -> list[Path]:
-    """Write several files that are read as one set (the registries of a version) as write_private does, and put
-    them in place together: each is written whole beside its target first, then all are renamed, with the stop
-    signals held off meanwhile. A kill, a signal or a full disk while they are written leaves the earlier set as it
-    was: never some files of the new set beside others of the old one, which read as one release."""
+    """Write several files of one folder that are read as one set (the registries of a version) as write_private
+    does, and put them in place together: each is written whole beside its target first, then all are renamed, with
+    the stop signals held off meanwhile. A kill, a signal or a full disk while they are written leaves the earlier set
+    as it was: never some files of the new set beside others of the old one, which read as one release. A SIGKILL
+    (which nothing holds off) between two renames leaves the renames to do in a marker file beside them, which the
+    next writer into the folder carries out first (complete_interrupted_sets)."""
     from .errors import held_signals
     from .faults import pause
 
     aside: dict[Path, Path] = {}
+    marker: tuple[Path, int] | None = None
     try:
         for target, content in contents.items():
             aside[Path(target)] = _written_aside(Path(target), content)
         pause("written-aside")  # (tests: a signal once every file is written, before any is put in place)
+        marker = _set_marker(aside)
         try:
             with held_signals():
                 for target, tmp in aside.items():
@@ -132,7 +136,115 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
         for tmp in aside.values():  # (those renamed are gone already)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        if marker is not None:  # (after the files it names: a kill in between leaves renames already done)
+            with contextlib.suppress(OSError):
+                marker[0].unlink()
+            os.close(marker[1])
     return list(aside)
+
+
+_SET_MARKER = ".chorus-set.{}.json"
+
+
+def _set_marker(aside: dict[Path, Path]) -> tuple[Path, int]:
+    """The marker of a set about to be put in place: its renames (temporary file name -> target name, in one folder),
+    written and fsynced before the first, and locked (flock) by this process while it lives; (path, descriptor)."""
+    import json
+
+    folders = {target.parent for target in aside} | {tmp.parent for tmp in aside.values()}
+    if len(folders) != 1:
+        raise ValueError(f"a set is written in one folder, not {sorted(map(str, folders))}")
+    folder = folders.pop()
+    marker = folder / _SET_MARKER.format(os.getpid())
+    tmp = folder / f"{marker.name}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a dead process of the same pid's
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
+    try:
+        _lock(fd, wait=True)
+        os.write(fd, json.dumps({tmp.name: target.name for target, tmp in aside.items()}).encode())
+        os.fsync(fd)
+        os.replace(tmp, marker)
+        _fsync_folder(folder)  # the marker is on disk before any rename is
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        os.close(fd)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise cannot_write(next(iter(aside)), exc) from None
+        raise
+    return marker, fd
+
+
+def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
+    """Put in place what a write_private_together killed between its renames (SIGKILL: the out-of-memory killer, a
+    batch system's time limit) left beside its targets: its files were written whole before the first rename, so the
+    set is completed, never mixed with the earlier one. A marker whose process is alive (its lock held) is left.
+    Returns what was done, one line per set, for the caller to say."""
+    import json
+
+    done: list[str] = []
+    remove_abandoned(Path(folder), _SET_MARKER.format("*") + ".tmp")  # (killed while it wrote the marker: no rename)
+    for marker in sorted(Path(folder).glob(_SET_MARKER.format("*"))):
+        try:
+            fd = os.open(marker, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            locked = _lock(fd, wait=False)
+            if locked is None:  # (no flock: its writer is taken as gone once the marker is old)
+                locked = time.time() - os.fstat(fd).st_mtime >= ABANDONED_AFTER_S
+            if not locked or not _same_file(fd, marker):  # alive, or finished meanwhile
+                continue
+            pid = marker.name.split(".")[2]
+            renames = json.loads(os.read(fd, 1 << 20) or b"{}")
+            # only its own files, named as _written_aside names them, in this folder (never a path elsewhere)
+            if not isinstance(renames, dict) or not all(
+                    isinstance(target, str) and Path(target).name == target and target not in ("", ".", "..")
+                    and tmp == f"{aside_stem(target)}.{pid}.tmp" for tmp, target in renames.items()):
+                raise ValueError("not a marker of a set")
+            put = [target for tmp, target in renames.items() if _replaced(marker.parent / tmp, marker.parent / target)]
+            marker.unlink()
+        except (OSError, ValueError, AttributeError):
+            continue  # another user's, a damaged marker: left as it is
+        finally:
+            os.close(fd)
+        done.append(f"a process (pid {pid}) that wrote {', '.join(sorted(renames.values()))} in {folder} was killed "
+                    f"while it put its files in place: "
+                    + (f"the rest of its set, {', '.join(put)}, was put in place now, so that the folder holds one "
+                       "set, not a mix of two" if put else "its set was in place already"))
+    return done
+
+
+def _replaced(tmp: Path, target: Path) -> bool:
+    try:
+        os.replace(tmp, target)
+    except FileNotFoundError:  # renamed before the kill
+        return False
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
+def _lock(fd: int, *, wait: bool) -> bool | None:
+    """An exclusive flock on `fd` (released when the process dies); False if another process holds it, None where
+    there is no flock (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
 
 # The most a pid adds to a temporary file's name (".<pid>.tmp"; pid_max is 4194304 on Linux) and the longest name
@@ -357,6 +469,12 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The folder's entries (a rename into it) on disk; best effort (no such call on Windows)."""
+    with contextlib.suppress(OSError):
+        _fsync(folder)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import polars as pl
 
 from .errors import UsageError
 from .frames import fmt
-from .fsutil import private_folder, write_private_together
+from .fsutil import complete_interrupted_sets, private_folder, write_private_together
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
@@ -487,6 +487,9 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
     # This release's schema: an older manifest is not upgraded here (an upgrade, then a refusal such as a --site
     # needed, was exit 2 with the manifest changed): `chorus-batch upgrade` does it, as for the read-only commands
     manifest.require()
+    if os.path.isdir(out):  # first: a set a killed registry left half in place is completed, never left mixed
+        for said in complete_interrupted_sets(out):
+            log.warning(said)
     stale = Path(out) / "procedure_occurrence.csv"
     if not omop and os.path.lexists(stale):  # fresh registries beside an older version's procedures read as one release
         raise UsageError(f"--out {out} holds a procedure_occurrence.csv (an earlier `registry --omop`?), which this "

@@ -620,3 +620,25 @@ def test_a_signal_while_the_registries_are_put_in_place_waits_for_all_of_them(re
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in after)  # all new
     assert "every registry file had been written to --out before the signal came" in err, err
     assert "as they were" not in err, err
+
+
+def test_a_registry_killed_between_its_renames_has_its_set_completed_by_the_next_one(released):
+    """SIGKILL cannot be held off: a registry killed between two renames left the new waveform registry beside the
+    old image registry and procedures, which read as one release, with nothing to tell them apart. The next
+    registry into the folder puts the rest of the killed run's set (written whole beside it first) in place before
+    anything else, and says so, so that the folder holds one set even when that command then stops."""
+    site, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _second_version(site, db)
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place")  # one renamed
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    mixed = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert sum(mixed[name] != before[name] for name in before) == 1  # (what the fix is for)
+    # without --omop the folder is refused for its procedure_occurrence.csv: nothing new is written, but the
+    # killed run's set is whole by then
+    refused = cli("registry", "--db", str(db), "--out", str(out))
+    assert refused.returncode == 2, refused.stderr
+    assert "was killed while it put its files in place" in refused.stderr, refused.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in after), after.keys()

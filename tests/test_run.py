@@ -352,6 +352,40 @@ def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site,
     assert current_rows(db) == {"OMOP/big.csv": __import__("hashlib").md5(b"a" * 1_000).hexdigest()}
 
 
+@pytest.mark.parametrize("change", ["replaced", "deleted", "truncated"])
+def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_content_it_no_longer_has(site, change):
+    """A file replaced by a rename (an rsync or a re-export finishing) or deleted while its bytes were read kept its
+    size and mtime under the open descriptor: the run recorded the old content's MD5 for a path that held other
+    content, or none. Now the file is read again (the new content, with its own size and mtime), or said to be
+    gone. (The change is made by the parser the hashing calls between its two looks at the file.)"""
+    import hashlib
+
+    from chorus_batch.workers import hash_one
+
+    path = write(site, "OMOP/person.csv", b"person_id\n1\n")
+    done = []
+
+    def change_once(f):
+        if not done:
+            done.append(f.read())
+            if change == "replaced":
+                write(site, "OMOP/.person.csv.new", b"person_id\n1\n2\n3\n")
+                os.replace(site / "OMOP/.person.csv.new", path)
+            elif change == "truncated":  # (as `> file` in a shell: size and mtime move, the descriptor reads on)
+                os.truncate(path, 0)
+            else:
+                path.unlink()
+        return None
+
+    out = hash_one(LocalSource(site), "OMOP/person.csv", bytearray(1 << 16), change_once)
+    if change != "deleted":
+        assert not isinstance(out, tuple), out
+        assert out.digest == hashlib.md5(path.read_bytes()).digest() and out.size == path.stat().st_size
+    else:
+        assert isinstance(out, tuple) and out[0] == "vanished", out
+        assert "deleted or moved while this run went on" in out[1]
+
+
 def test_racily_clean_files_are_rehashed(site, db):
     path = write(site, "OMOP/a.csv", b"aaaa")
     run_site(site, db)  # mtime is within the racy window of this scan's start

@@ -1021,6 +1021,26 @@ def test_a_full_manifest_disk_is_said_to_be_full_and_the_previous_version_stays(
     assert run(site, db).returncode == 0 and query(db, "SELECT count(*) FROM versions") == [(2,)]
 
 
+def test_a_full_manifest_disk_says_what_stands_in_every_command_that_writes_it(site, small_disk):
+    """`upgrade`, `validate` and `registry` on a full disk said "the disk is full ... run again" and nothing of what
+    stood (did the upgrade happen? were findings recorded? are the registry files in --out the new ones?): each now
+    says it, as on a signal, and the manifest is as it was once space is freed."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = small_disk / "m.sqlite"
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    filler = fill(small_disk)
+    said = {"upgrade": "the manifest was not upgraded", "validate": "no findings of this check were recorded",
+            "registry": "the registry files in --out are as they were"}
+    for command, words in said.items():
+        extra = ["--out", str(small_disk.parent / "release")] if command == "registry" else []
+        out = cli(command, "--db", str(db), *extra)
+        assert out.returncode == 3, (command, out.stderr)
+        assert "the disk is full" in out.stderr and words in out.stderr, (command, out.stderr)
+    filler.unlink()
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM validations") == [(0,)]
+
+
 def test_a_full_temporary_folder_is_said_as_that_folder_not_the_manifests_disk(site, db, small_disk, monkeypatch):
     """SQLite writes its sorts and index builds in $TMPDIR; a full one (a small tmpfs /tmp on a compute node) failed
     every run with "the disk is full ... free space on the manifest's file system", whose disk had gigabytes free.

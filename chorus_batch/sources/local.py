@@ -258,7 +258,15 @@ class LocalSource:
                 after = os.fstat(fd)
             finally:
                 os.close(fd)
-            if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns:
+            # A file replaced by a rename or deleted while it was read keeps its size and mtime under the descriptor,
+            # but has no name left (its link count fell to 0; free: no path looked up again): the bytes read are no
+            # longer the path's, so it is read again (the new file's), or is gone (vanished). (A file system that
+            # counts no links says 0 throughout; NFS renames an open file deleted by this client aside instead.)
+            unlinked = before.st_nlink > 0 and after.st_nlink == 0
+            if unlinked and not os.path.lexists(path):
+                raise FileNotFoundError(errno.ENOENT, "deleted while it was hashed", path)
+            if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns \
+                    and not unlinked:
                 return HashOutcome(digest.digest(), before.st_size, clamp_ns(before.st_mtime_ns), facts)
         raise FileChangedWhileHashing("file changed while it was hashed (twice: something is writing it); what was "
                                       "recorded of it is kept: run again once it is written")
