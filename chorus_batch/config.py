@@ -539,7 +539,11 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         ) from None
     # Relative paths are from the file's folder; a config read from a pipe (`--config <(envsubst < chorus.in)`) has
     # none (it was /proc/<pid>/fd: "site root is not a readable directory: /proc/11836/fd/site"): the current one.
-    base = path.resolve().parent if path.is_file() else Path.cwd()
+    # A config reached through a symbolic link (./chorus.toml -> /etc/chorus/site-a.toml, or a folder link such as
+    # /opt/chorus/current -> releases/v3) takes them from the folder it was named in, as the shell shows it: they were
+    # taken from the link's target, so `db = "chorus_manifest.sqlite"` beside the link was a new manifest in
+    # /etc/chorus (or in the release folder, another one after each deploy). (slurm._absolute names it alike.)
+    base = Path(os.path.abspath(path)).parent if path.is_file() else Path.cwd()
     # A text setting written empty is refused, whichever it is: an empty path would become the config file's own
     # folder (the site, or snapshots and a manifest written there), and `name = ""` was taken as no name at all
     # while `root = ""` was refused. (Validation above passed: every setting here is a known one.)
