@@ -276,6 +276,46 @@ def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_fol
     assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
 
 
+def test_a_config_reached_through_a_link_takes_its_relative_paths_from_the_links_folder(tmp_path):
+    """./chorus.toml -> /etc/chorus/site-a.toml took `db = "m.sqlite"` from /etc/chorus (a new manifest there), and a
+    config under a linked release folder (current -> releases/v3) from the release: a new manifest each deploy."""
+    from chorus_batch.config import load_config
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "site-a.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n')
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "chorus.toml").symlink_to("../etc/site-a.toml")
+    config = load_config(tmp_path / "work" / "chorus.toml")
+    assert (config.site.root, config.manifest.db) == (str(tmp_path / "work" / "site"), str(tmp_path / "work" / "m.sqlite"))
+    (tmp_path / "current").symlink_to("etc")
+    assert load_config(tmp_path / "current" / "site-a.toml").manifest.db == str(tmp_path / "current" / "m.sqlite")
+
+
+def test_a_config_that_is_a_pipe_nothing_writes_to_or_a_device_is_refused_not_waited_on(tmp_path):
+    """--config on a named pipe with no writer (a mkfifo left behind) waited forever: a nightly run that never ended;
+    /dev/zero was read without end. A pipe whose writer comes is read."""
+    import threading
+
+    from chorus_batch.config import load_config
+    from chorus_batch.errors import ConfigError
+
+    fifo = tmp_path / "chorus.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is a named pipe that nothing writes to"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match="config file /dev/zero is a device, not a file"):
+        load_config("/dev/zero")
+    writer = threading.Thread(target=lambda: fifo.write_text("[run]\nworkers = 3\n"))
+    writer.start()
+    assert load_config(fifo).run.workers == 3
+    writer.join()
+    assert load_config(os.devnull).run.mode == "full"  # (the way to read no ./chorus.toml: every default)
+    from chorus_batch.upstream.config import convert_config
+
+    with pytest.raises(ConfigError, match="nothing writes to"):  # import-config CONFIG alike
+        convert_config(fifo)
+
+
 @pytest.mark.parametrize(("setting", "value", "variable"), [
     ("[site]\nroot", "$DATA/site", "$DATA"), ("[site]\nroot", "${DATA}", "${DATA}"),
     ("[site]\nroot", "%DATA%\\\\site", "%DATA%"), ("[site.roots]\nImages", "~/$IMAGES/x", "$IMAGES"),
