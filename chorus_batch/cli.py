@@ -24,7 +24,7 @@ from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError, interrupted_at_start,
                      holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
-from .units import shown, shown_name, shown_text
+from .units import quoted, shown, shown_name, shown_text
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
@@ -1456,7 +1456,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     reader.resolve(None)  # no version yet: exit 2 saying so (as files, changes, diff), not "no file PATH"
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
-        shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
+        shown = quoted(args.path)  # a backslash as typed, not doubled
         # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
         # called a folder of one file.
         bare = args.path.rstrip("/\\")

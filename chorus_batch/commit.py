@@ -40,6 +40,7 @@ from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
+from .units import quoted
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
@@ -141,7 +142,7 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
     """Version labels are the run's UTC start, unique and increasing."""
     if requested is not None:
         if not _LABEL_RE.match(requested):
-            raise UsageError(f"invalid version label {requested!r}", where="--version",
+            raise UsageError(f"invalid version label {quoted(requested)}", where="--version",
                              fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "
                                  "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")
