@@ -711,9 +711,8 @@ def _resolve_target(args: argparse.Namespace) -> _Target:
 
 def _run_settings(args: argparse.Namespace, target: _Target):
     """RunSettings from the command line over chorus.toml (flags a command lacks count as not given)."""
-    from pydantic import ValidationError
-
     from .config import RunSettings
+    from .errors import SettingError
 
     config = target.config
     site = target.site or (str(demo_site()) if target.demo else None)
@@ -742,11 +741,9 @@ def _run_settings(args: argparse.Namespace, target: _Target):
             arguments=(_listing_arguments(args) if args.command == "run" and (flag("staging") or flag("merge"))
                        else None),
         )
-    except ValidationError as exc:  # a flag's value out of range (chorus.toml's own are checked as it is read)
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "settings"
-        option = "--" + {"validate_site": "validate"}.get(name, name).replace("_", "-")
-        raise UsageError(f"invalid {option}: {first['msg']}", where=f"{option} (or [run] {name} in chorus.toml)",
+    except SettingError as exc:  # a flag's value out of range (chorus.toml's own are checked as it is read)
+        option = "--" + {"validate_site": "validate"}.get(exc.setting, exc.setting).replace("_", "-")
+        raise UsageError(f"invalid {option}: {exc.problem}", where=f"{option} (or [run] {exc.setting} in chorus.toml)",
                          fix=f"see `chorus-batch {args.command} --help` for the values it takes") from None
 
 

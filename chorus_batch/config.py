@@ -56,7 +56,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from .config_file import read_toml, resolve_path
-from .errors import ConfigError
+from .errors import ConfigError, SettingError
 from .processes import default_workers
 from .urls import holds_userinfo
 
@@ -364,6 +364,12 @@ class RunSettings(BaseModel):
     # recorded by a shard, and how a merge's message reruns a shard (None: not known, e.g. the library)
     arguments: list[str] | None = None
 
+    def __init__(self, **settings: object) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:  # (pydantic's traceback and its web page: said as what to give instead)
+            raise _settings_error(exc) from None
+
     @field_validator("site", "db", "delete_list", "parquet", "staging", "merge", mode="before")
     @classmethod
     def _path_as_text(cls, value: object) -> object:
@@ -388,6 +394,29 @@ class RunSettings(BaseModel):
 
         # a UsageError (not a ValueError): it leaves pydantic as it is, naming the option and what it needs
         return value if value is None else staging_folder(value, "--" + info.field_name)
+
+
+LIBRARY_HELP = 'the README\'s section "Library"'
+
+
+def _settings_error(exc: ValidationError) -> SettingError:
+    """What a library caller gave RunSettings that it does not take, as a SettingError naming the keyword."""
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "settings"
+    known = [*RunSettings.model_fields, "validate"]
+    if first["type"] == "extra_forbidden":
+        meant = _close(name, known)
+        problem = "is not a setting RunSettings takes" + (f"; did you mean {meant!r}?" if meant else "")
+        fix = (f"rename it to {meant}" if meant else "remove it") + f" (the settings: {', '.join(known)}; {LIBRARY_HELP})"
+    elif first["type"] == "missing":
+        problem = "is missing: RunSettings needs the site's folder (site) and the manifest's path (db)"
+        fix = f'give it, as in RunSettings(site="/data/site", db="manifest.sqlite") ({LIBRARY_HELP})'
+    else:
+        loc, problem = _problem(exc, lambda value: repr(value)[:80])
+        name = ".".join(str(p) for p in loc) or name
+        fix = f"give {name.split('.')[0]} a value it takes ({CONFIG_HELP}, where chorus.toml names it alike)"
+    return SettingError(f"RunSettings: {name} {problem}", setting=name.split(".")[0], problem=problem,
+                        where=f"RunSettings({name.split('.')[0]}=...)", fix=fix)
 
 
 def _known_settings(loc: tuple) -> list[str]:
@@ -421,6 +450,30 @@ def _as_toml(value: object) -> str:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return "nan" if value != value else ("inf" if value > 0 else "-inf")
     return json.dumps(value, default=str)
+
+
+def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
+    """Where a value `exc` refuses is (the setting's location) and what is wrong with it, in a person's words, not
+    pydantic's ("Input should be a valid integer"); the value as `spell` writes it (_as_toml, or repr for Python)."""
+    first = exc.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
+    branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+    loc = first["loc"]
+    if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
+        said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
+        message = f"should be {' or '.join(said)}, not {spell(first['input'])}"  # as TOML spells it
+        loc = loc[:-1]
+    elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
+        message = f"should be {_KINDS[first['type']]}, not {spell(first['input'])}"
+    elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
+        # TOML's nan is in no range
+        # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
+        message = f"should be a number, not {spell(first['input'])}"
+    elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
+        message = f"{message.removeprefix('Input ')}, not {spell(first['input'])}"
+    if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
+        message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
+    return tuple(loc), message
 
 
 def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
@@ -512,25 +565,8 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 fix=(f"rename it to {bare!r}" + (f" in [{prefix}]" if prefix else "") if bare else "remove it")
                     + f" ({CONFIG_HELP}; known here: " + ", ".join(known) + ")",
             ) from None
-        message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
-        branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
-        loc = first["loc"]
-        if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
-            said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
-            setting = ".".join(str(p) for p in loc[:-1])
-            message = f"should be {' or '.join(said)}, not {_as_toml(first['input'])}"  # as TOML spells it
-            loc = loc[:-1]
-        elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
-            message = f"should be {_KINDS[first['type']]}, not {_as_toml(first['input'])}"
-        elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
-            # TOML's nan is in no range
-            # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
-            message = f"should be a number, not {_as_toml(first['input'])}"
-        elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
-            message = f"{message.removeprefix('Input ')}, not {_as_toml(first['input'])}"
-        if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
-            message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
-            setting = ".".join(str(p) for p in loc)
+        loc, message = _problem(exc, _as_toml)
+        setting = ".".join(str(p) for p in loc)
         section, key = (".".join(str(p) for p in loc[:-1]), str(loc[-1])) if len(loc) > 1 else (setting, "")
         raise ConfigError(
             f"invalid setting {setting!r}: {message}",
