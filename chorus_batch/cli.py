@@ -568,7 +568,8 @@ def _parser() -> argparse.ArgumentParser:
 def _site_flags(parser: argparse.ArgumentParser) -> None:
     """What `run` and `status` scan and check, and how: the site, the manifest, the mode and the exclusions."""
     parser.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
-    parser.add_argument("--site", help="site root folder (or an fsspec URL)")
+    parser.add_argument("--site", help="site root folder (or an fsspec URL); replaces [site] root of the config, "
+                                       "whose [site.roots] still apply")
     parser.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
     parser.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
                         "append: only add/replace, remove only paths in --delete-list")
@@ -722,6 +723,13 @@ def _run_settings(args: argparse.Namespace, target: _Target):
                          fix="pass --site DIR (and --db MANIFEST), or put a chorus.toml with [site] root here (or pass "
                              "--config FILE); to try chorus-batch on its demo site: chorus-batch run --demo")
     flag = lambda name: getattr(args, name, None)  # noqa: E731
+    given = flag("site")
+    if given and config.site.roots and not target.demo and given != config.site.root and (
+            "://" in given or os.path.abspath(given) != config.site.root):  # (a site given by hand took them, unsaid)
+        logging.getLogger("chorus_batch").info(
+            f"--site replaces [site] root of the config; its [site.roots] still apply ("
+            + ", ".join(f"{modality}: {location}" for modality, location in config.site.roots.items())
+            + "): to run without them, give a --config without [site.roots]")
     try:
         return RunSettings(
             site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,

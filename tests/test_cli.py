@@ -880,6 +880,21 @@ def test_a_number_of_workers_out_of_range_is_a_usage_error(tmp_path, command):
     assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr
 
 
+def test_site_on_the_command_line_says_the_configs_modality_roots_still_apply(tmp_path):
+    """--site replaced [site] root, and [site.roots] of ./chorus.toml were listed with it, unsaid: a folder given by
+    hand was run together with another site's Waveforms root."""
+    write(tmp_path / "a", "OMOP/a.csv")
+    write(tmp_path / "b", "OMOP/b.csv")
+    write(tmp_path / "bedside", "000001/Waveforms/x.hea")
+    (tmp_path / "chorus.toml").write_text("[site]\nroot = 'a'\n[site.roots]\nWaveforms = 'bedside'\n")
+    note = f"--site replaces [site] root of the config; its [site.roots] still apply (Waveforms: {tmp_path / 'bedside'})"
+    out = cli("status", "--site", "b", "--db", "m.sqlite", "--json", cwd=tmp_path)
+    assert out.returncode in (0, 1) and note in out.stderr, out.stderr
+    assert sorted(c["srcfile"] for c in json.loads(out.stdout)["changes"]) == ["000001/Waveforms/x.hea", "OMOP/b.csv"]
+    out = cli("status", "--site", "a", "--db", "m.sqlite", "--json", cwd=tmp_path)  # the config's own root: no note
+    assert out.returncode in (0, 1) and "still apply" not in out.stderr, out.stderr
+
+
 def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "chorus.toml").write_text("[site]\nroot = 'site'\n[site.roots]\nWaveforms = 'nowhere'\n")
