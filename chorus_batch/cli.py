@@ -727,7 +727,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
     if given and config.site.roots and not target.demo and given != config.site.root and (
             "://" in given or os.path.abspath(given) != config.site.root):  # (a site given by hand took them, unsaid)
         logging.getLogger("chorus_batch").info(
-            f"--site replaces [site] root of the config; its [site.roots] still apply ("
+            "--site replaces [site] root of the config; its [site.roots] still apply ("
             + ", ".join(f"{modality}: {location}" for modality, location in config.site.roots.items())
             + "): to run without them, give a --config without [site.roots]")
     try:
