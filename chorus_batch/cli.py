@@ -60,9 +60,35 @@ _PATH_DESTS = frozenset({"config", "site", "db", "delete_list", "parquet", "out"
                          "exclude"})
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes one value (--site, --db, --config, --workers, ...): given twice with two values it is a
+    usage error naming both. argparse kept the last, silently: `chorus-batch run --db /data/m.sqlite $EXTRA` with a
+    --db in $EXTRA (a cron line put together from variables) committed to the other manifest. Twice the same is one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = parser.given  # type: ignore[attr-defined]
+        if self.dest in given and given[self.dest][1] != values:
+            first, value = given[self.dest]
+            said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
+            parser.error(f"{option_string or self.dest} is given twice, with two values ({said(first, value)}, then "
+                         f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
+        given[self.dest] = (option_string, values)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
     """Every command's parser. `validate --help` lists the rules: the rules module (and polars)
     is imported only when that help is shown, so other help stays instant."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)  # (add_argument's default action)
+        self.register("action", "store", _StoreOnce)
+        self.given: dict[str, tuple[str | None, object]] = {}  # dest -> (option, value) of the parse going on
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.given = {}
+        return super().parse_known_args(args, namespace)
 
     def format_help(self) -> str:
         if self.epilog and "{rules}" in self.epilog:

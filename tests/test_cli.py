@@ -58,6 +58,15 @@ def _parses(words: list[str]) -> str | None:
     return None
 
 
+def test_an_option_given_twice_with_two_values_is_refused_naming_both():
+    """`run --db /data/m.sqlite $EXTRA`, a --db in $EXTRA: argparse took the last, silently (another manifest)."""
+    assert _parses(["run", "--db", "a.sqlite", "--site", "s", "--db=b b.sqlite"]) == (
+        "chorus-batch run: error: --db is given twice, with two values (--db a.sqlite, then --db 'b b.sqlite'); it "
+        "takes one: keep the one meant (nothing was done)")
+    assert "--workers is given twice" in _parses(["status", "--workers", "2", "--workers", "3"])
+    assert _parses(["run", "--site", "s", "--site", "s", "--exclude", "a", "--exclude", "b"]) is None  # the same; a list
+
+
 def test_every_command_has_help_with_an_example():
     """Every command's --help has examples that use it, and each example's command lines parse with the real
     parser: command names and flags are the real ones (not only "example" somewhere in the text)."""
