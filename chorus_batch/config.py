@@ -71,17 +71,19 @@ class _Strict(BaseModel):
 
 
 def parse_bytes(value: str | int) -> int:
-    """A byte count: 1000, "500MB", "10GiB", "2T" (K/M/G/T are powers of 1024 with or without the i)."""
-    if isinstance(value, int) and value >= 0:
+    """A byte count: 1000, "500MB", "10GiB", "2T" (K/M/G/T are powers of 1024 with or without the i). Never
+    negative ("-5G" was a limit of -5 GiB, taken), never infinite ("1e400G", "infM": an OverflowError, the run's
+    "internal error")."""
+    import math
+
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     text = str(value).strip().upper().replace("IB", "").replace("B", "")
     factors = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     try:
-        if text and text[-1] in factors:
-            return int(float(text[:-1]) * factors[text[-1]])
-        number = int(text)
-        if number >= 0:
-            return number
+        number = float(text[:-1]) * factors[text[-1]] if text and text[-1] in factors else int(text)
+        if math.isfinite(number) and number >= 0:
+            return int(number)
     except ValueError:
         pass
     raise ValueError(f"{value!r} is not a byte count (e.g. 10GiB, 500MB, 1000000)")
@@ -182,8 +184,10 @@ class RegistrySection(_Strict):
     @field_validator("image_proc_ids", "waveform_proc_ids")
     @classmethod
     def _ordered(cls, value: list[int]) -> list[int]:
-        if len(value) != 2 or not 0 < value[0] <= value[1]:
-            raise ValueError("give [first, last] with 0 < first <= last")
+        # (a last id past SQLite's and OMOP's 64-bit integers was taken, and failed the `registry` that allocated it)
+        if len(value) != 2 or not 0 < value[0] <= value[1] <= 2**63 - 1:
+            raise ValueError(f"give [first, last] with 0 < first <= last <= {2**63 - 1} (a 64-bit integer, as OMOP's "
+                             "procedure_occurrence_id)")
         return value
 
 

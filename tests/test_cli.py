@@ -235,6 +235,12 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # a float max_delete out of 0-100 was told to write "nan%" or "150%", no share either
         ("[run]\nmax_delete = nan\n", "invalid setting 'run.max_delete': nan is not a percentage"),
         ("[run]\nmax_delete = 150.0\n", "invalid setting 'run.max_delete': 150.0 is not a percentage"),
+        # an infinite byte count was an OverflowError ("internal error"), a negative one a limit taken
+        ("[run]\nverify_max_bytes = '1e400G'\n", "invalid setting 'run.verify_max_bytes': '1e400G' is not a byte count"),
+        ("[run]\nverify_max_bytes = '-5G'\n", "invalid setting 'run.verify_max_bytes': '-5G' is not a byte count"),
+        # past a 64-bit integer: `registry` failed with "internal error: OverflowError"
+        ("[registry]\nimage_proc_ids = [1, 99999999999999999999999]\n",
+         "invalid setting 'registry.image_proc_ids': give [first, last] with 0 < first <= last <= 9223372036854775807"),
     ],
 )
 def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
