@@ -1873,15 +1873,25 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                     for command in ("versions", "changes", "files", "diff", "history", "slurm-script")}}
 
 
-def _expand_out(args: argparse.Namespace) -> None:
-    """A quoted '~' in an output path (a cron line, a unit file: no shell to expand it) is the home folder, in every
-    command, as --db and --site read it: report/review --out "~/x.html" said "its folder ~ does not exist", and
-    import-config --out and testdata OUT made a folder named '~' in the working folder."""
-    out = getattr(args, "out", None)
-    if isinstance(out, str) and out.startswith("~"):
-        from .urls import expand_home
+# The arguments that name a local file or folder of the machine (not a site-relative path, not a URL), as `_expand_home`
+# names them in a message
+_HOME_PATHS = {"out": "--out", "config": "--config", "delete_list": "--delete-list", "parquet": "--parquet",
+               "staging": "--staging", "merge": "--merge", "from_log": "--from-log", "journal": "JOURNAL",
+               "config_file": "CONFIG"}
 
-        args.out = expand_home(out, "OUT" if args.command == "testdata" else "--out")
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """A quoted '~' in a path argument (a cron line, a unit file: no shell to expand it) is the home folder, in every
+    command, as --db and --site read it: report/review --out "~/x.html" said "its folder ~ does not exist", and
+    import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
+    "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
+    and the others alike."""
+    from .urls import expand_home
+
+    for dest, name in _HOME_PATHS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, dest, expand_home(value, "OUT" if dest == "out" and args.command == "testdata" else name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1901,7 +1911,7 @@ def main(argv: list[str] | None = None) -> int:
 
             check_working_folder()
             check_environment()
-            _expand_out(args)
+            _expand_home(args)
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code

@@ -67,6 +67,21 @@ def test_an_option_given_twice_with_two_values_is_refused_naming_both():
     assert _parses(["run", "--site", "s", "--site", "s", "--exclude", "a", "--exclude", "b"]) is None  # the same; a list
 
 
+def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(monkeypatch, tmp_path):
+    """A systemd unit's ExecStart expands no '~': `--config ~/chorus.toml` was "config file not found: ~/chorus.toml",
+    and --delete-list, --parquet, --staging, --merge, --from-log, JOURNAL and CONFIG were read under a folder '~'."""
+    from chorus_batch.cli import _expand_home, _parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for words in (["run", "--config", "~/c.toml", "--delete-list", "~/d.txt", "--parquet", "~/snaps", "--staging", "~/s",
+                   "--merge", "~/m"], ["mark-uploaded", "--from-log", "~/up.log"], ["import-journal", "~/journal.db"],
+                  ["import-config", "~/config.toml", "--out", "~/chorus.toml"]):
+        args = _parser().parse_args(words)
+        _expand_home(args)
+        given = [value for value in vars(args).values() if isinstance(value, str) and "/" in value]
+        assert given and all(value.startswith(f"{tmp_path}/") for value in given), (words, vars(args))
+
+
 def test_every_command_has_help_with_an_example():
     """Every command's --help has examples that use it, and each example's command lines parse with the real
     parser: command names and flags are the real ones (not only "example" somewhere in the text)."""
