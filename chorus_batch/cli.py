@@ -1777,8 +1777,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         argv, first = ["run", *argv], None
     if first is not None and first not in commands:
         meant = _close(first, commands)
-        parser.error(f"unknown command {first!r}" + (f"; did you mean {meant!r}?" if meant else "")
-                     + f" (commands: {', '.join(commands)})")
+        rest = " ".join(shlex.quote(word) for word in argv[at + 1:])
+        if meant:
+            hint = f"; did you mean {meant!r}?"
+        elif first.lower() == "help":  # (`chorus-batch help run`: as git and pip take it)
+            hint = f"; for help: chorus-batch {rest + ' ' if rest else ''}--help"
+        elif os.path.isdir(first):  # the site's folder without --site (it was only "unknown command")
+            hint = f"; to run on that folder: chorus-batch run --site {shlex.quote(first)}{' ' + rest if rest else ''}"
+        else:
+            hint = ""
+        parser.error(f"unknown command {quoted(first)}{hint} (commands: {', '.join(commands)})")
     args, extras = parser.parse_known_args(argv)
     if args.command is None:
         args, extras = parser.parse_known_args(["run", *argv])
