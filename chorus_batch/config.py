@@ -583,7 +583,10 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     # /opt/chorus/current -> releases/v3) takes them from the folder it was named in, as the shell shows it: they were
     # taken from the link's target, so `db = "chorus_manifest.sqlite"` beside the link was a new manifest in
     # /etc/chorus (or in the release folder, another one after each deploy). (slurm._absolute names it alike.)
-    base = Path(os.path.abspath(path)).parent if path.is_file() else Path.cwd()
+    # One named under /dev or /proc (`--config /dev/stdin < chorus.toml`: a file descriptor, its folder no folder of
+    # the user's: "site root ... /dev/site does not exist") is read as a pipe is.
+    named = Path(os.path.abspath(path))
+    base = named.parent if path.is_file() and named.parts[1:2] not in (("dev",), ("proc",)) else Path.cwd()
     # A text setting written empty is refused, whichever it is: an empty path would become the config file's own
     # folder (the site, or snapshots and a manifest written there), and `name = ""` was taken as no name at all
     # while `root = ""` was refused. (Validation above passed: every setting here is a known one.)

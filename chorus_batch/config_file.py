@@ -39,7 +39,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                               where=str(path), fix="mount or restore what it leads to (or correct the link), then "
                                                    "run again") from None
         raise ConfigError(f"config file not found: {path}", where=str(path),
-                          fix="pass --config with an existing file, or omit it") from None
+                          fix="pass --config with an existing file, or omit it" + (
+                              " (standard input is --config /dev/stdin)" if str(path) == "-" else "")) from None
     except IsADirectoryError:
         inside = path / CONFIG_NAME
         raise ConfigError(f"config file {path} is a folder, not a file", where=str(path),

@@ -304,6 +304,13 @@ def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_fol
         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
+    # `--config /dev/stdin < chorus.toml` alike: they were from /dev ("/dev/site does not exist")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n')
+    with (tmp_path / "elsewhere" / "c.toml").open() as stdin:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "status", "-q", "--config", "/dev/stdin"],
+                             stdin=stdin, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode in (0, 1) and f"commit to {tmp_path / 'm.sqlite'}" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_config_reached_through_a_link_takes_its_relative_paths_from_the_links_folder(tmp_path):
