@@ -110,11 +110,16 @@ def read_delete_list(path: str) -> pl.DataFrame:
     showed the stripped path, not what the user wrote. They are refused, by line number, before anything is
     recorded. A leading './' and '\\' separators (find's and Windows' forms) are unambiguous: read as the path,
     and the messages name the line."""
+    from .config_file import read_bytes
+
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(Path(path), "delete list")  # (a named pipe nothing writes to: refused, not waited on)
         # A list written on Windows: with a byte-order mark (Notepad, Excel's "CSV UTF-8"), whose U+FEFF was read as
         # part of the first path (never matched: that file was not removed), or as UTF-16 ("Unicode"): both unambiguous
         text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"the delete list {path} does not exist", where=os.path.abspath(path),
+                         fix="pass --delete-list with the file of site-relative paths to remove, one per line") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the delete list: {exc}", where=os.path.abspath(path),
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None

@@ -76,7 +76,7 @@ def _text(path: Path) -> str:
 PIPE_WRITER_WAIT_S = 1.0
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path, what: str = "config file") -> bytes:
     """The bytes of a config file (chorus.toml, or chorus-upload's config.toml): a regular file, or a pipe with a
     writer (`--config <(envsubst < chorus.toml.in)`), read to its end. A named pipe nothing writes to (a mkfifo left
     behind, a writer that failed to start) is a ConfigError after PIPE_WRITER_WAIT_S: opening it waited for a writer
@@ -92,9 +92,10 @@ def read_bytes(path: Path) -> bytes:
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     null = stat.S_ISCHR(kind) and os.path.samestat(os.stat(path), os.stat(os.devnull))
     if not (stat.S_ISREG(kind) or stat.S_ISFIFO(kind) or null):
-        what = "a socket" if stat.S_ISSOCK(kind) else "a device"
-        raise ConfigError(f"config file {path} is {what}, not a file", where=str(path),
-                          fix="pass the path of the TOML file itself (or a pipe: <(envsubst < chorus.toml.in))")
+        kind_of = "a socket" if stat.S_ISSOCK(kind) else "a device"
+        raise ConfigError(f"{what} {path} is {kind_of}, not a file", where=str(path),
+                          fix=f"pass the path of the {what} itself" + (
+                              " (or a pipe: <(envsubst < chorus.toml.in))" if what == "config file" else ""))
     if not stat.S_ISFIFO(kind):
         return path.read_bytes()
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (opened at once, writer or not)
@@ -113,10 +114,12 @@ def read_bytes(path: Path) -> bytes:
             elif chunks or writer:  # the end of what was written
                 return b"".join(chunks)
             elif time.monotonic() - waited_from >= PIPE_WRITER_WAIT_S:
-                raise ConfigError(f"config file {path} is a named pipe that nothing writes to (no writer opened it "
+                raise ConfigError(f"{what} {path} is a named pipe that nothing writes to (no writer opened it "
                                   f"within {PIPE_WRITER_WAIT_S:g} s); nothing was done", where=str(path),
                                   fix="start its writer first (envsubst < chorus.toml.in > PIPE &), pass "
-                                      "--config <(envsubst < chorus.toml.in), or pass the TOML file itself")
+                                      "--config <(envsubst < chorus.toml.in), or pass the TOML file itself"
+                                      if what == "config file" else f"start its writer first, or pass the {what} "
+                                                                    "itself (or a pipe: <(command))")
             else:  # no writer yet: wait a little for one (it wakes this as it writes)
                 select.select([fd], [], [], 0.05)
     finally:

@@ -351,6 +351,12 @@ def test_a_config_that_is_a_pipe_nothing_writes_to_or_a_device_is_refused_not_wa
 
     with pytest.raises(ConfigError, match="nothing writes to"):  # import-config CONFIG alike
         convert_config(fifo)
+    from chorus_batch.commit import read_delete_list
+
+    with pytest.raises(ConfigError, match="delete list .* is a named pipe that nothing writes to"):  # --delete-list too
+        read_delete_list(str(fifo))
+    with pytest.raises(ConfigError, match="delete list /dev/zero is a device"):
+        read_delete_list("/dev/zero")
 
 
 @pytest.mark.parametrize(("setting", "value", "variable"), [
