@@ -50,7 +50,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -368,11 +368,12 @@ class RunSettings(BaseModel):
     # recorded by a shard, and how a merge's message reruns a shard (None: not known, e.g. the library)
     arguments: list[str] | None = None
 
-    def __init__(self, **settings: object) -> None:
-        try:
-            super().__init__(**settings)
-        except ValidationError as exc:  # (pydantic's traceback and its web page: said as what to give instead)
-            raise _settings_error(exc) from None
+    if not TYPE_CHECKING:  # (type checkers and editors keep pydantic's signature: the fields by name)
+        def __init__(self, **settings: object) -> None:
+            try:
+                super().__init__(**settings)
+            except ValidationError as exc:  # (pydantic's traceback and its web page: said as what to give instead)
+                raise _settings_error(exc) from None
 
     @field_validator("site", "db", "delete_list", "parquet", "staging", "merge", mode="before")
     @classmethod
