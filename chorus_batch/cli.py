@@ -24,7 +24,7 @@ from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, ManifestError, Stopped, UsageError,
                      interrupted_at_start, holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
-from .units import shown, shown_name, shown_text
+from .units import quoted, shown, shown_name, shown_text
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
@@ -60,9 +60,35 @@ _PATH_DESTS = frozenset({"config", "site", "db", "delete_list", "parquet", "out"
                          "exclude"})
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes one value (--site, --db, --config, --workers, ...): given twice with two values it is a
+    usage error naming both. argparse kept the last, silently: `chorus-batch run --db /data/m.sqlite $EXTRA` with a
+    --db in $EXTRA (a cron line put together from variables) committed to the other manifest. Twice the same is one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = parser.given  # type: ignore[attr-defined]
+        if self.dest in given and given[self.dest][1] != values:
+            first, value = given[self.dest]
+            said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
+            parser.error(f"{option_string or self.dest} is given twice, with two values ({said(first, value)}, then "
+                         f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
+        given[self.dest] = (option_string, values)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
     """Every command's parser. `validate --help` lists the rules: the rules module (and polars)
     is imported only when that help is shown, so other help stays instant."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)  # (add_argument's default action)
+        self.register("action", "store", _StoreOnce)
+        self.given: dict[str, tuple[str | None, object]] = {}  # dest -> (option, value) of the parse going on
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self.given = {}
+        return super().parse_known_args(args, namespace)
 
     def format_help(self) -> str:
         if self.epilog and "{rules}" in self.epilog:
@@ -568,7 +594,8 @@ def _parser() -> argparse.ArgumentParser:
 def _site_flags(parser: argparse.ArgumentParser) -> None:
     """What `run` and `status` scan and check, and how: the site, the manifest, the mode and the exclusions."""
     parser.add_argument("--config", help="settings file (default: ./chorus.toml if present)")
-    parser.add_argument("--site", help="site root folder (or an fsspec URL)")
+    parser.add_argument("--site", help="site root folder (or an fsspec URL); replaces [site] root of the config, "
+                                       "whose [site.roots] still apply")
     parser.add_argument("--db", help=f"manifest file (default: from the config, else ./{DEFAULT_DB})")
     parser.add_argument("--mode", choices=["full", "append"], help="full: the tree is the whole site (missing files are removed); "
                         "append: only add/replace, remove only paths in --delete-list")
@@ -711,9 +738,8 @@ def _resolve_target(args: argparse.Namespace) -> _Target:
 
 def _run_settings(args: argparse.Namespace, target: _Target):
     """RunSettings from the command line over chorus.toml (flags a command lacks count as not given)."""
-    from pydantic import ValidationError
-
     from .config import RunSettings
+    from .errors import SettingError
 
     config = target.config
     site = target.site or (str(demo_site()) if target.demo else None)
@@ -723,6 +749,13 @@ def _run_settings(args: argparse.Namespace, target: _Target):
                          fix="pass --site DIR (and --db MANIFEST), or put a chorus.toml with [site] root here (or pass "
                              "--config FILE); to try chorus-batch on its demo site: chorus-batch run --demo")
     flag = lambda name: getattr(args, name, None)  # noqa: E731
+    given = flag("site")
+    if given and config.site.roots and not target.demo and given != config.site.root and (
+            "://" in given or os.path.abspath(given) != config.site.root):  # (a site given by hand took them, unsaid)
+        logging.getLogger("chorus_batch").info(
+            "--site replaces [site] root of the config; its [site.roots] still apply ("
+            + ", ".join(f"{modality}: {location}" for modality, location in config.site.roots.items())
+            + "): to run without them, give a --config without [site.roots]")
     try:
         return RunSettings(
             site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,
@@ -742,11 +775,9 @@ def _run_settings(args: argparse.Namespace, target: _Target):
             arguments=(_listing_arguments(args) if args.command == "run" and (flag("staging") or flag("merge"))
                        else None),
         )
-    except ValidationError as exc:  # a flag's value out of range (chorus.toml's own are checked as it is read)
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "settings"
-        option = "--" + {"validate_site": "validate"}.get(name, name).replace("_", "-")
-        raise UsageError(f"invalid {option}: {first['msg']}", where=f"{option} (or [run] {name} in chorus.toml)",
+    except SettingError as exc:  # a flag's value out of range (chorus.toml's own are checked as it is read)
+        option = "--" + {"validate_site": "validate"}.get(exc.setting, exc.setting).replace("_", "-")
+        raise UsageError(f"invalid {option}: {exc.problem}", where=f"{option} (or [run] {exc.setting} in chorus.toml)",
                          fix=f"see `chorus-batch {args.command} --help` for the values it takes") from None
 
 
@@ -1464,7 +1495,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     reader.resolve(None)  # no version yet: exit 2 saying so (as files, changes, diff), not "no file PATH"
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
-        shown = f"'{args.path}'" if args.path.isprintable() else repr(args.path)  # a backslash as typed, not doubled
+        shown = quoted(args.path)  # a backslash as typed, not doubled
         # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
         # called a folder of one file.
         bare = args.path.rstrip("/\\")
@@ -1754,8 +1785,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         argv, first = ["run", *argv], None
     if first is not None and first not in commands:
         meant = _close(first, commands)
-        parser.error(f"unknown command {first!r}" + (f"; did you mean {meant!r}?" if meant else "")
-                     + f" (commands: {', '.join(commands)})")
+        rest = " ".join(shlex.quote(word) for word in argv[at + 1:])
+        if meant:
+            hint = f"; did you mean {meant!r}?"
+        elif first.lower() == "help":  # (`chorus-batch help run`: as git and pip take it)
+            hint = f"; for help: chorus-batch {rest + ' ' if rest else ''}--help"
+        elif os.path.isdir(first):  # the site's folder without --site (it was only "unknown command")
+            hint = f"; to run on that folder: chorus-batch run --site {shlex.quote(first)}{' ' + rest if rest else ''}"
+        else:
+            hint = ""
+        parser.error(f"unknown command {quoted(first)}{hint} (commands: {', '.join(commands)})")
     args, extras = parser.parse_known_args(argv)
     if args.command is None:
         args, extras = parser.parse_known_args(["run", *argv])
@@ -1850,15 +1889,25 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                     for command in ("versions", "changes", "files", "diff", "history", "slurm-script")}}
 
 
-def _expand_out(args: argparse.Namespace) -> None:
-    """A quoted '~' in an output path (a cron line, a unit file: no shell to expand it) is the home folder, in every
-    command, as --db and --site read it: report/review --out "~/x.html" said "its folder ~ does not exist", and
-    import-config --out and testdata OUT made a folder named '~' in the working folder."""
-    out = getattr(args, "out", None)
-    if isinstance(out, str) and out.startswith("~"):
-        from .urls import expand_home
+# The arguments that name a local file or folder of the machine (not a site-relative path, not a URL), as `_expand_home`
+# names them in a message
+_HOME_PATHS = {"out": "--out", "config": "--config", "delete_list": "--delete-list", "parquet": "--parquet",
+               "staging": "--staging", "merge": "--merge", "from_log": "--from-log", "journal": "JOURNAL",
+               "config_file": "CONFIG"}
 
-        args.out = expand_home(out, "OUT" if args.command == "testdata" else "--out")
+
+def _expand_home(args: argparse.Namespace) -> None:
+    """A quoted '~' in a path argument (a cron line, a unit file: no shell to expand it) is the home folder, in every
+    command, as --db and --site read it: report/review --out "~/x.html" said "its folder ~ does not exist", and
+    import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
+    "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
+    and the others alike."""
+    from .urls import expand_home
+
+    for dest, name in _HOME_PATHS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, dest, expand_home(value, "OUT" if dest == "out" and args.command == "testdata" else name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1878,7 +1927,7 @@ def main(argv: list[str] | None = None) -> int:
 
             check_working_folder()
             check_environment()
-            _expand_out(args)
+            _expand_home(args)
             code = COMMANDS[args.command](args, argv)
             sys.stdout.flush()  # the output's last bytes: a failure to write them is said here, not lost at exit
             return code

@@ -40,6 +40,7 @@ from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
+from .units import quoted
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
@@ -109,11 +110,16 @@ def read_delete_list(path: str) -> pl.DataFrame:
     showed the stripped path, not what the user wrote. They are refused, by line number, before anything is
     recorded. A leading './' and '\\' separators (find's and Windows' forms) are unambiguous: read as the path,
     and the messages name the line."""
+    from .config_file import read_bytes
+
     try:
-        data = Path(path).read_bytes()
+        data = read_bytes(Path(path), "delete list")  # (a named pipe nothing writes to: refused, not waited on)
         # A list written on Windows: with a byte-order mark (Notepad, Excel's "CSV UTF-8"), whose U+FEFF was read as
         # part of the first path (never matched: that file was not removed), or as UTF-16 ("Unicode"): both unambiguous
         text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"the delete list {path} does not exist", where=os.path.abspath(path),
+                         fix="pass --delete-list with the file of site-relative paths to remove, one per line") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the delete list: {exc}", where=os.path.abspath(path),
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
@@ -141,7 +147,7 @@ def next_label(started: datetime, latest: str | None, requested: str | None) -> 
     """Version labels are the run's UTC start, unique and increasing."""
     if requested is not None:
         if not _LABEL_RE.match(requested):
-            raise UsageError(f"invalid version label {requested!r}", where="--version",
+            raise UsageError(f"invalid version label {quoted(requested)}", where="--version",
                              fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "
                                  "part ending in '.'); the default is the UTC start, YYYYMMDDhhmmss")

@@ -50,13 +50,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .config_file import read_toml, resolve_path
-from .errors import ConfigError
+from .errors import ConfigError, SettingError
 from .processes import default_workers
 from .urls import holds_userinfo
 
@@ -71,17 +71,19 @@ class _Strict(BaseModel):
 
 
 def parse_bytes(value: str | int) -> int:
-    """A byte count: 1000, "500MB", "10GiB", "2T" (K/M/G/T are powers of 1024 with or without the i)."""
-    if isinstance(value, int) and value >= 0:
+    """A byte count: 1000, "500MB", "10GiB", "2T" (K/M/G/T are powers of 1024 with or without the i). Never
+    negative ("-5G" was a limit of -5 GiB, taken), never infinite ("1e400G", "infM": an OverflowError, the run's
+    "internal error")."""
+    import math
+
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     text = str(value).strip().upper().replace("IB", "").replace("B", "")
     factors = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     try:
-        if text and text[-1] in factors:
-            return int(float(text[:-1]) * factors[text[-1]])
-        number = int(text)
-        if number >= 0:
-            return number
+        number = float(text[:-1]) * factors[text[-1]] if text and text[-1] in factors else int(text)
+        if math.isfinite(number) and number >= 0:
+            return int(number)
     except ValueError:
         pass
     raise ValueError(f"{value!r} is not a byte count (e.g. 10GiB, 500MB, 1000000)")
@@ -182,8 +184,10 @@ class RegistrySection(_Strict):
     @field_validator("image_proc_ids", "waveform_proc_ids")
     @classmethod
     def _ordered(cls, value: list[int]) -> list[int]:
-        if len(value) != 2 or not 0 < value[0] <= value[1]:
-            raise ValueError("give [first, last] with 0 < first <= last")
+        # (a last id past SQLite's and OMOP's 64-bit integers was taken, and failed the `registry` that allocated it)
+        if len(value) != 2 or not 0 < value[0] <= value[1] <= 2**63 - 1:
+            raise ValueError(f"give [first, last] with 0 < first <= last <= {2**63 - 1} (a 64-bit integer, as OMOP's "
+                             "procedure_occurrence_id)")
         return value
 
 
@@ -364,6 +368,13 @@ class RunSettings(BaseModel):
     # recorded by a shard, and how a merge's message reruns a shard (None: not known, e.g. the library)
     arguments: list[str] | None = None
 
+    if not TYPE_CHECKING:  # (type checkers and editors keep pydantic's signature: the fields by name)
+        def __init__(self, **settings: object) -> None:
+            try:
+                super().__init__(**settings)
+            except ValidationError as exc:  # (pydantic's traceback and its web page: said as what to give instead)
+                raise _settings_error(exc) from None
+
     @field_validator("site", "db", "delete_list", "parquet", "staging", "merge", mode="before")
     @classmethod
     def _path_as_text(cls, value: object) -> object:
@@ -388,6 +399,29 @@ class RunSettings(BaseModel):
 
         # a UsageError (not a ValueError): it leaves pydantic as it is, naming the option and what it needs
         return value if value is None else staging_folder(value, "--" + info.field_name)
+
+
+LIBRARY_HELP = 'the README\'s section "Library"'
+
+
+def _settings_error(exc: ValidationError) -> SettingError:
+    """What a library caller gave RunSettings that it does not take, as a SettingError naming the keyword."""
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "settings"
+    known = [*RunSettings.model_fields, "validate"]
+    if first["type"] == "extra_forbidden":
+        meant = _close(name, known)
+        problem = "is not a setting RunSettings takes" + (f"; did you mean {meant!r}?" if meant else "")
+        fix = (f"rename it to {meant}" if meant else "remove it") + f" (the settings: {', '.join(known)}; {LIBRARY_HELP})"
+    elif first["type"] == "missing":
+        problem = "is missing: RunSettings needs the site's folder (site) and the manifest's path (db)"
+        fix = f'give it, as in RunSettings(site="/data/site", db="manifest.sqlite") ({LIBRARY_HELP})'
+    else:
+        loc, problem = _problem(exc, lambda value: repr(value)[:80])
+        name = ".".join(str(p) for p in loc) or name
+        fix = f"give {name.split('.')[0]} a value it takes ({CONFIG_HELP}, where chorus.toml names it alike)"
+    return SettingError(f"RunSettings: {name} {problem}", setting=name.split(".")[0], problem=problem,
+                        where=f"RunSettings({name.split('.')[0]}=...)", fix=fix)
 
 
 def _known_settings(loc: tuple) -> list[str]:
@@ -421,6 +455,30 @@ def _as_toml(value: object) -> str:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return "nan" if value != value else ("inf" if value > 0 else "-inf")
     return json.dumps(value, default=str)
+
+
+def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
+    """Where a value `exc` refuses is (the setting's location) and what is wrong with it, in a person's words, not
+    pydantic's ("Input should be a valid integer"); the value as `spell` writes it (_as_toml, or repr for Python)."""
+    first = exc.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
+    branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+    loc = first["loc"]
+    if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
+        said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
+        message = f"should be {' or '.join(said)}, not {spell(first['input'])}"  # as TOML spells it
+        loc = loc[:-1]
+    elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
+        message = f"should be {_KINDS[first['type']]}, not {spell(first['input'])}"
+    elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
+        # TOML's nan is in no range
+        # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
+        message = f"should be a number, not {spell(first['input'])}"
+    elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
+        message = f"{message.removeprefix('Input ')}, not {spell(first['input'])}"
+    if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
+        message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
+    return tuple(loc), message
 
 
 def _empty_settings(data: dict, prefix: str = "") -> list[tuple[str, bool]]:
@@ -512,25 +570,8 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                 fix=(f"rename it to {bare!r}" + (f" in [{prefix}]" if prefix else "") if bare else "remove it")
                     + f" ({CONFIG_HELP}; known here: " + ", ".join(known) + ")",
             ) from None
-        message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
-        branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
-        loc = first["loc"]
-        if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
-            said = [branches[e["loc"][-1]] for e in exc.errors() if e["loc"][:-1] == loc[:-1] and e["loc"][-1] in branches]
-            setting = ".".join(str(p) for p in loc[:-1])
-            message = f"should be {' or '.join(said)}, not {_as_toml(first['input'])}"  # as TOML spells it
-            loc = loc[:-1]
-        elif first["type"] in _KINDS:  # "Input should be a valid integer": of what was written, and what it is
-            message = f"should be {_KINDS[first['type']]}, not {_as_toml(first['input'])}"
-        elif first["type"] != "value_error" and isinstance(first.get("input"), float) and first["input"] != first["input"]:
-            # TOML's nan is in no range
-            # (it said "should be less than or equal to 3600, not NaN" of racy_window_s = nan: nan is no number)
-            message = f"should be a number, not {_as_toml(first['input'])}"
-        elif first["type"] != "value_error" and "input" in first:  # a range or a choice: and what was given
-            message = f"{message.removeprefix('Input ')}, not {_as_toml(first['input'])}"
-        if len(loc) > 1 and isinstance(loc[-1], int):  # an entry of a list (exclude = [1]): the list is the setting
-            message, loc = f"its entry {loc[-1] + 1} {message}", loc[:-1]
-            setting = ".".join(str(p) for p in loc)
+        loc, message = _problem(exc, _as_toml)
+        setting = ".".join(str(p) for p in loc)
         section, key = (".".join(str(p) for p in loc[:-1]), str(loc[-1])) if len(loc) > 1 else (setting, "")
         raise ConfigError(
             f"invalid setting {setting!r}: {message}",
@@ -539,7 +580,14 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         ) from None
     # Relative paths are from the file's folder; a config read from a pipe (`--config <(envsubst < chorus.in)`) has
     # none (it was /proc/<pid>/fd: "site root is not a readable directory: /proc/11836/fd/site"): the current one.
-    base = path.resolve().parent if path.is_file() else Path.cwd()
+    # A config reached through a symbolic link (./chorus.toml -> /etc/chorus/site-a.toml, or a folder link such as
+    # /opt/chorus/current -> releases/v3) takes them from the folder it was named in, as the shell shows it: they were
+    # taken from the link's target, so `db = "chorus_manifest.sqlite"` beside the link was a new manifest in
+    # /etc/chorus (or in the release folder, another one after each deploy). (slurm._absolute names it alike.)
+    # One named under /dev or /proc (`--config /dev/stdin < chorus.toml`: a file descriptor, its folder no folder of
+    # the user's: "site root ... /dev/site does not exist") is read as a pipe is.
+    named = Path(os.path.abspath(path))
+    base = named.parent if path.is_file() and named.parts[1:2] not in (("dev",), ("proc",)) else Path.cwd()
     # A text setting written empty is refused, whichever it is: an empty path would become the config file's own
     # folder (the site, or snapshots and a manifest written there), and `name = ""` was taken as no name at all
     # while `root = ""` was refused. (Validation above passed: every setting here is a known one.)

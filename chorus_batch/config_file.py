@@ -3,6 +3,7 @@ config.py validates what it holds (pydantic)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tomllib
@@ -38,7 +39,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                               where=str(path), fix="mount or restore what it leads to (or correct the link), then "
                                                    "run again") from None
         raise ConfigError(f"config file not found: {path}", where=str(path),
-                          fix="pass --config with an existing file, or omit it") from None
+                          fix="pass --config with an existing file, or omit it" + (
+                              " (standard input is --config /dev/stdin)" if str(path) == "-" else "")) from None
     except IsADirectoryError:
         inside = path / CONFIG_NAME
         raise ConfigError(f"config file {path} is a folder, not a file", where=str(path),
@@ -66,7 +68,62 @@ def _text(path: Path) -> str:
     import-config config.toml > chorus.toml` there: it was "byte 0xff on line 1 (a Latin-1 or Windows-1252 letter)",
     and "save as UTF-8" of a file its editor showed as plain text). UTF-16 without a byte-order mark (NUL in every
     other byte of its first characters) is said as such, not read as TOML ("Invalid statement") nor as one letter."""
-    return decode_toml(path.read_bytes(), path)
+    return decode_toml(read_bytes(path), path)
+
+
+# How long a named pipe (mkfifo) given as a config file may go without a writer before it is refused: a writer
+# started with the command (`envsubst < in > fifo & chorus-batch run --config fifo`) opens it within milliseconds.
+PIPE_WRITER_WAIT_S = 1.0
+
+
+def read_bytes(path: Path, what: str = "config file") -> bytes:
+    """The bytes of a config file (chorus.toml, or chorus-upload's config.toml): a regular file, or a pipe with a
+    writer (`--config <(envsubst < chorus.toml.in)`), read to its end. A named pipe nothing writes to (a mkfifo left
+    behind, a writer that failed to start) is a ConfigError after PIPE_WRITER_WAIT_S: opening it waited for a writer
+    forever (a nightly run that never ended, nor said why). A device (/dev/zero, /dev/tty: read without end, or
+    waiting on a terminal cron has not) or a socket is a ConfigError at once; /dev/null is an empty file. A folder is
+    an IsADirectoryError, a missing file a FileNotFoundError, as a plain read says them."""
+    import select
+    import stat
+    import time
+
+    kind = os.stat(path).st_mode  # (FileNotFoundError, PermissionError: as read_bytes said them)
+    if stat.S_ISDIR(kind):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    null = stat.S_ISCHR(kind) and os.path.samestat(os.stat(path), os.stat(os.devnull))
+    if not (stat.S_ISREG(kind) or stat.S_ISFIFO(kind) or null):
+        kind_of = "a socket" if stat.S_ISSOCK(kind) else "a device"
+        raise ConfigError(f"{what} {path} is {kind_of}, not a file", where=str(path),
+                          fix=f"pass the path of the {what} itself" + (
+                              " (or a pipe: <(envsubst < chorus.toml.in))" if what == "config file" else ""))
+    if not stat.S_ISFIFO(kind):
+        return path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (opened at once, writer or not)
+    try:
+        chunks: list[bytes] = []
+        writer, waited_from = False, time.monotonic()
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:  # empty but a writer holds it open: wait for what it writes
+                writer = True
+                os.set_blocking(fd, True)
+                continue
+            if chunk:
+                chunks.append(chunk)
+            elif chunks or writer:  # the end of what was written
+                return b"".join(chunks)
+            elif time.monotonic() - waited_from >= PIPE_WRITER_WAIT_S:
+                raise ConfigError(f"{what} {path} is a named pipe that nothing writes to (no writer opened it "
+                                  f"within {PIPE_WRITER_WAIT_S:g} s); nothing was done", where=str(path),
+                                  fix="start its writer first (envsubst < chorus.toml.in > PIPE &), pass "
+                                      "--config <(envsubst < chorus.toml.in), or pass the TOML file itself"
+                                      if what == "config file" else f"start its writer first, or pass the {what} "
+                                                                    "itself (or a pipe: <(command))")
+            else:  # no writer yet: wait a little for one (it wakes this as it writes)
+                select.select([fd], [], [], 0.05)
+    finally:
+        os.close(fd)
 
 
 def decode_toml(raw: bytes, path: Path) -> str:

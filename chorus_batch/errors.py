@@ -126,6 +126,16 @@ class ConfigError(UsageError):
     """A setting in chorus.toml (or its command-line override) is invalid."""
 
 
+class SettingError(ConfigError, ValueError):
+    """A RunSettings keyword is unknown, missing or has a value it does not take (`setting`: its name; `problem`:
+    what is wrong with it). Also a ValueError, as pydantic's ValidationError it stands for: a library caller saw
+    that error's traceback, with a link to pydantic's pages, rather than what to give."""
+
+    def __init__(self, what: str, *, setting: str, problem: str, where: str | None = None, fix: str | None = None):
+        super().__init__(what, where=where, fix=fix)
+        self.setting, self.problem = setting, problem
+
+
 class SourceError(ChorusError):
     """The site tree cannot be listed at all (missing root, no permission)."""
 

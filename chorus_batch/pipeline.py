@@ -382,12 +382,12 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
         except ValueError as exc:
             raise UsageError(f"invalid {where.split(' ')[0]}: {exc}", where=where, fix=fix) from None
     from .exclude import glob_problem
+    from .units import quoted
 
     for pattern in settings.exclude:
         problem = glob_problem(pattern)
         if problem:
-            shown = repr(pattern) if storable(pattern) == pattern else f"'{storable(pattern)}'"
-            raise UsageError(f"invalid exclusion glob {shown}: {problem}", where="--exclude / exclude in [run]",
+            raise UsageError(f"invalid exclusion glob {quoted(storable(pattern))}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
     _check_outside_roots(settings, manifest.path)

@@ -60,6 +60,14 @@ def shown_name(name: str | None) -> str:
 
 
 
+def quoted(text: str) -> str:
+    """A value the user typed (a glob, a label, a path), quoted in a message as it was typed: 'a\\b' (repr's
+    'a\\\\b' doubled the backslash, which was then copied back doubled), unless it holds what a terminal would not
+    show as it is (a control or odd space character, a decomposed letter): then shown_name's escapes."""
+    said = shown_name(text)
+    return said if said != text else f"'{text}'" if "'" not in text else f'"{text}"'
+
+
 def unshown_name(text: str) -> str | None:
     """The name that text output shows as `text` (shown_name's quoted form, copied from a table into a command),
     or None where `text` is no such form. Exact: only a text that shown_name gives back for the name it reads

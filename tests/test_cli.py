@@ -58,6 +58,30 @@ def _parses(words: list[str]) -> str | None:
     return None
 
 
+def test_an_option_given_twice_with_two_values_is_refused_naming_both():
+    """`run --db /data/m.sqlite $EXTRA`, a --db in $EXTRA: argparse took the last, silently (another manifest)."""
+    assert _parses(["run", "--db", "a.sqlite", "--site", "s", "--db=b b.sqlite"]) == (
+        "chorus-batch run: error: --db is given twice, with two values (--db a.sqlite, then --db 'b b.sqlite'); it "
+        "takes one: keep the one meant (nothing was done)")
+    assert "--workers is given twice" in _parses(["status", "--workers", "2", "--workers", "3"])
+    assert _parses(["run", "--site", "s", "--site", "s", "--exclude", "a", "--exclude", "b"]) is None  # the same; a list
+
+
+def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(monkeypatch, tmp_path):
+    """A systemd unit's ExecStart expands no '~': `--config ~/chorus.toml` was "config file not found: ~/chorus.toml",
+    and --delete-list, --parquet, --staging, --merge, --from-log, JOURNAL and CONFIG were read under a folder '~'."""
+    from chorus_batch.cli import _expand_home, _parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for words in (["run", "--config", "~/c.toml", "--delete-list", "~/d.txt", "--parquet", "~/snaps", "--staging", "~/s",
+                   "--merge", "~/m"], ["mark-uploaded", "--from-log", "~/up.log"], ["import-journal", "~/journal.db"],
+                  ["import-config", "~/config.toml", "--out", "~/chorus.toml"]):
+        args = _parser().parse_args(words)
+        _expand_home(args)
+        given = [value for value in vars(args).values() if isinstance(value, str) and "/" in value]
+        assert given and all(value.startswith(f"{tmp_path}/") for value in given), (words, vars(args))
+
+
 def test_every_command_has_help_with_an_example():
     """Every command's --help has examples that use it, and each example's command lines parse with the real
     parser: command names and flags are the real ones (not only "example" somewhere in the text)."""
@@ -226,6 +250,12 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # a float max_delete out of 0-100 was told to write "nan%" or "150%", no share either
         ("[run]\nmax_delete = nan\n", "invalid setting 'run.max_delete': nan is not a percentage"),
         ("[run]\nmax_delete = 150.0\n", "invalid setting 'run.max_delete': 150.0 is not a percentage"),
+        # an infinite byte count was an OverflowError ("internal error"), a negative one a limit taken
+        ("[run]\nverify_max_bytes = '1e400G'\n", "invalid setting 'run.verify_max_bytes': '1e400G' is not a byte count"),
+        ("[run]\nverify_max_bytes = '-5G'\n", "invalid setting 'run.verify_max_bytes': '-5G' is not a byte count"),
+        # past a 64-bit integer: `registry` failed with "internal error: OverflowError"
+        ("[registry]\nimage_proc_ids = [1, 99999999999999999999999]\n",
+         "invalid setting 'registry.image_proc_ids': give [first, last] with 0 < first <= last <= 9223372036854775807"),
     ],
 )
 def test_bad_config_exits_2_with_the_setting_and_a_fix(tmp_path, toml, message):
@@ -274,6 +304,59 @@ def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_fol
         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert query(tmp_path / "m.sqlite", "SELECT n_files FROM versions") == [(1,)]
+    # `--config /dev/stdin < chorus.toml` alike: they were from /dev ("/dev/site does not exist")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "c.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n')
+    with (tmp_path / "elsewhere" / "c.toml").open() as stdin:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "status", "-q", "--config", "/dev/stdin"],
+                             stdin=stdin, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode in (0, 1) and f"commit to {tmp_path / 'm.sqlite'}" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_config_reached_through_a_link_takes_its_relative_paths_from_the_links_folder(tmp_path):
+    """./chorus.toml -> /etc/chorus/site-a.toml took `db = "m.sqlite"` from /etc/chorus (a new manifest there), and a
+    config under a linked release folder (current -> releases/v3) from the release: a new manifest each deploy."""
+    from chorus_batch.config import load_config
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "site-a.toml").write_text('[site]\nroot = "site"\n[manifest]\ndb = "m.sqlite"\n')
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "chorus.toml").symlink_to("../etc/site-a.toml")
+    config = load_config(tmp_path / "work" / "chorus.toml")
+    assert (config.site.root, config.manifest.db) == (str(tmp_path / "work" / "site"), str(tmp_path / "work" / "m.sqlite"))
+    (tmp_path / "current").symlink_to("etc")
+    assert load_config(tmp_path / "current" / "site-a.toml").manifest.db == str(tmp_path / "current" / "m.sqlite")
+
+
+def test_a_config_that_is_a_pipe_nothing_writes_to_or_a_device_is_refused_not_waited_on(tmp_path):
+    """--config on a named pipe with no writer (a mkfifo left behind) waited forever: a nightly run that never ended;
+    /dev/zero was read without end. A pipe whose writer comes is read."""
+    import threading
+
+    from chorus_batch.config import load_config
+    from chorus_batch.errors import ConfigError
+
+    fifo = tmp_path / "chorus.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is a named pipe that nothing writes to"):
+        load_config(fifo)
+    with pytest.raises(ConfigError, match="config file /dev/zero is a device, not a file"):
+        load_config("/dev/zero")
+    writer = threading.Thread(target=lambda: fifo.write_text("[run]\nworkers = 3\n"))
+    writer.start()
+    assert load_config(fifo).run.workers == 3
+    writer.join()
+    assert load_config(os.devnull).run.mode == "full"  # (the way to read no ./chorus.toml: every default)
+    from chorus_batch.upstream.config import convert_config
+
+    with pytest.raises(ConfigError, match="nothing writes to"):  # import-config CONFIG alike
+        convert_config(fifo)
+    from chorus_batch.commit import read_delete_list
+
+    with pytest.raises(ConfigError, match="delete list .* is a named pipe that nothing writes to"):  # --delete-list too
+        read_delete_list(str(fifo))
+    with pytest.raises(ConfigError, match="delete list /dev/zero is a device"):
+        read_delete_list("/dev/zero")
 
 
 @pytest.mark.parametrize(("setting", "value", "variable"), [
@@ -838,6 +921,21 @@ def test_a_number_of_workers_out_of_range_is_a_usage_error(tmp_path, command):
     out = cli(command, "--workers", "257", cwd=tmp_path)
     assert out.returncode == 2 and "--workers: must be at most 256" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr
+
+
+def test_site_on_the_command_line_says_the_configs_modality_roots_still_apply(tmp_path):
+    """--site replaced [site] root, and [site.roots] of ./chorus.toml were listed with it, unsaid: a folder given by
+    hand was run together with another site's Waveforms root."""
+    write(tmp_path / "a", "OMOP/a.csv")
+    write(tmp_path / "b", "OMOP/b.csv")
+    write(tmp_path / "bedside", "000001/Waveforms/x.hea")
+    (tmp_path / "chorus.toml").write_text("[site]\nroot = 'a'\n[site.roots]\nWaveforms = 'bedside'\n")
+    note = f"--site replaces [site] root of the config; its [site.roots] still apply (Waveforms: {tmp_path / 'bedside'})"
+    out = cli("status", "--site", "b", "--db", "m.sqlite", "--json", cwd=tmp_path)
+    assert out.returncode in (0, 1) and note in out.stderr, out.stderr
+    assert sorted(c["srcfile"] for c in json.loads(out.stdout)["changes"]) == ["000001/Waveforms/x.hea", "OMOP/b.csv"]
+    out = cli("status", "--site", "a", "--db", "m.sqlite", "--json", cwd=tmp_path)  # the config's own root: no note
+    assert out.returncode in (0, 1) and "still apply" not in out.stderr, out.stderr
 
 
 def test_a_missing_modality_root_is_named_where_it_was_given(tmp_path):

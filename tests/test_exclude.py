@@ -102,23 +102,25 @@ def test_config_exclude_and_default_excludes(site, db, tmp_path):
     assert summary["excluded"]["by_pattern"] == {"*.tmp": 1, "scratch/*": 1, "*.txt": 1}
 
 
-@pytest.mark.parametrize("flags, toml", [
-    (["--exclude", ""], ""),
-    (["--exclude", "/"], ""),
-    ([], '[run]\nexclude = [" "]\n'),
-    ([], '[run]\nexclude = "*.tmp"\n'),  # a list, not a string
-    (["--exclude", "./*"], ""),  # every file, said as from the site root
-    (["--exclude", "scratch/../a/*"], ""),  # a '..' folder: no site-relative path has one, it matched nothing
-    ([], '[run]\nexclude = ["OMOP/./tmp/*"]\n'),
-    (["--exclude", "scratch\\*"], ""),  # Windows' separator: it matched nothing (a name with a backslash)
+@pytest.mark.parametrize("flags, toml, said", [
+    (["--exclude", ""], "", ""),
+    (["--exclude", "/"], "", ""),
+    ([], '[run]\nexclude = [" "]\n', ""),
+    ([], '[run]\nexclude = "*.tmp"\n', ""),  # a list, not a string
+    (["--exclude", "./*"], "", ""),  # every file, said as from the site root
+    (["--exclude", "scratch/../a/*"], "", ""),  # a '..' folder: no site-relative path has one, it matched nothing
+    ([], '[run]\nexclude = ["OMOP/./tmp/*"]\n', ""),
+    # Windows' separator: it matched nothing (a name with a backslash); named as typed ('scratch\\*' doubled it)
+    (["--exclude", "scratch\\*"], "", "invalid exclusion glob 'scratch\\*': it holds a backslash"),
+    ([], "[run]\nexclude = ['a\\b']\n", "invalid exclusion glob 'a\\b': it holds a backslash"),
 ])
-def test_invalid_exclusion_is_a_usage_error(site, db, tmp_path, flags, toml):
+def test_invalid_exclusion_is_a_usage_error(site, db, tmp_path, flags, toml, said):
     write(site, "1001/a.txt")
     config = tmp_path / "chorus.toml"
     config.write_text(toml)
     done = cli("run", "--site", str(site), "--db", str(db), "--config", str(config), *flags)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "exclude" in done.stderr
+    assert "exclude" in done.stderr and said in done.stderr, done.stderr
     assert not db.exists()  # refused before anything was listed or written
 
 

@@ -219,6 +219,24 @@ def test_a_misspelt_command_suggests_the_command(tmp_path):
     assert "did you mean 'run'?" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("argv, said", [
+    # the site's folder given without --site, and `help` (as git and pip take it), were only "unknown command"
+    (["the site", "--db", "m.sqlite"], "unknown command 'the site'; to run on that folder: chorus-batch run --site "
+                                       "'the site' --db m.sqlite (commands: run, status"),
+    (["help"], "unknown command 'help'; for help: chorus-batch --help (commands: "),
+    (["help", "upload"], "unknown command 'help'; for help: chorus-batch upload --help (commands: "),
+    (["C:\\site"], "unknown command 'C:\\site' (commands: "),  # (named as typed, its backslash not doubled)
+])
+def test_an_unknown_command_says_what_was_probably_meant(tmp_path, monkeypatch, capsys, argv, said):
+    from chorus_batch.cli import _parse, _parser
+
+    (tmp_path / "the site").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        _parse(_parser(), argv)
+    assert refused.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_a_commands_flag_before_any_command_is_run_and_before_a_command_is_put_after_it(tmp_path, site):
     # `chorus-batch --site DIR` said "unknown command 'DIR'", though `chorus-batch` alone runs: it runs.
     (site / "OMOP").mkdir()

@@ -923,16 +923,26 @@ def test_run_settings_refuse_a_setting_they_do_not_take_and_take_paths_and_the_c
     # RunSettings ignored a keyword it does not take: `validate=False` (chorus.toml's name) validated anyway and
     # `version="nightly"` (for version_label) committed an unlabelled version; a pathlib path was refused as "not a
     # valid string"; verify_sample=500 (a percentage) was taken
-    from pydantic import ValidationError
-
+    # A mistake was pydantic's ValidationError (its traceback, a link to its web pages): now a SettingError (a
+    # ConfigError, and a ValueError as that was) saying which keyword, what is wrong and what to give
     from chorus_batch import RunSettings, run
+    from chorus_batch.errors import ConfigError, SettingError
 
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     write(tmp_path / "images", "000001/Images/CT/1/x.dcm", b"dicm")
-    for wrong in ({"version": "nightly"}, {"validate_sites": False}, {"verify_sample": 500}, {"racy_window_s": -1}):
-        with pytest.raises(ValidationError, match=next(iter(wrong))):
+    for wrong, said in (({"version": "nightly"}, "version is not a setting RunSettings takes; did you mean 'version_label'?"),
+                        ({"validate_sites": False}, "validate_sites is not a setting RunSettings takes; did you mean "),
+                        ({"verify_sample": 500}, "verify_sample should be less than or equal to 100, not 500"),
+                        ({"racy_window_s": -1}, "racy_window_s should be greater than or equal to 0, not -1"),
+                        ({"exclude": ["*.tmp", 1]}, "exclude its entry 2 should be text")):
+        with pytest.raises(SettingError) as refused:
             RunSettings(site=str(site), db=str(db), **wrong)
+        assert str(refused.value).startswith(f"RunSettings: {said}"), str(refused.value)
+        assert isinstance(refused.value, (ConfigError, ValueError)) and "fix:" in str(refused.value)
+        assert refused.value.setting == next(iter(wrong)) and "pydantic" not in str(refused.value)
+    with pytest.raises(SettingError, match="RunSettings: db is missing"):
+        RunSettings(site=str(site))
     assert not db.exists()
     result = run(RunSettings(site=site, db=db, roots={"Images": tmp_path / "images"}, workers=1, validate=False,
                              version_label="nightly"))

@@ -148,6 +148,16 @@ def test_status_before_the_first_run_creates_no_manifest_and_lists_the_findings(
     assert unchecked.returncode == 1 and "problems the run would record: 1" in unchecked.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
+    # append mode with a delete list: it made an empty file at --db, then "SQLite failed on the manifest: no such
+    # table: source_files", exit 3
+    listed = tmp_path / "deleted.txt"
+    listed.write_text("gone.csv\n")
+    appended = cli("status", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", str(listed),
+                   "--no-validate", "-q")
+    assert appended.returncode == 1, appended.stderr
+    assert "delete_list: gone.csv: listed for deletion (line 1) but not in the manifest" in appended.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "deleted.txt"])
+
 
 def test_status_reads_headers_only_of_new_contents_and_caches_nothing(tmp_path, reads):  # noqa: F811
     from chorus_batch.pipeline import status

@@ -614,7 +614,9 @@ class Manifest:
     def removed_in(self, paths: pl.Series) -> pl.DataFrame:
         """srcfile, version: the version that ended each of `paths` (its latest row, if no row of it is current)."""
         rows = []
-        if paths.len():
+        # (none where there is no manifest yet: `status --mode append --delete-list` before a first run made an empty
+        # file at --db, then failed "SQLite failed on the manifest: no such table: source_files", exit 3)
+        if paths.len() and self.path.exists():
             with self._open() as con:
                 rows = con.execute(
                     "SELECT srcfile, max(version_invalid) FROM source_files WHERE srcfile IN (SELECT value FROM "

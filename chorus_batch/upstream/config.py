@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
-from ..config_file import decode_toml, not_utf8
+from ..config_file import decode_toml, not_utf8, read_bytes
 from ..errors import UsageError, WriteError
 from ..fsutil import missing_folder, write_private
 
@@ -126,7 +126,7 @@ def convert_config(path: str | Path) -> Converted:
 def _read(path: Path) -> dict:
     fix = "pass the path of chorus-upload's config.toml (by default in its chorus_upload/ folder)"
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path)  # (a named pipe nothing writes to, a device: refused, not waited on)
     except FileNotFoundError:
         raise UsageError(f"chorus-upload config not found: {path}", where=str(path), fix=fix) from None
     except IsADirectoryError:
