@@ -33,7 +33,7 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import (create_private, file_above, free_bytes, nearly_full, require_reachable, restrict,
+from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict,
                       sqlite_temp_folder, write_private)
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
@@ -474,7 +474,8 @@ class Manifest:
         return versions
 
     def check_path(self) -> None:
-        """--db names a file (or nothing yet), not a folder, that this user can reach."""
+        """--db names a file (or nothing yet), not a folder, that this user can reach (require_reachable: not under a
+        file, which a shard took, reading no manifest there, and hashed the site for nothing)."""
         require_reachable(self.path)
         if self.path.is_dir():
             if (self.path / "versions.parquet").is_file():  # read-only commands take it; this one writes or checks
@@ -483,10 +484,6 @@ class Manifest:
                                  fix="pass --db with the SQLite manifest the snapshots were written from")
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
-        a_file = file_above(self.path)
-        if a_file is not None:  # a shard took it (it reads no manifest there) and hashed the site for nothing
-            raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
-                             fix="pass --db with a path in a folder")
 
     def check_name_length(self) -> None:
         """The manifest's file name leaves room for the longest name a command writes beside it (every command that
