@@ -246,6 +246,26 @@ def test_a_dangling_link_a_path_under_a_file_or_a_loop_as_db_is_said_alike_by_ev
     assert list((tmp_path / "unmounted").iterdir()) == []
 
 
+def test_a_path_typed_under_a_windows_drive_or_network_share_is_taken_in_any_case():
+    r"""A Windows site's root is recorded as C:/Data/Site or, on a network share, //FileSrv/CHORUS/site; a path
+    typed under it in other letter case is the same on Windows: it was matched for a drive letter only, and a path
+    under \\filesrv\chorus\site named no file. A POSIX root keeps its case."""
+    from chorus_batch.review import ManifestReader
+
+    class Roots(ManifestReader):
+        path = Path("m.sqlite")
+
+        def root_locations(self) -> list[str]:
+            return ["C:/Data/Site", "//FileSrv/CHORUS/site", "/data/Site"]
+
+    reader = Roots()
+    assert reader.site_relative("c:\\data\\site\\OMOP\\person.csv") == "OMOP/person.csv"
+    assert reader.site_relative("\\\\filesrv\\chorus\\SITE\\000001\\Waveforms") == "000001/Waveforms"
+    assert reader.site_relative("//FileSrv/CHORUS/site/OMOP/a.csv") == "OMOP/a.csv"
+    assert reader.site_relative("/data/site/OMOP/a.csv") == "/data/site/OMOP/a.csv"  # another folder on POSIX
+    assert reader.site_relative("/data/Site/OMOP/a.csv") == "OMOP/a.csv"
+
+
 def test_open_manifest_reads_a_path_under_the_home_folder_as_the_command_line_does(history, tmp_path, monkeypatch):
     """open_manifest("~/m.sqlite") in a notebook said "no manifest at …/~/m.sqlite", where `--db "~/m.sqlite"` reads the
     home folder's manifest."""
