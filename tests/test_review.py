@@ -782,7 +782,7 @@ def test_a_relative_db_is_named_absolute_in_every_read_commands_error(history, t
     shutil.copyfile(history["db"], tmp_path / "m.sqlite")
     expected = f"where: {tmp_path / 'm.sqlite'}"
     for command in (["files", "--as-of", "nope"], ["diff", "--from", "nope"], ["changes", "--version", "nope"],
-                    ["report", "--out", "r.html", "--version", "nope"]):
+                    ["report", "--out", "r.html", "--version", "nope"], ["history", "nope.csv"]):  # (history said m.sqlite)
         out = cli(*command, "--db", "m.sqlite", cwd=tmp_path)
         assert out.returncode == 2 and expected in out.stderr, (command, out.stderr)
 
