@@ -484,7 +484,8 @@ def _no_manifest_path(path: str | os.PathLike[str], exc: OSError) -> UsageError 
     (every command said "no manifest at" the link's target, or the link, and never that it was a link), a path under a
     file (`files`, `diff`, `history` said "no manifest"; the others "a path under a file"), a loop of links."""
     absolute = os.path.abspath(path)
-    if exc.errno == errno.ENOTDIR and (a_file := file_above(absolute)) is not None:
+    # (Windows says a path under a file is not there, ENOENT: the file above is looked for either way)
+    if exc.errno in (errno.ENOTDIR, errno.ENOENT) and (a_file := file_above(absolute)) is not None:
         return UsageError(f"the manifest's path {absolute} lies under a file: {a_file} is a file, not a folder",
                           where=absolute, fix="pass --db (or [manifest] db) with a path in a folder")
     if exc.errno == errno.ELOOP:
