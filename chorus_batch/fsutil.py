@@ -201,7 +201,9 @@ def _link_new(tmp: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        # (Windows: FAT, exFAT (a USB disk) and shares without hard links say ERROR_INVALID_FUNCTION or
+        # ERROR_NOT_SUPPORTED, which Python gives as EINVAL: `import-config --out` failed there)
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.EINVAL):
             raise
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
