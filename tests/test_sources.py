@@ -94,6 +94,23 @@ def test_a_cloud_root_spelt_with_or_without_a_trailing_slash_is_one_root(tmp_pat
         fs.rm("/trail", recursive=True)
 
 
+def test_a_file_replaced_by_a_link_is_not_read_through_it_where_open_cannot_refuse_links(tmp_path, monkeypatch):
+    """A run that does not follow links refuses a listed file replaced by a link since (open with O_NOFOLLOW). Windows
+    has no O_NOFOLLOW: the link was read through there, its target (outside the site) hashed as the site's file. The
+    name is now checked after the open; a regular file still opens."""
+    from chorus_batch.sources import local
+
+    monkeypatch.setattr(local, "_O_NOFOLLOW", 0)  # as on Windows
+    outside = write(tmp_path / "elsewhere", "person.csv", b"person_id\n2\n")
+    plain = write(tmp_path / "site", "OMOP/a.csv", b"a")
+    link = tmp_path / "site" / "OMOP" / "person.csv"
+    link.symlink_to(outside)
+    with pytest.raises(OSError, match="replaced by a symbolic link since it was listed"):
+        local._open_regular(str(link), nofollow=True)
+    os.close(local._open_regular(str(link)))  # (following links: read through it)
+    os.close(local._open_regular(str(plain), nofollow=True))
+
+
 def test_a_modality_root_is_scanned_and_checked(tmp_path):
     from chorus_batch import run
 
