@@ -1489,8 +1489,9 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError("history needs the path of a file; it was given an empty one", where="history PATH",
                          fix="give the site-relative path as `chorus-batch files` prints it")
     target = _resolve(args)
-    # (messages name the manifest as given, a URL masked: not its private read copy, downloaded again for each message)
-    where = mask_url(target.db)
+    # (messages name the manifest as given, a URL masked: not its private read copy, downloaded again for each message;
+    # a local one absolute, as every other command says it: a cron job's current folder is not the shell's)
+    where = mask_url(target.db) if "://" in target.db else str(Path(target.db).absolute())
     reader = open_manifest(_db(args, target))
     reader.resolve(None)  # no version yet: exit 2 saying so (as files, changes, diff), not "no file PATH"
     frame = reader.history_of(args.path)

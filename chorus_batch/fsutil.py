@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import FILE_SIZE_FIX, ManifestError, Stopped, WriteError
+from .errors import FILE_SIZE_FIX, ManifestError, Stopped, UsageError, WriteError
 
 OWNER_ONLY = 0o600
 PRIVATE_FOLDER = 0o700
@@ -313,7 +313,9 @@ def _link_new(tmp: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        # (Windows: FAT, exFAT (a USB disk) and shares without hard links say ERROR_INVALID_FUNCTION or
+        # ERROR_NOT_SUPPORTED, which Python gives as EINVAL: `import-config --out` failed there)
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.EINVAL):
             raise
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
@@ -554,7 +556,6 @@ def check_outside_roots(roots: list[tuple[str, str]], written: list[tuple[str | 
     inside a root would be listed by every run as a site file that every commit changes (a new version each night,
     its lock and state files too), and `upload` would send it, person ids and all, to the centre; a staging folder
     inside would be listed by the other shards."""
-    from .errors import UsageError
     from .urls import mask_url
 
     for location, root_where in roots:
@@ -597,13 +598,41 @@ def standard_streams_open() -> None:
                 os.close(null)
 
 
+def _no_manifest_path(path: str | os.PathLike[str], exc: OSError) -> UsageError | None:
+    """Why a manifest path that cannot be stat'ed can hold no manifest, as every command says it (None: there is nothing
+    there yet, which a command that reads says as "no manifest", and `run` starts one in): a symbolic link to nothing
+    (every command said "no manifest at" the link's target, or the link, and never that it was a link), a path under a
+    file (`files`, `diff`, `history` said "no manifest"; the others "a path under a file"), a loop of links."""
+    absolute = os.path.abspath(path)
+    # (Windows says a path under a file is not there, ENOENT: the file above is looked for either way)
+    if exc.errno in (errno.ENOTDIR, errno.ENOENT) and (a_file := file_above(absolute)) is not None:
+        return UsageError(f"the manifest's path {absolute} lies under a file: {a_file} is a file, not a folder",
+                          where=absolute, fix="pass --db (or [manifest] db) with a path in a folder")
+    if exc.errno == errno.ELOOP:
+        return UsageError(f"the manifest's path {absolute} is a loop of symbolic links (each leads back to another)",
+                          where=absolute, fix="pass --db with the manifest file's own path (`ls -l` shows where each link leads)")
+    # the link that points nowhere: the manifest's own name, or a folder on its way (the first from the top)
+    link = next((str(p) for p in (*reversed(Path(absolute).parents), Path(absolute))
+                 if os.path.islink(p) and not os.path.exists(p)), None)
+    if link is None:
+        return None
+    target = os.readlink(link)
+    final = os.path.realpath(link)
+    return UsageError(
+        f"the manifest's path {absolute} {'is a symbolic link' if link == absolute else f'leads through the symbolic link {link}'} "
+        f"to {target}{f' ({final})' if final != target else ''}, which does not exist: the link points nowhere (a "
+        "disk not mounted, a manifest moved or removed?); nothing was done", where=absolute,
+        fix="mount the disk or put the manifest back where the link points, or pass --db with the manifest's own "
+            "path (a new manifest is started only at a path that is no dangling link)")
+
+
 # (here, not in store.manifest: every command calls it before its work, and importing the store loads polars and
 # pyarrow, which an address-space limit too low for a run cannot map: that is said after it, by processes.py)
 def require_reachable(path: str | os.PathLike[str]) -> None:
     """Refuse a manifest path this user cannot reach: a folder on its way it may not enter (pathlib's stat raised a
-    PermissionError there, an "internal error" in every command), or a file it may not read (SQLite said "unable to
-    open database file", and to check that the folder is writable). Nothing there, or a folder, is the caller's to
-    judge."""
+    PermissionError there, an "internal error" in every command), a file it may not read (SQLite said "unable to
+    open database file", and to check that the folder is writable), a symbolic link to nothing, a path under a file
+    or a loop of links (_no_manifest_path). Nothing there, or a folder, is the caller's to judge."""
     try:
         info = os.stat(path)
     except PermissionError:
@@ -614,7 +643,9 @@ def require_reachable(path: str | os.PathLike[str]) -> None:
                             "(permission denied)", where=str(absolute),
                             fix=f"ask the owner of {blocked} for access to it, or for a copy of the manifest "
                                 "(`sqlite3 <manifest> '.backup copy.sqlite'`) to pass with --db") from None
-    except OSError:  # (nothing there, a path under a file, a loop of links: said where they are checked)
+    except OSError as exc:  # (nothing there at all: the caller's to judge, e.g. `run` starts a manifest)
+        if (unreachable := _no_manifest_path(path, exc)) is not None:
+            raise unreachable from None
         return
     if stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
         owner = other_owner(path)

@@ -371,7 +371,8 @@ class ManifestReader:
             path = path.replace("\\", "/")
         for root in sorted(self.root_locations(), key=len, reverse=True):
             root = root.rstrip("/") + "/"
-            windows = re.match(r"^[A-Za-z]:/", root) is not None  # drive letters and names: any case
+            # a drive (C:/) or a network share (\\server\share as //server/share/, as a Windows site records it): any case
+            windows = re.match(r"^(?:[A-Za-z]:/|//[^/]+/[^/]+/)", root) is not None
             if path.startswith(root) or (windows and path.lower().startswith(root.lower())):
                 return path[len(root):]
         while path.startswith("./"):

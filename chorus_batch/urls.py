@@ -145,6 +145,15 @@ def _home_of_this_user(path: str) -> str:
     return home + path[1:] if home != "/" else (path[1:] or "/")
 
 
+def root_url(url: str) -> str:
+    """A cloud root's URL as it is recorded and matched: without the separators after its path (az://c/site/ and
+    az://c/site are one folder, az://c/ the container az://c), its query as given. The spelling with a trailing '/'
+    was recorded as a second root (a `roots` row for each spelling)."""
+    head, mark, query = url.partition("?")
+    scheme, sep, rest = head.partition("://")
+    return f"{scheme}{sep}{rest.rstrip('/')}{mark}{query}" if sep and rest.strip("/") else url
+
+
 def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     """The local path a root names (None: a cloud URL). A plain path as given; a file: URL as RFC 8089 reads it
     (file:///p, file://localhost/p, file:/p, any case), its %-escapes decoded as a URL's are (file:///data/my%20site,

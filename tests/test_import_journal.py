@@ -5,6 +5,7 @@ had not sent (against a real Azurite)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -608,6 +609,23 @@ def test_labels_that_do_not_sort_in_the_order_of_the_updates_are_refused_clearly
     out = import_journal(journal, db, "--to", "az://central/")
     assert out.returncode == 2, out.stderr
     assert "'20241201000000' was recorded after '20250101000000'" in out.stderr and "Traceback" not in out.stderr
+    assert not db.exists()
+
+
+def test_labels_that_differ_only_in_letter_case_are_refused_as_run_refuses_them(tmp_path):
+    """`run --version v1` after a version V1 is refused (one folder on Windows and macOS: the Parquet snapshots, a
+    reviewer's download of the central container); an import of a journal with versions Site-A and site-a made both."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["B"], journal)
+    with contextlib.closing(sqlite3.connect(journal)) as con, con:
+        for old, new in ((V1, "Site-A"), (V2, "site-a")):  # (they sort in the order of the updates: 'S' < 's')
+            con.execute("UPDATE journal SET VERSION = ? WHERE VERSION = ?", (new, old))
+            con.execute("UPDATE command_history SET PARAMS = ? WHERE PARAMS = ?", (f"--version {new}", f"--version {old}"))
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "upstream version 'site-a' differs from the label of version 'Site-A' only in letter case" in out.stderr
+    assert "nothing was imported" in out.stderr and "fix:" in out.stderr, out.stderr
     assert not db.exists()
 
 

@@ -135,6 +135,24 @@ def test_an_os_failure_while_writing_is_a_write_error_and_stays_an_os_error(tmp_
     assert list(tmp_path.iterdir()) == []  # the temporary file is removed
 
 
+def test_a_new_file_is_written_where_the_file_system_has_no_hard_links_as_windows_says_it(tmp_path, monkeypatch):
+    """A file written only where none is (`import-config --out` without --force) is put in place by a hard link; a
+    file system without them falls back to a check and a rename. Windows' FAT, exFAT (a USB disk) and shares say
+    so as EINVAL (ERROR_INVALID_FUNCTION, ERROR_NOT_SUPPORTED), which was not taken for "no hard links": the write
+    failed. (os.link is made to answer as Windows does: Linux has no file system that says EINVAL.)"""
+    import errno
+
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno.EINVAL, "Incorrect function")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_private(tmp_path / "chorus.toml", b"[site]\n", new_only=True)
+    assert (tmp_path / "chorus.toml").read_bytes() == b"[site]\n"
+    with pytest.raises(FileExistsError):
+        write_private(tmp_path / "chorus.toml", b"other\n", new_only=True)
+    assert (tmp_path / "chorus.toml").read_bytes() == b"[site]\n" and len(list(tmp_path.iterdir())) == 1
+
+
 _CLOSED_FOLDER = """
 import sys
 from pathlib import Path

@@ -207,6 +207,65 @@ def test_no_manifest_is_said_with_the_folder_it_was_looked_for_in(tmp_path):
         assert f"where: {tmp_path / 'chorus_manifest.sqlite'}" in out.stderr, out.stderr
 
 
+def test_a_dangling_link_a_path_under_a_file_or_a_loop_as_db_is_said_alike_by_every_command(tmp_path):
+    """A --db that is a symbolic link to nothing said only "no manifest at <the link's target>" (versions, changes,
+    validate) or "<the link>" (files, diff, history), never that it was a link, nor where it pointed; a --db under a
+    file was "no manifest" in files, diff and history, "a path under a file" in the others. One check of the path,
+    made for every command before its work (cli._resolve) and by open_manifest, says each the same way."""
+    from chorus_batch import cli as cli_module
+
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "unmounted").mkdir()  # an empty mount point: a run made a new manifest there, through the link
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "gone.sqlite").symlink_to(tmp_path / "unmounted" / "m.sqlite")
+    (tmp_path / "disk").symlink_to("nowhere")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    said = {"gone.sqlite": f"is a symbolic link to {tmp_path / 'unmounted' / 'm.sqlite'}, which does not exist",
+            "disk/m.sqlite": f"leads through the symbolic link {tmp_path / 'disk'} to nowhere ({tmp_path / 'nowhere'}), "
+                             "which does not exist",
+            "notes.txt/m.sqlite": f"lies under a file: {tmp_path / 'notes.txt'} is a file, not a folder",
+            "loop1": "is a loop of symbolic links"}
+    site = str(tmp_path / "site")
+    commands = [["versions"], ["files"], ["changes"], ["diff", "--from", "v1"], ["history", "x"], ["validate"],
+                ["upgrade"], ["status", "--site", site], ["run", "--site", site], ["registry", "--out", "r"],
+                ["report", "--out", "r.html"], ["import-journal", "j.jsonl"]]
+    for given, words in said.items():
+        for command in commands:
+            args = cli_module._parser().parse_args([*command, "--db", str(tmp_path / given)])
+            with pytest.raises(UsageError) as raised:
+                cli_module._resolve(args)
+            assert f"the manifest's path {tmp_path / given} {words}" in str(raised.value), (command, raised.value)
+        with pytest.raises(UsageError, match=words.split(" (")[0].replace("(", r"\(")):
+            open_manifest(tmp_path / given)
+    out = cli("files", "--db", "gone.sqlite", cwd=tmp_path)
+    assert out.returncode == 2 and "the link points nowhere" in out.stderr and "fix:" in out.stderr, out.stderr
+    assert "no manifest at" not in out.stderr
+    out = cli("run", "--site", site, "--db", "gone.sqlite", cwd=tmp_path)  # never a new manifest through the link
+    assert out.returncode == 2 and "the link points nowhere" in out.stderr, out.stderr
+    assert list((tmp_path / "unmounted").iterdir()) == []
+
+
+def test_a_path_typed_under_a_windows_drive_or_network_share_is_taken_in_any_case():
+    r"""A Windows site's root is recorded as C:/Data/Site or, on a network share, //FileSrv/CHORUS/site; a path
+    typed under it in other letter case is the same on Windows: it was matched for a drive letter only, and a path
+    under \\filesrv\chorus\site named no file. A POSIX root keeps its case."""
+    from chorus_batch.review import ManifestReader
+
+    class Roots(ManifestReader):
+        path = Path("m.sqlite")
+
+        def root_locations(self) -> list[str]:
+            return ["C:/Data/Site", "//FileSrv/CHORUS/site", "/data/Site"]
+
+    reader = Roots()
+    assert reader.site_relative("c:\\data\\site\\OMOP\\person.csv") == "OMOP/person.csv"
+    assert reader.site_relative("\\\\filesrv\\chorus\\SITE\\000001\\Waveforms") == "000001/Waveforms"
+    assert reader.site_relative("//FileSrv/CHORUS/site/OMOP/a.csv") == "OMOP/a.csv"
+    assert reader.site_relative("/data/site/OMOP/a.csv") == "/data/site/OMOP/a.csv"  # another folder on POSIX
+    assert reader.site_relative("/data/Site/OMOP/a.csv") == "OMOP/a.csv"
+
+
 def test_open_manifest_reads_a_path_under_the_home_folder_as_the_command_line_does(history, tmp_path, monkeypatch):
     """open_manifest("~/m.sqlite") in a notebook said "no manifest at …/~/m.sqlite", where `--db "~/m.sqlite"` reads the
     home folder's manifest."""
@@ -723,7 +782,7 @@ def test_a_relative_db_is_named_absolute_in_every_read_commands_error(history, t
     shutil.copyfile(history["db"], tmp_path / "m.sqlite")
     expected = f"where: {tmp_path / 'm.sqlite'}"
     for command in (["files", "--as-of", "nope"], ["diff", "--from", "nope"], ["changes", "--version", "nope"],
-                    ["report", "--out", "r.html", "--version", "nope"]):
+                    ["report", "--out", "r.html", "--version", "nope"], ["history", "nope.csv"]):  # (history said m.sqlite)
         out = cli(*command, "--db", "m.sqlite", cwd=tmp_path)
         assert out.returncode == 2 and expected in out.stderr, (command, out.stderr)
 

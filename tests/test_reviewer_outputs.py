@@ -169,6 +169,28 @@ def test_wide_characters_keep_the_text_tables_columns_in_line():
         assert text_width(line[:line.index(f" {n} ") + len(f" {n}")]) == size_end, lines
 
 
+def test_one_path_far_longer_than_the_others_overflows_its_cell_and_does_not_widen_the_table():
+    """`changes` padded every row's path to the longest one: one 220-character path put every size and MD5 two
+    screens right and wrapped each line. A name far wider than the others (over 60 columns, and twice the median
+    name) now overflows its own cell; the other rows stay as wide as their names need, the long path whole."""
+    from chorus_batch.report import frame_text
+
+    long = "000001/Waveforms/" + "/".join(["x" * 40] * 4) + "/" + "y" * 30 + ".dat"
+    frame = pl.DataFrame({"change": ["added", "added", "removed", "renamed"],
+                          "srcfile": [long, "OMOP/new.csv", "OMOP/person.csv", "Metadata/b.md"],
+                          "old_srcfile": [None, None, None, "Metadata/a.md"], "size": [3, 2, 184, 9],
+                          "md5": ["a" * 32, "b" * 32, "c" * 32, "d" * 32]})
+    lines = frame_text(frame).splitlines()
+    assert lines[0] == "change   srcfile          old_srcfile    size  md5", lines
+    assert [len(line) for line in lines[1:] if long not in line] == [len(lines[1])] * 4, lines
+    assert f"added    {long}  " in lines[2] and lines[2].endswith(" 3  " + "a" * 32), lines
+    # names alike in width keep their column however wide it is (DICOM paths of two UIDs: 150 characters each)
+    uids = pl.DataFrame({"srcfile": [f"000001/Images/CT/1/2.25.{'1' * 60}/2.25.{n * 60}/001.dcm" for n in "234"],
+                         "size": [1, 22, 333]})
+    lines = frame_text(uids).splitlines()
+    assert {line.index("  ") for line in lines[1:]} == {len(uids["srcfile"][0])}, lines
+
+
 def test_paths_inside_validation_messages_are_told_apart_too(tmp_path):
     """The findings' own path column was escaped (shown_name), but not the paths their messages embed: `validate`
     and the report said 'its path differs from OMOP/café.csv' of a decomposed é (the composed one's twin on

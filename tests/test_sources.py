@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from pathlib import Path
 
 import polars as pl
@@ -63,6 +65,50 @@ def test_fsspec_source_runs_the_same_pipeline(tmp_path):
         "000001/Waveforms/000001_20200101_101010_60.dat": hashlib.md5(b"w").hexdigest(),
     }
     fs.rm("/site", recursive=True)
+
+
+def test_a_cloud_root_spelt_with_or_without_a_trailing_slash_is_one_root(tmp_path):
+    """`--site az://c/site/` one night and `az://c/site` the next added a second `roots` row for the same prefix (and
+    a third for `site//`), recorded each file under another root. The URL is recorded without the '/' after its path,
+    and a manifest that recorded it with one (an older release) finds it again under either spelling."""
+    import fsspec
+
+    from chorus_batch import run
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/trail/OMOP/person.csv": b"person_id\n1\n", "/trail/000001/Waveforms/a.dat": b"w"})
+    db = tmp_path / "m.sqlite"
+    try:
+        assert run(settings("memory://trail/", db, validate=False)).counts["added"] == 2
+        for spelt in ("memory://trail", "memory://trail//", "memory://trail/"):
+            again = run(settings(spelt, db, validate=False))
+            assert again.label is None and again.counts["unchanged"] == 2, (spelt, again.counts)
+        assert query(db, "SELECT root_id, location FROM roots") == [(1, "memory://trail")]
+        with contextlib.closing(sqlite3.connect(db)) as con, con:  # as an older release recorded it
+            con.execute("UPDATE roots SET location = 'memory://trail/'")
+        for spelt in ("memory://trail", "memory://trail/"):
+            assert run(settings(spelt, db, validate=False)).label is None
+        assert query(db, "SELECT root_id FROM roots") == [(1,)]
+        assert query(db, "SELECT DISTINCT root_id FROM source_files") == [(1,)]
+    finally:
+        fs.rm("/trail", recursive=True)
+
+
+def test_a_file_replaced_by_a_link_is_not_read_through_it_where_open_cannot_refuse_links(tmp_path, monkeypatch):
+    """A run that does not follow links refuses a listed file replaced by a link since (open with O_NOFOLLOW). Windows
+    has no O_NOFOLLOW: the link was read through there, its target (outside the site) hashed as the site's file. The
+    name is now checked after the open; a regular file still opens."""
+    from chorus_batch.sources import local
+
+    monkeypatch.setattr(local, "_O_NOFOLLOW", 0)  # as on Windows
+    outside = write(tmp_path / "elsewhere", "person.csv", b"person_id\n2\n")
+    plain = write(tmp_path / "site", "OMOP/a.csv", b"a")
+    link = tmp_path / "site" / "OMOP" / "person.csv"
+    link.symlink_to(outside)
+    with pytest.raises(OSError, match="replaced by a symbolic link since it was listed"):
+        local._open_regular(str(link), nofollow=True)
+    os.close(local._open_regular(str(link)))  # (following links: read through it)
+    os.close(local._open_regular(str(plain), nofollow=True))
 
 
 def test_a_modality_root_is_scanned_and_checked(tmp_path):

@@ -123,14 +123,30 @@ def findings_text(findings: pl.DataFrame | None, *, examples: int | None = 10,
     return lines
 
 
-def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+# A name (a path) wider than this many terminal columns, and than twice the median name of its column, is no
+# measure for the column: it overflows its cell, and only its own row's later cells move right.
+NAME_OVERFLOW_FROM = 60
+
+
+def _name_width(widths: list[int]) -> int:
+    """The width of a column of names (terminal columns of each): that of the widest name that is not far wider than
+    the others. One 200-character path padded every row of `changes` to it, the size and MD5 two screens right."""
+    named = sorted(w for w in widths if w)  # (empty cells, as old_srcfile of all but renames, are no measure)
+    limit = max(NAME_OVERFLOW_FROM, 2 * named[len(named) // 2]) if named else 0
+    return max((w for w in named if w <= limit), default=0)
+
+
+def _table(rows: list[list[str]], header: list[str], names: frozenset[int] = frozenset()) -> list[str]:
+    """The rows under the header, columns aligned; `names`: the columns (indices) of names, which a name far wider
+    than the others overflows rather than widens (_name_width)."""
     rows = [[shown(str(c)) for c in r] for r in rows]  # one line per row, whatever a name holds
     # Widths in terminal columns, not characters: a CJK name or an emoji takes two.
-    widths = [max(text_width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    widths = [max(text_width(header[i]), _name_width([text_width(str(r[i])) for r in rows]) if i in names and rows
+                  else max((text_width(str(r[i])) for r in rows), default=0)) for i in range(len(header))]
     # Numbers align right, text left.
     right = [i > 0 and all(_is_number(str(r[i])) for r in rows if str(r[i])) for i in range(len(header))]
     fmt = lambda r: "  ".join(pad(str(c), w, right=right[i]) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
-    return [fmt(header), "  ".join("-" * w for w in widths), *(fmt(r).rstrip() for r in rows)]
+    return [fmt(header).rstrip(), "  ".join("-" * w for w in widths), *(fmt(r).rstrip() for r in rows)]
 
 
 def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
@@ -275,4 +291,4 @@ def frame_text(frame: pl.DataFrame) -> str:
     names = [c in NAME_COLUMNS for c in frame.columns]
     rows = [[shown_name(v) if name else "" if v is None else str(v) for v, name in zip(row, names)]
             for row in frame.iter_rows()]
-    return "\n".join(_table(rows, frame.columns))
+    return "\n".join(_table(rows, frame.columns, frozenset(i for i, name in enumerate(names) if name)))

@@ -50,15 +50,22 @@ def _open_regular(path: str, *, nofollow: bool = False) -> int:
     FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed). `nofollow`:
     a symbolic link there is refused, not read through (a run that does not follow links listed a regular file: one
     replaced by a link since was hashed as the link's target, a file outside the site, and recorded as this one)."""
+    def linked() -> OSError:
+        return OSError(errno.ELOOP, "no longer a regular file (replaced by a symbolic link since it was listed, which "
+                                    "this run does not follow: --follow-symlinks, or follow_symlinks = true in [run] "
+                                    "of chorus.toml, follows links)", path)
+
     try:
         fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK | (_O_NOFOLLOW if nofollow else 0))
     except OSError as exc:
         if nofollow and exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
-            raise OSError(errno.ELOOP, "no longer a regular file (replaced by a symbolic link since it was listed, "
-                                       "which this run does not follow: --follow-symlinks, or follow_symlinks = true "
-                                       "in [run] of chorus.toml, follows links)", path) from None
+            raise linked() from None
         raise
     try:
+        # Windows has no O_NOFOLLOW: the open went through a link there; what was opened is the name's own file only
+        # if the name is no link and leads to the same file (a link made after this look changes nothing: it is open)
+        if nofollow and not _O_NOFOLLOW and (os.path.islink(path) or not os.path.samestat(os.fstat(fd), os.lstat(path))):
+            raise linked()
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file (replaced by a FIFO, socket, device or folder "
                                         "since it was listed)", path)

@@ -33,14 +33,20 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import (create_private, file_above, free_bytes, nearly_full, require_reachable, restrict,
+from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict,
                       sqlite_temp_folder, write_private)
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..urls import scrub, storable
+from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
+
+
+def _place(location: str) -> str:
+    """Where a root is, however it was spelt: a local folder's real path (a link resolved), a cloud URL without the
+    '/' after its path (urls.root_url: a manifest that recorded az://c/site/ finds it again as az://c/site)."""
+    return root_url(location) if "://" in location else os.path.realpath(location)
 
 
 def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[str, str | None]]) -> dict[int, int]:
@@ -49,20 +55,16 @@ def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[
     a symlink, or as the symlink's target, is the root recorded under the other name, so its history goes
     on (not a second root that takes over every file, hashed again). Few rows: a plain loop."""
     exact = {(location, modality): root_id for root_id, location, modality in recorded}
-
-    def place(location: str) -> str:
-        return location if "://" in location else os.path.realpath(location)
-
     on_disk: dict[tuple[str, str | None], int] | None = None
     ids: dict[int, int] = {}
     for position, (location, modality) in enumerate(roots):
         root_id = exact.get((location, modality))
-        if root_id is None and "://" not in location:
+        if root_id is None:
             if on_disk is None:  # resolved only when needed: a recorded folder may be on a slow mount
                 on_disk = {}
                 for rid, loc, mod in recorded:
-                    on_disk.setdefault((place(loc), mod), rid)  # the earliest root of that folder
-            root_id = on_disk.get((place(location), modality))
+                    on_disk.setdefault((_place(loc), mod), rid)  # the earliest root of that folder
+            root_id = on_disk.get((_place(location), modality))
         if root_id is not None:
             ids[position] = root_id
     return ids
@@ -72,11 +74,8 @@ def _same_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[s
     """Every recorded root_id of each of a scan's roots (by position): the same location, or the same folder on
     disk under another name. An older release recorded a site given through a symlink as a second root, so one
     folder can have several root_ids, and the previous version's files may lie under any of them."""
-    def place(location: str) -> str:
-        return location if "://" in location else os.path.realpath(location)
-
     return {position: {rid for rid, loc, mod in recorded
-                       if mod == modality and (loc == location or place(loc) == place(location))}
+                       if mod == modality and (loc == location or _place(loc) == _place(location))}
             for position, (location, modality) in enumerate(roots)}
 
 
@@ -474,7 +473,8 @@ class Manifest:
         return versions
 
     def check_path(self) -> None:
-        """--db names a file (or nothing yet), not a folder, that this user can reach."""
+        """--db names a file (or nothing yet), not a folder, that this user can reach (require_reachable: not under a
+        file, which a shard took, reading no manifest there, and hashed the site for nothing)."""
         require_reachable(self.path)
         if self.path.is_dir():
             if (self.path / "versions.parquet").is_file():  # read-only commands take it; this one writes or checks
@@ -483,10 +483,6 @@ class Manifest:
                                  fix="pass --db with the SQLite manifest the snapshots were written from")
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
-        a_file = file_above(self.path)
-        if a_file is not None:  # a shard took it (it reads no manifest there) and hashed the site for nothing
-            raise UsageError(f"--db names a path under a file: {a_file} is a file, not a folder", where=str(self.path),
-                             fix="pass --db with a path in a folder")
 
     def check_name_length(self) -> None:
         """The manifest's file name leaves room for the longest name a command writes beside it (every command that

@@ -230,6 +230,16 @@ def _check_labels(trees: list[VersionTree], where: str) -> None:
                 f"upstream version {tree.label!r} was recorded after {before.label!r} but does not sort after it; "
                 "chorus-batch orders versions by label", where=where,
                 fix=_LABEL_FIX)
+    # as `run --version` refuses a label that is an earlier one's in other letter case (v1 after V1): their folders
+    # (Parquet snapshots' version=<label>/, a reviewer's download of the central container) are one on Windows and macOS
+    first_of: dict[str, str] = {}
+    for tree in trees:
+        twin = first_of.setdefault(tree.label.casefold(), tree.label)
+        if twin != tree.label:
+            raise UsageError(
+                f"upstream version {tree.label!r} differs from the label of version {twin!r} only in letter case: their "
+                "folders (at the central container, in Parquet snapshots) are one folder on a disk that ignores case "
+                "(Windows, macOS); nothing was imported", where=where, fix=_LABEL_FIX)
 
 
 def _central(central: str | None, journal: Journal, n_marks: int, where: str) -> str | None:
