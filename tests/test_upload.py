@@ -2233,3 +2233,40 @@ def test_an_upload_script_cut_short_by_a_full_disk_runs_nothing(tmp_path, small_
     ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env, cwd=tmp_path,
                          timeout=120)
     assert "is incomplete" not in ran.stderr and calls.exists(), ran.stderr
+
+
+def in_process(central, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The command line run in this process (quicker than cli() for a command that starts no workers)."""
+    from chorus_batch.cli import main
+
+    for name, value in central.env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_verify_of_a_version_whose_only_files_are_in_conflict_says_so_not_nothing_to_verify(central, tmp_path,
+                                                                                             monkeypatch, capsys):
+    # verify said "nothing to verify" (exit 0) of a version whose upload had found another manifest's blob under its
+    # file's name, and with --version "upload it first" (the upload had refused to replace it: running it again does
+    # not mend that); `versions` then called the version verified.
+    label = "20261101020000"
+    for site, text in (("a", b"site a's own"), ("b", b"site b's own, longer")):
+        write(tmp_path / site, "OMOP/person.csv", text)
+        commit(tmp_path / site, tmp_path / f"{site}.sqlite", label)
+        up(central, tmp_path / f"{site}.sqlite")
+    db = str(tmp_path / "b.sqlite")
+    for extra in ((), ("--version", label), ("--all",)):
+        code, out, err = in_process(central, monkeypatch, capsys, "verify", "--db", db, "--to", central.url, *extra)
+        assert code == 1, out + err
+        assert "nothing to verify" not in out and "upload it first" not in out, out
+        assert f"not verified: no file of 1 version ({label})" in out
+        assert f"conflict: OMOP/person.csv: {central.url}{label}/OMOP/person.csv already holds other content" in out
+        assert "--to az://<container>/<prefix>/" in out
+    code, out, _ = in_process(central, monkeypatch, capsys, "verify", "--db", db, "--to", central.url, "--json")
+    found = json.loads(out)
+    assert code == 1 and found["exit_code"] == 1 and found["versions"] == [label] and found["not_uploaded_yet"] == []
+    assert [(p["srcfile"], p["verify_state"]) for p in found["problems"]] == [("OMOP/person.csv", "conflict")]
+    assert query(tmp_path / "b.sqlite", "SELECT verified_at FROM submissions") == [(None,)]  # nothing was verified

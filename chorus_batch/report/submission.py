@@ -121,7 +121,10 @@ def verify_text(result: VerifyResult) -> str:
     how = ("read back and hashed" if result.method == "download"
            else "listing: there, size and Content-MD5 (--download reads the bytes)")
     lines = [f"verified {plural(result.n_checked, 'file')} of {plural(len(result.versions), 'version')} at "
-             f"{result.central} ({how}) in {result.elapsed_s:.1f} s"]
+             f"{result.central} ({how}) in {result.elapsed_s:.1f} s" if result.n_checked else
+             # (the versions' only files recorded there are in conflict, listed below: there was nothing to verify)
+             f"not verified: no file of {plural(len(result.versions), 'version')} ({', '.join(result.versions)}) is "
+             f"recorded as uploaded to {result.central}"]
     if result.problems.height:
         lines.append(f"  {plural(result.problems.height, 'problem')} (recorded in the uploads ledger):")
         for version, frame in result.problems.group_by("version", maintain_order=True):
