@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import cli, query, write
+from conftest import cli, paused, query, write
 from services import Azurite, set_content_md5
 
 AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT",
@@ -444,7 +444,9 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     text = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert text.returncode == 1, text.stdout + text.stderr
     assert "12 blobs at the centre that the manifest does not list" in text.stdout, text.stdout
-    assert "20261101020000/000009/OMOP/stale_00.csv" in text.stdout and "2 more (--json lists them all)" in text.stdout
+    # named as --json names them: within the version's folder (the text had the version in front, --json not)
+    assert "version 20261101020000: 12: 000009/OMOP/stale_00.csv, 000009/OMOP/stale_01.csv" in text.stdout
+    assert "2 more (--json lists them all)" in text.stdout and "20261101020000/000009" not in text.stdout
     assert "all as recorded" not in text.stdout and "never deletes" in text.stdout
     js = cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env)
     assert js.returncode == 1 and json.loads(js.stdout)["exit_code"] == 1
@@ -486,7 +488,7 @@ def test_upload_says_when_the_version_folder_holds_blobs_it_did_not_write_and_ke
     first = up(central, db)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "1 blob at the centre that the manifest does not list" in first.stdout, first.stdout
-    assert "20261101020000/000009/OMOP/stale.csv" in first.stdout and "then upload again" in first.stdout
+    assert "version 20261101020000: 1: 000009/OMOP/stale.csv" in first.stdout and "then upload again" in first.stdout
     assert "manifest copy:" in first.stdout  # (the copy says which blobs are the submission)
     assert blobs(central)["20261101020000/000009/OMOP/stale.csv"][0] == 12  # never deleted here
     again = up(central, db, "--json")  # not finished: the nightly upload says it again, sending nothing
@@ -1860,7 +1862,7 @@ def test_names_with_control_characters_never_break_or_drive_the_terminal_in_what
     verified = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert verified.returncode == 1, verified.stdout + verified.stderr
     clean(verified.stdout)
-    assert f"'{label}/stray\\u202e\\tx\\nmd.md'" in verified.stdout
+    assert "'stray\\u202e\\tx\\nmd.md'" in verified.stdout
     clean(up(central, db).stdout)
     assert json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env).stdout)[
         "unlisted"] == [{"version": label, "name": "stray\u202e\tx\nmd.md", "size": 8}]  # machine output: exact
@@ -2270,3 +2272,21 @@ def test_verify_of_a_version_whose_only_files_are_in_conflict_says_so_not_nothin
     assert code == 1 and found["exit_code"] == 1 and found["versions"] == [label] and found["not_uploaded_yet"] == []
     assert [(p["srcfile"], p["verify_state"]) for p in found["problems"]] == [("OMOP/person.csv", "conflict")]
     assert query(tmp_path / "b.sqlite", "SELECT verified_at FROM submissions") == [(None,)]  # nothing was verified
+
+
+def test_a_container_deleted_mid_verify_all_says_which_versions_were_verified_before_and_which_not(central, azurite,
+                                                                                                    tmp_path):
+    # verify --all failed at the second version with "the container does not exist" only: the first version's results,
+    # recorded as ok, went unmentioned, as if nothing had been recorded (or all of it verified).
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for label in ("20261101020000", "20261102020000"):
+        write(site, f"OMOP/{label}.csv", label.encode())
+        commit(site, db, label)
+    assert up(central, db).returncode == 0
+    proc = paused("verify", "--db", str(db), "--to", central.url, "--all", at="verify-next-version+2", env=central.env)
+    azurite.service_client().delete_container(central.container)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "the container does not exist" in err and "they are gone from the centre" in err, err
+    assert ("1 version (20261101020000; 1 file, 0 problems) had been verified and recorded in the uploads ledger before "
+            "this: those results are of the centre as it was then; version 20261102020000 not verified") in err, err

@@ -157,7 +157,9 @@ def _unlisted_lines(unlisted: pl.DataFrame, command: str) -> list[str]:
     for version, frame in unlisted.group_by("version", maintain_order=True):
         names = frame["name"].head(EXAMPLES).to_list()
         more = f", ... {frame.height - EXAMPLES} more (--json lists them all)" if frame.height > EXAMPLES else ""
-        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(shown_name(f"{version[0]}/{n}") for n in names) + more)
+        # (named within the version's folder, as --json names them and as the problem lines name files: the text had
+        # "<version>/name", which is neither the JSON's name nor, under --to az://container/prefix/, the blob's)
+        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(shown_name(n) for n in names) + more)
     lines.append("  fix:   have them removed from the central container, or moved out of the version's folder "
                  f"(chorus-batch never deletes there); then {command} again")
     return lines

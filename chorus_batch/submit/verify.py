@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ChorusError, ExitCode
+from ..faults import pause
 from ..frames import fmt
+from ..units import plural
 from ..sources import cloud as cloud_access
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from .central import MANIFEST_FOLDER, MANIFEST_NAME, Central
@@ -184,6 +186,20 @@ def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str 
                           "message": message}], schema=PROBLEMS_SCHEMA)
 
 
+def _stopped_at(labels: list[str], done: int, n_checked: int, problems: list[pl.DataFrame]) -> str:
+    """What the uploads ledger holds when verify failed at labels[done]: the versions before it were verified and
+    recorded (as the centre was then), that one and the rest were not."""
+    left = labels[done:]
+    rest = f"version {left[0]}" + (f" and {plural(len(left) - 1, 'later version')}" if len(left) > 1 else "")
+    if not done:
+        return f"nothing was recorded in the uploads ledger: {rest} not verified; run the same command again once this is fixed"
+    n_bad = sum(frame.height for frame in problems)
+    shown = ", ".join(labels[:done][:5]) + (", ..." if done > 5 else "")
+    return (f"{plural(done, 'version')} ({shown}; {plural(n_checked, 'file')}, {plural(n_bad, 'problem')}) had been verified "
+            f"and recorded in the uploads ledger before this: those results are of the centre as it was then; {rest} "
+            "not verified (any earlier result of it stands); run the same command again once this is fixed")
+
+
 def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None, every: bool = False,
            download: bool = False, workers: int = 8, progress: Progress | None = None,
            argv: Sequence[str] = ()) -> VerifyResult:
@@ -218,10 +234,19 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     raise
             problems, unlisted, waiting = [], [], []
             copied = set(ledger.versions_copied())
-            for label in labels:
-                looked = _look_at_copy(central, label, manifest, download=download) if label in copied else None
-                checked, found, foreign, left = check_version(ledger, central, label, download=download, workers=workers,
-                                                        progress=progress)
+            for done, label in enumerate(labels):
+                if done:
+                    pause("verify-next-version")  # (tests: the container deleted between two versions)
+                try:
+                    looked = _look_at_copy(central, label, manifest, download=download) if label in copied else None
+                    checked, found, foreign, left = check_version(ledger, central, label, download=download,
+                                                                  workers=workers, progress=progress)
+                except ChorusError as exc:
+                    # The versions verified before stay recorded: true of the centre when they were checked. Said so
+                    # (it said only that the container was not found, the earlier versions recorded as ok unmentioned).
+                    exc.outcome = _stopped_at(labels, done, result.n_checked, problems)  # type: ignore[attr-defined]
+                    container_gone(exc, ledger)
+                    raise
                 if looked is not None:
                     found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
                 result.n_checked += checked
