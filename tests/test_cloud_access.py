@@ -1190,3 +1190,39 @@ def test_the_account_an_abfs_url_names_is_compared_with_the_sign_in(clean_env, u
             azure_sign_in(CloudSettings(), url=url, what="the root")
     else:
         assert azure_sign_in(CloudSettings(), url=url, what="the root").account_name == "myacct"
+
+
+def test_an_endpoint_whose_certificate_is_not_trusted_names_the_ca_bundle_to_set(clean_env, tmp_path, capsys):
+    """An https endpoint with a private CA's certificate (a TLS-inspecting proxy, a private endpoint): S3 said "check
+    the URL and that the credentials for it are in the environment", Azure "check that it is reachable" (after retrying
+    for the whole deadline). Now both say the certificate was refused and which variable names the CA bundle."""
+    import http.server
+    import ssl
+    import threading
+
+    from chorus_batch.cli import main
+    from services import _make_tls
+
+    ca, cert, key = _make_tls(tmp_path / "tls")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as server:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"https://127.0.0.1:{server.server_address[1]}"
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": KEY,
+                            "AWS_DEFAULT_REGION": "us-east-1", "CHORUS_BATCH_RETRY_DEADLINE_S": "1",
+                            "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=https;AccountName=myacct;"
+                                                               f"AccountKey={KEY};BlobEndpoint={endpoint}/myacct;"}.items():
+            clean_env.setenv(name, value)
+        try:
+            for url, variable in (("s3://site1/", "AWS_CA_BUNDLE"), ("az://site1/", "SSL_CERT_FILE or REQUESTS_CA_BUNDLE")):
+                capsys.readouterr()
+                code = main(["run", "--site", url, "--db", str(tmp_path / "m.sqlite"), "--no-validate"])
+                err = capsys.readouterr().err
+                assert code == 3, err
+                assert "the https connection failed: the endpoint's certificate was refused" in err, err
+                assert f"name a CA bundle that holds it: {variable}" in err, err
+                no_secret(err)
+        finally:
+            server.shutdown()
