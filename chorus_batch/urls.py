@@ -106,6 +106,17 @@ def protocol_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
+def store_url(url: str) -> str:
+    """A cloud root as it is recorded: its scheme lowercased (RFC 3986: S3:// is s3://), and s3a:// (Hadoop's name for
+    the same S3 store, in configs written for Spark) as s3://: one bucket's prefix was two roots, the second taking
+    over every file of the first."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    return f"{'s3' if scheme == 's3a' else scheme}://{rest}"
+
+
 def is_remote(db: str | os.PathLike[str] | None) -> bool:
     """A manifest kept in Azure Blob Storage (store/remote.py), not in a local file."""
     return isinstance(db, str) and protocol_of(db) in AZURE_PROTOCOLS

@@ -7,6 +7,7 @@ The pure parts are tested here without a service; the integration tests against 
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -1226,3 +1227,30 @@ def test_an_endpoint_whose_certificate_is_not_trusted_names_the_ca_bundle_to_set
                 no_secret(err)
         finally:
             server.shutdown()
+
+
+def test_a_root_given_as_s3a_is_the_s3_root_it_names(clean_env, moto_s3, tmp_path):
+    """s3a:// (Hadoop's and Spark's name for S3) and s3:// of one bucket's prefix were two roots: the second run's
+    root took over every file of the first. Now it is the root s3://bucket/prefix, its files unchanged; a manifest an
+    earlier release recorded with s3a:// goes on under that root."""
+    from conftest import query, settings
+    from services import upload_tree_s3
+
+    from chorus_batch import run
+
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
+    bucket = moto_s3.new_bucket("s3a")
+    upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "up", SITE_FILES), prefix="export")
+    db = tmp_path / "s3.sqlite"
+    first = run(settings(f"s3a://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    assert first.label and first.counts["added"] == len(SITE_FILES)
+    assert query(db, "SELECT location FROM roots") == [(f"s3://{bucket}/export",)]
+    with sqlite3.connect(db) as con:  # as an earlier release recorded it
+        con.execute("UPDATE roots SET location = ?", (f"s3a://{bucket}/export",))
+    con.close()
+    for url in (f"s3://{bucket}/export", f"s3a://{bucket}/export"):
+        again = run(settings(url, db, validate_site=False, cloud=s3_cloud))
+        assert again.label is None and again.counts["unchanged"] == len(SITE_FILES), url
+        assert query(db, "SELECT count(*) FROM roots") == [(1,)]

@@ -38,7 +38,7 @@ from ..fsutil import (create_private, file_above, free_bytes, nearly_full, requi
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
-from ..urls import scrub, storable
+from ..urls import scrub, storable, store_url
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
@@ -48,7 +48,10 @@ def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[
     modality) holds: the same location, else (a local folder) the same folder on disk: a site given through
     a symlink, or as the symlink's target, is the root recorded under the other name, so its history goes
     on (not a second root that takes over every file, hashed again). Few rows: a plain loop."""
-    exact = {(location, modality): root_id for root_id, location, modality in recorded}
+    # (a cloud root by its recorded form: one an earlier release recorded as s3a:// goes on as s3://)
+    exact: dict[tuple[str, str | None], int] = {}
+    for root_id, location, modality in recorded:
+        exact.setdefault((store_url(location), modality), root_id)
 
     def place(location: str) -> str:
         return location if "://" in location else os.path.realpath(location)
@@ -56,7 +59,7 @@ def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[
     on_disk: dict[tuple[str, str | None], int] | None = None
     ids: dict[int, int] = {}
     for position, (location, modality) in enumerate(roots):
-        root_id = exact.get((location, modality))
+        root_id = exact.get((store_url(location), modality))
         if root_id is None and "://" not in location:
             if on_disk is None:  # resolved only when needed: a recorded folder may be on a slow mount
                 on_disk = {}
@@ -73,7 +76,7 @@ def _same_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[s
     disk under another name. An older release recorded a site given through a symlink as a second root, so one
     folder can have several root_ids, and the previous version's files may lie under any of them."""
     def place(location: str) -> str:
-        return location if "://" in location else os.path.realpath(location)
+        return store_url(location) if "://" in location else os.path.realpath(location)
 
     return {position: {rid for rid, loc, mod in recorded
                        if mod == modality and (loc == location or place(loc) == place(location))}
