@@ -1628,7 +1628,20 @@ FAKE_AZ = """#!{python}
 # What the upload script asks of the Azure CLI (`storage blob upload`, `storage blob metadata show`), done with the SDK.
 import base64, os, sys
 from azure.storage.blob import BlobServiceClient, ContentSettings
-args = sys.argv[1:]
+if os.environ.get("AZ_ARGV_LOG"):  # (what `ps` shows of each call)
+    with open(os.environ["AZ_ARGV_LOG"], "a") as log:
+        log.write(repr(sys.argv[1:]) + "\\n")
+def expanded(arg):  # as azure-cli-core's _expand_file_prefixed_files: a value `@FILE` is that file's text
+    option, eq, value = arg.partition("=")
+    value = value if eq else option
+    if value.startswith("@") and len(value) > 1:
+        try:
+            with open(os.path.expanduser(value[1:])) as f:
+                value = f.read().rstrip(os.linesep)
+        except OSError:
+            pass
+    return option + eq + value if eq else value
+args = [expanded(arg) for arg in sys.argv[1:] if arg != "--"]
 def opt(name):
     for i, arg in enumerate(args):
         if arg.startswith(name + "="):
@@ -1686,9 +1699,16 @@ def test_a_bash_script_claims_its_folder_and_adds_nothing_to_another_manifests_n
     # A folder nobody holds: the script claims it for this manifest, and sends
     central.client.delete_blob("20261101020000/_manifest/owner")
     central.client.delete_blob("20261101020000/OMOP/person.csv")
-    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    argv_log = tmp_path / "argv.log"
+    ran = subprocess.run(["bash", str(script)], env={**env, "AZ_ARGV_LOG": str(argv_log)}, capture_output=True,
+                         text=True, timeout=120)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert claim_of(central, "20261101020000") == mine and "20261101020000/OMOP/person.csv" in blobs(central)
+    assert claim_of(central, "20261101020000") == mine
+    assert blobs(central)["20261101020000/OMOP/person.csv"][:2] == (12, md5)
+    # The blob's name and the local file (person paths) were on the Azure CLI's command line, which every user of the
+    # machine reads in ps: now the name comes from an owner-only file (--name=@FILE), the file as standard input.
+    calls = argv_log.read_text()
+    assert "storage', 'blob', 'upload'" in calls and "person.csv" not in calls and str(site) not in calls, calls
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
                  env=central.env)
     assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr

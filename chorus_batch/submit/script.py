@@ -163,7 +163,10 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         # The claim `upload` writes in a version folder before its first file (central.py, CLAIM_NAME): without it a
         # script mixed its files into another manifest's upload under way there, and another upload into this one's.
         'EMPTY=$(mktemp) || exit 1',
-        "trap 'rm -f \"$EMPTY\"' EXIT",
+        # (the blob name of the file being sent, owner-only: the Azure CLI reads it with --name=@FILE, so that the
+        # person paths are on no command line, which every user of the machine reads in ps)
+        'NAME=$(mktemp) || exit 1',
+        "trap 'rm -f \"$EMPTY\" \"$NAME\"' EXIT",
         "OTHER=''  # the version folder being sent to is another manifest's: nothing is added to it",
     ]
     if kind == "bash":
@@ -208,7 +211,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         lines += [
             "sent() {  # the arguments of send: the blob is there, sent by an earlier run of this script",
             '  [ -z "${6:-}" ] && [ "$(az storage blob show --only-show-errors ${how[@]+"${how[@]}"} --container-name="$CONTAINER" \\',
-            '      --name="$1" --query properties.contentSettings.contentMd5 -o tsv 2> /dev/null)" = "$4" ]',
+            '      --name=@"$NAME" --query properties.contentSettings.contentMd5 -o tsv 2> /dev/null)" = "$4" ]',
             "}",
         ]
     lines += [
@@ -224,10 +227,15 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "  signin",
             "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
             '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
+            # The blob's name and the local file go on no command line (ps shows every process's to every user of the
+            # machine, and both name the person): the name from the owner-only $NAME (the Azure CLI reads a value
+            # `@FILE` from that file), the file as standard input (/dev/stdin: the file itself, opened again).
+            "  printf '%s' \"$1\" > \"$NAME\"",
             '  if err=$(az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
             # --opt=VALUE: the Azure CLI (argparse) takes a VALUE starting with '-' (a blob under a prefix
             # "-x/") for an option of its own and fails the file ("expected one argument").
-            '      --container-name="$CONTAINER" --name="$1" --file="$2" --content-md5="$4" 2>&1 > /dev/null) || sent "$@"; then',
+            '      --container-name="$CONTAINER" --name=@"$NAME" --file=/dev/stdin --content-md5="$4" 2>&1 > /dev/null < "$2") \\',
+            '      || sent "$@"; then',
         ]
     else:
         lines += [
