@@ -231,9 +231,14 @@ def check_location(location: str, what: str) -> None:
         if not container:
             raise UsageError(f"{what} {shown} names no container", where=what, fix="give az://CONTAINER/PATH")
         if not _AZURE_CONTAINER.match(container):
+            # (the portal and Storage Explorer show names as they are: capitals come from a config or a note typed
+            # by hand, and the valid name is plain to say)
+            lower = container.lower()
+            hint = (f": Azure container names are lowercase, so give {mask_url(location.replace(container, lower, 1))}"
+                    if _AZURE_CONTAINER.match(lower) else "")
             raise UsageError(f"{what} {shown}: {container!r} is not a valid Azure container name", where=what,
                              fix="a container name has 3-63 lowercase letters, digits and single hyphens, and starts "
-                                 "and ends with a letter or digit")
+                                 "and ends with a letter or digit" + hint)
     elif protocol in S3_PROTOCOLS:
         if not first:
             raise UsageError(f"{what} {shown} names no bucket", where=what, fix="give s3://BUCKET/PATH")

@@ -1007,6 +1007,8 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     # A '?' in a folder's name was told as credentials in the URL; '//', '.' and '..' were accepted and read oddly;
     # an https:// account URL (with or without a SAS) got no hint of the az:// root and setting that say the same.
     (["--site", "az://site1/site?x/"], "'?' starts a query in a URL, and a root URL takes none"),
+    # a container name with capitals (typed from a note): the valid name said
+    (["--site", "az://Site-1/Export"], "Azure container names are lowercase, so give az://site-1/Export"),
     (["--site", "abfs://site1@acct.dfs.core.windows.net/a?b"], "'?' starts a query"),
     (["--site", "s3://b1/a?b/"], "'?' starts a query"),
     (["--site", "az://site1/site#x"], "'#' starts a fragment"),

@@ -4,7 +4,9 @@ AzCopy, for sites whose security review allows only those tools.
 The script sends what `upload` would send (each version's added, replaced and renamed files not yet
 confirmed), one command per file. Before each, it checks the file's MD5 against the manifest's with
 md5sum (a file changed since its version was recorded is skipped and named); `az storage blob upload`
-gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service);
+gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service), its blob
+name from an owner-only file (--name=@FILE) and the file as standard input, so that no person path is on its
+command line (ps shows those to every user; AzCopy takes both only as arguments);
 `azcopy copy` gets --put-md5 (AzCopy hashes what it sends and stores that); neither replaces a blob
 already there (--overwrite false: mark-uploaded then records it only if it holds the manifest's size and
 MD5). A file whose local path holds '*' is left out of an AzCopy script (AzCopy reads it as a wildcard,
