@@ -1256,3 +1256,26 @@ def test_a_root_given_as_s3a_is_the_s3_root_it_names(clean_env, moto_s3, tmp_pat
         again = run(settings(url, db, validate_site=False, cloud=s3_cloud))
         assert again.label is None and again.counts["unchanged"] == len(SITE_FILES), url
         assert query(db, "SELECT count(*) FROM roots") == [(1,)]
+
+
+def test_an_expired_sas_in_a_connection_string_is_said_to_have_expired(clean_env, azurite, az_site, tmp_path, capsys):
+    """A connection string with a SharedAccessSignature (BlobEndpoint=...;SharedAccessSignature=...) whose se= had
+    passed said "sign-in failed" and "may be wrong or old"; a SAS token in AZURE_STORAGE_SAS_TOKEN said when it expired.
+    Now the connection string's SAS does too, and what to do."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from chorus_batch.cli import main
+
+    expiry = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - datetime.timedelta(hours=1)
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key, expiry=expiry,
+                                 permission=ContainerSasPermissions(read=True, list=True))
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}")
+    capsys.readouterr()
+    assert main(["run", "--site", f"az://{az_site}", "--db", str(tmp_path / "m.sqlite"), "--no-validate"]) == 3
+    err = capsys.readouterr().err
+    when = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"the SAS token expired at {when}" in err, err
+    assert f"fix:   the connection string's SharedAccessSignature expired at {when}" in err, err
+    assert sas.split("sig=")[1].split("&")[0] not in err

@@ -186,8 +186,13 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     if conn:
         _check_connection_string(conn, conn_env or azure.connection_string_env)
         account = _connection_string_account(conn)
+        # A SharedAccessSignature in it has an expiry too (se=, no secret): named, as for a SAS token from the
+        # environment, so that a token gone stale says "expired at", not "sign-in failed ... wrong or old".
+        sas_in = _connection_fields(conn).get("sharedaccesssignature")
+        expiry = _sas_expiry(sas_in) if sas_in else None
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
-                           + (f" (account {account})" if account else ""),
+                           + (f" (account {account})" if account else "")
+                           + (f", its SAS valid until {expiry}" if expiry else ""),
                            account_name=account, secret=conn, secret_env=conn_env)
 
     account_env_name = None
@@ -704,6 +709,10 @@ def _sign_in_fix(how: str, *, writes: bool = False) -> str:
     """What to do when sign-in failed; `writes`: for an upload (a new SAS needs racwl, not only rl)."""
     permissions = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
     if how.startswith("connection string"):
+        expired = _expired(how)
+        if expired:
+            return (f"the connection string's SharedAccessSignature expired at {expired} (its se=): make a new SAS with "
+                    f"{permissions} permissions that outlasts the run, put it in the connection string, and run again")
         return "check the connection string (its AccountName, AccountKey or SharedAccessSignature may be wrong or old)"
     if how.startswith("SAS token"):
         expired = _expired(how)
