@@ -674,24 +674,32 @@ def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3,
     assert mixed.label
 
 
-def test_a_cloud_root_given_with_an_uppercase_scheme_is_the_same_root(clean_env, moto_s3, tmp_path):
-    """S3://bucket/site (a scheme is case-insensitive, and the root's checks took it) failed with 'cannot reach
-    S3://...: ParamValidationError' (fsspec read the bucket as 'S3:'): it is the root s3://bucket/site, its files
-    unchanged."""
-    from conftest import query, settings
+def _s3_site(clean_env, moto_s3, tmp_path, name: str):
+    """SITE_FILES under export/ of a new moto bucket: (bucket, manifest path, run(url) of that manifest)."""
+    from conftest import settings
     from services import upload_tree_s3
 
     from chorus_batch import run
 
-    for name, value in moto_s3.env.items():
-        clean_env.setenv(name, value)
+    for key, value in moto_s3.env.items():
+        clean_env.setenv(key, value)
     s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
-    bucket = moto_s3.new_bucket("case")
+    bucket = moto_s3.new_bucket(name)
     upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "up", SITE_FILES), prefix="export")
     db = tmp_path / "s3.sqlite"
-    first = run(settings(f"s3://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    return bucket, db, lambda url: run(settings(url, db, validate_site=False, cloud=s3_cloud))
+
+
+def test_a_cloud_root_given_with_an_uppercase_scheme_is_the_same_root(clean_env, moto_s3, tmp_path):
+    """S3://bucket/site (a scheme is case-insensitive, and the root's checks took it) failed with 'cannot reach
+    S3://...: ParamValidationError' (fsspec read the bucket as 'S3:'): it is the root s3://bucket/site, its files
+    unchanged."""
+    from conftest import query
+
+    bucket, db, run_at = _s3_site(clean_env, moto_s3, tmp_path, "case")
+    first = run_at(f"s3://{bucket}/export")
     assert first.label and first.counts["added"] == len(SITE_FILES)
-    again = run(settings(f"S3://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    again = run_at(f"S3://{bucket}/export")
     assert again.label is None and again.counts["unchanged"] == len(SITE_FILES)
     assert query(db, "SELECT location FROM roots") == [(f"s3://{bucket}/export",)]
 
@@ -1235,25 +1243,17 @@ def test_a_root_given_as_s3a_is_the_s3_root_it_names(clean_env, moto_s3, tmp_pat
     """s3a:// (Hadoop's and Spark's name for S3) and s3:// of one bucket's prefix were two roots: the second run's
     root took over every file of the first. Now it is the root s3://bucket/prefix, its files unchanged; a manifest an
     earlier release recorded with s3a:// goes on under that root."""
-    from conftest import query, settings
-    from services import upload_tree_s3
+    from conftest import query
 
-    from chorus_batch import run
-
-    for name, value in moto_s3.env.items():
-        clean_env.setenv(name, value)
-    s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
-    bucket = moto_s3.new_bucket("s3a")
-    upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "up", SITE_FILES), prefix="export")
-    db = tmp_path / "s3.sqlite"
-    first = run(settings(f"s3a://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    bucket, db, run_at = _s3_site(clean_env, moto_s3, tmp_path, "s3a")
+    first = run_at(f"s3a://{bucket}/export")
     assert first.label and first.counts["added"] == len(SITE_FILES)
     assert query(db, "SELECT location FROM roots") == [(f"s3://{bucket}/export",)]
     with sqlite3.connect(db) as con:  # as an earlier release recorded it
         con.execute("UPDATE roots SET location = ?", (f"s3a://{bucket}/export",))
     con.close()
     for url in (f"s3://{bucket}/export", f"s3a://{bucket}/export"):
-        again = run(settings(url, db, validate_site=False, cloud=s3_cloud))
+        again = run_at(url)
         assert again.label is None and again.counts["unchanged"] == len(SITE_FILES), url
         assert query(db, "SELECT count(*) FROM roots") == [(1,)]
 
