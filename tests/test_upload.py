@@ -2310,3 +2310,30 @@ def test_a_container_deleted_mid_verify_all_says_which_versions_were_verified_be
     assert "the container does not exist" in err and "they are gone from the centre" in err, err
     assert ("1 version (20261101020000; 1 file, 0 problems) had been verified and recorded in the uploads ledger before "
             "this: those results are of the centre as it was then; version 20261102020000 not verified") in err, err
+
+
+def test_a_cloud_file_recorded_without_an_md5_is_sent_with_its_version_once_a_run_learns_it(central, azurite, tmp_path,
+                                                                                          monkeypatch, capsys):
+    # A blob recorded without an MD5 (--cloud-md5 stored-only, none stored) cannot be sent (upload: no_md5). The run
+    # that then hashed it under the default policy called the same blob `replaced`, a new version: the first version
+    # never finished, and the file went up as changed in the second. Its MD5 is now learned: the first version sends it.
+    from conftest import run_site
+    from services import upload_tree
+
+    site = azurite.new_container("site")
+    write(tmp_path / "up", "OMOP/person.csv", b"person_id\n1\n")
+    with azurite.service_client() as client:
+        upload_tree(client, site, tmp_path / "up", content_md5=False)
+    for name, value in central.env.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "m.sqlite"
+    first = run_site(f"az://{site}", db, validate_site=False, cloud_md5="stored-only", version_label="20261101020000")
+    assert first.label == "20261101020000" and first.exit_code == 1
+    code, out, err = in_process(central, monkeypatch, capsys, "upload", "--db", str(db), "--to", central.url)
+    assert code == 1 and "no_md5: OMOP/person.csv" in out, out + err
+    learned = run_site(f"az://{site}", db, validate_site=False)
+    assert learned.label is None and learned.exit_code == 0  # the same blob: its MD5 learned, no new version
+    code, out, err = in_process(central, monkeypatch, capsys, "upload", "--db", str(db), "--to", central.url)
+    assert code == 0 and "sent 1 file" in out and "complete" in out, out + err
+    assert blobs(central, "20261101020000/OMOP")["20261101020000/OMOP/person.csv"][:2] == (
+        12, hashlib.md5(b"person_id\n1\n").hexdigest())
