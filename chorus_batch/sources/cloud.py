@@ -632,9 +632,10 @@ def classify(exc: BaseException) -> str:
         return "permission"
     # (before "network": botocore's SSLError and aiohttp's certificate errors are connection errors too, and said "check
     # the URL and the credentials", the Azure SDK's "check that it is reachable": neither names the certificate)
-    if any(isinstance(e, ssl.SSLError) for e in chain) or names & {"SSLError", "ClientSSLError",
-                                                                   "ClientConnectorCertificateError"} or re.search(
-            r"(?i)certificate verify failed|CERTIFICATE_VERIFY_FAILED|SSL validation failed", text):
+    # Only a certificate refused: a TLS connection cut during the handshake (SSLEOFError, a flaky proxy) stays a
+    # network failure, retried.
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "ClientConnectorCertificateError" in names \
+            or re.search(r"(?i)certificate verify failed", text):
         return "tls"
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                 "ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
