@@ -1742,9 +1742,10 @@ def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central
     command = out.stdout.rsplit("az storage blob upload", 1)[1].split("; then", 1)[0]  # (send's; the first: the claim's)
     claim = out.stdout.split("az storage blob upload", 1)[1].split("\n  for", 1)[0]
     assert '--container-name="$CONTAINER"' in claim and '--name="$1/_manifest/owner"' in claim, claim
-    for option, value in (("--container-name", "$CONTAINER"), ("--name", "$1"), ("--file", "$2"),
-                          ("--content-md5", "$4")):
+    for option, value in (("--container-name", "$CONTAINER"), ("--content-md5", "$4")):
         assert f'{option}="{value}"' in command, command
+    # (the name from the owner-only $NAME file, the file as standard input: no person path on the command line)
+    assert '--name=@"$NAME"' in command and "--file=/dev/stdin" in command and '< "$2"' in command, command
     assert '--if-match="$6"' in out.stdout
     assert "send -x/20261101020000/OMOP/-rf.csv " in out.stdout
 
