@@ -1706,7 +1706,7 @@ def test_a_bash_script_claims_its_folder_and_adds_nothing_to_another_manifests_n
     assert claim_of(central, "20261101020000") == mine
     assert blobs(central)["20261101020000/OMOP/person.csv"][:2] == (12, md5)
     # The blob's name and the local file (person paths) were on the Azure CLI's command line, which every user of the
-    # machine reads in ps: now the name comes from an owner-only file (--name=@FILE), the file as standard input.
+    # machine reads in ps: now both come from owner-only files (--name=@FILE, --file=@FILE).
     calls = argv_log.read_text()
     assert "storage', 'blob', 'upload'" in calls and "person.csv" not in calls and str(site) not in calls, calls
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
@@ -1744,8 +1744,8 @@ def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central
     assert '--container-name="$CONTAINER"' in claim and '--name="$1/_manifest/owner"' in claim, claim
     for option, value in (("--container-name", "$CONTAINER"), ("--content-md5", "$4")):
         assert f'{option}="{value}"' in command, command
-    # (the name from the owner-only $NAME file, the file as standard input: no person path on the command line)
-    assert '--name=@"$NAME"' in command and "--file=/dev/stdin" in command and '< "$2"' in command, command
+    # (the name and the path from the owner-only $NAME and $LOCAL files: no person path on the command line)
+    assert '--name=@"$NAME"' in command and '--file=@"$LOCAL"' in command, command
     assert '--if-match="$6"' in out.stdout
     assert "send -x/20261101020000/OMOP/-rf.csv " in out.stdout
 
