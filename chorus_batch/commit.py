@@ -551,13 +551,15 @@ def _touch(rows: pl.DataFrame, touched: pl.DataFrame, root_ids: dict[int, int]) 
         return rows
     update = touched.select("file_id", pl.col("mtime_ns").alias("_mtime"),
                             pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64).alias("_root"),
-                            pl.col("verified_ns").alias("_verified"), pl.col("etag").alias("_etag"), _hit=pl.lit(True))
+                            pl.col("verified_ns").alias("_verified"), pl.col("etag").alias("_etag"),
+                            pl.col("md5").alias("_md5"), _hit=pl.lit(True))
     touched_row = pl.col("_hit").fill_null(False)
     return rows.join(update, on="file_id", how="left").with_columns(
         mtime_ns=pl.coalesce("_mtime", "mtime_ns"), root_id=pl.coalesce("_root", "root_id"),
         verified_ns=pl.coalesce("_verified", "verified_ns"),
         etag=pl.when(touched_row).then(pl.col("_etag")).otherwise(pl.col("etag")),
-    ).drop("_mtime", "_root", "_verified", "_etag", "_hit")
+        md5=pl.coalesce("md5", "_md5"),  # (an unverifiable object's MD5, learned: current_tree)
+    ).drop("_mtime", "_root", "_verified", "_etag", "_md5", "_hit")
 
 
 def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], root_ids: dict[int, int],
@@ -775,20 +777,26 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
         verified_ns=pl.when(pl.col("read")).then(pl.lit(verified_ns, pl.Int64)).otherwise(pl.col("prev_verified_ns")))
     same = pl.col("md5") == pl.col("prev_md5")
     recorded_root = pl.col("root_id").replace_strict(root_ids, default=None, return_dtype=pl.Int64)
-    # Same content, new stat or etag (or found under another root): remember it, so these are not hashed again.
+    # The object recorded without an MD5 (unverifiable: --cloud-md5 stored-only), still the same object (etag, size,
+    # mtime): unchanged, as diff.py decides it; and when it is hashed now (another policy) its MD5 is learned, not a
+    # new content: it was called `replaced` (a new version, its file sent to the centre again as changed).
+    same_object = (pl.col("prev_md5").is_null() & pl.col("prev_file_id").is_not_null()
+                   & pl.col("etag").eq_missing(pl.col("prev_etag")) & pl.col("size").eq_missing(pl.col("prev_size"))
+                   & pl.col("mtime_ns").eq_missing(pl.col("prev_mtime_ns")))
+    learned = same_object & pl.col("md5").is_not_null()
+    # Same content, new stat or etag (or found under another root), or its MD5 learned: remember it, so these are not
+    # hashed again.
     touched = current.filter(
-        same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
-                | pl.col("etag").ne_missing(pl.col("prev_etag"))
-                | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
-                | (pl.col("verify") & pl.col("read")))  # re-verified and confirmed: remember when
-    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns", "etag")
-    # as diff.py decides "unchanged": the same MD5, or no MD5 either side and the same etag, size and mtime
-    same_unverifiable = (pl.col("md5").is_null() & pl.col("prev_md5").is_null() & pl.col("prev_file_id").is_not_null()
-                         & pl.col("etag").eq_missing(pl.col("prev_etag")) & pl.col("size").eq_missing(pl.col("prev_size"))
-                         & pl.col("mtime_ns").eq_missing(pl.col("prev_mtime_ns")))
+        (same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
+                 | pl.col("etag").ne_missing(pl.col("prev_etag"))
+                 | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
+                 | (pl.col("verify") & pl.col("read"))))  # re-verified and confirmed: remember when
+        | learned
+    ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns", "etag", "md5", "md5_source")
     current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",
-                             pl.when(same).then(pl.col("prev_modality")).alias("unchanged_modality"),
-                             pl.when(same.fill_null(False) | same_unverifiable).then(pl.col("prev_file_id")).alias("unchanged_id"))
+                             pl.when(same.fill_null(False) | same_object).then(pl.col("prev_modality"))
+                             .alias("unchanged_modality"),
+                             pl.when(same.fill_null(False) | same_object).then(pl.col("prev_file_id")).alias("unchanged_id"))
     if unseen_dirs or unseen:  # folders that could not be listed, files that could not be stat'ed: kept
         under = pl.col("srcfile").is_in(unseen or []) | under_folders(previous["srcfile"], unseen_dirs)
         kept = previous.filter(under).join(current.select("srcfile"), on="srcfile", how="anti")

@@ -146,12 +146,16 @@ def _home_of_this_user(path: str) -> str:
 
 
 def root_url(url: str) -> str:
-    """A cloud root's URL as it is recorded and matched: without the separators after its path (az://c/site/ and
-    az://c/site are one folder, az://c/ the container az://c), its query as given. The spelling with a trailing '/'
-    was recorded as a second root (a `roots` row for each spelling)."""
+    """A cloud root's URL as it is recorded and matched, one root however it is spelt: its scheme lowercased (RFC 3986:
+    S3:// is s3://), s3a:// (Hadoop's name for the same S3 store, in configs written for Spark) as s3://, and without
+    the separators after its path (az://c/site/ and az://c/site are one folder, az://c/ the container az://c), its
+    query as given. Each other spelling was recorded as a second root, which took over every file of the first."""
     head, mark, query = url.partition("?")
     scheme, sep, rest = head.partition("://")
-    return f"{scheme}{sep}{rest.rstrip('/')}{mark}{query}" if sep and rest.strip("/") else url
+    if not sep:
+        return url
+    scheme = "s3" if scheme.lower() == "s3a" else scheme.lower()
+    return f"{scheme}{sep}{rest.rstrip('/') if rest.strip('/') else rest}{mark}{query}"
 
 
 def local_path(location: str, what: str = "--site / [site] root") -> str | None:
@@ -229,9 +233,14 @@ def check_location(location: str, what: str) -> None:
         if not container:
             raise UsageError(f"{what} {shown} names no container", where=what, fix="give az://CONTAINER/PATH")
         if not _AZURE_CONTAINER.match(container):
+            # (the portal and Storage Explorer show names as they are: capitals come from a config or a note typed
+            # by hand, and the valid name is plain to say)
+            lower = container.lower()
+            hint = (f": Azure container names are lowercase, so give {mask_url(location.replace(container, lower, 1))}"
+                    if _AZURE_CONTAINER.match(lower) else "")
             raise UsageError(f"{what} {shown}: {container!r} is not a valid Azure container name", where=what,
                              fix="a container name has 3-63 lowercase letters, digits and single hyphens, and starts "
-                                 "and ends with a letter or digit")
+                                 "and ends with a letter or digit" + hint)
     elif protocol in S3_PROTOCOLS:
         if not first:
             raise UsageError(f"{what} {shown} names no bucket", where=what, fix="give s3://BUCKET/PATH")

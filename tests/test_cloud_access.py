@@ -7,6 +7,7 @@ The pure parts are tested here without a service; the integration tests against 
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -673,24 +674,32 @@ def test_run_over_azure_s3_and_mixed_sites(clean_env, azurite, az_site, moto_s3,
     assert mixed.label
 
 
-def test_a_cloud_root_given_with_an_uppercase_scheme_is_the_same_root(clean_env, moto_s3, tmp_path):
-    """S3://bucket/site (a scheme is case-insensitive, and the root's checks took it) failed with 'cannot reach
-    S3://...: ParamValidationError' (fsspec read the bucket as 'S3:'): it is the root s3://bucket/site, its files
-    unchanged."""
-    from conftest import query, settings
+def _s3_site(clean_env, moto_s3, tmp_path, name: str):
+    """SITE_FILES under export/ of a new moto bucket: (bucket, manifest path, run(url) of that manifest)."""
+    from conftest import settings
     from services import upload_tree_s3
 
     from chorus_batch import run
 
-    for name, value in moto_s3.env.items():
-        clean_env.setenv(name, value)
+    for key, value in moto_s3.env.items():
+        clean_env.setenv(key, value)
     s3_cloud = CloudSettings(s3=S3Section(endpoint_url=moto_s3.endpoint_url))
-    bucket = moto_s3.new_bucket("case")
+    bucket = moto_s3.new_bucket(name)
     upload_tree_s3(moto_s3.client(), bucket, _tree(tmp_path / "up", SITE_FILES), prefix="export")
     db = tmp_path / "s3.sqlite"
-    first = run(settings(f"s3://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    return bucket, db, lambda url: run(settings(url, db, validate_site=False, cloud=s3_cloud))
+
+
+def test_a_cloud_root_given_with_an_uppercase_scheme_is_the_same_root(clean_env, moto_s3, tmp_path):
+    """S3://bucket/site (a scheme is case-insensitive, and the root's checks took it) failed with 'cannot reach
+    S3://...: ParamValidationError' (fsspec read the bucket as 'S3:'): it is the root s3://bucket/site, its files
+    unchanged."""
+    from conftest import query
+
+    bucket, db, run_at = _s3_site(clean_env, moto_s3, tmp_path, "case")
+    first = run_at(f"s3://{bucket}/export")
     assert first.label and first.counts["added"] == len(SITE_FILES)
-    again = run(settings(f"S3://{bucket}/export", db, validate_site=False, cloud=s3_cloud))
+    again = run_at(f"S3://{bucket}/export")
     assert again.label is None and again.counts["unchanged"] == len(SITE_FILES)
     assert query(db, "SELECT location FROM roots") == [(f"s3://{bucket}/export",)]
 
@@ -1006,6 +1015,8 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
     # A '?' in a folder's name was told as credentials in the URL; '//', '.' and '..' were accepted and read oddly;
     # an https:// account URL (with or without a SAS) got no hint of the az:// root and setting that say the same.
     (["--site", "az://site1/site?x/"], "'?' starts a query in a URL, and a root URL takes none"),
+    # a container name with capitals (typed from a note): the valid name said
+    (["--site", "az://Site-1/Export"], "Azure container names are lowercase, so give az://site-1/Export"),
     (["--site", "abfs://site1@acct.dfs.core.windows.net/a?b"], "'?' starts a query"),
     (["--site", "s3://b1/a?b/"], "'?' starts a query"),
     (["--site", "az://site1/site#x"], "'#' starts a fragment"),
@@ -1190,3 +1201,81 @@ def test_the_account_an_abfs_url_names_is_compared_with_the_sign_in(clean_env, u
             azure_sign_in(CloudSettings(), url=url, what="the root")
     else:
         assert azure_sign_in(CloudSettings(), url=url, what="the root").account_name == "myacct"
+
+
+def test_an_endpoint_whose_certificate_is_not_trusted_names_the_ca_bundle_to_set(clean_env, tmp_path, capsys):
+    """An https endpoint with a private CA's certificate (a TLS-inspecting proxy, a private endpoint): S3 said "check
+    the URL and that the credentials for it are in the environment", Azure "check that it is reachable" (after retrying
+    for the whole deadline). Now both say the certificate was refused and which variable names the CA bundle."""
+    import http.server
+    import ssl
+    import threading
+
+    from chorus_batch.cli import main
+    from services import _make_tls
+
+    ca, cert, key = _make_tls(tmp_path / "tls")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as server:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"https://127.0.0.1:{server.server_address[1]}"
+        for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": KEY,
+                            "AWS_DEFAULT_REGION": "us-east-1", "CHORUS_BATCH_RETRY_DEADLINE_S": "1",
+                            "AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=https;AccountName=myacct;"
+                                                               f"AccountKey={KEY};BlobEndpoint={endpoint}/myacct;"}.items():
+            clean_env.setenv(name, value)
+        try:
+            for url, variable in (("s3://site1/", "AWS_CA_BUNDLE"), ("az://site1/", "SSL_CERT_FILE or REQUESTS_CA_BUNDLE")):
+                capsys.readouterr()
+                code = main(["run", "--site", url, "--db", str(tmp_path / "m.sqlite"), "--no-validate"])
+                err = capsys.readouterr().err
+                assert code == 3, err
+                assert "the https connection failed: the endpoint's certificate was refused" in err, err
+                assert f"name a CA bundle that holds it: {variable}" in err, err
+                no_secret(err)
+        finally:
+            server.shutdown()
+
+
+def test_a_root_given_as_s3a_is_the_s3_root_it_names(clean_env, moto_s3, tmp_path):
+    """s3a:// (Hadoop's and Spark's name for S3) and s3:// of one bucket's prefix were two roots: the second run's
+    root took over every file of the first. Now it is the root s3://bucket/prefix, its files unchanged; a manifest an
+    earlier release recorded with s3a:// goes on under that root."""
+    from conftest import query
+
+    bucket, db, run_at = _s3_site(clean_env, moto_s3, tmp_path, "s3a")
+    first = run_at(f"s3a://{bucket}/export")
+    assert first.label and first.counts["added"] == len(SITE_FILES)
+    assert query(db, "SELECT location FROM roots") == [(f"s3://{bucket}/export",)]
+    with sqlite3.connect(db) as con:  # as an earlier release recorded it
+        con.execute("UPDATE roots SET location = ?", (f"s3a://{bucket}/export",))
+    con.close()
+    for url in (f"s3://{bucket}/export", f"s3a://{bucket}/export"):
+        again = run_at(url)
+        assert again.label is None and again.counts["unchanged"] == len(SITE_FILES), url
+        assert query(db, "SELECT count(*) FROM roots") == [(1,)]
+
+
+def test_an_expired_sas_in_a_connection_string_is_said_to_have_expired(clean_env, azurite, az_site, tmp_path, capsys):
+    """A connection string with a SharedAccessSignature (BlobEndpoint=...;SharedAccessSignature=...) whose se= had
+    passed said "sign-in failed" and "may be wrong or old"; a SAS token in AZURE_STORAGE_SAS_TOKEN said when it expired.
+    Now the connection string's SAS does too, and what to do."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from chorus_batch.cli import main
+
+    expiry = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) - datetime.timedelta(hours=1)
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key, expiry=expiry,
+                                 permission=ContainerSasPermissions(read=True, list=True))
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}")
+    capsys.readouterr()
+    assert main(["run", "--site", f"az://{az_site}", "--db", str(tmp_path / "m.sqlite"), "--no-validate"]) == 3
+    err = capsys.readouterr().err
+    when = expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert f"the SAS token expired at {when}" in err, err
+    assert f"fix:   the connection string's SharedAccessSignature expired at {when}" in err, err
+    assert sas.split("sig=")[1].split("&")[0] not in err

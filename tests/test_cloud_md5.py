@@ -121,11 +121,15 @@ def test_stored_only_never_downloads_and_says_which_files_are_unverifiable(az_en
     assert changed.counts["replaced"] == 1 and changed.n_hashed == 0
     assert rows(db)["000002/Waveforms/S2/S2_big.dat"][:2] == (None, "unverifiable")
 
-    # Switching the policy resolves it: the blob is downloaded once and gets its MD5.
+    # Switching the policy resolves it: the blob is downloaded once and gets its MD5. The same blob (etag, size, time)
+    # as recorded: its MD5 is learned, no new content (it was called `replaced`: a new version, sent again as changed).
     resolved = run_site(f"az://{container}", db, validate_site=False)
     assert resolved.n_hashed == 1 and resolved.exit_code == 0, resolved.errors.to_dicts()
     assert rows(db)["000002/Waveforms/S2/S2_big.dat"][:2] == (hashlib.md5(b"other bytes " * 100).hexdigest(), "computed")
-    assert resolved.counts["replaced"] == 1
+    assert resolved.label is None and resolved.counts["replaced"] == 0
+    assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+    settled = run_site(f"az://{container}", db, validate_site=False)  # learned for good: not downloaded again
+    assert settled.label is None and settled.n_hashed == 0 and settled.exit_code == 0
 
 
 def test_download_policy_reads_every_new_blob(az_env, tmp_path):
@@ -204,6 +208,10 @@ def test_s3_single_part_etags_are_stored_md5s_and_multipart_ones_are_not(s3_env,
     only = run_site(f"s3://{bucket}", strict, validate_site=False, cloud_md5="stored-only")
     assert only.exit_code == 1 and only.n_hashed == 0
     assert rows(strict)["000003/Waveforms/S3/S3_multi.dat"][:2] == (None, "unverifiable")
+    # the same object hashed under another policy: its MD5 learned, no `replaced` (no new version)
+    learned = run_site(f"s3://{bucket}", strict, validate_site=False)
+    assert learned.label is None and learned.n_hashed == 1 and learned.exit_code == 0
+    assert rows(strict)["000003/Waveforms/S3/S3_multi.dat"][:2] == (real["000003/Waveforms/S3/S3_multi.dat"], "computed")
 
 
 @pytest.mark.parametrize("service", ["azurite", "moto"])

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import cli, query, write
+from conftest import cli, paused, query, write
 from services import Azurite, set_content_md5
 
 AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT",
@@ -444,7 +444,9 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     text = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert text.returncode == 1, text.stdout + text.stderr
     assert "12 blobs at the centre that the manifest does not list" in text.stdout, text.stdout
-    assert "20261101020000/000009/OMOP/stale_00.csv" in text.stdout and "2 more (--json lists them all)" in text.stdout
+    # named as --json names them: within the version's folder (the text had the version in front, --json not)
+    assert "version 20261101020000: 12: 000009/OMOP/stale_00.csv, 000009/OMOP/stale_01.csv" in text.stdout
+    assert "2 more (--json lists them all)" in text.stdout and "20261101020000/000009" not in text.stdout
     assert "all as recorded" not in text.stdout and "never deletes" in text.stdout
     js = cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env)
     assert js.returncode == 1 and json.loads(js.stdout)["exit_code"] == 1
@@ -486,7 +488,7 @@ def test_upload_says_when_the_version_folder_holds_blobs_it_did_not_write_and_ke
     first = up(central, db)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "1 blob at the centre that the manifest does not list" in first.stdout, first.stdout
-    assert "20261101020000/000009/OMOP/stale.csv" in first.stdout and "then upload again" in first.stdout
+    assert "version 20261101020000: 1: 000009/OMOP/stale.csv" in first.stdout and "then upload again" in first.stdout
     assert "manifest copy:" in first.stdout  # (the copy says which blobs are the submission)
     assert blobs(central)["20261101020000/000009/OMOP/stale.csv"][0] == 12  # never deleted here
     again = up(central, db, "--json")  # not finished: the nightly upload says it again, sending nothing
@@ -1626,7 +1628,20 @@ FAKE_AZ = """#!{python}
 # What the upload script asks of the Azure CLI (`storage blob upload`, `storage blob metadata show`), done with the SDK.
 import base64, os, sys
 from azure.storage.blob import BlobServiceClient, ContentSettings
-args = sys.argv[1:]
+if os.environ.get("AZ_ARGV_LOG"):  # (what `ps` shows of each call)
+    with open(os.environ["AZ_ARGV_LOG"], "a") as log:
+        log.write(repr(sys.argv[1:]) + "\\n")
+def expanded(arg):  # as azure-cli-core's _expand_file_prefixed_files: a value `@FILE` is that file's text
+    option, eq, value = arg.partition("=")
+    value = value if eq else option
+    if value.startswith("@") and len(value) > 1:
+        try:
+            with open(os.path.expanduser(value[1:])) as f:
+                value = f.read().rstrip(os.linesep)
+        except OSError:
+            pass
+    return option + eq + value if eq else value
+args = [expanded(arg) for arg in sys.argv[1:] if arg != "--"]
 def opt(name):
     for i, arg in enumerate(args):
         if arg.startswith(name + "="):
@@ -1684,9 +1699,16 @@ def test_a_bash_script_claims_its_folder_and_adds_nothing_to_another_manifests_n
     # A folder nobody holds: the script claims it for this manifest, and sends
     central.client.delete_blob("20261101020000/_manifest/owner")
     central.client.delete_blob("20261101020000/OMOP/person.csv")
-    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    argv_log = tmp_path / "argv.log"
+    ran = subprocess.run(["bash", str(script)], env={**env, "AZ_ARGV_LOG": str(argv_log)}, capture_output=True,
+                         text=True, timeout=120)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert claim_of(central, "20261101020000") == mine and "20261101020000/OMOP/person.csv" in blobs(central)
+    assert claim_of(central, "20261101020000") == mine
+    assert blobs(central)["20261101020000/OMOP/person.csv"][:2] == (12, md5)
+    # The blob's name and the local file (person paths) were on the Azure CLI's command line, which every user of the
+    # machine reads in ps: now both come from owner-only files (--name=@FILE, --file=@FILE).
+    calls = argv_log.read_text()
+    assert "storage', 'blob', 'upload'" in calls and "person.csv" not in calls and str(site) not in calls, calls
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
                  env=central.env)
     assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr
@@ -1720,9 +1742,10 @@ def test_a_bash_script_hands_the_azure_cli_values_that_start_with_a_dash(central
     command = out.stdout.rsplit("az storage blob upload", 1)[1].split("; then", 1)[0]  # (send's; the first: the claim's)
     claim = out.stdout.split("az storage blob upload", 1)[1].split("\n  for", 1)[0]
     assert '--container-name="$CONTAINER"' in claim and '--name="$1/_manifest/owner"' in claim, claim
-    for option, value in (("--container-name", "$CONTAINER"), ("--name", "$1"), ("--file", "$2"),
-                          ("--content-md5", "$4")):
+    for option, value in (("--container-name", "$CONTAINER"), ("--content-md5", "$4")):
         assert f'{option}="{value}"' in command, command
+    # (the name and the path from the owner-only $NAME and $LOCAL files: no person path on the command line)
+    assert '--name=@"$NAME"' in command and '--file=@"$LOCAL"' in command, command
     assert '--if-match="$6"' in out.stdout
     assert "send -x/20261101020000/OMOP/-rf.csv " in out.stdout
 
@@ -1860,7 +1883,7 @@ def test_names_with_control_characters_never_break_or_drive_the_terminal_in_what
     verified = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
     assert verified.returncode == 1, verified.stdout + verified.stderr
     clean(verified.stdout)
-    assert f"'{label}/stray\\u202e\\tx\\nmd.md'" in verified.stdout
+    assert "'stray\\u202e\\tx\\nmd.md'" in verified.stdout
     clean(up(central, db).stdout)
     assert json.loads(cli("verify", "--db", str(db), "--to", central.url, "--json", env=central.env).stdout)[
         "unlisted"] == [{"version": label, "name": "stray\u202e\tx\nmd.md", "size": 8}]  # machine output: exact
@@ -2233,3 +2256,85 @@ def test_an_upload_script_cut_short_by_a_full_disk_runs_nothing(tmp_path, small_
     ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env, cwd=tmp_path,
                          timeout=120)
     assert "is incomplete" not in ran.stderr and calls.exists(), ran.stderr
+
+
+def in_process(central, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The command line run in this process (quicker than cli() for a command that starts no workers)."""
+    from chorus_batch.cli import main
+
+    for name, value in central.env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_verify_of_a_version_whose_only_files_are_in_conflict_says_so_not_nothing_to_verify(central, tmp_path,
+                                                                                             monkeypatch, capsys):
+    # verify said "nothing to verify" (exit 0) of a version whose upload had found another manifest's blob under its
+    # file's name, and with --version "upload it first" (the upload had refused to replace it: running it again does
+    # not mend that); `versions` then called the version verified.
+    label = "20261101020000"
+    for site, text in (("a", b"site a's own"), ("b", b"site b's own, longer")):
+        write(tmp_path / site, "OMOP/person.csv", text)
+        commit(tmp_path / site, tmp_path / f"{site}.sqlite", label)
+        up(central, tmp_path / f"{site}.sqlite")
+    db = str(tmp_path / "b.sqlite")
+    for extra in ((), ("--version", label), ("--all",)):
+        code, out, err = in_process(central, monkeypatch, capsys, "verify", "--db", db, "--to", central.url, *extra)
+        assert code == 1, out + err
+        assert "nothing to verify" not in out and "upload it first" not in out, out
+        assert f"not verified: no file of 1 version ({label})" in out
+        assert f"conflict: OMOP/person.csv: {central.url}{label}/OMOP/person.csv already holds other content" in out
+        assert "--to az://<container>/<prefix>/" in out
+    code, out, _ = in_process(central, monkeypatch, capsys, "verify", "--db", db, "--to", central.url, "--json")
+    found = json.loads(out)
+    assert code == 1 and found["exit_code"] == 1 and found["versions"] == [label] and found["not_uploaded_yet"] == []
+    assert [(p["srcfile"], p["verify_state"]) for p in found["problems"]] == [("OMOP/person.csv", "conflict")]
+    assert query(tmp_path / "b.sqlite", "SELECT verified_at FROM submissions") == [(None,)]  # nothing was verified
+
+
+def test_a_container_deleted_mid_verify_all_says_which_versions_were_verified_before_and_which_not(central, azurite,
+                                                                                                    tmp_path):
+    # verify --all failed at the second version with "the container does not exist" only: the first version's results,
+    # recorded as ok, went unmentioned, as if nothing had been recorded (or all of it verified).
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for label in ("20261101020000", "20261102020000"):
+        write(site, f"OMOP/{label}.csv", label.encode())
+        commit(site, db, label)
+    assert up(central, db).returncode == 0
+    proc = paused("verify", "--db", str(db), "--to", central.url, "--all", at="verify-next-version+2", env=central.env)
+    azurite.service_client().delete_container(central.container)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "the container does not exist" in err and "they are gone from the centre" in err, err
+    assert ("1 version (20261101020000; 1 file, 0 problems) had been verified and recorded in the uploads ledger before "
+            "this: those results are of the centre as it was then; version 20261102020000 not verified") in err, err
+
+
+def test_a_cloud_file_recorded_without_an_md5_is_sent_with_its_version_once_a_run_learns_it(central, azurite, tmp_path,
+                                                                                          monkeypatch, capsys):
+    # A blob recorded without an MD5 (--cloud-md5 stored-only, none stored) cannot be sent (upload: no_md5). The run
+    # that then hashed it under the default policy called the same blob `replaced`, a new version: the first version
+    # never finished, and the file went up as changed in the second. Its MD5 is now learned: the first version sends it.
+    from conftest import run_site
+    from services import upload_tree
+
+    site = azurite.new_container("site")
+    write(tmp_path / "up", "OMOP/person.csv", b"person_id\n1\n")
+    with azurite.service_client() as client:
+        upload_tree(client, site, tmp_path / "up", content_md5=False)
+    for name, value in central.env.items():
+        monkeypatch.setenv(name, value)
+    db = tmp_path / "m.sqlite"
+    first = run_site(f"az://{site}", db, validate_site=False, cloud_md5="stored-only", version_label="20261101020000")
+    assert first.label == "20261101020000" and first.exit_code == 1
+    code, out, err = in_process(central, monkeypatch, capsys, "upload", "--db", str(db), "--to", central.url)
+    assert code == 1 and "no_md5: OMOP/person.csv" in out, out + err
+    learned = run_site(f"az://{site}", db, validate_site=False)
+    assert learned.label is None and learned.exit_code == 0  # the same blob: its MD5 learned, no new version
+    code, out, err = in_process(central, monkeypatch, capsys, "upload", "--db", str(db), "--to", central.url)
+    assert code == 0 and "sent 1 file" in out and "complete" in out, out + err
+    assert blobs(central, "20261101020000/OMOP")["20261101020000/OMOP/person.csv"][:2] == (
+        12, hashlib.md5(b"person_id\n1\n").hexdigest())

@@ -121,7 +121,10 @@ def verify_text(result: VerifyResult) -> str:
     how = ("read back and hashed" if result.method == "download"
            else "listing: there, size and Content-MD5 (--download reads the bytes)")
     lines = [f"verified {plural(result.n_checked, 'file')} of {plural(len(result.versions), 'version')} at "
-             f"{result.central} ({how}) in {result.elapsed_s:.1f} s"]
+             f"{result.central} ({how}) in {result.elapsed_s:.1f} s" if result.n_checked else
+             # (the versions' only files recorded there are in conflict, listed below: there was nothing to verify)
+             f"not verified: no file of {plural(len(result.versions), 'version')} ({', '.join(result.versions)}) is "
+             f"recorded as uploaded to {result.central}"]
     if result.problems.height:
         lines.append(f"  {plural(result.problems.height, 'problem')} (recorded in the uploads ledger):")
         for version, frame in result.problems.group_by("version", maintain_order=True):
@@ -154,7 +157,9 @@ def _unlisted_lines(unlisted: pl.DataFrame, command: str) -> list[str]:
     for version, frame in unlisted.group_by("version", maintain_order=True):
         names = frame["name"].head(EXAMPLES).to_list()
         more = f", ... {frame.height - EXAMPLES} more (--json lists them all)" if frame.height > EXAMPLES else ""
-        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(shown_name(f"{version[0]}/{n}") for n in names) + more)
+        # (named within the version's folder, as --json names them and as the problem lines name files: the text had
+        # "<version>/name", which is neither the JSON's name nor, under --to az://container/prefix/, the blob's)
+        lines.append(f"  version {version[0]}: {frame.height}: " + ", ".join(shown_name(n) for n in names) + more)
     lines.append("  fix:   have them removed from the central container, or moved out of the version's folder "
                  f"(chorus-batch never deletes there); then {command} again")
     return lines

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import FileChangedWhileHashing, FileStat, HashOutcome, Source, listing_batch
 from .local import LocalSource, walk_local
-from ..urls import check_location, local_path, mask_url
+from ..urls import check_location, local_path, mask_url, root_url
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -41,6 +41,6 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
         # A scheme is case-insensitive (RFC 3986), and check_location took S3:// or AZ:// as such; fsspec did not:
         # 'cannot reach S3://b/site: ParamValidationError' (its bucket read as 'S3:'). Lowercased, it is also the
         # root recorded under s3:// on the runs that spell it so.
-        scheme, rest = location.split("://", 1)
-        return FsspecSource(f"{scheme.lower()}://{rest}", cloud=cloud, what=what)
+        # s3a:// is s3:// (root_url)
+        return FsspecSource(root_url(location), cloud=cloud, what=what)
     return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what, refuse_links=refuse_links)

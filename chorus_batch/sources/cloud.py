@@ -34,7 +34,8 @@ probes come on top when it is the sign-in (IMDS: about 1 s; a developer tool it 
 CHORUS_BATCH_RETRY_DEADLINE_S sets the deadline.
 
 Private certificate authorities (a corporate proxy, Azurite over https): SSL_CERT_FILE or
-REQUESTS_CA_BUNDLE names the CA bundle the Azure clients verify with.
+REQUESTS_CA_BUNDLE names the CA bundle the Azure clients verify with; AWS_CA_BUNDLE (or ca_bundle in the AWS
+profile) botocore's. A certificate refused is said as such (classify: "tls"), with the variable to set.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import asyncio
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -184,8 +186,13 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     if conn:
         _check_connection_string(conn, conn_env or azure.connection_string_env)
         account = _connection_string_account(conn)
+        # A SharedAccessSignature in it has an expiry too (se=, no secret): named, as for a SAS token from the
+        # environment, so that a token gone stale says "expired at", not "sign-in failed ... wrong or old".
+        sas_in = _connection_fields(conn).get("sharedaccesssignature")
+        expiry = _sas_expiry(sas_in) if sas_in else None
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
-                           + (f" (account {account})" if account else ""),
+                           + (f" (account {account})" if account else "")
+                           + (f", its SAS valid until {expiry}" if expiry else ""),
                            account_name=account, secret=conn, secret_env=conn_env)
 
     account_env_name = None
@@ -586,7 +593,7 @@ _TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "SlowDow
 
 
 def classify(exc: BaseException) -> str:
-    """One of: dns, missing, auth, permission, https, network, busy, unknown_account, other."""
+    """One of: dns, missing, auth, permission, https, tls, network, busy, unknown_account, other."""
     chain = list(_chain(exc))
     names = {type(e).__name__ for e in chain}
     for e in chain:  # status codes and error codes first: they are the service's own word
@@ -623,6 +630,13 @@ def classify(exc: BaseException) -> str:
         return "dns"
     if any(isinstance(e, PermissionError) for e in chain):
         return "permission"
+    # (before "network": botocore's SSLError and aiohttp's certificate errors are connection errors too, and said "check
+    # the URL and the credentials", the Azure SDK's "check that it is reachable": neither names the certificate)
+    # Only a certificate refused: a TLS connection cut during the handshake (SSLEOFError, a flaky proxy) stays a
+    # network failure, retried.
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or "ClientConnectorCertificateError" in names \
+            or re.search(r"(?i)certificate verify failed", text):
+        return "tls"
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
                 "ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
                 "ServiceResponseTimeoutError", "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError",
@@ -696,6 +710,10 @@ def _sign_in_fix(how: str, *, writes: bool = False) -> str:
     """What to do when sign-in failed; `writes`: for an upload (a new SAS needs racwl, not only rl)."""
     permissions = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
     if how.startswith("connection string"):
+        expired = _expired(how)
+        if expired:
+            return (f"the connection string's SharedAccessSignature expired at {expired} (its se=): make a new SAS with "
+                    f"{permissions} permissions that outlasts the run, put it in the connection string, and run again")
         return "check the connection string (its AccountName, AccountKey or SharedAccessSignature may be wrong or old)"
     if how.startswith("SAS token"):
         expired = _expired(how)
@@ -778,6 +796,12 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
     elif kind == "https":
         what = f"cannot {action} {where}: token sign-in needs an https endpoint{tried}"
         fix = "use an https:// [azure] account_url, or sign in with a SAS token or connection string instead"
+    elif kind == "tls":
+        what = f"cannot {action} {where}: the https connection failed: the endpoint's certificate was refused ({reason}){tried}"
+        fix = ("if the endpoint's certificate is from a private certificate authority (a proxy that inspects TLS, a "
+               "private endpoint, an https emulator), name a CA bundle that holds it: "
+               + ("AWS_CA_BUNDLE (or ca_bundle in the AWS profile)" if aws else "SSL_CERT_FILE or REQUESTS_CA_BUNDLE")
+               + "; else check that the URL's host is the one the certificate names, and this machine's clock")
     elif kind == "network":
         what = f"cannot {action} {where}: the storage endpoint cannot be reached ({reason}){tried}"
         fix = (f"check that {_endpoint(exc) or 'the storage endpoint'} is reachable from this machine (network, firewall, "

@@ -1002,10 +1002,13 @@ class Manifest:
     @staticmethod
     def _update_touched(cur, touched: pl.DataFrame, root_ids: dict[int, int]) -> None:
         frame = touched.select("file_id", "mtime_ns", pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64),
-                               "verified_ns", "etag")
+                               "verified_ns", "etag", "md5", "md5_source")
         cur.adbc_ingest("_touch", frame.to_arrow(), mode="create", temporary=True)
+        # (md5: an object recorded without one, unverifiable, whose MD5 a later run learned: the same object)
         cur.execute("UPDATE source_files SET mtime_ns = t.mtime_ns, root_id = t.root_id, verified_ns = t.verified_ns, "
-                    "etag = t.etag FROM temp._touch t WHERE source_files.file_id = t.file_id")
+                    "etag = t.etag, md5_source = CASE WHEN source_files.md5 IS NULL AND t.md5 IS NOT NULL "
+                    "THEN t.md5_source ELSE source_files.md5_source END, md5 = coalesce(source_files.md5, t.md5) "
+                    "FROM temp._touch t WHERE source_files.file_id = t.file_id")
 
     @staticmethod
     def _root_ids(cur, roots: list[tuple[str, str | None]], label: str | None) -> dict[int, int]:

@@ -122,6 +122,21 @@ class UploadLedger:
             (self.central, *CONFIRMED), schema={"version": pl.String})
         return frame["version"].to_list()
 
+    def versions_in_conflict(self) -> list[str]:
+        """Versions with a file recorded as in conflict at this container (the centre holds other content under its
+        name), oldest first: there is something to say of them even when none of their files was uploaded."""
+        frame = self.manifest.query_frame(
+            "SELECT DISTINCT version FROM uploads WHERE central = ? AND state = 'conflict' ORDER BY version",
+            (self.central,), schema={"version": pl.String})
+        return frame["version"].to_list()
+
+    def conflicts(self, version: str) -> pl.DataFrame:
+        """srcfile and message (the blob named, and what to do) of each file of `version` in conflict here."""
+        return self.manifest.query_frame(
+            "SELECT f.srcfile, u.last_error AS message FROM uploads u JOIN source_files f ON f.file_id = u.file_id "
+            "WHERE u.central = ? AND u.version = ? AND u.state = 'conflict' ORDER BY f.srcfile",
+            (self.central, version), schema={"srcfile": pl.String, "message": pl.String})
+
     def n_confirmed(self) -> tuple[int, int]:
         """(file versions, versions) the ledger holds as confirmed at this container."""
         frame = self.manifest.query_frame(

@@ -4,7 +4,9 @@ AzCopy, for sites whose security review allows only those tools.
 The script sends what `upload` would send (each version's added, replaced and renamed files not yet
 confirmed), one command per file. Before each, it checks the file's MD5 against the manifest's with
 md5sum (a file changed since its version was recorded is skipped and named); `az storage blob upload`
-gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service);
+gets the manifest's MD5 as --content-md5 and --validate-content (each chunk checked by the service), its blob
+name and the local path from owner-only files (--name=@FILE, --file=@FILE), so that no person path is on its
+command line (ps shows those to every user; AzCopy takes both only as arguments);
 `azcopy copy` gets --put-md5 (AzCopy hashes what it sends and stores that); neither replaces a blob
 already there (--overwrite false: mark-uploaded then records it only if it holds the manifest's size and
 MD5). A file whose local path holds '*' is left out of an AzCopy script (AzCopy reads it as a wildcard,
@@ -163,7 +165,12 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         # The claim `upload` writes in a version folder before its first file (central.py, CLAIM_NAME): without it a
         # script mixed its files into another manifest's upload under way there, and another upload into this one's.
         'EMPTY=$(mktemp) || exit 1',
-        "trap 'rm -f \"$EMPTY\"' EXIT",
+        # (the blob name and the local path of the file being sent, owner-only: the Azure CLI reads them with
+        # --name=@FILE and --file=@FILE, so that the person paths are on no command line, which every user of the
+        # machine reads in ps)
+        'NAME=$(mktemp) || exit 1',
+        'LOCAL=$(mktemp) || exit 1',
+        "trap 'rm -f \"$EMPTY\" \"$NAME\" \"$LOCAL\"' EXIT",
         "OTHER=''  # the version folder being sent to is another manifest's: nothing is added to it",
     ]
     if kind == "bash":
@@ -208,7 +215,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         lines += [
             "sent() {  # the arguments of send: the blob is there, sent by an earlier run of this script",
             '  [ -z "${6:-}" ] && [ "$(az storage blob show --only-show-errors ${how[@]+"${how[@]}"} --container-name="$CONTAINER" \\',
-            '      --name="$1" --query properties.contentSettings.contentMd5 -o tsv 2> /dev/null)" = "$4" ]',
+            '      --name=@"$NAME" --query properties.contentSettings.contentMd5 -o tsv 2> /dev/null)" = "$4" ]',
             "}",
         ]
     lines += [
@@ -224,10 +231,16 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "  signin",
             "  local cond=(--overwrite false)  # never over a blob, but one verify found damaged, unchanged since",
             '  if [ -n "${6:-}" ]; then cond=(--overwrite true --if-match="$6"); fi',
+            # The blob's name and the local file go on no command line (ps shows every process's to every user of the
+            # machine, and both name the person): the Azure CLI reads a value given as `@FILE` from that file (its own
+            # feature), here the owner-only $NAME and $LOCAL. (Not /dev/stdin: Git Bash hands a native az.exe no such
+            # path.)
+            "  printf '%s' \"$1\" > \"$NAME\"; printf '%s' \"$2\" > \"$LOCAL\"",
             '  if err=$(az storage blob upload --only-show-errors "${cond[@]}" --validate-content ${how[@]+"${how[@]}"} \\',
             # --opt=VALUE: the Azure CLI (argparse) takes a VALUE starting with '-' (a blob under a prefix
             # "-x/") for an option of its own and fails the file ("expected one argument").
-            '      --container-name="$CONTAINER" --name="$1" --file="$2" --content-md5="$4" 2>&1 > /dev/null) || sent "$@"; then',
+            '      --container-name="$CONTAINER" --name=@"$NAME" --file=@"$LOCAL" --content-md5="$4" 2>&1 > /dev/null) \\',
+            '      || sent "$@"; then',
         ]
     else:
         lines += [

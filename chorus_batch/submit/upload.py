@@ -58,7 +58,7 @@ LEDGER_ROWS = 256
 LEDGER_SECONDS = 2.0
 NOT_SENT_SCHEMA = {"srcfile": pl.String, "state": pl.String, "message": pl.String}
 # The storage failed as a whole: stop, record what was confirmed, let the same command resume.
-_FATAL_KINDS = ("network", "busy", "auth", "permission", "missing", "dns", "unknown_account", "https")
+_FATAL_KINDS = ("network", "busy", "auth", "permission", "missing", "dns", "unknown_account", "https", "tls")
 
 
 @dataclass

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from ..errors import ChorusError, ExitCode
+from ..faults import pause
 from ..frames import fmt
+from ..units import plural
 from ..sources import cloud as cloud_access
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
 from .central import MANIFEST_FOLDER, MANIFEST_NAME, Central
@@ -90,7 +92,8 @@ def _compare(expected: pl.DataFrame, listing: pl.DataFrame) -> pl.DataFrame:
 def check_version(ledger: UploadLedger, central: Central, version: str, *, download: bool,
                   workers: int = 8, progress: Progress | None = None) -> tuple[int, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Verify one version's confirmed file versions, record the results in the ledger, and return how
-    many were checked, the problems (PROBLEMS_SCHEMA: missing, size, md5, content), the blobs under
+    many were checked, the problems (PROBLEMS_SCHEMA: missing, size, md5, content; conflict: upload found another
+    manifest's blob under the name and left it), the blobs under
     <version>/ that are no file of the version's change set (UNLISTED_SCHEMA) and how many of its files are not
     uploaded yet (WAITING_SCHEMA: no row when none is; superseded files can never be, and do not count)."""
     expected = ledger.confirmed(version)
@@ -99,16 +102,19 @@ def check_version(ledger: UploadLedger, central: Central, version: str, *, downl
     if download:  # (every blob is read back: what an earlier download found vouches for nothing now)
         results = _download_check(central, version, expected, results.with_columns(vouched=pl.lit(False)), workers,
                                   progress)
-    ledger.record_verification(version, results, "download" if download else "listing")
+    if expected.height:  # (a version of which only files in conflict are recorded: none was verified, nor is it)
+        ledger.record_verification(version, results, "download" if download else "listing")
     # Against the whole change set, not the confirmed files: a blob an interrupted upload sent unrecorded, or
     # another manifest's blob of the same name (upload's `conflict`), is a file of this version, said elsewhere.
     plan = ledger.plan(version)
     unlisted = (listing.join(plan.select(pl.col("srcfile").alias("name")), on="name", how="anti")
                 .sort("name").select(pl.lit(version).alias("version"), "name", "size"))
-    n_waiting = plan.filter(~pl.col("superseded") & ~pl.col("state").is_in(CONFIRMED).fill_null(False)).height
+    # (files in conflict are problems of their own, below: no upload sends them until the centre's blob is dealt with)
+    n_waiting = plan.filter(~pl.col("superseded") & ~pl.col("state").is_in([*CONFIRMED, "conflict"]).fill_null(False)).height
     waiting = pl.DataFrame([(version, n_waiting, plan.height)] if n_waiting else [], schema=WAITING_SCHEMA, orient="row")
-    return expected.height, (results.filter(pl.col("verify_state") != "ok")
-                             .select(pl.lit(version).alias("version"), "srcfile", "verify_state", "message")), unlisted, waiting
+    problems = pl.concat([results.filter(pl.col("verify_state") != "ok").select("srcfile", "verify_state", "message"),
+                          ledger.conflicts(version).select("srcfile", pl.lit("conflict").alias("verify_state"), "message")])
+    return expected.height, problems.select(pl.lit(version).alias("version"), pl.all()), unlisted, waiting
 
 
 def _download_check(central: Central, version: str, expected: pl.DataFrame, results: pl.DataFrame, workers: int,
@@ -180,6 +186,20 @@ def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str 
                           "message": message}], schema=PROBLEMS_SCHEMA)
 
 
+def _stopped_at(labels: list[str], done: int, n_checked: int, problems: list[pl.DataFrame]) -> str:
+    """What the uploads ledger holds when verify failed at labels[done]: the versions before it were verified and
+    recorded (as the centre was then), that one and the rest were not."""
+    left = labels[done:]
+    rest = f"version {left[0]}" + (f" and {plural(len(left) - 1, 'later version')}" if len(left) > 1 else "")
+    if not done:
+        return f"nothing was recorded in the uploads ledger: {rest} not verified; run the same command again once this is fixed"
+    n_bad = sum(frame.height for frame in problems)
+    shown = ", ".join(labels[:done][:5]) + (", ..." if done > 5 else "")
+    return (f"{plural(done, 'version')} ({shown}; {plural(n_checked, 'file')}, {plural(n_bad, 'problem')}) had been verified "
+            f"and recorded in the uploads ledger before this: those results are of the centre as it was then; {rest} "
+            "not verified (any earlier result of it stands); run the same command again once this is fixed")
+
+
 def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None, every: bool = False,
            download: bool = False, workers: int = 8, progress: Progress | None = None,
            argv: Sequence[str] = ()) -> VerifyResult:
@@ -195,11 +215,14 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             if version is not None:
                 require_version(manifest, version)
             uploaded = ledger.versions_uploaded()
-            # Only versions with files recorded as uploaded: nothing else can be verified (nor called verified).
-            labels = ([version] if version in uploaded else []) if version is not None else uploaded if every else uploaded[-1:]
+            # Only versions with files recorded as uploaded can be verified (nor called verified); and those with files
+            # in conflict, which no upload will send: "nothing to verify", exit 0, of a version the centre holds another
+            # manifest's files for, and "upload it first" of one whose upload refused to replace them.
+            known = sorted(set(uploaded) | set(ledger.versions_in_conflict()))
+            labels = ([version] if version in known else []) if version is not None else known if every else known[-1:]
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
-            if not uploaded:
+            if not known:
                 result.elsewhere = ledger.other_centrals()
             # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
             # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
@@ -211,10 +234,19 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     raise
             problems, unlisted, waiting = [], [], []
             copied = set(ledger.versions_copied())
-            for label in labels:
-                looked = _look_at_copy(central, label, manifest, download=download) if label in copied else None
-                checked, found, foreign, left = check_version(ledger, central, label, download=download, workers=workers,
-                                                        progress=progress)
+            for done, label in enumerate(labels):
+                if done:
+                    pause("verify-next-version")  # (tests: the container deleted between two versions)
+                try:
+                    looked = _look_at_copy(central, label, manifest, download=download) if label in copied else None
+                    checked, found, foreign, left = check_version(ledger, central, label, download=download,
+                                                                  workers=workers, progress=progress)
+                except ChorusError as exc:
+                    # The versions verified before stay recorded: true of the centre when they were checked. Said so
+                    # (it said only that the container was not found, the earlier versions recorded as ok unmentioned).
+                    exc.outcome = _stopped_at(labels, done, result.n_checked, problems)  # type: ignore[attr-defined]
+                    container_gone(exc, ledger)
+                    raise
                 if looked is not None:
                     found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
                 result.n_checked += checked
