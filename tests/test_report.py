@@ -238,6 +238,8 @@ def test_a_manifest_in_a_folder_whose_name_is_not_utf8_is_reported(tmp_path):
     shutil.copy(db, folder / "m.sqlite")
     done = cli("report", "--db", str(folder / "m.sqlite"), "--out", str(folder / "r.html"))
     assert done.returncode == 0, done.stderr
+    # the page's path said with the byte it holds, as every message names such a path ('caf\udce9' before)
+    assert done.stdout.startswith(f"wrote '{tmp_path}/caf\\xe9/r.html' (version "), done.stdout
     assert (folder / "r.html").stat().st_size > 0
     info = write_report(folder / "m.sqlite", folder / "r2.html")
     assert info.version == open_manifest(db).latest()
