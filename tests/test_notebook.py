@@ -239,7 +239,13 @@ def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, uma
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}" in done.stdout
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert "CHECK  persons: none disappeared" in check_run(nbformat.read(out, as_version=4), PLOTS + 2)
+    nb = nbformat.read(out, as_version=4)
+    assert "CHECK  persons: none disappeared" in check_run(nb, PLOTS + 2)
+    # the versions the command resolved, by label: the kernel resolved "latest" again, and a run committing in
+    # between had the command check one version and the notebook review another
+    labels = open_manifest(manifests["two"]).versions()["label"].to_list()
+    assert {k: nb.metadata["papermill"]["parameters"][k] for k in ("version", "compare_to")} == \
+        {"version": labels[-1], "compare_to": labels[-2]}
     assert [p.name for p in tmp_path.iterdir()] == ["review.ipynb"]  # no temporary file left
     bad = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(tmp_path / "none.sqlite"),
                           "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)
