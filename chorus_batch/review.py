@@ -631,9 +631,12 @@ def _diff_table(con: duckdb.DuckDBPyConnection) -> None:
     a minute) by the report and the notebook, which show its counts and first rows."""
     from .diff import change_set_sql
 
-    for side, table, key in (("previous_files", "base_files", "file_id, "), ("current_files", "files", "")):
+    # The rows of one side only, as `diff` compares them: a row of both versions is the same file, unchanged. The
+    # whole sides joined needed more than the database's cap at 160k files (the query's CTEs are held in memory).
+    for side, table, other, key in (("previous_files", "base_files", "files", "file_id, "),
+                                    ("current_files", "files", "base_files", "")):
         con.execute(f"CREATE TEMP VIEW {side} AS SELECT {key}srcfile, size, NULL::BIGINT AS mtime_ns, md5, "
-                    f"NULL::VARCHAR AS etag FROM {table}")
+                    f"NULL::VARCHAR AS etag FROM {table} ANTI JOIN {other} USING (file_id)")
     con.execute(f"CREATE TABLE _change_set AS {change_set_sql()}")
     con.execute("DROP VIEW previous_files; DROP VIEW current_files")
     con.execute("""CREATE VIEW diff AS
