@@ -67,6 +67,12 @@ SELECT 'replaced', c_path, NULL, p_id FROM joined
 WHERE c_path = p_path AND (c_md5 IS DISTINCT FROM p_md5 OR c_md5 IS NULL) AND NOT same_unverifiable
 """
 
+def change_set_sql(removal_condition: str = "TRUE") -> str:
+    """The query of the change set (CHANGE_SET_SCHEMA's columns) from the DuckDB tables or views `previous_files`
+    (file_id, srcfile, size, mtime_ns, md5, etag) and `current_files` (the same but file_id); full mode by default."""
+    return _DIFF_SQL.format(removal_condition=removal_condition)
+
+
 @dataclass
 class Diff:
     change_set: pl.DataFrame  # CHANGE_SET_SCHEMA, sorted by change then srcfile
@@ -137,7 +143,7 @@ def compute_diff(
             deletions = delete_list if delete_list is not None else pl.DataFrame(schema={"srcfile": pl.String})
             con.register("delete_list", deletions.select("srcfile").to_arrow(compat_level=arrow))
             condition = "p_path IN (SELECT srcfile FROM delete_list)"
-        change_set = con.sql(_DIFF_SQL.format(removal_condition=condition)).pl()
+        change_set = con.sql(change_set_sql(condition)).pl()
     change_set = change_set.cast(CHANGE_SET_SCHEMA).sort("change", "srcfile")
     # Every current path is added (or the new side of a rename), replaced, or unchanged: counting the
     # unchanged needs no second join.

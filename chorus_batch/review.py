@@ -22,6 +22,7 @@ import os
 import re
 import unicodedata
 import warnings
+import weakref
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +36,7 @@ from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import ISO_LIKE, iso, parse_time
+from .units import plural
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -47,6 +49,8 @@ HISTORY_SCHEMA = {"change": pl.String, "old_srcfile": pl.String, "ended_by": pl.
 CHANGE_KINDS = ("added", "removed", "replaced", "renamed")
 REVIEW_MEMORY = "64MB"  # DuckDB's cap in `ManifestReader.duckdb`
 SLICE_ROWS = 20_000  # manifest rows read at a time into `ManifestReader.duckdb`'s tables (about 20 MB of polars frame)
+# The version whose files each review database (`ManifestReader.review_database`) holds in its table `files`.
+_DATABASE_VERSION: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, str] = weakref.WeakKeyDictionary()
 # Review rules shared by the HTML report and the notebook.
 PLAUSIBLE_FROM = datetime(1980, 1, 1)  # a waveform session starting earlier is a parse or clock error
 OUTLIER_IQR = 3.0  # fences: quartile +/- 3 IQR of log10(size) ...
@@ -161,7 +165,31 @@ class ManifestReader:
         version, else an unchecked one; None where the storage does not record it (a snapshot folder)."""
         return None
 
+    def other_rules(self, version: str | None = None) -> str | None:
+        """The rules that checked the version where they are not this release's (an earlier release's, before an
+        upgrade): its findings are theirs, and may lack what today's rules find. None where this release's rules
+        checked it, nothing did, or the storage does not record it (a snapshot folder)."""
+        return None
+
     # -- shared
+
+    def __repr__(self) -> str:
+        """The manifest and the versions this reader knows, never rows (a notebook cell ending in `m` showed
+        `<chorus_batch.review.SQLiteReader object at 0x7f...>`)."""
+        try:
+            labels = self.versions()["label"]
+        except Exception:  # (a repr that raises hides the object: what is known, then)
+            return f"<{type(self).__name__} {str(self.path)!r}>"
+        known = (f"{plural(labels.len(), 'version')}, {labels[0]} .. {labels[-1]}" if labels.len() > 1 else
+                 f"1 version, {labels[0]}" if labels.len() else "no versions yet")
+        return f"<{type(self).__name__} {str(self.path)!r}: {known}>"
+
+    def versions_command(self) -> str:
+        """The command that lists this manifest's versions, to paste into a shell (a notebook's messages name it:
+        `chorus-batch versions` alone read the chorus.toml or default manifest of the shell's folder)."""
+        import shlex
+
+        return shlex.join(["chorus-batch", "versions", "--db", str(self.path)])
 
     def latest(self) -> str | None:
         labels = self.versions()["label"]
@@ -181,11 +209,11 @@ class ManifestReader:
             version = datetime(version.year, version.month, version.day, tzinfo=timezone.utc)  # as "2026-11-27"
         elif isinstance(version, datetime) and version != version:  # pandas' NaT, a datetime that is no time
             raise UsageError(f"a version is a label or an ISO date-time, not a time: {version!r} (a missing value)",
-                             where=str(self.path), fix="give a label from `chorus-batch versions` (text), a datetime, "
+                             where=str(self.path), fix=f"give a label from `{self.versions_command()}` (text), a datetime, "
                                                        "or an ISO time such as 2026-11-27T03:00:00Z")
         elif not isinstance(version, (str, datetime)):
             raise UsageError(f"a version is a label or an ISO date-time, not {type(version).__name__} {version!r}",
-                             where=str(self.path), fix="give a label from `chorus-batch versions` (text), a datetime, "
+                             where=str(self.path), fix=f"give a label from `{self.versions_command()}` (text), a datetime, "
                                                        "or an ISO time such as 2026-11-27T03:00:00Z")
         if isinstance(version, str) and version in set(versions["label"].to_list()):
             return version
@@ -207,7 +235,7 @@ class ManifestReader:
             raise UsageError(f"no version {version!r} in the manifest"
                              + (", and it is not a valid ISO date-time" if dated else "")
                              + (f"; did you mean {', '.join(close)}?" if close else ""), where=str(self.path),
-                             fix=f"give a label from `chorus-batch versions` ({len(labels)} in the manifest, "
+                             fix=f"give a label from `{self.versions_command()}` ({len(labels)} in the manifest, "
                                  f"{labels[0]} .. {labels[-1]}), or an ISO time such as 2026-11-27T03:00:00Z")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
@@ -256,8 +284,8 @@ class ManifestReader:
         base = self.resolve(compare_to)
         if base == label:
             raise UsageError(f"compare_to {compare_to} is the version reviewed ({label}): there is nothing to compare",
-                             where="--compare-to / compare_to", fix="give another version, or leave it out (None) to "
-                                                                    "compare with the version before (`chorus-batch versions` lists them)")
+                             where="--compare-to / compare_to", fix="give another version, or leave it out (None) to compare with the version "
+                                 f"before (`{self.versions_command()}` lists them)")
         return base
 
     def files(self, as_of: str | datetime | None = None, *, modality: str | None = None,
@@ -427,6 +455,7 @@ class ManifestReader:
     def under(self, path: str, columns: tuple[str, ...] = ("srcfile",), *, backslash_separates: bool = True) -> pl.Expr:
         """Rows whose path (any of `columns`) is `path` or lies under it, `path` taken as people type it
         (site_relative: absolute under a recorded root, Windows separators, './'); the site root: every row."""
+        path = text_argument(path, "a path", str(self.path), '"OMOP"')  # a pathlib path too
         folder = self.site_relative(path.rstrip("/\\") + "/", backslash_separates=backslash_separates)
         if folder.startswith("/"):  # absolute, under no recorded root (`/`: not the site's root, which matched all)
             return pl.lit(False)
@@ -438,6 +467,7 @@ class ManifestReader:
     def rows_under(self, frame: pl.DataFrame, path: str, columns: tuple[str, ...] = ("srcfile",)) -> pl.DataFrame:
         """The rows of `frame` under `path` (see under) in the first of its spellings that has any, as
         `history_of` reads a path."""
+        path = text_argument(path, "a path", str(self.path), '"OMOP"')  # a pathlib path too
         rows = frame.filter(self.under(path, columns, backslash_separates=False))
         if rows.height:
             return rows
@@ -450,6 +480,7 @@ class ManifestReader:
     def person_suggestions(self, person: str, as_of: str | datetime | None = None, limit: int = 5) -> list[str]:
         """Person ids of the version that `person` may mean: the same number with other leading zeros
         ('12' -> '000012'), else ids that contain it."""
+        person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
         ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
         same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
         found = same_number if same_number.len() else ids.filter(ids.str.contains(person, literal=True))
@@ -477,6 +508,20 @@ class ManifestReader:
                           min(md5) FILTER (WHERE string_split(srcfile, '/')[-1] = session_id || '.hea') AS _hea
                    FROM files WHERE modality = 'Waveforms' AND record_id IS NOT NULL AND session_id <> ''
                    GROUP BY record_id"""
+        if con is not None and not isinstance(con, duckdb.DuckDBPyConnection):
+            raise UsageError(f"con is a DuckDB connection, not {type(con).__name__} {con!r}"[:200],
+                             where="sessions(as_of, con=...)", fix="pass the connection m.duckdb(version) gives, or leave "
+                                                                   "out con (the version's files are read here)")
+        if con is not None:
+            held = _DATABASE_VERSION.get(con)
+            if as_of is None and held is not None:
+                as_of = held
+            elif held is not None and self.resolve(as_of) != held:
+                # (the sessions of the connection's version came back under the version asked for)
+                raise UsageError(f"sessions of version {self.resolve(as_of)} were asked of a DuckDB connection that "
+                                 f"holds the files of version {held}", where="sessions(as_of, con=...)",
+                                 fix=f"pass the connection of that version, m.duckdb({self.resolve(as_of)!r}), or "
+                                     f"leave out as_of (the connection's version)")
         if con is None:
             with duckdb.connect() as own:
                 own.register("files", self.files(as_of, modality="Waveforms").to_arrow())
@@ -509,25 +554,34 @@ class ManifestReader:
 
     def duckdb(self, as_of: str | datetime | None = None, *, compare_to: str | datetime | None = None
                ) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with the tables files (the version's), base_files (`compare_to`'s, when given),
-        versions, changes (all versions), registry and scan_errors. They are copied in slices of SLICE_ROWS
+        """A DuckDB connection with the tables files (the version's), base_files (`compare_to`'s, when given, and
+        the view diff: `diff(compare_to, as_of)`'s rows, computed in DuckDB),
+        versions and changes (the versions up to the later of the two, as the manifest stood then: not those a
+        run committed after them), registry and scan_errors. They are copied in slices of SLICE_ROWS
         rows into a DuckDB database capped at REVIEW_MEMORY in an owner-only scratch folder (fsutil.scratch_folder):
         a notebook's memory does not grow with the manifest (it held two million-row polars frames, ~5 GB, at
-        1M files). The scratch folder goes when the reader is closed (`close()`), else with the process."""
+        1M files). The scratch folder goes when the reader is closed (`close()`), else with the process.
+        `sessions(con=con)` groups the connection's version's files."""
         label = self.resolve(as_of)
-        tables = {"files": self._file_slices(label), "changes": self._change_slices(),
-                  "versions": iter([self.versions()]), "registry": iter([self.registry()]),
-                  "scan_errors": iter([self.scan_errors(label)])}
-        if compare_to is not None:
-            tables["base_files"] = self._file_slices(self.resolve(compare_to))
-        con, stack = self.review_database(tables)
+        base = self.resolve(compare_to) if compare_to is not None else None
+        upto = max(label, base or label)  # (a later compare_to: the changes up to it)
+        # Later versions' change sets were there too: a review of an earlier version counted, as its own, the
+        # removals and replacements made after it (and those of a run that committed since the reader opened).
+        tables = {"files": self._file_slices(label), "changes": self._change_slices(upto),
+                  "versions": iter([self.versions().filter(pl.col("label") <= upto)]),
+                  "registry": iter([self.registry()]), "scan_errors": iter([self.scan_errors(label)])}
+        if base is not None:
+            tables["base_files"] = self._file_slices(base)
+        con, stack = self.review_database(tables, version=label)
         self.__dict__.setdefault("_sessions", []).append(stack)
         return con
 
     @staticmethod
-    def review_database(tables: dict[str, Iterator[pl.DataFrame]]) -> tuple[duckdb.DuckDBPyConnection, contextlib.ExitStack]:
+    def review_database(tables: dict[str, Iterator[pl.DataFrame]], *, version: str
+                        ) -> tuple[duckdb.DuckDBPyConnection, contextlib.ExitStack]:
         """(a connection, the stack that closes it and removes its scratch folder) of a DuckDB database capped at
-        REVIEW_MEMORY holding `tables`, each filled from its slices (`duckdb`; the HTML report fills `files` alone)."""
+        REVIEW_MEMORY holding `tables`, each filled from its slices (`duckdb`; the HTML report fills `files` alone),
+        `files` being those of `version` (what `sessions(con=...)` checks its version against)."""
         from .fsutil import scratch_folder
 
         stack = contextlib.ExitStack()
@@ -544,9 +598,12 @@ class ManifestReader:
                     con.register("_slice", part.to_arrow())
                     con.execute(f"CREATE TABLE {name} AS SELECT * FROM _slice" if i == 0 else f"INSERT INTO {name} SELECT * FROM _slice")
                     con.unregister("_slice")
+            if "base_files" in tables:
+                _diff_table(con)
         except BaseException:  # a manifest error or Ctrl-C while filling: no scratch folder left behind
             stack.close()
             raise
+        _DATABASE_VERSION[con] = version
         return con, stack
 
     def close(self) -> None:
@@ -559,12 +616,36 @@ class ManifestReader:
         part of a version gives it whole."""
         yield self._files_at(label, None, None).select(FILE_COLUMNS)
 
-    def _change_slices(self) -> Iterator[pl.DataFrame]:
-        yield self.all_changes()
+    def _change_slices(self, upto: str) -> Iterator[pl.DataFrame]:
+        """The change sets of the versions up to `upto` (this reader's), in slices."""
+        yield self.all_changes().filter(pl.col("version") <= upto)
 
     def all_changes(self) -> pl.DataFrame:
         frames = [self.changes(label) for label in self.versions()["label"].to_list()]
         return pl.concat(frames, how="diagonal_relaxed") if frames else self.changes(None)
+
+
+def _diff_table(con: duckdb.DuckDBPyConnection) -> None:
+    """The view `diff` of a review database holding `files` and `base_files`: `diff(compare_to, version)` as rows
+    (DIFF_SCHEMA), its change set computed in DuckDB (diff.py's rule, as `diff` applies it: by MD5 and size) into
+    the table `_change_set`. A version that replaced a million files was read whole as a polars frame (1.7 GB, and
+    a minute) by the report and the notebook, which show its counts and first rows."""
+    from .diff import change_set_sql
+
+    # The rows of one side only, as `diff` compares them: a row of both versions is the same file, unchanged. The
+    # whole sides joined needed more than the database's cap at 160k files (the query's CTEs are held in memory).
+    for side, table, other, key in (("previous_files", "base_files", "files", "file_id, "),
+                                    ("current_files", "files", "base_files", "")):
+        con.execute(f"CREATE TEMP VIEW {side} AS SELECT {key}srcfile, size, NULL::BIGINT AS mtime_ns, md5, "
+                    f"NULL::VARCHAR AS etag FROM {table} ANTI JOIN {other} USING (file_id)")
+    con.execute(f"CREATE TABLE _change_set AS {change_set_sql()}")
+    con.execute("DROP VIEW previous_files; DROP VIEW current_files")
+    con.execute("""CREATE VIEW diff AS
+        SELECT d.change, d.old_srcfile, o.md5 AS old_md5, f.* FROM _change_set d JOIN files f USING (srcfile)
+            LEFT JOIN base_files o ON o.file_id = d.old_file_id WHERE d.change <> 'removed'
+        UNION ALL
+        SELECT d.change, d.old_srcfile, o.md5 AS old_md5, o.* FROM _change_set d
+            JOIN base_files o ON o.file_id = d.old_file_id WHERE d.change = 'removed'""")
 
 
 class SQLiteReader(ManifestReader):
@@ -621,10 +702,11 @@ class SQLiteReader(ManifestReader):
                                 "WHERE file_id BETWEEN ? AND ? AND version_valid <= ? "
                                 "AND (version_invalid IS NULL OR version_invalid > ?)", (label, label), FILE_SCHEMA)
 
-    def _change_slices(self) -> Iterator[pl.DataFrame]:
+    def _change_slices(self, upto: str) -> Iterator[pl.DataFrame]:
         first, last = self._query("SELECT min(rowid), max(rowid) FROM changes").row(0)
         for start in range(first or 0, (last or -1) + 1, SLICE_ROWS):
-            yield self._manifest.changes_query("c.rowid BETWEEN ? AND ?", (start, start + SLICE_ROWS - 1))
+            yield self._manifest.changes_query("c.rowid BETWEEN ? AND ? AND c.version <= ?",
+                                               (start, start + SLICE_ROWS - 1, upto))
         if first is None:
             yield self._manifest.changes_query("1 = 0", ())
 
@@ -701,6 +783,12 @@ class SQLiteReader(ManifestReader):
     def validated(self, version: str | None = None) -> bool | None:
         label, checks = self.resolve(version), self._manifest.validation
         return checks.is_validated(label) or checks.checked_by_other_rules(label)
+
+    def other_rules(self, version: str | None = None) -> str | None:
+        label, checks = self.resolve(version), self._manifest.validation
+        if checks.is_validated(label) or not checks.checked_by_other_rules(label):
+            return None
+        return checks.rules_of(label) or "not recorded: a release before schema 9"
 
 
 # The change kinds whose rows have content in the newer version (what a checksum list of a change set lists).
@@ -824,10 +912,26 @@ def shown_frame(frame: pl.DataFrame, edge: int = 50) -> pl.DataFrame:
     return pl.concat(shown_parts) if len(shown_parts) > 1 else shown_parts[0]
 
 
+def other_rules_advice(label: str, rules: str, latest: str | None, db: str, *, remote: bool = False) -> str:
+    """That the findings of `label` are those of other rules than this release's (`rules`, as `other_rules` gives
+    them) and what checks it by today's, as the HTML report and the review notebook say it (`db`, `remote`: as for
+    unvalidated_advice). The findings were shown as today's: a rule added since found nothing, unsaid."""
+    from .validate.rules import edition
+
+    how = _what_checks(label, latest, db, remote=remote)
+    return (f"Version {label} was validated by other rules than this release's ({rules}; this release's: "
+            f"{edition()}): its findings are those rules', and may lack what this release's rules find ({how}).")
+
+
 def unvalidated_advice(label: str, latest: str | None, db: str, *, remote: bool = False) -> str:
     """Why the findings of `label`, a version `run --no-validate` committed, are unknown and what checks them, as
     the HTML report and the review notebook say it: `db` is the manifest as its commands take it (the az:// URL
     of a manifest in Azure, masked, `remote`; not the local copy a reader reads)."""
+    return f"Version {label} was not validated: its findings are unknown ({_what_checks(label, latest, db, remote=remote)})."
+
+
+def _what_checks(label: str, latest: str | None, db: str, *, remote: bool) -> str:
+    """Which command checks version `label` by this release's rules (see unvalidated_advice)."""
     import shlex
 
     def cli(*args: str) -> str:
@@ -840,4 +944,4 @@ def unvalidated_advice(label: str, latest: str | None, db: str, *, remote: bool 
                "its latest version; chorus-batch validate works on a local manifest only")
     else:
         how = f"{cli('validate', '--db', db)} checks it"
-    return f"Version {label} was not validated: its findings are unknown ({how})."
+    return how

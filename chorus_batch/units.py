@@ -53,7 +53,7 @@ def shown_name(name: str | None) -> str:
     if name.isprintable() and name == name.strip() and not name.startswith(("'", '"')) \
             and unicodedata.is_normalized("NFC", name):
         return name
-    quoted = repr(name)  # escapes what isprintable() refuses: controls, format characters, separators but " "
+    quoted = _bytes_as_bytes(repr(name))  # escapes what isprintable() refuses: controls, format characters, separators but " "
     if not unicodedata.is_normalized("NFC", name):  # the combining marks that make it look like its NFC twin
         quoted = "".join(f"\\u{ord(c):04x}" if unicodedata.combining(c) else c for c in quoted)
     return quoted
@@ -98,7 +98,18 @@ def shown_text(text: str | None) -> str:
     if text.isprintable() and composed:
         return text
     return "".join(c if c.isprintable() and (composed or not unicodedata.combining(c))
-                   else f"\\u{ord(c):04x}" if c.isprintable() else repr(c)[1:-1] for c in text)
+                   else f"\\u{ord(c):04x}" if c.isprintable() else _bytes_as_bytes(repr(c))[1:-1] for c in text)
+
+
+# A byte of a name that is not UTF-8 (a Latin-1 path), as Python decodes it: a lone surrogate U+DC80..U+DCFF, which
+# repr() writes as '\udce9'. Shown as the byte it is, \xe9, as every message that names such a path says it (urls.storable).
+_SURROGATE_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def _bytes_as_bytes(quoted: str) -> str:
+    """repr() text with the escapes of surrogate-decoded bytes written as the bytes (\\xe9, not \\udce9)."""
+    return _SURROGATE_BYTE.sub(lambda m: f"{m.group(1)}\\x{m.group(2)}", quoted) if "\\udc" in quoted else quoted
+
 
 def text_width(text: str) -> int:
     """The columns a terminal gives `text`: two for a wide character (CJK, most emoji: East Asian Width W or F),

@@ -57,14 +57,16 @@ large_change_share = share_argument(large_change_share, "large_change_share")  #
 #
 # `open_manifest` reads a SQLite manifest or a Parquet snapshot folder; every method returns a polars frame,
 # and `m.duckdb(version, compare_to=other)` gives a DuckDB connection with the tables `files` (and
-# `base_files`), `versions`, `changes`, `registry` and `scan_errors`. The sections below ask DuckDB and
-# bring only sums, pages and flagged rows into memory, so the notebook's memory does not grow with the
-# manifest (`m.files(version)` brings a whole version: fine for a few thousand files).
+# `base_files`, and the view `diff`: `m.diff(other, version)`'s rows), `versions`, `changes`, `registry` and
+# `scan_errors`. The sections below ask DuckDB and bring only sums, pages and flagged rows into memory, so the
+# notebook's memory does not grow with the manifest (`m.files(version)` brings a whole version: fine for a few
+# thousand files).
 
 # %%
 from IPython import get_ipython
 
-from chorus_batch.review import PLAUSIBLE_FROM, open_manifest, shown_frame, size_flags, unvalidated_advice
+from chorus_batch.review import (PLAUSIBLE_FROM, open_manifest, other_rules_advice, shown_frame, size_flags,
+                                  unvalidated_advice)
 from chorus_batch.units import plural, shown_name
 
 m = open_manifest(manifest)
@@ -94,7 +96,12 @@ n_files, n_bytes, n_persons = con.execute("SELECT count(*), coalesce(sum(size), 
 n_base_files = con.execute("SELECT count(*) FROM base_files").fetchall()[0][0] if base else 0
 print(f"manifest   {db}")
 print(f"reviewing  {label}: {n_files:,} files, {n_bytes:,} bytes, {n_persons:,} persons")
-print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}")
+# A compare_to later than the version reviewed reads the comparisons backwards: from it back to the version reviewed
+# ("removed" below: files the later version has and this one has not). Said wherever a comparison is shown.
+later = base is not None and base > label
+since = f"the later {base}" if later else base  # how the comparisons name the compared version
+print(f"compare to {base or '- (no earlier version: the comparisons below are skipped)'}"
+      + (f" (LATER than {label}: the comparisons read from {base} back to {label})" if later else ""))
 print(f"versions   {len(labels)} in the manifest, {labels[0]} .. {labels[-1]}")
 
 # %% [markdown]
@@ -158,14 +165,15 @@ def stacked_bars(ax, frame, x, stack, value, order=None, horizontal=False):
 # ## 1. Versions and what each one changed
 #
 # **What to look for:** one version per submission; a version with unusually many `removed` or `replaced`
-# files, or a modality that suddenly changes a lot. One panel per change kind, modalities stacked (last 20 versions).
+# files, or a modality that suddenly changes a lot. One panel per change kind, modalities stacked (the last 20
+# versions up to the one reviewed, or up to `compare_to` where that is later).
 
 # %%
 display(sql("""
     SELECT label, finished_at, mode, n_added, n_removed, n_replaced, n_renamed, n_errors, n_files, total_bytes
     FROM versions ORDER BY label DESC LIMIT 20"""))
 
-shown = labels[-20:]
+shown = sql("SELECT label FROM versions ORDER BY label")["label"].to_list()[-20:]  # up to the version reviewed
 counts = m.change_counts().filter(pl.col("version").is_in(shown))
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.8), sharex=True)
 for ax, kind in zip(axes, ["added", "removed", "replaced", "renamed"]):
@@ -217,10 +225,12 @@ else:
         (SELECT count(*) FROM (SELECT person_id FROM now EXCEPT SELECT person_id FROM before))""").fetchall()[0]
     lost = sql(pairs + """ SELECT * FROM (SELECT * FROM before EXCEPT SELECT * FROM now)
         WHERE person_id IN (SELECT person_id FROM now) ORDER BY person_id, modality""")
-    print(f"{n_before:,} persons in {base}, {n_now:,} in {label}: "
-          f"{len(gone)} disappeared, {n_new} new, {lost.height} lost a modality")
+    print(f"{n_before:,} persons in {since}, {n_now:,} in {label}: "
+          f"{len(gone)} {'not yet there' if later else 'disappeared'}, {n_new} new, {lost.height} lost a modality"
+          + (f" (from {base} back to {label})" if later else ""))
     if gone:
-        print("persons that disappeared (their files in the compared version):")
+        print(f"persons that {'are not yet in this version' if later else 'disappeared'} "
+              "(their files in the compared version):")
         display(sql("""SELECT person_id, count(*) AS files, sum(size)::BIGINT AS bytes,
                               string_agg(DISTINCT modality, ',' ORDER BY modality) AS modalities
                        FROM base_files WHERE person_id IN (SELECT unnest($gone)) GROUP BY person_id ORDER BY person_id LIMIT 20""",
@@ -228,8 +238,11 @@ else:
     if lost.height:
         print("persons still present that lost a modality:")
         display(lost.head(20))
-    check("persons: none disappeared", not gone, f"{len(gone)} disappeared since {base}" + (f": {', '.join(map(shown_name, gone[:5]))}" if gone else ""))
-    check("persons: none lost a modality", lost.height == 0, f"{lost.height} person-modality pairs gone")
+    check("persons: none disappeared", not gone, (f"{len(gone)} of {since} not in {label}" if later else
+                                                  f"{len(gone)} disappeared since {base}")
+          + (f": {', '.join(map(shown_name, gone[:5]))}" if gone else ""))
+    check("persons: none lost a modality", lost.height == 0, f"{lost.height} person-modality pairs gone"
+          + (f" (from {since} back to {label})" if later else ""))
 
 # %% [markdown]
 # ## 3. Waveform sessions
@@ -408,6 +421,9 @@ else:
 # %%
 findings = m.findings(label)
 validated = m.validated(label)  # None: a snapshot folder does not record it
+rules = m.other_rules(label)  # the findings of an earlier release's rules, if those checked it
+if rules:
+    print(other_rules_advice(label, rules, labels[-1], db, remote=manifest_name is not None))
 if findings.height == 0 and validated is False:
     print(unvalidated_advice(label, labels[-1], db, remote=manifest_name is not None))
     check("validation findings", False, "not validated")
@@ -432,6 +448,8 @@ else:
     ax.set(title="validation findings by rule and severity", xlabel="findings")
     fig.tight_layout()
     plt.show()
+if rules:
+    check("validation findings", False, f"{checks['validation findings'][1]}; by other rules than this release's")
 
 # %% [markdown]
 # ## 8. What this version deleted or replaced
@@ -444,41 +462,45 @@ else:
 if base is None:
     print(f"{label} is the first version: nothing to compare with (set compare_to to compare two versions)")
     check(f"removed + replaced <= {large_change_share:.0%}", None, "no earlier version")
-    d = None
 else:
-    d = m.diff(base, label).with_columns(pl.col("modality").fill_null("Other"))
+    # The view `diff` of the DuckDB database holds `m.diff(base, label)`'s rows: their counts and first rows come
+    # into memory, not the diff (a version that replaced every file of a large site).
+    by_change = sql("SELECT coalesce(modality, 'Other') AS modality, change, count(*)::UINTEGER AS n FROM diff GROUP BY ALL")
     base_by_modality = sql("SELECT coalesce(modality, 'Other') AS modality, count(*)::UINTEGER AS base_files FROM base_files GROUP BY 1")
     kinds = ["added", "removed", "replaced", "renamed"]
-    per_modality = (d.group_by("modality", "change").len("n")
-                    .pivot(on="change", index="modality", values="n")
+    per_modality = (by_change.pivot(on="change", index="modality", values="n")
                     .join(base_by_modality, on="modality", how="full", coalesce=True)
-                    .with_columns([pl.lit(0, pl.UInt32).alias(k) for k in kinds if k not in d["change"]])
+                    .with_columns([pl.lit(0, pl.UInt32).alias(k) for k in kinds if k not in by_change["change"]])
                     .fill_null(0)
                     .with_columns(share=((pl.col("removed") + pl.col("replaced")) / pl.max_horizontal("base_files", 1)))
                     .with_columns(flag=pl.col("share") > large_change_share)
                     .select("modality", "base_files", *kinds, "share", "flag").sort("modality"))
-    touched = d.filter(pl.col("change").is_in(["removed", "replaced"]))
-    share = touched.height / max(n_base_files, 1)
+    n_touched = int(per_modality["removed"].sum() + per_modality["replaced"].sum())
+    share = n_touched / max(n_base_files, 1)
     large = share > large_change_share
-    print(f"{label} against {base}: " + ", ".join(f"{(d['change'] == k).sum()} {k}" for k in kinds))
+    print(f"{label} against {since}: " + ", ".join(f"{per_modality[k].sum()} {k}" for k in kinds)
+          + (f" (read from {base} back to {label}: `removed` are files {base} has and {label} has not, `added` the "
+             f"reverse; {label} deleted nothing of them)" if later else ""))
     display(Markdown(
-        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {touched.height} of {n_base_files:,} files removed or replaced "
+        f"**{'⚠ LARGE CHANGE' if large else 'OK'}:** {n_touched} of {n_base_files:,} files removed or replaced "
         f"({share:.1%}; threshold `large_change_share` = {large_change_share:.0%})"
         + (f"; over the threshold in: {', '.join(per_modality.filter('flag')['modality'])}" if per_modality["flag"].any() else "")))
     display(per_modality)
-    display(touched.select("change", "modality", "srcfile", "size", "old_md5",
-                           new_md5=pl.when(pl.col("change") != "removed").then("md5")).head(20))
+    display(sql("""SELECT change, coalesce(modality, 'Other') AS modality, srcfile, size, old_md5,
+                          CASE WHEN change <> 'removed' THEN md5 END AS new_md5
+                   FROM diff WHERE change IN ('removed', 'replaced') ORDER BY change, srcfile LIMIT 20"""))
     if base == (labels[labels.index(label) - 1] if labels.index(label) else None):
         print("the run's own change set of this version (same as the diff against the previous version):")
         display(sql("SELECT change, modality, count(*) AS files, sum(size)::BIGINT AS bytes FROM changes "
                     "WHERE version = $v GROUP BY ALL ORDER BY change, modality", v=label))
     check(f"removed + replaced <= {large_change_share:.0%}", not large,
-          f"{share:.1%} of {n_base_files} files ({touched.height}) against {base}")
+          f"{share:.1%} of {n_base_files} files ({n_touched}) against {since}"
+          + (f", read from it back to {label}" if later else ""))
 
     fig, (ax1, ax2) = plt.subplots(1, 2)
-    stacked_bars(ax1, d.group_by("modality", "change").len("n"), "modality", "change", "n",
+    stacked_bars(ax1, by_change, "modality", "change", "n",
                  order=per_modality["modality"].to_list())
-    ax1.set(title=f"changes against {base}", ylabel="files")
+    ax1.set(title=f"changes against {since}" + (" (read backwards)" if later else ""), ylabel="files")
     ax2.bar(per_modality["modality"].to_list(), (per_modality["share"] * 100).to_list(),
             color=[COLORS["removed"] if f else COLORS["Metadata"] for f in per_modality["flag"]])
     ax2.axhline(large_change_share * 100, color=COLORS["removed"], linestyle="--", label="large_change_share")
@@ -495,10 +517,10 @@ else:
 # An example that changed is picked; ask for any path with `m.history("OMOP/person.csv")`.
 
 # %%
-changed = (d if d is not None else sql(
-    "SELECT change, srcfile FROM changes WHERE version = $v AND change <> 'added'", v=label)).filter(
-    pl.col("change").is_in(["replaced", "renamed", "removed"]))
-changed = changed.sort(pl.col("change").replace_strict({"replaced": 0, "renamed": 1, "removed": 2}), "srcfile")
+source = "diff" if base else "(SELECT * FROM changes WHERE version = $v)"  # the comparison's, else the run's changes
+changed = sql(f"""SELECT srcfile FROM {source} WHERE change IN ('replaced', 'renamed', 'removed')
+                  ORDER BY CASE change WHEN 'replaced' THEN 0 WHEN 'renamed' THEN 1 ELSE 2 END, srcfile LIMIT 1""",
+              **({} if base else {"v": label}))
 example = changed["srcfile"][0] if changed.height else con.execute("SELECT min(srcfile) FROM files").fetchall()[0][0]
 if example is None:
     print("no files in this version")
@@ -513,7 +535,7 @@ else:
 # `CHECK` items need a look (or an explanation in the submission notes) before the merge.
 
 # %%
-print(f"review of {label}" + (f" against {base}" if base else " (first version)") + f" in {db}")
+print(f"review of {label}" + (f" against {since}" if base else " (first version)") + f" in {db}")
 for item, (state, detail) in checks.items():
     print(f"  {state:<5}  {item}: {detail}")
 n_check = sum(state == "CHECK" for state, _ in checks.values())

@@ -129,11 +129,18 @@ def test_single_version(manifests, tmp_path):
 def test_the_sessions_by_month_count_the_starts_the_sessions_table_gives(manifests, tmp_path):
     """The table of sessions by month read the start from the file names only: today's integer session ids
     carry none, so every session was "start unknown" while the line above said "0 without a known start"
-    and the histogram showed their starts (from the WFDB headers). It groups the sessions' starts."""
-    nb = execute(manifests["two"], tmp_path / "two.ipynb")  # validated: the WFDB headers were read
-    check_run(nb, PLOTS)
+    and the histogram showed their starts (from the WFDB headers). It groups the sessions' starts.
+    Reviewed here against a later version: that the comparisons read backwards was not said (its removals were
+    called the version's own, its persons "disappeared since" the later one)."""
+    first, second = open_manifest(manifests["two"]).versions()["label"].to_list()
+    # validated: the WFDB headers were read
+    nb = execute(manifests["two"], tmp_path / "two.ipynb", version=first, compare_to=second)
+    out = check_run(nb, PLOTS)
+    assert f"compare to {second} (LATER than {first}: the comparisons read from {second} back to {first})" in out
+    assert f"(read from {second} back to {first}: `removed` are files {second} has and {first} has not" in out
+    assert f"review of {first} against the later {second} in " in out and "disappeared since" not in out
     tables = "".join(o["data"].get("text/plain", "") for o in outputs(nb) if "data" in o)
-    sessions = open_manifest(manifests["two"]).sessions()
+    sessions = open_manifest(manifests["two"]).sessions(first)
     assert sessions["start"].null_count() < sessions.height  # (the testdata headers give the starts)
     months = sessions.group_by(pl.col("start").dt.strftime("%Y-%m").fill_null("start unknown")).len()
     for month, n in months.iter_rows():
@@ -239,7 +246,13 @@ def test_review_writes_the_executed_notebook_owner_only(manifests, tmp_path, uma
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}" in done.stdout
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert "CHECK  persons: none disappeared" in check_run(nbformat.read(out, as_version=4), PLOTS + 2)
+    nb = nbformat.read(out, as_version=4)
+    assert "CHECK  persons: none disappeared" in check_run(nb, PLOTS + 2)
+    # the versions the command resolved, by label: the kernel resolved "latest" again, and a run committing in
+    # between had the command check one version and the notebook review another
+    labels = open_manifest(manifests["two"]).versions()["label"].to_list()
+    assert {k: nb.metadata["papermill"]["parameters"][k] for k in ("version", "compare_to")} == \
+        {"version": labels[-1], "compare_to": labels[-2]}
     assert [p.name for p in tmp_path.iterdir()] == ["review.ipynb"]  # no temporary file left
     bad = subprocess.run([sys.executable, "-m", "chorus_batch", "review", "--db", str(tmp_path / "none.sqlite"),
                           "--out", str(tmp_path / "x.ipynb")], capture_output=True, text=True, timeout=120)

@@ -10,11 +10,13 @@ Run as a script to redraw the README's screenshot:  python tests/test_report.py 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -238,6 +240,8 @@ def test_a_manifest_in_a_folder_whose_name_is_not_utf8_is_reported(tmp_path):
     shutil.copy(db, folder / "m.sqlite")
     done = cli("report", "--db", str(folder / "m.sqlite"), "--out", str(folder / "r.html"))
     assert done.returncode == 0, done.stderr
+    # the page's path said with the byte it holds, as every message names such a path ('caf\udce9' before)
+    assert done.stdout.startswith(f"wrote '{tmp_path}/caf\\xe9/r.html' (version "), done.stdout
     assert (folder / "r.html").stat().st_size > 0
     info = write_report(folder / "m.sqlite", folder / "r2.html")
     assert info.version == open_manifest(db).latest()
@@ -259,6 +263,17 @@ def test_a_version_not_validated_is_flagged_not_shown_as_clean(tmp_path):
     info = write_report(db, tmp_path / "r.html")
     assert not any("not validated" in f for f in info.flags)
     assert "not validated" not in info.path.read_text(encoding="utf-8")
+
+    # Checked by an earlier release's rules (as an upgrade leaves it): its findings were shown as this release's,
+    # unsaid; the page says whose they are and what checks the version by today's rules
+    assert not any("other rules" in f for f in info.flags)
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.execute("UPDATE validations SET rules = '0.9.0+0123456789ab'")
+    info = write_report(db, tmp_path / "r.html")
+    text = " ".join(html.unescape(info.path.read_text(encoding="utf-8")).split())
+    flag = next(f for f in info.flags if "other rules" in f)
+    assert flag.startswith(f"Version {info.version} was validated by other rules than this release's (0.9.0+0123456789ab; ")
+    assert flag.endswith(f"(chorus-batch validate --db {db} checks it).") and flag in text, flag
 
 
 def test_one_file_removed_is_said_in_the_singular(tmp_path):
@@ -451,7 +466,8 @@ def test_a_run_that_commits_while_the_report_reads_the_version_changes_nothing_i
         run_site(site, db, max_delete="all")  # a run of the next night: every row ended
         yield from slices
 
-    con, closing = reader.review_database({"files": a_run_commits_after_the_first(reader._file_slices(label))})
+    con, closing = reader.review_database({"files": a_run_commits_after_the_first(reader._file_slices(label))},
+                                          version=label)
     with closing:
         assert con.execute("SELECT count(*), count(DISTINCT srcfile) FROM files").fetchall() == [(30, 30)]
     assert open_manifest(db).latest() != label  # the run did commit
@@ -537,7 +553,7 @@ def test_the_sessions_of_a_million_files_fit_the_review_databases_cap(tmp_path):
         md5=i.cast(pl.String).str.zfill(32), modality=pl.lit("Waveforms"), category=pl.lit("Telemetry"))
     frame = pl.DataFrame(schema=FILE_SCHEMA).vstack(files.select(
         pl.col(c).cast(FILE_SCHEMA[c]) if c in files.columns else pl.lit(None, FILE_SCHEMA[c]).alias(c) for c in FILE_SCHEMA))
-    con, closing = reader.review_database({"files": iter([frame])})
+    con, closing = reader.review_database({"files": iter([frame])}, version=reader.latest())
     with closing:
         sessions = reader.sessions(reader.latest(), con=con)
     assert sessions.height == n // 3 and sessions["files"].sum() == n

@@ -174,13 +174,20 @@ def test_arguments_of_a_wrong_type_are_usage_errors_that_say_what_to_give(reader
                        (lambda: reader.history(None), "a path is text, not NoneType"),
                        (lambda: reader.history_of(7), "a path is text, not int 7"),
                        (lambda: open_manifest(None), "the manifest is text, not NoneType"),
+                       # an AttributeError ('int' object has no attribute 'lstrip' / 'rstrip'), a TypeError from weakref
+                       (lambda: reader.person_suggestions(12), "a person is text, not int 12"),
+                       (lambda: reader.rows_under(reader.files(), 5), "a path is text, not int 5"),
+                       (lambda: reader.sessions(con="files"), "con is a DuckDB connection, not str 'files'"),
                        # pandas' missing time (a datetime to isinstance) was a ValueError from astimezone
                        (lambda: reader.files(pytest.importorskip("pandas").NaT), "not a time: NaT")):
         with pytest.raises(UsageError, match=said) as raised:
             call()
-        assert "such as" in raised.value.fix
-    # a pathlib path stays welcome
+        assert "such as" in raised.value.fix or "pass the connection" in raised.value.fix
+    # a pathlib path stays welcome (rows_under said 'PosixPath' object has no attribute 'rstrip')
     assert reader.history(Path("OMOP/person.csv")).height > 0
+    assert reader.rows_under(reader.files(), Path("OMOP")).height == reader.rows_under(reader.files(), "OMOP").height > 0
+    # a notebook cell ending in the reader shows the manifest and its versions, no object address, no rows
+    assert repr(reader) == f"<{type(reader).__name__} {str(reader.path)!r}: 3 versions, v1 .. v3>"
 
 
 def test_an_empty_manifest_path_or_one_versions_snapshot_is_said_as_such(history, monkeypatch):
@@ -1009,3 +1016,53 @@ def test_run_settings_refuse_a_setting_they_do_not_take_and_take_paths_and_the_c
     assert open_manifest(db).validated("nightly") is False  # validate=False was heard
     assert RunSettings(site="s", db="m", validate_site=False).validate_site is False
     assert RunSettings(site="s", db="m").validate_site is True
+
+
+def test_a_review_database_holds_the_versions_up_to_the_one_asked_and_its_diff(reader, history):
+    """`m.duckdb(v)` held every version's change set (and versions row), later ones and those a run committed since the
+    reader opened: a notebook reviewing an earlier version counted later removals as its own. It holds those up to
+    the later of the version and compare_to. With compare_to, its view `diff` is `m.diff(compare_to, v)`'s rows,
+    computed in DuckDB: the report and the notebook read the counts and first rows of a million-file diff from it."""
+    from chorus_batch.review import DIFF_SCHEMA
+
+    first, second, third = history["labels"]
+    try:
+        for asked, compare_to, upto in ((first, None, first), (second, first, second), (first, third, third)):
+            con = reader.duckdb(asked, compare_to=compare_to)
+            assert {v for (v,) in con.sql("SELECT DISTINCT version FROM changes").fetchall()} == \
+                {v for v in history["labels"] if v <= upto}
+            assert [v for (v,) in con.sql("SELECT label FROM versions ORDER BY 1").fetchall()] == \
+                [v for v in history["labels"] if v <= upto]
+            if compare_to is not None:
+                rows = con.sql("SELECT * FROM diff").pl().select(list(DIFF_SCHEMA)).cast(DIFF_SCHEMA)
+                assert rows.sort("change", "srcfile").equals(reader.diff(compare_to, asked))
+    finally:
+        reader.close()
+
+
+def test_sessions_of_a_review_database_are_those_of_its_version(history):
+    """`m.sessions(v, con=m.duckdb(w))` grouped w's files and gave them as v's sessions: it is refused, saying which
+    connection to pass; without a version the connection's own is taken."""
+    m = open_manifest(history["db"])
+    first, _, third = history["labels"]
+    try:
+        con = m.duckdb(third)
+        with pytest.raises(UsageError, match=f"sessions of version {first} were asked of a DuckDB connection that holds "
+                                             f"the files of version {third}") as raised:
+            m.sessions(first, con=con)
+        assert f"m.duckdb('{first}')" in raised.value.fix
+        assert m.sessions(con=con).equals(m.sessions(third)) and m.sessions(third, con=con).equals(m.sessions(third))
+        assert m.sessions(con=m.duckdb(first)).equals(m.sessions(first))
+    finally:
+        m.close()
+
+
+def test_a_version_not_found_names_the_command_that_lists_this_manifests_versions(history):
+    # "give a label from `chorus-batch versions`": without --db, pasted from a notebook it read the chorus.toml (or
+    # ./chorus_manifest.sqlite) of the shell's folder, another manifest or none
+    m = open_manifest(history["db"])
+    listing = shlex.join(["chorus-batch", "versions", "--db", str(history["db"])])
+    for call in (lambda: m.files("v9"), lambda: m.files(3.5), lambda: m.compared_with("v2", "v2")):
+        with pytest.raises(UsageError) as raised:
+            call()
+        assert f"`{listing}`" in raised.value.fix, raised.value.fix

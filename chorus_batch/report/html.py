@@ -38,7 +38,7 @@ from .. import __version__
 from ..frames import SEVERITY_ORDER
 from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
-                      open_manifest, size_flags, unvalidated_advice)
+                      open_manifest, other_rules_advice, size_flags, unvalidated_advice)
 from ..times import iso, utc_now
 from ..units import human_bytes, shown_name, shown_text
 from . import plots
@@ -191,7 +191,12 @@ class _Report:
         # The version's files in DuckDB, not a polars frame: a frame of every file grew with the manifest.
         # Queries run one after the other: concurrent ADBC connections can meet SQLITE_BUSY while
         # one of them recovers the WAL index, and the gain on two cores was small.
-        self.con, self._closing = reader.review_database({"files": reader._file_slices(label)})
+        # The previous version's too, when there is one: the deleted section reads the diff in DuckDB (a version
+        # that replaced every file of 1M was a 1.7 GB polars frame).
+        tables = {"files": reader._file_slices(label)}
+        if self.previous is not None:
+            tables["base_files"] = reader._file_slices(self.previous)
+        self.con, self._closing = reader.review_database(tables, version=label)
 
     def __enter__(self) -> _Report:
         return self
@@ -430,10 +435,13 @@ class _Report:
     # 8
     def findings(self) -> dict | None:
         findings = self.reader.findings(self.label)
+        rules = self.reader.other_rules(self.label)  # an earlier release's findings were shown as this release's
+        old_rules = rules and self.flag(other_rules_advice(self.label, rules, self.reader.latest(), self.db,
+                                                           remote=self.remote))
         if findings.height == 0:
             validated = self.reader.validated(self.label)
             if validated:
-                return None
+                return {"old_rules": old_rules} if old_rules else None
             if validated is None:  # a snapshot folder does not record which versions were checked
                 return {"unchecked": None}
             # no findings because nothing was checked (`run --no-validate`): not a clean version
@@ -450,6 +458,7 @@ class _Report:
         if n_errors:
             self.flags.append(f"{_n(n_errors, 'validation finding')} of severity error.")
         return {
+            "old_rules": old_rules,
             "by_severity": by_severity.select("severity", "n").rows(),
             "rows": [(r["severity"], r["rule"], r["n"], Examples(list(zip(r["ex"], r["msg"])), r["n"]))
                      for r in grouped.iter_rows(named=True)],
@@ -460,33 +469,32 @@ class _Report:
     def deleted(self) -> dict | None:
         if self.previous is None:
             return None
-        diff = self.reader.diff(self.previous, self.label)
-        prev_row = self.versions.row(self.versions.height - 2, named=True)
-        prev_files = prev_row.get("n_files")
-        if prev_files is None:  # counted slice by slice, not read whole
-            prev_files = sum(part.height for part in self.reader._file_slices(self.previous))
+        # the view `diff` of the review database: its counts and first rows come into memory, not the diff
+        prev_files, lost_n = self.one("SELECT (SELECT count(*) FROM base_files), "
+                                      "(SELECT count(*) FROM diff WHERE change IN ('removed', 'replaced'))")
         kinds = list(CHANGE_KINDS)
-        counts = diff.group_by(pl.col("modality").fill_null("Other"), "change").len("n")
+        counts = self.sql("SELECT coalesce(modality, 'Other') AS modality, change, count(*) AS n FROM diff GROUP BY ALL")
         by_modality = []
         for modality in sorted(counts["modality"].unique().to_list()):
             sub = dict(counts.filter(pl.col("modality") == modality).select("change", "n").iter_rows())
             by_modality.append((modality, *(sub.get(k, 0) for k in kinds)))
-        lost = diff.filter(pl.col("change").is_in(["removed", "replaced"])).sort("change", "srcfile")
+        lost = self.sql(f"""SELECT change, srcfile, modality, size, old_md5, md5 FROM diff
+                            WHERE change IN ('removed', 'replaced') ORDER BY change, srcfile LIMIT {MAX_ROWS}""")
         flag = None
-        if prev_files and lost.height / prev_files > DELETED_SHARE_FLAG:
-            flag = self.flag(f"This version removed or replaced {_pct(lost.height, prev_files)} of the previous "
+        if prev_files and lost_n / prev_files > DELETED_SHARE_FLAG:
+            flag = self.flag(f"This version removed or replaced {_pct(lost_n, prev_files)} of the previous "
                              f"version's files (more than {DELETED_SHARE_FLAG:.0%}): check that the deliveries "
                              "were meant to go.")
         return {
             "previous": self.previous,
             "previous_files": prev_files,
-            "lost": lost.height,
+            "lost": lost_n,
             "flag": flag,
             "kinds": kinds,
             "by_modality": by_modality,
             # (change, path, modality, size, (MD5 before, MD5 now or None where removed))
             "rows": [(r["change"], r["srcfile"], r["modality"], r["size"],
                       (r["old_md5"], None if r["change"] == "removed" else r["md5"]))
-                     for r in lost.head(MAX_ROWS).iter_rows(named=True)],
+                     for r in lost.iter_rows(named=True)],
             "command": self.cli("diff", "--db", self.db, "--from", self.previous, "--to", self.label, "--csv"),
         }

@@ -50,7 +50,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
 
     reader = open_manifest(manifest)  # a missing manifest, no version yet or an unknown version: exit 2 now,
     label = reader.resolve(version)   # not a failed cell (exit 3) after the kernel started
-    reader.compared_with(label, compare_to)  # (the notebook asks it too: run by hand, it is refused alike)
+    base = reader.compared_with(label, compare_to)  # (the notebook asks it too: run by hand, it is refused alike)
 
     # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
     previous = os.umask(0o077)
@@ -62,7 +62,9 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     quiet = logging.getLogger("papermill")
     was_disabled, quiet.disabled = quiet.disabled, True
     try:
-        parameters = {"manifest": str(Path(manifest).resolve()), "version": version, "compare_to": compare_to,
+        # The versions resolved here, by label: the notebook resolved "latest" (and a time) again, and a run that
+        # committed in between had the checks made on one version and the command's checks on another.
+        parameters = {"manifest": str(Path(manifest).resolve()), "version": label, "compare_to": base,
                       "manifest_name": named}
         # No output path: papermill would write the copy with the umask's mode, once per cell.
         nb = papermill.execute_notebook(str(notebook), None, parameters=parameters, kernel_name="python3",

@@ -236,10 +236,10 @@ class ParquetReader(ManifestReader):
                 assert isinstance(frame, pl.DataFrame)
                 yield self._with_ends(frame).select(FILE_COLUMNS)
 
-    def _change_slices(self) -> Iterator[pl.DataFrame]:
+    def _change_slices(self, upto: str) -> Iterator[pl.DataFrame]:
         # One version's change set at a time, each with the columns of them all (an older release's snapshot
         # may lack some), as all_changes' relaxed concatenation gives them.
-        parts = [self._part(label, "changes") for label in self._labels]
+        parts = [self._part(label, "changes") for label in self._labels if label <= upto]
         parts = [part for part in parts if part.is_file()]
         if not parts:
             yield self.changes(None)  # (which says that the snapshots lack their change sets)
