@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zygote
 
 from chorus_batch import RunSettings, run
 
@@ -86,10 +87,15 @@ def query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real command line in a subprocess."""
+    """Run the real command line in a process of its own: a fork of the pre-imported zygote (tests/zygote.py), or a
+    plain subprocess where the environment changes what an import does."""
+    environment = {**os.environ, **(env or {})}
+    done = zygote.run(list(args), str(cwd or os.getcwd()), environment, timeout)
+    if done is not None:
+        return done
     return subprocess.run(
         [sys.executable, "-m", "chorus_batch", *args],
-        cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout,
     )
 
 
