@@ -206,10 +206,14 @@ def test_a_run_walks_the_site_while_its_libraries_load_and_lists_it_once(tmp_pat
 def test_a_run_that_fails_before_its_listing_leaves_no_walker_behind(tmp_path):
     site = tmp_path / "site"
     shutil.copytree(demo_site(), site)
-    (tmp_path / "a-file").write_text("")  # where the manifest's folder should be: refused before the listing
-    seen = _spied_run("run", "--site", str(site), "--db", str(tmp_path / "a-file" / "m.sqlite"), "--workers", "2")
-    assert seen["code"] == 2 and "is a file, not a folder" in seen["stderr"], seen["stderr"]
+    # A --db that is no SQLite database is refused once the early walk has begun, before the listing. (A --db under a
+    # file, the case this test had, is now refused before any work, the walk included: fsutil.require_reachable.)
+    db = tmp_path / "notes.sqlite"
+    db.write_text("not a manifest\n" * 100)
+    seen = _spied_run("run", "--site", str(site), "--db", str(db), "--workers", "2")
+    assert seen["code"] == 3 and "is not a readable SQLite database" in seen["stderr"], seen["stderr"]
     assert seen["workers"] and seen["left_running"] == []  # stopped as the command returned
+    assert db.read_text() == "not a manifest\n" * 100
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the early listing forks its workers (Linux)")
