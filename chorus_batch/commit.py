@@ -372,7 +372,6 @@ class Tally:
     n_previous: int = 0
     n_unchanged: int = 0
     kept_bytes: int = 0  # the size of the previous rows found unchanged (kept, whatever the diff says)
-    held_roots: set = field(default_factory=set)  # root_ids the previous rows are under
     held_by_root: dict = field(default_factory=dict)  # root_id -> how many previous rows are under it
     unrooted: bool = False  # some previous rows have no root recorded (written by an older release)
     listed_roots: set = field(default_factory=set)  # scan positions of the roots that listed files
@@ -385,6 +384,11 @@ class Tally:
     # of the kept rows found unchanged: how many, how many read in the last 30 days, never read, the oldest read
     verified: list[int | None] = field(default_factory=lambda: [0, 0, 0, None])
 
+    @property
+    def held_roots(self) -> set:
+        """root_ids the previous rows are under."""
+        return set(self.held_by_root)
+
     def add(self, other: "Tally") -> None:
         """Count `other` (another partition's tally) in."""
         for name in ("previous_candidates", "current_candidates", "touched", "unchanged", "parse_errors",
@@ -393,7 +397,6 @@ class Tally:
         self.n_previous += other.n_previous
         self.n_unchanged += other.n_unchanged
         self.kept_bytes += other.kept_bytes
-        self.held_roots |= other.held_roots
         for root_id, n in other.held_by_root.items():
             self.held_by_root[root_id] = self.held_by_root.get(root_id, 0) + n
         self.listed_roots |= other.listed_roots
@@ -449,7 +452,6 @@ def _tally_part(parts: TreeParts, part: int, unseen_dirs: list[str], root_ids: d
         previous_candidates=[held(previous_candidates)], current_candidates=[held(current_candidates)],
         touched=[held(touched)], n_previous=previous.height, n_unchanged=n_unchanged,
         kept_bytes=int(kept["size"].sum() or 0),
-        held_roots=set(previous["root_id"].drop_nulls().unique().to_list()),
         held_by_root=dict(previous["root_id"].drop_nulls().value_counts().iter_rows()),
         unrooted=previous["root_id"].null_count() > 0,
         listed_roots=set(files["root_id"].unique().to_list()),
@@ -580,6 +582,11 @@ def _dropped_roots(manifest, tree: Tally, roots: list[tuple[str, str | None]], r
             if root_id not in given and root_id in recorded and n == tree.held_by_root.get(root_id)]
 
 
+def _root_where(location: str, modality: str | None) -> str:
+    """A root as it was given: a mount point of [site.roots] names the setting that points at it."""
+    return location if modality is None else f"{location} ([site.roots] {modality})"
+
+
 def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: int, root_ids: dict[int, int], *,
                    max_delete: str | int, mode: str, same_roots: dict[int, set[int]] | None = None,
                    dropped: list[tuple[str, str | None, int]] | None = None) -> None:
@@ -594,9 +601,7 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
              if position not in tree.listed_roots and mode == "full"
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
-    # (where each was given: a mount point of [site.roots] names the setting that points at it)
-    empty_where = [location if modality is None else f"{location} ([site.roots] {modality})"
-                   for location, modality in roots if location in empty]
+    empty_where = [_root_where(location, modality) for location, modality in roots if location in empty]
     allowed = limit if kind == "count" else tree.n_previous * limit / 100
     if not empty and not dropped and n_removed <= allowed:
         return
@@ -608,8 +613,7 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     # what the limit counts, said: `max_delete = 50` is 50 files, not 50%
     limit_text = (files(int(limit)) if kind == "count" else f"{limit:g}% of them, {files(int(allowed))}")
     dropped = [] if empty else (dropped or [])
-    dropped_where = [location if modality is None else f"{location} ([site.roots] {modality})"
-                     for location, modality, _n in dropped]
+    dropped_where = [_root_where(location, modality) for location, modality, _n in dropped]
     if empty:
         why = f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
     elif dropped:

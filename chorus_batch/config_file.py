@@ -87,10 +87,11 @@ def read_bytes(path: Path, what: str = "config file") -> bytes:
     import stat
     import time
 
-    kind = os.stat(path).st_mode  # (FileNotFoundError, PermissionError: as read_bytes said them)
+    info = os.stat(path)  # (FileNotFoundError, PermissionError: as read_bytes said them)
+    kind = info.st_mode
     if stat.S_ISDIR(kind):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-    null = stat.S_ISCHR(kind) and os.path.samestat(os.stat(path), os.stat(os.devnull))
+    null = stat.S_ISCHR(kind) and os.path.samestat(info, os.stat(os.devnull))
     if not (stat.S_ISREG(kind) or stat.S_ISFIFO(kind) or null):
         kind_of = "a socket" if stat.S_ISSOCK(kind) else "a device"
         raise ConfigError(f"{what} {path} is {kind_of}, not a file", where=str(path),

@@ -128,7 +128,7 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    rows = _omop_rows(files, table)
     if rows.height == 0:
         return None
     srcfile, root_id = rows.row(0)[:2]
@@ -183,7 +183,7 @@ def _not_as_recorded(files: pl.DataFrame, table: str, sources: Mapping[int | Non
     from .sources.base import READ_SIZE
     from .validate.readers import _written_since
 
-    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    rows = _omop_rows(files, table)
     if rows.height == 0:
         return None
     srcfile, root_id, size, mtime_ns, etag, md5 = rows.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5").row(0)
@@ -201,13 +201,16 @@ def _not_as_recorded(files: pl.DataFrame, table: str, sources: Mapping[int | Non
 
 def _removed_since(manifest: Manifest, files: pl.DataFrame, table: str) -> str | None:
     """OMOP/<table>.csv's path where the version has it and the latest version no longer does (removed since)."""
-    rows = files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
+    rows = _omop_rows(files, table)
     if rows.height == 0:
         return None
     srcfile = rows["srcfile"][0]
-    current = manifest.query_frame("SELECT srcfile FROM source_files WHERE srcfile = ? AND version_invalid IS NULL",
-                                   (srcfile,), schema={"srcfile": pl.String})
-    return None if current.height else srcfile
+    return srcfile if manifest.removed_in(pl.Series([srcfile])).height else None
+
+
+def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
+    """The rows of `files` that are OMOP/<table>.csv (any letter case)."""
+    return files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
 
 
 def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> pl.DataFrame:

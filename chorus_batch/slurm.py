@@ -589,7 +589,7 @@ def _stops_ignored():
 
 
 # What scancel says of a job that is no longer there to cancel (it ended meanwhile): not a failure to cancel it
-_GONE = ("already completed", "already finished", "invalid job id")
+_GONE = ("already completed", "already completing", "already finished", "invalid job id")  # (gone: nothing to cancel)
 
 
 def cancel(job: Submitted) -> str | None:

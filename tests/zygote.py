@@ -12,10 +12,12 @@ capture (see conftest.cli).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,6 +46,9 @@ def import_time_environment(env: dict[str, str]) -> dict[str, str]:
 def serve(path: str) -> None:
     """Import, listen on the socket `path`, fork a supervisor per request; ends with the process that started it."""
     parent = os.getppid()
+    here = str(Path(__file__).parent)  # (put first by the -c that started it: not where a command's imports look)
+    while here in sys.path:
+        sys.path.remove(here)
     from chorus_batch.cli import return_freed_memory
 
     return_freed_memory()  # as the command line's entry does, before polars loads
@@ -147,23 +152,19 @@ class _Zygote:
     def close(self) -> None:
         self.process.kill()
         self.process.wait()
-        for name in ("socket",):
-            try:
-                os.unlink(os.path.join(self.folder, name))
-            except OSError:
-                pass
-        try:
-            os.rmdir(self.folder)
-        except OSError:
-            pass
+        shutil.rmtree(self.folder, ignore_errors=True)
 
-    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
+        command = [sys.executable, "-m", "chorus_batch", *argv]  # (as subprocess.run would name it)
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         stdin = os.open(os.devnull, os.O_RDONLY)
         deadline = time.monotonic() + timeout
         with out, err, socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
             try:
-                conn.connect(self.path)
+                try:
+                    conn.connect(self.path)
+                except OSError:  # (the zygote ended meanwhile: the caller runs a plain subprocess)
+                    return None
                 socket.send_fds(conn, [json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode()],
                                 [stdin, out.fileno(), err.fileno()])
             finally:
@@ -174,15 +175,15 @@ class _Zygote:
                 conn.settimeout(max(0.0, deadline - time.monotonic()))
                 reply = conn.recv(MAX_REQUEST)
             except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # (it ended at the deadline: its supervisor reaped it)
+                    os.kill(pid, signal.SIGKILL)
                 conn.settimeout(10)
                 conn.recv(MAX_REQUEST)
-                raise subprocess.TimeoutExpired(["chorus_batch", *argv], timeout, _read(out), _read(err)) from None
+                raise subprocess.TimeoutExpired(command, timeout, _read(out), _read(err)) from None
             if not reply:
                 raise RuntimeError(f"the tests' command-line zygote lost the command {argv}")
             status = json.loads(reply)["status"]
-            return subprocess.CompletedProcess([sys.executable, "-m", "chorus_batch", *argv],
-                                               os.waitstatus_to_exitcode(status), _read(out), _read(err))
+            return subprocess.CompletedProcess(command, os.waitstatus_to_exitcode(status), _read(out), _read(err))
 
 
 def _read(file) -> str:

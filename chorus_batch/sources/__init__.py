@@ -39,8 +39,7 @@ def open_source(location: str, *, follow_symlinks: bool = False, workers: int = 
         from .remote import FsspecSource
 
         # A scheme is case-insensitive (RFC 3986), and check_location took S3:// or AZ:// as such; fsspec did not:
-        # 'cannot reach S3://b/site: ParamValidationError' (its bucket read as 'S3:'). Lowercased, it is also the
-        # root recorded under s3:// on the runs that spell it so.
-        # s3a:// is s3:// (root_url)
+        # 'cannot reach S3://b/site: ParamValidationError' (its bucket read as 'S3:'). As urls.root_url spells it
+        # (lowercased, s3a:// as s3://, no trailing '/'), it is also the root recorded on the runs that spell it so.
         return FsspecSource(root_url(location), cloud=cloud, what=what)
     return LocalSource(path, follow_symlinks=follow_symlinks, workers=workers, what=what, refuse_links=refuse_links)

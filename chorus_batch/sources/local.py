@@ -64,9 +64,10 @@ def _open_regular(path: str, *, nofollow: bool = False) -> int:
     try:
         # Windows has no O_NOFOLLOW: the open went through a link there; what was opened is the name's own file only
         # if the name is no link and leads to the same file (a link made after this look changes nothing: it is open)
-        if nofollow and not _O_NOFOLLOW and (os.path.islink(path) or not os.path.samestat(os.fstat(fd), os.lstat(path))):
+        opened = os.fstat(fd)
+        if nofollow and not _O_NOFOLLOW and (os.path.islink(path) or not os.path.samestat(opened, os.lstat(path))):
             raise linked()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(opened.st_mode):
             raise OSError(errno.EINVAL, "no longer a regular file (replaced by a FIFO, socket, device or folder "
                                         "since it was listed)", path)
         if _O_NONBLOCK:  # (no effect on a regular file's reads, but not left to a file system to interpret)

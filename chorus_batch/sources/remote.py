@@ -19,7 +19,7 @@ from ..walk import BATCH_ROWS
 from . import cloud as cloud_access
 from .base import (FileChangedWhileHashing, FileStat, HashingReader, HashOutcome, Parse, hash_rest, listing_batch,
                    parse_through)
-from ..urls import mask_url, root_url  # (mask_url is also imported from here: `from chorus_batch.sources.remote import mask_url`)
+from ..urls import mask_url  # noqa: F401  (re-exported: `from chorus_batch.sources.remote import mask_url`)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -94,7 +94,7 @@ class FsspecSource:
         # A prefix with no object under it lists no files instead of failing: set by a run whose previous version had
         # files there, so that it is refused as a root that lists none (exit 5), as an emptied local folder is
         self.empty_ok = False
-        self.description = self.location = mask_url(root_url(url))  # (one root however many '/' end it)
+        self.description = self.location = mask_url(url)  # (spelt as one root by open_source: urls.root_url)
         self._blob_client = None  # Azure: the sync Blob service client of downloads, made on first use
         if storage_options is not None:
             import fsspec

@@ -126,7 +126,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"
         info: dict = {}
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             info = json.loads(holder_path.read_text(encoding="utf-8"))
             holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
             command = info.get("command")

@@ -55,16 +55,20 @@ def _match_roots(recorded: list[tuple[int, str, str | None]], roots: list[tuple[
     a symlink, or as the symlink's target, is the root recorded under the other name, so its history goes
     on (not a second root that takes over every file, hashed again). Few rows: a plain loop."""
     exact = {(location, modality): root_id for root_id, location, modality in recorded}
-    on_disk: dict[tuple[str, str | None], int] | None = None
+    # cloud (True) or local (False) -> the recorded roots of that kind by place, resolved only when needed: a
+    # recorded folder may be on a slow mount, and a cloud root needs no folder's real path
+    places: dict[bool, dict[tuple[str, str | None], int]] = {}
     ids: dict[int, int] = {}
     for position, (location, modality) in enumerate(roots):
         root_id = exact.get((location, modality))
         if root_id is None:
-            if on_disk is None:  # resolved only when needed: a recorded folder may be on a slow mount
-                on_disk = {}
+            cloud = "://" in location
+            if cloud not in places:
+                places[cloud] = {}
                 for rid, loc, mod in recorded:
-                    on_disk.setdefault((_place(loc), mod), rid)  # the earliest root of that folder
-            root_id = on_disk.get((_place(location), modality))
+                    if ("://" in loc) == cloud:
+                        places[cloud].setdefault((_place(loc), mod), rid)  # the earliest root of that place
+            root_id = places[cloud].get((_place(location), modality))
         if root_id is not None:
             ids[position] = root_id
     return ids

@@ -119,7 +119,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         ok.filter(_POSITIVE_FS).select(pl.col("srcfile").alias("_path"), pl.col("fs").alias("_seg_fs")), on="_path")
     out.append(_found(
         "wfdb.segment_rate",
-        seg_fs.filter(pl.col("_seg_fs").is_not_null() & pl.col("_master_fs").is_not_null()
+        seg_fs.filter(pl.col("_seg_fs").is_not_null()  # (_master_fs > 0: none null)
                       & ((pl.col("_seg_fs") - pl.col("_master_fs")).abs() > 1e-9 * pl.col("_master_fs").abs())),
         "_path",
         fmt("this segment is sampled at {} Hz but its multi-segment header {} gives {} Hz: a record's segments share "
