@@ -167,7 +167,8 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
         ("scan_started_ns", "INTEGER", _I), ("message", "TEXT", _S),
         ("release", "TEXT", _S),  # schema 8: the chorus-batch release that ran
     ),
-    # What `validate` read from a file's header, by content: a file version's facts never change.
+    # What `validate` read from a file's header, by content: a file version's facts never change. Schema 11: rows in
+    # the order cached, keyed by a unique index on (kind, md5) (store/schema.py; was a WITHOUT ROWID table).
     "file_facts": _columns(("kind", "TEXT NOT NULL", _S), ("md5", "TEXT NOT NULL", _S), ("facts", "TEXT NOT NULL", _S)),
     "findings": _columns(
         ("version", "TEXT NOT NULL", _S), ("severity", "TEXT NOT NULL", _S), ("rule", "TEXT NOT NULL", _S),
@@ -218,8 +219,7 @@ MANIFEST_TABLES: dict[str, tuple[Column, ...]] = {
     ),
 }
 # Table constraints after the columns.
-TABLE_SUFFIX = {"file_facts": ", PRIMARY KEY (kind, md5)) WITHOUT ROWID",
-                "uploads": ", PRIMARY KEY (central, version, file_id)) WITHOUT ROWID",
+TABLE_SUFFIX = {"uploads": ", PRIMARY KEY (central, version, file_id)) WITHOUT ROWID",
                 "submissions": ", PRIMARY KEY (central, version)) WITHOUT ROWID"}
 
 

@@ -372,9 +372,10 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     before = {name: sorted(query(db, sql)) for name, sql in kept.items()}
     looks = [("files", "--as-of", first, "--md5sum"), ("files", "--as-of", latest, "--md5sum"),
              ("changes", "--version", latest, "--md5sum"), ("diff", "--from", first, "--to", latest, "--md5sum")]
-    # `upgrade` (what a site runs after installing): schema 10 (min_release), and what the next run will do
+    # `upgrade` (what a site runs after installing): schema 10 (min_release) and on, and what the next run will do
     said = cli("upgrade", "--db", str(db))
-    assert said.returncode == 0 and "schema 9 -> 10; the next run classifies the current rows again" in said.stdout
+    assert said.returncode == 0, said.stderr
+    assert f"schema 9 -> {schema_module.SCHEMA_VERSION}; the next run classifies the current rows again" in said.stdout
     assert f"checks version {latest} again by this release's rules" in said.stdout, said.stdout
     seen = [cli(*look, "--db", str(db)).stdout for look in looks]  # (what schema 9 showed: the step adds one meta row)
     assert all(seen), seen
@@ -492,3 +493,46 @@ def test_a_signal_raised_once_the_upgrade_committed_says_it_was_upgraded(old, co
     assert cli("versions", "--db", str(old)).returncode == 0
     again = cli("upgrade", "--db", str(old))
     assert again.returncode == 0 and "already at schema" in again.stdout, again.stderr
+
+
+# ----------------------------------------------------------------------------- the previous release (f9a987f, schema 10)
+
+RELEASE_F9A987F = Path(__file__).resolve().parent / "fixtures" / "release-f9a987f"
+
+
+def test_the_schema_10_facts_table_is_rebuilt_with_every_fact_and_none_is_read_again(tmp_path):
+    """10 -> 11: header facts leave the WITHOUT ROWID table for a rowid one with a unique (kind, md5) index; every
+    fact is kept, so neither the next run nor a forced check reads a header again."""
+    db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    shutil.copytree(RELEASE_F9A987F / "site", site)
+    latest = "20261202020000"
+    kept = {table: sorted(query(db, f"SELECT * FROM {table}"))
+            for table in ("file_facts", "source_files", "versions", "changes", "findings", "registry")}
+    assert query(db, "SELECT count(*) FROM file_facts")[0][0] > 30
+    assert "WITHOUT ROWID" in query(db, "SELECT sql FROM sqlite_master WHERE name = 'file_facts'")[0][0]
+
+    said = cli("upgrade", "--db", str(db))
+    assert said.returncode == 0 and f"schema 10 -> {schema_module.SCHEMA_VERSION}" in said.stdout, said.stdout
+    assert "WITHOUT ROWID" not in query(db, "SELECT sql FROM sqlite_master WHERE name = 'file_facts'")[0][0]
+    assert {table: sorted(query(db, f"SELECT * FROM {table}")) for table in kept} == kept
+    con = sqlite3.connect(db)
+    try:  # still one row per content and kind
+        kind, md5, facts = con.execute("SELECT kind, md5, facts FROM file_facts LIMIT 1").fetchone()
+        with pytest.raises(sqlite3.IntegrityError):
+            con.execute("INSERT INTO file_facts VALUES (?, ?, ?)", (kind, md5, facts))
+    finally:
+        con.close()
+    new = Manifest(tmp_path / "new.sqlite")
+    new.ensure_schema()
+    assert shape(db) == shape(new.path)
+
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
+    assert out.returncode == 0 and json.loads(out.stdout)["version"] is None, out.stderr
+    checked_at = query(db, "SELECT validated_at FROM validations WHERE version = ?", (latest,))
+    forced = cli("validate", "--db", str(db), "--site", str(site), "--force")
+    assert forced.returncode == 0, forced.stderr
+    # checked again (a later stamp), from the facts kept: no header read
+    assert query(db, "SELECT validated_at > ?, headers_read FROM validations WHERE version = ?",
+                 (checked_at[0][0], latest)) == [(1, 0)]
+    assert sorted(query(db, "SELECT * FROM file_facts")) == kept["file_facts"]
