@@ -66,13 +66,31 @@ class _StoreOnce(argparse._StoreAction):
     --db in $EXTRA (a cron line put together from variables) committed to the other manifest. Twice the same is one."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        given = parser.given  # type: ignore[attr-defined]
-        if self.dest in given and given[self.dest][1] != values:
-            first, value = given[self.dest]
-            said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
-            parser.error(f"{option_string or self.dest} is given twice, with two values ({said(first, value)}, then "
-                         f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
-        given[self.dest] = (option_string, values)
+        _given_once(parser, self.dest, option_string, values)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _given_once(parser, dest: str, option_string: str | None, values, *, switch: bool = False) -> None:
+    """Refuse a second, different value of one setting (see _StoreOnce); `switch`: an on/off pair, where the
+    option itself is the value (`--validate ... --no-validate`)."""
+    given = parser.given  # type: ignore[attr-defined]
+    if dest in given and given[dest][1] != values:
+        first, value = given[dest]
+        if switch:
+            parser.error(f"{first} and {option_string} are both given; they say opposite things: keep the one "
+                         "meant (nothing was done)")
+        said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
+        parser.error(f"{option_string or dest} is given twice, with two values ({said(first, value)}, then "
+                     f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
+    given[dest] = (option_string, values)
+
+
+class _SwitchOnce(argparse.BooleanOptionalAction):
+    """--validate / --no-validate (and the other on/off pairs): both on one command line (`run --no-validate
+    $EXTRA` with --validate in $EXTRA) is refused, as a value given twice is; argparse took the last, unsaid."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _given_once(parser, self.dest, option_string, not option_string.startswith("--no-"), switch=True)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -81,6 +99,9 @@ class _Parser(argparse.ArgumentParser):
     is imported only when that help is shown, so other help stays instant."""
 
     def __init__(self, *args, **kwargs):
+        # No abbreviations (`--sit` for --site, `--ver` for --verify-sample): a nightly line's shortened or
+        # mistyped option must not quietly mean another one once a new option shares its start.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.register("action", None, _StoreOnce)  # (add_argument's default action)
         self.register("action", "store", _StoreOnce)
@@ -602,7 +623,7 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
     parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: the CPUs this process may use, at most 16)")
     # on/off flags in both senses (--follow-symlinks / --no-follow-symlinks): a flag overrides chorus.toml either way
-    parser.add_argument("--follow-symlinks", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--follow-symlinks", action=_SwitchOnce, default=None,
                         help="follow symbolic links (default: follow_symlinks in [run], else record and skip them)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
                         help="refuse a version that removes more of the previous version's files than this: a "
@@ -617,11 +638,11 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                         help="leave out files matching GLOB: neither hashed nor recorded, only counted (repeatable; "
                              "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
                              "site-relative path (scratch/*); a file recorded before is removed in the next version")
-    parser.add_argument("--default-excludes", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--default-excludes", action=_SwitchOnce, default=None,
                         help="--no-default-excludes: also track the OS junk that is excluded by default (.DS_Store, "
                              "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, $RECYCLE.BIN/, ...) (default: default_excludes in [run], else "
                              "excluded)")
-    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--validate", action=_SwitchOnce, default=None,
                         help="--no-validate: skip the checks against the CHoRUS procedures (see `chorus-batch validate "
                              "--help`) (default: validate in [run], else checked)")
 
@@ -1819,6 +1840,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             meant = next((o for o in _SAME_QUESTION.get(name, ()) if o in options), None) or _close(name, options)
             if name == "--path" and any(action.dest == "path" and not action.option_strings for action in command._actions):
                 lines.append(f"unrecognized argument {flag}; the path is given without it: chorus-batch {args.command} PATH")
+                continue
+            longer = [o for o in options if o.startswith(name) and name.startswith("--") and len(name) > 2]
+            if longer:  # (abbreviations are refused: see _Parser)
+                lines.append(f"unrecognized argument {flag}; options are not abbreviated: did you mean "
+                             f"{' or '.join(longer)}?")
                 continue
             lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
         command.error("\n".join(lines))

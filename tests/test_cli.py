@@ -67,6 +67,43 @@ def test_an_option_given_twice_with_two_values_is_refused_naming_both():
     assert _parses(["run", "--site", "s", "--site", "s", "--exclude", "a", "--exclude", "b"]) is None  # the same; a list
 
 
+def _said(words: list[str]) -> str:
+    """What the command line's parsing (_parse: with its hints) said of `words`; '' when it took them."""
+    import contextlib
+    import io
+
+    from chorus_batch.cli import _parse, _parser
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            _parse(_parser(), words)
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1]
+    return ""
+
+
+def test_an_on_off_pair_given_both_ways_is_refused():
+    """`run --no-validate $EXTRA` with --validate in $EXTRA: argparse took the last, silently."""
+    assert _said(["status", "--site", "s", "--validate", "--no-validate"]) == (
+        "chorus-batch status: error: --validate and --no-validate are both given; they say opposite things: keep the "
+        "one meant (nothing was done)")
+    assert "--no-follow-symlinks and --follow-symlinks are both given" in _said(
+        ["run", "--no-follow-symlinks", "--site", "s", "--follow-symlinks"])
+    assert _said(["run", "--site", "s", "--no-validate", "--no-validate", "--default-excludes"]) == ""  # the same twice
+
+
+def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
+    """argparse took `--sit` for --site: a nightly line's shortened option would quietly change meaning (or stop
+    working) once a new option shares its start."""
+    assert _said(["status", "--sit", "s"]) == (
+        "chorus-batch status: error: unrecognized argument --sit; options are not abbreviated: did you mean --site?")
+    assert _said(["versions", "--d", "m.sqlite"]).endswith("did you mean --db or --demo?")
+    assert _said(["versions", "--db=m.sqlite", "--js"]).endswith("did you mean --json?")
+    assert _said(["run", "--dry", "--site", "s"]).endswith("did you mean --dry-run?")
+    assert _said(["versions", "-vq", "--db=m.sqlite"]) == ""  # short flags still combine
+
+
 def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(monkeypatch, tmp_path):
     """A systemd unit's ExecStart expands no '~': `--config ~/chorus.toml` was "config file not found: ~/chorus.toml",
     and --delete-list, --parquet, --staging, --merge, --from-log, JOURNAL and CONFIG were read under a folder '~'."""
@@ -489,6 +526,8 @@ def test_missing_site_is_a_usage_error(tmp_path):
     # a batch script's thread count for polars: 0 panicked at the first query (a Rust backtrace, exit 1, the `runs`
     # row unfinished); one polars cannot read it ignored
     ("POLARS_MAX_THREADS", "0"), ("POLARS_MAX_THREADS", "all"),
+    # a relative cache folder put a manifest's working copy under whichever folder the command started in
+    ("CHORUS_BATCH_CACHE_DIR", "cache"),
 ])
 def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything_is_done(site, tmp_path, variable, value):
     # It was taken silently as the default (PROGRESS_S, CHECKPOINT_S), or was a ValueError in the middle of a
@@ -500,6 +539,20 @@ def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything
     assert out.returncode == 2 and json.loads(out.stdout)["exit_code"] == 2, (out.returncode, out.stdout, out.stderr)
     assert f"environment variable {variable}={value!r}" in out.stderr and "fix:" in out.stderr, out.stderr
     assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_xdg_spec_says(monkeypatch, tmp_path, caplog):
+    """XDG_CACHE_HOME=cache was taken from the current folder; the spec says a relative value is invalid."""
+    from chorus_batch.store.remote import cache_base
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHORUS_BATCH_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    assert cache_base() == tmp_path / "home" / ".cache" / "chorus-batch"
+    assert "XDG_CACHE_HOME='cache' is not an absolute path; it is ignored" in caplog.text
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_base() == tmp_path / "xdg" / "chorus-batch"
 
 
 def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path):

@@ -95,8 +95,15 @@ def cache_base() -> Path:
     fix = f"set {ENV_CACHE_DIR} to a folder of this user's (a full path)"
     explicit = os.environ.get(ENV_CACHE_DIR)
     if explicit:
+        from ..config_file import check_cache_dir
+
+        check_cache_dir(explicit)
         return Path(expand_home(explicit, ENV_CACHE_DIR, fix))
     xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and not os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and is ignored
+        log.warning(f"XDG_CACHE_HOME={xdg!r} is not an absolute path; it is ignored (as the XDG Base Directory "
+                    "specification says), the cache is under ~/.cache")
+        xdg = None
     home = xdg if xdg else os.path.join("~", ".cache")  # (Path.home() raised RuntimeError where there is no home)
     return Path(expand_home(home, "the remote manifest's local cache", fix)) / "chorus-batch"
 
