@@ -1416,12 +1416,25 @@ def _json_for_stdout(text: str) -> str:
         return json.dumps(json.loads(text), ensure_ascii=True)
 
 
+JSON_SAFE_INT = 2**53 - 1  # the largest integer a JSON reader using doubles (JavaScript, jq 1.6) reads exactly
+
+
+def _json_safe(frame):
+    """The frame with its nanosecond times (mtime_ns, verified_ns: about 1.8e18, past 2**53) as decimal strings, as
+    the protobuf JSON mapping writes 64-bit integers: a JavaScript or jq reader turned 1796475490969854383 into
+    1796475490969854500, silently. By name, not by value, so a column's JSON type never depends on the data."""
+    import polars as pl
+
+    wide = [name for name, dtype in frame.schema.items() if name.endswith("_ns") and dtype.is_integer()]
+    return frame.with_columns(pl.col(wide).cast(pl.String)) if wide else frame
+
+
 def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, limit: int = 200) -> None:
     """JSON array, CSV, or (for a person) the first rows as a table."""
     from .report import head_text
 
     if args.json:
-        sys.stdout.write(_json_for_stdout(frame.write_json()) + "\n")
+        sys.stdout.write(_json_for_stdout(_json_safe(frame).write_json()) + "\n")
     elif args.csv:
         _print_csv(frame)
     else:

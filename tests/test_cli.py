@@ -230,6 +230,18 @@ def test_versions_and_changes_as_json_and_csv(site, db):
     assert versions[1]["label"] in text
 
 
+def test_json_says_nanosecond_times_exactly_to_a_reader_of_doubles(site, db):
+    """files/history --json wrote mtime_ns (about 1.8e18) as a number: JavaScript and jq (doubles) read it rounded.
+    Integers past 2**53 are decimal strings; every other number stays exact as a double."""
+    write(site, "OMOP/a.csv", b"a")
+    os.utime(site / "OMOP/a.csv", ns=(1796475491578598167, 1796475491578598167))
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for argv in (["files", "--json"], ["history", "OMOP/a.csv", "--json"]):
+        [row] = json.loads(cli(*argv, "--db", str(db)).stdout, parse_int=float)  # (as a reader of doubles takes it)
+        assert row["mtime_ns"] == "1796475491578598167" and int(row["verified_ns"]) > 2**53, row
+        assert all(not isinstance(v, float) or v <= 2**53 for v in row.values()), row
+
+
 def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):
     out = cli("changes", "--db", str(tmp_path / "none.sqlite"))
     assert out.returncode == 2 and "no manifest at" in out.stderr and "fix:" in out.stderr
