@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, paused, query, tree_md5, write
+from conftest import ROOT, cli, fill, paused, query, tree_md5, write
 
 
 def _invocations(text: str) -> list[list[str]]:
@@ -240,6 +240,23 @@ def test_json_says_nanosecond_times_exactly_to_a_reader_of_doubles(site, db):
         [row] = json.loads(cli(*argv, "--db", str(db)).stdout, parse_int=float)  # (as a reader of doubles takes it)
         assert row["mtime_ns"] == "1796475491578598167" and int(row["verified_ns"]) > 2**53, row
         assert all(not isinstance(v, float) or v <= 2**53 for v in row.values()), row
+
+
+def test_a_manifest_on_a_full_disk_is_still_read_and_a_run_says_the_disk_is_full(site, db, small_disk):
+    """`versions`, `files` and `report` failed ("the disk is full: disk I/O error") on a manifest they only read: SQLite
+    could not make its -shm file. Read-only they read it; a run on it says the disk, not "readonly database"."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    shutil.copy(db, small_disk / "m.sqlite")
+    fill(small_disk)
+    manifest = str(small_disk / "m.sqlite")
+    versions = cli("versions", "--db", manifest, "--json")
+    assert versions.returncode == 0 and len(json.loads(versions.stdout)) == 1, versions.stderr
+    files = cli("files", "--db", manifest, "--csv")
+    assert files.returncode == 0 and "OMOP/a.csv" in files.stdout, files.stderr
+    write(site, "OMOP/b.csv", b"b")
+    run = cli("run", "--no-validate", "--site", str(site), "--db", manifest)
+    assert run.returncode == 3 and "the disk is full" in run.stderr and "nothing was committed" in run.stderr, run.stderr
 
 
 def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):

@@ -237,6 +237,7 @@ class Manifest:
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
         self._held: int | None = None  # the inode of the file a run holds (hold, vanished)
+        self._full_when_opened = False  # opened read-only because its disk was full (_sqlite_source)
         from .validation import ValidationCache
 
         self.validation = ValidationCache(self)
@@ -312,6 +313,11 @@ class Manifest:
                 low = str(exc).lower()
                 if "readonly" in low or "read-only" in low or "unable to open" in low:
                     continue  # no -shm to be had (with a -wal: "unable to open"): the next, more restricted way in
+                if ("disk i/o error" in low or "full" in low) and nearly_full(self.path.parent):
+                    # a full disk: SQLite cannot grow a -shm there ("disk I/O error"), and `versions` or `report`
+                    # failed on a manifest they only read; read-only, a reader needs no new file
+                    self._full_when_opened = True
+                    continue
                 break  # another fault (not a database, unreadable): the caller's open reports it
             finally:
                 con.close()
@@ -378,6 +384,10 @@ class Manifest:
         text = sqlite_words(exc)
         low = text.lower()
         where = str(self.path)
+        if self._full_when_opened and ("readonly" in low or "read-only" in low or "attempt to write" in low):
+            return ManifestError(f"the disk is full: the manifest was opened read-only, as SQLite could not make its "
+                                 f"-shm file beside it ({free_bytes(self.path.parent) // 1024} KiB free), and cannot "
+                                 "be written", where=where, fix="free space on the manifest's file system and run again")
         if "readonly" in low or "read-only" in low or "attempt to write" in low:
             return ManifestError(f"the manifest cannot be written: {text}", where=where,
                                  fix="make the manifest and its folder writable by this user (SQLite writes its "
