@@ -24,7 +24,7 @@ from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, ManifestError, Stopped, UsageError,
                      interrupted_at_start, holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
-from .units import quoted, shown, shown_name, shown_text
+from .units import plural, quoted, shown, shown_name, shown_text
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
@@ -1172,7 +1172,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"version {label} of {where}:" if label else f"{where}:")
         print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
-            print(f"not checked: {not_taken.height} file(s) the scan could not take")
+            print(f"not checked: {plural(not_taken.height, 'file')} the scan could not take")
             print("\n".join(f"    {shown_name(path)}: {shown_text(message)}" for path, message in
                             not_taken.head(20).select("srcfile", "message").iter_rows()))
             if not_taken.height > 20:
@@ -1200,7 +1200,7 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
                            f"to --out before the signal came: {', '.join(str(p.resolve()) for p in exc.written)}")  # type: ignore[union-attr]
         raise
     print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
-          f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
+          f"rows, {plural(registries.procedures.height, 'procedure')} ({registries.new_proc_ids} new proc_ids)")
     for path in paths:
         print(f"wrote {path.resolve()}")
     for warning in registries.warnings:
@@ -1256,7 +1256,7 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     # Spec checks the sizes
     spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction, args.layout)
     first, second = make_testdata(args.out, spec, workers=args.workers or default_workers())
-    print(f"wrote {first} files to {Path(args.out) / 'first'} and {second} files to {Path(args.out) / 'second'}")
+    print(f"wrote {plural(first, 'file')} to {Path(args.out) / 'first'} and {plural(second, 'file')} to {Path(args.out) / 'second'}")
     return 0
 
 
@@ -1569,7 +1569,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
     # quoted with escapes as other messages show names: a line break in --out split this line in two
     where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))
-    print(f"wrote {where} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)", file=said)
+    print(f"wrote {where} (version {info.version}, {plural(info.images, 'plot')}, {info.elapsed_s:.1f} s)", file=said)
     for flag in info.flags:
         print(f"  needs a look: {flag}", file=said)
     return 0
@@ -1638,7 +1638,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
               "after running it, "
               f"record what it sent with: {mark}", file=sys.stderr)
         if script.n_not_replaceable:  # AzCopy cannot replace a blob only if it is unchanged: not in this script
-            print(f"chorus-batch: not in the script: {script.n_not_replaceable} files whose central blob verify found "
+            print(f"chorus-batch: not in the script: {plural(script.n_not_replaceable, 'file')} whose central blob verify found "
                   "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "
                   "`chorus-batch upload` or `upload --script bash`", file=sys.stderr)
         if script.wildcards:  # AzCopy has no escape for a '*' in a local path: not in this script
@@ -1656,7 +1656,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
                   f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
                   "records the new names), then upload again", file=sys.stderr)
         if script.n_superseded:  # (as `upload` says of them; mark-uploaded records them)
-            print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced, renamed or "
+            print(f"chorus-batch: not in the script: {plural(script.n_superseded, 'file')} a later version replaced, renamed or "
                   "removed before they were sent (their bytes are no longer at that path in the site; a file that "
                   "replaced one, or its new name, goes with that later version); mark-uploaded records them as "
                   "superseded", file=sys.stderr)

@@ -104,6 +104,20 @@ def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
     assert _said(["versions", "-vq", "--db=m.sqlite"]) == ""  # short flags still combine
 
 
+def test_counts_of_one_are_said_in_the_singular():
+    """`mark-uploaded` said "recorded 1 uploads" (and "1 more logged blobs were", "1 lines of the log are"):
+    counts are said through units.plural."""
+    from chorus_batch.submit.script import Marked
+    from chorus_batch.units import plural
+
+    text = Marked(central="az://c", n_recorded=1, n_before=1, not_understood=1, example="x", n_superseded=1).text()
+    for said in ("recorded 1 upload confirmed", "1 more logged blob was recorded before", "1 line of the log is not",
+                 "recorded 1 file as superseded: a later version replaced, renamed or removed it before it was sent"):
+        assert said in text, (said, text)
+    assert "recorded 2 uploads confirmed" in Marked(central="az://c", n_recorded=2).text()
+    assert plural(12000, "file", grouped=True) == "12,000 files" and plural(1, "file", grouped=True) == "1 file"
+
+
 def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(monkeypatch, tmp_path):
     """A systemd unit's ExecStart expands no '~': `--config ~/chorus.toml` was "config file not found: ~/chorus.toml",
     and --delete-list, --parquet, --staging, --merge, --from-log, JOURNAL and CONFIG were read under a folder '~'."""
