@@ -273,6 +273,23 @@ def test_a_manifest_on_a_full_disk_is_still_read_and_a_run_says_the_disk_is_full
     assert run.returncode == 3 and "the disk is full" in run.stderr and "nothing was committed" in run.stderr, run.stderr
 
 
+def test_a_name_in_another_unicode_form_is_said_and_starts_no_new_manifest(site, db, tmp_path):
+    """`--db m_café.sqlite` typed or pasted in decomposed form (as macOS writes it) beside the composed m_café.sqlite:
+    a run started a new manifest, the whole site recorded as added; `--site café` so was "a typo, or a disk that is
+    not mounted?". Both now name the twin on disk; nothing is written."""
+    write(site, "OMOP/a.csv", b"a")
+    composed, decomposed = tmp_path / "m_caf\u00e9.sqlite", str(tmp_path / "m_cafe\u0301.sqlite")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(composed), "-q").returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = cli("run", "--no-validate", "--site", str(site), "--db", decomposed)
+    assert out.returncode == 2 and "but there is m_caf\u00e9.sqlite, a name that differs from it only in Unicode form" \
+        in out.stderr and "no new manifest was started" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (tmp_path / "caf\u00e9").mkdir()
+    out = cli("status", "--site", str(tmp_path / "cafe\u0301"), "--db", str(db))
+    assert out.returncode == 2 and "cafe\\u0301' does not exist, but caf\u00e9 is there beside it" in out.stderr, out.stderr
+
+
 def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):
     out = cli("changes", "--db", str(tmp_path / "none.sqlite"))
     assert out.returncode == 2 and "no manifest at" in out.stderr and "fix:" in out.stderr

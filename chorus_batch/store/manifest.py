@@ -33,11 +33,12 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict,
+from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict, unicode_twin,
                       sqlite_temp_folder, write_private)
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
+from ..units import shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
@@ -187,6 +188,13 @@ def require_folder(path: Path) -> None:
             "started; nothing was written", where=str(path),
             fix="if the manifest lies on a disk that is not mounted, mount it; for a new manifest, create its folder "
                 f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
+    twin = unicode_twin(path)
+    if twin is not None:  # (`--db m_café.sqlite` typed or pasted from macOS: a new manifest beside the site's own)
+        raise UsageError(
+            f"there is no manifest {shown_name(path.name)} in {folder}, but there is {shown_name(twin)}, a name that "
+            "differs from it only in Unicode form (an accented letter as one character or as a letter and a "
+            "combining mark, as macOS writes it): no new manifest was started; nothing was written", where=str(path),
+            fix=f"pass --db with the name as it is on disk: {shlex.quote(str(folder / twin))}")
 
 
 # What the longest name a command writes beside the manifest adds to its name: the runs turned away by the lock,
