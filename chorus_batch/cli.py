@@ -1837,7 +1837,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         command = commands[args.command]
         flags = [word for word in extras if word.startswith("-") and word != "-"]
         if not flags:
-            command.error(f"unrecognized arguments: {' '.join(extras)}")
+            command.error(f"unrecognized arguments: {' '.join(extras)}{_stray_hint(command, args.command, extras, argv)}")
         options = [o for action in command._actions for o in action.option_strings]
         # A flag of the command's own given before it (`chorus-batch --json versions`): the top-level parser left it,
         # and "did you mean --json?" named the flag as given; the command line that puts it after is what is meant.
@@ -1864,6 +1864,20 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     _refuse_empty_values(commands[args.command], args)
     _refuse_non_utf8_names(commands[args.command], args)
     return args
+
+
+def _stray_hint(command: argparse.ArgumentParser, name: str, words: list[str], argv: list[str]) -> str:
+    """What a word given without its option probably is (`versions m.sqlite`, `run /data/site`): a manifest for
+    --db, a folder for --site; else that the command's arguments are named."""
+    options = {o for action in command._actions for o in action.option_strings}
+    word = words[0]
+    for option, fits in (("--db", os.path.isfile), ("--site", os.path.isdir)):
+        if option in options and fits(word) and len(words) == 1:
+            line = [shlex.quote(w) for w in argv[:argv.index(word)]] + [option] + [shlex.quote(w) for w in argv[argv.index(word):]]
+            return f"; to give it as {option}: chorus-batch {' '.join(line)}"
+    if not any(action.option_strings == [] and action.dest != "help" for action in command._actions):
+        return f" ({name} takes no argument without an option before it: see chorus-batch {name} --help)"
+    return ""
 
 
 # Arguments that are names the manifest records (paths, person ids, version labels, modalities): UTF-8 text there.

@@ -104,6 +104,18 @@ def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
     assert _said(["versions", "-vq", "--db=m.sqlite"]) == ""  # short flags still combine
 
 
+def test_a_path_given_without_its_option_is_answered_with_the_command_line_that_names_it(tmp_path, monkeypatch):
+    """`versions m.sqlite`, `run /data/site` were "unrecognized arguments: m.sqlite", with no word of --db or --site."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.sqlite").write_bytes(b"")
+    (tmp_path / "site").mkdir()
+    assert _said(["versions", "m.sqlite", "--json"]).endswith(
+        "unrecognized arguments: m.sqlite; to give it as --db: chorus-batch versions --db m.sqlite --json")
+    assert _said(["run", "-q", "site"]).endswith("to give it as --site: chorus-batch run -q --site site")
+    assert _said(["changes", "20261205125813"]).endswith(
+        "(changes takes no argument without an option before it: see chorus-batch changes --help)")
+
+
 def test_counts_of_one_are_said_in_the_singular():
     """`mark-uploaded` said "recorded 1 uploads" (and "1 more logged blobs were", "1 lines of the log are"):
     counts are said through units.plural."""
