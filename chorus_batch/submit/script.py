@@ -422,7 +422,7 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
     except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
         if ledger is not None:
             container_gone(exc, ledger)
-        exc.outcome = (f"{marked.n_recorded} logged uploads were recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
+        exc.outcome = (f"{plural(marked.n_recorded, 'logged upload')} {'was' if marked.n_recorded == 1 else 'were'} recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
                        "this; run the same command again once this is fixed (what was recorded is left as it is)")
         raise
     finally:
