@@ -1416,9 +1416,6 @@ def _json_for_stdout(text: str) -> str:
         return json.dumps(json.loads(text), ensure_ascii=True)
 
 
-JSON_SAFE_INT = 2**53 - 1  # the largest integer a JSON reader using doubles (JavaScript, jq 1.6) reads exactly
-
-
 def _json_safe(frame):
     """The frame with its nanosecond times (mtime_ns, verified_ns: about 1.8e18, past 2**53) as decimal strings, as
     the protobuf JSON mapping writes 64-bit integers: a JavaScript or jq reader turned 1796475490969854383 into
