@@ -1673,13 +1673,14 @@ def _modalities(text: str | None) -> list[str] | None:
 
     if not text:
         return None
+    # in any letter case, as `files --modality` takes one (`--modalities waveforms` was "unknown modality")
+    known = {name.lower(): name for name in (*MODALITIES, "Other")}
     names = [name.strip() for name in text.split(",") if name.strip()]
-    known = (*MODALITIES, "Other")
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if name.lower() not in known]
     if unknown:
         raise UsageError(f"unknown modality {unknown[0]!r}", where="--modalities",
-                         fix=f"use a comma-separated list of {', '.join(known)}")
-    return names
+                         fix=f"use a comma-separated list of {', '.join(known.values())}")
+    return list(dict.fromkeys(known[name.lower()] for name in names))
 
 
 def cmd_verify(args: argparse.Namespace, argv: list[str]) -> int:

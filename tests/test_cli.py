@@ -116,6 +116,16 @@ def test_a_path_given_without_its_option_is_answered_with_the_command_line_that_
         "(changes takes no argument without an option before it: see chorus-batch changes --help)")
 
 
+def test_upload_modalities_in_any_letter_case_as_files_takes_a_modality():
+    """`upload --modalities waveforms` was "unknown modality 'waveforms'", while `files --modality waveforms` took it."""
+    from chorus_batch.cli import _modalities
+    from chorus_batch.errors import UsageError
+
+    assert _modalities("waveforms, IMAGES,Waveforms") == ["Waveforms", "Images"]
+    with pytest.raises(UsageError, match="unknown modality 'Wave'"):
+        _modalities("Wave")
+
+
 def test_counts_of_one_are_said_in_the_singular():
     """`mark-uploaded` said "recorded 1 uploads" (and "1 more logged blobs were", "1 lines of the log are"):
     counts are said through units.plural."""
