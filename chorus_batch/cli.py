@@ -24,7 +24,7 @@ from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, ManifestError, Stopped, UsageError,
                      interrupted_at_start, holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
-from .units import quoted, shown, shown_name, shown_text
+from .units import plural, quoted, shown, shown_name, shown_text
 
 pause("start-up")  # (tests: Ctrl-C while the command line loads)
 
@@ -66,13 +66,31 @@ class _StoreOnce(argparse._StoreAction):
     --db in $EXTRA (a cron line put together from variables) committed to the other manifest. Twice the same is one."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        given = parser.given  # type: ignore[attr-defined]
-        if self.dest in given and given[self.dest][1] != values:
-            first, value = given[self.dest]
-            said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
-            parser.error(f"{option_string or self.dest} is given twice, with two values ({said(first, value)}, then "
-                         f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
-        given[self.dest] = (option_string, values)
+        _given_once(parser, self.dest, option_string, values)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _given_once(parser, dest: str, option_string: str | None, values, *, switch: bool = False) -> None:
+    """Refuse a second, different value of one setting (see _StoreOnce); `switch`: an on/off pair, where the
+    option itself is the value (`--validate ... --no-validate`)."""
+    given = parser.given  # type: ignore[attr-defined]
+    if dest in given and given[dest][1] != values:
+        first, value = given[dest]
+        if switch:
+            parser.error(f"{first} and {option_string} are both given; they say opposite things: keep the one "
+                         "meant (nothing was done)")
+        said = lambda option, value: f"{option} {shlex.quote(str(value))}" if option else repr(value)  # noqa: E731
+        parser.error(f"{option_string or dest} is given twice, with two values ({said(first, value)}, then "
+                     f"{said(option_string, values)}); it takes one: keep the one meant (nothing was done)")
+    given[dest] = (option_string, values)
+
+
+class _SwitchOnce(argparse.BooleanOptionalAction):
+    """--validate / --no-validate (and the other on/off pairs): both on one command line (`run --no-validate
+    $EXTRA` with --validate in $EXTRA) is refused, as a value given twice is; argparse took the last, unsaid."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _given_once(parser, self.dest, option_string, not option_string.startswith("--no-"), switch=True)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -81,6 +99,9 @@ class _Parser(argparse.ArgumentParser):
     is imported only when that help is shown, so other help stays instant."""
 
     def __init__(self, *args, **kwargs):
+        # No abbreviations (`--sit` for --site, `--ver` for --verify-sample): a nightly line's shortened or
+        # mistyped option must not quietly mean another one once a new option shares its start.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.register("action", None, _StoreOnce)  # (add_argument's default action)
         self.register("action", "store", _StoreOnce)
@@ -602,7 +623,7 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--delete-list", help="append mode: file of site-relative paths to mark removed, one per line")
     parser.add_argument("--workers", type=_workers, help="hashing and listing processes (default: the CPUs this process may use, at most 16)")
     # on/off flags in both senses (--follow-symlinks / --no-follow-symlinks): a flag overrides chorus.toml either way
-    parser.add_argument("--follow-symlinks", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--follow-symlinks", action=_SwitchOnce, default=None,
                         help="follow symbolic links (default: follow_symlinks in [run], else record and skip them)")
     parser.add_argument("--max-delete", type=_checked("parse_max_delete"), metavar="PERCENT|COUNT|all",
                         help="refuse a version that removes more of the previous version's files than this: a "
@@ -617,11 +638,11 @@ def _site_flags(parser: argparse.ArgumentParser) -> None:
                         help="leave out files matching GLOB: neither hashed nor recorded, only counted (repeatable; "
                              "added to exclude in [run]). Without '/' it matches the file name (*.tmp), with '/' the "
                              "site-relative path (scratch/*); a file recorded before is removed in the next version")
-    parser.add_argument("--default-excludes", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--default-excludes", action=_SwitchOnce, default=None,
                         help="--no-default-excludes: also track the OS junk that is excluded by default (.DS_Store, "
                              "Thumbs.db, desktop.ini, ._*, ~$*, .~lock.*#, $RECYCLE.BIN/, ...) (default: default_excludes in [run], else "
                              "excluded)")
-    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
+    parser.add_argument("--validate", action=_SwitchOnce, default=None,
                         help="--no-validate: skip the checks against the CHoRUS procedures (see `chorus-batch validate "
                              "--help`) (default: validate in [run], else checked)")
 
@@ -1151,7 +1172,7 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"version {label} of {where}:" if label else f"{where}:")
         print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))
         if not_taken is not None and not_taken.height:  # no rule saw these files: say so, not only that all is well
-            print(f"not checked: {not_taken.height} file(s) the scan could not take")
+            print(f"not checked: {plural(not_taken.height, 'file')} the scan could not take")
             print("\n".join(f"    {shown_name(path)}: {shown_text(message)}" for path, message in
                             not_taken.head(20).select("srcfile", "message").iter_rows()))
             if not_taken.height > 20:
@@ -1179,7 +1200,7 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
                            f"to --out before the signal came: {', '.join(str(p.resolve()) for p in exc.written)}")  # type: ignore[union-attr]
         raise
     print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
-          f"rows, {registries.procedures.height} procedures ({registries.new_proc_ids} new proc_ids)")
+          f"rows, {plural(registries.procedures.height, 'procedure')} ({registries.new_proc_ids} new proc_ids)")
     for path in paths:
         print(f"wrote {path.resolve()}")
     for warning in registries.warnings:
@@ -1235,7 +1256,7 @@ def cmd_testdata(args: argparse.Namespace, argv: list[str]) -> int:
     # Spec checks the sizes
     spec = Spec(args.persons, args.files_per_person, args.size, args.seed, args.change_fraction, args.layout)
     first, second = make_testdata(args.out, spec, workers=args.workers or default_workers())
-    print(f"wrote {first} files to {Path(args.out) / 'first'} and {second} files to {Path(args.out) / 'second'}")
+    print(f"wrote {plural(first, 'file')} to {Path(args.out) / 'first'} and {plural(second, 'file')} to {Path(args.out) / 'second'}")
     return 0
 
 
@@ -1395,12 +1416,22 @@ def _json_for_stdout(text: str) -> str:
         return json.dumps(json.loads(text), ensure_ascii=True)
 
 
+def _json_safe(frame):
+    """The frame with its nanosecond times (mtime_ns, verified_ns: about 1.8e18, past 2**53) as decimal strings, as
+    the protobuf JSON mapping writes 64-bit integers: a JavaScript or jq reader turned 1796475490969854383 into
+    1796475490969854500, silently. By name, not by value, so a column's JSON type never depends on the data."""
+    import polars as pl
+
+    wide = [name for name, dtype in frame.schema.items() if name.endswith("_ns") and dtype.is_integer()]
+    return frame.with_columns(pl.col(wide).cast(pl.String)) if wide else frame
+
+
 def _print_frame(args: argparse.Namespace, frame, table_columns: list[str], *, limit: int = 200) -> None:
     """JSON array, CSV, or (for a person) the first rows as a table."""
     from .report import head_text
 
     if args.json:
-        sys.stdout.write(_json_for_stdout(frame.write_json()) + "\n")
+        sys.stdout.write(_json_for_stdout(_json_safe(frame).write_json()) + "\n")
     elif args.csv:
         _print_csv(frame)
     else:
@@ -1535,7 +1566,7 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
     # quoted with escapes as other messages show names: a line break in --out split this line in two
     where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))
-    print(f"wrote {where} (version {info.version}, {info.images} plots, {info.elapsed_s:.1f} s)", file=said)
+    print(f"wrote {where} (version {info.version}, {plural(info.images, 'plot')}, {info.elapsed_s:.1f} s)", file=said)
     for flag in info.flags:
         print(f"  needs a look: {flag}", file=said)
     return 0
@@ -1604,7 +1635,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
               "after running it, "
               f"record what it sent with: {mark}", file=sys.stderr)
         if script.n_not_replaceable:  # AzCopy cannot replace a blob only if it is unchanged: not in this script
-            print(f"chorus-batch: not in the script: {script.n_not_replaceable} files whose central blob verify found "
+            print(f"chorus-batch: not in the script: {plural(script.n_not_replaceable, 'file')} whose central blob verify found "
                   "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "
                   "`chorus-batch upload` or `upload --script bash`", file=sys.stderr)
         if script.wildcards:  # AzCopy has no escape for a '*' in a local path: not in this script
@@ -1622,7 +1653,7 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
                   f"container cannot keep as it is (e.g. {name!r}: {why}); rename them in the site (the next run "
                   "records the new names), then upload again", file=sys.stderr)
         if script.n_superseded:  # (as `upload` says of them; mark-uploaded records them)
-            print(f"chorus-batch: not in the script: {script.n_superseded} files a later version replaced, renamed or "
+            print(f"chorus-batch: not in the script: {plural(script.n_superseded, 'file')} a later version replaced, renamed or "
                   "removed before they were sent (their bytes are no longer at that path in the site; a file that "
                   "replaced one, or its new name, goes with that later version); mark-uploaded records them as "
                   "superseded", file=sys.stderr)
@@ -1642,13 +1673,14 @@ def _modalities(text: str | None) -> list[str] | None:
 
     if not text:
         return None
+    # in any letter case, as `files --modality` takes one (`--modalities waveforms` was "unknown modality")
+    known = {name.lower(): name for name in (*MODALITIES, "Other")}
     names = [name.strip() for name in text.split(",") if name.strip()]
-    known = (*MODALITIES, "Other")
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if name.lower() not in known]
     if unknown:
         raise UsageError(f"unknown modality {unknown[0]!r}", where="--modalities",
-                         fix=f"use a comma-separated list of {', '.join(known)}")
-    return names
+                         fix=f"use a comma-separated list of {', '.join(known.values())}")
+    return list(dict.fromkeys(known[name.lower()] for name in names))
 
 
 def cmd_verify(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1803,7 +1835,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         command = commands[args.command]
         flags = [word for word in extras if word.startswith("-") and word != "-"]
         if not flags:
-            command.error(f"unrecognized arguments: {' '.join(extras)}")
+            command.error(f"unrecognized arguments: {' '.join(extras)}{_stray_hint(command, args.command, extras, argv)}")
         options = [o for action in command._actions for o in action.option_strings]
         # A flag of the command's own given before it (`chorus-batch --json versions`): the top-level parser left it,
         # and "did you mean --json?" named the flag as given; the command line that puts it after is what is meant.
@@ -1820,11 +1852,30 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             if name == "--path" and any(action.dest == "path" and not action.option_strings for action in command._actions):
                 lines.append(f"unrecognized argument {flag}; the path is given without it: chorus-batch {args.command} PATH")
                 continue
+            longer = [o for o in options if o.startswith(name) and name.startswith("--") and len(name) > 2]
+            if longer:  # (abbreviations are refused: see _Parser)
+                lines.append(f"unrecognized argument {flag}; options are not abbreviated: did you mean "
+                             f"{' or '.join(longer)}?")
+                continue
             lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
         command.error("\n".join(lines))
     _refuse_empty_values(commands[args.command], args)
     _refuse_non_utf8_names(commands[args.command], args)
     return args
+
+
+def _stray_hint(command: argparse.ArgumentParser, name: str, words: list[str], argv: list[str]) -> str:
+    """What a word given without its option probably is (`versions m.sqlite`, `run /data/site`): a manifest for
+    --db, a folder for --site; else that the command's arguments are named."""
+    options = {o for action in command._actions for o in action.option_strings}
+    word = words[0]
+    for option, fits in (("--db", os.path.isfile), ("--site", os.path.isdir)):
+        if option in options and fits(word) and len(words) == 1:
+            line = [shlex.quote(w) for w in argv[:argv.index(word)]] + [option] + [shlex.quote(w) for w in argv[argv.index(word):]]
+            return f"; to give it as {option}: chorus-batch {' '.join(line)}"
+    if not any(action.option_strings == [] and action.dest != "help" for action in command._actions):
+        return f" ({name} takes no argument without an option before it: see chorus-batch {name} --help)"
+    return ""
 
 
 # Arguments that are names the manifest records (paths, person ids, version labels, modalities): UTF-8 text there.

@@ -40,7 +40,7 @@ from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
-from .units import quoted
+from .units import plural, quoted
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
@@ -135,7 +135,7 @@ def read_delete_list(path: str) -> pl.DataFrame:
     bad = lines.filter(pl.col("why").is_not_null())
     if bad.height:
         shown = "; ".join(f"line {n} {w!r}: {why}" for n, w, why in bad.head(5).select("line", "written", "why").rows())
-        raise UsageError(f"{bad.height} line(s) of the delete list are not site-relative paths as the manifest stores "
+        raise UsageError(f"{plural(bad.height, 'line')} of the delete list {'is' if bad.height == 1 else 'are'} not site-relative paths as the manifest stores "
                          f"them ({shown})", where=path,
                          fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
                              "at either end, no leading '/'; nothing was recorded")
@@ -286,7 +286,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         kept_candidates = _with_classification(kept_candidates, reclassified)
         if reclassified.height:  # (an upgrade's new unparseable paths of unchanged files are otherwise unexplained)
             log.info(f"the classification changed since the manifest's current rows were classified (another "
-                     f"release, or [patterns] of chorus.toml): {reclassified.height} unchanged file(s) are classified "
+                     f"release, or [patterns] of chorus.toml): {plural(reclassified.height, 'unchanged file')} {'is' if reclassified.height == 1 else 'are'} classified "
                      "otherwise now, " + ("which a run updates in place" if dry_run else
                                           "updated in place (their contents and the versions stay as recorded)"))
     unchanged = tree.unchanged_by_modality()
@@ -705,7 +705,7 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
         if done.height:
             unknown = unknown.join(done, on="srcfile", how="anti")
             first = done.sort("line").row(0, named=True)
-            log.info(f"delete list: {done.height} line(s) name files an earlier version already removed (line "
+            log.info(f"delete list: {plural(done.height, 'line')} {'names a file' if done.height == 1 else 'name files'} an earlier version already removed (line "
                      f"{first['line']}, {first['srcfile']}: removed in version {first['version']}); nothing to do for "
                      "them")
     # A line naming a folder (a whole session to remove) is no file of the manifest either, but "not in the

@@ -251,6 +251,19 @@ LIBRARY_ENVIRONMENT = {
 OTHER_ENVIRONMENT = ("CHORUS_BATCH_CACHE_DIR", "CHORUS_BATCH_TEST_PAUSE")
 
 
+CACHE_DIR_VARIABLE = "CHORUS_BATCH_CACHE_DIR"
+
+
+def check_cache_dir(value: str) -> None:
+    """CHORUS_BATCH_CACHE_DIR is a full path (or ~/...): a relative one put the cache, and the working copy of a
+    manifest in Azure, under whichever folder a command was started in (a cron job's home, a Slurm job's folder)."""
+    if not value.startswith("~") and not os.path.isabs(value):
+        raise ConfigError(f"environment variable {CACHE_DIR_VARIABLE}={value!r} is a relative path: the cache would be "
+                         "under whichever folder a command is started in", where=CACHE_DIR_VARIABLE,
+                         fix=f"set {CACHE_DIR_VARIABLE} to a folder of this user's (a full path), or unset it for the "
+                             "default (~/.cache/chorus-batch)")
+
+
 def check_environment(environ: dict[str, str] | None = None) -> None:
     """A documented numeric CHORUS_BATCH_* variable that is set (not empty) must hold a finite number of its kind,
     at least its least value; else a ConfigError naming the variable. A CHORUS_BATCH_* variable chorus-batch does not
@@ -268,6 +281,8 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
         logging.getLogger("chorus_batch").warning(
             f"environment variable {name} is not one chorus-batch reads; it is ignored "
             + (f"(did you mean {meant[0]}?)" if meant else f"(those it reads: {', '.join(sorted(k for k in known if k != 'CHORUS_BATCH_TEST_PAUSE'))})"))
+    if environ.get("CHORUS_BATCH_CACHE_DIR"):  # (as a number's typo: said at start, not by the first remote manifest)
+        check_cache_dir(environ["CHORUS_BATCH_CACHE_DIR"])
     for name, (kind, least, example, what) in (NUMERIC_ENVIRONMENT | LIBRARY_ENVIRONMENT).items():
         raw = environ.get(name, "").strip()
         if not raw:

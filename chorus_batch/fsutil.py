@@ -67,6 +67,22 @@ def nearly_full(folder: str | os.PathLike[str]) -> bool:
     return 0 <= free_bytes(folder) < NEARLY_FULL_BYTES
 
 
+def unicode_twin(path: str | os.PathLike[str]) -> str | None:
+    """The name of a file beside `path` that is `path`'s name in another Unicode normal form, if any."""
+    import unicodedata
+
+    folder, given = os.path.split(os.path.abspath(path))
+    if given.isascii():
+        return None
+    name = unicodedata.normalize("NFC", given)
+    try:
+        with os.scandir(folder or ".") as entries:
+            return next((entry.name for entry in entries if entry.name != given
+                         and unicodedata.normalize("NFC", entry.name) == name), None)
+    except OSError:
+        return None
+
+
 def sqlite_temp_folder() -> str:
     """The folder SQLite writes its temporary files in (sorts, index builds, a large transaction's statement journal)
     on Unix: the first of $SQLITE_TMPDIR, $TMPDIR, /var/tmp, /usr/tmp, /tmp that is a folder this user may write and

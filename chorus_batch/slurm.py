@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ChorusError, ExitCode, Stopped, UsageError
+from .units import plural
 
 DEFAULT_SHARDS = 8
 DEFAULT_CPUS = 4
@@ -545,11 +546,11 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
             # It was said "did not run: N shards did not finish", as if they had failed, and the array ran on unsaid)
             out(f"the merge job {job.merge_job} was cancelled before it ran (by scancel or an administrator: no "
                 "shard failed); nothing was committed"
-                + (f"; the shards' job array {job.array_job} still has {len(going)} of {job.shards} tasks queued or "
+                + (f"; the shards' job array {job.array_job} still has {len(going)} of {plural(job.shards, 'task')} queued or "
                    f"running: let them finish, then merge by hand (below), or `scancel {job.array_job}`" if going else
                    ""))
         else:
-            out(f"the merge job {job.merge_job} did not run: {len(missing)} of {job.shards} shards did not finish"
+            out(f"the merge job {job.merge_job} did not run: {len(missing)} of {plural(job.shards, 'shard')} did not finish"
                 + (f" ({len(going)} still queued or running)" if going else "") + "; nothing was committed")
         for k in missing:
             shard_state = (states.get(f"{job.array_job}_{k}", ("", ""))[0]

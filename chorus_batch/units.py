@@ -24,10 +24,11 @@ def human_bytes(n: float | None, *, significant: int | None = None) -> str:
     return f"{round(value):,} B" if unit == "B" else f"{value:,.1f} {unit}"
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
+def plural(n: int, word: str, many: str | None = None, *, grouped: bool = False) -> str:
     """'1 file', '2 files', '0 errors': the count and the word, in the plural unless the count is one
-    (`many` for a word whose plural is not word + 's')."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
+    (`many` for a word whose plural is not word + 's'); `grouped`: '12,000 files'."""
+    count = f"{n:,}" if grouped else str(n)
+    return f"{count} {word if n == 1 else (many or word + 's')}"
 
 
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, paused, query, tree_md5, write
+from conftest import ROOT, cli, fill, paused, query, tree_md5, write
 
 
 def _invocations(text: str) -> list[list[str]]:
@@ -65,6 +65,79 @@ def test_an_option_given_twice_with_two_values_is_refused_naming_both():
         "takes one: keep the one meant (nothing was done)")
     assert "--workers is given twice" in _parses(["status", "--workers", "2", "--workers", "3"])
     assert _parses(["run", "--site", "s", "--site", "s", "--exclude", "a", "--exclude", "b"]) is None  # the same; a list
+
+
+def _said(words: list[str]) -> str:
+    """What the command line's parsing (_parse: with its hints) said of `words`; '' when it took them."""
+    import contextlib
+    import io
+
+    from chorus_batch.cli import _parse, _parser
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            _parse(_parser(), words)
+    except SystemExit:
+        return said.getvalue().strip().splitlines()[-1]
+    return ""
+
+
+def test_an_on_off_pair_given_both_ways_is_refused():
+    """`run --no-validate $EXTRA` with --validate in $EXTRA: argparse took the last, silently."""
+    assert _said(["status", "--site", "s", "--validate", "--no-validate"]) == (
+        "chorus-batch status: error: --validate and --no-validate are both given; they say opposite things: keep the "
+        "one meant (nothing was done)")
+    assert "--no-follow-symlinks and --follow-symlinks are both given" in _said(
+        ["run", "--no-follow-symlinks", "--site", "s", "--follow-symlinks"])
+    assert _said(["run", "--site", "s", "--no-validate", "--no-validate", "--default-excludes"]) == ""  # the same twice
+
+
+def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
+    """argparse took `--sit` for --site: a nightly line's shortened option would quietly change meaning (or stop
+    working) once a new option shares its start."""
+    assert _said(["status", "--sit", "s"]) == (
+        "chorus-batch status: error: unrecognized argument --sit; options are not abbreviated: did you mean --site?")
+    assert _said(["versions", "--d", "m.sqlite"]).endswith("did you mean --db or --demo?")
+    assert _said(["versions", "--db=m.sqlite", "--js"]).endswith("did you mean --json?")
+    assert _said(["run", "--dry", "--site", "s"]).endswith("did you mean --dry-run?")
+    assert _said(["versions", "-vq", "--db=m.sqlite"]) == ""  # short flags still combine
+
+
+def test_a_path_given_without_its_option_is_answered_with_the_command_line_that_names_it(tmp_path, monkeypatch):
+    """`versions m.sqlite`, `run /data/site` were "unrecognized arguments: m.sqlite", with no word of --db or --site."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.sqlite").write_bytes(b"")
+    (tmp_path / "site").mkdir()
+    assert _said(["versions", "m.sqlite", "--json"]).endswith(
+        "unrecognized arguments: m.sqlite; to give it as --db: chorus-batch versions --db m.sqlite --json")
+    assert _said(["run", "-q", "site"]).endswith("to give it as --site: chorus-batch run -q --site site")
+    assert _said(["changes", "20261205125813"]).endswith(
+        "(changes takes no argument without an option before it: see chorus-batch changes --help)")
+
+
+def test_upload_modalities_in_any_letter_case_as_files_takes_a_modality():
+    """`upload --modalities waveforms` was "unknown modality 'waveforms'", while `files --modality waveforms` took it."""
+    from chorus_batch.cli import _modalities
+    from chorus_batch.errors import UsageError
+
+    assert _modalities("waveforms, IMAGES,Waveforms") == ["Waveforms", "Images"]
+    with pytest.raises(UsageError, match="unknown modality 'Wave'"):
+        _modalities("Wave")
+
+
+def test_counts_of_one_are_said_in_the_singular():
+    """`mark-uploaded` said "recorded 1 uploads" (and "1 more logged blobs were", "1 lines of the log are"):
+    counts are said through units.plural."""
+    from chorus_batch.submit.script import Marked
+    from chorus_batch.units import plural
+
+    text = Marked(central="az://c", n_recorded=1, n_before=1, not_understood=1, example="x", n_superseded=1).text()
+    for said in ("recorded 1 upload confirmed", "1 more logged blob was recorded before", "1 line of the log is not",
+                 "recorded 1 file as superseded: a later version replaced, renamed or removed it before it was sent"):
+        assert said in text, (said, text)
+    assert "recorded 2 uploads confirmed" in Marked(central="az://c", n_recorded=2).text()
+    assert plural(12000, "file", grouped=True) == "12,000 files" and plural(1, "file", grouped=True) == "1 file"
 
 
 def test_a_tilde_no_shell_expanded_is_the_home_folder_in_every_path_argument(monkeypatch, tmp_path):
@@ -191,6 +264,52 @@ def test_versions_and_changes_as_json_and_csv(site, db):
     assert len(csv) == 3
     text = cli("versions", "--db", str(db)).stdout
     assert versions[1]["label"] in text
+
+
+def test_json_says_nanosecond_times_exactly_to_a_reader_of_doubles(site, db):
+    """files/history --json wrote mtime_ns (about 1.8e18) as a number: JavaScript and jq (doubles) read it rounded.
+    Integers past 2**53 are decimal strings; every other number stays exact as a double."""
+    write(site, "OMOP/a.csv", b"a")
+    os.utime(site / "OMOP/a.csv", ns=(1796475491578598167, 1796475491578598167))
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for argv in (["files", "--json"], ["history", "OMOP/a.csv", "--json"]):
+        [row] = json.loads(cli(*argv, "--db", str(db)).stdout, parse_int=float)  # (as a reader of doubles takes it)
+        assert row["mtime_ns"] == "1796475491578598167" and int(row["verified_ns"]) > 2**53, row
+        assert all(not isinstance(v, float) or v <= 2**53 for v in row.values()), row
+
+
+def test_a_manifest_on_a_full_disk_is_still_read_and_a_run_says_the_disk_is_full(site, db, small_disk):
+    """`versions`, `files` and `report` failed ("the disk is full: disk I/O error") on a manifest they only read: SQLite
+    could not make its -shm file. Read-only they read it; a run on it says the disk, not "readonly database"."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    shutil.copy(db, small_disk / "m.sqlite")
+    fill(small_disk)
+    manifest = str(small_disk / "m.sqlite")
+    versions = cli("versions", "--db", manifest, "--json")
+    assert versions.returncode == 0 and len(json.loads(versions.stdout)) == 1, versions.stderr
+    files = cli("files", "--db", manifest, "--csv")
+    assert files.returncode == 0 and "OMOP/a.csv" in files.stdout, files.stderr
+    write(site, "OMOP/b.csv", b"b")
+    run = cli("run", "--no-validate", "--site", str(site), "--db", manifest)
+    assert run.returncode == 3 and "the disk is full" in run.stderr and "nothing was committed" in run.stderr, run.stderr
+
+
+def test_a_name_in_another_unicode_form_is_said_and_starts_no_new_manifest(site, db, tmp_path):
+    """`--db m_café.sqlite` typed or pasted in decomposed form (as macOS writes it) beside the composed m_café.sqlite:
+    a run started a new manifest, the whole site recorded as added; `--site café` so was "a typo, or a disk that is
+    not mounted?". Both now name the twin on disk; nothing is written."""
+    write(site, "OMOP/a.csv", b"a")
+    composed, decomposed = tmp_path / "m_caf\u00e9.sqlite", str(tmp_path / "m_cafe\u0301.sqlite")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(composed), "-q").returncode == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = cli("run", "--no-validate", "--site", str(site), "--db", decomposed)
+    assert out.returncode == 2 and "but there is m_caf\u00e9.sqlite, a name that differs from it only in Unicode form" \
+        in out.stderr and "no new manifest was started" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (tmp_path / "caf\u00e9").mkdir()
+    out = cli("status", "--site", str(tmp_path / "cafe\u0301"), "--db", str(db))
+    assert out.returncode == 2 and "cafe\\u0301' does not exist, but caf\u00e9 is there beside it" in out.stderr, out.stderr
 
 
 def test_unknown_version_and_missing_manifest_are_clear_errors(site, db, tmp_path):
@@ -489,6 +608,8 @@ def test_missing_site_is_a_usage_error(tmp_path):
     # a batch script's thread count for polars: 0 panicked at the first query (a Rust backtrace, exit 1, the `runs`
     # row unfinished); one polars cannot read it ignored
     ("POLARS_MAX_THREADS", "0"), ("POLARS_MAX_THREADS", "all"),
+    # a relative cache folder put a manifest's working copy under whichever folder the command started in
+    ("CHORUS_BATCH_CACHE_DIR", "cache"),
 ])
 def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything_is_done(site, tmp_path, variable, value):
     # It was taken silently as the default (PROGRESS_S, CHECKPOINT_S), or was a ValueError in the middle of a
@@ -500,6 +621,20 @@ def test_a_documented_variable_with_a_bad_value_is_a_usage_error_before_anything
     assert out.returncode == 2 and json.loads(out.stdout)["exit_code"] == 2, (out.returncode, out.stdout, out.stderr)
     assert f"environment variable {variable}={value!r}" in out.stderr and "fix:" in out.stderr, out.stderr
     assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_xdg_spec_says(monkeypatch, tmp_path, caplog):
+    """XDG_CACHE_HOME=cache was taken from the current folder; the spec says a relative value is invalid."""
+    from chorus_batch.store.remote import cache_base
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CHORUS_BATCH_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    assert cache_base() == tmp_path / "home" / ".cache" / "chorus-batch"
+    assert "XDG_CACHE_HOME='cache' is not an absolute path; it is ignored" in caplog.text
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_base() == tmp_path / "xdg" / "chorus-batch"
 
 
 def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path):

@@ -998,6 +998,6 @@ def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_writte
     n = query(db, "SELECT count(*) FROM versions")[0][0]
     assert n >= 1
     assert "no manifest was written" not in err, err
-    assert f"the manifest was written to {db}, with the journal's {n} versions" in err, err
+    assert f"the manifest was written to {db}, with the journal's {n} version{'s' if n != 1 else ''}" in err, err
     assert "only the check of the site against it was cut short" in err and "chorus-batch status --site" in err, err
     assert cli("versions", "--db", str(db)).returncode == 0

@@ -383,7 +383,7 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     out = cli("run", "--site", str(site), "--db", str(db), "--json", "--verify-sample", "0")
     assert out.returncode == 1, out.stderr  # today's rule registry.procedure_person: an error
     # Said: why an unchanged file is unparseable now, and that nothing but its classification changed.
-    assert "1 unchanged file(s) are classified otherwise now, updated in place" in out.stderr, out.stderr
+    assert "1 unchanged file is classified otherwise now, updated in place" in out.stderr, out.stderr
     result = json.loads(out.stdout)
     assert result["version"] is None and query(db, "SELECT count(*) FROM versions") == [(2,)]  # no content changed
     for name, sql in kept.items():

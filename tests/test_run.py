@@ -467,7 +467,7 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
     deletions.write_text("# removed\n OMOP/a.csv\nOMOP/b.csv\t\n/OMOP/c.csv\n")
     with pytest.raises(UsageError) as refused:
         run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
-    assert ("3 line(s) of the delete list are not site-relative paths as the manifest stores them (line 2 "
+    assert ("3 lines of the delete list are not site-relative paths as the manifest stores them (line 2 "
             "' OMOP/a.csv': starts or ends with a space or tab; line 3 'OMOP/b.csv\\t': starts or ends with a space "
             "or tab; line 4 '/OMOP/c.csv': starts with '/', an absolute path)") in str(refused.value)
     # nothing recorded: read before the manifest is opened, so not even a `runs` row

@@ -28,6 +28,11 @@ AZURE_VARS = ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZU
               "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
 
 
+def _files_confirmed(n: int) -> str:
+    """What an upload stopped early says it recorded ('1 file ... is', '3 files ... are')."""
+    return f"{n} file confirmed by this upload is" if n == 1 else f"{n} files confirmed by this upload are"
+
+
 def central_for(azurite, monkeypatch, tmp_path) -> SimpleNamespace:
     for name in AZURE_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -865,7 +870,7 @@ def test_sigterm_stops_an_upload_and_says_what_it_recorded(central, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, out + err
     recorded = ledger_names(db)
-    assert f"terminated (SIGTERM); {len(recorded)} files confirmed by this upload are recorded" in err, err
+    assert f"terminated (SIGTERM); {_files_confirmed(len(recorded))} recorded" in err, err
     assert "Traceback" not in err and "nothing was committed" not in err
     finish = up(central, db)
     assert finish.returncode == 0 and ledger_names(db) == {f"20261101020000/{p}" for p in submitted(db, "20261101020000")}
@@ -1059,7 +1064,7 @@ def test_mark_uploaded_records_what_the_script_left_out_as_superseded_as_upload_
     commit(site, db, "20261102020000")
     out = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
     assert out.returncode == 0, out.stderr
-    assert "sends 2 files" in out.stderr and "not in the script: 1 files a later version replaced" in out.stderr
+    assert "sends 2 files" in out.stderr and "not in the script: 1 file a later version replaced" in out.stderr
     from azure.storage.blob import ContentSettings
 
     lines = []
@@ -1071,7 +1076,7 @@ def test_mark_uploaded_records_what_the_script_left_out_as_superseded_as_upload_
     log.write_text("\n".join(lines) + "\n")
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
     assert marked.returncode == 0, marked.stdout + marked.stderr
-    assert "recorded 2 uploads" in marked.stdout and "recorded 1 files as superseded" in marked.stdout
+    assert "recorded 2 uploads" in marked.stdout and "recorded 1 file as superseded" in marked.stdout
     assert query(db, "SELECT version, state FROM uploads WHERE state != 'uploaded'") == [("20261101020000", "superseded")]
     shown = {v["label"]: v["upload"] for v in json.loads(cli("versions", "--db", str(db), "--json").stdout)}
     assert "0/1 sent, 1 not sent" in shown["20261101020000"] and "2/2 sent" in shown["20261102020000"], shown
@@ -1151,7 +1156,7 @@ def test_an_upload_stopped_with_the_manifest_in_azure_writes_its_ledger_back(cen
     remote.write_bytes(azurite.service_client().get_blob_client(manifest_container, "site/manifest.sqlite")
                        .download_blob().readall())
     recorded = ledger_names(remote)
-    assert recorded and f"{len(recorded)} files confirmed by this upload are recorded in the manifest's" in err, err
+    assert recorded and f"{_files_confirmed(len(recorded))} recorded in the manifest's" in err, err
     at_stop = {name: etag for name, (_, _, etag) in blobs(central).items()}
     finish = cli("upload", "--db", db_url, "--to", central.url, "--json", env=central.env)
     assert finish.returncode == 0, finish.stdout + finish.stderr
@@ -1200,7 +1205,7 @@ def test_mark_uploaded_says_what_it_did_not_understand_and_what_it_did_not_recor
     mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
     out = cli(*mark, env=central.env)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "recorded 1 uploads" in out.stdout
+    assert "recorded 1 upload confirmed" in out.stdout
     assert "not understood: 2 lines" in out.stdout and "line 1: 'garbage line'" in out.stdout
     assert "../../etc/passwd: not a valid blob name: .. is not a version label" in out.stdout
     assert "20261101020000/../../etc/passwd: not a valid blob name: ../../etc/passwd is not a site-relative" in out.stdout
@@ -1262,7 +1267,7 @@ def test_an_upload_script_replaces_a_damaged_blob_only_while_it_is_the_one_verif
     assert '--if-match="$6"' in out.stdout and "--overwrite false" in out.stdout
     # AzCopy cannot make the write conditional: the file is left out, and the script's writer says so.
     azcopy = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
-    assert azcopy.returncode == 1 and "1 files whose central blob verify found damaged" in azcopy.stderr, azcopy.stderr
+    assert azcopy.returncode == 1 and "1 file whose central blob verify found damaged" in azcopy.stderr, azcopy.stderr
     assert not [line for line in azcopy.stdout.splitlines() if line.startswith("send ")]
 
     # What `az storage blob upload --overwrite true --if-match ETAG --content-md5 …` does, done with the SDK: a blob
@@ -1277,7 +1282,7 @@ def test_an_upload_script_replaces_a_damaged_blob_only_while_it_is_the_one_verif
     log = tmp_path / "upload.log"
     log.write_text(f"uploaded\t{name}\n")
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log), env=central.env)
-    assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr
+    assert marked.returncode == 0 and "recorded 1 upload confirmed" in marked.stdout, marked.stdout + marked.stderr
     verified = cli("verify", "--db", str(db), "--to", central.url, "--download", env=central.env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "nothing to upload" in up(central, db).stdout
@@ -1468,7 +1473,7 @@ def test_an_upload_whose_ledger_cannot_be_written_says_how_many_it_recorded(cent
     recorded = ledger_names(db)
     assert "disk is full" in err and "Traceback" not in err
     # The batch it could not write was counted as recorded: "8 files ... are recorded" over a ledger of 5.
-    assert f"  {len(recorded)} files confirmed by this upload are recorded" in err, (len(recorded), err)
+    assert f"  {_files_confirmed(len(recorded))} recorded" in err, (len(recorded), err)
     assert "more were sent but could not be recorded" in err
     out = up(central, db)  # the centre holds them: confirmed as found, not sent again (and not said to be sent)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -1712,7 +1717,7 @@ def test_a_bash_script_claims_its_folder_and_adds_nothing_to_another_manifests_n
     assert "storage', 'blob', 'upload'" in calls and "person.csv" not in calls and str(site) not in calls, calls
     marked = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
                  env=central.env)
-    assert marked.returncode == 0 and "recorded 1 uploads" in marked.stdout, marked.stdout + marked.stderr
+    assert marked.returncode == 0 and "recorded 1 upload confirmed" in marked.stdout, marked.stdout + marked.stderr
 
 
 @pytest.mark.parametrize("kind", ["bash", "azcopy"])
@@ -1798,7 +1803,7 @@ def test_a_manifest_older_than_the_one_that_uploaded_is_refused_and_told_where_t
     for extra in ((), ("--dry-run",)):
         behind = up(central, db, *extra)
         assert behind.returncode == 5, behind.stdout + behind.stderr
-        assert "holds 1 version(s) this manifest uploaded and no longer has (20261102020000" in behind.stderr
+        assert "holds 1 version this manifest uploaded and no longer has (20261102020000" in behind.stderr
         assert f"{central.url}20261102020000/_manifest/manifest.sqlite" in behind.stderr
         assert "nothing to upload" not in behind.stdout and "Traceback" not in behind.stderr
     assert blobs(central) == held

@@ -25,7 +25,7 @@ def import_text(result: ImportResult) -> str:
     for label in result.unchanged_updates:
         lines.append(f"  {label}: no file's content changed (only mtimes, or nothing): no version")
     if result.central:
-        lines.append(f"upload marks: {result.n_marks} file versions recorded in the uploads ledger for {result.central} "
+        lines.append(f"upload marks: {plural(result.n_marks, 'file version')} recorded in the uploads ledger for {result.central} "
                      "as imported (not verified: `chorus-batch verify --all` checks them)")
     else:
         lines.append("upload marks: none in the journal")

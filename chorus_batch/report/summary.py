@@ -212,7 +212,7 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         lines.append(
             f"re-verified: {plural(v['files_reverified'], 'unchanged file')} ({human_bytes(v['bytes_reverified'])}) this run; "
             f"{100 * v['share_read_in_30_days']:.1f}% of the site's files read in the last 30 days"
-            + (f", the longest unverified {oldest:g} days ago" if oldest is not None else "")
+            + (f", the longest unverified {oldest:g} day{'' if oldest == 1 else 's'} ago" if oldest is not None else "")
             + (f", {v['never_verified']} never read (their MD5 as the storage holds it, or recorded by an older "
                "release)" if v["never_verified"] else ""))
     if result.findings is not None:

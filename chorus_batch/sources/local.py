@@ -105,7 +105,7 @@ def _read_upto(fd: int, n: int) -> bytes:
 def _why_no_folder(path: str) -> str:
     """Why `path`, which is not a folder this process can see, is none (the words after it in a message): a missing
     path and a file were said alike ("not a readable directory"), and a missing one is often a disk not mounted."""
-    from ..fsutil import file_above
+    from ..fsutil import file_above, unicode_twin
 
     try:
         mode = os.stat(path).st_mode
@@ -113,6 +113,10 @@ def _why_no_folder(path: str) -> str:
         above = file_above(path)
         if above is not None:
             return f"lies under {shown_name(str(above))}, which is a file"
+        twin = unicode_twin(path)
+        if twin is not None:  # (a name typed or pasted from macOS: the same letters, written another way)
+            return (f"does not exist, but {shown_name(twin)} is there beside it, a name that differs from it only in "
+                    "Unicode form (an accented letter as one character or as a letter and a combining mark)")
         return "does not exist (a typo, or a disk that is not mounted?)"
     except PermissionError:
         return "cannot be reached by this user (permission denied on a folder above it)"
@@ -157,7 +161,7 @@ class LocalSource:
                     f"{self.what} through a symbolic link whose own path is UTF-8")
         if not os.path.isdir(self.root):
             raise ConfigError(
-                f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {self.root} "
+                f"{'site root' if self.what.startswith('--site') else 'root'} is not a readable directory: {shown_name(self.root)} "
                 f"{_why_no_folder(self.root)}", where=self.what,
                 fix=f"point {self.what} at the folder that holds " + (
                     "OMOP/ and the person folders" if self.what.startswith("--site") else "the person folders of that modality"),

@@ -33,11 +33,12 @@ from ..classify import record_key
 from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
-from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict,
+from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict, unicode_twin,
                       sqlite_temp_folder, write_private)
 from ..progress import log
 from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
+from ..units import shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
@@ -187,6 +188,13 @@ def require_folder(path: Path) -> None:
             "started; nothing was written", where=str(path),
             fix="if the manifest lies on a disk that is not mounted, mount it; for a new manifest, create its folder "
                 f"first (mkdir -p {shlex.quote(str(folder))}); else pass --db with the manifest's path")
+    twin = unicode_twin(path)
+    if twin is not None:  # (`--db m_café.sqlite` typed or pasted from macOS: a new manifest beside the site's own)
+        raise UsageError(
+            f"there is no manifest {shown_name(path.name)} in {folder}, but there is {shown_name(twin)}, a name that "
+            "differs from it only in Unicode form (an accented letter as one character or as a letter and a "
+            "combining mark, as macOS writes it): no new manifest was started; nothing was written", where=str(path),
+            fix=f"pass --db with the name as it is on disk: {shlex.quote(str(folder / twin))}")
 
 
 # What the longest name a command writes beside the manifest adds to its name: the runs turned away by the lock,
@@ -237,6 +245,7 @@ class Manifest:
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
         self._held: int | None = None  # the inode of the file a run holds (hold, vanished)
+        self._full_when_opened = False  # opened read-only because its disk was full (_sqlite_source)
         from .validation import ValidationCache
 
         self.validation = ValidationCache(self)
@@ -312,6 +321,11 @@ class Manifest:
                 low = str(exc).lower()
                 if "readonly" in low or "read-only" in low or "unable to open" in low:
                     continue  # no -shm to be had (with a -wal: "unable to open"): the next, more restricted way in
+                if ("disk i/o error" in low or "full" in low) and nearly_full(self.path.parent):
+                    # a full disk: SQLite cannot grow a -shm there ("disk I/O error"), and `versions` or `report`
+                    # failed on a manifest they only read; read-only, a reader needs no new file
+                    self._full_when_opened = True
+                    continue
                 break  # another fault (not a database, unreadable): the caller's open reports it
             finally:
                 con.close()
@@ -378,6 +392,10 @@ class Manifest:
         text = sqlite_words(exc)
         low = text.lower()
         where = str(self.path)
+        if self._full_when_opened and ("readonly" in low or "read-only" in low or "attempt to write" in low):
+            return ManifestError(f"the disk is full: the manifest was opened read-only, as SQLite could not make its "
+                                 f"-shm file beside it ({free_bytes(self.path.parent) // 1024} KiB free), and cannot "
+                                 "be written", where=where, fix="free space on the manifest's file system and run again")
         if "readonly" in low or "read-only" in low or "attempt to write" in low:
             return ManifestError(f"the manifest cannot be written: {text}", where=where,
                                  fix="make the manifest and its folder writable by this user (SQLite writes its "

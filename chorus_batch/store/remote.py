@@ -48,6 +48,7 @@ from urllib.parse import quote, unquote, urlsplit
 from ..faults import pause
 from ..errors import AfterCommitError, ChorusError, ManifestError, ManifestLocked, Stopped, UsageError
 from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sync_blob_service_client
+from ..units import plural
 from ..urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
 from ..times import iso, utc_now
 from .lock import user_name
@@ -95,8 +96,15 @@ def cache_base() -> Path:
     fix = f"set {ENV_CACHE_DIR} to a folder of this user's (a full path)"
     explicit = os.environ.get(ENV_CACHE_DIR)
     if explicit:
+        from ..config_file import check_cache_dir
+
+        check_cache_dir(explicit)
         return Path(expand_home(explicit, ENV_CACHE_DIR, fix))
     xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and not os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and is ignored
+        log.warning(f"XDG_CACHE_HOME={xdg!r} is not an absolute path; it is ignored (as the XDG Base Directory "
+                    "specification says), the cache is under ~/.cache")
+        xdg = None
     home = xdg if xdg else os.path.join("~", ".cache")  # (Path.home() raised RuntimeError where there is no home)
     return Path(expand_home(home, "the remote manifest's local cache", fix)) / "chorus-batch"
 
@@ -436,7 +444,7 @@ class RemoteManifest:
         except (KeyboardInterrupt, Stopped):
             why = "stopped again while it was written"
         n = getattr(exc, "n_confirmed", None)
-        what = f"{n} files confirmed by this upload are" if n is not None else "what this command recorded is"
+        what = f"{plural(n, 'file')} confirmed by this upload {'is' if n == 1 else 'are'}" if n is not None else "what this command recorded is"
         exc.outcome = (f"{what} recorded in the local working copy only ({self.local}): writing it back to "  # type: ignore[union-attr]
                        f"{self.where} failed ({why}), so the manifest in Azure does not have them; the next upload "
                        "meets those files at the centre and confirms them without sending their bytes again "

@@ -335,11 +335,11 @@ class Marked:
                 else ExitCode.OK)
 
     def text(self) -> str:
-        lines = [f"recorded {self.n_recorded} uploads confirmed at {self.central} in the uploads ledger"
-                 + (f"; {self.n_before} more logged blobs were recorded before (left as they are)"
+        lines = [f"recorded {plural(self.n_recorded, 'upload')} confirmed at {self.central} in the uploads ledger"
+                 + (f"; {plural(self.n_before, 'more logged blob')} {'was' if self.n_before == 1 else 'were'} recorded before (left as they are)"
                     if self.n_before else "")]
         if self.not_understood:
-            lines.append(f"not understood: {self.not_understood} lines of the log are not `uploaded<TAB><blob name>` "
+            lines.append(f"not understood: {plural(self.not_understood, 'line')} of the log {'is' if self.not_understood == 1 else 'are'} not `uploaded<TAB><blob name>` "
                          f"as the upload script writes them (first, {self.example}); is it that script's log?")
         if not self.n_recorded and not self.n_before and not self.rejected:
             lines.append("warning: the log names no blob the upload script sent: nothing was recorded (pass the log "
@@ -350,8 +350,8 @@ class Marked:
             if len(self.rejected) > 20:
                 lines.append(f"  ... {len(self.rejected) - 20} more")
         if self.n_superseded:
-            lines.append(f"recorded {self.n_superseded} files as superseded: a later version replaced, renamed or "
-                         "removed them before they were sent (their bytes are no longer at that path in the site; a "
+            lines.append(f"recorded {plural(self.n_superseded, 'file')} as superseded: a later version replaced, renamed or "
+                         f"removed {'it' if self.n_superseded == 1 else 'them'} before {'it was' if self.n_superseded == 1 else 'they were'} sent (their bytes are no longer at that path in the site; a "
                          "file that replaced one, or its new name, goes with that later version)")
         lines.append("`chorus-batch upload` then finds nothing left to send for a complete version: it checks it and "
                      "puts the manifest's copy next to it")
@@ -422,7 +422,7 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
     except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
         if ledger is not None:
             container_gone(exc, ledger)
-        exc.outcome = (f"{marked.n_recorded} logged uploads were recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
+        exc.outcome = (f"{plural(marked.n_recorded, 'logged upload')} {'was' if marked.n_recorded == 1 else 'were'} recorded in the manifest's uploads ledger before "  # type: ignore[attr-defined]
                        "this; run the same command again once this is fixed (what was recorded is left as it is)")
         raise
     finally:

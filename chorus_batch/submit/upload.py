@@ -111,7 +111,7 @@ class UploadResult:
 def _outcome(n_confirmed: int, n_unrecorded: int = 0) -> str:
     unrecorded = (f"; {n_unrecorded} more were sent but could not be recorded (the next upload finds them at the "
                   "centre with the manifest's MD5 and confirms them without sending them again)" if n_unrecorded else "")
-    return (f"{n_confirmed} files confirmed by this upload are recorded in the manifest's uploads ledger{unrecorded}; "
+    return (f"{plural(n_confirmed, 'file')} confirmed by this upload {'is' if n_confirmed == 1 else 'are'} recorded in the manifest's uploads ledger{unrecorded}; "
             "run the same command again to resume (confirmed files are not sent again)")
 
 
@@ -242,7 +242,7 @@ def _refuse_behind(manifest: Manifest, central: Central) -> None:
     if ahead:
         newest = f"{central.url}/{ahead[-1]}/_manifest/manifest.sqlite"
         raise ManifestBehind(
-            f"the central container holds {len(ahead)} version(s) this manifest uploaded and no longer has "
+            f"the central container holds {plural(len(ahead), 'version')} this manifest uploaded and no longer has "
             f"({', '.join(ahead[:5])}{', ...' if len(ahead) > 5 else ''}: their manifest copies carry this manifest's "
             "id): this manifest is older than the one that uploaded them (restored from a backup, or a copy from "
             "before); nothing was sent", where=str(manifest.path),

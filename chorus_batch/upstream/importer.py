@@ -35,6 +35,7 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
+from ..units import plural
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
@@ -131,7 +132,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     result = ImportResult(journal=journal.path, journal_schema=journal.schema, db=db, dry_run=dry_run,
                           central=central_url, n_rows=n_rows)
     building = target.with_name(f".{target.name}.importing-{os.getpid()}")
-    written = f"the manifest was written to {db}, with the journal's {len(trees)} versions"  # (what a stop after it says)
+    written = f"the manifest was written to {db}, with the journal's {plural(len(trees), 'version')}"  # (what a stop after it says)
     # The manifest's own lock (as a run takes it): one import at a time, and no run creating it meanwhile. A dry
     # run takes it too: it builds the same temporary file beside --db, which a real import removes as a killed
     # import's leftover (it holds the site's paths).
@@ -309,7 +310,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     previous_label: str | None = None
     for tree in trees:
         files = tree.files(rows)
-        progress.stage(f"importing version {tree.label} ({files.height} files)")
+        progress.stage(f"importing version {tree.label} ({plural(files.height, 'file')})")
         files = files.select(
             root_id.alias("root_id"), "srcfile", "size", (pl.col("mtime_us") * 1000).alias("mtime_ns"), "md5",
             # hashed by upstream in this run (or these runs): when its bytes were last seen to have this MD5
@@ -366,7 +367,7 @@ def _build(path: Path, journal: Journal, trees: list[VersionTree], rows: pl.Data
     manifest.finish_run(run_id, exit_code=1 if not_notes(findings).height else 0,
                         version=previous_label, n_files=result.versions[-1].n_files, n_errors=findings.height,
                         scan_started_ns=trees[-1].started_us * 1000,
-                        message=f"imported {len(result.versions)} versions from {journal.path}")
+                        message=f"imported {plural(len(result.versions), 'version')} from {journal.path}")
     return findings
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from ..frames import FACTS_SCHEMA  # kind, md5, facts (JSON text)
+from ..units import plural
 from .dicom_walk import (
     CHARACTER_SET,
     META_GROUP_LENGTH,
@@ -190,7 +191,7 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
         }
         if not rec["n_seg"]:
             if len(lines) - 1 != n_sig:
-                raise BadContent(f"the record line declares {n_sig} signals but {len(lines) - 1} signal lines follow")
+                raise BadContent(f"the record line declares {plural(n_sig, 'signal')} but {plural(len(lines) - 1, 'signal line')} follow")
             for line in lines[1:]:
                 sig = _match(grammar.rx_signal, line, "signal")
                 facts["signals"].append({
@@ -202,7 +203,7 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
         else:
             n_seg = int(rec["n_seg"])
             if len(lines) - 1 != n_seg:
-                raise BadContent(f"the record line declares {n_seg} segments but {len(lines) - 1} segment lines follow")
+                raise BadContent(f"the record line declares {plural(n_seg, 'segment')} but {plural(len(lines) - 1, 'segment line')} follow")
             facts["segments"] = [{"name": seg["seg_name"], "length": int(seg["seg_len"])}
                                  for seg in (_match(grammar.rx_segment, line, "segment") for line in lines[1:])]
     except BadContent:

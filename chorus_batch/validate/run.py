@@ -25,6 +25,7 @@ from ..fsutil import scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
+from ..units import plural
 from ..store.validation import VALIDATION_SCHEMA
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
             "never read, and the manifest does not record where they are", where=where,
             fix="pass --site with the site root (its roots are recorded by the next run)")
     if todo.height:
-        progress.stage(f"reading {todo.height:,} headers and tables ({known_keys.height:,} known from earlier runs)")
+        progress.stage(f"reading {plural(todo.height, 'header', grouped=True)} and tables ({known_keys.height:,} known from earlier runs)")
     new_facts = read_new_facts(todo, readers, workers=workers, progress=progress)  # type: ignore[arg-type]
 
     def facts_of(wanted: pl.DataFrame) -> pl.DataFrame:
