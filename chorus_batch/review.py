@@ -349,9 +349,11 @@ class ManifestReader:
         gone, came = self._changed_between(older, newer)
         if backwards:  # the same sets, read the other way
             gone, came = came, gone
-        # The set logic is the run's own (diff.py): every row valid on one side only is a candidate.
-        change_set = compute_diff(gone.select("file_id", "srcfile", "size", "md5"), came.select("srcfile", "size", "md5"),
-                                  threads=1).change_set
+        # The set logic is the run's own (diff.py): every row valid on one side only is a candidate. A file without
+        # an MD5 (unverifiable) is compared by etag, size and mtime as the run compares it: by size alone, a blob
+        # rewritten at the same size was missing here while the run's change set recorded it replaced.
+        compared = ("srcfile", "size", "mtime_ns", "md5", "etag")
+        change_set = compute_diff(gone.select("file_id", *compared), came.select(*compared), threads=1).change_set
         came_rows = change_set.filter(pl.col("change") != "removed").join(
             came.select(FILE_COLUMNS), on="srcfile", how="left").join(
             gone.select(pl.col("file_id").alias("old_file_id"), pl.col("md5").alias("old_md5")), on="old_file_id", how="left")
@@ -627,7 +629,8 @@ class ManifestReader:
 
 def _diff_table(con: duckdb.DuckDBPyConnection) -> None:
     """The view `diff` of a review database holding `files` and `base_files`: `diff(compare_to, version)` as rows
-    (DIFF_SCHEMA), its change set computed in DuckDB (diff.py's rule, as `diff` applies it: by MD5 and size) into
+    (DIFF_SCHEMA), its change set computed in DuckDB (diff.py's rule, as `diff` applies it: by MD5 and size, a file
+    without an MD5 by etag, size and mtime as the run compares it) into
     the table `_change_set`. A version that replaced a million files was read whole as a polars frame (1.7 GB, and
     a minute) by the report and the notebook, which show its counts and first rows."""
     from .diff import change_set_sql
@@ -636,8 +639,8 @@ def _diff_table(con: duckdb.DuckDBPyConnection) -> None:
     # whole sides joined needed more than the database's cap at 160k files (the query's CTEs are held in memory).
     for side, table, other, key in (("previous_files", "base_files", "files", "file_id, "),
                                     ("current_files", "files", "base_files", "")):
-        con.execute(f"CREATE TEMP VIEW {side} AS SELECT {key}srcfile, size, NULL::BIGINT AS mtime_ns, md5, "
-                    f"NULL::VARCHAR AS etag FROM {table} ANTI JOIN {other} USING (file_id)")
+        con.execute(f"CREATE TEMP VIEW {side} AS SELECT {key}srcfile, size, mtime_ns, md5, etag "
+                    f"FROM {table} ANTI JOIN {other} USING (file_id)")
     con.execute(f"CREATE TABLE _change_set AS {change_set_sql()}")
     con.execute("DROP VIEW previous_files; DROP VIEW current_files")
     con.execute("""CREATE VIEW diff AS

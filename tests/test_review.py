@@ -1066,3 +1066,30 @@ def test_a_version_not_found_names_the_command_that_lists_this_manifests_version
         with pytest.raises(UsageError) as raised:
             call()
         assert f"`{listing}`" in raised.value.fix, raised.value.fix
+
+
+def test_a_blob_without_an_md5_rewritten_at_the_same_size_is_in_the_diff_as_in_the_change_set(azurite, tmp_path,
+                                                                                                monkeypatch):
+    """A file without an MD5 (a block blob, `--cloud-md5 stored-only`) was compared by `diff` by size alone: rewritten
+    at the same size, the run's change set recorded it replaced and `diff` (and the report's, the notebook's `diff`
+    view) left it out. It is compared by etag, size and mtime, as the run compares it."""
+    from services import upload_tree
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    local, db, name = tmp_path / "site", tmp_path / "m.sqlite", "000001/Waveforms/S1/S1.dat"
+    write(local, "OMOP/person.csv", b"person_id\n1\n")
+    write(local, name, b"first bytes " * 10)
+    container, client = azurite.new_container(), azurite.service_client()
+    upload_tree(client, container, local, content_md5=False, blocks=True)  # no Content-MD5: unverifiable
+    run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only", version_label="v1")
+    blob = client.get_blob_client(container, name)
+    blob.stage_block("b1", b"other bytes " * 10)  # the same size
+    blob.commit_block_list(["b1"])
+    run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only", version_label="v2")
+    m = open_manifest(db)
+    assert m.changes("v2").select("change", "srcfile").rows() == [("replaced", name)]
+    assert m.diff("v1", "v2").select("change", "srcfile").rows() == [("replaced", name)]
+    assert m.diff("v2", "v1").select("change", "srcfile").rows() == [("replaced", name)]
+    con = m.duckdb("v2", compare_to="v1")
+    assert con.execute("SELECT change, srcfile FROM diff").fetchall() == [("replaced", name)]
+    m.close()
