@@ -171,6 +171,12 @@ class ManifestReader:
         checked it, nothing did, or the storage does not record it (a snapshot folder)."""
         return None
 
+    def validation(self, version: str | None = None) -> tuple[pl.DataFrame, bool | None, str | None]:
+        """(`findings`, `validated`, `other_rules`) of a version, read at once: one state of the manifest (a
+        `validate` committing between separate reads paired findings of before it with the state after it)."""
+        label = self.resolve(version)
+        return self.findings(label), self.validated(label), self.other_rules(label)
+
     # -- shared
 
     def __repr__(self) -> str:
@@ -784,14 +790,18 @@ class SQLiteReader(ManifestReader):
         return self._manifest.validation.findings(self.resolve(version))
 
     def validated(self, version: str | None = None) -> bool | None:
-        label, checks = self.resolve(version), self._manifest.validation
-        return checks.is_validated(label) or checks.checked_by_other_rules(label)
+        return self.validation(version)[1]
 
     def other_rules(self, version: str | None = None) -> str | None:
-        label, checks = self.resolve(version), self._manifest.validation
-        if checks.is_validated(label) or not checks.checked_by_other_rules(label):
-            return None
-        return checks.rules_of(label) or "not recorded: a release before schema 9"
+        return self.validation(version)[2]
+
+    def validation(self, version: str | None = None) -> tuple[pl.DataFrame, bool | None, str | None]:
+        from .validate.rules import edition
+
+        findings, rules = self._manifest.validation.checked(self.resolve(version))
+        if not rules or edition() in rules:  # unchecked, or checked by this release's rules
+            return findings, bool(rules), None
+        return findings, True, next((r for r in rules if r), None) or "not recorded: a release before schema 9"
 
 
 # The change kinds whose rows have content in the newer version (what a checksum list of a change set lists).
