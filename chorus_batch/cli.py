@@ -1077,6 +1077,14 @@ def _kept_exit_code(code: int):
         raise
 
 
+def _page_on_stdout(out: str):
+    """`report`/`review --out -`: the page (the notebook) is the command's product, not a listing to look at: a
+    reader that closed the pipe before it was all written ends the command quietly, as `cat` ends, 141 (128 +
+    SIGPIPE). It ended with 0, and `report --out - | ssh host 'cat > r.html'` that lost the connection left a cut
+    page that looked written under `set -o pipefail`."""
+    return _kept_exit_code(int(ExitCode.READER_LEFT)) if out == "-" else contextlib.nullcontext()
+
+
 def _early_listing(settings):
     """The site's walk (a shard's folders), started now to go on while polars, pyarrow and DuckDB load
     (walk.py); the run's listing takes it. A merge lists nothing. (Started before the settings are validated
@@ -1530,8 +1538,9 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     # A manifest in Azure is read from a local copy in the cache; the page names it, and the commands it suggests
     # take it, by its URL: the copy's path sent `chorus-batch validate` to record findings in that throwaway copy.
-    info = write_report(_db(args, target), args.out, version=args.version_label,
-                        named=mask_url(target.db) if is_remote(target.db) else None)
+    with _page_on_stdout(args.out):
+        info = write_report(_db(args, target), args.out, version=args.version_label,
+                            named=mask_url(target.db) if is_remote(target.db) else None)
     said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
     # quoted with escapes as other messages show names: a line break in --out split this line in two
     where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))
@@ -1547,8 +1556,9 @@ def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
     from .urls import mask_url
 
     target = _resolve(args)  # a manifest in Azure: the notebook reads a local copy, and names it by its URL
-    seconds = run_review(_db(args, target), args.out, version=args.version_label, compare_to=args.compare_to,
-                         named=mask_url(target.db) if is_remote(target.db) else None)
+    with _page_on_stdout(args.out):
+        seconds = run_review(_db(args, target), args.out, version=args.version_label, compare_to=args.compare_to,
+                             named=mask_url(target.db) if is_remote(target.db) else None)
     to_stdout = args.out == "-"  # (standard output holds the notebook)
     print(f"wrote {'the executed notebook to standard output' if to_stdout else shown_name(str(Path(args.out).resolve()))} "
           f"({seconds:.1f} s)", file=sys.stderr if to_stdout else sys.stdout)
