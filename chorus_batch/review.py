@@ -489,6 +489,7 @@ class ManifestReader:
         """Person ids of the version that `person` may mean: the same number with other leading zeros
         ('12' -> '000012'), else ids that contain it."""
         person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        person = person.strip()  # an id pasted with a space or a line break (' 000123') was said to match nothing
         ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
         same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
         found = same_number if same_number.len() else ids.filter(ids.str.contains(person, literal=True))

@@ -1093,3 +1093,15 @@ def test_a_blob_without_an_md5_rewritten_at_the_same_size_is_in_the_diff_as_in_t
     con = m.duckdb("v2", compare_to="v1")
     assert con.execute("SELECT change, srcfile FROM diff").fetchall() == [("replaced", name)]
     m.close()
+
+
+def test_a_person_typed_without_its_zeros_or_pasted_with_a_space_is_answered_with_the_id_meant(history):
+    """Person ids are text with leading zeros ('000001'): `files(person="1")` warns with the id meant; one pasted with
+    a space or a line break around it (' 000001') was said to match nothing, with no id suggested."""
+    from chorus_batch.review import NoSuchPerson
+
+    m = open_manifest(history["db"])
+    for typed in ("1", " 000001", "000001\n", "01"):
+        with pytest.warns(NoSuchPerson, match="did you mean 000001[?]"):
+            assert m.files(person=typed).height == 0
+    assert m.files(person="000001").height > 0
