@@ -1105,3 +1105,22 @@ def test_a_person_typed_without_its_zeros_or_pasted_with_a_space_is_answered_wit
         with pytest.warns(NoSuchPerson, match="did you mean 000001[?]"):
             assert m.files(person=typed).height == 0
     assert m.files(person="000001").height > 0
+
+
+def test_a_non_utf8_name_copied_as_the_run_shows_it_is_said_to_be_a_scan_error(site, db):
+    """A file whose name is not UTF-8 is a scan error, shown as `OMOP/bad\\xffname.csv` by the run, `status` and the
+    report. That text copied into `history` was "no file" as if mistyped, and into `files --path` "no files under
+    'OMOP/bad\\\\xffname.csv'" (repr doubled the backslash, so it no longer read as shown). Both say it is a scan error
+    of the version, what kind, with the name as shown everywhere."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "OMOP").joinpath(os.fsdecode(b"bad\xffname.csv")).write_bytes(b"x")
+    run = cli("run", "--site", str(site), "--db", str(db), "--no-validate")
+    shown = "OMOP/bad\\xffname.csv"
+    assert f"{shown}: file name is not valid UTF-8" in run.stdout, run.stdout
+    said = "; it is a scan error of version "
+    out = cli("history", "--db", str(db), shown)
+    assert out.returncode == 2 and f"no file '{shown}' in the manifest{said}" in out.stderr, out.stderr
+    assert "(non_utf8_name: " in out.stderr
+    for command in (("files",), ("changes",)):
+        out = cli(*command, "--db", str(db), "--path", shown)
+        assert out.returncode == 0 and f"under '{shown}'{said}" in out.stderr, out.stderr
