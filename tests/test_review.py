@@ -1124,3 +1124,21 @@ def test_a_non_utf8_name_copied_as_the_run_shows_it_is_said_to_be_a_scan_error(s
     for command in (("files",), ("changes",)):
         out = cli(*command, "--db", str(db), "--path", shown)
         assert out.returncode == 0 and f"under '{shown}'{said}" in out.stderr, out.stderr
+
+
+def test_a_snapshot_that_versions_parquet_does_not_list_yet_is_read(history, tmp_path):
+    """A run killed after writing a version's snapshot but before versions.parquet leaves a complete snapshot the
+    table does not list: the reader left it out of `versions`, and asking for it said it "was committed after this
+    reader read the manifest's versions" (opening again changed nothing). It is read; no time selects it (its commit
+    time is unknown), its label does."""
+    snaps = tmp_path / "snap"
+    shutil.copytree(history["snaps"], snaps)
+    first, *_, last = history["labels"]
+    table = pl.read_parquet(snaps / "versions.parquet")
+    table.filter(pl.col("label") != last).write_parquet(snaps / "versions.parquet")  # as the kill leaves it
+    m = open_manifest(snaps)
+    assert m.versions()["label"].to_list() == history["labels"]
+    assert as_dict(m.files(last)) == history["trees"][-1]
+    assert m.resolve("2999-01-01T00:00:00Z") == history["labels"][-2]
+    out = cli("versions", "--db", str(snaps))
+    assert out.returncode == 0 and last in out.stdout, out.stderr
