@@ -201,6 +201,19 @@ class ManifestReader:
         labels = self.versions()["label"]
         return labels[-1] if labels.len() else None
 
+    def _known(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame`'s rows as of the versions this reader knows (it keeps those it found when opened: one state of
+        the manifest for a whole review): a row a run committed since is left out, and an end it gave a row (its
+        `version_invalid`, `time_invalid`, `ended_by`, `renamed_to`) is not one yet. The rows carry their ends as
+        the manifest holds them now: `history` showed a version the reader's `changes` called unknown."""
+        latest = self.latest()
+        if latest is None or frame.height == 0:
+            return frame
+        later = pl.col("version_invalid") > latest
+        ends = [pl.when(later).then(None).otherwise(pl.col(c)).alias(c)
+                for c in ("version_invalid", "time_invalid", "ended_by", "renamed_to") if c in frame.columns]
+        return frame.filter(pl.col("version_valid") <= latest).with_columns(ends)
+
     def resolve(self, version: str | datetime | None) -> str:
         """A version label, from a label, an ISO date-time, or None (the latest)."""
         versions = self.versions()
@@ -307,10 +320,10 @@ class ManifestReader:
         cached = getattr(self, "_file_set", None)
         if cached is None or cached[0] != label:
             if modality is not None or person is not None:  # a narrow question: let the storage filter
-                frame = self._files_at(label, modality, person).select(FILE_COLUMNS)
+                frame = self._known(self._files_at(label, modality, person).select(FILE_COLUMNS))
                 self._said_unknown_person(person, label, frame)
                 return frame
-            cached = self._file_set = (label, self._files_at(label, None, None).select(FILE_COLUMNS))
+            cached = self._file_set = (label, self._known(self._files_at(label, None, None).select(FILE_COLUMNS)))
         frame = cached[1]
         if modality is not None:
             frame = frame.filter(pl.col("modality") == modality)
@@ -367,7 +380,7 @@ class ManifestReader:
             gone.select(FILE_COLUMNS).with_columns(old_file_id=pl.col("file_id")), on="old_file_id", how="left"
         ).with_columns(old_md5=pl.col("md5"))
         frame = pl.concat([came_rows.select(list(DIFF_SCHEMA)), gone_rows.select(list(DIFF_SCHEMA))])
-        return frame.cast(DIFF_SCHEMA).sort("change", "srcfile")  # type: ignore[arg-type]
+        return self._known(frame.cast(DIFF_SCHEMA)).sort("change", "srcfile")  # type: ignore[arg-type]
 
     def history(self, srcfile: str) -> pl.DataFrame:  # srcfile: site-relative (see site_relative)
         """Every version of one file, oldest first: each row says how it began (`change`,
@@ -388,7 +401,7 @@ class ManifestReader:
             pending = pl.concat(found).filter(~pl.col("file_id").is_in(known)) if found else rows.clear()
             frames.append(pending)
         # file ids are handed out in commit order: sorted by them, the rows are the file's life in order
-        return pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA))
+        return self._known(pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA)))
 
     def _committed_since_open(self, label: str) -> bool:
         """Whether the storage now holds a version `label` this reader, opened before, does not know."""
@@ -576,11 +589,11 @@ class ManifestReader:
         upto = max(label, base or label)  # (a later compare_to: the changes up to it)
         # Later versions' change sets were there too: a review of an earlier version counted, as its own, the
         # removals and replacements made after it (and those of a run that committed since the reader opened).
-        tables = {"files": self._file_slices(label), "changes": self._change_slices(upto),
+        tables = {"files": map(self._known, self._file_slices(label)), "changes": self._change_slices(upto),
                   "versions": iter([self.versions().filter(pl.col("label") <= upto)]),
                   "registry": iter([self.registry()]), "scan_errors": iter([self.scan_errors(label)])}
         if base is not None:
-            tables["base_files"] = self._file_slices(base)
+            tables["base_files"] = map(self._known, self._file_slices(base))
         con, stack = self.review_database(tables, version=label)
         self.__dict__.setdefault("_sessions", []).append(stack)
         return con

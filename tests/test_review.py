@@ -1142,3 +1142,25 @@ def test_a_snapshot_that_versions_parquet_does_not_list_yet_is_read(history, tmp
     assert m.resolve("2999-01-01T00:00:00Z") == history["labels"][-2]
     out = cli("versions", "--db", str(snaps))
     assert out.returncode == 0 and last in out.stdout, out.stderr
+
+
+def test_a_reader_open_while_a_run_commits_answers_as_of_the_versions_it_knows(site, db):
+    """A notebook's reader keeps the versions it found when opened, but its rows carried their ends as the manifest
+    holds them now: after a run committed, `history` showed the new version's row and an `ended_by` from it, a
+    version the same reader's `changes` called unknown, and `files` of an earlier version said the row ended there.
+    Every answer is as of the versions the reader knows; opened again, it reads the new one."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/kept.csv", b"first")
+    run_site(site, db, version_label="v1")
+    m = open_manifest(db)
+    assert m.latest() == "v1"  # (the notebook's first cells list the versions)
+    write(site, "OMOP/kept.csv", b"second")  # replaced by a run that commits while the notebook is open
+    run_site(site, db, version_label="v2")
+    known = m.history("OMOP/kept.csv")
+    assert known.select("version_valid", "version_invalid", "ended_by").rows() == [("v1", None, None)]
+    assert m.files("v1").filter(pl.col("srcfile") == "OMOP/kept.csv")["version_invalid"].to_list() == [None]
+    con = m.duckdb("v1")
+    assert con.execute("SELECT count(*) FROM files WHERE version_invalid IS NOT NULL").fetchone() == (0,)
+    m.close()
+    again = open_manifest(db).history("OMOP/kept.csv")
+    assert again.select("version_valid", "ended_by").rows() == [("v1", "replaced"), ("v2", None)]
