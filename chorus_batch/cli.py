@@ -1098,6 +1098,14 @@ def _kept_exit_code(code: int):
         raise
 
 
+def _page_on_stdout(out: str):
+    """`report`/`review --out -`: the page (the notebook) is the command's product, not a listing to look at: a
+    reader that closed the pipe before it was all written ends the command quietly, as `cat` ends, 141 (128 +
+    SIGPIPE). It ended with 0, and `report --out - | ssh host 'cat > r.html'` that lost the connection left a cut
+    page that looked written under `set -o pipefail`."""
+    return _kept_exit_code(int(ExitCode.READER_LEFT)) if out == "-" else contextlib.nullcontext()
+
+
 def _early_listing(settings):
     """The site's walk (a shard's folders), started now to go on while polars, pyarrow and DuckDB load
     (walk.py); the run's listing takes it. A merge lists nothing. (Started before the settings are validated
@@ -1364,7 +1372,7 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path, ("srcfile", "old_srcfile"))
         if frame.height == 0 and reader.rows_under(reader.files(label), args.path).height == 0:
             # (nothing under it changed, and nothing lies there either: a mistyped path or a pattern said "0 changes")
-            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}")
+            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}", label)
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -1474,7 +1482,7 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
-            _say_nothing_under(reader, args.path, "no files")
+            _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of))
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
@@ -1485,12 +1493,33 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _say_nothing_under(reader, path: str, what: str) -> None:
+def _scan_error_of(reader, path: str, label: str | None) -> str:
+    """What to add to "no file PATH" where PATH is a scan error of version `label` (a non-UTF-8 name as status, the
+    run and the report show it, `OMOP/bad\\xffname.csv`; an unreadable file): why no file is there. Copied from those
+    outputs into `history` or `--path`, it was said to be no file at all, as if mistyped."""
+    if label is None:
+        return ""
+    import polars as pl
+
+    errors = reader.scan_errors(label)
+    found = errors.filter(pl.col("srcfile").is_in(reader.spellings(path)))
+    if found.height == 0:
+        return ""
+    kind, message = found.select("kind", "message").row(0)
+    return f"; it is a scan error of version {label}, not a tracked file ({kind}: {shown_text(message)})"
+
+
+def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -> None:
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
-    a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0)."""
+    a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
+    The path is quoted as typed, as `history` quotes it (repr doubled a backslash: `'OMOP/bad\\\\xffname.csv'`)."""
+    scan_error = _scan_error_of(reader, path, label or reader.latest())
+    if scan_error:
+        print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
+        return
     similar = reader.similar_paths(path, folders=True) if reader.latest() else []
     pattern = re.search(r"[*?\[]", path) is not None
-    print(f"chorus-batch: {what} under {path!r}"
+    print(f"chorus-batch: {what} under {quoted(path)}"
           + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
              "; --path takes a file or a folder as `chorus-batch files` prints it, not a pattern: * ? [ are read as "
              "part of a name (give the folder, or filter the --csv output)" if pattern else
@@ -1545,6 +1574,10 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
         # does, so the difference shows (ascii(): é as one character, \xe9, or as e + accent, e\u0301).
         similar = reader.similar_paths(args.path)
+        scan_error = _scan_error_of(reader, args.path, reader.latest())
+        if scan_error:
+            raise UsageError(f"no file {shown} in the manifest{scan_error}", where=where,
+                             fix="do what the scan error says, then run again to track the file")
         raise UsageError(f"no file {shown} in the manifest" + (
             f"; did you mean {', '.join(ascii(p) if not p.isascii() else repr(p) for p in similar)}"
             + (f" (typed: {ascii(args.path)})" if not args.path.isascii() else "") + "?" if similar else ""),
@@ -1561,8 +1594,9 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     target = _resolve(args)
     # A manifest in Azure is read from a local copy in the cache; the page names it, and the commands it suggests
     # take it, by its URL: the copy's path sent `chorus-batch validate` to record findings in that throwaway copy.
-    info = write_report(_db(args, target), args.out, version=args.version_label,
-                        named=mask_url(target.db) if is_remote(target.db) else None)
+    with _page_on_stdout(args.out):
+        info = write_report(_db(args, target), args.out, version=args.version_label,
+                            named=mask_url(target.db) if is_remote(target.db) else None)
     said = sys.stderr if args.out == "-" else sys.stdout  # (standard output holds the page)
     # quoted with escapes as other messages show names: a line break in --out split this line in two
     where = "the report to standard output" if args.out == "-" else shown_name(str(Path(info.path).resolve()))
@@ -1578,8 +1612,9 @@ def cmd_review(args: argparse.Namespace, argv: list[str]) -> int:
     from .urls import mask_url
 
     target = _resolve(args)  # a manifest in Azure: the notebook reads a local copy, and names it by its URL
-    seconds = run_review(_db(args, target), args.out, version=args.version_label, compare_to=args.compare_to,
-                         named=mask_url(target.db) if is_remote(target.db) else None)
+    with _page_on_stdout(args.out):
+        seconds = run_review(_db(args, target), args.out, version=args.version_label, compare_to=args.compare_to,
+                             named=mask_url(target.db) if is_remote(target.db) else None)
     to_stdout = args.out == "-"  # (standard output holds the notebook)
     print(f"wrote {'the executed notebook to standard output' if to_stdout else shown_name(str(Path(args.out).resolve()))} "
           f"({seconds:.1f} s)", file=sys.stderr if to_stdout else sys.stdout)

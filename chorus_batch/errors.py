@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     QUIT = 131  # Ctrl-\ / SIGQUIT; nothing was committed
     CPU_LIMIT = 152  # SIGXCPU (the CPU-time limit, `ulimit -t`, a batch system's); nothing was committed
     TERMINATED = 143  # SIGTERM (Slurm, systemd, kill); nothing was committed
+    READER_LEFT = 141  # `report`/`review --out -`: the reader closed the pipe before the whole page (128 + SIGPIPE, as cat)
 
 
 EXIT_CODES_HELP = """\
@@ -51,7 +52,9 @@ exit codes:
   129  hung up (SIGHUP); 130 interrupted (Ctrl-C); 131 quit (Ctrl-\\, SIGQUIT); 138 stopped by SIGUSR1; 140 stopped
        by SIGUSR2 (Slurm's --signal before a job's time limit); 143 terminated (SIGTERM); 152 CPU-time limit reached
        (SIGXCPU, `ulimit -t`): nothing was committed, unless a line above says a version was committed before the
-       signal arrived"""
+       signal arrived
+  141  report/review --out -: the reader closed standard output before the whole page or notebook was written
+       (as `cat` ends, 128 + SIGPIPE: under `set -o pipefail` a cut page is not taken as written)"""
 
 # The signals that stop a command as Ctrl-C does (cli installs their handlers; processes holds them while a native
 # library loads; slurm passes them on to the jobs it submitted). SIGUSR1: what Slurm's `--signal=USR1@60` (a common

@@ -101,7 +101,12 @@ def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int
 
     word = plural(total[0] if total else items, unit).partition(" ")[2]
     counted = f"{items:,}/{total[0]:,} {word}" if total else f"{items:,} {word}"
-    sized = (f", {human_bytes(size)}" + (f"/{human_bytes(total[1])}" if total and total[1] else "")) if size else ""
+    # The total is the listed sizes: files written since (grown) or read again (changed while read) pass it, and
+    # "1.2 GiB/1.0 GiB" with an ETA of 00:00 read as a broken meter. Said as more than listed, the ETA from the files.
+    beyond = bool(total and total[1] and size > total[1])
+    sized = (f", {human_bytes(size)}" + (f" (more than the {human_bytes(total[1])} listed: files grew or were read "
+                                         "again since)" if beyond else f"/{human_bytes(total[1])}" if total and total[1]
+                                         else "")) if size else ""
     if elapsed_s <= 0:
         rate = ""
     elif size:
@@ -113,7 +118,7 @@ def progress_line(label: str, unit: str, items: int, size: int, total: tuple[int
         return f"{label}: {counted}{sized}{rate}, {ended} {tqdm.format_interval(elapsed_s)}"
     eta = ""
     if total and elapsed_s > 0:
-        if total[1] and size:
+        if total[1] and size and not beyond:
             eta = f", ETA {tqdm.format_interval(max(0, total[1] - size) / (size / elapsed_s))}"
         elif items:
             eta = f", ETA {tqdm.format_interval(max(0, total[0] - items) / (items / elapsed_s))}"

@@ -171,6 +171,12 @@ class ManifestReader:
         checked it, nothing did, or the storage does not record it (a snapshot folder)."""
         return None
 
+    def validation(self, version: str | None = None) -> tuple[pl.DataFrame, bool | None, str | None]:
+        """(`findings`, `validated`, `other_rules`) of a version, read at once: one state of the manifest (a
+        `validate` committing between separate reads paired findings of before it with the state after it)."""
+        label = self.resolve(version)
+        return self.findings(label), self.validated(label), self.other_rules(label)
+
     # -- shared
 
     def __repr__(self) -> str:
@@ -194,6 +200,19 @@ class ManifestReader:
     def latest(self) -> str | None:
         labels = self.versions()["label"]
         return labels[-1] if labels.len() else None
+
+    def _known(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame`'s rows as of the versions this reader knows (it keeps those it found when opened: one state of
+        the manifest for a whole review): a row a run committed since is left out, and an end it gave a row (its
+        `version_invalid`, `time_invalid`, `ended_by`, `renamed_to`) is not one yet. The rows carry their ends as
+        the manifest holds them now: `history` showed a version the reader's `changes` called unknown."""
+        latest = self.latest()
+        if latest is None or frame.height == 0:
+            return frame
+        later = pl.col("version_invalid") > latest
+        ends = [pl.when(later).then(None).otherwise(pl.col(c)).alias(c)
+                for c in ("version_invalid", "time_invalid", "ended_by", "renamed_to") if c in frame.columns]
+        return frame.filter(pl.col("version_valid") <= latest).with_columns(ends)
 
     def resolve(self, version: str | datetime | None) -> str:
         """A version label, from a label, an ISO date-time, or None (the latest)."""
@@ -301,10 +320,10 @@ class ManifestReader:
         cached = getattr(self, "_file_set", None)
         if cached is None or cached[0] != label:
             if modality is not None or person is not None:  # a narrow question: let the storage filter
-                frame = self._files_at(label, modality, person).select(FILE_COLUMNS)
+                frame = self._known(self._files_at(label, modality, person).select(FILE_COLUMNS))
                 self._said_unknown_person(person, label, frame)
                 return frame
-            cached = self._file_set = (label, self._files_at(label, None, None).select(FILE_COLUMNS))
+            cached = self._file_set = (label, self._known(self._files_at(label, None, None).select(FILE_COLUMNS)))
         frame = cached[1]
         if modality is not None:
             frame = frame.filter(pl.col("modality") == modality)
@@ -349,9 +368,11 @@ class ManifestReader:
         gone, came = self._changed_between(older, newer)
         if backwards:  # the same sets, read the other way
             gone, came = came, gone
-        # The set logic is the run's own (diff.py): every row valid on one side only is a candidate.
-        change_set = compute_diff(gone.select("file_id", "srcfile", "size", "md5"), came.select("srcfile", "size", "md5"),
-                                  threads=1).change_set
+        # The set logic is the run's own (diff.py): every row valid on one side only is a candidate. A file without
+        # an MD5 (unverifiable) is compared by etag, size and mtime as the run compares it: by size alone, a blob
+        # rewritten at the same size was missing here while the run's change set recorded it replaced.
+        compared = ("srcfile", "size", "mtime_ns", "md5", "etag")
+        change_set = compute_diff(gone.select("file_id", *compared), came.select(*compared), threads=1).change_set
         came_rows = change_set.filter(pl.col("change") != "removed").join(
             came.select(FILE_COLUMNS), on="srcfile", how="left").join(
             gone.select(pl.col("file_id").alias("old_file_id"), pl.col("md5").alias("old_md5")), on="old_file_id", how="left")
@@ -359,7 +380,7 @@ class ManifestReader:
             gone.select(FILE_COLUMNS).with_columns(old_file_id=pl.col("file_id")), on="old_file_id", how="left"
         ).with_columns(old_md5=pl.col("md5"))
         frame = pl.concat([came_rows.select(list(DIFF_SCHEMA)), gone_rows.select(list(DIFF_SCHEMA))])
-        return frame.cast(DIFF_SCHEMA).sort("change", "srcfile")  # type: ignore[arg-type]
+        return self._known(frame.cast(DIFF_SCHEMA)).sort("change", "srcfile")  # type: ignore[arg-type]
 
     def history(self, srcfile: str) -> pl.DataFrame:  # srcfile: site-relative (see site_relative)
         """Every version of one file, oldest first: each row says how it began (`change`,
@@ -380,7 +401,7 @@ class ManifestReader:
             pending = pl.concat(found).filter(~pl.col("file_id").is_in(known)) if found else rows.clear()
             frames.append(pending)
         # file ids are handed out in commit order: sorted by them, the rows are the file's life in order
-        return pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA))
+        return self._known(pl.concat(frames).unique("file_id", keep="first").sort("file_id").select(list(HISTORY_SCHEMA)))
 
     def _committed_since_open(self, label: str) -> bool:
         """Whether the storage now holds a version `label` this reader, opened before, does not know."""
@@ -481,6 +502,7 @@ class ManifestReader:
         """Person ids of the version that `person` may mean: the same number with other leading zeros
         ('12' -> '000012'), else ids that contain it."""
         person = text_argument(person, "a person", str(self.path), '"000123" (the person folder\'s name)')
+        person = person.strip()  # an id pasted with a space or a line break (' 000123') was said to match nothing
         ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
         same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
         found = same_number if same_number.len() else ids.filter(ids.str.contains(person, literal=True))
@@ -567,11 +589,11 @@ class ManifestReader:
         upto = max(label, base or label)  # (a later compare_to: the changes up to it)
         # Later versions' change sets were there too: a review of an earlier version counted, as its own, the
         # removals and replacements made after it (and those of a run that committed since the reader opened).
-        tables = {"files": self._file_slices(label), "changes": self._change_slices(upto),
+        tables = {"files": map(self._known, self._file_slices(label)), "changes": self._change_slices(upto),
                   "versions": iter([self.versions().filter(pl.col("label") <= upto)]),
                   "registry": iter([self.registry()]), "scan_errors": iter([self.scan_errors(label)])}
         if base is not None:
-            tables["base_files"] = self._file_slices(base)
+            tables["base_files"] = map(self._known, self._file_slices(base))
         con, stack = self.review_database(tables, version=label)
         self.__dict__.setdefault("_sessions", []).append(stack)
         return con
@@ -627,7 +649,8 @@ class ManifestReader:
 
 def _diff_table(con: duckdb.DuckDBPyConnection) -> None:
     """The view `diff` of a review database holding `files` and `base_files`: `diff(compare_to, version)` as rows
-    (DIFF_SCHEMA), its change set computed in DuckDB (diff.py's rule, as `diff` applies it: by MD5 and size) into
+    (DIFF_SCHEMA), its change set computed in DuckDB (diff.py's rule, as `diff` applies it: by MD5 and size, a file
+    without an MD5 by etag, size and mtime as the run compares it) into
     the table `_change_set`. A version that replaced a million files was read whole as a polars frame (1.7 GB, and
     a minute) by the report and the notebook, which show its counts and first rows."""
     from .diff import change_set_sql
@@ -636,8 +659,8 @@ def _diff_table(con: duckdb.DuckDBPyConnection) -> None:
     # whole sides joined needed more than the database's cap at 160k files (the query's CTEs are held in memory).
     for side, table, other, key in (("previous_files", "base_files", "files", "file_id, "),
                                     ("current_files", "files", "base_files", "")):
-        con.execute(f"CREATE TEMP VIEW {side} AS SELECT {key}srcfile, size, NULL::BIGINT AS mtime_ns, md5, "
-                    f"NULL::VARCHAR AS etag FROM {table} ANTI JOIN {other} USING (file_id)")
+        con.execute(f"CREATE TEMP VIEW {side} AS SELECT {key}srcfile, size, mtime_ns, md5, etag "
+                    f"FROM {table} ANTI JOIN {other} USING (file_id)")
     con.execute(f"CREATE TABLE _change_set AS {change_set_sql()}")
     con.execute("DROP VIEW previous_files; DROP VIEW current_files")
     con.execute("""CREATE VIEW diff AS
@@ -781,14 +804,18 @@ class SQLiteReader(ManifestReader):
         return self._manifest.validation.findings(self.resolve(version))
 
     def validated(self, version: str | None = None) -> bool | None:
-        label, checks = self.resolve(version), self._manifest.validation
-        return checks.is_validated(label) or checks.checked_by_other_rules(label)
+        return self.validation(version)[1]
 
     def other_rules(self, version: str | None = None) -> str | None:
-        label, checks = self.resolve(version), self._manifest.validation
-        if checks.is_validated(label) or not checks.checked_by_other_rules(label):
-            return None
-        return checks.rules_of(label) or "not recorded: a release before schema 9"
+        return self.validation(version)[2]
+
+    def validation(self, version: str | None = None) -> tuple[pl.DataFrame, bool | None, str | None]:
+        from .validate.rules import edition
+
+        findings, rules = self._manifest.validation.checked(self.resolve(version))
+        if not rules or edition() in rules:  # unchecked, or checked by this release's rules
+            return findings, bool(rules), None
+        return findings, True, next((r for r in rules if r), None) or "not recorded: a release before schema 9"
 
 
 # The change kinds whose rows have content in the newer version (what a checksum list of a change set lists).

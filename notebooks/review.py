@@ -419,9 +419,8 @@ else:
 # A version that was not validated (`run --no-validate`) has no findings either: the checklist says CHECK.
 
 # %%
-findings = m.findings(label)
-validated = m.validated(label)  # None: a snapshot folder does not record it
-rules = m.other_rules(label)  # the findings of an earlier release's rules, if those checked it
+# validated None: a snapshot folder does not record it; rules: those of an earlier release, if those checked it
+findings, validated, rules = m.validation(label)  # read at once: one state of the manifest
 if rules:
     print(other_rules_advice(label, rules, labels[-1], db, remote=manifest_name is not None))
 if findings.height == 0 and validated is False:

@@ -33,6 +33,7 @@ from chorus_batch.errors import UsageError
 from chorus_batch.report import SECTION_IDS, ReportInfo, write_report
 from chorus_batch.review import open_manifest, size_flags
 from chorus_batch.testdata import Spec, write_snapshot
+from chorus_batch.validate.rules import edition
 
 ODD_PATH = "junk/<b>x&y \"q\" 'z'.txt"  # an unparseable path that must come out as text
 EMPTY_PATH = "000001/Waveforms/000001_20200101_000100_3600_0009.dat"
@@ -274,6 +275,42 @@ def test_a_version_not_validated_is_flagged_not_shown_as_clean(tmp_path):
     flag = next(f for f in info.flags if "other rules" in f)
     assert flag.startswith(f"Version {info.version} was validated by other rules than this release's (0.9.0+0123456789ab; ")
     assert flag.endswith(f"(chorus-batch validate --db {db} checks it).") and flag in text, flag
+
+
+def test_findings_and_whether_the_version_was_validated_are_read_in_one_state_of_the_manifest(tmp_path, monkeypatch):
+    """The report read a version's findings, then asked twice whether it was validated (four queries): a `validate`
+    committing in between paired the findings of before (none) with the state after (checked), and the page called
+    a version with an error finding clean. Both are read in one transaction."""
+    from chorus_batch.store.manifest import Manifest
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    label = run_site(site, db, validate_site=False).label
+    connect, committed, asked = Manifest.connect, [], []
+
+    def validate_commits_between_the_reads(statement: str) -> None:
+        if "FROM validations" in statement:
+            asked.append(statement)
+        if "FROM validations" in statement and not committed:  # as `validate` writes a check, in one transaction
+            committed.append(True)
+            with contextlib.closing(sqlite3.connect(db)) as other, other:
+                other.execute("INSERT INTO findings VALUES (?, 'error', 'r1', 'OMOP/person.csv', 'bad')", (label,))
+                other.execute("INSERT INTO validations VALUES (?, '2026-12-05T00:00:00Z', 1, 0, 0, 0, ?)",
+                              (label, edition()))
+
+    def traced(self):
+        con = connect(self)
+        con.set_trace_callback(validate_commits_between_the_reads)
+        return con
+
+    monkeypatch.setattr(Manifest, "connect", traced)
+    info = write_report(db, tmp_path / "r.html")
+    monkeypatch.undo()
+    assert committed and len(asked) == 1, asked
+    text = html.unescape(info.path.read_text(encoding="utf-8"))
+    assert "not validated" in text and "Nothing flagged" not in text  # as the manifest was when the report read it
+    info = write_report(db, tmp_path / "r.html")  # and after the commit: the finding
+    assert "1 validation finding of severity error." in info.flags, info.flags
 
 
 def test_one_file_removed_is_said_in_the_singular(tmp_path):

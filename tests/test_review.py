@@ -1066,3 +1066,101 @@ def test_a_version_not_found_names_the_command_that_lists_this_manifests_version
         with pytest.raises(UsageError) as raised:
             call()
         assert f"`{listing}`" in raised.value.fix, raised.value.fix
+
+
+def test_a_blob_without_an_md5_rewritten_at_the_same_size_is_in_the_diff_as_in_the_change_set(azurite, tmp_path,
+                                                                                                monkeypatch):
+    """A file without an MD5 (a block blob, `--cloud-md5 stored-only`) was compared by `diff` by size alone: rewritten
+    at the same size, the run's change set recorded it replaced and `diff` (and the report's, the notebook's `diff`
+    view) left it out. It is compared by etag, size and mtime, as the run compares it."""
+    from services import upload_tree
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    local, db, name = tmp_path / "site", tmp_path / "m.sqlite", "000001/Waveforms/S1/S1.dat"
+    write(local, "OMOP/person.csv", b"person_id\n1\n")
+    write(local, name, b"first bytes " * 10)
+    container, client = azurite.new_container(), azurite.service_client()
+    upload_tree(client, container, local, content_md5=False, blocks=True)  # no Content-MD5: unverifiable
+    run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only", version_label="v1")
+    blob = client.get_blob_client(container, name)
+    blob.stage_block("b1", b"other bytes " * 10)  # the same size
+    blob.commit_block_list(["b1"])
+    run_site(f"az://{container}", db, validate_site=False, cloud_md5="stored-only", version_label="v2")
+    m = open_manifest(db)
+    assert m.changes("v2").select("change", "srcfile").rows() == [("replaced", name)]
+    assert m.diff("v1", "v2").select("change", "srcfile").rows() == [("replaced", name)]
+    assert m.diff("v2", "v1").select("change", "srcfile").rows() == [("replaced", name)]
+    con = m.duckdb("v2", compare_to="v1")
+    assert con.execute("SELECT change, srcfile FROM diff").fetchall() == [("replaced", name)]
+    m.close()
+
+
+def test_a_person_typed_without_its_zeros_or_pasted_with_a_space_is_answered_with_the_id_meant(history):
+    """Person ids are text with leading zeros ('000001'): `files(person="1")` warns with the id meant; one pasted with
+    a space or a line break around it (' 000001') was said to match nothing, with no id suggested."""
+    from chorus_batch.review import NoSuchPerson
+
+    m = open_manifest(history["db"])
+    for typed in ("1", " 000001", "000001\n", "01"):
+        with pytest.warns(NoSuchPerson, match="did you mean 000001[?]"):
+            assert m.files(person=typed).height == 0
+    assert m.files(person="000001").height > 0
+
+
+def test_a_non_utf8_name_copied_as_the_run_shows_it_is_said_to_be_a_scan_error(site, db):
+    """A file whose name is not UTF-8 is a scan error, shown as `OMOP/bad\\xffname.csv` by the run, `status` and the
+    report. That text copied into `history` was "no file" as if mistyped, and into `files --path` "no files under
+    'OMOP/bad\\\\xffname.csv'" (repr doubled the backslash, so it no longer read as shown). Both say it is a scan error
+    of the version, what kind, with the name as shown everywhere."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "OMOP").joinpath(os.fsdecode(b"bad\xffname.csv")).write_bytes(b"x")
+    run = cli("run", "--site", str(site), "--db", str(db), "--no-validate")
+    shown = "OMOP/bad\\xffname.csv"
+    assert f"{shown}: file name is not valid UTF-8" in run.stdout, run.stdout
+    said = "; it is a scan error of version "
+    out = cli("history", "--db", str(db), shown)
+    assert out.returncode == 2 and f"no file '{shown}' in the manifest{said}" in out.stderr, out.stderr
+    assert "(non_utf8_name: " in out.stderr
+    for command in (("files",), ("changes",)):
+        out = cli(*command, "--db", str(db), "--path", shown)
+        assert out.returncode == 0 and f"under '{shown}'{said}" in out.stderr, out.stderr
+
+
+def test_a_snapshot_that_versions_parquet_does_not_list_yet_is_read(history, tmp_path):
+    """A run killed after writing a version's snapshot but before versions.parquet leaves a complete snapshot the
+    table does not list: the reader left it out of `versions`, and asking for it said it "was committed after this
+    reader read the manifest's versions" (opening again changed nothing). It is read; no time selects it (its commit
+    time is unknown), its label does."""
+    snaps = tmp_path / "snap"
+    shutil.copytree(history["snaps"], snaps)
+    first, *_, last = history["labels"]
+    table = pl.read_parquet(snaps / "versions.parquet")
+    table.filter(pl.col("label") != last).write_parquet(snaps / "versions.parquet")  # as the kill leaves it
+    m = open_manifest(snaps)
+    assert m.versions()["label"].to_list() == history["labels"]
+    assert as_dict(m.files(last)) == history["trees"][-1]
+    assert m.resolve("2999-01-01T00:00:00Z") == history["labels"][-2]
+    out = cli("versions", "--db", str(snaps))
+    assert out.returncode == 0 and last in out.stdout, out.stderr
+
+
+def test_a_reader_open_while_a_run_commits_answers_as_of_the_versions_it_knows(site, db):
+    """A notebook's reader keeps the versions it found when opened, but its rows carried their ends as the manifest
+    holds them now: after a run committed, `history` showed the new version's row and an `ended_by` from it, a
+    version the same reader's `changes` called unknown, and `files` of an earlier version said the row ended there.
+    Every answer is as of the versions the reader knows; opened again, it reads the new one."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/kept.csv", b"first")
+    run_site(site, db, version_label="v1")
+    m = open_manifest(db)
+    assert m.latest() == "v1"  # (the notebook's first cells list the versions)
+    write(site, "OMOP/kept.csv", b"second")  # replaced by a run that commits while the notebook is open
+    run_site(site, db, version_label="v2")
+    known = m.history("OMOP/kept.csv")
+    assert known.select("version_valid", "version_invalid", "ended_by").rows() == [("v1", None, None)]
+    assert m.files("v1").filter(pl.col("srcfile") == "OMOP/kept.csv")["version_invalid"].to_list() == [None]
+    con = m.duckdb("v1")
+    assert con.execute("SELECT count(*) FROM files WHERE version_invalid IS NOT NULL").fetchone() == (0,)
+    m.close()
+    again = open_manifest(db).history("OMOP/kept.csv")
+    assert again.select("version_valid", "ended_by").rows() == [("v1", "replaced"), ("v2", None)]

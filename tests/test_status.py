@@ -227,6 +227,11 @@ def test_progress_lines_have_a_rate_and_an_eta():
     assert progress_line("listing", "file", 1, 0, None, 1.0) == "listing: 1 file, 1 files/s, 00:01 elapsed"
     done = progress_line("hashing", "file", 5, 50, (5, 50), 2.0, done=True)
     assert done == "hashing: 5/5 files, 50 B/50 B, 25 B/s, done in 00:02"
+    # more bytes than listed (files grew, or were read again, since the listing): said so, the ETA from the files
+    # ("1.2 GiB/1.0 GiB ... ETA 00:00" read as a broken meter)
+    line = progress_line("hashing", "file", 2, 1_200 * 2**20, (4, 1_000 * 2**20), 10.0)
+    assert line == ("hashing: 2/4 files, 1.2 GiB (more than the 1,000.0 MiB listed: files grew or were read again "
+                    "since), 120.0 MiB/s, ETA 00:10, 00:10 elapsed"), line
 
 
 def test_validation_logs_progress_when_not_a_terminal(tmp_path):

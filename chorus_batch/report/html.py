@@ -434,12 +434,12 @@ class _Report:
 
     # 8
     def findings(self) -> dict | None:
-        findings = self.reader.findings(self.label)
-        rules = self.reader.other_rules(self.label)  # an earlier release's findings were shown as this release's
+        # findings and whether (and by which rules) the version was checked, read at once: one state of the manifest
+        findings, validated, rules = self.reader.validation(self.label)
+        # an earlier release's findings were shown as this release's
         old_rules = rules and self.flag(other_rules_advice(self.label, rules, self.reader.latest(), self.db,
                                                            remote=self.remote))
         if findings.height == 0:
-            validated = self.reader.validated(self.label)
             if validated:
                 return {"old_rules": old_rules} if old_rules else None
             if validated is None:  # a snapshot folder does not record which versions were checked

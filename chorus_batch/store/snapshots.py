@@ -198,8 +198,12 @@ class ParquetReader(ManifestReader):
     def versions(self) -> pl.DataFrame:
         table = self.path / "versions.parquet"
         if table.is_file():
+            # Every complete snapshot, also one versions.parquet does not list (a run killed after writing the
+            # snapshot, before versions.parquet: the next run writes it): left out, it was said to be "committed after
+            # this reader read the versions", whatever the reader did. Its commit time is unknown: no time selects it.
             frame = pl.read_parquet(table)
-            return frame.filter(pl.col("label").is_in(self._labels)).sort("label")
+            labels = pl.DataFrame({"label": self._labels}, schema={"label": frame.schema["label"]})
+            return labels.join(frame, on="label", how="left").select(frame.columns).sort("label")
         return pl.DataFrame({"label": self._labels, "finished_at": [None] * len(self._labels)},
                             schema={"label": pl.String, "finished_at": pl.String})
 

@@ -46,6 +46,22 @@ class ValidationCache:
         row = self.manifest._one("SELECT rules FROM validations WHERE version = ?", (label,))
         return row[0] if row else None
 
+    def checked(self, label: str) -> tuple[pl.DataFrame, list[str | None]]:
+        """(the version's findings, the rules of each check of it recorded) read in one transaction: as separate
+        reads, a `validate` committing between them paired the findings before it with the state after it (an
+        unchecked version shown as a clean one)."""
+        if not self.manifest.path.exists():
+            return pl.DataFrame(schema=FINDINGS_SCHEMA), []
+        with self.manifest._open() as con:
+            con.execute("BEGIN")  # one snapshot of the manifest for both reads
+            try:
+                rows = con.execute("SELECT severity, rule, srcfile, message FROM findings WHERE version = ? "
+                                   "ORDER BY srcfile, rule, message", (label,)).fetchall()
+                rules = [r[0] for r in con.execute("SELECT rules FROM validations WHERE version = ?", (label,))]
+            finally:
+                con.rollback()
+        return pl.DataFrame(rows, schema=FINDINGS_SCHEMA, orient="row"), rules
+
     def findings(self, label: str) -> pl.DataFrame:
         if not self.manifest.path.exists():
             return pl.DataFrame(schema=FINDINGS_SCHEMA)
