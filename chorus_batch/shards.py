@@ -395,6 +395,25 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
     staging = Path(staging)
+    shards, parts = check_shards(staging, latest_label=latest_label, settings=settings, manifest=manifest, roots=roots)
+    merged = merge_scans(parts)
+    folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
+    if not partitioned:
+        merged.files = pl.concat([ScanResult.read_files(folder) for folder in folders])
+        return merged, TreeParts.whole(manifest.previous_state(write_cache=False), merged.files)
+    n_files = sum(pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item() for folder in folders)
+    rows = int(os.environ.get(ENV_PARTITION_ROWS) or PARTITION_ROWS)
+    per_shard = max(1, math.ceil(max(n_files, previous_rows) / shards / max(1, rows)))
+    count = shards * per_shard  # partition j lies in shard j // per_shard (partitions.py)
+    manifest.ensure_state_cache()
+    return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
+                             lambda part: ScanResult.read_files(folders[part // per_shard], bucket_range(part, count)))
+
+
+def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
+                 roots: list | None = None, say_left_out: bool = True) -> tuple[int, list[ScanResult]]:
+    """The split the merge takes (N) and its shards' records (without their files), or the UsageError read_shards
+    says. Also called before a new manifest is made (pipeline.run): a refused merge left an empty one behind."""
     found = check_staging(staging)
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
     # the others are left out and said, never merged with it, never a reason to refuse it.
@@ -412,9 +431,10 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                   for n in sorted(found) if n != shards]
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")
-        log.warning(f"{left_out}; remove them: "
-                    + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}" for n in sorted(found)
-                               if n != shards))
+        if say_left_out:
+            log.warning(f"{left_out}; remove them: "
+                        + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}"
+                                   for n in sorted(found) if n != shards))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None
@@ -505,7 +525,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                                 "(the site not mounted there?), while other shards listed files in it: its files "
                                 f"would be recorded as removed; rerun it on a node where it is mounted: "
                                 f"{rerun_command(settings, Coverage(shard=k, shards=shards), staging, part.arguments)}")
-    merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
+    merged_into = (manifest.version_of_scan(min(stale_started))  # (none yet, or an empty file: merged into nothing)
+                   if len(stale_started) == shards and manifest.schema_on_disk() is not None else None)
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
         # (the latest only while no run committed after that merge: said as it is)
         now = "the latest" if merged_into == latest_label else f"the latest is now {latest_label}"
@@ -534,15 +555,4 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         raise UsageError("cannot merge: " + "; ".join(problems) + (f" ({left_out})" if left_out else ""),
                          where=str(staging),
                          fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")
-    merged = merge_scans(parts)
-    folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
-    if not partitioned:
-        merged.files = pl.concat([ScanResult.read_files(folder) for folder in folders])
-        return merged, TreeParts.whole(manifest.previous_state(write_cache=False), merged.files)
-    n_files = sum(pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item() for folder in folders)
-    rows = int(os.environ.get(ENV_PARTITION_ROWS) or PARTITION_ROWS)
-    per_shard = max(1, math.ceil(max(n_files, previous_rows) / shards / max(1, rows)))
-    count = shards * per_shard  # partition j lies in shard j // per_shard (partitions.py)
-    manifest.ensure_state_cache()
-    return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
-                             lambda part: ScanResult.read_files(folders[part // per_shard], bucket_range(part, count)))
+    return shards, parts

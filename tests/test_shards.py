@@ -880,3 +880,16 @@ def test_a_site_spelled_through_a_symlink_is_the_same_site_to_the_merge(snapshot
     out = cli("run", "--site", str(link), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode == 0, out.stderr
     assert query(db, "SELECT count(*) FROM source_files") == [(sum(p.is_file() for p in site.rglob("*")),)]
+
+
+def test_a_merge_refused_into_a_manifest_not_made_yet_leaves_none_behind(snapshots, tmp_path):
+    """Shards refused (here one missing) by a merge into a new manifest were refused once that manifest was made: an
+    empty manifest and its .lock were left behind, as no other refused command leaves one."""
+    site, db, staging = snapshots / "first", tmp_path / "new" / "m.sqlite", tmp_path / "staging"
+    db.parent.mkdir()
+    run_shards(site, db, staging, shards=range(N - 1))
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert f"shard {N - 1}/{N} is missing" in out.stderr and "nothing was committed" in out.stderr, out.stderr
+    assert list(db.parent.iterdir()) == []
+
