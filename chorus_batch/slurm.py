@@ -286,6 +286,13 @@ fi
 # The run command (the interpreter that generated this script):
 #   {shown}
 set -euo pipefail
+# Submitted with sbatch, this job's own output (slurm-<job>.out) was made with the submitting shell's umask (readable
+# by all, 0644) and names the site, the manifest and the staging folder: owner-only, as the jobs' logs are
+if [ -n "${{SLURM_JOB_ID:-}}" ]; then
+    for fd in 1 2; do
+        if [ -f "/proc/$$/fd/$fd" ] && [ -O "/proc/$$/fd/$fd" ]; then chmod go= -- "/proc/$$/fd/$fd" 2>/dev/null || true; fi
+    done
+fi
 # Cut short while it was written (`slurm-script > nightly.sbatch` on a full disk), it queued the shards and no merge
 if [ -f "$0" ] && [ "$(tail -n 1 -- "$0")" != {shlex.quote(END_LINE)} ]; then
     echo "chorus-batch: $0 is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was written); nothing was submitted: write it again with chorus-batch slurm-script" >&2

@@ -1081,3 +1081,22 @@ def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
                          cwd=tmp_path, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert [line.split()[0] for line in calls.read_text().splitlines()] == [str(tools / "sbatch")] * 2
+
+
+def test_the_submitting_jobs_own_output_is_owner_only(slurm, stand_in, tmp_path):
+    """`sbatch nightly.sbatch` from a shell with umask 022 left the submitting job's slurm-<job>.out readable by all
+    (it names the site, the manifest and the staging folder); the jobs' logs were owner-only. It is owner-only too."""
+    python, _log = stand_in
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=1, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    (tmp_path / "nightly.sbatch").write_text(script)
+    launcher = slurm.run("umask 022 && sbatch --parsable nightly.sbatch", cwd=tmp_path,
+                         check=True).stdout.strip().split(";")[0]
+    try:
+        assert slurm.wait_job(launcher, timeout=60) == "COMPLETED"
+    finally:
+        slurm.run(["scancel", launcher])
+        slurm.wait_idle()
+    output = tmp_path / f"slurm-{launcher}.out"
+    assert "staging:" in output.read_text()
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
