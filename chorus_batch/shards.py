@@ -147,7 +147,7 @@ class ShardReport:
 
 
 STAGING_LOCK = ".staging.lock"
-SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet")  # what ScanResult.write writes
+SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet", "linked.parquet")  # what ScanResult.write writes
 
 
 @contextlib.contextmanager
@@ -397,9 +397,15 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     staging = Path(staging)
     shards, parts = check_shards(staging, latest_label=latest_label, settings=settings, manifest=manifest, roots=roots)
     merged = merge_scans(parts)
+    dropped = _linked_once(merged, parts, settings)
     folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
+
+    def read_files(folder: Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
+        files = ScanResult.read_files(folder, buckets)
+        return files if dropped is None else files.join(dropped, on=["root_id", "srcfile"], how="anti")
+
     if not partitioned:
-        merged.files = pl.concat([ScanResult.read_files(folder) for folder in folders])
+        merged.files = pl.concat([read_files(folder) for folder in folders])
         return merged, TreeParts.whole(manifest.previous_state(write_cache=False), merged.files)
     n_files = sum(pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item() for folder in folders)
     rows = int(os.environ.get(ENV_PARTITION_ROWS) or PARTITION_ROWS)
@@ -407,7 +413,42 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     count = shards * per_shard  # partition j lies in shard j // per_shard (partitions.py)
     manifest.ensure_state_cache()
     return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
-                             lambda part: ScanResult.read_files(folders[part // per_shard], bucket_range(part, count)))
+                             lambda part: read_files(folders[part // per_shard], bucket_range(part, count)))
+
+
+def _linked_once(merged: ScanResult, parts: list[ScanResult], settings: RunSettings) -> pl.DataFrame | None:
+    """One file outside the site reached through links in two shards' folders was listed by both, so the version held
+    it twice (two rows, two uploads), where a single-node listing keeps it once, under its first path, and says the
+    other link (symlink_duplicate). Done again here over every shard's linked paths: the paths (root_id, srcfile) to
+    leave out of the shards' files, with merged.errors' symlink_duplicate findings replaced; None: nothing to leave out
+    (or a shard of an older release, which did not record its links)."""
+    from .frames import ERRORS_SCHEMA
+    from .urls import storable
+    from .walk import unique_linked
+
+    if any(part.linked is None for part in parts):
+        return None
+    linked = pl.concat([part.linked for part in parts if part.linked is not None])
+    shared = linked.group_by("root_id", "real").len().filter(pl.col("len") > 1)
+    if shared.is_empty():  # (within one shard: done by its own listing)
+        return None
+    kept, said = [], []
+    for (root_id,), rows in linked.group_by("root_id"):
+        paths, errors = unique_linked([(rel, 0, 0, real, link) for rel, real, link in
+                                       rows.select("srcfile", "real", "link").iter_rows()])
+        kept += [(root_id, rel) for rel, _size, _mtime in paths]
+        said += [(storable(path), kind, storable(message)) for path, kind, message in errors]
+    kept_frame = pl.DataFrame(kept, schema={"root_id": pl.Int64, "srcfile": pl.String}, orient="row")
+    errors = pl.DataFrame(said, schema=ERRORS_SCHEMA, orient="row")
+    merged.errors = pl.concat([merged.errors.filter(pl.col("kind") != "symlink_duplicate"),
+                               _exclude_errors(errors, settings)])
+    return linked.select("root_id", "srcfile").join(kept_frame, on=["root_id", "srcfile"], how="anti")
+
+
+def _exclude_errors(errors: pl.DataFrame, settings: RunSettings) -> pl.DataFrame:
+    from .exclude import drop_excluded_errors
+
+    return drop_excluded_errors(errors, Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes))
 
 
 def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,

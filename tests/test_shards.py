@@ -893,3 +893,28 @@ def test_a_merge_refused_into_a_manifest_not_made_yet_leaves_none_behind(snapsho
     assert f"shard {N - 1}/{N} is missing" in out.stderr and "nothing was committed" in out.stderr, out.stderr
     assert list(db.parent.iterdir()) == []
 
+
+def test_one_outside_file_linked_from_two_shards_is_recorded_once_as_by_a_single_node_run(snapshots, tmp_path):
+    """A file outside the site reached through links in two person folders of different shards was listed by both
+    shards and recorded twice (two rows, two uploads), where a single-node run keeps it once under its first path and
+    names the other link (symlink_duplicate). The merge now keeps it once, as that run does."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    shutil.copytree(snapshots / "first", site)
+    outside.mkdir()
+    (outside / "shared.txt").write_text("one file\n")
+    for person in ("000001", "000004"):  # shards 1 and 0 of 4
+        (site / person / "notes.txt").symlink_to(outside / "shared.txt")
+    single, sharded, staging = tmp_path / "single.sqlite", tmp_path / "sharded.sqlite", tmp_path / "staging"
+    out = cli("run", "--site", str(site), "--db", str(single), "--follow-symlinks", "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    for k in range(N):
+        out = cli("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--shard", f"{k}/{N}",
+                  "--staging", str(staging))
+        assert out.returncode == 0, out.stderr
+    out = cli("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--merge", str(staging),
+              "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    for db in (single, sharded):
+        assert query(db, "SELECT srcfile FROM source_files WHERE srcfile LIKE '%notes.txt'") == [("000001/notes.txt",)]
+    said = "SELECT srcfile, kind, message FROM scan_errors WHERE kind LIKE 'symlink%'"
+    assert query(sharded, said) == query(single, said) and len(query(single, said)) == 1
