@@ -222,8 +222,15 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
         try:
             fd = create_private(path, truncate=False)
         except OSError as exc:
+            import errno
+
+            # (a read-only file system was told to make the folder writable by this user, or to merge as another)
+            read_only = exc.errno == errno.EROFS and (
+                "its file system is read-only: " + ("copy the staging folder to a writable file system (cp -r) and "
+                                                    "merge the copy, or have it mounted read-write" if cannot else
+                                                    "give a --staging folder on a writable one"))
             raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
-                             fix=cannot or "give a --staging folder this user can write") from None
+                             fix=read_only or cannot or "give a --staging folder this user can write") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True

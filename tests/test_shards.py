@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -918,3 +919,19 @@ def test_one_outside_file_linked_from_two_shards_is_recorded_once_as_by_a_single
         assert query(db, "SELECT srcfile FROM source_files WHERE srcfile LIKE '%notes.txt'") == [("000001/notes.txt",)]
     said = "SELECT srcfile, kind, message FROM scan_errors WHERE kind LIKE 'symlink%'"
     assert query(sharded, said) == query(single, said) and len(query(single, said)) == 1
+
+
+def test_a_merge_of_shards_on_a_read_only_file_system_says_so_and_what_to_do(snapshots, tmp_path, small_disk):
+    """Shards on a file system mounted read-only since (a scratch space frozen for maintenance) were merged with "make
+    that folder writable by this user, or merge as the user who ran the shards": neither helps. It says the file
+    system is read-only, and to merge a copy."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", small_disk / "staging"
+    run_shards(site, db, staging, shards=range(1))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert out.returncode == 2, out.stderr
+    assert "Read-only file system" in out.stderr and "file system is read-only: copy the staging folder" in out.stderr
+    assert "merge as the user" not in out.stderr and not db.exists(), out.stderr
