@@ -246,7 +246,9 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
-        discard = 'rmdir -- "$staging/logs" "$staging" 2>/dev/null || true; '  # this submission's, left empty: gone
+        # this submission's, left empty: gone, and the folder of submissions made for it when it holds no other
+        discard = ('{ rmdir -- "$staging/logs" "$staging" && rmdir -- "$(dirname -- "$staging")"; } 2>/dev/null '
+                   '|| true; ')
     else:
         staging_line = f"staging={shlex.quote(_absolute(staging))}"
         make_staging = 'mkdir -p -- "$staging"'

@@ -327,7 +327,9 @@ def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
     assert "run on a login node of the cluster" in proc.stderr and "--partition" not in proc.stderr
     assert "nothing was submitted and nothing was committed" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.sqlite").exists()
-    assert list((tmp_path / "m.sqlite.staging").iterdir()) == []  # the submission's staging folder, left empty, went
+    # the submission's staging folder, left empty, went, and the folder of submissions made for it (an empty
+    # m.sqlite.staging/ stayed beside the manifest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "slurm.conf"]
 
 
 # ----------------------------------------------------------------------------- the real cluster
