@@ -727,6 +727,12 @@ def _withdraw(script: subprocess.Popen) -> str:
     import signal
 
     with _stops_ignored():
+        # (said at once: a submission sbatch keeps retrying, a controller that does not answer, a slurm.conf missing,
+        # kept the stopped command silent for a minute, and a second Ctrl-C did nothing)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"chorus-batch: stopping: the submission is let finish (at most {SUBMIT_FINISH_S} s), then "
+                             "the jobs it queued are cancelled\n")
+            sys.stderr.flush()
         try:
             stdout, _stderr = script.communicate(timeout=SUBMIT_FINISH_S)
         except subprocess.TimeoutExpired:  # sbatch hangs (slurmctld unreachable): stopped

@@ -704,6 +704,9 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
         if ours:
             slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
     assert proc.returncode == 130 and "Traceback" not in err, out + err
+    if whom != "the script run by hand":  # said at once, not after the wait (a minute without a word before)
+        assert err.startswith(f"chorus-batch: stopping: the submission is let finish (at most "
+                              f"{2.0 if whom == 'a hung sbatch' else 120.0} s), then the jobs it queued are cancelled\n"), err
     if whom == "the script run by hand":  # stopped before the merge's sbatch ran: the array alone, cancelled
         assert len(ours) == 1 and set(states.values()) == {"CANCELLED"}, (states, out, err)
         assert re.search(r"stopped while submitting; cancelled the job array \d+ of the shards: nothing will be "
