@@ -46,6 +46,8 @@ MERGE_JOB = "chorus-merge"
 SUBMIT_JOB = "chorus-submit"
 MERGE_EXIT = "merge.exit"
 MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
+BAD_SLURM_CONF = "Slurm's commands cannot read the cluster's configuration; nothing was submitted and nothing was committed"
+BAD_SLURM_CONF_FIX = "point SLURM_CONF at this cluster's slurm.conf, or unset it (Slurm then finds its own)"
 END_LINE = "# end of the chorus-batch Slurm script"  # its last line: a script without it was cut short, and runs nothing
 # What the script says when sbatch refuses a job (submit() recognises them: exit 2 with sbatch's own message)
 REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
@@ -310,6 +312,11 @@ if ! command -v sbatch >/dev/null 2>&1; then
     echo "chorus-batch: Slurm's sbatch is not on PATH: {MISSING_SLURM_FIX}" >&2
     exit 2
 fi
+# (a SLURM_CONF that names no file: sbatch retried reading it for a minute, then failed)
+if [ -n "${{SLURM_CONF:-}}" ] && [ ! -f "$SLURM_CONF" ]; then
+    echo "chorus-batch: SLURM_CONF names $SLURM_CONF, which is no file: {BAD_SLURM_CONF}; {BAD_SLURM_CONF_FIX}" >&2
+    exit 2
+fi
 
 {vsize_check}# The shards open the manifest read-only and cannot migrate one an older release wrote: upgraded here, once, before
 # anything is submitted (a no-op when it is current; no manifest yet: the merge starts it).
@@ -439,6 +446,10 @@ def require_slurm(*tools: str) -> None:
         if shutil.which(tool) is None:
             raise UsageError(f"Slurm's {tool} is not on PATH: {MISSING_SLURM_FIX}", where=f"PATH={os.environ.get('PATH', '')}",
                              fix=MISSING_SLURM_FIX)
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):  # (sbatch retried reading it for a minute, then failed)
+        raise UsageError(f"SLURM_CONF names {conf}, which is {'a folder' if os.path.isdir(conf) else 'not there'}: "
+                         f"{BAD_SLURM_CONF}", where="SLURM_CONF", fix=BAD_SLURM_CONF_FIX)
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:

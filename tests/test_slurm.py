@@ -1105,3 +1105,23 @@ def test_the_submitting_jobs_own_output_is_owner_only(slurm, stand_in, tmp_path)
     output = tmp_path / f"slurm-{launcher}.out"
     assert "staging:" in output.read_text()
     assert stat.S_IMODE(output.stat().st_mode) == 0o600
+
+
+def test_a_slurm_conf_that_names_no_file_is_said_at_once(tmp_path):
+    """SLURM_CONF naming a file that is not there (an old cluster's path left in a profile): sbatch retried reading it
+    for a minute, then `run --slurm` said "sbatch reaches no Slurm cluster". It is said at once, by `run --slurm` and
+    by the script run by hand, naming the variable; nothing is submitted, no manifest is made."""
+    assert shutil.which("sbatch"), "Slurm's sbatch is not installed: run scripts/test (it installs slurm-wlm)"
+    site, db, missing = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "no-slurm.conf"
+    site.mkdir()
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2",
+               env={"SLURM_CONF": str(missing)}, timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert f"SLURM_CONF names {missing}, which is not there: Slurm's commands cannot read" in proc.stderr, proc.stderr
+    assert "nothing was submitted and nothing was committed" in proc.stderr and not db.exists()
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm_script(site=str(site), db=str(db), shards=2, cpus_per_task=1, python=sys.executable))
+    by_hand = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=20,
+                             env={**os.environ, "SLURM_CONF": str(missing)})
+    assert by_hand.returncode == 2 and f"SLURM_CONF names {missing}, which is no file" in by_hand.stderr, by_hand.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.sbatch", "site"]
