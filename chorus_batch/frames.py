@@ -53,6 +53,10 @@ CLOUD_MD5_POLICIES = ("stored-or-download", "download", "stored-only")
 SCANNED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64, "md5": pl.String,
                   "read": pl.Boolean, "verify": pl.Boolean, "md5_source": pl.String, "etag": pl.String}
 
+# A shard's paths reached through links to outside the site (walk.unique_linked): the merge keeps each outside file
+# once across the shards, as a single-node listing does.
+LINKED_SCHEMA = {"root_id": pl.Int64, "srcfile": pl.String, "real": pl.String, "link": pl.String}
+
 # Problems found while listing, hashing or parsing; one row each.
 ERRORS_SCHEMA = {"srcfile": pl.String, "kind": pl.String, "message": pl.String}
 

@@ -165,8 +165,16 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
         if manifest.path.exists():
             manifest.require()  # read-only: an older manifest is not upgraded by a dry run
         return _run(settings, manifest, roots, progress, run_id=None, delete_list=delete_list)
+    new_manifest = not manifest.path.exists() or not manifest.path.stat().st_size
+    if settings.merge is not None and new_manifest:
+        # Shards refused (missing, stale, another manifest's) once the manifest was made left a new manifest with no
+        # version, and its lock, behind: checked first (their latest is none; the merge checks them again, locked)
+        from .shards import check_shards
+
+        check_shards(Path(settings.merge), latest_label=None, settings=settings, manifest=manifest,
+                     roots=[(r.source.location, r.modality) for r in roots], say_left_out=False)
     # What stays when the run stops before its commit, said truthfully: a first run has no previous version.
-    kept = nothing_committed(None) if not manifest.path.exists() or not manifest.path.stat().st_size else None
+    kept = nothing_committed(None) if new_manifest else None
     result: RunResult | None = None
     try:
         with manifest.lock(argv):  # before any write: a second run must not wait on SQLite's lock

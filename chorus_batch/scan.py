@@ -28,7 +28,7 @@ from .checkpoint import Checkpoint, Writer, announce, resume
 from .coverage import WHOLE_SITE, Coverage, top_in_shard
 from .errors import UsageError
 from .exclude import Excludes
-from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors, fmt
+from .frames import ERRORS_SCHEMA, FACTS_SCHEMA, LINKED_SCHEMA, LISTING_SCHEMA, SCANNED_SCHEMA, empty_errors, fmt
 from .partitions import BUCKET, in_range, part_of, with_buckets
 from .fsutil import private_folder, write_private
 from .progress import Progress
@@ -84,6 +84,9 @@ class ScanResult:
     # whether the listing followed symbolic links (--follow-symlinks): a merge refuses shards listed otherwise than
     # itself (one shard's files behind links would be in the version, another's not); None: not recorded
     follow_symlinks: bool | None = None
+    # a shard's paths reached through links to outside the site, kept or not (LINKED_SCHEMA): one outside file linked
+    # from two shards' folders is kept once by the merge (single-node: walk.unique_linked); None: not recorded
+    linked: pl.DataFrame | None = None
 
     @property
     def n_excluded(self) -> int:
@@ -98,6 +101,10 @@ class ScanResult:
         write_private(folder / "errors.parquet", self.errors.write_parquet)
         if self.facts is not None:  # header facts parsed while hashing: the merge validates with them
             write_private(folder / "facts.parquet", self.facts.write_parquet)
+        if self.linked is not None and self.linked.height:
+            write_private(folder / "linked.parquet", self.linked.write_parquet)
+        else:  # (a rerun's: its record says none)
+            (folder / "linked.parquet").unlink(missing_ok=True)
         record = {"roots": self.roots, "scan_started_ns": self.scan_started_ns, "coverage": asdict(self.coverage),
                   "based_on": self.based_on, "n_files": self.files.height, "n_hashed": self.n_hashed,
                   "bytes_hashed": self.bytes_hashed, "hash_s": self.hash_s, "n_excluded": self.n_excluded,
@@ -105,6 +112,7 @@ class ScanResult:
                   "exclude_patterns": None if self.exclude_patterns is None else [list(p) for p in self.exclude_patterns],
                   "arguments": self.arguments, "empty_roots": self.empty_roots, "host": self.host,
                   "follow_symlinks": self.follow_symlinks,
+                  "linked": None if self.linked is None else self.linked.height,
                   "release": release()}  # (which release wrote it: said when another cannot read it)
         write_private(folder / "scan.json", json.dumps(record, indent=2).encode("utf-8"))
         return folder
@@ -125,6 +133,10 @@ class ScanResult:
             errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
             facts = (pl.read_parquet(folder / "facts.parquet").select(list(FACTS_SCHEMA)).cast(FACTS_SCHEMA)  # type: ignore[arg-type]
                      if record.get("facts") else None)
+            n_linked = record.get("linked")
+            linked = (None if not isinstance(n_linked, int) or isinstance(n_linked, bool) else
+                      pl.read_parquet(folder / "linked.parquet").select(list(LINKED_SCHEMA)).cast(LINKED_SCHEMA)  # type: ignore[arg-type]
+                      if n_linked else pl.DataFrame(schema=LINKED_SCHEMA))
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
                              fix="run the scan (or shard) again; it writes scan.json when it completes") from None
@@ -142,7 +154,12 @@ class ScanResult:
             if n_files != record["n_files"]:
                 raise UsageError(f"scan result is damaged: {n_files} files, its record says {record['n_files']}",
                                  where=str(folder), fix="run the scan (or shard) again")
-            return cls._from_record(record, listed=listed, errors=errors, facts=facts)
+            if linked is not None and linked.height != n_linked:
+                raise UsageError(f"scan result is damaged: {linked.height} linked paths, its record says {n_linked}",
+                                 where=str(folder), fix="run the scan (or shard) again")
+            result = cls._from_record(record, listed=listed, errors=errors, facts=facts)
+            result.linked = linked
+            return result
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
             raise UsageError(f"not a scan result this release ({release()}) reads{by}: its scan.json does not hold "
@@ -371,6 +388,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         others, errors = list_roots(roots, progress, coverage, each=plan_block,
                                     block_rows=max(BLOCK_ROWS, (prev.height + (known.height if known is not None else 0)) // 8))
         plan_block(others)  # the other roots' rows, now that the whole listing decided the paths they share
+        linked = None if coverage.whole else _shard_linked(roots, coverage)
         errors = _exclude.drop_excluded_errors(errors, excludes)  # an excluded file's problem is not the site's
         excluded = _merged_counts(excluded_parts, excludes)
         timings["scan"] = round(time.perf_counter() - t, 4)
@@ -442,7 +460,15 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         errors=pl.concat([errors, hash_errors]),
         roots=[(r.source.location, r.modality) for r in roots], scan_started_ns=scan_started_ns, coverage=coverage,
         based_on=based_on, n_hashed=n_hashed, bytes_hashed=bytes_hashed, hash_s=hash_s, timings=timings,
-        excluded=excluded, facts=parsed, exclude_patterns=list(excludes.patterns))
+        excluded=excluded, facts=parsed, exclude_patterns=list(excludes.patterns), linked=linked)
+
+
+def _shard_linked(roots: list[Root], coverage: Coverage) -> pl.DataFrame:
+    """The paths of this shard that its listing reached through links to outside the site (kept or not), by root."""
+    frame = pl.DataFrame([(root_id, rel, real, link) for root_id, root in enumerate(roots)
+                          for rel, _size, _mtime, real, link in getattr(root.source, "linked", [])],
+                         schema=LINKED_SCHEMA, orient="row")
+    return frame.filter(shard_of(frame["srcfile"], coverage.shards) == coverage.shard)
 
 
 @contextlib.contextmanager

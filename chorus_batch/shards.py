@@ -147,7 +147,7 @@ class ShardReport:
 
 
 STAGING_LOCK = ".staging.lock"
-SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet")  # what ScanResult.write writes
+SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet", "linked.parquet")  # what ScanResult.write writes
 
 
 @contextlib.contextmanager
@@ -222,8 +222,15 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
         try:
             fd = create_private(path, truncate=False)
         except OSError as exc:
+            import errno
+
+            # (a read-only file system was told to make the folder writable by this user, or to merge as another)
+            read_only = exc.errno == errno.EROFS and (
+                "its file system is read-only: " + ("copy the staging folder to a writable file system (cp -r) and "
+                                                    "merge the copy, or have it mounted read-write" if cannot else
+                                                    "give a --staging folder on a writable one"))
             raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
-                             fix=cannot or "give a --staging folder this user can write") from None
+                             fix=read_only or cannot or "give a --staging folder this user can write") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             locked = True
@@ -395,6 +402,66 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     this merge's ((location, modality) as ScanResult.roots), and the command that reruns it. Without `partitioned`
     (a dry run, which must not write the state cache beside the manifest), both are read whole."""
     staging = Path(staging)
+    shards, parts = check_shards(staging, latest_label=latest_label, settings=settings, manifest=manifest, roots=roots)
+    merged = merge_scans(parts)
+    dropped = _linked_once(merged, parts, settings)
+    folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
+
+    def read_files(folder: Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
+        files = ScanResult.read_files(folder, buckets)
+        return files if dropped is None else files.join(dropped, on=["root_id", "srcfile"], how="anti")
+
+    if not partitioned:
+        merged.files = pl.concat([read_files(folder) for folder in folders])
+        return merged, TreeParts.whole(manifest.previous_state(write_cache=False), merged.files)
+    n_files = sum(pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item() for folder in folders)
+    rows = int(os.environ.get(ENV_PARTITION_ROWS) or PARTITION_ROWS)
+    per_shard = max(1, math.ceil(max(n_files, previous_rows) / shards / max(1, rows)))
+    count = shards * per_shard  # partition j lies in shard j // per_shard (partitions.py)
+    manifest.ensure_state_cache()
+    return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
+                             lambda part: read_files(folders[part // per_shard], bucket_range(part, count)))
+
+
+def _linked_once(merged: ScanResult, parts: list[ScanResult], settings: RunSettings) -> pl.DataFrame | None:
+    """One file outside the site reached through links in two shards' folders was listed by both, so the version held
+    it twice (two rows, two uploads), where a single-node listing keeps it once, under its first path, and says the
+    other link (symlink_duplicate). Done again here over every shard's linked paths: the paths (root_id, srcfile) to
+    leave out of the shards' files, with merged.errors' symlink_duplicate findings replaced; None: nothing to leave out
+    (or a shard of an older release, which did not record its links)."""
+    from .frames import ERRORS_SCHEMA
+    from .urls import storable
+    from .walk import unique_linked
+
+    if any(part.linked is None for part in parts):
+        return None
+    linked = pl.concat([part.linked for part in parts if part.linked is not None])
+    shared = linked.group_by("root_id", "real").len().filter(pl.col("len") > 1)
+    if shared.is_empty():  # (within one shard: done by its own listing)
+        return None
+    kept, said = [], []
+    for (root_id,), rows in linked.group_by("root_id"):
+        paths, errors = unique_linked([(rel, 0, 0, real, link) for rel, real, link in
+                                       rows.select("srcfile", "real", "link").iter_rows()])
+        kept += [(root_id, rel) for rel, _size, _mtime in paths]
+        said += [(storable(path), kind, storable(message)) for path, kind, message in errors]
+    kept_frame = pl.DataFrame(kept, schema={"root_id": pl.Int64, "srcfile": pl.String}, orient="row")
+    errors = pl.DataFrame(said, schema=ERRORS_SCHEMA, orient="row")
+    merged.errors = pl.concat([merged.errors.filter(pl.col("kind") != "symlink_duplicate"),
+                               _exclude_errors(errors, settings)])
+    return linked.select("root_id", "srcfile").join(kept_frame, on=["root_id", "srcfile"], how="anti")
+
+
+def _exclude_errors(errors: pl.DataFrame, settings: RunSettings) -> pl.DataFrame:
+    from .exclude import drop_excluded_errors
+
+    return drop_excluded_errors(errors, Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes))
+
+
+def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
+                 roots: list | None = None, say_left_out: bool = True) -> tuple[int, list[ScanResult]]:
+    """The split the merge takes (N) and its shards' records (without their files), or the UsageError read_shards
+    says. Also called before a new manifest is made (pipeline.run): a refused merge left an empty one behind."""
     found = check_staging(staging)
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
     # the others are left out and said, never merged with it, never a reason to refuse it.
@@ -412,9 +479,10 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                   for n in sorted(found) if n != shards]
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")
-        log.warning(f"{left_out}; remove them: "
-                    + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}" for n in sorted(found)
-                               if n != shards))
+        if say_left_out:
+            log.warning(f"{left_out}; remove them: "
+                        + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}"
+                                   for n in sorted(found) if n != shards))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None
@@ -505,7 +573,8 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
                                 "(the site not mounted there?), while other shards listed files in it: its files "
                                 f"would be recorded as removed; rerun it on a node where it is mounted: "
                                 f"{rerun_command(settings, Coverage(shard=k, shards=shards), staging, part.arguments)}")
-    merged_into = manifest.version_of_scan(min(stale_started)) if len(stale_started) == shards else None
+    merged_into = (manifest.version_of_scan(min(stale_started))  # (none yet, or an empty file: merged into nothing)
+                   if len(stale_started) == shards and manifest.schema_on_disk() is not None else None)
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
         # (the latest only while no run committed after that merge: said as it is)
         now = "the latest" if merged_into == latest_label else f"the latest is now {latest_label}"
@@ -534,15 +603,4 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         raise UsageError("cannot merge: " + "; ".join(problems) + (f" ({left_out})" if left_out else ""),
                          where=str(staging),
                          fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")
-    merged = merge_scans(parts)
-    folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
-    if not partitioned:
-        merged.files = pl.concat([ScanResult.read_files(folder) for folder in folders])
-        return merged, TreeParts.whole(manifest.previous_state(write_cache=False), merged.files)
-    n_files = sum(pl.scan_parquet(folder / "files.parquet").select(pl.len()).collect().item() for folder in folders)
-    rows = int(os.environ.get(ENV_PARTITION_ROWS) or PARTITION_ROWS)
-    per_shard = max(1, math.ceil(max(n_files, previous_rows) / shards / max(1, rows)))
-    count = shards * per_shard  # partition j lies in shard j // per_shard (partitions.py)
-    manifest.ensure_state_cache()
-    return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
-                             lambda part: ScanResult.read_files(folders[part // per_shard], bucket_range(part, count)))
+    return shards, parts

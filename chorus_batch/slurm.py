@@ -47,6 +47,8 @@ MERGE_JOB = "chorus-merge"
 SUBMIT_JOB = "chorus-submit"
 MERGE_EXIT = "merge.exit"
 MISSING_SLURM_FIX = "run on a login node of the cluster or install slurm-wlm"
+BAD_SLURM_CONF = "Slurm's commands cannot read the cluster's configuration; nothing was submitted and nothing was committed"
+BAD_SLURM_CONF_FIX = "point SLURM_CONF at this cluster's slurm.conf, or unset it (Slurm then finds its own)"
 END_LINE = "# end of the chorus-batch Slurm script"  # its last line: a script without it was cut short, and runs nothing
 # What the script says when sbatch refuses a job (submit() recognises them: exit 2 with sbatch's own message)
 REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
@@ -247,7 +249,9 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     if staging is None:
         staging_line = f'staging={shlex.quote(db + ".staging")}/"$(date -u +%Y%m%dT%H%M%SZ)"'
         make_staging = 'mkdir -p -- "$(dirname -- "$staging")"\nmkdir -- "$staging" 2>/dev/null || { staging="$staging-$$"; mkdir -- "$staging"; }   # new each submission'
-        discard = 'rmdir -- "$staging/logs" "$staging" 2>/dev/null || true; '  # this submission's, left empty: gone
+        # this submission's, left empty: gone, and the folder of submissions made for it when it holds no other
+        discard = ('{ rmdir -- "$staging/logs" "$staging" && rmdir -- "$(dirname -- "$staging")"; } 2>/dev/null '
+                   '|| true; ')
     else:
         staging_line = f"staging={shlex.quote(_absolute(staging))}"
         make_staging = 'mkdir -p -- "$staging"'
@@ -287,6 +291,13 @@ fi
 # The run command (the interpreter that generated this script):
 #   {shown}
 set -euo pipefail
+# Submitted with sbatch, this job's own output (slurm-<job>.out) was made with the submitting shell's umask (readable
+# by all, 0644) and names the site, the manifest and the staging folder: owner-only, as the jobs' logs are
+if [ -n "${{SLURM_JOB_ID:-}}" ]; then
+    for fd in 1 2; do
+        if [ -f "/proc/$$/fd/$fd" ] && [ -O "/proc/$$/fd/$fd" ]; then chmod go= -- "/proc/$$/fd/$fd" 2>/dev/null || true; fi
+    done
+fi
 # Cut short while it was written (`slurm-script > nightly.sbatch` on a full disk), it queued the shards and no merge
 if [ -f "$0" ] && [ "$(tail -n 1 -- "$0")" != {shlex.quote(END_LINE)} ]; then
     echo "chorus-batch: $0 is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was written); nothing was submitted: write it again with chorus-batch slurm-script" >&2
@@ -300,6 +311,11 @@ if [ ! -x "$python" ]; then
 fi
 if ! command -v sbatch >/dev/null 2>&1; then
     echo "chorus-batch: Slurm's sbatch is not on PATH: {MISSING_SLURM_FIX}" >&2
+    exit 2
+fi
+# (a SLURM_CONF that names no file: sbatch retried reading it for a minute, then failed)
+if [ -n "${{SLURM_CONF:-}}" ] && [ ! -f "$SLURM_CONF" ]; then
+    echo "chorus-batch: SLURM_CONF names $SLURM_CONF, which is no file: {BAD_SLURM_CONF}; {BAD_SLURM_CONF_FIX}" >&2
     exit 2
 fi
 
@@ -431,6 +447,10 @@ def require_slurm(*tools: str) -> None:
         if shutil.which(tool) is None:
             raise UsageError(f"Slurm's {tool} is not on PATH: {MISSING_SLURM_FIX}", where=f"PATH={os.environ.get('PATH', '')}",
                              fix=MISSING_SLURM_FIX)
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):  # (sbatch retried reading it for a minute, then failed)
+        raise UsageError(f"SLURM_CONF names {conf}, which is {'a folder' if os.path.isdir(conf) else 'not there'}: "
+                         f"{BAD_SLURM_CONF}", where="SLURM_CONF", fix=BAD_SLURM_CONF_FIX)
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
@@ -719,6 +739,12 @@ def _withdraw(script: subprocess.Popen) -> str:
     import signal
 
     with _stops_ignored():
+        # (said at once: a submission sbatch keeps retrying, a controller that does not answer, a slurm.conf missing,
+        # kept the stopped command silent for a minute, and a second Ctrl-C did nothing)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(f"chorus-batch: stopping: the submission is let finish (at most {SUBMIT_FINISH_S} s), then "
+                             "the jobs it queued are cancelled\n")
+            sys.stderr.flush()
         try:
             stdout, _stderr = script.communicate(timeout=SUBMIT_FINISH_S)
         except subprocess.TimeoutExpired:  # sbatch hangs (slurmctld unreachable): stopped

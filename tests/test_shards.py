@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -880,3 +881,57 @@ def test_a_site_spelled_through_a_symlink_is_the_same_site_to_the_merge(snapshot
     out = cli("run", "--site", str(link), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode == 0, out.stderr
     assert query(db, "SELECT count(*) FROM source_files") == [(sum(p.is_file() for p in site.rglob("*")),)]
+
+
+def test_a_merge_refused_into_a_manifest_not_made_yet_leaves_none_behind(snapshots, tmp_path):
+    """Shards refused (here one missing) by a merge into a new manifest were refused once that manifest was made: an
+    empty manifest and its .lock were left behind, as no other refused command leaves one."""
+    site, db, staging = snapshots / "first", tmp_path / "new" / "m.sqlite", tmp_path / "staging"
+    db.parent.mkdir()
+    run_shards(site, db, staging, shards=range(N - 1))
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert f"shard {N - 1}/{N} is missing" in out.stderr and "nothing was committed" in out.stderr, out.stderr
+    assert list(db.parent.iterdir()) == []
+
+
+def test_one_outside_file_linked_from_two_shards_is_recorded_once_as_by_a_single_node_run(snapshots, tmp_path):
+    """A file outside the site reached through links in two person folders of different shards was listed by both
+    shards and recorded twice (two rows, two uploads), where a single-node run keeps it once under its first path and
+    names the other link (symlink_duplicate). The merge now keeps it once, as that run does."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    shutil.copytree(snapshots / "first", site)
+    outside.mkdir()
+    (outside / "shared.txt").write_text("one file\n")
+    for person in ("000001", "000004"):  # shards 1 and 0 of 4
+        (site / person / "notes.txt").symlink_to(outside / "shared.txt")
+    single, sharded, staging = tmp_path / "single.sqlite", tmp_path / "sharded.sqlite", tmp_path / "staging"
+    out = cli("run", "--site", str(site), "--db", str(single), "--follow-symlinks", "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    for k in range(N):
+        out = cli("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--shard", f"{k}/{N}",
+                  "--staging", str(staging))
+        assert out.returncode == 0, out.stderr
+    out = cli("run", "--site", str(site), "--db", str(sharded), "--follow-symlinks", "--merge", str(staging),
+              "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    for db in (single, sharded):
+        assert query(db, "SELECT srcfile FROM source_files WHERE srcfile LIKE '%notes.txt'") == [("000001/notes.txt",)]
+    said = "SELECT srcfile, kind, message FROM scan_errors WHERE kind LIKE 'symlink%'"
+    assert query(sharded, said) == query(single, said) and len(query(single, said)) == 1
+
+
+def test_a_merge_of_shards_on_a_read_only_file_system_says_so_and_what_to_do(snapshots, tmp_path, small_disk):
+    """Shards on a file system mounted read-only since (a scratch space frozen for maintenance) were merged with "make
+    that folder writable by this user, or merge as the user who ran the shards": neither helps. It says the file
+    system is read-only, and to merge a copy."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", small_disk / "staging"
+    run_shards(site, db, staging, shards=range(1))
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    assert out.returncode == 2, out.stderr
+    assert "Read-only file system" in out.stderr and "file system is read-only: copy the staging folder" in out.stderr
+    assert "merge as the user" not in out.stderr and not db.exists(), out.stderr

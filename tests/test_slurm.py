@@ -327,7 +327,9 @@ def test_run_slurm_where_sbatch_reaches_no_cluster_says_so(tmp_path):
     assert "run on a login node of the cluster" in proc.stderr and "--partition" not in proc.stderr
     assert "nothing was submitted and nothing was committed" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.sqlite").exists()
-    assert list((tmp_path / "m.sqlite.staging").iterdir()) == []  # the submission's staging folder, left empty, went
+    # the submission's staging folder, left empty, went, and the folder of submissions made for it (an empty
+    # m.sqlite.staging/ stayed beside the manifest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "slurm.conf"]
 
 
 # ----------------------------------------------------------------------------- the real cluster
@@ -702,6 +704,9 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
         if ours:
             slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
     assert proc.returncode == 130 and "Traceback" not in err, out + err
+    if whom != "the script run by hand":  # said at once, not after the wait (a minute without a word before)
+        assert err.startswith(f"chorus-batch: stopping: the submission is let finish (at most "
+                              f"{2.0 if whom == 'a hung sbatch' else 120.0} s), then the jobs it queued are cancelled\n"), err
     if whom == "the script run by hand":  # stopped before the merge's sbatch ran: the array alone, cancelled
         assert len(ours) == 1 and set(states.values()) == {"CANCELLED"}, (states, out, err)
         assert re.search(r"stopped while submitting; cancelled the job array \d+ of the shards: nothing will be "
@@ -1081,3 +1086,42 @@ def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
                          cwd=tmp_path, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert [line.split()[0] for line in calls.read_text().splitlines()] == [str(tools / "sbatch")] * 2
+
+
+def test_the_submitting_jobs_own_output_is_owner_only(slurm, stand_in, tmp_path):
+    """`sbatch nightly.sbatch` from a shell with umask 022 left the submitting job's slurm-<job>.out readable by all
+    (it names the site, the manifest and the staging folder); the jobs' logs were owner-only. It is owner-only too."""
+    python, _log = stand_in
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=1, cpus_per_task=1,
+                          python=str(python), staging=str(tmp_path / "st"))
+    (tmp_path / "nightly.sbatch").write_text(script)
+    launcher = slurm.run("umask 022 && sbatch --parsable nightly.sbatch", cwd=tmp_path,
+                         check=True).stdout.strip().split(";")[0]
+    try:
+        assert slurm.wait_job(launcher, timeout=60) == "COMPLETED"
+    finally:
+        slurm.run(["scancel", launcher])
+        slurm.wait_idle()
+    output = tmp_path / f"slurm-{launcher}.out"
+    assert "staging:" in output.read_text()
+    assert stat.S_IMODE(output.stat().st_mode) == 0o600
+
+
+def test_a_slurm_conf_that_names_no_file_is_said_at_once(tmp_path):
+    """SLURM_CONF naming a file that is not there (an old cluster's path left in a profile): sbatch retried reading it
+    for a minute, then `run --slurm` said "sbatch reaches no Slurm cluster". It is said at once, by `run --slurm` and
+    by the script run by hand, naming the variable; nothing is submitted, no manifest is made."""
+    assert shutil.which("sbatch"), "Slurm's sbatch is not installed: run scripts/test (it installs slurm-wlm)"
+    site, db, missing = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "no-slurm.conf"
+    site.mkdir()
+    proc = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2",
+               env={"SLURM_CONF": str(missing)}, timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert f"SLURM_CONF names {missing}, which is not there: Slurm's commands cannot read" in proc.stderr, proc.stderr
+    assert "nothing was submitted and nothing was committed" in proc.stderr and not db.exists()
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm_script(site=str(site), db=str(db), shards=2, cpus_per_task=1, python=sys.executable))
+    by_hand = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=20,
+                             env={**os.environ, "SLURM_CONF": str(missing)})
+    assert by_hand.returncode == 2 and f"SLURM_CONF names {missing}, which is no file" in by_hand.stderr, by_hand.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.sbatch", "site"]

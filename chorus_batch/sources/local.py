@@ -144,6 +144,7 @@ class LocalSource:
         self.description = shown_name(self.root)
         self.location = self.root.replace(os.sep, "/")
         self.follow_symlinks = follow_symlinks
+        self.linked: list[tuple[str, int, int, str, str]] = []  # (srcfile, size, mtime, real path, link) of list_files
         # A run that lists without following links hashes (and stats) no file through one (a file replaced by a link
         # since it was listed is refused). Not so a source reopened from the manifest (validate, upload): its files may
         # have been recorded through links by a run that followed them.
@@ -176,6 +177,7 @@ class LocalSource:
         # the files reached through links to outside the site, now that every link is known: each once
         kept, duplicates = unique_linked(linked)
         errors.extend(duplicates)
+        self.linked = linked  # every path reached through such a link: a shard records them for its merge (shards.py)
         for start in range(0, len(kept), BATCH_ROWS):
             part = kept[start:start + BATCH_ROWS]
             yield listing_batch([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
