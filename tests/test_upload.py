@@ -1376,7 +1376,8 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
 
     write_only = upload_with("upload", write=True, create=True)
     assert write_only.returncode == 3, write_only.stdout + write_only.stderr
-    assert "not allowed to list" in write_only.stderr and "racwl" in write_only.stderr
+    assert "not allowed to read, add and list (r, a, l): the SAS token allows only 'cw'" in write_only.stderr
+    assert "racwl" in write_only.stderr
     assert "Traceback" not in write_only.stderr and "sig=" not in write_only.stderr.replace("sig=***", "")
     assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
 
@@ -1384,8 +1385,15 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     # is sent. That was "not allowed to write", and the exit-3 message did not say what was recorded.
     no_read = upload_with("upload", create=True, write=True, list=True)
     assert no_read.returncode == 3, no_read.stdout + no_read.stderr
-    assert "not allowed to read or write blobs there" in no_read.stderr and "racwl" in no_read.stderr
+    assert "not allowed to read and add (r, a): the SAS token allows only 'cwl'" in no_read.stderr, no_read.stderr
+    assert "racwl" in no_read.stderr
     assert "0 files confirmed by this upload are recorded" in no_read.stderr, no_read.stderr
+    # A read+list SAS (what verify needs, handed out for an upload): it said "not allowed to read or write" and
+    # "run the same command again to resume", a loop of the same refusal. Now: what the SAS lacks, and fix it first.
+    read_list = upload_with("upload", read=True, list=True)
+    assert read_list.returncode == 3, read_list.stdout + read_list.stderr
+    assert "not allowed to add, create and write (a, c, w): the SAS token allows only 'rl'" in read_list.stderr, read_list.stderr
+    assert "again once this is fixed" in read_list.stderr and "to resume" not in read_list.stderr
     assert len(ledger_names(db)) == 0 and blobs(central) == {} and query(db, "SELECT count(*) FROM submissions WHERE finished_at IS NOT NULL") == [(0,)]
     sent = upload_with("upload", read=True, add=True, create=True, write=True, list=True)
     assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -1393,7 +1401,7 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     verified = upload_with("verify", read=True, list=True)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
     no_list = upload_with("verify", read=True)
-    assert no_list.returncode == 3 and "not allowed to list or read" in no_list.stderr, no_list.stderr
+    assert no_list.returncode == 3 and "not allowed to list (l): the SAS token allows only 'r'" in no_list.stderr, no_list.stderr
     assert "(r) and list (l)" in no_list.stderr
 
 
@@ -1765,7 +1773,7 @@ def test_a_dry_run_signs_in_and_lists_the_container_so_wrong_credentials_or_cont
     token = sas_for(azurite, central.container, write=True, create=True)  # may write, may not list
     no_list = cli("upload", "--db", str(db), "--to", central.url, "--dry-run", cwd=tmp_path,
                   env={**env, "AZURE_STORAGE_SAS_TOKEN": token})
-    assert no_list.returncode == 3 and "not allowed to list" in no_list.stderr, no_list.stdout + no_list.stderr
+    assert no_list.returncode == 3 and "not allowed to read and list (r, l)" in no_list.stderr, no_list.stdout + no_list.stderr
     assert token.split("sig=")[1].split("&")[0] not in no_list.stdout + no_list.stderr
     wrong_key = central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(azurite.account_key, "d3Jvbmcga2V5" * 4)
     bad = up(central, db, "--dry-run", env={"AZURE_STORAGE_CONNECTION_STRING": wrong_key})

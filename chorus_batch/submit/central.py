@@ -272,7 +272,8 @@ class Central:
         return f"az://{self.container_name}/{self.name(version, srcfile)}"
 
     def explain(self, exc: BaseException, action: str, where: str | None = None, *, writes: bool | None = None):
-        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action, writes=writes)
+        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action, writes=writes,
+                                    sas_permissions=self.sign_in.sas_permissions)
 
     def check(self, *, write: bool) -> None:
         """The container is there and this sign-in may list it: a SourceError (what, where, fix) otherwise.
@@ -282,7 +283,8 @@ class Central:
             cloud_access.retrying(lambda: next(iter(self.container.list_blobs(results_per_page=1)), None))
         except cloud_access.storage_errors() as exc:
             error = self.explain(exc, "list", writes=write)
-            if write and getattr(error, "kind", None) == "permission":  # (upload also reads and writes blobs)
+            if write and getattr(error, "kind", None) == "permission" and not cloud_access.sas_lacking(
+                    self.sign_in.sas_permissions, True):  # (upload also reads and writes blobs)
                 error.fix = ("an upload lists, reads and writes blobs: grant the signed-in identity the 'Storage Blob "
                              "Data Contributor' role on the container (role assignments take a few minutes), or use a "
                              "SAS token with read, add, create, write and list (racwl) permissions")

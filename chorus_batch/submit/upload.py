@@ -108,11 +108,17 @@ class UploadResult:
         return ExitCode.FINDINGS if bad else ExitCode.OK
 
 
-def _outcome(n_confirmed: int, n_unrecorded: int = 0) -> str:
+# Failures that the same command meets again until someone fixes them (a permission, a sign-in, a name)
+_FIX_FIRST = ("auth", "permission", "missing", "dns", "unknown_account", "https", "tls")
+
+
+def _outcome(n_confirmed: int, n_unrecorded: int = 0, error: BaseException | None = None) -> str:
     unrecorded = (f"; {n_unrecorded} more were sent but could not be recorded (the next upload finds them at the "
                   "centre with the manifest's MD5 and confirms them without sending them again)" if n_unrecorded else "")
+    # "run again to resume" after a refused permission sends the site into a loop of the same refusal
+    again = "once this is fixed" if getattr(error, "kind", None) in _FIX_FIRST else "to resume"
     return (f"{n_confirmed} files confirmed by this upload are recorded in the manifest's uploads ledger{unrecorded}; "
-            "run the same command again to resume (confirmed files are not sent again)")
+            f"run the same command again {again} (confirmed files are not sent again)")
 
 
 def _waiting(url: str, labels: list[str]) -> str:
@@ -216,7 +222,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     if n or hasattr(exc, "n_confirmed"):
                         with contextlib.suppress(AttributeError):
                             exc.n_confirmed = n  # type: ignore[union-attr]
-                            exc.outcome = _outcome(n, getattr(exc, "n_unrecorded", 0))  # type: ignore[union-attr]
+                            exc.outcome = _outcome(n, getattr(exc, "n_unrecorded", 0), exc)  # type: ignore[union-attr]
                     raise
             result.elapsed_s = time.monotonic() - started
             return result
@@ -514,7 +520,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         with contextlib.suppress(ChorusError, sqlite3.Error):
             record_pending()
         with contextlib.suppress(AttributeError):  # what cli.main says about it: what the ledger holds
-            exc.outcome = _outcome(recorded[0], counts[0] - recorded[0])  # type: ignore[union-attr]
+            exc.outcome = _outcome(recorded[0], counts[0] - recorded[0], exc)  # type: ignore[union-attr]
             exc.n_confirmed, exc.n_unrecorded = recorded[0], counts[0] - recorded[0]  # type: ignore[union-attr]
         raise
     pool.shutdown(wait=True)
