@@ -2347,3 +2347,22 @@ def test_a_cloud_file_recorded_without_an_md5_is_sent_with_its_version_once_a_ru
     assert code == 0 and "sent 1 file" in out and "complete" in out, out + err
     assert blobs(central, "20261101020000/OMOP")["20261101020000/OMOP/person.csv"][:2] == (
         12, hashlib.md5(b"person_id\n1\n").hexdigest())
+
+
+def test_an_upload_of_many_versions_checks_a_cloud_root_once(central, moto_s3, tmp_path):
+    # Each version's files had their root checked again: a listing round-trip per cloud root and version, for every
+    # version of a backlog. A cloud root is now checked once a command (a local one still each version: cheap).
+    bucket = moto_s3.new_bucket("site")
+    (tmp_path / "chorus.toml").write_text(f'[s3]\nendpoint_url = "{moto_s3.endpoint_url}"\n')
+    env = {**central.env, **moto_s3.env}
+    db = tmp_path / "m.sqlite"
+    for i in range(2):
+        moto_s3.client().put_object(Bucket=bucket, Key=f"export/00000{i}/Waveforms/T/S/S.dat", Body=b"x" * (i + 10))
+        out = cli("run", "--site", f"s3://{bucket}/export", "--db", str(db), "--version", f"2026110{i + 1}020000",
+                  "--no-validate", "--workers", "2", cwd=tmp_path, env=env)
+        assert out.returncode in (0, 1), out.stderr
+    seen = moto_s3.log.stat().st_size
+    out = cli("upload", "--db", str(db), "--to", central.url, "--workers", "2", cwd=tmp_path, env=env)
+    assert out.returncode == 0 and out.stdout.count("complete;") == 2, out.stdout + out.stderr
+    requests = moto_s3.log.read_bytes()[seen:].decode(errors="replace")
+    assert requests.count(f"GET /{bucket}?list-type=2&max-keys=1&prefix=export/") == 1, requests
