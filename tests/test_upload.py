@@ -2366,3 +2366,31 @@ def test_an_upload_of_many_versions_checks_a_cloud_root_once(central, moto_s3, t
     assert out.returncode == 0 and out.stdout.count("complete;") == 2, out.stdout + out.stderr
     requests = moto_s3.log.read_bytes()[seen:].decode(errors="replace")
     assert requests.count(f"GET /{bucket}?list-type=2&max-keys=1&prefix=export/") == 1, requests
+
+
+def test_a_script_does_not_log_a_file_written_between_its_md5_check_and_its_send(central, azurite, tmp_path):
+    # The script checks each file with md5sum, then the tool reads it again to send it: a file written in between
+    # went up and was logged, and the Azure CLI gives a large file's blob the manifest's MD5 whatever bytes it sent
+    # (only a single put is checked by the service), so mark-uploaded confirmed other bytes. Its size and
+    # modification time are now compared after the send. (The writer: an md5sum that appends to the file after it.)
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 0, out.stderr
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    tools = azcopy_tools(tmp_path)
+    (tools / "md5sum").write_text(f'#!/bin/bash\n{shlex.quote(shutil.which("md5sum"))} "$@"\n'
+                                  'printf x >> "$WRITER_TARGET"\n')
+    (tools / "md5sum").chmod(0o700)
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas_for(azurite, central.container, read=True, add=True,
+                                                              create=True, write=True, list=True),
+           "CHORUS_UPLOAD_LOG": str(log), "WRITER_TARGET": str(site / "OMOP/person.csv"),
+           "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "sent, but changed while it was checked and sent" in ran.stderr and "have it removed" in ran.stderr
+    assert not log.exists() or "uploaded\t" not in log.read_text(), log.read_text()
