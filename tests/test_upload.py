@@ -2394,3 +2394,17 @@ def test_a_script_does_not_log_a_file_written_between_its_md5_check_and_its_send
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert "sent, but changed while it was checked and sent" in ran.stderr and "have it removed" in ran.stderr
     assert not log.exists() or "uploaded\t" not in log.read_text(), log.read_text()
+
+
+@pytest.mark.parametrize("prefix", ["site\\a", "site\x01a"])
+def test_a_central_prefix_azure_would_not_keep_as_it_is_is_refused(tmp_path, prefix):
+    # az://c/site\a/: Azure turns the backslash into '/', so every blob went to site/a/<version>/… while the ledger
+    # recorded az://c/site\a/<version>/… (check_names checked the files' names, not the prefix); a control character
+    # is not kept either. Refused before anything is signed in to or written, by every command that takes --to.
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    commit(tmp_path / "site", tmp_path / "m.sqlite", "20261101020000")
+    for command in (["upload", "--dry-run"], ["verify"], ["upload", "--script", "bash"]):
+        out = cli(*command, "--db", str(tmp_path / "m.sqlite"), "--to", f"az://central/{prefix}/")
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "the prefix of the central URL" in out.stderr and "would not be where the ledger says" in out.stderr
+        assert "Traceback" not in out.stderr

@@ -132,9 +132,19 @@ def parse_central(url: str) -> tuple[str, str]:
                          "does not keep as it is: the blobs would not be where the ledger says",
                          where="--to / [central] to", fix="give the prefix without a '.' at the end of a folder name, "
                                                           "e.g. az://<container>/<site>/")
+    prefix = parts.path.strip("/")
+    # The prefix is a part of every blob name: a backslash (Azure turns it into '/') or a control character there put
+    # every blob elsewhere than the ledger's destination says (check_names checked only the files' names)
+    why = pl.select(check_names(pl.lit(prefix), pl.lit("v"), "")).item() if prefix else None
+    if why is not None:
+        raise UsageError(f"the prefix of the central URL {mask_url(url)!r} cannot begin blob names as it is: "
+                         f"{why.replace('its name', 'it', 1)}, so the blobs would not be where the ledger says",
+                         where="--to / [central] to",
+                         fix="give the prefix with '/' between folder names and without control characters, e.g. "
+                             "az://<container>/<site>/")
     # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/: the container (the account is the sign-in's, checked by Central);
     # the ledger is kept per container as az://CONTAINER[/PREFIX], however the URL was spelt
-    return parts.netloc.split("@", 1)[0], parts.path.strip("/")
+    return parts.netloc.split("@", 1)[0], prefix
 
 
 def check_apart(url: str, roots: list[str]) -> None:
