@@ -2408,3 +2408,25 @@ def test_a_central_prefix_azure_would_not_keep_as_it_is_is_refused(tmp_path, pre
         assert out.returncode == 2, out.stdout + out.stderr
         assert "the prefix of the central URL" in out.stderr and "would not be where the ledger says" in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_mark_uploaded_with_a_read_list_sas_says_its_claim_needs_write(central, azurite, tmp_path):
+    # mark-uploaded claims a version folder nobody holds (a write) before it records: refused to a read+list SAS, it
+    # said "not allowed to list or read ... use a SAS token with read (r) and list (l)", which that SAS is.
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    from azure.storage.blob import ContentSettings
+
+    central.client.get_blob_client("20261101020000/OMOP/person.csv").upload_blob(
+        b"person_id\n1\n", content_settings=ContentSettings(content_md5=bytearray(hashlib.md5(b"person_id\n1\n").digest())))
+    (tmp_path / "upload.log").write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    (tmp_path / "chorus.toml").write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    env = {k: v for k, v in central.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
+              cwd=tmp_path, env={**env, "AZURE_STORAGE_SAS_TOKEN": sas_for(azurite, central.container, read=True,
+                                                                             list=True)})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "not allowed to add, create and write (a, c, w): the SAS token allows only 'rl'" in out.stderr, out.stderr
+    assert "read (r) and list (l) permissions" not in out.stderr and query(db, "SELECT count(*) FROM uploads") == [(0,)]

@@ -810,7 +810,7 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         # The SAS itself says what it may do: name what it lacks (not "grant a role" or "run again to resume")
         needed = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
         what = (f"cannot {action} {where}: signed in, but not allowed to {sas_lacking(sas_permissions, bool(writes))}: "
-                f"the SAS token allows only '{sas_permissions}' (its sp=), and {'an upload' if writes else 'this'} "
+                f"the SAS token allows only '{sas_permissions}' (its sp=), and {'writing there' if writes else 'this'} "
                 f"needs {needed} ({reason}){tried}")
         fix = (f"ask for (or make) a SAS token with {needed} permissions on the container, set it in the variable "
                "named above, and run the same command again")

@@ -520,7 +520,10 @@ class Central:
                 return FolderOwner(_copy_owner(copy, props), "copy", f"az://{self.container_name}/{copy.blob_name}")
             return self._claim_owner(version, claim_as)
         except cloud_access.storage_errors() as exc:
-            raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+            # (a claim is a write: mark-uploaded "looks at" the folder and claims it, and a refusal said "not allowed
+            # to list or read", to a sign-in that may)
+            raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/",
+                               writes=True if claim_as is not None else None) from None
 
     def copies_of(self, manifest_id: str, labels: set[str]) -> list[str]:
         """The version folders under the prefix, other than `labels`, whose manifest copy is manifest_id's: versions
