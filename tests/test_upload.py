@@ -1381,7 +1381,8 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
 
     write_only = upload_with("upload", write=True, create=True)
     assert write_only.returncode == 3, write_only.stdout + write_only.stderr
-    assert "not allowed to list" in write_only.stderr and "racwl" in write_only.stderr
+    assert "not allowed to read, add and list (r, a, l): the SAS token allows only 'cw'" in write_only.stderr
+    assert "racwl" in write_only.stderr
     assert "Traceback" not in write_only.stderr and "sig=" not in write_only.stderr.replace("sig=***", "")
     assert blobs(central) == {} and query(db, "SELECT count(*) FROM uploads") == [(0,)]
 
@@ -1389,8 +1390,15 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     # is sent. That was "not allowed to write", and the exit-3 message did not say what was recorded.
     no_read = upload_with("upload", create=True, write=True, list=True)
     assert no_read.returncode == 3, no_read.stdout + no_read.stderr
-    assert "not allowed to read or write blobs there" in no_read.stderr and "racwl" in no_read.stderr
+    assert "not allowed to read and add (r, a): the SAS token allows only 'cwl'" in no_read.stderr, no_read.stderr
+    assert "racwl" in no_read.stderr
     assert "0 files confirmed by this upload are recorded" in no_read.stderr, no_read.stderr
+    # A read+list SAS (what verify needs, handed out for an upload): it said "not allowed to read or write" and
+    # "run the same command again to resume", a loop of the same refusal. Now: what the SAS lacks, and fix it first.
+    read_list = upload_with("upload", read=True, list=True)
+    assert read_list.returncode == 3, read_list.stdout + read_list.stderr
+    assert "not allowed to add, create and write (a, c, w): the SAS token allows only 'rl'" in read_list.stderr, read_list.stderr
+    assert "again once this is fixed" in read_list.stderr and "to resume" not in read_list.stderr
     assert len(ledger_names(db)) == 0 and blobs(central) == {} and query(db, "SELECT count(*) FROM submissions WHERE finished_at IS NOT NULL") == [(0,)]
     sent = upload_with("upload", read=True, add=True, create=True, write=True, list=True)
     assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -1398,7 +1406,7 @@ def test_a_container_sas_uploads_and_one_that_cannot_list_is_refused_before_anyt
     verified = upload_with("verify", read=True, list=True)
     assert verified.returncode == 0 and "all as recorded" in verified.stdout, verified.stdout + verified.stderr
     no_list = upload_with("verify", read=True)
-    assert no_list.returncode == 3 and "not allowed to list or read" in no_list.stderr, no_list.stderr
+    assert no_list.returncode == 3 and "not allowed to list (l): the SAS token allows only 'r'" in no_list.stderr, no_list.stderr
     assert "(r) and list (l)" in no_list.stderr
 
 
@@ -1770,7 +1778,7 @@ def test_a_dry_run_signs_in_and_lists_the_container_so_wrong_credentials_or_cont
     token = sas_for(azurite, central.container, write=True, create=True)  # may write, may not list
     no_list = cli("upload", "--db", str(db), "--to", central.url, "--dry-run", cwd=tmp_path,
                   env={**env, "AZURE_STORAGE_SAS_TOKEN": token})
-    assert no_list.returncode == 3 and "not allowed to list" in no_list.stderr, no_list.stdout + no_list.stderr
+    assert no_list.returncode == 3 and "not allowed to read and list (r, l)" in no_list.stderr, no_list.stdout + no_list.stderr
     assert token.split("sig=")[1].split("&")[0] not in no_list.stdout + no_list.stderr
     wrong_key = central.env["AZURE_STORAGE_CONNECTION_STRING"].replace(azurite.account_key, "d3Jvbmcga2V5" * 4)
     bad = up(central, db, "--dry-run", env={"AZURE_STORAGE_CONNECTION_STRING": wrong_key})
@@ -2344,3 +2352,86 @@ def test_a_cloud_file_recorded_without_an_md5_is_sent_with_its_version_once_a_ru
     assert code == 0 and "sent 1 file" in out and "complete" in out, out + err
     assert blobs(central, "20261101020000/OMOP")["20261101020000/OMOP/person.csv"][:2] == (
         12, hashlib.md5(b"person_id\n1\n").hexdigest())
+
+
+def test_an_upload_of_many_versions_checks_a_cloud_root_once(central, moto_s3, tmp_path):
+    # Each version's files had their root checked again: a listing round-trip per cloud root and version, for every
+    # version of a backlog. A cloud root is now checked once a command (a local one still each version: cheap).
+    bucket = moto_s3.new_bucket("site")
+    (tmp_path / "chorus.toml").write_text(f'[s3]\nendpoint_url = "{moto_s3.endpoint_url}"\n')
+    env = {**central.env, **moto_s3.env}
+    db = tmp_path / "m.sqlite"
+    for i in range(2):
+        moto_s3.client().put_object(Bucket=bucket, Key=f"export/00000{i}/Waveforms/T/S/S.dat", Body=b"x" * (i + 10))
+        out = cli("run", "--site", f"s3://{bucket}/export", "--db", str(db), "--version", f"2026110{i + 1}020000",
+                  "--no-validate", "--workers", "2", cwd=tmp_path, env=env)
+        assert out.returncode in (0, 1), out.stderr
+    seen = moto_s3.log.stat().st_size
+    out = cli("upload", "--db", str(db), "--to", central.url, "--workers", "2", cwd=tmp_path, env=env)
+    assert out.returncode == 0 and out.stdout.count("complete;") == 2, out.stdout + out.stderr
+    requests = moto_s3.log.read_bytes()[seen:].decode(errors="replace")
+    assert requests.count(f"GET /{bucket}?list-type=2&max-keys=1&prefix=export/") == 1, requests
+
+
+def test_a_script_does_not_log_a_file_written_between_its_md5_check_and_its_send(central, azurite, tmp_path):
+    # The script checks each file with md5sum, then the tool reads it again to send it: a file written in between
+    # went up and was logged, and the Azure CLI gives a large file's blob the manifest's MD5 whatever bytes it sent
+    # (only a single put is checked by the service), so mark-uploaded confirmed other bytes. Its size and
+    # modification time are now compared after the send. (The writer: an md5sum that appends to the file after it.)
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 0, out.stderr
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    tools = azcopy_tools(tmp_path)
+    (tools / "md5sum").write_text(f'#!/bin/bash\n{shlex.quote(shutil.which("md5sum"))} "$@"\n'
+                                  'printf x >> "$WRITER_TARGET"\n')
+    (tools / "md5sum").chmod(0o700)
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas_for(azurite, central.container, read=True, add=True,
+                                                              create=True, write=True, list=True),
+           "CHORUS_UPLOAD_LOG": str(log), "WRITER_TARGET": str(site / "OMOP/person.csv"),
+           "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "sent, but changed while it was checked and sent" in ran.stderr and "have it removed" in ran.stderr
+    assert not log.exists() or "uploaded\t" not in log.read_text(), log.read_text()
+
+
+@pytest.mark.parametrize("prefix", ["site\\a", "site\x01a"])
+def test_a_central_prefix_azure_would_not_keep_as_it_is_is_refused(tmp_path, prefix):
+    # az://c/site\a/: Azure turns the backslash into '/', so every blob went to site/a/<version>/… while the ledger
+    # recorded az://c/site\a/<version>/… (check_names checked the files' names, not the prefix); a control character
+    # is not kept either. Refused before anything is signed in to or written, by every command that takes --to.
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    commit(tmp_path / "site", tmp_path / "m.sqlite", "20261101020000")
+    for command in (["upload", "--dry-run"], ["verify"], ["upload", "--script", "bash"]):
+        out = cli(*command, "--db", str(tmp_path / "m.sqlite"), "--to", f"az://central/{prefix}/")
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "the prefix of the central URL" in out.stderr and "would not be where the ledger says" in out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_mark_uploaded_with_a_read_list_sas_says_its_claim_needs_write(central, azurite, tmp_path):
+    # mark-uploaded claims a version folder nobody holds (a write) before it records: refused to a read+list SAS, it
+    # said "not allowed to list or read ... use a SAS token with read (r) and list (l)", which that SAS is.
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    commit(site, db, "20261101020000")
+    from azure.storage.blob import ContentSettings
+
+    central.client.get_blob_client("20261101020000/OMOP/person.csv").upload_blob(
+        b"person_id\n1\n", content_settings=ContentSettings(content_md5=bytearray(hashlib.md5(b"person_id\n1\n").digest())))
+    (tmp_path / "upload.log").write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    (tmp_path / "chorus.toml").write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    env = {k: v for k, v in central.env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    out = cli("mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(tmp_path / "upload.log"),
+              cwd=tmp_path, env={**env, "AZURE_STORAGE_SAS_TOKEN": sas_for(azurite, central.container, read=True,
+                                                                             list=True)})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "not allowed to add, create and write (a, c, w): the SAS token allows only 'rl'" in out.stderr, out.stderr
+    assert "read (r) and list (l) permissions" not in out.stderr and query(db, "SELECT count(*) FROM uploads") == [(0,)]

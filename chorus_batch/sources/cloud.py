@@ -110,6 +110,7 @@ class AzureSignIn:
     account_name: str | None = None
     secret: str | None = field(default=None, repr=False)  # connection string, SAS token or account key
     secret_env: str | None = None  # the variable the secret came from
+    sas_permissions: str | None = None  # a SAS's sp= (no secret): a refusal names the permissions it lacks
 
 
 def _account_name_of(url: str) -> str | None:
@@ -193,7 +194,8 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
                            + (f" (account {account})" if account else "")
                            + (f", its SAS valid until {expiry}" if expiry else ""),
-                           account_name=account, secret=conn, secret_env=conn_env)
+                           account_name=account, secret=conn, secret_env=conn_env,
+                           sas_permissions=_sas_field(sas_in, "sp") if sas_in else None)
 
     account_env_name = None
     if azure.account_url:
@@ -222,7 +224,7 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
         # Its expiry (se=, not a secret) is named in every message: a run may outlive its token.
         expiry = _sas_expiry(sas)
         return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + (f", valid until {expiry}" if expiry else ""),
-                           account_url, account_name, sas.lstrip("?"), sas_env)
+                           account_url, account_name, sas.lstrip("?"), sas_env, _sas_field(sas, "sp"))
     key, key_env = _env(env, azure.account_key_env, "AZURE_STORAGE_ACCOUNT_KEY")
     if key:
         if not account_name:
@@ -685,10 +687,31 @@ def _endpoint(exc: BaseException) -> str | None:
 
 def _sas_expiry(sas: str) -> str | None:
     """A SAS token's expiry (its se= field, ISO 8601 UTC) as written, or None."""
+    return _sas_field(sas, "se")
+
+
+def _sas_field(sas: str, name: str) -> str | None:
+    """One field of a SAS token (se=, sp=: no secret) as written, or None."""
     from urllib.parse import parse_qs
 
-    values = parse_qs(sas.lstrip("?")).get("se")
+    values = parse_qs(sas.lstrip("?")).get(name)
     return values[0] if values else None
+
+
+_SAS_LETTERS = {"r": "read", "a": "add", "c": "create", "w": "write", "l": "list"}
+
+
+def sas_lacking(permissions: str | None, writes: bool) -> str | None:
+    """The permissions a SAS (its sp=) lacks for a command that reads and lists, or also writes: ("add, create and
+    write (a, c, w)"), or None when it has them all or is not known."""
+    if permissions is None:
+        return None
+    lacking = [letter for letter in ("racwl" if writes else "rl") if letter not in permissions]
+    if not lacking:
+        return None
+    words = [_SAS_LETTERS[letter] for letter in lacking]
+    named = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"{named} ({', '.join(lacking)})"
 
 
 def _expired(how: str) -> str | None:
@@ -752,10 +775,12 @@ def _tidy(text: str) -> str:
     return scrub(text)[:300]
 
 
-def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bool | None = None) -> SourceError:
+def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bool | None = None,
+            sas_permissions: str | None = None) -> SourceError:
     """A SourceError for a failure to `action` ("reach", "list", "read", ...) the root `where` (a masked
     URL), signed in with `how`: what happened, where, and what to do; secrets scrubbed. `writes`: the command
-    writes there (an upload; default: when `action` is an upload or a write), for the permissions it names."""
+    writes there (an upload; default: when `action` is an upload or a write), for the permissions it names.
+    `sas_permissions`: the sign-in's SAS sp=, so that a refusal names the permissions it lacks."""
     writes = action.startswith(("upload", "write")) if writes is None else writes
     kind = classify(exc)
     aws = how.startswith(("AWS", "access key", "the standard AWS"))
@@ -781,6 +806,14 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how, writes=writes)
+    elif kind == "permission" and sas_lacking(sas_permissions, bool(writes)):
+        # The SAS itself says what it may do: name what it lacks (not "grant a role" or "run again to resume")
+        needed = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
+        what = (f"cannot {action} {where}: signed in, but not allowed to {sas_lacking(sas_permissions, bool(writes))}: "
+                f"the SAS token allows only '{sas_permissions}' (its sp=), and {'writing there' if writes else 'this'} "
+                f"needs {needed} ({reason}){tried}")
+        fix = (f"ask for (or make) a SAS token with {needed} permissions on the container, set it in the variable "
+               "named above, and run the same command again")
     elif kind == "permission" and writes and action != "list":  # (a listing refused is a list permission missing)
         # (an upload also reads: a blob's properties before it writes over one, or before the manifest's copy)
         allowed = "read or write blobs there" if action.startswith("upload") else "write"

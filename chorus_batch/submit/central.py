@@ -132,9 +132,19 @@ def parse_central(url: str) -> tuple[str, str]:
                          "does not keep as it is: the blobs would not be where the ledger says",
                          where="--to / [central] to", fix="give the prefix without a '.' at the end of a folder name, "
                                                           "e.g. az://<container>/<site>/")
+    prefix = parts.path.strip("/")
+    # The prefix is a part of every blob name: a backslash (Azure turns it into '/') or a control character there put
+    # every blob elsewhere than the ledger's destination says (check_names checked only the files' names)
+    why = pl.select(check_names(pl.lit(prefix), pl.lit("v"), "")).item() if prefix else None
+    if why is not None:
+        raise UsageError(f"the prefix of the central URL {mask_url(url)!r} cannot begin blob names as it is: "
+                         f"{why.replace('its name', 'it', 1)}, so the blobs would not be where the ledger says",
+                         where="--to / [central] to",
+                         fix="give the prefix with '/' between folder names and without control characters, e.g. "
+                             "az://<container>/<site>/")
     # abfs://CONTAINER@ACCOUNT.dfs.core.windows.net/: the container (the account is the sign-in's, checked by Central);
     # the ledger is kept per container as az://CONTAINER[/PREFIX], however the URL was spelt
-    return parts.netloc.split("@", 1)[0], parts.path.strip("/")
+    return parts.netloc.split("@", 1)[0], prefix
 
 
 def check_apart(url: str, roots: list[str]) -> None:
@@ -272,7 +282,8 @@ class Central:
         return f"az://{self.container_name}/{self.name(version, srcfile)}"
 
     def explain(self, exc: BaseException, action: str, where: str | None = None, *, writes: bool | None = None):
-        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action, writes=writes)
+        return cloud_access.explain(exc, where=where or self.url, how=self.how, action=action, writes=writes,
+                                    sas_permissions=self.sign_in.sas_permissions)
 
     def check(self, *, write: bool) -> None:
         """The container is there and this sign-in may list it: a SourceError (what, where, fix) otherwise.
@@ -282,7 +293,8 @@ class Central:
             cloud_access.retrying(lambda: next(iter(self.container.list_blobs(results_per_page=1)), None))
         except cloud_access.storage_errors() as exc:
             error = self.explain(exc, "list", writes=write)
-            if write and getattr(error, "kind", None) == "permission":  # (upload also reads and writes blobs)
+            if write and getattr(error, "kind", None) == "permission" and not cloud_access.sas_lacking(
+                    self.sign_in.sas_permissions, True):  # (upload also reads and writes blobs)
                 error.fix = ("an upload lists, reads and writes blobs: grant the signed-in identity the 'Storage Blob "
                              "Data Contributor' role on the container (role assignments take a few minutes), or use a "
                              "SAS token with read, add, create, write and list (racwl) permissions")
@@ -508,7 +520,10 @@ class Central:
                 return FolderOwner(_copy_owner(copy, props), "copy", f"az://{self.container_name}/{copy.blob_name}")
             return self._claim_owner(version, claim_as)
         except cloud_access.storage_errors() as exc:
-            raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/") from None
+            # (a claim is a write: mark-uploaded "looks at" the folder and claims it, and a refusal said "not allowed
+            # to list or read", to a sign-in that may)
+            raise self.explain(exc, doing, f"{self.url}/{version}/{MANIFEST_FOLDER}/",
+                               writes=True if claim_as is not None else None) from None
 
     def copies_of(self, manifest_id: str, labels: set[str]) -> list[str]:
         """The version folders under the prefix, other than `labels`, whose manifest copy is manifest_id's: versions

@@ -221,6 +221,12 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     lines += [
         "send() {  # blob-name local-file md5-hex md5-base64 url-quoted-name [etag of a damaged blob to replace]",
         '  if [ -n "$OTHER" ]; then echo "not sent (its folder $OTHER is another manifest\'s): $2" >&2; failed=1; return; fi',
+        # The file's size and modification time before md5sum, compared after the send: a file written between the
+        # check and the send went up with the manifest's MD5 as its Content-MD5 (the Azure CLI sets the one it is given;
+        # the service checks it against the bytes only for a single put, not a large file's blocks) and was logged, so
+        # mark-uploaded confirmed other bytes. (stat of stdin: the path on no command line, as for md5sum.)
+        "  local seen",
+        "  seen=$(stat -c '%s %y' - < \"$2\" 2> /dev/null)",
         '  if [ "$(md5sum < "$2" | cut -c1-32)" != "$3" ]; then',
         '    echo "not sent (changed since its version was recorded, or unreadable): $2" >&2; failed=1; return',
         "  fi",
@@ -252,7 +258,13 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
             "      --log-level ERROR 2>&1); then",
         ]
     lines += [
-        "    printf 'uploaded\\t%s\\n' \"$1\" >> \"$LOG\"",
+        "    if [ -n \"$seen\" ] && [ \"$(stat -c '%s %y' - < \"$2\" 2> /dev/null)\" = \"$seen\" ]; then",
+        "      printf 'uploaded\\t%s\\n' \"$1\" >> \"$LOG\"",
+        "    else",
+        '      echo "sent, but changed while it was checked and sent (its size or modification time): $2; not logged as" \\',
+        '        "uploaded, so mark-uploaded does not record it (the next run records the change); its blob $1 may not" \\',
+        '        "hold the bytes of the manifest\'s MD5 (chorus-batch deletes nothing at the centre): have it removed" >&2; failed=1',
+        "    fi",
         "  else",
     ]
     if kind == "bash":  # (what the Azure CLI said, then the file)

@@ -108,11 +108,18 @@ class UploadResult:
         return ExitCode.FINDINGS if bad else ExitCode.OK
 
 
-def _outcome(n_confirmed: int, n_unrecorded: int = 0) -> str:
+# Failures that the same command meets again until someone fixes them (a permission, a sign-in, a name)
+_FIX_FIRST = ("auth", "permission", "missing", "dns", "unknown_account", "https", "tls")
+
+
+def _outcome(n_confirmed: int, n_unrecorded: int = 0, error: BaseException | None = None) -> str:
     unrecorded = (f"; {n_unrecorded} more were sent but could not be recorded (the next upload finds them at the "
                   "centre with the manifest's MD5 and confirms them without sending them again)" if n_unrecorded else "")
-    return (f"{plural(n_confirmed, 'file')} confirmed by this upload {'is' if n_confirmed == 1 else 'are'} recorded in the manifest's uploads ledger{unrecorded}; "
-            "run the same command again to resume (confirmed files are not sent again)")
+    # "run again to resume" after a refused permission sends the site into a loop of the same refusal
+    again = "once this is fixed" if getattr(error, "kind", None) in _FIX_FIRST else "to resume"
+    return (f"{plural(n_confirmed, 'file')} confirmed by this upload {'is' if n_confirmed == 1 else 'are'} recorded in "
+            f"the manifest's uploads ledger{unrecorded}; run the same command again {again} (confirmed files are not "
+            "sent again)")
 
 
 def _waiting(url: str, labels: list[str]) -> str:
@@ -204,11 +211,12 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             result.listed_as = central.how
             _refuse_behind(manifest, central)
             sources: dict[int, Source] = {}
+            checked: set[int] = set()  # the cloud roots checked (once a command)
             prefix = parse_central(to)[1]
             for label in labels:
                 try:
                     result.versions.append(_upload_version(manifest, ledger, central, prefix, label, modalities,
-                                                           workers, sources, overrides, cloud, progress,
+                                                           workers, sources, checked, overrides, cloud, progress,
                                                            dry_run=dry_run, finished=label not in waiting))
                 except BaseException as exc:
                     # What the ledger holds, over every version this command sent (what cli.main says of it).
@@ -216,7 +224,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     if n or hasattr(exc, "n_confirmed"):
                         with contextlib.suppress(AttributeError):
                             exc.n_confirmed = n  # type: ignore[union-attr]
-                            exc.outcome = _outcome(n, getattr(exc, "n_unrecorded", 0))  # type: ignore[union-attr]
+                            exc.outcome = _outcome(n, getattr(exc, "n_unrecorded", 0), exc)  # type: ignore[union-attr]
                     raise
             result.elapsed_s = time.monotonic() - started
             return result
@@ -252,18 +260,23 @@ def _refuse_behind(manifest: Manifest, central: Central) -> None:
 
 
 def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[int, Source],
-                 overrides: dict[str | None, str] | None, cloud: CloudSettings) -> dict[int | None, Source]:
+                 overrides: dict[str | None, str] | None, cloud: CloudSettings,
+                 checked: set[int]) -> dict[int | None, Source]:
     """The roots the files are read from (opened once, those of the files checked): as the manifest records them, or
     moved (--site). Files committed before roots were recorded are read from the only root, if one."""
     from ..validate.run import reopen_roots
 
     if not sources:
         sources.update(reopen_roots(manifest, overrides=overrides, cloud=cloud))
-    # Only the roots this version's files are read from are checked (each version's, again: cheap): a root the manifest
-    # recorded once and no file to send is under (a [site.roots] folder that moved, one no longer configured) refused
-    # the whole upload, named as the site root.
+    # Only the roots this version's files are read from are checked: a root the manifest recorded once and no file to
+    # send is under (a [site.roots] folder that moved, one no longer configured) refused the whole upload, named as the
+    # site root. A local root each version again (cheap; an unmount meanwhile is said as such, not as files missing),
+    # a cloud root once a command: a round-trip each, for every version of a long backlog.
     for root_id in (sources if None in root_ids else set(root_ids) & set(sources)):
-        sources[root_id].check()
+        if root_id not in checked:
+            sources[root_id].check()
+            if not sources[root_id].parallel_local:
+                checked.add(root_id)
     out: dict[int | None, Source] = dict(sources)
     if None in root_ids:
         if len(sources) != 1:
@@ -346,7 +359,7 @@ def record_unsendable(ledger: UploadLedger, central: Central, label: str, immedi
 
 
 def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, prefix: str, label: str,
-                    modalities: Sequence[str] | None, workers: int, sources: dict[int, Source],
+                    modalities: Sequence[str] | None, workers: int, sources: dict[int, Source], checked: set[int],
                     overrides: dict[str | None, str] | None, cloud: CloudSettings, progress: Progress, *,
                     dry_run: bool = False, finished: bool = False) -> VersionUpload:
     """finished: the version is recorded as completely uploaded (`upload --version` of it: its listing is checked
@@ -361,7 +374,8 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     if dry_run:  # what would be sent; the roots it would be read from are opened and checked (read-only) as upload does
         outcome.not_sent = immediate.select(list(NOT_SENT_SCHEMA))
         if sendable.height:
-            readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud)
+            readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud,
+                                   checked)
             # The look the upload takes before sending (a read): a dry run said "would send N" into a folder holding
             # another manifest's submission, where the upload adds nothing
             owner = central.folder_owner(label, "look at")
@@ -379,7 +393,8 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
         return outcome
     ledger.start(label)
     record_unsendable(ledger, central, label, immediate)
-    readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud) if sendable.height else {}
+    readers = _sources_for(manifest, sendable["root_id"].unique().to_list(), sources, overrides, cloud,
+                           checked) if sendable.height else {}
     # A folder whose manifest copy (or, while it is uploaded, whose claim) is another manifest's holds that manifest's
     # submission (the same label, reused): its blobs with this content are confirmed as they are, and nothing is added
     # to it. A folder nobody holds is claimed before the first file goes there: another manifest uploading the same
@@ -514,7 +529,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
         with contextlib.suppress(ChorusError, sqlite3.Error):
             record_pending()
         with contextlib.suppress(AttributeError):  # what cli.main says about it: what the ledger holds
-            exc.outcome = _outcome(recorded[0], counts[0] - recorded[0])  # type: ignore[union-attr]
+            exc.outcome = _outcome(recorded[0], counts[0] - recorded[0], exc)  # type: ignore[union-attr]
             exc.n_confirmed, exc.n_unrecorded = recorded[0], counts[0] - recorded[0]  # type: ignore[union-attr]
         raise
     pool.shutdown(wait=True)
