@@ -642,3 +642,21 @@ def test_a_registry_killed_between_its_renames_has_its_set_completed_by_the_next
     assert "was killed while it put its files in place" in refused.stderr, refused.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in after), after.keys()
+
+
+def test_a_registry_failing_between_its_renames_puts_the_earlier_set_back(released):
+    """A write error (not a signal) after the first rename left the new waveform registry beside the old image
+    registry and procedures, read as one release, and the message said nothing of it. The renames done are undone."""
+    site, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _second_version(site, db)
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # one renamed
+    (out / "image_registry.csv").unlink()
+    (out / "image_registry.csv").mkdir()  # the next rename fails
+    (out / "image_registry.csv" / "x").write_text("x")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "image_registry.csv is a folder" in err and "waveform_registry.csv had been put in place and was put back" in err, err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing of its own left
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
+        name: data for name, data in before.items() if name != "image_registry.csv"}
