@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
 from .frames import fmt
 from .fsutil import complete_interrupted_sets, private_folder, write_private_together
@@ -39,6 +40,7 @@ from .validate.rules import KIND_DICOM, KIND_WFDB
 
 if TYPE_CHECKING:
     from .config import CloudSettings
+    from .review import SQLiteReader
 
 IMAGING_PROCEDURE, MONITORING_PROCEDURE = 4180938, 4141651  # procedure_concept_id (Multimodal-Linkage)
 STANDARD_ALGORITHM = 32880  # procedure_type_concept_id: derived by an algorithm, not recorded in the EHR
@@ -286,22 +288,23 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
 
 def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *, version: str | None = None,
                      ranges: Mapping[str, tuple[int, int]], workers: int = 1,
-                     progress: Progress | None = None, write: bool = True) -> Registries:
+                     progress: Progress | None = None, write: bool = True, reader: SQLiteReader | None = None) -> Registries:
     """The registries of a version (default: the latest). Call under the manifest's lock: it allocates proc_ids
-    and records the headers it reads; `write=False` (no lock needed) raises _WouldWrite where it would."""
+    and records the headers it reads; `write=False` (no lock needed) raises _WouldWrite where it would. `reader`: one
+    kept across calls, which reads the version's file list once (it keeps the set it read)."""
     from .review import SQLiteReader
 
-    reader = SQLiteReader(manifest.path)
+    reader = reader or SQLiteReader(manifest.path)
     label = reader.resolve(version)
     files = reader.files(label)
-    linked = files.filter(pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
-                          & pl.col("parse_error").is_null() & pl.col("record_id").is_not_null()
-                          & ~pl.col("srcfile").str.ends_with("/RECORDS"))
+    linked = files.filter(registry_listed() & pl.col("record_id").is_not_null())
     # Multimodal-Linkage: a row per file of the Images and Waveforms folders; one that fits no layout has no session or
     # accession (no group_id, no proc_id) and no row: told, never left out without a word
     left_out = (files.filter(pl.col("modality").is_in(["Waveforms", "Images"])
-                             & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$"))
-                .join(linked, on="srcfile", how="anti")["srcfile"].sort())
+                             & ~pl.col("srcfile").str.contains(RECORDS_NAME))
+                .join(linked, on="srcfile", how="anti"))
+    compressed = left_out.filter(pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
+    left_out = left_out.filter(~pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
     omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
@@ -320,6 +323,12 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "each). Move or rename them "
             "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
             "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
+    if compressed.len():
+        warnings.append(
+            f"{compressed.len()} compressed waveform or image file(s) of version {label} have no row in the registries "
+            f"(e.g. {', '.join(compressed.head(3).to_list())}): the procedures ask for the files themselves, and a "
+            "registry row names a file to deliver. Decompress them in place (e.g. gunzip) and remove the compressed "
+            "copies, run, and write the registries again")
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
     # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
     record_times = (
@@ -501,13 +510,14 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                                                "another --out folder")
     from .review import SQLiteReader
 
-    version = SQLiteReader(manifest.path).resolve(version)  # an unknown version (exit 2) makes no --out folder
+    reader = SQLiteReader(manifest.path)  # one for both builds: the version's file list is read once
+    version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
     sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
     build = functools.partial(build_registries, manifest, sources, version=version, ranges=ranges, workers=workers,
-                              progress=progress)
+                              progress=progress, reader=reader)
     try:  # without the lock first: with every header read and proc_id given, there is nothing to write (a reviewer
         registries = build(write=False)  # who may only read the manifest gets the registries; a run may go on)
     except _WouldWrite:

@@ -660,3 +660,36 @@ def test_a_registry_failing_between_its_renames_puts_the_earlier_set_back(releas
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing of its own left
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
         name: data for name, data in before.items() if name != "image_registry.csv"}
+
+
+def test_a_compressed_waveform_file_has_no_registry_row_and_is_told(tmp_path):
+    """validate counted a compressed copy (file.compressed: decompress it) as no file to list, while the registry
+    command gave it a row naming a .gz to deliver. One definition of the files a registry lists serves both."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    session = next(p for p in site.glob("*/Waveforms/Telemetry/*") if p.is_dir())
+    gz = session / f"{session.name}n.csv.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "1 compressed waveform or image file(s)" in done.stderr and gz.name in done.stderr, done.stderr
+    assert "fit no layout" not in done.stderr, done.stderr
+    assert all(not row["trg_file"].endswith(".gz") for row in read_csv(out / "waveform_registry.csv"))
+
+
+def test_the_registry_reads_the_version_file_list_once(tmp_path, monkeypatch):
+    """A first `registry` builds without the lock, meets proc_ids to allocate, and builds again under it: each
+    build read the version's whole file list from the manifest (a million-file site: twice the longest query)."""
+    from chorus_batch.registries import make_registries
+    from chorus_batch.review import SQLiteReader
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    reads = []
+    real = SQLiteReader._files_at
+    monkeypatch.setattr(SQLiteReader, "_files_at", lambda self, *a: reads.append(a) or real(self, *a))
+    registries, written = make_registries(str(db), tmp_path / "release", argv=["registry"])
+    assert registries.new_proc_ids > 0 and len(written) == 2  # (it did build twice: the second under the lock)
+    assert len(reads) == 1, reads

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..classify import registry_listed
 from ..frames import fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import COMPRESSED_NAME, _found, _norm_id, _one, _Site, _there_untaken, _unreadable
+from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -134,20 +135,14 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         mine = usable.filter(pl.col("_of") == modality)
         if mine.height == 0 or (modality == "Images" and (mine["no_trg"] > 0).any()):
             continue  # an image registry leaving trg_file to the centre does not say which files its rows are
-        files = site.files.lazy().filter(pl.col("_is_person") & _registered(modality)).select("srcfile").collect()
+        files = site.files.lazy().filter(pl.col("_is_person") & registry_listed()
+                                         & (pl.col("modality") == modality)).select("srcfile").collect()
         unlisted = files.join(listed.filter(pl.col("_of") == modality).select(pl.col("_path").alias("srcfile")),
                               on="srcfile", how="anti")
         out.append(_found("registry.unlisted_file", unlisted, "srcfile",
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
-
-
-def _registered(modality: str) -> pl.Expr:
-    """The files of `modality` a registry lists (of a person folder: the caller says how it knows)."""
-    return ((pl.col("modality") == modality) & pl.col("parse_error").is_null()
-            & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$")
-            & ~pl.col("srcfile").str.contains(COMPRESSED_NAME))  # (to decompress, not to list: file.compressed)
 
 
 def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from ..classify import COMPRESSED_NAME
 from ..frames import fmt
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
@@ -83,7 +84,6 @@ _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for 
 
 
 # What rules need of a file beside its facts (a narrow frame: a million DICOM rows are copied cheaply).
-COMPRESSED_NAME = r"(?i)\.(gz|gzip|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)$"
 _FILE_COLUMNS = ("srcfile", "md5", "size", "_n", "_top", "_second", "_third", "_dir", "_name", "_stem", "_table",
                  "kind", "_modality", "_category", "_session", "_segment", "_layout")
 
