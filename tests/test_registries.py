@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -169,11 +169,11 @@ def test_ids_are_stable_across_versions(released, tmp_path):
     single = sitegen.sessions_of(p0, 0)["single"]
     numerics = f"{p0}/Waveforms/Telemetry/{single}/{single}n.csv"
     write(site, numerics, "time_s,HR\n0,77\n")  # replaced: same path, new content
-    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", b"0       new session")
+    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", sitegen.edf_bytes(None))
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     again = tmp_path / "again"
     done = cli("registry", "--db", str(db), "--out", str(again))
-    # (exit 1: the EDF session's start time is not read, its rows have no capture time, which is warned of)
+    # (exit 1: the EDF session's header is de-identified, "Startdate X": its rows have no capture time, which is warned of)
     assert done.returncode == 1 and "900777/" in done.stderr and "no capture time" in done.stderr, done.stderr
     after = {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(again / "waveform_registry.csv")}
     assert {k: v for k, v in after.items() if k in before} == before  # the replaced file too
@@ -294,8 +294,8 @@ def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
 
 
 def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
-    """A WFDB record whose headers give no base date and time, and an EDF session (whose start time this tool does not
-    read), gave rows with an empty datetime and visit_id and, with --omop, a procedure without procedure_date, while
+    """A WFDB record whose headers give no base date and time, and an EDF session whose EDF+ header knows no date
+    ("Startdate X", de-identified), gave rows with an empty datetime and visit_id and, with --omop, a procedure without procedure_date, while
     registry exited 0 (and validate warned of the registry it wrote: registry.values). Now a warning names the
     sessions and registry exits 1."""
     import re
@@ -307,7 +307,7 @@ def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
     for header in session.glob("*.hea"):
         first, rest = header.read_text().split("\n", 1)
         header.write_text(re.sub(r"^(\S+ \d+ \S+ \d+) .*$", r"\1", first) + "\n" + rest)
-    write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", b"0       ")
+    write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", sitegen.edf_bytes(None))
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
     assert done.returncode == 1, done.stderr
@@ -581,7 +581,7 @@ def test_the_readmes_demo_registry_command_and_rows_are_what_the_demo_gives(tmp_
 
 def _second_version(site: Path, db: Path) -> None:
     p0 = sitegen.person_ids(1)[0]
-    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", b"0       new session")
+    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", sitegen.edf_bytes(None))
     write(site, f"{p0}/Images/CT/900778/1.2.3.4/000.dcm", b"\0" * 132)
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
 
@@ -693,3 +693,23 @@ def test_the_registry_reads_the_version_file_list_once(tmp_path, monkeypatch):
     registries, written = make_registries(str(db), tmp_path / "release", argv=["registry"])
     assert registries.new_proc_ids > 0 and len(written) == 2  # (it did build twice: the second under the lock)
     assert len(reads) == 1, reads
+
+
+def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
+    """The EDF header's own start date and time were not read: an EDF session's rows had no datetime, no visit, and
+    their procedure no procedure_date, though the header holds the start. Now they are the header's start, and the
+    visit is the one it falls in."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p1 = sitegen.person_ids(2)[1]
+    start = sitegen.visit_hours(1)[0][0] + timedelta(minutes=30)  # in the person's first visit
+    write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", sitegen.edf_bytes(start))
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 0, done.stderr
+    row = next(r for r in read_csv(out / "waveform_registry.csv") if r["group_id"] == "900777")
+    assert row["datetime"] == start.strftime("%Y-%m-%d %H:%M:%S"), row
+    assert row["visit_id"] == expected_visit(site, p1, start) != "", row
+    procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == row["proc_id"])
+    assert procedure["procedure_date"] == start.strftime("%Y-%m-%d")
+

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -300,15 +301,21 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
      {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
-    ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", b"0       "),
+    ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", sitegen.edf_bytes(None)),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"),
       ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/"),
       unlisted(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf")}),
     # session ids are integers: 0<id> and <id> are one id, in one person's Telemetry/ too
-    ("id_collision_zeros", add(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf", b"0       "),
+    ("id_collision_zeros", add(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf", sitegen.edf_bytes(None)),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"), ("waveforms.id_collision", f"{TELEMETRY}/0{S0['single']}/"),
       unlisted(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf")}),
     ("bad_header", add(f"{SINGLE}.hea", "this is not a WFDB header\n"), {("wfdb.bad_header", f"{SINGLE}.hea")}),
+    # an EDF cut inside its 256-byte header, and one whose start date is no date: no start time to date the session
+    ("edf_bad_header", add(f"{P1}/Waveforms/EEG/900555/900555.edf", b"0       "),
+     {("edf.bad_header", f"{P1}/Waveforms/EEG/900555/900555.edf"), unlisted(f"{P1}/Waveforms/EEG/900555/900555.edf")}),
+    ("edf_bad_date", add(f"{P1}/Waveforms/EEG/900555/900555.edf",
+                         sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5)).replace(b"02.01.24", b"31.02.24")),
+     {("edf.bad_header", f"{P1}/Waveforms/EEG/900555/900555.edf"), unlisted(f"{P1}/Waveforms/EEG/900555/900555.edf")}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),

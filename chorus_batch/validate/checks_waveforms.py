@@ -6,11 +6,18 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
+from .rules import KIND_EDF, KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
 from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
 
 _POSITIVE_FS = pl.col("fs").is_null() | (pl.col("fs") > 0)
+
+
+def _edf(site: _Site) -> list[pl.LazyFrame]:
+    """An EDF (BDF) recording's header gives its session's start (the waveform registry's capture time)."""
+    headers = site.of_kind(KIND_EDF)
+    return [_found("edf.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
+                   fmt("not a readable EDF header: {}", pl.col("error")))]
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:

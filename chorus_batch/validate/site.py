@@ -21,6 +21,7 @@ from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_exp
 from .readers import _DICOM_TAGS, OWN_REMEDY
 from .rules import (
     KIND_DICOM,
+    KIND_EDF,
     KIND_LINKS,
     KIND_MAPPING,
     KIND_MARKDOWN,
@@ -48,6 +49,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
+    KIND_EDF: pl.Struct({"error": pl.String, "start_date": pl.String, "start_time": pl.String,
+                         "duration_s": pl.Float64, "edf_plus": pl.Boolean}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
     KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "person_id": pl.List(pl.String)}),
