@@ -151,12 +151,16 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     with opened as f:
         try:
             # the names as written (a BOM, quotes, CR line ends read as validate reads them)
-            _, header, ended = _csv_header(f)
+            head, header, ended = _csv_header(f)
         except BadContent as exc:
             raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile, fix=fix) from None
         except OSError as exc:
             raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile,
                              fix="check that the file is there and readable, then run the command again") from None
+        if head["delimiter"] != ",":  # (read as comma-delimited, its names were no column: an internal error)
+            split = {"\t": "tabs", ";": "semicolons", "|": "pipes"}.get(head["delimiter"], repr(head["delimiter"]))
+            raise UsageError(f"cannot read {srcfile}: its header row is split by {split}, not commas, as the "
+                             "procedures' CSV tables are", where=srcfile, fix=fix)
         present = [n for n in header if n.strip().strip('"').strip().lower() in columns]
         if ended:  # the header row alone, unterminated (pyarrow: "Empty CSV file")
             return pl.DataFrame(schema={c: pl.String for c in columns})

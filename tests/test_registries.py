@@ -713,3 +713,18 @@ def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
     procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == row["proc_id"])
     assert procedure["procedure_date"] == start.strftime("%Y-%m-%d")
 
+
+
+@pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
+def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
+    """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
+    names, which the comma-delimited read then did not have ("internal error: ArrowKeyError", exit 3)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    path = site / "OMOP" / f"{table}.csv"
+    path.write_text(path.read_text().replace(",", ";"))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert f"cannot read OMOP/{table}.csv: its header row is split by semicolons, not commas" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr
