@@ -714,7 +714,6 @@ def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
     assert procedure["procedure_date"] == start.strftime("%Y-%m-%d")
 
 
-
 @pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
 def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
     """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
