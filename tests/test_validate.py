@@ -588,6 +588,22 @@ def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_
                     "is not on the site: add the record or remove the line")]
 
 
+def test_records_entries_naming_folders_list_the_records_under_them(tmp_path):
+    """PhysioNet's nested RECORDS lists folders ("000101/", each with a RECORDS of its own): such an entry was taken
+    for a record "000101" whose header 000101.hea is not on the site (records.absent), and the records under it for
+    unlisted. An entry of a person's RECORDS named the header by the entry alone, not where it was looked for."""
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    (root / "RECORDS").write_text(f"{P0}/\n{P1}/\n{P2}/\nno_such_folder/\n")
+    add(f"{P0}/waveforms/RECORDS", "no_such_record\n")(root)
+    out = validate(root).filter(pl.col("rule").str.starts_with("records."))
+    assert sorted(out.select("rule", "srcfile", "message").rows()) == [
+        ("records.absent", f"{P0}/waveforms/RECORDS", "lists record no_such_record but its header "
+         f"({P0}/waveforms/no_such_record.hea) is not on the site: add the record or remove the line"),
+        ("records.absent", "RECORDS", "lists folder no_such_folder/ but no WFDB header lies under no_such_folder/: "
+         "remove the line, or add the folder's records")]
+
+
 def test_a_root_records_file_larger_than_a_header_is_read_and_one_too_large_says_what_to_do(tmp_path, monkeypatch):
     """v1.0's RECORDS at the root names every record of the site: 18 MB for 450k records, over the 16 MiB a WFDB
     header may have, was 'cannot read this RECORDS file: the file is larger than 16 MiB; write one record name per
