@@ -1545,3 +1545,15 @@ def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names
     edit("OMOP/visit_occurrence.csv", lambda t: t.replace("person_id", "patient_id", 1))(clean)
     assert found(clean) >= {("omop.required_columns", "OMOP/visit_occurrence.csv")}
     assert not {rule for rule, _ in found(clean)} & {"registry.visit_person", "registry.unknown_visit"}
+
+
+def test_two_registries_of_one_modality_are_told(clean):
+    """A second waveform registry (a browser's "(1)" download with some of the rows, or a copy in Metadata/) gave no
+    finding: the rows of both were taken as one registry, and the site shipped two, one of them partial."""
+    registry = (clean / "waveform_registry.csv").read_text()
+    add("Metadata/waveform_registry (1).csv", "\n".join(registry.splitlines()[:3]) + "\n")(clean)
+    out = validate(clean)
+    assert sorted(out.select("rule", "srcfile").rows()) == [
+        ("registry.several", "Metadata/waveform_registry (1).csv"), ("registry.several", "waveform_registry.csv")]
+    assert ("one of 2 waveform registries the site ships (Metadata/waveform_registry (1).csv, waveform_registry.csv): "
+            "the linkage procedure asks for one") in out["message"][0]

@@ -40,6 +40,14 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out = _absent(site, registries)
     if registries.height == 0:
         return out
+    # Multimodal-Linkage: "two tabular REGISTRIES", one of each modality: a second one (a browser's "(1)" download, a
+    # copy in Metadata/) lists files again or leaves them out, and nothing said which of them is the site's
+    several = registries.filter(pl.col("_of").is_not_null()).with_columns(
+        _all=pl.col("srcfile").sort().implode().over("_of")).filter(pl.col("_all").list.len() > 1)
+    out.append(_found("registry.several", several, "srcfile", fmt(
+        "one of {} {} registries the site ships ({}): the linkage procedure asks for one, with a row per file; merge "
+        "them into one and remove the others", pl.col("_all").list.len().cast(pl.String),
+        pl.col("_of").str.to_lowercase().str.strip_suffix("s"), pl.col("_all").list.join(", "))))
     parsed = registries.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
     out += [
         # a header split by another delimiter may hold the right names: say what is wrong with it (no other rule

@@ -403,6 +403,9 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.image_registry_order", "warning", "image_registry_id out of sequence",
          "A registry's image_registry_id is not above the ids of the rows before it (the Imaging SOP asks for a "
          "sequential integer)."),
+    Rule("registry.several", "error", "more than one registry of a modality",
+         "The site ships two or more waveform (or image) registries (a second download, a copy in Metadata/ and at the "
+         "root): the linkage procedure asks for one of each, with one row per file."),
     Rule("registry.duplicate", "error", "registry lists a file twice",
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",
