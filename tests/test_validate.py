@@ -1557,3 +1557,14 @@ def test_two_registries_of_one_modality_are_told(clean):
         ("registry.several", "Metadata/waveform_registry (1).csv"), ("registry.several", "waveform_registry.csv")]
     assert ("one of 2 waveform registries the site ships (Metadata/waveform_registry (1).csv, waveform_registry.csv): "
             "the linkage procedure asks for one") in out["message"][0]
+
+
+def test_a_registry_row_naming_its_file_in_other_letter_case_says_so(clean):
+    """A header copied through Windows as 1000.HEA: the registry's row for 1000.hea was 'not on the site' (give
+    site-relative paths, which it was) and the file 'has no row: add it' (it has one)."""
+    header = clean / f"{SINGLE}.hea"
+    header.rename(header.with_suffix(".HEA"))
+    out = validate(clean).filter(pl.col("rule").str.starts_with("registry."))
+    assert out.select("rule", "srcfile").rows() == [("registry.missing_file", "waveform_registry.csv")], out.to_dicts()
+    assert (f"1 trg_file(s) name no file of the site but one whose name differs only in letter case (e.g. {SINGLE}.hea "
+            f"is on the site as {SINGLE}.HEA)") in out["message"].item()
