@@ -1568,3 +1568,16 @@ def test_a_registry_row_naming_its_file_in_other_letter_case_says_so(clean):
     assert out.select("rule", "srcfile").rows() == [("registry.missing_file", "waveform_registry.csv")], out.to_dicts()
     assert (f"1 trg_file(s) name no file of the site but one whose name differs only in letter case (e.g. {SINGLE}.hea "
             f"is on the site as {SINGLE}.HEA)") in out["message"].item()
+
+
+def test_person_ids_written_as_decimals_are_named_as_the_cause(clean):
+    """person.csv written by pandas from a column with empty cells has 101.0 for 000101: every person folder was
+    'has no row in person.csv: add the person', though its row is there."""
+    person = clean / "OMOP" / "person.csv"
+    header, *rows = person.read_text().splitlines()
+    person.write_text("\n".join([header, *(f"{int(r.split(',', 1)[0])}.0,{r.split(',', 1)[1]}" for r in rows)]) + "\n")
+    out = validate(clean).filter(pl.col("rule") == "person.no_omop_row")
+    assert sorted(out["srcfile"]) == [f"{P0}/", f"{P1}/", f"{P2}/"]
+    assert (f"person folder {P0} matches no person_id of person.csv but {int(P0)}.0, its id written as a decimal"
+            in out.sort("srcfile")["message"][0])
+    assert "add the person" not in " ".join(out["message"])

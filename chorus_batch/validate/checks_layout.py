@@ -80,14 +80,23 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             "the registries and the DICOM PatientID", pl.col("_top")))]
     if site.person_ids is None:
         return ids  # no readable person.csv: omop.* says why
+    # person_ids written as decimals (1.0: pandas writes an integer column with empty cells so) match no folder: said
+    # where a folder's id is one of them, not "add the person", whose row is there
+    decimals = (site.person_ids.to_frame("_decimal").filter(pl.col("_decimal").str.contains(r"^[0-9]+\.0*$"))
+                .with_columns(_key=_norm_id(pl.col("_decimal").str.replace(r"\.0*$", ""))).unique("_key"))
+    missing = site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")).join(decimals, on="_key", how="left")
     return [*ids, _found(
-        "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
+        "person.no_omop_row", missing.filter(pl.col("_decimal").is_null()), pl.col("_top") + "/",
         fmt("person folder {} has no row in person.csv{}: add the person to OMOP/person.csv or fix the folder name",
             pl.col("_top"),
             # another script's digits (٠٠٠٠٤٢) look like an id, and some readers (Python's int) even take them as one
             pl.when(pl.col("_top").str.contains(r"[^0-9\P{Nd}]")).then(pl.lit(
                 " (its name holds digits other than 0-9, from another script: person_ids are written in 0-9)"))
-            .otherwise(pl.lit(""))))]
+            .otherwise(pl.lit("")))),
+        _found("person.no_omop_row", missing.filter(pl.col("_decimal").is_not_null()), pl.col("_top") + "/",
+               fmt("person folder {} matches no person_id of person.csv but {}, its id written as a decimal (as pandas "
+                   "writes an integer column that has empty cells): OMOP's person_id is an integer; write person.csv's "
+                   "person_ids as integers ({})", pl.col("_top"), pl.col("_decimal"), pl.col("_key")))]
 
 
 def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
