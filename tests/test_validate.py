@@ -309,6 +309,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("id_collision_zeros", add(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf", sitegen.edf_bytes(None)),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"), ("waveforms.id_collision", f"{TELEMETRY}/0{S0['single']}/"),
       unlisted(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf")}),
+    # a second copy of the waveform registry (in Metadata/): one registry of each modality
+    ("registry_several", lambda root: write(root, "Metadata/waveform_registry.csv",
+                                            (root / "waveform_registry.csv").read_bytes()) and None,
+     {("registry.several", "Metadata/waveform_registry.csv"), ("registry.several", "waveform_registry.csv")}),
     ("bad_header", add(f"{SINGLE}.hea", "this is not a WFDB header\n"), {("wfdb.bad_header", f"{SINGLE}.hea")}),
     # an EDF cut inside its 256-byte header, and one whose start date is no date: no start time to date the session
     ("edf_bad_header", add(f"{P1}/Waveforms/EEG/900555/900555.edf", b"0       "),
