@@ -1585,3 +1585,5 @@ def test_person_ids_written_as_decimals_are_named_as_the_cause(clean):
     assert (f"person folder {P0} matches no person_id of person.csv but {int(P0)}.0, its id written as a decimal"
             in out.sort("srcfile")["message"][0])
     assert "add the person" not in " ".join(out["message"])
+    # nor are their rows 'without a person folder' (a note "expected for persons without waveforms")
+    assert "person.no_folder" not in set(validate(clean)["rule"])

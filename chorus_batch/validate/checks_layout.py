@@ -105,9 +105,11 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         return []
     out: list[pl.LazyFrame] = []
     folder_keys = pl.concat([f.filter(pl.col("_is_person")).select("_key") for f in across.folders])["_key"]
-    # the ids as person.csv writes them ("000002", not the "2" they are compared as)
+    # the ids as person.csv writes them ("000002", not the "2" they are compared as); one written as a decimal (2.0)
+    # whose folder is there is person.no_omop_row's, which names it as the cause
     written = (site.person.filter(pl.col("_ok") & (pl.col("delimiter") == ",")).select(pl.col("person_id").explode())
-               .drop_nulls().with_columns(_key=_norm_id(pl.col("person_id"))).unique("_key", keep="first"))
+               .drop_nulls().with_columns(_key=_norm_id(pl.col("person_id").str.replace(r"^\s*([0-9]+)\.0*\s*$", "${1}")))
+               .unique("_key", keep="first"))
     missing = written.filter(~pl.col("_key").is_in(folder_keys.implode())).sort("person_id")["person_id"]
     if missing.len():
         person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
