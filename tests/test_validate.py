@@ -1587,3 +1587,13 @@ def test_person_ids_written_as_decimals_are_named_as_the_cause(clean):
     assert "add the person" not in " ".join(out["message"])
     # nor are their rows 'without a person folder' (a note "expected for persons without waveforms")
     assert "person.no_folder" not in set(validate(clean)["rule"])
+
+
+@pytest.mark.parametrize("folder", [f"{P0}/Images/CT", f"{P0}/Images/CT/9001/1.2.3"])
+def test_a_dicomdir_is_told_to_be_removed_not_renamed(clean, folder):
+    """A DICOM export's DICOMDIR (its media index) was told to be renamed to fit the layout, or in a series folder to
+    be named <InstanceNumber>.dcm 'if it is a DICOM image': it is DICOM, and no image."""
+    add(f"{folder}/DICOMDIR", b"\0" * 200)(clean)
+    out = validate(clean).filter(pl.col("srcfile") == f"{folder}/DICOMDIR")
+    assert out["rule"].to_list() == ["path.unparsed"], out.to_dicts()
+    assert out["message"].item().startswith("a DICOMDIR, the index a DICOM export") and "remove it" in out["message"].item()

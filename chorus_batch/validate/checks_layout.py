@@ -138,7 +138,12 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
                fmt("the name starts with person id {} but the file is in person folder {}: move it to its "
                          "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
         _found("path.unparsed", unparsed, "srcfile",
-               pl.when(_IN_SERIES_NOT_DCM).then(fmt(
+               # a DICOM export's media index (a CD's, a PACS's) is DICOM but no image: "name it .dcm" was wrong
+               pl.when(pl.col("_images") & (pl.col("_name").str.to_uppercase() == "DICOMDIR")).then(pl.lit(
+                   "a DICOMDIR, the index a DICOM export (to CD, from a PACS) writes beside its images, not an image: "
+                   "the procedures' Images/ holds the images alone, one per <InstanceNumber>.dcm in its series folder; "
+                   "remove it"))
+               .when(_IN_SERIES_NOT_DCM).then(fmt(
                    "{} lies in a series folder (Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/) but is not "
                    "named <InstanceNumber>.dcm, as the Imaging SOP names each image: if it is a DICOM image, name it "
                    "<InstanceNumber>.dcm (without .dcm it is not read as DICOM: no check looked at its header); "
