@@ -163,6 +163,21 @@ def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.to
         )
 
 
+# A compressed copy or an archive (validate's file.compressed): no procedure ships one, nothing reads inside it
+COMPRESSED_NAME = r"(?i)\.(gz|gzip|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)$"
+RECORDS_NAME = r"(?:^|/)RECORDS$"
+
+
+def registry_listed() -> pl.Expr:
+    """The files a linkage registry has a row for (Multimodal-Linkage: one per file of the Images and Waveforms
+    folders, grouped by session or accession): those that fit a layout, with a person; not a RECORDS file (an index
+    of record names, no capture) nor a compressed copy (to decompress, not to ship). One definition for the registries
+    `chorus-batch registry` writes and for validate's check of a site's own."""
+    return (pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
+            & pl.col("parse_error").is_null() & ~pl.col("srcfile").str.contains(RECORDS_NAME)
+            & ~pl.col("srcfile").str.contains(COMPRESSED_NAME))
+
+
 def record_key() -> pl.Expr:
     """The registry key of a classified file: modality|person|session, with the waveform category
     before the session (Telemetry and EEG sessions are different records; NULL if unparsed)."""

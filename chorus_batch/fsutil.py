@@ -128,6 +128,7 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
     from .faults import pause
 
     aside: dict[Path, Path] = {}
+    earlier: dict[Path, Path | None] = {}  # each target put in place so far -> its earlier file kept aside (None: none)
     marker: tuple[Path, int] | None = None
     try:
         for target, content in contents.items():
@@ -137,19 +138,27 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
         try:
             with held_signals():
                 for target, tmp in aside.items():
+                    kept = None
                     try:
                         check_target(target)
+                        kept = _kept_aside(target)
                         os.replace(tmp, target)
+                        earlier[target] = kept
                     except OSError as exc:
-                        if isinstance(exc, WriteError):
-                            raise
-                        raise cannot_write(target, exc) from None
+                        if kept is not None:
+                            with contextlib.suppress(OSError):
+                                kept.unlink()
+                        # a failure after some renames (a full disk, a target made a folder meanwhile): those are
+                        # undone, so that the folder holds the earlier set, never some files of each
+                        error = exc if isinstance(exc, WriteError) else cannot_write(target, exc)
+                        error.what += _put_back(earlier)
+                        raise error from None
                     pause("put-in-place")  # (tests: a signal between two renames, held to their end)
         except (KeyboardInterrupt, Stopped) as exc:  # held to the end of the renames: every file is in place
             exc.written = list(aside)  # type: ignore[union-attr]
             raise
     finally:
-        for tmp in aside.values():  # (those renamed are gone already)
+        for tmp in [*aside.values(), *filter(None, earlier.values())]:  # (those renamed are gone already)
             with contextlib.suppress(OSError):
                 tmp.unlink()
         if marker is not None:  # (after the files it names: a kill in between leaves renames already done)
@@ -157,6 +166,45 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
                 marker[0].unlink()
             os.close(marker[1])
     return list(aside)
+
+
+def _kept_aside(target: Path) -> Path | None:
+    """The file at `target`, if any, kept under a second name beside it (a hard link; a copy where the file system
+    has none) until its set is in place: what _put_back restores."""
+    if not os.path.lexists(target):
+        return None
+    kept = target.with_name(f"{aside_stem(target.name)}.{os.getpid()}.old")
+    with contextlib.suppress(FileNotFoundError):
+        kept.unlink()  # a dead process of the same pid's
+    try:
+        os.link(target, kept, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        shutil.copyfile(target, kept, follow_symlinks=False)
+    return kept
+
+
+def _put_back(earlier: dict[Path, Path | None]) -> str:
+    """Undo the renames of a set that failed partway (each target's earlier file back, a new one removed); what the
+    error then says of the folder."""
+    if not earlier:
+        return "; no file of the set was put in place: the folder holds the files it held"
+    failed = []
+    for target, kept in earlier.items():
+        try:
+            if kept is None:
+                target.unlink()
+            else:
+                os.replace(kept, target)
+        except OSError:
+            failed.append(target.name)
+    if failed:
+        return (f"; {', '.join(p.name for p in earlier)} had been put in place, and {', '.join(failed)} could not be "
+                "put back as it was: the folder holds some files of the new set; write the set again")
+    were = "was" if len(earlier) == 1 else "were"
+    return (f"; {', '.join(p.name for p in earlier)} had been put in place and {were} put back as before: the folder "
+            "holds the files it held, none of the new set")
 
 
 _SET_MARKER = ".chorus-set.{}.json"
@@ -220,6 +268,9 @@ def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
                     and tmp == f"{aside_stem(target)}.{pid}.tmp" for tmp, target in renames.items()):
                 raise ValueError("not a marker of a set")
             put = [target for tmp, target in renames.items() if _replaced(marker.parent / tmp, marker.parent / target)]
+            for target in renames.values():  # (the earlier files it kept aside to undo a failed rename)
+                with contextlib.suppress(FileNotFoundError):
+                    (marker.parent / f"{aside_stem(target)}.{pid}.old").unlink()
             marker.unlink()
         except (OSError, ValueError, AttributeError):
             continue  # another user's, a damaged marker: left as it is

@@ -8,7 +8,7 @@ One row per file: a waveform registry and an image registry, with
   person_id, group_id (the session or accession), visit_id (the person's visit whose start and end
             enclose the file's datetime; empty when none does)
   datetime  the capture time: a DICOM header's acquisition, content, series or study date/time, the
-            WFDB header's base date and time of the file's record, else the path's stamp
+            WFDB header's base date and time (or the EDF header's start) of the file's record, else the path's stamp
   src_file  where the file is (the root it was found under + its path)
   trg_file  the waveform registry: its site-relative path (Multimodal-Linkage: "Name and path of the renamed
             file to be delivered with your extract"); the image registry: empty (the Imaging SOP's
@@ -29,16 +29,18 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
 from .frames import fmt
 from .fsutil import complete_interrupted_sets, private_folder, write_private_together
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
-from .validate.rules import KIND_DICOM, KIND_WFDB
+from .validate.rules import KIND_DICOM, KIND_EDF, KIND_WFDB
 
 if TYPE_CHECKING:
     from .config import CloudSettings
+    from .review import SQLiteReader
 
 IMAGING_PROCEDURE, MONITORING_PROCEDURE = 4180938, 4141651  # procedure_concept_id (Multimodal-Linkage)
 STANDARD_ALGORITHM = 32880  # procedure_type_concept_id: derived by an algorithm, not recorded in the EHR
@@ -81,9 +83,10 @@ def _header_time(facts: pl.DataFrame, kind: str) -> pl.DataFrame:
         when = pl.coalesce(stamp("acquisition_date", "acquisition_time"), stamp("content_date", "content_time"),
                            stamp("series_date", "series_time"), stamp("study_date", "study_time"))
     else:
-        dtype = pl.Struct({"base_date": pl.String, "base_time": pl.String})
+        day, clock = ("base_date", "base_time") if kind == KIND_WFDB else ("start_date", "start_time")
+        dtype = pl.Struct({day: pl.String, clock: pl.String})
         f = part.select("md5", pl.col("facts").str.json_decode(dtype).alias("_f")).unnest("_f")
-        when = pl.concat_str("base_date", pl.lit(" "), pl.col("base_time").str.slice(0, 8)).str.strptime(
+        when = pl.concat_str(day, pl.lit(" "), pl.col(clock).str.slice(0, 8)).str.strptime(
             pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False)
     return f.select("md5", when.alias("_when"))
 
@@ -147,12 +150,17 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
                              "that the file is there and readable, then run the command again") from None
     with opened as f:
         try:
-            _, header, ended = _csv_header(f)  # the names as written (a BOM, quotes, CR line ends read as validate reads them)
+            # the names as written (a BOM, quotes, CR line ends read as validate reads them)
+            head, header, ended = _csv_header(f)
         except BadContent as exc:
             raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile, fix=fix) from None
         except OSError as exc:
             raise UsageError(f"cannot read {srcfile}: {exc}", where=srcfile,
                              fix="check that the file is there and readable, then run the command again") from None
+        if head["delimiter"] != ",":  # (read as comma-delimited, its names were no column: an internal error)
+            split = {"\t": "tabs", ";": "semicolons", "|": "pipes"}.get(head["delimiter"], repr(head["delimiter"]))
+            raise UsageError(f"cannot read {srcfile}: its header row is split by {split}, not commas, as the "
+                             "procedures' CSV tables are", where=srcfile, fix=fix)
         present = [n for n in header if n.strip().strip('"').strip().lower() in columns]
         if ended:  # the header row alone, unterminated (pyarrow: "Empty CSV file")
             return pl.DataFrame(schema={c: pl.String for c in columns})
@@ -286,31 +294,35 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
 
 def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *, version: str | None = None,
                      ranges: Mapping[str, tuple[int, int]], workers: int = 1,
-                     progress: Progress | None = None, write: bool = True) -> Registries:
+                     progress: Progress | None = None, write: bool = True, reader: SQLiteReader | None = None) -> Registries:
     """The registries of a version (default: the latest). Call under the manifest's lock: it allocates proc_ids
-    and records the headers it reads; `write=False` (no lock needed) raises _WouldWrite where it would."""
+    and records the headers it reads; `write=False` (no lock needed) raises _WouldWrite where it would. `reader`: one
+    kept across calls, which reads the version's file list once (it keeps the set it read)."""
     from .review import SQLiteReader
 
-    reader = SQLiteReader(manifest.path)
+    reader = reader or SQLiteReader(manifest.path)
     label = reader.resolve(version)
     files = reader.files(label)
-    linked = files.filter(pl.col("modality").is_in(["Waveforms", "Images"]) & pl.col("person_id").is_not_null()
-                          & pl.col("parse_error").is_null() & pl.col("record_id").is_not_null()
-                          & ~pl.col("srcfile").str.ends_with("/RECORDS"))
+    linked = files.filter(registry_listed() & pl.col("record_id").is_not_null())
     # Multimodal-Linkage: a row per file of the Images and Waveforms folders; one that fits no layout has no session or
     # accession (no group_id, no proc_id) and no row: told, never left out without a word
     left_out = (files.filter(pl.col("modality").is_in(["Waveforms", "Images"])
-                             & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$"))
-                .join(linked, on="srcfile", how="anti")["srcfile"].sort())
+                             & ~pl.col("srcfile").str.contains(RECORDS_NAME))
+                .join(linked, on="srcfile", how="anti"))
+    compressed = left_out.filter(pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
+    left_out = left_out.filter(~pl.col("srcfile").str.contains(COMPRESSED_NAME))["srcfile"].sort()
     omop = files.select("srcfile", "root_id", "size", "mtime_ns", "etag", "md5")
     # Capture times: DICOM headers per file; WFDB base date/time of the record's headers.
     dicom = linked.filter((pl.col("modality") == "Images") & pl.col("srcfile").str.to_lowercase().str.ends_with(".dcm"))
-    headers = linked.filter((pl.col("modality") == "Waveforms") & pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
-    (image_facts, image_unread), (wfdb_facts, wfdb_unread) = (
+    waves = linked.filter(pl.col("modality") == "Waveforms")
+    headers = waves.filter(pl.col("srcfile").str.to_lowercase().str.ends_with(".hea"))
+    edf = waves.filter(pl.col("srcfile").str.to_lowercase().str.contains(r"\.(edf|bdf)$"))
+    (image_facts, image_unread), (wfdb_facts, wfdb_unread), (edf_facts, edf_unread) = (
         _facts(manifest, dicom, KIND_DICOM, sources, workers, progress, write=write),
-        _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write))
-    facts = pl.concat([image_facts, wfdb_facts])
-    unread = pl.concat([image_unread, wfdb_unread])
+        _facts(manifest, headers, KIND_WFDB, sources, workers, progress, write=write),
+        _facts(manifest, edf, KIND_EDF, sources, workers, progress, write=write))
+    facts = pl.concat([image_facts, wfdb_facts, edf_facts])
+    unread = pl.concat([image_unread, wfdb_unread, edf_unread])
     warnings = _unread_warning(unread, label)
     if left_out.len():
         warnings.append(
@@ -320,11 +332,20 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "each). Move or rename them "
             "to <person_id>/Waveforms/<Telemetry|EEG>/<session_id>/<session_id>[...].<ext> or <person_id>/Images/"
             "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
+    if compressed.len():
+        warnings.append(
+            f"{compressed.len()} compressed waveform or image file(s) of version {label} have no row in the registries "
+            f"(e.g. {', '.join(compressed.head(3).to_list())}): the procedures ask for the files themselves, and a "
+            "registry row names a file to deliver. Decompress them in place (e.g. gunzip) and remove the compressed "
+            "copies, run, and write the registries again")
     image_times = dicom.select("srcfile", "md5").join(_header_time(facts, KIND_DICOM), on="md5").select("srcfile", "_when")
-    # A record's time: its header named after the session (the master of a multi-segment record), else its earliest.
+    # A record's time: its WFDB or EDF header named after the session (the master of a multi-segment record), else
+    # its earliest.
     record_times = (
-        headers.join(_header_time(facts, KIND_WFDB), on="md5").drop_nulls("_when")
-        .with_columns(_main=pl.col("srcfile").str.split("/").list.last() == pl.col("session_id") + ".hea")
+        pl.concat([headers.join(_header_time(facts, KIND_WFDB), on="md5"),
+                   edf.join(_header_time(facts, KIND_EDF), on="md5")]).drop_nulls("_when")
+        .with_columns(_main=pl.col("srcfile").str.split("/").list.last().str.replace(r"\.[^.]*$", "")
+                      == pl.col("session_id"))
         .sort(["record_id", "_main", "_when"], descending=[False, True, False])
         .unique("record_id", keep="first").select("record_id", pl.col("_when").alias("_record_when"))
     )
@@ -374,7 +395,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # it NOT NULL, and OMOP's procedure_date is required (validate's registry.values warns of an empty one in either
     # registry). Rows without one are told (those of headers not read as the version recorded them are told above):
     # DICOM files by file; waveform files by session, whose record gives the time (a WFDB header's base date and time
-    # are optional in WFDB, and other formats' start times, EDF's or a CSV's, are not read by this tool)
+    # are optional in WFDB, an EDF+ header may say "Startdate X", and other formats' start times are not read)
     undated = (out.filter(pl.col("_when").is_null() & pl.col("srcfile").is_in(dicom["srcfile"].implode()))
                .join(unread, on="srcfile", how="anti")["srcfile"])
     if undated.len():
@@ -395,10 +416,11 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         warnings.append(
             f"{undated_waves.height} waveform registry row(s) of {folders.len()} session(s) of version {label} have no "
             f"capture time (e.g. {', '.join(f'{folder}/' for folder in folders.head(3).to_list())}): no WFDB header of the session gives a base "
-            "date and time, and the start time of other formats (EDF, CSV) is not read by this tool. Their datetime "
+            "date and time, nor an EDF header a start date (EDF+'s \"Startdate X\"), and the start time of other "
+            "formats (CSV, HDF5) is not read by this tool. Their datetime "
             "and visit_id are empty, and so is their procedure's procedure_date (--omop), though the linkage procedure "
             "infers the visit from that time and OMOP requires procedure_date: write the base date and time in the "
-            "record's WFDB header (shifted as the site's other dates), run, and write the registries again; or fill in "
+            "record's WFDB (or EDF) header (shifted as the site's other dates), run, and write the registries again; or fill in "
             "datetime and visit_id in waveform_registry.csv (and the procedure's date) before shipping it")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
@@ -501,13 +523,14 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
                                                "another --out folder")
     from .review import SQLiteReader
 
-    version = SQLiteReader(manifest.path).resolve(version)  # an unknown version (exit 2) makes no --out folder
+    reader = SQLiteReader(manifest.path)  # one for both builds: the version's file list is read once
+    version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     defaults = RegistrySection()
     ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
     sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
     build = functools.partial(build_registries, manifest, sources, version=version, ranges=ranges, workers=workers,
-                              progress=progress)
+                              progress=progress, reader=reader)
     try:  # without the lock first: with every header read and proc_id given, there is nothing to write (a reviewer
         registries = build(write=False)  # who may only read the manifest gets the registries; a run may go on)
     except _WouldWrite:

@@ -84,6 +84,16 @@ def write(root: Path, rel: str, data: bytes | str = b"x") -> Path:
     return path
 
 
+def edf_bytes(start: datetime | None, *, seconds: int = 10) -> bytes:
+    """An EDF+ file of no signal: its 256-byte header (EDF spec) with the recording's start, or, with None, a
+    de-identified one ("Startdate X": no date known; the fixed field holds the spec's placeholder 01.01.85)."""
+    when = start or datetime(1985, 1, 1)
+    recording = f"Startdate {when.strftime('%d-%b-%Y').upper()} X X X" if start else "Startdate X X X X"
+    fields = [("0", 8), ("X X X X", 80), (recording, 80), (when.strftime("%d.%m.%y"), 8), (when.strftime("%H.%M.%S"), 8),
+              ("256", 8), ("EDF+C", 44), (str(seconds), 8), ("1", 8), ("0", 4)]
+    return "".join(text.ljust(width) for text, width in fields).encode("ascii")
+
+
 def person_ids(persons: int) -> list[str]:
     """Text ids with leading zeros, as de-identified CHoRUS ids are."""
     return [f"{101 + i:06d}" for i in range(persons)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -169,11 +169,11 @@ def test_ids_are_stable_across_versions(released, tmp_path):
     single = sitegen.sessions_of(p0, 0)["single"]
     numerics = f"{p0}/Waveforms/Telemetry/{single}/{single}n.csv"
     write(site, numerics, "time_s,HR\n0,77\n")  # replaced: same path, new content
-    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", b"0       new session")
+    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", sitegen.edf_bytes(None))
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
     again = tmp_path / "again"
     done = cli("registry", "--db", str(db), "--out", str(again))
-    # (exit 1: the EDF session's start time is not read, its rows have no capture time, which is warned of)
+    # (exit 1: the EDF session's header is de-identified, "Startdate X": its rows have no capture time, which is warned of)
     assert done.returncode == 1 and "900777/" in done.stderr and "no capture time" in done.stderr, done.stderr
     after = {r["trg_file"]: (r["file_id"], r["proc_id"]) for r in read_csv(again / "waveform_registry.csv")}
     assert {k: v for k, v in after.items() if k in before} == before  # the replaced file too
@@ -294,8 +294,8 @@ def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
 
 
 def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
-    """A WFDB record whose headers give no base date and time, and an EDF session (whose start time this tool does not
-    read), gave rows with an empty datetime and visit_id and, with --omop, a procedure without procedure_date, while
+    """A WFDB record whose headers give no base date and time, and an EDF session whose EDF+ header knows no date
+    ("Startdate X", de-identified), gave rows with an empty datetime and visit_id and, with --omop, a procedure without procedure_date, while
     registry exited 0 (and validate warned of the registry it wrote: registry.values). Now a warning names the
     sessions and registry exits 1."""
     import re
@@ -307,7 +307,7 @@ def test_waveform_sessions_without_a_capture_time_are_told(tmp_path):
     for header in session.glob("*.hea"):
         first, rest = header.read_text().split("\n", 1)
         header.write_text(re.sub(r"^(\S+ \d+ \S+ \d+) .*$", r"\1", first) + "\n" + rest)
-    write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", b"0       ")
+    write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", sitegen.edf_bytes(None))
     assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
     assert done.returncode == 1, done.stderr
@@ -581,7 +581,7 @@ def test_the_readmes_demo_registry_command_and_rows_are_what_the_demo_gives(tmp_
 
 def _second_version(site: Path, db: Path) -> None:
     p0 = sitegen.person_ids(1)[0]
-    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", b"0       new session")
+    write(site, f"{p0}/Waveforms/Telemetry/900777/900777.edf", sitegen.edf_bytes(None))
     write(site, f"{p0}/Images/CT/900778/1.2.3.4/000.dcm", b"\0" * 132)
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
 
@@ -642,3 +642,88 @@ def test_a_registry_killed_between_its_renames_has_its_set_completed_by_the_next
     assert "was killed while it put its files in place" in refused.stderr, refused.stderr
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in after), after.keys()
+
+
+def test_a_registry_failing_between_its_renames_puts_the_earlier_set_back(released):
+    """A write error (not a signal) after the first rename left the new waveform registry beside the old image
+    registry and procedures, read as one release, and the message said nothing of it. The renames done are undone."""
+    site, db, out = released
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _second_version(site, db)
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # one renamed
+    (out / "image_registry.csv").unlink()
+    (out / "image_registry.csv").mkdir()  # the next rename fails
+    (out / "image_registry.csv" / "x").write_text("x")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "image_registry.csv is a folder" in err and "waveform_registry.csv had been put in place and was put back" in err, err
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing of its own left
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == {
+        name: data for name, data in before.items() if name != "image_registry.csv"}
+
+
+def test_a_compressed_waveform_file_has_no_registry_row_and_is_told(tmp_path):
+    """validate counted a compressed copy (file.compressed: decompress it) as no file to list, while the registry
+    command gave it a row naming a .gz to deliver. One definition of the files a registry lists serves both."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    session = next(p for p in site.glob("*/Waveforms/Telemetry/*") if p.is_dir())
+    gz = session / f"{session.name}n.csv.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    assert "1 compressed waveform or image file(s)" in done.stderr and gz.name in done.stderr, done.stderr
+    assert "fit no layout" not in done.stderr, done.stderr
+    assert all(not row["trg_file"].endswith(".gz") for row in read_csv(out / "waveform_registry.csv"))
+
+
+def test_the_registry_reads_the_version_file_list_once(tmp_path, monkeypatch):
+    """A first `registry` builds without the lock, meets proc_ids to allocate, and builds again under it: each
+    build read the version's whole file list from the manifest (a million-file site: twice the longest query)."""
+    from chorus_batch.registries import make_registries
+    from chorus_batch.review import SQLiteReader
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    sitegen.build_clean_site(site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    reads = []
+    real = SQLiteReader._files_at
+    monkeypatch.setattr(SQLiteReader, "_files_at", lambda self, *a: reads.append(a) or real(self, *a))
+    registries, written = make_registries(str(db), tmp_path / "release", argv=["registry"])
+    assert registries.new_proc_ids > 0 and len(written) == 2  # (it did build twice: the second under the lock)
+    assert len(reads) == 1, reads
+
+
+def test_an_edf_sessions_rows_are_dated_by_its_header(tmp_path):
+    """The EDF header's own start date and time were not read: an EDF session's rows had no datetime, no visit, and
+    their procedure no procedure_date, though the header holds the start. Now they are the header's start, and the
+    visit is the one it falls in."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    p1 = sitegen.person_ids(2)[1]
+    start = sitegen.visit_hours(1)[0][0] + timedelta(minutes=30)  # in the person's first visit
+    write(site, f"{p1}/Waveforms/EEG/900777/900777.edf", sitegen.edf_bytes(start))
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+    assert done.returncode == 0, done.stderr
+    row = next(r for r in read_csv(out / "waveform_registry.csv") if r["group_id"] == "900777")
+    assert row["datetime"] == start.strftime("%Y-%m-%d %H:%M:%S"), row
+    assert row["visit_id"] == expected_visit(site, p1, start) != "", row
+    procedure = next(p for p in read_csv(out / "procedure_occurrence.csv") if p["procedure_occurrence_id"] == row["proc_id"])
+    assert procedure["procedure_date"] == start.strftime("%Y-%m-%d")
+
+
+@pytest.mark.parametrize("table", ["visit_occurrence", "procedure_occurrence"])
+def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_path, table):
+    """A table a European spreadsheet saved with semicolons: its header read as validate reads it gave the column
+    names, which the comma-delimited read then did not have ("internal error: ArrowKeyError", exit 3)."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    path = site / "OMOP" / f"{table}.csv"
+    path.write_text(path.read_text().replace(",", ";"))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert f"cannot read OMOP/{table}.csv: its header row is split by semicolons, not commas" in done.stderr, done.stderr
+    assert "internal error" not in done.stderr

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -300,15 +301,25 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_folder", persons_csv([P0, P1, P2, "000199"]), {("person.no_folder", "OMOP/person.csv")}),
     ("session_id", add(f"{TELEMETRY}/night1/night1.dat", bytes(8)),
      {("waveforms.session_id", f"{TELEMETRY}/night1/"), unlisted(f"{TELEMETRY}/night1/night1.dat")}),
-    ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", b"0       "),
+    ("id_collision", add(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf", sitegen.edf_bytes(None)),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"),
       ("waveforms.id_collision", f"{P1}/Waveforms/EEG/{S0['single']}/"),
       unlisted(f"{P1}/Waveforms/EEG/{S0['single']}/{S0['single']}.edf")}),
     # session ids are integers: 0<id> and <id> are one id, in one person's Telemetry/ too
-    ("id_collision_zeros", add(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf", b"0       "),
+    ("id_collision_zeros", add(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf", sitegen.edf_bytes(None)),
      {("waveforms.id_collision", f"{TELEMETRY}/{S0['single']}/"), ("waveforms.id_collision", f"{TELEMETRY}/0{S0['single']}/"),
       unlisted(f"{TELEMETRY}/0{S0['single']}/0{S0['single']}.edf")}),
+    # a second copy of the waveform registry (in Metadata/): one registry of each modality
+    ("registry_several", lambda root: write(root, "Metadata/waveform_registry.csv",
+                                            (root / "waveform_registry.csv").read_bytes()) and None,
+     {("registry.several", "Metadata/waveform_registry.csv"), ("registry.several", "waveform_registry.csv")}),
     ("bad_header", add(f"{SINGLE}.hea", "this is not a WFDB header\n"), {("wfdb.bad_header", f"{SINGLE}.hea")}),
+    # an EDF cut inside its 256-byte header, and one whose start date is no date: no start time to date the session
+    ("edf_bad_header", add(f"{P1}/Waveforms/EEG/900555/900555.edf", b"0       "),
+     {("edf.bad_header", f"{P1}/Waveforms/EEG/900555/900555.edf"), unlisted(f"{P1}/Waveforms/EEG/900555/900555.edf")}),
+    ("edf_bad_date", add(f"{P1}/Waveforms/EEG/900555/900555.edf",
+                         sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5)).replace(b"02.01.24", b"31.02.24")),
+     {("edf.bad_header", f"{P1}/Waveforms/EEG/900555/900555.edf"), unlisted(f"{P1}/Waveforms/EEG/900555/900555.edf")}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),
@@ -579,6 +590,22 @@ def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_
     assert out.select("srcfile", "message").rows() == [
         ("RECORDS", f"lists record {P1}/waveforms/no_such_record but its header ({P1}/waveforms/no_such_record.hea) "
                     "is not on the site: add the record or remove the line")]
+
+
+def test_records_entries_naming_folders_list_the_records_under_them(tmp_path):
+    """PhysioNet's nested RECORDS lists folders ("000101/", each with a RECORDS of its own): such an entry was taken
+    for a record "000101" whose header 000101.hea is not on the site (records.absent), and the records under it for
+    unlisted. An entry of a person's RECORDS named the header by the entry alone, not where it was looked for."""
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    (root / "RECORDS").write_text(f"{P0}/\n{P1}/\n{P2}/\nno_such_folder/\n")
+    add(f"{P0}/waveforms/RECORDS", "no_such_record\n")(root)
+    out = validate(root).filter(pl.col("rule").str.starts_with("records."))
+    assert sorted(out.select("rule", "srcfile", "message").rows()) == [
+        ("records.absent", f"{P0}/waveforms/RECORDS", "lists record no_such_record but its header "
+         f"({P0}/waveforms/no_such_record.hea) is not on the site: add the record or remove the line"),
+        ("records.absent", "RECORDS", "lists folder no_such_folder/ but no WFDB header lies under no_such_folder/: "
+         "remove the line, or add the folder's records")]
 
 
 def test_a_root_records_file_larger_than_a_header_is_read_and_one_too_large_says_what_to_do(tmp_path, monkeypatch):
@@ -1522,3 +1549,51 @@ def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names
     edit("OMOP/visit_occurrence.csv", lambda t: t.replace("person_id", "patient_id", 1))(clean)
     assert found(clean) >= {("omop.required_columns", "OMOP/visit_occurrence.csv")}
     assert not {rule for rule, _ in found(clean)} & {"registry.visit_person", "registry.unknown_visit"}
+
+
+def test_two_registries_of_one_modality_are_told(clean):
+    """A second waveform registry (a browser's "(1)" download with some of the rows, or a copy in Metadata/) gave no
+    finding: the rows of both were taken as one registry, and the site shipped two, one of them partial."""
+    registry = (clean / "waveform_registry.csv").read_text()
+    add("Metadata/waveform_registry (1).csv", "\n".join(registry.splitlines()[:3]) + "\n")(clean)
+    out = validate(clean)
+    assert sorted(out.select("rule", "srcfile").rows()) == [
+        ("registry.several", "Metadata/waveform_registry (1).csv"), ("registry.several", "waveform_registry.csv")]
+    assert ("one of 2 waveform registries the site ships (Metadata/waveform_registry (1).csv, waveform_registry.csv): "
+            "the linkage procedure asks for one") in out["message"][0]
+
+
+def test_a_registry_row_naming_its_file_in_other_letter_case_says_so(clean):
+    """A header copied through Windows as 1000.HEA: the registry's row for 1000.hea was 'not on the site' (give
+    site-relative paths, which it was) and the file 'has no row: add it' (it has one)."""
+    header = clean / f"{SINGLE}.hea"
+    header.rename(header.with_suffix(".HEA"))
+    out = validate(clean).filter(pl.col("rule").str.starts_with("registry."))
+    assert out.select("rule", "srcfile").rows() == [("registry.missing_file", "waveform_registry.csv")], out.to_dicts()
+    assert (f"1 trg_file(s) name no file of the site but one whose name differs only in letter case (e.g. {SINGLE}.hea "
+            f"is on the site as {SINGLE}.HEA)") in out["message"].item()
+
+
+def test_person_ids_written_as_decimals_are_named_as_the_cause(clean):
+    """person.csv written by pandas from a column with empty cells has 101.0 for 000101: every person folder was
+    'has no row in person.csv: add the person', though its row is there."""
+    person = clean / "OMOP" / "person.csv"
+    header, *rows = person.read_text().splitlines()
+    person.write_text("\n".join([header, *(f"{int(r.split(',', 1)[0])}.0,{r.split(',', 1)[1]}" for r in rows)]) + "\n")
+    out = validate(clean).filter(pl.col("rule") == "person.no_omop_row")
+    assert sorted(out["srcfile"]) == [f"{P0}/", f"{P1}/", f"{P2}/"]
+    assert (f"person folder {P0} matches no person_id of person.csv but {int(P0)}.0, its id written as a decimal"
+            in out.sort("srcfile")["message"][0])
+    assert "add the person" not in " ".join(out["message"])
+    # nor are their rows 'without a person folder' (a note "expected for persons without waveforms")
+    assert "person.no_folder" not in set(validate(clean)["rule"])
+
+
+@pytest.mark.parametrize("folder", [f"{P0}/Images/CT", f"{P0}/Images/CT/9001/1.2.3"])
+def test_a_dicomdir_is_told_to_be_removed_not_renamed(clean, folder):
+    """A DICOM export's DICOMDIR (its media index) was told to be renamed to fit the layout, or in a series folder to
+    be named <InstanceNumber>.dcm 'if it is a DICOM image': it is DICOM, and no image."""
+    add(f"{folder}/DICOMDIR", b"\0" * 200)(clean)
+    out = validate(clean).filter(pl.col("srcfile") == f"{folder}/DICOMDIR")
+    assert out["rule"].to_list() == ["path.unparsed"], out.to_dicts()
+    assert out["message"].item().startswith("a DICOMDIR, the index a DICOM export") and "remove it" in out["message"].item()

@@ -20,7 +20,7 @@ from chorus_batch.review import open_manifest
 from chorus_batch.store.schema import SCHEMA_VERSION
 from chorus_batch.validate import readers
 from conftest import cli, paused, query, run_site
-from sitegen import build_clean_site, person_ids, sessions_of, write
+from sitegen import build_clean_site, edf_bytes, person_ids, sessions_of, write
 
 
 @pytest.fixture
@@ -397,7 +397,7 @@ def test_a_site_checked_in_parts_gets_the_findings_of_one_check(clean, tmp_path,
     single = sessions_of(p0, 0)["single"]
     telemetry = clean / p0 / "Waveforms" / "Telemetry" / single
     write(clean, f"{p1}/Metadata/copy.csv", (telemetry / f"{single}n.csv").read_bytes())  # file.duplicate
-    write(clean, f"{p1}/Waveforms/EEG/{single}/{single}.edf", b"0       ")  # waveforms.id_collision
+    write(clean, f"{p1}/Waveforms/EEG/{single}/{single}.edf", edf_bytes(None))  # waveforms.id_collision
     person_csv = clean / "OMOP" / "person.csv"
     person_csv.write_text(person_csv.read_text() + "000199" + "," * (person_csv.read_text().splitlines()[0].count(","))
                           + "\n")  # person.no_folder

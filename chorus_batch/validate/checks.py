@@ -26,7 +26,7 @@ from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_fol
 from .checks_metadata import _metadata
 from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries
-from .checks_waveforms import _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
+from .checks_waveforms import _edf, _id_collisions, _mapped, _records, _records_absent, _sessions, _wfdb
 from .rules import _SEVERITY, KIND_WFDB
 from .site import _FINDING_COLUMNS, FactsOf, _Across, _Site, shared_files
 
@@ -84,6 +84,7 @@ def _in_part(site: _Site, across: _Across) -> pl.DataFrame:
         *_metadata(site),
         *_sessions(site, across),
         *_wfdb(site, wfdb),
+        *_edf(site),
         *_mapped(site, wfdb),
         *_records(site, wfdb, across),
         *_dicom(site, across),

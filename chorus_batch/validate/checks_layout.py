@@ -80,14 +80,23 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             "the registries and the DICOM PatientID", pl.col("_top")))]
     if site.person_ids is None:
         return ids  # no readable person.csv: omop.* says why
+    # person_ids written as decimals (1.0: pandas writes an integer column with empty cells so) match no folder: said
+    # where a folder's id is one of them, not "add the person", whose row is there
+    decimals = (site.person_ids.to_frame("_decimal").filter(pl.col("_decimal").str.contains(r"^[0-9]+\.0*$"))
+                .with_columns(_key=_norm_id(pl.col("_decimal").str.replace(r"\.0*$", ""))).unique("_key"))
+    missing = site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")).join(decimals, on="_key", how="left")
     return [*ids, _found(
-        "person.no_omop_row", site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")), pl.col("_top") + "/",
+        "person.no_omop_row", missing.filter(pl.col("_decimal").is_null()), pl.col("_top") + "/",
         fmt("person folder {} has no row in person.csv{}: add the person to OMOP/person.csv or fix the folder name",
             pl.col("_top"),
             # another script's digits (٠٠٠٠٤٢) look like an id, and some readers (Python's int) even take them as one
             pl.when(pl.col("_top").str.contains(r"[^0-9\P{Nd}]")).then(pl.lit(
                 " (its name holds digits other than 0-9, from another script: person_ids are written in 0-9)"))
-            .otherwise(pl.lit(""))))]
+            .otherwise(pl.lit("")))),
+        _found("person.no_omop_row", missing.filter(pl.col("_decimal").is_not_null()), pl.col("_top") + "/",
+               fmt("person folder {} matches no person_id of person.csv but {}, its id written as a decimal (as pandas "
+                   "writes an integer column that has empty cells): OMOP's person_id is an integer; write person.csv's "
+                   "person_ids as integers ({})", pl.col("_top"), pl.col("_decimal"), pl.col("_key")))]
 
 
 def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
@@ -96,9 +105,11 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         return []
     out: list[pl.LazyFrame] = []
     folder_keys = pl.concat([f.filter(pl.col("_is_person")).select("_key") for f in across.folders])["_key"]
-    # the ids as person.csv writes them ("000002", not the "2" they are compared as)
+    # the ids as person.csv writes them ("000002", not the "2" they are compared as); one written as a decimal (2.0)
+    # whose folder is there is person.no_omop_row's, which names it as the cause
     written = (site.person.filter(pl.col("_ok") & (pl.col("delimiter") == ",")).select(pl.col("person_id").explode())
-               .drop_nulls().with_columns(_key=_norm_id(pl.col("person_id"))).unique("_key", keep="first"))
+               .drop_nulls().with_columns(_key=_norm_id(pl.col("person_id").str.replace(r"^\s*([0-9]+)\.0*\s*$", "${1}")))
+               .unique("_key", keep="first"))
     missing = written.filter(~pl.col("_key").is_in(folder_keys.implode())).sort("person_id")["person_id"]
     if missing.len():
         person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
@@ -127,7 +138,12 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
                fmt("the name starts with person id {} but the file is in person folder {}: move it to its "
                          "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
         _found("path.unparsed", unparsed, "srcfile",
-               pl.when(_IN_SERIES_NOT_DCM).then(fmt(
+               # a DICOM export's media index (a CD's, a PACS's) is DICOM but no image: "name it .dcm" was wrong
+               pl.when(pl.col("_images") & (pl.col("_name").str.to_uppercase() == "DICOMDIR")).then(pl.lit(
+                   "a DICOMDIR, the index a DICOM export (to CD, from a PACS) writes beside its images, not an image: "
+                   "the procedures' Images/ holds the images alone, one per <InstanceNumber>.dcm in its series folder; "
+                   "remove it"))
+               .when(_IN_SERIES_NOT_DCM).then(fmt(
                    "{} lies in a series folder (Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/) but is not "
                    "named <InstanceNumber>.dcm, as the Imaging SOP names each image: if it is a DICOM image, name it "
                    "<InstanceNumber>.dcm (without .dcm it is not read as DICOM: no check looked at its header); "

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from ..classify import registry_listed
 from ..frames import fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
-from .site import COMPRESSED_NAME, _found, _norm_id, _one, _Site, _there_untaken, _unreadable
+from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable
 
 
 _HAS_ALL = pl.all_horizontal([pl.col("columns").list.contains(c) for c in REGISTRY_COLUMNS])
@@ -39,6 +40,14 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out = _absent(site, registries)
     if registries.height == 0:
         return out
+    # Multimodal-Linkage: "two tabular REGISTRIES", one of each modality: a second one (a browser's "(1)" download, a
+    # copy in Metadata/) lists files again or leaves them out, and nothing said which of them is the site's
+    several = registries.filter(pl.col("_of").is_not_null()).with_columns(
+        _all=pl.col("srcfile").sort().implode().over("_of")).filter(pl.col("_all").list.len() > 1)
+    out.append(_found("registry.several", several, "srcfile", fmt(
+        "one of {} {} registries the site ships ({}): the linkage procedure asks for one, with a row per file; merge "
+        "them into one and remove the others", pl.col("_all").list.len().cast(pl.String),
+        pl.col("_of").str.to_lowercase().str.strip_suffix("s"), pl.col("_all").list.join(", "))))
     parsed = registries.filter(pl.col("_ok") & (pl.col("delimiter") == ","))
     out += [
         # a header split by another delimiter may hold the right names: say what is wrong with it (no other rule
@@ -134,20 +143,17 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         mine = usable.filter(pl.col("_of") == modality)
         if mine.height == 0 or (modality == "Images" and (mine["no_trg"] > 0).any()):
             continue  # an image registry leaving trg_file to the centre does not say which files its rows are
-        files = site.files.lazy().filter(pl.col("_is_person") & _registered(modality)).select("srcfile").collect()
-        unlisted = files.join(listed.filter(pl.col("_of") == modality).select(pl.col("_path").alias("srcfile")),
-                              on="srcfile", how="anti")
+        files = site.files.lazy().filter(pl.col("_is_person") & registry_listed()
+                                         & (pl.col("modality") == modality)).select("srcfile").collect()
+        # (a row naming it in other letter case is registry.missing_file's, which names both)
+        lower = pl.col("srcfile").str.to_lowercase()
+        unlisted = files.join(listed.filter(pl.col("_of") == modality).select(srcfile=pl.col("_path")),
+                              on="srcfile", how="anti").filter(
+            ~lower.is_in(listed.filter(pl.col("_of") == modality)["_path"].str.to_lowercase().implode()))
         out.append(_found("registry.unlisted_file", unlisted, "srcfile",
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
-
-
-def _registered(modality: str) -> pl.Expr:
-    """The files of `modality` a registry lists (of a person folder: the caller says how it knows)."""
-    return ((pl.col("modality") == modality) & pl.col("parse_error").is_null()
-            & ~pl.col("srcfile").str.contains(r"(?:^|/)RECORDS$")
-            & ~pl.col("srcfile").str.contains(COMPRESSED_NAME))  # (to decompress, not to list: file.compressed)
 
 
 def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -356,11 +362,22 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
         return []
     on_site = current.lazy().select(pl.col("srcfile").alias("_path"))
     not_in = site.with_untaken(_listed(usable).lazy().join(on_site, on="_path", how="anti")).lazy()
+    # a file named so in other letter case (1000.HEA, a copy through Windows; a registry typed by hand): told which
+    twins = (current.lazy().select(_twin="srcfile", _lower=pl.col("srcfile").str.to_lowercase())
+             .group_by("_lower").agg(pl.col("_twin").min()))
+    not_in = not_in.with_columns(_lower=pl.col("_path").str.to_lowercase()).join(twins, on="_lower", how="left")
+    gone = not_in.filter(pl.col("_why").is_null())
     return [
-        _found("registry.missing_file", not_in.filter(pl.col("_why").is_null()).group_by("srcfile").agg(
+        _found("registry.missing_file", gone.filter(pl.col("_twin").is_null()).group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
             fmt("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
                 pl.col("_k"), pl.col("_path").list.head(3).list.join(", "))),
+        _found("registry.missing_file", gone.filter(pl.col("_twin").is_not_null()).sort("_path").group_by(
+            "srcfile", maintain_order=True).agg(pl.col("_path").first(), pl.col("_twin").first(), pl.len().alias("_k")),
+            "srcfile",
+            fmt("{} trg_file(s) name no file of the site but one whose name differs only in letter case (e.g. {} is on "
+                "the site as {}): names are compared exactly (the centre's storage does); write trg_file as the file "
+                "is named, or rename the file", pl.col("_k"), pl.col("_path"), pl.col("_twin"))),
         # one the scan saw but could not take is there: "not on the site" would not be true
         _found("registry.missing_file", not_in.filter(pl.col("_why").is_not_null()).group_by("srcfile", "_why").agg(
             pl.col("_path").min(), pl.len().alias("_k")), "srcfile",

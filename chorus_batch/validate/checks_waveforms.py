@@ -6,11 +6,18 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
-from .rules import KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
+from .rules import KIND_EDF, KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
 from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
 
 _POSITIVE_FS = pl.col("fs").is_null() | (pl.col("fs") > 0)
+
+
+def _edf(site: _Site) -> list[pl.LazyFrame]:
+    """An EDF (BDF) recording's header gives its session's start (the waveform registry's capture time)."""
+    headers = site.of_kind(KIND_EDF)
+    return [_found("edf.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
+                   fmt("not a readable EDF header: {}", pl.col("error")))]
 
 
 def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -316,17 +323,23 @@ def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
 
 # A RECORDS file speaks for the folder it lies in and everything below it (one at the root: for the whole site).
 _SCOPE = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
-_ABSENT = fmt("lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
-                    pl.col("_entry"), pl.col("_entry"))
+# (the header's site-relative path: an entry is relative to its RECORDS file's folder)
+_ABSENT = pl.when(pl.col("_folder")).then(fmt(
+    "lists folder {}/ but no WFDB header lies under {}/: remove the line, or add the folder's records",
+    pl.col("_entry"), pl.col("_path"))).otherwise(fmt(
+        "lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
+        pl.col("_entry"), pl.col("_path")))
 
 
 def _entries(readable: pl.DataFrame) -> pl.DataFrame:
-    """The records that readable RECORDS files list: srcfile, _scope, _entry, _path, _bare."""
+    """The records that readable RECORDS files list: srcfile, _scope, _entry, _path, _bare, _folder. An entry ending
+    in / names a folder of records (PhysioNet's nested databases: that folder keeps a RECORDS file of its own)."""
     return (
         readable.select("srcfile", _scope=_SCOPE, _entry=pl.col("records"))
         .explode("_entry")
         .filter(pl.col("_entry").is_not_null())
-        .with_columns(_entry=pl.col("_entry").str.strip_chars_end("/").str.strip_suffix(".hea")
+        .with_columns(_folder=pl.col("_entry").str.ends_with("/"),
+                      _entry=pl.col("_entry").str.strip_chars_end("/").str.strip_suffix(".hea")
                       .str.strip_prefix("./").str.strip_chars_start("/"))
         .with_columns(_path=pl.col("_scope") + pl.col("_entry"), _bare=~pl.col("_entry").str.contains("/"))
     )
@@ -349,28 +362,31 @@ def _records(site: _Site, headers: pl.DataFrame, across: _Across) -> list[pl.Laz
         .select("_dir", pl.col("segments").list.eval(pl.element().struct.field("name")).alias("_stem"))
         .explode("_stem")
     )
-    by_path = entries.join(names.select("_path", _header=pl.col("srcfile")), on="_path", how="inner")
-    by_name = (
-        entries.filter(pl.col("_bare"))
-        .join(names.select(pl.col("_stem").alias("_entry"), "_dir", _header=pl.col("srcfile")), on="_entry")
-        .filter((pl.col("_dir") + "/").str.starts_with(pl.col("_scope")))
-        .drop("_dir")
-    )
-    found = pl.concat([by_path.select("srcfile", "_entry", "_header"), by_name.select("srcfile", "_entry", "_header")])
-    at_root = readable.filter(pl.col("_n") == 1).select("srcfile")
-    across.records_found.append(found.join(at_root, on="srcfile", how="semi").select("srcfile", "_entry"))
-    out.append(_found("records.absent", entries.join(at_root, on="srcfile", how="anti")
-                      .join(found, on=["srcfile", "_entry"], how="anti"), "srcfile", _ABSENT))
-    # Headers under a RECORDS file's folder: joined on each header's ancestor folders (a path is a few levels deep).
-    scopes = readable.select(_scope=_SCOPE).unique()
+    # Headers under a folder: joined on each header's ancestor folders (a path is a few levels deep).
     parts = (pl.col("_dir") + "/").str.split("/")
     depth = int(names.select(parts.list.len().max()).item() or 0)
     ancestors = pl.concat_list([pl.lit("")] + [
         pl.when(parts.list.len() > k).then(parts.list.head(k).list.join("/") + "/") for k in range(1, depth)])
-    covered = (
-        names.select("srcfile", _scope=ancestors).explode("_scope").drop_nulls("_scope")
-        .join(scopes, on="_scope", how="semi").select("srcfile").unique()
+    under = names.select("srcfile", _scope=ancestors).explode("_scope").drop_nulls("_scope")
+    records_ = entries.filter(~pl.col("_folder"))
+    by_path = records_.join(names.select("_path", _header=pl.col("srcfile")), on="_path", how="inner")
+    by_name = (
+        records_.filter(pl.col("_bare"))
+        .join(names.select(pl.col("_stem").alias("_entry"), "_dir", _header=pl.col("srcfile")), on="_entry")
+        .filter((pl.col("_dir") + "/").str.starts_with(pl.col("_scope")))
+        .drop("_dir")
     )
+    # a folder entry lists the records under it (their own RECORDS file, if kept, is checked as any other)
+    by_folder = (entries.filter(pl.col("_folder")).with_columns(_under=pl.col("_path") + "/")
+                 .join(under.select(_under="_scope", _header="srcfile"), on="_under"))
+    found = pl.concat([frame.select("srcfile", "_entry", "_header") for frame in (by_path, by_name, by_folder)])
+    at_root = readable.filter(pl.col("_n") == 1).select("srcfile")
+    across.records_found.append(found.join(at_root, on="srcfile", how="semi").select("srcfile", "_entry"))
+    out.append(_found("records.absent", entries.join(at_root, on="srcfile", how="anti")
+                      .join(found, on=["srcfile", "_entry"], how="anti"), "srcfile", _ABSENT))
+    # Headers under a RECORDS file's folder
+    scopes = readable.select(_scope=_SCOPE).unique()
+    covered = under.join(scopes, on="_scope", how="semi").select("srcfile").unique()
     unlisted = (
         names.join(segment_names, on=["_dir", "_stem"], how="anti")
         .join(covered, on="srcfile", how="semi")

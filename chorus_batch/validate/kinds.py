@@ -13,6 +13,7 @@ import polars as pl
 from .rules import (
     FORBIDDEN_TABLES,
     KIND_DICOM,
+    KIND_EDF,
     KIND_LINKS,
     KIND_MAPPING,
     KIND_MARKDOWN,
@@ -83,6 +84,8 @@ class KindRule:
 # worker) and _kind_expr (polars, over the whole site) are both built from it.
 KIND_RULES: tuple[KindRule, ...] = (
     KindRule(KIND_WFDB, (PLACE_WAVEFORMS,), ext="hea"),
+    KindRule(KIND_EDF, (PLACE_WAVEFORMS,), ext="edf"),
+    KindRule(KIND_EDF, (PLACE_WAVEFORMS,), ext="bdf"),
     KindRule(KIND_RECORDS, (PLACE_WAVEFORMS, PLACE_ROOT), name="RECORDS"),
     KindRule(KIND_MARKDOWN, (PLACE_METADATA, PLACE_ROOT), name_in=("readiness.md", "submission.md")),
     KindRule(KIND_MAPPING, (PLACE_METADATA,), suffix="_mapping.csv"),

@@ -41,6 +41,7 @@ from .rules import (
     CSV_KINDS,
     IDENTIFYING_DICOM_TAGS,
     KIND_DICOM,
+    KIND_EDF,
     KIND_LINKS,
     KIND_MAPPING,
     KIND_MARKDOWN,
@@ -636,6 +637,57 @@ def _records_facts(f) -> dict[str, Any]:
     return {"records": [line for line in lines if line and not line.startswith("#")]}
 
 
+_EDF_MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+_EDF_FIX = "export the recording again as EDF (or EDF+/BDF) with its start date and time"
+
+
+def _edf_facts(f) -> dict[str, Any]:
+    """An EDF (EDF+, BDF) file's fixed 256-byte ASCII header: the recording's start (the waveform registry's capture
+    time of the session) and length. No library of the project reads EDF; the fields are fixed-width (EDF spec:
+    version 8 bytes, patient 80, recording 80, start date dd.mm.yy 8, start time hh.mm.ss 8, header bytes 8, reserved
+    44, data records 8, record duration 8, signals 4)."""
+    head = _read_up_to(f, 256)
+    if len(head) < 256:
+        raise BadContent(f"the file is {len(head)} bytes, shorter than the 256-byte EDF header: the copy is cut or "
+                         f"this is no EDF file; {_EDF_FIX}")
+    if head[:8] not in (b"0       ", b"\xffBIOSEMI"):
+        raise BadContent(f"it does not begin as EDF (version '0') or BDF does: this is no EDF file; {_EDF_FIX}")
+    try:
+        text = head[8:].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadContent(f"the header holds bytes that are not ASCII, as EDF's header must be; {_EDF_FIX}") from None
+    recording, day, clock, reserved = text[80:160], text[160:168], text[168:176], text[184:228]
+    edf_plus = reserved.startswith(("EDF+C", "EDF+D"))
+    # EDF: yy 85-99 is 19yy, 00-84 20yy; EDF+ writes the whole year in the recording field ("Startdate 02-MAR-2002";
+    # the fixed field's year is then "yy" after 2084), or "Startdate X" where the date is not known (de-identified):
+    # then the fixed field is a placeholder
+    words = recording.split()
+    stated = re.fullmatch(r"\d{2}-([A-Z]{3})-(\d{4})", words[1]) if edf_plus and words[:1] == ["Startdate"] and len(
+        words) > 1 else None
+    year_stated = int(stated.group(2)) if stated and stated.group(1) in _EDF_MONTHS else None
+    known = not (edf_plus and words[:2] == ["Startdate", "X"])
+    parts = re.split(r"[.:]", day) + re.split(r"[.:]", clock)
+    if len(parts) == 6 and parts[2] == "yy" and year_stated is not None:
+        parts[2] = "00"
+    fields = [int(x) if x.isdigit() else None for x in parts]
+    if len(fields) != 6 or None in fields:
+        raise BadContent(f"the start date and time are {day!r} {clock!r}, not dd.mm.yy hh.mm.ss; {_EDF_FIX}")
+    dd, mm, yy, hh, mi, ss = fields
+    year = year_stated or (1900 + yy if yy >= 85 else 2000 + yy)  # type: ignore[operator]
+    try:
+        start = datetime(year, mm, dd, hh, mi, ss)  # type: ignore[arg-type]
+    except ValueError:
+        raise BadContent(f"the start date and time {day} {clock} are no real date and time; {_EDF_FIX}") from None
+    records, seconds = text[228:236].strip(), text[236:244].strip()
+    try:
+        duration = int(records) * float(seconds) if int(records) >= 0 else None  # (-1: still being recorded)
+    except ValueError:
+        duration = None
+    return {"start_date": start.date().isoformat() if known else None,
+            "start_time": start.time().isoformat() if known else None,
+            "duration_s": duration, "edf_plus": edf_plus}
+
+
 _LINE_END = re.compile(rb"\r\n?|\n")
 # A spreadsheet's "Unicode text" (or a PowerShell redirect) writes UTF-16: every other byte of ASCII text is NUL, which
 # is not the zeros of an unfinished copy and wants another remedy
@@ -927,6 +979,7 @@ _READERS: dict[str, Callable[[Any], dict[str, Any]]] = {
     KIND_WFDB: _wfdb_facts,
     KIND_DICOM: _dicom_facts,
     KIND_RECORDS: _records_facts,
+    KIND_EDF: _edf_facts,
     KIND_MARKDOWN: _markdown_facts,
     KIND_MAPPING: _mapping_facts,
     KIND_REGISTRY: _registry_facts,
@@ -1087,7 +1140,7 @@ def _chunked(jobs: list, size: int | None = None) -> list[list]:
     return [jobs[i: i + size] for i in range(0, len(jobs), size)]
 
 
-_HEADER_KINDS = frozenset({KIND_WFDB, KIND_DICOM, KIND_RECORDS})  # standard library, pydicom, wfdb's grammar
+_HEADER_KINDS = frozenset({KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_EDF})  # standard library, pydicom, wfdb's grammar
 _PROCESS_MIN_JOBS = 2000  # below this, starting worker processes costs more than it saves
 _CHUNK_JOBS = 500
 _PROGRESS_JOBS = 50  # read in one process: progress counted every this many files

@@ -157,6 +157,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v5 also tells a file cut inside its pixel data (the header reads well; the image does not)
 # records.v2 reads a RECORDS file of up to 256 MiB (v1: 16 MiB, a site root's of 450k records was unreadable)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v5", "records.v2"
+# edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
+KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
 KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
@@ -182,7 +184,7 @@ KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "r
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
 # v4 also keeps the person_id of each row of a linkage concept (registry.procedure_person)
 KIND_PROCEDURES = "omop_procedures.v4"
-KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
+KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_EDF, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
 # procedure_concept_id of the rows a site makes from its registries (Multimodal-Linkage): not EHR procedures
@@ -273,6 +275,10 @@ RULES: tuple[Rule, ...] = (
          "The same session id is used by more than one person, or by both a Telemetry and an EEG session, or by two session folders in other spellings (0900 and 900)."),
     Rule("wfdb.bad_header", "error", "WFDB header unreadable",
          "A .hea file under Waveforms/ is not a parseable WFDB header."),
+    Rule("edf.bad_header", "error", "EDF header unreadable",
+         "A .edf (or .bdf) file under Waveforms/ does not begin with the format's 256-byte ASCII header (a version, a "
+         "start date dd.mm.yy and time hh.mm.ss that are a real date and time, the header's length): its recording "
+         "has no start time, which dates the session."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
          "A WFDB header's record name differs from its file name without .hea."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
@@ -397,6 +403,9 @@ RULES: tuple[Rule, ...] = (
     Rule("registry.image_registry_order", "warning", "image_registry_id out of sequence",
          "A registry's image_registry_id is not above the ids of the rows before it (the Imaging SOP asks for a "
          "sequential integer)."),
+    Rule("registry.several", "error", "more than one registry of a modality",
+         "The site ships two or more waveform (or image) registries (a second download, a copy in Metadata/ and at the "
+         "root): the linkage procedure asks for one of each, with one row per file."),
     Rule("registry.duplicate", "error", "registry lists a file twice",
          "A registry has more than one row for the same file (trg_file) or file_id."),
     Rule("registry.unknown_person", "error", "registry names an unknown person",

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from ..classify import COMPRESSED_NAME
 from ..frames import fmt
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS, OWN_REMEDY
 from .rules import (
     KIND_DICOM,
+    KIND_EDF,
     KIND_LINKS,
     KIND_MAPPING,
     KIND_MARKDOWN,
@@ -47,6 +49,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
+    KIND_EDF: pl.Struct({"error": pl.String, "start_date": pl.String, "start_time": pl.String,
+                         "duration_s": pl.Float64, "edf_plus": pl.Boolean}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
     KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "person_id": pl.List(pl.String)}),
@@ -83,7 +87,6 @@ _FACT_DTYPES = {kind: pl.Struct({**dtype.to_schema(), "retry": pl.Boolean}) for 
 
 
 # What rules need of a file beside its facts (a narrow frame: a million DICOM rows are copied cheaply).
-COMPRESSED_NAME = r"(?i)\.(gz|gzip|bz2|xz|zst|lz4|zip|7z|rar|tgz|tar)$"
 _FILE_COLUMNS = ("srcfile", "md5", "size", "_n", "_top", "_second", "_third", "_dir", "_name", "_stem", "_table",
                  "kind", "_modality", "_category", "_session", "_segment", "_layout")
 
