@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import release
-from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, ManifestError, Stopped, UsageError,
+from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError,
                      interrupted_at_start, holding_signal, note_signal, machine_limit, signals_unwrapped)
 from .faults import pause
 from .units import plural, quoted, shown, shown_name, shown_text
@@ -2024,10 +2024,10 @@ def main(argv: list[str] | None = None) -> int:
         outcome = getattr(exc, "outcome", None) or (
             NOTHING_COMMITTED if args.command == "run" and exc.exit_code == ExitCode.FAILED
             and getattr(exc, "committed", None) is None else None)
-        if outcome is None and isinstance(exc, ManifestError) and exc.exit_code == ExitCode.FAILED \
-                and getattr(exc, "committed", None) is None:
-            # the manifest failed under the command (a full disk, an I/O error): said without what stands, which
-            # is what the command's own words on a signal say (`upgrade` on a full disk: nothing of the upgrade)
+        if outcome is None and exc.exit_code == ExitCode.FAILED and getattr(exc, "committed", None) is None:
+            # the manifest or an output failed under the command (a full disk, an I/O error): said with what stands,
+            # as the command's own words on a signal say (`upgrade` on a full disk: nothing of the upgrade; `registry`
+            # with a full --out: the files there as they were)
             outcome = NOT_COMMITTED.get(args.command)
         _print_error(exc, outcome)
         _json_error(args, int(exc.exit_code), exc.what, where=exc.where, fix=exc.fix, outcome=outcome)

@@ -36,7 +36,7 @@ from chorus_batch.sources.base import KEEP_BYTES, HashingReader, parse_through
 from chorus_batch.sources.local import LocalSource
 from chorus_batch.validate import readers
 from chorus_batch.validate.kinds import KIND_RULES, _kind_expr, _path_columns, kind_of
-from chorus_batch.validate.rules import (FORBIDDEN_TABLES, KIND_DICOM, KIND_LINKS, KIND_MAPPING, KIND_MARKDOWN,
+from chorus_batch.validate.rules import (FORBIDDEN_TABLES, KIND_DICOM, KIND_EDF, KIND_LINKS, KIND_MAPPING, KIND_MARKDOWN,
                                          KIND_OMOP, KIND_PERSON, KIND_PROCEDURES, KIND_RECORDS, KIND_REGISTRY, KIND_VISITS, KIND_WFDB,
                                          LINKS_TABLE, OMOP_KEYS)
 from chorus_batch.validate.run import validate_manifest
@@ -326,6 +326,7 @@ def _legacy_kind_expr() -> pl.Expr:
     at_root = pl.col("_n") == 1
     return (
         pl.when(waveforms & (pl.col("_ext_l") == "hea")).then(pl.lit(KIND_WFDB))
+        .when(waveforms & pl.col("_ext_l").is_in(["edf", "bdf"])).then(pl.lit(KIND_EDF))  # (since edf_header.v1)
         .when((waveforms | at_root) & (pl.col("_name") == "RECORDS")).then(pl.lit(KIND_RECORDS))
         .when((metadata | at_root) & name_l.is_in(["readiness.md", "submission.md"])).then(pl.lit(KIND_MARKDOWN))
         .when(metadata & name_l.str.ends_with("_mapping.csv")).then(pl.lit(KIND_MAPPING))
@@ -345,7 +346,7 @@ def _legacy_kind_expr() -> pl.Expr:
 def _paths() -> list[str]:
     tops = ["P001", "omop", "OMOP", "Metadata", "metadata", "x.csv"]
     seconds = ["Waveforms", "waveforms", "Images", "IMAGES", "Metadata", "other"]
-    names = ["a.hea", "A.HEA", ".hea", "a.hea.bak", "RECORDS", "records", "README.md", "readiness.md", "Submission.MD",
+    names = ["a.hea", "A.HEA", ".hea", "a.hea.bak", "a.edf", "B.BDF", "a.edf.gz", "RECORDS", "records", "README.md", "readiness.md", "Submission.MD",
              "x_mapping.csv", "X_Mapping.CSV", "site_registry.csv", "Registry.Csv", "registry.txt", "person.csv",
              "Person.CSV", "person.csv.gz", "visit_occurrence.csv", "procedure_occurrence.csv", f"{LINKS_TABLE}.csv", "measurement.csv",
              "specimen.csv", "foo.csv", "noext", "a.b.dcm", "x.DCM", "x.dcm.", "person", "."]
