@@ -153,6 +153,67 @@ class CommitResult:
     root_ids: dict[int, int]  # the manifest's root_id of each of the scan's roots (by position)
 
 
+# Python's sqlite3 and the ADBC driver each carry their own SQLite library, and each keeps its own account of the
+# POSIX locks this process holds on a database. A lock belongs to the process, so one library's close drops the other's
+# locks, and its last connection checkpoints and removes the -wal under the other's feet (sqlite.org/howtocorrupt.html,
+# 2.2.1; seen here: a sqlite3 connection open while ADBC ones opened and closed, then "database disk image is
+# malformed"). The manifest opens each connection for one step; opening one library's while the other's is open on the
+# same file is refused before it opens, so that such a change fails loudly instead of damaging a site's history.
+_OPEN_BY_LIBRARY: dict[str, dict[str, int]] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_library(path: Path, library: str) -> Iterator[None]:
+    """While the block runs, `library` ('sqlite3' or 'adbc') has a connection open on the database at `path`."""
+    key = os.path.realpath(path)
+    with _OPEN_LOCK:
+        counts = _OPEN_BY_LIBRARY.setdefault(key, {})
+        others = [name for name, n in counts.items() if n and name != library]
+        if others:
+            raise RuntimeError(f"a connection of {library} to {key} was asked for while one of {others[0]} is open: "
+                               "two SQLite libraries on one file in one process would break each other's locks")
+        counts[library] = counts.get(library, 0) + 1
+    try:
+        yield
+    finally:
+        with _OPEN_LOCK:
+            counts[library] -= 1
+
+
+class _Sqlite3Connection(sqlite3.Connection):
+    """A sqlite3 connection counted as open (one_library) until closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._in_use = one_library(Path(kwargs.pop("manifest_path")), "sqlite3")
+        self._in_use.__enter__()
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self._in_use.__exit__(None, None, None)
+            raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._release()
+
+    def __del__(self) -> None:  # (a connection dropped unclosed is closed by SQLite as it goes)
+        self._release()
+
+    def _release(self) -> None:
+        in_use, self._in_use = getattr(self, "_in_use", None), None
+        if in_use is not None:
+            in_use.__exit__(None, None, None)
+
+
+def connect_sqlite3(path: Path, source: str) -> sqlite3.Connection:
+    """sqlite3.connect to the manifest at `path` (opened as `source`: its path or a URI), counted by one_library."""
+    return sqlite3.connect(source, uri=source.startswith("file:"), timeout=30,
+                           factory=functools.partial(_Sqlite3Connection, manifest_path=path))
+
+
 @contextlib.contextmanager
 def _beside(work: Callable[[], None] | None, failed: list[BaseException]) -> Iterator[None]:
     """Run `work` (if any) on a thread while the block runs, and wait for it after; its error goes to `failed`
@@ -314,7 +375,7 @@ class Manifest:
         for source in sources:
             if source.endswith("immutable=1"):
                 self._check_no_wal()
-            con = sqlite3.connect(source, uri=source.startswith("file:"), timeout=30)
+            con = connect_sqlite3(self.path, source)
             try:
                 con.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as exc:
@@ -355,7 +416,7 @@ class Manifest:
     def connect(self) -> sqlite3.Connection:
         try:
             source = self._sqlite_source()
-            return sqlite3.connect(source, uri=source.startswith("file:"), timeout=30)
+            return connect_sqlite3(self.path, source)
         except sqlite3.Error as exc:
             raise ManifestError(
                 f"cannot open the manifest: {exc}",
@@ -382,7 +443,7 @@ class Manifest:
         from . import adbc  # the low-level API: its dbapi module would import pandas (see adbc.py)
 
         try:
-            with adbc.connect(self._sqlite_source()) as con:
+            with one_library(self.path, "adbc"), adbc.connect(self._sqlite_source()) as con:
                 yield con
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None

@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 import socket
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,7 +135,9 @@ def _sidecars(db: Path) -> list[Path]:
 
 def _checkpoint(db: Path) -> None:
     """Everything committed is in the main file (WAL folded in), so the file alone is the manifest."""
-    con = sqlite3.connect(db, timeout=30)
+    from .manifest import connect_sqlite3
+
+    con = connect_sqlite3(db, str(db))
     try:
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

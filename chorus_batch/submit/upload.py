@@ -629,9 +629,11 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
 def copy_manifest(manifest: Manifest, central: Central, label: str) -> str:
     """A consistent copy of the manifest (SQLite's online backup), owner-only while it exists, sent next
     to the version; returns its URL."""
+    from ..store.manifest import connect_sqlite3
+
     with scratch_folder(".chorus-copy-", manifest.path.parent) as folder:
         copy = folder / "manifest.sqlite"
-        source = sqlite3.connect(manifest.path, timeout=30)
+        source = connect_sqlite3(manifest.path, str(manifest.path))
         target = sqlite3.connect(copy)
         try:
             source.backup(target)
