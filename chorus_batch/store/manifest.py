@@ -443,7 +443,8 @@ class Manifest:
         from . import adbc  # the low-level API: its dbapi module would import pandas (see adbc.py)
 
         try:
-            with one_library(self.path, "adbc"), adbc.connect(self._sqlite_source()) as con:
+            source = self._sqlite_source()  # (first: its probe is a sqlite3 connection, closed before ADBC's opens)
+            with one_library(self.path, "adbc"), adbc.connect(source) as con:
                 yield con
         except (adbc_driver_manager.Error, sqlite3.Error) as exc:
             raise self.failure(exc) from None
