@@ -42,8 +42,6 @@ INDEXES = (
 )
 # Indexes on source_files are dropped around the first (bulk) load and rebuilt after it.
 SOURCE_FILES_INDEXES = (
-    # header facts: one row per content and kind (schema 11; before, the table's own key)
-    "CREATE UNIQUE INDEX IF NOT EXISTS file_facts_key ON file_facts(kind, md5)",
     # At most one current row per path: the manifest's central invariant, enforced.
     "CREATE UNIQUE INDEX IF NOT EXISTS source_files_current ON source_files(srcfile) WHERE time_invalid IS NULL",
     "CREATE INDEX IF NOT EXISTS source_files_path ON source_files(srcfile)",
