@@ -172,7 +172,7 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
         from .shards import check_shards
 
         check_shards(Path(settings.merge), latest_label=None, settings=settings, manifest=manifest,
-                     roots=[(r.source.location, r.modality) for r in roots], say_left_out=False)
+                     roots=[(r.source.location, r.modality) for r in roots], say_left_out=False, contents=False)
     # What stays when the run stops before its commit, said truthfully: a first run has no previous version.
     kept = nothing_committed(None) if new_manifest else None
     result: RunResult | None = None

@@ -118,9 +118,11 @@ class ScanResult:
         return folder
 
     @classmethod
-    def read(cls, folder: str | Path, *, files: bool = True) -> "ScanResult":
+    def read(cls, folder: str | Path, *, files: bool = True, contents: bool = True) -> "ScanResult":
         """The scan result written to `folder`; with files=False, all but its files (an empty frame: read them
-        by bucket range with read_files)."""
+        by bucket range with read_files). contents=False: its record only, its errors, facts and linked paths
+        checked readable but not read (empty frames; a merge's check before it makes a manifest: a 1M-file first
+        run's facts are ~200 MB of Parquet, read again by the merge itself)."""
         folder = Path(folder)
         try:
             record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
@@ -130,13 +132,17 @@ class ScanResult:
             files_columns = files_parquet.collect_schema()
             n_files = files_parquet.select(pl.len()).collect().item()
             listed = (cls.read_files(folder) if files else pl.DataFrame(schema=SCANNED_SCHEMA))
-            errors = pl.read_parquet(folder / "errors.parquet").cast(ERRORS_SCHEMA)  # type: ignore[arg-type]
-            facts = (pl.read_parquet(folder / "facts.parquet").select(list(FACTS_SCHEMA)).cast(FACTS_SCHEMA)  # type: ignore[arg-type]
-                     if record.get("facts") else None)
+            def frame(name: str, schema: dict) -> pl.DataFrame:
+                if contents:
+                    return pl.read_parquet(folder / name).select(list(schema)).cast(schema)  # type: ignore[arg-type]
+                pl.scan_parquet(folder / name).select(list(schema)).collect_schema()  # (its footer: there, readable)
+                return pl.DataFrame(schema=schema)
+
+            errors = frame("errors.parquet", ERRORS_SCHEMA)
+            facts = frame("facts.parquet", FACTS_SCHEMA) if record.get("facts") else None
             n_linked = record.get("linked")
             linked = (None if not isinstance(n_linked, int) or isinstance(n_linked, bool) else
-                      pl.read_parquet(folder / "linked.parquet").select(list(LINKED_SCHEMA)).cast(LINKED_SCHEMA)  # type: ignore[arg-type]
-                      if n_linked else pl.DataFrame(schema=LINKED_SCHEMA))
+                      frame("linked.parquet", LINKED_SCHEMA) if n_linked else pl.DataFrame(schema=LINKED_SCHEMA))
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
                              fix="run the scan (or shard) again; it writes scan.json when it completes") from None
@@ -154,7 +160,7 @@ class ScanResult:
             if n_files != record["n_files"]:
                 raise UsageError(f"scan result is damaged: {n_files} files, its record says {record['n_files']}",
                                  where=str(folder), fix="run the scan (or shard) again")
-            if linked is not None and linked.height != n_linked:
+            if contents and linked is not None and linked.height != n_linked:
                 raise UsageError(f"scan result is damaged: {linked.height} linked paths, its record says {n_linked}",
                                  where=str(folder), fix="run the scan (or shard) again")
             result = cls._from_record(record, listed=listed, errors=errors, facts=facts)

@@ -459,9 +459,11 @@ def _exclude_errors(errors: pl.DataFrame, settings: RunSettings) -> pl.DataFrame
 
 
 def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettings, manifest: Manifest,
-                 roots: list | None = None, say_left_out: bool = True) -> tuple[int, list[ScanResult]]:
+                 roots: list | None = None, say_left_out: bool = True,
+                 contents: bool = True) -> tuple[int, list[ScanResult]]:
     """The split the merge takes (N) and its shards' records (without their files), or the UsageError read_shards
-    says. Also called before a new manifest is made (pipeline.run): a refused merge left an empty one behind."""
+    says. Also called before a new manifest is made (pipeline.run): a refused merge left an empty one behind.
+    contents=False: the records only (ScanResult.read), not the errors and facts the merge reads itself."""
     found = check_staging(staging)
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
     # the others are left out and said, never merged with it, never a reason to refuse it.
@@ -504,7 +506,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             f"{rerun_command(settings, coverage, staging, siblings)}")
             continue
         try:
-            part = ScanResult.read(folder, files=False)
+            part = ScanResult.read(folder, files=False, contents=contents)
         except UsageError as exc:  # (a scan.json cut short, a files.parquet removed): named with its rerun as the others
             problems.append(f"shard {k}/{shards} is damaged ({exc.what}): rerun it with: "
                             f"{rerun_command(settings, coverage, staging, siblings)}")

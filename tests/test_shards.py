@@ -152,6 +152,34 @@ def test_shards_without_facts_merge_and_validation_reads_the_headers_itself(snap
     assert query(merged, "SELECT headers_read > 0 FROM validations") == [(1,)]
 
 
+def test_a_first_merge_reads_each_shards_facts_and_errors_once(snapshots, tmp_path, monkeypatch):
+    """Before a first merge makes its manifest, the shards are checked (a refused merge left an empty one): that
+    check read every shard's errors and facts, which the merge then read again (a 1M-file first run's facts: ~200 MB
+    of Parquet). It reads their records; a shard whose facts cannot be read is still refused before any manifest."""
+    from chorus_batch import cli as chorus_cli
+
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    reads: list[str] = []
+    read_parquet = pl.read_parquet
+    monkeypatch.setattr(pl, "read_parquet", lambda source, *a, **k: reads.append(Path(source).name) or
+                        read_parquet(source, *a, **k))
+    assert chorus_cli.main(["run", "-q", "--site", str(site), "--db", str(db), "--merge", str(staging)]) in (0, 1)
+    assert reads.count("facts.parquet") == N and reads.count("errors.parquet") == N, reads
+    monkeypatch.undo()
+    # a damaged facts.parquet (cut short): refused before a new manifest is made
+    other = tmp_path / "other.sqlite"
+    for k in range(N):
+        assert cli("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/{N}", "--staging",
+                   str(tmp_path / "stg2")).returncode == 0
+    folder = tmp_path / "stg2" / "shard-2-of-4"
+    facts = folder / "facts.parquet"
+    facts.write_bytes(facts.read_bytes()[:-20])
+    out = cli("run", "--site", str(site), "--db", str(other), "--merge", str(tmp_path / "stg2"))
+    assert out.returncode == 2 and "shard 2/4 is damaged" in out.stderr, out.stderr
+    assert not other.exists() and not Path(f"{other}.lock").exists()
+
+
 def test_a_missing_or_stale_shard_is_named_with_the_command_that_reruns_it(snapshots, tmp_path):
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging, shards=(0, 1, 3))
