@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -499,6 +500,24 @@ def test_a_signal_raised_once_the_upgrade_committed_says_it_was_upgraded(old, co
 # ----------------------------------------------------------------------------- the previous release (f9a987f, schema 10)
 
 RELEASE_F9A987F = Path(__file__).resolve().parent / "fixtures" / "release-f9a987f"
+
+
+def test_the_copy_of_many_facts_is_said_before_it_starts(tmp_path, monkeypatch, caplog):
+    """10 -> 11 copies every cached fact (650k: 6.9 s), and the upgrade printed nothing meanwhile: said first, with
+    the count, and that a stopped upgrade leaves the manifest as it was."""
+    db = tmp_path / "manifest.sqlite"
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    n = query(db, "SELECT count(*) FROM file_facts")[0][0]
+    monkeypatch.setattr(schema_module, "SAY_COPY_FROM", n)
+    with caplog.at_level(logging.INFO, logger="chorus_batch"):
+        assert Manifest(db).ensure_schema(create=False) == (10, schema_module.SCHEMA_VERSION)
+    said = [r.getMessage() for r in caplog.records if "copying" in r.getMessage()]
+    assert len(said) == 1 and f"its {n} cached header facts" in said[0] and "stays as it was" in said[0], said
+    caplog.clear()
+    monkeypatch.setattr(schema_module, "SAY_COPY_FROM", n + 1)  # fewer: nothing said
+    shutil.copy(RELEASE_F9A987F / "manifest.sqlite", db)
+    Manifest(db).ensure_schema(create=False)
+    assert not [r for r in caplog.records if "copying" in r.getMessage()]
 
 
 def test_the_schema_10_facts_table_is_rebuilt_with_every_fact_and_none_is_read_again(tmp_path):
