@@ -184,6 +184,28 @@ def test_the_readmes_command_lines_parse():
     assert not wrong
 
 
+def test_the_readmes_command_table_names_every_option_of_every_command():
+    """The README's table of commands is where a site engineer looks first: `verify --workers`, `validate
+    --workers`, `review --compare-to`, `run --cloud-md5`/`--shard`/`--merge` and a dozen more were in --help only.
+    Every command has a row naming each of its options (`--config`, `--demo`, `-v`, `-q`: said once below it)."""
+    from chorus_batch.cli import _parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `chorus-batch ([a-z-]+)(.*?)` \|", readme, re.M))
+    common = ("--help", "--verbose", "--quiet", "--config", "--demo")
+    assert "also takes `--config FILE`" in readme and "`--demo` makes" in readme
+    unnamed = {}
+    for name, command in _parser().commands.items():
+        assert name in rows, f"no row for {name}"
+        said = rows[name].replace("--[no-]", "--")
+        options = [[o.replace("--no-", "--") for o in action.option_strings if o.startswith("--")]
+                   for action in command._actions]
+        missing = [o[0] for o in options if o and o[0] not in common and not any(x in said for x in o)]
+        if missing:
+            unnamed[name] = missing
+    assert not unnamed
+
+
 def test_every_command_help_explains_each_option_and_lists_the_exit_codes():
     """Each command's --help has an example, says what every option is, and lists the exit codes: `testdata`'s
     --persons, `versions --json` and `diff --from` had no word, and ten commands' help had no exit codes."""
