@@ -258,7 +258,7 @@ def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
             locked = _lock(fd, wait=False)
             if locked is None:  # (no flock: its writer is taken as gone once the marker is old)
                 locked = time.time() - os.fstat(fd).st_mtime >= ABANDONED_AFTER_S
-            if not locked or not _same_file(fd, marker):  # alive, or finished meanwhile
+            if not locked or not same_file(fd, marker):  # alive, or finished meanwhile
                 continue
             pid = marker.name.split(".")[2]
             renames = json.loads(os.read(fd, 1 << 20) or b"{}")
@@ -291,12 +291,13 @@ def _replaced(tmp: Path, target: Path) -> bool:
     return True
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def same_file(fd: int, path: str | os.PathLike[str]) -> bool:
+    """Whether `path` (not followed, if a link) is still the file open as `fd`: a lock file its last holder removed,
+    and another process made anew, is another file, and a lock on the old one guards nothing."""
     try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
+        st, here = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
         return False
-    here = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 

@@ -215,7 +215,7 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
     except ImportError:  # (not POSIX)
         yield
         return
-    from .fsutil import create_private
+    from .fsutil import create_private, same_file
 
     locked = False
     while True:
@@ -240,7 +240,7 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
             raise refusal from None
         except OSError as exc:  # no locks on this file system: the merge's checks of scan.json still stand
             log.warning(f"cannot lock {path} ({exc.strerror or exc}): {unlocked}")
-        if not locked or _same_file(fd, path):
+        if not locked or same_file(fd, path):
             break
         os.close(fd)  # the last holder removed the file after this one opened it: a lock on it guards nothing
     try:
@@ -266,14 +266,6 @@ def _lockable(fd: int, how: int) -> bool:
         return False
     fcntl.flock(fd, fcntl.LOCK_UN)
     return True
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except OSError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def run_shard(settings: RunSettings, roots: list, coverage: Coverage, staging: str | Path,
