@@ -40,7 +40,7 @@ from ..fsutil import check_not_manifest, check_target, write_private
 from ..review import (CHANGE_KINDS, OUTLIER_IQR, OUTLIER_MIN_DECADES, OUTLIER_MIN_FILES, PLAUSIBLE_FROM, ManifestReader,
                       open_manifest, other_rules_advice, size_flags, unvalidated_advice)
 from ..times import iso, utc_now
-from ..units import human_bytes, shown_name, shown_text
+from ..units import human_bytes, plural, shown_name, shown_text
 from . import plots
 
 # Stable element ids of the sections, in page order, and their titles.
@@ -125,9 +125,9 @@ def _name(value: object) -> str:
     return shown_name(value) if value is None or isinstance(value, str) else _cell(value)
 
 
-def _n(count: int, noun: str, plural: str | None = None) -> str:
-    """'1 file', '2 files'."""
-    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+def _n(count: int, noun: str, many: str | None = None) -> str:
+    """'1 file', '2 files', '1,234 files' (units.plural, grouped as every number of the page)."""
+    return plural(count, noun, many, grouped=True)
 
 
 def _pct(part: float, whole: float) -> str:
