@@ -229,7 +229,9 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
                 "its file system is read-only: " + ("copy the staging folder to a writable file system (cp -r) and "
                                                     "merge the copy, or have it mounted read-write" if cannot else
                                                     "give a --staging folder on a writable one"))
-            raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}", where=str(path),
+            # (said before any work: a shard has listed nothing, a merge committed nothing)
+            raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}; nothing was "
+                             + ("committed" if cannot else "listed or written"), where=str(path),
                              fix=read_only or cannot or "give a --staging folder this user can write") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

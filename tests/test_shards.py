@@ -327,12 +327,17 @@ def test_a_merge_of_a_folder_it_cannot_write_says_what_to_do_for_a_merge(snapsho
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)
     staging.chmod(0o555)
+    (staging / ".staging.lock").unlink(missing_ok=True)
     try:
         out = run_without_override(["run", "--site", str(site), "--db", str(db), "--merge", str(staging)])
+        shard = run_without_override(["run", "--site", str(site), "--db", str(db), "--shard", f"0/{N}",
+                                      "--staging", str(staging)])
     finally:
         staging.chmod(0o700)
     assert out.returncode == 2, out.stderr
-    assert "cannot create the staging folder's lock: Permission denied" in out.stderr, out.stderr
+    assert "cannot create the staging folder's lock: Permission denied; nothing was committed" in out.stderr, out.stderr
+    # a shard there: said before it lists anything
+    assert shard.returncode == 2 and "nothing was listed or written" in shard.stderr, shard.stderr
     assert "make that folder writable by this user" in out.stderr and "--staging" not in out.stderr, out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
 
