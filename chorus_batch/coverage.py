@@ -60,9 +60,9 @@ def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None
     task, count = env.get("SLURM_ARRAY_TASK_ID"), env.get("SLURM_ARRAY_TASK_COUNT")
     if task is None:
         return None
-    if count is None:  # (said as such: "without a shard" sent the user to the variable that was set)
-        raise ValueError(f"SLURM_ARRAY_TASK_ID is {task!r} but SLURM_ARRAY_TASK_COUNT is not set, so the number of "
-                         "shards is not known")
+    if count is None or not count.strip():  # (said as such: "without a shard" sent the user to the variable that was set)
+        raise ValueError(f"SLURM_ARRAY_TASK_ID is {task!r} but SLURM_ARRAY_TASK_COUNT is "
+                         f"{'not set' if count is None else 'empty'}, so the number of shards is not known")
     first = env.get("SLURM_ARRAY_TASK_MIN", "0")
     if not all(value.strip().isdigit() for value in (task, first)):
         raise ValueError(f"SLURM_ARRAY_TASK_ID {task!r} (minus SLURM_ARRAY_TASK_MIN {first!r}) is not a task number")

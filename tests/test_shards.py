@@ -411,6 +411,7 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
     # A task id without a count, or one that is no number, is said as such (the first said "--staging without a
     # shard ... run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)", of a set SLURM_ARRAY_TASK_ID)
     for env, said in (({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not set"),
+                      ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": " "}, "SLURM_ARRAY_TASK_COUNT is empty"),
                       ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not a task number")):
         bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
                   str(tmp_path / "st"), env=env)
