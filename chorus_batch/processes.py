@@ -70,7 +70,25 @@ def usable_cpus(environ: Mapping[str, str] | None = None) -> int:
     slurm = (environ.get("SLURM_CPUS_PER_TASK") or "").strip()
     if slurm.isdigit() and int(slurm) > 0:
         cpus = min(cpus, int(slurm))
+    elif slurm:  # (Slurm sets a number: this one was set by hand or a script, and is not taken)
+        _say_ignored_cpus(slurm, cpus)
     return cpus
+
+
+_said_ignored: set[str] = set()
+
+
+def _say_ignored_cpus(value: str, cpus: int) -> None:
+    """Once per value: an ignored SLURM_CPUS_PER_TASK was silent, and the run used every CPU it may run on."""
+    if value not in _said_ignored:
+        import logging
+
+        from .units import plural
+
+        _said_ignored.add(value)
+        logging.getLogger("chorus_batch").warning(
+            f"SLURM_CPUS_PER_TASK is {value!r}, not a number of CPUs: ignored, using the {plural(cpus, 'CPU')} this process "
+            "may run on; unset it or set it to the job's CPUs")
 
 
 def cap_library_threads(environ: dict[str, str] | None = None) -> None:

@@ -376,6 +376,15 @@ def test_the_default_workers_follow_the_cpus_the_run_may_use(how):
     assert done.stdout.strip() == "1"
 
 
+def test_a_slurm_cpus_per_task_that_is_no_number_is_said_once(site, db):
+    """SLURM_CPUS_PER_TASK set by hand to what is not a CPU count (`4c`, a script's empty `$((…))`) was ignored
+    without a word: the run used every CPU the process may run on. Said once, and the run goes on."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), env={"SLURM_CPUS_PER_TASK": "4c"})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("SLURM_CPUS_PER_TASK is '4c', not a number of CPUs: ignored") == 1, out.stderr
+
+
 def test_a_slurm_job_of_one_cpu_runs_one_polars_thread(site, db):
     """On a cluster that does not bind a job's CPUs, a `--cpus-per-task=1` job may run on every CPU of the node:
     polars sized its thread pool by that (64 threads on a 64-core node, beside the other jobs), as the workers were
