@@ -141,7 +141,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     handler.setFormatter(_MaskingFormatter("%(asctime)s chorus-batch: %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
     root = logging.getLogger("chorus_batch")
     root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    # -q silences progress (Progress(quiet)) and the info lines; -v adds stage timings, with -q too: `-q -v` in a cron
+    # line asks for the timings without the progress (quiet dropped them without a word)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
     # The Azure SDK logs a failed sign-in itself (DefaultAzureCredential: a page per attempt, once per retry); with
     # no handler of ours Python's last-resort handler printed it before the one message that says what to do.

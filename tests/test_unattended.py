@@ -385,6 +385,16 @@ def test_a_slurm_cpus_per_task_that_is_no_number_is_said_once(site, db):
     assert out.stderr.count("SLURM_CPUS_PER_TASK is '4c', not a number of CPUs: ignored") == 1, out.stderr
 
 
+def test_quiet_and_verbose_together_give_the_timings_without_the_progress(site, db):
+    """`-q -v`: -q silences the progress, -v adds the stage timings. -q won silently: no timings."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    out = cli("-q", "run", "-v", "--no-validate", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "load_previous:" in out.stderr and "listing:" not in out.stderr, out.stderr
+    quiet = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db))
+    assert quiet.returncode == 0 and "load_previous:" not in quiet.stderr, quiet.stderr
+
+
 def test_a_slurm_job_of_one_cpu_runs_one_polars_thread(site, db):
     """On a cluster that does not bind a job's CPUs, a `--cpus-per-task=1` job may run on every CPU of the node:
     polars sized its thread pool by that (64 threads on a 64-core node, beside the other jobs), as the workers were
