@@ -1164,3 +1164,17 @@ def test_a_reader_open_while_a_run_commits_answers_as_of_the_versions_it_knows(s
     m.close()
     again = open_manifest(db).history("OMOP/kept.csv")
     assert again.select("version_valid", "ended_by").rows() == [("v1", "replaced"), ("v2", None)]
+
+
+def test_history_as_a_table_says_where_a_file_was_renamed_to(site, db):
+    """`history` of a path renamed away said "ended_by renamed" and no more: the table had no column of where to,
+    which its help promises ("ended (removed, replaced, renamed to)") and only --json/--csv held."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/a.csv", b"travels")
+    run_site(site, db, validate_site=False)
+    (site / "OMOP" / "a.csv").rename(site / "OMOP" / "b.csv")
+    run_site(site, db, validate_site=False)
+    out = cli("history", "--db", str(db), "OMOP/a.csv")
+    assert out.returncode == 0, out.stderr
+    header, _rule, row = out.stdout.splitlines()[:3]
+    assert "renamed_to" in header.split() and row.split()[3:5] == ["renamed", "OMOP/b.csv"], out.stdout
