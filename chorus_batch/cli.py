@@ -1582,7 +1582,9 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
             f"; did you mean {', '.join(ascii(p) if not p.isascii() else repr(p) for p in similar)}"
             + (f" (typed: {ascii(args.path)})" if not args.path.isascii() else "") + "?" if similar else ""),
             where=where, fix="give the site-relative path as `chorus-batch files` prints it")
-    _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "srcfile", "size", "md5"])
+    # (where a rename took it: "ended_by renamed" alone left the table's reader without the path it went on under)
+    _print_frame(args, frame, ["version_valid", "version_invalid", "change", "ended_by", "renamed_to", "srcfile", "size",
+                               "md5"])
     return 0
 
 

@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -1109,9 +1110,18 @@ class Manifest:
 
     @staticmethod
     def _bump_generation(cur) -> str:
-        cur.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'state_generation'")
+        """A new state generation: a count of the writes of current rows, and a random part that makes it this
+        write's own. Copies of one manifest share its manifest_id: two that each committed (a copy run on elsewhere
+        and put back, another node's commit of a manifest in Azure downloaded over a working copy) reached the same
+        count, and the state cache (or hash checkpoint) one copy's commit left beside the manifest was taken for
+        the other's current rows: the next run compared the site with them ('no changes', or a UNIQUE error on
+        every run after)."""
         cur.execute("SELECT value FROM meta WHERE key = 'state_generation'")
-        return str(cur.fetchone()[0])
+        row = cur.fetchone()
+        count = str(row[0] if row else "0").partition("-")[0]
+        generation = f"{int(count) + 1 if count.isdigit() else 1}-{uuid.uuid4().hex}"
+        cur.execute("INSERT OR REPLACE INTO meta VALUES ('state_generation', ?)", (generation,))
+        return generation
 
     def commit_version(
         self,

@@ -173,6 +173,33 @@ class ParquetReader(ManifestReader):
         if not self._labels:
             raise UsageError(f"no Parquet snapshots in {self.path}", where=str(self.path),  # a --db naming no manifest: 2
                              fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
+        self._labels = self._of_the_manifest(self._labels)
+
+    def _of_the_manifest(self, labels: list[str]) -> list[str]:
+        """The snapshots of versions the manifest has. versions.parquet (written after every snapshot) lists them; one
+        it does not list is a version's whose run was killed before it wrote the table (read: it sorts after every
+        listed one), or, sorting before the last listed, a version the manifest no longer has: one committed after
+        the backup a manifest was restored from. Such a snapshot was read as a version of the manifest: `versions`
+        listed it, and its change set ended rows of the restored manifest that share its file ids (`history` said a
+        current file was removed in it). Left out, and said."""
+        try:
+            listed = set(pl.read_parquet(self.path / "versions.parquet", columns=["label"])["label"].to_list())
+        except Exception:  # noqa: BLE001 - none (an older release's folder), or unreadable: every snapshot is read
+            return labels
+        if not listed:
+            return labels
+        last = max(listed)
+        lost = [label for label in labels if label not in listed and label < last]
+        if lost:
+            import logging
+
+            logging.getLogger("chorus_batch").warning(
+                f"{self.path}: left out {', '.join(f'version={label}' for label in lost[:5])}"
+                + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+                + f": snapshot{'s' if len(lost) > 1 else ''} of no version of the manifest (versions.parquet lists "
+                  f"the versions up to {last} without {'them' if len(lost) > 1 else 'it'}: versions lost when the "
+                  "manifest was restored from a backup); move them out of the folder to keep them apart")
+        return [label for label in labels if label in listed or label > last]
 
     def _committed_since_open(self, label: str) -> bool:
         # a snapshot whose manifest.parquet is there (written last), named by a label, not a path
@@ -264,9 +291,11 @@ class ParquetReader(ManifestReader):
         else:
             con = duckdb.connect()
             try:
+                # (of this reader's versions only: a lost version's change set ends rows that share its file ids)
                 ended = pl.from_arrow(con.sql(
                     "SELECT old_file_id AS file_id, min(version) AS _ended_in FROM read_parquet($glob, union_by_name = true) "
-                    "WHERE old_file_id IS NOT NULL GROUP BY old_file_id", params={"glob": glob}).to_arrow_table())
+                    "WHERE old_file_id IS NOT NULL AND list_contains($labels, version::VARCHAR) GROUP BY old_file_id",
+                    params={"glob": glob, "labels": self._labels}).to_arrow_table())
             finally:
                 con.close()
             assert isinstance(ended, pl.DataFrame)
