@@ -391,6 +391,38 @@ def test_snapshots_and_zero_byte_blobs_give_the_manifest_of_a_local_copy(az_env,
     assert sources["OMOP/empty_blocks.csv"] == "computed" and sources["OMOP/empty_put.csv"] == "stored"
 
 
+def test_a_blob_with_a_content_encoding_is_hashed_and_read_as_the_bytes_it_holds(az_env, tmp_path):
+    """A blob stored with Content-Encoding: gzip (azcopy --content-encoding, a web-serving tool's upload of a .gz) was
+    downloaded decoded by the SDK's default: without a stored MD5 its size never matched the listing's ("changed while
+    hashing" every run, never recorded), and a header read or an upload's copy (adlfs, in ranges) got decoded bytes or
+    a range of gzip decoded into garbage. Its bytes are what a local copy (or S3) holds: the manifests are the same."""
+    import gzip
+
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    local = tmp_path / "site"
+    write(local, "OMOP/person.csv", b"person_id,gender_concept_id\n1,8507\n")
+    write(local, "Metadata/notes.csv.gz", gzip.compress(b"note_id,text\n" + b"1,abc\n" * 500))
+    write(local, "OMOP/death.csv", gzip.compress(b"person_id,death_date\n1,2020-01-01\n"))  # gzip bytes, named .csv
+    container, client = uploaded(az_env, local)
+    blobs = client.get_container_client(container)
+    encoded = ContentSettings(content_type="text/csv", content_encoding="gzip")
+    notes = blobs.get_blob_client("Metadata/notes.csv.gz")  # in blocks: no stored MD5, downloaded to be hashed
+    notes.stage_block("b1", (local / "Metadata/notes.csv.gz").read_bytes())
+    notes.commit_block_list([BlobBlock("b1")], content_settings=encoded)
+    death = (local / "OMOP/death.csv").read_bytes()  # a stored MD5 (not downloaded by the run): read by validation
+    blobs.upload_blob("OMOP/death.csv", death, overwrite=True, content_settings=ContentSettings(
+        content_type="text/csv", content_encoding="gzip", content_md5=bytearray(hashlib.md5(death).digest())))
+    key = "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"
+    findings = "SELECT rule, srcfile, message FROM findings ORDER BY rule, srcfile"
+    run_site(local, tmp_path / "local.sqlite")
+    result = run_site(f"az://{container}", tmp_path / "az.sqlite")
+    assert query(tmp_path / "az.sqlite", "SELECT srcfile, kind FROM run_errors") == []
+    assert query(tmp_path / "az.sqlite", "SELECT srcfile, kind FROM scan_errors") == [] and result.label is not None
+    assert query(tmp_path / "az.sqlite", key) == query(tmp_path / "local.sqlite", key)
+    assert query(tmp_path / "az.sqlite", findings) == query(tmp_path / "local.sqlite", findings)
+
+
 def test_a_blob_written_after_it_was_listed_gives_no_facts_to_its_listed_md5(az_env, tmp_path):
     # A header with a stored MD5 is not downloaded by the run: validation reads its facts after the commit and
     # caches them under the listed MD5. Written meanwhile, the new content's facts were cached under the old MD5

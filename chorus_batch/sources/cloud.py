@@ -380,6 +380,22 @@ def _blob_fs_class() -> type:
     global _BLOB_FS
     if _BLOB_FS is None:
         from adlfs import AzureBlobFileSystem
+        from adlfs.spec import AzureBlobFile
+        from fsspec.asyn import sync_wrapper
+
+        class ChorusBlobFile(AzureBlobFile):
+            async def _async_fetch_range(self, start: int, end: int | None = None, **kwargs):
+                """adlfs's ranged read, of the bytes as stored: the SDK decodes a blob with a Content-Encoding (gzip,
+                deflate) by default, so that a header read (validation) or an upload's copy got decoded bytes, or a
+                range of a gzip stream decoded into garbage, where the listing's size and MD5 are of the stored ones."""
+                length = None if end is None else (min(end, self.size) - start)
+                async with self.container_client:
+                    stream = await self.container_client.download_blob(
+                        blob=self.blob, offset=start, length=length, version_id=self.version_id,
+                        max_concurrency=self.fs.max_concurrency or 1, decompress=False)
+                    return await stream.readall()
+
+            _fetch_range = sync_wrapper(_async_fetch_range)
 
         class ChorusBlobFileSystem(AzureBlobFileSystem):
             # The same protocols as adlfs ("abfs", "az", "abfss"): listed with Content-MD5, paths alike.
@@ -389,6 +405,15 @@ def _blob_fs_class() -> type:
 
             def do_connect(self):
                 self.service_client = _blob_service_client(self.chorus_sign_in, self.credential)
+
+            def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
+                      cache_type="readahead", metadata=None, version_id=None, **kwargs):
+                if mode != "rb" or version_id is not None:
+                    return super()._open(path, mode, block_size, autocommit, cache_options or {}, cache_type,
+                                         metadata, version_id, **kwargs)
+                return ChorusBlobFile(fs=self, path=path, mode=mode, block_size=block_size or self.blocksize,
+                                      autocommit=autocommit, cache_options=cache_options or {}, cache_type=cache_type,
+                                      metadata=metadata, **kwargs)
 
             def find(self, path, *args, **kwargs):
                 return retrying(lambda: super(ChorusBlobFileSystem, self).find(path, *args, **kwargs))

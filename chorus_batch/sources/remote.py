@@ -269,7 +269,11 @@ class FsspecSource:
         digest = hashlib.md5(usedforsecurity=False)
         total, facts = 0, None
         try:
-            stream = self._blob_service().get_blob_client(container, name).download_blob(max_concurrency=1)
+            # decompress=False: the blob's bytes as stored. With a Content-Encoding (gzip, deflate: set by upload tools
+            # on .gz files) the SDK hands out the decoded bytes by default, whose size is not the blob's: every run
+            # called such a blob "changed while hashing" and never recorded it (and its MD5 would not be the bytes')
+            stream = self._blob_service().get_blob_client(container, name).download_blob(max_concurrency=1,
+                                                                                          decompress=False)
             if parse is not None:  # the parser reads the downloaded chunks as they are hashed
                 chunks = iter(stream.chunks())
                 reader = HashingReader(lambda _n: next(chunks, b""), digest, int(stream.properties.size or 0))
