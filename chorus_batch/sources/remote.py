@@ -201,6 +201,8 @@ class FsspecSource:
     def _storage_failure(self, exc: BaseException, srcfile: str) -> BaseException:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
         file's, the run goes on); a lost connection or sign-in fails the run with what to do."""
+        if cloud_access.archived(exc):  # one object's state (the run goes on), not a failure of the storage
+            return OSError(cloud_access.ARCHIVED)
         kind = cloud_access.classify(exc)
         # The service saying the container or bucket itself is gone fails the run: every file would otherwise be
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
