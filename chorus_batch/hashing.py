@@ -138,9 +138,7 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
         # a new etag: written since (no etag recorded, as before schema 7: size and mtime decide)
         | (pl.col("etag") != pl.col("prev_etag")).fill_null(False)
     )
-    if rules.rehash:
-        needs = pl.lit(True)
-    elif rules.racy_cutoff_ns is not None:
+    if rules.racy_cutoff_ns is not None:
         # Racily clean: modified around the previous scan, so a later write in the same clock tick could be
         # unseen. A file whose mtime lies beyond that (a clock in the future) is not: a write now would move
         # its mtime back, which the stat comparison sees, so it is not hashed again on every run. An object
@@ -149,7 +147,12 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
         if rules.racy_until_ns is not None:
             racy = racy & (pl.col("mtime_ns") <= rules.racy_until_ns)
         needs = needs | racy
-    joined = joined.with_columns(needs_md5=needs)
+    # --rehash reads every file: one nothing made due (same size, mtime and etag, its MD5 recorded) is read to check
+    # the MD5 recorded, as the rolling re-verification reads its sample (`verify`): other bytes are a silent change
+    # (an error, not a plain `replaced`), and one confirmed has its verified_ns written, so that the summary does
+    # not call a file this run read "never read".
+    rehash_verify = (~needs & pl.col("prev_md5").is_not_null()).fill_null(False) if rules.rehash else pl.lit(False)
+    joined = joined.with_columns(needs_md5=pl.lit(True) if rules.rehash else needs, _rehash_verify=rehash_verify)
     rehash, cloud_md5 = rules.rehash, rules.cloud_md5
     if cloud_md5 == "stored-only":
         read = ~cloud & (pl.col("stored_md5").is_null() | rehash)
@@ -157,7 +160,9 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
         read = cloud | pl.col("stored_md5").is_null() | rehash
     else:
         read = pl.col("stored_md5").is_null() | rehash  # --rehash reads every file, whatever the storage holds
-    return joined.with_columns(needs_read=pl.col("needs_md5") & read, _no_read=cloud & (cloud_md5 == "stored-only"))
+    return joined.with_columns(needs_read=pl.col("needs_md5") & read).with_columns(
+        verify=pl.col("_rehash_verify") & pl.col("needs_read"), _no_read=cloud & (cloud_md5 == "stored-only")
+    ).drop("_rehash_verify")
 
 
 def _mtime_moved(unit: int) -> pl.Expr:
@@ -171,8 +176,8 @@ def _mtime_moved(unit: int) -> pl.Expr:
 
 
 def reverify(planned: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:
-    """`due`'s frame of the whole listing with `verify`: the rolling re-verification sample (_verify_slice),
-    read too (needs_read). Only files not due are chosen, so what `due` said must be read stays so."""
+    """`due`'s frame of the whole listing with `verify` and `sampled`: the rolling re-verification sample
+    (_verify_slice), read too (needs_read). Only files not due are chosen, so what `due` said must be read stays so."""
     return _verify_slice(planned, files, max_bytes).drop("_no_read")
 
 
@@ -181,7 +186,7 @@ def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFr
     ones before all), read again within `max_bytes`, so that over nights the whole site is re-read. A file
     larger than the byte cap alone is left out (it would take a night's whole budget)."""
     if files <= 0 or max_bytes <= 0:
-        return joined.with_columns(verify=pl.lit(False))
+        return joined.with_columns(sampled=pl.lit(False))
     # (`_no_read`: files the cloud policy forbids reading)
     chosen = (
         joined.filter(~pl.col("needs_md5") & pl.col("prev_md5").is_not_null() & (pl.col("size") <= max_bytes)
@@ -192,9 +197,9 @@ def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFr
         .filter(pl.col("size").cum_sum() <= max_bytes)
         .select("srcfile", _verify=pl.lit(True))
     )
-    return joined.join(chosen, on="srcfile", how="left").with_columns(
-        verify=pl.col("_verify").fill_null(False)).with_columns(
-        needs_read=pl.col("needs_read") | pl.col("verify")).drop("_verify")
+    # `sampled`: read for the sample alone (the others `verify` marks, --rehash's, are read as they are listed)
+    return joined.join(chosen, on="srcfile", how="left").with_columns(sampled=pl.col("_verify").fill_null(False)).with_columns(
+        verify=pl.col("verify") | pl.col("sampled"), needs_read=pl.col("needs_read") | pl.col("sampled")).drop("_verify")
 
 
 def to_read(planned: pl.DataFrame) -> pl.DataFrame:
@@ -203,13 +208,14 @@ def to_read(planned: pl.DataFrame) -> pl.DataFrame:
     file read again only because its mtime moved or to be re-verified (its facts are most likely cached:
     validation reads it if not)."""
     verify = pl.col("verify") if "verify" in planned.columns else pl.lit(False)
+    sampled = pl.col("sampled") if "sampled" in planned.columns else pl.lit(False)
     likely_new = (pl.col("prev_md5").is_null() | (pl.col("size") != pl.col("prev_size")).fill_null(True)) & ~verify
     return planned.filter(pl.col("needs_read")).select(
         "root_id", "srcfile", "size", "mtime_ns", verify.alias("verify"), "etag", parse=likely_new,
         # the others but re-verified ones (a night's sample, nearly always unchanged: no parser imported for them)
         # are parsed only if their MD5 is not the recorded one (rewritten at the same size): a 5%-mutated run of
         # 1M 64-byte files read ~8,000 headers twice
-        parse_unless=pl.when(~likely_new & ~verify).then(pl.col("prev_md5"))).sort("srcfile")
+        parse_unless=pl.when(~likely_new & ~sampled).then(pl.col("prev_md5"))).sort("srcfile")
 
 
 @dataclass

@@ -403,12 +403,13 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         n_listed = sum(part.height for part in parts)
         planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
         parts.clear()
-        verify_rows = hashing.to_read(planned.filter(pl.col("verify")))
+        verify_rows = hashing.to_read(planned.filter(pl.col("sampled")))
         hasher.add(verify_rows)  # the sample, chosen among all files: read last
         n_resumed = int(planned["resumed_md5"].is_not_null().sum())
         announce(n_resumed, checkpoint)
         reading = planned.filter(pl.col("needs_read"))
-        todo_n, todo_bytes, n_verify = reading.height, int(reading["size"].sum() or 0), verify_rows.height
+        # (re-verified: the sample, and with --rehash every unchanged file)
+        todo_n, todo_bytes, n_verify = reading.height, int(reading["size"].sum() or 0), int(reading["verify"].sum())
         del reading
         if todo_n != hasher.rows:
             raise AssertionError(f"{hasher.rows} files given to the hashing, {todo_n} planned to be read")

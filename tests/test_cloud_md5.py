@@ -391,6 +391,90 @@ def test_snapshots_and_zero_byte_blobs_give_the_manifest_of_a_local_copy(az_env,
     assert sources["OMOP/empty_blocks.csv"] == "computed" and sources["OMOP/empty_put.csv"] == "stored"
 
 
+def test_a_blob_with_a_content_encoding_is_hashed_and_read_as_the_bytes_it_holds(az_env, tmp_path):
+    """A blob stored with Content-Encoding: gzip (azcopy --content-encoding, a web-serving tool's upload of a .gz) was
+    downloaded decoded by the SDK's default: without a stored MD5 its size never matched the listing's ("changed while
+    hashing" every run, never recorded), and a header read or an upload's copy (adlfs, in ranges) got decoded bytes or
+    a range of gzip decoded into garbage. Its bytes are what a local copy (or S3) holds: the manifests are the same."""
+    import gzip
+
+    from azure.storage.blob import BlobBlock, ContentSettings
+
+    local = tmp_path / "site"
+    write(local, "OMOP/person.csv", b"person_id,gender_concept_id\n1,8507\n")
+    write(local, "Metadata/notes.csv.gz", gzip.compress(b"note_id,text\n" + b"1,abc\n" * 500))
+    write(local, "OMOP/death.csv", gzip.compress(b"person_id,death_date\n1,2020-01-01\n"))  # gzip bytes, named .csv
+    container, client = uploaded(az_env, local)
+    blobs = client.get_container_client(container)
+    encoded = ContentSettings(content_type="text/csv", content_encoding="gzip")
+    notes = blobs.get_blob_client("Metadata/notes.csv.gz")  # in blocks: no stored MD5, downloaded to be hashed
+    notes.stage_block("b1", (local / "Metadata/notes.csv.gz").read_bytes())
+    notes.commit_block_list([BlobBlock("b1")], content_settings=encoded)
+    death = (local / "OMOP/death.csv").read_bytes()  # a stored MD5 (not downloaded by the run): read by validation
+    blobs.upload_blob("OMOP/death.csv", death, overwrite=True, content_settings=ContentSettings(
+        content_type="text/csv", content_encoding="gzip", content_md5=bytearray(hashlib.md5(death).digest())))
+    key = "SELECT srcfile, size, md5 FROM source_files WHERE time_invalid IS NULL ORDER BY srcfile"
+    findings = "SELECT rule, srcfile, message FROM findings ORDER BY rule, srcfile"
+    run_site(local, tmp_path / "local.sqlite")
+    result = run_site(f"az://{container}", tmp_path / "az.sqlite")
+    assert query(tmp_path / "az.sqlite", "SELECT srcfile, kind FROM run_errors") == []
+    assert query(tmp_path / "az.sqlite", "SELECT srcfile, kind FROM scan_errors") == [] and result.label is not None
+    assert query(tmp_path / "az.sqlite", key) == query(tmp_path / "local.sqlite", key)
+    assert query(tmp_path / "az.sqlite", findings) == query(tmp_path / "local.sqlite", findings)
+
+
+ARCHIVE_WORDS = "in an archive tier"
+
+
+def test_an_archived_blob_is_that_files_problem_never_the_runs_nor_its_contents(az_env, tmp_path):
+    """A blob in the Archive tier cannot be read until it is rehydrated. One without a stored MD5 failed the whole run
+    (exit 3, "BlobArchived ... check the URL and the credentials"), and so did the nightly re-verification choosing one
+    with a stored MD5; a header read of one was taken for content that does not parse ("not a readable WFDB header:
+    ... <Error><Code>BlobArchived ..."), cached as its facts. Each is now that file's error, said as such."""
+    from azure.storage.blob import BlobBlock
+
+    local = tmp_path / "site"
+    small_site(local)
+    container, client = uploaded(az_env, local)
+    blobs = client.get_container_client(container)
+    old = blobs.get_blob_client("000002/Waveforms/S2/old.dat")  # in blocks: no stored MD5, to be downloaded
+    old.stage_block("b1", b"archived bytes")
+    old.commit_block_list([BlobBlock("b1")])
+    for name in ("000002/Waveforms/S2/old.dat", "000001/Waveforms/S1/S1.hea"):  # S1.hea: its MD5 stored, read by checks
+        blobs.get_blob_client(name).set_standard_blob_tier("Archive")
+    db = tmp_path / "az.sqlite"
+    result = run_site(f"az://{container}", db)
+    assert result.label is not None and result.exit_code == 1
+    (kind, message), = query(db, "SELECT kind, message FROM scan_errors WHERE srcfile = '000002/Waveforms/S2/old.dat'")
+    assert kind == "unreadable" and ARCHIVE_WORDS in message
+    (rule, message), = query(db, "SELECT rule, message FROM findings WHERE srcfile = '000001/Waveforms/S1/S1.hea' "
+                                 "AND severity = 'error'")
+    assert rule == "file.unread" and ARCHIVE_WORDS in message and "<Error>" not in message
+    again = run_site(f"az://{container}", db, verify_sample=100.0)  # re-verification picks the archived S1.hea
+    assert again.exit_code == 1
+    assert {kind for (kind,) in query(db, "SELECT kind FROM scan_errors")} == {"unreadable"}
+
+
+def test_an_s3_object_in_glacier_is_that_files_problem_said_as_such(s3_env, tmp_path):
+    """S3 says InvalidObjectState (403) of an object in Glacier: s3fs makes it a PermissionError, said "not allowed to
+    read ... allow s3:GetObject" / "give this user read permission": the archive tier is named instead."""
+    client = s3_env.client()
+    bucket = s3_env.new_bucket()
+    client.put_object(Bucket=bucket, Key="OMOP/person.csv", Body=b"person_id\n1\n", StorageClass="GLACIER")
+    upload = client.create_multipart_upload(Bucket=bucket, Key="000001/Waveforms/S1/S1.dat", StorageClass="GLACIER")
+    part = client.upload_part(Bucket=bucket, Key="000001/Waveforms/S1/S1.dat", UploadId=upload["UploadId"],
+                              PartNumber=1, Body=b"x" * 100)
+    client.complete_multipart_upload(Bucket=bucket, Key="000001/Waveforms/S1/S1.dat", UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    db = tmp_path / "s3.sqlite"
+    result = run_site(f"s3://{bucket}", db)
+    assert result.exit_code == 1
+    (kind, message), = query(db, "SELECT kind, message FROM scan_errors WHERE srcfile = '000001/Waveforms/S1/S1.dat'")
+    assert kind == "unreadable" and ARCHIVE_WORDS in message and "permission" not in message
+    (message,), = query(db, "SELECT message FROM findings WHERE srcfile = 'OMOP/person.csv' AND rule = 'file.unread'")
+    assert ARCHIVE_WORDS in message and "permission" not in message
+
+
 def test_a_blob_written_after_it_was_listed_gives_no_facts_to_its_listed_md5(az_env, tmp_path):
     # A header with a stored MD5 is not downloaded by the run: validation reads its facts after the commit and
     # caches them under the listed MD5. Written meanwhile, the new content's facts were cached under the old MD5

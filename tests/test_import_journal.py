@@ -678,6 +678,11 @@ def test_a_journal_in_azure_is_read_through_a_private_copy(central, tmp_path):
     assert not list(Path(central.env["CHORUS_BATCH_CACHE_DIR"]).rglob("journal.db*"))  # the copy is gone
     missing = import_journal(url.replace("journal.db", "nothing.db"), tmp_path / "n.sqlite", env=central.env)
     assert missing.returncode == 2 and "no chorus-upload journal at" in missing.stderr
+    # The journal's folder given: the blob under it is named, not a manifest's name and place (the fix said
+    # "az://CONTAINER/path/manifest.sqlite; a manifest is kept outside the site's roots")
+    folder = import_journal(url.rsplit("/", 1)[0], tmp_path / "f.sqlite", env=central.env)
+    assert folder.returncode == 2 and "names a folder" in folder.stderr, folder.stderr
+    assert "manifest" not in folder.stderr and url in folder.stderr
 
 
 def test_a_journal_without_its_command_history_cuts_versions_at_their_labels(tmp_path):

@@ -409,6 +409,27 @@ def test_unchanged_stat_reuses_the_hash_and_rehash_forces_it(site, db):
     assert result.n_hashed == 1 and result.counts["replaced"] == 1
 
 
+def test_rehash_is_a_re_verification_a_silent_change_is_an_error_and_the_reads_are_recorded(site, db):
+    """--rehash reads every file: one whose bytes changed behind an unchanged size and mtime was recorded as a plain
+    `replaced`, exit 0 (the rolling sample calls it file.silent_change, an error), and the unchanged files it read kept
+    their old verified_ns (the summary called files just read "never read", in the cloud)."""
+    path = write(site, "OMOP/a.csv", b"aaaa")
+    write(site, "OMOP/b.csv", b"bbbb")
+    age(site)
+    run_site(site, db)
+    with contextlib.closing(__import__("sqlite3").connect(db)) as con, con:
+        con.execute("UPDATE source_files SET verified_ns = NULL")  # as an MD5 the storage held: never read
+    st = path.stat()
+    path.write_bytes(b"cccc")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # content changed behind an unchanged stat
+    result = run_site(site, db, rehash=True)
+    assert result.n_hashed == 2 and result.counts["replaced"] == 1
+    assert query(db, "SELECT srcfile, kind FROM scan_errors") == [("OMOP/a.csv", "silent_change")]
+    assert result.exit_code == ExitCode.FINDINGS
+    assert result.verification["files_reverified"] == 2 and result.verification["never_verified"] == 0
+    assert query(db, "SELECT count(*) FROM source_files WHERE time_invalid IS NULL AND verified_ns IS NULL") == [(0,)]
+
+
 def test_touched_file_is_not_a_change_and_is_not_hashed_again(site, db):
     path = write(site, "OMOP/a.csv", b"aaaa")
     age(site, 100)

@@ -382,6 +382,23 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
 
 
+def test_verify_download_reads_a_blob_with_a_content_encoding_as_the_bytes_it_holds(central, azurite, tmp_path):
+    """A blob at the centre given a Content-Encoding (gzip: a tool that serves .gz files set it) was read back decoded
+    by the SDK's default: its intact bytes were "damaged" (another MD5, or no gzip to decode) and upload sent it again."""
+    from azure.storage.blob import ContentSettings
+
+    db = committed_site(tmp_path, 4)
+    assert up(central, db).returncode == 0
+    name = "20261101020000/000002/Waveforms/Telemetry/S2/S2.dat"
+    blob = central.client.get_blob_client(name)
+    settings = blob.get_blob_properties().content_settings
+    blob.set_http_headers(ContentSettings(content_type=settings.content_type, content_encoding="gzip",
+                                          content_md5=settings.content_md5))
+    download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
+    assert download.returncode == 0, download.stdout + download.stderr
+    assert json.loads(download.stdout)["problems"] == []
+
+
 def test_a_blob_without_content_md5_read_back_by_verify_download_stays_verified_until_it_changes(central, azurite,
                                                                                                  tmp_path):
     # A blob at the centre without a Content-MD5 (another tool wrote it, or its properties): the listing cannot vouch

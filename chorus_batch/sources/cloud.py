@@ -41,6 +41,7 @@ profile) botocore's. A certificate refused is said as such (classify: "tls"), wi
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import socket
@@ -380,6 +381,28 @@ def _blob_fs_class() -> type:
     global _BLOB_FS
     if _BLOB_FS is None:
         from adlfs import AzureBlobFileSystem
+        from adlfs.spec import AzureBlobFile
+        from fsspec.asyn import sync_wrapper
+
+        class ChorusBlobFile(AzureBlobFile):
+            async def _async_fetch_range(self, start: int, end: int | None = None, **kwargs):
+                """adlfs's ranged read, of the bytes as stored: the SDK decodes a blob with a Content-Encoding (gzip,
+                deflate) by default, so that a header read (validation) or an upload's copy got decoded bytes, or a
+                range of a gzip stream decoded into garbage, where the listing's size and MD5 are of the stored ones."""
+                length = None if end is None else (min(end, self.size) - start)
+                try:
+                    async with self.container_client:
+                        stream = await self.container_client.download_blob(
+                            blob=self.blob, offset=start, length=length, version_id=self.version_id,
+                            max_concurrency=self.fs.max_concurrency or 1, decompress=False)
+                        return await stream.readall()
+                except AzureError as exc:
+                    # An OSError, as a local file's read fails: a header read (validation) took the SDK's error for
+                    # content it could not parse ("not a readable WFDB header: ... BlobArchived ... <Error>..."), a
+                    # finding that blamed the file and was cached as its facts, never read again
+                    raise read_error(exc, self.path) from None
+
+            _fetch_range = sync_wrapper(_async_fetch_range)
 
         class ChorusBlobFileSystem(AzureBlobFileSystem):
             # The same protocols as adlfs ("abfs", "az", "abfss"): listed with Content-MD5, paths alike.
@@ -389,6 +412,15 @@ def _blob_fs_class() -> type:
 
             def do_connect(self):
                 self.service_client = _blob_service_client(self.chorus_sign_in, self.credential)
+
+            def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
+                      cache_type="readahead", metadata=None, version_id=None, **kwargs):
+                if mode != "rb" or version_id is not None:
+                    return super()._open(path, mode, block_size, autocommit, cache_options or {}, cache_type,
+                                         metadata, version_id, **kwargs)
+                return ChorusBlobFile(fs=self, path=path, mode=mode, block_size=block_size or self.blocksize,
+                                      autocommit=autocommit, cache_options=cache_options or {}, cache_type=cache_type,
+                                      metadata=metadata, **kwargs)
 
             def find(self, path, *args, **kwargs):
                 return retrying(lambda: super(ChorusBlobFileSystem, self).find(path, *args, **kwargs))
@@ -413,7 +445,7 @@ def _blob_fs_class() -> type:
 
                 return sync(self.loop, self._chorus_root_state, root)
 
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         _BLOB_FS = ChorusBlobFileSystem
     return _BLOB_FS
@@ -507,11 +539,30 @@ def _s3_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
         raise ConfigError(f"{url.split('://')[0]}:// roots need s3fs, which is not installed",
                           where=url.split("?")[0], fix='install chorus-batch[s3] (pip install "chorus-batch[s3]")') from None
     if _S3_FS is None:
+        from s3fs.core import S3File
+
+        class ChorusS3File(S3File):
+            def _fetch_range(self, start, end):
+                try:
+                    return super()._fetch_range(start, end)
+                except OSError as exc:  # s3fs says PermissionError of an archived object: "give read permission"
+                    if archived(exc):
+                        raise OSError(ARCHIVED) from None
+                    raise
+
         class ChorusS3FileSystem(S3FileSystem):
             retries = SDK_RETRIES + 1  # s3fs's own retries of timeouts and throttling (default 5)
 
             def find(self, path, *args, **kwargs):
                 return retrying(lambda: super(ChorusS3FileSystem, self).find(path, *args, **kwargs))
+
+            def _open(self, path, mode="rb", *args, **kwargs):
+                opened = super()._open(path, mode, *args, **kwargs)
+                if mode == "rb" and type(opened) is S3File:
+                    opened.__class__ = ChorusS3File  # (its reads alone differ: s3fs builds the file as it does)
+                    if getattr(opened, "cache", None) is not None:  # (its cache took the bound method at __init__)
+                        opened.cache.fetcher = opened._fetch_range
+                return opened
 
         _S3_FS = ChorusS3FileSystem
     options, how = s3_options(cloud)
@@ -651,6 +702,29 @@ def classify(exc: BaseException) -> str:
     if any(isinstance(e, FileNotFoundError) for e in chain) and re.search(r"(?i)bucket|container", text):
         return "missing"
     return "other"
+
+
+# An object in an archive tier (Azure Archive, or being rehydrated from it; S3 Glacier Flexible Retrieval or Deep
+# Archive): listed, its MD5 held, but its bytes cannot be read until it is brought back, which takes hours.
+_ARCHIVED_CODES = {"BlobArchived", "BlobBeingRehydrated", "InvalidObjectState"}
+ARCHIVED = ("the object is in an archive tier (Azure Archive, S3 Glacier or Deep Archive): its bytes cannot be read "
+            "until it is brought back (Azure: set its tier to Hot or Cool; S3: restore it), which takes hours; what was "
+            "recorded of it stays; nothing to do if it is meant to stay archived (the next run tries it again)")
+
+
+def archived(exc: BaseException) -> bool:
+    """The service's word that an object cannot be read because it is archived (_ARCHIVED_CODES)."""
+    return any(_code(e) in _ARCHIVED_CODES for e in _chain(exc))
+
+
+def read_error(exc: BaseException, path: str) -> OSError:
+    """A failed read of one object's bytes as the OSError a local file's read gives: gone, archived (ARCHIVED), or
+    another failure with the service's reason, secrets scrubbed (a storage error is never the content's fault)."""
+    if archived(exc):
+        return OSError(ARCHIVED)
+    if any(_code(e) == "BlobNotFound" for e in _chain(exc)):
+        return FileNotFoundError(errno.ENOENT, "no such object (deleted or renamed since it was listed)", path)
+    return OSError(f"the storage failed to give its bytes ({_reason(exc)})")
 
 
 def store_gone(exc: BaseException) -> bool:

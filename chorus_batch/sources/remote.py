@@ -201,6 +201,8 @@ class FsspecSource:
     def _storage_failure(self, exc: BaseException, srcfile: str) -> BaseException:
         """A failed call for one object: gone or forbidden is that file's problem (recorded like a local
         file's, the run goes on); a lost connection or sign-in fails the run with what to do."""
+        if cloud_access.archived(exc):  # one object's state (the run goes on), not a failure of the storage
+            return OSError(cloud_access.ARCHIVED)
         kind = cloud_access.classify(exc)
         # The service saying the container or bucket itself is gone fails the run: every file would otherwise be
         # recorded as "disappeared" and a version committed from a listing of a container that no longer exists.
@@ -269,7 +271,11 @@ class FsspecSource:
         digest = hashlib.md5(usedforsecurity=False)
         total, facts = 0, None
         try:
-            stream = self._blob_service().get_blob_client(container, name).download_blob(max_concurrency=1)
+            # decompress=False: the blob's bytes as stored. With a Content-Encoding (gzip, deflate: set by upload tools
+            # on .gz files) the SDK hands out the decoded bytes by default, whose size is not the blob's: every run
+            # called such a blob "changed while hashing" and never recorded it (and its MD5 would not be the bytes')
+            stream = self._blob_service().get_blob_client(container, name).download_blob(max_concurrency=1,
+                                                                                          decompress=False)
             if parse is not None:  # the parser reads the downloaded chunks as they are hashed
                 chunks = iter(stream.chunks())
                 reader = HashingReader(lambda _n: next(chunks, b""), digest, int(stream.properties.size or 0))

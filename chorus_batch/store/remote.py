@@ -267,8 +267,11 @@ class RemoteManifest:
             flag = "--db" if self.what == "manifest" else f"the {self.what}"
             raise UsageError(f"{flag} {self.where} names a folder (blobs such as {below.name!r} are under it), not a "
                              f"{self.what} blob", where=self.where,
-                             fix=f"give the {self.what} blob's URL (az://CONTAINER/path/manifest.sqlite; a manifest "
-                                 "is kept outside the site's roots)")
+                             fix="give the manifest blob's URL (az://CONTAINER/path/manifest.sqlite; a manifest is "
+                                 "kept outside the site's roots)" if self.what == "manifest" else
+                             # (another tool's file, such as a chorus-upload journal: not a manifest's name and place)
+                             f"give the {self.what} blob's own URL (az://{self.container}/{below.name}, if that "
+                             "is it)")
 
     def _refuse_decoded_twin(self, blob: Any) -> None:
         """No blob of this name, but one of its %-escapes decoded (my%20m.sqlite: 'my m.sqlite', where --db put it

@@ -231,7 +231,7 @@ def _md5_of(blob: Any) -> tuple[str, int]:
     """(MD5 of the blob's bytes, size), read back."""
     digest = hashlib.md5(usedforsecurity=False)
     size = 0
-    for chunk in blob.download_blob(max_concurrency=1).chunks():
+    for chunk in blob.download_blob(max_concurrency=1, decompress=False).chunks():  # as stored, never decoded
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size

@@ -455,8 +455,8 @@ RULES: tuple[Rule, ...] = (
          "failed, or it was written since the run recorded it. Nothing is kept of that read: the next check reads "
          "it again."),
     Rule("file.silent_change", "error", "content changed behind an unchanged size and mtime",
-         "Rolling re-verification read a file whose size and mtime had not changed and found other bytes (storage "
-         "corruption, or a copy that kept the old timestamps); the version records it as replaced."),
+         "Rolling re-verification (or `--rehash`) read a file whose size and mtime had not changed and found other "
+         "bytes (storage corruption, or a copy that kept the old timestamps); the version records it as replaced."),
 )
 # Rules whose findings come from what a run saw (its recorded problems), not from the files and headers.
 RUN_RULES = {"file.silent_change": "silent_change"}
