@@ -259,7 +259,11 @@ class AzureSection(_CloudSection):
     @classmethod
     def _env_name(cls, value: str) -> str:
         if not _ENV_NAME.match(value):
-            raise ValueError(f"{value[:12]!r}... is not an environment variable's name (letters, digits, _)")
+            # (never quoted, not even its start: what is written here in place of a variable's name is most often
+            # the secret itself, an account key or a SAS signature pasted in, and its first 12 characters were shown)
+            raise ValueError("is not an environment variable's name (letters, digits and _, not starting with a "
+                             "digit; its value is not shown): it names the variable that holds the secret, never the "
+                             "secret itself; if the secret was written here, remove it and rotate it")
         return value
 
     @field_validator("account_url")
