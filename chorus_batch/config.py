@@ -466,6 +466,11 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
     pydantic's ("Input should be a valid integer"); the value as `spell` writes it (_as_toml, or repr for Python)."""
     first = exc.errors()[0]
     message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
+    if any(str(part).endswith("_env") for part in first["loc"]):
+        # A setting that names the variable holding a secret (account_key_env, ...): what was written in its place is
+        # most often the secret itself, never quoted (account_key_env = ["<key>"] was shown whole)
+        def spell(value: object) -> str:
+            return "what was written (not shown: it may be the secret itself)"
     branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
     loc = first["loc"]
     if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting
