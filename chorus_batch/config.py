@@ -259,7 +259,11 @@ class AzureSection(_CloudSection):
     @classmethod
     def _env_name(cls, value: str) -> str:
         if not _ENV_NAME.match(value):
-            raise ValueError(f"{value[:12]!r}... is not an environment variable's name (letters, digits, _)")
+            # (never quoted, not even its start: what is written here in place of a variable's name is most often
+            # the secret itself, an account key or a SAS signature pasted in, and its first 12 characters were shown)
+            raise ValueError("is not an environment variable's name (letters, digits and _, not starting with a "
+                             "digit; its value is not shown): it names the variable that holds the secret, never the "
+                             "secret itself; if the secret was written here, remove it and rotate it")
         return value
 
     @field_validator("account_url")
@@ -462,6 +466,11 @@ def _problem(exc: ValidationError, spell) -> tuple[tuple, str]:
     pydantic's ("Input should be a valid integer"); the value as `spell` writes it (_as_toml, or repr for Python)."""
     first = exc.errors()[0]
     message = first["msg"].removeprefix("Value error, ")  # (pydantic's words, not the user's)
+    if any(str(part).endswith("_env") for part in first["loc"]):
+        # A setting that names the variable holding a secret (account_key_env, ...): what was written in its place is
+        # most often the secret itself, never quoted (account_key_env = ["<key>"] was shown whole)
+        def spell(value: object) -> str:
+            return "what was written (not shown: it may be the secret itself)"
     branches = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
     loc = first["loc"]
     if len(loc) > 1 and loc[-1] in branches:  # a union (max_delete: str | int) names its member: not a setting

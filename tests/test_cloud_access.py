@@ -451,6 +451,22 @@ def test_secrets_in_config_are_refused(tmp_path, section, line):
     no_secret(text)
 
 
+@pytest.mark.parametrize("setting, value", [("account_key_env", f'"{KEY}"'), ("sas_token_env", f'"{SIG}"'),
+                                            ("connection_string_env", f'"{KEY};"'),
+                                            ("account_key_env", f'["{KEY}"]')])
+def test_a_secret_written_in_place_of_a_variables_name_is_not_quoted(tmp_path, setting, value):
+    """account_key_env = "<the key itself>": refused as no variable's name, and the message quoted its first 12
+    characters (a cron mail, a CI log then held part of the key)."""
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_name = "myacct"\n{setting} = {value}\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    text = str(caught.value) + (caught.value.fix or "")
+    assert f"azure.{setting}" in text and ("environment variable's name" in text and "rotate it" in text
+                                           or "not shown" in text), text
+    assert KEY[:6] not in text and SIG[:6] not in text, text
+
+
 def test_unknown_cloud_setting_is_refused(tmp_path):
     config = tmp_path / "chorus.toml"
     config.write_text('[azure]\naccount = "myacct"\n')

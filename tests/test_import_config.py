@@ -517,6 +517,33 @@ path = "s3://aws:{PASSWORD}@bucket/wave"
     load_config(_converted(tmp_path, out))
 
 
+def test_a_token_alone_before_a_urls_host_is_a_secret_never_copied(tmp_path):
+    """https://TOKEN@host/... (a token as the user, as git and HTTP clients send it) and s3://KEYID@bucket/...: only
+    user:password was taken out; a user alone was copied into chorus.toml and quoted in the warnings. abfs://
+    CONTAINER@ACCOUNT/ names a container: kept."""
+    out = cli("import-config", str(_config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "https://{PASSWORD}@acct.blob.core.windows.net/central"
+[site_path.default]
+path = "s3://{PASSWORD}@bucket/site"
+[site_path.Images]
+path = "abfs://images@acct.dfs.core.windows.net/site"
+""")))
+    assert out.returncode == 1, out.stderr
+    assert PASSWORD not in out.stdout + out.stderr
+    warnings = _warnings(out.stderr)
+    for key, shown in (("central_path.path", "https://****@acct.blob.core.windows.net/central"),
+                       ("site_path.default.path", "s3://****@bucket/site")):
+        (warning,) = [w for w in warnings if f': {key} = "{shown}"' in w]
+        assert f'{key} = "{shown}": a URL with a user name or token before its host' in warning
+        assert "rotate it (replace the token)" in warning
+    data = tomllib.loads(out.stdout)
+    assert data["site"]["root"] == "s3://bucket/site"
+    assert data["site"]["roots"] == {"Images": "abfs://images@acct.dfs.core.windows.net/site"}
+
+
 def test_a_password_and_a_sas_in_one_url(tmp_path):
     converted = convert_config(_config(tmp_path, f"""
 [journal]

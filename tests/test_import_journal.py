@@ -835,6 +835,27 @@ def test_credentials_in_the_journal_are_named_masked_and_never_kept(tmp_path):
     assert report.returncode == 0 and "ALLSECRETSIG" not in (tmp_path / "r.html").read_text()
 
 
+def test_a_token_before_a_roots_host_in_the_journal_is_never_kept(tmp_path):
+    """https://TOKEN@host/... in the command history (a token as the URL's user): only user:password and a query
+    were taken out, so the manifest's roots table kept the token."""
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS["A"], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        con.execute("UPDATE command_history_v2 SET SRC_PATHS = ? WHERE COMMAND = 'journal update'",
+                    (json.dumps({m: "https://TOKENSECRET@acct.blob.core.windows.net/site/data"
+                                 for m in ("OMOP", "Images", "Waveforms", "Metadata")}),))
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--json", "--to", "az://central/")
+    assert out.returncode == 1, out.stderr
+    assert "TOKENSECRET" not in out.stdout + out.stderr
+    assert b"TOKENSECRET" not in db.read_bytes()
+    assert query(db, "SELECT location FROM roots") == [("https://acct.blob.core.windows.net/site/data",)]
+    secrets = [f for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.secret-in-journal"]
+    assert secrets and all("rotate it" in f["message"] and "https://***@acct" in f["message"] for f in secrets)
+
+
 def test_output_that_cannot_be_written_is_said_truthfully(tmp_path):
     db = tmp_path / "m.sqlite"
     with open("/dev/full", "w") as full:

@@ -1116,6 +1116,22 @@ def test_an_azcopy_script_targets_the_endpoint_the_connection_string_names(tmp_p
         assert key not in out.stdout + out.stderr and "AccountKey" not in out.stdout
 
 
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_a_script_never_writes_a_secret_the_connection_strings_blob_endpoint_carries(tmp_path, kind):
+    """A connection string whose BlobEndpoint carries a SAS as its query (the SDK signs in with it) or a
+    user:password@: the script's ACCOUNT_URL was the whole value, the SAS signature in a file kept beside the site."""
+    db = committed_site(tmp_path, 1)
+    sas = "sv=2024-11-04&ss=b&srt=sco&sp=rwl&se=2030-01-01T00%3A00%3A00Z&sig=SeCrEtSiGnAtUrE%3D"
+    for conn in (f"BlobEndpoint=https://mgh.blob.core.windows.net/?{sas}",
+                 f"BlobEndpoint=https://mgh.blob.core.windows.net?{sas};",
+                 f"BlobEndpoint=https://me:SeCrEtSiGnAtUrE@mgh.blob.core.windows.net/;SharedAccessSignature={sas}"):
+        env = {name: "" for name in AZURE_VARS} | {"AZURE_STORAGE_CONNECTION_STRING": conn}
+        out = cli("upload", "--db", str(db), "--to", "az://central/", "--script", kind, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "ACCOUNT_URL=https://mgh.blob.core.windows.net\n" in out.stdout, conn
+        assert "SeCrEtSiGnAtUrE" not in out.stdout + out.stderr, conn
+
+
 def test_a_script_for_a_site_given_by_a_relative_path_reads_its_files_by_their_full_path(tmp_path):
     """`upload --script bash --site ./site/` wrote the files' paths as given (site/OMOP/...): the script, run later
     from another folder (cron, `bash /path/upload.sh`), found none of them. Paths in the script are absolute."""

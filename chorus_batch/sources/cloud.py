@@ -139,14 +139,20 @@ def _connection_string_account(conn: str) -> str | None:
 
 def blob_endpoint(sign_in: AzureSignIn) -> str:
     """The Blob service endpoint a sign-in reaches, without secrets: its account_url, else what its connection
-    string names (BlobEndpoint; else DefaultEndpointsProtocol, AccountName and EndpointSuffix: sovereign clouds)."""
+    string names (BlobEndpoint; else DefaultEndpointsProtocol, AccountName and EndpointSuffix: sovereign clouds).
+    A connection string is a secret, and its BlobEndpoint may carry one (a SAS as its query, `?sv=...&sig=...`, which
+    the SDK signs in with; a user:password@): the endpoint is its scheme, host and path alone (the upload script
+    wrote the whole value into ACCOUNT_URL, the SAS with it)."""
     if sign_in.account_url or sign_in.kind != "connection_string":
         return sign_in.account_url or f"https://{sign_in.account_name}.blob.core.windows.net"
     fields = _connection_fields(sign_in.secret or "")
     if fields.get("usedevelopmentstorage", "").lower() == "true":
         return "http://127.0.0.1:10000/devstoreaccount1"
     if fields.get("blobendpoint"):
-        return fields["blobendpoint"].rstrip("/")
+        endpoint = re.split(r"[?#]", fields["blobendpoint"], maxsplit=1)[0]
+        scheme, sep, rest = endpoint.rpartition("://")
+        host, slash, path = rest.partition("/")
+        return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}".rstrip("/")
     return (f"{fields.get('defaultendpointsprotocol', 'https')}://{sign_in.account_name}.blob."
             f"{fields.get('endpointsuffix', 'core.windows.net')}")
 

@@ -203,7 +203,10 @@ def _secret_key(key: str) -> bool:
 
 def url_secrets(url: str) -> tuple[str, str | None, str | None, str | None]:
     """(the URL without its user:password and its query, the user, the password, the query); other text
-    as it is. A password holding "/", "?" or "#" (not allowed unescaped, but written) runs to the last "@"."""
+    as it is. A password holding "/", "?" or "#" (not allowed unescaped, but written) runs to the last "@". A user
+    alone before the host (https://TOKEN@host/..., as git and HTTP clients send a token) is the secret: given as the
+    password, with no user (it was copied into chorus.toml and kept in the manifest as it was). Not in az://, abfs://
+    and abfss:// URLs, where CONTAINER@ACCOUNT names a container."""
     if "://" not in url:
         return url, None, None, None
     scheme, rest = url.split("://", 1)
@@ -214,6 +217,8 @@ def url_secrets(url: str) -> tuple[str, str | None, str | None, str | None]:
         if ":" in rest[:at]:
             user, password = rest[:at].split(":", 1)
             rest = rest[at + 1:]
+        elif not url.lower().startswith(_AZURE_SCHEMES):
+            password, rest = rest[:at], rest[at + 1:]
     elif "@" in rest and re.match(r"[^:/?#@]*:(?!\d*(?:[/?#]|$))", rest):  # user:pass/word@host, not host:port
         at = rest.rindex("@")
         user, password = rest[:at].split(":", 1)
@@ -343,12 +348,14 @@ class _Converter:
         """A URL that held a password and/or a query (a SAS token): named, masked, and what to do instead."""
         self.secret_values += [secret for secret in (password, query) if secret]
         scheme, rest = clean.split("://", 1)
-        shown = f"{scheme}://{user + ':****@' if password else ''}{rest}{'?****' if query else ''}"
+        userinfo = ((user + ":" if user is not None else "") + "****@") if password else ""
+        shown = f"{scheme}://{userinfo}{rest}{'?****' if query else ''}"
         azure = clean.startswith(("https://", "http://", *_AZURE_SCHEMES))
         s3 = clean.startswith(("s3://", "s3a://"))
         found, todo = [], []
         if password:
-            found.append(f"a password ({len(password)} characters, not shown)")
+            found.append(f"a password ({len(password)} characters, not shown)" if user is not None else
+                         f"a user name or token before its host ({len(password)} characters, not shown)")
             todo.append("chorus-batch does not sign in with a password in a URL: " + (
                 "sign in as [azure] says (az login or a managed identity through DefaultAzureCredential, or the "
                 "environment variable [azure] names: AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_KEY)" if azure else
@@ -365,7 +372,8 @@ class _Converter:
                                                                   else ""))
         self.warn(f"{dotted} = {_q(shown)}: a URL with {' and '.join(found)}: copied without "
                   f"{'them' if len(found) > 1 else 'it'}; it was stored in a file: rotate it"
-                  f"{' (change the password)' if password else ''}; {'; '.join(todo)}")
+                  f"{(' (change the password)' if user is not None else ' (replace the token)') if password else ''}; "
+                  f"{'; '.join(todo)}")
 
     def _unknown(self, table: dict, schema: dict, prefix: str, unknown: list[str]) -> None:
         for key, value in table.items():
