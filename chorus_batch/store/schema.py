@@ -263,6 +263,8 @@ def _say_slow_steps(con: sqlite3.Connection, before: int, where: str) -> None:
         from ..progress import log
         from ..units import plural
 
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'file_facts'").fetchone():
+            return  # (a manifest older than schema 4 has no facts yet: its step 4 makes the table)
         facts = con.execute("SELECT count(*) FROM file_facts").fetchone()[0]
         if facts >= SAY_COPY_FROM:
             log.info(f"upgrading {where} to schema {SCHEMA_VERSION}: copying its {plural(facts, 'cached header fact', grouped=True)} "
