@@ -463,6 +463,28 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
     return findings, t
 
 
+def _finish_merged(settings: RunSettings, manifest: Manifest, roots: list[Root], merged: Exception, progress: Progress,
+                   mark, t: float) -> None:
+    """A merge run again (a requeued merge job) whose shards are the latest version already: what the merge that
+    committed them was stopped before, after its commit (its check against the procedures, its Parquet snapshot: a
+    node lost or a time limit during the check), is done now, and said in the refusal. It was refused as "nothing to
+    do for these shards", and the version stayed unchecked, though that merge's own message ("the next run finishes
+    what the signal cut short after the commit") sent the user to run it again."""
+    label = merged.merged_into  # type: ignore[attr-defined]
+    unchecked = settings.validate_site and not manifest.validation.is_validated(label)
+    if not unchecked and not settings.parquet:
+        return
+    # (a version checked already is not said to be checked again)
+    findings, _ = _after_commit(settings.model_copy(update={"validate_site": unchecked}), manifest, roots, label, None,
+                                progress, mark, t)
+    if unchecked and findings is not None:
+        counts = dict(findings.group_by("severity").len().iter_rows())
+        merged.what += (f"; the check of version {label} against the procedures, which the merge that committed it "  # type: ignore[attr-defined]
+                        f"did not finish, was done now: {counts.get('error', 0)} error(s), "
+                        f"{counts.get('warning', 0)} warning(s) (`chorus-batch validate --db {manifest.path}` lists "
+                        "them)")
+
+
 def _peak_rss_mb() -> float:
     try:
         import resource
@@ -501,13 +523,18 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     if not settings.dry_run:  # what a former name of this manifest left beside it
         manifest.adopt_renamed()
     if settings.merge is not None:  # the shards' scans, checked, read partition by partition (shards.py)
-        from .shards import read_shards
+        from .shards import MergedAlready, read_shards
 
         progress.stage(f"merging the shards in {settings.merge}")
-        scanned, previous = read_shards(settings.merge, latest_label=previous_label, settings=settings,
-                                        manifest=manifest, previous_rows=latest["n_files"] if latest else 0,
-                                        partitioned=not settings.dry_run,
-                                        roots=[(r.source.location, r.modality) for r in roots])  # each shard's checked
+        try:
+            scanned, previous = read_shards(settings.merge, latest_label=previous_label, settings=settings,
+                                            manifest=manifest, previous_rows=latest["n_files"] if latest else 0,
+                                            partitioned=not settings.dry_run,
+                                            roots=[(r.source.location, r.modality) for r in roots])  # each checked
+        except MergedAlready as exc:
+            if not settings.dry_run and exc.merged_into == previous_label:
+                _finish_merged(settings, manifest, roots, exc, progress, mark, t)
+            raise
         t = mark("load_previous", t)
     else:
         from .checkpoint import Checkpoint
