@@ -202,6 +202,9 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                 exc.committed = manifest.committed_by_run(run_id)  # type: ignore[union-attr]  # for a truthful message
                 _finish_run(manifest, run_id, exit_code=code, version=exc.committed,  # type: ignore[union-attr]
                             message=f"stopped by signal {code - 128}")
+                if exc.committed and (left := _left_after_commit(settings, manifest, exc.committed)):  # type: ignore[union-attr]
+                    exc.outcome = (f"version {exc.committed} had been committed before; it stays, and the next run "  # type: ignore[union-attr]
+                                   f"finishes what the signal cut short after the commit ({left})")
                 raise
             except Exception as exc:
                 committed = manifest.committed_by_run(run_id)
@@ -463,6 +466,24 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
     return findings, t
 
 
+def _left_after_commit(settings: RunSettings, manifest: Manifest, label: str) -> str | None:
+    """What a run stopped after committing version `label` left undone of what follows the commit (its check
+    against the procedures, its Parquet snapshot), as the stopped run's message says it; None: nothing. Decided by
+    what the manifest and the snapshot folder hold, not by where the signal came: one between the commit and the
+    check (as the state cache was written) said "it stays" alone, and the version's check seemed done."""
+    left = []
+    with contextlib.suppress(Exception):  # (best effort: a manifest gone meanwhile is said as such elsewhere)
+        if settings.validate_site and not manifest.validation.is_validated(label):
+            left.append("its check against the procedures")
+    if settings.parquet:
+        from .store.snapshots import has_snapshot
+
+        with contextlib.suppress(Exception):
+            if not has_snapshot(label, settings.parquet):
+                left.append("its Parquet snapshot")
+    return ", ".join(left) or None
+
+
 def _finish_merged(settings: RunSettings, manifest: Manifest, roots: list[Root], merged: Exception, progress: Progress,
                    mark, t: float) -> None:
     """A merge run again (a requeued merge job) whose shards are the latest version already: what the merge that
@@ -586,12 +607,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     elif not settings.dry_run:
         try:
             findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
-        except (KeyboardInterrupt, Stopped) as exc:
-            if label is not None:  # "it stays" alone left the version's check (and snapshot) seemingly lost
-                exc.outcome = (f"version {label} had been committed before; it stays, and the next run finishes "  # type: ignore[union-attr]
-                               "what the signal cut short after the commit (its check against the procedures, "
-                               "its Parquet snapshot)")
-            raise
+        except (KeyboardInterrupt, Stopped):
+            raise  # (said with what the commit left to do: _run_logged)
         except Exception as exc:
             if label is None:
                 raise
