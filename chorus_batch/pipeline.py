@@ -476,7 +476,10 @@ def _left_after_commit(settings: RunSettings, manifest: Manifest, label: str) ->
         if settings.validate_site and not manifest.validation.is_validated(label):
             left.append("its check against the procedures")
     if settings.parquet:
-        from .store.snapshots import has_snapshot
+        from .processes import signals_deferred
+
+        with signals_deferred():  # (it imports DuckDB: a second signal inside its module initialisation aborts)
+            from .store.snapshots import has_snapshot
 
         with contextlib.suppress(Exception):
             if not has_snapshot(label, settings.parquet):
