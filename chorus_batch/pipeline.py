@@ -202,6 +202,9 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
                 exc.committed = manifest.committed_by_run(run_id)  # type: ignore[union-attr]  # for a truthful message
                 _finish_run(manifest, run_id, exit_code=code, version=exc.committed,  # type: ignore[union-attr]
                             message=f"stopped by signal {code - 128}")
+                if exc.committed and (left := _left_after_commit(settings, manifest, exc.committed)):  # type: ignore[union-attr]
+                    exc.outcome = (f"version {exc.committed} had been committed before; it stays, and the next run "  # type: ignore[union-attr]
+                                   f"finishes what the signal cut short after the commit ({left})")
                 raise
             except Exception as exc:
                 committed = manifest.committed_by_run(run_id)
@@ -463,6 +466,49 @@ def _after_commit(settings: RunSettings, manifest: Manifest, roots: list[Root], 
     return findings, t
 
 
+def _left_after_commit(settings: RunSettings, manifest: Manifest, label: str) -> str | None:
+    """What a run stopped after committing version `label` left undone of what follows the commit (its check
+    against the procedures, its Parquet snapshot), as the stopped run's message says it; None: nothing. Decided by
+    what the manifest and the snapshot folder hold, not by where the signal came: one between the commit and the
+    check (as the state cache was written) said "it stays" alone, and the version's check seemed done."""
+    left = []
+    with contextlib.suppress(Exception):  # (best effort: a manifest gone meanwhile is said as such elsewhere)
+        if settings.validate_site and not manifest.validation.is_validated(label):
+            left.append("its check against the procedures")
+    if settings.parquet:
+        from .processes import signals_deferred
+
+        with signals_deferred():  # (it imports DuckDB: a second signal inside its module initialisation aborts)
+            from .store.snapshots import has_snapshot
+
+        with contextlib.suppress(Exception):
+            if not has_snapshot(label, settings.parquet):
+                left.append("its Parquet snapshot")
+    return ", ".join(left) or None
+
+
+def _finish_merged(settings: RunSettings, manifest: Manifest, roots: list[Root], merged: Exception, progress: Progress,
+                   mark, t: float) -> None:
+    """A merge run again (a requeued merge job) whose shards are the latest version already: what the merge that
+    committed them was stopped before, after its commit (its check against the procedures, its Parquet snapshot: a
+    node lost or a time limit during the check), is done now, and said in the refusal. It was refused as "nothing to
+    do for these shards", and the version stayed unchecked, though that merge's own message ("the next run finishes
+    what the signal cut short after the commit") sent the user to run it again."""
+    label = merged.merged_into  # type: ignore[attr-defined]
+    unchecked = settings.validate_site and not manifest.validation.is_validated(label)
+    if not unchecked and not settings.parquet:
+        return
+    # (a version checked already is not said to be checked again)
+    findings, _ = _after_commit(settings.model_copy(update={"validate_site": unchecked}), manifest, roots, label, None,
+                                progress, mark, t)
+    if unchecked and findings is not None:
+        counts = dict(findings.group_by("severity").len().iter_rows())
+        merged.what += (f"; the check of version {label} against the procedures, which the merge that committed it "  # type: ignore[attr-defined]
+                        f"did not finish, was done now: {counts.get('error', 0)} error(s), "
+                        f"{counts.get('warning', 0)} warning(s) (`chorus-batch validate --db {manifest.path}` lists "
+                        "them)")
+
+
 def _peak_rss_mb() -> float:
     try:
         import resource
@@ -501,13 +547,18 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     if not settings.dry_run:  # what a former name of this manifest left beside it
         manifest.adopt_renamed()
     if settings.merge is not None:  # the shards' scans, checked, read partition by partition (shards.py)
-        from .shards import read_shards
+        from .shards import MergedAlready, read_shards
 
         progress.stage(f"merging the shards in {settings.merge}")
-        scanned, previous = read_shards(settings.merge, latest_label=previous_label, settings=settings,
-                                        manifest=manifest, previous_rows=latest["n_files"] if latest else 0,
-                                        partitioned=not settings.dry_run,
-                                        roots=[(r.source.location, r.modality) for r in roots])  # each shard's checked
+        try:
+            scanned, previous = read_shards(settings.merge, latest_label=previous_label, settings=settings,
+                                            manifest=manifest, previous_rows=latest["n_files"] if latest else 0,
+                                            partitioned=not settings.dry_run,
+                                            roots=[(r.source.location, r.modality) for r in roots])  # each checked
+        except MergedAlready as exc:
+            if not settings.dry_run and exc.merged_into == previous_label:
+                _finish_merged(settings, manifest, roots, exc, progress, mark, t)
+            raise
         t = mark("load_previous", t)
     else:
         from .checkpoint import Checkpoint
@@ -559,12 +610,8 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     elif not settings.dry_run:
         try:
             findings, t = _after_commit(settings, manifest, roots, label or previous_label, label, progress, mark, t)
-        except (KeyboardInterrupt, Stopped) as exc:
-            if label is not None:  # "it stays" alone left the version's check (and snapshot) seemingly lost
-                exc.outcome = (f"version {label} had been committed before; it stays, and the next run finishes "  # type: ignore[union-attr]
-                               "what the signal cut short after the commit (its check against the procedures, "
-                               "its Parquet snapshot)")
-            raise
+        except (KeyboardInterrupt, Stopped):
+            raise  # (said with what the commit left to do: _run_logged)
         except Exception as exc:
             if label is None:
                 raise

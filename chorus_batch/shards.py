@@ -47,6 +47,14 @@ PARTITION_ROWS = 500_000
 ENV_PARTITION_ROWS = "CHORUS_BATCH_PARTITION_ROWS"  # a site with less memory per task; tests: many small partitions
 
 
+class MergedAlready(UsageError):
+    """The shards were committed already, as version `merged_into` (a merge run twice, a requeued merge job)."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None, merged_into: str):
+        super().__init__(what, where=where, fix=fix)
+        self.merged_into = merged_into
+
+
 def shard_folder(staging: str | Path, coverage: Coverage) -> Path:
     return Path(staging) / f"shard-{coverage.shard}-of-{coverage.shards}"
 
@@ -574,10 +582,10 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     if merged_into is not None:  # (a requeued merge job): "stale, rerun them" would send the user the wrong way
         # (the latest only while no run committed after that merge: said as it is)
         now = "the latest" if merged_into == latest_label else f"the latest is now {latest_label}"
-        raise UsageError(f"the shards in {staging} were merged already: they are version {merged_into} ({now}); "
-                         "nothing was committed", where=str(staging),
-                         fix="nothing to do for these shards; to record the site as it is now, run the shards again "
-                             "(or submit the Slurm script again), then merge")
+        raise MergedAlready(f"the shards in {staging} were merged already: they are version {merged_into} ({now}); "
+                            "nothing was committed", where=str(staging),
+                            fix="nothing to do for these shards; to record the site as it is now, run the shards "
+                                "again (or submit the Slurm script again), then merge", merged_into=merged_into)
     if len(unlike) == shards and all((p.roots, p.exclude_patterns, p.follow_symlinks) ==
                                      (unlike[0].roots, unlike[0].exclude_patterns, unlike[0].follow_symlinks)
                                      for p in unlike):

@@ -14,7 +14,7 @@ import pytest
 
 from chorus_batch import ExitCode
 
-from conftest import cli, current_rows, query, tree_md5, write
+from conftest import cli, current_rows, paused, query, tree_md5, write
 
 
 def start_paused_run(site: Path, db: Path, point: str = "commit", first: tuple[str, ...] = ("run",)) -> subprocess.Popen:
@@ -365,3 +365,27 @@ def test_a_copy_committed_elsewhere_and_put_back_is_not_read_through_the_state_c
     assert current_rows(db) == tree_md5(site), result.counts
     assert result.counts["replaced"] == 1 and result.counts["added"] == 1, result.counts
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile = 'OMOP/b.csv' AND time_invalid IS NULL") == [(1,)]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("point, left", [("committed", "its check against the procedures, its Parquet snapshot"),
+                                         ("validate", "its check against the procedures, its Parquet snapshot"),
+                                         ("snapshot", "its Parquet snapshot")])
+def test_a_signal_after_the_commit_says_what_the_next_run_finishes(site, db, tmp_path, point, left):
+    """A signal just after the commit (as the state cache was written) said "version X had been committed before;
+    it stays" alone, as if the version had been checked and its snapshot written; one during the snapshot said the
+    next run would check it, though it had been checked. What is left is said from what the manifest and the
+    snapshot folder hold, wherever the signal came."""
+    write(site, "OMOP/a.csv", b"a")
+    snap = tmp_path / "snap"
+    proc = paused("run", "--site", str(site), "--db", str(db), "--parquet", str(snap), at=point)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert proc.returncode == 143, err
+    assert f"version {label} had been committed before; it stays, and the next run finishes what the signal cut " \
+           f"short after the commit ({left})" in err, err
+    again = cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snap), "-q")
+    assert again.returncode in (0, 1), again.stderr
+    assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (label,)) == [(1,)]
+    assert (snap / f"version={label}" / "snapshot.json").is_file()

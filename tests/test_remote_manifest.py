@@ -467,3 +467,24 @@ def test_a_signal_after_the_manifest_was_uploaded_back_says_the_version_is_there
     assert len(query(download(az, tmp_path / "check.sqlite"), "SELECT label FROM versions")) == 1
     again = run(az, site)  # the lease released; the copy, not recorded, is read from Azure again
     assert again.returncode == 0 and "no changes" in again.stdout.lower(), again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("point", ["validate", "committed"])
+def test_a_signal_after_the_local_commit_says_the_manifest_in_azure_has_not_got_it(az, tmp_path, point):
+    """SIGTERM while the run checked the version it had committed to the working copy (or just after that commit)
+    said "version X had been committed before; it stays": the manifest in Azure never got it (the copy is uploaded
+    back only after a run that ends). Said as such, and the next run commits the changes."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    (site / "OMOP" / "added.csv").write_text("person_id\n1\n")
+    proc = paused("run", "--site", str(site), "--db", az.url, "--workers", "2", at=point, env=az.env)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "had been committed before" not in err, err
+    assert "was committed to the local working copy only, and the signal came before it was uploaded: nothing was " \
+           f"committed to {az.url}" in err, err
+    assert len(query(download(az, tmp_path / "check.sqlite"), "SELECT label FROM versions")) == 1
+    again = run(az, site)
+    assert again.returncode == 0, again.stderr
+    assert len(query(download(az, tmp_path / "check2.sqlite"), "SELECT label FROM versions")) == 2

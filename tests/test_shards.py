@@ -222,6 +222,32 @@ def test_a_merge_killed_after_its_commit_is_said_merged_already_when_requeued(sn
     assert cli("files", "--db", str(db)).returncode == 0
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_requeued_merge_finishes_the_check_its_killed_merge_cut_short(snapshots, tmp_path, signum):
+    """A merge killed while it checked the version it had committed (Slurm's time limit, a node lost): the
+    requeued merge job said "merged already ... nothing to do for these shards", exit 2, and left the version
+    unchecked and its Parquet snapshot unwritten, though the killed merge's message said "the next run finishes what
+    the signal cut short after the commit". The requeued merge does it, and says so; still exit 2, nothing committed."""
+    site, db, staging, snap = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging", tmp_path / "snap"
+    run_shards(site, db, staging, shards=range(N))
+    merge = paused("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap),
+                   at="validate")
+    os.kill(merge.pid, signum)
+    merge.communicate(timeout=60)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (label,)) == [(0,)]
+    again = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap))
+    assert again.returncode == 2 and f"were merged already: they are version {label}" in again.stderr, again.stderr
+    assert f"the check of version {label} against the procedures, which the merge that committed it did not " \
+           "finish, was done now" in again.stderr, again.stderr
+    assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (label,)) == [(1,)]
+    assert (snap / f"version={label}" / "manifest.parquet").is_file()
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    # Once checked, a merge run again says no more than "merged already"
+    third = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--parquet", str(snap))
+    assert third.returncode == 2 and "was done now" not in third.stderr and "checking the site" not in third.stderr
+
+
 @pytest.mark.parametrize("on_path", [False, True])
 def test_a_rerun_command_runs_from_a_shell_with_or_without_the_venv_on_path(snapshots, tmp_path, on_path):
     """The merge's "rerun it with: chorus-batch run ..." failed with "command not found" on a login node without the

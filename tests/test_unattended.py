@@ -1088,6 +1088,25 @@ def test_a_full_temporary_folder_is_said_as_that_folder_not_the_manifests_disk(s
     assert run(site, db, "-q", env=env).returncode == 0 and len(current_rows(db)) == 3001
 
 
+def test_validate_site_with_a_full_temporary_folder_names_that_folder_not_a_manifest(site, small_disk, monkeypatch):
+    """`validate --site DIR` (no --db) checks the folder in a temporary manifest in $TMPDIR; that folder full (a
+    small tmpfs /tmp on a compute node, under cron) said "where: <tmp>/chorus-validate-xxxx/manifest.sqlite; fix: free
+    space on the manifest's file system": a manifest the user never gave. It names the temporary folder, TMPDIR and
+    --db; nothing is left in it."""
+    for i in range(200):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i}".encode())
+    filler = fill(small_disk)
+    os.truncate(filler, filler.stat().st_size - 48 * 1024)  # room for Python's check that TMPDIR is writable, no more
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    out = cli("validate", "--site", str(site), env={"TMPDIR": str(small_disk)})
+    assert out.returncode == ExitCode.FAILED, out.stderr
+    assert "the disk is full" in out.stderr and f"where: {small_disk} (the temporary folder, $TMPDIR" in out.stderr, \
+        out.stderr
+    assert "free space on the manifest's file system" not in out.stderr and "point TMPDIR at a folder with room" in \
+        out.stderr and "--db NEW.sqlite" in out.stderr, out.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
 def test_a_first_version_too_big_for_its_disk_says_so_in_sqlites_words(site, small_disk):
     """A first version of 6000 files on a 2 MiB file system failed in the bulk (ADBC) write, and the message was
     'the disk is full: INTERNAL: failed to execute: database or disk is full' with a 'query was: INSERT ...' line:

@@ -367,8 +367,14 @@ class RemoteManifest:
                 raise
             except (ChorusError, KeyboardInterrupt, Stopped) as exc:
                 if isinstance(exc, KeyboardInterrupt | Stopped):
-                    # A version committed to the working copy only is not in the remote manifest.
-                    exc.committed = None  # type: ignore[union-attr]
+                    # A version committed to the working copy only is not in the remote manifest: said so, whatever
+                    # the run said of it (a signal during its check: "had been committed before; it stays", of a
+                    # version the manifest in Azure never got)
+                    label, exc.committed = getattr(exc, "committed", None), None  # type: ignore[union-attr]
+                    if label:
+                        exc.outcome = (f"version {label} was committed to the local working copy only, and the "  # type: ignore[union-attr]
+                                       f"signal came before it was uploaded: nothing was committed to {self.where}; "
+                                       "the next run commits these changes again")
                 if keep_partial:
                     self._upload_partial(exc, lease, renewer, etag)
                 raise

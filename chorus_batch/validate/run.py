@@ -14,14 +14,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from ..config import SITE_ROOT
-from ..errors import ManifestError, UsageError
+from ..errors import ChorusError, ManifestError, UsageError
 from ..frames import FACTS_SCHEMA
-from ..fsutil import scratch_folder
+from ..fsutil import nearly_full, scratch_folder
 from ..progress import Progress, log
 from ..sources import Source, open_source
 from ..store import Manifest
@@ -368,6 +369,7 @@ def validate_folder(settings, *, keep: bool, argv: list[str],
         result = run(checked, argv=argv, progress=progress)
         return result.label, result.findings, not_taken(result)  # type: ignore[return-value]
     made = False
+    scratch: Path | None = None
     try:
         with scratch_folder("chorus-validate-") as scratch:
             temporary = scratch / "manifest.sqlite"
@@ -382,4 +384,11 @@ def validate_folder(settings, *, keep: bool, argv: list[str],
         # said of it too)
         exc.outcome = "nothing was written" + (" (the folder was checked in a temporary manifest, now removed)"  # type: ignore[attr-defined]
                                                if made else "")
+        if isinstance(exc, ChorusError) and scratch is not None and str(exc.where or "").startswith(str(scratch)) \
+                and nearly_full(scratch.parent):
+            # The temporary manifest's disk is the temporary folder's, which the user never named: "free space on the
+            # manifest's file system" sent them looking for a manifest they had not given.
+            exc.where = f"{scratch.parent} (the temporary folder, $TMPDIR, where the folder is checked in a manifest)"
+            exc.fix = (f"free space in {scratch.parent}, or point TMPDIR at a folder with room, or give --db NEW.sqlite "
+                       "(a manifest kept where there is room), and run again")
         raise
