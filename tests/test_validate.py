@@ -1393,6 +1393,35 @@ def test_a_data_folder_at_the_root_is_told_it_belongs_in_a_person_folder(clean, 
     assert "remove" not in message
 
 
+def test_a_dated_release_folder_checked_from_the_folder_above_it_is_told_to_be_the_site_root(clean):
+    """Multimodal-Linkage: the release's root "can either be a dated release directory" (20241101/). Checked from the
+    folder above it, its Metadata/ made it a person folder: "person folder has neither Images/ nor Waveforms/", every
+    person folder in it an "unknown folder in a person folder", the registries files "directly in the person folder":
+    the site was told to move its data into the wrong places, and never that the root was the folder below."""
+    release = clean / "20241101"
+    release.mkdir()
+    for entry in list(clean.iterdir()):
+        if entry != release:
+            entry.rename(release / entry.name)
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {("layout.no_omop", "OMOP/"),
+                                                         ("layout.unexpected_folder", "20241101/")}, out
+    for message in out["message"]:
+        assert "20241101/" in message and "--site ending in /20241101" in message, message
+    told = out.filter(pl.col("rule") == "layout.unexpected_folder")["message"].item()
+    assert "a submission's root, such as a dated release folder, not a person folder" in told, told
+
+
+def test_a_copy_of_a_release_inside_the_site_is_told_as_such(clean):
+    """A dated copy of an earlier release kept inside the site (20240301/ with OMOP/ and Metadata/): 'person folder has
+    neither Images/ nor Waveforms/', 'unknown folder OMOP/ in a person folder' told it to fill the copy in."""
+    for folder in ("OMOP", "Metadata"):
+        shutil.copytree(clean / folder, clean / "20240301" / folder)
+    out = validate(clean)
+    assert out.select("rule", "srcfile").rows() == [("layout.unexpected_folder", "20240301/")], out
+    assert "a copy of a submission" in out["message"].item() and "outside the site's folder" in out["message"].item()
+
+
 def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
     """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
     registry.absent: the site was told to remove the registry it ships, not where it belongs."""

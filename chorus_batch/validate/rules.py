@@ -193,12 +193,14 @@ LINKAGE_CONCEPTS = ("4180938", "4141651")  # Imaging Procedure, Monitoring Proce
 RULES: tuple[Rule, ...] = (
     # -- layout
     Rule("layout.no_omop", "error", "no OMOP folder",
-         "The site root has no OMOP/ folder with the clinical tables."),
+         "The site root has no OMOP/ folder with the clinical tables (where a top-level folder holds one, such as a "
+         "dated release folder, the finding names it as the site's root)."),
     Rule("layout.root_file", "warning", "file in the site root",
          "A file lies directly in the site root and is not one the procedures place there (the linkage registries)."),
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
-         "or Metadata/, or named in person.csv)."),
+         "or Metadata/, or named in person.csv); one holding an OMOP/ folder is told as a submission's root (a dated "
+         "release folder) inside the site."),
     Rule("layout.person_no_data", "warning", "person folder without data",
          "A person folder holds neither Images/ nor Waveforms/."),
     Rule("layout.person_file", "warning", "file directly in a person folder",

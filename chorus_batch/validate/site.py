@@ -258,10 +258,16 @@ class _Site:
         folders = files.lazy().filter(top).group_by("_top").agg(
             _has_data=(pl.col("_second_l").is_in(["images", "waveforms"]) & (pl.col("_n") >= 3)).any(),
             _has_meta=((pl.col("_second_l") == "metadata") & (pl.col("_n") >= 3)).any(),
+            _has_omop=((pl.col("_second_l") == "omop") & (pl.col("_n") >= 3)).any(),
         ).with_columns(_key=_norm_id(pl.col("_top"))).collect()
         in_omop = pl.col("_key").is_in(self.person_ids.implode()) if self.person_ids is not None else pl.lit(False)
         self.folders = folders.with_columns(_in_omop=in_omop).with_columns(
-            _is_person=pl.col("_has_data") | pl.col("_has_meta") | pl.col("_in_omop")
+            # a folder holding an OMOP/ folder and no Images/ or Waveforms/ of its own is a submission's root inside
+            # the site, not a person: a dated release folder (Multimodal-Linkage: the root "can either be a dated
+            # release directory"), the site checked from the folder above it; its Metadata/ makes it no person
+            _release=pl.col("_has_omop") & ~pl.col("_has_data"),
+        ).with_columns(
+            _is_person=(pl.col("_has_data") | pl.col("_has_meta") | pl.col("_in_omop")) & ~pl.col("_release")
         )
         # (is_in, not a join: a join copies every column of every file; 500k files: +150 MB at its peak)
         files = files.with_columns(
