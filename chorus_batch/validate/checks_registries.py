@@ -98,14 +98,14 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                          separator=", ", ignore_nulls=True)
     out.append(_found(
         "registry.values", usable.filter(pl.any_horizontal(pl.col(key).fill_null(0) > 0 for key in faults)), "srcfile",
-        fmt("{} (rows {}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
+        fmt("{} ({}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
             "time (the Imaging SOP's registry has all three NOT NULL); fill in or fix the values", told,
-            pl.col("bad_rows").list.join(", "))))
+            _rows("bad_rows", pl.col("n_bad_rows")))))
     out.append(_found(
         "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",
-        fmt("{} row(s) give a person_id other than the person folder their trg_file lies in (rows {}): the "
+        fmt("{} row(s) give a person_id other than the person folder their trg_file lies in ({}): the "
             "linkage procedure asks person_id to match the file's person folder; fix person_id or trg_file",
-            pl.col("n_other_person"), pl.col("other_person_rows").list.join(", "))))
+            pl.col("n_other_person"), _rows("other_person_rows", pl.col("n_other_person")))))
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
@@ -196,6 +196,14 @@ def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     ]
 
 
+def _rows(listed: str, total: pl.Expr) -> pl.Expr:
+    """The rows a registry fact lists (the first five, by number) and how many more there are of `total`: a list
+    cut at five said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all, and the sixth went unfixed."""
+    more = total - pl.col(listed).list.len()
+    return fmt("rows {}{}", pl.col(listed).list.join(", "),
+               pl.when(more > 0).then(fmt(" and {} more", more.cast(pl.String))).otherwise(pl.lit("")))
+
+
 def _decimals(ids: str) -> pl.Expr:
     """What to add where ids are integers written as decimals (1.0, as pandas writes an integer column that has empty
     cells): the linkage procedure's ids are integers (bigint), and 1.0 matches no id."""
@@ -217,12 +225,13 @@ def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
                          separator=", ", ignore_nulls=True)
     return [
         _found("registry.image_registry_id", has.filter(pl.any_horizontal(pl.col(key) > 0 for key in faults)), "srcfile",
-               fmt("image_registry_id, the Imaging SOP's primary key of the registry, has {} (rows {}): number the rows "
-                   "1, 2, 3, ... (one integer per row, none twice)", told, pl.col("registry_id_rows").list.join(", "))),
+               fmt("image_registry_id, the Imaging SOP's primary key of the registry, has {} ({}): number the rows "
+                   "1, 2, 3, ... (one integer per row, none twice)", told,
+                   _rows("registry_id_rows", pl.col("n_registry_id_rows")))),
         _found("registry.image_registry_order", has.filter(pl.col("unordered_registry_id") > 0), "srcfile",
-               fmt("{} row(s) have an image_registry_id not above those of the rows before them (rows {}): the "
+               fmt("{} row(s) have an image_registry_id not above those of the rows before them ({}): the "
                    "Imaging SOP asks for a sequential integer; number the rows in order (1, 2, 3, ...)",
-                   pl.col("unordered_registry_id"), pl.col("unordered_registry_rows").list.join(", "))),
+                   pl.col("unordered_registry_id"), _rows("unordered_registry_rows", pl.col("unordered_registry_id")))),
     ]
 
 

@@ -591,7 +591,7 @@ def _registry_facts(f) -> dict[str, Any]:
         no_datetime=when == "",
         bad_datetime=(when != "") & stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
     ).filter(pl.any_horizontal(faults))
-    facts.update({key: int(bad[key].sum()) for key in faults},
+    facts.update({key: int(bad[key].sum()) for key in faults}, n_bad_rows=bad.height,
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are
@@ -627,6 +627,7 @@ def _registry_id_facts(frame: pl.DataFrame) -> dict[str, Any]:
     faulty = pl.concat([rows.filter(pl.col("no") | pl.col("bad"))["row"], repeated["row"]]).unique().sort()
     return {"no_registry_id": int(rows["no"].sum()), "bad_registry_id": int(rows["bad"].sum()),
             "dup_registry_id": repeated["_id"].n_unique(), "registry_id_rows": faulty.head(5).cast(pl.String).to_list(),
+            "n_registry_id_rows": faulty.len(),
             "unordered_registry_id": unordered.height,
             "unordered_registry_rows": unordered["row"].head(5).cast(pl.String).to_list()}
 

@@ -178,7 +178,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v8 also keeps each integer proc_id's person(s) (registry.procedure_person)
 # registry_csv.v9 also counts the rows of each person that leave trg_file blank (an image registry: its files are
 # counted, registry.unlisted_file / registry.missing_file)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v9"
+# registry_csv.v10 also counts the rows with faulty values and faulty image_registry_ids (the findings list five rows:
+# v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v10"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
