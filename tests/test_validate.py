@@ -1507,6 +1507,19 @@ def test_a_registry_finding_says_how_many_faulty_rows_it_does_not_list(clean):
     assert "(rows 2, 3, 4)" in message, message
 
 
+def test_a_repeated_file_id_is_named_and_an_empty_one_is_told_as_empty(clean):
+    """A file_id on two rows (the linkage procedure's key of the registry) was told as "0 file(s) have more than one
+    row (e.g. ) and 1 file_id(s) repeat", naming no id; rows with an empty file_id passed (one) or were that same
+    "file_id repeats" (two). The Imaging SOP's registry has file_id NOT NULL: an empty one is a value to fill in."""
+    registry("Waveforms", lambda rows: [[rows[0][0] if i == 1 else r[0], *r[1:]] for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.duplicate")["message"]
+    assert message.startswith("1 file_id(s) are on more than one row (e.g. 1): keep one row per file"), message
+    registry("Waveforms", lambda rows: [["" if i < 2 else r[0], *r[1:]] for i, r in enumerate(rows)])(clean)
+    out = validate(clean)
+    assert out["rule"].to_list() == ["registry.values"], out.to_dicts()
+    assert out["message"][0].startswith("2 row(s) with an empty file_id (rows 2, 3): "), out["message"][0]
+
+
 def test_a_registry_row_without_a_person_id_is_told_as_empty_not_as_an_unknown_person(clean):
     """An empty person_id (Multimodal-Linkage: an integer, the procedure's person; the Imaging SOP: NOT NULL) was told
     as "person_id(s) , ... are not in person.csv", a blank id in a list. It is now a value to fill in."""

@@ -67,11 +67,19 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     if usable.height == 0:
         return out
     out += [
+        # each kind of repeat the registry has, with examples (a file_id alone repeated was "0 file(s) have more
+        # than one row (e.g. ) and 1 file_id(s) repeat")
         _found("registry.duplicate", usable.filter((pl.col("n_duplicate_files") > 0) | (pl.col("n_duplicate_ids") > 0)),
                "srcfile",
-               fmt("{} file(s) have more than one row (e.g. {}) and {} file_id(s) repeat: keep one row per file",
-                         pl.col("n_duplicate_files"), pl.col("duplicate_files").list.head(3).list.join(", "),
-                         pl.col("n_duplicate_ids"))),
+               fmt("{}: keep one row per file, each with a file_id of its own (the linkage procedure's key of the "
+                   "registry)", pl.concat_str([
+                       pl.when(pl.col("n_duplicate_files") > 0).then(fmt(
+                           "{} file(s) have more than one row (e.g. {})", pl.col("n_duplicate_files"),
+                           pl.col("duplicate_files").list.head(3).list.join(", "))),
+                       pl.when(pl.col("n_duplicate_ids") > 0).then(fmt(
+                           "{} file_id(s) are on more than one row (e.g. {})", pl.col("n_duplicate_ids"),
+                           pl.col("duplicate_ids").list.join(", ")))],
+                       separator="; ", ignore_nulls=True))),
         _found("registry.missing_file", usable.filter(pl.col("no_src") > 0), "srcfile",
                fmt("{} row(s) lack src_file: give the path of each file in the site's own storage", pl.col("no_src"))),
         # The Imaging SOP: the image registry's trg_file "will be populated centrally, leave blank or null"
@@ -91,7 +99,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             in_order.str.replace_all(",", ", "), pl.lit(", ".join(order)))))
     out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
-    faults = {"no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
+    faults = {"no_file": "{} row(s) with an empty file_id", "no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
               "no_person": "{} row(s) with an empty person_id", "no_datetime": "{} row(s) with an empty datetime",
               "bad_datetime": "{} row(s) with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
@@ -99,7 +107,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "registry.values", usable.filter(pl.any_horizontal(pl.col(key).fill_null(0) > 0 for key in faults)), "srcfile",
         fmt("{} ({}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
-            "time (the Imaging SOP's registry has all three NOT NULL); fill in or fix the values", told,
+            "time, file_id is the registry's key (the Imaging SOP's registry has all four NOT NULL); fill in or fix "
+            "the values", told,
             _rows("bad_rows", pl.col("n_bad_rows")))))
     out.append(_found(
         "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",

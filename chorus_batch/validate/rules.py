@@ -179,7 +179,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v9 also counts the rows of each person that leave trg_file blank (an image registry: its files are
 # counted, registry.unlisted_file / registry.missing_file)
 # registry_csv.v10 also counts the rows with faulty values and faulty image_registry_ids (the findings list five rows:
-# v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all)
+# v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all), keeps a few file_ids that repeat, and counts
+# rows with an empty file_id (no_file; v9 passed one over, and counted two as one file_id repeated)
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v10"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
@@ -380,8 +381,8 @@ RULES: tuple[Rule, ...] = (
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
          "row is split by tabs, semicolons or pipes instead of commas."),
     Rule("registry.values", "warning", "registry values of the wrong type",
-         "A registry row's proc_id is empty or not an integer, its person_id is empty, or its datetime is empty or not "
-         "a date and time (yyyy-MM-dd HH:mm:ss)."),
+         "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty, or its "
+         "datetime is empty or not a date and time (yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),
