@@ -1422,6 +1422,23 @@ def test_a_copy_of_a_release_inside_the_site_is_told_as_such(clean):
     assert "a copy of a submission" in out["message"].item() and "outside the site's folder" in out["message"].item()
 
 
+def test_a_metadata_file_out_of_its_place_is_told_where_it_is_not_to_be_added(clean):
+    """Waveform File Format v2.1: READINESS.md and the mapping files lie "directly under the Metadata folder". One in
+    Metadata/docs/ (or a mapping at the root) was "no Metadata/READINESS.md: add it": the site was told to write
+    again a file it had, and not that the one it had lies where no rule reads it."""
+    (clean / "Metadata/docs").mkdir()
+    (clean / "Metadata/READINESS.md").rename(clean / "Metadata/docs/READINESS.md")
+    (clean / "Metadata/Telemetry_mapping.csv").rename(clean / "Telemetry_mapping.csv")
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {
+        ("metadata.missing", "Metadata/READINESS.md"), ("metadata.mapping_missing", "Metadata/Telemetry_mapping.csv"),
+        ("layout.root_file", "Telemetry_mapping.csv")}, out
+    told = dict(out.select("srcfile", "message").rows())
+    assert "(Metadata/docs/READINESS.md is one, where it is not read: move it directly under Metadata/" in \
+        told["Metadata/READINESS.md"] and "add it" not in told["Metadata/READINESS.md"], told
+    assert "(Telemetry_mapping.csv is one, where it is not read" in told["Metadata/Telemetry_mapping.csv"], told
+
+
 def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
     """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
     registry.absent: the site was told to remove the registry it ships, not where it belongs."""
