@@ -1439,6 +1439,16 @@ def test_a_metadata_file_out_of_its_place_is_told_where_it_is_not_to_be_added(cl
     assert "(Telemetry_mapping.csv is one, where it is not read" in told["Metadata/Telemetry_mapping.csv"], told
 
 
+def test_an_omop_folder_in_a_person_folder_is_told_to_be_merged_into_the_root_tables(clean):
+    """Multimodal-Linkage: OMOP data "are no longer included in the per-person file structure, as was recommended
+    previously". A person's OMOP/ of that edition was "unknown folder OMOP/ in a person folder: ... move its files or
+    remove it": removed, the person's rows were lost unless the root tables held them."""
+    write(clean, f"{P0}/OMOP/person.csv", (clean / "OMOP/person.csv").read_bytes())
+    out = validate(clean)
+    assert out.select("rule", "srcfile").rows() == [("layout.person_subfolder", f"{P0}/OMOP/")], out
+    assert "merge its rows into the root OMOP/ tables" in out["message"].item(), out["message"].item()
+
+
 def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
     """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
     registry.absent: the site was told to remove the registry it ships, not where it belongs."""

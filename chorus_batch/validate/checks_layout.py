@@ -54,6 +54,12 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                    "{}/ in a person folder: Metadata/ (READINESS.md, SUBMISSION.md, the mapping files) belongs at the "
                    "site root, once for the site; move its files into the root Metadata/ or remove them",
                    pl.col("_second")))
+               # the per-person OMOP/ of earlier editions (Multimodal-Linkage: OMOP data "are no longer included in
+               # the per-person file structure, as was recommended previously"): "remove it" lost the person's rows
+               .when(pl.col("_second_l") == "omop").then(fmt(
+                   "{}/ in a person folder: earlier editions kept each person's OMOP rows there; today the OMOP tables "
+                   "are one snapshot of all persons in the root OMOP/, which no table here is read into: merge its "
+                   "rows into the root OMOP/ tables, then remove it", pl.col("_second")))
                .otherwise(fmt("unknown folder {}/ in a person folder: only Images/ and Waveforms/ belong there; "
                               "move its files or remove it", pl.col("_second")))),
     ]
