@@ -1447,6 +1447,13 @@ def test_an_omop_folder_in_a_person_folder_is_told_to_be_merged_into_the_root_ta
     out = validate(clean)
     assert out.select("rule", "srcfile").rows() == [("layout.person_subfolder", f"{P0}/OMOP/")], out
     assert "merge its rows into the root OMOP/ tables" in out["message"].item(), out["message"].item()
+    # a person of person.csv whose folder holds only its OMOP/ is a person folder, not a release inside the site
+    write(clean, "000104/OMOP/person.csv", "person_id\n000104\n")
+    persons_csv([P0, P1, P2, "000104"])(clean)
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {
+        ("layout.person_subfolder", f"{P0}/OMOP/"), ("layout.person_subfolder", "000104/OMOP/"),
+        ("layout.person_no_data", "000104/")}, out
 
 
 def test_a_registry_in_omop_is_told_where_registries_are_read(clean):

@@ -266,8 +266,9 @@ class _Site:
         self.folders = folders.with_columns(_in_omop=in_omop).with_columns(
             # a folder holding an OMOP/ folder and no Images/ or Waveforms/ of its own is a submission's root inside
             # the site, not a person: a dated release folder (Multimodal-Linkage: the root "can either be a dated
-            # release directory"), the site checked from the folder above it; its Metadata/ makes it no person
-            _release=pl.col("_has_omop") & ~pl.col("_has_data"),
+            # release directory"), the site checked from the folder above it; its Metadata/ makes it no person. A
+            # person_id of person.csv is a person's folder all the same (earlier editions' per-person OMOP/)
+            _release=pl.col("_has_omop") & ~pl.col("_has_data") & ~pl.col("_in_omop"),
         ).with_columns(
             _is_person=(pl.col("_has_data") | pl.col("_has_meta") | pl.col("_in_omop")) & ~pl.col("_release")
         )
