@@ -904,7 +904,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v5", "omop_csv", "omop_person.v2", "omop_visits.v3", "metadata_md",
-                                 "mapping_csv.v4", "registry_csv.v9", "omop_procedures.v4"}
+                                 "mapping_csv.v4", "registry_csv.v10", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1017,7 +1017,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v9", "image_registry.csv",
+    ("registry_csv.v10", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1092,7 +1092,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v9", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v10", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1108,7 +1108,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v9", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v10", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1123,7 +1123,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v9", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v10", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1132,7 +1132,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v9": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v10": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1147,7 +1147,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v3", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v9", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v10", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1393,6 +1393,69 @@ def test_a_data_folder_at_the_root_is_told_it_belongs_in_a_person_folder(clean, 
     assert "remove" not in message
 
 
+def test_a_dated_release_folder_checked_from_the_folder_above_it_is_told_to_be_the_site_root(clean):
+    """Multimodal-Linkage: the release's root "can either be a dated release directory" (20241101/). Checked from the
+    folder above it, its Metadata/ made it a person folder: "person folder has neither Images/ nor Waveforms/", every
+    person folder in it an "unknown folder in a person folder", the registries files "directly in the person folder":
+    the site was told to move its data into the wrong places, and never that the root was the folder below."""
+    release = clean / "20241101"
+    release.mkdir()
+    for entry in list(clean.iterdir()):
+        if entry != release:
+            entry.rename(release / entry.name)
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {("layout.no_omop", "OMOP/"),
+                                                         ("layout.unexpected_folder", "20241101/")}, out
+    for message in out["message"]:
+        assert "20241101/" in message and "--site ending in /20241101" in message, message
+    told = out.filter(pl.col("rule") == "layout.unexpected_folder")["message"].item()
+    assert "a submission's root, such as a dated release folder, not a person folder" in told, told
+
+
+def test_a_copy_of_a_release_inside_the_site_is_told_as_such(clean):
+    """A dated copy of an earlier release kept inside the site (20240301/ with OMOP/ and Metadata/): 'person folder has
+    neither Images/ nor Waveforms/', 'unknown folder OMOP/ in a person folder' told it to fill the copy in."""
+    for folder in ("OMOP", "Metadata"):
+        shutil.copytree(clean / folder, clean / "20240301" / folder)
+    out = validate(clean)
+    assert out.select("rule", "srcfile").rows() == [("layout.unexpected_folder", "20240301/")], out
+    assert "a copy of a submission" in out["message"].item() and "outside the site's folder" in out["message"].item()
+
+
+def test_a_metadata_file_out_of_its_place_is_told_where_it_is_not_to_be_added(clean):
+    """Waveform File Format v2.1: READINESS.md and the mapping files lie "directly under the Metadata folder". One in
+    Metadata/docs/ (or a mapping at the root) was "no Metadata/READINESS.md: add it": the site was told to write
+    again a file it had, and not that the one it had lies where no rule reads it."""
+    (clean / "Metadata/docs").mkdir()
+    (clean / "Metadata/READINESS.md").rename(clean / "Metadata/docs/READINESS.md")
+    (clean / "Metadata/Telemetry_mapping.csv").rename(clean / "Telemetry_mapping.csv")
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {
+        ("metadata.missing", "Metadata/READINESS.md"), ("metadata.mapping_missing", "Metadata/Telemetry_mapping.csv"),
+        ("layout.root_file", "Telemetry_mapping.csv")}, out
+    told = dict(out.select("srcfile", "message").rows())
+    assert "(Metadata/docs/READINESS.md is one, where it is not read: move it directly under Metadata/" in \
+        told["Metadata/READINESS.md"] and "add it" not in told["Metadata/READINESS.md"], told
+    assert "(Telemetry_mapping.csv is one, where it is not read" in told["Metadata/Telemetry_mapping.csv"], told
+
+
+def test_an_omop_folder_in_a_person_folder_is_told_to_be_merged_into_the_root_tables(clean):
+    """Multimodal-Linkage: OMOP data "are no longer included in the per-person file structure, as was recommended
+    previously". A person's OMOP/ of that edition was "unknown folder OMOP/ in a person folder: ... move its files or
+    remove it": removed, the person's rows were lost unless the root tables held them."""
+    write(clean, f"{P0}/OMOP/person.csv", (clean / "OMOP/person.csv").read_bytes())
+    out = validate(clean)
+    assert out.select("rule", "srcfile").rows() == [("layout.person_subfolder", f"{P0}/OMOP/")], out
+    assert "merge its rows into the root OMOP/ tables" in out["message"].item(), out["message"].item()
+    # a person of person.csv whose folder holds only its OMOP/ is a person folder, not a release inside the site
+    write(clean, "000104/OMOP/person.csv", "person_id\n000104\n")
+    persons_csv([P0, P1, P2, "000104"])(clean)
+    out = validate(clean)
+    assert set(out.select("rule", "srcfile").rows()) == {
+        ("layout.person_subfolder", f"{P0}/OMOP/"), ("layout.person_subfolder", "000104/OMOP/"),
+        ("layout.person_no_data", "000104/")}, out
+
+
 def test_a_registry_in_omop_is_told_where_registries_are_read(clean):
     """OMOP/waveform_registry.csv was "not an OMOP table CHoRUS collects ... rename or remove it", beside
     registry.absent: the site was told to remove the registry it ships, not where it belongs."""
@@ -1460,6 +1523,37 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
     assert message.startswith("1 row(s) with an empty datetime (rows 2)") and "yyyy" not in message, message
 
 
+def test_a_registry_finding_says_how_many_faulty_rows_it_does_not_list(clean):
+    """The registry findings list five rows: three rows with an empty proc_id and three with a date alone were
+    "3 row(s) with an empty proc_id, 3 row(s) with a datetime that is not ... (rows 2, 3, 4, 5, 6)", as if those
+    were all, and the seventh row was left as it was. Out-of-sequence image_registry_ids the same."""
+    registry("Waveforms", lambda rows: [[r[0], "" if i < 3 else r[1], *r[2:5], "2024-01-01" if 3 <= i < 6 else r[5],
+                                         *r[6:]] for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
+    assert "(rows 2, 3, 4, 5, 6 and 1 more)" in message, message
+    registry("Images", lambda rows: [[8 - k, *r] for k, r in enumerate(rows)], columns=REGISTRY_ID_COLUMNS)(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.image_registry_order")["message"]
+    assert message.startswith("8 row(s) have an image_registry_id not above those of the rows before them (rows 3, 4, 5, "
+                              "6, 7 and 3 more): "), message
+    registry("Images", lambda rows: [[1, *r] for r in rows[:3]] + [[8 - k, *r] for k, r in enumerate(rows[3:])],
+             columns=REGISTRY_ID_COLUMNS)(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.image_registry_id")["message"]
+    assert "(rows 2, 3, 4)" in message, message
+
+
+def test_a_repeated_file_id_is_named_and_an_empty_one_is_told_as_empty(clean):
+    """A file_id on two rows (the linkage procedure's key of the registry) was told as "0 file(s) have more than one
+    row (e.g. ) and 1 file_id(s) repeat", naming no id; rows with an empty file_id passed (one) or were that same
+    "file_id repeats" (two). The Imaging SOP's registry has file_id NOT NULL: an empty one is a value to fill in."""
+    registry("Waveforms", lambda rows: [[rows[0][0] if i == 1 else r[0], *r[1:]] for i, r in enumerate(rows)])(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "registry.duplicate")["message"]
+    assert message.startswith("1 file_id(s) are on more than one row (e.g. 1): keep one row per file"), message
+    registry("Waveforms", lambda rows: [["" if i < 2 else r[0], *r[1:]] for i, r in enumerate(rows)])(clean)
+    out = validate(clean)
+    assert out["rule"].to_list() == ["registry.values"], out.to_dicts()
+    assert out["message"][0].startswith("2 row(s) with an empty file_id (rows 2, 3): "), out["message"][0]
+
+
 def test_a_registry_row_without_a_person_id_is_told_as_empty_not_as_an_unknown_person(clean):
     """An empty person_id (Multimodal-Linkage: an integer, the procedure's person; the Imaging SOP: NOT NULL) was told
     as "person_id(s) , ... are not in person.csv", a blank id in a list. It is now a value to fill in."""
@@ -1496,7 +1590,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v9", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v10", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):

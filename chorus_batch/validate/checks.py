@@ -21,8 +21,8 @@ import polars as pl
 
 from ..frames import FINDINGS_SCHEMA
 from .checks_images import _accessions, _dicom
-from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_folder, _persons, _split_persons,
-                            _superseded, _unportable_names)
+from .checks_layout import (_duplicates, _files, _layout, _name_clashes, _no_folder, _no_omop, _persons,
+                            _split_persons, _superseded, _unportable_names)
 from .checks_metadata import _metadata
 from .checks_omop import _links, _omop, _unknown_sessions
 from .checks_registries import _counted, _not_on_site, _registries
@@ -101,6 +101,7 @@ def _across(site: _Site, current: pl.DataFrame, across: _Across) -> pl.DataFrame
     few columns."""
     found = [
         *_superseded(current),
+        *_no_omop(site, across),
         *_no_folder(site, across),
         *_split_persons(across),
         *_duplicates(current, across),

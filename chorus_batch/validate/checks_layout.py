@@ -31,6 +31,15 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                    "{}/ lies at the site root: the procedures keep each person's {} in that person's folder "
                    "(<person_id>/{}/...); move its files into the person folders", pl.col("_top"),
                    pl.col("_top").str.to_lowercase(), pl.col("_top")))
+               # a submission's root inside the site (a dated release folder): where the site's root is, or a copy
+               .when(pl.col("_release") & pl.lit(site.omop_dir is None)).then(fmt(
+                   "{}/ is a submission's root, such as a dated release folder, not a person folder: it holds an "
+                   "OMOP/ folder and the site root none; check and run on {}/ itself (--site ending in /{}, or [site] "
+                   "root in chorus.toml)", pl.col("_top"), pl.col("_top"), pl.col("_top")))
+               .when(pl.col("_release")).then(fmt(
+                   "{}/ holds an OMOP/ folder of its own: a copy of a submission (such as an earlier dated release) "
+                   "inside the site, tracked and uploaded again under {}/; keep copies of releases outside the site's "
+                   "folder", pl.col("_top"), pl.col("_top")))
                .otherwise(pl.lit("top-level folder is not OMOP/, Metadata/ or a person folder (no Images/, "
                                  "Waveforms/ or Metadata/ inside, and not a person_id in person.csv): move or remove it"))),
         _found("layout.person_no_data", folders.filter(pl.col("_is_person") & ~pl.col("_has_data")),
@@ -45,14 +54,35 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
                    "{}/ in a person folder: Metadata/ (READINESS.md, SUBMISSION.md, the mapping files) belongs at the "
                    "site root, once for the site; move its files into the root Metadata/ or remove them",
                    pl.col("_second")))
+               # the per-person OMOP/ of earlier editions (Multimodal-Linkage: OMOP data "are no longer included in
+               # the per-person file structure, as was recommended previously"): "remove it" lost the person's rows
+               .when(pl.col("_second_l") == "omop").then(fmt(
+                   "{}/ in a person folder: earlier editions kept each person's OMOP rows there; today the OMOP tables "
+                   "are one snapshot of all persons in the root OMOP/, which no table here is read into: merge its "
+                   "rows into the root OMOP/ tables, then remove it", pl.col("_second")))
                .otherwise(fmt("unknown folder {}/ in a person folder: only Images/ and Waveforms/ belong there; "
                               "move its files or remove it", pl.col("_second")))),
     ]
-    if site.omop_dir is None:
-        # (a version records files, not folders: an OMOP/ folder left empty is no different here from none)
-        out.append(_one("layout.no_omop", "OMOP/", "the site has no file in an OMOP/ folder (none, or an empty one): "
-                                                     "add OMOP/ with the CDM 5.4 tables as comma-delimited CSV files"))
     return out
+
+
+def _no_omop(site: _Site, across: _Across) -> list[pl.LazyFrame]:
+    """layout.no_omop, once all parts are checked (every part holds the root's OMOP/; a folder holding one of its
+    own, _release, lies in one part): where the site's root has no OMOP/ but a top-level folder does, that folder is
+    the submission's root, and the site was checked from the folder above it."""
+    if site.omop_dir is not None:
+        return []
+    # (a version records files, not folders: an OMOP/ folder left empty is no different here from none)
+    releases = sorted(pl.concat([f.filter(pl.col("_release")).select("_top") for f in across.folders])["_top"])
+    if not releases:
+        return [_one("layout.no_omop", "OMOP/", "the site has no file in an OMOP/ folder (none, or an empty one): "
+                                                "add OMOP/ with the CDM 5.4 tables as comma-delimited CSV files")]
+    named = ", ".join(f"{top}/" for top in releases[:3]) + (f" and {len(releases) - 3} more" if len(releases) > 3
+                                                             else "")
+    return [_one("layout.no_omop", "OMOP/",
+                 f"the site root has no OMOP/ folder, but {named} {'holds' if len(releases) == 1 else 'hold'} one: the "
+                 f"site was checked from the folder above its root (a dated release folder is the root itself); "
+                 f"check and run on {releases[-1]}/ (--site ending in /{releases[-1]}, or [site] root in chorus.toml)")]
 
 
 def _superseded(current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -14,7 +14,18 @@ from .rules import (
     MAPPING_TIME_COLUMNS,
     SUBMISSION_SECTIONS,
 )
-from .site import _found, _one, _Site, _unreadable
+from .site import _found, _one, _Site, _unreadable, shared_files
+
+
+def _elsewhere(site: _Site, name: str) -> str:
+    """Where a Metadata file the rules did not find lies all the same, as the clause that says so: a file of that
+    name (any case) that no rule reads, among the files every part of a check holds (the root, a subfolder of
+    Metadata/, OMOP/). "no Metadata/READINESS.md: add it" was said of a site whose READINESS.md lay in Metadata/docs/."""
+    there = (site.files.lazy().filter(shared_files(pl.col("srcfile")) & pl.col("kind").is_null()
+                                      & (pl.col("_name").str.to_lowercase() == name.lower()))
+             .select(pl.col("srcfile").min()).collect().item())
+    return "" if there is None else (f" ({there} is one, where it is not read: move it directly under Metadata/, "
+                                     f"where the Waveform File Format procedure puts it)")
 
 
 def _metadata(site: _Site) -> list[pl.LazyFrame]:
@@ -34,8 +45,8 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     for name in ("READINESS.md", "SUBMISSION.md"):
         if md.filter(pl.col("_doc") == name.lower()).height == 0:
             out.append(_one("metadata.missing", f"Metadata/{name}",
-                            f"the site has waveforms but no Metadata/{name}: add it (see the Waveform File Format "
-                            f"procedure for what it holds)"))
+                            f"the site has waveforms but no Metadata/{name}" + (_elsewhere(site, name) or
+                            ": add it (see the Waveform File Format procedure for what it holds)")))
     categories = set(waveforms["category"].drop_nulls().unique().to_list())
     for category, name in MAPPING_FILES.items():
         if category not in categories:
@@ -43,8 +54,9 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
         mapping = mappings.filter(pl.col("_doc") == name.lower())
         if mapping.height == 0:
             out.append(_one("metadata.mapping_missing", f"Metadata/{name}",
-                            f"the site has {category} waveforms but no Metadata/{name}: add one row per signal with "
-                            f"{', '.join(MAPPING_COLUMNS)} and timestamp_id (or start_time and end_time)"))
+                            f"the site has {category} waveforms but no Metadata/{name}" + (_elsewhere(site, name) or
+                            f": add one row per signal with {', '.join(MAPPING_COLUMNS)} and timestamp_id (or "
+                            f"start_time and end_time)")))
         # only a header row maps no signal: the procedure asks for a row for each signal in the data
         out.append(_found("metadata.mapping_missing", mapping.filter(pl.col("_ok") & (pl.col("rows") == 0)), "srcfile",
                           pl.lit(f"the site has {category} waveforms but {name} has only its header row, no signal "

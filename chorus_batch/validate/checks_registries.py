@@ -67,11 +67,19 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     if usable.height == 0:
         return out
     out += [
+        # each kind of repeat the registry has, with examples (a file_id alone repeated was "0 file(s) have more
+        # than one row (e.g. ) and 1 file_id(s) repeat")
         _found("registry.duplicate", usable.filter((pl.col("n_duplicate_files") > 0) | (pl.col("n_duplicate_ids") > 0)),
                "srcfile",
-               fmt("{} file(s) have more than one row (e.g. {}) and {} file_id(s) repeat: keep one row per file",
-                         pl.col("n_duplicate_files"), pl.col("duplicate_files").list.head(3).list.join(", "),
-                         pl.col("n_duplicate_ids"))),
+               fmt("{}: keep one row per file, each with a file_id of its own (the linkage procedure's key of the "
+                   "registry)", pl.concat_str([
+                       pl.when(pl.col("n_duplicate_files") > 0).then(fmt(
+                           "{} file(s) have more than one row (e.g. {})", pl.col("n_duplicate_files"),
+                           pl.col("duplicate_files").list.head(3).list.join(", "))),
+                       pl.when(pl.col("n_duplicate_ids") > 0).then(fmt(
+                           "{} file_id(s) are on more than one row (e.g. {})", pl.col("n_duplicate_ids"),
+                           pl.col("duplicate_ids").list.join(", ")))],
+                       separator="; ", ignore_nulls=True))),
         _found("registry.missing_file", usable.filter(pl.col("no_src") > 0), "srcfile",
                fmt("{} row(s) lack src_file: give the path of each file in the site's own storage", pl.col("no_src"))),
         # The Imaging SOP: the image registry's trg_file "will be populated centrally, leave blank or null"
@@ -91,21 +99,22 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             in_order.str.replace_all(",", ", "), pl.lit(", ".join(order)))))
     out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
-    faults = {"no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
+    faults = {"no_file": "{} row(s) with an empty file_id", "no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
               "no_person": "{} row(s) with an empty person_id", "no_datetime": "{} row(s) with an empty datetime",
               "bad_datetime": "{} row(s) with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
     out.append(_found(
         "registry.values", usable.filter(pl.any_horizontal(pl.col(key).fill_null(0) > 0 for key in faults)), "srcfile",
-        fmt("{} (rows {}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
-            "time (the Imaging SOP's registry has all three NOT NULL); fill in or fix the values", told,
-            pl.col("bad_rows").list.join(", "))))
+        fmt("{} ({}): proc_id becomes procedure_occurrence_id, person_id and datetime the procedure's person and "
+            "time, file_id is the registry's key (the Imaging SOP's registry has all four NOT NULL); fill in or fix "
+            "the values", told,
+            _rows("bad_rows", pl.col("n_bad_rows")))))
     out.append(_found(
         "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",
-        fmt("{} row(s) give a person_id other than the person folder their trg_file lies in (rows {}): the "
+        fmt("{} row(s) give a person_id other than the person folder their trg_file lies in ({}): the "
             "linkage procedure asks person_id to match the file's person folder; fix person_id or trg_file",
-            pl.col("n_other_person"), pl.col("other_person_rows").list.join(", "))))
+            pl.col("n_other_person"), _rows("other_person_rows", pl.col("n_other_person")))))
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
@@ -196,6 +205,14 @@ def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     ]
 
 
+def _rows(listed: str, total: pl.Expr) -> pl.Expr:
+    """The rows a registry fact lists (the first five, by number) and how many more there are of `total`: a list
+    cut at five said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all, and the sixth went unfixed."""
+    more = total - pl.col(listed).list.len()
+    return fmt("rows {}{}", pl.col(listed).list.join(", "),
+               pl.when(more > 0).then(fmt(" and {} more", more.cast(pl.String))).otherwise(pl.lit("")))
+
+
 def _decimals(ids: str) -> pl.Expr:
     """What to add where ids are integers written as decimals (1.0, as pandas writes an integer column that has empty
     cells): the linkage procedure's ids are integers (bigint), and 1.0 matches no id."""
@@ -217,12 +234,13 @@ def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
                          separator=", ", ignore_nulls=True)
     return [
         _found("registry.image_registry_id", has.filter(pl.any_horizontal(pl.col(key) > 0 for key in faults)), "srcfile",
-               fmt("image_registry_id, the Imaging SOP's primary key of the registry, has {} (rows {}): number the rows "
-                   "1, 2, 3, ... (one integer per row, none twice)", told, pl.col("registry_id_rows").list.join(", "))),
+               fmt("image_registry_id, the Imaging SOP's primary key of the registry, has {} ({}): number the rows "
+                   "1, 2, 3, ... (one integer per row, none twice)", told,
+                   _rows("registry_id_rows", pl.col("n_registry_id_rows")))),
         _found("registry.image_registry_order", has.filter(pl.col("unordered_registry_id") > 0), "srcfile",
-               fmt("{} row(s) have an image_registry_id not above those of the rows before them (rows {}): the "
+               fmt("{} row(s) have an image_registry_id not above those of the rows before them ({}): the "
                    "Imaging SOP asks for a sequential integer; number the rows in order (1, 2, 3, ...)",
-                   pl.col("unordered_registry_id"), pl.col("unordered_registry_rows").list.join(", "))),
+                   pl.col("unordered_registry_id"), _rows("unordered_registry_rows", pl.col("unordered_registry_id")))),
     ]
 
 

@@ -551,10 +551,14 @@ def _registry_facts(f) -> dict[str, Any]:
     trg = trg.str.replace(r"^(?:[^/]*/)*([^/]+/(?i:waveforms|images)/)", "${1}")
     frame = frame.with_columns(trg_file=trg)
     duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
+    given_id = pl.col("file_id").fill_null("").str.strip_chars() != ""
     facts.update(
         rows=frame.height,
         duplicate_files=duplicated.head(20).to_list(), n_duplicate_files=duplicated.len(),
-        n_duplicate_ids=int(frame.filter(pl.col("file_id").is_duplicated())["file_id"].n_unique()),
+        # (an empty file_id is told as empty, registry.values: not as one file_id on many rows)
+        n_duplicate_ids=int(frame.filter(given_id & pl.col("file_id").is_duplicated())["file_id"].n_unique()),
+        duplicate_ids=frame.filter(given_id & pl.col("file_id").is_duplicated())["file_id"].unique().sort().head(3)
+        .to_list(),
         no_src=frame.select((pl.col("src_file").fill_null("") == "").sum()).item(),
         no_trg=frame.select((pl.col("trg_file") == "").sum()).item(),
         person_id=frame.filter(pl.col("person_id").fill_null("") != "")["person_id"].unique().sort().to_list(),
@@ -585,13 +589,13 @@ def _registry_facts(f) -> dict[str, Any]:
     proc, when = pl.col("proc_id").fill_null(""), pl.col("datetime").fill_null("")
     person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
     stamp = when.str.replace("T", " ").str.replace(r"\.\d+$", "")
-    faults = ("no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
+    faults = ("no_file", "no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
-        "row", no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
+        "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
         no_datetime=when == "",
         bad_datetime=(when != "") & stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
     ).filter(pl.any_horizontal(faults))
-    facts.update({key: int(bad[key].sum()) for key in faults},
+    facts.update({key: int(bad[key].sum()) for key in faults}, n_bad_rows=bad.height,
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are
@@ -627,6 +631,7 @@ def _registry_id_facts(frame: pl.DataFrame) -> dict[str, Any]:
     faulty = pl.concat([rows.filter(pl.col("no") | pl.col("bad"))["row"], repeated["row"]]).unique().sort()
     return {"no_registry_id": int(rows["no"].sum()), "bad_registry_id": int(rows["bad"].sum()),
             "dup_registry_id": repeated["_id"].n_unique(), "registry_id_rows": faulty.head(5).cast(pl.String).to_list(),
+            "n_registry_id_rows": faulty.len(),
             "unordered_registry_id": unordered.height,
             "unordered_registry_rows": unordered["row"].head(5).cast(pl.String).to_list()}
 

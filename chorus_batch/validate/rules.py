@@ -178,7 +178,10 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v8 also keeps each integer proc_id's person(s) (registry.procedure_person)
 # registry_csv.v9 also counts the rows of each person that leave trg_file blank (an image registry: its files are
 # counted, registry.unlisted_file / registry.missing_file)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v9"
+# registry_csv.v10 also counts the rows with faulty values and faulty image_registry_ids (the findings list five rows:
+# v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all), keeps a few file_ids that repeat, and counts
+# rows with an empty file_id (no_file; v9 passed one over, and counted two as one file_id repeated)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v10"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -193,12 +196,14 @@ LINKAGE_CONCEPTS = ("4180938", "4141651")  # Imaging Procedure, Monitoring Proce
 RULES: tuple[Rule, ...] = (
     # -- layout
     Rule("layout.no_omop", "error", "no OMOP folder",
-         "The site root has no OMOP/ folder with the clinical tables."),
+         "The site root has no OMOP/ folder with the clinical tables (where a top-level folder holds one, such as a "
+         "dated release folder, the finding names it as the site's root)."),
     Rule("layout.root_file", "warning", "file in the site root",
          "A file lies directly in the site root and is not one the procedures place there (the linkage registries)."),
     Rule("layout.unexpected_folder", "warning", "unknown top-level folder",
          "A top-level folder is neither OMOP/, Metadata/ nor a person folder (one holding Images/, Waveforms/ "
-         "or Metadata/, or named in person.csv)."),
+         "or Metadata/, or named in person.csv); one holding an OMOP/ folder is told as a submission's root (a dated "
+         "release folder) inside the site."),
     Rule("layout.person_no_data", "warning", "person folder without data",
          "A person folder holds neither Images/ nor Waveforms/."),
     Rule("layout.person_file", "warning", "file directly in a person folder",
@@ -376,8 +381,8 @@ RULES: tuple[Rule, ...] = (
          f"A waveform or image registry CSV lacks one of the columns {', '.join(REGISTRY_COLUMNS)}, or its header "
          "row is split by tabs, semicolons or pipes instead of commas."),
     Rule("registry.values", "warning", "registry values of the wrong type",
-         "A registry row's proc_id is empty or not an integer, its person_id is empty, or its datetime is empty or not "
-         "a date and time (yyyy-MM-dd HH:mm:ss)."),
+         "A registry row's file_id is empty, its proc_id is empty or not an integer, its person_id is empty, or its "
+         "datetime is empty or not a date and time (yyyy-MM-dd HH:mm:ss)."),
     Rule("registry.proc_overlap", "error", "registry proc_id is an EHR procedure's id",
          "A registry's proc_id is the procedure_occurrence_id of one of the site's EHR procedures (a row of "
          "procedure_occurrence.csv whose procedure_concept_id is neither 4180938 nor 4141651)."),

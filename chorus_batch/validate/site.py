@@ -63,11 +63,12 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                              "signals": pl.List(pl.Struct({"signal_id": pl.String, "sampling_rate": pl.Float64,
                                                            "units": pl.String}))}),
     KIND_REGISTRY: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "duplicate_files": pl.List(pl.String),
-                              "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64, "no_src": pl.Int64,
-                              "no_trg": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
+                              "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64,
+                              "duplicate_ids": pl.List(pl.String), "no_src": pl.Int64,
+                              "no_trg": pl.Int64, "no_file": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
                               "visit_persons": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
-                              "bad_rows": pl.List(pl.String), "n_other_person": pl.Int64,
+                              "bad_rows": pl.List(pl.String), "n_bad_rows": pl.Int64, "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
                               "person_id": pl.List(pl.String), "visit_id": pl.List(pl.String),
                               "trg_file": pl.List(pl.String), "proc_ids": pl.List(pl.Int64),
@@ -75,7 +76,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "proc_person_pairs": pl.List(pl.List(pl.String)),
                               "blank_trg_persons": pl.List(pl.List(pl.String)),
                               "no_registry_id": pl.Int64, "bad_registry_id": pl.Int64, "dup_registry_id": pl.Int64,
-                              "registry_id_rows": pl.List(pl.String), "unordered_registry_id": pl.Int64,
+                              "registry_id_rows": pl.List(pl.String), "n_registry_id_rows": pl.Int64,
+                              "unordered_registry_id": pl.Int64,
                               "unordered_registry_rows": pl.List(pl.String)}),
     KIND_PROCEDURES: pl.Struct({**_CSV_DTYPE, "ehr_runs": pl.List(pl.List(pl.Int64)), "runs": pl.List(pl.List(pl.Int64)),
                                 "image_runs": pl.List(pl.List(pl.Int64)),
@@ -258,10 +260,17 @@ class _Site:
         folders = files.lazy().filter(top).group_by("_top").agg(
             _has_data=(pl.col("_second_l").is_in(["images", "waveforms"]) & (pl.col("_n") >= 3)).any(),
             _has_meta=((pl.col("_second_l") == "metadata") & (pl.col("_n") >= 3)).any(),
+            _has_omop=((pl.col("_second_l") == "omop") & (pl.col("_n") >= 3)).any(),
         ).with_columns(_key=_norm_id(pl.col("_top"))).collect()
         in_omop = pl.col("_key").is_in(self.person_ids.implode()) if self.person_ids is not None else pl.lit(False)
         self.folders = folders.with_columns(_in_omop=in_omop).with_columns(
-            _is_person=pl.col("_has_data") | pl.col("_has_meta") | pl.col("_in_omop")
+            # a folder holding an OMOP/ folder and no Images/ or Waveforms/ of its own is a submission's root inside
+            # the site, not a person: a dated release folder (Multimodal-Linkage: the root "can either be a dated
+            # release directory"), the site checked from the folder above it; its Metadata/ makes it no person. A
+            # person_id of person.csv is a person's folder all the same (earlier editions' per-person OMOP/)
+            _release=pl.col("_has_omop") & ~pl.col("_has_data") & ~pl.col("_in_omop"),
+        ).with_columns(
+            _is_person=(pl.col("_has_data") | pl.col("_has_meta") | pl.col("_in_omop")) & ~pl.col("_release")
         )
         # (is_in, not a join: a join copies every column of every file; 500k files: +150 MB at its peak)
         files = files.with_columns(
