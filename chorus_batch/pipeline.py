@@ -31,6 +31,7 @@ from .sources import open_source
 from .urls import is_remote, local_path, mask_url, protocol_of, redact, storable
 from .store import Manifest
 from .times import utc_now
+from .units import plural
 
 
 @dataclass(kw_only=True)  # after the commit's fields, one of which has a default
@@ -504,8 +505,8 @@ def _finish_merged(settings: RunSettings, manifest: Manifest, roots: list[Root],
     if unchecked and findings is not None:
         counts = dict(findings.group_by("severity").len().iter_rows())
         merged.what += (f"; the check of version {label} against the procedures, which the merge that committed it "  # type: ignore[attr-defined]
-                        f"did not finish, was done now: {counts.get('error', 0)} error(s), "
-                        f"{counts.get('warning', 0)} warning(s) (`chorus-batch validate --db {manifest.path}` lists "
+                        f"did not finish, was done now: {plural(counts.get('error', 0), 'error')}, "
+                        f"{plural(counts.get('warning', 0), 'warning')} (`chorus-batch validate --db {manifest.path}` lists "
                         "them)")
 
 
