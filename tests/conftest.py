@@ -78,6 +78,17 @@ def current_rows(db: Path) -> dict[str, str]:
         con.close()
 
 
+def backup_copy(source, target) -> None:
+    """A whole copy of a manifest (SQLite's online backup: its WAL folded in), as a backup tool makes one."""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
 def query(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
     con = sqlite3.connect(db)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from chorus_batch import ExitCode
 
-from conftest import cli, current_rows, paused, query, tree_md5, write
+from conftest import backup_copy, cli, current_rows, paused, query, tree_md5, write
 
 
 def start_paused_run(site: Path, db: Path, point: str = "commit", first: tuple[str, ...] = ("run",)) -> subprocess.Popen:
@@ -331,17 +331,6 @@ def test_a_signal_during_the_snapshot_after_the_commit_says_the_next_run_finishe
     assert (snap / f"version={label}" / "snapshot.json").is_file()
 
 
-def _copy_manifest(source: Path, target: Path) -> None:
-    """A whole copy of a manifest (SQLite's online backup: its WAL folded in), as a backup tool makes one."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    src, dst = sqlite3.connect(source), sqlite3.connect(target)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-
-
 def test_a_copy_committed_elsewhere_and_put_back_is_not_read_through_the_state_cache_of_the_other(site, db, tmp_path):
     """Two copies of one manifest that each committed once (a copy run on elsewhere and put back; another node's
     commit of a manifest in Azure downloaded over a working copy) had the same manifest id and state generation: the
@@ -354,13 +343,13 @@ def test_a_copy_committed_elsewhere_and_put_back_is_not_read_through_the_state_c
     write(site, "OMOP/b.csv", b"b1")
     run_site(site, db, validate_site=False)
     laptop = tmp_path / "laptop" / "m.sqlite"
-    _copy_manifest(db, laptop)
+    backup_copy(db, laptop)
     write(site, "OMOP/a.csv", b"a2")  # here: a changes (the state cache beside db is this commit's)
     run_site(site, db, validate_site=False)
     elsewhere = tmp_path / "elsewhere"  # there: b is removed
     write(elsewhere, "OMOP/a.csv", b"a1")
     run_site(elsewhere, laptop, validate_site=False)
-    _copy_manifest(laptop, db)  # the copy put back
+    backup_copy(laptop, db)  # the copy put back
     result = run_site(site, db, validate_site=False)
     assert current_rows(db) == tree_md5(site), result.counts
     assert result.counts["replaced"] == 1 and result.counts["added"] == 1, result.counts

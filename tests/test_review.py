@@ -1186,15 +1186,7 @@ def test_a_snapshot_of_a_version_a_restored_manifest_lost_is_not_read_as_one_of_
     manifest does not have, and `history` said a file still current had been removed in it (its file ids are the
     restored manifest's too). A snapshot versions.parquet does not list is read only after the last it lists (a run
     killed before it wrote versions.parquet); one before is a lost version's: left out, and said."""
-    import sqlite3
-
-    def copy(source, target):
-        src, dst = sqlite3.connect(source), sqlite3.connect(target)
-        try:
-            src.backup(dst)
-        finally:
-            src.close()
-            dst.close()
+    from conftest import backup_copy as copy
 
     snaps, backup = tmp_path / "snaps", tmp_path / "backup.sqlite"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
