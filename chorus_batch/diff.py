@@ -97,16 +97,25 @@ def duckdb_session(*, threads: int = 2, memory_limit: str = "256MB",
     `spill_parent` (default: the system's temporary folder), removed when the session ends (the paths
     hold person identifiers; fsutil.scratch_folder: a killed run's is removed by the next). A merge spills
     beside its shards: a shared file system with room for them."""
+    with private_duckdb({"threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False},
+                        spill_parent=spill_parent) as con:
+        yield con
+
+
+@contextlib.contextmanager
+def private_duckdb(config: dict | None = None, *,
+                   spill_parent: str | Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB (settings `config`) that spills, if it must, into a new owner-only folder in `spill_parent`
+    (default: the system's temporary folder), removed when it closes. DuckDB's own default is `.tmp` under the working
+    directory, made with the umask's modes: rows of person paths a reviewer's query spilled would lie there readable
+    by others, and stay. Every in-memory DuckDB of chorus-batch is opened here (tests: test_review)."""
     from .processes import signals_deferred
 
     with signals_deferred():  # a signal inside DuckDB's module initialisation aborts the process
         import duckdb  # about 0.1 s to import: only where a diff has rows to compare
 
     with scratch_folder("chorus-duckdb-", spill_parent) as spill:
-        con = duckdb.connect(config={
-            "threads": max(1, threads), "memory_limit": memory_limit, "preserve_insertion_order": False,
-            "temp_directory": str(spill),
-        })
+        con = duckdb.connect(config={**(config or {}), "temp_directory": str(spill)})
         try:
             yield con
         finally:

@@ -33,6 +33,7 @@ import polars as pl
 from .config import MODALITIES
 from .diff import compute_diff
 from .errors import UsageError
+from .diff import private_duckdb
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import ISO_LIKE, iso, parse_time
@@ -545,7 +546,7 @@ class ManifestReader:
                                  fix=f"pass the connection of that version, m.duckdb({self.resolve(as_of)!r}), or "
                                      f"leave out as_of (the connection's version)")
         if con is None:
-            with duckdb.connect() as own:
+            with private_duckdb() as own:
                 own.register("files", self.files(as_of, modality="Waveforms").to_arrow())
                 grouped = own.sql(query).pl()
         else:
@@ -855,7 +856,7 @@ def size_flags(files: pl.DataFrame | duckdb.DuckDBPyConnection) -> tuple[pl.Data
     more than OUTLIER_IQR interquartile ranges and by at least OUTLIER_MIN_DECADES (a factor 10); modalities
     with fewer than OUTLIER_MIN_FILES non-empty files are not checked for outliers."""
     if isinstance(files, pl.DataFrame):
-        with duckdb.connect() as con:
+        with private_duckdb() as con:
             con.register("files", files.select("srcfile", "modality", "person_id", "size").to_arrow())
             return size_flags(con)
     con = files

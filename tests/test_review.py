@@ -1207,3 +1207,35 @@ def test_a_snapshot_of_a_version_a_restored_manifest_lost_is_not_read_as_one_of_
         == [("OMOP/b.csv", "added", "v1", None, None)]
     out = cli("versions", "--db", str(snaps))
     assert out.returncode == 0 and "v2" not in out.stdout and "version=v2" in out.stderr, (out.stdout, out.stderr)
+
+
+def test_every_in_memory_duckdb_spills_into_an_owner_only_folder_it_removes(tmp_path, monkeypatch):
+    """DuckDB spills to `.tmp` under the working directory by default, with the umask's modes: the review and snapshot
+    readers opened their in-memory connections so, and rows of person paths a query spilled would lie beside the
+    reviewer's notebook, readable by others, and stay. Every in-memory DuckDB goes through diff.private_duckdb."""
+    import re
+    import stat
+
+    from chorus_batch.diff import private_duckdb
+
+    monkeypatch.chdir(tmp_path)
+    parent = tmp_path / "spill"
+    parent.mkdir()
+    with private_duckdb({"threads": 1, "memory_limit": "32MB"}, spill_parent=parent) as con:
+        (spill,) = parent.iterdir()
+        assert stat.S_IMODE(spill.stat().st_mode) == 0o700
+        con.execute("CREATE TABLE t AS SELECT md5(range::VARCHAR) AS s FROM range(2000000)")
+        assert con.execute("SELECT count(*) FROM (SELECT s FROM t ORDER BY s)").fetchone() == (2000000,)
+        assert con.execute("SELECT current_setting('temp_directory')").fetchone() == (str(spill),)
+    assert list(parent.iterdir()) == [] and not (tmp_path / ".tmp").exists()
+    # no other in-memory connection: every duckdb.connect( of the package is private_duckdb's, or names its own
+    # temp_directory (the review database, a file in a private folder)
+    package = Path(__file__).resolve().parent.parent / "chorus_batch"
+    bare = []
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"duckdb\.connect\(", text):
+            call = text[match.start():match.start() + 300]
+            if "temp_directory" not in call:
+                bare.append(f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}")
+    assert not bare, bare

@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
+from ..diff import private_duckdb
 from ..errors import ManifestError, UsageError
 from ..faults import pause
 from ..frames import FINDINGS_SCHEMA, schema_of
@@ -259,7 +259,7 @@ class ParquetReader(ManifestReader):
         # read whole. DuckDB streams the Parquet file; pyarrow's iter_batches decodes a whole row group first
         # (polars writes up to 250k rows to one).
         yield pl.DataFrame(schema=FILE_SCHEMA)  # the table's columns and types, even for an empty snapshot
-        with duckdb.connect(config={"threads": 1, "memory_limit": "64MB"}) as con:
+        with private_duckdb({"threads": 1, "memory_limit": "64MB"}) as con:
             batches = con.sql("SELECT * FROM read_parquet($part)",
                               params={"part": str(self._part(label, "manifest"))}).to_arrow_reader(SLICE_ROWS)
             for batch in batches:
@@ -289,15 +289,12 @@ class ParquetReader(ManifestReader):
         if not any(self.path.glob("version=*/changes.parquet")):
             ended = pl.DataFrame(schema=schema)
         else:
-            con = duckdb.connect()
-            try:
+            with private_duckdb() as con:
                 # (of this reader's versions only: a lost version's change set ends rows that share its file ids)
                 ended = pl.from_arrow(con.sql(
                     "SELECT old_file_id AS file_id, min(version) AS _ended_in FROM read_parquet($glob, union_by_name = true) "
                     "WHERE old_file_id IS NOT NULL AND list_contains($labels, version::VARCHAR) GROUP BY old_file_id",
                     params={"glob": glob, "labels": self._labels}).to_arrow_table())
-            finally:
-                con.close()
             assert isinstance(ended, pl.DataFrame)
             ended = ended.cast(schema)  # type: ignore[arg-type]
         finished = self.versions().select(pl.col("label").alias("_ended_in"), pl.col("finished_at").alias("_ended_at"))
@@ -308,7 +305,6 @@ class ParquetReader(ManifestReader):
         # under the review cap (spilling to a scratch folder): only the changed rows come into memory, as the
         # SQLite reader reads them from the change sets. Both snapshots read whole made `diff` and the report's
         # "deleted since" section grow with the site (two polars frames of every file).
-        from ..fsutil import scratch_folder
         from ..review import REVIEW_MEMORY
 
         parts = {label: str(self._part(label, "manifest")) for label in (older, newer)}
@@ -316,8 +312,7 @@ class ParquetReader(ManifestReader):
             if not Path(part).is_file():
                 self._read(label, "manifest")  # says which snapshot lacks its file list, as _files_at does
         sides = []
-        with scratch_folder("chorus-duckdb-", None) as folder, duckdb.connect(config={
-                "threads": 1, "memory_limit": REVIEW_MEMORY, "temp_directory": str(folder)}) as con:
+        with private_duckdb({"threads": 1, "memory_limit": REVIEW_MEMORY}) as con:
             for one, other in ((older, newer), (newer, older)):
                 table = con.sql("SELECT * FROM read_parquet($one) AS a ANTI JOIN read_parquet($other) AS b USING (file_id)",
                                 params={"one": parts[one], "other": parts[other]}).to_arrow_table()
@@ -327,8 +322,7 @@ class ParquetReader(ManifestReader):
         return sides[0], sides[1]
 
     def _path_rows(self, srcfile: str, before_file_id: int | None) -> pl.DataFrame:
-        con = duckdb.connect()
-        try:
+        with private_duckdb() as con:
             table = con.sql(
                 "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true, union_by_name = true) "
                 # the row's last snapshot: its stat and verification as the manifest holds them (updated in place)
@@ -337,8 +331,6 @@ class ParquetReader(ManifestReader):
                 params={"labels": self._labels, "glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
                         "before": before_file_id if before_file_id is not None else 2**62},
             ).to_arrow_table()
-        finally:
-            con.close()
         rows = pl.from_arrow(table)
         assert isinstance(rows, pl.DataFrame)
         rows = rows.cast({k: v for k, v in FILE_SCHEMA.items() if k in rows.columns}, strict=False)  # type: ignore[arg-type]
