@@ -164,10 +164,9 @@ _OPEN_BY_LIBRARY: dict[str, dict[str, int]] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def one_library(path: Path, library: str) -> Iterator[None]:
-    """While the block runs, `library` ('sqlite3' or 'adbc') has a connection open on the database at `path`."""
-    key = os.path.realpath(path)
+def _acquire(key: str, library: str) -> None:
+    """Count a connection of `library` ('sqlite3' or 'adbc') open on the database `key` (a real path), or refuse it
+    while the other library has one open there."""
     with _OPEN_LOCK:
         counts = _OPEN_BY_LIBRARY.setdefault(key, {})
         others = [name for name, n in counts.items() if n and name != library]
@@ -175,38 +174,50 @@ def one_library(path: Path, library: str) -> Iterator[None]:
             raise RuntimeError(f"a connection of {library} to {key} was asked for while one of {others[0]} is open: "
                                "two SQLite libraries on one file in one process would break each other's locks")
         counts[library] = counts.get(library, 0) + 1
+
+
+def _release(key: str, library: str) -> None:
+    with _OPEN_LOCK:
+        _OPEN_BY_LIBRARY[key][library] -= 1
+
+
+@contextlib.contextmanager
+def one_library(path: Path, library: str) -> Iterator[None]:
+    """While the block runs, `library` ('sqlite3' or 'adbc') has a connection open on the database at `path`."""
+    key = os.path.realpath(path)
+    _acquire(key, library)
     try:
         yield
     finally:
-        with _OPEN_LOCK:
-            counts[library] -= 1
+        _release(key, library)
 
 
 class _Sqlite3Connection(sqlite3.Connection):
     """A sqlite3 connection counted as open (one_library) until closed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._in_use = one_library(Path(kwargs.pop("manifest_path")), "sqlite3")
-        self._in_use.__enter__()
+        key = os.path.realpath(kwargs.pop("manifest_path"))
+        _acquire(key, "sqlite3")
+        self._counted: str | None = key
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
-            self._in_use.__exit__(None, None, None)
+            self._uncount()
             raise
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            self._release()
+            self._uncount()
 
     def __del__(self) -> None:  # (a connection dropped unclosed is closed by SQLite as it goes)
-        self._release()
+        self._uncount()
 
-    def _release(self) -> None:
-        in_use, self._in_use = getattr(self, "_in_use", None), None
-        if in_use is not None:
-            in_use.__exit__(None, None, None)
+    def _uncount(self) -> None:
+        key, self._counted = getattr(self, "_counted", None), None
+        if key is not None:
+            _release(key, "sqlite3")
 
 
 def connect_sqlite3(path: Path, source: str) -> sqlite3.Connection:
