@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import SCALES, SETTLE_S, build_tree, remove_manifest, wait_until  # noqa: E402
+from run_benchmarks import SCALES, SETTLE_S, build_tree, compile_bytecode, remove_manifest, wait_until  # noqa: E402
 
 
 def chorus(*args: str, cwd: Path) -> float:
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     tree = next(t for t in SCALES[args.scale] if t.name == "small1m") if args.scale == "full" else SCALES[args.scale][0]
     work = Path(tempfile.mkdtemp(prefix="chorus-shard-bench-", dir=args.workdir))
     try:
+        compile_bytecode(work)  # five processes start where the single run starts one: none compiles the package
         root = work / "tree"
         n_files, build_s = build_tree(root, tree)
         wait_until(time.time() + SETTLE_S)
