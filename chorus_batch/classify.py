@@ -27,6 +27,7 @@ import polars as pl
 
 from .errors import ConfigError
 from .frames import CLASSIFIED_SCHEMA, fmt
+from .units import named
 
 GROUPS = ("person_id", "name_person", "category", "session", "file", "date", "time", "duration", "segment")
 CURRENT = "current"
@@ -157,7 +158,7 @@ def _check_regex(modality: str, index: int, regex: str, config: str = "chorus.to
     unknown = names - set(GROUPS)
     if unknown:
         raise ConfigError(
-            f"unknown group name(s) {sorted(unknown)} in path pattern",
+            f"unknown {named('group name', sorted(unknown))} in path pattern",
             where=where,
             fix=f"use only these group names: {', '.join(GROUPS)}",
         )

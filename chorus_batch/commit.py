@@ -40,7 +40,7 @@ from .progress import Progress, log
 from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
-from .units import plural, quoted
+from .units import named, plural, quoted
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
@@ -615,9 +615,11 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     dropped = [] if empty else (dropped or [])
     dropped_where = [_root_where(location, modality) for location, modality, _n in dropped]
     if empty:
-        why = f"root(s) {', '.join(empty)} list no files at all, though the previous version had files there"
+        why = (f"{named('root', empty)} {'lists' if len(empty) == 1 else 'list'} no files at all, though the previous "
+               "version had files there")
     elif dropped:
-        why = ("root(s) the manifest records are not among this run's roots, and every file the previous version had "
+        why = (f"{'a root' if len(dropped) == 1 else 'roots'} the manifest records "
+               f"{'is' if len(dropped) == 1 else 'are'} not among this run's roots, and every file the previous version had "
                "there would be removed: " + ", ".join(f"{where} ({files(n)})"
                                                       for where, (_l, _m, n) in zip(dropped_where, dropped)))
     else:

@@ -12,6 +12,7 @@ it. A column added here needs a migration in store/schema.py that adds it to old
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -252,21 +253,40 @@ def packed_frame(n: int, columns: dict[str, tuple[pa.DataType, object]]) -> pl.D
     return frame
 
 
-def fmt(template: str, *args: pl.Expr | str) -> pl.Expr:
+_PLACES = re.compile(r"(\{\}|\{[^{}|]*\|[^{}|]*\})")  # "{}" (an argument) or "{one|many}" (a word that agrees)
+
+
+def fmt(template: str, *args: pl.Expr | str, n: pl.Expr | str | None = None) -> pl.Expr:
     """pl.format's "{}" template, built with concat_str (null where an argument is null, as pl.format is).
     polars 2.1's pl.format (str.format) panics on a frame of several chunks once a filter leaves some of them
     empty ("assertion failed: i < self.len()"): the findings of a site with a non-numeric person folder, for one,
-    ended in a traceback. A str argument is a column name, as in pl.format."""
-    parts = template.split("{}")
-    if len(parts) != len(args) + 1:
-        raise ValueError(f"template has {len(parts) - 1} placeholders but {len(args)} arguments were given")
-    exprs: list[pl.Expr] = []
-    for i, part in enumerate(parts):
-        if part:
-            exprs.append(pl.lit(part))
-        if i < len(args):
-            arg = args[i]
+    ended in a traceback. A str argument is a column name, as in pl.format.
+
+    "{one|many}" is a word that agrees with a count (texts said "1 row(s) have"): "{} row{|s} {has|have}" gives
+    "1 row has", "3 rows have". The count is `n` where given (a list's length, say), else the argument of the
+    nearest "{}" before the word."""
+    parts = _PLACES.split(template)
+    texts, places = parts[0::2], parts[1::2]
+    n_args = places.count("{}")
+    if n_args != len(args):
+        raise ValueError(f"template has {n_args} placeholders but {len(args)} arguments were given")
+    exprs: list[pl.Expr] = [pl.lit(texts[0])] if texts[0] else []
+    count = (pl.col(n) if isinstance(n, str) else n) if n is not None else None
+    taken = 0
+    for place, text in zip(places, texts[1:]):
+        if place == "{}":
+            arg = args[taken]
+            taken += 1
             exprs.append(pl.col(arg) if isinstance(arg, str) else arg)
+            if n is None:
+                count = exprs[-1]
+        else:
+            if count is None:
+                raise ValueError(f"{place} in {template!r} has no count before it and no n= to agree with")
+            one, many = place[1:-1].split("|")
+            exprs.append(pl.when(count == 1).then(pl.lit(one)).otherwise(pl.lit(many)))
+        if text:
+            exprs.append(pl.lit(text))
     return pl.concat_str(exprs) if exprs else pl.lit("")
 
 

@@ -36,6 +36,7 @@ from .fsutil import complete_interrupted_sets, private_folder, write_private_tog
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
+from .units import plural
 from .validate.rules import KIND_DICOM, KIND_EDF, KIND_WFDB
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def _facts(manifest: Manifest, files: pl.DataFrame, kind: str, sources: Mapping[
     missing = [root_id for root_id, source in readers.items() if source is None]
     if missing:
         n = sum(todo.filter(pl.col("root_id").eq_missing(root_id)).height for root_id in missing)
-        raise UsageError(f"{n} header(s) were never read and the manifest does not record where the "
+        raise UsageError(f"{plural(n, 'header')} {'was' if n == 1 else 'were'} never read and the manifest does not record where the "
                          "site is", where=str(manifest.path), fix="pass --site with the site root")
     if todo.height and not write:
         raise _WouldWrite
@@ -326,7 +327,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     warnings = _unread_warning(unread, label)
     if left_out.len():
         warnings.append(
-            f"{left_out.len()} waveform or image file(s) of version {label} have no row in the registries, which the "
+            f"{plural(left_out.len(), 'waveform or image file')} of version {label} {'has' if left_out.len() == 1 else 'have'} no row in the "
+            "registries, which the "
             "linkage procedure asks to list every file: they fit no layout of the procedures, so they have no session or "
             f"accession to group them (e.g. {', '.join(left_out.head(3).to_list())}; `chorus-batch validate` says why for "
             "each). Move or rename them "
@@ -334,7 +336,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm, run, and write the registries again")
     if compressed.len():
         warnings.append(
-            f"{compressed.len()} compressed waveform or image file(s) of version {label} have no row in the registries "
+            f"{plural(compressed.len(), 'compressed waveform or image file')} of version {label} "
+            f"{'has' if compressed.len() == 1 else 'have'} no row in the registries "
             f"(e.g. {', '.join(compressed.head(3).to_list())}): the procedures ask for the files themselves, and a "
             "registry row names a file to deliver. Decompress them in place (e.g. gunzip) and remove the compressed "
             "copies, run, and write the registries again")
@@ -400,7 +403,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                .join(unread, on="srcfile", how="anti")["srcfile"])
     if undated.len():
         warnings.append(
-            f"{undated.len()} image registry row(s) of version {label} have no capture time (e.g. "
+            f"{plural(undated.len(), 'image registry row')} of version {label} {'has' if undated.len() == 1 else 'have'} no capture time "
+            "(e.g. "
             f"{', '.join(undated.head(3).to_list())}): their DICOM header gives no acquisition, content, series or study "
             "date (or cannot be read as DICOM: `chorus-batch validate` says so). Their datetime and visit_id are empty, "
             "and so is the procedure_date of an accession none of whose files has one (--omop), though the procedures "
@@ -414,7 +418,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     if undated_waves.height:
         folders = undated_waves["_folder"].unique().sort()
         warnings.append(
-            f"{undated_waves.height} waveform registry row(s) of {folders.len()} session(s) of version {label} have no "
+            f"{plural(undated_waves.height, 'waveform registry row')} of {plural(folders.len(), 'session')} of version "
+            f"{label} {'has' if undated_waves.height == 1 else 'have'} no "
             f"capture time (e.g. {', '.join(f'{folder}/' for folder in folders.head(3).to_list())}): no WFDB header of the session gives a base "
             "date and time, nor an EDF header a start date (EDF+'s \"Startdate X\"), and the start time of other "
             "formats (CSV, HDF5) is not read by this tool. Their datetime "
@@ -452,7 +457,7 @@ def _unread_warning(unread: pl.DataFrame, label: str) -> list[str]:
     if unread.height == 0:
         return []
     paths = unread["srcfile"].unique().sort()
-    return [f"{paths.len()} header file(s) of version {label} are no longer as it recorded them (written since, gone "
+    return [f"{plural(paths.len(), 'header file')} of version {label} {'is' if paths.len() == 1 else 'are'} no longer as it recorded them (written since, gone "
             f"or unreadable; e.g. {', '.join(paths.head(3).to_list())}): their capture time was not read, so their rows' "
             "datetime (and visit_id) come from the path's stamp, else stay empty. For the latest version, run "
             "`chorus-batch run` (it records the change) and write the registries again; an earlier version's content "

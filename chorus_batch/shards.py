@@ -39,6 +39,7 @@ from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
 from .sources import mask_url
 from .store import Manifest
+from .units import plural
 
 _SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
 # Rows per partition of a merge: a partition's previous rows, files and their join take about 800 MB per
@@ -479,7 +480,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         def when(n: int) -> str:
             return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
 
-        others = [f"{len(found[n])} shard folder(s) of a split into {n} (shard-*-of-{n}, last written {when(n)})"
+        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, last written {when(n)})"
                   for n in sorted(found) if n != shards]
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")

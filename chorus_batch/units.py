@@ -31,6 +31,11 @@ def plural(n: int, word: str, many: str | None = None, *, grouped: bool = False)
     return f"{count} {word if n == 1 else (many or word + 's')}"
 
 
+def named(word: str, items: list[str], many: str | None = None) -> str:
+    """'column a', 'columns a, b': the word, in the plural unless one item is named, then the items."""
+    return f"{word if len(items) == 1 else (many or word + 's')} {', '.join(items)}"
+
+
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

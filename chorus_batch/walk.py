@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from .processes import owned, pool_executor, stop_pool
 from .times import clamp_ns
+from .units import plural
 
 # what a folder that could not be listed means for its files, and what to do (the walk keeps no rows: commit.py does)
 _DIR_KEPT = ("what was recorded below it is kept: give this user read and search (x) permission on it, or check the "
@@ -224,7 +225,7 @@ def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tupl
         where, folder, n = left.get(link, (other[:len(other) - below], real[:len(real) - below], 0))
         left[link] = (where, folder, n + 1)
     errors = [(printable(link), "symlink_duplicate", (
-        f"{n} file(s) here are also reached through {printable(where)} (links to one place outside the site, "
+        f"{plural(n, 'file')} here {'is' if n == 1 else 'are'} also reached through {printable(where)} (links to one place outside the site, "
         f"{folder}): listed once, there; remove one of the links")) for link, (where, folder, n) in sorted(left.items())]
     return kept, errors
 

@@ -538,6 +538,6 @@ print(f"review of {label}" + (f" against {since}" if base else " (first version)
 for item, (state, detail) in checks.items():
     print(f"  {state:<5}  {item}: {detail}")
 n_check = sum(state == "CHECK" for state, _ in checks.values())
-print(f"{n_check} item(s) to check" if n_check else "all checks passed")
+print(f"{n_check} item{'' if n_check == 1 else 's'} to check" if n_check else "all checks passed")
 con.close()
 m.close()  # and the DuckDB's scratch folder

@@ -319,6 +319,38 @@ def test_plural():
     assert plural(1, "file") == "1 file" and plural(3, "entry", "entries") == "3 entries"
 
 
+def test_words_of_a_finding_agree_with_their_count():
+    """Findings built in polars said "1 row(s) have", "column(s) x are": frames.fmt's "{one|many}" agrees with the
+    count before it, or with n= (a list's length)."""
+    import polars as pl
+    from chorus_batch.frames import fmt
+
+    rows = pl.DataFrame({"k": [0, 1, 3, None], "ids": [[], ["7"], ["7", "8", "9"], ["1"]]})
+    said = rows.select(fmt("{} row{|s} {has|have} it", "k"), fmt("id{|s} {} {is|are} unknown", pl.col("ids").list.join(", "),
+                                                                  n=pl.col("ids").list.len()).alias("b"))
+    assert said.rows() == [("0 rows have it", "ids  are unknown"), ("1 row has it", "id 7 is unknown"),
+                           ("3 rows have it", "ids 7, 8, 9 are unknown"), (None, "id 1 is unknown")]
+    with pytest.raises(ValueError, match="no count"):
+        fmt("row{|s} {}", "k")
+
+
+def test_no_message_of_the_tool_says_a_plural_in_brackets():
+    """Every count of a message is said in the plural or the singular ("1 row", "2 rows"), not as "row(s)": a text
+    written with "(s)" anywhere in the package (a string, not a comment or a docstring) names where."""
+    import io
+    import tokenize
+
+    package = Path(__file__).resolve().parents[1] / "chorus_batch"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):
+            text = token.string.lstrip("rbfuRBFU")
+            if (token.type == tokenize.STRING and not text.startswith(('"""', "'''"))
+                    and re.search(r"\b(?!http\(|repr\()\w+\(s\)", text)):
+                found.append(f"{path.relative_to(package)}:{token.start[0]}")
+    assert not found, found
+
+
 @pytest.fixture
 def batch_progress(caplog):
     """Progress as a batch job's log shows it (not a terminal: log lines), the lines caught by caplog."""

@@ -613,7 +613,7 @@ def test_shards_of_another_split_left_in_the_staging_folder_are_left_out_and_sai
                    ).returncode == 0
     out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
     assert out.returncode in (0, 1), out.stderr
-    assert "also holds 4 shard folder(s) of a split into 4" in out.stderr and "left out" in out.stderr
+    assert "also holds 4 shard folders of a split into 4" in out.stderr and "left out" in out.stderr
     assert f"rm -r {staging}/shard-*-of-4" in out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
     single = tmp_path / "single.sqlite"

@@ -274,9 +274,9 @@ def test_links_to_one_outside_folder_list_its_files_once(tmp_path, workers, budg
     assert sorted(listed["srcfile"]) == ["000001/Waveforms/e.txt", "000001/Waveforms/sub/s.txt", "OMOP/person.csv",
                                          "a.txt"]
     assert sorted((path, kind, message.split(" (")[0]) for path, kind, message in errors) == [
-        ("000002/Waveforms", "symlink_duplicate", "2 file(s) here are also reached through 000001/Waveforms"),
-        ("000003/Waveforms", "symlink_duplicate", "1 file(s) here are also reached through 000001/Waveforms/sub"),
-        ("b.txt", "symlink_duplicate", "1 file(s) here are also reached through a.txt")]
+        ("000002/Waveforms", "symlink_duplicate", "2 files here are also reached through 000001/Waveforms"),
+        ("000003/Waveforms", "symlink_duplicate", "1 file here is also reached through 000001/Waveforms/sub"),
+        ("b.txt", "symlink_duplicate", "1 file here is also reached through a.txt")]
 
 
 def test_a_site_folder_named_with_a_control_character_is_recorded_as_it_is_and_shown_escaped(tmp_path):

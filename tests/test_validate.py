@@ -750,7 +750,7 @@ def test_a_proc_id_whose_procedure_is_another_persons_is_told(clean):
     assert "registry.procedure_person" not in set(validate(clean)["rule"])
     edit("OMOP/procedure_occurrence.csv", lambda t: t.replace("1000000000,101,4180938", "1000000000,000102,4180938"))(clean)
     message = validate(clean).filter(pl.col("rule") == "registry.procedure_person")["message"].item()
-    assert message.startswith("1 proc_id(s) are procedures of another person in procedure_occurrence.csv (e.g. "
+    assert message.startswith("1 proc_id is a procedure of another person in procedure_occurrence.csv (e.g. "
                               "1000000000 of person 000101 in the registry, 000102 in procedure_occurrence.csv)"), message
 
 
@@ -759,7 +759,7 @@ def test_ids_written_as_decimals_are_told_so(clean):
     'visit_id(s) 1.0 are not in visit_occurrence.csv', and the site looked for a visit that is there."""
     registry("Waveforms", lambda rows: [[*r[:4], f"{r[4]}.0" if r[4] != "" else "", *r[5:]] for r in rows])(clean)
     message = validate(clean).filter(pl.col("rule") == "registry.unknown_visit")["message"].item()
-    visit = message.split("visit_id(s) ")[1].split(",")[0].split(" ")[0]
+    visit = message.split(" ")[1].rstrip(",")  # "visit_id 1.0 is ..." or "visit_ids 1.0, 2.0 are ..."
     assert visit.endswith(".0") and f"({visit} is an integer written as a decimal" in message, message
     assert message.endswith(f"write {visit[:-2]})"), message
 
@@ -1210,7 +1210,7 @@ def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_
         f"record {single}: units differ from Metadata/Telemetry_mapping.csv (II mV in the header, MV in the mapping): "
         "give each signal's units in the mapping as the data holds them, or fix the header")
     assert told[("wfdb.unmapped_signal", f"{MULTI}.hea")] == (
-        f"record {multi}: signal(s) PLETH are not in Metadata/Telemetry_mapping.csv: add a row for each (signal_id, "
+        f"record {multi}: signal PLETH is not in Metadata/Telemetry_mapping.csv: add a row for it (signal_id, "
         "standardized_label, sampling_rate, units), as the Waveform File Format procedure asks for every signal in the data")
     assert not any(s.startswith(f"{P0}/Waveforms/EEG/") for _, s in told)  # 256 Hz, µV = uV
     remove("Metadata/Telemetry_mapping.csv")(clean)
@@ -1222,7 +1222,7 @@ def test_persons_without_a_folder_are_named_as_person_csv_writes_them(clean):
     person.csv does not hold as written."""
     persons_csv([P0, P1, P2, "000199", "000042"])(clean)
     message = validate(clean).filter(pl.col("rule") == "person.no_folder")["message"].item()
-    assert "2 person_id(s)" in message and "(e.g. 000042, 000199)" in message, message
+    assert "2 person_ids" in message and "(e.g. 000042, 000199)" in message, message
 
 
 def test_a_mapping_or_markdown_file_in_the_wrong_form_is_told_so_plainly(clean):
@@ -1286,10 +1286,10 @@ def test_study_level_attributes_the_imaging_sop_selects_are_asked_for_once_per_s
                             mr={"MagneticFieldStrength": None})
     out = validate(clean).filter(pl.col("rule") == "dicom.study_metadata")
     assert dict(out.select("srcfile", "message").rows()) == {
-        f"{SERIES1}/": "2 DICOM file(s) of this series lack StudyDescription, BodyPartExamined: the Imaging SOP keeps "
+        f"{SERIES1}/": "2 DICOM files of this series lack StudyDescription, BodyPartExamined: the Imaging SOP keeps "
                        "these study-level attributes for CHoRUS; keep them when de-identifying (or set them from the "
                        "source study)",
-        f"{mr}/": "1 DICOM file(s) of this series lack MagneticFieldStrength: the Imaging SOP keeps these study-level "
+        f"{mr}/": "1 DICOM file of this series lacks MagneticFieldStrength: the Imaging SOP keeps these study-level "
                   "attributes for CHoRUS; keep them when de-identifying (or set them from the source study)"}
     assert out["severity"].unique().to_list() == ["warning"]
 
@@ -1477,7 +1477,7 @@ def test_identifying_attributes_are_named_by_their_dicom_keywords(clean):
     add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                          accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101"))(clean)
     message = validate(clean).filter(pl.col("rule") == "dicom.identifying_tag")["message"].item()
-    assert message.startswith("identifying attribute(s) PatientName, PatientBirthDate still filled"), message
+    assert message.startswith("identifying attributes PatientName, PatientBirthDate still filled"), message
     # the fix, and no claim that the de-identification profile empties them (PS3.15 allows dummy values for both)
     assert message.endswith("(empty them; PatientName may hold the person id)") and "profile" not in message, message
 
@@ -1515,12 +1515,12 @@ def test_an_empty_registry_cell_is_told_as_empty_not_as_a_wrong_format(clean):
     registry("Waveforms", lambda rows: [[r[0], "" if i == 1 else r[1], *r[2:5], {0: "", 2: "18/08/2022"}.get(i, r[5]),
                                          *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
-    assert message.startswith("1 row(s) with an empty proc_id, 1 row(s) with an empty datetime, 1 row(s) with a "
+    assert message.startswith("1 row with an empty proc_id, 1 row with an empty datetime, 1 row with a "
                               "datetime that is not yyyy-MM-dd HH:mm:ss (rows 2, 3, 4)"), message
     assert "not an integer" not in message
     registry("Waveforms", lambda rows: [[*r[:5], "" if i == 0 else r[5], *r[6:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.values")["message"]
-    assert message.startswith("1 row(s) with an empty datetime (rows 2)") and "yyyy" not in message, message
+    assert message.startswith("1 row with an empty datetime (rows 2)") and "yyyy" not in message, message
 
 
 def test_a_registry_finding_says_how_many_faulty_rows_it_does_not_list(clean):
@@ -1533,7 +1533,7 @@ def test_a_registry_finding_says_how_many_faulty_rows_it_does_not_list(clean):
     assert "(rows 2, 3, 4, 5, 6 and 1 more)" in message, message
     registry("Images", lambda rows: [[8 - k, *r] for k, r in enumerate(rows)], columns=REGISTRY_ID_COLUMNS)(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.image_registry_order")["message"]
-    assert message.startswith("8 row(s) have an image_registry_id not above those of the rows before them (rows 3, 4, 5, "
+    assert message.startswith("8 rows have an image_registry_id not above those of the rows before them (rows 3, 4, 5, "
                               "6, 7 and 3 more): "), message
     registry("Images", lambda rows: [[1, *r] for r in rows[:3]] + [[8 - k, *r] for k, r in enumerate(rows[3:])],
              columns=REGISTRY_ID_COLUMNS)(clean)
@@ -1547,11 +1547,11 @@ def test_a_repeated_file_id_is_named_and_an_empty_one_is_told_as_empty(clean):
     "file_id repeats" (two). The Imaging SOP's registry has file_id NOT NULL: an empty one is a value to fill in."""
     registry("Waveforms", lambda rows: [[rows[0][0] if i == 1 else r[0], *r[1:]] for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.duplicate")["message"]
-    assert message.startswith("1 file_id(s) are on more than one row (e.g. 1): keep one row per file"), message
+    assert message.startswith("1 file_id is on more than one row (e.g. 1): keep one row per file"), message
     registry("Waveforms", lambda rows: [["" if i < 2 else r[0], *r[1:]] for i, r in enumerate(rows)])(clean)
     out = validate(clean)
     assert out["rule"].to_list() == ["registry.values"], out.to_dicts()
-    assert out["message"][0].startswith("2 row(s) with an empty file_id (rows 2, 3): "), out["message"][0]
+    assert out["message"][0].startswith("2 rows with an empty file_id (rows 2, 3): "), out["message"][0]
 
 
 def test_a_registry_row_without_a_person_id_is_told_as_empty_not_as_an_unknown_person(clean):
@@ -1560,7 +1560,7 @@ def test_a_registry_row_without_a_person_id_is_told_as_empty_not_as_an_unknown_p
     registry("Waveforms", lambda rows: [[*r[:2], "" if i == 0 else r[2], *r[3:]] for i, r in enumerate(rows)])(clean)
     out = validate(clean)
     assert set(out["rule"]) == {"registry.values"}, out.to_dicts()
-    assert out["message"][0].startswith("1 row(s) with an empty person_id (rows 2): proc_id becomes "
+    assert out["message"][0].startswith("1 row with an empty person_id (rows 2): proc_id becomes "
                                         "procedure_occurrence_id, person_id and datetime the procedure's person and time")
 
 
@@ -1601,7 +1601,7 @@ def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, k
     with open(tmp_path / "t.csv", "rb") as f:
         error = parse_facts(kind, f)["error"]
     twice = header.split(",")[-1].lower()
-    assert error == f"the header names column(s) {twice} more than once: keep one column of each name", error
+    assert error == f"the header names column {twice} more than once: keep one column of each name", error
 
 
 def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modality(clean):
@@ -1612,10 +1612,10 @@ def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modali
                             mr={"SliceThickness": None})
     out = validate(clean).filter(pl.col("rule") == "dicom.series_metadata")
     assert dict(out.select("srcfile", "message").rows()) == {
-        f"{SERIES1}/": "2 DICOM file(s) of this series lack SeriesDescription, SliceThickness: the Imaging SOP keeps "
+        f"{SERIES1}/": "2 DICOM files of this series lack SeriesDescription, SliceThickness: the Imaging SOP keeps "
                        "these series-level attributes for CHoRUS; keep them when de-identifying (or set them from the "
                        "source series)",
-        f"{mr}/": "1 DICOM file(s) of this series lack SliceThickness: the Imaging SOP keeps these series-level "
+        f"{mr}/": "1 DICOM file of this series lacks SliceThickness: the Imaging SOP keeps these series-level "
                   "attributes for CHoRUS; keep them when de-identifying (or set them from the source series)"}
     assert out["severity"].unique().to_list() == ["warning"]
 
@@ -1637,7 +1637,7 @@ def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names
     registry("Waveforms", lambda rows: [[*r[:4], sitegen.visit_id(persons.index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
                                         for i, r in enumerate(rows)])(clean)
     (message,) = validate(clean).filter(pl.col("rule") == "registry.visit_person")["message"]
-    assert message.startswith("1 visit_id(s) are given to rows of another person than visit_occurrence.csv's (e.g. "
+    assert message.startswith("1 visit_id is given to rows of another person than visit_occurrence.csv's (e.g. "
                               f"visit {sitegen.visit_id(1, 0)} of person {int(persons[1])}, given to person "
                               f"{int(persons[0])})"), message
     edit("OMOP/visit_occurrence.csv", lambda t: t.replace("person_id", "patient_id", 1))(clean)
@@ -1664,7 +1664,7 @@ def test_a_registry_row_naming_its_file_in_other_letter_case_says_so(clean):
     header.rename(header.with_suffix(".HEA"))
     out = validate(clean).filter(pl.col("rule").str.starts_with("registry."))
     assert out.select("rule", "srcfile").rows() == [("registry.missing_file", "waveform_registry.csv")], out.to_dicts()
-    assert (f"1 trg_file(s) name no file of the site but one whose name differs only in letter case (e.g. {SINGLE}.hea "
+    assert (f"1 trg_file names no file of the site but one whose name differs only in letter case (e.g. {SINGLE}.hea "
             f"is on the site as {SINGLE}.HEA)") in out["message"].item()
 
 

@@ -186,10 +186,10 @@ def _repeated_instances(d: pl.DataFrame) -> pl.LazyFrame:
              _example=pl.col("_name").first().list.join(" and "))
     )
     return _found("dicom.instance_repeated", repeated, pl.col("_dir") + "/", fmt(
-        "{} DICOM files of this series share InstanceNumber(s) {} (e.g. {}): the Imaging SOP names each image "
+        "{} DICOM files of this series share InstanceNumber{|s} {} (e.g. {}): the Imaging SOP names each image "
         "<InstanceNumber>.dcm, one file per number; remove copies of one image, or give each image its own "
-        "InstanceNumber and name the file after it", pl.col("_files").cast(pl.String), _join_list(pl.col("_numbers"), 10),
-        pl.col("_example")))
+        "InstanceNumber and name the file after it", pl.col("_files"), _join_list(pl.col("_numbers"), 10),
+        pl.col("_example"), n=pl.col("_numbers").list.len()))
 
 
 def _accession_folders(site: _Site, across: _Across) -> None:
@@ -258,8 +258,8 @@ def _lacking(d: pl.DataFrame, rule: str, absent: dict[str, pl.Expr], keywords: d
                       .list.drop_nulls().list.join(", "))
     )
     return _found(rule, lacking, pl.col("_dir") + "/", fmt(
-        f"{{}} DICOM file(s) of this series lack {{}}: the Imaging SOP keeps these {level}-level attributes for CHoRUS; "
-        f"keep them when de-identifying (or set them from the source {level})", pl.col("_n").cast(pl.String),
+        f"{{}} DICOM file{{|s}} of this series {{lacks|lack}} {{}}: the Imaging SOP keeps these {level}-level attributes for CHoRUS; "
+        f"keep them when de-identifying (or set them from the source {level})", pl.col("_n"),
         pl.col("_tags")))
 
 
@@ -306,6 +306,6 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             "dicom.identifying_tag", ok.filter(pl.any_horizontal(is_filled.values())).with_columns(_filled=filled), "srcfile",
             # (not "as the de-identification profile does": PS3.15's basic profile also lets PatientName and
             # PatientBirthDate hold a dummy value, which a header cannot tell from a real one)
-            fmt("identifying attribute(s) {} still filled: de-identify the file (empty them; PatientName may hold "
-                "the person id)", pl.col("_filled").list.join(", "))),
+            fmt("identifying attribute{|s} {} still filled: de-identify the file (empty {it|them}; PatientName may hold "
+                "the person id)", pl.col("_filled").list.join(", "), n=pl.col("_filled").list.len())),
     ]

@@ -10,6 +10,7 @@ import polars as pl
 from ..frames import fmt
 from ..classify import CURRENT, SUPERSEDED
 from ..partitions import top_folder
+from ..units import plural
 from .site import _Across, _found, _join_list, _norm_id, _one, _Site
 
 
@@ -93,7 +94,7 @@ def _superseded(current: pl.DataFrame) -> list[pl.LazyFrame]:
         .with_columns(_today=pl.col("layout").replace_strict(SUPERSEDED, default="", return_dtype=pl.String))
     )
     return [_found("layout.superseded", superseded, "srcfile", fmt(
-        "{} file(s) follow a layout of an earlier edition of the procedures (e.g. this one), still accepted; "
+        "{} file{|s} {follows|follow} a layout of an earlier edition of the procedures (e.g. this one), still accepted; "
         "today's form: {}", pl.col("_n_files"), pl.col("_today")))]
 
 
@@ -145,7 +146,8 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
         examples = ", ".join(missing.head(5).to_list())
         out.append(_one("person.no_folder", person_csv,
-                        f"{missing.len()} person_id(s) in person.csv have no person folder (e.g. {examples}); "
+                        f"{plural(missing.len(), 'person_id')} in person.csv {'has' if missing.len() == 1 else 'have'} no person folder "
+                        f"(e.g. {examples}); "
                         f"expected for persons without waveforms or images"))
     return out
 

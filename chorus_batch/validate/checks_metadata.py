@@ -102,8 +102,9 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
     out.append(_found(
         "metadata.readiness_unchecked", readiness, "srcfile",
-        fmt("{} checklist item(s) not ticked (e.g. \"{}\"): meet them and tick them, or say why in "
-                  "SUBMISSION.md", pl.col("unchecked").list.len(), pl.col("unchecked").list.first())))
+        fmt("{} checklist item{|s} not ticked (e.g. \"{}\"): meet {it|them} and tick {it|them}, or say why in "
+                  "SUBMISSION.md", pl.col("unchecked").list.len(), pl.col("unchecked").list.first(),
+                  n=pl.col("unchecked").list.len())))
     submission = md.filter(pl.col("_ok") & (pl.col("_doc") == "submission.md"))
     headings = pl.col("headings").list.join("\n").str.to_lowercase()
     lacking = pl.concat_list([

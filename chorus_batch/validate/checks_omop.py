@@ -82,10 +82,12 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         _found("omop.duplicate_column",
                comma.filter(~no_header & pl.col("columns").list.eval(pl.element().filter(pl.element() != "").is_duplicated())
                             .list.any()), "srcfile",
-               fmt("the header names column(s) {} more than once (column names are compared case aside): a loader "
+               fmt("the header names column{|s} {} more than once (column names are compared case aside): a loader "
                    "cannot tell which is meant; export the table with each column once",
                    pl.col("columns").list.eval(pl.element().filter(pl.element().is_duplicated() & (pl.element() != ""))
-                                               .unique(maintain_order=True)).list.join(", "))),
+                                               .unique(maintain_order=True)).list.join(", "),
+                   n=pl.col("columns").list.eval(pl.element().filter(pl.element().is_duplicated() & (pl.element() != ""))
+                                                 .unique()).list.len())),
         _found("omop.no_header", comma.filter(tables_only & no_header), "srcfile",
                # a first line that is blank (or only a byte-order mark) holds no values either
                pl.when(pl.col("columns").list.eval(pl.element() == "").list.all() | (pl.col("columns").list.len() == 0))

@@ -74,17 +74,17 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                fmt("{}: keep one row per file, each with a file_id of its own (the linkage procedure's key of the "
                    "registry)", pl.concat_str([
                        pl.when(pl.col("n_duplicate_files") > 0).then(fmt(
-                           "{} file(s) have more than one row (e.g. {})", pl.col("n_duplicate_files"),
+                           "{} file{|s} {has|have} more than one row (e.g. {})", pl.col("n_duplicate_files"),
                            pl.col("duplicate_files").list.head(3).list.join(", "))),
                        pl.when(pl.col("n_duplicate_ids") > 0).then(fmt(
-                           "{} file_id(s) are on more than one row (e.g. {})", pl.col("n_duplicate_ids"),
+                           "{} file_id{|s} {is|are} on more than one row (e.g. {})", pl.col("n_duplicate_ids"),
                            pl.col("duplicate_ids").list.join(", ")))],
                        separator="; ", ignore_nulls=True))),
         _found("registry.missing_file", usable.filter(pl.col("no_src") > 0), "srcfile",
-               fmt("{} row(s) lack src_file: give the path of each file in the site's own storage", pl.col("no_src"))),
+               fmt("{} row{|s} {lacks|lack} src_file: give the path of each file in the site's own storage", pl.col("no_src"))),
         # The Imaging SOP: the image registry's trg_file "will be populated centrally, leave blank or null"
         _found("registry.missing_file", usable.filter((pl.col("_of") != "Images").fill_null(True) & (pl.col("no_trg") > 0)),
-               "srcfile", fmt("{} row(s) lack trg_file: give the site-relative path of the delivered file",
+               "srcfile", fmt("{} row{|s} {lacks|lack} trg_file: give the site-relative path of the delivered file",
                               pl.col("no_trg"))),
     ]
     # The Imaging SOP: "please implement columns in the order listed below" (image_registry_id first, which the
@@ -99,9 +99,10 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             in_order.str.replace_all(",", ", "), pl.lit(", ".join(order)))))
     out += _registry_ids(usable)
     # Only the kinds of fault a registry has are told: an empty cell is to be filled in, not reformatted.
-    faults = {"no_file": "{} row(s) with an empty file_id", "no_proc": "{} row(s) with an empty proc_id", "bad_proc": "{} row(s) with a proc_id that is not an integer",
-              "no_person": "{} row(s) with an empty person_id", "no_datetime": "{} row(s) with an empty datetime",
-              "bad_datetime": "{} row(s) with a datetime that is not yyyy-MM-dd HH:mm:ss"}
+    faults = {"no_file": "{} row{|s} with an empty file_id", "no_proc": "{} row{|s} with an empty proc_id",
+              "bad_proc": "{} row{|s} with a proc_id that is not an integer",
+              "no_person": "{} row{|s} with an empty person_id", "no_datetime": "{} row{|s} with an empty datetime",
+              "bad_datetime": "{} row{|s} with a datetime that is not yyyy-MM-dd HH:mm:ss"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
     out.append(_found(
@@ -112,15 +113,15 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             _rows("bad_rows", pl.col("n_bad_rows")))))
     out.append(_found(
         "registry.person_folder", usable.filter(pl.col("n_other_person").fill_null(0) > 0), "srcfile",
-        fmt("{} row(s) give a person_id other than the person folder their trg_file lies in ({}): the "
+        fmt("{} row{|s} {gives|give} a person_id other than the person folder their trg_file lies in ({}): the "
             "linkage procedure asks person_id to match the file's person folder; fix person_id or trg_file",
             pl.col("n_other_person"), _rows("other_person_rows", pl.col("n_other_person")))))
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
         out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
-                          fmt("person_id(s) {} are not in person.csv: fix the rows or add the persons{}",
-                                    pl.col("_p").list.head(5).list.join(", "), _decimals("_p"))))
+                          fmt("person_id{|s} {} {is|are} not in person.csv: fix the rows or add the {person|persons}{}",
+                              pl.col("_p").list.head(5).list.join(", "), _decimals("_p"), n=pl.col("_p").list.len())))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
         given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
@@ -131,17 +132,17 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                  .agg(_told=fmt("visit {} of person {}, given to person {}", pl.col("_visit"), pl.col("_visit_person"),
                                 pl.col("_person")), _n=pl.len()))
         out.append(_found("registry.visit_person", other, "srcfile", fmt(
-            "{} visit_id(s) are given to rows of another person than visit_occurrence.csv's (e.g. {}): the linkage "
+            "{} visit_id{|s} {is|are} given to rows of another person than visit_occurrence.csv's (e.g. {}): the linkage "
             "procedure asks for a visit of the row's person; fix visit_id, or leave it empty where none of theirs "
             "overlaps",
-            pl.col("_n").cast(pl.String), pl.col("_told").list.head(3).list.join("; "))))
+            pl.col("_n"), pl.col("_told").list.head(3).list.join("; "))))
     if site.visit_ids is not None:
         visits = usable.select("srcfile", pl.col("visit_id").alias("_v")).explode("_v").filter(
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
         out.append(_found("registry.unknown_visit", visits.group_by("srcfile").agg(pl.col("_v").sort()), "srcfile",
-                          fmt("visit_id(s) {} are not in visit_occurrence.csv: fix the rows or leave visit_id "
-                                    "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
-                              _decimals("_v"))))
+                          fmt("visit_id{|s} {} {is|are} not in visit_occurrence.csv: fix the rows or leave visit_id "
+                              "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
+                              _decimals("_v"), n=pl.col("_v").list.len())))
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
@@ -189,19 +190,18 @@ def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
 
     def told(which: pl.Expr, first: str, second: str) -> pl.LazyFrame:
         return counts.lazy().filter(which).group_by("srcfile").agg(
-            _k=pl.len(), _e=fmt(f"person {{}}: {{}} {first[:-1]}(s), {{}} {second[:-1]}(s)",
-                                pl.coalesce("_written", "_folder"), pl.col(f"_{first}").cast(pl.String),
-                                pl.col(f"_{second}").cast(pl.String)))
+            _k=pl.len(), _e=fmt(f"person {{}}: {{}} {first[:-1]}{{|s}}, {{}} {second[:-1]}{{|s}}",
+                                pl.coalesce("_written", "_folder"), pl.col(f"_{first}"), pl.col(f"_{second}")))
 
     return [
         _found("registry.unlisted_file", told(pl.col("_files") > pl.col("_rows"), "files", "rows"), "srcfile", fmt(
-            "{} person(s) have more image files than rows in this registry (e.g. {}): its trg_file is left blank, so "
+            "{} person{|s} {has|have} more image files than rows in this registry (e.g. {}): its trg_file is left blank, so "
             "its rows cannot be matched to files, but the linkage procedure asks for one row per file; add the rows "
-            "of the files it leaves out", pl.col("_k").cast(pl.String), pl.col("_e").list.head(3).list.join("; "))),
+            "of the files it leaves out", pl.col("_k"), pl.col("_e").list.head(3).list.join("; "))),
         _found("registry.missing_file", told(pl.col("_rows") > pl.col("_files"), "rows", "files"), "srcfile", fmt(
-            "{} person(s) have more rows in this registry than image files on the site (e.g. {}): one row per file; "
+            "{} person{|s} {has|have} more rows in this registry than image files on the site (e.g. {}): one row per file; "
             "remove the rows of files not delivered (or of a file listed twice), or add the files",
-            pl.col("_k").cast(pl.String), pl.col("_e").list.head(3).list.join("; "))),
+            pl.col("_k"), pl.col("_e").list.head(3).list.join("; "))),
     ]
 
 
@@ -228,8 +228,8 @@ def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
     """The Imaging SOP's image_registry_id, where a registry has the column: its CREATE TABLE makes it the PRIMARY KEY
     (NOT NULL AUTO_INCREMENT), its CSV header labels a "sequential integer value"."""
     has = usable.filter(pl.col("no_registry_id").is_not_null())
-    faults = {"no_registry_id": "{} row(s) with it empty", "bad_registry_id": "{} row(s) with a value that is not an integer",
-              "dup_registry_id": "{} value(s) on more than one row"}
+    faults = {"no_registry_id": "{} row{|s} with it empty", "bad_registry_id": "{} row{|s} with a value that is not an integer",
+              "dup_registry_id": "{} value{|s} on more than one row"}
     told = pl.concat_str([pl.when(pl.col(key) > 0).then(fmt(text, pl.col(key))) for key, text in faults.items()],
                          separator=", ", ignore_nulls=True)
     return [
@@ -238,7 +238,7 @@ def _registry_ids(usable: pl.DataFrame) -> list[pl.LazyFrame]:
                    "1, 2, 3, ... (one integer per row, none twice)", told,
                    _rows("registry_id_rows", pl.col("n_registry_id_rows")))),
         _found("registry.image_registry_order", has.filter(pl.col("unordered_registry_id") > 0), "srcfile",
-               fmt("{} row(s) have an image_registry_id not above those of the rows before them ({}): the "
+               fmt("{} row{|s} {has|have} an image_registry_id not above those of the rows before them ({}): the "
                    "Imaging SOP asks for a sequential integer; number the rows in order (1, 2, 3, ...)",
                    pl.col("unordered_registry_id"), _rows("unordered_registry_rows", pl.col("unordered_registry_id")))),
     ]
@@ -268,11 +268,12 @@ def _overlap(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     if clash is None:
         return []
     return [_found("registry.proc_overlap", clash, "srcfile", fmt(
-        "{} proc_id(s) (e.g. {}) are procedure_occurrence_ids of the site's EHR procedures in procedure_occurrence.csv "
+        "{} proc_id{|s} (e.g. {}) {is a procedure_occurrence_id|are procedure_occurrence_ids} of the site's EHR procedures "
+        "in procedure_occurrence.csv "
         "(rows whose procedure_concept_id is neither 4180938 Imaging nor 4141651 Monitoring): the linkage procedure "
         "asks proc_ids not to overlap them; give the files' procedures ids of a range the EHR does not use "
         "(`chorus-batch registry` gives them from [registry] image_proc_ids / waveform_proc_ids in chorus.toml)",
-        pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
+        pl.col("_k"), pl.col("_id").list.head(3).list.join(", "), n=pl.col("_k")))]
 
 
 def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -284,10 +285,11 @@ def _no_procedure(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     if missing is None:
         return []
     return [_found("registry.no_procedure", missing, "srcfile", fmt(
-        "{} proc_id(s) (e.g. {}) are not procedure_occurrence_ids in procedure_occurrence.csv: each proc_id becomes a "
+        "{} proc_id{|s} (e.g. {}) {is no procedure_occurrence_id|are not procedure_occurrence_ids} in "
+        "procedure_occurrence.csv: each proc_id becomes a "
         "PROCEDURE_OCCURRENCE row (concept 4180938 Imaging or 4141651 Monitoring), which links its files to the "
         "person's other data; add the rows (`chorus-batch registry --omop` writes them) or fix the proc_ids",
-        pl.col("_k"), pl.col("_id").list.head(3).list.join(", ")))]
+        pl.col("_k"), pl.col("_id").list.head(3).list.join(", "), n=pl.col("_k")))]
 
 
 def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -306,9 +308,9 @@ def _other_concept(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         if wrong is None:
             continue
         out.append(_found("registry.procedure_concept", wrong, "srcfile", fmt(
-            f"{{}} proc_id(s) (e.g. {{}}) are rows of procedure_occurrence.csv with procedure_concept_id {other}: "
-            f"the linkage procedure gives the procedures of {modality.lower()[:-1]} files {own}; set it in those rows",
-            pl.col("_k"), pl.col("_id").list.head(3).list.join(", "))))
+            f"{{}} proc_id{{|s}} (e.g. {{}}) {{is a row|are rows}} of procedure_occurrence.csv with procedure_concept_id {other}: "
+            f"the linkage procedure gives the procedures of {modality.lower()[:-1]} files {own}; set it in {{that row|those rows}}",
+            pl.col("_k"), pl.col("_id").list.head(3).list.join(", "), n=pl.col("_k"))))
     return out
 
 
@@ -332,9 +334,9 @@ def _procedure_person(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
              .agg(_told=fmt("{} of person {} in the registry, {} in procedure_occurrence.csv", pl.col("_id"),
                             pl.col("_person"), pl.col("_omop")), _n=pl.col("_id").n_unique()))
     return [_found("registry.procedure_person", other, "srcfile", fmt(
-        "{} proc_id(s) are procedures of another person in procedure_occurrence.csv (e.g. {}): the linkage procedure "
+        "{} proc_id{|s} {is a procedure|are procedures} of another person in procedure_occurrence.csv (e.g. {}): the linkage procedure "
         "makes each proc_id the PROCEDURE_OCCURRENCE row of the files' person; fix person_id in those rows (or the "
-        "registry's proc_id or person_id)", pl.col("_n").cast(pl.String), pl.col("_told").list.head(3).list.join("; ")))]
+        "registry's proc_id or person_id)", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "), n=pl.col("_n")))]
 
 
 def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:
@@ -346,13 +348,13 @@ def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:
             .group_by("srcfile").agg(pl.col("_id").sort().cast(pl.String), pl.len().alias("_k")))
     return [
         _found("registry.proc_conflict", usable.filter(pl.col("n_proc_persons").fill_null(0) > 0), "srcfile", fmt(
-            "{} proc_id(s) (e.g. {}) have rows of more than one person_id: a proc_id becomes one PROCEDURE_OCCURRENCE "
+            "{} proc_id{|s} (e.g. {}) {has|have} rows of more than one person_id: a proc_id becomes one PROCEDURE_OCCURRENCE "
             "row, of one person; give each person's procedures their own ids",
-            pl.col("n_proc_persons"), pl.col("proc_persons").list.join(", "))),
+            pl.col("n_proc_persons"), pl.col("proc_persons").list.join(", "), n=pl.col("n_proc_persons"))),
         _found("registry.proc_conflict", both, "srcfile", fmt(
-            "{} proc_id(s) (e.g. {}) are used by both the image and the waveform registry: a proc_id becomes one "
+            "{} proc_id{|s} (e.g. {}) {is|are} used by both the image and the waveform registry: a proc_id becomes one "
             "PROCEDURE_OCCURRENCE row, an imaging (4180938) or a monitoring (4141651) procedure; give them ids "
-            "of their own", pl.col("_k"), pl.col("_id").list.head(3).list.join(", "))),
+            "of their own", pl.col("_k"), pl.col("_id").list.head(3).list.join(", "), n=pl.col("_k"))),
     ]
 
 
@@ -388,12 +390,12 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     return [
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_null()).group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
-            fmt("{} trg_file(s) are not on the site (e.g. {}): give site-relative paths of delivered files",
-                pl.col("_k"), pl.col("_path").list.head(3).list.join(", "))),
+            fmt("{} trg_file{|s} {is|are} not on the site (e.g. {}): give site-relative paths of delivered files",
+                pl.col("_k"), pl.col("_path").list.head(3).list.join(", "), n=pl.col("_k"))),
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_not_null()).sort("_path").group_by(
             "srcfile", maintain_order=True).agg(pl.col("_path").first(), pl.col("_twin").first(), pl.len().alias("_k")),
             "srcfile",
-            fmt("{} trg_file(s) name no file of the site but one whose name differs only in letter case (e.g. {} is on "
+            fmt("{} trg_file{|s} {names|name} no file of the site but one whose name differs only in letter case (e.g. {} is on "
                 "the site as {}): names are compared exactly (the centre's storage does); write trg_file as the file "
                 "is named, or rename the file", pl.col("_k"), pl.col("_path"), pl.col("_twin"))),
         # one the scan saw but could not take is there: "not on the site" would not be true

@@ -46,9 +46,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     bad_fmt = signals.filter(~pl.col("fmt").is_in(WFDB_FORMATS)).group_by("_header").agg(
         pl.col("fmt").unique().sort())
     out.append(_found("wfdb.format", bad_fmt, "_header",
-                      fmt("signal format(s) {} are not WFDB formats the readers support: write the signals in "
-                                "format 16 (or another of {})", pl.col("fmt").list.join(", "),
-                                pl.lit(", ".join(WFDB_FORMATS)))))
+                      fmt("signal format{|s} {} {is no WFDB format|are not WFDB formats} the readers support: write the signals "
+                          "in format 16 (or another of {})", pl.col("fmt").list.join(", "),
+                          pl.lit(", ".join(WFDB_FORMATS)), n=pl.col("fmt").list.len())))
     data = signals.filter(
         (pl.col("fmt") != "0") & pl.col("file_name").is_not_null() & ~pl.col("file_name").is_in(["", "~", "-"])
     ).with_columns(_path=pl.col("_dir") + "/" + pl.col("file_name"))
@@ -248,9 +248,9 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .group_by("_record", "_stem", "_map").agg(pl.col("sig_name").unique().sort())
     )
     out = [_found("wfdb.unmapped_signal", unmapped, "_record", fmt(
-        "record {}: signal(s) {} are not in {}: add a row for each (signal_id, standardized_label, sampling_rate, "
+        "record {}: signal{|s} {} {is|are} not in {}: add a row for {it|each} (signal_id, standardized_label, sampling_rate, "
         "units), as the Waveform File Format procedure asks for every signal in the data",
-        pl.col("_stem"), _join_list(pl.col("sig_name"), 10), pl.col("_map")))]
+        pl.col("_stem"), _join_list(pl.col("sig_name"), 10), pl.col("_map"), n=pl.col("sig_name").list.len()))]
     both = signals.join(mapped, left_on=["_cat", "sig_name"], right_on=["_cat", "signal_id"], how="inner")
     rates = (
         both.filter(pl.col("_rate").is_not_null() & pl.col("sampling_rate").is_not_null())

@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from ..frames import FACTS_SCHEMA  # kind, md5, facts (JSON text)
-from ..units import plural
+from ..units import named, plural
 from .dicom_walk import (
     CHARACTER_SET,
     META_GROUP_LENGTH,
@@ -477,10 +477,10 @@ def _table(f):
         raise BadContent("the first line is empty, not the column names: write the header row first")
     unnamed = [str(k + 1) for k, c in enumerate(columns) if not c]
     if len(unnamed) > 1:  # (one empty name is a column like any other; two are not "named twice")
-        raise BadContent(f"the header row leaves column(s) {', '.join(unnamed)} unnamed: name every column")
+        raise BadContent(f"the header row leaves {named('column', unnamed)} unnamed: name every column")
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:  # (a frame cannot hold them: said here, not as the frame library's error)
-        raise BadContent(f"the header names column(s) {', '.join(twice)} more than once: keep one column of each name")
+        raise BadContent(f"the header names {named('column', twice)} more than once: keep one column of each name")
     if ended:  # only the header row, unterminated
         return facts, pl.DataFrame(schema={c: pl.String for c in facts["columns"]})
     f.seek(0)
@@ -862,7 +862,7 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
             values = [[None if v is None else v.strip(_WHITESPACE) for v in batch.column(n).to_pylist()] for n in names]
             seen.update(dict.fromkeys(row for row in zip(*values, strict=True) if all(row[:required])))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: "
+        raise BadContent(f"cannot read {named('column', wanted)}: "
                          f"{_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw_names)}") from None
     finally:
         gate.close()  # pyarrow's read-ahead thread may still be reading: it must stop before the caller reads on
@@ -949,7 +949,7 @@ def _procedure_facts(f) -> dict[str, Any]:
                 linked += [[i, p] for i, p in zip(pc.filter(ids, of_linkage).to_pylist(),
                                                   pc.filter(people, of_linkage).to_pylist()) if p]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise BadContent(f"cannot read column(s) {', '.join(wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
+        raise BadContent(f"cannot read {named('column', wanted)}: {_arrow_failure(exc, gate, _CSV_BLOCK_BYTES, raw)}") from None
     finally:
         gate.close()
     facts["ehr_runs"], facts["runs"] = _runs(chunks), _runs(every)

@@ -158,8 +158,8 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
     if unreachable.height:
         # Never guessed: a file that was not read is not reported as unreadable.
         raise UsageError(
-            f"{unreachable.height} file(s) of {what} (e.g. {unreachable['srcfile'][0]}) have headers that were "
-            "never read, and the manifest does not record where they are", where=where,
+            f"{plural(unreachable.height, 'file')} of {what} (e.g. {unreachable['srcfile'][0]}) "
+            f"{'has a header that was' if unreachable.height == 1 else 'have headers that were'} never read, and the manifest does not record where they are", where=where,
             fix="pass --site with the site root (its roots are recorded by the next run)")
     if todo.height:
         progress.stage(f"reading {plural(todo.height, 'header', grouped=True)} and tables ({known_keys.height:,} known from earlier runs)")
@@ -185,7 +185,7 @@ def check_files(current: pl.DataFrame, known: KnownFacts, sources: Mapping[int |
             .otherwise(pl.col("message"))
         ).drop("_why")
     log.debug(f"validate: {todo.height} headers read, {known_keys.height} known, {findings.height} findings, "
-              f"{count} part(s)")
+              f"{plural(count, 'part')}")
     return Checked(findings, new_facts)
 
 
