@@ -82,6 +82,30 @@ def test_a_read_only_command_on_an_old_manifest_says_how_to_upgrade(old):
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
 
 
+def test_a_read_only_command_while_an_upgrade_runs_says_so_and_not_to_upgrade(old):
+    """While `upgrade` (or a run, which upgrades first) held the lock, `versions`/`report`/`registry` said "upgrade it
+    in place" (exit 3): a second upgrade, turned away by the lock. They now name the holder (exit 4, try later).
+    Details an older release wrote (no schema) or a command that does not upgrade keep the old answer."""
+    from chorus_batch.store.lock import manifest_lock
+
+    for command in ("upgrade", "run"):
+        with manifest_lock(old, [command, "--db", str(old)]):
+            out = cli("versions", "--db", str(old))
+        assert out.returncode == 4, out.stderr
+        assert f"locked by pid {os.getpid()}" in out.stderr and f"`chorus-batch {command}`" in out.stderr, out.stderr
+        assert "upgrades it to schema" in out.stderr and "run it again once that one has finished" in out.stderr
+    holder = Path(f"{old}.lock.json")
+    with manifest_lock(old, ["upload", "--db", str(old)]):
+        assert cli("versions", "--db", str(old)).returncode == 3
+    with manifest_lock(old, ["upgrade", "--db", str(old)]):
+        details = json.loads(holder.read_text())
+        del details["schema"]  # as an older release writes them
+        holder.write_text(json.dumps(details))
+        out = cli("versions", "--db", str(old))
+    assert out.returncode == 3 and "upgrade it in place" in out.stderr, out.stderr
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
+
+
 def test_upgrade_keeps_every_version_row_and_finding(old):
     before = dump(old)
     assert len(before["versions"]) == 2 and len(before["findings"]) == 11 and len(before["source_files"]) == 30

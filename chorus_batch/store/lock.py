@@ -18,6 +18,7 @@ from filelock import FileLock, Timeout
 from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
 from ..fsutil import OWNER_ONLY, file_above, other_owner
 from ..times import iso, utc_now
+from .schema import SCHEMA_VERSION
 
 
 def user_name() -> str:
@@ -107,6 +108,31 @@ def _same_array(holder_task: str | None) -> tuple[str, str] | None:
                  "at a time at most, the others refused or running the whole site again after it")
 
 
+def _holder_of(info: dict) -> str:
+    """The holder a lock's details name: 'pid 12 on host h (user u), started T, `chorus-batch run`'."""
+    holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
+    if info.get("command") in _command_names():  # which command holds it (its name only; see command_of)
+        holder += f", `chorus-batch {info['command']}`"
+    return holder
+
+
+# The commands that upgrade an older manifest under the run lock before anything else (Manifest.ensure_schema)
+UPGRADING_COMMANDS = frozenset({"upgrade", "run", "validate", "import-journal"})
+
+
+def upgrade_under_way(db: Path, version: int) -> str | None:
+    """The holder of the run lock beside `db` when its details name a command of a release that upgrades a manifest
+    of schema `version` first; None otherwise. Read without taking the lock (a reader taking it for a moment would
+    turn away a run starting then). The details of a killed holder stay until the next lock: whether it still runs
+    is not told here."""
+    try:
+        info = json.loads(Path(f"{db}.lock.json").read_text(encoding="utf-8"))
+        upgrades = info.get("command") in UPGRADING_COMMANDS and int(info.get("schema", 0)) > version
+        return _holder_of(info) if upgrades else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 @contextlib.contextmanager
 def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
@@ -126,12 +152,9 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     except Timeout:
         holder = "an unknown process (it has not written its details yet)"
         info: dict = {}
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             info = json.loads(holder_path.read_text(encoding="utf-8"))
-            holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
-            command = info.get("command")
-            if command in _command_names():  # which command holds it (its name only; see command_of)
-                holder += f", `chorus-batch {command}`"
+            holder = _holder_of(info)
         # The command turned away, by name when it is not `kind` itself: `upgrade`, `validate --force`, `registry`
         # or `import-journal` were told "this run did nothing".
         own = command_of(argv)
@@ -159,7 +182,8 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
             fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                           "started_at": iso(utc_now()), "command": command_of(argv), "slurm_task": _slurm_task()}, f)
+                           "started_at": iso(utc_now()), "command": command_of(argv), "slurm_task": _slurm_task(),
+                           "schema": SCHEMA_VERSION}, f)
         yield
     finally:
         with contextlib.suppress(OSError):

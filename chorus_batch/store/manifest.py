@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from .. import release
 from ..classify import record_key
-from ..errors import FILE_SIZE_FIX, ManifestError, UsageError, file_size_limit, salvage_command
+from ..errors import FILE_SIZE_FIX, ManifestError, ManifestLocked, UsageError, file_size_limit, salvage_command
 from ..frames import STATE_SCHEMA, columns_of, empty_state, schema_of
 from ..faults import pause
 from ..fsutil import (create_private, free_bytes, nearly_full, require_reachable, restrict, unicode_twin,
@@ -41,7 +41,7 @@ from ..partitions import BUCKET, in_range, with_bucket, with_buckets
 from ..times import iso, utc_now
 from ..units import shown_name
 from ..urls import root_url, scrub, storable
-from .lock import manifest_lock, user_name
+from .lock import manifest_lock, upgrade_under_way, user_name
 from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
 
 
@@ -649,6 +649,13 @@ class Manifest:
         if version > SCHEMA_VERSION:
             raise too_new(version, str(self.path))
         if version < SCHEMA_VERSION:
+            upgrading = upgrade_under_way(self.path, version)
+            if upgrading is not None:
+                raise ManifestLocked(
+                    f"the manifest has schema version {version} and is locked by {upgrading}, which upgrades it to "
+                    f"schema {SCHEMA_VERSION} before anything else", where=str(self.path),
+                    fix="this command did nothing; run it again once that one has finished (if that process is gone, "
+                        f"upgrade it: `chorus-batch upgrade --db {shlex.quote(str(self.path))}`)")
             raise ManifestError(
                 f"the manifest has schema version {version}, written by an older chorus-batch; this one reads "
                 f"schema {SCHEMA_VERSION}",
