@@ -512,17 +512,31 @@ def cannot_write(path: str | os.PathLike[str], exc: OSError) -> WriteError:
                       cause=exc)
 
 
-def private_folder(path: str | os.PathLike[str]) -> Path:
-    """Make folder `path` and the missing ones above it owner-only (0700 whatever the umask); an existing
-    folder is left as it is. A failure is a WriteError."""
-    path = Path(path)
+def missing_folders(path: Path) -> list[Path]:
+    """The folders of `path` that are not there yet, deepest first."""
     missing = []
     for folder in (path, *path.parents):
         if os.path.lexists(folder):
             break
         missing.append(folder)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove these folders (deepest first) where they are still empty; one that holds anything stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone, or not ours to remove): left as it is
+            return
+
+
+def private_folder(path: str | os.PathLike[str]) -> Path:
+    """Make folder `path` and the missing ones above it owner-only (0700 whatever the umask); an existing
+    folder is left as it is. A failure is a WriteError."""
+    path = Path(path)
     try:
-        for folder in reversed(missing):
+        for folder in reversed(missing_folders(path)):
             with contextlib.suppress(FileExistsError):  # made meanwhile by another process: used as it is
                 folder.mkdir(mode=PRIVATE_FOLDER)
                 os.chmod(folder, PRIVATE_FOLDER)  # the umask took bits off

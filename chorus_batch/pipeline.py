@@ -23,7 +23,7 @@ from .faults import pause
 from .partitions import TreeParts
 from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, machine_limit,
                      signals_unwrapped)
-from .fsutil import check_outside_roots, private_folder
+from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
 from .scan import Root, scan
@@ -146,7 +146,18 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
     """run, from its roots on: under the manifest's lock, logged in `runs`."""
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
-    preflight(settings, manifest)
+    made = preflight(settings, manifest)
+    try:
+        return _checked_run(settings, argv, progress, delete_list, roots, manifest)
+    finally:
+        # a --parquet folder this run made and wrote nothing into (nothing committed, a refusal) is not left behind:
+        # a reader refuses an empty snapshot folder
+        remove_empty_folders(made)
+
+
+def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, delete_list: pl.DataFrame | None,
+                 roots: list, manifest: Manifest) -> RunResult:
+    """_run_logged once every setting was checked."""
     for position, root in enumerate(roots):  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
         try:
             root.source.check()
@@ -331,8 +342,10 @@ def scan_shard(settings: RunSettings, *, progress: Progress | None = None):
     return run_shard(settings, roots, coverage, settings.staging, progress)
 
 
-def preflight(settings: RunSettings, manifest: Manifest) -> None:
-    """Every argument and setting checked before any listing: a mistake costs seconds, not a night."""
+def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
+    """Every argument and setting checked before any listing: a mistake costs seconds, not a night. Returns the
+    folders it made (the --parquet folder and its missing parents, deepest first)."""
+    made: list[Path] = []
     from .commit import next_label
     from .config import CONFIG_HELP, check_roots, parse_bytes, parse_max_delete
     from .processes import ensure_address_space, ensure_open_files
@@ -417,6 +430,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--parquet names a file, not a folder: {folder}", where="--parquet / [manifest] parquet",
                              fix="pass --parquet with a folder (it is created)")
+        made = missing_folders(folder)
         try:
             private_folder(folder)  # 0700 with its missing parents
         except OSError as exc:
@@ -425,6 +439,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> None:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"the Parquet folder is not writable: {folder}", where=str(folder),
                              fix="pass --parquet with a folder this user can write")
+    return made
 
 
 def _check_outside_roots(settings: RunSettings, manifest_path: Path) -> None:

@@ -578,6 +578,22 @@ def test_a_parquet_folder_that_cannot_be_written_is_refused_before_the_scan(site
     assert out.returncode == 2 and "names a file" in out.stderr and not db.exists()
 
 
+def test_a_run_that_commits_nothing_leaves_no_empty_parquet_folder_it_made(site, db, tmp_path):
+    """--parquet's folder (and its missing parents) is made before the listing, to refuse an unwritable one at once;
+    a run that then committed nothing (an empty site, a refusal) left it empty, and readers refuse an empty snapshot
+    folder ("no Parquet snapshots in ..."). A folder that was there stays, empty or not."""
+    snap = tmp_path / "new" / "snap"
+    out = run(site, db, "--parquet", str(snap))  # the site lists no files: no version
+    assert out.returncode == 0 and "no first version was committed" in out.stdout, out.stdout + out.stderr
+    assert not (tmp_path / "new").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    assert run(site, db, "--parquet", str(there)).returncode == 0 and there.is_dir()
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "--parquet", str(snap)).returncode in (0, 1)
+    assert (snap / "versions.parquet").is_file()
+
+
 def test_a_failure_after_the_commit_says_the_version_was_committed(site, db, tmp_path):
     write(site, "OMOP/a.csv")
     snap = tmp_path / "snap"
