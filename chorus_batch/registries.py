@@ -32,7 +32,8 @@ import polars as pl
 from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
 from .frames import fmt
-from .fsutil import complete_interrupted_sets, private_folder, write_private_together
+from .fsutil import (complete_interrupted_sets, missing_folders, private_folder, remove_empty_folders,
+                     write_private_together)
 from .progress import Progress, log
 from .sources import Source
 from .store import Manifest
@@ -530,15 +531,19 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
 
     reader = SQLiteReader(manifest.path)  # one for both builds: the version's file list is read once
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
+    made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
-    defaults = RegistrySection()
-    ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
-    sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
-    build = functools.partial(build_registries, manifest, sources, version=version, ranges=ranges, workers=workers,
-                              progress=progress, reader=reader)
-    try:  # without the lock first: with every header read and proc_id given, there is nothing to write (a reviewer
-        registries = build(write=False)  # who may only read the manifest gets the registries; a run may go on)
-    except _WouldWrite:
-        with manifest.lock(argv):
-            registries = build()
-    return registries, write_registries(registries, out, omop=omop)
+    try:
+        defaults = RegistrySection()
+        ranges = ranges or {"Images": defaults.image_proc_ids, "Waveforms": defaults.waveform_proc_ids}
+        sources = site_sources(manifest, overrides, workers=workers, cloud=cloud)
+        build = functools.partial(build_registries, manifest, sources, version=version, ranges=ranges,
+                                  workers=workers, progress=progress, reader=reader)
+        try:  # without the lock first: with every header read and proc_id given, there is nothing to write (a
+            registries = build(write=False)  # reviewer who may only read the manifest gets them; a run may go on)
+        except _WouldWrite:
+            with manifest.lock(argv):
+                registries = build()
+        return registries, write_registries(registries, out, omop=omop)
+    finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left
+        remove_empty_folders(made)

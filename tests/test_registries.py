@@ -418,6 +418,17 @@ def test_an_unknown_version_makes_no_out_folder(released, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+def test_a_registry_stopped_before_writing_leaves_no_out_folder_it_made(released, tmp_path):
+    """A registry stopped (SIGTERM) before its files were put in place left the new --out folder it had made, empty."""
+    _, db, _ = released
+    new = tmp_path / "new" / "release"
+    proc = paused("registry", "--db", str(db), "--out", str(new), at="written-aside")
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert not (tmp_path / "new").exists(), list((tmp_path / "new").rglob("*"))
+
+
 def test_out_dash_is_not_taken_as_a_folder_named_dash(released, tmp_path):
     """`report --out -` and `review --out -` print to standard output; `registry --out -` made a folder named `-`
     in the current folder (awkward to remove: `rm -r -` is not it) and said it wrote its files there. The registry
