@@ -1239,3 +1239,45 @@ def test_every_in_memory_duckdb_spills_into_an_owner_only_folder_it_removes(tmp_
             if "temp_directory" not in call:
                 bare.append(f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}")
     assert not bare, bare
+
+
+def test_snapshots_read_as_the_readme_says_give_each_version_its_label_as_text(tmp_path):
+    """A snapshot folder's `version=<label>` read by polars or DuckDB as hive partitions, as the README showed it
+    (`pl.scan_parquet("DIR/version=*/manifest.parquet", hive_partitioning=True)`), typed the label by its value:
+    polars read the labels 001, 002 as the numbers 1, 2 (the label lost) and both read the default labels as
+    integers, which matched none of versions.parquet's labels. The README's reads and `scan_snapshots` give text."""
+    import re
+
+    import duckdb
+
+    from chorus_batch.store.snapshots import SNAPSHOT_PARTS, scan_snapshots
+
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db, snaps = tmp_path / "data" / "first", tmp_path / "m.sqlite", tmp_path / "snaps"
+    for label in ("001", "002", None):  # a site's own numbering, then a default label after it
+        if label != "001":
+            write(site, "Metadata/READINESS.md", f"delivery after {label}\n".encode())
+        run_site(site, db, parquet=str(snaps), version_label=label, validate_site=False)
+    labels = open_manifest(db).versions()["label"].to_list()
+    assert labels[:2] == ["001", "002"] and len(labels) == 3 and labels[2].isdigit()  # (a UTC start: sorts after)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    polars_read = re.search(r'`(pl\.scan_parquet\("DIR/version=\*/manifest\.parquet"[^`]*)`', readme).group(1)
+    duckdb_read = re.search(r"`(read_parquet\('DIR/version=\*/manifest\.parquet'[^`]*)`", readme).group(1)
+    by_polars = eval(polars_read.replace("DIR", str(snaps)), {"pl": pl}).collect()  # (the README's line, as a reader pastes it)
+    assert by_polars.schema["version"] == pl.String
+    assert sorted(by_polars["version"].unique()) == labels
+    with duckdb.connect() as con:
+        rows = con.sql(f"SELECT DISTINCT version, typeof(version) FROM {duckdb_read.replace('DIR', str(snaps))} ORDER BY 1")
+        assert rows.fetchall() == [(label, "VARCHAR") for label in labels]
+    # the library's scan: every part, labels as text, joined to versions.parquet by them
+    versions = pl.read_parquet(snaps / "versions.parquet")
+    for part in SNAPSHOT_PARTS:
+        frame = scan_snapshots(snaps, part).collect()
+        assert frame.schema["version"] == pl.String, part
+        assert set(frame["version"]) <= set(labels), part
+    files = scan_snapshots(snaps).group_by("version").len().collect().join(versions, left_on="version", right_on="label")
+    assert sorted(files.select("version", "len", "n_files").rows()) == [(v, n, n) for v, n in
+                                                                        zip(labels, versions["n_files"])]
+    assert sorted(scan_snapshots(snaps, "changes").collect()["version"].unique()) == labels
+    with pytest.raises(UsageError, match="not a folder of Parquet snapshots"):
+        scan_snapshots(db)
