@@ -101,6 +101,12 @@ def share_argument(value: object, name: str) -> float:
     return share
 
 
+def _same_number(label: str, typed: str) -> bool:
+    """Whether a label and what was typed are the same whole number with other leading zeros ('001' and '1')."""
+    return (label.isascii() and typed.isascii() and label.isdigit() and typed.isdigit() and label != typed
+            and label.lstrip("0") == typed.lstrip("0"))
+
+
 def open_manifest(path: str | Path) -> "ManifestReader":
     """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
     path = text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"')
@@ -224,7 +230,10 @@ class ManifestReader:
         if version is None:
             return versions["label"][-1]
         if isinstance(version, numbers.Integral) and not isinstance(version, bool):
-            version = str(version)  # a label typed as a number (20261127034021), in a notebook as by papermill
+            # A label typed as a number (20261127034021), in a notebook as by papermill. A site's own numbering, 001,
+            # comes as 1 from papermill's `-p version 001` (and YAML): the one label spelling that number is meant.
+            spelled = [label for label in versions["label"].to_list() if _same_number(label, str(version))]
+            version = spelled[0] if len(spelled) == 1 and str(version) not in spelled else str(version)
         elif isinstance(version, date) and not isinstance(version, datetime):
             version = datetime(version.year, version.month, version.day, tzinfo=timezone.utc)  # as "2026-11-27"
         elif isinstance(version, datetime) and version != version:  # pandas' NaT, a datetime that is no time
@@ -250,8 +259,10 @@ class ManifestReader:
 
             dated = ISO_LIKE.match(version.strip()) is not None  # meant as a time: say what is wrong with it
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
+            # (or typed without its leading zeros: 1 for the label 001)
             close = ([version.strip()] if version.strip() in labels
-                     else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
+                     else [label for label in labels if _same_number(label, version.strip())][:3]
+                     or get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
                              + (", and it is not a valid ISO date-time" if dated else "")
                              + (f"; did you mean {', '.join(close)}?" if close else ""), where=str(self.path),

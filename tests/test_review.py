@@ -1281,3 +1281,22 @@ def test_snapshots_read_as_the_readme_says_give_each_version_its_label_as_text(t
     assert sorted(scan_snapshots(snaps, "changes").collect()["version"].unique()) == labels
     with pytest.raises(UsageError, match="not a folder of Parquet snapshots"):
         scan_snapshots(db)
+
+
+def test_a_label_of_leading_zeros_passed_as_a_number_is_the_label_that_spells_it(tmp_path):
+    """A site numbering its versions by hand (001, 002): `papermill review.ipynb out -p version 002` passes the number
+    2 (papermill and YAML read 002 as an integer), and the review stopped at "no version '2' in the manifest", with no
+    word of 002. The number is now the one label spelling it; the text '2' is answered with the label meant."""
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db = tmp_path / "data" / "first", tmp_path / "m.sqlite"
+    for label in ("001", "002"):
+        write(site, "Metadata/READINESS.md", f"delivery {label}\n".encode())
+        run_site(site, db, version_label=label, validate_site=False)
+    reader = open_manifest(db)
+    assert [reader.resolve(n) for n in (1, 2)] == ["001", "002"]
+    assert reader.resolve("002") == "002"
+    with pytest.raises(UsageError, match="no version '3'"):
+        reader.resolve(3)
+    out = cli("files", "--db", str(db), "--as-of", "2")
+    assert out.returncode == 2 and "no version '2' in the manifest; did you mean 002?" in out.stderr
+    assert reader.files(2).height == reader.files("002").height > 0
