@@ -352,9 +352,12 @@ class ManifestReader:
         if self._files_at(label, None, person).height:  # the person is there, just not in that modality
             return
         maybe = self.person_suggestions(person, label)
+        # one that looks the same as typed: its letters in the other Unicode form (é as e + accent), said as such
+        other_form = any(unicodedata.normalize("NFC", m) == unicodedata.normalize("NFC", person.strip()) for m in maybe)
         warnings.warn(NoSuchPerson(
             f"no files for person {person!r} in version {label}; person ids are text, as the site writes them"
-            + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")),
+            + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")
+            + (" (the same letters in the other Unicode form: copy the id as `files` lists it)" if other_form else "")),
             stacklevel=3)
 
     def modality_name(self, modality: str) -> str:
@@ -517,7 +520,10 @@ class ManifestReader:
         person = person.strip()  # an id pasted with a space or a line break (' 000123') was said to match nothing
         ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
         same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
-        found = same_number if same_number.len() else ids.filter(ids.str.contains(person, literal=True))
+        # else ids that hold it, in either Unicode form and any case: a folder name pasted from macOS (é as e + accent)
+        folded = ids.str.normalize("NFC").str.to_lowercase()
+        typed = unicodedata.normalize("NFC", person).lower()
+        found = same_number if same_number.len() else ids.filter(folded.str.contains(typed, literal=True))
         return sorted(found.to_list())[:limit]
 
     def files_per_person(self, as_of: str | datetime | None = None) -> pl.DataFrame:

@@ -1300,3 +1300,22 @@ def test_a_label_of_leading_zeros_passed_as_a_number_is_the_label_that_spells_it
     out = cli("files", "--db", str(db), "--as-of", "2")
     assert out.returncode == 2 and "no version '2' in the manifest; did you mean 002?" in out.stderr
     assert reader.files(2).height == reader.files("002").height > 0
+
+
+def test_a_person_typed_in_the_other_unicode_form_or_case_is_answered_with_the_id_meant(tmp_path):
+    """A person folder named with an accent, its id pasted from macOS (é as e + combining accent) or typed in
+    capitals, was answered "no files for person ..." and "`files` lists them", as if no such person were there."""
+    import unicodedata
+
+    from chorus_batch.review import NoSuchPerson
+
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db = tmp_path / "data" / "first", tmp_path / "m.sqlite"
+    write(site, "Zoé/Waveforms/1.dat", b"x")
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    assert reader.files(person="Zoé").height == 1
+    with pytest.warns(NoSuchPerson, match="did you mean Zoé\\? \\(the same letters in the other Unicode form"):
+        assert reader.files(person=unicodedata.normalize("NFD", "Zoé")).height == 0
+    with pytest.warns(NoSuchPerson, match="did you mean Zoé\\?$"):
+        reader.files(person="ZOÉ")
