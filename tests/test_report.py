@@ -654,3 +654,22 @@ def test_the_command_under_a_cut_table_lists_the_rows_that_table_counts(tmp_path
         assert len({tuple(r[k] for k in key) for r in rows} if key else rows) == total, section
     sessions_csv = re.search(r"Showing 1 of 2 rows", sections["sessions"])
     assert sessions_csv, "the two sessions of 1970 are the implausible ones"
+
+
+def test_the_versions_after_a_hand_label_are_told_apart_in_the_change_plot():
+    """After `run --version nightly` the versions are 'nightly-<UTC start>'; the plot cut every label of more than 16
+    characters to its first 15, so each night of a month was 'nightly-2026120…', and the level labels of six versions
+    ran into each other. Each is now the hand label over its date, as precise as needed, turned when crowded."""
+    from chorus_batch.report.plots import _crowded, _tick_labels
+
+    labels = ["20261130020000", "nightly", *(f"nightly-202612{d:02d}020000" for d in range(1, 5)),
+              "a-very-long-hand-label-20261205020000"]
+    ticks = _tick_labels(labels, one_line=True)
+    assert len(set(ticks)) == len(labels), ticks
+    assert ticks[:3] == ["2026-11-30", "nightly", "nightly 2026-12-01"]
+    assert ticks[-1] == "a-very-long… 2026-12-05"
+    same_day = _tick_labels(["nightly-20261201020000", "nightly-20261201020500"], one_line=False)
+    assert same_day == ["nightly\n2026-12-01\n02:00", "nightly\n2026-12-01\n02:05"]
+    assert _tick_labels(["20261201020000", "20261202020000"], one_line=False) == ["2026-12-01", "2026-12-02"]
+    assert _crowded(_tick_labels(labels, one_line=False), len(labels))
+    assert not _crowded(_tick_labels(["20261201020000", "20261202020000"], one_line=False), 2)
