@@ -101,6 +101,12 @@ def share_argument(value: object, name: str) -> float:
     return share
 
 
+def _same_number(label: str, typed: str) -> bool:
+    """Whether a label and what was typed are the same whole number with other leading zeros ('001' and '1')."""
+    return (label.isascii() and typed.isascii() and label.isdigit() and typed.isdigit() and label != typed
+            and label.lstrip("0") == typed.lstrip("0"))
+
+
 def open_manifest(path: str | Path) -> "ManifestReader":
     """A SQLite manifest file, or a folder of `version=<label>/` Parquet snapshots."""
     path = text_argument(path, "the manifest", "open_manifest(path)", '"chorus_manifest.sqlite"')
@@ -224,7 +230,10 @@ class ManifestReader:
         if version is None:
             return versions["label"][-1]
         if isinstance(version, numbers.Integral) and not isinstance(version, bool):
-            version = str(version)  # a label typed as a number (20261127034021), in a notebook as by papermill
+            # A label typed as a number (20261127034021), in a notebook as by papermill. A site's own numbering, 001,
+            # comes as 1 from papermill's `-p version 001` (and YAML): the one label spelling that number is meant.
+            spelled = [label for label in versions["label"].to_list() if _same_number(label, str(version))]
+            version = spelled[0] if len(spelled) == 1 and str(version) not in spelled else str(version)
         elif isinstance(version, date) and not isinstance(version, datetime):
             version = datetime(version.year, version.month, version.day, tzinfo=timezone.utc)  # as "2026-11-27"
         elif isinstance(version, datetime) and version != version:  # pandas' NaT, a datetime that is no time
@@ -250,8 +259,10 @@ class ManifestReader:
 
             dated = ISO_LIKE.match(version.strip()) is not None  # meant as a time: say what is wrong with it
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
+            # (or typed without its leading zeros: 1 for the label 001)
             close = ([version.strip()] if version.strip() in labels
-                     else get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
+                     else [label for label in labels if _same_number(label, version.strip())][:3]
+                     or get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
                              + (", and it is not a valid ISO date-time" if dated else "")
                              + (f"; did you mean {', '.join(close)}?" if close else ""), where=str(self.path),
@@ -341,9 +352,12 @@ class ManifestReader:
         if self._files_at(label, None, person).height:  # the person is there, just not in that modality
             return
         maybe = self.person_suggestions(person, label)
+        # one that looks the same as typed: its letters in the other Unicode form (é as e + accent), said as such
+        other_form = any(unicodedata.normalize("NFC", m) == unicodedata.normalize("NFC", person.strip()) for m in maybe)
         warnings.warn(NoSuchPerson(
             f"no files for person {person!r} in version {label}; person ids are text, as the site writes them"
-            + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")),
+            + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")
+            + (" (the same letters in the other Unicode form: copy the id as `files` lists it)" if other_form else "")),
             stacklevel=3)
 
     def modality_name(self, modality: str) -> str:
@@ -506,7 +520,10 @@ class ManifestReader:
         person = person.strip()  # an id pasted with a space or a line break (' 000123') was said to match nothing
         ids = self.files(as_of).select(pl.col("person_id").drop_nulls().unique()).to_series()
         same_number = ids.filter(ids.str.strip_chars_start("0") == person.lstrip("0")) if person.lstrip("0") else ids.head(0)
-        found = same_number if same_number.len() else ids.filter(ids.str.contains(person, literal=True))
+        # else ids that hold it, in either Unicode form and any case: a folder name pasted from macOS (é as e + accent)
+        folded = ids.str.normalize("NFC").str.to_lowercase()
+        typed = unicodedata.normalize("NFC", person).lower()
+        found = same_number if same_number.len() else ids.filter(folded.str.contains(typed, literal=True))
         return sorted(found.to_list())[:limit]
 
     def files_per_person(self, as_of: str | datetime | None = None) -> pl.DataFrame:

@@ -15,6 +15,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -610,3 +611,65 @@ def test_duckdbs_own_cap_reached_is_not_said_as_the_machines_memory():
     assert said is not None and "working memory chorus-batch gives DuckDB" in said.what, said
     assert "not of the machine" in said.fix and "give the job more memory" not in said.fix
     assert "give the job more memory" in out_of_memory(MemoryError()).fix  # the machine's memory: as before
+
+
+def test_the_command_under_a_cut_table_lists_the_rows_that_table_counts(tmp_path, monkeypatch):
+    """A long table is cut with "Showing 50 of N rows. All of them: <command>". Three commands listed other rows:
+    the deleted section's `diff --csv` also the added and renamed files, the implausible sessions' command every
+    session, the changes table's `versions` a line per version without its modalities. Each now writes the N rows."""
+    import csv
+
+    from chorus_batch.report import html as report_html
+
+    site, db = tmp_path / "site", tmp_path / "manifest.sqlite"
+    spec = Spec(persons=4, files_per_person=8, size=64, seed=3, change_fraction=0.5)
+    write_snapshot(site, spec)
+    run_site(site, db, validate_site=False)
+    shutil.rmtree(site)
+    write_snapshot(site, spec, second=True)
+    for person in ("000001", "000002"):  # sessions named as starting in 1970: implausible
+        write(site, f"{person}/Waveforms/{person}_19700101_000100_3600_0001.dat", b"w")
+    run_site(site, db, validate_site=False)
+    monkeypatch.setattr(report_html, "MAX_ROWS", 1)  # every table of more than one row is cut
+    report_html._environment.cache_clear()
+    try:
+        text = write_report(db, tmp_path / "report.html").path.read_text(encoding="utf-8")
+    finally:
+        monkeypatch.undo()
+        report_html._environment.cache_clear()
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.DOTALL))
+    out = tmp_path / "out"
+    out.mkdir()
+    for section, key in (("changes-by-version", ("version", "modality")), ("sessions", None), ("deleted", None)):
+        cut = re.search(r"Showing 1 of ([\d,]+) rows\. All of them: <code>(.*?)</code>", sections[section], re.DOTALL)
+        assert cut, section
+        total, command = int(cut.group(1).replace(",", "")), shlex.split(html.unescape(cut.group(2)))
+        assert command[0] == "python", command
+        done = subprocess.run([sys.executable, *command[1:]], cwd=out, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        written = next(out.glob("*.csv"))
+        with written.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        written.unlink()
+        assert len({tuple(r[k] for k in key) for r in rows} if key else rows) == total, section
+    sessions_csv = re.search(r"Showing 1 of 2 rows", sections["sessions"])
+    assert sessions_csv, "the two sessions of 1970 are the implausible ones"
+
+
+def test_the_versions_after_a_hand_label_are_told_apart_in_the_change_plot():
+    """After `run --version nightly` the versions are 'nightly-<UTC start>'; the plot cut every label of more than 16
+    characters to its first 15, so each night of a month was 'nightly-2026120…', and the level labels of six versions
+    ran into each other. Each is now the hand label over its date, as precise as needed, turned when crowded."""
+    from chorus_batch.report.plots import _crowded, _tick_labels
+
+    labels = ["20261130020000", "nightly", *(f"nightly-202612{d:02d}020000" for d in range(1, 5)),
+              "a-very-long-hand-label-20261205020000"]
+    ticks = _tick_labels(labels, one_line=True)
+    assert len(set(ticks)) == len(labels), ticks
+    assert ticks[:3] == ["2026-11-30", "nightly", "nightly 2026-12-01"]
+    assert ticks[-1] == "a-very-long… 2026-12-05"
+    same_day = _tick_labels(["nightly-20261201020000", "nightly-20261201020500"], one_line=False)
+    assert same_day == ["nightly\n2026-12-01\n02:00", "nightly\n2026-12-01\n02:05"]
+    assert _tick_labels(["20261201020000", "20261202020000"], one_line=False) == ["2026-12-01", "2026-12-02"]
+    assert _crowded(_tick_labels(labels, one_line=False), len(labels))
+    assert not _crowded(_tick_labels(["20261201020000", "20261202020000"], one_line=False), 2)

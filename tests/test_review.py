@@ -1239,3 +1239,83 @@ def test_every_in_memory_duckdb_spills_into_an_owner_only_folder_it_removes(tmp_
             if "temp_directory" not in call:
                 bare.append(f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}")
     assert not bare, bare
+
+
+def test_snapshots_read_as_the_readme_says_give_each_version_its_label_as_text(tmp_path):
+    """A snapshot folder's `version=<label>` read by polars or DuckDB as hive partitions, as the README showed it
+    (`pl.scan_parquet("DIR/version=*/manifest.parquet", hive_partitioning=True)`), typed the label by its value:
+    polars read the labels 001, 002 as the numbers 1, 2 (the label lost) and both read the default labels as
+    integers, which matched none of versions.parquet's labels. The README's reads and `scan_snapshots` give text."""
+    import re
+
+    import duckdb
+
+    from chorus_batch.store.snapshots import SNAPSHOT_PARTS, scan_snapshots
+
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db, snaps = tmp_path / "data" / "first", tmp_path / "m.sqlite", tmp_path / "snaps"
+    for label in ("001", "002", None):  # a site's own numbering, then a default label after it
+        if label != "001":
+            write(site, "Metadata/READINESS.md", f"delivery after {label}\n".encode())
+        run_site(site, db, parquet=str(snaps), version_label=label, validate_site=False)
+    labels = open_manifest(db).versions()["label"].to_list()
+    assert labels[:2] == ["001", "002"] and len(labels) == 3 and labels[2].isdigit()  # (a UTC start: sorts after)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    polars_read = re.search(r'`(pl\.scan_parquet\("DIR/version=\*/manifest\.parquet"[^`]*)`', readme).group(1)
+    duckdb_read = re.search(r"`(read_parquet\('DIR/version=\*/manifest\.parquet'[^`]*)`", readme).group(1)
+    by_polars = eval(polars_read.replace("DIR", str(snaps)), {"pl": pl}).collect()  # (the README's line, as a reader pastes it)
+    assert by_polars.schema["version"] == pl.String
+    assert sorted(by_polars["version"].unique()) == labels
+    with duckdb.connect() as con:
+        rows = con.sql(f"SELECT DISTINCT version, typeof(version) FROM {duckdb_read.replace('DIR', str(snaps))} ORDER BY 1")
+        assert rows.fetchall() == [(label, "VARCHAR") for label in labels]
+    # the library's scan: every part, labels as text, joined to versions.parquet by them
+    versions = pl.read_parquet(snaps / "versions.parquet")
+    for part in SNAPSHOT_PARTS:
+        frame = scan_snapshots(snaps, part).collect()
+        assert frame.schema["version"] == pl.String, part
+        assert set(frame["version"]) <= set(labels), part
+    files = scan_snapshots(snaps).group_by("version").len().collect().join(versions, left_on="version", right_on="label")
+    assert sorted(files.select("version", "len", "n_files").rows()) == [(v, n, n) for v, n in
+                                                                        zip(labels, versions["n_files"])]
+    assert sorted(scan_snapshots(snaps, "changes").collect()["version"].unique()) == labels
+    with pytest.raises(UsageError, match="not a folder of Parquet snapshots"):
+        scan_snapshots(db)
+
+
+def test_a_label_of_leading_zeros_passed_as_a_number_is_the_label_that_spells_it(tmp_path):
+    """A site numbering its versions by hand (001, 002): `papermill review.ipynb out -p version 002` passes the number
+    2 (papermill and YAML read 002 as an integer), and the review stopped at "no version '2' in the manifest", with no
+    word of 002. The number is now the one label spelling it; the text '2' is answered with the label meant."""
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db = tmp_path / "data" / "first", tmp_path / "m.sqlite"
+    for label in ("001", "002"):
+        write(site, "Metadata/READINESS.md", f"delivery {label}\n".encode())
+        run_site(site, db, version_label=label, validate_site=False)
+    reader = open_manifest(db)
+    assert [reader.resolve(n) for n in (1, 2)] == ["001", "002"]
+    assert reader.resolve("002") == "002"
+    with pytest.raises(UsageError, match="no version '3'"):
+        reader.resolve(3)
+    out = cli("files", "--db", str(db), "--as-of", "2")
+    assert out.returncode == 2 and "no version '2' in the manifest; did you mean 002?" in out.stderr
+    assert reader.files(2).height == reader.files("002").height > 0
+
+
+def test_a_person_typed_in_the_other_unicode_form_or_case_is_answered_with_the_id_meant(tmp_path):
+    """A person folder named with an accent, its id pasted from macOS (é as e + combining accent) or typed in
+    capitals, was answered "no files for person ..." and "`files` lists them", as if no such person were there."""
+    import unicodedata
+
+    from chorus_batch.review import NoSuchPerson
+
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db = tmp_path / "data" / "first", tmp_path / "m.sqlite"
+    write(site, "Zoé/Waveforms/1.dat", b"x")
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    assert reader.files(person="Zoé").height == 1
+    with pytest.warns(NoSuchPerson, match="did you mean Zoé\\? \\(the same letters in the other Unicode form"):
+        assert reader.files(person=unicodedata.normalize("NFD", "Zoé")).height == 0
+    with pytest.warns(NoSuchPerson, match="did you mean Zoé\\?$"):
+        reader.files(person="ZOÉ")

@@ -218,9 +218,12 @@ class _Report:
     def cli(self, *args: str) -> str:
         return shlex.join(["chorus-batch", *args])
 
-    def py(self, expression: str, out_csv: str, *, also: str = "") -> str:
+    def py(self, expression: str, out_csv: str, *, also: str = "", polars: bool = False) -> str:
         # write_csv: owner-only, and a name that a spreadsheet would run as a formula is quoted (report.spreadsheet)
-        code = (f"from chorus_batch.review import open_manifest{', ' + also if also else ''}; "
+        # `polars`: the expression filters the rows its table shows (pl.col): a table's command writes those rows,
+        # not a larger set they are drawn from
+        code = (("import polars as pl; " if polars else "")
+                + f"from chorus_batch.review import open_manifest{', ' + also if also else ''}; "
                 "from chorus_batch.report.spreadsheet import write_csv; "
                 f"m = open_manifest({json.dumps(self.local)}); write_csv({expression}, {json.dumps(out_csv)})")
         return shlex.join(["python", "-c", code])
@@ -293,7 +296,9 @@ class _Report:
             "versions": self.versions.height,
             "kinds": kinds,
             "rows": wide.select("version", "modality", *kinds, "total").rows(),
-            "command": self.cli("versions", "--db", self.db),
+            # the table's rows (version, modality), one line per change kind; `versions` gave a version's totals
+            "command": self.py(f'm.change_counts().filter(pl.col("version") <= {json.dumps(self.label)})',
+                               "changes_per_version.csv", polars=True),
         }
 
     # 3
@@ -356,7 +361,12 @@ class _Report:
                                                              per_person["sessions"].to_numpy())),
             "implausible": implausible.select("person_id", "session_id", "start", "files").head(MAX_ROWS).rows(),
             "total": implausible.height,
-            "command": self.py(f"m.sessions({json.dumps(self.label)})", "sessions.csv"),
+            # the sessions the table lists (every session, written before, was not what "all of them" named)
+            "command": self.py(f'm.sessions({json.dumps(self.label)}).filter(pl.col("start").is_not_null() & '
+                               f'~pl.col("start").is_between(PLAUSIBLE_FROM, pl.datetime({committed.year}, '
+                               f"{committed.month}, {committed.day}, {committed.hour}, {committed.minute}, "
+                               f"{committed.second}, {committed.microsecond})))", "implausible_sessions.csv",
+                               also="PLAUSIBLE_FROM", polars=True),
         }
 
     # 5
@@ -496,5 +506,8 @@ class _Report:
             "rows": [(r["change"], r["srcfile"], r["modality"], r["size"],
                       (r["old_md5"], None if r["change"] == "removed" else r["md5"]))
                      for r in lost.iter_rows(named=True)],
-            "command": self.cli("diff", "--db", self.db, "--from", self.previous, "--to", self.label, "--csv"),
+            # the removed and replaced files the table lists (`diff --csv` listed the added and renamed ones too)
+            "command": self.py(f"m.diff({json.dumps(self.previous)}, {json.dumps(self.label)})"
+                               '.filter(pl.col("change").is_in(["removed", "replaced"]))', "removed_replaced.csv",
+                               polars=True),
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -99,22 +100,37 @@ def _bytes_axis(ax, lo: float, hi: float, axis: str = "x") -> None:
     (ax.set_xlim if axis == "x" else ax.set_ylim)(lo / 1.3, hi * 1.3)
 
 
+_STAMPED = re.compile(r"^(?:(.*)-)?(\d{14})$")  # a label's UTC start: the label, or '<hand label>-<UTC start>'
+TICK_PREFIX = 12  # characters shown of a hand label before its stamp
+
+
 def _tick_labels(labels: Sequence[str], one_line: bool) -> list[str]:
-    """Version labels (UTC stamps YYYYMMDDhhmmss) as dates, with the time only as precise as
-    needed to tell them apart; other labels as they are (shortened)."""
-    if not all(len(v) == 14 and v.isdigit() for v in labels):
-        return [v if len(v) <= 16 else v[:15] + "…" for v in labels]
+    """Version labels (UTC stamps YYYYMMDDhhmmss) as dates, with the time only as precise as needed to tell them
+    apart; the versions after a hand label ('nightly-20261201020000') as the label, shortened, over that date;
+    other labels as they are (shortened). Cut to their first 15 characters, every 'nightly-2026120…' of a month
+    read the same."""
+    parts = [(m.group(1) or "", m.group(2)) if (m := _STAMPED.match(v)) else (v, "") for v in labels]
+    stamps = [(prefix, stamp) for prefix, stamp in parts if stamp]
     sep = " " if one_line else "\n"
     for cut in (8, 12, 14):
-        if len({v[:cut] for v in labels}) == len(labels):
+        if len({(prefix, stamp[:cut]) for prefix, stamp in stamps}) == len(set(stamps)):
             break
     out = []
-    for v in labels:
-        text = f"{v[:4]}-{v[4:6]}-{v[6:8]}"
+    for prefix, stamp in parts:
+        shown = prefix if len(prefix) <= TICK_PREFIX else prefix[:TICK_PREFIX - 1] + "…"
+        if not stamp:
+            out.append(prefix if len(prefix) <= 16 else prefix[:15] + "…")
+            continue
+        text = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}"
         if cut > 8:
-            text += f"{sep}{v[8:10]}:{v[10:12]}" + (f":{v[12:14]}" if cut > 12 else "")
-        out.append(text)
+            text += f"{sep}{stamp[8:10]}:{stamp[10:12]}" + (f":{stamp[12:14]}" if cut > 12 else "")
+        out.append(f"{shown}{sep}{text}" if shown else text)
     return out
+
+
+def _crowded(ticks: Sequence[str], n: int) -> bool:
+    """Whether level tick labels would run into each other: about 50 characters fit across a panel."""
+    return n * max((len(line) for tick in ticks for line in tick.split("\n")), default=0) > 50
 
 
 def _modality_color(name: str, i: int) -> str:
@@ -131,8 +147,9 @@ def changes(per_version: pl.DataFrame, per_modality: pl.DataFrame, kinds: Sequen
     fig = _figure(WIDTH, 340 if n <= 12 else 400)
     axes = fig.subplots(1, 2)
     x = np.arange(n)
-    rotate = n > 6
-    ticks = _tick_labels(per_version["version"].to_list(), one_line=rotate)
+    labels = per_version["version"].to_list()
+    rotate = n > 6 or _crowded(_tick_labels(labels, one_line=False), n)
+    ticks = _tick_labels(labels, one_line=rotate)
     step = max(1, math.ceil(n / 14))
     for ax, frame, keys, colors, name in (
         (axes[0], per_version, list(kinds), [KIND_COLORS[k] for k in kinds], "by change kind"),

@@ -157,6 +157,36 @@ def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str |
     return written
 
 
+# The partition column's type for every reader of the folder. Its value is a version label, text ('001', '20261127030000',
+# 'v1.0'), but a reader of hive partitions infers a type from the values it finds: polars read '001' as the number 1
+# and DuckDB read the default labels as BIGINT, which neither compared nor joined with the labels `versions`,
+# versions.parquet and the parts' own columns hold; and a folder's type changed from a number to text the night a
+# hand-made label (`run --version`) came in.
+LABEL_HIVE_SCHEMA = {"version": pl.String}
+
+
+def scan_snapshots(folder: str | Path, part: str = "manifest") -> pl.LazyFrame:
+    """Every version's `part` (manifest, changes, registry, scan_errors or findings) of a `run --parquet` folder as
+    one polars LazyFrame, with the column `version`: the version's label, as text. Only the snapshots a reader takes
+    (`open_manifest(folder)`: whole, of a version of the manifest); a version whose snapshot has no such part (written
+    by an older release) gives no rows."""
+    from ..review import open_manifest
+
+    schemas = part_schemas()
+    if part not in schemas:
+        raise UsageError(f"no snapshot part {part!r}", where="scan_snapshots(folder, part)",
+                         fix=f"give one of {', '.join(SNAPSHOT_PARTS)}")
+    reader = open_manifest(folder)  # (a path as open_manifest takes it: '~', relative; nothing there is said)
+    if not isinstance(reader, ParquetReader):
+        raise UsageError(f"{reader.path} is a manifest file, not a folder of Parquet snapshots",
+                         where="scan_snapshots(folder)", fix="give the folder given to `chorus-batch run --parquet`, or "
+                                                             "read the manifest with open_manifest(path)")
+    files = [str(path) for label in reader._labels if (path := reader._part(label, part)).is_file()]
+    if not files:
+        return pl.LazyFrame(schema={**schemas[part], **LABEL_HIVE_SCHEMA})
+    return pl.scan_parquet(files, hive_partitioning=True, hive_schema=LABEL_HIVE_SCHEMA)
+
+
 class ParquetReader(ManifestReader):
     """DIR/version=<label>/{manifest,changes,registry,scan_errors}.parquet and DIR/versions.parquet."""
 
@@ -324,9 +354,10 @@ class ParquetReader(ManifestReader):
     def _path_rows(self, srcfile: str, before_file_id: int | None) -> pl.DataFrame:
         with private_duckdb() as con:
             table = con.sql(
-                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true, union_by_name = true) "
+                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true, "
+                "hive_types = {'version': 'VARCHAR'}, union_by_name = true) "  # (LABEL_HIVE_SCHEMA: ordered as labels)
                 # the row's last snapshot: its stat and verification as the manifest holds them (updated in place)
-                "WHERE srcfile = $path AND file_id < $before AND list_contains($labels, version::VARCHAR) "
+                "WHERE srcfile = $path AND file_id < $before AND list_contains($labels, version) "
                 "ORDER BY file_id, version DESC",
                 params={"labels": self._labels, "glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
                         "before": before_file_id if before_file_id is not None else 2**62},
