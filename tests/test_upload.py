@@ -2468,3 +2468,24 @@ def test_mark_uploaded_with_a_read_list_sas_says_its_claim_needs_write(central, 
     assert out.returncode == 3, out.stdout + out.stderr
     assert "not allowed to add, create and write (a, c, w): the SAS token allows only 'rl'" in out.stderr, out.stderr
     assert "read (r) and list (l) permissions" not in out.stderr and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+
+def test_the_files_not_sent_that_need_someone_to_act_are_named_before_the_superseded_ones(central, tmp_path):
+    """An upload lists 10 of the files it did not send. The superseded ones (a later version replaced them: nothing to
+    do) came first, and a stale file behind 11 of them was only '... 2 more': the one file the site had to look at
+    went unnamed each night. The files someone has to act on are now named first."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for i in range(11):
+        write(site, f"OMOP/t{i:02d}.csv", b"first")
+    write(site, "OMOP/z_kept.csv", b"kept")
+    commit(site, db, "20261101020000")
+    for i in range(11):  # replaced by the next version before the first was sent: superseded
+        write(site, f"OMOP/t{i:02d}.csv", b"second")
+    commit(site, db, "20261102020000")
+    write(site, "OMOP/z_kept.csv", b"changed after both versions")  # stale: the site has to run again
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    first = out.stdout.split("version 20261102020000")[0]
+    assert "stale: 1, superseded: 11" in first, out.stdout
+    assert "stale: OMOP/z_kept.csv: changed since the version recorded it" in first, out.stdout
+    assert "... 2 more" in first and first.count("superseded: OMOP/") == 9, out.stdout

@@ -14,13 +14,17 @@ if TYPE_CHECKING:
     from ..submit.verify import VerifyResult
 
 EXAMPLES = 10  # problem lines shown per version; --json lists them all
+NOTHING_TO_DO = ("superseded",)  # files not sent that need nobody to act (listed after the others)
 
 
 def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
     lines = []
     counts = frame.group_by(state_column).len().sort(state_column).iter_rows()
     lines.append("    " + ", ".join(f"{state}: {n}" for state, n in counts))
-    for srcfile, state, message in frame.select("srcfile", state_column, "message").head(EXAMPLES).iter_rows():
+    # The examples shown are first those someone has to act on: superseded files (nobody can send them, nothing to do)
+    # came first in an upload's list, and a stale or missing file behind them was only "... N more".
+    shown = frame.sort(pl.col(state_column).is_in(NOTHING_TO_DO), maintain_order=True).head(EXAMPLES)
+    for srcfile, state, message in shown.select("srcfile", state_column, "message").iter_rows():
         # names and messages as a terminal may show them: a line break or an escape sequence in a file's name must
         # neither split the line nor drive the terminal (--json keeps them exact)
         lines.append(f"    {state}: {shown_name(srcfile)}: {shown_text(message)}")
