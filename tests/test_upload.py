@@ -2489,3 +2489,33 @@ def test_the_files_not_sent_that_need_someone_to_act_are_named_before_the_supers
     assert "stale: 1, superseded: 11" in first, out.stdout
     assert "stale: OMOP/z_kept.csv: changed since the version recorded it" in first, out.stdout
     assert "... 2 more" in first and first.count("superseded: OMOP/") == 9, out.stdout
+
+
+def test_upload_of_a_later_version_says_which_earlier_versions_the_centre_does_not_hold_yet(central, tmp_path):
+    """`upload --version` of the third version when the first two were never uploaded said 'complete ... all there',
+    exit 0, of a change set the centre cannot apply without those before it; so did its script. Both now name the
+    earlier versions waiting (--json: earlier_waiting) and that a plain upload sends them; the exit code stays 0."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/death.csv", b"person_id\n")
+    commit(site, db, "20261101020000")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    commit(site, db, "20261102020000")
+    write(site, "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    commit(site, db, "20261103020000")
+    script = cli("upload", "--db", str(db), "--to", central.url, "--version", "20261103020000", "--script", "bash",
+                 env=central.env)
+    assert script.returncode == 0, script.stderr
+    assert ("2 earlier versions are not completely uploaded to " + central.url.rstrip("/")
+            + " (20261101020000, 20261102020000)") in script.stderr, script.stderr
+    out = up(central, db, "--version", "20261103020000", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["earlier_waiting"] == ["20261101020000", "20261102020000"]
+    again = up(central, db, "--version", "20261102020000")  # one version before it still waits
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "note: 1 earlier version is not completely uploaded" in again.stdout and "(20261101020000)" in again.stdout
+    assert "without --version sends it, oldest first" in again.stdout, again.stdout
+    rest = up(central, db)  # sends the first; nothing before it waits
+    assert rest.returncode == 0 and "note:" not in rest.stdout, rest.stdout + rest.stderr
+    assert set(blobs(central)) >= {"20261101020000/OMOP/death.csv", "20261102020000/OMOP/person.csv",
+                                   "20261103020000/OMOP/visit_occurrence.csv"}

@@ -79,6 +79,11 @@ def upload_text(result: UploadResult) -> str:
             lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, left as it is")
         if v.copy_refused:
             lines.append(f"  {'would add nothing' if result.dry_run else 'manifest copy refused'}: {v.copy_refused}")
+    if result.earlier_waiting:
+        from ..submit.upload import earlier_note
+
+        lines.append("note: " + earlier_note(result.versions[0].version, result.earlier_waiting, result.central,
+                                             dry_run=result.dry_run))
     if result.dry_run:
         lines.append(_dry_run_line(result))
     else:
@@ -99,7 +104,7 @@ def _dry_run_line(result: UploadResult) -> str:
 def upload_dict(result: UploadResult) -> dict[str, Any]:
     return {
         "central": result.central, "dry_run": result.dry_run, "signed_in_as": result.listed_as, "elapsed_s": round(result.elapsed_s, 3),
-        "exit_code": int(result.exit_code),
+        "exit_code": int(result.exit_code), "earlier_waiting": result.earlier_waiting,
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "other_modalities_waiting": v.n_other_waiting, "manifest_copy": v.manifest_copy,

@@ -62,6 +62,7 @@ class Script:
     # versioned names whose local path holds a '%' not followed by two hex digits: AzCopy parses a local path as a URL
     # path and fails the file ("invalid URL escape"), every time
     bad_escapes: list[str] = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)  # --version: versions before it not completely uploaded (upload.py)
 
 
 END_LINE = "# end of the chorus-batch upload script"  # the script's last line: a script without it was cut short
@@ -98,7 +99,10 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     ledger = UploadLedger(manifest, url)
     if version is not None:
         require_version(manifest, version)
-    labels = [version] if version is not None else ledger.versions_not_finished()
+    from .upload import earlier_than
+
+    waiting = ledger.versions_not_finished()
+    labels = [version] if version is not None else waiting
     # (as `upload` reads them: with --site, [site.roots] too; it took --site alone, and a moved modality root was
     # read from where it had been, "not there" whatever was given)
     roots = _local_roots(manifest, {None: site, **(site_roots or {})} if site else None)
@@ -320,7 +324,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
     lines += ['exit "$failed"', END_LINE, ""]
     return Script("\n".join(lines), todo.height - len(wildcards) - len(bad_escapes), len(labels), LOG_NAME,
-                  not_replaceable, wildcards, bad_names, n_superseded, bad_escapes)
+                  not_replaceable, wildcards, bad_names, n_superseded, bad_escapes, earlier_than(version, waiting))
 
 
 @dataclass
