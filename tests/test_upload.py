@@ -2519,3 +2519,28 @@ def test_upload_of_a_later_version_says_which_earlier_versions_the_centre_does_n
     assert rest.returncode == 0 and "note:" not in rest.stdout, rest.stdout + rest.stderr
     assert set(blobs(central)) >= {"20261101020000/OMOP/death.csv", "20261102020000/OMOP/person.csv",
                                    "20261103020000/OMOP/visit_occurrence.csv"}
+
+
+def test_an_upload_of_a_version_with_validation_errors_says_so_and_sends_it(central, tmp_path):
+    """A version whose validation recorded errors (a compressed file, tables missing) was sent with 'complete; ... all
+    there' and not a word of them: nothing at upload time told the site it submitted a version the procedures reject.
+    It is still sent as it is (the centre decides), exit 0, and the upload now says how many errors and where they are
+    listed; a version validation did not check (or found no error in) has no such line."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/visit_occurrence.csv.gz", b"\x1f\x8b\x08\x00 not read")
+    ran = cli("run", "--site", str(site), "--db", str(db), "--version", "20261101020000", "--workers", "2")
+    assert ran.returncode == 1 and "file.compressed" in ran.stdout, ran.stdout + ran.stderr
+    (n,), = query(db, "SELECT count(*) FROM findings WHERE version = '20261101020000' AND severity = 'error'")
+    assert n >= 1
+    errors = f"validation recorded {n} error{'s' if n > 1 else ''} for this version"
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 0 and errors in dry.stdout and "would be sent as it is" in dry.stdout, dry.stdout
+    out = up(central, db, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    version, = json.loads(out.stdout)["versions"]
+    assert version["validation_errors"] == n and version["complete"] and version["sent"] == 2
+    write(site, "OMOP/death.csv", b"person_id\n")  # a version validation did not check
+    commit(site, db, "20261102020000")
+    clean = up(central, db)
+    assert clean.returncode == 0 and "validation recorded" not in clean.stdout, clean.stdout

@@ -48,6 +48,10 @@ def upload_text(result: UploadResult) -> str:
             head += f"; {v.n_before} sent before"
         lines.append(head + (f"; {v.n_files} in its change set" if not v.n_other else
                              f"; {v.n_files} of --modalities in its change set of {v.n_files + v.n_other}"))
+        if v.validation_errors:  # (sent all the same: the centre decides; said, so that nobody takes it for clean)
+            lines.append(f"  validation recorded {plural(v.validation_errors, 'error')} for this version (`chorus-batch "
+                         f"report --version {v.version} --out report.html` lists them): "
+                         f"{'would be sent' if result.dry_run else 'sent'} as it is")
         if v.n_not_sent:
             lines.append(f"  not sent: {plural(v.n_not_sent, 'file')}")
             lines.extend(_problem_lines(v.not_sent, "state"))
@@ -109,6 +113,7 @@ def upload_dict(result: UploadResult) -> dict[str, Any]:
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "other_modalities_waiting": v.n_other_waiting, "manifest_copy": v.manifest_copy,
             "manifest_copy_refused": v.copy_refused, "manifest_copy_kept": v.copy_kept,
+            "validation_errors": v.validation_errors,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
             "unlisted": None if v.unlisted is None else v.unlisted.to_dicts(),

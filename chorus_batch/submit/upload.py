@@ -83,6 +83,9 @@ class VersionUpload:
     # Blobs under <version>/ that are no file of its change set (another tool's, an abandoned submission's): a
     # reviewer at the centre takes them for part of it. Only verify said so; upload called the version complete.
     unlisted: pl.DataFrame | None = None
+    # Errors validation recorded for the version (findings): sent as it is, and said so (the upload said "complete; all
+    # there", exit 0, of a version with a truncated waveform file, and nothing at upload time named it)
+    validation_errors: int = 0
 
     @property
     def n_not_sent(self) -> int:
@@ -385,7 +388,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     """finished: the version is recorded as completely uploaded (`upload --version` of it: its listing is checked
     again, and the manifest's copy is left as it is)."""
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
-    outcome = VersionUpload(label, plan.height, done.height)
+    outcome = VersionUpload(label, plan.height, done.height, validation_errors=manifest.query_frame(
+        "SELECT count(*) AS n FROM findings WHERE version = ? AND severity = 'error'", (label,),
+        schema={"n": pl.Int64}).item())
     if modalities:
         other = ledger.plan(label).join(plan, on="file_id", how="anti")
         outcome.n_other = other.height
