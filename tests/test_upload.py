@@ -2544,3 +2544,44 @@ def test_an_upload_of_a_version_with_validation_errors_says_so_and_sends_it(cent
     commit(site, db, "20261102020000")
     clean = up(central, db)
     assert clean.returncode == 0 and "validation recorded" not in clean.stdout, clean.stdout
+
+
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_an_upload_script_piped_into_bash_sends_nothing_as_it_cannot_check_it_is_whole(tmp_path, kind):
+    """A script checks its own last line before it sends anything (a script cut short sends nothing), but that read its
+    file, `$0`: piped into bash (`upload --script bash | bash`, the writer killed mid-pipe; `ssh host bash -s <
+    upload.sh`) or given as `bash <(...)` there is none, the check was skipped, and a cut script sent its first files,
+    logged them and exited 0. Not read from its own file, it now sends nothing and exits 2 saying so; as a file, it runs."""
+    db = committed_site(tmp_path, 5)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {**{name: "" for name in AZURE_VARS},
+           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", kind, env=env)
+    assert whole.returncode == 0, whole.stderr
+    lines = whole.stdout.splitlines(keepends=True)
+    first_send = next(i for i, line in enumerate(lines) if line.startswith("send "))
+    cut = "".join(lines[:first_send + 1])  # cut short after its first file
+    tools, calls, log = tmp_path / "bin", tmp_path / "calls", tmp_path / "upload.log"
+    tools.mkdir()
+    for tool in ("az", "azcopy"):  # tools that succeed and record being called
+        (tools / tool).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {calls}\nexit 0\n")
+        (tools / tool).chmod(0o755)
+    path_env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "CHORUS_UPLOAD_LOG": str(log)}
+    for text in (cut, whole.stdout):
+        piped = subprocess.run(["bash"], input=text, capture_output=True, text=True, env=path_env, cwd=tmp_path,
+                               timeout=60)
+        assert piped.returncode == 2, piped.stdout + piped.stderr
+        assert "not read from its own file" in piped.stderr and "nothing was sent" in piped.stderr, piped.stderr
+        assert not calls.exists() and not log.exists()
+    substituted = subprocess.run(["bash", "-c", 'bash <(cat "$1")', "-", str(tmp_path / "none")], capture_output=True,
+                                 text=True, env=path_env, cwd=tmp_path, timeout=60)  # (cat fails: an empty script)
+    assert substituted.returncode == 0 and not calls.exists()
+    (tmp_path / "cut.sh").write_text(cut)
+    substituted = subprocess.run(["bash", "-c", 'bash <(cat "$1")', "-", str(tmp_path / "cut.sh")], capture_output=True,
+                                 text=True, env=path_env, cwd=tmp_path, timeout=60)
+    assert substituted.returncode == 2 and "not read from its own file" in substituted.stderr, substituted.stderr
+    assert not calls.exists() and not log.exists()
+    (tmp_path / "whole.sh").write_text(whole.stdout)
+    ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env,
+                         cwd=tmp_path, timeout=120)
+    assert "not read from its own file" not in ran.stderr and calls.exists(), ran.stderr
