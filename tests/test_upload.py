@@ -6,6 +6,7 @@ sending confirmed files again; `upload --script` and `mark-uploaded` for sites t
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -2585,3 +2586,66 @@ def test_an_upload_script_piped_into_bash_sends_nothing_as_it_cannot_check_it_is
     ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env,
                          cwd=tmp_path, timeout=120)
     assert "not read from its own file" not in ran.stderr and calls.exists(), ran.stderr
+
+
+def pasted(script: str, env: dict, cwd: Path, after: str) -> str:
+    """`script` pasted into an interactive bash on a pseudo-terminal, then the line `after` typed: what the terminal
+    showed (empty once the shell is gone)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # (the child: an interactive shell as a terminal has one)
+        os.chdir(cwd)
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], {**env, "PS1": "$ "})
+    shown = b""
+
+    def read_for(seconds: float) -> None:
+        nonlocal shown
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    shown += os.read(fd, 65536)
+                except OSError:  # the shell is gone
+                    return
+    try:
+        read_for(1)
+        os.write(fd, script.encode())
+        read_for(8)
+        with contextlib.suppress(OSError):
+            os.write(fd, after.encode() + b"\r")
+        read_for(2)
+        with contextlib.suppress(OSError):
+            os.write(fd, b"exit\r")
+        read_for(1)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return shown.decode(errors="replace")
+
+
+def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_it_was(tmp_path):
+    """Pasted into an interactive shell (a security review that wants each command seen), the script's last line
+    `exit "$failed"` closed the user's terminal (and an ssh session with it), and what it had said of the files not
+    sent went with it; `set -u` and umask 077 stayed in the shell until then. Pasted, it now ends without an exit,
+    says whether every file was sent, and gives back the umask and `set +u`."""
+    db = committed_site(tmp_path, 3)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {**{name: "" for name in AZURE_VARS},
+           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", "bash", env=env)
+    assert whole.returncode == 0, whole.stderr
+    tools, log = tmp_path / "bin", tmp_path / "upload.log"
+    tools.mkdir()
+    (tools / "az").write_text("#!/bin/sh\nexit 0\n")  # an Azure CLI whose every command succeeds
+    (tools / "az").chmod(0o755)
+    shell_env = {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "TERM": "dumb",
+                 "CHORUS_UPLOAD_LOG": str(log), "AZURE_STORAGE_CONNECTION_STRING": env["AZURE_STORAGE_CONNECTION_STRING"]}
+    shown = pasted("umask 022\n" + whole.stdout, shell_env, tmp_path, 'echo "still here: flags=$- umask=$(umask)"')
+    assert "upload script: every file was sent and logged in" in shown, shown[-2000:]
+    assert "still here: flags=" in shown and "umask=0022" in shown, shown[-2000:]
+    flags = shown.split("still here: flags=")[-1].split()[0]
+    assert "u" not in flags, flags
+    assert len(log.read_text().splitlines()) == 3

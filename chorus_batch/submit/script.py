@@ -170,6 +170,7 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         'written); nothing was sent: write it again with chorus-batch upload --script" >&2',
         "  exit 2",
         "fi",
+        "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
         f"CONTAINER={shlex.quote(container)}",
@@ -332,7 +333,15 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
-    lines += ['exit "$failed"', END_LINE, ""]
+    # Pasted into an interactive shell, its `exit` closed the user's terminal (an ssh session, with it) and what the
+    # script had said of files not sent went with it; set -u and umask 077 stayed in that shell. There, it ends without
+    # an exit and gives the shell back as it was.
+    lines += ["case $- in",
+              '  *i*) rm -f "$EMPTY" "$NAME" "$LOCAL"; trap - EXIT; set +u; umask "$UMASK_BEFORE"',
+              '    if [ "$failed" != 0 ]; then echo "upload script: some files were not sent (said above); the others are'
+              ' logged in $LOG" >&2; else echo "upload script: every file was sent and logged in $LOG" >&2; fi ;;',
+              '  *) exit "$failed" ;;',
+              "esac", END_LINE, ""]
     return Script("\n".join(lines), todo.height - len(wildcards) - len(bad_escapes), len(labels), LOG_NAME,
                   not_replaceable, wildcards, bad_names, n_superseded, bad_escapes, earlier_than(version, waiting))
 
