@@ -1671,6 +1671,12 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"chorus-batch: the script sends {plural(script.n_files, 'file')} ({plural(script.n_versions, 'version')}); "
               "after running it, "
               f"record what it sent with: {mark}", file=sys.stderr)
+        if script.earlier:  # (--version: as `upload --version` says it)
+            from .submit.central import central_url
+            from .submit.upload import earlier_note
+
+            print(f"chorus-batch: note: {earlier_note(args.version_label, script.earlier, central_url(to))}",
+                  file=sys.stderr)
         if script.n_not_replaceable:  # AzCopy cannot replace a blob only if it is unchanged: not in this script
             print(f"chorus-batch: not in the script: {plural(script.n_not_replaceable, 'file')} whose central blob verify found "
                   "damaged (AzCopy cannot replace a blob only if it is still the damaged one); send them with "

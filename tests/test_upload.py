@@ -6,6 +6,7 @@ sending confirmed files again; `upload --script` and `mark-uploaded` for sites t
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -2468,3 +2469,183 @@ def test_mark_uploaded_with_a_read_list_sas_says_its_claim_needs_write(central, 
     assert out.returncode == 3, out.stdout + out.stderr
     assert "not allowed to add, create and write (a, c, w): the SAS token allows only 'rl'" in out.stderr, out.stderr
     assert "read (r) and list (l) permissions" not in out.stderr and query(db, "SELECT count(*) FROM uploads") == [(0,)]
+
+
+def test_the_files_not_sent_that_need_someone_to_act_are_named_before_the_superseded_ones(central, tmp_path):
+    """An upload lists 10 of the files it did not send. The superseded ones (a later version replaced them: nothing to
+    do) came first, and a stale file behind 11 of them was only '... 2 more': the one file the site had to look at
+    went unnamed each night. The files someone has to act on are now named first."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    for i in range(11):
+        write(site, f"OMOP/t{i:02d}.csv", b"first")
+    write(site, "OMOP/z_kept.csv", b"kept")
+    commit(site, db, "20261101020000")
+    for i in range(11):  # replaced by the next version before the first was sent: superseded
+        write(site, f"OMOP/t{i:02d}.csv", b"second")
+    commit(site, db, "20261102020000")
+    write(site, "OMOP/z_kept.csv", b"changed after both versions")  # stale: the site has to run again
+    out = up(central, db)
+    assert out.returncode == 1, out.stdout + out.stderr
+    first = out.stdout.split("version 20261102020000")[0]
+    assert "stale: 1, superseded: 11" in first, out.stdout
+    assert "stale: OMOP/z_kept.csv: changed since the version recorded it" in first, out.stdout
+    assert "... 2 more" in first and first.count("superseded: OMOP/") == 9, out.stdout
+
+
+def test_upload_of_a_later_version_says_which_earlier_versions_the_centre_does_not_hold_yet(central, tmp_path):
+    """`upload --version` of the third version when the first two were never uploaded said 'complete ... all there',
+    exit 0, of a change set the centre cannot apply without those before it; so did its script. Both now name the
+    earlier versions waiting (--json: earlier_waiting) and that a plain upload sends them; the exit code stays 0."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/death.csv", b"person_id\n")
+    commit(site, db, "20261101020000")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    commit(site, db, "20261102020000")
+    write(site, "OMOP/visit_occurrence.csv", b"visit_occurrence_id\n1\n")
+    commit(site, db, "20261103020000")
+    script = cli("upload", "--db", str(db), "--to", central.url, "--version", "20261103020000", "--script", "bash",
+                 env=central.env)
+    assert script.returncode == 0, script.stderr
+    assert ("2 earlier versions are not completely uploaded to " + central.url.rstrip("/")
+            + " (20261101020000, 20261102020000)") in script.stderr, script.stderr
+    out = up(central, db, "--version", "20261103020000", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["earlier_waiting"] == ["20261101020000", "20261102020000"]
+    again = up(central, db, "--version", "20261102020000")  # one version before it still waits
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "note: 1 earlier version is not completely uploaded" in again.stdout and "(20261101020000)" in again.stdout
+    assert "without --version sends it, oldest first" in again.stdout, again.stdout
+    rest = up(central, db)  # sends the first; nothing before it waits
+    assert rest.returncode == 0 and "note:" not in rest.stdout, rest.stdout + rest.stderr
+    assert set(blobs(central)) >= {"20261101020000/OMOP/death.csv", "20261102020000/OMOP/person.csv",
+                                   "20261103020000/OMOP/visit_occurrence.csv"}
+
+
+def test_an_upload_of_a_version_with_validation_errors_says_so_and_sends_it(central, tmp_path):
+    """A version whose validation recorded errors (a compressed file, tables missing) was sent with 'complete; ... all
+    there' and not a word of them: nothing at upload time told the site it submitted a version the procedures reject.
+    It is still sent as it is (the centre decides), exit 0, and the upload now says how many errors and where they are
+    listed; a version validation did not check (or found no error in) has no such line."""
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/visit_occurrence.csv.gz", b"\x1f\x8b\x08\x00 not read")
+    ran = cli("run", "--site", str(site), "--db", str(db), "--version", "20261101020000", "--workers", "2")
+    assert ran.returncode == 1 and "file.compressed" in ran.stdout, ran.stdout + ran.stderr
+    (n,), = query(db, "SELECT count(*) FROM findings WHERE version = '20261101020000' AND severity = 'error'")
+    assert n >= 1
+    errors = f"validation recorded {n} error{'s' if n > 1 else ''} for this version"
+    dry = up(central, db, "--dry-run")
+    assert dry.returncode == 0 and errors in dry.stdout and "would be sent as it is" in dry.stdout, dry.stdout
+    out = up(central, db, "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    version, = json.loads(out.stdout)["versions"]
+    assert version["validation_errors"] == n and version["complete"] and version["sent"] == 2
+    write(site, "OMOP/death.csv", b"person_id\n")  # a version validation did not check
+    commit(site, db, "20261102020000")
+    clean = up(central, db)
+    assert clean.returncode == 0 and "validation recorded" not in clean.stdout, clean.stdout
+
+
+@pytest.mark.parametrize("kind", ["bash", "azcopy"])
+def test_an_upload_script_piped_into_bash_sends_nothing_as_it_cannot_check_it_is_whole(tmp_path, kind):
+    """A script checks its own last line before it sends anything (a script cut short sends nothing), but that read its
+    file, `$0`: piped into bash (`upload --script bash | bash`, the writer killed mid-pipe; `ssh host bash -s <
+    upload.sh`) or given as `bash <(...)` there is none, the check was skipped, and a cut script sent its first files,
+    logged them and exited 0. Not read from its own file, it now sends nothing and exits 2 saying so; as a file, it runs."""
+    db = committed_site(tmp_path, 5)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {**{name: "" for name in AZURE_VARS},
+           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", kind, env=env)
+    assert whole.returncode == 0, whole.stderr
+    lines = whole.stdout.splitlines(keepends=True)
+    first_send = next(i for i, line in enumerate(lines) if line.startswith("send "))
+    cut = "".join(lines[:first_send + 1])  # cut short after its first file
+    tools, calls, log = tmp_path / "bin", tmp_path / "calls", tmp_path / "upload.log"
+    tools.mkdir()
+    for tool in ("az", "azcopy"):  # tools that succeed and record being called
+        (tools / tool).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {calls}\nexit 0\n")
+        (tools / tool).chmod(0o755)
+    path_env = {**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "CHORUS_UPLOAD_LOG": str(log)}
+    for text in (cut, whole.stdout):
+        piped = subprocess.run(["bash"], input=text, capture_output=True, text=True, env=path_env, cwd=tmp_path,
+                               timeout=60)
+        assert piped.returncode == 2, piped.stdout + piped.stderr
+        assert "not read from its own file" in piped.stderr and "nothing was sent" in piped.stderr, piped.stderr
+        assert not calls.exists() and not log.exists()
+    substituted = subprocess.run(["bash", "-c", 'bash <(cat "$1")', "-", str(tmp_path / "none")], capture_output=True,
+                                 text=True, env=path_env, cwd=tmp_path, timeout=60)  # (cat fails: an empty script)
+    assert substituted.returncode == 0 and not calls.exists()
+    (tmp_path / "cut.sh").write_text(cut)
+    substituted = subprocess.run(["bash", "-c", 'bash <(cat "$1")', "-", str(tmp_path / "cut.sh")], capture_output=True,
+                                 text=True, env=path_env, cwd=tmp_path, timeout=60)
+    assert substituted.returncode == 2 and "not read from its own file" in substituted.stderr, substituted.stderr
+    assert not calls.exists() and not log.exists()
+    (tmp_path / "whole.sh").write_text(whole.stdout)
+    ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env,
+                         cwd=tmp_path, timeout=120)
+    assert "not read from its own file" not in ran.stderr and calls.exists(), ran.stderr
+
+
+def pasted(script: str, env: dict, cwd: Path, after: str) -> str:
+    """`script` pasted into an interactive bash on a pseudo-terminal, then the line `after` typed: what the terminal
+    showed (empty once the shell is gone)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # (the child: an interactive shell as a terminal has one)
+        os.chdir(cwd)
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], {**env, "PS1": "$ "})
+    shown = b""
+
+    def read_for(seconds: float) -> None:
+        nonlocal shown
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    shown += os.read(fd, 65536)
+                except OSError:  # the shell is gone
+                    return
+    try:
+        read_for(1)
+        os.write(fd, script.encode())
+        read_for(8)
+        with contextlib.suppress(OSError):
+            os.write(fd, after.encode() + b"\r")
+        read_for(2)
+        with contextlib.suppress(OSError):
+            os.write(fd, b"exit\r")
+        read_for(1)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return shown.decode(errors="replace")
+
+
+def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_it_was(tmp_path):
+    """Pasted into an interactive shell (a security review that wants each command seen), the script's last line
+    `exit "$failed"` closed the user's terminal (and an ssh session with it), and what it had said of the files not
+    sent went with it; `set -u` and umask 077 stayed in the shell until then. Pasted, it now ends without an exit,
+    says whether every file was sent, and gives back the umask and `set +u`."""
+    db = committed_site(tmp_path, 3)
+    key = base64.b64encode(b"not a real key").decode()
+    env = {**{name: "" for name in AZURE_VARS},
+           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", "bash", env=env)
+    assert whole.returncode == 0, whole.stderr
+    tools, log = tmp_path / "bin", tmp_path / "upload.log"
+    tools.mkdir()
+    (tools / "az").write_text("#!/bin/sh\nexit 0\n")  # an Azure CLI whose every command succeeds
+    (tools / "az").chmod(0o755)
+    shell_env = {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "TERM": "dumb",
+                 "CHORUS_UPLOAD_LOG": str(log), "AZURE_STORAGE_CONNECTION_STRING": env["AZURE_STORAGE_CONNECTION_STRING"]}
+    shown = pasted("umask 022\n" + whole.stdout, shell_env, tmp_path, 'echo "still here: flags=$- umask=$(umask)"')
+    assert "upload script: every file was sent and logged in" in shown, shown[-2000:]
+    assert "still here: flags=" in shown and "umask=0022" in shown, shown[-2000:]
+    flags = shown.split("still here: flags=")[-1].split()[0]
+    assert "u" not in flags, flags
+    assert len(log.read_text().splitlines()) == 3

@@ -14,13 +14,17 @@ if TYPE_CHECKING:
     from ..submit.verify import VerifyResult
 
 EXAMPLES = 10  # problem lines shown per version; --json lists them all
+NOTHING_TO_DO = ("superseded",)  # files not sent that need nobody to act (listed after the others)
 
 
 def _problem_lines(frame: pl.DataFrame, state_column: str) -> list[str]:
     lines = []
     counts = frame.group_by(state_column).len().sort(state_column).iter_rows()
     lines.append("    " + ", ".join(f"{state}: {n}" for state, n in counts))
-    for srcfile, state, message in frame.select("srcfile", state_column, "message").head(EXAMPLES).iter_rows():
+    # The examples shown are first those someone has to act on: superseded files (nobody can send them, nothing to do)
+    # came first in an upload's list, and a stale or missing file behind them was only "... N more".
+    shown = frame.sort(pl.col(state_column).is_in(NOTHING_TO_DO), maintain_order=True).head(EXAMPLES)
+    for srcfile, state, message in shown.select("srcfile", state_column, "message").iter_rows():
         # names and messages as a terminal may show them: a line break or an escape sequence in a file's name must
         # neither split the line nor drive the terminal (--json keeps them exact)
         lines.append(f"    {state}: {shown_name(srcfile)}: {shown_text(message)}")
@@ -44,6 +48,10 @@ def upload_text(result: UploadResult) -> str:
             head += f"; {v.n_before} sent before"
         lines.append(head + (f"; {v.n_files} in its change set" if not v.n_other else
                              f"; {v.n_files} of --modalities in its change set of {v.n_files + v.n_other}"))
+        if v.validation_errors:  # (sent all the same: the centre decides; said, so that nobody takes it for clean)
+            lines.append(f"  validation recorded {plural(v.validation_errors, 'error')} for this version (`chorus-batch "
+                         f"report --version {v.version} --out report.html` lists them): "
+                         f"{'would be sent' if result.dry_run else 'sent'} as it is")
         if v.n_not_sent:
             lines.append(f"  not sent: {plural(v.n_not_sent, 'file')}")
             lines.extend(_problem_lines(v.not_sent, "state"))
@@ -75,6 +83,11 @@ def upload_text(result: UploadResult) -> str:
             lines.append(f"  manifest copy: {v.copy_kept}, put there when the version was completed, left as it is")
         if v.copy_refused:
             lines.append(f"  {'would add nothing' if result.dry_run else 'manifest copy refused'}: {v.copy_refused}")
+    if result.earlier_waiting:
+        from ..submit.upload import earlier_note
+
+        lines.append("note: " + earlier_note(result.versions[0].version, result.earlier_waiting, result.central,
+                                             dry_run=result.dry_run))
     if result.dry_run:
         lines.append(_dry_run_line(result))
     else:
@@ -95,11 +108,12 @@ def _dry_run_line(result: UploadResult) -> str:
 def upload_dict(result: UploadResult) -> dict[str, Any]:
     return {
         "central": result.central, "dry_run": result.dry_run, "signed_in_as": result.listed_as, "elapsed_s": round(result.elapsed_s, 3),
-        "exit_code": int(result.exit_code),
+        "exit_code": int(result.exit_code), "earlier_waiting": result.earlier_waiting,
         "versions": [{
             "version": v.version, "files": v.n_files, "sent_before": v.n_before, "sent": v.n_sent - v.n_found, "found": v.n_found,
             "bytes_sent": v.bytes_sent, "complete": v.complete, "other_modalities_waiting": v.n_other_waiting, "manifest_copy": v.manifest_copy,
             "manifest_copy_refused": v.copy_refused, "manifest_copy_kept": v.copy_kept,
+            "validation_errors": v.validation_errors,
             "not_sent": v.not_sent.to_dicts(),
             "verify_problems": None if v.verify_problems is None else v.verify_problems.to_dicts(),
             "unlisted": None if v.unlisted is None else v.unlisted.to_dicts(),

@@ -62,6 +62,7 @@ class Script:
     # versioned names whose local path holds a '%' not followed by two hex digits: AzCopy parses a local path as a URL
     # path and fails the file ("invalid URL escape"), every time
     bad_escapes: list[str] = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)  # --version: versions before it not completely uploaded (upload.py)
 
 
 END_LINE = "# end of the chorus-batch upload script"  # the script's last line: a script without it was cut short
@@ -98,7 +99,10 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
     ledger = UploadLedger(manifest, url)
     if version is not None:
         require_version(manifest, version)
-    labels = [version] if version is not None else ledger.versions_not_finished()
+    from .upload import earlier_than
+
+    waiting = ledger.versions_not_finished()
+    labels = [version] if version is not None else waiting
     # (as `upload` reads them: with --site, [site.roots] too; it took --site alone, and a moved modality root was
     # read from where it had been, "not there" whatever was given)
     roots = _local_roots(manifest, {None: site, **(site_roots or {})} if site else None)
@@ -151,11 +155,22 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         "set -u",
         # A script cut short while it was written (`> upload.sh` on a full disk, chorus-batch stopped) ran its first
         # lines and exited 0: part of the files sent, nothing said. Its last line is END_LINE: without it, nothing runs.
+        # That check reads the script's own file: piped into bash (`... --script bash | bash`, `ssh host bash -s <
+        # upload.sh`) or given as `bash <(...)`, there is none, the check was skipped, and a script cut short (the
+        # writer killed mid-pipe) sent part of the files and exited 0. Not read from its file, it sends nothing. (A shell
+        # it is pasted into, interactive, is left to it: an exit here would close the user's terminal.)
+        'case $- in *i*) ;; *) if [ ! -f "$0" ]; then',
+        '  echo "this upload script is not read from its own file ($0: piped into bash, or given as <(...)), so it cannot '
+        'check that it arrived whole (one cut short sends part of the files); nothing was sent: save it to a file and run '
+        'that: chorus-batch upload --script ... > upload.sh && bash upload.sh" >&2',
+        "  exit 2",
+        "fi ;; esac",
         f'if [ -f "$0" ] && [ "$(tail -n 1 -- "$0")" != {shlex.quote(END_LINE)} ]; then',
         '  echo "$0 is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was '
         'written); nothing was sent: write it again with chorus-batch upload --script" >&2',
         "  exit 2",
         "fi",
+        "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
         f"CONTAINER={shlex.quote(container)}",
@@ -318,9 +333,17 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
         b64 = base64.b64encode(bytes.fromhex(md5)).decode()
         lines.append(f"send {shlex.quote(name)} {shlex.quote(local)} {md5} {shlex.quote(b64)} "
                      f"{shlex.quote(quote(name))}" + (f" {shlex.quote(etag)}" if etag else ""))
-    lines += ['exit "$failed"', END_LINE, ""]
+    # Pasted into an interactive shell, its `exit` closed the user's terminal (an ssh session, with it) and what the
+    # script had said of files not sent went with it; set -u and umask 077 stayed in that shell. There, it ends without
+    # an exit and gives the shell back as it was.
+    lines += ["case $- in",
+              '  *i*) rm -f "$EMPTY" "$NAME" "$LOCAL"; trap - EXIT; set +u; umask "$UMASK_BEFORE"',
+              '    if [ "$failed" != 0 ]; then echo "upload script: some files were not sent (said above); the others are'
+              ' logged in $LOG" >&2; else echo "upload script: every file was sent and logged in $LOG" >&2; fi ;;',
+              '  *) exit "$failed" ;;',
+              "esac", END_LINE, ""]
     return Script("\n".join(lines), todo.height - len(wildcards) - len(bad_escapes), len(labels), LOG_NAME,
-                  not_replaceable, wildcards, bad_names, n_superseded, bad_escapes)
+                  not_replaceable, wildcards, bad_names, n_superseded, bad_escapes, earlier_than(version, waiting))
 
 
 @dataclass

@@ -83,6 +83,9 @@ class VersionUpload:
     # Blobs under <version>/ that are no file of its change set (another tool's, an abandoned submission's): a
     # reviewer at the centre takes them for part of it. Only verify said so; upload called the version complete.
     unlisted: pl.DataFrame | None = None
+    # Errors validation recorded for the version (findings): sent as it is, and said so (the upload said "complete; all
+    # there", exit 0, of a version with a truncated waveform file, and nothing at upload time named it)
+    validation_errors: int = 0
 
     @property
     def n_not_sent(self) -> int:
@@ -96,6 +99,9 @@ class UploadResult:
     dry_run: bool
     elapsed_s: float = 0.0
     listed_as: str | None = None  # the sign-in the container was listed with (None: not signed in, nothing to do)
+    # --version of a version while versions before it are not completely uploaded there: the centre then holds its
+    # changes without those it follows (a change set is against the version before it). Said, not refused.
+    earlier_waiting: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -199,7 +205,7 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 require_version(manifest, version)
             waiting = ledger.versions_not_finished()
             labels = [version] if version is not None else waiting
-            result = UploadResult(url, [], dry_run)
+            result = UploadResult(url, [], dry_run, earlier_waiting=earlier_than(version, waiting))
             try:
                 central.check(write=not dry_run)
             except ChorusError as exc:
@@ -232,6 +238,23 @@ def upload(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
         central.close()
 
 
+
+
+def earlier_than(version: str | None, waiting: list[str]) -> list[str]:
+    """The versions not completely uploaded (`waiting`, oldest first) that come before `version` (--version): its change
+    set is against them, and the centre would hold it without them. (Labels sort as versions follow, as the ledger
+    orders them.)"""
+    return [label for label in waiting if version is not None and label < version]
+
+
+def earlier_note(version: str, earlier: list[str], central: str, *, dry_run: bool = False) -> str:
+    """What `upload --version` (and its script) says when versions before it are not completely uploaded."""
+    shown = ", ".join(earlier[:5]) + (", ..." if len(earlier) > 5 else "")
+    holds = "would hold" if dry_run else "holds"
+    return (f"{plural(len(earlier), 'earlier version')} {'is' if len(earlier) == 1 else 'are'} not completely uploaded to "
+            f"{central} ({shown}): the centre {holds} the changes of {version} without those of the "
+            f"{'version' if len(earlier) == 1 else 'versions'} before it; `chorus-batch upload` without --version sends "
+            f"{'it' if len(earlier) == 1 else 'them'}, oldest first")
 
 
 class ManifestBehind(ChorusError):
@@ -365,7 +388,9 @@ def _upload_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
     """finished: the version is recorded as completely uploaded (`upload --version` of it: its listing is checked
     again, and the manifest's copy is left as it is)."""
     plan, done, immediate, sendable = sort_plan(ledger, label, modalities, prefix)
-    outcome = VersionUpload(label, plan.height, done.height)
+    outcome = VersionUpload(label, plan.height, done.height, validation_errors=manifest.query_frame(
+        "SELECT count(*) AS n FROM findings WHERE version = ? AND severity = 'error'", (label,),
+        schema={"n": pl.Int64}).item())
     if modalities:
         other = ledger.plan(label).join(plan, on="file_id", how="anti")
         outcome.n_other = other.height
