@@ -73,7 +73,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .filter((pl.col("_nfmt") == 1) & pl.col("sig_len").is_not_null())
         .join(sizes, on="fmt", how="inner")
         .join(present, on="_path", how="inner")
-        .with_columns(_samples=pl.col("sig_len") * pl.col("_spf"))
+        # in 128 bits: a header's counts each fit 64 (readers._count), their products need not (a sig_len of 2^62 x 2
+        # samples x 2 bytes wrapped to "implies 0 bytes")
+        .with_columns(_samples=pl.col("sig_len").cast(pl.Int128) * pl.col("_spf"))
         .with_columns(
             _min=pl.col("_offset") + (pl.col("_samples") * pl.col("_bpg") + pl.col("_spg") - 1) // pl.col("_spg"),
             _max=pl.col("_offset") + (pl.col("_samples") + pl.col("_spg") - 1) // pl.col("_spg") * pl.col("_bpg"),
@@ -133,7 +135,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             "its sampling frequency; re-export the record (or make the segment a record of its own)",
             pl.col("_seg_fs"), pl.col("_master").str.split("/").list.last(), pl.col("_master_fs"))))
     out.append(_flat_name(ok, real))
-    totals = segments.group_by("_master", "_master_len").agg(pl.col("length").sum().alias("_total"))
+    totals = segments.group_by("_master", "_master_len").agg(pl.col("length").cast(pl.Int128).sum().alias("_total"))
     out.append(_found(
         "wfdb.segment_length",
         totals.filter(pl.col("_master_len").is_not_null() & (pl.col("_master_len") != pl.col("_total"))), "_master",

@@ -178,11 +178,11 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
         raise BadContent("no record line (only comments or blank lines)")
     try:
         rec = _match(grammar.rx_record, lines[0], "record")
-        n_sig = int(rec["n_sig"])
+        n_sig = _count(rec["n_sig"], "number of signals")
         facts: dict[str, Any] = {
             "record_name": rec["record_name"],
             "n_sig": n_sig,
-            "sig_len": int(rec["sig_len"]) if rec["sig_len"] else None,
+            "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
             "base_time": _iso_time(grammar, rec["base_time"]) if rec["base_time"] else None,
@@ -197,21 +197,36 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 sig = _match(grammar.rx_signal, line, "signal")
                 facts["signals"].append({
                     "file_name": sig["file_name"], "fmt": sig["fmt"],
-                    "samps_per_frame": int(sig["samps_per_frame"] or 1), "byte_offset": int(sig["byte_offset"] or 0),
+                    "samps_per_frame": _count(sig["samps_per_frame"] or "1", "samples per frame"),
+                    "byte_offset": _count(sig["byte_offset"] or "0", "byte offset"),
                     # the signal's name and units (None where the line gives none: WFDB then reads "NU")
                     "sig_name": sig["sig_name"].strip() or None, "units": sig["units"] or None,
                 })
         else:
-            n_seg = int(rec["n_seg"])
+            n_seg = _count(rec["n_seg"], "number of segments")
             if len(lines) - 1 != n_seg:
                 raise BadContent(f"the record line declares {plural(n_seg, 'segment')} but {plural(len(lines) - 1, 'segment line')} follow")
-            facts["segments"] = [{"name": seg["seg_name"], "length": int(seg["seg_len"])}
+            facts["segments"] = [{"name": seg["seg_name"], "length": _count(seg["seg_len"], "segment length")}
                                  for seg in (_match(grammar.rx_segment, line, "segment") for line in lines[1:])]
     except BadContent:
         raise
     except ValueError as exc:  # bad dates/times, bad numbers
         raise BadContent(f"invalid header syntax ({exc})") from None
     return facts
+
+
+# WFDB counts samples, signals and bytes in 64-bit integers (the WFDB library's WFDB_Time; wfdb reads the samples
+# into numpy): a header's number beyond that no reader takes, and the facts (Int64 columns) would hold none of it: a
+# sig_len of 10^20 read as "no length", its signal file's size never checked
+_MAX_COUNT = (1 << 63) - 1
+
+
+def _count(digits: str, what: str) -> int:
+    value = int(digits)
+    if value > _MAX_COUNT:
+        raise BadContent(f"the {what} {digits} is larger than any WFDB reader takes (at most {_MAX_COUNT:,}, a 64-bit "
+                         f"count): the header is damaged or was written wrongly")
+    return value
 
 
 # The usual forms of a header's base time and date, read without strptime (~5-7 us each: a third of a header's

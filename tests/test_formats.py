@@ -1,0 +1,108 @@
+"""The field's file formats as validation reads them: unusual but real-world WFDB headers, CSV tables and text files,
+from outside (a site's folder checked as a whole) and as bytes (readers.parse_facts)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chorus_batch.sources import LocalSource
+from chorus_batch.validate import check, extract_facts, facts_needed, readers
+from chorus_batch.validate.rules import KIND_WFDB
+from chorus_batch.validate.site import _FACT_DTYPES
+
+import sitegen
+from sitegen import scan_current, sessions_of
+
+# wfdb 4.x (the writers sitegen uses) warns about pandas deprecations.
+pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
+
+P0 = sitegen.person_ids(1)[0]
+S0 = sessions_of(P0, 0)
+SINGLE = f"{P0}/Waveforms/Telemetry/{S0['single']}/{S0['single']}"  # + .hea / .dat
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("template") / "site"
+    sitegen.build_clean_site(root)
+    return root
+
+
+@pytest.fixture
+def clean(template: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    shutil.copytree(template, root)
+    return root
+
+
+def findings(root: Path) -> list[tuple[str, str, str]]:
+    current = scan_current(root)
+    facts = extract_facts(LocalSource(root), facts_needed(current), workers=1)
+    return check(current, facts).select("rule", "srcfile", "message").rows()
+
+
+def set_record_line(root: Path, **fields: str) -> None:
+    """The single record's header with its record line's `fields` (sig_len) replaced."""
+    path = root / f"{SINGLE}.hea"
+    lines = path.read_text().splitlines()
+    name, n_sig, fs, sig_len, *rest = lines[0].split()
+    lines[0] = " ".join([name, n_sig, fs, fields.get("sig_len", sig_len), *rest])
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- WFDB counts beyond 64 bits
+
+
+def test_a_wfdb_count_beyond_64_bits_is_a_bad_header_not_a_header_without_length(clean):
+    # The facts' columns are Int64: a sig_len of 10^20 was decoded as none, the signal file's size went unchecked and
+    # the site passed
+    set_record_line(clean, sig_len="99999999999999999999")
+    out = findings(clean)
+    assert [(r, s) for r, s, _ in out] == [("wfdb.bad_header", f"{SINGLE}.hea")], out
+    assert "number of samples 99999999999999999999 is larger than any WFDB reader takes" in out[0][2]
+
+
+def test_a_signal_files_expected_size_does_not_wrap_around_64_bits(clean):
+    # 2^62 samples x 2 signals x 2 bytes is 2^64: computed in 64 bits it wrapped to "implies 0"
+    set_record_line(clean, sig_len=str(1 << 62))
+    out = findings(clean)
+    assert [(r, s) for r, s, _ in out] == [("wfdb.dat_size", f"{SINGLE}.dat")], out
+    assert f"implies {1 << 64}" in out[0][2]
+
+
+_HEADER_LINE = st.one_of(
+    st.text(alphabet=st.sampled_from("0123456789 \t/:.()+x~-_#abcXYZ\r\n"), max_size=80),
+    st.builds(lambda n, big: f"r {n} 250 {big}", st.integers(1, 3), st.integers(0, 1 << 80)),
+    st.builds(lambda f, spf, off: f"r.dat {f}x{spf}+{off} 200/mV 16 0 0 0 0 II", st.sampled_from(["16", "212", "8"]),
+              st.integers(1, 1 << 70), st.integers(0, 1 << 70)),
+    st.builds(lambda n: f"r_0001 {n}", st.integers(0, 1 << 70)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_HEADER_LINE, max_size=5).map("\n".join))
+def test_any_wfdb_header_gives_facts_the_manifest_holds_whole(text):
+    """Any header text gives facts or an error, never a traceback, and facts whose every number the facts' columns
+    (Int64) hold: a number they cannot hold would be decoded as none, and the rules that read it would be silent."""
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(text.encode()))
+    assert isinstance(facts, dict)
+    if "error" in facts:
+        assert "Traceback" not in facts["error"] and "cannot parse the file" not in facts["error"], facts
+        return
+    decoded = pl.Series([readers.facts_text(facts)]).str.json_decode(_FACT_DTYPES[KIND_WFDB]).struct.unnest()
+    assert decoded["sig_len"].to_list() == [facts["sig_len"]]
+    assert decoded["n_sig"].to_list() == [facts["n_sig"]]
+    for column, key, names in (("signals", "signals", ("samps_per_frame", "byte_offset")),
+                               ("segments", "segments", ("length",))):
+        kept = decoded[column].to_list()[0]
+        for name in names:
+            assert [row[name] for row in kept or []] == [row[name] for row in facts[key] or []]
+    json.loads(readers.facts_text(facts))
