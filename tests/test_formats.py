@@ -3,7 +3,11 @@ from outside (a site's folder checked as a whole) and as bytes (readers.parse_fa
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
+import re
 import json
 import shutil
 from pathlib import Path
@@ -106,3 +110,40 @@ def test_any_wfdb_header_gives_facts_the_manifest_holds_whole(text):
         for name in names:
             assert [row[name] for row in kept or []] == [row[name] for row in facts[key] or []]
     json.loads(readers.facts_text(facts))
+
+
+# ----------------------------------------------------------------------------- compressed content under a file's name
+
+DCM = f"{P0}/Images/CT/{sitegen.accession_of(0)}/{sitegen.series_uid(P0, sitegen.person_day(0), 1)}/000.dcm"
+
+
+@pytest.mark.parametrize(("rel", "rule"), [
+    ("OMOP/person.csv", "omop.unreadable"),
+    ("Metadata/READINESS.md", "metadata.unreadable"),
+    ("Metadata/Telemetry_mapping.csv", "metadata.unreadable"),
+    (f"{SINGLE}.hea", "wfdb.bad_header"),
+    (DCM, "dicom.unreadable"),
+])
+@pytest.mark.parametrize(("compress", "what"), [(gzip.compress, "gzip"), (bz2.compress, "bzip2"),
+                                                (lzma.compress, "xz")])
+def test_a_file_compressed_under_its_own_name_is_told_to_be_decompressed(clean, rel, rule, compress, what):
+    # Told before as what the compressed bytes looked like: "the file holds NUL bytes ... copy or export the file
+    # again" (a table), "control characters (binary data?); write it with a WFDB writer", "not a DICOM Part 10 file
+    # ...; re-export the image": remedies that would not help
+    path = clean / rel
+    path.write_bytes(compress(path.read_bytes()))
+    out = [(r, s, m) for r, s, m in findings(clean) if s == rel]
+    assert [(r, s) for r, s, _ in out] == [(rule, rel)], out
+    message = out[0][2]
+    assert f"the file holds {what}-compressed data, not the file itself: decompress it" in message, message
+    assert message.endswith("keep the decompressed file under this name"), message  # the one remedy
+    assert not re.search(r"NUL|binary|copy|export|writer", message), message
+
+
+def test_a_dicom_preamble_that_begins_as_a_compressor_would_is_still_read_as_dicom(clean):
+    # the 128-byte preamble is free (a TIFF header, a vendor's bytes): only a file without 'DICM' is sniffed
+    path = clean / DCM
+    data = path.read_bytes()
+    path.write_bytes(b"\x1f\x8b" + data[2:])
+    assert [f for f in findings(clean) if f[1] == DCM] == []
+

@@ -103,6 +103,25 @@ def _read_text(f, encoding: str, errors: str = "strict", *, limit: int | None = 
     return _text(_read_up_to(f, limit + 1), encoding, errors, limit=limit, too_large=too_large)
 
 
+# What a compressor or an archiver writes first (gzip RFC 1952, bzip2, xz, zstd, zip, 7-Zip, lz4 frame): a file of a
+# text kind (a table, a header, a RECORDS or Markdown file) or a DICOM file that begins so was compressed and kept its
+# name (an export tool's compressed output, a transfer that gzipped the files): told as compressed, to decompress, not
+# as binary data, an unfinished copy or no DICOM file, which send the site to copy or export it again, to no avail.
+_COMPRESSED_MAGIC = ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2"), (b"\xfd7zXZ\x00", "xz", "unxz"),
+                     (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"), (b"PK\x03\x04", "zip", "unzip"),
+                     (b"7z\xbc\xaf\x27\x1c", "7-Zip", "7z x"), (b"\x04\x22\x4d\x18", "lz4", "unlz4"))
+COMPRESSED_REMEDY = "keep the decompressed file under this name"
+
+
+def _compressed(data: bytes) -> None:
+    """BadContent when `data` (a file's first bytes) is a compressor's or an archiver's output."""
+    for magic, what, tool in _COMPRESSED_MAGIC:
+        # (bzip2: "BZh" and a block size 1-9, not a CSV whose first column is named BZh...)
+        if data.startswith(magic) and (what != "bzip2" or data[3:4] in b"123456789" and data[4:10] == b"1AY&SY"):
+            raise BadContent(f"the file holds {what}-compressed data, not the file itself: decompress it (e.g. {tool}) "
+                             f"and {COMPRESSED_REMEDY}")
+
+
 def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | None = None,
           too_large: str = "the file is larger than {} MiB") -> str:
     """`data` decoded, or BadContent saying why it is no text file: empty, over `limit` bytes (MAX_TEXT_BYTES unless
@@ -110,6 +129,7 @@ def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | No
     limit = MAX_TEXT_BYTES if limit is None else limit
     if not data:
         raise BadContent("the file is empty")
+    _compressed(data)
     if len(data) > limit:
         raise BadContent(too_large.format(limit // (1024 * 1024)))
     if _utf16(data):  # (an editor's "Unicode" encoding: neither binary data nor another 8-bit text)
@@ -275,6 +295,8 @@ def _dicom_facts(f) -> dict[str, Any]:
     head = _read_up_to(f, DICOM_HEAD_BYTES)
     if not head:
         raise BadContent("the file is empty")
+    if head[128:132] != b"DICM":  # (a preamble may begin with any bytes)
+        _compressed(head)
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
     truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
     wanted = DICOM_HEAD_BYTES
@@ -667,6 +689,7 @@ def _edf_facts(f) -> dict[str, Any]:
     version 8 bytes, patient 80, recording 80, start date dd.mm.yy 8, start time hh.mm.ss 8, header bytes 8, reserved
     44, data records 8, record duration 8, signals 4)."""
     head = _read_up_to(f, 256)
+    _compressed(head)
     if len(head) < 256:
         raise BadContent(f"the file is {len(head)} bytes, shorter than the 256-byte EDF header: the copy is cut or "
                          f"this is no EDF file; {_EDF_FIX}")
@@ -740,6 +763,7 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
         data += chunk
     if not data:
         raise BadContent("the file is empty (no header row)")
+    _compressed(data)
     if _utf16(data):
         raise BadContent(UTF16_REASON)
     line, ended = _LINE_END.split(data, 1)[0], _LINE_END.search(data) is None
@@ -843,7 +867,7 @@ NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data,
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
 # copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead)$")
+              r"again|copy the file again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
