@@ -147,3 +147,18 @@ def test_a_dicom_preamble_that_begins_as_a_compressor_would_is_still_read_as_dic
     path.write_bytes(b"\x1f\x8b" + data[2:])
     assert [f for f in findings(clean) if f[1] == DCM] == []
 
+
+# ----------------------------------------------------------------------------- RECORDS files
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_a_records_file_with_a_byte_order_mark_lists_its_first_record(clean, line_end):
+    # A RECORDS file saved by a Windows editor: its first name was read with the mark, "\ufeff<record>", a record not
+    # on the site (records.absent) while the record it names went unlisted (records.unlisted)
+    folder = SINGLE.rsplit("/", 1)[0]
+    records = f"{S0['single']}{line_end}"
+    (clean / folder / "RECORDS").write_text(records, newline="")
+    without = findings(clean)
+    assert {r for r, _, _ in without} <= {"layout.superseded"}, without  # (the record is listed: nothing else)
+    (clean / folder / "RECORDS").write_bytes(b"\xef\xbb\xbf" + records.encode())
+    assert findings(clean) == without

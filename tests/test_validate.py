@@ -14,7 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from chorus_batch.sources import FsspecSource, LocalSource
-from chorus_batch.validate.rules import RUN_RULES
+from chorus_batch.validate.rules import KIND_RECORDS, RUN_RULES
 from chorus_batch.validate import (
     FACTS_SCHEMA,
     FINDINGS_SCHEMA,
@@ -1068,7 +1068,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), ("records.v2", "1000\n1001\n", "not UTF-8"),
+    ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
     ("wfdb_header.v3", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
