@@ -310,3 +310,26 @@ def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
     fast = walked(data)
     if fast is not None:  # what it decides, it decides as pydicom's generator does
         assert {tag: value or None for tag, value in fast.items()} == by_generator(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6 << 20), st.integers(0, 64)), min_size=1, max_size=8))
+def test_the_hashing_reader_gives_the_bytes_asked_for_after_a_seek_far_ahead(steps):
+    """A parser reading through the hashing worker's reader (the encapsulated pixel data's walk: the file's last bytes,
+    then its items) is given the file's own bytes at every position, or NotKept where it seeks back too far: never
+    other bytes. A seek far past the bytes kept dropped more than was kept, and later reads were shifted."""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader, NotKept
+
+    data = bytes(range(256)) * (6 << 12)  # 6 MiB (more than KEEP_BYTES), each byte telling its position mod 256
+    reader = HashingReader(io.BytesIO(data).read, hashlib.md5(), len(data))
+    for at, n in steps:
+        try:
+            reader.seek(at)
+            got = reader.read(n)
+        except NotKept:
+            continue
+        assert got == data[at: at + n], (at, n)
+    reader.finish()
+    assert reader.digest.hexdigest() == hashlib.md5(data).hexdigest()
