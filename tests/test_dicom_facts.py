@@ -7,6 +7,7 @@ each kind of file that must go to dcmread, and on random damage to a plain file 
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -144,6 +145,70 @@ def test_pixels_cut_short_in_a_large_file_are_told_without_reading_them():
         assert got.get("error", "").startswith(readers.PIXELS_CUT) is cut, got
         assert reader.done <= 2 * readers.DICOM_HEAD_BYTES  # the header's bytes, not the pixels'
         assert got == facts(data)
+
+
+def encapsulated(frames: int = 3, fragment: int = 5000, *, trailing: int = 0) -> bytes:
+    """A JPEG Baseline file with `frames` frames of compressed (encapsulated) pixel data, as PACS send most images."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom(JPEGBaseline8Bit)))
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel, ds.NumberOfFrames = 7, 0, 1, frames
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = encapsulate([b"\xff\xd8" + bytes([k]) * fragment + b"\xff\xd9" for k in range(frames)])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    if trailing:  # an element after the pixel data (Data Set Trailing Padding): the file no longer ends with them
+        ds.add_new(0xFFFCFFFC, "OB", b"\x00" * trailing)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("trailing", [0, 16])
+def test_compressed_pixels_cut_short_are_told_by_their_items(trailing, monkeypatch):
+    """Compressed (encapsulated) pixel data declare no length: a JPEG image cut inside them (an interrupted copy) gave
+    its header's facts and no error, only an uncompressed one was told. Their items' lengths (8 bytes each) say where
+    they end; a whole file is known by the delimiter it ends with, or by the walk where an element follows them."""
+    whole = encapsulated(trailing=trailing)
+    end = whole.rindex(b"\xfe\xff\xdd\xe0") + 8  # the pixel data's end
+    assert "error" not in facts(whole) and facts(whole)["patient_id"] == "000177"
+    for at in (end - 1, end - 8, end - 9, end - 5010, (whole.index(b"\xe0\x7f\x10\x00") + end) // 2):
+        data = whole[:at]
+        got = facts(data)
+        assert got.get("error", "").startswith(readers.PIXELS_CUT) and f"{len(data):,} bytes" in got["error"], (at, got)
+        assert got["error"].endswith("copy the file again") and got == by_dcmread(data, monkeypatch)
+
+
+def test_compressed_pixels_of_a_large_file_are_known_whole_by_their_last_bytes():
+    """As a hashing worker parses it (through the reader that hashes what it reads), and as a cloud object is read:
+    the file's last 8 bytes, not its frames, tell a whole one."""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader, parse_through
+
+    whole = encapsulated(frames=200, fragment=60_000)
+
+    class Counting(io.BytesIO):
+        reads = 0
+
+        def read(self, size=-1):
+            Counting.reads += 1
+            return super().read(size)
+
+    stream = Counting(whole)
+    assert "error" not in readers.parse_facts(KIND_DICOM, stream) and Counting.reads <= 3
+    reader = HashingReader(io.BytesIO(whole).read, hashlib.md5(), len(whole))
+    assert json.loads(parse_through(readers.parser(KIND_DICOM), reader)) == facts(whole)
+    assert reader.finish() == len(whole) and reader.digest.hexdigest() == hashlib.md5(whole).hexdigest()
+    # cut: the walk seeks back from the end to the items, which the hashing reader no longer keeps: no facts from
+    # it (never wrong ones); the file is read again for them, and told
+    cut = whole[: len(whole) - 30_000]
+    reader = HashingReader(io.BytesIO(cut).read, hashlib.md5(), len(cut))
+    assert parse_through(readers.parser(KIND_DICOM), reader) is None
+    assert reader.finish() == len(cut) and reader.digest.hexdigest() == hashlib.md5(cut).hexdigest()
+    assert facts(cut)["error"].startswith(readers.PIXELS_CUT)
 
 
 def test_a_transfer_syntax_that_disagrees_with_the_dataset_goes_to_dcmread(monkeypatch):

@@ -34,7 +34,9 @@ from .dicom_walk import (
     META_GROUP_LENGTH,
     PIXEL_TAGS,
     TRANSFER_SYNTAX,
-    pixel_data_extent,
+    UNDEFINED_LENGTH,
+    encapsulated_whole,
+    pixel_data_at,
     plain_elements,
 )
 from .rules import (
@@ -350,13 +352,27 @@ def _pixels_whole(head: bytes, f) -> None:
     """Raise BadContent when the file (whose first bytes are `head`) ends before the pixel data its header declares
     (an interrupted copy: most of an image's bytes are its pixels, so most cut copies end there, and the header
     alone reads well). Only the file's size is asked, never its pixels; decided alike whichever path read the header."""
-    extent = pixel_data_extent(head)
-    if extent is None or sum(extent) <= len(head):
+    at = pixel_data_at(head)
+    if at is None:
+        return
+    if at[1] == UNDEFINED_LENGTH:  # encapsulated (JPEG, JPEG 2000, RLE...): its items' lengths say where it ends
+        def read_at(offset: int, n: int) -> bytes:
+            if offset + n <= len(head):
+                return head[offset: offset + n]
+            f.seek(offset)
+            return _read_up_to(f, n)
+
+        size = f.seek(0, io.SEEK_END)
+        if not encapsulated_whole(read_at, at[0], size):
+            raise BadContent(f"{PIXELS_CUT}: {size:,} bytes, and its compressed pixel data (encapsulated) stop "
+                             "before their end (an interrupted copy?): copy the file again")
+        return
+    if sum(at) <= len(head):
         return
     size = f.seek(0, io.SEEK_END)
-    if size < sum(extent):
+    if size < sum(at):
         raise BadContent(f"{PIXELS_CUT}: {size:,} bytes, but its header puts the pixel data's end at byte "
-                         f"{sum(extent):,} (an interrupted copy?): copy the file again")
+                         f"{sum(at):,} (an interrupted copy?): copy the file again")
 
 
 class _Truncated(Exception):
