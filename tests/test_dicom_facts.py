@@ -398,3 +398,14 @@ def test_the_hashing_reader_gives_the_bytes_asked_for_after_a_seek_far_ahead(ste
         assert got == data[at: at + n], (at, n)
     reader.finish()
     assert reader.digest.hexdigest() == hashlib.md5(data).hexdigest()
+
+
+def test_a_deflated_file_cut_short_is_told_to_be_copied_again():
+    """A Deflated Explicit VR file is inflated whole by dcmread: cut anywhere past its header, it gave 'cannot parse the
+    file (error: Error -5 while decompressing data: incomplete or truncated stream)', and the finding added
+    're-export the image as DICOM Part 10': an interrupted copy, told as such."""
+    whole = dicom(DeflatedExplicitVRLittleEndian, pixels=4096)
+    assert facts(whole)["patient_id"] == "000177"
+    got = facts(whole[:-10])
+    assert got == {"error": "the file ends inside its deflated (compressed) data set (an interrupted copy?): copy the "
+                            "file again"}, got

@@ -20,6 +20,7 @@ import json
 import re
 import threading
 import warnings
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, time
@@ -331,6 +332,11 @@ def _dicom_facts(f) -> dict[str, Any]:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(_DICOM_TAGS.values()))
         except InvalidDicomError:
             raise BadContent("not a DICOM Part 10 file (no 'DICM' prefix and File Meta Information)") from None
+        except zlib.error as exc:  # a deflated data set (inflated whole by dcmread): cut short, or damaged
+            if "incomplete or truncated" in str(exc):
+                raise BadContent("the file ends inside its deflated (compressed) data set (an interrupted copy?): copy "
+                                 "the file again") from None
+            raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
