@@ -162,3 +162,23 @@ def test_a_records_file_with_a_byte_order_mark_lists_its_first_record(clean, lin
     assert {r for r, _, _ in without} <= {"layout.superseded"}, without  # (the record is listed: nothing else)
     (clean / folder / "RECORDS").write_bytes(b"\xef\xbb\xbf" + records.encode())
     assert findings(clean) == without
+
+
+# ----------------------------------------------------------------------------- text files left as zeros
+
+
+@pytest.mark.parametrize(("rel", "rule", "size"), [
+    (f"{SINGLE}.hea", "wfdb.bad_header", 4096),
+    ("Metadata/READINESS.md", "metadata.unreadable", 8192),
+    (f"{SINGLE.rsplit('/', 1)[0]}/RECORDS", "records.unreadable", 200),
+])
+def test_a_text_file_ending_in_the_zeros_of_an_unfinished_copy_is_told_to_be_copied_again(clean, rel, rule, size):
+    # The CSV readers told them so; the WFDB header, Markdown and RECORDS readers said "the file holds control
+    # characters (binary data?)", and a header was sent to "write it with a WFDB writer"
+    path = clean / rel
+    path.write_bytes((path.read_bytes() if path.exists() else S0["single"].encode() + b"\n")[:30])
+    with path.open("r+b") as f:
+        f.truncate(size)  # (a copy that reserved the file's size and stopped writing)
+    out = [(r, m) for r, s, m in findings(clean) if s == rel and r != "layout.superseded"]  # (RECORDS: v1.0's)
+    assert [r for r, _ in out] == [rule], out
+    assert "the file holds NUL bytes" in out[0][1] and out[0][1].endswith("copy or export the file again"), out

@@ -137,6 +137,8 @@ def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | No
         raise BadContent(too_large.format(limit // (1024 * 1024)))
     if _utf16(data):  # (an editor's "Unicode" encoding: neither binary data nor another 8-bit text)
         raise BadContent(f"the file is UTF-16 text, not {encoding.upper().removesuffix('-SIG')}")
+    if b"\0" in data:  # (told as the CSV readers tell it: "control characters (binary data?)" sent a WFDB header
+        raise BadContent(TEXT_NUL_REASON)  # an unfinished copy left as zeros to be written again by a WFDB writer)
     try:
         text = data.decode(encoding, errors)
     except UnicodeDecodeError:
@@ -886,6 +888,10 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
 
 NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data, or the zeros a copy that did not "
               "finish leaves (a file at its full size, filled only in part); copy or export the file again")
+
+
+TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data, or the zeros a copy that did not "
+                   "finish leaves (a file at its full size, filled only in part); copy or export the file again")
 
 
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
