@@ -74,7 +74,7 @@ def test_a_plain_file_is_read_without_dcmread_and_gives_its_facts(syntax, monkey
     assert readers._dicom_elements_plain(data, complete=True) is not None  # the plain path took it
     got = facts(data)
     assert got == by_dcmread(data, monkeypatch)
-    assert got["patient_id"] == "000177" and got["patient_name"] == "Doe^Jane" and got["instance_number"] == "7"
+    assert got["patient_id"] == "000177" and got["patient_name"] == readers.IDENTIFYING_FILLED and got["instance_number"] == "7"
     assert got["series_number"] == "3" and got["modality"] == "CT" and "error" not in got
 
 
@@ -409,3 +409,17 @@ def test_a_deflated_file_cut_short_is_told_to_be_copied_again():
     got = facts(whole[:-10])
     assert got == {"error": "the file ends inside its deflated (compressed) data set (an interrupted copy?): copy the "
                             "file again"}, got
+
+
+@pytest.mark.parametrize(("name", "kept"), [("Doe^Jane", False), ("MADONNA", False), ("000177", True),
+                                            ("000177^^^", True), ("P0001", True)])
+def test_the_values_of_identifying_attributes_are_never_kept_only_that_they_are_filled(name, kept, monkeypatch):
+    """A DICOM file's facts are kept in the manifest for good (file_facts): a file not de-identified put its patient's
+    name, birth date, address and other ids there, for dicom.identifying_tag, which asks only whether they are
+    filled. A PatientName that may be the person id (the pseudonym the rule accepts) is kept as written."""
+    data = dicom(PatientName=name, PatientBirthDate="19700101", PatientAddress="1 Main St", OtherPatientIDs="MRN4711")
+    for got in (facts(data), by_dcmread(data, monkeypatch)):
+        text = readers.facts_text(got)
+        assert not any(value in text for value in ("19700101", "Main St", "MRN4711")), text
+        assert got["patient_birth_date"] == got["patient_address"] == got["other_patient_ids"] == readers.IDENTIFYING_FILLED
+        assert got["patient_name"] == (name if kept else readers.IDENTIFYING_FILLED)

@@ -345,9 +345,22 @@ def _dicom_facts(f) -> dict[str, Any]:
     _pixels_whole(head, f)
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
-    return {key: text for key, tag in _DICOM_TAGS.items()
-            if (element := elements.get(tag)) is not None
-            and (text := element.decode("latin-1").strip(_BLANK) if type(element) is bytes else _dicom_text(element))}
+    facts = {key: text for key, tag in _DICOM_TAGS.items()
+             if (element := elements.get(tag)) is not None
+             and (text := element.decode("latin-1").strip(_BLANK) if type(element) is bytes else _dicom_text(element))}
+    # The facts are kept in the manifest for good (file_facts): of the attributes that identify the patient only
+    # whether they are filled is kept, never their value (a name, a birth date, an address of a file not
+    # de-identified); dicom.identifying_tag asks no more. PatientName is kept where it may be the pseudonym the rule
+    # accepts (the person id): one token of letters, digits, '.', '-' or '_' with a digit in it, not a person's name.
+    for key in _IDENTIFYING_KEYS.intersection(facts):
+        if key != "patient_name" or not _PSEUDONYM.fullmatch(facts[key].rstrip("^= ")):
+            facts[key] = IDENTIFYING_FILLED
+    return facts
+
+
+IDENTIFYING_FILLED = "(filled; the value is not kept)"
+_IDENTIFYING_KEYS = frozenset(IDENTIFYING_DICOM_TAGS)
+_PSEUDONYM = re.compile(r"(?=[^0-9]*[0-9])[0-9A-Za-z._-]{1,64}")
 
 
 _BLANK = "\x00 \t\r\n"  # what _dicom_text strips from a value
