@@ -182,3 +182,21 @@ def test_a_text_file_ending_in_the_zeros_of_an_unfinished_copy_is_told_to_be_cop
     out = [(r, m) for r, s, m in findings(clean) if s == rel and r != "layout.superseded"]  # (RECORDS: v1.0's)
     assert [r for r, _ in out] == [rule], out
     assert "the file holds NUL bytes" in out[0][1] and out[0][1].endswith("copy or export the file again"), out
+
+
+# ----------------------------------------------------------------------------- names wfdb reads otherwise
+
+
+def test_a_record_named_in_other_characters_than_ascii_is_told_how_wfdb_reads_it(clean):
+    # "the header's record name is rcord but the file is récord.hea: make them equal": the header says récord, and
+    # nothing the site could make equal; wfdb reads a header as ASCII, dropping the rest
+    folder = clean / SINGLE.rsplit("/", 1)[0]
+    header = (clean / f"{SINGLE}.hea").read_text().splitlines()
+    header[0] = "récord " + header[0].split(" ", 1)[1]
+    (clean / f"{SINGLE}.hea").unlink()
+    (folder / "récord.hea").write_text("\n".join(header) + "\n", encoding="utf-8")
+    rel = f"{SINGLE.rsplit('/', 1)[0]}/récord.hea"
+    told = [m for r, s, m in findings(clean) if r == "wfdb.record_name"]
+    assert told == ["the header's record name is récord, which wfdb reads as rcord (a WFDB header is ASCII text: other "
+                    "characters are dropped), so it is not the file's récord.hea: name the record and its files in "
+                    "ASCII (the procedure names them after the integer session id)"], (rel, told)

@@ -30,8 +30,14 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
                pl.when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("not a readable WFDB header: {}", pl.col("error")))
                .otherwise(fmt("not a readable WFDB header: {}; write it with a WFDB writer", pl.col("error")))),
         _found("wfdb.record_name", ok.filter(pl.col("record_name") != pl.col("_stem")), "srcfile",
-               fmt("the header's record name is {} but the file is {}.hea: make them equal",
-                         pl.col("record_name"), pl.col("_stem"))),
+               pl.when(pl.col("record_name_written").is_null()).then(
+                   fmt("the header's record name is {} but the file is {}.hea: make them equal",
+                       pl.col("record_name"), pl.col("_stem")))
+               # (a name with other characters than ASCII: "make them equal" could not be done, they look equal)
+               .otherwise(fmt("the header's record name is {}, which wfdb reads as {} (a WFDB header is ASCII text: "
+                              "other characters are dropped), so it is not the file's {}.hea: name the record and its "
+                              "files in ASCII (the procedure names them after the integer session id)",
+                              pl.col("record_name_written"), pl.col("record_name"), pl.col("_stem")))),
     ]
     # The Waveform File Format procedure asks for the exact sampling rate (a sample's time is its number / fs); wfdb,
     # the converter's library, refuses fs <= 0 when it writes (Record.check_field). The grammar reads no sign: 0 is all

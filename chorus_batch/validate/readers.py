@@ -157,7 +157,11 @@ def _wfdb_facts(f) -> dict[str, Any]:
         # units written with other characters ("µV", which wfdb reads "V"): kept as written too, for a finding
         # that quotes what the file holds (units_written)
         with contextlib.suppress(BadContent):
-            written = parse_wfdb_header(data.decode("utf-8", "replace"))["signals"]
+            header = parse_wfdb_header(data.decode("utf-8", "replace"))
+            # a record named with other characters ("réc", which wfdb reads "rc"): told as the file has it
+            if header["record_name"] != facts["record_name"]:
+                facts["record_name_written"] = header["record_name"]
+            written = header["signals"]
             if len(written) == len(facts["signals"]):
                 for signal, as_written in zip(facts["signals"], written, strict=True):
                     if as_written["units"] != signal["units"]:
