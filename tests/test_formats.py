@@ -6,24 +6,23 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
 import re
-import json
 import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
+import sitegen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sitegen import scan_current, sessions_of
 
 from chorus_batch.sources import LocalSource
 from chorus_batch.validate import check, extract_facts, facts_needed, readers
 from chorus_batch.validate.rules import KIND_WFDB
 from chorus_batch.validate.site import _FACT_DTYPES
-
-import sitegen
-from sitegen import scan_current, sessions_of
 
 # wfdb 4.x (the writers sitegen uses) warns about pandas deprecations.
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
@@ -197,6 +196,6 @@ def test_a_record_named_in_other_characters_than_ascii_is_told_how_wfdb_reads_it
     (folder / "récord.hea").write_text("\n".join(header) + "\n", encoding="utf-8")
     rel = f"{SINGLE.rsplit('/', 1)[0]}/récord.hea"
     told = [m for r, s, m in findings(clean) if r == "wfdb.record_name"]
-    assert told == ["the header's record name is récord, which wfdb reads as rcord (a WFDB header is ASCII text: other "
-                    "characters are dropped), so it is not the file's récord.hea: name the record and its files in "
-                    "ASCII (the procedure names them after the integer session id)"], (rel, told)
+    assert told == [("the header's record name is récord, which wfdb reads as rcord (a WFDB header is ASCII text: other "
+                     "characters are dropped), so it is not the file's récord.hea: name the record and its files in "
+                     "ASCII (the procedure names them after the integer session id)")], (rel, told)
