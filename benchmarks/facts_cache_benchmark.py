@@ -38,7 +38,7 @@ from chorus_batch.store import Manifest
 def facts(start: int, n: int) -> pl.DataFrame:
     ids = range(start, start + n)
     return pl.DataFrame({
-        "kind": ["wfdb_header.v3" if i % 3 else "dicom.v5" for i in ids],
+        "kind": ["wfdb_header.v3" if i % 3 else "dicom.v6" for i in ids],
         "md5": [hashlib.md5(str(i).encode()).hexdigest() for i in ids],
         "facts": [json.dumps({"n_sig": 2, "fs": 125.0, "sig_len": i, "pad": "x" * 240}) for i in ids],
     }).sort("kind", "md5")  # (as a scan hands them)

@@ -7,6 +7,7 @@ each kind of file that must go to dcmread, and on random damage to a plain file 
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -73,7 +74,7 @@ def test_a_plain_file_is_read_without_dcmread_and_gives_its_facts(syntax, monkey
     assert readers._dicom_elements_plain(data, complete=True) is not None  # the plain path took it
     got = facts(data)
     assert got == by_dcmread(data, monkeypatch)
-    assert got["patient_id"] == "000177" and got["patient_name"] == "Doe^Jane" and got["instance_number"] == "7"
+    assert got["patient_id"] == "000177" and got["patient_name"] == readers.IDENTIFYING_FILLED and got["instance_number"] == "7"
     assert got["series_number"] == "3" and got["modality"] == "CT" and "error" not in got
 
 
@@ -144,6 +145,70 @@ def test_pixels_cut_short_in_a_large_file_are_told_without_reading_them():
         assert got.get("error", "").startswith(readers.PIXELS_CUT) is cut, got
         assert reader.done <= 2 * readers.DICOM_HEAD_BYTES  # the header's bytes, not the pixels'
         assert got == facts(data)
+
+
+def encapsulated(frames: int = 3, fragment: int = 5000, *, trailing: int = 0) -> bytes:
+    """A JPEG Baseline file with `frames` frames of compressed (encapsulated) pixel data, as PACS send most images."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom(JPEGBaseline8Bit)))
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel, ds.NumberOfFrames = 7, 0, 1, frames
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = encapsulate([b"\xff\xd8" + bytes([k]) * fragment + b"\xff\xd9" for k in range(frames)])
+    ds["PixelData"].VR, ds["PixelData"].is_undefined_length = "OB", True
+    if trailing:  # an element after the pixel data (Data Set Trailing Padding): the file no longer ends with them
+        ds.add_new(0xFFFCFFFC, "OB", b"\x00" * trailing)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("trailing", [0, 16])
+def test_compressed_pixels_cut_short_are_told_by_their_items(trailing, monkeypatch):
+    """Compressed (encapsulated) pixel data declare no length: a JPEG image cut inside them (an interrupted copy) gave
+    its header's facts and no error, only an uncompressed one was told. Their items' lengths (8 bytes each) say where
+    they end; a whole file is known by the delimiter it ends with, or by the walk where an element follows them."""
+    whole = encapsulated(trailing=trailing)
+    end = whole.rindex(b"\xfe\xff\xdd\xe0") + 8  # the pixel data's end
+    assert "error" not in facts(whole) and facts(whole)["patient_id"] == "000177"
+    for at in (end - 1, end - 8, end - 9, end - 5010, (whole.index(b"\xe0\x7f\x10\x00") + end) // 2):
+        data = whole[:at]
+        got = facts(data)
+        assert got.get("error", "").startswith(readers.PIXELS_CUT) and f"{len(data):,} bytes" in got["error"], (at, got)
+        assert got["error"].endswith("copy the file again") and got == by_dcmread(data, monkeypatch)
+
+
+def test_compressed_pixels_of_a_large_file_are_known_whole_by_their_last_bytes():
+    """As a hashing worker parses it (through the reader that hashes what it reads), and as a cloud object is read:
+    the file's last 8 bytes, not its frames, tell a whole one."""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader, parse_through
+
+    whole = encapsulated(frames=200, fragment=60_000)
+
+    class Counting(io.BytesIO):
+        reads = 0
+
+        def read(self, size=-1):
+            Counting.reads += 1
+            return super().read(size)
+
+    stream = Counting(whole)
+    assert "error" not in readers.parse_facts(KIND_DICOM, stream) and Counting.reads <= 3
+    reader = HashingReader(io.BytesIO(whole).read, hashlib.md5(), len(whole))
+    assert json.loads(parse_through(readers.parser(KIND_DICOM), reader)) == facts(whole)
+    assert reader.finish() == len(whole) and reader.digest.hexdigest() == hashlib.md5(whole).hexdigest()
+    # cut: the walk seeks back from the end to the items, which the hashing reader no longer keeps: no facts from
+    # it (never wrong ones); the file is read again for them, and told
+    cut = whole[: len(whole) - 30_000]
+    reader = HashingReader(io.BytesIO(cut).read, hashlib.md5(), len(cut))
+    assert parse_through(readers.parser(KIND_DICOM), reader) is None
+    assert reader.finish() == len(cut) and reader.digest.hexdigest() == hashlib.md5(cut).hexdigest()
+    assert facts(cut)["error"].startswith(readers.PIXELS_CUT)
 
 
 def test_a_transfer_syntax_that_disagrees_with_the_dataset_goes_to_dcmread(monkeypatch):
@@ -310,3 +375,51 @@ def test_damaged_plain_files_give_what_dcmread_gives(base, edits, monkeypatch):
     fast = walked(data)
     if fast is not None:  # what it decides, it decides as pydicom's generator does
         assert {tag: value or None for tag, value in fast.items()} == by_generator(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6 << 20), st.integers(0, 64)), min_size=1, max_size=8))
+def test_the_hashing_reader_gives_the_bytes_asked_for_after_a_seek_far_ahead(steps):
+    """A parser reading through the hashing worker's reader (the encapsulated pixel data's walk: the file's last bytes,
+    then its items) is given the file's own bytes at every position, or NotKept where it seeks back too far: never
+    other bytes. A seek far past the bytes kept dropped more than was kept, and later reads were shifted."""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader, NotKept
+
+    data = bytes(range(256)) * (6 << 12)  # 6 MiB (more than KEEP_BYTES), each byte telling its position mod 256
+    reader = HashingReader(io.BytesIO(data).read, hashlib.md5(), len(data))
+    for at, n in steps:
+        try:
+            reader.seek(at)
+            got = reader.read(n)
+        except NotKept:
+            continue
+        assert got == data[at: at + n], (at, n)
+    reader.finish()
+    assert reader.digest.hexdigest() == hashlib.md5(data).hexdigest()
+
+
+def test_a_deflated_file_cut_short_is_told_to_be_copied_again():
+    """A Deflated Explicit VR file is inflated whole by dcmread: cut anywhere past its header, it gave 'cannot parse the
+    file (error: Error -5 while decompressing data: incomplete or truncated stream)', and the finding added
+    're-export the image as DICOM Part 10': an interrupted copy, told as such."""
+    whole = dicom(DeflatedExplicitVRLittleEndian, pixels=4096)
+    assert facts(whole)["patient_id"] == "000177"
+    got = facts(whole[:-10])
+    assert got == {"error": "the file ends inside its deflated (compressed) data set (an interrupted copy?): copy the "
+                            "file again"}, got
+
+
+@pytest.mark.parametrize(("name", "kept"), [("Doe^Jane", False), ("MADONNA", False), ("000177", True),
+                                            ("000177^^^", True), ("P0001", True)])
+def test_the_values_of_identifying_attributes_are_never_kept_only_that_they_are_filled(name, kept, monkeypatch):
+    """A DICOM file's facts are kept in the manifest for good (file_facts): a file not de-identified put its patient's
+    name, birth date, address and other ids there, for dicom.identifying_tag, which asks only whether they are
+    filled. A PatientName that may be the person id (the pseudonym the rule accepts) is kept as written."""
+    data = dicom(PatientName=name, PatientBirthDate="19700101", PatientAddress="1 Main St", OtherPatientIDs="MRN4711")
+    for got in (facts(data), by_dcmread(data, monkeypatch)):
+        text = readers.facts_text(got)
+        assert not any(value in text for value in ("19700101", "Main St", "MRN4711")), text
+        assert got["patient_birth_date"] == got["patient_address"] == got["other_patient_ids"] == readers.IDENTIFYING_FILLED
+        assert got["patient_name"] == (name if kept else readers.IDENTIFYING_FILLED)

@@ -198,11 +198,13 @@ class HashingReader(io.RawIOBase):
                 break
             self.digest.update(chunk)
             self.done += len(chunk)
+            self._kept += chunk
+            # (after the chunk is kept: a seek far ahead asked to drop more than was kept before it, and the bytes
+            # kept no longer started at _base: a read there gave other bytes of the file than those asked for)
             if self.done - self._base > KEEP_BYTES and self._pos - self._base > _BACK_SLACK:
-                drop = self._pos - self._base - _BACK_SLACK
+                drop = min(self._pos - self._base - _BACK_SLACK, len(self._kept))
                 del self._kept[:drop]
                 self._base += drop
-            self._kept += chunk
 
     def read(self, size: int | None = -1) -> bytes:
         if self._pos < self._base:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..frames import fmt
+from .readers import OWN_REMEDY
 from .rules import KIND_EDF, KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
 from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
@@ -24,11 +25,19 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     f = site.files.lazy()  # each use below takes a few columns of some files
     ok = headers.filter(pl.col("_ok"))
     out = [
+        # (the remedy once: the reader's own where its reason has one, a compressed header's, readers.OWN_REMEDY)
         _found("wfdb.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
-               fmt("not a readable WFDB header: {}; write it with a WFDB writer", pl.col("error"))),
+               pl.when(pl.col("error").str.contains(OWN_REMEDY)).then(fmt("not a readable WFDB header: {}", pl.col("error")))
+               .otherwise(fmt("not a readable WFDB header: {}; write it with a WFDB writer", pl.col("error")))),
         _found("wfdb.record_name", ok.filter(pl.col("record_name") != pl.col("_stem")), "srcfile",
-               fmt("the header's record name is {} but the file is {}.hea: make them equal",
-                         pl.col("record_name"), pl.col("_stem"))),
+               pl.when(pl.col("record_name_written").is_null()).then(
+                   fmt("the header's record name is {} but the file is {}.hea: make them equal",
+                       pl.col("record_name"), pl.col("_stem")))
+               # (a name with other characters than ASCII: "make them equal" could not be done, they look equal)
+               .otherwise(fmt("the header's record name is {}, which wfdb reads as {} (a WFDB header is ASCII text: "
+                              "other characters are dropped), so it is not the file's {}.hea: name the record and its "
+                              "files in ASCII (the procedure names them after the integer session id)",
+                              pl.col("record_name_written"), pl.col("record_name"), pl.col("_stem")))),
     ]
     # The Waveform File Format procedure asks for the exact sampling rate (a sample's time is its number / fs); wfdb,
     # the converter's library, refuses fs <= 0 when it writes (Record.check_field). The grammar reads no sign: 0 is all
@@ -73,7 +82,9 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .filter((pl.col("_nfmt") == 1) & pl.col("sig_len").is_not_null())
         .join(sizes, on="fmt", how="inner")
         .join(present, on="_path", how="inner")
-        .with_columns(_samples=pl.col("sig_len") * pl.col("_spf"))
+        # in 128 bits: a header's counts each fit 64 (readers._count), their products need not (a sig_len of 2^62 x 2
+        # samples x 2 bytes wrapped to "implies 0 bytes")
+        .with_columns(_samples=pl.col("sig_len").cast(pl.Int128) * pl.col("_spf"))
         .with_columns(
             _min=pl.col("_offset") + (pl.col("_samples") * pl.col("_bpg") + pl.col("_spg") - 1) // pl.col("_spg"),
             _max=pl.col("_offset") + (pl.col("_samples") + pl.col("_spg") - 1) // pl.col("_spg") * pl.col("_bpg"),
@@ -133,7 +144,7 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
             "its sampling frequency; re-export the record (or make the segment a record of its own)",
             pl.col("_seg_fs"), pl.col("_master").str.split("/").list.last(), pl.col("_master_fs"))))
     out.append(_flat_name(ok, real))
-    totals = segments.group_by("_master", "_master_len").agg(pl.col("length").sum().alias("_total"))
+    totals = segments.group_by("_master", "_master_len").agg(pl.col("length").cast(pl.Int128).sum().alias("_total"))
     out.append(_found(
         "wfdb.segment_length",
         totals.filter(pl.col("_master_len").is_not_null() & (pl.col("_master_len") != pl.col("_total"))), "_master",

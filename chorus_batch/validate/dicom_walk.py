@@ -18,6 +18,7 @@ undefined-length sequence ends with (FFFE,E0DD).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from struct import Struct
 
 _UNDEFINED = 0xFFFFFFFF
@@ -143,17 +144,40 @@ def plain_elements(head: bytes, wanted: frozenset[int], *, complete: bool) -> di
         return None
 
 
-def pixel_data_extent(head: bytes) -> tuple[int, int] | None:
-    """(where the pixel data's value starts, its declared length) in a plain DICOM Part 10 file whose first bytes
-    are `head`, when the walk reaches a Pixel Data element of defined length within them; else None (a file the
-    walk does not decide, no pixel data, or encapsulated pixel data, of undefined length). A file shorter than
-    their sum is cut inside its pixel data: pydicom reads its header without a word (stop_before_pixels)."""
+def pixel_data_at(head: bytes) -> tuple[int, int] | None:
+    """(where the pixel data's value starts, its declared length: UNDEFINED_LENGTH for encapsulated pixel data) in a
+    plain DICOM Part 10 file whose first bytes are `head`, when the walk reaches a Pixel Data element within them."""
     at: list[tuple[int, int]] = []
     try:
         _plain_elements(head, frozenset(), False, at)
     except _Odd:
         pass  # (an odd character set, met before the pixel data, leaves the structure as walked)
-    return at[0] if at and at[0][1] != _UNDEFINED else None
+    return at[0] if at else None
+
+
+UNDEFINED_LENGTH = _UNDEFINED
+_ITEM_LE, _SEQUENCE_END_LE = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"  # (FFFE,E000), (FFFE,E0DD) as written
+
+
+def encapsulated_whole(read_at: Callable[[int, int], bytes], start: int, size: int) -> bool:
+    """Whether encapsulated pixel data starting at `start` in a file of `size` bytes end within it: the file ends
+    with their sequence delimiter (a whole file, but for elements after the pixel data: one small read, a cloud
+    object's one request), or a walk of their items' headers (8 bytes each: the Basic Offset Table, then a fragment
+    or more per frame; `read_at(offset, n)` gives fewer bytes at the file's end) reaches the delimiter. False where
+    the file ends first, inside an item or before the delimiter: cut short. Items of the encapsulated syntaxes are
+    little endian (PS3.5 A.4); what is no item is not decided here (a decoder will tell): True."""
+    if size >= start + 8 and read_at(size - 8, 8) == _SEQUENCE_END_LE + b"\0\0\0\0":
+        return True
+    pos = start
+    while True:
+        header = read_at(pos, 8)
+        if len(header) < 8:
+            return False
+        if header[:4] == _SEQUENCE_END_LE:
+            return True
+        if header[:4] != _ITEM_LE or header[4:] == b"\xff\xff\xff\xff":  # (fragments have a defined length)
+            return True
+        pos += 8 + int.from_bytes(header[4:], "little")
 
 
 def _plain_elements(head: bytes, wanted: frozenset[int], complete: bool,

@@ -20,6 +20,7 @@ import json
 import re
 import threading
 import warnings
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, time
@@ -34,7 +35,9 @@ from .dicom_walk import (
     META_GROUP_LENGTH,
     PIXEL_TAGS,
     TRANSFER_SYNTAX,
-    pixel_data_extent,
+    UNDEFINED_LENGTH,
+    encapsulated_whole,
+    pixel_data_at,
     plain_elements,
 )
 from .rules import (
@@ -103,6 +106,25 @@ def _read_text(f, encoding: str, errors: str = "strict", *, limit: int | None = 
     return _text(_read_up_to(f, limit + 1), encoding, errors, limit=limit, too_large=too_large)
 
 
+# What a compressor or an archiver writes first (gzip RFC 1952, bzip2, xz, zstd, zip, 7-Zip, lz4 frame): a file of a
+# text kind (a table, a header, a RECORDS or Markdown file) or a DICOM file that begins so was compressed and kept its
+# name (an export tool's compressed output, a transfer that gzipped the files): told as compressed, to decompress, not
+# as binary data, an unfinished copy or no DICOM file, which send the site to copy or export it again, to no avail.
+_COMPRESSED_MAGIC = ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2"), (b"\xfd7zXZ\x00", "xz", "unxz"),
+                     (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"), (b"PK\x03\x04", "zip", "unzip"),
+                     (b"7z\xbc\xaf\x27\x1c", "7-Zip", "7z x"), (b"\x04\x22\x4d\x18", "lz4", "unlz4"))
+COMPRESSED_REMEDY = "keep the decompressed file under this name"
+
+
+def _compressed(data: bytes) -> None:
+    """BadContent when `data` (a file's first bytes) is a compressor's or an archiver's output."""
+    for magic, what, tool in _COMPRESSED_MAGIC:
+        # (bzip2: "BZh" and a block size 1-9, not a CSV whose first column is named BZh...)
+        if data.startswith(magic) and (what != "bzip2" or data[3:4] in b"123456789" and data[4:10] == b"1AY&SY"):
+            raise BadContent(f"the file holds {what}-compressed data, not the file itself: decompress it (e.g. {tool}) "
+                             f"and {COMPRESSED_REMEDY}")
+
+
 def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | None = None,
           too_large: str = "the file is larger than {} MiB") -> str:
     """`data` decoded, or BadContent saying why it is no text file: empty, over `limit` bytes (MAX_TEXT_BYTES unless
@@ -110,10 +132,13 @@ def _text(data: bytes, encoding: str, errors: str = "strict", *, limit: int | No
     limit = MAX_TEXT_BYTES if limit is None else limit
     if not data:
         raise BadContent("the file is empty")
+    _compressed(data)
     if len(data) > limit:
         raise BadContent(too_large.format(limit // (1024 * 1024)))
     if _utf16(data):  # (an editor's "Unicode" encoding: neither binary data nor another 8-bit text)
         raise BadContent(f"the file is UTF-16 text, not {encoding.upper().removesuffix('-SIG')}")
+    if b"\0" in data:  # (told as the CSV readers tell it: "control characters (binary data?)" sent a WFDB header
+        raise BadContent(TEXT_NUL_REASON)  # an unfinished copy left as zeros to be written again by a WFDB writer)
     try:
         text = data.decode(encoding, errors)
     except UnicodeDecodeError:
@@ -132,7 +157,11 @@ def _wfdb_facts(f) -> dict[str, Any]:
         # units written with other characters ("µV", which wfdb reads "V"): kept as written too, for a finding
         # that quotes what the file holds (units_written)
         with contextlib.suppress(BadContent):
-            written = parse_wfdb_header(data.decode("utf-8", "replace"))["signals"]
+            header = parse_wfdb_header(data.decode("utf-8", "replace"))
+            # a record named with other characters ("réc", which wfdb reads "rc"): told as the file has it
+            if header["record_name"] != facts["record_name"]:
+                facts["record_name_written"] = header["record_name"]
+            written = header["signals"]
             if len(written) == len(facts["signals"]):
                 for signal, as_written in zip(facts["signals"], written, strict=True):
                     if as_written["units"] != signal["units"]:
@@ -178,11 +207,11 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
         raise BadContent("no record line (only comments or blank lines)")
     try:
         rec = _match(grammar.rx_record, lines[0], "record")
-        n_sig = int(rec["n_sig"])
+        n_sig = _count(rec["n_sig"], "number of signals")
         facts: dict[str, Any] = {
             "record_name": rec["record_name"],
             "n_sig": n_sig,
-            "sig_len": int(rec["sig_len"]) if rec["sig_len"] else None,
+            "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
             "base_time": _iso_time(grammar, rec["base_time"]) if rec["base_time"] else None,
@@ -197,21 +226,36 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
                 sig = _match(grammar.rx_signal, line, "signal")
                 facts["signals"].append({
                     "file_name": sig["file_name"], "fmt": sig["fmt"],
-                    "samps_per_frame": int(sig["samps_per_frame"] or 1), "byte_offset": int(sig["byte_offset"] or 0),
+                    "samps_per_frame": _count(sig["samps_per_frame"] or "1", "samples per frame"),
+                    "byte_offset": _count(sig["byte_offset"] or "0", "byte offset"),
                     # the signal's name and units (None where the line gives none: WFDB then reads "NU")
                     "sig_name": sig["sig_name"].strip() or None, "units": sig["units"] or None,
                 })
         else:
-            n_seg = int(rec["n_seg"])
+            n_seg = _count(rec["n_seg"], "number of segments")
             if len(lines) - 1 != n_seg:
                 raise BadContent(f"the record line declares {plural(n_seg, 'segment')} but {plural(len(lines) - 1, 'segment line')} follow")
-            facts["segments"] = [{"name": seg["seg_name"], "length": int(seg["seg_len"])}
+            facts["segments"] = [{"name": seg["seg_name"], "length": _count(seg["seg_len"], "segment length")}
                                  for seg in (_match(grammar.rx_segment, line, "segment") for line in lines[1:])]
     except BadContent:
         raise
     except ValueError as exc:  # bad dates/times, bad numbers
         raise BadContent(f"invalid header syntax ({exc})") from None
     return facts
+
+
+# WFDB counts samples, signals and bytes in 64-bit integers (the WFDB library's WFDB_Time; wfdb reads the samples
+# into numpy): a header's number beyond that no reader takes, and the facts (Int64 columns) would hold none of it: a
+# sig_len of 10^20 read as "no length", its signal file's size never checked
+_MAX_COUNT = (1 << 63) - 1
+
+
+def _count(digits: str, what: str) -> int:
+    value = int(digits)
+    if value > _MAX_COUNT:
+        raise BadContent(f"the {what} {digits} is larger than any WFDB reader takes (at most {_MAX_COUNT:,}, a 64-bit "
+                         f"count): the header is damaged or was written wrongly")
+    return value
 
 
 # The usual forms of a header's base time and date, read without strptime (~5-7 us each: a third of a header's
@@ -260,6 +304,8 @@ def _dicom_facts(f) -> dict[str, Any]:
     head = _read_up_to(f, DICOM_HEAD_BYTES)
     if not head:
         raise BadContent("the file is empty")
+    if head[128:132] != b"DICM":  # (a preamble may begin with any bytes)
+        _compressed(head)
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
     truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
     wanted = DICOM_HEAD_BYTES
@@ -292,15 +338,33 @@ def _dicom_facts(f) -> dict[str, Any]:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(_DICOM_TAGS.values()))
         except InvalidDicomError:
             raise BadContent("not a DICOM Part 10 file (no 'DICM' prefix and File Meta Information)") from None
+        except zlib.error as exc:  # a deflated data set (inflated whole by dcmread): cut short, or damaged
+            if "incomplete or truncated" in str(exc):
+                raise BadContent("the file ends inside its deflated (compressed) data set (an interrupted copy?): copy "
+                                 "the file again") from None
+            raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
     _pixels_whole(head, f)
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
-    return {key: text for key, tag in _DICOM_TAGS.items()
-            if (element := elements.get(tag)) is not None
-            and (text := element.decode("latin-1").strip(_BLANK) if type(element) is bytes else _dicom_text(element))}
+    facts = {key: text for key, tag in _DICOM_TAGS.items()
+             if (element := elements.get(tag)) is not None
+             and (text := element.decode("latin-1").strip(_BLANK) if type(element) is bytes else _dicom_text(element))}
+    # The facts are kept in the manifest for good (file_facts): of the attributes that identify the patient only
+    # whether they are filled is kept, never their value (a name, a birth date, an address of a file not
+    # de-identified); dicom.identifying_tag asks no more. PatientName is kept where it may be the pseudonym the rule
+    # accepts (the person id): one token of letters, digits, '.', '-' or '_' with a digit in it, not a person's name.
+    for key in _IDENTIFYING_KEYS.intersection(facts):
+        if key != "patient_name" or not _PSEUDONYM.fullmatch(facts[key].rstrip("^= ")):
+            facts[key] = IDENTIFYING_FILLED
+    return facts
+
+
+IDENTIFYING_FILLED = "(filled; the value is not kept)"
+_IDENTIFYING_KEYS = frozenset(IDENTIFYING_DICOM_TAGS)
+_PSEUDONYM = re.compile(r"(?=[^0-9]*[0-9])[0-9A-Za-z._-]{1,64}")
 
 
 _BLANK = "\x00 \t\r\n"  # what _dicom_text strips from a value
@@ -313,13 +377,27 @@ def _pixels_whole(head: bytes, f) -> None:
     """Raise BadContent when the file (whose first bytes are `head`) ends before the pixel data its header declares
     (an interrupted copy: most of an image's bytes are its pixels, so most cut copies end there, and the header
     alone reads well). Only the file's size is asked, never its pixels; decided alike whichever path read the header."""
-    extent = pixel_data_extent(head)
-    if extent is None or sum(extent) <= len(head):
+    at = pixel_data_at(head)
+    if at is None:
+        return
+    if at[1] == UNDEFINED_LENGTH:  # encapsulated (JPEG, JPEG 2000, RLE...): its items' lengths say where it ends
+        def read_at(offset: int, n: int) -> bytes:
+            if offset + n <= len(head):
+                return head[offset: offset + n]
+            f.seek(offset)
+            return _read_up_to(f, n)
+
+        size = f.seek(0, io.SEEK_END)
+        if not encapsulated_whole(read_at, at[0], size):
+            raise BadContent(f"{PIXELS_CUT}: {size:,} bytes, and its compressed pixel data (encapsulated) stop "
+                             "before their end (an interrupted copy?): copy the file again")
+        return
+    if sum(at) <= len(head):
         return
     size = f.seek(0, io.SEEK_END)
-    if size < sum(extent):
+    if size < sum(at):
         raise BadContent(f"{PIXELS_CUT}: {size:,} bytes, but its header puts the pixel data's end at byte "
-                         f"{sum(extent):,} (an interrupted copy?): copy the file again")
+                         f"{sum(at):,} (an interrupted copy?): copy the file again")
 
 
 class _Truncated(Exception):
@@ -637,7 +715,9 @@ def _registry_id_facts(frame: pl.DataFrame) -> dict[str, Any]:
 
 
 def _records_facts(f) -> dict[str, Any]:
-    text = _read_text(f, "utf-8", limit=MAX_RECORDS_BYTES, too_large=RECORDS_TOO_LARGE)
+    # utf-8-sig: a RECORDS file saved by a Windows editor begins with a byte-order mark, which was read as part of the
+    # first record's name (records.absent: "lists record \ufeff3004 but its header is not on the site", of one that is)
+    text = _read_text(f, "utf-8-sig", limit=MAX_RECORDS_BYTES, too_large=RECORDS_TOO_LARGE)
     lines = [line.strip() for line in text.splitlines()]
     return {"records": [line for line in lines if line and not line.startswith("#")]}
 
@@ -652,6 +732,7 @@ def _edf_facts(f) -> dict[str, Any]:
     version 8 bytes, patient 80, recording 80, start date dd.mm.yy 8, start time hh.mm.ss 8, header bytes 8, reserved
     44, data records 8, record duration 8, signals 4)."""
     head = _read_up_to(f, 256)
+    _compressed(head)
     if len(head) < 256:
         raise BadContent(f"the file is {len(head)} bytes, shorter than the 256-byte EDF header: the copy is cut or "
                          f"this is no EDF file; {_EDF_FIX}")
@@ -725,6 +806,7 @@ def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
         data += chunk
     if not data:
         raise BadContent("the file is empty (no header row)")
+    _compressed(data)
     if _utf16(data):
         raise BadContent(UTF16_REASON)
     line, ended = _LINE_END.split(data, 1)[0], _LINE_END.search(data) is None
@@ -825,10 +907,14 @@ NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data,
               "finish leaves (a file at its full size, filled only in part); copy or export the file again")
 
 
+TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data, or the zeros a copy that did not "
+                   "finish leaves (a file at its full size, filled only in part); copy or export the file again")
+
+
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
 # copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead)$")
+              r"again|copy the file again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:

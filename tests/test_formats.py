@@ -1,0 +1,201 @@
+"""The field's file formats as validation reads them: unusual but real-world WFDB headers, CSV tables and text files,
+from outside (a site's folder checked as a whole) and as bytes (readers.parse_facts)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import re
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sitegen
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sitegen import scan_current, sessions_of
+
+from chorus_batch.sources import LocalSource
+from chorus_batch.validate import check, extract_facts, facts_needed, readers
+from chorus_batch.validate.rules import KIND_WFDB
+from chorus_batch.validate.site import _FACT_DTYPES
+
+# wfdb 4.x (the writers sitegen uses) warns about pandas deprecations.
+pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")
+
+P0 = sitegen.person_ids(1)[0]
+S0 = sessions_of(P0, 0)
+SINGLE = f"{P0}/Waveforms/Telemetry/{S0['single']}/{S0['single']}"  # + .hea / .dat
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("template") / "site"
+    sitegen.build_clean_site(root)
+    return root
+
+
+@pytest.fixture
+def clean(template: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    shutil.copytree(template, root)
+    return root
+
+
+def findings(root: Path) -> list[tuple[str, str, str]]:
+    current = scan_current(root)
+    facts = extract_facts(LocalSource(root), facts_needed(current), workers=1)
+    return check(current, facts).select("rule", "srcfile", "message").rows()
+
+
+def set_record_line(root: Path, **fields: str) -> None:
+    """The single record's header with its record line's `fields` (sig_len) replaced."""
+    path = root / f"{SINGLE}.hea"
+    lines = path.read_text().splitlines()
+    name, n_sig, fs, sig_len, *rest = lines[0].split()
+    lines[0] = " ".join([name, n_sig, fs, fields.get("sig_len", sig_len), *rest])
+    path.write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- WFDB counts beyond 64 bits
+
+
+def test_a_wfdb_count_beyond_64_bits_is_a_bad_header_not_a_header_without_length(clean):
+    # The facts' columns are Int64: a sig_len of 10^20 was decoded as none, the signal file's size went unchecked and
+    # the site passed
+    set_record_line(clean, sig_len="99999999999999999999")
+    out = findings(clean)
+    assert [(r, s) for r, s, _ in out] == [("wfdb.bad_header", f"{SINGLE}.hea")], out
+    assert "number of samples 99999999999999999999 is larger than any WFDB reader takes" in out[0][2]
+
+
+def test_a_signal_files_expected_size_does_not_wrap_around_64_bits(clean):
+    # 2^62 samples x 2 signals x 2 bytes is 2^64: computed in 64 bits it wrapped to "implies 0"
+    set_record_line(clean, sig_len=str(1 << 62))
+    out = findings(clean)
+    assert [(r, s) for r, s, _ in out] == [("wfdb.dat_size", f"{SINGLE}.dat")], out
+    assert f"implies {1 << 64}" in out[0][2]
+
+
+_HEADER_LINE = st.one_of(
+    st.text(alphabet=st.sampled_from("0123456789 \t/:.()+x~-_#abcXYZ\r\n"), max_size=80),
+    st.builds(lambda n, big: f"r {n} 250 {big}", st.integers(1, 3), st.integers(0, 1 << 80)),
+    st.builds(lambda f, spf, off: f"r.dat {f}x{spf}+{off} 200/mV 16 0 0 0 0 II", st.sampled_from(["16", "212", "8"]),
+              st.integers(1, 1 << 70), st.integers(0, 1 << 70)),
+    st.builds(lambda n: f"r_0001 {n}", st.integers(0, 1 << 70)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_HEADER_LINE, max_size=5).map("\n".join))
+def test_any_wfdb_header_gives_facts_the_manifest_holds_whole(text):
+    """Any header text gives facts or an error, never a traceback, and facts whose every number the facts' columns
+    (Int64) hold: a number they cannot hold would be decoded as none, and the rules that read it would be silent."""
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(text.encode()))
+    assert isinstance(facts, dict)
+    if "error" in facts:
+        assert "Traceback" not in facts["error"] and "cannot parse the file" not in facts["error"], facts
+        return
+    decoded = pl.Series([readers.facts_text(facts)]).str.json_decode(_FACT_DTYPES[KIND_WFDB]).struct.unnest()
+    assert decoded["sig_len"].to_list() == [facts["sig_len"]]
+    assert decoded["n_sig"].to_list() == [facts["n_sig"]]
+    for column, key, names in (("signals", "signals", ("samps_per_frame", "byte_offset")),
+                               ("segments", "segments", ("length",))):
+        kept = decoded[column].to_list()[0]
+        for name in names:
+            assert [row[name] for row in kept or []] == [row[name] for row in facts[key] or []]
+    json.loads(readers.facts_text(facts))
+
+
+# ----------------------------------------------------------------------------- compressed content under a file's name
+
+DCM = f"{P0}/Images/CT/{sitegen.accession_of(0)}/{sitegen.series_uid(P0, sitegen.person_day(0), 1)}/000.dcm"
+
+
+@pytest.mark.parametrize(("rel", "rule"), [
+    ("OMOP/person.csv", "omop.unreadable"),
+    ("Metadata/READINESS.md", "metadata.unreadable"),
+    ("Metadata/Telemetry_mapping.csv", "metadata.unreadable"),
+    (f"{SINGLE}.hea", "wfdb.bad_header"),
+    (DCM, "dicom.unreadable"),
+])
+@pytest.mark.parametrize(("compress", "what"), [(gzip.compress, "gzip"), (bz2.compress, "bzip2"),
+                                                (lzma.compress, "xz")])
+def test_a_file_compressed_under_its_own_name_is_told_to_be_decompressed(clean, rel, rule, compress, what):
+    # Told before as what the compressed bytes looked like: "the file holds NUL bytes ... copy or export the file
+    # again" (a table), "control characters (binary data?); write it with a WFDB writer", "not a DICOM Part 10 file
+    # ...; re-export the image": remedies that would not help
+    path = clean / rel
+    path.write_bytes(compress(path.read_bytes()))
+    out = [(r, s, m) for r, s, m in findings(clean) if s == rel]
+    assert [(r, s) for r, s, _ in out] == [(rule, rel)], out
+    message = out[0][2]
+    assert f"the file holds {what}-compressed data, not the file itself: decompress it" in message, message
+    assert message.endswith("keep the decompressed file under this name"), message  # the one remedy
+    assert not re.search(r"NUL|binary|copy|export|writer", message), message
+
+
+def test_a_dicom_preamble_that_begins_as_a_compressor_would_is_still_read_as_dicom(clean):
+    # the 128-byte preamble is free (a TIFF header, a vendor's bytes): only a file without 'DICM' is sniffed
+    path = clean / DCM
+    data = path.read_bytes()
+    path.write_bytes(b"\x1f\x8b" + data[2:])
+    assert [f for f in findings(clean) if f[1] == DCM] == []
+
+
+# ----------------------------------------------------------------------------- RECORDS files
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_a_records_file_with_a_byte_order_mark_lists_its_first_record(clean, line_end):
+    # A RECORDS file saved by a Windows editor: its first name was read with the mark, "\ufeff<record>", a record not
+    # on the site (records.absent) while the record it names went unlisted (records.unlisted)
+    folder = SINGLE.rsplit("/", 1)[0]
+    records = f"{S0['single']}{line_end}"
+    (clean / folder / "RECORDS").write_text(records, newline="")
+    without = findings(clean)
+    assert {r for r, _, _ in without} <= {"layout.superseded"}, without  # (the record is listed: nothing else)
+    (clean / folder / "RECORDS").write_bytes(b"\xef\xbb\xbf" + records.encode())
+    assert findings(clean) == without
+
+
+# ----------------------------------------------------------------------------- text files left as zeros
+
+
+@pytest.mark.parametrize(("rel", "rule", "size"), [
+    (f"{SINGLE}.hea", "wfdb.bad_header", 4096),
+    ("Metadata/READINESS.md", "metadata.unreadable", 8192),
+    (f"{SINGLE.rsplit('/', 1)[0]}/RECORDS", "records.unreadable", 200),
+])
+def test_a_text_file_ending_in_the_zeros_of_an_unfinished_copy_is_told_to_be_copied_again(clean, rel, rule, size):
+    # The CSV readers told them so; the WFDB header, Markdown and RECORDS readers said "the file holds control
+    # characters (binary data?)", and a header was sent to "write it with a WFDB writer"
+    path = clean / rel
+    path.write_bytes((path.read_bytes() if path.exists() else S0["single"].encode() + b"\n")[:30])
+    with path.open("r+b") as f:
+        f.truncate(size)  # (a copy that reserved the file's size and stopped writing)
+    out = [(r, m) for r, s, m in findings(clean) if s == rel and r != "layout.superseded"]  # (RECORDS: v1.0's)
+    assert [r for r, _ in out] == [rule], out
+    assert "the file holds NUL bytes" in out[0][1] and out[0][1].endswith("copy or export the file again"), out
+
+
+# ----------------------------------------------------------------------------- names wfdb reads otherwise
+
+
+def test_a_record_named_in_other_characters_than_ascii_is_told_how_wfdb_reads_it(clean):
+    # "the header's record name is rcord but the file is récord.hea: make them equal": the header says récord, and
+    # nothing the site could make equal; wfdb reads a header as ASCII, dropping the rest
+    folder = clean / SINGLE.rsplit("/", 1)[0]
+    header = (clean / f"{SINGLE}.hea").read_text().splitlines()
+    header[0] = "récord " + header[0].split(" ", 1)[1]
+    (clean / f"{SINGLE}.hea").unlink()
+    (folder / "récord.hea").write_text("\n".join(header) + "\n", encoding="utf-8")
+    rel = f"{SINGLE.rsplit('/', 1)[0]}/récord.hea"
+    told = [m for r, s, m in findings(clean) if r == "wfdb.record_name"]
+    assert told == [("the header's record name is récord, which wfdb reads as rcord (a WFDB header is ASCII text: other "
+                     "characters are dropped), so it is not the file's récord.hea: name the record and its files in "
+                     "ASCII (the procedure names them after the integer session id)")], (rel, told)
