@@ -401,7 +401,12 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         t = time.perf_counter()
 
         n_listed = sum(part.height for part in parts)
-        planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
+        if coverage.whole:
+            planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
+        else:  # a shard: its part of the site's one sample (the site's listing is not known here: its previous rows)
+            chosen = hashing.site_sample(previous, math.ceil(previous.height * verify_percent / 100), verify_max_bytes,
+                                         no_read_roots=list(rules.cloud_roots) if cloud_md5 == "stored-only" else [])
+            planned = hashing.reverify(pl.concat(parts), chosen.len(), verify_max_bytes, chosen=chosen)
         parts.clear()
         verify_rows = hashing.to_read(planned.filter(pl.col("sampled")))
         hasher.add(verify_rows)  # the sample, chosen among all files: read last

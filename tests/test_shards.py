@@ -4,6 +4,7 @@ end-to-end test is tests/test_slurm.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -995,3 +996,33 @@ def test_a_merge_of_shards_on_a_read_only_file_system_says_so_and_what_to_do(sna
     assert out.returncode == 2, out.stderr
     assert "Read-only file system" in out.stderr and "file system is read-only: copy the staging folder" in out.stderr
     assert "merge as the user" not in out.stderr and not db.exists(), out.stderr
+
+
+def test_the_shards_of_a_run_re_verify_within_one_verify_max_bytes_between_them(snapshots, tmp_path):
+    # Each shard chose its own re-verification sample within --verify-max-bytes: N shards read N times the budget a
+    # site set for a night (the merge then said "re-verified: 45.5 KiB" of a 20 KiB budget). They now share the one
+    # sample the whole site's previous rows give, as a single-node run does.
+    site = tmp_path / "site"
+    shutil.copytree(snapshots / "first", site)
+    single, merged = tmp_path / "single.sqlite", tmp_path / "merged.sqlite"
+    assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    run_shards(site, merged, tmp_path / "staging-0")
+    assert cli("run", "--site", str(site), "--db", str(merged), "--merge", str(tmp_path / "staging-0")).returncode in (0, 1)
+    site_bytes = query(merged, "SELECT sum(size) FROM source_files WHERE time_invalid IS NULL")[0][0]
+    budget = site_bytes // 3
+    verify = ["--verify-sample", "100", "--verify-max-bytes", str(budget)]
+    read = "SELECT srcfile, size, verified_ns FROM source_files WHERE time_invalid IS NULL"
+    for night in (1, 2):
+        before = dict((path, when) for path, _size, when in query(merged, read))
+        staging = tmp_path / f"staging-{night}"
+        for k in range(N):
+            out = cli("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
+                      *verify)
+            assert out.returncode == 0, out.stderr
+        out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging), "--json")
+        assert out.returncode in (0, 1), out.stderr
+        said = json.loads(out.stdout)["verification"]
+        reread = [size for path, size, when in query(merged, read) if when != before[path]]
+        assert 0 < sum(reread) <= budget and said["bytes_reverified"] == sum(reread), (night, said, budget)
+        alone = json.loads(cli("run", "--site", str(site), "--db", str(single), "--json", *verify).stdout)
+        assert said["files_reverified"] == alone["verification"]["files_reverified"], night
