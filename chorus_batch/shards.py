@@ -368,9 +368,29 @@ def shard_folders(staging: Path) -> dict[int, list[Path]]:
         if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
             found.setdefault(int(match.group(2)), []).append(entry)
     if not found:
+        _merged_and_tidied(staging)
         raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
                          fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
     return found
+
+
+def _merged_and_tidied(staging: Path) -> None:
+    """A UsageError if `staging` is a Slurm submission's folder whose merge committed (its merge.exit says 0 or 1) and
+    whose shards the script then removed: the merge run again from its printed "rerun the merge" line was told "no
+    shard results ... run the shards first", as if nothing had been done, where the shards are a version already."""
+    from .slurm import MERGE_EXIT, MERGE_JOB
+
+    with contextlib.suppress(OSError, ValueError):
+        code = int((staging / MERGE_EXIT).read_text("utf-8").strip())
+        if code in (0, 1):
+            logs = sorted((staging / "logs").glob(f"{MERGE_JOB}-*.out"))
+            raise UsageError(f"the shards in {staging} were merged already: their merge committed (exit code {code}, "
+                             f"its {MERGE_EXIT}) and their lists of files were removed after it; nothing was committed "
+                             "by this one", where=str(staging),
+                             fix=("its log names the version it committed: "
+                                  + ", ".join(str(log) for log in logs) if logs else
+                                  "`chorus-batch versions` lists the version it committed")
+                             + "; to record the site as it is now, submit the Slurm script again")
 
 
 def roots_text(roots: list) -> str:
