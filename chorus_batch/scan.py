@@ -228,7 +228,7 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
             where="merge", fix="run the missing shards (or remove duplicates) and merge again")
     if any(p.roots != first.roots for p in parts):
         raise UsageError("the shards scanned different roots", where="merge", fix="rerun every shard with the same settings")
-    if any(p.exclude_patterns != first.exclude_patterns for p in parts):
+    if not all(_exclude.same_globs(p.exclude_patterns, first.exclude_patterns) for p in parts):
         raise UsageError("the shards were listed with different exclusion globs", where="merge",
                          fix="rerun every shard with the same --exclude / [run] exclude")
     if len({p.follow_symlinks for p in parts} - {None}) > 1:

@@ -31,7 +31,7 @@ import polars as pl
 
 from .config import RunSettings, parse_bytes
 from .errors import ChorusError, UsageError
-from .exclude import Excludes
+from .exclude import Excludes, same_globs
 from .frames import empty_state
 from .coverage import BUCKETS
 from .partitions import TreeParts, bucket_range
@@ -545,7 +545,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             problems.append(f"shard {k}/{shards} listed other roots ({roots_text(part.roots)}) than this merge's site "
                             f"({roots_text(roots)}); rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
-        if part.exclude_patterns != expected_patterns:
+        if not same_globs(part.exclude_patterns, expected_patterns):
             unlike.append(part)
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
@@ -606,16 +606,15 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             "nothing was committed", where=str(staging),
                             fix="nothing to do for these shards; to record the site as it is now, run the shards "
                                 "again (or submit the Slurm script again), then merge", merged_into=merged_into)
-    if len(unlike) == shards and all((p.roots, p.exclude_patterns, p.follow_symlinks) ==
-                                     (unlike[0].roots, unlike[0].exclude_patterns, unlike[0].follow_symlinks)
-                                     for p in unlike):
+    if len(unlike) == shards and all((p.roots, p.follow_symlinks) == (unlike[0].roots, unlike[0].follow_symlinks)
+                                     and same_globs(p.exclude_patterns, unlike[0].exclude_patterns) for p in unlike):
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)
         first = unlike[0]
         said = (f"the shards scanned {roots_text(first.roots)}, not this run's site {roots_text(roots)}"
                 if roots is not None and not same_roots(first.roots, roots) else
                 f"the shards were listed with other exclusion globs ({_patterns_text(first.exclude_patterns)}) than "
                 f"this merge's ({_patterns_text(expected_patterns)})"
-                if first.exclude_patterns != expected_patterns else
+                if not same_globs(first.exclude_patterns, expected_patterns) else
                 f"the shards were listed {_symlinks_text(first.follow_symlinks)}, this merge "
                 f"{_symlinks_text(settings.follow_symlinks)}")
         raise UsageError(f"cannot merge: {said}; nothing was committed", where=str(staging),

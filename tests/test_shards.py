@@ -1026,3 +1026,22 @@ def test_the_shards_of_a_run_re_verify_within_one_verify_max_bytes_between_them(
         assert 0 < sum(reread) <= budget and said["bytes_reverified"] == sum(reread), (night, said, budget)
         alone = json.loads(cli("run", "--site", str(site), "--db", str(single), "--json", *verify).stdout)
         assert said["files_reverified"] == alone["verification"]["files_reverified"], night
+
+
+def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged(snapshots, tmp_path):
+    """Globs leave out a file when any of them matches, so their order leaves out the same files; shards run with
+    `--exclude '*.csv' --exclude '*.hea'` were refused by a merge given them the other way round (and a shard rerun with
+    them so among the others), said as "other exclusion globs" whose files would be "left out unlike the others"."""
+    site, db, single = snapshots / "second", tmp_path / "m.sqlite", tmp_path / "single.sqlite"
+    staging = tmp_path / "staging"
+    globs = [["--exclude", "*.csv", "--exclude", "*.hea"], ["--exclude", "*.hea", "--exclude", "*.csv"]]
+    for k in range(N):
+        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
+                  *globs[k % 2])
+        assert out.returncode == 0, out.stderr
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *globs[1])
+    assert merged.returncode in (0, 1) and "committed" in merged.stdout, merged.stderr
+    alone = cli("run", "--site", str(site), "--db", str(single), *globs[1])
+    assert merged.returncode == alone.returncode, merged.stderr + alone.stderr
+    assert manifest_view(db) == manifest_view(single)
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '%.csv' OR srcfile LIKE '%.hea'") == [(0,)]
