@@ -120,8 +120,14 @@ def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
 
 
 def _written_ns(folder: Path) -> int:
-    """When a shard folder was last written (its scan.json, else the folder): which split in a staging folder is the
-    latest."""
+    """When a shard folder was last written: which split in a staging folder is the latest. A complete shard's listing
+    started when its scan.json records: a staging folder copied (`cp -r`, rsync without -t) gave every file the time
+    of the copy, and the split copied last, an older one, was merged as the latest, the newer said "older" and left
+    out (a version of an old listing). One without a readable record: its scan.json's or its folder's modification."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        started = json.loads((folder / "scan.json").read_text("utf-8")).get("scan_started_ns")
+        if isinstance(started, int) and not isinstance(started, bool) and started > 0:
+            return started
     times = []
     for path in (folder, folder / "scan.json"):
         with contextlib.suppress(OSError):
@@ -499,7 +505,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         def when(n: int) -> str:
             return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
 
-        others = [f"{len(found[n])} shard folder(s) of a split into {n} (shard-*-of-{n}, last written {when(n)})"
+        others = [f"{len(found[n])} shard folder(s) of a split into {n} (shard-*-of-{n}, listed {when(n)})"
                   for n in sorted(found) if n != shards]
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")

@@ -1045,3 +1045,28 @@ def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged
     assert merged.returncode == alone.returncode, merged.stderr + alone.stderr
     assert manifest_view(db) == manifest_view(single)
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '%.csv' OR srcfile LIKE '%.hea'") == [(0,)]
+
+
+def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied_last(snapshots, tmp_path):
+    """The latest of two splits in a staging folder was told by its files' modification times: a folder copied with
+    `cp -r` (another disk, a scratch file system) has the copy's times, and the older split, copied after the newer,
+    was merged as the latest, the newer left out as "older": a version of the old listing (a file added between the
+    two, missing). The shards' recorded listing start decides."""
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    run_shards(site, db, staging)  # a split into 4, left there
+    (site / "000001" / "added.csv").write_text("added after the split into 4\n")
+    for k in (0, 1):
+        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
+                   ).returncode == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for n in (2, N):  # the newer split first, the older last (as a copy may go)
+        for folder in sorted(staging.glob(f"shard-*-of-{n}")):
+            subprocess.run(["cp", "-r", str(folder), str(copy)], check=True)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(copy), "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    assert f"also holds {N} shard folder(s) of a split into {N}" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile = '000001/added.csv' AND time_invalid IS NULL"
+                 ) == [(1,)]
