@@ -196,6 +196,16 @@ def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFra
     return errors.filter(~_matches(pl.col("srcfile"), excludes).fill_null(False))
 
 
+def same_globs(these: list | None, those: list | None) -> bool:
+    """Whether two scans' exclusion globs ((source, pattern) pairs, as ScanResult.exclude_patterns; None: not
+    recorded) leave out the same files: the same globs in any order (a file is left out when any matches; the order
+    only says which glob counts it). Shards listed with `--exclude '*.csv' --exclude '*.hea'` were refused by a merge
+    given `--exclude '*.hea' --exclude '*.csv'` as listed with "other exclusion globs", their files "left out unlike"."""
+    if these is None or those is None:
+        return these is None and those is None
+    return {tuple(p) for p in these} == {tuple(p) for p in those}
+
+
 def merge_counts(parts: list[dict]) -> dict:
     """The exclusion counts of several shards as one (a glob is unmatched when it matched nothing in any)."""
     total = empty_counts()

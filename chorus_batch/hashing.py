@@ -175,10 +175,30 @@ def _mtime_moved(unit: int) -> pl.Expr:
     return pl.when(coarse).then((pl.col("mtime_ns") - pl.col("prev_mtime_ns")).abs() >= 2 * unit).otherwise(moved)
 
 
-def reverify(planned: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:
+def reverify(planned: pl.DataFrame, files: int, max_bytes: int, *, chosen: pl.Series | None = None) -> pl.DataFrame:
     """`due`'s frame of the whole listing with `verify` and `sampled`: the rolling re-verification sample
-    (_verify_slice), read too (needs_read). Only files not due are chosen, so what `due` said must be read stays so."""
+    (_verify_slice), read too (needs_read). Only files not due are chosen, so what `due` said must be read stays so.
+    `chosen`: the only paths the sample may take (a shard's share of the site's sample: site_sample)."""
+    if chosen is not None:
+        planned = planned.with_columns(_no_read=pl.col("_no_read") | ~pl.col("srcfile").is_in(chosen.implode()))
     return _verify_slice(planned, files, max_bytes).drop("_no_read")
+
+
+def site_sample(previous: pl.DataFrame, files: int, max_bytes: int, *, no_read_roots: list[int]) -> pl.Series:
+    """The paths of the whole site's re-verification sample, chosen from its previous rows (STATE_SCHEMA) as
+    _verify_slice chooses among a listing's unchanged files: up to `files`, the longest unverified first, within
+    `max_bytes` (none under `no_read_roots`, which the cloud policy forbids reading). Each shard of a split has the
+    whole previous version, so each finds the same sample and reads the part of it in its share of the site: shards
+    that each chose their own sample within --verify-max-bytes read N times the one budget between them."""
+    if files <= 0 or max_bytes <= 0:
+        return pl.Series("srcfile", [], pl.String)
+    return (previous.lazy()
+            .filter(pl.col("md5").is_not_null() & (pl.col("size") <= max_bytes) & ~pl.col("root_id").is_in(no_read_roots))
+            .select("srcfile", "size", "verified_ns")
+            .sort(["verified_ns", "srcfile"], nulls_last=False)
+            .head(files)
+            .filter(pl.col("size").cum_sum() <= max_bytes)
+            .collect()["srcfile"])
 
 
 def _verify_slice(joined: pl.DataFrame, files: int, max_bytes: int) -> pl.DataFrame:

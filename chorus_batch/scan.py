@@ -228,7 +228,7 @@ def merge_scans(parts: list[ScanResult]) -> ScanResult:
             where="merge", fix="run the missing shards (or remove duplicates) and merge again")
     if any(p.roots != first.roots for p in parts):
         raise UsageError("the shards scanned different roots", where="merge", fix="rerun every shard with the same settings")
-    if any(p.exclude_patterns != first.exclude_patterns for p in parts):
+    if not all(_exclude.same_globs(p.exclude_patterns, first.exclude_patterns) for p in parts):
         raise UsageError("the shards were listed with different exclusion globs", where="merge",
                          fix="rerun every shard with the same --exclude / [run] exclude")
     if len({p.follow_symlinks for p in parts} - {None}) > 1:
@@ -401,7 +401,12 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
         t = time.perf_counter()
 
         n_listed = sum(part.height for part in parts)
-        planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
+        if coverage.whole:
+            planned = hashing.reverify(pl.concat(parts), math.ceil(n_listed * verify_percent / 100), verify_max_bytes)
+        else:  # a shard: its part of the site's one sample (the site's listing is not known here: its previous rows)
+            chosen = hashing.site_sample(previous, math.ceil(previous.height * verify_percent / 100), verify_max_bytes,
+                                         no_read_roots=list(rules.cloud_roots) if cloud_md5 == "stored-only" else [])
+            planned = hashing.reverify(pl.concat(parts), chosen.len(), verify_max_bytes, chosen=chosen)
         parts.clear()
         verify_rows = hashing.to_read(planned.filter(pl.col("sampled")))
         hasher.add(verify_rows)  # the sample, chosen among all files: read last

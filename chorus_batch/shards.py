@@ -31,7 +31,7 @@ import polars as pl
 
 from .config import RunSettings, parse_bytes
 from .errors import ChorusError, UsageError
-from .exclude import Excludes
+from .exclude import Excludes, same_globs
 from .frames import empty_state
 from .coverage import BUCKETS
 from .partitions import TreeParts, bucket_range
@@ -121,8 +121,14 @@ def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
 
 
 def _written_ns(folder: Path) -> int:
-    """When a shard folder was last written (its scan.json, else the folder): which split in a staging folder is the
-    latest."""
+    """When a shard folder was last written: which split in a staging folder is the latest. A complete shard's listing
+    started when its scan.json records: a staging folder copied (`cp -r`, rsync without -t) gave every file the time
+    of the copy, and the split copied last, an older one, was merged as the latest, the newer said "older" and left
+    out (a version of an old listing). One without a readable record: its scan.json's or its folder's modification."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        started = json.loads((folder / "scan.json").read_text("utf-8")).get("scan_started_ns")
+        if isinstance(started, int) and not isinstance(started, bool) and started > 0:
+            return started
     times = []
     for path in (folder, folder / "scan.json"):
         with contextlib.suppress(OSError):
@@ -369,9 +375,29 @@ def shard_folders(staging: Path) -> dict[int, list[Path]]:
         if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
             found.setdefault(int(match.group(2)), []).append(entry)
     if not found:
+        _merged_and_tidied(staging)
         raise UsageError(f"no shard results in {staging} (no shard-K-of-N folders)", where="--merge",
                          fix="run the shards first: chorus-batch run --shard K/N --staging DIR (or the Slurm script)")
     return found
+
+
+def _merged_and_tidied(staging: Path) -> None:
+    """A UsageError if `staging` is a Slurm submission's folder whose merge committed (its merge.exit says 0 or 1) and
+    whose shards the script then removed: the merge run again from its printed "rerun the merge" line was told "no
+    shard results ... run the shards first", as if nothing had been done, where the shards are a version already."""
+    from .slurm import MERGE_EXIT, MERGE_JOB
+
+    with contextlib.suppress(OSError, ValueError):
+        code = int((staging / MERGE_EXIT).read_text("utf-8").strip())
+        if code in (0, 1):
+            logs = sorted((staging / "logs").glob(f"{MERGE_JOB}-*.out"))
+            raise UsageError(f"the shards in {staging} were merged already: their merge committed (exit code {code}, "
+                             f"its {MERGE_EXIT}) and their lists of files were removed after it; nothing was committed "
+                             "by this one", where=str(staging),
+                             fix=("its log names the version it committed: "
+                                  + ", ".join(str(log) for log in logs) if logs else
+                                  "`chorus-batch versions` lists the version it committed")
+                             + "; to record the site as it is now, submit the Slurm script again")
 
 
 def roots_text(roots: list) -> str:
@@ -480,7 +506,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         def when(n: int) -> str:
             return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
 
-        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, last written {when(n)})"
+        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, listed {when(n)})"
                   for n in sorted(found) if n != shards]
         left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
                     "they were left out")
@@ -526,7 +552,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             problems.append(f"shard {k}/{shards} listed other roots ({roots_text(part.roots)}) than this merge's site "
                             f"({roots_text(roots)}); rerun it with: {rerun_command(settings, coverage, staging)}")
             continue
-        if part.exclude_patterns != expected_patterns:
+        if not same_globs(part.exclude_patterns, expected_patterns):
             unlike.append(part)
             problems.append(f"shard {k}/{shards} was listed with other exclusion globs ({_patterns_text(part.exclude_patterns)}) "
                             f"than this merge's ({_patterns_text(expected_patterns)}): its files would be left out (or "
@@ -587,16 +613,15 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             "nothing was committed", where=str(staging),
                             fix="nothing to do for these shards; to record the site as it is now, run the shards "
                                 "again (or submit the Slurm script again), then merge", merged_into=merged_into)
-    if len(unlike) == shards and all((p.roots, p.exclude_patterns, p.follow_symlinks) ==
-                                     (unlike[0].roots, unlike[0].exclude_patterns, unlike[0].follow_symlinks)
-                                     for p in unlike):
+    if len(unlike) == shards and all((p.roots, p.follow_symlinks) == (unlike[0].roots, unlike[0].follow_symlinks)
+                                     and same_globs(p.exclude_patterns, unlike[0].exclude_patterns) for p in unlike):
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)
         first = unlike[0]
         said = (f"the shards scanned {roots_text(first.roots)}, not this run's site {roots_text(roots)}"
                 if roots is not None and not same_roots(first.roots, roots) else
                 f"the shards were listed with other exclusion globs ({_patterns_text(first.exclude_patterns)}) than "
                 f"this merge's ({_patterns_text(expected_patterns)})"
-                if first.exclude_patterns != expected_patterns else
+                if not same_globs(first.exclude_patterns, expected_patterns) else
                 f"the shards were listed {_symlinks_text(first.follow_symlinks)}, this merge "
                 f"{_symlinks_text(settings.follow_symlinks)}")
         raise UsageError(f"cannot merge: {said}; nothing was committed", where=str(staging),

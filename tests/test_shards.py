@@ -4,6 +4,7 @@ end-to-end test is tests/test_slurm.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -995,3 +996,77 @@ def test_a_merge_of_shards_on_a_read_only_file_system_says_so_and_what_to_do(sna
     assert out.returncode == 2, out.stderr
     assert "Read-only file system" in out.stderr and "file system is read-only: copy the staging folder" in out.stderr
     assert "merge as the user" not in out.stderr and not db.exists(), out.stderr
+
+
+def test_the_shards_of_a_run_re_verify_within_one_verify_max_bytes_between_them(snapshots, tmp_path):
+    # Each shard chose its own re-verification sample within --verify-max-bytes: N shards read N times the budget a
+    # site set for a night (the merge then said "re-verified: 45.5 KiB" of a 20 KiB budget). They now share the one
+    # sample the whole site's previous rows give, as a single-node run does.
+    site = tmp_path / "site"
+    shutil.copytree(snapshots / "first", site)
+    single, merged = tmp_path / "single.sqlite", tmp_path / "merged.sqlite"
+    assert cli("run", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    run_shards(site, merged, tmp_path / "staging-0")
+    assert cli("run", "--site", str(site), "--db", str(merged), "--merge", str(tmp_path / "staging-0")).returncode in (0, 1)
+    site_bytes = query(merged, "SELECT sum(size) FROM source_files WHERE time_invalid IS NULL")[0][0]
+    budget = site_bytes // 3
+    verify = ["--verify-sample", "100", "--verify-max-bytes", str(budget)]
+    read = "SELECT srcfile, size, verified_ns FROM source_files WHERE time_invalid IS NULL"
+    for night in (1, 2):
+        before = dict((path, when) for path, _size, when in query(merged, read))
+        staging = tmp_path / f"staging-{night}"
+        for k in range(N):
+            out = cli("run", "--site", str(site), "--db", str(merged), "--shard", f"{k}/{N}", "--staging", str(staging),
+                      *verify)
+            assert out.returncode == 0, out.stderr
+        out = cli("run", "--site", str(site), "--db", str(merged), "--merge", str(staging), "--json")
+        assert out.returncode in (0, 1), out.stderr
+        said = json.loads(out.stdout)["verification"]
+        reread = [size for path, size, when in query(merged, read) if when != before[path]]
+        assert 0 < sum(reread) <= budget and said["bytes_reverified"] == sum(reread), (night, said, budget)
+        alone = json.loads(cli("run", "--site", str(site), "--db", str(single), "--json", *verify).stdout)
+        assert said["files_reverified"] == alone["verification"]["files_reverified"], night
+
+
+def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged(snapshots, tmp_path):
+    """Globs leave out a file when any of them matches, so their order leaves out the same files; shards run with
+    `--exclude '*.csv' --exclude '*.hea'` were refused by a merge given them the other way round (and a shard rerun with
+    them so among the others), said as "other exclusion globs" whose files would be "left out unlike the others"."""
+    site, db, single = snapshots / "second", tmp_path / "m.sqlite", tmp_path / "single.sqlite"
+    staging = tmp_path / "staging"
+    globs = [["--exclude", "*.csv", "--exclude", "*.hea"], ["--exclude", "*.hea", "--exclude", "*.csv"]]
+    for k in range(N):
+        out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
+                  *globs[k % 2])
+        assert out.returncode == 0, out.stderr
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), *globs[1])
+    assert merged.returncode in (0, 1) and "committed" in merged.stdout, merged.stderr
+    alone = cli("run", "--site", str(site), "--db", str(single), *globs[1])
+    assert merged.returncode == alone.returncode, merged.stderr + alone.stderr
+    assert manifest_view(db) == manifest_view(single)
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '%.csv' OR srcfile LIKE '%.hea'") == [(0,)]
+
+
+def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied_last(snapshots, tmp_path):
+    """The latest of two splits in a staging folder was told by its files' modification times: a folder copied with
+    `cp -r` (another disk, a scratch file system) has the copy's times, and the older split, copied after the newer,
+    was merged as the latest, the newer left out as "older": a version of the old listing (a file added between the
+    two, missing). The shards' recorded listing start decides."""
+    site, db, staging = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "staging"
+    shutil.copytree(snapshots / "first", site)
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    run_shards(site, db, staging)  # a split into 4, left there
+    (site / "000001" / "added.csv").write_text("added after the split into 4\n")
+    for k in (0, 1):
+        assert cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging", str(staging)
+                   ).returncode == 0
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for n in (2, N):  # the newer split first, the older last (as a copy may go)
+        for folder in sorted(staging.glob(f"shard-*-of-{n}")):
+            subprocess.run(["cp", "-r", str(folder), str(copy)], check=True)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(copy), "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    assert f"also holds {N} shard folders of a split into {N}" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM source_files WHERE srcfile = '000001/added.csv' AND time_invalid IS NULL"
+                 ) == [(1,)]

@@ -774,6 +774,10 @@ def test_sbatch_the_script_as_is_then_run_slurm_match_a_single_node_run(slurm, s
     assert int((job.staging / "merge.exit").read_text()) == ref_codes[0]
     # the default staging folder keeps its logs and merge.exit, not the shards' lists of files (person paths) once merged
     assert sorted(p.name for p in job.staging.iterdir()) == ["logs", "merge.exit"]
+    # its merge run again (the script's "rerun the merge" line) is told they were merged, not "run the shards first"
+    again = cli("run", "--site", str(first), "--db", str(db), "--merge", str(job.staging), env=env)
+    assert again.returncode == 2 and "merged already" in again.stderr and "run the shards first" not in again.stderr
+    assert f"chorus-merge-{job.merge_job}.out" in again.stderr, again.stderr
 
     # The second snapshot: `run --slurm` submits, follows and exits with the merge's code.
     proc = cli("run", "--slurm", "--site", str(second), "--db", str(db), "--shards", "4", "--cpus-per-task", "1",
