@@ -425,6 +425,7 @@ class Hasher:
         self.seconds = 0.0  # from the start of the hashing to its end
         self._blocks: list[pl.DataFrame] = []
         self._pending: list[tuple[int, pl.DataFrame]] = []  # (offset, rows) given while undecided
+        self._pending_kinds: dict[int, frozenset[str]] = {}  # their kinds, found once (_start), by offset
         self._results = _Results()
         self._lock = threading.Lock()
         self._queue = _Queue()
@@ -527,7 +528,9 @@ class Hasher:
             if self.facts:  # imported before the fork: the workers share them (later kinds they import themselves)
                 from .validate.readers import prepare
 
-                prepare(frozenset().union(*(self._kinds_in(rows) for _, rows in self._pending)))
+                # (kept for _tasks: classifying a batch's paths costs ~30 ms whatever its size, polars' plan)
+                self._pending_kinds = {offset: self._kinds_in(rows) for offset, rows in self._pending}
+                prepare(frozenset().union(*self._pending_kinds.values()))
             # (given to each worker too: spawned ones, on Windows, do not inherit it, and the progress line stood
             # still while a large file was read)
             executor = self._stack.enter_context(pool(self.workers, (set_meter, self._reading)))
@@ -543,7 +546,9 @@ class Hasher:
 
     def _tasks(self, offset: int, rows: pl.DataFrame) -> list[_Task]:
         kinds = _NO_KINDS
-        found = self._kinds_in(rows) if self.facts else frozenset()
+        found = self._pending_kinds.pop(offset, None)
+        if found is None:
+            found = self._kinds_in(rows) if self.facts else frozenset()
         if found:  # (none: the readers are not even imported, as on a night that only re-verifies)
             if self.mode == "processes":
                 from .validate.readers import FORK_SAFE_KINDS

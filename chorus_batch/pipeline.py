@@ -633,11 +633,14 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                 raise
             exc = machine_limit(exc) or exc  # (said as the machine's limit, with its fix, as before the commit)
             what = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+            # what is left, read from the manifest and the snapshot folder: a failed snapshot of a checked version
+            # was said as "the next run checks it again"
+            left = _left_after_commit(settings, manifest, label)
             failed = AfterCommitError(
                 f"version {label} was committed to {manifest.path}, but what follows the commit failed: {what}",
                 where=getattr(exc, "where", None) or str(manifest.path),
-                fix=(getattr(exc, "fix", None) or "rerun with -v for details")
-                + "; the version stays committed (the next run checks it again)")
+                fix=(getattr(exc, "fix", None) or "rerun with -v for details") + "; the version stays committed"
+                + (f" (the next run finishes {left})" if left else ""))
             failed.committed = label
             raise failed from None
 
