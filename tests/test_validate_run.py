@@ -104,6 +104,30 @@ def test_no_validate_skips_the_checks_and_validate_does_them_later(clean, db):
     assert query(db, "SELECT version FROM validations") == [(result.label,)]
 
 
+def test_facts_of_kinds_no_longer_read_are_deleted_with_their_bytes_once(clean, db):
+    """Facts cached under a kind this release does not read (dicom.v5, before its reader kept only whether the
+    identifying attributes are filled) stayed in the manifest for good, the patient's name, birth date and ids as
+    written among them. The next check deletes them, once, and their bytes do not stay in the file's free pages."""
+    run_site(clean, db)
+    kinds = query(db, "SELECT value FROM meta WHERE key = 'fact_kinds'")
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("INSERT INTO file_facts VALUES ('dicom.v5', 'd41d8cd98f00b204e9800998ecf8427e', "
+                    "'{\"patient_name\": \"DOE^JANE-SECRET\", \"other_patient_ids\": \"MRN4711-SECRET\"}')")
+        con.execute("DELETE FROM meta WHERE key = 'fact_kinds'")  # as a manifest of an earlier release has it
+    con.close()
+    facts_before = query(db, "SELECT count(*) FROM file_facts WHERE kind != 'dicom.v5'")
+    (clean / "OMOP" / "note.csv").write_text("note_id,person_id\n")  # a change: the next run checks a new version
+    run_site(clean, db)
+    assert query(db, "SELECT count(*) FROM file_facts WHERE kind = 'dicom.v5'") == [(0,)]
+    assert query(db, "SELECT count(*) FROM file_facts WHERE kind != 'dicom.v5'")[0][0] >= facts_before[0][0]
+    assert query(db, "SELECT value FROM meta WHERE key = 'fact_kinds'") == kinds
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    assert b"-SECRET" not in db.read_bytes()
+
+
 def test_validate_cli_exit_code_and_cache(clean, db):
     (clean / "OMOP" / "person.csv").unlink()
     run_site(clean, db, validate_site=False)

@@ -141,7 +141,7 @@ class ValidationCache:
         """One transaction: the facts read this time, and the version's findings (replacing any earlier ones).
         An incomplete check (some files could not be read) is stored but not marked as done."""
         from ..faults import pause
-        from ..validate.rules import edition
+        from ..validate.rules import KINDS, edition
         from .manifest import _arrow_stream
 
         counts = dict(findings.group_by("severity").len().iter_rows()) if findings.height else {}
@@ -149,6 +149,7 @@ class ValidationCache:
         try:
             with self.manifest.adbc() as con:
                 with con.cursor() as cur:
+                    _forget_other_kinds(cur, KINDS)
                     if new_facts.height:
                         cur.adbc_ingest("_facts", _arrow_stream(_in_key_order(new_facts)), mode="create", temporary=True)
                         cur.execute("INSERT OR REPLACE INTO file_facts SELECT kind, md5, facts FROM temp._facts")
@@ -188,6 +189,21 @@ class ValidationCache:
                                    (label, stamp)).fetchone() is not None
         except (ManifestError, sqlite3.Error):
             return False
+
+
+def _forget_other_kinds(cur, kinds: tuple[str, ...]) -> None:
+    """Facts cached under a kind this release does not read (its reader changed: dicom.v5 became dicom.v6) are never
+    read again, and the DICOM kinds before dicom.v6 kept the identifying attributes as written (PatientName,
+    PatientBirthDate, addresses): deleted, once per set of kinds (meta.fact_kinds), their pages zeroed (secure_delete),
+    not left readable in the file's free pages. A release rolled back to reads its own kinds again."""
+    said = ",".join(kinds)
+    cur.execute("SELECT value FROM meta WHERE key = 'fact_kinds'")
+    row = cur.fetchone()
+    if row is not None and row[0] == said:
+        return
+    cur.execute("PRAGMA secure_delete = ON")
+    cur.execute(f"DELETE FROM file_facts WHERE kind NOT IN ({', '.join('?' * len(kinds))})", kinds)
+    cur.execute("INSERT OR REPLACE INTO meta VALUES ('fact_kinds', ?)", (said,))
 
 
 def _in_key_order(facts: pl.DataFrame) -> pl.DataFrame:
