@@ -1090,6 +1090,21 @@ def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
                          cwd=tmp_path, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert [line.split()[0] for line in calls.read_text().splitlines()] == [str(tools / "sbatch")] * 2
+    # Piped into bash (or bash -s, or <(...)) there is no file to check its last line in: it submits nothing, whole
+    # or not (it skipped the check, and one cut short mid-pipe queued the shards and no merge)
+    calls.unlink()
+    for how in (["bash"], ["bash", "-s"]):
+        piped = subprocess.run(how, input=whole.stdout, capture_output=True, text=True, env=env, cwd=tmp_path,
+                               timeout=60)
+        assert piped.returncode == 2 and "not read from its own file" in piped.stderr, piped.stderr
+        assert "nothing was submitted" in piped.stderr and not calls.exists()
+    # given as its text (bash -c "$(cat ...)"): whole, it runs; cut short, it submits nothing
+    cut_text = whole.stdout[:room]
+    for text, code in ((cut_text, 2), (whole.stdout, 0)):
+        given = subprocess.run(["bash", "-c", text], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert given.returncode == code, given.stderr
+        assert (code == 2) == ("the script given to bash -c is incomplete" in given.stderr), given.stderr
+        assert (code == 2) != calls.exists()
 
 
 def test_the_submitting_jobs_own_output_is_owner_only(slurm, stand_in, tmp_path):
