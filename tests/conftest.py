@@ -153,3 +153,23 @@ def fill(folder: Path) -> Path:
         while True:
             f.write(b"\0" * 4096)
     return filler
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A clean site of the procedures (sitegen.build_clean_site), built once per module: tests change a copy (clean)."""
+    import sitegen
+
+    root = tmp_path_factory.mktemp("template") / "site"
+    sitegen.build_clean_site(root)
+    return root
+
+
+@pytest.fixture
+def clean(template: Path, tmp_path: Path) -> Path:
+    """A copy of the clean site to change (a module may define its own)."""
+    import shutil
+
+    root = tmp_path / "site"
+    shutil.copytree(template, root)
+    return root

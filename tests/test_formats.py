@@ -9,7 +9,6 @@ import io
 import json
 import lzma
 import re
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -30,20 +29,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationW
 P0 = sitegen.person_ids(1)[0]
 S0 = sessions_of(P0, 0)
 SINGLE = f"{P0}/Waveforms/Telemetry/{S0['single']}/{S0['single']}"  # + .hea / .dat
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("template") / "site"
-    sitegen.build_clean_site(root)
-    return root
-
-
-@pytest.fixture
-def clean(template: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "site"
-    shutil.copytree(template, root)
-    return root
 
 
 def findings(root: Path) -> list[tuple[str, str, str]]:

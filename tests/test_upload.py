@@ -1133,13 +1133,19 @@ def test_a_script_never_writes_a_secret_the_connection_strings_blob_endpoint_car
         assert "SeCrEtSiGnAtUrE" not in out.stdout + out.stderr, conn
 
 
+def script_env() -> dict[str, str]:
+    """The environment of an `upload --script` test: a connection string of an account that is not there (the script
+    is written, not run against it), no other Azure variable."""
+    key = base64.b64encode(b"not a real key").decode()
+    return {**{name: "" for name in AZURE_VARS},
+            "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+
+
 def test_a_script_for_a_site_given_by_a_relative_path_reads_its_files_by_their_full_path(tmp_path):
     """`upload --script bash --site ./site/` wrote the files' paths as given (site/OMOP/...): the script, run later
     from another folder (cron, `bash /path/upload.sh`), found none of them. Paths in the script are absolute."""
     committed_site(tmp_path, 2)  # (m.sqlite, given by its relative name below)
-    key = base64.b64encode(b"not a real key").decode()
-    env = {name: "" for name in AZURE_VARS} | {
-        "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    env = script_env()
     for kind in ("bash", "azcopy"):
         out = cli("upload", "--db", "m.sqlite", "--to", "az://central/", "--script", kind, "--site", "./site/",
                   cwd=tmp_path, env=env)
@@ -2275,9 +2281,7 @@ def test_an_upload_script_cut_short_by_a_full_disk_runs_nothing(tmp_path, small_
     the part written was a script that ran its first `send` lines, sent part of the files and exited 0. It now checks
     its own last line first: cut short, it sends nothing and exits 2 saying so; whole, it runs."""
     db = committed_site(tmp_path, 300)
-    key = base64.b64encode(b"not a real key").decode()
-    env = {**{name: "" for name in AZURE_VARS},
-           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    env = script_env()
     whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", kind, env=env)
     assert whole.returncode == 0, whole.stderr
     filler = small_disk / "filler"
@@ -2554,9 +2558,7 @@ def test_an_upload_script_piped_into_bash_sends_nothing_as_it_cannot_check_it_is
     upload.sh`) or given as `bash <(...)` there is none, the check was skipped, and a cut script sent its first files,
     logged them and exited 0. Not read from its own file, it now sends nothing and exits 2 saying so; as a file, it runs."""
     db = committed_site(tmp_path, 5)
-    key = base64.b64encode(b"not a real key").decode()
-    env = {**{name: "" for name in AZURE_VARS},
-           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    env = script_env()
     whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", kind, env=env)
     assert whole.returncode == 0, whole.stderr
     lines = whole.stdout.splitlines(keepends=True)
@@ -2632,9 +2634,7 @@ def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_i
     sent went with it; `set -u` and umask 077 stayed in the shell until then. Pasted, it now ends without an exit,
     says whether every file was sent, and gives back the umask and `set +u`."""
     db = committed_site(tmp_path, 3)
-    key = base64.b64encode(b"not a real key").decode()
-    env = {**{name: "" for name in AZURE_VARS},
-           "AZURE_STORAGE_CONNECTION_STRING": f"AccountName=mgh;AccountKey={key};EndpointSuffix=core.windows.net"}
+    env = script_env()
     whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", "bash", env=env)
     assert whole.returncode == 0, whole.stderr
     tools, log = tmp_path / "bin", tmp_path / "upload.log"

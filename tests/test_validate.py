@@ -67,20 +67,6 @@ def found(root: Path) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("template") / "site"
-    sitegen.build_clean_site(root)
-    return root
-
-
-@pytest.fixture
-def clean(template: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "site"
-    shutil.copytree(template, root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def flat_template(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("flat") / "site"
     sitegen.build_clean_site(root, layout="flat")
