@@ -292,6 +292,10 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
             ok = math.isfinite(value) and value >= least
         except ValueError:
             ok = False
+        if name in LIBRARY_ENVIRONMENT and not re.fullmatch(r"\+?[0-9]+", raw):
+            # (read by the library's own parser, Rust's: Python's int() also takes "1_0" and other scripts' digits,
+            # which polars ignored with a UserWarning, running on every CPU)
+            ok = False
         if not ok:
             kind_name = "a whole number" if kind is int else "a number"
             raise ConfigError(f"environment variable {name}={raw!r} is not {kind_name} of at least {least} ({what})",

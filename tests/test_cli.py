@@ -630,6 +630,8 @@ def test_missing_site_is_a_usage_error(tmp_path):
     # a batch script's thread count for polars: 0 panicked at the first query (a Rust backtrace, exit 1, the `runs`
     # row unfinished); one polars cannot read it ignored
     ("POLARS_MAX_THREADS", "0"), ("POLARS_MAX_THREADS", "all"),
+    # Python's int() takes these, polars' own parser does not: it warned "illegal value" and ran on every CPU
+    ("POLARS_MAX_THREADS", "1_0"), ("POLARS_MAX_THREADS", "\u0662"),
     # a relative cache folder put a manifest's working copy under whichever folder the command started in
     ("CHORUS_BATCH_CACHE_DIR", "cache"),
 ])
@@ -665,6 +667,22 @@ def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path
               env={"CHORUS_BATCH_PROGRESS_S": "0", "CHORUS_BATCH_CHECKPOINT_S": "2.5", "CHORUS_BATCH_PARTITION_ROWS": "",
                    "POLARS_MAX_THREADS": "1"})
     assert out.returncode == 0, out.stderr
+
+
+def test_an_empty_polars_max_threads_is_unset_not_passed_to_polars(site, tmp_path):
+    """`POLARS_MAX_THREADS=$THREADS` with THREADS unset in a batch script: README says an empty variable is unset, but
+    polars was handed the empty text (a Python "UserWarning: illegal value ''" in the run's output) and the command line
+    took it as set by the site, so a Slurm job's SLURM_CPUS_PER_TASK no longer capped polars' threads."""
+    write(site, "OMOP/a.csv", b"a")
+    probe = ("import os, sys; from chorus_batch.processes import cap_library_threads; cap_library_threads(); "
+             "print(repr(os.environ.get('POLARS_MAX_THREADS')))")
+    capped = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "POLARS_MAX_THREADS": " ", "SLURM_CPUS_PER_TASK": "1"})
+    assert capped.stdout.strip() == ("'1'" if len(os.sched_getaffinity(0)) > 1 else "None"), capped
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "-q",
+              env={"POLARS_MAX_THREADS": ""})
+    assert out.returncode == 0, out.stderr
+    assert "illegal value" not in out.stderr and "Warning" not in out.stderr, out.stderr
 
 
 def test_a_misspelt_variable_is_warned_of_not_taken_silently(site, tmp_path):
