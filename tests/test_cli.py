@@ -104,6 +104,19 @@ def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
     assert _said(["versions", "-vq", "--db=m.sqlite"]) == ""  # short flags still combine
 
 
+def test_an_option_after_double_dash_is_said_as_such_not_as_a_misspelling_of_itself():
+    """`history -- OMOP/x.csv --db m.sqlite` (a `--` put before a path that might start with '-'): --db after the
+    `--` is no option, and the answer was "unrecognized argument --db; options are not abbreviated: did you mean
+    --db?", naming the option given as the one probably meant."""
+    said = _said(["history", "--", "OMOP/x.csv", "--db", "m.sqlite"])
+    assert said == ("chorus-batch history: error: --db comes after --, which ends the options: every word after it is "
+                    "taken as the PATH argument, never as an option; put --db before the --"), said
+    assert "did you mean" not in _said(["versions", "--", "--db=m.sqlite"])
+    assert "versions takes no argument after it; leave out the --" in _said(["versions", "--", "--db=m.sqlite"])
+    assert _said(["history", "--db", "m.sqlite", "--", "-odd-name.csv"]) == ""  # what -- is for
+    assert _said(["status", "--db", "m.sqlite", "--dbb", "x"]).endswith("did you mean --db?")  # a misspelling still is
+
+
 def test_a_path_given_without_its_option_is_answered_with_the_command_line_that_names_it(tmp_path, monkeypatch):
     """`versions m.sqlite`, `run /data/site` were "unrecognized arguments: m.sqlite", with no word of --db or --site."""
     monkeypatch.chdir(tmp_path)
