@@ -439,13 +439,36 @@ def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, mak
 
 
 @pytest.mark.parametrize("toml, message, fix", [
-    ("[run]\nworkers = 2\nworkers = 3\n", "a setting is given twice", "keep one of the two"),
+    ("[run]\nworkers = 2\nworkers = 3\n", "the setting 'run.workers' is given twice, on line 2 and on line 3\n  "
+                                          "where: {toml}, line 3", "keep one of the two"),
+    # tomllib said neither the setting nor its line: "Cannot overwrite a value (at end of document)" of a file whose
+    # last line was the second one, and "(at line 9, column 9)" of a value over several lines, whose first is the one
+    ("[site]\nroot = '/s'\n\n[run]\nworkers = 2\nmode = 'full'\nworkers = 3",
+     "the setting 'run.workers' is given twice, on line 5 and on line 7", "keep one of the two"),
+    ("[run]\nexclude = [\n  'a',\n  'b',\n]\n# more\nexclude = ['c']\n",
+     "the setting 'run.exclude' is given twice, on line 2 and on line 7", "keep one of the two"),
+    ("[site]\nroots.OMOP = '/a'\n[run]\nworkers = 2\n[site.roots]\nOMOP = '/b'\n", "a section is declared twice",
+     "keep one of the two"),
+    ("[site.roots]\nOMOP = '/a'\n\n[run]\nworkers = 2\n\n[ site . roots ]\nWaveforms = '/w'\n", "Cannot declare",
+     "keep one of the two"),
     ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "a section is declared twice", "keep one of the two"),
 ])
 def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     (tmp_path / "c.toml").write_text(toml)
     out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    message = message.format(toml=tmp_path / "c.toml")
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
+
+
+def test_a_setting_given_twice_in_a_piped_config_is_named_from_the_one_read(tmp_path):
+    """The setting given twice is found in the text read, never by reading the file again: a pipe
+    (`--config <(envsubst < chorus.toml.in)`) has given its text once."""
+    out = subprocess.run(
+        f"{sys.executable} -m chorus_batch status -q --config <(printf '[run]\\nworkers = 2\\n\\nworkers = 3\\n')",
+        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "the setting 'run.workers' is given twice, on line 2 and on line 4" in out.stderr, out.stderr
+    assert "named pipe" not in out.stderr, out.stderr
 
 
 def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_folder(tmp_path):
@@ -1362,3 +1385,4 @@ def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch)
     assert local_path("file:///C:/data/my%20site") == "C:/data/my site"
     assert local_path("file:///c:/") == "c:/"
     assert local_path("file:///data/site") == "/data/site"
+
