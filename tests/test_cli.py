@@ -1386,3 +1386,26 @@ def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch)
     assert local_path("file:///c:/") == "c:/"
     assert local_path("file:///data/site") == "/data/site"
 
+
+def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_is_there(site, tmp_path):
+    """`--db "$DB"` with DB read from a file saved with Windows line ends ("m.sqlite\r"), or `db = "m.sqlite "`:
+    `run` started a second, empty manifest beside the site's under that name (its summary's "committed to
+    .../m.sqlite " showed no difference) and recorded every file as added again."""
+    write(site, "OMOP/a.csv", b"a")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for name in ("m.sqlite ", "m.sqlite\r", " m.sqlite"):
+        out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / name), "-q")
+        assert out.returncode == 2, (name, out.stderr)
+        assert f"--db {str(tmp_path / name)!r}: the manifest's file name" in out.stderr, out.stderr
+        assert f"(a file {db} is there)" in out.stderr and f"write the name without it: {str(db)!r}" in out.stderr
+    said = cli("versions", "--db", f"{db}\r")
+    assert said.returncode == 2 and "Windows line ends" in said.stderr and "dos2unix" in said.stderr, said.stderr
+    (tmp_path / "c.toml").write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "m.sqlite "\n')
+    out = cli("status", "--config", str(tmp_path / "c.toml"), "-q")
+    assert out.returncode == 2 and "[manifest] db" in out.stderr and "ends with white space" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.toml", "site", "m.sqlite", "m.sqlite.lock",
+                                                                 "m.sqlite.state.parquet"]), list(tmp_path.iterdir())
+    # a manifest that is there under such a name is the one meant
+    shutil.copy(db, tmp_path / "odd ")
+    assert cli("versions", "--db", str(tmp_path / "odd ")).returncode == 0
