@@ -388,6 +388,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
+        # taken: every waveform file of the site (recorded ones too) then fit no pattern, unparsed and classified Other
+        ('[patterns]\nWaveforms = []\n', "[patterns] Waveforms lists no pattern: every Waveforms file of the site "
+                                         "would fit none"),
         # a negative count was taken, and refused every later run; a union named its member ('run.max_delete.str')
         ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': -5 is not"),
         # a share written as a number (0.5, 50.0) said only "should be text or a whole number"
