@@ -1412,3 +1412,26 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
     # a manifest that is there under such a name is the one meant
     shutil.copy(db, tmp_path / "odd ")
     assert cli("versions", "--db", str(tmp_path / "odd ")).returncode == 0
+
+
+def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not_a_codec_error(site, tmp_path):
+    """A list saved in Latin-1 was "cannot read the delete list: 'utf-8' codec can't decode byte 0xe9 in position 19:
+    invalid continuation byte" (a byte count, of no use in an editor), a folder "[Errno 21] Is a directory"."""
+    write(site, "OMOP/a.csv", b"a")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    latin1 = tmp_path / "deleted.txt"
+    latin1.write_bytes(b"# removed today\nOMOP/caf\xe9.csv\n")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
+              str(latin1))
+    assert out.returncode == 2, out.stderr
+    assert (f"the delete list {latin1} is not UTF-8: byte 0xe9 on line 2" in out.stderr
+            and f"where: {latin1}, line 2" in out.stderr and "codec" not in out.stderr), out.stderr
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes("OMOP/a.csv\n".encode("utf-16")[:-1])
+    out = cli("status", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", str(cut))
+    assert out.returncode == 2 and "is UTF-16 text cut short" in out.stderr, out.stderr
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
+              str(tmp_path))
+    assert out.returncode == 2 and f"the delete list {tmp_path} is a folder, not a file" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
