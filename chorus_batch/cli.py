@@ -1856,7 +1856,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if first is not None and first not in commands:
         meant = _close(first, commands)
         rest = " ".join(shlex.quote(word) for word in argv[at + 1:])
-        if meant:
+        if first.lower() == "version" and meant:  # (`chorus-batch version`, as `git version` is said)
+            hint = f"; did you mean {meant!r} (the manifest's versions), or chorus-batch --version (this program's)?"
+        elif meant:
             hint = f"; did you mean {meant!r}?"
         elif first.lower() == "help":  # (`chorus-batch help run`: as git and pip take it)
             hint = f"; for help: chorus-batch {rest + ' ' if rest else ''}--help"

@@ -117,6 +117,15 @@ def test_an_option_after_double_dash_is_said_as_such_not_as_a_misspelling_of_its
     assert _said(["status", "--db", "m.sqlite", "--dbb", "x"]).endswith("did you mean --db?")  # a misspelling still is
 
 
+def test_version_as_a_command_names_both_what_it_may_mean():
+    """`chorus-batch version` (as `git version` asks a program's version) was answered "did you mean 'versions'?",
+    the manifest's versions, with no word of --version."""
+    said = _said(["version"])
+    assert ("unknown command 'version'; did you mean 'versions' (the manifest's versions), or chorus-batch --version "
+            "(this program's)?") in said, said
+    assert "--version" not in _said(["versoins"]) and "did you mean 'versions'?" in _said(["versoins"])
+
+
 def test_a_path_given_without_its_option_is_answered_with_the_command_line_that_names_it(tmp_path, monkeypatch):
     """`versions m.sqlite`, `run /data/site` were "unrecognized arguments: m.sqlite", with no word of --db or --site."""
     monkeypatch.chdir(tmp_path)
