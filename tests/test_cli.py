@@ -1444,3 +1444,25 @@ def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not
               str(tmp_path))
     assert out.returncode == 2 and f"the delete list {tmp_path} is a folder, not a file" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path):
+    """`[registry]` with the same first id for images and waveforms (one range copied for the other): `registry` gave
+    the first image accession and the first waveform session one proc_id and failed with exit 3, "UNIQUE constraint
+    failed: registry.proc_id ... report it with the -v output", for a setting it had taken. Ids given by the same call
+    to the other modality now count as used, as those given before do."""
+    import csv
+
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--demo", "--db", str(db), "--no-validate", "-q", cwd=tmp_path).returncode == 0
+    (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
+                                     "waveform_proc_ids = [3000000000, 3000000100]\n")
+    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    ids = {}
+    for name in ("image_registry.csv", "waveform_registry.csv"):
+        with open(tmp_path / "out" / name, newline="") as f:
+            ids[name] = {int(row["proc_id"]) for row in csv.DictReader(f)}
+    assert ids["image_registry.csv"] and ids["waveform_registry.csv"], ids
+    assert not ids["image_registry.csv"] & ids["waveform_registry.csv"], ids
+    assert all(3000000000 <= i <= 3000000100 for found in ids.values() for i in found), ids
