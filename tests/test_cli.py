@@ -1466,3 +1466,16 @@ def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path)
     assert ids["image_registry.csv"] and ids["waveform_registry.csv"], ids
     assert not ids["image_registry.csv"] & ids["waveform_registry.csv"], ids
     assert all(3000000000 <= i <= 3000000100 for found in ids.values() for i in found), ids
+
+
+def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_matches(site, tmp_path):
+    """`exclude = ["OMOP\\\\*.csv"]` in a TOML literal string (or a doubled escape) was told "write OMOP//*.csv": a glob
+    with an empty folder name, taken and matching nothing."""
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude", "OMOP\\\\*.csv")
+    assert out.returncode == 2, out.stderr
+    assert "it holds a backslash: folders are separated by '/' on every system (write OMOP/*.csv)" in out.stderr, \
+        out.stderr
+    out = cli("status", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude",
+              "OMOP/*.csv", "--json")  # (what was said to write: it takes the file)
+    assert out.returncode == 0 and json.loads(out.stdout)["excluded"]["total"] == 1, out.stdout[-500:]
