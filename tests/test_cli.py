@@ -1410,7 +1410,7 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
         out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / name), "-q")
         assert out.returncode == 2, (name, out.stderr)
         assert f"--db {str(tmp_path / name)!r}: the manifest's file name" in out.stderr, out.stderr
-        assert f"(a file {db} is there)" in out.stderr and f"write the name without it: {str(db)!r}" in out.stderr
+        assert f"({db} is there)" in out.stderr and f"write the name without it: {str(db)!r}" in out.stderr
     said = cli("versions", "--db", f"{db}\r")
     assert said.returncode == 2 and "Windows line ends" in said.stderr and "dos2unix" in said.stderr, said.stderr
     (tmp_path / "c.toml").write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "m.sqlite "\n')
@@ -1421,6 +1421,14 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
     # a manifest that is there under such a name is the one meant
     shutil.copy(db, tmp_path / "odd ")
     assert cli("versions", "--db", str(tmp_path / "odd ")).returncode == 0
+    # a snapshot folder alike: `--parquet "$SNAPS"` made a second folder 'snapshots\r' beside the site's
+    (tmp_path / "snapshots").mkdir()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", f"{tmp_path / 'snapshots'}\r")
+    assert out.returncode == 2, out.stderr
+    assert ("the snapshot folder's name ends with white space (a carriage return, as a file saved with Windows line "
+            f"ends leaves), and nothing of that name is there ({tmp_path / 'snapshots'} is there)") in out.stderr, \
+        out.stderr
+    assert not (tmp_path / "snapshots\r").exists() and query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not_a_codec_error(site, tmp_path):
