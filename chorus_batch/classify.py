@@ -127,6 +127,13 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
     patterns: list[PathPattern] = []
     for modality in dict.fromkeys(p.modality for p in DEFAULT_PATTERNS):
         if modality in overrides:
+            if not overrides[modality]:  # (`Waveforms = []`, a template's list left empty: was taken, and every
+                # such file of the site, recorded ones too, fit no pattern: unparsed, classified as Other, exit 1)
+                raise ConfigError(f"[patterns] {modality} lists no pattern: every {modality} file of the site would "
+                                  "fit none (each recorded as unparsed and classified as Other, those of earlier "
+                                  "versions too)", where=f"{config} [patterns] {modality}",
+                                  fix=f"give at least one pattern, or remove the line to keep the default patterns of "
+                                      f"{modality} (the README's section \"Site layout (default patterns)\")")
             for i, regex in enumerate(overrides[modality]):
                 _check_regex(modality, i, regex, config)
                 patterns.append(PathPattern(modality, regex, f"patterns.{modality}[{i}]"))

@@ -1862,7 +1862,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     if first is not None and first not in commands:
         meant = _close(first, commands)
         rest = " ".join(shlex.quote(word) for word in argv[at + 1:])
-        if meant:
+        if first.lower() == "version" and meant:  # (`chorus-batch version`, as `git version` is said)
+            hint = f"; did you mean {meant!r} (the manifest's versions), or chorus-batch --version (this program's)?"
+        elif meant:
             hint = f"; did you mean {meant!r}?"
         elif first.lower() == "help":  # (`chorus-batch help run`: as git and pip take it)
             hint = f"; for help: chorus-batch {rest + ' ' if rest else ''}--help"
@@ -1895,7 +1897,15 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             if name == "--path" and any(action.dest == "path" and not action.option_strings for action in command._actions):
                 lines.append(f"unrecognized argument {flag}; the path is given without it: chorus-batch {args.command} PATH")
                 continue
-            longer = [o for o in options if o.startswith(name) and name.startswith("--") and len(name) > 2]
+            if name in options and "--" in argv[:len(argv) - argv[::-1].index(flag) - 1]:
+                # (`history -- OMOP/x.csv --db m.sqlite`: said "did you mean --db?" of --db itself)
+                positional = next((a.metavar or a.dest.upper() for a in command._actions if not a.option_strings), None)
+                lines.append(f"{flag} comes after --, which ends the options: " + (
+                    f"every word after it is taken as the {positional} argument, never as an option; put {name} "
+                    "before the --" if positional else
+                    f"{args.command} takes no argument after it; leave out the --"))
+                continue
+            longer = [o for o in options if o.startswith(name) and o != name and name.startswith("--") and len(name) > 2]
             if longer:  # (abbreviations are refused: see _Parser)
                 lines.append(f"unrecognized argument {flag}; options are not abbreviated: did you mean "
                              f"{' or '.join(longer)}?")

@@ -120,7 +120,19 @@ def read_delete_list(path: str) -> pl.DataFrame:
     except FileNotFoundError:
         raise UsageError(f"the delete list {path} does not exist", where=os.path.abspath(path),
                          fix="pass --delete-list with the file of site-relative paths to remove, one per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise UsageError(f"the delete list {path} is a folder, not a file", where=os.path.abspath(path),
+                         fix="pass --delete-list with the file of site-relative paths to remove, one per line") from None
+    except UnicodeDecodeError as exc:  # (said "in position 19": a byte count, of no use in an editor)
+        from .config_file import not_utf8
+
+        said, where = (not_utf8(Path(os.path.abspath(path)), exc) if not exc.encoding.startswith("utf-16") else
+                       (f"{os.path.abspath(path)} is UTF-16 text cut short (it ends within a character)",
+                        os.path.abspath(path)))
+        raise UsageError(f"the delete list {said}; nothing was recorded", where=where,
+                         fix="save the list as UTF-8 (or UTF-16 with a byte-order mark, as Windows saves "
+                             "\"Unicode\") and run again") from None
+    except OSError as exc:
         raise UsageError(f"cannot read the delete list: {exc}", where=os.path.abspath(path),
                          fix="pass --delete-list with a readable UTF-8 file of site-relative paths, one per line") from None
     stripped = pl.col("written").str.strip_chars()

@@ -31,8 +31,10 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as a dict (not validated); a missing, unreadable or malformed file is a ConfigError."""
     path = Path(path)
     _warn_if_anyone_may_write(path)
+    text = ""
     try:
-        return tomllib.loads(_text(path))
+        text = _text(path)  # (read once: a pipe, --config <(envsubst < chorus.toml.in), is read to its end)
+        return tomllib.loads(text)
     except FileNotFoundError:
         if path.is_symlink():  # (the link is there, what it leads to is not)
             raise ConfigError(f"config file {path} is a symbolic link to {os.readlink(path)}, which is not there",
@@ -56,10 +58,80 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file: {exc}", where=str(path),
                           fix="check the file's permissions") from None
     except tomllib.TOMLDecodeError as exc:
+        twice = _setting_twice(text) if str(exc).startswith("Cannot overwrite a value") else None
+        if twice is not None:  # (tomllib names neither the setting nor, at the file's end, its line)
+            setting, first, second = twice
+            raise ConfigError(f"config file is not valid TOML: the setting {setting!r} is given twice, on line {first} "
+                              f"and on line {second}", where=f"{path}, line {second}",
+                              fix="keep one of the two and remove the other") from None
         said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
-        raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""), where=str(path),
+        line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
+                          where=f"{path}, line {line.group(1)}" if line else str(path),
                           fix="keep one of the two and remove the other" if said else
                               "fix the TOML syntax at the position given") from None
+
+
+def _setting_twice(text: str) -> tuple[str, int, int] | None:
+    """The setting a TOML text gives twice, as (dotted name, line of the first, line of the second), found with tomllib
+    itself: the second is on the first line whose prefix tomllib refuses so, the first on the first line whose prefix
+    holds that setting. None where it cannot be told (the error lies elsewhere, or within a multi-line value)."""
+    lines = text.splitlines(keepends=True)
+
+    def parsed(upto: int) -> dict[str, Any] | None:
+        try:
+            return tomllib.loads("".join(lines[:upto]))
+        except tomllib.TOMLDecodeError:
+            return None
+
+    second = next((n for n in range(1, len(lines) + 1) if parsed(n) is None and _overwrites("".join(lines[:n]))), None)
+    if second is None:
+        return None
+    table: tuple[str, ...] = ()
+    for line in lines[:second - 1]:  # the [section] the second one is in: the last header above it
+        if line.lstrip().startswith("[") and not line.lstrip().startswith("[["):
+            try:
+                header = tomllib.loads(line)
+            except tomllib.TOMLDecodeError:
+                continue
+            table = ()
+            while isinstance(header, dict) and len(header) == 1:
+                (name, header), table = next(iter(header.items())), (*table, next(iter(header)))
+    try:
+        key = tomllib.loads(lines[second - 1])
+    except tomllib.TOMLDecodeError:
+        return None
+    path = table
+    while isinstance(key, dict) and len(key) == 1:
+        (name, key), path = next(iter(key.items())), (*path, next(iter(key)))
+
+    def holds(data: dict[str, Any] | None) -> bool:
+        for part in path:
+            if not isinstance(data, dict) or part not in data:
+                return False
+            data = data[part]
+        return True
+
+    last = next((n for n in range(1, second) if holds(parsed(n))), None)  # (a value over lines: its last one)
+    if last is None or not path:
+        return None
+    first = next((n for n in range(last, 0, -1) if _parses("".join(lines[n - 1:last]))), last)
+    return ".".join(path), first, second
+
+
+def _parses(text: str) -> bool:
+    try:
+        return bool(tomllib.loads(text))
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _overwrites(text: str) -> bool:
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return str(exc).startswith("Cannot overwrite a value")
+    return False
 
 
 def _text(path: Path) -> str:
@@ -291,6 +363,10 @@ def check_environment(environ: dict[str, str] | None = None) -> None:
             value = kind(raw)
             ok = math.isfinite(value) and value >= least
         except ValueError:
+            ok = False
+        if name in LIBRARY_ENVIRONMENT and not re.fullmatch(r"\+?[0-9]+", raw):
+            # (read by the library's own parser, Rust's: Python's int() also takes "1_0" and other scripts' digits,
+            # which polars ignored with a UserWarning, running on every CPU)
             ok = False
         if not ok:
             kind_name = "a whole number" if kind is int else "a number"

@@ -67,7 +67,12 @@ def glob_problem(pattern: object) -> str | None:
         # (a site-relative path has no such folder: the pattern would never match, silently)
         return f"{pattern!r} names a '.' or '..' folder, which no site-relative path has: it would match nothing"
     if "\\" in pattern:  # (Windows' separator; as a name's character it is one Windows forbids)
-        return f"it holds a backslash: folders are separated by '/' on every system (write {pattern.replace(chr(92), '/')})"
+        # (a run of them, a UNC-like `\\` or a doubled escape, is one separator: it was "write OMOP//*.csv", a glob
+        # with an empty folder name that matches nothing)
+        import re
+
+        meant = re.sub(r"[/\\]+", "/", pattern)
+        return f"it holds a backslash: folders are separated by '/' on every system (write {meant})"
     if "\x00" in pattern or "\n" in pattern:
         return f"{pattern!r} holds a control character"
     return None

@@ -425,6 +425,10 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
                          "escapes), and Parquet snapshots are written by UTF-8 paths only; nothing was done",
                          where="--parquet / [manifest] parquet",
                          fix="give a folder whose path is UTF-8 (rename the folder, or choose another)")
+    if settings.parquet:  # (`--parquet "$SNAPS"` read from a CRLF file: a new folder 'snapshots\r' beside the site's)
+        from .urls import _refuse_blank_ends
+
+        _refuse_blank_ends(settings.parquet, "--parquet / [manifest] parquet", "the snapshot folder's name")
     if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

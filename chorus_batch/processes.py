@@ -97,8 +97,12 @@ def cap_library_threads(environ: dict[str, str] | None = None) -> None:
     pool by the affinity alone: a `--cpus-per-task=1` job on a 64-core node ran 64 polars threads on its one CPU, beside
     the other jobs there. Called before the first query (the pool is made then); worker processes inherit it."""
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    if environ.get("POLARS_MAX_THREADS") is not None:
+    if (environ.get("POLARS_MAX_THREADS") or "").strip():
         return
+    # An empty one is unset, as README says of every variable it names: polars read `POLARS_MAX_THREADS=` (a batch
+    # script's `$THREADS` left unset) as "illegal value ''" (a Python UserWarning in the run's output) and took every
+    # CPU, and a Slurm job's SLURM_CPUS_PER_TASK was not applied because the variable was "set".
+    environ.pop("POLARS_MAX_THREADS", None)
     cpus = usable_cpus(environ)
     if cpus < _affinity():
         environ["POLARS_MAX_THREADS"] = str(cpus)

@@ -275,7 +275,11 @@ def _allocate(manifest: Manifest, records: pl.DataFrame, ranges: Mapping[str, tu
         mine = fresh.filter(pl.col("modality") == modality)
         if mine.height == 0:
             continue
-        used = known.filter(pl.col("proc_id").is_between(first, last))["proc_id"]
+        # (with the ids given just now to the modality before: two ranges that share ids, `[registry]` written with
+        # the same first id twice, gave an image accession and a waveform session one proc_id, and `registry` failed
+        # with exit 3, "UNIQUE constraint failed: registry.proc_id ... report it")
+        given = pl.concat([known["proc_id"], *(part["proc_id"] for part in allocated)])
+        used = given.filter(given.is_between(first, last))
         start = int(used.max()) + 1 if used.len() else first  # type: ignore[arg-type]
         if start + mine.height - 1 > last:
             raise UsageError(f"the {modality.lower()} proc_id range {first}-{last} is used up", where="[registry]",

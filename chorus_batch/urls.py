@@ -322,6 +322,7 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
         if db.endswith(("/", os.sep)) and db.strip("/" + os.sep):
             raise UsageError(f"{what} {db} ends in a path separator, so it names a folder, not a manifest file",
                              where=what, fix=f"give the manifest's file path, e.g. {db}chorus_manifest.sqlite")
+        _refuse_blank_ends(db, what)
         return
     protocol = protocol_of(db)
     if protocol not in AZURE_PROTOCOLS:
@@ -330,6 +331,24 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
                          f"not in {given}", where=what,
                          fix="give a local path (without file://), or az://CONTAINER/path/manifest.sqlite")
     check_location(db, what)
+
+
+def _refuse_blank_ends(db: str, what: str, kind: str = "the manifest's file name") -> None:
+    """A manifest's file name that starts or ends with white space (`db = "m.sqlite "`, or `--db "$DB"` read from a
+    file saved with Windows line ends: "m.sqlite\r") and is not there: `run` started a second, empty manifest beside
+    the site's under that name, unseen (the summary's "committed to .../m.sqlite " shows no space), and every file
+    was added again; the reading commands said "no manifest at .../m.sqlite". A file of that very name is taken."""
+    name = os.path.basename(db.rstrip("/" + os.sep))
+    if name == name.strip() or os.path.lexists(os.path.expanduser(db) if db.startswith("~") else db):
+        return
+    meant = os.path.join(os.path.dirname(db.rstrip("/" + os.sep)), name.strip())
+    there = f" ({meant} is there)" if name.strip() and os.path.lexists(meant) else ""
+    raise UsageError(f"{what} {db!r}: {kind} {'starts' if name != name.lstrip() else 'ends'} with "
+                     f"white space ({'a carriage return, as a file saved with Windows line ends leaves' if chr(13) in name else 'a space or a tab'}), "
+                     f"and nothing of that name is there{there}; nothing was done", where=what,
+                     fix=f"write the name without it: {meant!r}" + (
+                         " (save the file the value was read from with Unix line ends: dos2unix)" if chr(13) in name
+                         else ""))
 
 
 def staging_folder(location: str, option: str) -> str:

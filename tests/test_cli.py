@@ -104,6 +104,28 @@ def test_an_abbreviated_option_is_refused_naming_the_options_it_starts():
     assert _said(["versions", "-vq", "--db=m.sqlite"]) == ""  # short flags still combine
 
 
+def test_an_option_after_double_dash_is_said_as_such_not_as_a_misspelling_of_itself():
+    """`history -- OMOP/x.csv --db m.sqlite` (a `--` put before a path that might start with '-'): --db after the
+    `--` is no option, and the answer was "unrecognized argument --db; options are not abbreviated: did you mean
+    --db?", naming the option given as the one probably meant."""
+    said = _said(["history", "--", "OMOP/x.csv", "--db", "m.sqlite"])
+    assert said == ("chorus-batch history: error: --db comes after --, which ends the options: every word after it is "
+                    "taken as the PATH argument, never as an option; put --db before the --"), said
+    assert "did you mean" not in _said(["versions", "--", "--db=m.sqlite"])
+    assert "versions takes no argument after it; leave out the --" in _said(["versions", "--", "--db=m.sqlite"])
+    assert _said(["history", "--db", "m.sqlite", "--", "-odd-name.csv"]) == ""  # what -- is for
+    assert _said(["status", "--db", "m.sqlite", "--dbb", "x"]).endswith("did you mean --db?")  # a misspelling still is
+
+
+def test_version_as_a_command_names_both_what_it_may_mean():
+    """`chorus-batch version` (as `git version` asks a program's version) was answered "did you mean 'versions'?",
+    the manifest's versions, with no word of --version."""
+    said = _said(["version"])
+    assert ("unknown command 'version'; did you mean 'versions' (the manifest's versions), or chorus-batch --version "
+            "(this program's)?") in said, said
+    assert "--version" not in _said(["versoins"]) and "did you mean 'versions'?" in _said(["versoins"])
+
+
 def test_a_path_given_without_its_option_is_answered_with_the_command_line_that_names_it(tmp_path, monkeypatch):
     """`versions m.sqlite`, `run /data/site` were "unrecognized arguments: m.sqlite", with no word of --db or --site."""
     monkeypatch.chdir(tmp_path)
@@ -375,6 +397,9 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ('[s3]\nregion = " "\n', "setting 's3.region' is empty"),
         ('[run]\nexclude = ["*.tmp", ""]\n', "setting 'run.exclude' lists an empty text"),
         ('[patterns]\nWaveforms = [""]\n', "setting 'patterns.Waveforms' lists an empty text"),
+        # taken: every waveform file of the site (recorded ones too) then fit no pattern, unparsed and classified Other
+        ('[patterns]\nWaveforms = []\n', "[patterns] Waveforms lists no pattern: every Waveforms file of the site "
+                                         "would fit none"),
         # a negative count was taken, and refused every later run; a union named its member ('run.max_delete.str')
         ("[run]\nmax_delete = -5\n", "invalid setting 'run.max_delete': -5 is not"),
         # a share written as a number (0.5, 50.0) said only "should be text or a whole number"
@@ -426,13 +451,36 @@ def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, mak
 
 
 @pytest.mark.parametrize("toml, message, fix", [
-    ("[run]\nworkers = 2\nworkers = 3\n", "a setting is given twice", "keep one of the two"),
+    ("[run]\nworkers = 2\nworkers = 3\n", "the setting 'run.workers' is given twice, on line 2 and on line 3\n  "
+                                          "where: {toml}, line 3", "keep one of the two"),
+    # tomllib said neither the setting nor its line: "Cannot overwrite a value (at end of document)" of a file whose
+    # last line was the second one, and "(at line 9, column 9)" of a value over several lines, whose first is the one
+    ("[site]\nroot = '/s'\n\n[run]\nworkers = 2\nmode = 'full'\nworkers = 3",
+     "the setting 'run.workers' is given twice, on line 5 and on line 7", "keep one of the two"),
+    ("[run]\nexclude = [\n  'a',\n  'b',\n]\n# more\nexclude = ['c']\n",
+     "the setting 'run.exclude' is given twice, on line 2 and on line 7", "keep one of the two"),
+    ("[site]\nroots.OMOP = '/a'\n[run]\nworkers = 2\n[site.roots]\nOMOP = '/b'\n", "a section is declared twice",
+     "keep one of the two"),
+    ("[site.roots]\nOMOP = '/a'\n\n[run]\nworkers = 2\n\n[ site . roots ]\nWaveforms = '/w'\n", "Cannot declare",
+     "keep one of the two"),
     ("[run]\nworkers = 2\n[run]\nmode = 'full'\n", "a section is declared twice", "keep one of the two"),
 ])
 def test_a_setting_or_section_given_twice_says_so(tmp_path, toml, message, fix):
     (tmp_path / "c.toml").write_text(toml)
     out = cli("run", "--config", str(tmp_path / "c.toml"), "--site", str(tmp_path), "--db", str(tmp_path / "m.sqlite"))
+    message = message.format(toml=tmp_path / "c.toml")
     assert out.returncode == 2 and message in out.stderr and fix in out.stderr, out.stderr
+
+
+def test_a_setting_given_twice_in_a_piped_config_is_named_from_the_one_read(tmp_path):
+    """The setting given twice is found in the text read, never by reading the file again: a pipe
+    (`--config <(envsubst < chorus.toml.in)`) has given its text once."""
+    out = subprocess.run(
+        f"{sys.executable} -m chorus_batch status -q --config <(printf '[run]\\nworkers = 2\\n\\nworkers = 3\\n')",
+        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "the setting 'run.workers' is given twice, on line 2 and on line 4" in out.stderr, out.stderr
+    assert "named pipe" not in out.stderr, out.stderr
 
 
 def test_a_config_read_from_a_pipe_takes_its_relative_paths_from_the_current_folder(tmp_path):
@@ -630,6 +678,8 @@ def test_missing_site_is_a_usage_error(tmp_path):
     # a batch script's thread count for polars: 0 panicked at the first query (a Rust backtrace, exit 1, the `runs`
     # row unfinished); one polars cannot read it ignored
     ("POLARS_MAX_THREADS", "0"), ("POLARS_MAX_THREADS", "all"),
+    # Python's int() takes these, polars' own parser does not: it warned "illegal value" and ran on every CPU
+    ("POLARS_MAX_THREADS", "1_0"), ("POLARS_MAX_THREADS", "\u0662"),
     # a relative cache folder put a manifest's working copy under whichever folder the command started in
     ("CHORUS_BATCH_CACHE_DIR", "cache"),
 ])
@@ -665,6 +715,22 @@ def test_documented_variables_with_good_or_empty_values_are_taken(site, tmp_path
               env={"CHORUS_BATCH_PROGRESS_S": "0", "CHORUS_BATCH_CHECKPOINT_S": "2.5", "CHORUS_BATCH_PARTITION_ROWS": "",
                    "POLARS_MAX_THREADS": "1"})
     assert out.returncode == 0, out.stderr
+
+
+def test_an_empty_polars_max_threads_is_unset_not_passed_to_polars(site, tmp_path):
+    """`POLARS_MAX_THREADS=$THREADS` with THREADS unset in a batch script: README says an empty variable is unset, but
+    polars was handed the empty text (a Python "UserWarning: illegal value ''" in the run's output) and the command line
+    took it as set by the site, so a Slurm job's SLURM_CPUS_PER_TASK no longer capped polars' threads."""
+    write(site, "OMOP/a.csv", b"a")
+    probe = ("import os, sys; from chorus_batch.processes import cap_library_threads; cap_library_threads(); "
+             "print(repr(os.environ.get('POLARS_MAX_THREADS')))")
+    capped = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "POLARS_MAX_THREADS": " ", "SLURM_CPUS_PER_TASK": "1"})
+    assert capped.stdout.strip() == ("'1'" if len(os.sched_getaffinity(0)) > 1 else "None"), capped
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "-q",
+              env={"POLARS_MAX_THREADS": ""})
+    assert out.returncode == 0, out.stderr
+    assert "illegal value" not in out.stderr and "Warning" not in out.stderr, out.stderr
 
 
 def test_a_misspelt_variable_is_warned_of_not_taken_silently(site, tmp_path):
@@ -1331,3 +1397,93 @@ def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch)
     assert local_path("file:///C:/data/my%20site") == "C:/data/my site"
     assert local_path("file:///c:/") == "c:/"
     assert local_path("file:///data/site") == "/data/site"
+
+
+def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_is_there(site, tmp_path):
+    """`--db "$DB"` with DB read from a file saved with Windows line ends ("m.sqlite\r"), or `db = "m.sqlite "`:
+    `run` started a second, empty manifest beside the site's under that name (its summary's "committed to
+    .../m.sqlite " showed no difference) and recorded every file as added again."""
+    write(site, "OMOP/a.csv", b"a")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for name in ("m.sqlite ", "m.sqlite\r", " m.sqlite"):
+        out = cli("run", "--no-validate", "--site", str(site), "--db", str(tmp_path / name), "-q")
+        assert out.returncode == 2, (name, out.stderr)
+        assert f"--db {str(tmp_path / name)!r}: the manifest's file name" in out.stderr, out.stderr
+        assert f"({db} is there)" in out.stderr and f"write the name without it: {str(db)!r}" in out.stderr
+    said = cli("versions", "--db", f"{db}\r")
+    assert said.returncode == 2 and "Windows line ends" in said.stderr and "dos2unix" in said.stderr, said.stderr
+    (tmp_path / "c.toml").write_text(f'[site]\nroot = "{site}"\n[manifest]\ndb = "m.sqlite "\n')
+    out = cli("status", "--config", str(tmp_path / "c.toml"), "-q")
+    assert out.returncode == 2 and "[manifest] db" in out.stderr and "ends with white space" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.toml", "site", "m.sqlite", "m.sqlite.lock",
+                                                                 "m.sqlite.state.parquet"]), list(tmp_path.iterdir())
+    # a manifest that is there under such a name is the one meant
+    shutil.copy(db, tmp_path / "odd ")
+    assert cli("versions", "--db", str(tmp_path / "odd ")).returncode == 0
+    # a snapshot folder alike: `--parquet "$SNAPS"` made a second folder 'snapshots\r' beside the site's
+    (tmp_path / "snapshots").mkdir()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", f"{tmp_path / 'snapshots'}\r")
+    assert out.returncode == 2, out.stderr
+    assert ("the snapshot folder's name ends with white space (a carriage return, as a file saved with Windows line "
+            f"ends leaves), and nothing of that name is there ({tmp_path / 'snapshots'} is there)") in out.stderr, \
+        out.stderr
+    assert not (tmp_path / "snapshots\r").exists() and query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not_a_codec_error(site, tmp_path):
+    """A list saved in Latin-1 was "cannot read the delete list: 'utf-8' codec can't decode byte 0xe9 in position 19:
+    invalid continuation byte" (a byte count, of no use in an editor), a folder "[Errno 21] Is a directory"."""
+    write(site, "OMOP/a.csv", b"a")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    latin1 = tmp_path / "deleted.txt"
+    latin1.write_bytes(b"# removed today\nOMOP/caf\xe9.csv\n")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
+              str(latin1))
+    assert out.returncode == 2, out.stderr
+    assert (f"the delete list {latin1} is not UTF-8: byte 0xe9 on line 2" in out.stderr
+            and f"where: {latin1}, line 2" in out.stderr and "codec" not in out.stderr), out.stderr
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes("OMOP/a.csv\n".encode("utf-16")[:-1])
+    out = cli("status", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list", str(cut))
+    assert out.returncode == 2 and "is UTF-16 text cut short" in out.stderr, out.stderr
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--mode", "append", "--delete-list",
+              str(tmp_path))
+    assert out.returncode == 2 and f"the delete list {tmp_path} is a folder, not a file" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+def test_registry_ranges_that_share_ids_give_each_procedure_its_own_id(tmp_path):
+    """`[registry]` with the same first id for images and waveforms (one range copied for the other): `registry` gave
+    the first image accession and the first waveform session one proc_id and failed with exit 3, "UNIQUE constraint
+    failed: registry.proc_id ... report it with the -v output", for a setting it had taken. Ids given by the same call
+    to the other modality now count as used, as those given before do."""
+    import csv
+
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--demo", "--db", str(db), "--no-validate", "-q", cwd=tmp_path).returncode == 0
+    (tmp_path / "c.toml").write_text("[registry]\nimage_proc_ids = [3000000000, 3000000100]\n"
+                                     "waveform_proc_ids = [3000000000, 3000000100]\n")
+    out = cli("registry", "--db", str(db), "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stderr
+    ids = {}
+    for name in ("image_registry.csv", "waveform_registry.csv"):
+        with open(tmp_path / "out" / name, newline="") as f:
+            ids[name] = {int(row["proc_id"]) for row in csv.DictReader(f)}
+    assert ids["image_registry.csv"] and ids["waveform_registry.csv"], ids
+    assert not ids["image_registry.csv"] & ids["waveform_registry.csv"], ids
+    assert all(3000000000 <= i <= 3000000100 for found in ids.values() for i in found), ids
+
+
+def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_matches(site, tmp_path):
+    """`exclude = ["OMOP\\\\*.csv"]` in a TOML literal string (or a doubled escape) was told "write OMOP//*.csv": a glob
+    with an empty folder name, taken and matching nothing."""
+    write(site, "OMOP/a.csv", b"a")
+    out = cli("status", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude", "OMOP\\\\*.csv")
+    assert out.returncode == 2, out.stderr
+    assert "it holds a backslash: folders are separated by '/' on every system (write OMOP/*.csv)" in out.stderr, \
+        out.stderr
+    out = cli("status", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude",
+              "OMOP/*.csv", "--json")  # (what was said to write: it takes the file)
+    assert out.returncode == 0 and json.loads(out.stdout)["excluded"]["total"] == 1, out.stdout[-500:]
