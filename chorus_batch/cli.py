@@ -980,7 +980,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     given = [name for name in _SLURM_ONLY if getattr(args, name, None) is not None]
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UsageError(f"{flags} only go with --slurm", where="run", fix="add --slurm, or leave them out")
+        raise UsageError(f"{flags} {'goes' if len(given) == 1 else 'go'} only with --slurm", where="run", fix="add --slurm, or leave them out")
     from . import faults
 
     target = _resolve(args)
@@ -2113,11 +2113,14 @@ def _json_error(args: argparse.Namespace, code: int, error: str, **details: str 
 
 
 def _print_json_error(code: int, error: str, **details: str | None) -> None:
-    """The error object of a failing command (also argparse's refusals, before a command is known), secrets masked."""
+    """The error object of a failing command (also argparse's refusals, before a command is known), secrets masked.
+    Every field is there, null where the command has nothing to say (a usage error's outcome): a script reading
+    `outcome` found no such key."""
     from .urls import scrub
 
+    fields = {"where": None, "fix": None, "outcome": None} | details
     with contextlib.suppress(Exception):  # (stdout gone too: stderr has said it)
-        print(json.dumps({"error": scrub(error), **{k: scrub(v) for k, v in details.items() if v},
+        print(json.dumps({"error": scrub(error), **{k: scrub(v) if v else None for k, v in fields.items()},
                           "exit_code": code}, indent=2))
         sys.stdout.flush()
 

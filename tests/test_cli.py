@@ -1063,6 +1063,8 @@ def test_a_usage_error_with_json_prints_it_as_json_on_stdout(tmp_path, argv):
     d = json.loads(out.stdout)
     assert out.returncode == d["exit_code"] == 2, (out.returncode, out.stdout, out.stderr)
     assert d["error"] and d["error"] in out.stderr and "--help" in d["fix"], d
+    # every field the README names is there, null where nothing is said (a script reading `outcome` got a KeyError)
+    assert list(d) == ["error", "where", "fix", "outcome", "exit_code"] and d["outcome"] is None, d
     assert "usage:" in out.stderr and "Traceback" not in out.stderr
     assert cli(*[word for word in argv if word != "--json"], cwd=tmp_path).stdout == ""  # without --json: stderr only
     assert cli("history", "--", "--json", cwd=tmp_path).stdout == ""  # a name after '--' is no flag

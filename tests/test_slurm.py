@@ -306,7 +306,7 @@ def test_run_slurm_without_sbatch_says_so(tmp_path):
     assert proc.returncode == 2
     assert "Slurm's sbatch is not on PATH: run on a login node of the cluster or install slurm-wlm" in proc.stderr
     proc = cli("run", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--shards", "4")
-    assert proc.returncode == 2 and "--shards only go with --slurm" in proc.stderr
+    assert proc.returncode == 2 and "--shards goes only with --slurm" in proc.stderr
     proc = cli("run", "--slurm", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--dry-run")
     assert proc.returncode == 2 and "--dry-run" in proc.stderr and "chorus-batch status" in proc.stderr
 
