@@ -364,4 +364,6 @@ def staging_folder(location: str, option: str) -> str:
                          fix=f"give {option} a shared folder, e.g. {option} /scratch/$USER/chorus-staging (the manifest "
                              "and the site may still be elsewhere)")
     path = local_path(location, option)
-    return path if path is not None else location
+    path = path if path is not None else location
+    _refuse_blank_ends(path, option, "the staging folder's name")  # (the shards would write where no merge looks)
+    return path

@@ -1431,6 +1431,12 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
             f"ends leaves), and nothing of that name is there ({tmp_path / 'snapshots'} is there)") in out.stderr, \
         out.stderr
     assert not (tmp_path / "snapshots\r").exists() and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    # and a shards' staging folder: the shards wrote under 'staging\r', where the merge of 'staging' found none
+    (tmp_path / "staging").mkdir()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--shard", "0/2",
+              "--staging", f"{tmp_path / 'staging'}\r")
+    assert out.returncode == 2 and "the staging folder's name ends with white space" in out.stderr, out.stderr
+    assert not (tmp_path / "staging\r").exists()
 
 
 def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not_a_codec_error(site, tmp_path):
