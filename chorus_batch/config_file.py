@@ -96,14 +96,16 @@ def _setting_twice(text: str) -> tuple[str, int, int] | None:
                 continue
             table = ()
             while isinstance(header, dict) and len(header) == 1:
-                (name, header), table = next(iter(header.items())), (*table, next(iter(header)))
+                name, header = next(iter(header.items()))
+                table = (*table, name)
     try:
         key = tomllib.loads(lines[second - 1])
     except tomllib.TOMLDecodeError:
         return None
     path = table
     while isinstance(key, dict) and len(key) == 1:
-        (name, key), path = next(iter(key.items())), (*path, next(iter(key)))
+        name, key = next(iter(key.items()))
+        path = (*path, name)
 
     def holds(data: dict[str, Any] | None) -> bool:
         for part in path:
