@@ -38,6 +38,7 @@ from typing import Callable
 
 from .errors import ChorusError, ExitCode, Stopped, UsageError
 from .units import plural
+from .whole_script import whole_script_lines
 
 DEFAULT_SHARDS = 8
 DEFAULT_CPUS = 4
@@ -275,6 +276,11 @@ if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ $(( {mem_mib(mem)} * vsize / 100 )
 fi
 """
 
+    # (the shards queued and no merge, by a script cut short while it was written: whole_script)
+    whole = "\n".join(whole_script_lines(
+        END_LINE, what="this script", cut_effect="queues the shards and no merge", nothing="nothing was submitted",
+        save="save it to a file and submit that: chorus-batch slurm-script ... > nightly.sbatch && sbatch nightly.sbatch",
+        again="chorus-batch slurm-script", prefix="chorus-batch: "))
     return f"""#!/bin/bash
 {chr(10).join(header)}
 #
@@ -298,29 +304,7 @@ if [ -n "${{SLURM_JOB_ID:-}}" ]; then
         if [ -f "/proc/$$/fd/$fd" ] && [ -O "/proc/$$/fd/$fd" ]; then chmod go= -- "/proc/$$/fd/$fd" 2>/dev/null || true; fi
     done
 fi
-# Cut short while it was written (`slurm-script > nightly.sbatch` on a full disk), it queued the shards and no merge.
-# That check reads the script's own file: piped into bash (`slurm-script ... | bash`, `ssh host bash -s < nightly.sbatch`)
-# or given as `bash <(...)` there is none, and one cut short (the writer killed mid-pipe) queued the shards and no
-# merge: not read from its file, it submits nothing (pasted into an interactive shell: left to it, an exit would
-# close the terminal; given as `bash -c "$(cat ...)"`, its own text is checked)
-case $- in *i*) ;; *) if [ ! -f "$0" ] && [ -z "${{BASH_EXECUTION_STRING+set}}" ]; then
-    echo "chorus-batch: this script is not read from its own file ($0: piped into bash, or given as <(...)), so it cannot check that it arrived whole (one cut short queues the shards and no merge); nothing was submitted: save it to a file and submit that: chorus-batch slurm-script ... > nightly.sbatch && sbatch nightly.sbatch" >&2
-    exit 2
-fi ;; esac
-script_name="$0"
-if [ -n "${{BASH_EXECUTION_STRING+set}}" ]; then
-    script_name="the script given to bash -c"
-    last_line="${{BASH_EXECUTION_STRING%$'\n'}}"
-    last_line="${{last_line##*$'\n'}}"
-elif [ -f "$0" ]; then
-    last_line="$(tail -n 1 -- "$0")"
-else
-    last_line={shlex.quote(END_LINE)}  # (pasted into an interactive shell: nothing to check)
-fi
-if [ "$last_line" != {shlex.quote(END_LINE)} ]; then
-    echo "chorus-batch: $script_name is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was written); nothing was submitted: write it again with chorus-batch slurm-script" >&2
-    exit 2
-fi
+{whole}
 
 python={shlex.quote(python)}
 if [ ! -x "$python" ]; then

@@ -1105,6 +1105,16 @@ def test_a_slurm_script_cut_short_while_written_submits_nothing(tmp_path):
         assert given.returncode == code, given.stderr
         assert (code == 2) == ("the script given to bash -c is incomplete" in given.stderr), given.stderr
         assert (code == 2) != calls.exists()
+    # sourced from another script, it checks its own file, not that script's ($0: "wrapper.sh is incomplete")
+    calls.unlink()
+    (tmp_path / "wrapper.sh").write_text(f"set -e\n. {tmp_path / 'whole.sbatch'}\n")
+    sourced = subprocess.run(["bash", str(tmp_path / "wrapper.sh")], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+    assert sourced.returncode == 0 and calls.exists(), sourced.stderr
+    (tmp_path / "wrapper.sh").write_text(f"set -e\n. {script}\n")  # the one cut short
+    sourced = subprocess.run(["bash", str(tmp_path / "wrapper.sh")], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=120)
+    assert sourced.returncode == 2 and f"{script} is incomplete" in sourced.stderr, sourced.stderr
 
 
 def test_the_submitting_jobs_own_output_is_owner_only(slurm, stand_in, tmp_path):

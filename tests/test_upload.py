@@ -2584,6 +2584,10 @@ def test_an_upload_script_piped_into_bash_sends_nothing_as_it_cannot_check_it_is
                                  text=True, env=path_env, cwd=tmp_path, timeout=60)
     assert substituted.returncode == 2 and "not read from its own file" in substituted.stderr, substituted.stderr
     assert not calls.exists() and not log.exists()
+    # given as its text (bash -c "$(cat ...)"): cut short, it sends nothing (whole_script, as the Slurm script)
+    given = subprocess.run(["bash", "-c", cut], capture_output=True, text=True, env=path_env, cwd=tmp_path, timeout=60)
+    assert given.returncode == 2 and "the script given to bash -c is incomplete" in given.stderr, given.stderr
+    assert not calls.exists() and not log.exists()
     (tmp_path / "whole.sh").write_text(whole.stdout)
     ran = subprocess.run(["bash", str(tmp_path / "whole.sh")], capture_output=True, text=True, env=path_env,
                          cwd=tmp_path, timeout=120)

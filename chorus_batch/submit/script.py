@@ -40,6 +40,7 @@ from ..store.uploads import CONFIRMED, CONFLICT_FIX, PLAN_SCHEMA, UploadLedger, 
 from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
 from ..urls import local_path
+from ..whole_script import whole_script_lines
 from .central import Central, central_url, check_names, parse_central
 
 if TYPE_CHECKING:
@@ -153,23 +154,11 @@ def write_script(db: str, to: str, *, kind: str, cloud: CloudSettings, version: 
          "# Sign-in: `azcopy login`, AzCopy's AZCOPY_* variables, or a SAS token (without '?') in CHORUS_SAS, which"
          "\n# AzCopy takes only in its URLs: other users of the machine can read it in the process list (ps)."),
         "set -u",
-        # A script cut short while it was written (`> upload.sh` on a full disk, chorus-batch stopped) ran its first
-        # lines and exited 0: part of the files sent, nothing said. Its last line is END_LINE: without it, nothing runs.
-        # That check reads the script's own file: piped into bash (`... --script bash | bash`, `ssh host bash -s <
-        # upload.sh`) or given as `bash <(...)`, there is none, the check was skipped, and a script cut short (the
-        # writer killed mid-pipe) sent part of the files and exited 0. Not read from its file, it sends nothing. (A shell
-        # it is pasted into, interactive, is left to it: an exit here would close the user's terminal.)
-        'case $- in *i*) ;; *) if [ ! -f "$0" ]; then',
-        '  echo "this upload script is not read from its own file ($0: piped into bash, or given as <(...)), so it cannot '
-        'check that it arrived whole (one cut short sends part of the files); nothing was sent: save it to a file and run '
-        'that: chorus-batch upload --script ... > upload.sh && bash upload.sh" >&2',
-        "  exit 2",
-        "fi ;; esac",
-        f'if [ -f "$0" ] && [ "$(tail -n 1 -- "$0")" != {shlex.quote(END_LINE)} ]; then',
-        '  echo "$0 is incomplete (its last line is missing: the disk filled, or chorus-batch was stopped, while it was '
-        'written); nothing was sent: write it again with chorus-batch upload --script" >&2',
-        "  exit 2",
-        "fi",
+        # (part of the files sent by a script cut short while it was written: whole_script)
+        *whole_script_lines(
+            END_LINE, what="this upload script", cut_effect="sends part of the files", nothing="nothing was sent",
+            save="save it to a file and run that: chorus-batch upload --script ... > upload.sh && bash upload.sh",
+            again="chorus-batch upload --script"),
         "UMASK_BEFORE=$(umask)  # (given back at the end when pasted into an interactive shell)",
         "umask 077  # $LOG names each file sent, person ids with them: owner-only, whatever the caller's umask",
         f'LOG="${{CHORUS_UPLOAD_LOG:-{LOG_NAME}}}"',
