@@ -6,6 +6,7 @@ file and record names are compared exactly.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import polars as pl
@@ -167,6 +168,7 @@ def _rule_expr(rule: KindRule, place: pl.Expr) -> pl.Expr:
     return pl.all_horizontal(tests).fill_null(False)
 
 
+@functools.cache  # built once: ~200 expressions, 5 ms a call, and the hashing stage classifies each batch it is given
 def _kind_expr() -> pl.Expr:
     """kind_of over _path_columns' helper columns."""
     place = _place_expr()
