@@ -2001,18 +2001,28 @@ _HOME_PATHS = {"out": "--out", "config": "--config", "delete_list": "--delete-li
                "config_file": "CONFIG"}
 
 
+# what some of them name, in a message about the name itself
+_NAMES = {"parquet": "the snapshot folder's name", "staging": "the staging folder's name",
+          "merge": "the staging folder's name", "config": "the config file's name", "config_file": "the config file's name"}
+
+
 def _expand_home(args: argparse.Namespace) -> None:
     """A quoted '~' in a path argument (a cron line, a unit file: no shell to expand it) is the home folder, in every
     command, as --db and --site read it: report/review --out "~/x.html" said "its folder ~ does not exist", and
     import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
     "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
     and the others alike."""
-    from .urls import expand_home
+    from .urls import expand_home, refuse_blank_ends
 
     for dest, name in _HOME_PATHS.items():
         value = getattr(args, dest, None)
         if isinstance(value, str) and value.startswith("~"):
             setattr(args, dest, expand_home(value, "OUT" if dest == "out" and args.command == "testdata" else name))
+        if isinstance(value, str):
+            # `--out "$OUT"` read from a file with Windows line ends: a report written as 'r.html\r' beside the one
+            # looked for, a --config 'c.toml\r' "not found" while c.toml is there (said as --db's is)
+            refuse_blank_ends(getattr(args, dest), "OUT" if dest == "out" and args.command == "testdata" else name,
+                              _NAMES.get(dest, "the file or folder name"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -426,9 +426,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
                          where="--parquet / [manifest] parquet",
                          fix="give a folder whose path is UTF-8 (rename the folder, or choose another)")
     if settings.parquet:  # (`--parquet "$SNAPS"` read from a CRLF file: a new folder 'snapshots\r' beside the site's)
-        from .urls import _refuse_blank_ends
+        from .urls import refuse_blank_ends
 
-        _refuse_blank_ends(settings.parquet, "--parquet / [manifest] parquet", "the snapshot folder's name")
+        refuse_blank_ends(settings.parquet, "--parquet / [manifest] parquet", "the snapshot folder's name")
     if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

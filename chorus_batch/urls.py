@@ -322,7 +322,7 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
         if db.endswith(("/", os.sep)) and db.strip("/" + os.sep):
             raise UsageError(f"{what} {db} ends in a path separator, so it names a folder, not a manifest file",
                              where=what, fix=f"give the manifest's file path, e.g. {db}chorus_manifest.sqlite")
-        _refuse_blank_ends(db, what)
+        refuse_blank_ends(db, what)
         return
     protocol = protocol_of(db)
     if protocol not in AZURE_PROTOCOLS:
@@ -333,7 +333,7 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
     check_location(db, what)
 
 
-def _refuse_blank_ends(db: str, what: str, kind: str = "the manifest's file name") -> None:
+def refuse_blank_ends(db: str, what: str, kind: str = "the manifest's file name") -> None:
     """A manifest's file name that starts or ends with white space (`db = "m.sqlite "`, or `--db "$DB"` read from a
     file saved with Windows line ends: "m.sqlite\r") and is not there: `run` started a second, empty manifest beside
     the site's under that name, unseen (the summary's "committed to .../m.sqlite " shows no space), and every file
@@ -365,5 +365,5 @@ def staging_folder(location: str, option: str) -> str:
                              "and the site may still be elsewhere)")
     path = local_path(location, option)
     path = path if path is not None else location
-    _refuse_blank_ends(path, option, "the staging folder's name")  # (the shards would write where no merge looks)
+    refuse_blank_ends(path, option, "the staging folder's name")  # (the shards would write where no merge looks)
     return path

@@ -1437,6 +1437,13 @@ def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_
               "--staging", f"{tmp_path / 'staging'}\r")
     assert out.returncode == 2 and "the staging folder's name ends with white space" in out.stderr, out.stderr
     assert not (tmp_path / "staging\r").exists()
+    # every path argument of the machine's: a report written as 'r.html\r', a config "not found" while it is there
+    out = cli("report", "--db", str(db), "--out", f"{tmp_path / 'r.html'}\r")
+    assert out.returncode == 2 and "--out" in out.stderr and "dos2unix" in out.stderr, out.stderr
+    assert not (tmp_path / "r.html\r").exists()
+    (tmp_path / "c.toml").write_text(f'[site]\nroot = "{site}"\n')
+    out = cli("status", "--config", f"{tmp_path / 'c.toml'}\r", "-q")
+    assert out.returncode == 2 and f"({tmp_path / 'c.toml'} is there)" in out.stderr, out.stderr
 
 
 def test_a_delete_list_that_is_not_utf8_or_is_a_folder_is_said_with_its_line_not_a_codec_error(site, tmp_path):
