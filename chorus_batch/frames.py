@@ -271,7 +271,7 @@ def fmt(template: str, *args: pl.Expr | str, n: pl.Expr | str | None = None) -> 
     if n_args != len(args):
         raise ValueError(f"template has {n_args} placeholders but {len(args)} arguments were given")
     exprs: list[pl.Expr] = [pl.lit(texts[0])] if texts[0] else []
-    count = (pl.col(n) if isinstance(n, str) else n) if n is not None else None
+    count = pl.col(n) if isinstance(n, str) else n
     taken = 0
     for place, text in zip(places, texts[1:]):
         if place == "{}":

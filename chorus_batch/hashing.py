@@ -528,7 +528,8 @@ class Hasher:
             if self.facts:  # imported before the fork: the workers share them (later kinds they import themselves)
                 from .validate.readers import prepare
 
-                # (kept for _tasks: classifying a batch's paths costs ~30 ms whatever its size, polars' plan)
+                # (kept for _tasks: classifying a batch's paths costs about as much for 500 paths as for 10,000,
+                # polars' planning: 13 ms each on a loaded machine, measured 2026-12-05)
                 self._pending_kinds = {offset: self._kinds_in(rows) for offset, rows in self._pending}
                 prepare(frozenset().union(*self._pending_kinds.values()))
             # (given to each worker too: spawned ones, on Windows, do not inherit it, and the progress line stood

@@ -31,9 +31,8 @@ import duckdb
 import polars as pl
 
 from .config import MODALITIES
-from .diff import compute_diff
+from .diff import compute_diff, private_duckdb
 from .errors import UsageError
-from .diff import private_duckdb
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import ISO_LIKE, iso, parse_time

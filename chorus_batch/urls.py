@@ -333,17 +333,18 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
     check_location(db, what)
 
 
-def refuse_blank_ends(db: str, what: str, kind: str = "the manifest's file name") -> None:
-    """A manifest's file name that starts or ends with white space (`db = "m.sqlite "`, or `--db "$DB"` read from a
-    file saved with Windows line ends: "m.sqlite\r") and is not there: `run` started a second, empty manifest beside
-    the site's under that name, unseen (the summary's "committed to .../m.sqlite " shows no space), and every file
-    was added again; the reading commands said "no manifest at .../m.sqlite". A file of that very name is taken."""
-    name = os.path.basename(db.rstrip("/" + os.sep))
-    if name == name.strip() or os.path.lexists(os.path.expanduser(db) if db.startswith("~") else db):
+def refuse_blank_ends(path: str, what: str, kind: str = "the manifest's file name") -> None:
+    """A UsageError for a file or folder name (`kind`, of the argument `what`) that starts or ends with white space and
+    is not there (`db = "m.sqlite "`, or `--db "$DB"` read from a file saved with Windows line ends: "m.sqlite\r"):
+    `run` started a second, empty manifest beside the site's under that name, unseen (the summary's "committed to
+    .../m.sqlite " shows no space), and every file was added again; the reading commands said "no manifest at
+    .../m.sqlite". A file or folder of that very name is taken."""
+    name = os.path.basename(path.rstrip("/" + os.sep))
+    if name == name.strip() or os.path.lexists(os.path.expanduser(path) if path.startswith("~") else path):
         return
-    meant = os.path.join(os.path.dirname(db.rstrip("/" + os.sep)), name.strip())
+    meant = os.path.join(os.path.dirname(path.rstrip("/" + os.sep)), name.strip())
     there = f" ({meant} is there)" if name.strip() and os.path.lexists(meant) else ""
-    raise UsageError(f"{what} {db!r}: {kind} {'starts' if name != name.lstrip() else 'ends'} with "
+    raise UsageError(f"{what} {path!r}: {kind} {'starts' if name != name.lstrip() else 'ends'} with "
                      f"white space ({'a carriage return, as a file saved with Windows line ends leaves' if chr(13) in name else 'a space or a tab'}), "
                      f"and nothing of that name is there{there}; nothing was done", where=what,
                      fix=f"write the name without it: {meant!r}" + (

@@ -168,7 +168,8 @@ def _rule_expr(rule: KindRule, place: pl.Expr) -> pl.Expr:
     return pl.all_horizontal(tests).fill_null(False)
 
 
-@functools.cache  # built once: ~200 expressions, 5 ms a call, and the hashing stage classifies each batch it is given
+@functools.cache  # built once: ~200 expressions, 2 ms of CPU a call (9.5 -> 7.5 ms per kinds_in of 5,000 paths), and
+# the hashing stage classifies each batch it is given
 def _kind_expr() -> pl.Expr:
     """kind_of over _path_columns' helper columns."""
     place = _place_expr()
