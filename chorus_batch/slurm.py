@@ -393,6 +393,33 @@ _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMP
              "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "CONFIGURING", "RESIZING"}
 
+# Reasons Slurm keeps a job pending for until the job or the cluster's configuration is changed: such a job waits for
+# ever. Measured on slurm-wlm 22.05: `--cpus-per-task 4` on 2-CPU nodes is accepted by sbatch and waits as
+# PartitionConfig, and the follower said "4 pending of 4" every night until someone looked.
+_NEVER_BY_ITSELF = {
+    "PartitionConfig": "they ask for more than the partition has or allows (CPUs per task, memory, nodes or time; "
+                       "`scontrol show partition` shows its limits, `sinfo -N -l` its nodes)",
+    "PartitionTimeLimit": "their --time is beyond the partition's MaxTime (`scontrol show partition`)",
+    "PartitionNodeLimit": "they ask for more nodes than the partition allows",
+    "BadConstraints": "they ask for resources no node of the partition has",
+    "AccountNotAllowed": "their --account may not use the partition",
+    "InvalidAccount": "Slurm does not know their --account, or this user is not in it",
+    "QOSNotAllowed": "their QOS may not use the partition, or the account may not use it",
+    "InvalidQOS": "Slurm does not know their QOS",
+}
+# Per-job limits of an account or a QOS (AssocMaxCpuPerJobLimit, QOSMaxWallDurationPerJobLimit, QOSMaxMemoryPerJob...):
+# a job over one never starts; a limit on the jobs running at once (AssocGrp..., QOSMaxJobsPerUser...) clears by itself.
+_PER_JOB_LIMIT = re.compile(r"(Assoc|QOS)Max\w*PerJob\w*")
+
+
+def never_starts(reason: str) -> str | None:
+    """Why a job pending for `reason` (squeue's %r) will not start by itself, or None when it may."""
+    if reason in _NEVER_BY_ITSELF:
+        return _NEVER_BY_ITSELF[reason]
+    if _PER_JOB_LIMIT.fullmatch(reason):
+        return f"they are over a per-job limit of the account or QOS ({reason}; `sacctmgr show assoc` / `show qos`)"
+    return None
+
 
 @dataclass
 class Submitted:
@@ -494,6 +521,42 @@ def _read_exit(path: Path, wait_s: float) -> int | None:
         time.sleep(0.5)
 
 
+def _pending_reasons(job: Submitted, states: dict[str, tuple[str, str]]) -> str:
+    """The reasons squeue gives for the shards' pending tasks (" (Resources)"), "" when it gives none."""
+    reasons = dict.fromkeys(reason for k in range(job.shards)
+                            for state, reason in [states.get(f"{job.array_job}_{k}", ("", ""))]
+                            if state == "PENDING" and reason and reason != "None")
+    return f" ({', '.join(reasons)})" if reasons else ""
+
+
+def _stuck(job: Submitted, states: dict[str, tuple[str, str]], out: Callable[[str], None]) -> int | None:
+    """Jobs of this submission pending for a reason that does not clear by itself (never_starts): cancelled, said with
+    what to change, and exit 2; None when there are none."""
+    stuck = {}  # reason -> the jobs held for it
+    for k in range(job.shards):
+        state, reason = states.get(f"{job.array_job}_{k}", ("", ""))
+        if state == "PENDING" and never_starts(reason):
+            stuck.setdefault(reason, []).append(f"shard {k} (task {job.array_job}_{k})")
+    state, reason = states.get(job.merge_job, ("", ""))
+    if state == "PENDING" and never_starts(reason):
+        stuck.setdefault(reason, []).append(f"the merge (job {job.merge_job})")
+    if not stuck:
+        return None
+    said = cancel(job)
+    held = "; ".join(f"{', '.join(jobs)}: pending for {reason}: {never_starts(reason)}" for reason, jobs in stuck.items())
+    out(f"Slurm will not start these jobs as they were submitted, and they would wait for ever: {held}")
+    if said is not None:
+        out(not_cancelled(job, said))
+    else:
+        out(f"cancelled the shards' job array {job.array_job} and the merge job {job.merge_job}; nothing was committed")
+    shards_done = all(_shard_progress(job, states, k) == "done" for k in range(job.shards))
+    if shards_done and job.rerun_merge:  # (only the merge was held: the shards' work is in the staging folder)
+        out(f"the shards are done: merge them on a node that has what the merge asks for: {job.rerun_merge}")
+    out("submit again with fewer --cpus-per-task, a smaller --mem or --time, or a --partition / --account that allows "
+        "them (the cluster's administrators know its limits)")
+    return int(ExitCode.USAGE)
+
+
 def _shard_progress(job: Submitted, states: dict[str, tuple[str, str]], k: int) -> str:
     """"done", "failed", "running" or "pending": shard k's task by its state, or, once Slurm forgot it, by its
     shard's scan.json (the script removes those of an earlier submission into the same staging folder)."""
@@ -540,11 +603,16 @@ def follow(job: Submitted, *, poll_s: float = 5, out: Callable[[str], None] = pr
         if merge_state in _RUNNING or (merge_state in _TERMINAL and merge_state != "CANCELLED"):
             job.merge_started = True
         merge_text = (merge_state.lower() + (f" ({reason})" if reason and reason != "None" else "")) or "gone"
-        line = (f"shards {job.array_job}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+        line = (f"shards {job.array_job}: " + ", ".join(f"{n} {what}" + (_pending_reasons(job, states)
+                                                                          if what == "pending" and n else "")
+                                                       for what, n in counts.items())
                 + f" of {job.shards}; merge {job.merge_job}: {merge_text}")
         if line != last:
             out(line)
             last = line
+        stuck = _stuck(job, states, out)
+        if stuck is not None:
+            return stuck
         if merge_state in _TERMINAL or not merge_state:
             break
         time.sleep(poll_s)

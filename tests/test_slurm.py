@@ -433,6 +433,24 @@ def test_a_failed_shard_cancels_the_merge_and_is_named(slurm, stand_in, tmp_path
     slurm.wait_idle()
 
 
+def test_jobs_slurm_will_never_start_are_cancelled_and_said(slurm, stand_in, tmp_path):
+    """More --cpus-per-task than the nodes have: sbatch accepts the array, and Slurm keeps its tasks pending for
+    PartitionConfig for ever. The follower said "3 pending of 3" every few seconds, a nightly `run --slurm` never
+    ended and no one was told why. It now cancels the jobs, says why Slurm holds them and what to change (exit 2)."""
+    python, log = stand_in
+    script = slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=3,
+                          cpus_per_task=slurm.cpus * 2, python=str(python), staging=str(tmp_path / "st"))
+    lines: list[str] = []
+    assert submit_and_follow(script, poll_s=0.3, out=lines.append) == 2
+    text = "\n".join(lines)
+    assert "pending (PartitionConfig)" in text, text
+    assert "will not start these jobs" in text and "shard 0 (task" in text and "--cpus-per-task" in text, text
+    job = parse_submitted(text)
+    assert f"cancelled the shards' job array {job.array_job} and the merge job {job.merge_job}" in text
+    assert "nothing was committed" in text and not log.exists()  # no shard and no merge ran
+    slurm.wait_idle()  # (cancelled: nothing is left queued)
+
+
 def test_a_staging_folder_used_before_does_not_pass_off_its_old_shards_as_done(slurm, stand_in, tmp_path,
                                                                                  monkeypatch):
     """A --staging used by an earlier submission kept its complete shards: a task of the next one that failed before
