@@ -40,4 +40,5 @@ def whole_script_lines(end_line: str, *, what: str, cut_effect: str, nothing: st
         f'stopped, while it was written); {nothing}: write it again with {again}" >&2',
         "  exit 2",
         "fi",
+        "unset script_file script_name last_line  # (pasted into a shell: not left in it)",
     ]

@@ -2636,7 +2636,8 @@ def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_i
     """Pasted into an interactive shell (a security review that wants each command seen), the script's last line
     `exit "$failed"` closed the user's terminal (and an ssh session with it), and what it had said of the files not
     sent went with it; `set -u` and umask 077 stayed in the shell until then. Pasted, it now ends without an exit,
-    says whether every file was sent, and gives back the umask and `set +u`."""
+    says whether every file was sent, and gives back the umask and `set +u`; the variables of its first check
+    (script_file, script_name, last_line) stayed set in the shell, and are unset now."""
     db = committed_site(tmp_path, 3)
     env = script_env()
     whole = cli("upload", "--db", str(db), "--to", "az://central/", "--script", "bash", env=env)
@@ -2647,9 +2648,11 @@ def test_an_upload_script_pasted_into_a_terminal_sends_and_leaves_the_shell_as_i
     (tools / "az").chmod(0o755)
     shell_env = {"PATH": f"{tools}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "TERM": "dumb",
                  "CHORUS_UPLOAD_LOG": str(log), "AZURE_STORAGE_CONNECTION_STRING": env["AZURE_STORAGE_CONNECTION_STRING"]}
-    shown = pasted("umask 022\n" + whole.stdout, shell_env, tmp_path, 'echo "still here: flags=$- umask=$(umask)"')
+    shown = pasted("umask 022\n" + whole.stdout, shell_env, tmp_path,
+                   'echo "still here: flags=$- umask=$(umask) left=[${script_file+f}${script_name+n}${last_line+l}]"')
     assert "upload script: every file was sent and logged in" in shown, shown[-2000:]
     assert "still here: flags=" in shown and "umask=0022" in shown, shown[-2000:]
+    assert "left=[]" in shown, shown[-2000:]  # (the whole-script check's variables are not left in the user's shell)
     flags = shown.split("still here: flags=")[-1].split()[0]
     assert "u" not in flags, flags
     assert len(log.read_text().splitlines()) == 3
