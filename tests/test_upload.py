@@ -2453,6 +2453,20 @@ def test_a_central_prefix_azure_would_not_keep_as_it_is_is_refused(tmp_path, pre
         assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("to", ["az://central/site ", "az://central/site/\r", " az://central/"])
+def test_a_central_url_with_white_space_at_an_end_is_refused(tmp_path, to):
+    # `--to "$TO"` read from a file saved with Windows line ends, or a space typed: 'az://central/site ' put every blob
+    # under "site " (a prefix of its own, beside the site's), and the ledger recorded that; a leading space was "not an
+    # Azure URL". Refused by every command that takes --to, naming the URL meant.
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    commit(tmp_path / "site", tmp_path / "m.sqlite", "20261101020000")
+    for command in (["upload", "--dry-run"], ["verify"], ["upload", "--script", "bash"]):
+        out = cli(*command, "--db", str(tmp_path / "m.sqlite"), "--to", to)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "with white space" in out.stderr and repr(to.strip()) in out.stderr, out.stderr
+        assert ("dos2unix" in out.stderr) == ("\r" in to) and "Traceback" not in out.stderr
+
+
 def test_mark_uploaded_with_a_read_list_sas_says_its_claim_needs_write(central, azurite, tmp_path):
     # mark-uploaded claims a version folder nobody holds (a write) before it records: refused to a read+list SAS, it
     # said "not allowed to list or read ... use a SAS token with read (r) and list (l)", which that SAS is.

@@ -115,6 +115,14 @@ class Sent:
 
 def parse_central(url: str) -> tuple[str, str]:
     """(container, prefix) of az://container[/prefix]; a UsageError for anything else."""
+    if url != url.strip():  # (`--to "$TO"` read from a file saved with Windows line ends: "az://c/site\r")
+        end = "starts" if url != url.lstrip() else "ends"
+        raise UsageError(f"the central URL {mask_url(url)!r} {end} with white space "
+                         f"({'a carriage return, as a file saved with Windows line ends leaves' if chr(13) in url else 'a space or a tab'}):"
+                         " it would be a part of every blob name, or no URL at all; nothing was done",
+                         where="--to / [central] to", fix=f"write it without: {mask_url(url.strip())!r}"
+                                                          + (" (save the file it was read from with Unix line ends: "
+                                                             "dos2unix)" if chr(13) in url else ""))
     if cloud_access.protocol_of(url) in cloud_access.AZURE_PROTOCOLS:  # ('?', '//', credentials: as for any root)
         check_location(url, "--to / [central] to")
     parts = urlsplit(url)
