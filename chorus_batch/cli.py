@@ -1910,7 +1910,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
                 lines.append(f"unrecognized argument {flag}; options are not abbreviated: did you mean "
                              f"{' or '.join(longer)}?")
                 continue
-            lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else ""))
+            # (`status --version 3` was "unrecognized argument --version", with no word of where it goes)
+            elsewhere = [other for other, parser_ in commands.items() if other != args.command
+                         and any(name in action.option_strings for action in parser_._actions)]
+            lines.append(f"unrecognized argument {flag}" + (f"; did you mean {meant}?" if meant else "") + (
+                f" ({name} is an option of {', '.join(elsewhere)}, not of {args.command}: "
+                f"chorus-batch {args.command} --help shows its own)" if elsewhere else ""))
         command.error("\n".join(lines))
     _refuse_empty_values(commands[args.command], args)
     _refuse_non_utf8_names(commands[args.command], args)

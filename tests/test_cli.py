@@ -117,6 +117,17 @@ def test_an_option_after_double_dash_is_said_as_such_not_as_a_misspelling_of_its
     assert _said(["status", "--db", "m.sqlite", "--dbb", "x"]).endswith("did you mean --db?")  # a misspelling still is
 
 
+def test_an_option_of_other_commands_names_them():
+    """`status --version 3` (status compares the site with the latest version) was "unrecognized argument --version"
+    and nothing more; --site given to a command that reads the manifest only, the same."""
+    said = _said(["status", "--db", "m.sqlite", "--version", "3"])
+    assert said.startswith("chorus-batch status: error: unrecognized argument --version (--version is an option of run, "
+                           "changes,"), said
+    assert said.endswith("not of status: chorus-batch status --help shows its own)"), said
+    assert "--site is an option of run, status," in _said(["versions", "--db", "m.sqlite", "--site", "s"])
+    assert _said(["versions", "--bogus"]).endswith("unrecognized argument --bogus")  # an option of none: as before
+
+
 def test_version_as_a_command_names_both_what_it_may_mean():
     """`chorus-batch version` (as `git version` asks a program's version) was answered "did you mean 'versions'?",
     the manifest's versions, with no word of --version."""
