@@ -100,6 +100,19 @@ def share_argument(value: object, name: str) -> float:
     return share
 
 
+def _as_date(text: str) -> str:
+    """What a date written without its dashes (20261205, as the labels' own digits are) means as a time: `--as-of
+    20261205` was "no version '20261205'", with an example of a whole ISO time only."""
+    if not (len(text) == 8 and text.isascii() and text.isdigit()):
+        return ""
+    try:
+        day = date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return ""
+    return (f"; as a date, write it {day.isoformat()} (the state at its start, UTC) or {day.isoformat()}T23:59:59Z "
+            "(at its end)")
+
+
 def _same_number(label: str, typed: str) -> bool:
     """Whether a label and what was typed are the same whole number with other leading zeros ('001' and '1')."""
     return (label.isascii() and typed.isascii() and label.isdigit() and typed.isdigit() and label != typed
@@ -264,7 +277,8 @@ class ManifestReader:
                      or get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
                              + (", and it is not a valid ISO date-time" if dated else "")
-                             + (f"; did you mean {', '.join(close)}?" if close else ""), where=str(self.path),
+                             + (f"; did you mean {', '.join(close)}?" if close else "") + _as_date(version.strip()),
+                             where=str(self.path),
                              fix=f"give a label from `{self.versions_command()}` ({len(labels)} in the manifest, "
                                  f"{labels[0]} .. {labels[-1]}), or an ISO time such as 2026-11-27T03:00:00Z")
         if moment.tzinfo is None:

@@ -380,7 +380,8 @@ def test_cli_json_and_csv_have_the_documented_fields(history):
 def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
     """`--as-of 20261127T030000Z` (ISO 8601's basic form, what `date -u +%Y%m%dT%H%M%SZ` prints) was taken as a
     mistyped label ("did you mean" two labels, either a wrong answer); it is the time it spells. Digits alone stay
-    labels, and a basic form that is no time is said to be no valid ISO date-time."""
+    labels (eight that spell a date are said with its ISO form), and a basic form that is no time is said to be no
+    valid ISO date-time."""
     second = reader.versions().row(1, named=True)
     # The second version's own commit time (whole seconds): the third, committed more than a second after
     # the second, is always later. One second more was the third's time when that run took under 0.9 s.
@@ -390,8 +391,13 @@ def test_an_iso_time_in_the_basic_form_selects_a_version(reader):
     assert reader.resolve(at.strftime("%Y%m%dT%H%M%S+0000")) == second["label"]
     with pytest.raises(UsageError, match="it is not a valid ISO date-time"):
         reader.resolve(at.strftime("%Y%m%dT99"))
-    with pytest.raises(UsageError, match=r"no version '\d{8}' in the manifest\n"):
+    # Eight digits stay a label, said with the date they spell (`--as-of 20261205` had only a whole ISO time's example)
+    day = at.date().isoformat()
+    with pytest.raises(UsageError, match=rf"no version '\d{{8}}' in the manifest; as a date, write it {day} \(the state "
+                                         rf"at its start, UTC\) or {day}T23:59:59Z \(at its end\)\n"):
         reader.resolve(at.strftime("%Y%m%d"))
+    with pytest.raises(UsageError, match=r"no version '20261399' in the manifest\n"):  # (no date)
+        reader.resolve("20261399")
 
 
 def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
