@@ -60,7 +60,7 @@ def dicom(syntax=ExplicitVRLittleEndian, *, preamble: bool = True, private_bytes
 
 def by_dcmread(data: bytes, monkeypatch) -> dict:
     with monkeypatch.context() as patched:
-        patched.setattr(readers, "_dicom_elements_plain", lambda head, complete: None)
+        patched.setattr(readers, "_dicom_elements_plain", lambda head, complete, **_: None)
         return readers.parse_facts(KIND_DICOM, io.BytesIO(data))
 
 

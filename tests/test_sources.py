@@ -107,8 +107,8 @@ def test_a_file_replaced_by_a_link_is_not_read_through_it_where_open_cannot_refu
     link.symlink_to(outside)
     with pytest.raises(OSError, match="replaced by a symbolic link since it was listed"):
         local._open_regular(str(link), nofollow=True)
-    os.close(local._open_regular(str(link)))  # (following links: read through it)
-    os.close(local._open_regular(str(plain), nofollow=True))
+    os.close(local._open_regular(str(link))[0])  # (following links: read through it)
+    os.close(local._open_regular(str(plain), nofollow=True)[0])
 
 
 def test_a_modality_root_is_scanned_and_checked(tmp_path):

@@ -45,8 +45,8 @@ _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _open_regular(path: str, *, nofollow: bool = False) -> int:
-    """A read descriptor of the regular file at `path`. Opened without blocking, then checked: a file replaced by a
+def _open_regular(path: str, *, nofollow: bool = False) -> tuple[int, os.stat_result]:
+    """A read descriptor of the regular file at `path`, and its fstat (hash_file's "before": asked once). Opened without blocking, then checked: a file replaced by a
     FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed). `nofollow`:
     a symbolic link there is refused, not read through (a run that does not follow links listed a regular file: one
     replaced by a link since was hashed as the link's target, a file outside the site, and recorded as this one)."""
@@ -75,7 +75,7 @@ def _open_regular(path: str, *, nofollow: bool = False) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, opened
 # A tree whose walk takes longer than this in-process is finished by worker processes. Starting them costs
 # ~20 ms; a longer budget only walks more on one core: 100k files (2 workers) listed in 0.62 s with 0.25 s,
 # 0.52 s with 0.05 s, 0.49 s with none; a 38-file tree in 2 ms in-process, 20 ms with the workers.
@@ -234,7 +234,7 @@ class LocalSource:
         return os.path.join(self.root, *srcfile.split("/"))
 
     def open(self, srcfile: str) -> BinaryIO:
-        return open(_open_regular(self.absolute(srcfile)), "rb")
+        return open(_open_regular(self.absolute(srcfile))[0], "rb")
 
     def stat(self, srcfile: str) -> FileStat:
         # (a reopened root follows a link: its file may be recorded through one; upload and validation check the MD5)
@@ -247,10 +247,9 @@ class LocalSource:
         """hash_file of the Source protocol: one open, one pass (sources/base.py)."""
         path = self.absolute(srcfile)
         for _attempt in (1, 2):
-            fd = _open_regular(path, nofollow=self.refuse_links)
+            fd, before = _open_regular(path, nofollow=self.refuse_links)
             facts = None
             try:
-                before = os.fstat(fd)
                 if parse is None:
                     # Small files (most of a site) take one read; larger ones stream into the reused buffer.
                     data = os.read(fd, READ_SIZE)

@@ -134,12 +134,14 @@ def _skip_element(head: bytes, pos: int, implicit: bool, depth: int) -> int:
     return pos + length
 
 
-def plain_elements(head: bytes, wanted: frozenset[int], *, complete: bool) -> dict[int, bytes] | None:
+def plain_elements(head: bytes, wanted: frozenset[int], *, complete: bool,
+                   pixels_at: list[tuple[int, int]] | None = None) -> dict[int, bytes] | None:
     """The raw values of the `wanted` tags (and of the Specific Character Set, as pydicom's generator always
     reads it) in the dataset of a plain DICOM Part 10 file whose first bytes are `head` (`complete`: the whole
-    file), or None when the walk does not decide it (see the module's text)."""
+    file), or None when the walk does not decide it (see the module's text). Given `pixels_at`, where the walk met
+    the pixel data is appended to it, as pixel_data_at says it: where the values are given, that is its answer."""
     try:
-        return _plain_elements(head, wanted, complete)
+        return _plain_elements(head, wanted, complete, pixels_at)
     except _Odd:
         return None
 

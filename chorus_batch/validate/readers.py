@@ -317,7 +317,10 @@ def _dicom_facts(f) -> dict[str, Any]:
                 and len(head) < 152 + int.from_bytes(head[140:144], "little")):  # that group cut, or no element after it
             raise truncated
         try:
-            elements = _dicom_elements_plain(head, complete=complete)
+            pixels_at: list[tuple[int, int]] = []
+            elements = _dicom_elements_plain(head, complete=complete, pixels_at=pixels_at)
+            # (the struct walk decided the file and met its pixel data: where, pixels_at says; else found again below)
+            walked = elements is not None and bool(pixels_at)
             if elements is None and complete:  # dcmread reads it: cut short, it would give what is there
                 _walk_plain(head, complete=True)
         except _Truncated:
@@ -346,7 +349,8 @@ def _dicom_facts(f) -> dict[str, Any]:
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
-    _pixels_whole(head, f)
+    # (the elements' walk also found the pixel data: walking the header again for it was a third of this function)
+    _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head))
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts = {key: text for key, tag in _DICOM_TAGS.items()
@@ -373,11 +377,11 @@ _BLANK = "\x00 \t\r\n"  # what _dicom_text strips from a value
 PIXELS_CUT = "the file ends inside its pixel data"
 
 
-def _pixels_whole(head: bytes, f) -> None:
+def _pixels_whole(head: bytes, f, at: tuple[int, int] | None) -> None:
     """Raise BadContent when the file (whose first bytes are `head`) ends before the pixel data its header declares
     (an interrupted copy: most of an image's bytes are its pixels, so most cut copies end there, and the header
-    alone reads well). Only the file's size is asked, never its pixels; decided alike whichever path read the header."""
-    at = pixel_data_at(head)
+    alone reads well); `at` is pixel_data_at(head). Only the file's size is asked, never its pixels; decided alike
+    whichever path read the header."""
     if at is None:
         return
     if at[1] == UNDEFINED_LENGTH:  # encapsulated (JPEG, JPEG 2000, RLE...): its items' lengths say where it ends
@@ -420,11 +424,14 @@ DICOM_HEAD_BYTES = 256 * 1024
 DICOM_HEAD_MAX_BYTES = 16 << 20  # ... read on up to this, doubling, while its header runs past what was read
 
 
-def _dicom_elements_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
+def _dicom_elements_plain(head: bytes, *, complete: bool,
+                          pixels_at: list[tuple[int, int]] | None = None) -> dict[int, Any] | None:
     """_walk_plain's elements (the one entry point, so that tests can send every file to dcmread): by
     dicom_walk's struct reading where it decides the file (most files: no pydicom import, ~10x faster),
-    else by pydicom's generator."""
-    values = plain_elements(head, _DICOM_TAG_SET, complete=complete)
+    else by pydicom's generator. `pixels_at`: as dicom_walk.plain_elements (left empty by pydicom's)."""
+    values = plain_elements(head, _DICOM_TAG_SET, complete=complete, pixels_at=pixels_at)
+    if values is None and pixels_at:
+        pixels_at.clear()  # (the walk did not decide the file: its pixel data are found again, by pixel_data_at)
     if values is not None:
         return values
     return _walk_plain(head, complete=complete)
