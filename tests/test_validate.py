@@ -1677,3 +1677,17 @@ def test_a_dicomdir_is_told_to_be_removed_not_renamed(clean, folder):
     out = validate(clean).filter(pl.col("srcfile") == f"{folder}/DICOMDIR")
     assert out["rule"].to_list() == ["path.unparsed"], out.to_dicts()
     assert out["message"].item().startswith("a DICOMDIR, the index a DICOM export") and "remove it" in out["message"].item()
+
+
+@pytest.mark.parametrize("spelling", ["images", "IMAGES"])
+def test_an_images_folder_in_other_letter_case_is_told_to_be_spelled_images(clean, spelling):
+    """<person>/images/CT/... was read as Images/ and told nothing, though no edition of the procedures spells it so
+    (unlike v2.0's waveforms/), and the centre's storage compares paths exactly."""
+    (clean / P0 / "Images").rename(clean / P0 / spelling)
+    out = validate(clean)
+    told = out.filter(pl.col("rule") == "layout.person_subfolder")
+    assert told.select("srcfile").rows() == [(f"{P0}/{spelling}/",)], told.to_dicts()
+    assert told["message"].item().startswith(f"{spelling}/ in a person folder: the procedures spell it Images/")
+    assert told["message"].item().endswith("rename it Images/")
+    # its images are still checked as images (their headers read), not told to be moved out
+    assert not {"dicom.outside_series", "path.unparsed", "registry.unlisted_file"} & set(out["rule"]), out.to_dicts()

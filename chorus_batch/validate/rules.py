@@ -211,7 +211,7 @@ RULES: tuple[Rule, ...] = (
     Rule("layout.person_file", "warning", "file directly in a person folder",
          "A file lies directly in a person folder instead of its Images/ or Waveforms/."),
     Rule("layout.person_subfolder", "warning", "unknown folder in a person folder",
-         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root)."),
+         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root; images/ is told to be spelled Images/)."),
     Rule("layout.superseded", "info", "superseded layout",
          "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form."),
     # -- Metadata/
