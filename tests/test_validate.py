@@ -1691,3 +1691,15 @@ def test_an_images_folder_in_other_letter_case_is_told_to_be_spelled_images(clea
     assert told["message"].item().endswith("rename it Images/")
     # its images are still checked as images (their headers read), not told to be moved out
     assert not {"dicom.outside_series", "path.unparsed", "registry.unlisted_file"} & set(out["rule"]), out.to_dicts()
+
+
+def test_a_registry_row_of_a_file_moved_since_is_told_to_correct_the_row_not_to_give_relative_paths(clean):
+    """A session file renamed after the registry was written: its row's site-relative trg_file was 'not on the site
+    (e.g. ...): give site-relative paths of delivered files' -- it was one; the row, or the file, is what is wrong."""
+    dat = clean / f"{SINGLE}.dat"
+    dat.rename(dat.with_name("other.dat"))
+    message = validate(clean).filter((pl.col("rule") == "registry.missing_file")
+                                     & (pl.col("srcfile") == "waveform_registry.csv"))["message"].item()
+    assert message.startswith(f"1 trg_file names no file of the site (e.g. {SINGLE}.dat): "), message
+    assert "give site-relative paths" not in message
+    assert "correct the rows of files moved or renamed since the registry was written" in message

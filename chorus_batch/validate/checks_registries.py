@@ -390,8 +390,12 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     return [
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_null()).group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
-            fmt("{} trg_file{|s} {is|are} not on the site (e.g. {}): give site-relative paths of delivered files",
-                pl.col("_k"), pl.col("_path").list.head(3).list.join(", "), n=pl.col("_k"))),
+            # (the paths were most often site-relative already: a file moved or renamed since the registry was
+            # written, or not delivered; "give site-relative paths" sent the site to fix what was right)
+            fmt("{} trg_file{|s} {names|name} no file of the site (e.g. {}): a row's trg_file is its file's path in "
+                "the delivered extract (<person_id>/Waveforms/... or <person_id>/Images/...); correct the rows of "
+                "files moved or renamed since the registry was written, deliver the files missing, or remove the rows "
+                "of files not delivered", pl.col("_k"), pl.col("_path").list.head(3).list.join(", "), n=pl.col("_k"))),
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_not_null()).sort("_path").group_by(
             "srcfile", maintain_order=True).agg(pl.col("_path").first(), pl.col("_twin").first(), pl.len().alias("_k")),
             "srcfile",
