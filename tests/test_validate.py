@@ -1703,3 +1703,21 @@ def test_a_registry_row_of_a_file_moved_since_is_told_to_correct_the_row_not_to_
     assert message.startswith(f"1 trg_file names no file of the site (e.g. {SINGLE}.dat): "), message
     assert "give site-relative paths" not in message
     assert "correct the rows of files moved or renamed since the registry was written" in message
+
+
+def test_a_visit_id_visit_occurrence_repeats_for_two_persons_is_told_as_the_tables_fault(clean):
+    """visit_occurrence.csv with one visit_occurrence_id on rows of two persons (its key repeated): the registry rows
+    of the visit's own person were told 'given to rows of another person ...: fix visit_id', though they were right."""
+    vid = str(sitegen.visit_id(0, 0))
+    table = clean / "OMOP" / "visit_occurrence.csv"
+    header, *rows = table.read_text().splitlines()
+    (row,) = [r for r in rows if r.split(",")[0] == vid]
+    assert row.split(",")[1] == P0
+    table.write_text("\n".join([header, *rows, row.replace(f",{P0},", f",{P1},", 1)]) + "\n")
+    out = validate(clean).filter(pl.col("rule") == "registry.visit_person")
+    assert out.height >= 1, validate(clean).to_dicts()
+    for message in out["message"]:
+        assert "given to rows of another person" not in message and "fix visit_id" not in message, message
+        assert (f"the visit of more than one person (e.g. visit {vid} of persons {int(P0)}, {int(P1)}): "
+                "visit_occurrence_id is that table's key") in message, message
+        assert "give each visit its own visit_occurrence_id in visit_occurrence.csv" in message

@@ -423,7 +423,8 @@ RULES: tuple[Rule, ...] = (
          "A registry row's visit_id is not in visit_occurrence.csv."),
     Rule("registry.visit_person", "error", "registry visit of another person",
          "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
-         "(the linkage procedure asks for the visit of the file's patient)."),
+         "(the linkage procedure asks for the visit of the file's patient), or one visit_occurrence.csv gives to more "
+         "than one person (its key repeated)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
          "registry's trg_file to the centre), or a trg_file is not on the site; or an image registry that leaves "
