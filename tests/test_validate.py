@@ -1677,3 +1677,47 @@ def test_a_dicomdir_is_told_to_be_removed_not_renamed(clean, folder):
     out = validate(clean).filter(pl.col("srcfile") == f"{folder}/DICOMDIR")
     assert out["rule"].to_list() == ["path.unparsed"], out.to_dicts()
     assert out["message"].item().startswith("a DICOMDIR, the index a DICOM export") and "remove it" in out["message"].item()
+
+
+@pytest.mark.parametrize("spelling", ["images", "IMAGES"])
+def test_an_images_folder_in_other_letter_case_is_told_to_be_spelled_images(clean, spelling):
+    """<person>/images/CT/... was read as Images/ and told nothing, though no edition of the procedures spells it so
+    (unlike v2.0's waveforms/), and the centre's storage compares paths exactly."""
+    (clean / P0 / "Images").rename(clean / P0 / spelling)
+    out = validate(clean)
+    told = out.filter(pl.col("rule") == "layout.person_subfolder")
+    assert told.select("srcfile").rows() == [(f"{P0}/{spelling}/",)], told.to_dicts()
+    assert told["message"].item().startswith(f"{spelling}/ in a person folder: the procedures spell it Images/")
+    assert told["message"].item().endswith("rename it Images/")
+    # its images are still checked as images (their headers read), not told to be moved out
+    assert not {"dicom.outside_series", "path.unparsed", "registry.unlisted_file"} & set(out["rule"]), out.to_dicts()
+
+
+def test_a_registry_row_of_a_file_moved_since_is_told_to_correct_the_row_not_to_give_relative_paths(clean):
+    """A session file renamed after the registry was written: its row's site-relative trg_file was 'not on the site
+    (e.g. ...): give site-relative paths of delivered files' -- it was one; the row, or the file, is what is wrong."""
+    dat = clean / f"{SINGLE}.dat"
+    dat.rename(dat.with_name("other.dat"))
+    message = validate(clean).filter((pl.col("rule") == "registry.missing_file")
+                                     & (pl.col("srcfile") == "waveform_registry.csv"))["message"].item()
+    assert message.startswith(f"1 trg_file names no file of the site (e.g. {SINGLE}.dat): "), message
+    assert "give site-relative paths" not in message
+    assert "correct the rows of files moved or renamed since the registry was written" in message
+
+
+def test_a_visit_id_visit_occurrence_repeats_for_two_persons_is_told_as_the_tables_fault(clean):
+    """visit_occurrence.csv with one visit_occurrence_id on rows of two persons (its key repeated): the registry rows
+    of the visit's own person were told 'given to rows of another person ...: fix visit_id', though they were right."""
+    vid = str(sitegen.visit_id(0, 0))
+    table = clean / "OMOP" / "visit_occurrence.csv"
+    header, *rows = table.read_text().splitlines()
+    (row,) = [r for r in rows if r.split(",")[0] == vid]
+    assert row.split(",")[1] == P0
+    table.write_text("\n".join([header, *rows, row.replace(f",{P0},", f",{P1},", 1)]) + "\n")
+    out = validate(clean).filter(pl.col("rule") == "registry.visit_person")
+    assert out.height >= 1, validate(clean).to_dicts()
+    for message in out["message"]:
+        assert "given to rows of another person" not in message and "fix visit_id" not in message, message
+        assert (f"the visit of more than one person (e.g. visit {vid} of persons {int(P0)}, {int(P1)}): "
+                "visit_occurrence_id is that table's key") in message, message
+        assert "give each visit its own visit_occurrence_id in visit_occurrence.csv" in message

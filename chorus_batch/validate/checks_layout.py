@@ -49,9 +49,17 @@ def _layout(site: _Site) -> list[pl.LazyFrame]:
         _found("layout.person_file", f.filter(pl.col("_person_file")), "srcfile",
                pl.lit("file lies directly in the person folder: move it into Images/ or Waveforms/ (site-wide "
                       "documents into the root Metadata/)")),
-        _found("layout.person_subfolder", f.filter(pl.col("_person_subfolder")).unique(["_top", "_second"]),
+        # an Images/ folder spelled otherwise (images/, IMAGES/): no edition of the procedures did (unlike v2.0's
+        # waveforms/, told by layout.superseded), and the centre's storage and the registries' trg_file compare paths
+        # exactly; it was read as Images/ and told nothing
+        _found("layout.person_subfolder", f.filter(pl.col("_person_subfolder")
+                                                   | (pl.col("_images") & (pl.col("_second") != "Images")))
+               .unique(["_top", "_second"]),
                fmt("{}/{}/", pl.col("_top"), pl.col("_second")),
-               pl.when(pl.col("_second_l") == "metadata").then(fmt(
+               pl.when(pl.col("_second_l") == "images").then(fmt(
+                   "{}/ in a person folder: the procedures spell it Images/, and the centre's storage compares "
+                   "paths letter case and all (so do the registries' trg_file); rename it Images/", pl.col("_second")))
+               .when(pl.col("_second_l") == "metadata").then(fmt(
                    "{}/ in a person folder: Metadata/ (READINESS.md, SUBMISSION.md, the mapping files) belongs at the "
                    "site root, once for the site; move its files into the root Metadata/ or remove them",
                    pl.col("_second")))

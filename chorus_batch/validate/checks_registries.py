@@ -127,15 +127,29 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
         given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
                  .select("srcfile", _visit=_norm_id(pl.col("visit_persons").list.get(0)),
                          _person=_norm_id(pl.col("visit_persons").list.get(1))))
-        other = (given.join(site.visit_persons, on="_visit").filter(pl.col("_person") != pl.col("_visit_person"))
+        # a visit_occurrence_id that visit_occurrence.csv repeats for several persons (its key, one row per visit):
+        # a row of one of them was told to "fix visit_id", though the table is what is wrong
+        owners = site.visit_persons.group_by("_visit").agg(pl.col("_visit_person").sort())
+        given = given.join(owners, on="_visit").with_columns(
+            _theirs=pl.col("_visit_person").list.contains(pl.col("_person")),
+            _owners=pl.col("_visit_person").list.join(", "), _k=pl.col("_visit_person").list.len())
+        other = (given.filter(~pl.col("_theirs"))
                  .sort("_visit", "_person").group_by("srcfile", maintain_order=True)
-                 .agg(_told=fmt("visit {} of person {}, given to person {}", pl.col("_visit"), pl.col("_visit_person"),
-                                pl.col("_person")), _n=pl.len()))
+                 .agg(_told=fmt("visit {} of {person|persons} {}, given to person {}", pl.col("_visit"),
+                                pl.col("_owners"), pl.col("_person"), n=pl.col("_k")), _n=pl.len()))
         out.append(_found("registry.visit_person", other, "srcfile", fmt(
             "{} visit_id{|s} {is|are} given to rows of another person than visit_occurrence.csv's (e.g. {}): the linkage "
             "procedure asks for a visit of the row's person; fix visit_id, or leave it empty where none of theirs "
             "overlaps",
             pl.col("_n"), pl.col("_told").list.head(3).list.join("; "))))
+        repeated = (given.filter(pl.col("_theirs") & (pl.col("_k") > 1)).unique(["srcfile", "_visit"])
+                    .sort("_visit").group_by("srcfile", maintain_order=True)
+                    .agg(_told=fmt("visit {} of persons {}", pl.col("_visit"), pl.col("_owners")), _n=pl.len()))
+        out.append(_found("registry.visit_person", repeated, "srcfile", fmt(
+            "{} visit_id{|s} of these rows {is|are}, in visit_occurrence.csv, the visit of more than one person (e.g. "
+            "{}): visit_occurrence_id is that table's key, one row per visit, so which person's visit a row names "
+            "cannot be told; give each visit its own visit_occurrence_id in visit_occurrence.csv, then check the "
+            "rows' visit_id", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "), n=pl.col("_n"))))
     if site.visit_ids is not None:
         visits = usable.select("srcfile", pl.col("visit_id").alias("_v")).explode("_v").filter(
             pl.col("_v").is_not_null() & ~_norm_id(pl.col("_v")).is_in(site.visit_ids.implode()))
@@ -390,8 +404,12 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
     return [
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_null()).group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
-            fmt("{} trg_file{|s} {is|are} not on the site (e.g. {}): give site-relative paths of delivered files",
-                pl.col("_k"), pl.col("_path").list.head(3).list.join(", "), n=pl.col("_k"))),
+            # (the paths were most often site-relative already: a file moved or renamed since the registry was
+            # written, or not delivered; "give site-relative paths" sent the site to fix what was right)
+            fmt("{} trg_file{|s} {names|name} no file of the site (e.g. {}): a row's trg_file is its file's path in "
+                "the delivered extract (<person_id>/Waveforms/... or <person_id>/Images/...); correct the rows of "
+                "files moved or renamed since the registry was written, deliver the files missing, or remove the rows "
+                "of files not delivered", pl.col("_k"), pl.col("_path").list.head(3).list.join(", "), n=pl.col("_k"))),
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_not_null()).sort("_path").group_by(
             "srcfile", maintain_order=True).agg(pl.col("_path").first(), pl.col("_twin").first(), pl.len().alias("_k")),
             "srcfile",

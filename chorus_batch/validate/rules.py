@@ -211,7 +211,7 @@ RULES: tuple[Rule, ...] = (
     Rule("layout.person_file", "warning", "file directly in a person folder",
          "A file lies directly in a person folder instead of its Images/ or Waveforms/."),
     Rule("layout.person_subfolder", "warning", "unknown folder in a person folder",
-         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root)."),
+         "A person folder has a subfolder other than Images/ and Waveforms/ (Metadata/ belongs at the site root; images/ is told to be spelled Images/)."),
     Rule("layout.superseded", "info", "superseded layout",
          "Files follow a layout of an earlier edition of the procedures (still accepted); the finding names today's form."),
     # -- Metadata/
@@ -423,7 +423,8 @@ RULES: tuple[Rule, ...] = (
          "A registry row's visit_id is not in visit_occurrence.csv."),
     Rule("registry.visit_person", "error", "registry visit of another person",
          "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
-         "(the linkage procedure asks for the visit of the file's patient)."),
+         "(the linkage procedure asks for the visit of the file's patient), or one visit_occurrence.csv gives to more "
+         "than one person (its key repeated)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
          "registry's trg_file to the centre), or a trg_file is not on the site; or an image registry that leaves "
