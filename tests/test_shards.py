@@ -1070,3 +1070,23 @@ def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied
     assert f"also holds {N} shard folders of a split into {N}" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile = '000001/added.csv' AND time_invalid IS NULL"
                  ) == [(1,)]
+
+
+def test_shards_that_listed_the_site_hours_apart_are_said(snapshots, tmp_path):
+    """Shards listed hours apart (a busy cluster ran the array's tasks through the night, or one was rerun the next
+    day): a file moved between two shards' person folders meanwhile was recorded as removed, or at both paths, without
+    a word. The merge says how far apart they listed, and what that means."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    record = staging / f"shard-2-of-{N}" / "scan.json"
+    said = json.loads(record.read_text())
+    said["scan_started_ns"] -= int(2.5 * 3600e9)  # as if shard 2 had listed the site 2.5 hours before the others
+    record.write_text(json.dumps(said))
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert merged.returncode in (0, 1), merged.stderr
+    assert "the shards listed the site 2.5 hours apart (shard 2 at " in merged.stderr, merged.stderr
+    assert "recorded as removed, or at both paths, until the next run" in merged.stderr
+    again = tmp_path / "again"
+    run_shards(site, tmp_path / "m2.sqlite", again)
+    alone = cli("run", "--site", str(site), "--db", str(tmp_path / "m2.sqlite"), "--merge", str(again))
+    assert alone.returncode in (0, 1) and "hours apart" not in alone.stderr, alone.stderr
