@@ -1034,7 +1034,9 @@ def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged
     them so among the others), said as "other exclusion globs" whose files would be "left out unlike the others"."""
     site, db, single = snapshots / "second", tmp_path / "m.sqlite", tmp_path / "single.sqlite"
     staging = tmp_path / "staging"
-    globs = [["--exclude", "*.csv", "--exclude", "*.hea"], ["--exclude", "*.hea", "--exclude", "*.csv"]]
+    # (and a path glob spelt two ways: `/scratch` and `./scratch` both name the site's top-level scratch/)
+    globs = [["--exclude", "*.csv", "--exclude", "*.hea", "--exclude", "/scratch"],
+             ["--exclude", "*.hea", "--exclude", "./scratch", "--exclude", "*.csv"]]
     for k in range(N):
         out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
                   *globs[k % 2])
