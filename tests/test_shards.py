@@ -439,10 +439,18 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
     # shard ... run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)", of a set SLURM_ARRAY_TASK_ID)
     for env, said in (({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not set"),
                       ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": " "}, "SLURM_ARRAY_TASK_COUNT is empty"),
-                      ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not a task number")):
+                      ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not a task number"),
+                      # `sbatch --array=3` (one shard rerun by hand): its one task listed the whole site as shard 0/1
+                      ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "1"},
+                       "the only task of its array (SLURM_ARRAY_TASK_COUNT 1")):
         bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
                   str(tmp_path / "st"), env=env)
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert not (tmp_path / "st" / "shard-0-of-1").exists()
+    one = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "1"}  # (--array=0: 0/1)
+    assert cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
+               str(tmp_path / "st"), env=one).returncode == 0
+    assert (tmp_path / "st" / "shard-0-of-1" / "scan.json").exists()
 
 
 def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
