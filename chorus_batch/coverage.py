@@ -66,6 +66,12 @@ def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None
     first = env.get("SLURM_ARRAY_TASK_MIN", "0")
     if not all(value.strip().isdigit() for value in (task, first)):
         raise ValueError(f"SLURM_ARRAY_TASK_ID {task!r} (minus SLURM_ARRAY_TASK_MIN {first!r}) is not a task number")
+    if count.strip() == "1" and task.strip().isdigit() and int(task) > 0:
+        # `sbatch --array=3 ...` to rerun the fourth shard of a split into four: the array's one task, shard 0 of 1,
+        # listed the whole site into a split of its own, and its merge took that split, not the four
+        raise ValueError(f"SLURM_ARRAY_TASK_ID is {task}, the only task of its array (SLURM_ARRAY_TASK_COUNT 1: an "
+                         f"array of one, as `--array={task}` makes to rerun one shard), so the task id does not say "
+                         f"of how many shards; give it: --shard {task}/N (N, the split's shards)")
     try:
         return parse_shard(f"{int(task) - int(first)}/{count}")
     except ValueError as exc:  # said with the variables it came from (an array of 1-4, or with a step, 0-6:2)

@@ -204,11 +204,17 @@ def drop_excluded_errors(errors: pl.DataFrame, excludes: Excludes) -> pl.DataFra
 def same_globs(these: list | None, those: list | None) -> bool:
     """Whether two scans' exclusion globs ((source, pattern) pairs, as ScanResult.exclude_patterns; None: not
     recorded) leave out the same files: the same globs in any order (a file is left out when any matches; the order
-    only says which glob counts it). Shards listed with `--exclude '*.csv' --exclude '*.hea'` were refused by a merge
-    given `--exclude '*.hea' --exclude '*.csv'` as listed with "other exclusion globs", their files "left out unlike"."""
+    only says which glob counts it), each as the paths it matches (`/scratch` and `./scratch` are one). Shards listed with
+    `--exclude '*.csv' --exclude '*.hea'` were refused by a merge given `--exclude '*.hea' --exclude '*.csv'` as listed
+    with "other exclusion globs", their files "left out unlike"."""
     if these is None or those is None:
         return these is None and those is None
-    return {tuple(p) for p in these} == {tuple(p) for p in those}
+
+    # Compared as what they match: `/scratch` and `./scratch` (or `*.tmp` and `**.tmp`) leave out the same files
+    def meant(pairs: list) -> set:
+        return {(source, glob_to_regex(pattern, ignore_case=source == "default")) for source, pattern in pairs}
+
+    return meant(these) == meant(those)
 
 
 def merge_counts(parts: list[dict]) -> dict:

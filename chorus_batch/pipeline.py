@@ -415,6 +415,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
             raise UsageError(f"invalid exclusion glob {quoted(storable(pattern))}: {problem}", where="--exclude / exclude in [run]",
                              fix="give a file-name glob such as *.tmp, or a site-relative path glob such as scratch/* "
                                  f"({CONFIG_HELP})")
+    # (a library caller's RunSettings(patterns=...) with a bad regex was refused only in _run: after the manifest file was
+    # made and a `runs` row written; the command line checks chorus.toml's before)
+    build_patterns(settings.patterns)
     _check_outside_roots(settings, manifest.path)
     if settings.parquet and "://" in settings.parquet:
         raise UsageError(f"--parquet {mask_url(settings.parquet)}: Parquet snapshots are written to a local folder",

@@ -633,4 +633,31 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         raise UsageError("cannot merge: " + "; ".join(problems) + (f" ({left_out})" if left_out else ""),
                          where=str(staging),
                          fix="rerun the shards named (each alone is enough), then merge again; nothing was committed")
+    if say_left_out:
+        _say_listing_spread(numbered)
     return shards, parts
+
+
+# Shards that listed the site this far apart are said (a job array on a busy cluster, a shard rerun the next day):
+# a file moved from one shard's person folder to another's between their listings was seen by neither (recorded as
+# removed) or by both (recorded at both paths), without a word, until the next run.
+LISTING_SPREAD_SAY_S = 3600
+
+
+def _say_listing_spread(numbered: list[tuple[int, ScanResult]]) -> None:
+    starts = sorted((part.scan_started_ns, k) for k, part in numbered if part.scan_started_ns)
+    if len(starts) < 2 or (starts[-1][0] - starts[0][0]) / 1e9 < LISTING_SPREAD_SAY_S:
+        return
+    from datetime import datetime, timezone
+
+    from .times import iso
+
+    def at(ns: int) -> str:
+        return iso(datetime.fromtimestamp(ns / 1e9, timezone.utc))
+
+    hours = (starts[-1][0] - starts[0][0]) / 3.6e12
+    log.warning(f"the shards listed the site {hours:.1f} hours apart (shard {starts[0][1]} at {at(starts[0][0])}, "
+                f"shard {starts[-1][1]} at {at(starts[-1][0])}): a file moved between the person folders of two "
+                "shards in that time is recorded as removed, or at both paths, until the next run; nothing to do when "
+                "nothing moves files under the site while the shards run, else run the shards at one time (one job "
+                "array, with the CPUs for all of them)")

@@ -202,3 +202,16 @@ def test_a_session_folder_s_records_file_stays_part_of_its_session():
     records, header = one("10001/Waveforms/EEG/123/RECORDS"), one("10001/Waveforms/EEG/123/123.hea")
     assert (records["session_id"], records["category"], records["record_key"]) == (
         header["session_id"], header["category"], header["record_key"])
+
+
+def test_a_library_run_with_a_bad_pattern_is_refused_before_the_manifest_is_made(tmp_path):
+    """run(RunSettings(patterns=...)) with a bad regex (the library's way, no chorus.toml read) was refused only once
+    the run had begun: the manifest file was made, a `runs` row written, a lock file left beside it."""
+    from chorus_batch import RunSettings, run
+
+    site, db = tmp_path / "site", tmp_path / "m.sqlite"
+    (site / "OMOP").mkdir(parents=True)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    with pytest.raises(ConfigError, match="invalid path pattern"):
+        run(RunSettings(site=str(site), db=str(db), patterns={"Waveforms": ["(unclosed"]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]

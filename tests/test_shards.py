@@ -439,10 +439,18 @@ def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_pa
     # shard ... run it as a Slurm array task (SLURM_ARRAY_TASK_ID is then used)", of a set SLURM_ARRAY_TASK_ID)
     for env, said in (({"SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_TASK_COUNT is not set"),
                       ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": " "}, "SLURM_ARRAY_TASK_COUNT is empty"),
-                      ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not a task number")):
+                      ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "is not a task number"),
+                      # `sbatch --array=3` (one shard rerun by hand): its one task listed the whole site as shard 0/1
+                      ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "1"},
+                       "the only task of its array (SLURM_ARRAY_TASK_COUNT 1")):
         bad = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
                   str(tmp_path / "st"), env=env)
         assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert not (tmp_path / "st" / "shard-0-of-1").exists()
+    one = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "1"}  # (--array=0: 0/1)
+    assert cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
+               str(tmp_path / "st"), env=one).returncode == 0
+    assert (tmp_path / "st" / "shard-0-of-1" / "scan.json").exists()
 
 
 def test_the_diff_of_the_changed_paths_alone_is_the_diff_of_the_whole_tree():
@@ -1034,7 +1042,9 @@ def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged
     them so among the others), said as "other exclusion globs" whose files would be "left out unlike the others"."""
     site, db, single = snapshots / "second", tmp_path / "m.sqlite", tmp_path / "single.sqlite"
     staging = tmp_path / "staging"
-    globs = [["--exclude", "*.csv", "--exclude", "*.hea"], ["--exclude", "*.hea", "--exclude", "*.csv"]]
+    # (and a path glob spelt two ways: `/scratch` and `./scratch` both name the site's top-level scratch/)
+    globs = [["--exclude", "*.csv", "--exclude", "*.hea", "--exclude", "/scratch"],
+             ["--exclude", "*.hea", "--exclude", "./scratch", "--exclude", "*.csv"]]
     for k in range(N):
         out = cli("run", "--site", str(site), "--db", str(db), "--shard", f"{k}/{N}", "--staging", str(staging),
                   *globs[k % 2])
@@ -1070,3 +1080,23 @@ def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied
     assert f"also holds {N} shard folders of a split into {N}" in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile = '000001/added.csv' AND time_invalid IS NULL"
                  ) == [(1,)]
+
+
+def test_shards_that_listed_the_site_hours_apart_are_said(snapshots, tmp_path):
+    """Shards listed hours apart (a busy cluster ran the array's tasks through the night, or one was rerun the next
+    day): a file moved between two shards' person folders meanwhile was recorded as removed, or at both paths, without
+    a word. The merge says how far apart they listed, and what that means."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    record = staging / f"shard-2-of-{N}" / "scan.json"
+    said = json.loads(record.read_text())
+    said["scan_started_ns"] -= int(2.5 * 3600e9)  # as if shard 2 had listed the site 2.5 hours before the others
+    record.write_text(json.dumps(said))
+    merged = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert merged.returncode in (0, 1), merged.stderr
+    assert "the shards listed the site 2.5 hours apart (shard 2 at " in merged.stderr, merged.stderr
+    assert "recorded as removed, or at both paths, until the next run" in merged.stderr
+    again = tmp_path / "again"
+    run_shards(site, tmp_path / "m2.sqlite", again)
+    alone = cli("run", "--site", str(site), "--db", str(tmp_path / "m2.sqlite"), "--merge", str(again))
+    assert alone.returncode in (0, 1) and "hours apart" not in alone.stderr, alone.stderr
