@@ -423,3 +423,31 @@ def test_the_values_of_identifying_attributes_are_never_kept_only_that_they_are_
         assert not any(value in text for value in ("19700101", "Main St", "MRN4711")), text
         assert got["patient_birth_date"] == got["patient_address"] == got["other_patient_ids"] == readers.IDENTIFYING_FILLED
         assert got["patient_name"] == (name if kept else readers.IDENTIFYING_FILLED)
+
+
+def test_headers_read_in_threads_from_a_remote_source_never_meet_a_half_imported_pydicom():
+    """A run over s3:// or az:// reads headers in threads; the first of them to need pydicom imported it while others
+    did too, and some got "no readable DICOM header: cannot parse the file (ImportError: cannot import name ... from
+    partially initialized module 'pydicom...' (most likely due to a circular import))" of good files, kept in
+    file_facts and said again by every later validate. pydicom is imported once, the other threads waiting for it."""
+    import subprocess
+    import sys
+
+    code = """
+import hashlib, json, fsspec, polars as pl
+from chorus_batch.sources import open_source
+from chorus_batch.validate import readers, rules
+fs = fsspec.filesystem("memory")
+files = {f"/site/{i:06d}/Images/CT/1/2.25.1/{i}.dcm": bytes([i]) * (200 + i) for i in range(1, 49)}
+fs.pipe(files)
+source = open_source("memory://site")
+todo = pl.DataFrame({"srcfile": [k[len("/site/"):] for k in files], "md5": [hashlib.md5(v).hexdigest() for v in files.values()],
+                     "kind": [rules.KIND_DICOM] * len(files)})
+facts = readers.extract_facts(source, todo, workers=24)
+print(json.dumps(sorted(set(facts["facts"].to_list()))))
+"""
+    for _ in range(3):  # each in a new interpreter: pydicom not imported yet
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        said = json.loads(out.stdout)
+        assert not any("Error" in text for text in said), said
+        assert all("not a DICOM Part 10 file" in text for text in said), said

@@ -632,6 +632,22 @@ def test_labels_that_differ_only_in_letter_case_are_refused_as_run_refuses_them(
 # ----------------------------------------------------------------------------- killed, signalled, in the cloud
 
 
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_a_label_with_a_space_is_read_whole_as_chorus_upload_wrote_it_unquoted(schema, tmp_path):
+    """chorus-upload writes PARAMS without quoting (`--version release 20250101000000`): the import took the first word,
+    made the two versions one version 'release' (41 files added by "2 update runs"), and lost every upload mark as
+    matching no file version (exit 1). The label is the whole value, which chorus-batch cannot keep: refused, naming it."""
+    table, history = ("versions", "command_history_v2") if schema == "A" else ("journal", "command_history")
+    journal = edited_journal(tmp_path, schema, f"""
+        UPDATE {table} SET VERSION = 'release ' || VERSION;
+        UPDATE {history} SET PARAMS = replace(PARAMS, '--version ', '--version release ');""")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stdout + out.stderr
+    assert f"upstream version label 'release {V1}' is not a label chorus-batch can keep" in out.stderr, out.stderr
+    assert not db.exists()
+
+
 def _start(journal: Path, db: Path, *extra: str, pause: str) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "import-journal", str(journal), "--db", str(db),
                              *extra], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": pause},

@@ -252,7 +252,8 @@ def read_journal(path: str | Path, name: str | None = None) -> Journal:
             secrets: list[tuple[str, str]] = []
             times: dict[int, int] = {}
             con.text_factory = _lenient  # (a few rows: a value that is not UTF-8 is read as text, escaped)
-            updates, central = _history(con, history, secrets, times) if history in tables else ([], None)
+            labels = set(rows["label"].drop_nulls().unique().to_list())
+            updates, central = _history(con, history, secrets, times, labels) if history in tables else ([], None)
             table = "journal_v2" if schema == 2 else "journal"
             unread = [name for (name,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')")
                       if name.upper() not in _KNOWN_COLUMNS[table]]
@@ -332,7 +333,7 @@ def _not_utf8(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]],
-             times: dict[int, int]) -> tuple[list[Update], str | None]:
+             times: dict[int, int], labels: set[str] = frozenset()) -> tuple[list[Update], str | None]:
     updates, central = [], None
     for command_id, when, command, params, src_paths, dest_path in con.execute(
             f"SELECT COMMAND_ID, DATETIME, COMMAND, PARAMS, SRC_PATHS, DEST_PATH FROM {table} ORDER BY COMMAND_ID"):
@@ -348,7 +349,7 @@ def _history(con: sqlite3.Connection, table: str, secrets: list[tuple[str, str]]
             continue
         roots = {modality: _without_secret(path, f"SRC_PATHS ({modality}) of command {command_id}", secrets)
                  for modality, path in _roots(src_paths).items()}
-        updates.append(Update(command_id=int(command_id), start_us=start, label=_flag(params, "--version"), roots=roots,
+        updates.append(Update(command_id=int(command_id), start_us=start, label=_version_of(params, labels), roots=roots,
                               datetime=_text(when) or ""))
     return updates, central
 
@@ -389,6 +390,22 @@ def _start_us(value) -> int | None:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_US = datetime.resolution
+
+
+# chorus-upload writes PARAMS as " --<name> <value>" for each option, the value unquoted (history_ops.py,
+# _recreate_params): a --version with a space in it runs on to the next option.
+_VERSION_UNQUOTED = re.compile(r"(?:^|\s)--version[ =](.*?)(?=\s--[A-Za-z][\w-]*(?:[ =]|$)|$)", re.S)
+
+
+def _version_of(params: str | None, labels: set[str]) -> str | None:
+    """An update's --version: the value as chorus-upload wrote it, unquoted, when the journal's rows carry that
+    label ('release 20250101000000', not 'release': the first word made two versions one and lost their marks),
+    else as a shell reads it."""
+    word = _flag(params, "--version")
+    found = _VERSION_UNQUOTED.search(params or "")
+    if found and found[1] != word and found[1] in labels:
+        return found[1]
+    return word
 
 
 def _flag(params: str | None, name: str) -> str | None:

@@ -333,6 +333,7 @@ def _dicom_facts(f) -> dict[str, Any]:
         head += _read_up_to(f, wanted)
         wanted *= 2
     if elements is None:  # not the plain case: read exactly as dcmread reads it
+        _import_pydicom()
         import pydicom
         from pydicom.errors import InvalidDicomError
 
@@ -437,6 +438,31 @@ def _dicom_elements_plain(head: bytes, *, complete: bool,
     return _walk_plain(head, complete=complete)
 
 
+_PYDICOM_IMPORT = threading.Lock()
+_pydicom_imported = False
+
+
+def _import_pydicom() -> None:
+    """Import pydicom and the parts of it read here, once, by one thread while any other waits. Headers of a remote
+    source are read in threads; several of them importing pydicom at once met it half imported (Python's import
+    locks break that cycle by handing out the partial module: "ImportError: cannot import name ... from partially
+    initialized module 'pydicom...' (most likely due to a circular import)"), which was said as the file's content."""
+    global _pydicom_imported
+    if _pydicom_imported:
+        return
+    with _PYDICOM_IMPORT:
+        if not _pydicom_imported:
+            import pydicom  # noqa: F401
+            import pydicom.charset  # noqa: F401
+            import pydicom.dataelem  # noqa: F401
+            import pydicom.errors  # noqa: F401
+            import pydicom.filereader  # noqa: F401
+            import pydicom.uid  # noqa: F401
+            import pydicom.valuerep  # noqa: F401
+
+            _pydicom_imported = True
+
+
 def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
     """The raw elements of _DICOM_TAGS in a plain DICOM Part 10 file whose first bytes are `head` (`complete`:
     the whole file), or None when the file is not plain.
@@ -453,6 +479,7 @@ def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
     Any other file (and any error) is None: read by dcmread, so every file gets exactly its facts.
     Raises _Truncated when `head` is the whole file and it ends inside an element (dcmread reads such a
     file without a word: its header would look empty)."""
+    _import_pydicom()
     from pydicom.charset import convert_encodings
     from pydicom.dataelem import RawDataElement, convert_raw_data_element
     from pydicom.filereader import data_element_generator
@@ -512,6 +539,7 @@ _DICOM_TAG_SET = frozenset(_DICOM_TAG_LIST)
 
 @functools.cache
 def _known_vrs() -> frozenset[str]:
+    _import_pydicom()
     from pydicom.valuerep import VR
 
     return frozenset(str(vr) for vr in VR)
@@ -520,6 +548,7 @@ def _known_vrs() -> frozenset[str]:
 @functools.cache
 def _plain_syntaxes() -> dict[str, bool]:
     """Transfer syntax UID -> implicit VR, for the little-endian, non-deflated syntaxes dcmread reads as such."""
+    _import_pydicom()
     from pydicom import uid
 
     syntaxes = {str(uid.ImplicitVRLittleEndian): True, str(uid.ExplicitVRLittleEndian): False}
