@@ -380,3 +380,27 @@ def test_a_signal_after_the_commit_says_what_the_next_run_finishes(site, db, tmp
     assert again.returncode in (0, 1), again.stderr
     assert query(db, "SELECT count(*) FROM validations WHERE version = ?", (label,)) == [(1,)]
     assert (snap / f"version={label}" / "snapshot.json").is_file()
+
+
+def test_a_manifest_being_made_is_never_seen_half_made_by_a_second_run(site, db, monkeypatch):
+    """Two runs started by one cron minute on a manifest not made yet: the second's preflight reads the schema
+    before it meets the lock, and saw the first run's `meta` table made without its schema_version row yet (each
+    CREATE TABLE was its own commit): `the manifest has no schema version ... edited or damaged`, exit 3, where
+    it is locked (exit 4). A new manifest's tables are made in one transaction: another reader sees no manifest
+    yet, or all of it."""
+    from chorus_batch.store import Manifest, schema
+
+    seen: list[object] = []
+    made = schema.create_table_sql
+
+    def between_tables(table: str) -> str:
+        try:  # what a second run's preflight reads between two of the first run's CREATE TABLEs
+            seen.append(Manifest(db).schema_on_disk())
+        except Exception as exc:  # noqa: BLE001 (the failure is what is checked)
+            seen.append(exc)
+        return made(table)
+
+    monkeypatch.setattr(schema, "create_table_sql", between_tables)
+    Manifest(db).ensure_schema()
+    assert len(seen) > 2 and seen == [None] * len(seen), seen
+    assert Manifest(db).schema_on_disk() == schema.SCHEMA_VERSION

@@ -107,6 +107,31 @@ def test_a_read_only_command_while_an_upgrade_runs_says_so_and_not_to_upgrade(ol
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
 
 
+@pytest.mark.skipif(os.name != "posix", reason="a process looked up by its pid")
+def test_a_read_only_command_after_a_killed_upgrade_is_not_told_to_wait_for_it(old):
+    """An upgrade (or a run upgrading first) killed with SIGKILL leaves its details beside the manifest, which it
+    left at its old schema; every reading command after it said "locked by pid N ... which upgrades it; run it
+    again once that one has finished" (exit 4) of a process gone, night after night. Its process gone from this
+    host, the reader says to upgrade (exit 3); another host's holder is still named (it cannot be looked up)."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = Path(f"{old}.lock.json")
+    details = {"pid": dead.pid, "host": socket.gethostname(), "user": "u", "started_at": "2026-12-05T02:00:00Z",
+               "command": "upgrade", "slurm_task": None, "schema": schema_module.SCHEMA_VERSION}
+    holder.write_text(json.dumps(details))
+    out = cli("versions", "--db", str(old))
+    assert out.returncode == 3, out.stderr
+    assert "upgrade it in place" in out.stderr and "locked" not in out.stderr, out.stderr
+    holder.write_text(json.dumps({**details, "host": "another-node"}))
+    out = cli("versions", "--db", str(old))
+    assert out.returncode == 4 and f"locked by pid {dead.pid} on host another-node" in out.stderr, out.stderr
+    assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
+
+
 def test_upgrade_keeps_every_version_row_and_finding(old):
     before = dump(old)
     assert len(before["versions"]) == 2 and len(before["findings"]) == 11 and len(before["source_files"]) == 30

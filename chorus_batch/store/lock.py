@@ -128,9 +128,27 @@ def upgrade_under_way(db: Path, version: int) -> str | None:
     try:
         info = json.loads(Path(f"{db}.lock.json").read_text(encoding="utf-8"))
         upgrades = info.get("command") in UPGRADING_COMMANDS and int(info.get("schema", 0)) > version
-        return _holder_of(info) if upgrades else None
+        return _holder_of(info) if upgrades and not _gone(info) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _gone(info: dict) -> bool:
+    """The details name a process of this host that is no longer there (a killed upgrade's, whose side file stays):
+    no upgrade is under way. A reader said "locked by pid N ... try again later" (exit 4) night after night of a
+    process long dead, until someone upgraded by hand. Another host's process cannot be told from here (kept)."""
+    if os.name != "posix" or info.get("host") != socket.gethostname():
+        return False  # (os.kill(pid, 0) on Windows ends the process)
+    pid = info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # (another user's: there)
+        return False
+    return False
 
 
 @contextlib.contextmanager

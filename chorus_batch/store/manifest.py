@@ -558,6 +558,11 @@ class Manifest:
             if schema_version(con, str(self.path)) is None and not create:
                 raise empty
             con.execute("PRAGMA journal_mode = WAL")
+            if schema_version(con, str(self.path)) is None:
+                # A new manifest's tables in one transaction: each CREATE was its own commit, and a second run started
+                # by the same cron minute (its preflight reads the schema before it meets the lock) saw a `meta`
+                # table without its schema_version row: "edited or damaged", exit 3, instead of locked (exit 4)
+                con.execute("BEGIN IMMEDIATE")
             versions = upgrade(con, str(self.path))
         self.after_commit()
         before, after = versions
