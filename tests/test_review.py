@@ -484,6 +484,27 @@ def test_a_files_path_typed_with_a_trailing_slash_is_not_called_a_folder(site, d
     assert folder.returncode == 2 and "is a folder of 1 current file" in folder.stderr, folder.stderr
 
 
+def test_a_file_replaced_by_a_folder_of_its_name_is_said_a_folder_with_the_file_it_was(site, db):
+    """`history stray/` where the file `stray` was replaced by a folder `stray/` said "'stray' is a file, not a
+    folder": untrue of today's tree. It is said as the folder it is, naming the file it was and until when; a file
+    removed since is said to have been one."""
+    write(site, "OMOP/person.csv", b"person_id\n")
+    write(site, "stray", b"abc")
+    write(site, "gone.txt", b"g")
+    first = run_site(site, db, validate_site=False).label
+    (site / "stray").unlink()
+    (site / "gone.txt").unlink()
+    write(site, "stray/inner", b"abc")
+    second = run_site(site, db, validate_site=False, max_delete="all").label
+    assert second and second != first
+    out = cli("history", "--db", str(db), "stray/")
+    assert out.returncode == 2 and "is a file, not a folder" not in out.stderr, out.stderr
+    assert "'stray/' is a folder of 1 current file" in out.stderr, out.stderr
+    assert f"'stray' was a file until version {second}" in out.stderr and "chorus-batch history stray" in out.stderr
+    out = cli("history", "--db", str(db), "gone.txt/")
+    assert out.returncode == 2 and f"'gone.txt' was a file (until version {second}), not a folder" in out.stderr, out.stderr
+
+
 def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     """`history 'OMOP/a\\b.csv'` turned the backslash into a separator and found no file (or another one):
     the path as typed comes first, the Windows reading only when no file has that name."""
