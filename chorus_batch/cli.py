@@ -1580,7 +1580,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
         # does, so the difference shows (ascii(): é as one character, \xe9, or as e + accent, e\u0301).
-        similar = reader.similar_paths(args.path)
+        similar = reader.similar_paths(args.path, ever=True)  # a file removed since has a history too
         scan_error = _scan_error_of(reader, args.path, reader.latest())
         if scan_error:
             raise UsageError(f"no file {shown} in the manifest{scan_error}", where=where,
