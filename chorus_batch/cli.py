@@ -1517,7 +1517,7 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -
     if scan_error:
         print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
         return
-    similar = reader.similar_paths(path, folders=True) if reader.latest() else []
+    similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None
     print(f"chorus-batch: {what} under {quoted(path)}"
           + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else

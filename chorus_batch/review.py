@@ -464,11 +464,13 @@ class ManifestReader:
                 return found
         return self.history(spellings[-1])
 
-    def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False, ever: bool = False) -> list[str]:
-        """Paths of the latest version that `path` may mean, when none is it: the same but for letter case,
-        Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`); with `folders`, when
-        no file is such, the folders (ending in '/') that are; with `ever`, the paths of any version (`history`
-        follows files removed or renamed since: their paths are not in the latest)."""
+    def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False, ever: bool = False,
+                      as_of: str | datetime | None = None) -> list[str]:
+        """Paths of the latest version (or of version `as_of`) that `path` may mean, when none is it: the same but for
+        letter case, Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`); with
+        `folders`, when no file is such, the folders (ending in '/') that are; with `ever`, the paths of any version
+        (`history` follows files removed or renamed since: their paths are not in the latest). `files --as-of V --path`
+        asks V's: the latest's named files V did not have, and left out those it had."""
         if not self.latest():
             return []
 
@@ -476,7 +478,7 @@ class ManifestReader:
             return (expr.str.normalize("NFC").str.to_lowercase().str.split("/")
                     .list.eval(pl.element().str.strip_chars(" ")).list.join("/"))
 
-        files = self._paths_ever() if ever else self.files().select("srcfile")
+        files = self._paths_ever() if ever else self.files(as_of).select("srcfile")
         wanted = pl.DataFrame({"srcfile": self.spellings(path)}).select(key(pl.col("srcfile")))["srcfile"]
         found = files.filter(key(pl.col("srcfile")).is_in(wanted.implode()))["srcfile"].sort().head(limit).to_list()
         if found or not folders:

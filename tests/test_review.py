@@ -527,6 +527,24 @@ def test_history_of_a_removed_file_typed_in_another_case_suggests_its_path(site,
     assert "000001/Waveforms/b.dat" not in out.stdout + out.stderr, out
 
 
+def test_files_as_of_an_earlier_version_suggests_that_versions_paths(site, db):
+    """`files --as-of V1 --path 000001/waveforms/z.dat` suggested '000001/Waveforms/Z.dat', a path of the latest
+    version that V1 did not have (asked as suggested: 0 files again), and not V1's own '000001/Waveforms/b.dat' for
+    `.../b.dat`: the paths a mistyped --path may mean were those of the latest version, whatever version was asked."""
+    write(site, "OMOP/person.csv", b"person_id\n")
+    write(site, "000001/Waveforms/b.dat", b"bb")
+    first = run_site(site, db, validate_site=False).label
+    (site / "000001" / "Waveforms" / "b.dat").unlink()
+    write(site, "000001/Waveforms/Z.dat", b"zz")
+    run_site(site, db, validate_site=False, max_delete="all")
+    out = cli("files", "--db", str(db), "--as-of", first, "--path", "000001/waveforms/b.dat")
+    assert "did you mean '000001/Waveforms/b.dat'?" in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--as-of", first, "--path", "000001/waveforms/z.dat")
+    assert "Z.dat" not in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--path", "000001/waveforms/z.dat")  # the latest version's, as before
+    assert "did you mean '000001/Waveforms/Z.dat'?" in out.stderr, out.stderr
+
+
 def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     """`history 'OMOP/a\\b.csv'` turned the backslash into a separator and found no file (or another one):
     the path as typed comes first, the Windows reading only when no file has that name."""
