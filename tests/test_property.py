@@ -247,7 +247,7 @@ def check_counts_add_up(db: Path, trees: dict[str, dict[str, str]]) -> None:
 
 def check_histories(reader, trees: dict[str, dict[str, str]]) -> None:
     """`history PATH` of every path ever held: at each version, one row of that path valid then, with the tree's
-    content (none where the tree had no such file); its rows one after the other, each end told."""
+    content (none where the tree had no such file); the path's rows one after the other, each end told."""
     labels = sorted(trees)
     for path in set().union(*trees.values()):
         rows = reader.history(path).rows(named=True)
@@ -255,7 +255,10 @@ def check_histories(reader, trees: dict[str, dict[str, str]]) -> None:
             then = [r for r in rows if r["srcfile"] == path and r["version_valid"] <= label
                     and (r["version_invalid"] is None or r["version_invalid"] > label)]
             assert [r["md5"] for r in then] == ([trees[label][path]] if path in trees[label] else []), (path, label)
-        for earlier, later in zip(rows, rows[1:]):
+        # the path's own rows one after the other (a file renamed into it brings its earlier rows under another
+        # path, which may have lived beside the path's own then)
+        own = [r for r in rows if r["srcfile"] == path]
+        for earlier, later in zip(own, own[1:]):
             assert earlier["version_invalid"] is not None and earlier["version_invalid"] <= later["version_valid"], path
         for row in rows:
             assert (row["version_invalid"] is None) == (row["ended_by"] is None), (path, row)
