@@ -1517,7 +1517,7 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -
     if scan_error:
         print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
         return
-    similar = reader.similar_paths(path, folders=True) if reader.latest() else []
+    similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None
     print(f"chorus-batch: {what} under {quoted(path)}"
           + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
@@ -1561,19 +1561,26 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         # called a folder of one file.
         bare = args.path.rstrip("/\\")
         of_bare = reader.history_of(bare) if bare and bare != args.path else None
-        if of_bare is not None and of_bare.height:
-            named = of_bare["srcfile"][-1]
-            raise UsageError(f"{shown} ends with a separator, but {named!r} is a file, not a folder",
-                             where=where, fix=f"ask `chorus-batch history {shlex.quote(named)}`")
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
+        # A path that was a file and is a folder now (a file replaced by a folder of its name) is a folder today:
+        # "'x' is a file, not a folder" was untrue of it. Said as a folder, with the file it was.
+        was_file = ""
+        if of_bare is not None and of_bare.height:
+            named, ended = of_bare["srcfile"][-1], of_bare["version_invalid"][-1]
+            if ended is None or not inside:
+                tense = "is a file" if ended is None else f"was a file (until version {ended})"
+                raise UsageError(f"{shown} ends with a separator, but {named!r} {tense}, not a folder",
+                                 where=where, fix=f"ask `chorus-batch history {shlex.quote(named)}`")
+            was_file = (f"; {named!r} was a file until version {ended}: `chorus-batch history {shlex.quote(named)}` "
+                        "tells its story")
         if inside:  # a folder: history follows one file
-            raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file",
-                             where=where,
+            raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file"
+                             + was_file, where=where,
                              fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
         # does, so the difference shows (ascii(): é as one character, \xe9, or as e + accent, e\u0301).
-        similar = reader.similar_paths(args.path)
+        similar = reader.similar_paths(args.path, ever=True)  # a file removed since has a history too
         scan_error = _scan_error_of(reader, args.path, reader.latest())
         if scan_error:
             raise UsageError(f"no file {shown} in the manifest{scan_error}", where=where,

@@ -5,7 +5,8 @@
   replaced  same path, different MD5 (a file without an MD5, unverifiable: a different etag, size
             or mtime; it is never paired as a rename nor counted as equal to another)
   renamed   a removed and an added path with the same MD5 and size (not empty), paired
-            one-to-one (in path order within each MD5/size group)
+            one-to-one (in path order within each MD5/size group: first within a folder, then within a
+            top folder, a person's, then anywhere)
   unchanged same path, same MD5 (counted, not listed)
 """
 
@@ -44,18 +45,43 @@ removed_raw AS (
     FROM joined
     WHERE c_path IS NULL AND ({removal_condition})
 ),
--- Only contents that were both removed and added can pair up; number those alone.
+-- Only contents that were both removed and added can pair up; number those alone. A content removed and added
+-- more than once pairs first within a folder, then within a top folder (a person), then anywhere: in path order
+-- alone, a person's file renamed with another person's copy of it removed was recorded as moved between persons.
 added_pairable AS (
-    SELECT a.*, row_number() OVER (PARTITION BY a.md5, a.size ORDER BY a.srcfile) AS k
+    SELECT a.*, regexp_replace(a.srcfile, '[^/]*$', '') AS dir, regexp_extract(a.srcfile, '^[^/]*/', 0) AS top
     FROM added_raw a SEMI JOIN removed_raw r ON a.md5 = r.md5 AND a.size = r.size WHERE a.size > 0
 ),
 removed_pairable AS (
-    SELECT r.*, row_number() OVER (PARTITION BY r.md5, r.size ORDER BY r.srcfile) AS k
+    SELECT r.*, regexp_replace(r.srcfile, '[^/]*$', '') AS dir, regexp_extract(r.srcfile, '^[^/]*/', 0) AS top
     FROM removed_raw r SEMI JOIN added_raw a ON a.md5 = r.md5 AND a.size = r.size WHERE r.size > 0
 ),
-renamed AS (
+in_folder AS (
     SELECT a.srcfile, r.srcfile AS old_srcfile, r.file_id AS old_file_id
-    FROM added_pairable a JOIN removed_pairable r ON a.md5 = r.md5 AND a.size = r.size AND a.k = r.k
+    FROM (SELECT *, row_number() OVER (PARTITION BY md5, size, dir ORDER BY srcfile) AS k FROM added_pairable) a
+    JOIN (SELECT *, row_number() OVER (PARTITION BY md5, size, dir ORDER BY srcfile) AS k FROM removed_pairable) r
+      ON a.md5 = r.md5 AND a.size = r.size AND a.dir = r.dir AND a.k = r.k
+),
+in_top AS (
+    SELECT a.srcfile, r.srcfile AS old_srcfile, r.file_id AS old_file_id
+    FROM (SELECT *, row_number() OVER (PARTITION BY md5, size, top ORDER BY srcfile) AS k
+          FROM added_pairable ANTI JOIN in_folder USING (srcfile)) a
+    JOIN (SELECT *, row_number() OVER (PARTITION BY md5, size, top ORDER BY srcfile) AS k
+          FROM removed_pairable p ANTI JOIN in_folder f ON p.srcfile = f.old_srcfile) r
+      ON a.md5 = r.md5 AND a.size = r.size AND a.top = r.top AND a.k = r.k
+),
+anywhere AS (
+    SELECT a.srcfile, r.srcfile AS old_srcfile, r.file_id AS old_file_id
+    FROM (SELECT *, row_number() OVER (PARTITION BY md5, size ORDER BY srcfile) AS k
+          FROM added_pairable p ANTI JOIN (SELECT srcfile FROM in_folder UNION ALL SELECT srcfile FROM in_top) f
+          ON p.srcfile = f.srcfile) a
+    JOIN (SELECT *, row_number() OVER (PARTITION BY md5, size ORDER BY srcfile) AS k
+          FROM removed_pairable p ANTI JOIN (SELECT old_srcfile FROM in_folder UNION ALL SELECT old_srcfile FROM in_top) f
+          ON p.srcfile = f.old_srcfile) r
+      ON a.md5 = r.md5 AND a.size = r.size AND a.k = r.k
+),
+renamed AS (
+    SELECT * FROM in_folder UNION ALL SELECT * FROM in_top UNION ALL SELECT * FROM anywhere
 )
 SELECT 'renamed' AS change, srcfile, old_srcfile, old_file_id FROM renamed
 UNION ALL

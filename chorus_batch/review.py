@@ -478,10 +478,13 @@ class ManifestReader:
                 return found
         return self.history(spellings[-1])
 
-    def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False) -> list[str]:
-        """Paths of the latest version that `path` may mean, when none is it: the same but for letter case,
-        Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`); with `folders`, when
-        no file is such, the folders (ending in '/') that are."""
+    def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False, ever: bool = False,
+                      as_of: str | datetime | None = None) -> list[str]:
+        """Paths of the latest version (or of version `as_of`) that `path` may mean, when none is it: the same but for
+        letter case, Unicode form or spaces around a part of the name (`trail.csv ` looks like `trail.csv`); with
+        `folders`, when no file is such, the folders (ending in '/') that are; with `ever`, the paths of any version
+        (`history` follows files removed or renamed since: their paths are not in the latest). `files --as-of V --path`
+        asks V's: the latest's named files V did not have, and left out those it had."""
         if not self.latest():
             return []
 
@@ -489,7 +492,7 @@ class ManifestReader:
             return (expr.str.normalize("NFC").str.to_lowercase().str.split("/")
                     .list.eval(pl.element().str.strip_chars(" ")).list.join("/"))
 
-        files = self.files().select("srcfile")
+        files = self._paths_ever() if ever else self.files(as_of).select("srcfile")
         wanted = pl.DataFrame({"srcfile": self.spellings(path)}).select(key(pl.col("srcfile")))["srcfile"]
         found = files.filter(key(pl.col("srcfile")).is_in(wanted.implode()))["srcfile"].sort().head(limit).to_list()
         if found or not folders:
@@ -673,6 +676,10 @@ class ManifestReader:
         """The change sets of the versions up to `upto` (this reader's), in slices."""
         yield self.all_changes().filter(pl.col("version") <= upto)
 
+    def _paths_ever(self) -> pl.DataFrame:
+        """`srcfile`: every path a version of this reader held (each came in by a change: added, replaced, renamed)."""
+        return self.all_changes().select("srcfile").unique()
+
     def all_changes(self) -> pl.DataFrame:
         frames = [self.changes(label) for label in self.versions()["label"].to_list()]
         return pl.concat(frames, how="diagonal_relaxed") if frames else self.changes(None)
@@ -717,6 +724,11 @@ class SQLiteReader(ManifestReader):
 
     def _committed_since_open(self, label: str) -> bool:
         return self._query("SELECT count(*) AS n FROM versions WHERE label = ?", (label,))["n"][0] > 0
+
+    def _paths_ever(self) -> pl.DataFrame:
+        # the path index, not the change sets; rows of a version committed since this reader listed its versions left out
+        return self._query("SELECT DISTINCT srcfile FROM source_files WHERE version_valid <= ?", (self.latest(),),
+                           {"srcfile": pl.String})
 
     def versions(self) -> pl.DataFrame:
         if self._versions is None:  # with each version's upload state (store/uploads.py)

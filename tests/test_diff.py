@@ -78,3 +78,19 @@ def test_a_first_run_adds_every_path_without_a_join():
     assert d.change_set.schema == compute_diff(prev({"x": "1"}), cur({"a": "1", "y": "2"})).change_set.schema
     assert d.counts() == {"added": 3, "removed": 0, "replaced": 0, "renamed": 0, "unchanged": 0}
     assert compute_diff(prev({}), cur({})).is_empty
+
+
+def test_a_repeated_content_pairs_within_a_folder_then_a_person_before_anywhere():
+    """Person 000002 renamed a.dat to c.dat and person 000001's copy of the same bytes was removed: paired in path
+    order alone, 000001's file was recorded as renamed into 000002 (a move between persons, which a reviewer reads
+    as data given to the wrong person) and 000002's own a.dat as removed. Pairs are made within a folder first,
+    then within a top folder (a person), then anywhere; still one-to-one, and as many as the contents allow."""
+    d = compute_diff(prev({"000001/W/a.dat": "m", "000002/W/a.dat": "m"}), cur({"000002/W/c.dat": "m"}))
+    assert changes(d) == {("renamed", "000002/W/c.dat", "000002/W/a.dat"), ("removed", "000001/W/a.dat", None)}
+    d = compute_diff(prev({"000001/W/a.dat": "m", "000002/X/a.dat": "m"}), cur({"000002/W/c.dat": "m"}))
+    assert changes(d) == {("renamed", "000002/W/c.dat", "000002/X/a.dat"), ("removed", "000001/W/a.dat", None)}
+    # the same folder before the same person, and root-level files among themselves
+    d = compute_diff(prev({"1/A/x": "m", "1/B/x": "m", "a.txt": "m", "z.txt": "m"}),
+                     cur({"1/B/y": "m", "b.txt": "m", "2/q": "m"}))
+    assert changes(d) == {("renamed", "1/B/y", "1/B/x"), ("renamed", "2/q", "1/A/x"), ("renamed", "b.txt", "a.txt"),
+                          ("removed", "z.txt", None)}

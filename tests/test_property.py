@@ -5,10 +5,15 @@ independently), each path has at most one current row, and replaying every
 version's change set from an empty manifest gives the same current rows. At the
 end, every version reads back (`files --as-of`) as the tree it was taken from, and
 the diff between the first and the last version is the trees' own difference.
+Richer nights (moves between persons, swapped contents, case-only renames, a file
+replaced by a folder of its name, many copies of one content, `--dry-run` first) add:
+the counts add up, consecutive versions diff as the later change set, `history`
+tells each file's story; and `--mode append` keeps what it is not told to remove.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,7 +24,7 @@ from hypothesis import HealthCheck, given, settings as hyp_settings, strategies 
 
 from chorus_batch import review
 from chorus_batch.review import open_manifest
-from conftest import current_rows, query, run_site, tree_md5
+from conftest import current_rows, query, run_site, tree_md5, write
 from test_review import check_diff
 
 PATHS = [
@@ -150,3 +155,216 @@ def test_under_folders_is_starts_with_any_folder(paths, folders, sorted_from):
     finally:
         frames.SORTED_FROM = saved
     assert got == [any(p.startswith(f) for f in folders) for p in paths]
+
+
+# --- Richer histories: the operations a site's tree goes through between two nights ---------------------------------
+
+RICH_PATHS = [
+    "OMOP/person.csv",
+    "000001/Waveforms/a.dat",
+    "000001/Waveforms/A.dat",  # a case-only rename of a.dat
+    "000001/Waveforms/b.dat",
+    "000001/Waveforms/a.dat/inner.dat",  # a file replaced by a folder of its name (and back)
+    "000002/Waveforms/a.dat",  # moved to another person
+    "000002/Images/x.dcm",
+    "stray.txt",
+]
+RICH_CONTENTS = [b"", b"a", b"b", b"ab", b"abc"]  # the same size and another; empty files, which never pair
+rich_op = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(RICH_PATHS), st.sampled_from(RICH_CONTENTS)),
+    st.tuples(st.just("delete"), st.sampled_from(RICH_PATHS), st.none()),
+    st.tuples(st.just("move"), st.sampled_from(RICH_PATHS), st.sampled_from(RICH_PATHS)),
+    st.tuples(st.just("swap"), st.sampled_from(RICH_PATHS), st.sampled_from(RICH_PATHS)),
+    st.tuples(st.just("touch"), st.sampled_from(RICH_PATHS), st.none()),
+    st.tuples(st.just("copies"), st.sampled_from(RICH_PATHS), st.none()),  # one content in many files
+    st.tuples(st.just("case"), st.sampled_from(RICH_PATHS), st.none()),
+)
+
+
+def _make_room(root: Path, rel: str) -> None:
+    """A file at `rel` replaces a folder there, and a file where one of its folders must be."""
+    target = root / rel
+    if target.is_dir():
+        shutil.rmtree(target)
+    for parent in reversed(Path(rel).parents[:-1]):
+        if (root / parent).is_file():
+            (root / parent).unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+
+def apply_rich(root: Path, op: tuple) -> None:
+    kind, rel, arg = op
+    path = root / rel
+    if kind == "write":
+        _make_room(root, rel)
+        path.write_bytes(arg)
+    elif kind == "delete" and path.is_file():
+        path.unlink()
+    elif kind == "move" and path.is_file() and rel != arg and not arg.startswith(rel + "/"):
+        data = path.read_bytes()
+        path.unlink()
+        _make_room(root, arg)
+        (root / arg).write_bytes(data)
+    elif kind == "swap" and path.is_file() and (root / arg).is_file():
+        mine, theirs = path.read_bytes(), (root / arg).read_bytes()
+        path.write_bytes(theirs)
+        (root / arg).write_bytes(mine)
+    elif kind == "touch" and path.is_file():
+        t = time.time() + 3
+        os.utime(path, (t, t))
+    elif kind == "copies" and path.is_file():
+        data = path.read_bytes()
+        for other in RICH_PATHS:
+            if not (root / other).exists() and not any((root / p).is_file() for p in Path(other).parents):
+                (root / other).parent.mkdir(parents=True, exist_ok=True)
+                (root / other).write_bytes(data)
+    elif kind == "case" and path.is_file() and not (path.parent / path.name.swapcase()).exists():
+        os.rename(path, path.parent / path.name.swapcase())
+    for folder, _dirs, _files in sorted(os.walk(root), reverse=True):  # a folder left empty is no file
+        if folder != str(root) and not os.listdir(folder):
+            os.rmdir(folder)
+
+
+def check_counts_add_up(db: Path, trees: dict[str, dict[str, str]]) -> None:
+    """Each version's counts are its change set's; previous + added - removed = its files; a rename keeps the content
+    and ends the old row in the version that starts the new one."""
+    before = 0
+    for label in sorted(trees):
+        (added, removed, replaced, renamed, unchanged, n_files), = query(
+            db, "SELECT n_added, n_removed, n_replaced, n_renamed, n_unchanged, n_files FROM versions WHERE label = ?",
+            (label,))
+        listed = dict(query(db, "SELECT change, count(*) FROM changes WHERE version = ? GROUP BY change", (label,)))
+        assert (added, removed, replaced, renamed) == tuple(listed.get(k, 0) for k in review.CHANGE_KINDS), label
+        assert before + added - removed == n_files == len(trees[label]), label
+        assert unchanged == n_files - added - replaced - renamed, label
+        for new_md5, old_md5, ended, began in query(
+                db, "SELECT n.md5, o.md5, o.version_invalid, n.version_valid FROM changes c "
+                    "JOIN source_files n ON n.file_id = c.file_id JOIN source_files o ON o.file_id = c.old_file_id "
+                    "WHERE c.version = ? AND c.change = 'renamed'", (label,)):
+            assert new_md5 == old_md5 and ended == began == label
+        before = n_files
+
+
+def check_histories(reader, trees: dict[str, dict[str, str]]) -> None:
+    """`history PATH` of every path ever held: at each version, one row of that path valid then, with the tree's
+    content (none where the tree had no such file); the path's rows one after the other, each end told."""
+    labels = sorted(trees)
+    for path in set().union(*trees.values()):
+        rows = reader.history(path).rows(named=True)
+        for label in labels:
+            then = [r for r in rows if r["srcfile"] == path and r["version_valid"] <= label
+                    and (r["version_invalid"] is None or r["version_invalid"] > label)]
+            assert [r["md5"] for r in then] == ([trees[label][path]] if path in trees[label] else []), (path, label)
+        # the path's own rows one after the other (a file renamed into it brings its earlier rows under another
+        # path, which may have lived beside the path's own then)
+        own = [r for r in rows if r["srcfile"] == path]
+        for earlier, later in zip(own, own[1:]):
+            assert earlier["version_invalid"] is not None and earlier["version_invalid"] <= later["version_valid"], path
+        for row in rows:
+            assert (row["version_invalid"] is None) == (row["ended_by"] is None), (path, row)
+            assert (row["ended_by"] == "renamed") == (row["renamed_to"] is not None), (path, row)
+            assert (row["change"] == "renamed") == (row["old_srcfile"] is not None), (path, row)
+
+
+def changed(frame) -> list[tuple]:
+    return sorted(frame.select("change", "srcfile", "old_srcfile").rows())
+
+
+@hyp_settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.lists(rich_op, min_size=1, max_size=4), min_size=1, max_size=5), st.booleans())
+def test_moves_swaps_copies_case_renames_and_files_turned_folders_keep_time_travel_whole(history, dry_first):
+    """Random nights of adds, deletes, edits (same size and not), moves within and between persons, swapped
+    contents, many copies of one content, case-only renames, a file replaced by a folder of its name, touches:
+    after each run the manifest is the tree; `run --dry-run` before it (when drawn) lists the change set the run
+    then commits and writes nothing; every version reads back as its tree; the counts add up; the diff of two
+    consecutive versions is the later one's change set (so a diff over several is their composition: any two
+    versions diff as their trees); `history` tells each file's story."""
+    work = Path(tempfile.mkdtemp(prefix="chorus-prop-"))
+    try:
+        site, db = work / "site", work / "m.sqlite"
+        site.mkdir()
+        trees: dict[str, dict[str, str]] = {}
+        for step in history:
+            for op in step:
+                apply_rich(site, op)
+            expected = tree_md5(site)
+            dry = None
+            if dry_first and trees:
+                before = query(db, "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM versions)")
+                dry = run_site(site, db, max_delete="all", validate_site=False, dry_run=True)
+                assert query(db, "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM versions)") == before
+            result = run_site(site, db, max_delete="all", validate_site=False)
+            if dry is not None:
+                assert changed(dry.change_set) == changed(result.change_set)
+            if result.label:
+                trees[result.label] = expected
+            assert current_rows(db) == expected
+        if not trees:
+            return
+        labels = sorted(trees)
+        check_counts_add_up(db, trees)
+        reader = open_manifest(db)
+        try:
+            for label in labels:
+                files = reader.files(label)
+                assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
+            for older, newer in zip(labels, labels[1:]):
+                assert changed(reader.diff(older, newer)) == changed(reader.changes(newer)), newer
+            for a in labels:
+                for b in labels:
+                    check_diff(reader.diff(a, b), trees[a], trees[b])
+            check_histories(reader, trees)
+        finally:
+            reader.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+APPEND_PATHS = ["OMOP/person.csv", "000001/Waveforms/a.dat", "000001/Waveforms/b.dat", "000002/Waveforms/a.dat",
+                "stray.txt"]
+delivery = st.tuples(st.dictionaries(st.sampled_from(APPEND_PATHS), st.sampled_from([b"", b"a", b"b", b"ab"]), max_size=4),
+                     st.lists(st.sampled_from(APPEND_PATHS), max_size=3, unique=True))
+
+
+@hyp_settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(delivery, min_size=1, max_size=4))
+def test_append_mode_keeps_what_it_is_not_told_to_remove(deliveries):
+    """`--mode append` as the README has it: each night's folder holds new deliveries only; a recorded file it does
+    not list is kept, one in the delete list is removed unless the delivery holds it again (a listed path that still
+    exists is left alone), and a removed path whose content arrives under another name is a rename. Every version
+    reads back as the files it kept, the counts add up, and any two versions diff as those file sets."""
+    work = Path(tempfile.mkdtemp(prefix="chorus-prop-"))
+    try:
+        db = work / "m.sqlite"
+        kept: dict[str, str] = {}
+        trees: dict[str, dict[str, str]] = {}
+        for night, (files, deletes) in enumerate(deliveries):
+            site = work / f"delivery{night}"
+            site.mkdir()
+            for rel, data in files.items():
+                write(site, rel, data)
+            listed = work / f"delete{night}.txt"
+            listed.write_text("".join(f"{path}\n" for path in deletes))
+            result = run_site(site, db, mode="append", delete_list=str(listed), max_delete="all", validate_site=False)
+            kept.update({rel: hashlib.md5(data).hexdigest() for rel, data in files.items()})
+            for path in deletes:
+                if path not in files:
+                    kept.pop(path, None)
+            assert current_rows(db) == kept
+            if result.label:
+                trees[result.label] = dict(kept)
+        if not trees:
+            return
+        check_counts_add_up(db, trees)
+        reader = open_manifest(db)
+        try:
+            for label in trees:
+                files = reader.files(label)
+                assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
+            for a in trees:
+                for b in trees:
+                    check_diff(reader.diff(a, b), trees[a], trees[b])
+        finally:
+            reader.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

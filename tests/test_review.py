@@ -490,6 +490,67 @@ def test_a_files_path_typed_with_a_trailing_slash_is_not_called_a_folder(site, d
     assert folder.returncode == 2 and "is a folder of 1 current file" in folder.stderr, folder.stderr
 
 
+def test_a_file_replaced_by_a_folder_of_its_name_is_said_a_folder_with_the_file_it_was(site, db):
+    """`history stray/` where the file `stray` was replaced by a folder `stray/` said "'stray' is a file, not a
+    folder": untrue of today's tree. It is said as the folder it is, naming the file it was and until when; a file
+    removed since is said to have been one."""
+    write(site, "OMOP/person.csv", b"person_id\n")
+    write(site, "stray", b"abc")
+    write(site, "gone.txt", b"g")
+    first = run_site(site, db, validate_site=False).label
+    (site / "stray").unlink()
+    (site / "gone.txt").unlink()
+    write(site, "stray/inner", b"abc")
+    second = run_site(site, db, validate_site=False, max_delete="all").label
+    assert second and second != first
+    out = cli("history", "--db", str(db), "stray/")
+    assert out.returncode == 2 and "is a file, not a folder" not in out.stderr, out.stderr
+    assert "'stray/' is a folder of 1 current file" in out.stderr, out.stderr
+    assert f"'stray' was a file until version {second}" in out.stderr and "chorus-batch history stray" in out.stderr
+    out = cli("history", "--db", str(db), "gone.txt/")
+    assert out.returncode == 2 and f"'gone.txt' was a file (until version {second}), not a folder" in out.stderr, out.stderr
+
+
+def test_history_of_a_removed_file_typed_in_another_case_suggests_its_path(site, db, tmp_path):
+    """`history 000001/waveforms/b.dat` of a file removed (or renamed away) since said "no file ... in the manifest"
+    with no suggestion: the paths it may mean were looked for in the latest version only, which has no such file,
+    though the manifest holds its whole story. It now suggests the paths of every version."""
+    write(site, "OMOP/person.csv", b"person_id\n")
+    write(site, "000001/Waveforms/b.dat", b"bb")
+    write(site, "000001/Waveforms/z.dat", b"zz")
+    run_site(site, db, validate_site=False, parquet=str(tmp_path / "snaps"))
+    (site / "000001" / "Waveforms" / "b.dat").unlink()
+    (site / "000001" / "Waveforms" / "z.dat").rename(site / "000001" / "Waveforms" / "Z.dat")
+    run_site(site, db, validate_site=False, max_delete="all", parquet=str(tmp_path / "snaps"))
+    out = cli("history", "--db", str(db), "000001/waveforms/b.dat")
+    assert out.returncode == 2 and "did you mean '000001/Waveforms/b.dat'?" in out.stderr, out.stderr
+    out = cli("history", "--db", str(db), "000001/waveforms/z.dat")
+    assert out.returncode == 2 and "did you mean '000001/Waveforms/Z.dat', '000001/Waveforms/z.dat'?" in out.stderr
+    for reader in (open_manifest(db), open_manifest(tmp_path / "snaps")):
+        assert reader.similar_paths("000001/WAVEFORMS/B.DAT", ever=True) == ["000001/Waveforms/b.dat"]
+        assert reader.similar_paths("000001/WAVEFORMS/B.DAT") == []  # `files --path`: the latest version's
+    out = cli("files", "--db", str(db), "--path", "000001/waveforms/b.dat")  # not in the latest version: not suggested
+    assert "000001/Waveforms/b.dat" not in out.stdout + out.stderr, out
+
+
+def test_files_as_of_an_earlier_version_suggests_that_versions_paths(site, db):
+    """`files --as-of V1 --path 000001/waveforms/z.dat` suggested '000001/Waveforms/Z.dat', a path of the latest
+    version that V1 did not have (asked as suggested: 0 files again), and not V1's own '000001/Waveforms/b.dat' for
+    `.../b.dat`: the paths a mistyped --path may mean were those of the latest version, whatever version was asked."""
+    write(site, "OMOP/person.csv", b"person_id\n")
+    write(site, "000001/Waveforms/b.dat", b"bb")
+    first = run_site(site, db, validate_site=False).label
+    (site / "000001" / "Waveforms" / "b.dat").unlink()
+    write(site, "000001/Waveforms/Z.dat", b"zz")
+    run_site(site, db, validate_site=False, max_delete="all")
+    out = cli("files", "--db", str(db), "--as-of", first, "--path", "000001/waveforms/b.dat")
+    assert "did you mean '000001/Waveforms/b.dat'?" in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--as-of", first, "--path", "000001/waveforms/z.dat")
+    assert "Z.dat" not in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--path", "000001/waveforms/z.dat")  # the latest version's, as before
+    assert "did you mean '000001/Waveforms/Z.dat'?" in out.stderr, out.stderr
+
+
 def test_a_backslash_in_a_posix_name_is_looked_up_as_typed(site, db):
     """`history 'OMOP/a\\b.csv'` turned the backslash into a separator and found no file (or another one):
     the path as typed comes first, the Windows reading only when no file has that name."""
