@@ -616,8 +616,17 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
     config.site.root = resolve_path(base, config.site.root, f"{path} [site] root")
     config.site.roots = {k: resolve_path(base, v, f"{path} [site.roots] {k}")  # type: ignore[misc]
                          for k, v in config.site.roots.items()}
+    # A Windows path in what a run makes (a chorus.toml copied from the site's Windows machine): a manifest or snapshot
+    # folder made under that name beside the config, every file added again. (A site root so written is refused when
+    # it is read: not there; and import-config keeps it, saying so.)
+    from .urls import refuse_windows_path
+
+    written = {"db": config.manifest.db, "parquet": config.manifest.parquet}
     config.manifest.db = resolve_path(base, config.manifest.db, f"{path} [manifest] db")
     config.manifest.parquet = resolve_path(base, config.manifest.parquet, f"{path} [manifest] parquet")
+    for key, value in written.items():
+        if value is not None and "://" not in value:
+            refuse_windows_path(value, f"{path} [manifest] {key}", getattr(config.manifest, key))
     return config
 
 

@@ -323,6 +323,7 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
             raise UsageError(f"{what} {db} ends in a path separator, so it names a folder, not a manifest file",
                              where=what, fix=f"give the manifest's file path, e.g. {db}chorus_manifest.sqlite")
         refuse_blank_ends(db, what)
+        refuse_windows_path(db, what)
         return
     protocol = protocol_of(db)
     if protocol not in AZURE_PROTOCOLS:
@@ -331,6 +332,25 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
                          f"not in {given}", where=what,
                          fix="give a local path (without file://), or az://CONTAINER/path/manifest.sqlite")
     check_location(db, what)
+
+
+# A path as Windows writes it: a drive (C:\\data, C:/data) or a network share (\\\\server\\share)
+_WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\[^\\/]+[\\/])")
+
+
+def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> None:
+    """A UsageError for a Windows path (`value`, of the setting `what`) given here, where it is no path: a chorus.toml
+    copied from the site's Windows machine (`db = 'C:\\chorus\\manifest.sqlite'`), a `--db` pasted from its
+    notes. `run` made a new, empty manifest in the working folder (or the config's), a file named
+    'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
+    /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken."""
+    if os.name == "nt" or not _WINDOWS_PATH.match(value) or os.path.lexists(resolved if resolved is not None else value):
+        return
+    here = resolved if resolved is not None else os.path.abspath(value)
+    raise UsageError(f"{what} {value}: a Windows path (a drive or a network share), and this machine is not Windows: "
+                     f"here it names {here}, which is not there; nothing was done", where=what,
+                     fix="give the path as this machine names it (under the mount point of that disk or share here), "
+                         "or run on the Windows machine it is of")
 
 
 def refuse_blank_ends(path: str, what: str, kind: str = "the manifest's file name") -> None:

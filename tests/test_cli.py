@@ -578,6 +578,33 @@ def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
 
 
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+@pytest.mark.parametrize(("where", "value"), [
+    ("config", "C:\\chorus\\m.sqlite"), ("config", "D:/chorus/m.sqlite"), ("config", "\\\\server\\share\\m.sqlite"),
+    ("--db", "C:\\chorus\\m.sqlite"), ("--db", "\\\\server\\share\\m.sqlite"),
+])
+def test_a_windows_manifest_path_on_linux_is_refused_not_made_in_the_working_folder(tmp_path, where, value):
+    """A chorus.toml copied from the site's Windows machine (`db = 'C:\\chorus\\m.sqlite'`), or such a --db: `run`
+    made a new, empty manifest named 'C:\\chorus\\m.sqlite' in the working folder (the config's) and added every file
+    again; now exit 2 naming the setting, nothing made. A file of that very name is taken as written."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{value}'\n" if where == "config" else "")
+    given = ["--db", value] if where == "--db" else []
+    for command in (["run", "--site", str(tmp_path / "site")], ["versions"]):
+        out = cli(*command, "--config", str(work / "c.toml"), *given, cwd=work)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"{value}: a Windows path (a drive or a network share), and this machine is not Windows" in out.stderr
+        assert ("c.toml [manifest] db" if where == "config" else "where: --db") in out.stderr, out.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
+    # a file really named so (made by an earlier release's run) is the manifest it names
+    (work / value).parent.mkdir(parents=True, exist_ok=True)
+    assert cli("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
+    out = cli("versions", "--config", str(work / "c.toml"), *given, cwd=work)
+    assert out.returncode == 0, out.stderr
+
+
 def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
     write(tmp_path / "a$DIR" / "site", "OMOP/a.csv")
     (tmp_path / "c.toml").write_text('[site]\nroot = "a$DIR/site"\n[manifest]\ndb = "a$DIR/m$1.sqlite"\n'

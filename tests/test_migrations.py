@@ -360,6 +360,31 @@ def test_a_damaged_schema_version_is_refused_and_nothing_is_changed(old, tmp_pat
         assert old.read_bytes() == data
 
 
+@pytest.mark.parametrize("edit, words", [
+    ("UPDATE meta SET value = '12' WHERE key = 'schema_version'", "schema version 12, newer than"),
+    ("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'", "schema version is 'abc'"),
+    ("INSERT OR REPLACE INTO meta VALUES ('min_release', '9.1.0')", "written by chorus-batch 9.1.0 or later"),
+])
+def test_a_manifest_refused_for_what_it_holds_is_not_said_to_need_the_command_run_again(old, tmp_path, edit, words):
+    """A manifest of a newer schema (a site that rolled back its release), a damaged schema version or a later
+    release's mark: `upgrade`, `validate` and `registry` said the command's own word on a failure, "run the same
+    command again" (no rerun of this release gets past it), and registry that "the proc_ids given so far stay recorded"
+    (none was given). Now each says the manifest is as it was, and it is."""
+    assert cli("upgrade", "--db", str(old)).returncode == 0
+    with sqlite3.connect(old) as con:
+        con.execute(edit)
+    con.close()
+    data = old.read_bytes()
+    registry = () if "min_release" in edit else (("registry", "--out", str(tmp_path / "reg")),)  # (it reads that one)
+    for args in (("upgrade",), ("validate",), *registry):
+        out = cli(*args, "--db", str(old))
+        assert out.returncode == 3 and words in out.stderr, (args, out.stderr)
+        assert "the manifest is as it was" in out.stderr, (args, out.stderr)
+        assert "run the same command again" not in out.stderr and "proc_ids" not in out.stderr, (args, out.stderr)
+        assert old.read_bytes() == data
+    assert not (tmp_path / "reg").exists()
+
+
 def test_upgrade_of_an_empty_file_creates_nothing(tmp_path):
     empty = tmp_path / "empty.sqlite"
     empty.touch()

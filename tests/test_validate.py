@@ -494,6 +494,12 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("windows_reserved", both(*(add(f"{P1}/Metadata/{n}") for n in ("CON/notes.txt", "CON/more.txt", "nul.txt",
                                                                      "Com1.hea", "lpt9", "console.txt", "nul_x.txt"))),
      {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("CON/", "nul.txt", "Com1.hea", "lpt9")} | {("layout.person_subfolder", f"{P1}/Metadata/")}),
+    # spaces before the extension do not free a device name ("nul .txt" is NUL: CPython's ntpath.isreserved), and the
+    # console's CONIN$ / CONOUT$ are reserved too: all four were let through
+    ("windows_reserved_spaced", both(*(add(f"{P1}/Metadata/{n}") for n in ("nul .txt", "CON  .csv", "conin$.txt",
+                                                                            "CONOUT$", "conin.txt", "con_x .txt"))),
+     {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("nul .txt", "CON  .csv", "conin$.txt", "CONOUT$")}
+     | {("layout.person_subfolder", f"{P1}/Metadata/")}),
     ("windows_characters", both(*(add(f"{P1}/Metadata/{n}") for n in ("a<b.txt", "q?.txt", "c:d", "ctl\x01.txt",
                                                                        "back\\slash.txt", "star*", "pipe|/x.txt"))),
      {("file.unportable_name", f"{P1}/Metadata/{n}") for n in ("a<b.txt", "q?.txt", "c:d", "ctl\x01.txt",

@@ -201,6 +201,17 @@ MIGRATIONS = {2: _to_2, 3: _to_3, 4: _to_4, 5: _to_5, 6: _to_6, 7: _to_7, 8: _to
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
 
+# What stands after a manifest is refused for what it holds (a newer schema, a damaged schema version, a later
+# release's mark): the command's own word on a failure ("run the same command again", registry's "the proc_ids given
+# so far stay recorded") was said of a refusal that no rerun of this release ends, and of proc_ids never given.
+LEFT_AS_IT_WAS = "nothing was written to it: the manifest is as it was"
+
+
+def _refused(exc: ManifestError) -> ManifestError:
+    exc.outcome = LEFT_AS_IT_WAS  # type: ignore[attr-defined]
+    return exc
+
+
 def schema_version(con: sqlite3.Connection, where: str) -> int | None:
     """The manifest's schema version; None for an empty (new) database file. Anything else that is not a
     manifest with a schema version this project wrote is refused: an upgrade must never start on it."""
@@ -219,21 +230,23 @@ def schema_version(con: sqlite3.Connection, where: str) -> int | None:
         other.outcome = "nothing was written to it: the file is as it was"
         raise other
     if row is None:  # every release wrote it: the row was deleted
-        raise ManifestError("the manifest has no schema version (its meta table lacks the schema_version row): it "
-                            "was edited or damaged; nothing was changed", where=where,
-                            fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it")
+        raise _refused(ManifestError(
+            "the manifest has no schema version (its meta table lacks the schema_version row): it was edited or "
+            "damaged; nothing was changed", where=where,
+            fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it"))
     if not re.fullmatch(r"[0-9]+", str(row[0])) or not 1 <= int(row[0]):
-        raise ManifestError(f"the manifest's schema version is {row[0]!r}, not one chorus-batch writes (1 to "
-                            f"{SCHEMA_VERSION}): meta.schema_version was edited or damaged; nothing was changed",
-                            where=where, fix="restore the manifest from a backup, or set meta.schema_version back to the "
-                                             "schema of the release that wrote it")
+        raise _refused(ManifestError(
+            f"the manifest's schema version is {row[0]!r}, not one chorus-batch writes (1 to {SCHEMA_VERSION}): "
+            "meta.schema_version was edited or damaged; nothing was changed", where=where,
+            fix="restore the manifest from a backup, or set meta.schema_version back to the schema of the release "
+                "that wrote it"))
     return int(row[0])
 
 
 def too_new(version: int, where: str) -> ManifestError:
-    return ManifestError(
+    return _refused(ManifestError(
         f"the manifest has schema version {version}, newer than this chorus-batch understands ({SCHEMA_VERSION})",
-        where=where, fix="upgrade chorus-batch (pip install -U chorus-batch)")
+        where=where, fix="upgrade chorus-batch (pip install -U chorus-batch)"))
 
 
 def _release_key(text: str) -> tuple[int, ...]:
@@ -246,11 +259,11 @@ def check_release(con: sqlite3.Connection, where: str) -> None:
 
     row = con.execute("SELECT value FROM meta WHERE key = 'min_release'").fetchone()
     if row is not None and _release_key(str(row[0])) > _release_key(release()):
-        raise ManifestError(
+        raise _refused(ManifestError(
             f"the manifest was written by chorus-batch {row[0]} or later, which classifies and checks it by rules this "
             f"release ({release()}) does not have: writing it with this one would undo them; nothing was changed",
             where=where, fix=f"install chorus-batch {row[0]} or later (pip install -U chorus-batch); reading it "
-                             "(versions, files, diff, history, report) works with this release")
+                             "(versions, files, diff, history, report) works with this release"))
 
 
 SAY_COPY_FROM = 100_000  # facts: fewer are copied within a second

@@ -276,11 +276,13 @@ def _split_persons(across: _Across) -> list[pl.LazyFrame]:
 # (CON, nul.txt, COM1.hea; COM¹-³ and LPT¹-³ too), a name ending in '.' or ' ' (Windows drops them: the copy gets
 # another name), and < > : " | ? * \ or a control character. A name over 255 bytes fits no common file system
 # (NTFS, ext4, APFS: 255), though a container holds it. The procedures ask for portable names.
-_DEVICE = r"(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])"
-_RESERVED = r"(?i)^" + _DEVICE + r"(\.|$)"
+# Spaces between the device name and its extension do not free it (`nul .txt` is NUL: CPython's ntpath.isreserved
+# strips them, "nul .txt" its own example), and CONIN$ / CONOUT$ are the console's (both were let through).
+_DEVICE = r"(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³])"
+_RESERVED = r"(?i)^" + _DEVICE + r" *(\.|$)"
 _FORBIDDEN = r'[<>:"|?*\\\x00-\x1f]'
 # Any path one of the parts may fail (cheap, over all paths); the parts are looked at only for these.
-_SUSPECT = (r"(?i)(^|/)" + _DEVICE + r"(\.[^/]*)?(/|$)|[. ](/|$)|" + _FORBIDDEN
+_SUSPECT = (r"(?i)(^|/)" + _DEVICE + r" *(\.[^/]*)?(/|$)|[. ](/|$)|" + _FORBIDDEN
             + r"|[^/]{64,}")  # 255 bytes are at least 64 characters
 MAX_NAME_BYTES = 255
 MAX_WINDOWS_PATH = 260  # MAX_PATH, unless long paths are enabled on the computer

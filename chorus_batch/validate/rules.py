@@ -451,8 +451,8 @@ RULES: tuple[Rule, ...] = (
          "site on Windows or macOS keeps one of them, and validation reads such twins as one table."),
     # Windows cannot hold them at all (nor any disk, a name over 255 bytes): an error, as file.name_clash
     Rule("file.unportable_name", "error", "name a Windows disk cannot hold",
-         "A file or folder name is a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, LPT0-9, with any "
-         "extension, in any case), ends with '.' or a space, holds < > : \" | ? * \\ or a control character, or is "
+         "A file or folder name is a device name Windows reserves (CON, PRN, AUX, NUL, CONIN$, CONOUT$, COM0-9, "
+         "LPT0-9, with any extension, spaces before it, in any case: `nul .txt`), ends with '.' or a space, holds < > : \" | ? * \\ or a control character, or is "
          "longer than 255 bytes: a copy of the site on Windows (or any disk, for the length) loses or renames it."),
     # Windows holds them where long paths are enabled: a warning
     Rule("file.long_path", "warning", "path longer than Windows' 260 characters",
