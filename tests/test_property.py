@@ -299,25 +299,33 @@ def test_moves_swaps_copies_case_renames_and_files_turned_folders_keep_time_trav
             if result.label:
                 trees[result.label] = expected
             assert current_rows(db) == expected
-        if not trees:
-            return
-        labels = sorted(trees)
-        check_counts_add_up(db, trees)
-        reader = open_manifest(db)
-        try:
-            for label in labels:
-                files = reader.files(label)
-                assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
-            for older, newer in zip(labels, labels[1:]):
-                assert changed(reader.diff(older, newer)) == changed(reader.changes(newer)), newer
-            for a in labels:
-                for b in labels:
-                    check_diff(reader.diff(a, b), trees[a], trees[b])
-            check_histories(reader, trees)
-        finally:
-            reader.close()
+        check_versions(db, trees, stories=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def check_versions(db: Path, trees: dict[str, dict[str, str]], *, stories: bool = False) -> None:
+    """Every version (label -> its tree: path -> MD5) reads back as its tree, the counts add up, and any two versions
+    diff as their trees; with `stories`, each version's change set is the diff from the one before, and each path's
+    history tells its story (check_histories)."""
+    if not trees:
+        return
+    labels = sorted(trees)
+    check_counts_add_up(db, trees)
+    reader = open_manifest(db)
+    try:
+        for label in labels:
+            files = reader.files(label)
+            assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
+        for a in labels:
+            for b in labels:
+                check_diff(reader.diff(a, b), trees[a], trees[b])
+        if stories:
+            for older, newer in zip(labels, labels[1:]):
+                assert changed(reader.diff(older, newer)) == changed(reader.changes(newer)), newer
+            check_histories(reader, trees)
+    finally:
+        reader.close()
 
 
 APPEND_PATHS = ["OMOP/person.csv", "000001/Waveforms/a.dat", "000001/Waveforms/b.dat", "000002/Waveforms/a.dat",
@@ -353,18 +361,6 @@ def test_append_mode_keeps_what_it_is_not_told_to_remove(deliveries):
             assert current_rows(db) == kept
             if result.label:
                 trees[result.label] = dict(kept)
-        if not trees:
-            return
-        check_counts_add_up(db, trees)
-        reader = open_manifest(db)
-        try:
-            for label in trees:
-                files = reader.files(label)
-                assert dict(zip(files["srcfile"], files["md5"])) == trees[label]
-            for a in trees:
-                for b in trees:
-                    check_diff(reader.diff(a, b), trees[a], trees[b])
-        finally:
-            reader.close()
+        check_versions(db, trees)
     finally:
         shutil.rmtree(work, ignore_errors=True)
