@@ -605,6 +605,24 @@ def test_a_windows_manifest_path_on_linux_is_refused_not_made_in_the_working_fol
     assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.parametrize("option, value", [("--parquet", "C:\\snaps"), ("--out", "D:/r.html"),
+                                           ("--delete-list", "\\\\server\\share\\gone.txt")])
+def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_path, option, value):
+    """--parquet 'C:\\snaps' or report --out 'D:/r.html' pasted from the Windows machine's notes made a folder or file of
+    that name in the working folder (as --db's was: only --db and [manifest] were checked); now exit 2 naming it."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    command = {"--parquet": ["run", "--site", str(tmp_path / "site")], "--out": ["report"],
+               "--delete-list": ["run", "--mode", "append", "--site", str(tmp_path / "site")]}[option]
+    out = cli(*command, "--db", str(db), option, value, cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{option} {value}: a Windows path (a drive or a network share)" in out.stderr, out.stderr
+    assert list(work.iterdir()) == []
+
+
 def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
     write(tmp_path / "a$DIR" / "site", "OMOP/a.csv")
     (tmp_path / "c.toml").write_text('[site]\nroot = "a$DIR/site"\n[manifest]\ndb = "a$DIR/m$1.sqlite"\n'
