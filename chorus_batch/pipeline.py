@@ -446,6 +446,14 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"the Parquet folder is not writable: {folder}", where=str(folder),
                              fix="pass --parquet with a folder this user can write")
+    from .store.schema import SCHEMA_VERSION
+
+    if settings.parquet and not settings.dry_run and manifest.schema_on_disk() in (None, SCHEMA_VERSION):
+        # (another manifest's snapshot folder: refused before the listing, not after the commit; an older schema's
+        # manifest is checked after its upgrade, when its snapshots are written)
+        from .store.snapshots import check_owner
+
+        check_owner(manifest, settings.parquet)
     return made
 
 

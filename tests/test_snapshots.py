@@ -246,3 +246,32 @@ def test_the_run_after_one_killed_in_its_snapshot_says_it_wrote_that_snapshot(si
     assert has_snapshot(label, str(snaps))
     quiet = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
     assert "wrote the Parquet snapshot" not in quiet.stderr  # said once, when written
+
+
+def test_a_snapshot_folder_of_another_manifest_is_refused_before_anything_is_done(site, tmp_path):
+    """Two manifests given one --parquet folder (a chorus.toml copied to a second job) overwrote each other's
+    versions.parquet run after run, without a word; readers then said one manifest's snapshots were of no version of
+    the manifest. The folder knows its manifest (by its first version): another one is refused up front, exit 2,
+    nothing made; the manifest itself, a restored copy of it, and a folder of an older release (no owner) are taken."""
+    snaps, first, second = tmp_path / "snaps", tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(first), "--parquet", str(snaps)).returncode == 0
+    owner = json.loads((snaps / "manifest.json").read_text())
+    assert owner["manifest"] == str(first) and owner["first_version"]["label"] == Manifest(first).versions()["label"][0]
+    before = sorted(p.name for p in snaps.iterdir()), (snaps / "versions.parquet").read_bytes()
+    other = cli("run", "--no-validate", "--site", str(site), "--db", str(second), "--parquet", str(snaps))
+    assert other.returncode == 2 and "holds the snapshots of another manifest" in other.stderr, other.stderr
+    assert str(first) in other.stderr and "a --parquet folder of its own" in other.stderr
+    assert not second.exists() and (sorted(p.name for p in snaps.iterdir()), (snaps / "versions.parquet").read_bytes()) == before
+    # the manifest's own next run, and a copy of it (a restored backup), write there as before
+    write(site, "OMOP/added.csv", b"x\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(first), "--parquet", str(snaps)).returncode == 0
+    restored = tmp_path / "restored.sqlite"
+    restored.write_bytes(first.read_bytes())
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(restored), "--parquet",
+               str(snaps)).returncode == 0
+    # a folder written by an earlier release has no owner yet: taken, and claimed by its next snapshot
+    (snaps / "manifest.json").unlink()
+    write(site, "OMOP/added2.csv", b"y\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(first), "--parquet", str(snaps)).returncode == 0
+    assert json.loads((snaps / "manifest.json").read_text())["first_version"] == owner["first_version"]

@@ -3,6 +3,7 @@ questions from them as from the manifest:
 
     DIR/version=<label>/{manifest,changes,registry,scan_errors,findings}.parquet, snapshot.json
     DIR/versions.parquet
+    DIR/manifest.json    which manifest's snapshots the folder holds (OWNER_FILE)
 """
 
 from __future__ import annotations
@@ -142,13 +143,58 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
         pause("snapshot")  # (crash and reader tests: a snapshot written in part)
     _mark(target, written)
     write_private(root / "versions.parquet", manifest.versions().write_parquet)
+    _claim(manifest, root)
     return target
+
+
+# Which manifest's snapshots a folder holds. Two manifests given one --parquet folder (a chorus.toml copied to a second
+# site's job, a test manifest beside the real one) overwrote each other's versions.parquet run after run, silently; the
+# readers then said one manifest's snapshots were "of no version of the manifest". A manifest is known by its first
+# version (label and commit time): the same for a copy or a restored backup, another for any other manifest.
+OWNER_FILE = "manifest.json"
+
+
+def _first_version(manifest: Manifest) -> dict | None:
+    if not manifest.path.exists() or not manifest.path.stat().st_size:
+        return None
+    first = manifest.versions().head(1)
+    return {"label": first["label"][0], "finished_at": first["finished_at"][0]} if first.height else None
+
+
+def check_owner(manifest: Manifest, directory: str | Path) -> None:
+    """A UsageError when `directory` holds the snapshots of another manifest than `manifest` (nothing is written)."""
+    try:
+        owner = json.loads((Path(directory) / OWNER_FILE).read_text("utf-8"))
+        first = owner["first_version"]
+    except (OSError, ValueError, KeyError, TypeError):  # (none yet, or damaged: written again with the next snapshot)
+        return
+    if first == _first_version(manifest):
+        return
+    import shlex
+
+    raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of another manifest "
+                     f"({owner.get('manifest') or 'unknown'}, whose first version is {first.get('label')}), not of "
+                     f"{manifest.path}: both would write their versions there, each overwriting the other's "
+                     "versions.parquet; nothing was done", where="--parquet / [manifest] parquet",
+                     fix="give this manifest a --parquet folder of its own (e.g. "
+                         f"{shlex.quote(str(Path(directory).parent / (manifest.path.stem + '-snapshots')))}), or remove "
+                         "the folder if the other manifest's snapshots are no longer wanted")
+
+
+def _claim(manifest: Manifest, directory: Path) -> None:
+    first = _first_version(manifest)
+    if first is not None:
+        import os
+
+        write_private(directory / OWNER_FILE, json.dumps({"first_version": first,
+                                                          "manifest": os.path.abspath(manifest.path)}).encode())
 
 
 def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str | None) -> list[str]:
     """Write the snapshot of the version just committed (`new_label`) and of every version whose snapshot is
     missing or incomplete (a run killed after its commit, snapshots switched on after some versions, an older
-    release's types); returns the labels written."""
+    release's types); returns the labels written. Refused (check_owner) for a folder of another manifest's."""
+    check_owner(manifest, directory)
     written = []
     for version in manifest.versions().iter_rows(named=True):
         if version["label"] == new_label or not has_snapshot(version["label"], directory, version):
