@@ -350,7 +350,8 @@ def _dicom_facts(f) -> dict[str, Any]:
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
-    # (the elements' walk also found the pixel data: walking the header again for it was a third of this function)
+    # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
+    # by cProfile over the realistic tree's 6,400 headers)
     _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head))
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
