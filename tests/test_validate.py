@@ -1727,3 +1727,18 @@ def test_a_visit_id_visit_occurrence_repeats_for_two_persons_is_told_as_the_tabl
         assert (f"the visit of more than one person (e.g. visit {vid} of persons {int(P0)}, {int(P1)}): "
                 "visit_occurrence_id is that table's key") in message, message
         assert "give each visit its own visit_occurrence_id in visit_occurrence.csv" in message
+
+
+def test_a_content_under_many_person_folders_is_said_with_a_few_of_them_and_their_count(clean):
+    """file.duplicate (and waveforms.id_collision) gave each file of the group the group's whole list: one content
+    under 1,000 person folders, 100 files in each, held 10^8 list items (1.8 GB at 100k files), and the same file in
+    every person folder of a 1M-file site took 24 GB, until the out-of-memory killer ended the run. A finding names
+    the first few and how many there are."""
+    current = scan_current(clean)
+    row = current.filter(pl.col("srcfile").str.starts_with(f"{P1}/")).head(1)
+    copies = pl.concat([row.with_columns(srcfile=pl.lit(f"{p:06d}/Metadata/copy.csv"), md5=pl.lit("a" * 32),
+                                         size=pl.lit(5, row.schema["size"])) for p in range(101, 113)])
+    out = check(pl.concat([current, copies]), pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("rule") == "file.duplicate")
+    assert out.height == 12 and out["message"].n_unique() == 1, out.to_dicts()
+    assert out["message"][0] == (f"the same content (MD5 {'a' * 32}) lies under 12 person folders (000101, 000102, "
+                                 "000103, 000104, 000105 and 7 more): keep it under its own person only")

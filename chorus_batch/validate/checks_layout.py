@@ -11,7 +11,7 @@ from ..frames import fmt
 from ..classify import CURRENT, SUPERSEDED
 from ..partitions import top_folder
 from ..units import plural
-from .site import _Across, _found, _join_list, _norm_id, _one, _Site
+from .site import _Across, _counted_list, _first_of, _found, _join_list, _norm_id, _one, _Site
 
 
 def _layout(site: _Site) -> list[pl.LazyFrame]:
@@ -205,11 +205,11 @@ def _duplicates(current: pl.DataFrame, across: _Across) -> list[pl.LazyFrame]:
         .filter(pl.col("_top").is_in(persons.implode()))
         .filter(pl.col("md5").hash().is_duplicated())  # a cheap first cut (most contents occur once), exact below
     )
-    persons_of = dup.group_by("md5").agg(pl.col("_top").unique().sort().alias("_persons")).filter(
-        pl.col("_persons").list.len() > 1)
+    persons_of = dup.group_by("md5").agg(_persons=_first_of(pl.col("_top")), _n=pl.col("_top").n_unique()).filter(
+        pl.col("_n") > 1)
     return [_found("file.duplicate", dup.join(persons_of, on="md5"), "srcfile",
-                   fmt("the same content (MD5 {}) lies under person folders {}: keep it under its own person "
-                             "only", pl.col("md5"), _join_list(pl.col("_persons"))))]
+                   fmt("the same content (MD5 {}) lies under {} person folders ({}): keep it under its own person "
+                       "only", pl.col("md5"), pl.col("_n"), _counted_list(pl.col("_persons"), pl.col("_n"))))]
 
 
 def _name_clashes(current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -8,7 +8,7 @@ import polars as pl
 from ..frames import fmt
 from .readers import OWN_REMEDY
 from .rules import KIND_EDF, KIND_MAPPING, KIND_RECORDS, MAPPING_FILES, WFDB_FORMAT_SIZES, WFDB_FORMATS
-from .site import _Across, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
+from .site import _Across, _counted_list, _first_of, _found, _join_list, _norm_id, _Site, _there_untaken, _unreadable
 
 
 _POSITIVE_FS = pl.col("fs").is_null() | (pl.col("fs") > 0)
@@ -324,12 +324,11 @@ def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
     """A session id used by two recordings (of any parts)."""
     # Session ids are integers: 0900 and 900 are one id (compared as person and accession ids are)
     sessions = pl.concat(across.sessions).with_columns(_key=_norm_id(pl.col("session_id")))
-    owners = sessions.group_by("_key").agg(
-        pl.concat_str("_top", "category", "session_id", separator="/").unique().sort().alias("_owners")).filter(
-        pl.col("_owners").list.len() > 1)
+    owner = pl.concat_str("_top", "category", "session_id", separator="/")
+    owners = sessions.group_by("_key").agg(_owners=_first_of(owner), _n=owner.n_unique()).filter(pl.col("_n") > 1)
     return [_found("waveforms.id_collision", sessions.join(owners, on="_key"), pl.col("_dir") + "/",
-                   fmt("session id {} is used by {}: give every recording (and telemetry and EEG) its own id",
-                             pl.col("session_id"), _join_list(pl.col("_owners"))))]
+                   fmt("session id {} is used by {} recordings ({}): give every recording (and telemetry and EEG) its "
+                       "own id", pl.col("session_id"), pl.col("_n"), _counted_list(pl.col("_owners"), pl.col("_n"))))]
 
 
 # A RECORDS file speaks for the folder it lies in and everything below it (one at the root: for the whole site).

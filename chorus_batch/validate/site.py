@@ -167,6 +167,24 @@ def _join_list(values: pl.Expr, limit: int = 5) -> pl.Expr:
     return values.list.head(limit).list.join(", ")
 
 
+# What a finding names of a group its file belongs to (the person folders a content lies under, the recordings that use
+# a session id): its first few members and how many there are. Each member row carried the whole group's list: one
+# content under 1,000 person folders, 100 files in each, made 10^8 list items (1.8 GB at 100k files), and the same
+# file in every person folder of a 1M-file site took 24 GB (the run was killed by the out-of-memory killer).
+LISTED = 5
+
+
+def _first_of(values: pl.Expr) -> pl.Expr:
+    """(in a group_by's agg) the group's first LISTED distinct values, sorted."""
+    return values.unique().sort().head(LISTED)
+
+
+def _counted_list(values: pl.Expr, n: pl.Expr) -> pl.Expr:
+    """`values` (_first_of's) joined, with how many more of the `n` there are ("a, b, c, d, e and 995 more")."""
+    return pl.concat_str(values.list.join(", "), pl.when(n > LISTED).then(fmt(" and {} more", n - LISTED))
+                         .otherwise(pl.lit("")))
+
+
 # Kinds found only in the files every part holds (OMOP/, Metadata/, the root): decoded once, not once per part.
 SHARED_KINDS = frozenset(rule.kind for rule in KIND_RULES
                          if set(rule.places) <= {PLACE_ROOT, PLACE_OMOP, PLACE_METADATA})
