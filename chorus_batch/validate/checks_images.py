@@ -16,7 +16,7 @@ from .rules import (
     STUDY_DICOM_TAGS,
     STUDY_DICOM_TAGS_MR,
 )
-from .site import _Across, _found, _join_list, _norm_id, _Site
+from .site import _Across, _counted_list, _first_of, _found, _join_list, _norm_id, _Site
 
 _FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
 
@@ -212,16 +212,19 @@ def _accessions(across: _Across) -> list[pl.LazyFrame]:
     folders = pl.concat(across.accessions).lazy()
     split = folders.filter(pl.col("_session").n_unique().over("_top", "_key") > 1).with_columns(
         _all=pl.col("_folder").sort().over("_top", "_key", mapping_strategy="join"))
+    # (each folder names a few of the persons and their count: every person's own accession 1 gave each of 10,000
+    # folders the list of all 10,000 persons, as file.duplicate's groups were: _first_of)
     shared = folders.filter(pl.col("_top").n_unique().over("_key") > 1).with_columns(
-        _all=pl.col("_top").unique().sort().over("_key", mapping_strategy="join"))
+        _all=_first_of(pl.col("_top")).over("_key", mapping_strategy="join"), _n=pl.col("_top").n_unique().over("_key"))
     return [
         _found("dicom.accession_split", split, "_folder", fmt(
             "accession folders {} name one accession ({}) in different spellings: the Imaging SOP names the folder "
             "after the header's AccessionNumber (the image_occurrence_id); keep the study in one folder",
             pl.col("_all").list.join(", "), pl.col("_key"))),
         _found("dicom.accession_shared", shared, "_folder", fmt(
-            "accession {} is used by persons {}: the Imaging SOP replaces AccessionNumber by the image_occurrence_id, "
-            "one per study; give each person's studies their own ids", pl.col("_key"), _join_list(pl.col("_all")))),
+            "accession {} is used by {} persons ({}): the Imaging SOP replaces AccessionNumber by the "
+            "image_occurrence_id, one per study; give each person's studies their own ids", pl.col("_key"), pl.col("_n"),
+            _counted_list(pl.col("_all"), pl.col("_n")))),
     ]
 
 
