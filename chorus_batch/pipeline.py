@@ -349,6 +349,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
     from .commit import next_label
     from .config import CONFIG_HELP, check_roots, parse_bytes, parse_max_delete
     from .processes import ensure_address_space, ensure_open_files
+    from .store.schema import SCHEMA_VERSION as current_schema
 
     manifest.check_path()
     check_roots(settings)
@@ -357,9 +358,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
     if settings.shard is None and settings.staging is None:  # (a shard commits nothing: its merge is told)
         # (none yet: no file; an older schema: the label is checked at the commit, after the upgrade a run makes, and a
         # dry run refuses the manifest anyway; reading it here said "SQLite failed: no such table: versions")
-        from .store.schema import SCHEMA_VERSION
-
-        latest = manifest.latest_version() if manifest.schema_on_disk() == SCHEMA_VERSION else None
+        latest = manifest.latest_version() if manifest.schema_on_disk() == current_schema else None
         # a label refused (or one the latest version's cannot be followed by) is said before the listing
         next_label(utc_now(), latest["label"] if latest else None, settings.version_label)
         if latest is not None and settings.version_label is not None:
@@ -446,9 +445,7 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"the Parquet folder is not writable: {folder}", where=str(folder),
                              fix="pass --parquet with a folder this user can write")
-    from .store.schema import SCHEMA_VERSION
-
-    if settings.parquet and not settings.dry_run and manifest.schema_on_disk() in (None, SCHEMA_VERSION):
+    if settings.parquet and not settings.dry_run and manifest.schema_on_disk() in (None, current_schema):
         # (another manifest's snapshot folder: refused before the listing, not after the commit; an older schema's
         # manifest is checked after its upgrade, when its snapshots are written)
         from .store.snapshots import check_owner

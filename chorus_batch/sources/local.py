@@ -46,10 +46,11 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _open_regular(path: str, *, nofollow: bool = False) -> tuple[int, os.stat_result]:
-    """A read descriptor of the regular file at `path`, and its fstat (hash_file's "before": asked once). Opened without blocking, then checked: a file replaced by a
-    FIFO after the listing blocked the open for ever (a nightly run hung with no message until killed). `nofollow`:
-    a symbolic link there is refused, not read through (a run that does not follow links listed a regular file: one
-    replaced by a link since was hashed as the link's target, a file outside the site, and recorded as this one)."""
+    """A read descriptor of the regular file at `path`, and its fstat (hash_file's "before": asked once). Opened
+    without blocking, then checked: a file replaced by a FIFO after the listing blocked the open for ever (a nightly
+    run hung with no message until killed). `nofollow`: a symbolic link there is refused, not read through (a run
+    that does not follow links listed a regular file: one replaced by a link since was hashed as the link's target, a
+    file outside the site, and recorded as this one)."""
     def linked() -> OSError:
         return OSError(errno.ELOOP, "no longer a regular file (replaced by a symbolic link since it was listed, which "
                                     "this run does not follow: --follow-symlinks, or follow_symlinks = true in [run] "

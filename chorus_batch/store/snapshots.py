@@ -143,7 +143,6 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
         pause("snapshot")  # (crash and reader tests: a snapshot written in part)
     _mark(target, written)
     write_private(root / "versions.parquet", manifest.versions().write_parquet)
-    _claim(manifest, root)
     return target
 
 
@@ -175,7 +174,7 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
     raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of another manifest "
                      f"({owner.get('manifest') or 'unknown'}, whose first version is {first.get('label')}), not of "
                      f"{manifest.path}: both would write their versions there, each overwriting the other's "
-                     "versions.parquet; nothing was done", where="--parquet / [manifest] parquet",
+                     "versions.parquet; no snapshot was written there", where="--parquet / [manifest] parquet",
                      fix="give this manifest a --parquet folder of its own (e.g. "
                          f"{shlex.quote(str(Path(directory).parent / (manifest.path.stem + '-snapshots')))}), or remove "
                          "the folder if the other manifest's snapshots are no longer wanted")
@@ -200,6 +199,8 @@ def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str |
         if version["label"] == new_label or not has_snapshot(version["label"], directory, version):
             write_snapshots(manifest, version["label"], directory)
             written.append(version["label"])
+    if written:  # (the folder named by its manifest once, after the snapshots: not once per version backfilled)
+        _claim(manifest, Path(directory))
     return written
 
 

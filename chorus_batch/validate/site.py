@@ -163,15 +163,15 @@ def _unreadable(what: str, remedy: str) -> pl.Expr:
         fmt(f"cannot read this {what}: {{}}; {remedy}", error))
 
 
-def _join_list(values: pl.Expr, limit: int = 5) -> pl.Expr:
-    return values.list.head(limit).list.join(", ")
-
-
 # What a finding names of a group its file belongs to (the person folders a content lies under, the recordings that use
 # a session id): its first few members and how many there are. Each member row carried the whole group's list: one
 # content under 1,000 person folders, 100 files in each, made 10^8 list items (1.8 GB at 100k files), and the same
 # file in every person folder of a 1M-file site took 24 GB (the run was killed by the out-of-memory killer).
 LISTED = 5
+
+
+def _join_list(values: pl.Expr, limit: int = LISTED) -> pl.Expr:
+    return values.list.head(limit).list.join(", ")
 
 
 def _first_of(values: pl.Expr) -> pl.Expr:
