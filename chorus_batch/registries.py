@@ -547,6 +547,9 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
             registries = build(write=False)  # reviewer who may only read the manifest gets them; a run may go on)
         except _WouldWrite:
             with manifest.lock(argv):
+                # (the schema is this release's: require above) a later release's mark is refused before a proc_id
+                # is given by this release's rules (it gave them, exit 0, where validate --force refused)
+                manifest.ensure_schema(create=False)
                 registries = build()
         return registries, write_registries(registries, out, omop=omop)
     finally:  # stopped or failed before writing (a signal, a refusal): no empty --out folder of its own is left

@@ -520,7 +520,8 @@ def test_a_version_checked_by_a_later_release_is_not_said_to_be_an_earlier_ones(
 def test_a_manifest_a_later_release_marked_is_read_but_not_written_by_this_one(tmp_path):
     """A site that rolled back: the previous release (schema 9) ran on a manifest this one had classified and
     checked, and undid both without a word. Schema 10 keeps meta.min_release: a release older than it refuses to
-    write (run, validate, upgrade: exit 3, nothing changed, the release to install named), and still reads."""
+    write (run, validate, upgrade, registry giving proc_ids: exit 3, nothing changed, the release to install named),
+    and still reads."""
     db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
     shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
     shutil.copytree(RELEASE_D460234 / "site", site)
@@ -528,13 +529,18 @@ def test_a_manifest_a_later_release_marked_is_read_but_not_written_by_this_one(t
     assert query(db, "SELECT value FROM meta WHERE key = 'min_release'") == [(schema_module.MIN_RELEASE,)]
     with sqlite3.connect(db) as con:  # as a later release leaves it
         con.execute("UPDATE meta SET value = '9.1.0' WHERE key = 'min_release'")
-    before = {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("meta", "versions", "source_files", "findings")}
-    for argv in (("run", "--site", str(site)), ("validate",), ("upgrade",)):
+    before = {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in ("meta", "versions", "source_files", "findings",
+                                                                       "registry")}
+    assert query(db, "SELECT count(*) FROM registry WHERE proc_id IS NULL")[0][0] > 0  # registry would give proc_ids
+    # (registry gave them by this release's rules, exit 0)
+    for argv in (("run", "--site", str(site)), ("validate",), ("upgrade",),
+                 ("registry", "--site", str(site), "--out", str(tmp_path / "reg"))):
         out = cli(*argv, "--db", str(db))
         assert out.returncode == 3, (argv, out.stderr)
         assert "written by chorus-batch 9.1.0 or later" in out.stderr and "install chorus-batch 9.1.0 or later" in out.stderr
         assert "Traceback" not in out.stderr
     assert {t: query(db, f"SELECT * FROM {t} ORDER BY 1") for t in before} == before
+    assert not (tmp_path / "reg").exists()
     assert cli("versions", "--db", str(db)).returncode == 0  # reading it works
 
 
