@@ -1996,14 +1996,24 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
                  "review": "no notebook was written (review only reads)",
                  # (each said what it did, as run does: "nothing was committed" is a run's word, not theirs)
                  "validate": "no findings of this check were recorded (they are stored in one transaction at its "
-                             "end); the manifest's versions are as they were; run the same command again",
+                             "end); the manifest's versions are as they were",
                  "registry": "the proc_ids given so far stay recorded in the manifest (the same records keep "
                              "them); the registry files in --out are as they were (they are put in place together, "
-                             "once all are written): run the same command again to write them",
-                 "upgrade": "the manifest was not upgraded (the upgrade is one transaction, undone when cut short); "
-                            "run the same command again",
+                             "once all are written)",
+                 "upgrade": "the manifest was not upgraded (the upgrade is one transaction, undone when cut short)",
                  **{command: f"nothing was written ({command} only reads)"
                     for command in ("versions", "changes", "files", "diff", "history", "slurm-script")}}
+# What to do after a signal, where the command then stands as NOT_COMMITTED says. Not after a failure: its own fix
+# says what to do (`upgrade` of a manifest on a read-only file system was told to pass --db on a writable one, then
+# "run the same command again", which fails the same way)
+AGAIN_AFTER_SIGNAL = {"validate": "run the same command again", "registry": "run the same command again to write them",
+                      "upgrade": "run the same command again"}
+
+
+def _stopped_by_signal(command: str) -> str:
+    """What stands after a signal stopped `command` before it committed, and what to do."""
+    stands = NOT_COMMITTED.get(command, NOTHING_COMMITTED)
+    return f"{stands}; {AGAIN_AFTER_SIGNAL[command]}" if command in AGAIN_AFTER_SIGNAL else stands
 
 
 # The arguments that name a local file or folder of the machine (not a site-relative path, not a URL), as `_expand_home`
@@ -2086,7 +2096,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
         committed = getattr(exc, "committed", None)
         outcome = getattr(exc, "outcome", None) or (f"version {committed} had been committed before; it stays" if committed
-                                                     else NOT_COMMITTED.get(args.command, NOTHING_COMMITTED))
+                                                     else _stopped_by_signal(args.command))
         upgraded = getattr(exc, "upgraded", None)  # the schema upgrade's commit had ended when the signal was raised
         if upgraded:
             done = f"the upgrade of the manifest from schema {upgraded[0]} to {upgraded[1]} had been committed and stays"

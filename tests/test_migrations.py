@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -383,6 +384,25 @@ def test_a_manifest_refused_for_what_it_holds_is_not_said_to_need_the_command_ru
         assert "run the same command again" not in out.stderr and "proc_ids" not in out.stderr, (args, out.stderr)
         assert old.read_bytes() == data
     assert not (tmp_path / "reg").exists()
+
+
+def test_upgrade_on_a_read_only_mount_is_not_told_to_run_the_same_command_again(tmp_path):
+    """An old manifest on a file system mounted read-only (a backup): `upgrade` said to pass --db on a writable file
+    system, then "run the same command again", which fails the same way. After a failure the command's own fix says
+    what to do; "run the same command again" follows a signal only."""
+    source, mounted = tmp_path / "source", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    shutil.copy(FIXTURE / "manifest.sqlite", source / "manifest.sqlite")
+    assert os.geteuid() == 0, "mounting a folder read-only needs root (as CI runs)"
+    subprocess.run(["mount", "--bind", str(source), str(mounted)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mounted)], check=True)
+        out = cli("upgrade", "--db", str(mounted / "manifest.sqlite"))
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert out.returncode == 3 and "Read-only file system" in out.stderr and "writable" in out.stderr, out.stderr
+    assert "the manifest was not upgraded" in out.stderr and "run the same command again" not in out.stderr, out.stderr
 
 
 def test_upgrade_of_an_empty_file_creates_nothing(tmp_path):
