@@ -268,6 +268,23 @@ def test_symlinks_and_special_files_are_skipped_with_a_reason(site, db):
         "OMOP/pipe": "not a regular file (device, socket or FIFO); skipped"}
 
 
+@pytest.mark.skipif(os.name == "nt", reason="symlinks and FIFOs")
+def test_the_error_summary_lists_each_kinds_examples_under_its_own_heading(site, db):
+    """With two kinds of errors, the summary gave both counts, then every example under the last kind's heading,
+    as if all were of that kind."""
+    write(site, "OMOP/real.csv", b"r")
+    for i in range(12):
+        os.symlink(site / "OMOP/real.csv", site / f"OMOP/link{i:02d}.csv")
+    os.mkfifo(site / "OMOP/pipe")
+    out = cli("run", "--site", str(site), "--db", str(db), "-q", "--no-validate")
+    assert out.returncode == 1, out.stderr  # (errors: exit 1)
+    errors = out.stdout.split("\nerrors: 13 (")[1].split("\n")[1:]
+    assert errors[:3] == ["  special_file: 1", "    OMOP/pipe: not a regular file (device, socket or FIFO); skipped",
+                          "  symlink: 12"], out.stdout
+    assert [line.split(":")[0] for line in errors[3:8]] == [f"    OMOP/link{i:02d}.csv" for i in range(5)], out.stdout
+    assert errors[8].startswith("  ... and 7 more: `chorus-batch report"), out.stdout  # 10 examples in all
+
+
 def test_vanished_file_between_listing_and_hashing(site, db):
     write(site, "OMOP/keep.csv", b"k")
     write(site, "OMOP/gone.csv", b"g")

@@ -196,12 +196,18 @@ def summary_text(result: RunResult, *, findings_more: str | None = None) -> str:
         }.get(result.errors_in or "", ("nothing was written: a run would record them",
                                        "--json lists them all"))  # (the same command: `status` needs its options)
         lines += ["", f"errors: {result.errors.height} ({where})"]
-        for kind, n in d["errors"]["by_kind"].items():
+        # Each kind's examples under its own heading (with two kinds or more, all were listed under the last one);
+        # 10 in all, shared among the kinds, at least one of each
+        by_kind = d["errors"]["by_kind"]
+        each = max(1, 10 // max(len(by_kind), 1))
+        shown = 0
+        for kind, n in by_kind.items():
             lines.append(f"  {kind}: {n}")
-        for row in result.errors.head(10).iter_rows(named=True):
-            lines.append(f"    {shown_name(row['srcfile'])}: {shown_text(row['message'])}")
-        if result.errors.height > 10:
-            lines.append(f"    ... and {result.errors.height - 10} more: {more}")
+            for row in result.errors.filter(pl.col("kind") == kind).head(each).iter_rows(named=True):
+                lines.append(f"    {shown_name(row['srcfile'])}: {shown_text(row['message'])}")
+                shown += 1
+        if result.errors.height > shown:
+            lines.append(f"  ... and {result.errors.height - shown} more: {more}")
     sources = result.md5_sources
     if sources and (result.cloud or sources.get("stored") or sources.get("unverifiable")):  # where MD5s came from
         lines.append(f"MD5s: {sources['computed']} read and hashed, {sources['stored']} as stored by the storage, "
