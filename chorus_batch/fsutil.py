@@ -163,8 +163,9 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
                 tmp.unlink()
         if marker is not None:  # (after the files it names: a kill in between leaves renames already done)
             with contextlib.suppress(OSError):
-                marker[0].unlink()
-            os.close(marker[1])
+                marker[0].unlink()  # (while its lock is held, where there is one: closed on Windows, _set_marker)
+            if marker[1] >= 0:
+                os.close(marker[1])
     return list(aside)
 
 
@@ -225,19 +226,28 @@ def _set_marker(aside: dict[Path, Path]) -> tuple[Path, int]:
         tmp.unlink()  # a dead process of the same pid's
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
     try:
-        _lock(fd, wait=True)
+        flocked = _lock(fd, wait=True)
         os.write(fd, json.dumps({tmp.name: target.name for target, tmp in aside.items()}).encode())
         os.fsync(fd)
+        if flocked is None:  # Windows: no lock to hold, and a file open there can be neither renamed nor removed
+            fd = _closed(fd)
         os.replace(tmp, marker)
         _fsync_folder(folder)  # the marker is on disk before any rename is
     except BaseException as exc:
+        if fd >= 0:
+            fd = _closed(fd)
         with contextlib.suppress(OSError):
             tmp.unlink()
-        os.close(fd)
         if isinstance(exc, OSError) and not isinstance(exc, WriteError):
             raise cannot_write(next(iter(aside)), exc) from None
         raise
     return marker, fd
+
+
+def _closed(fd: int) -> int:
+    """Close `fd`; -1, what a closed descriptor is kept as."""
+    os.close(fd)
+    return -1
 
 
 def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
@@ -255,7 +265,7 @@ def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
         except OSError:
             continue
         try:
-            locked = _lock(fd, wait=False)
+            locked = flocked = _lock(fd, wait=False)
             if locked is None:  # (no flock: its writer is taken as gone once the marker is old)
                 locked = time.time() - os.fstat(fd).st_mtime >= ABANDONED_AFTER_S
             if not locked or not same_file(fd, marker):  # alive, or finished meanwhile
@@ -271,11 +281,14 @@ def complete_interrupted_sets(folder: str | os.PathLike[str]) -> list[str]:
             for target in renames.values():  # (the earlier files it kept aside to undo a failed rename)
                 with contextlib.suppress(FileNotFoundError):
                     (marker.parent / f"{aside_stem(target)}.{pid}.old").unlink()
+            if flocked is None:  # Windows: an open file cannot be removed (the marker stayed, and was done again)
+                fd = _closed(fd)
             marker.unlink()
         except (OSError, ValueError, AttributeError):
             continue  # another user's, a damaged marker: left as it is
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         done.append(f"a process (pid {pid}) that wrote {', '.join(sorted(renames.values()))} in {folder} was killed "
                     f"while it put its files in place: "
                     + (f"the rest of its set, {', '.join(put)}, was put in place now, so that the folder holds one "

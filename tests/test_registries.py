@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -738,3 +740,44 @@ def test_an_omop_table_split_by_semicolons_is_told_not_an_internal_error(tmp_pat
     assert done.returncode == 2, done.stderr
     assert f"cannot read OMOP/{table}.csv: its header row is split by semicolons, not commas" in done.stderr, done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_a_set_is_put_in_place_without_renaming_or_removing_an_open_file_where_there_is_no_flock(tmp_path, monkeypatch):
+    """Windows has no flock, and a file open there can be neither renamed nor removed (Python opens files without
+    FILE_SHARE_DELETE). The set's marker was renamed into place and removed while its descriptor was open: every
+    `registry --out` of a Windows site would have failed ("cannot write"), and a marker completed by the next writer
+    stayed, to be completed again. Here the platform's rule is checked on Linux: no descriptor of this process is open
+    on a file when it is renamed or removed."""
+    from chorus_batch import fsutil
+
+    def open_paths() -> set[str]:
+        fds = Path("/proc/self/fd")
+        return {os.path.realpath(fds / fd) for fd in os.listdir(fds)}
+
+    def refusing_open(real):
+        def call(src, *args, **kwargs):
+            assert os.path.realpath(src) not in open_paths(), f"{src} is open while it is renamed or removed"
+            return real(src, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(fsutil, "_lock", lambda fd, *, wait: None)  # as on Windows
+    monkeypatch.setattr(fsutil.os, "replace", refusing_open(os.replace))
+    monkeypatch.setattr(fsutil.os, "unlink", refusing_open(os.unlink))
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: refusing_open(os.unlink)(self))
+    out = tmp_path / "release"
+    out.mkdir()
+    written = fsutil.write_private_together({out / "a.csv": b"a\n", out / "b.csv": b"b\n"})
+    assert sorted(p.name for p in written) == ["a.csv", "b.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]  # no marker left beside them
+
+    # a marker a killed writer left (its files written aside, none renamed yet), old enough to be taken as gone
+    pid = 999_999
+    for name, data in (("a.csv", b"A\n"), ("b.csv", b"B\n")):
+        (out / f"{fsutil.aside_stem(name)}.{pid}.tmp").write_bytes(data)
+    marker = out / fsutil._SET_MARKER.format(pid)
+    marker.write_text(json.dumps({f"{fsutil.aside_stem(n)}.{pid}.tmp": n for n in ("a.csv", "b.csv")}))
+    old = time.time() - fsutil.ABANDONED_AFTER_S - 60
+    os.utime(marker, (old, old))
+    said = fsutil.complete_interrupted_sets(out)
+    assert len(said) == 1 and "a.csv, b.csv, was put in place now" in said[0], said
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"a.csv": b"A\n", "b.csv": b"B\n"}  # marker removed
