@@ -437,7 +437,18 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
 
     def read_files(folder: Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
-        files = ScanResult.read_files(folder, buckets)
+        try:
+            files = ScanResult.read_files(folder, buckets)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            # Only the footer of a shard's files.parquet is checked before the commit (check_shards): a data page
+            # damaged since it was written (a copy cut, a bit flipped on the staging disk) failed the commit as an
+            # "internal error" ("zstd error: Data corruption detected"), naming no shard and no rerun.
+            coverage = Coverage(shard=folders.index(folder), shards=shards)
+            raise UsageError(f"cannot merge: shard {coverage.shard}/{shards} is damaged (its files.parquet cannot be "
+                             f"read: {exc}): rerun it with: "
+                             f"{rerun_command(settings, coverage, staging, parts[coverage.shard].arguments)}; nothing "
+                             "was committed", where=str(folder / "files.parquet"),
+                             fix="rerun the shard named, then merge again") from None
         return files if dropped is None else files.join(dropped, on=["root_id", "srcfile"], how="anti")
 
     if not partitioned:

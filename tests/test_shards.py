@@ -1100,3 +1100,28 @@ def test_shards_that_listed_the_site_hours_apart_are_said(snapshots, tmp_path):
     run_shards(site, tmp_path / "m2.sqlite", again)
     alone = cli("run", "--site", str(site), "--db", str(tmp_path / "m2.sqlite"), "--merge", str(again))
     assert alone.returncode in (0, 1) and "hours apart" not in alone.stderr, alone.stderr
+
+
+@pytest.mark.parametrize("partition_rows", [None, 5], ids=["a-partition-per-shard", "many-partitions-per-shard"])
+def test_a_shard_whose_files_parquet_is_damaged_inside_is_named_with_its_rerun(snapshots, tmp_path, monkeypatch,
+                                                                                partition_rows):
+    """Only the footer of a shard's files.parquet is checked before the commit; its files are read partition by
+    partition during it. A data page damaged on the staging disk (a bit flipped, a copy gone wrong) ended the merge as
+    an "internal error" (zstd: "Data corruption detected"), exit 3, naming no shard and no rerun."""
+    if partition_rows:
+        monkeypatch.setenv("CHORUS_BATCH_PARTITION_ROWS", str(partition_rows))
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    staging = tmp_path / "staging2"
+    run_shards(snapshots / "second", db, staging)
+    files = staging / f"shard-1-of-{N}" / "files.parquet"
+    with open(files, "r+b") as f:  # past the magic "PAR1", inside the first column's pages; the footer stays
+        f.seek(min(300, files.stat().st_size // 4))
+        f.write(b"X" * 30)
+    out = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "internal error" not in out.stderr
+    assert f"shard 1/{N} is damaged (its files.parquet cannot be read: " in out.stderr, out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
