@@ -33,8 +33,8 @@ from .config import RunSettings, parse_bytes
 from .errors import ChorusError, UsageError
 from .exclude import Excludes, same_globs
 from .frames import empty_state
-from .coverage import BUCKETS
-from .partitions import TreeParts, bucket_range
+from .coverage import BUCKETS, top_bucket
+from .partitions import BUCKET, TreeParts, bucket_range
 from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
 from .sources import mask_url
@@ -556,6 +556,11 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             f"which its folder {folder.name} names: a folder renamed or copied in): rerun it "
                             f"with: {rerun_command(settings, coverage, staging, siblings)}")
             continue
+        misplaced = _misplaced(folder, coverage) if contents else None
+        if misplaced:
+            problems.append(f"shard {k}/{shards} is damaged ({misplaced}): rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
+            continue
         if roots is not None and not same_roots(part.roots, roots):
             # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
             # different roots", naming none of them)
@@ -647,6 +652,31 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     if say_left_out:
         _say_listing_spread(numbered)
     return shards, parts
+
+
+def _misplaced(folder: Path, coverage: Coverage) -> str | None:
+    """What is wrong with the bucket column of a shard's files.parquet, or None. The commit reads each partition's
+    files by that column (a range of buckets): a row whose bucket lies outside the shard's (an edited or mixed-up
+    files.parquet) was never read, and its file, there on disk, was left out of the version (committed as removed)
+    without a word; one whose bucket is not its path's was read with another partition than its path's previous row.
+    One row per top-level folder and bucket is checked (the CRC of each folder), not per file."""
+    from .partitions import top_folder
+
+    try:
+        tops = (pl.scan_parquet(folder / "files.parquet").select(top_folder(pl.col("srcfile")).alias("top"), BUCKET)
+                .unique().collect())
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        return f"its files.parquet cannot be read: {exc}"
+    first, last = bucket_range(coverage.shard, coverage.shards)
+    for top, bucket in tops.iter_rows():
+        expected = 0 if top is None else top_bucket(top)
+        if bucket != expected or not first <= expected <= last:
+            where = "files at the site's root" if top is None else f"files under {top}/"
+            return (f"its files.parquet holds {where} in bucket {bucket}, " +
+                    (f"not {expected}, the bucket of their folder" if bucket != expected else
+                     f"which is not among this shard's buckets {first}-{last}")
+                    + ": edited, or written by another split; its files would be left out of the version")
+    return None
 
 
 # Shards that listed the site this far apart are said (a job array on a busy cluster, a shard rerun the next day):

@@ -1125,3 +1125,26 @@ def test_a_shard_whose_files_parquet_is_damaged_inside_is_named_with_its_rerun(s
     assert f"shard 1/{N} is damaged (its files.parquet cannot be read: " in out.stderr, out.stderr
     assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+@pytest.mark.parametrize("edit", ["bucket-of-another-shard", "bucket-not-of-its-folder"])
+def test_a_shard_whose_files_sit_in_the_wrong_bucket_is_named_not_committed_as_removals(snapshots, tmp_path, edit):
+    """The commit reads a shard's files by their bucket column, a range of buckets at a time. A files.parquet whose
+    rows carry a bucket outside the shard's (edited by hand, or mixed up with another split's) had those rows never
+    read: their files, there on disk, were left out of the version (committed as removed), exit 0, without a word; one whose bucket is not its
+    folder's was read in another partition than the previous version's row of its path. Both are damaged shards."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    files = staging / f"shard-1-of-{N}" / "files.parquet"
+    frame = pl.read_parquet(files)
+    first = frame["bucket"][0]
+    moved = 0 if edit == "bucket-of-another-shard" else (first + 1 if first + 1 <= 2047 else first - 1)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(moved).otherwise(pl.col("bucket"))
+                       .cast(pl.Int32).alias("bucket")).write_parquet(files)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 1/{N} is damaged (its files.parquet holds files under " in out.stderr, out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    run_shards(site, db, staging, shards=(1,))
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
