@@ -127,7 +127,7 @@ def _written_ns(folder: Path) -> int:
     out (a version of an old listing). One without a readable record: its scan.json's or its folder's modification."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         started = json.loads((folder / "scan.json").read_text("utf-8")).get("scan_started_ns")
-        if isinstance(started, int) and not isinstance(started, bool) and started > 0:
+        if isinstance(started, int) and not isinstance(started, bool) and 0 < started < 2**63:  # (as ScanResult reads)
             return started
     times = []
     for path in (folder, folder / "scan.json"):

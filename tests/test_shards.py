@@ -313,7 +313,10 @@ def _without_md5_column(folder: Path) -> None:
     (_edit_record(lambda r: {**r, "coverage": {"shard": 2, "shards": 4}}),
      "its scan.json is of shard 2 of 4, not of shard 0 of 4, which its folder shard-0-of-4 names"),
     (_without_md5_column, "its files.parquet has no column md5"),
-], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet"])
+    (_edit_record(lambda r: {**r, "scan_started_ns": 10**30}), f"scan_started_ns is {10**30}, out of range"),
+    (_edit_record(lambda r: {**r, "bytes_hashed": -1}), "bytes_hashed is -1, out of range"),
+], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet",
+        "start-out-of-range", "negative-bytes"])
 def test_a_shard_this_release_cannot_read_is_named_with_its_rerun_not_an_internal_error(snapshots, tmp_path, edit,
                                                                                          said):
     """A shard of another release (or one edited, or a folder copied in under another shard's name) was an
