@@ -664,7 +664,7 @@ def _misplaced(folder: Path, coverage: Coverage) -> str | None:
 
     try:
         tops = (pl.scan_parquet(folder / "files.parquet").select(top_folder(pl.col("srcfile")).alias("top"), BUCKET)
-                .unique().collect())
+                .unique().collect(engine="streaming"))  # (a shard's paths are not held: its rows pass, folders stay)
     except (OSError, pl.exceptions.PolarsError) as exc:
         return f"its files.parquet cannot be read: {exc}"
     first, last = bucket_range(coverage.shard, coverage.shards)
