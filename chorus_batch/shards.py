@@ -436,6 +436,12 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     dropped = _linked_once(merged, parts, settings)
     folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
 
+    def damaged(folder: Path, what: str) -> UsageError:
+        coverage = Coverage(shard=folders.index(folder), shards=shards)
+        return UsageError(f"cannot merge: shard {coverage.shard}/{shards} is damaged ({what}): rerun it with: "
+                          f"{rerun_command(settings, coverage, staging, parts[coverage.shard].arguments)}; nothing "
+                          "was committed", where=str(folder / "files.parquet"), fix="rerun the shard named, then merge again")
+
     def read_files(folder: Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
         try:
             files = ScanResult.read_files(folder, buckets)
@@ -443,12 +449,12 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             # Only the footer of a shard's files.parquet is checked before the commit (check_shards): a data page
             # damaged since it was written (a copy cut, a bit flipped on the staging disk) failed the commit as an
             # "internal error" ("zstd error: Data corruption detected"), naming no shard and no rerun.
-            coverage = Coverage(shard=folders.index(folder), shards=shards)
-            raise UsageError(f"cannot merge: shard {coverage.shard}/{shards} is damaged (its files.parquet cannot be "
-                             f"read: {exc}): rerun it with: "
-                             f"{rerun_command(settings, coverage, staging, parts[coverage.shard].arguments)}; nothing "
-                             "was committed", where=str(folder / "files.parquet"),
-                             fix="rerun the shard named, then merge again") from None
+            raise damaged(folder, f"its files.parquet cannot be read: {exc}") from None
+        # A path twice (an edited files.parquet; a listing gives each once, and a path's bucket, checked, puts both in
+        # one partition) failed the commit on the manifest's unique index, said as another program writing it.
+        twice = files.filter(pl.struct("root_id", "srcfile").is_duplicated())
+        if twice.height:
+            raise damaged(folder, f"its files.parquet lists {twice['srcfile'][0]} more than once")
         return files if dropped is None else files.join(dropped, on=["root_id", "srcfile"], how="anti")
 
     if not partitioned:

@@ -1151,3 +1151,21 @@ def test_a_shard_whose_files_sit_in_the_wrong_bucket_is_named_not_committed_as_r
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
     run_shards(site, db, staging, shards=(1,))
     assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+
+
+def test_a_shard_that_lists_a_path_twice_is_named_not_said_as_another_program_writing_the_manifest(snapshots, tmp_path):
+    """A files.parquet edited to list one path twice (its count as its record says) failed the commit on the
+    manifest's unique index: "the manifest refused a write ... check that no other program writes this manifest",
+    exit 3, naming neither the shard nor its rerun."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    files = staging / f"shard-1-of-{N}" / "files.parquet"
+    frame = pl.read_parquet(files)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.col("srcfile").get(1))
+                       .otherwise(pl.col("srcfile")).alias("srcfile")).write_parquet(files)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 1/{N} is damaged (its files.parquet lists {frame['srcfile'][1]} more than once)" in out.stderr, \
+        out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "no other program" not in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
