@@ -455,6 +455,15 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
         twice = files.filter(pl.struct("root_id", "srcfile").is_duplicated())
         if twice.height:
             raise damaged(folder, f"its files.parquet lists {twice['srcfile'][0]} more than once")
+        # (values no listing gives: an MD5 that is not 32 hex digits was committed as the file's, and uploaded under
+        # it; a size below 0 or none, a path without a time)
+        odd = files.filter(~pl.col("md5").str.contains("^[0-9a-f]{32}$").fill_null(True)
+                           | pl.col("size").is_null() | (pl.col("size") < 0) | pl.col("mtime_ns").is_null()
+                           | pl.col("srcfile").is_null() | pl.col("root_id").is_null())
+        if odd.height:
+            row = odd.row(0, named=True)
+            raise damaged(folder, f"its files.parquet holds a row no listing gives: {row['srcfile']!r}, size "
+                                  f"{row['size']}, MD5 {row['md5']!r}, mtime {row['mtime_ns']}")
         return files if dropped is None else files.join(dropped, on=["root_id", "srcfile"], how="anti")
 
     if not partitioned:

@@ -1169,3 +1169,23 @@ def test_a_shard_that_lists_a_path_twice_is_named_not_said_as_another_program_wr
         out.stderr
     assert f"--shard 1/{N} --staging {staging}" in out.stderr and "no other program" not in out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+@pytest.mark.parametrize("column, value", [("md5", "not an md5"), ("md5", "91E0C7F567B3D77920BA0A6426F626B9"),
+                                           ("size", -5)], ids=["md5-text", "md5-upper", "size-negative"])
+def test_a_shard_row_no_listing_gives_is_named_not_committed(snapshots, tmp_path, column, value):
+    """A files.parquet edited to an MD5 that is not 32 lowercase hex digits (or a size below 0) was committed as the
+    file's, exit 0, validation silent: the version said the file holds what no MD5 of it is, and upload sent it so."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    files = staging / f"shard-0-of-{N}" / "files.parquet"
+    frame = pl.read_parquet(files)
+    assert frame.height  # (shard 0 holds OMOP/ and Metadata/ at least)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(value)).otherwise(pl.col(column))
+                       .cast(frame.schema[column]).alias(column)).write_parquet(files)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 0/{N} is damaged (its files.parquet holds a row no listing gives: {frame['srcfile'][0]!r}" \
+        in out.stderr, out.stderr
+    assert f"--shard 0/{N} --staging {staging}" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
