@@ -181,6 +181,10 @@ class ScanResult:
 
         for key in ("scan_started_ns", "n_hashed", "bytes_hashed"):
             expect(key, int)
+            # (a time or count no scan gives, an edited record: 10**30 ns was an OverflowError, an internal error, when
+            # the merge said when the shards listed the site; SQLite keeps no integer from 2**63)
+            if not (0 < record[key] if key == "scan_started_ns" else 0 <= record[key]) or record[key] >= 2**63:
+                raise ValueError(f"{key} is {record[key]!r}, out of range")
         expect("hash_s", (int, float))
         expect("based_on", (str, type(None)))
         expect("coverage", dict)

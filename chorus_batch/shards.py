@@ -33,8 +33,8 @@ from .config import RunSettings, parse_bytes
 from .errors import ChorusError, UsageError
 from .exclude import Excludes, same_globs
 from .frames import empty_state
-from .coverage import BUCKETS
-from .partitions import TreeParts, bucket_range
+from .coverage import BUCKETS, top_bucket
+from .partitions import BUCKET, TreeParts, bucket_range
 from .progress import Progress, log
 from .scan import Coverage, ScanResult, merge_scans, recorded_words, scan
 from .sources import mask_url
@@ -127,7 +127,7 @@ def _written_ns(folder: Path) -> int:
     out (a version of an old listing). One without a readable record: its scan.json's or its folder's modification."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         started = json.loads((folder / "scan.json").read_text("utf-8")).get("scan_started_ns")
-        if isinstance(started, int) and not isinstance(started, bool) and started > 0:
+        if isinstance(started, int) and not isinstance(started, bool) and 0 < started < 2**63:  # (as ScanResult reads)
             return started
     times = []
     for path in (folder, folder / "scan.json"):
@@ -436,8 +436,34 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     dropped = _linked_once(merged, parts, settings)
     folders = [shard_folder(staging, Coverage(shard=k, shards=shards)) for k in range(shards)]
 
+    def damaged(folder: Path, what: str) -> UsageError:
+        coverage = Coverage(shard=folders.index(folder), shards=shards)
+        return UsageError(f"cannot merge: shard {coverage.shard}/{shards} is damaged ({what}): rerun it with: "
+                          f"{rerun_command(settings, coverage, staging, parts[coverage.shard].arguments)}; nothing "
+                          "was committed", where=str(folder / "files.parquet"), fix="rerun the shard named, then merge again")
+
     def read_files(folder: Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
-        files = ScanResult.read_files(folder, buckets)
+        try:
+            files = ScanResult.read_files(folder, buckets)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            # Only the footer of a shard's files.parquet is checked before the commit (check_shards): a data page
+            # damaged since it was written (a copy cut, a bit flipped on the staging disk) failed the commit as an
+            # "internal error" ("zstd error: Data corruption detected"), naming no shard and no rerun.
+            raise damaged(folder, f"its files.parquet cannot be read: {exc}") from None
+        # A path twice (an edited files.parquet; a listing gives each once, and a path's bucket, checked, puts both in
+        # one partition) failed the commit on the manifest's unique index, said as another program writing it.
+        twice = files.filter(pl.struct("root_id", "srcfile").is_duplicated())
+        if twice.height:
+            raise damaged(folder, f"its files.parquet lists {twice['srcfile'][0]} more than once")
+        # (values no listing gives: an MD5 that is not 32 hex digits was committed as the file's, and uploaded under
+        # it; a size below 0 or none, a path without a time)
+        odd = files.filter(~pl.col("md5").str.contains("^[0-9a-f]{32}$").fill_null(True)
+                           | pl.col("size").is_null() | (pl.col("size") < 0) | pl.col("mtime_ns").is_null()
+                           | pl.col("srcfile").is_null() | pl.col("root_id").is_null())
+        if odd.height:
+            row = odd.row(0, named=True)
+            raise damaged(folder, f"its files.parquet holds a row no listing gives: {row['srcfile']!r}, size "
+                                  f"{row['size']}, MD5 {row['md5']!r}, mtime {row['mtime_ns']}")
         return files if dropped is None else files.join(dropped, on=["root_id", "srcfile"], how="anti")
 
     if not partitioned:
@@ -545,6 +571,11 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             f"which its folder {folder.name} names: a folder renamed or copied in): rerun it "
                             f"with: {rerun_command(settings, coverage, staging, siblings)}")
             continue
+        misplaced = _misplaced(folder, coverage) if contents else None
+        if misplaced:
+            problems.append(f"shard {k}/{shards} is damaged ({misplaced}): rerun it with: "
+                            f"{rerun_command(settings, coverage, staging, part.arguments or siblings)}")
+            continue
         if roots is not None and not same_roots(part.roots, roots):
             # (one shard rerun without the --config of the others left the [site.roots] out: "the shards scanned
             # different roots", naming none of them)
@@ -636,6 +667,31 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     if say_left_out:
         _say_listing_spread(numbered)
     return shards, parts
+
+
+def _misplaced(folder: Path, coverage: Coverage) -> str | None:
+    """What is wrong with the bucket column of a shard's files.parquet, or None. The commit reads each partition's
+    files by that column (a range of buckets): a row whose bucket lies outside the shard's (an edited or mixed-up
+    files.parquet) was never read, and its file, there on disk, was left out of the version (committed as removed)
+    without a word; one whose bucket is not its path's was read with another partition than its path's previous row.
+    One row per top-level folder and bucket is checked (the CRC of each folder), not per file."""
+    from .partitions import top_folder
+
+    try:
+        tops = (pl.scan_parquet(folder / "files.parquet").select(top_folder(pl.col("srcfile")).alias("top"), BUCKET)
+                .unique().collect(engine="streaming"))  # (a shard's paths are not held: its rows pass, folders stay)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        return f"its files.parquet cannot be read: {exc}"
+    first, last = bucket_range(coverage.shard, coverage.shards)
+    for top, bucket in tops.iter_rows():
+        expected = 0 if top is None else top_bucket(top)
+        if bucket != expected or not first <= expected <= last:
+            where = "files at the site's root" if top is None else f"files under {top}/"
+            return (f"its files.parquet holds {where} in bucket {bucket}, " +
+                    (f"not {expected}, the bucket of their folder" if bucket != expected else
+                     f"which is not among this shard's buckets {first}-{last}")
+                    + ": edited, or written by another split; its files would be left out of the version")
+    return None
 
 
 # Shards that listed the site this far apart are said (a job array on a busy cluster, a shard rerun the next day):

@@ -216,6 +216,14 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
                           "the staging folder (<db>.staging, the default)"),
                          (_absolute(log_dir) if log_dir else None, "the log folder")):
         _require_folder(folder, what)
+        if folder and "\\" in folder:
+            # The jobs' logs are named by sbatch's --output pattern in this folder; a backslash anywhere in a pattern
+            # turns its replacements (%A, %a, %j) off and is dropped: every task failed at once without a log (slurm
+            # 22.05), the merge never ran, and the follower named logs that were never written.
+            raise UsageError(f"{what} {folder} holds a backslash, which sbatch reads in the jobs' log names (--output) "
+                             "as \"replace nothing\": every task would fail without a log; no script was made and "
+                             "nothing was submitted", where=what,
+                             fix="give --staging a folder whose path has no backslash (rename it, or another one)")
 
     run = [python, "-m", "chorus_batch", "run"]
     if config:

@@ -313,7 +313,10 @@ def _without_md5_column(folder: Path) -> None:
     (_edit_record(lambda r: {**r, "coverage": {"shard": 2, "shards": 4}}),
      "its scan.json is of shard 2 of 4, not of shard 0 of 4, which its folder shard-0-of-4 names"),
     (_without_md5_column, "its files.parquet has no column md5"),
-], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet"])
+    (_edit_record(lambda r: {**r, "scan_started_ns": 10**30}), f"scan_started_ns is {10**30}, out of range"),
+    (_edit_record(lambda r: {**r, "bytes_hashed": -1}), "bytes_hashed is -1, out of range"),
+], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet",
+        "start-out-of-range", "negative-bytes"])
 def test_a_shard_this_release_cannot_read_is_named_with_its_rerun_not_an_internal_error(snapshots, tmp_path, edit,
                                                                                          said):
     """A shard of another release (or one edited, or a folder copied in under another shard's name) was an
@@ -1100,3 +1103,89 @@ def test_shards_that_listed_the_site_hours_apart_are_said(snapshots, tmp_path):
     run_shards(site, tmp_path / "m2.sqlite", again)
     alone = cli("run", "--site", str(site), "--db", str(tmp_path / "m2.sqlite"), "--merge", str(again))
     assert alone.returncode in (0, 1) and "hours apart" not in alone.stderr, alone.stderr
+
+
+@pytest.mark.parametrize("partition_rows", [None, 5], ids=["a-partition-per-shard", "many-partitions-per-shard"])
+def test_a_shard_whose_files_parquet_is_damaged_inside_is_named_with_its_rerun(snapshots, tmp_path, monkeypatch,
+                                                                                partition_rows):
+    """Only the footer of a shard's files.parquet is checked before the commit; its files are read partition by
+    partition during it. A data page damaged on the staging disk (a bit flipped, a copy gone wrong) ended the merge as
+    an "internal error" (zstd: "Data corruption detected"), exit 3, naming no shard and no rerun."""
+    if partition_rows:
+        monkeypatch.setenv("CHORUS_BATCH_PARTITION_ROWS", str(partition_rows))
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+    staging = tmp_path / "staging2"
+    run_shards(snapshots / "second", db, staging)
+    files = staging / f"shard-1-of-{N}" / "files.parquet"
+    with open(files, "r+b") as f:  # past the magic "PAR1", inside the first column's pages; the footer stays
+        f.seek(min(300, files.stat().st_size // 4))
+        f.write(b"X" * 30)
+    out = cli("run", "--site", str(snapshots / "second"), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stderr
+    assert "internal error" not in out.stderr
+    assert f"shard 1/{N} is damaged (its files.parquet cannot be read: " in out.stderr, out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
+@pytest.mark.parametrize("edit", ["bucket-of-another-shard", "bucket-not-of-its-folder"])
+def test_a_shard_whose_files_sit_in_the_wrong_bucket_is_named_not_committed_as_removals(snapshots, tmp_path, edit):
+    """The commit reads a shard's files by their bucket column, a range of buckets at a time. A files.parquet whose
+    rows carry a bucket outside the shard's (edited by hand, or mixed up with another split's) had those rows never
+    read: their files, there on disk, were left out of the version (committed as removed), exit 0, without a word; one whose bucket is not its
+    folder's was read in another partition than the previous version's row of its path. Both are damaged shards."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    files = staging / f"shard-1-of-{N}" / "files.parquet"
+    frame = pl.read_parquet(files)
+    first = frame["bucket"][0]
+    moved = 0 if edit == "bucket-of-another-shard" else (first + 1 if first + 1 <= 2047 else first - 1)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(moved).otherwise(pl.col("bucket"))
+                       .cast(pl.Int32).alias("bucket")).write_parquet(files)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 1/{N} is damaged (its files.parquet holds files under " in out.stderr, out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "nothing was committed" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+    run_shards(site, db, staging, shards=(1,))
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate").returncode in (0, 1)
+
+
+def test_a_shard_that_lists_a_path_twice_is_named_not_said_as_another_program_writing_the_manifest(snapshots, tmp_path):
+    """A files.parquet edited to list one path twice (its count as its record says) failed the commit on the
+    manifest's unique index: "the manifest refused a write ... check that no other program writes this manifest",
+    exit 3, naming neither the shard nor its rerun."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    files = staging / f"shard-1-of-{N}" / "files.parquet"
+    frame = pl.read_parquet(files)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.col("srcfile").get(1))
+                       .otherwise(pl.col("srcfile")).alias("srcfile")).write_parquet(files)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 1/{N} is damaged (its files.parquet lists {frame['srcfile'][1]} more than once)" in out.stderr, \
+        out.stderr
+    assert f"--shard 1/{N} --staging {staging}" in out.stderr and "no other program" not in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+@pytest.mark.parametrize("column, value", [("md5", "not an md5"), ("md5", "91E0C7F567B3D77920BA0A6426F626B9"),
+                                           ("size", -5)], ids=["md5-text", "md5-upper", "size-negative"])
+def test_a_shard_row_no_listing_gives_is_named_not_committed(snapshots, tmp_path, column, value):
+    """A files.parquet edited to an MD5 that is not 32 lowercase hex digits (or a size below 0) was committed as the
+    file's, exit 0, validation silent: the version said the file holds what no MD5 of it is, and upload sent it so."""
+    site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
+    run_shards(site, db, staging)
+    files = staging / f"shard-0-of-{N}" / "files.parquet"
+    frame = pl.read_parquet(files)
+    assert frame.height  # (shard 0 holds OMOP/ and Metadata/ at least)
+    frame.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(value)).otherwise(pl.col(column))
+                       .cast(frame.schema[column]).alias(column)).write_parquet(files)
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"shard 0/{N} is damaged (its files.parquet holds a row no listing gives: {frame['srcfile'][0]!r}" \
+        in out.stderr, out.stderr
+    assert f"--shard 0/{N} --staging {staging}" in out.stderr
+    assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]

@@ -163,6 +163,26 @@ def test_a_path_with_a_line_break_is_refused_not_written_into_the_script(tmp_pat
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize("command", [["slurm-script"], ["run", "--slurm"]])
+@pytest.mark.parametrize("where", ["--staging", "--db"])
+def test_a_staging_folder_with_a_backslash_is_refused_before_a_script_is_made(tmp_path, command, where):
+    """sbatch reads the jobs' --output (STAGING/logs/%x-%A_%a.out) as a pattern, and a backslash anywhere in it turns
+    every replacement off: on slurm 22.05 each task of a staging folder "st a\\b" failed at once without a log, the
+    merge never ran, and the follower named logs that were never written. Refused up front (also the default staging
+    folder beside a manifest in such a folder), saying what to give instead."""
+    (tmp_path / "site").mkdir()
+    odd = tmp_path / "st a\\b"
+    db = odd / "m.sqlite" if where == "--db" else tmp_path / "m.sqlite"
+    extra = ["--staging", str(odd)] if where == "--staging" else []
+    proc = cli(*command, "--site", str(tmp_path / "site"), "--db", str(db), *extra, cwd=tmp_path)
+    assert proc.returncode == 2 and "holds a backslash" in proc.stderr and "give --staging a folder" in proc.stderr, \
+        proc.stderr
+    assert proc.stdout == "" and not odd.exists()
+    fine = cli(*command[:1], "--site", str(tmp_path / "site"), "--db", str(db), "--staging", str(tmp_path / "st"),
+               cwd=tmp_path) if command == ["slurm-script"] else None
+    assert fine is None or fine.returncode == 0, fine.stderr
+
+
 def test_slurm_script_command(tmp_path):
     (tmp_path / "site").mkdir()
     proc = cli("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), "--shards", "16",
