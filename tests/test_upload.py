@@ -994,6 +994,34 @@ def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_m
     assert open_source(f"az://{site_container}/").stat("Metadata/tab\tx.md").size == 3
 
 
+def test_site_files_in_a_folder_named_manifest_are_refused_by_name_not_sent_and_called_missing_for_ever(central,
+                                                                                                        tmp_path):
+    """<version>/_manifest/ holds the manifest's copy and the claim. A site's own _manifest/ folder was sent there, then
+    left out of every listing check: "missing: not in the central container" of a blob that was there, the version never
+    finished and each upload said to run it again; its empty _manifest/owner was confirmed as 'found': the claim."""
+    site, db, label = tmp_path / "site", tmp_path / "m.sqlite", "20261101020000"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "_manifest/notes.txt", b"the site's own notes")
+    write(site, "_manifest/owner", b"")
+    commit(site, db, label)
+    for _ in range(2):  # the same, truthful answer every time
+        out = up(central, db)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "bad_name: 2" in out.stdout and "missing" not in out.stdout, out.stdout
+        assert "bad_name: _manifest/notes.txt: its top folder (or name) '_manifest' is where upload keeps" in out.stdout
+        assert set(blobs(central)) == {f"{label}/OMOP/person.csv"}
+    assert sorted(query(db, "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) "
+                            "WHERE u.state != 'uploaded'")) == [("_manifest/notes.txt", "bad_name"),
+                                                               ("_manifest/owner", "bad_name")]
+    checked = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert "missing" not in checked.stdout, checked.stdout
+    script = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert script.returncode == 1 and "not in the script: 2 files whose name" in script.stderr, script.stderr
+    # a central prefix named so is no such folder: the version folders are below it
+    assert cli("upload", "--db", str(db), "--to", f"{central.url}_manifest/", "--dry-run",
+               env=central.env).returncode == 1
+
+
 def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, tmp_path):
     db = committed_site(tmp_path, 5)
     label = "20261101020000"

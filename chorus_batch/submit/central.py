@@ -143,7 +143,7 @@ def parse_central(url: str) -> tuple[str, str]:
     prefix = parts.path.strip("/")
     # The prefix is a part of every blob name: a backslash (Azure turns it into '/') or a control character there put
     # every blob elsewhere than the ledger's destination says (check_names checked only the files' names)
-    why = pl.select(check_names(pl.lit(prefix), pl.lit("v"), "")).item() if prefix else None
+    why = pl.select(check_names(pl.lit(prefix), pl.lit("v"), "", reserved=False)).item() if prefix else None
     if why is not None:
         raise UsageError(f"the prefix of the central URL {mask_url(url)!r} cannot begin blob names as it is: "
                          f"{why.replace('its name', 'it', 1)}, so the blobs would not be where the ledger says",
@@ -186,11 +186,20 @@ MAX_SEGMENTS = 254
 _BAD_CHARS = r"[\x00-\x1f\x7f-\x9f\x{FFFE}\x{FFFF}]"
 
 
-def check_names(names: pl.Expr, version: pl.Expr | str, prefix: str) -> pl.Expr:
-    """Why each site-relative name cannot be stored as it is at <prefix>/<version>/<name>; null when it can."""
+def check_names(names: pl.Expr, version: pl.Expr | str, prefix: str, *, reserved: bool = True) -> pl.Expr:
+    """Why each site-relative name cannot be stored as it is at <prefix>/<version>/<name>; null when it can.
+    reserved (site files, not the central prefix): a name in the version folder's _manifest/ is refused too."""
     full = pl.concat_str([pl.lit(prefix + "/" if prefix else ""), version if isinstance(version, pl.Expr) else pl.lit(version),
                           pl.lit("/"), names])
-    return (pl.when(names.str.contains(r"\\")).then(pl.lit("its name holds a backslash, which Azure turns into '/'"))
+    # <version>/_manifest/ holds the manifest's copy and the claim: a site file there (a top folder or file named
+    # _manifest) was sent, then left out of every listing check ("missing", the version never finished, each upload
+    # said to run it again), and _manifest/owner or _manifest/manifest.sqlite was taken for the claim or the copy.
+    in_manifest_folder = (names == MANIFEST_FOLDER) | names.str.starts_with(MANIFEST_FOLDER + "/")
+    return (pl.when(pl.lit(reserved) & in_manifest_folder)
+            .then(pl.lit(f"its top folder (or name) '{MANIFEST_FOLDER}' is where upload keeps the manifest's copy and "
+                         f"its claim of the version folder (<version>/{MANIFEST_FOLDER}/): the blob would be taken for "
+                         "them, or left out of every check"))
+            .when(names.str.contains(r"\\")).then(pl.lit("its name holds a backslash, which Azure turns into '/'"))
             .when(names.str.contains(_BAD_CHARS)).then(pl.lit("its name holds a control character (or a "
                                                                "character that is not one), which Azure does not keep"))
             .when(names.str.contains(r"\.(/|$)|//|^/|/$"))
