@@ -2087,6 +2087,45 @@ def azcopy_tools(tmp_path: Path) -> Path:
     return tools
 
 
+def test_mark_uploaded_reads_names_ending_in_a_space_or_holding_a_line_separator_as_the_script_logged_them(
+        central, azurite, tmp_path):
+    """The script logs each name as it is, one per '\\n'. mark-uploaded split the log with str.splitlines() (U+2028 is a
+    line end there) and stripped the names: both files, sent, were "not in that version's change set" (and a line
+    "not understood"), exit 1. A log whose lines end in '\\r\\n' is still read."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site, db, label = tmp_path / "site", tmp_path / "m.sqlite", "20261101020000"
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/trail.csv ": b"a space at its end",
+             "OMOP/ls\u2028x.csv": b"a line separator inside"}
+    for name, data in names.items():
+        write(site, name, data)
+    commit(site, db, label)
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 0, out.stderr
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                                                    list=True),
+                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
+           "PATH": f"{azcopy_tools(tmp_path)}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert set(blobs(central)) == {f"{label}/{name}" for name in names}
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    marked = cli(*mark, env=central.env)
+    assert marked.returncode == 0 and "recorded 3 uploads" in marked.stdout, marked.stdout + marked.stderr
+    assert "not understood" not in marked.stdout and "not recorded" not in marked.stdout, marked.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(3,)]
+    log.write_bytes(log.read_bytes().replace(b"\n", b"\r\n"))  # the same log, through Windows
+    again = cli(*mark, env=central.env)
+    assert again.returncode == 0 and "3 more logged blobs were recorded before" in again.stdout, again.stdout
+    done = up(central, db)
+    assert done.returncode == 0 and "sent 0 files" in done.stdout, done.stdout + done.stderr
+
+
 def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central, azurite, tmp_path):
     """The AzCopy script sent AzCopy's output nowhere and said only "failed: FILE" (a SAS without write permission
     failed every file, and no line said why); a local path with a '%' AzCopy cannot parse ("invalid URL escape") was
