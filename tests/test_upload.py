@@ -383,6 +383,30 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
 
 
+def test_verify_download_names_blobs_the_centre_moved_to_the_archive_tier_and_reads_back_the_others(central,
+                                                                                                      tmp_path):
+    """A centre's lifecycle rule moves blobs to the Archive tier; their bytes cannot be read until rehydrated (409
+    BlobArchived). verify --download failed as a whole for one such blob ("cannot read ...: check the URL and that the
+    credentials for it are in the environment", exit 3), nothing recorded; and so for the manifest's copy."""
+    db = committed_site(tmp_path, 3)
+    assert up(central, db).returncode == 0
+    label, archived = "20261101020000", "000001/Waveforms/Telemetry/S1/S1.dat"
+    central.client.get_blob_client(f"{label}/{archived}").set_standard_blob_tier("Archive")
+    central.client.get_blob_client(f"{label}/_manifest/manifest.sqlite").set_standard_blob_tier("Archive")
+    download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
+    assert download.returncode == 1, download.stdout + download.stderr
+    problems = {p["srcfile"]: (p["verify_state"], p["message"]) for p in json.loads(download.stdout)["problems"]}
+    assert problems.keys() == {archived, "_manifest/manifest.sqlite"}, problems
+    assert all(state == "archived" and "in the Archive tier" in message and "rehydrate" in message
+               for state, message in problems.values()), problems
+    rows = dict(query(db, "SELECT f.srcfile, u.verify_state || '/' || u.verify_method FROM uploads u "
+                          "JOIN source_files f USING (file_id)"))
+    assert rows.pop(archived) == "archived/download" and set(rows.values()) == {"ok/download"}, rows
+    # not damaged: nothing is sent again, and the version stays completely uploaded
+    again = up(central, db)
+    assert again.returncode == 0 and "nothing to upload" in again.stdout, again.stdout + again.stderr
+
+
 def test_verify_download_reads_a_blob_with_a_content_encoding_as_the_bytes_it_holds(central, azurite, tmp_path):
     """A blob at the centre given a Content-Encoding (gzip: a tool that serves .gz files set it) was read back decoded
     by the SDK's default: its intact bytes were "damaged" (another MD5, or no gzip to decode) and upload sent it again."""
@@ -1906,7 +1930,7 @@ def test_verify_json_fields_are_the_ones_the_readme_names(central, tmp_path):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     said = readme[readme.index("`verify --json` holds"):][:700]
     assert fields and all(f"`{name}`" in said for name in fields), (fields, said)
-    assert "`verify_state` `missing`, `other` or `content`" in said
+    assert "`verify_state` `missing`, `other`, `content` or `archived`" in said
 
 
 def test_upload_checks_its_site_url_up_front_also_when_nothing_is_left_to_send(central, tmp_path):

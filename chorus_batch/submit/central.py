@@ -62,6 +62,17 @@ COPY_OWNER = "chorus_manifest_id"  # metadata of the manifest's copy (and of the
 # what tells another manifest with the same label that the folder is an upload in progress, not a free place.
 CLAIM_NAME = "owner"
 LISTING_SCHEMA = {"name": pl.String, "size": pl.Int64, "content_md5": pl.String, "etag": pl.String}
+# A blob the centre moved to the Archive tier (a lifecycle rule: "archive after N days"): there, listed with its size
+# and Content-MD5, but its bytes cannot be read until it is rehydrated (409 BlobArchived). verify --download said "cannot
+# read az://...: check the URL and the credentials", exit 3, with nothing recorded, for one such blob of a version.
+ARCHIVED = "archived"
+ARCHIVED_FIX = ("rehydrate it at the centre (set its access tier to Hot or Cool; that takes hours), then run `chorus-batch "
+                "verify --download` again")
+
+
+def is_archived(exc: BaseException) -> bool:
+    """The storage's refusal to read a blob in the Archive tier."""
+    return getattr(exc, "error_code", None) == "BlobArchived"
 
 
 @dataclass(frozen=True)
@@ -471,7 +482,8 @@ class Central:
 
     def copy_damage(self, version: str) -> str | None:
         """<version>/_manifest/manifest.sqlite read back (verify --download): why its bytes are not the copy upload put
-        there (not its Content-MD5, no readable manifest), or None when they are (or it is gone: said elsewhere)."""
+        there (not its Content-MD5, no readable manifest), or None when they are (or it is gone: said elsewhere);
+        ARCHIVED when it is in the Archive tier (not read)."""
         from ..fsutil import scratch_folder
 
         blob = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
@@ -490,7 +502,12 @@ class Central:
                             digest.update(chunk)
                             f.write(chunk)
 
-                cloud_access.retrying(read)
+                try:
+                    cloud_access.retrying(read)
+                except cloud_access.storage_errors() as exc:
+                    if is_archived(exc):
+                        return ARCHIVED
+                    raise
                 held = _hex(props.content_settings.content_md5)
                 if held is not None and digest.hexdigest() != held:
                     return f"its bytes, read back, have MD5 {digest.hexdigest()}, not its Content-MD5 {held} (damaged at the centre)"
@@ -594,9 +611,10 @@ class Central:
             raise self.explain(exc, "list", f"{self.url}/{version}/") from None
         return pl.DataFrame(rows, schema=LISTING_SCHEMA)
 
-    def download_md5(self, version: str, srcfile: str) -> tuple[str, int] | None:
-        """(MD5 of the bytes, size) of a blob, read back; None when it is not there."""
-        from azure.core.exceptions import ResourceNotFoundError
+    def download_md5(self, version: str, srcfile: str) -> tuple[str, int] | str | None:
+        """(MD5 of the bytes, size) of a blob, read back; None when it is not there; ARCHIVED when it is in the
+        Archive tier (its bytes cannot be read until it is rehydrated)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
             return _md5_of(self.container.get_blob_client(self.name(version, srcfile)))
@@ -604,3 +622,7 @@ class Central:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise
             return None
+        except HttpResponseError as exc:
+            if is_archived(exc):
+                return ARCHIVED
+            raise
