@@ -405,6 +405,21 @@ def test_verify_download_names_blobs_the_centre_moved_to_the_archive_tier_and_re
     # not damaged: nothing is sent again, and the version stays completely uploaded
     again = up(central, db)
     assert again.returncode == 0 and "nothing to upload" in again.stdout, again.stdout + again.stderr
+    from azure.storage.blob import ContentSettings
+
+    # A blob found without a Content-MD5 is read back to confirm it: archived, the upload says so (it printed the SDK's
+    # error page and "run upload again once the files above are in place")
+    site, db2 = tmp_path / "site2", tmp_path / "m2.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db2, "20261102020000")
+    blob = central.client.get_blob_client("20261102020000/OMOP/person.csv")
+    blob.upload_blob(b"person_id\n1\n")
+    blob.set_http_headers(ContentSettings())  # no Content-MD5, as a tool that sends in blocks leaves it
+    blob.set_standard_blob_tier("Archive")
+    sent = up(central, db2)
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    assert "is there without a Content-MD5 and in the Archive tier" in sent.stdout and "rehydrate" in sent.stdout
+    assert "ErrorCode" not in sent.stdout, sent.stdout
 
 
 def test_verify_download_reads_a_blob_with_a_content_encoding_as_the_bytes_it_holds(central, azurite, tmp_path):
