@@ -383,6 +383,45 @@ def test_verify_download_finds_a_corrupted_blob_whose_content_md5_was_kept(centr
     assert missing.returncode == 1 and "missing: 000000/Waveforms/Telemetry/S0/S0.dat" in missing.stdout
 
 
+def test_verify_download_names_blobs_the_centre_moved_to_the_archive_tier_and_reads_back_the_others(central,
+                                                                                                      tmp_path):
+    """A centre's lifecycle rule moves blobs to the Archive tier; their bytes cannot be read until rehydrated (409
+    BlobArchived). verify --download failed as a whole for one such blob ("cannot read ...: check the URL and that the
+    credentials for it are in the environment", exit 3), nothing recorded; and so for the manifest's copy."""
+    db = committed_site(tmp_path, 3)
+    assert up(central, db).returncode == 0
+    label, archived = "20261101020000", "000001/Waveforms/Telemetry/S1/S1.dat"
+    central.client.get_blob_client(f"{label}/{archived}").set_standard_blob_tier("Archive")
+    central.client.get_blob_client(f"{label}/_manifest/manifest.sqlite").set_standard_blob_tier("Archive")
+    download = cli("verify", "--db", str(db), "--to", central.url, "--download", "--json", env=central.env)
+    assert download.returncode == 1, download.stdout + download.stderr
+    problems = {p["srcfile"]: (p["verify_state"], p["message"]) for p in json.loads(download.stdout)["problems"]}
+    assert problems.keys() == {archived, "_manifest/manifest.sqlite"}, problems
+    assert all(state == "archived" and "in the Archive tier" in message and "rehydrate" in message
+               for state, message in problems.values()), problems
+    rows = dict(query(db, "SELECT f.srcfile, u.verify_state || '/' || u.verify_method FROM uploads u "
+                          "JOIN source_files f USING (file_id)"))
+    assert rows.pop(archived) == "archived/download" and set(rows.values()) == {"ok/download"}, rows
+    # not damaged: nothing is sent again, and the version stays completely uploaded
+    again = up(central, db)
+    assert again.returncode == 0 and "nothing to upload" in again.stdout, again.stdout + again.stderr
+    from azure.storage.blob import ContentSettings
+
+    # A blob found without a Content-MD5 is read back to confirm it: archived, the upload says so (it printed the SDK's
+    # error page and "run upload again once the files above are in place")
+    site, db2 = tmp_path / "site2", tmp_path / "m2.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    commit(site, db2, "20261102020000")
+    blob = central.client.get_blob_client("20261102020000/OMOP/person.csv")
+    blob.upload_blob(b"person_id\n1\n")
+    blob.set_http_headers(ContentSettings())  # no Content-MD5, as a tool that sends in blocks leaves it
+    blob.set_standard_blob_tier("Archive")
+    sent = up(central, db2)
+    assert sent.returncode == 1, sent.stdout + sent.stderr
+    assert "is there without a Content-MD5 and in the Archive tier" in sent.stdout and "rehydrate" in sent.stdout
+    assert "ErrorCode" not in sent.stdout, sent.stdout
+
+
 def test_verify_download_reads_a_blob_with_a_content_encoding_as_the_bytes_it_holds(central, azurite, tmp_path):
     """A blob at the centre given a Content-Encoding (gzip: a tool that serves .gz files set it) was read back decoded
     by the SDK's default: its intact bytes were "damaged" (another MD5, or no gzip to decode) and upload sent it again."""
@@ -992,6 +1031,34 @@ def test_names_azure_would_rewrite_are_refused_before_sending_and_never_called_m
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", central.env["AZURE_STORAGE_CONNECTION_STRING"])
     # the lookup itself finds it (adlfs, parsing the path as a URL, dropped the TAB)
     assert open_source(f"az://{site_container}/").stat("Metadata/tab\tx.md").size == 3
+
+
+def test_site_files_in_a_folder_named_manifest_are_refused_by_name_not_sent_and_called_missing_for_ever(central,
+                                                                                                        tmp_path):
+    """<version>/_manifest/ holds the manifest's copy and the claim. A site's own _manifest/ folder was sent there, then
+    left out of every listing check: "missing: not in the central container" of a blob that was there, the version never
+    finished and each upload said to run it again; its empty _manifest/owner was confirmed as 'found': the claim."""
+    site, db, label = tmp_path / "site", tmp_path / "m.sqlite", "20261101020000"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "_manifest/notes.txt", b"the site's own notes")
+    write(site, "_manifest/owner", b"")
+    commit(site, db, label)
+    for _ in range(2):  # the same, truthful answer every time
+        out = up(central, db)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "bad_name: 2" in out.stdout and "missing" not in out.stdout, out.stdout
+        assert "bad_name: _manifest/notes.txt: its top folder (or name) '_manifest' is where upload keeps" in out.stdout
+        assert set(blobs(central)) == {f"{label}/OMOP/person.csv"}
+    assert sorted(query(db, "SELECT f.srcfile, u.state FROM uploads u JOIN source_files f USING (file_id) "
+                            "WHERE u.state != 'uploaded'")) == [("_manifest/notes.txt", "bad_name"),
+                                                               ("_manifest/owner", "bad_name")]
+    checked = cli("verify", "--db", str(db), "--to", central.url, env=central.env)
+    assert "missing" not in checked.stdout, checked.stdout
+    script = cli("upload", "--db", str(db), "--to", central.url, "--script", "bash", env=central.env)
+    assert script.returncode == 1 and "not in the script: 2 files whose name" in script.stderr, script.stderr
+    # a central prefix named so is no such folder: the version folders are below it
+    assert cli("upload", "--db", str(db), "--to", f"{central.url}_manifest/", "--dry-run",
+               env=central.env).returncode == 1
 
 
 def test_files_verify_found_damaged_are_sent_again_by_the_next_upload(central, tmp_path):
@@ -1878,7 +1945,7 @@ def test_verify_json_fields_are_the_ones_the_readme_names(central, tmp_path):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     said = readme[readme.index("`verify --json` holds"):][:700]
     assert fields and all(f"`{name}`" in said for name in fields), (fields, said)
-    assert "`verify_state` `missing`, `other` or `content`" in said
+    assert "`verify_state` `missing`, `other`, `content` or `archived`" in said
 
 
 def test_upload_checks_its_site_url_up_front_also_when_nothing_is_left_to_send(central, tmp_path):
@@ -2057,6 +2124,45 @@ def azcopy_tools(tmp_path: Path) -> Path:
         shutil.copy(binary, tools / "azcopy")
         (tools / "azcopy").chmod(0o700)
     return tools
+
+
+def test_mark_uploaded_reads_names_ending_in_a_space_or_holding_a_line_separator_as_the_script_logged_them(
+        central, azurite, tmp_path):
+    """The script logs each name as it is, one per '\\n'. mark-uploaded split the log with str.splitlines() (U+2028 is a
+    line end there) and stripped the names: both files, sent, were "not in that version's change set" (and a line
+    "not understood"), exit 1. A log whose lines end in '\\r\\n' is still read."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    site, db, label = tmp_path / "site", tmp_path / "m.sqlite", "20261101020000"
+    names = {"OMOP/person.csv": b"person_id\n1\n", "OMOP/trail.csv ": b"a space at its end",
+             "OMOP/ls\u2028x.csv": b"a line separator inside"}
+    for name, data in names.items():
+        write(site, name, data)
+    commit(site, db, label)
+    out = cli("upload", "--db", str(db), "--to", central.url, "--script", "azcopy", env=central.env)
+    assert out.returncode == 0, out.stderr
+    script, log = tmp_path / "upload.sh", tmp_path / "upload.log"
+    script.write_text(out.stdout)
+    sas = generate_container_sas(azurite.account_name, central.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, add=True, create=True, write=True,
+                                                                    list=True),
+                                 expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    env = {**os.environ, **central.env, "CHORUS_SAS": sas, "CHORUS_UPLOAD_LOG": str(log),
+           "PATH": f"{azcopy_tools(tmp_path)}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+           "AZCOPY_LOG_LOCATION": str(tmp_path / "azlogs"), "AZCOPY_JOB_PLAN_LOCATION": str(tmp_path / "azplans")}
+    ran = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert set(blobs(central)) == {f"{label}/{name}" for name in names}
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    marked = cli(*mark, env=central.env)
+    assert marked.returncode == 0 and "recorded 3 uploads" in marked.stdout, marked.stdout + marked.stderr
+    assert "not understood" not in marked.stdout and "not recorded" not in marked.stdout, marked.stdout
+    assert query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'") == [(3,)]
+    log.write_bytes(log.read_bytes().replace(b"\n", b"\r\n"))  # the same log, through Windows
+    again = cli(*mark, env=central.env)
+    assert again.returncode == 0 and "3 more logged blobs were recorded before" in again.stdout, again.stdout
+    done = up(central, db)
+    assert done.returncode == 0 and "sent 0 files" in done.stdout, done.stdout + done.stderr
 
 
 def test_an_azcopy_script_says_why_a_file_failed_and_where_a_sas_is_seen(central, azurite, tmp_path):

@@ -62,6 +62,17 @@ COPY_OWNER = "chorus_manifest_id"  # metadata of the manifest's copy (and of the
 # what tells another manifest with the same label that the folder is an upload in progress, not a free place.
 CLAIM_NAME = "owner"
 LISTING_SCHEMA = {"name": pl.String, "size": pl.Int64, "content_md5": pl.String, "etag": pl.String}
+# A blob the centre moved to the Archive tier (a lifecycle rule: "archive after N days"): there, listed with its size
+# and Content-MD5, but its bytes cannot be read until it is rehydrated (409 BlobArchived). verify --download said "cannot
+# read az://...: check the URL and the credentials", exit 3, with nothing recorded, for one such blob of a version.
+ARCHIVED = "archived"
+ARCHIVED_FIX = ("rehydrate it at the centre (set its access tier to Hot or Cool; that takes hours), then run `chorus-batch "
+                "verify --download` again")
+
+
+def is_archived(exc: BaseException) -> bool:
+    """The storage's refusal to read a blob in the Archive tier."""
+    return getattr(exc, "error_code", None) == "BlobArchived"
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,7 @@ def parse_central(url: str) -> tuple[str, str]:
     prefix = parts.path.strip("/")
     # The prefix is a part of every blob name: a backslash (Azure turns it into '/') or a control character there put
     # every blob elsewhere than the ledger's destination says (check_names checked only the files' names)
-    why = pl.select(check_names(pl.lit(prefix), pl.lit("v"), "")).item() if prefix else None
+    why = pl.select(check_names(pl.lit(prefix), pl.lit("v"), "", reserved=False)).item() if prefix else None
     if why is not None:
         raise UsageError(f"the prefix of the central URL {mask_url(url)!r} cannot begin blob names as it is: "
                          f"{why.replace('its name', 'it', 1)}, so the blobs would not be where the ledger says",
@@ -186,11 +197,20 @@ MAX_SEGMENTS = 254
 _BAD_CHARS = r"[\x00-\x1f\x7f-\x9f\x{FFFE}\x{FFFF}]"
 
 
-def check_names(names: pl.Expr, version: pl.Expr | str, prefix: str) -> pl.Expr:
-    """Why each site-relative name cannot be stored as it is at <prefix>/<version>/<name>; null when it can."""
+def check_names(names: pl.Expr, version: pl.Expr | str, prefix: str, *, reserved: bool = True) -> pl.Expr:
+    """Why each site-relative name cannot be stored as it is at <prefix>/<version>/<name>; null when it can.
+    reserved (site files, not the central prefix): a name in the version folder's _manifest/ is refused too."""
     full = pl.concat_str([pl.lit(prefix + "/" if prefix else ""), version if isinstance(version, pl.Expr) else pl.lit(version),
                           pl.lit("/"), names])
-    return (pl.when(names.str.contains(r"\\")).then(pl.lit("its name holds a backslash, which Azure turns into '/'"))
+    # <version>/_manifest/ holds the manifest's copy and the claim: a site file there (a top folder or file named
+    # _manifest) was sent, then left out of every listing check ("missing", the version never finished, each upload
+    # said to run it again), and _manifest/owner or _manifest/manifest.sqlite was taken for the claim or the copy.
+    in_manifest_folder = (names == MANIFEST_FOLDER) | names.str.starts_with(MANIFEST_FOLDER + "/")
+    return (pl.when(pl.lit(reserved) & in_manifest_folder)
+            .then(pl.lit(f"its top folder (or name) '{MANIFEST_FOLDER}' is where upload keeps the manifest's copy and "
+                         f"its claim of the version folder (<version>/{MANIFEST_FOLDER}/): the blob would be taken for "
+                         "them, or left out of every check"))
+            .when(names.str.contains(r"\\")).then(pl.lit("its name holds a backslash, which Azure turns into '/'"))
             .when(names.str.contains(_BAD_CHARS)).then(pl.lit("its name holds a control character (or a "
                                                                "character that is not one), which Azure does not keep"))
             .when(names.str.contains(r"\.(/|$)|//|^/|/$"))
@@ -462,7 +482,8 @@ class Central:
 
     def copy_damage(self, version: str) -> str | None:
         """<version>/_manifest/manifest.sqlite read back (verify --download): why its bytes are not the copy upload put
-        there (not its Content-MD5, no readable manifest), or None when they are (or it is gone: said elsewhere)."""
+        there (not its Content-MD5, no readable manifest), or None when they are (or it is gone: said elsewhere);
+        ARCHIVED when it is in the Archive tier (not read)."""
         from ..fsutil import scratch_folder
 
         blob = self.container.get_blob_client(self.name(version, f"{MANIFEST_FOLDER}/{MANIFEST_NAME}"))
@@ -481,7 +502,12 @@ class Central:
                             digest.update(chunk)
                             f.write(chunk)
 
-                cloud_access.retrying(read)
+                try:
+                    cloud_access.retrying(read)
+                except cloud_access.storage_errors() as exc:
+                    if is_archived(exc):
+                        return ARCHIVED
+                    raise
                 held = _hex(props.content_settings.content_md5)
                 if held is not None and digest.hexdigest() != held:
                     return f"its bytes, read back, have MD5 {digest.hexdigest()}, not its Content-MD5 {held} (damaged at the centre)"
@@ -585,9 +611,10 @@ class Central:
             raise self.explain(exc, "list", f"{self.url}/{version}/") from None
         return pl.DataFrame(rows, schema=LISTING_SCHEMA)
 
-    def download_md5(self, version: str, srcfile: str) -> tuple[str, int] | None:
-        """(MD5 of the bytes, size) of a blob, read back; None when it is not there."""
-        from azure.core.exceptions import ResourceNotFoundError
+    def download_md5(self, version: str, srcfile: str) -> tuple[str, int] | str | None:
+        """(MD5 of the bytes, size) of a blob, read back; None when it is not there; ARCHIVED when it is in the
+        Archive tier (its bytes cannot be read until it is rehydrated)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
             return _md5_of(self.container.get_blob_client(self.name(version, srcfile)))
@@ -595,3 +622,7 @@ class Central:
             if getattr(exc, "error_code", None) == "ContainerNotFound":
                 raise
             return None
+        except HttpResponseError as exc:
+            if is_archived(exc):
+                return ARCHIVED
+            raise

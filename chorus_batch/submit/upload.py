@@ -44,7 +44,7 @@ from ..store.uploads import CONFIRMED, CONFLICT_FIX, UploadLedger, require_versi
 from ..times import iso, utc_now
 from ..units import plural, shown_name
 from .central import (MANIFEST_FOLDER, MANIFEST_NAME, Central, Conflict, FileChanged, FolderOwner, ReadFailed, Sent,
-                      check_apart, check_names, parse_central)
+                      check_apart, check_names, is_archived, parse_central)
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -646,6 +646,11 @@ def _send_one(central: Central, readers: dict[int | None, Source], label: str, r
     except SourceError as exc:  # a cloud root that failed as a whole
         raise _Fatal(exc) from None
     except cloud_access.storage_errors() as exc:  # the central container's reply
+        if is_archived(exc):  # (a blob there without a Content-MD5, whose bytes were to be read back to confirm it)
+            return "failed", (f"{central.destination(label, srcfile)} is there without a Content-MD5 and in the Archive "
+                              "tier: its bytes cannot be read back to confirm that it is this file (it is not replaced); "
+                              "rehydrate it at the centre (set its access tier to Hot or Cool; that takes hours), then "
+                              "upload again")
         if cloud_access.classify(exc) in _FATAL_KINDS:
             raise _Fatal(central.explain(exc, "upload to")) from None
         return "failed", cloud_access.scrub(f"the central container refused it: {type(exc).__name__}: {exc}")[:300]

@@ -38,9 +38,13 @@ def read_log(path: str, prefix: str, url: str) -> UploadLog:
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path} is not a text log of `upload --script` (byte {exc.start} is not UTF-8 text: a binary "
                          "file, or a log saved in another encoding such as UTF-16)", where=path, fix=_FIX) from None
-    lines = pl.DataFrame({"text": pl.Series(text.splitlines(), dtype=pl.String)}).with_row_index("line", offset=1).filter(
-        pl.col("text").str.strip_chars() != "")
-    lines = lines.with_columns(name=pl.col("text").str.extract(_LINE).str.strip_chars())
+    # Lines as the script ends them, '\n' (a '\r' before it, a log copied through Windows, is no part of a name: a
+    # control character is no blob name upload sends). Not str.splitlines(), nor white space stripped: a name may
+    # hold U+2028 or end with a space, sent as it is, and the log was read as another name ("not in that version's
+    # change set") and a line not understood.
+    lines = pl.DataFrame({"text": pl.Series(text.split("\n"), dtype=pl.String)}).with_row_index("line", offset=1).filter(
+        pl.col("text").str.strip_chars() != "").with_columns(pl.col("text").str.strip_suffix("\r"))
+    lines = lines.with_columns(name=pl.col("text").str.extract(_LINE))
     unknown = lines.filter(pl.col("name").is_null() | (pl.col("name") == ""))
     example = "".join(f"line {n}: {t.strip()[:80]!r}" for n, t in unknown.head(1).select("line", "text").iter_rows())
     names = lines.filter(pl.col("name") != "").unique("name", keep="first", maintain_order=True).select("name")

@@ -22,7 +22,7 @@ from ..frames import fmt
 from ..units import plural
 from ..sources import cloud as cloud_access
 from ..store.uploads import CONFIRMED, UploadLedger, require_version
-from .central import MANIFEST_FOLDER, MANIFEST_NAME, Central
+from .central import ARCHIVED, ARCHIVED_FIX, MANIFEST_FOLDER, MANIFEST_NAME, Central
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -133,6 +133,8 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
         done[1] += size
         if read is None:
             return "missing"
+        if read == ARCHIVED:  # (not read: neither right nor damaged; its listing check stands, said as not read back)
+            return ARCHIVED
         return "ok" if read == (md5, size) else "content"
 
     from ..progress import Progress
@@ -152,6 +154,9 @@ def _download_check(central: Central, version: str, expected: pl.DataFrame, resu
                           .when(pl.col("read_state") == "content")
                           .then(pl.lit("its bytes, read back, do not have the manifest's MD5"))
                           .when(pl.col("read_state") == "missing").then(pl.lit("gone while it was read back"))
+                          .when(pl.col("read_state") == ARCHIVED).then(pl.lit(
+                              "in the Archive tier at the centre: its bytes could not be read back (its size and "
+                              f"Content-MD5 in the listing were checked); {ARCHIVED_FIX}"))
                           .otherwise(pl.col("message")).alias("message"))
             .drop("read_state"))
 
@@ -174,6 +179,10 @@ def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str 
     there, mine, damage = looked
     if mine and damage is None:
         return pl.DataFrame(schema=PROBLEMS_SCHEMA)
+    if mine and damage == ARCHIVED:  # not read back: not found damaged either (the version stays finished)
+        return pl.DataFrame([{"version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": ARCHIVED,
+                              "message": "the manifest's copy upload put here is in the Archive tier: its bytes could "
+                                         f"not be read back; {ARCHIVED_FIX}"}], schema=PROBLEMS_SCHEMA)
     ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
     if damage is not None:
         state, message = "content", f"the manifest's copy upload put here: {damage}: the next upload puts it there again"
