@@ -365,11 +365,16 @@ class ManifestReader:
         if self._files_at(label, None, person).height:  # the person is there, just not in that modality
             return
         maybe = self.person_suggestions(person, label)
-        # one that looks the same as typed: its letters in the other Unicode form (é as e + accent), said as such
-        other_form = any(unicodedata.normalize("NFC", m) == unicodedata.normalize("NFC", person.strip()) for m in maybe)
+        # one that looks the same as typed is said as such: a space or line break at an end (' 000002' pasted),
+        # its letters in the other Unicode form (é as e + accent); a space was said to be the other Unicode form
+        typed = person.strip()
+        alike = [m for m in maybe if unicodedata.normalize("NFC", m) == unicodedata.normalize("NFC", typed)]
+        spaced = typed != person and bool(alike)
+        other_form = any(m != typed for m in alike)
         warnings.warn(NoSuchPerson(
             f"no files for person {person!r} in version {label}; person ids are text, as the site writes them"
             + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")
+            + (" (the id typed has a space or line break at an end: leave it out)" if spaced else "")
             + (" (the same letters in the other Unicode form: copy the id as `files` lists it)" if other_form else "")),
             stacklevel=3)
 

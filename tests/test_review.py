@@ -1386,3 +1386,26 @@ def test_a_person_typed_in_the_other_unicode_form_or_case_is_answered_with_the_i
         assert reader.files(person=unicodedata.normalize("NFD", "Zoé")).height == 0
     with pytest.warns(NoSuchPerson, match="did you mean Zoé\\?$"):
         reader.files(person="ZOÉ")
+
+
+def test_a_person_pasted_with_a_space_is_not_said_to_be_in_the_other_unicode_form(tmp_path):
+    """`files --person ' 000002'` (an id pasted with a space) was answered "did you mean 000002? (the same letters
+    in the other Unicode form ...)": the difference is the space, which the hint did not name."""
+    import unicodedata
+
+    from chorus_batch.review import NoSuchPerson
+
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db = tmp_path / "data" / "first", tmp_path / "m.sqlite"
+    write(site, "Zoé/Waveforms/1.dat", b"x")
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    with pytest.warns(NoSuchPerson, match="did you mean 000002\\? \\(the id typed has a space or line break at an "
+                                          "end: leave it out\\)$"):
+        assert reader.files(person=" 000002").height == 0
+    with pytest.warns(NoSuchPerson, match="did you mean Zoé\\? \\(the id typed has a space .*\\) \\(the same letters "
+                                          "in the other Unicode form"):
+        reader.files(person=unicodedata.normalize("NFD", "Zoé") + "\n")
+    out = cli("files", "--db", str(db), "--person", "000002 ")
+    assert out.returncode == 0 and "did you mean 000002? (the id typed has a space" in out.stderr, out.stderr
+    assert "Unicode" not in out.stderr
