@@ -1509,6 +1509,26 @@ def _scan_error_of(reader, path: str, label: str | None) -> str:
     return f"; it is a scan error of version {label}, not a tracked file ({kind}: {shown_text(message)})"
 
 
+def _held_in_other_versions(reader, path: str) -> str:
+    """What to add to "no files under PATH" where PATH is a file of other versions than the one asked (`files --as-of V
+    --path` of a file V had removed, and a later version added again): the versions that hold it. It was answered
+    "(paths are site-relative, as `chorus-batch files` prints them)", as if the path were mistyped."""
+    rows = reader.history_of(path)
+    rows = rows.filter(rows["srcfile"].is_in(reader.spellings(path)))  # its own rows, not those of a file renamed into it
+    if rows.height == 0:
+        return ""
+    spans: list[list] = []
+    for valid, invalid in rows.select("version_valid", "version_invalid").rows():
+        if spans and spans[-1][1] == valid:  # replaced in place: one span
+            spans[-1][1] = invalid
+        else:
+            spans.append([valid, invalid])
+    said = ", ".join(f"from {valid} on" if invalid is None else f"from {valid} until {invalid}" for valid, invalid in spans)
+    named = rows["srcfile"][0]
+    return (f"; {named!r} is a file of other versions ({said}): `chorus-batch history {shlex.quote(named)}` "
+            "lists them")
+
+
 def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -> None:
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
     a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
@@ -1516,6 +1536,10 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -
     scan_error = _scan_error_of(reader, path, label or reader.latest())
     if scan_error:
         print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
+        return
+    held = _held_in_other_versions(reader, path) if reader.latest() else ""
+    if held:
+        print(f"chorus-batch: {what} under {quoted(path)}{held}", file=sys.stderr)
         return
     similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None

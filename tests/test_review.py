@@ -1409,3 +1409,25 @@ def test_a_person_pasted_with_a_space_is_not_said_to_be_in_the_other_unicode_for
     out = cli("files", "--db", str(db), "--person", "000002 ")
     assert out.returncode == 0 and "did you mean 000002? (the id typed has a space" in out.stderr, out.stderr
     assert "Unicode" not in out.stderr
+
+
+def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other_versions(site, db):
+    """`files --as-of V --path P` of a file V had removed (and a later version added again) said "no files under P
+    (paths are site-relative, as `chorus-batch files` prints them)", as if P were mistyped: it names the versions
+    that hold it and the history command, spans of a file replaced in place as one."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/note.csv", b"a\n")
+    run_site(site, db, validate_site=False, version_label="v1")
+    (site / "OMOP" / "note.csv").unlink()
+    run_site(site, db, validate_site=False, version_label="v2", max_delete="all")
+    write(site, "OMOP/note.csv", b"a\n")
+    run_site(site, db, validate_site=False, version_label="v3")
+    write(site, "OMOP/note.csv", b"ab\n")
+    run_site(site, db, validate_site=False, version_label="v4")
+    out = cli("files", "--db", str(db), "--as-of", "v2", "--path", "./OMOP/note.csv", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == []
+    assert ("no files under './OMOP/note.csv'; 'OMOP/note.csv' is a file of other versions (from v1 until v2, from v3 "
+            "on): `chorus-batch history OMOP/note.csv` lists them") in out.stderr, out.stderr
+    assert "site-relative" not in out.stderr
+    mistyped = cli("files", "--db", str(db), "--as-of", "v2", "--path", "OMOP/nope.csv")
+    assert "(paths are site-relative, as `chorus-batch files` prints them)" in mistyped.stderr, mistyped.stderr
