@@ -272,8 +272,10 @@ class ManifestReader:
             dated = ISO_LIKE.match(version.strip()) is not None  # meant as a time: say what is wrong with it
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
             # (or typed without its leading zeros: 1 for the label 001)
+            # (or in other letter case: `--as-of V1` of the label v1, which the close matches' ratio, 0.5, left out)
             close = ([version.strip()] if version.strip() in labels
                      else [label for label in labels if _same_number(label, version.strip())][:3]
+                     or [label for label in labels if label.casefold() == version.strip().casefold()][:3]
                      or get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
                              + (", and it is not a valid ISO date-time" if dated else "")

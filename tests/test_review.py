@@ -1431,3 +1431,13 @@ def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other
     assert "site-relative" not in out.stderr
     mistyped = cli("files", "--db", str(db), "--as-of", "v2", "--path", "OMOP/nope.csv")
     assert "(paths are site-relative, as `chorus-batch files` prints them)" in mistyped.stderr, mistyped.stderr
+
+
+def test_a_label_typed_in_other_letter_case_is_answered_with_the_label_meant(site, db):
+    """`--as-of V1` of a manifest whose label is v1 (a site naming its deliveries by hand) was "no version 'V1' in the
+    manifest" with no word of v1: the close matches took it as only half alike."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False, version_label="nov-delivery")
+    out = cli("files", "--db", str(db), "--as-of", "NOV-Delivery")
+    assert out.returncode == 2 and "no version 'NOV-Delivery' in the manifest; did you mean nov-delivery?" \
+        in out.stderr, out.stderr
