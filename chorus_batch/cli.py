@@ -1372,7 +1372,7 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path, ("srcfile", "old_srcfile"))
         if frame.height == 0 and reader.rows_under(reader.files(label), args.path).height == 0:
             # (nothing under it changed, and nothing lies there either: a mistyped path or a pattern said "0 changes")
-            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}", label)
+            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}", label, db=args.db)
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -1482,7 +1482,7 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
-            _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of))
+            _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of), db=args.db)
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
@@ -1509,7 +1509,7 @@ def _scan_error_of(reader, path: str, label: str | None) -> str:
     return f"; it is a scan error of version {label}, not a tracked file ({kind}: {shown_text(message)})"
 
 
-def _held_in_other_versions(reader, path: str) -> str:
+def _held_in_other_versions(reader, path: str, db: str | None = None) -> str:
     """What to add to "no files under PATH" where PATH is a file of other versions than the one asked (`files --as-of V
     --path` of a file V had removed, and a later version added again): the versions that hold it. It was answered
     "(paths are site-relative, as `chorus-batch files` prints them)", as if the path were mistyped."""
@@ -1525,11 +1525,11 @@ def _held_in_other_versions(reader, path: str) -> str:
             spans.append([valid, invalid])
     said = ", ".join(f"from {valid} on" if invalid is None else f"from {valid} until {invalid}" for valid, invalid in spans)
     named = rows["srcfile"][0]
-    return (f"; {named!r} is a file of other versions ({said}): `chorus-batch history {shlex.quote(named)}` "
-            "lists them")
+    command = shlex.join(["chorus-batch", "history", *(["--db", db] if db else []), named])  # the manifest asked
+    return f"; {named!r} is a file of other versions ({said}): `{command}` lists them"
 
 
-def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -> None:
+def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *, db: str | None = None) -> None:
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
     a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
     The path is quoted as typed, as `history` quotes it (repr doubled a backslash: `'OMOP/bad\\\\xffname.csv'`)."""
@@ -1537,7 +1537,7 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -
     if scan_error:
         print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
         return
-    held = _held_in_other_versions(reader, path) if reader.latest() else ""
+    held = _held_in_other_versions(reader, path, db) if reader.latest() else ""
     if held:
         print(f"chorus-batch: {what} under {quoted(path)}{held}", file=sys.stderr)
         return

@@ -1427,7 +1427,7 @@ def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other
     out = cli("files", "--db", str(db), "--as-of", "v2", "--path", "./OMOP/note.csv", "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == []
     assert ("no files under './OMOP/note.csv'; 'OMOP/note.csv' is a file of other versions (from v1 until v2, from v3 "
-            "on): `chorus-batch history OMOP/note.csv` lists them") in out.stderr, out.stderr
+            f"on): `chorus-batch history --db {shlex.quote(str(db))} OMOP/note.csv` lists them") in out.stderr, out.stderr
     assert "site-relative" not in out.stderr
     mistyped = cli("files", "--db", str(db), "--as-of", "v2", "--path", "OMOP/nope.csv")
     assert "(paths are site-relative, as `chorus-batch files` prints them)" in mistyped.stderr, mistyped.stderr
