@@ -1581,6 +1581,9 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
         shown = quoted(args.path)  # a backslash as typed, not doubled
+        # The commands suggested read the manifest asked (a local one): pasted without --db, they read the default
+        # manifest of the shell's folder, or none
+        db = [] if args.db is None or "://" in target.db else ["--db", where]
         # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
         # called a folder of one file.
         bare = args.path.rstrip("/\\")
@@ -1594,13 +1597,13 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
             if ended is None or not inside:
                 tense = "is a file" if ended is None else f"was a file (until version {ended})"
                 raise UsageError(f"{shown} ends with a separator, but {named!r} {tense}, not a folder",
-                                 where=where, fix=f"ask `chorus-batch history {shlex.quote(named)}`")
-            was_file = (f"; {named!r} was a file until version {ended}: `chorus-batch history {shlex.quote(named)}` "
+                                 where=where, fix=f"ask `{shlex.join(['chorus-batch', 'history', *db, named])}`")
+            was_file = (f"; {named!r} was a file until version {ended}: `{shlex.join(['chorus-batch', 'history', *db, named])}` "
                         "tells its story")
         if inside:  # a folder: history follows one file
             raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file"
                              + was_file, where=where,
-                             fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
+                             fix=f"list them with `{shlex.join(['chorus-batch', 'files', *db, '--path', args.path])}`, then ask the "
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
         # does, so the difference shows (ascii(): é as one character, \xe9, or as e + accent, e\u0301).

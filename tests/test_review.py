@@ -412,7 +412,8 @@ def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     assert unknown.returncode == 2 and "no file" in unknown.stderr
     folder = cli("history", "--db", str(history["db"]), "OMOP/")  # said "no file", as if nothing were there
     assert folder.returncode == 2 and "'OMOP/' is a folder of" in folder.stderr
-    assert "chorus-batch files --path OMOP/" in folder.stderr
+    # (the commands suggested read the manifest asked: pasted without --db they read the shell folder's default)
+    assert f"chorus-batch files --db {shlex.quote(str(history['db']))} --path OMOP/" in folder.stderr, folder.stderr
     empty = cli("history", "--db", str(history["db"]), "")  # was "'' is a folder of N current files"
     assert empty.returncode == 2 and "PATH is empty" in empty.stderr
     assert "Traceback" not in missing.stderr + bad.stderr + unknown.stderr
@@ -485,7 +486,8 @@ def test_a_files_path_typed_with_a_trailing_slash_is_not_called_a_folder(site, d
     for typed in ("OMOP/person.csv/", "OMOP\\person.csv\\"):
         out = cli("history", "--db", str(db), typed)
         assert out.returncode == 2 and "is a folder of" not in out.stderr, out.stderr
-        assert "'OMOP/person.csv' is a file" in out.stderr and "chorus-batch history OMOP/person.csv" in out.stderr
+        assert "'OMOP/person.csv' is a file" in out.stderr, out.stderr
+        assert f"chorus-batch history --db {shlex.quote(str(db))} OMOP/person.csv" in out.stderr, out.stderr
     folder = cli("history", "--db", str(db), "OMOP/visit/")  # a real folder is still said as one
     assert folder.returncode == 2 and "is a folder of 1 current file" in folder.stderr, folder.stderr
 
@@ -506,7 +508,8 @@ def test_a_file_replaced_by_a_folder_of_its_name_is_said_a_folder_with_the_file_
     out = cli("history", "--db", str(db), "stray/")
     assert out.returncode == 2 and "is a file, not a folder" not in out.stderr, out.stderr
     assert "'stray/' is a folder of 1 current file" in out.stderr, out.stderr
-    assert f"'stray' was a file until version {second}" in out.stderr and "chorus-batch history stray" in out.stderr
+    assert f"'stray' was a file until version {second}" in out.stderr, out.stderr
+    assert f"chorus-batch history --db {shlex.quote(str(db))} stray" in out.stderr, out.stderr
     out = cli("history", "--db", str(db), "gone.txt/")
     assert out.returncode == 2 and f"'gone.txt' was a file (until version {second}), not a folder" in out.stderr, out.stderr
 
