@@ -1372,7 +1372,7 @@ def cmd_changes(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path, ("srcfile", "old_srcfile"))
         if frame.height == 0 and reader.rows_under(reader.files(label), args.path).height == 0:
             # (nothing under it changed, and nothing lies there either: a mistyped path or a pattern said "0 changes")
-            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}", label)
+            _say_nothing_under(reader, args.path, f"no changes and no files in version {label}", label, db=args.db)
     if args.md5sum:
         return _print_md5sum(frame)
     if args.json:
@@ -1482,7 +1482,7 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:
             # (a mistyped folder said "0 files" and nothing else; `history` suggests what a path may mean)
-            _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of))
+            _say_nothing_under(reader, args.path, "no files", reader.resolve(args.as_of), db=args.db)
     if args.md5sum:
         return _print_md5sum(frame)
     if not (args.json or args.csv):
@@ -1509,13 +1509,37 @@ def _scan_error_of(reader, path: str, label: str | None) -> str:
     return f"; it is a scan error of version {label}, not a tracked file ({kind}: {shown_text(message)})"
 
 
-def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -> None:
+def _held_in_other_versions(reader, path: str, db: str | None = None) -> str:
+    """What to add to "no files under PATH" where PATH is a file of other versions than the one asked (`files --as-of V
+    --path` of a file V had removed, and a later version added again): the versions that hold it. It was answered
+    "(paths are site-relative, as `chorus-batch files` prints them)", as if the path were mistyped."""
+    rows = reader.history_of(path)
+    rows = rows.filter(rows["srcfile"].is_in(reader.spellings(path)))  # its own rows, not those of a file renamed into it
+    if rows.height == 0:
+        return ""
+    spans: list[list] = []
+    for valid, invalid in rows.select("version_valid", "version_invalid").rows():
+        if spans and spans[-1][1] == valid:  # replaced in place: one span
+            spans[-1][1] = invalid
+        else:
+            spans.append([valid, invalid])
+    said = ", ".join(f"from {valid} on" if invalid is None else f"from {valid} until {invalid}" for valid, invalid in spans)
+    named = rows["srcfile"][0]
+    command = shlex.join(["chorus-batch", "history", *(["--db", db] if db else []), named])  # the manifest asked
+    return f"; {named!r} is a file of other versions ({said}): `{command}` lists them"
+
+
+def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *, db: str | None = None) -> None:
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
     a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
     The path is quoted as typed, as `history` quotes it (repr doubled a backslash: `'OMOP/bad\\\\xffname.csv'`)."""
     scan_error = _scan_error_of(reader, path, label or reader.latest())
     if scan_error:
         print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
+        return
+    held = _held_in_other_versions(reader, path, db) if reader.latest() else ""
+    if held:
+        print(f"chorus-batch: {what} under {quoted(path)}{held}", file=sys.stderr)
         return
     similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None
@@ -1557,6 +1581,9 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     frame = reader.history_of(args.path)
     if frame.height == 0 and not (args.json or args.csv):
         shown = quoted(args.path)  # a backslash as typed, not doubled
+        # The commands suggested read the manifest asked (a local one): pasted without --db, they read the default
+        # manifest of the shell's folder, or none
+        db = [] if args.db is None or "://" in target.db else ["--db", where]
         # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
         # called a folder of one file.
         bare = args.path.rstrip("/\\")
@@ -1570,13 +1597,13 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
             if ended is None or not inside:
                 tense = "is a file" if ended is None else f"was a file (until version {ended})"
                 raise UsageError(f"{shown} ends with a separator, but {named!r} {tense}, not a folder",
-                                 where=where, fix=f"ask `chorus-batch history {shlex.quote(named)}`")
-            was_file = (f"; {named!r} was a file until version {ended}: `chorus-batch history {shlex.quote(named)}` "
+                                 where=where, fix=f"ask `{shlex.join(['chorus-batch', 'history', *db, named])}`")
+            was_file = (f"; {named!r} was a file until version {ended}: `{shlex.join(['chorus-batch', 'history', *db, named])}` "
                         "tells its story")
         if inside:  # a folder: history follows one file
             raise UsageError(f"{shown} is a folder of {inside} current {'file' if inside == 1 else 'files'}, not a file"
                              + was_file, where=where,
-                             fix=f"list them with `chorus-batch files --path {shlex.quote(args.path)}`, then ask the "
+                             fix=f"list them with `{shlex.join(['chorus-batch', 'files', *db, '--path', args.path])}`, then ask the "
                                  "history of one")
         # A name that differs in case, Unicode form or a space at an end looks the same: quoted as Python
         # does, so the difference shows (ascii(): é as one character, \xe9, or as e + accent, e\u0301).

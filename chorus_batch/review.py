@@ -272,8 +272,10 @@ class ManifestReader:
             dated = ISO_LIKE.match(version.strip()) is not None  # meant as a time: say what is wrong with it
             # a label copied with a space, or mistyped in a digit: the labels it is probably meant to be
             # (or typed without its leading zeros: 1 for the label 001)
+            # (or in other letter case: `--as-of V1` of the label v1, which the close matches' ratio, 0.5, left out)
             close = ([version.strip()] if version.strip() in labels
                      else [label for label in labels if _same_number(label, version.strip())][:3]
+                     or [label for label in labels if label.casefold() == version.strip().casefold()][:3]
                      or get_close_matches(version.strip(), labels, n=3, cutoff=0.8))
             raise UsageError(f"no version {version!r} in the manifest"
                              + (", and it is not a valid ISO date-time" if dated else "")
@@ -365,11 +367,16 @@ class ManifestReader:
         if self._files_at(label, None, person).height:  # the person is there, just not in that modality
             return
         maybe = self.person_suggestions(person, label)
-        # one that looks the same as typed: its letters in the other Unicode form (é as e + accent), said as such
-        other_form = any(unicodedata.normalize("NFC", m) == unicodedata.normalize("NFC", person.strip()) for m in maybe)
+        # one that looks the same as typed is said as such: a space or line break at an end (' 000002' pasted),
+        # its letters in the other Unicode form (é as e + accent); a space was said to be the other Unicode form
+        typed = person.strip()
+        alike = [m for m in maybe if unicodedata.normalize("NFC", m) == unicodedata.normalize("NFC", typed)]
+        spaced = typed != person and bool(alike)
+        other_form = any(m != typed for m in alike)
         warnings.warn(NoSuchPerson(
             f"no files for person {person!r} in version {label}; person ids are text, as the site writes them"
             + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")
+            + (" (the id typed has a space or line break at an end: leave it out)" if spaced else "")
             + (" (the same letters in the other Unicode form: copy the id as `files` lists it)" if other_form else "")),
             stacklevel=3)
 

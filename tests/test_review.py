@@ -412,7 +412,8 @@ def test_cli_errors_say_what_where_and_how_to_fix(history, tmp_path):
     assert unknown.returncode == 2 and "no file" in unknown.stderr
     folder = cli("history", "--db", str(history["db"]), "OMOP/")  # said "no file", as if nothing were there
     assert folder.returncode == 2 and "'OMOP/' is a folder of" in folder.stderr
-    assert "chorus-batch files --path OMOP/" in folder.stderr
+    # (the commands suggested read the manifest asked: pasted without --db they read the shell folder's default)
+    assert f"chorus-batch files --db {shlex.quote(str(history['db']))} --path OMOP/" in folder.stderr, folder.stderr
     empty = cli("history", "--db", str(history["db"]), "")  # was "'' is a folder of N current files"
     assert empty.returncode == 2 and "PATH is empty" in empty.stderr
     assert "Traceback" not in missing.stderr + bad.stderr + unknown.stderr
@@ -485,7 +486,8 @@ def test_a_files_path_typed_with_a_trailing_slash_is_not_called_a_folder(site, d
     for typed in ("OMOP/person.csv/", "OMOP\\person.csv\\"):
         out = cli("history", "--db", str(db), typed)
         assert out.returncode == 2 and "is a folder of" not in out.stderr, out.stderr
-        assert "'OMOP/person.csv' is a file" in out.stderr and "chorus-batch history OMOP/person.csv" in out.stderr
+        assert "'OMOP/person.csv' is a file" in out.stderr, out.stderr
+        assert f"chorus-batch history --db {shlex.quote(str(db))} OMOP/person.csv" in out.stderr, out.stderr
     folder = cli("history", "--db", str(db), "OMOP/visit/")  # a real folder is still said as one
     assert folder.returncode == 2 and "is a folder of 1 current file" in folder.stderr, folder.stderr
 
@@ -506,7 +508,8 @@ def test_a_file_replaced_by_a_folder_of_its_name_is_said_a_folder_with_the_file_
     out = cli("history", "--db", str(db), "stray/")
     assert out.returncode == 2 and "is a file, not a folder" not in out.stderr, out.stderr
     assert "'stray/' is a folder of 1 current file" in out.stderr, out.stderr
-    assert f"'stray' was a file until version {second}" in out.stderr and "chorus-batch history stray" in out.stderr
+    assert f"'stray' was a file until version {second}" in out.stderr, out.stderr
+    assert f"chorus-batch history --db {shlex.quote(str(db))} stray" in out.stderr, out.stderr
     out = cli("history", "--db", str(db), "gone.txt/")
     assert out.returncode == 2 and f"'gone.txt' was a file (until version {second}), not a folder" in out.stderr, out.stderr
 
@@ -1386,3 +1389,58 @@ def test_a_person_typed_in_the_other_unicode_form_or_case_is_answered_with_the_i
         assert reader.files(person=unicodedata.normalize("NFD", "Zoé")).height == 0
     with pytest.warns(NoSuchPerson, match="did you mean Zoé\\?$"):
         reader.files(person="ZOÉ")
+
+
+def test_a_person_pasted_with_a_space_is_not_said_to_be_in_the_other_unicode_form(tmp_path):
+    """`files --person ' 000002'` (an id pasted with a space) was answered "did you mean 000002? (the same letters
+    in the other Unicode form ...)": the difference is the space, which the hint did not name."""
+    import unicodedata
+
+    from chorus_batch.review import NoSuchPerson
+
+    make_testdata(tmp_path / "data", Spec(persons=2, files_per_person=4, size=64, seed=5))
+    site, db = tmp_path / "data" / "first", tmp_path / "m.sqlite"
+    write(site, "Zoé/Waveforms/1.dat", b"x")
+    run_site(site, db, validate_site=False)
+    reader = open_manifest(db)
+    with pytest.warns(NoSuchPerson, match="did you mean 000002\\? \\(the id typed has a space or line break at an "
+                                          "end: leave it out\\)$"):
+        assert reader.files(person=" 000002").height == 0
+    with pytest.warns(NoSuchPerson, match="did you mean Zoé\\? \\(the id typed has a space .*\\) \\(the same letters "
+                                          "in the other Unicode form"):
+        reader.files(person=unicodedata.normalize("NFD", "Zoé") + "\n")
+    out = cli("files", "--db", str(db), "--person", "000002 ")
+    assert out.returncode == 0 and "did you mean 000002? (the id typed has a space" in out.stderr, out.stderr
+    assert "Unicode" not in out.stderr
+
+
+def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other_versions(site, db):
+    """`files --as-of V --path P` of a file V had removed (and a later version added again) said "no files under P
+    (paths are site-relative, as `chorus-batch files` prints them)", as if P were mistyped: it names the versions
+    that hold it and the history command, spans of a file replaced in place as one."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "OMOP/note.csv", b"a\n")
+    run_site(site, db, validate_site=False, version_label="v1")
+    (site / "OMOP" / "note.csv").unlink()
+    run_site(site, db, validate_site=False, version_label="v2", max_delete="all")
+    write(site, "OMOP/note.csv", b"a\n")
+    run_site(site, db, validate_site=False, version_label="v3")
+    write(site, "OMOP/note.csv", b"ab\n")
+    run_site(site, db, validate_site=False, version_label="v4")
+    out = cli("files", "--db", str(db), "--as-of", "v2", "--path", "./OMOP/note.csv", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == []
+    assert ("no files under './OMOP/note.csv'; 'OMOP/note.csv' is a file of other versions (from v1 until v2, from v3 "
+            f"on): `chorus-batch history --db {shlex.quote(str(db))} OMOP/note.csv` lists them") in out.stderr, out.stderr
+    assert "site-relative" not in out.stderr
+    mistyped = cli("files", "--db", str(db), "--as-of", "v2", "--path", "OMOP/nope.csv")
+    assert "(paths are site-relative, as `chorus-batch files` prints them)" in mistyped.stderr, mistyped.stderr
+
+
+def test_a_label_typed_in_other_letter_case_is_answered_with_the_label_meant(site, db):
+    """`--as-of V1` of a manifest whose label is v1 (a site naming its deliveries by hand) was "no version 'V1' in the
+    manifest" with no word of v1: the close matches took it as only half alike."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    run_site(site, db, validate_site=False, version_label="nov-delivery")
+    out = cli("files", "--db", str(db), "--as-of", "NOV-Delivery")
+    assert out.returncode == 2 and "no version 'NOV-Delivery' in the manifest; did you mean nov-delivery?" \
+        in out.stderr, out.stderr

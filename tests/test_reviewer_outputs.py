@@ -373,3 +373,26 @@ def test_an_output_file_on_a_full_disk_is_a_failure_not_bad_usage(manifest, smal
     assert "No space left on device" in out.stderr and "free some space" in out.stderr, out.stderr
     assert "internal error" not in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert sorted(p.name for p in small_disk.iterdir()) in ([], ["reg"]), list(small_disk.iterdir())
+
+
+def test_a_reader_waits_for_a_lock_as_a_commit_holds_it(manifest):
+    """A notebook's reader (and `versions`, `files`, `report`) that asked while a run committed failed now and then at
+    once, exit 3, "the manifest is busy: Failed to prepare query: database is locked": their ADBC connection had no
+    busy timeout (sqlite3's waits 30 s), and a WAL manifest is locked for a moment as a run's last connection folds
+    the -wal into it. Held here for 2 s, after the reader has opened the manifest."""
+    reader = open_manifest(manifest)
+    latest = reader.latest()
+    # (another process: SQLite's locks are POSIX locks, which a process's own connections do not meet)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        f"con = sqlite3.connect({str(manifest)!r}, timeout=30)\n"
+        "con.execute('PRAGMA locking_mode = EXCLUSIVE'); con.execute('BEGIN EXCLUSIVE')\n"
+        "con.execute('SELECT count(*) FROM versions').fetchone()\n"
+        "print('held', flush=True); time.sleep(2); con.rollback(); con.close()\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        files = reader.files(latest)
+    finally:
+        holder.wait(30)
+    assert files.height > 0

@@ -34,6 +34,7 @@ from adbc_driver_manager._reader import AdbcRecordBatchReader  # turns errors wh
 __all__ = ["Connection", "Cursor", "Error", "connect"]
 
 _INGEST_MODES = ("append", "create", "replace", "create_append")
+BUSY_TIMEOUT_MS = 30_000  # as sqlite3.connect(timeout=30) in Manifest.connect
 
 
 def connect(uri: str) -> Connection:
@@ -42,6 +43,12 @@ def connect(uri: str) -> Connection:
     conn = None
     try:
         conn = _lib.AdbcConnection(db)
+        # Wait for a lock as the manifest's sqlite3 connections do (timeout=30): the driver sets no busy timeout, and a
+        # reading command that met a run's commit (WAL: the moment its last connection closes and folds the -wal into
+        # the manifest, or the next one opens it) failed at once, "the manifest is busy: ... database is locked"
+        with _lib.AdbcStatement(conn) as stmt:
+            stmt.set_sql_query(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            stmt.execute_update()
         conn.set_autocommit(False)  # writes wait for commit(), as DB-API has it
     except BaseException:
         if conn is not None:
