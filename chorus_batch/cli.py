@@ -1513,17 +1513,19 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None) -
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
     a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
     The path is quoted as typed, as `history` quotes it (repr doubled a backslash: `'OMOP/bad\\\\xffname.csv'`)."""
+    from .urls import scrub
+
     scan_error = _scan_error_of(reader, path, label or reader.latest())
-    if scan_error:
-        print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
+    if scan_error:  # (scrubbed as an error is: it quotes what was given, a SAS URL pasted as --path among them)
+        print(scrub(f"chorus-batch: {what} under {quoted(path)}{scan_error}"), file=sys.stderr)
         return
     similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None
-    print(f"chorus-batch: {what} under {quoted(path)}"
-          + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
-             "; --path takes a file or a folder as `chorus-batch files` prints it, not a pattern: * ? [ are read as "
-             "part of a name (give the folder, or filter the --csv output)" if pattern else
-             " (paths are site-relative, as `chorus-batch files` prints them)"), file=sys.stderr)
+    print(scrub(f"chorus-batch: {what} under {quoted(path)}"
+                + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
+                   "; --path takes a file or a folder as `chorus-batch files` prints it, not a pattern: * ? [ are read "
+                   "as part of a name (give the folder, or filter the --csv output)" if pattern else
+                   " (paths are site-relative, as `chorus-batch files` prints them)")), file=sys.stderr)
 
 
 def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:

@@ -1044,6 +1044,32 @@ def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in
     assert "could not reach https://***@host/c?sig=***" in logged and secret not in logged, logged
 
 
+def test_a_secret_given_as_an_exclusion_glob_or_a_path_is_never_quoted_back(site, db, tmp_path):
+    """A SAS URL pasted into --exclude (or [run] exclude) was taken as a glob: the run went on, and the summary's
+    "--exclude/exclude '...' matched no file" warning and --json's excluded.unmatched printed it whole. `files --path`
+    and `changes --path` of one printed it back in their "no files under '...'" note. The glob is refused up front
+    (exit 2, masked as every error is, nothing recorded); the note is masked."""
+    secret = "SECRETSIG"
+    write(site, "OMOP/a.csv")
+    sas = f"*?sv=2024&sig={secret}"
+    for args in (["run", "--site", str(site), "--db", str(db), "--exclude", sas, "--json"],
+                 ["status", "--site", str(site), "--db", str(db), "--exclude", f"https://a.blob.core.windows.net/c?sig={secret}"]):
+        out = cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "holds a URL or what looks like a secret" in out.stdout + out.stderr
+        assert secret not in out.stdout + out.stderr and "***" in out.stdout + out.stderr, (args, out.stdout, out.stderr)
+    assert not db.exists()
+    (tmp_path / "chorus.toml").write_text(f'[run]\nexclude = ["scratch/*", "x?sv=1&sig={secret}"]\n')
+    out = cli("status", "--site", str(site), "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2 and secret not in out.stdout + out.stderr, out.stderr
+    (tmp_path / "chorus.toml").unlink()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for command in ("files", "changes"):
+        out = cli(command, "--db", str(db), "--path", f"https://a.blob.core.windows.net/c?sv=2024&sig={secret}")
+        assert out.returncode == 0 and "no " in out.stderr, out.stderr
+        assert secret not in out.stdout + out.stderr and "sig=***" in out.stderr, out.stderr
+
+
 def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     write(site, "OMOP/a.csv")
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc")
