@@ -1476,8 +1476,10 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         warnings.simplefilter("always", NoSuchPerson)
         frame = reader.files(args.as_of, modality=args.modality, person=args.person)
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
-        if issubclass(warning.category, NoSuchPerson):
-            print(f"chorus-batch: {warning.message}", file=sys.stderr)
+        if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
+            from .urls import scrub
+
+            print(scrub(f"chorus-batch: {warning.message}"), file=sys.stderr)
     if args.path is not None:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:

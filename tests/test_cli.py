@@ -1068,6 +1068,8 @@ def test_a_secret_given_as_an_exclusion_glob_or_a_path_is_never_quoted_back(site
         out = cli(command, "--db", str(db), "--path", f"https://a.blob.core.windows.net/c?sv=2024&sig={secret}")
         assert out.returncode == 0 and "no " in out.stderr, out.stderr
         assert secret not in out.stdout + out.stderr and "sig=***" in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--person", f"x?sv=2024&sig={secret}")
+    assert out.returncode == 0 and "no files for person" in out.stderr and secret not in out.stderr, out.stderr
 
 
 def test_an_invalid_version_label_is_refused_before_any_work(site, db):
