@@ -455,9 +455,18 @@ _KINDS = {"int_type": "a whole number", "int_from_float": "a whole number", "flo
 
 
 def _as_toml(value: object) -> str:
-    """A value as TOML writes it, for a message (json's NaN and Infinity are no TOML: nan, inf, -inf)."""
+    """A value as TOML writes it, for a message (json's NaN and Infinity are no TOML: nan, inf, -inf; a date or time
+    is written bare: `name = 2024-01-01` was told it "should be text in quotes, not "2024-01-01"", as if it were)."""
+    import datetime
+
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (datetime.date, datetime.time)):  # (datetime is a date)
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(key)}: {_as_toml(item)}" for key, item in value.items()) + "}"
     return json.dumps(value, default=str)
 
 

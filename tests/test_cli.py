@@ -421,6 +421,10 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
         ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
+        # a TOML date or time written bare was shown in quotes, as the text it should have been: 'should be text in
+        # quotes, not "2024-01-01"'
+        ('[site]\nroot = "x"\nname = 2024-01-01\n', "invalid setting 'site.name': should be text in quotes, not 2024-01-01\n"),
+        ('[run]\nexclude = ["a", 07:32:00]\n', "its entry 2 should be text in quotes, not 07:32:00\n"),
         # TOML's nan was "should be less than or equal to 3600, not NaN", and JSON's spelling of inf (Infinity)
         ("[run]\nracy_window_s = nan\n", "invalid setting 'run.racy_window_s': should be a number, not nan"),
         ("[run]\nverify_sample = inf\n", "invalid setting 'run.verify_sample': should be less than or equal to 100, not inf"),
