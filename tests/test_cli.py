@@ -465,6 +465,31 @@ def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, mak
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
 
 
+def test_a_config_that_cannot_be_read_says_why_and_what_mends_it(tmp_path):
+    """A config path that is a loop of symbolic links, lies under a file or is too long was told "cannot read config
+    file: [Errno 40] Too many levels of symbolic links: 'c.toml'" and to "check the file's permissions", which mends
+    none of them (import-config alike). Each is said in words, with its own fix; exit 2, nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "afile").write_text("x")
+    cases = [(str(tmp_path / "a"), "is a loop of symbolic links", f"correct the link (`ls -l {tmp_path / 'a'}`"),
+             (str(tmp_path / "afile" / "chorus.toml"), "a part of its path is a file, not a folder",
+              "the path of the file itself"),
+             (str(tmp_path / ("x" * 300)), "longer than this system allows", "as it is on disk")]
+    for config, said, fix in cases:
+        for args in (("run", "--config", config, "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")),
+                     ("import-config", config)):
+            out = cli(*args, cwd=tmp_path)
+            assert out.returncode == 2 and said in out.stderr and fix in out.stderr, (args, out.stderr)
+            assert "check the file's permissions" not in out.stderr and "Errno" not in out.stderr, out.stderr
+    # ./chorus.toml that is such a loop, read without --config: said alike
+    (tmp_path / "chorus.toml").symlink_to(tmp_path / "a")
+    out = cli("run", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "is a loop of symbolic links" in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
+
+
 @pytest.mark.parametrize("toml, message, fix", [
     ("[run]\nworkers = 2\nworkers = 3\n", "the setting 'run.workers' is given twice, on line 2 and on line 3\n  "
                                           "where: {toml}, line 3", "keep one of the two"),
