@@ -58,7 +58,7 @@ from pydantic_core import PydanticCustomError
 from .config_file import read_toml, resolve_path
 from .errors import ConfigError, SettingError
 from .processes import default_workers
-from .urls import holds_userinfo
+from .urls import holds_userinfo, mask_url
 
 # Where a person finds every setting with an example (a config error's fix points there).
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
@@ -201,8 +201,20 @@ class CentralSection(_Strict):
     @field_validator("to")
     @classmethod
     def _azure_url(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith(("az://", "abfs://", "abfss://")) or "?" in value):
+        # (each said as what it is: a space at either end, or an https:// URL, was told "secrets go in the environment,
+        # not the URL"; an AZ:// spelling, which --to takes, was refused)
+        from .urls import AZURE_PROTOCOLS, protocol_of
+
+        if value is None:
+            return value
+        if value != value.strip():
+            raise ValueError(f"{mask_url(value)!r} {'starts' if value != value.lstrip() else 'ends'} with white space: "
+                             f"write it without ({mask_url(value.strip())!r})")
+        if "?" in value or holds_userinfo(value):
             raise ValueError("give the container as az://<container>/ (secrets go in the environment, not the URL)")
+        if protocol_of(value) not in AZURE_PROTOCOLS:
+            raise ValueError(f"{value!r} is not an Azure container URL: give it as az://<container>/ (or "
+                             "az://<container>/<prefix>/; the account comes from [azure] or the environment)")
         return value
 
 

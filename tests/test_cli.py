@@ -425,6 +425,12 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # quotes, not "2024-01-01"'
         ('[site]\nroot = "x"\nname = 2024-01-01\n', "invalid setting 'site.name': should be text in quotes, not 2024-01-01\n"),
         ('[run]\nexclude = ["a", 07:32:00]\n', "its entry 2 should be text in quotes, not 07:32:00\n"),
+        # a space at either end, or an https:// URL, was told "secrets go in the environment, not the URL"
+        ('[central]\nto = " az://mgh/"\n', "invalid setting 'central.to': ' az://mgh/' starts with white space: write "
+                                         "it without ('az://mgh/')"),
+        ('[central]\nto = "https://acct.blob.core.windows.net/mgh"\n', "invalid setting 'central.to': "
+         "'https://acct.blob.core.windows.net/mgh' is not an Azure container URL: give it as az://<container>/"),
+        ('[central]\nto = "az://mgh/?sv=1&sig=x"\n', "(secrets go in the environment, not the URL)"),
         # TOML's nan was "should be less than or equal to 3600, not NaN", and JSON's spelling of inf (Infinity)
         ("[run]\nracy_window_s = nan\n", "invalid setting 'run.racy_window_s': should be a number, not nan"),
         ("[run]\nverify_sample = inf\n", "invalid setting 'run.verify_sample': should be less than or equal to 100, not inf"),
@@ -463,6 +469,17 @@ def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, mak
     out = cli("run", "--site", str(tmp_path / "site"), "--no-validate", "-q", cwd=tmp_path)
     assert out.returncode == 2 and message in out.stderr and "fix:" in out.stderr, (out.returncode, out.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
+
+
+def test_central_to_in_chorus_toml_takes_the_spellings_to_takes(tmp_path):
+    """[central] to = "AZ://mgh/" was refused ("secrets go in the environment, not the URL") where --to AZ://mgh/ is
+    taken, as a root's AZ:// spelling is: the protocol is read case-blind in both."""
+    from chorus_batch.config import load_config
+
+    config = tmp_path / "c.toml"
+    for to in ("AZ://mgh/", "Abfs://mgh@acct.dfs.core.windows.net/site/"):
+        config.write_text(f'[central]\nto = "{to}"\n')
+        assert load_config(str(config)).central.to == to
 
 
 def test_a_config_that_cannot_be_read_says_why_and_what_mends_it(tmp_path):
