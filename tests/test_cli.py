@@ -669,6 +669,30 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize(("where", "value", "meant"), [
+    ("--db", "file:m.sqlite", "m.sqlite"), ("--db", "file:m.sqlite?mode=ro", "m.sqlite"),
+    ("--db", "file:/data/my%20m.sqlite", "/data/my m.sqlite"), ("config", "file:m.sqlite", "m.sqlite"),
+    ("--parquet", "file:snaps", "snaps"),
+])
+def test_a_file_url_without_slashes_given_as_a_path_is_refused_not_made_here(tmp_path, where, value, meant):
+    """`--db file://...` was refused, but `run --db file:m.sqlite` (an SQLite URI, or a site root's `file:/p` form)
+    started a new, empty manifest named 'file:m.sqlite' in the working folder and added every file again, and
+    `--db file:/data/m.sqlite` was told to `mkdir -p ./file:/data`. Exit 2 naming the path meant, nothing made; a
+    file of that very name is taken as written."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{value}'\n" if where == "config" else "")
+    given = [where, value] if where != "config" else []
+    out = cli("run", "--site", str(tmp_path / "site"), "--config", str(work / "c.toml"), *given, cwd=work)
+    assert out.returncode == 2 and "a file: URL (or an SQLite URI), and this option takes a plain path" in out.stderr
+    assert f"give the path itself: {meant}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
+    if where == "--db" and "/" not in value:  # a file really named so (an earlier release's) is the manifest it names
+        assert cli("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
+        assert cli("versions", "--db", value, cwd=work).returncode == 0
+
+
 def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
     write(tmp_path / "a$DIR" / "site", "OMOP/a.csv")
     (tmp_path / "c.toml").write_text('[site]\nroot = "a$DIR/site"\n[manifest]\ndb = "a$DIR/m$1.sqlite"\n'
