@@ -1476,8 +1476,10 @@ def cmd_files(args: argparse.Namespace, argv: list[str]) -> int:
         warnings.simplefilter("always", NoSuchPerson)
         frame = reader.files(args.as_of, modality=args.modality, person=args.person)
     for warning in said:  # the library's own words for a person the version does not have (what a notebook shows)
-        if issubclass(warning.category, NoSuchPerson):
-            print(f"chorus-batch: {warning.message}", file=sys.stderr)
+        if issubclass(warning.category, NoSuchPerson):  # (scrubbed: it quotes the --person given, a SAS pasted too)
+            from .urls import scrub
+
+            print(scrub(f"chorus-batch: {warning.message}"), file=sys.stderr)
     if args.path is not None:
         frame = reader.rows_under(frame, args.path)
         if frame.height == 0 and args.person is None and args.modality is None:
@@ -1533,9 +1535,11 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *
     """`files --path`/`changes --path` of a path that names nothing: said on stderr with the paths it may mean, or why
     a pattern matched nothing (a path is taken as a name, '*' and all: `--path 'OMOP/*.csv'` listed nothing, exit 0).
     The path is quoted as typed, as `history` quotes it (repr doubled a backslash: `'OMOP/bad\\\\xffname.csv'`)."""
+    from .urls import scrub
+
     scan_error = _scan_error_of(reader, path, label or reader.latest())
-    if scan_error:
-        print(f"chorus-batch: {what} under {quoted(path)}{scan_error}", file=sys.stderr)
+    if scan_error:  # (scrubbed as an error is: it quotes what was given, a SAS URL pasted as --path among them)
+        print(scrub(f"chorus-batch: {what} under {quoted(path)}{scan_error}"), file=sys.stderr)
         return
     held = _held_in_other_versions(reader, path, db) if reader.latest() else ""
     if held:
@@ -1543,11 +1547,11 @@ def _say_nothing_under(reader, path: str, what: str, label: str | None = None, *
         return
     similar = reader.similar_paths(path, folders=True, as_of=label) if reader.latest() else []  # the version asked of
     pattern = re.search(r"[*?\[]", path) is not None
-    print(f"chorus-batch: {what} under {quoted(path)}"
-          + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
-             "; --path takes a file or a folder as `chorus-batch files` prints it, not a pattern: * ? [ are read as "
-             "part of a name (give the folder, or filter the --csv output)" if pattern else
-             " (paths are site-relative, as `chorus-batch files` prints them)"), file=sys.stderr)
+    print(scrub(f"chorus-batch: {what} under {quoted(path)}"
+                + (f"; did you mean {', '.join(repr(p) for p in similar)}?" if similar else
+                   "; --path takes a file or a folder as `chorus-batch files` prints it, not a pattern: * ? [ are read "
+                   "as part of a name (give the folder, or filter the --csv output)" if pattern else
+                   " (paths are site-relative, as `chorus-batch files` prints them)")), file=sys.stderr)
 
 
 def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:

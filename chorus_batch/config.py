@@ -58,7 +58,7 @@ from pydantic_core import PydanticCustomError
 from .config_file import read_toml, resolve_path
 from .errors import ConfigError, SettingError
 from .processes import default_workers
-from .urls import holds_userinfo
+from .urls import holds_userinfo, mask_url
 
 # Where a person finds every setting with an example (a config error's fix points there).
 CONFIG_HELP = 'every setting, with an example: the README\'s section "Configuration: chorus.toml"'
@@ -201,8 +201,20 @@ class CentralSection(_Strict):
     @field_validator("to")
     @classmethod
     def _azure_url(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith(("az://", "abfs://", "abfss://")) or "?" in value):
+        # (each said as what it is: a space at either end, or an https:// URL, was told "secrets go in the environment,
+        # not the URL"; an AZ:// spelling, which --to takes, was refused)
+        from .urls import AZURE_PROTOCOLS, protocol_of
+
+        if value is None:
+            return value
+        if value != value.strip():
+            raise ValueError(f"{mask_url(value)!r} {'starts' if value != value.lstrip() else 'ends'} with white space: "
+                             f"write it without ({mask_url(value.strip())!r})")
+        if "?" in value or holds_userinfo(value):
             raise ValueError("give the container as az://<container>/ (secrets go in the environment, not the URL)")
+        if protocol_of(value) not in AZURE_PROTOCOLS:
+            raise ValueError(f"{value!r} is not an Azure container URL: give it as az://<container>/ (or "
+                             "az://<container>/<prefix>/; the account comes from [azure] or the environment)")
         return value
 
 
@@ -455,9 +467,18 @@ _KINDS = {"int_type": "a whole number", "int_from_float": "a whole number", "flo
 
 
 def _as_toml(value: object) -> str:
-    """A value as TOML writes it, for a message (json's NaN and Infinity are no TOML: nan, inf, -inf)."""
+    """A value as TOML writes it, for a message (json's NaN and Infinity are no TOML: nan, inf, -inf; a date or time
+    is written bare: `name = 2024-01-01` was told it "should be text in quotes, not "2024-01-01"", as if it were)."""
+    import datetime
+
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return "nan" if value != value else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (datetime.date, datetime.time)):  # (datetime is a date)
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(_as_toml(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(key)}: {_as_toml(item)}" for key, item in value.items()) + "}"
     return json.dumps(value, default=str)
 
 

@@ -55,8 +55,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file {said}", where=where,
                           fix="save the file as UTF-8 (the TOML standard) and run again") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc}", where=str(path),
-                          fix="check the file's permissions") from None
+        said, fix = why_unreadable(path, exc)
+        raise ConfigError(f"cannot read config file {path}: {said}", where=str(path), fix=fix) from None
     except tomllib.TOMLDecodeError as exc:
         twice = _setting_twice(text) if str(exc).startswith("Cannot overwrite a value") else None
         if twice is not None:  # (tomllib names neither the setting nor, at the file's end, its line)
@@ -70,6 +70,27 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                           where=f"{path}, line {line.group(1)}" if line else str(path),
                           fix="keep one of the two and remove the other" if said else
                               "fix the TOML syntax at the position given") from None
+
+
+def why_unreadable(path: Path, exc: OSError, option: str = "--config") -> tuple[str, str]:
+    """Why a config file could not be read, and what to do, by the OS's error: every one was told to "check the file's
+    permissions", also a loop of symbolic links, a path under a file or a name too long, which no permission mends."""
+    import shlex
+
+    shown = shlex.quote(str(path))
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"this user may not read it ({exc.strerror})",
+                f"make it readable by this user (ls -l {shown}; chmod u+r), or give {option} a file it may read")
+    if exc.errno == errno.ELOOP:
+        return ("it is a loop of symbolic links (each leads back to another)",
+                f"correct the link (`ls -l {shown}` shows where it leads), or give {option} the file's own path")
+    if exc.errno == errno.ENOTDIR:
+        return ("a part of its path is a file, not a folder", f"give {option} the path of the file itself")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ("its path (or a name in it) is longer than this system allows",
+                f"give {option} the file's path as it is on disk")
+    return (exc.strerror or str(exc), "check the disk or share the file is on (an I/O error, a share that dropped), "
+                                      "then run again")
 
 
 def _setting_twice(text: str) -> tuple[str, int, int] | None:

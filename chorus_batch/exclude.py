@@ -75,6 +75,13 @@ def glob_problem(pattern: object) -> str | None:
         return f"it holds a backslash: folders are separated by '/' on every system (write {meant})"
     if "\x00" in pattern or "\n" in pattern:
         return f"{pattern!r} holds a control character"
+    from .urls import scrub
+
+    if scrub(pattern) != pattern:  # (a SAS URL pasted into the wrong option: its glob was quoted back whole in the
+        # summary's "matched no file" warning, and listed in --json's excluded.unmatched)
+        return (f"{scrub(pattern)!r} holds a URL or what looks like a secret (a SAS token, a key, a password): an "
+                "exclusion glob is a file or folder name pattern (secrets go in the environment: rotate one given "
+                "here)")
     return None
 
 

@@ -279,7 +279,7 @@ def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
 def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
     """`chorus-batch status`: what a run would commit, path by path (RunResult.change_set), and the findings
     validation would give (RunResult.findings, unless validation is off); nothing is written."""
-    return run(settings.model_copy(update={"dry_run": True, "parquet": None}), argv=argv, progress=progress)
+    return run(settings.model_copy(update={"dry_run": True}), argv=argv, progress=progress)
 
 
 def site_location(site: str) -> str:
@@ -431,11 +431,13 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
         from .urls import refuse_blank_ends
 
         refuse_blank_ends(settings.parquet, "--parquet / [manifest] parquet", "the snapshot folder's name")
-    if settings.parquet and not settings.dry_run:  # a dry run creates nothing
+    if settings.parquet:  # (checked in a dry run and `status` too: they said all was well of a run refused exit 2)
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--parquet names a file, not a folder: {folder}", where="--parquet / [manifest] parquet",
                              fix="pass --parquet with a folder (it is created)")
+    if settings.parquet and not settings.dry_run:  # a dry run creates nothing
+        folder = Path(settings.parquet)
         made = missing_folders(folder)
         try:
             private_folder(folder)  # 0700 with its missing parents
@@ -445,9 +447,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"the Parquet folder is not writable: {folder}", where=str(folder),
                              fix="pass --parquet with a folder this user can write")
-    if settings.parquet and not settings.dry_run and manifest.schema_on_disk() in (None, current_schema):
+    if settings.parquet and manifest.schema_on_disk() in (None, current_schema):
         # (another manifest's snapshot folder: refused before the listing, not after the commit; an older schema's
-        # manifest is checked after its upgrade, when its snapshots are written)
+        # manifest is checked after its upgrade, when its snapshots are written; a dry run reads it alike)
         from .store.snapshots import check_owner
 
         check_owner(manifest, settings.parquet)

@@ -344,6 +344,7 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> N
     notes. `run` made a new, empty manifest in the working folder (or the config's), a file named
     'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
     /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken."""
+    refuse_file_url(value, what, resolved)
     if os.name == "nt" or not _WINDOWS_PATH.match(value) or os.path.lexists(resolved if resolved is not None else value):
         return
     here = resolved if resolved is not None else os.path.abspath(value)
@@ -351,6 +352,22 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> N
                      f"here it names {here}, which is not there; nothing was done", where=what,
                      fix="give the path as this machine names it (under the mount point of that disk or share here), "
                          "or run on the Windows machine it is of")
+
+
+def refuse_file_url(value: str, what: str, resolved: str | None = None) -> None:
+    """A UsageError for a `file:` URL without '//' (`file:/data/m.sqlite`, a site root's form; an SQLite URI,
+    `file:m.sqlite`) given where a plain path is taken as written (`--db`, `[manifest] db`, `--parquet`, `--out`, ...):
+    `file://` was refused, but `run --db file:m.sqlite` started a new manifest named 'file:m.sqlite' in the working
+    folder, and `--db file:/data/m.sqlite` was told to `mkdir -p ./file:/data`. A file or folder of that very name
+    (`resolved`, the path read) is taken."""
+    if not value[:5].lower() == "file:" or "://" in value or os.path.lexists(resolved if resolved is not None else value):
+        return
+    from urllib.parse import unquote
+
+    plain = unquote(value[5:].split("?", 1)[0].split("#", 1)[0])
+    raise UsageError(f"{what} {mask_url(value)}: a file: URL (or an SQLite URI), and this option takes a plain path; "
+                     f"taken as written it names {os.path.abspath(resolved if resolved is not None else value)}, which "
+                     "is not there; nothing was done", where=what, fix=f"give the path itself: {plain}")
 
 
 def refuse_blank_ends(path: str, what: str, kind: str = "the manifest's file name") -> None:

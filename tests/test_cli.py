@@ -421,6 +421,16 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         ("[run]\nworkers = 0\n", "invalid setting 'run.workers': should be greater than or equal to 1, not 0"),
         ('[run]\nexclude = ["a", 1]\n', "invalid setting 'run.exclude': its entry 2 should be text in quotes, not 1"),
         ("[run]\nmax_delete = true\n", "invalid setting 'run.max_delete': should be text or a whole number, not true"),
+        # a TOML date or time written bare was shown in quotes, as the text it should have been: 'should be text in
+        # quotes, not "2024-01-01"'
+        ('[site]\nroot = "x"\nname = 2024-01-01\n', "invalid setting 'site.name': should be text in quotes, not 2024-01-01\n"),
+        ('[run]\nexclude = ["a", 07:32:00]\n', "its entry 2 should be text in quotes, not 07:32:00\n"),
+        # a space at either end, or an https:// URL, was told "secrets go in the environment, not the URL"
+        ('[central]\nto = " az://mgh/"\n', "invalid setting 'central.to': ' az://mgh/' starts with white space: write "
+                                         "it without ('az://mgh/')"),
+        ('[central]\nto = "https://acct.blob.core.windows.net/mgh"\n', "invalid setting 'central.to': "
+         "'https://acct.blob.core.windows.net/mgh' is not an Azure container URL: give it as az://<container>/"),
+        ('[central]\nto = "az://mgh/?sv=1&sig=x"\n', "(secrets go in the environment, not the URL)"),
         # TOML's nan was "should be less than or equal to 3600, not NaN", and JSON's spelling of inf (Infinity)
         ("[run]\nracy_window_s = nan\n", "invalid setting 'run.racy_window_s': should be a number, not nan"),
         ("[run]\nverify_sample = inf\n", "invalid setting 'run.verify_sample': should be less than or equal to 100, not inf"),
@@ -459,6 +469,42 @@ def test_a_chorus_toml_here_that_is_no_file_is_refused_not_skipped(tmp_path, mak
     out = cli("run", "--site", str(tmp_path / "site"), "--no-validate", "-q", cwd=tmp_path)
     assert out.returncode == 2 and message in out.stderr and "fix:" in out.stderr, (out.returncode, out.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
+
+
+def test_central_to_in_chorus_toml_takes_the_spellings_to_takes(tmp_path):
+    """[central] to = "AZ://mgh/" was refused ("secrets go in the environment, not the URL") where --to AZ://mgh/ is
+    taken, as a root's AZ:// spelling is: the protocol is read case-blind in both."""
+    from chorus_batch.config import load_config
+
+    config = tmp_path / "c.toml"
+    for to in ("AZ://mgh/", "Abfs://mgh@acct.dfs.core.windows.net/site/"):
+        config.write_text(f'[central]\nto = "{to}"\n')
+        assert load_config(str(config)).central.to == to
+
+
+def test_a_config_that_cannot_be_read_says_why_and_what_mends_it(tmp_path):
+    """A config path that is a loop of symbolic links, lies under a file or is too long was told "cannot read config
+    file: [Errno 40] Too many levels of symbolic links: 'c.toml'" and to "check the file's permissions", which mends
+    none of them (import-config alike). Each is said in words, with its own fix; exit 2, nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "afile").write_text("x")
+    cases = [(str(tmp_path / "a"), "is a loop of symbolic links", f"correct the link (`ls -l {tmp_path / 'a'}`"),
+             (str(tmp_path / "afile" / "chorus.toml"), "a part of its path is a file, not a folder",
+              "the path of the file itself"),
+             (str(tmp_path / ("x" * 300)), "longer than this system allows", "as it is on disk")]
+    for config, said, fix in cases:
+        for args in (("run", "--config", config, "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite")),
+                     ("import-config", config)):
+            out = cli(*args, cwd=tmp_path)
+            assert out.returncode == 2 and said in out.stderr and fix in out.stderr, (args, out.stderr)
+            assert "check the file's permissions" not in out.stderr and "Errno" not in out.stderr, out.stderr
+    # ./chorus.toml that is such a loop, read without --config: said alike
+    (tmp_path / "chorus.toml").symlink_to(tmp_path / "a")
+    out = cli("run", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "is a loop of symbolic links" in out.stderr, out.stderr
+    assert not (tmp_path / "m.sqlite").exists()
 
 
 @pytest.mark.parametrize("toml, message, fix", [
@@ -621,6 +667,30 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{option} {value}: a Windows path (a drive or a network share)" in out.stderr, out.stderr
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(("where", "value", "meant"), [
+    ("--db", "file:m.sqlite", "m.sqlite"), ("--db", "file:m.sqlite?mode=ro", "m.sqlite"),
+    ("--db", "file:/data/my%20m.sqlite", "/data/my m.sqlite"), ("config", "file:m.sqlite", "m.sqlite"),
+    ("--parquet", "file:snaps", "snaps"),
+])
+def test_a_file_url_without_slashes_given_as_a_path_is_refused_not_made_here(tmp_path, where, value, meant):
+    """`--db file://...` was refused, but `run --db file:m.sqlite` (an SQLite URI, or a site root's `file:/p` form)
+    started a new, empty manifest named 'file:m.sqlite' in the working folder and added every file again, and
+    `--db file:/data/m.sqlite` was told to `mkdir -p ./file:/data`. Exit 2 naming the path meant, nothing made; a
+    file of that very name is taken as written."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{value}'\n" if where == "config" else "")
+    given = [where, value] if where != "config" else []
+    out = cli("run", "--site", str(tmp_path / "site"), "--config", str(work / "c.toml"), *given, cwd=work)
+    assert out.returncode == 2 and "a file: URL (or an SQLite URI), and this option takes a plain path" in out.stderr
+    assert f"give the path itself: {meant}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
+    if where == "--db" and "/" not in value:  # a file really named so (an earlier release's) is the manifest it names
+        assert cli("run", "-q", "--no-validate", "--db", str(work / value), "--site", str(tmp_path / "site")).returncode == 0
+        assert cli("versions", "--db", value, cwd=work).returncode == 0
 
 
 def test_a_folder_really_named_with_a_dollar_is_taken_as_written(tmp_path):
@@ -1042,6 +1112,34 @@ def test_a_secret_a_message_quotes_is_masked_on_stderr_in_json_in_the_log_and_in
     finally:
         log.handlers[:], log.level = handlers, level
     assert "could not reach https://***@host/c?sig=***" in logged and secret not in logged, logged
+
+
+def test_a_secret_given_as_an_exclusion_glob_or_a_path_is_never_quoted_back(site, db, tmp_path):
+    """A SAS URL pasted into --exclude (or [run] exclude) was taken as a glob: the run went on, and the summary's
+    "--exclude/exclude '...' matched no file" warning and --json's excluded.unmatched printed it whole. `files --path`
+    and `changes --path` of one printed it back in their "no files under '...'" note. The glob is refused up front
+    (exit 2, masked as every error is, nothing recorded); the note is masked."""
+    secret = "SECRETSIG"
+    write(site, "OMOP/a.csv")
+    sas = f"*?sv=2024&sig={secret}"
+    for args in (["run", "--site", str(site), "--db", str(db), "--exclude", sas, "--json"],
+                 ["status", "--site", str(site), "--db", str(db), "--exclude", f"https://a.blob.core.windows.net/c?sig={secret}"]):
+        out = cli(*args, cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "holds a URL or what looks like a secret" in out.stdout + out.stderr
+        assert secret not in out.stdout + out.stderr and "***" in out.stdout + out.stderr, (args, out.stdout, out.stderr)
+    assert not db.exists()
+    (tmp_path / "chorus.toml").write_text(f'[run]\nexclude = ["scratch/*", "x?sv=1&sig={secret}"]\n')
+    out = cli("status", "--site", str(site), "--db", str(db), cwd=tmp_path)
+    assert out.returncode == 2 and secret not in out.stdout + out.stderr, out.stderr
+    (tmp_path / "chorus.toml").unlink()
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    for command in ("files", "changes"):
+        out = cli(command, "--db", str(db), "--path", f"https://a.blob.core.windows.net/c?sv=2024&sig={secret}")
+        assert out.returncode == 0 and "no " in out.stderr, out.stderr
+        assert secret not in out.stdout + out.stderr and "sig=***" in out.stderr, out.stderr
+    out = cli("files", "--db", str(db), "--person", f"x?sv=2024&sig={secret}")
+    assert out.returncode == 0 and "no files for person" in out.stderr and secret not in out.stderr, out.stderr
 
 
 def test_an_invalid_version_label_is_refused_before_any_work(site, db):

@@ -275,3 +275,24 @@ def test_a_snapshot_folder_of_another_manifest_is_refused_before_anything_is_don
     write(site, "OMOP/added2.csv", b"y\n")
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(first), "--parquet", str(snaps)).returncode == 0
     assert json.loads((snaps / "manifest.json").read_text())["first_version"] == owner["first_version"]
+
+
+def test_a_snapshot_folder_of_a_manifest_started_again_under_its_name_says_so(site, tmp_path):
+    """A manifest removed and started again at the same path (or another copied over it), with chorus.toml's
+    [manifest] parquet kept: refused (exit 2) as it should be, but it was said as "the snapshots of another manifest
+    (/x/m.sqlite, ...), not of /x/m.sqlite": one path named as two manifests. It says the manifest at that path was
+    replaced, and how to carry on."""
+    snaps, db = tmp_path / "snaps", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
+    for name in ("m.sqlite", "m.sqlite-wal", "m.sqlite-shm", "m.sqlite.lock", "m.sqlite.state.parquet"):
+        (tmp_path / name).unlink(missing_ok=True)
+    again = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
+    assert again.returncode == 2, again.stderr
+    assert "holds the snapshots of another manifest" not in again.stderr
+    assert f"the manifest that was at {db} before" in again.stderr and "no longer there" in again.stderr
+    assert f"mv {snaps} {snaps}.old" in again.stderr and not db.exists()
+    # a manifest started again without --parquet, then given it: "another one", with its first version
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    later = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
+    assert later.returncode == 2 and "the manifest there now is another one (its first version is" in later.stderr

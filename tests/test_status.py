@@ -190,6 +190,28 @@ def test_a_run_that_would_be_refused_is_refused_by_status_too(tmp_path):
     assert refused.returncode == int(ExitCode.REFUSED) and query(db, "SELECT count(*) FROM versions")[0][0] == 1
 
 
+def test_a_parquet_setting_the_run_would_refuse_is_refused_by_status_and_a_dry_run_too(tmp_path):
+    """`status` dropped chorus.toml's [manifest] parquet, and a dry run checked it only as a URL: a snapshot folder that
+    is a file, a URL, or another manifest's snapshots passed (exit 0, "would change: ...") where the run itself is
+    refused (exit 2). Checked alike now; still nothing is written (no folder made, no manifest)."""
+    site, db = _first_version(tmp_path)
+    other_db, snaps = tmp_path / "other.sqlite", tmp_path / "snaps"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(other_db), "--parquet", str(snaps)).returncode == 0
+    (tmp_path / "a_file").write_bytes(b"x")
+    config = tmp_path / "c.toml"
+    for parquet, said in (("az://c/snaps", "written to a local folder"), (str(tmp_path / "a_file"), "names a file"),
+                          (str(snaps), "holds the snapshots of another manifest")):
+        config.write_text(f"[manifest]\nparquet = {json.dumps(parquet)}\n")
+        for args in (("status",), ("run", "--dry-run")):
+            out = cli(*args, "--config", str(config), "--site", str(site), "--db", str(db), "-q")
+            assert out.returncode == 2 and said in out.stderr, (args, parquet, out.stdout, out.stderr)
+    config.write_text(f"[manifest]\nparquet = {json.dumps(str(tmp_path / 'new_snaps'))}\n")
+    for args in (("status",), ("run", "--dry-run")):
+        assert cli(*args, "--config", str(config), "--site", str(site), "--db", str(db), "-q").returncode == 0
+        assert not (tmp_path / "new_snaps").exists()
+    assert query(db, "SELECT count(*) FROM versions")[0][0] == 1
+
+
 def test_status_names_the_latest_version_as_the_one_changes_are_counted_from(tmp_path):
     site, db = _first_version(tmp_path)
     latest = query(db, "SELECT label FROM versions")[0][0]

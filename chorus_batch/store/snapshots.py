@@ -169,8 +169,22 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
         return
     if first == _first_version(manifest):
         return
+    import os
     import shlex
 
+    mine = _first_version(manifest)
+    if owner.get("manifest") == os.path.abspath(manifest.path):  # (a manifest started again, or another copied in,
+        # under the same name: it was "the snapshots of another manifest (/x/m.sqlite, ...), not of /x/m.sqlite")
+        raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of the manifest that was at "
+                         f"{manifest.path} before (whose first version is {first.get('label')}), but "
+                         + (f"the manifest there now is another one (its first version is {mine['label']})" if mine
+                            else "that manifest is no longer there (a new one would start with no version)")
+                         + ": it was replaced or started again; its snapshots would overwrite the earlier manifest's "
+                         "versions.parquet; no snapshot was written there", where="--parquet / [manifest] parquet",
+                         fix="if the earlier manifest is gone for good, move its snapshots aside (mv "
+                             f"{shlex.quote(str(directory))} {shlex.quote(str(directory).rstrip('/') + '.old')}) and "
+                             "run again; else put that manifest back at this path, or give this one a --parquet "
+                             "folder of its own")
     raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of another manifest "
                      f"({owner.get('manifest') or 'unknown'}, whose first version is {first.get('label')}), not of "
                      f"{manifest.path}: both would write their versions there, each overwriting the other's "

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..config import _SECRET_SETTINGS, _SECRET_TEXT, MODALITIES, ConfigFile
-from ..config_file import decode_toml, not_utf8, read_bytes
+from ..config_file import decode_toml, not_utf8, read_bytes, why_unreadable
 from ..errors import UsageError, WriteError
 from ..fsutil import missing_folder, write_private
 
@@ -132,8 +132,8 @@ def _read(path: Path) -> dict:
     except IsADirectoryError:
         raise UsageError(f"{path} is a folder, not chorus-upload's config.toml", where=str(path), fix=fix) from None
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}", where=str(path),
-                         fix="check the file's permissions") from None
+        said, why = why_unreadable(path, exc, "import-config")
+        raise UsageError(f"cannot read {path}: {said}", where=str(path), fix=why) from None
     try:
         text = decode_toml(raw, path)  # (UTF-16 with a byte-order mark too: PowerShell 5's `>`, Notepad's "Unicode")
     except UnicodeDecodeError as exc:
