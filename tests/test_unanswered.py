@@ -202,3 +202,36 @@ def test_central_azurite_stopped_mid_upload_keeps_what_was_confirmed_and_resumes
     finally:
         _continued(service._proc)
         service.stop()
+
+
+def test_azurite_holding_the_manifest_stopped_mid_run_ends_it_and_keeps_the_manifest_blob(tmp_path):
+    """--db az://…: the lease's renewal gets no answer; the run ends with the lock named, nothing committed, the
+    manifest blob as it was (its lease, unreleased, expires by itself)."""
+    service = Azurite(tmp_path / "azurite")
+    service.start()
+    try:
+        container = service.new_container("m")
+        site = _site(tmp_path / "site", 5)
+        env = _env({"AZURE_STORAGE_CONNECTION_STRING": service.connection_string, **QUICK,
+                    "CHORUS_BATCH_CACHE_DIR": str(tmp_path / "cache")})
+        args = ["run", "--site", str(site), "--db", f"az://{container}/m.sqlite", "--no-validate"]
+        first = subprocess.run([sys.executable, "-m", "chorus_batch", *args, "--version", "20261101020000"], env=env,
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert first.returncode in (0, 1), first.stderr
+        with service.service_client() as client:
+            before = client.get_blob_client(container, "m.sqlite").get_blob_properties().etag
+        _site(site, 5, b"changed")
+        proc = _start(args, {**env, "CHORUS_BATCH_TEST_PAUSE": "hashing+1"}, tmp_path)
+        _wait_for(proc, "test pause at hashing")
+        _stopped(service._proc)
+        started = time.monotonic()
+        err, elapsed = _ended(proc, started, 60)
+        assert proc.returncode == 3 and elapsed < 45, (proc.returncode, elapsed, err)
+        _said_no_answer(err, service.port, "3")
+        assert f"az://{container}/m.sqlite" in err and "nothing was committed" in err, err
+        _continued(service._proc)
+        with service.service_client() as client:
+            assert client.get_blob_client(container, "m.sqlite").get_blob_properties().etag == before
+    finally:
+        _continued(service._proc)
+        service.stop()
