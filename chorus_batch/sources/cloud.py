@@ -1127,12 +1127,14 @@ def no_answer(exc: BaseException) -> bool:
 
 
 def _waited(exc: BaseException) -> str:
-    """', after 34 s and 2 tries': how long `retrying` tried (recorded on the exception it raised), or ''."""
+    """', after 34 s and 6 requests': how long `retrying` tried (recorded on the exception it raised), and the
+    requests sent (each of its attempts is up to SDK_RETRIES + 1 of the SDK's: all of them, when none is answered);
+    or ''."""
     for e in _chain(exc):
         waited = getattr(e, "chorus_waited", None)
         if waited:
-            seconds, tries = waited
-            return f", after {seconds:.0f} s and {tries} {'try' if tries == 1 else 'tries'}"
+            seconds, attempts = waited
+            return f", after {seconds:.0f} s and {attempts * (SDK_RETRIES + 1)} requests"
     return ""
 
 
