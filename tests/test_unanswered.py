@@ -76,11 +76,13 @@ def _ended(proc: subprocess.Popen, started: float, bound: float) -> tuple[str, f
     return err, elapsed
 
 
-def _said_no_answer(err: str, port: int, timeout: str) -> None:
+def _said_no_answer(err: str, port: int, timeout: str, *, waited: bool = True) -> None:
+    """`waited`: the call was retried by retrying() (the listing, a hash, the lease), which records how long; an upload's
+    put is retried by the SDK alone, its message says the read timeout only."""
     assert "Traceback" not in err, err
     assert f"127.0.0.1:{port} did not answer" in err, err
     assert f"no response within {timeout} s (CHORUS_BATCH_READ_TIMEOUT_S) to any request" in err, err
-    assert re.search(r"to any request, after \d+ s and \d+ requests \(", err), err  # how long, how often
+    assert not waited or re.search(r"to any request, after \d+ s and \d+ requests \(", err), err  # how long
     assert "set CHORUS_BATCH_READ_TIMEOUT_S higher" in err, err
 
 
@@ -192,7 +194,7 @@ def test_central_azurite_stopped_mid_upload_keeps_what_was_confirmed_and_resumes
         started = time.monotonic()
         err, elapsed = _ended(proc, started, 60)
         assert proc.returncode == 3 and elapsed < 40, (proc.returncode, elapsed, err)
-        _said_no_answer(err, service.port, "3")
+        _said_no_answer(err, service.port, "3", waited=False)
         assert "confirmed by this upload are recorded" in err and "run the same command again to resume" in err, err
         confirmed = query(db, "SELECT count(*) FROM uploads WHERE state = 'uploaded'")[0][0]
         assert confirmed >= 5
