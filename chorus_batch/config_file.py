@@ -327,6 +327,7 @@ NUMERIC_ENVIRONMENT = {
     "CHORUS_BATCH_CHECKPOINT_S": (float, 0, "5", "seconds of hashing between two checkpoints"),
     "CHORUS_BATCH_RETRY_BASE_S": (float, 0, "0.5", "seconds before the first retry of a cloud call"),
     "CHORUS_BATCH_RETRY_DEADLINE_S": (float, 0, "30", "seconds a cloud call is retried"),
+    "CHORUS_BATCH_READ_TIMEOUT_S": (float, 0.1, "10", "seconds a cloud request waits for the service's answer"),
     "CHORUS_BATCH_LEASE_S": (float, 0, "60", "seconds of a manifest's blob lease, held to 15-60"),
     "CHORUS_BATCH_PARTITION_ROWS": (int, 1, "500000", "rows per partition of a merge"),
     "CHORUS_BATCH_LEDGER_ROWS": (int, 1, "256", "uploads ledger rows written at once"),

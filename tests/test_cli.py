@@ -800,7 +800,7 @@ def test_missing_site_is_a_usage_error(tmp_path):
 @pytest.mark.parametrize(("variable", "value"), [
     ("CHORUS_BATCH_PROGRESS_S", "5s"), ("CHORUS_BATCH_PROGRESS_S", "nan"), ("CHORUS_BATCH_CHECKPOINT_S", "-1"),
     ("CHORUS_BATCH_PARTITION_ROWS", "abc"), ("CHORUS_BATCH_LEDGER_ROWS", "2.5"), ("CHORUS_BATCH_RETRY_DEADLINE_S", "x"),
-    ("CHORUS_BATCH_BUSY_WAIT_S", "15m"),
+    ("CHORUS_BATCH_BUSY_WAIT_S", "15m"), ("CHORUS_BATCH_READ_TIMEOUT_S", "0"), ("CHORUS_BATCH_READ_TIMEOUT_S", "10s"),
     # a batch script's thread count for polars: 0 panicked at the first query (a Rust backtrace, exit 1, the `runs`
     # row unfinished); one polars cannot read it ignored
     ("POLARS_MAX_THREADS", "0"), ("POLARS_MAX_THREADS", "all"),

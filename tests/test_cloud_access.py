@@ -315,7 +315,8 @@ HOW_AWS = "AWS profile chorus ([s3] profile)"
     (_wrapped(ServiceRequestError("Cannot connect to host 127.0.0.1:10000 ssl:default [Connect call failed]",
                                   error=ConnectionRefusedError(111, "Connection refused"))),
      HOW_SAS, "network", "cannot be reached"),
-    (ServiceResponseError("Timeout on reading data from socket"), HOW_SAS, "network", "cannot be reached"),
+    (ServiceResponseError("Timeout on reading data from socket"), HOW_SAS, "network",  # (connected, no answer)
+     "the storage endpoint did not answer: no response within"),
     (ServiceRequestError("Cannot connect to host nosuch.blob.core.windows.net:443",
                          error=socket.gaierror(-2, "Name or service not known")), HOW_SAS, "dns", "does not resolve"),
     (_storage_error(HttpResponseError, 503, "ServerBusy", "The server is busy."), HOW_SAS, "busy", "kept failing"),

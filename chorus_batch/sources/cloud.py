@@ -28,7 +28,12 @@ container roles) with [s3] endpoint_url or AWS_ENDPOINT_URL, and [s3] region.
 Time bound: a root whose endpoint is down or unreachable fails within about 30 s (RETRY_DEADLINE_S):
 each attempt is at most (SDK_RETRIES + 1) connections of at most CONNECT_TIMEOUT_S (5 s) plus the
 SDK's short backoffs (~17 s when every connection times out, ~2 s when each is refused), and
-`retrying` starts no new attempt that could end past the deadline. DefaultAzureCredential's own
+`retrying` starts no new attempt that could end past the deadline. A service that accepts connections and
+never answers (a stopped process whose socket the kernel still accepts, a hung proxy) is bounded by the read
+timeout, READ_TIMEOUT_S (10 s, CHORUS_BATCH_READ_TIMEOUT_S) a request at most SDK_RETRIES + 1 times: ~32 s a call.
+With READ_TIMEOUT_S at 60 a stopped Azurite held a run 3 minutes, and a stopped S3 service (s3fs's own retries
+nested around botocore's: a ranged read 3 times around get_object 3 times around 4 requests) up to 36 minutes a
+read; s3fs's retries are therefore off (botocore's standard mode retries the same errors, `retrying` the object). DefaultAzureCredential's own
 probes come on top when it is the sign-in (IMDS: about 1 s; a developer tool it runs: at most
 10 s each). CHORUS_BATCH_RETRY_BASE_S scales every backoff (tests set it tiny) and
 CHORUS_BATCH_RETRY_DEADLINE_S sets the deadline.
@@ -62,11 +67,12 @@ T = TypeVar("T")
 
 ENV_RETRY_BASE = "CHORUS_BATCH_RETRY_BASE_S"
 ENV_RETRY_DEADLINE = "CHORUS_BATCH_RETRY_DEADLINE_S"
+ENV_READ_TIMEOUT = "CHORUS_BATCH_READ_TIMEOUT_S"
 RETRY_BASE_S = 0.5  # first backoff of `retrying`; doubled each time
 RETRY_ATTEMPTS = 4
 RETRY_DEADLINE_S = 30.0
 CONNECT_TIMEOUT_S = 5  # per connection attempt of the SDK clients
-READ_TIMEOUT_S = 60  # between two reads of a response (large blobs stream for longer, in pieces)
+READ_TIMEOUT_S = 10.0  # for a response, and between two reads of it (large blobs stream for longer, in pieces)
 SDK_RETRIES = 2  # retries inside the Azure SDK / botocore / s3fs per call, with short backoffs
 DEFAULT_CREDENTIAL = ("DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI, "
                       "Azure PowerShell, Azure Developer CLI)")
@@ -84,6 +90,15 @@ def retry_deadline_s() -> float:
         return max(0.0, float(os.environ.get(ENV_RETRY_DEADLINE, RETRY_DEADLINE_S)))
     except ValueError:
         return RETRY_DEADLINE_S
+
+
+def read_timeout_s() -> float:
+    """Seconds a request waits for the service's answer (and between two reads of it): CHORUS_BATCH_READ_TIMEOUT_S."""
+    try:
+        value = float(os.environ.get(ENV_READ_TIMEOUT, READ_TIMEOUT_S))
+    except ValueError:
+        return READ_TIMEOUT_S
+    return value if value > 0 else READ_TIMEOUT_S
 
 
 # ----------------------------------------------------------------------------- secrets
@@ -293,7 +308,7 @@ def _client_options(*, sync: bool = False) -> dict[str, Any]:
     base = retry_base_s()
     options: dict[str, Any] = {
         "retry_policy": LinearRetry(backoff=2 * base, retry_total=SDK_RETRIES, random_jitter_range=base),
-        "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
+        "connection_timeout": CONNECT_TIMEOUT_S, "read_timeout": read_timeout_s(),
         # downloads in 8 MiB requests: one for most files, bounded memory per hashing thread for large ones
         "max_single_get_size": 8 << 20, "max_chunk_get_size": 8 << 20,
     }
@@ -344,6 +359,17 @@ def _blob_service_client(sign_in: AzureSignIn, credential: Any):
     elif sign_in.kind == "account_key":
         credential = {"account_name": sign_in.account_name, "account_key": sign_in.secret}
     return BlobServiceClient(sign_in.account_url, credential=credential, **options)  # type: ignore[arg-type]
+
+
+def endpoint_of(fs: Any) -> str | None:
+    """host:port of the service a file system of filesystem_for talks to (for messages), or None."""
+    try:
+        url = getattr(getattr(fs, "service_client", None), "url", None)  # Azure: the Blob service client's
+        if url is None:
+            url = getattr(fs, "endpoint_url", None) or (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url")
+        return scrub(urlsplit(url).netloc.rpartition("@")[2]) or None if url else None
+    except Exception:  # noqa: BLE001 - only names the host in a message
+        return None
 
 
 def sync_blob_service_client(sign_in: AzureSignIn, *, connections: int | None = None):
@@ -491,8 +517,10 @@ def s3_options(cloud: CloudSettings, env: Mapping[str, str] | None = None) -> tu
         _check_s3_endpoint(endpoint, endpoint_from)
     options: dict[str, Any] = {
         "use_listings_cache": False, "skip_instance_cache": True,
-        "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
-                          "retries": {"max_attempts": SDK_RETRIES + 1, "mode": "standard"}},
+        # (total_max_attempts: the first request and SDK_RETRIES more; botocore's max_attempts counts the retries alone,
+        # 4 requests a call where 3 were meant)
+        "config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": read_timeout_s(),
+                          "retries": {"total_max_attempts": SDK_RETRIES + 1, "mode": "standard"}},
     }
     client: dict[str, Any] = {}
     if endpoint:
@@ -557,7 +585,10 @@ def _s3_filesystem(url: str, cloud: CloudSettings) -> tuple[Any, str, str]:
                     raise
 
         class ChorusS3FileSystem(S3FileSystem):
-            retries = SDK_RETRIES + 1  # s3fs's own retries of timeouts and throttling (default 5)
+            # s3fs's own retries of timeouts and throttling (default 5), none: they are nested (a ranged read retried
+            # around get_object, itself retried around botocore's attempts), 3 x 3 x 4 read timeouts of a stopped service
+            # before a read failed. botocore's standard mode retries the same errors (SDK_RETRIES), `retrying` the object
+            retries = 1
 
             def find(self, path, *args, **kwargs):
                 return retrying(lambda: super(ChorusS3FileSystem, self).find(path, *args, **kwargs))
@@ -856,11 +887,12 @@ def _tidy(text: str) -> str:
 
 
 def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bool | None = None,
-            sas_permissions: str | None = None) -> SourceError:
+            sas_permissions: str | None = None, endpoint: str | None = None) -> SourceError:
     """A SourceError for a failure to `action` ("reach", "list", "read", ...) the root `where` (a masked
     URL), signed in with `how`: what happened, where, and what to do; secrets scrubbed. `writes`: the command
     writes there (an upload; default: when `action` is an upload or a write), for the permissions it names.
-    `sas_permissions`: the sign-in's SAS sp=, so that a refusal names the permissions it lacks."""
+    `sas_permissions`: the sign-in's SAS sp=, so that a refusal names the permissions it lacks. `endpoint`: the
+    service's host:port, named when the exception does not name it (aiohttp's read timeout names none)."""
     writes = action.startswith(("upload", "write")) if writes is None else writes
     kind = classify(exc)
     aws = how.startswith(("AWS", "access key", "the standard AWS"))
@@ -915,9 +947,17 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
                "private endpoint, an https emulator), name a CA bundle that holds it: "
                + ("AWS_CA_BUNDLE (or ca_bundle in the AWS profile)" if aws else "SSL_CERT_FILE or REQUESTS_CA_BUNDLE")
                + "; else check that the URL's host is the one the certificate names, and this machine's clock")
+    elif kind == "network" and no_answer(exc):
+        # (a stopped service whose socket the kernel still accepts, a hung proxy: connected, then nothing)
+        endpoint = _endpoint(exc) or endpoint or "the storage endpoint"
+        what = (f"cannot {action} {where}: {endpoint} did not answer: no response within {read_timeout_s():g} s "
+                f"({ENV_READ_TIMEOUT}) to any request{_waited(exc)} ({reason}){tried}")
+        fix = (f"check that the storage service at {endpoint} is up and not overloaded (it accepts connections but does "
+               f"not answer), and any proxy between; if it is only slow, set {ENV_READ_TIMEOUT} higher (now "
+               f"{read_timeout_s():g} s) or {ENV_RETRY_DEADLINE} (now {retry_deadline_s():g} s)")
     elif kind == "network":
-        what = f"cannot {action} {where}: the storage endpoint cannot be reached ({reason}){tried}"
-        fix = (f"check that {_endpoint(exc) or 'the storage endpoint'} is reachable from this machine (network, firewall, "
+        what = f"cannot {action} {where}: the storage endpoint cannot be reached ({reason}){_waited(exc)}{tried}"
+        fix = (f"check that {_endpoint(exc) or endpoint or 'the storage endpoint'} is reachable from this machine (network, firewall, "
                "proxy, VPN / private endpoint) and that the service is up; tried again with backoff for up to "
                f"{retry_deadline_s():.0f} s")
     elif kind == "busy":
@@ -1076,6 +1116,28 @@ def storage_errors() -> tuple[type[BaseException], ...]:
 # ----------------------------------------------------------------------------- retries
 
 
+_NO_ANSWER = {"ReadTimeoutError", "ServiceResponseTimeoutError", "ServerTimeoutError", "FSTimeoutError", "ReadTimeout"}
+
+
+def no_answer(exc: BaseException) -> bool:
+    """The service took the connection and sent nothing back within the read timeout (not: refused, unreachable)."""
+    chain = list(_chain(exc))
+    return bool({type(e).__name__ for e in chain} & _NO_ANSWER) or any(
+        re.search(r"(?i)timeout on reading data|read timed out|timeout on reading", str(e)) for e in chain)
+
+
+def _waited(exc: BaseException) -> str:
+    """', after 34 s and 6 requests': how long `retrying` tried (recorded on the exception it raised), and the
+    requests sent (each of its attempts is up to SDK_RETRIES + 1 of the SDK's: all of them, when none is answered);
+    or ''."""
+    for e in _chain(exc):
+        waited = getattr(e, "chorus_waited", None)
+        if waited:
+            seconds, attempts = waited
+            return f", after {seconds:.0f} s and {attempts * (SDK_RETRIES + 1)} requests"
+    return ""
+
+
 def retrying(fn: Callable[[], T], *, attempts: int = RETRY_ATTEMPTS, first_delay: float | None = None,
              max_delay: float = 8.0, deadline_s: float | None = None,
              transient: Callable[[BaseException], bool] = is_transient,
@@ -1096,6 +1158,10 @@ def retrying(fn: Callable[[], T], *, attempts: int = RETRY_ATTEMPTS, first_delay
             ended = clock()
             longest = max(longest, ended - began)
             if attempt == attempts or not transient(exc) or ended - start + delay + longest > deadline:
+                try:  # (for the message: how long the service was tried)
+                    exc.chorus_waited = (ended - start, attempt)  # type: ignore[attr-defined]
+                except AttributeError:
+                    pass
                 raise
         sleep(delay)
         delay = min(delay * 2, max_delay)

@@ -124,7 +124,8 @@ class FsspecSource:
         try:
             ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
         except cloud_access.storage_errors() as exc:
-            raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach") from None
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach",
+                                       endpoint=cloud_access.endpoint_of(self.fs)) from None
         if isinstance(ok, str) and ok.startswith("not_s3"):
             raise cloud_access.not_an_s3_service(ok, where=self.description, how=self.how)
         if ok is not True:
@@ -137,7 +138,8 @@ class FsspecSource:
         try:
             found, markers = cloud_access.retrying(self._azure_listing if self._azure_sign_in else self._fsspec_listing)
         except cloud_access.storage_errors() as exc:
-            raise cloud_access.explain(exc, where=self.description, how=self.how, action="list") from None
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="list",
+                                       endpoint=cloud_access.endpoint_of(self.fs)) from None
         # A folder marker that holds bytes is not silently dropped: no copy of the site could keep them.
         errors.extend((name, "special_file", f"a folder marker (an object named like a folder) that holds {size} "
                        "bytes: no file can have this name, so it is not tracked; move its bytes to a file name")
@@ -214,7 +216,8 @@ class FsspecSource:
             return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]: {fix}")
         if kind == "other" and isinstance(exc, OSError):
             return exc
-        return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read")
+        return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read",
+                                    endpoint=cloud_access.endpoint_of(self.fs))
 
     def _blob(self, srcfile: str) -> Any:
         container, _, name = self._path(srcfile).partition("/")
