@@ -2018,7 +2018,7 @@ def _refuse_empty_values(command: argparse.ArgumentParser, args: argparse.Namesp
 # stays, or that a first run wrote none: pipeline.nothing_committed): true on a first run as on a later one.
 NOTHING_COMMITTED = "nothing was committed; the manifest holds what it held before (`chorus-batch versions` lists it)"
 # Commands that write something else than a version: what stays when they stop early.
-_LEDGER_KEPT = "what the uploads ledger recorded before stays; run the same command again to resume"
+_LEDGER_KEPT = "what the uploads ledger recorded before stays"
 NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded": _LEDGER_KEPT,
                  "import-journal": "no manifest was written (an import builds it in a temporary file it removes)",
                  "import-config": "no chorus.toml was written (--out is written whole or not at all)",
@@ -2038,7 +2038,8 @@ NOT_COMMITTED = {"upload": _LEDGER_KEPT, "verify": _LEDGER_KEPT, "mark-uploaded"
 # says what to do (`upgrade` of a manifest on a read-only file system was told to pass --db on a writable one, then
 # "run the same command again", which fails the same way)
 AGAIN_AFTER_SIGNAL = {"validate": "run the same command again", "registry": "run the same command again to write them",
-                      "upgrade": "run the same command again"}
+                      "upgrade": "run the same command again", "upload": "run the same command again to resume",
+                      "mark-uploaded": "run the same command again to resume", "verify": "run the same command again"}
 
 
 def _stopped_by_signal(command: str) -> str:

@@ -169,6 +169,9 @@ def test_central_azurite_stopped_ends_upload_and_verify_within_a_bound(tmp_path)
                                   started, 60)
             assert elapsed < 40, (command, elapsed)
             _said_no_answer(err, service.port, "3")
+            if command == "verify":  # (it was "...; run the same command again to resume": verify resumes nothing, and
+                # after a failure its fix says what to do first)
+                assert "what the uploads ledger recorded before stays" in err and "to resume" not in err, err
     finally:
         _continued(service._proc)
         service.stop()
