@@ -360,7 +360,7 @@ class Marked:
 
     def text(self) -> str:
         lines = [f"recorded {plural(self.n_recorded, 'upload')} confirmed at {self.central} in the uploads ledger"
-                 + (f"; {plural(self.n_before, 'more logged blob')} {'was' if self.n_before == 1 else 'were'} recorded before (left as they are)"
+                 + (f"; {plural(self.n_before, 'more logged blob')} {'was' if self.n_before == 1 else 'were'} recorded before (left as {'it is' if self.n_before == 1 else 'they are'})"
                     if self.n_before else "")]
         if self.not_understood:
             lines.append(f"not understood: {plural(self.not_understood, 'line')} of the log {'is' if self.not_understood == 1 else 'are'} not `uploaded<TAB><blob name>` "
