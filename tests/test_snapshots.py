@@ -296,3 +296,25 @@ def test_a_snapshot_folder_of_a_manifest_started_again_under_its_name_says_so(si
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
     later = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
     assert later.returncode == 2 and "the manifest there now is another one (its first version is" in later.stderr
+
+
+def test_two_manifests_whose_first_versions_share_their_second_are_told_apart_by_their_id(site, tmp_path):
+    """A manifest is known to its snapshot folder by its first version (label and commit time, to the second): one
+    started again within the second its predecessor's first version was committed in (CI did it) was taken for that
+    one, and wrote into its folder. The manifest_id tells them apart; a folder named by an earlier release (no id) is
+    still known by the first version, and named with the id at its next snapshot."""
+    snaps, db = tmp_path / "snaps", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
+    owner_file = snaps / "manifest.json"
+    owner = json.loads(owner_file.read_text())
+    assert owner["manifest_id"] == Manifest(db).state_identity()[0]
+    # the same first version, another manifest's id: as a manifest started again in the same second leaves it
+    owner_file.write_text(json.dumps({**owner, "manifest_id": "0" * 32}))
+    write(site, "OMOP/more.csv", b"x")
+    refused = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
+    assert refused.returncode == 2 and "no snapshot was written there" in refused.stderr, refused.stderr
+    # an earlier release's owner file (no id): known by the first version, then named with the id
+    owner_file.write_text(json.dumps({k: v for k, v in owner.items() if k != "manifest_id"}))
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
+    assert json.loads(owner_file.read_text())["manifest_id"] == owner["manifest_id"]

@@ -148,8 +148,11 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
 
 # Which manifest's snapshots a folder holds. Two manifests given one --parquet folder (a chorus.toml copied to a second
 # site's job, a test manifest beside the real one) overwrote each other's versions.parquet run after run, silently; the
-# readers then said one manifest's snapshots were "of no version of the manifest". A manifest is known by its first
-# version (label and commit time): the same for a copy or a restored backup, another for any other manifest.
+# readers then said one manifest's snapshots were "of no version of the manifest". A manifest is known by its
+# manifest_id (meta, made with it) and its first version (label and commit time): the same for a copy or a restored
+# backup, another for any other manifest. The id tells apart two manifests whose first versions were committed in the
+# same second (labels and times are to the second: a manifest started again at once was taken for the one before); a
+# folder named by an earlier release (no id) is known by the first version alone until its next snapshot.
 OWNER_FILE = "manifest.json"
 
 
@@ -160,6 +163,10 @@ def _first_version(manifest: Manifest) -> dict | None:
     return {"label": first["label"][0], "finished_at": first["finished_at"][0]} if first.height else None
 
 
+def _manifest_id(manifest: Manifest) -> str | None:
+    return manifest.state_identity()[0] if manifest.path.exists() and manifest.path.stat().st_size else None
+
+
 def check_owner(manifest: Manifest, directory: str | Path) -> None:
     """A UsageError when `directory` holds the snapshots of another manifest than `manifest` (nothing is written)."""
     try:
@@ -167,12 +174,13 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
         first = owner["first_version"]
     except (OSError, ValueError, KeyError, TypeError):  # (none yet, or damaged: written again with the next snapshot)
         return
-    if first == _first_version(manifest):
+    mine = _first_version(manifest)
+    owner_id, mine_id = owner.get("manifest_id"), _manifest_id(manifest) if mine is not None else None
+    if first == mine and (owner_id is None or owner_id == mine_id):
         return
     import os
     import shlex
 
-    mine = _first_version(manifest)
     if owner.get("manifest") == os.path.abspath(manifest.path):  # (a manifest started again, or another copied in,
         # under the same name: it was "the snapshots of another manifest (/x/m.sqlite, ...), not of /x/m.sqlite")
         raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of the manifest that was at "
@@ -199,7 +207,7 @@ def _claim(manifest: Manifest, directory: Path) -> None:
     if first is not None:
         import os
 
-        write_private(directory / OWNER_FILE, json.dumps({"first_version": first,
+        write_private(directory / OWNER_FILE, json.dumps({"first_version": first, "manifest_id": _manifest_id(manifest),
                                                           "manifest": os.path.abspath(manifest.path)}).encode())
 
 
