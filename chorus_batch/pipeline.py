@@ -21,8 +21,8 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
-from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestLocked, Stopped, UsageError, machine_limit,
-                     signals_unwrapped)
+from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestError, ManifestLocked, Stopped, UsageError,
+                     machine_limit, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -611,13 +611,20 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
         cache_facts(scanned.facts)
         scanned.facts = None
         t = mark("cache_facts", t)
-    committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
-                       mode=settings.mode, delete_list=delete_list, started=started,
-                       version_label=settings.version_label, site=settings.site_name or site_location(settings.site),
-                       run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress,
-                       max_delete=settings.max_delete,
-                       spill_parent=settings.merge,  # a merge spills beside its shards (owner-only, removed after)
-                       keep_scan=False)
+    try:
+        committed = commit(manifest, scanned, previous, previous_label=previous_label, patterns=patterns,
+                           mode=settings.mode, delete_list=delete_list, started=started,
+                           version_label=settings.version_label, site=settings.site_name or site_location(settings.site),
+                           run_id=run_id, threads=settings.workers, dry_run=settings.dry_run, progress=progress,
+                           max_delete=settings.max_delete,
+                           spill_parent=settings.merge,  # a merge spills beside its shards (owner-only, removed after)
+                           keep_scan=False)
+    except ManifestError as exc:
+        if settings.merge is None or "conflicts with its recorded rows" not in exc.what:
+            raise
+        from .shards import repeated_path
+
+        raise (repeated_path(settings, settings.merge) or exc) from None  # (a shard listing a path twice: named)
     del previous
     if checkpoint is not None:
         checkpoint.remove()  # committed (or nothing to commit): its hashes are in the manifest now

@@ -450,11 +450,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
             # damaged since it was written (a copy cut, a bit flipped on the staging disk) failed the commit as an
             # "internal error" ("zstd error: Data corruption detected"), naming no shard and no rerun.
             raise damaged(folder, f"its files.parquet cannot be read: {exc}") from None
-        # A path twice (an edited files.parquet; a listing gives each once, and a path's bucket, checked, puts both in
-        # one partition) failed the commit on the manifest's unique index, said as another program writing it.
-        twice = files.filter(pl.struct("root_id", "srcfile").is_duplicated())
-        if twice.height:
-            raise damaged(folder, f"its files.parquet lists {twice['srcfile'][0]} more than once")
+        # (a path listed twice is looked for once the commit meets the manifest's unique index: repeated_path)
         # (values no listing gives: an MD5 that is not 32 hex digits was committed as the file's, and uploaded under
         # it; a size below 0 or none, a path without a time)
         odd = files.filter(~pl.col("md5").str.contains("^[0-9a-f]{32}$").fill_null(True)
@@ -476,6 +472,34 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
     manifest.ensure_state_cache()
     return merged, TreeParts(count, lambda part: manifest.state_part(bucket_range(part, count)),
                              lambda part: read_files(folders[part // per_shard], bucket_range(part, count)))
+
+
+def repeated_path(settings: RunSettings, staging: str | Path) -> UsageError | None:
+    """The shard whose files.parquet lists a path twice (an edited one: a listing gives each path once), as a damaged
+    shard with its rerun; None if none does. Asked once a merge's commit met the manifest's unique index, which such a
+    shard's rows break: that was said as "check that no other program writes this manifest" (exit 3), naming no shard.
+    Not looked for in every partition read: that cost the 10M-row merge of merge_benchmark.py ~3 s of its ~30."""
+    staging = Path(staging)
+    for folders in shard_folders(staging).values():
+        for folder in sorted(folders):
+            match = _SHARD_DIR.match(folder.name)
+            try:
+                twice = (pl.scan_parquet(folder / "files.parquet").group_by("root_id", "srcfile").len()
+                         .filter(pl.col("len") > 1).select("srcfile").head(1).collect(engine="streaming"))
+            except (OSError, pl.exceptions.PolarsError):
+                continue  # (damaged otherwise: said by the merge's reads)
+            if match is None or not twice.height:
+                continue
+            coverage = Coverage(shard=int(match.group(1)), shards=int(match.group(2)))
+            try:
+                arguments = ScanResult.read(folder, files=False, contents=False).arguments
+            except Exception:  # noqa: BLE001 - the rerun is then said with the merge's own arguments
+                arguments = None
+            return UsageError(f"cannot merge: shard {coverage.shard}/{coverage.shards} is damaged (its files.parquet "
+                              f"lists {twice['srcfile'][0]} more than once): rerun it with: "
+                              f"{rerun_command(settings, coverage, staging, arguments)}; nothing was committed",
+                              where=str(folder / "files.parquet"), fix="rerun the shard named, then merge again")
+    return None
 
 
 def _linked_once(merged: ScanResult, parts: list[ScanResult], settings: RunSettings) -> pl.DataFrame | None:
