@@ -438,9 +438,7 @@ def read_shards(staging: str | Path, *, latest_label: str | None, settings: RunS
 
     def damaged(folder: Path, what: str) -> UsageError:
         coverage = Coverage(shard=folders.index(folder), shards=shards)
-        return UsageError(f"cannot merge: shard {coverage.shard}/{shards} is damaged ({what}): rerun it with: "
-                          f"{rerun_command(settings, coverage, staging, parts[coverage.shard].arguments)}; nothing "
-                          "was committed", where=str(folder / "files.parquet"), fix="rerun the shard named, then merge again")
+        return damaged_shard(settings, staging, coverage, parts[coverage.shard].arguments, what)
 
     def read_files(folder: Path, buckets: tuple[int, int] | None = None) -> pl.DataFrame:
         try:
@@ -495,11 +493,18 @@ def repeated_path(settings: RunSettings, staging: str | Path) -> UsageError | No
                 arguments = ScanResult.read(folder, files=False, contents=False).arguments
             except Exception:  # noqa: BLE001 - the rerun is then said with the merge's own arguments
                 arguments = None
-            return UsageError(f"cannot merge: shard {coverage.shard}/{coverage.shards} is damaged (its files.parquet "
-                              f"lists {twice['srcfile'][0]} more than once): rerun it with: "
-                              f"{rerun_command(settings, coverage, staging, arguments)}; nothing was committed",
-                              where=str(folder / "files.parquet"), fix="rerun the shard named, then merge again")
+            return damaged_shard(settings, staging, coverage, arguments,
+                                 f"its files.parquet lists {twice['srcfile'][0]} more than once")
     return None
+
+
+def damaged_shard(settings: RunSettings, staging: str | Path, coverage: Coverage, arguments: list[str] | None,
+                  what: str) -> UsageError:
+    """Shard `coverage` refused as damaged (`what`: how), with the command that reruns it."""
+    return UsageError(f"cannot merge: shard {coverage.shard}/{coverage.shards} is damaged ({what}): rerun it with: "
+                      f"{rerun_command(settings, coverage, staging, arguments)}; nothing was committed",
+                      where=str(shard_folder(staging, coverage) / "files.parquet"),
+                      fix="rerun the shard named, then merge again")
 
 
 def _linked_once(merged: ScanResult, parts: list[ScanResult], settings: RunSettings) -> pl.DataFrame | None:
