@@ -162,8 +162,8 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v6", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
-# omop_visits.v3 also keeps each visit's person_id (registry.visit_person)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v3", "waveform_links.v2"
+# omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v4", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps

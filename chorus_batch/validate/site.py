@@ -18,7 +18,7 @@ from ..classify import COMPRESSED_NAME
 from ..frames import fmt
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
-from .readers import _DICOM_TAGS, OWN_REMEDY
+from .readers import _DICOM_TAGS, JOINED, OWN_REMEDY
 from .rules import (
     KIND_DICOM,
     KIND_EDF,
@@ -53,7 +53,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                          "duration_s": pl.Float64, "edf_plus": pl.Boolean}),
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
-    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "person_id": pl.List(pl.String)}),
+    # (each column one text of its values: readers._csv_joined; split where read, not decoded as a list)
+    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.String, "person_id": pl.String}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
                               "unchecked": pl.List(pl.String), "chars": pl.Int64}),
@@ -134,6 +135,13 @@ def _with_facts(files: pl.DataFrame, facts: pl.DataFrame, kind: str) -> pl.DataF
 
 
 # ----------------------------------------------------------------------------- the site and its findings
+
+
+def _joined(column: str, first: str = "visit_occurrence_id") -> pl.Expr:
+    """A column the facts keep as one text of its values (readers._csv_joined), as the list of them: none where the
+    first column's text is empty (no row; an empty text of another column is one row's empty value)."""
+    return (pl.when(pl.col(first) == "").then(pl.lit([], pl.List(pl.String)))
+            .otherwise(pl.col(column).str.split(JOINED)).alias(column))
 
 
 def _norm_id(expr: pl.Expr) -> pl.Expr:
@@ -322,12 +330,12 @@ class _Site:
             pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null())
         # The visit ids of visit_occurrence.csv (as numbers where they are); None when it cannot be read.
         self.visit_ids: pl.Series | None = (
-            visits.select(_norm_id(pl.col("visit_occurrence_id").explode())).to_series().drop_nulls().unique()
+            visits.select(_norm_id(_joined("visit_occurrence_id").explode())).to_series().drop_nulls().unique()
             if visits.height else None)
         # and each visit's person (norm ids), where visit_occurrence.csv has the column
         with_person = visits.filter(pl.col("person_id").is_not_null())
         self.visit_persons: pl.DataFrame | None = (
-            with_person.select(pl.col("visit_occurrence_id"), pl.col("person_id")).explode("visit_occurrence_id", "person_id")
+            with_person.select(_joined("visit_occurrence_id"), _joined("person_id")).explode("visit_occurrence_id", "person_id")
             .select(_visit=_norm_id(pl.col("visit_occurrence_id")), _visit_person=_norm_id(pl.col("person_id")))
             .drop_nulls().unique()
             if with_person.height else None)
