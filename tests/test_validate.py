@@ -1326,6 +1326,26 @@ def test_a_header_lacking_what_its_folders_name_is_told_to_set_it_not_to_rename_
         "values (or fix the header)"]
 
 
+@pytest.mark.parametrize("modality", ["DX", "CR"])
+def test_an_xr_modality_folder_holds_the_x_ray_modalities_the_procedures_call_xr(clean, modality):
+    """Imaging-Data.txt line 79 (and the upload SOP's line 68) names modality folders "MR, CT, XR (X-ray), or US":
+    XR is no DICOM Modality value, an X-ray's header says DX or CR. An XR/ folder of DX images was
+    dicom.path_mismatch ("modality folder XR but Modality DX"), an error for following the text; it is none now, and
+    a CT image in XR/ (or a DX image in CT/) still is one."""
+    xr = DCM.replace("/CT/", "/XR/")
+    remove(DCM)(clean)
+    add(xr, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                        accession=ACCESSION, modality=modality, ViewPosition="PA"))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.path_mismatch").height == 0
+    add(xr, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                        accession=ACCESSION))(clean)
+    assert found(clean) >= {("dicom.path_mismatch", xr)}
+    remove(xr)(clean)
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, modality=modality, ViewPosition="PA"))(clean)
+    assert found(clean) >= {("dicom.path_mismatch", DCM)}
+
+
 def test_a_header_without_patient_id_is_told_to_set_it_not_that_none_differs(clean):
     """A header without PatientID was told "PatientID (none) in the header is not the person folder ...", as if it held
     a value "(none)". It now says the header has none and what to set it to; one that differs is told as before."""
