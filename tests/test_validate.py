@@ -744,6 +744,16 @@ def test_submission_md_written_in_the_procedures_template_has_its_sections(clean
     assert len(out) == 1 and all(t in out[0] for t in ("hospital or site", "dataset", "known issues")), out
 
 
+def test_an_optional_readiness_item_left_unticked_is_no_finding(clean):
+    """The procedure's READINESS.md template marks "Code for converting to the submission format has been shared
+    (optional)"; Waveform-Data.txt line 64 asks for that code only where it was used. Left unticked it was
+    metadata.readiness_unchecked ("meet it and tick it"); an item marked optional is not asked, others still are."""
+    edit("Metadata/READINESS.md", lambda t: t + "- [ ] c: Code for converting has been shared (optional)\n")(clean)
+    assert found(clean) == set()
+    edit("Metadata/READINESS.md", lambda t: t + "- [ ] d: Any known issues\n")(clean)
+    assert found(clean) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
+
+
 def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     """The Imaging SOP's image_registry: "trg_file ... this will be populated centrally, leave blank or null". Such
     rows were errors (registry.missing_file) and every image a warning (registry.unlisted_file)."""

@@ -571,7 +571,8 @@ _PLACEHOLDER = re.compile(r"^(?:<[^>]*>?|_+|\.\.\.|tbd|n/?a)?$", re.IGNORECASE)
 
 def _markdown_facts(f) -> dict[str, Any]:
     """READINESS.md / SUBMISSION.md: the headings (with the template's labels that are answered: "Hospital name:
-    General Hospital", or the answer on the next line), and the checklist items ticked and not."""
+    General Hospital", or the answer on the next line), and the checklist items ticked and not (an item marked
+    "(optional)" left unticked is not asked for)."""
     text = _read_text(f, "utf-8-sig")
     headings, unchecked, checked = [], [], 0
     lines = [line.strip() for line in text.splitlines()]
@@ -580,7 +581,8 @@ def _markdown_facts(f) -> dict[str, Any]:
             headings.append(heading.group(1))
         elif box := _CHECKBOX.match(line):
             if box.group(1) == " ":
-                unchecked.append(box.group(2)[:120])
+                if "(optional)" not in box.group(2).lower():
+                    unchecked.append(box.group(2)[:120])
             else:
                 checked += 1
         elif (label := _LABEL.match(line)) and _answered(label.group(2), next((n for n in lines[i + 1:] if n), "")):

@@ -183,7 +183,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v10 also counts the rows with faulty values and faulty image_registry_ids (the findings list five rows:
 # v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all), keeps a few file_ids that repeat, and counts
 # rows with an empty file_id (no_file; v9 passed one over, and counted two as one file_id repeated)
-# metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections
+# metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections, and does not ask for a READINESS.md
+# item marked (optional)
 KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v2", "mapping_csv.v4", "registry_csv.v10"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
