@@ -697,6 +697,63 @@ def test_submission_md_needs_no_gaps_section_where_the_data_were_left_as_recorde
     assert found(clean) == set()
 
 
+# The waveform procedure's SUBMISSION.md template (linked from Waveform-Data.txt line 56): its topics are labels
+# ("Hospital name:") under one "## Overview" heading, filled in on their line or the next
+SUBMISSION_TEMPLATE = """## Overview
+
+Hospital name:{hospital}
+
+Brief description of the dataset: {dataset}
+
+Any known issues: {issues}
+
+<!-- Uncomment and fill this out if you manipulated your waveform data to handle gaps and overlaps
+## Gaps and Overlaps
+-->
+
+## Format Details
+
+The description, data type, and unit (where applicable) for each variable:
+
+| Variable name | Description | Data type | Unit |
+|---------------|-------------|-----------|------|
+| StartTime     | first sample | int64    | ms   |
+
+Details on whether sample intervals are uniform across waveform types and channels (numerics may not be):
+{intervals}
+
+## Waveform EHR Linkage
+
+Please outline the process you used for linking `session_id` to `visit_detail_id`: by time overlap
+"""
+
+
+def test_submission_md_written_in_the_procedures_template_has_its_sections(clean):
+    """Waveform-Data.txt line 56-59 asks SUBMISSION.md for the hospital name, a description of the dataset and the
+    known issues, "template available here"; the template gives them as labels under "## Overview". A SUBMISSION.md
+    filled in that template was metadata.submission_sections ("no section (heading) on: hospital or site; dataset;
+    waveform types; known issues; sample intervals"); a label with its answer is one now, an unanswered one is none."""
+    filled = SUBMISSION_TEMPLATE.format(hospital=" General Hospital", dataset="120 patients, 2019-2022, telemetry 300",
+                                        issues="none known", intervals="Uniform for waveforms.")
+    add("Metadata/SUBMISSION.md", filled)(clean)
+    assert found(clean) == set()
+    unfilled = SUBMISSION_TEMPLATE.format(hospital="", dataset="<number of patients, the years>",
+                                          issues="<if there are any known issues>", intervals="")
+    add("Metadata/SUBMISSION.md", unfilled)(clean)
+    out = validate(clean).filter(pl.col("rule") == "metadata.submission_sections")["message"].to_list()
+    assert len(out) == 1 and all(t in out[0] for t in ("hospital or site", "dataset", "known issues")), out
+
+
+def test_an_optional_readiness_item_left_unticked_is_no_finding(clean):
+    """The procedure's READINESS.md template marks "Code for converting to the submission format has been shared
+    (optional)"; Waveform-Data.txt line 64 asks for that code only where it was used. Left unticked it was
+    metadata.readiness_unchecked ("meet it and tick it"); an item marked optional is not asked, others still are."""
+    edit("Metadata/READINESS.md", lambda t: t + "- [ ] c: Code for converting has been shared (optional)\n")(clean)
+    assert found(clean) == set()
+    edit("Metadata/READINESS.md", lambda t: t + "- [ ] d: Any known issues\n")(clean)
+    assert found(clean) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
+
+
 def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     """The Imaging SOP's image_registry: "trg_file ... this will be populated centrally, leave blank or null". Such
     rows were errors (registry.missing_file) and every image a warning (registry.unlisted_file)."""
@@ -895,7 +952,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v6", "omop_csv", "omop_person.v2", "omop_visits.v4", "metadata_md",
+    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v6", "omop_csv", "omop_person.v2", "omop_visits.v4", "metadata_md.v2",
                                  "mapping_csv.v4", "registry_csv.v10", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1060,7 +1117,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
+    ("metadata_md.v2", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
     ("wfdb_header.v3", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
@@ -1324,6 +1381,26 @@ def test_a_header_lacking_what_its_folders_name_is_told_to_set_it_not_to_rename_
         f"the header has no SeriesInstanceUID (the series folder says {uid}): set it to what the folders and the file "
         "name say; modality folder CT but Modality MR in the header: name the folders and the file after the header's "
         "values (or fix the header)"]
+
+
+@pytest.mark.parametrize("modality", ["DX", "CR"])
+def test_an_xr_modality_folder_holds_the_x_ray_modalities_the_procedures_call_xr(clean, modality):
+    """Imaging-Data.txt line 79 (and the upload SOP's line 68) names modality folders "MR, CT, XR (X-ray), or US":
+    XR is no DICOM Modality value, an X-ray's header says DX or CR. An XR/ folder of DX images was
+    dicom.path_mismatch ("modality folder XR but Modality DX"), an error for following the text; it is none now, and
+    a CT image in XR/ (or a DX image in CT/) still is one."""
+    xr = DCM.replace("/CT/", "/XR/")
+    remove(DCM)(clean)
+    add(xr, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                        accession=ACCESSION, modality=modality, ViewPosition="PA"))(clean)
+    assert validate(clean).filter(pl.col("rule") == "dicom.path_mismatch").height == 0
+    add(xr, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                        accession=ACCESSION))(clean)
+    assert found(clean) >= {("dicom.path_mismatch", xr)}
+    remove(xr)(clean)
+    add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                         accession=ACCESSION, modality=modality, ViewPosition="PA"))(clean)
+    assert found(clean) >= {("dicom.path_mismatch", DCM)}
 
 
 def test_a_header_without_patient_id_is_told_to_set_it_not_that_none_differs(clean):

@@ -24,6 +24,8 @@ _FIRST_UPLOAD_NAME = r"^[^_]+_[^_]+_[^_]+_(?P<mod>[A-Za-z0-9]+)_(?P<inst>[^_]+)\
 _DICOM_NAME = r"_(?P<date>\d{8})_(?P<time>\d{6})_(?P<mod>[A-Za-z0-9]+)_(?P<series>[^_]+)_(?P<inst>[^_]+)\.(?i:dcm)$"
 
 
+_X_RAY_MODALITIES = ("CR", "DX", "RG", "XA", "RF")  # the DICOM Modality values of an XR/ folder
+
 # an AccessionNumber the Imaging SOP accepts: the image_occurrence_id, an integer ([0-9], not \d: the regex engine's
 # \d takes any script's digits)
 _INTEGER_ACCESSION = pl.col("accession_number").fill_null("").str.contains(r"^[0-9]+$")
@@ -141,9 +143,14 @@ def _current_paths(d: pl.DataFrame) -> list[pl.LazyFrame]:
         return pl.when(header.is_null()).then(
             fmt("{} (the {} says {})", pl.lit(tag), pl.lit(what), folder.cast(pl.String).fill_null("?")))
 
+    # Imaging-Data (line 79) and the upload SOP name modality folders "MR, CT, XR (X-ray), or US": XR is no DICOM
+    # Modality value, an X-ray image's header says CR or DX (RG, or XA/RF for fluoroscopy): an XR folder names these
+    modality_folder = pl.col("_category").str.to_uppercase()
+    header_modality = pl.col("modality").str.strip_chars().str.to_uppercase()
+    modality_folder = (pl.when((modality_folder == "XR") & header_modality.is_in(list(_X_RAY_MODALITIES)))
+                       .then(header_modality).otherwise(modality_folder))
     checks = [
-        ("modality folder", pl.col("_category").str.to_uppercase(), "Modality", pl.col("modality").str.to_uppercase(),
-         None),
+        ("modality folder", modality_folder, "Modality", pl.col("modality").str.to_uppercase(), None),
         # The Imaging SOP: AccessionNumber is "replaced by ... image_occurrence_id from the OMOP table", an integer id:
         # folder 00123 and header 123 name the same one, compared as person ids are (without leading zeros). A header
         # whose AccessionNumber is absent or not an integer is told once, by dicom.accession_id (fix the header), not

@@ -114,6 +114,6 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     out.append(_found(
         "metadata.submission_sections",
         submission.with_columns(_lacking=lacking).filter(pl.col("_lacking").list.len() > 0), "srcfile",
-        fmt("no section (heading) on: {}; add them as the Waveform File Format procedure asks",
-                  pl.col("_lacking").list.join("; "))))
+        fmt("no section (a heading, or a label of the template answered: 'Hospital name: ...') on: {}; add them as "
+            "the Waveform File Format procedure asks", pl.col("_lacking").list.join("; "))))
     return out

@@ -564,19 +564,39 @@ _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 _CHECKBOX = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+\[([ xX])\]\s*(.*)$")
 
 
+# A label line of the procedure's SUBMISSION.md template ("Hospital name: ..."), its answer after the colon
+_LABEL = re.compile(r"^\s{0,3}(?:[-*+]\s+)?(?:\*\*)?([A-Za-z][^:|<>]{2,300}?)(?:\*\*)?\s*:(?:\*\*)?\s*(.*)$")
+_PLACEHOLDER = re.compile(r"^(?:<[^>]*>?|_+|\.\.\.|tbd|n/?a)?$", re.IGNORECASE)
+
+
 def _markdown_facts(f) -> dict[str, Any]:
-    """READINESS.md / SUBMISSION.md: the headings, and the checklist items ticked and not."""
+    """READINESS.md / SUBMISSION.md: the headings (with the template's labels that are answered: "Hospital name:
+    General Hospital", or the answer on the next line), and the checklist items ticked and not (an item marked
+    "(optional)" left unticked is not asked for)."""
     text = _read_text(f, "utf-8-sig")
     headings, unchecked, checked = [], [], 0
-    for line in text.splitlines():
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(text.splitlines()):
         if heading := _HEADING.match(line):
             headings.append(heading.group(1))
         elif box := _CHECKBOX.match(line):
             if box.group(1) == " ":
-                unchecked.append(box.group(2)[:120])
+                if "(optional)" not in box.group(2).lower():
+                    unchecked.append(box.group(2)[:120])
             else:
                 checked += 1
+        elif (label := _LABEL.match(line)) and _answered(label.group(2), next((n for n in lines[i + 1:] if n), "")):
+            headings.append(label.group(1))
     return {"headings": headings, "checked": checked, "unchecked": unchecked, "chars": len(text)}
+
+
+def _answered(answer: str, following: str) -> bool:
+    """A template label's answer: text after its colon that is no placeholder (<...>, TBD), or else the next line's,
+    where that is no heading, other label, or comment."""
+    if answer.strip():
+        return not _PLACEHOLDER.match(answer.strip())
+    return not (not following or _HEADING.match(following) or following.startswith(("<", "-->"))
+                or _PLACEHOLDER.match(following) or _LABEL.match(following))
 
 
 def _table(f):

@@ -183,7 +183,9 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v10 also counts the rows with faulty values and faulty image_registry_ids (the findings list five rows:
 # v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all), keeps a few file_ids that repeat, and counts
 # rows with an empty file_id (no_file; v9 passed one over, and counted two as one file_id repeated)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md", "mapping_csv.v4", "registry_csv.v10"
+# metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections, and does not ask for a READINESS.md
+# item marked (optional)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v2", "mapping_csv.v4", "registry_csv.v10"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -229,9 +231,10 @@ RULES: tuple[Rule, ...] = (
          "start_time and end_time)."),
     Rule("metadata.submission_sections", "warning", "SUBMISSION.md incomplete",
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
-         "waveform types, known issues, variables, sample intervals, linkage to visits)."),
+         "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
+         "procedure's template answered (Hospital name: ...)."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
-         "READINESS.md has checklist items that are not ticked."),
+         "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted)."),
     Rule("metadata.unreadable", "error", "Metadata file unreadable",
          "A Metadata markdown or mapping file is empty or not UTF-8 text."),
     # -- OMOP/
@@ -341,7 +344,8 @@ RULES: tuple[Rule, ...] = (
     Rule("dicom.path_mismatch", "error", "DICOM folders disagree with the header",
          "A DICOM file's modality, accession or series folder, or its instance number, differs from the header's "
          "Modality, AccessionNumber, SeriesInstanceUID or InstanceNumber (an accession number is the integer "
-         "image_occurrence_id: 00123 and 123 agree)."),
+         "image_occurrence_id: 00123 and 123 agree; an XR folder, as the procedures name X-ray, holds CR, DX, RG, XA and "
+         "RF images)."),
     Rule("dicom.instance_repeated", "warning", "one InstanceNumber for two images of a series",
          "Two or more DICOM files of one series folder (and SeriesInstanceUID) have the same InstanceNumber: the "
          "Imaging SOP names each image <InstanceNumber>.dcm, one file per number (a copy, or a series numbered twice)."),
