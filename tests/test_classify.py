@@ -156,6 +156,24 @@ def test_unparseable_paths_under_a_person_keep_modality_and_person():
     assert (row["modality"], row["person_id"]) == ("Images", "000123")
 
 
+@pytest.mark.parametrize("path, modality, person", [
+    # a line break in an OMOP/ or Metadata/ name was classified Other (no pattern took it, and the fallback knew
+    # only person folders): `files --modality OMOP` and `upload --modalities OMOP` left it out
+    ("OMOP/new\nline.csv", "OMOP", None),
+    ("Metadata/a\rb.md", "Metadata", None),
+    # a tab or line break where the layout's [^/]+ takes it fitted the layout with no word, though the same
+    # character in OMOP/ was an unparsed path: every path with one is unparsed, in the modality of its folder
+    ("OMOP/a\tb.csv", "OMOP", None),
+    ("000123/Waveforms/Telemetry/901/901\n.dat", "Waveforms", "000123"),
+    ("000123/Images/CT/77/1.2/1\t.dcm", "Images", "000123"),
+])
+def test_a_control_character_is_unparsed_in_the_modality_of_its_folder(path, modality, person):
+    row = one(path)
+    assert (row["modality"], row["person_id"]) == (modality, person)
+    assert "the path holds a control character" in row["parse_error"]
+    assert row["record_key"] is None and row["start_date"] is None and row["segment"] is None
+
+
 def test_patterns_from_config_replace_a_modality():
     patterns = build_patterns({"Waveforms": [r"^(?P<person_id>[^/]+)/ecg/(?P<session>[^/]+)\.xml$"]})
     row = one("55/ecg/run1.xml", patterns)
