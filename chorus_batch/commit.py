@@ -151,8 +151,10 @@ def read_delete_list(path: str) -> pl.DataFrame:
                          f"them ({shown})", where=path,
                          fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
                              "at either end, no leading '/'; nothing was recorded")
-    return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written").unique("srcfile", keep="first",
-                                                                                  maintain_order=True)
+    # (the line with its backslashes: a name's own characters where the manifest records it so, see _check_delete_list)
+    literal = pl.col("written").str.replace(r"^(\./)+", "")
+    return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written", literal=literal).unique(
+        "srcfile", keep="first", maintain_order=True)
 
 
 def next_label(started: datetime, latest: str | None, requested: str | None) -> str:
@@ -708,6 +710,17 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
     """Append mode: paths to remove. A listed path still in the tree, or unknown to
     the manifest, is recorded and left alone. One an earlier version removed (`removed_in`: Manifest.removed_in)
     is a note, not a finding: a list applied again each night would otherwise exit 1 every night."""
+    if "literal" in delete_list.columns:
+        # A backslash is a character of a POSIX or S3 name (OMOP/a\\b.csv): read as a Windows separator only, such a
+        # recorded file was "not in the manifest" and no list could remove it. The line as written names it where
+        # the manifest records it (or the tree holds it); else its backslashes separate.
+        odd = delete_list.filter(pl.col("literal") != pl.col("srcfile")).select("literal")
+        if odd.height:
+            held = pl.concat([odd.join(frame.select(literal=pl.col("srcfile").cast(pl.String)), on="literal", how="semi")
+                              for part in range(parts.count) for frame in (parts.previous(part), parts.files(part))])
+            delete_list = delete_list.with_columns(srcfile=pl.when(pl.col("literal").is_in(held["literal"].implode()))
+                                                   .then(pl.col("literal")).otherwise(pl.col("srcfile")))
+        delete_list = delete_list.drop("literal").unique("srcfile", keep="first", maintain_order=True)
     present, known = [], []
     for part in range(parts.count):
         present.append(delete_list.join(parts.files(part).select("srcfile"), on="srcfile", how="semi"))

@@ -597,6 +597,23 @@ def test_a_delete_list_line_in_other_case_or_unicode_form_names_the_recorded_pat
         ("OMOP/missing.csv", "listed for deletion (line 3) but not in the manifest; ignored")]
 
 
+def test_a_delete_list_line_with_a_backslash_names_the_recorded_file_that_has_one(site, db, tmp_path):
+    """A backslash is a character of a POSIX (or S3) name, and the manifest tracks OMOP/a\\b.csv: its line was read
+    with the backslash as a Windows separator (OMOP/a/b.csv), "not in the manifest; ignored", so no delete list could
+    remove it. The line as written is taken where the manifest records it; else '\\' still separates."""
+    for name in ("OMOP/a\\b.csv", "OMOP/c.csv", "OMOP/d.csv", "OMOP/e\\f.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("OMOP/a\\b.csv", "OMOP/c.csv"):
+        (site / name).unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("OMOP/a\\b.csv\nOMOP\\c.csv\nOMOP/e\\f.csv\n")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert set(current_rows(db)) == {"OMOP/d.csv", "OMOP/e\\f.csv"} and result.counts["removed"] == 2
+    assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").rows() == [
+        ("OMOP/e\\f.csv", "listed for deletion (line 3) but still present in the tree; not removed")]
+
+
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):
     with pytest.raises(UsageError, match="append mode"):
         run_site(site, db, delete_list=str(tmp_path / "x"))
