@@ -139,10 +139,18 @@ def read_delete_list(path: str) -> pl.DataFrame:
     lines = pl.DataFrame({"written": text.split("\n")}, schema={"written": pl.String}).with_row_index("line", 1).filter(
         (stripped != "") & ~stripped.str.starts_with("#"))
     lines = lines.with_columns(pl.col("written").str.strip_suffix("\r"))  # a Windows line ending
-    srcfile = pl.col("written").str.replace_all("\\", "/", literal=True).str.replace(r"^(\./)+", "")
+    # A name `files` shows quoted ('OMOP/c.csv ', 'OMOP/new\\nline.csv', 'cafe\\u0301.md'), copied: the name it shows,
+    # exactly (no other line starts and ends with a quote: such a name is shown quoted too). A name with a space at
+    # its end, or a line break, could not be listed otherwise: no delete list removed it.
+    from .units import unshown_name
+
+    lines = lines.with_columns(_name=pl.when(pl.col("written").str.contains(r"^['\"]")).then(pl.col("written"))
+                               .map_elements(unshown_name, return_dtype=pl.String))  # (the quoted lines alone)
+    srcfile = pl.coalesce("_name", pl.col("written").str.replace_all("\\", "/", literal=True).str.replace(r"^(\./)+", ""))
     lines = lines.with_columns(srcfile=srcfile, why=(
-        pl.when(pl.col("written").str.contains(r"^\s|\s$")).then(pl.lit("starts or ends with a space or tab"))
-        .when(pl.col("written").str.starts_with("/")).then(pl.lit("starts with '/', an absolute path"))
+        pl.when(pl.col("_name").is_null() & pl.col("written").str.contains(r"^\s|\s$"))
+        .then(pl.lit("starts or ends with a space or tab"))
+        .when(srcfile.str.starts_with("/")).then(pl.lit("starts with '/', an absolute path"))
         .when(srcfile.str.contains(r"(^|/)\.{1,2}(/|$)|//|/$")).then(pl.lit("has an empty, '.' or '..' part"))))
     bad = lines.filter(pl.col("why").is_not_null())
     if bad.height:
@@ -150,9 +158,10 @@ def read_delete_list(path: str) -> pl.DataFrame:
         raise UsageError(f"{plural(bad.height, 'line')} of the delete list {'is' if bad.height == 1 else 'are'} not site-relative paths as the manifest stores "
                          f"them ({shown})", where=path,
                          fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
-                             "at either end, no leading '/'; nothing was recorded")
+                             "at either end, no leading '/' (a name with a space at its end in quotes, as `files` shows "
+                             "it: 'OMOP/a.csv '); nothing was recorded")
     # (the line with its backslashes: a name's own characters where the manifest records it so, see _check_delete_list)
-    literal = pl.col("written").str.replace(r"^(\./)+", "")
+    literal = pl.coalesce("_name", pl.col("written").str.replace(r"^(\./)+", ""))
     return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written", literal=literal).unique(
         "srcfile", keep="first", maintain_order=True)
 

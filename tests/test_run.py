@@ -614,6 +614,25 @@ def test_a_delete_list_line_with_a_backslash_names_the_recorded_file_that_has_on
         ("OMOP/e\\f.csv", "listed for deletion (line 3) but still present in the tree; not removed")]
 
 
+def test_a_delete_list_line_quoted_as_files_shows_it_names_that_file(site, db, tmp_path):
+    """A name with a space at its end (or a line break, or decomposed) is a name the manifest tracks, but its line was
+    refused ("starts or ends with a space or tab"; the fix said to write it as `files` shows it, 'OMOP/c.csv ',
+    which was then not in the manifest): no delete list could remove it. The quoted form `files` shows is read as
+    the name it shows, exactly."""
+    for name in ("OMOP/c.csv ", "OMOP/new\nline.csv", "Metadata/cafe\u0301.md", "OMOP/d.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("OMOP/c.csv ", "OMOP/new\nline.csv", "Metadata/cafe\u0301.md"):
+        (site / name).unlink()
+    shown = cli("files", "--db", str(db)).stdout  # the lines below are these, copied
+    assert all(f"{name} " in shown for name in ("'OMOP/c.csv '", "'OMOP/new\\nline.csv'", "'Metadata/cafe\\u0301.md'"))
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("'OMOP/c.csv '\n'OMOP/new\\nline.csv'\n'Metadata/cafe\\u0301.md'\n", encoding="utf-8")
+    result = run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
+    assert set(current_rows(db)) == {"OMOP/d.csv"} and result.counts["removed"] == 3, result.errors
+    assert result.errors.filter(pl.col("kind") == "delete_list").height == 0
+
+
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):
     with pytest.raises(UsageError, match="append mode"):
         run_site(site, db, delete_list=str(tmp_path / "x"))
