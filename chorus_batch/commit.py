@@ -41,6 +41,7 @@ from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
 from .units import named, plural, quoted
+from .workers import VANISHED_KEPT
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
@@ -331,6 +332,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     said = scanned.errors.with_columns(pl.when(was_tracked).then(pl.col("message") + pl.lit(
         "; the previous version tracked it: recorded as removed in this version (not counted against --max-delete); "
         "renamed, it is tracked again under its new name")).otherwise(pl.col("message")).alias("message"))
+    said = _unrecorded_said(said, parts)
     errors = pl.concat([said, delete_errors, *parse_errors, *tree.silent_changes,
                         *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
     n_files = n_kept + new_rows.height
@@ -707,6 +709,30 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
         "never_verified": never,
         "oldest_verification_days": round((now - oldest) / _DAY_NS, 1) if oldest is not None else None,
     }
+
+
+# What a file that vanished, changed while hashed or could not be read keeps: "what was recorded of it" was said of a
+# new file too (a first run's), and that "the next run records it as removed", which no run does of a file no version
+# held. Said of such a file as it is.
+_KEPT_SAID = {VANISHED_KEPT: "no version recorded it, nor does this one; moved, the next run records it at its new path",
+              "what was recorded of it is kept": "no version recorded it yet, nor does this one"}
+
+
+def _unrecorded_said(errors: pl.DataFrame, parts: TreeParts) -> pl.DataFrame:
+    """`errors` with what the messages of files the previous version did not hold say of their record corrected."""
+    said = pl.col("message").str.contains(next(iter(_KEPT_SAID)), literal=True)
+    for phrase in list(_KEPT_SAID)[1:]:
+        said = said | pl.col("message").str.contains(phrase, literal=True)
+    asked = errors.filter(said).select("srcfile").unique()
+    if not asked.height:
+        return errors
+    held = pl.concat([asked.join(parts.previous(part).select(pl.col("srcfile").cast(pl.String)), on="srcfile",
+                                 how="semi") for part in range(parts.count)])["srcfile"]
+    message = pl.col("message")
+    for phrase, instead in _KEPT_SAID.items():
+        message = message.str.replace(phrase, instead, literal=True)
+    return errors.with_columns(message=pl.when(said & ~pl.col("srcfile").is_in(held.implode())).then(message)
+                               .otherwise(pl.col("message")))
 
 
 def unseen_files(errors: pl.DataFrame) -> list[str]:

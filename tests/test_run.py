@@ -300,6 +300,10 @@ def test_vanished_file_between_listing_and_hashing(site, db):
     result = scan_and_commit(db, [Root(VanishingSource(site))])
     assert list(current_rows(db)) == ["OMOP/keep.csv"]
     assert result.errors.filter(pl.col("kind") == "vanished")["srcfile"].to_list() == ["OMOP/gone.csv"]
+    # a file no version recorded: nothing of it stays, and no next run records it as removed (the message said both)
+    message, = result.errors.filter(pl.col("kind") == "vanished")["message"].to_list()
+    assert "stays in this version" not in message and "records it as removed" not in message, message
+    assert "no version recorded it, nor does this one" in message and "nothing to do unless it recurs" in message
     # a recorded file that changed, then vanished as it was to be hashed: its row stays, and the message says so and
     # what comes next ("disappeared" alone gave no next step)
     write(site, "OMOP/keep.csv", b"changed")
