@@ -144,7 +144,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 4
+CLASSIFY_LOGIC = 5
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
@@ -257,6 +257,12 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         .otherwise(pl.lit("Other"))
     )
     person = pl.when(second.is_in(["waveforms", "images", "metadata"])).then(first)
+    # a modality folder where the person folder belongs (no person above it), or a level below it (a person folder
+    # copied into itself, the site copied into a folder): the folder above it was blamed, a person folder that was right
+    third = parts.list.get(2, null_on_oob=True)
+    spelled = {"waveforms": "Waveforms", "images": "Images"}
+    at_root = first.str.to_lowercase().replace_strict(spelled, default=None)
+    down = third.str.to_lowercase().replace_strict(spelled, default=None)
     reason = (
         # (no pattern takes one: blaming the folder, as below, sent the user to rename a folder that was right)
         pl.when(srcfile.str.contains(CONTROL_CHARACTER))
@@ -271,6 +277,12 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         # a person's Metadata/ is no place of today's layout (nor of an earlier edition's)
         .when(second == "metadata")
         .then(fmt("Metadata/ lies in folder {}/: it belongs at the site root (Metadata/<file>), once for the site", first))
+        .when(at_root.is_not_null())
+        .then(fmt("{}/ lies at the site root: expected <person_id>/{}/ (each person's files in that person's folder)",
+                  first, at_root))
+        .when(down.is_not_null() & (n_parts > 3))
+        .then(fmt("{}/ lies two folders down, in {}/{}/: expected <person_id>/{}/ at the site root", third, first,
+                  parts.list.get(1, null_on_oob=True), down))
         .otherwise(fmt("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
     )
     return modality, person, reason

@@ -143,6 +143,14 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         # a line break in the name, not the folder (it was "folder OMOP/ is not OMOP/, ...")
         ("OMOP/a\nb.csv", "the path holds a control character"),
         ("Meta\tdata/a.md", "the path holds a control character"),
+        # a person's folder copied into itself (cp -r 000123 000123/), or the whole site a level down: "folder 000123/
+        # is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/" blamed a person folder that was right
+        ("000123/000123/Waveforms/Telemetry/901/901.hea", "Waveforms/ lies two folders down, in 000123/000123/: "
+                                                          "expected <person_id>/Waveforms/ at the site root"),
+        ("export/000123/Images/CT/7/1.2/1.dcm", "Images/ lies two folders down, in export/000123/"),
+        # a modality folder at the site root, with no person folder above it
+        ("Waveforms/Telemetry/901/901.hea", "Waveforms/ lies at the site root: expected <person_id>/Waveforms/"),
+        ("images/CT/7/1.2/1.dcm", "images/ lies at the site root: expected <person_id>/Images/"),
     ],
 )
 def test_unparseable_paths_get_a_reason_and_no_record(path, reason):
