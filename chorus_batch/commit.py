@@ -622,8 +622,10 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     kind, limit = parse_max_delete(max_delete)
     if kind == "all" or tree.n_previous == 0:
         return
+    # (a root that lists nothing but removes nothing: its folders could not be listed, their files kept, each named
+    # with its scan error; refused, it was taken for an unmounted file system and the permissions went unsaid)
     empty = [location for position, (location, _modality) in enumerate(roots)
-             if position not in tree.listed_roots and mode == "full"
+             if position not in tree.listed_roots and mode == "full" and n_removed
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
     empty_where = [_root_where(location, modality) for location, modality in roots if location in empty]

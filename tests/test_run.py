@@ -803,6 +803,25 @@ def test_unreadable_site_root_fails_without_touching_the_manifest(site, db):
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_root_whose_folders_cannot_be_listed_is_not_taken_for_an_unmounted_one(site, db):
+    """A nightly run under another user, the site's folders 0700: the root lists no file, each folder is an
+    unreadable_dir whose recorded files are kept, and nothing would be removed. It was refused as an unmounted file
+    system (exit 5, "check that each root named is mounted"), the folders' permission errors unsaid. It is now what
+    it is: no file removed, the folders named with what to do (exit 1)."""
+    write(site, WAVE, b"w")
+    write(site, "OMOP/a.csv", b"a")
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db)]
+    assert run_without_override(args).returncode == 0
+    before = current_rows(db)
+    with unreadable(site / "000123", site / "OMOP"):
+        out = run_without_override(args)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "mounted" not in out.stdout + out.stderr
+    assert "000123/: cannot list directory: Permission denied" in out.stdout and "OMOP/: cannot list" in out.stdout
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
+
+
 def test_a_committed_runs_change_set_is_read_from_the_manifest_when_asked(site, db):
     """The run does not hold a committed version's change set (a first run's is every file): `change_set`
     reads it from the manifest, path by path with each file's modality, person, size and MD5; a dry run's
