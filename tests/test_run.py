@@ -804,6 +804,26 @@ def test_unreadable_site_root_fails_without_touching_the_manifest(site, db):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_folder_that_can_be_listed_but_not_searched_is_named_as_the_cause(site, db):
+    """`chmod -R 644` takes the search (x) permission off every folder: a person folder can then be listed, but no
+    folder in it opened. The message named each folder below it ("give this user read and search (x) permission on
+    it"), which had both: the site changed them and the run failed the same way. It names the folder without x."""
+    write(site, WAVE, b"w")
+    write(site, "000123/Images/CT/7/1.2/1.dcm", b"d")
+    write(site, "OMOP/a.csv", b"a")
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db)]
+    os.chmod(site / "000123", 0o644)
+    try:
+        out = run_without_override(args)
+    finally:
+        os.chmod(site / "000123", 0o755)
+    assert out.returncode == 1, out.stderr
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("000123/")]
+    assert len(lines) == 2 and all(("give this user search (x) permission on 000123/," in line
+                                    and "may be listed but not searched" in line) for line in lines), out.stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
 def test_a_root_whose_folders_cannot_be_listed_is_not_taken_for_an_unmounted_one(site, db):
     """A nightly run under another user, the site's folders 0700: the root lists no file, each folder is an
     unreadable_dir whose recorded files are kept, and nothing would be removed. It was refused as an unmounted file
