@@ -144,7 +144,7 @@ def build_patterns(overrides: dict[str, list[str]] | None, config: str = "chorus
 
 # Bumped when classification changes other than through the patterns (what a group means, how a
 # category is spelled): the manifest's current rows are then classified again (commit.py).
-CLASSIFY_LOGIC = 3
+CLASSIFY_LOGIC = 5
 
 
 def fingerprint(patterns: tuple[PathPattern, ...]) -> str:
@@ -236,6 +236,11 @@ def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
     )
 
 
+# A line break, a tab or another control character: no layout's name holds one (some patterns' [^/]+ would take it,
+# OMOP/'s .+ not a line break), so a path with one fits none, whatever else it fits: unparsed, in its folder's modality
+CONTROL_CHARACTER = r"[\x00-\x1f\x7f]"
+
+
 def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """Modality, person and reason for a path that no pattern matched, from where it lies."""
     parts = srcfile.str.split("/")
@@ -243,15 +248,24 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     n_parts = parts.list.len()
     modality = (
         pl.when(n_parts == 1).then(pl.lit("Other"))
+        # (only a path with a control character gets here from OMOP/ or Metadata/: it was Other)
+        .when(first.str.to_lowercase() == "omop").then(pl.lit("OMOP"))
+        .when(first.str.to_lowercase() == "metadata").then(pl.lit("Metadata"))
         .when(second == "waveforms").then(pl.lit("Waveforms"))
         .when(second == "images").then(pl.lit("Images"))
         .when(second == "metadata").then(pl.lit("Metadata"))
         .otherwise(pl.lit("Other"))
     )
     person = pl.when(second.is_in(["waveforms", "images", "metadata"])).then(first)
+    # a modality folder where the person folder belongs (no person above it), or a level below it (a person folder
+    # copied into itself, the site copied into a folder): the folder above it was blamed, a person folder that was right
+    third = parts.list.get(2, null_on_oob=True)
+    spelled = {"waveforms": "Waveforms", "images": "Images"}
+    at_root = first.str.to_lowercase().replace_strict(spelled, default=None)
+    down = third.str.to_lowercase().replace_strict(spelled, default=None)
     reason = (
         # (no pattern takes one: blaming the folder, as below, sent the user to rename a folder that was right)
-        pl.when(srcfile.str.contains(r"[\x00-\x1f\x7f]"))
+        pl.when(srcfile.str.contains(CONTROL_CHARACTER))
         .then(pl.lit("the path holds a control character (a line break or a tab, shown escaped)"))
         .when(n_parts == 1)
         .then(pl.lit("file at the site root: expected it in OMOP/, Metadata/ or a person folder"))
@@ -263,6 +277,12 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         # a person's Metadata/ is no place of today's layout (nor of an earlier edition's)
         .when(second == "metadata")
         .then(fmt("Metadata/ lies in folder {}/: it belongs at the site root (Metadata/<file>), once for the site", first))
+        .when(at_root.is_not_null())
+        .then(fmt("{}/ lies at the site root: expected <person_id>/{}/ (each person's files in that person's folder)",
+                  first, at_root))
+        .when(down.is_not_null() & (n_parts > 3))
+        .then(fmt("{}/ lies two folders down, in {}/{}/: expected <person_id>/{}/ at the site root", third, first,
+                  parts.list.get(1, null_on_oob=True), down))
         .otherwise(fmt("folder {}/ is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/", first))
     )
     return modality, person, reason
@@ -289,7 +309,8 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     ).with_columns(
         [_reason(p, pl.col(f"_g{i}")).alias(f"_r{i}") for i, p in enumerate(patterns)]
     )
-    hit = [pl.col(f"_g{i}").struct.field("matched") & pl.col(f"_r{i}").is_null() for i in range(len(patterns))]
+    plain = ~pl.col("srcfile").str.contains(CONTROL_CHARACTER)
+    hit = [pl.col(f"_g{i}").struct.field("matched") & pl.col(f"_r{i}").is_null() & plain for i in range(len(patterns))]
     near = [pl.col(f"_g{i}").struct.field("matched") for i in range(len(patterns))]
 
     def first_hit(field: str) -> pl.Expr:
@@ -298,7 +319,7 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     winner_modality = pl.coalesce([pl.when(h).then(pl.lit(p.modality)) for h, p in zip(hit, patterns)])
     winner_layout = pl.coalesce([pl.when(h).then(pl.lit(p.layout)) for h, p in zip(hit, patterns)])
     near_modality = pl.coalesce([pl.when(n).then(pl.lit(p.modality)) for n, p in zip(near, patterns)])
-    near_reason = pl.coalesce([pl.when(n).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
+    near_reason = pl.coalesce([pl.when(n & plain).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
     fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"))
 
     frame = frame.with_columns(

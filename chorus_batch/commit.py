@@ -41,6 +41,7 @@ from .scan import ScanResult
 from .store import Manifest, VersionRecord
 from .times import iso, utc_now
 from .units import named, plural, quoted
+from .workers import VANISHED_KEPT
 
 LABEL_FORMAT = "%Y%m%d%H%M%S"
 # Not ending in '.': the label is the version's folder at the centre, and Azure does not keep a name part ending in '.'
@@ -139,10 +140,18 @@ def read_delete_list(path: str) -> pl.DataFrame:
     lines = pl.DataFrame({"written": text.split("\n")}, schema={"written": pl.String}).with_row_index("line", 1).filter(
         (stripped != "") & ~stripped.str.starts_with("#"))
     lines = lines.with_columns(pl.col("written").str.strip_suffix("\r"))  # a Windows line ending
-    srcfile = pl.col("written").str.replace_all("\\", "/", literal=True).str.replace(r"^(\./)+", "")
+    # A name `files` shows quoted ('OMOP/c.csv ', 'OMOP/new\\nline.csv', 'cafe\\u0301.md'), copied: the name it shows,
+    # exactly (no other line starts and ends with a quote: such a name is shown quoted too). A name with a space at
+    # its end, or a line break, could not be listed otherwise: no delete list removed it.
+    from .units import unshown_name
+
+    lines = lines.with_columns(_name=pl.when(pl.col("written").str.contains(r"^['\"]")).then(pl.col("written"))
+                               .map_elements(unshown_name, return_dtype=pl.String))  # (the quoted lines alone)
+    srcfile = pl.coalesce("_name", pl.col("written").str.replace_all("\\", "/", literal=True).str.replace(r"^(\./)+", ""))
     lines = lines.with_columns(srcfile=srcfile, why=(
-        pl.when(pl.col("written").str.contains(r"^\s|\s$")).then(pl.lit("starts or ends with a space or tab"))
-        .when(pl.col("written").str.starts_with("/")).then(pl.lit("starts with '/', an absolute path"))
+        pl.when(pl.col("_name").is_null() & pl.col("written").str.contains(r"^\s|\s$"))
+        .then(pl.lit("starts or ends with a space or tab"))
+        .when(srcfile.str.starts_with("/")).then(pl.lit("starts with '/', an absolute path"))
         .when(srcfile.str.contains(r"(^|/)\.{1,2}(/|$)|//|/$")).then(pl.lit("has an empty, '.' or '..' part"))))
     bad = lines.filter(pl.col("why").is_not_null())
     if bad.height:
@@ -150,9 +159,12 @@ def read_delete_list(path: str) -> pl.DataFrame:
         raise UsageError(f"{plural(bad.height, 'line')} of the delete list {'is' if bad.height == 1 else 'are'} not site-relative paths as the manifest stores "
                          f"them ({shown})", where=path,
                          fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
-                             "at either end, no leading '/'; nothing was recorded")
-    return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written").unique("srcfile", keep="first",
-                                                                                  maintain_order=True)
+                             "at either end, no leading '/' (a name with a space at its end in quotes, as `files` shows "
+                             "it: 'OMOP/a.csv '); nothing was recorded")
+    # (the line with its backslashes: a name's own characters where the manifest records it so, see _check_delete_list)
+    literal = pl.coalesce("_name", pl.col("written").str.replace(r"^(\./)+", ""))
+    return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written", literal=literal).unique(
+        "srcfile", keep="first", maintain_order=True)
 
 
 def next_label(started: datetime, latest: str | None, requested: str | None) -> str:
@@ -320,6 +332,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
     said = scanned.errors.with_columns(pl.when(was_tracked).then(pl.col("message") + pl.lit(
         "; the previous version tracked it: recorded as removed in this version (not counted against --max-delete); "
         "renamed, it is tracked again under its new name")).otherwise(pl.col("message")).alias("message"))
+    said = _unrecorded_said(said, parts)
     errors = pl.concat([said, delete_errors, *parse_errors, *tree.silent_changes,
                         *tree.unverifiable]).unique().sort("srcfile", "kind", "message")
     n_files = n_kept + new_rows.height
@@ -609,8 +622,10 @@ def guard_removals(tree: Tally, roots: list[tuple[str, str | None]], n_removed: 
     kind, limit = parse_max_delete(max_delete)
     if kind == "all" or tree.n_previous == 0:
         return
+    # (a root that lists nothing but removes nothing: its folders could not be listed, their files kept, each named
+    # with its scan error; refused, it was taken for an unmounted file system and the permissions went unsaid)
     empty = [location for position, (location, _modality) in enumerate(roots)
-             if position not in tree.listed_roots and mode == "full"
+             if position not in tree.listed_roots and mode == "full" and n_removed
              and ((same_roots or {}).get(position, {root_ids.get(position)}) & tree.held_roots
                   or (position == 0 and tree.unrooted))]
     empty_where = [_root_where(location, modality) for location, modality in roots if location in empty]
@@ -698,6 +713,30 @@ def verification(tree: Tally, now: int, kept_candidates: pl.DataFrame, new_rows:
     }
 
 
+# What a file that vanished, changed while hashed or could not be read keeps: "what was recorded of it" was said of a
+# new file too (a first run's), and that "the next run records it as removed", which no run does of a file no version
+# held. Said of such a file as it is.
+_KEPT_SAID = {VANISHED_KEPT: "no version recorded it, nor does this one; moved, the next run records it at its new path",
+              "what was recorded of it is kept": "no version recorded it yet, nor does this one"}
+
+
+def _unrecorded_said(errors: pl.DataFrame, parts: TreeParts) -> pl.DataFrame:
+    """`errors` with what the messages of files the previous version did not hold say of their record corrected."""
+    said = pl.col("message").str.contains(next(iter(_KEPT_SAID)), literal=True)
+    for phrase in list(_KEPT_SAID)[1:]:
+        said = said | pl.col("message").str.contains(phrase, literal=True)
+    asked = errors.filter(said).select("srcfile").unique()
+    if not asked.height:
+        return errors
+    held = pl.concat([asked.join(parts.previous(part).select(pl.col("srcfile").cast(pl.String)), on="srcfile",
+                                 how="semi") for part in range(parts.count)])["srcfile"]
+    message = pl.col("message")
+    for phrase, instead in _KEPT_SAID.items():
+        message = message.str.replace(phrase, instead, literal=True)
+    return errors.with_columns(message=pl.when(said & ~pl.col("srcfile").is_in(held.implode())).then(message)
+                               .otherwise(pl.col("message")))
+
+
 def unseen_files(errors: pl.DataFrame) -> list[str]:
     """Paths listed but not readable (e.g. in a folder that can be read but not searched): not gone."""
     return errors.filter(pl.col("kind").is_in(("unreadable", *_UNSEEN_LINK_KINDS)))["srcfile"].to_list()
@@ -708,6 +747,17 @@ def _check_delete_list(delete_list: pl.DataFrame, parts: TreeParts,
     """Append mode: paths to remove. A listed path still in the tree, or unknown to
     the manifest, is recorded and left alone. One an earlier version removed (`removed_in`: Manifest.removed_in)
     is a note, not a finding: a list applied again each night would otherwise exit 1 every night."""
+    if "literal" in delete_list.columns:
+        # A backslash is a character of a POSIX or S3 name (OMOP/a\\b.csv): read as a Windows separator only, such a
+        # recorded file was "not in the manifest" and no list could remove it. The line as written names it where
+        # the manifest records it (or the tree holds it); else its backslashes separate.
+        odd = delete_list.filter(pl.col("literal") != pl.col("srcfile")).select("literal")
+        if odd.height:
+            held = pl.concat([odd.join(frame.select(literal=pl.col("srcfile").cast(pl.String)), on="literal", how="semi")
+                              for part in range(parts.count) for frame in (parts.previous(part), parts.files(part))])
+            delete_list = delete_list.with_columns(srcfile=pl.when(pl.col("literal").is_in(held["literal"].implode()))
+                                                   .then(pl.col("literal")).otherwise(pl.col("srcfile")))
+        delete_list = delete_list.drop("literal").unique("srcfile", keep="first", maintain_order=True)
     present, known = [], []
     for part in range(parts.count):
         present.append(delete_list.join(parts.files(part).select("srcfile"), on="srcfile", how="semi"))

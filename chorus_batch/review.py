@@ -36,7 +36,7 @@ from .errors import UsageError
 from .frames import columns_of, schema_of
 from .store import Manifest
 from .times import ISO_LIKE, iso, parse_time
-from .units import plural
+from .units import plural, shown_name
 
 # What `files`, `diff` and `history` return: every source_files column, the ones a reviewer reads
 # first at the front (diff and history add their own columns before these).
@@ -375,7 +375,9 @@ class ManifestReader:
         other_form = any(m != typed for m in alike)
         warnings.warn(NoSuchPerson(
             f"no files for person {person!r} in version {label}; person ids are text, as the site writes them"
-            + (f": did you mean {', '.join(maybe)}?" if maybe else " (`files` lists them in its person_id column)")
+            # (as `files` shows them: a space at an end was unseen before the '?', '000004 ')
+            + (f": did you mean {', '.join(map(shown_name, maybe))}?" if maybe else
+               " (`files` lists them in its person_id column)")
             + (" (the id typed has a space or line break at an end: leave it out)" if spaced else "")
             + (" (the same letters in the other Unicode form: copy the id as `files` lists it)" if other_form else "")),
             stacklevel=3)

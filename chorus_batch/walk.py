@@ -35,10 +35,18 @@ _DIR_KEPT = ("what was recorded below it is kept: give this user read and search
 _TOO_LONG = "its path is longer than the system allows (PATH_MAX, 4096 bytes on Linux), so it cannot be opened"
 
 
-def _dir_kept(exc: OSError) -> str:
+def _dir_kept(exc: OSError, root: str = "", rel_dir: str = "") -> str:
     """What a folder that could not be listed means, and what to do for this reason."""
     if exc.errno == errno.ENAMETOOLONG:
         return f"{_TOO_LONG}; what was recorded below it is kept: shorten the names of the folders above it, and run again"
+    # Its folder listed (that is how it was found) but not searchable (`chmod -R 644`): the folder itself was blamed,
+    # and giving it permissions changed nothing
+    above = os.path.dirname(rel_dir)
+    if isinstance(exc, PermissionError) and rel_dir and not os.access(os.path.join(root, above), os.X_OK):
+        named = f"{printable(above)}/" if above else f"the site root ({root})"
+        return (f"its folder {named} may be listed but not searched (no x permission), so no folder in it can be "
+                f"opened; what was recorded below it is kept: give this user search (x) permission on {named}, "
+                "and run again (chmod -R u+X gives it to every folder)")
     return _DIR_KEPT
 
 
@@ -121,7 +129,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
         except OSError as exc:
             # Recorded with a trailing '/': the pipeline keeps earlier rows below it.
             add_error((rel_dir + "/" if rel_dir else "", "unreadable_dir",
-                       f"cannot list directory: {exc.strerror or exc}; {_dir_kept(exc)}"))
+                       f"cannot list directory: {exc.strerror or exc}; {_dir_kept(exc, root, rel_dir)}"))
             continue
         with it:
             try:

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 
 # What became of it and what to do: "disappeared" alone left the user asking whether something was lost
-VANISHED = ("file disappeared before or while it was hashed (deleted or moved while this run went on): what was "
-            "recorded of it stays in this version; the next run records it as removed, or at its new path; nothing to do "
-            "unless it recurs (then run when nothing is deleting or moving files under the site)")
+# (what it keeps: said otherwise of a file no version recorded, commit._unrecorded_said)
+VANISHED_KEPT = "what was recorded of it stays in this version; the next run records it as removed, or at its new path"
+VANISHED = ("file disappeared before or while it was hashed (deleted or moved while this run went on): "
+            f"{VANISHED_KEPT}; nothing to do unless it recurs (then run when nothing is deleting or moving files under "
+            "the site)")
 
 
 def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | None" = None) -> HashOutcome | tuple[str, str]:

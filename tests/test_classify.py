@@ -143,6 +143,14 @@ def test_person_ids_with_underscores_are_matched_against_the_folder():
         # a line break in the name, not the folder (it was "folder OMOP/ is not OMOP/, ...")
         ("OMOP/a\nb.csv", "the path holds a control character"),
         ("Meta\tdata/a.md", "the path holds a control character"),
+        # a person's folder copied into itself (cp -r 000123 000123/), or the whole site a level down: "folder 000123/
+        # is not OMOP/, Metadata/ or <person_id>/Waveforms|Images/" blamed a person folder that was right
+        ("000123/000123/Waveforms/Telemetry/901/901.hea", "Waveforms/ lies two folders down, in 000123/000123/: "
+                                                          "expected <person_id>/Waveforms/ at the site root"),
+        ("export/000123/Images/CT/7/1.2/1.dcm", "Images/ lies two folders down, in export/000123/"),
+        # a modality folder at the site root, with no person folder above it
+        ("Waveforms/Telemetry/901/901.hea", "Waveforms/ lies at the site root: expected <person_id>/Waveforms/"),
+        ("images/CT/7/1.2/1.dcm", "images/ lies at the site root: expected <person_id>/Images/"),
     ],
 )
 def test_unparseable_paths_get_a_reason_and_no_record(path, reason):
@@ -154,6 +162,24 @@ def test_unparseable_paths_get_a_reason_and_no_record(path, reason):
 def test_unparseable_paths_under_a_person_keep_modality_and_person():
     row = one("000123/Images/x.dcm")
     assert (row["modality"], row["person_id"]) == ("Images", "000123")
+
+
+@pytest.mark.parametrize("path, modality, person", [
+    # a line break in an OMOP/ or Metadata/ name was classified Other (no pattern took it, and the fallback knew
+    # only person folders): `files --modality OMOP` and `upload --modalities OMOP` left it out
+    ("OMOP/new\nline.csv", "OMOP", None),
+    ("Metadata/a\rb.md", "Metadata", None),
+    # a tab or line break where the layout's [^/]+ takes it fitted the layout with no word, though the same
+    # character in OMOP/ was an unparsed path: every path with one is unparsed, in the modality of its folder
+    ("OMOP/a\tb.csv", "OMOP", None),
+    ("000123/Waveforms/Telemetry/901/901\n.dat", "Waveforms", "000123"),
+    ("000123/Images/CT/77/1.2/1\t.dcm", "Images", "000123"),
+])
+def test_a_control_character_is_unparsed_in_the_modality_of_its_folder(path, modality, person):
+    row = one(path)
+    assert (row["modality"], row["person_id"]) == (modality, person)
+    assert "the path holds a control character" in row["parse_error"]
+    assert row["record_key"] is None and row["start_date"] is None and row["segment"] is None
 
 
 def test_patterns_from_config_replace_a_modality():

@@ -1414,6 +1414,18 @@ def test_a_person_pasted_with_a_space_is_not_said_to_be_in_the_other_unicode_for
     assert "Unicode" not in out.stderr
 
 
+def test_a_person_folder_named_with_a_space_at_its_end_is_suggested_quoted(site, db):
+    """A person folder '000004 ' (a space at its end, a name Linux and S3 keep): `files --person 000004` said "did you
+    mean 000004 ?", the space invisible before the question mark, and the id copied from it found nothing again. The
+    suggestion is shown as `files` shows the id, quoted where a space or other unseen character is part of it."""
+    write(site, "000004 /Waveforms/Telemetry/4000/4000.dat", b"x")
+    write(site, "OMOP/person.csv", b"person_id\n4\n")
+    run_site(site, db, validate_site=False)
+    out = cli("files", "--db", str(db), "--person", "000004")
+    assert out.returncode == 0 and "did you mean '000004 '?" in out.stderr, out.stderr
+    assert cli("files", "--db", str(db), "--person", "000004 ").stdout.count("4000.dat") == 1
+
+
 def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other_versions(site, db):
     """`files --as-of V --path P` of a file V had removed (and a later version added again) said "no files under P
     (paths are site-relative, as `chorus-batch files` prints them)", as if P were mistyped: it names the versions

@@ -300,6 +300,10 @@ def test_vanished_file_between_listing_and_hashing(site, db):
     result = scan_and_commit(db, [Root(VanishingSource(site))])
     assert list(current_rows(db)) == ["OMOP/keep.csv"]
     assert result.errors.filter(pl.col("kind") == "vanished")["srcfile"].to_list() == ["OMOP/gone.csv"]
+    # a file no version recorded: nothing of it stays, and no next run records it as removed (the message said both)
+    message, = result.errors.filter(pl.col("kind") == "vanished")["message"].to_list()
+    assert "stays in this version" not in message and "records it as removed" not in message, message
+    assert "no version recorded it, nor does this one" in message and "nothing to do unless it recurs" in message
     # a recorded file that changed, then vanished as it was to be hashed: its row stays, and the message says so and
     # what comes next ("disappeared" alone gave no next step)
     write(site, "OMOP/keep.csv", b"changed")
@@ -597,6 +601,42 @@ def test_a_delete_list_line_in_other_case_or_unicode_form_names_the_recorded_pat
         ("OMOP/missing.csv", "listed for deletion (line 3) but not in the manifest; ignored")]
 
 
+def test_a_delete_list_line_with_a_backslash_names_the_recorded_file_that_has_one(site, db, tmp_path):
+    """A backslash is a character of a POSIX (or S3) name, and the manifest tracks OMOP/a\\b.csv: its line was read
+    with the backslash as a Windows separator (OMOP/a/b.csv), "not in the manifest; ignored", so no delete list could
+    remove it. The line as written is taken where the manifest records it; else '\\' still separates."""
+    for name in ("OMOP/a\\b.csv", "OMOP/c.csv", "OMOP/d.csv", "OMOP/e\\f.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("OMOP/a\\b.csv", "OMOP/c.csv"):
+        (site / name).unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("OMOP/a\\b.csv\nOMOP\\c.csv\nOMOP/e\\f.csv\n")
+    result = run_site(site, db, mode="append", delete_list=str(deletions))
+    assert set(current_rows(db)) == {"OMOP/d.csv", "OMOP/e\\f.csv"} and result.counts["removed"] == 2
+    assert result.errors.filter(pl.col("kind") == "delete_list").select("srcfile", "message").rows() == [
+        ("OMOP/e\\f.csv", "listed for deletion (line 3) but still present in the tree; not removed")]
+
+
+def test_a_delete_list_line_quoted_as_files_shows_it_names_that_file(site, db, tmp_path):
+    """A name with a space at its end (or a line break, or decomposed) is a name the manifest tracks, but its line was
+    refused ("starts or ends with a space or tab"; the fix said to write it as `files` shows it, 'OMOP/c.csv ',
+    which was then not in the manifest): no delete list could remove it. The quoted form `files` shows is read as
+    the name it shows, exactly."""
+    for name in ("OMOP/c.csv ", "OMOP/new\nline.csv", "Metadata/cafe\u0301.md", "OMOP/d.csv"):
+        write(site, name, name.encode())
+    run_site(site, db)
+    for name in ("OMOP/c.csv ", "OMOP/new\nline.csv", "Metadata/cafe\u0301.md"):
+        (site / name).unlink()
+    shown = cli("files", "--db", str(db)).stdout  # the lines below are these, copied
+    assert all(f"{name} " in shown for name in ("'OMOP/c.csv '", "'OMOP/new\\nline.csv'", "'Metadata/cafe\\u0301.md'"))
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_text("'OMOP/c.csv '\n'OMOP/new\\nline.csv'\n'Metadata/cafe\\u0301.md'\n", encoding="utf-8")
+    result = run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
+    assert set(current_rows(db)) == {"OMOP/d.csv"} and result.counts["removed"] == 3, result.errors
+    assert result.errors.filter(pl.col("kind") == "delete_list").height == 0
+
+
 def test_delete_list_outside_append_mode_is_a_usage_error(site, db, tmp_path):
     with pytest.raises(UsageError, match="append mode"):
         run_site(site, db, delete_list=str(tmp_path / "x"))
@@ -760,6 +800,45 @@ def test_unreadable_site_root_fails_without_touching_the_manifest(site, db):
         out = run_without_override(args)
     assert out.returncode == ExitCode.FAILED, out.stderr
     assert "cannot list the site root" in out.stderr and "fix:" in out.stderr
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_folder_that_can_be_listed_but_not_searched_is_named_as_the_cause(site, db):
+    """`chmod -R 644` takes the search (x) permission off every folder: a person folder can then be listed, but no
+    folder in it opened. The message named each folder below it ("give this user read and search (x) permission on
+    it"), which had both: the site changed them and the run failed the same way. It names the folder without x."""
+    write(site, WAVE, b"w")
+    write(site, "000123/Images/CT/7/1.2/1.dcm", b"d")
+    write(site, "OMOP/a.csv", b"a")
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db)]
+    os.chmod(site / "000123", 0o644)
+    try:
+        out = run_without_override(args)
+    finally:
+        os.chmod(site / "000123", 0o755)
+    assert out.returncode == 1, out.stderr
+    lines = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("000123/")]
+    assert len(lines) == 2 and all(("give this user search (x) permission on 000123/," in line
+                                    and "may be listed but not searched" in line) for line in lines), out.stdout
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_a_root_whose_folders_cannot_be_listed_is_not_taken_for_an_unmounted_one(site, db):
+    """A nightly run under another user, the site's folders 0700: the root lists no file, each folder is an
+    unreadable_dir whose recorded files are kept, and nothing would be removed. It was refused as an unmounted file
+    system (exit 5, "check that each root named is mounted"), the folders' permission errors unsaid. It is now what
+    it is: no file removed, the folders named with what to do (exit 1)."""
+    write(site, WAVE, b"w")
+    write(site, "OMOP/a.csv", b"a")
+    args = ["run", "--no-validate", "--site", str(site), "--db", str(db)]
+    assert run_without_override(args).returncode == 0
+    before = current_rows(db)
+    with unreadable(site / "000123", site / "OMOP"):
+        out = run_without_override(args)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "mounted" not in out.stdout + out.stderr
+    assert "000123/: cannot list directory: Permission denied" in out.stdout and "OMOP/: cannot list" in out.stdout
     assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions")[0][0] == 1
 
 
