@@ -455,7 +455,7 @@ RELEASE_D460234 = Path(__file__).resolve().parent / "fixtures" / "release-d46023
 
 def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_keeps_every_row(tmp_path):
     """Same schema, other classification logic and fact kinds (README there): today's first run classifies the
-    current rows again in place, reads the two newer kinds once, checks the latest version by today's rules,
+    current rows again in place, reads the files of newer kinds once, checks the latest version by today's rules,
     and keeps what that release recorded; the next run does nothing again."""
     db, site = tmp_path / "manifest.sqlite", tmp_path / "site"
     shutil.copy(RELEASE_D460234 / "manifest.sqlite", db)
@@ -496,12 +496,14 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     from chorus_batch.classify import CLASSIFY_LOGIC
 
     assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
-    # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv), and today's rules applied.
-    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v10') "
-                     "GROUP BY kind ORDER BY kind") == [("omop_procedures.v4", 1), ("registry_csv.v10", 1)]
+    # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv; visit_occurrence.csv; READINESS.md
+    # and SUBMISSION.md), and today's rules applied.
+    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v10', "
+                     "'omop_visits.v4', 'metadata_md.v2') GROUP BY kind ORDER BY kind") == [
+        ("metadata_md.v2", 2), ("omop_procedures.v4", 1), ("omop_visits.v4", 1), ("registry_csv.v10", 1)]
     from chorus_batch.validate.rules import edition
 
-    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 2)]
+    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 5)]
     rules = {rule for (rule,) in query(db, "SELECT rule FROM findings WHERE version = ?", (latest,))}
     assert {"registry.procedure_person", "path.unparsed"} <= rules
 
@@ -513,7 +515,7 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert "classified otherwise" not in again.stderr and "other rules" not in again.stderr
     assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
     assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
-    assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(2,)]
+    assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(5,)]
     assert cli("upgrade", "--db", str(db)).stdout.endswith(f"already at schema {schema_module.SCHEMA_VERSION}; nothing to do\n")
 
 
