@@ -738,3 +738,25 @@ path = "/data/waves"
     assert "no site_path.default.path: [site] root not set" in warning and "`run` stops without it" in warning
     assert "and Metadata has no root until it is set" in warning  # (chorus-upload tracks Metadata always)
     assert out.stderr.endswith("(1 warning)\n"), out.stderr
+
+
+@pytest.mark.parametrize("path,said", [("az://mgh/./site-a", "a '.' folder"), ("az://mgh/site-a/..", "a '..' folder"),
+                                       ("az://mgh/site-a//2025", "an empty folder name ('//')"),
+                                       ("az://mgh/site-a./", "ending in '.'")])
+def test_a_central_path_upload_refuses_is_warned_of_not_converted(tmp_path, path, said):
+    """A central_path.path whose prefix `upload` refuses ('.', '..', '//' inside, a name ending in '.') became
+    [central] to as it was, exit 0 without a word: every `upload` with the converted chorus.toml then stopped, exit 2."""
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "{path}"
+[site_path.default]
+path = "/data/site"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert f'central_path.path = "{path}"' in warning and said in warning and "[central] to not set" in warning
+    assert tomllib.loads(out.stdout)["central"] == {}  # (only commented out: `upload` asks for --to)
+    load_config(_converted(tmp_path, out))

@@ -646,8 +646,18 @@ class _Converter:
             if container and container.strip() != name:
                 self.warn(f"central_path.azure_container = {_q(container)} differs from the container of "
                           f"central_path.path ({_q(name)}): the path's is converted")
-            return f"az://{name}/{prefix.strip('/') + '/' if prefix.strip('/') else ''}", \
-                [f"# from central_path.path = {_q(path)}"]
+            to = f"az://{name}/{prefix.strip('/') + '/' if prefix.strip('/') else ''}"
+            # (a prefix every `upload` refuses — a '.' or '..' folder, a '//' inside, a name ending in '.' — was
+            # written as [central] to without a word, exit 0: the converted chorus.toml then stopped every upload)
+            from ..submit.central import parse_central
+            try:
+                parse_central(to)
+            except UsageError as refused:
+                self.warn(f"central_path.path = {_q(path)} is not a central URL chorus-batch can send to "
+                          f"({refused.what}): [central] to not set; {refused.fix}")
+                return None, [f"# chorus-upload's central_path.path is {_q(path)}, which `upload` refuses as it is:",
+                              "# to = \"az://<container>/\""]
+            return to, [f"# from central_path.path = {_q(path)}"]
         self.warn(f"central_path.path = {_q(path)} is not an Azure container: `chorus-batch upload` sends to one "
                   "(az://<container>/); set [central] to, or pass --to")
         return None, [f"# chorus-upload's central_path.path is {_q(path)}, not an Azure container; `upload` sends",
