@@ -760,3 +760,31 @@ path = "/data/site"
     assert f'central_path.path = "{path}"' in warning and said in warning and "[central] to not set" in warning
     assert tomllib.loads(out.stdout)["central"] == {}  # (only commented out: `upload` asks for --to)
     load_config(_converted(tmp_path, out))
+
+
+
+@pytest.mark.parametrize("path,said", [("az://bedside/./export", "a '.' folder"),
+                                       ("s3://chorus-images/site//images", "an empty folder name ('//')"),
+                                       ("az://Bedside/export", "give az://bedside/export"),
+                                       ("https://acc.blob.core.windows.net/bedside/export", "give az://bedside/export")])
+def test_a_site_path_run_refuses_is_warned_of(tmp_path, path, said):
+    """A site_path URL `run` refuses as a root was converted without a word, exit 0: the first command on the
+    converted chorus.toml stopped, exit 2. It is kept (a root left out would be read from [site] root instead), and
+    said, with run's own reason and fix."""
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[site_path.default]
+path = "{tmp_path}"
+[site_path.Waveforms]
+path = "{path}"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert f"site_path.Waveforms.path {path}" in warning and said in warning and "`run` refuses it" in warning
+    assert tomllib.loads(out.stdout)["site"] == {"root": str(tmp_path), "roots": {"Waveforms": path}}
+    status = cli("status", "--config", str(_converted(tmp_path, out)), "--db", str(tmp_path / "m.sqlite"))
+    assert status.returncode == 2 and said in status.stderr, status.stderr

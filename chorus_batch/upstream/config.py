@@ -531,6 +531,14 @@ class _Converter:
         if value.startswith("gs://"):
             self.warn(f"{dotted}.path = {_q(value)}: Google Cloud Storage is not a root chorus-batch reads "
                       "(az://, abfs://, s3:// or a local folder)")
+            return value
+        # (a URL `run` refuses as a root — a '.', '..' or '//' folder, a '#', a container in capitals, an https://
+        # account URL — was converted without a word, exit 0, and every command then stopped on the chorus.toml)
+        from ..urls import check_location
+        try:
+            check_location(value, f"{dotted}.path")
+        except UsageError as refused:
+            self.warn(f"{refused.what}: kept as it is, but `run` refuses it as a root; {refused.fix}")
         return value
 
     def site(self, sites: dict, supported: list[str] | None) -> tuple[str | None, dict[str, str]]:
