@@ -432,6 +432,16 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "infers the visit from that time and OMOP requires procedure_date: write the base date and time in the "
             "record's WFDB (or EDF) header (shifted as the site's other dates), run, and write the registries again; or fill in "
             "datetime and visit_id in waveform_registry.csv (and the procedure's date) before shipping it")
+    # A file of a version an older release committed, ended before the upgrade's first run recorded the roots, has no
+    # root: its src_file is its site-relative path, which beside the others' root + path was written without a word
+    rootless = out.filter(pl.col("location").is_null())["srcfile"]
+    if rootless.len():
+        warnings.append(
+            f"{plural(rootless.len(), 'registry row')} of version {label} {'has' if rootless.len() == 1 else 'have'} a "
+            f"src_file without the site's root (e.g. {', '.join(rootless.head(3).to_list())}): the release that "
+            f"recorded {'it' if rootless.len() == 1 else 'them'} kept no root (schema before 3), so src_file is the path in "
+            "the site, as trg_file is; "
+            "put the root the site had then in front of it before shipping the registry")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(

@@ -781,3 +781,26 @@ def test_a_set_is_put_in_place_without_renaming_or_removing_an_open_file_where_t
     said = fsutil.complete_interrupted_sets(out)
     assert len(said) == 1 and "a.csv, b.csv, was put in place now" in said[0], said
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {"a.csv": b"A\n", "b.csv": b"B\n"}  # marker removed
+
+
+def test_a_file_an_older_release_recorded_without_its_root_is_said_to_have_no_root_in_src_file(tmp_path):
+    """A manifest of schema 2 recorded no roots: the files of its first version ended before the upgrade's first run
+    recorded the site's root have none. Their src_file was their site-relative path, beside the other rows' root +
+    path, exit 0 without a word."""
+    import shutil
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "schema2"
+    db, site = tmp_path / "m.sqlite", tmp_path / "site"
+    shutil.copy(fixture / "manifest.sqlite", db)
+    shutil.copytree(fixture / "site", site)
+    assert cli("upgrade", "--db", str(db)).returncode == 0
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode in (0, 1)
+    out = cli("registry", "--db", str(db), "--version", "20261101020000", "--out", str(tmp_path / "r"), "-q")
+    assert out.returncode == 1, out.stderr
+    rows = read_csv(tmp_path / "r" / "waveform_registry.csv") + read_csv(tmp_path / "r" / "image_registry.csv")
+    bare = sorted(r["src_file"] for r in rows if not r["src_file"].startswith(site.as_posix() + "/"))
+    assert bare and all(not Path(path).is_absolute() for path in bare)
+    assert f"{len(bare)} registry rows of version 20261101020000 have a src_file without the site's root" in out.stderr
+    assert bare[0] in out.stderr and "schema before 3" in out.stderr
+    latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "r2"), "-q")  # every file has its root
+    assert latest.returncode == 0 and "without the site's root" not in latest.stderr, latest.stderr
