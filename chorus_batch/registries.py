@@ -20,6 +20,7 @@ Contents are read only where the manifest has no facts of them yet (headers, by 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Mapping
@@ -510,6 +511,24 @@ def write_registries(registries: Registries, out: str | Path, *, omop: bool = Fa
     return write_private_together({folder / name: frame.write_csv().encode("utf-8") for name, frame in parts.items()})
 
 
+def _refuse_site_table(manifest: Manifest, target: Path) -> None:
+    """A UsageError when `target` is an OMOP table of the site the manifest tracks: `--out <site>/OMOP --omop` replaced
+    the site's own procedure_occurrence.csv (its EHR procedures) by the registries' procedures, exit 0."""
+    if not os.path.lexists(target):
+        return
+    tracked = manifest.query_frame(
+        "SELECT r.location, s.srcfile FROM source_files s JOIN roots r ON r.root_id = s.root_id WHERE s.time_invalid IS "
+        "NULL AND s.modality = 'OMOP' AND r.location NOT LIKE '%://%' AND lower(s.srcfile) LIKE '%procedure_occurrence.csv'",
+        schema={"location": pl.String, "srcfile": pl.String})
+    for location, srcfile in tracked.iter_rows():
+        with contextlib.suppress(OSError):
+            if os.path.samefile(target, Path(location) / srcfile):
+                raise UsageError(f"--out {target.parent} holds the site's own {srcfile}, its EHR procedures, which "
+                                 "`registry --omop` would replace by the registries' procedures alone; nothing was written",
+                                 where=str(target), fix="give an --out folder outside the site (e.g. --out release/), "
+                                                        "then add its rows to the site's procedure_occurrence.csv")
+
+
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
@@ -545,6 +564,8 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
 
     reader = SQLiteReader(manifest.path)  # one for both builds: the version's file list is read once
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
+    if omop:
+        _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     try:

@@ -804,3 +804,21 @@ def test_a_file_an_older_release_recorded_without_its_root_is_said_to_have_no_ro
     assert bare[0] in out.stderr and "schema before 3" in out.stderr
     latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "r2"), "-q")  # every file has its root
     assert latest.returncode == 0 and "without the site's root" not in latest.stderr, latest.stderr
+
+
+def test_omop_into_the_sites_own_omop_folder_never_replaces_its_procedure_occurrence(released):
+    """`registry --out <site>/OMOP --omop` replaced the site's own OMOP/procedure_occurrence.csv (its EHR procedures)
+    by the registries' procedures alone, exit 0: refused (exit 2), nothing written; the site root, where the
+    registries are shipped, is written as before."""
+    site, db, _ = released
+    table = site / "OMOP" / "procedure_occurrence.csv"
+    before = table.read_bytes()
+    for out in (site / "OMOP", site / "OMOP" / ".." / "OMOP"):
+        refused = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+        assert refused.returncode == 2, refused.stderr
+        assert "the site's own OMOP/procedure_occurrence.csv" in refused.stderr and "nothing was written" in refused.stderr
+        assert table.read_bytes() == before
+        assert not (site / "OMOP" / "waveform_registry.csv").exists()
+    shipped = cli("registry", "--db", str(db), "--out", str(site), "--omop")
+    assert shipped.returncode == 0 and (site / "waveform_registry.csv").is_file(), shipped.stderr
+    assert table.read_bytes() == before
