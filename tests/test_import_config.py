@@ -788,3 +788,30 @@ path = "{path}"
     assert tomllib.loads(out.stdout)["site"] == {"root": str(tmp_path), "roots": {"Waveforms": path}}
     status = cli("status", "--config", str(_converted(tmp_path, out)), "--db", str(tmp_path / "m.sqlite"))
     assert status.returncode == 2 and said in status.stderr, status.stderr
+
+
+def test_a_secret_written_as_a_key_is_never_shown_nor_copied(tmp_path, capfd):
+    """A SAS token pasted as a key's name ("sv=...&sig=..." = "") was named whole in the "not understood" warning and
+    in the converted file's comments; a standard key that holds the word (aws_secret_access_key) is still a key."""
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+  [central_path.auth]
+  auth_mode = "sas_token"
+  "{SAS}" = ""
+[site_path.default]
+path = "/data/site"
+  [site_path.default.auth]
+  aws_secret_access_key = "{AWS_SECRET}"
+""")
+    out = cli("import-config", str(source), "--out", str(tmp_path / "chorus.toml"))
+    assert out.returncode == 1, out.stderr
+    written = (tmp_path / "chorus.toml").read_text(encoding="utf-8")
+    for text in (out.stdout, out.stderr, written):
+        assert "SECRETsasSIGNATURE" not in text and AWS_SECRET not in text
+    (said,) = [w for w in _warnings(out.stderr) if "central_path.auth.<a key of" in w]
+    assert f"<a key of {len(SAS)} characters, not shown> looks like a secret" in said and "rotate it" in said
+    assert any("site_path.default.auth.aws_secret_access_key = ****" in w for w in _warnings(out.stderr))
+    load_config(tmp_path / "chorus.toml")

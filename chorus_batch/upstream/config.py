@@ -301,7 +301,17 @@ class _Converter:
         """The config with every secret taken out (and warned about): a _Secret in its place, or the URL
         without its user:password and query. A key that names a secret holds one whatever its value's type
         (text, a table, an array, a number)."""
-        return {key: self._value(f"{prefix}{key}", key, value) for key, value in table.items()}
+        out = {}
+        for key, value in table.items():
+            if "=" in key and (_SECRET_TEXT.search(key) or url_secrets(key)[3]):  # (not aws_secret_access_key)
+                # A SAS token or an account key pasted as a key ("sv=...&sig=..." = ""): it was named in "not
+                # understood" and in the file's comments, whole
+                self.secret_values.append(key)
+                self.warn(f"{prefix}<a key of {len(key)} characters, not shown> looks like a secret (a SAS token or "
+                          "a key written as a key name?): not copied; it was stored in a file: rotate it")
+                continue
+            out[key] = self._value(f"{prefix}{key}", key, value)
+        return out
 
     def _value(self, dotted: str, key: str | None, value: Any) -> Any:
         if key is not None and _secret_key(key):
