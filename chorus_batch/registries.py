@@ -20,6 +20,7 @@ Contents are read only where the manifest has no facts of them yet (headers, by 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Mapping
@@ -432,6 +433,16 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
             "infers the visit from that time and OMOP requires procedure_date: write the base date and time in the "
             "record's WFDB (or EDF) header (shifted as the site's other dates), run, and write the registries again; or fill in "
             "datetime and visit_id in waveform_registry.csv (and the procedure's date) before shipping it")
+    # A file of a version an older release committed, ended before the upgrade's first run recorded the roots, has no
+    # root: its src_file is its site-relative path, which beside the others' root + path was written without a word
+    rootless = out.filter(pl.col("location").is_null())["srcfile"]
+    if rootless.len():
+        warnings.append(
+            f"{plural(rootless.len(), 'registry row')} of version {label} {'has' if rootless.len() == 1 else 'have'} a "
+            f"src_file without the site's root (e.g. {', '.join(rootless.head(3).to_list())}): the release that "
+            f"recorded {'it' if rootless.len() == 1 else 'them'} kept no root (schema before 3), so src_file is the path in "
+            "the site, as trg_file is; "
+            "put the root the site had then in front of it before shipping the registry")
     waveforms = out.filter(pl.col("modality") == "Waveforms").select(REGISTRY_COLUMNS)
     # The Imaging SOP's image_registry leaves trg_file to the centre ("leave blank or null"); the path is in src_file
     images = out.filter(pl.col("modality") == "Images").with_columns(trg_file=pl.lit(None, pl.String)).select(
@@ -500,6 +511,24 @@ def write_registries(registries: Registries, out: str | Path, *, omop: bool = Fa
     return write_private_together({folder / name: frame.write_csv().encode("utf-8") for name, frame in parts.items()})
 
 
+def _refuse_site_table(manifest: Manifest, target: Path) -> None:
+    """A UsageError when `target` is an OMOP table of the site the manifest tracks: `--out <site>/OMOP --omop` replaced
+    the site's own procedure_occurrence.csv (its EHR procedures) by the registries' procedures, exit 0."""
+    if not os.path.lexists(target):
+        return
+    tracked = manifest.query_frame(
+        "SELECT r.location, s.srcfile FROM source_files s JOIN roots r ON r.root_id = s.root_id WHERE s.time_invalid IS "
+        "NULL AND s.modality = 'OMOP' AND r.location NOT LIKE '%://%' AND lower(s.srcfile) LIKE '%procedure_occurrence.csv'",
+        schema={"location": pl.String, "srcfile": pl.String})
+    for location, srcfile in tracked.iter_rows():
+        with contextlib.suppress(OSError):
+            if os.path.samefile(target, Path(location) / srcfile):
+                raise UsageError(f"--out {target.parent} holds the site's own {srcfile}, its EHR procedures, which "
+                                 "`registry --omop` would replace by the registries' procedures alone; nothing was written",
+                                 where=str(target), fix="give an --out folder outside the site (e.g. --out release/), "
+                                                        "then add its rows to the site's procedure_occurrence.csv")
+
+
 def make_registries(db: str, out: str | Path, *, argv: list[str], version: str | None = None,
                     overrides: Mapping[str | None, str] | None = None,
                     ranges: Mapping[str, tuple[int, int]] | None = None, workers: int = 1,
@@ -535,6 +564,8 @@ def make_registries(db: str, out: str | Path, *, argv: list[str], version: str |
 
     reader = SQLiteReader(manifest.path)  # one for both builds: the version's file list is read once
     version = reader.resolve(version)  # an unknown version (exit 2) makes no --out folder
+    if omop:
+        _refuse_site_table(manifest, Path(out) / "procedure_occurrence.csv")
     made = missing_folders(Path(out))
     private_folder(out)  # before any work: a folder that cannot be made fails now, not after the allocation
     try:

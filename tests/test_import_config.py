@@ -738,3 +738,80 @@ path = "/data/waves"
     assert "no site_path.default.path: [site] root not set" in warning and "`run` stops without it" in warning
     assert "and Metadata has no root until it is set" in warning  # (chorus-upload tracks Metadata always)
     assert out.stderr.endswith("(1 warning)\n"), out.stderr
+
+
+@pytest.mark.parametrize("path,said", [("az://mgh/./site-a", "a '.' folder"), ("az://mgh/site-a/..", "a '..' folder"),
+                                       ("az://mgh/site-a//2025", "an empty folder name ('//')"),
+                                       ("az://mgh/site-a./", "ending in '.'")])
+def test_a_central_path_upload_refuses_is_warned_of_not_converted(tmp_path, path, said):
+    """A central_path.path whose prefix `upload` refuses ('.', '..', '//' inside, a name ending in '.') became
+    [central] to as it was, exit 0 without a word: every `upload` with the converted chorus.toml then stopped, exit 2."""
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "{path}"
+[site_path.default]
+path = "/data/site"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert f'central_path.path = "{path}"' in warning and said in warning and "[central] to not set" in warning
+    assert tomllib.loads(out.stdout)["central"] == {}  # (only commented out: `upload` asks for --to)
+    load_config(_converted(tmp_path, out))
+
+
+
+@pytest.mark.parametrize("path,said", [("az://bedside/./export", "a '.' folder"),
+                                       ("s3://chorus-images/site//images", "an empty folder name ('//')"),
+                                       ("az://Bedside/export", "give az://bedside/export"),
+                                       ("https://acc.blob.core.windows.net/bedside/export", "give az://bedside/export")])
+def test_a_site_path_run_refuses_is_warned_of(tmp_path, path, said):
+    """A site_path URL `run` refuses as a root was converted without a word, exit 0: the first command on the
+    converted chorus.toml stopped, exit 2. It is kept (a root left out would be read from [site] root instead), and
+    said, with run's own reason and fix."""
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+[site_path.default]
+path = "{tmp_path}"
+[site_path.Waveforms]
+path = "{path}"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert f"site_path.Waveforms.path {path}" in warning and said in warning and "`run` refuses it" in warning
+    assert tomllib.loads(out.stdout)["site"] == {"root": str(tmp_path), "roots": {"Waveforms": path}}
+    status = cli("status", "--config", str(_converted(tmp_path, out)), "--db", str(tmp_path / "m.sqlite"))
+    assert status.returncode == 2 and said in status.stderr, status.stderr
+
+
+def test_a_secret_written_as_a_key_is_never_shown_nor_copied(tmp_path, capfd):
+    """A SAS token pasted as a key's name ("sv=...&sig=..." = "") was named whole in the "not understood" warning and
+    in the converted file's comments; a standard key that holds the word (aws_secret_access_key) is still a key."""
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "az://mgh/"
+  [central_path.auth]
+  auth_mode = "sas_token"
+  "{SAS}" = ""
+[site_path.default]
+path = "/data/site"
+  [site_path.default.auth]
+  aws_secret_access_key = "{AWS_SECRET}"
+""")
+    out = cli("import-config", str(source), "--out", str(tmp_path / "chorus.toml"))
+    assert out.returncode == 1, out.stderr
+    written = (tmp_path / "chorus.toml").read_text(encoding="utf-8")
+    for text in (out.stdout, out.stderr, written):
+        assert "SECRETsasSIGNATURE" not in text and AWS_SECRET not in text
+    (said,) = [w for w in _warnings(out.stderr) if "central_path.auth.<a key of" in w]
+    assert f"<a key of {len(SAS)} characters, not shown> looks like a secret" in said and "rotate it" in said
+    assert any("site_path.default.auth.aws_secret_access_key = ****" in w for w in _warnings(out.stderr))
+    load_config(tmp_path / "chorus.toml")

@@ -481,6 +481,19 @@ def test_the_db_and_the_central_container_come_from_the_chorus_toml_here(tmp_pat
     assert out.returncode == 1 and "for az://mgh as imported" in out.stdout, out.stderr
     assert query(tmp_path / "from_config.sqlite", "SELECT DISTINCT central FROM uploads") == [("az://mgh",)]
 
+@pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
+@pytest.mark.parametrize("root", ["D:\\\\CHoRUS\\\\site", "\\\\\\\\fileserver\\\\share\\\\site", "D:/CHoRUS/site"])
+def test_a_windows_site_root_in_the_chorus_toml_here_is_said_to_be_one(root, tmp_path):
+    """A chorus.toml from the site's Windows machine (import-config keeps its site path, for that machine): the
+    import's check against [site] root said "<here>/D:\\CHoRUS\\site does not exist (a typo, or a disk that is not
+    mounted?)"; it says the root is a Windows path on a machine that is not Windows. Nothing is written."""
+    (tmp_path / "chorus.toml").write_text(f'[site]\nroot = "{root}"\n[central]\nto = "az://mgh/"\n', encoding="utf-8")
+    out = cli("import-journal", str(JOURNALS["A"]), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "a Windows path (a drive or a network share), and this machine is not Windows" in out.stderr, out.stderr
+    assert "a typo" not in out.stderr and not (tmp_path / "chorus_manifest.sqlite").exists()
+
+
 def test_a_journal_none_of_whose_rows_can_be_imported_says_why(tmp_path):
     """Every row refused (absolute paths, as a journal edited by hand or written elsewhere holds them): it said "no
     upstream version holds any file ... there is no history to import", of a journal of 44 rows, and the reasons,

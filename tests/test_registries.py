@@ -781,3 +781,44 @@ def test_a_set_is_put_in_place_without_renaming_or_removing_an_open_file_where_t
     said = fsutil.complete_interrupted_sets(out)
     assert len(said) == 1 and "a.csv, b.csv, was put in place now" in said[0], said
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {"a.csv": b"A\n", "b.csv": b"B\n"}  # marker removed
+
+
+def test_a_file_an_older_release_recorded_without_its_root_is_said_to_have_no_root_in_src_file(tmp_path):
+    """A manifest of schema 2 recorded no roots: the files of its first version ended before the upgrade's first run
+    recorded the site's root have none. Their src_file was their site-relative path, beside the other rows' root +
+    path, exit 0 without a word."""
+    import shutil
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "schema2"
+    db, site = tmp_path / "m.sqlite", tmp_path / "site"
+    shutil.copy(fixture / "manifest.sqlite", db)
+    shutil.copytree(fixture / "site", site)
+    assert cli("upgrade", "--db", str(db)).returncode == 0
+    assert cli("run", "--site", str(site), "--db", str(db), "-q").returncode in (0, 1)
+    out = cli("registry", "--db", str(db), "--version", "20261101020000", "--out", str(tmp_path / "r"), "-q")
+    assert out.returncode == 1, out.stderr
+    rows = read_csv(tmp_path / "r" / "waveform_registry.csv") + read_csv(tmp_path / "r" / "image_registry.csv")
+    bare = sorted(r["src_file"] for r in rows if not r["src_file"].startswith(site.as_posix() + "/"))
+    assert bare and all(not Path(path).is_absolute() for path in bare)
+    assert f"{len(bare)} registry rows of version 20261101020000 have a src_file without the site's root" in out.stderr
+    assert bare[0] in out.stderr and "schema before 3" in out.stderr
+    latest = cli("registry", "--db", str(db), "--out", str(tmp_path / "r2"), "-q")  # every file has its root
+    assert latest.returncode == 0 and "without the site's root" not in latest.stderr, latest.stderr
+
+
+def test_omop_into_the_sites_own_omop_folder_never_replaces_its_procedure_occurrence(released):
+    """`registry --out <site>/OMOP --omop` replaced the site's own OMOP/procedure_occurrence.csv (its EHR procedures)
+    by the registries' procedures alone, exit 0: refused (exit 2), nothing written; the site root, where the
+    registries are shipped, is written as before."""
+    site, db, _ = released
+    table = site / "OMOP" / "procedure_occurrence.csv"
+    before = table.read_bytes()
+    for out in (site / "OMOP", site / "OMOP" / ".." / "OMOP"):
+        refused = cli("registry", "--db", str(db), "--out", str(out), "--omop")
+        assert refused.returncode == 2, refused.stderr
+        assert "the site's own OMOP/procedure_occurrence.csv" in refused.stderr and "nothing was written" in refused.stderr
+        assert table.read_bytes() == before
+        assert not (site / "OMOP" / "waveform_registry.csv").exists()
+    shipped = cli("registry", "--db", str(db), "--out", str(site), "--omop")
+    assert shipped.returncode == 0 and (site / "waveform_registry.csv").is_file(), shipped.stderr
+    assert table.read_bytes() == before

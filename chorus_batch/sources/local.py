@@ -13,6 +13,7 @@ import functools
 import hashlib
 import io
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +119,13 @@ def _why_no_folder(path: str) -> str:
         if twin is not None:  # (a name typed or pasted from macOS: the same letters, written another way)
             return (f"does not exist, but {shown_name(twin)} is there beside it, a name that differs from it only in "
                     "Unicode form (an accented letter as one character or as a letter and a combining mark)")
+        if os.name != "nt" and (re.match(r"^(?:[A-Za-z]:\\|\\\\[^\\/]+\\)", os.path.basename(path))
+                                or any(re.fullmatch(r"[A-Za-z]:", part) for part in path.split("/"))):
+            # (a chorus.toml from the site's Windows machine, as import-config keeps its site_path: "does not exist
+            # (a typo, or a disk that is not mounted?)" of the path joined to the config's folder)
+            return ("does not exist: it ends in a Windows path (a drive or a network share), and this machine "
+                    "is not Windows; give the root as this machine names it (under the mount point of that disk or "
+                    "share here), or run on the Windows machine it is of")
         return "does not exist (a typo, or a disk that is not mounted?)"
     except PermissionError:
         return "cannot be reached by this user (permission denied on a folder above it)"

@@ -301,7 +301,17 @@ class _Converter:
         """The config with every secret taken out (and warned about): a _Secret in its place, or the URL
         without its user:password and query. A key that names a secret holds one whatever its value's type
         (text, a table, an array, a number)."""
-        return {key: self._value(f"{prefix}{key}", key, value) for key, value in table.items()}
+        out = {}
+        for key, value in table.items():
+            if "=" in key and (_SECRET_TEXT.search(key) or url_secrets(key)[3]):  # (not aws_secret_access_key)
+                # A SAS token or an account key pasted as a key ("sv=...&sig=..." = ""): it was named in "not
+                # understood" and in the file's comments, whole
+                self.secret_values.append(key)
+                self.warn(f"{prefix}<a key of {len(key)} characters, not shown> looks like a secret (a SAS token or "
+                          "a key written as a key name?): not copied; it was stored in a file: rotate it")
+                continue
+            out[key] = self._value(f"{prefix}{key}", key, value)
+        return out
 
     def _value(self, dotted: str, key: str | None, value: Any) -> Any:
         if key is not None and _secret_key(key):
@@ -531,6 +541,14 @@ class _Converter:
         if value.startswith("gs://"):
             self.warn(f"{dotted}.path = {_q(value)}: Google Cloud Storage is not a root chorus-batch reads "
                       "(az://, abfs://, s3:// or a local folder)")
+            return value
+        # (a URL `run` refuses as a root — a '.', '..' or '//' folder, a '#', a container in capitals, an https://
+        # account URL — was converted without a word, exit 0, and every command then stopped on the chorus.toml)
+        from ..urls import check_location
+        try:
+            check_location(value, f"{dotted}.path")
+        except UsageError as refused:
+            self.warn(f"{refused.what}: kept as it is, but `run` refuses it as a root; {refused.fix}")
         return value
 
     def site(self, sites: dict, supported: list[str] | None) -> tuple[str | None, dict[str, str]]:
@@ -646,8 +664,18 @@ class _Converter:
             if container and container.strip() != name:
                 self.warn(f"central_path.azure_container = {_q(container)} differs from the container of "
                           f"central_path.path ({_q(name)}): the path's is converted")
-            return f"az://{name}/{prefix.strip('/') + '/' if prefix.strip('/') else ''}", \
-                [f"# from central_path.path = {_q(path)}"]
+            to = f"az://{name}/{prefix.strip('/') + '/' if prefix.strip('/') else ''}"
+            # (a prefix every `upload` refuses — a '.' or '..' folder, a '//' inside, a name ending in '.' — was
+            # written as [central] to without a word, exit 0: the converted chorus.toml then stopped every upload)
+            from ..submit.central import parse_central
+            try:
+                parse_central(to)
+            except UsageError as refused:
+                self.warn(f"central_path.path = {_q(path)} is not a central URL chorus-batch can send to "
+                          f"({refused.what}): [central] to not set; {refused.fix}")
+                return None, [f"# chorus-upload's central_path.path is {_q(path)}, which `upload` refuses as it is:",
+                              "# to = \"az://<container>/\""]
+            return to, [f"# from central_path.path = {_q(path)}"]
         self.warn(f"central_path.path = {_q(path)} is not an Azure container: `chorus-batch upload` sends to one "
                   "(az://<container>/); set [central] to, or pass --to")
         return None, [f"# chorus-upload's central_path.path is {_q(path)}, not an Azure container; `upload` sends",
