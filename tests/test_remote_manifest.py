@@ -213,6 +213,30 @@ def test_a_failed_run_leaves_the_remote_manifest_byte_identical_and_unlocked(az,
     no_secret(failed.stderr, bad.stderr)
 
 
+def test_a_failed_first_run_says_no_manifest_was_made_at_the_url_not_at_the_cache_copy(az, azurite, tmp_path):
+    """A first run with --db az://... that failed said "no manifest was made at <the working copy in the cache>" (a
+    site root not found), or "the manifest holds what it held before (`chorus-batch versions` lists it)" of a manifest
+    that is not there (a SAS token that may not create the lock blob). Both now name the URL where none was made."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    missing = run(az, f"az://{az.container}/no-such-site")  # (a cloud root not found: exit 3, after the lease)
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    sas = generate_container_sas(azurite.account_name, az.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    env = {**az.env, "AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_SAS_TOKEN": sas}
+    read_only = cli("run", "--config", str(config), "--site", str(small_site(tmp_path / "site")), "--db", az.url,
+                    "--no-validate", env=env)
+    for out in (missing, read_only):
+        assert out.returncode == 3, (out.returncode, out.stderr)
+        assert f"nothing was committed; no manifest was made at {az.url}" in out.stderr, out.stderr
+        assert str(az.cache) not in out.stderr and "holds what it held before" not in out.stderr, out.stderr
+    assert az.blob.exists() is False
+
+
 def test_a_killed_run_leaves_the_remote_unchanged_and_its_lease_expires(az, tmp_path):
     site = small_site(tmp_path / "site")
     assert run(az, site).returncode == 0
