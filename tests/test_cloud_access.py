@@ -552,6 +552,8 @@ def test_azurite_sas_token_from_environment(clean_env, azurite, az_site):
         open_source(f"az://{az_site}", cloud=_azurite_cloud(azurite)).check()
     assert caught.value.kind == "permission" and "(l)" in caught.value.fix  # type: ignore[attr-defined]
     assert "sig=" not in str(caught.value) or "sig=***" in str(caught.value)
+    # the token's sp= says what it lacks: named (it was "not allowed to list or read", of a token that may read)
+    assert "not allowed to list (l): the SAS token allows only 'r'" in str(caught.value), str(caught.value)
 
 
 def test_azurite_account_key_from_environment(clean_env, azurite, az_site):
@@ -585,6 +587,8 @@ def test_a_sas_token_that_may_list_but_not_read_says_so_per_file_and_not_that_th
     line = next(line for line in out.stdout.splitlines() if "OMOP/person.csv:" in line)
     assert "not allowed to read" in line and "SAS token from AZURE_STORAGE_SAS_TOKEN" in line, line
     assert "read (r)" in line and "sig=" not in out.stdout + out.stderr, line
+    # what the token lacks, from its sp= (it was asked for "read (r) and list (l)" as if it could do neither)
+    assert "(the SAS token allows only 'l', its sp=: it lacks read (r))" in line, line
 
 
 def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clean_env, azurite, az_site, tmp_path):
