@@ -451,6 +451,21 @@ def test_a_db_url_that_names_a_folder_is_refused_not_made_a_blob(az, tmp_path):
     assert names == {"manifests/other/old.sqlite"}, names
 
 
+def test_a_db_url_that_names_the_lock_blob_of_a_manifest_is_refused_not_made_a_manifest(az, tmp_path):
+    """`--db az://.../manifest.sqlite.lock` (the name completed from a listing) made a manifest of the lock blob of
+    the manifest beside it (its bytes replaced by a SQLite database) and a `manifest.sqlite.lock.lock` beside that.
+    It is refused (exit 2) before anything is written, naming the manifest's own URL."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    lock_before = az.lock.get_blob_properties()
+    out = cli("run", "--site", str(site), "--db", az.url + ".lock", "--no-validate", env=az.env)
+    assert out.returncode == 2, out.stderr
+    assert f"is the lock blob of the manifest {az.url}" in out.stderr and f"--db {az.url}\n" in out.stderr, out.stderr
+    after = az.lock.get_blob_properties()
+    assert (after.etag, after.size) == (lock_before.etag, 0)
+    assert not az.service.get_blob_client(az.container, BLOB + ".lock.lock").exists()
+
+
 def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_manifest(az, azurite, tmp_path):
     """A SAS token with read and list (rl) only, for `run --db az://...`: "cannot create the lock blob beside ...:
     signed in, but not allowed to list or read ... use a SAS token with read (r) and list (l) permissions" -- what the

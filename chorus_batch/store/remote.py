@@ -273,6 +273,18 @@ class RemoteManifest:
                              f"give the {self.what} blob's own URL (az://{self.container}/{below.name}, if that "
                              "is it)")
 
+    def _refuse_lock_blob(self) -> None:
+        """--db naming the lock blob of a manifest (`manifest.sqlite.lock`, its name completed from a listing): a run
+        made a manifest of it, over the lock of the manifest beside it, and a lock blob of its own beside that."""
+        if not self.name.endswith(".lock") or self.what != "manifest":
+            return
+        self.blob()
+        owner = self.name[:-len(".lock")]
+        if self.properties(self._service.get_blob_client(self.container, owner)) is not None:
+            raise UsageError(f"--db {self.where} is the lock blob of the manifest az://{self.container}/{owner}, not a "
+                             "manifest", where=self.where,
+                             fix=f"give the manifest's own URL: --db az://{self.container}/{owner}")
+
     def _refuse_decoded_twin(self, blob: Any) -> None:
         """No blob of this name, but one of its %-escapes decoded (my%20m.sqlite: 'my m.sqlite', where --db put it
         before '%' was taken as written): refused, not taken for a new manifest that would start over."""
@@ -341,6 +353,7 @@ class RemoteManifest:
         ledger: each batch is a transaction of its own), so it is uploaded back then too."""
         # (a URL refused, a folder or a decoded twin, before a lock blob is made beside it)
         existed = self.properties() is not None
+        self._refuse_lock_blob()
         try:
             with self._leased(argv, keep_partial=keep_partial) as local:
                 yield local
