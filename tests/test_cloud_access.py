@@ -1123,6 +1123,10 @@ def test_an_s3_sign_in_botocore_cannot_use_is_a_configuration_to_fix(clean_env, 
     ("AccountName=acct;AccountKey=not*base64!SECRETKEY", "AccountKey of the connection string in AZURE_STORAGE_CONNECTION_STRING "
                                                           "is not an Azure account key"),
     ("DefaultEndpointsProtocol=https;SECRETKEY=x", "names no account"),
+    # an unset variable in a template (AccountKey=${KEY}): every request went unsigned, "sign-in failed", exit 3
+    ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=;EndpointSuffix=core.windows.net",
+     "has an empty AccountKey"),
+    ("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=", "has an empty SharedAccessSignature"),
 ])
 def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_env, tmp_path, conn, said):
     """The SDK refuses these with a bare ValueError (an internal error) or signs every request wrongly."""
