@@ -552,6 +552,8 @@ def test_azurite_sas_token_from_environment(clean_env, azurite, az_site):
         open_source(f"az://{az_site}", cloud=_azurite_cloud(azurite)).check()
     assert caught.value.kind == "permission" and "(l)" in caught.value.fix  # type: ignore[attr-defined]
     assert "sig=" not in str(caught.value) or "sig=***" in str(caught.value)
+    # the token's sp= says what it lacks: named (it was "not allowed to list or read", of a token that may read)
+    assert "not allowed to list (l): the SAS token allows only 'r'" in str(caught.value), str(caught.value)
 
 
 def test_azurite_account_key_from_environment(clean_env, azurite, az_site):
@@ -585,6 +587,8 @@ def test_a_sas_token_that_may_list_but_not_read_says_so_per_file_and_not_that_th
     line = next(line for line in out.stdout.splitlines() if "OMOP/person.csv:" in line)
     assert "not allowed to read" in line and "SAS token from AZURE_STORAGE_SAS_TOKEN" in line, line
     assert "read (r)" in line and "sig=" not in out.stdout + out.stderr, line
+    # what the token lacks, from its sp= (it was asked for "read (r) and list (l)" as if it could do neither)
+    assert "(the SAS token allows only 'l', its sp=: it lacks read (r))" in line, line
 
 
 def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clean_env, azurite, az_site, tmp_path):
@@ -1119,6 +1123,10 @@ def test_an_s3_sign_in_botocore_cannot_use_is_a_configuration_to_fix(clean_env, 
     ("AccountName=acct;AccountKey=not*base64!SECRETKEY", "AccountKey of the connection string in AZURE_STORAGE_CONNECTION_STRING "
                                                           "is not an Azure account key"),
     ("DefaultEndpointsProtocol=https;SECRETKEY=x", "names no account"),
+    # an unset variable in a template (AccountKey=${KEY}): every request went unsigned, "sign-in failed", exit 3
+    ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=;EndpointSuffix=core.windows.net",
+     "has an empty AccountKey"),
+    ("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=", "has an empty SharedAccessSignature"),
 ])
 def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_env, tmp_path, conn, said):
     """The SDK refuses these with a bare ValueError (an internal error) or signs every request wrongly."""

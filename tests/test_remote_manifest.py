@@ -213,6 +213,30 @@ def test_a_failed_run_leaves_the_remote_manifest_byte_identical_and_unlocked(az,
     no_secret(failed.stderr, bad.stderr)
 
 
+def test_a_failed_first_run_says_no_manifest_was_made_at_the_url_not_at_the_cache_copy(az, azurite, tmp_path):
+    """A first run with --db az://... that failed said "no manifest was made at <the working copy in the cache>" (a
+    site root not found), or "the manifest holds what it held before (`chorus-batch versions` lists it)" of a manifest
+    that is not there (a SAS token that may not create the lock blob). Both now name the URL where none was made."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    missing = run(az, f"az://{az.container}/no-such-site")  # (a cloud root not found: exit 3, after the lease)
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    sas = generate_container_sas(azurite.account_name, az.container, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    env = {**az.env, "AZURE_STORAGE_CONNECTION_STRING": "", "AZURE_STORAGE_SAS_TOKEN": sas}
+    read_only = cli("run", "--config", str(config), "--site", str(small_site(tmp_path / "site")), "--db", az.url,
+                    "--no-validate", env=env)
+    for out in (missing, read_only):
+        assert out.returncode == 3, (out.returncode, out.stderr)
+        assert f"nothing was committed; no manifest was made at {az.url}" in out.stderr, out.stderr
+        assert str(az.cache) not in out.stderr and "holds what it held before" not in out.stderr, out.stderr
+    assert az.blob.exists() is False
+
+
 def test_a_killed_run_leaves_the_remote_unchanged_and_its_lease_expires(az, tmp_path):
     site = small_site(tmp_path / "site")
     assert run(az, site).returncode == 0
@@ -425,6 +449,21 @@ def test_a_db_url_that_names_a_folder_is_refused_not_made_a_blob(az, tmp_path):
             assert "does not name a blob" in out.stderr or "names a folder" in out.stderr, out.stderr
     names = {blob.name for blob in az.service.get_container_client(az.container).list_blobs()}
     assert names == {"manifests/other/old.sqlite"}, names
+
+
+def test_a_db_url_that_names_the_lock_blob_of_a_manifest_is_refused_not_made_a_manifest(az, tmp_path):
+    """`--db az://.../manifest.sqlite.lock` (the name completed from a listing) made a manifest of the lock blob of
+    the manifest beside it (its bytes replaced by a SQLite database) and a `manifest.sqlite.lock.lock` beside that.
+    It is refused (exit 2) before anything is written, naming the manifest's own URL."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    lock_before = az.lock.get_blob_properties()
+    out = cli("run", "--site", str(site), "--db", az.url + ".lock", "--no-validate", env=az.env)
+    assert out.returncode == 2, out.stderr
+    assert f"is the lock blob of the manifest {az.url}" in out.stderr and f"--db {az.url}\n" in out.stderr, out.stderr
+    after = az.lock.get_blob_properties()
+    assert (after.etag, after.size) == (lock_before.etag, 0)
+    assert not az.service.get_blob_client(az.container, BLOB + ".lock.lock").exists()
 
 
 def test_a_sas_token_that_may_only_read_asks_for_write_permission_to_lock_the_manifest(az, azurite, tmp_path):

@@ -209,6 +209,10 @@ NEW_DCM = lambda rel: rename(DCM, rel)  # noqa: E731
 CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("no_omop", remove("OMOP"), {("layout.no_omop", "OMOP/")}),
     ("root_file", add("notes.txt"), {("layout.root_file", "notes.txt")}),
+    # a file at the root named OMOP (an object store holds it beside OMOP/ too) is no OMOP/ folder: it gave 13
+    # omop.missing_table and "in a subfolder of OMOP/" instead of layout.no_omop
+    ("root_file_named_omop", both(remove("OMOP"), add("OMOP")),
+     {("layout.no_omop", "OMOP/"), ("layout.root_file", "OMOP")}),
     ("unexpected_folder", both(add("scratch/a.txt"), add("scratch/b/c.txt")),
      {("layout.unexpected_folder", "scratch/")}),
     ("person_no_data", both(add("000104/Metadata/consent.json", "{}"), persons_csv([P0, P1, P2, "000104"])),

@@ -277,6 +277,14 @@ def _check_connection_string(conn: str, name: str) -> None:
     if not (fields.get("accountname") or fields.get("blobendpoint") or fields.get("usedevelopmentstorage")):
         raise ConfigError(f"the connection string in {name} names no account (no AccountName or BlobEndpoint)",
                           where=name, fix=fix)
+    # `AccountKey=` with nothing after it (a template whose variable was unset: AccountKey=${KEY}) and no SAS: every
+    # request went unsigned, refused as "sign-in failed ... may be wrong or old" (exit 3), of a key never given
+    given = {key.strip().lower() for key, _, _ in (part.partition("=") for part in parts)}
+    if not (fields.get("accountkey") or fields.get("sharedaccesssignature")) and (
+            given & {"accountkey", "sharedaccesssignature"}):
+        empty = " and ".join(k for k in ("AccountKey", "SharedAccessSignature") if k.lower() in given)
+        raise ConfigError(f"the connection string in {name} has an empty {empty} (an unset variable where the "
+                          "string was put together?)", where=name, fix=fix)
     if fields.get("accountkey") and not _is_base64(fields["accountkey"]):
         raise ConfigError(f"the AccountKey of the connection string in {name} is not an Azure account key (not base64 "
                           "text)", where=name, fix=fix)

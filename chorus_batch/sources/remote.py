@@ -125,7 +125,7 @@ class FsspecSource:
             ok = cloud_access.retrying(lambda: cloud_access.root_exists(self.fs, self.root)) if self.root else True
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="reach",
-                                       endpoint=cloud_access.endpoint_of(self.fs)) from None
+                                       endpoint=cloud_access.endpoint_of(self.fs), sas_permissions=self._sas) from None
         if isinstance(ok, str) and ok.startswith("not_s3"):
             raise cloud_access.not_an_s3_service(ok, where=self.description, how=self.how)
         if ok is not True:
@@ -139,7 +139,7 @@ class FsspecSource:
             found, markers = cloud_access.retrying(self._azure_listing if self._azure_sign_in else self._fsspec_listing)
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="list",
-                                       endpoint=cloud_access.endpoint_of(self.fs)) from None
+                                       endpoint=cloud_access.endpoint_of(self.fs), sas_permissions=self._sas) from None
         # A folder marker that holds bytes is not silently dropped: no copy of the site could keep them.
         errors.extend((name, "special_file", f"a folder marker (an object named like a folder) that holds {size} "
                        "bytes: no file can have this name, so it is not tracked; move its bytes to a file name")
@@ -153,6 +153,12 @@ class FsspecSource:
     @property
     def _azure_sign_in(self):
         return getattr(self.fs, "chorus_sign_in", None)
+
+    @property
+    def _sas(self) -> str | None:
+        """The SAS token's permissions (its sp=, no secret): a refusal names the ones it lacks (a token with 'l' only
+        was asked for "read (r) and list (l)", as if it had neither)."""
+        return getattr(self._azure_sign_in, "sas_permissions", None)
 
     def _fsspec_listing(self) -> tuple[tuple[list, ...], list[tuple[str, int]]]:
         """(paths, sizes, mtimes, stored MD5s, etags) through fsspec's find; and the folder markers (path, size)."""
@@ -212,8 +218,12 @@ class FsspecSource:
         if gone or (kind == "missing" and not cloud_access.store_gone(exc)):
             return _gone(srcfile)
         if kind == "permission":  # (with what to ask for: a hash records it as the file's error, as it is)
-            fix = cloud_access.explain(exc, where=self.description, how=self.how, action="read").fix
-            return PermissionError(f"not allowed to read {srcfile} [signed in with {self.how}]: {fix}")
+            fix = cloud_access.explain(exc, where=self.description, how=self.how, action="read",
+                                       sas_permissions=self._sas).fix
+            lacking = cloud_access.sas_lacking(self._sas, False)
+            return PermissionError(f"not allowed to read {srcfile}" + (
+                f" (the SAS token allows only '{self._sas}', its sp=: it lacks {lacking})" if lacking else "")
+                + f" [signed in with {self.how}]: {fix}")
         if kind == "other" and isinstance(exc, OSError):
             return exc
         return cloud_access.explain(exc, where=f"{self.description}/{srcfile}", how=self.how, action="read",

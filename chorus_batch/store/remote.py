@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from ..faults import pause
-from ..errors import AfterCommitError, ChorusError, ManifestError, ManifestLocked, Stopped, UsageError
+from ..errors import AfterCommitError, ChorusError, ExitCode, ManifestError, ManifestLocked, Stopped, UsageError
 from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sync_blob_service_client
 from ..units import plural
 from ..urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
@@ -273,6 +273,18 @@ class RemoteManifest:
                              f"give the {self.what} blob's own URL (az://{self.container}/{below.name}, if that "
                              "is it)")
 
+    def _refuse_lock_blob(self) -> None:
+        """--db naming the lock blob of a manifest (`manifest.sqlite.lock`, its name completed from a listing): a run
+        made a manifest of it, over the lock of the manifest beside it, and a lock blob of its own beside that."""
+        if not self.name.endswith(".lock") or self.what != "manifest":
+            return
+        self.blob()
+        owner = self.name[:-len(".lock")]
+        if self.properties(self._service.get_blob_client(self.container, owner)) is not None:
+            raise UsageError(f"--db {self.where} is the lock blob of the manifest az://{self.container}/{owner}, not a "
+                             "manifest", where=self.where,
+                             fix=f"give the manifest's own URL: --db az://{self.container}/{owner}")
+
     def _refuse_decoded_twin(self, blob: Any) -> None:
         """No blob of this name, but one of its %-escapes decoded (my%20m.sqlite: 'my m.sqlite', where --db put it
         before '%' was taken as written): refused, not taken for a new manifest that would start over."""
@@ -339,7 +351,24 @@ class RemoteManifest:
         """The working copy, up to date, while this process holds the lease; uploaded back on success.
         keep_partial: what the command recorded is kept even when it fails or is stopped (an upload's
         ledger: each batch is a transaction of its own), so it is uploaded back then too."""
-        self.properties()  # a URL refused (a folder, a decoded twin) before a lock blob is made beside it
+        # (a URL refused, a folder or a decoded twin, before a lock blob is made beside it)
+        existed = self.properties() is not None
+        self._refuse_lock_blob()
+        try:
+            with self._leased(argv, keep_partial=keep_partial) as local:
+                yield local
+        except ChorusError as exc:
+            # A first run that failed made no manifest in Azure: said of the URL. It said "no manifest was made at
+            # <the working copy in the cache>" (a site root not found), or "the manifest holds what it held before
+            # (`chorus-batch versions` lists it)", of a manifest that is not there (a SAS that may not write the lock).
+            if not existed and self._uploaded == "before" and getattr(exc, "committed", None) is None:
+                outcome = getattr(exc, "outcome", None)
+                if outcome is None and exc.exit_code == ExitCode.FAILED or outcome and str(self.local) in outcome:
+                    exc.outcome = f"nothing was committed; no manifest was made at {self.where}"
+            raise
+
+    @contextlib.contextmanager
+    def _leased(self, argv: list[str], *, keep_partial: bool = False) -> Iterator[Path]:
         lease = self._acquire(argv)
         renewer = _Renewer(lease, self.lease_s / 3)
         renewer.start()

@@ -24,7 +24,7 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     if site.omop_dir is None:
         return []
     omop_dir = site.omop_dir
-    omop = site.files.filter(pl.col("_top_l") == "omop")
+    omop = site.files.filter((pl.col("_top_l") == "omop") & (pl.col("_n") >= 2))  # (not a root file named OMOP)
     tables = omop.filter(pl.col("_n") == 2)["_table"].drop_nulls().unique().to_list()
     known = [*OMOP_KEYS, LINKS_TABLE]
     in_folder = pl.col("_n") == 2

@@ -339,8 +339,9 @@ class _Site:
             .select(_visit=_norm_id(pl.col("visit_occurrence_id")), _visit_person=_norm_id(pl.col("person_id")))
             .drop_nulls().unique()
             if with_person.height else None)
-        self.omop_dir = (self.files.lazy().filter(pl.col("_top_l") == "omop").select(pl.col("_top").min())
-                         .collect().item())
+        # (a file at the root named OMOP is no OMOP/ folder: it was taken for one, whose 13 tables were all missing)
+        self.omop_dir = (self.files.lazy().filter((pl.col("_top_l") == "omop") & (pl.col("_n") >= 2))
+                         .select(pl.col("_top").min()).collect().item())
 
     def with_untaken(self, missing: pl.DataFrame | pl.LazyFrame, path: str = "_path") -> pl.DataFrame:
         """`missing` (paths a rule did not find among the version's files, a few) with `_why`: why_untaken."""
