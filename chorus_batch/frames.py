@@ -257,6 +257,17 @@ def packed_frame(n: int, columns: dict[str, tuple[pa.DataType, object]]) -> pl.D
 _PLACES = re.compile(r"(\{\}|\{[^{}|]*\|[^{}|]*\})")  # "{}" (an argument) or "{one|many}" (a word that agrees)
 
 
+def shown(name: pl.Expr) -> pl.Expr:
+    """A name or id inside a message as units.shown_name shows it (quoted, escaped, where a space at an end, a
+    control or odd character would be unseen: "person folder 000004  has no row" hid the folder's trailing space).
+    Only names that may need it go through Python (a few of a site's; none of most)."""
+    from .units import shown_name
+
+    odd = name.str.contains(r"^\s|\s$|^['\"]|[^\x20-\x7e]")
+    # (the others are null here, and map_elements skips nulls: Python sees the odd names only)
+    return pl.coalesce(pl.when(odd).then(name).map_elements(shown_name, return_dtype=pl.String), name)
+
+
 def fmt(template: str, *args: pl.Expr | str, n: pl.Expr | str | None = None) -> pl.Expr:
     """pl.format's "{}" template, built with concat_str (null where an argument is null, as pl.format is).
     polars 2.1's pl.format (str.format) panics on a frame of several chunks once a filter leaves some of them

@@ -1837,3 +1837,14 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
         facts = parse_facts("omop_visits.v4", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
+
+
+def test_a_person_id_with_a_space_at_its_end_is_shown_quoted_in_the_messages(clean):
+    """A person folder '000001 ' (a trailing space, a copy made by hand) was said as "person folder 000001  is not an
+    integer id" and "lies under 2 person folders (000001, 000001 )": the space unseen, the two ids looked alike. Ids
+    in messages are shown as `files` shows names (units.shown_name): quoted where something would be unseen."""
+    shutil.copytree(clean / P0, clean / f"{P0} ")
+    messages = validate(clean).filter(pl.col("srcfile").str.starts_with(f"{P0} /"))["message"].to_list()
+    assert any(f"person folder '{P0} ' is not an integer id" in m for m in messages), messages
+    assert any(f"person folders ({P0}, '{P0} ')" in m for m in messages), messages
+    assert not [m for m in messages if f"{P0} )" in m or f"folder {P0}  " in m]

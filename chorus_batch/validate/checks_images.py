@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..frames import fmt
+from ..frames import fmt, shown
 from .readers import OWN_REMEDY, PIXELS_CUT
 from .rules import (
     IDENTIFYING_DICOM_TAGS,
@@ -296,9 +296,9 @@ def _deidentified(d: pl.DataFrame) -> list[pl.LazyFrame]:
             ok.filter(pl.col("patient_id").is_null() | (_norm_id(pl.col("patient_id")) != person)), "srcfile",
             pl.when(pl.col("patient_id").is_null()).then(fmt(
                 "the header has no PatientID: set it to the person_id (the person folder says {}) when de-identifying",
-                pl.col("_top"))).otherwise(fmt(
+                shown(pl.col("_top")))).otherwise(fmt(
                 "PatientID {} in the header is not the person folder {}: set PatientID to the person_id when "
-                "de-identifying", pl.col("patient_id"), pl.col("_top")))),
+                "de-identifying", shown(pl.col("patient_id")), shown(pl.col("_top"))))),
         # The Imaging SOP: "PatientID and AccessionNumber in the DICOM metadata are replaced by person_id and
         # image_occurrence_id from the OMOP table" ("Accession number = OMOP: image_occurrence_id"): an integer id.
         # In today's layout the accession folder names the id the header should hold: the finding says which.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ..frames import fmt
+from ..frames import fmt, shown
 from ..classify import CURRENT, SUPERSEDED
 from ..partitions import top_folder
 from ..units import plural
@@ -116,7 +116,7 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         pl.col("_top") + "/",
         fmt("person folder {} is not an integer id: it names the person_id, which OMOP and the linkage registries "
             "hold as an integer; give the person an integer person_id and use it for the folder, in person.csv, "
-            "the registries and the DICOM PatientID", pl.col("_top")))]
+            "the registries and the DICOM PatientID", shown(pl.col("_top"))))]
     if site.person_ids is None:
         return ids  # no readable person.csv: omop.* says why
     # person_ids written as decimals (1.0: pandas writes an integer column with empty cells so) match no folder: said
@@ -127,7 +127,7 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     return [*ids, _found(
         "person.no_omop_row", missing.filter(pl.col("_decimal").is_null()), pl.col("_top") + "/",
         fmt("person folder {} has no row in person.csv{}: add the person to OMOP/person.csv or fix the folder name",
-            pl.col("_top"),
+            shown(pl.col("_top")),
             # another script's digits (٠٠٠٠٤٢) look like an id, and some readers (Python's int) even take them as one
             pl.when(pl.col("_top").str.contains(r"[^0-9\P{Nd}]")).then(pl.lit(
                 " (its name holds digits other than 0-9, from another script: person_ids are written in 0-9)"))
@@ -135,7 +135,7 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
         _found("person.no_omop_row", missing.filter(pl.col("_decimal").is_not_null()), pl.col("_top") + "/",
                fmt("person folder {} matches no person_id of person.csv but {}, its id written as a decimal (as pandas "
                    "writes an integer column that has empty cells): OMOP's person_id is an integer; write person.csv's "
-                   "person_ids as integers ({})", pl.col("_top"), pl.col("_decimal"), pl.col("_key")))]
+                   "person_ids as integers ({})", shown(pl.col("_top")), shown(pl.col("_decimal")), pl.col("_key")))]
 
 
 def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
@@ -176,7 +176,7 @@ def _files(site: _Site) -> list[pl.LazyFrame]:
     return [
         _found("path.person_mismatch", site.person_mismatch, "srcfile",
                fmt("the name starts with person id {} but the file is in person folder {}: move it to its "
-                         "person's folder or fix the name", pl.col("_name_person"), pl.col("_top"))),
+                         "person's folder or fix the name", shown(pl.col("_name_person")), shown(pl.col("_top")))),
         _found("path.unparsed", unparsed, "srcfile",
                # a DICOM export's media index (a CD's, a PACS's) is DICOM but no image: "name it .dcm" was wrong
                pl.when(pl.col("_images") & (pl.col("_name").str.to_uppercase() == "DICOMDIR")).then(pl.lit(
@@ -268,7 +268,7 @@ def _split_persons(across: _Across) -> list[pl.LazyFrame]:
     return [_found("person.split_folders", split, pl.col("_top") + "/",
                    fmt("person folder {} names the same person_id as {} (compared without leading zeros, as OMOP "
                        "stores it): one person's files lie in {} folders; move them into one, spelled as person.csv "
-                       "writes the id", pl.col("_top"), _join_list(pl.col("_others").list.eval(pl.element() + "/")),
+                       "writes the id", shown(pl.col("_top")), _join_list(pl.col("_others").list.eval(shown(pl.element() + "/"))),
                        pl.col("_all").list.len().cast(pl.String)))]
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from ..classify import COMPRESSED_NAME
-from ..frames import fmt
+from ..frames import fmt, shown
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS, JOINED, OWN_REMEDY
@@ -188,8 +188,8 @@ def _first_of(values: pl.Expr) -> pl.Expr:
 
 
 def _counted_list(values: pl.Expr, n: pl.Expr) -> pl.Expr:
-    """`values` (_first_of's) joined, with how many more of the `n` there are ("a, b, c, d, e and 995 more")."""
-    return pl.concat_str(values.list.join(", "), pl.when(n > LISTED).then(fmt(" and {} more", n - LISTED))
+    """`values` (_first_of's) joined, each as units.shown_name shows it (frames.shown), with how many more of the `n` there are ("a, b, c, d, e and 995 more")."""
+    return pl.concat_str(values.list.eval(shown(pl.element())).list.join(", "), pl.when(n > LISTED).then(fmt(" and {} more", n - LISTED))
                          .otherwise(pl.lit("")))
 
 
