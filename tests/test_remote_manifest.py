@@ -235,6 +235,7 @@ def test_a_failed_first_run_says_no_manifest_was_made_at_the_url_not_at_the_cach
         assert f"nothing was committed; no manifest was made at {az.url}" in out.stderr, out.stderr
         assert str(az.cache) not in out.stderr and "holds what it held before" not in out.stderr, out.stderr
     assert az.blob.exists() is False
+    assert az.lock.exists() is False  # (the lock blob the failed first run made is not left beside no manifest)
 
 
 def test_a_killed_run_leaves_the_remote_unchanged_and_its_lease_expires(az, tmp_path):

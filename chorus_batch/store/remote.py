@@ -406,6 +406,12 @@ class RemoteManifest:
                                        "the next run commits these changes again")
                 if keep_partial:
                     self._upload_partial(exc, lease, renewer, etag)
+                if props is None and self._made_lock and self._uploaded == "before":
+                    # A first run that failed made no manifest: nor does the lock blob it made stay beside the
+                    # manifest that is not there (an empty `<name>.lock` was left in the folder)
+                    with contextlib.suppress(Exception):
+                        self.lock_blob().delete_blob(lease=lease)
+                        lease = None  # (gone with its blob: nothing to release)
                 raise
             self._upload_back(lease, renewer, etag)
         finally:
