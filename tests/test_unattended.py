@@ -312,6 +312,37 @@ def test_a_signal_on_a_later_run_says_which_version_stays(site, db):
     assert query(db, "SELECT label FROM versions") == [(label,)]
 
 
+@pytest.mark.parametrize("point, committed", [("committed", True), ("hashing", False)])
+def test_a_second_signal_while_the_first_stops_the_run_does_not_cut_its_clean_up_short(site, db, point, committed):
+    """SIGHUP then SIGTERM (a logout, then systemd): the SIGTERM was raised in the clean-up of the SIGHUP's stop. Both
+    delivered at once (held by SIGSTOP), so the second lands as the first is handled: after the commit, it said
+    "nothing was committed" of the version the run had committed, left the `runs` row unfinished and named SIGTERM."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    (first,), = query(db, "SELECT label FROM versions")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "-q", "--site", str(site),
+                             "--db", str(db)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at" not in (line := proc.stderr.readline()):
+        assert line, "the run never reached its pause"
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and "hung up (SIGHUP)" in err and "SIGTERM" not in err, err
+    labels = [label for label, in query(db, "SELECT label FROM versions ORDER BY label")]
+    if committed:
+        assert len(labels) == 2 and f"version {labels[1]} had been committed before; it stays" in err, err
+        assert "nothing was committed" not in err
+    else:
+        assert labels == [first] and f"nothing was committed; version {first} stays the latest" in err, err
+    assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs ORDER BY run_id DESC LIMIT 1") == [(129, 1)]
+    assert run(site, db, "-q").returncode == 0  # the lock was released
+
+
 def test_workers_die_with_a_killed_parent(site, db):
     proc, workers = paused_at_hashing(site, db)
     proc.kill()
