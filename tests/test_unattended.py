@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from chorus_batch import ExitCode
+from chorus_batch.fsutil import NEARLY_FULL_BYTES, free_bytes
 
 from conftest import cli, current_rows, fill, paused, query, tree_md5, write
 from test_run import run_without_override
@@ -1136,6 +1137,24 @@ def test_a_full_temporary_folder_is_said_as_that_folder_not_the_manifests_disk(s
     assert current_rows(db) == before
     env["SQLITE_TMPDIR"] = str(db.parent)  # what the message says to do
     assert run(site, db, "-q", env=env).returncode == 0 and len(current_rows(db)) == 3001
+
+
+def test_a_write_larger_than_the_manifests_disk_names_that_disk_not_the_temporary_folder(site, small_disk, monkeypatch):
+    """A version too large for the room left on the manifest's disk is rolled back, which frees more than "nearly
+    full" there: the message named SQLite's temporary folder (gigabytes free) as where, and told to point
+    SQLITE_TMPDIR at the full disk. It names the manifest's disk and its free space."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = small_disk / "m.sqlite"
+    assert run(site, db, "-q").returncode == 0
+    for i in range(6000):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i}".encode())
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    out = run(site, db, "-q", env={"TMPDIR": str(site.parent)})
+    assert out.returncode == ExitCode.FAILED, out.stderr
+    assert free_bytes(small_disk) >= NEARLY_FULL_BYTES  # (the case: the rolled-back write left room)
+    assert f"where: {db}" in out.stderr and "the manifest's file system has" in out.stderr, out.stderr
+    assert "SQLITE_TMPDIR=" not in out.stderr and "free space on the manifest's file system" in out.stderr, out.stderr
+    assert "nothing was committed" in out.stderr and query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 def test_validate_site_with_a_full_temporary_folder_names_that_folder_not_a_manifest(site, small_disk, monkeypatch):
