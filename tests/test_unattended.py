@@ -344,6 +344,32 @@ def test_a_second_signal_while_the_first_stops_the_run_does_not_cut_its_clean_up
     assert run(site, db, "-q").returncode == 0  # the lock was released
 
 
+def test_a_run_stopped_just_after_its_commit_does_not_make_the_next_run_hash_its_files_again(site, db, tmp_path):
+    """The files a run committed were all hashed again by the next run when a signal stopped it just after its commit
+    (a Slurm time limit's SIGTERM as the run ends): the racily-clean check took the scan start of the last run that
+    had finished, an older one, and every file written since that one counted as modified during a scan."""
+    config = tmp_path / "chorus.toml"
+    config.write_text("[run]\nracy_window_s = 0\n")  # (the window's width aside: the scan start taken is the case)
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--config", str(config)).returncode == 0
+    (first_scan,), = query(db, "SELECT scan_started_ns FROM runs")
+    for i in range(20):  # written after the first run's scan started, before the second's
+        os.utime(write(site, f"OMOP/part{i:02d}.csv", str(i).encode()), ns=(first_scan + 1, first_scan + 1))
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "-q", "--site", str(site),
+                             "--db", str(db), "--config", str(config)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "committed"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at committed" not in (line := proc.stderr.readline()):
+        assert line, "the run never reached its commit"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "had been committed before" in err, err
+    out = run(site, db, "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "hashing 0 new or changed files" in out.stderr, out.stderr
+
+
 def test_workers_die_with_a_killed_parent(site, db):
     proc, workers = paused_at_hashing(site, db)
     proc.kill()

@@ -742,9 +742,11 @@ class Manifest:
             return dict(row) if row else None
 
     def last_scan_started_ns(self) -> int | None:
-        """Scan start of the last run that finished (for the racily-clean check)."""
-        row = self._one("SELECT scan_started_ns FROM runs WHERE exit_code IN (0, 1) AND scan_started_ns IS NOT NULL "
-                        "ORDER BY run_id DESC LIMIT 1")
+        """Scan start of the last run that finished, or that committed a version however it ended (for the
+        racily-clean check): a run stopped by a signal just after its commit was passed over, and the next run took
+        an older scan's start, so that every file written since that older scan was hashed again (a whole site)."""
+        row = self._one("SELECT scan_started_ns FROM runs WHERE (exit_code IN (0, 1) OR version IS NOT NULL) "
+                        "AND scan_started_ns IS NOT NULL ORDER BY run_id DESC LIMIT 1")
         return row[0] if row else None
 
     def version_of_scan(self, scan_started_ns: int) -> str | None:
