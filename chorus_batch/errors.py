@@ -355,8 +355,10 @@ def held_signals() -> Iterator[None]:
         if held:
             import signal
 
-            note_signal(held[-1])
-            raise KeyboardInterrupt if held[-1] == signal.SIGINT else Stopped(held[-1])
+            # the first: it asked to stop (SIGHUP then SIGTERM was said as SIGTERM; signals_deferred, the
+            # handlers while a stop is under way, keep the first too)
+            note_signal(held[0])
+            raise KeyboardInterrupt if held[0] == signal.SIGINT else Stopped(held[0])
 
 
 def signal_behind(exc: BaseException) -> BaseException | None:

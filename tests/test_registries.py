@@ -675,6 +675,19 @@ def test_a_registry_failing_between_its_renames_puts_the_earlier_set_back(releas
         name: data for name, data in before.items() if name != "image_registry.csv"}
 
 
+def test_two_signals_held_while_the_registries_are_put_in_place_are_said_as_the_first(released):
+    """SIGHUP then SIGTERM, both held while the files are renamed: the command exited 143 "terminated (SIGTERM)",
+    the last one held, where a run stopping on a SIGHUP says that one whatever comes after it."""
+    site, db, out = released
+    _second_version(site, db)
+    proc = paused("registry", "--db", str(db), "--out", str(out), "--omop", at="put-in-place+1")  # after the first
+    os.kill(proc.pid, signal.SIGHUP)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and "hung up (SIGHUP)" in err and "SIGTERM" not in err, err
+    assert "every registry file had been written to --out before the signal came" in err, err
+
+
 def test_a_compressed_waveform_file_has_no_registry_row_and_is_told(tmp_path):
     """validate counted a compressed copy (file.compressed: decompress it) as no file to list, while the registry
     command gave it a row naming a .gz to deliver. One definition of the files a registry lists serves both."""

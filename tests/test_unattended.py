@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from chorus_batch import ExitCode
+from chorus_batch.fsutil import NEARLY_FULL_BYTES, free_bytes
 
 from conftest import cli, current_rows, fill, paused, query, tree_md5, write
 from test_run import run_without_override
@@ -310,6 +311,63 @@ def test_a_signal_on_a_later_run_says_which_version_stays(site, db):
     assert proc.returncode == 143, err
     assert f"nothing was committed; version {label} stays the latest" in err and "intact" not in err, err
     assert query(db, "SELECT label FROM versions") == [(label,)]
+
+
+@pytest.mark.parametrize("point, committed", [("committed", True), ("hashing", False)])
+def test_a_second_signal_while_the_first_stops_the_run_does_not_cut_its_clean_up_short(site, db, point, committed):
+    """SIGHUP then SIGTERM (a logout, then systemd): the SIGTERM was raised in the clean-up of the SIGHUP's stop. Both
+    delivered at once (held by SIGSTOP), so the second lands as the first is handled: after the commit, it said
+    "nothing was committed" of the version the run had committed, left the `runs` row unfinished and named SIGTERM."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    (first,), = query(db, "SELECT label FROM versions")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "-q", "--site", str(site),
+                             "--db", str(db)], env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": point},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at" not in (line := proc.stderr.readline()):
+        assert line, "the run never reached its pause"
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and "hung up (SIGHUP)" in err and "SIGTERM" not in err, err
+    labels = [label for label, in query(db, "SELECT label FROM versions ORDER BY label")]
+    if committed:
+        assert len(labels) == 2 and f"version {labels[1]} had been committed before; it stays" in err, err
+        assert "nothing was committed" not in err
+    else:
+        assert labels == [first] and f"nothing was committed; version {first} stays the latest" in err, err
+    assert query(db, "SELECT exit_code, finished_at IS NOT NULL FROM runs ORDER BY run_id DESC LIMIT 1") == [(129, 1)]
+    assert run(site, db, "-q").returncode == 0  # the lock was released
+
+
+def test_a_run_stopped_just_after_its_commit_does_not_make_the_next_run_hash_its_files_again(site, db, tmp_path):
+    """The files a run committed were all hashed again by the next run when a signal stopped it just after its commit
+    (a Slurm time limit's SIGTERM as the run ends): the racily-clean check took the scan start of the last run that
+    had finished, an older one, and every file written since that one counted as modified during a scan."""
+    config = tmp_path / "chorus.toml"
+    config.write_text("[run]\nracy_window_s = 0\n")  # (the window's width aside: the scan start taken is the case)
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert run(site, db, "-q", "--config", str(config)).returncode == 0
+    (first_scan,), = query(db, "SELECT scan_started_ns FROM runs")
+    for i in range(20):  # written after the first run's scan started, before the second's
+        os.utime(write(site, f"OMOP/part{i:02d}.csv", str(i).encode()), ns=(first_scan + 1, first_scan + 1))
+    proc = subprocess.Popen([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "-q", "--site", str(site),
+                             "--db", str(db), "--config", str(config)],
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "committed"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    while "test pause at committed" not in (line := proc.stderr.readline()):
+        assert line, "the run never reached its commit"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "had been committed before" in err, err
+    out = run(site, db, "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "hashing 0 new or changed files" in out.stderr, out.stderr
 
 
 def test_workers_die_with_a_killed_parent(site, db):
@@ -1105,6 +1163,24 @@ def test_a_full_temporary_folder_is_said_as_that_folder_not_the_manifests_disk(s
     assert current_rows(db) == before
     env["SQLITE_TMPDIR"] = str(db.parent)  # what the message says to do
     assert run(site, db, "-q", env=env).returncode == 0 and len(current_rows(db)) == 3001
+
+
+def test_a_write_larger_than_the_manifests_disk_names_that_disk_not_the_temporary_folder(site, small_disk, monkeypatch):
+    """A version too large for the room left on the manifest's disk is rolled back, which frees more than "nearly
+    full" there: the message named SQLite's temporary folder (gigabytes free) as where, and told to point
+    SQLITE_TMPDIR at the full disk. It names the manifest's disk and its free space."""
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = small_disk / "m.sqlite"
+    assert run(site, db, "-q").returncode == 0
+    for i in range(6000):
+        write(site, f"{i:06d}/Waveforms/Telemetry/{9000 + i}/{9000 + i}.dat", f"signal {i}".encode())
+    monkeypatch.delenv("SQLITE_TMPDIR", raising=False)
+    out = run(site, db, "-q", env={"TMPDIR": str(site.parent)})
+    assert out.returncode == ExitCode.FAILED, out.stderr
+    assert free_bytes(small_disk) >= NEARLY_FULL_BYTES  # (the case: the rolled-back write left room)
+    assert f"where: {db}" in out.stderr and "the manifest's file system has" in out.stderr, out.stderr
+    assert "SQLITE_TMPDIR=" not in out.stderr and "free space on the manifest's file system" in out.stderr, out.stderr
+    assert "nothing was committed" in out.stderr and query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 def test_validate_site_with_a_full_temporary_folder_names_that_folder_not_a_manifest(site, small_disk, monkeypatch):

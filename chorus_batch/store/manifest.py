@@ -475,10 +475,13 @@ class Manifest:
                                  fix="make the manifest and its folder writable by this user (SQLite writes its "
                                      "-wal and -shm files beside it), or pass --db with another path")
         if "full" in low and ("disk" in low or "database" in low):
-            if os.name != "nt" and not nearly_full(self.path.parent):
-                # SQLite says the same of its temporary files ($TMPDIR: a small tmpfs, a node's full /tmp): "free
-                # space on the manifest's file system" sent the user to a disk with gigabytes free
-                temp, room = sqlite_temp_folder(), free_bytes(self.path.parent)
+            temp, room = sqlite_temp_folder(), free_bytes(self.path.parent)
+            # SQLite says the same of its temporary files ($TMPDIR: a small tmpfs, a node's full /tmp): "free
+            # space on the manifest's file system" sent the user to a disk with gigabytes free. Unless the temporary
+            # folder has more room than the manifest's disk: a write larger than that disk's room is rolled back,
+            # which leaves more than "nearly full" free there (a run on a 6 MiB disk with 1 MiB left was sent to
+            # /var/tmp, with 64 GiB free, and told to put SQLITE_TMPDIR on the full disk)
+            if os.name != "nt" and not nearly_full(self.path.parent) and free_bytes(temp) < room:
                 return ManifestError(
                     f"the disk is full: {text} (the manifest's file system has {room // 2**20} MiB free; SQLite's "
                     f"temporary folder {temp}, where it sorts and builds indexes, has {free_bytes(temp) // 2**20} MiB "
@@ -487,7 +490,9 @@ class Manifest:
                     fix=f"free space in {temp}, or point SQLITE_TMPDIR at a folder with room (such as the manifest's: "
                         f"SQLITE_TMPDIR={shlex.quote(str(self.path.parent.resolve()))}), and run again (if both have "
                         "room, a disk quota may be reached: `quota -s`)")
-            return ManifestError(f"the disk is full: {text}",  # (what was committed: said by the command, cli.main)
+            left = "" if os.name == "nt" or nearly_full(self.path.parent) else (
+                f" (the manifest's file system has {room // 2**20} MiB free, too little for this write)")
+            return ManifestError(f"the disk is full: {text}{left}",  # (what was committed: said by the command, cli.main)
                                  where=where, fix="free space on the manifest's file system and run again")
         if "malformed" in low:  # SQLite's own file, damaged: starting anew would lose every version and the ledger
             here = shlex.quote(where)
@@ -737,9 +742,11 @@ class Manifest:
             return dict(row) if row else None
 
     def last_scan_started_ns(self) -> int | None:
-        """Scan start of the last run that finished (for the racily-clean check)."""
-        row = self._one("SELECT scan_started_ns FROM runs WHERE exit_code IN (0, 1) AND scan_started_ns IS NOT NULL "
-                        "ORDER BY run_id DESC LIMIT 1")
+        """Scan start of the last run that finished, or that committed a version however it ended (for the
+        racily-clean check): a run stopped by a signal just after its commit was passed over, and the next run took
+        an older scan's start, so that every file written since that older scan was hashed again (a whole site)."""
+        row = self._one("SELECT scan_started_ns FROM runs WHERE (exit_code IN (0, 1) OR version IS NOT NULL) "
+                        "AND scan_started_ns IS NOT NULL ORDER BY run_id DESC LIMIT 1")
         return row[0] if row else None
 
     def version_of_scan(self, scan_started_ns: int) -> str | None:
