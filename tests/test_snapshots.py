@@ -318,3 +318,24 @@ def test_two_manifests_whose_first_versions_share_their_second_are_told_apart_by
     owner_file.write_text(json.dumps({k: v for k, v in owner.items() if k != "manifest_id"}))
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
     assert json.loads(owner_file.read_text())["manifest_id"] == owner["manifest_id"]
+
+
+def test_a_full_parquet_disk_leaves_no_empty_version_folder(site, tmp_path, small_disk):
+    """A --parquet folder on a full disk: the version is committed, its snapshot failed at its first part, and an empty
+    version=<label>/ folder was left behind (wtB's round 15). It is taken away; the next run, with room, writes it."""
+    from conftest import fill
+
+    db, snaps = tmp_path / "m.sqlite", small_disk / "snaps"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    first = cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate")
+    assert first.returncode == 0 and snaps.is_dir(), first.stderr + first.stdout
+    before = sorted(p.name for p in snaps.iterdir())
+    filler = fill(small_disk)
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")
+    out = cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate")
+    assert out.returncode == 3 and "was committed" in out.stderr, (out.returncode, out.stderr)
+    assert sorted(p.name for p in snaps.iterdir()) == before, sorted(p.name for p in snaps.iterdir())
+    filler.unlink()
+    assert cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate").returncode == 0
+    latest = Manifest(db).latest_version()
+    assert has_snapshot(latest["label"], str(snaps), latest)

@@ -8,6 +8,8 @@ questions from them as from the manifest:
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import json
 from collections.abc import Iterator
@@ -112,7 +114,20 @@ def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
     manifest's types, and its row count checked against the version."""
     root = Path(directory)
     target = root / f"version={label}"
+    made = not target.exists()
     private_folder(target)
+    try:
+        return _write_parts(manifest, label, root, target)
+    except BaseException:
+        # (a --parquet disk full at the first part left an empty version=<label>/ folder behind: taken away; one with
+        # parts in it stays, unmarked, and the next run writes it again)
+        if made:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        raise
+
+
+def _write_parts(manifest: Manifest, label: str, root: Path, target: Path) -> Path:
     for folder in root.glob("version=*"):  # parts of any version a killed run was writing
         remove_abandoned(folder, ".*.tmp")
     schemas = part_schemas()
