@@ -1848,3 +1848,16 @@ def test_a_person_id_with_a_space_at_its_end_is_shown_quoted_in_the_messages(cle
     assert any(f"person folder '{P0} ' is not an integer id" in m for m in messages), messages
     assert any(f"person folders ({P0}, '{P0} ')" in m for m in messages), messages
     assert not [m for m in messages if f"{P0} )" in m or f"folder {P0}  " in m]
+
+
+def test_tables_named_with_a_prefix_are_told_once_each_as_the_file_to_rename(clean):
+    """An export that names its tables after its schema (OMOP/cdm_person.csv, ...) gave 26 findings for one cause: 13
+    tables missing ("add it") and 13 files unknown ("rename or remove it"). Each missing table's finding now names the
+    file to rename, the longest table a name ends with (cdm_observation_period is not observation's)."""
+    for table in ("person", "observation", "observation_period"):
+        rename(f"OMOP/{table}.csv", f"OMOP/cdm_{table}.csv")(clean)
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert sorted(out.select("rule", "srcfile", "message").rows()) == [
+        ("omop.missing_table", f"OMOP/{table}.csv", f"OMOP table {table} is missing: rename OMOP/cdm_{table}.csv to "
+         f"OMOP/{table}.csv if it is the table (a comma-delimited snapshot with a header row)")
+        for table in ("observation", "observation_period", "person")]

@@ -30,10 +30,15 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     in_folder = pl.col("_n") == 2
     missing = [table for table in REQUIRED_TABLES if table not in tables]
     # A missing table's file under another extension (death.txt, person.csv.bak; not a compressed one: file.compressed)
-    # is told with the table, as the file to rename, and not again as an unknown file
+    # or with a prefix (cdm_person.csv, an export's schema name: 13 unexpected files and 13 missing tables were said of
+    # one cause) is told with the table, as the file to rename, and not again as an unknown file. The longest table
+    # a name ends with: cdm_observation_period is observation_period, not observation.
+    stem = pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)")
+    named_as = pl.coalesce([pl.when((stem == table) | stem.str.ends_with(f"_{table}")).then(pl.lit(table))
+                            for table in sorted(missing, key=len, reverse=True)] or [pl.lit(None, pl.String)])
     misnamed = (omop.filter(in_folder & ~pl.col("_compressed") & (~pl.col("_table").is_in(known)).fill_null(True))
-                .with_columns(_stem=pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)"))
-                .filter(pl.col("_stem").is_in(missing)).sort("srcfile").unique("_stem", keep="first"))
+                .with_columns(_stem=named_as)
+                .filter(pl.col("_stem").is_not_null()).sort("srcfile").unique("_stem", keep="first"))
     renames = dict(misnamed.select("_stem", "srcfile").rows())
     out: list[pl.LazyFrame] = []
     for table in missing:
