@@ -722,9 +722,7 @@ _KEPT_SAID = {VANISHED_KEPT: "no version recorded it, nor does this one; moved, 
 
 def _unrecorded_said(errors: pl.DataFrame, parts: TreeParts) -> pl.DataFrame:
     """`errors` with what the messages of files the previous version did not hold say of their record corrected."""
-    said = pl.col("message").str.contains(next(iter(_KEPT_SAID)), literal=True)
-    for phrase in list(_KEPT_SAID)[1:]:
-        said = said | pl.col("message").str.contains(phrase, literal=True)
+    said = pl.any_horizontal([pl.col("message").str.contains(phrase, literal=True) for phrase in _KEPT_SAID])
     asked = errors.filter(said).select("srcfile").unique()
     if not asked.height:
         return errors

@@ -476,12 +476,13 @@ class Manifest:
                                      "-wal and -shm files beside it), or pass --db with another path")
         if "full" in low and ("disk" in low or "database" in low):
             temp, room = sqlite_temp_folder(), free_bytes(self.path.parent)
+            full = os.name == "nt" or nearly_full(self.path.parent)
             # SQLite says the same of its temporary files ($TMPDIR: a small tmpfs, a node's full /tmp): "free
             # space on the manifest's file system" sent the user to a disk with gigabytes free. Unless the temporary
             # folder has more room than the manifest's disk: a write larger than that disk's room is rolled back,
             # which leaves more than "nearly full" free there (a run on a 6 MiB disk with 1 MiB left was sent to
             # /var/tmp, with 64 GiB free, and told to put SQLITE_TMPDIR on the full disk)
-            if os.name != "nt" and not nearly_full(self.path.parent) and free_bytes(temp) < room:
+            if not full and free_bytes(temp) < room:
                 return ManifestError(
                     f"the disk is full: {text} (the manifest's file system has {room // 2**20} MiB free; SQLite's "
                     f"temporary folder {temp}, where it sorts and builds indexes, has {free_bytes(temp) // 2**20} MiB "
@@ -490,7 +491,7 @@ class Manifest:
                     fix=f"free space in {temp}, or point SQLITE_TMPDIR at a folder with room (such as the manifest's: "
                         f"SQLITE_TMPDIR={shlex.quote(str(self.path.parent.resolve()))}), and run again (if both have "
                         "room, a disk quota may be reached: `quota -s`)")
-            left = "" if os.name == "nt" or nearly_full(self.path.parent) else (
+            left = "" if full else (
                 f" (the manifest's file system has {room // 2**20} MiB free, too little for this write)")
             return ManifestError(f"the disk is full: {text}{left}",  # (what was committed: said by the command, cli.main)
                                  where=where, fix="free space on the manifest's file system and run again")

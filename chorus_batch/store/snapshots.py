@@ -9,7 +9,6 @@ questions from them as from the manifest:
 from __future__ import annotations
 
 import contextlib
-
 import functools
 import json
 from collections.abc import Iterator

@@ -268,7 +268,8 @@ def _split_persons(across: _Across) -> list[pl.LazyFrame]:
     return [_found("person.split_folders", split, pl.col("_top") + "/",
                    fmt("person folder {} names the same person_id as {} (compared without leading zeros, as OMOP "
                        "stores it): one person's files lie in {} folders; move them into one, spelled as person.csv "
-                       "writes the id", shown(pl.col("_top")), _join_list(pl.col("_others").list.eval(shown(pl.element() + "/"))),
+                       "writes the id", shown(pl.col("_top")),
+                       _join_list(pl.col("_others").list.eval(shown(pl.element() + "/"))),
                        pl.col("_all").list.len().cast(pl.String)))]
 
 

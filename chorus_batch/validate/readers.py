@@ -575,8 +575,9 @@ def _markdown_facts(f) -> dict[str, Any]:
     "(optional)" left unticked is not asked for)."""
     text = _read_text(f, "utf-8-sig")
     headings, unchecked, checked = [], [], 0
-    lines = [line.strip() for line in text.splitlines()]
-    for i, line in enumerate(text.splitlines()):
+    raw_lines = text.splitlines()
+    lines = [line.strip() for line in raw_lines]
+    for i, line in enumerate(raw_lines):
         if heading := _HEADING.match(line):
             headings.append(heading.group(1))
         elif box := _CHECKBOX.match(line):

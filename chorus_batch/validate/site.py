@@ -188,9 +188,10 @@ def _first_of(values: pl.Expr) -> pl.Expr:
 
 
 def _counted_list(values: pl.Expr, n: pl.Expr) -> pl.Expr:
-    """`values` (_first_of's) joined, each as units.shown_name shows it (frames.shown), with how many more of the `n` there are ("a, b, c, d, e and 995 more")."""
-    return pl.concat_str(values.list.eval(shown(pl.element())).list.join(", "), pl.when(n > LISTED).then(fmt(" and {} more", n - LISTED))
-                         .otherwise(pl.lit("")))
+    """`values` (_first_of's) joined, each as units.shown_name shows it (frames.shown), with how many more of the `n`
+    there are ("a, b, c, d, e and 995 more")."""
+    return pl.concat_str(values.list.eval(shown(pl.element())).list.join(", "),
+                         pl.when(n > LISTED).then(fmt(" and {} more", n - LISTED)).otherwise(pl.lit("")))
 
 
 # Kinds found only in the files every part holds (OMOP/, Metadata/, the root): decoded once, not once per part.
