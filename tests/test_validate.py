@@ -1810,6 +1810,29 @@ def test_a_visit_id_visit_occurrence_repeats_for_two_persons_is_told_as_the_tabl
         assert "give each visit its own visit_occurrence_id in visit_occurrence.csv" in message
 
 
+def test_a_visit_row_repeated_for_the_same_person_is_no_visit_of_two_persons(clean):
+    """visit_persons keeps every row of visit_occurrence.csv (de-duplicating 6M rows whole held +1.2 GiB): a row written
+    twice, same person, must still read as that person's one visit, not as 'the visit of more than one person'."""
+    table = clean / "OMOP" / "visit_occurrence.csv"
+    header, *rows = table.read_text().splitlines()
+    (row,) = [r for r in rows if r.split(",")[0] == str(sitegen.visit_id(0, 0))]
+    table.write_text("\n".join([header, *rows, row]) + "\n")
+    assert "registry.visit_person" not in {rule for rule, _ in found(clean)}
+
+
+def test_large_facts_decoded_by_python_give_the_findings_polars_decoding_gives(clean, monkeypatch):
+    """Facts over site._LARGE_FACTS_BYTES (a table's values: a 6M-row visit_occurrence.csv's are 100 MB) are decoded
+    by Python's json, which polars' decoder held twice the memory of; every kind's facts read the same either way."""
+    from chorus_batch.validate import site
+
+    registry("Waveforms", lambda rows: [[*r[:4], "999999", *r[5:]] if i == 0 else r for i, r in enumerate(rows)])(clean)
+    edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/\u00b5V", 1))(clean)
+    by_polars = validate(clean)
+    assert {"registry.unknown_visit", "wfdb.mapping_units"} <= set(by_polars["rule"])
+    monkeypatch.setattr(site, "_LARGE_FACTS_BYTES", 0)
+    assert_frame_equal(validate(clean), by_polars)
+
+
 def test_a_content_under_many_person_folders_is_said_with_a_few_of_them_and_their_count(clean):
     """file.duplicate (and waveforms.id_collision) gave each file of the group the group's whole list: one content
     under 1,000 person folders, 100 files in each, held 10^8 list items (1.8 GB at 100k files), and the same file in

@@ -129,7 +129,9 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                          _person=_norm_id(pl.col("visit_persons").list.get(1))))
         # a visit_occurrence_id that visit_occurrence.csv repeats for several persons (its key, one row per visit):
         # a row of one of them was told to "fix visit_id", though the table is what is wrong
-        owners = site.visit_persons.group_by("_visit").agg(pl.col("_visit_person").sort())
+        # (the visits named only: visit_persons holds every row of the table, millions on a large site)
+        owners = (site.visit_persons.join(given.select("_visit").unique(), on="_visit", how="semi").unique()
+                  .group_by("_visit").agg(pl.col("_visit_person").sort()))
         given = given.join(owners, on="_visit").with_columns(
             _theirs=pl.col("_visit_person").list.contains(pl.col("_person")),
             _owners=pl.col("_visit_person").list.join(", "), _k=pl.col("_visit_person").list.len())
