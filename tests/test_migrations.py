@@ -437,7 +437,7 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     from chorus_batch.validate.rules import edition
 
     # (the files whose kinds are newer than the manifest's facts are read: procedure_occurrence.csv, omop_procedures;
-    # the two mapping files, mapping_csv.v4; visit_occurrence.csv, omop_visits.v4; the 7 WFDB headers, wfdb_header.v3;
+    # the two mapping files, mapping_csv.v4; visit_occurrence.csv, omop_visits.v4; the 7 WFDB headers, wfdb_header.v4;
     # READINESS.md and SUBMISSION.md, metadata_md.v2)
     assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 4 + 7 + 2)]
     # Checked by today's rules now: the next look shows what is stored, and says nothing of other rules.
