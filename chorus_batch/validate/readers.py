@@ -359,6 +359,11 @@ def _dicom_facts(f) -> dict[str, Any]:
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
+        # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
+        # a header longer than DICOM_HEAD_MAX_BYTES (a large private or embedded-document element) cut inside it
+        # read as a whole file without pixel data. It stopped past the file's end then.
+        if f.tell() > f.seek(0, io.SEEK_END):
+            raise truncated
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
