@@ -324,6 +324,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    # a segment that is a multi-segment record itself: wfdb cannot read the record (its segments are single-segment)
+    ("nested_segment", edit(f"{MULTI}_0002.hea", lambda t: f"{S0['multi']}_0002/1 2 125 50\n~ 50\n"),
+     {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat")}),
     ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
      {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
     # a frequency of 0 Hz: no sample has a time (wfdb writes only positive frequencies); told once, not again as a

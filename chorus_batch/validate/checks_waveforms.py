@@ -130,6 +130,15 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "_path",
         fmt("this segment has {} samples but its multi-segment header gives {}: make them agree",
                   pl.col("_seg_len"), pl.col("length"))))
+    # WFDB: a segment is a single-segment record (wfdb's rdrecord fails on one of segments of its own, with a
+    # TypeError); a record listed among its own segments never ends
+    nested = real.join(ok.filter(pl.col("segments").is_not_null()).select(pl.col("srcfile").alias("_path")),
+                       on="_path", how="semi")
+    out.append(_found(
+        "wfdb.nested_segment", nested, "_master",
+        fmt("segment {} is itself a multi-segment record ({}.hea lists segments): a WFDB segment is a single-segment "
+            "record, and wfdb cannot read this one; list the segments' own segments here instead (or re-export the "
+            "record)", pl.col("name"), pl.col("name"))))
     # WFDB: a multi-segment record's segments are sampled at its frequency (wfdb joins them as if they were, without
     # a word: the time of every sample after such a segment is wrong)
     # (a frequency of 0 Hz, in either, is wfdb.sampling_frequency's: told once)

@@ -306,6 +306,9 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
+    Rule("wfdb.nested_segment", "error", "WFDB segment is a multi-segment record",
+         "A multi-segment WFDB header lists a segment whose own header lists segments (or the record itself): a WFDB "
+         "segment is a single-segment record, and wfdb cannot read the record."),
     Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
          "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
          "its frequency)."),
