@@ -166,6 +166,10 @@ def _wfdb_facts(f) -> dict[str, Any]:
                 for signal, as_written in zip(facts["signals"], written, strict=True):
                     if as_written["units"] != signal["units"]:
                         signal["units_written"] = as_written["units"]
+                    # a signal file named so ("réc.dat", which wfdb looks for as "rc.dat"): the finding that it is
+                    # missing names the file the site sees in the header, and that one is not told as named by none
+                    if as_written["file_name"] != signal["file_name"]:
+                        signal["file_name_written"] = as_written["file_name"]
     return facts
 
 
