@@ -115,6 +115,26 @@ def test_a_header_longer_than_the_first_bytes_read_cut_short_is_told_as_a_short_
     assert facts(whole) == by_dcmread(whole, monkeypatch) and facts(whole)["patient_id"] == "000177"
 
 
+def test_a_header_longer_than_the_most_read_for_it_cut_short_is_told_as_a_short_one_is(monkeypatch):
+    """Past DICOM_HEAD_MAX_BYTES (16 MiB: a large private or embedded-document element) the header goes to dcmread,
+    which skips an element it is not asked for by seeking past it: a copy cut inside that element read as a whole
+    file without pixel data, with its facts and no error. Told alike, by the hashing worker's one read too; whole,
+    it gives dcmread's facts. (The bytes read pinned at 1 KiB, at most 4 KiB.)"""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader, parse_through
+
+    monkeypatch.setattr(readers, "DICOM_HEAD_BYTES", 1024)
+    monkeypatch.setattr(readers, "DICOM_HEAD_MAX_BYTES", 4096)
+    whole = dicom(private_bytes=20_000)
+    cut = whole[: whole.index(b"\x01" * 50) + 12_000]  # inside the private element's value, past the 4 KiB
+    assert facts(cut) == {"error": "the file ends inside its DICOM header (an interrupted copy?): copy the file again"}
+    reader = HashingReader(io.BytesIO(cut).read, hashlib.md5(), len(cut))
+    assert json.loads(parse_through(readers.parser(KIND_DICOM), reader)) == facts(cut)
+    got = facts(whole)
+    assert got == by_dcmread(whole, monkeypatch) and got["patient_id"] == "000177" and "error" not in got
+
+
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_pixels_cut_short_are_told_by_the_files_size_not_read(syntax, monkeypatch):
     """A file cut inside its pixel data (an interrupted copy: most of an image's bytes are pixels) gave its header's

@@ -46,6 +46,38 @@ def set_record_line(root: Path, **fields: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# ----------------------------------------------------------------------------- a header line WFDB cannot read
+
+
+def test_a_wfdb_line_not_read_is_named_and_quoted_and_a_folder_in_a_signal_file_name_is_told(clean):
+    # wfdb says only "invalid syntax in signal line": of a header of many signals the site could not tell which, nor
+    # why a signal file named with its folder (sub/x.dat, ../other/x.dat) is no WFDB header
+    path = clean / f"{SINGLE}.hea"
+    lines = path.read_text().splitlines()
+    lines[2] = "sub/" + lines[2]
+    path.write_text("\n".join(lines) + "\n")
+    out = findings(clean)
+    assert [(r, s) for r, s, _ in out] == [("wfdb.bad_header", f"{SINGLE}.hea")], out
+    assert f"invalid syntax in signal line 2: '{lines[2]}'" in out[0][2]
+    assert "from the header's own folder, by a name without a folder" in out[0][2]
+    # the record line too, quoted, with no word of folders
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec ord 2 250 10\n"))
+    assert facts == {"error": "invalid header syntax (invalid syntax in record line: 'rec ord 2 250 10')"}, facts
+
+
+def test_a_signal_file_named_with_other_characters_than_ascii_is_told_as_the_header_names_it(clean):
+    # wfdb reads a header as ASCII: "réc.dat" is looked for as "rc.dat". The findings said the header named rc.dat,
+    # not there, and that no header named réc.dat, which the site sees named in it
+    header, dat = clean / f"{SINGLE}.hea", clean / f"{SINGLE}.dat"
+    stem = dat.stem
+    header.write_text(header.read_text().replace(f"{stem}.dat", f"{stem}é.dat"), encoding="utf-8")
+    dat.rename(dat.with_name(f"{stem}é.dat"))
+    out = [(r, s, m) for r, s, m in findings(clean) if not r.startswith("registry.")]
+    assert [(r, s) for r, s, _ in out] == [("wfdb.missing_dat", f"{SINGLE}.hea")], out
+    assert f"signal file {stem}é.dat named in this header is read by wfdb as {stem}.dat" in out[0][2]
+    assert "with ASCII characters only" in out[0][2]
+
+
 # ----------------------------------------------------------------------------- WFDB counts beyond 64 bits
 
 

@@ -324,6 +324,9 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("wfdb.segment_length", f"{MULTI}_0002.hea")}),
     ("record_length", edit(f"{MULTI}.hea", lambda t: t.replace(" 151", " 999")),
      {("wfdb.segment_length", f"{MULTI}.hea")}),
+    # a segment that is a multi-segment record itself: wfdb cannot read the record (its segments are single-segment)
+    ("nested_segment", edit(f"{MULTI}_0002.hea", lambda t: f"{S0['multi']}_0002/1 2 125 50\n~ 50\n"),
+     {("wfdb.nested_segment", f"{MULTI}.hea"), ("wfdb.unreferenced_dat", f"{MULTI}_0002.dat")}),
     ("segment_rate", edit(f"{MULTI}_0002.hea", lambda t: t.replace(" 2 125 ", " 2 250 ", 1)),
      {("wfdb.segment_rate", f"{MULTI}_0002.hea"), ("wfdb.mapping_rate", f"{MULTI}.hea")}),  # (the mapping's 125 Hz)
     # a frequency of 0 Hz: no sample has a time (wfdb writes only positive frequencies); told once, not again as a
@@ -890,7 +893,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v3", "dicom.v6", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v4", "dicom.v7", "omop_csv"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -906,7 +909,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v3"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v4"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -956,7 +959,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v3", "dicom.v6", "omop_csv", "omop_person.v2", "omop_visits.v4", "metadata_md.v2",
+    assert set(todo["kind"]) == {"wfdb_header.v4", "dicom.v7", "omop_csv", "omop_person.v2", "omop_visits.v4", "metadata_md.v2",
                                  "mapping_csv.v4", "registry_csv.v10", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -964,7 +967,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v6"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v7"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1122,7 +1125,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 @pytest.mark.parametrize("kind, text, expected", [
     ("metadata_md.v2", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v3", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    ("wfdb_header.v4", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts

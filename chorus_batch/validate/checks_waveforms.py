@@ -66,7 +66,12 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     missing = site.with_untaken(data.unique(["_header", "_path"]).join(present, on="_path", how="anti"))
     out.append(_found(
         "wfdb.missing_dat", missing, "_header",
-        pl.when(pl.col("_why").is_null()).then(
+        pl.when(pl.col("_why").is_null() & pl.col("file_name_written").is_not_null()).then(
+            # (named with other characters than ASCII: the file the header names as written may well be there)
+            fmt("signal file {} named in this header is read by wfdb as {} (a WFDB header is ASCII text: other "
+                "characters are dropped), which is not in its folder: rename the signal file, in its folder and in the "
+                "header, with ASCII characters only", pl.col("file_name_written"), pl.col("file_name")))
+        .when(pl.col("_why").is_null()).then(
             fmt("signal file {} named in this header is not in its folder: add it or fix the header",
                 pl.col("file_name"))).otherwise(_there_untaken(fmt("signal file {} named in this header",
                                                                    pl.col("file_name"))))))
@@ -102,7 +107,10 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     dats = f.filter(pl.col("_waveforms") & (pl.col("_ext_l") == "dat")).select("srcfile", "_dir").collect().join(
         header_dirs.filter(pl.col("_all_ok")), on="_dir", how="semi")
     out.append(_found(
-        "wfdb.unreferenced_dat", dats.join(data.select(pl.col("_path").alias("srcfile")), on="srcfile", how="anti"),
+        "wfdb.unreferenced_dat", dats.join(data.select(pl.col("_path").alias("srcfile")), on="srcfile", how="anti")
+        # (one a header names with other characters than ASCII is told at the header, wfdb.missing_dat)
+        .join(data.filter(pl.col("file_name_written").is_not_null())
+              .select(srcfile=pl.col("_dir") + "/" + pl.col("file_name_written")), on="srcfile", how="anti"),
         "srcfile",
         pl.lit("no WFDB header in this folder names this signal file: add it to its record's header or remove it")))
     # Multi-segment records.
@@ -130,6 +138,15 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "_path",
         fmt("this segment has {} samples but its multi-segment header gives {}: make them agree",
                   pl.col("_seg_len"), pl.col("length"))))
+    # WFDB: a segment is a single-segment record (wfdb's rdrecord fails on one of segments of its own, with a
+    # TypeError); a record listed among its own segments never ends
+    nested = real.join(ok.filter(pl.col("segments").is_not_null()).select(pl.col("srcfile").alias("_path")),
+                       on="_path", how="semi")
+    out.append(_found(
+        "wfdb.nested_segment", nested, "_master",
+        fmt("segment {} is itself a multi-segment record ({}.hea lists segments): a WFDB segment is a single-segment "
+            "record, and wfdb cannot read this one; list the segments' own segments here instead (or re-export the "
+            "record)", pl.col("name"), pl.col("name"))))
     # WFDB: a multi-segment record's segments are sampled at its frequency (wfdb joins them as if they were, without
     # a word: the time of every sample after such a segment is wrong)
     # (a frequency of 0 Hz, in either, is wfdb.sampling_frequency's: told once)

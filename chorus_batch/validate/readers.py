@@ -166,6 +166,10 @@ def _wfdb_facts(f) -> dict[str, Any]:
                 for signal, as_written in zip(facts["signals"], written, strict=True):
                     if as_written["units"] != signal["units"]:
                         signal["units_written"] = as_written["units"]
+                    # a signal file named so ("réc.dat", which wfdb looks for as "rc.dat"): the finding that it is
+                    # missing names the file the site sees in the header, and that one is not told as named by none
+                    if as_written["file_name"] != signal["file_name"]:
+                        signal["file_name_written"] = as_written["file_name"]
     return facts
 
 
@@ -206,7 +210,7 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
     if not lines:
         raise BadContent("no record line (only comments or blank lines)")
     try:
-        rec = _match(grammar.rx_record, lines[0], "record")
+        rec = _match(grammar.rx_record, lines[0], "record line")
         n_sig = _count(rec["n_sig"], "number of signals")
         facts: dict[str, Any] = {
             "record_name": rec["record_name"],
@@ -223,7 +227,7 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             if len(lines) - 1 != n_sig:
                 raise BadContent(f"the record line declares {plural(n_sig, 'signal')} but {plural(len(lines) - 1, 'signal line')} follow")
             for line in lines[1:]:
-                sig = _match(grammar.rx_signal, line, "signal")
+                sig = _match(grammar.rx_signal, line, f"signal line {len(facts['signals']) + 1}")
                 facts["signals"].append({
                     "file_name": sig["file_name"], "fmt": sig["fmt"],
                     "samps_per_frame": _count(sig["samps_per_frame"] or "1", "samples per frame"),
@@ -236,7 +240,8 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             if len(lines) - 1 != n_seg:
                 raise BadContent(f"the record line declares {plural(n_seg, 'segment')} but {plural(len(lines) - 1, 'segment line')} follow")
             facts["segments"] = [{"name": seg["seg_name"], "length": _count(seg["seg_len"], "segment length")}
-                                 for seg in (_match(grammar.rx_segment, line, "segment") for line in lines[1:])]
+                                 for seg in (_match(grammar.rx_segment, line, f"segment line {k}")
+                                             for k, line in enumerate(lines[1:], 1))]
     except BadContent:
         raise
     except ValueError as exc:  # bad dates/times, bad numbers
@@ -283,7 +288,16 @@ def _iso_date(text: str) -> str:
 def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
     found = expression.match(line)
     if found is None:
-        raise BadContent(f"invalid header syntax (invalid syntax in {what} line)")
+        # which line and what it holds (wfdb says only "invalid syntax in signal line": of a header of 30 signals,
+        # the site could not tell which)
+        shown = line.strip()
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        first = shown.split(maxsplit=1)[0] if shown else ""
+        # a signal file or segment named with its folder (../1007/1007.dat, C:\\data\\x.dat): WFDB reads them
+        # only from the header's own folder, and its grammar takes no folder
+        where = (": WFDB reads signal files and segments from the header's own folder, by a name without a folder"
+                 if what != "record line" and ("/" in first or "\\" in first) else "")
+        raise BadContent(f"invalid header syntax (invalid syntax in {what}: '{shown}'{where})")
     return found.groupdict()
 
 
@@ -349,6 +363,11 @@ def _dicom_facts(f) -> dict[str, Any]:
             raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
         except (EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             raise BadContent(f"DICOM header cannot be parsed: {type(exc).__name__}: {exc}") from None
+        # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
+        # a header longer than DICOM_HEAD_MAX_BYTES (a large private or embedded-document element) cut inside it
+        # read as a whole file without pixel data. It stopped past the file's end then.
+        if f.tell() > f.seek(0, io.SEEK_END):
+            raise truncated
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)

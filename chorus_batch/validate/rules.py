@@ -158,7 +158,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # records.v2 reads a RECORDS file of up to 256 MiB (v1: 16 MiB, a site root's of 450k records was unreadable)
 # dicom.v6 also tells a file cut inside encapsulated (compressed) pixel data, by their items' lengths
 # records.v3 reads a RECORDS file that begins with a UTF-8 byte-order mark without it (v2: part of the first name)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v3", "dicom.v6", "records.v3"
+# wfdb_header.v4 says which line of a header is not WFDB syntax and quotes it (v3: "invalid syntax in signal line")
+# and keeps a signal file's name as written where wfdb's reading dropped characters ("réc.dat", read "rc.dat")
+# dicom.v7 also tells a file cut inside a header longer than the bytes read for it (16 MiB; v6: read as whole)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v4", "dicom.v7", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
@@ -304,6 +307,9 @@ RULES: tuple[Rule, ...] = (
     Rule("wfdb.segment_length", "error", "WFDB segment lengths disagree",
          "A segment header's length differs from the length its multi-segment header gives, or the segment lengths do "
          "not add up to the record's length."),
+    Rule("wfdb.nested_segment", "error", "WFDB segment is a multi-segment record",
+         "A multi-segment WFDB header lists a segment whose own header lists segments (or the record itself): a WFDB "
+         "segment is a single-segment record, and wfdb cannot read the record."),
     Rule("wfdb.segment_rate", "error", "WFDB segment sampled at another frequency",
          "A segment header's sampling frequency differs from its multi-segment header's (a record's segments share "
          "its frequency)."),
