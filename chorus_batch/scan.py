@@ -193,6 +193,19 @@ class ScanResult:
             if not (isinstance(root, list) and len(root) == 2 and isinstance(root[0], str)
                     and isinstance(root[1], (str, type(None)))):
                 raise TypeError(f"a root is {root!r}")
+        # (an edited record's globs, counts or shard of another shape were internal errors further on: a glob pair
+        # unpacked when the shards' globs were compared, the counts added up when the shards' were merged)
+        coverage = record["coverage"]
+        if not all(_whole(value) for value in coverage.values()):  # (another key: Coverage's TypeError names it)
+            raise TypeError(f"coverage is {coverage!r}")
+        patterns = record.get("exclude_patterns")
+        if patterns is not None and not (isinstance(patterns, list) and all(
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
+                for pair in patterns)):
+            raise TypeError(f"exclude_patterns is {patterns!r}")
+        excluded = record.get("excluded")
+        if excluded is not None and not _counts_shape(excluded):
+            raise TypeError(f"excluded is {excluded!r}")
         return cls(files=listed, errors=errors, roots=[tuple(r) for r in record["roots"]],  # type: ignore[misc]
                    scan_started_ns=record["scan_started_ns"], coverage=Coverage(**record["coverage"]),
                    based_on=record["based_on"], n_hashed=record["n_hashed"], bytes_hashed=record["bytes_hashed"],
@@ -213,6 +226,24 @@ class ScanResult:
         if buckets is not None:
             files = files.filter(in_range(*buckets))
         return files.select(list(SCANNED_SCHEMA)).collect().cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
+
+
+def _whole(value) -> bool:
+    """A count as a record holds it: a whole number of 0 or more (JSON's true is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _counts_shape(excluded) -> bool:
+    """Whether a record's exclusion counts are what exclude.apply writes (and merge_counts adds up)."""
+    if not isinstance(excluded, dict):
+        return False
+    by_pattern, examples = excluded.get("by_pattern", {}), excluded.get("examples", {})
+    unmatched = excluded.get("unmatched", [])
+    return (all(_whole(excluded.get(key, 0)) for key in ("total", "default", "user"))
+            and isinstance(by_pattern, dict) and all(_whole(n) for n in by_pattern.values())
+            and isinstance(examples, dict) and all(isinstance(paths, list) and all(isinstance(p, str) for p in paths)
+                                                  for paths in examples.values())
+            and isinstance(unmatched, list) and all(isinstance(glob, str) for glob in unmatched))
 
 
 def merge_scans(parts: list[ScanResult]) -> ScanResult:

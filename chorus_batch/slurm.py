@@ -61,6 +61,8 @@ REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
 REFUSED_VSIZE = "chorus-batch: --mem is too little on this cluster"
 STAGING_SAID = "staging folder: "  # (last on the script's line for a refused merge job: the folder that stays)
 
+# (checked with fullmatch: `$` also matches before a final line break, and `--mem $'16G\n'` passed to be an internal
+# error in mem_mib, a `--partition` with one to be refused by sbatch at submission)
 _MEM = re.compile(r"^[0-9]+[KMGT]?$", re.IGNORECASE)
 _TIME = re.compile(r"^(?:[0-9]+-)?[0-9]+(?::[0-9]+){0,2}$|^(?:UNLIMITED|INFINITE)$", re.IGNORECASE)
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+(?:,[A-Za-z0-9_.+-]+)*$")
@@ -68,7 +70,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.+-]+(?:,[A-Za-z0-9_.+-]+)*$")
 
 def check_mem(text: str) -> str:
     """Slurm's --mem: a whole number with an optional K, M, G or T (e.g. 16G)."""
-    if not _MEM.match(text):
+    if not _MEM.fullmatch(text):
         raise ValueError(f"{text!r} is not a Slurm memory size (e.g. 16G, 500M)")
     return text
 
@@ -81,7 +83,7 @@ def mem_mib(text: str) -> int:
 
 def check_time(text: str) -> str:
     """Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED."""
-    if not _TIME.match(text):
+    if not _TIME.fullmatch(text):
         raise ValueError(f"{text!r} is not a Slurm time limit (e.g. 90, 02:00:00, 1-12:00:00)")
     # In range: 25:99:99 passed the form and was left to sbatch, which refused it at submission (or, from a
     # printed script, tonight); the first field is open (minutes, or hours of HH:MM:SS), a day's hours below 24
@@ -122,7 +124,7 @@ def submit_time(time: str | None) -> str:
 
 def check_name(text: str) -> str:
     """A partition or account name (letters, digits, _.+- ; partitions may be a comma list)."""
-    if not _NAME.match(text):
+    if not _NAME.fullmatch(text):
         raise ValueError(f"{text!r} is not a Slurm partition or account name")
     return text
 

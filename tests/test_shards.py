@@ -315,13 +315,18 @@ def _without_md5_column(folder: Path) -> None:
     (_without_md5_column, "its files.parquet has no column md5"),
     (_edit_record(lambda r: {**r, "scan_started_ns": 10**30}), f"scan_started_ns is {10**30}, out of range"),
     (_edit_record(lambda r: {**r, "bytes_hashed": -1}), "bytes_hashed is -1, out of range"),
+    (_edit_record(lambda r: {**r, "exclude_patterns": [["user"]]}), "exclude_patterns is [['user']]"),
+    (_edit_record(lambda r: {**r, "excluded": {**r["excluded"], "by_pattern": None}}), "excluded is {"),
+    (_edit_record(lambda r: {**r, "coverage": {"shard": "0", "shards": 4}}), "coverage is {'shard': '0'"),
 ], ids=["another-release", "no-n_files", "coverage-key", "a-list", "a-root", "no-start", "another-shard", "parquet",
-        "start-out-of-range", "negative-bytes"])
+        "start-out-of-range", "negative-bytes", "glob-pair", "excluded-counts", "coverage-text"])
 def test_a_shard_this_release_cannot_read_is_named_with_its_rerun_not_an_internal_error(snapshots, tmp_path, edit,
                                                                                          said):
     """A shard of another release (or one edited, or a folder copied in under another shard's name) was an
     "internal error" (KeyError 'based_on', a TypeError from Coverage, Polars' ColumnNotFoundError in the middle of the
-    commit), exit 3, or merged under the wrong name. It is a damaged shard: named, with the command that reruns it,
+    commit; a glob pair of one part or exclusion counts of another shape: a ValueError or AttributeError when the
+    shards' globs were compared or their counts added up), exit 3, or merged under the wrong name, or said as "of
+    shard 0 of 4, not of shard 0 of 4" (a shard number written as text). It is a damaged shard: named, with the command that reruns it,
     exit 2, nothing committed."""
     site, db, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "staging"
     run_shards(site, db, staging)

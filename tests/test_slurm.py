@@ -150,6 +150,21 @@ def test_a_time_limit_out_of_range_is_refused_before_a_script_is_made(tmp_path, 
         assert out.returncode == 0 and f"--time={fine}" in out.stdout, out.stderr
 
 
+def test_a_slurm_value_ending_in_a_line_break_is_refused_not_an_internal_error(tmp_path):
+    """`$` in the checks' patterns also matched before a final line break: `--mem $'16G\n'` passed its check and was an
+    internal error (exit 3) when its MiB were counted; `--partition`, `--account` or `--time` with one went into the
+    script, for sbatch to refuse when it was submitted (tonight, from a printed script)."""
+    (tmp_path / "site").mkdir()
+    args = ("slurm-script", "--site", str(tmp_path / "site"), "--db", str(tmp_path / "m.sqlite"))
+    for flag, value, said in (("--mem", "16G\n", "is not a Slurm memory size"),
+                              ("--time", "10\n", "is not a Slurm time limit"),
+                              ("--partition", "debug\n", "is not a Slurm partition or account name"),
+                              ("--account", "lab\n", "is not a Slurm partition or account name")):
+        out = cli(*args, flag, value)
+        assert out.returncode == 2 and f"{value!r} {said}" in out.stderr, (flag, out.stderr)
+        assert out.stdout == "" and "internal error" not in out.stderr
+
+
 @pytest.mark.parametrize("flag", ["--site", "--db", "--staging", "--config"])
 def test_a_path_with_a_line_break_is_refused_not_written_into_the_script(tmp_path, flag):
     """A line break would end the script's comment or a job's here-document: the rest of the path a command."""
