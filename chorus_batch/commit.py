@@ -170,7 +170,7 @@ def read_delete_list(path: str) -> pl.DataFrame:
 def next_label(started: datetime, latest: str | None, requested: str | None) -> str:
     """Version labels are the run's UTC start, unique and increasing."""
     if requested is not None:
-        if not _LABEL_RE.match(requested):
+        if not _LABEL_RE.fullmatch(requested):
             raise UsageError(f"invalid version label {quoted(requested)}", where="--version",
                              fix="use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit and not "
                                  "ending in '.' (the version's folder at the central container; Azure does not keep a name "

@@ -270,7 +270,7 @@ class AzureSection(_CloudSection):
     @field_validator("connection_string_env", "sas_token_env", "account_key_env")
     @classmethod
     def _env_name(cls, value: str) -> str:
-        if not _ENV_NAME.match(value):
+        if not _ENV_NAME.fullmatch(value):
             # (never quoted, not even its start: what is written here in place of a variable's name is most often
             # the secret itself, an account key or a SAS signature pasted in, and its first 12 characters were shown)
             raise ValueError("is not an environment variable's name (letters, digits and _, not starting with a "
@@ -309,7 +309,7 @@ class S3Section(_CloudSection):
     @field_validator("endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not S3_ENDPOINT.match(value):
+        if value is not None and not S3_ENDPOINT.fullmatch(value):
             raise ValueError("give the endpoint as http(s)://host[:port]")
         return value
 

@@ -370,7 +370,7 @@ def shard_folders(staging: Path) -> dict[int, list[Path]]:
     """The shard-K-of-N folders in `staging` by N, or a UsageError if there is none."""
     found: dict[int, list[Path]] = {}
     for entry in staging.iterdir():
-        match = _SHARD_DIR.match(entry.name)
+        match = _SHARD_DIR.fullmatch(entry.name)
         # (a split into more shards than buckets is none chorus-batch writes: its range(N) could not be checked)
         if match and 1 <= int(match.group(2)) <= BUCKETS and entry.is_dir():
             found.setdefault(int(match.group(2)), []).append(entry)
@@ -480,7 +480,7 @@ def repeated_path(settings: RunSettings, staging: str | Path) -> UsageError | No
     staging = Path(staging)
     for folders in shard_folders(staging).values():
         for folder in sorted(folders):
-            match = _SHARD_DIR.match(folder.name)
+            match = _SHARD_DIR.fullmatch(folder.name)
             try:
                 twice = (pl.scan_parquet(folder / "files.parquet").group_by("root_id", "srcfile").len()
                          .filter(pl.col("len") > 1).select("srcfile").head(1).collect(engine="streaming"))

@@ -167,7 +167,7 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     do, where only its letters exist (a folder named p%20q), is refused: either may be meant."""
     if "://" in location and protocol_of(location) != "file":
         return None
-    url = _FILE_URL.match(location)
+    url = _FILE_URL.fullmatch(location)
     if url is None:
         if "://" in location:  # file:// and nothing after it
             raise UsageError(f"{what} {location}: the file URL names no folder", where=what,
@@ -232,19 +232,19 @@ def check_location(location: str, what: str) -> None:
         container = first.split("@", 1)[0]  # abfs://container@account.dfs.core.windows.net/path
         if not container:
             raise UsageError(f"{what} {shown} names no container", where=what, fix="give az://CONTAINER/PATH")
-        if not _AZURE_CONTAINER.match(container):
+        if not _AZURE_CONTAINER.fullmatch(container):
             # (the portal and Storage Explorer show names as they are: capitals come from a config or a note typed
             # by hand, and the valid name is plain to say)
             lower = container.lower()
             hint = (f": Azure container names are lowercase, so give {mask_url(location.replace(container, lower, 1))}"
-                    if _AZURE_CONTAINER.match(lower) else "")
+                    if _AZURE_CONTAINER.fullmatch(lower) else "")
             raise UsageError(f"{what} {shown}: {container!r} is not a valid Azure container name", where=what,
                              fix="a container name has 3-63 lowercase letters, digits and single hyphens, and starts "
                                  "and ends with a letter or digit" + hint)
     elif protocol in S3_PROTOCOLS:
         if not first:
             raise UsageError(f"{what} {shown} names no bucket", where=what, fix="give s3://BUCKET/PATH")
-        if not _S3_BUCKET.match(first):
+        if not _S3_BUCKET.fullmatch(first):
             raise UsageError(f"{what} {shown}: {first!r} is not a valid S3 bucket name", where=what,
                              fix="a bucket name has 3-63 lowercase letters, digits, dots and hyphens")
     if protocol in AZURE_PROTOCOLS + S3_PROTOCOLS:  # (after the container's checks: az:///x names no container)

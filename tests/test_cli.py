@@ -1147,6 +1147,11 @@ def test_an_invalid_version_label_is_refused_before_any_work(site, db):
     out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "sv=2024&sig=abc")
     assert out.returncode == 2 and "invalid version label" in out.stderr and "listing" not in out.stderr
     assert not db.exists()
+    # a label ending in a line break (a pasted value, $(cat label)): a pattern's `$` matches before it, and the label
+    # was the version's name with the line break in it, at the centre too
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1\n")
+    assert out.returncode == 2 and "invalid version label" in out.stderr, out.stderr
+    assert not db.exists()
 
 
 def test_a_hand_label_too_long_to_be_followed_is_refused_before_any_work(site, db):

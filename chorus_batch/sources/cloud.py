@@ -560,7 +560,7 @@ def _check_s3_endpoint(endpoint: str, variable: str) -> None:
     reached" for credentials in it), where the same value in chorus.toml is refused up front."""
     from ..config import S3_ENDPOINT
 
-    if S3_ENDPOINT.match(endpoint):
+    if S3_ENDPOINT.fullmatch(endpoint):
         return
     secret = holds_userinfo(endpoint) or "?" in endpoint
     raise ConfigError(

@@ -58,7 +58,7 @@ def stored_md5(info: dict) -> str | None:
     settings = info.get("content_settings")
     if settings is None:
         etag = etag_of(info) if ("ETag" in info or "e_tag" in info) else None
-        return etag.lower() if etag and _HEX_MD5.match(etag.lower()) else None
+        return etag.lower() if etag and _HEX_MD5.fullmatch(etag.lower()) else None
     value = getattr(settings, "content_md5", None) if not isinstance(settings, dict) else settings.get("content_md5")
     if not value:
         return None

@@ -222,7 +222,7 @@ def _check_labels(trees: list[VersionTree], where: str) -> None:
     from ..commit import _LABEL_RE
 
     for before, tree in zip([None, *trees], trees):
-        if not _LABEL_RE.match(tree.label):
+        if not _LABEL_RE.fullmatch(tree.label):
             raise UsageError(f"upstream version label {tree.label!r} is not a label chorus-batch can keep (letters, "
                              "digits, '.', '_', '-', starting with a letter or digit and not ending in '.'; at most 64)", where=where,
                              fix=_LABEL_FIX)
