@@ -233,8 +233,19 @@ class ManifestReader:
                 for c in ("version_invalid", "time_invalid", "ended_by", "renamed_to") if c in frame.columns]
         return frame.filter(pl.col("version_valid") <= latest).with_columns(ends)
 
-    def resolve(self, version: str | datetime | None) -> str:
-        """A version label, from a label, an ISO date-time, or None (the latest)."""
+    def resolve(self, version: str | datetime | None, *, asked: str | None = None) -> str:
+        """A version label, from a label, an ISO date-time, or None (the latest). `asked`: the argument `version`
+        came as, named in the message where it names no version (`diff --from A --to B` said "no version 'B'"
+        without saying which of the two it was)."""
+        try:
+            return self._resolve(version)
+        except UsageError as error:
+            if asked and self.versions().height:  # (a manifest without versions: not about the argument)
+                error.what = f"{asked}: {error.what}"
+                error.args = (error.what,)
+            raise
+
+    def _resolve(self, version: str | datetime | None) -> str:
         versions = self.versions()
         if versions.height == 0:
             raise UsageError("the manifest has no versions yet", where=str(self.path),  # exit 2, as validate says it
@@ -327,7 +338,7 @@ class ManifestReader:
         if compare_to is None:
             earlier = self.versions().filter(pl.col("label") < label)["label"]
             return earlier[-1] if earlier.len() else None
-        base = self.resolve(compare_to)
+        base = self.resolve(compare_to, asked="--compare-to / compare_to")
         if base == label:
             raise UsageError(f"compare_to {compare_to} is the version reviewed ({label}): there is nothing to compare",
                              where="--compare-to / compare_to", fix="give another version, or leave it out (None) to compare with the version "
@@ -396,7 +407,8 @@ class ManifestReader:
     def diff(self, from_version: str | datetime, to_version: str | datetime | None = None) -> pl.DataFrame:
         """added / removed / replaced / renamed between any two versions (DIFF_SCHEMA).
         Rows describe the `to` side; removed rows describe the file as it was."""
-        older, newer = self.resolve(from_version), self.resolve(to_version)
+        older = self.resolve(from_version, asked="--from / from_version")
+        newer = self.resolve(to_version, asked="--to / to_version")
         if older == newer:
             return pl.DataFrame(schema=DIFF_SCHEMA)
         backwards = older > newer

@@ -307,6 +307,25 @@ def test_diff_between_any_two_versions_equals_comparing_the_trees(reader, histor
     check_diff(frame, history["trees"][a], history["trees"][b])
 
 
+def test_a_version_argument_that_names_no_version_is_said_by_its_name(reader, history, tmp_path):
+    # `diff --from A --to B` and `review --version A --compare-to B` said "no version 'B'": not which of the two
+    first, last = history["labels"][0], history["labels"][-1]
+    with pytest.raises(UsageError, match=r"^--to / to_version: no version 'nope'"):
+        reader.diff(first, "nope")
+    with pytest.raises(UsageError, match=r"^--from / from_version: no version was committed at or before 2001"):
+        reader.diff("2001-01-01", last)
+    with pytest.raises(UsageError, match=r"^--compare-to / compare_to: no version 'nope'"):
+        reader.compared_with(last, "nope")
+    with pytest.raises(UsageError, match=r"^no version 'nope'"):  # one version asked: as before
+        reader.files("nope")
+    done = cli("diff", "--db", str(history["db"]), "--from", first, "--to", "v9")
+    assert done.returncode == 2 and done.stderr.startswith("chorus-batch: error: --to / to_version: no version 'v9'")
+    done = cli("review", "--db", str(history["db"]), "--version", "v8", "--compare-to", first,
+               "--out", str(tmp_path / "r.ipynb"))
+    assert done.returncode == 2 and done.stderr.startswith("chorus-batch: error: --version: no version 'v8'")
+    assert not (tmp_path / "r.ipynb").exists()
+
+
 def test_validated_tells_a_clean_version_from_an_unchecked_one(history, tmp_path):
     """An empty `findings` is either; `validated` says which (a snapshot folder does not record it: None)."""
     assert open_manifest(history["db"]).validated("v1") is True  # run validates

@@ -49,7 +49,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
     from ..review import open_manifest
 
     reader = open_manifest(manifest)  # a missing manifest, no version yet or an unknown version: exit 2 now,
-    label = reader.resolve(version)   # not a failed cell (exit 3) after the kernel started
+    label = reader.resolve(version, asked="--version")  # not a failed cell (exit 3) after the kernel started
     base = reader.compared_with(label, compare_to)  # (the notebook asks it too: run by hand, it is refused alike)
 
     # The kernel inherits the umask: whatever a cell writes (a CSV, a PNG) is owner-only too.
