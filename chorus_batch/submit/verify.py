@@ -39,6 +39,7 @@ class VerifyResult:
     method: str  # 'listing' | 'download'
     versions: list[str]
     n_checked: int = 0
+    n_copies: int = 0  # manifest copies looked at (a version with no file to send has only its copy to check)
     problems: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBLEMS_SCHEMA))
     elapsed_s: float = 0.0
     not_uploaded: str | None = None  # the --version asked for, of which no file is recorded as uploaded there
@@ -227,11 +228,16 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             # Only versions with files recorded as uploaded can be verified (nor called verified); and those with files
             # in conflict, which no upload will send: "nothing to verify", exit 0, of a version the centre holds another
             # manifest's files for, and "upload it first" of one whose upload refused to replace them.
+            copied = set(ledger.versions_copied())
             known = sorted(set(uploaded) | set(ledger.versions_in_conflict()))
-            labels = ([version] if version in known else []) if version is not None else known if every else known[-1:]
+            # A version with no file to send (it only removed files, or all were superseded) is its manifest's copy:
+            # `--all` and `--version` check it (verify said "upload it first" of one upload called complete, and never
+            # found its copy gone). The default stays the latest version with files uploaded.
+            named = sorted(set(known) | copied)
+            labels = ([version] if version in named else []) if version is not None else named if every else known[-1:]
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
-            if not known:
+            if not named:
                 result.elsewhere = ledger.other_centrals()
             # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
             # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
@@ -242,7 +248,6 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     container_gone(exc, ledger)
                     raise
             problems, unlisted, waiting = [], [], []
-            copied = set(ledger.versions_copied())
             for done, label in enumerate(labels):
                 if done:
                     pause("verify-next-version")  # (tests: the container deleted between two versions)
@@ -258,6 +263,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     raise
                 if looked is not None:
                     found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
+                    result.n_copies += 1
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
