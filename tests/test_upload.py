@@ -651,7 +651,8 @@ def test_verify_finds_the_manifest_copy_gone_or_replaced_and_the_next_upload_put
 def test_a_version_with_no_file_to_send_is_verified_by_its_manifest_copy(central, tmp_path):
     # A version that only removed files is complete once its manifest copy is there (the centre learns the removals
     # from it). verify --version said "no file is recorded as uploaded: upload it first" of it, where upload said
-    # "nothing to upload", and verify --all never looked at its copy: deleted, it stayed gone, exit 0.
+    # "nothing to upload", and verify --all never looked at its copy: deleted, it stayed gone, exit 0. (And of any
+    # version: a second verify before the next upload no longer looked at a copy the first had found gone.)
     db = committed_site(tmp_path, 3)
     (tmp_path / "site" / "000002" / "Waveforms" / "Telemetry" / "S2" / "S2.dat").unlink()
     commit(tmp_path / "site", db, "20261102020000")
@@ -665,6 +666,9 @@ def test_a_version_with_no_file_to_send_is_verified_by_its_manifest_copy(central
     gone = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
     assert gone.returncode == 1, gone.stdout + gone.stderr
     assert "version 20261102020000:" in gone.stdout and "_manifest/manifest.sqlite: the manifest's copy upload put here is gone" in gone.stdout
+    # Verified again before an upload (a nightly verify): still gone, still said (it said "all as recorded", exit 0).
+    again = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
+    assert again.returncode == 1 and "upload put here is gone" in again.stdout, again.stdout + again.stderr
     back = up(central, db)
     assert back.returncode == 0 and "20261102020000/_manifest/manifest.sqlite" in back.stdout, back.stdout + back.stderr
     assert cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env).returncode == 0

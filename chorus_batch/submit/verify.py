@@ -184,7 +184,10 @@ def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str 
         return pl.DataFrame([{"version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": ARCHIVED,
                               "message": "the manifest's copy upload put here is in the Archive tier: its bytes could "
                                          f"not be read back; {ARCHIVED_FIX}"}], schema=PROBLEMS_SCHEMA)
-    ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
+    # manifest_copied_at stays (when upload put it there): the next verify looks again, and says so again, until an
+    # upload puts the copy back (it cleared it: the second verify said "all as recorded", exit 0, and `versions`
+    # "verified", with the copy still gone)
+    ledger.submission(label, finished_at=None, n_bad=n_bad + 1)
     if damage is not None:
         state, message = "content", f"the manifest's copy upload put here: {damage}: the next upload puts it there again"
     else:
