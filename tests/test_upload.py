@@ -648,6 +648,32 @@ def test_verify_finds_the_manifest_copy_gone_or_replaced_and_the_next_upload_put
     assert "another manifest's id" not in held.stdout and "is no manifest's" in held.stdout, held.stdout
 
 
+def test_a_version_with_no_file_to_send_is_verified_by_its_manifest_copy(central, tmp_path):
+    # A version that only removed files is complete once its manifest copy is there (the centre learns the removals
+    # from it). verify --version said "no file is recorded as uploaded: upload it first" of it, where upload said
+    # "nothing to upload", and verify --all never looked at its copy: deleted, it stayed gone, exit 0. (And of any
+    # version: a second verify before the next upload no longer looked at a copy the first had found gone.)
+    db = committed_site(tmp_path, 3)
+    (tmp_path / "site" / "000002" / "Waveforms" / "Telemetry" / "S2" / "S2.dat").unlink()
+    commit(tmp_path / "site", db, "20261102020000")
+    assert up(central, db).returncode == 0
+    copy = "20261102020000/_manifest/manifest.sqlite"
+    assert copy in blobs(central)
+    one = cli("verify", "--db", str(db), "--to", central.url, "--version", "20261102020000", env=central.env)
+    assert one.returncode == 0, one.stdout + one.stderr
+    assert "verified 0 files and 1 manifest copy of 1 version" in one.stdout and "upload it first" not in one.stdout
+    central.client.delete_blob(copy)
+    gone = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
+    assert gone.returncode == 1, gone.stdout + gone.stderr
+    assert "version 20261102020000:" in gone.stdout and "_manifest/manifest.sqlite: the manifest's copy upload put here is gone" in gone.stdout
+    # Verified again before an upload (a nightly verify): still gone, still said (it said "all as recorded", exit 0).
+    again = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
+    assert again.returncode == 1 and "upload put here is gone" in again.stdout, again.stdout + again.stderr
+    back = up(central, db)
+    assert back.returncode == 0 and "20261102020000/_manifest/manifest.sqlite" in back.stdout, back.stdout + back.stderr
+    assert cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env).returncode == 0
+
+
 def test_verify_download_reads_back_the_manifest_copy_and_the_next_upload_puts_it_again(central, azurite, tmp_path):
     # --download, "the only check of the bytes the centre holds", read back every file but the manifest's copy the
     # reviewers open: a copy damaged at the centre (metadata and Content-MD5 kept) was "all as recorded".

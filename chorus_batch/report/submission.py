@@ -134,8 +134,9 @@ def verify_text(result: VerifyResult) -> str:
                 "can be listed with this sign-in)")
     how = ("read back and hashed" if result.method == "download"
            else "listing: there, size and Content-MD5 (--download reads the bytes)")
-    lines = [f"verified {plural(result.n_checked, 'file')} of {plural(len(result.versions), 'version')} at "
-             f"{result.central} ({how}) in {result.elapsed_s:.1f} s" if result.n_checked else
+    copies = f" and {plural(result.n_copies, 'manifest copy', 'manifest copies')}" if not result.n_checked else ""
+    lines = [f"verified {plural(result.n_checked, 'file')}{copies} of {plural(len(result.versions), 'version')} at "
+             f"{result.central} ({how}) in {result.elapsed_s:.1f} s" if result.n_checked or result.n_copies else
              # (the versions' only files recorded there are in conflict, listed below: there was nothing to verify)
              f"not verified: no file of {plural(len(result.versions), 'version')} ({', '.join(result.versions)}) is "
              f"recorded as uploaded to {result.central}"]

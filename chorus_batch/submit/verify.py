@@ -39,6 +39,7 @@ class VerifyResult:
     method: str  # 'listing' | 'download'
     versions: list[str]
     n_checked: int = 0
+    n_copies: int = 0  # manifest copies looked at (a version with no file to send has only its copy to check)
     problems: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBLEMS_SCHEMA))
     elapsed_s: float = 0.0
     not_uploaded: str | None = None  # the --version asked for, of which no file is recorded as uploaded there
@@ -183,7 +184,10 @@ def _check_copy(ledger: UploadLedger, label: str, looked: tuple[bool, bool, str 
         return pl.DataFrame([{"version": label, "srcfile": f"{MANIFEST_FOLDER}/{MANIFEST_NAME}", "verify_state": ARCHIVED,
                               "message": "the manifest's copy upload put here is in the Archive tier: its bytes could "
                                          f"not be read back; {ARCHIVED_FIX}"}], schema=PROBLEMS_SCHEMA)
-    ledger.submission(label, finished_at=None, manifest_copied_at=None, n_bad=n_bad + 1)
+    # manifest_copied_at stays (when upload put it there): the next verify looks again, and says so again, until an
+    # upload puts the copy back (it cleared it: the second verify said "all as recorded", exit 0, and `versions`
+    # "verified", with the copy still gone)
+    ledger.submission(label, finished_at=None, n_bad=n_bad + 1)
     if damage is not None:
         state, message = "content", f"the manifest's copy upload put here: {damage}: the next upload puts it there again"
     else:
@@ -227,11 +231,16 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             # Only versions with files recorded as uploaded can be verified (nor called verified); and those with files
             # in conflict, which no upload will send: "nothing to verify", exit 0, of a version the centre holds another
             # manifest's files for, and "upload it first" of one whose upload refused to replace them.
+            copied = set(ledger.versions_copied())
             known = sorted(set(uploaded) | set(ledger.versions_in_conflict()))
-            labels = ([version] if version in known else []) if version is not None else known if every else known[-1:]
+            # A version with no file to send (it only removed files, or all were superseded) is its manifest's copy:
+            # `--all` and `--version` check it (verify said "upload it first" of one upload called complete, and never
+            # found its copy gone). The default stays the latest version with files uploaded.
+            named = sorted(set(known) | copied)
+            labels = ([version] if version in named else []) if version is not None else named if every else known[-1:]
             result = VerifyResult(central.url, "download" if download else "listing", labels,
                                   not_uploaded=version if version is not None and not labels else None)
-            if not known:
+            if not named:
                 result.elsewhere = ledger.other_centrals()
             # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
             # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
@@ -242,7 +251,6 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     container_gone(exc, ledger)
                     raise
             problems, unlisted, waiting = [], [], []
-            copied = set(ledger.versions_copied())
             for done, label in enumerate(labels):
                 if done:
                     pause("verify-next-version")  # (tests: the container deleted between two versions)
@@ -258,6 +266,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                     raise
                 if looked is not None:
                     found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
+                    result.n_copies += 1
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
