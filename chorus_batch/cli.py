@@ -2079,7 +2079,7 @@ def _expand_home(args: argparse.Namespace) -> None:
     import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
     "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
     and the others alike."""
-    from .urls import expand_home, refuse_blank_ends, refuse_windows_path
+    from .urls import expand_home, refuse_blank_ends, refuse_too_long, refuse_windows_path
 
     for dest, name in _HOME_PATHS.items():
         value = getattr(args, dest, None)
@@ -2093,6 +2093,7 @@ def _expand_home(args: argparse.Namespace) -> None:
             # (`--parquet 'C:\snaps'`, `--out 'D:\r.html'` pasted from the Windows machine's notes: a folder or file of
             # that name made in the working folder, as --db's was)
             refuse_windows_path(getattr(args, dest), name)
+            refuse_too_long(getattr(args, dest), name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -669,6 +669,28 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["--db", "config", "--parquet", "JOURNAL"])
+def test_a_path_too_long_for_the_file_system_is_a_usage_error(tmp_path, where):
+    """A --db (or [manifest] db, --parquet, import-journal's JOURNAL) whose name part is past the file system's limit
+    (a variable pasted in twice) was "internal error: OSError: [Errno 36] File name too long", exit 3, in `versions`
+    and every command. Exit 2 naming the option, asked of the file system itself; nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    long = "m" * 300
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{long}.sqlite'\n" if where == "config" else "")
+    command = {"--db": ["versions", "--db", f"{long}.sqlite"], "config": ["versions"],
+               "--parquet": ["run", "--site", str(tmp_path / "site"), "--db", "m.sqlite", "--parquet", long],
+               "JOURNAL": ["import-journal", long, "--db", "m.sqlite"]}[where]
+    out = cli(*command, "--config", str(work / "c.toml"), "--json", cwd=work) if where != "JOURNAL" else \
+        cli(*command, "--json", cwd=work)
+    assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+    assert "the path is too long for the file system (its longest name part has 30" in out.stderr, out.stderr
+    assert ("[manifest] db" if where == "config" else f"where: {where}") in out.stderr, out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
+
+
 @pytest.mark.parametrize(("where", "value", "meant"), [
     ("--db", "file:m.sqlite", "m.sqlite"), ("--db", "file:m.sqlite?mode=ro", "m.sqlite"),
     ("--db", "file:/data/my%20m.sqlite", "/data/my m.sqlite"), ("config", "file:m.sqlite", "m.sqlite"),
