@@ -624,6 +624,20 @@ def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
 
 
+@pytest.mark.parametrize("setting", ["[site]\nroot", "[site.roots]\nImages", "[manifest]\ndb", "[manifest]\nparquet"])
+def test_a_nul_character_in_a_config_path_is_a_usage_error(tmp_path, setting):
+    """TOML writes a NUL as "\\u0000" (a template filled by a script that left one in): every command that read the
+    file said "internal error: ValueError: embedded null byte", exit 3. Exit 2 naming the setting; nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_text(f'{setting} = "x\\u0000y"\n')
+    for command in (["run", "--site", str(tmp_path / "site")], ["versions"]):
+        out = cli(*command, "--config", str(tmp_path / "c.toml"), cwd=tmp_path)
+        assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+        assert "holds a NUL character (\\u0000), which no path can hold" in out.stderr, out.stderr
+        assert "c.toml " + setting.replace("\n", " ") in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
+
+
 @pytest.mark.skipif(os.name == "nt", reason="a Windows path is a path there")
 @pytest.mark.parametrize(("where", "value"), [
     ("config", "C:\\chorus\\m.sqlite"), ("config", "D:/chorus/m.sqlite"), ("config", "\\\\server\\share\\m.sqlite"),
