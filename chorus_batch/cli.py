@@ -438,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
         "history", help="every version of one file",
         description="Every recorded version of one file, oldest first: when it was valid, its MD5 and size, how it "
                     "began (added, replaced, renamed from) and ended (removed, replaced, renamed to).",
-        epilog="example:\n  chorus-batch history 000123/Waveforms/000123_20240101_080000/000123_20240101_080000.hea\n\n"
+        epilog="example:\n  chorus-batch history 000123/Waveforms/Telemetry/901234/901234.hea   # a path as `files` prints it\n\n"
                + EXIT_CODES_HELP,
     )
     history.add_argument("path", help="site-relative path, as stored in the manifest (POSIX '/')")
