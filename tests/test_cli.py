@@ -624,6 +624,26 @@ def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_db_that_is_a_named_pipe_or_a_device_is_a_usage_error(tmp_path, kind):
+    """`--db /dev/null` (a script's placeholder) was "the manifest's file system failed: disk I/O error", exit 3, in
+    `run` (after writing /dev/null.lock and /dev/null-journal beside it), and in `versions` "the manifest at
+    /dev/null is empty; run `chorus-batch run`"; a named pipe "cannot open the manifest". Exit 2 saying what it is,
+    in every command, before a lock or anything else is made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    if kind == "fifo":
+        db = tmp_path / "m.sqlite"
+        os.mkfifo(db)
+    else:
+        db = Path("/dev/null")
+    said = "a named pipe (FIFO)" if kind == "fifo" else "a device"
+    for command in (["run", "--site", str(tmp_path / "site")], ["versions"], ["files"], ["upgrade"]):
+        out = cli(*command, "--db", str(db), timeout=60)
+        assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+        assert f"--db names {said}, not a manifest file: {db}; nothing was done" in out.stderr, out.stderr
+    assert not [side for side in (".lock", "-journal", "-wal", "-shm") if os.path.lexists(f"{db}{side}")]
+
+
 @pytest.mark.parametrize("setting", ["[site]\nroot", "[site.roots]\nImages", "[manifest]\ndb", "[manifest]\nparquet"])
 def test_a_nul_character_in_a_config_path_is_a_usage_error(tmp_path, setting):
     """TOML writes a NUL as "\\u0000" (a template filled by a script that left one in): every command that read the
