@@ -605,6 +605,18 @@ def test_a_config_that_is_a_pipe_nothing_writes_to_or_a_device_is_refused_not_wa
         read_delete_list("/dev/zero")
 
 
+def test_a_delete_list_given_as_dash_is_told_of_dev_stdin(tmp_path, monkeypatch):
+    """`--delete-list -`, as other tools read standard input, was "the delete list - does not exist" with nothing
+    more: said as --config's is, with the name that reads standard input."""
+    from chorus_batch.commit import read_delete_list
+    from chorus_batch.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as raised:
+        read_delete_list("-")
+    assert raised.value.exit_code == 2 and "(standard input is --delete-list /dev/stdin)" in str(raised.value.fix)
+
+
 @pytest.mark.parametrize(("setting", "value", "variable"), [
     ("[site]\nroot", "$DATA/site", "$DATA"), ("[site]\nroot", "${DATA}", "${DATA}"),
     ("[site]\nroot", "%DATA%\\\\site", "%DATA%"), ("[site.roots]\nImages", "~/$IMAGES/x", "$IMAGES"),
