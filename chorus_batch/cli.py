@@ -2093,7 +2093,8 @@ def _expand_home(args: argparse.Namespace) -> None:
             # (`--parquet 'C:\snaps'`, `--out 'D:\r.html'` pasted from the Windows machine's notes: a folder or file of
             # that name made in the working folder, as --db's was)
             refuse_windows_path(getattr(args, dest), name)
-            refuse_too_long(getattr(args, dest), name)
+            if dest not in ("config", "config_file"):  # (those are read at once, and why_unreadable says why)
+                refuse_too_long(getattr(args, dest), name)
 
 
 def main(argv: list[str] | None = None) -> int:
