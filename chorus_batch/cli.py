@@ -438,7 +438,7 @@ def _parser() -> argparse.ArgumentParser:
         "history", help="every version of one file",
         description="Every recorded version of one file, oldest first: when it was valid, its MD5 and size, how it "
                     "began (added, replaced, renamed from) and ended (removed, replaced, renamed to).",
-        epilog="example:\n  chorus-batch history 000123/Waveforms/000123_20240101_080000/000123_20240101_080000.hea\n\n"
+        epilog="example:\n  chorus-batch history 000123/Waveforms/Telemetry/901234/901234.hea   # a path as `files` prints it\n\n"
                + EXIT_CODES_HELP,
     )
     history.add_argument("path", help="site-relative path, as stored in the manifest (POSIX '/')")
@@ -2079,7 +2079,7 @@ def _expand_home(args: argparse.Namespace) -> None:
     import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
     "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
     and the others alike."""
-    from .urls import expand_home, refuse_blank_ends, refuse_windows_path
+    from .urls import expand_home, refuse_blank_ends, refuse_too_long, refuse_windows_path
 
     for dest, name in _HOME_PATHS.items():
         value = getattr(args, dest, None)
@@ -2093,6 +2093,8 @@ def _expand_home(args: argparse.Namespace) -> None:
             # (`--parquet 'C:\snaps'`, `--out 'D:\r.html'` pasted from the Windows machine's notes: a folder or file of
             # that name made in the working folder, as --db's was)
             refuse_windows_path(getattr(args, dest), name)
+            if dest not in ("config", "config_file"):  # (those are read at once, and why_unreadable says why)
+                refuse_too_long(getattr(args, dest), name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,7 +120,9 @@ def read_delete_list(path: str) -> pl.DataFrame:
         text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
     except FileNotFoundError:
         raise UsageError(f"the delete list {path} does not exist", where=os.path.abspath(path),
-                         fix="pass --delete-list with the file of site-relative paths to remove, one per line") from None
+                         fix="pass --delete-list with the file of site-relative paths to remove, one per line"
+                             # (`--delete-list -`, as other tools read standard input: said as --config's is)
+                             + (" (standard input is --delete-list /dev/stdin)" if str(path) == "-" else "")) from None
     except IsADirectoryError:
         raise UsageError(f"the delete list {path} is a folder, not a file", where=os.path.abspath(path),
                          fix="pass --delete-list with the file of site-relative paths to remove, one per line") from None

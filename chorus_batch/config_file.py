@@ -273,6 +273,11 @@ def resolve_path(base: Path, value: str | None, what: str) -> str | None:
     `base`, the config file's folder)."""
     from .urls import expand_home
 
+    if value is not None and "\0" in value:
+        # (TOML writes one as "\u0000": no file system takes it in a path; it was "internal error: ValueError:
+        # embedded null byte", exit 3, in every command that read the file)
+        raise ConfigError(f"{what} {value!r} holds a NUL character (\\u0000), which no path can hold", where=what,
+                          fix="write the path without it")
     if value is None or "://" in value:
         return value
     path = Path(expand_home(value, what))

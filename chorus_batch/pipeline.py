@@ -428,9 +428,10 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
                          where="--parquet / [manifest] parquet",
                          fix="give a folder whose path is UTF-8 (rename the folder, or choose another)")
     if settings.parquet:  # (`--parquet "$SNAPS"` read from a CRLF file: a new folder 'snapshots\r' beside the site's)
-        from .urls import refuse_blank_ends
+        from .urls import refuse_blank_ends, refuse_too_long
 
         refuse_blank_ends(settings.parquet, "--parquet / [manifest] parquet", "the snapshot folder's name")
+        refuse_too_long(settings.parquet, "--parquet / [manifest] parquet")
     if settings.parquet:  # (checked in a dry run and `status` too: they said all was well of a run refused exit 2)
         folder = Path(settings.parquet)
         if folder.exists() and not folder.is_dir():

@@ -324,6 +324,7 @@ def check_manifest_location(db: str, what: str = "--db / [manifest] db") -> None
                              where=what, fix=f"give the manifest's file path, e.g. {db}chorus_manifest.sqlite")
         refuse_blank_ends(db, what)
         refuse_windows_path(db, what)
+        refuse_too_long(db, what)
         return
     protocol = protocol_of(db)
     if protocol not in AZURE_PROTOCOLS:
@@ -387,6 +388,28 @@ def refuse_blank_ends(path: str, what: str, kind: str = "the manifest's file nam
                      fix=f"write the name without it: {meant!r}" + (
                          " (save the file the value was read from with Unix line ends: dos2unix)" if chr(13) in name
                          else ""))
+
+
+def refuse_too_long(path: str, what: str) -> None:
+    """A UsageError for a path the file system refuses as too long (ENAMETOOLONG: a name part past its NAME_MAX,
+    255 bytes on most, or the whole past PATH_MAX; a variable pasted in twice, a generated name): `versions --db`,
+    `[manifest] db`, `--parquet` and `import-journal` JOURNAL said "internal error: OSError: [Errno 36]", exit 3.
+    Asked of the file system itself (lstat), so its own limit decides."""
+    import errno
+
+    try:
+        os.lstat(os.path.expanduser(path) if path.startswith("~") else path)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            return
+        longest = max((len(os.fsencode(part)) for part in path.split(os.sep)), default=0)
+        shown = path if len(path) <= 120 else f"{path[:60]}...{path[-40:]} ({len(path)} characters)"
+        raise UsageError(f"{what} {shown}: the path is too long for the file system (its longest name part has "
+                         f"{longest} bytes, the whole {len(os.fsencode(path))}; most file systems take 255 bytes in a "
+                         "part, 4096 in all); nothing was done", where=what,
+                         fix="give a shorter path (a variable expanded twice, or a name pasted in twice?)") from None
+    except ValueError:  # (a NUL byte: said where the path is used)
+        return
 
 
 def staging_folder(location: str, option: str) -> str:

@@ -605,6 +605,18 @@ def test_a_config_that_is_a_pipe_nothing_writes_to_or_a_device_is_refused_not_wa
         read_delete_list("/dev/zero")
 
 
+def test_a_delete_list_given_as_dash_is_told_of_dev_stdin(tmp_path, monkeypatch):
+    """`--delete-list -`, as other tools read standard input, was "the delete list - does not exist" with nothing
+    more: said as --config's is, with the name that reads standard input."""
+    from chorus_batch.commit import read_delete_list
+    from chorus_batch.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as raised:
+        read_delete_list("-")
+    assert raised.value.exit_code == 2 and "(standard input is --delete-list /dev/stdin)" in str(raised.value.fix)
+
+
 @pytest.mark.parametrize(("setting", "value", "variable"), [
     ("[site]\nroot", "$DATA/site", "$DATA"), ("[site]\nroot", "${DATA}", "${DATA}"),
     ("[site]\nroot", "%DATA%\\\\site", "%DATA%"), ("[site.roots]\nImages", "~/$IMAGES/x", "$IMAGES"),
@@ -621,6 +633,40 @@ def test_an_environment_variable_in_a_config_path_is_refused(tmp_path, setting, 
     assert f"names the environment variable {variable}, but chorus.toml expands no environment variables" in out.stderr
     assert "envsubst < chorus.toml.in > chorus.toml" in out.stderr, out.stderr
     assert "c.toml " + setting.replace("\n", " ") in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_db_that_is_a_named_pipe_or_a_device_is_a_usage_error(tmp_path, kind):
+    """`--db /dev/null` (a script's placeholder) was "the manifest's file system failed: disk I/O error", exit 3, in
+    `run` (after writing /dev/null.lock and /dev/null-journal beside it), and in `versions` "the manifest at
+    /dev/null is empty; run `chorus-batch run`"; a named pipe "cannot open the manifest". Exit 2 saying what it is,
+    in every command, before a lock or anything else is made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    if kind == "fifo":
+        db = tmp_path / "m.sqlite"
+        os.mkfifo(db)
+    else:
+        db = Path("/dev/null")
+    said = "a named pipe (FIFO)" if kind == "fifo" else "a device"
+    for command in (["run", "--site", str(tmp_path / "site")], ["versions"], ["files"], ["upgrade"]):
+        out = cli(*command, "--db", str(db), timeout=60)
+        assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+        assert f"--db names {said}, not a manifest file: {db}; nothing was done" in out.stderr, out.stderr
+    assert not [side for side in (".lock", "-journal", "-wal", "-shm") if os.path.lexists(f"{db}{side}")]
+
+
+@pytest.mark.parametrize("setting", ["[site]\nroot", "[site.roots]\nImages", "[manifest]\ndb", "[manifest]\nparquet"])
+def test_a_nul_character_in_a_config_path_is_a_usage_error(tmp_path, setting):
+    """TOML writes a NUL as "\\u0000" (a template filled by a script that left one in): every command that read the
+    file said "internal error: ValueError: embedded null byte", exit 3. Exit 2 naming the setting; nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    (tmp_path / "c.toml").write_text(f'{setting} = "x\\u0000y"\n')
+    for command in (["run", "--site", str(tmp_path / "site")], ["versions"]):
+        out = cli(*command, "--config", str(tmp_path / "c.toml"), cwd=tmp_path)
+        assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+        assert "holds a NUL character (\\u0000), which no path can hold" in out.stderr, out.stderr
+        assert "c.toml " + setting.replace("\n", " ") in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "site"]
 
 
@@ -667,6 +713,28 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert f"{option} {value}: a Windows path (a drive or a network share)" in out.stderr, out.stderr
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["--db", "config", "--parquet", "JOURNAL"])
+def test_a_path_too_long_for_the_file_system_is_a_usage_error(tmp_path, where):
+    """A --db (or [manifest] db, --parquet, import-journal's JOURNAL) whose name part is past the file system's limit
+    (a variable pasted in twice) was "internal error: OSError: [Errno 36] File name too long", exit 3, in `versions`
+    and every command. Exit 2 naming the option, asked of the file system itself; nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    work.mkdir()
+    long = "m" * 300
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{long}.sqlite'\n" if where == "config" else "")
+    command = {"--db": ["versions", "--db", f"{long}.sqlite"], "config": ["versions"],
+               "--parquet": ["run", "--site", str(tmp_path / "site"), "--db", "m.sqlite", "--parquet", long],
+               "JOURNAL": ["import-journal", long, "--db", "m.sqlite"]}[where]
+    out = cli(*command, "--config", str(work / "c.toml"), "--json", cwd=work) if where != "JOURNAL" else \
+        cli(*command, "--json", cwd=work)
+    assert out.returncode == 2 and "internal error" not in out.stderr, out.stderr
+    assert "the path is too long for the file system (its longest name part has 30" in out.stderr, out.stderr
+    assert ("[manifest] db" if where == "config" else f"where: {where}") in out.stderr, out.stderr
+    assert json.loads(out.stdout)["exit_code"] == 2
+    assert sorted(p.name for p in work.iterdir()) == ["c.toml"]
 
 
 @pytest.mark.parametrize(("where", "value", "meant"), [

@@ -590,6 +590,22 @@ class Manifest:
                                  fix="pass --db with the SQLite manifest the snapshots were written from")
             raise UsageError(f"--db names a folder, not a manifest file: {self.path}", where=str(self.path),
                              fix=f"pass --db with a file path, e.g. {self.path / 'chorus_manifest.sqlite'}")
+        # A named pipe, a device or a socket (`--db /dev/null` from a script's placeholder, a mkfifo left there): SQLite
+        # said "disk I/O error", exit 3 with "check the manifest's disk", or `versions` "the manifest at /dev/null is
+        # empty; run `chorus-batch run`", and a run blocked on a pipe with no writer.
+        import stat
+
+        try:
+            mode = self.path.stat().st_mode
+        except OSError:
+            return  # (nothing there, or not reachable: said by the caller as before)
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "a device")
+            raise UsageError(f"--db names {kind}, not a manifest file: {self.path}; nothing was done",
+                             where=str(self.path),
+                             fix="pass --db with the manifest's file path (a regular file, or a new name for a first "
+                                 "run)")
 
     def check_name_length(self) -> None:
         """The manifest's file name leaves room for the longest name a command writes beside it (every command that
