@@ -591,6 +591,19 @@ def test_a_root_records_file_speaks_for_every_person_folder_however_the_site_is_
                     "is not on the site: add the record or remove the line")]
 
 
+def test_a_records_line_written_with_backslashes_is_told_to_use_slashes(tmp_path):
+    """A RECORDS file written on Windows ("000001\\waveforms\\rec"): WFDB reads the backslashes as part of the name, so
+    the record was told only as absent ("add the record"), though it is there; the line is what to fix."""
+    root = tmp_path / "site"
+    sitegen.build_clean_site(root, layout="v1.0")
+    listed = (root / "RECORDS").read_text().split()
+    entry = next(e for e in listed if e.startswith(f"{P1}/"))
+    (root / "RECORDS").write_text("\n".join([*(e for e in listed if e != entry), entry.replace("/", "\\")]) + "\n")
+    messages = validate(root).filter(pl.col("rule") == "records.absent")["message"].to_list()
+    assert messages == [f"lists record {entry.replace('/', chr(92))} with '\\' between its folders, which WFDB reads as "
+                        f"part of a name, so no header is found for it: write the line with '/' ({entry})"], messages
+
+
 def test_records_entries_naming_folders_list_the_records_under_them(tmp_path):
     """PhysioNet's nested RECORDS lists folders ("000101/", each with a RECORDS of its own): such an entry was taken
     for a record "000101" whose header 000101.hea is not on the site (records.absent), and the records under it for

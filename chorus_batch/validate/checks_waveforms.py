@@ -351,7 +351,11 @@ def _id_collisions(across: _Across) -> list[pl.LazyFrame]:
 # A RECORDS file speaks for the folder it lies in and everything below it (one at the root: for the whole site).
 _SCOPE = pl.when(pl.col("_n") == 1).then(pl.lit("")).otherwise(pl.col("_dir") + "/")
 # (the header's site-relative path: an entry is relative to its RECORDS file's folder)
-_ABSENT = pl.when(pl.col("_folder")).then(fmt(
+_ABSENT = pl.when(pl.col("_entry").str.contains("\\", literal=True)).then(fmt(
+    # (written on Windows: "Telemetry\\3004\\3004" was told only as absent, and the file named no fix)
+    "lists record {} with '\\' between its folders, which WFDB reads as part of a name, so no header is found for it: "
+    "write the line with '/' ({})", pl.col("_entry"), pl.col("_entry").str.replace_all("\\", "/", literal=True),
+)).when(pl.col("_folder")).then(fmt(
     "lists folder {}/ but no WFDB header lies under {}/: remove the line, or add the folder's records",
     pl.col("_entry"), pl.col("_path"))).otherwise(fmt(
         "lists record {} but its header ({}.hea) is not on the site: add the record or remove the line",
