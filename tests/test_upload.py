@@ -662,6 +662,9 @@ def test_a_version_with_no_file_to_send_is_verified_by_its_manifest_copy(central
     one = cli("verify", "--db", str(db), "--to", central.url, "--version", "20261102020000", env=central.env)
     assert one.returncode == 0, one.stdout + one.stderr
     assert "verified 0 files and 1 manifest copy of 1 version" in one.stdout and "upload it first" not in one.stdout
+    said = json.loads(cli("verify", "--db", str(db), "--to", central.url, "--version", "20261102020000", "--json",
+                          env=central.env).stdout)
+    assert (said["files"], said["manifest_copies"], said["exit_code"]) == (0, 1, 0), said
     central.client.delete_blob(copy)
     gone = cli("verify", "--db", str(db), "--to", central.url, "--all", env=central.env)
     assert gone.returncode == 1, gone.stdout + gone.stderr
