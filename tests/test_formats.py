@@ -78,6 +78,20 @@ def test_a_signal_file_named_with_other_characters_than_ascii_is_told_as_the_hea
     assert "with ASCII characters only" in out[0][2]
 
 
+def test_a_segment_named_with_other_characters_than_ascii_is_told_as_the_header_names_it(clean):
+    # as a signal file's (above): "réc_0002" is looked for as "rc_0002.hea"; the finding named only the name wfdb reads
+    multi = sessions_of(P0, 0)["multi"]
+    folder = clean / P0 / "Waveforms" / "Telemetry" / multi
+    master = folder / f"{multi}.hea"
+    master.write_text(master.read_text().replace(f"{multi}_0002 ", f"{multi}é_0002 "), encoding="utf-8")
+    for part in folder.glob(f"{multi}_0002.*"):
+        part.rename(part.with_name(part.name.replace(f"{multi}_0002", f"{multi}é_0002")))
+    missing = [m for r, _, m in findings(clean) if r == "wfdb.missing_segment"]
+    assert len(missing) == 1 and missing[0].startswith(
+        f"segment {multi}é_0002 listed in this header is read by wfdb as {multi}_0002 "), missing
+    assert "with ASCII characters only" in missing[0]
+
+
 # ----------------------------------------------------------------------------- WFDB counts beyond 64 bits
 
 

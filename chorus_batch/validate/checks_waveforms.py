@@ -126,7 +126,12 @@ def _wfdb(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     out.append(_found(
         "wfdb.missing_segment", site.with_untaken(real.join(present, on="_path", how="anti")),
         "_master",
-        pl.when(pl.col("_why").is_null()).then(
+        pl.when(pl.col("_why").is_null() & pl.col("name_written").is_not_null()).then(
+            # (named with other characters than ASCII: the segment the header names as written may well be there)
+            fmt("segment {} listed in this header is read by wfdb as {} (a WFDB header is ASCII text: other characters "
+                "are dropped), whose {}.hea is not in this folder: rename the segment, its files and its line here, with "
+                "ASCII characters only", pl.col("name_written"), pl.col("name"), pl.col("name")))
+        .when(pl.col("_why").is_null()).then(
             fmt("segment {} is listed but {}.hea is not in this folder: add the segment (header and signal files) "
                 "or fix the list", pl.col("name"), pl.col("name"))).otherwise(
             _there_untaken(fmt("segment {} is listed: {}.hea", pl.col("name"), pl.col("name"))))))

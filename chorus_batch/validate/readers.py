@@ -170,6 +170,12 @@ def _wfdb_facts(f) -> dict[str, Any]:
                     # missing names the file the site sees in the header, and that one is not told as named by none
                     if as_written["file_name"] != signal["file_name"]:
                         signal["file_name_written"] = as_written["file_name"]
+            # and a segment so named, which wfdb looks for as the name without those characters
+            segments, segments_written = facts.get("segments") or [], header.get("segments") or []
+            if len(segments) == len(segments_written):
+                for segment, as_written in zip(segments, segments_written, strict=True):
+                    if as_written["name"] != segment["name"]:
+                        segment["name_written"] = as_written["name"]
     return facts
 
 

@@ -159,7 +159,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.v6 also tells a file cut inside encapsulated (compressed) pixel data, by their items' lengths
 # records.v3 reads a RECORDS file that begins with a UTF-8 byte-order mark without it (v2: part of the first name)
 # wfdb_header.v4 says which line of a header is not WFDB syntax and quotes it (v3: "invalid syntax in signal line")
-# and keeps a signal file's name as written where wfdb's reading dropped characters ("réc.dat", read "rc.dat")
+# and keeps a signal file's or a segment's name as written where wfdb's reading dropped characters ("réc.dat", read
+# "rc.dat")
 # dicom.v7 also tells a file cut inside a header longer than the bytes read for it (16 MiB; v6: read as whole)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v4", "dicom.v7", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header

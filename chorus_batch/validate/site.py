@@ -47,7 +47,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                                       "samps_per_frame": pl.Int64, "byte_offset": pl.Int64,
                                       "sig_name": pl.String, "units": pl.String, "units_written": pl.String,
                                       "file_name_written": pl.String})),
-        "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64})),
+        "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64, "name_written": pl.String})),
     }),
     KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
