@@ -1575,3 +1575,20 @@ def test_a_renamed_manifest_takes_along_what_its_former_name_left_beside_it(site
     assert [path.name for path in old.values() if path.exists()] == [f"{db.name}.lock"]
     assert f"{db}.lock is the (empty) lock file of this manifest under its former name" in done.stderr
     assert sorted(query(renamed, "SELECT exit_code FROM runs")) == [(0,), (0,), (4,)]  # the turned-away run added
+
+
+@pytest.mark.parametrize("kind", ["run", "upload"])
+def test_a_folder_where_the_lock_file_goes_is_named_as_such(db, kind):
+    """A folder named `<manifest>.lock` (a copy tool, a hand-made "lock dir"): the run said "cannot create or open
+    the manifest's lock file: Is a directory", fix "pass --db with a path on an ordinary file system this user can
+    write", which it was."""
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.store.lock import manifest_lock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(f"{db}.lock" if kind == "run" else f"{db}.{kind}.lock")
+    folder.mkdir()
+    with pytest.raises(ManifestError) as said, manifest_lock(db, ["run"], kind=kind):
+        pass
+    assert f"lock file {folder.name} is a folder" in str(said.value) and "move that folder away" in said.value.fix
+    assert "ordinary file system" not in said.value.fix and folder.is_dir()

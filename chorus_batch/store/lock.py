@@ -40,6 +40,11 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              fix="remove the link (the lock file is an ordinary empty file a run makes itself), then "
                                  "run again")
     reason = exc.strerror or str(exc)
+    if lock_path.is_dir():  # (EISDIR: "an ordinary file system this user can write" it was, and said so)
+        return ManifestError(f"the manifest's lock file {lock_path.name} is a folder; a run locks an ordinary empty "
+                             "file of that name, and did nothing", where=str(lock_path),
+                             fix="move that folder away (or remove it, if nothing of yours is in it: chorus-batch "
+                                 "never makes one there), then run again")
     owner = other_owner(lock_path) if isinstance(exc, PermissionError) else None
     if owner is not None:
         return ManifestError(f"the manifest's lock file belongs to another user, {owner}, and this user cannot open "
