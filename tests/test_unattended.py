@@ -1592,3 +1592,16 @@ def test_a_folder_where_the_lock_file_goes_is_named_as_such(db, kind):
         pass
     assert f"lock file {folder.name} is a folder" in str(said.value) and "move that folder away" in said.value.fix
     assert "ordinary file system" not in said.value.fix and folder.is_dir()
+
+
+def test_a_read_only_lock_file_of_this_user_says_to_make_it_writable(db):
+    """A lock file of this user's made read-only (chmod 400, a copy from a read-only medium; on Windows its read-only
+    attribute): the run was told "pass --db with a path on an ordinary file system this user can write", which it was."""
+    from chorus_batch.store.lock import _cannot_lock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(f"{db}.lock")
+    lock.touch(mode=0o400)
+    said = _cannot_lock(db, lock, PermissionError(13, "Permission denied"))  # what a non-root user meets
+    assert "lock file is read-only" in str(said) and f"chmod u+w {lock}" in said.fix, said
+    assert "ordinary file system" not in said.fix

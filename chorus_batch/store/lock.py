@@ -9,7 +9,9 @@ import errno
 import getpass
 import json
 import os
+import shlex
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +53,12 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              f"it: {reason}", where=str(lock_path),
                              fix=f"run as {owner.split(' ')[0]}; or, once no run of theirs is going on, have them (or "
                                  "root) remove the lock file: it holds nothing between runs")
+    if isinstance(exc, PermissionError) and _read_only(lock_path):  # this user's own file, made read-only by hand
+        return ManifestError(f"the manifest's lock file is read-only, and a run opens it to write: {reason}",
+                             where=str(lock_path),
+                             fix=f"make it writable (chmod u+w {shlex.quote(str(lock_path))}; on Windows, clear its "
+                                 "read-only attribute), or remove it once no run is going on: it holds nothing between "
+                                 "runs; then run again")
     if isinstance(exc, PermissionError) and not os.access(db.parent, os.W_OK):
         fix = "run with --db in a folder this user can write (the lock and the manifest's -wal file live beside it)"
     elif exc.errno == errno.EROFS:
@@ -65,6 +73,16 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
         fix = ("pass --db with a path on an ordinary file system this user can write (the lock, the state cache and "
                "the manifest's -wal file are made beside it)")
     return ManifestError(f"cannot create or open the manifest's lock file: {reason}", where=str(lock_path), fix=fix)
+
+
+def _read_only(path: Path) -> bool:
+    """`path` is a file without its owner's write bit (by its mode: os.access says yes to root whatever the mode; on
+    Windows the mode shows the read-only attribute)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWUSR
 
 
 def _command_names() -> set[str]:
