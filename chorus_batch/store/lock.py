@@ -19,7 +19,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
 from ..fsutil import OWNER_ONLY, file_above, other_owner
-from ..times import iso, utc_now
+from ..times import iso, parse_time, utc_now
 from .schema import SCHEMA_VERSION
 
 
@@ -159,7 +159,8 @@ def upgrade_under_way(db: Path, version: int) -> str | None:
 def _gone(info: dict) -> bool:
     """The details name a process of this host that is no longer there (a killed upgrade's, whose side file stays):
     no upgrade is under way. A reader said "locked by pid N ... try again later" (exit 4) night after night of a
-    process long dead, until someone upgraded by hand. Another host's process cannot be told from here (kept)."""
+    process long dead (or of its pid reused after a reboot), until someone upgraded by hand. Another host's process
+    cannot be told from here (kept)."""
     if os.name != "posix" or info.get("host") != socket.gethostname():
         return False  # (os.kill(pid, 0) on Windows ends the process)
     pid = info.get("pid")
@@ -170,8 +171,27 @@ def _gone(info: dict) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # (another user's: there)
-        return False
-    return False
+        pass
+    # A pid in use now may be another process's: after a reboot (or the pids wrapping round) the holder's pid went to
+    # a daemon, and the reader said "locked by pid N" of it, exit 4, every night. One started after the holder wrote
+    # its details is not it.
+    began = _process_started(pid)
+    since = parse_time(str(info.get("started_at", "")))
+    return began is not None and since is not None and began > since.timestamp() + _START_SLACK_S
+
+
+_START_SLACK_S = 5  # (started_at is to the second, a process's start to the clock tick; a clock stepped a little)
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (Linux: /proc; None where not known)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # (field 22, starttime, counted after the name)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 @contextlib.contextmanager
