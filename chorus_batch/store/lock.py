@@ -136,6 +136,8 @@ def _holder_of(info: dict) -> str:
     holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
     if info.get("command") in _command_names():  # which command holds it (its name only; see command_of)
         holder += f", `chorus-batch {info['command']}`"
+    if isinstance(info.get("slurm_job"), str):  # (a merge's: its job to look up, squeue -j)
+        holder += f", Slurm job {info['slurm_job']}"
     return holder
 
 
@@ -194,6 +196,27 @@ def _process_started(pid: int) -> float | None:
         return None
 
 
+def write_holder(holder_path: Path, extra: dict) -> None:
+    """Write the details of this process, the holder of a lock, beside it (pid, host, user, started_at, `extra`)."""
+    with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
+        # Made new, never opened through what is there (a link planted beside the manifest: its target was
+        # overwritten): a stale one of a killed run is removed first; O_EXCL follows no link.
+        with contextlib.suppress(FileNotFoundError):
+            holder_path.unlink()
+        fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
+                       "started_at": iso(utc_now()), **extra}, f)
+
+
+def holder_named(holder_path: Path) -> str | None:
+    """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
+    try:
+        return _holder_of(json.loads(holder_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 @contextlib.contextmanager
 def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[None]:
     """Exclusive for one run (kind "run"), or one upload (kind "upload": a run may go on beside it, each
@@ -235,16 +258,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None
     try:
-        with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
-            # Made new, never opened through what is there (a link planted beside the manifest: its target was
-            # overwritten): a stale one of a killed run is removed first; O_EXCL follows no link.
-            with contextlib.suppress(FileNotFoundError):
-                holder_path.unlink()
-            fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                           "started_at": iso(utc_now()), "command": command_of(argv), "slurm_task": _slurm_task(),
-                           "schema": SCHEMA_VERSION}, f)
+        write_holder(holder_path, {"command": command_of(argv), "slurm_task": _slurm_task(), "schema": SCHEMA_VERSION})
         yield
     finally:
         with contextlib.suppress(OSError):
