@@ -754,6 +754,32 @@ def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db
     assert "rpc.statd" in said.value.fix and "cannot create or open" not in str(said.value)
 
 
+
+def test_a_manifest_on_a_file_system_without_flock_is_said_to_be_so_not_locked(site, db, monkeypatch):
+    """flock failing with ENOSYS (Lustre mounted without -o flock, some FUSE mounts): filelock fell back to a "soft"
+    lock, the lock file's being there, found the one every run leaves, and every run, the first too, was told "the
+    manifest is locked by another run: an unknown process" (exit 4), night after night, with a UserWarning."""
+    import errno
+    import fcntl
+    import warnings
+
+    from chorus_batch.errors import ManifestError, ManifestLocked
+    from chorus_batch.store.lock import manifest_lock
+
+    def no_flock(*_args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "lockf", no_flock)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "falling back to SoftFileLock" on standard error)
+        for _ in range(2):  # the first, then the next (the lock file is there)
+            with pytest.raises(ManifestError) as said, manifest_lock(db, ["run"]):
+                pass
+            assert not isinstance(said.value, ManifestLocked) and "does not lock files" in str(said.value)
+            assert "Lustre" in str(said.value) and "-o flock" in said.value.fix, said.value
+
 @pytest.mark.parametrize("command", [("upgrade",), ("validate", "--force", "--site"), ("run", "--site")])
 def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command):
     """`upgrade` (or `validate --force`, `registry`) refused by a run's lock was told "this run did nothing": it is

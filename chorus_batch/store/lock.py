@@ -69,6 +69,12 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              "write the manifest, so this one did nothing", where=str(lock_path),
                              fix="start the NFS lock service (rpc.statd, lockd on the server) and run again, or keep "
                                  "the manifest on a local file system (move it with the files beside it, pass that --db)")
+    elif exc.errno == errno.ENOSYS:  # (flock not implemented by this mount at all)
+        return ManifestError(f"the file system holding the manifest does not lock files ({reason}): a Lustre mount "
+                             "without the flock option, or a FUSE or network file system; unlocked, two runs could "
+                             "both write the manifest, so this one did nothing", where=str(lock_path),
+                             fix="have it mounted with file locks (Lustre: -o flock), or keep the manifest on a local "
+                                 "file system (move it with the files beside it, pass that --db)")
     else:
         fix = ("pass --db with a path on an ordinary file system this user can write (the lock, the state cache and "
                "the manifest's -wal file are made beside it)")
@@ -223,7 +229,10 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     writes its own tables in short transactions); a second one fails at once, naming the holder."""
     suffix = ".lock" if kind == "run" else f".{kind}.lock"
     lock_path, holder_path = Path(f"{db}{suffix}"), Path(f"{db}{suffix}.json")
-    lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
+    # Never a "soft" lock (the file's being there) where flock fails with ENOSYS (Lustre mounted without -o flock, some
+    # FUSE mounts): filelock fell back to one, found the file every run makes here, and every run, the first too, was
+    # told "locked by another run: an unknown process", exit 4, night after night.
+    lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY, fallback_to_soft=False)
     try:
         if not db.exists():
             from .manifest import require_folder
