@@ -162,6 +162,7 @@ class ShardReport:
 
 
 STAGING_LOCK = ".staging.lock"
+MERGE_HOLDER = ".staging.lock.json"  # the details of the merge holding it
 SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet", "linked.parquet")  # what ScanResult.write writes
 
 
@@ -172,6 +173,7 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
     checked and replaced the files it was reading partition by partition (a version of two scans). Either one that
     finds the other is refused at once (exit 4)."""
     from .errors import ManifestLocked
+    from .store.lock import holder_named, write_holder
 
     def busy(fd: int) -> Exception:
         # Held shared (shards) or alone (another merge: a merge run twice at once, a requeued merge job): a merge
@@ -179,14 +181,18 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
         import fcntl
 
         path = Path(staging) / STAGING_LOCK
+        # (the merge's own details: a requeued merge job, or a shard rerun, was told "another merge" and no more:
+        # which of a cluster's nodes, since when, was for the user to find)
+        holder = holder_named(Path(staging) / MERGE_HOLDER)
+        by = f" (that merge: {holder})" if holder is not None else ""
         if merge and not _lockable(fd, fcntl.LOCK_SH):
             return ManifestLocked(f"another merge is reading and committing the shards in {staging}: this one "
-                                  "cannot merge them too; nothing was committed by this one", where=str(path),
+                                  f"cannot merge them too; nothing was committed by this one{by}", where=str(path),
                                   fix="wait for that merge to end (its output or its job's log says what it "
                                       "committed); these shards are then merged")
         return ManifestLocked(
             (f"shards are still being written into {staging}: cannot merge it now" if merge else
-             f"a merge is reading the shards in {staging}: this shard cannot be written there now"),
+             f"a merge is reading the shards in {staging}: this shard cannot be written there now{by}"),
             where=str(path),
             fix=("wait for the shards to finish (`squeue`), then merge" if merge else
                  "wait for the merge to end; if it then says this shard is stale, rerun it (or submit the Slurm "
@@ -197,7 +203,15 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
               "the user who ran the shards" if merge else None)
     with _flock(Path(staging) / STAGING_LOCK, exclusive=merge, busy=busy,
                 unlocked="do not rerun a shard while the merge runs", cannot=cannot):
-        yield
+        if not merge:
+            yield
+            return
+        write_holder(Path(staging) / MERGE_HOLDER, {"slurm_job": os.environ.get("SLURM_JOB_ID")})
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                (Path(staging) / MERGE_HOLDER).unlink()
 
 
 @contextlib.contextmanager

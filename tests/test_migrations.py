@@ -133,6 +133,24 @@ def test_a_read_only_command_after_a_killed_upgrade_is_not_told_to_wait_for_it(o
     assert query(old, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]  # untouched
 
 
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="a process's start time, from Linux /proc")
+def test_a_read_only_command_after_an_upgrade_lost_to_a_reboot_is_not_told_to_wait_for_the_pid_reused(old):
+    """An upgrade the machine's reboot stopped leaves its details, naming a pid that after the reboot belongs to
+    another process (a daemon): the reader said "locked by pid N ... which upgrades it" (exit 4) of it, night after
+    night. A process started after the details were written is not their holder: the reader says to upgrade."""
+    import socket
+
+    holder = Path(f"{old}.lock.json")
+    details = {"pid": os.getpid(), "host": socket.gethostname(), "user": "u", "started_at": "2026-01-05T02:00:00Z",
+               "command": "upgrade", "slurm_task": None, "schema": schema_module.SCHEMA_VERSION}
+    holder.write_text(json.dumps(details))  # (this test's process: alive, and started long after that)
+    out = cli("versions", "--db", str(old))
+    assert out.returncode == 3, out.stderr
+    assert "upgrade it in place" in out.stderr and "locked" not in out.stderr, out.stderr
+    holder.write_text(json.dumps({**details, "started_at": "2126-01-05T02:00:00Z"}))  # (a clock set wrong: kept)
+    assert cli("versions", "--db", str(old)).returncode == 4
+
 def test_upgrade_keeps_every_version_row_and_finding(old):
     before = dump(old)
     assert len(before["versions"]) == 2 and len(before["findings"]) == 11 and len(before["source_files"]) == 30

@@ -1194,3 +1194,23 @@ def test_a_shard_row_no_listing_gives_is_named_not_committed(snapshots, tmp_path
         in out.stderr, out.stderr
     assert f"--shard 0/{N} --staging {staging}" in out.stderr
     assert not db.exists() or query(db, "SELECT count(*) FROM versions") == [(0,)]
+
+
+def test_a_shard_or_merge_turned_away_by_a_merge_names_it(tmp_path, monkeypatch):
+    """A shard rerun, or a requeued merge job, refused by a merge holding the staging folder was told "a merge" (or
+    "another merge") and no more: which process, on which of a cluster's nodes, since when, was for the user to find.
+    It names the merge (pid, host, start, as the manifest's lock does); the details go with the merge."""
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.shards import staging_lock
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with staging_lock(tmp_path, merge=True):
+        details = json.loads((tmp_path / ".staging.lock.json").read_text())
+        assert details["pid"] == os.getpid() and details["slurm_job"] == "4242"
+        assert stat.S_IMODE((tmp_path / ".staging.lock.json").stat().st_mode) == 0o600
+        for merge, said in ((False, "cannot be written there now"), (True, "nothing was committed by this one")):
+            with pytest.raises(ManifestLocked) as refused, staging_lock(tmp_path, merge=merge):
+                pass
+            assert f"{said} (that merge: pid {os.getpid()} on host " in str(refused.value), refused.value
+            assert ", started 20" in str(refused.value) and ", Slurm job 4242)" in str(refused.value)
+    assert list(tmp_path.iterdir()) == []

@@ -754,6 +754,32 @@ def test_a_manifest_on_nfs_whose_lock_service_is_unreachable_is_said_to_be_so(db
     assert "rpc.statd" in said.value.fix and "cannot create or open" not in str(said.value)
 
 
+
+def test_a_manifest_on_a_file_system_without_flock_is_said_to_be_so_not_locked(site, db, monkeypatch):
+    """flock failing with ENOSYS (Lustre mounted without -o flock, some FUSE mounts): filelock fell back to a "soft"
+    lock, the lock file's being there, found the one every run leaves, and every run, the first too, was told "the
+    manifest is locked by another run: an unknown process" (exit 4), night after night, with a UserWarning."""
+    import errno
+    import fcntl
+    import warnings
+
+    from chorus_batch.errors import ManifestError, ManifestLocked
+    from chorus_batch.store.lock import manifest_lock
+
+    def no_flock(*_args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "lockf", no_flock)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "falling back to SoftFileLock" on standard error)
+        for _ in range(2):  # the first, then the next (the lock file is there)
+            with pytest.raises(ManifestError) as said, manifest_lock(db, ["run"]):
+                pass
+            assert not isinstance(said.value, ManifestLocked) and "does not lock files" in str(said.value)
+            assert "Lustre" in str(said.value) and "-o flock" in said.value.fix, said.value
+
 @pytest.mark.parametrize("command", [("upgrade",), ("validate", "--force", "--site"), ("run", "--site")])
 def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command):
     """`upgrade` (or `validate --force`, `registry`) refused by a run's lock was told "this run did nothing": it is
@@ -1575,3 +1601,33 @@ def test_a_renamed_manifest_takes_along_what_its_former_name_left_beside_it(site
     assert [path.name for path in old.values() if path.exists()] == [f"{db.name}.lock"]
     assert f"{db}.lock is the (empty) lock file of this manifest under its former name" in done.stderr
     assert sorted(query(renamed, "SELECT exit_code FROM runs")) == [(0,), (0,), (4,)]  # the turned-away run added
+
+
+@pytest.mark.parametrize("kind", ["run", "upload"])
+def test_a_folder_where_the_lock_file_goes_is_named_as_such(db, kind):
+    """A folder named `<manifest>.lock` (a copy tool, a hand-made "lock dir"): the run said "cannot create or open
+    the manifest's lock file: Is a directory", fix "pass --db with a path on an ordinary file system this user can
+    write", which it was."""
+    from chorus_batch.errors import ManifestError
+    from chorus_batch.store.lock import manifest_lock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(f"{db}.lock" if kind == "run" else f"{db}.{kind}.lock")
+    folder.mkdir()
+    with pytest.raises(ManifestError) as said, manifest_lock(db, ["run"], kind=kind):
+        pass
+    assert f"lock file {folder.name} is a folder" in str(said.value) and "move that folder away" in said.value.fix
+    assert "ordinary file system" not in said.value.fix and folder.is_dir()
+
+
+def test_a_read_only_lock_file_of_this_user_says_to_make_it_writable(db):
+    """A lock file of this user's made read-only (chmod 400, a copy from a read-only medium; on Windows its read-only
+    attribute): the run was told "pass --db with a path on an ordinary file system this user can write", which it was."""
+    from chorus_batch.store.lock import _cannot_lock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(f"{db}.lock")
+    lock.touch(mode=0o400)
+    said = _cannot_lock(db, lock, PermissionError(13, "Permission denied"))  # what a non-root user meets
+    assert "lock file is read-only" in str(said) and f"chmod u+w {lock}" in said.fix, said
+    assert "ordinary file system" not in said.fix

@@ -9,7 +9,9 @@ import errno
 import getpass
 import json
 import os
+import shlex
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import ChorusError, ManifestError, ManifestLocked, UsageError
 from ..fsutil import OWNER_ONLY, file_above, other_owner
-from ..times import iso, utc_now
+from ..times import iso, parse_time, utc_now
 from .schema import SCHEMA_VERSION
 
 
@@ -40,12 +42,23 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              fix="remove the link (the lock file is an ordinary empty file a run makes itself), then "
                                  "run again")
     reason = exc.strerror or str(exc)
+    if lock_path.is_dir():  # (EISDIR: "an ordinary file system this user can write" it was, and said so)
+        return ManifestError(f"the manifest's lock file {lock_path.name} is a folder; a run locks an ordinary empty "
+                             "file of that name, and did nothing", where=str(lock_path),
+                             fix="move that folder away (or remove it, if nothing of yours is in it: chorus-batch "
+                                 "never makes one there), then run again")
     owner = other_owner(lock_path) if isinstance(exc, PermissionError) else None
     if owner is not None:
         return ManifestError(f"the manifest's lock file belongs to another user, {owner}, and this user cannot open "
                              f"it: {reason}", where=str(lock_path),
                              fix=f"run as {owner.split(' ')[0]}; or, once no run of theirs is going on, have them (or "
                                  "root) remove the lock file: it holds nothing between runs")
+    if isinstance(exc, PermissionError) and _read_only(lock_path):  # this user's own file, made read-only by hand
+        return ManifestError(f"the manifest's lock file is read-only, and a run opens it to write: {reason}",
+                             where=str(lock_path),
+                             fix=f"make it writable (chmod u+w {shlex.quote(str(lock_path))}; on Windows, clear its "
+                                 "read-only attribute), or remove it once no run is going on: it holds nothing between "
+                                 "runs; then run again")
     if isinstance(exc, PermissionError) and not os.access(db.parent, os.W_OK):
         fix = "run with --db in a folder this user can write (the lock and the manifest's -wal file live beside it)"
     elif exc.errno == errno.EROFS:
@@ -56,10 +69,26 @@ def _cannot_lock(db: Path, lock_path: Path, exc: OSError) -> ChorusError:
                              "write the manifest, so this one did nothing", where=str(lock_path),
                              fix="start the NFS lock service (rpc.statd, lockd on the server) and run again, or keep "
                                  "the manifest on a local file system (move it with the files beside it, pass that --db)")
+    elif exc.errno == errno.ENOSYS:  # (flock not implemented by this mount at all)
+        return ManifestError(f"the file system holding the manifest does not lock files ({reason}): a Lustre mount "
+                             "without the flock option, or a FUSE or network file system; unlocked, two runs could "
+                             "both write the manifest, so this one did nothing", where=str(lock_path),
+                             fix="have it mounted with file locks (Lustre: -o flock), or keep the manifest on a local "
+                                 "file system (move it with the files beside it, pass that --db)")
     else:
         fix = ("pass --db with a path on an ordinary file system this user can write (the lock, the state cache and "
                "the manifest's -wal file are made beside it)")
     return ManifestError(f"cannot create or open the manifest's lock file: {reason}", where=str(lock_path), fix=fix)
+
+
+def _read_only(path: Path) -> bool:
+    """`path` is a file without its owner's write bit (by its mode: os.access says yes to root whatever the mode; on
+    Windows the mode shows the read-only attribute)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IWUSR
 
 
 def _command_names() -> set[str]:
@@ -113,6 +142,8 @@ def _holder_of(info: dict) -> str:
     holder = f"pid {info['pid']} on host {info['host']} (user {info['user']}), started {info['started_at']}"
     if info.get("command") in _command_names():  # which command holds it (its name only; see command_of)
         holder += f", `chorus-batch {info['command']}`"
+    if isinstance(info.get("slurm_job"), str):  # (a merge's: its job to look up, squeue -j)
+        holder += f", Slurm job {info['slurm_job']}"
     return holder
 
 
@@ -136,7 +167,8 @@ def upgrade_under_way(db: Path, version: int) -> str | None:
 def _gone(info: dict) -> bool:
     """The details name a process of this host that is no longer there (a killed upgrade's, whose side file stays):
     no upgrade is under way. A reader said "locked by pid N ... try again later" (exit 4) night after night of a
-    process long dead, until someone upgraded by hand. Another host's process cannot be told from here (kept)."""
+    process long dead (or of its pid reused after a reboot), until someone upgraded by hand. Another host's process
+    cannot be told from here (kept)."""
     if os.name != "posix" or info.get("host") != socket.gethostname():
         return False  # (os.kill(pid, 0) on Windows ends the process)
     pid = info.get("pid")
@@ -147,8 +179,48 @@ def _gone(info: dict) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # (another user's: there)
-        return False
-    return False
+        pass
+    # A pid in use now may be another process's: after a reboot (or the pids wrapping round) the holder's pid went to
+    # a daemon, and the reader said "locked by pid N" of it, exit 4, every night. One started after the holder wrote
+    # its details is not it.
+    began = _process_started(pid)
+    since = parse_time(str(info.get("started_at", "")))
+    return began is not None and since is not None and began > since.timestamp() + _START_SLACK_S
+
+
+_START_SLACK_S = 5  # (started_at is to the second, a process's start to the clock tick; a clock stepped a little)
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` started, in seconds since the epoch (Linux: /proc; None where not known)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # (field 22, starttime, counted after the name)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def write_holder(holder_path: Path, extra: dict) -> None:
+    """Write the details of this process, the holder of a lock, beside it (pid, host, user, started_at, `extra`)."""
+    with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
+        # Made new, never opened through what is there (a link planted beside the manifest: its target was
+        # overwritten): a stale one of a killed run is removed first; O_EXCL follows no link.
+        with contextlib.suppress(FileNotFoundError):
+            holder_path.unlink()
+        fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
+                       "started_at": iso(utc_now()), **extra}, f)
+
+
+def holder_named(holder_path: Path) -> str | None:
+    """The holder the details at `holder_path` name ('pid 12 on host h (user u), started T'); None if none are there."""
+    try:
+        return _holder_of(json.loads(holder_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -157,7 +229,10 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     writes its own tables in short transactions); a second one fails at once, naming the holder."""
     suffix = ".lock" if kind == "run" else f".{kind}.lock"
     lock_path, holder_path = Path(f"{db}{suffix}"), Path(f"{db}{suffix}.json")
-    lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY)
+    # Never a "soft" lock (the file's being there) where flock fails with ENOSYS (Lustre mounted without -o flock, some
+    # FUSE mounts): filelock fell back to one, found the file every run makes here, and every run, the first too, was
+    # told "locked by another run: an unknown process", exit 4, night after night.
+    lock = FileLock(lock_path, timeout=0, mode=OWNER_ONLY, fallback_to_soft=False)
     try:
         if not db.exists():
             from .manifest import require_folder
@@ -192,16 +267,7 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
     except OSError as exc:
         raise _cannot_lock(db, lock_path, exc) from None
     try:
-        with contextlib.suppress(OSError):  # only informs a second run; the lock itself holds
-            # Made new, never opened through what is there (a link planted beside the manifest: its target was
-            # overwritten): a stale one of a killed run is removed first; O_EXCL follows no link.
-            with contextlib.suppress(FileNotFoundError):
-                holder_path.unlink()
-            fd = os.open(holder_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), OWNER_ONLY)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "user": user_name(),
-                           "started_at": iso(utc_now()), "command": command_of(argv), "slurm_task": _slurm_task(),
-                           "schema": SCHEMA_VERSION}, f)
+        write_holder(holder_path, {"command": command_of(argv), "slurm_task": _slurm_task(), "schema": SCHEMA_VERSION})
         yield
     finally:
         with contextlib.suppress(OSError):
