@@ -1,0 +1,46 @@
+"""The README as a new site's data engineer follows it: its examples, pasted with only the placeholders filled in,
+do what it says they do."""
+import re
+from pathlib import Path
+
+import polars as pl
+
+from chorus_batch.classify import build_patterns, classify
+from chorus_batch.config import load_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _block(lang: str) -> str:
+    """The README's first fenced block of `lang`."""
+    return re.search(rf"^```{lang}\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S).group(1)
+
+
+def test_config_example_is_accepted_and_keeps_todays_layout(tmp_path):
+    # the chorus.toml of "Configuration", its two folders filled in: accepted as printed, and its [patterns] line
+    # (which replaces the Waveforms patterns) still takes the layout of today's procedures (it took no
+    # Telemetry/EEG folder: every waveform of a v2.1 site was unparsed, a warning each)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "bedside").mkdir()
+    text = _block("toml").replace("/data/chorus/site", str(tmp_path / "site")) \
+        .replace("/mnt/bedside/export", str(tmp_path / "bedside"))
+    (tmp_path / "chorus.toml").write_text(text, encoding="utf-8")
+    config = load_config(tmp_path / "chorus.toml")
+    assert config.patterns and "Waveforms" in config.patterns
+    paths = ["000001/Waveforms/Telemetry/1000/1000.hea", "000001/Waveforms/EEG/1004/1004_0001.dat",
+             "000001/waveforms/telemetry/1000/1000.dat"]
+    out = classify(pl.DataFrame({"srcfile": paths}), build_patterns(config.patterns))
+    assert out["parse_error"].to_list() == [None] * 3
+    assert out["category"].to_list() == ["Telemetry", "EEG", "Telemetry"]
+    assert out["session_id"].to_list() == ["1000", "1004", "1000"]
+
+
+def test_unparsed_path_names_the_configured_patterns():
+    # a [patterns] line replaces a modality's layouts: a path it misses was said to be expected in the default
+    # layout (Waveforms/Telemetry|EEG/...), which it fitted; the message names the configured pattern instead
+    regex = r"^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$"
+    out = classify(pl.DataFrame({"srcfile": ["000001/Waveforms/EEG/1004/1004.dat", "000001/Images/x.dcm"]}),
+                   build_patterns({"Waveforms": [regex]}))
+    waveform, image = out["parse_error"].to_list()
+    assert "[patterns] Waveforms" in waveform and repr(regex) in waveform and "Telemetry|EEG" not in waveform
+    assert image.startswith("path fits no Images layout: expected Images/")  # (its default patterns, as before)
