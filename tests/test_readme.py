@@ -44,3 +44,26 @@ def test_unparsed_path_names_the_configured_patterns():
     waveform, image = out["parse_error"].to_list()
     assert "[patterns] Waveforms" in waveform and repr(regex) in waveform and "Telemetry|EEG" not in waveform
     assert image.startswith("path fits no Images layout: expected Images/")  # (its default patterns, as before)
+
+
+def test_commands_table_names_each_commands_options():
+    # the README's Commands table is where a user looks up a flag: each it names is an option of that command, and
+    # each option of a command (but -v/-q/--help and the ones every reading command takes) is named there
+    import argparse
+
+    from chorus_batch.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = re.findall(r"^\| `chorus-batch ([a-z-]+)([^`]*)` \|", README.read_text(encoding="utf-8"), re.M)
+    assert {cmd for cmd, _ in rows} == set(sub.choices)
+    for cmd, synopsis in rows:
+        named = set()
+        for flag in re.findall(r"--(?:\[no-\])?[a-z][a-z0-9-]*", synopsis):
+            named |= {flag.replace("[no-]", ""), flag.replace("[no-]", "no-")} if "[no-]" in flag else {flag}
+        options = {s for a in sub.choices[cmd]._actions for s in a.option_strings if s.startswith("--")}
+        assert named <= options, (cmd, named - options)
+        assert options - named <= {"--help", "--verbose", "--quiet", "--config", "--demo"}, (cmd, options - named)
+        # "Every command but testdata and import-config also takes --config"; "--demo makes status, versions, ..."
+        assert ("--config" in options) == (cmd not in {"testdata", "import-config"}), cmd
+        assert ("--demo" in options) == (cmd in {"run", "status", "versions", "changes", "files", "diff", "history",
+                                                 "report", "review", "validate", "registry"}), cmd
