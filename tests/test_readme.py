@@ -67,3 +67,27 @@ def test_commands_table_names_each_commands_options():
         assert ("--config" in options) == (cmd not in {"testdata", "import-config"}), cmd
         assert ("--demo" in options) == (cmd in {"run", "status", "versions", "changes", "files", "diff", "history",
                                                  "report", "review", "validate", "registry"}), cmd
+
+
+
+def test_patterns_changed_recheck_the_latest_version(tmp_path):
+    # "When the patterns change (...[patterns] in chorus.toml), the next run classifies the current rows again, in
+    # place: records, parse errors, category and layout follow": so does the latest version's check. The run reused
+    # the findings made of the rows as classified before (0 warnings), where `status` said 1 per waveform file
+    from conftest import run_site
+    from sitegen import build_clean_site
+
+    from chorus_batch.review import open_manifest
+
+    build_clean_site(tmp_path / "site", persons=1)
+    db = tmp_path / "m.sqlite"
+    first = run_site(tmp_path / "site", db, workers=1)
+    no_category = [r"^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$"]
+    again = run_site(tmp_path / "site", db, workers=1, patterns={"Waveforms": no_category})
+    assert again.label is None and again.previous_label == first.label  # nothing committed: the rows in place
+    unparsed = again.findings.filter(pl.col("rule") == "path.unparsed")
+    waveforms = open_manifest(str(db)).files().filter(pl.col("modality") == "Waveforms").height
+    assert waveforms and unparsed.height == waveforms
+    assert open_manifest(str(db)).findings(first.label).filter(pl.col("rule") == "path.unparsed").height == waveforms
+    back = run_site(tmp_path / "site", db, workers=1)  # the default patterns again: the warnings go with them
+    assert back.findings.filter(pl.col("rule") == "path.unparsed").height == 0
