@@ -91,3 +91,23 @@ def test_patterns_changed_recheck_the_latest_version(tmp_path):
     assert open_manifest(str(db)).findings(first.label).filter(pl.col("rule") == "path.unparsed").height == waveforms
     back = run_site(tmp_path / "site", db, workers=1)  # the default patterns again: the warnings go with them
     assert back.findings.filter(pl.col("rule") == "path.unparsed").height == 0
+
+
+def test_a_value_the_readme_quotes_left_unquoted_is_answered_with_the_quotes(tmp_path):
+    # "a share of the previous version's files (`50%`, in quotes in chorus.toml)": written without them, the error
+    # said only "fix the TOML syntax at the position given"; it now gives the line as it is written
+    import pytest
+
+    from chorus_batch.config_file import read_toml
+    from chorus_batch.errors import ConfigError
+
+    for value, fix in [("50%", 'max_delete = "50%"'), ("10GiB", 'max_delete = "10GiB"')]:
+        (tmp_path / "chorus.toml").write_text(f"[run]\nmax_delete = {value}   # a comment\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as raised:
+            read_toml(tmp_path / "chorus.toml")
+        assert raised.value.fix == f"a text value is written in quotes in TOML: {fix}"
+        assert raised.value.where.endswith("chorus.toml, line 2")
+    (tmp_path / "chorus.toml").write_text("[run]\nexclude = [1, 2\n", encoding="utf-8")  # (no quoting fixes that)
+    with pytest.raises(ConfigError) as raised:
+        read_toml(tmp_path / "chorus.toml")
+    assert raised.value.fix == "fix the TOML syntax at the position given"
