@@ -111,3 +111,21 @@ def test_a_value_the_readme_quotes_left_unquoted_is_answered_with_the_quotes(tmp
     with pytest.raises(ConfigError) as raised:
         read_toml(tmp_path / "chorus.toml")
     assert raised.value.fix == "fix the TOML syntax at the position given"
+
+
+def test_the_manifest_section_names_the_schema_and_its_tables(tmp_path):
+    # "## The manifest (SQLite, schema version N)" and its table of tables, one row per table a manifest holds
+    import sqlite3
+
+    from chorus_batch import Manifest
+    from chorus_batch.store.schema import SCHEMA_VERSION
+
+    text = README.read_text(encoding="utf-8")
+    heading = re.search(r"^## The manifest \(SQLite, schema version (\d+)\)$", text, re.M)
+    assert heading and int(heading.group(1)) == SCHEMA_VERSION
+    section = text[heading.end():text.index("\n## ", heading.end())]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    Manifest(tmp_path / "m.sqlite").ensure_schema()
+    with sqlite3.connect(tmp_path / "m.sqlite") as con:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert listed == tables - {"meta"}  # (meta: the schema version and such, named in the text)
