@@ -129,3 +129,17 @@ def test_the_manifest_section_names_the_schema_and_its_tables(tmp_path):
     with sqlite3.connect(tmp_path / "m.sqlite") as con:
         tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert listed == tables - {"meta"}  # (meta: the schema version and such, named in the text)
+
+
+def test_one_delete_list_line_refused_is_said_in_the_singular(tmp_path):
+    # "one with a space or tab at either end, a leading `/` ... is refused with its line number": one such line was
+    # said to be "not site-relative paths as the manifest stores them"
+    import pytest
+
+    from chorus_batch.commit import read_delete_list
+    from chorus_batch.errors import UsageError
+
+    (tmp_path / "del.txt").write_text("# nightly\n/OMOP/person.csv\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"^1 line of the delete list is not a site-relative path as the manifest "
+                                         r"stores it \(line 2 '/OMOP/person.csv': starts with '/'"):
+        read_delete_list(str(tmp_path / "del.txt"))
