@@ -249,7 +249,7 @@ def _expected(modality: str, default: str, patterns: tuple[PathPattern, ...]) ->
     if not own:
         return f"path fits no {modality} layout: expected {default}"
     return (f"path fits no pattern of [patterns] {modality} in the configuration, which replace the default "
-            f"{modality} layouts: " + ", ".join(repr(r) for r in own))
+            f"{modality} layouts: " + ", ".join(f"'{r}'" for r in own))  # (as chorus.toml writes them: no repr's \\)
 
 
 def _fallback(srcfile: pl.Expr, patterns: tuple[PathPattern, ...] = DEFAULT_PATTERNS) -> tuple[pl.Expr, pl.Expr, pl.Expr]:

@@ -38,11 +38,11 @@ def test_config_example_is_accepted_and_keeps_todays_layout(tmp_path):
 def test_unparsed_path_names_the_configured_patterns():
     # a [patterns] line replaces a modality's layouts: a path it misses was said to be expected in the default
     # layout (Waveforms/Telemetry|EEG/...), which it fitted; the message names the configured pattern instead
-    regex = r"^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$"
+    regex = r"^(?P<person_id>\d+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$"
     out = classify(pl.DataFrame({"srcfile": ["000001/Waveforms/EEG/1004/1004.dat", "000001/Images/x.dcm"]}),
                    build_patterns({"Waveforms": [regex]}))
     waveform, image = out["parse_error"].to_list()
-    assert "[patterns] Waveforms" in waveform and repr(regex) in waveform and "Telemetry|EEG" not in waveform
+    assert "[patterns] Waveforms" in waveform and f"'{regex}'" in waveform and "Telemetry|EEG" not in waveform
     assert image.startswith("path fits no Images layout: expected Images/")  # (its default patterns, as before)
 
 
