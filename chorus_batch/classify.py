@@ -241,7 +241,18 @@ def _reason(pattern: PathPattern, g: pl.Expr) -> pl.Expr:
 CONTROL_CHARACTER = r"[\x00-\x1f\x7f]"
 
 
-def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+def _expected(modality: str, default: str, patterns: tuple[PathPattern, ...]) -> str:
+    """What a path of `modality` that fits no pattern was expected to be: the default layout, or, where
+    [patterns] replaced the modality's patterns, those (naming the default layout sent the user to rename files
+    that fit it, when it was the configured pattern they missed)."""
+    own = [p.regex for p in patterns if p.modality == modality and p.description.startswith("patterns.")]
+    if not own:
+        return f"path fits no {modality} layout: expected {default}"
+    return (f"path fits no pattern of [patterns] {modality} in the configuration, which replace the default "
+            f"{modality} layouts: " + ", ".join(f"'{r}'" for r in own))  # (as chorus.toml writes them: no repr's \\)
+
+
+def _fallback(srcfile: pl.Expr, patterns: tuple[PathPattern, ...] = DEFAULT_PATTERNS) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """Modality, person and reason for a path that no pattern matched, from where it lies."""
     parts = srcfile.str.split("/")
     first, second = parts.list.get(0, null_on_oob=True), parts.list.get(1, null_on_oob=True).str.to_lowercase()
@@ -270,9 +281,10 @@ def _fallback(srcfile: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         .when(n_parts == 1)
         .then(pl.lit("file at the site root: expected it in OMOP/, Metadata/ or a person folder"))
         .when(second == "waveforms")
-        .then(pl.lit("path fits no Waveforms layout: expected Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>"))
+        .then(pl.lit(_expected("Waveforms", "Waveforms/Telemetry|EEG/<session_id>/<session_id>[...].<ext>", patterns)))
         .when(second == "images")
-        .then(pl.lit("path fits no Images layout: expected Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm"))
+        .then(pl.lit(_expected("Images", "Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/<InstanceNumber>.dcm",
+                               patterns)))
         # Waveform File Format v2.1 puts Metadata/ at the site root, its files "directly under the Metadata folder":
         # a person's Metadata/ is no place of today's layout (nor of an earlier edition's)
         .when(second == "metadata")
@@ -320,7 +332,7 @@ def _classify(listing: pl.DataFrame, patterns: tuple[PathPattern, ...]) -> pl.Da
     winner_layout = pl.coalesce([pl.when(h).then(pl.lit(p.layout)) for h, p in zip(hit, patterns)])
     near_modality = pl.coalesce([pl.when(n).then(pl.lit(p.modality)) for n, p in zip(near, patterns)])
     near_reason = pl.coalesce([pl.when(n & plain).then(pl.col(f"_r{i}")) for i, n in enumerate(near)])
-    fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"))
+    fallback_modality, fallback_person, fallback_reason = _fallback(pl.col("srcfile"), patterns)
 
     frame = frame.with_columns(
         _hit=pl.any_horizontal(hit),

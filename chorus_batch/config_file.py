@@ -66,10 +66,27 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
                               fix="keep one of the two and remove the other") from None
         said = next((what for words, what in _TWICE.items() if str(exc).startswith(words)), None)
         line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        unquoted = _unquoted_text(text, int(line.group(1))) if line and not said else None
         raise ConfigError(f"config file is not valid TOML: {exc}" + (f": {said}" if said else ""),
                           where=f"{path}, line {line.group(1)}" if line else str(path),
                           fix="keep one of the two and remove the other" if said else
+                              f"a text value is written in quotes in TOML: {unquoted}" if unquoted else
                               "fix the TOML syntax at the position given") from None
+
+
+def _unquoted_text(text: str, number: int) -> str | None:
+    """The line `number` quoted, where it gives a setting a value TOML does not read but would read in quotes
+    (max_delete = 50%, verify_max_bytes = 10GiB, root = /data/site: the README writes them so, in quotes); else None."""
+    lines = text.splitlines()
+    found = re.fullmatch(r"\s*([A-Za-z0-9_-]+)\s*=\s*([^\s\"'\[{#][^#]*?)\s*(#.*)?", lines[number - 1]) \
+        if 0 < number <= len(lines) else None
+    if found is None or '"' in found.group(2):
+        return None
+    try:
+        tomllib.loads(f"v = {found.group(2)}")
+        return None  # (a value TOML reads: the error is elsewhere on the line)
+    except tomllib.TOMLDecodeError:
+        return f'{found.group(1)} = "{found.group(2)}"'
 
 
 def why_unreadable(path: Path, exc: OSError, option: str = "--config") -> tuple[str, str]:

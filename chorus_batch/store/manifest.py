@@ -1085,6 +1085,10 @@ class Manifest:
                 if touched.height:
                     self._update_touched(cur, touched, root_ids)
                 self._apply_classification(cur, reclassified, classification)
+                if reclassified is not None and reclassified.height:
+                    # the latest version's check was made of its rows as classified before (unparsed paths,
+                    # layouts, persons): it no longer holds, and was reused as clean; this run checks it again
+                    cur.execute("DELETE FROM validations WHERE version = (SELECT max(label) FROM versions)")
                 generation = self._bump_generation(cur)
             con.commit()
         return generation, root_ids

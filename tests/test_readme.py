@@ -1,0 +1,145 @@
+"""The README as a new site's data engineer follows it: its examples, pasted with only the placeholders filled in,
+do what it says they do."""
+import re
+from pathlib import Path
+
+import polars as pl
+
+from chorus_batch.classify import build_patterns, classify
+from chorus_batch.config import load_config
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _block(lang: str) -> str:
+    """The README's first fenced block of `lang`."""
+    return re.search(rf"^```{lang}\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S).group(1)
+
+
+def test_config_example_is_accepted_and_keeps_todays_layout(tmp_path):
+    # the chorus.toml of "Configuration", its two folders filled in: accepted as printed, and its [patterns] line
+    # (which replaces the Waveforms patterns) still takes the layout of today's procedures (it took no
+    # Telemetry/EEG folder: every waveform of a v2.1 site was unparsed, a warning each)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "bedside").mkdir()
+    text = _block("toml").replace("/data/chorus/site", str(tmp_path / "site")) \
+        .replace("/mnt/bedside/export", str(tmp_path / "bedside"))
+    (tmp_path / "chorus.toml").write_text(text, encoding="utf-8")
+    config = load_config(tmp_path / "chorus.toml")
+    assert config.patterns and "Waveforms" in config.patterns
+    paths = ["000001/Waveforms/Telemetry/1000/1000.hea", "000001/Waveforms/EEG/1004/1004_0001.dat",
+             "000001/waveforms/telemetry/1000/1000.dat"]
+    out = classify(pl.DataFrame({"srcfile": paths}), build_patterns(config.patterns))
+    assert out["parse_error"].to_list() == [None] * 3
+    assert out["category"].to_list() == ["Telemetry", "EEG", "Telemetry"]
+    assert out["session_id"].to_list() == ["1000", "1004", "1000"]
+
+
+def test_unparsed_path_names_the_configured_patterns():
+    # a [patterns] line replaces a modality's layouts: a path it misses was said to be expected in the default
+    # layout (Waveforms/Telemetry|EEG/...), which it fitted; the message names the configured pattern instead
+    regex = r"^(?P<person_id>\d+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$"
+    out = classify(pl.DataFrame({"srcfile": ["000001/Waveforms/EEG/1004/1004.dat", "000001/Images/x.dcm"]}),
+                   build_patterns({"Waveforms": [regex]}))
+    waveform, image = out["parse_error"].to_list()
+    assert "[patterns] Waveforms" in waveform and f"'{regex}'" in waveform and "Telemetry|EEG" not in waveform
+    assert image.startswith("path fits no Images layout: expected Images/")  # (its default patterns, as before)
+
+
+def test_commands_table_names_each_commands_options():
+    # the README's Commands table is where a user looks up a flag: each it names is an option of that command, and
+    # each option of a command (but -v/-q/--help and the ones every reading command takes) is named there
+    import argparse
+
+    from chorus_batch.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    rows = re.findall(r"^\| `chorus-batch ([a-z-]+)([^`]*)` \|", README.read_text(encoding="utf-8"), re.M)
+    assert {cmd for cmd, _ in rows} == set(sub.choices)
+    for cmd, synopsis in rows:
+        named = set()
+        for flag in re.findall(r"--(?:\[no-\])?[a-z][a-z0-9-]*", synopsis):
+            named |= {flag.replace("[no-]", ""), flag.replace("[no-]", "no-")} if "[no-]" in flag else {flag}
+        options = {s for a in sub.choices[cmd]._actions for s in a.option_strings if s.startswith("--")}
+        assert named <= options, (cmd, named - options)
+        assert options - named <= {"--help", "--verbose", "--quiet", "--config", "--demo"}, (cmd, options - named)
+        # "Every command but testdata and import-config also takes --config"; "--demo makes status, versions, ..."
+        assert ("--config" in options) == (cmd not in {"testdata", "import-config"}), cmd
+        assert ("--demo" in options) == (cmd in {"run", "status", "versions", "changes", "files", "diff", "history",
+                                                 "report", "review", "validate", "registry"}), cmd
+
+
+
+def test_patterns_changed_recheck_the_latest_version(tmp_path):
+    # "When the patterns change (...[patterns] in chorus.toml), the next run classifies the current rows again, in
+    # place: records, parse errors, category and layout follow": so does the latest version's check. The run reused
+    # the findings made of the rows as classified before (0 warnings), where `status` said 1 per waveform file
+    from conftest import run_site
+    from sitegen import build_clean_site
+
+    from chorus_batch.review import open_manifest
+
+    build_clean_site(tmp_path / "site", persons=1)
+    db = tmp_path / "m.sqlite"
+    first = run_site(tmp_path / "site", db, workers=1)
+    no_category = [r"^(?P<person_id>[^/]+)/(?i:waveforms)/(?P<session>[^/]+)/(?P<file>[^/]+)$"]
+    again = run_site(tmp_path / "site", db, workers=1, patterns={"Waveforms": no_category})
+    assert again.label is None and again.previous_label == first.label  # nothing committed: the rows in place
+    unparsed = again.findings.filter(pl.col("rule") == "path.unparsed")
+    waveforms = open_manifest(str(db)).files().filter(pl.col("modality") == "Waveforms").height
+    assert waveforms and unparsed.height == waveforms
+    assert open_manifest(str(db)).findings(first.label).filter(pl.col("rule") == "path.unparsed").height == waveforms
+    back = run_site(tmp_path / "site", db, workers=1)  # the default patterns again: the warnings go with them
+    assert back.findings.filter(pl.col("rule") == "path.unparsed").height == 0
+
+
+def test_a_value_the_readme_quotes_left_unquoted_is_answered_with_the_quotes(tmp_path):
+    # "a share of the previous version's files (`50%`, in quotes in chorus.toml)": written without them, the error
+    # said only "fix the TOML syntax at the position given"; it now gives the line as it is written
+    import pytest
+
+    from chorus_batch.config_file import read_toml
+    from chorus_batch.errors import ConfigError
+
+    for value, fix in [("50%", 'max_delete = "50%"'), ("10GiB", 'max_delete = "10GiB"')]:
+        (tmp_path / "chorus.toml").write_text(f"[run]\nmax_delete = {value}   # a comment\n", encoding="utf-8")
+        with pytest.raises(ConfigError) as raised:
+            read_toml(tmp_path / "chorus.toml")
+        assert raised.value.fix == f"a text value is written in quotes in TOML: {fix}"
+        assert raised.value.where.endswith("chorus.toml, line 2")
+    (tmp_path / "chorus.toml").write_text("[run]\nexclude = [1, 2\n", encoding="utf-8")  # (no quoting fixes that)
+    with pytest.raises(ConfigError) as raised:
+        read_toml(tmp_path / "chorus.toml")
+    assert raised.value.fix == "fix the TOML syntax at the position given"
+
+
+def test_the_manifest_section_names_the_schema_and_its_tables(tmp_path):
+    # "## The manifest (SQLite, schema version N)" and its table of tables, one row per table a manifest holds
+    import sqlite3
+
+    from chorus_batch import Manifest
+    from chorus_batch.store.schema import SCHEMA_VERSION
+
+    text = README.read_text(encoding="utf-8")
+    heading = re.search(r"^## The manifest \(SQLite, schema version (\d+)\)$", text, re.M)
+    assert heading and int(heading.group(1)) == SCHEMA_VERSION
+    section = text[heading.end():text.index("\n## ", heading.end())]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    Manifest(tmp_path / "m.sqlite").ensure_schema()
+    with sqlite3.connect(tmp_path / "m.sqlite") as con:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert listed == tables - {"meta"}  # (meta: the schema version and such, named in the text)
+
+
+def test_one_delete_list_line_refused_is_said_in_the_singular(tmp_path):
+    # "one with a space or tab at either end, a leading `/` ... is refused with its line number": one such line was
+    # said to be "not site-relative paths as the manifest stores them"
+    import pytest
+
+    from chorus_batch.commit import read_delete_list
+    from chorus_batch.errors import UsageError
+
+    (tmp_path / "del.txt").write_text("# nightly\n/OMOP/person.csv\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"^1 line of the delete list is not a site-relative path as the manifest "
+                                         r"stores it \(line 2 '/OMOP/person.csv': starts with '/'"):
+        read_delete_list(str(tmp_path / "del.txt"))
