@@ -371,6 +371,8 @@ def test_a_snapshot_folder_damaged_by_hand_is_refused_by_readers_and_mended_by_t
     (snaps / "version=v1" / "manifest.parquet").write_bytes(whole[Path("version=v3/manifest.parquet")])
     # (v3's file list over v1's: v1 has one file less)
     refused("v1/manifest.parquet cannot be read as written")
+    (snaps / "version=v2" / "findings.parquet").unlink()  # (read as no findings at all)
+    refused("v2/findings.parquet (removed) cannot be read as written")
     (snaps / "versions.parquet").write_bytes(b"PAR1")
     refused("the table of versions of the Parquet snapshot folder")
 

@@ -323,9 +323,12 @@ class ParquetReader(ManifestReader):
             target = self.path / f"version={label}"
             if _marked_rows(target) is not None:  # (a few stats: as the run tells a whole snapshot)
                 continue
+            marked = (target / SNAPSHOT_MARK).exists()  # (written once every part was: none is missing since)
             for name in SNAPSHOT_PARTS:
                 part = target / f"{name}.parquet"
-                if not part.exists():  # (an older release's snapshot lacks some: said when a question needs it)
+                if not part.exists():  # an older release's snapshot lacks some (said when a question needs it); a
+                    if marked:  # marked one lost it since: its findings or scan errors read as none at all
+                        damaged.append(f"{label}/{name}.parquet (removed)")
                     continue
                 rows = _part_rows(part, None)
                 want = None if expected is None else expected["n_files"] if name == "manifest" else sum(
@@ -338,7 +341,7 @@ class ParquetReader(ManifestReader):
                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + " is not there (versions.parquet lists "
                  + ("them" if len(missing) > 1 else "it") + ")"] if missing else []) + (
                 [f"{', '.join(damaged[:5])}" + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-                 + " cannot be read as written (cut, damaged or replaced since)"] if damaged else [])
+                 + " cannot be read as written (cut, damaged, replaced or removed since)"] if damaged else [])
         raise ManifestError(f"the Parquet snapshot folder {self.path} is incomplete: {'; '.join(said)}: its answers "
                             "would leave versions out or fail", where=str(self.path),
                             fix="run `chorus-batch run --parquet` with this folder and its manifest: it writes those "
