@@ -1050,6 +1050,20 @@ def test_a_parquet_snapshot_folder_as_db_of_a_command_that_needs_the_manifest_sa
     assert not (snaps / "chorus_manifest.sqlite").exists()
 
 
+def test_a_file_of_a_parquet_snapshot_folder_as_db_names_the_folder(site, tmp_path):
+    # `files --db snaps/versions.parquet` (or a version's manifest.parquet) was told "move this one aside to start a
+    # new manifest": a reviewer sent to move a snapshot away, and no word of the folder that reads
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    assert cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate", "-q").returncode == 0
+    for part in (snaps / "versions.parquet", next(snaps.glob("version=*/manifest.parquet"))):
+        out = cli("files", "--db", str(part))
+        assert out.returncode == 3 and f"a file of the Parquet snapshot folder {snaps}" in out.stderr, out.stderr
+        assert "start a new manifest" not in out.stderr
+    (tmp_path / "other.bin").write_bytes(b"x" * 200)  # any other file: as before
+    assert "move this one aside" in cli("files", "--db", str(tmp_path / "other.bin")).stderr
+
+
 def test_a_count_too_large_is_a_usage_error_not_an_internal_one(site, tmp_path):
     # status --limit 10**20 was "internal error: OverflowError: int too big to convert"
     write(site, "OMOP/person.csv", b"person_id\n1\n")

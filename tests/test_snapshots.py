@@ -92,7 +92,9 @@ def test_a_reader_never_takes_a_version_whose_file_list_is_not_written_yet(site,
     a version is read only once it is there."""
     db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
     three_versions(site, db, snaps)
-    (snaps / "version=v3" / "manifest.parquet").unlink()  # as a run still writing v3 leaves it
+    (snaps / "version=v3" / "manifest.parquet").unlink()  # as a run still writing v3 leaves it: parts, and
+    pl.read_parquet(snaps / "versions.parquet").filter(pl.col("label") != "v3").write_parquet(  # v3 not listed yet
+        snaps / "versions.parquet")
     reader = open_manifest(snaps)
     assert reader.latest() == "v2"
     assert reader.history("OMOP/person.csv")["version_valid"].to_list() == ["v1"]
@@ -339,3 +341,43 @@ def test_a_full_parquet_disk_leaves_no_empty_version_folder(site, tmp_path, smal
     assert cli("run", "--site", str(site), "--db", str(db), "--parquet", str(snaps), "--no-validate").returncode == 0
     latest = Manifest(db).latest_version()
     assert has_snapshot(latest["label"], str(snaps), latest)
+
+
+def test_a_snapshot_folder_damaged_by_hand_is_refused_by_readers_and_mended_by_the_next_run(site, tmp_path):
+    """A version's folder removed, a part cut or replaced by another version's, versions.parquet cut: the readers
+    took the folder as it was. `history` said a replaced file never ended (the version that replaced it gone without
+    a word), and a cut part was an 'internal error: ComputeError' of polars or DuckDB at whichever question met it;
+    a stray file named like a snapshot (version=x/manifest.parquet, not Parquet) failed `history`, which read every
+    version=* of the folder. Now the reader names what is wrong (exit 3) and the run it tells of mends it."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    three_versions(site, db, snaps)
+    whole = {path.relative_to(snaps): path.read_bytes() for path in snaps.rglob("*.parquet")}
+    versions = {row["label"]: row for row in Manifest(db).versions().iter_rows(named=True)}
+
+    def refused(said: str) -> None:
+        out = cli("history", "OMOP/person.csv", "--db", str(snaps))
+        assert out.returncode == 3 and said in out.stderr and "internal error" not in out.stderr, out.stderr
+        assert "chorus-batch run --parquet" in out.stderr
+        run_site(site, db, parquet=str(snaps), validate_site=False)  # nothing changed: it mends the folder
+        assert all(has_snapshot(label, str(snaps), versions[label]) for label in versions)
+        assert cli("history", "OMOP/person.csv", "--db", str(snaps)).returncode == 0
+
+    import shutil
+
+    shutil.rmtree(snaps / "version=v2")
+    refused("the snapshot of version v2 is not there (versions.parquet lists it)")
+    (snaps / "version=v3" / "changes.parquet").write_bytes(whole[Path("version=v3/changes.parquet")][:100])
+    refused("v3/changes.parquet cannot be read as written")
+    (snaps / "version=v1" / "manifest.parquet").write_bytes(whole[Path("version=v3/manifest.parquet")])
+    # (v3's file list over v1's: v1 has one file less)
+    refused("v1/manifest.parquet cannot be read as written")
+    (snaps / "version=v2" / "findings.parquet").unlink()  # (read as no findings at all)
+    refused("v2/findings.parquet (removed) cannot be read as written")
+    (snaps / "versions.parquet").write_bytes(b"PAR1")
+    refused("the table of versions of the Parquet snapshot folder")
+
+    stray = snaps / "version=notes" / "manifest.parquet"  # not a version of the manifest, and not Parquet
+    stray.parent.mkdir()
+    stray.write_text("x")
+    rows = open_manifest(snaps).history("OMOP/person.csv")
+    assert rows["version_valid"].to_list() == ["v1", "v3"] and rows["version_invalid"].to_list() == ["v3", None]

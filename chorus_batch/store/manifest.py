@@ -510,8 +510,15 @@ class Manifest:
                                "upload's copy (or in part by the salvage above)")
             return damaged
         if "not a database" in low or "file is encrypted" in low:
-            other = ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where,
-                                  fix="pass --db with the right file, or move this one aside to start a new manifest")
+            # A file of a `run --parquet` folder (versions.parquet, a version's manifest.parquet) given as --db by a
+            # reviewer: "move this one aside to start a new manifest" sent them to move a snapshot away
+            folder = next((up for up in list(self.path.parents)[:2] if (up / "versions.parquet").is_file()
+                           or (up / "manifest.json").is_file() and any(up.glob("version=*"))), None)
+            fix = (f"it is a file of the Parquet snapshot folder {folder}, not a manifest: to read the snapshots, "
+                   "pass that folder as --db (every version is read from there); `run` and the commands that write "
+                   "take the manifest file" if folder is not None else
+                   "pass --db with the right file, or move this one aside to start a new manifest")
+            other = ManifestError(f"the manifest is not a readable SQLite database: {text}", where=where, fix=fix)
             other.outcome = "nothing was written to it: the file is as it was"  # (it holds no versions to speak of)
             return other
         if "unable to open" in low or "cannot open" in low:

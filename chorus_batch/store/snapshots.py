@@ -41,13 +41,14 @@ def part_schemas() -> dict[str, dict]:
             "manifest": schema_of("source_files")}
 
 
-def _part_rows(part: Path, schema: dict) -> int | None:
-    """The rows of a part, or None if it is not a complete Parquet file with the columns and types it must have."""
+def _part_rows(part: Path, schema: dict | None) -> int | None:
+    """The rows of a part, or None if it is not a complete Parquet file with the columns and types it must have
+    (any, given no `schema`)."""
     import pyarrow.parquet as pq
 
     try:
         rows = pq.read_metadata(part).num_rows
-        if dict(pl.read_parquet_schema(part)) != dict(schema):
+        if schema is not None and dict(pl.read_parquet_schema(part)) != dict(schema):
             return None
     except Exception:  # (missing, truncated, not Parquet at all)
         return None
@@ -107,16 +108,19 @@ def _mark(target: Path, rows: dict[str, int]) -> None:
     write_private(target / SNAPSHOT_MARK, json.dumps({"format": _MARK_FORMAT, "rows": rows, "stamps": stamps}).encode())
 
 
-def write_snapshots(manifest: Manifest, label: str, directory: str) -> Path:
+def write_snapshots(manifest: Manifest, label: str, directory: str, list_versions: bool = True) -> Path:
     """The version's files (its rows as they were then: still valid), change set, records, errors and findings,
-    and all versions; each file written atomically (a temporary name, then renamed) and owner-only, in the
-    manifest's types, and its row count checked against the version."""
+    and all versions (with `list_versions`); each file written atomically (a temporary name, then renamed) and
+    owner-only, in the manifest's types, and its row count checked against the version."""
     root = Path(directory)
     target = root / f"version={label}"
     made = not target.exists()
     private_folder(target)
     try:
-        return _write_parts(manifest, label, root, target)
+        _write_parts(manifest, label, root, target)
+        if list_versions:
+            _list_versions(manifest, root)
+        return target
     except BaseException:
         # (a --parquet disk full at the first part left an empty version=<label>/ folder behind: taken away; one with
         # parts in it stays, unmarked, and the next run writes it again)
@@ -156,8 +160,18 @@ def _write_parts(manifest: Manifest, label: str, root: Path, target: Path) -> Pa
         written[name] = typed.height
         pause("snapshot")  # (crash and reader tests: a snapshot written in part)
     _mark(target, written)
-    write_private(root / "versions.parquet", manifest.versions().write_parquet)
     return target
+
+
+def _list_versions(manifest: Manifest, root: Path) -> None:
+    write_private(root / "versions.parquet", manifest.versions().write_parquet)
+
+
+def _listed_labels(directory: str) -> list[str] | None:
+    try:
+        return pl.read_parquet(Path(directory) / "versions.parquet", columns=["label"])["label"].to_list()
+    except Exception:  # noqa: BLE001 - none, cut or replaced
+        return None
 
 
 # Which manifest's snapshots a folder holds. Two manifests given one --parquet folder (a chorus.toml copied to a second
@@ -231,10 +245,16 @@ def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str |
     release's types); returns the labels written. Refused (check_owner) for a folder of another manifest's."""
     check_owner(manifest, directory)
     written = []
-    for version in manifest.versions().iter_rows(named=True):
+    versions = manifest.versions()
+    for version in versions.iter_rows(named=True):
         if version["label"] == new_label or not has_snapshot(version["label"], directory, version):
-            write_snapshots(manifest, version["label"], directory)
+            write_snapshots(manifest, version["label"], directory, list_versions=False)
             written.append(version["label"])
+    # The versions listed once every snapshot is whole: listed after the first one backfilled, the versions not yet
+    # written were versions a reader found listed without a snapshot (their folders removed, it takes it). Written
+    # again when it no longer lists the manifest's versions (cut or replaced by hand: every reader question reads it).
+    if written or _listed_labels(directory) != versions["label"].to_list():
+        _list_versions(manifest, Path(directory))
     if written:  # (the folder named by its manifest once, after the snapshots: not once per version backfilled)
         _claim(manifest, Path(directory))
     return written
@@ -287,6 +307,60 @@ class ParquetReader(ManifestReader):
             raise UsageError(f"no Parquet snapshots in {self.path}", where=str(self.path),  # a --db naming no manifest: 2
                              fix="pass the folder given to `chorus-batch run --parquet`, or a manifest file")
         self._labels = self._of_the_manifest(self._labels)
+        self._check_whole()
+
+    def _check_whole(self) -> None:
+        """Refuse a folder whose snapshots a reader cannot answer from: a version versions.parquet lists whose snapshot
+        is not there (its folder or file list removed by hand), or a part that no longer reads as Parquet (cut, or
+        replaced), or has other rows than the version (another version's copied over it). Such a folder answered
+        wrongly without a word (a version missing from `versions`, `history` saying a replaced file never ended) or
+        failed with an internal error of polars or DuckDB at whichever query met the part."""
+        listed = self._listed()
+        missing = [label for label in listed if label not in self._labels]
+        damaged = []
+        for label in self._labels:
+            expected = listed.get(label)
+            target = self.path / f"version={label}"
+            if _marked_rows(target) is not None:  # (a few stats: as the run tells a whole snapshot)
+                continue
+            marked = (target / SNAPSHOT_MARK).exists()  # (written once every part was: none is missing since)
+            for name in SNAPSHOT_PARTS:
+                part = target / f"{name}.parquet"
+                if not part.exists():  # an older release's snapshot lacks some (said when a question needs it); a
+                    if marked:  # marked one lost it since: its findings or scan errors read as none at all
+                        damaged.append(f"{label}/{name}.parquet (removed)")
+                    continue
+                rows = _part_rows(part, None)
+                want = None if expected is None else expected["n_files"] if name == "manifest" else sum(
+                    expected[f"n_{kind}"] for kind in ("added", "removed", "replaced", "renamed")) if name == "changes" else None
+                if rows is None or (want is not None and rows != want):
+                    damaged.append(f"{label}/{name}.parquet")
+        if not missing and not damaged:
+            return
+        said = ([f"the snapshot of version{'s' if len(missing) > 1 else ''} {', '.join(missing[:5])}"
+                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + " is not there (versions.parquet lists "
+                 + ("them" if len(missing) > 1 else "it") + ")"] if missing else []) + (
+                [f"{', '.join(damaged[:5])}" + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
+                 + " cannot be read as written (cut, damaged, replaced or removed since)"] if damaged else [])
+        raise ManifestError(f"the Parquet snapshot folder {self.path} is incomplete: {'; '.join(said)}: its answers "
+                            "would leave versions out or fail", where=str(self.path),
+                            fix="run `chorus-batch run --parquet` with this folder and its manifest: it writes those "
+                                "snapshots again from the manifest; or read the manifest itself (--db MANIFEST.sqlite)")
+
+    def _listed(self) -> dict[str, dict | None]:
+        """The versions versions.parquet lists, with their counts (none for a table without them)."""
+        table = self.path / "versions.parquet"
+        if not table.exists():  # (an older release's folder)
+            return {}
+        try:
+            frame = pl.read_parquet(table)
+        except Exception as exc:  # noqa: BLE001 - cut or replaced: every reader question reads it
+            raise ManifestError(f"the table of versions of the Parquet snapshot folder {self.path} cannot be read "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", where=str(table),
+                                fix="run `chorus-batch run --parquet` with this folder and its manifest: it writes it "
+                                    "again; or read the manifest itself (--db MANIFEST.sqlite)") from None
+        counts = {"n_files", "n_added", "n_removed", "n_replaced", "n_renamed"} <= set(frame.columns)
+        return {row["label"]: row if counts else None for row in frame.iter_rows(named=True)}
 
     def _of_the_manifest(self, labels: list[str]) -> list[str]:
         """The snapshots of versions the manifest has. versions.parquet (written after every snapshot) lists them; one
@@ -397,17 +471,17 @@ class ParquetReader(ManifestReader):
         """file_id, _ended_in, _ended_at of every row a change set ended (its old_file_id), read from all
         the change sets at once (two columns of each); once per reader, as its versions are fixed when it opens
         (a diff reads two file sets)."""
-        glob = str(self.path / "version=*" / "changes.parquet")
+        # (of this reader's versions only, named one by one: a lost version's change set ends rows that share its file
+        # ids, and a folder's other files, a left-out version's or a stray one, are not read at all)
+        parts = [str(part) for label in self._labels if (part := self._part(label, "changes")).is_file()]
         schema = {"file_id": pl.Int64, "_ended_in": pl.String}
-        if not any(self.path.glob("version=*/changes.parquet")):
+        if not parts:
             ended = pl.DataFrame(schema=schema)
         else:
             with private_duckdb() as con:
-                # (of this reader's versions only: a lost version's change set ends rows that share its file ids)
                 ended = pl.from_arrow(con.sql(
-                    "SELECT old_file_id AS file_id, min(version) AS _ended_in FROM read_parquet($glob, union_by_name = true) "
-                    "WHERE old_file_id IS NOT NULL AND list_contains($labels, version::VARCHAR) GROUP BY old_file_id",
-                    params={"glob": glob, "labels": self._labels}).to_arrow_table())
+                    "SELECT old_file_id AS file_id, min(version) AS _ended_in FROM read_parquet($parts, union_by_name = true) "
+                    "WHERE old_file_id IS NOT NULL GROUP BY old_file_id", params={"parts": parts}).to_arrow_table())
             assert isinstance(ended, pl.DataFrame)
             ended = ended.cast(schema)  # type: ignore[arg-type]
         finished = self.versions().select(pl.col("label").alias("_ended_in"), pl.col("finished_at").alias("_ended_at"))
@@ -437,12 +511,12 @@ class ParquetReader(ManifestReader):
     def _path_rows(self, srcfile: str, before_file_id: int | None) -> pl.DataFrame:
         with private_duckdb() as con:
             table = con.sql(
-                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($glob, hive_partitioning = true, "
+                "SELECT DISTINCT ON (file_id) * EXCLUDE (version) FROM read_parquet($parts, hive_partitioning = true, "
                 "hive_types = {'version': 'VARCHAR'}, union_by_name = true) "  # (LABEL_HIVE_SCHEMA: ordered as labels)
                 # the row's last snapshot: its stat and verification as the manifest holds them (updated in place)
-                "WHERE srcfile = $path AND file_id < $before AND list_contains($labels, version) "
-                "ORDER BY file_id, version DESC",
-                params={"labels": self._labels, "glob": str(self.path / "version=*" / "manifest.parquet"), "path": srcfile,
+                "WHERE srcfile = $path AND file_id < $before ORDER BY file_id, version DESC",
+                # (this reader's versions, named one by one: no other file of the folder is read, as in _ends)
+                params={"parts": [str(self._part(label, "manifest")) for label in self._labels], "path": srcfile,
                         "before": before_file_id if before_file_id is not None else 2**62},
             ).to_arrow_table()
         rows = pl.from_arrow(table)
