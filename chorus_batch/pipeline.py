@@ -392,8 +392,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
             # the format YYYYMMDDhhmmss"; upload names the folder by the label
             log.warning(f"version label {settings.version_label!r} is not a UTC timestamp (YYYYMMDDhhmmss): the CHoRUS "
                         "upload procedure names each submission's top-level folder at the central container with such "
-                        f"a timestamp, and `upload` will name this version's folder '{settings.version_label}/' (the "
-                        f"versions after it are labelled '{settings.version_label}-<UTC start>'); omit --version to "
+                        f"a timestamp, and, if this run commits a version, `upload` will name this version's folder "
+                        f"'{settings.version_label}/' (the versions after it are labelled '{settings.version_label}-<UTC "
+                        "start>'); omit --version to "
                         "keep the procedure's names")
     for check, value, where, fix in (
         (parse_max_delete, settings.max_delete, "--max-delete / max_delete in [run]",
@@ -666,6 +667,10 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
             failed.committed = label
             raise failed from None
 
+    if label is None and not settings.dry_run and settings.version_label is not None:
+        # (the label was warned of up front as this version's folder: said unused, so no one looks for it at the centre)
+        log.warning(f"version label {settings.version_label!r} (--version) was not used: this run made no version "
+                    "(nothing to commit); give it to the run that commits the next change")
     return RunResult(
         **vars(committed), db=str(manifest.path.resolve()), site=site_location(settings.site), mode=settings.mode,
         dry_run=settings.dry_run, previous_label=previous_label, **scan_figures,

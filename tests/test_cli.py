@@ -1134,6 +1134,21 @@ def test_a_version_label_that_is_no_timestamp_is_warned_of_as_the_upload_folder_
     assert out.returncode == 0 and "version label '20261301000000' is not a UTC timestamp" in out.stderr, out.stderr
 
 
+def test_a_version_label_of_a_run_that_commits_nothing_is_said_unused(site, db):
+    """A hand label was warned of as "this version's folder" (the versions after it 'v2-<UTC start>') before the
+    listing, and a run with nothing to commit then made no version: said so, and the next version is not 'v2-…'."""
+    write(site, "OMOP/a.csv", b"a")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2", "-q")
+    assert out.returncode == 0, out.stderr
+    assert "if this run commits a version, `upload` will name" in out.stderr, out.stderr
+    assert "version label 'v2' (--version) was not used: this run made no version" in out.stderr, out.stderr
+    write(site, "OMOP/b.csv", b"b")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q")
+    assert out.returncode == 0 and "was not used" not in out.stderr, out.stderr
+    assert all(label.isdigit() for (label,) in query(db, "SELECT label FROM versions"))
+
+
 def test_a_db_path_ending_in_a_separator_is_refused_not_made_a_file(site, tmp_path):
     """`run --db dir/` made a manifest file named `dir` (the '/' is lost once the path is a Path)."""
     write(site, "OMOP/a.csv", b"a")
