@@ -69,7 +69,6 @@ def test_commands_table_names_each_commands_options():
                                                  "report", "review", "validate", "registry"}), cmd
 
 
-
 def test_patterns_changed_recheck_the_latest_version(tmp_path):
     # "When the patterns change (...[patterns] in chorus.toml), the next run classifies the current rows again, in
     # place: records, parse errors, category and layout follow": so does the latest version's check. The run reused
