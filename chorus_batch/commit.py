@@ -158,8 +158,9 @@ def read_delete_list(path: str) -> pl.DataFrame:
     bad = lines.filter(pl.col("why").is_not_null())
     if bad.height:
         shown = "; ".join(f"line {n} {w!r}: {why}" for n, w, why in bad.head(5).select("line", "written", "why").rows())
-        raise UsageError(f"{plural(bad.height, 'line')} of the delete list {'is not a site-relative path as the manifest stores it' if bad.height == 1 else 'are not site-relative paths as the manifest stores them'} "
-                         f"({shown})", where=path,
+        what = ("is not a site-relative path as the manifest stores it" if bad.height == 1 else
+                "are not site-relative paths as the manifest stores them")
+        raise UsageError(f"{plural(bad.height, 'line')} of the delete list {what} ({shown})", where=path,
                          fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
                              "at either end, no leading '/' (a name with a space at its end in quotes, as `files` shows "
                              "it: 'OMOP/a.csv '); nothing was recorded")

@@ -392,10 +392,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
             # the format YYYYMMDDhhmmss"; upload names the folder by the label
             log.warning(f"version label {settings.version_label!r} is not a UTC timestamp (YYYYMMDDhhmmss): the CHoRUS "
                         "upload procedure names each submission's top-level folder at the central container with such "
-                        f"a timestamp, and, if this run commits a version, `upload` will name this version's folder "
-                        f"'{settings.version_label}/' (the versions after it are labelled '{settings.version_label}-<UTC "
-                        "start>'); omit --version to "
-                        "keep the procedure's names")
+                        "a timestamp, and, if this run commits a version, `upload` will name this version's folder "
+                        f"'{settings.version_label}/' (the versions after it are labelled "
+                        f"'{settings.version_label}-<UTC start>'); omit --version to keep the procedure's names")
     for check, value, where, fix in (
         (parse_max_delete, settings.max_delete, "--max-delete / max_delete in [run]",
          "give a percentage (50%), a number of files (1000) or all"),

@@ -182,7 +182,8 @@ def _unlisted_lines(unlisted: pl.DataFrame, command: str) -> list[str]:
 
 def verify_dict(result: VerifyResult) -> dict[str, Any]:
     return {"central": result.central, "method": result.method, "versions": result.versions,
-            "files": result.n_checked, "manifest_copies": result.n_copies, "exit_code": int(result.exit_code), "problems": result.problems.to_dicts(),
+            "files": result.n_checked, "manifest_copies": result.n_copies, "exit_code": int(result.exit_code),
+            "problems": result.problems.to_dicts(),
             "unlisted": result.unlisted.to_dicts(), "not_uploaded": result.not_uploaded,
             "not_uploaded_yet": result.waiting.to_dicts(),
             "uploaded_elsewhere": result.elsewhere}

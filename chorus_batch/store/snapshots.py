@@ -331,8 +331,11 @@ class ParquetReader(ManifestReader):
                         damaged.append(f"{label}/{name}.parquet (removed)")
                     continue
                 rows = _part_rows(part, None)
-                want = None if expected is None else expected["n_files"] if name == "manifest" else sum(
-                    expected[f"n_{kind}"] for kind in ("added", "removed", "replaced", "renamed")) if name == "changes" else None
+                want = None  # (the rows versions.parquet gives: of the files, and of the change set)
+                if expected is not None and name == "manifest":
+                    want = expected["n_files"]
+                elif expected is not None and name == "changes":
+                    want = sum(expected[f"n_{kind}"] for kind in ("added", "removed", "replaced", "renamed"))
                 if rows is None or (want is not None and rows != want):
                     damaged.append(f"{label}/{name}.parquet")
         if not missing and not damaged:

@@ -354,12 +354,12 @@ class _Site:
             if with_person.height else None)
         # The visit ids of visit_occurrence.csv (as numbers where they are, repeated as the table repeats them); None
         # when it cannot be read.
+        ids = [self.visit_persons["_visit"]] if self.visit_persons is not None else []
         without_person = visits.filter(pl.col("person_id").is_null())
-        self.visit_ids: pl.Series | None = pl.concat([
-            *([self.visit_persons["_visit"]] if self.visit_persons is not None else []),
-            *([without_person.select(_norm_id(_joined("visit_occurrence_id").explode())).to_series().drop_nulls().alias("_visit")]
-              if without_person.height else []),
-        ]) if visits.height else None
+        if without_person.height:
+            ids.append(without_person.select(_norm_id(_joined("visit_occurrence_id").explode()).alias("_visit"))
+                       .to_series().drop_nulls())
+        self.visit_ids: pl.Series | None = pl.concat(ids) if ids else None
         # (a file at the root named OMOP is no OMOP/ folder: it was taken for one, whose 13 tables were all missing)
         self.omop_dir = (self.files.lazy().filter((pl.col("_top_l") == "omop") & (pl.col("_n") >= 2))
                          .select(pl.col("_top").min()).collect().item())
