@@ -22,7 +22,8 @@ from typing import Any
 
 from . import release
 from .errors import (EXIT_CODES_HELP, STOP_SIGNALS, ChorusError, ExitCode, Stopped, UsageError,
-                     interrupted_at_start, holding_signal, note_signal, machine_limit, signals_unwrapped)
+                     forget_signals, handling_stop, interrupted_at_start, holding_signal, note_signal, machine_limit,
+                     quiet_lost_stops, signals_unwrapped)
 from .faults import pause
 from .units import plural, quoted, shown, shown_name, shown_text
 
@@ -1838,31 +1839,23 @@ def _stop_on_signals() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
-    def stopping() -> bool:
-        """A stop signal's exception is being handled (the run is stopping: its `except` and `finally` blocks
-        record what was committed, finish the `runs` row, flush the checkpoint, release the lock)."""
-        exc = sys.exc_info()[1]
-        while exc is not None:
-            if isinstance(exc, (KeyboardInterrupt, Stopped)):
-                return True
-            exc = exc.__cause__ or exc.__context__
-        return False
-
     # A second signal while the first one's stop is under way (SIGHUP then SIGTERM: a logout, then systemd) is not
     # raised again: it cut that clean-up short, said "nothing was committed" of a version the run had committed,
     # left its `runs` row unfinished, and named itself as what stopped the run.
     def stop(signum: int, _frame) -> None:
-        if holding_signal(signum) or stopping():  # (held: raised when the renames of a set of files are done)
+        if holding_signal(signum) or handling_stop():  # (held: raised when the renames of a set of files are done)
             return
         note_signal(signum)
         raise Stopped(signum)
 
     def interrupt(signum: int, _frame) -> None:  # Python's own SIGINT handler, remembered as the others
-        if holding_signal(signum) or stopping():
+        if holding_signal(signum) or handling_stop():
             return
         note_signal(signum)
         raise KeyboardInterrupt
 
+    forget_signals()
+    sys.unraisablehook = quiet_lost_stops(sys.unraisablehook)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, interrupt)
 

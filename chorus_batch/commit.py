@@ -33,7 +33,7 @@ import polars as pl
 from .classify import PathPattern, classify, fingerprint
 from .diff import Diff, compute_diff
 from .config import parse_max_delete
-from .errors import MassRemovalRefused, UsageError
+from .errors import MassRemovalRefused, UsageError, raise_lost_stop
 from .frames import CLASSIFIED_SCHEMA, MD5_SOURCES, STATE_SCHEMA, columns_of, empty_errors, fmt, under_folders
 from .partitions import TreeParts, bucket_range, compact, in_range, with_bucket
 from .progress import Progress, log
@@ -360,6 +360,7 @@ def commit(manifest: Manifest, scanned: ScanResult, previous: pl.DataFrame | Tre
         _say_clock_behind(manifest, started, label)
         if progress is not None:
             progress.stage(f"committing version {label}")
+        raise_lost_stop()  # the last moment a stop can leave the previous version as it was
         record = VersionRecord(
             label=label, started_at=iso(started), finished_at=iso(finished or utc_now()), mode=mode, site=site, counts=counts,
             n_errors=errors.height, n_files=n_files, total_bytes=total_bytes, run_id=run_id,

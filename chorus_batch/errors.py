@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 
@@ -328,6 +328,51 @@ _received: list[int] = []
 
 def note_signal(signum: int) -> None:
     _received.append(signum)
+
+
+def forget_signals() -> None:
+    """A new command begins (cli.main): the stop signals an earlier one in this process received are not its own."""
+    _received.clear()
+
+
+def handling_stop() -> bool:
+    """A stop signal's exception is being handled in this thread (the run is stopping: its `except` and `finally`
+    blocks record what was committed, finish the `runs` row, flush the checkpoint, release the lock)."""
+    import sys
+
+    exc = sys.exc_info()[1]
+    while exc is not None:
+        if isinstance(exc, (KeyboardInterrupt, Stopped)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def raise_lost_stop() -> None:
+    """At a stage boundary: a stop signal whose exception was lost where it was raised is raised again. Python runs
+    a signal's handler wherever the main thread is, and what it raises inside a finaliser the garbage collector
+    runs (a `__del__`, a weakref callback: "Exception ignored in ...") is dropped: the run went on, committed and
+    exited 0 (CI: SIGUSR1 while the workers started)."""
+    import threading
+
+    if _received and threading.current_thread() is threading.main_thread() and not handling_stop():
+        import signal
+
+        raise KeyboardInterrupt if _received[0] == signal.SIGINT else Stopped(_received[0])
+
+
+def quiet_lost_stops(hook: Callable) -> Callable:
+    """A sys.unraisablehook that does not print a stop signal's exception dropped in a finaliser ("Exception
+    ignored in ... Traceback": the run stops at its next stage, raise_lost_stop) and gives `hook` the rest."""
+    if getattr(hook, "quiet_lost_stops", False):  # (a second command in this process)
+        return hook
+
+    def said(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, (KeyboardInterrupt, Stopped)) and _received):
+            hook(unraisable)
+
+    said.quiet_lost_stops = True  # type: ignore[attr-defined]
+    return said
 
 
 # Stop signals held off while a few renames put a set of files in place (held_signals): raised at its end.

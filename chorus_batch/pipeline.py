@@ -22,7 +22,7 @@ from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
 from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestError, ManifestLocked, Stopped, UsageError,
-                     machine_limit, signals_unwrapped)
+                     machine_limit, raise_lost_stop, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -556,6 +556,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     timings: dict[str, float] = {}
 
     def mark(stage: str, since: float) -> float:
+        raise_lost_stop()
         now = time.perf_counter()
         timings[stage] = round(now - since, 4)
         log.debug(f"{stage}: {now - since:.3f} s, peak RSS {_peak_rss_mb():.0f} MB")
