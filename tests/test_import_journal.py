@@ -575,7 +575,7 @@ def test_a_dry_run_holds_the_lock_so_an_import_into_the_same_db_waits_its_turn(t
         assert building
         out = import_journal(JOURNALS["A"], db, "--to", "az://central/")
         assert out.returncode == 4, out.stderr
-        assert "locked by another run" in out.stderr and "`chorus-batch import-journal`" in out.stderr, out.stderr
+        assert "locked by another command" in out.stderr and "`chorus-batch import-journal`" in out.stderr, out.stderr
         assert all(path.exists() for path in building) and not db.exists()
     finally:
         dry.send_signal(signal.SIGTERM)
@@ -733,7 +733,7 @@ def test_one_import_at_a_time_and_a_missing_site_before_any_work(tmp_path):
     proc = _start(JOURNALS["A"], db, "--to", "az://central/", pause="commit")
     try:
         second = import_journal(JOURNALS["A"], db, "--to", "az://central/")
-        assert second.returncode == 4 and "locked by another run" in second.stderr and "import-journal" in second.stderr
+        assert second.returncode == 4 and "locked by another command" in second.stderr and "import-journal" in second.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)

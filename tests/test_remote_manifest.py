@@ -139,6 +139,22 @@ def test_the_working_copy_cache_is_owner_only_whatever_the_umask(az, tmp_path, u
     assert not loose, loose
 
 
+@pytest.mark.parametrize("holder, said", [("validate --force --db x", "command"), ("run --site /x", "run")])
+def test_the_lease_is_said_held_by_the_command_that_holds_it(az, tmp_path, holder, said):
+    """A run turned away while `validate --force` held the lease was told "locked by another run"."""
+    site = small_site(tmp_path / "site")
+    assert run(az, site).returncode == 0
+    lease = az.lock.acquire_lease(lease_duration=60)
+    try:
+        az.lock.set_blob_metadata({"chorus_pid": "4242", "chorus_host": "otherhost", "chorus_user": "alice",
+                                   "chorus_started": "2026-01-01T00:00:00Z", "chorus_command": holder}, lease=lease)
+        refused = run(az, site)
+        assert refused.returncode == 4, refused.stderr
+        assert f"locked by another {said}: pid 4242" in refused.stderr and f"wait for that {said}" in refused.stderr
+    finally:
+        lease.release()
+
+
 def test_a_run_is_refused_while_another_holds_the_lease_and_unlock_breaks_it(az, tmp_path):
     site = small_site(tmp_path / "site")
     assert run(az, site).returncode == 0

@@ -822,6 +822,21 @@ def test_a_manifest_on_a_file_system_without_flock_is_said_to_be_so_not_locked(s
             assert not isinstance(said.value, ManifestLocked) and "does not lock files" in str(said.value)
             assert "Lustre" in str(said.value) and "-o flock" in said.value.fix, said.value
 
+@pytest.mark.parametrize("holder, said", [("validate", "command"), ("registry", "command"), ("run", "run")])
+def test_the_lock_is_said_held_by_the_command_that_holds_it(site, db, holder, said):
+    """A nightly run turned away while `validate --force` (or `registry`) held the run lock was told "locked by
+    another run ... once that run has finished": there was no other run to wait for."""
+    from chorus_batch.store.lock import manifest_lock
+
+    write(site, "OMOP/a.csv")
+    assert run(site, db, "-q").returncode == 0
+    with manifest_lock(db, [holder, "--db", str(db)]):
+        out = run(site, db)
+    assert out.returncode == 4, out.stderr
+    assert f"locked by another {said}: pid {os.getpid()} " in out.stderr and f"`chorus-batch {holder}`" in out.stderr
+    assert f"this run did nothing; run it again once that {said} has finished" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("command", [("upgrade",), ("validate", "--force", "--site"), ("run", "--site")])
 def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command):
     """`upgrade` (or `validate --force`, `registry`) refused by a run's lock was told "this run did nothing": it is

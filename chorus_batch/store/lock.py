@@ -257,11 +257,14 @@ def manifest_lock(db: Path, argv: list[str], *, kind: str = "run") -> Iterator[N
         if array is not None:
             raise ManifestLocked(f"the manifest is locked by {array[0]} of this Slurm job array: {holder}; {array[1]}",
                                  where=str(lock_path), fix=f"{this} did nothing; {ARRAY_FIX}") from None
+        # the holder as what it is: a `validate --force` or `registry` holding the run lock is no "other run"
+        held = info.get("command") if isinstance(info, dict) else None
+        other = kind if held in (None, kind) or held not in _command_names() else "command"
         raise ManifestLocked(
-            f"the manifest is locked by another {kind}: {holder}",
+            f"the manifest is locked by another {other}: {holder}",
             where=str(lock_path),
             # (said: a cron log shows this line alone, and exit 4 is not in everyone's head)
-            fix=f"{this} did nothing; run it again once that {kind} has finished (if that process is gone, its "
+            fix=f"{this} did nothing; run it again once that {other} has finished (if that process is gone, its "
                 "lock went with it)",
         ) from None
     except OSError as exc:

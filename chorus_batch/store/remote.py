@@ -50,7 +50,7 @@ from ..sources.cloud import azure_sign_in, explain, retrying, storage_errors, sy
 from ..units import plural
 from ..urls import is_remote, mask_url  # noqa: F401  (is_remote: re-exported)
 from ..times import iso, utc_now
-from .lock import user_name
+from .lock import command_of, user_name
 
 if TYPE_CHECKING:
     from ..config import CloudSettings
@@ -334,10 +334,13 @@ class RemoteManifest:
         except HttpResponseError as exc:
             if getattr(exc, "status_code", None) == 409 and "Lease" in str(getattr(exc, "error_code", "") or "Lease"):
                 props = self.properties(blob)
+                metadata = (props.metadata if props else None) or {}
+                held = command_of(unquote(metadata.get(f"{_META}command", "")).split())
+                other = "run" if held in (None, "run") else "command"  # (validate, registry: no "other run")
                 raise ManifestLocked(
-                    f"the manifest is locked by another run: {describe_holder(props.metadata if props else None)}",
+                    f"the manifest is locked by another {other}: {describe_holder(props.metadata if props else None)}",
                     where=self.where,
-                    fix=f"wait for that run to finish (the lock of a run that died expires within a minute); if "
+                    fix=f"wait for that {other} to finish (the lock of a run that died expires within a minute); if "
                         f"it is gone and cannot finish, break it with `chorus-batch unlock --db {self.where}`",
                 ) from None
             raise explain(exc, where=self.where, how=self.sign_in.how, action="lock (lease)",
