@@ -1186,7 +1186,9 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                             not_taken.head(20).select("srcfile", "message").iter_rows()))
             if not_taken.height > 20:
                 print(f"    ... and {not_taken.height - 20} more (--json lists them all)")
-    return int(ExitCode.FINDINGS if has_errors(findings) else ExitCode.OK)
+    # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
+    unchecked = not_taken is not None and not_taken.height > 0
+    return int(ExitCode.FINDINGS if has_errors(findings) or unchecked else ExitCode.OK)
 
 
 def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:

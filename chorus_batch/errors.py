@@ -40,11 +40,12 @@ exit codes:
        errors were recorded; upload: files not sent; verify: blobs missing or not matching;
        mark-uploaded: blobs not recorded, log lines not understood, or nothing recorded;
        import-journal: parts of the journal could not be mapped; import-config: warnings;
-       registry: written, with warnings: files without a row, a capture time or a table not as recorded)
+       registry: written, with warnings: files without a row, a capture time or a table not as recorded;
+       validate --site: files its scan could not take, not checked)
   2    bad usage or configuration (nothing was done)
   3    failure (nothing was committed: the latest version stays, or a first run wrote none; upload: what was confirmed
        is recorded, the same command resumes; import-journal: no manifest was written)
-  4    the manifest is locked by another run (its holder is named; for a manifest in Azure whose
+  4    the manifest is locked by another run or command (its holder is named; for a manifest in Azure whose
        holder died, `chorus-batch unlock --db az://...` breaks the lock)
   5    refused: the run would remove more files than --max-delete allows, or a root looks empty
        (nothing was committed; the message says how many files and how to allow it); upload: a blob

@@ -505,9 +505,11 @@ def test_validate_a_folder_names_the_files_its_scan_could_not_take(clean, tmp_pa
     """A file the scan does not take (here a symbolic link, not followed) is in no version, so no rule sees it; the
     temporary manifest that recorded why is removed. validate --site said only "0 errors" about such a site."""
     first = person_ids(3)[0]
+    assert cli("validate", "--site", str(clean), cwd=tmp_path).returncode == 0  # (a clean site: no finding)
     (clean / "linked").symlink_to(clean / first, target_is_directory=True)
     text = cli("validate", "--site", str(clean), cwd=tmp_path)
     assert "not checked: 1 file the scan could not take" in text.stdout, text.stdout
+    assert text.returncode == 1, "files no rule saw are findings (exit 1), as a run's scan errors are"
     assert "linked: symbolic link not followed" in text.stdout
     report = json.loads(cli("validate", "--site", str(clean), "--json", cwd=tmp_path).stdout)
     assert [(f["srcfile"], f["kind"]) for f in report["not_checked"]] == [("linked", "symlink")]
