@@ -404,6 +404,32 @@ def test_a_manifest_refused_for_what_it_holds_is_not_said_to_need_the_command_ru
     assert not (tmp_path / "reg").exists()
 
 
+@pytest.mark.parametrize("edit, words", [
+    ("DROP TABLE uploads", "lacks its table uploads"),
+    ("DROP TABLE changes", "lacks its table changes"),
+    ("ALTER TABLE versions DROP COLUMN mode", "lacks its column versions.mode"),
+])
+def test_a_current_manifest_with_a_table_dropped_by_hand_is_refused_by_every_command(old, tmp_path, edit, words):
+    """A schema-11 manifest with a table (or a column) dropped in a database browser: `versions`, `report` and
+    `upload` said "SQLite failed on the manifest: no such table: uploads" with the query and "report it", and `run`
+    and `validate` went on and exited 0 on it. Now each says what is missing and how to restore it, exit 3, and the
+    file is as it was."""
+    assert cli("upgrade", "--db", str(old)).returncode == 0
+    with sqlite3.connect(old) as con:
+        con.execute(edit)
+    con.close()
+    data = old.read_bytes()
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "site", site)
+    for args in (("versions",), ("files",), ("validate",), ("upgrade",), ("run", "--site", str(site)),
+                 ("report", "--out", str(tmp_path / "r.html")), ("upload", "--script", "bash", "--to", "az://central/")):
+        out = cli(*args, "--db", str(old))
+        assert out.returncode == 3 and words in out.stderr and "restore it from a backup" in out.stderr, (args, out.stderr)
+        assert "the manifest is as it was" in out.stderr and "no such" not in out.stderr, (args, out.stderr)
+        assert old.read_bytes() == data
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_upgrade_on_a_read_only_mount_is_not_told_to_run_the_same_command_again(tmp_path):
     """An old manifest on a file system mounted read-only (a backup): `upgrade` said to pass --db on a writable file
     system, then "run the same command again", which fails the same way. After a failure the command's own fix says
