@@ -10,6 +10,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -402,6 +403,74 @@ def test_a_manifest_refused_for_what_it_holds_is_not_said_to_need_the_command_ru
         assert "run the same command again" not in out.stderr and "proc_ids" not in out.stderr, (args, out.stderr)
         assert old.read_bytes() == data
     assert not (tmp_path / "reg").exists()
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("DROP TABLE uploads", "lacks its table uploads"),
+    ("DROP TABLE changes", "lacks its table changes"),
+    ("ALTER TABLE versions DROP COLUMN mode", "lacks its column versions.mode"),
+])
+def test_a_current_manifest_with_a_table_dropped_by_hand_is_refused_by_every_command(old, tmp_path, edit, words):
+    """A schema-11 manifest with a table (or a column) dropped in a database browser: `versions`, `report` and
+    `upload` said "SQLite failed on the manifest: no such table: uploads" with the query and "report it", and `run`
+    and `validate` went on and exited 0 on it. Now each says what is missing and how to restore it, exit 3, and the
+    file is as it was."""
+    assert cli("upgrade", "--db", str(old)).returncode == 0
+    with sqlite3.connect(old) as con:
+        con.execute(edit)
+    con.close()
+    data = old.read_bytes()
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE / "site", site)
+    for args in (("versions",), ("files",), ("validate",), ("upgrade",), ("run", "--site", str(site)),
+                 ("report", "--out", str(tmp_path / "r.html")), ("upload", "--script", "bash", "--to", "az://central/")):
+        out = cli(*args, "--db", str(old))
+        assert out.returncode == 3 and words in out.stderr and "restore it from a backup" in out.stderr, (args, out.stderr)
+        assert "the manifest is as it was" in out.stderr and "no such" not in out.stderr, (args, out.stderr)
+        assert old.read_bytes() == data
+    assert not (tmp_path / "r.html").exists()
+
+
+_CUT_SHORT = """
+import os, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("PRAGMA journal_mode = DELETE")
+con.execute("PRAGMA cache_size = 1")  # (the edit's pages reach the file before its end)
+con.execute("BEGIN")
+con.execute("UPDATE source_files SET md5 = 'edited'")
+con.execute("DELETE FROM versions")
+os._exit(9)  # killed mid-edit: a hot -journal beside the manifest
+"""
+
+
+def test_a_manifest_with_an_edit_cut_short_in_a_folder_the_reader_cannot_write_is_not_called_damaged(old, tmp_path):
+    """A manifest beside a hot -journal (a sqlite3 session or program killed while it edited it) read by a reviewer
+    who may not write its folder: read as it is (immutable), `versions` and `report` said "the manifest is damaged:
+    database disk image is malformed ... restore it from a backup" of an intact manifest. Now they say what the
+    -journal is and who can undo it; once the owner opens it, SQLite undoes the edit and nothing recorded is lost."""
+    assert cli("upgrade", "--db", str(old)).returncode == 0
+    versions = query(old, "SELECT label FROM versions ORDER BY label")
+    subprocess.run([sys.executable, "-c", _CUT_SHORT, str(old)], check=False)
+    journal = Path(f"{old}-journal")
+    assert journal.stat().st_size > 0
+    caps = "-dac_override,-dac_read_search"  # (root's permission override dropped: the reviewer's view)
+    prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if os.geteuid() == 0 else []
+    os.chmod(old.parent, 0o555)
+    try:
+        outs = [subprocess.run([*prefix, sys.executable, "-m", "chorus_batch", *args, "--db", str(old)],
+                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                for args in (("versions",), ("files",), ("report", "--out", "-"))]
+    finally:
+        os.chmod(old.parent, 0o755)
+    for out in outs:
+        assert out.returncode == 3 and "holds an edit that was cut short" in out.stderr, out.stderr
+        assert "damaged" in out.stderr and "is not damaged" in out.stderr and "restore it from a backup" not in out.stderr
+        assert str(journal) in out.stderr and "internal error" not in out.stderr
+    assert journal.exists()
+    owner = cli("versions", "--db", str(old))  # the owner's open undoes the edit
+    assert owner.returncode == 0, owner.stderr
+    assert query(old, "SELECT label FROM versions ORDER BY label") == versions
+    assert query(old, "SELECT count(*) FROM source_files WHERE md5 = 'edited'") == [(0,)]
 
 
 def test_upgrade_on_a_read_only_mount_is_not_told_to_run_the_same_command_again(tmp_path):

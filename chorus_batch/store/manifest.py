@@ -379,6 +379,8 @@ class Manifest:
         if not self.path.is_file():
             return plain  # nothing to probe (yet): opening it is the writer's business
         sources = [plain, f"{uri}?mode=ro", f"{uri}?mode=ro&immutable=1"]
+        if not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK | os.X_OK)):
+            self._check_no_hot_journal()
         if not os.access(self.path, os.W_OK):
             # A reader who may not write the manifest: in a folder it may write (a shared, sticky one) SQLite
             # would leave a -shm and -wal of this user's beside it, which the owner's runs cannot then use or
@@ -406,8 +408,34 @@ class Manifest:
             return source
         return plain
 
+    def _check_no_hot_journal(self) -> None:
+        """Refused to a user who cannot write the manifest or its folder while a -journal beside it holds an edit cut
+        short (a hot rollback journal): SQLite undoes it at the next open that may write there; any other open reads
+        the edit's half-written pages, or fails ("disk I/O error", not being able to remove the -journal)."""
+        journal = Path(f"{self.path}-journal")
+        try:
+            with open(journal, "rb") as fh:
+                hot = fh.read(8) == b"\xd9\xd5\x05\xf9\x20\xa1\x63\xd7"  # (SQLite's journal header; zeroed: not hot)
+        except OSError:
+            hot = False
+        if hot:
+            # read as it is, `versions` and `report` said "the manifest is damaged ... restore it from a backup" of an
+            # intact manifest, whose edit SQLite undoes at the next open by a user who may write beside it
+            here, folder = shlex.quote(str(self.path)), shlex.quote(str(self.path.parent))
+            raise ManifestError(
+                f"cannot read the manifest: its -journal file ({journal.name}) holds an edit that was cut short (a "
+                "program or sqlite3 session stopped while it changed the manifest), which SQLite undoes at the next "
+                "open by a user who can write the manifest and its folder; this user cannot, and the file read as it is "
+                "holds that edit's half-written pages. The manifest is not damaged",
+                where=str(journal),
+                fix=f"have a user who can write it and {folder} run any command on it once (chorus-batch versions --db "
+                    f"{here}), or copy the manifest with its -journal file to a folder you can write (cp {here} "
+                    f"{shlex.quote(str(journal))} DIR/) and pass --db DIR/{self.path.name}")
+
     def _check_no_wal(self) -> None:
-        """An immutable read sees the file only: refused while a -wal holds commits not yet in it."""
+        """An immutable read sees the file only: refused while a -wal holds commits not yet in it, or a -journal an
+        edit cut short."""
+        self._check_no_hot_journal()
         wal = Path(f"{self.path}-wal")
         if wal.exists() and wal.stat().st_size > 0 and _read_only_file_system(self.path.parent):
             # (a backup, a snapshot, a share mounted read-only: no run will ever move the -wal into the file there)

@@ -240,7 +240,35 @@ def schema_version(con: sqlite3.Connection, where: str) -> int | None:
             "meta.schema_version was edited or damaged; nothing was changed", where=where,
             fix="restore the manifest from a backup, or set meta.schema_version back to the schema of the release "
                 "that wrote it"))
+    if int(row[0]) == SCHEMA_VERSION:
+        _check_tables(con, tables, where)
     return int(row[0])
+
+
+def _check_tables(con: sqlite3.Connection, tables: set[str], where: str) -> None:
+    """A manifest of this schema has every table and column of it. One a hand dropped (a DROP TABLE, a column
+    dropped in a database browser) was read as far as it went: `versions` said "SQLite failed on the manifest: no
+    such table: uploads" with a query, 'report it', and a run or `validate` went on and exited 0 on it."""
+    lacking = []
+    for table, columns in MANIFEST_TABLES.items():
+        if table not in tables:
+            lacking.append(f"table {table}")
+            continue
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        lacking += [f"column {table}.{c.name}" for c in columns if c.name not in have]
+    if lacking:
+        import shlex
+
+        from ..errors import salvage_command
+
+        here = shlex.quote(where)
+        raise _refused(ManifestError(
+            f"the manifest has schema version {SCHEMA_VERSION} but lacks its {', '.join(lacking)}: it was edited or "
+            "damaged; nothing was changed", where=where,
+            fix=f"restore it from a backup (in its place: cp BACKUP {here}), or from the copy `upload` left beside the "
+                "newest version it completed at the centre (<version>/_manifest/manifest.sqlite); do not start a new "
+                "manifest in its place: its versions and uploads ledger would be lost. With neither, keep it and copy "
+                f"out what is still there: {salvage_command(where)}"))
 
 
 def too_new(version: int, where: str) -> ManifestError:
