@@ -2063,6 +2063,10 @@ _HOME_PATHS = {"out": "--out", "config": "--config", "delete_list": "--delete-li
                "config_file": "CONFIG"}
 
 
+# those of them that take no URL of any kind (a URL there was a folder 's3:' made in the working folder)
+_LOCAL_ONLY = frozenset({"out", "config", "delete_list", "from_log", "config_file"})
+
+
 # what some of them name, in a message about the name itself
 _NAMES = {"parquet": "the snapshot folder's name", "staging": "the staging folder's name",
           "merge": "the staging folder's name", "config": "the config file's name", "config_file": "the config file's name"}
@@ -2074,12 +2078,16 @@ def _expand_home(args: argparse.Namespace) -> None:
     import-config --out and testdata OUT made a folder named '~' in the working folder; --config "~/chorus.toml" was
     "config file not found: ~/chorus.toml" (a systemd unit's ExecStart expands no '~'), --delete-list, --parquet
     and the others alike."""
-    from .urls import expand_home, refuse_blank_ends, refuse_too_long, refuse_windows_path
+    from .urls import expand_home, refuse_blank_ends, refuse_too_long, refuse_url, refuse_windows_path
 
     for dest, name in _HOME_PATHS.items():
         value = getattr(args, dest, None)
         if isinstance(value, str) and value.startswith("~"):
             setattr(args, dest, expand_home(value, "OUT" if dest == "out" and args.command == "testdata" else name))
+        if isinstance(value, str) and dest in _LOCAL_ONLY:  # (JOURNAL takes az://; --staging, --merge and
+            # --parquet say their own)
+            refuse_url(getattr(args, dest), "OUT" if dest == "out" and args.command == "testdata" else name,
+                       writes=dest == "out")
         if isinstance(value, str):
             # `--out "$OUT"` read from a file with Windows line ends: a report written as 'r.html\r' beside the one
             # looked for, a --config 'c.toml\r' "not found" while c.toml is there (said as --db's is)

@@ -371,6 +371,28 @@ def refuse_file_url(value: str, what: str, resolved: str | None = None) -> None:
                      "is not there; nothing was done", where=what, fix=f"give the path itself: {plain}")
 
 
+def refuse_url(value: str, what: str, writes: bool) -> None:
+    """A UsageError for a URL (`s3://b/r.html`, `az://c/x`, `https://...`, `file:///p`) given to an option that takes
+    a path on this machine (`--out`, `--config`, `--delete-list`, `--from-log`, testdata OUT, import-config CONFIG):
+    `registry --out s3://b/reg` wrote its files into a folder 's3:/b/reg' under the working folder and exited 0, and
+    `report --out s3://b/r.html` said "its folder s3:/b does not exist: create the folder first". `writes`: the
+    option names what the command writes (else what it reads). A file or folder of that very name is taken."""
+    if "://" not in value or os.path.lexists(value):
+        return
+    shown = mask_url(value)
+    protocol = protocol_of(value)
+    if protocol == "file":
+        plain = local_path(value, what)
+        fix = f"give the path itself: {plain}"
+    elif writes:
+        fix = ("give a path on this machine, then copy what was written to the storage with its own tool "
+               "(aws s3 cp, azcopy copy)")
+    else:
+        fix = "copy the file here first with the storage's own tool (aws s3 cp, azcopy copy) and give its local path"
+    raise UsageError(f"{what} {shown} is a URL ({protocol}://), where a path on this machine is taken: taken as "
+                     f"written it names {os.path.abspath(shown)}; nothing was done", where=what, fix=fix)
+
+
 def refuse_blank_ends(path: str, what: str, kind: str = "the manifest's file name") -> None:
     """A UsageError for a file or folder name (`kind`, of the argument `what`) that starts or ends with white space and
     is not there (`db = "m.sqlite "`, or `--db "$DB"` read from a file saved with Windows line ends: "m.sqlite\r"):

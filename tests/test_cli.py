@@ -715,6 +715,38 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("command, value", [
+    (["registry", "--out"], "s3://site-bucket/registries"), (["report", "--out"], "s3://site-bucket/r.html"),
+    (["review", "--out"], "az://reports/r.ipynb"), (["report", "--out"], "file:///tmp/r.html"),
+    (["versions", "--config"], "s3://site-bucket/chorus.toml"), (["testdata"], "s3://site-bucket/testdata"),
+    (["import-config"], "https://example.org/config.toml?sig=SECRETSIG"),
+    (["run", "--mode", "append", "--delete-list"], "s3://site-bucket/gone.txt"),
+])
+def test_a_url_given_to_a_local_path_option_is_refused_not_made_here(tmp_path, command, value):
+    """`registry --out s3://bucket/reg` wrote its registries into a folder 's3:/bucket/reg' made in the working folder
+    and exited 0; `report --out s3://b/r.html` said "its folder s3:/b does not exist: create the folder first";
+    testdata OUT made 's3:/...' too; --config and --delete-list "not found". Each took the URL as a relative path
+    (only file: URLs without '//' and Windows paths were checked). Exit 2 naming the URL (masked), nothing made."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    extra = [] if command[0] in ("testdata", "import-config") else ["--db", str(db)]
+    if command[0] == "run":
+        extra += ["--site", str(tmp_path / "site")]
+    if command[0] in ("run", "versions"):
+        extra.append("--json")
+    out = cli(*command, value, *extra, cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"{value.split('?')[0]}" in out.stderr and " is a URL (" in out.stderr, out.stderr
+    assert "where a path on this machine is taken" in out.stderr, out.stderr
+    assert "SECRETSIG" not in out.stderr + out.stdout
+    if value.startswith("file://"):
+        assert "give the path itself: /tmp/r.html" in out.stderr, out.stderr
+    assert list(work.iterdir()) == []
+
+
 @pytest.mark.parametrize("where", ["--db", "config", "--parquet", "JOURNAL"])
 def test_a_path_too_long_for_the_file_system_is_a_usage_error(tmp_path, where):
     """A --db (or [manifest] db, --parquet, import-journal's JOURNAL) whose name part is past the file system's limit

@@ -867,6 +867,32 @@ def test_folder_marker_objects_are_not_files(clean_env, azurite, moto_s3, tmp_pa
         assert _listed(open_source(url + "/", cloud=cloud_settings)) == set(SITE_FILES), url
 
 
+def test_the_roots_own_folder_marker_with_bytes_is_named_not_listed_by_an_empty_name(clean_env, azurite, moto_s3,
+                                                                                      tmp_path):
+    """The root's own marker (`export/` under s3://b/export) holding bytes was reported as "    : a folder marker
+    (...) that holds 17 bytes" with an empty path in the summary and scan_errors: nothing said which object. Now './',
+    naming the marker by its URL, on S3 as on Azure."""
+    from conftest import query, run_site
+    from services import upload_tree, upload_tree_s3
+
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    local = _tree(tmp_path / "site", SITE_FILES)
+    bucket, container = moto_s3.new_bucket("rootmark"), azurite.new_container("rootmark")
+    upload_tree_s3(moto_s3.client(), bucket, local, prefix="export")
+    moto_s3.client().put_object(Bucket=bucket, Key="export/", Body=b"root marker bytes")
+    with azurite.service_client() as service:
+        upload_tree(service, container, local, prefix="export")
+        service.get_container_client(container).upload_blob("export/", b"root marker bytes", overwrite=True)
+    for url, db in ((f"s3://{bucket}/export", tmp_path / "s3.sqlite"), (f"az://{container}/export", tmp_path / "az.sqlite")):
+        result = run_site(url, db, validate_site=False)
+        assert result.label, url
+        (path, message), = query(db, "SELECT srcfile, message FROM scan_errors WHERE kind = 'special_file'")
+        assert path == "./" and f"the root's own folder marker ({url}/," in message and "17 bytes" in message, message
+
+
 def test_folder_blobs_and_markers_with_bytes_give_the_manifest_of_a_local_copy(clean_env, azurite, moto_s3, tmp_path):
     """A folder made by azcopy, Storage Explorer or the ADLS Gen2 API is a zero-byte blob named like the folder
     (no '/') with metadata hdi_isfolder=true: not a file (it was recorded as an empty file). A folder marker that

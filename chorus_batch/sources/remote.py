@@ -140,9 +140,14 @@ class FsspecSource:
         except cloud_access.storage_errors() as exc:
             raise cloud_access.explain(exc, where=self.description, how=self.how, action="list",
                                        endpoint=cloud_access.endpoint_of(self.fs), sas_permissions=self._sas) from None
-        # A folder marker that holds bytes is not silently dropped: no copy of the site could keep them.
-        errors.extend((name, "special_file", f"a folder marker (an object named like a folder) that holds {size} "
-                       "bytes: no file can have this name, so it is not tracked; move its bytes to a file name")
+        # A folder marker that holds bytes is not silently dropped: no copy of the site could keep them. The root's
+        # own marker (`export/` under s3://b/export) is named so, as './' and by its URL: it was listed by an empty
+        # name ("    : a folder marker ..."), which said nothing of which object held the bytes.
+        errors.extend((name or "./", "special_file",
+                       (f"a folder marker (an object named like a folder) that holds {size} bytes" if name else
+                        f"the root's own folder marker ({self.description.rstrip('/')}/, an object named like the "
+                        f"root folder) holds {size} bytes")
+                       + ": no file can have this name, so it is not tracked; move its bytes to a file name")
                       for name, size in markers if size)
         found = _pathless_left_out(found, errors)
         if not found[0]:
