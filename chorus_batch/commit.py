@@ -153,17 +153,21 @@ def read_delete_list(path: str) -> pl.DataFrame:
     lines = lines.with_columns(srcfile=srcfile, why=(
         pl.when(pl.col("_name").is_null() & pl.col("written").str.contains(r"^\s|\s$"))
         .then(pl.lit("starts or ends with a space or tab"))
+        # A path copied from the Windows machine's Explorer (C:\data\site\OMOP\a.csv, \\server\share\...): read as
+        # site-relative 'C:/data/site/OMOP/a.csv', it was "not in the manifest; ignored" and the file stayed recorded
+        .when(pl.col("_name").is_null() & pl.col("written").str.contains(r"^(?:[A-Za-z]:[\\/]|\\\\)"))
+        .then(pl.lit("starts with a drive or network share, a Windows absolute path"))
         .when(srcfile.str.starts_with("/")).then(pl.lit("starts with '/', an absolute path"))
         .when(srcfile.str.contains(r"(^|/)\.{1,2}(/|$)|//|/$")).then(pl.lit("has an empty, '.' or '..' part"))))
     bad = lines.filter(pl.col("why").is_not_null())
     if bad.height:
-        shown = "; ".join(f"line {n} {w!r}: {why}" for n, w, why in bad.head(5).select("line", "written", "why").rows())
+        shown = "; ".join(f"line {n} {quoted(w)}: {why}" for n, w, why in bad.head(5).select("line", "written", "why").rows())
         what = ("is not a site-relative path as the manifest stores it" if bad.height == 1 else
                 "are not site-relative paths as the manifest stores them")
         raise UsageError(f"{plural(bad.height, 'line')} of the delete list {what} ({shown})", where=path,
                          fix="write each path as `chorus-batch files` shows it (e.g. OMOP/person.csv): no space or tab "
-                             "at either end, no leading '/' (a name with a space at its end in quotes, as `files` shows "
-                             "it: 'OMOP/a.csv '); nothing was recorded")
+                             "at either end, no leading '/' nor drive (C:\\): relative to the site's root (a name with a "
+                             "space at its end in quotes, as `files` shows it: 'OMOP/a.csv '); nothing was recorded")
     # (the line with its backslashes: a name's own characters where the manifest records it so, see _check_delete_list)
     literal = pl.coalesce("_name", pl.col("written").str.replace(r"^(\./)+", ""))
     return lines.select("srcfile", pl.col("line").cast(pl.Int64), "written", literal=literal).unique(

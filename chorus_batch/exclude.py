@@ -30,6 +30,10 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "~$*",  # Microsoft Office lock files
     ".~lock.*#",  # LibreOffice lock files
     "Icon\r",  # macOS custom folder icons
+    # Windows' "mark of the web" (an alternate data stream of a downloaded file), which a copy from Windows into WSL
+    # or a Linux share makes a file of its own beside each file: person.csv:Zone.Identifier was recorded, uploaded,
+    # and validation told the site to rename it
+    "*:Zone.Identifier",
     # the folders macOS and Windows keep at a volume's root: a site at the root of a disk it was copied to or shipped on
     ".Spotlight-V100/", ".Trashes/", ".fseventsd/", ".TemporaryItems/", "$RECYCLE.BIN/", "System Volume Information/",
 )

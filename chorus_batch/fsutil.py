@@ -169,6 +169,13 @@ def write_private_together(contents: dict[Path, bytes | Callable[[Path], None]])
     return list(aside)
 
 
+# What os.link says where the file system has no hard links (or no more for the file). Windows: FAT, exFAT (a USB
+# disk) and shares without hard links say ERROR_INVALID_FUNCTION or ERROR_NOT_SUPPORTED, which Python gives as EINVAL:
+# `import-config --out` failed there, and so did `registry --out` into a folder holding an earlier set (keeping
+# each earlier file aside took only the POSIX errors for "no hard links").
+NO_HARD_LINK = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.EINVAL)
+
+
 def _kept_aside(target: Path) -> Path | None:
     """The file at `target`, if any, kept under a second name beside it (a hard link; a copy where the file system
     has none) until its set is in place: what _put_back restores."""
@@ -180,7 +187,7 @@ def _kept_aside(target: Path) -> Path | None:
     try:
         os.link(target, kept, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+        if exc.errno not in NO_HARD_LINK:
             raise
         shutil.copyfile(target, kept, follow_symlinks=False)
     return kept
@@ -394,9 +401,7 @@ def _link_new(tmp: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError as exc:
-        # (Windows: FAT, exFAT (a USB disk) and shares without hard links say ERROR_INVALID_FUNCTION or
-        # ERROR_NOT_SUPPORTED, which Python gives as EINVAL: `import-config --out` failed there)
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.EINVAL):
+        if exc.errno not in NO_HARD_LINK:
             raise
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None

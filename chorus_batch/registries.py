@@ -147,8 +147,11 @@ def _read_omop(files: pl.DataFrame, table: str, columns: list[str], sources: Map
     try:
         opened = source.open(srcfile)
     except OSError as exc:  # most often a site moved since the run recorded its root: not an internal error
+        from .sources.local import root_gone
+
+        gone = root_gone(source) if isinstance(exc, FileNotFoundError) else None
         raise UsageError(f"cannot read {srcfile} (the visits files are placed in) from the site root {source.description}: "
-                         f"{exc.strerror or exc}", where=srcfile,
+                         f"{exc.strerror or exc}" + (f"; {gone}" if gone else ""), where=srcfile,
                          fix="if the site moved since the run that recorded it, pass --site with its root; else check "
                              "that the file is there and readable, then run the command again") from None
     with opened as f:

@@ -153,6 +153,26 @@ def test_a_new_file_is_written_where_the_file_system_has_no_hard_links_as_window
     assert (tmp_path / "chorus.toml").read_bytes() == b"[site]\n" and len(list(tmp_path.iterdir())) == 1
 
 
+def test_a_set_written_over_an_earlier_one_where_the_file_system_has_no_hard_links_as_windows_says_it(tmp_path,
+                                                                                                       monkeypatch):
+    """`registry --out E:\\reg` again (a USB disk, FAT or exFAT, on Windows): each earlier file is kept aside by a hard
+    link until the new set is in place, and a file system without them falls back to a copy; EINVAL, as Windows says
+    it, was not taken for "no hard links" there (as it was for a new file): the second write failed, "cannot write"."""
+    import errno
+
+    from chorus_batch.fsutil import write_private_together
+
+    def no_links(*_args, **_kwargs):
+        raise OSError(errno.EINVAL, "Incorrect function")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "reg"
+    out.mkdir()
+    write_private_together({out / "a.csv": b"a1\n", out / "b.csv": b"b1\n"})
+    write_private_together({out / "a.csv": b"a2\n", out / "b.csv": b"b2\n"})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"a.csv": b"a2\n", "b.csv": b"b2\n"}
+
+
 _CLOSED_FOLDER = """
 import sys
 from pathlib import Path

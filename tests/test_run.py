@@ -525,6 +525,27 @@ def test_a_delete_list_line_is_taken_as_written_and_named_by_its_number(site, db
         "listed for deletion (line 3) but not in the manifest; ignored"]
 
 
+def test_a_delete_list_line_with_a_windows_absolute_path_is_refused_by_its_number(site, db, tmp_path):
+    """A line copied from the Windows machine's Explorer (C:\\data\\site\\OMOP\\a.csv, \\\\server\\share\\...) was read
+    as the site-relative 'C:/data/site/OMOP/a.csv': "not in the manifest; ignored", the other lines applied, and the file
+    stayed recorded. Refused with its line as a leading '/' is, before anything is recorded, quoted as written."""
+    write(site, "OMOP/a.csv", b"a")
+    write(site, "OMOP/b.csv", b"b")
+    run_site(site, db)
+    (site / "OMOP/a.csv").unlink()
+    (site / "OMOP/b.csv").unlink()
+    deletions = tmp_path / "deleted.txt"
+    deletions.write_bytes(b"\xef\xbb\xbfOMOP\\b.csv\r\nC:\\data\\site\\OMOP\\a.csv\r\n\\\\srv\\share\\OMOP\\a.csv\r\n")
+    with pytest.raises(UsageError) as refused:
+        run_site(site, db, mode="append", delete_list=str(deletions), max_delete="all")
+    assert ("2 lines of the delete list are not site-relative paths as the manifest stores them (line 2 "
+            "'C:\\data\\site\\OMOP\\a.csv': starts with a drive or network share, a Windows absolute path; line 3 "
+            "'\\\\srv\\share\\OMOP\\a.csv': starts with a drive or network share, a Windows absolute path)"
+            ) in str(refused.value), str(refused.value)
+    assert "nor drive" in refused.value.fix
+    assert len(query(db, "SELECT label FROM versions")) == 1 and set(current_rows(db)) == {"OMOP/a.csv", "OMOP/b.csv"}
+
+
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
 def test_a_delete_list_saved_on_windows_is_read(site, db, tmp_path, encoding):
     """A delete list with a byte-order mark (Notepad, Excel's "CSV UTF-8") had U+FEFF read into its first path, which

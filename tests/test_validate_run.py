@@ -646,3 +646,23 @@ def test_validate_of_a_folder_without_a_manifest_does_not_log_a_version_committe
     assert "committing version" not in out.stderr, out.stderr
     assert "recording the folder's files in a temporary manifest, to check them" in out.stderr, out.stderr
     assert list(tmp_path.iterdir()) == [clean]
+
+
+@pytest.mark.parametrize("recorded", ["C:/data/site", "/mnt/not-mounted/site"])
+def test_validate_of_a_manifest_whose_recorded_root_is_not_there_says_so_not_that_each_file_is_gone(
+        clean, tmp_path, recorded):
+    """A manifest copied from the site's Windows machine (its root recorded as C:/data/site, a folder under the working
+    one here), or one whose disk is not mounted: `validate --force --db` said of every file "it is gone (removed or
+    moved since the run recorded it): the next run records that", which is untrue of both. It names the root and why
+    it is not there, and how to check the site where it is."""
+    db = tmp_path / "m.sqlite"
+    run_site(clean, db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE roots SET location = ?", (recorded,))
+        con.execute("DELETE FROM file_facts")
+    done = cli("validate", "--force", "--db", str(db), "--json", cwd=tmp_path)
+    messages = [f["message"] for f in json.loads(done.stdout)["findings"] if f["rule"] == "file.unread"]
+    assert messages and not [m for m in messages if "it is gone" in m], messages
+    said = messages[0]
+    assert "the root it is recorded under" in said and "validate --site DIR" in said, said
+    assert ("Windows path" in said) == recorded.startswith("C:"), said

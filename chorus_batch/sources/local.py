@@ -134,6 +134,16 @@ def _why_no_folder(path: str) -> str:
     return "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
 
 
+def root_gone(source) -> str | None:
+    """Why a file of `source` could not be found when its root is not there as a whole (None: the root is there, or
+    `source` is no local folder): a recorded root on a disk not mounted, or one recorded on Windows (C:/data/site)
+    read elsewhere, where it is a folder under the working one. Each file was said "gone (removed or moved)"."""
+    root = getattr(source, "root", None)
+    if not isinstance(root, str) or not getattr(source, "parallel_local", False) or os.path.isdir(root):
+        return None
+    return f"the root it is recorded under, {shown_name(root)}, {_why_no_folder(root)}"
+
+
 class LocalSource:
     """A directory on a local or HPC file system."""
 

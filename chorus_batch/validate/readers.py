@@ -1257,14 +1257,19 @@ def read_facts(source, srcfile: str, kind: str) -> dict[str, Any]:
         with source.open(srcfile) as f:
             return parse_facts(kind, f)
     except OSError as exc:
-        return read_failed(exc)
+        return read_failed(exc, source)
 
 
-def read_failed(exc: OSError) -> dict[str, Any]:
+def read_failed(exc: OSError, source=None) -> dict[str, Any]:
     """The facts of a read that failed (not the content): what happened, and what to do as it is true of that
     cause. The file is as the run recorded it (size, mtime) unless it is gone, so only a removal is a change the
     next run sees: a file this user may not read, or a storage failure, is read again by the next check only."""
-    if isinstance(exc, FileNotFoundError):
+    from ..sources.local import root_gone
+
+    if isinstance(exc, FileNotFoundError) and (gone := root_gone(source)) is not None:
+        fix = (f"{gone}; nothing says the file was removed: check the site where it is (chorus-batch validate "
+               "--site DIR), or mount it where it was recorded")
+    elif isinstance(exc, FileNotFoundError):
         fix = "it is gone (removed or moved since the run recorded it): the next run records that"
     elif isinstance(exc, PermissionError):
         fix = ("give this user read permission on it, then check again (chorus-batch validate): the next run sees "
@@ -1284,7 +1289,7 @@ def _written_since(source, srcfile: str, size: int | None, mtime_ns: int | None,
     try:
         now = source.stat(srcfile)
     except OSError as exc:
-        return read_failed(exc)
+        return read_failed(exc, source)
     if etag is not None:
         if now.etag is None or now.etag == etag:
             return None
@@ -1376,7 +1381,7 @@ def _as_recorded(source, kind: str, md5: str, srcfile: str, size: int | None, mt
     try:
         now = source.hash_file(srcfile, bytearray(READ_SIZE), parser(kind))
     except OSError as exc:
-        return read_failed(exc)
+        return read_failed(exc, source)
     if now.md5 != md5:
         return {"error": "it was written since it was recorded (its MD5 is no longer the recorded one): the next run "
                          "records the change and reads it", "retry": True}
