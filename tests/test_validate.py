@@ -1900,3 +1900,31 @@ def test_tables_named_with_a_prefix_are_told_once_each_as_the_file_to_rename(cle
         ("omop.missing_table", f"OMOP/{table}.csv", f"OMOP table {table} is missing: rename OMOP/cdm_{table}.csv to "
          f"OMOP/{table}.csv if it is the table (a comma-delimited snapshot with a header row)")
         for table in ("observation", "observation_period", "person")]
+
+
+@pytest.mark.parametrize("names", [("OMOP/measurement_part1.csv", "OMOP/measurement_part2.csv"),
+                                   ("OMOP/measurement.000.csv", "OMOP/measurement.001.csv"),
+                                   ("OMOP/measurement/part-00000.csv", "OMOP/measurement/part-00001.csv")])
+def test_a_table_split_into_parts_is_told_to_be_joined_not_one_part_renamed(clean, names):
+    """A table exported in parts (measurement_part1.csv and _part2.csv, measurement.000.csv and .001.csv, a folder of
+    part files) was told to rename one part as the table and to rename or remove the others: done, the table lacked
+    the other parts' rows. The missing table's finding now names every part and says to join them."""
+    table = (clean / "OMOP/measurement.csv").read_bytes()
+    (clean / "OMOP/measurement.csv").unlink()
+    for name in names:
+        write(clean, name, table)
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile", "message").rows() == [
+        ("omop.missing_table", "OMOP/measurement.csv", "OMOP table measurement is missing, and 2 files look like parts or "
+         f"copies of it ({names[0]}, {names[1]}): the upload procedure asks for each table as one comma-delimited file "
+         "with one header row; join the parts into OMOP/measurement.csv (keeping the header row once), or rename the "
+         "one that is the whole table to it, and remove the others")]
+
+
+def test_a_part_beside_its_table_is_told_as_a_part_of_it(clean):
+    write(clean, "OMOP/person_2.csv", (clean / "OMOP/person.csv").read_bytes())
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile", "message").rows() == [
+        ("omop.unexpected_file", "OMOP/person_2.csv", "looks like a part or a copy of the person table, which is "
+         "OMOP/person.csv: the upload procedure asks for each table as one file, a full snapshot; join its rows into "
+         "that file (if they are not there yet) and remove it")]

@@ -20,6 +20,11 @@ from .rules import (
 from .site import _Across, _found, _norm_id, _one, _Site, _unreadable
 
 
+# What ends the name of one part of a table exported in several files: _1, -00001, _part1, _part_2, _chunk3,
+# _2019, _2024-01 (a table split by year or month)
+_PART_SUFFIX = r"(?:[_-]*(?:part|chunk)?[_-]*[0-9]+)+$"
+
+
 def _omop(site: _Site) -> list[pl.LazyFrame]:
     if site.omop_dir is None:
         return []
@@ -32,23 +37,47 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     # A missing table's file under another extension (death.txt, person.csv.bak; not a compressed one: file.compressed)
     # or with a prefix (cdm_person.csv, an export's schema name: 13 unexpected files and 13 missing tables were said of
     # one cause) is told with the table, as the file to rename, and not again as an unknown file. The longest table
-    # a name ends with: cdm_observation_period is observation_period, not observation.
+    # a name ends with: cdm_observation_period is observation_period, not observation. So are the parts of a table
+    # exported in several files (measurement_part1.csv, person_2.csv, measurement.000.csv, a folder
+    # OMOP/measurement/ of part-00000.csv files): one part was told to be renamed as the table and the others to be
+    # renamed or removed, which would submit a table missing the rows of its other parts.
     stem = pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)")
-    named_as = pl.coalesce([pl.when((stem == table) | stem.str.ends_with(f"_{table}")).then(pl.lit(table))
-                            for table in sorted(missing, key=len, reverse=True)] or [pl.lit(None, pl.String)])
-    misnamed = (omop.filter(in_folder & ~pl.col("_compressed") & (~pl.col("_table").is_in(known)).fill_null(True))
-                .with_columns(_stem=named_as)
-                .filter(pl.col("_stem").is_not_null()).sort("srcfile").unique("_stem", keep="first"))
-    renames = dict(misnamed.select("_stem", "srcfile").rows())
+    whole = stem.str.replace(_PART_SUFFIX, "")  # (a part's number dropped)
+    in_table_folder = (pl.col("_n") == 3) & pl.col("_ext_l").eq("csv").fill_null(False)
+
+    def named(tables: list[str]) -> pl.Expr:
+        """The table (of `tables`) a file in OMOP/ looks like, or a part of: by its name, or its folder's."""
+        def like(name: pl.Expr, table: str) -> pl.Expr:
+            return (name == table) | name.str.ends_with(f"_{table}")
+        return pl.coalesce([pl.when(pl.when(in_folder).then(like(stem, table) | like(whole, table))
+                                    .otherwise(in_table_folder & like(pl.col("_second_l"), table))).then(pl.lit(table))
+                            for table in sorted(tables, key=len, reverse=True)] or [pl.lit(None, pl.String)])
+    misnamed = (omop.filter(~pl.col("_compressed") & ((in_folder & (~pl.col("_table").is_in(known)).fill_null(True))
+                                                      | in_table_folder))
+                .with_columns(_stem=named(missing)).filter(pl.col("_stem").is_not_null()).sort("srcfile"))
+    parts: dict[str, list[str]] = {}
+    for table, srcfile in misnamed.select("_stem", "srcfile").rows():
+        parts.setdefault(table, []).append(srcfile)
     out: list[pl.LazyFrame] = []
     for table in missing:
-        out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv",
-                        f"OMOP table {table} is missing: rename {renames[table]} to {omop_dir}/{table}.csv if it is "
-                        f"the table (a comma-delimited snapshot with a header row)" if table in renames else
-                        f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a "
-                        f"header row (the upload procedure asks for all 13 clinical tables; a table the site "
-                        f"does not capture is sent with its header row only)"))
-    omop = omop.filter(~pl.col("srcfile").is_in(list(renames.values())))
+        found = parts.get(table, [])
+        if len(found) == 1:
+            message = (f"OMOP table {table} is missing: {'rename' if found[0].count('/') == 1 else 'move'} {found[0]} "
+                       f"to {omop_dir}/{table}.csv if it is the table (a comma-delimited snapshot with a header row)")
+        elif found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            message = (f"OMOP table {table} is missing, and {len(found)} files look like parts or copies of it "
+                       f"({shown}): the upload procedure asks for each table as one comma-delimited file with one "
+                       f"header row; join the parts into {omop_dir}/{table}.csv (keeping the header row once), or "
+                       f"rename the one that is the whole table to it, and remove the others")
+        else:
+            message = (f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a header row "
+                       f"(the upload procedure asks for all 13 clinical tables; a table the site does not capture is "
+                       f"sent with its header row only)")
+        out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv", message))
+    omop = omop.filter(~pl.col("srcfile").is_in([f for found in parts.values() for f in found]))
+    # a part or copy of a table the folder holds (measurement_part2.csv beside measurement.csv)
+    part_of = named([table for table in REQUIRED_TABLES if table in tables])
     out.append(_found("omop.specimen", omop.filter(in_folder & pl.col("_table").is_in(FORBIDDEN_TABLES)), "srcfile",
                       pl.lit("CHoRUS does not collect the specimen table: remove this file")))
     out.append(_found(
@@ -62,6 +91,10 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         .when(pl.col("_name").str.to_lowercase().str.contains(r"registry.*\.csv$")).then(pl.lit(
             "a linkage registry in OMOP/, where none is read: the linkage procedure delivers the registries with the "
             "extract, at the site root (or in Metadata/); move it there"))
+        .when(part_of.is_not_null() & in_folder).then(fmt(
+            "looks like a part or a copy of the {} table, which is {}/{}.csv: the upload procedure asks for each table "
+            "as one file, a full snapshot; join its rows into that file (if they are not there yet) and remove it",
+            part_of, pl.lit(omop_dir), part_of))
         .otherwise(pl.lit("not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the CDM 5.4 clinical tables "
                           "and waveform_visit_links.csv only; rename or remove it"))))
 
