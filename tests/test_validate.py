@@ -1928,3 +1928,16 @@ def test_a_part_beside_its_table_is_told_as_a_part_of_it(clean):
         ("omop.unexpected_file", "OMOP/person_2.csv", "looks like a part or a copy of the person table, which is "
          "OMOP/person.csv: the upload procedure asks for each table as one file, a full snapshot; join its rows into "
          "that file (if they are not there yet) and remove it")]
+
+
+@pytest.mark.parametrize("table, rule", [("visit_occurrence", "registry.visit_person"),
+                                         ("procedure_occurrence", "registry.procedure_person")])
+def test_a_person_id_written_as_a_decimal_in_an_omop_table_is_told_as_such(clean, table, rule):
+    """visit_occurrence.csv (or procedure_occurrence.csv) with its person_ids written as decimals (101.0, as pandas
+    writes them) was told to give its visits (procedures) to "another person" than the registry's 000101, and to fix
+    the registry's visit_id: the same person, written as a decimal. The finding now says so."""
+    edit(f"OMOP/{table}.csv", lambda t: re.sub(r"(?m)^([0-9]+),0*([0-9]+),", r"\1,\2.0,", t))(clean)
+    messages = validate(clean).filter(pl.col("rule") == rule)["message"].to_list()
+    assert messages and all(re.search(r"; persons (101\.0 and 101|000101 and 101\.0) are one id, one written as a "
+                                      r"decimal .*write the person_ids of the registry and "
+                                      f"{table}.csv as integers$", m) for m in messages), messages
