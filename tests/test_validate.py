@@ -1941,3 +1941,13 @@ def test_a_person_id_written_as_a_decimal_in_an_omop_table_is_told_as_such(clean
     assert messages and all(re.search(r"; persons (101\.0 and 101|000101 and 101\.0) are one id, one written as a "
                                       r"decimal .*write the person_ids of the registry and "
                                       f"{table}.csv as integers$", m) for m in messages), messages
+
+
+def test_a_spreadsheet_delimiter_hint_before_the_header_is_told_to_be_removed(clean):
+    """A table exported with Excel's "sep=," line before its header row was told that its header lacked the key
+    column person_id ("export the table with its CDM 5.4 column names"), though the header, on its second line, has it."""
+    edit("OMOP/person.csv", lambda t: "sep=,\n" + t)(clean)
+    out = validate(clean).filter(pl.col("srcfile") == "OMOP/person.csv")
+    assert out.select("rule", "message").rows() == [
+        ("omop.no_header", "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove "
+                           "that line, so that the header row comes first")]

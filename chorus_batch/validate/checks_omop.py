@@ -104,8 +104,11 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     parsed = csvs.filter(pl.col("_ok"))
     comma = parsed.filter(pl.col("delimiter") == ",")
     looks_like_value = pl.col("columns").list.eval(pl.element().str.contains(r"^[-+.0-9]")).list.any()
+    # "sep=," before the header row: the delimiter hint some exports write for spreadsheets (told as a header that
+    # lacked person_id: "export the table with its CDM 5.4 column names", though it has them, on the second line)
+    sep_line = pl.col("columns").list.first().str.contains(r"^sep=") & (pl.col("columns").list.len() <= 2)
     no_header = pl.col("columns").list.len().eq(0) | looks_like_value | pl.col("columns").list.eval(
-        pl.element() == "").list.all()
+        pl.element() == "").list.all() | sep_line.fill_null(False)
     tables_only = pl.col("_table").is_in(list(OMOP_KEYS))
     key = pl.col("_table").replace_strict(OMOP_KEYS, default=None, return_dtype=pl.String)
     has_key = pl.col("columns").list.set_intersection(pl.concat_list(key)).list.len() > 0
@@ -131,6 +134,9 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
                pl.when(pl.col("columns").list.eval(pl.element() == "").list.all() | (pl.col("columns").list.len() == 0))
                .then(pl.lit("the first line is empty, not the column names: export the table with its header row "
                             "first"))
+               .when(sep_line).then(pl.lit(
+                   "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove that line, "
+                   "so that the header row comes first"))
                .otherwise(pl.lit("the first line holds values, not column names: export the table with its header "
                                  "row"))),
         _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",
