@@ -1917,8 +1917,29 @@ def test_a_table_split_into_parts_is_told_to_be_joined_not_one_part_renamed(clea
     assert out.select("rule", "srcfile", "message").rows() == [
         ("omop.missing_table", "OMOP/measurement.csv", "OMOP table measurement is missing, and 2 files look like parts or "
          f"copies of it ({names[0]}, {names[1]}): the upload procedure asks for each table as one comma-delimited file "
-         "with one header row; join the parts into OMOP/measurement.csv (keeping the header row once), or rename the "
+         "with one header row; join the parts into OMOP/measurement.csv, keeping the header row once, or rename the "
          "one that is the whole table to it, and remove the others")]
+
+
+def test_a_table_spark_wrote_as_a_folder_of_parts_is_told_to_be_one_file_in_its_place(clean):
+    """Spark writes a table as a folder OMOP/measurement.csv/ of part files, a _SUCCESS marker and .crc checksums:
+    the table was told missing ("add OMOP/measurement.csv", where a folder of that name was) and each part and marker
+    as in a subfolder ("move it there or remove it": a _SUCCESS moved into OMOP/)."""
+    table = (clean / "OMOP/measurement.csv").read_bytes()
+    (clean / "OMOP/measurement.csv").unlink()
+    parts = ["OMOP/measurement.csv/part-00000-a1.csv", "OMOP/measurement.csv/part-00001-a1.csv"]
+    for name in parts:
+        write(clean, name, table)
+    write(clean, "OMOP/measurement.csv/.part-00000-a1.csv.crc", b"crc")
+    out = validate(clean).filter(pl.col("rule").str.starts_with("omop."))
+    assert out.sort("srcfile").select("rule", "srcfile", "message").rows() == [
+        ("omop.missing_table", "OMOP/measurement.csv", "OMOP table measurement is missing, and 2 files look like parts "
+         f"or copies of it ({parts[0]}, {parts[1]}): the upload procedure asks for each table as one comma-delimited "
+         "file with one header row; join the parts into OMOP/measurement.csv (a file, in place of the folder "
+         "OMOP/measurement.csv/ and its other files), keeping the header row once, or rename the one that is the whole "
+         "table to it, and remove the others"),
+        ("omop.unexpected_file", "OMOP/measurement.csv/.part-00000-a1.csv.crc", "a marker or checksum file a Spark "
+         "export writes beside a table's parts, not data: remove it")]
 
 
 def test_a_part_beside_its_table_is_told_as_a_part_of_it(clean):

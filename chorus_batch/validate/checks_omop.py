@@ -44,13 +44,14 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     stem = pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)")
     whole = stem.str.replace(_PART_SUFFIX, "")  # (a part's number dropped)
     in_table_folder = (pl.col("_n") == 3) & pl.col("_ext_l").eq("csv").fill_null(False)
+    folder = pl.col("_second_l").str.strip_suffix(".csv")  # (Spark writes a table as a folder OMOP/person.csv/)
 
     def named(tables: list[str]) -> pl.Expr:
         """The table (of `tables`) a file in OMOP/ looks like, or a part of: by its name, or its folder's."""
         def like(name: pl.Expr, table: str) -> pl.Expr:
             return (name == table) | name.str.ends_with(f"_{table}")
         return pl.coalesce([pl.when(pl.when(in_folder).then(like(stem, table) | like(whole, table))
-                                    .otherwise(in_table_folder & like(pl.col("_second_l"), table))).then(pl.lit(table))
+                                    .otherwise(in_table_folder & like(folder, table))).then(pl.lit(table))
                             for table in sorted(tables, key=len, reverse=True)] or [pl.lit(None, pl.String)])
     misnamed = (omop.filter(~pl.col("_compressed") & ((in_folder & (~pl.col("_table").is_in(known)).fill_null(True))
                                                       | in_table_folder))
@@ -61,14 +62,18 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     out: list[pl.LazyFrame] = []
     for table in missing:
         found = parts.get(table, [])
+        # a folder where the table's file belongs (Spark's OMOP/person.csv/part-00000-*.csv, with _SUCCESS beside)
+        instead = (f" (a file, in place of the folder {omop_dir}/{table}.csv/ and its other files)"
+                   if any(f.lower().startswith(f"omop/{table}.csv/") for f in found) else "")
         if len(found) == 1:
             message = (f"OMOP table {table} is missing: {'rename' if found[0].count('/') == 1 else 'move'} {found[0]} "
-                       f"to {omop_dir}/{table}.csv if it is the table (a comma-delimited snapshot with a header row)")
+                       f"to {omop_dir}/{table}.csv{instead} if it is the table (a comma-delimited snapshot with a header "
+                       f"row)")
         elif found:
             shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             message = (f"OMOP table {table} is missing, and {len(found)} files look like parts or copies of it "
                        f"({shown}): the upload procedure asks for each table as one comma-delimited file with one "
-                       f"header row; join the parts into {omop_dir}/{table}.csv (keeping the header row once), or "
+                       f"header row; join the parts into {omop_dir}/{table}.csv{instead}, keeping the header row once, or "
                        f"rename the one that is the whole table to it, and remove the others")
         else:
             message = (f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a header row "
@@ -84,7 +89,9 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         "omop.unexpected_file",
         omop.filter((~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True))
                     & ~pl.col("_compressed")), "srcfile",  # (a compressed table: file.compressed)
-        pl.when(~in_folder).then(pl.lit(
+        pl.when(~in_folder & pl.col("_name").str.contains(r"^(_SUCCESS|_committed_.*|_started_.*|\..*\.crc)$")).then(pl.lit(
+            "a marker or checksum file a Spark export writes beside a table's parts, not data: remove it"))
+        .when(~in_folder).then(pl.lit(
             "in a subfolder of OMOP/, where no table is read: the tables lie directly in OMOP/ (one snapshot of "
             "each); move it there or remove it (keep earlier versions outside the site)"))
         # (the registries are read where the linkage procedure delivers them: at the root of the release)
