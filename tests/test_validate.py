@@ -1972,3 +1972,17 @@ def test_a_spreadsheet_delimiter_hint_before_the_header_is_told_to_be_removed(cl
     assert out.select("rule", "message").rows() == [
         ("omop.no_header", "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove "
                            "that line, so that the header row comes first")]
+
+
+def test_a_compressed_part_is_one_of_the_parts_to_join(clean):
+    """measurement_part1.csv beside measurement_part2.csv.gz: the plain part alone was told to be renamed as the table
+    (the compressed one left out), which would submit the table without part 2's rows."""
+    table = (clean / "OMOP/measurement.csv").read_bytes()
+    (clean / "OMOP/measurement.csv").unlink()
+    write(clean, "OMOP/measurement_part1.csv", table)
+    write(clean, "OMOP/measurement_part2.csv.gz", b"\x1f\x8b\x08\x00" + bytes(20))
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert sorted(out["rule"]) == ["file.compressed", "omop.missing_table"]
+    message = out.filter(pl.col("rule") == "omop.missing_table")["message"].item()
+    assert message.startswith("OMOP table measurement is missing, and 2 files look like parts or copies of it "
+                              "(OMOP/measurement_part1.csv, OMOP/measurement_part2.csv.gz): "), message

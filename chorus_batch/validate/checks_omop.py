@@ -43,7 +43,9 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     # renamed or removed, which would submit a table missing the rows of its other parts.
     stem = pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)")
     whole = stem.str.replace(_PART_SUFFIX, "")  # (a part's number dropped)
-    in_table_folder = (pl.col("_n") == 3) & pl.col("_ext_l").eq("csv").fill_null(False)
+    # (a compressed part, part-00001.csv.gz, is one of the parts to join too: file.compressed says to decompress it)
+    in_table_folder = (pl.col("_n") == 3) & (pl.col("_ext_l").eq("csv").fill_null(False) | (
+        pl.col("_compressed") & pl.col("_name").str.to_lowercase().str.contains(r"\.csv\.")))
     folder = pl.col("_second_l").str.strip_suffix(".csv")  # (Spark writes a table as a folder OMOP/person.csv/)
 
     def named(tables: list[str]) -> pl.Expr:
@@ -53,12 +55,14 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
         return pl.coalesce([pl.when(pl.when(in_folder).then(like(stem, table) | like(whole, table))
                                     .otherwise(in_table_folder & like(folder, table))).then(pl.lit(table))
                             for table in sorted(tables, key=len, reverse=True)] or [pl.lit(None, pl.String)])
-    misnamed = (omop.filter(~pl.col("_compressed") & ((in_folder & (~pl.col("_table").is_in(known)).fill_null(True))
-                                                      | in_table_folder))
+    misnamed = (omop.filter((in_folder & (~pl.col("_table").is_in(known)).fill_null(True)) | in_table_folder)
                 .with_columns(_stem=named(missing)).filter(pl.col("_stem").is_not_null()).sort("srcfile"))
-    parts: dict[str, list[str]] = {}
-    for table, srcfile in misnamed.select("_stem", "srcfile").rows():
-        parts.setdefault(table, []).append(srcfile)
+    candidates: dict[str, list[tuple[str, bool]]] = {}
+    for table, srcfile, compressed in misnamed.select("_stem", "srcfile", "_compressed").rows():
+        candidates.setdefault(table, []).append((srcfile, compressed))
+    # (a compressed table alone is file.compressed's, which says to decompress it: "add" the table is true)
+    parts = {table: [srcfile for srcfile, _ in found] for table, found in candidates.items()
+             if len(found) > 1 or not found[0][1]}
     out: list[pl.LazyFrame] = []
     for table in missing:
         found = parts.get(table, [])
