@@ -1986,3 +1986,13 @@ def test_a_compressed_part_is_one_of_the_parts_to_join(clean):
     message = out.filter(pl.col("rule") == "omop.missing_table")["message"].item()
     assert message.startswith("OMOP table measurement is missing, and 2 files look like parts or copies of it "
                               "(OMOP/measurement_part1.csv, OMOP/measurement_part2.csv.gz): "), message
+
+
+def test_registry_persons_person_csv_writes_as_decimals_are_told_so(clean):
+    """person.csv with its person_ids written as decimals (101.0): the registries' rows were told "person_ids 000101,
+    ... are not in person.csv: fix the rows or add the persons", though person.csv holds them, written as decimals."""
+    edit("OMOP/person.csv", lambda t: re.sub(r"(?m)^0*([0-9]+),", r"\1.0,", t))(clean)
+    messages = validate(clean).filter(pl.col("rule") == "registry.unknown_person")["message"].to_list()
+    assert len(messages) == 2 and all(m.endswith(
+        " (person.csv writes person_ids as decimals, such as 000101 as 101.0: OMOP's person_id is an integer; write "
+        "person.csv's person_ids as integers)") for m in messages), messages

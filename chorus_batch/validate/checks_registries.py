@@ -119,9 +119,20 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
-        out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
-                          fmt("person_id{|s} {} {is|are} not in person.csv: fix the rows or add the {person|persons}{}",
-                              pl.col("_p").list.head(5).list.join(", "), _decimals("_p"), n=pl.col("_p").list.len())))
+        # person.csv's ids written as decimals (101.0): the registry's 101 is the person, written otherwise there
+        decimal = (site.person_ids.to_frame("_written").filter(pl.col("_written").str.contains(r"^\s*[0-9]+\.0*\s*$"))
+                   .with_columns(_key=_integer(pl.col("_written"))).unique("_key"))
+        as_decimal = (people.with_columns(_key=_integer(pl.col("_p"))).join(decimal, on="_key")
+                      .sort("_p").group_by("srcfile").agg(_d=pl.col("_p").first(), _w=pl.col("_written").first()))
+        people = people.group_by("srcfile").agg(pl.col("_p").sort()).join(as_decimal, on="srcfile", how="left")
+        out.append(_found("registry.unknown_person", people, "srcfile",
+                          fmt("person_id{|s} {} {is|are} not in person.csv: fix the rows or add the {person|persons}{}{}",
+                              pl.col("_p").list.head(5).list.join(", "), _decimals("_p"),
+                              pl.when(pl.col("_d").is_not_null()).then(fmt(
+                                  " (person.csv writes person_ids as decimals, such as {} as {}: OMOP's person_id "
+                                  "is an integer; write person.csv's person_ids as integers)", pl.col("_d"),
+                                  pl.col("_w"))).otherwise(pl.lit("")),
+                              n=pl.col("_p").list.len())))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
         given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
