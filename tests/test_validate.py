@@ -1900,3 +1900,99 @@ def test_tables_named_with_a_prefix_are_told_once_each_as_the_file_to_rename(cle
         ("omop.missing_table", f"OMOP/{table}.csv", f"OMOP table {table} is missing: rename OMOP/cdm_{table}.csv to "
          f"OMOP/{table}.csv if it is the table (a comma-delimited snapshot with a header row)")
         for table in ("observation", "observation_period", "person")]
+
+
+@pytest.mark.parametrize("names", [("OMOP/measurement_part1.csv", "OMOP/measurement_part2.csv"),
+                                   ("OMOP/measurement.000.csv", "OMOP/measurement.001.csv"),
+                                   ("OMOP/measurement/part-00000.csv", "OMOP/measurement/part-00001.csv")])
+def test_a_table_split_into_parts_is_told_to_be_joined_not_one_part_renamed(clean, names):
+    """A table exported in parts (measurement_part1.csv and _part2.csv, measurement.000.csv and .001.csv, a folder of
+    part files) was told to rename one part as the table and to rename or remove the others: done, the table lacked
+    the other parts' rows. The missing table's finding now names every part and says to join them."""
+    table = (clean / "OMOP/measurement.csv").read_bytes()
+    (clean / "OMOP/measurement.csv").unlink()
+    for name in names:
+        write(clean, name, table)
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile", "message").rows() == [
+        ("omop.missing_table", "OMOP/measurement.csv", "OMOP table measurement is missing, and 2 files look like parts or "
+         f"copies of it ({names[0]}, {names[1]}): the upload procedure asks for each table as one comma-delimited file "
+         "with one header row; join the parts into OMOP/measurement.csv, keeping the header row once, or rename the "
+         "one that is the whole table to it, and remove the others")]
+
+
+def test_a_table_spark_wrote_as_a_folder_of_parts_is_told_to_be_one_file_in_its_place(clean):
+    """Spark writes a table as a folder OMOP/measurement.csv/ of part files, a _SUCCESS marker and .crc checksums:
+    the table was told missing ("add OMOP/measurement.csv", where a folder of that name was) and each part and marker
+    as in a subfolder ("move it there or remove it": a _SUCCESS moved into OMOP/)."""
+    table = (clean / "OMOP/measurement.csv").read_bytes()
+    (clean / "OMOP/measurement.csv").unlink()
+    parts = ["OMOP/measurement.csv/part-00000-a1.csv", "OMOP/measurement.csv/part-00001-a1.csv"]
+    for name in parts:
+        write(clean, name, table)
+    write(clean, "OMOP/measurement.csv/.part-00000-a1.csv.crc", b"crc")
+    out = validate(clean).filter(pl.col("rule").str.starts_with("omop."))
+    assert out.sort("srcfile").select("rule", "srcfile", "message").rows() == [
+        ("omop.missing_table", "OMOP/measurement.csv", "OMOP table measurement is missing, and 2 files look like parts "
+         f"or copies of it ({parts[0]}, {parts[1]}): the upload procedure asks for each table as one comma-delimited "
+         "file with one header row; join the parts into OMOP/measurement.csv (a file, in place of the folder "
+         "OMOP/measurement.csv/ and its other files), keeping the header row once, or rename the one that is the whole "
+         "table to it, and remove the others"),
+        ("omop.unexpected_file", "OMOP/measurement.csv/.part-00000-a1.csv.crc", "a marker or checksum file a Spark "
+         "export writes beside a table's parts, not data: remove it")]
+
+
+def test_a_part_beside_its_table_is_told_as_a_part_of_it(clean):
+    write(clean, "OMOP/person_2.csv", (clean / "OMOP/person.csv").read_bytes())
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert out.select("rule", "srcfile", "message").rows() == [
+        ("omop.unexpected_file", "OMOP/person_2.csv", "looks like a part or a copy of the person table, which is "
+         "OMOP/person.csv: the upload procedure asks for each table as one file, a full snapshot; join its rows into "
+         "that file (if they are not there yet) and remove it")]
+
+
+@pytest.mark.parametrize("table, rule", [("visit_occurrence", "registry.visit_person"),
+                                         ("procedure_occurrence", "registry.procedure_person")])
+def test_a_person_id_written_as_a_decimal_in_an_omop_table_is_told_as_such(clean, table, rule):
+    """visit_occurrence.csv (or procedure_occurrence.csv) with its person_ids written as decimals (101.0, as pandas
+    writes them) was told to give its visits (procedures) to "another person" than the registry's 000101, and to fix
+    the registry's visit_id: the same person, written as a decimal. The finding now says so."""
+    edit(f"OMOP/{table}.csv", lambda t: re.sub(r"(?m)^([0-9]+),0*([0-9]+),", r"\1,\2.0,", t))(clean)
+    messages = validate(clean).filter(pl.col("rule") == rule)["message"].to_list()
+    assert messages and all(re.search(r"; persons (101\.0 and 101|000101 and 101\.0) are one id, one written as a "
+                                      r"decimal .*write the person_ids of the registry and "
+                                      f"{table}.csv as integers$", m) for m in messages), messages
+
+
+def test_a_spreadsheet_delimiter_hint_before_the_header_is_told_to_be_removed(clean):
+    """A table exported with Excel's "sep=," line before its header row was told that its header lacked the key
+    column person_id ("export the table with its CDM 5.4 column names"), though the header, on its second line, has it."""
+    edit("OMOP/person.csv", lambda t: "sep=,\n" + t)(clean)
+    out = validate(clean).filter(pl.col("srcfile") == "OMOP/person.csv")
+    assert out.select("rule", "message").rows() == [
+        ("omop.no_header", "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove "
+                           "that line, so that the header row comes first")]
+
+
+def test_a_compressed_part_is_one_of_the_parts_to_join(clean):
+    """measurement_part1.csv beside measurement_part2.csv.gz: the plain part alone was told to be renamed as the table
+    (the compressed one left out), which would submit the table without part 2's rows."""
+    table = (clean / "OMOP/measurement.csv").read_bytes()
+    (clean / "OMOP/measurement.csv").unlink()
+    write(clean, "OMOP/measurement_part1.csv", table)
+    write(clean, "OMOP/measurement_part2.csv.gz", b"\x1f\x8b\x08\x00" + bytes(20))
+    out = validate(clean).filter(pl.col("srcfile").str.starts_with("OMOP/"))
+    assert sorted(out["rule"]) == ["file.compressed", "omop.missing_table"]
+    message = out.filter(pl.col("rule") == "omop.missing_table")["message"].item()
+    assert message.startswith("OMOP table measurement is missing, and 2 files look like parts or copies of it "
+                              "(OMOP/measurement_part1.csv, OMOP/measurement_part2.csv.gz): "), message
+
+
+def test_registry_persons_person_csv_writes_as_decimals_are_told_so(clean):
+    """person.csv with its person_ids written as decimals (101.0): the registries' rows were told "person_ids 000101,
+    ... are not in person.csv: fix the rows or add the persons", though person.csv holds them, written as decimals."""
+    edit("OMOP/person.csv", lambda t: re.sub(r"(?m)^0*([0-9]+),", r"\1.0,", t))(clean)
+    messages = validate(clean).filter(pl.col("rule") == "registry.unknown_person")["message"].to_list()
+    assert len(messages) == 2 and all(m.endswith(
+        " (person.csv writes person_ids as decimals, such as 000101 as 101.0: OMOP's person_id is an integer; write "
+        "person.csv's person_ids as integers)") for m in messages), messages

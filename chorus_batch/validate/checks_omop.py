@@ -20,6 +20,11 @@ from .rules import (
 from .site import _Across, _found, _norm_id, _one, _Site, _unreadable
 
 
+# What ends the name of one part of a table exported in several files: _1, -00001, _part1, _part_2, _chunk3,
+# _2019, _2024-01 (a table split by year or month)
+_PART_SUFFIX = r"(?:[_-]*(?:part|chunk)?[_-]*[0-9]+)+$"
+
+
 def _omop(site: _Site) -> list[pl.LazyFrame]:
     if site.omop_dir is None:
         return []
@@ -32,36 +37,75 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     # A missing table's file under another extension (death.txt, person.csv.bak; not a compressed one: file.compressed)
     # or with a prefix (cdm_person.csv, an export's schema name: 13 unexpected files and 13 missing tables were said of
     # one cause) is told with the table, as the file to rename, and not again as an unknown file. The longest table
-    # a name ends with: cdm_observation_period is observation_period, not observation.
+    # a name ends with: cdm_observation_period is observation_period, not observation. So are the parts of a table
+    # exported in several files (measurement_part1.csv, person_2.csv, measurement.000.csv, a folder
+    # OMOP/measurement/ of part-00000.csv files): one part was told to be renamed as the table and the others to be
+    # renamed or removed, which would submit a table missing the rows of its other parts.
     stem = pl.col("_name").str.to_lowercase().str.extract(r"^([^.]+)")
-    named_as = pl.coalesce([pl.when((stem == table) | stem.str.ends_with(f"_{table}")).then(pl.lit(table))
-                            for table in sorted(missing, key=len, reverse=True)] or [pl.lit(None, pl.String)])
-    misnamed = (omop.filter(in_folder & ~pl.col("_compressed") & (~pl.col("_table").is_in(known)).fill_null(True))
-                .with_columns(_stem=named_as)
-                .filter(pl.col("_stem").is_not_null()).sort("srcfile").unique("_stem", keep="first"))
-    renames = dict(misnamed.select("_stem", "srcfile").rows())
+    whole = stem.str.replace(_PART_SUFFIX, "")  # (a part's number dropped)
+    # (a compressed part, part-00001.csv.gz, is one of the parts to join too: file.compressed says to decompress it)
+    in_table_folder = (pl.col("_n") == 3) & (pl.col("_ext_l").eq("csv").fill_null(False) | (
+        pl.col("_compressed") & pl.col("_name").str.to_lowercase().str.contains(r"\.csv\.")))
+    folder = pl.col("_second_l").str.strip_suffix(".csv")  # (Spark writes a table as a folder OMOP/person.csv/)
+
+    def named(tables: list[str]) -> pl.Expr:
+        """The table (of `tables`) a file in OMOP/ looks like, or a part of: by its name, or its folder's."""
+        def like(name: pl.Expr, table: str) -> pl.Expr:
+            return (name == table) | name.str.ends_with(f"_{table}")
+        return pl.coalesce([pl.when(pl.when(in_folder).then(like(stem, table) | like(whole, table))
+                                    .otherwise(in_table_folder & like(folder, table))).then(pl.lit(table))
+                            for table in sorted(tables, key=len, reverse=True)] or [pl.lit(None, pl.String)])
+    misnamed = (omop.filter((in_folder & (~pl.col("_table").is_in(known)).fill_null(True)) | in_table_folder)
+                .with_columns(_stem=named(missing)).filter(pl.col("_stem").is_not_null()).sort("srcfile"))
+    candidates: dict[str, list[tuple[str, bool]]] = {}
+    for table, srcfile, compressed in misnamed.select("_stem", "srcfile", "_compressed").rows():
+        candidates.setdefault(table, []).append((srcfile, compressed))
+    # (a compressed table alone is file.compressed's, which says to decompress it: "add" the table is true)
+    parts = {table: [srcfile for srcfile, _ in found] for table, found in candidates.items()
+             if len(found) > 1 or not found[0][1]}
     out: list[pl.LazyFrame] = []
     for table in missing:
-        out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv",
-                        f"OMOP table {table} is missing: rename {renames[table]} to {omop_dir}/{table}.csv if it is "
-                        f"the table (a comma-delimited snapshot with a header row)" if table in renames else
-                        f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a "
-                        f"header row (the upload procedure asks for all 13 clinical tables; a table the site "
-                        f"does not capture is sent with its header row only)"))
-    omop = omop.filter(~pl.col("srcfile").is_in(list(renames.values())))
+        found = parts.get(table, [])
+        # a folder where the table's file belongs (Spark's OMOP/person.csv/part-00000-*.csv, with _SUCCESS beside)
+        instead = (f" (a file, in place of the folder {omop_dir}/{table}.csv/ and its other files)"
+                   if any(f.lower().startswith(f"omop/{table}.csv/") for f in found) else "")
+        if len(found) == 1:
+            message = (f"OMOP table {table} is missing: {'rename' if found[0].count('/') == 1 else 'move'} {found[0]} "
+                       f"to {omop_dir}/{table}.csv{instead} if it is the table (a comma-delimited snapshot with a header "
+                       f"row)")
+        elif found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            message = (f"OMOP table {table} is missing, and {len(found)} files look like parts or copies of it "
+                       f"({shown}): the upload procedure asks for each table as one comma-delimited file with one "
+                       f"header row; join the parts into {omop_dir}/{table}.csv{instead}, keeping the header row once, or "
+                       f"rename the one that is the whole table to it, and remove the others")
+        else:
+            message = (f"OMOP table {table} is missing: add {omop_dir}/{table}.csv, a full snapshot with a header row "
+                       f"(the upload procedure asks for all 13 clinical tables; a table the site does not capture is "
+                       f"sent with its header row only)")
+        out.append(_one("omop.missing_table", f"{omop_dir}/{table}.csv", message))
+    omop = omop.filter(~pl.col("srcfile").is_in([f for found in parts.values() for f in found]))
+    # a part or copy of a table the folder holds (measurement_part2.csv beside measurement.csv)
+    part_of = named([table for table in REQUIRED_TABLES if table in tables])
     out.append(_found("omop.specimen", omop.filter(in_folder & pl.col("_table").is_in(FORBIDDEN_TABLES)), "srcfile",
                       pl.lit("CHoRUS does not collect the specimen table: remove this file")))
     out.append(_found(
         "omop.unexpected_file",
         omop.filter((~in_folder | (~pl.col("_table").is_in([*known, *FORBIDDEN_TABLES])).fill_null(True))
                     & ~pl.col("_compressed")), "srcfile",  # (a compressed table: file.compressed)
-        pl.when(~in_folder).then(pl.lit(
+        pl.when(~in_folder & pl.col("_name").str.contains(r"^(_SUCCESS|_committed_.*|_started_.*|\..*\.crc)$")).then(pl.lit(
+            "a marker or checksum file a Spark export writes beside a table's parts, not data: remove it"))
+        .when(~in_folder).then(pl.lit(
             "in a subfolder of OMOP/, where no table is read: the tables lie directly in OMOP/ (one snapshot of "
             "each); move it there or remove it (keep earlier versions outside the site)"))
         # (the registries are read where the linkage procedure delivers them: at the root of the release)
         .when(pl.col("_name").str.to_lowercase().str.contains(r"registry.*\.csv$")).then(pl.lit(
             "a linkage registry in OMOP/, where none is read: the linkage procedure delivers the registries with the "
             "extract, at the site root (or in Metadata/); move it there"))
+        .when(part_of.is_not_null() & in_folder).then(fmt(
+            "looks like a part or a copy of the {} table, which is {}/{}.csv: the upload procedure asks for each table "
+            "as one file, a full snapshot; join its rows into that file (if they are not there yet) and remove it",
+            part_of, pl.lit(omop_dir), part_of))
         .otherwise(pl.lit("not an OMOP table CHoRUS collects: OMOP/ holds <table>.csv for the CDM 5.4 clinical tables "
                           "and waveform_visit_links.csv only; rename or remove it"))))
 
@@ -71,8 +115,11 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
     parsed = csvs.filter(pl.col("_ok"))
     comma = parsed.filter(pl.col("delimiter") == ",")
     looks_like_value = pl.col("columns").list.eval(pl.element().str.contains(r"^[-+.0-9]")).list.any()
+    # "sep=," before the header row: the delimiter hint some exports write for spreadsheets (told as a header that
+    # lacked person_id: "export the table with its CDM 5.4 column names", though it has them, on the second line)
+    sep_line = pl.col("columns").list.first().str.contains(r"^sep=") & (pl.col("columns").list.len() <= 2)
     no_header = pl.col("columns").list.len().eq(0) | looks_like_value | pl.col("columns").list.eval(
-        pl.element() == "").list.all()
+        pl.element() == "").list.all() | sep_line.fill_null(False)
     tables_only = pl.col("_table").is_in(list(OMOP_KEYS))
     key = pl.col("_table").replace_strict(OMOP_KEYS, default=None, return_dtype=pl.String)
     has_key = pl.col("columns").list.set_intersection(pl.concat_list(key)).list.len() > 0
@@ -98,6 +145,9 @@ def _omop(site: _Site) -> list[pl.LazyFrame]:
                pl.when(pl.col("columns").list.eval(pl.element() == "").list.all() | (pl.col("columns").list.len() == 0))
                .then(pl.lit("the first line is empty, not the column names: export the table with its header row "
                             "first"))
+               .when(sep_line).then(pl.lit(
+                   "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove that line, "
+                   "so that the header row comes first"))
                .otherwise(pl.lit("the first line holds values, not column names: export the table with its header "
                                  "row"))),
         _found("omop.missing_key", comma.filter(tables_only & ~no_header & ~has_key), "srcfile",

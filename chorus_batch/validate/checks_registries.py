@@ -119,9 +119,20 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     if site.person_ids is not None:
         people = usable.select("srcfile", pl.col("person_id").alias("_p")).explode("_p").filter(
             ~_norm_id(pl.col("_p")).is_in(site.person_ids.implode()))
-        out.append(_found("registry.unknown_person", people.group_by("srcfile").agg(pl.col("_p").sort()), "srcfile",
-                          fmt("person_id{|s} {} {is|are} not in person.csv: fix the rows or add the {person|persons}{}",
-                              pl.col("_p").list.head(5).list.join(", "), _decimals("_p"), n=pl.col("_p").list.len())))
+        # person.csv's ids written as decimals (101.0): the registry's 101 is the person, written otherwise there
+        decimal = (site.person_ids.to_frame("_written").filter(pl.col("_written").str.contains(r"^\s*[0-9]+\.0*\s*$"))
+                   .with_columns(_key=_integer(pl.col("_written"))).unique("_key"))
+        as_decimal = (people.with_columns(_key=_integer(pl.col("_p"))).join(decimal, on="_key")
+                      .sort("_p").group_by("srcfile").agg(_d=pl.col("_p").first(), _w=pl.col("_written").first()))
+        people = people.group_by("srcfile").agg(pl.col("_p").sort()).join(as_decimal, on="srcfile", how="left")
+        out.append(_found("registry.unknown_person", people, "srcfile",
+                          fmt("person_id{|s} {} {is|are} not in person.csv: fix the rows or add the {person|persons}{}{}",
+                              pl.col("_p").list.head(5).list.join(", "), _decimals("_p"),
+                              pl.when(pl.col("_d").is_not_null()).then(fmt(
+                                  " (person.csv writes person_ids as decimals, such as {} as {}: OMOP's person_id "
+                                  "is an integer; write person.csv's person_ids as integers)", pl.col("_d"),
+                                  pl.col("_w"))).otherwise(pl.lit("")),
+                              n=pl.col("_p").list.len())))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
         given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
@@ -136,14 +147,18 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
             _theirs=pl.col("_visit_person").list.contains(pl.col("_person")),
             _owners=pl.col("_visit_person").list.join(", "), _k=pl.col("_visit_person").list.len())
         other = (given.filter(~pl.col("_theirs"))
+                 .with_columns(_same=pl.col("_visit_person").list.eval(_integer(pl.element()))
+                               .list.contains(_integer(pl.col("_person"))))
                  .sort("_visit", "_person").group_by("srcfile", maintain_order=True)
                  .agg(_told=fmt("visit {} of {person|persons} {}, given to person {}", pl.col("_visit"),
-                                pl.col("_owners"), pl.col("_person"), n=pl.col("_k")), _n=pl.len()))
+                                pl.col("_owners"), pl.col("_person"), n=pl.col("_k")), _n=pl.len(),
+                      _same=fmt("{} and {}", pl.col("_owners"), pl.col("_person")).filter(pl.col("_same")).first()))
         out.append(_found("registry.visit_person", other, "srcfile", fmt(
             "{} visit_id{|s} {is|are} given to rows of another person than visit_occurrence.csv's (e.g. {}): the linkage "
             "procedure asks for a visit of the row's person; fix visit_id, or leave it empty where none of theirs "
-            "overlaps",
-            pl.col("_n"), pl.col("_told").list.head(3).list.join("; "))))
+            "overlaps{}",
+            pl.col("_n"), pl.col("_told").list.head(3).list.join("; "),
+            _same_written_as_decimal("visit_occurrence.csv", pl.col("_same")))))
         repeated = (given.filter(pl.col("_theirs") & (pl.col("_k") > 1)).unique(["srcfile", "_visit"])
                     .sort("_visit").group_by("srcfile", maintain_order=True)
                     .agg(_told=fmt("visit {} of persons {}", pl.col("_visit"), pl.col("_owners")), _n=pl.len()))
@@ -348,11 +363,29 @@ def _procedure_person(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     other = (mine.join(theirs, on="_id").filter(_norm_id(pl.col("_person")) != _norm_id(pl.col("_omop")))
              .sort("_id", "_person", "_omop").group_by("srcfile", maintain_order=True)
              .agg(_told=fmt("{} of person {} in the registry, {} in procedure_occurrence.csv", pl.col("_id"),
-                            pl.col("_person"), pl.col("_omop")), _n=pl.col("_id").n_unique()))
+                            pl.col("_person"), pl.col("_omop")), _n=pl.col("_id").n_unique(),
+                  _same=fmt("{} and {}", pl.col("_person"), pl.col("_omop"))
+                  .filter(_integer(pl.col("_person")) == _integer(pl.col("_omop"))).first()))
     return [_found("registry.procedure_person", other, "srcfile", fmt(
         "{} proc_id{|s} {is a procedure|are procedures} of another person in procedure_occurrence.csv (e.g. {}): the linkage procedure "
         "makes each proc_id the PROCEDURE_OCCURRENCE row of the files' person; fix person_id in those rows (or the "
-        "registry's proc_id or person_id)", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "), n=pl.col("_n")))]
+        "registry's proc_id or person_id){}", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "),
+        _same_written_as_decimal("procedure_occurrence.csv", pl.col("_same")), n=pl.col("_n")))]
+
+
+def _integer(expr: pl.Expr) -> pl.Expr:
+    """An id as _norm_id compares it, an integer written as a decimal (101.0) taken as the integer it is."""
+    return _norm_id(expr.str.replace(r"^(\s*[0-9]+)\.0*(\s*)$", "${1}${2}"))
+
+
+def _same_written_as_decimal(table: str, person: pl.Expr) -> pl.Expr:
+    """Where the persons told apart (`person`: "101.0 and 000101", else null) are one id, one of them written as a
+    decimal (pandas writes an integer column that has empty cells so): said, as "another person" alone was not true."""
+    return pl.when(person.is_not_null()).then(fmt(
+        f"; persons {{}} are one id, one written as a decimal (as pandas writes an integer column with empty cells): "
+        f"OMOP's and the linkage procedure's ids are integers, which a loader does not match to a decimal; write the "
+        f"person_ids of the registry and {table} as integers",
+        person)).otherwise(pl.lit(""))
 
 
 def _conflicts(usable: pl.DataFrame) -> list[pl.LazyFrame]:
