@@ -756,3 +756,26 @@ def test_the_schema_10_facts_table_is_rebuilt_with_every_fact_and_none_is_read_a
     fixture_kinds = {kind for kind, _, _ in kept["file_facts"]}
     assert [row for row in after if row[0] in fixture_kinds] == [row for row in kept["file_facts"] if row[0] in KINDS]
     assert {row[0] for row in after} <= set(KINDS)
+
+
+def test_upgrade_of_a_current_manifest_in_a_folder_the_reader_cannot_write_says_there_is_nothing_to_do(site, db):
+    """A reviewer's `upgrade` of a manifest already at this schema, in a folder they cannot write, took the run lock
+    first: "cannot create or open the manifest's lock file ... the manifest was not upgraded", exit 3, of a manifest
+    that needed no upgrade. It is read first now; the lock is taken only for an upgrade to do."""
+    import sys
+
+    (site / "OMOP").mkdir(parents=True, exist_ok=True)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    caps = "-dac_override,-dac_read_search"  # (root's permission override dropped: the reviewer's view)
+    prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"] if os.geteuid() == 0 else []
+    for side in db.parent.glob(f"{db.name}.*"):  # (a reviewer's copy of the manifest alone)
+        side.unlink()
+    os.chmod(db.parent, 0o555)
+    try:
+        out = subprocess.run([*prefix, sys.executable, "-m", "chorus_batch", "upgrade", "--db", str(db)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        os.chmod(db.parent, 0o755)
+    assert out.returncode == 0, out.stderr
+    assert f"already at schema {schema_module.SCHEMA_VERSION}" in out.stdout

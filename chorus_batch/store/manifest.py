@@ -42,7 +42,7 @@ from ..times import iso, utc_now
 from ..units import shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
-from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, schema_version, too_new, upgrade
+from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, check_release, schema_version, too_new, upgrade
 
 
 def _place(location: str) -> str:
@@ -657,6 +657,15 @@ class Manifest:
             f"the {limit} {NAME_UNITS} this file system holds in a name; nothing was done", where=str(self.path),
             fix=f"give --db a file name of at most {limit - SIDE_NAME_EXTRA} {NAME_UNITS} (e.g. chorus_manifest.sqlite "
                 "in the same folder)")
+
+    def up_to_date(self) -> bool:
+        """At this release's schema, and not marked by a later release as not to be written by this one (refused
+        as `upgrade` refuses it): nothing for `upgrade` to do. Read only: no lock, nothing written."""
+        if self.schema_on_disk() != SCHEMA_VERSION:
+            return False
+        with self._open() as con:
+            check_release(con, str(self.path))
+        return True
 
     def schema_on_disk(self) -> int | None:
         """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
