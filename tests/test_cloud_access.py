@@ -102,6 +102,41 @@ def test_connection_string_first(clean_env):
     assert KEY not in repr(sign_in)
 
 
+@pytest.mark.parametrize("azure, refused", [
+    ({"account_name": "other"}, "[azure] account_name"),
+    ({"account_url": "https://other.blob.core.windows.net"}, "[azure] account_url"),
+    ({"account_url": "http://127.0.0.1:10000/other"}, "[azure] account_url"),
+    ({"account_name": "myacct"}, None), ({"account_url": "https://MyAcct.blob.core.windows.net/"}, None),
+    ({"account_url": "https://storage.example.org"}, None),  # a custom domain names no account: nothing to compare
+])
+def test_a_connection_string_for_another_account_than_chorus_toml_names_is_refused(clean_env, azure, refused):
+    """[azure] account_name = "other" with AZURE_STORAGE_CONNECTION_STRING for myacct (a variable left from the upload
+    to the central container, another project): the connection string signed in first, silently, and the run read
+    the container of that name in myacct. Now a configuration error naming both settings and both accounts."""
+    env = {"AZURE_STORAGE_CONNECTION_STRING": CONN}
+    if refused is None:
+        assert azure_sign_in(cloud(**azure), env).account_name == "myacct"
+        return
+    with pytest.raises(ConfigError) as caught:
+        azure_sign_in(cloud(**azure), env)
+    text = str(caught.value)
+    assert f"{refused} names the storage account 'other'" in text and "for the account 'myacct'" in text, text
+    assert caught.value.where == f"{refused} and AZURE_STORAGE_CONNECTION_STRING"  # type: ignore[attr-defined]
+    assert "unset AZURE_STORAGE_CONNECTION_STRING" in caught.value.fix and KEY not in text  # type: ignore[attr-defined]
+
+
+def test_a_run_whose_connection_string_is_for_another_account_than_chorus_toml_exits_2(clean_env, azurite, az_site,
+                                                                                      tmp_path):
+    config = tmp_path / "chorus.toml"
+    config.write_text('[azure]\naccount_url = "http://127.0.0.1:1/otheracct"\n')
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(config), "--site", f"az://{az_site}", "--db", str(db), "--no-validate",
+              env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "names the storage account 'otheracct'" in out.stderr and "'devstoreaccount1'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and azurite.account_key not in out.stdout + out.stderr and not db.exists()
+
+
 def test_sas_then_key_then_default_credential(clean_env):
     env = {"AZURE_STORAGE_SAS_TOKEN": "?" + SAS, "AZURE_STORAGE_KEY": KEY, "AZURE_STORAGE_ACCOUNT": "myacct"}
     sas = azure_sign_in(cloud(), env)

@@ -209,6 +209,7 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     if conn:
         _check_connection_string(conn, conn_env or azure.connection_string_env)
         account = _connection_string_account(conn)
+        _check_configured_account(azure, account, conn_env or azure.connection_string_env)
         # A SharedAccessSignature in it has an expiry too (se=, no secret): named, as for a SAS token from the
         # environment, so that a token gone stale says "expired at", not "sign-in failed ... wrong or old".
         sas_in = _connection_fields(conn).get("sharedaccesssignature")
@@ -261,6 +262,35 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
                            key, key_env)
     return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
                        account_url, account_name)
+
+
+def _configured_account(azure) -> tuple[str | None, str]:
+    """The account [azure] account_url or account_name names, when it can be told from it (a custom domain in
+    account_url names none), and the setting that says it."""
+    if azure.account_url:
+        parts = urlsplit(azure.account_url)
+        host = (parts.hostname or "").lower()
+        if parts.path.strip("/") or ".blob." in host or ".dfs." in host:
+            return _account_name_of(azure.account_url), "[azure] account_url"
+        return None, "[azure] account_url"
+    return azure.account_name or None, "[azure] account_name"
+
+
+def _check_configured_account(azure, account: str | None, conn_env: str) -> None:
+    """A connection string signs in before [azure] account_url / account_name: one for another account than
+    chorus.toml names (a variable left from the central container's upload, another project) was used silently,
+    and the run tracked (or the upload wrote) the container of that name in the connection string's account.
+    Refused, naming both (no secret: account names only)."""
+    named, setting = _configured_account(azure)
+    if not named or not account or named.lower() == account.lower():
+        return
+    raise ConfigError(
+        f"{setting} names the storage account {named!r}, but the connection string in {conn_env} is for the "
+        f"account {account!r}, and a connection string signs in first: chorus-batch would read and write the "
+        f"containers of {account!r}",
+        where=f"{setting} and {conn_env}",
+        fix=f"to use {named!r}, unset {conn_env} (or set it to the connection string of {named!r}) and sign in as "
+            f"[azure] says; to use {account!r}, remove {setting} from chorus.toml or make it name {account!r}")
 
 
 def _check_connection_string(conn: str, name: str) -> None:
