@@ -1174,6 +1174,34 @@ def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_e
         assert "internal error" not in out.stderr and "SECRETKEY" not in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_sas_whose_start_has_not_come_says_so_not_that_it_may_have_expired(clean_env, azurite, az_site, tmp_path):
+    """A SAS token whose st= is later than now (a local time given as UTC, a clock ahead where it was made) was refused
+    as "sign-in failed (AuthorizationFailure ...)" with "the SAS token may have expired (its se= date) or be for another
+    account or container": neither. It now names its start and what to do; the same for a connection string's."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    now = datetime.datetime.now(datetime.UTC)
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 start=now + datetime.timedelta(hours=2), expiry=now + datetime.timedelta(hours=3))
+    start = dict(part.split("=", 1) for part in sas.split("&"))["st"].replace("%3A", ":")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    for env in ({"AZURE_STORAGE_SAS_TOKEN": sas},
+                {"AZURE_STORAGE_CONNECTION_STRING": f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}"}):
+        out = cli("run", "--config", str(config), "--site", f"az://{az_site}", "--db", str(tmp_path / "m.sqlite"),
+                  "--no-validate", "-q", env={**env, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"the SAS token is not valid before {start}" in out.stderr, out.stderr
+        assert f"valid only from {start} (its st=)" in out.stderr and "may have expired" not in out.stderr, out.stderr
+        assert "sig=" not in out.stderr and "Traceback" not in out.stderr
+    # a start that has come is not named
+    assert ", not valid before" not in azure_sign_in(
+        cloud(account_name="myacct"), {"AZURE_STORAGE_SAS_TOKEN": "st=2020-01-01T00:00:00Z&" + SAS}).how
+
+
 def test_a_sas_that_expires_in_the_middle_of_a_run_fails_it_cleanly(clean_env, azurite, tmp_path):
     """A SAS valid when the run starts and expired while it reads (Azurite checks the expiry): exit 3, nothing
     committed (the previous version stays), a message that names the expiry and the fix, no secret, no process left."""

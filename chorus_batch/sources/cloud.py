@@ -216,6 +216,7 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
         expiry = _sas_expiry(sas_in) if sas_in else None
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
                            + (f" (account {account})" if account else "")
+                           + (f", its SAS{_sas_not_before(sas_in)[1:]}" if sas_in and _sas_not_before(sas_in) else "")
                            + (f", its SAS valid until {expiry}" if expiry else ""),
                            account_name=account, secret=conn, secret_env=conn_env,
                            sas_permissions=_sas_field(sas_in, "sp") if sas_in else None)
@@ -246,7 +247,8 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     if sas:
         # Its expiry (se=, not a secret) is named in every message: a run may outlive its token.
         expiry = _sas_expiry(sas)
-        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + (f", valid until {expiry}" if expiry else ""),
+        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + _sas_not_before(sas)
+                           + (f", valid until {expiry}" if expiry else ""),
                            account_url, account_name, sas.lstrip("?"), sas_env, _sas_field(sas, "sp"))
     key, key_env = _env(env, azure.account_key_env, "AZURE_STORAGE_ACCOUNT_KEY")
     if key:
@@ -839,6 +841,34 @@ def _sas_expiry(sas: str) -> str | None:
     return _sas_field(sas, "se")
 
 
+def _sas_not_before(sas: str) -> str:
+    """", not valid before <st>" for a SAS token whose start (st=, no secret) has not come yet, else "": a token made
+    with a local time given as UTC (or on a machine whose clock is ahead) was refused as "sign-in failed" with "may
+    have expired (its se= date) or be for another account", of a token that is neither."""
+    start = _future(_sas_field(sas, "st"))
+    return f", not valid before {start}" if start else ""
+
+
+def _future(stamp: str | None) -> str | None:
+    """`stamp` (ISO 8601, UTC when it names no zone) when it is later than now, else None."""
+    from datetime import datetime, timezone
+
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return stamp if when > datetime.now(timezone.utc) else None
+
+
+def _not_yet_valid(how: str) -> str | None:
+    """The start named in `how` (", not valid before <st>") when it has still not come."""
+    match = re.search(r"not valid before (\S+?),? ", how + " ")
+    return _future(match.group(1)) if match else None
+
+
 def _sas_field(sas: str, name: str) -> str | None:
     """One field of a SAS token (se=, sp=: no secret) as written, or None."""
     from urllib.parse import parse_qs
@@ -881,6 +911,12 @@ def _expired(how: str) -> str | None:
 def _sign_in_fix(how: str, *, writes: bool = False) -> str:
     """What to do when sign-in failed; `writes`: for an upload (a new SAS needs racwl, not only rl)."""
     permissions = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
+    start = _not_yet_valid(how)
+    if start:
+        where = "the connection string's SharedAccessSignature" if how.startswith("connection string") else \
+            "the SAS token (set it in the variable named above)"
+        return (f"{where} is valid only from {start} (its st=), later than this machine's clock: make one whose start "
+                "is now or earlier (or has none; a local time given as UTC sets it hours ahead), or check the clock")
     if how.startswith("connection string"):
         expired = _expired(how)
         if expired:
@@ -952,8 +988,9 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         fix = (f"check the {store} name in the URL ({'s3://BUCKET/prefix' if aws else 'az://CONTAINER/prefix'}) "
                f"and that it is in this {'endpoint/region' if aws else 'account'}, or create it")
     elif kind == "auth":
-        expired = _expired(how)
+        expired, start = _expired(how), _not_yet_valid(how)
         what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
+                else f"cannot {action} {where}: the SAS token is not valid before {start}{tried}" if start
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how, writes=writes)
     elif kind == "permission" and sas_lacking(sas_permissions, bool(writes)):
