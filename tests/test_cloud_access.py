@@ -102,6 +102,41 @@ def test_connection_string_first(clean_env):
     assert KEY not in repr(sign_in)
 
 
+@pytest.mark.parametrize("azure, refused", [
+    ({"account_name": "other"}, "[azure] account_name"),
+    ({"account_url": "https://other.blob.core.windows.net"}, "[azure] account_url"),
+    ({"account_url": "http://127.0.0.1:10000/other"}, "[azure] account_url"),
+    ({"account_name": "myacct"}, None), ({"account_url": "https://MyAcct.blob.core.windows.net/"}, None),
+    ({"account_url": "https://storage.example.org"}, None),  # a custom domain names no account: nothing to compare
+])
+def test_a_connection_string_for_another_account_than_chorus_toml_names_is_refused(clean_env, azure, refused):
+    """[azure] account_name = "other" with AZURE_STORAGE_CONNECTION_STRING for myacct (a variable left from the upload
+    to the central container, another project): the connection string signed in first, silently, and the run read
+    the container of that name in myacct. Now a configuration error naming both settings and both accounts."""
+    env = {"AZURE_STORAGE_CONNECTION_STRING": CONN}
+    if refused is None:
+        assert azure_sign_in(cloud(**azure), env).account_name == "myacct"
+        return
+    with pytest.raises(ConfigError) as caught:
+        azure_sign_in(cloud(**azure), env)
+    text = str(caught.value)
+    assert f"{refused} names the storage account 'other'" in text and "for the account 'myacct'" in text, text
+    assert caught.value.where == f"{refused} and AZURE_STORAGE_CONNECTION_STRING"  # type: ignore[attr-defined]
+    assert "unset AZURE_STORAGE_CONNECTION_STRING" in caught.value.fix and KEY not in text  # type: ignore[attr-defined]
+
+
+def test_a_run_whose_connection_string_is_for_another_account_than_chorus_toml_exits_2(clean_env, azurite, az_site,
+                                                                                      tmp_path):
+    config = tmp_path / "chorus.toml"
+    config.write_text('[azure]\naccount_url = "http://127.0.0.1:1/otheracct"\n')
+    db = tmp_path / "m.sqlite"
+    out = cli("run", "--config", str(config), "--site", f"az://{az_site}", "--db", str(db), "--no-validate",
+              env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "names the storage account 'otheracct'" in out.stderr and "'devstoreaccount1'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and azurite.account_key not in out.stdout + out.stderr and not db.exists()
+
+
 def test_sas_then_key_then_default_credential(clean_env):
     env = {"AZURE_STORAGE_SAS_TOKEN": "?" + SAS, "AZURE_STORAGE_KEY": KEY, "AZURE_STORAGE_ACCOUNT": "myacct"}
     sas = azure_sign_in(cloud(), env)
@@ -1163,6 +1198,34 @@ def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_e
         out = cli(*command, "--db", str(db), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
         assert out.returncode == 2 and said in out.stderr and "fix:" in out.stderr, out.stderr
         assert "internal error" not in out.stderr and "SECRETKEY" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_sas_whose_start_has_not_come_says_so_not_that_it_may_have_expired(clean_env, azurite, az_site, tmp_path):
+    """A SAS token whose st= is later than now (a local time given as UTC, a clock ahead where it was made) was refused
+    as "sign-in failed (AuthorizationFailure ...)" with "the SAS token may have expired (its se= date) or be for another
+    account or container": neither. It now names its start and what to do; the same for a connection string's."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    now = datetime.datetime.now(datetime.UTC)
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 start=now + datetime.timedelta(hours=2), expiry=now + datetime.timedelta(hours=3))
+    start = dict(part.split("=", 1) for part in sas.split("&"))["st"].replace("%3A", ":")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    for env in ({"AZURE_STORAGE_SAS_TOKEN": sas},
+                {"AZURE_STORAGE_CONNECTION_STRING": f"BlobEndpoint={azurite.blob_endpoint};SharedAccessSignature={sas}"}):
+        out = cli("run", "--config", str(config), "--site", f"az://{az_site}", "--db", str(tmp_path / "m.sqlite"),
+                  "--no-validate", "-q", env={**env, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"the SAS token is not valid before {start}" in out.stderr, out.stderr
+        assert f"valid only from {start} (its st=)" in out.stderr and "may have expired" not in out.stderr, out.stderr
+        assert "sig=" not in out.stderr and "Traceback" not in out.stderr
+    # a start that has come is not named
+    assert ", not valid before" not in azure_sign_in(
+        cloud(account_name="myacct"), {"AZURE_STORAGE_SAS_TOKEN": "st=2020-01-01T00:00:00Z&" + SAS}).how
 
 
 def test_a_sas_that_expires_in_the_middle_of_a_run_fails_it_cleanly(clean_env, azurite, tmp_path):

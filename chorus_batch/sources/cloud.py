@@ -209,12 +209,14 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     if conn:
         _check_connection_string(conn, conn_env or azure.connection_string_env)
         account = _connection_string_account(conn)
+        _check_configured_account(azure, account, conn_env or azure.connection_string_env)
         # A SharedAccessSignature in it has an expiry too (se=, no secret): named, as for a SAS token from the
         # environment, so that a token gone stale says "expired at", not "sign-in failed ... wrong or old".
         sas_in = _connection_fields(conn).get("sharedaccesssignature")
         expiry = _sas_expiry(sas_in) if sas_in else None
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
                            + (f" (account {account})" if account else "")
+                           + (f", its SAS{_sas_not_before(sas_in)[1:]}" if sas_in and _sas_not_before(sas_in) else "")
                            + (f", its SAS valid until {expiry}" if expiry else ""),
                            account_name=account, secret=conn, secret_env=conn_env,
                            sas_permissions=_sas_field(sas_in, "sp") if sas_in else None)
@@ -245,7 +247,8 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
     if sas:
         # Its expiry (se=, not a secret) is named in every message: a run may outlive its token.
         expiry = _sas_expiry(sas)
-        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + (f", valid until {expiry}" if expiry else ""),
+        return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + _sas_not_before(sas)
+                           + (f", valid until {expiry}" if expiry else ""),
                            account_url, account_name, sas.lstrip("?"), sas_env, _sas_field(sas, "sp"))
     key, key_env = _env(env, azure.account_key_env, "AZURE_STORAGE_ACCOUNT_KEY")
     if key:
@@ -261,6 +264,35 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
                            key, key_env)
     return AzureSignIn("default_credential", f"{DEFAULT_CREDENTIAL} for {account_url}" + (f" ({where})" if where else ""),
                        account_url, account_name)
+
+
+def _configured_account(azure) -> tuple[str | None, str]:
+    """The account [azure] account_url or account_name names, when it can be told from it (a custom domain in
+    account_url names none), and the setting that says it."""
+    if azure.account_url:
+        parts = urlsplit(azure.account_url)
+        host = (parts.hostname or "").lower()
+        if parts.path.strip("/") or ".blob." in host or ".dfs." in host:
+            return _account_name_of(azure.account_url), "[azure] account_url"
+        return None, "[azure] account_url"
+    return azure.account_name or None, "[azure] account_name"
+
+
+def _check_configured_account(azure, account: str | None, conn_env: str) -> None:
+    """A connection string signs in before [azure] account_url / account_name: one for another account than
+    chorus.toml names (a variable left from the central container's upload, another project) was used silently,
+    and the run tracked (or the upload wrote) the container of that name in the connection string's account.
+    Refused, naming both (no secret: account names only)."""
+    named, setting = _configured_account(azure)
+    if not named or not account or named.lower() == account.lower():
+        return
+    raise ConfigError(
+        f"{setting} names the storage account {named!r}, but the connection string in {conn_env} is for the "
+        f"account {account!r}, and a connection string signs in first: chorus-batch would read and write the "
+        f"containers of {account!r}",
+        where=f"{setting} and {conn_env}",
+        fix=f"to use {named!r}, unset {conn_env} (or set it to the connection string of {named!r}) and sign in as "
+            f"[azure] says; to use {account!r}, remove {setting} from chorus.toml or make it name {account!r}")
 
 
 def _check_connection_string(conn: str, name: str) -> None:
@@ -809,6 +841,34 @@ def _sas_expiry(sas: str) -> str | None:
     return _sas_field(sas, "se")
 
 
+def _sas_not_before(sas: str) -> str:
+    """", not valid before <st>" for a SAS token whose start (st=, no secret) has not come yet, else "": a token made
+    with a local time given as UTC (or on a machine whose clock is ahead) was refused as "sign-in failed" with "may
+    have expired (its se= date) or be for another account", of a token that is neither."""
+    start = _future(_sas_field(sas, "st"))
+    return f", not valid before {start}" if start else ""
+
+
+def _future(stamp: str | None) -> str | None:
+    """`stamp` (ISO 8601, UTC when it names no zone) when it is later than now, else None."""
+    from datetime import datetime, timezone
+
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return stamp if when > datetime.now(timezone.utc) else None
+
+
+def _not_yet_valid(how: str) -> str | None:
+    """The start named in `how` (", not valid before <st>") when it has still not come."""
+    match = re.search(r"not valid before (\S+?),? ", how + " ")
+    return _future(match.group(1)) if match else None
+
+
 def _sas_field(sas: str, name: str) -> str | None:
     """One field of a SAS token (se=, sp=: no secret) as written, or None."""
     from urllib.parse import parse_qs
@@ -851,6 +911,12 @@ def _expired(how: str) -> str | None:
 def _sign_in_fix(how: str, *, writes: bool = False) -> str:
     """What to do when sign-in failed; `writes`: for an upload (a new SAS needs racwl, not only rl)."""
     permissions = "read, add, create, write and list (racwl)" if writes else "read (r) and list (l)"
+    start = _not_yet_valid(how)
+    if start:
+        where = "the connection string's SharedAccessSignature" if how.startswith("connection string") else \
+            "the SAS token (set it in the variable named above)"
+        return (f"{where} is valid only from {start} (its st=), later than this machine's clock: make one whose start "
+                "is now or earlier (or has none; a local time given as UTC sets it hours ahead), or check the clock")
     if how.startswith("connection string"):
         expired = _expired(how)
         if expired:
@@ -922,8 +988,9 @@ def explain(exc: BaseException, *, where: str, how: str, action: str, writes: bo
         fix = (f"check the {store} name in the URL ({'s3://BUCKET/prefix' if aws else 'az://CONTAINER/prefix'}) "
                f"and that it is in this {'endpoint/region' if aws else 'account'}, or create it")
     elif kind == "auth":
-        expired = _expired(how)
+        expired, start = _expired(how), _not_yet_valid(how)
         what = (f"cannot {action} {where}: the SAS token expired at {expired}{tried}" if expired
+                else f"cannot {action} {where}: the SAS token is not valid before {start}{tried}" if start
                 else f"cannot {action} {where}: sign-in failed ({reason}){tried}")
         fix = _sign_in_fix(how, writes=writes)
     elif kind == "permission" and sas_lacking(sas_permissions, bool(writes)):
