@@ -29,11 +29,12 @@ _URL_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
 _USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/?#@:\s]+:\S*|[^/?#\s]*)@", re.IGNORECASE)
 # A URL in free text (a message, a log line, an argument), to the next space or quote.
 _TEXT_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
-# Secrets in free text outside a URL (an SDK's message, a connection string, a header)
+# Secrets in free text outside a URL (an SDK's message, a connection string, a header); a value a URL's mask made
+# *** already is left as it is (with the colon or bracket after it: "?sig=***: not found" lost its colon)
 _SCRUB = [
     # SAS query parameters (sig is the secret; the rest say what it allows and until when)
-    (re.compile(r"(?i)([?&;\s\"']sig=)[^&\s\"';,]+"), r"\1***"),
-    (re.compile(r"(?i)\b(sig%3D)[^&\s\"';,]+"), r"\1***"),
+    (re.compile(r"(?i)((?:^|[?&;\s\"'])sig=)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
+    (re.compile(r"(?i)\b(sig%3D)(?!\*\*\*)[^&\s\"';,]+"), r"\1***"),
     # connection-string fields
     (re.compile(r"(?i)\b(AccountKey=)[^;\s\"',]+"), r"\1***"),
     (re.compile(r"(?i)\b(SharedAccessSignature=)[^;\s\"',]+"), r"\1***"),
@@ -41,7 +42,7 @@ _SCRUB = [
     (re.compile(r"(?i)\b(Bearer|SharedKey|SharedKeyLite)\s+[A-Za-z0-9._~+/=:-]+"), r"\1 ***"),
     (re.compile(r"(?i)\b((?:x-amz-security-token|x-amz-credential|aws_secret_access_key|aws_session_token|"
                 r"secret_access_key|session_token|client_secret|access_token|refresh_token|password|secret|"
-                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&;,]+"), r"\1***"),
+                r"X-Amz-Signature|Signature)[\"']?\s*[:=]\s*[\"']?)(?!\*\*\*)[^\s\"'&;,]+"), r"\1***"),
 ]
 
 
@@ -66,10 +67,21 @@ def scrub(text: str) -> str:
     secrets outside a URL become ***. Messages quote what they were given (`no version 'az://c/x?sig=...'`,
     argparse's `unrecognized arguments: ...`): a secret given in the wrong place was printed back, and so kept in
     cron mails and job logs."""
-    text = _TEXT_URL.sub(lambda found: mask_url(found.group(0)), text)
+    text = _TEXT_URL.sub(_masked_in_text, text)
     for pattern, replacement in _SCRUB:
         text = pattern.sub(replacement, text)
     return text
+
+
+# What ends a sentence after a URL, not the URL: masked as part of its last query value, "cannot read
+# az://c/x?sig=...: not found" lost its colon ("?sig=*** not found")
+_AFTER_URL = re.compile(r"[:,;.)\]]+$")
+
+
+def _masked_in_text(found: re.Match) -> str:
+    url = found.group(0)
+    after = _AFTER_URL.search(url)
+    return mask_url(url[:after.start()]) + after.group(0) if after else mask_url(url)
 
 
 def holds_userinfo(url: str) -> bool:

@@ -84,6 +84,17 @@ def test_scrub_removes_secrets(text):
     assert "***" in out
 
 
+@pytest.mark.parametrize("text, shown", [
+    (f"cannot read az://c/x?sig={SIG}: not found", "cannot read az://c/x?sig=***: not found"),
+    (f"see (https://h/x?sig={SIG}).", "see (https://h/x?sig=***)."),
+    (f"https://h/x?password={KEY}&y=2, then", "https://h/x?password=***&y=***, then"),
+    (f"sig={SIG}&x=1", "sig=***&x=1"),
+])
+def test_scrub_keeps_what_follows_a_masked_url(text, shown):
+    """The colon after a URL was masked with its last query value: "...?sig=*** not found"."""
+    assert scrub(text) == shown
+
+
 def test_scrub_keeps_what_is_not_secret():
     text = "container site1 of account myacct: ContainerNotFound (se=2030-01-01T00:00:00Z)"
     assert scrub(text) == text
