@@ -554,7 +554,10 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         if first["type"] == SECRET_IN_CONFIG:
             key = first.get("ctx", {}).get("key", "")
             raise ConfigError(
-                f"refused setting {'.'.join([setting, key]) if key else setting!r}: a secret does not belong in a config file",
+                # (not "'s3.password': a ...": the log and message scrubber reads `password': a` as a secret's value
+                # and said "*** secret does not belong")
+                f"refused setting {'.'.join([setting, key]) if key else setting!r} (its value is not shown): a secret "
+                "does not belong in a config file",
                 where=f"{path} [{setting}] {key}".rstrip(),
                 fix=f"remove it from {path.name}; {first['msg'].split(': ', 1)[-1]}",
             ) from None
