@@ -1607,6 +1607,45 @@ def test_an_empty_config_file_is_warned_of(tmp_path):
     assert "holds no settings" not in cli("status", "--site", "site", "--no-validate", cwd=tmp_path).stderr
 
 
+@pytest.mark.parametrize("key", ["aws_secret_access_key", "password", "secret", "session_token", "client_secret"])
+def test_a_secret_refused_in_the_config_is_named_whole_and_never_shown(tmp_path, key):
+    """`[s3] aws_secret_access_key = "..."` was said as "refused setting 's3.aws_secret_access_key': *** secret does
+    not belong in a config file": the masking of log lines read the message's own `key': a` as a secret's value."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "c.toml").write_text(f'[s3]\n{key} = "TOPSECRETVALUE"\n', encoding="utf-8")
+    out = cli("status", "--config", "c.toml", "--site", "site", "--no-validate", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"refused setting 's3.{key}' (its value is not shown): a secret does not belong in a config file" in (
+        out.stderr), out.stderr
+    assert "***" not in out.stderr and "TOPSECRETVALUE" not in out.stderr + out.stdout
+
+
+def test_status_says_which_setting_turned_validation_off(tmp_path):
+    """`[run] validate = false` in chorus.toml: `status` said "validation: not checked (--no-validate)", a flag never
+    given, and not where validation was turned off."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "site"\n[run]\nvalidate = false\n', encoding="utf-8")
+    out = cli("status", cwd=tmp_path)
+    assert "validation: not checked ([run] validate = false in chorus.toml; --validate checks it)" in out.stdout, (
+        out.stdout, out.stderr)
+    out = cli("status", "--no-validate", cwd=tmp_path)
+    assert "validation: not checked (--no-validate)" in out.stdout, out.stdout
+
+
+def test_verbose_says_the_config_read_and_where_each_setting_came_from(tmp_path):
+    """Under -v nothing said which chorus.toml a run read, nor whether --workers or [run] workers won."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "site"\n[run]\nworkers = 2\nmax_delete = "10%"\n'
+                                         'validate = false\n', encoding="utf-8")
+    out = cli("status", "-v", "--workers", "3", "--validate", cwd=tmp_path)
+    line = next((line for line in out.stderr.splitlines() if "settings: " in line), "")
+    assert "settings: config chorus.toml; site " in line, out.stderr
+    for said in ("workers 3 (--workers)", "max_delete 10% ([run] max_delete)", "validate true (--validate)",
+                 "mode full (default)", "follow_symlinks false (default)"):
+        assert said in line, (said, line)
+    assert "settings: " not in cli("status", cwd=tmp_path).stderr  # (only under -v)
+
+
 def test_a_quoted_tilde_in_any_output_path_is_the_home_folder(tmp_path):
     """A cron line or unit file passes '~' unexpanded. --db and registry --out read it as the home folder; report and
     review --out said "its folder ~ does not exist", and import-config --out and testdata OUT made a folder named
