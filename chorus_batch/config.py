@@ -595,6 +595,20 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP}; sections: "
                         + ", ".join(known) + ")",
                 ) from None
+            written = data
+            for part in first["loc"]:
+                written = written.get(part) if isinstance(written, dict) else None
+            top = _known_settings(())
+            if isinstance(written, dict) and key in top and written:  # [run] run.workers = 8: run.run.workers
+                inner = next(iter(written))
+                dotted = f"{key}.{inner}"
+                home = f"[{key}]" + (f" as {inner} = ..." if inner in _known_settings((key,)) else "")
+                raise ConfigError(
+                    f"unknown setting {prefix + '.' + dotted!r}: {dotted} = ... under [{prefix}] is read as "
+                    f"{prefix}.{dotted} (a key with dots under a [section] adds to the section's name)",
+                    where=f"{path} [{prefix}] {dotted}",
+                    fix=f"write it under {home}, or as {dotted} = ... above the first [section] ({CONFIG_HELP})",
+                ) from None
             bare = _close(key, known)  # as it is written in its [section]
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),

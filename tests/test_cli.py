@@ -440,6 +440,11 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # an infinite byte count was an OverflowError ("internal error"), a negative one a limit taken
         ("[run]\nverify_max_bytes = '1e400G'\n", "invalid setting 'run.verify_max_bytes': '1e400G' is not a byte count"),
         ("[run]\nverify_max_bytes = '-5G'\n", "invalid setting 'run.verify_max_bytes': '-5G' is not a byte count"),
+        # the dotted name every message gives a setting, written under its [section]: "unknown setting 'run.run'",
+        # fix "remove it"
+        ("[run]\nrun.workers = 8\n", "unknown setting 'run.run.workers': run.workers = ... under [run] is read as "
+                                     "run.run.workers"),
+        ('[run]\nsite.name = "a"\n', "fix:   write it under [site] as name = ..., or as site.name = ... above"),
         # past a 64-bit integer: `registry` failed with "internal error: OverflowError"
         ("[registry]\nimage_proc_ids = [1, 99999999999999999999999]\n",
          "invalid setting 'registry.image_proc_ids': give [first, last] with 0 < first <= last <= 9223372036854775807"),
