@@ -119,6 +119,10 @@ def printable_name(value: str | None) -> str | None:
     if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{value!r} holds a control character (a line break, a tab, an escape); write the name "
                          "without it")
+    if value is not None and (_SECRET_TEXT.search(value) or holds_userinfo(value)):
+        # (a SAS token pasted as the name was recorded in every version's row and shown in each report; never quoted)
+        raise ValueError("looks like a secret (a SAS token, an account key, a password), not a site's name; its value "
+                         "is not shown, and it is not recorded: write the site's name, and rotate the secret")
     return value
 
 

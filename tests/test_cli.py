@@ -1625,6 +1625,26 @@ def test_a_secret_refused_in_the_config_is_named_whole_and_never_shown(tmp_path,
     assert "***" not in out.stderr and "TOPSECRETVALUE" not in out.stderr + out.stdout
 
 
+@pytest.mark.parametrize("name", ["sv=2021-08-06&ss=b&srt=sco&sp=rwl&sig=TOPSECRETVALUE%3D",
+                                  "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=TOPSECRETVALUE==",
+                                  "https://user:TOPSECRETVALUE@mgh.example.org"])
+def test_a_secret_written_as_the_site_name_is_refused_not_recorded(tmp_path, name):
+    """A SAS token pasted as `[site] name` was taken: recorded in every version's row and shown in each report."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text(f'[site]\nroot = "site"\nname = "{name}"\n', encoding="utf-8")
+    out = cli("run", "--no-validate", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "invalid setting 'site.name': looks like a secret" in out.stderr, out.stderr
+    assert "TOPSECRETVALUE" not in out.stderr + out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
+    from chorus_batch.config import RunSettings
+    from chorus_batch.errors import SettingError
+
+    with pytest.raises(SettingError, match="looks like a secret") as raised:
+        RunSettings(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), site_name=name)
+    assert "TOPSECRETVALUE" not in str(raised.value)
+
+
 def test_status_says_which_setting_turned_validation_off(tmp_path):
     """`[run] validate = false` in chorus.toml: `status` said "validation: not checked (--no-validate)", a flag never
     given, and not where validation was turned off."""
