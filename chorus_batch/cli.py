@@ -779,7 +779,7 @@ def _run_settings(args: argparse.Namespace, target: _Target):
             + ", ".join(f"{modality}: {location}" for modality, location in config.site.roots.items())
             + "): to run without them, give a --config without [site.roots]")
     try:
-        return RunSettings(
+        settings = RunSettings(
             site=site, site_name=config.site.name or ("demo" if target.demo else None), roots=config.site.roots,
             db=target.db, mode=flag("mode") or config.run.mode, delete_list=flag("delete_list"),
             parquet=flag("parquet") or config.manifest.parquet, workers=flag("workers") or config.run.workers,
@@ -801,6 +801,40 @@ def _run_settings(args: argparse.Namespace, target: _Target):
         option = "--" + {"validate_site": "validate"}.get(exc.setting, exc.setting).replace("_", "-")
         raise UsageError(f"invalid {option}: {exc.problem}", where=f"{option} (or [run] {exc.setting} in chorus.toml)",
                          fix=f"see `chorus-batch {args.command} --help` for the values it takes") from None
+    _log_settings(args, target, settings)
+    return settings
+
+
+# The [run] settings a command line overrides, as (RunSettings field, flag's dest, [run] key)
+_OVERRIDDEN = (("mode", "mode", "mode"), ("workers", "workers", "workers"), ("max_delete", "max_delete", "max_delete"),
+               ("verify_sample", "verify_sample", "verify_sample"),
+               ("verify_max_bytes", "verify_max_bytes", "verify_max_bytes"), ("cloud_md5", "cloud_md5", "cloud_md5"),
+               ("validate_site", "validate", "validate"), ("follow_symlinks", "follow_symlinks", "follow_symlinks"),
+               ("default_excludes", "default_excludes", "default_excludes"))
+
+
+def _log_settings(args: argparse.Namespace, target: _Target, settings) -> None:
+    """Under -v: the config file read and each setting a run goes by, with where it came from (the command line,
+    chorus.toml or the default): nothing said which file was read, nor whether --workers or [run] workers won."""
+    log = logging.getLogger("chorus_batch")
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    from .config_file import config_path
+
+    path = None if target.demo else config_path(getattr(args, "config", None))
+    given = target.config.run.model_fields_set
+
+    def source(dest: str, key: str) -> str:
+        if getattr(args, dest, None) is not None:  # (an on/off flag: the sense given)
+            return ("--no-" if getattr(args, dest) is False else "--") + dest.replace("_", "-")
+        return f"[run] {key}" if key in given or (key == "validate" and "validate_site" in given) else "default"
+
+    def shown(value: object) -> str:  # as chorus.toml writes it
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    words = [f"{key} {shown(getattr(settings, field))} ({source(dest, key)})" for field, dest, key in _OVERRIDDEN]
+    log.debug(f"settings: config {path or 'none'}; site {settings.site}; manifest {settings.db}; " + "; ".join(words)
+              + (f"; exclude {', '.join(settings.exclude)}" if settings.exclude else ""))
 
 
 # `run` flags that do not shape a listing: left out of the arguments a shard records and reruns are told with
@@ -1059,7 +1093,8 @@ def _findings_command(args: argparse.Namespace, result) -> str:
 
 
 def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
-    settings = _run_settings(args, _resolve(args))
+    target = _resolve(args)
+    settings = _run_settings(args, target)
     with _early_listing(settings):
         from .pipeline import status
         from .progress import Progress
@@ -1075,9 +1110,20 @@ def cmd_status(args: argparse.Namespace, argv: list[str]) -> int:
             for line in findings_text(result.findings, examples=0, more="chorus-batch status --json lists them"):
                 print(line, file=sys.stderr)
         else:
-            print(status_text(result, limit=None if args.all else args.limit))
+            print(status_text(result, limit=None if args.all else args.limit, unvalidated=_unvalidated(args, target)))
     _say_refused(result)
     return int(result.exit_code)
+
+
+def _unvalidated(args: argparse.Namespace, target: _Target) -> str:
+    """Why `status` did not validate, as it was set: `--no-validate`, or `[run] validate = false` of the config read
+    (it said "--no-validate" of a chorus.toml's setting, and where to turn it back on was not said)."""
+    from .config_file import config_path
+
+    if getattr(args, "validate", None) is False or target.config.run.validate_site:
+        return "validation: not checked (--no-validate)"
+    return (f"validation: not checked ([run] validate = false in {config_path(getattr(args, 'config', None))}; "
+            "--validate checks it)")
 
 
 def _say_refused(result) -> None:

@@ -119,6 +119,10 @@ def printable_name(value: str | None) -> str | None:
     if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError(f"{value!r} holds a control character (a line break, a tab, an escape); write the name "
                          "without it")
+    if value is not None and (_SECRET_TEXT.search(value) or holds_userinfo(value)):
+        # (a SAS token pasted as the name was recorded in every version's row and shown in each report; never quoted)
+        raise ValueError("looks like a secret (a SAS token, an account key, a password), not a site's name; its value "
+                         "is not shown, and it is not recorded: write the site's name, and rotate the secret")
     return value
 
 
@@ -554,7 +558,10 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
         if first["type"] == SECRET_IN_CONFIG:
             key = first.get("ctx", {}).get("key", "")
             raise ConfigError(
-                f"refused setting {'.'.join([setting, key]) if key else setting!r}: a secret does not belong in a config file",
+                # (not "'s3.password': a ...": the log and message scrubber reads `password': a` as a secret's value
+                # and said "*** secret does not belong")
+                f"refused setting {'.'.join([setting, key]) if key else setting!r} (its value is not shown): a secret "
+                "does not belong in a config file",
                 where=f"{path} [{setting}] {key}".rstrip(),
                 fix=f"remove it from {path.name}; {first['msg'].split(': ', 1)[-1]}",
             ) from None
@@ -591,6 +598,20 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                          if homes else "remove it")
                         + f" (a setting belongs to the [section] above it; {CONFIG_HELP}; sections: "
                         + ", ".join(known) + ")",
+                ) from None
+            written = data
+            for part in first["loc"]:
+                written = written.get(part) if isinstance(written, dict) else None
+            top = _known_settings(())
+            if isinstance(written, dict) and key in top and written:  # [run] run.workers = 8: run.run.workers
+                inner = next(iter(written))
+                dotted = f"{key}.{inner}"
+                home = f"[{key}]" + (f" as {inner} = ..." if inner in _known_settings((key,)) else "")
+                raise ConfigError(
+                    f"unknown setting {prefix + '.' + dotted!r}: {dotted} = ... under [{prefix}] is read as "
+                    f"{prefix}.{dotted} (a key with dots under a [section] adds to the section's name)",
+                    where=f"{path} [{prefix}] {dotted}",
+                    fix=f"write it under {home}, or as {dotted} = ... above the first [section] ({CONFIG_HELP})",
                 ) from None
             bare = _close(key, known)  # as it is written in its [section]
             raise ConfigError(

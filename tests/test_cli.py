@@ -440,6 +440,11 @@ def test_chorus_toml_in_the_working_directory_is_used(tmp_path):
         # an infinite byte count was an OverflowError ("internal error"), a negative one a limit taken
         ("[run]\nverify_max_bytes = '1e400G'\n", "invalid setting 'run.verify_max_bytes': '1e400G' is not a byte count"),
         ("[run]\nverify_max_bytes = '-5G'\n", "invalid setting 'run.verify_max_bytes': '-5G' is not a byte count"),
+        # the dotted name every message gives a setting, written under its [section]: "unknown setting 'run.run'",
+        # fix "remove it"
+        ("[run]\nrun.workers = 8\n", "unknown setting 'run.run.workers': run.workers = ... under [run] is read as "
+                                     "run.run.workers"),
+        ('[run]\nsite.name = "a"\n', "fix:   write it under [site] as name = ..., or as site.name = ... above"),
         # past a 64-bit integer: `registry` failed with "internal error: OverflowError"
         ("[registry]\nimage_proc_ids = [1, 99999999999999999999999]\n",
          "invalid setting 'registry.image_proc_ids': give [first, last] with 0 < first <= last <= 9223372036854775807"),
@@ -1605,6 +1610,65 @@ def test_an_empty_config_file_is_warned_of(tmp_path):
             text, out.stderr)
     (tmp_path / "chorus.toml").write_text("[run]\nworkers = 2\n", encoding="utf-8")
     assert "holds no settings" not in cli("status", "--site", "site", "--no-validate", cwd=tmp_path).stderr
+
+
+@pytest.mark.parametrize("key", ["aws_secret_access_key", "password", "secret", "session_token", "client_secret"])
+def test_a_secret_refused_in_the_config_is_named_whole_and_never_shown(tmp_path, key):
+    """`[s3] aws_secret_access_key = "..."` was said as "refused setting 's3.aws_secret_access_key': *** secret does
+    not belong in a config file": the masking of log lines read the message's own `key': a` as a secret's value."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "c.toml").write_text(f'[s3]\n{key} = "TOPSECRETVALUE"\n', encoding="utf-8")
+    out = cli("status", "--config", "c.toml", "--site", "site", "--no-validate", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"refused setting 's3.{key}' (its value is not shown): a secret does not belong in a config file" in (
+        out.stderr), out.stderr
+    assert "***" not in out.stderr and "TOPSECRETVALUE" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("name", ["sv=2021-08-06&ss=b&srt=sco&sp=rwl&sig=TOPSECRETVALUE%3D",
+                                  "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=TOPSECRETVALUE==",
+                                  "https://user:TOPSECRETVALUE@mgh.example.org"])
+def test_a_secret_written_as_the_site_name_is_refused_not_recorded(tmp_path, name):
+    """A SAS token pasted as `[site] name` was taken: recorded in every version's row and shown in each report."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text(f'[site]\nroot = "site"\nname = "{name}"\n', encoding="utf-8")
+    out = cli("run", "--no-validate", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "invalid setting 'site.name': looks like a secret" in out.stderr, out.stderr
+    assert "TOPSECRETVALUE" not in out.stderr + out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chorus.toml", "site"]  # no manifest started
+    from chorus_batch.config import RunSettings
+    from chorus_batch.errors import SettingError
+
+    with pytest.raises(SettingError, match="looks like a secret") as raised:
+        RunSettings(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), site_name=name)
+    assert "TOPSECRETVALUE" not in str(raised.value)
+
+
+def test_status_says_which_setting_turned_validation_off(tmp_path):
+    """`[run] validate = false` in chorus.toml: `status` said "validation: not checked (--no-validate)", a flag never
+    given, and not where validation was turned off."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "site"\n[run]\nvalidate = false\n', encoding="utf-8")
+    out = cli("status", cwd=tmp_path)
+    assert "validation: not checked ([run] validate = false in chorus.toml; --validate checks it)" in out.stdout, (
+        out.stdout, out.stderr)
+    out = cli("status", "--no-validate", cwd=tmp_path)
+    assert "validation: not checked (--no-validate)" in out.stdout, out.stdout
+
+
+def test_verbose_says_the_config_read_and_where_each_setting_came_from(tmp_path):
+    """Under -v nothing said which chorus.toml a run read, nor whether --workers or [run] workers won."""
+    write(tmp_path / "site", "OMOP/person.csv")
+    (tmp_path / "chorus.toml").write_text('[site]\nroot = "site"\n[run]\nworkers = 2\nmax_delete = "10%"\n'
+                                         'validate = false\n', encoding="utf-8")
+    out = cli("status", "-v", "--workers", "3", "--validate", cwd=tmp_path)
+    line = next((line for line in out.stderr.splitlines() if "settings: " in line), "")
+    assert "settings: config chorus.toml; site " in line, out.stderr
+    for said in ("workers 3 (--workers)", "max_delete 10% ([run] max_delete)", "validate true (--validate)",
+                 "mode full (default)", "follow_symlinks false (default)"):
+        assert said in line, (said, line)
+    assert "settings: " not in cli("status", cwd=tmp_path).stderr  # (only under -v)
 
 
 def test_a_quoted_tilde_in_any_output_path_is_the_home_folder(tmp_path):
