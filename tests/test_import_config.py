@@ -815,3 +815,40 @@ path = "/data/site"
     assert f"<a key of {len(SAS)} characters, not shown> looks like a secret" in said and "rotate it" in said
     assert any("site_path.default.auth.aws_secret_access_key = ****" in w for w in _warnings(out.stderr))
     load_config(tmp_path / "chorus.toml")
+
+
+# An Azure secret under a key chorus-upload does not read it from (another letter case, a section it does not read)
+# or that chorus-batch does not sign in with (the journal's, beside the central container's) was warned of as "not
+# copied (chorus.toml names the environment variable instead: [azure] account_key_env = ...)": chorus.toml named none.
+@pytest.mark.parametrize("where,key,setting", [
+    ("central_path.auth", "Azure_Account_Key", "account_key_env"),
+    ("old_stuff", "azure_account_key", "account_key_env"),
+    ("journal.source.auth", "azure_sas_token", "sas_token_env"),
+])
+def test_a_secret_warning_says_a_variable_is_named_only_when_chorus_toml_names_it(tmp_path, where, key, setting):
+    text = """
+[journal]
+journaling_mode = "full"
+[journal.source]
+path = "az://journals/journal.db"
+[central_path]
+path = "az://mgh/"
+[central_path.auth]
+azure_connection_string = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=FAKEcentralKEY=="
+[site_path.default]
+path = "/data/site"
+"""
+    line = f'{key} = "FAKEsecretVALUE=="'
+    header = f"[{where}]\n"
+    text = text.replace(header, header + line + "\n") if header in text else text + header + line + "\n"
+    source = _config(tmp_path, text)
+    out = cli("import-config", str(source))
+    assert out.returncode == 1, out.stderr
+    assert setting not in tomllib.loads(out.stdout)["azure"]  # chorus.toml names no variable for it ...
+    (line,) = [w for w in _warnings(out.stderr) if f"{where}.{key} = ****" in w]
+    assert "chorus.toml names the environment variable instead" not in line  # ... and the warning says so
+    assert "names no variable for it" in line and "rotate it" in line and f"[azure] {setting} = " in line
+    assert "FAKE" not in out.stdout + out.stderr
+    # the central container's secret, which chorus.toml does name, is still said to be named
+    (central,) = [w for w in _warnings(out.stderr) if "central_path.auth.azure_connection_string = ****" in w]
+    assert 'chorus.toml names the environment variable instead: [azure] connection_string_env' in central

@@ -1056,3 +1056,31 @@ def test_an_import_stopped_while_it_checks_the_site_says_the_manifest_was_writte
     assert f"the manifest was written to {db}, with the journal's {n} version{'s' if n != 1 else ''}" in err, err
     assert "only the check of the site against it was cut short" in err and "chorus-batch status --site" in err, err
     assert cli("versions", "--db", str(db)).returncode == 0
+
+
+# A journal or --db named in bytes that are not UTF-8 (a Latin-1 folder, as sites that began on old systems keep):
+# the journal's name was stored as the run's message, and --db's in the side files a run writes, by code that takes
+# UTF-8 text only: 'internal error' after the whole import. Now the journal imports (its name with \x.. escapes in the
+# manifest) and such a --db is refused before any work, as `run` refuses it.
+def test_a_journal_or_db_whose_name_is_not_utf8(tmp_path):
+    journal = os.fsencode(tmp_path) + b"/journal_\xe9t\xe9.db"
+    shutil.copy(JOURNALS["A"], journal)
+
+    def run(*args: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "chorus_batch", "import-journal", *args, b"--to", b"az://central/"],
+                              capture_output=True, timeout=120)
+
+    db = tmp_path / "m.sqlite"
+    out = run(journal, b"--db", os.fsencode(db))
+    assert out.returncode == 1, out.stderr
+    assert b"internal error" not in out.stderr
+    assert query(db, "SELECT message FROM runs WHERE mode = 'import'") == [
+        (f"imported 2 versions from {tmp_path}/journal_\\xe9t\\xe9.db",)]
+    assert files_as_of(db, V2) == tree("v2", schema="A")
+
+    bad = os.fsencode(tmp_path) + b"/m\xe9.sqlite"
+    out = run(journal, b"--db", bad)
+    assert out.returncode == 2, out.stderr
+    assert b"internal error" not in out.stderr
+    assert b"m\\xe9.sqlite is not valid UTF-8" in out.stderr and b"nothing was done" in out.stderr
+    assert not [name for name in os.listdir(tmp_path) if "m\udce9" in name]  # nothing left beside it

@@ -1110,7 +1110,9 @@ class Manifest:
                 "UPDATE runs SET finished_at=?, exit_code=?, version=?, n_files=?, n_hashed=?, bytes_hashed=?, "
                 "n_errors=?, scan_started_ns=coalesce(?, scan_started_ns), message=? WHERE run_id=?",
                 (iso(utc_now()), exit_code, version, n_files, n_hashed, bytes_hashed, n_errors, scan_started_ns,
-                 None if message is None else scrub(message), run_id),  # (an error quotes what it was given)
+                 # (an error quotes what it was given: a secret, masked; a path that is not UTF-8, a journal
+                 # named in Latin-1 bytes, as \x.. escapes: SQLite stores UTF-8 text only)
+                 None if message is None else storable(scrub(message)), run_id),
             )
             self._take_pending_runs(con)
 

@@ -288,6 +288,10 @@ class _Converter:
         self.unneeded: list[str] = []  # known keys chorus-batch does not need
         self.empty_secrets: list[str] = []
         self.url_sas: list[str] = []  # keys of URLs that carried a SAS token
+        # Azure secrets warned of as named in chorus.toml's [azure]: dotted key -> (the warning's index, the key,
+        # the value masked); azure() records in `named` the keys whose variable it does write (see convert())
+        self.azure_secret_at: dict[str, tuple[int, str, str]] = {}
+        self.named: dict[str, list[str]] = {}
         self.data = self._sanitize(data, "")
 
     # -- what the file holds --------------------------------------------------------------------------
@@ -353,6 +357,8 @@ class _Converter:
             advice = (f"looks like a secret: not copied (chorus-batch reads secrets only from the environment); if it "
                       f"is one, {rotate}")
         self.warn(f"{dotted} = {_mask(value)}: {advice}")
+        if name in AZURE_SECRETS:
+            self.azure_secret_at[dotted] = (len(self.warnings) - 1, name, _mask(value))
 
     def _url_secret(self, dotted: str, clean: str, user: str | None, password: str | None, query: str | None) -> None:
         """A URL that held a password and/or a query (a SAS token): named, masked, and what to do instead."""
@@ -444,6 +450,16 @@ class _Converter:
         hints = self.patterns(sites)
         cloud_roots = [value for value in [root, *roots.values()] if value]
         azure = self.azure(central, sites, journal, to, cloud_roots)
+        for dotted, (index, name, shown) in self.azure_secret_at.items():
+            # A secret where chorus-upload does not read one (another section, another letter case) or that
+            # chorus-batch does not sign in with (the journal's, beside the central container's): the warning said
+            # chorus.toml names its variable, and chorus.toml did not.
+            if dotted not in self.named.get(name, []):
+                setting, variable, what = AZURE_SECRETS[name]
+                self.warnings[index] = (f"{self.file}: {dotted} = {shown}: not copied, and chorus.toml names no "
+                                        f"variable for it (chorus-batch does not sign in with it); it was stored in a "
+                                        f"file: rotate it (to sign in with a new {what}: export it as {variable} and "
+                                        f"set [azure] {setting} = \"{variable}\" in chorus.toml)")
         s3 = self.s3(sites, cloud_roots)
         if unknown:
             self.warn(f"not understood, not converted: {', '.join(unknown)} (not keys chorus-upload reads; check "
@@ -741,6 +757,7 @@ class _Converter:
                     self.warn(f"{dotted} = {_q(mode)} is neither \"login\" nor \"sas_token\": not converted")
         if self.url_sas:
             kinds.setdefault("azure_sas_token", []).extend(self.url_sas)
+        self.named = kinds
         for key, (setting, variable, what) in AZURE_SECRETS.items():
             if key not in kinds:
                 continue
