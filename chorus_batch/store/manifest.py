@@ -302,6 +302,18 @@ def _read_only_file_system(folder: Path) -> bool:
         return False
 
 
+def refuse_unwritable_name(path: Path) -> None:
+    """A manifest in a folder whose name is not UTF-8 is read (by the bytes of its path: _sqlite_source), but not
+    written: a run's side files (the state cache, snapshots, checkpoints) are written by libraries that take a path
+    as UTF-8 text only, and a run committed its version (an import built the whole manifest), then failed on them."""
+    full = os.path.abspath(path)
+    if (bad := storable(full)) != full:
+        raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes): chorus-batch reads "
+                         "such a manifest but does not write one; nothing was done", where=storable(str(path)),
+                         fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
+                             "another)")
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -741,14 +753,7 @@ class Manifest:
     def lock(self, argv: list[str], *, kind: str = "run"):
         self.check_path()
         self.check_name_length()
-        # A manifest in a folder whose name is not UTF-8 is read (by the bytes of its path: _sqlite_source), but not
-        # written: a run's side files (the state cache, snapshots, checkpoints) are written by libraries that take a
-        # path as UTF-8 text only, and a run committed its version, then failed on them
-        if (bad := storable(str(self.path))) != str(self.path):
-            raise UsageError(f"the manifest's path {bad} is not valid UTF-8 (shown as \\x.. escapes): chorus-batch "
-                             "reads such a manifest but does not write one; nothing was done", where=bad,
-                             fix="give --db a path whose folder and file names are UTF-8 (rename the folder, or choose "
-                                 "another)")
+        refuse_unwritable_name(self.path)
         try:
             links = self.path.stat().st_nlink if self.path.is_file() else 1
         except OSError:  # not made yet

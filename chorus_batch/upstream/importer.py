@@ -35,8 +35,8 @@ from ..frames import SCANNED_SCHEMA, empty_errors, fmt
 from ..fsutil import missing_folder
 from ..sources.remote import mask_url
 from ..store.lock import manifest_lock
+from ..store.manifest import refuse_unwritable_name
 from ..units import plural
-from ..urls import storable
 from .journal import PROBLEM_SCHEMA, Journal, VersionTree, checked_rows, read_journal, upload_marks, version_trees
 
 MTIME_UNIT_NS = 1000  # chorus-upload keeps SRC_MODTIME_us
@@ -103,13 +103,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
     if not os.access(target.parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write in the folder of {db}", where=str(target.parent.resolve()),
                          fix="pass --db in a folder you can write to")
-    # (as `run` refuses it: the manifest's side files are written by libraries that take a path as UTF-8 text only;
-    # the import built the whole manifest, then failed on them: 'internal error')
-    if storable(os.path.abspath(db)) != os.path.abspath(db):
-        raise UsageError(f"the manifest's path {storable(os.path.abspath(db))} is not valid UTF-8 (shown as \\x.. "
-                         "escapes): chorus-batch reads such a manifest but does not write one; nothing was done",
-                         where=storable(db), fix="give --db a path whose folder and file names are UTF-8 (rename the "
-                                                 "folder, or choose another)")
+    refuse_unwritable_name(target)  # (checked before the import: it built the whole manifest, then failed)
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
