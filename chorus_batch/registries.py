@@ -64,8 +64,9 @@ class Registries:
 
 
 def _norm(expr: pl.Expr) -> pl.Expr:
-    """Ids as OMOP stores them: digits without leading zeros."""
-    s = expr.cast(pl.String).str.strip_chars().str.strip_chars('"')
+    """Ids as OMOP stores them: digits without leading zeros (an integer written as a decimal, 1.0, as pandas writes an
+    id column with empty cells, is that integer: read as text, its visits matched no person, without a word)."""
+    s = expr.cast(pl.String).str.strip_chars().str.strip_chars('"').str.replace(r"^(\d+)\.0*$", "${1}")
     return pl.when(s.str.contains(r"^\d+$")).then(s.str.replace(r"^0+(\d)", "${1}")).otherwise(s)
 
 
@@ -405,7 +406,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                         "`chorus-batch run` (it records the change) and write the registries again; an earlier "
                         "version's table is no longer on the site")
     taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
-    taken_ids = taken["procedure_occurrence_id"].cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None
+    taken_ids = (taken.select(_norm(pl.col("procedure_occurrence_id")))["procedure_occurrence_id"]
+                 .cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None)
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
     first_ids = manifest.query_frame(
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "
