@@ -64,8 +64,9 @@ class Registries:
 
 
 def _norm(expr: pl.Expr) -> pl.Expr:
-    """Ids as OMOP stores them: digits without leading zeros."""
-    s = expr.cast(pl.String).str.strip_chars().str.strip_chars('"')
+    """Ids as OMOP stores them: digits without leading zeros (an integer written as a decimal, 1.0, as pandas writes an
+    id column with empty cells, is that integer: read as text, its visits matched no person, without a word)."""
+    s = expr.cast(pl.String).str.strip_chars().str.strip_chars('"').str.replace(r"^(\d+)\.0*$", "${1}")
     return pl.when(s.str.contains(r"^\d+$")).then(s.str.replace(r"^0+(\d)", "${1}")).otherwise(s)
 
 
@@ -227,22 +228,30 @@ def _omop_rows(files: pl.DataFrame, table: str) -> pl.DataFrame:
     return files.filter(pl.col("srcfile").str.to_lowercase() == f"omop/{table}.csv")
 
 
-def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> pl.DataFrame:
-    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent)."""
+def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """person, visit_id, start, end (datetimes; from the dates, whole days, where datetimes are absent); and the
+    visits of a person whose start or end reads as neither (visit_id, _start_as, _end_as: as written)."""
     cols = ["visit_occurrence_id", "person_id", "visit_start_date", "visit_start_datetime", "visit_end_date",
             "visit_end_datetime"]
     frame = _read_omop(files, "visit_occurrence", cols, sources)
     if frame is None:
-        return pl.DataFrame(schema={"_person": pl.String, "visit_id": pl.String, "_start": pl.Datetime, "_end": pl.Datetime})
+        frame = pl.DataFrame(schema={c: pl.String for c in cols})
 
     def moment(dt: str, day: str, end: bool) -> pl.Expr:
         exact = pl.col(dt).str.slice(0, 19).str.replace("T", " ").str.strptime(pl.Datetime, _DT, strict=False)
-        whole = pl.col(day).str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime)
+        # a DATE column a database export wrote with its (midnight) time, 2020-01-01 00:00:00, is that day
+        whole = (pl.col(day).str.strip_chars().str.extract(r"^(\d{4}-\d{2}-\d{2})(?:[ T][0-9:.]*)?$")
+                 .str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime))
         return pl.coalesce(exact, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)
 
-    return frame.select(_person=_norm(pl.col("person_id")), visit_id=_norm(pl.col("visit_occurrence_id")),
+    read = frame.select(_person=_norm(pl.col("person_id")), visit_id=_norm(pl.col("visit_occurrence_id")),
                         _start=moment("visit_start_datetime", "visit_start_date", False),
-                        _end=moment("visit_end_datetime", "visit_end_date", True)).drop_nulls(["_person", "_start", "_end"])
+                        _end=moment("visit_end_datetime", "visit_end_date", True),
+                        _start_as=pl.coalesce(pl.col("visit_start_datetime").replace("", None), "visit_start_date"),
+                        _end_as=pl.coalesce(pl.col("visit_end_datetime").replace("", None), "visit_end_date"))
+    unread = read.filter(pl.col("_person").is_not_null() & (pl.col("_start").is_null() | pl.col("_end").is_null()))
+    return (read.drop_nulls(["_person", "_start", "_end"]).drop("_start_as", "_end_as"),
+            unread.select("_person", "visit_id", "_start_as", "_end_as"))
 
 
 def _with_visits(rows: pl.DataFrame, visits: pl.DataFrame) -> pl.DataFrame:
@@ -372,7 +381,23 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
     # (exit 2, "if the site moved, pass --site") for good. Its visits are not known; the rows are written without them
     removed = {table: _removed_since(manifest, omop, table) for table in ("visit_occurrence", "procedure_occurrence")}
     omop = omop.filter(~pl.col("srcfile").is_in([path for path in removed.values() if path is not None]))
-    rows = _with_visits(rows, _visits(omop, sources))
+    visits, undated_visits = _visits(omop, sources)
+    rows = _with_visits(rows, visits)
+    # A visit whose start or end the table gives in no form read here (01/07/2020, 20200107, empty) encloses no file:
+    # the files it holds had an empty visit_id, exit 0, without a word
+    undated_visits = undated_visits.join(rows.select(_person=_norm(pl.col("person_id"))).unique(), on="_person",
+                                         how="semi").sort("visit_id")
+    if undated_visits.height:
+        examples = "; ".join(f"visit {v}: start {s!r}, end {e!r}" for v, s, e in
+                             undated_visits.head(3).select("visit_id", "_start_as", "_end_as").iter_rows())
+        warnings.append(
+            f"{plural(undated_visits.height, 'visit')} of persons with registry rows in OMOP/visit_occurrence.csv "
+            f"{'has' if undated_visits.height == 1 else 'have'} a start or end that is not a date (yyyy-mm-dd) or "
+            f"datetime (yyyy-mm-dd hh:mm:ss) (e.g. {examples}): no file's datetime is found within "
+            f"{'it' if undated_visits.height == 1 else 'them'}, so files captured during "
+            f"{'it' if undated_visits.height == 1 else 'them'} have an empty visit_id (and the procedures an empty "
+            "visit_occurrence_id). Write visit_start_date and visit_end_date (OMOP requires both) as yyyy-mm-dd, run, "
+            "and write the registries again")
     if removed["visit_occurrence"] is not None and rows.height:
         warnings.append(f"{removed['visit_occurrence']} of version {label} is no longer on the site (a later version "
                         "removed it): its visits cannot be read, so every visit_id, and the procedures' "
@@ -384,7 +409,8 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
                         "`chorus-batch run` (it records the change) and write the registries again; an earlier "
                         "version's table is no longer on the site")
     taken = _read_omop(omop, "procedure_occurrence", ["procedure_occurrence_id"], sources)
-    taken_ids = taken["procedure_occurrence_id"].cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None
+    taken_ids = (taken.select(_norm(pl.col("procedure_occurrence_id")))["procedure_occurrence_id"]
+                 .cast(pl.Int64, strict=False).drop_nulls() if taken is not None else None)
     proc_ids, n_new = _allocate(manifest, rows.select("record_id", "modality").unique(), ranges, taken_ids, write=write)
     first_ids = manifest.query_frame(
         "SELECT srcfile, min(file_id) AS file_id FROM source_files WHERE srcfile IN (SELECT srcfile FROM source_files "

@@ -223,6 +223,62 @@ def test_a_header_written_since_its_version_is_not_read_as_that_versions(tmp_pat
     assert row(tmp_path / "latest")["datetime"] == f"{later:%Y-%m-%d %H:%M:%S}"
 
 
+@pytest.mark.parametrize("form", ["midnight", "us", "compact"])
+def test_visits_whose_dates_are_written_otherwise_are_read_or_told(tmp_path, form):
+    """visit_occurrence.csv with its dates as a database export writes a DATE column (2020-01-01 00:00:00) and no
+    datetimes gave every file an empty visit_id, exit 0, without a word; so did dates in another form (01/01/2020,
+    20200101). The first are that day; the others are told (exit 1), naming a visit and its dates as written."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    day = {"midnight": lambda d: f"{d} 00:00:00", "us": lambda d: f"{d[5:7]}/{d[8:10]}/{d[:4]}",
+           "compact": lambda d: d.replace("-", "")}[form]
+    rows = read_csv(visits)
+    with visits.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for row in rows:
+            starts, ends = row["visit_start_datetime"], row["visit_end_datetime"]
+            w.writerow({**row, "visit_start_datetime": "", "visit_end_datetime": "",
+                        "visit_start_date": day(starts[:10]), "visit_end_date": day(ends[:10])})
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    given = [r["visit_id"] for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")]
+    if form == "midnight":
+        assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+        assert any(given), given
+    else:
+        assert done.returncode == 1, done.stderr
+        assert "visit_occurrence.csv" in done.stderr and "not a date (yyyy-mm-dd)" in done.stderr, done.stderr
+        assert f"start {day(rows[0]['visit_start_datetime'][:10])!r}" in done.stderr or "e.g. visit" in done.stderr
+        assert not any(given), given
+
+
+def test_ids_the_omop_tables_write_as_decimals_are_read_as_integers(tmp_path):
+    """visit_occurrence.csv and procedure_occurrence.csv written by pandas from id columns with empty cells (1.0 for
+    1): no visit matched a person (every visit_id empty, exit 0, without a word), and a procedure_occurrence_id
+    2001000003.0 in the waveform range was not seen, so the registry gave that id to a session of files."""
+    site, db, out = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "release"
+    sitegen.build_clean_site(site)
+    visits = site / "OMOP" / "visit_occurrence.csv"
+    rows = read_csv(visits)
+    with visits.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**row, "visit_occurrence_id": f"{int(row['visit_occurrence_id'])}.0",
+                     "person_id": f"{int(row['person_id'])}.0"} for row in rows)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    given = {r["visit_id"] for r in read_csv(out / "waveform_registry.csv") + read_csv(out / "image_registry.csv")}
+    assert given - {""} and given <= {"", *(str(int(r["visit_occurrence_id"])) for r in rows)}, given
+    with (site / "OMOP" / "procedure_occurrence.csv").open("a") as f:
+        f.write("2001999999.0,1,4000,2020-01-01,32817,\n")
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    again = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"))
+    assert again.returncode == 2 and "already uses ids in the waveforms registry range" in again.stderr, again.stderr
+
+
 def test_an_older_versions_registry_says_the_visit_table_is_no_longer_that_versions(tmp_path):
     """The registry of an earlier version took its visits from OMOP/visit_occurrence.csv as it is now, without a word:
     a visit removed since left that version's rows without it. The table is still read as it is (the version's content

@@ -1757,6 +1757,22 @@ def test_a_registry_row_naming_its_file_in_other_letter_case_says_so(clean):
             f"is on the site as {SINGLE}.HEA)") in out["message"].item()
 
 
+def test_a_waveform_registry_row_naming_an_image_or_an_omop_table_is_told(clean):
+    """A waveform registry row whose trg_file is an image of the site (or an OMOP table) was passed over: the file is
+    on the site, so not 'missing', and the row made an image a Monitoring procedure without a word."""
+    registry = clean / "waveform_registry.csv"
+    header, first, *_ = registry.read_text().splitlines()
+    cells = dict(zip(header.split(","), first.split(",")))
+    with registry.open("a") as f:
+        for i, path in enumerate([f"{SERIES1}/000.dcm", "OMOP/person.csv"]):
+            f.write(",".join({**cells, "file_id": f"extra{i}", "trg_file": path}.values()) + "\n")
+    out = validate(clean).filter(pl.col("rule") == "registry.missing_file")
+    assert out["srcfile"].to_list() == ["waveform_registry.csv"], out.to_dicts()
+    assert out["message"].item().startswith(
+        f"2 trg_files name files of the site outside the persons' Waveforms/ folders (e.g. {SERIES1}/000.dcm, "
+        f"OMOP/person.csv): "), out["message"].item()
+
+
 def test_person_ids_written_as_decimals_are_named_as_the_cause(clean):
     """person.csv written by pandas from a column with empty cells has 101.0 for 000101: every person folder was
     'has no row in person.csv: add the person', though its row is there."""

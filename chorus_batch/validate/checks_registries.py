@@ -436,7 +436,22 @@ def _not_on_site(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:
              .group_by("_lower").agg(pl.col("_twin").min()))
     not_in = not_in.with_columns(_lower=pl.col("_path").str.to_lowercase()).join(twins, on="_lower", how="left")
     gone = not_in.filter(pl.col("_why").is_null())
+    # a row naming a file of the site that is not of its registry's modality (an image, an OMOP table in the waveform
+    # registry) was passed over: the file is there, but the row makes it a procedure of the other kind (or of none)
+    other_kind = (_listed(usable).lazy().filter(pl.col("_of").is_not_null())
+                  .join(current.lazy().select(_path="srcfile", _modality=pl.col("modality").fill_null("")), on="_path")
+                  .filter(pl.col("_modality") != pl.col("_of"))
+                  .sort("_path").group_by("srcfile", "_of", maintain_order=True)
+                  .agg(pl.col("_path").head(3), pl.len().alias("_k")))
     return [
+        _found("registry.missing_file", other_kind, "srcfile", fmt(
+            "{} trg_file{|s} {names a file|name files} of the site outside the persons' {}/ folders (e.g. {}): the {} "
+            "registry lists the files of those folders, one row each, and each of its rows becomes a {} procedure; "
+            "move the rows of files of the other registry's kind to that registry, and remove those of files that are "
+            "neither waveform nor image files", pl.col("_k"), pl.col("_of"), pl.col("_path").list.join(", "),
+            pl.when(pl.col("_of") == "Images").then(pl.lit("image")).otherwise(pl.lit("waveform")),
+            pl.when(pl.col("_of") == "Images").then(pl.lit("4180938 Imaging")).otherwise(pl.lit("4141651 Monitoring")),
+            n=pl.col("_k"))),
         _found("registry.missing_file", gone.filter(pl.col("_twin").is_null()).group_by("srcfile").agg(
             pl.col("_path").sort(), pl.len().alias("_k")), "srcfile",
             # (the paths were most often site-relative already: a file moved or renamed since the registry was

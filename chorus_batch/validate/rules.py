@@ -438,7 +438,8 @@ RULES: tuple[Rule, ...] = (
          "than one person (its key repeated)."),
     Rule("registry.missing_file", "error", "registry row without its file",
          "A registry row has no src_file, a waveform registry row has no trg_file (the Imaging SOP leaves the image "
-         "registry's trg_file to the centre), or a trg_file is not on the site; or an image registry that leaves "
+         "registry's trg_file to the centre), or a trg_file is not on the site, or is a file of the site outside the "
+         "persons' Waveforms/ (or Images/) folders the registry lists; or an image registry that leaves "
          "trg_file blank has more rows of a person than the person has image files."),
     Rule("registry.unlisted_file", "warning", "file not in the registry",
          "A waveform (or image) file of the site has no row in the waveform (or image) registry the site ships (where "
