@@ -1200,7 +1200,6 @@ def _run_shard(args: argparse.Namespace, settings) -> int:
 def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     from .pipeline import has_errors
     from .progress import Progress
-    from .report import findings_dict, findings_text
     from .validate.run import validate_folder, validate_manifest
 
     target = _resolve(args)
@@ -1219,6 +1218,17 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                                             workers=args.workers or target.config.run.workers, force=args.force,
                                             cloud=target.config.cloud)
         where = str(Path(target.db).resolve())
+    # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
+    unchecked = not_taken is not None and not_taken.height > 0
+    code = int(ExitCode.FINDINGS if has_errors(findings) or unchecked else ExitCode.OK)
+    with _kept_exit_code(code):  # (known before printing: `validate --json | head -1` ended 0 with errors found)
+        _print_validation(args, label, where, findings, not_taken)
+    return code
+
+
+def _print_validation(args, label, where, findings, not_taken) -> None:
+    from .report import findings_dict, findings_text
+
     if args.json:
         print(json.dumps({"version": label, "manifest": where if label else None, **(findings_dict(findings) or {}),
                           "findings": findings.to_dicts(),
@@ -1232,9 +1242,6 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
                             not_taken.head(20).select("srcfile", "message").iter_rows()))
             if not_taken.height > 20:
                 print(f"    ... and {not_taken.height - 20} more (--json lists them all)")
-    # files no rule saw are findings of the check, as a run's scan errors are of the run (exit 1 there too)
-    unchecked = not_taken is not None and not_taken.height > 0
-    return int(ExitCode.FINDINGS if has_errors(findings) or unchecked else ExitCode.OK)
 
 
 def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
@@ -1256,10 +1263,11 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
             exc.outcome = ("the proc_ids given stay recorded in the manifest; every registry file had been written "  # type: ignore[union-attr]
                            f"to --out before the signal came: {', '.join(str(p.resolve()) for p in exc.written)}")  # type: ignore[union-attr]
         raise
-    print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
-          f"rows, {plural(registries.procedures.height, 'procedure')} ({registries.new_proc_ids} new proc_ids)")
-    for path in paths:
-        print(f"wrote {path.resolve()}")
+    with _kept_exit_code(int(ExitCode.FINDINGS) if registries.warnings else int(ExitCode.OK)):
+        print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
+              f"rows, {plural(registries.procedures.height, 'procedure')} ({registries.new_proc_ids} new proc_ids)")
+        for path in paths:
+            print(f"wrote {path.resolve()}")
     for warning in registries.warnings:
         print(f"chorus-batch: warning: {warning}", file=sys.stderr)
     return int(ExitCode.FINDINGS) if registries.warnings else int(ExitCode.OK)
@@ -1445,12 +1453,13 @@ def _print_md5sum(frame) -> int:
     from .review import md5sum_lines, without_md5
     from .units import plural
 
-    sys.stdout.flush()
-    out = sys.stdout.buffer  # bytes, "\n" endings on every platform: what md5sum reads
-    for line in md5sum_lines(frame):
-        out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-    out.flush()
-    missing = without_md5(frame)
+    missing = without_md5(frame)  # (first: a reader that leaves mid-list ends it with exit 1 all the same)
+    with _kept_exit_code(int(ExitCode.FINDINGS if missing.height else ExitCode.OK)):
+        sys.stdout.flush()
+        out = sys.stdout.buffer  # bytes, "\n" endings on every platform: what md5sum reads
+        for line in md5sum_lines(frame):
+            out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        out.flush()
     if missing.height == 0:
         return int(ExitCode.OK)
     has, is_ = ("has", "is") if missing.height == 1 else ("have", "are")
@@ -1799,7 +1808,8 @@ def cmd_upload(args: argparse.Namespace, argv: list[str]) -> int:
     result = upload(target.db, to, cloud=target.config.cloud, version=args.version_label,
                     modalities=_modalities(args.modalities), workers=args.workers or target.config.central.workers,
                     dry_run=args.dry_run, overrides=overrides, progress=Progress(quiet=args.quiet), argv=argv)
-    print(json.dumps(upload_dict(result), indent=2) if args.json else upload_text(result))
+    with _kept_exit_code(int(result.exit_code)):
+        print(json.dumps(upload_dict(result), indent=2) if args.json else upload_text(result))
     return int(result.exit_code)
 
 
@@ -1827,7 +1837,8 @@ def cmd_verify(args: argparse.Namespace, argv: list[str]) -> int:
     result = verify(target.db, to, cloud=target.config.cloud, version=args.version_label, every=args.all,
                     download=args.download, workers=args.workers or target.config.central.workers,
                     progress=Progress(quiet=args.quiet), argv=argv)
-    print(json.dumps(verify_dict(result), indent=2) if args.json else verify_text(result))
+    with _kept_exit_code(int(result.exit_code)):
+        print(json.dumps(verify_dict(result), indent=2) if args.json else verify_text(result))
     return int(result.exit_code)
 
 
@@ -1836,7 +1847,8 @@ def cmd_mark_uploaded(args: argparse.Namespace, argv: list[str]) -> int:
 
     target, to = _central(args)
     marked = mark_uploaded(target.db, to, args.from_log, cloud=target.config.cloud, argv=argv)
-    print(marked.text())
+    with _kept_exit_code(int(marked.exit_code)):
+        print(marked.text())
     return int(marked.exit_code)
 
 
@@ -1850,7 +1862,8 @@ def cmd_import_journal(args: argparse.Namespace, argv: list[str]) -> int:
     result = import_journal(args.journal, target.db, site=target.site, site_roots=config.site.roots if target.site else None,
                             central=args.to or config.central.to, patterns=config.patterns, dry_run=args.dry_run,
                             argv=argv, cloud=config.cloud, progress=Progress(quiet=args.quiet))
-    print(json.dumps(import_dict(result), indent=2) if args.json else import_text(result))
+    with _kept_exit_code(int(result.exit_code)):
+        print(json.dumps(import_dict(result), indent=2) if args.json else import_text(result))
     return result.exit_code
 
 

@@ -396,3 +396,28 @@ def test_a_reader_waits_for_a_lock_as_a_commit_holds_it(manifest):
     finally:
         holder.wait(30)
     assert files.height > 0
+
+
+@pytest.mark.parametrize("command", [["validate", "--json"], ["files", "--md5sum"]])
+def test_a_reader_that_leaves_keeps_the_exit_code_of_findings(tmp_path, command):
+    """`validate --json | head -1` on a version with errors ended 0 (1 when the whole list was read): the exit code
+    was decided after the output, which the closed pipe cut short, and main fell back to success. A script under
+    `set -o pipefail` (or reading PIPESTATUS) took a site with errors for a clean one. `files --md5sum` alike,
+    with files that have no MD5 (unverifiable)."""
+    make_testdata(tmp_path / "td", Spec(persons=60, files_per_person=40, size=16))
+    site, db = tmp_path / "td" / "first", tmp_path / "m.sqlite"
+    for dat in site.rglob("*.dat"):  # truncated records: wfdb.dat_size errors, one a record
+        dat.write_bytes(b"x")
+    run_site(site, db)
+    if command[-1] == "--md5sum":
+        con = sqlite3.connect(db)
+        with con:  # as `--cloud-md5 stored-only` records an object without an MD5
+            con.execute("UPDATE source_files SET md5 = NULL, md5_source = 'unverifiable' WHERE file_id = "
+                        "(SELECT max(file_id) FROM source_files)")
+        con.close()
+    args = [*command, "--db", str(db)]
+    full = subprocess.run([sys.executable, "-m", "chorus_batch", *args], capture_output=True)
+    assert full.returncode == 1, full.stderr
+    assert len(full.stdout) > 128 * 1024, len(full.stdout)  # more than a pipe holds: the reader leaves mid-output
+    code, err = first_line_then_leave(args, unbuffered=False)
+    assert code == 1, err
