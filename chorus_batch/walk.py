@@ -124,8 +124,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
         prefix = rel_dir + "/" if rel_dir else ""
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
-        except FileNotFoundError:
-            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed; what was recorded "
+        except (FileNotFoundError, NotADirectoryError):  # (gone, or a file put in its place: no permission to give)
+            add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a file) "
+                       "while the tree was listed; what was recorded "
                        "below it is kept until a run lists it again"))
             continue
         except OSError as exc:
