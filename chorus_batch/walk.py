@@ -188,7 +188,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     else:
                         add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
                         continue
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):  # (its folder replaced by a file: no permission to give)
                     add_error((printable(rel), "vanished", "file disappeared while the tree was listed (deleted or moved "
                                                           "meanwhile): this run did not list it; nothing to do unless it "
                                                           "recurs (then run when nothing is deleting or moving files "

@@ -183,6 +183,40 @@ def test_a_folder_replaced_by_a_file_while_the_tree_is_listed_is_said_gone_not_a
                               "again")], walked.errors
 
 
+def test_a_folder_replaced_by_a_file_after_it_was_read_has_its_files_said_gone_not_unreadable(site, monkeypatch):
+    """A folder read (its names in hand) and replaced by a file before its files were stat'ed: each was "cannot stat:
+    Not a directory; ... give this user search (x) permission on its folder", advice that changes nothing."""
+    import shutil
+
+    from chorus_batch.walk import walk_local
+
+    write(site, "000001/Metadata/a.txt", b"a")
+    folder = site / "000001/Metadata"
+    scandir = os.scandir
+
+    class Replaced:  # the folder's entries, then the folder replaced, as it is left
+        def __init__(self, path):
+            self.it = scandir(path)
+            self.path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.it.close()
+
+        def __iter__(self):
+            yield from self.it
+            if self.path == str(folder):
+                shutil.rmtree(folder)
+                folder.write_bytes(b"now a file")
+
+    monkeypatch.setattr(os, "scandir", Replaced)
+    walked = walk_local(str(site), ["000001"], False)
+    assert walked.chunks == [] and [(path, kind) for path, kind, _ in walked.errors] == [
+        ("000001/Metadata/a.txt", "vanished")], walked.errors
+
+
 def test_names_that_differ_only_in_case_or_unicode_form_are_each_kept_and_named(tmp_path):
     """A macOS copy (NFD) beside the original (NFC), a Windows-made Person.csv beside person.csv: each file is
     recorded under its exact name (nothing merged), and validation says that a copy of the site on a disk that
