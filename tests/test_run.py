@@ -411,6 +411,20 @@ def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_conten
         assert "deleted or moved while this run went on" in out[1]
 
 
+def test_a_file_whose_folder_became_a_file_before_it_was_hashed_is_vanished_not_unreadable(site):
+    """Its folder replaced by a file between the listing and the hashing (a re-delivery as an archive): the file was
+    "unreadable: cannot read: Not a directory", kept as if it were still there to be given permissions."""
+    import shutil
+
+    from chorus_batch.workers import hash_one
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    shutil.rmtree(site / "OMOP")
+    (site / "OMOP").write_bytes(b"now a file")
+    out = hash_one(LocalSource(site), "OMOP/person.csv", bytearray(1 << 16))
+    assert isinstance(out, tuple) and out[0] == "vanished", out
+
+
 def test_racily_clean_files_are_rehashed(site, db):
     path = write(site, "OMOP/a.csv", b"aaaa")
     run_site(site, db)  # mtime is within the racy window of this scan's start
