@@ -34,6 +34,11 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     # or a Linux share makes a file of its own beside each file: person.csv:Zone.Identifier was recorded, uploaded,
     # and validation told the site to rename it
     "*:Zone.Identifier",
+    # what an NFS client (Linux's name for it: .nfs and 24 hex digits) or a FUSE mount (sshfs, s3fs) leaves in a folder
+    # while a file deleted there is still open somewhere: the deleted file itself, gone when the last reader closes it.
+    # It was recorded as a file of the site (uploaded, then removed by the next run) or, gone before it was read,
+    # failed the run as vanished
+    ".nfs" + "[0-9a-f]" * 24, ".fuse_hidden" + "[0-9a-f]" * 16,
     # the folders macOS and Windows keep at a volume's root: a site at the root of a disk it was copied to or shipped on
     ".Spotlight-V100/", ".Trashes/", ".fseventsd/", ".TemporaryItems/", "$RECYCLE.BIN/", "System Volume Information/",
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import sys
 import time
@@ -117,13 +118,15 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
 
     add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
     add_linked = out.linked.append
+    loops = mount_loops(root)
     while stack:
         rel_dir, real_dir, link_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
             it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
-        except FileNotFoundError:
-            add_error((rel_dir + "/", "vanished_dir", "directory disappeared while the tree was listed; what was recorded "
+        except (FileNotFoundError, NotADirectoryError):  # (gone, or a file put in its place: no permission to give)
+            add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a file) "
+                       "while the tree was listed; what was recorded "
                        "below it is kept until a run lists it again"))
             continue
         except OSError as exc:
@@ -142,6 +145,9 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                 rel = prefix + entry.name
                 try:
                     if entry.is_dir(follow_symlinks=False):
+                        if loops and rel in loops:
+                            add_error((printable(rel), "mount_loop", loops[rel]))
+                            continue
                         push_dir(rel, os.path.join(real_dir, entry.name) if follow_symlinks else "", link_dir)
                         continue
                     real, link = None, link_dir  # where a file reached through a link is, and that link
@@ -182,7 +188,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                     else:
                         add_error((printable(rel), "special_file", "not a regular file (device, socket or FIFO); skipped"))
                         continue
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):  # (its folder replaced by a file: no permission to give)
                     add_error((printable(rel), "vanished", "file disappeared while the tree was listed (deleted or moved "
                                                           "meanwhile): this run did not list it; nothing to do unless it "
                                                           "recurs (then run when nothing is deleting or moving files "
@@ -236,6 +242,42 @@ def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tupl
         f"{plural(n, 'file')} here {'is' if n == 1 else 'are'} also reached through {printable(where)} (links to one place outside the site, "
         f"{folder}): listed once, there; remove one of the links")) for link, (where, folder, n) in sorted(left.items())]
     return kept, errors
+
+
+def mount_loops(root: str) -> dict[str, str]:
+    """The folders of the site (site-relative, '/'-separated) on which the site root or a folder above them is mounted
+    again (a bind mount: `mount --bind /data/site /data/site/Metadata/x`), each with its message. Walked, such a folder
+    listed the site a second time under its path, and no link shows it (realpath does not see through a mount), so
+    it is found from the system's table of mounts (/proc/self/mountinfo: no cost per folder walked); {} where there is
+    none."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            table = f.read()
+    except OSError:
+        return {}
+    real_root = os.path.realpath(root)
+    found: dict[str, str] = {}
+    for line in table.splitlines():
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        # (the mount point, with space, tab, newline and backslash written as octal escapes)
+        point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+        if point == real_root or not _within(point, real_root):
+            continue
+        parts = os.path.relpath(point, real_root).split(os.sep)
+        try:
+            mounted = os.stat(point)
+            for k in range(len(parts)):
+                here = os.path.join(real_root, *parts[:k])
+                if os.path.samestat(os.stat(here), mounted):
+                    where = "the site root" if k == 0 else f"the folder {'/'.join(parts[:k])}/ that holds it"
+                    found["/".join(parts)] = (f"a mount of {where} ({here}) inside itself: a loop, not walked (its files "
+                                              "are listed under their own path); unmount it, or mount it outside the site")
+                    break
+        except OSError:
+            continue
+    return found
 
 
 def _within(path: str, folder: str) -> bool:

@@ -29,7 +29,7 @@ def hash_one(source: "Source", path: str, buffer: bytearray, parse: "Parse | Non
         return source.hash_file(path, buffer) if parse is None else source.hash_file(path, buffer, parse)
     except FileChangedWhileHashing as exc:
         return "changed_while_hashing", str(exc)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (its folder replaced by a file since the listing: gone too)
         return "vanished", VANISHED
     except PermissionError as exc:
         if exc.strerror is None and exc.args:  # a cloud source's own words: the sign-in and the permission to ask for

@@ -19,7 +19,9 @@ from conftest import cli, current_rows, query, write
 JUNK = [".DS_Store", "1001/Thumbs.db", "1001/desktop.ini", "1001/._scan.dcm", "Metadata/~$notes.docx",
         "Metadata/.~lock.notes.odt#", "1001/Icon\r", ".Spotlight-V100/Store-V2/store.db", ".Trashes/501/x.csv",
         ".fseventsd/fseventsd-uuid", ".TemporaryItems/folders.501/a", "$RECYCLE.BIN/S-1-5-21/$I1.csv",
-        "System Volume Information/IndexerVolumeGuid", "OMOP/person.csv:Zone.Identifier"]
+        "System Volume Information/IndexerVolumeGuid", "OMOP/person.csv:Zone.Identifier",
+        # (a file deleted while open on an NFS client or a FUSE mount, renamed aside until it is closed)
+        "1001/Waveforms/Telemetry/7/.nfs000000000123abcd00000001", "OMOP/.fuse_hidden0000000a00000001"]
 DATA = ["OMOP/person.csv", "1001/notes.txt", "scratch/keep.txt"]
 
 

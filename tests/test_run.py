@@ -373,8 +373,10 @@ def test_file_changing_while_hashed_is_recorded_and_keeps_the_previous_row(site,
     assert current_rows(db) == {"OMOP/big.csv": __import__("hashlib").md5(b"a" * 1_000).hexdigest()}
 
 
-@pytest.mark.parametrize("change", ["replaced", "deleted", "truncated"])
-def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_content_it_no_longer_has(site, change):
+@pytest.mark.parametrize("linked", [False, True])  # a second name of its inode (a hard-linked backup tree): it keeps
+@pytest.mark.parametrize("change", ["replaced", "deleted", "truncated"])  # the old bytes linked, st_nlink never falls to 0
+def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_content_it_no_longer_has(site, change, linked,
+                                                                                                   tmp_path):
     """A file replaced by a rename (an rsync or a re-export finishing) or deleted while its bytes were read kept its
     size and mtime under the open descriptor: the run recorded the old content's MD5 for a path that held other
     content, or none. Now the file is read again (the new content, with its own size and mtime), or said to be
@@ -384,6 +386,8 @@ def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_conten
     from chorus_batch.workers import hash_one
 
     path = write(site, "OMOP/person.csv", b"person_id\n1\n")
+    if linked:
+        os.link(path, tmp_path / "backup.csv")
     done = []
 
     def change_once(f):
@@ -405,6 +409,20 @@ def test_a_file_replaced_or_deleted_while_hashed_is_not_recorded_with_the_conten
     else:
         assert isinstance(out, tuple) and out[0] == "vanished", out
         assert "deleted or moved while this run went on" in out[1]
+
+
+def test_a_file_whose_folder_became_a_file_before_it_was_hashed_is_vanished_not_unreadable(site):
+    """Its folder replaced by a file between the listing and the hashing (a re-delivery as an archive): the file was
+    "unreadable: cannot read: Not a directory", kept as if it were still there to be given permissions."""
+    import shutil
+
+    from chorus_batch.workers import hash_one
+
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    shutil.rmtree(site / "OMOP")
+    (site / "OMOP").write_bytes(b"now a file")
+    out = hash_one(LocalSource(site), "OMOP/person.csv", bytearray(1 << 16))
+    assert isinstance(out, tuple) and out[0] == "vanished", out
 
 
 def test_racily_clean_files_are_rehashed(site, db):

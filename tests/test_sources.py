@@ -163,6 +163,60 @@ def test_worker_functions_run_in_spawned_processes(site):
     assert hashed.digests.hex() == __import__("hashlib").md5(b"abc").hexdigest()
 
 
+def test_a_folder_replaced_by_a_file_while_the_tree_is_listed_is_said_gone_not_a_permission_problem(site):
+    """The root's folders are listed, then walked (by worker processes on a large site): a person folder replaced by
+    a file in between (a re-delivery as an archive) was "cannot list directory: Not a directory; ... give this user
+    read and search (x) permission on it", advice that changes nothing. It is said as a folder gone now."""
+    import shutil
+
+    from chorus_batch.walk import walk_local
+
+    write(site, "000001/Metadata/a.txt", b"a")
+    write(site, "000002/Metadata/b.txt", b"b")
+    top = walk_local(str(site), [""], False, collect_dirs=True)
+    shutil.rmtree(site / "000001")
+    (site / "000001").write_bytes(b"now a file")
+    walked = walk_local(str(site), sorted(top.subdirs), False)
+    assert [paths for paths, _, _ in walked.chunks] == [["000002/Metadata/b.txt"]]
+    assert walked.errors == [("000001/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a file) "
+                              "while the tree was listed; what was recorded below it is kept until a run lists it "
+                              "again")], walked.errors
+
+
+def test_a_folder_replaced_by_a_file_after_it_was_read_has_its_files_said_gone_not_unreadable(site, monkeypatch):
+    """A folder read (its names in hand) and replaced by a file before its files were stat'ed: each was "cannot stat:
+    Not a directory; ... give this user search (x) permission on its folder", advice that changes nothing."""
+    import shutil
+
+    from chorus_batch.walk import walk_local
+
+    write(site, "000001/Metadata/a.txt", b"a")
+    folder = site / "000001/Metadata"
+    scandir = os.scandir
+
+    class Replaced:  # the folder's entries, then the folder replaced, as it is left
+        def __init__(self, path):
+            self.it = scandir(path)
+            self.path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.it.close()
+
+        def __iter__(self):
+            yield from self.it
+            if self.path == str(folder):
+                shutil.rmtree(folder)
+                folder.write_bytes(b"now a file")
+
+    monkeypatch.setattr(os, "scandir", Replaced)
+    walked = walk_local(str(site), ["000001"], False)
+    assert walked.chunks == [] and [(path, kind) for path, kind, _ in walked.errors] == [
+        ("000001/Metadata/a.txt", "vanished")], walked.errors
+
+
 def test_names_that_differ_only_in_case_or_unicode_form_are_each_kept_and_named(tmp_path):
     """A macOS copy (NFD) beside the original (NFC), a Windows-made Person.csv beside person.csv: each file is
     recorded under its exact name (nothing merged), and validation says that a copy of the site on a disk that

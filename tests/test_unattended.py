@@ -1337,6 +1337,39 @@ def test_followed_links_are_walked_once_and_loops_and_broken_links_are_said_once
     }, said
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # walked here; by worker processes, a folder each
+def test_a_bind_mount_of_the_site_or_a_folder_above_inside_it_is_a_loop_not_walked(site, db, workers):
+    """A bind mount of the site root inside the site (`mount --bind /data/site /data/site/Metadata/bind`, an HPC
+    admin's project space) was walked like any folder: the whole site listed twice, its files recorded (and
+    uploaded) under a second path. A symbolic link there was a loop; a mount is said the same way now."""
+    write(site, "000001/Metadata/a.txt", b"a")
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    (site / "Metadata/bi nd").mkdir(parents=True)  # (a space: written \040 in the table of mounts)
+    (site / "000001/Metadata/again").mkdir()
+    mounted = []
+    try:
+        for source, point in ((site, site / "Metadata/bi nd"), (site / "000001", site / "000001/Metadata/again")):
+            done = subprocess.run(["mount", "--bind", str(source), str(point)], capture_output=True)
+            if done.returncode != 0:
+                pytest.skip(f"cannot bind-mount here: {done.stderr.decode().strip()}")
+            mounted.append(point)
+        out = run(site, db, "--workers", workers)
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", str(point)], check=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert query(db, "SELECT srcfile FROM source_files ORDER BY srcfile") == [("000001/Metadata/a.txt",),
+                                                                              ("OMOP/person.csv",)]
+    said = dict(query(db, "SELECT srcfile, kind || ': ' || message FROM scan_errors WHERE kind = 'mount_loop'"))
+    assert said == {
+        "Metadata/bi nd": f"mount_loop: a mount of the site root ({site}) inside itself: a loop, not walked (its files "
+                          "are listed under their own path); unmount it, or mount it outside the site",
+        "000001/Metadata/again": f"mount_loop: a mount of the folder 000001/ that holds it ({site}/000001) inside "
+                                 "itself: a loop, not walked (its files are listed under their own path); unmount it, "
+                                 "or mount it outside the site",
+    }, said
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])  # hashed in a thread; in a worker process
 def test_the_progress_line_moves_while_one_huge_sparse_file_is_read(site, db, workers):
     """A huge sparse file (`truncate -s 200G`) is read whole: its MD5 is of its bytes, holes read as zeros. The

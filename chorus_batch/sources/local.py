@@ -295,6 +295,13 @@ class LocalSource:
             # longer the path's, so it is read again (the new file's), or is gone (vanished). (A file system that
             # counts no links says 0 throughout; NFS renames an open file deleted by this client aside instead.)
             unlinked = before.st_nlink > 0 and after.st_nlink == 0
+            if not unlinked and after.st_nlink < before.st_nlink:
+                # One of its names went, but a hard link elsewhere (a backup tree linked to it) keeps it: was it this
+                # one? Looked up only then (the bytes of a file renamed over were recorded as the path's, no error)
+                try:
+                    unlinked = not os.path.samestat(os.stat(path, follow_symlinks=not self.refuse_links), after)
+                except (FileNotFoundError, NotADirectoryError):
+                    unlinked = True
             if unlinked and not os.path.lexists(path):
                 raise FileNotFoundError(errno.ENOENT, "deleted while it was hashed", path)
             if total == before.st_size and after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns \
