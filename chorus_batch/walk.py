@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import stat
@@ -245,6 +246,13 @@ def unique_linked(rows: list[tuple[str, int, int, str, str]]) -> tuple[list[tupl
 
 
 def mount_loops(root: str) -> dict[str, str]:
+    # Read at most once a minute per root in each process: walk_local is called per batch of folders (403 times in a
+    # 20k-file first run), and an HPC node's table holds hundreds of mounts
+    return _mount_loops(root, int(time.monotonic() // 60))
+
+
+@functools.lru_cache(maxsize=8)
+def _mount_loops(root: str, _minute: int) -> dict[str, str]:
     """The folders of the site (site-relative, '/'-separated) on which the site root or a folder above them is mounted
     again (a bind mount: `mount --bind /data/site /data/site/Metadata/x`), each with its message. Walked, such a folder
     listed the site a second time under its path, and no link shows it (realpath does not see through a mount), so
