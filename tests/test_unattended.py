@@ -847,6 +847,9 @@ def test_a_command_turned_away_by_the_lock_is_named_as_itself(site, db, command)
     assert run(site, db, "-q").returncode == 0
     with manifest_lock(db, ["run", "--site", str(site)]):
         out = cli(*command, *([str(site)] if "--site" in command else []), "--db", str(db))
+    if command[0] == "upgrade":  # a manifest at this schema: nothing to upgrade, no lock wanted, not turned away
+        assert out.returncode == 0 and "already at schema" in out.stdout, out.stderr
+        return
     assert out.returncode == 4, out.stderr
     assert f"pid {os.getpid()} " in out.stderr and "`chorus-batch run`" in out.stderr, out.stderr
     this = "this run" if command[0] == "run" else f"this `chorus-batch {command[0]}`"
