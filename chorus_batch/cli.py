@@ -2146,17 +2146,16 @@ def _expand_home(args: argparse.Namespace) -> None:
 
     for dest, name in _HOME_PATHS.items():
         value = getattr(args, dest, None)
+        given_as = "OUT" if dest == "out" and args.command == "testdata" else name  # (testdata's OUT is positional)
         if isinstance(value, str) and value.startswith("~"):
-            setattr(args, dest, expand_home(value, "OUT" if dest == "out" and args.command == "testdata" else name))
+            setattr(args, dest, expand_home(value, given_as))
         if isinstance(value, str) and dest in _LOCAL_ONLY:  # (JOURNAL takes az://; --staging, --merge and
             # --parquet say their own)
-            refuse_url(getattr(args, dest), "OUT" if dest == "out" and args.command == "testdata" else name,
-                       writes=dest == "out")
+            refuse_url(getattr(args, dest), given_as, writes=dest == "out")
         if isinstance(value, str):
             # `--out "$OUT"` read from a file with Windows line ends: a report written as 'r.html\r' beside the one
             # looked for, a --config 'c.toml\r' "not found" while c.toml is there (said as --db's is)
-            refuse_blank_ends(getattr(args, dest), "OUT" if dest == "out" and args.command == "testdata" else name,
-                              _NAMES.get(dest, "the file or folder name"))
+            refuse_blank_ends(getattr(args, dest), given_as, _NAMES.get(dest, "the file or folder name"))
             # (`--parquet 'C:\snaps'`, `--out 'D:\r.html'` pasted from the Windows machine's notes: a folder or file of
             # that name made in the working folder, as --db's was)
             refuse_windows_path(getattr(args, dest), name)

@@ -331,6 +331,13 @@ def note_signal(signum: int) -> None:
     _received.append(signum)
 
 
+def stop_for(signum: int) -> BaseException:
+    """The exception a stop signal is raised as: KeyboardInterrupt for SIGINT (Ctrl-C), else Stopped."""
+    import signal
+
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+
+
 def forget_signals() -> None:
     """A new command begins (cli.main): the stop signals an earlier one in this process received are not its own."""
     _received.clear()
@@ -357,9 +364,7 @@ def raise_lost_stop() -> None:
     import threading
 
     if _received and threading.current_thread() is threading.main_thread() and not handling_stop():
-        import signal
-
-        raise KeyboardInterrupt if _received[0] == signal.SIGINT else Stopped(_received[0])
+        raise stop_for(_received[0])
 
 
 def quiet_lost_stops(hook: Callable) -> Callable:
@@ -399,12 +404,10 @@ def held_signals() -> Iterator[None]:
     finally:
         held, _held = _held, outer
         if held:
-            import signal
-
             # the first: it asked to stop (SIGHUP then SIGTERM was said as SIGTERM; signals_deferred, the
             # handlers while a stop is under way, keep the first too)
             note_signal(held[0])
-            raise KeyboardInterrupt if held[0] == signal.SIGINT else Stopped(held[0])
+            raise stop_for(held[0])
 
 
 def signal_behind(exc: BaseException) -> BaseException | None:
@@ -414,9 +417,7 @@ def signal_behind(exc: BaseException) -> BaseException | None:
         return exc
     if not _received:
         return None
-    import signal
-
-    stop = KeyboardInterrupt() if _received[-1] == signal.SIGINT else Stopped(_received[-1])
+    stop = stop_for(_received[-1])
     for said in ("committed", "outcome"):  # what the wrapped error knew was recorded
         if getattr(exc, said, None) is not None:
             setattr(stop, said, getattr(exc, said))

@@ -214,9 +214,10 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
         # environment, so that a token gone stale says "expired at", not "sign-in failed ... wrong or old".
         sas_in = _connection_fields(conn).get("sharedaccesssignature")
         expiry = _sas_expiry(sas_in) if sas_in else None
+        not_before = _sas_not_before(sas_in) if sas_in else ""
         return AzureSignIn("connection_string", f"connection string from {conn_env}"
                            + (f" (account {account})" if account else "")
-                           + (f", its SAS{_sas_not_before(sas_in)[1:]}" if sas_in and _sas_not_before(sas_in) else "")
+                           + (f", its SAS{not_before[1:]}" if not_before else "")
                            + (f", its SAS valid until {expiry}" if expiry else ""),
                            account_name=account, secret=conn, secret_env=conn_env,
                            sas_permissions=_sas_field(sas_in, "sp") if sas_in else None)
