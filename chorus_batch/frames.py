@@ -332,3 +332,16 @@ def under_folders(paths: pl.Series, folders: list[str]) -> pl.Series:
     covered = np.empty(n, dtype=bool)
     covered[order] = np.cumsum(inside[:n]) > 0
     return pl.Series(paths.name, covered)
+
+
+STAMP = "%Y-%m-%d %H:%M:%S"  # the linkage procedure's datetime (yyyy-MM-dd HH:mm:ss; 'T' and fractions read too)
+
+
+def visit_moment(exact: pl.Expr, day: pl.Expr, *, end: bool) -> pl.Expr:
+    """A visit's start (or end) as a Datetime: `exact` (visit_*_datetime) where it reads as one, else `day`
+    (visit_*_date) as the whole day: its first second, or its last for an end. A DATE column a database export wrote
+    with its midnight time (2020-01-01 00:00:00) is that day. Null where neither reads."""
+    exact_at = exact.str.slice(0, 19).str.replace("T", " ").str.strptime(pl.Datetime, STAMP, strict=False)
+    whole = (day.str.strip_chars().str.extract(r"^(\d{4}-\d{2}-\d{2})(?:[ T][0-9:.]*)?$")
+             .str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime))
+    return pl.coalesce(exact_at, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)

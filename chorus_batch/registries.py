@@ -32,7 +32,7 @@ import polars as pl
 
 from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
-from .frames import fmt
+from .frames import STAMP as _DT, fmt, visit_moment
 from .fsutil import (complete_interrupted_sets, missing_folders, private_folder, remove_empty_folders,
                      write_private_together)
 from .progress import Progress, log
@@ -50,7 +50,6 @@ STANDARD_ALGORITHM = 32880  # procedure_type_concept_id: derived by an algorithm
 REGISTRY_COLUMNS = ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
 PROCEDURE_COLUMNS = ["procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
                      "procedure_datetime", "procedure_type_concept_id", "visit_occurrence_id", "procedure_source_value"]
-_DT = "%Y-%m-%d %H:%M:%S"
 
 
 @dataclass
@@ -238,11 +237,7 @@ def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[
         frame = pl.DataFrame(schema={c: pl.String for c in cols})
 
     def moment(dt: str, day: str, end: bool) -> pl.Expr:
-        exact = pl.col(dt).str.slice(0, 19).str.replace("T", " ").str.strptime(pl.Datetime, _DT, strict=False)
-        # a DATE column a database export wrote with its (midnight) time, 2020-01-01 00:00:00, is that day
-        whole = (pl.col(day).str.strip_chars().str.extract(r"^(\d{4}-\d{2}-\d{2})(?:[ T][0-9:.]*)?$")
-                 .str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime))
-        return pl.coalesce(exact, whole + pl.duration(days=1) - pl.duration(seconds=1) if end else whole)
+        return visit_moment(pl.col(dt), pl.col(day), end=end)
 
     read = frame.select(_person=_norm(pl.col("person_id")), visit_id=_norm(pl.col("visit_occurrence_id")),
                         _start=moment("visit_start_datetime", "visit_start_date", False),

@@ -241,6 +241,11 @@ def visit_hours(index: int) -> list[tuple[datetime, datetime]]:
     return [(day, day.replace(hour=12)), (day.replace(hour=13), day.replace(hour=23, minute=59, second=59))]
 
 
+def captured(person_index: int) -> str:
+    """A registry row's capture time (datetime) inside the person's visit 0, visit_id(person_index, 0)."""
+    return f"{start_of(person_index, 8):%Y-%m-%d %H:%M:%S}"
+
+
 def visit_id(person_index: int, k: int) -> int:
     return 5000 + 10 * person_index + k
 
@@ -430,7 +435,7 @@ def write_registries(root: Path, ids: list[str]) -> None:
         mine = current.filter(pl.col("modality") == modality)
         groups = {g: first + k for k, g in enumerate(dict.fromkeys(mine.select("person_id", "session_id").rows()))}
         rows = [[k + 1, groups[(person, group)], person, group or "", visit_id(ids.index(person), 0),
-                 "2024-01-01 08:00:00", f"/src/{path}", path if modality == "Waveforms" else ""]
+                 captured(ids.index(person)), f"/src/{path}", path if modality == "Waveforms" else ""]
                 for k, (path, person, group) in enumerate(mine.select("srcfile", "person_id", "session_id").rows())]
         columns = ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
         if modality == "Images":

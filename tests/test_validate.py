@@ -156,7 +156,7 @@ def registry(modality: str, change: Callable[[list[list[object]]], list[list[obj
         persons = sitegen.person_ids(3)
         first = 2001000000 if modality == "Waveforms" else 2000000000  # Multimodal-Linkage's example ranges
         rows = [[k + 1, first + k, person, group, sitegen.visit_id(persons.index(person), 0),
-                 "2024-01-01 08:00:00", f"/src/{path}", path]
+                 sitegen.captured(persons.index(person)), f"/src/{path}", path]
                 for k, (path, person, group) in enumerate(current.select("srcfile", "person_id", "session_id").rows())]
         name = "waveform_registry.csv" if modality == "Waveforms" else "image_registry.csv"
         plain = ["file_id", "proc_id", "person_id", "group_id", "visit_id", "datetime", "src_file", "trg_file"]
@@ -424,6 +424,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_visit_person", registry("Waveforms", lambda rows: [
         [*r[:4], sitegen.visit_id(sitegen.person_ids(3).index(r[2]) ^ 1, 0), *r[5:]] if i == 0 else r
         for i, r in enumerate(rows)]), {("registry.visit_person", "waveform_registry.csv")}),
+    # Multimodal-Linkage: the visit "that overlaps with the timestamp of the file capture"
+    ("registry_visit_time", registry("Waveforms", lambda rows: [[*r[:5], "2030-01-01 08:00:00", *r[6:]] if i == 0 else r
+                                                                for i, r in enumerate(rows)]),
+     {("registry.visit_time", "waveform_registry.csv")}),
     ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
@@ -833,6 +837,26 @@ def test_ids_written_as_decimals_are_told_so(clean):
     assert message.endswith(f"write {visit[:-2]})"), message
 
 
+def test_a_registry_visit_is_checked_against_the_capture_times_of_its_rows(clean):
+    """Multimodal-Linkage: visit_id is the person's visit "that overlaps with the timestamp of the file capture". A row
+    captured after its visit ended was not told; a visit given by its dates alone spans the whole day."""
+    person = sitegen.person_ids(3)[0]
+    visit = sitegen.visit_id(0, 0)  # 2024-01-01 00:00:00 to 12:00:00 (sitegen.visit_hours)
+    registry("Waveforms", lambda rows: [[*r[:5], "2024-01-01T13:30:00.5" if r[2] == person else r[5], *r[6:]]
+                                        for r in rows])(clean)
+    message = validate(clean).filter(pl.col("rule") == "registry.visit_time")["message"].item()
+    assert message.startswith(f"1 visit_id is given to rows captured outside the visit's start and end in "
+                              f"visit_occurrence.csv (e.g. visit {visit} (2024-01-01 00:00:00 to 2024-01-01 12:00:00) "
+                              "given to rows captured 2024-01-01 13:30:00): the linkage procedure asks for the person's "
+                              "visit that overlaps the capture time"), message
+    # its end given by the date alone (visit_end_datetime empty; the date written with its midnight time, as a
+    # database export writes a DATE): the whole day, which holds 13:30
+    edit("OMOP/visit_occurrence.csv", lambda t: t.replace(
+        f"{visit},{person},9201,2024-01-01,2024-01-01 00:00:00,2024-01-01,2024-01-01 12:00:00",
+        f"{visit},{person},9201,2024-01-01,2024-01-01 00:00:00,2024-01-01 00:00:00,"))(clean)
+    assert "registry.visit_time" not in set(validate(clean)["rule"])
+
+
 def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
     """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
     a site that copied it got registry.columns, and no other rule looked at its registry."""
@@ -972,8 +996,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v4", "dicom.v7", "omop_csv", "omop_person.v2", "omop_visits.v4", "metadata_md.v2",
-                                 "mapping_csv.v4", "registry_csv.v10", "omop_procedures.v4"}
+    assert set(todo["kind"]) == {"wfdb_header.v4", "dicom.v7", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v2",
+                                 "mapping_csv.v4", "registry_csv.v11", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1086,7 +1110,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v10", "image_registry.csv",
+    ("registry_csv.v11", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1161,7 +1185,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v10", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v11", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1177,7 +1201,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v10", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v11", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1192,7 +1216,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v10", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v11", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1201,7 +1225,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v10": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v11": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1214,9 +1238,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 @pytest.mark.parametrize("kind, name, header, empty", [
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v4", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("omop_visits.v5", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v10", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v11", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1229,7 +1253,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v4 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v5 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -1679,7 +1703,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v10", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v11", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
@@ -1889,7 +1913,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v4", f)
+        facts = parse_facts("omop_visits.v5", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 

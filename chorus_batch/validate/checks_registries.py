@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..classify import registry_listed
-from ..frames import fmt
+from ..frames import STAMP, fmt
 from .rules import KIND_PROCEDURES, KIND_REGISTRY, REGISTRY_COLUMNS, REGISTRY_FILES
 from .site import _found, _norm_id, _one, _Site, _there_untaken, _unreadable
 
@@ -174,6 +174,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("visit_id{|s} {} {is|are} not in visit_occurrence.csv: fix the rows or leave visit_id "
                               "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
                               _decimals("_v"), n=pl.col("_v").list.len())))
+    out += _visit_times(site, usable)
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
@@ -195,6 +196,44 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                           fmt("this {} file has no row in {}: add it", pl.lit(modality.lower()[:-1]),
                                     pl.lit(mine["srcfile"].min()))))
     return out
+
+
+def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """registry.visit_time: Multimodal-Linkage's visit_id is the person's visit "that overlaps with the timestamp of the
+    file capture" (and is left empty where none does): the visits whose start and end in visit_occurrence.csv do not
+    hold the capture times of the rows that name them (each visit's first and last, registry_csv.v11)."""
+    given = (usable.select("srcfile", "visit_times").explode("visit_times").drop_nulls("visit_times")
+             .select("srcfile", _visit=_norm_id(pl.col("visit_times").list.get(0)),
+                     _first_as=pl.col("visit_times").list.get(1), _last_as=pl.col("visit_times").list.get(2)))
+    if site.visit_persons is not None and given.height:
+        # a visit of another person is registry.visit_person's (the fix is another visit, not another time)
+        pairs = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
+                 .select("srcfile", _visit=_norm_id(pl.col("visit_persons").list.get(0)),
+                         _visit_person=_norm_id(pl.col("visit_persons").list.get(1))))
+        owned = site.visit_persons.join(pairs.select("_visit").unique(), on="_visit", how="semi").unique()
+        others = pairs.join(owned, on=["_visit", "_visit_person"], how="anti").select("srcfile", "_visit")
+        given = given.join(others, on=["srcfile", "_visit"], how="anti")
+    spans = site.visit_spans(given["_visit"].unique()) if given.height else None
+    if spans is None:
+        return []
+    outside = (
+        given.lazy().join(spans.lazy(), on="_visit")
+        .with_columns(_first=pl.col("_first_as").str.strptime(pl.Datetime, STAMP, strict=False),
+                      _last=pl.col("_last_as").str.strptime(pl.Datetime, STAMP, strict=False))
+        .filter((pl.col("_first") < pl.col("_start")) | (pl.col("_last") > pl.col("_end")))
+        .sort("srcfile", "_visit")
+        .group_by("srcfile", maintain_order=True)
+        .agg(_n=pl.len(), _told=fmt(
+            "visit {} ({} to {}) given to rows captured {}", pl.col("_visit"), pl.col("_start").dt.strftime(STAMP),
+            pl.col("_end").dt.strftime(STAMP),
+            pl.when(pl.col("_first") == pl.col("_last")).then(pl.col("_first_as"))
+            .otherwise(fmt("from {} to {}", pl.col("_first_as"), pl.col("_last_as")))))
+    )
+    return [_found("registry.visit_time", outside, "srcfile", fmt(
+        "{} visit_id{|s} {is|are} given to rows captured outside the visit's start and end in visit_occurrence.csv "
+        "(e.g. {}): the linkage procedure asks for the person's visit that overlaps the capture time; fix visit_id (or "
+        "the datetime, or the visit's start and end), or leave visit_id empty where no visit of the person overlaps",
+        pl.col("_n"), pl.col("_told").list.head(3).list.join("; ")))]
 
 
 def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from ..frames import FACTS_SCHEMA  # kind, md5, facts (JSON text)
+from ..frames import FACTS_SCHEMA, STAMP  # FACTS_SCHEMA: kind, md5, facts (JSON text)
 from ..units import named, plural
 from .dicom_walk import (
     CHARACTER_SET,
@@ -749,15 +749,22 @@ def _registry_facts(f) -> dict[str, Any]:
     # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
     proc, when = pl.col("proc_id").fill_null(""), pl.col("datetime").fill_null("")
     person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
-    stamp = when.str.replace("T", " ").str.replace(r"\.\d+$", "")
+    captured = when.str.replace("T", " ").str.replace(r"\.\d+$", "").str.strptime(pl.Datetime, STAMP, strict=False)
     faults = ("no_file", "no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
         "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
         no_datetime=when == "",
-        bad_datetime=(when != "") & stamp.str.strptime(pl.Datetime, "%Y-%m-%d %H:%M:%S", strict=False).is_null(),
+        bad_datetime=(when != "") & captured.is_null(),
     ).filter(pl.any_horizontal(faults))
     facts.update({key: int(bad[key].sum()) for key in faults}, n_bad_rows=bad.height,
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
+    # each visit_id's first and last capture time, as [visit_id, first, last] (registry.visit_time: Multimodal-Linkage's
+    # visit is the one "that overlaps with the timestamp of the file capture")
+    facts.update(visit_times=frame.select(_visit=pl.col("visit_id").fill_null("").str.strip_chars(), _when=captured)
+                 .filter((pl.col("_visit") != "") & pl.col("_when").is_not_null())
+                 .group_by("_visit").agg(_first=pl.col("_when").min(), _last=pl.col("_when").max()).sort("_visit")
+                 .select(pl.concat_list("_visit", *(pl.col(c).dt.strftime(STAMP) for c in ("_first", "_last"))))
+                 .to_series().to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are
     def norm(e: pl.Expr) -> pl.Expr:
@@ -1051,25 +1058,48 @@ def _csv_columns(f, raw_names: list[str], columns: list[str], wanted: tuple[str,
 JOINED = "\n"  # what the values of a joined column (_csv_joined) are joined with
 
 
-def _csv_joined(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...]) -> dict[str, str] | None:
+def _csv_joined(f, raw_names: list[str], columns: list[str], wanted: tuple[str, ...],
+                either: dict[str, tuple[str, ...]] | None = None) -> dict[str, str] | None:
     """The wanted columns of the rows whose first one is not empty, stripped, each as one text of its values
     joined by JOINED in row order (a value's own line break read as a space); None if one is absent. For a
     table of millions of rows (visit_occurrence.csv): a list of Python strings per value held 1.8 GiB and took
-    28 s for 6M rows (two columns); joined batch by batch, a batch's values are Python strings only while it is joined."""
+    28 s for 6M rows (two columns); joined batch by batch, a batch's values are Python strings only while it is joined.
+    `either`: more texts, each of the same rows, named by its key: per row, the first of its columns (those present)
+    whose value is not empty, cut to its first 10 characters where it is not the first column named (a date column
+    written with a time is that date); one whose columns are all absent is left out."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if any(w not in columns for w in wanted):
         return None
-    pieces: list[list[str]] = [[] for _ in wanted]
-    for batch in _csv_batches(f, raw_names, columns, wanted):
+    given = {name: [(k, c) for k, c in enumerate(candidates) if c in columns] for name, candidates in (either or {}).items()}
+    given = {name: present for name, present in given.items() if present}
+    read = (*wanted, *dict.fromkeys(c for present in given.values() for _, c in present if c not in wanted))
+    outputs = (*wanted, *given)
+    pieces: list[list[str]] = [[] for _ in outputs]
+    for batch in _csv_batches(f, raw_names, columns, read):
         # (no Python value given to pyarrow: converting one, as pa.array or a scalar argument does, imports pandas, 0.4 s)
         keep = pc.cast(pc.binary_length(batch[0]), pa.bool_())  # a length of 0 is false; a null is dropped by filter
-        for k, column in enumerate(batch):
+        by_name = dict(zip(read, batch, strict=True))
+        made = list(batch[:len(wanted)])
+        for present in given.values():
+            texts = [by_name[c] if k == 0 else pc.utf8_slice_codeunits(by_name[c], 0, 10) for k, c in present]
+            value = texts[-1]
+            for text in reversed(texts[:-1]):  # the first one with a value wins
+                filled = pc.and_kleene(pc.is_valid(text), pc.cast(pc.binary_length(text), pa.bool_()))
+                value = pc.if_else(filled, text, value)
+            made.append(value)
+        for k, column in enumerate(made):
             values = column.filter(keep).to_pylist()  # (a batch's values as Python strings, let go once joined)
             if values:
                 pieces[k].append(JOINED.join("" if v is None else v.replace(JOINED, " ") for v in values))
-    return {w: JOINED.join(pieces[k]) for k, w in enumerate(wanted)}
+    return {w: JOINED.join(pieces[k]) for k, w in enumerate(outputs)}
+
+
+# Each visit's start and end as visit_occurrence.csv writes them (its datetime, else its date: site.visit_spans reads a
+# date as the whole day), kept beside its id (omop_visits.v5)
+VISIT_SPAN = {"visit_start": ("visit_start_datetime", "visit_start_date"),
+              "visit_end": ("visit_end_datetime", "visit_end_date")}
 
 
 def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
@@ -1088,7 +1118,9 @@ def _csv_facts(kind: str) -> Callable[[Any], dict[str, Any]]:
                 none = "" if kind == KIND_VISITS else []
                 values = {w: none for w in read} if all(w in facts["columns"] for w in read) else None
             elif kind == KIND_VISITS:  # millions of rows: each column as one text (site.py splits it)
-                values = _csv_joined(f, raw, facts["columns"], read)
+                values = _csv_joined(f, raw, facts["columns"], read, either=VISIT_SPAN)
+                for name in VISIT_SPAN:  # (each visit's start and end: registry.visit_time)
+                    facts[name] = None if values is None else values.get(name)
             else:
                 values = _csv_columns(f, raw, facts["columns"], read, required=len(wanted))
             for w in read:

@@ -166,8 +166,9 @@ KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v4", "dicom.v7", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
-# omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v4", "waveform_links.v2"
+# omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
+# v5 also each visit's start and end (registry.visit_time)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v5", "waveform_links.v2"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -187,9 +188,10 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v10 also counts the rows with faulty values and faulty image_registry_ids (the findings list five rows:
 # v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all), keeps a few file_ids that repeat, and counts
 # rows with an empty file_id (no_file; v9 passed one over, and counted two as one file_id repeated)
+# registry_csv.v11 also keeps each visit_id's first and last capture time (registry.visit_time)
 # metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections, and does not ask for a READINESS.md
 # item marked (optional)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v2", "mapping_csv.v4", "registry_csv.v10"
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v2", "mapping_csv.v4", "registry_csv.v11"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -432,6 +434,10 @@ RULES: tuple[Rule, ...] = (
          "A registry row's person_id differs from the person folder its trg_file lies in."),
     Rule("registry.unknown_visit", "error", "registry names an unknown visit",
          "A registry row's visit_id is not in visit_occurrence.csv."),
+    Rule("registry.visit_time", "warning", "registry visit does not overlap the capture time",
+         "A registry row's datetime lies outside the start and end visit_occurrence.csv gives its visit_id (the linkage "
+         "procedure's visit is the one that overlaps the file's capture time, its visit_id left empty where none does; "
+         "a date given without a time is the whole day)."),
     Rule("registry.visit_person", "error", "registry visit of another person",
          "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
          "(the linkage procedure asks for the visit of the file's patient), or one visit_occurrence.csv gives to more "

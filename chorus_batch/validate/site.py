@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from ..classify import COMPRESSED_NAME
-from ..frames import fmt, shown
+from ..frames import fmt, shown, visit_moment
 from ..partitions import top_folder
 from .kinds import KIND_RULES, PLACE_METADATA, PLACE_OMOP, PLACE_ROOT, _kind_expr, _path_columns
 from .readers import _DICOM_TAGS, JOINED, OWN_REMEDY
@@ -56,7 +56,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
     KIND_OMOP: pl.Struct(_CSV_DTYPE),
     KIND_PERSON: pl.Struct({**_CSV_DTYPE, "person_id": pl.List(pl.String)}),
     # (each column one text of its values: readers._csv_joined; split where read, not decoded as a list)
-    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.String, "person_id": pl.String}),
+    KIND_VISITS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.String, "person_id": pl.String,
+                            "visit_start": pl.String, "visit_end": pl.String}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
                               "unchecked": pl.List(pl.String), "chars": pl.Int64}),
@@ -69,7 +70,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64,
                               "duplicate_ids": pl.List(pl.String), "no_src": pl.Int64,
                               "no_trg": pl.Int64, "no_file": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
-                              "visit_persons": pl.List(pl.List(pl.String)),
+                              "visit_persons": pl.List(pl.List(pl.String)), "visit_times": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_bad_rows": pl.Int64, "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
@@ -363,6 +364,24 @@ class _Site:
         # (a file at the root named OMOP is no OMOP/ folder: it was taken for one, whose 13 tables were all missing)
         self.omop_dir = (self.files.lazy().filter((pl.col("_top_l") == "omop") & (pl.col("_n") >= 2))
                          .select(pl.col("_top").min()).collect().item())
+
+    def visit_spans(self, named: pl.Series) -> pl.DataFrame | None:
+        """The start and end (Datetime; a date alone is the whole day) of the visits `named` (norm ids) that
+        visit_occurrence.csv gives (_visit, _start, _end); None where it gives no starts and ends. A visit_occurrence_id
+        the table repeats spans from its first start to its last end (registry.visit_person tells of the repeat)."""
+        visits = self.of_kind(KIND_VISITS).filter(
+            pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null()
+            & pl.col("visit_start").is_not_null() & pl.col("visit_end").is_not_null())
+        if visits.height == 0:
+            return None
+        return (
+            visits.lazy().select(_joined("visit_occurrence_id"), _joined("visit_start"), _joined("visit_end"))
+            .explode("visit_occurrence_id", "visit_start", "visit_end")
+            .with_columns(_visit=_norm_id(pl.col("visit_occurrence_id")))
+            .filter(pl.col("_visit").is_in(named.implode()))  # (the few a registry names, of millions of rows)
+            .group_by("_visit").agg(_start=visit_moment(pl.col("visit_start"), pl.col("visit_start"), end=False).min(),
+                                    _end=visit_moment(pl.col("visit_end"), pl.col("visit_end"), end=True).max())
+            .collect())
 
     def with_untaken(self, missing: pl.DataFrame | pl.LazyFrame, path: str = "_path") -> pl.DataFrame:
         """`missing` (paths a rule did not find among the version's files, a few) with `_why`: why_untaken."""
