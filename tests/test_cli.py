@@ -1625,6 +1625,25 @@ def test_a_secret_refused_in_the_config_is_named_whole_and_never_shown(tmp_path,
     assert "***" not in out.stderr and "TOPSECRETVALUE" not in out.stderr + out.stdout
 
 
+@pytest.mark.parametrize("section, key, variable", [
+    ("[central]\n", "sas_token", "sas_token_env"), ("[central]\n", "account_key", "account_key_env"),
+    ("[manifest]\n", "connection_string", "connection_string_env"), ("", "sas_token", "sas_token_env"),
+    ("[azure]\n", "storage_account_key", "account_key_env"), ("[site]\n", "password", None),
+    ("[s3]\n", "key", "AWS_SECRET_ACCESS_KEY")])
+def test_a_secret_named_setting_is_refused_in_every_section(tmp_path, section, key, variable):
+    """`[central] sas_token = "..."` was "unknown setting 'central.sas_token'; fix: remove it", and
+    `[azure] storage_account_key` "did you mean 'azure.account_key_env'?" (where the key itself then went): a setting
+    named as a secret is refused as one wherever it is written, with the environment variable to use instead."""
+    (tmp_path / "c.toml").write_text(f'{section}{key} = "TOPSECRETVALUE"\n', encoding="utf-8")
+    out = cli("versions", "--config", "c.toml", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "a secret does not belong in a config file" in out.stderr and "environment" in out.stderr, out.stderr
+    assert "unknown setting" not in out.stderr and "did you mean" not in out.stderr, out.stderr
+    assert variable is None or variable in out.stderr, out.stderr
+    assert "in [s3]" not in out.stderr  # ([s3] names no variable: "account_key_env = ... in [s3]" was said)
+    assert "TOPSECRETVALUE" not in out.stderr + out.stdout
+
+
 @pytest.mark.parametrize("name", ["sv=2021-08-06&ss=b&srt=sco&sp=rwl&sig=TOPSECRETVALUE%3D",
                                   "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=TOPSECRETVALUE==",
                                   "https://user:TOPSECRETVALUE@mgh.example.org"])
