@@ -651,6 +651,16 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                     fix=f"write it under {home}, or as {dotted} = ... above the first [section] ({CONFIG_HELP})",
                 ) from None
             bare = _close(key, known)  # as it is written in its [section]
+            section_data = data
+            for part in first["loc"][:-1]:
+                section_data = section_data.get(part) if isinstance(section_data, dict) else None
+            if bare and isinstance(section_data, dict) and bare in section_data:
+                # (`worker = 4` beside `workers = 8` was told to rename it to 'workers': a setting given twice)
+                raise ConfigError(
+                    f"unknown setting {setting!r}, beside {meant!r}, which is also set",
+                    where=f"{path} [{prefix}] {key}" if prefix else f"{path}, top level: {key}",
+                    fix=f"remove {key} (the run reads {bare}), or remove {bare} and rename {key} to it ({CONFIG_HELP})",
+                ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",
