@@ -1873,3 +1873,21 @@ def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_match
     out = cli("status", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude",
               "OMOP/*.csv", "--json")  # (what was said to write: it takes the file)
     assert out.returncode == 0 and json.loads(out.stdout)["excluded"]["total"] == 1, out.stdout[-500:]
+
+
+def test_a_path_that_is_not_utf8_is_printed_as_its_bytes_on_both_streams(tmp_path):
+    """A Latin-1 path given on the command line was printed three ways: "wrote o\\udce9.toml" on standard error,
+    the raw byte on standard output ("wrote ... to t\ufffd/first" on a UTF-8 terminal), and "t\\xe9" by the site root's
+    message. Every message now writes the byte as \\xe9 (a letter the stream cannot hold as \\u00e9)."""
+    (tmp_path / "up.toml").write_text("[configuration]\n", encoding="utf-8")
+    run = [sys.executable, "-m", "chorus_batch"]
+    env = {**os.environ, "PYTHONIOENCODING": ""}
+    for argv in ([*run, "import-config", "up.toml", "--out", b"o\xe9.toml"],
+                 [*run, "testdata", b"t\xe9", "--persons", "1", "--files-per-person", "1"],
+                 [*run, "versions", "--db", b"m\xe9.sqlite"]):
+        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        both = out.stdout + out.stderr
+        assert b"\\xe9" in both and b"\\udce9" not in both and b"\xe9" not in both, (argv, both)
+    out = subprocess.run([*run, "versions", "--db", "m\u00e9.sqlite"], cwd=tmp_path, capture_output=True, timeout=120,
+                         env={**env, "PYTHONIOENCODING": "ascii"})
+    assert b"m\\u00e9.sqlite" in out.stderr, out.stderr
