@@ -205,7 +205,13 @@ def _positive_int(text: str) -> int:
 
 def _workers(text: str) -> int:
     """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash)."""
-    value = _positive_int(text)
+    # (--workers 99999999999 was told "must be at most 2,147,483,647", a limit that is not the option's)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
     if value > 256:
         raise argparse.ArgumentTypeError("must be at most 256")
     return value
