@@ -1892,3 +1892,11 @@ def test_a_path_that_is_not_utf8_is_printed_as_its_bytes_on_both_streams(tmp_pat
     out = subprocess.run([*run, "versions", "--db", "m\u00e9.sqlite"], cwd=tmp_path, capture_output=True, timeout=120,
                          env={**env, "PYTHONIOENCODING": "ascii"})
     assert b"m\\u00e9.sqlite" in out.stderr, out.stderr
+
+
+def test_the_where_line_of_an_error_is_one_line_whatever_the_path_holds(tmp_path):
+    """`--db $'a\\nb.sqlite'` split the error's "where:" over two lines (a log reader sees a line with no label)."""
+    out = cli("versions", "--db", "a\nb.sqlite", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    where = next(line for line in out.stderr.splitlines() if line.startswith("  where: "))
+    assert where.endswith("a\\nb.sqlite"), out.stderr
