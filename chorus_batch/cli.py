@@ -7,6 +7,7 @@ messages and exit codes.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import functools
 import io
@@ -204,7 +205,13 @@ def _positive_int(text: str) -> int:
 
 def _workers(text: str) -> int:
     """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash)."""
-    value = _positive_int(text)
+    # (--workers 99999999999 was told "must be at most 2,147,483,647", a limit that is not the option's)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
     if value > 256:
         raise argparse.ArgumentTypeError("must be at most 256")
     return value
@@ -2397,10 +2404,26 @@ def in_utf8_mode() -> None:
 
     if os.name == "posix" and not sys.flags.utf8_mode and not utf8(sys.getfilesystemencoding()):
         os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+    codecs.register_error(_BYTES_ESCAPED, _bytes_escaped)
     for stream in (sys.stdout, sys.stderr):
-        if stream is not None and not utf8(getattr(stream, "encoding", None)):
+        if stream is not None:
             with contextlib.suppress(AttributeError, ValueError):  # (replaced by a caller: left as it is)
-                stream.reconfigure(errors="backslashreplace")
+                stream.reconfigure(errors=_BYTES_ESCAPED)
+
+
+# A path's bytes that are not UTF-8 (decoded with surrogates), written by any message as \xe9, as urls.storable and
+# units.shown_name write them: standard error wrote "wrote o\udce9.toml", standard output the raw byte (t�/first
+# on a UTF-8 terminal), and the site root's message t\xe9. Whatever else the stream's encoding cannot hold
+# (PYTHONIOENCODING=ascii) is written as \\u escapes (é as \\u00e9, never as the byte \\xe9), never a failed command.
+_BYTES_ESCAPED = "chorus_batch.bytes_escaped"
+
+
+def _bytes_escaped(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    bad = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                   f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}" for c in bad), exc.end
 
 
 class _Messages:

@@ -68,6 +68,12 @@ MODALITIES = ("OMOP", "Metadata", "Waveforms", "Images")
 class _Strict(BaseModel):
     # strict: `workers = "8"` is an error, not an 8 (TOML has types; a string where a number belongs is a typo)
     model_config = ConfigDict(extra="forbid", strict=True)
+    _section = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_names(cls, data):
+        return _no_secret_keys(cls, data)
 
 
 def parse_bytes(value: str | int) -> int:
@@ -127,6 +133,7 @@ def printable_name(value: str | None) -> str | None:
 
 
 class SiteSection(_Strict):
+    _section = "site"
     root: str | None = None
     name: str | None = None
     roots: dict[str, str] = Field(default_factory=dict)
@@ -146,11 +153,13 @@ class SiteSection(_Strict):
 
 
 class ManifestSection(_Strict):
+    _section = "manifest"
     db: str | None = None
     parquet: str | None = None
 
 
 class RunSection(_Strict):
+    _section = "run"
     mode: Literal["full", "append"] = "full"
     workers: int = Field(default_factory=default_workers, ge=1, le=256)
     follow_symlinks: bool = False
@@ -181,6 +190,7 @@ class RunSection(_Strict):
 class RegistrySection(_Strict):
     """Procedure ids of the linkage registries (Multimodal-Linkage): one per image accession or waveform
     session, allocated once and kept; they must not collide with the site's own procedure_occurrence ids."""
+    _section = "registry"
 
     image_proc_ids: list[int] = [2_000_000_000, 2_000_999_999]
     waveform_proc_ids: list[int] = [2_001_000_000, 2_999_999_999]
@@ -198,6 +208,7 @@ class RegistrySection(_Strict):
 class CentralSection(_Strict):
     """The site's central Azure container (the CHoRUS upload procedure): `upload` sends each version to
     <to>/<version>/..., signed in as [azure] says; the URL never carries a secret."""
+    _section = "central"
 
     to: str | None = None  # az://<container>/ (or az://<container>/<prefix>/)
     workers: int = Field(default=8, ge=1, le=256)  # files sent at once
@@ -235,13 +246,41 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_IN_CONFIG = "secret_in_config"  # pydantic error type: load_config gives its own fix
 
 
+# Words of a setting's name that say it holds a secret, whichever section it is written in (`[central] sas_token`,
+# `storage_account_key` were told "unknown setting", even "did you mean 'account_key_env'?", not that a secret
+# does not belong in the file)
+_SECRET_WORDS = re.compile(r"(?i)(?:^|[_-])(?:secret|password|passwd|pwd|token|credentials?|sas|sig|signature)(?:$|[_-])"
+                           r"|(?:account|access|storage|shared|private|api|secret)[_-]?key|connection[_-]?string|^key$")
+
+
+def secret_key(key: str) -> bool:
+    """Whether a setting named `key` would hold a secret (one naming the variable that holds it, *_env, does not)."""
+    return key.lower() in _SECRET_SETTINGS or (not key.lower().endswith("_env") and bool(_SECRET_WORDS.search(key)))
+
+
 def _secret_error(section: str, key: str) -> PydanticCustomError:
-    env_key = _SECRET_SETTINGS.get(key.lower()) or (key if key.endswith("_env") else None)
-    how = (f"set it in an environment variable and name that variable with {env_key} = \"VARIABLE\" in [{section}] "
-           "(or use the default variable)" if env_key else
+    # the variables' names are set in [azure], whichever section the secret was written in ([s3] has none)
+    lower = key.lower().replace("-", "_")
+    env_key = _SECRET_SETTINGS.get(lower) or (key if lower.endswith("_env") and section == "azure" else None) or next(
+        (env for word, env in (("account_key", "account_key_env"), ("sas", "sas_token_env"),
+                               ("connection_string", "connection_string_env")) if word in lower), None)
+    aws = key.lower().startswith("aws_") or "access_key" in key.lower() or section == "s3"
+    how = (f"set it in an environment variable and name that variable with {env_key} = \"VARIABLE\" in [azure] "
+           "(or use the default variable)" if env_key and not aws else
+           "set it in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile named by [s3] "
+           "profile) instead" if aws else
            "set it in the environment (the standard variables or a profile / az login) instead")
     return PydanticCustomError(SECRET_IN_CONFIG, "{key} looks like a secret and is not read from a config file: {how}",
                                {"key": key, "how": how})
+
+
+def _no_secret_keys(cls, data):
+    """A setting whose name says it holds a secret, refused as one in every section (and above them)."""
+    if isinstance(data, dict):
+        for key in data:
+            if isinstance(key, str) and key not in cls.model_fields and secret_key(key):
+                raise _secret_error(getattr(cls._section, "default", None) or "", key)
+    return data
 
 
 class _CloudSection(_Strict):
@@ -253,8 +292,6 @@ class _CloudSection(_Strict):
     def _no_secrets(cls, data):
         if isinstance(data, dict):
             for key, value in data.items():
-                if key.lower() in _SECRET_SETTINGS:
-                    raise _secret_error(cls._section.default, key)  # type: ignore[attr-defined]
                 # (a user:password@ in a URL too: account_url = "https://user:pw@acct.blob..." was signed in with)
                 if isinstance(value, str) and (_SECRET_TEXT.search(value) or holds_userinfo(value)):
                     raise _secret_error(cls._section.default, key)  # type: ignore[attr-defined]
@@ -560,9 +597,9 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
             raise ConfigError(
                 # (not "'s3.password': a ...": the log and message scrubber reads `password': a` as a secret's value
                 # and said "*** secret does not belong")
-                f"refused setting {'.'.join([setting, key]) if key else setting!r} (its value is not shown): a secret "
-                "does not belong in a config file",
-                where=f"{path} [{setting}] {key}".rstrip(),
+                f"refused setting {'.'.join(filter(None, [setting, key])) if key else setting!r} (its value is not "
+                "shown): a secret does not belong in a config file",
+                where=f"{path} [{setting}] {key}".rstrip() if setting else f"{path}, top level: {key}",
                 fix=f"remove it from {path.name}; {first['msg'].split(': ', 1)[-1]}",
             ) from None
         if first["type"] == "extra_forbidden":
@@ -614,6 +651,16 @@ def load_config(path: str | os.PathLike[str]) -> ConfigFile:
                     fix=f"write it under {home}, or as {dotted} = ... above the first [section] ({CONFIG_HELP})",
                 ) from None
             bare = _close(key, known)  # as it is written in its [section]
+            section_data = data
+            for part in first["loc"][:-1]:
+                section_data = section_data.get(part) if isinstance(section_data, dict) else None
+            if bare and isinstance(section_data, dict) and bare in section_data:
+                # (`worker = 4` beside `workers = 8` was told to rename it to 'workers': a setting given twice)
+                raise ConfigError(
+                    f"unknown setting {setting!r}, beside {meant!r}, which is also set",
+                    where=f"{path} [{prefix}] {key}" if prefix else f"{path}, top level: {key}",
+                    fix=f"remove {key} (the run reads {bare}), or remove {bare} and rename {key} to it ({CONFIG_HELP})",
+                ) from None
             raise ConfigError(
                 f"unknown setting {setting!r}" + (f"; did you mean {meant!r}?" if meant else ""),
                 where=f"{path} [{prefix or setting}]",

@@ -94,7 +94,11 @@ class ChorusError(Exception):
     def __str__(self) -> str:
         parts = [self.what]
         if self.where:
-            parts.append(f"  where: {self.where}")
+            from .units import shown
+
+            # one line, whatever the path it names holds: `--db $'a\nb.sqlite'` split "where:" over two lines, and an
+            # escape sequence in a name reached the terminal
+            parts.append(f"  where: {shown(self.where)}")
         if self.fix:
             parts.append(f"  fix:   {self.fix}")
         return "\n".join(parts)

@@ -1436,9 +1436,10 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second():
 
 @pytest.mark.parametrize("command", ["run", "status", "validate", "registry", "upload", "verify", "testdata"])
 def test_a_number_of_workers_out_of_range_is_a_usage_error(tmp_path, command):
-    out = cli(command, "--workers", "257", cwd=tmp_path)
-    assert out.returncode == 2 and "--workers: must be at most 256" in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr
+    for many in ("257", "99999999999"):  # (the latter was told "at most 2,147,483,647": not this option's limit)
+        out = cli(command, "--workers", many, cwd=tmp_path)
+        assert out.returncode == 2 and "--workers: must be at most 256" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "ValidationError" not in out.stderr
 
 
 def test_site_on_the_command_line_says_the_configs_modality_roots_still_apply(tmp_path):
@@ -1623,6 +1624,25 @@ def test_a_secret_refused_in_the_config_is_named_whole_and_never_shown(tmp_path,
     assert f"refused setting 's3.{key}' (its value is not shown): a secret does not belong in a config file" in (
         out.stderr), out.stderr
     assert "***" not in out.stderr and "TOPSECRETVALUE" not in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("section, key, variable", [
+    ("[central]\n", "sas_token", "sas_token_env"), ("[central]\n", "account_key", "account_key_env"),
+    ("[manifest]\n", "connection_string", "connection_string_env"), ("", "sas_token", "sas_token_env"),
+    ("[azure]\n", "storage_account_key", "account_key_env"), ("[site]\n", "password", None),
+    ("[s3]\n", "key", "AWS_SECRET_ACCESS_KEY")])
+def test_a_secret_named_setting_is_refused_in_every_section(tmp_path, section, key, variable):
+    """`[central] sas_token = "..."` was "unknown setting 'central.sas_token'; fix: remove it", and
+    `[azure] storage_account_key` "did you mean 'azure.account_key_env'?" (where the key itself then went): a setting
+    named as a secret is refused as one wherever it is written, with the environment variable to use instead."""
+    (tmp_path / "c.toml").write_text(f'{section}{key} = "TOPSECRETVALUE"\n', encoding="utf-8")
+    out = cli("versions", "--config", "c.toml", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "a secret does not belong in a config file" in out.stderr and "environment" in out.stderr, out.stderr
+    assert "unknown setting" not in out.stderr and "did you mean" not in out.stderr, out.stderr
+    assert variable is None or variable in out.stderr, out.stderr
+    assert "in [s3]" not in out.stderr  # ([s3] names no variable: "account_key_env = ... in [s3]" was said)
+    assert "TOPSECRETVALUE" not in out.stderr + out.stdout
 
 
 @pytest.mark.parametrize("name", ["sv=2021-08-06&ss=b&srt=sco&sp=rwl&sig=TOPSECRETVALUE%3D",
@@ -1854,3 +1874,29 @@ def test_an_exclusion_glob_with_a_run_of_backslashes_is_told_the_glob_that_match
     out = cli("status", "--no-validate", "--site", str(site), "--db", str(tmp_path / "m.sqlite"), "--exclude",
               "OMOP/*.csv", "--json")  # (what was said to write: it takes the file)
     assert out.returncode == 0 and json.loads(out.stdout)["excluded"]["total"] == 1, out.stdout[-500:]
+
+
+def test_a_path_that_is_not_utf8_is_printed_as_its_bytes_on_both_streams(tmp_path):
+    """A Latin-1 path given on the command line was printed three ways: "wrote o\\udce9.toml" on standard error,
+    the raw byte on standard output ("wrote ... to t\ufffd/first" on a UTF-8 terminal), and "t\\xe9" by the site root's
+    message. Every message now writes the byte as \\xe9 (a letter the stream cannot hold as \\u00e9)."""
+    (tmp_path / "up.toml").write_text("[configuration]\n", encoding="utf-8")
+    run = [sys.executable, "-m", "chorus_batch"]
+    env = {**os.environ, "PYTHONIOENCODING": ""}
+    for argv in ([*run, "import-config", "up.toml", "--out", b"o\xe9.toml"],
+                 [*run, "testdata", b"t\xe9", "--persons", "1", "--files-per-person", "1"],
+                 [*run, "versions", "--db", b"m\xe9.sqlite"]):
+        out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        both = out.stdout + out.stderr
+        assert b"\\xe9" in both and b"\\udce9" not in both and b"\xe9" not in both, (argv, both)
+    out = subprocess.run([*run, "versions", "--db", "m\u00e9.sqlite"], cwd=tmp_path, capture_output=True, timeout=120,
+                         env={**env, "PYTHONIOENCODING": "ascii"})
+    assert b"m\\u00e9.sqlite" in out.stderr, out.stderr
+
+
+def test_the_where_line_of_an_error_is_one_line_whatever_the_path_holds(tmp_path):
+    """`--db $'a\\nb.sqlite'` split the error's "where:" over two lines (a log reader sees a line with no label)."""
+    out = cli("versions", "--db", "a\nb.sqlite", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    where = next(line for line in out.stderr.splitlines() if line.startswith("  where: "))
+    assert where.endswith("a\\nb.sqlite"), out.stderr

@@ -270,6 +270,10 @@ def test_a_flag_without_a_value_before_its_command_is_put_after_it(tmp_path, arg
         # the fix said "rename it to 'run.workers'", which under [run] is run.run.workers
         ("[run]\nworker = 4\n", "unknown setting 'run.worker'; did you mean 'run.workers'?\n  where: chorus.toml [run]\n"
                                  "  fix:   rename it to 'workers' in [run] ("),
+        # beside the setting it is close to, it was told to "rename it to 'workers'": then given twice, which TOML refuses
+        ("[run]\nworkers = 8\nworker = 4\n", "unknown setting 'run.worker', beside 'run.workers', which is also set\n"
+                                              "  where: chorus.toml [run] worker\n  fix:   remove worker (the run reads "
+                                              "workers), or remove workers and rename worker to it ("),
         # a section was said as a setting ("unknown setting 'sit'"), and one nothing is close to as a setting "at the
         # top of the file, before any [section]"
         ('[sit]\nroot = "x"\n', "unknown section [sit]; did you mean [site]?\n  where: chorus.toml [sit]\n"
