@@ -1145,6 +1145,22 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     assert done.returncode == 0 and "OMOP/person.csv" in done.stdout, done.stderr
 
 
+def test_a_run_with_nothing_to_commit_whose_summary_cannot_be_written_says_nothing_was_committed(tmp_path):
+    """cron's output on a full disk, a night with no changes: exit 3 said "what the command did before stands", which
+    does not answer "did it commit?"; it says nothing was committed and which version stays the latest."""
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
+                              str(db)], stdout=full, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
+    assert f"nothing was committed (no changes to commit); version {label} stays the latest" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+
+
 @pytest.mark.parametrize("args, stdout_full, code", [
     (("--site", "/nonexistent-site"), False, ExitCode.USAGE),  # was 1: the error message's OSError ended Python
     ((), True, ExitCode.FAILED),  # the summary and the message saying so both lost: was 1, "success with findings"
