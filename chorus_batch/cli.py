@@ -1049,6 +1049,11 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             shows = shlex.join(["chorus-batch", "changes", "--db", str(result.db), "--version", result.label])  # (anywhere)
             exc.committed, exc.outcome = result.label, (f"version {result.label} was committed to {result.db}; "  # type: ignore[attr-defined]
                                                         f"only this summary was not written (`{shows}` shows it)")
+        elif result is not None and not result.dry_run and result.refused is None:
+            # (a cron log is read for "did it commit?": said, not "what the command did before stands")
+            kept = (f"version {result.previous_label} stays the latest" if result.previous_label
+                    else "the manifest holds no version yet")
+            exc.outcome = f"nothing was committed (no changes to commit); {kept}; only this summary was not written"  # type: ignore[attr-defined]
         raise
     except (KeyboardInterrupt, Stopped) as exc:  # (main says "nothing was committed" of a signal without it)
         if result is not None and result.label:

@@ -21,8 +21,8 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
-from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestError, ManifestLocked, Stopped, UsageError,
-                     machine_limit, raise_lost_stop, signals_unwrapped)
+from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestError, ManifestLocked, SourceError, Stopped,
+                     UsageError, machine_limit, raise_lost_stop, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
 from .processes import refuse_while_starting
@@ -540,6 +540,22 @@ def _finish_merged(settings: RunSettings, manifest: Manifest, roots: list[Root],
                         "them)")
 
 
+def _check_roots_stayed(roots: list[Root]) -> None:
+    """A local root renamed, removed or unmounted while the run listed and hashed it is refused before the commit:
+    each file not yet read was recorded `vanished` and the version committed anyway (exit 1), a renamed file's old
+    path as removed. Nothing is committed; what was hashed is checkpointed for the next run."""
+    for root in roots:
+        check = getattr(root.source, "gone_since_listing", None)
+        why = check() if check is not None else None
+        if why is not None:
+            where = root.source.what if hasattr(root.source, "what") else "--site / [site] root"
+            raise SourceError(
+                f"the {'site root' if root.modality is None else 'root'} {root.source.description} {why}: it was "
+                "renamed, removed or unmounted while this run listed and hashed it", where=where,
+                fix="put the folder back (mount the file system again, or rename it back), then run again: the files "
+                    "hashed so far are not read again")
+
+
 def _peak_rss_mb() -> float:
     try:
         import resource
@@ -608,6 +624,7 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                        facts=settings.validate_site and not settings.dry_run, mtime_unit_ns=manifest.mtime_unit_ns(),
                        on_facts=cache_facts)
     timings.update(scanned.timings)
+    _check_roots_stayed(roots)
     t = time.perf_counter()
     if scanned.facts is not None and not settings.dry_run:  # the shards' facts
         cache_facts(scanned.facts)

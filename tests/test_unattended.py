@@ -447,6 +447,32 @@ def test_a_worker_killed_mid_hashing_fails_the_run_with_a_true_message(site, db,
     assert run(site, db, "-q").returncode == 0 and len(current_rows(db)) == 2105
 
 
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_site_root_renamed_while_the_run_hashes_commits_nothing(site, db, replaced):
+    """The site folder renamed (or unmounted: another folder at its path) while the run hashed it: every file not yet
+    read was recorded `vanished`, a version committed with them (exit 1), renamed files' old paths as removed.
+    Now exit 3, nothing committed, saying the root went; the rerun once it is back reuses what was hashed."""
+    many(site, 5)
+    assert run(site, db, "-q").returncode == 0
+    before = current_rows(db)
+    proc, _ = paused_at_hashing(site, db, "hashing+3")
+    moved = site.with_name("site.moved")
+    site.rename(moved)
+    if replaced:
+        site.mkdir()  # (the mount point, empty, once the file system is gone)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.FAILED, err
+    assert "renamed, removed or unmounted while this run listed and hashed it" in err and "Traceback" not in err
+    assert "nothing was committed; version" in err and "stays the latest" in err
+    assert current_rows(db) == before and query(db, "SELECT count(*) FROM versions") == [(1,)]
+    if replaced:
+        site.rmdir()
+    moved.rename(site)
+    done = run(site, db, "-q")
+    assert done.returncode == 0, done.stderr
+    assert len(current_rows(db)) == 2105 and query(db, "SELECT count(*) FROM scan_errors") == [(0,)]
+
+
 def test_a_run_with_stdin_stdout_and_stderr_closed_commits(site, db):
     """cron lines ending `<&- >&- 2>&-`: the pool's pipes took fds 0-2 and the workers' /dev/null over them broke
     the pool (exit 3, BrokenProcessPool). The streams are opened on /dev/null first."""
@@ -1117,6 +1143,22 @@ def test_a_run_whose_summary_cannot_be_written_names_the_version_it_committed(tm
     (tmp_path / "elsewhere").mkdir()
     done = cli(*shows[1:], cwd=tmp_path / "elsewhere")
     assert done.returncode == 0 and "OMOP/person.csv" in done.stdout, done.stderr
+
+
+def test_a_run_with_nothing_to_commit_whose_summary_cannot_be_written_says_nothing_was_committed(tmp_path):
+    """cron's output on a full disk, a night with no changes: exit 3 said "what the command did before stands", which
+    does not answer "did it commit?"; it says nothing was committed and which version stays the latest."""
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "-q").returncode == 0
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site), "--db",
+                              str(db)], stdout=full, stderr=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 3 and "could not write the output" in out.stderr, out.stderr
+    assert f"nothing was committed (no changes to commit); version {label} stays the latest" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 @pytest.mark.parametrize("args, stdout_full, code", [

@@ -8,6 +8,7 @@ site before it loaded its libraries (walk.py: the early listing) hands that walk
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -170,6 +171,7 @@ class LocalSource:
         self.refuse_links = refuse_links and not follow_symlinks
         self.workers = max(1, workers)
         self.inprocess_budget_s = inprocess_budget_s
+        self.listed_as: tuple[int, int] | None = None  # (st_dev, st_ino) of the root when its listing began
 
     def check(self) -> None:
         if (bad := name_error(self.root)) is not None:  # (the manifest records it as text: an 'internal error')
@@ -204,6 +206,9 @@ class LocalSource:
     def _walk(self, errors: list[tuple[str, str, str]], tops: Callable[[str], bool] | None,
               linked: list[tuple[str, int, int, str, str]]) -> Iterator[pa.RecordBatch]:
         self.check()
+        with contextlib.suppress(OSError):
+            st = os.stat(self.root)
+            self.listed_as = (st.st_dev, st.st_ino)
         early = take_early_listing(self.root, self.follow_symlinks)
         top = early.top if early is not None else walk_local(self.root, [""], self.follow_symlinks, collect_dirs=True)
         for path, _kind, message in top.errors:
@@ -248,6 +253,22 @@ class LocalSource:
             linked.extend(res.linked)
             yield from _batches(res)
             del res
+
+    def gone_since_listing(self) -> str | None:
+        """Why the root is no longer the folder this run listed (None: it is): renamed, removed or unmounted while the
+        run went on. Its files were each recorded `vanished` (or hashed from the disk under the mount point), and the
+        version committed of that said renamed files removed, as if the site had changed."""
+        if self.listed_as is None:
+            return None
+        try:
+            st = os.stat(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return "is no longer there"  # (not "a typo?": it was listed)
+        except OSError as exc:
+            return f"cannot be looked at any more ({exc.strerror})"
+        if (st.st_dev, st.st_ino) != self.listed_as:
+            return "is now another folder (the file system unmounted, or the folder replaced)"
+        return None
 
     def absolute(self, srcfile: str) -> str:
         return os.path.join(self.root, *srcfile.split("/"))
