@@ -352,6 +352,7 @@ def _dicom_facts(f) -> dict[str, Any]:
             break
         head += _read_up_to(f, wanted)
         wanted *= 2
+    stopped_at = None
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         _import_pydicom()
         import pydicom
@@ -372,12 +373,15 @@ def _dicom_facts(f) -> dict[str, Any]:
         # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
         # a header longer than DICOM_HEAD_MAX_BYTES (a large private or embedded-document element) cut inside it
         # read as a whole file without pixel data. It stopped past the file's end then.
-        if f.tell() > f.seek(0, io.SEEK_END):
+        stopped = f.tell()
+        if stopped > f.seek(0, io.SEEK_END):
             raise truncated
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
+        stopped_at = _pixels_where_stopped(ds, f, stopped)
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
-    _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head))
+    # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
+    _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head) or stopped_at)
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts = {key: text for key, tag in _DICOM_TAGS.items()
@@ -391,6 +395,32 @@ def _dicom_facts(f) -> dict[str, Any]:
         if key != "patient_name" or not _PSEUDONYM.fullmatch(facts[key].rstrip("^= ")):
             facts[key] = IDENTIFYING_FILLED
     return facts
+
+
+def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
+    """(where the pixel data's value starts, its declared length) of a file dcmread read up to `stopped`, where
+    stop_before_pixels left it (before the Pixel Data element's header), in the data set's own encoding; None where
+    no pixel data follow. pixel_data_at walks little-endian files only: a big-endian file (Explicit VR Big Endian)
+    cut inside its pixel data read as whole. A deflated data set is read from its inflated bytes (zlib tells a cut)."""
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or syntax.is_deflated:
+        return None
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    f.seek(stopped)
+    header = _read_up_to(f, 12)
+    if len(header) < 8:
+        return None
+    order = "little" if little else "big"
+    tag = int.from_bytes(header[0:2], order) << 16 | int.from_bytes(header[2:4], order)
+    if tag not in PIXEL_TAGS:
+        return None
+    if implicit:
+        return stopped + 8, int.from_bytes(header[4:8], order)
+    if header[4:6] in (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"):
+        return (stopped + 12, int.from_bytes(header[8:12], order)) if len(header) == 12 else None
+    return stopped + 8, int.from_bytes(header[6:8], order)
 
 
 IDENTIFYING_FILLED = "(filled; the value is not kept)"
