@@ -224,8 +224,10 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
-            "base_time": _iso_time(grammar, rec["base_time"]) if rec["base_time"] else None,
-            "base_date": _iso_date(rec["base_date"]) if rec["base_date"] else None,
+            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", rec["base_time"], lines[0])
+            if rec["base_time"] else None,
+            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", rec["base_date"], lines[0])
+            if rec["base_date"] else None,
             "signals": [],
             "segments": None,
         }
@@ -289,6 +291,23 @@ def _iso_date(text: str) -> str:
         with contextlib.suppress(ValueError):
             return date(int(found[3]), int(found[2]), int(found[1])).isoformat()
     return datetime.strptime(text, "%d/%m/%Y").date().isoformat()
+
+
+_BASE_FORMS = {"time": "HH:MM:SS (a 24-hour clock, seconds with a fraction if any: 14:05:09.25)",
+               "date": "DD/MM/YYYY (the day first: 2 January 2020 is 02/01/2020)"}
+
+
+def _base(convert: Callable[[], str], what: str, read: str, line: str) -> str:
+    """The record line's base time or date, converted; BadContent naming which and its form where it is not one.
+    (wfdb's own "time data '2020/01' does not match format '%d/%m/%Y'" quoted the part its expression took of a
+    date written 2020/01/02, named no field and said nothing of the form WFDB writes)"""
+    try:
+        return convert()
+    except ValueError:
+        shown = line.strip()
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise BadContent(f"invalid header syntax (the record line's base {what} is not a {what} WFDB reads, which is "
+                         f"written {_BASE_FORMS[what]}; wfdb reads '{read}' of '{shown}')") from None
 
 
 def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
