@@ -510,7 +510,7 @@ def _dicom_elements_plain(head: bytes, *, complete: bool,
         pixels_at.clear()  # (the walk did not decide the file: its pixel data are found again, by pixel_data_at)
     if values is not None:
         return values
-    return _walk_plain(head, complete=complete)
+    return _walk_plain(head, complete=complete, pixels_at=pixels_at)
 
 
 _PYDICOM_IMPORT = threading.Lock()
@@ -538,7 +538,7 @@ def _import_pydicom() -> None:
             _pydicom_imported = True
 
 
-def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
+def _walk_plain(head: bytes, *, complete: bool, pixels_at: list[tuple[int, int]] | None = None) -> dict[int, Any] | None:
     """The raw elements of _DICOM_TAGS in a plain DICOM Part 10 file whose first bytes are `head` (`complete`:
     the whole file), or None when the file is not plain.
 
@@ -585,6 +585,10 @@ def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
 
         def stop_when(tag: int, vr: Any, length: int) -> bool:
             if tag in PIXEL_TAGS:
+                # (where the pixel data's value starts: the struct walk, which leaves this file to the generator, may
+                # not reach them, and a file cut inside them read as whole)
+                if pixels_at is not None:
+                    pixels_at.append((stream.tell(), length))
                 return True
             ends[0] = stream.tell() + (0 if length == 0xFFFFFFFF else length)
             return False
