@@ -150,6 +150,41 @@ def test_pixels_cut_short_are_told_by_the_files_size_not_read(syntax, monkeypatc
     assert "error" not in facts(whole) and facts(whole + b"\x00" * 8).get("patient_id") == "000177"
 
 
+def test_pixels_cut_short_in_a_big_endian_file_are_told(monkeypatch):
+    """A big-endian file (Explicit VR Big Endian, read by dcmread) cut inside its pixel data gave its header's facts
+    and no error: the pixel data were looked for by the little-endian walk alone, which reads no such file. dcmread
+    stops before them: their element is read there, in the file's byte order; by the hashing worker's reader too."""
+    import hashlib
+
+    from chorus_batch.sources.base import HashingReader, parse_through
+
+    whole = dicom(ExplicitVRBigEndian, pixels=4096)
+    cut = whole[:-2048]
+    got = facts(cut)
+    assert got["error"].startswith(readers.PIXELS_CUT) and f"{len(whole):,}" in got["error"], got
+    reader = HashingReader(io.BytesIO(cut).read, hashlib.md5(), len(cut))
+    assert json.loads(parse_through(readers.parser(KIND_DICOM), reader)) == got
+    assert "error" not in facts(whole) and facts(whole)["patient_id"] == "000177"
+    assert "error" not in facts(dicom(ExplicitVRBigEndian, pixels=0))  # no pixel data: nothing to cut
+
+
+def test_pixels_cut_short_after_an_element_the_struct_walk_leaves_to_pydicom_are_told(monkeypatch):
+    """A private element of undefined length with VR UN (a sequence a de-identification tool wrote so) before the
+    pixel data: the struct walk leaves the file to pydicom's generator, which read it but said nothing of where the
+    pixel data were, so a copy cut inside them read as whole. The generator's stop before them says where."""
+    whole = dicom(pixels=4096)
+    at = whole.index(b"\x10\x00\x10\x00")  # (0010,0010) PatientName, after the vendor's group 0009
+    private = (b"\x09\x00\x10\x00LO\x06\x00VENDOR" + b"\x09\x00\x02\x10UN\x00\x00\xff\xff\xff\xff"
+               + b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    whole = whole[:at] + private + whole[at:]
+    assert dicom_walk.plain_elements(whole, readers._DICOM_TAG_SET, complete=True) is None  # not the struct walk's
+    cut = whole[:-2048]
+    got = facts(cut)
+    assert got["error"].startswith(readers.PIXELS_CUT) and f"{len(whole):,}" in got["error"], got
+    assert got == by_dcmread(cut, monkeypatch)
+    assert "error" not in facts(whole) and facts(whole)["patient_id"] == "000177"
+
+
 def test_pixels_cut_short_in_a_large_file_are_told_without_reading_them():
     """A file larger than the bytes read for its header, as a hashing worker parses it (through the reader that
     hashes what it reads): the size is asked of the reader, the pixels are not read for it."""

@@ -65,6 +65,21 @@ def test_a_wfdb_line_not_read_is_named_and_quoted_and_a_folder_in_a_signal_file_
     assert facts == {"error": "invalid header syntax (invalid syntax in record line: 'rec ord 2 250 10')"}, facts
 
 
+@pytest.mark.parametrize("line, what, read", [
+    ("rec 0 250 1000 10:00:00.5 2020/01/02", "date", "2020/01"),  # year first: wfdb's expression takes a part of it
+    ("rec 0 250 1000 10:00:00 31/02/2020", "date", "31/02/2020"),
+    ("rec 0 250 1000 25:00:00 01/01/2020", "time", "25:00:00"),
+])
+def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writes(line, what, read):
+    # wfdb's strptime said "time data '2020/01' does not match format '%d/%m/%Y'": no field named, a part of the
+    # date quoted, and nothing of how to write it
+    facts = readers.parse_facts(KIND_WFDB, io.BytesIO(line.encode() + b"\n"))
+    assert facts["error"].startswith(f"invalid header syntax (the record line's base {what} is not a {what} WFDB "), facts
+    assert f"wfdb reads '{read}' of '{line}'" in facts["error"]
+    assert ("DD/MM/YYYY" if what == "date" else "HH:MM:SS") in facts["error"]
+    assert "base_date" in readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 0 250 1000 10:00:00.5 02/01/2020\n"))
+
+
 def test_a_signal_file_named_with_other_characters_than_ascii_is_told_as_the_header_names_it(clean):
     # wfdb reads a header as ASCII: "réc.dat" is looked for as "rc.dat". The findings said the header named rc.dat,
     # not there, and that no header named réc.dat, which the site sees named in it

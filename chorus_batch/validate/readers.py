@@ -224,8 +224,10 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
-            "base_time": _iso_time(grammar, rec["base_time"]) if rec["base_time"] else None,
-            "base_date": _iso_date(rec["base_date"]) if rec["base_date"] else None,
+            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", rec["base_time"], lines[0])
+            if rec["base_time"] else None,
+            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", rec["base_date"], lines[0])
+            if rec["base_date"] else None,
             "signals": [],
             "segments": None,
         }
@@ -291,6 +293,23 @@ def _iso_date(text: str) -> str:
     return datetime.strptime(text, "%d/%m/%Y").date().isoformat()
 
 
+_BASE_FORMS = {"time": "HH:MM:SS (a 24-hour clock, seconds with a fraction if any: 14:05:09.25)",
+               "date": "DD/MM/YYYY (the day first: 2 January 2020 is 02/01/2020)"}
+
+
+def _base(convert: Callable[[], str], what: str, read: str, line: str) -> str:
+    """The record line's base time or date, converted; BadContent naming which and its form where it is not one.
+    (wfdb's own "time data '2020/01' does not match format '%d/%m/%Y'" quoted the part its expression took of a
+    date written 2020/01/02, named no field and said nothing of the form WFDB writes)"""
+    try:
+        return convert()
+    except ValueError:
+        shown = line.strip()
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise BadContent(f"invalid header syntax (the record line's base {what} is not a {what} WFDB reads, which is "
+                         f"written {_BASE_FORMS[what]}; wfdb reads '{read}' of '{shown}')") from None
+
+
 def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
     found = expression.match(line)
     if found is None:
@@ -352,6 +371,7 @@ def _dicom_facts(f) -> dict[str, Any]:
             break
         head += _read_up_to(f, wanted)
         wanted *= 2
+    stopped_at = None
     if elements is None:  # not the plain case: read exactly as dcmread reads it
         _import_pydicom()
         import pydicom
@@ -372,12 +392,15 @@ def _dicom_facts(f) -> dict[str, Any]:
         # dcmread skips an element it is not asked for by seeking past it, without a word where the file ends first:
         # a header longer than DICOM_HEAD_MAX_BYTES (a large private or embedded-document element) cut inside it
         # read as a whole file without pixel data. It stopped past the file's end then.
-        if f.tell() > f.seek(0, io.SEEK_END):
+        stopped = f.tell()
+        if stopped > f.seek(0, io.SEEK_END):
             raise truncated
         elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
+        stopped_at = _pixels_where_stopped(ds, f, stopped)
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
-    _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head))
+    # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
+    _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head) or stopped_at)
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts = {key: text for key, tag in _DICOM_TAGS.items()
@@ -391,6 +414,32 @@ def _dicom_facts(f) -> dict[str, Any]:
         if key != "patient_name" or not _PSEUDONYM.fullmatch(facts[key].rstrip("^= ")):
             facts[key] = IDENTIFYING_FILLED
     return facts
+
+
+def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
+    """(where the pixel data's value starts, its declared length) of a file dcmread read up to `stopped`, where
+    stop_before_pixels left it (before the Pixel Data element's header), in the data set's own encoding; None where
+    no pixel data follow. pixel_data_at walks little-endian files only: a big-endian file (Explicit VR Big Endian)
+    cut inside its pixel data read as whole. A deflated data set is read from its inflated bytes (zlib tells a cut)."""
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or syntax.is_deflated:
+        return None
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    f.seek(stopped)
+    header = _read_up_to(f, 12)
+    if len(header) < 8:
+        return None
+    order = "little" if little else "big"
+    tag = int.from_bytes(header[0:2], order) << 16 | int.from_bytes(header[2:4], order)
+    if tag not in PIXEL_TAGS:
+        return None
+    if implicit:
+        return stopped + 8, int.from_bytes(header[4:8], order)
+    if header[4:6] in (b"OB", b"OW", b"OD", b"OF", b"OL", b"OV", b"UN"):
+        return (stopped + 12, int.from_bytes(header[8:12], order)) if len(header) == 12 else None
+    return stopped + 8, int.from_bytes(header[6:8], order)
 
 
 IDENTIFYING_FILLED = "(filled; the value is not kept)"
@@ -461,7 +510,7 @@ def _dicom_elements_plain(head: bytes, *, complete: bool,
         pixels_at.clear()  # (the walk did not decide the file: its pixel data are found again, by pixel_data_at)
     if values is not None:
         return values
-    return _walk_plain(head, complete=complete)
+    return _walk_plain(head, complete=complete, pixels_at=pixels_at)
 
 
 _PYDICOM_IMPORT = threading.Lock()
@@ -489,7 +538,7 @@ def _import_pydicom() -> None:
             _pydicom_imported = True
 
 
-def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
+def _walk_plain(head: bytes, *, complete: bool, pixels_at: list[tuple[int, int]] | None = None) -> dict[int, Any] | None:
     """The raw elements of _DICOM_TAGS in a plain DICOM Part 10 file whose first bytes are `head` (`complete`:
     the whole file), or None when the file is not plain.
 
@@ -536,6 +585,10 @@ def _walk_plain(head: bytes, *, complete: bool) -> dict[int, Any] | None:
 
         def stop_when(tag: int, vr: Any, length: int) -> bool:
             if tag in PIXEL_TAGS:
+                # (where the pixel data's value starts: the struct walk, which leaves this file to the generator, may
+                # not reach them, and a file cut inside them read as whole)
+                if pixels_at is not None:
+                    pixels_at.append((stream.tell(), length))
                 return True
             ends[0] = stream.tell() + (0 if length == 0xFFFFFFFF else length)
             return False

@@ -162,7 +162,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # and keeps a signal file's or a segment's name as written where wfdb's reading dropped characters ("réc.dat", read
 # "rc.dat")
 # dicom.v7 also tells a file cut inside a header longer than the bytes read for it (16 MiB; v6: read as whole)
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v4", "dicom.v7", "records.v3"
+# dicom.v8 also tells a big-endian file, or one the struct walk leaves to pydicom, cut inside its pixel data (v7: whole)
+# wfdb_header.v5 says which of the record line's base time and date is not one, and how WFDB writes it (v4: strptime's
+# "time data '2020/01' does not match format '%d/%m/%Y'")
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v5", "dicom.v8", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
