@@ -2329,6 +2329,27 @@ def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central,
     assert query(db, rows) == before
 
 
+def test_mark_uploaded_of_a_log_cut_short_says_how_many_files_still_wait(central, tmp_path):
+    # A script stopped after its first file (or a log cut short): mark-uploaded said "recorded 1 upload" and "upload
+    # then finds nothing left to send", nothing of the three files not sent; a nightly job took the version as done.
+    from azure.storage.blob import ContentSettings
+
+    db = committed_site(tmp_path, 4)
+    (srcfile, (_, md5)), *_ = submitted(db, "20261101020000").items()
+    central.client.get_blob_client(f"20261101020000/{srcfile}").upload_blob(
+        (tmp_path / "site" / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    log = tmp_path / "upload.log"
+    log.write_text(f"uploaded\t20261101020000/{srcfile}\nuploaded\t20261101020000/Wav")
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "recorded 1 upload confirmed" in out.stdout
+    assert "version 20261101020000: 3 of its 4 files are not recorded as at the centre yet" in out.stdout, out.stdout
+    assert up(central, db).returncode == 0
+    out = cli(*mark, env=central.env)  # all there now: nothing said to wait
+    assert "not recorded as at the centre yet" not in out.stdout, out.stdout
+
+
 def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(central, tmp_path):
     # mark-uploaded against a container that is not there said only the error: not whether anything was recorded.
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
