@@ -519,6 +519,23 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
 
 
+def test_versions_says_a_version_the_upload_left_unfinished_over_blobs_it_does_not_list_is_not_complete(central,
+                                                                                                     tmp_path):
+    # The upload sent every file but left the version unfinished over another tool's blob in its folder; `versions`
+    # read "2/2 sent, verified (listing)", as of a complete version, while each verify exited 1 over that blob.
+    db = committed_site(tmp_path, 2)
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    assert up(central, db).returncode == 1
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    out = cli("versions", "--db", str(db))
+    assert "2/2 sent, verified (listing), not complete: blobs in its folder the manifest does not list" in out.stdout, \
+        out.stdout
+    central.client.delete_blob("20261101020000/000009/OMOP/stray.csv")
+    assert up(central, db).returncode == 0
+    out = cli("versions", "--db", str(db))
+    assert "2/2 sent" in out.stdout and "not complete" not in out.stdout, out.stdout
+
+
 def test_folder_entries_of_a_hierarchical_namespace_centre_are_no_blobs_the_manifest_does_not_list(central, tmp_path):
     # At a centre with a hierarchical namespace (ADLS Gen2) every folder is an entry of its own, listed as an empty
     # blob with hdi_isfolder=true (Storage Explorer and azcopy make such markers too): upload called each one a blob
