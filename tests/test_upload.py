@@ -519,6 +519,23 @@ def test_verify_reports_blobs_at_the_centre_that_the_manifest_does_not_list(cent
     assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
 
 
+def test_versions_says_a_version_the_upload_left_unfinished_over_blobs_it_does_not_list_is_not_complete(central,
+                                                                                                     tmp_path):
+    # The upload sent every file but left the version unfinished over another tool's blob in its folder; `versions`
+    # read "2/2 sent, verified (listing)", as of a complete version, while each verify exited 1 over that blob.
+    db = committed_site(tmp_path, 2)
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    assert up(central, db).returncode == 1
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    out = cli("versions", "--db", str(db))
+    assert "2/2 sent, verified (listing), not complete: blobs in its folder the manifest does not list" in out.stdout, \
+        out.stdout
+    central.client.delete_blob("20261101020000/000009/OMOP/stray.csv")
+    assert up(central, db).returncode == 0
+    out = cli("versions", "--db", str(db))
+    assert "2/2 sent" in out.stdout and "not complete" not in out.stdout, out.stdout
+
+
 def test_folder_entries_of_a_hierarchical_namespace_centre_are_no_blobs_the_manifest_does_not_list(central, tmp_path):
     # At a centre with a hierarchical namespace (ADLS Gen2) every folder is an entry of its own, listed as an empty
     # blob with hdi_isfolder=true (Storage Explorer and azcopy make such markers too): upload called each one a blob
@@ -2327,6 +2344,27 @@ def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central,
     assert "recorded 0 uploads" in out.stdout and "2 more logged blobs were recorded before" in out.stdout, out.stdout
     assert "nothing was recorded" not in out.stdout
     assert query(db, rows) == before
+
+
+def test_mark_uploaded_of_a_log_cut_short_says_how_many_files_still_wait(central, tmp_path):
+    # A script stopped after its first file (or a log cut short): mark-uploaded said "recorded 1 upload" and "upload
+    # then finds nothing left to send", nothing of the three files not sent; a nightly job took the version as done.
+    from azure.storage.blob import ContentSettings
+
+    db = committed_site(tmp_path, 4)
+    (srcfile, (_, md5)), *_ = submitted(db, "20261101020000").items()
+    central.client.get_blob_client(f"20261101020000/{srcfile}").upload_blob(
+        (tmp_path / "site" / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    log = tmp_path / "upload.log"
+    log.write_text(f"uploaded\t20261101020000/{srcfile}\nuploaded\t20261101020000/Wav")
+    mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
+    out = cli(*mark, env=central.env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "recorded 1 upload confirmed" in out.stdout
+    assert "version 20261101020000: 3 of its 4 files are not recorded as at the centre yet" in out.stdout, out.stdout
+    assert up(central, db).returncode == 0
+    out = cli(*mark, env=central.env)  # all there now: nothing said to wait
+    assert "not recorded as at the centre yet" not in out.stdout, out.stdout
 
 
 def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(central, tmp_path):

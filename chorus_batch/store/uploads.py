@@ -326,6 +326,10 @@ def upload_summary(state: pl.DataFrame) -> pl.DataFrame:
                      if not row["n_bad"] else f", {row['n_bad']} failed verification")
         elif row["finished_at"]:
             text += ", complete"
+        # Copied but not finished: the only cause an upload leaves so is blobs in the folder the manifest does not
+        # list. It read "35/35 sent, verified" while each verify exited 1 over them.
+        if row["manifest_copied_at"] and not row["finished_at"] and not row["n_bad"]:
+            text += ", not complete: blobs in its folder the manifest does not list (`chorus-batch verify` names them)"
         return text
 
     if state.height == 0:

@@ -36,7 +36,7 @@ import polars as pl
 
 from .. import release
 from ..errors import ChorusError, ExitCode, UsageError
-from ..store.uploads import CONFIRMED, CONFLICT_FIX, PLAN_SCHEMA, UploadLedger, require_version
+from ..store.uploads import CONFIRMED, CONFLICT_FIX, FINAL_NOT_SENT, PLAN_SCHEMA, UploadLedger, require_version
 from ..times import iso, utc_now
 from ..units import plural, shown_name, shown_text
 from ..urls import local_path
@@ -349,6 +349,9 @@ class Marked:
     # versions whose folder at the centre is another manifest's (its copy or claim says so): what the script sent
     # there was mixed into that manifest's submission, and is not recorded as this one's
     foreign: list[str] = field(default_factory=list)
+    # versions of which files are still not recorded as at the centre (a log cut short, a script stopped, files it
+    # could not send): (label, not recorded, files); it said only "upload then finds nothing left to send"
+    waiting: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -377,6 +380,10 @@ class Marked:
             lines.append(f"recorded {plural(self.n_superseded, 'file')} as superseded: a later version replaced, renamed or "
                          f"removed {'it' if self.n_superseded == 1 else 'them'} before {'it was' if self.n_superseded == 1 else 'they were'} sent (their bytes are no longer at that path in the site; a "
                          "file that replaced one, or its new name, goes with that later version)")
+        for label, n, files in self.waiting:
+            lines.append(f"version {label}: {n} of its {plural(files, 'file')} {'is' if n == 1 else 'are'} not recorded as "
+                         "at the centre yet (not in this log, or not there as the manifest has them): run the script "
+                         "again, or `chorus-batch upload` (same --db and --to), to send them")
         lines.append("`chorus-batch upload` then finds nothing left to send for a complete version: it checks it and "
                      "puts the manifest's copy next to it")
         return "\n".join(lines)
@@ -443,6 +450,14 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
                     ledger.start(label)
                     record_unsendable(ledger, central, label, immediate)
                     marked.n_superseded += immediate.filter(pl.col("state") == "superseded").height
+                if label in marked.foreign:
+                    continue
+                # what still waits: neither confirmed (nor damaged since) nor superseded, as upload counts it
+                plan = ledger.plan(label)
+                left = plan.filter(~pl.col("state").fill_null("").is_in([*CONFIRMED, *FINAL_NOT_SENT])
+                                   | pl.col("damaged")).height
+                if left:
+                    marked.waiting.append((label, left, plan.height))
     except ChorusError as exc:  # (the container, sign-in or manifest failed: said with what the ledger holds)
         if ledger is not None:
             container_gone(exc, ledger)
