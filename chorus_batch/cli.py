@@ -876,8 +876,8 @@ def _listing_arguments(args: argparse.Namespace) -> list[str]:
     return redact(words)
 
 
-def _slurm_script(args: argparse.Namespace, command: str) -> str:
-    """The Slurm script for `slurm-script` and `run --slurm`, from the flags and chorus.toml."""
+def _slurm_script(args: argparse.Namespace, command: str) -> tuple[str, str]:
+    """The Slurm script for `slurm-script` and `run --slurm`, from the flags and chorus.toml; and its manifest."""
     from .config import named_roots
     from .config_file import config_path
     from .slurm import DEFAULT_CPUS, DEFAULT_SHARDS, slurm_script
@@ -928,7 +928,7 @@ def _slurm_script(args: argparse.Namespace, command: str) -> str:
     for location, what in roots:
         if location and ("://" not in location or location.startswith("file://")):
             open_source(location, what=what).check()
-    return script
+    return script, target.db
 
 
 def _write_script(text: str) -> None:
@@ -940,7 +940,7 @@ def _write_script(text: str) -> None:
 
 
 def cmd_slurm_script(args: argparse.Namespace, argv: list[str]) -> int:
-    _write_script(_slurm_script(args, "slurm-script"))
+    _write_script(_slurm_script(args, "slurm-script")[0])
     return 0
 
 
@@ -989,8 +989,8 @@ def cmd_run_slurm(args: argparse.Namespace, argv: list[str]) -> int:
                   + " and pass --config: every job reads it"] if in_config else [])
         fixes += [f"{flag(name)}: {_NO_CONFIG_SETTING[name]}" for name in given if name in _NO_CONFIG_SETTING]
         raise UsageError(f"run --slurm does not pass on {flags(given)}", where="run --slurm", fix="; ".join(fixes))
-    script = _slurm_script(args, "run --slurm")
-    return submit_and_follow(script, out=lambda line: print(line, flush=True))
+    script, db = _slurm_script(args, "run --slurm")
+    return submit_and_follow(script, out=lambda line: print(line, flush=True), db=db, argv=argv)
 
 
 # What a shard never does (it lists and hashes; the merge commits) and what a merge never does (the shards hash): given

@@ -115,6 +115,11 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
     if settings.merge is not None:  # before the manifest is created: a usage error leaves nothing behind
         from .shards import check_staging, staging_lock
 
+        # No shard writes inside the site (each refuses it): --merge given the site itself (or a folder in it) took
+        # person folders named like shards for shards, told to rerun them there (a command each refuses), and
+        # would have locked and spilled inside the site
+        check_outside_roots([(location, what) for location, what, _ in named_roots(settings.site, settings.roots)],
+                            [(settings.merge, "--merge", "the shards' staging folder")])
         check_staging(settings.merge)
         with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
             return _run_logged(settings, argv, progress, delete_list)

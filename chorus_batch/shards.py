@@ -235,7 +235,7 @@ def shard_lock(staging: str | Path, coverage: Coverage) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str,
-           cannot: str | None = None) -> Iterator[None]:
+           cannot: str | None = None, what: str = "the staging folder's lock") -> Iterator[None]:
     """An OS lock (flock) on the file `path`, alone (`exclusive`) or shared, taken at once or refused with the
     exception `busy(fd)` makes (fd: the file, still open). Let go when its holder exits or is killed. A file system
     without locks (some Lustre mounts): said, with the advice `unlocked`, and the caller goes on unlocked."""
@@ -259,7 +259,7 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
                                                     "merge the copy, or have it mounted read-write" if cannot else
                                                     "give a --staging folder on a writable one"))
             # (said before any work: a shard has listed nothing, a merge committed nothing)
-            raise UsageError(f"cannot create the staging folder's lock: {exc.strerror or exc}; nothing was "
+            raise UsageError(f"cannot create {what}: {exc.strerror or exc}; nothing was "
                              + ("committed" if cannot else "listed or written"), where=str(path),
                              fix=read_only or cannot or "give a --staging folder this user can write") from None
         try:

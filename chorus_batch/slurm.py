@@ -854,10 +854,50 @@ def _withdraw(script: subprocess.Popen) -> str:
             "were cancelled before the merge ran: nothing was committed")
 
 
-def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str], None] = print) -> int:
-    """Submit the script (bash), follow the jobs with squeue, return the merge's exit code.
-    Ctrl-C (or SIGTERM/SIGHUP as Stopped) cancels the jobs it submitted, then is raised again."""
+@contextlib.contextmanager
+def submission_lock(db: str, argv: list[str]):
+    """One `run --slurm` per manifest at a time, held from before it submits until its merge ended: a second one
+    beside it (a cron line and a user at a login node, two cron lines) hashed the whole site again, and its merge
+    was refused as stale once the first had committed (exit 2, "rerun the shards"); with the same --staging, the
+    second script removed the first's completion records and its shards were refused by the first's locks. An OS
+    lock on `<db>.slurm.lock` as the staging folder's (let go when its holder exits or is killed; the file goes with
+    its last holder, so a submission sbatch refused leaves nothing beside the manifest)."""
+    from .errors import ManifestLocked
+    from .shards import _flock
+    from .store.lock import command_of, holder_named, write_holder
+
+    db = os.path.abspath(db)  # (the same manifest by a relative path from another folder)
+    path, holder_path = Path(db + ".slurm.lock"), Path(db + ".slurm.lock.json")
+
+    def busy(_fd: int) -> Exception:
+        holder = holder_named(holder_path) or "a process that has not said who yet"
+        return ManifestLocked(
+            f"another `chorus-batch run --slurm` is submitting or following Slurm jobs for the manifest {db}: "
+            f"{holder}; a second submission would hash the whole site again, and its merge would be refused once "
+            "the first committed", where=str(path),
+            fix="this `run --slurm` submitted nothing; wait for that one to end (it exits with its merge's exit "
+                "code), then run again if the site changed since")
+
+    with _flock(path, exclusive=True, busy=busy, unlocked="do not run two `run --slurm` for one manifest at once",
+                cannot="make the manifest's folder writable by this user (the merge writes there too)",
+                what="the lock of the manifest's Slurm submissions"):
+        write_holder(holder_path, {"command": command_of(argv)})
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                holder_path.unlink()
+
+
+def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str], None] = print,
+                      db: str | None = None, argv: list[str] | None = None) -> int:
+    """Submit the script (bash), follow the jobs with squeue, return the merge's exit code; with `db`, under that
+    manifest's submission lock (submission_lock). Ctrl-C (or SIGTERM/SIGHUP as Stopped) cancels the jobs it
+    submitted, then is raised again."""
     require_slurm("sbatch", "squeue")
+    if db is not None:
+        with submission_lock(db, argv or ["run"]):
+            return submit_and_follow(script_text, poll_s=poll_s, out=out)
     job = submit(script_text)
     out = _Lines(out)
     try:

@@ -1214,3 +1214,20 @@ def test_a_shard_or_merge_turned_away_by_a_merge_names_it(tmp_path, monkeypatch)
             assert f"{said} (that merge: pid {os.getpid()} on host " in str(refused.value), refused.value
             assert ", started 20" in str(refused.value) and ", Slurm job 4242)" in str(refused.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_merge_of_a_folder_inside_the_site_is_refused(tmp_path):
+    """`--merge` given the site itself (arguments swapped, a wrong variable): person folders named like shards
+    (shard-0-of-2/) were taken for shards, "incomplete", with a command to rerun them into the site that every shard
+    refuses. Refused as --staging is, naming the folder, before anything is read, locked or made."""
+    site = tmp_path / "site"
+    (site / "shard-0-of-2" / "Images").mkdir(parents=True)
+    (site / "shard-0-of-2" / "Images" / "a.dcm").write_bytes(b"x")
+    db = tmp_path / "m.sqlite"
+    for merge in (site, site / "shard-0-of-2"):
+        proc = cli("run", "--site", str(site), "--db", str(db), "--merge", str(merge))
+        assert proc.returncode == 2, proc.stderr
+        assert "the shards' staging folder would lie inside the site's root" in proc.stderr, proc.stderr
+        assert f"--merge: {merge}" in proc.stderr and "rerun it" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+    assert sorted(p.name for p in site.rglob("*")) == ["Images", "a.dcm", "shard-0-of-2"]

@@ -1207,3 +1207,29 @@ def test_a_slurm_conf_that_names_no_file_is_said_at_once(tmp_path):
                              env={**os.environ, "SLURM_CONF": str(missing)})
     assert by_hand.returncode == 2 and f"SLURM_CONF names {missing}, which is no file" in by_hand.stderr, by_hand.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.sbatch", "site"]
+
+
+def test_a_second_run_slurm_on_the_same_manifest_submits_nothing(tmp_path):
+    """Two `run --slurm` at once on one manifest (two cron lines, a cron line and a user at a login node): the second
+    hashed the whole site again and its merge was refused as stale once the first committed (exit 2, "rerun the
+    shards"); with one --staging, its script removed the first's completion records and its shards ran into the
+    first's locks. The second is refused at once (exit 4), naming the first, and submits nothing."""
+    from chorus_batch.slurm import submission_lock
+
+    site, db, bin_dir, called = tmp_path / "site", tmp_path / "m.sqlite", tmp_path / "bin", tmp_path / "sbatch-called"
+    site.mkdir()
+    bin_dir.mkdir()
+    for tool in ("sbatch", "squeue", "scancel"):  # (a stand-in that says it was called and refuses: nothing queued)
+        _executable(bin_dir / tool, f"#!/bin/sh\necho {tool} >> '{called}'\nexit 1\n")
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with submission_lock(str(db), ["run", "--slurm"]):  # (the first one, following its jobs)
+        # the same manifest by another spelling of its path (relative, from its folder)
+        proc = cli("run", "--slurm", "--site", str(site), "--db", "m.sqlite", "--shards", "2", cwd=tmp_path, env=env,
+                   timeout=30)
+    assert proc.returncode == 4, proc.stderr
+    assert "another `chorus-batch run --slurm` is submitting or following Slurm jobs for the manifest" in proc.stderr
+    assert f"pid {os.getpid()} on host" in proc.stderr and "submitted nothing" in proc.stderr, proc.stderr
+    assert not called.exists() and not Path(str(db) + ".staging").exists()
+    # once the first has ended, the next one submits (here: to the stand-in sbatch, which refuses it)
+    after = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", env=env, timeout=30)
+    assert after.returncode == 2 and called.exists(), after.stderr
