@@ -857,15 +857,24 @@ _VR = {
     0x00280004: b"CS", 0x00280010: b"US", 0x00280011: b"US", 0x00280100: b"US", 0x00280101: b"US",
     0x00280102: b"US", 0x00280103: b"US",
     0x00081030: b"LO", 0x00081090: b"LO", 0x00180015: b"CS", 0x00180087: b"DS", 0x0008103E: b"LO", 0x00180050: b"DS",
+    0x00200032: b"DS", 0x00200037: b"DS", 0x00280030: b"DS", 0x00281052: b"DS", 0x00281053: b"DS", 0x00180060: b"DS",
+    0x00181151: b"IS", 0x00181152: b"IS", 0x00181210: b"SH", 0x00180020: b"CS", 0x00180021: b"CS", 0x00180022: b"CS",
+    0x00180080: b"DS", 0x00180081: b"DS", 0x00181314: b"DS",
 }
 # The study- and series-level attributes the Imaging SOP selects for CHoRUS that the template does not otherwise fill
 # (validate's dicom.study_metadata, dicom.series_metadata): fixed values per modality; MR adds its field strength
 # (tesla); both their slice thickness (mm)
+# And the attributes its "Recommended to Keep" list asks of the modality (validate's dicom.recommended; those of the
+# Image Pixel module and PixelSpacing, RescaleIntercept/Slope: _pixel_module): the image plane, a CT's exposure and
+# kernel, an MR's sequence
+_PLANE = [(0x00200032, b"0\\0\\0"), (0x00200037, b"1\\0\\0\\0\\1\\0")]
 _STUDY = {
     "CT": [(0x00081030, b"CT CHEST"), (0x00081090, b"testdata-ct"), (0x00180015, b"CHEST"), (0x0008103E, b"CT AXIAL"),
-           (0x00180050, b"1.25")],
+           (0x00180050, b"1.25"), (0x00180060, b"120"), (0x00181151, b"200"), (0x00181152, b"5"),
+           (0x00181210, b"STANDARD"), *_PLANE],
     "MR": [(0x00081030, b"MR BRAIN"), (0x00081090, b"testdata-mr"), (0x00180015, b"HEAD"), (0x00180087, b"3"),
-           (0x0008103E, b"MR T1"), (0x00180050, b"5")],
+           (0x0008103E, b"MR T1"), (0x00180050, b"5"), (0x00180020, b"SE"), (0x00180021, b"NONE"),
+           (0x00180022, b"PFP"), (0x00180080, b"500"), (0x00180081, b"15"), (0x00181314, b"90"), *_PLANE],
 }
 _PREFIX = {tag: struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr) for tag, vr in _VR.items()}
 
@@ -924,16 +933,17 @@ def _dicom_template(modality: str, pid_len: int, size: int) -> tuple[bytes, int]
             fmt.append(element(tag, value)[:-width[value]].replace(b"%", b"%%") + b"%%-%db" % width[value])
         length += len(element(tag, value))
     length += 132 + len(_el(0x00020000, b"\0" * 4))
-    rows, columns = _image_shape(size - length - len(_pixel_module(1, 8)))
-    fmt.append(_pixel_module(rows, columns).replace(b"%", b"%%"))
+    rows, columns = _image_shape(size - length - len(_pixel_module(1, 8, modality)))
+    fmt.append(_pixel_module(rows, columns, modality).replace(b"%", b"%%"))
     return b"".join(fmt), 2 * rows * columns
 
 
-def _pixel_module(rows: int, columns: int) -> bytes:
+def _pixel_module(rows: int, columns: int, modality: str) -> bytes:
     return b"".join((
         _el(0x00280002, b"\1\0"), _el(0x00280004, b"MONOCHROME2"), _el(0x00280010, struct.pack("<H", rows)),
-        _el(0x00280011, struct.pack("<H", columns)), _el(0x00280100, b"\x10\0"), _el(0x00280101, b"\x10\0"),
-        _el(0x00280102, b"\x0f\0"), _el(0x00280103, b"\0\0"),
+        _el(0x00280011, struct.pack("<H", columns)), _el(0x00280030, b"0.5\\0.5"), _el(0x00280100, b"\x10\0"),
+        _el(0x00280101, b"\x10\0"), _el(0x00280102, b"\x0f\0"), _el(0x00280103, b"\0\0"),
+        *((_el(0x00281052, b"-1024"), _el(0x00281053, b"1")) if modality == "CT" else ()),  # CT numbers in HU
         struct.pack("<HH2s2xI", 0x7FE0, 0x0010, b"OW", 2 * rows * columns),  # the pixel data's header
     ))
 

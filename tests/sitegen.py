@@ -180,6 +180,15 @@ def dicom_bytes(*, person_id: str, series: int, instance: int, modality: str = "
         ds.MagneticFieldStrength = 3
     # and the series-level ones (dicom.series_metadata): SeriesNumber below; SliceThickness of CT and MR images
     ds.SeriesDescription, ds.SliceThickness = f"{modality} SERIES {series}", "1.25"
+    # and those it recommends keeping (dicom.recommended): the image plane; a CT's exposure, kernel and rescaling; an
+    # MR's sequence
+    ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing = [0, 0, 0], [1, 0, 0, 0, 1, 0], [0.5, 0.5]
+    if modality == "MR":
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "SE", "NONE", "PFP"
+        ds.RepetitionTime, ds.EchoTime, ds.FlipAngle = 500, 15, 90
+    else:
+        ds.KVP, ds.XRayTubeCurrent, ds.Exposure, ds.ConvolutionKernel = 120, 200, 5, "STANDARD"
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
     for keyword, value in identifying.items():
         setattr(ds, keyword, value)
     ds.StudyDate, ds.StudyTime = study_date, study_time

@@ -1733,6 +1733,38 @@ def test_series_level_attributes_the_imaging_sop_selects_are_asked_for_by_modali
     assert out["severity"].unique().to_list() == ["warning"]
 
 
+def test_attributes_the_imaging_sop_recommends_keeping_are_asked_for_by_modality(clean):
+    """The Imaging SOP's "DICOM Tags Recommended to Keep" (Rows, PixelSpacing, KVP, RepetitionTime, ...) were not
+    checked: a de-identification that stripped an image's geometry passed. Those the series' modality carries are asked
+    for, once per series; an MR series is not asked for a CT's exposure, nor a CT for an MR's sequence."""
+    mr = two_series_lacking(clean, both={"PixelSpacing": None}, second={"KVP": "", "RepetitionTime": None},
+                            mr={"FlipAngle": None, "KVP": None})
+    out = validate(clean).filter(pl.col("rule") == "dicom.recommended")
+    assert dict(out.select("srcfile", "message").rows()) == {
+        f"{SERIES1}/": "2 DICOM files of this series lack KVP, PixelSpacing: the Imaging SOP recommends keeping these "
+                       "attributes; keep them when de-identifying, where the source has them",
+        f"{mr}/": "1 DICOM file of this series lacks FlipAngle: the Imaging SOP recommends keeping these attributes; "
+                  "keep them when de-identifying, where the source has them"}
+    assert out["severity"].unique().to_list() == ["info"]
+
+
+def test_an_enhanced_image_is_not_asked_for_what_its_functional_groups_keep():
+    """An enhanced multi-frame MR keeps its plane and sequence attributes in its functional group sequences, not at the
+    top of its header: only the Image Pixel attributes are asked of it."""
+    import io
+
+    from chorus_batch.validate.readers import parse_facts
+    from chorus_batch.validate.rules import KIND_DICOM
+
+    def lacking(sop_class: str) -> list[str] | None:
+        data = sitegen.dicom_bytes(person_id=P0, series=1, instance=0, modality="MR", study_date=DAY0,
+                                   study_time="081500", PixelSpacing=None, FlipAngle=None, SOPClassUID=sop_class)
+        return parse_facts(KIND_DICOM, io.BytesIO(data)).get("lacking")
+
+    assert lacking("1.2.840.10008.5.1.4.1.1.4") == ["pixel_spacing", "flip_angle"]  # MR Image Storage
+    assert lacking("1.2.840.10008.5.1.4.1.1.4.1") is None  # Enhanced MR Image Storage
+
+
 def test_units_written_with_a_micro_sign_in_a_wfdb_header_are_quoted_as_written(clean):
     """wfdb reads a header as ASCII: "µV" in it is read "V" (the converter would take volts), so the mapping's uV
     disagrees; the finding said "V in the header", which the file does not hold. It now quotes the file and says why."""

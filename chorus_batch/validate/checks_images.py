@@ -11,6 +11,7 @@ from .readers import OWN_REMEDY, PIXELS_CUT
 from .rules import (
     IDENTIFYING_DICOM_TAGS,
     KIND_DICOM,
+    RECOMMENDED_DICOM_TAGS,
     SERIES_DICOM_TAGS,
     SERIES_DICOM_TAGS_BY_MODALITY,
     STUDY_DICOM_TAGS,
@@ -54,7 +55,8 @@ def _dicom(site: _Site, across: _Across) -> list[pl.LazyFrame]:
             site.person_mismatch.lazy().select("srcfile"), on="srcfile", how="anti"), "srcfile",
                pl.lit("DICOM file is not in <person>/Images/<Modality>/<AccessionNumber>/<SeriesInstanceUID>/: move "
                       "it into its modality, accession and series folders")),
-        *_current_paths(d), *_deidentified(d), _study_metadata(d), _series_metadata(d), _repeated_instances(d),
+        *_current_paths(d), *_deidentified(d), _study_metadata(d), _series_metadata(d), _recommended(d),
+        _repeated_instances(d),
     ]
 
     def named_as(day: str, tm: str) -> pl.Expr:
@@ -252,6 +254,23 @@ def _series_metadata(d: pl.DataFrame) -> pl.LazyFrame:
                for key, (_, _, modalities) in SERIES_DICOM_TAGS_BY_MODALITY.items()}
     keywords = {key: keyword for key, (keyword, *_) in (SERIES_DICOM_TAGS | SERIES_DICOM_TAGS_BY_MODALITY).items()}
     return _lacking(d, "dicom.series_metadata", absent, keywords, "series")
+
+
+_RECOMMENDED_KEYWORDS = {key: keyword for key, (keyword, _, _) in RECOMMENDED_DICOM_TAGS.items()}
+
+
+def _recommended(d: pl.DataFrame) -> pl.LazyFrame:
+    """The attributes the Imaging SOP recommends keeping that the series' modality carries (readers._lacking), once
+    per series folder: which are absent from any of its headers, in how many files."""
+    lacking = (
+        d.lazy().filter(pl.col("_ok") & pl.col("lacking").is_not_null() & (pl.col("lacking").list.len() > 0))
+        .group_by("_dir").agg(_n=pl.len(), _keys=pl.col("lacking").list.explode(keep_nulls=False, empty_as_null=False).unique())
+        .with_columns(_tags=pl.col("_keys").list.eval(pl.element().replace_strict(
+            _RECOMMENDED_KEYWORDS, default=pl.element(), return_dtype=pl.String)).list.sort().list.join(", "))
+    )
+    return _found("dicom.recommended", lacking, pl.col("_dir") + "/", fmt(
+        "{} DICOM file{|s} of this series {lacks|lack} {}: the Imaging SOP recommends keeping these attributes; keep "
+        "them when de-identifying, where the source has them", pl.col("_n"), pl.col("_tags")))
 
 
 def _modality() -> pl.Expr:

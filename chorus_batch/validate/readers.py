@@ -42,6 +42,7 @@ from .dicom_walk import (
 )
 from .rules import (
     CSV_KINDS,
+    ENHANCED_SOP_CLASSES,
     IDENTIFYING_DICOM_TAGS,
     KIND_DICOM,
     KIND_EDF,
@@ -57,9 +58,11 @@ from .rules import (
     LINK_COLUMNS,
     LINKAGE_CONCEPTS,
     MAPPING_COLUMNS,
+    RECOMMENDED_DICOM_TAGS,
     REGISTRY_COLUMNS,
     SERIES_DICOM_TAGS,
     SERIES_DICOM_TAGS_BY_MODALITY,
+    SOP_CLASS_UID,
     STUDY_DICOM_TAGS,
     STUDY_DICOM_TAGS_MR,
 )
@@ -379,7 +382,7 @@ def _dicom_facts(f) -> dict[str, Any]:
 
         f.seek(0)
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(_DICOM_TAGS.values()))
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_DICOM_TAG_LIST)
         except InvalidDicomError:
             raise BadContent("not a DICOM Part 10 file (no 'DICM' prefix and File Meta Information)") from None
         except zlib.error as exc:  # a deflated data set (inflated whole by dcmread): cut short, or damaged
@@ -395,12 +398,13 @@ def _dicom_facts(f) -> dict[str, Any]:
         stopped = f.tell()
         if stopped > f.seek(0, io.SEEK_END):
             raise truncated
-        elements = {tag: ds.get_item(tag) for tag in _DICOM_TAGS.values()}
+        elements = {tag: ds.get_item(tag) for tag in _DICOM_TAG_LIST}
         stopped_at = _pixels_where_stopped(ds, f, stopped)
     # (the elements' walk also found the pixel data: walking the header again for it was a fifth of this function,
     # by cProfile over the realistic tree's 6,400 headers)
     # (a file dcmread read: where it stopped before the pixel data, if pixel_data_at's little-endian walk finds none)
-    _pixels_whole(head, f, pixels_at[0] if walked else pixel_data_at(head) or stopped_at)
+    pixels = pixels_at[0] if walked else pixel_data_at(head) or stopped_at
+    _pixels_whole(head, f, pixels)
     # absent: not in the header. dicom_walk's raw bytes as _dicom_text reads them, inline (a call for each of the
     # 30 tags was a third of this function on a plain header)
     facts = {key: text for key, tag in _DICOM_TAGS.items()
@@ -413,7 +417,33 @@ def _dicom_facts(f) -> dict[str, Any]:
     for key in _IDENTIFYING_KEYS.intersection(facts):
         if key != "patient_name" or not _PSEUDONYM.fullmatch(facts[key].rstrip("^= ")):
             facts[key] = IDENTIFYING_FILLED
+    if lacking := _lacking(elements, facts.get("modality"), pixels is not None):
+        facts["lacking"] = lacking
     return facts
+
+
+def _lacking(elements: dict[int, Any], modality: str | None, has_pixels: bool) -> list[str]:
+    """The Imaging SOP's attributes recommended to keep (RECOMMENDED_DICOM_TAGS) that a header of this modality (with
+    pixel data or not) carries and this one does not, or holds empty; only which are kept, never their values."""
+    modality = (modality or "").strip().upper()
+    sop_class = _dicom_text(elements.get(SOP_CLASS_UID))
+    # an enhanced multi-frame image keeps its plane and acquisition attributes in its functional group sequences
+    every_image_only = sop_class in ENHANCED_SOP_CLASSES
+    return [key for tag, (key, modalities) in _KEPT_TAGS.items()
+            if (has_pixels if modalities is None else not every_image_only and modality in modalities)
+            and not _filled(elements.get(tag))]
+
+
+def _filled(element: Any) -> bool:
+    """Whether an element is there with a value (a binary value of zeros, PixelRepresentation 0, is one)."""
+    if element is None:
+        return False
+    if type(element) is bytes:  # dicom_walk's raw value
+        return len(element) > 0
+    value = element.value
+    if isinstance(value, bytes | bytearray):
+        return len(value) > 0
+    return value is not None and value != "" and value != []
 
 
 def _pixels_where_stopped(ds: Any, f, stopped: int) -> tuple[int, int] | None:
@@ -612,7 +642,9 @@ def _walk_plain(head: bytes, *, complete: bool, pixels_at: list[tuple[int, int]]
     return elements
 
 
-_DICOM_TAG_LIST = sorted(_DICOM_TAGS.values())
+# read beside _DICOM_TAGS, of which only which are absent is kept (lacking)
+_KEPT_TAGS = {tag: (key, modalities) for key, (_, tag, modalities) in RECOMMENDED_DICOM_TAGS.items()}
+_DICOM_TAG_LIST = sorted({*_DICOM_TAGS.values(), *_KEPT_TAGS, SOP_CLASS_UID})
 _DICOM_TAG_SET = frozenset(_DICOM_TAG_LIST)
 
 

@@ -138,6 +138,51 @@ SERIES_DICOM_TAGS_BY_MODALITY: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "image_laterality": ("ImageLaterality", 0x00200062, ("MG",)),  # a mammogram is of one breast
 }
 
+# Its "DICOM Tags Recommended to Keep", asked of the images whose modality carries them (DICOM PS3.3): the Image Pixel
+# module of every image with pixel data; the Image Plane module of CT, MR and PET images; rescaling of CT and PET; the
+# exposure of CT and projection radiographs; the CT and MR acquisition attributes the SOP lists. Not asked (optional in
+# every module that has them, so a header cannot tell whether the scanner wrote them): SliceLocation,
+# SpacingBetweenSlices, WindowCenter/Width, RescaleType, ExposureInuAs, FocalSpots and the X-ray filter attributes;
+# nor the Image Plane and acquisition attributes of an enhanced multi-frame image, which keeps them in its functional
+# group sequences (ENHANCED_SOP_CLASSES). Modality, Manufacturer, InstanceNumber and SliceThickness: other rules.
+RECOMMENDED_DICOM_TAGS: dict[str, tuple[str, int, tuple[str, ...] | None]] = {
+    "rows": ("Rows", 0x00280010, None),
+    "columns": ("Columns", 0x00280011, None),
+    "photometric_interpretation": ("PhotometricInterpretation", 0x00280004, None),
+    "bits_allocated": ("BitsAllocated", 0x00280100, None),
+    "bits_stored": ("BitsStored", 0x00280101, None),
+    "high_bit": ("HighBit", 0x00280102, None),
+    "pixel_representation": ("PixelRepresentation", 0x00280103, None),
+    "image_position_patient": ("ImagePositionPatient", 0x00200032, ("CT", "MR", "PT")),
+    "image_orientation_patient": ("ImageOrientationPatient", 0x00200037, ("CT", "MR", "PT")),
+    "pixel_spacing": ("PixelSpacing", 0x00280030, ("CT", "MR", "PT")),
+    "rescale_intercept": ("RescaleIntercept", 0x00281052, ("CT", "PT")),
+    "rescale_slope": ("RescaleSlope", 0x00281053, ("CT", "PT")),
+    "kvp": ("KVP", 0x00180060, ("CT", "CR", "DX", "MG")),
+    "x_ray_tube_current": ("XRayTubeCurrent", 0x00181151, ("CT", "CR", "DX", "MG")),
+    "exposure": ("Exposure", 0x00181152, ("CT", "CR", "DX", "MG")),
+    "exposure_time": ("ExposureTime", 0x00181150, ("CR", "DX", "MG")),
+    "convolution_kernel": ("ConvolutionKernel", 0x00181210, ("CT",)),
+    "scanning_sequence": ("ScanningSequence", 0x00180020, ("MR",)),
+    "sequence_variant": ("SequenceVariant", 0x00180021, ("MR",)),
+    "scan_options": ("ScanOptions", 0x00180022, ("MR",)),
+    "repetition_time": ("RepetitionTime", 0x00180080, ("MR",)),
+    "echo_time": ("EchoTime", 0x00180081, ("MR",)),
+    "flip_angle": ("FlipAngle", 0x00181314, ("MR",)),
+}
+SOP_CLASS_UID = 0x00080016
+
+
+def _by_modalities(tags: dict[str, tuple[str, int, tuple[str, ...] | None]]) -> dict[tuple[str, ...] | None, list[str]]:
+    """The keywords of `tags` by the modalities they are asked of."""
+    out: dict[tuple[str, ...] | None, list[str]] = {}
+    for keyword, _, modalities in tags.values():
+        out.setdefault(modalities, []).append(keyword)
+    return out
+
+ENHANCED_SOP_CLASSES = frozenset("1.2.840.10008.5.1.4.1.1." + s for s in (
+    "2.1", "2.2", "4.1", "4.3", "4.4", "128.1", "130"))  # Enhanced and Legacy Converted Enhanced CT, MR, PET
+
 # WFDB signal formats: samples per group and bytes per group (a group is the smallest whole
 # number of bytes: 212 packs 2 samples in 3 bytes, 310/311 pack 3 samples in 4 bytes).
 WFDB_FORMAT_SIZES: dict[str, tuple[int, int]] = {
@@ -162,7 +207,8 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # and keeps a signal file's or a segment's name as written where wfdb's reading dropped characters ("réc.dat", read
 # "rc.dat")
 # dicom.v7 also tells a file cut inside a header longer than the bytes read for it (16 MiB; v6: read as whole)
-# dicom.v8 also tells a big-endian file, or one the struct walk leaves to pydicom, cut inside its pixel data (v7: whole)
+# dicom.v8 keeps which of the Imaging SOP's recommended attributes its modality carries are absent (lacking:
+# dicom.recommended), and also tells a big-endian file, or one the struct walk leaves to pydicom, cut inside its pixel data (v7: whole)
 # wfdb_header.v5 says which of the record line's base time and date is not one, and how WFDB writes it (v4: strptime's
 # "time data '2020/01' does not match format '%d/%m/%Y'")
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v5", "dicom.v8", "records.v3"
@@ -386,6 +432,12 @@ RULES: tuple[Rule, ...] = (
          f"({', '.join(k for k, _ in SERIES_DICOM_TAGS.values())}; "
          + "; ".join(f"{k} in {'/'.join(m)} series" for k, _, m in SERIES_DICOM_TAGS_BY_MODALITY.values())
          + "): keep them when de-identifying."),
+    Rule("dicom.recommended", "info", "DICOM attributes recommended to keep missing",
+         "DICOM headers of a series folder lack attributes the Imaging SOP recommends keeping, of those the series' "
+         "modality carries (" + "; ".join(
+             f"{', '.join(keywords)} {'of every image' if modalities is None else 'in ' + '/'.join(modalities)}"
+             for modalities, keywords in _by_modalities(RECOMMENDED_DICOM_TAGS).items())
+         + "): keep them when de-identifying, where the source has them."),
     Rule("dicom.identifying_tag", "error", "identifying DICOM attribute left filled",
          "A DICOM header still holds an attribute that identifies the patient (PatientName other than the person id, "
          "PatientBirthDate, PatientAddress, OtherPatientIDs, ...)."),

@@ -49,7 +49,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                                       "file_name_written": pl.String})),
         "segments": pl.List(pl.Struct({"name": pl.String, "length": pl.Int64, "name_written": pl.String})),
     }),
-    KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}}),
+    KIND_DICOM: pl.Struct({"error": pl.String, **{key: pl.String for key in _DICOM_TAGS}, "lacking": pl.List(pl.String)}),
     KIND_RECORDS: pl.Struct({"error": pl.String, "records": pl.List(pl.String)}),
     KIND_EDF: pl.Struct({"error": pl.String, "start_date": pl.String, "start_time": pl.String,
                          "duration_s": pl.Float64, "edf_plus": pl.Boolean}),
