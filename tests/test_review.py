@@ -824,6 +824,16 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
+def test_versions_json_gives_null_for_a_version_never_uploaded(history):
+    """`versions --json` gave "upload": "" for a version nothing was sent of, where every other field with nothing
+    to say is null; the table still shows it blank."""
+    db = str(history["db"])
+    shown = json.loads(cli("versions", "--db", db, "--json").stdout)
+    assert [v["upload"] for v in shown] == [None, None, None]
+    table = cli("versions", "--db", db)
+    assert table.returncode == 0 and "None" not in table.stdout and "null" not in table.stdout, table.stdout
+
+
 def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that_commit(site, db, monkeypatch,
                                                                                           caplog):
     """A run on a node whose clock was an hour behind (labelled one second after the latest, as next_label does)
