@@ -1477,6 +1477,23 @@ def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other
     assert "(paths are site-relative, as `chorus-batch files` prints them)" in mistyped.stderr, mistyped.stderr
 
 
+def test_a_path_with_an_empty_or_dot_part_is_the_file_it_names(history):
+    """`history OMOP//note.csv` (`"$DIR/"/note.csv`) or `OMOP/./note.csv` said "no file ... in the manifest" while
+    `./OMOP/note.csv` was found: the shell reads all three as one file, which the manifest records once."""
+    reader = open_manifest(history["db"])
+    assert reader.site_relative("OMOP//a.csv") == reader.site_relative("OMOP/.//./a.csv") == "OMOP/a.csv"
+    assert reader.site_relative(".//OMOP/./.hidden/../a.csv") == "OMOP/.hidden/../a.csv"  # '..' and dot names kept
+    assert reader.site_relative("//FileSrv/share//x") == "//FileSrv/share/x"  # a network share's '//' stays
+    path = sorted(history["trees"][2])[0]
+    folder, name = path.rsplit("/", 1)
+    db = str(history["db"])
+    for typed in (f"{folder}//{name}", f"{folder}/./{name}"):
+        out = cli("history", "--db", db, typed, "--json")
+        assert out.returncode == 0 and path in {r["srcfile"] for r in json.loads(out.stdout)}, out.stdout + out.stderr
+    files = cli("files", "--db", db, "--path", f"{folder}/./{name}", "--json")
+    assert [r["srcfile"] for r in json.loads(files.stdout)] == [path], files.stdout + files.stderr
+
+
 def test_a_label_typed_in_other_letter_case_is_answered_with_the_label_meant(site, db):
     """`--as-of V1` of a manifest whose label is v1 (a site naming its deliveries by hand) was "no version 'V1' in the
     manifest" with no word of v1: the close matches took it as only half alike."""
