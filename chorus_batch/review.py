@@ -467,6 +467,9 @@ class ManifestReader:
         path = text_argument(path, "a path", str(self.path), '"OMOP/person.csv"')  # a PureWindowsPath's \ separate
         if backslash_separates:
             path = path.replace("\\", "/")
+        # empty and '.' parts name the same file as the shell reads them (`"$DIR/"/a.csv`, `OMOP/./a.csv`): the
+        # manifest records neither; a leading '//' (a network share) stays
+        path = path[:1] + re.sub(r"/(?:\./|/)+", "/", path[1:])
         for root in sorted(self.root_locations(), key=len, reverse=True):
             root = root.rstrip("/") + "/"
             # a drive (C:/) or a network share (\\server\share as //server/share/, as a Windows site records it): any case

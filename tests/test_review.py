@@ -824,6 +824,16 @@ def test_versions_and_changes_read_a_snapshot_folder_as_the_other_commands_do(hi
     assert wrong.returncode == 2 and "no version 'v9'" in wrong.stderr
 
 
+def test_versions_json_gives_null_for_a_version_never_uploaded(history):
+    """`versions --json` gave "upload": "" for a version nothing was sent of, where every other field with nothing
+    to say is null; the table still shows it blank."""
+    db = str(history["db"])
+    shown = json.loads(cli("versions", "--db", db, "--json").stdout)
+    assert [v["upload"] for v in shown] == [None, None, None]
+    table = cli("versions", "--db", db)
+    assert table.returncode == 0 and "None" not in table.stdout and "null" not in table.stdout, table.stdout
+
+
 def test_a_version_committed_by_a_clock_behind_its_predecessors_counts_from_that_commit(site, db, monkeypatch,
                                                                                           caplog):
     """A run on a node whose clock was an hour behind (labelled one second after the latest, as next_label does)
@@ -1465,6 +1475,23 @@ def test_a_path_asked_of_a_version_that_removed_it_is_said_to_be_a_file_of_other
     assert "site-relative" not in out.stderr
     mistyped = cli("files", "--db", str(db), "--as-of", "v2", "--path", "OMOP/nope.csv")
     assert "(paths are site-relative, as `chorus-batch files` prints them)" in mistyped.stderr, mistyped.stderr
+
+
+def test_a_path_with_an_empty_or_dot_part_is_the_file_it_names(history):
+    """`history OMOP//note.csv` (`"$DIR/"/note.csv`) or `OMOP/./note.csv` said "no file ... in the manifest" while
+    `./OMOP/note.csv` was found: the shell reads all three as one file, which the manifest records once."""
+    reader = open_manifest(history["db"])
+    assert reader.site_relative("OMOP//a.csv") == reader.site_relative("OMOP/.//./a.csv") == "OMOP/a.csv"
+    assert reader.site_relative(".//OMOP/./.hidden/../a.csv") == "OMOP/.hidden/../a.csv"  # '..' and dot names kept
+    assert reader.site_relative("//FileSrv/share//x") == "//FileSrv/share/x"  # a network share's '//' stays
+    path = sorted(history["trees"][2])[0]
+    folder, name = path.rsplit("/", 1)
+    db = str(history["db"])
+    for typed in (f"{folder}//{name}", f"{folder}/./{name}"):
+        out = cli("history", "--db", db, typed, "--json")
+        assert out.returncode == 0 and path in {r["srcfile"] for r in json.loads(out.stdout)}, out.stdout + out.stderr
+    files = cli("files", "--db", db, "--path", f"{folder}/./{name}", "--json")
+    assert [r["srcfile"] for r in json.loads(files.stdout)] == [path], files.stdout + files.stderr
 
 
 def test_a_label_typed_in_other_letter_case_is_answered_with_the_label_meant(site, db):

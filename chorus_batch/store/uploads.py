@@ -314,7 +314,7 @@ def upload_state(manifest: Manifest) -> pl.DataFrame:
 
 
 def upload_summary(state: pl.DataFrame) -> pl.DataFrame:
-    """One line per version: its upload state in words ('' when never uploaded), for `versions` and `report`."""
+    """One line per version that was uploaded: its upload state in words, for `versions` and `report`."""
     def words(row: dict) -> str:
         text = f"{row['n_uploaded']}/{row['n_files']} sent"
         if row["n_not_sent"]:
@@ -343,7 +343,8 @@ __all__ = ["CONFIRMED", "DAMAGED", "SUBMITTED", "UploadLedger", "upload_state", 
 
 
 def versions_with_upload_state(manifest: Manifest) -> pl.DataFrame:
-    """`versions` with an `upload` column: each version's upload state in words ('' when never uploaded)."""
+    """`versions` with an `upload` column: each version's upload state in words (null when never uploaded: as
+    --json gives every field with nothing to say, the text table shows it blank)."""
     versions = manifest.versions()
     summary = upload_summary(upload_state(manifest)).rename({"version": "label"})
-    return versions.join(summary, on="label", how="left").with_columns(pl.col("upload").fill_null(""))
+    return versions.join(summary, on="label", how="left")
