@@ -2367,13 +2367,17 @@ def test_mark_uploaded_of_a_log_cut_short_says_how_many_files_still_wait(central
     assert "not recorded as at the centre yet" not in out.stdout, out.stdout
 
 
-def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(central, tmp_path):
+@pytest.mark.parametrize("logged", ["uploaded\t20261101020000/OMOP/person.csv\n", ""], ids=["a_line", "empty"])
+def test_mark_uploaded_that_fails_at_the_container_says_what_the_ledger_holds(central, tmp_path, logged):
     # mark-uploaded against a container that is not there said only the error: not whether anything was recorded.
+    # With an empty log (a script that sent nothing) it recorded the superseded files as the missing container's.
     site, db = tmp_path / "site", tmp_path / "m.sqlite"
     write(site, "OMOP/person.csv", b"person_id\n1\n")
     commit(site, db, "20261101020000")
+    write(site, "OMOP/person.csv", b"person_id\n1\n2\n")  # (the first version's file superseded)
+    commit(site, db, "20261102020000")
     log = tmp_path / "upload.log"
-    log.write_text("uploaded\t20261101020000/OMOP/person.csv\n")
+    log.write_text(logged)
     out = cli("mark-uploaded", "--db", str(db), "--to", central.url.rstrip("/") + "-gone/", "--from-log", str(log),
               env=central.env)
     assert out.returncode == 3, out.stdout + out.stderr

@@ -404,8 +404,9 @@ def mark_uploaded(db: str, to: str, log_path: str, *, cloud: CloudSettings, argv
             mine = str(manifest.state_identity()[0])
             by_version = {label: group["srcfile"].to_list()
                           for (label,), group in log.names.group_by("label", maintain_order=True)}
-            if by_version:
-                central.check(write=False)
+            # (before anything is recorded, whatever the log holds: an empty one recorded the superseded files as the
+            # uploads of a container that is not there)
+            central.check(write=False)
             for label, srcfiles in by_version.items():
                 if manifest.query_frame("SELECT label FROM versions WHERE label = ?", (label,)).height == 0:
                     marked.rejected += [(f"{label}/{s}", f"the manifest has no version {label}") for s in srcfiles]
