@@ -864,7 +864,9 @@ def current_tree(files: pl.DataFrame, previous: pl.DataFrame, unseen_dirs: list[
         (same & ((pl.col("mtime_ns") != pl.col("prev_mtime_ns")) | (pl.col("size") != pl.col("prev_size"))
                  | pl.col("etag").ne_missing(pl.col("prev_etag"))
                  | recorded_root.is_null() | pl.col("prev_root_id").is_null() | (recorded_root != pl.col("prev_root_id"))
-                 | (pl.col("verify") & pl.col("read"))))  # re-verified and confirmed: remember when
+                 # re-verified or racily clean, read and confirmed: remember when (hashing.due: a racily clean file
+                 # is read until a read lies past the racy window of its mtime)
+                 | pl.col("read")))
         | learned
     ).select(pl.col("prev_file_id").alias("file_id"), "mtime_ns", "root_id", "verified_ns", "etag", "md5", "md5_source")
     current = current.select("root_id", "srcfile", "size", "mtime_ns", "md5", "verified_ns", "md5_source", "etag",

@@ -76,6 +76,8 @@ class Rules:
     # Recorded mtimes that are whole multiples of this were kept at this precision by another tool (an import:
     # chorus-upload kept microseconds) and are compared at it (Manifest.mtime_unit_ns); 1: nanoseconds.
     mtime_unit_ns: int = 1
+    # A file whose MD5 was read this close after its mtime (verified_ns) is racily clean whatever runs came since
+    racy_window_ns: int | None = None
 
 
 def plan(listing: pl.DataFrame, previous: pl.DataFrame, *, racy_cutoff_ns: int | None, rehash: bool,
@@ -143,7 +145,12 @@ def due(listing: pl.DataFrame, prev: pl.DataFrame, rules: Rules) -> pl.DataFrame
         # unseen. A file whose mtime lies beyond that (a clock in the future) is not: a write now would move
         # its mtime back, which the stat comparison sees, so it is not hashed again on every run. An object
         # with an etag is never racy: any write gives it a new etag.
-        racy = (pl.col("mtime_ns") >= rules.racy_cutoff_ns) & pl.col("etag").is_null()
+        racy = pl.col("mtime_ns") >= rules.racy_cutoff_ns
+        if rules.racy_window_ns is not None:
+            # ... and so is one read too soon after its mtime by an earlier scan: a run in between that did not list
+            # it (an append delivery, a folder it could not list) moved the last scan's start past it unread.
+            racy = racy | (pl.col("mtime_ns") >= pl.col("prev_verified_ns") - rules.racy_window_ns).fill_null(False)
+        racy = racy & pl.col("etag").is_null()
         if rules.racy_until_ns is not None:
             racy = racy & (pl.col("mtime_ns") <= rules.racy_until_ns)
         needs = needs | racy

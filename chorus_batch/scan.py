@@ -396,7 +396,7 @@ def scan(roots: list[Root], previous: pl.DataFrame, *, based_on: str | None, las
     rules = hashing.Rules(racy_cutoff_ns=None if last_scan_ns is None else last_scan_ns - int(racy_window_s * 1e9),
                           rehash=rehash, racy_until_ns=scan_started_ns + int(racy_window_s * 1e9), cloud_md5=cloud_md5,
                           cloud_roots=[i for i, r in enumerate(roots) if not r.source.parallel_local],
-                          mtime_unit_ns=mtime_unit_ns)
+                          mtime_unit_ns=mtime_unit_ns, racy_window_ns=int(racy_window_s * 1e9))
     prev = hashing.previous_rows(previous)
     known = checkpoint.known() if checkpoint is not None and not rehash else None  # read once, before any hashing
     resumed_facts = None  # the facts an interrupted run parsed: by content, whichever of its files they came from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -434,6 +435,24 @@ def test_racily_clean_files_are_rehashed(site, db):
     result = run_site(site, db)
     assert result.counts["replaced"] == 1
     assert current_rows(db)["OMOP/a.csv"] == __import__("hashlib").md5(b"bbbb").hexdigest()
+
+
+def test_a_racily_clean_file_is_rehashed_after_a_run_that_did_not_list_it(site, db, tmp_path):
+    """The racily-clean check took only the last run's scan start: a run in between that did not list the file (an
+    append delivery from another folder) moved it past the file's mtime, and a write in the clock tick of the first
+    run's read went unseen for good (the manifest kept the old MD5)."""
+    path = write(site, "OMOP/a.csv", b"aaaa")
+    write(site, "OMOP/k.csv", b"keep")
+    run_site(site, db)  # a.csv's mtime is within the racy window of this scan's start
+    st = path.stat()
+    path.write_bytes(b"bbbb")  # same size, old mtime: a write in the same clock tick
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    time.sleep(2.1)  # the next run's scan starts past the racy window of a.csv's mtime
+    delivery = tmp_path / "delivery"
+    write(delivery, "OMOP/new.csv", b"new")
+    assert run_site(delivery, db, mode="append").counts["added"] == 1
+    result = run_site(site, db, max_delete="all")
+    assert current_rows(db)["OMOP/a.csv"] == hashlib.md5(b"bbbb").hexdigest(), result.counts
 
 
 def test_unchanged_stat_reuses_the_hash_and_rehash_forces_it(site, db):
