@@ -316,6 +316,20 @@ def test_a_snapshot_folder_whose_naming_failed_is_named_by_the_next_run(site, tm
                str(snaps)).returncode == 0
 
 
+def test_a_snapshot_folder_inside_a_folder_of_snapshots_is_refused(site, tmp_path):
+    """`--parquet snaps/version=v1` (a path copied from `ls`) wrote a whole folder of snapshots nested in a version's
+    snapshot, where neither folder's readers look, and said nothing. Refused up front (exit 2), nothing made."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
+    inner = next(snaps.glob("version=*"))
+    before = sorted(p.name for p in inner.iterdir())
+    for nested in (inner, inner / "more"):
+        done = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(nested))
+        assert done.returncode == 2 and f"lies inside the folder of snapshots {snaps}" in done.stderr, done.stderr
+        assert sorted(p.name for p in inner.iterdir()) == before
+
+
 def test_a_snapshot_folder_of_a_manifest_started_again_under_its_name_says_so(site, tmp_path):
     """A manifest removed and started again at the same path (or another copied over it), with chorus.toml's
     [manifest] parquet kept: refused (exit 2) as it should be, but it was said as "the snapshots of another manifest

@@ -196,7 +196,9 @@ def _manifest_id(manifest: Manifest) -> str | None:
 
 
 def check_owner(manifest: Manifest, directory: str | Path) -> None:
-    """A UsageError when `directory` holds the snapshots of another manifest than `manifest` (nothing is written)."""
+    """A UsageError when `directory` holds the snapshots of another manifest than `manifest`, or lies inside a
+    folder of snapshots (nothing is written)."""
+    refuse_inside_snapshots(Path(directory))
     try:
         owner = json.loads((Path(directory) / OWNER_FILE).read_text("utf-8"))
         first = owner["first_version"]
@@ -228,6 +230,20 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
                      fix="give this manifest a --parquet folder of its own (e.g. "
                          f"{shlex.quote(str(Path(directory).parent / (manifest.path.stem + '-snapshots')))}), or remove "
                          "the folder if the other manifest's snapshots are no longer wanted")
+
+
+def refuse_inside_snapshots(directory: Path) -> None:
+    # A folder inside another's snapshots (`--parquet snaps/version=v1`, a path copied from `ls`): a run wrote its
+    # snapshots there, nested in a version's snapshot, where neither folder's readers look, and never said so.
+    import os
+
+    for above in Path(os.path.abspath(directory)).parents:
+        if (above / "versions.parquet").is_file() and any(p.is_dir() for p in above.glob("version=*")):
+            raise UsageError(f"the Parquet snapshot folder {directory} lies inside the folder of snapshots {above}: "
+                             "snapshots written there would be nested in another folder's, where no reader looks for "
+                             "them; nothing was done", where="--parquet / [manifest] parquet",
+                             fix=f"give the folder of snapshots itself ({above}) if it is this manifest's, or a folder "
+                                 "of its own outside it")
 
 
 def _claim(manifest: Manifest, directory: Path) -> None:
