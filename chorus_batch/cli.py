@@ -1279,9 +1279,9 @@ def cmd_registry(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"version {registries.version}: {registries.waveforms.height} waveform and {registries.images.height} image "
               f"rows, {plural(registries.procedures.height, 'procedure')} ({registries.new_proc_ids} new proc_ids)")
         for path in paths:
-            print(f"wrote {path.resolve()}")
-    for warning in registries.warnings:
-        print(f"chorus-batch: warning: {warning}", file=sys.stderr)
+            print(f"wrote {shown_name(str(path.resolve()))}")
+    for warning in registries.warnings:  # (they name the site's files: a control character in one is shown escaped)
+        print(f"chorus-batch: warning: {shown_text(warning)}", file=sys.stderr)
     return int(ExitCode.FINDINGS) if registries.warnings else int(ExitCode.OK)
 
 

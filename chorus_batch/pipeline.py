@@ -442,6 +442,9 @@ def preflight(settings: RunSettings, manifest: Manifest) -> list[Path]:
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"--parquet names a file, not a folder: {folder}", where="--parquet / [manifest] parquet",
                              fix="pass --parquet with a folder (it is created)")
+        from .store.snapshots import refuse_inside_snapshots
+
+        refuse_inside_snapshots(folder)  # (before the folder is made)
     if settings.parquet and not settings.dry_run:  # a dry run creates nothing
         folder = Path(settings.parquet)
         made = missing_folders(folder)

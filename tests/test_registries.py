@@ -321,6 +321,23 @@ def test_files_of_the_image_and_waveform_folders_that_fit_no_layout_are_told_not
     assert dicom.relative_to(site).as_posix() in listed and loose.relative_to(site).as_posix() not in listed
 
 
+def test_a_file_name_with_control_characters_is_shown_escaped_in_the_warnings(released, tmp_path):
+    """The warnings named the site's files as they are: a file named with an escape sequence (ESC ]0;... BEL) retitled
+    the terminal of whoever ran `registry`, and a line break in a name split the warning. They are shown escaped, as
+    every other text output shows them; the registries themselves keep the names exact."""
+    site, db, _out = released
+    p0 = sitegen.person_ids(1)[0]
+    single = sitegen.sessions_of(p0, 0)["single"]
+    write(site, f"{p0}/Waveforms/Telemetry/{single}/\x1b]0;pwned\x07.dat", b"\0" * 16)
+    write(site, f"{p0}/Waveforms/Telemetry/{single}/line\nbreak.dat", b"\0" * 16)
+    assert cli("run", "-q", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    done = cli("registry", "--db", str(db), "--out", str(tmp_path / "again"))
+    assert done.returncode == 1, done.stderr
+    assert "no row in the registries" in done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr and "line\nbreak" not in done.stderr
+    assert "\\x1b]0;pwned\\x07.dat" in done.stderr and "line\\nbreak.dat" in done.stderr
+
+
 def test_rows_whose_header_gives_no_capture_time_are_told(tmp_path):
     """A DICOM without acquisition, content, series or study dates (a de-identification that dropped them) gave a row
     with an empty datetime and visit_id, and with --omop a procedure without procedure_date (OMOP requires it), while

@@ -279,6 +279,57 @@ def test_a_snapshot_folder_of_another_manifest_is_refused_before_anything_is_don
     assert json.loads((snaps / "manifest.json").read_text())["first_version"] == owner["first_version"]
 
 
+def test_a_snapshot_folder_whose_naming_failed_is_named_by_the_next_run(site, tmp_path, monkeypatch):
+    """A run whose manifest.json could not be written (a full disk after its snapshots, a kill just before it) left
+    the folder unnamed for good: it was written only by a run that wrote a snapshot, and the next runs, with nothing
+    to write, did not name it. Another manifest's run then took the folder, overwrote its versions.parquet, and the
+    folder refused its own manifest. Every run names a folder that does not name its manifest yet."""
+    import errno
+
+    import pytest
+
+    from chorus_batch.errors import AfterCommitError
+    from chorus_batch.store import snapshots
+
+    db, other, snaps = tmp_path / "m.sqlite", tmp_path / "other.sqlite", tmp_path / "snaps"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    real = snapshots.write_private
+
+    def no_room_for_the_name(target, content, **kw):
+        if Path(target).name == "manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real(target, content, **kw)
+
+    monkeypatch.setattr(snapshots, "write_private", no_room_for_the_name)
+    with pytest.raises(AfterCommitError, match="was committed"):
+        run_site(site, db, parquet=str(snaps), validate_site=False)
+    monkeypatch.setattr(snapshots, "write_private", real)
+    assert not (snaps / "manifest.json").exists()
+    again = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((snaps / "manifest.json").read_text())["manifest"] == str(db)
+    listed = (snaps / "versions.parquet").read_bytes()
+    refused = cli("run", "--no-validate", "--site", str(site), "--db", str(other), "--parquet", str(snaps))
+    assert refused.returncode == 2 and "holds the snapshots of another manifest" in refused.stderr, refused.stderr
+    assert (snaps / "versions.parquet").read_bytes() == listed
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet",
+               str(snaps)).returncode == 0
+
+
+def test_a_snapshot_folder_inside_a_folder_of_snapshots_is_refused(site, tmp_path):
+    """`--parquet snaps/version=v1` (a path copied from `ls`) wrote a whole folder of snapshots nested in a version's
+    snapshot, where neither folder's readers look, and said nothing. Refused up front (exit 2), nothing made."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(snaps)).returncode == 0
+    inner = next(snaps.glob("version=*"))
+    before = sorted(p.name for p in inner.iterdir())
+    for nested in (inner, inner / "more"):
+        done = cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--parquet", str(nested))
+        assert done.returncode == 2 and f"lies inside the folder of snapshots {snaps}" in done.stderr, done.stderr
+        assert sorted(p.name for p in inner.iterdir()) == before
+
+
 def test_a_snapshot_folder_of_a_manifest_started_again_under_its_name_says_so(site, tmp_path):
     """A manifest removed and started again at the same path (or another copied over it), with chorus.toml's
     [manifest] parquet kept: refused (exit 2) as it should be, but it was said as "the snapshots of another manifest

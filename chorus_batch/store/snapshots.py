@@ -196,7 +196,9 @@ def _manifest_id(manifest: Manifest) -> str | None:
 
 
 def check_owner(manifest: Manifest, directory: str | Path) -> None:
-    """A UsageError when `directory` holds the snapshots of another manifest than `manifest` (nothing is written)."""
+    """A UsageError when `directory` holds the snapshots of another manifest than `manifest`, or lies inside a
+    folder of snapshots (nothing is written)."""
+    refuse_inside_snapshots(Path(directory))
     try:
         owner = json.loads((Path(directory) / OWNER_FILE).read_text("utf-8"))
         first = owner["first_version"]
@@ -230,13 +232,33 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
                          "the folder if the other manifest's snapshots are no longer wanted")
 
 
-def _claim(manifest: Manifest, directory: Path) -> None:
-    first = _first_version(manifest)
-    if first is not None:
-        import os
+def refuse_inside_snapshots(directory: Path) -> None:
+    # A folder inside another's snapshots (`--parquet snaps/version=v1`, a path copied from `ls`): a run wrote its
+    # snapshots there, nested in a version's snapshot, where neither folder's readers look, and never said so.
+    import os
 
-        write_private(directory / OWNER_FILE, json.dumps({"first_version": first, "manifest_id": _manifest_id(manifest),
-                                                          "manifest": os.path.abspath(manifest.path)}).encode())
+    for above in Path(os.path.abspath(directory)).parents:
+        if (above / "versions.parquet").is_file() and any(p.is_dir() for p in above.glob("version=*")):
+            raise UsageError(f"the Parquet snapshot folder {directory} lies inside the folder of snapshots {above}: "
+                             "snapshots written there would be nested in another folder's, where no reader looks for "
+                             "them; nothing was done", where="--parquet / [manifest] parquet",
+                             fix=f"give the folder of snapshots itself ({above}) if it is this manifest's, or a folder "
+                                 "of its own outside it")
+
+
+def _claim(manifest: Manifest, directory: Path) -> None:
+    """Name the folder's manifest, unless the owner file already does as it would be written."""
+    first = _first_version(manifest)
+    if first is None:
+        return
+    import os
+
+    claim = {"first_version": first, "manifest_id": _manifest_id(manifest), "manifest": os.path.abspath(manifest.path)}
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((directory / OWNER_FILE).read_text("utf-8")) == claim:
+            return
+    private_folder(directory)
+    write_private(directory / OWNER_FILE, json.dumps(claim).encode())
 
 
 def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str | None) -> list[str]:
@@ -244,6 +266,11 @@ def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str |
     missing or incomplete (a run killed after its commit, snapshots switched on after some versions, an older
     release's types); returns the labels written. Refused (check_owner) for a folder of another manifest's."""
     check_owner(manifest, directory)
+    # Named before any snapshot is written, and by every run whose folder does not name it yet: named only after a run
+    # wrote snapshots, a run that failed to name it (a full disk, a kill after its snapshots) left it unnamed for good
+    # (the next runs wrote no snapshot), and another manifest's run took it, overwrote its versions.parquet and then
+    # had the folder refuse its own manifest.
+    _claim(manifest, Path(directory))
     written = []
     versions = manifest.versions()
     for version in versions.iter_rows(named=True):
@@ -255,8 +282,6 @@ def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str |
     # again when it no longer lists the manifest's versions (cut or replaced by hand: every reader question reads it).
     if written or _listed_labels(directory) != versions["label"].to_list():
         _list_versions(manifest, Path(directory))
-    if written:  # (the folder named by its manifest once, after the snapshots: not once per version backfilled)
-        _claim(manifest, Path(directory))
     return written
 
 
