@@ -1960,8 +1960,9 @@ def _close(word: str, choices) -> str | None:
 
 
 # A version as another command asks it: `files` takes --as-of, `changes`, `report`, `review` and `registry` --version
-# (`files --version` was answered "did you mean --person?", the nearest spelling).
-_SAME_QUESTION = {"--version": ("--as-of",), "--as-of": ("--version",)}
+# (`files --version` was answered "did you mean --person?", the nearest spelling; `files --at` "--path?").
+_SAME_QUESTION = {"--version": ("--as-of",), "--as-of": ("--version",), "--at": ("--as-of", "--version"),
+                  "--when": ("--as-of", "--version")}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -208,6 +208,9 @@ def test_a_version_or_path_flag_another_command_takes_is_answered_with_this_ones
     for args, said in ((("files", "--version", "v1"), "unrecognized argument --version; did you mean --as-of?"),
                        (("changes", "--as-of", "v1"), "unrecognized argument --as-of; did you mean --version?"),
                        (("report", "--as-of=v1", "--out", "r.html"), "did you mean --version?"),
+                       # the question in other words: `files --at V` was answered "did you mean --path?"
+                       (("files", "--at", "v1"), "unrecognized argument --at; did you mean --as-of?"),
+                       (("changes", "--at", "v1"), "unrecognized argument --at; did you mean --version?"),
                        (("history", "--path", "OMOP/person.csv"),
                         "unrecognized argument --path; the path is given without it: chorus-batch history PATH")):
         out = cli(*args, cwd=tmp_path)
