@@ -778,6 +778,22 @@ def test_an_optional_readiness_item_left_unticked_is_no_finding(clean):
     assert found(clean) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
 
 
+def test_metadata_markdown_is_read_as_it_renders(clean):
+    """Sites write READINESS.md and SUBMISSION.md in any Markdown: setext headings ("Hospital\n========") were no
+    sections (metadata.submission_sections listed all seven), and items in an HTML comment or a fenced code block
+    (the template's "<!-- - [ ] ... -->", an example) were told as not ticked. Neither shows when the file is read."""
+    sections = ("Hospital name", "Dataset", "Waveform types", "Known issues", "Variables", "Sample intervals",
+                "Linking sessions to visits")
+    setext = "Submission\r\n==========\r\n\r\n" + "".join(f"{s}\r\n{'-' * len(s)}\r\nanswered\r\n\r\n" for s in sections)
+    add("Metadata/SUBMISSION.md", "\ufeff" + setext)(clean)
+    edit("Metadata/READINESS.md", lambda t: t + "<!--\n- [ ] an item left out\n-->\n```\n* [ ] an example\n```\n"
+         "* [X] ticked\n")(clean)
+    assert found(clean) == set()
+    # a heading of the topic's words still counts, a line underlined that is an item does not hide one unticked
+    edit("Metadata/READINESS.md", lambda t: t + "- [ ] e: open\n---\n")(clean)
+    assert found(clean) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
+
+
 def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     """The Imaging SOP's image_registry: "trg_file ... this will be populated centrally, leave blank or null". Such
     rows were errors (registry.missing_file) and every image a warning (registry.unlisted_file)."""
@@ -996,7 +1012,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v4", "dicom.v7", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v2",
+    assert set(todo["kind"]) == {"wfdb_header.v4", "dicom.v7", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v3",
                                  "mapping_csv.v4", "registry_csv.v11", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1161,7 +1177,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md.v2", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
+    ("metadata_md.v3", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
     ("wfdb_header.v4", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
