@@ -1301,6 +1301,27 @@ def test_a_mapping_row_without_units_or_its_time_variable_is_told_which_it_lacks
         "variable (timestamp_id, or start_time and end_time) (e.g. row 3: V): fix those rows"}, messages
 
 
+def test_a_mapping_header_is_told_the_columns_it_lacks(clean):
+    """metadata.mapping_columns listed every column the procedure asks for ("needs signal_id, standardized_label,
+    sampling_rate, units") whatever the header lacked, and a stream-based mapping without end_time was told again row
+    by row (metadata.mapping_values: "without their time variable"); now it names the columns lacking, and one written
+    with spaces ("Sampling Rate") as written."""
+    write(clean, "Metadata/Telemetry_mapping.csv", "Signal_ID,Standardized Label,Sampling Rate,Units,Timestamp ID\n"
+          "II,MDC_ECG_ELEC_POTL_II,125,mV,time\n")
+    write(clean, "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,start_time\n"
+          "II,MDC_EEG_ELEC_POTL_FP1,256,uV,t0\nV,MDC_EEG_ELEC_POTL_FP2,256,uV,t0\n")
+    out = validate(clean).filter(pl.col("rule").str.starts_with("metadata."))
+    told = dict(out.select("srcfile", "message").rows())
+    assert set(out["rule"]) == {"metadata.mapping_columns"}, out
+    assert told["Metadata/Telemetry_mapping.csv"].startswith(
+        "the header (signal_id,standardized label,sampling rate,units,timestamp id) lacks standardized_label (written "
+        "'standardized label': name it standardized_label); sampling_rate (written 'sampling rate': name it "
+        "sampling_rate); timestamp_id (written 'timestamp id': name it timestamp_id): "), told
+    assert told["Metadata/EEG_mapping.csv"].startswith(
+        "the header (signal_id,standardized_label,sampling_rate,units,start_time) lacks end_time (a stream-based "
+        "mapping has start_time and end_time): "), told
+
+
 def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_sides(clean):
     """A mapping's rate is the channel's nominal rate "with as much precision as is known" (249.987 Hz beside a header's
     250 agrees); µV and uV are one unit, mV and MV are not; a segment's signals are told at its multi-segment header;
