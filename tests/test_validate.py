@@ -1322,6 +1322,15 @@ def test_a_mapping_header_is_told_the_columns_it_lacks(clean):
         "mapping has start_time and end_time): "), told
 
 
+def test_a_readiness_md_without_a_checklist_is_told(clean):
+    """Waveform-Data 6.2 asks for "a waveform readiness checklist": a READINESS.md with no checklist item ("TODO", or
+    the items as plain bullets) passed; it is metadata.readiness_unchecked now."""
+    add("Metadata/READINESS.md", "# Readiness\n\n- OMOP tables: done\n- Waveforms: done\n")(clean)
+    out = validate(clean)
+    assert set(zip(out["rule"], out["srcfile"])) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
+    assert "no checklist item" in out["message"].item()
+
+
 def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_sides(clean):
     """A mapping's rate is the channel's nominal rate "with as much precision as is known" (249.987 Hz beside a header's
     250 agrees); µV and uV are one unit, mV and MV are not; a segment's signals are told at its multi-segment header;

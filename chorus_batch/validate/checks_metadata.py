@@ -118,12 +118,18 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
             # a signal_id quoted over two lines would break the report's one line per finding
             pl.col("examples").list.join("; ").str.replace_all(r"[\r\n]+", " "))))
 
-    readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
+    # Waveform-Data 6.2: "Fill out a waveform readiness checklist": a READINESS.md without a checklist item ("TODO",
+    # the items written as plain bullets) has none ticked, and was passed
+    readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md")
+                          & ((pl.col("unchecked").list.len() > 0) | (pl.col("checked").fill_null(0) == 0)))
     out.append(_found(
         "metadata.readiness_unchecked", readiness, "srcfile",
-        fmt("{} checklist item{|s} not ticked (e.g. \"{}\"): meet {it|them} and tick {it|them}, or say why in "
+        pl.when(pl.col("unchecked").list.len() == 0).then(pl.lit(
+            "no checklist item (\"- [x] ...\"): fill out the waveform readiness checklist of the procedure's template, "
+            "ticking each item the submission meets"))
+        .otherwise(fmt("{} checklist item{|s} not ticked (e.g. \"{}\"): meet {it|them} and tick {it|them}, or say why in "
                   "SUBMISSION.md", pl.col("unchecked").list.len(), pl.col("unchecked").list.first(),
-                  n=pl.col("unchecked").list.len())))
+                  n=pl.col("unchecked").list.len()))))
     submission = md.filter(pl.col("_ok") & (pl.col("_doc") == "submission.md"))
     headings = pl.col("headings").list.join("\n").str.to_lowercase()
     lacking = pl.concat_list([

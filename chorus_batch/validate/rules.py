@@ -241,7 +241,8 @@ RULES: tuple[Rule, ...] = (
          "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
          "procedure's template answered (Hospital name: ...)."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
-         "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted)."),
+         "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted), or no "
+         "checklist item at all."),
     Rule("metadata.unreadable", "error", "Metadata file unreadable",
          "A Metadata markdown or mapping file is empty or not UTF-8 text."),
     # -- OMOP/
