@@ -778,6 +778,22 @@ def test_an_optional_readiness_item_left_unticked_is_no_finding(clean):
     assert found(clean) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
 
 
+def test_metadata_markdown_is_read_as_it_renders(clean):
+    """Sites write READINESS.md and SUBMISSION.md in any Markdown: setext headings ("Hospital\n========") were no
+    sections (metadata.submission_sections listed all seven), and items in an HTML comment or a fenced code block
+    (the template's "<!-- - [ ] ... -->", an example) were told as not ticked. Neither shows when the file is read."""
+    sections = ("Hospital name", "Dataset", "Waveform types", "Known issues", "Variables", "Sample intervals",
+                "Linking sessions to visits")
+    setext = "Submission\r\n==========\r\n\r\n" + "".join(f"{s}\r\n{'-' * len(s)}\r\nanswered\r\n\r\n" for s in sections)
+    add("Metadata/SUBMISSION.md", "\ufeff" + setext)(clean)
+    edit("Metadata/READINESS.md", lambda t: t + "<!--\n- [ ] an item left out\n-->\n```\n* [ ] an example\n```\n"
+         "* [X] ticked\n")(clean)
+    assert found(clean) == set()
+    # a heading of the topic's words still counts, a line underlined that is an item does not hide one unticked
+    edit("Metadata/READINESS.md", lambda t: t + "- [ ] e: open\n---\n")(clean)
+    assert found(clean) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
+
+
 def test_an_image_registry_may_leave_trg_file_to_the_centre(clean):
     """The Imaging SOP's image_registry: "trg_file ... this will be populated centrally, leave blank or null". Such
     rows were errors (registry.missing_file) and every image a warning (registry.unlisted_file)."""
@@ -996,7 +1012,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v2",
+    assert set(todo["kind"]) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v3",
                                  "mapping_csv.v4", "registry_csv.v11", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1161,7 +1177,7 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md.v2", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
+    ("metadata_md.v3", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
     ("wfdb_header.v5", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
@@ -1283,6 +1299,36 @@ def test_a_mapping_row_without_units_or_its_time_variable_is_told_which_it_lacks
         "end_time) (e.g. row 4: PLETH; row 5: ABP): fix those rows",
         "Metadata/EEG_mapping.csv": "rows the Waveform File Format procedure would not accept: 1 without their time "
         "variable (timestamp_id, or start_time and end_time) (e.g. row 3: V): fix those rows"}, messages
+
+
+def test_a_mapping_header_is_told_the_columns_it_lacks(clean):
+    """metadata.mapping_columns listed every column the procedure asks for ("needs signal_id, standardized_label,
+    sampling_rate, units") whatever the header lacked, and a stream-based mapping without end_time was told again row
+    by row (metadata.mapping_values: "without their time variable"); now it names the columns lacking, and one written
+    with spaces ("Sampling Rate") as written."""
+    write(clean, "Metadata/Telemetry_mapping.csv", "Signal_ID,Standardized Label,Sampling Rate,Units,Timestamp ID\n"
+          "II,MDC_ECG_ELEC_POTL_II,125,mV,time\n")
+    write(clean, "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,start_time\n"
+          "II,MDC_EEG_ELEC_POTL_FP1,256,uV,t0\nV,MDC_EEG_ELEC_POTL_FP2,256,uV,t0\n")
+    out = validate(clean).filter(pl.col("rule").str.starts_with("metadata."))
+    told = dict(out.select("srcfile", "message").rows())
+    assert set(out["rule"]) == {"metadata.mapping_columns"}, out
+    assert told["Metadata/Telemetry_mapping.csv"].startswith(
+        "the header (signal_id,standardized label,sampling rate,units,timestamp id) lacks standardized_label (written "
+        "'standardized label': name it standardized_label); sampling_rate (written 'sampling rate': name it "
+        "sampling_rate); timestamp_id (written 'timestamp id': name it timestamp_id): "), told
+    assert told["Metadata/EEG_mapping.csv"].startswith(
+        "the header (signal_id,standardized_label,sampling_rate,units,start_time) lacks end_time (a stream-based "
+        "mapping has start_time and end_time): "), told
+
+
+def test_a_readiness_md_without_a_checklist_is_told(clean):
+    """Waveform-Data 6.2 asks for "a waveform readiness checklist": a READINESS.md with no checklist item ("TODO", or
+    the items as plain bullets) passed; it is metadata.readiness_unchecked now."""
+    add("Metadata/READINESS.md", "# Readiness\n\n- OMOP tables: done\n- Waveforms: done\n")(clean)
+    out = validate(clean)
+    assert set(zip(out["rule"], out["srcfile"])) == {("metadata.readiness_unchecked", "Metadata/READINESS.md")}
+    assert "no checklist item" in out["message"].item()
 
 
 def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_sides(clean):

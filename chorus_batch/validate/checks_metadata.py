@@ -66,6 +66,24 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
     has = [pl.col("columns").list.contains(c) for c in MAPPING_COLUMNS]
     timed = pl.any_horizontal([pl.all_horizontal([pl.col("columns").list.contains(c) for c in group])
                                for group in MAPPING_TIME_COLUMNS])
+    # The columns the header lacks, each by name: "needs signal_id, standardized_label, sampling_rate, units" left the
+    # site to find the one it lacks; one written with spaces or hyphens ("Sampling Rate") is named as written
+    spelt = pl.col("columns").list.eval(pl.element().str.replace_all(r"[\s\-]+", "_"))
+
+    def lacking(column: str) -> pl.Expr:
+        written = pl.col("columns").list.eval(
+            pl.element().filter(pl.element().str.replace_all(r"[\s\-]+", "_") == column)).list.first()
+        return pl.when(~pl.col("columns").list.contains(column)).then(pl.when(spelt.list.contains(column)).then(
+            fmt(f"{column} (written '{{}}': name it {column})", written)).otherwise(pl.lit(column)))
+
+    stream = [c for group in MAPPING_TIME_COLUMNS if len(group) > 1 for c in group]
+    time_lacking = pl.when(timed).then(None).when(pl.any_horizontal([pl.col("columns").list.contains(c) for c in stream])).then(
+        # half of the stream-based pair: the other half is what it lacks
+        pl.concat_list([lacking(c) for c in stream]).list.drop_nulls().list.join(", ")
+        + pl.lit(" (a stream-based mapping has start_time and end_time)")
+    ).when(spelt.list.contains("timestamp_id")).then(lacking("timestamp_id")).otherwise(
+        pl.lit("timestamp_id (pair-based), or start_time and end_time (stream-based)"))
+    missing = pl.concat_list([lacking(c) for c in MAPPING_COLUMNS] + [time_lacking]).list.drop_nulls().list.join("; ")
     out.append(_found(
         "metadata.mapping_columns",
         parsed.filter((pl.col("delimiter") != ",") | ~pl.all_horizontal(has) | ~timed),
@@ -75,10 +93,11 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
             "the header row is split by {}, not commas: write the mapping comma-delimited, one row per signal",
             pl.col("delimiter").replace_strict({"\t": "tabs", ";": "semicolons", "|": "pipes"},
                                                default=pl.col("delimiter"), return_dtype=pl.String)))
-        .otherwise(fmt("the header ({}) needs {}{}: one row per signal, comma-delimited",
-                       pl.col("columns").list.join(","), pl.lit(", ".join(MAPPING_COLUMNS)),
-                       pl.when(timed).then(pl.lit("")).otherwise(
-                           pl.lit(" and timestamp_id (or start_time and end_time)"))))))
+        .otherwise(fmt("the header ({}) lacks {}: the Waveform File Format procedure asks for the columns {} and "
+                       "timestamp_id (or start_time and end_time), one row per signal, comma-delimited",
+                       pl.col("columns").list.join(","), missing, pl.lit(", ".join(MAPPING_COLUMNS))))))
+    # rows without a time variable in a header without its columns: told above, by the column, not row by row
+    parsed = parsed.with_columns(no_time=pl.when(timed).then(pl.col("no_time")).otherwise(0))
     counts = ("no_id", "bad_rate", "bad_label", "no_units", "no_time")
     values = parsed.filter(pl.col("rows").is_not_null()
                            & (pl.sum_horizontal([pl.col(c).fill_null(0) for c in counts]) > 0))
@@ -99,12 +118,18 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
             # a signal_id quoted over two lines would break the report's one line per finding
             pl.col("examples").list.join("; ").str.replace_all(r"[\r\n]+", " "))))
 
-    readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md") & (pl.col("unchecked").list.len() > 0))
+    # Waveform-Data 6.2: "Fill out a waveform readiness checklist": a READINESS.md without a checklist item ("TODO",
+    # the items written as plain bullets) has none ticked, and was passed
+    readiness = md.filter(pl.col("_ok") & (pl.col("_doc") == "readiness.md")
+                          & ((pl.col("unchecked").list.len() > 0) | (pl.col("checked").fill_null(0) == 0)))
     out.append(_found(
         "metadata.readiness_unchecked", readiness, "srcfile",
-        fmt("{} checklist item{|s} not ticked (e.g. \"{}\"): meet {it|them} and tick {it|them}, or say why in "
+        pl.when(pl.col("unchecked").list.len() == 0).then(pl.lit(
+            "no checklist item (\"- [x] ...\"): fill out the waveform readiness checklist of the procedure's template, "
+            "ticking each item the submission meets"))
+        .otherwise(fmt("{} checklist item{|s} not ticked (e.g. \"{}\"): meet {it|them} and tick {it|them}, or say why in "
                   "SUBMISSION.md", pl.col("unchecked").list.len(), pl.col("unchecked").list.first(),
-                  n=pl.col("unchecked").list.len())))
+                  n=pl.col("unchecked").list.len()))))
     submission = md.filter(pl.col("_ok") & (pl.col("_doc") == "submission.md"))
     headings = pl.col("headings").list.join("\n").str.to_lowercase()
     lacking = pl.concat_list([

@@ -676,6 +676,9 @@ _CHECKBOX = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+\[([ xX])\]\s*(.*)$")
 
 # A label line of the procedure's SUBMISSION.md template ("Hospital name: ..."), its answer after the colon
 _LABEL = re.compile(r"^\s{0,3}(?:[-*+]\s+)?(?:\*\*)?([A-Za-z][^:|<>]{2,300}?)(?:\*\*)?\s*:(?:\*\*)?\s*(.*)$")
+_SETEXT = re.compile(r"^(?:=+|-+)$")  # (stripped lines: up to three spaces before it are allowed, and trailing)
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_FENCED = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^ {0,3}\1[`~]*[ \t]*$|\Z)", re.DOTALL | re.MULTILINE)
 _PLACEHOLDER = re.compile(r"^(?:<[^>]*>?|_+|\.\.\.|tbd|n/?a)?$", re.IGNORECASE)
 
 
@@ -685,11 +688,17 @@ def _markdown_facts(f) -> dict[str, Any]:
     "(optional)" left unticked is not asked for)."""
     text = _read_text(f, "utf-8-sig")
     headings, unchecked, checked = [], [], 0
-    raw_lines = text.splitlines()
+    # What a reader of the rendered file does not see: HTML comments (a template's "<!-- - [ ] ... -->" is no item
+    # left unticked) and fenced code blocks (an example, not the site's answer)
+    raw_lines = _FENCED.sub("", _COMMENT.sub("", text)).splitlines()
     lines = [line.strip() for line in raw_lines]
     for i, line in enumerate(raw_lines):
         if heading := _HEADING.match(line):
             headings.append(heading.group(1))
+        elif (lines[i] and _SETEXT.match(lines[i + 1] if i + 1 < len(lines) else "") and not _SETEXT.match(lines[i])
+              and not _CHECKBOX.match(line)):
+            # a setext heading, text underlined with = or - ("Hospital name\n-------------")
+            headings.append(lines[i])
         elif box := _CHECKBOX.match(line):
             if box.group(1) == " ":
                 if "(optional)" not in box.group(2).lower():

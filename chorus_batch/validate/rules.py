@@ -240,7 +240,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # registry_csv.v11 also keeps each visit_id's first and last capture time (registry.visit_time)
 # metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections, and does not ask for a READINESS.md
 # item marked (optional)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v2", "mapping_csv.v4", "registry_csv.v11"
+# metadata_md.v3 also reads setext headings ("Hospital\n========") and passes over HTML comments and fenced code blocks
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v3", "mapping_csv.v4", "registry_csv.v11"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -289,7 +290,8 @@ RULES: tuple[Rule, ...] = (
          "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
          "procedure's template answered (Hospital name: ...)."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
-         "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted)."),
+         "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted), or no "
+         "checklist item at all."),
     Rule("metadata.unreadable", "error", "Metadata file unreadable",
          "A Metadata markdown or mapping file is empty or not UTF-8 text."),
     # -- OMOP/
