@@ -942,11 +942,12 @@ def test_garbage_never_raises_and_is_reported(clean):
     write(clean, "OMOP/note.csv", b"")
     write(clean, f"{MULTI}_0002.hea", b"")
     write(clean, f"{P1}/Images/CT/70001/1.2.3/009.dcm", b"")
+    write(clean, "Metadata/READINESS.md", b"")  # (its finding added "write it as UTF-8 text" to "copy it again")
     current = scan_current(clean)
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v5", "dicom.v8", "omop_csv"}
+    assert set(errors) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "metadata_md.v3"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -954,10 +955,10 @@ def test_garbage_never_raises_and_is_reported(clean):
             ("wfdb.bad_header", f"{MULTI}_0002.hea")} <= got
     # An empty file a rule reads was told twice (the reader's error, and file.empty with another remedy): now once,
     # by the rule that reads it, with the likely cause and what to do.
-    empties = ("OMOP/note.csv", f"{MULTI}_0002.hea", f"{P1}/Images/CT/70001/1.2.3/009.dcm")
+    empties = ("OMOP/note.csv", f"{MULTI}_0002.hea", f"{P1}/Images/CT/70001/1.2.3/009.dcm", "Metadata/READINESS.md")
     told = out.filter(pl.col("srcfile").is_in(empties))
     assert sorted(told["srcfile"]) == sorted(empties) and "file.empty" not in told["rule"]
-    assert all("empty (0 bytes), likely an interrupted copy: copy it again" in m for m in told["message"])
+    assert all(m.endswith("empty (0 bytes), likely an interrupted copy: copy it again") for m in told["message"]), told
 
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):

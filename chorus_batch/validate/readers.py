@@ -1096,9 +1096,10 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 
 
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
-# copy is copied again, not "written as UTF-8 text"). (`the table`: the wording facts cached before 2026-12-04 hold.)
+# copy is copied again, not "written as UTF-8 text"; "copy it again": site.EMPTY_READ, an empty file's). (`the table`: the
+# wording facts cached before 2026-12-04 hold.)
 OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
-              r"again|copy the file again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
+              r"again|copy the file again|copy it again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
 
 
 def _arrow_failure(exc: Exception, gate: _Gate, block: int, names: list[str]) -> str:
