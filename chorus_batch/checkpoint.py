@@ -107,10 +107,7 @@ class Checkpoint:
                         "it holds are not trusted; this run keeps no checkpoint (a kill means hashing again). "
                         "Remove it, or ask that user to, so that the next runs checkpoint again")
             return None
-        try:
-            found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            found = None
+        found = _meta(folder)
         if found is not None and found != identity or found is None and folder.exists():
             if found is not None:
                 log.info(f"removing the hash checkpoint {folder}: " + _why_stale(found, identity))
@@ -221,10 +218,7 @@ def _adopt_renamed(folder: Path, manifest_id: str) -> None:
         if old.is_symlink() or not old.is_dir() or manifest.exists() or Path(f"{manifest}-wal").exists() \
                 or other_owner(old) is not None:
             continue
-        try:
-            if json.loads((old / "meta.json").read_text(encoding="utf-8")).get("manifest_id") != manifest_id:
-                continue
-        except (OSError, ValueError, AttributeError):
+        if (_meta(old) or {}).get("manifest_id") != manifest_id:
             continue
         if folder.exists() or folder.is_symlink():
             log.info(f"removing {old}: the hash checkpoint of this manifest under its former name {manifest.name}")
@@ -236,6 +230,16 @@ def _adopt_renamed(folder: Path, manifest_id: str) -> None:
                      f"{folder}")
         except OSError:
             remove(old)
+
+
+def _meta(folder: Path) -> dict | None:
+    """A checkpoint folder's meta.json; None when it is missing or damaged (not JSON, or JSON but not an object:
+    anything but a dict would fail where its fields are read)."""
+    try:
+        found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _size(paths: list[Path]) -> int:

@@ -261,13 +261,17 @@ def test_a_file_where_the_checkpoint_folder_belongs_is_replaced_by_one(site, db)
     assert folder_of(db).is_dir()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", "missing", "[1]", '"text"', "null"])
 def test_a_checkpoint_whose_meta_is_damaged_is_said_to_be_ignored(site, db, damage):
-    """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything."""
+    """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything.
+    JSON that is not an object (a list, a string) is as damaged as a truncated one, not an internal error."""
     make_site(site, 10)
     interrupted_scan(site, db)
     meta = folder_of(db) / "meta.json"
-    meta.write_text('{"format": "2", "manif') if damage == "truncated" else meta.unlink()
+    if damage == "missing":
+        meta.unlink()
+    else:
+        meta.write_text('{"format": "2", "manif' if damage == "truncated" else damage)
     out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
     assert out.returncode == 0, out.stderr
     assert f"ignoring the hash checkpoint {folder_of(db)}: its meta.json" in out.stderr
