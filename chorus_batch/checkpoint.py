@@ -19,7 +19,7 @@ before the racy window of the checkpointing run's scan start: a write in the sam
 could have gone unseen (as hashing.plan reasons for the previous version's rows). The facts of those trusted
 rows go to the next run's facts (by content): its validation reads no header the killed run parsed. The run removes the
 folder after its commit (or a run that found nothing to commit). Dry runs read a checkpoint but never
-write or remove one; shards and merges neither read nor write it.
+write or remove one; shards and merges neither read nor write it, but a merge's commit removes it too (discard).
 """
 
 from __future__ import annotations
@@ -253,6 +253,17 @@ def _size(paths: list[Path]) -> int:
 def _read(path: Path) -> pl.DataFrame:
     """A segment read whole (never memory-mapped: a merge removes it right after)."""
     return pl.read_ipc(io.BytesIO(path.read_bytes()))
+
+
+def discard(db: str | os.PathLike[str], why: str) -> None:
+    """Remove the checkpoint beside the manifest `db` for a commit that did not hash through it (a merge of
+    shards, which neither read nor write it): its hashes are in the manifest now, or stale. One of another user
+    is left alone (open names it)."""
+    folder = folder_of(db)
+    if not (folder.exists() or folder.is_symlink()) or other_owner(folder) is not None:
+        return
+    log.info(f"removing the hash checkpoint {folder}, which an interrupted run left: {why}")
+    remove(folder)
 
 
 def remove(folder: Path) -> None:

@@ -630,6 +630,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     del previous
     if checkpoint is not None:
         checkpoint.remove()  # committed (or nothing to commit): its hashes are in the manifest now
+    elif settings.merge is not None and not settings.dry_run:
+        from .checkpoint import discard
+
+        # A killed plain run's checkpoint (person ids, MD5s) would outlive this commit, for good on a site only
+        # ever run as shards
+        discard(manifest.path, "this merge recorded the site's hashes from its shards")
     t = mark("commit", t)
     label = committed.label
     # What the result needs of the scan; the rest of it (its files) is let go before validation, which reads

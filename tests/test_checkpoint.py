@@ -373,3 +373,24 @@ def test_the_command_line_without_a_checkpoint_leaves_nothing_beside_the_manifes
     out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
     assert out.returncode == 0, out.stderr
     assert not folder_of(db).exists()
+
+
+def test_a_merge_that_commits_removes_the_checkpoint_an_interrupted_run_left(site, db, tmp_path):
+    """The shards' merge commits the whole site's hashes: the checkpoint a killed plain run left (person ids and
+    MD5s) goes with that commit, as with a plain run's; a dry-run merge leaves it. (It was kept until some later
+    plain run, for good on a site only ever run as Slurm shards.)"""
+    make_site(site, 10)
+    interrupted_scan(site, db)
+    staging = tmp_path / "staging"
+    for k in range(2):
+        out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging",
+                  str(staging))
+        assert out.returncode == 0, out.stderr
+    out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 0, out.stderr
+    assert folder_of(db).is_dir()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 0, out.stderr
+    assert not folder_of(db).exists()
+    assert f"removing the hash checkpoint {folder_of(db)}" in out.stderr
+    assert [r[0] for r in rows(db)] == sorted(str(p.relative_to(site)) for p in site.rglob("*.dat"))
