@@ -255,6 +255,16 @@ def _read(path: Path) -> pl.DataFrame:
     return pl.read_ipc(io.BytesIO(path.read_bytes()))
 
 
+def resumable(db: str | os.PathLike[str], manifest_id: str | None, generation: str | None) -> Path | None:
+    """The checkpoint folder beside `db` when it holds hashes the next run of this manifest state reuses (what a
+    run stopped before its commit says), else None."""
+    folder = folder_of(db)
+    identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
+    if manifest_id is None or _meta(folder) != identity or other_owner(folder) is not None:
+        return None
+    return folder if Checkpoint(folder, identity, writable=False)._segments() else None
+
+
 def discard(db: str | os.PathLike[str], why: str) -> None:
     """Remove the checkpoint beside the manifest `db` for a commit that did not hash through it (a merge of
     shards, which neither read nor write it): its hashes are in the manifest now, or stale. One of another user

@@ -130,11 +130,15 @@ def test_a_run_stopped_by_a_signal_checkpoints_what_it_hashed_since_the_last_flu
         assert any("test pause at hashed-chunk" in line for line in iter(proc.stderr.readline, "")), \
             "the run never hashed a chunk"
         proc.send_signal(signum)  # a chunk hashed, none flushed yet (no flush for an hour)
-        assert proc.wait(timeout=60) == 128 + signum, proc.stderr.read()
+        said = proc.stderr.read()
+        assert proc.wait(timeout=60) == 128 + signum, said
     finally:
         proc.kill()
         proc.wait()
 
+    # what the rerun does, said (it said "nothing was committed" only, as if all were lost)
+    assert f"nothing was committed: no version was written, and the manifest holds none yet; the files it hashed are " \
+           f"checkpointed in {folder_of(db)}: run the same command again, and they are not read again" in said
     assert query(db, "SELECT count(*) FROM versions") == [(0,)]
     done = checkpointed(db)
     assert 0 < done.height < n
