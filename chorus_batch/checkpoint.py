@@ -19,7 +19,7 @@ before the racy window of the checkpointing run's scan start: a write in the sam
 could have gone unseen (as hashing.plan reasons for the previous version's rows). The facts of those trusted
 rows go to the next run's facts (by content): its validation reads no header the killed run parsed. The run removes the
 folder after its commit (or a run that found nothing to commit). Dry runs read a checkpoint but never
-write or remove one; shards and merges neither read nor write it.
+write or remove one; shards and merges neither read nor write it, but a merge's commit removes it too (discard).
 """
 
 from __future__ import annotations
@@ -107,10 +107,7 @@ class Checkpoint:
                         "it holds are not trusted; this run keeps no checkpoint (a kill means hashing again). "
                         "Remove it, or ask that user to, so that the next runs checkpoint again")
             return None
-        try:
-            found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            found = None
+        found = _meta(folder)
         if found is not None and found != identity or found is None and folder.exists():
             if found is not None:
                 log.info(f"removing the hash checkpoint {folder}: " + _why_stale(found, identity))
@@ -221,10 +218,7 @@ def _adopt_renamed(folder: Path, manifest_id: str) -> None:
         if old.is_symlink() or not old.is_dir() or manifest.exists() or Path(f"{manifest}-wal").exists() \
                 or other_owner(old) is not None:
             continue
-        try:
-            if json.loads((old / "meta.json").read_text(encoding="utf-8")).get("manifest_id") != manifest_id:
-                continue
-        except (OSError, ValueError, AttributeError):
+        if (_meta(old) or {}).get("manifest_id") != manifest_id:
             continue
         if folder.exists() or folder.is_symlink():
             log.info(f"removing {old}: the hash checkpoint of this manifest under its former name {manifest.name}")
@@ -238,6 +232,16 @@ def _adopt_renamed(folder: Path, manifest_id: str) -> None:
             remove(old)
 
 
+def _meta(folder: Path) -> dict | None:
+    """A checkpoint folder's meta.json; None when it is missing or damaged (not JSON, or JSON but not an object:
+    anything but a dict would fail where its fields are read)."""
+    try:
+        found = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def _size(paths: list[Path]) -> int:
     total = 0
     for path in paths:
@@ -249,6 +253,27 @@ def _size(paths: list[Path]) -> int:
 def _read(path: Path) -> pl.DataFrame:
     """A segment read whole (never memory-mapped: a merge removes it right after)."""
     return pl.read_ipc(io.BytesIO(path.read_bytes()))
+
+
+def resumable(db: str | os.PathLike[str], manifest_id: str | None, generation: str | None) -> Path | None:
+    """The checkpoint folder beside `db` when it holds hashes the next run of this manifest state reuses (what a
+    run stopped before its commit says), else None."""
+    folder = folder_of(db)
+    identity = {"format": str(FORMAT), "manifest_id": str(manifest_id), "state_generation": str(generation)}
+    if manifest_id is None or _meta(folder) != identity or other_owner(folder) is not None:
+        return None
+    return folder if Checkpoint(folder, identity, writable=False)._segments() else None
+
+
+def discard(db: str | os.PathLike[str], why: str) -> None:
+    """Remove the checkpoint beside the manifest `db` for a commit that did not hash through it (a merge of
+    shards, which neither read nor write it): its hashes are in the manifest now, or stale. One of another user
+    is left alone (open names it)."""
+    folder = folder_of(db)
+    if not (folder.exists() or folder.is_symlink()) or other_owner(folder) is not None:
+        return
+    log.info(f"removing the hash checkpoint {folder}, which an interrupted run left: {why}")
+    remove(folder)
 
 
 def remove(folder: Path) -> None:

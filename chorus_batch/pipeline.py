@@ -255,9 +255,23 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
         if said and (isinstance(exc, (KeyboardInterrupt, Stopped)) or not isinstance(exc, ChorusError)
                      or exc.exit_code == ExitCode.FAILED):
             with contextlib.suppress(AttributeError, TypeError):  # (an exception type that takes no attributes)
-                exc.outcome = kept  # type: ignore[union-attr]
+                exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise
     return result
+
+
+def _resumes(settings: RunSettings, manifest: Manifest) -> str:
+    """What a run stopped before its commit adds to "nothing was committed" when it checkpointed hashes: that the
+    next run reuses them (else the user could not tell a rerun from starting over)."""
+    if settings.dry_run or settings.merge is not None or settings.shard is not None:  # (they keep none)
+        return ""
+    from .checkpoint import resumable
+
+    with contextlib.suppress(Exception):  # (only words: never in the way of the run's own error)
+        if (folder := resumable(manifest.path, *manifest.state_identity())) is not None:
+            return (f"; the files it hashed are checkpointed in {folder}: run the same command again, and they are not "
+                    "read again")
+    return ""
 
 
 def nothing_committed(latest: str | None) -> str:
@@ -655,6 +669,12 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
     del previous
     if checkpoint is not None:
         checkpoint.remove()  # committed (or nothing to commit): its hashes are in the manifest now
+    elif settings.merge is not None and not settings.dry_run:
+        from .checkpoint import discard
+
+        # A killed plain run's checkpoint (person ids, MD5s) would outlive this commit, for good on a site only
+        # ever run as shards
+        discard(manifest.path, "this merge recorded the site's hashes from its shards")
     t = mark("commit", t)
     label = committed.label
     # What the result needs of the scan; the rest of it (its files) is let go before validation, which reads

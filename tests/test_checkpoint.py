@@ -130,11 +130,15 @@ def test_a_run_stopped_by_a_signal_checkpoints_what_it_hashed_since_the_last_flu
         assert any("test pause at hashed-chunk" in line for line in iter(proc.stderr.readline, "")), \
             "the run never hashed a chunk"
         proc.send_signal(signum)  # a chunk hashed, none flushed yet (no flush for an hour)
-        assert proc.wait(timeout=60) == 128 + signum, proc.stderr.read()
+        said = proc.stderr.read()
+        assert proc.wait(timeout=60) == 128 + signum, said
     finally:
         proc.kill()
         proc.wait()
 
+    # what the rerun does, said (it said "nothing was committed" only, as if all were lost)
+    assert f"nothing was committed: no version was written, and the manifest holds none yet; the files it hashed are " \
+           f"checkpointed in {folder_of(db)}: run the same command again, and they are not read again" in said
     assert query(db, "SELECT count(*) FROM versions") == [(0,)]
     done = checkpointed(db)
     assert 0 < done.height < n
@@ -261,13 +265,17 @@ def test_a_file_where_the_checkpoint_folder_belongs_is_replaced_by_one(site, db)
     assert folder_of(db).is_dir()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing"])
+@pytest.mark.parametrize("damage", ["truncated", "missing", "[1]", '"text"', "null"])
 def test_a_checkpoint_whose_meta_is_damaged_is_said_to_be_ignored(site, db, damage):
-    """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything."""
+    """Its hashes are dropped (nothing ties them to this manifest): the run says so, not only hashes everything.
+    JSON that is not an object (a list, a string) is as damaged as a truncated one, not an internal error."""
     make_site(site, 10)
     interrupted_scan(site, db)
     meta = folder_of(db) / "meta.json"
-    meta.write_text('{"format": "2", "manif') if damage == "truncated" else meta.unlink()
+    if damage == "missing":
+        meta.unlink()
+    else:
+        meta.write_text('{"format": "2", "manif' if damage == "truncated" else damage)
     out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
     assert out.returncode == 0, out.stderr
     assert f"ignoring the hash checkpoint {folder_of(db)}: its meta.json" in out.stderr
@@ -369,3 +377,24 @@ def test_the_command_line_without_a_checkpoint_leaves_nothing_beside_the_manifes
     out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db))
     assert out.returncode == 0, out.stderr
     assert not folder_of(db).exists()
+
+
+def test_a_merge_that_commits_removes_the_checkpoint_an_interrupted_run_left(site, db, tmp_path):
+    """The shards' merge commits the whole site's hashes: the checkpoint a killed plain run left (person ids and
+    MD5s) goes with that commit, as with a plain run's; a dry-run merge leaves it. (It was kept until some later
+    plain run, for good on a site only ever run as Slurm shards.)"""
+    make_site(site, 10)
+    interrupted_scan(site, db)
+    staging = tmp_path / "staging"
+    for k in range(2):
+        out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--shard", f"{k}/2", "--staging",
+                  str(staging))
+        assert out.returncode == 0, out.stderr
+    out = cli("run", "--no-validate", "--dry-run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 0, out.stderr
+    assert folder_of(db).is_dir()
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 0, out.stderr
+    assert not folder_of(db).exists()
+    assert f"removing the hash checkpoint {folder_of(db)}" in out.stderr
+    assert [r[0] for r in rows(db)] == sorted(str(p.relative_to(site)) for p in site.rglob("*.dat"))
