@@ -191,30 +191,23 @@ def _percent(text: str) -> float:
 INT_MAX = 2**31 - 1  # what sbatch and polars take as a count
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, most: int = INT_MAX) -> int:
+    """A whole number from 1 to `most`."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
-    if value > INT_MAX:  # --limit 10**20 was an internal OverflowError in polars; --shards 10**20 a Slurm array
-        raise argparse.ArgumentTypeError(f"must be at most {INT_MAX:,}")
+    if value > most:  # --limit 10**20 was an internal OverflowError in polars; --shards 10**20 a Slurm array
+        raise argparse.ArgumentTypeError(f"must be at most {most:,}")
     return value
 
 
 def _workers(text: str) -> int:
-    """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash)."""
-    # (--workers 99999999999 was told "must be at most 2,147,483,647", a limit that is not the option's)
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    if value > 256:
-        raise argparse.ArgumentTypeError("must be at most 256")
-    return value
+    """A number of worker processes or threads: 1 to 256 (as `workers` in chorus.toml; more would only thrash).
+    (--workers 99999999999 was told "must be at most 2,147,483,647", a limit that is not the option's.)"""
+    return _positive_int(text, 256)
 
 
 def _parser() -> argparse.ArgumentParser:
