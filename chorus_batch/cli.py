@@ -358,8 +358,8 @@ def _parser() -> argparse.ArgumentParser:
                           f"without --site, else ./{DEMO_DB} as `run --demo` writes it, and it says so)")
     validate.add_argument("--workers", type=_workers, help="processes reading headers (default: the CPUs this process may use, at most 16)")
     validate.add_argument("--force", action="store_true", help="check again even if this version was checked")
-    validate.add_argument("--json", action="store_true", help="print {version, manifest, total, by_severity, by_rule, examples, findings: [...]} as JSON "
-                          "(with --site and no manifest also not_checked: the files its scan could not take)")
+    validate.add_argument("--json", action="store_true", help="print {version, manifest, total, by_severity, by_rule, examples, findings: [...], exit_code} as "
+                          "JSON (with --site and no manifest also not_checked: the files its scan could not take)")
 
     reg = command(
         "registry", help="write the linkage registries (waveforms, images) of a version",
@@ -1227,17 +1227,18 @@ def cmd_validate(args: argparse.Namespace, argv: list[str]) -> int:
     unchecked = not_taken is not None and not_taken.height > 0
     code = int(ExitCode.FINDINGS if has_errors(findings) or unchecked else ExitCode.OK)
     with _kept_exit_code(code):  # (known before printing: `validate --json | head -1` ended 0 with errors found)
-        _print_validation(args, label, where, findings, not_taken)
+        _print_validation(args, label, where, findings, not_taken, code)
     return code
 
 
-def _print_validation(args, label, where, findings, not_taken) -> None:
+def _print_validation(args, label, where, findings, not_taken, code: int) -> None:
     from .report import findings_dict, findings_text
 
     if args.json:
         print(json.dumps({"version": label, "manifest": where if label else None, **(findings_dict(findings) or {}),
                           "findings": findings.to_dicts(),
-                          **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {})}, indent=2))
+                          **({"not_checked": not_taken.to_dicts()} if not_taken is not None else {}),
+                          "exit_code": code}, indent=2))  # (as `run --json` has it: a script reads one object)
     else:
         print(f"version {label} of {where}:" if label else f"{where}:")
         print("\n".join(findings_text(findings, examples=50, more="--json lists them all")))

@@ -101,6 +101,7 @@ def test_no_validate_skips_the_checks_and_validate_does_them_later(clean, db):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["version"] == result.label and report["by_severity"]["error"] == 0
+    assert report["exit_code"] == 0  # (as `run --json` has it: a script reads one object, not the shell's $?)
     assert query(db, "SELECT version FROM validations") == [(result.label,)]
 
 
@@ -513,6 +514,7 @@ def test_validate_a_folder_names_the_files_its_scan_could_not_take(clean, tmp_pa
     assert "linked: symbolic link not followed" in text.stdout
     report = json.loads(cli("validate", "--site", str(clean), "--json", cwd=tmp_path).stdout)
     assert [(f["srcfile"], f["kind"]) for f in report["not_checked"]] == [("linked", "symlink")]
+    assert report["exit_code"] == 1
     # the keys `validate --help` names for --json are the ones printed (it named a `counts` there was none of)
     import re
 
