@@ -135,9 +135,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                               n=pl.col("_p").list.len())))
     if site.visit_persons is not None:
         # Multimodal-Linkage: visit_id is the visit "for the given patient" (the row's person_id)
-        given = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
-                 .select("srcfile", _visit=_norm_id(pl.col("visit_persons").list.get(0)),
-                         _person=_norm_id(pl.col("visit_persons").list.get(1))))
+        given = _visit_pairs(usable)
         # a visit_occurrence_id that visit_occurrence.csv repeats for several persons (its key, one row per visit):
         # a row of one of them was told to "fix visit_id", though the table is what is wrong
         # (the visits named only: visit_persons holds every row of the table, millions on a large site)
@@ -198,6 +196,13 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
     return out
 
 
+def _visit_pairs(usable: pl.DataFrame) -> pl.DataFrame:
+    """The (visit_id, person_id) pairs of each registry's rows (srcfile, _visit, _person; norm ids)."""
+    return (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
+            .select("srcfile", _visit=_norm_id(pl.col("visit_persons").list.get(0)),
+                    _person=_norm_id(pl.col("visit_persons").list.get(1))))
+
+
 def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     """registry.visit_time: Multimodal-Linkage's visit_id is the person's visit "that overlaps with the timestamp of the
     file capture" (and is left empty where none does): the visits whose start and end in visit_occurrence.csv do not
@@ -207,9 +212,7 @@ def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
                      _first_as=pl.col("visit_times").list.get(1), _last_as=pl.col("visit_times").list.get(2)))
     if site.visit_persons is not None and given.height:
         # a visit of another person is registry.visit_person's (the fix is another visit, not another time)
-        pairs = (usable.select("srcfile", "visit_persons").explode("visit_persons").drop_nulls("visit_persons")
-                 .select("srcfile", _visit=_norm_id(pl.col("visit_persons").list.get(0)),
-                         _visit_person=_norm_id(pl.col("visit_persons").list.get(1))))
+        pairs = _visit_pairs(usable).rename({"_person": "_visit_person"})
         owned = site.visit_persons.join(pairs.select("_visit").unique(), on="_visit", how="semi").unique()
         others = pairs.join(owned, on=["_visit", "_visit_person"], how="anti").select("srcfile", "_visit")
         given = given.join(others, on=["srcfile", "_visit"], how="anti")
