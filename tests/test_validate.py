@@ -398,6 +398,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
                                              accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
                                              SeriesDescription=None)),
      {("dicom.series_metadata", f"{SERIES1}/")}),
+    # and the attributes it recommends keeping, the same way (info)
+    ("recommended", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
+                                         accession=ACCESSION, SeriesInstanceUID=sitegen.series_uid(P0, DAY0, 1),
+                                         PixelSpacing=None)),
+     {("dicom.recommended", f"{SERIES1}/")}),
     ("identifying_tag", add(DCM, dicom_bytes(person_id=P0, series=1, instance=0, study_date=DAY0, study_time="081500",
                                              accession=ACCESSION, PatientName="Doe^Jane", PatientBirthDate="19600101")),
      {("dicom.identifying_tag", DCM)}),
