@@ -425,13 +425,14 @@ def _dicom_facts(f) -> dict[str, Any]:
 def _lacking(elements: dict[int, Any], modality: str | None, has_pixels: bool) -> list[str]:
     """The Imaging SOP's attributes recommended to keep (RECOMMENDED_DICOM_TAGS) that a header of this modality (with
     pixel data or not) carries and this one does not, or holds empty; only which are kept, never their values."""
-    modality = (modality or "").strip().upper()
-    sop_class = _dicom_text(elements.get(SOP_CLASS_UID))
-    # an enhanced multi-frame image keeps its plane and acquisition attributes in its functional group sequences
-    every_image_only = sop_class in ENHANCED_SOP_CLASSES
-    return [key for tag, (key, modalities) in _KEPT_TAGS.items()
-            if (has_pixels if modalities is None else not every_image_only and modality in modalities)
-            and not _filled(elements.get(tag))]
+    asked = _KEPT_BY_IMAGE if has_pixels else ()
+    if modality is not None and (of_modality := _KEPT_BY_MODALITY.get(modality.strip().upper())) \
+            and _dicom_text(elements.get(SOP_CLASS_UID)) not in ENHANCED_SOP_CLASSES:
+        # (an enhanced multi-frame image keeps its plane and acquisition attributes in its functional group sequences)
+        asked = (*asked, *of_modality)
+    # (a raw value of bytes, as the struct walk gives nearly every file's, is told inline: 7 us a header as calls)
+    return [key for tag, key in asked
+            if (element := elements.get(tag)) is None or (not element if type(element) is bytes else not _filled(element))]
 
 
 def _filled(element: Any) -> bool:
@@ -642,9 +643,13 @@ def _walk_plain(head: bytes, *, complete: bool, pixels_at: list[tuple[int, int]]
     return elements
 
 
-# read beside _DICOM_TAGS, of which only which are absent is kept (lacking)
-_KEPT_TAGS = {tag: (key, modalities) for key, (_, tag, modalities) in RECOMMENDED_DICOM_TAGS.items()}
-_DICOM_TAG_LIST = sorted({*_DICOM_TAGS.values(), *_KEPT_TAGS, SOP_CLASS_UID})
+# read beside _DICOM_TAGS, of which only which are absent is kept (lacking): those of every image with pixel data, and
+# those of each modality, as (tag, key)
+_KEPT_BY_IMAGE = tuple((tag, key) for key, (_, tag, modalities) in RECOMMENDED_DICOM_TAGS.items() if modalities is None)
+_KEPT_BY_MODALITY = {modality: tuple((tag, key) for key, (_, tag, modalities) in RECOMMENDED_DICOM_TAGS.items()
+                                     if modalities is not None and modality in modalities)
+                     for _, _, modalities in RECOMMENDED_DICOM_TAGS.values() for modality in modalities or ()}
+_DICOM_TAG_LIST = sorted({*_DICOM_TAGS.values(), *(tag for _, tag, _ in RECOMMENDED_DICOM_TAGS.values()), SOP_CLASS_UID})
 _DICOM_TAG_SET = frozenset(_DICOM_TAG_LIST)
 
 
