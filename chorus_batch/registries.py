@@ -32,7 +32,7 @@ import polars as pl
 
 from .classify import COMPRESSED_NAME, RECORDS_NAME, registry_listed
 from .errors import UsageError
-from .frames import STAMP as _DT, fmt, visit_moment
+from .frames import STAMP, fmt, visit_moment
 from .fsutil import (complete_interrupted_sets, missing_folders, private_folder, remove_empty_folders,
                      write_private_together)
 from .progress import Progress, log
@@ -235,13 +235,9 @@ def _visits(files: pl.DataFrame, sources: Mapping[int | None, Source]) -> tuple[
     frame = _read_omop(files, "visit_occurrence", cols, sources)
     if frame is None:
         frame = pl.DataFrame(schema={c: pl.String for c in cols})
-
-    def moment(dt: str, day: str, end: bool) -> pl.Expr:
-        return visit_moment(pl.col(dt), pl.col(day), end=end)
-
     read = frame.select(_person=_norm(pl.col("person_id")), visit_id=_norm(pl.col("visit_occurrence_id")),
-                        _start=moment("visit_start_datetime", "visit_start_date", False),
-                        _end=moment("visit_end_datetime", "visit_end_date", True),
+                        _start=visit_moment(pl.col("visit_start_datetime"), pl.col("visit_start_date"), end=False),
+                        _end=visit_moment(pl.col("visit_end_datetime"), pl.col("visit_end_date"), end=True),
                         _start_as=pl.coalesce(pl.col("visit_start_datetime").replace("", None), "visit_start_date"),
                         _end_as=pl.coalesce(pl.col("visit_end_datetime").replace("", None), "visit_end_date"))
     unread = read.filter(pl.col("_person").is_not_null() & (pl.col("_start").is_null() | pl.col("_end").is_null()))
@@ -365,7 +361,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         .sort(["record_id", "_main", "_when"], descending=[False, True, False])
         .unique("record_id", keep="first").select("record_id", pl.col("_when").alias("_record_when"))
     )
-    path_time = pl.concat_str("start_date", pl.lit(" "), "start_time").str.strptime(pl.Datetime, _DT, strict=False)
+    path_time = pl.concat_str("start_date", pl.lit(" "), "start_time").str.strptime(pl.Datetime, STAMP, strict=False)
     rows = (
         linked.join(image_times, on="srcfile", how="left").join(record_times, on="record_id", how="left")
         .with_columns(_when=pl.coalesce("_when", "_record_when", path_time))
@@ -417,7 +413,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         .join(locations, on="root_id", how="left")
         .with_columns(
             group_id=pl.col("session_id"),
-            datetime=pl.col("_when").dt.strftime(_DT),
+            datetime=pl.col("_when").dt.strftime(STAMP),
             src_file=pl.when(pl.col("location").is_not_null()).then(pl.col("location") + "/" + pl.col("srcfile"))
             .otherwise(pl.col("srcfile")),
             trg_file=pl.col("srcfile"),
@@ -483,7 +479,7 @@ def build_registries(manifest: Manifest, sources: Mapping[int | None, Source], *
         .select(
             procedure_occurrence_id="proc_id", person_id="person_id",
             procedure_concept_id=pl.when(pl.col("modality") == "Images").then(IMAGING_PROCEDURE).otherwise(MONITORING_PROCEDURE),
-            procedure_date=pl.col("_when").dt.strftime("%Y-%m-%d"), procedure_datetime=pl.col("_when").dt.strftime(_DT),
+            procedure_date=pl.col("_when").dt.strftime("%Y-%m-%d"), procedure_datetime=pl.col("_when").dt.strftime(STAMP),
             procedure_type_concept_id=pl.lit(STANDARD_ALGORITHM), visit_occurrence_id="visit_id",
             procedure_source_value=fmt("path: {}, group: {}", pl.col("_folder"), pl.col("group_id")))
     )

@@ -430,17 +430,13 @@ def _lacking(elements: dict[int, Any], modality: str | None, has_pixels: bool) -
             and _dicom_text(elements.get(SOP_CLASS_UID)) not in ENHANCED_SOP_CLASSES:
         # (an enhanced multi-frame image keeps its plane and acquisition attributes in its functional group sequences)
         asked = (*asked, *of_modality)
-    # (a raw value of bytes, as the struct walk gives nearly every file's, is told inline: 7 us a header as calls)
+    # (a raw value, bytes as the struct walk gives nearly every header's, is told inline, not by a call each)
     return [key for tag, key in asked
             if (element := elements.get(tag)) is None or (not element if type(element) is bytes else not _filled(element))]
 
 
 def _filled(element: Any) -> bool:
-    """Whether an element is there with a value (a binary value of zeros, PixelRepresentation 0, is one)."""
-    if element is None:
-        return False
-    if type(element) is bytes:  # dicom_walk's raw value
-        return len(element) > 0
+    """Whether a pydicom element holds a value (a binary value of zeros, PixelRepresentation 0, is one)."""
     value = element.value
     if isinstance(value, bytes | bytearray):
         return len(value) > 0
