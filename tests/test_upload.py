@@ -745,6 +745,17 @@ def many_files(site: Path, n: int) -> None:
         write(site, f"{i:06d}/Waveforms/Telemetry/S{i}/S{i}.dat", f"signal {i} ".encode() * 40)
 
 
+def put_first_file(central, db: Path, site: Path) -> str:
+    """The first file version 20261101020000 submits, put at the centre as the upload script puts it (its
+    Content-MD5 set); its srcfile."""
+    from azure.storage.blob import ContentSettings
+
+    (srcfile, (_, md5)), *_ = submitted(db, "20261101020000").items()
+    central.client.get_blob_client(f"20261101020000/{srcfile}").upload_blob(
+        (site / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    return srcfile
+
+
 def committed_site(tmp_path: Path, n: int) -> Path:
     """A site of `n` waveform files committed as version 20261101020000; its manifest."""
     many_files(tmp_path / "site", n)
@@ -1345,12 +1356,8 @@ def test_mark_uploaded_refuses_a_log_that_is_not_text(central, tmp_path, content
 
 
 def test_mark_uploaded_says_what_it_did_not_understand_and_what_it_did_not_record(central, tmp_path):
-    from azure.storage.blob import ContentSettings
-
     db = committed_site(tmp_path, 2)
-    (srcfile, (_, md5)), *_ = submitted(db, "20261101020000").items()
-    central.client.get_blob_client(f"20261101020000/{srcfile}").upload_blob(
-        (tmp_path / "site" / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    srcfile = put_first_file(central, db, tmp_path / "site")
     log = tmp_path / "upload.log"
     log.write_text("\n".join(["garbage line", f"uploaded\t20261101020000/{srcfile}", "uploaded\t../../etc/passwd",
                               "uploaded\t20261101020000/../../etc/passwd", "uploaded\t20261101020000//x", "",
@@ -2349,12 +2356,8 @@ def test_mark_uploaded_leaves_what_the_ledger_confirmed_before_as_it_is(central,
 def test_mark_uploaded_of_a_log_cut_short_says_how_many_files_still_wait(central, tmp_path):
     # A script stopped after its first file (or a log cut short): mark-uploaded said "recorded 1 upload" and "upload
     # then finds nothing left to send", nothing of the three files not sent; a nightly job took the version as done.
-    from azure.storage.blob import ContentSettings
-
     db = committed_site(tmp_path, 4)
-    (srcfile, (_, md5)), *_ = submitted(db, "20261101020000").items()
-    central.client.get_blob_client(f"20261101020000/{srcfile}").upload_blob(
-        (tmp_path / "site" / srcfile).read_bytes(), content_settings=ContentSettings(content_md5=bytearray.fromhex(md5)))
+    srcfile = put_first_file(central, db, tmp_path / "site")
     log = tmp_path / "upload.log"
     log.write_text(f"uploaded\t20261101020000/{srcfile}\nuploaded\t20261101020000/Wav")
     mark = ["mark-uploaded", "--db", str(db), "--to", central.url, "--from-log", str(log)]
