@@ -16,6 +16,7 @@ import contextlib
 import csv
 import functools
 import io
+import itertools
 import json
 import re
 import threading
@@ -749,10 +750,16 @@ def _table(f):
         raise BadContent(_arrow_failure(exc, gate, 1 << 20, raw)) from None
     finally:
         gate.close()
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
+    # Column by column, each let go once taken: a registry of a million rows held it as Arrow, as a frame and as the
+    # frame stripped at once (610 MiB of the reader's 773 before its facts were taken)
+    stripped = []
+    for k in range(table.num_columns):
+        stripped.append(pl.Series(str(k), table.column(0)).str.strip_chars())
+        table = table.remove_column(0)
+        pa.default_memory_pool().release_unused()  # (its allocator keeps what was let go for Arrow's next use)
+    frame = pl.DataFrame(stripped)
     frame.columns = facts["columns"]
-    return facts, frame.with_columns(pl.all().str.strip_chars())
+    return facts, frame
 
 
 def _mapping_facts(f) -> dict[str, Any]:
@@ -784,8 +791,23 @@ def _mapping_facts(f) -> dict[str, Any]:
     return facts
 
 
+# A cell that is NULL written as text (see _registry_facts), in any letter case: matched as it is, not lower-cased (a
+# lower-cased copy of every cell of a 1M-row registry took a second)
+_NULL_CELLS = sorted({"".join(c) for c in itertools.product(*zip("null", "NULL"))} | {"\\n", "\\N"})
+# Multimodal-Linkage: trg_file is the delivered file's "Name and path", and the release root may be "a dated release
+# directory" or any name: a path written from the machine's or the release's root is cut to the site's own, from the
+# person folder before the last Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/; the last: the release's
+# own path may hold such a folder, /mnt/Images/release/<person>/Images/..., a site's not)
+_TO_PERSON_FOLDER = r"^(?:[^/]*/)*([^/]+/(?i:waveforms|images)/)"
+# ... which changes only a path with such a folder after two others (a test without captures: the cut itself, run
+# on every row of a 1M-row registry, took 2 s of its 7)
+_CUT_BEFORE = r"(?i)/[^/]+/(?:waveforms|images)/"
+
+
 def _registry_facts(f) -> dict[str, Any]:
-    """A linkage registry CSV: its columns, and what the cross-checks need (one row per file)."""
+    """A linkage registry CSV: its columns, and what the cross-checks need (one row per file). Each fact is taken
+    from the distinct values where it can be (a registry has a row per file: a million rows at a large site;
+    benchmarks/registry_benchmark.py)."""
     facts, frame = _table(f)
     # The Imaging SOP's image_registry spells one column "visit_ id" (its CREATE TABLE and its CSV header labels): a
     # site that copied it wrote the linkage procedure's visit_id
@@ -796,83 +818,93 @@ def _registry_facts(f) -> dict[str, Any]:
             frame.columns = names
     if frame is None or not all(c in frame.columns for c in REGISTRY_COLUMNS):
         return facts
+    frame = frame.select([c for c in (*REGISTRY_COLUMNS, "image_registry_id") if c in frame.columns])
     # A NULL written as text is an empty cell: the Imaging SOP's trg_file is "blank or null" (its example writes
     # null), visit_id is left NULL where no visit overlaps; SQL exports write NULL, MySQL's (its CREATE TABLE) \N
-    frame = frame.with_columns(pl.when(~pl.all().str.to_lowercase().is_in(["null", "\\n"])).then(pl.all()))
-    trg = pl.col("trg_file").fill_null("").str.replace_all("\\\\", "/").str.strip_prefix("./").str.strip_chars_start("/")
-    # Multimodal-Linkage: trg_file is the delivered file's "Name and path", and the release root may be "a dated
-    # release directory" or any name: a path written from the machine's or the release's root is cut to the site's
-    # own, from the person folder before the last Waveforms/ or Images/ folder (any case: v1.0 wrote waveforms/;
-    # the last: the release's own path may hold such a folder, /mnt/Images/release/<person>/Images/..., a site's not)
-    trg = trg.str.replace(r"^(?:[^/]*/)*([^/]+/(?i:waveforms|images)/)", "${1}")
-    frame = frame.with_columns(trg_file=trg)
-    duplicated = frame.filter((pl.col("trg_file") != "") & pl.col("trg_file").is_duplicated())["trg_file"].unique().sort()
+    said_null = [c for c, n in frame.select(pl.all().is_in(_NULL_CELLS).any()).row(0, named=True).items() if n]
+    frame = frame.with_columns(pl.when(~pl.col(said_null).is_in(_NULL_CELLS)).then(pl.col(said_null))) if said_null \
+        else frame
+    trg = frame["trg_file"].fill_null("").str.replace_all("\\", "/", literal=True).str.strip_prefix("./") \
+        .str.strip_chars_start("/")
+    cut = trg.str.contains(_CUT_BEFORE)
+    if cut.any():
+        trg = trg.scatter(cut.arg_true(), trg.filter(cut).str.replace(_TO_PERSON_FOLDER, "${1}"))
+    person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
+    when = pl.col("datetime").fill_null("")
+    # Multimodal-Linkage: datetime a timestamp, "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and
+    # fractions of a second are read too)
+    frame = frame.with_columns(trg_file=trg, _captured=when.str.replace("T", " ").str.replace(r"\.\d+$", "")
+                               .str.strptime(pl.Datetime, STAMP, strict=False))
+    given_trg = trg.filter(trg != "")
+    trg_files = given_trg.unique()
+    duplicated = (given_trg.filter(given_trg.is_duplicated()).unique() if trg_files.len() < given_trg.len()
+                  else given_trg.clear()).sort()
     given_id = pl.col("file_id").fill_null("").str.strip_chars() != ""
+    file_ids = frame.filter(given_id)["file_id"]
+    duplicate_ids = (file_ids.filter(file_ids.is_duplicated()).unique() if file_ids.n_unique() < file_ids.len()
+                     else file_ids.clear()).sort()
+    pairs = frame.filter((pl.col("visit_id").fill_null("") != "") & (pl.col("person_id").fill_null("") != "")).select(
+        pl.col("visit_id").str.strip_chars(), pl.col("person_id").str.strip_chars().str.strip_chars('"')).unique()
     facts.update(
         rows=frame.height,
         duplicate_files=duplicated.head(20).to_list(), n_duplicate_files=duplicated.len(),
         # (an empty file_id is told as empty, registry.values: not as one file_id on many rows)
-        n_duplicate_ids=int(frame.filter(given_id & pl.col("file_id").is_duplicated())["file_id"].n_unique()),
-        duplicate_ids=frame.filter(given_id & pl.col("file_id").is_duplicated())["file_id"].unique().sort().head(3)
-        .to_list(),
+        n_duplicate_ids=duplicate_ids.len(), duplicate_ids=duplicate_ids.head(3).to_list(),
         no_src=frame.select((pl.col("src_file").fill_null("") == "").sum()).item(),
-        no_trg=frame.select((pl.col("trg_file") == "").sum()).item(),
+        no_trg=trg.len() - given_trg.len(),
         person_id=frame.filter(pl.col("person_id").fill_null("") != "")["person_id"].unique().sort().to_list(),
         visit_id=frame.filter(pl.col("visit_id").fill_null("") != "")["visit_id"].unique().sort().to_list(),
         # the persons given to each visit (registry.visit_person), as [visit_id, person_id] pairs
-        visit_persons=frame.filter((pl.col("visit_id").fill_null("") != "") & (pl.col("person_id").fill_null("") != ""))
-        .select(pl.concat_list(pl.col("visit_id").str.strip_chars(), pl.col("person_id").str.strip_chars().str.strip_chars('"')))
-        .unique().to_series().sort().to_list(),
-        trg_file=frame.filter(pl.col("trg_file") != "")["trg_file"].unique().sort().to_list(),
+        visit_persons=pairs.select(pl.concat_list("visit_id", "person_id")).to_series().sort().to_list(),
+        trg_file=trg_files.sort().to_list(),
         # the integer proc_ids, compared with procedure_occurrence.csv's (registry.proc_overlap)
-        proc_ids=frame["proc_id"].str.strip_chars().str.extract(r"^([0-9]{1,18})$").cast(pl.Int64)
-        .drop_nulls().unique().sort().to_list(),
+        proc_ids=frame["proc_id"].drop_nulls().unique().str.strip_chars().str.extract(r"^([0-9]{1,18})$")
+        .cast(pl.Int64).drop_nulls().unique().sort().to_list(),
     )
     # a proc_id becomes one PROCEDURE_OCCURRENCE row, of one person (registry.proc_conflict)
     people = pl.col("person_id").fill_null("").str.strip_chars('"')
-    split = (frame.filter((pl.col("proc_id").fill_null("") != "") & (people != ""))
-             .group_by("proc_id").agg(_n=people.str.replace(r"^0+(\d)", "${1}").n_unique()).filter(pl.col("_n") > 1))
+    split = (frame.filter((pl.col("proc_id").fill_null("") != "") & (people != "")).select("proc_id", _p=people)
+             .unique().group_by("proc_id").agg(_n=pl.col("_p").str.replace(r"^0+(\d)", "${1}").n_unique())
+             .filter(pl.col("_n") > 1))
     facts.update(n_proc_persons=split.height, proc_persons=split["proc_id"].sort().head(5).to_list())
     # each integer proc_id's person(s), as [proc_id, person_id] pairs (registry.procedure_person)
     facts.update(proc_person_pairs=frame.select(
-        _proc=pl.col("proc_id").fill_null("").str.strip_chars(), _person=people.str.strip_chars())
-        .filter(pl.col("_proc").str.contains(r"^[0-9]{1,18}$") & (pl.col("_person") != "")).unique()
+        _proc=pl.col("proc_id").fill_null("").str.strip_chars(), _person=people.str.strip_chars()).unique()
+        .filter(pl.col("_proc").str.contains(r"^[0-9]{1,18}$") & (pl.col("_person") != ""))
         .sort("_proc", "_person").select(pl.concat_list("_proc", "_person")).to_series().to_list())
-    # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp,
-    # "yyyy-MM-dd HH:mm:ss" as the Imaging SOP writes it (a 'T' and fractions of a second are read too)
+    # Multimodal-Linkage: proc_id "integer or bigint" (it becomes procedure_occurrence_id); datetime a timestamp.
     # An empty cell is told apart from a wrong value (the fix differs: fill it in, not reformat it).
     # person_id too: the procedure's person (Multimodal-Linkage: "integer or bigint"; the Imaging SOP: NOT NULL)
-    proc, when = pl.col("proc_id").fill_null(""), pl.col("datetime").fill_null("")
-    person = pl.col("person_id").fill_null("").str.strip_chars().str.strip_chars('"')
-    captured = when.str.replace("T", " ").str.replace(r"\.\d+$", "").str.strptime(pl.Datetime, STAMP, strict=False)
+    proc = pl.col("proc_id").fill_null("")
     faults = ("no_file", "no_proc", "bad_proc", "no_person", "no_datetime", "bad_datetime")
     bad = frame.with_row_index("row", offset=2).select(
         "row", no_file=~given_id, no_proc=proc == "", bad_proc=(proc != "") & ~proc.str.contains(r"^\d+$"), no_person=person == "",
         no_datetime=when == "",
-        bad_datetime=(when != "") & captured.is_null(),
+        bad_datetime=(when != "") & pl.col("_captured").is_null(),
     ).filter(pl.any_horizontal(faults))
     facts.update({key: int(bad[key].sum()) for key in faults}, n_bad_rows=bad.height,
                  bad_rows=bad["row"].head(5).cast(pl.String).to_list())
     # each visit_id's first and last capture time, as [visit_id, first, last] (registry.visit_time: Multimodal-Linkage's
     # visit is the one "that overlaps with the timestamp of the file capture")
-    facts.update(visit_times=frame.select(_visit=pl.col("visit_id").fill_null("").str.strip_chars(), _when=captured)
+    facts.update(visit_times=frame.select(_visit=pl.col("visit_id").fill_null("").str.strip_chars(), _when="_captured")
                  .filter((pl.col("_visit") != "") & pl.col("_when").is_not_null())
                  .group_by("_visit").agg(_first=pl.col("_when").min(), _last=pl.col("_when").max()).sort("_visit")
                  .select(pl.concat_list("_visit", *(pl.col(c).dt.strftime(STAMP) for c in ("_first", "_last"))))
                  .to_series().to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
-    # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are
+    # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are (a row whose
+    # folder is its person_id as written is not compared again)
     def norm(e: pl.Expr) -> pl.Expr:
         return pl.when(e.str.contains(r"^\d+$")).then(e.str.replace(r"^0+(\d)", "${1}")).otherwise(e)
     folder = pl.col("trg_file").str.extract(r"^([^/]+)/", 1)
-    person = pl.col("person_id").fill_null("").str.strip_chars('"')
-    other = frame.with_row_index("row", offset=2).filter(
-        folder.is_not_null() & (person != "") & (norm(folder) != norm(person)))
+    other = frame.with_row_index("row", offset=2).select("row", _folder=folder, _person=people).filter(
+        pl.col("_folder").is_not_null() & (pl.col("_person") != "") & (pl.col("_folder") != pl.col("_person"))).filter(
+        norm(pl.col("_folder")) != norm(pl.col("_person")))
     facts.update(n_other_person=other.height, other_person_rows=other["row"].head(5).cast(pl.String).to_list())
     # rows that leave trg_file blank (the Imaging SOP's image registry: "populated centrally") say not which file they
     # are: the rows of each person, as [person_id, count] pairs, are counted against the person's files
     facts.update(blank_trg_persons=frame.filter(pl.col("trg_file") == "")
-                 .group_by(_person=person.str.strip_chars()).len().sort("_person")
+                 .group_by(_person=people.str.strip_chars()).len().sort("_person")
                  .select(pl.concat_list("_person", pl.col("len").cast(pl.String))).to_series().to_list())
     facts.update(_registry_id_facts(frame))
     return facts
