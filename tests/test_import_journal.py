@@ -458,6 +458,48 @@ def test_a_path_written_with_a_double_slash_or_a_dot_part_is_that_path(written, 
     assert said and all("has a '..' or a final '.' part" in m and "outside the site" not in m for m in said), said
 
 
+# A journal from a Windows site (two CHoRUS sites run chorus-upload there): its paths joined with '\\' were kept as names
+# holding a backslash, so every upload mark of them was lost (a finding each), and the first run saw each file as
+# renamed: `upload` sent again what chorus-upload had sent. There a '\\' is a folder separator, as `run` lists it.
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_a_windows_sites_journal_with_backslash_paths_is_its_site_and_keeps_its_marks(schema, tmp_path):
+    roots = """'{"OMOP": "D:\\\\chorus\\\\site", "Images": "D:\\\\chorus\\\\site", "Waveforms": "D:\\\\chorus\\\\site"}'"""
+    if schema == "A":
+        sql = (r"UPDATE srcpaths SET SRC_PATH = replace(SRC_PATH, '/', '\'); "
+               f"UPDATE command_history_v2 SET SRC_PATHS = {roots} WHERE COMMAND = 'journal update';")
+    else:
+        sql = (r"UPDATE journal SET FILEPATH = replace(FILEPATH, '/', '\'); "
+               f"UPDATE command_history SET SRC_PATHS = {roots} WHERE COMMAND = 'journal update';")
+    journal = edited_journal(tmp_path, schema, sql)
+    assert any("\\" in path for path, _, _ in journal_marks(journal))
+    site = build_site(tmp_path)
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--site", str(site), "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr  # (the fixture's Images paths fit none of today's layouts)
+    findings = json.loads(out.stdout)["findings"]
+    assert not [f for f in findings if f["rule"] in ("import.unmapped-mark", "import.unusable-row")], findings
+    assert files_as_of(db, V1) == tree("v1", schema=schema) and files_as_of(db, V2) == tree("v2", schema=schema)
+    assert {(p, v, m) for p, v, m in query(
+        db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)")} == journal_marks(
+        JOURNALS[schema])
+    out = cli("run", "--site", str(site), "--db", str(db), "--json", "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    counts = json.loads(out.stdout)["counts"]
+    assert counts["renamed"] == 0 and counts["unchanged"] == len(tree("v2", schema=schema)), counts
+
+
+# A row's path from a drive letter (C:\data\site\OMOP\person.csv) was imported as a file of that name under the root.
+def test_a_row_path_with_a_drive_letter_is_no_site_path_and_is_said_so(tmp_path):
+    journal = edited_journal(tmp_path, "B", r"UPDATE journal SET FILEPATH = 'C:\data\site\' || FILEPATH "
+                                            "WHERE FILEPATH = 'OMOP/person.csv'")
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    said = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unusable-row"]
+    assert said and all("is a Windows path from a drive letter or a network share" in m for m in said), said
+    assert not [p for p in files_as_of(db, V2) if "person.csv" in p]
+
+
 def test_an_existing_manifest_is_never_written_over(tmp_path):
     db = tmp_path / "m.sqlite"
     db.write_bytes(b"precious")

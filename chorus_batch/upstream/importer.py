@@ -107,7 +107,7 @@ def import_journal(journal_path: str, db: str, *, site: str | None = None, site_
 
     progress.stage(f"reading {mask_url(journal_path)}")
     journal = _read(journal_path, cloud)
-    rows, problems, ended_marks = checked_rows(journal.rows)
+    rows, problems, ended_marks = checked_rows(journal.rows, windows=journal.windows or os.name == "nt")
     n_rows, journal.rows = journal.rows.height, journal.rows.clear()  # one copy of the rows in memory, not two
     trees, tree_problems, rows = version_trees(journal, rows)
     if journal.secrets:  # said (once per location), never kept: the locations are recorded without them

@@ -153,6 +153,16 @@ class Journal:
     # columns of its journal table chorus-upload's releases known here do not write (a newer release's): not read
     unread_columns: list[str] = field(default_factory=list)
 
+    @property
+    def windows(self) -> bool:
+        """Written on Windows: a site path it scanned (SRC_PATHS) is a Windows one (a drive letter, a network share, a
+        '\\' in it). Its rows' paths may then be joined with '\\' (os.path on Windows): a folder separator there, as
+        it is in every path of a Windows site (no name holds one), not part of a name."""
+        return any(_WINDOWS_PATH.match(path) or "\\" in path for update in self.updates for path in update.roots.values())
+
+
+_WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")  # a drive letter or a network share (\\server\share)
+
 
 @dataclass
 class VersionTree:
@@ -438,7 +448,7 @@ _LAST_TIME_US = 253_402_300_800_000_000
 _MTIME_LIMIT_US = 9_223_372_036_854_775  # 2**63 ns, in us
 
 
-def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def checked_rows(rows: pl.DataFrame, *, windows: bool = False) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """The rows an import can use, the problems of the others (PROBLEM_SCHEMA), and the marked rows that hold no state
     (ended as they began: for upload_marks, with their own TIME_INVALID_us). Left out, each named: rows with
     a value of the wrong type or out of range (a path that is not site-relative, a negative size, an MD5 that is not
@@ -454,6 +464,8 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
     row = fmt("journal row FILE_ID {}", text("row_id"))
     # A leading './', a '/./' or a '//' inside is the same path written another way (as `run` lists it: './OMOP',
     # 'OMOP//x' from a tool that joined 'OMOP/' and '/x'): not a different file, and nothing leading outside the site.
+    if windows:  # a journal written on Windows (or read there): '\\' is a folder separator, as `run` there lists it
+        rows = rows.with_columns(pl.col("srcfile").str.replace_all("\\", "/", literal=True))
     rows = rows.with_columns(pl.col("srcfile").str.replace_all(r"(?:^|/)/+", "/").str.replace_all(r"/(?:\./)+", "/")
                              .str.replace(r"^(\./)+", ""))
     reasons = pl.concat_str([
@@ -463,6 +475,9 @@ def checked_rows(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.Dat
         .when(pl.col("srcfile").str.ends_with("/")).then(fmt("its path {} names no file (an empty file name); ",
                                                              "srcfile"))
         # (a tab or a line break is not: `run` records such a file, so the import keeps it; only its mark is refused)
+        .when(pl.col("srcfile").str.contains(_WINDOWS_PATH.pattern)).then(fmt(
+            "its path {} is a Windows path from a drive letter or a network share, not one relative to the site's "
+            "root; ", "srcfile"))
         .when(pl.col("srcfile").str.contains(OUTSIDE_PATH)).then(fmt(
             "its path {} is not a site-relative path (it starts with '/', or has a '..' or a final '.' part); ",
             "srcfile"))
