@@ -649,7 +649,7 @@ def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clea
         out = cli("run", "--config", str(config), "--no-validate",
                   env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
         assert out.returncode == 3, out.stderr
-        assert "root of [site.roots] Waveforms not found" in out.stderr and "OMOP/" not in out.stderr, out.stderr
+        assert "root of [site.roots] Waveforms not found" in out.stderr and "holds OMOP/" not in out.stderr, out.stderr
         assert "--site" not in out.stderr and "[site] root" not in out.stderr, out.stderr
         # a first run: there is no manifest whose versions `chorus-batch versions` would list (it said so)
         assert f"nothing was committed; no manifest was made at {tmp_path / 'm.sqlite'}" in out.stderr, out.stderr
