@@ -309,14 +309,23 @@ _AZURE_HOST = re.compile(r"(?i)^([a-z0-9]+)\.(?:blob|dfs)\.(core\.windows\.net|c
 def _refuse_account_url(location: str, shown: str, what: str) -> None:
     """An https:// account URL (https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH, a SAS after it or not): refused
     with the az:// root and the [azure] setting that say the same, its SAS named for the environment."""
-    from urllib.parse import urlsplit
+    from urllib.parse import unquote, urlsplit
 
     parts = urlsplit(location)
     host = _AZURE_HOST.match(parts.hostname or "") if parts.hostname else None
     secret = " (its query, a SAS token, goes into AZURE_STORAGE_SAS_TOKEN, never into a URL)" if parts.query else ""
     if host:
         container, _, path = parts.path.strip("/").partition("/")
+        # An https URL's path is %-escaped (the portal's "Copy URL" gives site%20one for the prefix 'site one'); an
+        # az:// root decodes nothing, so the root that names the same blobs has the escapes decoded: the fix gave
+        # az://c/site%20one, which was then "not found"
+        try:
+            path = unquote(path, errors="strict")
+        except UnicodeDecodeError:
+            pass  # (not UTF-8 escapes: no blob name; given as typed)
         root = f"az://{container or 'CONTAINER'}/{path}"
+        if any(c.isspace() for c in root) or any(c in root for c in "'\"$`&;|<>()*[]!"):
+            root += " (quoted for the shell)"
         fix = (f"give {root} and set [azure] account_url = \"https://{host.group(1)}.blob.{host.group(2)}\" in "
                f"chorus.toml (or AZURE_STORAGE_ACCOUNT={host.group(1)}){secret}")
     else:

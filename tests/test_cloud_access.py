@@ -649,7 +649,7 @@ def test_a_missing_cloud_modality_root_is_named_as_the_setting_that_gave_it(clea
         out = cli("run", "--config", str(config), "--no-validate",
                   env={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
         assert out.returncode == 3, out.stderr
-        assert "root of [site.roots] Waveforms not found" in out.stderr and "OMOP/" not in out.stderr, out.stderr
+        assert "root of [site.roots] Waveforms not found" in out.stderr and "holds OMOP/" not in out.stderr, out.stderr
         assert "--site" not in out.stderr and "[site] root" not in out.stderr, out.stderr
         # a first run: there is no manifest whose versions `chorus-batch versions` would list (it said so)
         assert f"nothing was committed; no manifest was made at {tmp_path / 'm.sqlite'}" in out.stderr, out.stderr
@@ -1026,6 +1026,38 @@ def test_a_root_given_with_percent_escapes_names_the_prefix_that_is_there(clean_
     assert out.returncode == 3 and "decoded" not in out.stderr and "point --site" in out.stderr, out.stderr
 
 
+def test_a_root_not_found_names_the_folder_it_differs_from_or_what_is_there(clean_env, moto_s3, azurite, tmp_path):
+    """Blob and key names are matched exactly: az://c/Site Export for 'site export/' (letter case, a space doubled, the
+    other Unicode form of an accent, as typed from a note) was a bare "site root not found … point --site at the
+    prefix that holds OMOP/": the message now names the folder that is there and the root that reads it, or, with no
+    such folder, the folders at the deepest level of the URL's path that is there."""
+    for name, value in moto_s3.env.items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint_url)
+    clean_env.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    bucket, container = moto_s3.new_bucket("near"), azurite.new_container("near")
+    keys = ("site export/données/OMOP/person.csv", "site export/données/1/Images/CT/a.dcm", "other/x.txt")
+    for key in keys:
+        moto_s3.client().put_object(Bucket=bucket, Key=key, Body=b"person_id\n1\n")
+    with azurite.service_client() as client:
+        for key in keys:
+            client.get_blob_client(container, key).upload_blob(b"person_id\n1\n")
+    nfd = "donne\u0301es"  # the decomposed form (macOS), 'é' as 'e' + a combining accent
+    for top in (f"s3://{bucket}/", f"az://{container}/"):
+        out = cli("run", "--site", f"{top}Site  Export/{nfd}", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+        assert out.returncode == 3 and f"site root not found: {top}Site  Export/{nfd}" in out.stderr, out.stderr
+        assert (f"the folders are 'site export', not 'Site  Export'; 'données', not '{nfd}'" in out.stderr
+                and f"give {top}site export/données (quoted for the shell)" in out.stderr), out.stderr
+        done = cli("run", "--site", f"{top}site export/données", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+        assert done.returncode in (0, 1) and "committed" in done.stdout + done.stderr, done.stderr
+        (tmp_path / "m.sqlite").unlink()
+        out = cli("run", "--site", f"{top}site export/nope", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+        assert out.returncode == 3 and f"; {top}site export/ holds 'données/'" in out.stderr, out.stderr
+        out = cli("run", "--site", f"{top}export", "--db", str(tmp_path / "m.sqlite"), "--no-validate")
+        assert out.returncode == 3 and f"; {top} holds 'other/', 'site export/'" in out.stderr, out.stderr
+        assert not (tmp_path / "m.sqlite").exists()
+
+
 @pytest.mark.parametrize("page", [None, b"<html><body>MinIO Console</body></html>"])
 def test_an_endpoint_that_is_no_s3_service_is_said_to_be_one_not_a_missing_bucket(clean_env, moto_s3, tmp_path, page):
     """AWS_ENDPOINT_URL at a web server (MinIO's console port, a proxy's page): a 404 was "the bucket site1 does not
@@ -1122,6 +1154,9 @@ def test_every_query_value_and_password_of_a_url_is_masked(url, hidden):
      'give az://site1/x and set [azure] account_url = "https://acct.blob.core.windows.net"'),
     (["--site", "https://acct.blob.core.windows.net/site1/x?sv=2024&sig=SECRETSIG"],
      "goes into AZURE_STORAGE_SAS_TOKEN, never into a URL"),
+    # the portal's URL is %-escaped: the az:// root given as the fix kept 'site%20one', a prefix then "not found"
+    (["--site", "https://acct.blob.core.windows.net/site1/site%20one/%C3%A9t%C3%A9+1"],
+     "give az://site1/site one/été+1 (quoted for the shell) and set [azure] account_url"),
     (["--site", "http://127.0.0.1:10000/devstoreaccount1/site1?sig=SECRETSIG"], "not as an http(s):// URL"),
     (["--db", "s3://bucket/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),
     (["--db", "gs://bucket/m.sqlite"], "a manifest is kept in a local file or in Azure Blob"),

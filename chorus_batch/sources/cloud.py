@@ -1158,11 +1158,56 @@ def missing_root(fs: Any, root: str, *, where: str, how: str, known_top_missing:
     if decoded:  # my%20site given, 'my site' there (a URL copied from a console or browser, which escape names)
         fix = (f"in {where.split('://')[0]}:// URLs every character is part of the name, '%' too (nothing is decoded): "
                f"{decoded}, the prefix with its %-escapes decoded, is there; give that (quoted for the shell)")
+    else:
+        fix += _what_is_there(fs, root, where)
     error = SourceError(f"{subject} not found: {where}", where=where, fix=fix)
     # No object under the prefix: an object store has no empty folder, so this is also a root whose files are all gone
     # (a run whose previous version had files there takes it as a root that lists none: RemoteSource.empty_ok)
     error.kind = "empty_prefix"  # type: ignore[attr-defined]
     return error
+
+
+def _loose(name: str) -> str:
+    """A folder name as one types it from a note: letter case, Unicode form and runs of white space not told apart."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFC", name).casefold().split())
+
+
+def _what_is_there(fs: Any, root: str, where: str, shown: int = 5) -> str:
+    """For a prefix not found in a container or bucket that is there: the folder the URL names but for letter case,
+    Unicode form or white space (names are matched exactly: az://c/Export for export/ was a bare "not found"), else
+    the folders at the deepest level of its path that is there. Empty when that cannot be told (only the message is
+    refined: the root is missing either way)."""
+    parts = root.strip("/").split("/")
+    rest = "/".join(parts[1:])
+    url = where.rstrip("/")
+    if not rest or not url.endswith(rest):
+        return ""
+    head = url[:len(url) - len(rest)]  # az://c/ (abfs://c@account.../ as given)
+    base, found, differ = parts[0], [], []
+    for part in parts[1:]:
+        try:
+            folders = sorted({str(info["name"]).rstrip("/").rsplit("/", 1)[-1] for info in fs.ls(base, detail=True)
+                              if info.get("type") == "directory"})
+        except Exception:  # noqa: BLE001 - only refines the message; the root is missing either way
+            return ""
+        near = [part] if part in folders else [name for name in folders if _loose(name) == _loose(part)]
+        if not near:
+            said = head + "".join(name + "/" for name in found)
+            if not folders:
+                return f"; {said} holds no folder"
+            listed = ", ".join(repr(name + "/") for name in folders[:shown])
+            return f"; {said} holds {listed}" + (f" and {len(folders) - shown} more" if len(folders) > shown else "")
+        if near[0] != part:
+            differ.append(f"{near[0]!r}, not {part!r}")
+        found.append(near[0])
+        base += "/" + near[0]
+    if not differ:
+        return ""
+    fixed = head + "/".join(found)
+    return (f"; the folder{'s are' if len(differ) > 1 else ' is'} {'; '.join(differ)} (a name is matched exactly: letter "
+            f"case, Unicode form and spaces count): give {fixed}" + (" (quoted for the shell)" if " " in fixed else ""))
 
 
 def _decoded_root(fs: Any, root: str, where: str) -> str | None:
