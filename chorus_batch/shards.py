@@ -41,7 +41,7 @@ from .sources import mask_url
 from .store import Manifest
 from .units import plural
 
-_SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+_SHARD_DIR = re.compile(r"^shard-([0-9]+)-of-([0-9]+)$")  # (ASCII: as parse_shard)
 # Rows per partition of a merge: a partition's previous rows, files and their join take about 800 MB per
 # million rows (measured on a 2M-row merge, benchmarks/merge_benchmark.py); 500k keeps a merge near 1 GiB.
 PARTITION_ROWS = 500_000

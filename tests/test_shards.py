@@ -740,6 +740,15 @@ def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_
         assert f"invalid shard: '{shard}'" in out.stderr and "where: --shard\n" in out.stderr, out.stderr
         assert "0 <= K < N <= 4096" in out.stderr
     assert "at most 4096 shards" in cli(*common, "--shard", "0/4097").stderr
+    # Digits of other scripts (Arabic-Indic, full-width, Devanagari) were taken as ASCII ones by re's \d and int():
+    # `--shard ٣/٤` ran as shard 3 of 4, and a task id "٣" as task 3; refused as any other value that is no K/N
+    for shard in ("\u0663/\u0664", "\uff11/\uff14", "1/\u096a"):
+        out = cli(*common, "--shard", shard)
+        assert out.returncode == 2 and f"invalid shard: {shard!r}" in out.stderr, out.stderr
+        assert "where: --shard\n" in out.stderr and "Traceback" not in out.stderr
+    for task, count in (("\u0663", "4"), ("1", "\u0664"), ("\u00b2", "4")):
+        out = cli(*common, env={"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": count})
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "SLURM_ARRAY_TASK_ID" in out.stderr, out.stderr
     out = cli(*common, env={"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4"})
     assert out.returncode == 2 and "SLURM_ARRAY_TASK_ID 6" in out.stderr and "SLURM_ARRAY_TASK_COUNT 4" in out.stderr
     assert "where: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT" in out.stderr
