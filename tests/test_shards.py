@@ -283,8 +283,42 @@ def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_p
     (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
-    assert out.returncode == 2 and "shard 0/4 is stale" in out.stderr and "merged already" not in out.stderr, out.stderr
+    # (the run listed the site after the shards: they are older than its version, to be run again, not merged)
+    assert out.returncode == 2 and "older than the manifest's latest version" in out.stderr, out.stderr
+    assert f"--shard 0/4 --staging {staging}" in out.stderr and "merged already" not in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+    # shards listed after the latest version's listing began, from an older version: stale, each one rerun
+    run_shards(site, db, staging)
+    last = query(db, "SELECT label FROM versions ORDER BY label DESC")[0][0]
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n3\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    import sqlite3
+
+    with sqlite3.connect(db) as con:  # (that run's listing began before the shards': a long single-node run)
+        con.execute("UPDATE runs SET scan_started_ns = 1 WHERE version = (SELECT max(label) FROM versions)")
+    assert query(db, "SELECT label FROM versions ORDER BY label DESC")[0][0] != last
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2 and "shard 0/4 is stale" in out.stderr and "merged already" not in out.stderr, out.stderr
+
+
+def test_shards_of_a_second_submission_at_once_are_said_older_than_the_version_the_first_committed(snapshots,
+                                                                                                    tmp_path):
+    """The Slurm script submitted twice at once with plain sbatch (no lock): both arrays listed the site, one merge
+    committed, the other was told "the manifest is locked by another run ... run it again", and run again, "shard K
+    is stale: rerun it" for every shard: the whole site hashed again to record what the latest version records. It
+    is said as it is: another run listed the site after these shards and committed; nothing was committed, exit 2."""
+    site, db = snapshots / "first", tmp_path / "m.sqlite"
+    first, second = tmp_path / "st-first", tmp_path / "st-second"
+    run_shards(site, db, first)
+    run_shards(site, db, second)  # (the other submission's array, listed a moment later)
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(second), "--no-validate").returncode in (0, 1)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(first))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"are older than the manifest's latest version {label}" in out.stderr, out.stderr
+    assert "another run (another submission of the Slurm script, or a run)" in out.stderr
+    assert "is stale" not in out.stderr and "nothing was committed" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 def _edit_record(change):
