@@ -45,7 +45,9 @@ def top_in_shard(top: str, coverage: Coverage) -> bool:
 
 def parse_shard(text: str) -> Coverage:
     """'K/N' (K from 0) as a Coverage."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    # ASCII digits only: re's \d (and int()) take any script's digits, and `--shard ٣/٤` ran as shard 3 of 4 though
+    # the rerun commands, folder names and Slurm's own ids are in ASCII (and said as "3/4", not what was given)
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", str(text), re.ASCII)
     if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
         raise ValueError(f"{text!r} is not a shard K/N with 0 <= K < N (e.g. 3/16)")
     if int(match.group(2)) > BUCKETS:  # 1/10**20 was an internal OverflowError in polars once the listing began
@@ -64,9 +66,9 @@ def shard_from_environment(env: dict[str, str] | None = None) -> Coverage | None
         raise ValueError(f"SLURM_ARRAY_TASK_ID is {task!r} but SLURM_ARRAY_TASK_COUNT is "
                          f"{'not set' if count is None else 'empty'}, so the number of shards is not known")
     first = env.get("SLURM_ARRAY_TASK_MIN", "0")
-    if not all(value.strip().isdigit() for value in (task, first)):
+    if not all(re.fullmatch(r"[0-9]+", value.strip(), re.ASCII) for value in (task, first)):  # (not "٣", "²")
         raise ValueError(f"SLURM_ARRAY_TASK_ID {task!r} (minus SLURM_ARRAY_TASK_MIN {first!r}) is not a task number")
-    if count.strip() == "1" and task.strip().isdigit() and int(task) > 0:
+    if count.strip() == "1" and int(task) > 0:
         # `sbatch --array=3 ...` to rerun the fourth shard of a split into four: the array's one task, shard 0 of 1,
         # listed the whole site into a split of its own, and its merge took that split, not the four
         raise ValueError(f"SLURM_ARRAY_TASK_ID is {task}, the only task of its array (SLURM_ARRAY_TASK_COUNT 1: an "

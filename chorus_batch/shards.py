@@ -41,7 +41,7 @@ from .sources import mask_url
 from .store import Manifest
 from .units import plural
 
-_SHARD_DIR = re.compile(r"^shard-(\d+)-of-(\d+)$")
+_SHARD_DIR = re.compile(r"^shard-([0-9]+)-of-([0-9]+)$")  # (ASCII: as parse_shard)
 # Rows per partition of a merge: a partition's previous rows, files and their join take about 800 MB per
 # million rows (measured on a 2M-row merge, benchmarks/merge_benchmark.py); 500k keeps a merge near 1 GiB.
 PARTITION_ROWS = 500_000
@@ -687,6 +687,31 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                             "nothing was committed", where=str(staging),
                             fix="nothing to do for these shards; to record the site as it is now, run the shards "
                                 "again (or submit the Slurm script again), then merge", merged_into=merged_into)
+    if merged_into is None and latest_label is not None and len(stale_started) == shards and stale_started \
+            and not any("another manifest" in problem for problem in problems):
+        # Every shard older than the latest version's own listing: another submission of the same script (two `sbatch
+        # nightly.sbatch` at once, a cron line and a user), or a run, listed the site after these shards began and
+        # committed it. Its merge took the manifest first; this one was told "locked", then, run again, "stale: rerun
+        # every shard", the whole site hashed again to record what the latest version records already.
+        newer = manifest.scan_of_version(latest_label)
+        if newer is not None and newer >= min(stale_started):
+            from datetime import datetime, timezone
+
+            from .times import iso
+
+            def at(ns: int) -> str:
+                return iso(datetime.fromtimestamp(ns / 1e9, timezone.utc))
+
+            raise UsageError(  # (no MergedAlready: that version is not theirs, its checks not this merge's)
+                f"the shards in {staging} are older than the manifest's latest version {latest_label}: they began "
+                f"listing the site at {at(min(stale_started))}, and another run (another submission of the Slurm "
+                f"script, or a run) began listing it at {at(newer)} and committed {latest_label}; merging these would "
+                "record the site as it was before that version; nothing was committed", where=str(staging),
+                fix=f"nothing to do for these shards: the site is recorded as version {latest_label}; to record it as "
+                    "it is now, submit the Slurm script again, or run the shards again ("
+                    + rerun_command(settings, Coverage(shard=0, shards=shards), staging, siblings)
+                    + f", and so for each K/{shards}), then merge; do not submit "
+                    "the script again while its jobs of an earlier submission are queued or running")
     if len(unlike) == shards and all((p.roots, p.follow_symlinks) == (unlike[0].roots, unlike[0].follow_symlinks)
                                      and same_globs(p.exclude_patterns, unlike[0].exclude_patterns) for p in unlike):
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)

@@ -24,6 +24,7 @@ had started; a reader of its output that left (`| head`) does not stop the follo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -881,24 +882,89 @@ def submission_lock(db: str, argv: list[str]):
     with _flock(path, exclusive=True, busy=busy, unlocked="do not run two `run --slurm` for one manifest at once",
                 cannot="make the manifest's folder writable by this user (the merge writes there too)",
                 what="the lock of the manifest's Slurm submissions"):
-        write_holder(holder_path, {"command": command_of(argv)})
+        _jobs_left_running(holder_path, path, db)
+        details = {"command": command_of(argv)}
+        write_holder(holder_path, details)
+
+        def submitted(job: Submitted) -> None:
+            """Name the jobs in the holder's record: a holder killed (SIGKILL, a login node's OOM killer) while it
+            follows them lets go of the lock, and its record then tells the next `run --slurm` which jobs to ask
+            squeue about. (The record's pid, host and start are kept: it is rewritten whole.)"""
+            try:
+                record = json.loads(holder_path.read_text("utf-8"))
+            except (OSError, ValueError):
+                record = {}
+            record.update({"jobs": [job.array_job, job.merge_job], "staging": str(job.staging),
+                           "merge_log": str(job.merge_log())})
+            with contextlib.suppress(OSError):
+                tmp = holder_path.with_name(holder_path.name + ".part")
+                tmp.unlink(missing_ok=True)
+                fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(record, f)
+                os.replace(tmp, holder_path)
+
         try:
-            yield
+            yield submitted
         finally:
             with contextlib.suppress(OSError):
                 holder_path.unlink()
 
 
+def _jobs_left_running(holder_path: Path, lock_path: Path, db: str) -> None:
+    """Refuse (exit 4) while the jobs an earlier `run --slurm` for `db` submitted are still queued or running in Slurm
+    though that one is gone: killed (SIGKILL) while it followed them, it let go of the lock and could cancel nothing,
+    and the next `run --slurm` submitted a second array beside the first's (the whole site hashed twice, the later
+    merge refused as stale, or with one --staging, each array's shards refused by the other's locks). Its record (the
+    holder's details, left behind as it died) names the jobs; squeue says whether they still run."""
+    from .errors import ManifestLocked
+    from .store.lock import _holder_of
+
+    try:
+        record = json.loads(holder_path.read_text("utf-8"))
+        jobs = [str(job) for job in record["jobs"] if re.fullmatch(r"[0-9]+", str(job), re.ASCII)]
+        who = _holder_of(record)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # (none left: the last one ended as it should, or was killed before it submitted anything)
+    if not jobs:
+        return
+    states = squeue_states(jobs)
+    staging = record.get("staging")
+    where = f" (staging folder {staging})" if isinstance(staging, str) else ""
+    if states is None:
+        raise ManifestLocked(
+            f"an earlier `chorus-batch run --slurm` for the manifest {db} ({who}) ended without ending its Slurm jobs "
+            f"{', '.join(jobs)}{where}, and squeue does not answer, so whether they still run is not known; this one "
+            "submitted nothing", where=str(holder_path),
+            fix=f"try again once `squeue -j {','.join(jobs)}` answers; to submit anyway, cancel them first "
+                f"(`scancel {' '.join(jobs)}`) or remove {holder_path} once you know they have ended")
+    live = sorted({job.split("_", 1)[0] for job, (state, _reason) in states.items() if state not in _TERMINAL})
+    if not live:
+        return
+    merge_log = record.get("merge_log")
+    raise ManifestLocked(
+        f"an earlier `chorus-batch run --slurm` for the manifest {db} ({who}) was stopped without cancelling its "
+        f"Slurm jobs, and job {', '.join(live)} of them {'is' if len(live) == 1 else 'are'} still queued or running"
+        f"{where}: a second submission now would hash the whole site again beside them, and one of the two merges "
+        "would be refused; this one submitted nothing", where=str(holder_path),
+        fix=f"let them finish: their merge commits as it would have (`squeue -j {','.join(jobs)}`"
+            + (f"; its log: {merge_log}" if isinstance(merge_log, str) else "") + "), then run again if the site "
+            f"changed since; or cancel them (`scancel {' '.join(jobs)}`) and run again")
+
+
 def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str], None] = print,
-                      db: str | None = None, argv: list[str] | None = None) -> int:
+                      db: str | None = None, argv: list[str] | None = None,
+                      on_submitted: Callable[[Submitted], None] | None = None) -> int:
     """Submit the script (bash), follow the jobs with squeue, return the merge's exit code; with `db`, under that
     manifest's submission lock (submission_lock). Ctrl-C (or SIGTERM/SIGHUP as Stopped) cancels the jobs it
     submitted, then is raised again."""
     require_slurm("sbatch", "squeue")
     if db is not None:
-        with submission_lock(db, argv or ["run"]):
-            return submit_and_follow(script_text, poll_s=poll_s, out=out)
+        with submission_lock(db, argv or ["run"]) as submitted:
+            return submit_and_follow(script_text, poll_s=poll_s, out=out, on_submitted=submitted)
     job = submit(script_text)
+    if on_submitted is not None:
+        on_submitted(job)
     out = _Lines(out)
     try:
         for line in job.lines:

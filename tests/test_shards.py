@@ -283,8 +283,42 @@ def test_shards_the_manifest_moved_on_from_are_stale_not_merged(snapshots, tmp_p
     (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
     assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
     out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
-    assert out.returncode == 2 and "shard 0/4 is stale" in out.stderr and "merged already" not in out.stderr, out.stderr
+    # (the run listed the site after the shards: they are older than its version, to be run again, not merged)
+    assert out.returncode == 2 and "older than the manifest's latest version" in out.stderr, out.stderr
+    assert f"--shard 0/4 --staging {staging}" in out.stderr and "merged already" not in out.stderr, out.stderr
     assert query(db, "SELECT count(*) FROM versions") == [(2,)]
+    # shards listed after the latest version's listing began, from an older version: stale, each one rerun
+    run_shards(site, db, staging)
+    last = query(db, "SELECT label FROM versions ORDER BY label DESC")[0][0]
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n3\n")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db)).returncode in (0, 1)
+    import sqlite3
+
+    with sqlite3.connect(db) as con:  # (that run's listing began before the shards': a long single-node run)
+        con.execute("UPDATE runs SET scan_started_ns = 1 WHERE version = (SELECT max(label) FROM versions)")
+    assert query(db, "SELECT label FROM versions ORDER BY label DESC")[0][0] != last
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging))
+    assert out.returncode == 2 and "shard 0/4 is stale" in out.stderr and "merged already" not in out.stderr, out.stderr
+
+
+def test_shards_of_a_second_submission_at_once_are_said_older_than_the_version_the_first_committed(snapshots,
+                                                                                                    tmp_path):
+    """The Slurm script submitted twice at once with plain sbatch (no lock): both arrays listed the site, one merge
+    committed, the other was told "the manifest is locked by another run ... run it again", and run again, "shard K
+    is stale: rerun it" for every shard: the whole site hashed again to record what the latest version records. It
+    is said as it is: another run listed the site after these shards and committed; nothing was committed, exit 2."""
+    site, db = snapshots / "first", tmp_path / "m.sqlite"
+    first, second = tmp_path / "st-first", tmp_path / "st-second"
+    run_shards(site, db, first)
+    run_shards(site, db, second)  # (the other submission's array, listed a moment later)
+    assert cli("run", "--site", str(site), "--db", str(db), "--merge", str(second), "--no-validate").returncode in (0, 1)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(first))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"are older than the manifest's latest version {label}" in out.stderr, out.stderr
+    assert "another run (another submission of the Slurm script, or a run)" in out.stderr
+    assert "is stale" not in out.stderr and "nothing was committed" in out.stderr, out.stderr
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
 
 
 def _edit_record(change):
@@ -740,6 +774,15 @@ def test_a_shard_out_of_range_is_refused_before_anything_is_listed_saying_where_
         assert f"invalid shard: '{shard}'" in out.stderr and "where: --shard\n" in out.stderr, out.stderr
         assert "0 <= K < N <= 4096" in out.stderr
     assert "at most 4096 shards" in cli(*common, "--shard", "0/4097").stderr
+    # Digits of other scripts (Arabic-Indic, full-width, Devanagari) were taken as ASCII ones by re's \d and int():
+    # `--shard ٣/٤` ran as shard 3 of 4, and a task id "٣" as task 3; refused as any other value that is no K/N
+    for shard in ("\u0663/\u0664", "\uff11/\uff14", "1/\u096a"):
+        out = cli(*common, "--shard", shard)
+        assert out.returncode == 2 and f"invalid shard: {shard!r}" in out.stderr, out.stderr
+        assert "where: --shard\n" in out.stderr and "Traceback" not in out.stderr
+    for task, count in (("\u0663", "4"), ("1", "\u0664"), ("\u00b2", "4")):
+        out = cli(*common, env={"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": count})
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "SLURM_ARRAY_TASK_ID" in out.stderr, out.stderr
     out = cli(*common, env={"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4"})
     assert out.returncode == 2 and "SLURM_ARRAY_TASK_ID 6" in out.stderr and "SLURM_ARRAY_TASK_COUNT 4" in out.stderr
     assert "where: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT" in out.stderr

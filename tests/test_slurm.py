@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -1233,3 +1234,48 @@ def test_a_second_run_slurm_on_the_same_manifest_submits_nothing(tmp_path):
     # once the first has ended, the next one submits (here: to the stand-in sbatch, which refuses it)
     after = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", env=env, timeout=30)
     assert after.returncode == 2 and called.exists(), after.stderr
+
+
+def test_a_run_slurm_killed_while_following_keeps_the_next_from_submitting_beside_its_jobs(slurm, stand_in, tmp_path):
+    """A `run --slurm` killed (SIGKILL: the OOM killer, a closed login session's kill) while it followed its jobs let
+    go of the manifest's submission lock but cancelled nothing: the next `run --slurm` submitted a second array beside
+    the first's, still running (the site hashed twice; with one --staging, each array's shards refused by the other's
+    locks, or one merge refused as stale). Its record names its jobs: the next one asks squeue, is refused while they
+    run (exit 4, naming them, with their scancel), and goes on once they have ended."""
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.slurm import submission_lock
+
+    python, _log = stand_in
+    db = tmp_path / "m.sqlite"
+    script = tmp_path / "job.sbatch"
+    script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(db), shards=2, cpus_per_task=1,
+                                   python=str(python), staging=str(tmp_path / "st")))
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom chorus_batch.slurm import submit_and_follow\n"
+         "sys.exit(submit_and_follow(open(sys.argv[1]).read(), poll_s=0.3, db=sys.argv[2], argv=['run', '--slurm']))",
+         str(script), str(db)], env={**os.environ, "STAND_IN_HANG": "1"}, stdout=subprocess.PIPE, text=True)
+    record = Path(str(db) + ".slurm.lock.json")
+    try:
+        for _ in range(300):
+            if record.exists() and "jobs" in record.read_text():
+                break
+            time.sleep(0.1)
+        jobs = json.loads(record.read_text())["jobs"]
+    finally:
+        follower.kill()
+        follower.communicate(timeout=30)
+    try:
+        with pytest.raises(ManifestLocked) as refused:
+            with submission_lock(str(db), ["run", "--slurm"]):
+                pass
+        said = str(refused.value) + (refused.value.fix or "")
+        assert "was stopped without cancelling its Slurm jobs" in said and "submitted nothing" in said, said
+        assert f"scancel {jobs[0]} {jobs[1]}" in said and jobs[0] in said, said
+        assert f"pid {follower.pid}" in said, said
+    finally:
+        slurm.run(["scancel", *jobs])
+    assert slurm.wait_job(jobs[0], timeout=60) == "CANCELLED"
+    slurm.wait_job(jobs[1], timeout=60)
+    with submission_lock(str(db), ["run", "--slurm"]):  # their jobs ended: the next one goes on
+        assert "jobs" not in record.read_text()
+    slurm.wait_idle()

@@ -823,6 +823,14 @@ class Manifest:
                         "ORDER BY run_id DESC LIMIT 1", (scan_started_ns,))
         return row[0] if row else None
 
+    def scan_of_version(self, version: str) -> int | None:
+        """When the listing of the run that committed `version` started (a merge's: its shards' earliest), or None."""
+        if not self.path.exists():
+            return None
+        row = self._one("SELECT scan_started_ns FROM runs WHERE version = ? AND scan_started_ns IS NOT NULL "
+                        "ORDER BY run_id DESC LIMIT 1", (version,))
+        return row[0] if row else None
+
     def mtime_unit_ns(self) -> int:
         """The precision of mtimes imported from another tool's journal (1000: chorus-upload's microseconds), or
         1 (every mtime recorded by chorus-batch itself, in nanoseconds). hashing.Rules compares at it."""
