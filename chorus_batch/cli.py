@@ -2224,7 +2224,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "validated", None) and args.command == "validate":  # its one transaction had been committed
             outcome = (f"the findings of this check of version {exc.validated} had been recorded before the signal "
                        "came; they stay (`chorus-batch validate` shows them)")
-        print(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}", file=sys.stderr)
+        print(shown(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}"), file=sys.stderr)
         _json_error(args, code, how.get(code, "interrupted"), outcome=outcome)
         return code
     except BrokenPipeError as exc:  # the reader left (`| head`): quietly, but with the command's own exit code
@@ -2236,12 +2236,12 @@ def main(argv: list[str] | None = None) -> int:
         known = machine_limit(exc)  # a limit of the machine's, not a fault of ours: said as one
         outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
-            print(scrub(f"chorus-batch: error: {known}\n  {outcome}"), file=sys.stderr)
+            print(shown(scrub(f"chorus-batch: error: {known}\n  {shown(outcome)}"), lines=True), file=sys.stderr)
             _json_error(args, int(known.exit_code), known.what, where=known.where, fix=known.fix, outcome=outcome)
             return int(known.exit_code)
         fix = "rerun with -v for details, and report it with that output"
-        print(scrub(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}"),
-              file=sys.stderr)
+        print(shown(scrub(f"chorus-batch: internal error: {type(exc).__name__}: {shown(str(exc))}\n  {shown(outcome)}.\n"
+                          f"  fix:   {fix}"), lines=True), file=sys.stderr)
         _json_error(args, int(ExitCode.FAILED), f"internal error: {type(exc).__name__}: {exc}", fix=fix, outcome=outcome)
         return int(ExitCode.FAILED)
     finally:
@@ -2254,8 +2254,8 @@ def _print_error(exc: ChorusError, outcome: str | None = None) -> None:
     from .urls import scrub
 
     print(shown(scrub(f"chorus-batch: error: {exc}"), lines=True), file=sys.stderr)
-    if outcome:
-        print(f"  {outcome}", file=sys.stderr)
+    if outcome:  # (one line: it names the manifest, whose path may hold a line break)
+        print(shown(scrub(f"  {outcome}")), file=sys.stderr)
 
 
 def _json_error(args: argparse.Namespace, code: int, error: str, **details: str | None) -> None:
