@@ -41,6 +41,7 @@ import pyarrow as pa
 from .frames import packed_frame
 from .fsutil import other_owner, restrict, write_private
 from .progress import log
+from .units import shown_name
 
 FORMAT = 2  # 2: with the header facts parsed from the bytes hashed (a checkpoint of format 1 is removed unread)
 CHECKPOINT_S = 5.0  # seconds of hashing between flushes (CHORUS_BATCH_CHECKPOINT_S overrides it)
@@ -359,8 +360,14 @@ class Writer:
                 self.flushes += 1
         except Exception as exc:
             self.checkpoint.broken = True
-            log.warning(f"cannot write the hash checkpoint in {self.checkpoint.folder} ({exc}); the run "
-                        "goes on, but if it is killed the next run hashes these files again")
+            # A folder with no segment (made, then its meta.json or first segment failed: a full disk) holds nothing
+            # to resume from: it was left, empty or with its meta.json alone, and the run's error then said "the
+            # files it hashed are checkpointed in" it
+            if not self.checkpoint._segments() and self.checkpoint.folder.is_dir() \
+                    and not self.checkpoint.folder.is_symlink():
+                remove(self.checkpoint.folder)
+            log.warning(f"cannot write the hash checkpoint in {shown_name(str(self.checkpoint.folder))} ({exc}); the "
+                        "run goes on, but if it is killed the next run hashes these files again")
             return False
         return True
 

@@ -1030,12 +1030,20 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             from .pipeline import run
             from .progress import Progress
 
-            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet))
+            def summary(result) -> None:
+                faults.pause("summary")  # (tests: a signal after the run, while its summary is printed)
+                with _kept_exit_code(int(result.exit_code)):  # (flushed: a failure of its last bytes is this run's)
+                    _print_run(args, result, settings, demo=target.demo)
+
+            # The summary is written by the run, before `runs` records its end: a summary lost (a full disk, a
+            # reader that left) is recorded as the run's outcome (its exit code), not as a success
+            result = run(settings, argv=argv, progress=Progress(quiet=args.quiet), report=summary)
             faults.pause("run-returned")  # (tests: a signal as the early listing is shut down, the version committed)
-        faults.pause("summary")  # (tests: a signal after the run, while its summary is printed)
-        with _kept_exit_code(int(result.exit_code)):  # (flushed: a failure of its last bytes still names the version)
-            _print_run(args, result, settings, demo=target.demo)
-    except BrokenPipeError:
+        if not result.reported:  # (a dry run; a manifest in Azure, whose summary names it once uploaded back)
+            summary(result)
+        _say_summary_lost(result)
+    except BrokenPipeError as exc:  # the reader left (`| head`): quiet, the run's own exit code, and what it committed
+        _say_summary_lost(result, getattr(exc, "outcome", None))
         raise
     except Exception as exc:  # the summary is lost, not the version: the message says which stands
         if result is not None and result.label:
@@ -1054,6 +1062,24 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise
     _say_refused(result)
     return int(result.exit_code)
+
+
+def _say_summary_lost(result, outcome: str | None = None) -> None:
+    """A run whose summary went nowhere (standard output closed, `>&-`, as cron or a service may start it) or was cut
+    by a reader that left (`run | head -1`) keeps its own exit code (README: the output is not the run's product, the
+    version is), but says on standard error what it committed: it said nothing, and `runs` and the exit code alone
+    could not tell a log reader whether a version was made."""
+    if outcome is None:
+        if result is None or getattr(sys.stdout, "_stream", True) is not None:  # (stdout open: the summary said it)
+            return
+        outcome = ("standard output is closed: the run's summary was not written; "
+                   + (f"version {result.label} was committed to {result.db}" if result.label
+                      else "nothing was committed (no changes to commit)" if not result.dry_run and result.refused is None
+                      else "nothing was committed"))
+    else:
+        outcome = "the reader of standard output left before the run's summary was all written; " + outcome
+    with contextlib.suppress(OSError, ValueError):  # (stderr gone too: the exit code says what it can)
+        print(shown(f"chorus-batch: note: {outcome}"), file=sys.stderr)
 
 
 def _print_run(args: argparse.Namespace, result, settings, *, demo: bool) -> None:
@@ -2224,7 +2250,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(exc, "validated", None) and args.command == "validate":  # its one transaction had been committed
             outcome = (f"the findings of this check of version {exc.validated} had been recorded before the signal "
                        "came; they stay (`chorus-batch validate` shows them)")
-        print(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}", file=sys.stderr)
+        print(shown(f"chorus-batch: {how.get(code, 'interrupted')}; {outcome}"), file=sys.stderr)
         _json_error(args, code, how.get(code, "interrupted"), outcome=outcome)
         return code
     except BrokenPipeError as exc:  # the reader left (`| head`): quietly, but with the command's own exit code
@@ -2236,12 +2262,12 @@ def main(argv: list[str] | None = None) -> int:
         known = machine_limit(exc)  # a limit of the machine's, not a fault of ours: said as one
         outcome = getattr(exc, 'outcome', None) or NOT_COMMITTED.get(args.command, NOTHING_COMMITTED)
         if known is not None:
-            print(scrub(f"chorus-batch: error: {known}\n  {outcome}"), file=sys.stderr)
+            print(shown(scrub(f"chorus-batch: error: {known}\n  {shown(outcome)}"), lines=True), file=sys.stderr)
             _json_error(args, int(known.exit_code), known.what, where=known.where, fix=known.fix, outcome=outcome)
             return int(known.exit_code)
         fix = "rerun with -v for details, and report it with that output"
-        print(scrub(f"chorus-batch: internal error: {type(exc).__name__}: {exc}\n  {outcome}.\n  fix:   {fix}"),
-              file=sys.stderr)
+        print(shown(scrub(f"chorus-batch: internal error: {type(exc).__name__}: {shown(str(exc))}\n  {shown(outcome)}.\n"
+                          f"  fix:   {fix}"), lines=True), file=sys.stderr)
         _json_error(args, int(ExitCode.FAILED), f"internal error: {type(exc).__name__}: {exc}", fix=fix, outcome=outcome)
         return int(ExitCode.FAILED)
     finally:
@@ -2254,8 +2280,8 @@ def _print_error(exc: ChorusError, outcome: str | None = None) -> None:
     from .urls import scrub
 
     print(shown(scrub(f"chorus-batch: error: {exc}"), lines=True), file=sys.stderr)
-    if outcome:
-        print(f"  {outcome}", file=sys.stderr)
+    if outcome:  # (one line: it names the manifest, whose path may hold a line break)
+        print(shown(scrub(f"  {outcome}")), file=sys.stderr)
 
 
 def _json_error(args: argparse.Namespace, code: int, error: str, **details: str | None) -> None:

@@ -92,15 +92,16 @@ class ChorusError(Exception):
         self.fix = fix
 
     def __str__(self) -> str:
-        parts = [self.what]
-        if self.where:
-            from .units import shown
+        from .units import shown
 
-            # one line, whatever the path it names holds: `--db $'a\nb.sqlite'` split "where:" over two lines, and an
-            # escape sequence in a name reached the terminal
+        # each part one line, whatever the path it names holds: `--db $'a\nb.sqlite'` split "where:" over two lines,
+        # a site root or file named with a line break split the first line (what a log's grep and the reader of
+        # `chorus-batch: error:` take for the whole error), and an escape sequence in a name reached the terminal
+        parts = [shown(self.what)]
+        if self.where:
             parts.append(f"  where: {shown(self.where)}")
         if self.fix:
-            parts.append(f"  fix:   {self.fix}")
+            parts.append(f"  fix:   {shown(self.fix)}")
         return "\n".join(parts)
 
     def _render_traceback_(self) -> list[str]:

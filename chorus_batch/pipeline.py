@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -31,7 +33,7 @@ from .sources import open_source
 from .urls import is_remote, local_path, mask_url, protocol_of, redact, storable
 from .store import Manifest
 from .times import utc_now
-from .units import plural
+from .units import plural, shown_name
 
 
 @dataclass(kw_only=True)  # after the commit's fields, one of which has a default
@@ -48,6 +50,7 @@ class RunResult(Committed):
     elapsed_s: float
     hash_s: float
     scan_started_ns: int  # recorded in `runs`: the next run's racily-clean check compares with it
+    reported: bool = False  # run(report=...) wrote its summary (before `runs` recorded the run's end)
     timings: dict[str, float] = field(default_factory=dict)
     excluded: dict = field(default_factory=dict)  # what the exclusion globs left out (ScanResult.excluded)
     findings: pl.DataFrame | None = None  # FINDINGS_SCHEMA of the latest version; None when not validated
@@ -81,8 +84,13 @@ def open_roots(settings: RunSettings) -> list[Root]:
             for location, what, modality in named_roots(settings.site, settings.roots)]
 
 
-def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:
-    """Run the pipeline once and (unless dry_run) commit a new version if anything changed."""
+def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None,
+        report: Callable[[RunResult], None] | None = None) -> RunResult:
+    """Run the pipeline once and (unless dry_run) commit a new version if anything changed.
+
+    `report` (the command line's summary) is called with the result before the run's end is recorded in `runs`
+    (RunResult.reported is then True): a summary that cannot be written (a full disk, a reader that left) is part of
+    how the run ended, and `runs` records that, not the 0 of a run whose output was lost."""
     refuse_while_starting()  # (a worker importing a caller's unguarded script: before the manifest is locked)
     if not isinstance(settings, RunSettings):  # a library caller's dict or path: said, not an AttributeError
         raise UsageError(f"run() takes a RunSettings, not {type(settings).__name__} {settings!r}",
@@ -100,7 +108,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
         result = None
         try:
             with remote_manifest(settings.db, settings.cloud, argv, read_only=settings.dry_run) as local:
-                result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)
+                result = run(settings.model_copy(update={"db": str(local)}), argv=argv, progress=progress)  # (its summary
+                # names the manifest in Azure: printed by the caller once the result says so)
                 result.change_set  # noqa: B018  read from the working copy while it exists
         except (KeyboardInterrupt, Stopped) as exc:
             _say_stopped_upload(exc, result)
@@ -122,8 +131,8 @@ def run(settings: RunSettings, *, argv: list[str] | None = None, progress: Progr
                             [(settings.merge, "--merge", "the shards' staging folder")])
         check_staging(settings.merge)
         with staging_lock(settings.merge, merge=True):  # no shard rewritten while it is read and committed
-            return _run_logged(settings, argv, progress, delete_list)
-    return _run_logged(settings, argv, progress, delete_list)
+            return _run_logged(settings, argv, progress, delete_list, report)
+    return _run_logged(settings, argv, progress, delete_list, report)
 
 
 def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
@@ -147,13 +156,13 @@ def _say_stopped_upload(exc: BaseException, result: RunResult | None) -> None:
 
 
 def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
-                delete_list: pl.DataFrame | None) -> RunResult:
+                delete_list: pl.DataFrame | None, report: Callable[[RunResult], None] | None = None) -> RunResult:
     """run, from its roots on: under the manifest's lock, logged in `runs`."""
     roots = open_roots(settings)
     manifest = Manifest(settings.db)
     made = preflight(settings, manifest)
     try:
-        return _checked_run(settings, argv, progress, delete_list, roots, manifest)
+        return _checked_run(settings, argv, progress, delete_list, roots, manifest, report)
     finally:
         # a --parquet folder this run made and wrote nothing into (nothing committed, a refusal) is not left behind:
         # a reader refuses an empty snapshot folder
@@ -161,7 +170,7 @@ def _run_logged(settings: RunSettings, argv: list[str], progress: Progress,
 
 
 def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, delete_list: pl.DataFrame | None,
-                 roots: list, manifest: Manifest) -> RunResult:
+                 roots: list, manifest: Manifest, report: Callable[[RunResult], None] | None = None) -> RunResult:
     """_run_logged once every setting was checked."""
     for position, root in enumerate(roots):  # a mistyped --site is exit 2 before the manifest is created or a `runs` row written
         try:
@@ -205,14 +214,17 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                     result = _run(settings, manifest, roots, progress, run_id=run_id, delete_list=delete_list)
                     # Its end recorded in here: a signal meanwhile is said with the version committed (below)
                     pause("run-finished")  # (tests: a signal after the run's work, as `runs` records its end)
+                    lost = _reported(report, result)
                     _finish_run(
-                        manifest, run_id, exit_code=int(result.exit_code), version=result.label, n_files=result.n_files,
-                        n_hashed=result.n_hashed, bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
-                        scan_started_ns=result.scan_started_ns,
+                        manifest, run_id, exit_code=int(getattr(lost, "exit_code", result.exit_code)),
+                        version=result.label, n_files=result.n_files, n_hashed=result.n_hashed,
+                        bytes_hashed=result.bytes_hashed, n_errors=result.errors.height,
+                        scan_started_ns=result.scan_started_ns, message=getattr(lost, "recorded", None),
                     )
             except ChorusError as exc:
-                _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=getattr(exc, "committed", None),
-                            message=exc.what)
+                committed = getattr(exc, "committed", None) or manifest.committed_by_run(run_id)
+                _finish_run(manifest, run_id, exit_code=int(exc.exit_code), version=committed,
+                            message=f"{exc.what}; {_what_stands(committed, latest)}")
                 raise
             except (KeyboardInterrupt, Stopped) as exc:
                 code = exc.exit_code if isinstance(exc, Stopped) else int(ExitCode.INTERRUPTED)
@@ -225,12 +237,13 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 raise
             except Exception as exc:
                 committed = manifest.committed_by_run(run_id)
-                _finish_run(manifest, run_id, exit_code=int(ExitCode.FAILED), version=committed,
-                            message=f"{type(exc).__name__}: {exc}")
+                known = machine_limit(exc)  # (the machine's limit, with its own fix: a full disk, memory)
+                _finish_run(manifest, run_id, exit_code=int(known.exit_code if known else ExitCode.FAILED),
+                            version=committed, message=f"{known.what if known else f'{type(exc).__name__}: {exc}'}; "
+                                                       f"{_what_stands(committed, latest)}")
                 if committed is None:
                     raise
                 # Never let the generic message say "nothing was committed" when a version was.
-                known = machine_limit(exc)  # (the machine's limit, with its own fix)
                 failed = AfterCommitError(
                     f"version {committed} was committed to {manifest.path}, but the run then failed: "
                     + (known.what if known else f"{type(exc).__name__}: {exc}"), where=known.where if known else str(manifest.path),
@@ -239,6 +252,8 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 raise failed from exc
             if (gone := manifest.vanished()) is not None:  # the version went with the file: not "committed to" it
                 raise gone
+            if lost is not None:  # (recorded above, with what stands: not again as a failure of the run)
+                raise lost
     except ManifestLocked as exc:  # logged too: `runs` has every run (best effort, the holder may be writing)
         manifest.log_refused_run(redact(argv), settings.mode, site, int(exc.exit_code), exc.what)
         raise
@@ -251,6 +266,8 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
             if isinstance(exc, Exception):
                 raise gone from exc
             exc.outcome = f"{gone.what}; {gone.outcome}"  # type: ignore[union-attr]  # (a signal: its exit code stays)
+        if kept is not None and not manifest.path.exists():  # (refused before one was made: a read-only folder's lock)
+            kept = f"nothing was committed; no manifest was made at {manifest.path}"
         said = kept is not None and getattr(exc, "committed", None) is None and getattr(exc, "outcome", None) is None
         if said and (isinstance(exc, (KeyboardInterrupt, Stopped)) or not isinstance(exc, ChorusError)
                      or exc.exit_code == ExitCode.FAILED):
@@ -258,6 +275,39 @@ def _checked_run(settings: RunSettings, argv: list[str], progress: Progress, del
                 exc.outcome = kept + _resumes(settings, manifest)  # type: ignore[union-attr]
         raise
     return result
+
+
+def _reported(report: Callable[[RunResult], None] | None, result: RunResult) -> BaseException | None:
+    """The run's summary written (the command line's `report`), before `runs` records the run's end. A summary that
+    could not be written is returned, with the exit code the run ends with (`exit_code`: a full disk or a closed
+    descriptor fails the command, 3; a reader that left keeps the run's own), what `runs` records (`recorded`) and
+    what stands (`committed`, `outcome`). Recorded 0 and exited 3, `runs` said a run succeeded whose output was lost."""
+    if report is None:
+        return None
+    result.reported = True
+    try:
+        report(result)
+        return None
+    except BrokenPipeError as exc:  # the reader left (`| head`): the run's own exit code (README), said on stderr
+        exc.exit_code = int(result.exit_code)  # type: ignore[attr-defined]
+        what = "its summary was cut: the reader of standard output left before it was all written"
+        lost: BaseException = exc
+    except ChorusError as exc:  # (the command line's OutputError: a full disk, /dev/full, a closed descriptor)
+        what = exc.what
+        lost = exc
+    if result.label:
+        shows = shlex.join(["chorus-batch", "changes", "--db", str(result.db), "--version", result.label])
+        stands = f"version {result.label} was committed to {result.db}; only this summary was not written (`{shows}` shows it)"
+    elif result.refused is None:
+        kept = (f"version {result.previous_label} stays the latest" if result.previous_label
+                else "the manifest holds no version yet")
+        stands = f"nothing was committed (no changes to commit); {kept}; only this summary was not written"
+    else:
+        stands = "nothing was committed; only this summary was not written"
+    lost.committed = result.label  # type: ignore[attr-defined]
+    lost.outcome = stands  # type: ignore[attr-defined]
+    lost.recorded = f"{what}; {stands}"  # type: ignore[attr-defined]
+    return lost
 
 
 def _resumes(settings: RunSettings, manifest: Manifest) -> str:
@@ -274,6 +324,13 @@ def _resumes(settings: RunSettings, manifest: Manifest) -> str:
     return ""
 
 
+def _what_stands(committed: str | None, latest: dict | None) -> str:
+    """What `runs` records beside a failed run's error: the version it committed, or that it committed none."""
+    if committed:
+        return f"version {committed} was committed before the failure; it stays"
+    return nothing_committed(latest["label"] if latest else None)
+
+
 def nothing_committed(latest: str | None) -> str:
     """What a run stopped before its commit leaves: the previous version, or (a first run) no version at all."""
     if latest is None:
@@ -286,13 +343,19 @@ def _finish_run(manifest: Manifest, run_id: int, **outcome) -> None:
     first error, or the version it committed) is still what is reported and exited with; this failure is said
     beside it, never in its place."""
     if manifest.vanished() is not None:  # (no run log to write: the run's error says what became of it)
+        with contextlib.suppress(OSError):  # (nor the room kept for its outcome beside it)
+            manifest.run_outcome.unlink()
         return
     try:
         manifest.finish_run(run_id, **outcome)
     except Exception as exc:
         said = exc.what if isinstance(exc, ChorusError) else f"{type(exc).__name__}: {exc}"
+        # noted beside it for the next run to record: left unfinished, the run was recorded as killed (137)
+        noted = (f"it is noted in {shown_name(manifest.run_outcome.name)} beside it, and the next run records it there"
+                 if manifest.note_run_outcome(run_id, **outcome) else
+                 "nor noted beside it: the next run records it as ended without a word (137)")
         log.warning(f"this run's outcome could not be recorded in the run log (`runs`) of {manifest.path}: {said}; "
-                    "what follows is what the run did")
+                    f"{noted}; what follows is what the run did")
 
 
 def status(settings: RunSettings, *, argv: list[str] | None = None, progress: Progress | None = None) -> RunResult:

@@ -398,3 +398,21 @@ def test_a_merge_that_commits_removes_the_checkpoint_an_interrupted_run_left(sit
     assert not folder_of(db).exists()
     assert f"removing the hash checkpoint {folder_of(db)}" in out.stderr
     assert [r[0] for r in rows(db)] == sorted(str(p.relative_to(site)) for p in site.rglob("*.dat"))
+
+
+def test_a_checkpoint_that_could_not_be_written_leaves_no_folder_nor_a_word_of_it(site, small_disk):
+    """The disk filled while the run hashed: the checkpoint folder was made, its meta.json could not be written, and
+    the empty folder stayed; the run's error then said "the files it hashed are checkpointed in" it. A folder with
+    nothing to resume from is removed."""
+    from conftest import fill, paused
+
+    db = small_disk / "m.sqlite"
+    make_site(site, 5)
+    assert cli("run", "--no-validate", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    make_site(site, 300)
+    proc = paused("run", "--no-validate", "-q", "--site", str(site), "--db", str(db), at="hashing+2")
+    fill(small_disk)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3 and "the disk is full" in err, err
+    assert "cannot write the hash checkpoint" in err, err
+    assert not folder_of(db).exists() and "checkpointed in" not in err, err

@@ -1900,3 +1900,19 @@ def test_the_where_line_of_an_error_is_one_line_whatever_the_path_holds(tmp_path
     assert out.returncode == 2, out.stderr
     where = next(line for line in out.stderr.splitlines() if line.startswith("  where: "))
     assert where.endswith("a\\nb.sqlite"), out.stderr
+
+
+def test_a_site_root_named_with_a_line_break_keeps_the_error_on_its_first_line(tmp_path):
+    """A root named with a line break ('r\\nx', in a refusal that names it) split the first line of the error: a log
+    reader's `grep 'chorus-batch: error'` got half of it. Each part of an error is one line, the name escaped."""
+    site = tmp_path / "r\nx"
+    write(site, "OMOP/a.csv", b"a")
+    db = tmp_path / "m.sqlite"
+    assert cli("run", "--no-validate", "-q", "--site", str(site), "--db", str(db)).returncode == 0
+    (site / "OMOP" / "a.csv").unlink()
+    (site / "OMOP").rmdir()
+    out = cli("run", "--no-validate", "-q", "--site", str(site), "--db", str(db))
+    assert out.returncode == 5, out.stderr
+    first, *rest = out.stderr.splitlines()
+    assert first.startswith("chorus-batch: error: refused: root ") and "r\\nx lists no files at all" in first, out.stderr
+    assert [line[:9] for line in rest] == ["  where: ", "  fix:   "], out.stderr

@@ -647,8 +647,10 @@ def test_a_panic_in_a_librarys_rust_code_fails_the_run_as_an_error(site, db):
     done = subprocess.run([sys.executable, "-c", _PANICKING, str(site), str(db)], capture_output=True, text=True,
                           timeout=120, env={k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"})
     assert done.returncode == 0 and done.stdout.strip() == "raised LibraryPanic", (done.stdout, done.stderr)
+    (label,) = query(db, "SELECT label FROM versions")[0]
     assert query(db, "SELECT exit_code, message FROM runs ORDER BY run_id DESC LIMIT 1") == [
-        (ExitCode.FAILED, "LibraryPanic: a library panicked: Worker threads cannot be set to 0")]
+        (ExitCode.FAILED, "LibraryPanic: a library panicked: Worker threads cannot be set to 0; nothing was committed; "
+                          f"version {label} stays the latest")]
     assert current_rows(db) == before
 
 
@@ -1766,3 +1768,70 @@ def test_a_read_only_lock_file_of_this_user_says_to_make_it_writable(db):
     said = _cannot_lock(db, lock, PermissionError(13, "Permission denied"))  # what a non-root user meets
     assert "lock file is read-only" in str(said) and f"chmod u+w {lock}" in said.fix, said
     assert "ordinary file system" not in said.fix
+
+
+def test_a_run_stopped_by_a_full_disk_is_recorded_with_its_own_exit_code_not_as_killed(site, small_disk):
+    """The disk filled while the run hashed (its own checkpoint, another job's files): the commit failed, and so did
+    the update of its `runs` row; left unfinished, the next run recorded it as killed (137, "SIGKILL, a job time
+    limit..."). The room for its outcome is taken when the run begins: the next run records it as it ended (3, the
+    full disk, nothing committed)."""
+    db = small_disk / "m.sqlite"
+    many(site, 20)
+    assert run(site, db, "-q").returncode == 0
+    (first,) = query(db, "SELECT label FROM versions")[0]
+    many(site, 400)
+    proc = paused("run", "--no-validate", "--site", str(site), "--db", str(db), "-q", at="hashing+2")
+    filler = fill(small_disk)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == ExitCode.FAILED, err
+    assert "the disk is full" in err and f"nothing was committed; version {first} stays the latest" in err, err
+    filler.unlink()
+    again = run(site, db, "-q")
+    assert again.returncode == 0, again.stderr
+    rows = query(db, "SELECT exit_code, version, message FROM runs ORDER BY run_id")
+    assert [row[:2] for row in rows[:2]] == [(0, first), (ExitCode.FAILED, None)], rows
+    assert "the disk is full" in rows[1][2] and f"nothing was committed; version {first} stays the latest" in rows[1][2]
+    assert "killed" not in rows[1][2], rows
+    assert not Path(f"{db}.run-outcome").exists()
+
+
+def test_a_run_whose_summary_cannot_be_written_records_the_exit_code_it_ends_with(site, db):
+    """`run > /dev/full`: exit 3 (the summary lost, the version named), but `runs` recorded 0: its end was recorded
+    before the summary was printed. It is printed first; `runs` records 3 and the version committed."""
+    many(site, 3)
+    with open("/dev/full", "w") as full:
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "--site", str(site),
+                              "--db", str(db)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert out.returncode == ExitCode.FAILED and f"version {label} was committed" in out.stderr, out.stderr
+    ((code, version, message),) = query(db, "SELECT exit_code, version, message FROM runs")
+    assert (code, version) == (ExitCode.FAILED, label), message
+    assert "could not write the output to standard output" in message and f"version {label} was committed" in message
+
+
+@pytest.mark.parametrize("how", ["closed", "reader left"])
+def test_a_run_whose_summary_went_nowhere_says_on_stderr_what_it_committed(site, db, how):
+    """`run >&-` (a cron line, a service) and `run | head -1` whose reader left before the summary: exit 0 and not a
+    word of the version it committed (the summary said it). The exit code stays the run's own (README); standard
+    error says what it committed, and `runs` notes a summary cut short."""
+    many(site, 3)
+    if how == "closed":
+        out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "-q", "--site", str(site),
+                              "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             timeout=120, preexec_fn=lambda: os.close(1))
+    else:
+        read, write_end = os.pipe()
+        os.close(read)  # the reader left before anything was written
+        try:
+            out = subprocess.run([sys.executable, "-m", "chorus_batch", "run", "--no-validate", "-q", "--site",
+                                  str(site), "--db", str(db)], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                 timeout=120)
+        finally:
+            os.close(write_end)
+    (label,) = query(db, "SELECT label FROM versions")[0]
+    assert out.returncode == 0, out.stderr
+    assert f"version {label} was committed to {db}" in out.stderr and "summary" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1, out.stderr
+    ((code, version, message),) = query(db, "SELECT exit_code, version, message FROM runs")
+    assert (code, version) == (0, label)
+    assert (message is None) if how == "closed" else ("its summary was cut" in message), message

@@ -326,6 +326,7 @@ class Manifest:
         self.path = Path(os.path.realpath(path))
         self.cache_path = Path(f"{self.path}.state.parquet")
         self.pending_runs = Path(f"{self.path}.runs-pending.jsonl")
+        self.run_outcome = Path(f"{self.path}.run-outcome")  # (note_run_outcome)
         self._manifest_id: str | None = None
         self.committed_label: str | None = None  # the version this object committed (messages after a signal)
         self._source: str | None = None  # what SQLite opens: the path, or a read-only URI (see _sqlite_source)
@@ -1054,6 +1055,7 @@ class Manifest:
         (SIGKILL, a Slurm time limit, the out-of-memory killer, a reboot): no run holds the lock but this one, so
         they are finished here, with the version each committed if any, rather than left with no exit code."""
         with self._open() as con, con:
+            noted = self._take_noted_outcome(con)  # (first: the outcome of a run whose disk was too full for `runs`)
             con.execute(
                 "UPDATE runs SET exit_code = ?, version = coalesce(version, (SELECT label FROM versions v "
                 "WHERE v.run_id = runs.run_id)), message = ? WHERE exit_code IS NULL",
@@ -1063,7 +1065,69 @@ class Manifest:
                 "INSERT INTO runs (started_at, host, user, pid, argv, mode, site, release) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (iso(utc_now()), socket.gethostname(), user_name(), os.getpid(), json.dumps(argv), mode, site, release()),
             )
-            return int(cur.lastrowid or 0)
+            run_id = int(cur.lastrowid or 0)
+        if noted:
+            with contextlib.suppress(OSError):
+                self.run_outcome.unlink()
+        self._reserve_outcome(run_id)
+        return run_id
+
+    # Room for a run's outcome, taken when it begins and written over in place when `runs` cannot be written (a full
+    # disk: the failed commit filled it, or the run's own checkpoint took its last blocks). It had no room then: the
+    # row stayed unfinished and the next run recorded the run as killed (137), not as the full disk that stopped it.
+    _OUTCOME_BYTES = 4096
+
+    def _reserve_outcome(self, run_id: int) -> None:
+        row = json.dumps({"run": run_id, "pid": os.getpid()}).encode()
+        try:
+            fd = create_private(self.run_outcome)
+            with os.fdopen(fd, "wb") as f:
+                f.write(row.ljust(self._OUTCOME_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # (best effort: no room now, the run will fail anyway; nothing half-written is kept)
+            with contextlib.suppress(OSError):
+                self.run_outcome.unlink()
+
+    def note_run_outcome(self, run_id: int, *, exit_code: int, version: str | None, message: str | None = None,
+                         **_counts) -> bool:
+        """How run `run_id` ended, written over the room taken for it beside the manifest (<db>.run-outcome), when
+        `runs` could not be written: the next run records it there (begin_run). False when that could not be done."""
+        said = None if message is None else storable(scrub(message))
+        while True:
+            row = json.dumps({"run": run_id, "pid": os.getpid(), "finished_at": iso(utc_now()), "exit_code": exit_code,
+                              "version": version, "message": said}).encode()
+            if len(row) < self._OUTCOME_BYTES or not said:
+                break
+            said = said[: len(said) // 2] + "..."
+        try:
+            fd = os.open(self.run_outcome, os.O_WRONLY | getattr(os, "O_BINARY", 0))  # (no truncation: in place)
+            with os.fdopen(fd, "wb") as f:
+                f.write(row.ljust(self._OUTCOME_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            return False
+        return True
+
+    def _take_noted_outcome(self, con: sqlite3.Connection) -> bool:
+        """The outcome a run noted beside the manifest (note_run_outcome), recorded in its `runs` row (inside the
+        caller's transaction): only a row still unfinished, of that very process. True when there was such a file."""
+        try:
+            item = json.loads(self.run_outcome.read_bytes().strip() or b"{}")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True
+        if isinstance(item, dict) and "exit_code" in item:
+            message = item.get("message")
+            with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
+                con.execute("UPDATE runs SET finished_at = ?, exit_code = ?, version = coalesce(?, version), message = ? "
+                            "WHERE run_id = ? AND pid = ? AND exit_code IS NULL",
+                            (item.get("finished_at"), int(item["exit_code"]), item.get("version"),
+                             f"{message + '; ' if message else ''}recorded by the next run: the disk was too full to "
+                             "record it in `runs`", int(item.get("run", 0)), item.get("pid")))
+        return True
 
     _RUN_COLUMNS = ("started_at", "finished_at", "host", "user", "pid", "argv", "mode", "site", "exit_code", "message",
                     "release")
@@ -1128,6 +1192,8 @@ class Manifest:
                  None if message is None else storable(scrub(message)), run_id),
             )
             self._take_pending_runs(con)
+        with contextlib.suppress(OSError):  # (its outcome is in `runs`: the room kept for it is not needed)
+            self.run_outcome.unlink()
 
     # ------------------------------------------------------------------ writes
 
