@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -952,7 +953,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "metadata_md.v3"}
+    assert set(errors) == {"wfdb_header.v6", "dicom.v8", "omop_csv", "metadata_md.v4"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -968,7 +969,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v5"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v6"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -1018,7 +1019,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v3",
+    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v8", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v4",
                                  "mapping_csv.v4", "registry_csv.v11", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1183,8 +1184,8 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md.v3", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v5", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
+    ("wfdb_header.v6", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts
@@ -1192,6 +1193,28 @@ def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind
     write(tmp_path, "f", text.encode("utf-16"))
     with open(tmp_path / "f", "rb") as f:
         assert parse_facts(kind, f)["error"] == f"the file is UTF-16 text, {expected}"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_markdown_file_saved_as_utf16_with_its_byte_order_mark_is_read(tmp_path, encoding):
+    """SUBMISSION.md saved by Notepad or Word as "Unicode" (UTF-16 with a byte-order mark) was refused as "the file is
+    UTF-16 text, not UTF-8", with nothing of what to do; the mark says how to read it. Without the mark: told how to
+    save it again."""
+    from chorus_batch.validate.readers import parse_facts
+    from chorus_batch.validate.rules import KIND_MARKDOWN
+
+    text = "# Submission\n## Hospital\nHospital name: Général\n- [x] done\n- [ ] not yet\n"
+    data = text.encode(encoding)
+    if encoding != "utf-16":  # (Python's "utf-16" writes the mark; the -le/-be codecs do not)
+        data = ("\ufeff" + text).encode(encoding)
+    facts = parse_facts(KIND_MARKDOWN, io.BytesIO(data))
+    assert "error" not in facts, facts
+    assert facts == parse_facts(KIND_MARKDOWN, io.BytesIO(text.encode("utf-8"))), facts
+    no_mark = parse_facts(KIND_MARKDOWN, io.BytesIO(text.encode("utf-16-le")))
+    assert no_mark["error"] == ("the file is UTF-16 text without a byte-order mark, not UTF-8: save it again as UTF-8 "
+                                "(in most editors: Save As, Encoding UTF-8)"), no_mark
+    cut = parse_facts(KIND_MARKDOWN, io.BytesIO(text.encode("utf-16")[:-1]))  # an odd number of bytes
+    assert cut["error"].startswith("the file begins with a UTF-16 byte-order mark but is not UTF-16 text"), cut
 
 
 def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_remedy(clean):

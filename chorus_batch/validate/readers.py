@@ -227,9 +227,9 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
-            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", rec["base_time"], lines[0])
+            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0])
             if rec["base_time"] else None,
-            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", rec["base_date"], lines[0])
+            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0])
             if rec["base_date"] else None,
             "signals": [],
             "segments": None,
@@ -300,17 +300,41 @@ _BASE_FORMS = {"time": "HH:MM:SS (a 24-hour clock, seconds with a fraction if an
                "date": "DD/MM/YYYY (the day first: 2 January 2020 is 02/01/2020)"}
 
 
-def _base(convert: Callable[[], str], what: str, read: str, line: str) -> str:
-    """The record line's base time or date, converted; BadContent naming which and its form where it is not one.
-    (wfdb's own "time data '2020/01' does not match format '%d/%m/%Y'" quoted the part its expression took of a
-    date written 2020/01/02, named no field and said nothing of the form WFDB writes)"""
+_YEAR_FIRST = re.compile(r"([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})")
+_DAY_FIRST_OTHER = re.compile(r"([0-9]{1,2})[-.]([0-9]{1,2})[-.]([0-9]{4})")
+
+
+def _base(convert: Callable[[], str], what: str, line: str) -> str:
+    """The record line's base time or date, converted; BadContent naming which, quoting it as the line has it, and
+    saying how WFDB writes it, where it is not one. (wfdb's expression takes a part of a value written otherwise, and
+    the message quoted that part: a date written 2020-01-02 was "wfdb reads '2020'", as if the year were read; a date
+    without a time, "02/01/2020", was "wfdb reads '/01/2020'", its day taken for a base time)"""
     try:
         return convert()
     except ValueError:
         shown = line.strip()
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        # The fields are positional (name, signals, frequency, samples, time, date): the 5th and 6th as written
+        fields = line.split()
+        at_time = fields[4] if len(fields) > 4 else ""
+        if "/" in at_time or _YEAR_FIRST.fullmatch(at_time) or _DAY_FIRST_OTHER.fullmatch(at_time):
+            what = "time"  # a date alone, where the time is written (wfdb took its day, "02", for a time)
+        written = at_time if what == "time" else fields[5] if len(fields) > 5 else ""
+        hint = ""
+        if found := _YEAR_FIRST.fullmatch(written):
+            date_ = f"{int(found[3]):02d}/{int(found[2]):02d}/{found[1]}"
+            hint = (f": a date written year first; WFDB writes it day first, {date_}" if what == "date" else
+                    f": a date where the base time is written; WFDB reads a base date only after a base time "
+                    f"(HH:MM:SS {date_})")
+        elif what == "time" and ("/" in written or _DAY_FIRST_OTHER.fullmatch(written)):
+            hint = (": a date where the base time is written; WFDB reads a base date only after a base time, "
+                    "'HH:MM:SS DD/MM/YYYY' (the time the recording started, then its date)")
+        elif what == "date" and (found := _DAY_FIRST_OTHER.fullmatch(written)):
+            hint = f": WFDB writes the date with slashes, {int(found[1]):02d}/{int(found[2]):02d}/{found[3]}"
+        elif what == "date" and re.fullmatch(r"[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,3}", written):
+            hint = ": the year is written with four digits (WFDB would read '20' as the year 20)"
         raise BadContent(f"invalid header syntax (the record line's base {what} is not a {what} WFDB reads, which is "
-                         f"written {_BASE_FORMS[what]}; wfdb reads '{read}' of '{shown}')") from None
+                         f"written {_BASE_FORMS[what]}; the line has '{written}'{hint}: '{shown}')") from None
 
 
 def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
@@ -683,11 +707,32 @@ _FENCED = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^ {0,3}\1[`~]*[ \t]*$|\
 _PLACEHOLDER = re.compile(r"^(?:<[^>]*>?|_+|\.\.\.|tbd|n/?a)?$", re.IGNORECASE)
 
 
+def _markdown_text(data: bytes) -> str:
+    """A Markdown file's text: UTF-8, or UTF-16 that begins with its byte-order mark (Notepad's or Word's "Unicode"
+    save of SUBMISSION.md: it was refused as "the file is UTF-16 text, not UTF-8", saying nothing of what to do; the
+    mark says how to read it, as any editor or browser does). UTF-16 without the mark is told how to save it again."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) and not data.startswith(b"\xff\xfe\0\0"):  # (not UTF-32)
+        if len(data) > MAX_TEXT_BYTES:
+            raise BadContent(f"the file is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise BadContent("the file begins with a UTF-16 byte-order mark but is not UTF-16 text (cut short, or "
+                             "another encoding?): save it again as UTF-8") from None
+        if _BINARY.search(text):
+            raise BadContent("the file holds control characters (binary data?)")
+        return text
+    if _utf16(data):
+        raise BadContent("the file is UTF-16 text without a byte-order mark, not UTF-8: save it again as UTF-8 "
+                         "(in most editors: Save As, Encoding UTF-8)")
+    return _text(data, "utf-8-sig")
+
+
 def _markdown_facts(f) -> dict[str, Any]:
     """READINESS.md / SUBMISSION.md: the headings (with the template's labels that are answered: "Hospital name:
     General Hospital", or the answer on the next line), and the checklist items ticked and not (an item marked
     "(optional)" left unticked is not asked for)."""
-    text = _read_text(f, "utf-8-sig")
+    text = _markdown_text(_read_up_to(f, MAX_TEXT_BYTES + 1))
     headings, unchecked, checked = [], [], 0
     # What a reader of the rendered file does not see: HTML comments (a template's "<!-- - [ ] ... -->" is no item
     # left unticked) and fenced code blocks (an example, not the site's answer)
