@@ -466,6 +466,41 @@ def test_a_deflated_file_cut_short_is_told_to_be_copied_again():
                             "file again"}, got
 
 
+def test_a_deflated_file_is_inflated_only_as_far_as_its_header_is_read():
+    """dcmread inflates a deflated data set whole to read its header (zlib.decompress of the whole file, even with
+    stop_before_pixels): a 64 MiB image held ~2 x 64 MiB at once (a 200 MiB one, 437 MiB). It is inflated a chunk at a
+    time, what lies past the header counted, not kept; its facts are the same."""
+    import tracemalloc
+
+    small, large = dicom(DeflatedExplicitVRLittleEndian, pixels=4096), dicom(DeflatedExplicitVRLittleEndian,
+                                                                                pixels=64 << 20)
+    tracemalloc.start()
+    try:
+        got = facts(large)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == facts(small) and got["patient_id"] == "000177", got
+    assert peak < 16 << 20, f"{peak:,} bytes at the peak"
+
+
+def test_a_deflated_file_whose_data_set_inflates_short_of_its_pixel_data_is_told():
+    """A deflated data set that inflates whole, but to fewer bytes than its header gives the pixel data (a writer that
+    stopped, then closed the stream), read as a whole image: dcmread's size check skips deflated files."""
+    import zlib
+
+    whole = dicom(DeflatedExplicitVRLittleEndian, pixels=4096)
+    meta_length = int.from_bytes(whole[140:144], "little")  # (the meta group's length: the data set follows it)
+    start = 144 + meta_length
+    body = zlib.decompress(whole[start:], -zlib.MAX_WBITS)
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    short = whole[:start] + packer.compress(body[:-1000]) + packer.flush()
+    got = facts(short)
+    assert got["error"].startswith(f"{readers.PIXELS_CUT} (its deflated data set inflates whole, but to too few "
+                                   "bytes: "), got
+    assert "copy the file again" in got["error"], got
+
+
 @pytest.mark.parametrize(("name", "kept"), [("Doe^Jane", False), ("MADONNA", False), ("000177", True),
                                             ("000177^^^", True), ("P0001", True)])
 def test_the_values_of_identifying_attributes_are_never_kept_only_that_they_are_filled(name, kept, monkeypatch):

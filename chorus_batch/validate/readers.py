@@ -372,6 +372,14 @@ def _dicom_facts(f) -> dict[str, Any]:
         raise BadContent("the file is empty")
     if head[128:132] != b"DICM":  # (a preamble may begin with any bytes)
         _compressed(head)
+    if (inflated := _Inflated.of(f, head)) is not None:  # a deflated data set: its header inflated, not the whole file
+        try:
+            return _dicom_facts(inflated)
+        except BadContent as exc:
+            if str(exc).startswith(PIXELS_CUT):  # (the sizes are of the inflated data set, not of the file)
+                raise BadContent(f"{PIXELS_CUT} (its deflated data set inflates whole, but to too few bytes: "
+                                 f"{str(exc)[len(PIXELS_CUT) + 2:]}") from None
+            raise
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
     truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
     wanted = DICOM_HEAD_BYTES
@@ -444,6 +452,114 @@ def _dicom_facts(f) -> dict[str, Any]:
     if lacking := _lacking(elements, facts.get("modality"), pixels is not None):
         facts["lacking"] = lacking
     return facts
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the data set after the meta group, deflated
+_INFLATE_CHUNK = 64 * 1024
+
+
+class _Inflated(io.RawIOBase):
+    """A deflated DICOM file as the explicit VR little-endian file it inflates to, inflated as far as it is read.
+
+    dcmread inflates a deflated data set whole (zlib.decompress of all the file's bytes) to read its header, even with
+    stop_before_pixels: a file of a few hundred MiB held its bytes and their inflated copy in memory at once. This
+    gives the file's preamble and meta group (its transfer syntax said as Explicit VR Little Endian) and then the
+    inflated data set, inflating it a chunk at a time as the header's reader reads on; only what was read is kept
+    (the header, ~256 KiB). Its size (seek to the end: asked where the pixel data run past what was read, to tell a
+    copy cut inside them) is inflated without keeping any of it, in bounded memory; a stream that ends before its
+    end (an interrupted copy) or does not inflate (damage) is BadContent, as dcmread's zlib error was."""
+
+    @classmethod
+    def of(cls, f, head: bytes) -> "_Inflated | None":
+        """The inflated view of a deflated DICOM file whose first bytes are `head`; None for any other file."""
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+            return None
+        pos, elements, syntax = 132, [], None
+        while pos + 8 <= len(head) and head[pos: pos + 2] == b"\x02\x00":  # the meta group (explicit VR)
+            vr, length, value = head[pos + 4: pos + 6], int.from_bytes(head[pos + 6: pos + 8], "little"), pos + 8
+            if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OD", b"OF", b"OL", b"OV", b"SV", b"UV"):
+                if pos + 12 > len(head):
+                    return None
+                length, value = int.from_bytes(head[pos + 8: pos + 12], "little"), pos + 12
+            if length == UNDEFINED_LENGTH or value + length > len(head):
+                return None
+            tag = int.from_bytes(head[pos: pos + 2], "little") << 16 | int.from_bytes(head[pos + 2: pos + 4], "little")
+            if tag == TRANSFER_SYNTAX:
+                syntax = head[value: value + length].rstrip(b"\x00 ")
+            elif tag != META_GROUP_LENGTH:
+                elements.append(head[pos: value + length])
+            pos = value + length
+        if syntax != _DEFLATED.encode():
+            return None
+        meta = b"".join([b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00", *elements])
+        prefix = head[:132] + b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta
+        return cls(f, prefix, pos)
+
+    def __init__(self, f, prefix: bytes, start: int) -> None:
+        super().__init__()
+        self._f, self._kept, self._pos = f, bytearray(prefix), 0
+        self._source_at, self._inflate = start, zlib.decompressobj(-zlib.MAX_WBITS)
+        self._pending, self._ended, self._size = b"", False, None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _more(self) -> bytes:
+        """The next inflated bytes (b"" at the stream's end); BadContent where the file ends first or is damaged."""
+        while not self._ended:
+            if not self._pending:
+                self._f.seek(self._source_at)
+                self._pending = self._f.read(_INFLATE_CHUNK)
+                self._source_at += len(self._pending)
+                if not self._pending:
+                    raise BadContent("the file ends inside its deflated (compressed) data set (an interrupted copy?): "
+                                     "copy the file again")
+            try:  # (at most a chunk out of each call: a few bytes may inflate to very many)
+                out = self._inflate.decompress(self._pending, _INFLATE_CHUNK)
+            except zlib.error as exc:
+                raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
+            self._pending = self._inflate.unconsumed_tail
+            self._ended = self._inflate.eof
+            if out:
+                return out
+        return b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = 1 << 62
+        if self._size is None:
+            while len(self._kept) < self._pos + size and len(self._kept) <= 2 * DICOM_HEAD_MAX_BYTES:
+                if not (out := self._more()):
+                    self._size = len(self._kept)
+                    break
+                self._kept += out
+        got = bytes(self._kept[self._pos: self._pos + size])
+        self._pos += len(got)
+        return got
+
+    def readinto(self, buffer) -> int:
+        got = self.read(len(buffer))
+        buffer[: len(got)] = got
+        return len(got)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            if self._size is None:  # inflated to its end, nothing more kept
+                size = len(self._kept)
+                while out := self._more():
+                    size += len(out)
+                self._size = size
+            offset += self._size
+        elif whence == io.SEEK_CUR:
+            offset += self._pos
+        self._pos = max(offset, 0)
+        return self._pos
 
 
 def _lacking(elements: dict[int, Any], modality: str | None, has_pixels: bool) -> list[str]:

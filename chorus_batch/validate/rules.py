@@ -213,7 +213,9 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # "time data '2020/01' does not match format '%d/%m/%Y'")
 # wfdb_header.v6 quotes a base time or date as the line has it, and says how one written otherwise is written (a date
 # year first, 2020-01-02; a date without a time; a two-digit year); v5 quoted the part wfdb's expression took: '2020'
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v6", "dicom.v8", "records.v3"
+# dicom.v9 reads a deflated data set as far as its header (v8: inflated whole by dcmread), and tells one that inflates
+# whole short of its pixel data's end (v8: read as a whole image)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v6", "dicom.v9", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
