@@ -1375,8 +1375,9 @@ def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_
         f"record {single}: sampling rates differ from Metadata/Telemetry_mapping.csv (V 125.0 Hz in the header, 500.0 Hz "
         "in the mapping): give each signal's nominal sampling rate in the mapping, or fix the header")
     assert told[("wfdb.mapping_units", f"{SINGLE}.hea")] == (
-        f"record {single}: units differ from Metadata/Telemetry_mapping.csv (II mV in the header, MV in the mapping): "
-        "give each signal's units in the mapping as the data holds them, or fix the header")
+        f"record {single}: units differ from Metadata/Telemetry_mapping.csv (II mV in the header, MV in the mapping "
+        "(only the letter case differs, and a unit's case is part of it: MV is megavolts, mV millivolts; the usual "
+        "spelling is mV)): give each signal's units in the mapping as the data holds them, or fix the header")
     assert told[("wfdb.unmapped_signal", f"{MULTI}.hea")] == (
         f"record {multi}: signal PLETH is not in Metadata/Telemetry_mapping.csv: add a row for it (signal_id, "
         "standardized_label, sampling_rate, units), as the Waveform File Format procedure asks for every signal in the data")
@@ -1848,6 +1849,15 @@ def test_units_written_with_a_micro_sign_in_a_wfdb_header_are_quoted_as_written(
     assert out["srcfile"].to_list() == [f"{EEG}.hea"]
     assert "\u00b5V (which wfdb reads as V: a WFDB header is ASCII text, write uV for \u00b5V) in the header, uV in the " \
            "mapping" in out["message"][0]
+
+
+def test_units_that_differ_only_in_letter_case_are_still_told_with_the_usual_spelling(clean):
+    """A header's mmhg against a mapping's mmHg was "ABP mmhg in the header, mmHg in the mapping", read as the same
+    unit twice. A unit's case is its meaning (UCUM: MV is megavolts), so it is still told, saying that only the case
+    differs and which spelling is the usual one."""
+    edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/UV", 1))(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "wfdb.mapping_units")["message"]
+    assert "UV in the header, uV in the mapping (only the letter case differs, and a unit's case is part of it: MV "            "is megavolts, mV millivolts; the usual spelling is uV)" in message, message
 
 
 def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names_its_person(clean):

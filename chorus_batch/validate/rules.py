@@ -387,7 +387,8 @@ RULES: tuple[Rule, ...] = (
          "header (frequency x samples per frame)."),
     Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
          "A mapped signal's units in the mapping file differ from its units in the WFDB header (uV, µV and μV are "
-         "one unit in the mapping; case counts; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
+         "one unit in the mapping; case counts, mV is not MV: units that differ only in case are told so, with the "
+         "usual spelling; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
