@@ -531,10 +531,10 @@ class _Inflated(io.RawIOBase):
         return b""
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
+        if size is None or size < 0:  # (no reader here asks for all of it; it would be kept whole)
             size = 1 << 62
         if self._size is None:
-            while len(self._kept) < self._pos + size and len(self._kept) <= 2 * DICOM_HEAD_MAX_BYTES:
+            while len(self._kept) < self._pos + size:  # (kept: the header's reader stops before the pixel data)
                 if not (out := self._more()):
                     self._size = len(self._kept)
                     break
