@@ -251,7 +251,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
     ("readiness_unchecked", edit("Metadata/READINESS.md", lambda t: t.replace("- [x] Images", "- [ ] Images")),
      {("metadata.readiness_unchecked", "Metadata/READINESS.md")}),
-    ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\x01"),
+    # (a UTF-16 byte-order mark, then half a surrogate pair: UTF-16 with a mark is read, this is no UTF-16 text)
+    ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\xd8"),
      {("metadata.unreadable", "Metadata/SUBMISSION.md")}),
     ("missing_table", remove("OMOP/note_nlp.csv"), {("omop.missing_table", "OMOP/note_nlp.csv")}),
     # a table under another extension: one finding, the missing table's, naming the file to rename
