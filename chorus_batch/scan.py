@@ -128,6 +128,9 @@ class ScanResult:
             record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
             if not isinstance(record, dict):
                 raise ValueError("its scan.json holds no record")
+            wrong = _wrong_typed(record)
+            if wrong:  # (read as absent, each was taken for a record of a release that did not write it)
+                raise _WrongTyped(wrong)
             files_parquet = pl.scan_parquet(folder / "files.parquet")
             files_columns = files_parquet.collect_schema()
             n_files = files_parquet.select(pl.len()).collect().item()
@@ -143,6 +146,12 @@ class ScanResult:
             n_linked = record.get("linked")
             linked = (None if not isinstance(n_linked, int) or isinstance(n_linked, bool) else
                       frame("linked.parquet", LINKED_SCHEMA) if n_linked else pl.DataFrame(schema=LINKED_SCHEMA))
+        except _WrongTyped as exc:
+            written_by = record.get("release")
+            by = f" (written by chorus-batch {written_by})" if isinstance(written_by, str) and written_by != release() else ""
+            raise UsageError(f"not a scan result this release ({release()}) reads{by}: its scan.json does not hold "
+                             f"what it should ({exc})", where=str(folder / "scan.json"),
+                             fix="run the scan (or shard) again with this release") from None
         except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
             raise UsageError(f"not a complete scan result: {exc}", where=str(folder),
                              fix="run the scan (or shard) again; it writes scan.json when it completes") from None
@@ -226,6 +235,38 @@ class ScanResult:
         if buckets is not None:
             files = files.filter(in_range(*buckets))
         return files.select(list(SCANNED_SCHEMA)).collect().cast(SCANNED_SCHEMA)  # type: ignore[arg-type]
+
+
+class _WrongTyped(Exception):
+    """A scan.json field present with a value of another type than the one ScanResult.write gives it."""
+
+
+# The fields a record of an earlier release may lack (read as not recorded), with what ScanResult.write gives each;
+# present with another type (an edited or damaged record: "linked": "3", "facts": "yes", "n_files": "12"), each was
+# read as absent too (a shard's linked paths dropped, its facts ignored or read when there were none) or compared as
+# written ("12 files, its record says 12"): told as what it is.
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "facts": (bool,), "linked": (int,), "empty_roots": (list,), "host": (str,), "follow_symlinks": (bool,),
+    "arguments": (list,), "release": (str,), "n_excluded": (int,)}
+
+
+def _wrong_typed(record: dict) -> str | None:
+    """'linked is '3'' for the first field of `record` holding a value of another type than ScanResult.write writes."""
+    n_files = record.get("n_files")
+    if "n_files" in record and not _whole(n_files):
+        return f"n_files is {n_files!r}"
+    for key, types in _OPTIONAL_TYPES.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        if (not isinstance(value, types) or isinstance(value, bool) and bool not in types
+                or int in types and not _whole(value)):
+            return f"{key} is {value!r}"
+    if isinstance(record.get("empty_roots"), list) and not all(_whole(r) for r in record["empty_roots"]):
+        return f"empty_roots is {record['empty_roots']!r}"
+    if recorded_words(record.get("arguments")) is None and record.get("arguments") is not None:
+        return f"arguments is {record['arguments']!r}"
+    return None
 
 
 def _whole(value) -> bool:

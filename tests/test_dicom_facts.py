@@ -466,6 +466,60 @@ def test_a_deflated_file_cut_short_is_told_to_be_copied_again():
                             "file again"}, got
 
 
+def test_a_deflated_file_is_inflated_only_as_far_as_its_header_is_read():
+    """dcmread inflates a deflated data set whole to read its header (zlib.decompress of the whole file, even with
+    stop_before_pixels): a 64 MiB image held ~2 x 64 MiB at once (a 200 MiB one, 437 MiB). It is inflated a chunk at a
+    time, what lies past the header counted, not kept; its facts are the same."""
+    import tracemalloc
+
+    small, large = dicom(DeflatedExplicitVRLittleEndian, pixels=4096), dicom(DeflatedExplicitVRLittleEndian,
+                                                                                pixels=64 << 20)
+    tracemalloc.start()
+    try:
+        got = facts(large)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == facts(small) and got["patient_id"] == "000177", got
+    assert peak < 16 << 20, f"{peak:,} bytes at the peak"
+
+
+def test_a_deflated_file_whose_header_runs_past_the_most_read_for_it_still_gives_its_facts(monkeypatch):
+    """A deflated header longer than DICOM_HEAD_MAX_BYTES (a large private element) goes to dcmread, which reads on in
+    the inflated data set, and skips by seeking: it is inflated as far as dcmread reads, not cut where the first bytes
+    read for a header end (no facts and no error). (The most read for a header pinned at 64 KiB.)"""
+    from pydicom import dcmread
+
+    monkeypatch.setattr(readers, "DICOM_HEAD_BYTES", 16 * 1024)
+    monkeypatch.setattr(readers, "DICOM_HEAD_MAX_BYTES", 64 * 1024)
+    ds = dcmread(io.BytesIO(dicom(DeflatedExplicitVRLittleEndian, pixels=4096)))
+    ds.add_new(0x00090010, "LO", "VENDOR")
+    ds.add_new(0x00091001, "OB", bytes(range(256)) * 1024)  # 256 KiB, 4x the most read
+    ds.PatientID = "000177"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    got = facts(out.getvalue())
+    assert got["patient_id"] == "000177" and "error" not in got, got
+    assert facts(out.getvalue()[:-5])["error"].startswith("the file ends inside its deflated (compressed) data set")
+
+
+def test_a_deflated_file_whose_data_set_inflates_short_of_its_pixel_data_is_told():
+    """A deflated data set that inflates whole, but to fewer bytes than its header gives the pixel data (a writer that
+    stopped, then closed the stream), read as a whole image: dcmread's size check skips deflated files."""
+    import zlib
+
+    whole = dicom(DeflatedExplicitVRLittleEndian, pixels=4096)
+    meta_length = int.from_bytes(whole[140:144], "little")  # (the meta group's length: the data set follows it)
+    start = 144 + meta_length
+    body = zlib.decompress(whole[start:], -zlib.MAX_WBITS)
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    short = whole[:start] + packer.compress(body[:-1000]) + packer.flush()
+    got = facts(short)
+    assert got["error"].startswith(f"{readers.PIXELS_CUT} (its deflated data set inflates whole, but to too few "
+                                   "bytes: "), got
+    assert "copy the file again" in got["error"], got
+
+
 @pytest.mark.parametrize(("name", "kept"), [("Doe^Jane", False), ("MADONNA", False), ("000177", True),
                                             ("000177^^^", True), ("P0001", True)])
 def test_the_values_of_identifying_attributes_are_never_kept_only_that_they_are_filled(name, kept, monkeypatch):

@@ -65,17 +65,26 @@ def test_a_wfdb_line_not_read_is_named_and_quoted_and_a_folder_in_a_signal_file_
     assert facts == {"error": "invalid header syntax (invalid syntax in record line: 'rec ord 2 250 10')"}, facts
 
 
-@pytest.mark.parametrize("line, what, read", [
-    ("rec 0 250 1000 10:00:00.5 2020/01/02", "date", "2020/01"),  # year first: wfdb's expression takes a part of it
-    ("rec 0 250 1000 10:00:00 31/02/2020", "date", "31/02/2020"),
-    ("rec 0 250 1000 25:00:00 01/01/2020", "time", "25:00:00"),
+@pytest.mark.parametrize("line, what, read, hint", [
+    # year first: wfdb's expression takes a part of it ('2020/01', '2020': told as if the year were read)
+    ("rec 0 250 1000 10:00:00.5 2020/01/02", "date", "2020/01/02", "a date written year first; WFDB writes it day "
+                                                                   "first, 02/01/2020"),
+    ("rec 0 250 1000 10:00:00 2020-01-02", "date", "2020-01-02", "WFDB writes it day first, 02/01/2020"),
+    ("rec 0 250 1000 10:00:00 2.1.2020", "date", "2.1.2020", "WFDB writes the date with slashes, 02/01/2020"),
+    ("rec 0 250 1000 10:00:00 02/01/20", "date", "02/01/20", "the year is written with four digits"),
+    # a date without a time: wfdb took its day for a base time ("02") and quoted '/01/2020' as the date
+    ("rec 0 250 1000 02/01/2020", "time", "02/01/2020", "WFDB reads a base date only after a base time"),
+    ("rec 0 250 1000 2020-01-02", "time", "2020-01-02", "(HH:MM:SS 02/01/2020)"),
+    ("rec 0 250 1000 10:00:00 31/02/2020", "date", "31/02/2020", ""),
+    ("rec 0 250 1000 25:00:00 01/01/2020", "time", "25:00:00", ""),
 ])
-def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writes(line, what, read):
+def test_a_base_date_or_time_wfdb_does_not_read_is_named_with_the_form_wfdb_writes(line, what, read, hint):
     # wfdb's strptime said "time data '2020/01' does not match format '%d/%m/%Y'": no field named, a part of the
     # date quoted, and nothing of how to write it
     facts = readers.parse_facts(KIND_WFDB, io.BytesIO(line.encode() + b"\n"))
     assert facts["error"].startswith(f"invalid header syntax (the record line's base {what} is not a {what} WFDB "), facts
-    assert f"wfdb reads '{read}' of '{line}'" in facts["error"]
+    assert f"the line has '{read}'" in facts["error"] and f": '{line}')" in facts["error"], facts
+    assert hint in facts["error"], facts
     assert ("DD/MM/YYYY" if what == "date" else "HH:MM:SS") in facts["error"]
     assert "base_date" in readers.parse_facts(KIND_WFDB, io.BytesIO(b"rec 0 250 1000 10:00:00.5 02/01/2020\n"))
 

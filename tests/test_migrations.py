@@ -527,8 +527,8 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     from chorus_batch.validate.rules import edition
 
     # (the files whose kinds are newer than the manifest's facts are read: procedure_occurrence.csv, omop_procedures;
-    # the two mapping files, mapping_csv.v4; visit_occurrence.csv, omop_visits.v5; the 7 WFDB headers, wfdb_header.v5;
-    # READINESS.md and SUBMISSION.md, metadata_md.v3)
+    # the two mapping files, mapping_csv.v4; visit_occurrence.csv, omop_visits.v5; the 7 WFDB headers, wfdb_header.v6;
+    # READINESS.md and SUBMISSION.md, metadata_md.v4)
     assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 4 + 7 + 2)]
     # Checked by today's rules now: the next look shows what is stored, and says nothing of other rules.
     again = cli("validate", "--db", str(db), "--site", str(site))
@@ -587,11 +587,11 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
 
     assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
     # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv; visit_occurrence.csv; READINESS.md
-    # and SUBMISSION.md; the WFDB headers, wfdb_header.v5), and today's rules applied.
+    # and SUBMISSION.md; the WFDB headers, wfdb_header.v6), and today's rules applied.
     assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v11', "
-                     "'omop_visits.v5', 'metadata_md.v3', 'wfdb_header.v5', 'dicom.v8') GROUP BY kind ORDER BY kind") == [
-        ("metadata_md.v3", 2), ("omop_procedures.v4", 1), ("omop_visits.v5", 1), ("registry_csv.v11", 1),
-        ("wfdb_header.v5", 7)]
+                     "'omop_visits.v5', 'metadata_md.v4', 'wfdb_header.v6', 'dicom.v9') GROUP BY kind ORDER BY kind") == [
+        ("metadata_md.v4", 2), ("omop_procedures.v4", 1), ("omop_visits.v5", 1), ("registry_csv.v11", 1),
+        ("wfdb_header.v6", 7)]
     from chorus_batch.validate.rules import edition
 
     assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 5 + 7)]

@@ -97,6 +97,27 @@ def test_a_scan_result_with_fewer_files_than_its_record_is_refused(site, tmp_pat
         ScanResult.read(folder)
 
 
+@pytest.mark.parametrize("field, value", [("linked", "3"), ("facts", "yes"), ("n_files", "1"), ("host", 7),
+                                          ("follow_symlinks", "true"), ("empty_roots", ["0"]), ("arguments", "run")])
+def test_a_scan_record_field_of_another_type_is_told_as_such_not_read_as_absent(site, tmp_path, field, value):
+    """A scan.json edited or damaged so that a field holds another type ("linked": "3", "facts": "yes") was read as if
+    the field were absent (a record of an earlier release): the shard's linked paths dropped, its facts ignored, its
+    host unknown; "n_files": "1" was "damaged: 1 files, its record says 1". It is named, with its value."""
+    import json
+
+    write(site, "OMOP/person.csv", b"p")
+    folder = scan([Root(LocalSource(site))], empty_state(), based_on=None).write(tmp_path / "scan")
+    record = json.loads((folder / "scan.json").read_text("utf-8"))
+    (folder / "scan.json").write_text(json.dumps({**record, field: value}), "utf-8")
+    with pytest.raises(UsageError) as raised:
+        ScanResult.read(folder)
+    said = str(raised.value)
+    assert "does not hold what it should" in said and f"{field} is {value!r}" in said, said
+    (folder / "scan.json").write_text(json.dumps({**record, field: None}), "utf-8")  # absent: an earlier release's
+    if field != "n_files":
+        ScanResult.read(folder)
+
+
 # ----------------------------------------------------------------------------- shard_of
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -250,7 +251,8 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
     ("readiness_unchecked", edit("Metadata/READINESS.md", lambda t: t.replace("- [x] Images", "- [ ] Images")),
      {("metadata.readiness_unchecked", "Metadata/READINESS.md")}),
-    ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\x01"),
+    # (a UTF-16 byte-order mark, then half a surrogate pair: UTF-16 with a mark is read, this is no UTF-16 text)
+    ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\xd8"),
      {("metadata.unreadable", "Metadata/SUBMISSION.md")}),
     ("missing_table", remove("OMOP/note_nlp.csv"), {("omop.missing_table", "OMOP/note_nlp.csv")}),
     # a table under another extension: one finding, the missing table's, naming the file to rename
@@ -952,7 +954,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "metadata_md.v3"}
+    assert set(errors) == {"wfdb_header.v6", "dicom.v9", "omop_csv", "metadata_md.v4"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -968,7 +970,7 @@ def test_garbage_never_raises_and_is_reported(clean):
 
 def test_unreadable_files_give_facts_marked_for_retry(clean):
     """A file that vanished is not bad content: its facts say so, so the caller does not cache them."""
-    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v5"]})
+    todo = pl.DataFrame({"srcfile": [f"{SINGLE}.hea"], "md5": ["0" * 32], "kind": ["wfdb_header.v6"]})
     (clean / f"{SINGLE}.hea").unlink()
     facts = extract_facts(LocalSource(clean), todo)
     assert facts["facts"].str.json_decode(pl.Struct({"error": pl.String, "retry": pl.Boolean})).struct.field(
@@ -1018,7 +1020,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v5", "dicom.v8", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v3",
+    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v4",
                                  "mapping_csv.v4", "registry_csv.v11", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
@@ -1026,7 +1028,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
 def test_facts_missing_for_some_files_give_no_false_findings(clean):
     """The caller may not have extracted every file's facts yet: rules needing them stay silent."""
     current = scan_current(clean)
-    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v8"))
+    facts = extract_facts(LocalSource(clean), facts_needed(current).filter(pl.col("kind") != "dicom.v9"))
     assert check(current, facts).height == 0
     assert check(current, pl.DataFrame(schema=FACTS_SCHEMA)).filter(pl.col("severity") != "info").height == 0
 
@@ -1183,8 +1185,8 @@ def test_a_csv_saved_as_utf16_is_told_so_not_as_binary_or_an_unfinished_copy(tmp
 
 
 @pytest.mark.parametrize("kind, text, expected", [
-    ("metadata_md.v3", "# Submission\n## Hospital\n", "not UTF-8"), (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
-    ("wfdb_header.v5", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
+    (KIND_RECORDS, "1000\n1001\n", "not UTF-8"),
+    ("wfdb_header.v6", "1000 1 250 10\n1000.dat 16 200/mV 16 0 0 0 0 II\n", "not ASCII")])
 def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind, text, expected):
     """SUBMISSION.md (or RECORDS, a WFDB header) saved by an editor as "Unicode" was "not UTF-8 text (binary data?)"."""
     from chorus_batch.validate.readers import parse_facts
@@ -1192,6 +1194,28 @@ def test_a_text_file_saved_as_utf16_is_told_so_not_as_binary_data(tmp_path, kind
     write(tmp_path, "f", text.encode("utf-16"))
     with open(tmp_path / "f", "rb") as f:
         assert parse_facts(kind, f)["error"] == f"the file is UTF-16 text, {expected}"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_markdown_file_saved_as_utf16_with_its_byte_order_mark_is_read(tmp_path, encoding):
+    """SUBMISSION.md saved by Notepad or Word as "Unicode" (UTF-16 with a byte-order mark) was refused as "the file is
+    UTF-16 text, not UTF-8", with nothing of what to do; the mark says how to read it. Without the mark: told how to
+    save it again."""
+    from chorus_batch.validate.readers import parse_facts
+    from chorus_batch.validate.rules import KIND_MARKDOWN
+
+    text = "# Submission\n## Hospital\nHospital name: Général\n- [x] done\n- [ ] not yet\n"
+    data = text.encode(encoding)
+    if encoding != "utf-16":  # (Python's "utf-16" writes the mark; the -le/-be codecs do not)
+        data = ("\ufeff" + text).encode(encoding)
+    facts = parse_facts(KIND_MARKDOWN, io.BytesIO(data))
+    assert "error" not in facts, facts
+    assert facts == parse_facts(KIND_MARKDOWN, io.BytesIO(text.encode("utf-8"))), facts
+    no_mark = parse_facts(KIND_MARKDOWN, io.BytesIO(text.encode("utf-16-le")))
+    assert no_mark["error"] == ("the file is UTF-16 text without a byte-order mark, not UTF-8: save it again as UTF-8 "
+                                "(in most editors: Save As, Encoding UTF-8)"), no_mark
+    cut = parse_facts(KIND_MARKDOWN, io.BytesIO(text.encode("utf-16")[:-1]))  # an odd number of bytes
+    assert cut["error"].startswith("the file begins with a UTF-16 byte-order mark but is not UTF-16 text"), cut
 
 
 def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_remedy(clean):
@@ -1352,8 +1376,9 @@ def test_signals_are_told_against_the_mapping_by_record_with_the_values_on_both_
         f"record {single}: sampling rates differ from Metadata/Telemetry_mapping.csv (V 125.0 Hz in the header, 500.0 Hz "
         "in the mapping): give each signal's nominal sampling rate in the mapping, or fix the header")
     assert told[("wfdb.mapping_units", f"{SINGLE}.hea")] == (
-        f"record {single}: units differ from Metadata/Telemetry_mapping.csv (II mV in the header, MV in the mapping): "
-        "give each signal's units in the mapping as the data holds them, or fix the header")
+        f"record {single}: units differ from Metadata/Telemetry_mapping.csv (II mV in the header, MV in the mapping "
+        "(only the letter case differs, and a unit's case is part of it: MV is megavolts, mV millivolts; the usual "
+        "spelling is mV)): give each signal's units in the mapping as the data holds them, or fix the header")
     assert told[("wfdb.unmapped_signal", f"{MULTI}.hea")] == (
         f"record {multi}: signal PLETH is not in Metadata/Telemetry_mapping.csv: add a row for it (signal_id, "
         "standardized_label, sampling_rate, units), as the Waveform File Format procedure asks for every signal in the data")
@@ -1825,6 +1850,15 @@ def test_units_written_with_a_micro_sign_in_a_wfdb_header_are_quoted_as_written(
     assert out["srcfile"].to_list() == [f"{EEG}.hea"]
     assert "\u00b5V (which wfdb reads as V: a WFDB header is ASCII text, write uV for \u00b5V) in the header, uV in the " \
            "mapping" in out["message"][0]
+
+
+def test_units_that_differ_only_in_letter_case_are_still_told_with_the_usual_spelling(clean):
+    """A header's mmhg against a mapping's mmHg was "ABP mmhg in the header, mmHg in the mapping", read as the same
+    unit twice. A unit's case is its meaning (UCUM: MV is megavolts), so it is still told, saying that only the case
+    differs and which spelling is the usual one."""
+    edit(f"{EEG}.hea", lambda t: t.replace("/uV", "/UV", 1))(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "wfdb.mapping_units")["message"]
+    assert "UV in the header, uV in the mapping (only the letter case differs, and a unit's case is part of it: MV "            "is megavolts, mV millivolts; the usual spelling is uV)" in message, message
 
 
 def test_a_registry_visit_of_another_person_is_told_where_visit_occurrence_names_its_person(clean):

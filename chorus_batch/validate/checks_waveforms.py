@@ -235,6 +235,11 @@ def _flat_name(ok: pl.DataFrame, segments: pl.DataFrame) -> pl.LazyFrame:
 _RATE_TOLERANCE = 0.01
 
 
+# The usual (UCUM) spellings of a waveform channel's units, where a header and a mapping disagree only in letter case
+_USUAL_UNITS = ["mV", "uV", "nV", "V", "mmHg", "cmH2O", "kPa", "Pa", "mA", "uA", "A", "mL", "L", "L/min", "mL/s",
+                "mL/min", "Cel", "degC", "ms", "s", "Hz", "bpm", "/min", "%", "mOhm", "Ohm", "kOhm", "NU"]
+
+
 def _units_key(expr: pl.Expr) -> pl.Expr:
     """Units as compared: the micro sign and the Greek mu written as u (uV, µV and μV are one unit); case kept
     (mV is not MV)."""
@@ -301,7 +306,10 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .with_columns(_hunits=_units_key(pl.col("units")))
         .group_by("_record", "_stem", "_map", "sig_name", pl.col("units").alias("_header_units"))
         .agg(_agree=(pl.col("_units") == pl.col("_hunits").first()).any(),
-             _mapped=pl.col("_units").unique().sort().str.join(" or "), _written=pl.col("units_written").first())
+             _mapped=pl.col("_units").unique().sort().str.join(" or "), _written=pl.col("units_written").first(),
+             _case=(pl.col("_units").str.to_lowercase() == pl.col("_hunits").first().str.to_lowercase()).any(),
+             _usual=pl.concat([pl.col("_hunits").first(), pl.col("_units")]).filter(
+                 pl.concat([pl.col("_hunits").first(), pl.col("_units")]).is_in(_USUAL_UNITS)).first())
         .filter(~pl.col("_agree"))
         .sort("sig_name")
     )
@@ -309,8 +317,17 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
     header_units = pl.when(pl.col("_written").is_null()).then(pl.col("_header_units")).otherwise(fmt(
         "{} (which wfdb reads as {}: a WFDB header is ASCII text, write uV for µV)", pl.col("_written"),
         pl.col("_header_units")))
-    out.append(_mapping_disagrees("wfdb.mapping_units", units, "units", fmt(
-        "{} {} in the header, {} in the mapping", pl.col("sig_name"), header_units, pl.col("_mapped")),
+    # units that differ only in letter case (mV and MV, mmHg and mmhg): a unit's case is its meaning (UCUM: mV is
+    # millivolts, MV megavolts), so they still disagree, but the finding says so and names the usual spelling, where one
+    # of the two is it; "mV in the header, MV in the mapping" alone read as the same unit twice
+    case = (pl.when(pl.col("_case") & pl.col("_usual").is_not_null())
+            .then(pl.concat_str(pl.lit(" (only the letter case differs, and a unit's case is part of it: MV is megavolts, "
+                                       "mV millivolts; the usual spelling is "), pl.col("_usual"), pl.lit(")")))
+            .when(pl.col("_case")).then(pl.lit(" (only the letter case differs, and a unit's case is part of it: MV is "
+                                               "megavolts, mV millivolts)"))
+            .otherwise(pl.lit("")))
+    out.append(_mapping_disagrees("wfdb.mapping_units", units, "units", pl.concat_str(fmt(
+        "{} {} in the header, {} in the mapping", pl.col("sig_name"), header_units, pl.col("_mapped")), case),
         "give each signal's units in the mapping as the data holds them, or fix the header"))
     return out
 

@@ -228,9 +228,9 @@ def parse_wfdb_header(text: str) -> dict[str, Any]:
             "sig_len": _count(rec["sig_len"], "number of samples") if rec["sig_len"] else None,
             # no frequency: wfdb (and the WFDB library) read the default, 250 Hz; 0 is read as written (wfdb: 0 Hz)
             "fs": float(rec["fs"]) if rec["fs"] else WFDB_DEFAULT_FS,
-            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", rec["base_time"], lines[0])
+            "base_time": _base(lambda: _iso_time(grammar, rec["base_time"]), "time", lines[0])
             if rec["base_time"] else None,
-            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", rec["base_date"], lines[0])
+            "base_date": _base(lambda: _iso_date(rec["base_date"]), "date", lines[0])
             if rec["base_date"] else None,
             "signals": [],
             "segments": None,
@@ -301,17 +301,41 @@ _BASE_FORMS = {"time": "HH:MM:SS (a 24-hour clock, seconds with a fraction if an
                "date": "DD/MM/YYYY (the day first: 2 January 2020 is 02/01/2020)"}
 
 
-def _base(convert: Callable[[], str], what: str, read: str, line: str) -> str:
-    """The record line's base time or date, converted; BadContent naming which and its form where it is not one.
-    (wfdb's own "time data '2020/01' does not match format '%d/%m/%Y'" quoted the part its expression took of a
-    date written 2020/01/02, named no field and said nothing of the form WFDB writes)"""
+_YEAR_FIRST = re.compile(r"([0-9]{4})[-/.]([0-9]{1,2})[-/.]([0-9]{1,2})")
+_DAY_FIRST_OTHER = re.compile(r"([0-9]{1,2})[-.]([0-9]{1,2})[-.]([0-9]{4})")
+
+
+def _base(convert: Callable[[], str], what: str, line: str) -> str:
+    """The record line's base time or date, converted; BadContent naming which, quoting it as the line has it, and
+    saying how WFDB writes it, where it is not one. (wfdb's expression takes a part of a value written otherwise, and
+    the message quoted that part: a date written 2020-01-02 was "wfdb reads '2020'", as if the year were read; a date
+    without a time, "02/01/2020", was "wfdb reads '/01/2020'", its day taken for a base time)"""
     try:
         return convert()
     except ValueError:
         shown = line.strip()
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        # The fields are positional (name, signals, frequency, samples, time, date): the 5th and 6th as written
+        fields = line.split()
+        at_time = fields[4] if len(fields) > 4 else ""
+        if "/" in at_time or _YEAR_FIRST.fullmatch(at_time) or _DAY_FIRST_OTHER.fullmatch(at_time):
+            what = "time"  # a date alone, where the time is written (wfdb took its day, "02", for a time)
+        written = at_time if what == "time" else fields[5] if len(fields) > 5 else ""
+        hint = ""
+        if found := _YEAR_FIRST.fullmatch(written):
+            date_ = f"{int(found[3]):02d}/{int(found[2]):02d}/{found[1]}"
+            hint = (f": a date written year first; WFDB writes it day first, {date_}" if what == "date" else
+                    f": a date where the base time is written; WFDB reads a base date only after a base time "
+                    f"(HH:MM:SS {date_})")
+        elif what == "time" and ("/" in written or _DAY_FIRST_OTHER.fullmatch(written)):
+            hint = (": a date where the base time is written; WFDB reads a base date only after a base time, "
+                    "'HH:MM:SS DD/MM/YYYY' (the time the recording started, then its date)")
+        elif what == "date" and (found := _DAY_FIRST_OTHER.fullmatch(written)):
+            hint = f": WFDB writes the date with slashes, {int(found[1]):02d}/{int(found[2]):02d}/{found[3]}"
+        elif what == "date" and re.fullmatch(r"[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,3}", written):
+            hint = ": the year is written with four digits (WFDB would read '20' as the year 20)"
         raise BadContent(f"invalid header syntax (the record line's base {what} is not a {what} WFDB reads, which is "
-                         f"written {_BASE_FORMS[what]}; wfdb reads '{read}' of '{shown}')") from None
+                         f"written {_BASE_FORMS[what]}; the line has '{written}'{hint}: '{shown}')") from None
 
 
 def _match(expression: re.Pattern, line: str, what: str) -> dict[str, str]:
@@ -349,6 +373,14 @@ def _dicom_facts(f) -> dict[str, Any]:
         raise BadContent("the file is empty")
     if head[128:132] != b"DICM":  # (a preamble may begin with any bytes)
         _compressed(head)
+    if (inflated := _Inflated.of(f, head)) is not None:  # a deflated data set: its header inflated, not the whole file
+        try:
+            return _dicom_facts(inflated)
+        except BadContent as exc:
+            if str(exc).startswith(PIXELS_CUT):  # (the sizes are of the inflated data set, not of the file)
+                raise BadContent(f"{PIXELS_CUT} (its deflated data set inflates whole, but to too few bytes: "
+                                 f"{str(exc)[len(PIXELS_CUT) + 2:]}") from None
+            raise
     # pydicom reads a file cut short (an interrupted copy) without a word: its header would look empty
     truncated = BadContent("the file ends inside its DICOM header (an interrupted copy?): copy the file again")
     wanted = DICOM_HEAD_BYTES
@@ -421,6 +453,114 @@ def _dicom_facts(f) -> dict[str, Any]:
     if lacking := _lacking(elements, facts.get("modality"), pixels is not None):
         facts["lacking"] = lacking
     return facts
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the data set after the meta group, deflated
+_INFLATE_CHUNK = 64 * 1024
+
+
+class _Inflated(io.RawIOBase):
+    """A deflated DICOM file as the explicit VR little-endian file it inflates to, inflated as far as it is read.
+
+    dcmread inflates a deflated data set whole (zlib.decompress of all the file's bytes) to read its header, even with
+    stop_before_pixels: a file of a few hundred MiB held its bytes and their inflated copy in memory at once. This
+    gives the file's preamble and meta group (its transfer syntax said as Explicit VR Little Endian) and then the
+    inflated data set, inflating it a chunk at a time as the header's reader reads on; only what was read is kept
+    (the header, ~256 KiB). Its size (seek to the end: asked where the pixel data run past what was read, to tell a
+    copy cut inside them) is inflated without keeping any of it, in bounded memory; a stream that ends before its
+    end (an interrupted copy) or does not inflate (damage) is BadContent, as dcmread's zlib error was."""
+
+    @classmethod
+    def of(cls, f, head: bytes) -> "_Inflated | None":
+        """The inflated view of a deflated DICOM file whose first bytes are `head`; None for any other file."""
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00":
+            return None
+        pos, elements, syntax = 132, [], None
+        while pos + 8 <= len(head) and head[pos: pos + 2] == b"\x02\x00":  # the meta group (explicit VR)
+            vr, length, value = head[pos + 4: pos + 6], int.from_bytes(head[pos + 6: pos + 8], "little"), pos + 8
+            if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR", b"OD", b"OF", b"OL", b"OV", b"SV", b"UV"):
+                if pos + 12 > len(head):
+                    return None
+                length, value = int.from_bytes(head[pos + 8: pos + 12], "little"), pos + 12
+            if length == UNDEFINED_LENGTH or value + length > len(head):
+                return None
+            tag = int.from_bytes(head[pos: pos + 2], "little") << 16 | int.from_bytes(head[pos + 2: pos + 4], "little")
+            if tag == TRANSFER_SYNTAX:
+                syntax = head[value: value + length].rstrip(b"\x00 ")
+            elif tag != META_GROUP_LENGTH:
+                elements.append(head[pos: value + length])
+            pos = value + length
+        if syntax != _DEFLATED.encode():
+            return None
+        meta = b"".join([b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00", *elements])
+        prefix = head[:132] + b"\x02\x00\x00\x00UL\x04\x00" + len(meta).to_bytes(4, "little") + meta
+        return cls(f, prefix, pos)
+
+    def __init__(self, f, prefix: bytes, start: int) -> None:
+        super().__init__()
+        self._f, self._kept, self._pos = f, bytearray(prefix), 0
+        self._source_at, self._inflate = start, zlib.decompressobj(-zlib.MAX_WBITS)
+        self._pending, self._ended, self._size = b"", False, None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _more(self) -> bytes:
+        """The next inflated bytes (b"" at the stream's end); BadContent where the file ends first or is damaged."""
+        while not self._ended:
+            if not self._pending:
+                self._f.seek(self._source_at)
+                self._pending = self._f.read(_INFLATE_CHUNK)
+                self._source_at += len(self._pending)
+                if not self._pending:
+                    raise BadContent("the file ends inside its deflated (compressed) data set (an interrupted copy?): "
+                                     "copy the file again")
+            try:  # (at most a chunk out of each call: a few bytes may inflate to very many)
+                out = self._inflate.decompress(self._pending, _INFLATE_CHUNK)
+            except zlib.error as exc:
+                raise BadContent(f"its deflated data set cannot be inflated ({exc}): the file is damaged") from None
+            self._pending = self._inflate.unconsumed_tail
+            self._ended = self._inflate.eof
+            if out:
+                return out
+        return b""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:  # (no reader here asks for all of it; it would be kept whole)
+            size = 1 << 62
+        if self._size is None:
+            while len(self._kept) < self._pos + size:  # (kept: the header's reader stops before the pixel data)
+                if not (out := self._more()):
+                    self._size = len(self._kept)
+                    break
+                self._kept += out
+        got = bytes(self._kept[self._pos: self._pos + size])
+        self._pos += len(got)
+        return got
+
+    def readinto(self, buffer) -> int:
+        got = self.read(len(buffer))
+        buffer[: len(got)] = got
+        return len(got)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:
+            if self._size is None:  # inflated to its end, nothing more kept
+                size = len(self._kept)
+                while out := self._more():
+                    size += len(out)
+                self._size = size
+            offset += self._size
+        elif whence == io.SEEK_CUR:
+            offset += self._pos
+        self._pos = max(offset, 0)
+        return self._pos
 
 
 def _lacking(elements: dict[int, Any], modality: str | None, has_pixels: bool) -> list[str]:
@@ -684,11 +824,32 @@ _FENCED = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^ {0,3}\1[`~]*[ \t]*$|\
 _PLACEHOLDER = re.compile(r"^(?:<[^>]*>?|_+|\.\.\.|tbd|n/?a)?$", re.IGNORECASE)
 
 
+def _markdown_text(data: bytes) -> str:
+    """A Markdown file's text: UTF-8, or UTF-16 that begins with its byte-order mark (Notepad's or Word's "Unicode"
+    save of SUBMISSION.md: it was refused as "the file is UTF-16 text, not UTF-8", saying nothing of what to do; the
+    mark says how to read it, as any editor or browser does). UTF-16 without the mark is told how to save it again."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) and not data.startswith(b"\xff\xfe\0\0"):  # (not UTF-32)
+        if len(data) > MAX_TEXT_BYTES:
+            raise BadContent(f"the file is larger than {MAX_TEXT_BYTES // (1024 * 1024)} MiB")
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise BadContent("the file begins with a UTF-16 byte-order mark but is not UTF-16 text (cut short, or "
+                             "another encoding?): save it again as UTF-8") from None
+        if _BINARY.search(text):
+            raise BadContent("the file holds control characters (binary data?)")
+        return text
+    if _utf16(data):
+        raise BadContent("the file is UTF-16 text without a byte-order mark, not UTF-8: save it again as UTF-8 "
+                         "(in most editors: Save As, Encoding UTF-8)")
+    return _text(data, "utf-8-sig")
+
+
 def _markdown_facts(f) -> dict[str, Any]:
     """READINESS.md / SUBMISSION.md: the headings (with the template's labels that are answered: "Hospital name:
     General Hospital", or the answer on the next line), and the checklist items ticked and not (an item marked
     "(optional)" left unticked is not asked for)."""
-    text = _read_text(f, "utf-8-sig")
+    text = _markdown_text(_read_up_to(f, MAX_TEXT_BYTES + 1))
     headings, unchecked, checked = [], [], 0
     # What a reader of the rendered file does not see: HTML comments (a template's "<!-- - [ ] ... -->" is no item
     # left unticked) and fenced code blocks (an example, not the site's answer)

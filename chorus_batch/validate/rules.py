@@ -211,7 +211,11 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # dicom.recommended), and also tells a big-endian file, or one the struct walk leaves to pydicom, cut inside its pixel data (v7: whole)
 # wfdb_header.v5 says which of the record line's base time and date is not one, and how WFDB writes it (v4: strptime's
 # "time data '2020/01' does not match format '%d/%m/%Y'")
-KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v5", "dicom.v8", "records.v3"
+# wfdb_header.v6 quotes a base time or date as the line has it, and says how one written otherwise is written (a date
+# year first, 2020-01-02; a date without a time; a two-digit year); v5 quoted the part wfdb's expression took: '2020'
+# dicom.v9 reads a deflated data set as far as its header (v8: inflated whole by dcmread), and tells one that inflates
+# whole short of its pixel data's end (v8: read as a whole image)
+KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v6", "dicom.v9", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
 KIND_EDF = "edf_header.v1"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
@@ -241,7 +245,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections, and does not ask for a READINESS.md
 # item marked (optional)
 # metadata_md.v3 also reads setext headings ("Hospital\n========") and passes over HTML comments and fenced code blocks
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v3", "mapping_csv.v4", "registry_csv.v11"
+# metadata_md.v4 reads a file saved as UTF-16 with its byte-order mark (v3: "the file is UTF-16 text, not UTF-8")
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v4", "mapping_csv.v4", "registry_csv.v11"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -382,7 +387,8 @@ RULES: tuple[Rule, ...] = (
          "header (frequency x samples per frame)."),
     Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
          "A mapped signal's units in the mapping file differ from its units in the WFDB header (uV, µV and μV are "
-         "one unit in the mapping; case counts; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
+         "one unit in the mapping; case counts, mV is not MV: units that differ only in case are told so, with the "
+         "usual spelling; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
