@@ -251,6 +251,10 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
      {("metadata.submission_sections", "Metadata/SUBMISSION.md")}),
     ("readiness_unchecked", edit("Metadata/READINESS.md", lambda t: t.replace("- [x] Images", "- [ ] Images")),
      {("metadata.readiness_unchecked", "Metadata/READINESS.md")}),
+    # Waveform File Format 4.1: each variable's description and data type, and the sample times' time units
+    ("submission_answers", edit("Metadata/SUBMISSION.md", lambda t: t + "\n| Variable name | Description | Data type | "
+                                "Unit |\n|---|---|---|---|\n| StartTime | first sample's time |  |  |\n"),
+     {("metadata.submission_answers", "Metadata/SUBMISSION.md")}),
     # (a UTF-16 byte-order mark, then half a surrogate pair: UTF-16 with a mark is read, this is no UTF-16 text)
     ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\xd8"),
      {("metadata.unreadable", "Metadata/SUBMISSION.md")}),
@@ -435,7 +439,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("registry_visit_time", registry("Waveforms", lambda rows: [[*r[:5], "2030-01-01 08:00:00", *r[6:]] if i == 0 else r
                                                                 for i, r in enumerate(rows)]),
      {("registry.visit_time", "waveform_registry.csv")}),
-    ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 08:00:00", "", "gone.dcm"]]),
+    # and is left NULL only "IF there is no visit for that patient that overlaps" (the capture time lies in visit 0)
+    ("registry_visit_missing", registry("Waveforms", lambda rows: [[*r[:4], "", *r[5:]] if i == 0 else r
+                                                                   for i, r in enumerate(rows)]),
+     {("registry.visit_missing", "waveform_registry.csv")}),
+    ("registry_missing", registry("Images", lambda rows: rows + [[99, rows[0][1], rows[0][2], "x", "", "2024-01-01 12:30:00", "", "gone.dcm"]]),
      {("registry.missing_file", "image_registry.csv")}),
     ("registry_unlisted", registry("Images", lambda rows: [r for r in rows if r[7] != DCM]),
      {("registry.unlisted_file", DCM)}),
@@ -775,6 +783,28 @@ def test_submission_md_written_in_the_procedures_template_has_its_sections(clean
     assert len(out) == 1 and all(t in out[0] for t in ("hospital or site", "dataset", "known issues")), out
 
 
+def test_submission_md_table_of_variables_answers_what_the_procedure_asks(clean):
+    """Waveform File Format 4.1 asks SUBMISSION.md for "A description of each variable", "The data type for each
+    variable" and the time units of the variables giving the samples' times; the template asks them in a table. A table
+    left as the template's blank rows, or rows without a data type or a time variable's unit, passed unread."""
+    def template(rows: str) -> str:
+        return SUBMISSION_TEMPLATE.format(hospital=" General Hospital", dataset="120 patients, 2019-2022",
+                                          issues="none known", intervals="Uniform for waveforms.").replace(
+            "| StartTime     | first sample | int64    | ms   |\n", rows)
+    # answered: a variable that is no time needs no unit ("where useful")
+    add("Metadata/SUBMISSION.md", template("| StartTime | first sample | int64 | ms |\n| Lead | ECG lead name | string | |\n"))(clean)
+    assert found(clean) == set()
+    add("Metadata/SUBMISSION.md", template("|  |  |  |  |\n"))(clean)
+    message = validate(clean).filter(pl.col("rule") == "metadata.submission_answers")["message"].item()
+    assert message.startswith("the table of variables (Variable name | Description | Data type | Unit) describes no "
+                              "variable"), message
+    add("Metadata/SUBMISSION.md", template("| StartTime | first sample | <type> | |\n| Value | | int16 | mV |\n"
+                                           "| EndTime | last sample | int64 | ms |\n"))(clean)
+    message = validate(clean).filter(pl.col("rule") == "metadata.submission_answers")["message"].item()
+    assert message.startswith("2 rows of the table of variables leave answers out (e.g. StartTime: data type, time "
+                              "unit; Value: description)"), message
+
+
 def test_an_optional_readiness_item_left_unticked_is_no_finding(clean):
     """The procedure's READINESS.md template marks "Code for converting to the submission format has been shared
     (optional)"; Waveform-Data.txt line 64 asks for that code only where it was used. Left unticked it was
@@ -880,6 +910,25 @@ def test_a_registry_visit_is_checked_against_the_capture_times_of_its_rows(clean
     assert "registry.visit_time" not in set(validate(clean)["rule"])
 
 
+def test_a_registry_visit_left_empty_is_checked_against_the_persons_visits(clean):
+    """Multimodal-Linkage: without an explicit link, visit_id is inferred from the capture time; it is left NULL only
+    "IF there is no visit for that patient that overlaps". A row left empty though its person's visit holds its capture
+    time was not told; one captured between the person's visits, or inside another person's visit, is right."""
+    persons = sitegen.person_ids(3)
+    # person 0's rows: empty, captured at 08:00 of visit 0 ([00:00, 12:00]); person 1's: empty, captured at 12:30,
+    # between its visits ([00:00, 12:00] and [13:00, 23:59:59]) and inside no other visit of theirs
+    noon = f"{sitegen.start_of(1, 12):%Y-%m-%d} 12:30:00"
+    registry("Waveforms", lambda rows: [
+        [*r[:4], "", r[5] if r[2] == persons[0] else noon, *r[6:]] if r[2] in persons[:2] else r
+        for r in rows])(clean)
+    message = validate(clean).filter(pl.col("rule") == "registry.visit_missing")["message"].item()
+    assert message.startswith(
+        f"1 capture time of rows that leave visit_id empty lies inside a visit of the row's person in "
+        f"visit_occurrence.csv (e.g. person {int(persons[0])} captured {sitegen.captured(0)} "
+        f"(visit {sitegen.visit_id(0, 0)})): the linkage procedure infers the visit"), message
+    assert persons[1] not in message and str(int(persons[1])) not in message.split("(e.g.")[1], message
+
+
 def test_the_imaging_sops_visit__id_column_is_visit_id(clean):
     """The Imaging SOP's image_registry (its CREATE TABLE and its "CSV: Header labels") spells the column "visit_ id";
     a site that copied it got registry.columns, and no other rule looked at its registry."""
@@ -896,7 +945,10 @@ def test_a_registry_cell_written_null_is_empty(clean, null):
     writes null); Multimodal-Linkage: visit_id "LEAVE THIS FIELD NULL" where no visit overlaps. A registry exported
     from SQL writing NULL (MySQL: \\N) got every image told unlisted, "null" as a file with many rows and a missing
     one, and NULL as an unknown visit."""
-    registry("Images", lambda rows: [[*r[:4], null if i == 0 else r[4], *r[5:7], null] for i, r in enumerate(rows)])(clean)
+    # (the NULL visit's row captured between its person's visits, at 12:30: registry.visit_missing otherwise)
+    between = f"{sitegen.start_of(0, 12):%Y-%m-%d} 12:30:00"
+    registry("Images", lambda rows: [[*r[:4], null, between, r[6], null] if i == 0 else [*r[:7], null]
+                                     for i, r in enumerate(rows)])(clean)
     assert null in (clean / "image_registry.csv").read_text()
     assert found(clean) == set()
 
@@ -1021,7 +1073,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
     assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v4",
-                                 "mapping_csv.v4", "registry_csv.v11", "omop_procedures.v4"}
+                                 "mapping_csv.v4", "registry_csv.v12", "omop_procedures.v4"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1134,7 +1186,7 @@ ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
-    ("registry_csv.v11", "image_registry.csv",
+    ("registry_csv.v12", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
 ]
 
@@ -1231,7 +1283,7 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v11", "image_registry.csv"),
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
                                         ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
@@ -1247,7 +1299,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v11", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1262,7 +1314,7 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 
 @pytest.mark.parametrize("kind, name, column", [
-    ("registry_csv.v11", "image_registry.csv", "src_file (column 7)"),
+    ("registry_csv.v12", "image_registry.csv", "src_file (column 7)"),
     ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
     ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
 ])
@@ -1271,7 +1323,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     site looked at the 7th column for what was in the 8th. The finding names the column."""
     from chorus_batch.validate.readers import parse_facts
 
-    rows = {"registry_csv.v11": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
+    rows = {"registry_csv.v12": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
             "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
@@ -1286,7 +1338,7 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
     ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
     ("omop_visits.v5", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
     ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
-    ("registry_csv.v11", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
+    ("registry_csv.v12", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
 def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadable_one(tmp_path, kind, name, header,
@@ -1780,7 +1832,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 
 @pytest.mark.parametrize("kind, header", [
-    ("registry_csv.v11", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
+    ("registry_csv.v12", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
     ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):

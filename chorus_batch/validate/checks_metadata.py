@@ -141,4 +141,19 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
         submission.with_columns(_lacking=lacking).filter(pl.col("_lacking").list.len() > 0), "srcfile",
         fmt("no section (a heading, or a label of the template answered: 'Hospital name: ...') on: {}; add them as "
             "the Waveform File Format procedure asks", pl.col("_lacking").list.join("; "))))
+    # Waveform File Format 4.1: SUBMISSION.md describes each variable, its data type, and the time units of the sample
+    # times; the template asks them in a table of variables, whose rows left blank (or a table of none) answered nothing
+    tabled = submission.filter(pl.col("variables").is_not_null()
+                               & ((pl.col("variables") == 0) | (pl.col("n_variable_gaps").fill_null(0) > 0)))
+    out.append(_found(
+        "metadata.submission_answers", tabled, "srcfile",
+        pl.when(pl.col("variables") == 0).then(pl.lit(
+            "the table of variables (Variable name | Description | Data type | Unit) describes no variable: add a row "
+            "for each variable of your waveform format, with its description, data type and unit (the time units of "
+            "the variables that give the samples' times), as the Waveform File Format procedure asks"))
+        .otherwise(fmt(
+            "{} row{|s} of the table of variables leave{s|} answers out (e.g. {}): the Waveform File Format procedure "
+            "asks for each variable's description and data type, and the time units (ms, µs, epoch seconds, ...) of "
+            "those that give the samples' times; fill them in", pl.col("n_variable_gaps"),
+            pl.col("variable_gaps").list.head(3).list.join("; ")))))
     return out

@@ -173,6 +173,7 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                               "empty where no visit overlaps{}", pl.col("_v").list.head(5).list.join(", "),
                               _decimals("_v"), n=pl.col("_v").list.len())))
     out += _visit_times(site, usable)
+    out += _visit_missing(site, usable)
     out += _overlap(site, usable)
     out += _no_procedure(site, usable)
     out += _other_concept(site, usable)
@@ -206,7 +207,7 @@ def _visit_pairs(usable: pl.DataFrame) -> pl.DataFrame:
 def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
     """registry.visit_time: Multimodal-Linkage's visit_id is the person's visit "that overlaps with the timestamp of the
     file capture" (and is left empty where none does): the visits whose start and end in visit_occurrence.csv do not
-    hold the capture times of the rows that name them (each visit's first and last, registry_csv.v11)."""
+    hold the capture times of the rows that name them (each visit's first and last, registry_csv.v11 on)."""
     given = (usable.select("srcfile", "visit_times").explode("visit_times").drop_nulls("visit_times")
              .select("srcfile", _visit=_norm_id(pl.col("visit_times").list.get(0)),
                      _first_as=pl.col("visit_times").list.get(1), _last_as=pl.col("visit_times").list.get(2)))
@@ -237,6 +238,34 @@ def _visit_times(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
         "(e.g. {}): the linkage procedure asks for the person's visit that overlaps the capture time; fix visit_id (or "
         "the datetime, or the visit's start and end), or leave visit_id empty where no visit of the person overlaps",
         pl.col("_n"), pl.col("_told").list.head(3).list.join("; ")))]
+
+
+def _visit_missing(site: _Site, usable: pl.DataFrame) -> list[pl.LazyFrame]:
+    """registry.visit_missing, the converse of registry.visit_time: Multimodal-Linkage asks sites without an explicit link
+    to "infer the visit based on datetime (i.e. select the visit for the given patient that overlaps with the timestamp
+    of the file capture)", and to leave visit_id NULL only "IF there is no visit for that patient that overlaps": the
+    rows left empty whose person has a visit in visit_occurrence.csv holding their capture time (registry_csv.v12)."""
+    empty = (usable.select("srcfile", "unvisited_times").explode("unvisited_times").drop_nulls("unvisited_times")
+             .select("srcfile", _visit_person=_norm_id(pl.col("unvisited_times").list.get(0)),
+                     _when_as=pl.col("unvisited_times").list.get(1)))
+    spans = site.person_visit_spans(empty["_visit_person"].unique()) if empty.height else None
+    if spans is None:
+        return []
+    covered = (
+        empty.lazy().with_columns(_when=pl.col("_when_as").str.strptime(pl.Datetime, STAMP, strict=False))
+        .join(spans.lazy(), on="_visit_person")
+        .filter((pl.col("_start") <= pl.col("_when")) & (pl.col("_when") <= pl.col("_end")))
+        .group_by("srcfile", "_visit_person", "_when_as").agg(pl.col("_visit").unique().sort())
+        .sort("srcfile", "_visit_person", "_when_as")
+        .group_by("srcfile", maintain_order=True)
+        .agg(_n=pl.len(), _told=fmt("person {} captured {} (visit {})", pl.col("_visit_person"), pl.col("_when_as"),
+                                     pl.col("_visit").list.head(3).list.join(" or ")))
+    )
+    return [_found("registry.visit_missing", covered, "srcfile", fmt(
+        "{} capture time{|s} of rows that leave visit_id empty {lies|lie} inside a visit of the row's person in "
+        "visit_occurrence.csv (e.g. {}): the linkage procedure infers the visit from the datetime where the file has no "
+        "explicit link, and leaves visit_id empty only where no visit of the person overlaps; fill in visit_id (or fix "
+        "the datetime)", pl.col("_n"), pl.col("_told").list.head(3).list.join("; "), n=pl.col("_n")))]
 
 
 def _counted(site: _Site, current: pl.DataFrame) -> list[pl.LazyFrame]:

@@ -870,7 +870,55 @@ def _markdown_facts(f) -> dict[str, Any]:
                 checked += 1
         elif (label := _LABEL.match(line)) and _answered(label.group(2), next((n for n in lines[i + 1:] if n), "")):
             headings.append(label.group(1))
-    return {"headings": headings, "checked": checked, "unchecked": unchecked, "chars": len(text)}
+    variables, variable_gaps = _variables_table(lines)
+    return {"headings": headings, "checked": checked, "unchecked": unchecked, "chars": len(text),
+            "variables": variables, "variable_gaps": variable_gaps[:20], "n_variable_gaps": len(variable_gaps)}
+
+
+_TABLE_ROW = re.compile(r"^\s{0,3}\|?(.*?)\|?\s*$")
+_TABLE_RULE = re.compile(r"^\s{0,3}\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")
+# SUBMISSION.md's table of variables (the template's "Variable name | Description | Data type | Unit"): Waveform File
+# Format 4.1 asks "A description of each variable", "The data type for each variable", and the time units of "the
+# variables representing the time of the samples" (units elsewhere only "where useful")
+_VARIABLE_CELLS = {"description": "descri", "data type": "type", "unit": "unit"}
+_TIME_VARIABLE = re.compile(r"time|stamp|epoch|clock", re.IGNORECASE)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", _TABLE_ROW.match(line).group(1))]
+
+
+def _variables_table(lines: list[str]) -> tuple[int | None, list[str]]:
+    """The variables SUBMISSION.md's table of variables describes, and the answers its rows leave out ("StartTime: data
+    type"); (None, []) where it has no such table (its topic is then a section's, metadata.submission_sections)."""
+    described: int | None = None
+    gaps: list[str] = []
+    for i in range(len(lines) - 1):
+        if not (lines[i].startswith("|") and _TABLE_RULE.match(lines[i + 1]) and "-" in lines[i + 1]):
+            continue
+        header = [c.lower() for c in _cells(lines[i])]
+        if not header or "variable" not in header[0]:
+            continue
+        where = {name: next((k for k, c in enumerate(header) if word in c), None)
+                 for name, word in _VARIABLE_CELLS.items()}
+        described = described or 0
+        for line in lines[i + 2:]:
+            if not line.startswith("|"):
+                break
+            cells = _cells(line)
+            cell = lambda k: "" if k is None or k >= len(cells) else cells[k]  # noqa: E731
+            filled = lambda k: bool(cell(k)) and not _PLACEHOLDER.match(cell(k))  # noqa: E731
+            name = cells[0] if cells and filled(0) else ""
+            if not name:
+                continue  # (a blank row of the template)
+            described += 1
+            timed = _TIME_VARIABLE.search(name) or _TIME_VARIABLE.search(cell(where["description"]))
+            lacking = [k for k in ("description", "data type") if where[k] is None or not filled(where[k])]
+            if timed and (where["unit"] is None or not filled(where["unit"])):
+                lacking.append("time unit")
+            if lacking:
+                gaps.append(f"{name[:60]}: {', '.join(lacking)}")
+    return described, gaps
 
 
 def _answered(answer: str, following: str) -> bool:
@@ -1052,6 +1100,13 @@ def _registry_facts(f) -> dict[str, Any]:
                  .group_by("_visit").agg(_first=pl.col("_when").min(), _last=pl.col("_when").max()).sort("_visit")
                  .select(pl.concat_list("_visit", *(pl.col(c).dt.strftime(STAMP) for c in ("_first", "_last"))))
                  .to_series().to_list())
+    # the capture times of the rows that leave visit_id empty, as distinct [person_id, time] pairs (registry.visit_missing:
+    # Multimodal-Linkage leaves it NULL only "IF there is no visit for that patient that overlaps" the capture time)
+    facts.update(unvisited_times=frame.select(_visit=pl.col("visit_id").fill_null("").str.strip_chars(),
+                                              _person=person.str.strip_chars(), _when="_captured")
+                 .filter((pl.col("_visit") == "") & (pl.col("_person") != "") & pl.col("_when").is_not_null())
+                 .select("_person", "_when").unique()
+                 .select(pl.concat_list("_person", pl.col("_when").dt.strftime(STAMP))).to_series().sort().to_list())
     # Multimodal-Linkage: a row's person_id "should also match the name of that files parent directory" (the person
     # folder trg_file lies in); digits-only ids compared without leading zeros, as person.csv's are (a row whose
     # folder is its person_id as written is not compared again)

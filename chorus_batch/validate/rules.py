@@ -242,11 +242,15 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # v9's said "6 row(s) ... (rows 2, 3, 4, 5, 6)", as if the five were all), keeps a few file_ids that repeat, and counts
 # rows with an empty file_id (no_file; v9 passed one over, and counted two as one file_id repeated)
 # registry_csv.v11 also keeps each visit_id's first and last capture time (registry.visit_time)
+# registry_csv.v12 also keeps the [person_id, capture time] pairs of the rows that leave visit_id empty
+# (registry.visit_missing)
 # metadata_md.v2 also takes the SUBMISSION.md template's answered labels as sections, and does not ask for a READINESS.md
 # item marked (optional)
 # metadata_md.v3 also reads setext headings ("Hospital\n========") and passes over HTML comments and fenced code blocks
 # metadata_md.v4 reads a file saved as UTF-16 with its byte-order mark (v3: "the file is UTF-16 text, not UTF-8")
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v4", "mapping_csv.v4", "registry_csv.v11"
+# metadata_md.v4 also reads SUBMISSION.md's table of variables (Variable name | Description | Data type | Unit): how many
+# it describes and the answers its rows leave out (metadata.submission_answers)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v4", "mapping_csv.v4", "registry_csv.v12"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -294,6 +298,11 @@ RULES: tuple[Rule, ...] = (
          "SUBMISSION.md has no section on one of the topics the waveform procedure asks for (hospital, dataset, "
          "waveform types, known issues, variables, sample intervals, linkage to visits): a heading, or a label of the "
          "procedure's template answered (Hospital name: ...)."),
+    Rule("metadata.submission_answers", "warning", "SUBMISSION.md variables table incomplete",
+         "SUBMISSION.md's table of variables (the template's Variable name, Description, Data type, Unit) describes no "
+         "variable, or leaves a variable's description or data type empty, or the unit of a time variable (the "
+         "waveform procedure asks for each variable's description and data type, and the time units of the sample "
+         "times)."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
          "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted), or no "
          "checklist item at all."),
@@ -501,6 +510,10 @@ RULES: tuple[Rule, ...] = (
          "A registry row's datetime lies outside the start and end visit_occurrence.csv gives its visit_id (the linkage "
          "procedure's visit is the one that overlaps the file's capture time, its visit_id left empty where none does; "
          "a date given without a time is the whole day)."),
+    Rule("registry.visit_missing", "warning", "registry visit left empty though one overlaps",
+         "A registry row leaves visit_id empty though a visit of its person in visit_occurrence.csv overlaps its capture "
+         "time (the linkage procedure infers the visit from the datetime where the file has no explicit link, and "
+         "leaves visit_id empty only where no visit of the person overlaps)."),
     Rule("registry.visit_person", "error", "registry visit of another person",
          "A registry row's visit_id is, in visit_occurrence.csv, a visit of a person other than the row's person_id "
          "(the linkage procedure asks for the visit of the file's patient), or one visit_occurrence.csv gives to more "

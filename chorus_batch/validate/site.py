@@ -60,7 +60,8 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                             "visit_start": pl.String, "visit_end": pl.String}),
     KIND_LINKS: pl.Struct({**_CSV_DTYPE, "visit_occurrence_id": pl.List(pl.String), "session": pl.List(pl.String)}),
     KIND_MARKDOWN: pl.Struct({"error": pl.String, "headings": pl.List(pl.String), "checked": pl.Int64,
-                              "unchecked": pl.List(pl.String), "chars": pl.Int64}),
+                              "unchecked": pl.List(pl.String), "chars": pl.Int64, "variables": pl.Int64,
+                              "variable_gaps": pl.List(pl.String), "n_variable_gaps": pl.Int64}),
     KIND_MAPPING: pl.Struct({**_CSV_DTYPE, "rows": pl.Int64, "no_id": pl.Int64, "bad_rate": pl.Int64,
                              "bad_label": pl.Int64, "no_units": pl.Int64, "no_time": pl.Int64,
                              "examples": pl.List(pl.String),
@@ -70,7 +71,7 @@ _FACT_DTYPES_OF: dict[str, pl.Struct] = {
                               "n_duplicate_files": pl.Int64, "n_duplicate_ids": pl.Int64,
                               "duplicate_ids": pl.List(pl.String), "no_src": pl.Int64,
                               "no_trg": pl.Int64, "no_file": pl.Int64, "no_proc": pl.Int64, "bad_proc": pl.Int64, "no_person": pl.Int64,
-                              "visit_persons": pl.List(pl.List(pl.String)), "visit_times": pl.List(pl.List(pl.String)),
+                              "visit_persons": pl.List(pl.List(pl.String)), "visit_times": pl.List(pl.List(pl.String)), "unvisited_times": pl.List(pl.List(pl.String)),
                               "no_datetime": pl.Int64, "bad_datetime": pl.Int64,
                               "bad_rows": pl.List(pl.String), "n_bad_rows": pl.Int64, "n_other_person": pl.Int64,
                               "other_person_rows": pl.List(pl.String),
@@ -364,6 +365,27 @@ class _Site:
         # (a file at the root named OMOP is no OMOP/ folder: it was taken for one, whose 13 tables were all missing)
         self.omop_dir = (self.files.lazy().filter((pl.col("_top_l") == "omop") & (pl.col("_n") >= 2))
                          .select(pl.col("_top").min()).collect().item())
+
+    def person_visit_spans(self, persons: pl.Series) -> pl.DataFrame | None:
+        """The visits of the persons `persons` (norm ids) with their start and end (_visit_person, _visit, _start, _end;
+        a date alone is the whole day), as visit_occurrence.csv gives them; None where it gives no persons, starts and
+        ends."""
+        visits = self.of_kind(KIND_VISITS).filter(
+            pl.col("_ok") & (pl.col("delimiter") == ",") & pl.col("visit_occurrence_id").is_not_null()
+            & pl.col("person_id").is_not_null() & pl.col("visit_start").is_not_null() & pl.col("visit_end").is_not_null())
+        if visits.height == 0:
+            return None
+        return (
+            visits.lazy().select(_joined("visit_occurrence_id"), _joined("person_id"), _joined("visit_start"),
+                                 _joined("visit_end"))
+            .explode("visit_occurrence_id", "person_id", "visit_start", "visit_end")
+            .with_columns(_visit_person=_norm_id(pl.col("person_id")))
+            .filter(pl.col("_visit_person").is_in(persons.implode()))  # (the few persons of the rows, of millions)
+            .select("_visit_person", _visit=pl.col("visit_occurrence_id").str.strip_chars(),
+                    _start=visit_moment(pl.col("visit_start"), pl.col("visit_start"), end=False),
+                    _end=visit_moment(pl.col("visit_end"), pl.col("visit_end"), end=True))
+            .drop_nulls()
+            .collect())
 
     def visit_spans(self, named: pl.Series) -> pl.DataFrame | None:
         """The start and end (Datetime; a date alone is the whole day) of the visits `named` (norm ids) that
