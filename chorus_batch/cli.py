@@ -1288,11 +1288,14 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     from .store.schema import SCHEMA_VERSION
 
+    restored: list[str] = []
     if manifest.up_to_date():  # nothing to upgrade: no lock wanted (a reviewer's read-only copy was told "cannot
         before = after = SCHEMA_VERSION  # create the lock file ... not upgraded")
     else:
         with manifest.lock(argv):
+            lacking = manifest.missing_indexes() if manifest.schema_on_disk() == SCHEMA_VERSION else []
             before, after = manifest.ensure_schema(create=False)
+            restored = [name for name in lacking if name not in manifest.missing_indexes()]
     try:
         pending = _after_upgrade(manifest, target.config.patterns)
     except BaseException as exc:  # (reading what is left to do) the upgrade is committed: not "not upgraded"
@@ -1302,6 +1305,8 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
                 exc.outcome = (f"the upgrade of the manifest from schema {before} to {after} had been committed and "  # type: ignore[union-attr]
                                "stays; only what the next run does beyond it could not be told")
         raise
+    if restored:
+        pending = f"; created again its {'index' if len(restored) == 1 else 'indexes'} {', '.join(restored)}" + pending
     print(f"{manifest.path.resolve()}: schema {before} -> {after}{pending}" if before != after
           else f"{manifest.path.resolve()}: already at schema {after}; " + (pending.lstrip("; ") or "nothing to do"))
     return 0

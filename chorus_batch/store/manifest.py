@@ -42,7 +42,8 @@ from ..times import iso, utc_now
 from ..units import shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
-from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, check_release, schema_version, too_new, upgrade
+from .schema import (SCHEMA_VERSION, SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new,
+                     upgrade)
 
 
 def _place(location: str) -> str:
@@ -672,12 +673,17 @@ class Manifest:
 
     def up_to_date(self) -> bool:
         """At this release's schema, and not marked by a later release as not to be written by this one (refused
-        as `upgrade` refuses it): nothing for `upgrade` to do. Read only: no lock, nothing written."""
+        as `upgrade` refuses it), with every index of the schema: nothing for `upgrade` to do. Read only: no lock, nothing written."""
         if self.schema_on_disk() != SCHEMA_VERSION:
             return False
         with self._open() as con:
             check_release(con, str(self.path))
-        return True
+            return not missing_indexes(con)
+
+    def missing_indexes(self) -> list[str]:
+        """The schema's indexes this manifest lacks (read only)."""
+        with self._open() as con:
+            return missing_indexes(con)
 
     def schema_on_disk(self) -> int | None:
         """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
