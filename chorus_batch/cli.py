@@ -1417,7 +1417,15 @@ def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
 
         frame = open_manifest(db).versions()
     else:
-        frame = versions_with_upload_state(Manifest(db))
+        manifest = Manifest(db)
+        frame = versions_with_upload_state(manifest)
+        edited = manifest.edited_version_times()
+        if edited:  # listed as recorded, but not taken for the commit times
+            from .progress import log
+
+            log.warning(f"the commit times (finished_at) of these versions were edited: {'; '.join(edited)}; they are "
+                        "listed as recorded, and a version asked by a time (--as-of TIME) is refused until they are "
+                        "set back within their runs' times (give a label meanwhile)")
     if args.json:
         print(json.dumps(frame.to_dicts(), indent=2))
     else:

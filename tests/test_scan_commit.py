@@ -369,3 +369,31 @@ def test_a_record_starts_at_its_earliest_file_also_one_a_later_version_adds(tmp_
     write(site, session.format("121530"), b"c")
     scan_and_commit(db, [Root(LocalSource(site))])
     assert start() == ("2023-01-01", "08:15:30")
+
+
+def test_versions_whose_commit_times_were_edited_are_not_found_by_a_time(site, db):
+    """A versions table edited by hand (v2's finished_at moved past v3's: the two versions' times overlap) was read as
+    true: `files --as-of` a time after v3's commit named v1, which neither version's run had left current then, and
+    `versions` listed it without a word. The version's time is checked against the run that committed it (one clock):
+    a time is refused, naming the version and what to do; labels still answer; `versions` says so."""
+    import sqlite3
+
+    from conftest import cli
+
+    for label in ("v1", "v2", "v3"):
+        write(site, f"OMOP/{label}.csv", label.encode())
+        assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--version", label).returncode == 0
+    (v3_at,) = query(db, "SELECT finished_at FROM versions WHERE label = 'v3'")[0]
+    assert cli("files", "--db", str(db), "--as-of", v3_at).stdout.startswith("version v3")  # (untouched: found)
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE versions SET finished_at = '2999-01-01T00:00:00Z' WHERE label = 'v2'")
+    con.close()
+    out = cli("files", "--db", str(db), "--as-of", v3_at)
+    assert out.returncode == 2 and "version" not in out.stdout, out.stdout
+    assert "commit times of the manifest's versions were edited" in out.stderr and "v2 records 2999" in out.stderr
+    assert "give a version label" in out.stderr and "Traceback" not in out.stderr
+    assert cli("files", "--db", str(db), "--as-of", "v3").stdout.startswith("version v3")
+    listed = cli("versions", "--db", str(db))
+    assert listed.returncode == 0 and "v2 records 2999" in listed.stderr, listed.stderr
+

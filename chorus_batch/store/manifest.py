@@ -1405,6 +1405,25 @@ class Manifest:
         self.require()
         return self.query_frame("SELECT * FROM versions ORDER BY label", schema=schema_of("versions"))
 
+    def edited_version_times(self) -> list[str]:
+        """The versions whose recorded commit time is not within the run that committed them, each said as
+        "v2 records 2026-...Z, its run 2 ran 2026-...Z to 2026-...Z". The run's times and the version's come from one
+        process's clock: they disagree only where the versions table was edited by hand (an imported version keeps
+        its upstream time, and an older release's versions have no run: neither is checked). A time asked of
+        `--as-of` read such times as true: one moved past a later version's made the two overlap, and a time between
+        them named the version before both."""
+        rows = self._query_all(
+            "SELECT v.label, v.finished_at, r.run_id, r.started_at, r.finished_at FROM versions v "
+            "JOIN runs r ON r.run_id = v.run_id WHERE r.mode <> 'import' AND r.started_at IS NOT NULL "
+            "AND (v.finished_at IS NULL OR v.finished_at < r.started_at "
+            "OR (r.finished_at IS NOT NULL AND v.finished_at > r.finished_at)) ORDER BY v.label")
+        return [f"{label} records {finished}, but its run {run_id} ran {start} to {end or '(not recorded)'}"
+                for label, finished, run_id, start, end in rows]
+
+    def _query_all(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._open() as con:
+            return con.execute(sql, params).fetchall()
+
     def changes(self, label: str | None) -> tuple[str | None, pl.DataFrame]:
         self.require()
         if label is None:
