@@ -397,3 +397,26 @@ def test_versions_whose_commit_times_were_edited_are_not_found_by_a_time(site, d
     listed = cli("versions", "--db", str(db))
     assert listed.returncode == 0 and "v2 records 2999" in listed.stderr, listed.stderr
 
+
+def test_files_moved_from_the_site_root_to_a_named_root_are_said_moved_in_place(tmp_path):
+    """A site that moves its Waveforms tree from --site to a [site.roots] root: the files' rows were given the new
+    root in place, as of every earlier version too, and the run said only "no changes since version v1". It says now
+    which files were found under which root, that their rows name it in place for the earlier versions too, and that
+    the old root stays recorded."""
+    from conftest import cli
+
+    site, wave, db = tmp_path / "site", tmp_path / "wave", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/EEG/s1/s1_a.edf", b"w")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1").returncode == 0
+    wave.mkdir()
+    (site / "000001").rename(wave / "000001")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
+    out = cli("run", "--no-validate", "--db", str(db), "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"1 file recorded under {site} is now found under {wave} (the Waveforms root), unchanged" in out.stderr
+    assert "the earlier ones too" in out.stderr and "no changes since version v1" in out.stdout
+    assert query(db, "SELECT location FROM roots ORDER BY root_id") == [(str(site),), (str(wave),)]
+    quiet = cli("run", "--no-validate", "--db", str(db), "--config", str(config), cwd=tmp_path)
+    assert quiet.returncode == 0 and "now found under" not in quiet.stderr  # said once, when they moved

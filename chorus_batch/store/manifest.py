@@ -1197,6 +1197,22 @@ class Manifest:
         frame = touched.select("file_id", "mtime_ns", pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64),
                                "verified_ns", "etag", "md5", "md5_source")
         cur.adbc_ingest("_touch", frame.to_arrow(), mode="create", temporary=True)
+        # Files found under another root than recorded (a tree moved from --site to a [site.roots] root, a site
+        # moved): their rows are the same content, so they name the new root in place (upload and validate read the
+        # bytes where they are now), also as of the versions before. That was done with no word ("no changes"): said.
+        cur.execute("SELECT o.location, n.location, n.modality, count(*) FROM source_files s "
+                    "JOIN temp._touch t ON s.file_id = t.file_id JOIN roots o ON o.root_id = s.root_id "
+                    "JOIN roots n ON n.root_id = t.root_id WHERE s.root_id <> t.root_id "
+                    "GROUP BY o.location, n.location, n.modality ORDER BY o.location, n.location")
+        for old, new, modality, n in cur.fetchall():
+            from ..progress import log
+            from ..units import plural
+
+            log.warning(f"{plural(n, 'file')} recorded under {old} {'is' if n == 1 else 'are'} now found under {new}"
+                        f"{f' (the {modality} root)' if modality else ''}, unchanged: {'its row names' if n == 1 else 'their rows name'} "
+                        "that root from now on, in place (no version is made of a move), so every version that holds "
+                        f"{'it' if n == 1 else 'them'}, the earlier ones too, reads {'it' if n == 1 else 'them'} there "
+                        f"(files --as-of, validate, upload); the roots table keeps {old}")
         # (md5: an object recorded without one, unverifiable, whose MD5 a later run learned: the same object)
         cur.execute("UPDATE source_files SET mtime_ns = t.mtime_ns, root_id = t.root_id, verified_ns = t.verified_ns, "
                     "etag = t.etag, md5_source = CASE WHEN source_files.md5 IS NULL AND t.md5 IS NOT NULL "
