@@ -396,6 +396,15 @@ def test_versions_whose_commit_times_were_edited_are_not_found_by_a_time(site, d
     assert cli("files", "--db", str(db), "--as-of", "v3").stdout.startswith("version v3")
     listed = cli("versions", "--db", str(db))
     assert listed.returncode == 0 and "v2 records 2999" in listed.stderr, listed.stderr
+    # the latest version's time edited: the next run does not blame this machine's clock for it
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE versions SET finished_at = '2999-01-01T00:00:00Z' WHERE label = 'v3'")
+    con.close()
+    write(site, "OMOP/v4.csv", b"v4")
+    ran = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v4")
+    assert ran.returncode == 0, ran.stderr
+    assert "version v3 was edited by hand (v3 records 2999" in ran.stderr and "clock (" not in ran.stderr, ran.stderr
 
 
 def test_files_moved_from_the_site_root_to_a_named_root_are_said_moved_in_place(tmp_path):
