@@ -1314,11 +1314,14 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"no manifest at {manifest.path}", where=str(manifest.path), fix="pass --db with the manifest's path")
     from .store.schema import SCHEMA_VERSION
 
+    restored: list[str] = []
     if manifest.up_to_date():  # nothing to upgrade: no lock wanted (a reviewer's read-only copy was told "cannot
         before = after = SCHEMA_VERSION  # create the lock file ... not upgraded")
     else:
         with manifest.lock(argv):
+            lacking = manifest.missing_indexes() if manifest.schema_on_disk() == SCHEMA_VERSION else []
             before, after = manifest.ensure_schema(create=False)
+            restored = [name for name in lacking if name not in manifest.missing_indexes()]
     try:
         pending = _after_upgrade(manifest, target.config.patterns)
     except BaseException as exc:  # (reading what is left to do) the upgrade is committed: not "not upgraded"
@@ -1328,6 +1331,8 @@ def cmd_upgrade(args: argparse.Namespace, argv: list[str]) -> int:
                 exc.outcome = (f"the upgrade of the manifest from schema {before} to {after} had been committed and "  # type: ignore[union-attr]
                                "stays; only what the next run does beyond it could not be told")
         raise
+    if restored:
+        pending = f"; created again its {'index' if len(restored) == 1 else 'indexes'} {', '.join(restored)}" + pending
     print(f"{manifest.path.resolve()}: schema {before} -> {after}{pending}" if before != after
           else f"{manifest.path.resolve()}: already at schema {after}; " + (pending.lstrip("; ") or "nothing to do"))
     return 0
@@ -1438,7 +1443,15 @@ def cmd_versions(args: argparse.Namespace, argv: list[str]) -> int:
 
         frame = open_manifest(db).versions()
     else:
-        frame = versions_with_upload_state(Manifest(db))
+        manifest = Manifest(db)
+        frame = versions_with_upload_state(manifest)
+        edited = manifest.edited_version_times()
+        if edited:  # listed as recorded, but not taken for the commit times
+            from .progress import log
+
+            log.warning(f"the commit times (finished_at) of these versions were edited: {'; '.join(edited)}; they are "
+                        "listed as recorded, and a version asked by a time (--as-of TIME) is refused until they are "
+                        "set back within their runs' times (give a label meanwhile)")
     if args.json:
         print(json.dumps(frame.to_dicts(), indent=2))
     else:

@@ -227,6 +227,13 @@ def _say_clock_behind(manifest: Manifest, started: datetime, label: str) -> None
     with contextlib.suppress(ValueError):
         before = datetime.fromisoformat(str(latest["finished_at"]).replace("Z", "+00:00"))
         if (before - started).total_seconds() > CLOCK_BEHIND_S:
+            edited = [said for said in manifest.edited_version_times() if said.startswith(f"{latest['label']} records ")]
+            if edited:  # not this machine's clock: the time was edited (it was told to set a right clock right)
+                log.warning(f"the commit time of version {latest['label']} was edited by hand ({edited[0]}), not this "
+                            f"machine's clock behind: version {label} is recorded "
+                            f"with this machine's time ({iso(started)}); a version asked by a time (--as-of TIME) is "
+                            "refused until that version's finished_at is set back within its run's times")
+                return
             log.warning(f"this machine's clock ({iso(started)}) is behind the time version {latest['label']} was "
                         f"committed ({latest['finished_at']}): version {label} is recorded with the earlier times, "
                         "and times asked of --as-of between the two read in commit order; set the clock right (NTP: "

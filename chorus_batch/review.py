@@ -209,6 +209,9 @@ class ManifestReader:
                  f"1 version, {labels[0]}" if labels.len() else "no versions yet")
         return f"<{type(self).__name__} {str(self.path)!r}: {known}>"
 
+    def _refuse_edited_times(self, asked: object) -> None:
+        """A version asked by a time is found by the versions' commit times: refused where they were edited by hand."""
+
     def versions_command(self) -> str:
         """The command that lists this manifest's versions, to paste into a shell (a notebook's messages name it:
         `chorus-batch versions` alone read the chorus.toml or default manifest of the shell's folder)."""
@@ -294,6 +297,7 @@ class ManifestReader:
                              where=str(self.path),
                              fix=f"give a label from `{self.versions_command()}` ({len(labels)} in the manifest, "
                                  f"{labels[0]} .. {labels[-1]}), or an ISO time such as 2026-11-27T03:00:00Z")
+        self._refuse_edited_times(version)
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         # Compared in UTC, as the commit times are: polars refused a named zone (a ZoneInfo, a pandas Timestamp's)
@@ -748,6 +752,17 @@ class SQLiteReader(ManifestReader):
 
     def _committed_since_open(self, label: str) -> bool:
         return self._query("SELECT count(*) AS n FROM versions WHERE label = ?", (label,))["n"][0] > 0
+
+    def _refuse_edited_times(self, asked: object) -> None:
+        edited = self._manifest.edited_version_times()
+        if edited:
+            raise UsageError(
+                f"no version can be found by the time {asked}: the commit times of the manifest's versions were edited "
+                f"({'; '.join(edited)}), so which version was current then cannot be told; nothing was read",
+                where=str(self.path),
+                fix="give a version label instead (labels are not affected; `" + self.versions_command() + "` lists "
+                    "them); or set each version's finished_at back to a time within its run's (the versions and runs "
+                    "tables; a backup of the manifest has them)")
 
     def _paths_ever(self) -> pl.DataFrame:
         # the path index, not the change sets; rows of a version committed since this reader listed its versions left out

@@ -782,3 +782,28 @@ def test_upgrade_of_a_current_manifest_in_a_folder_the_reader_cannot_write_says_
         os.chmod(db.parent, 0o755)
     assert out.returncode == 0, out.stderr
     assert f"already at schema {schema_module.SCHEMA_VERSION}" in out.stdout
+
+
+def test_an_index_dropped_by_hand_is_created_again_by_the_next_run_and_by_upgrade(site, db):
+    """An index of the manifest dropped by hand (`DROP INDEX source_files_path` in sqlite3) stayed dropped: every run
+    after read the whole source_files table for each lookup by path, slower with each version, with no word."""
+    (site / "OMOP").mkdir(parents=True, exist_ok=True)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db)).returncode == 0
+    every = sorted(schema_module.index_name(d) for d in (*schema_module.INDEXES, *schema_module.SOURCE_FILES_INDEXES))
+
+    def indexes() -> list[str]:
+        return sorted(n for (n,) in query(db, "SELECT name FROM sqlite_master WHERE type = 'index' "
+                                              "AND name NOT LIKE 'sqlite_autoindex%'"))
+
+    assert indexes() == every
+    query(db, "DROP INDEX source_files_path")
+    out = cli("run", "--no-validate", "--site", str(site), "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "lacks its index source_files_path" in out.stderr and indexes() == every
+    query(db, "DROP INDEX findings_version")
+    query(db, "DROP INDEX source_files_current")
+    out = cli("upgrade", "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    assert "created again its indexes findings_version, source_files_current" in out.stdout and indexes() == every
+    assert "nothing to do" in cli("upgrade", "--db", str(db)).stdout

@@ -390,3 +390,63 @@ def test_a_record_starts_at_its_earliest_file_also_one_a_later_version_adds(tmp_
     write(site, session.format("121530"), b"c")
     scan_and_commit(db, [Root(LocalSource(site))])
     assert start() == ("2023-01-01", "08:15:30")
+
+
+def test_versions_whose_commit_times_were_edited_are_not_found_by_a_time(site, db):
+    """A versions table edited by hand (v2's finished_at moved past v3's: the two versions' times overlap) was read as
+    true: `files --as-of` a time after v3's commit named v1, which neither version's run had left current then, and
+    `versions` listed it without a word. The version's time is checked against the run that committed it (one clock):
+    a time is refused, naming the version and what to do; labels still answer; `versions` says so."""
+    import sqlite3
+
+    from conftest import cli
+
+    for label in ("v1", "v2", "v3"):
+        write(site, f"OMOP/{label}.csv", label.encode())
+        assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--version", label).returncode == 0
+    (v3_at,) = query(db, "SELECT finished_at FROM versions WHERE label = 'v3'")[0]
+    assert cli("files", "--db", str(db), "--as-of", v3_at).stdout.startswith("version v3")  # (untouched: found)
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE versions SET finished_at = '2999-01-01T00:00:00Z' WHERE label = 'v2'")
+    con.close()
+    out = cli("files", "--db", str(db), "--as-of", v3_at)
+    assert out.returncode == 2 and "version" not in out.stdout, out.stdout
+    assert "commit times of the manifest's versions were edited" in out.stderr and "v2 records 2999" in out.stderr
+    assert "give a version label" in out.stderr and "Traceback" not in out.stderr
+    assert cli("files", "--db", str(db), "--as-of", "v3").stdout.startswith("version v3")
+    listed = cli("versions", "--db", str(db))
+    assert listed.returncode == 0 and "v2 records 2999" in listed.stderr, listed.stderr
+    # the latest version's time edited: the next run does not blame this machine's clock for it
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE versions SET finished_at = '2999-01-01T00:00:00Z' WHERE label = 'v3'")
+    con.close()
+    write(site, "OMOP/v4.csv", b"v4")
+    ran = cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v4")
+    assert ran.returncode == 0, ran.stderr
+    assert "version v3 was edited by hand (v3 records 2999" in ran.stderr and "clock (" not in ran.stderr, ran.stderr
+
+
+def test_files_moved_from_the_site_root_to_a_named_root_are_said_moved_in_place(tmp_path):
+    """A site that moves its Waveforms tree from --site to a [site.roots] root: the files' rows were given the new
+    root in place, as of every earlier version too, and the run said only "no changes since version v1". It says now
+    which files were found under which root, that their rows name it in place for the earlier versions too, and that
+    the old root stays recorded."""
+    from conftest import cli
+
+    site, wave, db = tmp_path / "site", tmp_path / "wave", tmp_path / "m.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/EEG/s1/s1_a.edf", b"w")
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1").returncode == 0
+    wave.mkdir()
+    (site / "000001").rename(wave / "000001")
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
+    out = cli("run", "--no-validate", "--db", str(db), "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"1 file recorded under {site} is now found under {wave} (the Waveforms root), unchanged" in out.stderr
+    assert "the earlier ones too" in out.stderr and "no changes since version v1" in out.stdout
+    assert query(db, "SELECT location FROM roots ORDER BY root_id") == [(str(site),), (str(wave),)]
+    quiet = cli("run", "--no-validate", "--db", str(db), "--config", str(config), cwd=tmp_path)
+    assert quiet.returncode == 0 and "now found under" not in quiet.stderr  # said once, when they moved

@@ -432,3 +432,29 @@ def test_a_snapshot_folder_damaged_by_hand_is_refused_by_readers_and_mended_by_t
     stray.write_text("x")
     rows = open_manifest(snaps).history("OMOP/person.csv")
     assert rows["version_valid"].to_list() == ["v1", "v3"] and rows["version_invalid"].to_list() == ["v3", None]
+
+
+def test_two_first_runs_of_two_manifests_given_one_folder_at_once_leave_it_to_one(site, tmp_path):
+    """Two manifests' first runs given one --parquet folder at once each found it unclaimed, each wrote its claim over
+    the other's, and both wrote their snapshots into it, exit 0: the folder then named one manifest and held the
+    other's versions too. The claim of an unclaimed folder is made only where none appeared meanwhile: the second
+    run is refused, and says its version stays committed."""
+    snaps, first, second = tmp_path / "snaps", tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    late = paused("run", "--no-validate", "--site", str(site), "--db", str(first), "--parquet", str(snaps),
+                  "--version", "a1", at="snapshot-claim+6")
+    try:
+        other = cli("run", "--no-validate", "--site", str(site), "--db", str(second), "--parquet", str(snaps),
+                    "--version", "b1")
+        assert other.returncode == 0, other.stderr
+        _, err = late.communicate(timeout=120)
+    finally:
+        if late.poll() is None:
+            late.kill()
+            late.wait()
+    assert late.returncode == 3, err  # (after its commit)
+    assert "version a1 was committed" in err and "holds the snapshots of another manifest" in err and str(second) in err, err
+    owner = json.loads((snaps / "manifest.json").read_text())
+    assert owner["manifest"] == str(second)
+    assert sorted(p.name for p in snaps.glob("version=*")) == ["version=b1"]
+    assert Manifest(first).versions()["label"].to_list() == ["a1"]  # committed before the claim, and kept

@@ -42,7 +42,8 @@ from ..times import iso, utc_now
 from ..units import shown_name
 from ..urls import root_url, scrub, storable
 from .lock import manifest_lock, upgrade_under_way, user_name
-from .schema import SCHEMA_VERSION, SOURCE_FILES_INDEXES, check_release, schema_version, too_new, upgrade
+from .schema import (SCHEMA_VERSION, SOURCE_FILES_INDEXES, check_release, missing_indexes, schema_version, too_new,
+                     upgrade)
 
 
 def _place(location: str) -> str:
@@ -673,12 +674,17 @@ class Manifest:
 
     def up_to_date(self) -> bool:
         """At this release's schema, and not marked by a later release as not to be written by this one (refused
-        as `upgrade` refuses it): nothing for `upgrade` to do. Read only: no lock, nothing written."""
+        as `upgrade` refuses it), with every index of the schema: nothing for `upgrade` to do. Read only: no lock, nothing written."""
         if self.schema_on_disk() != SCHEMA_VERSION:
             return False
         with self._open() as con:
             check_release(con, str(self.path))
-        return True
+            return not missing_indexes(con)
+
+    def missing_indexes(self) -> list[str]:
+        """The schema's indexes this manifest lacks (read only)."""
+        with self._open() as con:
+            return missing_indexes(con)
 
     def schema_on_disk(self) -> int | None:
         """The schema version of the manifest there, or None when there is none yet (no file, an empty file: a run
@@ -1265,6 +1271,22 @@ class Manifest:
         frame = touched.select("file_id", "mtime_ns", pl.col("root_id").replace_strict(root_ids, return_dtype=pl.Int64),
                                "verified_ns", "etag", "md5", "md5_source")
         cur.adbc_ingest("_touch", frame.to_arrow(), mode="create", temporary=True)
+        # Files found under another root than recorded (a tree moved from --site to a [site.roots] root, a site
+        # moved): their rows are the same content, so they name the new root in place (upload and validate read the
+        # bytes where they are now), also as of the versions before. That was done with no word ("no changes"): said.
+        cur.execute("SELECT o.location, n.location, n.modality, count(*) FROM source_files s "
+                    "JOIN temp._touch t ON s.file_id = t.file_id JOIN roots o ON o.root_id = s.root_id "
+                    "JOIN roots n ON n.root_id = t.root_id WHERE s.root_id <> t.root_id "
+                    "GROUP BY o.location, n.location, n.modality ORDER BY o.location, n.location")
+        for old, new, modality, n in cur.fetchall():
+            from ..progress import log
+            from ..units import plural
+
+            log.warning(f"{plural(n, 'file')} recorded under {old} {'is' if n == 1 else 'are'} now found under {new}"
+                        f"{f' (the {modality} root)' if modality else ''}, unchanged: {'its row names' if n == 1 else 'their rows name'} "
+                        "that root from now on, in place (no version is made of a move), so every version that holds "
+                        f"{'it' if n == 1 else 'them'}, the earlier ones too, reads {'it' if n == 1 else 'them'} there "
+                        f"(files --as-of, validate, upload); the roots table keeps {old}")
         # (md5: an object recorded without one, unverifiable, whose MD5 a later run learned: the same object)
         cur.execute("UPDATE source_files SET mtime_ns = t.mtime_ns, root_id = t.root_id, verified_ns = t.verified_ns, "
                     "etag = t.etag, md5_source = CASE WHEN source_files.md5 IS NULL AND t.md5 IS NOT NULL "
@@ -1472,6 +1494,25 @@ class Manifest:
     def versions(self) -> pl.DataFrame:
         self.require()
         return self.query_frame("SELECT * FROM versions ORDER BY label", schema=schema_of("versions"))
+
+    def edited_version_times(self) -> list[str]:
+        """The versions whose recorded commit time is not within the run that committed them, each said as
+        "v2 records 2026-...Z, its run 2 ran 2026-...Z to 2026-...Z". The run's times and the version's come from one
+        process's clock: they disagree only where the versions table was edited by hand (an imported version keeps
+        its upstream time, and an older release's versions have no run: neither is checked). A time asked of
+        `--as-of` read such times as true: one moved past a later version's made the two overlap, and a time between
+        them named the version before both."""
+        rows = self._query_all(
+            "SELECT v.label, v.finished_at, r.run_id, r.started_at, r.finished_at FROM versions v "
+            "JOIN runs r ON r.run_id = v.run_id WHERE r.mode <> 'import' AND r.started_at IS NOT NULL "
+            "AND (v.finished_at IS NULL OR v.finished_at < r.started_at "
+            "OR (r.finished_at IS NOT NULL AND v.finished_at > r.finished_at)) ORDER BY v.label")
+        return [f"{label} records {finished}, but its run {run_id} ran {start} to {end or '(not recorded)'}"
+                for label, finished, run_id, start, end in rows]
+
+    def _query_all(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._open() as con:
+            return con.execute(sql, params).fetchall()
 
     def changes(self, label: str | None) -> tuple[str | None, pl.DataFrame]:
         self.require()

@@ -49,6 +49,40 @@ SOURCE_FILES_INDEXES = (
 )
 
 
+def index_name(ddl: str) -> str:
+    return ddl.split(" ON ")[0].split()[-1]
+
+
+def missing_indexes(con: sqlite3.Connection) -> list[str]:
+    """The schema's indexes the manifest lacks (one dropped by hand, `DROP INDEX ...` in sqlite3): every query that
+    needs one walks its whole table, so runs grew slow with no word."""
+    have = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    return [index_name(ddl) for ddl in (*INDEXES, *SOURCE_FILES_INDEXES) if index_name(ddl) not in have]
+
+
+def restore_indexes(con: sqlite3.Connection, where: str) -> list[str]:
+    """Create again the schema's indexes the manifest lacks, in one transaction, saying so; their names."""
+    lacking = missing_indexes(con)
+    if not lacking:
+        return []
+    from ..progress import log
+
+    log.warning(f"the manifest {where} lacks its {'index' if len(lacking) == 1 else 'indexes'} {', '.join(lacking)} "
+                "(dropped by hand?): creating again (a query without one reads a whole table)")
+    try:
+        with con:
+            con.execute("BEGIN IMMEDIATE")
+            for ddl in (*INDEXES, *SOURCE_FILES_INDEXES):
+                if index_name(ddl) in lacking:
+                    con.execute(ddl)
+    except sqlite3.IntegrityError as exc:  # a unique index whose rows were made duplicate while it was gone
+        raise _refused(ManifestError(
+            f"the manifest lacks its index {', '.join(lacking)} and it cannot be created again: its rows break it "
+            f"({exc}); they were edited while it was gone; nothing was changed", where=where,
+            fix="restore the manifest from a backup, or ask the chorus-batch maintainers how to repair it")) from None
+    return lacking
+
+
 def create_table_sql(table: str) -> str:
     columns = ",\n    ".join(f"{c.name} {c.sql}" for c in MANIFEST_TABLES[table])
     return f"CREATE TABLE {table} (\n    {columns}" + TABLE_SUFFIX.get(table, ")")
@@ -324,6 +358,7 @@ def upgrade(con: sqlite3.Connection, where: str) -> tuple[int | None, int]:
         raise too_new(before, where)
     if before == SCHEMA_VERSION:
         check_release(con, where)
+        restore_indexes(con, where)
         return before, before
     target = before
     _say_slow_steps(con, before, where)

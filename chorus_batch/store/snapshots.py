@@ -254,11 +254,26 @@ def _claim(manifest: Manifest, directory: Path) -> None:
     import os
 
     claim = {"first_version": first, "manifest_id": _manifest_id(manifest), "manifest": os.path.abspath(manifest.path)}
-    with contextlib.suppress(OSError, ValueError):
+    try:
         if json.loads((directory / OWNER_FILE).read_text("utf-8")) == claim:
             return
+        unclaimed = False
+    except FileNotFoundError:
+        unclaimed = True
+    except (OSError, ValueError):
+        unclaimed = False  # (damaged, as check_owner read it: written again)
     private_folder(directory)
-    write_private(directory / OWNER_FILE, json.dumps(claim).encode())
+    pause("snapshot-claim")  # (tests: another manifest's first run claims the folder meanwhile)
+    if not unclaimed:  # this manifest's own claim (an earlier release's, or the same one in other words)
+        write_private(directory / OWNER_FILE, json.dumps(claim).encode())
+        return
+    # An unclaimed folder is taken only where no claim appeared since it was read: two first runs of two manifests
+    # given one folder at once each found it unclaimed, each wrote its claim over the other's, and both wrote their
+    # snapshots into it (the last claim's manifest then owned the other's versions, and its versions.parquet)
+    try:
+        write_private(directory / OWNER_FILE, json.dumps(claim).encode(), new_only=True)
+    except FileExistsError:
+        check_owner(manifest, directory)  # the claim made meanwhile is another manifest's: refused, as it says
 
 
 def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str | None) -> list[str]:
