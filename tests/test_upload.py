@@ -597,16 +597,34 @@ def test_an_abfs_central_url_is_the_same_ledger_as_az_and_another_account_is_ref
     assert cli("verify", "--db", str(db), "--to", abfs, env=central.env).returncode == 0
 
 
-def test_verify_of_a_container_nothing_was_uploaded_to_names_the_ones_the_ledger_holds(central, tmp_path):
+def test_verify_of_a_container_nothing_was_uploaded_to_names_the_ones_the_ledger_holds(azurite, central, tmp_path):
     # A mistyped --to (or [central] to) made the nightly verify say "nothing to verify" with exit 0, for ever.
     db = committed_site(tmp_path, 2)
     assert up(central, db).returncode == 0
-    typo = cli("verify", "--db", str(db), "--to", "az://no-such-container/", "--json", env=central.env)
+    other = f"az://{azurite.new_container('other')}/"  # (a container that is there, nothing uploaded to it)
+    typo = cli("verify", "--db", str(db), "--to", other, "--json", env=central.env)
     assert typo.returncode == 1, typo.stdout + typo.stderr
     assert json.loads(typo.stdout)["uploaded_elsewhere"] == [f"az://{central.container}"]
-    said = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    said = cli("verify", "--db", str(db), "--to", other, env=central.env)
     assert said.returncode == 1 and f"uploaded to az://{central.container}" in said.stdout, said.stdout
     assert "check --to" in said.stdout and "nothing to verify" not in said.stdout
+
+
+def test_verify_of_a_container_that_does_not_exist_says_so_where_the_files_went_and_exits_3(central, tmp_path):
+    # A --to whose container is not there, with files recorded at another: verify said only "no file is recorded as
+    # uploaded to az://no-such-container", exit 1, never that the container does not exist (upload said so, exit 3).
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    before = query(db, "SELECT * FROM uploads ORDER BY file_id")
+    said = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    assert said.returncode == 3, said.stdout + said.stderr
+    assert "the container does not exist" in said.stderr and "where: az://no-such-container" in said.stderr, said.stderr
+    assert f"records files uploaded to az://{central.container}" in said.stderr and "check --to" in said.stderr
+    assert "nothing was recorded in the uploads ledger" in said.stderr and "Traceback" not in said.stderr
+    js = cli("verify", "--db", str(db), "--to", "az://no-such-container/", "--json", env=central.env)
+    assert js.returncode == 3 and json.loads(js.stdout)["exit_code"] == 3, js.stdout + js.stderr
+    assert "does not exist" in json.loads(js.stdout)["error"]
+    assert query(db, "SELECT * FROM uploads ORDER BY file_id") == before
 
 
 def test_a_cloud_file_whose_stored_md5_is_wrong_is_not_called_changed_since(azurite, central, tmp_path):

@@ -243,13 +243,18 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             if not named:
                 result.elsewhere = ledger.other_centrals()
             # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
-            # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
-            if not result.elsewhere:
-                try:
-                    central.check(write=False)
-                except ChorusError as exc:
-                    container_gone(exc, ledger)
-                    raise
+            # night. Also when the ledger records files at other containers (a mistyped --to): a --to whose container
+            # does not exist (or may not be listed) fails as upload does, exit 3, naming the container and where the
+            # files went (it said only "nothing recorded as uploaded here", exit 1, of a container that is not there).
+            try:
+                central.check(write=False)
+            except ChorusError as exc:
+                container_gone(exc, ledger)
+                if result.elsewhere:
+                    exc.fix = (f"{exc.fix}. The uploads ledger records files uploaded to "
+                               f"{', '.join(result.elsewhere)}, none to {central.url}: check --to (or [central] to)")
+                exc.outcome = "nothing was recorded in the uploads ledger"  # type: ignore[attr-defined]
+                raise
             problems, unlisted, waiting = [], [], []
             for done, label in enumerate(labels):
                 if done:
