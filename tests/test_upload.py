@@ -536,6 +536,43 @@ def test_versions_says_a_version_the_upload_left_unfinished_over_blobs_it_does_n
     assert "2/2 sent" in out.stdout and "not complete" not in out.stdout, out.stdout
 
 
+def test_a_blob_added_to_a_complete_version_makes_it_not_complete_until_it_is_gone(central, tmp_path):
+    # A stray blob put under <version>/ after the version was complete: verify named it (exit 1) but `versions` still
+    # read "2/2 sent, verified (listing)" and the nightly upload "nothing to upload", the blob unmentioned.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    out = cli("versions", "--db", str(db))
+    assert "not complete: blobs in its folder the manifest does not list" in out.stdout, out.stdout
+    again = up(central, db)
+    assert again.returncode == 1 and "000009/OMOP/stray.csv" in again.stdout, again.stdout + again.stderr
+    assert "nothing to upload" not in again.stdout
+    central.client.delete_blob("20261101020000/000009/OMOP/stray.csv")
+    # gone, and all else as recorded: verify finds the version whole again (no upload needed to say so)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+    out = cli("versions", "--db", str(db))
+    assert "2/2 sent, verified (listing)" in out.stdout and "not complete" not in out.stdout, out.stdout
+    assert "nothing to upload" in up(central, db).stdout
+
+
+def test_upload_json_says_not_complete_of_a_version_whose_folder_holds_blobs_it_does_not_list(central, tmp_path):
+    # Every file sent, but another tool's blob in the folder: --json said "complete": true (and the text "complete;
+    # ... all there") of a version the ledger leaves unfinished, exit 1.
+    db = committed_site(tmp_path, 2)
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    out = up(central, db, "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    version = json.loads(out.stdout)["versions"][0]
+    assert version["complete"] is False and [u["name"] for u in version["unlisted"]] == ["000009/OMOP/stray.csv"]
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    text = up(central, db)
+    assert text.returncode == 1 and "complete;" not in text.stdout and "not complete" in text.stdout, text.stdout
+    central.client.delete_blob("20261101020000/000009/OMOP/stray.csv")
+    done = up(central, db, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["versions"][0]["complete"] is True, done.stdout
+
+
 def test_folder_entries_of_a_hierarchical_namespace_centre_are_no_blobs_the_manifest_does_not_list(central, tmp_path):
     # At a centre with a hierarchical namespace (ADLS Gen2) every folder is an entry of its own, listed as an empty
     # blob with hdi_isfolder=true (Storage Explorer and azcopy make such markers too): upload called each one a blob

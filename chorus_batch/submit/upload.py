@@ -456,6 +456,9 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
         _, problems, unlisted, _ = check_version(ledger, central, label, download=False)
         outcome.verify_problems, outcome.unlisted = problems, unlisted
+        # Complete is what the ledger records as complete (--json said "complete": true of a version whose listing
+        # check failed or whose folder holds blobs the manifest does not list, both left unfinished, exit 1)
+        outcome.complete = problems.height == 0 and unlisted.height == 0
         if problems.height == 0:
             # The copy the centre read as this submission's stays: `upload --version` of a complete version put the
             # manifest as it is now (later versions, another ledger) over it, with nothing sent.
@@ -466,6 +469,7 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
             except Conflict as exc:  # not finished: the next upload says so again
                 outcome.copy_refused = f"{exc}; {CONFLICT_FIX}"
+                outcome.complete = False
                 return
             now = iso(utc_now())
             # The copy tells the centre which blobs are the submission; with blobs of others beside it the version

@@ -272,6 +272,13 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 if looked is not None:
                     found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
                     result.n_copies += 1
+                # Blobs under <version>/ the manifest does not list: the version is not complete while they are there
+                # (`versions` said "verified" of it, and the next upload "nothing to upload", the blob unmentioned);
+                # once they are gone, and all else is as recorded, it is complete again.
+                if foreign.height:
+                    ledger.unfinished(label)
+                elif looked is not None and not found.height and not left.height:
+                    ledger.finished_again(label)
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
