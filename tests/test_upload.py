@@ -556,6 +556,20 @@ def test_a_blob_added_to_a_complete_version_makes_it_not_complete_until_it_is_go
     assert "nothing to upload" in up(central, db).stdout
 
 
+def test_upload_version_of_a_complete_version_with_a_blob_added_leaves_it_not_complete(central, tmp_path):
+    # `upload --version X` of a complete version found a blob added to its folder and said so (exit 1), but left it
+    # recorded as complete: the next nightly upload said "nothing to upload", the blob unmentioned.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    again = up(central, db, "--version", "20261101020000")
+    assert again.returncode == 1 and "000009/OMOP/stray.csv" in again.stdout, again.stdout + again.stderr
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    nightly = up(central, db)
+    assert nightly.returncode == 1 and "nothing to upload" not in nightly.stdout, nightly.stdout + nightly.stderr
+    assert "000009/OMOP/stray.csv" in nightly.stdout
+
+
 def test_upload_json_says_not_complete_of_a_version_whose_folder_holds_blobs_it_does_not_list(central, tmp_path):
     # Every file sent, but another tool's blob in the folder: --json said "complete": true (and the text "complete;
     # ... all there") of a version the ledger leaves unfinished, exit 1.

@@ -464,6 +464,8 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
             # manifest as it is now (later versions, another ledger) over it, with nothing sent.
             if finished and central.manifest_copy_owner(label, "look at") == (True, str(manifest.state_identity()[0])):
                 outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
+                if unlisted.height:  # (it said "not complete" of them, and left the version recorded as complete:
+                    ledger.unfinished(label)  # the next upload said "nothing to upload", the blobs unmentioned)
                 return
             try:
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
