@@ -536,6 +536,57 @@ def test_versions_says_a_version_the_upload_left_unfinished_over_blobs_it_does_n
     assert "2/2 sent" in out.stdout and "not complete" not in out.stdout, out.stdout
 
 
+def test_a_blob_added_to_a_complete_version_makes_it_not_complete_until_it_is_gone(central, tmp_path):
+    # A stray blob put under <version>/ after the version was complete: verify named it (exit 1) but `versions` still
+    # read "2/2 sent, verified (listing)" and the nightly upload "nothing to upload", the blob unmentioned.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 1
+    out = cli("versions", "--db", str(db))
+    assert "not complete: blobs in its folder the manifest does not list" in out.stdout, out.stdout
+    again = up(central, db)
+    assert again.returncode == 1 and "000009/OMOP/stray.csv" in again.stdout, again.stdout + again.stderr
+    assert "nothing to upload" not in again.stdout
+    central.client.delete_blob("20261101020000/000009/OMOP/stray.csv")
+    # gone, and all else as recorded: verify finds the version whole again (no upload needed to say so)
+    assert cli("verify", "--db", str(db), "--to", central.url, env=central.env).returncode == 0
+    out = cli("versions", "--db", str(db))
+    assert "2/2 sent, verified (listing)" in out.stdout and "not complete" not in out.stdout, out.stdout
+    assert "nothing to upload" in up(central, db).stdout
+
+
+def test_upload_version_of_a_complete_version_with_a_blob_added_leaves_it_not_complete(central, tmp_path):
+    # `upload --version X` of a complete version found a blob added to its folder and said so (exit 1), but left it
+    # recorded as complete: the next nightly upload said "nothing to upload", the blob unmentioned.
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    again = up(central, db, "--version", "20261101020000")
+    assert again.returncode == 1 and "000009/OMOP/stray.csv" in again.stdout, again.stdout + again.stderr
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    nightly = up(central, db)
+    assert nightly.returncode == 1 and "nothing to upload" not in nightly.stdout, nightly.stdout + nightly.stderr
+    assert "000009/OMOP/stray.csv" in nightly.stdout
+
+
+def test_upload_json_says_not_complete_of_a_version_whose_folder_holds_blobs_it_does_not_list(central, tmp_path):
+    # Every file sent, but another tool's blob in the folder: --json said "complete": true (and the text "complete;
+    # ... all there") of a version the ledger leaves unfinished, exit 1.
+    db = committed_site(tmp_path, 2)
+    central.client.upload_blob("20261101020000/000009/OMOP/stray.csv", b"person_id\n9\n")
+    out = up(central, db, "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    version = json.loads(out.stdout)["versions"][0]
+    assert version["complete"] is False and [u["name"] for u in version["unlisted"]] == ["000009/OMOP/stray.csv"]
+    assert query(db, "SELECT finished_at FROM submissions") == [(None,)]
+    text = up(central, db)
+    assert text.returncode == 1 and "complete;" not in text.stdout and "not complete" in text.stdout, text.stdout
+    central.client.delete_blob("20261101020000/000009/OMOP/stray.csv")
+    done = up(central, db, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["versions"][0]["complete"] is True, done.stdout
+
+
 def test_folder_entries_of_a_hierarchical_namespace_centre_are_no_blobs_the_manifest_does_not_list(central, tmp_path):
     # At a centre with a hierarchical namespace (ADLS Gen2) every folder is an entry of its own, listed as an empty
     # blob with hdi_isfolder=true (Storage Explorer and azcopy make such markers too): upload called each one a blob
@@ -597,16 +648,34 @@ def test_an_abfs_central_url_is_the_same_ledger_as_az_and_another_account_is_ref
     assert cli("verify", "--db", str(db), "--to", abfs, env=central.env).returncode == 0
 
 
-def test_verify_of_a_container_nothing_was_uploaded_to_names_the_ones_the_ledger_holds(central, tmp_path):
+def test_verify_of_a_container_nothing_was_uploaded_to_names_the_ones_the_ledger_holds(azurite, central, tmp_path):
     # A mistyped --to (or [central] to) made the nightly verify say "nothing to verify" with exit 0, for ever.
     db = committed_site(tmp_path, 2)
     assert up(central, db).returncode == 0
-    typo = cli("verify", "--db", str(db), "--to", "az://no-such-container/", "--json", env=central.env)
+    other = f"az://{azurite.new_container('other')}/"  # (a container that is there, nothing uploaded to it)
+    typo = cli("verify", "--db", str(db), "--to", other, "--json", env=central.env)
     assert typo.returncode == 1, typo.stdout + typo.stderr
     assert json.loads(typo.stdout)["uploaded_elsewhere"] == [f"az://{central.container}"]
-    said = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    said = cli("verify", "--db", str(db), "--to", other, env=central.env)
     assert said.returncode == 1 and f"uploaded to az://{central.container}" in said.stdout, said.stdout
     assert "check --to" in said.stdout and "nothing to verify" not in said.stdout
+
+
+def test_verify_of_a_container_that_does_not_exist_says_so_where_the_files_went_and_exits_3(central, tmp_path):
+    # A --to whose container is not there, with files recorded at another: verify said only "no file is recorded as
+    # uploaded to az://no-such-container", exit 1, never that the container does not exist (upload said so, exit 3).
+    db = committed_site(tmp_path, 2)
+    assert up(central, db).returncode == 0
+    before = query(db, "SELECT * FROM uploads ORDER BY file_id")
+    said = cli("verify", "--db", str(db), "--to", "az://no-such-container/", env=central.env)
+    assert said.returncode == 3, said.stdout + said.stderr
+    assert "the container does not exist" in said.stderr and "where: az://no-such-container" in said.stderr, said.stderr
+    assert f"records files uploaded to az://{central.container}" in said.stderr and "check --to" in said.stderr
+    assert "nothing was recorded in the uploads ledger" in said.stderr and "Traceback" not in said.stderr
+    js = cli("verify", "--db", str(db), "--to", "az://no-such-container/", "--json", env=central.env)
+    assert js.returncode == 3 and json.loads(js.stdout)["exit_code"] == 3, js.stdout + js.stderr
+    assert "does not exist" in json.loads(js.stdout)["error"]
+    assert query(db, "SELECT * FROM uploads ORDER BY file_id") == before
 
 
 def test_a_cloud_file_whose_stored_md5_is_wrong_is_not_called_changed_since(azurite, central, tmp_path):

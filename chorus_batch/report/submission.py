@@ -62,6 +62,9 @@ def upload_text(result: UploadResult) -> str:
                 if v.verify_problems.filter(pl.col("verify_state").is_in(DAMAGED)).height:
                     lines.append("  incomplete: run upload again (same --db and --to): it sends the missing and "
                                  "damaged files again")
+            elif v.unlisted is not None and v.unlisted.height:  # (not complete: said below)
+                lines.append("  checked against the container's listing (size, Content-MD5): all its files there; "
+                             "not complete while the blobs below are in its folder")
             else:
                 lines.append("  complete; checked against the container's listing (size, Content-MD5): all there")
         elif not result.dry_run and not v.complete:

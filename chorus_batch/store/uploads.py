@@ -248,6 +248,17 @@ class UploadLedger:
                f"ON CONFLICT (central, version) DO UPDATE SET " + ", ".join(f"{n} = excluded.{n}" for n in names))
         self._write(sql, [(self.central, version, *values.values())])
 
+    def unfinished(self, version: str) -> None:
+        """Verify found blobs under <version>/ that the manifest does not list: the version is no longer complete
+        (each upload lists its folder again and says so until they are gone), as upload leaves it when it finds them."""
+        self._write("UPDATE submissions SET finished_at = NULL WHERE central = ? AND version = ?", [(self.central, version)])
+
+    def finished_again(self, version: str) -> None:
+        """Verify found a version whose manifest copy upload put there, left unfinished only over blobs in its folder
+        that the manifest does not list, whole again (those blobs gone, every file and the copy as recorded)."""
+        self._write("UPDATE submissions SET finished_at = ? WHERE central = ? AND version = ? AND finished_at IS NULL "
+                    "AND manifest_copied_at IS NOT NULL", [(iso(utc_now()), self.central, version)])
+
     def give_up(self, version: str, rows: pl.DataFrame) -> None:
         """rows (file_id, last_error): confirmed file versions whose blob verify found damaged and whose bytes
         a later version replaced or removed: 'superseded' from now on (nothing can send them again), keeping

@@ -456,16 +456,22 @@ def _finish_version(manifest: Manifest, ledger: UploadLedger, central: Central, 
 
         _, problems, unlisted, _ = check_version(ledger, central, label, download=False)
         outcome.verify_problems, outcome.unlisted = problems, unlisted
+        # Complete is what the ledger records as complete (--json said "complete": true of a version whose listing
+        # check failed or whose folder holds blobs the manifest does not list, both left unfinished, exit 1)
+        outcome.complete = problems.height == 0 and unlisted.height == 0
         if problems.height == 0:
             # The copy the centre read as this submission's stays: `upload --version` of a complete version put the
             # manifest as it is now (later versions, another ledger) over it, with nothing sent.
             if finished and central.manifest_copy_owner(label, "look at") == (True, str(manifest.state_identity()[0])):
                 outcome.copy_kept = f"{central.url}/{label}/{MANIFEST_FOLDER}/{MANIFEST_NAME}"
+                if unlisted.height:  # (it said "not complete" of them, and left the version recorded as complete:
+                    ledger.unfinished(label)  # the next upload said "nothing to upload", the blobs unmentioned)
                 return
             try:
                 outcome.manifest_copy = copy_manifest(manifest, central, label)
             except Conflict as exc:  # not finished: the next upload says so again
                 outcome.copy_refused = f"{exc}; {CONFLICT_FIX}"
+                outcome.complete = False
                 return
             now = iso(utc_now())
             # The copy tells the centre which blobs are the submission; with blobs of others beside it the version

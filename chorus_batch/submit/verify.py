@@ -243,13 +243,18 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
             if not named:
                 result.elsewhere = ledger.other_centrals()
             # Also with nothing to verify: a wrong key, account or container said "nothing to verify", exit 0, each
-            # night. (Files recorded at other containers are a finding of their own: a mistyped --to, said so.)
-            if not result.elsewhere:
-                try:
-                    central.check(write=False)
-                except ChorusError as exc:
-                    container_gone(exc, ledger)
-                    raise
+            # night. Also when the ledger records files at other containers (a mistyped --to): a --to whose container
+            # does not exist (or may not be listed) fails as upload does, exit 3, naming the container and where the
+            # files went (it said only "nothing recorded as uploaded here", exit 1, of a container that is not there).
+            try:
+                central.check(write=False)
+            except ChorusError as exc:
+                container_gone(exc, ledger)
+                if result.elsewhere:
+                    exc.fix = (f"{exc.fix}. The uploads ledger records files uploaded to "
+                               f"{', '.join(result.elsewhere)}, none to {central.url}: check --to (or [central] to)")
+                exc.outcome = "nothing was recorded in the uploads ledger"  # type: ignore[attr-defined]
+                raise
             problems, unlisted, waiting = [], [], []
             for done, label in enumerate(labels):
                 if done:
@@ -267,6 +272,13 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 if looked is not None:
                     found = pl.concat([found, _check_copy(ledger, label, looked, found.height)])
                     result.n_copies += 1
+                # Blobs under <version>/ the manifest does not list: the version is not complete while they are there
+                # (`versions` said "verified" of it, and the next upload "nothing to upload", the blob unmentioned);
+                # once they are gone, and all else is as recorded, it is complete again.
+                if foreign.height:
+                    ledger.unfinished(label)
+                elif looked is not None and not found.height and not left.height:
+                    ledger.finished_again(label)
                 result.n_checked += checked
                 problems.append(found)
                 unlisted.append(foreign)
