@@ -1439,3 +1439,24 @@ def test_an_expired_sas_in_a_connection_string_is_said_to_have_expired(clean_env
     assert f"the SAS token expired at {when}" in err, err
     assert f"fix:   the connection string's SharedAccessSignature expired at {when}" in err, err
     assert sas.split("sig=")[1].split("&")[0] not in err
+
+
+def test_a_header_a_sas_may_list_but_not_read_is_told_by_its_etag_not_a_size_and_time(clean_env, azurite, az_site,
+                                                                                        tmp_path):
+    """A first run with a list-only SAS takes the MD5s the listing stores, then cannot read the headers to check:
+    each such file said "the next run sees no change in it (its size and modification time are as recorded)", a
+    local file's words; a cloud object's run compares its ETag."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    config = tmp_path / "chorus.toml"
+    config.write_text(f'[azure]\naccount_url = "{azurite.blob_endpoint}"\n')
+    sas = generate_container_sas(azurite.account_name, az_site, account_key=azurite.account_key,
+                                 permission=ContainerSasPermissions(list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    out = cli("run", "--config", str(config), "--site", f"az://{az_site}", "--db", str(tmp_path / "m.sqlite"), "-q",
+              env={"AZURE_STORAGE_SAS_TOKEN": sas, "CHORUS_BATCH_RETRY_BASE_S": "0.01"})
+    said = [line for line in out.stdout.splitlines() if "give this user read permission on it" in line]
+    assert said, out.stdout + out.stderr
+    assert all("its ETag is as recorded" in line and "modification time" not in line for line in said), said

@@ -1648,8 +1648,11 @@ def read_failed(exc: OSError, source=None) -> dict[str, Any]:
     elif isinstance(exc, FileNotFoundError):
         fix = "it is gone (removed or moved since the run recorded it): the next run records that"
     elif isinstance(exc, PermissionError):
+        # (a cloud object's etag is what a run compares, not a size and time: a SAS that may list and not read)
+        local = source is None or getattr(source, "parallel_local", False)
         fix = ("give this user read permission on it, then check again (chorus-batch validate): the next run sees "
-               "no change in it (its size and modification time are as recorded) and does not read it")
+               f"no change in it (its {'size and modification time are' if local else 'ETag is'} as recorded) and "
+               "does not read it")
     else:
         fix = "check the storage (a disk or network error), then check again (chorus-batch validate)"
     return {"error": f"cannot read the file: {exc.strerror or exc}; {fix}", "retry": True}
