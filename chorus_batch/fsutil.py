@@ -520,13 +520,23 @@ def os_errno(exc: BaseException) -> int | None:
     return int(found.group(1)) if found else None
 
 
+# Windows' "being used by another process" (ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION), which Python gives as
+# EACCES: a registry CSV or a report open in Excel or a viewer cannot be replaced there. Told "choose a folder this
+# user can write" of a folder the user could write, the user was sent the wrong way.
+_WINDOWS_IN_USE = (32, 33)
+_IN_USE_FIX = ("close it in the program that has it open (Excel, a viewer, an editor, a notebook), then run again; or "
+               "choose another path")
+
+
 def cannot_write(path: str | os.PathLike[str], exc: OSError) -> WriteError:
     """The WriteError for an OSError met writing `path`: the OS's reason, and what to do about it."""
     name = errno.errorcode.get(os_errno(exc) or 0, "")
     if name == "ENOENT" and Path(path).parent.is_dir():  # the folder is there, but takes no new file (/proc)
         name = ""
-    return WriteError(f"cannot write {path}: {exc.strerror or exc}", where=str(Path(path).absolute()),
-                      fix=_FIXES.get(name, "choose a path on an ordinary file system with room, in a folder this user can write"),
+    fix = _FIXES.get(name, "choose a path on an ordinary file system with room, in a folder this user can write")
+    if getattr(exc, "winerror", None) in _WINDOWS_IN_USE:
+        fix = _IN_USE_FIX
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}", where=str(Path(path).absolute()), fix=fix,
                       cause=exc)
 
 

@@ -167,7 +167,7 @@ SHARD_FILES = ("scan.json", "files.parquet", "errors.parquet", "facts.parquet", 
 
 
 @contextlib.contextmanager
-def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
+def staging_lock(staging: str | Path, *, merge: bool, windows: bool = os.name == "nt") -> Iterator[None]:
     """Shards hold the staging folder's lock shared while they scan and write (they run side by side), a merge
     holds it alone while it reads and commits: a shard rerun during a merge unlinked the scan.json the merge had
     checked and replaced the files it was reading partition by partition (a version of two scans). Either one that
@@ -178,14 +178,12 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
     def busy(fd: int) -> Exception:
         # Held shared (shards) or alone (another merge: a merge run twice at once, a requeued merge job): a merge
         # told "shards are still being written" of another merge was sent to wait for shards that had ended.
-        import fcntl
-
         path = Path(staging) / STAGING_LOCK
         # (the merge's own details: a requeued merge job, or a shard rerun, was told "another merge" and no more:
         # which of a cluster's nodes, since when, was for the user to find)
         holder = holder_named(Path(staging) / MERGE_HOLDER)
         by = f" (that merge: {holder})" if holder is not None else ""
-        if merge and not _lockable(fd, fcntl.LOCK_SH):
+        if merge and not _lockable(fd, exclusive=False, windows=windows):
             return ManifestLocked(f"another merge is reading and committing the shards in {staging}: this one "
                                   f"cannot merge them too; nothing was committed by this one{by}", where=str(path),
                                   fix="wait for that merge to end (its output or its job's log says what it "
@@ -202,7 +200,7 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
     cannot = ("make that folder writable by this user (the merge locks it and spills beside the shards), or merge as "
               "the user who ran the shards" if merge else None)
     with _flock(Path(staging) / STAGING_LOCK, exclusive=merge, busy=busy,
-                unlocked="do not rerun a shard while the merge runs", cannot=cannot):
+                unlocked="do not rerun a shard while the merge runs", cannot=cannot, windows=windows):
         if not merge:
             yield
             return
@@ -215,7 +213,7 @@ def staging_lock(staging: str | Path, *, merge: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shard_lock(staging: str | Path, coverage: Coverage) -> Iterator[None]:
+def shard_lock(staging: str | Path, coverage: Coverage, *, windows: bool = os.name == "nt") -> Iterator[None]:
     """One shard written by one process at a time: two runs of shard K at once (a rerun while its array task still
     ran, a requeued task) wrote into one folder, and the merge could take one's files.parquet with the other's
     facts. The second is refused at once (exit 4)."""
@@ -229,21 +227,82 @@ def shard_lock(staging: str | Path, coverage: Coverage) -> Iterator[None]:
                               fix="wait for it to end (`squeue`, or `ps` on its node), then merge; rerun the shard "
                                   "only if the merge then says it is missing, incomplete or stale")
 
-    with _flock(path, exclusive=True, busy=busy, unlocked="do not run one shard twice at once"):
+    with _flock(path, exclusive=True, busy=busy, unlocked="do not run one shard twice at once", windows=windows):
         yield
+
+
+# Windows' LockFileEx (kernel32): msvcrt.locking, the standard library's, has no shared lock, which the shards hold
+# side by side. One byte, at offset 0, of a file that stays empty (locking past its end is allowed there).
+_LOCKFILE_FAIL_IMMEDIATELY, _LOCKFILE_EXCLUSIVE_LOCK = 0x1, 0x2
+_ERROR_LOCK_VIOLATION, _ERROR_IO_PENDING = 33, 997
+
+
+def _windows_lock_calls():
+    """ctypes, kernel32's LockFileEx and UnlockFileEx (typed), and the OVERLAPPED structure they take (offset 0)."""
+    import ctypes
+    from ctypes import wintypes
+
+    class Overlapped(ctypes.Structure):
+        _fields_ = [("Internal", ctypes.c_void_p), ("InternalHigh", ctypes.c_void_p), ("Offset", wintypes.DWORD),
+                    ("OffsetHigh", wintypes.DWORD), ("hEvent", wintypes.HANDLE)]
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    lock, unlock = kernel32.LockFileEx, kernel32.UnlockFileEx
+    lock.argtypes = [wintypes.HANDLE, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD,
+                     ctypes.POINTER(Overlapped)]
+    unlock.argtypes = [wintypes.HANDLE, wintypes.DWORD, wintypes.DWORD, wintypes.DWORD, ctypes.POINTER(Overlapped)]
+    lock.restype = unlock.restype = wintypes.BOOL
+    return ctypes, lock, unlock, Overlapped
+
+
+def _os_lock(fd: int, *, exclusive: bool, windows: bool) -> None:
+    """The OS lock on the file open as `fd`, alone (`exclusive`) or shared, taken at once: BlockingIOError when
+    another process holds it so that it cannot be had; another OSError where there are no file locks (a file
+    system without them, or no such call here). flock on POSIX, LockFileEx on Windows: both let go by the OS when
+    the file is closed or its process ends, however it ends. (On Windows the import of fcntl failed and the lock
+    was skipped without a word: two runs of one shard, or a shard rerun while the merge read, were not refused.)"""
+    import errno
+
+    if not windows:
+        import fcntl
+
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return
+    try:
+        import msvcrt
+
+        ctypes, lock, _unlock, overlapped = _windows_lock_calls()
+        handle = msvcrt.get_osfhandle(fd)
+    except (ImportError, AttributeError, OSError) as exc:  # (not Windows' calls: no lock to be had here)
+        raise OSError(errno.ENOLCK, f"no Windows file locks here: {exc}") from None
+    flags = _LOCKFILE_FAIL_IMMEDIATELY | (_LOCKFILE_EXCLUSIVE_LOCK if exclusive else 0)
+    if not lock(handle, flags, 0, 1, 0, ctypes.byref(overlapped())):
+        code = ctypes.get_last_error()
+        if code in (_ERROR_LOCK_VIOLATION, _ERROR_IO_PENDING):
+            raise BlockingIOError(errno.EAGAIN, "locked by another process")
+        raise ctypes.WinError(code)
+
+
+def _os_unlock(fd: int, *, windows: bool) -> None:
+    if not windows:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return
+    import msvcrt
+
+    ctypes, _lock, unlock, overlapped = _windows_lock_calls()
+    unlock(msvcrt.get_osfhandle(fd), 0, 1, 0, ctypes.byref(overlapped()))
 
 
 @contextlib.contextmanager
 def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unlocked: str,
-           cannot: str | None = None, what: str = "the staging folder's lock") -> Iterator[None]:
-    """An OS lock (flock) on the file `path`, alone (`exclusive`) or shared, taken at once or refused with the
-    exception `busy(fd)` makes (fd: the file, still open). Let go when its holder exits or is killed. A file system
-    without locks (some Lustre mounts): said, with the advice `unlocked`, and the caller goes on unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # (not POSIX)
-        yield
-        return
+           cannot: str | None = None, what: str = "the staging folder's lock",
+           windows: bool = os.name == "nt") -> Iterator[None]:
+    """An OS lock (flock; LockFileEx on Windows) on the file `path`, alone (`exclusive`) or shared, taken at once or
+    refused with the exception `busy(fd)` makes (fd: the file, still open). Let go when its holder exits or is
+    killed. A file system without locks (some Lustre mounts): said, with the advice `unlocked`, and the caller goes
+    on unlocked."""
     from .fsutil import create_private, same_file
 
     locked = False
@@ -263,7 +322,7 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
                              + ("committed" if cannot else "listed or written"), where=str(path),
                              fix=read_only or cannot or "give a --staging folder this user can write") from None
         try:
-            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            _os_lock(fd, exclusive=exclusive, windows=windows)
             locked = True
         except BlockingIOError:
             refusal = busy(fd)
@@ -279,23 +338,26 @@ def _flock(path: Path, *, exclusive: bool, busy: Callable[[int], Exception], unl
     finally:
         # The last holder removes the file (it was left in every staging folder): only when no one else holds it
         # (an exclusive lock got at once) and while holding it; a process that opened it before then finds, once
-        # locked, that the path is no longer its file and opens it again (above).
-        if locked:
+        # locked, that the path is no longer its file and opens it again (above). On Windows no file open anywhere
+        # can be removed (Python opens files without FILE_SHARE_DELETE), its own holder's included: it is removed
+        # once closed, which succeeds only when no other process has it open, the same "no one else holds it".
+        if locked and not windows:
             with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _os_lock(fd, exclusive=True, windows=windows)
                 path.unlink()
         os.close(fd)
+        if locked and windows:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
-def _lockable(fd: int, how: int) -> bool:
-    """Whether the lock `how` (fcntl.LOCK_SH or LOCK_EX) could be taken on `fd` now (taken and let go at once)."""
-    import fcntl
-
+def _lockable(fd: int, *, exclusive: bool, windows: bool = os.name == "nt") -> bool:
+    """Whether the lock (alone or shared) could be taken on `fd` now (taken and let go at once)."""
     try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        _os_lock(fd, exclusive=exclusive, windows=windows)
     except OSError:
         return False
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    _os_unlock(fd, windows=windows)
     return True
 
 

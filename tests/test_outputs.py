@@ -190,6 +190,27 @@ for write in (lambda: write_private(closed / "r.html", b"x"), lambda: private_fo
 """
 
 
+def test_a_file_open_in_another_program_on_windows_is_said_so_not_an_unwritable_folder(tmp_path):
+    """On Windows a registry CSV open in Excel (or a report in a viewer) cannot be replaced: "The process cannot
+    access the file because it is being used by another process" (winerror 32, errno EACCES) was answered "choose a
+    folder this user can write", of a folder the user could write. The fix now says to close the file there. (Python
+    gives `winerror` on Windows only: the error here is the one Windows' rename raises, as Python builds it there.)"""
+    import errno
+
+    from chorus_batch.fsutil import cannot_write
+
+    target = tmp_path / "waveform_registry.csv"
+    for winerror in (32, 33):
+        exc = PermissionError(errno.EACCES, "The process cannot access the file because it is being used by another "
+                                            "process", str(target))
+        exc.winerror = winerror
+        said = cannot_write(target, exc)
+        assert "being used by another process" in str(said) and "close it in the program that has it open" in said.fix
+        assert "folder this user can write" not in said.fix, said.fix
+    plain = cannot_write(target, PermissionError(errno.EACCES, "Permission denied", str(target)))
+    assert plain.fix == "choose a folder this user can write"  # (POSIX, and Windows' access denied: as before)
+
+
 def test_a_folder_this_user_cannot_write_is_a_usage_error(tmp_path):
     """As a user who may not write the folder: root, as CI runs, without the capability to override permissions."""
     import shutil

@@ -603,6 +603,24 @@ def test_the_staging_lock_file_goes_with_its_last_holder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_staging_locks_take_windows_file_locks_and_say_so_where_there_are_none(tmp_path, caplog):
+    """On Windows the staging folder's lock and each shard's were skipped without a word (no fcntl there): two runs
+    of one `--shard K/N --staging DIR`, or a shard rerun while the merge read, went on unrefused. There they are
+    LockFileEx locks (shared for the shards, alone for the merge, as flock's); where Windows' calls are not to be
+    had (as on this machine, asked for Windows' locks), that is said, with what not to do, and the work goes on."""
+    from chorus_batch.coverage import Coverage
+    from chorus_batch.shards import shard_lock, staging_lock
+
+    caplog.set_level("WARNING", logger="chorus_batch")
+    with staging_lock(tmp_path, merge=True, windows=True), shard_lock(tmp_path, Coverage(0, 2), windows=True):
+        pass
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"cannot lock {tmp_path / '.staging.lock'} (no Windows file locks here" in m
+               and m.endswith(": do not rerun a shard while the merge runs") for m in said), said
+    assert any(f"cannot lock {tmp_path / '.shard-0-of-2.lock'}" in m and m.endswith("do not run one shard twice at once")
+               for m in said), said
+
+
 def test_one_shard_run_twice_at_once_is_refused_and_the_first_writes_it_whole(snapshots, tmp_path):
     """Two runs of one shard at once (a rerun while its array task still ran, a requeued task) were not blocked:
     both wrote into one shard folder. The second is refused (exit 4, saying who holds it), the first completes."""
