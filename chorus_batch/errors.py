@@ -115,6 +115,11 @@ class UsageError(ChorusError):
     exit_code = ExitCode.USAGE
 
 
+class ForeignSnapshots(UsageError):
+    """A --parquet folder holds the snapshots of another manifest (store.snapshots.check_owner): the next run given
+    that folder is refused too, so a run refused after its commit does not say "the next run finishes" them."""
+
+
 class WriteError(UsageError, OSError):
     """An output cannot be written where it was asked (no such folder, no permission, a read-only file system, a
     path that is not a regular file). Also an OSError (errno and strerror set): a caller that treats a failed

@@ -23,7 +23,7 @@ from .commit import Committed, commit, read_delete_list
 from .config import RunSettings, named_roots, parse_bytes
 from .faults import pause
 from .partitions import TreeParts
-from .errors import (AfterCommitError, ChorusError, ExitCode, ManifestError, ManifestLocked, SourceError, Stopped,
+from .errors import (AfterCommitError, ChorusError, ExitCode, ForeignSnapshots, ManifestError, ManifestLocked, SourceError, Stopped,
                      UsageError, machine_limit, raise_lost_stop, signals_unwrapped)
 from .fsutil import check_outside_roots, missing_folders, private_folder, remove_empty_folders
 from .progress import Progress, log
@@ -771,7 +771,9 @@ def _run(settings: RunSettings, manifest: Manifest, roots: list[Root], progress:
                 f"version {label} was committed to {manifest.path}, but what follows the commit failed: {what}",
                 where=getattr(exc, "where", None) or str(manifest.path),
                 fix=(getattr(exc, "fix", None) or "rerun with -v for details") + "; the version stays committed"
-                + (f" (the next run finishes {left})" if left else ""))
+                # (a folder of another manifest's refuses the next run given it too: said only of one of its own)
+                + ((f" (the next run given a --parquet folder of this manifest's own finishes {left})"
+                    if isinstance(exc, ForeignSnapshots) else f" (the next run finishes {left})") if left else ""))
             failed.committed = label
             raise failed from None
 

@@ -454,6 +454,9 @@ def test_two_first_runs_of_two_manifests_given_one_folder_at_once_leave_it_to_on
             late.wait()
     assert late.returncode == 3, err  # (after its commit)
     assert "version a1 was committed" in err and "holds the snapshots of another manifest" in err and str(second) in err, err
+    # (the next run given that folder is refused as well: "the next run finishes its Parquet snapshot" was untrue)
+    assert "the next run finishes" not in err and "given a --parquet folder of this manifest's own finishes its Parquet " \
+        "snapshot" in " ".join(err.split()), err
     owner = json.loads((snaps / "manifest.json").read_text())
     assert owner["manifest"] == str(second)
     assert sorted(p.name for p in snaps.glob("version=*")) == ["version=b1"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from ..diff import private_duckdb
-from ..errors import ManifestError, UsageError
+from ..errors import ForeignSnapshots, ManifestError, UsageError
 from ..faults import pause
 from ..frames import FINDINGS_SCHEMA, schema_of
 from ..fsutil import private_folder, remove_abandoned, write_private
@@ -213,7 +213,7 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
 
     if owner.get("manifest") == os.path.abspath(manifest.path):  # (a manifest started again, or another copied in,
         # under the same name: it was "the snapshots of another manifest (/x/m.sqlite, ...), not of /x/m.sqlite")
-        raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of the manifest that was at "
+        raise ForeignSnapshots(f"the Parquet snapshot folder {directory} holds the snapshots of the manifest that was at "
                          f"{manifest.path} before (whose first version is {first.get('label')}), but "
                          + (f"the manifest there now is another one (its first version is {mine['label']})" if mine
                             else "that manifest is no longer there (a new one would start with no version)")
@@ -223,7 +223,7 @@ def check_owner(manifest: Manifest, directory: str | Path) -> None:
                              f"{shlex.quote(str(directory))} {shlex.quote(str(directory).rstrip('/') + '.old')}) and "
                              "run again; else put that manifest back at this path, or give this one a --parquet "
                              "folder of its own")
-    raise UsageError(f"the Parquet snapshot folder {directory} holds the snapshots of another manifest "
+    raise ForeignSnapshots(f"the Parquet snapshot folder {directory} holds the snapshots of another manifest "
                      f"({owner.get('manifest') or 'unknown'}, whose first version is {first.get('label')}), not of "
                      f"{manifest.path}: both would write their versions there, each overwriting the other's "
                      "versions.parquet; no snapshot was written there", where="--parquet / [manifest] parquet",
