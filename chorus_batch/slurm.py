@@ -16,6 +16,11 @@ submits two jobs with `sbatch --parsable`:
 The jobs run the interpreter that generated the script (its absolute path), with the
 environment of the submitting shell (`--export=ALL`), in the staging folder.
 
+One submission per manifest at a time: the script first takes `<db>.slurm.lock` (the lock `run --slurm` holds while
+it submits and follows) and refuses (exit 4) while jobs of another submission for the manifest, named by their
+--comment, are queued or running (_guard_lines); it clears an earlier submission's completion records in a --staging
+folder under that folder's lock (shards.staging_lock), alone.
+
 `submit_and_follow(script)` runs such a script with bash, follows the jobs with `squeue`, and
 returns the merge's exit code; Ctrl-C (SIGTERM, SIGHUP) cancels the jobs it submitted and says whether the merge
 had started; a reader of its output that left (`| head`) does not stop the following.
@@ -59,6 +64,11 @@ REFUSED_ARRAY = "chorus-batch: sbatch refused the shards' job array"
 NO_CLUSTER = ("could not establish a configuration source", "unable to process configuration file",
               "unable to establish control machine address", "unable to contact slurm controller")
 REFUSED_MERGE = "chorus-batch: sbatch refused the merge job"
+# What the script says when another submission for the manifest (or a merge or shard in the staging folder) is under
+# way: submit() makes it exit 4, as the lock it names
+REFUSED_BUSY = "chorus-batch: not submitted"
+LOCKED_ENV = "CHORUS_BATCH_SLURM_LOCKED"  # run --slurm holds <db>.slurm.lock for the script it runs: its path
+JOB_COMMENT = "chorus-batch manifest "  # each job's --comment: this, then the manifest's path (squeue %k)
 REFUSED_VSIZE = "chorus-batch: --mem is too little on this cluster"
 STAGING_SAID = "staging folder: "  # (last on the script's line for a refused merge job: the folder that stays)
 
@@ -163,6 +173,54 @@ def _q(words) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
+def _guard_lines(db: str, shards: int) -> str:
+    """The script's first step: one submission per manifest at a time. A plain `sbatch nightly.sbatch` took no lock and
+    looked at nothing: beside a `run --slurm` following its jobs, beside last night's jobs still queued (or jobs a
+    `run --slurm` could not cancel, the controller down), or beside itself submitted twice at once, it hashed the whole
+    site again, and only the merge told, after the night's work, that its shards were stale or incomplete. It takes
+    `<db>.slurm.lock` (the lock `run --slurm` holds; not when that `run --slurm` runs it, LOCKED_ENV) while it submits,
+    and refuses (exit 4) when another holds it, or when jobs of another submission for the manifest (their --comment,
+    JOB_COMMENT) are still queued or running: naming them, with their scancel. squeue failing (the controller down)
+    is left to sbatch, which then fails too. It ends before any other step: nothing was submitted or changed."""
+    lock = shlex.quote(db + ".slurm.lock")
+    want = shlex.quote(JOB_COMMENT + db)
+    return f"""# One submission per manifest at a time: `run --slurm` holds its lock while it submits and follows; this script
+# holds it while it submits, and is refused while another submission's jobs for this manifest are queued or running
+db={shlex.quote(db)}
+slurm_lock={lock}
+locked=""
+if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&1; then
+    while :; do
+        ( umask 077; : >> "$slurm_lock" ) 2>/dev/null || break  # (a folder it cannot write: the merge says so)
+        exec 9>> "$slurm_lock"
+        if ! flock -n -x 9; then
+            holder=$(tr -d '{{}}"' < "$slurm_lock.json" 2>/dev/null || true)
+            echo "{REFUSED_BUSY}: another submission for the manifest $db is being made or followed (a \\`chorus-batch run --slurm\\`, or this script submitted at the same time: ${{holder:-it has not said who yet}}; its lock is $slurm_lock): a second one would hash the whole site again and its merge would be refused; nothing was submitted; wait for it to end, then submit again if the site changed since" >&2
+            exit 4
+        fi
+        if [ "$slurm_lock" -ef "/proc/$$/fd/9" ]; then locked=1; break; fi
+        exec 9>&-  # (its last holder removed it meanwhile: a lock on that file guards nothing)
+    done
+    if [ -n "$locked" ]; then
+        rm -f -- "$slurm_lock.json"
+        ( set -o noclobber; printf '{{"pid": %d, "host": "%s", "user": "%s", "started_at": "%s"}}\\n' \\
+            "$$" "$(hostname)" "$(id -un)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$slurm_lock.json" ) 2>/dev/null || true
+        # (let go when this script ends: the records go with it, while it still holds the lock)
+        trap 'rm -f -- "$slurm_lock.json" "$slurm_lock"' EXIT
+    fi
+fi
+others=""
+while IFS='|' read -r job_id job_name job_state job_comment; do
+    if [ "$job_comment" = {want} ]; then others="$others${{others:+, }}$job_name $job_id ($(printf '%s' "$job_state" | tr 'A-Z' 'a-z'))"; fi
+done < <(timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%k' 2>/dev/null || true)
+if [ -n "$others" ]; then
+    ids=$(timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%F|%k' 2>/dev/null | while IFS='|' read -r job_id job_comment; do [ "$job_comment" = {want} ] && printf '%s\\n' "$job_id"; done | sort -u | tr '\\n' ' ' || true)
+    echo "{REFUSED_BUSY}: jobs of another submission for the manifest $db are still queued or running: $others; a second submission would hash the whole site again and its merge would be refused; nothing was submitted; let them finish (squeue -u $(id -un)), or cancel them with \\`scancel ${{ids% }}\\`, then submit again" >&2
+    exit 4
+fi
+"""
+
+
 def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, staging: str | None = None,
                  cpus_per_task: int = DEFAULT_CPUS, mem: str | None = None, time: str | None = None,
                  partition: str | None = None, account: str | None = None, config: str | None = None,
@@ -252,6 +310,8 @@ def slurm_script(*, site: str | None, db: str, shards: int = DEFAULT_SHARDS, sta
     placement = [f"--partition={partition}"] if partition else []
     placement += [f"--account={account}"] if account else []
     sbatch = ["sbatch", "--parsable", "--export=ALL", "--nodes=1", "--ntasks=1", *limits, *placement]
+    # (each job names its manifest, so that a later submission for it finds them in squeue: see `guard` below)
+    comment = f"--comment={shlex.quote(JOB_COMMENT + db)}"
 
     # The default staging folder, one per submission, held every night's shard lists (each file's path, person ids in
     # them) beside the manifest for ever. Once the merge committed (exit 0, or 1: findings), its shards are of no more
@@ -287,6 +347,8 @@ if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ $(( {mem_mib(mem)} * vsize / 100 )
 fi
 """
 
+    guard = _guard_lines(db, shards)
+    from .shards import STAGING_LOCK
     # (the shards queued and no merge, by a script cut short while it was written: whole_script)
     whole = "\n".join(whole_script_lines(
         END_LINE, what="this script", cut_effect="queues the shards and no merge", nothing="nothing was submitted",
@@ -332,7 +394,7 @@ if [ -n "${{SLURM_CONF:-}}" ] && [ ! -f "$SLURM_CONF" ]; then
     exit 2
 fi
 
-{vsize_check}# The shards open the manifest read-only and cannot migrate one an older release wrote: upgraded here, once, before
+{vsize_check}{guard}# The shards open the manifest read-only and cannot migrate one an older release wrote: upgraded here, once, before
 # anything is submitted (a no-op when it is current; no manifest yet: the merge starts it).
 db={shlex.quote(db)}
 if [ -s "$db" ]; then
@@ -353,10 +415,18 @@ rm -f -- "$staging/{MERGE_EXIT}"
 # A --staging used before holds that submission's complete shards: a task of this one that fails before it starts its
 # shard (a node without the interpreter, a site not mounted there) left the old one looking done, and a merge run by
 # hand took it. Their completion records go (the shards write them again; other splits are the merge's to leave out).
-rm -f -- "$staging"/shard-*-of-{shards}/scan.json
+# Under the staging folder's lock, alone (shards hold it shared, a merge alone): a merge reading last submission's shards,
+# or a shard rerun by hand, was left with a shard said "incomplete (it failed or is still running)"
+if ! ( {{ ! command -v flock >/dev/null 2>&1 || flock -n -x 9; }} || exit 4
+       rm -f -- "$staging"/shard-*-of-{shards}/scan.json
+       rm -f -- "$staging/{STAGING_LOCK}"  # (as the last holder does: an opener of it then finds it gone and opens anew)
+     ) 9>>"$staging/{STAGING_LOCK}"; then
+    echo "{REFUSED_BUSY}: a merge or a shard is running in the staging folder $staging (it holds $staging/{STAGING_LOCK}): this submission would remove its shards' completion records and the merge would find them incomplete; nothing was submitted; let it end (squeue -u $(id -un) shows its job), then submit again, or give --staging another folder" >&2
+    exit 4
+fi
 export CHORUS_STAGING="$staging"
 
-shards_job=$({_q(sbatch)} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
+shards_job=$({_q(sbatch)} {comment} --job-name={SHARD_JOB} --array=0-{shards - 1} \\
     --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%A_%a.out" <<'CHORUS_SHARD'
 #!/bin/bash
 set -euo pipefail
@@ -368,7 +438,7 @@ shards_job=${{shards_job%%;*}}
 # Stopped now (Ctrl-C, SIGTERM), the shards' array would stay queued with no merge after it: cancelled instead.
 trap 'scancel "$shards_job" || true; echo "chorus-batch: stopped while submitting; cancelled the job array $shards_job of the shards: nothing will be merged" >&2; exit 130' INT TERM HUP
 
-merge_job=$({_q(sbatch)} --job-name={MERGE_JOB} \\
+merge_job=$({_q(sbatch)} {comment} --job-name={MERGE_JOB} \\
     --dependency=afterok:"$shards_job" --kill-on-invalid-dep=yes \\
     --chdir="$staging" --output="${{logs//\\%/%%}}/%x-%j.out" <<'CHORUS_MERGE'
 #!/bin/bash
@@ -741,7 +811,7 @@ class _Lines:
 SUBMIT_FINISH_S = 120  # an interrupted submission is let finish this long (two sbatch calls), then stopped
 
 
-def submit(script_text: str) -> Submitted:
+def submit(script_text: str, *, locked: str | None = None) -> Submitted:
     """Run the script with bash from a private temporary file; the jobs it submitted.
 
     Interrupted (Ctrl-C, SIGTERM, SIGHUP), the submission is let finish and the jobs it submitted are cancelled
@@ -753,8 +823,10 @@ def submit(script_text: str) -> Submitted:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(script_text)
+        # (`locked`: the manifest's submission lock this process holds, which the script then does not take again)
+        env = {**os.environ, LOCKED_ENV: locked} if locked else None
         script = subprocess.Popen(["bash", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         try:
             stdout, stderr = script.communicate()
         except (KeyboardInterrupt, Stopped) as exc:
@@ -766,6 +838,13 @@ def submit(script_text: str) -> Submitted:
     proc = subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
     if proc.returncode != 0 and (REFUSED_ARRAY in proc.stderr or REFUSED_MERGE in proc.stderr):
         raise _refused(proc.stderr)
+    if proc.returncode == 4 and REFUSED_BUSY in proc.stderr:  # another submission under way: said as a lock is
+        from .errors import ManifestLocked
+
+        said = next(line for line in proc.stderr.splitlines() if REFUSED_BUSY in line).removeprefix("chorus-batch: ")
+        what, _sep, then = said.rpartition("; nothing was submitted; ")
+        raise ManifestLocked(what + "; nothing was submitted or committed", where="the Slurm script's first step",
+                             fix=then or "wait for the other submission to end, then submit again")
     if proc.returncode != 0 and REFUSED_VSIZE in proc.stderr:
         said = next(line for line in proc.stderr.splitlines() if REFUSED_VSIZE in line).removeprefix("chorus-batch: ")
         raise UsageError(said.replace("; nothing was submitted", "") + "; nothing was submitted or committed",
@@ -873,7 +952,8 @@ def submission_lock(db: str, argv: list[str]):
     def busy(_fd: int) -> Exception:
         holder = holder_named(holder_path) or "a process that has not said who yet"
         return ManifestLocked(
-            f"another `chorus-batch run --slurm` is submitting or following Slurm jobs for the manifest {db}: "
+            f"another `chorus-batch run --slurm` (or the Slurm script, submitted with sbatch) is submitting or "
+            f"following Slurm jobs for the manifest {db}: "
             f"{holder}; a second submission would hash the whole site again, and its merge would be refused once "
             "the first committed", where=str(path),
             fix="this `run --slurm` submitted nothing; wait for that one to end (it exits with its merge's exit "
@@ -954,15 +1034,16 @@ def _jobs_left_running(holder_path: Path, lock_path: Path, db: str) -> None:
 
 def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str], None] = print,
                       db: str | None = None, argv: list[str] | None = None,
-                      on_submitted: Callable[[Submitted], None] | None = None) -> int:
+                      on_submitted: Callable[[Submitted], None] | None = None, _locked: str | None = None) -> int:
     """Submit the script (bash), follow the jobs with squeue, return the merge's exit code; with `db`, under that
     manifest's submission lock (submission_lock). Ctrl-C (or SIGTERM/SIGHUP as Stopped) cancels the jobs it
     submitted, then is raised again."""
     require_slurm("sbatch", "squeue")
     if db is not None:
         with submission_lock(db, argv or ["run"]) as submitted:
-            return submit_and_follow(script_text, poll_s=poll_s, out=out, on_submitted=submitted)
-    job = submit(script_text)
+            return submit_and_follow(script_text, poll_s=poll_s, out=out, on_submitted=submitted,
+                                     _locked=os.path.abspath(db) + ".slurm.lock")
+    job = submit(script_text, locked=_locked)
     if on_submitted is not None:
         on_submitted(job)
     out = _Lines(out)

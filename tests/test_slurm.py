@@ -577,7 +577,7 @@ def test_ctrl_c_with_the_cluster_down_does_not_say_the_jobs_were_cancelled(tmp_p
     monkeypatch.setenv("SLURM_CONF", str(conf))
     job = parse_submitted("staging: {0}\nlogs: {0}/logs\nshards: job array 7 (2 tasks)\nmerge: job 8, after\n"
                           .format(tmp_path))
-    monkeypatch.setattr(slurm_module, "submit", lambda script: job)
+    monkeypatch.setattr(slurm_module, "submit", lambda script, **_kw: job)
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
@@ -1228,12 +1228,83 @@ def test_a_second_run_slurm_on_the_same_manifest_submits_nothing(tmp_path):
         proc = cli("run", "--slurm", "--site", str(site), "--db", "m.sqlite", "--shards", "2", cwd=tmp_path, env=env,
                    timeout=30)
     assert proc.returncode == 4, proc.stderr
-    assert "another `chorus-batch run --slurm` is submitting or following Slurm jobs for the manifest" in proc.stderr
+    assert ("another `chorus-batch run --slurm` (or the Slurm script, submitted with sbatch) is submitting or following "
+            "Slurm jobs for the manifest") in proc.stderr
     assert f"pid {os.getpid()} on host" in proc.stderr and "submitted nothing" in proc.stderr, proc.stderr
     assert not called.exists() and not Path(str(db) + ".staging").exists()
     # once the first has ended, the next one submits (here: to the stand-in sbatch, which refuses it)
     after = cli("run", "--slurm", "--site", str(site), "--db", str(db), "--shards", "2", env=env, timeout=30)
     assert after.returncode == 2 and called.exists(), after.stderr
+
+
+def test_a_submission_into_a_staging_folder_a_merge_is_reading_removes_nothing(slurm, stand_in, tmp_path):
+    """The script removes the completion records (scan.json) an earlier submission's shards left in a --staging
+    folder; it did so without the folder's lock, beside a merge reading those shards (the first of two submissions
+    at once, or a merge run by hand), which then said "shard K/N is incomplete (it failed or is still running)". The
+    clean-up takes the lock alone: refused (exit 4) while a merge or a shard holds it, nothing removed or queued."""
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.shards import staging_lock
+
+    python, _log = stand_in
+    staging = tmp_path / "st"
+    (staging / "shard-0-of-2").mkdir(parents=True)
+    (staging / "shard-0-of-2" / "scan.json").write_text("{}")
+    script = tmp_path / "nightly.sbatch"
+    script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(tmp_path / "m.sqlite"), shards=2,
+                                   cpus_per_task=1, python=str(python), staging=str(staging)))
+    with staging_lock(staging, merge=True):  # (the merge reading the shards)
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+        with pytest.raises(ManifestLocked, match="a merge or a shard is running in the staging folder") as caught:
+            submit(script.read_text())
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert f"a merge or a shard is running in the staging folder {staging}" in proc.stderr, proc.stderr
+    assert "nothing was submitted" in proc.stderr and "nothing was submitted or committed" in str(caught.value)
+    assert (staging / "shard-0-of-2" / "scan.json").exists() and not slurm.active()
+    assert not Path(str(tmp_path / "m.sqlite") + ".slurm.lock").exists()  # (let go and removed with the script)
+    slurm.wait_idle()
+
+
+def test_a_second_submission_for_a_manifest_is_refused_while_the_firsts_jobs_are_queued(slurm, stand_in, tmp_path,
+                                                                                          monkeypatch):
+    """A plain `sbatch nightly.sbatch` took no lock and looked at nothing: submitted beside a `run --slurm` (or
+    itself, twice at once), or while last night's jobs still ran (or jobs a `run --slurm` could not cancel, the
+    controller down, its lock gone when it exited), it hashed the whole site again, and only the merge said so. The
+    script holds the manifest's submission lock while it submits, and refuses (exit 4) while another submission's
+    jobs for the manifest are queued or running, naming them with their scancel; `run --slurm` too."""
+    from chorus_batch.errors import ManifestLocked
+    from chorus_batch.slurm import submission_lock
+
+    python, _log = stand_in
+    monkeypatch.setenv("STAND_IN_HANG", "1")  # (the shards run on)
+    db = tmp_path / "m.sqlite"
+    script = tmp_path / "nightly.sbatch"
+    script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(db), shards=2, cpus_per_task=1,
+                                   python=str(python)))
+    with submission_lock(str(db), ["run", "--slurm"]):  # (a `run --slurm` submitting or following)
+        held = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert held.returncode == 4 and f"another submission for the manifest {db} is being made" in held.stderr, \
+        held.stdout + held.stderr
+    assert f"pid: {os.getpid()}" in held.stderr and not slurm.active(), held.stderr
+    first = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    job = parse_submitted(first.stdout)
+    try:
+        second = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 4, second.stdout + second.stderr
+        said = second.stderr
+        assert f"jobs of another submission for the manifest {db} are still queued or running" in said, said
+        assert f"chorus-shard {job.array_job}_" in said and f"chorus-merge {job.merge_job} (pending)" in said, said
+        assert f"`scancel {job.array_job} {job.merge_job}`" in said and "nothing was submitted" in said, said
+        # `run --slurm` (its own lock taken: nothing holds it now, as after one whose scancel failed) is refused too
+        with pytest.raises(ManifestLocked, match="still queued or running") as caught:
+            submit_and_follow(script.read_text(), db=str(db), argv=["run", "--slurm"], out=lambda line: None)
+        assert "nothing was submitted or committed" in str(caught.value)
+        assert {row["id"].split("_")[0] for row in slurm.active()} == {job.array_job, job.merge_job}
+        assert len(list(Path(str(db) + ".staging").iterdir())) == 1  # (the refused ones made no staging folder)
+    finally:
+        slurm.run(["scancel", job.array_job, job.merge_job])
+        slurm.wait_idle()
+    assert not Path(str(db) + ".slurm.lock").exists() and not Path(str(db) + ".slurm.lock.json").exists()
 
 
 def test_a_run_slurm_killed_while_following_keeps_the_next_from_submitting_beside_its_jobs(slurm, stand_in, tmp_path):
