@@ -318,6 +318,8 @@ class ManifestReader:
                              fix=f"give a version label ({len(labels)} here, {labels[0]} .. {labels[-1]}), or open "
                                  "the SQLite manifest the snapshots were written from, which records the times")
         committed = timed.filter(pl.col("_at") <= at)
+        if isinstance(version, datetime) and version.tzinfo is None:
+            self._said_naive(version, at, committed, timed)
         if committed.height == 0:
             first = versions.row(0, named=True)
             # Said in UTC too, as the manifest writes commit times: '05:00+09:00' beside '04:35:59Z' read as later;
@@ -329,6 +331,32 @@ class ManifestReader:
                              where=str(self.path),
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
+
+    def _said_naive(self, version: datetime, at: datetime, committed: pl.DataFrame, timed: pl.DataFrame) -> None:
+        """A `datetime` without a zone is read as UTC, as the manifest writes its commit times; but Python's
+        `datetime.now()` and `pd.Timestamp.now()` give this computer's wall time without a zone: in a kernel not in
+        UTC, `m.files(datetime.now())` answered the version of hours before (or "no version was committed"). Where
+        the two readings select different versions, the reviewer is asked which one is meant."""
+        try:
+            local = version.astimezone(timezone.utc)  # a naive datetime: this computer's time zone
+        except (OverflowError, ValueError, OSError):
+            return  # at the calendar's ends: before every version or after the latest either way
+        if local == at:
+            return
+        mine = timed.filter(pl.col("_at") <= local)
+
+        def said(frame: pl.DataFrame) -> str:
+            return f"version {frame['label'][-1]}" if frame.height else "no version (before the first)"
+
+        if said(mine) == said(committed):
+            return
+        offset = version.astimezone().strftime("%z")
+        offset = f"UTC{offset[:3]}:{offset[3:]}"
+        raise UsageError(f"the datetime {version.isoformat(sep=' ')} has no time zone: read as UTC (as the manifest "
+                         f"writes commit times) it selects {said(committed)}, read as this computer's time "
+                         f"({offset}: {iso(local)}) {said(mine)}", where=str(self.path),
+                         fix="give it a zone: `datetime.now(timezone.utc)` or `.replace(tzinfo=timezone.utc)` for UTC, "
+                             "`.astimezone()` for this computer's time, or an ISO text such as 2026-11-27T03:00:00Z")
 
     def compared_with(self, label: str | datetime | None, compare_to: str | datetime | None = None) -> str | None:
         """The version `label` is reviewed against: `compare_to`, else the one before it (None: `label` is the

@@ -157,6 +157,40 @@ def test_a_time_in_a_named_zone_or_at_the_edge_of_the_calendar_picks_its_version
     assert out.returncode == 2 and "no version was committed" in out.stderr and "internal error" not in out.stderr
 
 
+@pytest.fixture
+def local_zone(monkeypatch):
+    """Sets this process's time zone (TZ) for a test, as a reviewer's kernel away from UTC has it."""
+    def set_zone(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_datetime_without_a_zone_that_reads_as_two_versions_is_asked_which(reader, history, local_zone):
+    """`m.files(datetime.now())` in a kernel in New York: the wall time without a zone was read as UTC, five hours
+    back, and answered the version committed before the latest (or "no version was committed"), silently. Where
+    UTC and this computer's time select different versions, a UsageError names both and how to give a zone;
+    where they select the same one, or in a kernel in UTC, the naive time is answered as before."""
+    committed = datetime.fromisoformat(reader.versions()["finished_at"][0].replace("Z", "+00:00"))
+    between = (committed + timedelta(milliseconds=500)).replace(tzinfo=None)  # v1's wall time in UTC, no zone
+    local_zone("UTC")
+    assert reader.resolve(between) == history["labels"][0]
+    local_zone("America/New_York")  # read as New York's time, `between` is after every version
+    with pytest.raises(UsageError) as said:
+        reader.files(between)
+    message = str(said.value)
+    assert f"has no time zone: read as UTC (as the manifest writes commit times) it selects version " \
+           f"{history['labels'][0]}, read as this computer's time (UTC-05:00" in message, message
+    assert f"version {history['labels'][-1]}" in message and "datetime.now(timezone.utc)" in message, message
+    assert reader.resolve(between.replace(tzinfo=timezone.utc)) == history["labels"][0]  # a zone given: no question
+    assert reader.resolve(between.astimezone()) == history["labels"][-1]
+    assert reader.resolve(datetime(9999, 12, 31)) == history["labels"][-1]  # the same version either way
+    with pytest.raises(UsageError, match="no version was committed at or before 2001-01-01"):
+        reader.files(datetime(2001, 1, 1))
+
+
 def test_files_filters_by_modality_and_person(reader, history):
     tree = history["trees"][0]
     person = {p: m for p, m in tree.items() if p.startswith("000002/")}
