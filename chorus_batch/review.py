@@ -74,6 +74,10 @@ class NoSuchPerson(UserWarning):
     """`files(person=...)` of a person the version has no file of (the command line prints it as its own note)."""
 
 
+class NoSuchPath(UserWarning):
+    """`history(path)` or `history_of(path)` of a path no version has (the command line says it as its error)."""
+
+
 def text_argument(value: object, what: str, where: str, example: str) -> str:
     """A path, person or modality a notebook passes, as text (a pathlib path too); any other type is a UsageError
     that says what to give, not a TypeError or a polars error from deep inside (person=123 cannot mean "000123")."""
@@ -462,7 +466,22 @@ class ManifestReader:
     def history(self, srcfile: str) -> pl.DataFrame:  # srcfile: site-relative (see site_relative)
         """Every version of one file, oldest first: each row says how it began (`change`,
         `old_srcfile`) and ended (`ended_by`, `renamed_to`). A rename into the path brings
-        in the renamed file's earlier rows too, under their old path."""
+        in the renamed file's earlier rows too, under their old path. A path no version has warns (NoSuchPath)."""
+        frame = self._history(srcfile)
+        if frame.height == 0:
+            self._said_unknown_path(text_argument(srcfile, "a path", str(self.path), '"OMOP/person.csv"'))
+        return frame
+
+    def _said_unknown_path(self, path: str) -> None:
+        """A path no version has is said (a NoSuchPath warning, shown by Jupyter), with the paths it may mean: an
+        empty history alone read as "this file never changed" of 'OMOP/Person.csv' typed for 'OMOP/person.csv', or
+        of an absolute path given to `history`, which takes the site-relative one."""
+        similar = self.similar_paths(path, ever=True) if self.latest() else []  # (an absolute path: its site-relative one)
+        hint = (f": did you mean {', '.join(map(repr, similar))}?" if similar
+                else "; paths are site-relative, as the `srcfile` column of `m.files()` has them")
+        warnings.warn(NoSuchPath(f"no file {path!r} in any version of the manifest{hint}"), stacklevel=3)
+
+    def _history(self, srcfile: str) -> pl.DataFrame:
         srcfile = text_argument(srcfile, "a path", str(self.path), '"OMOP/person.csv"')  # a pathlib path too
         rows = self._path_rows(srcfile, None)
         frames, asked = [rows], set()
@@ -521,14 +540,18 @@ class ManifestReader:
                                                        for spelling in (literal, windows) for form in ("NFC", "NFD")),
                                    *([self.site_relative(copied, backslash_separates=False)] if copied else [])]))
 
-    def history_of(self, path: str) -> pl.DataFrame:
-        """`history` of a path as people type it (see spellings): the first spelling the manifest records."""
+    def history_of(self, path: str, *, quiet: bool = False) -> pl.DataFrame:
+        """`history` of a path as people type it (see spellings): the first spelling the manifest records. A path no
+        version has warns (NoSuchPath), unless `quiet` (the command line says it as its error)."""
         spellings = self.spellings(path)
         for srcfile in spellings[:-1]:
-            found = self.history(srcfile)
+            found = self._history(srcfile)
             if found.height:
                 return found
-        return self.history(spellings[-1])
+        found = self._history(spellings[-1])
+        if found.height == 0 and not quiet:
+            self._said_unknown_path(text_argument(path, "a path", str(self.path), '"OMOP/person.csv"'))
+        return found
 
     def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False, ever: bool = False,
                       as_of: str | datetime | None = None) -> list[str]:

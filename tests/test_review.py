@@ -191,6 +191,30 @@ def test_a_datetime_without_a_zone_that_reads_as_two_versions_is_asked_which(rea
         reader.files(datetime(2001, 1, 1))
 
 
+def test_history_of_a_path_no_version_has_warns_with_the_path_meant(reader, history):
+    """`m.history("OMOP/Person.csv")` typed for OMOP/person.csv, or an absolute path given to `history` (which takes
+    the site-relative one), gave an empty frame and nothing else: read as "this file never changed". As
+    `files(person=...)` does, a NoSuchPath warning says no version has the path and names the paths meant."""
+    import warnings
+
+    from chorus_batch.review import NoSuchPath
+
+    path = sorted(history["trees"][0])[0]
+    upper = "/".join(part.upper() for part in path.split("/"))
+    with pytest.warns(NoSuchPath, match=f"no file '{upper}' in any version of the manifest: did you mean '{path}'[?]"):
+        assert reader.history(upper).height == 0
+    with pytest.warns(NoSuchPath, match=f"did you mean '{path}'[?]"):
+        assert reader.history_of(upper).height == 0
+    with pytest.warns(NoSuchPath, match="'nope.csv' in any version of the manifest; paths are site-relative"):
+        assert reader.history_of(Path("nope.csv")).height == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoSuchPath)  # a path the manifest has, as stored or as typed: no warning
+        assert reader.history(path).height and reader.history_of(f"./{path}").height
+        assert reader.history_of("nope.csv", quiet=True).height == 0
+    out = cli("history", "--db", str(history["db"]), upper)  # the command line says it once, as its error
+    assert out.returncode == 2 and "NoSuchPath" not in out.stderr and "did you mean" in out.stderr, out.stderr
+
+
 def test_files_filters_by_modality_and_person(reader, history):
     tree = history["trees"][0]
     person = {p: m for p, m in tree.items() if p.startswith("000002/")}
