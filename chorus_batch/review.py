@@ -130,8 +130,16 @@ def open_manifest(path: str | Path) -> "ManifestReader":
         raise UsageError("the manifest's path is empty", where="open_manifest(path)",
                          fix='give the manifest file written by `chorus-batch run`, such as "chorus_manifest.sqlite", '
                              "or its --parquet folder")
-    from .urls import expand_home
+    from .urls import AZURE_PROTOCOLS, expand_home, mask_url, protocol_of, refuse_file_url, refuse_url
 
+    if "://" in path and protocol_of(path) in AZURE_PROTOCOLS and not os.path.lexists(path):
+        # (it was "no manifest at /cwd/az:/c/m.sqlite?sv=...&sig=<the SAS signature>", twice, kept in the notebook)
+        raise UsageError(f"open_manifest reads a manifest on this machine, not one in Azure: {mask_url(path)}",
+                         where="open_manifest(path)",
+                         fix="`chorus-batch review --db az://... --out review.ipynb` runs the review notebook on a local "
+                             "copy of it; or copy it here (azcopy copy) and give the local file")
+    refuse_url(path, "open_manifest(path)", writes=False)  # s3://, https://: said, masked; file:// gives the path
+    refuse_file_url(path, "open_manifest(path)")
     path = Path(expand_home(path, "open_manifest(path)"))  # "~/m.sqlite" as --db reads it, not a folder '~' here
     from .fsutil import require_reachable
 

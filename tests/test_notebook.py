@@ -4,6 +4,7 @@ kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -412,3 +413,19 @@ def test_the_kernels_environment_under_the_home_folder_is_not_named_by_it(manife
     out = check_run(execute(manifests["single"], tmp_path / "out.ipynb"), PLOTS)
     assert "prefix ~\n" in out and str(home) not in out, out[:300]
     assert home_relative(f"{home}/envs/x") == "~/envs/x" and home_relative(f"{home}x/y") == f"{home}x/y"  # a sibling: not home
+
+
+def test_a_manifest_in_azure_given_to_the_notebook_is_said_without_its_signature(tmp_path):
+    """`manifest = "az://c/m.sqlite?sv=...&sig=..."` (as `review --db` takes it) was "no manifest at
+    <cwd>/az:/c/m.sqlite?sv=...&sig=<the signature>", twice, in the executed notebook a reviewer shares. It is
+    said as a manifest in Azure, masked, with the command that reviews it."""
+    url = "az://site/chorus_manifest.sqlite?sv=2024-01-01&sig=SECRETSIGNATURE"
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(url, out)  # type: ignore[arg-type]
+    assert failed.value.ename == "UsageError" and "not one in Azure: az://site/chorus_manifest.sqlite?sv=***&sig=***" \
+        in failed.value.evalue, failed.value.evalue
+    assert "chorus-batch review --db az://" in failed.value.evalue
+    shown = json.dumps(outputs(nbformat.read(out, as_version=4)))  # (the parameters cell holds what was typed)
+    assert "SECRETSIGNATURE" not in shown and "not one in Azure" in shown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb"]

@@ -215,6 +215,22 @@ def test_history_of_a_path_no_version_has_warns_with_the_path_meant(reader, hist
     assert out.returncode == 2 and "NoSuchPath" not in out.stderr and "did you mean" in out.stderr, out.stderr
 
 
+def test_a_url_given_to_open_manifest_is_said_as_one_and_masked(tmp_path, monkeypatch):
+    """`open_manifest("az://c/m.sqlite?sv=...&sig=...")` said "no manifest at <cwd>/az:/c/m.sqlite?...&sig=<the
+    signature>" (twice): a URL taken for a path, its secret printed into the notebook. A URL is said as one, masked."""
+    monkeypatch.chdir(tmp_path)
+    cases = {"az://c/m.sqlite?sv=1&sig=SECRET": "not one in Azure: az://c/m.sqlite?sv=***&sig=***",
+             "https://a.blob.core.windows.net/c/m.sqlite?sig=SECRET": "is a URL (https://)",
+             "s3://b/m.sqlite": "is a URL (s3://)", f"file://{tmp_path}/m.sqlite": f"give the path itself: {tmp_path}/m.sqlite",
+             f"file:{tmp_path}/m.sqlite": f"give the path itself: {tmp_path}/m.sqlite"}
+    for url, said in cases.items():
+        with pytest.raises(UsageError) as refused:
+            open_manifest(url)
+        assert said in str(refused.value) and "SECRET" not in str(refused.value), str(refused.value)
+        assert "no manifest at" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_files_filters_by_modality_and_person(reader, history):
     tree = history["trees"][0]
     person = {p: m for p, m in tree.items() if p.startswith("000002/")}
