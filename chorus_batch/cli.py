@@ -1623,7 +1623,7 @@ def _held_in_other_versions(reader, path: str, db: str | None = None) -> str:
     """What to add to "no files under PATH" where PATH is a file of other versions than the one asked (`files --as-of V
     --path` of a file V had removed, and a later version added again): the versions that hold it. It was answered
     "(paths are site-relative, as `chorus-batch files` prints them)", as if the path were mistyped."""
-    rows = reader.history_of(path)
+    rows = reader.history_of(path, quiet=True)
     rows = rows.filter(rows["srcfile"].is_in(reader.spellings(path)))  # its own rows, not those of a file renamed into it
     if rows.height == 0:
         return ""
@@ -1690,7 +1690,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
     where = mask_url(target.db) if "://" in target.db else str(Path(target.db).absolute())
     reader = open_manifest(_db(args, target))
     reader.resolve(None)  # no version yet: exit 2 saying so (as files, changes, diff), not "no file PATH"
-    frame = reader.history_of(args.path)
+    frame = reader.history_of(args.path, quiet=True)  # an unknown path: said below, as an error
     if frame.height == 0 and not (args.json or args.csv):
         shown = quoted(args.path)  # a backslash as typed, not doubled
         # The commands suggested read the manifest asked (a local one): pasted without --db, they read the default
@@ -1699,7 +1699,7 @@ def cmd_history(args: argparse.Namespace, argv: list[str]) -> int:
         # A file's path with a separator after it: rows_under counts the file itself as "in" it, and it was
         # called a folder of one file.
         bare = args.path.rstrip("/\\")
-        of_bare = reader.history_of(bare) if bare and bare != args.path else None
+        of_bare = reader.history_of(bare, quiet=True) if bare and bare != args.path else None
         inside = reader.rows_under(reader.files(), args.path).height if reader.latest() else 0
         # A path that was a file and is a folder now (a file replaced by a folder of its name) is a folder today:
         # "'x' is a file, not a folder" was untrue of it. Said as a folder, with the file it was.

@@ -74,6 +74,10 @@ class NoSuchPerson(UserWarning):
     """`files(person=...)` of a person the version has no file of (the command line prints it as its own note)."""
 
 
+class NoSuchPath(UserWarning):
+    """`history(path)` or `history_of(path)` of a path no version has (the command line says it as its error)."""
+
+
 def text_argument(value: object, what: str, where: str, example: str) -> str:
     """A path, person or modality a notebook passes, as text (a pathlib path too); any other type is a UsageError
     that says what to give, not a TypeError or a polars error from deep inside (person=123 cannot mean "000123")."""
@@ -126,8 +130,16 @@ def open_manifest(path: str | Path) -> "ManifestReader":
         raise UsageError("the manifest's path is empty", where="open_manifest(path)",
                          fix='give the manifest file written by `chorus-batch run`, such as "chorus_manifest.sqlite", '
                              "or its --parquet folder")
-    from .urls import expand_home
+    from .urls import AZURE_PROTOCOLS, expand_home, mask_url, protocol_of, refuse_file_url, refuse_url
 
+    if "://" in path and protocol_of(path) in AZURE_PROTOCOLS and not os.path.lexists(path):
+        # (it was "no manifest at /cwd/az:/c/m.sqlite?sv=...&sig=<the SAS signature>", twice, kept in the notebook)
+        raise UsageError(f"open_manifest reads a manifest on this machine, not one in Azure: {mask_url(path)}",
+                         where="open_manifest(path)",
+                         fix="`chorus-batch review --db az://... --out review.ipynb` runs the review notebook on a local "
+                             "copy of it; or copy it here (azcopy copy) and give the local file")
+    refuse_url(path, "open_manifest(path)", writes=False)  # s3://, https://: said, masked; file:// gives the path
+    refuse_file_url(path, "open_manifest(path)")
     path = Path(expand_home(path, "open_manifest(path)"))  # "~/m.sqlite" as --db reads it, not a folder '~' here
     from .fsutil import require_reachable
 
@@ -322,6 +334,8 @@ class ManifestReader:
                              fix=f"give a version label ({len(labels)} here, {labels[0]} .. {labels[-1]}), or open "
                                  "the SQLite manifest the snapshots were written from, which records the times")
         committed = timed.filter(pl.col("_at") <= at)
+        if isinstance(version, datetime) and version.tzinfo is None:
+            self._said_naive(version, at, committed, timed)
         if committed.height == 0:
             first = versions.row(0, named=True)
             # Said in UTC too, as the manifest writes commit times: '05:00+09:00' beside '04:35:59Z' read as later;
@@ -333,6 +347,32 @@ class ManifestReader:
                              where=str(self.path),
                              fix=f"the first version is {first['label']}, committed {first['finished_at']}")
         return committed["label"][-1]
+
+    def _said_naive(self, version: datetime, at: datetime, committed: pl.DataFrame, timed: pl.DataFrame) -> None:
+        """A `datetime` without a zone is read as UTC, as the manifest writes its commit times; but Python's
+        `datetime.now()` and `pd.Timestamp.now()` give this computer's wall time without a zone: in a kernel not in
+        UTC, `m.files(datetime.now())` answered the version of hours before (or "no version was committed"). Where
+        the two readings select different versions, the reviewer is asked which one is meant."""
+        try:
+            local = version.astimezone(timezone.utc)  # a naive datetime: this computer's time zone
+        except (OverflowError, ValueError, OSError):
+            return  # at the calendar's ends: before every version or after the latest either way
+        if local == at:
+            return
+        mine = timed.filter(pl.col("_at") <= local)
+
+        def said(frame: pl.DataFrame) -> str:
+            return f"version {frame['label'][-1]}" if frame.height else "no version (before the first)"
+
+        if said(mine) == said(committed):
+            return
+        offset = version.astimezone().strftime("%z")
+        offset = f"UTC{offset[:3]}:{offset[3:]}"
+        raise UsageError(f"the datetime {version.isoformat(sep=' ')} has no time zone: read as UTC (as the manifest "
+                         f"writes commit times) it selects {said(committed)}, read as this computer's time "
+                         f"({offset}: {iso(local)}) {said(mine)}", where=str(self.path),
+                         fix="give it a zone: `datetime.now(timezone.utc)` or `.replace(tzinfo=timezone.utc)` for UTC, "
+                             "`.astimezone()` for this computer's time, or an ISO text such as 2026-11-27T03:00:00Z")
 
     def compared_with(self, label: str | datetime | None, compare_to: str | datetime | None = None) -> str | None:
         """The version `label` is reviewed against: `compare_to`, else the one before it (None: `label` is the
@@ -438,7 +478,22 @@ class ManifestReader:
     def history(self, srcfile: str) -> pl.DataFrame:  # srcfile: site-relative (see site_relative)
         """Every version of one file, oldest first: each row says how it began (`change`,
         `old_srcfile`) and ended (`ended_by`, `renamed_to`). A rename into the path brings
-        in the renamed file's earlier rows too, under their old path."""
+        in the renamed file's earlier rows too, under their old path. A path no version has warns (NoSuchPath)."""
+        frame = self._history(srcfile)
+        if frame.height == 0:
+            self._said_unknown_path(text_argument(srcfile, "a path", str(self.path), '"OMOP/person.csv"'))
+        return frame
+
+    def _said_unknown_path(self, path: str) -> None:
+        """A path no version has is said (a NoSuchPath warning, shown by Jupyter), with the paths it may mean: an
+        empty history alone read as "this file never changed" of 'OMOP/Person.csv' typed for 'OMOP/person.csv', or
+        of an absolute path given to `history`, which takes the site-relative one."""
+        similar = self.similar_paths(path, ever=True) if self.latest() else []  # (an absolute path: its site-relative one)
+        hint = (f": did you mean {', '.join(map(repr, similar))}?" if similar
+                else "; paths are site-relative, as the `srcfile` column of `m.files()` has them")
+        warnings.warn(NoSuchPath(f"no file {path!r} in any version of the manifest{hint}"), stacklevel=3)
+
+    def _history(self, srcfile: str) -> pl.DataFrame:
         srcfile = text_argument(srcfile, "a path", str(self.path), '"OMOP/person.csv"')  # a pathlib path too
         rows = self._path_rows(srcfile, None)
         frames, asked = [rows], set()
@@ -497,14 +552,18 @@ class ManifestReader:
                                                        for spelling in (literal, windows) for form in ("NFC", "NFD")),
                                    *([self.site_relative(copied, backslash_separates=False)] if copied else [])]))
 
-    def history_of(self, path: str) -> pl.DataFrame:
-        """`history` of a path as people type it (see spellings): the first spelling the manifest records."""
+    def history_of(self, path: str, *, quiet: bool = False) -> pl.DataFrame:
+        """`history` of a path as people type it (see spellings): the first spelling the manifest records. A path no
+        version has warns (NoSuchPath), unless `quiet` (the command line says it as its error)."""
         spellings = self.spellings(path)
         for srcfile in spellings[:-1]:
-            found = self.history(srcfile)
+            found = self._history(srcfile)
             if found.height:
                 return found
-        return self.history(spellings[-1])
+        found = self._history(spellings[-1])
+        if found.height == 0 and not quiet:
+            self._said_unknown_path(text_argument(path, "a path", str(self.path), '"OMOP/person.csv"'))
+        return found
 
     def similar_paths(self, path: str, limit: int = 5, *, folders: bool = False, ever: bool = False,
                       as_of: str | datetime | None = None) -> list[str]:

@@ -129,3 +129,16 @@ def pad(text: str, width: int, *, right: bool = False) -> str:
     """`text` padded with spaces to `width` terminal columns (text_width), on the left when `right`."""
     fill = " " * max(0, width - text_width(text))
     return fill + text if right else text + fill
+
+
+def home_relative(path: str) -> str:
+    """`path` with this user's home folder written '~' (a shell and `--db` read it back): what a notebook prints of
+    its own environment, kept in the executed copy a reviewer shares, need not name the reviewer's home folder."""
+    import os
+
+    home = os.path.expanduser("~").rstrip("/")
+    if not home or home == "~" or not os.path.isabs(home):  # no home known: the path as it is
+        return path
+    if path == home:
+        return "~"
+    return "~" + path[len(home):] if path.startswith(home + "/") else path

@@ -44,12 +44,13 @@ import polars as pl
 from IPython.display import Markdown, display
 
 from chorus_batch.review import share_argument
+from chorus_batch.units import home_relative
 
 pl.Config.set_tbl_rows(20)
 pl.Config.set_fmt_str_lengths(60)
 pl.Config.set_tbl_width_chars(140)
 plt.rcParams.update({"figure.figsize": (11, 3.5), "figure.dpi": 80, "axes.grid": True, "grid.alpha": 0.3})
-print(f"kernel: python {sys.version.split()[0]}, prefix {sys.prefix}")
+print(f"kernel: python {sys.version.split()[0]}, prefix {home_relative(sys.prefix)}")  # '~': the home folder, not named
 large_change_share = share_argument(large_change_share, "large_change_share")  # 0.05, or "5%" as text
 
 # %% [markdown]

@@ -4,6 +4,7 @@ kernel of this interpreter; and it is the jupytext twin of notebooks/review.py, 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -23,6 +24,7 @@ from conftest import ROOT, run_site, write
 from chorus_batch.errors import UsageError
 from chorus_batch.review import open_manifest
 from chorus_batch.testdata import Spec, make_testdata
+from chorus_batch.units import home_relative
 
 NOTEBOOK = ROOT / "notebooks" / "review.ipynb"
 SCRIPT = ROOT / "notebooks" / "review.py"
@@ -79,7 +81,7 @@ def check_run(nb: nbformat.NotebookNode, min_plots: int) -> str:
     plots = sum("image/png" in o.get("data", {}) for o in outputs(nb))
     assert plots >= min_plots
     out = text(nb)
-    assert f"prefix {sys.prefix}\n" in out  # the kernel runs this interpreter's environment
+    assert f"prefix {home_relative(sys.prefix)}\n" in out  # the kernel runs this interpreter's environment
     return out
 
 
@@ -398,3 +400,32 @@ def test_a_snapshot_folder_of_a_version_not_validated_is_not_said_to_be_clean(tm
     assert "a snapshot folder does not record whether it was validated" in out and "all checks passed" in out
     # (nor does it hold the sessions' header facts: "OK  0 of 2 sessions start outside ..." of starts never read)
     assert "SKIP   waveform sessions: plausible starts and durations: none of the" in out, out
+
+
+def test_the_kernels_environment_under_the_home_folder_is_not_named_by_it(manifests, tmp_path, monkeypatch):
+    """The first cell printed the kernel's `sys.prefix` in full ("prefix /home/alice/miniconda3/envs/chorus"): the
+    executed notebook a reviewer attaches to a review named their home folder. It is written '~' (the environment
+    is still told apart: ~/.venv, ~/miniconda3/envs/chorus)."""
+    home = Path(sys.prefix)  # this interpreter's environment taken as the home folder: a reviewer's ~/.venv is in theirs
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR", "JUPYTER_DATA_DIR", "JUPYTER_CONFIG_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))  # nothing of the kernel's written into that home
+    out = check_run(execute(manifests["single"], tmp_path / "out.ipynb"), PLOTS)
+    assert "prefix ~\n" in out and str(home) not in out, out[:300]
+    assert home_relative(f"{home}/envs/x") == "~/envs/x" and home_relative(f"{home}x/y") == f"{home}x/y"  # a sibling: not home
+
+
+def test_a_manifest_in_azure_given_to_the_notebook_is_said_without_its_signature(tmp_path):
+    """`manifest = "az://c/m.sqlite?sv=...&sig=..."` (as `review --db` takes it) was "no manifest at
+    <cwd>/az:/c/m.sqlite?sv=...&sig=<the signature>", twice, in the executed notebook a reviewer shares. It is
+    said as a manifest in Azure, masked, with the command that reviews it."""
+    url = "az://site/chorus_manifest.sqlite?sv=2024-01-01&sig=SECRETSIGNATURE"
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute(url, out)  # type: ignore[arg-type]
+    assert failed.value.ename == "UsageError" and "not one in Azure: az://site/chorus_manifest.sqlite?sv=***&sig=***" \
+        in failed.value.evalue, failed.value.evalue
+    assert "chorus-batch review --db az://" in failed.value.evalue
+    shown = json.dumps(outputs(nbformat.read(out, as_version=4)))  # (the parameters cell holds what was typed)
+    assert "SECRETSIGNATURE" not in shown and "not one in Azure" in shown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.ipynb"]

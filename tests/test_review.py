@@ -157,6 +157,80 @@ def test_a_time_in_a_named_zone_or_at_the_edge_of_the_calendar_picks_its_version
     assert out.returncode == 2 and "no version was committed" in out.stderr and "internal error" not in out.stderr
 
 
+@pytest.fixture
+def local_zone(monkeypatch):
+    """Sets this process's time zone (TZ) for a test, as a reviewer's kernel away from UTC has it."""
+    def set_zone(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_datetime_without_a_zone_that_reads_as_two_versions_is_asked_which(reader, history, local_zone):
+    """`m.files(datetime.now())` in a kernel in New York: the wall time without a zone was read as UTC, five hours
+    back, and answered the version committed before the latest (or "no version was committed"), silently. Where
+    UTC and this computer's time select different versions, a UsageError names both and how to give a zone;
+    where they select the same one, or in a kernel in UTC, the naive time is answered as before."""
+    committed = datetime.fromisoformat(reader.versions()["finished_at"][0].replace("Z", "+00:00"))
+    between = (committed + timedelta(milliseconds=500)).replace(tzinfo=None)  # v1's wall time in UTC, no zone
+    local_zone("UTC")
+    assert reader.resolve(between) == history["labels"][0]
+    local_zone("America/New_York")  # read as New York's time, `between` is after every version
+    with pytest.raises(UsageError) as said:
+        reader.files(between)
+    message = str(said.value)
+    assert f"has no time zone: read as UTC (as the manifest writes commit times) it selects version " \
+           f"{history['labels'][0]}, read as this computer's time (UTC-05:00" in message, message
+    assert f"version {history['labels'][-1]}" in message and "datetime.now(timezone.utc)" in message, message
+    assert reader.resolve(between.replace(tzinfo=timezone.utc)) == history["labels"][0]  # a zone given: no question
+    assert reader.resolve(between.astimezone()) == history["labels"][-1]
+    assert reader.resolve(datetime(9999, 12, 31)) == history["labels"][-1]  # the same version either way
+    with pytest.raises(UsageError, match="no version was committed at or before 2001-01-01"):
+        reader.files(datetime(2001, 1, 1))
+
+
+def test_history_of_a_path_no_version_has_warns_with_the_path_meant(reader, history):
+    """`m.history("OMOP/Person.csv")` typed for OMOP/person.csv, or an absolute path given to `history` (which takes
+    the site-relative one), gave an empty frame and nothing else: read as "this file never changed". As
+    `files(person=...)` does, a NoSuchPath warning says no version has the path and names the paths meant."""
+    import warnings
+
+    from chorus_batch.review import NoSuchPath
+
+    path = sorted(history["trees"][0])[0]
+    upper = "/".join(part.upper() for part in path.split("/"))
+    with pytest.warns(NoSuchPath, match=f"no file '{upper}' in any version of the manifest: did you mean '{path}'[?]"):
+        assert reader.history(upper).height == 0
+    with pytest.warns(NoSuchPath, match=f"did you mean '{path}'[?]"):
+        assert reader.history_of(upper).height == 0
+    with pytest.warns(NoSuchPath, match="'nope.csv' in any version of the manifest; paths are site-relative"):
+        assert reader.history_of(Path("nope.csv")).height == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoSuchPath)  # a path the manifest has, as stored or as typed: no warning
+        assert reader.history(path).height and reader.history_of(f"./{path}").height
+        assert reader.history_of("nope.csv", quiet=True).height == 0
+    out = cli("history", "--db", str(history["db"]), upper)  # the command line says it once, as its error
+    assert out.returncode == 2 and "NoSuchPath" not in out.stderr and "did you mean" in out.stderr, out.stderr
+
+
+def test_a_url_given_to_open_manifest_is_said_as_one_and_masked(tmp_path, monkeypatch):
+    """`open_manifest("az://c/m.sqlite?sv=...&sig=...")` said "no manifest at <cwd>/az:/c/m.sqlite?...&sig=<the
+    signature>" (twice): a URL taken for a path, its secret printed into the notebook. A URL is said as one, masked."""
+    monkeypatch.chdir(tmp_path)
+    cases = {"az://c/m.sqlite?sv=1&sig=SECRET": "not one in Azure: az://c/m.sqlite?sv=***&sig=***",
+             "https://a.blob.core.windows.net/c/m.sqlite?sig=SECRET": "is a URL (https://)",
+             "s3://b/m.sqlite": "is a URL (s3://)", f"file://{tmp_path}/m.sqlite": f"give the path itself: {tmp_path}/m.sqlite",
+             f"file:{tmp_path}/m.sqlite": f"give the path itself: {tmp_path}/m.sqlite"}
+    for url, said in cases.items():
+        with pytest.raises(UsageError) as refused:
+            open_manifest(url)
+        assert said in str(refused.value) and "SECRET" not in str(refused.value), str(refused.value)
+        assert "no manifest at" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_files_filters_by_modality_and_person(reader, history):
     tree = history["trees"][0]
     person = {p: m for p, m in tree.items() if p.startswith("000002/")}
