@@ -84,14 +84,26 @@ def write(root: Path, rel: str, data: bytes | str = b"x") -> Path:
     return path
 
 
-def edf_bytes(start: datetime | None, *, seconds: int = 10) -> bytes:
-    """An EDF+ file of no signal: its 256-byte header (EDF spec) with the recording's start, or, with None, a
-    de-identified one ("Startdate X": no date known; the fixed field holds the spec's placeholder 01.01.85)."""
+def edf_bytes(start: datetime | None, *, seconds: int = 10,
+              signals: list[tuple[str, str, int]] = (), record_s: str = "1") -> bytes:  # type: ignore[assignment]
+    """An EDF+ file: its 256-byte header (EDF spec) with the recording's start, or, with None, a de-identified one
+    ("Startdate X": no date known; the fixed field holds the spec's placeholder 01.01.85); then, for `signals`
+    ((label, physical dimension, samples per data record) each), their 256-byte signal headers and `seconds` data
+    records of `record_s` seconds (16-bit zeros). No signal: the header alone."""
     when = start or datetime(1985, 1, 1)
     recording = f"Startdate {when.strftime('%d-%b-%Y').upper()} X X X" if start else "Startdate X X X X"
+    ns = len(signals)
     fields = [("0", 8), ("X X X X", 80), (recording, 80), (when.strftime("%d.%m.%y"), 8), (when.strftime("%H.%M.%S"), 8),
-              ("256", 8), ("EDF+C", 44), (str(seconds), 8), ("1", 8), ("0", 4)]
-    return "".join(text.ljust(width) for text, width in fields).encode("ascii")
+              (str(256 * (ns + 1)), 8), ("EDF+C", 44), (str(seconds), 8), (record_s, 8), (str(ns), 4)]
+    head = "".join(text.ljust(width) for text, width in fields)
+    # each field for all signals in turn: label, transducer, physical dimension, physical min/max, digital min/max,
+    # prefiltering, samples per data record, reserved
+    columns = [([label for label, _, _ in signals], 16), (["" for _ in signals], 80), ([dim for _, dim, _ in signals], 8),
+               (["-3200" for _ in signals], 8), (["3200" for _ in signals], 8), (["-32768" for _ in signals], 8),
+               (["32767" for _ in signals], 8), (["" for _ in signals], 80),
+               ([str(n) for _, _, n in signals], 8), (["" for _ in signals], 32)]
+    head += "".join(cell.ljust(width) for cells, width in columns for cell in cells)
+    return head.encode("latin-1") + bytes(2 * seconds * sum(n for _, _, n in signals))
 
 
 def person_ids(persons: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -200,6 +201,11 @@ GONE_FROM_REGISTRY = ("registry.missing_file", "waveform_registry.csv")
 UNKNOWN_IN_REGISTRIES = {("registry.unknown_person", "waveform_registry.csv"), ("registry.unknown_person", "image_registry.csv")}
 
 
+# an EEG session of an EDF+ file whose signals EEG_mapping.csv maps (II, V: 256 Hz, uV), and its annotations
+EDF = f"{P1}/Waveforms/EEG/900555/900555.edf"
+EDF_SIGNALS = [("II", "uV", 256), ("V", "uV", 256), ("EDF Annotations", "", 60)]
+
+
 def unlisted(path: str) -> tuple[str, str]:
     return ("registry.unlisted_file", path)
 
@@ -316,6 +322,18 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("edf_bad_date", add(f"{P1}/Waveforms/EEG/900555/900555.edf",
                          sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5)).replace(b"02.01.24", b"31.02.24")),
      {("edf.bad_header", f"{P1}/Waveforms/EEG/900555/900555.edf"), unlisted(f"{P1}/Waveforms/EEG/900555/900555.edf")}),
+    # an EDF cut inside its signal header (after the fixed 256 bytes: 256 more per signal)
+    ("edf_cut_signal_header", add(EDF, sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=EDF_SIGNALS)[:600]),
+     {("edf.bad_header", EDF), unlisted(EDF)}),
+    # an EDF's signals against the mapping as a WFDB header's are (Waveform File Format 4.1.1: "For each signal in your
+    # data (... EEG lead FP1)" a row): its labels, samples per record / record duration, physical dimensions; EDF+'s
+    # "EDF Annotations" is no signal to map
+    ("edf_unmapped_signal", add(EDF, sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=[
+        ("FP1", "uV", 256), *EDF_SIGNALS])), {("wfdb.unmapped_signal", EDF), unlisted(EDF)}),
+    ("edf_mapping_rate", add(EDF, sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=EDF_SIGNALS, record_s="0.5")),
+     {("wfdb.mapping_rate", EDF), unlisted(EDF)}),
+    ("edf_mapping_units", add(EDF, sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=[
+        ("II", "mV", 256), ("V", "uV", 256)])), {("wfdb.mapping_units", EDF), unlisted(EDF)}),
     ("record_name", edit(f"{SINGLE}.hea", lambda t: t.replace(S0["single"] + " ", "other ", 1)),
      {("wfdb.record_name", f"{SINGLE}.hea")}),
     ("format", edit(f"{SINGLE}.hea", lambda t: t.replace(".dat 16 ", ".dat 999 ")), {("wfdb.format", f"{SINGLE}.hea")}),
@@ -1402,6 +1420,51 @@ def test_a_mapping_header_is_told_the_columns_it_lacks(clean):
     assert told["Metadata/EEG_mapping.csv"].startswith(
         "the header (signal_id,standardized_label,sampling_rate,units,start_time) lacks end_time (a stream-based "
         "mapping has start_time and end_time): "), told
+
+
+def test_an_edfs_signals_are_told_against_the_mapping_as_a_wfdb_records_are(clean):
+    """An EDF (EDF+, BDF) file's signals were never compared with the mapping (its header was read only for its start):
+    an EEG session in EDF whose leads EEG_mapping.csv lacks passed. Its signal header gives each signal's label,
+    physical dimension and samples per data record (/ the record's duration: the rate); EDF+'s "EDF Annotations" is
+    no signal of the data; µV written in Latin-1 is uV; a BDF is read as EDF is."""
+    start = datetime(2024, 1, 2, 3, 4, 5)
+    write(clean, EDF, sitegen.edf_bytes(start, signals=[("FP1", "uV", 256), ("V", "\u00b5V", 256), ("II", "mV", 128),
+                                                        ("EDF Annotations", "", 60)]))
+    bdf = f"{P1}/Waveforms/EEG/900556/900556.bdf"
+    write(clean, bdf, b"\xffBIOSEMI" + sitegen.edf_bytes(start, signals=[("C3", "uV", 256)])[8:])
+    out = validate(clean).filter(pl.col("rule").str.starts_with("wfdb."))
+    told = {(r, s): m for r, s, m in out.select("rule", "srcfile", "message").rows()}
+    assert told == {
+        ("wfdb.unmapped_signal", EDF): "record 900555: signal FP1 is not in Metadata/EEG_mapping.csv: add a row for it "
+        "(signal_id, standardized_label, sampling_rate, units), as the Waveform File Format procedure asks for every "
+        "signal in the data",
+        ("wfdb.mapping_rate", EDF): "record 900555: sampling rates differ from Metadata/EEG_mapping.csv (II 128.0 Hz in "
+        "the header, 256.0 Hz in the mapping): give each signal's nominal sampling rate in the mapping, or fix the header",
+        ("wfdb.mapping_units", EDF): "record 900555: units differ from Metadata/EEG_mapping.csv (II mV in the header, uV "
+        "in the mapping): give each signal's units in the mapping as the data holds them, or fix the header",
+        ("wfdb.unmapped_signal", bdf): "record 900556: signal C3 is not in Metadata/EEG_mapping.csv: add a row for it "
+        "(signal_id, standardized_label, sampling_rate, units), as the Waveform File Format procedure asks for every "
+        "signal in the data"}
+
+
+def test_an_edf_cut_inside_its_signal_header_is_told_so_where_it_is_hashed_too(tmp_path):
+    """The EDF reader read only the fixed 256 bytes: a copy cut after them passed. Read where the file is hashed (the
+    hashing worker parses the bytes it reads, one read per file) and where validation reads it, it is told as cut."""
+    from chorus_batch.sources.base import READ_SIZE
+    from chorus_batch.validate.readers import parser
+    from chorus_batch.validate.rules import KIND_EDF
+
+    data = sitegen.edf_bytes(datetime(2024, 1, 2, 3, 4, 5), signals=EDF_SIGNALS, seconds=3000)
+    assert len(data) > (1 << 20)  # (larger than WHOLE_BYTES: read through the hashing reader, not whole)
+    write(tmp_path, "big.edf", data)
+    write(tmp_path, "cut.edf", data[:700])
+    source = LocalSource(tmp_path)
+    whole = json.loads(source.hash_file("big.edf", bytearray(READ_SIZE), parser(KIND_EDF)).facts)
+    assert [(s["label"], s["units"], s["fs"]) for s in whole["signals"]] == [
+        ("II", "uV", 256.0), ("V", "uV", 256.0), ("EDF Annotations", "", 60.0)]
+    cut = json.loads(source.hash_file("cut.edf", bytearray(READ_SIZE), parser(KIND_EDF)).facts)
+    assert cut == {"error": "the file is 700 bytes, cut inside its header of 1024 bytes (256 + 256 for each of its 3 "
+                            "signals): the copy is cut (an interrupted copy?); copy the file again"}
 
 
 def test_a_readiness_md_without_a_checklist_is_told(clean):

@@ -15,7 +15,8 @@ _POSITIVE_FS = pl.col("fs").is_null() | (pl.col("fs") > 0)
 
 
 def _edf(site: _Site) -> list[pl.LazyFrame]:
-    """An EDF (BDF) recording's header gives its session's start (the waveform registry's capture time)."""
+    """An EDF (BDF) recording's header gives its session's start (the waveform registry's capture time) and its
+    signals (compared with the mapping in _mapped)."""
     headers = site.of_kind(KIND_EDF)
     return [_found("edf.bad_header", headers.filter(pl.col("error").is_not_null()), "srcfile",
                    fmt("not a readable EDF header: {}", pl.col("error")))]
@@ -247,8 +248,9 @@ def _units_key(expr: pl.Expr) -> pl.Expr:
 
 
 def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
-    """The WFDB signals of a category (Telemetry, EEG) against its mapping file (Waveform File Format, 4.1.1: "For
-    each signal in your data ... add a row" with its sampling_rate in Hz and its units). Only where the category's
+    """The WFDB (and EDF, BDF: _edf_signals) signals of a category (Telemetry, EEG) against its mapping file (Waveform
+    File Format, 4.1.1: "For each signal in your data ... add a row" with its sampling_rate in Hz and its units; an EEG
+    lead FP1 is as much a signal in EDF as in WFDB: the wfdb.* rules tell both). Only where the category's
     mapping file was read and maps a signal (metadata.* say what is wrong with one that is missing, unreadable or
     only a header row); a multi-segment
     record's signals are told once, at its multi-segment header."""
@@ -280,7 +282,9 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         .with_columns(_record=pl.coalesce("_record", "_header"), _rate=pl.col("fs") * pl.col("samps_per_frame"),
                       _map=pl.lit("Metadata/") + pl.col("_cat").replace_strict(MAPPING_FILES, return_dtype=pl.String))
         .with_columns(_stem=pl.col("_record").str.split("/").list.last().str.strip_suffix(".hea"))
+        .select(_SIGNAL_COLUMNS)
     )
+    signals = pl.concat([signals, _edf_signals(site, maps["_cat"].unique())])
     unmapped = (
         signals.join(mapped.select("_cat", sig_name=pl.col("signal_id")).unique(), on=["_cat", "sig_name"], how="anti")
         .group_by("_record", "_stem", "_map").agg(pl.col("sig_name").unique().sort())
@@ -330,6 +334,34 @@ def _mapped(site: _Site, headers: pl.DataFrame) -> list[pl.LazyFrame]:
         "{} {} in the header, {} in the mapping", pl.col("sig_name"), header_units, pl.col("_mapped")), case),
         "give each signal's units in the mapping as the data holds them, or fix the header"))
     return out
+
+
+# A mapped signal as _mapped compares it: its file (_header) and record (_record, _stem: told), category and mapping
+# file, name, rate (Hz) and units (as read, and as written where reading changed them)
+_SIGNAL_COLUMNS = ("_header", "_record", "_stem", "_cat", "_map", "sig_name", "_rate", "units", "units_written")
+# EDF+ (BDF+) keeps its annotations (events, time-keeping) in a signal of this label: no signal of the data to map
+_EDF_ANNOTATIONS = ("EDF Annotations", "BDF Annotations")
+
+
+def _edf_signals(site: _Site, categories: pl.Series) -> pl.LazyFrame:
+    """The signals of the readable EDF (BDF) headers of `categories` as _mapped compares them: label as sig_name,
+    physical dimension as units (blank: not stated, not compared), samples per data record / its duration as rate.
+    The record told is the file's name without .edf (the procedure names it after the session)."""
+    edf = site.of_kind(KIND_EDF)
+    return (
+        edf.lazy().filter(pl.col("_ok") & pl.col("_category").is_in(categories.implode())
+                          & (pl.col("signals").list.len() > 0))
+        .select(pl.col("srcfile").alias("_header"), pl.col("_category").alias("_cat"), "signals")
+        .explode("signals").unnest("signals")
+        .filter(pl.col("label").is_not_null() & (pl.col("label") != "") & ~pl.col("label").is_in(_EDF_ANNOTATIONS))
+        .select(
+            "_header", _record=pl.col("_header"),
+            _stem=pl.col("_header").str.split("/").list.last().str.replace(r"(?i)\.[eb]df$", ""), _cat="_cat",
+            _map=pl.lit("Metadata/") + pl.col("_cat").replace_strict(MAPPING_FILES, return_dtype=pl.String),
+            sig_name="label", _rate="fs", units=pl.when(pl.col("units") != "").then("units"),
+            units_written=pl.lit(None, pl.String))
+        .collect()
+    )
 
 
 def _mapping_disagrees(rule: str, disagreeing: pl.LazyFrame, what: str, told: pl.Expr, fix: str) -> pl.LazyFrame:

@@ -1160,10 +1160,13 @@ _EDF_FIX = "export the recording again as EDF (or EDF+/BDF) with its start date 
 
 
 def _edf_facts(f) -> dict[str, Any]:
-    """An EDF (EDF+, BDF) file's fixed 256-byte ASCII header: the recording's start (the waveform registry's capture
-    time of the session) and length. No library of the project reads EDF; the fields are fixed-width (EDF spec:
-    version 8 bytes, patient 80, recording 80, start date dd.mm.yy 8, start time hh.mm.ss 8, header bytes 8, reserved
-    44, data records 8, record duration 8, signals 4)."""
+    """An EDF (EDF+, BDF) file's header: the recording's start (the waveform registry's capture time of the session)
+    and length, from the fixed 256-byte ASCII part, and its signals (label, physical dimension, sampling rate: the
+    mapping file's signal_id, units and sampling_rate) from the ns x 256 bytes that follow. No library of the project
+    reads EDF; the fields are fixed-width (EDF spec: version 8 bytes, patient 80, recording 80, start date dd.mm.yy 8,
+    start time hh.mm.ss 8, header bytes 8, reserved 44, data records 8, record duration 8, signals (ns) 4; then each
+    field for all ns signals in turn: label 16, transducer 80, physical dimension 8, physical minimum 8, maximum 8,
+    digital minimum 8, maximum 8, prefiltering 80, samples per data record 8, reserved 32)."""
     head = _read_up_to(f, 256)
     _compressed(head)
     if len(head) < 256:
@@ -1204,7 +1207,47 @@ def _edf_facts(f) -> dict[str, Any]:
         duration = None
     return {"start_date": start.date().isoformat() if known else None,
             "start_time": start.time().isoformat() if known else None,
-            "duration_s": duration, "edf_plus": edf_plus}
+            "duration_s": duration, "edf_plus": edf_plus,
+            "signals": _edf_signals(f, text, seconds)}
+
+
+# The EDF spec's widths of a signal's fields, each written for all ns signals in turn
+_EDF_SIGNAL_FIELDS = (("label", 16), ("transducer", 80), ("units", 8), ("physical_min", 8), ("physical_max", 8),
+                      ("digital_min", 8), ("digital_max", 8), ("prefiltering", 80), ("samples", 8), ("reserved", 32))
+
+
+def _edf_signals(f, text: str, seconds: str) -> list[dict[str, Any]]:
+    """The signals of an EDF header's ns x 256 bytes after its fixed 256 (`text`: the fixed header after its version):
+    label, physical dimension (units) and sampling rate (samples per data record / the record's duration; None where
+    the duration is 0, as an annotations-only EDF+ file may have). The signal header is ASCII; one written in Latin-1
+    ("µV") is read so rather than refused: the start time before it is good."""
+    n_field, bytes_field = text[244:248].strip(), text[176:184].strip()
+    if not n_field.isdigit():
+        raise BadContent(f"the header's number of signals is {n_field!r}, not an integer; {_EDF_FIX}")
+    ns = int(n_field)
+    length = 256 * (ns + 1)
+    if not bytes_field.isdigit() or int(bytes_field) != length:
+        raise BadContent(f"the header gives its length as {bytes_field!r} bytes, but its {ns} signal{'s' * (ns != 1)} "
+                         f"make it {length} (256 + 256 per signal): the header is damaged; {_EDF_FIX}")
+    block = _read_up_to(f, length - 256)
+    if len(block) < length - 256:
+        raise BadContent(f"the file is {256 + len(block)} bytes, cut inside its header of {length} bytes (256 + 256 for "
+                         f"each of its {ns} signals): the copy is cut (an interrupted copy?); copy the file again")
+    cells: dict[str, list[str]] = {}
+    at = 0
+    for name, width in _EDF_SIGNAL_FIELDS:
+        cells[name] = [block[at + i * width: at + (i + 1) * width].decode("latin-1").strip() for i in range(ns)]
+        at += ns * width
+    try:
+        duration = float(seconds)
+    except ValueError:
+        duration = 0.0
+    signals = []
+    for i in range(ns):
+        samples = cells["samples"][i]
+        rate = int(samples) / duration if samples.isdigit() and duration > 0 else None
+        signals.append({"label": cells["label"][i], "units": cells["units"][i], "fs": rate})
+    return signals
 
 
 _LINE_END = re.compile(rb"\r\n?|\n")

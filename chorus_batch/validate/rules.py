@@ -217,7 +217,10 @@ WFDB_FORMATS = ("0", *WFDB_FORMAT_SIZES, *WFDB_COMPRESSED_FORMATS)  # 0: null si
 # whole short of its pixel data's end (v8: read as a whole image)
 KIND_WFDB, KIND_DICOM, KIND_RECORDS = "wfdb_header.v6", "dicom.v9", "records.v3"
 # edf_header.v1: the start date and time (and length) of an EDF, EDF+ or BDF file's fixed 256-byte header
-KIND_EDF = "edf_header.v1"
+# edf_header.v2 also reads the signal header after it: each signal's label, physical dimension and sampling rate (the
+# mapping's signal_id, units, sampling_rate); a header whose length is not 256 + 256 per signal, or a file cut inside
+# it, is an error (v1: read only the fixed 256 bytes, and mapped no EDF signal)
+KIND_EDF = "edf_header.v2"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
 # v5 also each visit's start and end (registry.visit_time)
@@ -358,8 +361,9 @@ RULES: tuple[Rule, ...] = (
          "A .hea file under Waveforms/ is not a parseable WFDB header."),
     Rule("edf.bad_header", "error", "EDF header unreadable",
          "A .edf (or .bdf) file under Waveforms/ does not begin with the format's 256-byte ASCII header (a version, a "
-         "start date dd.mm.yy and time hh.mm.ss that are a real date and time, the header's length): its recording "
-         "has no start time, which dates the session."),
+         "start date dd.mm.yy and time hh.mm.ss that are a real date and time, the header's length, the number of "
+         "signals) followed by 256 bytes per signal (the file is cut inside them, or the header's length is not 256 + "
+         "256 per signal): its recording has no start time, which dates the session, and its signals are not known."),
     Rule("wfdb.record_name", "error", "WFDB record name differs from file name",
          "A WFDB header's record name differs from its file name without .hea."),
     Rule("wfdb.format", "error", "unsupported WFDB signal format",
@@ -388,16 +392,18 @@ RULES: tuple[Rule, ...] = (
          "In the first upload SOP's naming (<person>_<YYYYMMDD>_<HHMMSS>_<duration>.hea), the WFDB header's base date "
          "or time differs from the name's start, or its length (samples / frequency) from the name's duration by more "
          "than a second."),
-    Rule("wfdb.unmapped_signal", "warning", "WFDB signal not in the mapping file",
-         "A WFDB record of Telemetry (or EEG) has signals whose names are no signal_id of Metadata/Telemetry_mapping.csv "
-         "(or EEG_mapping.csv): the procedure asks for a row for each signal in the data."),
+    Rule("wfdb.unmapped_signal", "warning", "waveform signal not in the mapping file",
+         "A WFDB record (or an EDF/BDF file: its signal labels, not EDF+'s annotations) of Telemetry (or EEG) has "
+         "signals whose names are no signal_id of Metadata/Telemetry_mapping.csv (or EEG_mapping.csv): the procedure "
+         "asks for a row for each signal in the data."),
     Rule("wfdb.mapping_rate", "warning", "mapping sampling rate differs from the header",
          "A mapped signal's sampling_rate in the mapping file differs by more than 1% from its rate in the WFDB "
-         "header (frequency x samples per frame)."),
+         "header (frequency x samples per frame) or EDF header (samples per data record / the record's duration)."),
     Rule("wfdb.mapping_units", "warning", "mapping units differ from the header",
-         "A mapped signal's units in the mapping file differ from its units in the WFDB header (uV, µV and μV are "
-         "one unit in the mapping; case counts, mV is not MV: units that differ only in case are told so, with the "
-         "usual spelling; the header is read as wfdb reads it, as ASCII: a µV there is V)."),
+         "A mapped signal's units in the mapping file differ from its units in the WFDB header, or its physical "
+         "dimension in the EDF header (uV, µV and μV are one unit in the mapping; case counts, mV is not MV: units that "
+         "differ only in case are told so, with the usual spelling; a WFDB header is read as wfdb reads it, as ASCII: a "
+         "µV there is V; an EDF's blank dimension is not compared)."),
     Rule("wfdb.session_record", "warning", "session without its record header",
          "A session folder (Telemetry/ or EEG/<session_id>/) holds WFDB headers but none named <session_id>.hea."),
     Rule("wfdb.numerics_name", "warning", "numerics file misnamed",
