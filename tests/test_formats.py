@@ -268,8 +268,8 @@ def test_a_header_row_is_read_as_a_csv_record(data, columns, delimiter, person_i
 
 
 def test_a_registry_header_with_a_line_end_in_a_quoted_name_is_read_with_its_rows():
-    """The header row was cut at the line end inside the quoted name: fewer names than pyarrow's columns, and the
-    frame given them failed ("cannot parse the file (ShapeError ...)")."""
+    """The header row was cut at the line end inside the quoted name ('trg'): the registry was told to lack
+    trg_file, and none of its rows was read."""
     data = (b'file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,"trg\r\n_file"\r\n'
             b'1,7,101,,9,2020-01-01 00:00:00,a.hea,101/Waveforms/a.hea\r\n')
     facts = readers.parse_facts(KIND_REGISTRY, io.BytesIO(data))

@@ -2108,20 +2108,6 @@ def test_a_spreadsheet_delimiter_hint_before_a_registry_header_is_told_to_be_rem
                                 "(sep=), not the column names: remove that line, so that the header row comes first")]
 
 
-def test_a_semicolon_delimited_table_with_a_comma_in_a_quoted_column_name_is_told_as_semicolon_delimited(clean):
-    """person.csv exported semicolon-delimited, a column name quoted for its comma ("gender, as told"): the delimiter
-    was guessed from every comma of the header, quoted or not, so the header was read as comma-delimited with the
-    names 'person_id;"gender' and 'as told', and told as lacking its key column person_id."""
-    def semicolons(text: str) -> str:
-        lines = text.splitlines()
-        names = [f'"{n}, as told"' if n == "gender_source_value" else f'"{n}"' for n in lines[0].split(",")]
-        return "\n".join([";".join(names)] + [line.replace(",", ";") for line in lines[1:]]) + "\n"
-    edit("OMOP/person.csv", semicolons)(clean)
-    out = validate(clean).filter(pl.col("srcfile") == "OMOP/person.csv")
-    assert out.select("rule", "message").rows() == [
-        ("omop.delimiter", "the header row is split by semicolons, not commas: export the table comma-delimited")]
-
-
 def test_a_compressed_part_is_one_of_the_parts_to_join(clean):
     """measurement_part1.csv beside measurement_part2.csv.gz: the plain part alone was told to be renamed as the table
     (the compressed one left out), which would submit the table without part 2's rows."""
