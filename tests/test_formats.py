@@ -20,7 +20,7 @@ from sitegen import scan_current, sessions_of
 
 from chorus_batch.sources import LocalSource
 from chorus_batch.validate import check, extract_facts, facts_needed, readers
-from chorus_batch.validate.rules import KIND_WFDB
+from chorus_batch.validate.rules import KIND_MAPPING, KIND_PERSON, KIND_REGISTRY, KIND_WFDB
 from chorus_batch.validate.site import _FACT_DTYPES
 
 # wfdb 4.x (the writers sitegen uses) warns about pandas deprecations.
@@ -254,3 +254,48 @@ def test_a_record_named_in_other_characters_than_ascii_is_told_how_wfdb_reads_it
     assert told == [("the header's record name is récord, which wfdb reads as rcord (a WFDB header is ASCII text: other "
                      "characters are dropped), so it is not the file's récord.hea: name the record and its files in "
                      "ASCII (the procedure names them after the integer session id)")], (rel, told)
+
+
+# ----------------------------------------------------------------------------- a CSV header row as export tools write it
+
+@pytest.mark.parametrize(("data", "columns", "delimiter", "person_id"), [
+    # a delimiter inside a quoted name is part of it (was: comma-delimited, 'person_id;"gender' and 'as told')
+    (b'"person_id";"gender, as told"\n1;8507\n', ["person_id", "gender, as told"], ";", None),
+    (b'person_id\t"a, b, c"\n1\t2\n', ["person_id", "a, b, c"], "\t", None),
+    (b'"person_id","a;b;c"\n1,2\n', ["person_id", "a;b;c"], ",", ["1"]),
+    # a second byte-order mark (a tool that adds one to a file that had one) is not part of the first name
+    (b"\xef\xbb\xbf\xef\xbb\xbfperson_id,gender_concept_id\n1,8507\n", ["person_id", "gender_concept_id"], ",", ["1"]),
+    # a line end inside a quoted name is part of it, read as a space (was: the header row cut there, 'gender')
+    (b'person_id,"gender\r\nconcept_id"\r\n1,8507\r\n', ["person_id", "gender concept_id"], ",", ["1"]),
+    (b'"person\n_id",gender_concept_id\n1,8507\n', ["person _id", "gender_concept_id"], ",", None),
+    # ... in a header row without rows nor newline: an empty table (was: pyarrow's "Empty CSV file or block")
+    (b'person_id,"gender\nconcept_id"', ["person_id", "gender concept_id"], ",", []),
+])
+def test_a_header_row_is_read_as_a_csv_record(data, columns, delimiter, person_id):
+    facts = readers.parse_facts(KIND_PERSON, io.BytesIO(data))
+    assert facts == {"columns": columns, "delimiter": delimiter, "person_id": person_id}
+
+
+def test_a_registry_header_with_a_line_end_in_a_quoted_name_is_read_with_its_rows():
+    """The header row was cut at the line end inside the quoted name ('trg'): the registry was told to lack
+    trg_file, and none of its rows was read."""
+    data = (b'file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,"trg\r\n_file"\r\n'
+            b'1,7,101,,9,2020-01-01 00:00:00,a.hea,101/Waveforms/a.hea\r\n')
+    facts = readers.parse_facts(KIND_REGISTRY, io.BytesIO(data))
+    assert facts["columns"][-1] == "trg_file" and facts["trg_file"] == ["101/Waveforms/a.hea"], facts
+
+
+@pytest.mark.parametrize("data", [b'"person_id,gender\n1,2\n', b'person_id,"gender\n1,2\n' + b"3,4\n" * 100_000])
+def test_a_quote_left_open_in_the_header_row_is_told(data):
+    """A header row whose quote is never closed was read as one name of a tab-delimited header ('person_id,"gender'),
+    or (the quote first) as comma-delimited names up to the first line end."""
+    facts = readers.parse_facts(KIND_PERSON, io.BytesIO(data))
+    assert facts == {"error": "the header row opens a quote that is not closed (a column name's closing quote is "
+                              "missing): close it, or write the names without quotes"}
+
+
+@pytest.mark.parametrize("hint", [b"sep=,", b"sep=;", b"sep=\t", b"sep=|"])
+@pytest.mark.parametrize("kind", [KIND_MAPPING, KIND_REGISTRY])
+def test_a_spreadsheet_delimiter_hint_before_a_mapping_or_registry_header_is_told(hint, kind):
+    facts = readers.parse_facts(kind, io.BytesIO(hint + b"\r\nsignal_id,units\r\n1,mV\r\n"))
+    assert facts == {"error": readers.SEP_LINE_REASON}

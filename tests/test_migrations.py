@@ -526,10 +526,10 @@ def test_a_schema_8_manifest_is_checked_again_by_todays_rules_not_shown_the_old_
     assert query(db, "SELECT rule FROM findings WHERE version = ?", (latest,)) == [("registry.absent",)]
     from chorus_batch.validate.rules import edition
 
-    # (the files whose kinds are newer than the manifest's facts are read: procedure_occurrence.csv, omop_procedures;
-    # the two mapping files, mapping_csv.v4; visit_occurrence.csv, omop_visits.v5; the 7 WFDB headers, wfdb_header.v6;
-    # READINESS.md and SUBMISSION.md, metadata_md.v4)
-    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 4 + 7 + 2)]
+    # (the files whose kinds are newer than the manifest's facts are read: its 15 CSV files, each CSV kind's header row
+    # now read as a CSV record (omop_csv.v2 and the others); the 7 WFDB headers, wfdb_header.v6; READINESS.md and
+    # SUBMISSION.md, metadata_md.v4)
+    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 15 + 7 + 2)]
     # Checked by today's rules now: the next look shows what is stored, and says nothing of other rules.
     again = cli("validate", "--db", str(db), "--site", str(site))
     assert again.returncode == checked.returncode and "registry.absent" in again.stdout
@@ -588,13 +588,14 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert query(db, "SELECT value FROM meta WHERE key = 'classification'")[0][0].startswith(f"{CLASSIFY_LOGIC}:")
     # The newer kinds read once each (procedure_occurrence.csv; waveform_registry.csv; visit_occurrence.csv; READINESS.md
     # and SUBMISSION.md; the WFDB headers, wfdb_header.v6), and today's rules applied.
-    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v4', 'registry_csv.v12', "
-                     "'omop_visits.v5', 'metadata_md.v4', 'wfdb_header.v6', 'dicom.v9') GROUP BY kind ORDER BY kind") == [
-        ("metadata_md.v4", 2), ("omop_procedures.v4", 1), ("omop_visits.v5", 1), ("registry_csv.v12", 1),
+    assert query(db, "SELECT kind, count(*) FROM file_facts WHERE kind IN ('omop_procedures.v5', 'registry_csv.v12', "
+                     "'omop_visits.v6', 'metadata_md.v4', 'wfdb_header.v6', 'dicom.v9') GROUP BY kind ORDER BY kind") == [
+        ("metadata_md.v4", 2), ("omop_procedures.v5", 1), ("omop_visits.v6", 1), ("registry_csv.v12", 1),
         ("wfdb_header.v6", 7)]
     from chorus_batch.validate.rules import edition
 
-    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 5 + 7)]
+    # (its 18 CSV files too: every CSV kind is newer, its header row read as a CSV record)
+    assert query(db, "SELECT rules, headers_read FROM validations WHERE version = ?", (latest,)) == [(edition(), 18 + 7)]
     rules = {rule for (rule,) in query(db, "SELECT rule FROM findings WHERE version = ?", (latest,))}
     assert {"registry.procedure_person", "path.unparsed"} <= rules
 
@@ -606,7 +607,7 @@ def test_the_previous_releases_manifest_is_classified_and_read_again_once_and_ke
     assert "classified otherwise" not in again.stderr and "other rules" not in again.stderr
     assert query(db, "SELECT key, value FROM meta ORDER BY key") == state
     assert query(db, "SELECT count(*) FROM file_facts") == facts and sorted(query(db, "SELECT * FROM findings")) == findings
-    assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(5 + 7,)]
+    assert query(db, "SELECT headers_read FROM validations WHERE version = ?", (latest,)) == [(18 + 7,)]
     assert cli("upgrade", "--db", str(db)).stdout.endswith(f"already at schema {schema_module.SCHEMA_VERSION}; nothing to do\n")
 
 

@@ -381,7 +381,7 @@ def test_a_missing_file_is_said_to_be_missing_where_a_read_is_reported(built):
         with pytest.raises(FileNotFoundError) as caught:
             call("OMOP/no_such_file.csv")
         assert caught.value.strerror and "no such" in caught.value.strerror.lower(), repr(caught.value)
-    said = read_facts(built.source, "OMOP/no_such_file.csv", "omop_csv")
+    said = read_facts(built.source, "OMOP/no_such_file.csv", "omop_csv.v2")
     assert said["retry"] is True and "no such" in said["error"].lower(), said
 
 

@@ -1024,7 +1024,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v6", "dicom.v9", "omop_csv", "metadata_md.v4"}
+    assert set(errors) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "metadata_md.v4"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1090,8 +1090,8 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv", "omop_person.v2", "omop_visits.v5", "metadata_md.v4",
-                                 "mapping_csv.v4", "registry_csv.v12", "omop_procedures.v4"}
+    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "omop_person.v3", "omop_visits.v6", "metadata_md.v4",
+                                 "mapping_csv.v5", "registry_csv.v12", "omop_procedures.v5"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 
 
@@ -1169,7 +1169,7 @@ def test_a_csv_row_too_long_to_parse_is_a_finding_and_the_file_hashes_true(tmp_p
 
     body = b"person_id,note\n000001," + b"a" * (12 << 20) + b"\n000002,b\n"
     write(tmp_path, "OMOP/person.csv", body)
-    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v2"))
+    outcome = LocalSource(tmp_path).hash_file("OMOP/person.csv", bytearray(1 << 20), parser("omop_person.v3"))
     assert outcome.md5 == hashlib.md5(body).hexdigest()
     assert "longer than 4 MiB" in outcome.facts and "block size" not in outcome.facts
 
@@ -1194,15 +1194,15 @@ def test_a_table_ending_in_zeros_is_told_so_not_as_an_unclosed_quote(tmp_path):
     body = b"person_id,note\n000001,a\n000002,b\n" + b"\0" * (12 << 20)
     write(tmp_path, "OMOP/person.csv", body)
     with open(tmp_path / "OMOP/person.csv", "rb") as f:
-        facts = parse_facts("omop_person.v2", f)
+        facts = parse_facts("omop_person.v3", f)
     assert "NUL bytes" in facts["error"] and "quote" not in facts["error"], facts["error"]
 
 
 ZEROS_CASES = [  # (kind, file, its header and a row): each reader of CSV text
-    ("omop_person.v2", "OMOP/person.csv", "person_id,note\n000001,a\n"),
-    ("omop_procedures.v4", "OMOP/procedure_occurrence.csv",
+    ("omop_person.v3", "OMOP/person.csv", "person_id,note\n000001,a\n"),
+    ("omop_procedures.v5", "OMOP/procedure_occurrence.csv",
      "procedure_occurrence_id,person_id,procedure_concept_id\n1,000001,4180938\n"),
-    ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv",
+    ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv",
      "signal_id,standardized_label,sampling_rate,units,timestamp_id\nII,MDC_ECG_ELEC_POTL_II,250,mV,t\n"),
     ("registry_csv.v12", "image_registry.csv",
      "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\na,1,000001,g,5,2024-01-01 00:00:00,a,b\n"),
@@ -1301,8 +1301,8 @@ def test_an_unfinished_copy_of_a_mapping_file_or_registry_is_told_once_with_one_
         assert messages[rel].count("cannot read") == 1 and messages[rel].endswith("copy or export the file again"), messages[rel]
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
-                                        ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v3", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv"),
+                                        ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv")])
 def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow copies an unquoted row after "Expected 8 columns, got 4: " (only a quoted one was cut off): the
     person ids and values of a registry or table row went into the finding, stored in the manifest and reports."""
@@ -1317,7 +1317,7 @@ def test_a_row_of_too_few_fields_is_named_by_number_and_its_values_are_not_copie
     assert "Row #3" in error and "got 4" in error and "000888" not in error and "SECRET" not in error, error
 
 
-@pytest.mark.parametrize("kind, name", [("omop_person.v2", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
+@pytest.mark.parametrize("kind, name", [("omop_person.v3", "OMOP/person.csv"), ("registry_csv.v12", "image_registry.csv")])
 def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tmp_path, kind, name):
     """pyarrow quotes the rows it cannot parse; a finding is stored in the manifest and shown in reports, and
     these rows hold person ids and clinical values. The finding names the row, not its content."""
@@ -1333,8 +1333,8 @@ def test_a_malformed_csv_row_is_named_by_number_and_its_values_are_not_copied(tm
 
 @pytest.mark.parametrize("kind, name, column", [
     ("registry_csv.v12", "image_registry.csv", "src_file (column 7)"),
-    ("mapping_csv.v4", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
-    ("omop_person.v2", "OMOP/person.csv", "person_id (column 2)"),
+    ("mapping_csv.v5", "Metadata/Telemetry_mapping.csv", "units (column 4)"),
+    ("omop_person.v3", "OMOP/person.csv", "person_id (column 2)"),
 ])
 def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(tmp_path, kind, name, column):
     """A Latin-1 byte (a Windows export of "Hôpital", "µV") made pyarrow say "In CSV column #6", counting from 0: the
@@ -1343,9 +1343,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
     rows = {"registry_csv.v12": "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file\n"
                                "1,2,000777,g,5,2024-01-01 00:00:00,/H\xf4pital/a.dcm,x.dcm\n",
-            "mapping_csv.v4": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
+            "mapping_csv.v5": "signal_id,standardized_label,sampling_rate,units,timestamp_id\n"
                            "II,MDC_ECG_ELEC_POTL_II,250,\xb5V,t\n",
-            "omop_person.v2": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
+            "omop_person.v3": "gender_concept_id,person_id\n8507,\xa0101\n"}[kind]
     write(tmp_path, name, rows.encode("latin-1"))
     with open(tmp_path / name, "rb") as f:
         error = parse_facts(kind, f)["error"]
@@ -1353,9 +1353,9 @@ def test_latin1_bytes_are_told_by_the_column_name_not_pyarrows_count_from_zero(t
 
 
 @pytest.mark.parametrize("kind, name, header, empty", [
-    ("omop_person.v2", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
-    ("omop_visits.v5", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
-    ("mapping_csv.v4", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
+    ("omop_person.v3", "OMOP/person.csv", "person_id,gender_concept_id", "person_id"),
+    ("omop_visits.v6", "OMOP/visit_occurrence.csv", "\ufeffvisit_occurrence_id,person_id", "visit_occurrence_id"),
+    ("mapping_csv.v5", "Metadata/EEG_mapping.csv", "signal_id,standardized_label,sampling_rate,units,timestamp_id", "rows"),
     ("registry_csv.v12", "image_registry.csv", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file",
      "rows"),
 ])
@@ -1369,7 +1369,7 @@ def test_a_header_row_without_rows_nor_newline_is_an_empty_table_not_an_unreadab
     with open(tmp_path / name, "rb") as f:
         facts = parse_facts(kind, f)
     assert "error" not in facts, facts
-    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v5 keeps a column as one text)
+    assert facts[empty] in ([], 0, ""), facts  # ("": omop_visits.v6 keeps a column as one text)
 
 
 def test_a_blank_first_line_is_told_as_empty_not_as_values(clean):
@@ -1878,7 +1878,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
             f"x9,1,4000\n2001000000,{P0},4141651\n2000000001,1,4180938\n")  # (2001000000: the registry's first row, P0's)
     write(tmp_path, "OMOP/procedure_occurrence.csv", body)
     with open(tmp_path / "OMOP/procedure_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_procedures.v4", f)
+        facts = parse_facts("omop_procedures.v5", f)
     assert facts["ehr_runs"] == [[9000, 9001], [9003, 9003]]
     assert facts["runs"] == [[9000, 9001], [9003, 9003], [2000000001, 2000000001], [2001000000, 2001000000]]
     registry("Waveforms")(clean)  # proc_ids 2001000000 + k
@@ -1896,7 +1896,7 @@ def test_procedure_rows_made_from_the_registries_are_no_overlap_and_runs_cover_t
 
 @pytest.mark.parametrize("kind, header", [
     ("registry_csv.v12", "file_id,proc_id,person_id,group_id,visit_id,datetime,src_file,trg_file,Person_ID"),
-    ("mapping_csv.v4", "signal_id,standardized_label,sampling_rate,units,units"),
+    ("mapping_csv.v5", "signal_id,standardized_label,sampling_rate,units,units"),
 ])
 def test_a_column_named_twice_is_told_as_such_not_as_a_library_error(tmp_path, kind, header):
     """A registry or mapping file naming a column twice was 'cannot parse the file (DuplicateError: ...)'."""
@@ -2146,7 +2146,7 @@ def test_visit_occurrence_keeps_each_column_as_one_text_of_its_values(tmp_path):
     write(tmp_path, "OMOP/visit_occurrence.csv",
           'visit_occurrence_id,person_id\n1,000001\n 2 , 2 \n,3\n4,\n"5\n6",7\n')
     with open(tmp_path / "OMOP/visit_occurrence.csv", "rb") as f:
-        facts = parse_facts("omop_visits.v5", f)
+        facts = parse_facts("omop_visits.v6", f)
     assert facts["visit_occurrence_id"].split(JOINED) == ["1", "2", "4", "5 6"], facts
     assert facts["person_id"].split(JOINED) == ["000001", "2", "", "7"], facts
 
@@ -2245,6 +2245,16 @@ def test_a_spreadsheet_delimiter_hint_before_the_header_is_told_to_be_removed(cl
     assert out.select("rule", "message").rows() == [
         ("omop.no_header", "the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove "
                            "that line, so that the header row comes first")]
+
+
+def test_a_spreadsheet_delimiter_hint_before_a_registry_header_is_told_to_be_removed(clean):
+    """A registry with Excel's "sep=," line before its header row was told that its header ("sep=,") lacked the
+    registry's columns ("write one row per file with these columns"), though they are on its second line."""
+    edit("waveform_registry.csv", lambda t: "sep=,\n" + t)(clean)
+    out = validate(clean).filter(pl.col("srcfile") == "waveform_registry.csv")
+    assert out.select("rule", "message").rows() == [
+        ("registry.unreadable", "cannot read this registry: the first line is a delimiter hint for spreadsheets "
+                                "(sep=), not the column names: remove that line, so that the header row comes first")]
 
 
 def test_a_compressed_part_is_one_of_the_parts_to_join(clean):

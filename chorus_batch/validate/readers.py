@@ -936,9 +936,13 @@ def _table(f):
     import pyarrow.csv as pacsv
 
     facts, raw, ended = _csv_header(f)
+    columns = facts["columns"]
+    if columns and columns[0].startswith("sep=") and len(columns) <= 2:  # (as checks_omop tells an OMOP table's)
+        # Excel's "sep=;" line: read as a header of the names "sep=" and "", or split by its delimiter, which told
+        # a registry's as lacking its columns, though they are on the next line
+        raise BadContent(SEP_LINE_REASON)
     if facts["delimiter"] != ",":
         return facts, None
-    columns = facts["columns"]
     if not any(columns):  # a byte-order mark alone, a blank line, commas only: not a header said to lack names
         raise BadContent("the first line is empty, not the column names: write the header row first")
     unnamed = [str(k + 1) for k, c in enumerate(columns) if not c]
@@ -1268,40 +1272,105 @@ def _utf16(data: bytes) -> bool:
     return len(head) >= 8 and ((odd.count(0) == len(odd) and 0 not in even) or (even.count(0) == len(even) and 0 not in odd))
 
 
+# The delimiters a header row may be split by (a site's export tool: Excel's "CSV" in a locale with a decimal comma
+# writes semicolons, "Text (tab delimited)" tabs, a database's export pipes): the one split most often wins, commas
+# on a tie
+_DELIMITERS = (",", "\t", ";", "|")
+
+
+def _record(delimiter: str, strict: bool = False) -> re.Pattern:
+    """A CSV record's fields as the csv module and pyarrow read them (bytes): a field quoted from its start (a quote
+    inside it doubled, line ends kept, what follows its closing quote up to the delimiter part of it) or not (its
+    quotes are characters like the others). A quote opened and not closed ends the match before it. `strict`: quotes
+    as a writer of that delimiter writes them only: around a whole field (its closing quote followed by the delimiter
+    or the line end), none in a field not quoted."""
+    d = re.escape(delimiter.encode())
+    if strict:
+        field = rb'(?:"(?:[^"]|"")*"(?=' + d + rb'|[\r\n]|\Z)|[^"' + d + rb'\r\n]*)'
+    else:
+        field = rb'(?:"(?:[^"]|"")*"[^' + d + rb'\r\n]*|(?!")[^' + d + rb'\r\n]*)'
+    return re.compile(field + rb"(?:" + d + field + rb")*")
+
+
+_RECORDS = {d: (_record(d), _record(d, strict=True)) for d in _DELIMITERS}
+
+
+def _header_record(data: bytes) -> tuple[dict[str, tuple[int, bool, int]], bool]:
+    """Per delimiter, where the header record (`data`'s first) ends, whether its quotes are those of a writer of that
+    delimiter (each closing quote followed by it or the line end: '"person_id";"gender, as told"' is two quoted
+    names split by a semicolon, not a name '"person_id";"gender' and a comma) and how many times it is split by the
+    delimiter (outside quotes); and whether the record of one of them runs on past `data` (a quote not closed yet:
+    its end is -1)."""
+    found, open_quote = {}, False
+    for d, (record, strict) in _RECORDS.items():
+        m = record.match(data)  # (None: a quote opened first, not closed)
+        end = m.end() if m else 0
+        if end < len(data) and data[end:end + 1] not in (b"\r", b"\n"):  # a quote opened and not closed in `data`
+            open_quote, end = True, -1
+        # (the delimiters outside quotes: those the csv module splits the record by)
+        splits = len(next(csv.reader([data[:end].decode("latin-1")], delimiter=d))) - 1 if 0 < end <= MAX_CSV_HEADER_BYTES \
+            else 0
+        clean = strict.match(data)
+        found[d] = (end, end >= 0 and clean is not None and clean.end() == end, splits)
+    return found, open_quote
+
+
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+# (a header row's names are read with the csv module: one name as long as the row is, not its 128 KiB, is refused
+# by the row's limit, said as such, not as the csv module's "field larger than field limit")
+csv.field_size_limit(max(csv.field_size_limit(), MAX_CSV_HEADER_BYTES + 1))
+
+
 def _csv_header(f) -> tuple[dict[str, Any], list[str], bool]:
-    """The facts of a CSV's first line, its column names as written (for pyarrow), and whether the file ends with
-    that line unterminated: a header row without rows nor newline, which pyarrow refuses ("Empty CSV file")."""
+    """The facts of a CSV's header row, its column names as written (for pyarrow), and whether the file ends with
+    that row unterminated: a header row without rows nor newline, which pyarrow refuses ("Empty CSV file")."""
     # A line ends at LF, CRLF or a CR alone (classic Mac OS line ends, as some spreadsheet exports still write them;
     # pyarrow reads all three): a file of CR-ended lines was one endless first line, handed whole to the csv module
     # ("new-line character seen in unquoted field"), or, under 1 MiB, a header row without rows.
-    data = b""
-    while b"\n" not in data and b"\r" not in data and len(data) <= MAX_CSV_HEADER_BYTES:
+    # The header row is a CSV record, as pyarrow reads it: a delimiter or a line end inside a quoted name is part of
+    # the name (its delimiter was guessed from every comma of the line, quoted or not: "gender, as told" in a
+    # semicolon-delimited header made it comma-delimited; a quoted line end cut the header row in two).
+    data, more = b"", True
+    while len(data) <= MAX_CSV_HEADER_BYTES:
         chunk = f.read(64 * 1024)
         if not chunk:
+            more = False
             break
         data += chunk
+        if _LINE_END.search(data) and not _header_record(data.removeprefix(b"\xef\xbb\xbf"))[1]:
+            break
     if not data:
         raise BadContent("the file is empty (no header row)")
     _compressed(data)
     if _utf16(data):
         raise BadContent(UTF16_REASON)
-    line, ended = _LINE_END.split(data, 1)[0], _LINE_END.search(data) is None
-    if b"\0" in line:  # (a copy that did not finish before its first line: zeros only)
-        raise BadContent(NUL_REASON)
-    if len(line) > MAX_CSV_HEADER_BYTES:
+    body = data.removeprefix(b"\xef\xbb\xbf")  # (pyarrow passes over a byte-order mark: one)
+    found, open_quote = _header_record(body)
+    if b"\0" in body[:max([end for end, _, _ in found.values()] + [0]) if not open_quote else len(body)]:
+        raise BadContent(NUL_REASON)  # (a copy that did not finish before its first line: zeros only)
+    delimiter = max(_DELIMITERS, key=lambda d: (found[d][1], found[d][2], d == ","))
+    if found[delimiter][2] == 0:  # one name: no delimiter told (a quote left open hid the commas after it)
+        delimiter = ","
+    end = found[delimiter][0]
+    if end < 0:
+        raise BadContent("the header row opens a quote that is not closed (a column name's closing quote is "
+                         "missing): close it, or write the names without quotes")
+    if end > MAX_CSV_HEADER_BYTES:
         raise BadContent(f"the first line is longer than {MAX_CSV_HEADER_BYTES // 1024} KiB: not a CSV header row")
+    if end == len(body) and more:  # (the header row ends where the bytes read do: does the file?)
+        more = bool(f.read(1))
+    line, ended = body[:end], end == len(body) and not more
     try:
-        text = line.decode("utf-8-sig")
+        text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise BadContent("the header row is not UTF-8 text") from None
-    if _BINARY.search(text):
+    if _BINARY.search(text.replace("\r", "").replace("\n", "")):
         raise BadContent("the header row holds control characters (binary data?)")
-    counts = {d: text.count(d) for d in (",", "\t", ";", "|")}
-    delimiter = max(counts, key=lambda d: (counts[d], d == ","))
-    if counts[delimiter] == 0:
-        delimiter = ","
-    raw = next(csv.reader([text], delimiter=delimiter)) if text else []
-    columns = [c.strip().strip('"').strip().lower() for c in raw]
+    raw = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)) if text else []
+    # (a second byte-order mark, as a tool that adds one to a file that had one writes it: not part of the name; a
+    # line end inside a name read as a space, as _csv_joined reads a value's)
+    columns = [_LINE_BREAK.sub(" ", c.lstrip("\ufeff" if k == 0 else "")).strip().strip('"').strip().lower()
+               for k, c in enumerate(raw)]
     return {"columns": columns, "delimiter": delimiter}, raw, ended
 
 
@@ -1379,6 +1448,8 @@ def _arrow_reason(exc: Exception, block: int, names: list[str]) -> str:
                                                        if "Expected" in text and "columns" in text else "")
 
 
+SEP_LINE_REASON = ("the first line is a delimiter hint for spreadsheets (sep=), not the column names: remove that line, "
+                   "so that the header row comes first")
 NUL_REASON = ("the file holds NUL bytes, which CSV text never does: binary data, or the zeros a copy that did not "
               "finish leaves (a file at its full size, filled only in part); copy or export the file again")
 
@@ -1390,7 +1461,7 @@ TEXT_NUL_REASON = ("the file holds NUL bytes, which text never does: binary data
 # The endings of the reasons that say themselves what to do: a finding adds no other remedy to them (an unfinished
 # copy is copied again, not "written as UTF-8 text"; "copy it again": site.EMPTY_READ, an empty file's). (`the table`: the
 # wording facts cached before 2026-12-04 hold.)
-OWN_REMEDY = (r"(write the header row first|name every column|keep one column of each name|copy or export the (file|table) "
+OWN_REMEDY = (r"(write the header row first|so that the header row comes first|write the names without quotes|name every column|keep one column of each name|copy or export the (file|table) "
               r"again|copy the file again|copy it again|export it again as CSV UTF-8|Waveforms/RECORDS\) instead|" + COMPRESSED_REMEDY + ")$")
 
 

@@ -224,7 +224,12 @@ KIND_EDF = "edf_header.v2"
 # .v2 of the CSV kinds read with pyarrow: a header row without rows nor newline is an empty table, no longer an error
 # omop_visits.v3 also keeps each visit's person_id (registry.visit_person); v4 keeps each column as one text (readers._csv_joined);
 # v5 also each visit's start and end (registry.visit_time)
-KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", "omop_visits.v5", "waveform_links.v2"
+# The CSV kinds' next versions (omop_csv.v2, omop_person.v3, omop_visits.v6, waveform_links.v3, mapping_csv.v5,
+# registry_csv.v12, omop_procedures.v5) read the header row as a CSV record: a delimiter or a line end inside a quoted
+# column name is part of it (a semicolon-delimited '"person_id";"gender, as told"' was read as comma-delimited, the
+# names 'person_id;"gender' and 'as told'), a second byte-order mark is not part of the first name, a quote left open
+# is told as such; mapping_csv.v5 and registry_csv.v12 tell a first line "sep=;" (a spreadsheet's delimiter hint)
+KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v3", "omop_visits.v6", "waveform_links.v3"
 # registry_csv.v2 counts rows without src_file and without trg_file apart (the image registry may leave trg_file empty);
 # v3 counts rows whose person_id is not the person folder of their trg_file (and reads a header without newline);
 # v4 counts empty proc_id and datetime cells apart from values that are not an integer or a timestamp, keeps
@@ -253,12 +258,13 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv", "omop_person.v2", 
 # metadata_md.v4 reads a file saved as UTF-16 with its byte-order mark (v3: "the file is UTF-16 text, not UTF-8")
 # metadata_md.v4 also reads SUBMISSION.md's table of variables (Variable name | Description | Data type | Unit): how many
 # it describes and the answers its rows leave out (metadata.submission_answers)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v4", "mapping_csv.v4", "registry_csv.v12"
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v4", "mapping_csv.v5", "registry_csv.v12"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
 # v4 also keeps the person_id of each row of a linkage concept (registry.procedure_person)
-KIND_PROCEDURES = "omop_procedures.v4"
+# v5: the header row read as a CSV record (see omop_csv.v2 above)
+KIND_PROCEDURES = "omop_procedures.v5"
 KINDS = (KIND_WFDB, KIND_DICOM, KIND_RECORDS, KIND_EDF, KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_MARKDOWN,
          KIND_MAPPING, KIND_REGISTRY, KIND_PROCEDURES)
 CSV_KINDS = (KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS, KIND_PROCEDURES)
