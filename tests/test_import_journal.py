@@ -15,7 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -976,6 +976,62 @@ def test_a_history_time_that_cannot_be_read_is_a_finding_and_the_version_is_stil
         assert unread == []
     else:
         assert len(unread) == 1 and f"{table} row COMMAND_ID 3" in unread[0] and f"DATETIME {said}" in unread[0]
+
+
+# A clock set back (or ahead) on one run: its DATETIME is readable but out of order with the commands before and after
+# it (COMMAND_ID counts up). It is taken as an unreadable one (the version placed by its rows, a finding saying why),
+# not told as versions whose labels are out of order with the advice to give up on the history.
+@pytest.mark.parametrize("schema", ["A", "B"])
+@pytest.mark.parametrize("version, shift", [(V2, timedelta(hours=-3)), (V2, timedelta(seconds=-9)),
+                                            (V1, timedelta(days=400))], ids=["back", "back-seconds", "ahead"])
+def test_a_history_time_out_of_order_is_taken_as_unreadable_and_the_version_is_still_cut(schema, version, shift,
+                                                                                         tmp_path):
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS[schema], journal)
+    table = {"A": "command_history_v2", "B": "command_history"}[schema]
+    con = sqlite3.connect(journal)
+    with con:
+        (command, was) = con.execute(f"SELECT COMMAND_ID, DATETIME FROM {table} WHERE PARAMS = '--version {version}'"
+                                     ).fetchone()
+        when = (datetime.strptime(was, "%Y-%m-%d %H:%M:%S UTC") + shift).strftime("%Y-%m-%d %H:%M:%S UTC")
+        con.execute(f"UPDATE {table} SET DATETIME = ? WHERE COMMAND_ID = ?", (when, command))
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    assert files_as_of(db, V1) == tree("v1", schema=schema)
+    assert files_as_of(db, V2) == tree("v2", schema=schema)
+    unread = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unreadable-history"]
+    assert len(unread) == 1 and f"{table} row COMMAND_ID {command}" in unread[0], unread
+    assert f"DATETIME {when!r} is out of order" in unread[0] and "clock" in unread[0]
+
+
+# The clock set back for the rest of the history, the rows written since carrying it too: no time places the versions,
+# and cut by these times they would mix. Said as the clock (and how to correct it), nothing imported; not as labels
+# out of order with the advice to give up on the history.
+@pytest.mark.parametrize("schema", ["A", "B"])
+def test_a_clock_set_back_for_the_rest_of_the_history_and_its_rows_is_said_and_nothing_imported(schema, tmp_path):
+    table = {"A": "command_history_v2", "B": "command_history"}[schema]
+    rows = {"A": "journal_v2", "B": "journal"}[schema]
+    journal = tmp_path / "journal.db"
+    shutil.copy(JOURNALS[schema], journal)
+    con = sqlite3.connect(journal)
+    with con:
+        (command, was) = con.execute(f"SELECT COMMAND_ID, DATETIME FROM {table} WHERE PARAMS = '--version {V2}'"
+                                     ).fetchone()
+        cut = int(datetime.strptime(was, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc).timestamp() * 1e6)
+        con.execute(f"UPDATE {table} SET DATETIME = strftime('%Y-%m-%d %H:%M:%S UTC', substr(DATETIME, 1, 19), "
+                    "'-3 hours') WHERE COMMAND_ID >= ?", (command,))
+        for column in ("TIME_VALID_us", "TIME_INVALID_us"):
+            con.execute(f"UPDATE {rows} SET {column} = {column} - 10800000000 WHERE {column} >= ?", (cut,))
+    con.close()
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2, out.stderr
+    assert "clock" in out.stderr and "nothing was imported" in out.stderr and "Traceback" not in out.stderr
+    assert "correct the times" in out.stderr and "does not sort after" not in out.stderr
+    assert not db.exists()
 
 
 @pytest.mark.parametrize("sql, words", [
