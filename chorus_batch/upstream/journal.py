@@ -195,7 +195,8 @@ def _unreadable(path: str, exc: Exception, file: str | None = None) -> UsageErro
     if "malformed" in str(exc) or "corrupt" in str(exc):
         return UsageError(f"the journal {path} is damaged ({exc})", where=path,
                           fix="import a good copy (a backup, or the copy chorus-upload keeps in its [journal.source]); "
-                              f"with none, copy out what is still readable and import that: {salvage_command(str(path))}")
+                              "with none, copy out what is still readable and import that (rows on damaged or missing pages are lost; "
+                              f"what it copied is the history that can still be imported): {salvage_command(str(path))}")
     return UsageError(f"cannot read the journal {path} ({exc})", where=path,
                       fix="check that it is readable by you and that no chorus-upload command is writing it, then "
                           "run again (the journal is only read)")
