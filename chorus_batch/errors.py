@@ -292,11 +292,14 @@ def soft_limit(name: str) -> int | None:
 def salvage_command(damaged: str) -> str:
     """A shell command that copies what SQLite can still read of a damaged database into a new file beside it. Not
     `sqlite3 DB .recover`: the sqlite3 3.40 of Debian bookworm lacks the page reader it needs and writes no table
-    ("SQL logic error"). `.dump` reads what it can and ends "ROLLBACK; -- due to errors", turned into COMMIT."""
+    ("SQL logic error"). `.dump` reads what it can and ends "ROLLBACK; -- due to errors", turned into COMMIT. A table
+    it cannot read to the end it reads again backwards (ORDER BY rowid DESC), writing its first rows twice, and a page
+    cut short gives rows of zeros and NULLs: each INSERT is INSERT OR IGNORE, so that such a row is skipped (it stopped
+    the copy's rows with "UNIQUE constraint failed" / "NOT NULL constraint failed", and the command's exit status 1)."""
     import shlex
 
-    return (f"sqlite3 {shlex.quote(damaged)} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | "
-            f"sqlite3 {shlex.quote(damaged + '.salvaged')}")
+    return (f"sqlite3 {shlex.quote(damaged)} .dump | sed -e 's/^INSERT INTO /INSERT OR IGNORE INTO /' "
+            f"-e 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {shlex.quote(damaged + '.salvaged')}")
 
 
 FILE_SIZE_FIX = ("raise or remove the limit (`ulimit -f unlimited` in the job's script, or ask the batch system's "

@@ -763,6 +763,57 @@ path = "/data/site"
 
 
 
+@pytest.mark.parametrize("path,to,account", [
+    ("https://acct.blob.core.windows.net/central/site1", "az://central/site1/", "https://acct.blob.core.windows.net"),
+    ("https://acct.dfs.core.windows.net/central/", "az://central/", "https://acct.blob.core.windows.net"),
+    ("https://upload.chorus4ai.org/mgh/site1", "az://mgh/site1/", "https://upload.chorus4ai.org"),
+])
+@pytest.mark.parametrize("sas", [False, True], ids=["plain", "sas"])
+def test_a_central_path_given_as_a_container_url_becomes_central_to_and_the_account(tmp_path, path, to, account, sas):
+    """central_path.path as the full https:// URL of the container (as the Azure portal shows it, a SAS token after it
+    or not) was said to be "not an Azure container", [central] to and [azure] account_url left unset. A custom domain
+    is taken as the account's when chorus-upload signed in to it (azure_account_url)."""
+    custom = "chorus4ai" in path
+    source = _config(tmp_path, f"""
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "{path}{'?' + URL_SIG if sas else ''}"
+{'[central_path.auth]' + chr(10) + 'azure_account_url = "https://upload.chorus4ai.org"' if custom else ''}
+[site_path.default]
+path = "/data/site"
+""")
+    out = cli("import-config", str(source))
+    assert out.returncode == (1 if sas else 0), out.stderr
+    data = tomllib.loads(out.stdout)
+    assert data["central"]["to"] == to
+    assert data["azure"]["account_url"] == account
+    assert "not an Azure container" not in out.stderr
+    assert "sig=" not in out.stdout + out.stderr
+    if sas:
+        (warning,) = _warnings(out.stderr)
+        assert "central_path.path = " in warning and "?****" in warning and "a SAS token" in warning
+        assert data["azure"]["sas_token_env"] == "AZURE_STORAGE_SAS_TOKEN"
+    else:
+        assert _warnings(out.stderr) == []
+    load_config(_converted(tmp_path, out))
+
+
+def test_a_central_path_url_of_another_host_is_still_not_a_container(tmp_path):
+    out = cli("import-config", str(_config(tmp_path, """
+[journal]
+journaling_mode = "full"
+[central_path]
+path = "https://example.org/central/site1"
+[site_path.default]
+path = "/data/site"
+""")))
+    assert out.returncode == 1, out.stderr
+    (warning,) = _warnings(out.stderr)
+    assert "is not an Azure container" in warning
+    assert "to" not in tomllib.loads(out.stdout)["central"]
+
+
 @pytest.mark.parametrize("path,said", [("az://bedside/./export", "a '.' folder"),
                                        ("s3://chorus-images/site//images", "an empty folder name ('//')"),
                                        ("az://Bedside/export", "give az://bedside/export"),

@@ -11,6 +11,7 @@ journaling_mode, [journal.local] and [journal.source], and puts sign-in keys in 
   journal.journaling_mode (or configuration.)     [run] mode: "full" (also the old "snapshot") or "append";
                                                   not set: "append", chorus-upload's default
   central_path.path = "az://c/p" (or azure_container)   [central] to = "az://c/p/"
+  central_path.path = "https://ACCOUNT.blob.core.windows.net/c/p"   [central] to = "az://c/p/" and [azure] account_url
   *.auth azure_account_url / azure_account_name   [azure] account_url / account_name
   *.auth auth_mode = "login"                      nothing to set: DefaultAzureCredential (a comment says so)
   *.auth azure_sas_token, azure_account_key,      [azure] sas_token_env / account_key_env / connection_string_env:
@@ -288,6 +289,8 @@ class _Converter:
         self.unneeded: list[str] = []  # known keys chorus-batch does not need
         self.empty_secrets: list[str] = []
         self.url_sas: list[str] = []  # keys of URLs that carried a SAS token
+        # the account endpoint of an https:// central_path.path (https://ACCOUNT.blob.core.windows.net/CONTAINER/...)
+        self.central_account: str | None = None
         # Azure secrets warned of as named in chorus.toml's [azure]: dotted key -> (the warning's index, the key,
         # the value masked); azure() records in `named` the keys whose variable it does write (see convert())
         self.azure_secret_at: dict[str, tuple[int, str, str]] = {}
@@ -670,6 +673,9 @@ class _Converter:
             self.warn("no central container (central_path.path): `chorus-batch upload` needs [central] to = "
                       "\"az://<container>/\" or --to")
             return None, ["# to = \"az://<container>/\"  # not found in chorus-upload's config"]
+        account = self.account_of(central, path)
+        if account:  # https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH: az://CONTAINER/PATH, the endpoint in [azure]
+            self.central_account, path = account
         if path.startswith(_AZURE_SCHEMES):
             rest = path.split("://", 1)[1].strip("/")
             name, _, prefix = rest.partition("/")
@@ -691,12 +697,42 @@ class _Converter:
                           f"({refused.what}): [central] to not set; {refused.fix}")
                 return None, [f"# chorus-upload's central_path.path is {_q(path)}, which `upload` refuses as it is:",
                               "# to = \"az://<container>/\""]
-            return to, [f"# from central_path.path = {_q(path)}"]
+            shown = self.text(central, "path", "central_path.path")
+            return to, [f"# from central_path.path = {_q(shown or path)}"]
         self.warn(f"central_path.path = {_q(path)} is not an Azure container: `chorus-batch upload` sends to one "
                   "(az://<container>/); set [central] to, or pass --to")
         return None, [f"# chorus-upload's central_path.path is {_q(path)}, not an Azure container; `upload` sends",
                       "# to the site's container in the CHoRUS storage account:",
                       "# to = \"az://<container>/\""]
+
+    def account_of(self, central: dict, path: str) -> tuple[str, str] | None:
+        """(account URL, az://CONTAINER/PATH) of an http(s):// central_path.path that names a container of an Azure
+        storage account: its host is ACCOUNT.blob (or .dfs) .core.windows.net (or a national cloud's), or the host
+        of the account URL chorus-upload signed in to (a custom domain); None for any other path. (Its SAS token, user
+        or password were taken out and warned of when the config was read.)"""
+        from urllib.parse import urlsplit
+
+        from ..urls import _AZURE_HOST
+
+        if not path.lower().startswith(("https://", "http://")):
+            return None
+        try:
+            parts = urlsplit(path)
+            host = (parts.hostname or "").lower()
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return None
+        found = _AZURE_HOST.match(host)
+        if found:
+            account = f"{parts.scheme.lower()}://{found.group(1)}.blob.{found.group(2)}{port}"
+        else:
+            signed_in = [self.text({"v": value}, "v", dotted) for _, dotted, key, value in self.auth_entries(
+                central, {}, {}) if key == "azure_account_url"]
+            hosts = {urlsplit(url.strip()).hostname for url in signed_in if url and url.strip()}
+            if not host or host not in {h.lower() for h in hosts if h}:
+                return None
+            account = f"{parts.scheme.lower()}://{host}{port}"
+        return account, f"az://{parts.path.strip('/')}/"
 
     def auth_entries(self, central: dict, sites: dict, journal: dict) -> list[tuple[str, str, str, Any]]:
         """(where: central|site|journal, dotted key, key, value) of every sign-in key, in the section or its .auth."""
@@ -736,6 +772,13 @@ class _Converter:
             return value
 
         url = first("azure_account_url", r"^https?://[^/?#]+(/[^?#]*)?$", "an account URL (https://host[/path])")
+        if self.central_account and (url or "").lower().rstrip("/") != self.central_account.lower():
+            if url:
+                self.warn(f"central_path.path names the account {self.central_account}, not the account URL "
+                          f"{url} of its sign-in: the path's is converted")
+                lines.pop()
+            lines.append("# from central_path.path (the central container's account)")
+            url = self.central_account
         if url:
             lines.append(f"account_url = {_q(url.rstrip('/'))}")
         name = first("azure_account_name", r"^[A-Za-z0-9]{1,64}$", "a storage account name (letters and digits)")

@@ -205,7 +205,8 @@ def _unreadable(path: str, exc: Exception, file: str | None = None) -> UsageErro
     if "malformed" in str(exc) or "corrupt" in str(exc):
         return UsageError(f"the journal {path} is damaged ({exc})", where=path,
                           fix="import a good copy (a backup, or the copy chorus-upload keeps in its [journal.source]); "
-                              f"with none, copy out what is still readable and import that: {salvage_command(str(path))}")
+                              "with none, copy out what is still readable and import that (rows on damaged or missing pages are lost; "
+                              f"what it copied is the history that can still be imported): {salvage_command(str(path))}")
     return UsageError(f"cannot read the journal {path} ({exc})", where=path,
                       fix="check that it is readable by you and that no chorus-upload command is writing it, then "
                           "run again (the journal is only read)")
@@ -585,14 +586,18 @@ def _placed(journal: Journal, rows: pl.DataFrame, problems: list[dict]) -> list[
     the readable times around it; each such update is a finding naming its history row."""
     stamps = pl.concat([rows["valid_us"], rows["invalid_us"].drop_nulls()]).unique().sort()
     update_ids = {u.command_id for u in journal.updates}
+    # COMMAND_ID counts up (AUTOINCREMENT): a time out of order with the commands around it is a clock set back (or
+    # ahead) on that run, and cannot cut the versions; the fewest such times are set aside and taken as unreadable.
+    wrong = _out_of_order(journal.times)
+    times = {c: t for c, t in journal.times.items() if c not in wrong}
     placed = []
     for update in journal.updates:
-        if update.start_us is not None:
+        if update.start_us is not None and update.command_id not in wrong:
             placed.append(update)
             continue
-        before = max((c for c in journal.times if c < update.command_id), default=None)
-        low = journal.times[before] if before is not None else -1
-        high = min((t for c, t in journal.times.items() if c > update.command_id), default=_LAST_TIME_US)
+        before = max((c for c in times if c < update.command_id), default=None)
+        low = times[before] if before is not None else -1
+        high = min((t for c, t in times.items() if c > update.command_id), default=_LAST_TIME_US)
         starts = {}
         if before is not None and before not in update_ids:
             after = stamps.filter((stamps >= low) & (stamps < high))
@@ -603,8 +608,21 @@ def _placed(journal: Journal, rows: pl.DataFrame, problems: list[dict]) -> list[
             if first.height:
                 starts[int(first["valid_us"].min())] = f"the first row of version {update.label}"
         row = (f"{journal.history} row COMMAND_ID {update.command_id} (`journal update"
-               f"{' --version ' + update.label if update.label else ''}`): its DATETIME {update.datetime[:40]!r} is not "
-               "a time chorus-batch can read")
+               f"{' --version ' + update.label if update.label else ''}`): its DATETIME {update.datetime[:40]!r} "
+               + ("is out of order with the commands recorded before and after it (the clock of the machine that "
+                  "ran it was set back or ahead), so it cannot place the version"
+                  if update.command_id in wrong else "is not a time chorus-batch can read"))
+        if not starts and update.command_id in wrong:
+            # the journal's rows carry the same clock (none of this version lies between its neighbours' times):
+            # versions cut by these times would mix, so nothing is imported
+            raise UsageError(
+                f"{row}, and none of the journal's rows lies between the times of the commands around it: the "
+                "rows written after the clock changed carry it too, so the versions cannot be told apart by time; "
+                "nothing was imported", where=journal.path,
+                fix="import a copy of the journal from before the clock changed (a backup, or the copy chorus-upload "
+                    "keeps in its [journal.source]), then run chorus-batch on the site for what came after; or, in a "
+                    f"copy of the journal, correct the times written after the change ({journal.history}'s DATETIME "
+                    "and the rows' TIME_VALID_us and TIME_INVALID_us) by the clock's error and import that copy")
         if not starts:
             problems.append({"rule": "import.unreadable-history", "srcfile": None, "message": (
                 f"{row}, and nothing else places it: its changes are part of the version before it")})
@@ -615,6 +633,31 @@ def _placed(journal: Journal, rows: pl.DataFrame, problems: list[dict]) -> list[
         problems.append({"rule": "import.unreadable-history", "srcfile": None, "message": (
             f"{row}; its version is taken to start at {starts[start]} (TIME_VALID_us {start})")})
     return placed
+
+
+def _out_of_order(times: dict[int, int]) -> set[int]:
+    """The commands whose times break the order of COMMAND_ID: all but a longest run of times in order (never
+    decreasing) through the history (patience sorting)."""
+    from bisect import bisect_right
+
+    ids = sorted(times)
+    tails: list[int] = []  # tails[k]: the index (in ids) ending the best in-order run of length k + 1 found so far
+    ends: list[int] = []  # their times
+    back: list[int | None] = []
+    for i, command in enumerate(ids):
+        k = bisect_right(ends, times[command])
+        back.append(tails[k - 1] if k else None)
+        if k == len(tails):
+            tails.append(i)
+            ends.append(times[command])
+        else:
+            tails[k], ends[k] = i, times[command]
+    kept: set[int] = set()
+    at = tails[-1] if tails else None
+    while at is not None:
+        kept.add(ids[at])
+        at = back[at]
+    return set(ids) - kept
 
 
 def _label_of(run_rows: pl.DataFrame, earlier: list[VersionTree]) -> str | None:
