@@ -1025,20 +1025,26 @@ def test_a_history_time_that_cannot_be_read_is_a_finding_and_the_version_is_stil
             con.execute(f"UPDATE {table} SET PARAMS = NULL WHERE PARAMS = '--version {V2}'")
     con.close()
     db = tmp_path / "m.sqlite"
-    out = import_journal(journal, db, "--to", "az://central/", "--json")
-    assert out.returncode == 1, out.stderr
-    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
-    assert files_as_of(db, V1) == tree("v1", schema=schema)
-    assert files_as_of(db, V2) == tree("v2", schema=schema)
+    findings = _imports_both_versions(journal, db, schema)
     assert {(p, v, m) for p, v, m in query(
         db, "SELECT f.srcfile, u.version, u.md5 FROM uploads u JOIN source_files f USING (file_id)")} == journal_marks(journal)
-    findings = json.loads(out.stdout)["findings"]
     assert not [f for f in findings if f["rule"] == "import.unmapped-mark"]
     unread = [f["message"] for f in findings if f["rule"] == "import.unreadable-history"]
     if said is None:
         assert unread == []
     else:
         assert len(unread) == 1 and f"{table} row COMMAND_ID 3" in unread[0] and f"DATETIME {said}" in unread[0]
+
+
+def _imports_both_versions(journal: Path, db: Path, schema: str) -> list[dict]:
+    """import-journal of an edited copy of a fixture journal: exit 1 (its findings), both upstream versions with their
+    trees; the findings."""
+    out = import_journal(journal, db, "--to", "az://central/", "--json")
+    assert out.returncode == 1, out.stderr
+    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
+    assert files_as_of(db, V1) == tree("v1", schema=schema)
+    assert files_as_of(db, V2) == tree("v2", schema=schema)
+    return json.loads(out.stdout)["findings"]
 
 
 # A clock set back (or ahead) on one run: its DATETIME is readable but out of order with the commands before and after
@@ -1060,12 +1066,7 @@ def test_a_history_time_out_of_order_is_taken_as_unreadable_and_the_version_is_s
         con.execute(f"UPDATE {table} SET DATETIME = ? WHERE COMMAND_ID = ?", (when, command))
     con.close()
     db = tmp_path / "m.sqlite"
-    out = import_journal(journal, db, "--to", "az://central/", "--json")
-    assert out.returncode == 1, out.stderr
-    assert [row[0] for row in query(db, "SELECT label FROM versions ORDER BY label")] == [V1, V2]
-    assert files_as_of(db, V1) == tree("v1", schema=schema)
-    assert files_as_of(db, V2) == tree("v2", schema=schema)
-    unread = [f["message"] for f in json.loads(out.stdout)["findings"] if f["rule"] == "import.unreadable-history"]
+    unread = [f["message"] for f in _imports_both_versions(journal, db, schema) if f["rule"] == "import.unreadable-history"]
     assert len(unread) == 1 and f"{table} row COMMAND_ID {command}" in unread[0], unread
     assert f"DATETIME {when!r} is out of order" in unread[0] and "clock" in unread[0]
 
