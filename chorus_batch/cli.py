@@ -1066,9 +1066,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _say_summary_lost(result, outcome: str | None = None) -> None:
     """A run whose summary went nowhere (standard output closed, `>&-`, as cron or a service may start it) or was cut
-    by a reader that left (`run | head -1`) keeps its own exit code (README: the output is not the run's product, the
-    version is), but says on standard error what it committed: it said nothing, and `runs` and the exit code alone
-    could not tell a log reader whether a version was made."""
+    by a reader that left (`run | head -1`) keeps its own exit code (the README says why: the output is not the
+    run's product, the version is), but says on standard error what it committed: it said nothing, and `runs` and the
+    exit code alone could not tell a log reader whether a version was made."""
     if outcome is None:
         if result is None or getattr(sys.stdout, "_stream", True) is not None:  # (stdout open: the summary said it)
             return

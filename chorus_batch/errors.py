@@ -85,11 +85,13 @@ class ChorusError(Exception):
 
     exit_code = ExitCode.FAILED
 
-    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None):
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None,
+                 detail: list[str] | None = None):
         super().__init__(what)
         self.what = what
         self.where = where
         self.fix = fix
+        self.detail = detail or []  # lines another program said (a kernel's last words), shown indented under `what`
 
     def __str__(self) -> str:
         from .units import shown
@@ -97,7 +99,7 @@ class ChorusError(Exception):
         # each part one line, whatever the path it names holds: `--db $'a\nb.sqlite'` split "where:" over two lines,
         # a site root or file named with a line break split the first line (what a log's grep and the reader of
         # `chorus-batch: error:` take for the whole error), and an escape sequence in a name reached the terminal
-        parts = [shown(self.what)]
+        parts = [shown(self.what), *(f"    {shown(line)}" for line in self.detail)]
         if self.where:
             parts.append(f"  where: {shown(self.where)}")
         if self.fix:

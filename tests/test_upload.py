@@ -671,7 +671,7 @@ def test_verify_of_a_container_that_does_not_exist_says_so_where_the_files_went_
     assert said.returncode == 3, said.stdout + said.stderr
     assert "the container does not exist" in said.stderr and "where: az://no-such-container" in said.stderr, said.stderr
     assert f"records files uploaded to az://{central.container}" in said.stderr and "check --to" in said.stderr
-    assert "nothing was recorded in the uploads ledger" in said.stderr and "Traceback" not in said.stderr
+    assert "what the uploads ledger recorded before stays" in said.stderr and "Traceback" not in said.stderr
     js = cli("verify", "--db", str(db), "--to", "az://no-such-container/", "--json", env=central.env)
     assert js.returncode == 3 and json.loads(js.stdout)["exit_code"] == 3, js.stdout + js.stderr
     assert "does not exist" in json.loads(js.stdout)["error"]

@@ -81,7 +81,7 @@ def run_review(manifest: str, out: str | Path, *, version: str | None = None, co
         said = [line for line in kernel_log.read().decode("utf-8", "replace").splitlines()
                 if line.strip() and "running over TCP without encryption" not in line][-5:]
         raise ChorusError(f"the review notebook's kernel failed: {type(exc).__name__}: {exc}"
-                          + ("; the kernel said:\n    " + "\n    ".join(said) if said else ""),
+                          + ("; the kernel said:" if said else ""), detail=said,
                           where="the python3 Jupyter kernel of this environment",
                           fix="mend what the kernel said (its package: pip install \".[notebook]\" in this environment), "
                               "then run `chorus-batch review` again") from None

@@ -253,8 +253,7 @@ def verify(db: str, to: str, *, cloud: CloudSettings, version: str | None = None
                 if result.elsewhere:
                     exc.fix = (f"{exc.fix}. The uploads ledger records files uploaded to "
                                f"{', '.join(result.elsewhere)}, none to {central.url}: check --to (or [central] to)")
-                exc.outcome = "nothing was recorded in the uploads ledger"  # type: ignore[attr-defined]
-                raise
+                raise  # (said with what every verify that fails says: what the uploads ledger recorded before stays)
             problems, unlisted, waiting = [], [], []
             for done, label in enumerate(labels):
                 if done:
