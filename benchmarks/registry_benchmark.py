@@ -13,6 +13,7 @@ and reports facts / baseline for wall and the facts' peak RSS. Targets: wall <= 
 < 512 MiB at 1M rows (the run's other processes hold up to ~900 MiB at 1M files: issue 15's 1 GiB is for all).
 
     PYTHONPATH=. .venv/bin/python benchmarks/registry_benchmark.py [--rows 1000000] [--reps 2]
+    PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/registry_benchmark.py     # another release's reader
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ print(facts["rows"], len(json.dumps(facts)))
 def timed(code: str, path: Path) -> tuple[float, float, str]:
     """(wall s, peak RSS MiB, stdout) of `python -c code path` under GNU time."""
     t0 = time.perf_counter()
+    # (run in the registry's folder: `python -c` puts the working folder first on sys.path, before PYTHONPATH, and
+    # from a checkout it would import that checkout's chorus_batch, not the one PYTHONPATH names for an A/B)
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", code, str(path)], capture_output=True,
-                          text=True)
+                          text=True, cwd=path.parent)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
