@@ -173,7 +173,7 @@ def _q(words) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def _guard_lines(db: str, shards: int) -> str:
+def _guard_lines(db: str) -> str:
     """The script's first step: one submission per manifest at a time. A plain `sbatch nightly.sbatch` took no lock and
     looked at nothing: beside a `run --slurm` following its jobs, beside last night's jobs still queued (or jobs a
     `run --slurm` could not cancel, the controller down), or beside itself submitted twice at once, it hashed the whole
@@ -210,11 +210,17 @@ if [ "${{{LOCKED_ENV}:-}}" != "$slurm_lock" ] && command -v flock >/dev/null 2>&
     fi
 fi
 others=""
-while IFS='|' read -r job_id job_name job_state job_comment; do
-    if [ "$job_comment" = {want} ]; then others="$others${{others:+, }}$job_name $job_id ($(printf '%s' "$job_state" | tr 'A-Z' 'a-z'))"; fi
-done < <(timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%k' 2>/dev/null || true)
+ids=""
+# (one squeue: each job, and the job of its array, %F, that scancel takes; the comment last, as it may hold a '|')
+while IFS='|' read -r job_id job_name job_state job_base job_comment; do
+    if [ "$job_comment" = {want} ]; then
+        others="$others${{others:+, }}$job_name $job_id ($(printf '%s' "$job_state" | tr 'A-Z' 'a-z'))"
+        ids="$ids$job_base
+"
+    fi
+done < <(timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%i|%j|%T|%F|%k' 2>/dev/null || true)
 if [ -n "$others" ]; then
-    ids=$(timeout 30 squeue --noheader -u "$(id -un)" --name={SHARD_JOB},{MERGE_JOB} --format='%F|%k' 2>/dev/null | while IFS='|' read -r job_id job_comment; do [ "$job_comment" = {want} ] && printf '%s\\n' "$job_id"; done | sort -u | tr '\\n' ' ' || true)
+    ids=$(printf '%s' "$ids" | sort -u | tr '\\n' ' ')
     echo "{REFUSED_BUSY}: jobs of another submission for the manifest $db are still queued or running: $others; a second submission would hash the whole site again and its merge would be refused; nothing was submitted; let them finish (squeue -u $(id -un)), or cancel them with \\`scancel ${{ids% }}\\`, then submit again" >&2
     exit 4
 fi
@@ -347,7 +353,7 @@ if [ -n "$vsize" ] && [ "$vsize" -gt 0 ] && [ $(( {mem_mib(mem)} * vsize / 100 )
 fi
 """
 
-    guard = _guard_lines(db, shards)
+    guard = _guard_lines(db)
     from .shards import STAGING_LOCK
     # (the shards queued and no merge, by a script cut short while it was written: whole_script)
     whole = "\n".join(whole_script_lines(
@@ -945,6 +951,7 @@ def submission_lock(db: str, argv: list[str]):
     from .errors import ManifestLocked
     from .shards import _flock
     from .store.lock import command_of, holder_named, write_holder
+    from .fsutil import write_private
 
     db = os.path.abspath(db)  # (the same manifest by a relative path from another folder)
     path, holder_path = Path(db + ".slurm.lock"), Path(db + ".slurm.lock.json")
@@ -976,13 +983,8 @@ def submission_lock(db: str, argv: list[str]):
                 record = {}
             record.update({"jobs": [job.array_job, job.merge_job], "staging": str(job.staging),
                            "merge_log": str(job.merge_log())})
-            with contextlib.suppress(OSError):
-                tmp = holder_path.with_name(holder_path.name + ".part")
-                tmp.unlink(missing_ok=True)
-                fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    json.dump(record, f)
-                os.replace(tmp, holder_path)
+            with contextlib.suppress(OSError):  # (only informs the next one; the lock itself holds)
+                write_private(holder_path, json.dumps(record).encode())
 
         try:
             yield submitted
