@@ -2038,11 +2038,20 @@ def test_person_ids_written_as_decimals_are_named_as_the_cause(clean):
     person.write_text("\n".join([header, *(f"{int(r.split(',', 1)[0])}.0,{r.split(',', 1)[1]}" for r in rows)]) + "\n")
     out = validate(clean).filter(pl.col("rule") == "person.no_omop_row")
     assert sorted(out["srcfile"]) == [f"{P0}/", f"{P1}/", f"{P2}/"]
-    assert (f"person folder {P0} matches no person_id of person.csv but {int(P0)}.0, its id written as a decimal"
+    assert (f"person folder {P0} matches no person_id of OMOP/person.csv but {int(P0)}.0, its id written as a decimal"
             in out.sort("srcfile")["message"][0])
     assert "add the person" not in " ".join(out["message"])
     # nor are their rows 'without a person folder' (a note "expected for persons without waveforms")
     assert "person.no_folder" not in set(validate(clean)["rule"])
+
+
+def test_a_person_without_a_row_is_told_to_add_it_to_the_person_file_the_site_has(clean):
+    """A site whose person table is OMOP/PERSON.CSV (read as the person table, as names match in any case) was told to
+    'add the person to OMOP/person.csv', a file it does not have: a copy to a case-sensitive disk would then hold two."""
+    persons_csv([P0, P1])(clean)
+    (clean / "OMOP" / "person.csv").rename(clean / "OMOP" / "PERSON.CSV")
+    (message,) = validate(clean).filter(pl.col("rule") == "person.no_omop_row")["message"]
+    assert message == f"person folder {P2} has no row in OMOP/PERSON.CSV: add the person to OMOP/PERSON.CSV or fix the folder name"
 
 
 @pytest.mark.parametrize("folder", [f"{P0}/Images/CT", f"{P0}/Images/CT/9001/1.2.3"])

@@ -126,16 +126,17 @@ def _persons(site: _Site, across: _Across) -> list[pl.LazyFrame]:
     missing = site.folders.filter(pl.col("_is_person") & ~pl.col("_in_omop")).join(decimals, on="_key", how="left")
     return [*ids, _found(
         "person.no_omop_row", missing.filter(pl.col("_decimal").is_null()), pl.col("_top") + "/",
-        fmt("person folder {} has no row in person.csv{}: add the person to OMOP/person.csv or fix the folder name",
-            shown(pl.col("_top")),
+        fmt("person folder {} has no row in {}{}: add the person to {} or fix the folder name",
+            shown(pl.col("_top")), pl.lit(site.person_csv),
             # another script's digits (٠٠٠٠٤٢) look like an id, and some readers (Python's int) even take them as one
             pl.when(pl.col("_top").str.contains(r"[^0-9\P{Nd}]")).then(pl.lit(
                 " (its name holds digits other than 0-9, from another script: person_ids are written in 0-9)"))
-            .otherwise(pl.lit("")))),
+            .otherwise(pl.lit("")), pl.lit(site.person_csv))),
         _found("person.no_omop_row", missing.filter(pl.col("_decimal").is_not_null()), pl.col("_top") + "/",
-               fmt("person folder {} matches no person_id of person.csv but {}, its id written as a decimal (as pandas "
-                   "writes an integer column that has empty cells): OMOP's person_id is an integer; write person.csv's "
-                   "person_ids as integers ({})", shown(pl.col("_top")), shown(pl.col("_decimal")), pl.col("_key")))]
+               fmt("person folder {} matches no person_id of {} but {}, its id written as a decimal (as pandas "
+                   "writes an integer column that has empty cells): OMOP's person_id is an integer; write its "
+                   "person_ids as integers ({})", shown(pl.col("_top")), pl.lit(site.person_csv),
+                   shown(pl.col("_decimal")), pl.col("_key")))]
 
 
 def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:

@@ -299,6 +299,9 @@ class _Site:
             ids.select(_norm_id(pl.col("person_id").explode())).to_series().drop_nulls().unique()
             if ids.height else None
         )
+        # the file the ids come from as the site names it (OMOP/PERSON.CSV: a finding told to add a person to
+        # OMOP/person.csv named a file the site does not have)
+        self.person_csv: str = ids["srcfile"].min() if ids.height else "OMOP/person.csv"
         top = (pl.col("_n") >= 2) & ~pl.col("_top_l").is_in(["omop", "metadata"])
         folders = files.lazy().filter(top).group_by("_top").agg(
             _has_data=(pl.col("_second_l").is_in(["images", "waveforms"]) & (pl.col("_n") >= 3)).any(),
