@@ -261,6 +261,11 @@ CASES: list[tuple[str, Callable[[Path], None], set[tuple[str, str]]]] = [
     ("submission_answers", edit("Metadata/SUBMISSION.md", lambda t: t + "\n| Variable name | Description | Data type | "
                                 "Unit |\n|---|---|---|---|\n| StartTime | first sample's time |  |  |\n"),
      {("metadata.submission_answers", "Metadata/SUBMISSION.md")}),
+    # Waveform File Format 4.1.1: a stream-based mapping (start_time, end_time), and SUBMISSION.md silent on whether the
+    # times are at the start or end of the first and last samples
+    ("submission_stream_edges", edit("Metadata/EEG_mapping.csv", lambda t: re.sub(
+        r",time(\r?\n)", r",t0,t1\1", t.replace("timestamp_id", "start_time,end_time"))),
+     {("metadata.submission_answers", "Metadata/SUBMISSION.md")}),
     # (a UTF-16 byte-order mark, then half a surrogate pair: UTF-16 with a mark is read, this is no UTF-16 text)
     ("metadata_unreadable", add("Metadata/SUBMISSION.md", b"\xff\xfe\x00\xd8"),
      {("metadata.unreadable", "Metadata/SUBMISSION.md")}),
@@ -971,6 +976,19 @@ def test_a_registry_cell_written_null_is_empty(clean, null):
     assert found(clean) == set()
 
 
+def test_a_stream_based_submission_that_says_where_its_times_fall_is_not_told(clean):
+    """Waveform File Format 4.1.1 asks a stream-based submission to say in SUBMISSION.md whether start_time and
+    end_time are at the start or end of the first and last samples; one that says so is not told to."""
+    edit("Metadata/EEG_mapping.csv", lambda t: re.sub(r",time(\r?\n)", r",t0,t1\1",
+                                                      t.replace("timestamp_id", "start_time,end_time")))(clean)
+    (message,) = validate(clean).filter(pl.col("rule") == "metadata.submission_answers")["message"]
+    assert message.startswith("Metadata/EEG_mapping.csv is stream-based (start_time, end_time), but SUBMISSION.md "
+                              "says nothing of the first or last sample: say whether"), message
+    edit("Metadata/SUBMISSION.md", lambda t: t + "\nt0 is the time of the start of the first sample of a stream, t1 "
+                                                 "the time of the end of its last sample.\n")(clean)
+    assert found(clean) == set()
+
+
 def test_a_note_table_without_note_text_lacks_no_required_column(clean):
     """CDM 5.4 requires note_text; the upload procedure asks sites for the note table's ids, descriptors and keys,
     not the notes' text: a table without the column is not told to add it."""
@@ -1024,7 +1042,7 @@ def test_garbage_never_raises_and_is_reported(clean):
     facts = extract_facts(LocalSource(clean), facts_needed(current))
     assert facts.schema == pl.Schema(FACTS_SCHEMA)
     errors = dict(facts.filter(pl.col("facts").str.contains('"error"')).select("kind", "facts").rows())
-    assert set(errors) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "metadata_md.v4"}
+    assert set(errors) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "metadata_md.v5"}
     out = check(current, facts)
     got = {(r, s) for r, s in out.select("rule", "srcfile").rows()}
     assert {("wfdb.bad_header", f"{SINGLE}.hea"), ("dicom.unreadable", DCM),
@@ -1090,7 +1108,7 @@ def test_only_headers_and_tables_are_read_once_per_content(clean):
     assert not any(p.endswith(".dat") or (p.endswith(".csv") and "/Waveforms/" in p) for p in source.opened)
     assert set(source.opened) <= set(todo["srcfile"])
     assert len(source.opened) == todo.select("kind", "md5").n_unique() == facts.height
-    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "omop_person.v3", "omop_visits.v6", "metadata_md.v4",
+    assert set(todo["kind"]) == {"wfdb_header.v6", "dicom.v9", "omop_csv.v2", "omop_person.v3", "omop_visits.v6", "metadata_md.v5",
                                  "mapping_csv.v5", "registry_csv.v12", "omop_procedures.v5"}
     assert facts.sort("kind", "md5").equals(extract_facts(LocalSource(clean), todo, workers=1).sort("kind", "md5"))
 

@@ -156,4 +156,15 @@ def _metadata(site: _Site) -> list[pl.LazyFrame]:
             "asks for each variable's description and data type, and the time units (ms, µs, epoch seconds, ...) of "
             "those that give the samples' times; fill them in", pl.col("n_variable_gaps"),
             pl.col("variable_gaps").list.head(3).list.join("; ")))))
+    # Waveform File Format 4.1 and 4.1.1: a stream-based submission (start_time and end_time in its mapping) says in
+    # SUBMISSION.md whether those times are at the start or the end of the first and last samples
+    streamed = (parsed.filter(pl.all_horizontal([pl.col("columns").list.contains(c) for c in stream]))
+                .select(pl.col("srcfile").min()).item())
+    if streamed is not None:
+        out.append(_found(
+            "metadata.submission_answers", submission.filter(~pl.col("sample_edges").fill_null(True)), "srcfile",
+            pl.lit(f"{streamed} is stream-based (start_time, end_time), but SUBMISSION.md says nothing of the first or "
+                   f"last sample: say whether each stream's start_time is at the start or the end of its first sample, "
+                   f"and end_time at the start or the end of its last sample, as the Waveform File Format procedure "
+                   f"asks")))
     return out

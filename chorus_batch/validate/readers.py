@@ -872,7 +872,13 @@ def _markdown_facts(f) -> dict[str, Any]:
             headings.append(label.group(1))
     variables, variable_gaps = _variables_table(lines)
     return {"headings": headings, "checked": checked, "unchecked": unchecked, "chars": len(text),
-            "variables": variables, "variable_gaps": variable_gaps[:20], "n_variable_gaps": len(variable_gaps)}
+            "variables": variables, "variable_gaps": variable_gaps[:20], "n_variable_gaps": len(variable_gaps),
+            "sample_edges": any(_SAMPLE_EDGE.search(line) for line in lines)}
+
+
+# Waveform File Format 4.1: a stream-based submission says in SUBMISSION.md whether its start and end times are those
+# of the start or end of the first and last samples; a text that names neither sample has not said it
+_SAMPLE_EDGE = re.compile(r"\b(?:first|last|final)\s+(?:\w+\s+)?samples?\b", re.IGNORECASE)
 
 
 _TABLE_ROW = re.compile(r"^\s{0,3}\|?(.*?)\|?\s*$")

@@ -258,7 +258,8 @@ KIND_OMOP, KIND_PERSON, KIND_VISITS, KIND_LINKS = "omop_csv.v2", "omop_person.v3
 # metadata_md.v4 reads a file saved as UTF-16 with its byte-order mark (v3: "the file is UTF-16 text, not UTF-8")
 # metadata_md.v4 also reads SUBMISSION.md's table of variables (Variable name | Description | Data type | Unit): how many
 # it describes and the answers its rows leave out (metadata.submission_answers)
-KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v4", "mapping_csv.v5", "registry_csv.v12"
+# metadata_md.v5 also notes whether the text speaks of the first or last sample (a stream-based submission's times)
+KIND_MARKDOWN, KIND_MAPPING, KIND_REGISTRY = "metadata_md.v5", "mapping_csv.v5", "registry_csv.v12"
 # procedure_occurrence.csv: the ids of the EHR's own procedures, as runs of consecutive integers (registry.proc_overlap)
 # v2 also keeps the runs of all its ids, of any concept (registry.no_procedure)
 # v3 also keeps the runs of the ids of each linkage concept (registry.procedure_concept)
@@ -311,7 +312,8 @@ RULES: tuple[Rule, ...] = (
          "SUBMISSION.md's table of variables (the template's Variable name, Description, Data type, Unit) describes no "
          "variable, or leaves a variable's description or data type empty, or the unit of a time variable (the "
          "waveform procedure asks for each variable's description and data type, and the time units of the sample "
-         "times)."),
+         "times); or, where a mapping file is stream-based (start_time, end_time), says nothing of the first or last "
+         "sample (whether the stream's times are at the start or end of its first and last samples)."),
     Rule("metadata.readiness_unchecked", "warning", "READINESS.md items unchecked",
          "READINESS.md has checklist items that are not ticked (an item marked (optional) excepted), or no "
          "checklist item at all."),
