@@ -2072,6 +2072,20 @@ def test_a_person_without_a_row_is_told_to_add_it_to_the_person_file_the_site_ha
     assert message == f"person folder {P2} has no row in OMOP/PERSON.CSV: add the person to OMOP/PERSON.CSV or fix the folder name"
 
 
+def test_persons_missing_either_way_are_told_with_the_person_file_the_site_has(clean):
+    """The other findings that name the person table (a person_id without a folder, a registry's person not in it) said
+    "person.csv" of a site whose file is OMOP/PERSON.CSV, as person.no_omop_row did."""
+    persons_csv([P0, P1, P2, "000199"])(clean)
+    (clean / "OMOP" / "person.csv").rename(clean / "OMOP" / "PERSON.CSV")
+    edit("waveform_registry.csv", lambda t: t.replace(f",{P0},", ",000777,", 1))(clean)
+    out = validate(clean)
+    no_folder = out.filter(pl.col("rule") == "person.no_folder")
+    assert no_folder["srcfile"].to_list() == ["OMOP/PERSON.CSV"]
+    assert no_folder["message"].item().startswith("1 person_id in OMOP/PERSON.CSV has no person folder (e.g. 000199)")
+    unknown = out.filter(pl.col("rule") == "registry.unknown_person")["message"].to_list()
+    assert unknown and all("not in OMOP/PERSON.CSV: fix the rows" in m for m in unknown), unknown
+
+
 @pytest.mark.parametrize("folder", [f"{P0}/Images/CT", f"{P0}/Images/CT/9001/1.2.3"])
 def test_a_dicomdir_is_told_to_be_removed_not_renamed(clean, folder):
     """A DICOM export's DICOMDIR (its media index) was told to be renamed to fit the layout, or in a series folder to

@@ -152,10 +152,9 @@ def _no_folder(site: _Site, across: _Across) -> list[pl.LazyFrame]:
                .unique("_key", keep="first"))
     missing = written.filter(~pl.col("_key").is_in(folder_keys.implode())).sort("person_id")["person_id"]
     if missing.len():
-        person_csv = site.person.filter(pl.col("_ok"))["srcfile"].min()
         examples = ", ".join(missing.head(5).to_list())
-        out.append(_one("person.no_folder", person_csv,
-                        f"{plural(missing.len(), 'person_id')} in person.csv {'has' if missing.len() == 1 else 'have'} no person folder "
+        out.append(_one("person.no_folder", site.person_csv,
+                        f"{plural(missing.len(), 'person_id')} in {site.person_csv} {'has' if missing.len() == 1 else 'have'} no person folder "
                         f"(e.g. {examples}); "
                         f"expected for persons without waveforms or images"))
     return out

@@ -126,8 +126,8 @@ def _registries(site: _Site) -> list[pl.LazyFrame]:
                       .sort("_p").group_by("srcfile").agg(_d=pl.col("_p").first(), _w=pl.col("_written").first()))
         people = people.group_by("srcfile").agg(pl.col("_p").sort()).join(as_decimal, on="srcfile", how="left")
         out.append(_found("registry.unknown_person", people, "srcfile",
-                          fmt("person_id{|s} {} {is|are} not in person.csv: fix the rows or add the {person|persons}{}{}",
-                              pl.col("_p").list.head(5).list.join(", "), _decimals("_p"),
+                          fmt("person_id{|s} {} {is|are} not in {}: fix the rows or add the {person|persons}{}{}",
+                              pl.col("_p").list.head(5).list.join(", "), pl.lit(site.person_csv), _decimals("_p"),
                               pl.when(pl.col("_d").is_not_null()).then(fmt(
                                   " (person.csv writes person_ids as decimals, such as {} as {}: OMOP's person_id "
                                   "is an integer; write person.csv's person_ids as integers)", pl.col("_d"),
