@@ -914,6 +914,21 @@ def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(cent
     assert query(db, "SELECT max(attempts) FROM uploads") == [(1,)]
 
 
+def test_the_progress_of_an_upload_that_finds_blobs_at_the_centre_reaches_its_total(central, tmp_path):
+    # A resumed upload finds the blobs its killed run sent but had not recorded: they counted as files done but not as
+    # bytes, and its last line said "35/35 files, 1.2 MiB/1.3 MiB ... done" of a version wholly at the centre.
+    db = committed_site(tmp_path, 4)
+    put_first_file(central, db, tmp_path / "site")
+    out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 0 and "1 found at the centre already" in out.stdout, out.stdout + out.stderr
+    done = [line for line in out.stderr.splitlines() if "upload 20261101020000:" in line and "done in" in line]
+    assert done, out.stderr
+    files, size = done[-1].split("upload 20261101020000: ", 1)[1].split(", ")[:2]
+    assert files == "4/4 files", done[-1]
+    sent, total = size.split("/")
+    assert sent == total, done[-1]
+
+
 def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_exits_1(central, tmp_path):
     # An upload killed after its first batch: verify said "all as recorded", exit 0, of a version the centre holds
     # a part of (it checks the files recorded as uploaded, and those were as recorded).

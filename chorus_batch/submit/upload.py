@@ -508,8 +508,11 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     batch_rows = int(os.environ.get(ENV_LEDGER_ROWS) or LEDGER_ROWS)
     pending: list[dict] = []
     not_sent: list[tuple[str, str, str]] = []
-    counts = [0, 0, 0]  # confirmed files, bytes sent (read by the progress thread), confirmed as found there
+    counts = [0, 0, 0]  # confirmed files, bytes sent, confirmed as found there
     recorded = [0]  # confirmed files written to the ledger (what a stopped upload may say it recorded)
+    # What the progress lines count against the plan's total: every file settled and its size, found at the centre or
+    # not sent too (counting sent bytes alone, a resumed upload that found blobs ended "35/35 files, 1.2 MiB/1.3 MiB")
+    settled = [0, 0]
     lock = threading.Lock()
     last_flush = time.monotonic()
 
@@ -529,6 +532,9 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
             result = future.result()
         except _Fatal as fatal:
             raise fatal.error from None
+        with lock:
+            settled[0] += 1
+            settled[1] += int(row["size"] or 0)
         entry = {"version": label, "file_id": row["file_id"], "destination": central.destination(label, row["srcfile"]),
                  "attempts": 1, "uploaded_at": iso(utc_now())}
         if isinstance(result, Sent):
@@ -554,7 +560,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-upload")
     in_flight: dict[Future, dict] = {}
     try:
-        with progress.counter(f"upload {label}", "file", lambda: (counts[0], counts[1]), total=total):
+        with progress.counter(f"upload {label}", "file", lambda: (settled[0], settled[1]), total=total):
             while True:
                 while len(in_flight) < 2 * workers:  # a bounded queue: the plan may hold millions of rows
                     row = next(rows, None)
