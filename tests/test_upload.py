@@ -249,6 +249,39 @@ def test_an_empty_site_root_an_unmounted_file_system_is_refused_not_every_file_c
     assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
 
 
+def test_a_cloud_root_holding_only_its_folder_marker_is_refused_not_every_file_called_removed(central, azurite, tmp_path):
+    # A cloud site whose files were all moved away, its folder marker left (`site/`, as Storage Explorer makes it):
+    # check() took the marker for a root that is there, and upload called every file "missing: ... the next run
+    # records it as removed" (that run refuses a root that lists nothing, exit 5), recorded them so, exit 1.
+    from services import upload_tree
+
+    site = azurite.new_container("markersite")
+    many_files(tmp_path / "local", 3)
+    with azurite.service_client() as service:
+        upload_tree(service, site, tmp_path / "local", prefix="site")
+        service.get_container_client(site).upload_blob("site/", b"")
+    db = tmp_path / "m.sqlite"
+    committed = cli("run", "--site", f"az://{site}/site", "--db", str(db), "--version", "20261101020000", "--workers",
+                    "2", "--no-validate", env=central.env)
+    assert committed.returncode in (0, 1), committed.stderr
+    with azurite.service_client() as service:
+        container = service.get_container_client(site)
+        for blob in list(container.list_blobs(name_starts_with="site/")):
+            if blob.name != "site/":
+                container.delete_blob(blob.name)
+    for extra in ([], ["--dry-run"]):
+        out = up(central, db, *extra)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert f"the site root az://{site}/site holds no file" in out.stderr and "nothing of it was sent" in out.stderr
+        assert "the next run records it as removed" not in out.stdout + out.stderr
+    assert query(db, "SELECT count(*) FROM uploads") == [(0,)]
+    assert set(blobs(central)) == set()
+    with azurite.service_client() as service:
+        upload_tree(service, site, tmp_path / "local", prefix="site")
+    out = up(central, db)
+    assert out.returncode == 0 and "sent 3 files" in out.stdout, out.stdout + out.stderr
+
+
 def _waveforms_root(config: Path, site: Path, wave: Path) -> None:
     config.write_text(f'[site]\nroot = "{site}"\n[site.roots]\nWaveforms = "{wave}"\n')
 
@@ -879,6 +912,21 @@ def test_a_killed_upload_resumes_sending_only_the_batch_it_had_not_recorded(cent
     assert set(after) == {f"20261101020000/{path}" for path in submitted(db, "20261101020000")}
     assert ledger_names(db) == set(after)  # the ledger equals the container
     assert query(db, "SELECT max(attempts) FROM uploads") == [(1,)]
+
+
+def test_the_progress_of_an_upload_that_finds_blobs_at_the_centre_reaches_its_total(central, tmp_path):
+    # A resumed upload finds the blobs its killed run sent but had not recorded: they counted as files done but not as
+    # bytes, and its last line said "35/35 files, 1.2 MiB/1.3 MiB ... done" of a version wholly at the centre.
+    db = committed_site(tmp_path, 4)
+    put_first_file(central, db, tmp_path / "site")
+    out = up(central, db, env={"CHORUS_BATCH_PROGRESS_S": "0"})
+    assert out.returncode == 0 and "1 found at the centre already" in out.stdout, out.stdout + out.stderr
+    done = [line for line in out.stderr.splitlines() if "upload 20261101020000:" in line and "done in" in line]
+    assert done, out.stderr
+    files, size = done[-1].split("upload 20261101020000: ", 1)[1].split(", ")[:2]
+    assert files == "4/4 files", done[-1]
+    sent, total = size.split("/")
+    assert sent == total, done[-1]
 
 
 def test_verify_of_a_partly_uploaded_version_says_what_is_not_uploaded_yet_and_exits_1(central, tmp_path):

@@ -134,6 +134,33 @@ class FsspecSource:
             if not (self.empty_ok and getattr(error, "kind", None) == "empty_prefix"):
                 raise error
 
+    def holds_a_file(self) -> bool:
+        """Whether any object under the root is a file, not a folder marker: check() takes a prefix holding only its
+        markers (`site/`, hdi_isfolder blobs) for a root that is there. Read until the first file, not the listing.
+        (True where the store cannot be asked so: nothing is refused on a guess.)"""
+        try:
+            if self._azure_sign_in:
+                container, _, prefix = self.root.partition("/")
+                prefix = prefix.strip("/")
+                client = cloud_access.sync_blob_service_client(self._azure_sign_in).get_container_client(container)
+                return any(not (blob.name.endswith("/") or is_folder_blob(blob.metadata)) for blob in
+                           client.list_blobs(name_starts_with=prefix + "/" if prefix else None, include=["metadata"]))
+            if hasattr(self.fs, "call_s3"):
+                bucket, _, prefix = self.root.strip("/").partition("/")
+                token: dict[str, str] = {}
+                while True:
+                    page = self.fs.call_s3("list_objects_v2", Bucket=bucket, **({"Prefix": prefix + "/"} if prefix else {}),
+                                           **token)
+                    if any(not item["Key"].endswith("/") for item in page.get("Contents") or ()):
+                        return True
+                    if not page.get("IsTruncated"):
+                        return False
+                    token = {"ContinuationToken": page["NextContinuationToken"]}
+        except cloud_access.storage_errors() as exc:
+            raise cloud_access.explain(exc, where=self.description, how=self.how, action="list",
+                                       endpoint=cloud_access.endpoint_of(self.fs), sas_permissions=self._sas) from None
+        return True
+
     def list_files(self, errors: list[tuple[str, str, str]]) -> Iterator[pa.RecordBatch]:
         try:
             found, markers = cloud_access.retrying(self._azure_listing if self._azure_sign_in else self._fsspec_listing)

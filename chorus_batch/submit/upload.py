@@ -297,8 +297,14 @@ def _sources_for(manifest: Manifest, root_ids: list[int | None], sources: dict[i
     # a cloud root once a command: a round-trip each, for every version of a long backlog.
     for root_id in (sources if None in root_ids else set(root_ids) & set(sources)):
         if root_id not in checked:
-            sources[root_id].check()
-            if not sources[root_id].parallel_local:
+            source = sources[root_id]
+            source.check()
+            if not source.parallel_local:
+                # A cloud prefix holding only its folder markers passes check(): every file was called "missing: the
+                # next run records it as removed", where that run refuses a root that lists nothing (exit 5)
+                if hasattr(source, "holds_a_file") and not source.holds_a_file():
+                    raise _empty_root_error(source.description, getattr(source, "what", "--site / [site] root"),
+                                            manifest.path, cloud=True)
                 checked.add(root_id)
     out: dict[int | None, Source] = dict(sources)
     if None in root_ids:
@@ -324,13 +330,26 @@ def refuse_empty_root(root: str, where: str, db: object) -> None:
                 return
     except OSError:
         return  # (said of the root, or of each file, where it is read)
-    raise ConfigError(f"the {'root' if where.startswith('[site.roots]') else 'site root'} {shown_name(root)} is empty, though the manifest records files there that are "
-                      "to be sent: an unmounted file system (its empty mount point), or a --site that is not the site; "
-                      "nothing of it was sent", where=where,
-                      fix=f"mount the file system (or give --site the folder the site is in now) and upload again; if "
-                          f"the site really removed all its files, `chorus-batch run --db {shlex.quote(str(db))}` records "
-                          "that first "
-                          "(with --max-delete all)")
+    raise _empty_root_error(root, where, db)
+
+
+def _empty_root_error(root: str, where: str, db: object, *, cloud: bool = False) -> ConfigError:
+    """A root (local folder, or cloud prefix) with no file in it, where the manifest records files to be sent."""
+    subject = f"the {'root' if where.startswith('[site.roots]') else 'site root'} {shown_name(root)}"
+    if cloud:
+        return ConfigError(f"{subject} holds no file (at most folder markers), though the manifest records files there "
+                           "that are to be sent: its files were moved or deleted, or the root is not the site; nothing "
+                           "of it was sent", where=where,
+                           fix=f"put the files back (or give --site the container/prefix the site is in now) and upload "
+                               f"again; if the site really removed all its files, `chorus-batch run --db "
+                               f"{shlex.quote(str(db))}` records that first (with --max-delete all)")
+    return ConfigError(f"{subject} is empty, though the manifest records files there that are "
+                       "to be sent: an unmounted file system (its empty mount point), or a --site that is not the site; "
+                       "nothing of it was sent", where=where,
+                       fix=f"mount the file system (or give --site the folder the site is in now) and upload again; if "
+                           f"the site really removed all its files, `chorus-batch run --db {shlex.quote(str(db))}` records "
+                           "that first "
+                           "(with --max-delete all)")
 
 
 def sort_plan(ledger: UploadLedger, label: str, modalities: Sequence[str] | None,
@@ -489,8 +508,11 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     batch_rows = int(os.environ.get(ENV_LEDGER_ROWS) or LEDGER_ROWS)
     pending: list[dict] = []
     not_sent: list[tuple[str, str, str]] = []
-    counts = [0, 0, 0]  # confirmed files, bytes sent (read by the progress thread), confirmed as found there
+    counts = [0, 0, 0]  # confirmed files, bytes sent, confirmed as found there
     recorded = [0]  # confirmed files written to the ledger (what a stopped upload may say it recorded)
+    # What the progress lines count against the plan's total: every file settled and its size, found at the centre or
+    # not sent too (counting sent bytes alone, a resumed upload that found blobs ended "35/35 files, 1.2 MiB/1.3 MiB")
+    settled = [0, 0]
     lock = threading.Lock()
     last_flush = time.monotonic()
 
@@ -510,6 +532,9 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
             result = future.result()
         except _Fatal as fatal:
             raise fatal.error from None
+        with lock:
+            settled[0] += 1
+            settled[1] += int(row["size"] or 0)
         entry = {"version": label, "file_id": row["file_id"], "destination": central.destination(label, row["srcfile"]),
                  "attempts": 1, "uploaded_at": iso(utc_now())}
         if isinstance(result, Sent):
@@ -535,7 +560,7 @@ def _send(ledger: UploadLedger, central: Central, label: str, files: pl.DataFram
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="chorus-upload")
     in_flight: dict[Future, dict] = {}
     try:
-        with progress.counter(f"upload {label}", "file", lambda: (counts[0], counts[1]), total=total):
+        with progress.counter(f"upload {label}", "file", lambda: (settled[0], settled[1]), total=total):
             while True:
                 while len(in_flight) < 2 * workers:  # a bounded queue: the plan may hold millions of rows
                     row = next(rows, None)
