@@ -422,6 +422,14 @@ def test_a_snapshot_folder_damaged_by_hand_is_refused_by_readers_and_mended_by_t
     (snaps / "version=v1" / "manifest.parquet").write_bytes(whole[Path("version=v3/manifest.parquet")])
     # (v3's file list over v1's: v1 has one file less)
     refused("v1/manifest.parquet cannot be read as written")
+    # saved again from polars or pandas, its rows as they were but a size as float and a column dropped: it was taken,
+    # and `history` was an 'internal error: BinderException' of DuckDB (VARCHAR against BIGINT)
+    part = snaps / "version=v1" / "manifest.parquet"
+    pl.read_parquet(part).with_columns(pl.col("size").cast(pl.Float64)).drop("etag").write_parquet(part)
+    refused("v1/manifest.parquet cannot be read as written")
+    part = snaps / "version=v3" / "changes.parquet"
+    pl.read_parquet(part).with_columns(pl.col("file_id").cast(pl.String)).write_parquet(part)
+    refused("v3/changes.parquet cannot be read as written")
     (snaps / "version=v2" / "findings.parquet").unlink()  # (read as no findings at all)
     refused("v2/findings.parquet (removed) cannot be read as written")
     (snaps / "versions.parquet").write_bytes(b"PAR1")

@@ -364,13 +364,17 @@ class ParquetReader(ManifestReader):
             if _marked_rows(target) is not None:  # (a few stats: as the run tells a whole snapshot)
                 continue
             marked = (target / SNAPSHOT_MARK).exists()  # (written once every part was: none is missing since)
+            schemas = part_schemas()
             for name in SNAPSHOT_PARTS:
                 part = target / f"{name}.parquet"
                 if not part.exists():  # an older release's snapshot lacks some (said when a question needs it); a
                     if marked:  # marked one lost it since: its findings or scan errors read as none at all
                         damaged.append(f"{label}/{name}.parquet (removed)")
                     continue
-                rows = _part_rows(part, None)
+                # with the manifest's columns and types, as the run checks it: a part saved again from pandas or
+                # polars (a column dropped, a size turned to float) was taken, then failed as an internal error of
+                # DuckDB at whichever question met it ('Cannot compare values of type VARCHAR and type BIGINT')
+                rows = _part_rows(part, schemas.get(name))
                 want = None  # (the rows versions.parquet gives: of the files, and of the change set)
                 if expected is not None and name == "manifest":
                     want = expected["n_files"]
@@ -384,7 +388,8 @@ class ParquetReader(ManifestReader):
                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + " is not there (versions.parquet lists "
                  + ("them" if len(missing) > 1 else "it") + ")"] if missing else []) + (
                 [f"{', '.join(damaged[:5])}" + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-                 + " cannot be read as written (cut, damaged, replaced or removed since)"] if damaged else [])
+                 + " cannot be read as written (cut, damaged, replaced, saved again with other columns or types, or "
+                   "removed since)"] if damaged else [])
         raise ManifestError(f"the Parquet snapshot folder {self.path} is incomplete: {'; '.join(said)}: its answers "
                             "would leave versions out or fail", where=str(self.path),
                             fix="run `chorus-batch run --parquet` with this folder and its manifest: it writes those "
