@@ -808,3 +808,28 @@ def test_an_index_dropped_by_hand_is_created_again_by_the_next_run_and_by_upgrad
     assert out.returncode == 0, out.stderr
     assert "created again its indexes findings_version, source_files_current" in out.stdout and indexes() == every
     assert "nothing to do" in cli("upgrade", "--db", str(db)).stdout
+
+
+def test_a_command_that_only_reads_a_manifest_names_an_index_dropped_by_hand(site, db):
+    """The commands that only read a manifest (`versions`, `files`, `diff`, `history`) answered a manifest whose
+    indexes were dropped by hand rightly but without a word, each question walking a whole table: a reviewer waited
+    and never learnt why (only a run or `upgrade` creates them again, and says so). Each now names them once, with
+    the command that creates them again, answers as before, and changes nothing."""
+    (site / "OMOP").mkdir(parents=True, exist_ok=True)
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v1").returncode == 0
+    (site / "OMOP" / "person.csv").write_text("person_id\n1\n2\n")
+    assert cli("run", "--no-validate", "--site", str(site), "--db", str(db), "--version", "v2").returncode == 0
+    commands = (("versions",), ("files", "--as-of", "v1"), ("diff", "--from", "v1", "--to", "v2"),
+                ("history", "OMOP/person.csv"))
+    answers = {args: cli(*args, "--db", str(db)).stdout for args in commands}
+    query(db, "DROP INDEX source_files_path")
+    query(db, "DROP INDEX changes_version")
+    for args in commands:
+        out = cli(*args, "--db", str(db))
+        assert out.returncode == 0 and out.stdout == answers[args], (args, out.stderr)
+        assert out.stderr.count("lacks its indexes changes_version, source_files_path") == 1, (args, out.stderr)
+        assert f"chorus-batch upgrade --db {db}" in out.stderr
+    assert {"changes_version", "source_files_path"} <= set(schema_module.missing_indexes(sqlite3.connect(db)))
+    assert cli("upgrade", "--db", str(db)).returncode == 0
+    assert "lacks" not in cli("files", "--db", str(db)).stderr

@@ -14,7 +14,7 @@ from chorus_batch.frames import schema_of
 from chorus_batch.review import open_manifest
 from chorus_batch.store import Manifest
 from chorus_batch.store.snapshots import has_snapshot, part_schemas
-from conftest import cli, paused, run_site, write
+from conftest import cli, paused, query, run_site, write
 
 
 def three_versions(site: Path, db: Path, snaps: Path | None) -> list[str]:
@@ -422,6 +422,14 @@ def test_a_snapshot_folder_damaged_by_hand_is_refused_by_readers_and_mended_by_t
     (snaps / "version=v1" / "manifest.parquet").write_bytes(whole[Path("version=v3/manifest.parquet")])
     # (v3's file list over v1's: v1 has one file less)
     refused("v1/manifest.parquet cannot be read as written")
+    # saved again from polars or pandas, its rows as they were but a size as float and a column dropped: it was taken,
+    # and `history` was an 'internal error: BinderException' of DuckDB (VARCHAR against BIGINT)
+    part = snaps / "version=v1" / "manifest.parquet"
+    pl.read_parquet(part).with_columns(pl.col("size").cast(pl.Float64)).drop("etag").write_parquet(part)
+    refused("v1/manifest.parquet cannot be read as written")
+    part = snaps / "version=v3" / "changes.parquet"
+    pl.read_parquet(part).with_columns(pl.col("file_id").cast(pl.String)).write_parquet(part)
+    refused("v3/changes.parquet cannot be read as written")
     (snaps / "version=v2" / "findings.parquet").unlink()  # (read as no findings at all)
     refused("v2/findings.parquet (removed) cannot be read as written")
     (snaps / "versions.parquet").write_bytes(b"PAR1")
@@ -461,3 +469,34 @@ def test_two_first_runs_of_two_manifests_given_one_folder_at_once_leave_it_to_on
     assert owner["manifest"] == str(second)
     assert sorted(p.name for p in snaps.glob("version=*")) == ["version=b1"]
     assert Manifest(first).versions()["label"].to_list() == ["a1"]  # committed before the claim, and kept
+
+
+def test_a_snapshot_folder_refuses_a_time_where_its_manifest_refuses_it_for_edited_commit_times(site, tmp_path):
+    """A versions table edited by hand (v2's finished_at moved past v3's) makes the manifest refuse `--as-of` a time
+    (it tells the edit from its runs table); its snapshot folder, whose versions.parquet copies the edited times but
+    holds no runs, answered the same question with v1, exit 0. versions.parquet now says which times were edited; the
+    folder refuses the time as the manifest does, labels still answer, and the times set back clear it at the next run."""
+    db, snaps = tmp_path / "m.sqlite", tmp_path / "snaps"
+    three_versions(site, db, snaps)
+    (v3_at,) = query(db, "SELECT finished_at FROM versions WHERE label = 'v3'")[0]
+    (v2_at,) = query(db, "SELECT finished_at FROM versions WHERE label = 'v2'")[0]
+    assert cli("files", "--db", str(snaps), "--as-of", v3_at).stdout.startswith("version v3")
+    import sqlite3
+
+    def set_v2_time(at: str) -> None:
+        con = sqlite3.connect(db)
+        with con:
+            con.execute("UPDATE versions SET finished_at = ? WHERE label = 'v2'", (at,))
+        con.close()
+
+    set_v2_time("2999-01-01T00:00:00Z")
+    run_site(site, db, parquet=str(snaps), validate_site=False)  # nothing changed: versions.parquet written again
+    for source in (db, snaps):
+        out = cli("files", "--db", str(source), "--as-of", v3_at)
+        assert out.returncode == 2 and "version" not in out.stdout, (source, out.stdout)
+        assert "commit times of the manifest's versions were edited" in out.stderr and "v2 records 2999" in out.stderr
+        assert "give a version label" in out.stderr and "Traceback" not in out.stderr
+        assert cli("files", "--db", str(source), "--as-of", "v3").stdout.startswith("version v3")
+    set_v2_time(v2_at)
+    run_site(site, db, parquet=str(snaps), validate_site=False)
+    assert cli("files", "--db", str(snaps), "--as-of", v3_at).stdout.startswith("version v3")

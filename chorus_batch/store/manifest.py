@@ -315,6 +315,25 @@ def refuse_unwritable_name(path: Path) -> None:
                              "another)")
 
 
+# The manifests whose missing indexes this process has named (require() runs before each question a command asks).
+_SAID_MISSING_INDEXES: set[str] = set()
+
+
+def _say_missing_indexes(path: Path, lacking: list[str]) -> None:
+    """A read-only command does not create again an index dropped by hand (a run and `upgrade` do, saying so): it
+    answered rightly but walked whole tables for every lookup, slower with each version, with no word of why."""
+    key = os.path.abspath(path)
+    if key in _SAID_MISSING_INDEXES:
+        return
+    _SAID_MISSING_INDEXES.add(key)
+    from ..progress import log
+
+    log.warning(f"the manifest {path} lacks its {'index' if len(lacking) == 1 else 'indexes'} {', '.join(lacking)} "
+                "(dropped by hand?): until it has them again, a question that needs one reads a whole table (slow on "
+                f"a large site); `chorus-batch upgrade --db "
+                f"{shlex.quote(str(path))}` (or the next run) creates them again")
+
+
 class Manifest:
     """One manifest file (SQLite) and the files beside it (lock, state cache)."""
 
@@ -733,6 +752,9 @@ class Manifest:
         self.require_file()
         with self._open() as con:
             version = schema_version(con, str(self.path))
+            lacking = missing_indexes(con) if version == SCHEMA_VERSION else []
+        if lacking:
+            _say_missing_indexes(self.path, lacking)
         if version is None:
             raise UsageError(f"the manifest at {self.path} is empty", where=str(self.path),
                              fix="run `chorus-batch run` to commit the first version")

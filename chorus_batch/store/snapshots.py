@@ -163,8 +163,27 @@ def _write_parts(manifest: Manifest, label: str, root: Path, target: Path) -> Pa
     return target
 
 
+# versions.parquet's key (Parquet file metadata) listing the versions whose commit times were edited by hand, as the
+# manifest tells them by its runs table (Manifest.edited_version_times), which the folder does not hold: its readers
+# took the edited times as true and answered `--as-of` with the wrong version where the manifest refuses the question.
+EDITED_TIMES_KEY = "chorus_batch.edited_version_times"
+
+
 def _list_versions(manifest: Manifest, root: Path) -> None:
-    write_private(root / "versions.parquet", manifest.versions().write_parquet)
+    edited = json.dumps(manifest.edited_version_times())
+    write_private(root / "versions.parquet",
+                  lambda path: manifest.versions().write_parquet(path, metadata={EDITED_TIMES_KEY: edited}))
+
+
+def listed_edited_times(directory: str | Path) -> list[str]:
+    """The versions versions.parquet marks as having edited commit times (none: unmarked, an older release's
+    table, or no table)."""
+    try:
+        said = pl.read_parquet_metadata(Path(directory) / "versions.parquet").get(EDITED_TIMES_KEY)
+        edited = json.loads(said) if said else []
+    except Exception:  # noqa: BLE001 - none, cut or replaced: said by the reader that reads it
+        return []
+    return [str(item) for item in edited] if isinstance(edited, list) else []
 
 
 def _listed_labels(directory: str) -> list[str] | None:
@@ -295,7 +314,9 @@ def write_missing_snapshots(manifest: Manifest, directory: str, new_label: str |
     # The versions listed once every snapshot is whole: listed after the first one backfilled, the versions not yet
     # written were versions a reader found listed without a snapshot (their folders removed, it takes it). Written
     # again when it no longer lists the manifest's versions (cut or replaced by hand: every reader question reads it).
-    if written or _listed_labels(directory) != versions["label"].to_list():
+    # And when the manifest's commit times were edited by hand (or set back) since it was written: it says which.
+    if (written or _listed_labels(directory) != versions["label"].to_list()
+            or listed_edited_times(directory) != manifest.edited_version_times()):
         _list_versions(manifest, Path(directory))
     return written
 
@@ -364,13 +385,17 @@ class ParquetReader(ManifestReader):
             if _marked_rows(target) is not None:  # (a few stats: as the run tells a whole snapshot)
                 continue
             marked = (target / SNAPSHOT_MARK).exists()  # (written once every part was: none is missing since)
+            schemas = part_schemas()
             for name in SNAPSHOT_PARTS:
                 part = target / f"{name}.parquet"
                 if not part.exists():  # an older release's snapshot lacks some (said when a question needs it); a
                     if marked:  # marked one lost it since: its findings or scan errors read as none at all
                         damaged.append(f"{label}/{name}.parquet (removed)")
                     continue
-                rows = _part_rows(part, None)
+                # with the manifest's columns and types, as the run checks it: a part saved again from pandas or
+                # polars (a column dropped, a size turned to float) was taken, then failed as an internal error of
+                # DuckDB at whichever question met it ('Cannot compare values of type VARCHAR and type BIGINT')
+                rows = _part_rows(part, schemas.get(name))
                 want = None  # (the rows versions.parquet gives: of the files, and of the change set)
                 if expected is not None and name == "manifest":
                     want = expected["n_files"]
@@ -384,7 +409,8 @@ class ParquetReader(ManifestReader):
                  + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") + " is not there (versions.parquet lists "
                  + ("them" if len(missing) > 1 else "it") + ")"] if missing else []) + (
                 [f"{', '.join(damaged[:5])}" + (f" and {len(damaged) - 5} more" if len(damaged) > 5 else "")
-                 + " cannot be read as written (cut, damaged, replaced or removed since)"] if damaged else [])
+                 + " cannot be read as written (cut, damaged, replaced, saved again with other columns or types, or "
+                   "removed since)"] if damaged else [])
         raise ManifestError(f"the Parquet snapshot folder {self.path} is incomplete: {'; '.join(said)}: its answers "
                             "would leave versions out or fail", where=str(self.path),
                             fix="run `chorus-batch run --parquet` with this folder and its manifest: it writes those "
@@ -430,6 +456,18 @@ class ParquetReader(ManifestReader):
                   f"the versions up to {last} without {'them' if len(lost) > 1 else 'it'}: versions lost when the "
                   "manifest was restored from a backup); move them out of the folder to keep them apart")
         return [label for label in labels if label in listed or label > last]
+
+    def _refuse_edited_times(self, asked: object) -> None:
+        edited = listed_edited_times(self.path)
+        if edited:  # (as the manifest refuses it: SQLiteReader._refuse_edited_times)
+            raise UsageError(
+                f"no version can be found by the time {asked}: the commit times of the manifest's versions were edited "
+                f"({'; '.join(edited[:5])}{f'; and {len(edited) - 5} more' if len(edited) > 5 else ''}; as "
+                f"versions.parquet of this folder says), so which version was current then cannot be told; nothing "
+                "was read", where=str(self.path),
+                fix="give a version label instead (labels are not affected; `" + self.versions_command() + "` lists "
+                    "them); or set each version's finished_at back in the manifest and run `chorus-batch run "
+                    "--parquet` with this folder")
 
     def _committed_since_open(self, label: str) -> bool:
         # a snapshot whose manifest.parquet is there (written last), named by a label, not a path
