@@ -29,6 +29,7 @@ from ..walk import (
     BATCH_ROWS,
     WalkResult,
     folders_to_walk,
+    long_path,
     name_error,
     take_early_listing,
     unique_linked,
@@ -271,7 +272,8 @@ class LocalSource:
         return None
 
     def absolute(self, srcfile: str) -> str:
-        return os.path.join(self.root, *srcfile.split("/"))
+        """Where the file is, as the system calls take it (on Windows in the extended-length form: walk.long_path)."""
+        return long_path(os.path.join(self.root, *srcfile.split("/")))
 
     def open(self, srcfile: str) -> BinaryIO:
         return open(_open_regular(self.absolute(srcfile))[0], "rb")
