@@ -170,7 +170,7 @@ def root_url(url: str) -> str:
     return f"{scheme}{sep}{rest.rstrip('/') if rest.strip('/') else rest}{mark}{query}"
 
 
-def local_path(location: str, what: str = "--site / [site] root") -> str | None:
+def local_path(location: str, what: str = "--site / [site] root", *, windows: bool | None = None) -> str | None:
     """The local path a root names (None: a cloud URL). A plain path as given; a file: URL as RFC 8089 reads it
     (file:///p, file://localhost/p, file:/p, any case), its %-escapes decoded as a URL's are (file:///data/my%20site,
     as Path.as_uri() and file managers write it); '~' and '~user' at the start of a path as a shell reads them. Each place that took a root stripped 'file://' itself: escapes
@@ -196,7 +196,11 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
         raise UsageError(f"{what} {mask_url(location)}: a file URL with a user or password is not read (credentials "
                          "are not taken from a URL)", where=what,
                          fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
-    if host.lower() not in ("", "localhost"):
+    # On Windows, file://server/share/site is the network share \\server\share\site (RFC 8089, and what Windows'
+    # Path.as_uri() writes of one): read there as //server/share/site, which Windows opens as that share. Elsewhere
+    # a share is reached where it is mounted, not through its host's name.
+    unc = host.lower() not in ("", "localhost") and (os.name == "nt" if windows is None else windows)
+    if host.lower() not in ("", "localhost") and not unc:
         raise UsageError(f"{what} {location}: a file URL naming the computer {host!r} is not read", where=what,
                          fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
     from urllib.parse import unquote
@@ -206,7 +210,12 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     except UnicodeDecodeError:
         raise UsageError(f"{what} {location}: its %-escapes are not UTF-8 text", where=what,
                          fix="give the folder as a plain path, or write its name's bytes as UTF-8 %-escapes") from None
-    if os.path.splitdrive(path[1:])[0][1:2] == ":":  # file:///C:/data/site (Windows' Path.as_uri()): C:/data/site,
+    if unc:
+        if not re.fullmatch(r"/[^/\\]+(?:/.*)?", path):  # file://server or file://server/: no share named
+            raise UsageError(f"{what} {location}: the file URL names the computer {host!r} but no shared folder on it",
+                             where=what, fix=f"give the share and the folder in it, e.g. file://{host}/share/site")
+        path, raw = f"//{host}{path}", f"//{host}{raw}"
+    elif os.path.splitdrive(path[1:])[0][1:2] == ":":  # file:///C:/data/site (Windows' Path.as_uri()): C:/data/site,
         path, raw = path[1:], raw[1:]  # not /C:/data/site (read on Windows as C:\C:\data\site)
     if path != raw and not os.path.exists(path) and os.path.exists(raw):
         raise UsageError(f"{what} {location}: as a URL it names {path} (its %-escapes decoded), which does not exist, "

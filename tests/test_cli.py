@@ -1773,6 +1773,28 @@ def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch)
     assert local_path("file:///data/site") == "/data/site"
 
 
+def test_a_file_url_naming_a_server_is_its_network_share_on_windows(tmp_path):
+    """Windows' Path.as_uri() of a share (\\\\server\\share\\my site) is file://server/share/my%20site (RFC 8089). On
+    Windows it was refused ("naming the computer 'server' is not read", fix: "where it is mounted here"), though it
+    is how Windows names that very share; now it is //server/share/my site there. Elsewhere it is still refused, the
+    share being reached where it is mounted; a URL naming a server but no share is refused on Windows too."""
+    from chorus_batch.errors import UsageError
+    from chorus_batch.urls import local_path
+
+    assert local_path("file://server/share/chorus/my%20site", windows=True) == "//server/share/chorus/my site"
+    assert local_path("FILE://fs01.hospital.org/CHoRUS", windows=True) == "//fs01.hospital.org/CHoRUS"
+    assert local_path("file://localhost/data/site", windows=True) == "/data/site"  # this computer, as before
+    with pytest.raises(UsageError, match="no shared folder on it"):
+        local_path("file://server/", windows=True)
+    with pytest.raises(UsageError, match="naming the computer 'server' is not read"):
+        local_path("file://server/share/site", windows=False)
+    with pytest.raises(UsageError, match="user or password"):  # never read, on Windows neither
+        local_path("file://me:pw@server/share/site", windows=True)
+    # from the command line, on this (POSIX) machine: refused, exit 2, nothing made
+    out = cli("run", "--site", "file://server/share/site", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "mounted here" in out.stderr and not (tmp_path / "m.sqlite").exists(), out.stderr
+
+
 def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_is_there(site, tmp_path):
     """`--db "$DB"` with DB read from a file saved with Windows line ends ("m.sqlite\r"), or `db = "m.sqlite "`:
     `run` started a second, empty manifest beside the site's under that name (its summary's "committed to
