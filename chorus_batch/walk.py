@@ -71,6 +71,19 @@ def long_path(path: str, *, windows: bool = os.name == "nt") -> str:
     return path  # relative, or relative to a drive's current folder (C:x): not made absolute here
 
 
+def is_junction(entry: os.DirEntry) -> bool:
+    """A directory junction (Windows' mklink /J, as backup and storage tools make): a link to a folder that
+    DirEntry.is_symlink does not count (it counts symbolic links only) and is_dir(follow_symlinks=False) takes for a
+    folder of the site, so the walk went through it whether links were followed or not: the folder it leads to (the
+    site again, a folder above it, another disk) was listed as the site's. Taken as a link here. (Python 3.12
+    has DirEntry.is_junction; 3.11 reads the reparse tag of the entry's own stat, which the listing carries.)"""
+    own = getattr(entry, "is_junction", None)
+    if own is not None:
+        return own()
+    return getattr(entry.stat(follow_symlinks=False), "st_reparse_tag", 0) == getattr(stat, "IO_REPARSE_TAG_MOUNT_POINT",
+                                                                                         0xA0000003)
+
+
 NON_UTF8_FOLDER = "folder name is not valid UTF-8; rename it to track its files"
 BATCH_ROWS = 65_536  # rows per listing batch (every source's)
 Error = tuple[str, str, str]  # (srcfile, kind, message): a problem met while listing
@@ -140,6 +153,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
     add_linked = out.linked.append
     loops = mount_loops(root)
+    windows = os.name == "nt"
     while stack:
         rel_dir, real_dir, link_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
@@ -165,7 +179,8 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
             for entry in entries:
                 rel = prefix + entry.name
                 try:
-                    if entry.is_dir(follow_symlinks=False):
+                    junction = windows and is_junction(entry)
+                    if entry.is_dir(follow_symlinks=False) and not junction:
                         if loops and rel in loops:
                             add_error((printable(rel), "mount_loop", loops[rel]))
                             continue
@@ -176,10 +191,11 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         st = entry.stat(follow_symlinks=False)
                         if link_dir:
                             real = os.path.join(real_dir, entry.name)
-                    elif entry.is_symlink():
+                    elif junction or entry.is_symlink():
                         if not follow_symlinks:
-                            add_error((printable(rel), "symlink", "symbolic link not followed (--follow-symlinks, or "
-                                                                  "follow_symlinks = true in [run] of chorus.toml, follows it)"))
+                            add_error((printable(rel), "symlink", ("directory junction" if junction else "symbolic link")
+                                       + " not followed (--follow-symlinks, or follow_symlinks = true in [run] of "
+                                         "chorus.toml, follows it)"))
                             continue
                         try:
                             st = entry.stat(follow_symlinks=True)

@@ -530,3 +530,19 @@ def test_the_walk_and_the_reads_go_through_the_long_path_form(tmp_path, monkeypa
     source.open("OMOP/person.csv").close()
     assert seen == [str(site / "OMOP" / "person.csv"), str(site / "000001" / "Waveforms" / "a" / "a.hea"),
                     str(site / "OMOP" / "person.csv")]
+
+
+def test_links_and_folders_are_no_junctions_and_a_link_not_followed_is_named_as_one(tmp_path):
+    """walk.is_junction takes a Windows directory junction for the link it is (the walk went through junctions
+    whether links were followed or not). Here, with no junction to make: a folder is no junction (it is walked), a
+    symbolic link to one is none either (it stays a symbolic link, said so). The junction itself is unproven here."""
+    from chorus_batch.walk import is_junction, walk_local
+
+    site = tmp_path / "site"
+    write(site, "000001/Waveforms/a/a.hea", b"a 1 250 10\n")
+    (site / "000002").symlink_to(site / "000001", target_is_directory=True)
+    assert {entry.name: is_junction(entry) for entry in os.scandir(site)} == {"000001": False, "000002": False}
+    walked = walk_local(str(site), [""], False)
+    assert [chunk[0] for chunk in walked.chunks] == [["000001/Waveforms/a/a.hea"]]
+    assert [(path, kind) for path, kind, _ in walked.errors] == [("000002", "symlink")]
+    assert walked.errors[0][2].startswith("symbolic link not followed")
