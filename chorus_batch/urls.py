@@ -376,8 +376,23 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> N
     'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
     /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken."""
     refuse_file_url(value, what, resolved)
-    if os.name == "nt" or not _WINDOWS_PATH.match(value) or os.path.lexists(resolved if resolved is not None else value):
+    if os.name == "nt" or os.path.lexists(resolved if resolved is not None else value):
         return
+    if not _WINDOWS_PATH.match(value):
+        # A relative path with Windows separators (`db = "manifests\\site.sqlite"` in a chorus.toml shared with the
+        # site's Windows machine, `--db data\\m.sqlite` from its notes): here '\\' is part of a name, and `run` made a
+        # new manifest named 'manifests\\site.sqlite' beside that folder, and recorded every file as added again.
+        # Refused where the folder the backslashes name is there (a name with a '\\' of its own is rare, never that).
+        if "\\" not in value.rstrip("\\"):
+            return
+        here = resolved if resolved is not None else os.path.abspath(value)
+        meant = here[:len(here) - len(value)] + value.replace("\\", "/") if here.endswith(value) else None
+        if meant is None or not os.path.isdir(os.path.dirname(meant.rstrip("/")) or "."):
+            return
+        raise UsageError(f"{what} {value}: '\\' separates folders on Windows only; on this machine it is part of a "
+                         f"name, and {value} would be a new file or folder of that name in {os.path.dirname(here)}; "
+                         "nothing was done", where=what,
+                         fix=f"give it with '/' ({value.replace(chr(92), '/')}), which every system reads")
     here = resolved if resolved is not None else os.path.abspath(value)
     raise UsageError(f"{what} {value}: a Windows path (a drive or a network share), and this machine is not Windows: "
                      f"here it names {here}, which is not there; nothing was done", where=what,

@@ -720,6 +720,33 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["--db", "config", "--out"])
+def test_a_relative_path_with_windows_separators_is_refused_not_made_beside_its_folder(tmp_path, where):
+    """`db = "manifests\\site.sqlite"` in a chorus.toml shared with the site's Windows machine (or `--db` /
+    `report --out` with backslashes from its notes): on Linux `run` made a new, empty manifest named
+    'manifests\\site.sqlite' beside the folder manifests/ and recorded every file as added again; now exit 2 saying
+    '\\' separates folders on Windows only, and the '/' form to give. A file really named so is taken; a backslash
+    where no such folder is there is left alone (part of a name)."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    (work / "manifests").mkdir(parents=True)
+    db = work / "manifests" / "site.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    value = "manifests\\r.html" if where == "--out" else "manifests\\site.sqlite"
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{value}'\n" if where == "config" else "")
+    command = (["report", "--db", str(db), "--out", value] if where == "--out" else
+               ["run", "--site", str(tmp_path / "site"), *(["--db", value] if where == "--db" else [])])
+    before = sorted(p.name for p in work.rglob("*"))
+    out = cli(*command, "--config", str(work / "c.toml"), cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "'\\' separates folders on Windows only" in out.stderr and "manifests/" in out.stderr, out.stderr
+    assert sorted(p.name for p in work.rglob("*")) == before
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    # a name with a backslash of its own, where no such folder is: as before (a file of that name)
+    assert cli("report", "--db", str(db), "--out", "no folder\\r.html", cwd=work).returncode == 0
+    assert (work / "no folder\\r.html").is_file()
+
+
 @pytest.mark.parametrize("command, value", [
     (["registry", "--out"], "s3://site-bucket/registries"), (["report", "--out"], "s3://site-bucket/r.html"),
     (["review", "--out"], "az://reports/r.ipynb"), (["report", "--out"], "file:///tmp/r.html"),
