@@ -546,3 +546,18 @@ def test_links_and_folders_are_no_junctions_and_a_link_not_followed_is_named_as_
     assert [chunk[0] for chunk in walked.chunks] == [["000001/Waveforms/a/a.hea"]]
     assert [(path, kind) for path, kind, _ in walked.errors] == [("000002", "symlink")]
     assert walked.errors[0][2].startswith("symbolic link not followed")
+
+
+def test_a_site_root_typed_with_windows_separators_is_said_to_be_one(tmp_path):
+    """`--site data\\site` (from the Windows machine's notes) on Linux: "does not exist (a typo, or a disk that is not
+    mounted?)" of a folder that is there; now it names the '/' form that exists."""
+    from chorus_batch.errors import ConfigError
+
+    write(tmp_path / "data" / "site", "OMOP/person.csv", b"person_id\n1\n")
+    with pytest.raises(ConfigError) as caught:
+        LocalSource(str(tmp_path / "data") + "\\site").check()
+    said = str(caught.value)
+    assert f"but {tmp_path}/data/site does: '\\' separates folders on Windows only" in said, said
+    assert "a typo" not in said
+    with pytest.raises(ConfigError, match="a typo, or a disk that is not mounted"):  # no such folder either way
+        LocalSource(str(tmp_path / "data") + "\\other").check()

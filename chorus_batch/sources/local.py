@@ -128,6 +128,11 @@ def _why_no_folder(path: str) -> str:
             return ("does not exist: it ends in a Windows path (a drive or a network share), and this machine "
                     "is not Windows; give the root as this machine names it (under the mount point of that disk or "
                     "share here), or run on the Windows machine it is of")
+        slashed = path.replace("\\", "/")
+        if os.name != "nt" and slashed != path and os.path.isdir(slashed):
+            # (`--site data\\site` from the Windows machine's notes: "a typo?" of a folder that is there)
+            return (f"does not exist, but {shown_name(slashed)} does: '\\' separates folders on Windows only, and is "
+                    "part of a name on this machine; give the path with '/'")
         return "does not exist (a typo, or a disk that is not mounted?)"
     except PermissionError:
         return "cannot be reached by this user (permission denied on a folder above it)"
