@@ -170,7 +170,7 @@ def root_url(url: str) -> str:
     return f"{scheme}{sep}{rest.rstrip('/') if rest.strip('/') else rest}{mark}{query}"
 
 
-def local_path(location: str, what: str = "--site / [site] root") -> str | None:
+def local_path(location: str, what: str = "--site / [site] root", *, windows: bool | None = None) -> str | None:
     """The local path a root names (None: a cloud URL). A plain path as given; a file: URL as RFC 8089 reads it
     (file:///p, file://localhost/p, file:/p, any case), its %-escapes decoded as a URL's are (file:///data/my%20site,
     as Path.as_uri() and file managers write it); '~' and '~user' at the start of a path as a shell reads them. Each place that took a root stripped 'file://' itself: escapes
@@ -196,7 +196,11 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
         raise UsageError(f"{what} {mask_url(location)}: a file URL with a user or password is not read (credentials "
                          "are not taken from a URL)", where=what,
                          fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
-    if host.lower() not in ("", "localhost"):
+    # On Windows, file://server/share/site is the network share \\server\share\site (RFC 8089, and what Windows'
+    # Path.as_uri() writes of one): read there as //server/share/site, which Windows opens as that share. Elsewhere
+    # a share is reached where it is mounted, not through its host's name.
+    unc = host.lower() not in ("", "localhost") and (os.name == "nt" if windows is None else windows)
+    if host.lower() not in ("", "localhost") and not unc:
         raise UsageError(f"{what} {location}: a file URL naming the computer {host!r} is not read", where=what,
                          fix="give the folder's path where it is mounted here (e.g. /mnt/share/site)")
     from urllib.parse import unquote
@@ -206,7 +210,12 @@ def local_path(location: str, what: str = "--site / [site] root") -> str | None:
     except UnicodeDecodeError:
         raise UsageError(f"{what} {location}: its %-escapes are not UTF-8 text", where=what,
                          fix="give the folder as a plain path, or write its name's bytes as UTF-8 %-escapes") from None
-    if os.path.splitdrive(path[1:])[0][1:2] == ":":  # file:///C:/data/site (Windows' Path.as_uri()): C:/data/site,
+    if unc:
+        if not re.fullmatch(r"/[^/\\]+(?:/.*)?", path):  # file://server or file://server/: no share named
+            raise UsageError(f"{what} {location}: the file URL names the computer {host!r} but no shared folder on it",
+                             where=what, fix=f"give the share and the folder in it, e.g. file://{host}/share/site")
+        path, raw = f"//{host}{path}", f"//{host}{raw}"
+    elif os.path.splitdrive(path[1:])[0][1:2] == ":":  # file:///C:/data/site (Windows' Path.as_uri()): C:/data/site,
         path, raw = path[1:], raw[1:]  # not /C:/data/site (read on Windows as C:\C:\data\site)
     if path != raw and not os.path.exists(path) and os.path.exists(raw):
         raise UsageError(f"{what} {location}: as a URL it names {path} (its %-escapes decoded), which does not exist, "
@@ -367,8 +376,23 @@ def refuse_windows_path(value: str, what: str, resolved: str | None = None) -> N
     'C:\\chorus\\manifest.sqlite', and added every file again; the reading commands said "no manifest at
     /home/x/C:\\chorus\\manifest.sqlite". A file or folder of that very name (`resolved`, the path read) is taken."""
     refuse_file_url(value, what, resolved)
-    if os.name == "nt" or not _WINDOWS_PATH.match(value) or os.path.lexists(resolved if resolved is not None else value):
+    if os.name == "nt" or os.path.lexists(resolved if resolved is not None else value):
         return
+    if not _WINDOWS_PATH.match(value):
+        # A relative path with Windows separators (`db = "manifests\\site.sqlite"` in a chorus.toml shared with the
+        # site's Windows machine, `--db data\\m.sqlite` from its notes): here '\\' is part of a name, and `run` made a
+        # new manifest named 'manifests\\site.sqlite' beside that folder, and recorded every file as added again.
+        # Refused where the folder the backslashes name is there (a name with a '\\' of its own is rare, never that).
+        if "\\" not in value.rstrip("\\"):
+            return
+        here = resolved if resolved is not None else os.path.abspath(value)
+        meant = here[:len(here) - len(value)] + value.replace("\\", "/") if here.endswith(value) else None
+        if meant is None or not os.path.isdir(os.path.dirname(meant.rstrip("/")) or "."):
+            return
+        raise UsageError(f"{what} {value}: '\\' separates folders on Windows only; on this machine it is part of a "
+                         f"name, and {value} would be a new file or folder of that name in {os.path.dirname(here)}; "
+                         "nothing was done", where=what,
+                         fix=f"give it with '/' ({value.replace(chr(92), '/')}), which every system reads")
     here = resolved if resolved is not None else os.path.abspath(value)
     raise UsageError(f"{what} {value}: a Windows path (a drive or a network share), and this machine is not Windows: "
                      f"here it names {here}, which is not there; nothing was done", where=what,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import ntpath
 import os
 import re
 import stat
@@ -50,6 +51,37 @@ def _dir_kept(exc: OSError, root: str = "", rel_dir: str = "") -> str:
                 f"opened; what was recorded below it is kept: give this user search (x) permission on {named}, "
                 "and run again (chmod -R u+X gives it to every folder)")
     return _DIR_KEPT
+
+
+def long_path(path: str, *, windows: bool = os.name == "nt") -> str:
+    """`path` as the system calls take it past 260 characters: on Windows, an absolute path in its extended-length
+    form (C:\\data\\x as \\\\?\\C:\\data\\x, \\\\server\\share\\x as \\\\?\\UNC\\server\\share\\x), which Windows opens
+    whatever its length, long paths enabled on the computer or not. Without it a file deeper than MAX_PATH could not
+    be listed, opened or looked at, and was recorded as vanished (a folder as gone) though it was there. Only for
+    the system calls: the paths recorded and shown keep the form the user gave. Elsewhere, and for a path that is
+    relative or already in that form (\\\\?\\, \\\\.\\), `path` as it is."""
+    if not windows or path.startswith(("\\\\?\\", "\\\\.\\", "//?/", "//./")):
+        return path
+    # the prefix turns off Windows' own normalisation: '/' separators and '.', '..' parts are resolved here first
+    normal = ntpath.normpath(path)
+    if normal.startswith("\\\\"):  # a network share
+        return "\\\\?\\UNC\\" + normal[2:]
+    if re.match(r"^[A-Za-z]:\\", normal):
+        return "\\\\?\\" + normal
+    return path  # relative, or relative to a drive's current folder (C:x): not made absolute here
+
+
+def is_junction(entry: os.DirEntry) -> bool:
+    """A directory junction (Windows' mklink /J, as backup and storage tools make): a link to a folder that
+    DirEntry.is_symlink does not count (it counts symbolic links only) and is_dir(follow_symlinks=False) takes for a
+    folder of the site, so the walk went through it whether links were followed or not: the folder it leads to (the
+    site again, a folder above it, another disk) was listed as the site's. Taken as a link here. (Python 3.12
+    has DirEntry.is_junction; 3.11 reads the reparse tag of the entry's own stat, which the listing carries.)"""
+    own = getattr(entry, "is_junction", None)
+    if own is not None:
+        return own()
+    return getattr(entry.stat(follow_symlinks=False), "st_reparse_tag", 0) == getattr(stat, "IO_REPARSE_TAG_MOUNT_POINT",
+                                                                                         0xA0000003)
 
 
 NON_UTF8_FOLDER = "folder name is not valid UTF-8; rename it to track its files"
@@ -96,7 +128,7 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     # With links followed, each folder walked carries its real path: a link to a folder is judged by where it
     # leads (link_problem), the same in whichever worker walks it. (A set of the link targets seen, per worker,
     # walked a linked parent once more before it saw the loop, and the root again through a link to it.)
-    real_root = os.path.realpath(root) if follow_symlinks else root
+    real_root = os.path.realpath(long_path(root)) if follow_symlinks else root
 
     def flush() -> None:
         nonlocal paths, sizes, mtimes, add_path, add_size, add_mtime
@@ -107,7 +139,8 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
 
     # each folder to walk: (path, real path, the followed link it is reached through, "" if none)
     stack = [(rel, real, rel if follow_symlinks and not _within(real, real_root) else "")
-             for rel in reversed(rel_dirs) for real in [os.path.realpath(os.path.join(root, rel)) if follow_symlinks else ""]]
+             for rel in reversed(rel_dirs)
+             for real in [os.path.realpath(long_path(os.path.join(root, rel))) if follow_symlinks else ""]]
 
     def push_dir(rel: str, real: str, link: str) -> None:
         if collect_dirs:
@@ -120,11 +153,12 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
     add_path, add_size, add_mtime, add_error = paths.append, sizes.append, mtimes.append, out.errors.append
     add_linked = out.linked.append
     loops = mount_loops(root)
+    windows = os.name == "nt"
     while stack:
         rel_dir, real_dir, link_dir = stack.pop()
         prefix = rel_dir + "/" if rel_dir else ""
         try:
-            it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
+            it = os.scandir(long_path(os.path.join(root, rel_dir) if rel_dir else root))
         except (FileNotFoundError, NotADirectoryError):  # (gone, or a file put in its place: no permission to give)
             add_error((rel_dir + "/", "vanished_dir", "directory disappeared (deleted, moved, or replaced by a file) "
                        "while the tree was listed; what was recorded "
@@ -145,7 +179,8 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
             for entry in entries:
                 rel = prefix + entry.name
                 try:
-                    if entry.is_dir(follow_symlinks=False):
+                    junction = windows and is_junction(entry)
+                    if entry.is_dir(follow_symlinks=False) and not junction:
                         if loops and rel in loops:
                             add_error((printable(rel), "mount_loop", loops[rel]))
                             continue
@@ -156,10 +191,11 @@ def walk_local(root: str, rel_dirs: list[str], follow_symlinks: bool, collect_di
                         st = entry.stat(follow_symlinks=False)
                         if link_dir:
                             real = os.path.join(real_dir, entry.name)
-                    elif entry.is_symlink():
+                    elif junction or entry.is_symlink():
                         if not follow_symlinks:
-                            add_error((printable(rel), "symlink", "symbolic link not followed (--follow-symlinks, or "
-                                                                  "follow_symlinks = true in [run] of chorus.toml, follows it)"))
+                            add_error((printable(rel), "symlink", ("directory junction" if junction else "symbolic link")
+                                       + " not followed (--follow-symlinks, or follow_symlinks = true in [run] of "
+                                         "chorus.toml, follows it)"))
                             continue
                         try:
                             st = entry.stat(follow_symlinks=True)

@@ -720,6 +720,33 @@ def test_a_windows_path_given_to_any_path_option_is_refused_not_made_here(tmp_pa
     assert list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["--db", "config", "--out"])
+def test_a_relative_path_with_windows_separators_is_refused_not_made_beside_its_folder(tmp_path, where):
+    """`db = "manifests\\site.sqlite"` in a chorus.toml shared with the site's Windows machine (or `--db` /
+    `report --out` with backslashes from its notes): on Linux `run` made a new, empty manifest named
+    'manifests\\site.sqlite' beside the folder manifests/ and recorded every file as added again; now exit 2 saying
+    '\\' separates folders on Windows only, and the '/' form to give. A file really named so is taken; a backslash
+    where no such folder is there is left alone (part of a name)."""
+    write(tmp_path / "site", "OMOP/a.csv")
+    work = tmp_path / "work"
+    (work / "manifests").mkdir(parents=True)
+    db = work / "manifests" / "site.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(tmp_path / "site"), "--db", str(db)).returncode == 0
+    value = "manifests\\r.html" if where == "--out" else "manifests\\site.sqlite"
+    (work / "c.toml").write_text(f"[manifest]\ndb = '{value}'\n" if where == "config" else "")
+    command = (["report", "--db", str(db), "--out", value] if where == "--out" else
+               ["run", "--site", str(tmp_path / "site"), *(["--db", value] if where == "--db" else [])])
+    before = sorted(p.name for p in work.rglob("*"))
+    out = cli(*command, "--config", str(work / "c.toml"), cwd=work)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "'\\' separates folders on Windows only" in out.stderr and "manifests/" in out.stderr, out.stderr
+    assert sorted(p.name for p in work.rglob("*")) == before
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    # a name with a backslash of its own, where no such folder is: as before (a file of that name)
+    assert cli("report", "--db", str(db), "--out", "no folder\\r.html", cwd=work).returncode == 0
+    assert (work / "no folder\\r.html").is_file()
+
+
 @pytest.mark.parametrize("command, value", [
     (["registry", "--out"], "s3://site-bucket/registries"), (["report", "--out"], "s3://site-bucket/r.html"),
     (["review", "--out"], "az://reports/r.ipynb"), (["report", "--out"], "file:///tmp/r.html"),
@@ -1771,6 +1798,28 @@ def test_a_file_url_with_a_drive_letter_names_that_drive_on_windows(monkeypatch)
     assert local_path("file:///C:/data/my%20site") == "C:/data/my site"
     assert local_path("file:///c:/") == "c:/"
     assert local_path("file:///data/site") == "/data/site"
+
+
+def test_a_file_url_naming_a_server_is_its_network_share_on_windows(tmp_path):
+    """Windows' Path.as_uri() of a share (\\\\server\\share\\my site) is file://server/share/my%20site (RFC 8089). On
+    Windows it was refused ("naming the computer 'server' is not read", fix: "where it is mounted here"), though it
+    is how Windows names that very share; now it is //server/share/my site there. Elsewhere it is still refused, the
+    share being reached where it is mounted; a URL naming a server but no share is refused on Windows too."""
+    from chorus_batch.errors import UsageError
+    from chorus_batch.urls import local_path
+
+    assert local_path("file://server/share/chorus/my%20site", windows=True) == "//server/share/chorus/my site"
+    assert local_path("FILE://fs01.hospital.org/CHoRUS", windows=True) == "//fs01.hospital.org/CHoRUS"
+    assert local_path("file://localhost/data/site", windows=True) == "/data/site"  # this computer, as before
+    with pytest.raises(UsageError, match="no shared folder on it"):
+        local_path("file://server/", windows=True)
+    with pytest.raises(UsageError, match="naming the computer 'server' is not read"):
+        local_path("file://server/share/site", windows=False)
+    with pytest.raises(UsageError, match="user or password"):  # never read, on Windows neither
+        local_path("file://me:pw@server/share/site", windows=True)
+    # from the command line, on this (POSIX) machine: refused, exit 2, nothing made
+    out = cli("run", "--site", "file://server/share/site", "--db", str(tmp_path / "m.sqlite"), cwd=tmp_path)
+    assert out.returncode == 2 and "mounted here" in out.stderr and not (tmp_path / "m.sqlite").exists(), out.stderr
 
 
 def test_a_manifest_name_with_white_space_at_an_end_is_refused_unless_that_file_is_there(site, tmp_path):

@@ -471,3 +471,93 @@ def test_spawned_workers_say_the_bytes_read_within_a_large_file(site, monkeypatc
     with processes.pool(1, (set_meter, counter)) as executor:
         chunk = executor.submit(hash_chunk, LocalSource(site), ["000001/Waveforms/big.dat"]).result(timeout=60)
     assert chunk.metered == counter.value >= METER_STEP  # said in the worker, seen here
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("C:\\data\\site", "\\\\?\\C:\\data\\site"),
+    ("C:/data/site/000001/Waveforms", "\\\\?\\C:\\data\\site\\000001\\Waveforms"),  # '/' as os.path.join leaves it
+    ("D:\\data\\site\\..\\site2\\.\\OMOP", "\\\\?\\D:\\data\\site2\\OMOP"),  # the prefix stops Windows resolving ..
+    ("C:\\", "\\\\?\\C:\\"),
+    ("\\\\server\\share\\chorus\\site", "\\\\?\\UNC\\server\\share\\chorus\\site"),
+    ("//server/share/chorus", "\\\\?\\UNC\\server\\share\\chorus"),
+    ("\\\\?\\C:\\data\\site", "\\\\?\\C:\\data\\site"),  # already in that form
+    ("\\\\?\\UNC\\server\\share", "\\\\?\\UNC\\server\\share"),
+    ("\\\\.\\PhysicalDrive0", "\\\\.\\PhysicalDrive0"),
+    ("site\\OMOP", "site\\OMOP"),  # relative: left to the system
+])
+def test_windows_paths_past_260_characters_are_given_in_the_extended_length_form(given, expected):
+    """A Windows site whose deepest files lie past MAX_PATH (260 characters, a DICOM series under a long UID): without
+    long paths enabled on the computer, Windows found neither them nor their folders, and the run recorded them as
+    vanished (folders as gone, what was recorded below kept). The system calls are given the \\\\?\\ form, which
+    Windows opens whatever the length. (Windows' own rules, ntpath, tested here; on Windows itself unproven.)"""
+    import ntpath
+
+    from chorus_batch.walk import long_path
+
+    assert long_path(given, windows=True) == expected
+    assert long_path(given, windows=False) == given  # elsewhere nothing changes
+    long = "C:\\data\\site\\000001\\Images\\CT\\" + "\\".join(["2.25." + "1" * 38] * 8) + "\\000.dcm"
+    assert len(long) > 260 and long_path(long, windows=True) == "\\\\?\\" + long
+    assert ntpath.normpath(long_path(long, windows=True)[4:]) == long
+
+
+def test_the_walk_and_the_reads_go_through_the_long_path_form(tmp_path, monkeypatch):
+    """Every folder listed and every file opened, stat'ed or hashed is given to the system as walk.long_path makes
+    it (on Windows the \\\\?\\ form); what is recorded stays site-relative, as listed."""
+    import chorus_batch.sources.local as local
+    import chorus_batch.walk as walk
+
+    site = tmp_path / "site"
+    write(site, "OMOP/person.csv", b"person_id\n1\n")
+    write(site, "000001/Waveforms/a/a.hea", b"a 1 250 10\n")
+    seen: list[str] = []
+
+    def spy(path: str, **_kw) -> str:
+        seen.append(path)
+        return path
+
+    monkeypatch.setattr(walk, "long_path", spy)
+    monkeypatch.setattr(local, "long_path", spy)
+    source = LocalSource(site)
+    errors: list = []
+    listed = sorted(p for batch in source.list_files(errors) for p in batch.column("srcfile").to_pylist())
+    assert listed == ["000001/Waveforms/a/a.hea", "OMOP/person.csv"] and errors == []
+    assert {os.path.join(str(site), *d.split("/")) if d else str(site)
+            for d in ("", "OMOP", "000001", "000001/Waveforms", "000001/Waveforms/a")} <= set(seen)
+    seen.clear()
+    source.hash_file("OMOP/person.csv", bytearray(1 << 16))
+    source.stat("000001/Waveforms/a/a.hea")
+    source.open("OMOP/person.csv").close()
+    assert seen == [str(site / "OMOP" / "person.csv"), str(site / "000001" / "Waveforms" / "a" / "a.hea"),
+                    str(site / "OMOP" / "person.csv")]
+
+
+def test_links_and_folders_are_no_junctions_and_a_link_not_followed_is_named_as_one(tmp_path):
+    """walk.is_junction takes a Windows directory junction for the link it is (the walk went through junctions
+    whether links were followed or not). Here, with no junction to make: a folder is no junction (it is walked), a
+    symbolic link to one is none either (it stays a symbolic link, said so). The junction itself is unproven here."""
+    from chorus_batch.walk import is_junction, walk_local
+
+    site = tmp_path / "site"
+    write(site, "000001/Waveforms/a/a.hea", b"a 1 250 10\n")
+    (site / "000002").symlink_to(site / "000001", target_is_directory=True)
+    assert {entry.name: is_junction(entry) for entry in os.scandir(site)} == {"000001": False, "000002": False}
+    walked = walk_local(str(site), [""], False)
+    assert [chunk[0] for chunk in walked.chunks] == [["000001/Waveforms/a/a.hea"]]
+    assert [(path, kind) for path, kind, _ in walked.errors] == [("000002", "symlink")]
+    assert walked.errors[0][2].startswith("symbolic link not followed")
+
+
+def test_a_site_root_typed_with_windows_separators_is_said_to_be_one(tmp_path):
+    """`--site data\\site` (from the Windows machine's notes) on Linux: "does not exist (a typo, or a disk that is not
+    mounted?)" of a folder that is there; now it names the '/' form that exists."""
+    from chorus_batch.errors import ConfigError
+
+    write(tmp_path / "data" / "site", "OMOP/person.csv", b"person_id\n1\n")
+    with pytest.raises(ConfigError) as caught:
+        LocalSource(str(tmp_path / "data") + "\\site").check()
+    said = str(caught.value)
+    assert f"but {tmp_path}/data/site does: '\\' separates folders on Windows only" in said, said
+    assert "a typo" not in said
+    with pytest.raises(ConfigError, match="a typo, or a disk that is not mounted"):  # no such folder either way
+        LocalSource(str(tmp_path / "data") + "\\other").check()

@@ -29,6 +29,7 @@ from ..walk import (
     BATCH_ROWS,
     WalkResult,
     folders_to_walk,
+    long_path,
     name_error,
     take_early_listing,
     unique_linked,
@@ -127,6 +128,11 @@ def _why_no_folder(path: str) -> str:
             return ("does not exist: it ends in a Windows path (a drive or a network share), and this machine "
                     "is not Windows; give the root as this machine names it (under the mount point of that disk or "
                     "share here), or run on the Windows machine it is of")
+        slashed = path.replace("\\", "/")
+        if os.name != "nt" and slashed != path and os.path.isdir(slashed):
+            # (`--site data\\site` from the Windows machine's notes: "a typo?" of a folder that is there)
+            return (f"does not exist, but {shown_name(slashed)} does: '\\' separates folders on Windows only, and is "
+                    "part of a name on this machine; give the path with '/'")
         return "does not exist (a typo, or a disk that is not mounted?)"
     except PermissionError:
         return "cannot be reached by this user (permission denied on a folder above it)"
@@ -271,7 +277,8 @@ class LocalSource:
         return None
 
     def absolute(self, srcfile: str) -> str:
-        return os.path.join(self.root, *srcfile.split("/"))
+        """Where the file is, as the system calls take it (on Windows in the extended-length form: walk.long_path)."""
+        return long_path(os.path.join(self.root, *srcfile.split("/")))
 
     def open(self, srcfile: str) -> BinaryIO:
         return open(_open_regular(self.absolute(srcfile))[0], "rb")
