@@ -1234,6 +1234,9 @@ def test_an_s3_sign_in_botocore_cannot_use_is_a_configuration_to_fix(clean_env, 
     ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=;EndpointSuffix=core.windows.net",
      "has an empty AccountKey"),
     ("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=", "has an empty SharedAccessSignature"),
+    # a SharedAccessSignature with no signature: sent as given, "sign-in failed ... may be wrong or old", exit 3
+    ("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=SECRETKEY-no-sig",
+     "is not a SAS token: it has no signature (sig=)"),
 ])
 def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_env, tmp_path, conn, said):
     """The SDK refuses these with a bare ValueError (an internal error) or signs every request wrongly."""

@@ -319,6 +319,8 @@ def _check_connection_string(conn: str, name: str) -> None:
         empty = " and ".join(k for k in ("AccountKey", "SharedAccessSignature") if k.lower() in given)
         raise ConfigError(f"the connection string in {name} has an empty {empty} (an unset variable where the "
                           "string was put together?)", where=name, fix=fix)
+    if fields.get("sharedaccesssignature"):  # (a SAS URL, or no sig=, as for AZURE_STORAGE_SAS_TOKEN)
+        _check_sas_token(fields["sharedaccesssignature"], f"the SharedAccessSignature of the connection string in {name}")
     if fields.get("accountkey") and not _is_base64(fields["accountkey"]):
         raise ConfigError(f"the AccountKey of the connection string in {name} is not an Azure account key (not base64 "
                           "text)", where=name, fix=fix)
