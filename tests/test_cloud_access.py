@@ -1234,6 +1234,9 @@ def test_an_s3_sign_in_botocore_cannot_use_is_a_configuration_to_fix(clean_env, 
     ("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=;EndpointSuffix=core.windows.net",
      "has an empty AccountKey"),
     ("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=", "has an empty SharedAccessSignature"),
+    # a SharedAccessSignature with no signature: sent as given, "sign-in failed ... may be wrong or old", exit 3
+    ("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=SECRETKEY-no-sig",
+     "is not a SAS token: it has no signature (sig=)"),
 ])
 def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_env, tmp_path, conn, said):
     """The SDK refuses these with a bare ValueError (an internal error) or signs every request wrongly."""
@@ -1244,6 +1247,26 @@ def test_a_connection_string_that_is_not_one_is_named_before_any_request(clean_e
         out = cli(*command, "--db", str(db), env={"AZURE_STORAGE_CONNECTION_STRING": conn})
         assert out.returncode == 2 and said in out.stderr and "fix:" in out.stderr, out.stderr
         assert "internal error" not in out.stderr and "SECRETKEY" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("token, said", [
+    # the portal's "Blob SAS URL" pasted whole instead of its "SAS token" field
+    ("https://acct.blob.core.windows.net/site?sv=2022-11-02&sp=rl&se=2030-01-01T00:00:00Z&sig=SECRETSIG",
+     "AZURE_STORAGE_SAS_TOKEN holds a URL (https://acct.blob.core.windows.net/site?sv=***"),
+    # no signature at all (a variable filled with something else)
+    ("SECRETSIG-not-a-token", "AZURE_STORAGE_SAS_TOKEN is not a SAS token: it has no signature (sig=)"),
+])
+def test_a_sas_token_that_is_not_one_is_named_before_any_request(clean_env, tmp_path, token, said):
+    """Both were sent as given and refused by the service: "sign-in failed (AuthorizationFailure ...)", "the SAS token
+    may have expired", exit 3 for a setting to fix. Now exit 2 before any request, the value masked."""
+    db = tmp_path / "m.sqlite"
+    write(tmp_path / "site", "OMOP/person.csv", b"person_id\n1\n")
+    assert cli("run", "--site", str(tmp_path / "site"), "--db", str(db), "--no-validate").returncode == 0
+    env = {"AZURE_STORAGE_ACCOUNT": "acct", "AZURE_STORAGE_SAS_TOKEN": token, "CHORUS_BATCH_RETRY_DEADLINE_S": "1"}
+    for command in (["upload", "--to", "az://central/"], ["verify", "--to", "az://central/"], ["run", "--site", "az://site/x"]):
+        out = cli(*command, "--db", str(db), env=env)
+        assert out.returncode == 2 and said in out.stderr and "fix:   set it to the SAS token alone" in out.stderr, out.stderr
+        assert "SECRETSIG" not in out.stdout + out.stderr and "Traceback" not in out.stderr and "may have expired" not in out.stderr
 
 
 def test_a_sas_whose_start_has_not_come_says_so_not_that_it_may_have_expired(clean_env, azurite, az_site, tmp_path):

@@ -276,11 +276,12 @@ def test_every_file_is_0600_and_every_folder_made_0700_under_umask_000(manifest,
 @posix_only
 def test_a_manifest_restored_readable_is_made_owner_only_with_its_state_cache_by_a_run(manifest, tmp_path, capsys):
     """A manifest and its state cache copied back from a backup under umask 022 (0644): a run made the manifest 0600
-    but, committing nothing, left the state cache (every current path with its MD5) readable by every user."""
+    but, committing nothing, left the state cache (every current path with its MD5) readable by every user; and its
+    lock, which the README names with them, stayed 0644."""
     site = manifest.parent / "td" / "first"
     db = tmp_path / "m.sqlite"
     assert main(["run", "--site", str(site), "--db", str(db), "--no-validate", "-q"]) == ExitCode.OK
-    kept = [db, Path(f"{db}.state.parquet")]
+    kept = [db, Path(f"{db}.state.parquet"), Path(f"{db}.lock")]
     for path in kept:
         assert path.exists()
         path.chmod(0o644)

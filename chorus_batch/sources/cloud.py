@@ -246,6 +246,7 @@ def _azure_sign_in(cloud: CloudSettings, env: Mapping[str, str]) -> AzureSignIn:
 
     sas, sas_env = _env(env, azure.sas_token_env)
     if sas:
+        _check_sas_token(sas, sas_env or azure.sas_token_env)
         # Its expiry (se=, not a secret) is named in every message: a run may outlive its token.
         expiry = _sas_expiry(sas)
         return AzureSignIn("sas", f"SAS token from {sas_env} for {account}" + _sas_not_before(sas)
@@ -318,9 +319,25 @@ def _check_connection_string(conn: str, name: str) -> None:
         empty = " and ".join(k for k in ("AccountKey", "SharedAccessSignature") if k.lower() in given)
         raise ConfigError(f"the connection string in {name} has an empty {empty} (an unset variable where the "
                           "string was put together?)", where=name, fix=fix)
+    if fields.get("sharedaccesssignature"):  # (a SAS URL, or no sig=, as for AZURE_STORAGE_SAS_TOKEN)
+        _check_sas_token(fields["sharedaccesssignature"], f"the SharedAccessSignature of the connection string in {name}")
     if fields.get("accountkey") and not _is_base64(fields["accountkey"]):
         raise ConfigError(f"the AccountKey of the connection string in {name} is not an Azure account key (not base64 "
                           "text)", where=name, fix=fix)
+
+
+def _check_sas_token(sas: str, name: str) -> None:
+    """A ConfigError (the token masked) for a value that is no SAS token: the portal's "Blob SAS URL" pasted whole
+    (https://acct.blob.core.windows.net/c?sv=...&sig=...), or something with no signature (sig=). Each was sent as
+    given and refused by the service as "sign-in failed ... the SAS token may have expired": neither said what was
+    wrong, and a run of the night failed with exit 3 on what is a setting to fix."""
+    fix = ("set it to the SAS token alone: the part after '?' of a SAS URL, its fields sv, sp, se and sig joined by "
+           "'&', as the Azure portal's \"SAS token\" field or `az storage container generate-sas` gives it")
+    if "://" in sas:
+        raise ConfigError(f"{name} holds a URL ({mask_url(sas)}), not a SAS token", where=name,
+                          fix=fix + "; the account and container are named by [azure] and the az:// root")
+    if not _sas_field(sas, "sig"):
+        raise ConfigError(f"{name} is not a SAS token: it has no signature (sig=)", where=name, fix=fix)
 
 
 def _is_base64(text: str) -> bool:

@@ -1506,8 +1506,9 @@ class Manifest:
 
     def after_commit(self) -> None:
         """Keep the files beside the manifest private: also those a copy or a restore left readable (`cp` under umask
-        022 makes a 0644 state cache, every current path with its MD5), which a run that rewrites nothing kept so."""
-        for suffix in ("", "-wal", "-shm", ".state.parquet", ".runs-pending.jsonl"):
+        022 makes a 0644 state cache, every current path with its MD5), which a run that rewrites nothing kept so. The
+        locks too, as the README says of them (a restored 0644 `.lock` was kept so: the OS lock opens it as it is)."""
+        for suffix in ("", "-wal", "-shm", ".state.parquet", ".runs-pending.jsonl", ".lock", ".upload.lock"):
             if Path(f"{self.path}{suffix}").exists():
                 restrict(f"{self.path}{suffix}")
 
