@@ -120,6 +120,20 @@ def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
     return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
 
 
+def _split_manifest(folders: list[Path], db: str | Path) -> str | None:
+    """The other manifest (`--db`) every complete shard of one split was written for, or None (this one's, not
+    said, or no shard complete)."""
+    named = set()
+    for folder in folders:
+        try:
+            record = json.loads((folder / "scan.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        arguments = record.get("arguments") if isinstance(record, dict) else None
+        named.add(_other_manifest(arguments if isinstance(arguments, list) else None, db))
+    return next(iter(named)) if len(named) == 1 else None
+
+
 def _written_ns(folder: Path) -> int:
     """When a shard folder was last written: which split in a staging folder is the latest. A complete shard's listing
     started when its scan.json records: a staging folder copied (`cp -r`, rsync without -t) gave every file the time
@@ -626,8 +640,13 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     contents=False: the records only (ScanResult.read), not the errors and facts the merge reads itself."""
     found = check_staging(staging)
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
-    # the others are left out and said, never merged with it, never a reason to refuse it.
-    shards = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
+    # the others are left out and said, never merged with it, never a reason to refuse it. A split written for
+    # another manifest (one staging folder given to two manifests' shards) is not this merge's to take while one of
+    # its own is there: taking the newest split, the other manifest's, refused this one's complete shards as "left out"
+    # (with an `rm -r` of them) and told to hash the whole site again over the other manifest's shards.
+    theirs = {n: _split_manifest(found[n], settings.db) for n in found}
+    own = [n for n in found if theirs[n] is None]
+    shards = max(own or list(found), key=lambda n: max(_written_ns(folder) for folder in found[n]))
     left_out = ""
     if len(found) > 1:
         from datetime import datetime, timezone
@@ -637,14 +656,19 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         def when(n: int) -> str:
             return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
 
-        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, listed {when(n)})"
+        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, listed {when(n)}"
+                  + (f", written for another manifest, {theirs[n]})" if theirs[n] and theirs[shards] is None else ")")
                   for n in sorted(found) if n != shards]
-        left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
+        stale = [n for n in sorted(found) if n != shards and not (theirs[n] and theirs[shards] is None)]
+        newest = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
+        left_out = (f"{staging} also holds {'; '.join(others)}, "
+                    f"{'older than' if newest == shards else 'beside'} the split into {shards} this merge reads: "
                     "they were left out")
         if say_left_out:
-            log.warning(f"{left_out}; remove them: "
-                        + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}"
-                                   for n in sorted(found) if n != shards))
+            log.warning(left_out + ("; remove the ones of no manifest's use: " + " ".join(
+                f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}" for n in stale) if stale else
+                "; merge another manifest's shards into it, and give each manifest's shards a --staging folder of "
+                "their own"))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None

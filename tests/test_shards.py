@@ -1126,6 +1126,31 @@ def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '%.csv' OR srcfile LIKE '%.hea'") == [(0,)]
 
 
+def test_a_staging_folder_shared_by_two_manifests_merges_this_manifests_own_split(snapshots, tmp_path):
+    """One --staging folder given to two manifests' shards, each with its own --shards: the merge took the split
+    written last, the other manifest's, refused it shard by shard ("written for another manifest: rerun it for this
+    one", the whole site hashed again over that manifest's shards), and said this manifest's own complete split was
+    "left out", with an `rm -r` of it. Its own split is merged; the other one is named as that manifest's, not removed."""
+    site, db, other, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "other.sqlite", tmp_path / "st"
+    run_shards(site, db, staging)  # this manifest's split into N
+    for k in (0, 1):  # then another manifest's split into 2, in the same folder
+        assert cli("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/2", "--staging", str(staging)
+                   ).returncode == 0
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    assert "rerun it for this one" not in out.stderr and f"rm -r {staging}/shard-*-of-{N}" not in out.stderr
+    assert "split into 2 (shard-*-of-2, listed " in out.stderr and f"written for another manifest, {other}" in out.stderr
+    assert f"rm -r {staging}/shard-*-of-2" not in out.stderr  # (the other manifest's shards, still to be merged)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    single = tmp_path / "single.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert manifest_view(db) == manifest_view(single)
+    # and the other manifest's merge takes its own split, the newest, as before
+    theirs = cli("run", "--site", str(site), "--db", str(other), "--merge", str(staging), "--no-validate")
+    assert theirs.returncode in (0, 1), theirs.stderr
+    assert manifest_view(other) == manifest_view(single)
+
+
 def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied_last(snapshots, tmp_path):
     """The latest of two splits in a staging folder was told by its files' modification times: a folder copied with
     `cp -r` (another disk, a scratch file system) has the copy's times, and the older split, copied after the newer,
