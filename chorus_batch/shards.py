@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -679,6 +680,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     problems: list[str] = []
     parts: list[ScanResult] = []
     stale_started: list[int] = []
+    theirs_started: dict[str, list[int]] = {}  # another manifest's shards (by its --db): their listings' starts
     unlike: list[ScanResult] = []  # complete shards listed unlike this merge (other globs or roots)
     numbered: list[tuple[int, ScanResult]] = []  # the complete shards the merge would take, by number
     for k in range(shards):
@@ -731,6 +733,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             stale_started.append(part.scan_started_ns)
             other_db = _other_manifest(part.arguments, settings.db)
             if other_db is not None:  # (rerun as it had been run, it was written for that manifest again: stale again)
+                theirs_started.setdefault(other_db, []).append(part.scan_started_ns)
                 problems.append(f"shard {k}/{shards} was written for another manifest, {other_db} (its --db), not this "
                                 f"merge's {os.path.abspath(settings.db)}: it reused that one's version "
                                 f"{part.based_on or '(none)'}, this one's latest is {latest_label or '(none)'}; merge "
@@ -743,6 +746,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             continue
         other_db = _other_manifest(part.arguments, settings.db)
         if other_db is not None and (latest_label is None or os.path.exists(other_db)):
+            theirs_started.setdefault(other_db, []).append(part.scan_started_ns)
             # Based on the same version (none: shards written for a new manifest, merged into another new one) yet
             # for another manifest: committed without a word into this one, and again into theirs by its own merge.
             # (A manifest moved since, its old path gone, with the version they reused: merged.)
@@ -798,6 +802,22 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                     + rerun_command(settings, Coverage(shard=0, shards=shards), staging, siblings)
                     + f", and so for each K/{shards}), then merge; do not submit "
                     "the script again while its jobs of an earlier submission are queued or running")
+    if len(theirs_started) == 1 and len(next(iter(theirs_started.values()))) == shards:
+        # Every shard another manifest's, and merged into it already: "merge the shards into that one" sent the user
+        # to a merge that is refused ("merged already")
+        other_db, starts = next(iter(theirs_started.items()))
+        theirs_version = None
+        with contextlib.suppress(ChorusError, OSError, sqlite3.Error):
+            theirs_version = Manifest(other_db).version_of_scan(min(starts))
+        if theirs_version is not None:
+            raise UsageError(
+                f"the shards in {staging} were written for another manifest, {other_db} (their --db), not this "
+                f"merge's {os.path.abspath(settings.db)}, and were merged into that one already: they are its version "
+                f"{theirs_version}; nothing was committed into this one", where=str(staging),
+                fix="nothing to do for these shards; to record the site in this manifest, run shards for it (into "
+                    "a --staging folder of its own: " + rerun_command(settings, Coverage(shard=0, shards=shards),
+                                                                      staging.parent / (staging.name + "-2"))
+                    + f", and so for each K/{shards}), then merge them, or submit the Slurm script for it")
     if len(unlike) == shards and all((p.roots, p.follow_symlinks) == (unlike[0].roots, unlike[0].follow_symlinks)
                                      and same_globs(p.exclude_patterns, unlike[0].exclude_patterns) for p in unlike):
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)

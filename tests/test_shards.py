@@ -468,6 +468,29 @@ def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as
     assert not new.exists() or query(new, "SELECT count(*) FROM versions") == [(0,)]
 
 
+def test_shards_merged_into_their_own_manifest_given_to_another_merge_are_said_merged(snapshots, tmp_path):
+    """A staging folder whose shards were merged into their manifest, then given to another manifest's merge (a
+    second manifest of the site, a --db mistyped): each shard was told "written for another manifest: merge the
+    shards into that one", a merge that is refused as "merged already". Said once: which manifest's version they
+    are, and how to run this manifest's own shards (into a folder of its own: not over theirs)."""
+    site, staging = snapshots / "first", tmp_path / "staging"
+    theirs, ours = tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
+    run_shards(site, theirs, staging)
+    assert cli("run", "--site", str(site), "--db", str(theirs), "--merge", str(staging), "--no-validate"
+               ).returncode in (0, 1)
+    (label,) = query(theirs, "SELECT label FROM versions")[0]
+    for exists in (False, True):  # a new manifest, then one with a version of its own
+        if exists:
+            assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
+        out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging), "--no-validate")
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert (f"written for another manifest, {theirs} (their --db), not this merge's {ours}, and were merged into "
+                f"that one already: they are its version {label}; nothing was committed into this one") in out.stderr
+        assert f"--db {theirs} --merge" not in out.stderr, out.stderr  # (no merge that is refused)
+        assert f"--db {ours} --no-validate --shard 0/{N} --staging {staging}-2" in out.stderr, out.stderr
+        assert not ours.exists() or query(ours, "SELECT count(*) FROM versions") == [(int(exists),)]
+
+
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
