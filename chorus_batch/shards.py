@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -118,6 +119,20 @@ def _other_manifest(arguments: list[str] | None, db: str | Path) -> str | None:
     if recorded is None or "://" in recorded:
         return None
     return None if os.path.realpath(recorded) == os.path.realpath(db) else recorded
+
+
+def _split_manifest(folders: list[Path], db: str | Path) -> str | None:
+    """The other manifest (`--db`) every complete shard of one split was written for, or None (this one's, not
+    said, or no shard complete)."""
+    named = set()
+    for folder in folders:
+        try:
+            record = json.loads((folder / "scan.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        arguments = record.get("arguments") if isinstance(record, dict) else None
+        named.add(_other_manifest(arguments if isinstance(arguments, list) else None, db))
+    return next(iter(named)) if len(named) == 1 else None
 
 
 def _written_ns(folder: Path) -> int:
@@ -626,8 +641,13 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     contents=False: the records only (ScanResult.read), not the errors and facts the merge reads itself."""
     found = check_staging(staging)
     # Shards of another split (a staging folder reused with another --shards): the latest written split is merged,
-    # the others are left out and said, never merged with it, never a reason to refuse it.
-    shards = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
+    # the others are left out and said, never merged with it, never a reason to refuse it. A split written for
+    # another manifest (one staging folder given to two manifests' shards) is not this merge's to take while one of
+    # its own is there: taking the newest split, the other manifest's, refused this one's complete shards as "left out"
+    # (with an `rm -r` of them) and told to hash the whole site again over the other manifest's shards.
+    theirs = {n: _split_manifest(found[n], settings.db) for n in found}
+    own = [n for n in found if theirs[n] is None]
+    shards = max(own or list(found), key=lambda n: max(_written_ns(folder) for folder in found[n]))
     left_out = ""
     if len(found) > 1:
         from datetime import datetime, timezone
@@ -637,14 +657,19 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
         def when(n: int) -> str:
             return iso(datetime.fromtimestamp(max(_written_ns(folder) for folder in found[n]) / 1e9, timezone.utc))
 
-        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, listed {when(n)})"
+        others = [f"{plural(len(found[n]), 'shard folder')} of a split into {n} (shard-*-of-{n}, listed {when(n)}"
+                  + (f", written for another manifest, {theirs[n]})" if theirs[n] and theirs[shards] is None else ")")
                   for n in sorted(found) if n != shards]
-        left_out = (f"{staging} also holds {'; '.join(others)}, older than the split into {shards} this merge reads: "
+        stale = [n for n in sorted(found) if n != shards and not (theirs[n] and theirs[shards] is None)]
+        newest = max(found, key=lambda n: max(_written_ns(folder) for folder in found[n]))
+        left_out = (f"{staging} also holds {'; '.join(others)}, "
+                    f"{'older than' if newest == shards else 'beside'} the split into {shards} this merge reads: "
                     "they were left out")
         if say_left_out:
-            log.warning(f"{left_out}; remove them: "
-                        + " ".join(f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}"
-                                   for n in sorted(found) if n != shards))
+            log.warning(left_out + ("; remove the ones of no manifest's use: " + " ".join(
+                f"rm -r {shlex.quote(os.path.abspath(staging))}/shard-*-of-{n}" for n in stale) if stale else
+                "; merge another manifest's shards into it, and give each manifest's shards a --staging folder of "
+                "their own"))
     expected_patterns = Excludes(user=tuple(settings.exclude), defaults=settings.default_excludes).patterns
     # How the shards of this split were run (the first complete one's record): what a missing one is rerun with
     siblings = None
@@ -655,6 +680,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
     problems: list[str] = []
     parts: list[ScanResult] = []
     stale_started: list[int] = []
+    theirs_started: dict[str, list[int]] = {}  # another manifest's shards (by its --db): their listings' starts
     unlike: list[ScanResult] = []  # complete shards listed unlike this merge (other globs or roots)
     numbered: list[tuple[int, ScanResult]] = []  # the complete shards the merge would take, by number
     for k in range(shards):
@@ -707,6 +733,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             stale_started.append(part.scan_started_ns)
             other_db = _other_manifest(part.arguments, settings.db)
             if other_db is not None:  # (rerun as it had been run, it was written for that manifest again: stale again)
+                theirs_started.setdefault(other_db, []).append(part.scan_started_ns)
                 problems.append(f"shard {k}/{shards} was written for another manifest, {other_db} (its --db), not this "
                                 f"merge's {os.path.abspath(settings.db)}: it reused that one's version "
                                 f"{part.based_on or '(none)'}, this one's latest is {latest_label or '(none)'}; merge "
@@ -719,6 +746,7 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
             continue
         other_db = _other_manifest(part.arguments, settings.db)
         if other_db is not None and (latest_label is None or os.path.exists(other_db)):
+            theirs_started.setdefault(other_db, []).append(part.scan_started_ns)
             # Based on the same version (none: shards written for a new manifest, merged into another new one) yet
             # for another manifest: committed without a word into this one, and again into theirs by its own merge.
             # (A manifest moved since, its old path gone, with the version they reused: merged.)
@@ -774,6 +802,22 @@ def check_shards(staging: Path, *, latest_label: str | None, settings: RunSettin
                     + rerun_command(settings, Coverage(shard=0, shards=shards), staging, siblings)
                     + f", and so for each K/{shards}), then merge; do not submit "
                     "the script again while its jobs of an earlier submission are queued or running")
+    if len(theirs_started) == 1 and len(next(iter(theirs_started.values()))) == shards:
+        # Every shard another manifest's, and merged into it already: "merge the shards into that one" sent the user
+        # to a merge that is refused ("merged already")
+        other_db, starts = next(iter(theirs_started.items()))
+        theirs_version = None
+        with contextlib.suppress(ChorusError, OSError, sqlite3.Error):
+            theirs_version = Manifest(other_db).version_of_scan(min(starts))
+        if theirs_version is not None:
+            raise UsageError(
+                f"the shards in {staging} were written for another manifest, {other_db} (their --db), not this "
+                f"merge's {os.path.abspath(settings.db)}, and were merged into that one already: they are its version "
+                f"{theirs_version}; nothing was committed into this one", where=str(staging),
+                fix="nothing to do for these shards; to record the site in this manifest, run shards for it (into "
+                    "a --staging folder of its own: " + rerun_command(settings, Coverage(shard=0, shards=shards),
+                                                                      staging.parent / (staging.name + "-2"))
+                    + f", and so for each K/{shards}), then merge them, or submit the Slurm script for it")
     if len(unlike) == shards and all((p.roots, p.follow_symlinks) == (unlike[0].roots, unlike[0].follow_symlinks)
                                      and same_globs(p.exclude_patterns, unlike[0].exclude_patterns) for p in unlike):
         # every shard alike but unlike this merge: the merge is what was run with other settings (no --config)

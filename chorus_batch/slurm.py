@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import ChorusError, ExitCode, Stopped, UsageError
+from .faults import pause
 from .units import plural
 from .whole_script import whole_script_lines
 
@@ -841,7 +842,17 @@ def submit(script_text: str, *, locked: str | None = None) -> Submitted:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(name)
-    proc = subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr)
+    try:
+        return _submitted(subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr))
+    except (KeyboardInterrupt, Stopped) as exc:
+        # Stopped once the script had queued the jobs, before their ids were handed back: nothing cancelled them and
+        # the command said nothing of them (the array hashed the site, the merge committed, after "stopped")
+        exc.outcome = _withdrawn(stdout)
+        raise
+
+
+def _submitted(proc: subprocess.CompletedProcess) -> Submitted:
+    """The jobs the script's run submitted, or the error its output says."""
     if proc.returncode != 0 and (REFUSED_ARRAY in proc.stderr or REFUSED_MERGE in proc.stderr):
         raise _refused(proc.stderr)
     if proc.returncode == 4 and REFUSED_BUSY in proc.stderr:  # another submission under way: said as a lock is
@@ -863,7 +874,9 @@ def submit(script_text: str, *, locked: str | None = None) -> Submitted:
     if proc.stderr.strip():  # what the submission said beside the job ids (the manifest upgraded before it)
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(proc.stderr if proc.stderr.endswith("\n") else proc.stderr + "\n")
-    return parse_submitted(proc.stdout)
+    job = parse_submitted(proc.stdout)
+    pause("slurm-submitted")  # (tests: a stop once the jobs are queued, before they are handed back)
+    return job
 
 
 def _refused(stderr: str) -> UsageError:
@@ -929,6 +942,13 @@ def _withdraw(script: subprocess.Popen) -> str:
                 return f"{stopped}; it cancelled the shards' job array {cancelled.group(1)} it had queued"
             return (f"{stopped}; see `squeue --me --name={SHARD_JOB},{MERGE_JOB}` for jobs it may have queued, and "
                     "scancel them")
+        return _withdrawn(stdout)  # (still with the stops ignored: no gap before it ignores them itself)
+
+
+def _withdrawn(stdout: str) -> str:
+    """Cancel the jobs a finished submission printed (its `stdout`), whatever signal comes meanwhile; what became of
+    them, for the message."""
+    with _stops_ignored():
         try:
             job = parse_submitted(stdout)
         except ChorusError:  # it failed (a shards' array it had queued it cancelled itself) or queued nothing
@@ -1045,11 +1065,11 @@ def submit_and_follow(script_text: str, *, poll_s: float = 5, out: Callable[[str
         with submission_lock(db, argv or ["run"]) as submitted:
             return submit_and_follow(script_text, poll_s=poll_s, out=out, on_submitted=submitted,
                                      _locked=os.path.abspath(db) + ".slurm.lock")
-    job = submit(script_text, locked=_locked)
-    if on_submitted is not None:
-        on_submitted(job)
     out = _Lines(out)
-    try:
+    job = submit(script_text, locked=_locked)
+    try:  # (from the jobs' ids on: a stop while the holder's record names them cancels them too)
+        if on_submitted is not None:
+            on_submitted(job)
         for line in job.lines:
             out(line)
         return follow(job, poll_s=poll_s, out=out)

@@ -468,6 +468,29 @@ def test_shards_of_another_site_or_manifest_are_said_so_not_stale_to_be_rerun_as
     assert not new.exists() or query(new, "SELECT count(*) FROM versions") == [(0,)]
 
 
+def test_shards_merged_into_their_own_manifest_given_to_another_merge_are_said_merged(snapshots, tmp_path):
+    """A staging folder whose shards were merged into their manifest, then given to another manifest's merge (a
+    second manifest of the site, a --db mistyped): each shard was told "written for another manifest: merge the
+    shards into that one", a merge that is refused as "merged already". Said once: which manifest's version they
+    are, and how to run this manifest's own shards (into a folder of its own: not over theirs)."""
+    site, staging = snapshots / "first", tmp_path / "staging"
+    theirs, ours = tmp_path / "theirs.sqlite", tmp_path / "ours.sqlite"
+    run_shards(site, theirs, staging)
+    assert cli("run", "--site", str(site), "--db", str(theirs), "--merge", str(staging), "--no-validate"
+               ).returncode in (0, 1)
+    (label,) = query(theirs, "SELECT label FROM versions")[0]
+    for exists in (False, True):  # a new manifest, then one with a version of its own
+        if exists:
+            assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(ours)).returncode in (0, 1)
+        out = cli("run", "--site", str(site), "--db", str(ours), "--merge", str(staging), "--no-validate")
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert (f"written for another manifest, {theirs} (their --db), not this merge's {ours}, and were merged into "
+                f"that one already: they are its version {label}; nothing was committed into this one") in out.stderr
+        assert f"--db {theirs} --merge" not in out.stderr, out.stderr  # (no merge that is refused)
+        assert f"--db {ours} --no-validate --shard 0/{N} --staging {staging}-2" in out.stderr, out.stderr
+        assert not ours.exists() or query(ours, "SELECT count(*) FROM versions") == [(int(exists),)]
+
+
 def test_a_slurm_array_task_finds_its_shard_in_the_environment(snapshots, tmp_path):
     env = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
     out = cli("run", "--site", str(snapshots / "first"), "--db", str(tmp_path / "m.sqlite"), "--staging",
@@ -1124,6 +1147,31 @@ def test_shards_listed_with_the_same_exclusion_globs_in_another_order_are_merged
     assert merged.returncode == alone.returncode, merged.stderr + alone.stderr
     assert manifest_view(db) == manifest_view(single)
     assert query(db, "SELECT count(*) FROM source_files WHERE srcfile LIKE '%.csv' OR srcfile LIKE '%.hea'") == [(0,)]
+
+
+def test_a_staging_folder_shared_by_two_manifests_merges_this_manifests_own_split(snapshots, tmp_path):
+    """One --staging folder given to two manifests' shards, each with its own --shards: the merge took the split
+    written last, the other manifest's, refused it shard by shard ("written for another manifest: rerun it for this
+    one", the whole site hashed again over that manifest's shards), and said this manifest's own complete split was
+    "left out", with an `rm -r` of it. Its own split is merged; the other one is named as that manifest's, not removed."""
+    site, db, other, staging = snapshots / "first", tmp_path / "m.sqlite", tmp_path / "other.sqlite", tmp_path / "st"
+    run_shards(site, db, staging)  # this manifest's split into N
+    for k in (0, 1):  # then another manifest's split into 2, in the same folder
+        assert cli("run", "--site", str(site), "--db", str(other), "--shard", f"{k}/2", "--staging", str(staging)
+                   ).returncode == 0
+    out = cli("run", "--site", str(site), "--db", str(db), "--merge", str(staging), "--no-validate")
+    assert out.returncode in (0, 1), out.stderr
+    assert "rerun it for this one" not in out.stderr and f"rm -r {staging}/shard-*-of-{N}" not in out.stderr
+    assert "split into 2 (shard-*-of-2, listed " in out.stderr and f"written for another manifest, {other}" in out.stderr
+    assert f"rm -r {staging}/shard-*-of-2" not in out.stderr  # (the other manifest's shards, still to be merged)
+    assert query(db, "SELECT count(*) FROM versions") == [(1,)]
+    single = tmp_path / "single.sqlite"
+    assert cli("run", "-q", "--no-validate", "--site", str(site), "--db", str(single)).returncode in (0, 1)
+    assert manifest_view(db) == manifest_view(single)
+    # and the other manifest's merge takes its own split, the newest, as before
+    theirs = cli("run", "--site", str(site), "--db", str(other), "--merge", str(staging), "--no-validate")
+    assert theirs.returncode in (0, 1), theirs.stderr
+    assert manifest_view(other) == manifest_view(single)
 
 
 def test_a_copied_staging_folder_merges_the_split_listed_last_not_the_one_copied_last(snapshots, tmp_path):

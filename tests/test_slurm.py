@@ -776,6 +776,49 @@ exec {shlex.quote(shutil.which("sbatch"))} "$@"
                      r"were cancelled before the merge ran: nothing was committed", out), out
 
 
+def test_a_stop_once_the_jobs_are_queued_before_they_are_followed_cancels_them(slurm, stand_in, tmp_path, monkeypatch):
+    """SIGTERM after the script had queued both jobs but before their ids were handed to the follower (while its
+    output was read, or the manifest's submission record was written): the stop went out of `run --slurm` with
+    nothing cancelled and nothing said of the jobs, which then hashed the site and committed after "stopped". Now
+    they are cancelled and said so."""
+    import signal
+
+    python, _log = stand_in
+    monkeypatch.setenv("STAND_IN_HANG", "1")  # the shards run until cancelled
+    script = tmp_path / "job.sbatch"
+    db = tmp_path / "m.sqlite"
+    script.write_text(slurm_script(site=str(tmp_path / "site"), db=str(db), shards=2, cpus_per_task=1,
+                                   python=str(python), staging=str(tmp_path / "st")))
+    before = {row["id"].split("_")[0] for row in slurm.squeue()}
+    submitter = _SUBMITTER.replace("poll_s=0.3)", "poll_s=0.3, db=sys.argv[3], argv=['run', '--slurm'])")
+    proc = subprocess.Popen([sys.executable, "-c", submitter, str(script), "120", str(db)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "CHORUS_BATCH_TEST_PAUSE": "slurm-submitted"})
+    try:
+        assert proc.stderr is not None
+        while "test pause at slurm-submitted" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ours = {row["id"].split("_")[0] for row in slurm.squeue()} - before
+        states = {}
+        for job in ours:
+            try:
+                states[job] = slurm.wait_job(job, timeout=60)
+            except AssertionError:
+                states[job] = "still queued or running"
+        if ours:
+            slurm.run(["scancel", *ours])  # (what a failure left: not for the next test to wait on)
+    assert proc.returncode == 130 and "Traceback" not in err, out + err
+    assert len(ours) == 2 and set(states.values()) == {"CANCELLED"}, (states, out, err)
+    assert re.search(r"outcome: .*shards' job array \d+ and merge job \d+ were cancelled before the merge ran: nothing "
+                     r"was committed", out), out
+    assert not Path(str(db) + ".slurm.lock.json").exists()  # (no record of jobs left to refuse the next one by)
+
+
 # ----------------------------------------------------------------------------- end to end
 def _manifest_view(db: Path) -> dict:
     """What must agree between a sharded and a single-node run (labels and times aside)."""
