@@ -570,11 +570,31 @@ def require_slurm(*tools: str) -> None:
                          f"{BAD_SLURM_CONF}", where="SLURM_CONF", fix=BAD_SLURM_CONF_FIX)
 
 
+# A squeue or scontrol that hangs (a controller that takes connections and never answers) is given up on after this
+# long and counts as failed: the follower says so and asks again, as when it fails (Slurm's clients give up by
+# themselves after MessageTimeout, 10 s by default, and a few retries).
+QUERY_TIMEOUT_S = 120
+
+
+def _query(args: list[str]) -> subprocess.CompletedProcess | None:
+    """A Slurm client's answer to the follower; None when it did not answer in QUERY_TIMEOUT_S. The user's
+    SQUEUE_* variables (SQUEUE_NAMES, SQUEUE_PARTITION, SQUEUE_ACCOUNT, ...) are left out: they filter squeue's
+    answer, command-line options do not override them, and a job filtered out by them looked finished."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SQUEUE_")}
+    try:
+        return subprocess.run(args, capture_output=True, text=True, env=env, timeout=QUERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     """job id (array tasks as '<array>_<K>') -> (state, reason) of the jobs Slurm still knows (also
-    finished ones, until MinJobAge); None when squeue failed for another reason than unknown ids."""
-    proc = subprocess.run(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(job_ids)}",
-                           "--format=%i|%T|%r"], capture_output=True, text=True)
+    finished ones, until MinJobAge); None when squeue failed (or did not answer) for another reason than
+    unknown ids."""
+    proc = _query(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(job_ids)}",
+                   "--format=%i|%T|%r"])
+    if proc is None:
+        return None
     if proc.returncode != 0:
         return {} if "Invalid job id" in proc.stderr else None
     states = {}
@@ -587,7 +607,9 @@ def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
 
 def scontrol_exit(job_id: str) -> tuple[str, int | None]:
     """(JobState, exit code) of a job slurmctld still knows; a signal s counts as 128 + s."""
-    proc = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    proc = _query(["scontrol", "show", "job", job_id])
+    if proc is None:
+        return "", None
     state = re.search(r"\bJobState=(\S+)", proc.stdout)
     code = re.search(r"\bExitCode=(\d+):(\d+)", proc.stdout)
     if proc.returncode != 0 or not state:

@@ -378,6 +378,41 @@ def test_cluster_runs_a_job(slurm, tmp_path):
     assert any(row["id"] == job and row["state"] == "COMPLETED" for row in slurm.squeue())
 
 
+def test_the_followers_squeue_sees_its_jobs_whatever_squeue_variables_the_user_set(slurm, tmp_path, monkeypatch):
+    """SQUEUE_NAMES, SQUEUE_PARTITION or SQUEUE_ACCOUNT in a user's shell profile filter squeue's answer, and its
+    command-line options do not override them: the follower's jobs were left out of it, as if they had finished."""
+    from chorus_batch.slurm import scontrol_exit, squeue_states
+
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    proc = slurm.run(["sbatch", "--parsable", f"--output={tmp_path / 'sleep.out'}", "--wrap", "sleep 30"], check=True)
+    job = proc.stdout.strip().split(";")[0]
+    try:
+        monkeypatch.setenv("SQUEUE_NAMES", "no-job-is-named-so")
+        monkeypatch.setenv("SQUEUE_PARTITION", "no-such-partition")
+        assert job in squeue_states([job]), "the job was filtered out by the user's SQUEUE_* variables"
+        assert scontrol_exit(job)[0] in {"PENDING", "RUNNING", "CONFIGURING"}
+    finally:
+        slurm.run(["scancel", job])
+
+
+def test_a_squeue_that_never_answers_counts_as_failed_not_as_a_hang(tmp_path, monkeypatch):
+    """A controller that takes connections and never answers hung the follower's squeue, and `run --slurm` with it,
+    with no word; it is given up on after QUERY_TIMEOUT_S and said as squeue failing (the follower asks again)."""
+    import chorus_batch.slurm as slurm_module
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("squeue", "scontrol"):  # (a stand-in for a controller that never answers: exec sleep)
+        _executable(bin_dir / tool, "#!/bin/sh\nexec sleep 60\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(slurm_module, "QUERY_TIMEOUT_S", 1)
+    started = time.monotonic()
+    assert slurm_module.squeue_states(["7", "8"]) is None
+    assert slurm_module.scontrol_exit("8") == ("", None)
+    assert time.monotonic() - started < 20
+
+
 STAND_IN = """#!/bin/bash
 # A stand-in for `python -m chorus_batch run` keeping the shard/merge contract.
 args=("$@"); shard=""; staging=""; merge=""
