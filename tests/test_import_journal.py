@@ -974,6 +974,25 @@ def test_the_salvage_told_for_a_cut_journal_copies_what_is_left_without_errors(t
     assert imported.returncode == (1 if rows else 2), imported.stderr
 
 
+# Damage the queries of the import never meet: a journal_v2 leaf read as empty (its rows lost), the history's page
+# (the site's roots lost), sqlite_sequence's, the last page cut short. Each was imported, exit 1 as any import of
+# journal A, with a shorter history and no word of damage; `PRAGMA quick_check` finds each.
+@pytest.mark.parametrize("page, fill", [(17, b"\x00"), (2, b"\x00"), (3, b"\xff"), (18, None)])
+def test_a_journal_with_a_damaged_page_the_import_does_not_read_is_said_to_be_damaged(page, fill, tmp_path):
+    journal = tmp_path / "journal.db"
+    data = bytearray(JOURNALS["A"].read_bytes())
+    page_size = 4096
+    if fill is None:  # cut short inside its last page
+        data = data[:(page - 1) * page_size + 2000]
+    else:  # the page's cells overwritten (its header kept)
+        data[(page - 1) * page_size + 8:page * page_size - 8] = fill * (page_size - 16)
+    journal.write_bytes(bytes(data))
+    db = tmp_path / "m.sqlite"
+    out = import_journal(journal, db, "--to", "az://central/")
+    assert out.returncode == 2 and "is damaged" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert "history that can still be imported): " in out.stderr and not db.exists()
+
+
 def test_a_journal_a_stopped_chorus_upload_left_mid_write_says_how_to_roll_it_back(tmp_path):
     """A chorus-upload command killed mid-write leaves a hot rollback journal (journal.db-journal): the read-only
     import said "cannot read the journal (attempt to write a readonly database)", fix "run again", which failed
