@@ -993,6 +993,27 @@ def test_a_journal_with_a_damaged_page_the_import_does_not_read_is_said_to_be_da
     assert "history that can still be imported): " in out.stderr and not db.exists()
 
 
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the sqlite3 command-line shell")
+def test_the_salvage_told_never_mixes_its_copy_into_a_file_already_there(tmp_path):
+    """A .salvaged left by an earlier salvage (here of another journal): the command told ran the copy into it, its
+    CREATEs failing and its rows merged INSERT OR IGNORE with the old ones (a mix of two histories, exit 1). It now
+    leaves that file as it is and says to move it away."""
+    journal = tmp_path / "journal.db"
+    journal.write_bytes(JOURNALS["A"].read_bytes()[:66000])
+    out = import_journal(journal, tmp_path / "m.sqlite", "--to", "az://central/")
+    assert out.returncode == 2 and "is damaged" in out.stderr, out.stderr
+    command = out.stderr.split("history that can still be imported): ")[1].splitlines()[0]
+    earlier = Path(f"{journal}.salvaged")
+    shutil.copy(JOURNALS["B"], earlier)
+    salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert salvaged.returncode != 0 and f"{earlier} exists" in salvaged.stderr, salvaged.stderr
+    assert earlier.read_bytes() == JOURNALS["B"].read_bytes()
+    earlier.unlink()  # moved away: the same command copies
+    salvaged = subprocess.run(["sh", "-c", command], capture_output=True, text=True)
+    assert salvaged.returncode == 0 and salvaged.stderr == "", salvaged.stderr
+    assert query(earlier, "SELECT count(*) FROM journal_v2") == [(4,)]
+
+
 def test_a_journal_a_stopped_chorus_upload_left_mid_write_says_how_to_roll_it_back(tmp_path):
     """A chorus-upload command killed mid-write leaves a hot rollback journal (journal.db-journal): the read-only
     import said "cannot read the journal (attempt to write a readonly database)", fix "run again", which failed
